@@ -1,0 +1,123 @@
+"""The running server's state: settings, store, providers, modules, upstream pool, prices.
+
+One :class:`App` per server process. Configuration that can change at run time
+(providers, keys, modules) is held as immutable snapshots that :meth:`App.reload`
+swaps whole, so a request never sees half a change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Mapping
+
+from . import __version__
+from .config import Settings
+from .pipeline import Chain, RequestContext
+from .pricing import PriceTable, cost_microcents, Usage
+from .providers import Provider, Registry, from_env
+from .store import Store, Writer, db
+from .store.traces import record_from
+from .upstream import Pool
+
+log = logging.getLogger("stockyard")
+
+
+class App:
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = dict(os.environ if env is None else env)
+        self.started_at = time.time()
+        conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
+        conn.close()
+        self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size).start()
+        self.store = Store(settings.db_path, self.writer)
+        self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
+        self._registry = Registry(from_env(self.env))
+        self._chain = Chain([])
+        self.prices = PriceTable.load()
+        self._secrets: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+        self.reload()
+
+    # -- configuration snapshots -----------------------------------------------------------
+    def registry(self) -> Registry:
+        return self._registry
+
+    def chain(self) -> Chain:
+        return self._chain
+
+    def reload(self) -> None:
+        """Rebuild the configuration snapshots (providers, modules, keys) from env + database."""
+        providers: list[Provider] = from_env(self.env)
+        with self._lock:
+            self._registry = Registry(providers)
+            secrets = [p.api_key for p in self._registry.providers if p.api_key]
+            for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
+                if self.env.get(name):
+                    secrets.append(self.env[name])
+            self._secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    # -- request path hooks ----------------------------------------------------------------
+    def authenticate(self, ctx: RequestContext) -> None:
+        """Open mode until client keys exist (issue: client keys)."""
+
+    def scrub(self, text: str) -> str:
+        """Remove every known secret from a text that may reach a client, log or trace."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            raw = secret.encode()
+            if raw in data:
+                data = data.replace(raw, b"[redacted]")
+        return data
+
+    def price(self, ctx: RequestContext) -> None:
+        """Cost from the provider's usage; an estimate only when no usage came back."""
+        if ctx.cache_hit or ctx.provider is None or ctx.status >= 400 or ctx.status == 0:
+            return
+        model = ctx.served_model or ctx.upstream_model or ""
+        price = self.prices.lookup(model, ctx.provider.name) or (
+            self.prices.lookup(ctx.upstream_model or "", ctx.provider.name))
+        if ctx.usage is None:
+            if ctx.outcome not in ("ok", "client_disconnected", "stream_broken"):
+                return
+            ctx.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4),
+                              completion_tokens=len(ctx.response_body) // 4)
+            ctx.usage_estimated = True
+        if price is None:
+            ctx.cost_status = "unknown"
+            return
+        ctx.cost_uc = cost_microcents(price, ctx.usage)
+        ctx.cost_status = "estimate" if ctx.usage_estimated else "exact"
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Price, trace and log one request. Never raises."""
+        try:
+            self.price(ctx)
+        except Exception as exc:  # a pricing bug must not lose the trace
+            log.error("pricing failed for %s: %s", ctx.trace_id, exc)
+        if ctx.error_message:
+            ctx.error_message = self.scrub(ctx.error_message)[:2000]
+        record = record_from(ctx, store_bodies=self.settings.store_bodies, cap=self.settings.body_cap_bytes)
+        if self.settings.store_bodies and record.request_body:
+            record.request_body = self.scrub_bytes(record.request_body)
+        if record.response_body:
+            record.response_body = self.scrub_bytes(record.response_body)
+        self.store.record(record.write)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.writer.stop()
+        self.pool.close()
+        self.store.close()
+
+    @property
+    def version(self) -> str:
+        return __version__

@@ -1,0 +1,69 @@
+"""Helpers every CLI command shares: --db, opening the store, printing tables and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..config import resolve_db_path
+from ..store import Store, db
+
+
+class CommandError(Exception):
+    """A one-line failure for the user."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def db_path(args: argparse.Namespace) -> Path:
+    return resolve_db_path(getattr(args, "db", None), os.environ)
+
+
+def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
+    """The database for a CLI command, migrated; writes run directly (no server writer)."""
+    path = db_path(args)
+    if must_exist and not path.exists():
+        raise CommandError(f"no database at {path} (start the server once, or pass --db)")
+    conn, _ = db.open_and_migrate(path)
+    conn.close()
+    return Store(path)
+
+
+def print_json_lines(rows: Iterable[dict[str, Any]], out=sys.stdout) -> None:
+    for row in rows:
+        out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], out=sys.stdout,
+                empty: str = "(none)") -> None:
+    """A readable fixed-width table: columns are (key, heading)."""
+    if not rows:
+        out.write(empty + "\n")
+        return
+    cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
+    out.write("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths)).rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)

@@ -1,0 +1,82 @@
+"""``stockyard serve``: run the proxy until SIGTERM/SIGINT, then shut down cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from .. import config
+from .common import CommandError, add_db
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the proxy server",
+                       description="Run the proxy. Point your SDK at http://HOST:PORT/v1.")
+    p.add_argument("--host", help="listen address (default: $STOCKYARD_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default: $STOCKYARD_PORT or 4200)")
+    add_db(p)
+    p.set_defaults(func=run)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("stockyard")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..app import App
+    from ..server import make_server
+
+    setup_logging()
+    log = logging.getLogger("stockyard")
+    settings = config.load({"host": args.host, "port": args.port, "db": args.db})
+    app = App(settings)
+    try:
+        server = make_server(app)
+    except OSError as exc:
+        app.close()
+        raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    host, port = server.server_address[:2]
+    banner(log, app, host, port)
+    stop_once = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        if stop_once.is_set():
+            return
+        stop_once.set()
+        log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
+        server.draining = True
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        if not server.wait_idle(settings.shutdown_grace_s):
+            log.warning("gave up waiting for %d in-flight requests", server.active)
+        app.close()
+        log.info("stopped; database closed")
+    return 0
+
+
+def banner(log: logging.Logger, app, host: str, port: int) -> None:
+    s = app.settings
+    log.info("stockyard %s listening on http://%s:%d (OpenAI base_url http://%s:%d/v1)",
+             app.version, host, port, host, port)
+    log.info("database %s%s", s.db_path,
+             f" (applied migrations: {', '.join(str(m.version) for m in app.migrations_applied)})"
+             if app.migrations_applied else "")
+    providers = app.registry().providers
+    if providers:
+        log.info("providers: %s", ", ".join(f"{p.name} ({p.source})" for p in providers))
+    else:
+        log.warning("no providers configured: set OPENAI_API_KEY or another provider's variables")

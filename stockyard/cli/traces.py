@@ -1,0 +1,32 @@
+"""``stockyard traces``: recent requests, newest first."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..store import traces as trace_store
+from .common import add_db, add_json, open_store, print_json_lines, print_table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("traces", help="list recent requests",
+                       description="List recent proxied requests, newest first.")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    add_json(p)
+    add_db(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rows = trace_store.list_traces(store.read(), limit=max(1, args.limit))
+    if args.json:
+        print_json_lines(rows)
+        return 0
+    for r in rows:
+        r["latency"] = f"{r['latency_us'] / 1000:.1f}ms"
+        r["tokens"] = f"{r['prompt_tokens'] or 0}/{r['completion_tokens'] or 0}" if r["prompt_tokens"] is not None else None
+    print_table(rows, [("id", "ID"), ("ts", "TIME (UTC)"), ("endpoint", "ENDPOINT"), ("provider", "PROVIDER"),
+                       ("model", "MODEL"), ("status", "STATUS"), ("outcome", "OUTCOME"), ("latency", "LATENCY"),
+                       ("tokens", "TOKENS IN/OUT"), ("cost_uc", "COST µ¢")], empty="no traces yet")
+    return 0

@@ -1,0 +1,79 @@
+"""Errors a client receives, in the dialect it spoke.
+
+Everything Stockyard refuses or fails with is a :class:`ProxyError`; the server turns it
+into the OpenAI or Anthropic error body with the right status. No other error text
+reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+
+# status → (OpenAI type, Anthropic type)
+_TYPES: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "invalid_request_error"),
+    401: ("authentication_error", "authentication_error"),
+    403: ("permission_error", "permission_error"),
+    404: ("not_found_error", "not_found_error"),
+    405: ("invalid_request_error", "invalid_request_error"),
+    408: ("timeout_error", "timeout_error"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_error"),
+    500: ("server_error", "api_error"),
+    502: ("upstream_error", "api_error"),
+    503: ("server_error", "overloaded_error"),
+    504: ("timeout_error", "timeout_error"),
+}
+
+
+@dataclass
+class ProxyError(Exception):
+    """A refusal or failure with its HTTP status, for the client in its own dialect."""
+
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+    type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def body(self, dialect: str) -> bytes:
+        return error_body(dialect, self.status, self.message, code=self.code,
+                          param=self.param, type_=self.type)
+
+
+def error_type(dialect: str, status: int) -> str:
+    openai_type, anthropic_type = _TYPES.get(
+        status, ("server_error", "api_error") if status >= 500 else ("invalid_request_error",) * 2
+    )
+    return anthropic_type if dialect == ANTHROPIC else openai_type
+
+
+def error_body(dialect: str, status: int, message: str, *, code: str | None = None,
+               param: str | None = None, type_: str | None = None) -> bytes:
+    """The JSON error body a client of ``dialect`` expects."""
+    kind = type_ or error_type(dialect, status)
+    if dialect == ANTHROPIC:
+        payload: dict = {"type": "error", "error": {"type": kind, "message": message}}
+    else:
+        payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return json.dumps(payload).encode()
+
+
+def sse_error_event(dialect: str, status: int, message: str, code: str | None = None) -> bytes:
+    """The event that ends a broken stream (never a made-up ``[DONE]``)."""
+    body = error_body(dialect, status, message, code=code).decode()
+    if dialect == ANTHROPIC:
+        return f"event: error\ndata: {body}\n\n".encode()
+    return f"data: {body}\n\n".encode()
+
+
+class ClientGone(Exception):
+    """The client closed its connection while we were answering."""

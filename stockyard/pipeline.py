@@ -1,0 +1,128 @@
+"""The request context that travels down the request path, and the module chain.
+
+One :class:`RequestContext` is made per proxied request and handed forward from stage to
+stage — parse, auth, modules, routing, provider adapter, relay, trace — so that no stage
+has to reach back into another. Modules are small objects with two hooks: ``before``
+(may refuse with a ProxyError, rewrite the request, or answer it) and ``after`` (sees
+the outcome, plain or streamed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .pricing import Usage
+from .providers import Provider
+
+
+def new_trace_id(now_ms: int | None = None) -> str:
+    """Time-sortable id: milliseconds in hex, then randomness (cursor pagination sorts by it)."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"tr_{ms:012x}{os.urandom(6).hex()}"
+
+
+@dataclass
+class Answer:
+    """A complete answer produced without the provider (cache hit, module reply)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RequestContext:
+    endpoint: str                      # chat, completions, embeddings, messages, count_tokens
+    dialect: str                       # openai or anthropic
+    client_addr: str
+    headers: dict[str, str]            # client request headers, lower-case names
+    raw: bytes = b""
+    body: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+    ts_ms: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    model: str | None = None           # as the client asked (after aliasing: see routed_model)
+    routed_model: str | None = None    # what routing used (alias module may change it)
+    stream: bool = False
+    client_wants_usage: bool = False
+    key: Any = None                    # the client key record, when auth is on
+    key_id: str | None = None
+    project: str | None = None
+    provider: Provider | None = None
+    upstream_model: str | None = None
+    served_model: str | None = None
+    status: int = 0
+    outcome: str = "ok"
+    error_type: str | None = None
+    error_message: str | None = None
+    ttfb: float | None = None
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    upstream_request_id: str | None = None
+    response_body: bytearray = field(default_factory=bytearray)
+    response_truncated: bool = False
+    cost_uc: int | None = None
+    cost_status: str = "none"
+    cache_hit: bool = False
+    cost_saved_uc: int | None = None
+    answer: Answer | None = None       # set by a module that answers without the provider
+    attempts: list[dict] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)  # per-module scratch space
+    body_changed: bool = False         # a module rewrote ``body``; re-serialize before sending
+
+    def __post_init__(self) -> None:
+        if not self.ts_ms:
+            self.ts_ms = int(time.time() * 1000)
+        if not self.trace_id:
+            self.trace_id = new_trace_id(self.ts_ms)
+
+    def elapsed_us(self) -> int:
+        return int((time.perf_counter() - self.started) * 1_000_000)
+
+    def mark_first_byte(self) -> None:
+        if self.ttfb is None:
+            self.ttfb = time.perf_counter()
+
+    def capture(self, data: bytes, cap: int) -> None:
+        """Keep the answer for the trace body, up to ``cap`` bytes."""
+        room = cap - len(self.response_body)
+        if room <= 0:
+            if data:
+                self.response_truncated = True
+            return
+        if len(data) > room:
+            self.response_truncated = True
+        self.response_body += data[:room]
+
+
+class Module(Protocol):
+    """A stage of the chain. Both hooks must be cheap when they have nothing to do."""
+
+    name: str
+
+    def before(self, ctx: RequestContext) -> None: ...
+
+    def after(self, ctx: RequestContext) -> None: ...
+
+
+class Chain:
+    """Modules in order; ``after`` runs in reverse for every module whose ``before`` ran."""
+
+    def __init__(self, modules: list[Module] | None = None) -> None:
+        self.modules: list[Module] = list(modules or [])
+
+    def before(self, ctx: RequestContext) -> None:
+        ran: list[Module] = ctx.state.setdefault("_ran", [])
+        for module in self.modules:
+            ran.append(module)
+            module.before(ctx)
+            if ctx.answer is not None:
+                return
+
+    def after(self, ctx: RequestContext) -> None:
+        for module in reversed(ctx.state.get("_ran", [])):
+            module.after(ctx)

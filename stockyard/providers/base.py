@@ -1,0 +1,83 @@
+"""What a provider adapter does: build the upstream request, translate the answer back.
+
+Adapters are chosen by (provider kind, client dialect). A same-dialect adapter passes
+bytes through; a translating adapter converts JSON both ways and SSE event by event.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..errors import ProxyError
+from ..pipeline import RequestContext
+from . import Provider
+
+
+@dataclass
+class UpstreamCall:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes | None
+    read_timeout: float | None = None
+    base_url: str | None = None  # only when the adapter needs another base than the provider's
+
+
+class StreamTranslator:
+    """Turns upstream SSE events into the client's events; records usage on the context."""
+
+    complete: bool = False  # the upstream sent its terminal event
+
+    def feed(self, event: bytes) -> list[bytes]:
+        raise NotImplementedError
+
+    def finish(self) -> list[bytes]:
+        """Events to send after a clean upstream end (e.g. a translated terminator)."""
+        return []
+
+
+class Adapter:
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        raise NotImplementedError
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        raise NotImplementedError
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        raise NotImplementedError
+
+    def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
+        """Upstream error body for the client; same-dialect adapters pass it through."""
+        return body
+
+
+def sse_data(event: bytes) -> bytes | None:
+    """The joined ``data:`` payload of one SSE event, or None when it has none."""
+    lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None
+             for line in event.split(b"\n")]
+    data = [line for line in lines if line is not None]
+    return b"\n".join(data) if data else None
+
+
+def sse_event_name(event: bytes) -> str | None:
+    for line in event.split(b"\n"):
+        if line.startswith(b"event:"):
+            return line[6:].strip().decode("utf-8", "replace")
+    return None
+
+
+def encode_sse(payload: dict, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def loads_object(data: bytes, what: str = "provider answer") -> dict:
+    """Parse a JSON object from upstream; a 502 when it is not one."""
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ProxyError(502, f"the {what} is not valid JSON", code="bad_upstream_response") from None
+    if not isinstance(value, dict):
+        raise ProxyError(502, f"the {what} is not a JSON object", code="bad_upstream_response")
+    return value

@@ -1,0 +1,85 @@
+"""OpenAI-compatible providers (OpenAI, Groq, Mistral, Ollama, …) for OpenAI-dialect clients.
+
+Bodies pass through untouched unless routing must change them: the model name when the
+client wrote ``provider/model``, and ``stream_options.include_usage`` on streams, which
+Stockyard always asks for (to cost the stream) and hides again if the client did not.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..pipeline import RequestContext
+from ..pricing import Usage
+from . import Provider
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+def request_body(ctx: RequestContext, model: str, *, force_usage: bool) -> bytes:
+    """The body to send: the client's own bytes when nothing had to change."""
+    body = ctx.body
+    changes: dict = {}
+    if body.get("model") != model:
+        changes["model"] = model
+    if force_usage and ctx.stream and ctx.endpoint in ("chat", "completions"):
+        options = body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            changes["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    if not changes and not ctx.body_changed:
+        return ctx.raw
+    return json.dumps({**body, **changes}, ensure_ascii=False).encode()
+
+
+def auth_headers(provider: Provider) -> dict[str, str]:
+    return {"Authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+
+
+class OpenAIAdapter(Adapter):
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if ctx.stream else "application/json",
+                   **auth_headers(provider)}
+        return UpstreamCall("POST", PATHS[ctx.endpoint], headers, request_body(ctx, model, force_usage=True))
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        data = loads_object(body)
+        ctx.served_model = data.get("model") or ctx.served_model
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            ctx.usage = Usage.from_openai(usage)
+        return body
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        return OpenAIStream(ctx)
+
+
+class OpenAIStream(StreamTranslator):
+    """Relays events as they are; takes the usage chunk out when the client did not ask."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        if data is None:
+            return [event]
+        if data.strip() == b"[DONE]":
+            self.complete = True
+            return [event]
+        if b'"usage"' not in data and self.ctx.served_model:
+            return [event]
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return [event]
+        if not isinstance(chunk, dict):
+            return [event]
+        if not self.ctx.served_model and chunk.get("model"):
+            self.ctx.served_model = chunk["model"]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.ctx.usage = Usage.from_openai(usage)
+            if not self.ctx.client_wants_usage and chunk.get("choices") == []:
+                return []
+        return [event]

@@ -1,0 +1,69 @@
+"""Storage: one SQLite file, one writer thread, per-thread readers.
+
+:class:`Store` is what the rest of the code holds. In the server its writes go through the
+writer thread; in a CLI process (no writer) they run directly in a ``BEGIN IMMEDIATE``
+transaction. Either way a write is a function of a connection, so operations are written
+once and work in both places.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from . import db
+from .writer import Writer
+
+__all__ = ["Store", "Writer", "db"]
+
+
+class Store:
+    def __init__(self, path: Path | str, writer: Writer | None = None) -> None:
+        self.path = Path(path)
+        self.writer = writer
+        self._local = threading.local()
+        self._direct_lock = threading.Lock()
+        self._direct: sqlite3.Connection | None = None
+
+    def read(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = db.connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    def write(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``job(conn)`` in a write transaction and return its result once committed."""
+        if self.writer is not None:
+            return self.writer.call(job)
+        with self._direct_lock:
+            if self._direct is None:
+                self._direct = db.connect(self.path)
+            conn = self._direct
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = job(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def record(self, job: Callable[[sqlite3.Connection], Any]) -> bool:
+        """Fire-and-forget write (traces); direct when no writer runs."""
+        if self.writer is not None:
+            return self.writer.submit(job)
+        self.write(job)
+        return True
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None

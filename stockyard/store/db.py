@@ -1,0 +1,175 @@
+"""Opening connections and applying migrations.
+
+Every connection in Stockyard comes from :func:`connect`, so every connection has the
+same pragmas. Migrations are numbered SQL files in ``migrations/``; each runs in one
+transaction and is recorded with a checksum of its text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+BUSY_TIMEOUT_MS = 10_000
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class SchemaError(Exception):
+    """The database cannot be used by this version of the code."""
+
+
+def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection with Stockyard's pragmas (WAL, NORMAL sync, busy timeout, FKs).
+
+    Connections are in autocommit mode; writers open transactions explicitly with
+    ``BEGIN IMMEDIATE`` so that two processes never deadlock on an upgrade.
+    """
+    path = Path(path)
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available_migrations() -> list[Migration]:
+    """The migrations shipped with this code, in order (works inside the zipapp)."""
+    found = []
+    for entry in importlib.resources.files("stockyard.store.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    return found
+
+
+def code_schema_version() -> int:
+    migrations = available_migrations()
+    return migrations[-1].version if migrations else 0
+
+
+def applied_migrations(conn: sqlite3.Connection) -> dict[int, str]:
+    """Version → checksum of what this database has applied (empty for a new file)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    return {row[0]: row[1] for row in conn.execute("SELECT version, checksum FROM schema_migrations")}
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    applied = applied_migrations(conn)
+    return max(applied) if applied else 0
+
+
+def pending_migrations(conn: sqlite3.Connection) -> list[Migration]:
+    """Migrations this database still needs; raises SchemaError if it cannot be used."""
+    applied = applied_migrations(conn)
+    shipped = available_migrations()
+    newest = shipped[-1].version if shipped else 0
+    if applied and max(applied) > newest:
+        raise SchemaError(
+            f"database schema version {max(applied)} is newer than this Stockyard "
+            f"(knows up to {newest}); upgrade stockyard.pyz or restore an older backup"
+        )
+    for m in shipped:
+        if m.version in applied and applied[m.version] != m.checksum:
+            raise SchemaError(
+                f"migration {m.version:04d}_{m.name} was applied from different SQL "
+                f"(checksum mismatch); this database was changed by another build"
+            )
+    return [m for m in shipped if m.version not in applied]
+
+
+def apply_migration(conn: sqlite3.Connection, m: Migration) -> None:
+    """Apply one migration and its bookkeeping row in a single transaction."""
+    record = (
+        "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES "
+        f"({m.version}, '{m.name}', '{m.checksum}', strftime('%Y-%m-%dT%H:%M:%fZ','now'));"
+    )
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE;\n{m.sql}\n;{record}\nCOMMIT;")
+    except Exception:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def migrate(conn: sqlite3.Connection, before: Callable[[int, list[Migration]], None] | None = None,
+            upto: int | None = None) -> list[Migration]:
+    """Bring the schema up to date (or up to ``upto``); returns what was applied.
+
+    ``before(current_version, pending)`` runs first when an existing database is about to
+    change, so the caller can take a backup.
+    """
+    pending = [m for m in pending_migrations(conn) if upto is None or m.version <= upto]
+    if not pending:
+        return []
+    current = schema_version(conn)
+    if before is not None and current > 0:
+        before(current, pending)
+    for m in pending:
+        apply_migration(conn, m)
+    return pending
+
+
+def backup_to(conn: sqlite3.Connection, dest: Path | str) -> None:
+    """Write a consistent copy of the live database to ``dest`` (temp file, fsync, rename)."""
+    import os
+
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    target = sqlite3.connect(tmp)
+    try:
+        conn.backup(target)
+    finally:
+        target.close()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+
+
+def open_and_migrate(path: Path | str, keep_backups: int = 3) -> tuple[sqlite3.Connection, list[Migration]]:
+    """Open (creating if needed) and migrate; back up an existing database before changing it."""
+    path = Path(path)
+    conn = connect(path)
+
+    def backup_first(current: int, pending: list[Migration]) -> None:
+        dest = path.with_name(f"{path.name}.pre-v{current:04d}.bak")
+        backup_to(conn, dest)
+        old = sorted(path.parent.glob(f"{path.name}.pre-v*.bak"))
+        for stale in old[:-keep_backups]:
+            stale.unlink(missing_ok=True)
+
+    applied = migrate(conn, before=backup_first)
+    return conn, applied

@@ -1,0 +1,191 @@
+"""Writing traces (with their bodies and the daily rollup) and reading them back.
+
+A trace row stays small; bodies go to ``trace_bodies`` compressed and capped. The
+rollup for (day, key, project, provider, model) is updated in the same transaction as
+the trace, so cost reports never scan traces and always equal the sum of them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from ..pipeline import RequestContext
+
+_COLUMNS = (
+    "id", "ts", "ts_ms", "client_addr", "endpoint", "dialect", "provider", "model", "served_model",
+    "stream", "status", "outcome", "latency_us", "ttfb_us", "prompt_tokens", "completion_tokens",
+    "cached_tokens", "cache_write_tokens", "reasoning_tokens", "usage_estimated", "cost_uc",
+    "cost_status", "upstream_request_id", "error_type", "error_message", "key_id", "project",
+    "parent_id", "attempt", "cache_hit", "cost_saved_uc",
+)
+_INSERT = f"INSERT INTO traces ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_ROLLUP = """
+INSERT INTO rollups_daily (day, key_id, project, provider, model, requests, errors, prompt_tokens,
+    completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_uc, unknown_cost)
+VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (day, key_id, project, provider, model) DO UPDATE SET
+    requests = requests + 1, errors = errors + excluded.errors,
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = completion_tokens + excluded.completion_tokens,
+    cached_tokens = cached_tokens + excluded.cached_tokens,
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+    cost_uc = cost_uc + excluded.cost_uc, unknown_cost = unknown_cost + excluded.unknown_cost
+"""
+
+
+def iso_utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+@dataclass
+class TraceRecord:
+    """Everything one attempt leaves behind, detached from the live request."""
+
+    id: str
+    ts: str
+    ts_ms: int
+    client_addr: str | None
+    endpoint: str
+    dialect: str
+    provider: str | None
+    model: str | None
+    served_model: str | None
+    stream: int
+    status: int
+    outcome: str
+    latency_us: int
+    ttfb_us: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cached_tokens: int | None
+    cache_write_tokens: int | None
+    reasoning_tokens: int | None
+    usage_estimated: int
+    cost_uc: int | None
+    cost_status: str
+    upstream_request_id: str | None
+    error_type: str | None
+    error_message: str | None
+    key_id: str | None
+    project: str | None
+    parent_id: str | None
+    attempt: int
+    cache_hit: int
+    cost_saved_uc: int | None
+    request_body: bytes | None = None
+    response_body: bytes | None = None
+    request_truncated: bool = False
+    response_truncated: bool = False
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """The writer job: trace, bodies and rollup in the caller's transaction."""
+        row = asdict(self)
+        conn.execute(_INSERT, [row[c] for c in _COLUMNS])
+        if self.request_body is not None or self.response_body is not None:
+            conn.execute(
+                "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.id, _pack(self.request_body), _pack(self.response_body),
+                 int(self.request_truncated), int(self.response_truncated)),
+            )
+        self.add_to_rollup(conn)
+
+    def add_to_rollup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(_ROLLUP, (
+            self.ts[:10], self.key_id or "", self.project or "", self.provider or "",
+            self.served_model or self.model or "", int(self.status >= 400 or self.outcome != "ok"),
+            self.prompt_tokens or 0, self.completion_tokens or 0, self.cached_tokens or 0,
+            self.cache_write_tokens or 0, self.reasoning_tokens or 0, self.cost_uc or 0,
+            int(self.cost_status == "unknown"),
+        ))
+
+
+def _pack(data: bytes | None) -> bytes | None:
+    return None if data is None else zlib.compress(data, 6)
+
+
+def _unpack(data: bytes | None) -> str | None:
+    return None if data is None else zlib.decompress(data).decode("utf-8", "replace")
+
+
+def record_from(ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id: str | None = None,
+                attempt: int = 1) -> TraceRecord:
+    """Freeze a request context into a trace record."""
+    u = ctx.usage
+    request_body = response_body = None
+    req_trunc = False
+    if store_bodies:
+        request_body = ctx.raw[:cap]
+        req_trunc = len(ctx.raw) > cap
+        response_body = bytes(ctx.response_body)
+    return TraceRecord(
+        id=ctx.trace_id, ts=iso_utc(ctx.ts_ms), ts_ms=ctx.ts_ms, client_addr=ctx.client_addr,
+        endpoint=ctx.endpoint, dialect=ctx.dialect,
+        provider=ctx.provider.name if ctx.provider else None, model=ctx.model,
+        served_model=ctx.served_model or ctx.upstream_model, stream=int(ctx.stream), status=ctx.status,
+        outcome=ctx.outcome, latency_us=ctx.elapsed_us(),
+        ttfb_us=int((ctx.ttfb - ctx.started) * 1_000_000) if ctx.ttfb else None,
+        prompt_tokens=u.prompt_tokens if u else None, completion_tokens=u.completion_tokens if u else None,
+        cached_tokens=u.cached_tokens if u else None, cache_write_tokens=u.cache_write_tokens if u else None,
+        reasoning_tokens=u.reasoning_tokens if u else None, usage_estimated=int(ctx.usage_estimated),
+        cost_uc=ctx.cost_uc, cost_status=ctx.cost_status, upstream_request_id=ctx.upstream_request_id,
+        error_type=ctx.error_type, error_message=ctx.error_message, key_id=ctx.key_id, project=ctx.project,
+        parent_id=parent_id, attempt=attempt, cache_hit=int(ctx.cache_hit), cost_saved_uc=ctx.cost_saved_uc,
+        request_body=request_body, response_body=response_body, request_truncated=req_trunc,
+        response_truncated=ctx.response_truncated,
+    )
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+FILTERS = ("since", "until", "model", "provider", "status", "key", "outcome")
+
+
+def list_traces(conn: sqlite3.Connection, *, limit: int = 50, cursor: str | None = None,
+                since_ms: int | None = None, until_ms: int | None = None, model: str | None = None,
+                provider: str | None = None, status: int | None = None, key: str | None = None,
+                outcome: str | None = None) -> list[dict[str, Any]]:
+    """Newest first; ``cursor`` is the id of the last trace of the previous page."""
+    where, args = [], []
+    for clause, value in (
+        ("id < ?", cursor), ("ts_ms >= ?", since_ms), ("ts_ms < ?", until_ms),
+        ("(model = ? OR served_model = ?)", model), ("provider = ?", provider), ("status = ?", status),
+        ("key_id = ?", key), ("outcome = ?", outcome),
+    ):
+        if value is not None:
+            where.append(clause)
+            args.extend([value] * clause.count("?"))
+    sql = "SELECT * FROM traces"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(limit)
+    return [dict(r) for r in conn.execute(sql, args)]
+
+
+def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
+    if row is None:
+        return None
+    trace = dict(row)
+    body = conn.execute("SELECT * FROM trace_bodies WHERE trace_id = ?", (trace_id,)).fetchone()
+    trace["request_body"] = _unpack(body["request"]) if body else None
+    trace["response_body"] = _unpack(body["response"]) if body else None
+    trace["request_truncated"] = bool(body["request_truncated"]) if body else False
+    trace["response_truncated"] = bool(body["response_truncated"]) if body else False
+    trace["attempts"] = [dict(r) for r in conn.execute(
+        "SELECT * FROM traces WHERE parent_id = ? ORDER BY attempt", (trace_id,))]
+    return trace
+
+
+def count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM traces").fetchone()[0]
+
+
+def rows_as_dicts(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
+    return [dict(r) for r in rows]

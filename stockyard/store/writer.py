@@ -1,0 +1,188 @@
+"""The one writer thread: drains a bounded queue into SQLite in batched transactions.
+
+Request threads never write. They hand the writer a *job* — a function of a connection —
+and go on. Jobs that a caller must see committed (admin changes, settlements) come with a
+:class:`concurrent.futures.Future` that resolves after the COMMIT. Each job runs inside
+its own SAVEPOINT, so one bad job never takes its batch down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import db
+
+log = logging.getLogger("stockyard.writer")
+
+Job = Callable[[sqlite3.Connection], Any]
+_STOP = object()
+
+
+@dataclass
+class _Item:
+    job: Job
+    future: Future | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class WriterStats:
+    written: int = 0
+    dropped: int = 0
+    failed_batches: int = 0
+    last_error: str | None = None
+    last_ok_monotonic: float = field(default_factory=time.monotonic)
+
+
+class Writer:
+    """Owns the server's only write connection."""
+
+    def __init__(self, path: Path | str, maxsize: int = 10_000, batch_max: int = 512,
+                 idle_after_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.batch_max = batch_max
+        self.idle_after_s = idle_after_s
+        self.stats = WriterStats()
+        self.healthy = True
+        self._idle_tasks: list[Callable[[sqlite3.Connection], None]] = []
+        self._thread = threading.Thread(target=self._run, name="stockyard-writer", daemon=True)
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Writer":
+        self._conn = db.connect(self.path)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain what is queued, then close the connection."""
+        if not self._thread.is_alive():
+            return
+        self.queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def add_idle_task(self, task: Callable[[sqlite3.Connection], None]) -> None:
+        """Run ``task(conn)`` when the queue has been empty for a while (checkpoints, retention)."""
+        self._idle_tasks.append(task)
+
+    # -- submitting ------------------------------------------------------------------------
+    def submit(self, job: Job) -> bool:
+        """Queue a fire-and-forget job; False (and counted as dropped) when the queue is full."""
+        try:
+            self.queue.put_nowait(_Item(job))
+            return True
+        except queue.Full:
+            self.stats.dropped += 1
+            if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
+                log.warning("writer queue full: %d records dropped so far", self.stats.dropped)
+            return False
+
+    def call(self, job: Job, timeout: float = 30.0) -> Any:
+        """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error."""
+        future: Future = Future()
+        self.queue.put(_Item(job, future), timeout=timeout)
+        return future.result(timeout=timeout)
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._conn is not None
+        stopping = False
+        idle_done = True
+        while not stopping:
+            try:
+                first = self.queue.get(timeout=self.idle_after_s)
+            except queue.Empty:
+                if not idle_done:
+                    self._run_idle_tasks()
+                    idle_done = True
+                continue
+            batch: list[_Item] = []
+            item = first
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if len(batch) >= self.batch_max:
+                    break
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+                idle_done = False
+        self._run_idle_tasks()
+        self._conn.close()
+
+    def _commit(self, batch: list[_Item]) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    item.result = item.job(conn)
+                    conn.execute("RELEASE job")
+                except Exception as exc:  # one bad job must not sink the batch
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    item.error = exc
+                    if item.future is None:
+                        log.error("dropped a record the database refused: %s", exc)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self._batch_failed(batch, exc)
+            return
+        self.healthy = True
+        self.stats.last_ok_monotonic = time.monotonic()
+        for item in batch:
+            if item.error is None:
+                self.stats.written += 1
+            if item.future is not None:
+                if item.error is not None:
+                    item.future.set_exception(item.error)
+                else:
+                    item.future.set_result(item.result)
+
+    def _batch_failed(self, batch: list[_Item], exc: sqlite3.Error) -> None:
+        """The database refused the whole batch (disk full, read-only): count, log, go on."""
+        self.healthy = False
+        self.stats.failed_batches += 1
+        self.stats.last_error = str(exc)
+        lost = 0
+        for item in batch:
+            if item.future is not None:
+                item.future.set_exception(exc)
+            else:
+                lost += 1
+        self.stats.dropped += lost
+        log.error("database write failed (%s): %d records dropped", exc, lost)
+
+    def _run_idle_tasks(self) -> None:
+        assert self._conn is not None
+        for task in self._idle_tasks:
+            try:
+                task(self._conn)
+            except Exception as exc:
+                log.warning("idle task %s failed: %s", getattr(task, "__name__", task), exc)

@@ -1,0 +1,222 @@
+"""Talking to providers: a keep-alive connection pool per host, timeouts, SSE reading.
+
+A pooled connection can turn out to be stale (the provider closed it while it sat idle);
+that shows as a failure before any byte of the answer arrives, and only then is the
+request sent once more on a fresh connection. Connections go back to the pool only
+when their response was read to the end.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urlsplit
+
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+          ConnectionAbortedError, http.client.BadStatusLine)
+
+
+class UpstreamError(Exception):
+    """The provider could not be reached or did not answer properly.
+
+    ``kind`` is one of ``connect``, ``timeout``, ``reset``, ``protocol``; the message never
+    contains request headers (which hold the provider key).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def status(self) -> int:
+        return 504 if self.kind == "timeout" else 502
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+    prefix: str  # path prefix from the base URL, without trailing slash
+
+    @classmethod
+    def parse(cls, base_url: str) -> "Origin":
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base URL must be http(s)://host[:port][/path], got {base_url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+
+def _tls_context() -> ssl.SSLContext:
+    """System CA store with verification on; OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR."""
+    return ssl.create_default_context()
+
+
+class UpstreamResponse:
+    """One answer from a provider, holding its connection until read or closed."""
+
+    def __init__(self, pool: "Pool", key: Origin, conn: http.client.HTTPConnection,
+                 resp: http.client.HTTPResponse) -> None:
+        self._pool, self._key, self._conn, self._resp = pool, key, conn, resp
+        self.status = resp.status
+        self.headers = {k.lower(): v for k, v in resp.getheaders()}
+        self._done = False
+
+    @property
+    def is_sse(self) -> bool:
+        return self.headers.get("content-type", "").startswith("text/event-stream")
+
+    def read_all(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        """The whole body; returns the connection to the pool."""
+        try:
+            data = self._resp.read(limit + 1)
+        except socket.timeout as exc:
+            self.close()
+            raise UpstreamError("timeout", "provider timed out while sending its answer") from exc
+        except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise UpstreamError("reset", "provider connection broke while sending its answer") from exc
+        if len(data) > limit:
+            self.close()
+            raise UpstreamError("protocol", "provider answer is larger than the limit")
+        self.release()
+        return data
+
+    def events(self) -> Iterator[bytes]:
+        """Yield raw SSE events (each ending in a blank line), as soon as each is complete.
+
+        Uses ``read1`` so nothing waits for a buffer to fill. Raises UpstreamError when
+        the stream breaks; a clean end returns normally.
+        """
+        buf = b""
+        while True:
+            try:
+                chunk = self._resp.read1(65536)
+            except socket.timeout as exc:
+                self.close()
+                raise UpstreamError("timeout", "provider stopped sending mid-stream") from exc
+            except (http.client.IncompleteRead, OSError, http.client.HTTPException, ValueError) as exc:
+                self.close()
+                raise UpstreamError("reset", "provider connection broke mid-stream") from exc
+            if not chunk:
+                break
+            buf = (buf + chunk).replace(b"\r\n", b"\n")
+            while True:
+                end = buf.find(b"\n\n")
+                if end < 0:
+                    break
+                yield buf[: end + 2]
+                buf = buf[end + 2:]
+        if buf.strip():
+            yield buf + b"\n\n"
+        self.release()
+
+    def release(self) -> None:
+        """Give the connection back for reuse if the response ended cleanly."""
+        if self._done:
+            return
+        self._done = True
+        if self._resp.isclosed() and not self._resp.will_close:
+            self._pool._put(self._key, self._conn)
+        else:
+            self._conn.close()
+
+    def close(self) -> None:
+        """Drop the connection (client went away, stream broke): never reused."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._conn.close()
+        except OSError:
+            pass
+
+
+class Pool:
+    """Idle keep-alive connections per origin, most recently used first."""
+
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 600.0,
+                 max_idle_per_origin: int = 64) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_idle = max_idle_per_origin
+        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+
+    def _take(self, key: Origin) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def _put(self, key: Origin, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def _new(self, key: Origin) -> http.client.HTTPConnection:
+        if key.scheme == "https":
+            if self._tls is None:
+                self._tls = _tls_context()
+            return http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout,
+                                               context=self._tls)
+        return http.client.HTTPConnection(key.host, key.port, timeout=self.connect_timeout)
+
+    def _connect(self, key: Origin, read_timeout: float) -> http.client.HTTPConnection:
+        conn = self._new(key)
+        try:
+            conn.connect()
+        except socket.timeout as exc:
+            raise UpstreamError("timeout", f"timed out connecting to {key.host}:{key.port}") from exc
+        except ssl.SSLError as exc:
+            raise UpstreamError("connect", f"TLS failed with {key.host}:{key.port}: {exc.reason}") from exc
+        except OSError as exc:
+            raise UpstreamError("connect", f"cannot connect to {key.host}:{key.port}: {exc.strerror or exc}") from exc
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.settimeout(read_timeout)
+        return conn
+
+    def request(self, base_url: str, method: str, path: str, headers: dict[str, str],
+                body: bytes | None, read_timeout: float | None = None) -> UpstreamResponse:
+        """Send one request; retries once only if a reused connection was stale."""
+        key = Origin.parse(base_url)
+        timeout = self.read_timeout if read_timeout is None else read_timeout
+        full_path = key.prefix + path
+        conn = self._take(key)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = self._connect(key, timeout)
+            else:
+                conn.sock.settimeout(timeout)
+            try:
+                conn.request(method, full_path, body=body, headers=headers)
+                resp = conn.getresponse()
+                return UpstreamResponse(self, key, conn, resp)
+            except _STALE as exc:
+                conn.close()
+                if reused:
+                    conn, reused = None, False
+                    continue
+                raise UpstreamError("reset", f"{key.host}:{key.port} closed the connection without answering") from exc
+            except socket.timeout as exc:
+                conn.close()
+                raise UpstreamError("timeout", f"{key.host}:{key.port} did not answer in {timeout:g}s") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise UpstreamError("protocol", f"bad answer from {key.host}:{key.port}: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for c in conns:
+            c.close()

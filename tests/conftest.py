@@ -1,0 +1,163 @@
+"""Shared test fixtures: the built pyz, the mock upstream, and Stockyard server processes.
+
+Servers are real subprocesses of ``dist/stockyard.pyz serve`` on a free port, with their
+own database file; their stderr is collected so tests can scan the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from mock_upstream import MockUpstream  # noqa: E402
+
+OPENAI_KEY = "sk-test-openai-0123456789abcdefSECRET"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy (an external event), or fail."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+@pytest.fixture(scope="session")
+def pyz_path() -> Path:
+    """Build dist/stockyard.pyz once per test session from the working tree."""
+    out = ROOT / "dist" / "stockyard.pyz"
+    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--out", str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
+class ServerProcess:
+    """A running ``stockyard.pyz serve`` with its own database and collected log."""
+
+    def __init__(self, pyz: Path, db: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+        self.pyz, self.db, self.env = pyz, db, env
+        self.args = args or []
+        self.log_lines: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self._banner = threading.Event()
+
+    def start(self, timeout: float = 20.0) -> "ServerProcess":
+        cmd = [sys.executable, str(self.pyz), "serve", "--port", "0", "--db", str(self.db), *self.args]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._banner.wait(timeout):
+            self.stop()
+            raise AssertionError("server did not start:\n" + self.log)
+        if not self.port:
+            raise AssertionError("server exited at start:\n" + self.log)
+        return self
+
+    def _read_log(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            self.log_lines.append(line)
+            if "listening on http://" in line and not self.port:
+                self.port = int(line.split("listening on http://")[1].split()[0].rsplit(":", 1)[1])
+                self._banner.set()
+        self._banner.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.log_lines)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
+                raw: bytes | None = None) -> tuple[int, dict, bytes]:
+        """One HTTP request to the server; returns (status, headers, body) for any status."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    def db_rows(self, sql: str, args: tuple = ()) -> list[dict]:
+        conn = sqlite3.connect(self.db)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(sql, args)]
+        finally:
+            conn.close()
+
+    def trace(self, trace_id: str, timeout: float = 10.0) -> dict:
+        """The stored trace with this id, waiting for the writer to commit it."""
+        rows = wait_for(lambda: self.db_rows("SELECT * FROM traces WHERE id = ?", (trace_id,)),
+                        timeout, f"trace {trace_id}")
+        return rows[0]
+
+    def cli(self, *args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(self.pyz), *args, "--db", str(self.db)],
+                              env={**self.env, **(env or {})}, input=input, capture_output=True, text=True,
+                              timeout=60)
+
+
+def base_env(cache_home: Path) -> dict[str, str]:
+    """A clean environment: no provider variables from the developer's shell leak in."""
+    keep = {k: v for k, v in os.environ.items()
+            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
+    return {**keep, "XDG_CACHE_HOME": str(cache_home), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def mock() -> MockUpstream:
+    with MockUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def openai_server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+    """A server routing to the mock as the OpenAI provider (module-scoped: started once)."""
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    db = tmp_path_factory.mktemp("srv") / "stockyard.db"
+    server = ServerProcess(pyz_path, db, env).start()
+    yield server
+    server.stop()
