@@ -1,0 +1,331 @@
+"""Price table and integer cost arithmetic.
+
+Money is an integer number of micro-cents (µ¢): 1 µ¢ = 10⁻⁶ cent = 10⁻⁸ USD.
+No float touches money: prices arrive as decimal strings and become integers.
+
+Rates are integer µ¢ per 1,000,000 tokens (``USD per 1M × 10⁸``), which is exact
+for any price with at most 8 decimals ($0.075/M = 7_500_000; $0.005/M = 500_000).
+
+The cost of a request is computed in one step: ``Σ tokens_k × rate_k`` is an exact
+integer in units of 10⁻⁶ µ¢; it is divided by 10⁶ ONCE, rounding half up. That is
+the only rounding, so a request is off by less than 0.5 µ¢ (5·10⁻⁹ USD). A request
+whose exact cost is above zero but below 0.5 µ¢ is charged 1 µ¢ instead of 0, so a
+billed request is never free (e.g. one cached token on gpt-5-nano: exact 0.5 µ¢ → 1).
+
+Matching (``PriceTable.lookup``): keys are model names as providers return them,
+optionally qualified ``"<provider>/<model>"``; the longest key that is a prefix of
+the model wins, so ``gpt-4o-mini`` beats ``gpt-4o`` for ``gpt-4o-mini-2024-07-18``.
+A key only matches at a boundary (``- _ . : @`` or end), and not when the rest
+starts with a 1–2 digit number: that is a different version, not a dated snapshot
+(``claude-opus-4`` must not price ``claude-opus-4-7``). An unknown model gives None,
+never a guess. ``"<provider>/*"`` prices every model of that provider (used for
+local Ollama, which costs nothing).
+
+Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k),
+Anthropic 1-hour cache writes (billed here at the 5-minute rate), audio/image
+token rates, and per-request or per-search fees (Perplexity, web search tools).
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
+
+USD = 10**8  # µ¢ per US dollar
+PER = 10**6  # rates are per this many tokens
+
+# Leading path segments that name a provider rather than part of a model id.
+PROVIDERS = frozenset({
+    "openai", "anthropic", "gemini", "google", "groq", "mistral", "deepseek",
+    "together", "fireworks", "openrouter", "perplexity", "xai", "ollama", "azure",
+})
+
+_BOUNDARY = "-_.:@"
+_NEW_VERSION = re.compile(r"[-_.]\d{1,2}(?!\d)")
+
+
+def _units(text: str, what: str) -> int:
+    """Exact ``text × 10⁸`` for a non-negative decimal string with ≤ 8 decimals."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a decimal string, not {type(text).__name__}")
+    try:
+        number = Decimal(text.strip())  # "2.50", "10", "1e-3"; not "1/3"
+    except InvalidOperation:
+        raise ValueError(f"{what} {text!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise ValueError(f"{what} {text!r} is not a finite number")
+    value = Fraction(number)  # exact, no context rounding
+    if value < 0:
+        raise ValueError(f"{what} {text!r} is negative")
+    scaled = value * USD
+    if scaled.denominator != 1:
+        raise ValueError(f"{what} {text!r} has more than 8 decimal places")
+    return scaled.numerator
+
+
+def parse_usd_per_m(text: str) -> int:
+    """'2.50' (USD per 1M tokens) → 250_000_000 µ¢ per 1M tokens."""
+    return _units(text, "price")
+
+
+def microcents_from_usd(text: str) -> int:
+    """Budget input like '10', '0.50' or '$5' → µ¢ (exact, else ValueError)."""
+    if isinstance(text, str):
+        text = text.strip().removeprefix("$")
+    return _units(text, "amount")
+
+
+def format_usd(microcents: int, min_places: int = 6) -> str:
+    """µ¢ → '$0.000123': at least ``min_places`` decimals, up to 8 when needed.
+
+    Exact, so a non-zero cost never prints as $0.00 (1 µ¢ → '$0.00000001').
+    Reports that want cents pass ``min_places=2`` ('$10.00', '$0.0123').
+    """
+    if type(microcents) is not int:
+        raise TypeError(f"money must be int micro-cents, not {type(microcents).__name__}")
+    if not 0 <= min_places <= 8:
+        raise ValueError("min_places must be between 0 and 8")
+    sign = "-" if microcents < 0 else ""
+    dollars, frac = divmod(abs(microcents), USD)
+    digits = f"{frac:08d}"
+    places = max(min_places, len(digits.rstrip("0")))
+    return f"{sign}${dollars}" + (f".{digits[:places]}" if places else "")
+
+
+def _check_counts(obj: object) -> None:
+    for name, value in vars(obj).items():
+        if value is None and name == "reasoning":
+            continue
+        if type(value) is not int or value < 0:
+            raise ValueError(f"{type(obj).__name__}.{name} must be a non-negative int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Price:
+    """Rates in integer µ¢ per 1M tokens; ``reasoning`` None means the output rate."""
+
+    input: int
+    cached_input: int
+    cache_write: int
+    output: int
+    reasoning: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_counts(self)
+
+    @classmethod
+    def from_usd(cls, rates: Mapping[str, str]) -> Price:
+        """From decimal strings in USD per 1M; cached/cache_write default to input."""
+        unknown = set(rates) - {"input", "cached_input", "cache_write", "output", "reasoning"}
+        if unknown:
+            raise ValueError(f"unknown price fields: {sorted(unknown)}")
+        inp = parse_usd_per_m(rates["input"])
+        return cls(
+            input=inp,
+            cached_input=parse_usd_per_m(rates["cached_input"]) if "cached_input" in rates else inp,
+            cache_write=parse_usd_per_m(rates["cache_write"]) if "cache_write" in rates else inp,
+            output=parse_usd_per_m(rates["output"]),
+            reasoning=parse_usd_per_m(rates["reasoning"]) if "reasoning" in rates else None,
+        )
+
+
+def _count(d: Mapping[str, Any] | None, key: str) -> int:
+    """A token count from provider JSON; missing, null or malformed counts as 0."""
+    value = d.get(key) if isinstance(d, Mapping) else None
+    return value if type(value) is int and value > 0 else 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one upstream attempt, OpenAI-style.
+
+    ``prompt_tokens`` INCLUDES ``cached_tokens`` (cache reads) and
+    ``cache_write_tokens``; ``completion_tokens`` INCLUDES ``reasoning_tokens``.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        _check_counts(self)
+
+    @classmethod
+    def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage:
+        """Chat Completions (prompt_/completion_tokens) or Responses API (input_/output_tokens).
+
+        Also reads DeepSeek's ``prompt_cache_hit_tokens``, and handles providers
+        (xAI) whose ``completion_tokens`` leave reasoning out: detected when
+        ``total_tokens == prompt + completion + reasoning``.
+        """
+        u = usage if isinstance(usage, Mapping) else {}
+        prompt = _count(u, "prompt_tokens") or _count(u, "input_tokens")
+        completion = _count(u, "completion_tokens") or _count(u, "output_tokens")
+        in_details = u.get("prompt_tokens_details") or u.get("input_tokens_details")
+        out_details = u.get("completion_tokens_details") or u.get("output_tokens_details")
+        cached = _count(in_details, "cached_tokens") or _count(u, "prompt_cache_hit_tokens")
+        reasoning = _count(out_details, "reasoning_tokens")
+        total = u.get("total_tokens")
+        if reasoning and type(total) is int and total == prompt + completion + reasoning:
+            completion += reasoning
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=min(cached, prompt),
+            reasoning_tokens=min(reasoning, completion),
+        )
+
+    @classmethod
+    def from_anthropic(cls, usage: Mapping[str, Any] | None) -> Usage:
+        """Anthropic reports input_tokens WITHOUT cache reads/writes; add them back."""
+        read = _count(usage, "cache_read_input_tokens")
+        write = _count(usage, "cache_creation_input_tokens")
+        return cls(
+            prompt_tokens=_count(usage, "input_tokens") + read + write,
+            completion_tokens=_count(usage, "output_tokens"),
+            cached_tokens=read,
+            cache_write_tokens=write,
+        )
+
+    @classmethod
+    def from_gemini(cls, meta: Mapping[str, Any] | None) -> Usage:
+        """Gemini ``usageMetadata``: promptTokenCount includes cachedContentTokenCount;
+        candidatesTokenCount excludes thoughtsTokenCount, which is billed as output.
+        toolUsePromptTokenCount is billed as input, so it joins the prompt."""
+        thoughts = _count(meta, "thoughtsTokenCount")
+        prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=_count(meta, "candidatesTokenCount") + thoughts,
+            cached_tokens=min(_count(meta, "cachedContentTokenCount"), prompt),
+            reasoning_tokens=thoughts,
+        )
+
+
+def round_microcents(numerator: int) -> int:
+    """numerator (units of 10⁻⁶ µ¢) → µ¢, half up; anything above 0 is at least 1."""
+    if numerator <= 0:
+        return 0
+    return max(1, (numerator + PER // 2) // PER)
+
+
+def cost_microcents(price: Price, usage: Usage) -> int:
+    """Exact integer cost in µ¢ of ``usage`` at ``price``, rounded once.
+
+    Parts are billed as reported; if a provider reports parts larger than the
+    totals, the remainder (uncached input, plain output) counts as 0, never less.
+    """
+    uncached = max(0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens)
+    plain_output = max(0, usage.completion_tokens - usage.reasoning_tokens)
+    reasoning_rate = price.output if price.reasoning is None else price.reasoning
+    numerator = (
+        uncached * price.input
+        + usage.cached_tokens * price.cached_input
+        + usage.cache_write_tokens * price.cache_write
+        + plain_output * price.output
+        + usage.reasoning_tokens * reasoning_rate
+    )
+    return round_microcents(numerator)
+
+
+def _split(name: str) -> tuple[str | None, str]:
+    """'groq/llama-3.3' → ('groq', 'llama-3.3'); 'meta-llama/x' stays bare."""
+    head, sep, rest = name.partition("/")
+    if sep and head in PROVIDERS and rest:
+        return head, rest
+    return None, name
+
+
+def _matches(key: str, model: str) -> bool:
+    if key == "*" or key == model:
+        return True
+    if not model.startswith(key):
+        return False
+    rest = model[len(key):]
+    return rest[0] in _BOUNDARY and not _NEW_VERSION.match(rest)
+
+
+class PriceTable:
+    """Prices by model, with deterministic longest-prefix lookup."""
+
+    def __init__(self, prices: Mapping[str, Price], checked: str = "") -> None:
+        self.checked = checked
+        self._by_provider: dict[str | None, dict[str, Price]] = {}
+        for key, price in prices.items():
+            if not isinstance(price, Price):
+                raise TypeError(f"price for {key!r} must be a Price")
+            provider, name = _split(key.strip().lower())
+            self._by_provider.setdefault(provider, {})[name] = price
+
+    @classmethod
+    def from_json(cls, data: bytes | str, overrides: Mapping[str, Price] | None = None) -> PriceTable:
+        """Parse the prices.json format; every price must be a decimal string."""
+        doc = json.loads(data)
+        prices: dict[str, Price] = {}
+        for key, rates in doc["models"].items():
+            try:
+                prices[key] = Price.from_usd(rates)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"bad price for {key!r}: {exc}") from None
+        table = cls(prices, checked=str(doc.get("checked", "")))
+        if overrides:
+            table = cls({**dict(table.entries()), **overrides}, checked=table.checked)
+        return table
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Price] | None = None) -> PriceTable:
+        """The packaged table (works inside the zipapp), with overrides on top."""
+        data = pkgutil.get_data("stockyard", "data/prices.json")
+        if data is None:
+            raise FileNotFoundError("stockyard/data/prices.json is missing from the package")
+        return cls.from_json(data, overrides)
+
+    def entries(self) -> list[tuple[str, Price]]:
+        """All (key, price) pairs, sorted by key, keys as written in the table."""
+        out = [
+            (name if provider is None else f"{provider}/{name}", price)
+            for provider, names in self._by_provider.items()
+            for name, price in names.items()
+        ]
+        return sorted(out)
+
+    def lookup(self, model: str, provider: str | None = None) -> Price | None:
+        """Price for ``model`` as served by ``provider``, or None when unknown.
+
+        Order: entries qualified with ``provider``; entries qualified with a
+        provider named in the model ('groq/llama-…'); bare entries for the full
+        name; bare entries for the name without that provider. First hit wins.
+        """
+        name = (model or "").strip().lower().removeprefix("models/")
+        if not name:
+            return None
+        head, rest = _split(name)
+        attempts: list[tuple[str | None, str]] = []
+        if provider:
+            attempts.append((provider.strip().lower(), name))
+        if head:
+            attempts.append((head, rest))
+        attempts.append((None, name))
+        if head:
+            attempts.append((None, rest))
+        for space, wanted in attempts:
+            found = self._longest(self._by_provider.get(space, {}), wanted)
+            if found is not None:
+                return found
+        return None
+
+    @staticmethod
+    def _longest(names: Mapping[str, Price], model: str) -> Price | None:
+        """Longest matching key wins; '*' matches anything with length 0."""
+        hits = [key for key in names if _matches(key, model)]
+        if not hits:
+            return None
+        return names[max(hits, key=lambda k: 0 if k == "*" else len(k))]

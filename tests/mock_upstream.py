@@ -1,0 +1,932 @@
+"""A mock LLM provider server for Stockyard's tests and benchmarks.
+
+It speaks the wire formats of OpenAI (chat, completions, embeddings, models), Anthropic
+(messages, count_tokens), Gemini (generateContent, streamGenerateContent) and Azure OpenAI
+(deployments), records every request, and can be scripted with `Reply` objects.
+
+    with MockUpstream() as mock:
+        mock.enqueue(Reply(status=429, headers={"retry-after": "1"}))
+        ...  # point the code under test at mock.url
+        assert mock.last("/chat/completions").json["model"] == "gpt-4o-mini"
+
+Run as a process (for benchmarks):
+
+    python tests/mock_upstream.py --port 9000 --delay-ms 20
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import email.utils
+import hashlib
+import http.server
+import itertools
+import json as jsonlib
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlsplit
+
+CREATED = 1_700_000_000  # fixed timestamp: replies are deterministic
+TEXT = "Hello from mock"
+TEXT_PIECES = ["Hello", " from", " mock"]
+TOOL_ARGS = {"city": "Paris"}
+TOOL_ARG_PIECES = ['{"city"', ': "Paris"}']
+PROMPT_TOKENS = 12
+COMPLETION_TOKENS = 5
+CACHED_TOKENS = 8
+REASONING_TOKENS = 3
+EMBEDDING_DIMS = 8
+MODEL_IDS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+ERROR_MODEL = re.compile(r"^(?:mock|claude|gemini)-error-(\d{3})$")
+SSE_PREFIXES = ("data:", "event:", "id:", "retry:", ":")
+
+
+# --------------------------------------------------------------------------- public types
+
+
+@dataclass
+class Reply:
+    """One scripted reply; `MockUpstream.enqueue` queues these (consumed FIFO).
+
+    Content is `json`, `body` or `sse` (first one set wins). With none of them set, the
+    route's default reply is used; if `status` >= 400 that is the provider's error JSON
+    for that status, in the dialect of the route (so `Reply(status=429)` is a realistic 429).
+    `sse` items are raw `data:` payloads (wrapped as `data: <item>\\n\\n`) or full event
+    blocks (starting with `event:`/`data:`/`:`). No `[DONE]` is added to scripted streams.
+    """
+
+    status: int = 200
+    json: Any = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    sse: list[str] | None = None
+    sse_delay_ms: float = 0
+    cut_after: int | None = None  # SSE: events sent before an abrupt close; JSON: body bytes
+    hang_s: float | None = None
+    reset: bool = False
+
+    def has_content(self) -> bool:
+        """True when the reply carries its own body (json, body or sse)."""
+        return self.json is not None or self.body is not None or self.sse is not None
+
+
+@dataclass
+class Recorded:
+    """One request the mock received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sse_block(item: str) -> bytes:
+    """Turn an SSE payload or a full event block into wire bytes ending with a blank line."""
+    if not item.startswith(SSE_PREFIXES):
+        item = f"data: {item}"
+    if not item.endswith("\n\n"):
+        item = item.rstrip("\n") + "\n\n"
+    return item.encode()
+
+
+def _dumps(obj: Any) -> str:
+    return jsonlib.dumps(obj, separators=(",", ":"))
+
+
+def _has_flag(model: str, word: str) -> bool:
+    return word in model
+
+
+def _no_usage(model: str) -> bool:
+    return model == "mock-no-usage"
+
+
+def _error_status(model: str) -> int | None:
+    """Status code requested by a magic error model name, e.g. `mock-error-429` → 429."""
+    match = ERROR_MODEL.match(model or "")
+    return int(match.group(1)) if match else None
+
+
+def _embedding(text: str) -> list[float]:
+    """Eight deterministic floats in [-1, 1) derived from the input."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 128.0 - 1.0, 6) for b in digest[:EMBEDDING_DIMS]]
+
+
+def _embedding_inputs(value: Any) -> list[Any]:
+    """Split an embeddings `input` into its items (a string, token ids, or lists of them)."""
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        return [value]
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _token_count(item: Any) -> int:
+    if isinstance(item, list):
+        return max(1, len(item))
+    return max(1, len(str(item).split()))
+
+
+def _first_openai_tool(body: dict) -> str | None:
+    tools = body.get("tools") or []
+    if tools and isinstance(tools[0], dict):
+        fn = tools[0].get("function") or {}
+        return fn.get("name") or tools[0].get("name") or "tool"
+    return None
+
+
+def _first_anthropic_tool(body: dict) -> str | None:
+    tools = body.get("tools") or []
+    if tools and isinstance(tools[0], dict):
+        return tools[0].get("name") or "tool"
+    return None
+
+
+def _first_gemini_function(body: dict) -> str | None:
+    for tool in body.get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        decls = tool.get("functionDeclarations") or tool.get("function_declarations") or []
+        if decls:
+            return decls[0].get("name") or "tool"
+    return None
+
+
+# --------------------------------------------------------------------------- error shapes
+
+OPENAI_ERRORS = {
+    400: ("invalid_request_error", None, "Invalid request (mock)."),
+    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided (mock)."),
+    404: ("invalid_request_error", "model_not_found", "The model does not exist (mock)."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached (mock)."),
+    500: ("server_error", None, "The server had an error processing your request (mock)."),
+    503: ("server_error", None, "The engine is currently overloaded (mock)."),
+}
+ANTHROPIC_ERRORS = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    500: "api_error", 529: "overloaded_error",
+}
+GEMINI_ERRORS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def openai_error(status: int, message: str | None = None) -> Reply:
+    """An OpenAI-shaped error reply; 429 carries `retry-after: 1`."""
+    etype, code, default = OPENAI_ERRORS.get(status, ("server_error", None, "Error (mock)."))
+    body = {"error": {"message": message or default, "type": etype, "param": None, "code": code}}
+    headers = {"retry-after": "1"} if status == 429 else {}
+    return Reply(status=status, json=body, headers=headers)
+
+
+def anthropic_error(status: int, message: str | None = None) -> Reply:
+    """An Anthropic-shaped error reply; 429 carries `retry-after: 1`."""
+    etype = ANTHROPIC_ERRORS.get(status, "api_error")
+    body = {"type": "error", "error": {"type": etype, "message": message or f"{etype} (mock)"}}
+    headers = {"retry-after": "1"} if status == 429 else {}
+    return Reply(status=status, json=body, headers=headers)
+
+
+def gemini_error(status: int, message: str | None = None) -> Reply:
+    """A Google-shaped error reply."""
+    gstatus = GEMINI_ERRORS.get(status, "UNKNOWN")
+    body = {"error": {"code": status, "message": message or f"{gstatus} (mock)", "status": gstatus}}
+    return Reply(status=status, json=body)
+
+
+def azure_error(status: int, message: str | None = None) -> Reply:
+    """An Azure-ish error reply (`{"error": {"code": "404", "message": ...}}`)."""
+    return Reply(status=status, json={"error": {"code": str(status), "message": message or "Resource not found"}})
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+
+def openai_usage(model: str, completion_tokens: int = COMPLETION_TOKENS) -> dict:
+    """Usage block; magic words `cached` and `reasoning` in the model fill the details."""
+    cached = CACHED_TOKENS if _has_flag(model, "cached") else 0
+    reasoning = REASONING_TOKENS if _has_flag(model, "reasoning") else 0
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion_tokens,
+        "total_tokens": PROMPT_TOKENS + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+def _openai_tool_call(name: str) -> dict:
+    return {"id": "call_mock1", "type": "function",
+            "function": {"name": name, "arguments": _dumps(TOOL_ARGS)}}
+
+
+def openai_chat(body: dict, n: int, model: str) -> dict:
+    """A non-streamed `chat.completion` object."""
+    tool = _first_openai_tool(body)
+    if tool:
+        message = {"role": "assistant", "content": None, "tool_calls": [_openai_tool_call(tool)],
+                   "refusal": None}
+        finish = "tool_calls"
+    else:
+        message = {"role": "assistant", "content": TEXT, "refusal": None}
+        finish = "stop"
+    reply = {
+        "id": f"chatcmpl-mock{n}", "object": "chat.completion", "created": CREATED, "model": model,
+        "system_fingerprint": "fp_mock",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+    }
+    if not _no_usage(model):
+        reply["usage"] = openai_usage(model)
+    return reply
+
+
+def _chat_deltas(body: dict) -> tuple[list[dict], str]:
+    """The `delta` objects of a streamed chat answer, and its finish reason."""
+    tool = _first_openai_tool(body)
+    if not tool:
+        return ([{"role": "assistant", "content": "", "refusal": None}]
+                + [{"content": piece} for piece in TEXT_PIECES], "stop")
+    head = {"index": 0, "id": "call_mock1", "type": "function",
+            "function": {"name": tool, "arguments": ""}}
+    deltas = [{"role": "assistant", "content": None, "tool_calls": [head], "refusal": None}]
+    deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+               for piece in TOOL_ARG_PIECES]
+    return deltas, "tool_calls"
+
+
+def _include_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def openai_chat_stream(body: dict, n: int, model: str) -> list[str]:
+    """SSE payloads of a streamed chat answer, ending with `[DONE]`."""
+    with_usage = _include_usage(body) and not _no_usage(model)
+
+    def chunk(choices: list[dict], usage: Any = None) -> str:
+        obj = {"id": f"chatcmpl-mock{n}", "object": "chat.completion.chunk", "created": CREATED,
+               "model": model, "system_fingerprint": "fp_mock", "choices": choices}
+        if with_usage:
+            obj["usage"] = usage
+        return _dumps(obj)
+
+    deltas, finish = _chat_deltas(body)
+    events = [chunk([{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}])
+              for d in deltas]
+    events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
+    if with_usage:
+        events.append(chunk([], openai_usage(model)))
+    events.append("[DONE]")
+    return events
+
+
+def openai_completion(body: dict, n: int, model: str) -> dict:
+    """A non-streamed `text_completion` object."""
+    reply = {
+        "id": f"cmpl-mock{n}", "object": "text_completion", "created": CREATED, "model": model,
+        "choices": [{"text": TEXT, "index": 0, "logprobs": None, "finish_reason": "stop"}],
+    }
+    if not _no_usage(model):
+        reply["usage"] = openai_usage(model)
+    return reply
+
+
+def openai_completion_stream(body: dict, n: int, model: str) -> list[str]:
+    """SSE payloads of a streamed text completion, ending with `[DONE]`."""
+    with_usage = _include_usage(body) and not _no_usage(model)
+
+    def chunk(choices: list[dict], usage: Any = None) -> str:
+        obj = {"id": f"cmpl-mock{n}", "object": "text_completion", "created": CREATED,
+               "model": model, "choices": choices}
+        if with_usage:
+            obj["usage"] = usage
+        return _dumps(obj)
+
+    events = [chunk([{"text": p, "index": 0, "logprobs": None, "finish_reason": None}])
+              for p in TEXT_PIECES]
+    events.append(chunk([{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]))
+    if with_usage:
+        events.append(chunk([], openai_usage(model)))
+    events.append("[DONE]")
+    return events
+
+
+def openai_embeddings(body: dict, model: str) -> dict:
+    """An embeddings list: 8 floats per input (base64 float32 if `encoding_format` asks)."""
+    items = _embedding_inputs(body.get("input", ""))
+    as_b64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(items):
+        vector = _embedding(_dumps(item) if not isinstance(item, str) else item)
+        value: Any = vector
+        if as_b64:
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    tokens = sum(_token_count(item) for item in items)
+    reply: dict = {"object": "list", "data": data, "model": model}
+    if not _no_usage(model):
+        reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return reply
+
+
+def openai_models() -> dict:
+    """The `GET /v1/models` list."""
+    return {"object": "list", "data": [
+        {"id": mid, "object": "model", "created": CREATED, "owned_by": "system"} for mid in MODEL_IDS
+    ]}
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+def anthropic_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
+    """Usage; `cached` in the model moves 8 of the 12 input tokens to cache reads,
+    `cache-write` moves them to cache creation (input + cache read + creation stays 12)."""
+    cache_read = CACHED_TOKENS if _has_flag(model, "cached") else 0
+    cache_write = CACHED_TOKENS if _has_flag(model, "cache-write") else 0
+    return {
+        "input_tokens": PROMPT_TOKENS - cache_read - cache_write,
+        "cache_creation_input_tokens": cache_write,
+        "cache_read_input_tokens": cache_read,
+        "output_tokens": output_tokens,
+    }
+
+
+def _anthropic_content(body: dict) -> tuple[list[dict], str]:
+    tool = _first_anthropic_tool(body)
+    if tool:
+        return [{"type": "tool_use", "id": "toolu_mock1", "name": tool, "input": dict(TOOL_ARGS)}], "tool_use"
+    return [{"type": "text", "text": TEXT}], "end_turn"
+
+
+def anthropic_message(body: dict, n: int, model: str) -> dict:
+    """A non-streamed Messages API reply."""
+    content, stop = _anthropic_content(body)
+    reply = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model,
+             "content": content, "stop_reason": stop, "stop_sequence": None}
+    if not _no_usage(model):
+        reply["usage"] = anthropic_usage(model)
+    return reply
+
+
+def _event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {_dumps(data)}\n\n"
+
+
+def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
+    """The full Messages SSE event sequence, `message_start` … `message_stop`."""
+    content, stop = _anthropic_content(body)
+    block = content[0]
+    message = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model,
+               "content": [], "stop_reason": None, "stop_sequence": None}
+    delta_usage: dict = {}
+    if not _no_usage(model):
+        message["usage"] = anthropic_usage(model, output_tokens=1)
+        delta_usage = {"usage": {"output_tokens": COMPLETION_TOKENS}}
+    if block["type"] == "text":
+        start = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": p} for p in TEXT_PIECES]
+    else:
+        start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in [""] + TOOL_ARG_PIECES]
+    events = [
+        _event("message_start", {"type": "message_start", "message": message}),
+        _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": start}),
+        _event("ping", {"type": "ping"}),
+    ]
+    events += [_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+               for d in deltas]
+    events.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    events.append(_event("message_delta", {"type": "message_delta",
+                                           "delta": {"stop_reason": stop, "stop_sequence": None},
+                                           **delta_usage}))
+    events.append(_event("message_stop", {"type": "message_stop"}))
+    return events
+
+
+# --------------------------------------------------------------------------- Gemini
+
+
+def gemini_usage(model: str, candidates: int = COMPLETION_TOKENS) -> dict:
+    """usageMetadata; `cached`/`reasoning` in the model add cachedContentTokenCount 8 /
+    thoughtsTokenCount 3 (thoughts count toward totalTokenCount, as Gemini does)."""
+    usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": candidates}
+    total = PROMPT_TOKENS + candidates
+    if _has_flag(model, "cached"):
+        usage["cachedContentTokenCount"] = CACHED_TOKENS
+    if _has_flag(model, "reasoning"):
+        usage["thoughtsTokenCount"] = REASONING_TOKENS
+        total += REASONING_TOKENS
+    usage["totalTokenCount"] = total
+    return usage
+
+
+def _gemini_response(parts: list[dict], model: str, n: int, finish: str | None,
+                     usage: dict | None) -> dict:
+    candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    reply: dict = {"candidates": [candidate]}
+    if usage is not None and not _no_usage(model):
+        reply["usageMetadata"] = usage
+    reply["modelVersion"] = model
+    reply["responseId"] = f"resp_mock{n}"
+    return reply
+
+
+def gemini_generate(body: dict, n: int, model: str) -> dict:
+    """A non-streamed GenerateContentResponse."""
+    fn = _first_gemini_function(body)
+    parts = [{"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}] if fn else [{"text": TEXT}]
+    return _gemini_response(parts, model, n, "STOP", gemini_usage(model))
+
+
+def gemini_stream(body: dict, n: int, model: str) -> list[str]:
+    """SSE payloads of GenerateContentResponse chunks; usageMetadata is cumulative on each,
+    the last chunk has finishReason STOP and the final counts. No `[DONE]` (Gemini has none)."""
+    fn = _first_gemini_function(body)
+    if fn:
+        parts = [{"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}]
+        return [_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model)))]
+    events = []
+    for i, piece in enumerate(TEXT_PIECES):
+        last = i == len(TEXT_PIECES) - 1
+        tokens = COMPLETION_TOKENS if last else i + 1
+        events.append(_dumps(_gemini_response([{"text": piece}], model, n,
+                                              "STOP" if last else None, gemini_usage(model, tokens))))
+    return events
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@dataclass
+class Call:
+    """What a route handler sees: the recorded request plus its sequence number."""
+
+    req: Recorded
+    n: int
+
+    @property
+    def body(self) -> dict:
+        return self.req.json if isinstance(self.req.json, dict) else {}
+
+
+Route = Callable[[Call, Reply | None], Reply]
+ErrorFn = Callable[[int, str | None], Reply]
+
+
+def _json_body_or_error(call: Call, error: ErrorFn) -> Reply | None:
+    """A 400 in the route's dialect when the body is not a JSON object."""
+    if call.req.method == "POST" and not isinstance(call.req.json, dict):
+        return error(400, "We could not parse the JSON body of your request (mock).")
+    return None
+
+
+def _magic_error(model: str, error: ErrorFn) -> Reply | None:
+    status = _error_status(model)
+    return error(status) if status else None
+
+
+def _api_route(build: Callable[[Call, str], Reply], error: ErrorFn = openai_error,
+                  model_default: Callable[[Call], str] | None = None) -> Route:
+    """Wrap a builder with JSON-body checks, magic error models and scripted-status errors."""
+
+    def route(call: Call, scripted: Reply | None) -> Reply:
+        bad = _json_body_or_error(call, error)
+        if bad:
+            return bad
+        model = str(call.body.get("model") or (model_default(call) if model_default else "") or "")
+        if scripted is not None and scripted.status >= 400:
+            return error(scripted.status)
+        return _magic_error(model, error) or build(call, model)
+
+    return route
+
+
+def _json_or_sse(call: Call, model: str, plain: Callable, stream: Callable) -> Reply:
+    if call.body.get("stream") is True:
+        return Reply(sse=stream(call.body, call.n, model))
+    return Reply(json=plain(call.body, call.n, model))
+
+
+def _chat(call: Call, model: str) -> Reply:
+    return _json_or_sse(call, model, openai_chat, openai_chat_stream)
+
+
+def _completions(call: Call, model: str) -> Reply:
+    return _json_or_sse(call, model, openai_completion, openai_completion_stream)
+
+
+def _embeddings(call: Call, model: str) -> Reply:
+    return Reply(json=openai_embeddings(call.body, model))
+
+
+def _models(call: Call, scripted: Reply | None) -> Reply:
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    return Reply(json=openai_models())
+
+
+def _messages(call: Call, model: str) -> Reply:
+    return _json_or_sse(call, model, anthropic_message, anthropic_stream)
+
+
+def _count_tokens(call: Call, model: str) -> Reply:
+    return Reply(json={"input_tokens": PROMPT_TOKENS})
+
+
+def _gemini_model(call: Call) -> str:
+    return GEMINI_PATH.match(call.req.path).group(2)
+
+
+def _gemini(call: Call, model: str) -> Reply:
+    action = GEMINI_PATH.match(call.req.path).group(3)
+    if action == "generateContent":
+        return Reply(json=gemini_generate(call.body, call.n, model))
+    events = gemini_stream(call.body, call.n, model)
+    if call.req.query.get("alt") == "sse":
+        return Reply(sse=events)
+    return Reply(json=[jsonlib.loads(e) for e in events])  # without alt=sse: one JSON array
+
+
+def _azure(build: Callable[[Call, str], Reply]) -> Route:
+    """Azure deployment routes: need `api-version`, model defaults to the deployment name."""
+    inner = _api_route(build, model_default=lambda call: AZURE_PATH.match(call.req.path).group(1))
+
+    def route(call: Call, scripted: Reply | None) -> Reply:
+        if not call.req.query.get("api-version"):
+            return azure_error(404, "Resource not found")
+        return inner(call, scripted)
+
+    return route
+
+
+GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
+
+AZURE_ROUTES: dict[str, Route] = {
+    "chat/completions": _azure(_chat),
+    "completions": _azure(_completions),
+    "embeddings": _azure(_embeddings),
+}
+ROUTES: dict[tuple[str, str], Route] = {
+    ("POST", "/v1/chat/completions"): _api_route(_chat),
+    ("POST", "/v1/completions"): _api_route(_completions),
+    ("POST", "/v1/embeddings"): _api_route(_embeddings),
+    ("GET", "/v1/models"): _models,
+    ("POST", "/v1/messages"): _api_route(_messages, anthropic_error),
+    ("POST", "/v1/messages/count_tokens"): _api_route(_count_tokens, anthropic_error),
+}
+GEMINI_ROUTE: Route = _api_route(_gemini, gemini_error, _gemini_model)
+
+
+def find_route(method: str, path: str) -> Route | None:
+    """The handler for a request, or None for an unknown route."""
+    if (method, path) in ROUTES:
+        return ROUTES[(method, path)]
+    if method == "POST" and GEMINI_PATH.match(path):
+        return GEMINI_ROUTE
+    match = AZURE_PATH.match(path)
+    if method == "POST" and match:
+        return AZURE_ROUTES[match.group(2)]
+    return None
+
+
+def not_found(method: str, path: str) -> Reply:
+    return Reply(status=404, json={"error": {
+        "message": f"Unknown route: {method} {path} (mock)", "type": "invalid_request_error",
+        "param": None, "code": "unknown_url"}})
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = "mock-upstream/1.0"
+    sys_version = ""
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Quiet: no access log."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        self.server.track(self.connection, False)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+    # -- request side
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def _record(self) -> Recorded:
+        body = self._read_body()
+        split = urlsplit(self.path)
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        try:
+            parsed = jsonlib.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        return Recorded(self.command, split.path, dict(parse_qsl(split.query, keep_blank_values=True)),
+                        headers, body, parsed)
+
+    # -- dispatch
+
+    def _dispatch(self) -> None:
+        mock = self.server.mock
+        req = self._record()
+        n = mock._record(req)
+        scripted = mock._next_reply()
+        try:
+            self._answer(req, n, scripted)
+        except (ConnectionError, TimeoutError, OSError):
+            self.close_connection = True
+
+    def _answer(self, req: Recorded, n: int, scripted: Reply | None) -> None:
+        mock = self.server.mock
+        if scripted is not None and scripted.hang_s and mock._stopping.wait(scripted.hang_s):
+            return self._drop()
+        if mock.delay_ms and mock._stopping.wait(mock.delay_ms / 1000.0):
+            return self._drop()
+        if scripted is not None and scripted.reset:
+            return self._drop()
+        reply = self._resolve(req, n, scripted)
+        headers = {"x-request-id": f"req_mock_{n}", "request-id": f"req_mock_{n}"}
+        for extra in (reply.headers, scripted.headers if scripted else {}):
+            headers.update({name.lower(): value for name, value in extra.items()})
+        cut = scripted.cut_after if scripted else None
+        sse_delay = scripted.sse_delay_ms if scripted else 0
+        if reply.sse is not None:
+            self._send_sse(reply.status, headers, reply.sse, sse_delay, cut)
+        else:
+            self._send_body(reply, headers, cut)
+
+    def _resolve(self, req: Recorded, n: int, scripted: Reply | None) -> Reply:
+        """The reply to send: scripted content, else the route's default (or its error)."""
+        if scripted is not None and scripted.has_content():
+            return scripted
+        route = find_route(req.method, req.path)
+        if route is None:
+            return not_found(req.method, req.path)
+        reply = route(Call(req, n), scripted)
+        if scripted is not None and scripted.status != 200 and reply.status == 200:
+            reply.status = scripted.status
+        return reply
+
+    # -- response side
+
+    def _head(self, status: int, headers: dict[str, str]) -> bytes:
+        phrase = self.responses.get(status, ("Mock",))[0]
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {self.server_version}",
+                 f"Date: {email.utils.formatdate(usegmt=True)}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _send_body(self, reply: Reply, headers: dict[str, str], cut: int | None) -> None:
+        if reply.body is not None:
+            body = reply.body
+        else:
+            body = _dumps(reply.json).encode() if reply.json is not None else b""
+        head = self._head(reply.status, {"content-type": "application/json", **headers,
+                                         "content-length": str(len(body))})
+        if self.command == "HEAD":
+            body = b""
+        if cut is not None:
+            self.connection.sendall(head + body[:cut])
+            return self._drop()
+        self.connection.sendall(head + body)
+
+    def _send_sse(self, status: int, headers: dict[str, str], events: list[str],
+                  delay_ms: float, cut: int | None) -> None:
+        base = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        self.connection.sendall(self._head(status, {**base, **headers,
+                                                    "transfer-encoding": "chunked"}))
+        stopping = self.server.mock._stopping
+        for index, item in enumerate(events):
+            if cut is not None and index >= cut:
+                return self._drop()
+            if index and delay_ms and stopping.wait(delay_ms / 1000.0):
+                return self._drop()
+            data = _sse_block(item)
+            self.connection.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+        if cut is not None:
+            return self._drop()
+        self.connection.sendall(b"0\r\n\r\n")
+
+    def _drop(self) -> None:
+        """Close the connection at once, with no (further) response bytes."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], mock: "MockUpstream") -> None:
+        self.mock = mock
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def track(self, conn: socket.socket, alive: bool) -> None:
+        with self._conns_lock:
+            (self._conns.add if alive else self._conns.discard)(conn)
+
+    def close_all(self) -> None:
+        """Shut down every open client connection (ends idle keep-alive threads)."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet: clients that disconnect are normal here, never print a traceback."""
+
+
+# --------------------------------------------------------------------------- public server
+
+
+class MockUpstream:
+    """A threaded mock provider. `start()` returns self; also a context manager."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0) -> None:
+        self.host = host
+        self.delay_ms = delay_ms
+        self._requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._requests: list[Recorded] = []
+        self._replies: collections.deque[Reply] = collections.deque()
+        self._counter = itertools.count(1)
+
+    # -- lifecycle
+
+    def start(self) -> "MockUpstream":
+        self._stopping.clear()
+        self._server = _Server((self.host, self._requested_port), self)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
+                                        name=f"mock-upstream-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end hanging replies and close open connections."""
+        self._stopping.set()
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.close_all()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> "MockUpstream":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._requested_port
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- recording
+
+    @property
+    def requests(self) -> list[Recorded]:
+        """A snapshot of every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        """Forget recorded requests (queued replies stay; see `clear_replies`)."""
+        with self._lock:
+            self._requests.clear()
+
+    def last(self, path_contains: str | None = None) -> Recorded | None:
+        """The newest request (whose path contains `path_contains`, if given)."""
+        with self._lock:
+            for req in reversed(self._requests):
+                if path_contains is None or path_contains in req.path:
+                    return req
+        return None
+
+    def _record(self, req: Recorded) -> int:
+        with self._lock:
+            self._requests.append(req)
+            return next(self._counter)
+
+    # -- scripting
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Queue scripted replies; each request takes the oldest one before defaults apply."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    def clear_replies(self) -> None:
+        """Drop every queued scripted reply."""
+        with self._lock:
+            self._replies.clear()
+
+    def pending(self) -> int:
+        """How many scripted replies are still queued."""
+        with self._lock:
+            return len(self._replies)
+
+    def _next_reply(self) -> Reply | None:
+        with self._lock:
+            return self._replies.popleft() if self._replies else None
+
+
+# --------------------------------------------------------------------------- process entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Mock LLM provider for Stockyard tests/benchmarks")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0)
+    args = parser.parse_args(argv)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    mock = MockUpstream(args.host, args.port, args.delay_ms).start()
+    print(f"listening {mock.url}", flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    mock.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

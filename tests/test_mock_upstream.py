@@ -1,0 +1,362 @@
+"""Tests for the mock provider itself: framing, scripting, recording and SDK compatibility."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mock_upstream import MockUpstream, Reply  # noqa: E402
+
+
+@pytest.fixture
+def mock() -> Iterator[MockUpstream]:
+    with MockUpstream() as server:
+        yield server
+
+
+def call(mock: MockUpstream, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None,
+         conn: http.client.HTTPConnection | None = None) -> tuple[http.client.HTTPResponse, bytes, bool]:
+    """Send one request; return the response, its body and whether the body was complete."""
+    conn = conn or http.client.HTTPConnection("127.0.0.1", mock.port, timeout=10)
+    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+    conn.request(method, path, body=data,
+                 headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    try:
+        return resp, resp.read(), True
+    except http.client.IncompleteRead as exc:
+        return resp, exc.partial, False
+
+
+def sse_data(raw: bytes) -> list[str]:
+    """The `data:` payloads of an SSE body, in order."""
+    return [line[len("data: "):] for line in raw.decode().split("\n") if line.startswith("data: ")]
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [line[len("event: "):] for line in raw.decode().split("\n") if line.startswith("event: ")]
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+
+def test_chat_json_reply_and_recording(mock: MockUpstream) -> None:
+    resp, raw, complete = call(mock, "POST", "/v1/chat/completions?x=1",
+                               {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                               {"Authorization": "Bearer sk-up", "X-Custom": "yes"})
+    body = json.loads(raw)
+    assert resp.status == 200 and complete
+    assert resp.getheader("content-length") == str(len(raw))
+    assert resp.getheader("x-request-id") == "req_mock_1"
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-mock")
+    assert body["model"] == "gpt-4o-mini"
+    assert body["choices"][0]["message"]["content"] == "Hello from mock"
+    assert body["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17,
+                             "prompt_tokens_details": {"cached_tokens": 0},
+                             "completion_tokens_details": {"reasoning_tokens": 0}}
+    rec = mock.last("/chat/completions")
+    assert rec.method == "POST" and rec.path == "/v1/chat/completions" and rec.query == {"x": "1"}
+    assert rec.headers["authorization"] == "Bearer sk-up" and rec.headers["x-custom"] == "yes"
+    assert rec.json["model"] == "gpt-4o-mini" and json.loads(rec.body) == rec.json
+
+
+def test_stream_ends_with_done_and_usage_only_when_asked(mock: MockUpstream) -> None:
+    resp, raw, complete = call(mock, "POST", "/v1/chat/completions",
+                               {"model": "m", "stream": True})
+    assert complete and resp.getheader("transfer-encoding") == "chunked"
+    assert resp.getheader("content-type").startswith("text/event-stream")
+    payloads = sse_data(raw)
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    assert all("usage" not in c for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello from mock"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+    _, raw, _ = call(mock, "POST", "/v1/chat/completions",
+                     {"model": "m-cached-reasoning", "stream": True,
+                      "stream_options": {"include_usage": True}})
+    payloads = sse_data(raw)
+    usage_chunk = json.loads(payloads[-2])
+    assert payloads[-1] == "[DONE]" and usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] == 8
+    assert usage_chunk["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
+
+
+def test_no_usage_model_and_magic_errors(mock: MockUpstream) -> None:
+    _, raw, _ = call(mock, "POST", "/v1/chat/completions",
+                     {"model": "mock-no-usage", "stream": True, "stream_options": {"include_usage": True}})
+    assert all("usage" not in json.loads(p) for p in sse_data(raw)[:-1])
+    _, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "mock-no-usage"})
+    assert "usage" not in json.loads(raw)
+
+    resp, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "mock-error-429"})
+    assert resp.status == 429 and resp.getheader("retry-after") == "1"
+    assert json.loads(raw)["error"]["code"] == "rate_limit_exceeded"
+    resp, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "mock-error-400"})
+    assert resp.status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
+    resp, raw, _ = call(mock, "POST", "/v1/chat/completions", b"{not json")
+    assert resp.status == 400
+    resp, raw, _ = call(mock, "GET", "/nope")
+    assert resp.status == 404 and "error" in json.loads(raw)
+
+
+def test_tool_calls_plain_and_streamed(mock: MockUpstream) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    _, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m", "tools": tools})
+    choice = json.loads(raw)["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    fn = choice["message"]["tool_calls"][0]["function"]
+    assert fn["name"] == "get_weather" and json.loads(fn["arguments"]) == {"city": "Paris"}
+
+    _, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m", "tools": tools, "stream": True})
+    chunks = [json.loads(p) for p in sse_data(raw)[:-1]]
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"] == "call_mock1"
+    assert json.loads("".join(tc["function"]["arguments"] for tc in calls)) == {"city": "Paris"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_completions_embeddings_models(mock: MockUpstream) -> None:
+    _, raw, _ = call(mock, "POST", "/v1/completions", {"model": "m", "prompt": "x"})
+    assert json.loads(raw)["choices"][0]["text"] == "Hello from mock"
+    _, raw, _ = call(mock, "POST", "/v1/completions", {"model": "m", "prompt": "x", "stream": True})
+    assert sse_data(raw)[-1] == "[DONE]"
+    _, raw, _ = call(mock, "POST", "/v1/embeddings", {"model": "e", "input": ["a", "b c"]})
+    body = json.loads(raw)
+    assert [len(d["embedding"]) for d in body["data"]] == [8, 8] and body["usage"]["prompt_tokens"] == 3
+    _, raw, _ = call(mock, "GET", "/v1/models")
+    assert [m["id"] for m in json.loads(raw)["data"]] == ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+
+
+# --------------------------------------------------------------------------- scripting
+
+
+def test_enqueue_is_fifo_then_defaults(mock: MockUpstream) -> None:
+    mock.enqueue(Reply(status=429, headers={"retry-after": "2"}),
+                 Reply(json={"custom": 1}, headers={"x-extra": "y"}),
+                 Reply(status=502, body=b"<html>bad gateway</html>", headers={"content-type": "text/html"}))
+    resp, raw, _ = call(mock, "POST", "/v1/messages", {"model": "claude-x"})
+    assert resp.status == 429 and resp.getheader("retry-after") == "2"
+    assert json.loads(raw)["error"]["type"] == "rate_limit_error"  # Anthropic dialect
+    resp, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+    assert json.loads(raw) == {"custom": 1} and resp.getheader("x-extra") == "y"
+    resp, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+    assert resp.status == 502 and raw == b"<html>bad gateway</html>"
+    resp, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+    assert resp.status == 200 and json.loads(raw)["object"] == "chat.completion"
+    assert mock.pending() == 0 and len(mock.requests) == 4
+
+
+def test_cut_after_closes_without_terminating_chunk(mock: MockUpstream) -> None:
+    mock.enqueue(Reply(cut_after=2))  # default stream, cut after two events
+    resp, raw, complete = call(mock, "POST", "/v1/chat/completions", {"model": "m", "stream": True})
+    assert resp.status == 200 and not complete
+    assert len(sse_data(raw)) == 2 and "[DONE]" not in raw.decode()
+
+    mock.enqueue(Reply(sse=["a", "b", "[DONE]"], sse_delay_ms=5))
+    _, raw, complete = call(mock, "POST", "/v1/chat/completions", {"model": "m", "stream": True})
+    assert complete and sse_data(raw) == ["a", "b", "[DONE]"]
+
+    mock.enqueue(Reply(json={"k": "v" * 100}, cut_after=10))
+    resp, raw, complete = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+    assert resp.status == 200 and not complete and len(raw) == 10
+
+
+def test_reset_and_hang(mock: MockUpstream) -> None:
+    mock.enqueue(Reply(reset=True))
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+
+    mock.enqueue(Reply(hang_s=0.2))
+    started = time.monotonic()
+    resp, _, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+    assert resp.status == 200 and time.monotonic() - started >= 0.2
+
+    mock.enqueue(Reply(hang_s=30))
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _expect_error(mock, errors))
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    mock.stop()
+    thread.join(5)
+    assert time.monotonic() - started < 3 and errors
+
+
+def _expect_error(mock: MockUpstream, errors: list[BaseException]) -> None:
+    try:
+        call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+    except (http.client.HTTPException, OSError) as exc:
+        errors.append(exc)
+
+
+def test_keep_alive_and_delay() -> None:
+    with MockUpstream(delay_ms=30) as mock:
+        conn = http.client.HTTPConnection("127.0.0.1", mock.port, timeout=10)
+        started = time.monotonic()
+        for _ in range(3):
+            resp, _, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"}, conn=conn)
+            assert resp.status == 200
+        assert time.monotonic() - started >= 0.09
+        mock.delay_ms = 0
+        _, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m", "stream": True}, conn=conn)
+        assert sse_data(raw)[-1] == "[DONE]"
+
+
+def test_client_disconnect_is_quiet(mock: MockUpstream, capfd: pytest.CaptureFixture[str]) -> None:
+    mock.enqueue(Reply(sse=[f"event {i}" for i in range(50)], sse_delay_ms=10))
+    conn = http.client.HTTPConnection("127.0.0.1", mock.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", body=b'{"model": "m", "stream": true}')
+    resp = conn.getresponse()
+    assert resp.read1(100).startswith(b"data: event 0")
+    conn.sock.close()
+    resp.close()
+    time.sleep(0.3)
+    mock.clear()
+    resp, _, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
+    assert resp.status == 200 and len(mock.requests) == 1
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+
+
+# --------------------------------------------------------------------------- Anthropic, Gemini, Azure
+
+
+def test_anthropic_message_and_stream_order(mock: MockUpstream) -> None:
+    resp, raw, _ = call(mock, "POST", "/v1/messages", {"model": "claude-x", "max_tokens": 10})
+    body = json.loads(raw)
+    assert resp.getheader("request-id").startswith("req_mock_")
+    assert body["type"] == "message" and body["content"] == [{"type": "text", "text": "Hello from mock"}]
+    assert body["usage"]["input_tokens"] == 12 and body["stop_reason"] == "end_turn"
+
+    _, raw, complete = call(mock, "POST", "/v1/messages", {"model": "claude-x", "stream": True})
+    assert complete and sse_events(raw) == [
+        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
+        "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    delta = json.loads(sse_data(raw)[-2])
+    assert delta["usage"]["output_tokens"] == 5 and delta["delta"]["stop_reason"] == "end_turn"
+
+    _, raw, _ = call(mock, "POST", "/v1/messages", {"model": "m", "tools": [{"name": "get_weather"}]})
+    block = json.loads(raw)["content"][0]
+    assert block == {"type": "tool_use", "id": "toolu_mock1", "name": "get_weather", "input": {"city": "Paris"}}
+    _, raw, _ = call(mock, "POST", "/v1/messages/count_tokens", {"model": "m", "messages": []})
+    assert json.loads(raw) == {"input_tokens": 12}
+    resp, raw, _ = call(mock, "POST", "/v1/messages", {"model": "claude-error-529"})
+    assert resp.status == 529 and json.loads(raw) == {
+        "type": "error", "error": {"type": "overloaded_error", "message": "overloaded_error (mock)"}}
+
+
+def test_gemini_json_sse_and_errors(mock: MockUpstream) -> None:
+    path = "/v1beta/models/gemini-2.0-flash"
+    _, raw, _ = call(mock, "POST", f"{path}:generateContent", {"contents": []})
+    body = json.loads(raw)
+    assert body["candidates"][0]["content"]["parts"] == [{"text": "Hello from mock"}]
+    assert body["usageMetadata"] == {"promptTokenCount": 12, "candidatesTokenCount": 5, "totalTokenCount": 17}
+
+    _, raw, complete = call(mock, "POST", f"{path}:streamGenerateContent?alt=sse", {"contents": []})
+    chunks = [json.loads(p) for p in sse_data(raw)]
+    assert complete and len(chunks) == 3
+    assert "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks) == "Hello from mock"
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert chunks[-1]["usageMetadata"]["totalTokenCount"] == 17
+
+    tools = [{"functionDeclarations": [{"name": "get_weather"}]}]
+    _, raw, _ = call(mock, "POST", f"{path}:generateContent", {"contents": [], "tools": tools})
+    part = json.loads(raw)["candidates"][0]["content"]["parts"][0]
+    assert part == {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+
+    resp, raw, _ = call(mock, "POST", "/v1beta/models/gemini-error-429:generateContent", {"contents": []})
+    assert resp.status == 429 and json.loads(raw)["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+def test_azure_needs_api_version(mock: MockUpstream) -> None:
+    path = "/openai/deployments/my-dep/chat/completions"
+    resp, _, _ = call(mock, "POST", path, {"messages": []})
+    assert resp.status == 404
+    resp, raw, _ = call(mock, "POST", path + "?api-version=2024-10-21", {"messages": []},
+                        {"api-key": "azure-secret"})
+    assert resp.status == 200 and json.loads(raw)["model"] == "my-dep"
+    assert mock.last("deployments").headers["api-key"] == "azure-secret"
+    resp, raw, _ = call(mock, "POST", "/openai/deployments/d/embeddings?api-version=1", {"input": "x"})
+    assert len(json.loads(raw)["data"][0]["embedding"]) == 8
+
+
+# --------------------------------------------------------------------------- official SDKs
+
+
+def test_openai_sdk_speaks_to_mock(mock: MockUpstream) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=mock.url + "/v1", api_key="x", max_retries=0)
+    done = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert done.choices[0].message.content == "Hello from mock" and done.usage.total_tokens == 17
+
+    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                            messages=[{"role": "user", "content": "hi"}],
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock"
+    assert chunks[-1].usage.completion_tokens == 5
+    assert mock.last().headers["authorization"] == "Bearer x"
+
+    emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert [len(d.embedding) for d in emb.data] == [8, 8]
+    assert [m.id for m in client.models.list()] == ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="mock-error-429", messages=[])
+
+
+def test_anthropic_sdk_speaks_to_mock(mock: MockUpstream) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)
+    msg = client.messages.create(model="claude-x", max_tokens=10,
+                                 messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "Hello from mock" and msg.usage.output_tokens == 5
+    sent = mock.last().headers
+    assert sent.get("x-api-key") == "x" or sent.get("authorization") == "Bearer x"
+
+    with client.messages.stream(model="claude-x", max_tokens=10,
+                                messages=[{"role": "user", "content": "hi"}]) as stream:
+        assert "".join(stream.text_stream) == "Hello from mock"
+        final = stream.get_final_message()
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 5
+
+    with client.messages.stream(model="claude-x", max_tokens=10, tools=[
+            {"name": "get_weather", "input_schema": {"type": "object"}}],
+            messages=[{"role": "user", "content": "hi"}]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].input == {"city": "Paris"} and final.stop_reason == "tool_use"
+    with pytest.raises(anthropic.APIStatusError) as failure:
+        client.messages.create(model="claude-error-529", max_tokens=1, messages=[])
+    assert failure.value.status_code == 529
+
+
+# --------------------------------------------------------------------------- as a process
+
+
+def test_runs_as_a_process() -> None:
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mock_upstream.py")
+    proc = subprocess.Popen([sys.executable, script, "--port", "0", "--delay-ms", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening http://127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert proc.stderr.read() == ""

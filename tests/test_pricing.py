@@ -1,0 +1,512 @@
+"""Pricing: exact integer money, longest-prefix lookup, provider usage shapes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stockyard.pricing import (
+    Price,
+    PriceTable,
+    Usage,
+    cost_microcents,
+    format_usd,
+    microcents_from_usd,
+    parse_usd_per_m,
+    round_microcents,
+)
+
+PACKAGE = Path(__file__).resolve().parents[1] / "stockyard"
+
+
+@pytest.fixture(scope="module")
+def table() -> PriceTable:
+    return PriceTable.load()
+
+
+def price(model: str, provider: str | None = None) -> Price:
+    found = PriceTable.load().lookup(model, provider)
+    assert found is not None, model
+    return found
+
+
+# --- parsing ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2.50", 250_000_000),
+        ("10", 1_000_000_000),
+        ("0.075", 7_500_000),
+        ("0.005", 500_000),
+        ("0.00000001", 1),
+        ("0", 0),
+        (" 1.25 ", 125_000_000),
+        ("1.100000000", 110_000_000),  # trailing zeros are still exact
+    ],
+)
+def test_parse_usd_per_m(text: str, expected: int) -> None:
+    result = parse_usd_per_m(text)
+    assert result == expected
+    assert type(result) is int
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-1", "negative"),
+        ("NaN", "finite"),
+        ("nan", "finite"),
+        ("Infinity", "finite"),
+        ("0.000000001", "more than 8 decimal places"),
+        ("abc", "not a decimal number"),
+        ("", "not a decimal number"),
+        ("1/3", "not a decimal number"),
+    ],
+)
+def test_parse_usd_per_m_rejects(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_usd_per_m(text)
+
+
+@pytest.mark.parametrize("value", [2.5, 2, None])
+def test_parse_rejects_non_strings(value: object) -> None:
+    with pytest.raises(TypeError, match="decimal string"):
+        parse_usd_per_m(value)  # type: ignore[arg-type]
+
+
+def test_microcents_from_usd() -> None:
+    assert microcents_from_usd("10") == 1_000_000_000
+    assert microcents_from_usd("0.50") == 50_000_000
+    assert microcents_from_usd("$5") == 500_000_000
+    assert microcents_from_usd("0.00000001") == 1
+    with pytest.raises(ValueError, match="negative"):
+        microcents_from_usd("-3")
+    with pytest.raises(ValueError, match="more than 8"):
+        microcents_from_usd("0.000000005")
+
+
+def test_format_usd() -> None:
+    assert format_usd(0) == "$0.000000"
+    assert format_usd(1) == "$0.00000001"
+    assert format_usd(12_300) == "$0.000123"
+    assert format_usd(123_456) == "$0.00123456"
+    assert format_usd(1_000_000_000) == "$10.000000"
+    assert format_usd(1_000_000_000, min_places=2) == "$10.00"
+    assert format_usd(1_234_000_000, min_places=2) == "$12.34"
+    assert format_usd(1, min_places=2) == "$0.00000001"
+    assert format_usd(-50) == "-$0.0000005"
+    assert format_usd(500_000_000, min_places=0) == "$5"
+    with pytest.raises(TypeError):
+        format_usd(1.0)  # type: ignore[arg-type]
+
+
+# --- hand-computed costs -----------------------------------------------------
+
+def test_plain_cost() -> None:
+    # gpt-4o: 1000 in × $2.50/M + 500 out × $10/M = $0.0025 + $0.005 = $0.0075
+    usage = Usage(prompt_tokens=1000, completion_tokens=500)
+    assert cost_microcents(price("gpt-4o"), usage) == 750_000
+
+
+def test_cached_cost() -> None:
+    # gpt-4o-mini: 500 × 0.15 + 1500 × 0.075 + 100 × 0.60 (USD/M) = $0.0002475
+    usage = Usage.from_openai({
+        "prompt_tokens": 2000,
+        "completion_tokens": 100,
+        "prompt_tokens_details": {"cached_tokens": 1500},
+    })
+    assert usage == Usage(prompt_tokens=2000, completion_tokens=100, cached_tokens=1500)
+    assert cost_microcents(price("gpt-4o-mini-2024-07-18"), usage) == 24_750
+
+
+def test_anthropic_cache_write_cost() -> None:
+    # sonnet 4.5: 100 × $3 + 3000 × $0.30 + 2000 × $3.75 + 50 × $15 (per M) = $0.00945
+    usage = Usage.from_anthropic({
+        "input_tokens": 100,
+        "cache_read_input_tokens": 3000,
+        "cache_creation_input_tokens": 2000,
+        "output_tokens": 50,
+    })
+    assert usage == Usage(
+        prompt_tokens=5100, completion_tokens=50, cached_tokens=3000, cache_write_tokens=2000
+    )
+    assert cost_microcents(price("claude-sonnet-4-5-20250929"), usage) == 945_000
+
+
+def test_reasoning_billed_at_output_rate_by_default() -> None:
+    # o3: 100 × $2 + 1000 × $8 (200 plain + 800 reasoning, same rate) = $0.0082
+    usage = Usage.from_openai({
+        "prompt_tokens": 100,
+        "completion_tokens": 1000,
+        "completion_tokens_details": {"reasoning_tokens": 800},
+    })
+    assert usage.reasoning_tokens == 800
+    assert cost_microcents(price("o3-2025-04-16"), usage) == 820_000
+
+
+def test_reasoning_with_its_own_rate() -> None:
+    # sonar-deep-research: 1000 × $2 + 1000 × $8 + 2000 reasoning × $3 = $0.016
+    p = price("sonar-deep-research", "perplexity")
+    assert p.reasoning == 300_000_000
+    usage = Usage(prompt_tokens=1000, completion_tokens=3000, reasoning_tokens=2000)
+    assert cost_microcents(p, usage) == 1_600_000
+
+
+def test_gemini_thoughts_are_output() -> None:
+    # gemini-2.5-flash: 600 × $0.30 + 400 cached × $0.03 + (200 + 300 thoughts) × $2.50
+    usage = Usage.from_gemini({
+        "promptTokenCount": 1000,
+        "cachedContentTokenCount": 400,
+        "candidatesTokenCount": 200,
+        "thoughtsTokenCount": 300,
+        "totalTokenCount": 1500,
+    })
+    assert usage == Usage(
+        prompt_tokens=1000, completion_tokens=500, cached_tokens=400, reasoning_tokens=300
+    )
+    assert cost_microcents(price("gemini-2.5-flash"), usage) == 144_200
+
+
+def test_one_token_on_cheapest_rates_is_exact_and_nonzero(table: PriceTable) -> None:
+    assert cost_microcents(price("gpt-5-nano"), Usage(prompt_tokens=1)) == 5
+    assert cost_microcents(price("text-embedding-3-small"), Usage(prompt_tokens=1)) == 2
+    # one cached gpt-5-nano token is exactly 0.5 µ¢: half rounds up to 1
+    assert cost_microcents(price("gpt-5-nano"), Usage(prompt_tokens=1, cached_tokens=1)) == 1
+    for key, p in table.entries():
+        for field in ("input", "cached_input", "cache_write", "output"):
+            if getattr(p, field):
+                one = {
+                    "input": Usage(prompt_tokens=1),
+                    "cached_input": Usage(prompt_tokens=1, cached_tokens=1),
+                    "cache_write": Usage(prompt_tokens=1, cache_write_tokens=1),
+                    "output": Usage(completion_tokens=1),
+                }[field]
+                assert cost_microcents(p, one) >= 1, (key, field)
+
+
+def test_rounding_is_half_up_once_and_never_zero_for_nonzero() -> None:
+    assert round_microcents(0) == 0
+    assert round_microcents(1) == 1  # 10⁻⁶ µ¢ still costs something
+    assert round_microcents(1_499_999) == 1
+    assert round_microcents(1_500_000) == 2
+    assert round_microcents(2_500_000) == 3  # half up, not to even
+    assert round_microcents(3_000_000) == 3
+
+
+def test_inconsistent_usage_never_goes_negative() -> None:
+    p = Price(input=100, cached_input=10, cache_write=200, output=1000)
+    usage = Usage(prompt_tokens=5, cached_tokens=10, completion_tokens=1, reasoning_tokens=3)
+    # parts are billed as reported; the remainders clamp at zero
+    assert cost_microcents(p, usage) == round_microcents(10 * 10 + 3 * 1000)
+
+
+# --- usage shapes --------------------------------------------------------------
+
+def test_openai_responses_api_shape() -> None:
+    usage = Usage.from_openai({
+        "input_tokens": 100,
+        "input_tokens_details": {"cached_tokens": 40},
+        "output_tokens": 60,
+        "output_tokens_details": {"reasoning_tokens": 20},
+        "total_tokens": 160,
+    })
+    assert usage == Usage(
+        prompt_tokens=100, completion_tokens=60, cached_tokens=40, reasoning_tokens=20
+    )
+
+
+def test_openai_shape_with_reasoning_outside_completion() -> None:
+    # xAI: completion_tokens leaves reasoning out; total_tokens gives it away
+    usage = Usage.from_openai({
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 315,
+        "completion_tokens_details": {"reasoning_tokens": 300},
+    })
+    assert usage == Usage(prompt_tokens=10, completion_tokens=305, reasoning_tokens=300)
+
+
+def test_deepseek_cache_hits() -> None:
+    usage = Usage.from_openai({
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "prompt_cache_hit_tokens": 80,
+        "prompt_cache_miss_tokens": 20,
+    })
+    assert usage.cached_tokens == 80
+    # 20 × $0.28 + 80 × $0.028 + 10 × $0.42 (per M) = $0.00001204 = 560 + 224 + 420 µ¢
+    assert cost_microcents(price("deepseek-chat"), usage) == 1204
+
+
+def test_usage_helpers_tolerate_missing_and_null() -> None:
+    assert Usage.from_openai(None) == Usage()
+    assert Usage.from_openai({"prompt_tokens": None, "prompt_tokens_details": None}) == Usage()
+    assert Usage.from_anthropic({"input_tokens": 7, "cache_read_input_tokens": None}) == Usage(
+        prompt_tokens=7
+    )
+    assert Usage.from_gemini({}) == Usage()
+    assert Usage.from_gemini({"promptTokenCount": 5, "toolUsePromptTokenCount": 3}) == Usage(
+        prompt_tokens=8
+    )
+
+
+def test_usage_rejects_bad_counts() -> None:
+    with pytest.raises(ValueError):
+        Usage(prompt_tokens=-1)
+    with pytest.raises(ValueError):
+        Usage(prompt_tokens=1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Price(input=1, cached_input=1, cache_write=1, output=True)  # type: ignore[arg-type]
+
+
+# --- lookup ----------------------------------------------------------------
+
+def test_longest_prefix_with_dated_names(table: PriceTable) -> None:
+    mini, full = table.lookup("gpt-4o-mini"), table.lookup("gpt-4o")
+    assert mini is not None and full is not None and mini != full
+    assert table.lookup("gpt-4o-mini-2024-07-18") == mini
+    assert table.lookup("gpt-4o-2024-08-06") == full
+    assert table.lookup("gpt-4o-2024-05-13").input == 500_000_000  # older, dearer snapshot
+    assert table.lookup("claude-opus-4-20250514") == table.lookup("claude-opus-4")
+    assert table.lookup("claude-opus-4-1-20250805") == table.lookup("claude-opus-4-1")
+    assert table.lookup("claude-opus-4-5-20251101").input == 500_000_000
+    assert table.lookup("claude-3-5-haiku-latest") == table.lookup("claude-3-5-haiku")
+    assert table.lookup("claude-haiku-4-5@20251001") == table.lookup("claude-haiku-4-5")
+    assert table.lookup("gemini-2.5-flash-lite-preview-06-17") == table.lookup("gemini-2.5-flash-lite")
+    assert table.lookup("gemini-2.5-flash-lite") != table.lookup("gemini-2.5-flash")
+    assert table.lookup("grok-4-0709") == table.lookup("grok-4")
+    assert table.lookup("grok-4-fast-reasoning") == table.lookup("grok-4-fast")
+
+
+def test_new_versions_are_not_guessed(table: PriceTable) -> None:
+    # a prefix followed by a small version number is another model: unknown, not guessed
+    assert table.lookup("claude-opus-4-9") is None
+    assert table.lookup("gpt-5.9") is None
+    assert table.lookup("gpt-4") is None
+    assert table.lookup("gpt-4o1") is None  # no boundary after "gpt-4o"
+    assert table.lookup("grok-4-1-fast") is None
+
+
+def test_case_insensitive_and_gemini_models_prefix(table: PriceTable) -> None:
+    assert table.lookup("GPT-4o-Mini-2024-07-18") == table.lookup("gpt-4o-mini")
+    assert table.lookup("models/gemini-2.5-pro") == table.lookup("gemini-2.5-pro")
+    assert table.lookup(" claude-sonnet-4-5 ", "ANTHROPIC") == table.lookup("claude-sonnet-4-5")
+
+
+def test_unknown_model_is_none(table: PriceTable) -> None:
+    assert table.lookup("no-such-model") is None
+    assert table.lookup("") is None
+    assert table.lookup("llama-3.3-70b-versatile", "together") is None
+
+
+def test_provider_qualified_entries(table: PriceTable) -> None:
+    groq = table.lookup("llama-3.3-70b-versatile", "groq")
+    assert groq is not None and groq.input == 59_000_000
+    assert table.lookup("groq/llama-3.3-70b-versatile") == groq
+    assert table.lookup("llama-3.3-70b-versatile") is None  # only Groq prices it
+    assert table.lookup("Meta-Llama/Llama-3.3-70B-Instruct-Turbo", "together").input == 88_000_000
+    assert table.lookup("llama3.3:70b", "ollama") == Price(0, 0, 0, 0)
+
+
+def test_provider_qualified_preferred_over_bare() -> None:
+    bare = Price(input=1, cached_input=1, cache_write=1, output=1)
+    groq = Price(input=2, cached_input=2, cache_write=2, output=2)
+    t = PriceTable({"foo-bar": bare, "groq/foo": groq})
+    assert t.lookup("foo-bar-2025", "groq") == groq  # provider entry first, even if shorter
+    assert t.lookup("foo-bar-2025") == bare
+    assert t.lookup("foo-bar-2025", "mistral") == bare
+    assert t.lookup("groq/foo-bar") == groq
+
+
+def test_provider_named_in_model_falls_back_to_bare(table: PriceTable) -> None:
+    # OpenRouter-style "vendor/model": explicit entry, else the vendor's list price
+    assert table.lookup("anthropic/claude-sonnet-4.5", "openrouter").output == 1_500_000_000
+    assert table.lookup("openai/gpt-4.1-mini", "openrouter") == table.lookup("gpt-4.1-mini")
+    assert table.lookup("google/gemini-2.5-pro", "openrouter") == table.lookup("gemini-2.5-pro")
+
+
+def test_overrides_replace_and_add() -> None:
+    mine = Price(input=7, cached_input=7, cache_write=7, output=7)
+    t = PriceTable.load({"gpt-4o": mine, "acme/house-model": mine})
+    assert t.lookup("gpt-4o-2024-08-06") == mine
+    assert t.lookup("gpt-4o-mini") != mine
+    assert t.lookup("acme/house-model") == mine
+    assert ("gpt-4o", mine) in t.entries()
+
+
+def test_entries_sorted_and_round_trip(table: PriceTable) -> None:
+    keys = [k for k, _ in table.entries()]
+    assert keys == sorted(keys)
+    assert "groq/llama-3.3-70b-versatile" in keys
+    assert PriceTable(dict(table.entries())).entries() == table.entries()
+
+
+# --- the packaged data file --------------------------------------------------
+
+def _raw() -> dict:
+    def no_floats(text: str) -> None:
+        raise AssertionError(f"JSON float {text} in prices.json: prices must be strings")
+
+    return json.loads((PACKAGE / "data" / "prices.json").read_text(), parse_float=no_floats)
+
+
+def test_data_file_shape(table: PriceTable) -> None:
+    doc = _raw()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc["checked"])
+    assert table.checked == doc["checked"]
+    assert doc["unit"] == "USD per 1M tokens"
+    for key, rates in doc["models"].items():
+        assert key == key.strip().lower(), key
+        assert all(isinstance(v, str) for v in rates.values()), key
+        assert {"input", "output"} <= set(rates), key
+        if "reasoning" in rates:
+            assert rates["reasoning"] != rates["output"], key
+
+
+def test_anthropic_cache_multipliers(table: PriceTable) -> None:
+    for key, p in table.entries():
+        # Haiku 3 predates the rule: Anthropic lists $0.30 write / $0.03 read on $0.25
+        if key.startswith("claude-") and key != "claude-3-haiku":
+            assert p.cache_write * 4 == p.input * 5, key  # 1.25 × input
+            assert p.cached_input * 10 == p.input, key  # 0.1 × input
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("gpt-4o", None), ("gpt-4o-mini", None), ("gpt-4.1", None), ("gpt-4.1-mini", None),
+        ("gpt-4.1-nano", None), ("o1", None), ("o3", None), ("o3-mini", None), ("o4-mini", None),
+        ("gpt-5", None), ("gpt-5-mini", None), ("gpt-5-nano", None),
+        ("text-embedding-3-small", None), ("text-embedding-3-large", None),
+        ("claude-3-5-haiku-20241022", None), ("claude-3-7-sonnet-20250219", None),
+        ("claude-sonnet-4-20250514", None), ("claude-opus-4-20250514", None),
+        ("claude-sonnet-4-5-20250929", None), ("claude-haiku-4-5-20251001", None),
+        ("claude-opus-4-1-20250805", None), ("claude-opus-4-5-20251101", None),
+        ("gemini-2.0-flash", None), ("gemini-2.5-flash", None), ("gemini-2.5-pro", None),
+        ("gemini-2.5-flash-lite", None),
+        ("llama-3.3-70b-versatile", "groq"), ("llama-3.1-8b-instant", "groq"),
+        ("mistral-large-latest", "mistral"), ("mistral-small-2506", "mistral"),
+        ("codestral-2508", "mistral"), ("codestral-latest", "mistral"),
+        ("deepseek-chat", "deepseek"), ("deepseek-reasoner", "deepseek"),
+        ("grok-3", "xai"), ("grok-4", "xai"), ("sonar", "perplexity"), ("sonar-pro", "perplexity"),
+    ],
+)
+def test_required_models_are_priced(table: PriceTable, model: str, provider: str | None) -> None:
+    assert table.lookup(model, provider) is not None
+
+
+def test_load_works_from_a_zip(tmp_path: Path) -> None:
+    archive = tmp_path / "app.pyz"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("stockyard/__init__.py", "")
+        zf.write(PACKAGE / "pricing.py", "stockyard/pricing.py")
+        zf.write(PACKAGE / "data" / "prices.json", "stockyard/data/prices.json")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from stockyard.pricing import PriceTable;"
+        "t = PriceTable.load(); assert 'zip' in type(sys.modules['stockyard'].__loader__).__name__.lower();"
+        "print(t.lookup('gpt-4o').input)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(archive)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "250000000"
+
+
+# --- properties --------------------------------------------------------------
+
+counts = st.integers(min_value=0, max_value=10**8)
+rates = st.integers(min_value=0, max_value=10**12)  # up to $10,000 per 1M tokens
+prices = st.builds(
+    Price, input=rates, cached_input=rates, cache_write=rates, output=rates,
+    reasoning=st.none() | rates,
+)
+KINDS = ("uncached", "cached", "write", "plain", "reasoning")
+
+
+def make_usage(uncached: int, cached: int, write: int, plain: int, reasoning: int) -> Usage:
+    """Usage from independent parts (each part can grow without shrinking another)."""
+    return Usage(
+        prompt_tokens=uncached + cached + write,
+        completion_tokens=plain + reasoning,
+        cached_tokens=cached,
+        cache_write_tokens=write,
+        reasoning_tokens=reasoning,
+    )
+
+
+def exact_cost(p: Price, parts: dict[str, int]) -> Fraction:
+    reasoning_rate = p.output if p.reasoning is None else p.reasoning
+    return Fraction(
+        parts["uncached"] * p.input + parts["cached"] * p.cached_input
+        + parts["write"] * p.cache_write + parts["plain"] * p.output
+        + parts["reasoning"] * reasoning_rate,
+        10**6,
+    )
+
+
+parts_strategy = st.fixed_dictionaries({k: counts for k in KINDS})
+
+
+@given(prices, parts_strategy, st.sampled_from(KINDS), st.integers(min_value=0, max_value=10**6))
+def test_cost_is_monotonic_in_each_kind(p: Price, parts: dict[str, int], kind: str, more: int) -> None:
+    before = cost_microcents(p, make_usage(**parts))
+    after = cost_microcents(p, make_usage(**{**parts, kind: parts[kind] + more}))
+    assert type(before) is int and type(after) is int
+    assert after >= before
+
+
+@given(prices, parts_strategy)
+def test_cost_is_exact_within_one_rounding(p: Price, parts: dict[str, int]) -> None:
+    cost = cost_microcents(p, make_usage(**parts))
+    exact = exact_cost(p, parts)
+    assert type(cost) is int
+    if 0 < exact < Fraction(1, 2):
+        assert cost == 1
+    else:
+        assert abs(cost - exact) <= Fraction(1, 2)
+        assert cost - exact != Fraction(-1, 2)  # half rounds up
+
+
+@given(prices, parts_strategy)
+def test_cost_equals_sum_of_kinds_within_rounding(p: Price, parts: dict[str, int]) -> None:
+    total = cost_microcents(p, make_usage(**parts))
+    singles = [
+        cost_microcents(p, make_usage(**{k: (parts[k] if k == kind else 0) for k in KINDS}))
+        for kind in KINDS
+    ]
+    assert all(type(x) is int for x in singles)
+    # each rounding is off by less than 1 µ¢; one total vs five parts: under 6
+    assert abs(total - sum(singles)) <= 5
+
+
+@given(st.integers(min_value=0, max_value=10**16))
+def test_usd_text_round_trip(microcents: int) -> None:
+    text = format_usd(microcents)
+    back = microcents_from_usd(text)
+    assert back == microcents and type(back) is int
+    assert parse_usd_per_m(text.removeprefix("$")) == microcents
+    if microcents:
+        assert set(text) - set("$0.") != set()  # a non-zero amount never reads as zero
+
+
+@given(st.fixed_dictionaries({
+    "prompt_tokens": counts, "completion_tokens": counts,
+    "prompt_tokens_details": st.fixed_dictionaries({"cached_tokens": counts}),
+    "completion_tokens_details": st.fixed_dictionaries({"reasoning_tokens": counts}),
+}))
+def test_from_openai_is_always_consistent(raw: dict) -> None:
+    usage = Usage.from_openai(raw)
+    assert usage.cached_tokens <= usage.prompt_tokens
+    assert usage.reasoning_tokens <= usage.completion_tokens
+    assert all(type(v) is int for v in vars(usage).values())
