@@ -13,11 +13,12 @@ import threading
 import time
 from typing import Mapping
 
-from . import __version__
+from . import __version__, audit
 from .config import Settings
 from .pipeline import Chain, RequestContext
 from .pricing import PriceTable, cost_microcents, Usage
 from .providers import Provider, Registry, from_env
+from .operations import Operations, read_config_version
 from .store import Store, Writer, db
 from .store.traces import record_from
 from .upstream import Pool
@@ -40,7 +41,15 @@ class App:
         self.prices = PriceTable.load()
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
+        self._config_version = -1
+        self._stopping = threading.Event()
         self.reload()
+        server_ops = self.ops(audit.ACTOR_SERVER)
+        for m in self.migrations_applied:
+            server_ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
+        server_ops.record("server.start", "server", {"version": __version__, "host": settings.host})
+        self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
+        self._watcher.start()
 
     # -- configuration snapshots -----------------------------------------------------------
     def registry(self) -> Registry:
@@ -49,10 +58,38 @@ class App:
     def chain(self) -> Chain:
         return self._chain
 
+    def ops(self, actor: str) -> Operations:
+        """The operations layer for changes made through this server."""
+        return Operations(self.store, actor, self.settings.encryption_key, on_change=self.reload)
+
+    def _watch_config(self) -> None:
+        """Pick up changes other processes (the CLI) commit, within half a second.
+
+        ``PRAGMA data_version`` moves when another connection commits; only then is the
+        ``config_version`` counter read, and only a changed counter triggers a reload.
+        """
+        conn = db.connect(self.settings.db_path)
+        last_data_version = None
+        try:
+            while not self._stopping.wait(0.5):
+                data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if data_version == last_data_version:
+                    continue
+                last_data_version = data_version
+                if read_config_version(conn) != self._config_version:
+                    self.reload()
+        except Exception as exc:  # the watcher must never take the server down
+            log.error("configuration watcher stopped: %s", exc)
+        finally:
+            conn.close()
+
     def reload(self) -> None:
         """Rebuild the configuration snapshots (providers, modules, keys) from env + database."""
+        conn = self.store.read()
+        version = read_config_version(conn)
         providers: list[Provider] = from_env(self.env)
         with self._lock:
+            self._config_version = version
             self._registry = Registry(providers)
             secrets = [p.api_key for p in self._registry.providers if p.api_key]
             for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
@@ -114,6 +151,11 @@ class App:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
+        self._stopping.set()
+        try:
+            self.ops(audit.ACTOR_SERVER).record("server.stop", "server", {"version": __version__})
+        except Exception as exc:
+            log.error("could not record server stop in the audit log: %s", exc)
         self.writer.stop()
         self.pool.close()
         self.store.close()

@@ -340,5 +340,9 @@ FIXED_ROUTES: dict[str, tuple[list[str], Callable[[Handler, Request], None]]] = 
 
 def make_server(app: App) -> StockyardHTTPServer:
     """Bind the server; the handler class carries this server's idle timeout."""
+    from . import api
+
     handler = type("StockyardHandler", (Handler,), {"timeout": app.settings.idle_timeout_s})
-    return StockyardHTTPServer(app, handler)
+    server = StockyardHTTPServer(app, handler)
+    server.prefix_routes.append(("/api/", api.handle))
+    return server

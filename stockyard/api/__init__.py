@@ -1,0 +1,201 @@
+"""The admin API under ``/api/``: routing, authentication, CORS, and its OpenAPI document.
+
+Routes are declared with :func:`route` in the modules of this package; the same
+declarations produce ``GET /api/openapi.json``, so the document always lists every route.
+Every route needs ``Authorization: Bearer $STOCKYARD_ADMIN_KEY`` (compared in constant
+time); failed attempts are audited and throttled per client address.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import audit
+from ..errors import ProxyError
+from ..operations import Operations
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..server import Handler, Request
+
+FAILED_LOGIN_WINDOW_S = 60.0
+FAILED_LOGIN_LIMIT = 10
+ADMIN_KEY_HELP = ("the admin API is disabled: set STOCKYARD_ADMIN_KEY (for example "
+                  "`export STOCKYARD_ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`) "
+                  "and restart the server; the CLI works without it")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str = "string"          # OpenAPI scalar type
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: str                  # e.g. /api/traces/{id}
+    handler: Callable[["ApiRequest"], Any]
+    summary: str
+    query: tuple[Param, ...] = ()
+    body: dict | None = None      # JSON schema of the request body
+    regex: re.Pattern = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.pattern) + "$"
+        object.__setattr__(self, "regex", re.compile(regex))
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, pattern: str, summary: str, *, query: tuple[Param, ...] = (),
+          body: dict | None = None) -> Callable:
+    """Declare an admin route (and its OpenAPI entry) in one place."""
+
+    def register(fn: Callable[["ApiRequest"], Any]) -> Callable[["ApiRequest"], Any]:
+        ROUTES.append(Route(method, pattern, fn, summary, query, body))
+        return fn
+
+    return register
+
+
+@dataclass
+class ApiRequest:
+    app: "App"
+    req: "Request"
+    params: dict[str, str]
+
+    @property
+    def query(self) -> dict[str, str]:
+        return self.req.query
+
+    def json(self) -> dict:
+        return self.req.json()
+
+    def ops(self) -> Operations:
+        """Changes made by this request, attributed to the admin API and the client address."""
+        return self.app.ops(audit.actor_api(self.req.client))
+
+    def int_query(self, name: str, default: int, lo: int = 1, hi: int = 1000) -> int:
+        raw = self.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ProxyError(400, f"query parameter {name!r} must be a whole number", param=name) from None
+        if not lo <= value <= hi:
+            raise ProxyError(400, f"query parameter {name!r} must be between {lo} and {hi}", param=name)
+        return value
+
+
+class LoginThrottle:
+    """Counts failed admin logins per address in a sliding window."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def blocked_for(self, addr: str) -> float:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._failures.get(addr, []) if now - t < FAILED_LOGIN_WINDOW_S]
+            self._failures[addr] = recent
+            if len(recent) < FAILED_LOGIN_LIMIT:
+                return 0.0
+            return FAILED_LOGIN_WINDOW_S - (now - recent[0])
+
+    def fail(self, addr: str) -> None:
+        with self._lock:
+            self._failures.setdefault(addr, []).append(time.monotonic())
+
+
+THROTTLE = LoginThrottle()
+
+
+def bearer(headers: dict[str, str]) -> str | None:
+    value = headers.get("authorization", "")
+    if value[:7].lower() == "bearer ":
+        return value[7:].strip()
+    return None
+
+
+def authenticate(app: "App", req: "Request") -> None:
+    admin_key = app.settings.admin_key
+    if not admin_key:
+        raise ProxyError(401, ADMIN_KEY_HELP, code="admin_key_not_set")
+    wait = THROTTLE.blocked_for(req.client)
+    if wait > 0:
+        raise ProxyError(429, "too many failed admin logins from this address; try again later",
+                         code="too_many_failed_logins", headers={"Retry-After": str(int(wait) + 1)})
+    given = bearer(req.headers) or ""
+    if hmac.compare_digest(given.encode(), admin_key.encode()):
+        return
+    THROTTLE.fail(req.client)
+    try:
+        app.ops(audit.actor_api(req.client)).record(
+            "admin.auth_failed", req.path, {"reason": "missing" if not given else "wrong key"})
+    except Exception:
+        pass  # refusing the login matters more than recording it
+    raise ProxyError(401, "missing or wrong admin key: send Authorization: Bearer $STOCKYARD_ADMIN_KEY",
+                     code="invalid_admin_key")
+
+
+def cors_headers(app: "App", req: "Request") -> dict[str, str]:
+    origin = req.headers.get("origin")
+    allowed = app.settings.cors_origin
+    if not allowed or origin != allowed:
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE"}
+
+
+def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
+    """The route for this request, or 404/405."""
+    allowed = []
+    for r in ROUTES:
+        match = r.regex.match(path)
+        if match:
+            if r.method == method:
+                return r, match.groupdict()
+            allowed.append(r.method)
+    if allowed:
+        raise ProxyError(405, f"method {method} is not allowed here; use {', '.join(sorted(set(allowed)))}",
+                         code="method_not_allowed", headers={"Allow": ", ".join(sorted(set(allowed)))})
+    raise ProxyError(404, f"no admin route for {method} {path}", code="not_found")
+
+
+def handle(h: "Handler", req: "Request") -> None:
+    """Entry point from the server for every ``/api/`` request."""
+    app = h.server.app
+    cors = cors_headers(app, req)
+    if req.method == "OPTIONS" and cors:
+        h.send(204, b"", headers=cors)
+        return
+    try:
+        authenticate(app, req)
+        r, params = find(req.method, req.path)
+        result = r.handler(ApiRequest(app, req, params))
+    except ProxyError as exc:
+        exc.headers = {**exc.headers, **cors}
+        raise
+    status, payload = result if isinstance(result, tuple) else (200, result)
+    h.send(status, json.dumps(payload, default=str, ensure_ascii=False).encode(), "application/json", cors)
+
+
+def load_routes() -> None:
+    """Import the modules that declare routes (once)."""
+    from . import status  # noqa: F401
+
+
+load_routes()

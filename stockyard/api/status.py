@@ -1,0 +1,32 @@
+"""``/api/status`` and ``/api/openapi.json``."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import __version__
+from ..store import db
+from . import ROUTES, ApiRequest, route
+from .openapi import document
+
+
+@route("GET", "/api/status", "Server status: version, uptime, database size, writer queue, schema version")
+def status(r: ApiRequest) -> dict:
+    app = r.app
+    path = app.settings.db_path
+    size = sum(os.path.getsize(p) for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    return {
+        "version": __version__,
+        "uptime_s": int(time.time() - app.started_at),
+        "database": {"path": str(path), "size_bytes": size,
+                     "schema_version": db.schema_version(app.store.read())},
+        "writer": {"queue_depth": app.writer.depth, "written": app.writer.stats.written,
+                   "dropped": app.writer.stats.dropped, "healthy": app.writer.healthy},
+        "providers": [p.public() for p in app.registry().providers],
+    }
+
+
+@route("GET", "/api/openapi.json", "This document: the admin API in OpenAPI 3.1")
+def openapi(r: ApiRequest) -> dict:
+    return document(ROUTES)

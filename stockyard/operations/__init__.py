@@ -1,0 +1,87 @@
+"""The one place where configuration changes are made — the admin API and the CLI both call here.
+
+Every change is: validate, write (through the server's writer thread, or directly in a CLI
+process), append the audit entry in the SAME transaction, bump ``config_version`` so a
+running server reloads, commit, and only then answer. A change that fails validation or
+whose audit entry cannot be written changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from .. import audit, vault
+from ..errors import ProxyError
+from ..store import Store
+
+T = TypeVar("T")
+
+CONFIG_VERSION_KEY = "config_version"
+
+
+def invalid(message: str, param: str | None = None) -> ProxyError:
+    """A 400 for a change that does not validate (the CLI prints the message, exit 1)."""
+    return ProxyError(400, message, param=param, code="invalid_value")
+
+
+def not_found(what: str) -> ProxyError:
+    return ProxyError(404, f"{what} not found", code="not_found")
+
+
+def conflict(message: str) -> ProxyError:
+    return ProxyError(409, message, code="conflict")
+
+
+def bump_config_version(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        f"INSERT INTO meta (key, value) VALUES ('{CONFIG_VERSION_KEY}', '1') "
+        "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
+
+
+def read_config_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (CONFIG_VERSION_KEY,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass
+class Operations:
+    """Changes to one database, attributed to ``actor`` (``cli:<user>`` or ``admin-api:<addr>``)."""
+
+    store: Store
+    actor: str
+    secret: str | None = None  # STOCKYARD_ENCRYPTION_KEY: keys the audit chain, opens the vault
+    on_change: Callable[[], None] | None = None
+
+    def chain_key(self, conn: sqlite3.Connection) -> bytes | None:
+        if not self.secret:
+            return None
+        return audit.chain_key(self.secret, vault.get_or_create_salt(conn))
+
+    def audit(self, conn: sqlite3.Connection, action: str, target: str, details: dict[str, Any]) -> None:
+        """Append an audit entry inside an open transaction (for jobs that do their own writes)."""
+        key = self.chain_key(conn)
+        audit.ensure_keyed_tail(conn, actor=self.actor, key=key)
+        audit.append(conn, actor=self.actor, action=action, target=target, details=details, key=key)
+
+    def change(self, action: str, target: str, details: dict[str, Any],
+               apply: Callable[[sqlite3.Connection], T], *, config: bool = True) -> T:
+        """Run ``apply(conn)`` and its audit entry in one transaction; wait for the commit."""
+
+        def job(conn: sqlite3.Connection) -> T:
+            result = apply(conn)
+            self.audit(conn, action, target, details)
+            if config:
+                bump_config_version(conn)
+            return result
+
+        result = self.store.write(job)
+        if config and self.on_change is not None:
+            self.on_change()
+        return result
+
+    def record(self, action: str, target: str, details: dict[str, Any]) -> None:
+        """An audit entry with no other change (server start, failed login, backup taken)."""
+        self.change(action, target, details, lambda conn: None, config=False)
