@@ -14,16 +14,23 @@ import time
 from typing import Mapping
 
 from . import __version__, audit
+from .budgets import Budget, Ledger, load_project_budgets, spent_uc
 from .config import Settings
+from .keys import KeyRecord, KeyRing, check as check_key, load_keys
+from .modules.budget import BudgetModule
+from .modules.ratelimit import RateLimitModule
 from .pipeline import Chain, RequestContext
-from .pricing import PriceTable, cost_microcents, Usage
+from .pricing import Price, PriceTable, cost_microcents, format_usd, Usage
 from .providers import Provider, Registry, from_env
 from .operations import Operations, read_config_version
+from .operations.prices import load_overrides
 from .store import Store, Writer, db
-from .store.traces import record_from
+from .store.traces import iso_utc, record_from
 from .upstream import Pool
 
 log = logging.getLogger("stockyard")
+
+LAST_USED_FLUSH_S = 2.0  # last_used_at is written in batches, never per request
 
 
 class App:
@@ -37,8 +44,14 @@ class App:
         self.store = Store(settings.db_path, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
-        self._chain = Chain([])
         self.prices = PriceTable.load()
+        self._keys = KeyRing([])
+        self._project_budgets: dict[str, Budget] = {}
+        self._auth_required: bool | None = None
+        self._used: dict[str, int] = {}  # key id → last request (ms), until the next flush
+        self._used_flushed = time.monotonic()
+        self.ledger = Ledger(self._load_spend, settings.budget_warn_percent, self._budget_warning)
+        self._chain = Chain([RateLimitModule(self), BudgetModule(self)])
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._config_version = -1
@@ -58,6 +71,24 @@ class App:
     def chain(self) -> Chain:
         return self._chain
 
+    def project_budgets(self) -> dict[str, Budget]:
+        return self._project_budgets
+
+    @property
+    def auth_required(self) -> bool:
+        """Client keys are required once any exists (revoked ones count), or off loopback."""
+        return self._keys.count > 0 or not self.settings.is_loopback
+
+    def auth_description(self) -> str:
+        """One line for the start-up banner and the log."""
+        if not self.auth_required:
+            return ("auth: OPEN - listening on loopback and no client keys exist, so any local program "
+                    "may use the proxy; `stockyard keys create` turns client keys on")
+        if self._keys.count == 0:
+            return ("auth: client keys required (listening beyond loopback); none exist yet, so every "
+                    "proxy request is refused until one is made with `stockyard keys create`")
+        return f"auth: client keys required ({self._keys.live} live of {self._keys.count})"
+
     def ops(self, actor: str) -> Operations:
         """The operations layer for changes made through this server."""
         return Operations(self.store, actor, self.settings.encryption_key, on_change=self.reload)
@@ -72,6 +103,7 @@ class App:
         last_data_version = None
         try:
             while not self._stopping.wait(0.5):
+                self._flush_last_used()
                 data_version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if data_version == last_data_version:
                     continue
@@ -88,9 +120,16 @@ class App:
         conn = self.store.read()
         version = read_config_version(conn)
         providers: list[Provider] = from_env(self.env)
+        keys = KeyRing(load_keys(conn))
+        project_budgets = load_project_budgets(conn)
+        prices = PriceTable.load(load_overrides(conn))
         with self._lock:
             self._config_version = version
             self._registry = Registry(providers)
+            self._keys, self._project_budgets, self.prices = keys, project_budgets, prices
+            was_required, self._auth_required = self._auth_required, self.auth_required
+            if was_required is not None and was_required != self._auth_required:
+                log.warning("%s", self.auth_description())
             secrets = [p.api_key for p in self._registry.providers if p.api_key]
             for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
                 if self.env.get(name):
@@ -99,7 +138,51 @@ class App:
 
     # -- request path hooks ----------------------------------------------------------------
     def authenticate(self, ctx: RequestContext) -> None:
-        """Open mode until client keys exist (issue: client keys)."""
+        """Who is asking: the request's client key (401/403 when it may not), or open mode."""
+        ring = self._keys
+        if not self.auth_required:
+            return
+        key: KeyRecord = check_key(ring, ctx.headers, ctx.model)
+        ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
+        self._used[key.id] = ctx.ts_ms
+
+    def price_of(self, model: str) -> Price | None:
+        """The price a request for ``model`` will be charged at (raises the routing 400 if it routes nowhere)."""
+        provider, upstream = self.registry().resolve(model)
+        return self.prices.lookup(upstream, provider.name) or self.prices.lookup(model, provider.name)
+
+    def _flush_last_used(self, force: bool = False) -> None:
+        """Write the keys' last_used_at in one batch every couple of seconds."""
+        if not self._used or (not force and time.monotonic() - self._used_flushed < LAST_USED_FLUSH_S):
+            return
+        self._used_flushed = time.monotonic()
+        used, self._used = self._used, {}
+        rows = [(iso_utc(ms), key_id, iso_utc(ms)) for key_id, ms in used.items()]
+        self.store.record(lambda conn: conn.executemany(
+            "UPDATE client_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            rows))
+
+    def _load_spend(self, budget: Budget, period_key: str) -> int:
+        """A budget period's spend so far, read by the writer so every queued trace counts."""
+        return self.store.write(lambda conn: spent_uc(conn, budget.scope, budget.period, period_key))
+
+    def _budget_warning(self, budget: Budget, period_key: str, spent: int, percent: int) -> None:
+        """Audit entry + log line, once per budget, period and threshold (restarts included)."""
+        ops = self.ops(audit.ACTOR_SERVER)
+        text = (f"budget warning: {budget.label} has spent {format_usd(spent, 2)}, {percent}% or more of its "
+                f"{budget.describe()} (period {period_key})")
+
+        def job(conn) -> None:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
+                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))", (budget.scope, period_key, percent))
+            if inserted.rowcount:
+                ops.audit(conn, "budget.warning", budget.scope,
+                          {"period": period_key, "threshold_percent": percent, "spent_uc": spent,
+                           "budget_uc": budget.limit_uc, "budget_period": budget.period})
+                log.warning("%s", text)
+
+        self.store.record(job)
 
     def scrub(self, text: str) -> str:
         """Remove every known secret from a text that may reach a client, log or trace."""
@@ -116,7 +199,14 @@ class App:
         return data
 
     def price(self, ctx: RequestContext) -> None:
-        """Cost from the provider's usage; an estimate only when no usage came back."""
+        """Cost from the provider's usage, before the modules' after hooks see the outcome. Never raises."""
+        try:
+            self._price(ctx)
+        except Exception as exc:  # a pricing bug must not lose the trace
+            log.error("pricing failed for %s: %s", ctx.trace_id, exc)
+
+    def _price(self, ctx: RequestContext) -> None:
+        """An estimate only when no usage came back (marked); unknown when the model has no price."""
         if ctx.cache_hit or ctx.provider is None or ctx.status >= 400 or ctx.status == 0:
             return
         model = ctx.served_model or ctx.upstream_model or ""
@@ -135,11 +225,7 @@ class App:
         ctx.cost_status = "estimate" if ctx.usage_estimated else "exact"
 
     def finish(self, ctx: RequestContext) -> None:
-        """Price, trace and log one request. Never raises."""
-        try:
-            self.price(ctx)
-        except Exception as exc:  # a pricing bug must not lose the trace
-            log.error("pricing failed for %s: %s", ctx.trace_id, exc)
+        """Trace one request (priced already by :meth:`price`). Never raises."""
         if ctx.error_message:
             ctx.error_message = self.scrub(ctx.error_message)[:2000]
         record = record_from(ctx, store_bodies=self.settings.store_bodies, cap=self.settings.body_cap_bytes)
@@ -152,6 +238,7 @@ class App:
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self._stopping.set()
+        self._flush_last_used(force=True)
         try:
             self.ops(audit.ACTOR_SERVER).record("server.stop", "server", {"version": __version__})
         except Exception as exc:

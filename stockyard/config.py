@@ -36,6 +36,8 @@ class Settings:
     writer_queue_size: int = 10_000
     log_requests: bool = True
     cors_origin: str | None = None
+    default_max_tokens: int = 4096           # output assumed when a request sets no max_tokens
+    budget_warn_percent: tuple[int, ...] = (80,)
 
     @property
     def is_loopback(self) -> bool:
@@ -47,6 +49,31 @@ def _env_bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _percents(value: str | None) -> tuple[int, ...]:
+    """'80' or '80,95' → (80, 95): budget warning thresholds."""
+    if not value:
+        return (80,)
+    try:
+        found = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
+    except ValueError:
+        raise ValueError(f"STOCKYARD_BUDGET_WARN_PERCENT must be whole percents like 80 or 80,95, got {value!r}") from None
+    if not all(0 < p <= 100 for p in found):
+        raise ValueError(f"STOCKYARD_BUDGET_WARN_PERCENT values must be between 1 and 100, got {value!r}")
+    return found
+
+
+def _positive_int(value: str | None, name: str, default: int) -> int:
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    return number
 
 
 def resolve_db_path(flag: str | None, env: Mapping[str, str]) -> Path:
@@ -80,4 +107,6 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         upstream_read_timeout_s=float(env.get("STOCKYARD_UPSTREAM_TIMEOUT") or 600.0),
         log_requests=_env_bool(env.get("STOCKYARD_LOG_REQUESTS"), True),
         cors_origin=env.get("STOCKYARD_CORS_ORIGIN") or None,
+        default_max_tokens=_positive_int(env.get("STOCKYARD_DEFAULT_MAX_TOKENS"), "STOCKYARD_DEFAULT_MAX_TOKENS", 4096),
+        budget_warn_percent=_percents(env.get("STOCKYARD_BUDGET_WARN_PERCENT")),
     )

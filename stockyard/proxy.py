@@ -83,6 +83,7 @@ def handle(app: "App", reply: Reply, ctx: RequestContext) -> None:
         ctx.outcome = "client_disconnected"
     finally:
         try:
+            app.price(ctx)  # the cost is part of the outcome the after hooks see
             app.chain().after(ctx)
         finally:
             app.finish(ctx)

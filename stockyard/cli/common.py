@@ -67,3 +67,17 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
+
+
+def operations(args: argparse.Namespace, *, must_exist: bool = True):
+    """The operations layer for a change made from the command line (audited as cli:<user>)."""
+    from .. import audit
+    from ..operations import Operations
+
+    return Operations(open_store(args, must_exist=must_exist), audit.actor_cli(),
+                      os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None)
+
+
+def print_json(value: Any, out=sys.stdout) -> None:
+    """One JSON document (for results that are not a listing)."""
+    out.write(json.dumps(value, default=str, ensure_ascii=False, indent=2) + "\n")

@@ -75,6 +75,7 @@ def banner(log: logging.Logger, app, host: str, port: int) -> None:
     log.info("database %s%s", s.db_path,
              f" (applied migrations: {', '.join(str(m.version) for m in app.migrations_applied)})"
              if app.migrations_applied else "")
+    (log.info if app.auth_required else log.warning)("%s", app.auth_description())
     providers = app.registry().providers
     if providers:
         log.info("providers: %s", ", ".join(f"{p.name} ({p.source})" for p in providers))

@@ -1,0 +1,250 @@
+"""Budgets per key and per project: UTC periods, and the ledger that holds them under concurrency.
+
+The :class:`Ledger` lives in memory for the life of the server. A request reserves its
+worst-case cost against every budget that applies to it, all at once under one lock
+(spent + reserved + this ≤ limit, or refused); when it ends, the reservation settles to
+the real cost. Nothing can slip between the check and the reservation, so a hundred
+concurrent requests cannot walk past a budget.
+
+The spend of a (budget, period) is loaded from ``rollups_daily`` the first time the
+period is used — through the writer thread, so every trace already queued is counted —
+and kept up to date by settlements after that. That is how a budget survives a restart.
+One server process per database: two servers on one file would each hold their own ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Callable, Iterable, Mapping
+
+from .errors import ProxyError
+from .pricing import format_usd
+
+log = logging.getLogger("stockyard.budgets")
+
+PERIODS = ("day", "month", "total")
+_ALL_DAYS = ("", "9999-99-99")
+
+
+def check_period(period: str) -> str:
+    if period not in PERIODS:
+        raise ValueError(f"budget period must be one of {', '.join(PERIODS)}, got {period!r}")
+    return period
+
+
+def _utc(ts_ms: int) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc)
+
+
+def period_key(period: str, ts_ms: int) -> str:
+    """The period an instant falls in: '2026-11-27', '2026-11' or 'total'."""
+    if period == "total":
+        return "total"
+    moment = _utc(ts_ms)
+    return moment.strftime("%Y-%m-%d") if period == "day" else moment.strftime("%Y-%m")
+
+
+def period_days(period: str, key: str) -> tuple[str, str]:
+    """Rollup days [start, end) of a period key, as stored text."""
+    if period == "total":
+        return _ALL_DAYS
+    if period == "day":
+        day = date.fromisoformat(key)
+        return key, (day + timedelta(days=1)).isoformat()
+    year, month = (int(p) for p in key.split("-"))
+    nxt = date(year + month // 12, month % 12 + 1, 1)
+    return f"{key}-01", nxt.isoformat()
+
+
+def seconds_left(period: str, ts_ms: int) -> int | None:
+    """Seconds until the period of ``ts_ms`` ends (None for 'total', which never does)."""
+    if period == "total":
+        return None
+    _, end = period_days(period, period_key(period, ts_ms))
+    end_ms = int(datetime.fromisoformat(end).replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return max(1, -(-(end_ms - ts_ms) // 1000))
+
+
+def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int:
+    """Spend of a scope ('key:<id>' or 'project:<name>') in one period, from the rollups."""
+    kind, _, name = scope.partition(":")
+    column = {"key": "key_id", "project": "project"}[kind]
+    start, end = period_days(period, key)
+    row = conn.execute(f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_daily "
+                       f"WHERE {column} = ? AND day >= ? AND day < ?", (name, start, end)).fetchone()
+    return int(row[0])
+
+
+@dataclass(frozen=True)
+class Budget:
+    scope: str        # key:<id> or project:<name>
+    label: str        # for people: "key 'ci-bot'", "project 'web'"
+    limit_uc: int
+    period: str       # day, month or total
+
+    def describe(self) -> str:
+        per = "in total" if self.period == "total" else f"per {self.period}"
+        return f"{self.label} budget of {format_usd(self.limit_uc, 2)} {per}"
+
+
+@dataclass
+class _Entry:
+    spent: int
+    reserved: int = 0
+
+
+@dataclass
+class Hold:
+    """One request's reservation: (budget, period key, amount) for every budget it touched."""
+
+    parts: list[tuple[Budget, str, int]] = field(default_factory=list)
+
+
+@dataclass
+class BudgetExceeded(Exception):
+    budget: Budget
+    period_key: str
+    spent: int
+    reserved: int
+    amount: int
+    ts_ms: int
+
+    def error(self) -> ProxyError:
+        """The 429 the client gets, in its own dialect."""
+        b = self.budget
+        held = f", {format_usd(self.reserved)} held by requests in flight" if self.reserved else ""
+        text = (f"budget exceeded: the {b.describe()} allows no more: {format_usd(self.spent)} spent{held}, "
+                f"and this request may cost up to {format_usd(self.amount)} (lower max_tokens, or raise the budget)")
+        headers: dict[str, str] = {}
+        if self.spent + self.amount <= b.limit_uc:
+            headers["Retry-After"] = "1"  # only requests in flight stand in the way
+        else:
+            headers["x-should-retry"] = "false"  # the OpenAI and Anthropic SDKs honour this
+            wait = seconds_left(b.period, self.ts_ms)
+            if wait is not None:
+                headers["Retry-After"] = str(wait)
+        return ProxyError(429, text, code="budget_exceeded", type="budget_exceeded", headers=headers)
+
+
+Warn = Callable[[Budget, str, int, int], None]  # budget, period key, spent, threshold percent
+
+
+class Ledger:
+    """Spent and reserved money per (budget scope, period), held under one lock."""
+
+    def __init__(self, load: Callable[[Budget, str], int], warn_percents: Iterable[int] = (80,),
+                 on_warning: Warn | None = None) -> None:
+        self._load = load
+        self._warn_percents = tuple(sorted(set(warn_percents)))
+        self._on_warning = on_warning
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._entries: dict[str, dict[str, _Entry]] = {}
+        self._warned: set[tuple[str, str, int]] = set()
+
+    def _ensure(self, budgets: Iterable[Budget], ts_ms: int) -> list[tuple[Budget, str]]:
+        """Load (outside the lock) the spend of periods not seen yet."""
+        keyed = [(b, period_key(b.period, ts_ms)) for b in budgets]
+        for budget, key in keyed:
+            if key in self._entries.get(budget.scope, {}):
+                continue
+            with self._load_lock:  # one load per period, however many requests arrive at once
+                if key in self._entries.get(budget.scope, {}):
+                    continue
+                spent = self._load(budget, key)
+                with self._lock:
+                    periods = self._entries.setdefault(budget.scope, {})
+                    for old in [k for k, e in periods.items() if e.reserved == 0]:
+                        del periods[old]  # a finished period needs no memory
+                    periods[key] = _Entry(spent)
+        return keyed
+
+    def reserve(self, budgets: list[Budget], amount: int, ts_ms: int) -> Hold:
+        """Reserve ``amount`` µ¢ against every budget, or none of them (BudgetExceeded)."""
+        keyed = self._ensure(budgets, ts_ms)
+        with self._lock:
+            for budget, key in keyed:
+                entry = self._entries[budget.scope][key]
+                if entry.spent + entry.reserved + amount > budget.limit_uc:
+                    raise BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
+            for budget, key in keyed:
+                self._entries[budget.scope][key].reserved += amount
+        return Hold([(budget, key, amount) for budget, key in keyed])
+
+    def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+        """Account one finished request: its reservations become its real cost.
+
+        The cost also lands on every other period the ledger holds for the request's
+        scopes, so a budget switched off and on again still knows the spend in between.
+        """
+        parts = {(b.scope, key): (b, amount) for b, key, amount in (hold.parts if hold else [])}
+        current = {period_key(p, ts_ms) for p in PERIODS}
+        crossed: list[tuple[Budget, str, int, int]] = []
+        with self._lock:
+            for (scope, key), (budget, amount) in parts.items():
+                entry = self._entries.setdefault(scope, {}).setdefault(key, _Entry(0, amount))
+                entry.reserved -= amount
+                entry.spent += actual_uc
+                crossed += self._crossings(budget, key, entry.spent)
+            if actual_uc:
+                for scope in scopes:
+                    for key, entry in self._entries.get(scope, {}).items():
+                        if key in current and (scope, key) not in parts:
+                            entry.spent += actual_uc
+        if self._on_warning is not None:
+            for args in crossed:
+                try:
+                    self._on_warning(*args)
+                except Exception as exc:  # a warning must never fail a request
+                    log.error("could not record a budget warning: %s", exc)
+
+    def _crossings(self, budget: Budget, key: str, spent: int) -> list[tuple[Budget, str, int, int]]:
+        """Thresholds this spend has reached and not yet warned about (caller holds the lock)."""
+        found = []
+        for pct in self._warn_percents:
+            mark = (budget.scope, key, pct)
+            if budget.limit_uc > 0 and spent * 100 >= budget.limit_uc * pct and mark not in self._warned:
+                self._warned.add(mark)
+                found.append((budget, key, spent, pct))
+        return found
+
+    def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
+        """(spent, reserved) of the budget's current period, if the ledger holds it."""
+        with self._lock:
+            entry = self._entries.get(budget.scope, {}).get(period_key(budget.period, ts_ms))
+            return None if entry is None else (entry.spent, entry.reserved)
+
+
+def key_budget(key_id: str, name: str, limit_uc: int | None, period: str | None) -> Budget | None:
+    if limit_uc is None or period is None:
+        return None
+    return Budget(f"key:{key_id}", f"key {name!r}", limit_uc, period)
+
+
+def project_budget(project: str, limit_uc: int, period: str) -> Budget:
+    return Budget(f"project:{project}", f"project {project!r}", limit_uc, period)
+
+
+def load_project_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
+    return {r["project"]: project_budget(r["project"], r["budget_uc"], r["period"])
+            for r in conn.execute("SELECT project, budget_uc, period FROM project_budgets")}
+
+
+def scopes_of(key) -> tuple[str, ...]:
+    """The ledger scopes a request made with ``key`` (a KeyRecord) belongs to."""
+    return (f"key:{key.id}", f"project:{key.project}") if key.project else (f"key:{key.id}",)
+
+
+def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
+    """Every budget a request made with ``key`` (a KeyRecord) counts against."""
+    found = []
+    own = key_budget(key.id, key.name, key.budget_uc, key.budget_period)
+    if own is not None:
+        found.append(own)
+    if key.project and key.project in projects:
+        found.append(projects[key.project])
+    return found

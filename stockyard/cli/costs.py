@@ -1,0 +1,49 @@
+"""``stockyard costs``: spend by day, model, provider, key or project, from the daily rollups."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..store import costs
+from .common import add_db, open_store, print_json, print_table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("costs", help="spend report from the daily rollups",
+                       description="Requests, tokens and exact cost grouped by day, model, provider, key or "
+                                   "project. Days are UTC; --since and --until are inclusive. Totals equal the "
+                                   "sum of the traces' costs exactly.")
+    p.add_argument("--by", default="day", metavar="|".join(costs.GROUPS),
+                   help="how to group (default: day)")
+    p.add_argument("--since", metavar="DATE", help="first day, e.g. 2026-11-01")
+    p.add_argument("--until", metavar="DATE", help="last day, e.g. 2026-11-30")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="the report as one JSON object (rows and total)")
+    fmt.add_argument("--csv", action="store_true", help="the report as CSV, with a TOTAL row")
+    add_db(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = costs.report(open_store(args).read(), args.by, args.since, args.until)
+    if args.json:
+        print_json(result)
+        return 0
+    if args.csv:
+        costs.write_csv(result, sys.stdout)
+        return 0
+    by = result["by"]
+    rows = [dict(r) for r in result["rows"]]
+    if by == "key":
+        for r in rows:
+            r["key"] = f"{r['key_name']} ({r['key']})" if r.get("key_name") else r["key"]
+    rows.append({by: "TOTAL", **result["total"]})
+    for r in rows:
+        r["tokens"] = f"{r['prompt_tokens']}/{r['completion_tokens']}"
+        if r[by] is None:
+            r[by] = "(none)"
+    print_table(rows, [(by, by.upper()), ("requests", "REQUESTS"), ("errors", "ERRORS"),
+                       ("tokens", "TOKENS IN/OUT"), ("cached_tokens", "CACHED"), ("reasoning_tokens", "REASONING"),
+                       ("unknown_cost", "UNPRICED"), ("cost_usd", "COST")])
+    return 0

@@ -1,0 +1,79 @@
+"""``stockyard prices``: the price table (shipped, with operator overrides) and changes to it."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..operations import prices as price_ops
+from .common import add_db, add_json, open_store, operations, print_json, print_json_lines, print_table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prices", help="model prices: list, set, unset",
+                       description="Prices in USD per 1M tokens. Overrides set here win over the shipped table "
+                                   "and are audited; a running server applies them within a second.")
+    prices = p.add_subparsers(dest="prices_command", metavar="ACTION")
+    prices.required = True
+
+    ls = prices.add_parser("list", help="every priced model")
+    ls.add_argument("--model", metavar="TEXT", help="only models whose name contains TEXT")
+    add_json(ls)
+    add_db(ls)
+    ls.set_defaults(func=list_)
+
+    s = prices.add_parser("set", help="add or replace a model's price",
+                          description="Set a model's price in USD per 1M tokens (decimal, up to 8 places). "
+                                      "Cached input and cache write default to the input price; reasoning "
+                                      "defaults to the output price. MODEL may be provider-qualified "
+                                      "(groq/llama-3.3-70b); longer names win, so a dated model uses its "
+                                      "family's price.")
+    s.add_argument("model", metavar="MODEL")
+    s.add_argument("--input", required=True, metavar="USD")
+    s.add_argument("--output", required=True, metavar="USD")
+    s.add_argument("--cached-input", metavar="USD")
+    s.add_argument("--cache-write", metavar="USD")
+    s.add_argument("--reasoning", metavar="USD")
+    add_json(s)
+    add_db(s)
+    s.set_defaults(func=set_)
+
+    u = prices.add_parser("unset", help="remove an override (the shipped price applies again)")
+    u.add_argument("model", metavar="MODEL")
+    add_db(u)
+    u.set_defaults(func=unset)
+
+
+def list_(args: argparse.Namespace) -> int:
+    rows = price_ops.list_prices(open_store(args).read())
+    if args.model:
+        rows = [r for r in rows if args.model.lower() in r["model"]]
+    if args.json:
+        print_json_lines(rows)
+        return 0
+    for r in rows:
+        r.update({f"{k}_usd": v for k, v in r["usd_per_1m"].items()})
+    print_table(rows, [("model", "MODEL"), ("input_usd", "INPUT"), ("cached_input_usd", "CACHED"),
+                       ("cache_write_usd", "CACHE WRITE"), ("output_usd", "OUTPUT"),
+                       ("reasoning_usd", "REASONING"), ("source", "SOURCE")], empty="no prices")
+    print("USD per 1M tokens; REASONING '-' means the output price")
+    return 0
+
+
+def set_(args: argparse.Namespace) -> int:
+    rates = {"input": args.input, "output": args.output, "cached_input": args.cached_input,
+             "cache_write": args.cache_write, "reasoning": args.reasoning}
+    result = price_ops.set_price(operations(args, must_exist=False), args.model, rates)
+    if args.json:
+        print_json(result)
+    else:
+        usd = result["usd_per_1m"]
+        print(f"price of {result['model']} set (USD per 1M): input {usd['input']}, cached {usd['cached_input']}, "
+              f"cache write {usd['cache_write']}, output {usd['output']}"
+              + (f", reasoning {usd['reasoning']}" if usd["reasoning"] else ""))
+    return 0
+
+
+def unset(args: argparse.Namespace) -> int:
+    result = price_ops.unset_price(operations(args), args.model)
+    print(f"price override of {result['model']} removed")
+    return 0

@@ -1,0 +1,170 @@
+"""Client keys: how they are made, how they are stored, and how a request's key is checked.
+
+A key is ``sk-sy-`` plus 43 base62 characters (256 random bits). Only its SHA-256 and its
+first 12 characters are stored: with that much randomness a fast hash is right (nothing
+to brute-force), and the prefix lets people tell keys apart. The server holds every key
+as an immutable :class:`KeyRing` snapshot that ``App.reload`` swaps whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import string
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .dates import epoch
+from .errors import ProxyError
+from .pricing import PROVIDERS
+
+KEY_PREFIX = "sk-sy-"
+PREFIX_LEN = 12
+_BASE62 = string.digits + string.ascii_letters
+
+
+def new_secret() -> str:
+    """A fresh client key: 32 random bytes in base62 (no '-' or '_', so it selects with a double-click)."""
+    number = int.from_bytes(secrets.token_bytes(32), "big")
+    chars = []
+    for _ in range(43):  # 62**43 > 2**256
+        number, digit = divmod(number, 62)
+        chars.append(_BASE62[digit])
+    return KEY_PREFIX + "".join(chars)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The client key a request carries: ``Authorization: Bearer`` or ``x-api-key``, one path for both.
+
+    When both are sent they must agree (SDKs sometimes send both); otherwise the request
+    is refused rather than guessing which one was meant.
+    """
+    auth = headers.get("authorization", "")
+    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    api_key = (headers.get("x-api-key") or "").strip() or None
+    if bearer and api_key and not hmac.compare_digest(bearer.encode(), api_key.encode()):
+        raise ProxyError(401, "the Authorization and x-api-key headers carry different keys; send one",
+                         code="invalid_api_key")
+    return bearer or api_key
+
+
+def _bare_model(model: str) -> str:
+    head, sep, rest = model.partition("/")
+    return rest if sep and head in PROVIDERS and rest else model
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One client key as stored (never the key itself)."""
+
+    id: str
+    name: str
+    prefix: str
+    hash: str = field(repr=False)
+    project: str | None = None
+    models: tuple[str, ...] | None = None
+    expires_at: str | None = None
+    revoked_at: str | None = None
+    budget_uc: int | None = None
+    budget_period: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    created_at: str = ""
+    last_used_at: str | None = None
+    expires_ts: float | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "KeyRecord":
+        models = json.loads(row["models"]) if row["models"] else None
+        return cls(
+            id=row["id"], name=row["name"], prefix=row["prefix"], hash=row["hash"], project=row["project"],
+            models=tuple(models) if models else None, expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"], budget_uc=row["budget_uc"], budget_period=row["budget_period"],
+            rpm=row["rpm"], tpm=row["tpm"], created_at=row["created_at"], last_used_at=row["last_used_at"],
+            expires_ts=epoch(row["expires_at"]),
+        )
+
+    def status(self, now: float | None = None) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_ts is not None and (time.time() if now is None else now) >= self.expires_ts:
+            return "expired"
+        return "active"
+
+    def allows_model(self, model: str) -> bool:
+        """Exact names, or prefixes written with a trailing ``*``; ``openai/x`` also matches ``x``."""
+        if self.models is None:
+            return True
+        names = {model.lower(), _bare_model(model.lower())}
+        for allowed in self.models:
+            a = allowed.lower()
+            if a.endswith("*") and any(n.startswith(a[:-1]) for n in names):
+                return True
+            if a in names:
+                return True
+        return False
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown about a key: everything but its hash."""
+        return {
+            "id": self.id, "name": self.name, "prefix": self.prefix, "project": self.project,
+            "models": list(self.models) if self.models else None, "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at, "status": self.status(), "budget_uc": self.budget_uc,
+            "budget_period": self.budget_period, "rpm": self.rpm, "tpm": self.tpm,
+            "created_at": self.created_at, "last_used_at": self.last_used_at,
+        }
+
+
+def load_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
+    """Every key, oldest first (revoked ones included: they still name traces)."""
+    rows = conn.execute("SELECT * FROM client_keys ORDER BY created_at, id").fetchall()
+    return [KeyRecord.from_row(r) for r in rows]
+
+
+class KeyRing:
+    """An immutable snapshot of the client keys, looked up by hash."""
+
+    def __init__(self, records: list[KeyRecord]) -> None:
+        self._by_hash = {r.hash: r for r in records}
+        self.count = len(records)
+        self.live = sum(1 for r in records if r.status() == "active")
+
+    def find(self, secret: str) -> KeyRecord | None:
+        """The record for ``secret``; the stored hash is compared in constant time."""
+        wanted = hash_key(secret)
+        record = self._by_hash.get(wanted)
+        if record is None or not hmac.compare_digest(record.hash, wanted):
+            return None
+        return record
+
+
+def check(ring: KeyRing, headers: Mapping[str, str], model: str | None,
+          now: float | None = None) -> KeyRecord:
+    """The key a request is allowed to use, or the 401/403 that says why not."""
+    secret = presented_key(headers)
+    if not secret:
+        raise ProxyError(401, "a client key is required: send Authorization: Bearer sk-sy-… "
+                              "or x-api-key: sk-sy-… (create one with `stockyard keys create`)",
+                         code="missing_api_key")
+    record = ring.find(secret)
+    if record is None:
+        raise ProxyError(401, "invalid client key", code="invalid_api_key")
+    state = record.status(now)
+    if state != "active":
+        raise ProxyError(401, f"client key {record.prefix}… has been {state}", code=f"{state}_api_key")
+    if model is not None and not record.allows_model(model):
+        raise ProxyError(403, f"client key {record.prefix}… may not use model {model!r}",
+                         param="model", code="model_not_allowed")
+    return record

@@ -1,0 +1,59 @@
+"""``budget``: reserve a request's worst-case cost against its key's and project's budgets.
+
+Before the request goes upstream its worst case (``estimate.worst_case_cost``) is
+reserved in the server's :class:`~stockyard.budgets.Ledger`; a request that would take a
+budget past its limit gets a 429 ``budget_exceeded`` and never reaches the provider.
+After it ends, the reservation settles to the real cost (``ctx.cost_uc``, priced before
+the after hooks run).
+
+A model with no price cannot be held to a budget, so a budgeted key is refused such
+models (403 ``model_not_priced``) rather than letting them through uncounted; set a
+price with ``stockyard prices set``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import estimate
+from ..budgets import BudgetExceeded, budgets_for, scopes_of
+from ..errors import ProxyError
+from ..pipeline import RequestContext
+
+if TYPE_CHECKING:
+    from ..app import App
+
+FREE_ENDPOINTS = ("count_tokens",)
+
+
+class BudgetModule:
+    name = "budget"
+
+    def __init__(self, app: "App") -> None:
+        self.app = app
+
+    def before(self, ctx: RequestContext) -> None:
+        key = ctx.key
+        if key is None or ctx.endpoint in FREE_ENDPOINTS:
+            return
+        budgets = budgets_for(key, self.app.project_budgets())
+        if not budgets:
+            return
+        model = ctx.routed_model or ctx.model or ""
+        price = self.app.price_of(model)  # a model that routes nowhere fails here, as routing would
+        if price is None:
+            raise ProxyError(403, f"model {model!r} has no price, so the budget on this key cannot be "
+                                  f"enforced; an operator can add one with `stockyard prices set {model} "
+                                  "--input … --output …`", param="model", code="model_not_priced")
+        settings = self.app.settings
+        amount = estimate.worst_case_cost(price, estimate.input_tokens(ctx),
+                                          estimate.output_tokens(ctx, settings.default_max_tokens))
+        try:
+            ctx.state["budget"] = self.app.ledger.reserve(budgets, amount, ctx.ts_ms)
+        except BudgetExceeded as exc:
+            raise exc.error() from None
+
+    def after(self, ctx: RequestContext) -> None:
+        if ctx.key is None:
+            return
+        self.app.ledger.settle(ctx.state.pop("budget", None), ctx.cost_uc or 0, scopes_of(ctx.key), ctx.ts_ms)

@@ -1,0 +1,131 @@
+"""Per-key rate limits: requests and tokens per minute, over an exact sliding 60-second window.
+
+Each key's window is a log of (admitted at, tokens) entries with a running token sum.
+Tokens are counted at admission as the worst case (input estimate + output cap) and
+corrected to the real usage when the request ends, so a key that asks for 4,096 tokens
+and uses 20 is charged 20. A refusal is a 429 with ``Retry-After``: the seconds until
+enough of the window has slid past for this request to fit.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import estimate
+from ..errors import ProxyError
+from ..pipeline import RequestContext
+
+if TYPE_CHECKING:
+    from ..app import App
+
+WINDOW_S = 60.0
+
+
+@dataclass
+class _Entry:
+    at: float
+    tokens: int
+    live: bool = True  # still inside its window (its tokens are in the sum)
+
+
+class _Window:
+    def __init__(self) -> None:
+        self.entries: deque[_Entry] = deque()
+        self.tokens = 0
+
+    def slide(self, now: float) -> None:
+        while self.entries and self.entries[0].at <= now - WINDOW_S:
+            old = self.entries.popleft()
+            old.live = False
+            self.tokens -= old.tokens
+
+
+class RateLimited(Exception):
+    def __init__(self, message: str, retry_after: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def error(self) -> ProxyError:
+        headers = ({"Retry-After": str(self.retry_after)} if self.retry_after is not None
+                   else {"x-should-retry": "false"})
+        return ProxyError(429, self.message, code="rate_limit_exceeded", headers=headers)
+
+
+class RateLimiter:
+    """Sliding windows for every key, under one lock (held for microseconds)."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
+
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> _Entry:
+        """Count one request of ``tokens`` against the key's limits, or raise RateLimited."""
+        with self._lock:
+            now = self._clock()
+            window = self._windows.setdefault(key_id, _Window())
+            window.slide(now)
+            if rpm is not None and len(window.entries) >= rpm:
+                oldest_needed = window.entries[len(window.entries) - rpm]
+                raise RateLimited(f"rate limit: this key allows {rpm} requests per minute",
+                                  _seconds(oldest_needed.at + WINDOW_S - now))
+            if tpm is not None and window.tokens + tokens > tpm:
+                if tokens > tpm:
+                    raise RateLimited(f"rate limit: this request may use {tokens} tokens (input estimate + "
+                                      f"max_tokens), more than the key's {tpm} tokens per minute; "
+                                      "lower max_tokens", None)
+                excess, freed = window.tokens + tokens - tpm, 0
+                for entry in window.entries:
+                    freed += entry.tokens
+                    if freed >= excess:
+                        break
+                raise RateLimited(f"rate limit: this key allows {tpm} tokens per minute and this request "
+                                  f"may use {tokens}", _seconds(entry.at + WINDOW_S - now))
+            entry = _Entry(now, tokens)
+            window.entries.append(entry)
+            window.tokens += tokens
+            return entry
+
+    def correct(self, key_id: str, entry: _Entry, tokens: int) -> None:
+        """Replace an admitted request's estimate with what it really used."""
+        with self._lock:
+            if entry.live:
+                self._windows[key_id].tokens += tokens - entry.tokens
+            entry.tokens = tokens
+
+
+def _seconds(wait: float) -> int:
+    return max(1, math.ceil(wait))
+
+
+class RateLimitModule:
+    """``ratelimit``: refuses a key's requests beyond its rpm/tpm with a 429 and Retry-After."""
+
+    name = "ratelimit"
+
+    def __init__(self, app: "App") -> None:
+        self.app = app
+        self.limiter = RateLimiter()
+
+    def before(self, ctx: RequestContext) -> None:
+        key = ctx.key
+        if key is None or (key.rpm is None and key.tpm is None):
+            return
+        tokens = estimate.request_tokens(ctx, self.app.settings.default_max_tokens) if key.tpm else 0
+        try:
+            ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, tokens)
+        except RateLimited as exc:
+            raise exc.error() from None
+
+    def after(self, ctx: RequestContext) -> None:
+        entry = ctx.state.pop("ratelimit", None)
+        if entry is None or not ctx.key.tpm:
+            return
+        used = ctx.usage.prompt_tokens + ctx.usage.completion_tokens if ctx.usage else 0
+        self.limiter.correct(ctx.key.id, entry, used)

@@ -1,0 +1,106 @@
+"""Operator price overrides: set or remove the price of a model, audited.
+
+Overrides sit on top of the shipped table (``stockyard/data/prices.json``) and win over
+it for the same key; a running server applies them on its next reload. Rates are given
+in USD per 1M tokens as decimal text and stored as integer µ¢ per 1M tokens.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any, Mapping
+
+from ..dates import now_iso
+from ..pricing import Price, PriceTable, format_usd
+from . import Operations, invalid, not_found
+
+RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning")
+_MODEL = re.compile(r"^[^\s]{1,200}$")
+
+
+def check_model(model: Any) -> str:
+    if not isinstance(model, str) or not _MODEL.match(model.strip()):
+        raise invalid("model must be a model name without spaces (up to 200 characters), "
+                      "e.g. gpt-4o-mini or groq/llama-3.3-70b", "model")
+    return model.strip().lower()
+
+
+def parse_rates(rates: Mapping[str, Any]) -> Price:
+    """USD per 1M tokens as decimal text (or whole numbers) → a Price; cached/cache write default to input."""
+    given: dict[str, str] = {}
+    for name, value in rates.items():
+        if value is None:
+            continue
+        if name not in RATE_FIELDS:
+            raise invalid(f"unknown price field {name!r}; use {', '.join(RATE_FIELDS)}", name)
+        if type(value) is int:
+            value = str(value)
+        if not isinstance(value, str):
+            raise invalid(f"{name} must be a decimal number of USD per 1M tokens, like \"0.15\"", name)
+        given[name] = value
+    for required in ("input", "output"):
+        if required not in given:
+            raise invalid(f"{required} is required (USD per 1M tokens)", required)
+    try:
+        return Price.from_usd(given)
+    except ValueError as exc:
+        raise invalid(f"bad price: {exc}") from None
+
+
+def usd(price: Price) -> dict[str, str | None]:
+    """A price as USD per 1M tokens, exact ('$0.075')."""
+    return {"input": format_usd(price.input, 2), "cached_input": format_usd(price.cached_input, 2),
+            "cache_write": format_usd(price.cache_write, 2), "output": format_usd(price.output, 2),
+            "reasoning": None if price.reasoning is None else format_usd(price.reasoning, 2)}
+
+
+def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
+    return {r["model"]: Price(r["input_uc"], r["cached_input_uc"], r["cache_write_uc"], r["output_uc"],
+                              r["reasoning_uc"])
+            for r in conn.execute("SELECT * FROM price_overrides ORDER BY model")}
+
+
+def effective_table(conn: sqlite3.Connection) -> PriceTable:
+    """The shipped table with this database's overrides on top: what the server prices with."""
+    return PriceTable.load(load_overrides(conn))
+
+
+def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every priced model, rates in µ¢ per 1M and in USD, with where each came from."""
+    overrides = load_overrides(conn)
+    table = PriceTable.load(overrides)
+    return [{"model": key, "source": "override" if key in overrides else "shipped",
+             "input_uc": p.input, "cached_input_uc": p.cached_input, "cache_write_uc": p.cache_write,
+             "output_uc": p.output, "reasoning_uc": p.reasoning, "usd_per_1m": usd(p)}
+            for key, p in table.entries()]
+
+
+def set_price(ops: Operations, model: Any, rates: Mapping[str, Any]) -> dict[str, Any]:
+    """Add or replace the override for ``model``."""
+    name = check_model(model)
+    price = parse_rates(rates)
+
+    def apply(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO price_overrides (model, input_uc, cached_input_uc, cache_write_uc, output_uc, "
+            "reasoning_uc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET "
+            "input_uc = excluded.input_uc, cached_input_uc = excluded.cached_input_uc, "
+            "cache_write_uc = excluded.cache_write_uc, output_uc = excluded.output_uc, "
+            "reasoning_uc = excluded.reasoning_uc, updated_at = excluded.updated_at",
+            (name, price.input, price.cached_input, price.cache_write, price.output, price.reasoning, now_iso()))
+
+    ops.change("prices.set", f"price:{name}", {"model": name, "usd_per_1m": usd(price)}, apply)
+    return {"model": name, "source": "override", "usd_per_1m": usd(price)}
+
+
+def unset_price(ops: Operations, model: Any) -> dict[str, Any]:
+    """Remove an override; the shipped price (if any) applies again."""
+    name = check_model(model)
+
+    def apply(conn: sqlite3.Connection) -> None:
+        if conn.execute("DELETE FROM price_overrides WHERE model = ?", (name,)).rowcount == 0:
+            raise not_found(f"price override for {name!r}")
+
+    ops.change("prices.unset", f"price:{name}", {"model": name}, apply)
+    return {"model": name, "removed": True}

@@ -1,0 +1,187 @@
+"""Exact costs of every kind of request, price overrides, and the cost report from the rollups.
+
+The mock reports 12 prompt and 5 completion tokens; `cached` in a model name makes 8 of the
+12 prompt tokens cache reads, `reasoning` makes 3 of the 5 completion tokens reasoning.
+Rates are µ¢ per 1M tokens (USD per 1M × 10⁸); cost = Σ tokens × rate / 10⁶, rounded once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+
+ADMIN = "admin-key-for-cost-tests-0123456789"
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_ADMIN_KEY": ADMIN}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("costs") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+
+
+def api(server: ServerProcess, method: str, path: str, body=None):
+    status, _, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"})
+    return status, json.loads(data)
+
+
+def traced(server: ServerProcess, body: dict) -> dict:
+    """Send a chat request (reading a stream to its end) and return its committed trace."""
+    status, headers, _ = server.request("POST", "/v1/chat/completions", body)
+    assert status == 200
+    return server.trace(headers["x-stockyard-trace-id"])
+
+
+def test_plain_request_costs_the_hand_computed_integer(server):
+    # gpt-4o-mini: input $0.15 → 15_000_000, output $0.60 → 60_000_000 µ¢ per 1M
+    # 12 × 15_000_000 + 5 × 60_000_000 = 180_000_000 + 300_000_000 = 480_000_000 → 480 µ¢
+    trace = traced(server, {"model": "gpt-4o-mini", "messages": HELLO})
+    assert (trace["cost_uc"], trace["cost_status"], trace["usage_estimated"]) == (480, "exact", 0)
+
+
+def test_streamed_request_is_costed_from_the_usage_stockyard_asked_for(server):
+    # the client did not ask for usage; Stockyard asks upstream, costs it, and strips it again
+    status, headers, raw = server.request("POST", "/v1/chat/completions",
+                                          {"model": "gpt-4o-mini", "messages": HELLO, "stream": True})
+    assert status == 200 and b'"prompt_tokens"' not in raw  # the usage chunk is stripped
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["stream"], trace["prompt_tokens"], trace["completion_tokens"]) == (1, 12, 5)
+    assert (trace["cost_uc"], trace["cost_status"]) == (480, "exact")  # same arithmetic as the plain request
+
+
+def test_cached_tokens_are_priced_at_the_cached_rate(server):
+    # gpt-4o-mini cached input $0.075 → 7_500_000. 4 uncached × 15_000_000 = 60_000_000;
+    # 8 cached × 7_500_000 = 60_000_000; 5 out × 60_000_000 = 300_000_000; Σ 420_000_000 → 420 µ¢
+    trace = traced(server, {"model": "gpt-4o-mini-cached", "messages": HELLO})
+    assert (trace["cached_tokens"], trace["cost_uc"], trace["cost_status"]) == (8, 420, "exact")
+
+
+def test_reasoning_tokens_are_priced_at_their_own_rate(server):
+    # an override with a reasoning rate, set through the CLI: input $1, output $2, reasoning $3
+    done = server.cli("prices", "set", "mock-reasoning", "--input", "1", "--output", "2", "--reasoning", "3")
+    assert done.returncode == 0, done.stderr
+    # 12 × 100_000_000 = 1_200_000_000; 2 plain out × 200_000_000 = 400_000_000;
+    # 3 reasoning × 300_000_000 = 900_000_000; Σ 2_500_000_000 → 2_500 µ¢
+    trace = wait_for(lambda: (t := traced(server, {"model": "mock-reasoning", "messages": HELLO}))["cost_uc"]
+                     and t, timeout=3, what="the override to apply")
+    assert (trace["reasoning_tokens"], trace["cost_uc"], trace["cost_status"]) == (3, 2_500, "exact")
+
+
+def test_streamed_reasoning_with_usage_requested_by_the_client(server):
+    api(server, "POST", "/api/prices", {"model": "mock-reasoning-stream", "input": "1", "output": "2",
+                                        "reasoning": "3"})
+    body = {"model": "mock-reasoning-stream", "messages": HELLO, "stream": True,
+            "stream_options": {"include_usage": True}}
+    status, headers, raw = server.request("POST", "/v1/chat/completions", body)
+    assert status == 200 and b'"prompt_tokens"' in raw
+    assert server.trace(headers["x-stockyard-trace-id"])["cost_uc"] == 2_500  # as above
+
+
+def test_no_usage_is_an_estimate_and_an_unknown_model_is_unknown(server):
+    api(server, "POST", "/api/prices", {"model": "mock-no-usage", "input": "1", "output": "1"})
+    estimate = traced(server, {"model": "mock-no-usage", "messages": HELLO})
+    assert estimate["cost_status"] == "estimate" and estimate["usage_estimated"] == 1
+    assert estimate["cost_uc"] > 0
+    unknown = traced(server, {"model": "mock-unpriced-model", "messages": HELLO})
+    assert (unknown["cost_status"], unknown["cost_uc"]) == ("unknown", None)
+
+
+def test_price_override_replaces_the_shipped_price_and_unset_restores_it(server):
+    status, result = api(server, "POST", "/api/prices", {"model": "gpt-4.1-nano", "input": "1", "output": "1"})
+    assert status == 200 and result["usd_per_1m"]["input"] == "$1.00"
+    # (12 + 5) × 100_000_000 = 1_700_000_000 → 1_700 µ¢
+    assert traced(server, {"model": "gpt-4.1-nano", "messages": HELLO})["cost_uc"] == 1_700
+    listed = {p["model"]: p for p in api(server, "GET", "/api/prices?model=gpt-4.1-nano")[1]["prices"]}
+    assert listed["gpt-4.1-nano"]["source"] == "override"
+    assert api(server, "DELETE", "/api/prices/gpt-4.1-nano")[0] == 200
+    # shipped: $0.10 in, $0.40 out: 12 × 10_000_000 + 5 × 40_000_000 = 320_000_000 → 320 µ¢
+    assert traced(server, {"model": "gpt-4.1-nano", "messages": HELLO})["cost_uc"] == 320
+    assert api(server, "DELETE", "/api/prices/gpt-4.1-nano")[0] == 404
+    audit = [r["action"] for r in server.db_rows(
+        "SELECT action FROM audit_log WHERE target = 'price:gpt-4.1-nano' ORDER BY seq")]
+    assert audit == ["prices.set", "prices.unset"]
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "x", "input": "-1", "output": "1"},
+    {"model": "x", "input": "1"},
+    {"model": "x", "input": "0.000000001", "output": "1"},
+    {"model": "x", "input": "1", "output": "1", "colour": "2"},
+    {"model": "has space", "input": "1", "output": "1"},
+    {"input": "1", "output": "1"},
+])
+def test_bad_prices_are_400(server, body):
+    assert api(server, "POST", "/api/prices", body)[0] == 400
+
+
+def test_cli_price_errors_exit_1(server):
+    bad = server.cli("prices", "set", "x", "--input", "abc", "--output", "1")
+    assert bad.returncode == 1 and "not a decimal" in bad.stderr
+    assert server.cli("prices", "unset", "never-set").returncode == 1
+    listed = server.cli("prices", "list", "--json")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {"gpt-4o-mini", "mock-reasoning"} <= {r["model"] for r in rows}
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+def settle(server: ServerProcess) -> int:
+    """Wait until every trace is committed, then the exact sum of their costs."""
+    status, headers, _ = server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
+    server.trace(headers["x-stockyard-trace-id"])
+    return server.db_rows("SELECT COALESCE(SUM(cost_uc), 0) AS s FROM traces")[0]["s"]
+
+
+@pytest.mark.parametrize("by", ["day", "model", "provider", "key", "project"])
+def test_report_totals_equal_the_sum_of_trace_costs(server, by):
+    for model in ("gpt-4o-mini", "gpt-4o", "o3-mini-reasoning", "gpt-4o-mini-cached", "mock-unpriced-model"):
+        server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "stream": True})
+    server.request("POST", "/v1/chat/completions", {"model": "mock-error-429", "messages": HELLO})
+    expected = settle(server)
+    assert expected > 0
+
+    cli = server.cli("costs", "--by", by, "--json")
+    assert cli.returncode == 0, cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["total"]["cost_uc"] == expected
+    assert sum(r["cost_uc"] for r in report["rows"]) == expected
+    status, from_api = api(server, "GET", f"/api/costs?by={by}")
+    assert status == 200 and from_api["total"]["cost_uc"] == expected
+    assert from_api["rows"] == report["rows"]
+    traces = server.db_rows("SELECT count(*) AS n, SUM(cost_status = 'unknown') AS u FROM traces")[0]
+    assert report["total"]["requests"] == traces["n"]
+    assert report["total"]["unknown_cost"] == traces["u"]
+
+    rows = list(csv.DictReader(io.StringIO(server.cli("costs", "--by", by, "--csv").stdout)))
+    assert rows[-1][by] == "TOTAL" and int(rows[-1]["cost_uc"]) == expected
+    assert sum(int(r["cost_uc"]) for r in rows[:-1]) == expected
+
+
+def test_report_by_model_and_date_range(server):
+    expected = settle(server)
+    report = api(server, "GET", "/api/costs?by=model")[1]
+    by_model = {r["model"]: r for r in report["rows"]}
+    assert by_model["gpt-4o-mini"]["cost_uc"] % 480 == 0
+    assert by_model["mock-unpriced-model"]["cost_uc"] == 0 and by_model["mock-unpriced-model"]["unknown_cost"] > 0
+    today = server.db_rows("SELECT max(day) AS d FROM rollups_daily")[0]["d"]
+    assert api(server, "GET", f"/api/costs?since={today}&until={today}")[1]["total"]["cost_uc"] == expected
+    assert api(server, "GET", "/api/costs?until=2000-01-01")[1]["total"]["cost_uc"] == 0
+    table = server.cli("costs", "--by", "model").stdout
+    assert "TOTAL" in table and "gpt-4o-mini" in table
+
+
+@pytest.mark.parametrize("query", ["by=week", "since=yesterday", "until=2026-02-30", "since=2026-05-02&until=2026-05-01"])
+def test_report_refuses_bad_choices(server, query):
+    status, body = api(server, "GET", f"/api/costs?{query}")
+    assert status == 400 and body["error"]["message"]
+    args = [f"--{part.split('=')[0]}={part.split('=')[1]}" for part in query.split("&")]
+    result = server.cli("costs", *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -1,0 +1,345 @@
+"""Client keys: open mode on loopback until a key exists, one auth path for Bearer and x-api-key,
+401/403 in the client's dialect, rate limits, the CLI and /api/keys, and no key ever stored.
+
+One server for the module; the first test sees it open, every later test makes its own keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import anthropic
+import openai
+import pytest
+
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from stockyard.keys import KeyRecord, KeyRing, hash_key, new_secret, presented_key
+from stockyard.errors import ProxyError
+from stockyard.store import db
+
+ADMIN = "admin-key-for-tests-0123456789"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+MESSAGES = {"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_ADMIN_KEY": ADMIN}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keys") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+
+
+def admin(server: ServerProcess, method: str, path: str, body=None, raw: bytes | None = None):
+    status, headers, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"},
+                                           raw=raw)
+    return status, json.loads(data) if data else None
+
+
+_names = iter(range(1_000_000))
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def make_key(server: ServerProcess, **fields) -> tuple[str, dict]:
+    """A fresh key through the API (in effect at once): (the key, its description)."""
+    fields.setdefault("name", f"k{next(_names)}")
+    status, body = admin(server, "POST", "/api/keys", fields)
+    assert status == 201, body
+    return body.pop("key"), body
+
+
+def chat(server: ServerProcess, key: str | None = None, body: dict = CHAT, header: str = "bearer"):
+    headers = {}
+    if key is not None:
+        headers = {"Authorization": f"Bearer {key}"} if header == "bearer" else {"x-api-key": key}
+    status, resp_headers, data = server.request("POST", "/v1/chat/completions", body, headers=headers)
+    return status, resp_headers, json.loads(data)
+
+
+# -- open mode and the switch ---------------------------------------------------------------
+
+def test_open_on_loopback_until_the_first_key_then_keys_required(server, mock):
+    wait_for(lambda: "auth: OPEN" in server.log, timeout=5, what="the banner's auth line")
+    status, _, _ = chat(server)
+    assert status == 200
+
+    made = server.cli("keys", "create", "--name", "first")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("sk-sy-") and len(secret) == 49
+    assert "only time the key is shown" in made.stderr
+
+    # the CLI committed in another process: the running server notices within a second
+    started = time.monotonic()
+    wait_for(lambda: chat(server)[0] == 401, timeout=3, what="auth to switch on")
+    assert time.monotonic() - started < 1.5
+    assert "auth: client keys required" in server.log
+    status, headers, body = chat(server, secret)
+    assert status == 200
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'first'")[0]["id"]
+    assert trace["key_id"] == key_id
+
+
+def test_bearer_and_x_api_key_are_one_path(server):
+    secret, described = make_key(server, project="web")
+    by_bearer = chat(server, secret, header="bearer")
+    by_header = chat(server, secret, header="x-api-key")
+    assert by_bearer[0] == by_header[0] == 200
+    for _, headers, _ in (by_bearer, by_header):
+        trace = server.trace(headers["x-stockyard-trace-id"])
+        assert (trace["key_id"], trace["project"]) == (described["id"], "web")
+    wrong_bearer = chat(server, secret + "x", header="bearer")
+    wrong_header = chat(server, secret + "x", header="x-api-key")
+    assert wrong_bearer[0] == wrong_header[0] == 401
+    assert wrong_bearer[2] == wrong_header[2]
+    # both headers, different keys: refused rather than guessed
+    status, _, body = server.request("POST", "/v1/chat/completions", CHAT,
+                                     headers={"Authorization": f"Bearer {secret}", "x-api-key": "sk-sy-other"})
+    assert status == 401
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong", "revoked", "expired"])
+def test_refused_keys_get_401_in_the_clients_dialect(server, case):
+    secret = {"missing": None, "wrong": new_secret()}.get(case)
+    if case == "revoked":
+        secret, described = make_key(server)
+        assert chat(server, secret)[0] == 200
+        revoked = server.cli("keys", "revoke", described["name"])
+        assert revoked.returncode == 0, revoked.stderr
+        wait_for(lambda: chat(server, secret)[0] == 401, timeout=3, what="the revocation")
+    if case == "expired":
+        soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)
+        secret, _ = make_key(server, expires=soon.isoformat())
+        assert chat(server, secret)[0] == 200
+        wait_for(lambda: time.time() > soon.timestamp() + 1, timeout=5, what="the expiry")
+
+    status, _, body = chat(server, secret)
+    assert status == 401
+    assert body["error"]["type"] == "authentication_error"
+    if case in ("revoked", "expired"):
+        assert case in body["error"]["message"]
+
+    headers = {"x-api-key": secret} if secret else {}
+    status, _, raw = server.request("POST", "/v1/messages", MESSAGES, headers=headers)
+    assert status == 401
+    assert json.loads(raw)["type"] == "error"
+    assert json.loads(raw)["error"]["type"] == "authentication_error"
+
+
+def test_model_restriction_is_403(server):
+    secret, _ = make_key(server, models=["gpt-4o-mini", "gpt-5*"])
+    assert chat(server, secret)[0] == 200
+    assert chat(server, secret, {**CHAT, "model": "openai/gpt-4o-mini"})[0] == 200
+    assert chat(server, secret, {**CHAT, "model": "gpt-5-nano"})[0] == 200
+    status, _, body = chat(server, secret, {**CHAT, "model": "gpt-4o"})
+    assert status == 403
+    assert body["error"]["code"] == "model_not_allowed"
+    assert body["error"]["type"] == "permission_error"
+
+
+def test_official_sdks_send_the_key_their_own_way(server):
+    secret, _ = make_key(server)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=secret, max_retries=0)
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "Hello from mock"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key=new_secret(), max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+    # The anthropic SDK sends x-api-key. No Anthropic provider is configured here, so a good key
+    # gets past auth to routing (400), and a bad one stops at auth (401).
+    good = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError):
+        good.messages.create(**MESSAGES)
+    with pytest.raises(anthropic.AuthenticationError) as bad:
+        anthropic.Anthropic(base_url=server.url, api_key=new_secret(), max_retries=0).messages.create(**MESSAGES)
+    assert bad.value.body["error"]["type"] == "authentication_error"
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+def test_rpm_limit_is_429_with_retry_after_and_never_reaches_the_provider(server, mock):
+    secret, _ = make_key(server, rpm=2)
+    assert [chat(server, secret)[0] for _ in range(2)] == [200, 200]
+    before = len(mock.requests)
+    status, headers, body = chat(server, secret)
+    assert status == 429
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    assert body["error"]["type"] == "rate_limit_error"
+    status, headers, raw = server.request("POST", "/v1/messages", MESSAGES, headers={"x-api-key": secret})
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert json.loads(raw)["error"]["type"] == "rate_limit_error"
+    assert len(mock.requests) == before
+
+
+def test_tpm_counts_the_worst_case_then_the_real_usage(server):
+    # CHAT with max_tokens 40 is estimated at ceil(len(body)/4) + 40 tokens; the mock uses 12 + 5 = 17.
+    body = {**CHAT, "max_tokens": 40}
+    estimate = -(-len(json.dumps(body).encode()) // 4) + 40
+    tpm = estimate + 17  # room for one estimate plus one real request, not two estimates
+    secret, _ = make_key(server, tpm=tpm)
+    assert chat(server, secret, body)[0] == 200   # window: 17 after the correction
+    assert chat(server, secret, body)[0] == 200   # 17 + estimate fits, 2 estimates would not
+    status, headers, reply = chat(server, secret, body)   # 17 + 17 + estimate > tpm
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    status, headers, reply = chat(server, secret, {**CHAT, "max_tokens": tpm})
+    assert status == 429 and "lower max_tokens" in reply["error"]["message"]
+    assert headers["x-should-retry"] == "false"
+
+
+# -- bookkeeping --------------------------------------------------------------------------------
+
+def test_last_used_is_written_in_batches(server):
+    secret, described = make_key(server)
+    assert chat(server, secret)[0] == 200
+    row = wait_for(lambda: [r for r in json_lines(server.cli("keys", "list", "--json").stdout)
+                            if r["id"] == described["id"] and r["last_used_at"]], timeout=6, what="last_used_at")
+    assert row[0]["last_used_at"].startswith(dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
+
+
+def test_no_key_is_stored_logged_or_audited(server):
+    secret, described = make_key(server, name="secret-check")
+    assert chat(server, secret)[0] == 200
+    server.trace(chat(server, secret)[1]["x-stockyard-trace-id"])
+    raw = b"".join(p.read_bytes() for p in server.db.parent.iterdir() if p.name.startswith("stockyard.db"))
+    assert secret.encode() not in raw
+    assert secret not in server.log
+    row = server.db_rows("SELECT prefix, hash FROM client_keys WHERE id = ?", (described["id"],))[0]
+    assert row == {"prefix": secret[:12], "hash": hash_key(secret)}
+    entry = server.db_rows("SELECT details FROM audit_log WHERE action = 'keys.create' AND target = ?",
+                           (f"key:{described['id']}",))[0]
+    assert json.loads(entry["details"])["prefix"] == secret[:12]
+    status, listing = admin(server, "GET", "/api/keys")
+    assert status == 200
+    assert all("hash" not in k and "key" not in k for k in listing["keys"])
+
+
+# -- the admin API and the CLI ------------------------------------------------------------------
+
+def test_api_key_lifecycle(server):
+    secret, described = make_key(server, name="api-life", project="p1", budget_usd="2.50",
+                                 budget_period="month", rpm=100)
+    assert described["budget_uc"] == 250_000_000 and described["budget"] == "$2.50"
+    assert chat(server, secret)[0] == 200
+    status, got = admin(server, "GET", "/api/keys/api-life")
+    assert status == 200 and got["id"] == described["id"] and got["spend_uc"] > 0
+    # JSON numbers are read as their decimal text: 1.10 is exactly 110_000_000 µ¢
+    status, updated = admin(server, "PATCH", f"/api/keys/{described['id']}",
+                            raw=b'{"budget_usd": 1.10, "rpm": null, "models": ["gpt-4o-mini"]}')
+    assert status == 200, updated
+    assert (updated["budget_uc"], updated["budget_period"], updated["rpm"]) == (110_000_000, "month", None)
+    assert chat(server, secret, {**CHAT, "model": "gpt-4o"})[0] == 403
+    status, revoked = admin(server, "POST", "/api/keys/api-life/revoke")
+    assert status == 200 and revoked["status"] == "revoked"
+    assert chat(server, secret)[0] == 401
+    assert admin(server, "POST", "/api/keys/api-life/revoke")[0] == 409
+    actions = [r["action"] for r in server.db_rows(
+        "SELECT action FROM audit_log WHERE target = ? ORDER BY seq", (f"key:{described['id']}",))]
+    assert actions == ["keys.create", "keys.update", "keys.revoke"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"name": "b1", "budget_usd": "-5", "budget_period": "month"}, "budget_usd"),
+    ({"name": "b1", "budget_usd": "5", "budget_period": "week"}, "budget_period"),
+    ({"name": "b1", "budget_usd": "5"}, "budget_period"),
+    ({"name": "b1", "budget_usd": "0.123456789", "budget_period": "day"}, "budget_usd"),
+    ({"name": "b1", "expires": "2026-02-30"}, "expires"),
+    ({"name": "b1", "expires": "2001-01-01"}, "expires"),
+    ({"name": "b1", "rpm": 0}, "rpm"),
+    ({"name": "b1", "tpm": "lots"}, "tpm"),
+    ({"name": "has space"}, "name"),
+    ({"name": "key_looks_like_an_id"}, "name"),
+    ({"name": "b1", "models": "a b"}, "models"),
+    ({}, "name"),
+])
+def test_api_refuses_bad_key_settings_with_400(server, body, field):
+    status, reply = admin(server, "POST", "/api/keys", body)
+    assert status == 400, reply
+    assert reply["error"]["param"] == field
+    assert not server.db_rows("SELECT 1 FROM client_keys WHERE name = 'b1'")
+
+
+def test_api_errors_for_unknown_duplicate_and_malformed(server):
+    assert admin(server, "POST", "/api/keys", {"name": "b2", "colour": "red"})[0] == 400
+    assert admin(server, "POST", "/api/keys", raw=b"{nope")[0] == 400
+    assert admin(server, "GET", "/api/keys/no-such-key")[0] == 404
+    make_key(server, name="dup")
+    assert admin(server, "POST", "/api/keys", {"name": "dup"})[0] == 409
+    assert admin(server, "PATCH", "/api/keys/dup", {})[0] == 400
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget-usd", "-1", "--budget-period", "month"], "negative"),
+    (["--budget-usd", "abc", "--budget-period", "month"], "not a decimal"),
+    (["--budget-usd", "5", "--budget-period", "fortnight"], "day, month, total"),
+    (["--expires", "tomorrow"], "date like"),
+    (["--rpm", "-3"], "above 0"),
+])
+def test_cli_refuses_bad_key_settings_with_exit_1(server, args, message):
+    result = server.cli("keys", "create", "--name", "cli-bad", *args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_list_update_and_json(server):
+    made = server.cli("keys", "create", "--name", "cli-ok", "--project", "ops", "--budget-usd", "3",
+                      "--budget-period", "day", "--rpm", "9", "--json")
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert created["key"].startswith("sk-sy-") and created["budget_uc"] == 300_000_000
+    updated = server.cli("keys", "update", "cli-ok", "--rpm", "none", "--tpm", "5000", "--json")
+    assert updated.returncode == 0, updated.stderr
+    assert (json.loads(updated.stdout)["rpm"], json.loads(updated.stdout)["tpm"]) == (None, 5000)
+    table = server.cli("keys", "list")
+    assert "cli-ok" in table.stdout and "$3.00/day" in table.stdout and created["key"] not in table.stdout
+    assert server.cli("keys", "revoke", "no-such").returncode == 1
+
+
+def test_beyond_loopback_keys_are_required_even_with_none(pyz_path, cache_home, mock, tmp_path):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--host", "0.0.0.0"]).start()
+    try:
+        wait_for(lambda: "client keys required (listening beyond loopback)" in srv.log, timeout=5,
+                 what="the banner's auth line")
+        assert chat(srv)[0] == 401
+    finally:
+        srv.stop()
+
+
+# -- units ------------------------------------------------------------------------------------
+
+def test_key_ring_finds_by_hash_and_presented_key_reads_both_headers():
+    secret = new_secret()
+    record = KeyRecord("key_1", "n", secret[:12], hash_key(secret))
+    ring = KeyRing([record])
+    assert ring.find(secret) is record and ring.find(secret[:-1]) is None
+    assert presented_key({"authorization": f"Bearer {secret}"}) == secret
+    assert presented_key({"authorization": f"bearer {secret}"}) == secret
+    assert presented_key({"x-api-key": secret}) == secret
+    assert presented_key({"authorization": f"Bearer {secret}", "x-api-key": secret}) == secret
+    assert presented_key({}) is None
+    with pytest.raises(ProxyError):
+        presented_key({"authorization": f"Bearer {secret}", "x-api-key": "other"})
+    assert len({new_secret() for _ in range(100)}) == 100
+
+
+def test_migration_numbers_may_arrive_out_of_order(tmp_path, monkeypatch):
+    """0003 ships before 0002 (branches merge in any order): the gap is fine, and a 0002
+    that arrives later is still applied to a database already at 0003."""
+    conn, applied = db.open_and_migrate(tmp_path / "a.db")
+    assert [m.version for m in applied] == [m.version for m in db.available_migrations()]
+    shipped = db.available_migrations()
+    late = db.Migration(2, "late_arrival", "CREATE TABLE late_arrival (x INTEGER);")
+    monkeypatch.setattr(db, "available_migrations", lambda: sorted([*shipped, late], key=lambda m: m.version))
+    assert [m.version for m in db.migrate(conn)] == [2]
+    conn.execute("SELECT x FROM late_arrival")
+    conn.close()
