@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterable, Mapping
@@ -36,16 +37,12 @@ def check_period(period: str) -> str:
     return period
 
 
-def _utc(ts_ms: int) -> datetime:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc)
-
-
 def period_key(period: str, ts_ms: int) -> str:
-    """The period an instant falls in: '2026-11-27', '2026-11' or 'total'."""
+    """The period an instant falls in: '2026-11-27', '2026-11' or 'total' (runs per request: no strftime)."""
     if period == "total":
         return "total"
-    moment = _utc(ts_ms)
-    return moment.strftime("%Y-%m-%d") if period == "day" else moment.strftime("%Y-%m")
+    t = time.gmtime(ts_ms // 1000)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}" if period == "day" else f"{t.tm_year:04d}-{t.tm_mon:02d}"
 
 
 def period_days(period: str, key: str) -> tuple[str, str]:
@@ -182,7 +179,6 @@ class Ledger:
         scopes, so a budget switched off and on again still knows the spend in between.
         """
         parts = {(b.scope, key): (b, amount) for b, key, amount in (hold.parts if hold else [])}
-        current = {period_key(p, ts_ms) for p in PERIODS}
         crossed: list[tuple[Budget, str, int, int]] = []
         with self._lock:
             for (scope, key), (budget, amount) in parts.items():
@@ -190,11 +186,13 @@ class Ledger:
                 entry.reserved -= amount
                 entry.spent += actual_uc
                 crossed += self._crossings(budget, key, entry.spent)
-            if actual_uc:
-                for scope in scopes:
-                    for key, entry in self._entries.get(scope, {}).items():
-                        if key in current and (scope, key) not in parts:
-                            entry.spent += actual_uc
+            others = [(scope, key, entry) for scope in scopes for key, entry in self._entries.get(scope, {}).items()
+                      if (scope, key) not in parts] if actual_uc else []
+            if others:
+                current = {period_key(p, ts_ms) for p in PERIODS}
+                for scope, key, entry in others:
+                    if key in current:
+                        entry.spent += actual_uc
         if self._on_warning is not None:
             for args in crossed:
                 try:
