@@ -30,6 +30,7 @@ class Settings:
     store_bodies: bool = True
     body_cap_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
+    request_read_timeout_s: float = 30.0
     upstream_connect_timeout_s: float = 10.0
     upstream_read_timeout_s: float = 600.0
     shutdown_grace_s: float = 20.0
@@ -76,6 +77,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         store_bodies=_env_bool(env.get("STOCKYARD_STORE_BODIES"), True),
         body_cap_bytes=int(env.get("STOCKYARD_BODY_CAP_BYTES") or 256 * 1024),
         idle_timeout_s=float(env.get("STOCKYARD_IDLE_TIMEOUT") or 30.0),
+        request_read_timeout_s=float(env.get("STOCKYARD_REQUEST_READ_TIMEOUT") or 30.0),
         upstream_connect_timeout_s=float(env.get("STOCKYARD_UPSTREAM_CONNECT_TIMEOUT") or 10.0),
         upstream_read_timeout_s=float(env.get("STOCKYARD_UPSTREAM_TIMEOUT") or 600.0),
         log_requests=_env_bool(env.get("STOCKYARD_LOG_REQUESTS"), True),

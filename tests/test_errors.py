@@ -162,3 +162,24 @@ def test_arbitrary_json_never_gives_500(server, body, path):
     status, _, payload = server.request("POST", path, body)
     assert status < 500 or status in (502, 503, 504), payload
     assert b"Traceback" not in payload
+
+
+def test_slow_clients_do_not_block_others(pyz_path, cache_home, mock, tmp_path):
+    """Clients that trickle their headers are cut off at the read deadline; others are served meanwhile."""
+    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-slow-123456", "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_REQUEST_READ_TIMEOUT": "2"}
+    srv = ServerProcess(pyz_path, tmp_path / "slow.db", env).start()
+    try:
+        slow = []
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            slow.append(sock)
+        status, _, _ = srv.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
+        assert status == 200
+        for sock in slow:
+            sock.settimeout(10)
+            assert sock.recv(1) == b"", "the server closes a request that did not arrive in time"
+            sock.close()
+    finally:
+        srv.stop()
