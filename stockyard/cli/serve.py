@@ -30,7 +30,21 @@ def setup_logging() -> None:
     root.propagate = False
 
 
+def preload() -> None:
+    """Import every module now: zipimport reads the pyz lazily by offset, so a pyz replaced
+    on disk during an upgrade would break an import made later by the running server."""
+    import importlib
+    import pkgutil
+
+    import stockyard
+
+    for info in pkgutil.walk_packages(stockyard.__path__, "stockyard."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
 def run(args: argparse.Namespace) -> int:
+    preload()
     from ..app import App
     from ..server import make_server
 
