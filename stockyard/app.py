@@ -119,6 +119,8 @@ class App:
         """Cost from the provider's usage; an estimate only when no usage came back."""
         if ctx.cache_hit or ctx.provider is None or ctx.status >= 400 or ctx.status == 0:
             return
+        if ctx.endpoint == "count_tokens":  # free upstream: nothing to bill
+            return
         model = ctx.served_model or ctx.upstream_model or ""
         price = self.prices.lookup(model, ctx.provider.name) or (
             self.prices.lookup(ctx.upstream_model or "", ctx.provider.name))

@@ -148,7 +148,8 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
         raw = resp.read_all()
     except UpstreamError as exc:
         ctx.error_type = f"upstream_{exc.kind}"
-        raise ProxyError(exc.status, f"provider {provider.name!r}: {exc}", code=f"upstream_{exc.kind}") from None
+        raise ProxyError(exc.status, app.scrub(f"provider {provider.name!r}: {exc}"),
+                         code=f"upstream_{exc.kind}") from None
     ctx.mark_first_byte()
     body = adapter.parse(ctx, raw)
     ctx.status = resp.status
