@@ -247,3 +247,9 @@ def test_trace_bodies_are_stored_compressed(openai_server, client):
 
 def test_provider_key_never_reaches_the_log(openai_server):
     assert OPENAI_KEY not in openai_server.log
+
+
+def test_stream_bytes_match_what_the_provider_sends_without_usage(openai_server):
+    """The client did not ask for usage, so no trace of it may appear: not even "usage":null."""
+    status, data, _ = raw_stream(openai_server, {"model": "gpt-4o-mini", "messages": HELLO, "stream": True})
+    assert status == 200 and b'"usage"' not in data and data.endswith(b"data: [DONE]\n\n")
