@@ -14,11 +14,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import audit
+from .. import audit, times
 from ..errors import ProxyError
-from ..operations import Operations
+from ..operations import Operations, invalid
 
 if TYPE_CHECKING:
     from ..app import App
@@ -96,6 +97,16 @@ class ApiRequest:
         if not lo <= value <= hi:
             raise ProxyError(400, f"query parameter {name!r} must be between {lo} and {hi}", param=name)
         return value
+
+    def time_query(self, name: str) -> datetime | None:
+        """A UTC time from an ISO date or datetime, or a 400 that shows the accepted forms."""
+        raw = self.query.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return times.parse_utc(raw)
+        except ValueError:
+            raise invalid(f"query parameter {name!r} must be {times.FORMAT_HELP}", param=name) from None
 
 
 class LoginThrottle:
@@ -195,7 +206,7 @@ def handle(h: "Handler", req: "Request") -> None:
 
 def load_routes() -> None:
     """Import the modules that declare routes (once)."""
-    from . import status  # noqa: F401
+    from . import audit_log, status, traces  # noqa: F401
 
 
 load_routes()
