@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .. import audit
 from ..config import resolve_db_path
+from ..operations import Operations
 from ..store import Store, db
 
 
@@ -41,6 +43,20 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     conn, _ = db.open_and_migrate(path)
     conn.close()
     return Store(path)
+
+
+def encryption_secret() -> str | None:
+    """``STOCKYARD_ENCRYPTION_KEY``: keys the audit chain and opens the vault; never stored."""
+    return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
+
+
+def open_ops(args: argparse.Namespace) -> Operations:
+    """The operations layer for a change made from the CLI, attributed to the OS user.
+
+    Whoever can write the database file is an administrator; a running server picks the
+    change up by itself.
+    """
+    return Operations(open_store(args), audit.actor_cli(), encryption_secret())
 
 
 def print_json_lines(rows: Iterable[dict[str, Any]], out=sys.stdout) -> None:
