@@ -42,7 +42,7 @@ def run(db_path: Path, env: Mapping[str, str], host: str | None = None) -> list[
     conn = None
     try:
         conn = _open(db_path, checks)
-        checks += list(_secret_checks(conn, env.get("STOCKYARD_ENCRYPTION_KEY") or None))
+        checks.append(_secret_check(conn, env.get("STOCKYARD_ENCRYPTION_KEY") or None))
         checks.append(_chain_check(conn, env.get("STOCKYARD_ENCRYPTION_KEY") or None))
     finally:
         if conn is not None:
@@ -157,62 +157,59 @@ def stored_provider_keys(conn: sqlite3.Connection) -> list[tuple[int, str, str]]
     return found
 
 
-def _secret_checks(conn: sqlite3.Connection | None, secret: str | None) -> Iterator[Check]:
+def _secret_check(conn: sqlite3.Connection | None, secret: str | None) -> Check:
+    """Is the secret set, and does it open what this database holds? A short one only warns."""
+    found = _secret_findings(conn, secret)
+    if secret and len(secret) < MIN_SECRET_CHARS and found.status == OK:
+        return Check(WARN, found.name, f"{found.message}; but it is only {len(secret)} characters",
+                     f"use at least {MIN_SECRET_CHARS} random characters (rotate it if keys are stored)")
+    return found
+
+
+def _secret_findings(conn: sqlite3.Connection | None, secret: str | None) -> Check:
     name = "encryption secret"
-    keyed = stored = None
-    salt: bytes | None = None
+    keyed, stored, salt = None, [], None
     if conn is not None:
         try:
             keyed, stored, salt = _keyed_chain(conn), stored_provider_keys(conn), vault.read_salt(conn)
         except (sqlite3.Error, vault.VaultError) as exc:
-            yield Check(FAIL, name, f"cannot read what the secret protects: {exc}",
-                        "restore the newest backup")
-            return
+            return Check(FAIL, name, f"cannot read what the secret protects: {exc}",
+                         "restore the newest backup")
     if not secret:
         if keyed or stored:
             what = f"{len(stored)} stored provider key(s)" if stored else "the audit chain is keyed"
-            yield Check(FAIL, name, f"STOCKYARD_ENCRYPTION_KEY is not set, but {what}",
-                        "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with")
-        else:
-            yield Check(WARN, name, "STOCKYARD_ENCRYPTION_KEY is not set: provider keys cannot be "
-                                    "stored and the audit chain is not keyed", SECRET_HINT)
-        return
-    if len(secret) < MIN_SECRET_CHARS:
-        yield Check(WARN, name, f"STOCKYARD_ENCRYPTION_KEY is only {len(secret)} characters",
-                    f"use at least {MIN_SECRET_CHARS} random characters (rotate it if keys are stored)")
+            return Check(FAIL, name, f"STOCKYARD_ENCRYPTION_KEY is not set, but {what}",
+                         "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with")
+        return Check(WARN, name, "STOCKYARD_ENCRYPTION_KEY is not set: provider keys cannot be "
+                                 "stored and the audit chain is not keyed", SECRET_HINT)
     if conn is None:
-        return
+        return Check(OK, name, "set (not checked: the database cannot be opened)")
     if salt is None:
         if keyed or stored:
-            yield Check(FAIL, name, "the database's vault salt (meta.vault_salt) is missing, but "
-                                    "things are encrypted with it: the file was edited",
-                        "restore the newest backup")
-        else:
-            yield Check(OK, name, "set (nothing in this database is encrypted with it yet)")
-        return
+            return Check(FAIL, name, "the database's vault salt (meta.vault_salt) is missing, but "
+                                     "things are encrypted with it: the file was edited",
+                         "restore the newest backup")
+        return Check(OK, name, "set (nothing in this database is encrypted with it yet)")
     current = audit.key_id(audit.chain_key(secret, salt) or b"")
     if keyed and keyed != current:
-        yield Check(FAIL, name, f"does not match this database: the audit chain is keyed with "
-                                f"key id {keyed}, this secret gives {current}",
-                    "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with")
-        return
+        return Check(FAIL, name, f"does not match this database: the audit chain is keyed with "
+                                 f"key id {keyed}, this secret gives {current}",
+                     "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with")
     if stored:
         box = vault.Vault(secret, salt)
         for row_id, provider, token in stored:
             try:
                 box.decrypt(token, vault.aad_for(row_id, provider))
             except vault.VaultError as exc:
-                yield Check(FAIL, name, f"stored key of provider {provider!r}: {exc}",
-                            "set the secret the key was stored with, or store the provider key again")
-                return
-        yield Check(OK, name, f"set; decrypts all {len(stored)} stored provider key(s)")
-    else:
-        yield Check(OK, name, "set; matches the audit chain key" if keyed else "set")
+                return Check(FAIL, name, f"stored key of provider {provider!r}: {exc}",
+                             "set the secret the key was stored with, or store the provider key again")
+        return Check(OK, name, f"set; decrypts all {len(stored)} stored provider key(s)")
+    return Check(OK, name, "set; matches the audit chain key" if keyed else "set")
 
 
 def _chain_check(conn: sqlite3.Connection | None, secret: str | None) -> Check:
     if conn is None:
-        return Check(FAIL, "audit chain", "not checked: the database cannot be opened", "fix the database first")
+        return Check(WARN, "audit chain", "not checked: the database cannot be opened", "fix the database first")
     try:
         result = audit.verify_with_secret(conn, secret)
     except (sqlite3.Error, vault.VaultError) as exc:
