@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TextIO
 
 from .. import audit
 from ..config import resolve_db_path
@@ -59,14 +59,16 @@ def open_ops(args: argparse.Namespace) -> Operations:
     return Operations(open_store(args), audit.actor_cli(), encryption_secret())
 
 
-def print_json_lines(rows: Iterable[dict[str, Any]], out=sys.stdout) -> None:
+def print_json_lines(rows: Iterable[dict[str, Any]], out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call, so redirected stdout is honoured
     for row in rows:
         out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], out=sys.stdout,
-                empty: str = "(none)") -> None:
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
+                out: TextIO | None = None, empty: str = "(none)") -> None:
     """A readable fixed-width table: columns are (key, heading)."""
+    out = out or sys.stdout
     if not rows:
         out.write(empty + "\n")
         return
