@@ -18,7 +18,6 @@ from stockyard.api import ROUTES
 
 ADMIN_KEY = "admin-test-key-0123456789abcdefXYZ"
 SECRET = "admin-api-test-secret-0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def call(server: ServerProcess, method: str, path: str, body=None, *, key: str | None = ADMIN_KEY,
