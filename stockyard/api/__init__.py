@@ -48,6 +48,7 @@ class Route:
     summary: str
     query: tuple[Param, ...] = ()
     body: dict | None = None      # JSON schema of the request body
+    status: int = 200             # the status of a successful answer (201 for creations)
     regex: re.Pattern = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,11 +60,14 @@ ROUTES: list[Route] = []
 
 
 def route(method: str, pattern: str, summary: str, *, query: tuple[Param, ...] = (),
-          body: dict | None = None) -> Callable:
-    """Declare an admin route (and its OpenAPI entry) in one place."""
+          body: dict | None = None, status: int = 200) -> Callable:
+    """Declare an admin route (and its OpenAPI entry) in one place.
+
+    A handler returns the JSON payload (answered with ``status``) or ``(status, payload)``.
+    """
 
     def register(fn: Callable[["ApiRequest"], Any]) -> Callable[["ApiRequest"], Any]:
-        ROUTES.append(Route(method, pattern, fn, summary, query, body))
+        ROUTES.append(Route(method, pattern, fn, summary, query, body, status))
         return fn
 
     return register
@@ -200,7 +204,7 @@ def handle(h: "Handler", req: "Request") -> None:
     except ProxyError as exc:
         exc.headers = {**exc.headers, **cors}
         raise
-    status, payload = result if isinstance(result, tuple) else (200, result)
+    status, payload = result if isinstance(result, tuple) else (r.status, result)
     h.send(status, json.dumps(payload, default=str, ensure_ascii=False).encode(), "application/json", cors)
 
 

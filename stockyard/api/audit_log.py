@@ -57,10 +57,10 @@ def head(r: ApiRequest) -> dict:
 
 
 @route("POST", "/api/audit/note", "Add an operator note to the audit log (e.g. a maintenance window)",
-       body=NOTE_BODY)
-def note(r: ApiRequest) -> tuple[int, dict]:
+       body=NOTE_BODY, status=201)
+def note(r: ApiRequest) -> dict:
     body = r.json()
     extra = sorted(set(body) - {"note"})
     if extra:
         raise invalid(f"unknown field {extra[0]!r}; send {{\"note\": \"...\"}}", param=extra[0])
-    return 201, maintenance.add_note(r.ops(), body.get("note")).as_dict()
+    return maintenance.add_note(r.ops(), body.get("note")).as_dict()
