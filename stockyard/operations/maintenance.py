@@ -26,7 +26,12 @@ def add_note(ops: Operations, text: object) -> audit.AuditEntry:
     if _KEY_LIKE.search(text) or (ops.secret and ops.secret in text):
         raise invalid("a note must not contain a secret such as an API key; name a key by its id "
                       "and last 4 characters instead", param="note")
-    return _record(ops, "audit.note", "audit_log", {"note": text})
+    try:
+        return ops.record("audit.note", "audit_log", {"note": text})
+    except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
+        raise conflict(str(exc)) from None
+    except ValueError as exc:  # the log's own guard against secrets in details
+        raise invalid(str(exc), param="note") from None
 
 
 def reload_config(ops: Operations) -> int:
@@ -41,11 +46,3 @@ def reload_config(ops: Operations) -> int:
         raise conflict(str(exc)) from None
     return read_config_version(ops.store.read())
 
-
-def _record(ops: Operations, action: str, target: str, details: dict) -> audit.AuditEntry:
-    try:
-        return ops.record(action, target, details)
-    except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
-        raise conflict(str(exc)) from None
-    except ValueError as exc:  # the log's own guard: a secret in the details
-        raise invalid(str(exc), param="note") from None
