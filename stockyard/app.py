@@ -42,6 +42,7 @@ class App:
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._config_version = -1
+        self.reloads = 0  # how many times the configuration was rebuilt (shown in /api/status)
         self._stopping = threading.Event()
         self.reload()
         server_ops = self.ops(audit.ACTOR_SERVER)
@@ -52,6 +53,11 @@ class App:
         self._watcher.start()
 
     # -- configuration snapshots -----------------------------------------------------------
+    @property
+    def config_version(self) -> int:
+        """The ``config_version`` the current snapshots were built from."""
+        return self._config_version
+
     def registry(self) -> Registry:
         return self._registry
 
@@ -96,6 +102,7 @@ class App:
                 if self.env.get(name):
                     secrets.append(self.env[name])
             self._secrets = tuple(s for s in secrets if len(s) >= 4)
+            self.reloads += 1
 
     # -- request path hooks ----------------------------------------------------------------
     def authenticate(self, ctx: RequestContext) -> None:

@@ -44,6 +44,14 @@ class Settings:
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
 
 
+def exposure_problem(settings: Settings) -> str | None:
+    """Why the server must not listen where ``settings`` say, or None (serve and doctor ask)."""
+    if settings.is_loopback or settings.admin_key:
+        return None
+    return (f"refusing to listen on {settings.host} without STOCKYARD_ADMIN_KEY: a server other "
+            "machines can reach needs an admin key; set STOCKYARD_ADMIN_KEY, or use --host 127.0.0.1")
+
+
 def _env_bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default

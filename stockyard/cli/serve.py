@@ -14,7 +14,9 @@ from .common import CommandError, add_db
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the proxy server",
-                       description="Run the proxy. Point your SDK at http://HOST:PORT/v1.")
+                       description="Run the proxy until SIGTERM or Ctrl-C. Point your SDK at "
+                                   "http://HOST:PORT/v1. Listening on anything but a loopback "
+                                   "address requires STOCKYARD_ADMIN_KEY.")
     p.add_argument("--host", help="listen address (default: $STOCKYARD_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: $STOCKYARD_PORT or 4200)")
     add_db(p)
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     log = logging.getLogger("stockyard")
     settings = config.load({"host": args.host, "port": args.port, "db": args.db})
+    refusal = config.exposure_problem(settings)
+    if refusal:  # before the database is touched: nothing starts
+        raise CommandError(refusal)
     app = App(settings)
     try:
         server = make_server(app)
