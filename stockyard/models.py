@@ -32,7 +32,7 @@ def upstream_models(app: "App", provider: Provider) -> list[str]:
     if hit and time.monotonic() - hit[0] < CACHE_S:
         return hit[1]
     ids: list[str] = []
-    if provider.kind in OPENAI_KINDS:
+    if provider.kind in OPENAI_KINDS and not provider.key_error:
         try:
             resp = app.pool.request(provider.base_url, "GET", "/models", auth_headers(provider), None,
                                     read_timeout=5.0)

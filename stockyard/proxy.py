@@ -119,6 +119,10 @@ def call_upstream(app: "App", ctx: RequestContext) -> UpstreamResponse:
     """One attempt at the routed provider (UpstreamError when it cannot be reached)."""
     provider, model = ctx.provider, ctx.upstream_model
     assert provider is not None and model is not None
+    if provider.key_error:  # the details (key ids) are for the operator's log, not for clients
+        raise ProxyError(503, f"provider {provider.name!r} cannot be used: its stored key cannot be "
+                              "decrypted; the operator must fix it (see the server log)",
+                         code="provider_key_unavailable")
     adapter = adapter_for(provider, ctx.dialect)
     call = adapter.prepare(ctx, provider, model)
     return app.pool.request(call.base_url or provider.base_url, call.method, call.path, call.headers,
@@ -148,7 +152,8 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
         raw = resp.read_all()
     except UpstreamError as exc:
         ctx.error_type = f"upstream_{exc.kind}"
-        raise ProxyError(exc.status, f"provider {provider.name!r}: {exc}", code=f"upstream_{exc.kind}") from None
+        raise ProxyError(exc.status, app.scrub(f"provider {provider.name!r}: {exc}"),
+                         code=f"upstream_{exc.kind}") from None
     ctx.mark_first_byte()
     body = adapter.parse(ctx, raw)
     ctx.status = resp.status
