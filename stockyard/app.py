@@ -128,20 +128,28 @@ class App:
         Database providers override environment ones by name. A stored key that cannot be
         decrypted leaves only its provider unusable, and the log says which one and why.
         """
+        with self._lock:  # one reload at a time, so a slower, older read never wins
+            self._reload()
+
+    def _reload(self) -> None:
         conn = self.store.read()
-        version = read_config_version(conn)
-        providers = provider_ops.load(conn, self.env, self.settings.encryption_key)
+        conn.execute("BEGIN")  # version and providers from one snapshot
+        try:
+            version = read_config_version(conn)
+            providers = provider_ops.load(conn, self.env, self.settings.encryption_key)
+        finally:
+            conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
         secrets = [p.api_key for p in providers if p.api_key]
         for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
             if self.env.get(name):
                 secrets.append(self.env[name])
-        with self._lock:
-            self._config_version = version
-            self._registry = Registry(providers)
-            self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
-            key_errors = {p.name: p.key_error for p in self._registry.providers if p.key_error}
-            changed, self._key_errors = key_errors != self._key_errors, key_errors
+        registry = Registry(providers)
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._registry = registry
+        self._config_version = version
+        key_errors = {p.name: p.key_error for p in registry.providers if p.key_error}
+        changed, self._key_errors = key_errors != self._key_errors, key_errors
         if changed and key_errors:
             for name, error in key_errors.items():
                 log.error("provider %r: its stored key cannot be decrypted (%s); requests routed to it "
