@@ -27,7 +27,12 @@ def register(sub) -> None:
                                    "env provider of the same name. Storing a key needs "
                                    f"{SECRET_ENV}.")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def usage(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
 
     ls = actions.add_parser("list", help="list providers (never their keys)")
     add_json(ls)

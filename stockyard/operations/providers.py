@@ -13,7 +13,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .. import audit, vault
@@ -128,30 +128,34 @@ def _row(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
     return conn.execute(f"SELECT {_COLUMNS} FROM providers WHERE name = ?", (name,)).fetchone()
 
 
+def _decryptor(conn: sqlite3.Connection, secret: str | None) -> Callable[[sqlite3.Row], str]:
+    """A function giving one row's key, raising VaultError (also when no vault can be opened)."""
+    try:
+        if not secret:
+            raise vault.VaultError("STOCKYARD_ENCRYPTION_KEY is not set")
+        salt = vault.read_salt(conn)
+        if salt is None:
+            raise vault.VaultError("the vault salt is missing from the database")
+        box = vault.Vault(secret, salt)
+    except vault.VaultError as exc:
+        reason = str(exc)
+
+        def refuse(row: sqlite3.Row) -> str:
+            raise vault.VaultError(reason)
+
+        return refuse
+    return lambda row: box.decrypt(row["key_token"], vault.aad_for(row["id"], row["name"]))
+
+
 def stored(conn: sqlite3.Connection, secret: str | None) -> list[Provider]:
     """Database providers in id order, keys decrypted; an undecryptable key sets ``key_error``."""
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM providers ORDER BY id").fetchall()
-    box: vault.Vault | None = None
-    box_error: str | None = None
-    if any(r["key_token"] for r in rows):
-        if not secret:
-            box_error = "STOCKYARD_ENCRYPTION_KEY is not set"
-        else:
-            try:
-                salt = vault.read_salt(conn)
-                if salt is None:
-                    raise vault.VaultError("the vault salt is missing from the database")
-                box = vault.Vault(secret, salt)
-            except vault.VaultError as exc:
-                box_error = str(exc)
+    decrypt = _decryptor(conn, secret)
     out = []
-    for r in rows:
+    for r in conn.execute(f"SELECT {_COLUMNS} FROM providers ORDER BY id").fetchall():
         key, error = None, None
         if r["key_token"]:
             try:
-                if box is None:
-                    raise vault.VaultError(box_error or "no vault")
-                key = box.decrypt(r["key_token"], vault.aad_for(r["id"], r["name"]))
+                key = decrypt(r)
             except vault.VaultError as exc:
                 error = str(exc)
         try:
