@@ -70,7 +70,7 @@ def upstream_models(app: "App", provider: Provider) -> list[str]:
         hit = _cache.get(key)
     if hit and time.monotonic() - hit[0] < CACHE_S:
         return hit[1]
-    ids = _fetch(app, provider)
+    ids = [] if provider.key_error else _fetch(app, provider)
     with _lock:
         _cache[key] = (time.monotonic(), ids)
     return ids

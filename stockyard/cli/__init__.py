@@ -14,10 +14,10 @@ from ..audit import AuditError
 from ..errors import ProxyError
 from ..store.db import SchemaError
 from ..vault import VaultError
-from . import audit, common, doctor, reload, serve, traces, version
+from . import audit, common, doctor, providers, reload, serve, traces, version
 
 # Each module has register(subparsers); order here is the order in --help.
-COMMANDS = [serve, traces, audit, reload, doctor, version]
+COMMANDS = [serve, traces, providers, audit, reload, doctor, version]
 
 EPILOG = """\
 environment:

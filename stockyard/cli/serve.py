@@ -96,6 +96,7 @@ def banner(log: logging.Logger, app, host: str, port: int) -> None:
              if app.migrations_applied else "")
     providers = app.registry().providers
     if providers:
-        log.info("providers: %s", ", ".join(f"{p.name} ({p.source})" for p in providers))
+        log.info("providers: %s", ", ".join(
+            f"{p.name} ({p.source}{', key cannot be decrypted' if p.key_error else ''})" for p in providers))
     else:
         log.warning("no providers configured: set OPENAI_API_KEY or another provider's variables")
