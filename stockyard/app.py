@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 from . import __version__, audit
 from .budgets import Budget, Ledger, load_project_budgets, spent_uc
@@ -21,8 +21,9 @@ from .modules.budget import BudgetModule
 from .modules.ratelimit import RateLimitModule
 from .pipeline import Chain, RequestContext
 from .pricing import Price, PriceTable, cost_microcents, format_usd, Usage
-from .providers import Provider, Registry, from_env
+from .providers import Registry, from_env
 from .operations import Operations, read_config_version
+from .operations import providers as provider_ops
 from .operations.prices import load_overrides
 from .store import Store, Writer, db
 from .store.traces import iso_utc, record_from
@@ -31,6 +32,29 @@ from .upstream import Pool
 log = logging.getLogger("stockyard")
 
 LAST_USED_FLUSH_S = 2.0  # last_used_at is written in batches, never per request
+
+
+class ScrubLogs(logging.Filter):
+    """Remove known secrets from every log record, its arguments and its traceback."""
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self._scrub = scrub
+        self._formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports it; still scrub the raw text
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = self._scrub(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._scrub(record.stack_info)
+        return True
 
 
 class App:
@@ -53,18 +77,39 @@ class App:
         self.ledger = Ledger(self._load_spend, settings.budget_warn_percent, self._budget_warning)
         self._chain = Chain([RateLimitModule(self), BudgetModule(self)])
         self._secrets: tuple[str, ...] = ()
+        self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1
+        self.reloads = 0  # how many times the configuration was rebuilt (shown in /api/status)
         self._stopping = threading.Event()
+        for handler in logging.getLogger("stockyard").handlers:
+            handler.addFilter(ScrubLogs(self.scrub))
         self.reload()
-        server_ops = self.ops(audit.ACTOR_SERVER)
-        for m in self.migrations_applied:
-            server_ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
-        server_ops.record("server.start", "server", {"version": __version__, "host": settings.host})
+        self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
 
+    def _record_start(self) -> None:
+        """Audit migrations and the start; a log keyed with another secret must not stop serving.
+
+        With a wrong STOCKYARD_ENCRYPTION_KEY the server still starts (env providers and
+        keys it can decrypt keep working); changes are refused until the secret is right.
+        """
+        server_ops = self.ops(audit.ACTOR_SERVER)
+        try:
+            for m in self.migrations_applied:
+                server_ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
+            server_ops.record("server.start", "server", {"version": __version__, "host": self.settings.host})
+        except audit.AuditError as exc:
+            log.error("audit log: cannot record the server start (%s); admin changes are refused "
+                      "until Stockyard runs with the right STOCKYARD_ENCRYPTION_KEY", exc)
+
     # -- configuration snapshots -----------------------------------------------------------
+    @property
+    def config_version(self) -> int:
+        """The ``config_version`` the current snapshots were built from."""
+        return self._config_version
+
     def registry(self) -> Registry:
         return self._registry
 
@@ -116,25 +161,46 @@ class App:
             conn.close()
 
     def reload(self) -> None:
-        """Rebuild the configuration snapshots (providers, modules, keys) from env + database."""
+        """Rebuild the configuration snapshots (providers, modules, keys) from env + database.
+
+        Database providers override environment ones by name. A stored key that cannot be
+        decrypted leaves only its provider unusable, and the log says which one and why.
+        """
+        with self._lock:  # one reload at a time, so a slower, older read never wins
+            self._reload()
+
+    def _reload(self) -> None:
         conn = self.store.read()
-        version = read_config_version(conn)
-        providers: list[Provider] = from_env(self.env)
-        keys = KeyRing(load_keys(conn))
-        project_budgets = load_project_budgets(conn)
-        prices = PriceTable.load(load_overrides(conn))
-        with self._lock:
-            self._config_version = version
-            self._registry = Registry(providers)
-            self._keys, self._project_budgets, self.prices = keys, project_budgets, prices
-            was_required, self._auth_required = self._auth_required, self.auth_required
-            if was_required is not None and was_required != self._auth_required:
-                log.warning("%s", self.auth_description())
-            secrets = [p.api_key for p in self._registry.providers if p.api_key]
-            for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
-                if self.env.get(name):
-                    secrets.append(self.env[name])
-            self._secrets = tuple(s for s in secrets if len(s) >= 4)
+        conn.execute("BEGIN")  # version, providers, keys, budgets and prices from one snapshot
+        try:
+            version = read_config_version(conn)
+            providers = provider_ops.load(conn, self.env, self.settings.encryption_key)
+            keys = KeyRing(load_keys(conn))
+            project_budgets = load_project_budgets(conn)
+            prices = PriceTable.load(load_overrides(conn))
+        finally:
+            conn.execute("COMMIT")
+        # Every key we hold is scrubbed, including env keys a database provider overrides.
+        secrets = [p.api_key for p in providers if p.api_key]
+        for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
+            if self.env.get(name):
+                secrets.append(self.env[name])
+        registry = Registry(providers)
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._registry = registry
+        self._keys, self._project_budgets, self.prices = keys, project_budgets, prices
+        self._config_version = version
+        self.reloads += 1
+        was_required, self._auth_required = self._auth_required, self.auth_required
+        if was_required is not None and was_required != self._auth_required:
+            log.warning("%s", self.auth_description())
+        key_errors = {p.name: p.key_error for p in registry.providers if p.key_error}
+        changed, self._key_errors = key_errors != self._key_errors, key_errors
+        if changed and key_errors:
+            for name, error in key_errors.items():
+                log.error("provider %r: its stored key cannot be decrypted (%s); requests routed to it "
+                          "fail until the key is set again or Stockyard runs with the right "
+                          "STOCKYARD_ENCRYPTION_KEY. Other providers keep working.", name, error)
 
     # -- request path hooks ----------------------------------------------------------------
     def authenticate(self, ctx: RequestContext) -> None:
@@ -208,6 +274,8 @@ class App:
     def _price(self, ctx: RequestContext) -> None:
         """An estimate only when no usage came back (marked); unknown when the model has no price."""
         if ctx.cache_hit or ctx.provider is None or ctx.status >= 400 or ctx.status == 0:
+            return
+        if ctx.endpoint == "count_tokens":  # free upstream: nothing to bill
             return
         model = ctx.served_model or ctx.upstream_model or ""
         price = self.prices.lookup(model, ctx.provider.name) or (

@@ -278,6 +278,22 @@ def verify(conn: sqlite3.Connection, key: bytes | None, expect_head: str | None 
     return VerifyResult(True, count, prev, None, reason)
 
 
+def verify_with_secret(conn: sqlite3.Connection, secret: str | None,
+                       expect_head: str | None = None) -> VerifyResult:
+    """``verify`` with the chain key derived from the encryption secret and this file's salt.
+
+    The one way the admin API, the CLI and doctor check the chain. With the secret set,
+    a non-empty log must be keyed; a missing salt means it never was, or the salt row was
+    deleted to pass off a chain recomputed without the secret.
+    """
+    salt = vault.read_salt(conn)
+    if secret and salt is None and head(conn)[0] > 0:
+        return _fail(0, GENESIS, None,
+                     "STOCKYARD_ENCRYPTION_KEY is set but the database has no vault salt: "
+                     "the chain was never keyed with a secret, or the salt was deleted")
+    return verify(conn, chain_key(secret, salt), expect_head)
+
+
 def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
     entry = dict(zip(_COLUMNS, tuple(row)))
     try:
@@ -288,8 +304,13 @@ def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def list_entries(conn: sqlite3.Connection, *, since: str | None = None, after_seq: int = 0,
-                 limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
-    """Entries in seq order; page with ``after_seq``; ``since`` is a UTC ISO time or date."""
+                 limit: int = 100, action: str | None = None,
+                 last: bool = False) -> list[dict[str, Any]]:
+    """Entries in seq order; page with ``after_seq``; ``since`` is a UTC ISO time or date.
+
+    ``last`` keeps the newest ``limit`` matching entries instead of the oldest (still in
+    seq order): what an operator looking at recent changes wants.
+    """
     where, args = ["seq > ?"], [after_seq]
     if since is not None:
         where.append("ts >= ?")
@@ -297,9 +318,11 @@ def list_entries(conn: sqlite3.Connection, *, since: str | None = None, after_se
     if action is not None:
         where.append("action = ?")
         args.append(action)
+    order = "DESC" if last else "ASC"
     sql = (f"SELECT {', '.join(_COLUMNS)} FROM audit_log WHERE {' AND '.join(where)} "
-           "ORDER BY seq LIMIT ?")
-    return [_row_dict(row) for row in conn.execute(sql, [*args, max(0, int(limit))])]
+           f"ORDER BY seq {order} LIMIT ?")
+    entries = [_row_dict(row) for row in conn.execute(sql, [*args, max(0, int(limit))])]
+    return entries[::-1] if last else entries
 
 
 def export_csv(conn: sqlite3.Connection, out: TextIO) -> int:

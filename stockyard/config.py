@@ -30,6 +30,7 @@ class Settings:
     store_bodies: bool = True
     body_cap_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
+    request_read_timeout_s: float = 30.0
     upstream_connect_timeout_s: float = 10.0
     upstream_read_timeout_s: float = 600.0
     shutdown_grace_s: float = 20.0
@@ -43,6 +44,14 @@ class Settings:
     def is_loopback(self) -> bool:
         """True when only this machine can reach the listen address."""
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+
+def exposure_problem(settings: Settings) -> str | None:
+    """Why the server must not listen where ``settings`` say, or None (serve and doctor ask)."""
+    if settings.is_loopback or settings.admin_key:
+        return None
+    return (f"refusing to listen on {settings.host} without STOCKYARD_ADMIN_KEY: a server other "
+            "machines can reach needs an admin key; set STOCKYARD_ADMIN_KEY, or use --host 127.0.0.1")
 
 
 def _env_bool(value: str | None, default: bool) -> bool:
@@ -103,6 +112,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         store_bodies=_env_bool(env.get("STOCKYARD_STORE_BODIES"), True),
         body_cap_bytes=int(env.get("STOCKYARD_BODY_CAP_BYTES") or 256 * 1024),
         idle_timeout_s=float(env.get("STOCKYARD_IDLE_TIMEOUT") or 30.0),
+        request_read_timeout_s=float(env.get("STOCKYARD_REQUEST_READ_TIMEOUT") or 30.0),
         upstream_connect_timeout_s=float(env.get("STOCKYARD_UPSTREAM_CONNECT_TIMEOUT") or 10.0),
         upstream_read_timeout_s=float(env.get("STOCKYARD_UPSTREAM_TIMEOUT") or 600.0),
         log_requests=_env_bool(env.get("STOCKYARD_LOG_REQUESTS"), True),

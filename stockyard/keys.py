@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .dates import epoch
+from .times import parse_utc
 from .errors import ProxyError
 from .pricing import PROVIDERS
 
@@ -93,7 +93,7 @@ class KeyRecord:
             models=tuple(models) if models else None, expires_at=row["expires_at"],
             revoked_at=row["revoked_at"], budget_uc=row["budget_uc"], budget_period=row["budget_period"],
             rpm=row["rpm"], tpm=row["tpm"], created_at=row["created_at"], last_used_at=row["last_used_at"],
-            expires_ts=epoch(row["expires_at"]),
+            expires_ts=parse_utc(row["expires_at"]).timestamp() if row["expires_at"] else None,
         )
 
     def status(self, now: float | None = None) -> str:

@@ -10,6 +10,7 @@ the outcome, plain or streamed).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,10 +19,24 @@ from .pricing import Usage
 from .providers import Provider
 
 
+_id_lock = threading.Lock()
+_last_id = [0, 0]  # (milliseconds, sequence within that millisecond)
+
+
 def new_trace_id(now_ms: int | None = None) -> str:
-    """Time-sortable id: milliseconds in hex, then randomness (cursor pagination sorts by it)."""
+    """Time-sortable, strictly increasing within this process: ms, a sequence, then randomness.
+
+    Cursor pagination and "newest first" sort by id, so two requests in the same
+    millisecond must still come out in the order they started.
+    """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return f"tr_{ms:012x}{os.urandom(6).hex()}"
+    with _id_lock:
+        if ms <= _last_id[0]:
+            ms, seq = _last_id[0], _last_id[1] + 1
+        else:
+            seq = 0
+        _last_id[0], _last_id[1] = ms, seq
+    return f"tr_{ms:012x}{seq:04x}{os.urandom(4).hex()}"
 
 
 @dataclass

@@ -258,6 +258,7 @@ class PriceTable:
 
     def __init__(self, prices: Mapping[str, Price], checked: str = "") -> None:
         self.checked = checked
+        self._memo: dict[tuple[str, str | None], Price | None] = {}
         self._by_provider: dict[str | None, dict[str, Price]] = {}
         for key, price in prices.items():
             if not isinstance(price, Price):
@@ -298,7 +299,20 @@ class PriceTable:
         return sorted(out)
 
     def lookup(self, model: str, provider: str | None = None) -> Price | None:
-        """Price for ``model`` as served by ``provider``, or None when unknown.
+        """Price for ``model`` as served by ``provider``, or None when unknown (memoized: the
+        table never changes after load, and this runs on every request)."""
+        key = (model, provider)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        found = self._lookup(model, provider)
+        if len(self._memo) < 10_000:
+            self._memo[key] = found
+        return found
+
+    def _lookup(self, model: str, provider: str | None = None) -> Price | None:
+        """The uncached lookup.
 
         Order: entries qualified with ``provider``; entries qualified with a
         provider named in the model ('groq/llama-…'); bare entries for the full

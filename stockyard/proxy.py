@@ -120,6 +120,10 @@ def call_upstream(app: "App", ctx: RequestContext) -> UpstreamResponse:
     """One attempt at the routed provider (UpstreamError when it cannot be reached)."""
     provider, model = ctx.provider, ctx.upstream_model
     assert provider is not None and model is not None
+    if provider.key_error:  # the details (key ids) are for the operator's log, not for clients
+        raise ProxyError(503, f"provider {provider.name!r} cannot be used: its stored key cannot be "
+                              "decrypted; the operator must fix it (see the server log)",
+                         code="provider_key_unavailable")
     adapter = adapter_for(provider, ctx.dialect)
     call = adapter.prepare(ctx, provider, model)
     return app.pool.request(call.base_url or provider.base_url, call.method, call.path, call.headers,
@@ -137,8 +141,9 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
         ctx.error_type = f"upstream_{exc.kind}"
         raise ProxyError(exc.status, app.scrub(f"provider {provider.name!r}: {exc}"),
                          code=f"upstream_{exc.kind}") from None
-    ctx.upstream_request_id = next((resp.headers[h] for h in REQUEST_ID_HEADERS if h in resp.headers), None)
-    headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(resp.headers)}
+    upstream_headers = {k: app.scrub(v) for k, v in resp.headers.items()}
+    ctx.upstream_request_id = next((upstream_headers[h] for h in REQUEST_ID_HEADERS if h in upstream_headers), None)
+    headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(upstream_headers)}
     if resp.status >= 400:
         relay_upstream_error(app, reply, ctx, resp, adapter, headers)
         return True
@@ -149,9 +154,10 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
         raw = resp.read_all()
     except UpstreamError as exc:
         ctx.error_type = f"upstream_{exc.kind}"
-        raise ProxyError(exc.status, f"provider {provider.name!r}: {exc}", code=f"upstream_{exc.kind}") from None
+        raise ProxyError(exc.status, app.scrub(f"provider {provider.name!r}: {exc}"),
+                         code=f"upstream_{exc.kind}") from None
     ctx.mark_first_byte()
-    body = adapter.parse(ctx, raw)
+    body = app.scrub_bytes(adapter.parse(ctx, raw))
     ctx.status = resp.status
     ctx.capture(body, app.settings.body_cap_bytes)
     reply.send(resp.status, body, "application/json", headers)
@@ -192,6 +198,7 @@ def relay_stream(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamRe
     try:
         for event in resp.events():
             for out in translator.feed(event):
+                out = app.scrub_bytes(out)  # an upstream error event may echo the key
                 reply.chunk(out)
                 ctx.capture(out, cap)
         for out in translator.finish():

@@ -58,6 +58,42 @@ class Request:
         return value
 
 
+class Reaper:
+    """Closes connections whose request has not fully arrived by its deadline.
+
+    The socket timeout alone lets a client that sends one byte every few seconds hold a
+    thread forever (slowloris); one thread checking deadlines once a second is cheaper
+    than a timer per request.
+    """
+
+    def __init__(self) -> None:
+        self._deadlines: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="stockyard-reaper", daemon=True).start()
+
+    def arm(self, sock: socket.socket, seconds: float) -> None:
+        with self._lock:
+            self._deadlines[sock] = time.monotonic() + seconds
+
+    def disarm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(sock, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self._lock:
+                late = [s for s, deadline in self._deadlines.items() if deadline < now]
+                for s in late:
+                    del self._deadlines[s]
+            for s in late:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 class StockyardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -71,6 +107,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         # Extra routes (admin API, console) registered by other modules: (method, prefix) → fn
         self.routes: dict[tuple[str, str], Callable] = {}
         self.prefix_routes: list[tuple[str, Callable]] = []
+        self.reaper = Reaper()
         super().__init__((app.settings.host, app.settings.port), handler)
 
     def handle_error(self, request, client_address) -> None:  # noqa: D401 - stdlib hook
@@ -109,10 +146,21 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def handle_one_request(self) -> None:
+        """Wait (idle timeout) for a request to begin, then give it a deadline to arrive whole."""
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except _GONE:
+            self.close_connection = True
+            return
+        self.server.reaper.arm(self.connection, self.server.app.settings.request_read_timeout_s)
         try:
             super().handle_one_request()
         except _GONE:
             self.close_connection = True
+        finally:
+            self.server.reaper.disarm(self.connection)
 
     def __getattr__(self, name: str):
         if name.startswith("do_"):
@@ -194,6 +242,12 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientGone()
         return data
 
+    def _body(self) -> bytes:
+        """Read the whole body; from then on the request is ours and the read deadline is off."""
+        body = self._read_body(self.server.app.settings.max_body_bytes)
+        self.server.reaper.disarm(self.connection)
+        return body
+
     def _read_chunked(self, limit: int) -> bytes:
         parts, total = [], 0
         while True:
@@ -265,7 +319,7 @@ class Handler(BaseHTTPRequestHandler):
             if method != "POST":
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            body = self._read_body(app.settings.max_body_bytes)
+            body = self._body()
             ctx = RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict(), raw=body)
             try:
                 proxy.handle(app, self, ctx)
@@ -278,15 +332,15 @@ class Handler(BaseHTTPRequestHandler):
             methods, fn = fixed
             if method not in methods:
                 self._refuse_method(methods)
-            body = self._read_body(app.settings.max_body_bytes)
+            body = self._body()
             fn(self, Request(method, self.path, self._headers_dict(), body, self.client_address[0]))
             return
         for prefix, fn in self.server.prefix_routes:
             if path.startswith(prefix):
-                body = self._read_body(app.settings.max_body_bytes)
+                body = self._body()
                 fn(self, Request(method, self.path, self._headers_dict(), body, self.client_address[0]))
                 return
-        self._read_body(app.settings.max_body_bytes)
+        self._body()
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
 
     def _refuse_method(self, allowed: list[str]) -> None:

@@ -45,9 +45,12 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
 
 
 @pytest.fixture(scope="session")
-def pyz_path() -> Path:
-    """Build dist/stockyard.pyz once per test session from the working tree."""
-    out = ROOT / "dist" / "stockyard.pyz"
+def pyz_path(tmp_path_factory) -> Path:
+    """Build stockyard.pyz once per test session from the working tree.
+
+    Into a private folder: a pyz replaced under a running process breaks its later imports.
+    """
+    out = tmp_path_factory.mktemp("pyz") / "stockyard.pyz"
     subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--out", str(out)], check=True,
                    capture_output=True)
     return out

@@ -29,6 +29,7 @@ import json as jsonlib
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -807,8 +808,10 @@ class _Server(http.server.ThreadingHTTPServer):
 class MockUpstream:
     """A threaded mock provider. `start()` returns self; also a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0,
+                 tls: "ssl.SSLContext | None" = None) -> None:
         self.host = host
+        self.tls = tls
         self.delay_ms = delay_ms
         self._requested_port = port
         self._server: _Server | None = None
@@ -824,6 +827,8 @@ class MockUpstream:
     def start(self) -> "MockUpstream":
         self._stopping.clear()
         self._server = _Server((self.host, self._requested_port), self)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
                                         name=f"mock-upstream-{self.port}", daemon=True)
@@ -856,7 +861,7 @@ class MockUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     # -- recording
 

@@ -20,6 +20,7 @@ from stockyard.errors import ProxyError
 from stockyard.store import db
 
 ADMIN = "admin-key-for-tests-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-keys-0123456789abcdefSECRET"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
 MESSAGES = {"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -27,7 +28,7 @@ MESSAGES = {"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role":
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN}
+           "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url, "STOCKYARD_ADMIN_KEY": ADMIN}
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keys") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -144,20 +145,21 @@ def test_model_restriction_is_403(server):
     assert body["error"]["type"] == "permission_error"
 
 
-def test_official_sdks_send_the_key_their_own_way(server):
+def test_official_sdks_send_the_key_their_own_way(server, mock):
     secret, _ = make_key(server)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=secret, max_retries=0)
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content == "Hello from mock"
+    assert mock.last("/chat/completions").headers["authorization"] == f"Bearer {OPENAI_KEY}"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key=new_secret(), max_retries=0).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 
-    # The anthropic SDK sends x-api-key. No Anthropic provider is configured here, so a good key
-    # gets past auth to routing (400), and a bad one stops at auth (401).
-    good = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0)
-    with pytest.raises(anthropic.BadRequestError):
-        good.messages.create(**MESSAGES)
+    # the anthropic SDK sends x-api-key; upstream gets the provider's key, never the client's
+    message = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0).messages.create(**MESSAGES)
+    assert message.content[0].text == "Hello from mock"
+    assert mock.last("/messages").headers["x-api-key"] == ANTHROPIC_KEY
+    assert all(secret not in value for r in mock.requests for value in r.headers.values())
     with pytest.raises(anthropic.AuthenticationError) as bad:
         anthropic.Anthropic(base_url=server.url, api_key=new_secret(), max_retries=0).messages.create(**MESSAGES)
     assert bad.value.body["error"]["type"] == "authentication_error"
@@ -280,7 +282,7 @@ def test_api_errors_for_unknown_duplicate_and_malformed(server):
     (["--budget-usd", "-1", "--budget-period", "month"], "negative"),
     (["--budget-usd", "abc", "--budget-period", "month"], "not a decimal"),
     (["--budget-usd", "5", "--budget-period", "fortnight"], "day, month, total"),
-    (["--expires", "tomorrow"], "date like"),
+    (["--expires", "tomorrow"], "ISO date"),
     (["--rpm", "-3"], "above 0"),
 ])
 def test_cli_refuses_bad_key_settings_with_exit_1(server, args, message):
@@ -305,7 +307,8 @@ def test_cli_list_update_and_json(server):
 
 
 def test_beyond_loopback_keys_are_required_even_with_none(pyz_path, cache_home, mock, tmp_path):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_ADMIN_KEY": ADMIN}  # serve refuses to listen beyond loopback without it
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--host", "0.0.0.0"]).start()
     try:
         wait_for(lambda: "client keys required (listening beyond loopback)" in srv.log, timeout=5,
@@ -332,14 +335,17 @@ def test_key_ring_finds_by_hash_and_presented_key_reads_both_headers():
     assert len({new_secret() for _ in range(100)}) == 100
 
 
-def test_migration_numbers_may_arrive_out_of_order(tmp_path, monkeypatch):
-    """0003 ships before 0002 (branches merge in any order): the gap is fine, and a 0002
-    that arrives later is still applied to a database already at 0003."""
-    conn, applied = db.open_and_migrate(tmp_path / "a.db")
-    assert [m.version for m in applied] == [m.version for m in db.available_migrations()]
+def test_migration_numbers_may_arrive_out_of_order(tmp_path):
+    """Branches merge in any order: a database migrated by a build that had 0003 but not yet
+    0002 gets 0002 applied later, and the gap in between bothers nobody."""
     shipped = db.available_migrations()
-    late = db.Migration(2, "late_arrival", "CREATE TABLE late_arrival (x INTEGER);")
-    monkeypatch.setattr(db, "available_migrations", lambda: sorted([*shipped, late], key=lambda m: m.version))
+    assert {1, 2, 3} <= {m.version for m in shipped}
+    conn = db.connect(tmp_path / "a.db")
+    db.applied_migrations(conn)  # creates the bookkeeping table
+    for m in shipped:
+        if m.version != 2:
+            db.apply_migration(conn, m)
+    assert [m.version for m in db.pending_migrations(conn)] == [2]
     assert [m.version for m in db.migrate(conn)] == [2]
-    conn.execute("SELECT x FROM late_arrival")
+    assert db.pending_migrations(conn) == []
     conn.close()

@@ -167,14 +167,14 @@ def test_plaintext_never_in_database_file(tmp_path):
     path = tmp_path / "stockyard.db"
     conn, _ = db.open_and_migrate(path)
     v = Vault(SECRET, vault.get_or_create_salt(conn))
-    conn.execute("CREATE TABLE providers (id INTEGER PRIMARY KEY, name TEXT, key_enc TEXT)")
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("INSERT INTO providers (id, name, key_enc) VALUES (1, 'openai', ?)",
+    conn.execute("BEGIN IMMEDIATE")  # the providers table comes from migration 0002
+    conn.execute("INSERT INTO providers (id, name, kind, base_url, key_token, created_at, updated_at) "
+                 "VALUES (1, 'openai', 'openai', 'https://api.openai.com/v1', ?, '', '')",
                  (v.encrypt(PROVIDER_KEY, vault.aad_for(1, "openai")),))
     conn.execute("INSERT INTO meta (key, value) VALUES ('test_token', ?)",
                  (v.encrypt(PROVIDER_KEY, b"meta"),))
     conn.execute("COMMIT")
-    stored = conn.execute("SELECT key_enc FROM providers WHERE id = 1").fetchone()[0]
+    stored = conn.execute("SELECT key_token FROM providers WHERE id = 1").fetchone()[0]
     assert v.decrypt(stored, vault.aad_for(1, "openai")) == PROVIDER_KEY
     files = [p for p in tmp_path.iterdir() if p.name.startswith("stockyard.db")]
     for secret in (PROVIDER_KEY, SECRET, PROVIDER_KEY[-20:]):

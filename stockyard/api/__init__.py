@@ -14,11 +14,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import audit
+from .. import audit, times
 from ..errors import ProxyError
-from ..operations import Operations
+from ..operations import Operations, invalid
 
 if TYPE_CHECKING:
     from ..app import App
@@ -47,6 +48,7 @@ class Route:
     summary: str
     query: tuple[Param, ...] = ()
     body: dict | None = None      # JSON schema of the request body
+    status: int = 200             # the status of a successful answer (201 for creations)
     regex: re.Pattern = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -58,11 +60,14 @@ ROUTES: list[Route] = []
 
 
 def route(method: str, pattern: str, summary: str, *, query: tuple[Param, ...] = (),
-          body: dict | None = None) -> Callable:
-    """Declare an admin route (and its OpenAPI entry) in one place."""
+          body: dict | None = None, status: int = 200) -> Callable:
+    """Declare an admin route (and its OpenAPI entry) in one place.
+
+    A handler returns the JSON payload (answered with ``status``) or ``(status, payload)``.
+    """
 
     def register(fn: Callable[["ApiRequest"], Any]) -> Callable[["ApiRequest"], Any]:
-        ROUTES.append(Route(method, pattern, fn, summary, query, body))
+        ROUTES.append(Route(method, pattern, fn, summary, query, body, status))
         return fn
 
     return register
@@ -96,6 +101,16 @@ class ApiRequest:
         if not lo <= value <= hi:
             raise ProxyError(400, f"query parameter {name!r} must be between {lo} and {hi}", param=name)
         return value
+
+    def time_query(self, name: str) -> datetime | None:
+        """A UTC time from an ISO date or datetime, or a 400 that shows the accepted forms."""
+        raw = self.query.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return times.parse_utc(raw)
+        except ValueError:
+            raise invalid(f"query parameter {name!r} must be {times.FORMAT_HELP}", param=name) from None
 
 
 class LoginThrottle:
@@ -189,13 +204,13 @@ def handle(h: "Handler", req: "Request") -> None:
     except ProxyError as exc:
         exc.headers = {**exc.headers, **cors}
         raise
-    status, payload = result if isinstance(result, tuple) else (200, result)
+    status, payload = result if isinstance(result, tuple) else (r.status, result)
     h.send(status, json.dumps(payload, default=str, ensure_ascii=False).encode(), "application/json", cors)
 
 
 def load_routes() -> None:
     """Import the modules that declare routes (once)."""
-    from . import costs, keys, prices, status  # noqa: F401
+    from . import audit_log, costs, keys, prices, providers, status, traces  # noqa: F401
 
 
 load_routes()

@@ -33,10 +33,11 @@ def list_keys(r: ApiRequest) -> dict:
     return {"keys": key_ops.list_keys(r.app.store.read(), include_revoked=not live)}
 
 
-@route("POST", "/api/keys", "Create a client key; the answer carries the key, shown this once", body=_KEY_BODY)
-def create_key(r: ApiRequest) -> tuple[int, dict]:
+@route("POST", "/api/keys", "Create a client key; the answer carries the key, shown this once", body=_KEY_BODY,
+       status=201)
+def create_key(r: ApiRequest) -> dict:
     described, secret = key_ops.create_key(r.ops(), exact_json(r.req.body))
-    return 201, {**described, "key": secret}
+    return {**described, "key": secret}
 
 
 @route("GET", "/api/keys/{key}", "One client key, by id or name")

@@ -19,11 +19,13 @@ def _operation(r) -> dict:
         "summary": r.summary,
         "operationId": f"{r.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', r.pattern.lower()).strip('_')}",
         "parameters": params,
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {}}}},
-                      "400": _ERROR, "401": _ERROR, "404": _ERROR},
+        "responses": {str(r.status): {"description": "OK" if r.status == 200 else "Created",
+                                      "content": {"application/json": {"schema": {}}}},
+                      "400": _ERROR, "401": _ERROR, "404": _ERROR, "429": _ERROR},
     }
     if r.body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
+        op["responses"]["409"] = _ERROR
     return op
 
 

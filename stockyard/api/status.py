@@ -6,12 +6,14 @@ import os
 import time
 
 from .. import __version__
+from ..operations import read_config_version
 from ..store import db
 from . import ROUTES, ApiRequest, route
 from .openapi import document
 
 
-@route("GET", "/api/status", "Server status: version, uptime, database size, writer queue, schema version")
+@route("GET", "/api/status", "Server status: version, uptime, database size, writer queue, schema version, "
+       "configuration version and reload count")
 def status(r: ApiRequest) -> dict:
     app = r.app
     path = app.settings.db_path
@@ -24,6 +26,9 @@ def status(r: ApiRequest) -> dict:
         "writer": {"queue_depth": app.writer.depth, "written": app.writer.stats.written,
                    "dropped": app.writer.stats.dropped, "healthy": app.writer.healthy},
         "providers": [p.public() for p in app.registry().providers],
+        "config_version": read_config_version(app.store.read()),
+        "loaded_config_version": app.config_version,
+        "reloads": app.reloads,
     }
 
 

@@ -10,20 +10,42 @@ import argparse
 import sqlite3
 import sys
 
+from ..audit import AuditError
 from ..errors import ProxyError
 from ..store.db import SchemaError
-from . import common, costs, keys, prices, projects, serve, traces, version
+from ..vault import VaultError
+from . import audit, common, costs, doctor, keys, prices, projects, providers, reload, serve, traces, version
 
 # Each module has register(subparsers); order here is the order in --help.
-COMMANDS = [serve, traces, costs, keys, projects, prices, version]
+COMMANDS = [serve, traces, costs, keys, projects, prices, providers, audit, reload, doctor, version]
+
+EPILOG = """\
+environment:
+  STOCKYARD_DB              database file (default ~/.stockyard/stockyard.db)
+  STOCKYARD_HOST, _PORT     listen address for serve (default 127.0.0.1:4200)
+  STOCKYARD_ADMIN_KEY       bearer token for the admin API under /api/
+  STOCKYARD_ENCRYPTION_KEY  secret for stored provider keys and the keyed audit chain
+  OPENAI_API_KEY, ANTHROPIC_API_KEY, ...  providers (see the README)
+
+examples:
+  python3 stockyard.pyz serve
+  python3 stockyard.pyz traces --limit 5
+  python3 stockyard.pyz keys create --name my-app --budget-usd 20 --budget-period month
+  python3 stockyard.pyz costs --by model --since 2024-05-01
+  python3 stockyard.pyz audit verify
+  python3 stockyard.pyz doctor
+
+Run `stockyard COMMAND --help` for a command's options."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stockyard",
-        description="Stockyard: a self-hosted LLM proxy with traces, costs, budgets and an audit log in one SQLite file.",
+        description="Stockyard: a self-hosted LLM proxy with traces, costs, budgets and an audit "
+                    "log in one SQLite file.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for module in COMMANDS:
         module.register(sub)
     return parser
@@ -39,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `stockyard audit export --csv | head`
+        sys.stderr.close()
+        return 0
     except common.CommandError as exc:
         print(f"stockyard: {exc}", file=sys.stderr)
         return exc.code
-    except (SchemaError, ProxyError, ValueError, sqlite3.Error, OSError) as exc:
+    except (SchemaError, ProxyError, AuditError, VaultError, ValueError, sqlite3.Error,
+            OSError) as exc:
         message = exc.message if isinstance(exc, ProxyError) else str(exc)
         print(f"stockyard: {message}", file=sys.stderr)
         return 1

@@ -7,9 +7,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TextIO
 
+from .. import audit
 from ..config import resolve_db_path
+from ..operations import Operations
 from ..store import Store, db
 
 
@@ -43,14 +45,30 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     return Store(path)
 
 
-def print_json_lines(rows: Iterable[dict[str, Any]], out=sys.stdout) -> None:
+def encryption_secret() -> str | None:
+    """``STOCKYARD_ENCRYPTION_KEY``: keys the audit chain and opens the vault; never stored."""
+    return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
+
+
+def open_ops(args: argparse.Namespace) -> Operations:
+    """The operations layer for a change made from the CLI, attributed to the OS user.
+
+    Whoever can write the database file is an administrator; a running server picks the
+    change up by itself.
+    """
+    return Operations(open_store(args), audit.actor_cli(), encryption_secret())
+
+
+def print_json_lines(rows: Iterable[dict[str, Any]], out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call, so redirected stdout is honoured
     for row in rows:
         out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], out=sys.stdout,
-                empty: str = "(none)") -> None:
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
+                out: TextIO | None = None, empty: str = "(none)") -> None:
     """A readable fixed-width table: columns are (key, heading)."""
+    out = out or sys.stdout
     if not rows:
         out.write(empty + "\n")
         return
@@ -67,15 +85,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
-
-
-def operations(args: argparse.Namespace, *, must_exist: bool = True):
-    """The operations layer for a change made from the command line (audited as cli:<user>)."""
-    from .. import audit
-    from ..operations import Operations
-
-    return Operations(open_store(args, must_exist=must_exist), audit.actor_cli(),
-                      os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None)
 
 
 def print_json(value: Any, out=sys.stdout) -> None:

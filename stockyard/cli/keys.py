@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..operations import keys as key_ops
-from .common import add_db, add_json, open_store, operations, print_json, print_json_lines, print_table
+from .common import add_db, add_json, open_ops, open_store, print_json, print_json_lines, print_table
 
 LIMIT_HELP = "; 'none' removes it"
 
@@ -73,7 +73,7 @@ def _fields(args: argparse.Namespace) -> dict:
 
 
 def create(args: argparse.Namespace) -> int:
-    described, secret = key_ops.create_key(operations(args, must_exist=False), _fields(args))
+    described, secret = key_ops.create_key(open_ops(args), _fields(args))
     if args.json:
         print_json({**described, "key": secret})
         return 0
@@ -109,13 +109,13 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
-    described = key_ops.update_key(operations(args), args.key, _fields(args))
+    described = key_ops.update_key(open_ops(args), args.key, _fields(args))
     _show(args, described, "updated")
     return 0
 
 
 def revoke(args: argparse.Namespace) -> int:
-    described = key_ops.revoke_key(operations(args), args.key)
+    described = key_ops.revoke_key(open_ops(args), args.key)
     _show(args, described, "revoked")
     return 0
 

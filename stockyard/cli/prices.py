@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..operations import prices as price_ops
-from .common import add_db, add_json, open_store, operations, print_json, print_json_lines, print_table
+from .common import add_db, add_json, open_ops, open_store, print_json, print_json_lines, print_table
 
 
 def register(sub) -> None:
@@ -15,7 +15,9 @@ def register(sub) -> None:
     prices = p.add_subparsers(dest="prices_command", metavar="ACTION")
     prices.required = True
 
-    ls = prices.add_parser("list", help="every priced model")
+    ls = prices.add_parser("list", help="every priced model",
+                           description="Every priced model in USD per 1M tokens: the shipped table with this "
+                                       "database's overrides on top (SOURCE says which).")
     ls.add_argument("--model", metavar="TEXT", help="only models whose name contains TEXT")
     add_json(ls)
     add_db(ls)
@@ -37,7 +39,8 @@ def register(sub) -> None:
     add_db(s)
     s.set_defaults(func=set_)
 
-    u = prices.add_parser("unset", help="remove an override (the shipped price applies again)")
+    u = prices.add_parser("unset", help="remove an override (the shipped price applies again)",
+                          description="Remove a price override (audited); the shipped price, if any, applies again.")
     u.add_argument("model", metavar="MODEL")
     add_db(u)
     u.set_defaults(func=unset)
@@ -62,7 +65,7 @@ def list_(args: argparse.Namespace) -> int:
 def set_(args: argparse.Namespace) -> int:
     rates = {"input": args.input, "output": args.output, "cached_input": args.cached_input,
              "cache_write": args.cache_write, "reasoning": args.reasoning}
-    result = price_ops.set_price(operations(args, must_exist=False), args.model, rates)
+    result = price_ops.set_price(open_ops(args), args.model, rates)
     if args.json:
         print_json(result)
     else:
@@ -74,6 +77,6 @@ def set_(args: argparse.Namespace) -> int:
 
 
 def unset(args: argparse.Namespace) -> int:
-    result = price_ops.unset_price(operations(args), args.model)
+    result = price_ops.unset_price(open_ops(args), args.model)
     print(f"price override of {result['model']} removed")
     return 0

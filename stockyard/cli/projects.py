@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..operations import keys as key_ops
-from .common import CommandError, add_db, add_json, open_store, operations, print_json, print_json_lines, print_table
+from .common import CommandError, add_db, add_json, open_ops, open_store, print_json, print_json_lines, print_table
 
 
 def register(sub) -> None:
@@ -15,7 +15,9 @@ def register(sub) -> None:
     projects = p.add_subparsers(dest="projects_command", metavar="ACTION")
     projects.required = True
 
-    ls = projects.add_parser("list", help="projects with their budgets and spend")
+    ls = projects.add_parser("list", help="projects with their budgets and spend",
+                             description="Projects named by a key or a budget, with live keys, budget and "
+                                         "spend in the budget's current period (month to date without one).")
     add_json(ls)
     add_db(ls)
     ls.set_defaults(func=list_)
@@ -49,9 +51,9 @@ def budget(args: argparse.Namespace) -> int:
     if args.clear:
         if args.budget_usd is not None or args.period is not None:
             raise CommandError("--clear takes no --budget-usd or --period")
-        result = key_ops.clear_project_budget(operations(args), args.project)
+        result = key_ops.clear_project_budget(open_ops(args), args.project)
     elif args.budget_usd is not None or args.period is not None:
-        result = key_ops.set_project_budget(operations(args, must_exist=False), args.project,
+        result = key_ops.set_project_budget(open_ops(args), args.project,
                                             args.budget_usd, args.period)
     else:
         result = key_ops.get_project(open_store(args).read(), key_ops.check_name(args.project, "project"))

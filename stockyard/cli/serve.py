@@ -14,7 +14,9 @@ from .common import CommandError, add_db
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the proxy server",
-                       description="Run the proxy. Point your SDK at http://HOST:PORT/v1.")
+                       description="Run the proxy until SIGTERM or Ctrl-C. Point your SDK at "
+                                   "http://HOST:PORT/v1. Listening on anything but a loopback "
+                                   "address requires STOCKYARD_ADMIN_KEY.")
     p.add_argument("--host", help="listen address (default: $STOCKYARD_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: $STOCKYARD_PORT or 4200)")
     add_db(p)
@@ -30,13 +32,30 @@ def setup_logging() -> None:
     root.propagate = False
 
 
+def preload() -> None:
+    """Import every module now: zipimport reads the pyz lazily by offset, so a pyz replaced
+    on disk during an upgrade would break an import made later by the running server."""
+    import importlib
+    import pkgutil
+
+    import stockyard
+
+    for info in pkgutil.walk_packages(stockyard.__path__, "stockyard."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
 def run(args: argparse.Namespace) -> int:
+    preload()
     from ..app import App
     from ..server import make_server
 
     setup_logging()
     log = logging.getLogger("stockyard")
     settings = config.load({"host": args.host, "port": args.port, "db": args.db})
+    refusal = config.exposure_problem(settings)
+    if refusal:  # before the database is touched: nothing starts
+        raise CommandError(refusal)
     app = App(settings)
     try:
         server = make_server(app)
@@ -78,6 +97,7 @@ def banner(log: logging.Logger, app, host: str, port: int) -> None:
     (log.info if app.auth_required else log.warning)("%s", app.auth_description())
     providers = app.registry().providers
     if providers:
-        log.info("providers: %s", ", ".join(f"{p.name} ({p.source})" for p in providers))
+        log.info("providers: %s", ", ".join(
+            f"{p.name} ({p.source}{', key cannot be decrypted' if p.key_error else ''})" for p in providers))
     else:
         log.warning("no providers configured: set OPENAI_API_KEY or another provider's variables")

@@ -60,11 +60,13 @@ class Operations:
             return None
         return audit.chain_key(self.secret, vault.get_or_create_salt(conn))
 
-    def audit(self, conn: sqlite3.Connection, action: str, target: str, details: dict[str, Any]) -> None:
+    def audit(self, conn: sqlite3.Connection, action: str, target: str,
+              details: dict[str, Any]) -> audit.AuditEntry:
         """Append an audit entry inside an open transaction (for jobs that do their own writes)."""
         key = self.chain_key(conn)
         audit.ensure_keyed_tail(conn, actor=self.actor, key=key)
-        audit.append(conn, actor=self.actor, action=action, target=target, details=details, key=key)
+        return audit.append(conn, actor=self.actor, action=action, target=target, details=details,
+                            key=key)
 
     def change(self, action: str, target: str, details: dict[str, Any],
                apply: Callable[[sqlite3.Connection], T], *, config: bool = True) -> T:
@@ -82,6 +84,9 @@ class Operations:
             self.on_change()
         return result
 
-    def record(self, action: str, target: str, details: dict[str, Any]) -> None:
-        """An audit entry with no other change (server start, failed login, backup taken)."""
-        self.change(action, target, details, lambda conn: None, config=False)
+    def record(self, action: str, target: str, details: dict[str, Any]) -> audit.AuditEntry:
+        """An audit entry with no other change (server start, failed login, backup taken).
+
+        Returns the committed entry, so a caller can show its seq and hash.
+        """
+        return self.store.write(lambda conn: self.audit(conn, action, target, details))

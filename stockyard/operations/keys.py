@@ -15,7 +15,7 @@ import time
 from typing import Any, Mapping
 
 from ..budgets import PERIODS, period_key, spent_uc
-from ..dates import iso, now_iso, parse_instant
+from ..times import FORMAT_HELP, now_iso, parse_utc, to_iso
 from ..keys import PREFIX_LEN, KeyRecord, hash_key, new_key_id, new_secret
 from ..pricing import format_usd, microcents_from_usd
 from . import Operations, conflict, invalid, not_found
@@ -64,12 +64,14 @@ def check_expires(value: Any, now: float | None = None) -> str | None:
     if _clears(value):
         return None
     try:
-        moment = parse_instant(value, "expires")
-    except ValueError as exc:
-        raise invalid(str(exc), "expires") from None
+        moment = parse_utc(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise invalid(f"expires must be {FORMAT_HELP}, got {value!r}", "expires")
     if moment.timestamp() <= (time.time() if now is None else now):
         raise invalid(f"expires {value!r} is in the past", "expires")
-    return iso(moment)
+    return to_iso(moment)
 
 
 def check_budget_usd(value: Any) -> int | None:

@@ -11,7 +11,7 @@ import re
 import sqlite3
 from typing import Any, Mapping
 
-from ..dates import now_iso
+from ..times import now_iso
 from ..pricing import Price, PriceTable, format_usd
 from . import Operations, invalid, not_found
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ProxyError
+from ..vault import last4
 
 OPENAI_KINDS = ("openai", "openai-compatible")
 KINDS = ("openai", "openai-compatible", "anthropic", "gemini", "azure")
+AZURE_API_VERSION = "2024-10-21"  # used when none is configured
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,25 @@ class Provider:
     source: str = "env"
     api_version: str | None = None
     key_error: str | None = None  # set when a stored key could not be decrypted
+    id: int | None = None  # the database row (None for environment providers)
+    key_hint: str | None = None  # "…abcd"; derived from api_key when not given
+
+    def __post_init__(self) -> None:
+        if self.api_key and self.key_hint is None:
+            object.__setattr__(self, "key_hint", last4(self.api_key))
 
     @property
-    def key_hint(self) -> str | None:
-        if not self.api_key:
-            return None
-        return "…" + self.api_key[-4:] if len(self.api_key) >= 8 else "****"
+    def key_status(self) -> str:
+        """ok, cannot decrypt, or none: what an operator needs to know about the key."""
+        if self.key_error:
+            return "cannot decrypt"
+        return "ok" if self.api_key else "none"
 
     def public(self) -> dict:
         """What may be shown about this provider: never the key itself."""
-        return {"name": self.name, "kind": self.kind, "base_url": self.base_url,
-                "models": list(self.models), "source": self.source,
-                "key": self.key_hint, "key_error": self.key_error}
+        return {"id": self.id, "name": self.name, "kind": self.kind, "base_url": self.base_url,
+                "models": list(self.models), "api_version": self.api_version, "source": self.source,
+                "key": self.key_hint, "key_status": self.key_status, "key_error": self.key_error}
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ def from_env(env: Mapping[str, str]) -> list[Provider]:
     azure_key, azure_endpoint = env.get("AZURE_OPENAI_API_KEY"), env.get("AZURE_OPENAI_ENDPOINT")
     if azure_key and azure_endpoint:
         found.append(Provider("azure", "azure", azure_endpoint.rstrip("/"), azure_key, (),
-                              api_version=env.get("AZURE_OPENAI_API_VERSION") or "2024-10-21"))
+                              api_version=env.get("AZURE_OPENAI_API_VERSION") or AZURE_API_VERSION))
     return found
 
 

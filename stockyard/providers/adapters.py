@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from ..errors import ProxyError
 from . import OPENAI_KINDS, Provider
+from .anthropic import AnthropicChatAdapter, AnthropicNativeAdapter
+from .azure import AzureAdapter
 from .base import Adapter
+from .gemini import GeminiAdapter
 from .openai import OpenAIAdapter
 
 _OPENAI = OpenAIAdapter()
+# OpenAI-dialect clients (chat, completions, embeddings) by provider kind.
+_FOR_OPENAI_CLIENTS: dict[str, Adapter] = {
+    **{kind: _OPENAI for kind in OPENAI_KINDS},
+    "anthropic": AnthropicChatAdapter(),
+    "gemini": GeminiAdapter(),
+    "azure": AzureAdapter(),
+}
+# Anthropic-dialect clients (/v1/messages) are passed through, so only Anthropic serves them.
+_FOR_ANTHROPIC_CLIENTS: dict[str, Adapter] = {"anthropic": AnthropicNativeAdapter()}
 
 
 def adapter_for(provider: Provider, dialect: str) -> Adapter:
     """The adapter for this provider and client dialect, or a 400 saying why there is none."""
-    if dialect == "openai" and provider.kind in OPENAI_KINDS:
-        return _OPENAI
+    table = _FOR_ANTHROPIC_CLIENTS if dialect == "anthropic" else _FOR_OPENAI_CLIENTS
+    adapter = table.get(provider.kind)
+    if adapter is not None:
+        return adapter
+    if dialect == "anthropic":
+        raise ProxyError(400, f"provider {provider.name!r} ({provider.kind}) does not speak the Anthropic "
+                              "Messages API; /v1/messages needs a model served by an Anthropic provider "
+                              "(use /v1/chat/completions for this one)", param="model", code="unsupported_provider")
     raise ProxyError(400, f"provider {provider.name!r} ({provider.kind}) cannot serve "
                           f"{dialect}-style requests", code="unsupported_provider")

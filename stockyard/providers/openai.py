@@ -67,6 +67,10 @@ class OpenAIStream(StreamTranslator):
         if data.strip() == b"[DONE]":
             self.complete = True
             return [event]
+        if not self.ctx.client_wants_usage and b'"usage":null' in event:
+            # Upstream adds "usage":null to every chunk only because Stockyard asked for usage.
+            event = event.replace(b',"usage":null', b"")
+            data = sse_data(event) or data
         if b'"usage"' not in data and self.ctx.served_model:
             return [event]
         try:

@@ -13,7 +13,7 @@ import sqlite3
 from datetime import date
 from typing import Any, TextIO
 
-from ..dates import parse_day
+from ..times import parse_day
 from ..pricing import format_usd
 
 GROUPS = {"day": "day", "model": "model", "provider": "provider", "key": "key_id", "project": "project"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..pipeline import RequestContext
@@ -84,8 +84,7 @@ class TraceRecord:
 
     def write(self, conn: sqlite3.Connection) -> None:
         """The writer job: trace, bodies and rollup in the caller's transaction."""
-        row = asdict(self)
-        conn.execute(_INSERT, [row[c] for c in _COLUMNS])
+        conn.execute(_INSERT, [getattr(self, c) for c in _COLUMNS])
         if self.request_body is not None or self.response_body is not None:
             conn.execute(
                 "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
@@ -106,7 +105,7 @@ class TraceRecord:
 
 
 def _pack(data: bytes | None) -> bytes | None:
-    return None if data is None else zlib.compress(data, 6)
+    return None if data is None else zlib.compress(data, 3)
 
 
 def _unpack(data: bytes | None) -> str | None:

@@ -26,6 +26,19 @@ Job = Callable[[sqlite3.Connection], Any]
 _STOP = object()
 
 
+# SQLite primary result codes that mean the database, not the job, is at fault.
+_DATABASE_FAILURES = {5, 6, 8, 10, 11, 13, 14, 26}  # BUSY LOCKED READONLY IOERR CORRUPT FULL CANTOPEN NOTADB
+
+
+def database_failed(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _DATABASE_FAILURES
+
+
+class _JobFailed(Exception):
+    """A job raised on the fast path: redo the batch with each job isolated."""
+
+
 @dataclass
 class _Item:
     job: Job
@@ -130,28 +143,20 @@ class Writer:
         self._conn.close()
 
     def _commit(self, batch: list[_Item]) -> None:
-        conn = self._conn
-        assert conn is not None
+        """Commit a batch: optimistically in one go; if a job fails, again job by job.
+
+        The fast path has no per-job SAVEPOINT (they cost more than a trace insert); the
+        slow path isolates each job so one bad job never takes the others with it.
+        """
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    item.result = item.job(conn)
-                    conn.execute("RELEASE job")
-                except Exception as exc:  # one bad job must not sink the batch
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    item.error = exc
-                    if item.future is None:
-                        log.error("dropped a record the database refused: %s", exc)
-            conn.execute("COMMIT")
+            try:
+                self._run_jobs(batch, isolated=False)
+            except _JobFailed:
+                for item in batch:
+                    item.result, item.error = None, None
+                self._run_jobs(batch, isolated=True)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            self._rollback()
             self._batch_failed(batch, exc)
             return
         self.healthy = True
@@ -159,11 +164,47 @@ class Writer:
         for item in batch:
             if item.error is None:
                 self.stats.written += 1
+            elif item.future is None:
+                log.error("dropped a record the database refused: %s", item.error)
             if item.future is not None:
                 if item.error is not None:
                     item.future.set_exception(item.error)
                 else:
                     item.future.set_result(item.result)
+
+    def _run_jobs(self, batch: list[_Item], *, isolated: bool) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        for item in batch:
+            if not isolated:
+                try:
+                    item.result = item.job(conn)
+                except Exception as exc:
+                    if database_failed(exc):
+                        raise  # full, read-only, I/O error: the whole batch fails
+                    self._rollback()
+                    raise _JobFailed() from exc
+                continue
+            conn.execute("SAVEPOINT job")
+            try:
+                item.result = item.job(conn)
+                conn.execute("RELEASE job")
+            except Exception as exc:  # one bad job must not sink the batch
+                if database_failed(exc):
+                    raise
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                item.error = exc
+        conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def _batch_failed(self, batch: list[_Item], exc: sqlite3.Error) -> None:
         """The database refused the whole batch (disk full, read-only): count, log, go on."""

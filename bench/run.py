@@ -1,0 +1,329 @@
+"""Stockyard benchmarks: `make bench` (or `python3 bench/run.py`) prints one table.
+
+Every number is taken against a baseline measured in the same run, in interleaved rounds,
+and reported as the median over rounds: this is a small, noisy machine. A scenario is a
+function `(Bench) -> list[Row]` in SCENARIOS; one that raises NotAvailable shows as
+"not available in this build" and counts as no result. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import re
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (PYZ, Client, LoadResult, NotAvailable, Procs, Target, base_env,  # noqa: E402
+                    cpu_seconds, load, median, quantile, run_pyz, start_mock, start_proxy)
+
+# Targets from the issues (issue 2: core; issue 5: keys; issue 6: modules).
+ADDED_P50_MS = 1.0
+ADDED_P99_MS = 3.0
+MIN_RPS = 800.0
+CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, and for the module chain
+
+
+@dataclass
+class Row:
+    """One line of the table. `ok` None means informational (no target)."""
+
+    metric: str
+    value: str
+    target: str = ""
+    ok: bool | None = None
+    detail: str = ""
+
+    @property
+    def result(self) -> str:
+        return "-" if self.ok is None else ("PASS" if self.ok else "MISS")
+
+
+class Bench:
+    """What scenarios share: options, the process manager, and mocks/proxies started on demand."""
+
+    def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
+        self.args = args
+        self.procs = procs
+        self.pyz: Path = args.pyz
+        self._targets: dict[str, Target] = {}
+
+    def mock(self, delay_ms: float) -> Target:
+        """The mock upstream with this delay (one process per delay)."""
+        key = f"mock:{delay_ms:g}"
+        if key not in self._targets:
+            self._targets[key] = start_mock(self.procs, delay_ms)
+        return self._targets[key]
+
+    def proxy(self, name: str, delay_ms: float, log_requests: bool = False,
+              extra_env: dict[str, str] | None = None,
+              setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None) -> Target:
+        """A proxy (own process and database) in front of the mock with `delay_ms`."""
+        if name not in self._targets:
+            self._targets[name] = start_proxy(self.procs, self.pyz, name, self.mock(delay_ms),
+                                              log_requests, extra_env, setup)
+        return self._targets[name]
+
+    def db(self, target: Target) -> Path:
+        return self.procs.workdir / f"{target.name}.db"
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+Rounds = list[dict[str, list[float]]]  # per round: target name -> samples (seconds)
+
+
+def interleaved(targets: list[Target], measure: Callable[[Client], float], n: int, rounds: int,
+                warmup: int) -> Rounds:
+    """`n` timed requests per target from ONE client (a keep-alive connection per target),
+    alternating targets request by request (rotating who goes first), split into rounds."""
+    clients = [Client(t) for t in targets]
+    per_round = max(1, n // rounds)
+    out: Rounds = []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            for c in clients:
+                measure(c)
+        for _ in range(rounds):
+            samples: dict[str, list[float]] = {t.name: [] for t in targets}
+            for i in range(per_round):
+                k = i % len(clients)
+                for c in clients[k:] + clients[:k]:
+                    samples[c.target.name].append(measure(c))
+            out.append(samples)
+            gc.collect()
+    finally:
+        gc.enable()
+        for c in clients:
+            c.close()
+    return out
+
+
+def added_ms(rounds: Rounds, name: str, base: str, q: float) -> float:
+    """Median over rounds of quantile(name) − quantile(base), in milliseconds."""
+    return 1000 * median([quantile(r[name], q) - quantile(r[base], q) for r in rounds])
+
+
+def at_ms(rounds: Rounds, name: str, q: float) -> float:
+    """Median over rounds of quantile(name), in milliseconds."""
+    return 1000 * median([quantile(r[name], q) for r in rounds])
+
+
+def latency_rows(label: str, rounds: Rounds, name: str, base: str, p50_max: float, p99_max: float,
+                 over: str = "direct") -> list[Row]:
+    """p50 and p99 rows for `name` over `base`, with both absolute values as detail."""
+    rows = []
+    for q, limit in ((0.50, p50_max), (0.99, p99_max)):
+        added = added_ms(rounds, name, base, q)
+        tag = f"p{round(q * 100)}"
+        rows.append(Row(f"{label} {tag} (over {over})", f"{added:+.2f} ms", f"<= {limit:g} ms",
+                        added <= limit,
+                        f"{over} {at_ms(rounds, base, q):.2f} ms, proxy {at_ms(rounds, name, q):.2f} ms"))
+    return rows
+
+
+def count_traces(db: Path, expect: int, wait_s: float = 5.0) -> int:
+    """Rows in `traces` once the writer caught up with `expect` (bounded wait)."""
+    deadline = time.monotonic() + wait_s
+    count = -1
+    while True:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            count = conn.execute("SELECT count(*) FROM traces").fetchone()[0]
+        finally:
+            conn.close()
+        if count >= expect or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def core_latency(b: Bench) -> list[Row]:
+    """Issue 2: added latency at one client, non-streamed and time to first SSE event."""
+    direct, proxy = b.mock(0), b.proxy("proxy", 0)
+    a = b.args
+    names = (proxy.name, direct.name)
+    plain = interleaved([direct, proxy], Client.chat, a.requests, a.rounds, a.warmup)
+    streamed = interleaved([direct, proxy], Client.first_event, a.requests // 2, a.rounds, a.warmup // 2)
+    return (latency_rows("added latency, chat, 1 client,", plain, *names, ADDED_P50_MS, ADDED_P99_MS)
+            + latency_rows("added TTFB, streamed chat, 1 client,", streamed, *names,
+                           ADDED_P50_MS, ADDED_P99_MS))
+
+
+def core_throughput(b: Bench) -> list[Row]:
+    """Issue 2: requests/s at 64 clients against a 20 ms upstream, proxy vs direct, tracing on;
+    one more proxy with its request log on."""
+    a = b.args
+    direct, proxy = b.mock(20), b.proxy("proxy-20ms", 20)
+    logged = b.proxy("proxy-20ms-log", 20, log_requests=True)
+    targets = [direct, proxy, logged]
+    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+    cpu: dict[str, float] = {t.name: 0.0 for t in targets}  # CPU seconds of the server process
+    for r in range(a.load_rounds):
+        for t in targets[r % 3:] + targets[:r % 3]:
+            before = cpu_seconds(t.pid)
+            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
+            after = cpu_seconds(t.pid)
+            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
+    errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
+    answered = sum(x.answered for x in runs[proxy.name])
+    cpu_ms = {name: 1000 * cpu[name] / max(1, sum(x.answered for x in runs[name])) for name in runs}
+    traces = count_traces(b.db(proxy), answered)
+    where = f"{a.clients} clients, 20 ms upstream"
+
+    def err(name: str) -> str:
+        return f", {errors[name]} errors" if errors[name] else ""
+
+    def spread(name: str) -> str:
+        values = [x.rps for x in runs[name]]
+        return f"rounds {min(values):.0f}-{max(values):.0f}"
+
+    return [
+        Row(f"throughput direct ({where})", f"{rps[direct.name]:.0f} req/s", "", None,
+            f"baseline; {a.load_rounds} x {a.seconds:g} s, {spread(direct.name)}{err(direct.name)}"),
+        Row(f"throughput proxy, tracing on ({where})", f"{rps[proxy.name]:.0f} req/s",
+            f">= {MIN_RPS:g} req/s", rps[proxy.name] >= MIN_RPS and not errors[proxy.name],
+            f"{spread(proxy.name)}; {traces}/{answered} answers traced{err(proxy.name)}"),
+        Row("throughput ratio proxy / direct", f"{rps[proxy.name] / rps[direct.name]:.2f}", "", None, ""),
+        Row("proxy CPU time per request (under that load)", f"{cpu_ms[proxy.name]:.2f} ms", "", None,
+            f"mock {cpu_ms[direct.name]:.2f} ms; proxy process only, robust to noise"),
+        Row("throughput proxy, request log on", f"{rps[logged.name]:.0f} req/s", "", None,
+            f"{rps[logged.name] / rps[proxy.name]:.2f} x log off, {spread(logged.name)}{err(logged.name)}"),
+    ]
+
+
+def key_budget_ratelimit(b: Bench) -> list[Row]:
+    """Issue 5: added latency with a client key, a budget and a rate limit on, next to the
+    plain proxy; the checks together should cost well under a millisecond."""
+    probe = run_pyz(b.pyz, ["keys", "create", "--help"], base_env(b.procs.workdir))
+    if probe.returncode != 0:
+        raise NotAvailable("`keys create` is not in this build")
+
+    def make_key(target: Target, db: Path, env: dict[str, str]) -> dict[str, str]:
+        made = run_pyz(b.pyz, ["keys", "create", "--db", str(db), "--name", "bench",
+                               "--budget-usd", "1000000", "--budget-period", "total",
+                               "--rpm", "1000000", "--tpm", "1000000000"], env)
+        key = re.search(r"sk-sy-[A-Za-z0-9_\-]+", made.stdout + made.stderr)
+        if made.returncode != 0 or not key:
+            raise RuntimeError(f"keys create failed: {(made.stderr or made.stdout)[-500:]}")
+        headers = {"authorization": f"Bearer {key.group(0)}"}
+        deadline = time.monotonic() + 10  # the server picks up CLI changes within ~0.5 s
+        while True:
+            try:
+                Client(Target(target.name, target.url, headers)).chat()
+                return headers
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    direct, proxy = b.mock(0), b.proxy("proxy", 0)
+    keyed = b.proxy("proxy-key", 0, setup=make_key)
+    a = b.args
+    rounds = interleaved([direct, proxy, keyed], Client.chat, a.requests, a.rounds, a.warmup)
+    rows = latency_rows("added latency, key+budget+rpm,", rounds, keyed.name, direct.name,
+                        ADDED_P50_MS, ADDED_P99_MS)
+    checks = added_ms(rounds, keyed.name, proxy.name, 0.5)
+    rows.append(Row("key+budget+rpm checks p50 (over plain proxy)", f"{checks:+.2f} ms",
+                    f"<= {CHECKS_MS:g} ms", checks <= CHECKS_MS, ""))
+    return rows
+
+
+def modules_chain(b: Bench) -> list[Row]:
+    """Issue 6: added latency with every module disabled and with the full chain enabled.
+    To write once `modules` exists: a proxy per state (enable each module via the CLI in a
+    `setup` hook, cache bypassed), measured with `interleaved` against the plain proxy."""
+    probe = run_pyz(b.pyz, ["modules", "list", "--help"], base_env(b.procs.workdir))
+    if probe.returncode != 0:
+        raise NotAvailable("`modules` is not in this build")
+    raise NotAvailable("`modules` exists, but bench/run.py:modules_chain is not written yet")
+
+
+Scenario = Callable[[Bench], list[Row]]
+SCENARIOS: list[tuple[str, Scenario]] = [
+    ("core latency (issue 2)", core_latency),
+    ("core throughput (issue 2)", core_throughput),
+    ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
+    ("modules disabled / full chain (issue 6)", modules_chain),
+]
+
+
+# --------------------------------------------------------------------------- output
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    """One plain-text table; rows whose `value` is empty are section headings."""
+    cols = ["metric", "measured", "target", "result", "detail"]
+    cells = [[r.metric, r.value, r.target, r.result if r.value else "", r.detail] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda row: "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
+    print(title)
+    print(line(cols))
+    print(line(["-" * w for w in widths]))
+    for row in cells:
+        print(line(row))
+
+
+def build_id(pyz: Path, env: dict[str, str]) -> str:
+    done = run_pyz(pyz, ["version"], env)
+    return done.stdout.strip() or f"version failed: {done.stderr.strip()[-200:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Stockyard benchmarks (loopback, about a minute)")
+    p.add_argument("--pyz", type=Path, default=PYZ, help="the build to measure (default: dist/stockyard.pyz)")
+    p.add_argument("--requests", type=int, default=2000, help="timed requests per target, 1-client latency")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=5, help="rounds the latency samples are split into")
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--client-procs", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per throughput run")
+    p.add_argument("--load-rounds", type=int, default=3, help="interleaved throughput rounds")
+    p.add_argument("--quick", action="store_true", help="a fraction of the work, for a smoke run")
+    p.add_argument("--only", help="run only scenarios whose title contains this text")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.warmup, args.rounds, args.seconds, args.load_rounds = 400, 50, 3, 1.0, 1
+    if not args.pyz.exists():
+        print(f"no build at {args.pyz}: run `make pyz` first", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    rows: list[Row] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="stockyard-bench-") as tmp, Procs(Path(tmp)) as procs:
+        bench = Bench(args, procs)
+        ident = build_id(args.pyz, base_env(procs.workdir))
+        for title, scenario in SCENARIOS:
+            if args.only and args.only.lower() not in title.lower():
+                continue
+            rows.append(Row(f"[{title}]", ""))
+            try:
+                rows += scenario(bench)
+            except NotAvailable as exc:
+                rows.append(Row("not available in this build", "n/a", "", None, str(exc)))
+            except Exception as exc:  # report and go on: one broken scenario should not hide the rest
+                failed = True
+                rows.append(Row("ERROR", "n/a", "", None, f"{type(exc).__name__}: {exc}"[:200]))
+    title = (f"Stockyard bench: {ident}; Python {platform.python_version()}, {os.cpu_count()} cores, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, took {time.monotonic() - started:.0f} s")
+    print_table(title, rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""``stockyard providers``: list, add, set-key, remove, rotate-secret.
+
+Keys are read from stdin (``--key-stdin``) so they never sit in the shell history or the
+process list, and they are never printed back: listings show the last four characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from .. import audit, vault
+from ..operations import Operations
+from ..operations import providers as provider_ops
+from ..providers import KINDS
+from .common import CommandError, add_db, add_json, open_store, print_json_lines, print_table
+
+SECRET_ENV = "STOCKYARD_ENCRYPTION_KEY"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("providers", help="list and change providers (keys stored encrypted)",
+                       description="Providers from environment variables are listed as 'env' and never "
+                                   "stored; providers added here live in the database and override an "
+                                   "env provider of the same name. Storing a key needs "
+                                   f"{SECRET_ENV}.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+
+    def usage(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
+
+    ls = actions.add_parser("list", help="list providers (never their keys)",
+                             description="Every provider the server routes to, env and database, with a key hint; never a key.")
+    add_json(ls)
+    add_db(ls)
+    ls.set_defaults(func=run_list)
+
+    add = actions.add_parser("add", help="add a database provider",
+                              description="Add a provider to the database (audited); its key, if any, is read from stdin and stored encrypted.")
+    add.add_argument("name", help="lower-case letters, digits, '-' and '_' (up to 40)")
+    add.add_argument("--kind", required=True, metavar="KIND", help=" | ".join(KINDS))
+    add.add_argument("--base-url", metavar="URL", help="http(s) URL (default: the kind's own, where it has one)")
+    add.add_argument("--models", metavar="LIST",
+                     help="comma-separated model names or prefixes it serves, e.g. gpt-4o,llama-")
+    add.add_argument("--api-version", metavar="V", help="API version (Azure)")
+    add.add_argument("--key-stdin", action="store_true", help="read the provider's API key from stdin")
+    add_db(add)
+    add.set_defaults(func=run_add)
+
+    set_key = actions.add_parser("set-key", help="store (or replace) a database provider's key",
+                                  description="Store or replace a database provider's key, read from stdin, encrypted (audited).")
+    set_key.add_argument("name")
+    set_key.add_argument("--key-stdin", action="store_true", required=True,
+                         help="read the key from stdin (required: keys are never passed as arguments)")
+    add_db(set_key)
+    set_key.set_defaults(func=run_set_key)
+
+    rm = actions.add_parser("remove", help="remove a database provider and its stored key",
+                             description="Remove a database provider and its stored key (audited); an env provider of the same name applies again.")
+    rm.add_argument("name")
+    add_db(rm)
+    rm.set_defaults(func=run_remove)
+
+    rotate = actions.add_parser(
+        "rotate-secret", help=f"re-encrypt every stored key under a new {SECRET_ENV}",
+        description=f"Reads the current secret from {SECRET_ENV} and the new one from stdin, "
+                    "re-encrypts every stored provider key and records the rotation in the audit "
+                    f"log, in one transaction. Afterwards run Stockyard with the new {SECRET_ENV}.")
+    add_db(rotate)
+    rotate.set_defaults(func=run_rotate)
+
+
+def _ops(args: argparse.Namespace, *, create: bool = False) -> Operations:
+    store = open_store(args, must_exist=not create)
+    return Operations(store, audit.actor_cli(), os.environ.get(SECRET_ENV) or None)
+
+
+def read_secret(prompt: str) -> str:
+    """One secret from stdin: a hidden prompt on a terminal, else the piped text (stripped)."""
+    if sys.stdin.isatty():
+        value = getpass.getpass(prompt)
+    else:
+        value = sys.stdin.read()
+    value = value.strip()
+    if not value:
+        raise CommandError("nothing was read from stdin")
+    return value
+
+
+def _models(text: str | None) -> list[str] | None:
+    return None if text is None else [m.strip() for m in text.split(",")]
+
+
+def _brief(models: list[str], show: int = 3) -> str:
+    if len(models) <= show:
+        return ",".join(models) or "-"
+    return ",".join(models[:show]) + f",… (+{len(models) - show})"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rows = provider_ops.listing(store.read(), os.environ, os.environ.get(SECRET_ENV) or None)
+    if args.json:
+        print_json_lines(rows)
+        return 0
+    for r in rows:
+        r["models_brief"] = _brief(r["models"])
+    print_table(rows, [("id", "ID"), ("name", "NAME"), ("kind", "KIND"), ("source", "SOURCE"),
+                       ("base_url", "BASE URL"), ("key", "KEY"), ("key_status", "KEY STATUS"),
+                       ("models_brief", "MODELS")],
+                empty="no providers: set OPENAI_API_KEY (or another provider's variables) "
+                      "or run `stockyard providers add`")
+    broken = [r for r in rows if r["key_error"]]
+    for r in broken:
+        print(f"provider {r['name']!r}: key cannot be decrypted: {r['key_error']}", file=sys.stderr)
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    ops = _ops(args, create=True)  # adding providers before the first `serve` is fine
+    key = read_secret("provider key: ") if args.key_stdin else None
+    row_id = provider_ops.add(ops, args.name, args.kind, base_url=args.base_url,
+                              models=_models(args.models), api_version=args.api_version, api_key=key)
+    hint = f", key {vault.last4(key)} stored encrypted" if key else ", no key"
+    print(f"added provider {args.name!r} (id {row_id}, {args.kind}{hint})")
+    return 0
+
+
+def run_set_key(args: argparse.Namespace) -> int:
+    ops = _ops(args)
+    key = read_secret("provider key: ")
+    provider_ops.update(ops, args.name, api_key=key)
+    print(f"stored a new key for {args.name!r} ({vault.last4(key)}, encrypted)")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    provider_ops.remove(_ops(args), args.name)
+    print(f"removed provider {args.name!r}")
+    return 0
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    old = os.environ.get(SECRET_ENV) or None
+    if not old:
+        raise CommandError(f"{SECRET_ENV} must hold the current secret; the new one is read from stdin")
+    new = read_secret("new secret: ")
+    if sys.stdin.isatty() and getpass.getpass("new secret again: ").strip() != new:
+        raise CommandError("the two entries differ; nothing was changed")
+    result = provider_ops.rotate_secret(store, audit.actor_cli(), old, new)
+    print(f"re-encrypted {result.keys} provider key(s) (key id {result.old_key_id} → {result.new_key_id}) "
+          "and recorded vault.rotate in the audit log.")
+    print(f"From now on run Stockyard — server and CLI — with the NEW {SECRET_ENV}; restart a running "
+          "server with it now (until then it keeps serving the keys it already holds, but cannot "
+          "record changes).")
+    return 0

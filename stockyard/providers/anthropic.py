@@ -1,0 +1,528 @@
+"""Anthropic: the Messages API, for OpenAI-dialect clients (translated) and native ones.
+
+OpenAI-dialect chat requests become Messages API requests and the answers come back as
+``chat.completion`` objects, streams translated event by event. Native requests
+(``/v1/messages``, ``/v1/messages/count_tokens``) pass through untouched, only the model
+name rewritten when the client wrote ``provider/model``; usage is read on the way for
+the trace.
+
+The OpenAI-shaped output helpers here (``openai_usage``, ``chunk``, ``done_event``,
+``data_url``) are shared with the Gemini adapter, which translates to the same shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..errors import ProxyError, error_body, error_type, sse_error_event
+from ..pipeline import RequestContext
+from ..pricing import Usage
+from . import Provider
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
+NATIVE_PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
+                "max_tokens": "length", "model_context_window_exceeded": "length",
+                "tool_use": "tool_calls", "refusal": "content_filter"}
+ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+# --------------------------------------------------------------------------- shared OpenAI shapes
+
+def openai_usage(usage: Usage) -> dict:
+    """The OpenAI ``usage`` object for token counts Stockyard normalised."""
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+
+
+def chunk(ident: str, created: int, model: str, choices: list[dict], usage: dict | None = None) -> bytes:
+    """One ``chat.completion.chunk`` SSE event."""
+    payload: dict = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                     "model": model, "choices": choices}
+    if usage is not None:
+        payload["usage"] = usage
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def delta_choice(delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def done_event() -> bytes:
+    return b"data: [DONE]\n\n"
+
+
+def completion(ident: str, created: int, model: str, choices: list[dict], usage: Usage | None) -> bytes:
+    """A whole ``chat.completion`` object."""
+    payload: dict = {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                     "choices": choices}
+    if usage is not None:
+        payload["usage"] = openai_usage(usage)
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a ``data:`` URL, None for other URLs; 400 if not base64."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, data = url[5:].partition(",")
+    media_type, _, encoding = head.partition(";")
+    if not sep or encoding.lower() != "base64":
+        raise ProxyError(400, "image data URLs must be base64-encoded (data:<type>;base64,<data>)",
+                         param="messages", code="invalid_image_url")
+    return media_type or "application/octet-stream", data
+
+
+def image_url_of(part: dict) -> str:
+    """The URL of an OpenAI ``image_url`` content part (object or bare string form)."""
+    value = part.get("image_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise ProxyError(400, "an image_url content part needs a url", param="messages", code="invalid_image_url")
+    return url
+
+
+def text_of(content: Any) -> str:
+    """Plain text of an OpenAI message content (string, or an array of text parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    raise ProxyError(400, "message content must be a string or an array of content parts",
+                     param="messages", code="invalid_content")
+
+
+def tool_arguments(call: dict) -> dict:
+    """The parsed JSON arguments of an assistant tool call (an object, as both APIs need)."""
+    raw = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        args = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        raise ProxyError(400, "tool_calls[].function.arguments must be a JSON object string",
+                         param="messages", code="invalid_tool_arguments") from None
+    if not isinstance(args, dict):
+        raise ProxyError(400, "tool_calls[].function.arguments must be a JSON object",
+                         param="messages", code="invalid_tool_arguments")
+    return args
+
+
+@contextmanager
+def shape_errors(status: int, what: str) -> Iterator[None]:
+    """Turn a body of an unexpected shape (a string where an object belongs, …) into a clear
+    error instead of a 500: 400 for the client's request, 502 for the provider's answer."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        code = "invalid_request" if status == 400 else "bad_upstream_response"
+        raise ProxyError(status, f"{what} has an unexpected shape and cannot be translated", code=code) from None
+
+
+def translated_error(status: int, message: str, code: str | None) -> bytes:
+    """An upstream error re-shaped for an OpenAI client, keeping the provider's status."""
+    return error_body("openai", status, message, code=code, type_=error_type("openai", status))
+
+
+def endpoint_check(ctx: RequestContext, provider: Provider) -> None:
+    """Translating adapters serve chat only: anything else is a clear 400."""
+    if ctx.endpoint != "chat":
+        path = {"completions": "/v1/completions", "embeddings": "/v1/embeddings"}.get(ctx.endpoint, ctx.endpoint)
+        raise ProxyError(400, f"provider {provider.name!r} ({provider.kind}) does not support {path}; "
+                              "use /v1/chat/completions", code="unsupported_endpoint")
+
+
+# --------------------------------------------------------------------------- common headers
+
+def base_path(provider: Provider, path: str) -> str:
+    """``path`` under the base URL, which may or may not already end in ``/v1``."""
+    return path[3:] if provider.base_url.rstrip("/").endswith("/v1") and path.startswith("/v1/") else path
+
+
+def auth_headers(provider: Provider, version: str | None = None) -> dict[str, str]:
+    """The key and the API version (the documented one unless a native client chose its own)."""
+    out = {"anthropic-version": version or API_VERSION}
+    if provider.api_key:
+        out["x-api-key"] = provider.api_key
+    return out
+
+
+def headers(provider: Provider, ctx: RequestContext, native: bool) -> dict[str, str]:
+    """Request headers; native clients keep their own version and beta flags."""
+    out = {"Content-Type": "application/json", "Accept": "text/event-stream" if ctx.stream else "application/json",
+           **auth_headers(provider, ctx.headers.get("anthropic-version") if native else None)}
+    beta = ctx.headers.get("anthropic-beta")
+    if native and beta:
+        out["anthropic-beta"] = beta
+    return out
+
+
+# --------------------------------------------------------------------------- request translation
+
+def content_blocks(content: Any) -> list[dict]:
+    """OpenAI user/assistant content → Anthropic content blocks (text and images)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise ProxyError(400, "message content must be a string or an array of content parts",
+                         param="messages", code="invalid_content")
+    blocks: list[dict] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal"):
+            text = part.get(kind) or ""
+            if text:
+                block = {"type": "text", "text": text}
+                if isinstance(part.get("cache_control"), dict):
+                    block["cache_control"] = part["cache_control"]
+                blocks.append(block)
+        elif kind == "image_url":
+            blocks.append(image_block(image_url_of(part)))
+        else:
+            raise ProxyError(400, f"content part type {kind!r} is not supported for Anthropic models",
+                             param="messages", code="unsupported_content")
+    return blocks
+
+
+def image_block(url: str) -> dict:
+    inline = data_url(url)
+    if inline:
+        return {"type": "image", "source": {"type": "base64", "media_type": inline[0], "data": inline[1]}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages",
+                     code="invalid_image_url")
+
+
+def tool_use_blocks(calls: Any) -> list[dict]:
+    if not isinstance(calls, list):
+        return []
+    return [{"type": "tool_use", "id": c.get("id"), "name": (c.get("function") or {}).get("name"),
+             "input": tool_arguments(c)} for c in calls if isinstance(c, dict)]
+
+
+def append_turn(messages: list[dict], role: str, blocks: list[dict]) -> None:
+    """Add a turn, merging into the previous one of the same role (Anthropic alternates roles).
+
+    An empty turn is left out: Anthropic refuses messages without content blocks.
+    """
+    if not blocks:
+        return
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"].extend(blocks)
+    else:
+        messages.append({"role": role, "content": blocks})
+
+
+def system_value(blocks: list[dict]) -> str | list[dict] | None:
+    """Top-level ``system``: one string, or text blocks when some carry ``cache_control``."""
+    if any("cache_control" in b for b in blocks):
+        return blocks
+    return "\n\n".join(b["text"] for b in blocks) or None
+
+
+def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]:
+    """OpenAI ``messages`` → (Anthropic ``system``, Anthropic ``messages``)."""
+    if not isinstance(items, list) or not items:
+        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
+    system: list[dict] = []
+    out: list[dict] = []
+    for msg in items:
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role in ("system", "developer"):
+            system += [b for b in content_blocks(msg.get("content")) if b["type"] == "text"]
+        elif role == "user":
+            append_turn(out, "user", content_blocks(msg.get("content")))
+        elif role == "assistant":
+            append_turn(out, "assistant", content_blocks(msg.get("content")) + tool_use_blocks(msg.get("tool_calls")))
+        elif role == "tool":
+            append_turn(out, "user", [{"type": "tool_result", "tool_use_id": msg.get("tool_call_id"),
+                                       "content": text_of(msg.get("content"))}])
+        else:
+            raise ProxyError(400, f"message role {role!r} is not supported for Anthropic models",
+                             param="messages", code="invalid_role")
+    return system_value(system), out
+
+
+def translate_tools(tools: Any) -> list[dict]:
+    out = []
+    for tool in tools or []:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise ProxyError(400, "each tool must be {'type': 'function', 'function': {'name': …}}",
+                             param="tools", code="invalid_tools")
+        entry = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
+        if fn.get("description"):
+            entry["description"] = fn["description"]
+        out.append(entry)
+    return out
+
+
+def translate_tool_choice(choice: Any, parallel: Any) -> dict | None:
+    """OpenAI tool_choice (and parallel_tool_calls) → Anthropic tool_choice."""
+    if choice is None:
+        result = None
+    elif choice in ("auto", "none"):
+        result = {"type": choice}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
+        result = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        raise ProxyError(400, "unsupported tool_choice", param="tool_choice", code="invalid_tool_choice")
+    if parallel is False and (result is None or result["type"] != "none"):
+        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return result
+
+
+def messages_request(body: dict, model: str, stream: bool) -> dict:
+    """The whole Messages API request for an OpenAI chat request."""
+    if isinstance(body.get("n"), int) and body["n"] > 1:
+        raise ProxyError(400, "Anthropic models return one choice; 'n' must be 1", param="n", code="unsupported_n")
+    system, messages = translate_messages(body.get("messages"))
+    limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
+                 DEFAULT_MAX_TOKENS)
+    out: dict = {"model": model, "messages": messages, "max_tokens": limit}
+    if system:
+        out["system"] = system
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(ours) is not None:
+            out[theirs] = body[ours]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("tools"):
+        out["tools"] = translate_tools(body["tools"])
+    choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    if choice and out.get("tools"):
+        out["tool_choice"] = choice
+    if isinstance(body.get("user"), str) and body["user"]:
+        out["metadata"] = {"user_id": body["user"]}
+    if stream:
+        out["stream"] = True
+    return out
+
+
+# --------------------------------------------------------------------------- answer translation
+
+def message_to_choice(message: dict) -> dict:
+    """An Anthropic message's content → one OpenAI choice."""
+    texts: list[str] = []
+    calls: list[dict] = []
+    for block in message.get("content") or []:
+        if block.get("type") == "text":
+            texts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}})
+    out: dict = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
+    if calls:
+        out["tool_calls"] = calls
+    finish = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
+    return {"index": 0, "message": out, "logprobs": None, "finish_reason": finish}
+
+
+def error_fields(payload: Any) -> tuple[str, str] | None:
+    """(type, message) of an Anthropic error object, None when it is not one."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return str(err.get("type") or "api_error"), err["message"]
+    return None
+
+
+def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
+    """An error the provider sent inside a stream: the trace says the answer broke."""
+    ctx.outcome = "stream_broken"
+    ctx.error_type = f"upstream_{kind}"
+    ctx.error_message = message
+
+
+# --------------------------------------------------------------------------- adapters
+
+class AnthropicChatAdapter(Adapter):
+    """OpenAI-dialect chat requests to an Anthropic provider, translated both ways."""
+
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        endpoint_check(ctx, provider)
+        with shape_errors(400, "the chat request"):
+            body = messages_request(ctx.body, model, ctx.stream)
+        return UpstreamCall("POST", base_path(provider, "/v1/messages"), headers(provider, ctx, native=False),
+                            json.dumps(body, ensure_ascii=False).encode())
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        message = loads_object(body)
+        with shape_errors(502, "the provider answer"):
+            ctx.served_model = message.get("model") or ctx.served_model
+            ctx.usage = Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+            return completion(message.get("id") or ctx.trace_id, int(time.time()),
+                              ctx.served_model or ctx.upstream_model or "", [message_to_choice(message)], ctx.usage)
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        return AnthropicToOpenAIStream(ctx)
+
+    def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
+        try:
+            fields = error_fields(json.loads(body))
+        except ValueError:
+            fields = None
+        if fields is None:
+            return translated_error(status, f"provider {ctx.provider.name!r} answered {status}", None)
+        return translated_error(status, fields[1], fields[0])
+
+
+class AnthropicToOpenAIStream(StreamTranslator):
+    """Messages SSE events → ``chat.completion.chunk`` events, one by one."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.ident = ctx.trace_id
+        self.created = int(time.time())
+        self.usage: dict = {}
+        self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
+        self.failed = False
+
+    def out(self, delta: dict, finish: str | None = None) -> bytes:
+        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish)])
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        if data is None or self.failed:
+            return []
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return []
+        if not isinstance(payload, dict):
+            return []
+        handler = getattr(self, "on_" + str(payload.get("type")), None)
+        try:
+            return handler(payload) if handler else []
+        except (AttributeError, TypeError, KeyError, ValueError):
+            return []  # an event of an unexpected shape carries nothing we can translate
+
+    def take_usage(self, usage: Any) -> None:
+        """Merge usage (message_delta carries cumulative counts) and keep the trace current."""
+        if isinstance(usage, dict):
+            self.usage.update({k: v for k, v in usage.items() if v is not None})
+            self.ctx.usage = Usage.from_anthropic(self.usage)
+
+    def on_message_start(self, payload: dict) -> list[bytes]:
+        message = payload.get("message") or {}
+        self.ident = message.get("id") or self.ident
+        self.ctx.served_model = message.get("model") or self.ctx.served_model or self.ctx.upstream_model
+        self.take_usage(message.get("usage"))
+        return [self.out({"role": "assistant", "content": ""})]
+
+    def on_content_block_start(self, payload: dict) -> list[bytes]:
+        block = payload.get("content_block") or {}
+        if block.get("type") == "text" and block.get("text"):
+            return [self.out({"content": block["text"]})]
+        if block.get("type") != "tool_use":
+            return []
+        index = self.tools[payload.get("index", -1)] = len(self.tools)
+        call = {"index": index, "id": block.get("id"), "type": "function",
+                "function": {"name": block.get("name"), "arguments": ""}}
+        return [self.out({"tool_calls": [call]})]
+
+    def on_content_block_delta(self, payload: dict) -> list[bytes]:
+        delta = payload.get("delta") or {}
+        if delta.get("type") == "text_delta" and delta.get("text"):
+            return [self.out({"content": delta["text"]})]
+        if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+            index = self.tools.get(payload.get("index", -1))
+            if index is not None:
+                return [self.out({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]})]
+        return []
+
+    def on_message_delta(self, payload: dict) -> list[bytes]:
+        self.take_usage(payload.get("usage"))
+        reason = (payload.get("delta") or {}).get("stop_reason")
+        return [self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else []
+
+    def on_message_stop(self, payload: dict) -> list[bytes]:
+        self.complete = True
+        out = []
+        if self.ctx.client_wants_usage and self.ctx.usage is not None:
+            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [],
+                             openai_usage(self.ctx.usage)))
+        return out + [done_event()]
+
+    def on_error(self, payload: dict) -> list[bytes]:
+        kind, message = error_fields(payload) or ("api_error", "provider stream failed")
+        self.failed = True
+        record_stream_error(self.ctx, kind, message)
+        return [sse_error_event("openai", ERROR_STATUS.get(kind, 500), message, code=kind)]
+
+
+class AnthropicNativeAdapter(Adapter):
+    """Anthropic-dialect clients to an Anthropic provider: bytes pass through untouched."""
+
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        body = ctx.raw
+        if ctx.body.get("model") != model or ctx.body_changed:
+            body = json.dumps({**ctx.body, "model": model}, ensure_ascii=False).encode()
+        return UpstreamCall("POST", base_path(provider, NATIVE_PATHS[ctx.endpoint]),
+                            headers(provider, ctx, native=True), body)
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        if ctx.endpoint == "count_tokens":
+            ctx.usage = Usage()  # counting tokens is free: nothing to bill
+            return body
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return body
+        if isinstance(message, dict):
+            ctx.served_model = message.get("model") or ctx.served_model
+            if isinstance(message.get("usage"), dict):
+                ctx.usage = Usage.from_anthropic(message["usage"])
+        return body
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        return AnthropicNativeStream(ctx)
+
+
+class AnthropicNativeStream(StreamTranslator):
+    """Relays every event unchanged, reading usage and the end of the message on the way."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.usage: dict = {}
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        if data is None or b'"type"' not in data:
+            return [event]
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return [event]
+        kind = payload.get("type") if isinstance(payload, dict) else None
+        if kind == "message_start":
+            message = payload.get("message") or {}
+            self.ctx.served_model = message.get("model") or self.ctx.served_model
+            self.take_usage(message.get("usage"))
+        elif kind == "message_delta":
+            self.take_usage(payload.get("usage"))
+        elif kind == "message_stop":
+            self.complete = True
+        elif kind == "error":
+            err_kind, message = error_fields(payload) or ("api_error", "provider stream failed")
+            record_stream_error(self.ctx, err_kind, message)
+        return [event]
+
+    def take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.usage.update({k: v for k, v in usage.items() if v is not None})
+            self.ctx.usage = Usage.from_anthropic(self.usage)

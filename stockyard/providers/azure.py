@@ -1,0 +1,36 @@
+"""Azure OpenAI: the OpenAI wire format behind deployment URLs.
+
+The deployment is the model name the client asked for (after ``azure/``); the URL
+carries ``api-version`` and the key goes in the ``api-key`` header (no Authorization).
+Bodies and streams are handled exactly as for OpenAI.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+from ..pipeline import RequestContext
+from . import Provider
+from .base import UpstreamCall
+from .openai import PATHS, OpenAIAdapter, request_body
+
+DEFAULT_API_VERSION = "2024-10-21"
+
+
+def deployment_path(provider: Provider, deployment: str, endpoint: str) -> str:
+    """``/openai/deployments/{deployment}/…?api-version=…`` (base may already end in /openai)."""
+    prefix = "" if provider.base_url.rstrip("/").endswith("/openai") else "/openai"
+    query = urlencode({"api-version": provider.api_version or DEFAULT_API_VERSION})
+    return f"{prefix}/deployments/{quote(deployment, safe='-._~')}{PATHS[endpoint]}?{query}"
+
+
+class AzureAdapter(OpenAIAdapter):
+    """OpenAI-dialect requests to an Azure OpenAI resource; answers parsed as OpenAI's."""
+
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if ctx.stream else "application/json"}
+        if provider.api_key:
+            headers["api-key"] = provider.api_key
+        return UpstreamCall("POST", deployment_path(provider, model, ctx.endpoint), headers,
+                            request_body(ctx, model, force_usage=True))

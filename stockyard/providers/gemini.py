@@ -1,0 +1,410 @@
+"""Gemini: OpenAI-dialect chat translated to ``generateContent`` and back.
+
+Plain requests go to ``/v1beta/models/{model}:generateContent``, streams to
+``:streamGenerateContent?alt=sse``. The key travels only in the ``x-goog-api-key``
+header — never in the URL, where it would end up in logs and error messages.
+
+Gemini streams have no terminal event: a chunk with a ``finishReason`` marks the answer
+complete, and ``[DONE]`` is sent only once the upstream stream then ends cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from ..errors import ProxyError, sse_error_event
+from ..pipeline import RequestContext
+from ..pricing import Usage
+from . import Provider
+from .anthropic import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
+                        openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
+                        translated_error)
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
+                  "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+                  "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+                  "IMAGE_SAFETY": "content_filter", "MALFORMED_FUNCTION_CALL": "stop"}
+TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+# JSON-schema keywords Gemini's Schema object rejects.
+DROPPED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$id", "$comment", "strict",
+                                 "examples", "default", "const", "unevaluatedProperties"})
+GENERATION_FIELDS = (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"),
+                     ("seed", "seed"), ("presence_penalty", "presencePenalty"),
+                     ("frequency_penalty", "frequencyPenalty"))
+
+
+def version_prefix(provider: Provider) -> str:
+    """``/v1beta`` unless the configured base URL already ends in an API version."""
+    last = urlsplit(provider.base_url).path.rstrip("/").rsplit("/", 1)[-1]
+    return "" if last in ("v1beta", "v1", "v1alpha") else "/v1beta"
+
+
+def api_path(provider: Provider, model: str, stream: bool) -> str:
+    """The model's generate path (``models/`` prefix accepted, name URL-quoted)."""
+    name = quote(model.removeprefix("models/"), safe="-._~")
+    action = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    return f"{version_prefix(provider)}/models/{name}:{action}"
+
+
+def auth_headers(provider: Provider) -> dict[str, str]:
+    return {"x-goog-api-key": provider.api_key} if provider.api_key else {}
+
+
+# --------------------------------------------------------------------------- request translation
+
+def clean_schema(schema: Any) -> Any:
+    """A JSON schema with the keywords Gemini refuses removed (property names kept)."""
+    if isinstance(schema, list):
+        return [clean_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict = {}
+    for key, value in schema.items():
+        if key in DROPPED_SCHEMA_KEYS:
+            continue
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: clean_schema(sub) for name, sub in value.items()}
+        elif key == "enum" and isinstance(value, list):  # Gemini enums are strings; null means nullable
+            out[key] = [item for item in value if item is not None]
+        elif key == "type" and isinstance(value, list):  # ["string", "null"] → string, nullable
+            kinds = [k for k in value if k != "null"]
+            out[key] = kinds[0] if len(kinds) == 1 else value
+            if "null" in value:
+                out["nullable"] = True
+        else:
+            out[key] = clean_schema(value) if isinstance(value, (dict, list)) else value
+    return out
+
+
+def image_part(url: str) -> dict:
+    inline = data_url(url)
+    if inline:
+        return {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
+    if url.startswith(("http://", "https://")):
+        mime = mimetypes.guess_type(urlsplit(url).path)[0] or "image/*"
+        return {"fileData": {"mimeType": mime, "fileUri": url}}
+    raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages",
+                     code="invalid_image_url")
+
+
+def content_parts(content: Any) -> list[dict]:
+    """OpenAI message content → Gemini parts (text and images)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if not isinstance(content, list):
+        raise ProxyError(400, "message content must be a string or an array of content parts",
+                         param="messages", code="invalid_content")
+    parts: list[dict] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal"):
+            if part.get(kind):
+                parts.append({"text": part[kind]})
+        elif kind == "image_url":
+            parts.append(image_part(image_url_of(part)))
+        else:
+            raise ProxyError(400, f"content part type {kind!r} is not supported for Gemini models",
+                             param="messages", code="unsupported_content")
+    return parts
+
+
+def tool_result(content: Any) -> Any:
+    """A tool message's content as Gemini wants it: parsed JSON when it is JSON, else text."""
+    text = text_of(content)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def function_call_part(call: dict, name: str) -> dict:
+    """An assistant tool call → a functionCall part, with its thought signature when echoed back."""
+    part: dict = {"functionCall": {"name": name, "args": tool_arguments(call)}}
+    signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+    if isinstance(signature, str) and signature:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def append_turn(contents: list[dict], role: str, parts: list[dict]) -> None:
+    """Add a turn, merging into the previous one of the same role (empty turns are refused upstream)."""
+    if not parts:
+        return
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": parts})
+
+
+def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
+    """OpenAI ``messages`` → (``systemInstruction``, ``contents``)."""
+    if not isinstance(items, list) or not items:
+        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
+    system: list[str] = []
+    contents: list[dict] = []
+    names: dict[str, str] = {}  # tool call id → function name, for the tool results
+    for msg in items:
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role in ("system", "developer"):
+            system.append(text_of(msg.get("content")))
+        elif role == "user":
+            append_turn(contents, "user", content_parts(msg.get("content")))
+        elif role == "assistant":
+            parts = content_parts(msg.get("content"))
+            for call in msg.get("tool_calls") or []:
+                name = (call.get("function") or {}).get("name")
+                names[call.get("id")] = name
+                parts.append(function_call_part(call, name))
+            append_turn(contents, "model", parts)
+        elif role == "tool":
+            name = names.get(msg.get("tool_call_id")) or msg.get("name")
+            if not name:
+                raise ProxyError(400, "a tool message's tool_call_id matches no earlier assistant tool call",
+                                 param="messages", code="unknown_tool_call")
+            part = {"functionResponse": {"name": name, "response": {"content": tool_result(msg.get("content"))}}}
+            append_turn(contents, "user", [part])
+        else:
+            raise ProxyError(400, f"message role {role!r} is not supported for Gemini models",
+                             param="messages", code="invalid_role")
+    text = "\n\n".join(s for s in system if s)
+    return ({"parts": [{"text": text}]} if text else None), contents
+
+
+def translate_tools(tools: Any) -> list[dict]:
+    decls = []
+    for tool in tools or []:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise ProxyError(400, "each tool must be {'type': 'function', 'function': {'name': …}}",
+                             param="tools", code="invalid_tools")
+        decl = {"name": fn["name"]}
+        if fn.get("description"):
+            decl["description"] = fn["description"]
+        params = clean_schema(fn.get("parameters"))
+        if isinstance(params, dict) and params.get("properties"):  # Gemini refuses an empty object
+            decl["parameters"] = params
+        decls.append(decl)
+    return [{"functionDeclarations": decls}] if decls else []
+
+
+def translate_tool_choice(choice: Any) -> dict | None:
+    if choice is None:
+        return None
+    if isinstance(choice, str) and choice in TOOL_CHOICE:
+        return {"functionCallingConfig": {"mode": TOOL_CHOICE[choice]}}
+    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    if not name:
+        raise ProxyError(400, "unsupported tool_choice", param="tool_choice", code="invalid_tool_choice")
+    return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+
+
+def generation_config(body: dict) -> dict:
+    config = {theirs: body[ours] for ours, theirs in GENERATION_FIELDS if body.get(ours) is not None}
+    limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), None)
+    if limit is not None:
+        config["maxOutputTokens"] = limit
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
+        if isinstance(schema, dict):
+            config["responseSchema"] = clean_schema(schema)
+    return config
+
+
+def generate_request(body: dict) -> dict:
+    """The whole ``generateContent`` request for an OpenAI chat request."""
+    system, contents = translate_messages(body.get("messages"))
+    out: dict = {"contents": contents}
+    if system:
+        out["systemInstruction"] = system
+    tools = translate_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = translate_tool_choice(body.get("tool_choice"))
+        if choice:
+            out["toolConfig"] = choice
+    config = generation_config(body)
+    if config:
+        out["generationConfig"] = config
+    return out
+
+
+# --------------------------------------------------------------------------- answer translation
+
+def candidate_message(candidate: dict, calls_seen: int) -> tuple[str | None, list[dict]]:
+    """(text, tool_calls) of one candidate; call ids continue from ``calls_seen``."""
+    texts: list[str] = []
+    calls: list[dict] = []
+    for part in (candidate.get("content") or {}).get("parts") or []:
+        if part.get("thought"):
+            continue
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif isinstance(part.get("functionCall"), dict):
+            fn = part["functionCall"]
+            call = {"id": f"call_{calls_seen + len(calls) + 1}", "type": "function",
+                    "function": {"name": fn.get("name"), "arguments": json.dumps(fn.get("args") or {})}}
+            if part.get("thoughtSignature"):  # Gemini wants it back with the call (as its OpenAI API does)
+                call["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
+            calls.append(call)
+    return ("".join(texts) if texts else None), calls
+
+
+def finish_reason(reason: str | None, has_calls: bool) -> str | None:
+    if has_calls and reason in ("STOP", None):
+        return "tool_calls" if reason else None
+    if reason is None:
+        return None
+    return FINISH_REASONS.get(reason, "stop")
+
+
+def response_choices(doc: dict) -> list[dict]:
+    choices = []
+    for position, candidate in enumerate(doc.get("candidates") or []):
+        text, calls = candidate_message(candidate, 0)
+        message: dict = {"role": "assistant", "content": text, "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
+        reason = finish_reason(candidate.get("finishReason") or "STOP", bool(calls))
+        choices.append({"index": candidate.get("index", position), "message": message,
+                        "logprobs": None, "finish_reason": reason})
+    if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
+        choices.append({"index": 0, "message": {"role": "assistant", "content": None, "refusal": None},
+                        "logprobs": None, "finish_reason": "content_filter"})
+    return choices
+
+
+def error_fields(payload: Any) -> tuple[int, str, str] | None:
+    """(HTTP code, status name, message) of a Google error object (or a one-item list of them)."""
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+        return None
+    code = err.get("code") if isinstance(err.get("code"), int) and 400 <= err["code"] <= 599 else 502
+    return code, str(err.get("status") or code), err["message"]
+
+
+# --------------------------------------------------------------------------- adapter
+
+class GeminiAdapter(Adapter):
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        endpoint_check(ctx, provider)
+        headers = {"Content-Type": "application/json",
+                   "Accept": "text/event-stream" if ctx.stream else "application/json", **auth_headers(provider)}
+        with shape_errors(400, "the chat request"):
+            body = json.dumps(generate_request(ctx.body), ensure_ascii=False).encode()
+        return UpstreamCall("POST", api_path(provider, model, ctx.stream), headers, body)
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        doc = loads_object(body)
+        with shape_errors(502, "the provider answer"):
+            ctx.served_model = doc.get("modelVersion") or ctx.served_model or ctx.upstream_model
+            meta = doc.get("usageMetadata")
+            ctx.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
+            ident = doc.get("responseId") or ctx.trace_id
+            return completion(ident, int(time.time()), ctx.served_model or "", response_choices(doc), ctx.usage)
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        return GeminiStream(ctx)
+
+    def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
+        try:
+            fields = error_fields(json.loads(body))
+        except ValueError:
+            fields = None
+        if fields is None:
+            return translated_error(status, f"provider {ctx.provider.name!r} answered {status}", None)
+        return translated_error(status, fields[2], fields[1])
+
+
+class GeminiStream(StreamTranslator):
+    """Each GenerateContentResponse chunk → ``chat.completion.chunk`` events."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.ident = ctx.trace_id
+        self.created = int(time.time())
+        self.started: set[int] = set()  # choices whose role chunk went out
+        self.calls = 0                  # tool calls so far (ids and indices continue)
+        self.failed = False
+
+    def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
+        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish, index)])
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        if data is None or self.failed:
+            return []
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return []
+        fields = error_fields(doc)
+        if fields is not None:
+            return self.fail(*fields)
+        if not isinstance(doc, dict):
+            return []
+        try:
+            return self.translate(doc)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            return []  # a chunk of an unexpected shape carries nothing we can translate
+
+    def translate(self, doc: dict) -> list[bytes]:
+        self.ident = doc.get("responseId") or self.ident
+        self.ctx.served_model = doc.get("modelVersion") or self.ctx.served_model or self.ctx.upstream_model
+        if isinstance(doc.get("usageMetadata"), dict):  # cumulative: the latest one counts
+            self.ctx.usage = Usage.from_gemini(doc["usageMetadata"])
+        out: list[bytes] = []
+        for position, candidate in enumerate(doc.get("candidates") or []):
+            out += self.candidate_events(candidate, candidate.get("index", position))
+        if not doc.get("candidates") and (doc.get("promptFeedback") or {}).get("blockReason"):
+            out += [self.out({"role": "assistant", "content": ""}), self.out({}, "content_filter")]
+            self.complete = True
+        return out
+
+    def candidate_events(self, candidate: dict, index: int) -> list[bytes]:
+        out: list[bytes] = []
+        if index not in self.started:
+            self.started.add(index)
+            out.append(self.out({"role": "assistant", "content": ""}, index=index))
+        text, calls = candidate_message(candidate, self.calls)
+        if text:
+            out.append(self.out({"content": text}, index=index))
+        if calls:
+            deltas = [{"index": self.calls + n, **call} for n, call in enumerate(calls)]
+            self.calls += len(calls)
+            out.append(self.out({"tool_calls": deltas}, index=index))
+        reason = candidate.get("finishReason")
+        if reason:
+            self.complete = True
+            out.append(self.out({}, finish_reason(reason, self.calls > 0), index=index))
+        return out
+
+    def fail(self, status: int, kind: str, message: str) -> list[bytes]:
+        """End the client's stream with an error event (never a made-up [DONE])."""
+        self.failed = True
+        record_stream_error(self.ctx, kind, message)
+        return [sse_error_event("openai", status, message, code=kind)]
+
+    def finish(self) -> list[bytes]:
+        if self.failed:
+            return []
+        if not self.complete:
+            return self.fail(502, "incomplete_stream", "the provider's stream ended without a finish reason")
+        out = []
+        if self.ctx.client_wants_usage and self.ctx.usage is not None:
+            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [],
+                             openai_usage(self.ctx.usage)))
+        return out + [done_event()]

@@ -1,0 +1,384 @@
+"""Anthropic through Stockyard: the OpenAI SDK translated to the Messages API, and the
+Anthropic SDK passed through natively on /v1/messages.
+
+One server per module routes ``claude-*`` to the session mock as the Anthropic provider
+(and ``gpt-*`` to it as OpenAI, to show native requests refuse non-Anthropic providers).
+Each test uses its own model name so it can find its request among the mock's records.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from conftest import ServerProcess, base_env
+from mock_upstream import MockUpstream, Recorded, Reply, anthropic_stream
+
+
+def native_client_version() -> str:
+    """The anthropic-version header the installed Anthropic SDK sends."""
+    return anthropic.Anthropic(api_key="x").default_headers["anthropic-version"]
+
+
+ANTHROPIC_KEY = "sk-ant-test-0123456789abcdefANTHROPICSECRET"
+OPENAI_KEY = "sk-test-openai-for-anthropic-module-SECRET"
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+SDK_VERSION = native_client_version()
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+    env = {**base_env(cache_home), "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url,
+           "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    db = tmp_path_factory.mktemp("anthropic") / "stockyard.db"
+    proc = ServerProcess(pyz_path, db, env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def native(server) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0)
+
+
+def sent(mock: MockUpstream, model: str, path: str = "/v1/messages") -> Recorded:
+    """The newest request the mock got on ``path`` for ``model``."""
+    for req in reversed(mock.requests):
+        if req.path == path and isinstance(req.json, dict) and req.json.get("model") == model:
+            return req
+    raise AssertionError(f"mock saw no {path} request for {model}")
+
+
+def sse_payloads(raw: bytes) -> list[str]:
+    return [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+
+
+def user(text: str = "Hi") -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def check_key_headers(req: Recorded, version: str = "2023-06-01") -> None:
+    """The provider key (never the client's) and the API version went upstream."""
+    assert req.headers["x-api-key"] == ANTHROPIC_KEY
+    assert req.headers["anthropic-version"] == version
+    assert "authorization" not in req.headers
+
+
+# --------------------------------------------------------------------------- OpenAI dialect, plain
+
+def test_plain_chat_translates_both_ways(server, client, mock) -> None:
+    model = "claude-haiku-4-5-plain"
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, max_tokens=100, temperature=0.2, top_p=0.9, stop="END", user="user-7",
+        messages=[{"role": "system", "content": "Be brief."},
+                  {"role": "developer", "content": [{"type": "text", "text": "No emoji."}]},
+                  {"role": "user", "content": "Hello"}, {"role": "user", "content": "again"}])
+    answer = raw.parse()
+    assert answer.object == "chat.completion"
+    assert answer.choices[0].message.content == "Hello from mock"
+    assert answer.choices[0].finish_reason == "stop"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (12, 5, 17)
+
+    req = sent(mock, model)
+    check_key_headers(req)
+    assert req.json == {
+        "model": model, "max_tokens": 100, "temperature": 0.2, "top_p": 0.9,
+        "system": "Be brief.\n\nNo emoji.", "stop_sequences": ["END"], "metadata": {"user_id": "user-7"},
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"},
+                                                  {"type": "text", "text": "again"}]}]}
+
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["provider"], trace["endpoint"], trace["dialect"]) == ("anthropic", "chat", "openai")
+    assert trace["status"] == 200
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (12, 5)
+    assert trace["cost_status"] == "exact" and trace["cost_uc"] > 0
+
+
+def test_cached_system_parts_stay_blocks(client, mock) -> None:
+    model = "claude-haiku-4-5-system-cache"
+    marker = {"type": "ephemeral"}
+    client.chat.completions.create(model=model, messages=[
+        {"role": "system", "content": [{"type": "text", "text": "Long rules", "cache_control": marker}]},
+        {"role": "assistant", "content": ""}, *user()])
+    body = sent(mock, model).json
+    assert body["system"] == [{"type": "text", "text": "Long rules", "cache_control": marker}]
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+
+
+def test_max_tokens_default_and_provider_prefix(client, mock) -> None:
+    client.chat.completions.create(model="anthropic/claude-haiku-4-5-default", messages=user())
+    body = sent(mock, "claude-haiku-4-5-default").json
+    assert body["max_tokens"] == 4096
+    client.chat.completions.create(model="claude-haiku-4-5-mct", messages=user(), max_completion_tokens=77)
+    assert sent(mock, "claude-haiku-4-5-mct").json["max_tokens"] == 77
+
+
+@pytest.mark.parametrize("flag, cached, written", [("cached", 8, 0), ("cache-write", 0, 8)])
+def test_cache_usage(server, client, flag, cached, written) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=f"claude-sonnet-4-5-{flag}", messages=user())
+    usage = raw.parse().usage
+    assert usage.prompt_tokens == 12  # input + cache reads + cache writes
+    assert usage.prompt_tokens_details.cached_tokens == cached
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["prompt_tokens"], trace["cached_tokens"], trace["cache_write_tokens"]) == (12, cached, written)
+
+
+# --------------------------------------------------------------------------- streaming
+
+def test_stream_without_usage(server, client, mock) -> None:
+    model = "claude-haiku-4-5-stream"
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=user(), stream=True)
+    chunks = list(raw.parse())
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+    assert sent(mock, model).json["stream"] is True
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["stream"], trace["prompt_tokens"], trace["completion_tokens"]) == (1, 12, 5)
+    assert trace["outcome"] == "ok"
+
+
+def test_stream_with_usage_ends_with_usage_then_done(server, mock) -> None:
+    status, headers, body = server.request("POST", "/v1/chat/completions", {
+        "model": "claude-haiku-4-5-stream-usage", "messages": user(), "stream": True,
+        "stream_options": {"include_usage": True}})
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    payloads = sse_payloads(body)
+    assert payloads[-1] == "[DONE]"
+    last = json.loads(payloads[-2])
+    assert last["choices"] == [] and last["usage"]["prompt_tokens"] == 12 and last["usage"]["completion_tokens"] == 5
+    assert json.loads(payloads[-3])["choices"][0]["finish_reason"] == "stop"
+    assert all(json.loads(p)["object"] == "chat.completion.chunk" for p in payloads[:-1])
+    assert "ping" not in body.decode()
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (12, 5)
+
+
+# --------------------------------------------------------------------------- tools
+
+def test_tool_round_trip(server, client, mock) -> None:
+    model = "claude-haiku-4-5-tools"
+    first = client.chat.completions.create(model=model, messages=user("Weather in Paris?"), tools=TOOLS,
+                                           tool_choice="required", parallel_tool_calls=False)
+    call = first.choices[0].message.tool_calls[0]
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "toolu_mock1", "get_weather", {"city": "Paris"})
+    body = sent(mock, model).json
+    assert body["tools"] == [{"name": "get_weather", "description": "Weather for a city",
+                              "input_schema": TOOLS[0]["function"]["parameters"]}]
+    assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+
+    follow_model = model + "-followup"
+    messages = [*user("Weather in Paris?"), first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"},
+                {"role": "tool", "tool_call_id": "toolu_other", "content": [{"type": "text", "text": "n/a"}]},
+                {"role": "user", "content": "Thanks"}]
+    client.chat.completions.create(model=follow_model, messages=messages, tools=TOOLS,
+                                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    body = sent(mock, follow_model).json
+    assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_mock1", "name": "get_weather",
+                                           "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_mock1", "content": "18C and sunny"},
+            {"type": "tool_result", "tool_use_id": "toolu_other", "content": "n/a"},
+            {"type": "text", "text": "Thanks"}]}]
+
+
+def test_streamed_tool_call(client) -> None:
+    chunks = list(client.chat.completions.create(model="claude-haiku-4-5-tools-stream", messages=user(),
+                                                 tools=TOOLS, stream=True))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].id == "toolu_mock1" and deltas[0].function.name == "get_weather"
+    assert deltas[0].function.arguments == "" and {d.index for d in deltas} == {0}
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Paris"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+# --------------------------------------------------------------------------- images
+
+def test_image_parts_base64_and_url(client, mock) -> None:
+    model = "claude-haiku-4-5-vision"
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Compare"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}}]}])
+    assert sent(mock, model).json["messages"][0]["content"] == [
+        {"type": "text", "text": "Compare"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}]
+
+
+# --------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("status, exc_type, error_type", [
+    (429, openai.RateLimitError, "rate_limit_error"),
+    (400, openai.BadRequestError, "invalid_request_error")])
+def test_upstream_error_status_and_shape(server, client, status, exc_type, error_type) -> None:
+    with pytest.raises(exc_type) as failure:
+        client.chat.completions.create(model=f"claude-error-{status}", messages=user())
+    err = failure.value
+    assert err.status_code == status
+    assert err.body["type"] == error_type and err.body["code"] == error_type
+    assert "(mock)" in err.body["message"]
+    assert ANTHROPIC_KEY not in err.response.text
+    trace = server.trace(err.response.headers["x-stockyard-trace-id"])
+    assert (trace["status"], trace["outcome"], trace["cost_uc"]) == (status, "upstream_error", None)
+
+
+def test_cut_stream_ends_with_error_not_done(server, mock) -> None:
+    events = anthropic_stream({}, 1, "claude-haiku-4-5-cut")
+    mock.enqueue(Reply(sse=events, cut_after=4))  # message_start, block start, ping, first delta
+    status, headers, body = server.request("POST", "/v1/chat/completions", {
+        "model": "claude-haiku-4-5-cut", "messages": user(), "stream": True})
+    payloads = sse_payloads(body)
+    assert status == 200 and "[DONE]" not in payloads
+    assert json.loads(payloads[1])["choices"][0]["delta"]["content"] == "Hello"
+    assert "error" in json.loads(payloads[-1])
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and trace["prompt_tokens"] == 12
+
+
+def test_error_event_in_stream_becomes_openai_error(server, client, mock) -> None:
+    events = anthropic_stream({}, 1, "claude-haiku-4-5-overload")[:4]
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock)"}}
+    mock.enqueue(Reply(sse=events + [f"event: error\ndata: {json.dumps(error)}"]))
+    status, headers, body = server.request("POST", "/v1/chat/completions", {
+        "model": "claude-haiku-4-5-overload", "messages": user(), "stream": True})
+    payloads = sse_payloads(body)
+    assert "[DONE]" not in payloads
+    assert json.loads(payloads[-1])["error"]["message"] == "Overloaded (mock)"
+    assert json.loads(payloads[-1])["error"]["code"] == "overloaded_error"
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["outcome"], trace["error_type"]) == ("stream_broken", "upstream_overloaded_error")
+
+    mock.enqueue(Reply(sse=events + [f"event: error\ndata: {json.dumps(error)}"]))
+    with pytest.raises(openai.APIError, match="Overloaded"):
+        list(client.chat.completions.create(model="claude-haiku-4-5-overload", messages=user(), stream=True))
+
+
+@pytest.mark.parametrize("messages", [
+    "Hi", [], [{"role": "user", "content": 5}], [{"role": "wizard", "content": "Hi"}],
+    [{"role": "assistant", "tool_calls": [{"function": "oops"}]}],
+    [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{not json"}}]}],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}],
+    [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]])
+def test_malformed_requests_are_400s_not_500s(server, messages) -> None:
+    status, _, raw = server.request("POST", "/v1/chat/completions", {"model": "claude-haiku-4-5", "messages": messages})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error" and error["message"]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"model": "claude-haiku-4-5", "prompt": "Hi"}),
+    ("/v1/embeddings", {"model": "claude-haiku-4-5", "input": "Hi"})])
+def test_unsupported_endpoints_are_clear_400s(server, path, body) -> None:
+    status, _, raw = server.request("POST", path, body)
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error"
+    assert "/v1/chat/completions" in error["message"] and path in error["message"]
+
+
+# --------------------------------------------------------------------------- native /v1/messages
+
+def test_native_plain_passes_bytes_through(server, native, mock) -> None:
+    model = "claude-haiku-4-5-native"
+    raw = native.messages.with_raw_response.create(
+        model=model, max_tokens=50, messages=[{"role": "user", "content": "Hi"}],
+        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})
+    message = raw.parse()
+    assert message.content[0].text == "Hello from mock" and message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (12, 5)
+    req = sent(mock, model)
+    check_key_headers(req, version=SDK_VERSION)  # a native client keeps the version it speaks
+    assert req.headers["anthropic-beta"] == "prompt-caching-2024-07-31"
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["dialect"], trace["provider"]) == ("messages", "anthropic", "anthropic")
+    assert (trace["prompt_tokens"], trace["completion_tokens"], trace["cost_status"]) == (12, 5, "exact")
+
+    exact = b'{"model":  "claude-haiku-4-5-bytes", "max_tokens": 9,\n "messages": [{"role": "user", "content": "x"}]}'
+    status, _, _ = server.request("POST", "/v1/messages", raw=exact)
+    req = sent(mock, "claude-haiku-4-5-bytes")
+    assert status == 200 and req.body == exact
+    check_key_headers(req)  # no version from the client: the documented one
+
+
+def test_native_provider_prefix_rewrites_only_model(native, mock) -> None:
+    native.messages.create(model="anthropic/claude-haiku-4-5-prefixed", max_tokens=5,
+                           messages=[{"role": "user", "content": "Hi"}])
+    body = sent(mock, "claude-haiku-4-5-prefixed").json
+    assert body == {"model": "claude-haiku-4-5-prefixed", "max_tokens": 5,
+                    "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def test_native_stream_relays_events_unchanged(server, native, mock) -> None:
+    model = "claude-haiku-4-5-native-stream"
+    with native.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "Hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from mock" and final.usage.output_tokens == 5
+
+    status, headers, body = server.request("POST", "/v1/messages", {
+        "model": model, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+    names = [line[7:] for line in body.decode().split("\n") if line.startswith("event: ")]
+    assert names == ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
+                     "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    assert "[DONE]" not in body.decode()
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["stream"], trace["prompt_tokens"], trace["completion_tokens"]) == (1, 12, 5)
+
+
+def test_native_count_tokens_is_free(server, native, mock) -> None:
+    model = "claude-haiku-4-5-count"
+    raw = native.messages.with_raw_response.count_tokens(model=model, messages=[{"role": "user", "content": "Hi"}])
+    assert raw.parse().input_tokens == 12
+    check_key_headers(sent(mock, model, "/v1/messages/count_tokens"), version=SDK_VERSION)
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert trace["endpoint"] == "count_tokens" and not trace["cost_uc"] and not trace["prompt_tokens"]
+
+
+def test_native_error_passes_through(server, native) -> None:
+    with pytest.raises(anthropic.RateLimitError) as failure:
+        native.messages.create(model="claude-error-429", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+    body: Any = failure.value.body
+    assert body == {"type": "error", "error": {"type": "rate_limit_error", "message": "rate_limit_error (mock)"}}
+    trace = server.trace(failure.value.response.headers["x-stockyard-trace-id"])
+    assert (trace["status"], trace["outcome"]) == (429, "upstream_error")
+
+
+def test_native_to_non_anthropic_provider_is_refused(native) -> None:
+    with pytest.raises(anthropic.BadRequestError) as failure:
+        native.messages.create(model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+    body: Any = failure.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "Anthropic" in body["error"]["message"]
+
+
+def test_models_lists_anthropic_models(server, mock) -> None:
+    status, _, body = server.request("GET", "/v1/models")
+    ids = {m["id"] for m in json.loads(body)["data"]}
+    assert status == 200 and {"gpt-4o-mini", "anthropic/gpt-4o-mini"} <= ids  # the mock lists the same ids
+    listing = next(r for r in reversed(mock.requests) if r.method == "GET" and r.query.get("limit") == "1000")
+    assert listing.path == "/v1/models"
+    check_key_headers(listing)
+
+
+def test_provider_key_never_in_log(server) -> None:
+    assert ANTHROPIC_KEY not in server.log and OPENAI_KEY not in server.log
+    assert "Traceback" not in server.log
+

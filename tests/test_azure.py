@@ -1,0 +1,101 @@
+"""Azure OpenAI through Stockyard: deployment URLs, api-version and the api-key header.
+
+One server per module whose only provider is Azure (pointed at the session mock), so
+bare model names route there too; ``azure/<deployment>`` names it explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from conftest import ServerProcess, base_env
+from mock_upstream import MockUpstream, Recorded
+
+AZURE_KEY = "az-test-0123456789abcdefAZURESECRET"
+API_VERSION = "2024-10-21"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+    env = {**base_env(cache_home), "AZURE_OPENAI_API_KEY": AZURE_KEY, "AZURE_OPENAI_ENDPOINT": mock.url,
+           "AZURE_OPENAI_API_VERSION": API_VERSION}
+    db = tmp_path_factory.mktemp("azure") / "stockyard.db"
+    proc = ServerProcess(pyz_path, db, env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+
+
+def sent(mock: MockUpstream, deployment: str, tail: str = "chat/completions") -> Recorded:
+    """The newest request for this deployment, with the checks every Azure call must pass."""
+    path = f"/openai/deployments/{deployment}/{tail}"
+    for req in reversed(mock.requests):
+        if req.path == path:
+            assert req.query == {"api-version": API_VERSION}
+            assert req.headers["api-key"] == AZURE_KEY and "authorization" not in req.headers
+            return req
+    raise AssertionError(f"mock saw no request on {path}")
+
+
+def test_plain_chat_uses_deployment_url(server, client, mock) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="azure/gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "Hello from mock"
+    req = sent(mock, "gpt-4o-mini")
+    assert req.json == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["provider"], trace["status"], trace["prompt_tokens"], trace["completion_tokens"]) == (
+        "azure", 200, 12, 5)
+    assert trace["cost_status"] == "exact"
+
+
+def test_only_provider_takes_bare_names(client, mock) -> None:
+    client.chat.completions.create(model="my-deployment", messages=[{"role": "user", "content": "Hi"}])
+    assert sent(mock, "my-deployment").json["model"] == "my-deployment"
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_stream(server, client, mock, include_usage) -> None:
+    deployment = f"gpt-4o-mini-stream-{int(include_usage)}"
+    extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"azure/{deployment}", messages=[{"role": "user", "content": "Hi"}], stream=True, **extra)
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock"
+    assert (chunks[-1].usage is not None) is include_usage
+    assert sent(mock, deployment).json["stream_options"] == {"include_usage": True}  # asked for costing
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["stream"], trace["prompt_tokens"], trace["completion_tokens"]) == (1, 12, 5)
+
+
+def test_embeddings_and_completions(client, mock) -> None:
+    result = client.embeddings.create(model="azure/text-embedding-3-small", input="hello")
+    assert len(result.data[0].embedding) == 8
+    sent(mock, "text-embedding-3-small", "embeddings")
+    text = client.completions.create(model="azure/gpt-35-instruct", prompt="Say hi")
+    assert text.choices[0].text == "Hello from mock"
+    sent(mock, "gpt-35-instruct", "completions")
+
+
+def test_error_passes_through(server, client) -> None:
+    with pytest.raises(openai.RateLimitError) as failure:
+        client.chat.completions.create(model="azure/mock-error-429", messages=[{"role": "user", "content": "Hi"}])
+    assert failure.value.status_code == 429 and AZURE_KEY not in failure.value.response.text
+
+
+def test_native_messages_to_azure_is_refused(server) -> None:
+    status, _, raw = server.request("POST", "/v1/messages", {
+        "model": "azure/gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]})
+    assert status == 400 and json.loads(raw)["type"] == "error"
+
+
+def test_provider_key_never_in_log(server) -> None:
+    assert AZURE_KEY not in server.log
+    assert "Traceback" not in server.log

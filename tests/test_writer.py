@@ -1,0 +1,58 @@
+"""The writer thread: batches commit together, a bad job is isolated, waited-for jobs see their commit."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from stockyard.store import Store, Writer, db
+
+
+@pytest.fixture()
+def writer(tmp_path):
+    conn, _ = db.open_and_migrate(tmp_path / "w.db")
+    conn.close()
+    w = Writer(tmp_path / "w.db", maxsize=100).start()
+    yield w
+    w.stop()
+
+
+def put(key: str):
+    return lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+
+
+def test_bad_job_does_not_sink_its_batch(writer, tmp_path):
+    for i in range(20):
+        writer.submit(put(f"k{i}"))
+    writer.submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
+    writer.submit(put("k1"))  # duplicate key: IntegrityError, isolated
+    writer.call(put("last"))
+    rows = Store(tmp_path / "w.db").read().execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0]
+    assert rows == 20 and writer.stats.written >= 21
+
+
+def test_call_raises_the_jobs_error_and_rolls_it_back(writer, tmp_path):
+    def bad(conn):
+        conn.execute("INSERT INTO meta (key, value) VALUES ('half', 'done')")
+        raise ValueError("validation failed")
+
+    with pytest.raises(ValueError, match="validation failed"):
+        writer.call(bad)
+    assert Store(tmp_path / "w.db").read().execute("SELECT count(*) FROM meta WHERE key = 'half'").fetchone()[0] == 0
+
+
+def test_full_queue_drops_and_counts(tmp_path):
+    conn, _ = db.open_and_migrate(tmp_path / "q.db")
+    conn.close()
+    w = Writer(tmp_path / "q.db", maxsize=3)  # not started: nothing drains the queue
+    accepted = [w.submit(put(f"x{i}")) for i in range(5)]
+    assert accepted == [True, True, True, False, False] and w.stats.dropped == 2
+
+
+def test_database_failure_fails_the_batch_and_marks_unhealthy(writer, tmp_path):
+    writer.call(lambda conn: conn.execute("PRAGMA max_page_count = 1"))  # this connection can no longer grow
+    writer.submit(lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES ('big', ?)", ("x" * 100000,)))
+    with pytest.raises(sqlite3.Error):
+        writer.call(put("after"))
+    assert not writer.healthy and writer.stats.dropped >= 1
