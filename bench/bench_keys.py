@@ -12,6 +12,7 @@ Two measurements, both taken in the same run so their ratios mean something on a
 
 ``python3 bench/bench_keys.py`` starts the mock upstream and two servers from dist/stockyard.pyz,
 runs both and prints a table. Loopback only; every process it starts is stopped at the end.
+``make bench`` (bench/run.py) shows :func:`checks` as a row of its issue-5 scenario.
 """
 
 from __future__ import annotations

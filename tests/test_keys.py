@@ -318,6 +318,20 @@ def test_beyond_loopback_keys_are_required_even_with_none(pyz_path, cache_home, 
         srv.stop()
 
 
+def test_a_key_made_before_the_first_start_means_the_proxy_is_never_open(pyz_path, cache_home, mock, tmp_path):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    srv = ServerProcess(pyz_path, tmp_path / "fresh" / "stockyard.db", env)
+    made = srv.cli("keys", "create", "--name", "day-one")  # creates the database
+    assert made.returncode == 0, made.stderr
+    srv.start()
+    try:
+        wait_for(lambda: "auth: client keys required" in srv.log, timeout=5, what="the banner's auth line")
+        assert "auth: OPEN" not in srv.log
+        assert chat(srv)[0] == 401 and chat(srv, made.stdout.strip())[0] == 200
+    finally:
+        srv.stop()
+
+
 # -- units ------------------------------------------------------------------------------------
 
 def test_key_ring_finds_by_hash_and_presented_key_reads_both_headers():

@@ -50,13 +50,14 @@ def encryption_secret() -> str | None:
     return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
 
 
-def open_ops(args: argparse.Namespace) -> Operations:
+def open_ops(args: argparse.Namespace, *, create: bool = False) -> Operations:
     """The operations layer for a change made from the CLI, attributed to the OS user.
 
     Whoever can write the database file is an administrator; a running server picks the
-    change up by itself.
+    change up by itself. ``create`` makes the database if there is none yet (so keys can
+    exist before the first start, and the proxy is never open).
     """
-    return Operations(open_store(args), audit.actor_cli(), encryption_secret())
+    return Operations(open_store(args, must_exist=not create), audit.actor_cli(), encryption_secret())
 
 
 def print_json_lines(rows: Iterable[dict[str, Any]], out: TextIO | None = None) -> None:
