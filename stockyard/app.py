@@ -119,10 +119,13 @@ class App:
     def project_budgets(self) -> dict[str, Budget]:
         return self._project_budgets
 
+    def _requires_keys(self, ring: KeyRing) -> bool:
+        """Client keys are required once any exists (revoked ones count), or off loopback."""
+        return ring.count > 0 or not self.settings.is_loopback
+
     @property
     def auth_required(self) -> bool:
-        """Client keys are required once any exists (revoked ones count), or off loopback."""
-        return self._keys.count > 0 or not self.settings.is_loopback
+        return self._requires_keys(self._keys)
 
     def auth_description(self) -> str:
         """One line for the start-up banner and the log."""
@@ -205,8 +208,8 @@ class App:
     # -- request path hooks ----------------------------------------------------------------
     def authenticate(self, ctx: RequestContext) -> None:
         """Who is asking: the request's client key (401/403 when it may not), or open mode."""
-        ring = self._keys
-        if not self.auth_required:
+        ring = self._keys  # one snapshot for the whole decision
+        if not self._requires_keys(ring):
             return
         key: KeyRecord = check_key(ring, ctx.headers, ctx.model)
         ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
@@ -235,8 +238,8 @@ class App:
     def _budget_warning(self, budget: Budget, period_key: str, spent: int, percent: int) -> None:
         """Audit entry + log line, once per budget, period and threshold (restarts included)."""
         ops = self.ops(audit.ACTOR_SERVER)
-        text = (f"budget warning: {budget.label} has spent {format_usd(spent, 2)}, {percent}% or more of its "
-                f"{budget.describe()} (period {period_key})")
+        text = (f"budget warning: {budget.describe()}: {format_usd(spent, 2)} spent in period {period_key}, "
+                f"past the {percent}% threshold")
 
         def job(conn) -> None:
             inserted = conn.execute(

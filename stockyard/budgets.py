@@ -31,12 +31,6 @@ PERIODS = ("day", "month", "total")
 _ALL_DAYS = ("", "9999-99-99")
 
 
-def check_period(period: str) -> str:
-    if period not in PERIODS:
-        raise ValueError(f"budget period must be one of {', '.join(PERIODS)}, got {period!r}")
-    return period
-
-
 def period_key(period: str, ts_ms: int) -> str:
     """The period an instant falls in: '2026-11-27', '2026-11' or 'total' (runs per request: no strftime)."""
     if period == "total":

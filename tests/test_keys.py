@@ -259,6 +259,7 @@ def test_api_key_lifecycle(server):
     ({"name": "b1", "tpm": "lots"}, "tpm"),
     ({"name": "has space"}, "name"),
     ({"name": "key_looks_like_an_id"}, "name"),
+    ({"name": "b1", "project": "sk-looks-like-a-key-0123"}, "project"),
     ({"name": "b1", "models": "a b"}, "models"),
     ({}, "name"),
 ])

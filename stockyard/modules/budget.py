@@ -13,6 +13,7 @@ price with ``stockyard prices set``.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .. import estimate
@@ -22,6 +23,8 @@ from ..pipeline import RequestContext
 
 if TYPE_CHECKING:
     from ..app import App
+
+log = logging.getLogger("stockyard.budgets")
 
 FREE_ENDPOINTS = ("count_tokens",)
 
@@ -52,6 +55,10 @@ class BudgetModule:
             ctx.state["budget"] = self.app.ledger.reserve(budgets, amount, ctx.ts_ms)
         except BudgetExceeded as exc:
             raise exc.error() from None
+        except Exception as exc:  # the spend could not be read: refuse rather than guess
+            log.error("budget spend for %s could not be loaded: %s", key.id, exc)
+            raise ProxyError(503, "the budget's spend could not be read from the database; try again shortly",
+                             code="budget_unavailable") from None
 
     def after(self, ctx: RequestContext) -> None:
         if ctx.key is None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..app import App
 
 WINDOW_S = 60.0
+FREE_ENDPOINTS = ("count_tokens",)
 
 
 @dataclass
@@ -117,7 +118,8 @@ class RateLimitModule:
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return
-        tokens = estimate.request_tokens(ctx, self.app.settings.default_max_tokens) if key.tpm else 0
+        counted = key.tpm and ctx.endpoint not in FREE_ENDPOINTS  # counting tokens is not using them
+        tokens = estimate.request_tokens(ctx, self.app.settings.default_max_tokens) if counted else 0
         try:
             ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, tokens)
         except RateLimited as exc:

@@ -36,8 +36,9 @@ def check_name(value: Any, what: str = "name") -> str:
         raise invalid(f"{what} must be 1-64 letters, digits or . _ @ : + - (starting with a letter "
                       f"or digit), got {value!r}", what)
     name = value.strip()
-    if what == "name" and (name.startswith("key_") or name.startswith("sk-")):
-        raise invalid("a key name may not start with 'key_' or 'sk-' (those look like ids and keys)", what)
+    if name.lower().startswith("sk-") or (what == "name" and name.startswith("key_")):
+        raise invalid(f"{what} may not start with 'sk-'{' or key_' if what == 'name' else ''} "
+                      "(that looks like a key or a key id)", what)
     return name
 
 

@@ -20,9 +20,9 @@ _MODEL = re.compile(r"^[^\s]{1,200}$")
 
 
 def check_model(model: Any) -> str:
-    if not isinstance(model, str) or not _MODEL.match(model.strip()):
-        raise invalid("model must be a model name without spaces (up to 200 characters), "
-                      "e.g. gpt-4o-mini or groq/llama-3.3-70b", "model")
+    if not isinstance(model, str) or not _MODEL.match(model.strip()) or model.strip().lower().startswith("sk-"):
+        raise invalid("model must be a model name without spaces (up to 200 characters, not starting "
+                      "with 'sk-'), e.g. gpt-4o-mini or groq/llama-3.3-70b", "model")
     return model.strip().lower()
 
 
