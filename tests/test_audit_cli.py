@@ -23,6 +23,7 @@ from stockyard.store import db
 ADMIN_KEY = "audit-cli-admin-key-0123456789abcdef"
 SECRET = "audit-cli-test-secret-0123456789abcdef"
 NOTES = 6
+START = len(db.available_migrations()) + 1  # one migration.apply each, then server.start
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -123,7 +124,7 @@ def assert_broken(proc: subprocess.CompletedProcess, *words: str) -> None:
 # --- verify on a fresh chain and after tampering ---------------------------------------------
 
 def test_fresh_chain_verifies_and_head_matches(cli):
-    total = NOTES + 2
+    total = NOTES + START
     head = cli("audit", "head")
     assert head.returncode == 0 and len(head.stdout.strip()) == 64
     ok = cli("audit", "verify")
@@ -195,12 +196,12 @@ def test_wrong_or_missing_secret(cli):
 
 def test_list_export_and_note(cli, chain):
     listed = [json.loads(line) for line in cli("audit", "list", "--json").stdout.splitlines()]
-    assert [e["seq"] for e in listed] == list(range(1, NOTES + 3))
-    assert listed[1]["action"] == "server.start" and listed[2]["details"] == {"note": "template note 0"}
+    assert [e["seq"] for e in listed] == list(range(1, NOTES + START + 1))
+    assert listed[START - 1]["action"] == "server.start" and listed[START]["details"] == {"note": "template note 0"}
     last_two = cli("audit", "list", "--limit", "2", "--json").stdout.splitlines()
-    assert [json.loads(line)["seq"] for line in last_two] == [NOTES + 1, NOTES + 2]
+    assert [json.loads(line)["seq"] for line in last_two] == [NOTES + START - 1, NOTES + START]
     assert cli("audit", "list", "--since", "2999-01-01", "--json").stdout == ""
-    assert len(cli("audit", "list", "--since", "2000-01-01T00:00:00Z", "--json").stdout.splitlines()) == NOTES + 2
+    assert len(cli("audit", "list", "--since", "2000-01-01T00:00:00Z", "--json").stdout.splitlines()) == NOTES + START
     notes_only = cli("audit", "list", "--action", "audit.note", "--json").stdout.splitlines()
     assert len(notes_only) == NOTES
     table = cli("audit", "list", "--limit", "1").stdout.splitlines()
@@ -208,12 +209,12 @@ def test_list_export_and_note(cli, chain):
     assert '{"note":"template note 5"}' in table[1] and "admin-api:127.0.0.1" in table[1]
 
     noted = cli("audit", "note", "maintenance window: upgrading the host")
-    assert noted.returncode == 0 and noted.stdout.startswith(f"noted as entry {NOTES + 3}, head ")
+    assert noted.returncode == 0 and noted.stdout.startswith(f"noted as entry {NOTES + START + 1}, head ")
     export = cli("audit", "export", "--csv")
     assert export.returncode == 0
     parsed = list(csv.reader(io.StringIO(export.stdout)))
     assert parsed[0] == ["seq", "ts", "actor", "action", "target", "details", "prev_hash", "hash", "mac"]
-    assert len(parsed) == NOTES + 4 and parsed[-1][3] == "audit.note" and parsed[-1][4] == "audit_log"
+    assert len(parsed) == NOTES + START + 2 and parsed[-1][3] == "audit.note" and parsed[-1][4] == "audit_log"
     assert parsed[-1][2].startswith("cli:")
     assert cli("audit", "verify").returncode == 0
 
