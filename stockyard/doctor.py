@@ -139,22 +139,13 @@ def _keyed_chain(conn: sqlite3.Connection) -> str | None:
 
 
 def stored_provider_keys(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
-    """(row id, name, token) of each encrypted provider key; empty when there is no such table.
-
-    Reads any column holding Stockyard ciphertext, so it does not depend on the
-    providers table's exact layout.
-    """
+    """(row id, name, token) of each encrypted provider key (none before the providers migration)."""
     has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'providers'"
                              ).fetchone()
     if not has_table:
         return []
-    found = []
-    for row in conn.execute("SELECT * FROM providers"):
-        item = dict(row)
-        for value in item.values():
-            if isinstance(value, str) and value.startswith("v1:"):
-                found.append((int(item.get("id", 0)), str(item.get("name", "")), value))
-    return found
+    return [(row[0], row[1], row[2]) for row in conn.execute(
+        "SELECT id, name, key_token FROM providers WHERE key_token IS NOT NULL")]
 
 
 def _secret_check(conn: sqlite3.Connection | None, secret: str | None) -> Check:

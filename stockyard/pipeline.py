@@ -9,7 +9,7 @@ the outcome, plain or streamed).
 
 from __future__ import annotations
 
-import os
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ def new_trace_id(now_ms: int | None = None) -> str:
         else:
             seq = 0
         _last_id[0], _last_id[1] = ms, seq
-    return f"tr_{ms:012x}{seq:04x}{os.urandom(4).hex()}"
+    return f"tr_{ms:012x}{seq:04x}{random.getrandbits(32):08x}"
 
 
 @dataclass

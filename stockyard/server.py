@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import proxy
 from .app import App
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
+from .httphead import HeadError, read_head
 from .pipeline import RequestContext
 
 log = logging.getLogger("stockyard.server")
@@ -144,6 +145,39 @@ class Handler(BaseHTTPRequestHandler):
             self._write(code, error_body(OPENAI, code, text or "bad request"), "application/json", {})
         except ClientGone:
             pass
+
+    def parse_request(self) -> bool:
+        """The request line and head (http.server's rules, headers read by httphead, not email)."""
+        self.command = None
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if len(words) != 3:
+            self.send_error(400, "bad request line: expected METHOD PATH HTTP/1.x")
+            return False
+        command, path, version = words
+        if version not in ("HTTP/1.0", "HTTP/1.1"):
+            bad = not version.startswith("HTTP/") or version[5:6] in ("0", "1")
+            self.send_error(400 if bad else 505, f"unsupported HTTP version {version[:20]!r}")
+            return False
+        self.command, self.request_version = command, version
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path
+        self.close_connection = version == "HTTP/1.0"
+        try:
+            self.headers = read_head(self.rfile)
+        except HeadError as exc:
+            self.send_error(exc.status, str(exc))
+            return False
+        connection = (self.headers.get("Connection") or "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        expect = (self.headers.get("Expect") or "").lower()
+        if expect == "100-continue" and version == "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
 
     def handle_one_request(self) -> None:
         """Wait (idle timeout) for a request to begin, then give it a deadline to arrive whole."""

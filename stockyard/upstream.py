@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from .httphead import Response
+
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
           ConnectionAbortedError, http.client.BadStatusLine)
 
@@ -163,12 +165,16 @@ class Pool:
         conn.close()
 
     def _new(self, key: Origin) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
         if key.scheme == "https":
             if self._tls is None:
                 self._tls = _tls_context()
-            return http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout,
+            conn = http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout,
                                                context=self._tls)
-        return http.client.HTTPConnection(key.host, key.port, timeout=self.connect_timeout)
+        else:
+            conn = http.client.HTTPConnection(key.host, key.port, timeout=self.connect_timeout)
+        conn.response_class = Response
+        return conn
 
     def _connect(self, key: Origin, read_timeout: float) -> http.client.HTTPConnection:
         conn = self._new(key)
@@ -195,7 +201,7 @@ class Pool:
         while True:
             if conn is None:
                 conn = self._connect(key, timeout)
-            else:
+            elif conn.sock.gettimeout() != timeout:
                 conn.sock.settimeout(timeout)
             try:
                 conn.request(method, full_path, body=body, headers=headers)

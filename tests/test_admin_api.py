@@ -15,7 +15,6 @@ from openapi_spec_validator import validate
 
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from stockyard.api import ROUTES
-from stockyard.store import db
 
 ADMIN_KEY = "admin-test-key-0123456789abcdefXYZ"
 SECRET = "admin-api-test-secret-0123456789abcdef"
@@ -237,10 +236,10 @@ def test_note_is_recorded_and_listed(server):
     assert listed["data"][0] == entry
     notes = ok(server, "/api/audit?action=audit.note&limit=1000")["data"]
     assert entry in notes and all(e["action"] == "audit.note" for e in notes)
-    migrations = len(db.available_migrations())  # one entry per migration, then the start
-    first = [(e["seq"], e["actor"], e["action"]) for e in ok(server, f"/api/audit?limit={migrations + 1}")["data"]]
-    assert first == [(n, "server", "migration.apply") for n in range(1, migrations + 1)] + [
-        (migrations + 1, "server", "server.start")]
+    from stockyard.store import db
+    n = len(db.available_migrations())
+    first = [(e["seq"], e["actor"], e["action"]) for e in ok(server, f"/api/audit?limit={n + 1}")["data"]]
+    assert first == [(i, "server", "migration.apply") for i in range(1, n + 1)] + [(n + 1, "server", "server.start")]
 
 
 @pytest.mark.parametrize("raw, status, words", [

@@ -23,7 +23,7 @@ from stockyard.store import db
 ADMIN_KEY = "audit-cli-admin-key-0123456789abcdef"
 SECRET = "audit-cli-test-secret-0123456789abcdef"
 NOTES = 6
-START = len(db.available_migrations()) + 1  # entries before the notes: each migration, then the start
+START = len(db.available_migrations()) + 1  # one migration.apply each, then server.start
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +44,7 @@ def server(pyz_path, cache_home, tmp_path_factory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def template(server, tmp_path_factory) -> Path:
-    """A consistent copy of a keyed chain: migrations, server start, NOTES notes."""
+    """A consistent copy of a keyed chain: migration, server start, NOTES notes."""
     for i in range(NOTES):
         api_note(server, f"template note {i}")
     dest = tmp_path_factory.mktemp("template") / "chain.db"
@@ -197,8 +197,7 @@ def test_wrong_or_missing_secret(cli):
 def test_list_export_and_note(cli, chain):
     listed = [json.loads(line) for line in cli("audit", "list", "--json").stdout.splitlines()]
     assert [e["seq"] for e in listed] == list(range(1, NOTES + START + 1))
-    assert listed[START - 1]["action"] == "server.start"
-    assert listed[START]["details"] == {"note": "template note 0"}
+    assert listed[START - 1]["action"] == "server.start" and listed[START]["details"] == {"note": "template note 0"}
     last_two = cli("audit", "list", "--limit", "2", "--json").stdout.splitlines()
     assert [json.loads(line)["seq"] for line in last_two] == [NOTES + START - 1, NOTES + START]
     assert cli("audit", "list", "--since", "2999-01-01", "--json").stdout == ""

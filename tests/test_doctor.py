@@ -156,13 +156,10 @@ def test_providers(copy):
 
 def test_stored_provider_keys_are_decrypted(copy):
     conn = db.connect(copy)
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'providers'").fetchone():
-        conn.close()
-        pytest.skip("the real providers table exists: its own tests cover doctor with stored keys")
     salt = vault.read_salt(conn)
     token = vault.Vault(SECRET, salt).encrypt(UPSTREAM_KEY, vault.aad_for(1, "openai"))
-    conn.execute("CREATE TABLE providers (id INTEGER PRIMARY KEY, name TEXT, api_key_enc TEXT)")
-    conn.execute("INSERT INTO providers VALUES (1, 'openai', ?)", (token,))
+    conn.execute("INSERT INTO providers (id, name, kind, base_url, key_token, key_hint, created_at, updated_at) "
+                 "VALUES (1, 'openai', 'openai', 'https://api.openai.com/v1', ?, '…abcd', 'now', 'now')", (token,))
     conn.close()
     found = checks(copy)
     assert found["encryption secret"] == [("ok", "set; decrypts all 1 stored provider key(s)", "")]

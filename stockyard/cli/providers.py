@@ -35,13 +35,15 @@ def register(sub) -> None:
     p.set_defaults(func=usage)
 
     ls = actions.add_parser("list", help="list providers (never their keys)",
-                             description="Every provider the server routes to, env and database, with a key hint; never a key.")
+                            description="List every provider — from the environment and the database — with its "
+                                        "kind, base URL, models and the last 4 characters of its key.")
     add_json(ls)
     add_db(ls)
     ls.set_defaults(func=run_list)
 
     add = actions.add_parser("add", help="add a database provider",
-                              description="Add a provider to the database (audited); its key, if any, is read from stdin and stored encrypted.")
+                             description="Add a provider stored in the database. Its key (--key-stdin) is "
+                                         "encrypted with STOCKYARD_ENCRYPTION_KEY; a running server uses it within a second.")
     add.add_argument("name", help="lower-case letters, digits, '-' and '_' (up to 40)")
     add.add_argument("--kind", required=True, metavar="KIND", help=" | ".join(KINDS))
     add.add_argument("--base-url", metavar="URL", help="http(s) URL (default: the kind's own, where it has one)")
@@ -53,7 +55,7 @@ def register(sub) -> None:
     add.set_defaults(func=run_add)
 
     set_key = actions.add_parser("set-key", help="store (or replace) a database provider's key",
-                                  description="Store or replace a database provider's key, read from stdin, encrypted (audited).")
+                                 description="Read a key from standard input and store it encrypted for this provider.")
     set_key.add_argument("name")
     set_key.add_argument("--key-stdin", action="store_true", required=True,
                          help="read the key from stdin (required: keys are never passed as arguments)")
@@ -61,7 +63,8 @@ def register(sub) -> None:
     set_key.set_defaults(func=run_set_key)
 
     rm = actions.add_parser("remove", help="remove a database provider and its stored key",
-                             description="Remove a database provider and its stored key (audited); an env provider of the same name applies again.")
+                            description="Remove a database provider and its stored key (environment providers "
+                                        "are changed by editing the environment).")
     rm.add_argument("name")
     add_db(rm)
     rm.set_defaults(func=run_remove)
