@@ -15,10 +15,12 @@ from typing import Mapping
 
 from . import __version__, audit
 from .config import Settings
+from .modules import Modules
 from .pipeline import Chain, RequestContext
 from .pricing import PriceTable, cost_microcents, Usage
 from .providers import Provider, Registry, from_env
 from .operations import Operations, read_config_version
+from .operations.modules import load_rows as load_module_rows
 from .store import Store, Writer, db
 from .store.traces import record_from
 from .upstream import Pool
@@ -38,6 +40,7 @@ class App:
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
         self._chain = Chain([])
+        self.modules = Modules(self)
         self.prices = PriceTable.load()
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
@@ -88,9 +91,11 @@ class App:
         conn = self.store.read()
         version = read_config_version(conn)
         providers: list[Provider] = from_env(self.env)
+        module_rows = load_module_rows(conn)
         with self._lock:
             self._config_version = version
             self._registry = Registry(providers)
+            self._chain = self.modules.build(module_rows)
             secrets = [p.api_key for p in self._registry.providers if p.api_key]
             for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
                 if self.env.get(name):
@@ -116,8 +121,17 @@ class App:
         return data
 
     def price(self, ctx: RequestContext) -> None:
-        """Cost from the provider's usage; an estimate only when no usage came back."""
-        if ctx.cache_hit or ctx.provider is None or ctx.status >= 400 or ctx.status == 0:
+        """Cost from the provider's usage, before the modules' after hooks see the outcome. Never raises."""
+        try:
+            self._price(ctx)
+        except Exception as exc:  # a pricing bug must not lose the trace
+            log.error("pricing failed for %s: %s", ctx.trace_id, exc)
+
+    def _price(self, ctx: RequestContext) -> None:
+        """An estimate only when no usage came back; a failed attempt is billed only if usage came back."""
+        if ctx.cache_hit or ctx.provider is None or ctx.status == 0:
+            return
+        if ctx.status >= 400 and ctx.usage is None:
             return
         model = ctx.served_model or ctx.upstream_model or ""
         price = self.prices.lookup(model, ctx.provider.name) or (
@@ -135,14 +149,17 @@ class App:
         ctx.cost_status = "estimate" if ctx.usage_estimated else "exact"
 
     def finish(self, ctx: RequestContext) -> None:
-        """Price, trace and log one request. Never raises."""
-        try:
-            self.price(ctx)
-        except Exception as exc:  # a pricing bug must not lose the trace
-            log.error("pricing failed for %s: %s", ctx.trace_id, exc)
+        """Trace one request (priced already by :meth:`price`): its failed attempts first, each
+        a row of its own under the request's trace id, then the request. Never raises."""
+        for n, attempt in enumerate(ctx.attempts, 1):
+            self._record(attempt, parent_id=ctx.trace_id, attempt=n)
+        self._record(ctx, parent_id=None, attempt=len(ctx.attempts) + 1)
+
+    def _record(self, ctx: RequestContext, *, parent_id: str | None, attempt: int) -> None:
         if ctx.error_message:
             ctx.error_message = self.scrub(ctx.error_message)[:2000]
-        record = record_from(ctx, store_bodies=self.settings.store_bodies, cap=self.settings.body_cap_bytes)
+        record = record_from(ctx, store_bodies=self.settings.store_bodies, cap=self.settings.body_cap_bytes,
+                             parent_id=parent_id, attempt=attempt)
         if self.settings.store_bodies and record.request_body:
             record.request_body = self.scrub_bytes(record.request_body)
         if record.response_body:

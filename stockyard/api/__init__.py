@@ -195,7 +195,7 @@ def handle(h: "Handler", req: "Request") -> None:
 
 def load_routes() -> None:
     """Import the modules that declare routes (once)."""
-    from . import status  # noqa: F401
+    from . import modules, status  # noqa: F401
 
 
 load_routes()

@@ -12,10 +12,10 @@ import sys
 
 from ..errors import ProxyError
 from ..store.db import SchemaError
-from . import common, serve, traces, version
+from . import common, modules, serve, traces, version
 
 # Each module has register(subparsers); order here is the order in --help.
-COMMANDS = [serve, traces, version]
+COMMANDS = [serve, traces, modules, version]
 
 
 def build_parser() -> argparse.ArgumentParser:
