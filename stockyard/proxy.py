@@ -425,15 +425,18 @@ def relay_stream(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamRe
                 left = ctx.deadline - time.perf_counter()
                 if left <= 0:
                     resp.close()
-                    raise UpstreamError("timeout", deadline_error(ctx).message)
+                    raise UpstreamError("timeout", "the request passed its deadline")
                 resp.set_timeout(left)
         for out in translator.finish():
             reply.chunk(out)
             ctx.capture(out, cap)
     except UpstreamError as exc:
+        code = f"upstream_{exc.kind}"
         message = f"provider {ctx.provider.name!r} stream broke: {exc}"
-        fail(ctx, ctx.status, app.scrub(message), "stream_broken", f"upstream_{exc.kind}")
-        event = sse_error_event(ctx.dialect, exc.status, ctx.error_message or message, code=f"upstream_{exc.kind}")
+        if ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:
+            code, message = "deadline_exceeded", deadline_error(ctx).message
+        fail(ctx, ctx.status, app.scrub(message), "stream_broken", code)
+        event = sse_error_event(ctx.dialect, exc.status, ctx.error_message or message, code=code)
         ctx.capture(event, cap)
         try:
             reply.chunk(event)

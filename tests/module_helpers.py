@@ -102,4 +102,6 @@ def trace_body(server: ServerProcess, trace_id: str) -> tuple[str | None, str | 
 
 
 def attempts_of(server: ServerProcess, trace_id: str) -> list[dict]:
+    """The failed attempts traced under a request (written with it, so wait for it first)."""
+    server.trace(trace_id)
     return server.db_rows("SELECT * FROM traces WHERE parent_id = ? ORDER BY attempt", (trace_id,))

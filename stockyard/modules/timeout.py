@@ -1,8 +1,8 @@
 """``timeout``: how long to wait for a provider, per model, and a deadline for the whole request.
 
-``models`` maps globs to read timeouts in seconds (first match in the order written wins;
-matched against ``provider/model`` and the bare model of each attempt, so fallbacks get
-their own); ``read_timeout_s`` applies to the rest (0: the server's
+``models`` maps globs to read timeouts in seconds, matched against ``provider/model`` and
+the bare model of each attempt (so fallbacks get their own); the most specific pattern wins
+— an exact name over a glob, a longer glob over a shorter one; ``read_timeout_s`` applies to the rest (0: the server's
 ``STOCKYARD_UPSTREAM_TIMEOUT``). ``deadline_s`` bounds the whole request — retries,
 back-off and a streamed answer included: past it the client gets a 504 (or, mid-stream, an
 error event).
@@ -49,7 +49,8 @@ class Timeout(Module):
     }
 
     def compile(self, config: dict) -> TimeoutOptions:
-        rules = tuple((pattern.lower(), seconds) for pattern, seconds in config["models"].items())
+        rules = tuple(sorted(((pattern.lower(), seconds) for pattern, seconds in config["models"].items()),
+                             key=lambda rule: (any(c in rule[0] for c in "*?["), -len(rule[0]))))
         return TimeoutOptions(rules, config["read_timeout_s"] or None, config["deadline_s"] or None)
 
     def before(self, ctx: RequestContext) -> None:

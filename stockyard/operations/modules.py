@@ -66,7 +66,7 @@ def _write(conn: sqlite3.Connection, name: str, enabled: bool, config: dict) -> 
         "INSERT INTO modules (name, enabled, config, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, config = excluded.config, "
         "updated_at = excluded.updated_at",
-        (name, int(enabled), json.dumps(config, sort_keys=True, ensure_ascii=False), _now()))
+        (name, int(enabled), json.dumps(config, ensure_ascii=False), _now()))
 
 
 def _checked(cls: type, config: Any) -> dict:
