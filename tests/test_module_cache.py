@@ -43,13 +43,17 @@ def entries(server) -> int:
     return server.db_rows("SELECT count(*) AS n FROM cache_entries")[0]["n"]
 
 
+def newest(server) -> int:
+    return server.db_rows("SELECT coalesce(max(created_at), 0) AS t FROM cache_entries")[0]["t"]
+
+
 def stored(server, before: int) -> None:
-    """Wait for the writer to commit the entry a miss queued."""
-    wait_for(lambda: entries(server) > before, what="the cache entry to be written")
+    """Wait for the writer to commit the entry a miss queued (``before``: newest() until then)."""
+    wait_for(lambda: newest(server) > before, what="the cache entry to be written")
 
 
 def test_plain_hit_is_byte_identical_and_free(server, mock):
-    messages, before = question(), entries(server)
+    messages, before = question(), newest(server)
     status, headers, first = chat(server, messages=messages)
     assert status == 200 and headers["x-stockyard-cache"] == "miss"
     stored(server, before)
@@ -67,7 +71,7 @@ def test_plain_hit_is_byte_identical_and_free(server, mock):
 
 
 def test_streamed_hit_is_byte_identical(server, mock):
-    body, before = {"model": "gpt-4o-mini", "messages": question()}, entries(server)
+    body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(server)
     status, headers, first = raw_stream(server, body)
     assert status == 200 and headers["x-stockyard-cache"] == "miss" and stream_text(first) == "Hello from mock"
     stored(server, before)
@@ -77,7 +81,7 @@ def test_streamed_hit_is_byte_identical(server, mock):
     assert headers.get("transfer-encoding") == "chunked", "served as a stream, like a live one"
     assert second == first and len(mock.requests) == calls
     # With include_usage the client gets a usage chunk: another kind of stream, stored apart.
-    with_usage, before = {**body, "stream_options": {"include_usage": True}}, entries(server)
+    with_usage, before = {**body, "stream_options": {"include_usage": True}}, newest(server)
     status, headers, third = raw_stream(server, with_usage)
     assert headers["x-stockyard-cache"] == "miss", "a stream with a usage chunk is another kind of answer"
     stored(server, before)
@@ -86,7 +90,7 @@ def test_streamed_hit_is_byte_identical(server, mock):
 
 
 def test_stream_served_from_a_cached_plain_answer(server, mock):
-    messages, before = question(), entries(server)
+    messages, before = question(), newest(server)
     chat(server, messages=messages)
     stored(server, before)
     calls = len(mock.requests)
@@ -103,7 +107,7 @@ def test_stream_served_from_a_cached_plain_answer(server, mock):
 
 
 def test_key_ignores_stream_options_and_user_but_not_the_question(server, mock):
-    messages, before = question(), entries(server)
+    messages, before = question(), newest(server)
     chat(server, messages=messages, user="alice")
     stored(server, before)
     assert chat(server, messages=messages, user="bob")[1]["x-stockyard-cache"] == "hit"
@@ -112,7 +116,7 @@ def test_key_ignores_stream_options_and_user_but_not_the_question(server, mock):
 
 
 def test_bypass_header_asks_the_provider_and_refreshes(server, mock):
-    messages, before = question(), entries(server)
+    messages, before = question(), newest(server)
     chat(server, messages=messages)
     stored(server, before)
     calls = len(mock.requests)
@@ -123,7 +127,7 @@ def test_bypass_header_asks_the_provider_and_refreshes(server, mock):
 
 def test_ttl_expires_entries(server):
     put_module(server, "cache", {"ttl_s": 1})
-    messages, before = question(), entries(server)
+    messages, before = question(), newest(server)
     chat(server, messages=messages)
     stored(server, before)
     assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "hit"
@@ -135,12 +139,11 @@ def test_oldest_entries_are_evicted_past_max_entries(server):
     put_module(server, "cache", {"max_entries": 2})
     questions = [question() for _ in range(3)]
     for q in questions:
-        before = len(server.db_rows("SELECT key FROM cache_entries"))
+        last = newest(server)
+        time.sleep(0.002)  # distinct created_at
         chat(server, messages=q)
-        wait_for(lambda: len(server.db_rows("SELECT created_at FROM cache_entries")) >= min(before + 1, 2),
-                 what="entry written")
-        time.sleep(0.01)
-    wait_for(lambda: entries(server) == 2, what="eviction down to max_entries")
+        wait_for(lambda: newest(server) > last, what="the entry (and its evictions) to be written")
+    assert entries(server) == 2
     assert chat(server, messages=questions[2])[1]["x-stockyard-cache"] == "hit"
     assert chat(server, messages=questions[0])[1]["x-stockyard-cache"] == "miss", "the oldest went first"
 
@@ -169,7 +172,7 @@ def test_errors_and_broken_streams_are_not_cached(server, mock):
 
 
 def test_embeddings_are_cached(server, mock):
-    text, before = f"embed {uuid.uuid4().hex}", entries(server)
+    text, before = f"embed {uuid.uuid4().hex}", newest(server)
     status, _, first = server.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
     assert status == 200
     stored(server, before)
@@ -185,7 +188,7 @@ def test_endpoints_option_limits_what_is_cached(server):
 
 
 def test_disabled_cache_has_no_effect(server, mock):
-    messages, before = question(), entries(server)
+    messages, before = question(), newest(server)
     chat(server, messages=messages)
     stored(server, before)
     assert api(server, "POST", "/api/modules/cache/disable")[0] == 200
@@ -195,7 +198,7 @@ def test_disabled_cache_has_no_effect(server, mock):
 
 
 def test_cli_switches_the_cache_at_run_time(server, mock):
-    messages, before = question(), entries(server)
+    messages, before = question(), newest(server)
     chat(server, messages=messages)
     stored(server, before)
     assert server.cli("modules", "disable", "cache").returncode == 0
@@ -204,9 +207,13 @@ def test_cli_switches_the_cache_at_run_time(server, mock):
     wait_for(lambda: chat(server, messages=messages)[1].get("x-stockyard-cache") == "hit", what="cache on")
 
 
-def test_status_reports_entries(server):
-    before = entries(server)
-    chat(server, messages=question())
+def test_status_reports_entries_and_bytes_exactly(server):
+    """The running totals (kept by triggers) match the table, refreshes and evictions included."""
+    messages, before = question(), newest(server)
+    chat(server, messages=messages)
     stored(server, before)
+    chat(server, messages=messages, headers={"x-stockyard-cache": "bypass"})  # replaces the entry
+    time.sleep(0.3)
     status, view = api(server, "GET", "/api/modules/cache")
-    assert view["status"]["entries"] == entries(server) and view["status"]["bytes"] > 0
+    actual = server.db_rows("SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM cache_entries")[0]
+    assert (view["status"]["entries"], view["status"]["bytes"]) == (actual["n"], actual["b"]) and actual["b"] > 0

@@ -81,13 +81,18 @@ def lookup(conn: sqlite3.Connection, digest: str, kinds: tuple[str, ...], now_ms
 
 def store(conn: sqlite3.Connection, key: str, entry: Entry, usage: str | None, now_ms: int,
           opts: CacheOptions) -> None:
-    """Writer job: put one entry, drop expired ones, then the oldest beyond the bounds."""
+    """Writer job: put one entry, drop expired ones, then the oldest beyond the bounds.
+
+    ``cache_stats`` keeps the totals (triggers), so the common case reads one row. The old
+    entry is deleted rather than REPLACEd: REPLACE would not fire the delete trigger.
+    """
+    conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
     conn.execute(
-        "INSERT OR REPLACE INTO cache_entries (key, created_at, expires_at, size, body, content_type, usage, cost_uc) "
+        "INSERT INTO cache_entries (key, created_at, expires_at, size, body, content_type, usage, cost_uc) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (key, now_ms, now_ms + opts.ttl_ms, len(entry.body), entry.body, entry.content_type, usage, entry.cost_uc))
     conn.execute("DELETE FROM cache_entries WHERE expires_at <= ?", (now_ms,))
-    count, total = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM cache_entries").fetchone()
+    count, total = conn.execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
     if count <= opts.max_entries and total <= opts.max_bytes:
         return
     evict = []
@@ -157,6 +162,5 @@ class Cache(Module):
         self.app.store.record(lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts))
 
     def status(self) -> dict:
-        row = self.app.store.read().execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM cache_entries").fetchone()
+        row = self.app.store.read().execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
         return {"entries": row[0], "bytes": row[1]}

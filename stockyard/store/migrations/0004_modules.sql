@@ -1,5 +1,5 @@
 -- Modules: enabled state and options set by an operator (no row: the module's defaults),
--- and the cache module's answers.
+-- and the cache module's answers with running totals (so bounding the cache never scans it).
 CREATE TABLE modules (
     name       TEXT PRIMARY KEY,
     enabled    INTEGER NOT NULL,
@@ -19,3 +19,16 @@ CREATE TABLE cache_entries (
 );
 CREATE INDEX cache_entries_created ON cache_entries (created_at);
 CREATE INDEX cache_entries_expires ON cache_entries (expires_at);
+
+CREATE TABLE cache_stats (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    entries INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL
+);
+INSERT INTO cache_stats (id, entries, bytes) VALUES (1, 0, 0);
+CREATE TRIGGER cache_entries_added AFTER INSERT ON cache_entries BEGIN
+    UPDATE cache_stats SET entries = entries + 1, bytes = bytes + new.size WHERE id = 1;
+END;
+CREATE TRIGGER cache_entries_removed AFTER DELETE ON cache_entries BEGIN
+    UPDATE cache_stats SET entries = entries - 1, bytes = bytes - old.size WHERE id = 1;
+END;
