@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import pytest
 
@@ -304,3 +305,11 @@ def test_admin_key_is_needed(server):
     assert server.request("POST", "/api/modules/cache/enable",
                           headers={"Authorization": "Bearer wrong"})[0] == 401
     assert ADMIN_KEY not in server.log
+
+
+def test_docs_describe_every_module_and_option():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "modules.md").read_text()
+    for cls in registry.ORDER:
+        assert f"### `{cls.name}`" in text
+        for option in registry.schema_of(cls):
+            assert f"| `{option}` |" in text, f"{cls.name}.{option} is not documented"
