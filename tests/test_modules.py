@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import wait_for
 from module_helpers import ADMIN_KEY, api, chat, disable_all, put_module, raw_stream, start_server
@@ -197,6 +198,35 @@ def test_openapi_documents_the_module_routes(server):
     status, doc = api(server, "GET", "/api/openapi.json")
     assert set(doc["paths"]["/api/modules/{name}"]) == {"get", "put", "patch"}
     assert "post" in doc["paths"]["/api/modules/{name}/enable"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20)
+
+
+@pytest.fixture
+def every_module_on(server):
+    for name, config in {"alias": {"aliases": {"fast": "gpt-4o-mini"}}, "guard": {"max_tokens": 100},
+                         "redact": {"mode": "upstream", "pii": ["email", "phone", "card"]}, "cache": {},
+                         "timeout": {"read_timeout_s": 5, "deadline_s": 10},
+                         "fallback": {"chains": {"gpt-4o-mini": ["groq/gpt-4o-mini"]}, "backoff_ms": 10}}.items():
+        put_module(server, name, config)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.sampled_from(["model", "messages", "stream", "stream_options", "input", "user",
+                                              "prompt", "max_tokens", "max_completion_tokens", "x"]),
+                            json_values, max_size=7),
+       model=st.sampled_from(["fast", "gpt-4o-mini", "openai/gpt-4o", None]),
+       path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"]))
+def test_arbitrary_json_through_every_module_never_gives_500(server, every_module_on, body, model, path):
+    if model is not None:
+        body = {**body, "model": model}
+    status, _, payload = server.request("POST", path, body)
+    assert status < 500 or status in (502, 503, 504), payload
+    assert b"Traceback" not in payload
 
 
 # -- registry, overrides and modules from elsewhere (in process) --------------------------------------

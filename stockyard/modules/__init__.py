@@ -37,6 +37,7 @@ A key's override wins over its project's; each names only what differs.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -146,8 +147,6 @@ def effective_config(cls: type, stored: Mapping[str, Any]) -> dict[str, Any]:
 def parse_assignment(cls: type, assignment: str) -> tuple[str, Any]:
     """``KEY=VALUE`` from the command line as (field, typed value); ``KEY.SUB=VALUE`` sets one
     entry of a dict option (the value is JSON when it parses as JSON, else text)."""
-    import json
-
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
