@@ -251,7 +251,7 @@ def attempt_once(app: "App", reply: Reply, ctx: RequestContext, policy: RetryPol
         ok = failure is None or not failure.retryable
         return failure
     except ProxyError as exc:
-        ok = exc.status < 500
+        ok = exc.status < 500 or exc.code == "deadline_exceeded"  # our deadline, not the provider's fault
         raise
     finally:
         policy.report(ctx.provider.name, ok)

@@ -217,3 +217,18 @@ def test_status_reports_entries_and_bytes_exactly(server):
     status, view = api(server, "GET", "/api/modules/cache")
     actual = server.db_rows("SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM cache_entries")[0]
     assert (view["status"]["entries"], view["status"]["bytes"]) == (actual["n"], actual["b"]) and actual["b"] > 0
+
+
+def test_a_plain_answer_to_a_streamed_request_is_stored_as_plain(server, mock):
+    """Some providers ignore stream=true: what they sent is stored as what it is."""
+    answer = {"id": "c9", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "plain anyway"},
+                           "finish_reason": "stop"}]}
+    body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(server)
+    mock.enqueue(Reply(json=answer))
+    status, headers, data = raw_stream(server, body)
+    assert status == 200 and json.loads(data)["choices"][0]["message"]["content"] == "plain anyway"
+    stored(server, before)
+    assert chat(server, messages=body["messages"])[2] == data, "stored as the plain answer it was"
+    status, headers, data = raw_stream(server, body)
+    assert headers["x-stockyard-cache"] == "hit" and stream_text(data) == "plain anyway"

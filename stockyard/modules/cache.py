@@ -156,6 +156,8 @@ class Cache(Module):
         body = bytes(ctx.response_body)
         if not body or len(body) > opts.max_bytes:
             return
+        if kind != JSON and not body.startswith((b"data:", b"event:", b":")):
+            kind = JSON  # the provider answered a streamed request plainly: store it as what it is
         entry = Entry(body, CONTENT_TYPES[kind], ctx.cost_uc)
         usage = json.dumps(asdict(ctx.usage)) if ctx.usage is not None else None
         now_ms = int(time.time() * 1000)
