@@ -17,14 +17,14 @@ from . import __version__, audit
 from .budgets import Budget, Ledger, load_project_budgets, spent_uc
 from .config import Settings
 from .keys import KeyRecord, KeyRing, check as check_key, load_keys
-from .modules.budget import BudgetModule
-from .modules.ratelimit import RateLimitModule
+from .modules import Modules
 from .pipeline import Chain, RequestContext
 from .pricing import Price, PriceTable, cost_microcents, format_usd, Usage
 from .providers import Registry, from_env
 from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
 from .operations.prices import load_overrides
+from .operations.modules import load_rows as load_module_rows
 from .store import Store, Writer, db
 from .store.traces import iso_utc, record_from
 from .upstream import Pool
@@ -75,7 +75,8 @@ class App:
         self._used: dict[str, int] = {}  # key id → last request (ms), until the next flush
         self._used_flushed = time.monotonic()
         self.ledger = Ledger(self._load_spend, settings.budget_warn_percent, self._budget_warning)
-        self._chain = Chain([RateLimitModule(self), BudgetModule(self)])
+        self.modules = Modules(self)  # after the ledger: the budget module needs it
+        self._chain = Chain([])
         self._secrets: tuple[str, ...] = ()
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -181,6 +182,7 @@ class App:
             keys = KeyRing(load_keys(conn))
             project_budgets = load_project_budgets(conn)
             prices = PriceTable.load(load_overrides(conn))
+            module_rows = load_module_rows(conn)
         finally:
             conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
@@ -192,6 +194,7 @@ class App:
         self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
         self._registry = registry
         self._keys, self._project_budgets, self.prices = keys, project_budgets, prices
+        self._chain = self.modules.build(module_rows)
         self._config_version = version
         self.reloads += 1
         was_required, self._auth_required = self._auth_required, self.auth_required
@@ -275,8 +278,10 @@ class App:
             log.error("pricing failed for %s: %s", ctx.trace_id, exc)
 
     def _price(self, ctx: RequestContext) -> None:
-        """An estimate only when no usage came back (marked); unknown when the model has no price."""
-        if ctx.cache_hit or ctx.provider is None or ctx.status >= 400 or ctx.status == 0:
+        """An estimate only when no usage came back; a failed attempt is billed only if usage came back."""
+        if ctx.cache_hit or ctx.provider is None or ctx.status == 0:
+            return
+        if ctx.status >= 400 and ctx.usage is None:
             return
         if ctx.endpoint == "count_tokens":  # free upstream: nothing to bill
             return
@@ -296,10 +301,17 @@ class App:
         ctx.cost_status = "estimate" if ctx.usage_estimated else "exact"
 
     def finish(self, ctx: RequestContext) -> None:
-        """Trace one request (priced already by :meth:`price`). Never raises."""
+        """Trace one request (priced already by :meth:`price`): its failed attempts first, each
+        a row of its own under the request's trace id, then the request. Never raises."""
+        for n, attempt in enumerate(ctx.attempts, 1):
+            self._record(attempt, parent_id=ctx.trace_id, attempt=n)
+        self._record(ctx, parent_id=None, attempt=len(ctx.attempts) + 1)
+
+    def _record(self, ctx: RequestContext, *, parent_id: str | None, attempt: int) -> None:
         if ctx.error_message:
             ctx.error_message = self.scrub(ctx.error_message)[:2000]
-        record = record_from(ctx, store_bodies=self.settings.store_bodies, cap=self.settings.body_cap_bytes)
+        record = record_from(ctx, store_bodies=self.settings.store_bodies, cap=self.settings.body_cap_bytes,
+                             parent_id=parent_id, attempt=attempt)
         if self.settings.store_bodies and record.request_body:
             record.request_body = self.scrub_bytes(record.request_body)
         if record.response_body:

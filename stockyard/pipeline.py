@@ -4,7 +4,12 @@ One :class:`RequestContext` is made per proxied request and handed forward from 
 stage — parse, auth, modules, routing, provider adapter, relay, trace — so that no stage
 has to reach back into another. Modules are small objects with two hooks: ``before``
 (may refuse with a ProxyError, rewrite the request, or answer it) and ``after`` (sees
-the outcome, plain or streamed).
+the outcome, plain or streamed: ``response_body`` holds the answer as the client got it).
+
+Modules steer the upstream call through typed fields rather than reaching into the
+proxy: ``deadline`` and ``timeouts`` (timeout module), ``retry`` (fallback module),
+``reply_headers`` (headers for the client), ``sensitive`` (redact: do not cache).
+The registry of modules, their order and configuration live in ``stockyard.modules``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,39 @@ class Answer:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    stream: bool = False               # send as a chunked event stream, like a live one
+
+
+class ReadTimeouts(Protocol):
+    """Per-(provider, model) upstream read timeouts (timeout module)."""
+
+    def read_timeout(self, provider: str, model: str) -> float | None: ...
+
+
+class RetryPolicy(Protocol):
+    """How the proxy retries and falls back (fallback module); without one: a single attempt."""
+
+    retries: int                       # extra attempts per candidate
+
+    def fallbacks(self, ctx: "RequestContext") -> list[str]:
+        """``provider/model`` names to try, in order, after the routed one."""
+        ...
+
+    def delay(self, retry: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number ``retry`` (1, 2, …); None: give up on this candidate."""
+        ...
+
+    def allow(self, provider: str) -> bool:
+        """False while the provider's circuit breaker is open."""
+        ...
+
+    def report(self, provider: str, ok: bool) -> None:
+        """The outcome of one attempt, for the circuit breaker."""
+        ...
+
+    def retry_in(self, provider: str) -> float:
+        """Seconds until an open breaker lets a request through again."""
+        ...
 
 
 @dataclass
@@ -60,6 +98,7 @@ class RequestContext:
     trace_id: str = ""
     ts_ms: int = 0
     started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None         # set when an attempt ends before the request does
     model: str | None = None           # as the client asked (after aliasing: see routed_model)
     routed_model: str | None = None    # what routing used (alias module may change it)
     stream: bool = False
@@ -85,9 +124,15 @@ class RequestContext:
     cache_hit: bool = False
     cost_saved_uc: int | None = None
     answer: Answer | None = None       # set by a module that answers without the provider
-    attempts: list[dict] = field(default_factory=list)
+    complete: bool = False             # the answer arrived whole (a stream reached its end event)
+    attempts: list["RequestContext"] = field(default_factory=list)  # failed attempts before this one
     state: dict[str, Any] = field(default_factory=dict)  # per-module scratch space
     body_changed: bool = False         # a module rewrote ``body``; re-serialize before sending
+    reply_headers: dict[str, str] = field(default_factory=dict)  # modules' headers for the client
+    deadline: float | None = None      # perf_counter() time the request must be done by (timeout)
+    timeouts: ReadTimeouts | None = None  # per-model upstream read timeouts (timeout)
+    retry: RetryPolicy | None = None   # retries, fallbacks and circuit breaker (fallback)
+    sensitive: bool = False            # the request holds secrets or PII: its answer is not cached
 
     def __post_init__(self) -> None:
         if not self.ts_ms:
@@ -96,7 +141,7 @@ class RequestContext:
             self.trace_id = new_trace_id(self.ts_ms)
 
     def elapsed_us(self) -> int:
-        return int((time.perf_counter() - self.started) * 1_000_000)
+        return int(((self.ended or time.perf_counter()) - self.started) * 1_000_000)
 
     def mark_first_byte(self) -> None:
         if self.ttfb is None:

@@ -2,17 +2,33 @@
 
 Each function here is one stage; they hand a :class:`RequestContext` forward. The
 server calls :func:`handle` with a *reply* object that knows how to write to the client.
+
+Going upstream is a series of *attempts*: the routed provider first and — when the
+fallback module gave the request a retry policy — retries and fallback candidates after a
+429, a 5xx, a timeout or a connection error (never another 4xx). An attempt becomes the
+answer once its first byte is on its way to the client; a stream is committed only when
+its first event has arrived, so a stream that breaks before that still falls back, and one
+that breaks after it never does. Failed attempts move to ``ctx.attempts`` and are traced as
+rows of their own under the request.
 """
 
 from __future__ import annotations
 
+import email.utils
+import itertools
 import json
 import logging
-from typing import TYPE_CHECKING, Protocol
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from .errors import ClientGone, ProxyError, sse_error_event
-from .pipeline import RequestContext
+from .pipeline import RequestContext, RetryPolicy
+from .pricing import Usage
+from .providers import Provider
 from .providers.adapters import adapter_for
+from .providers.base import Adapter
 from .upstream import UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -63,11 +79,12 @@ def passed_headers(headers: dict[str, str]) -> dict[str, str]:
 
 def handle(app: "App", reply: Reply, ctx: RequestContext) -> None:
     """Run one proxied request to its end; always leaves a trace."""
+    chain = app.chain()  # one snapshot for the whole request, even if a reload swaps it meanwhile
     started_reply = False
     try:
         parse_body(ctx)
         app.authenticate(ctx)
-        app.chain().before(ctx)
+        chain.before(ctx)
         if ctx.answer is not None:
             started_reply = True
             deliver_answer(app, reply, ctx)
@@ -83,8 +100,8 @@ def handle(app: "App", reply: Reply, ctx: RequestContext) -> None:
         ctx.outcome = "client_disconnected"
     finally:
         try:
-            app.price(ctx)  # the cost is part of the outcome the after hooks see
-            app.chain().after(ctx)
+            app.price(ctx)  # the cost is part of the outcome the after hooks see (cache, budget)
+            chain.after(ctx)
         finally:
             app.finish(ctx)
 
@@ -100,24 +117,207 @@ def send_error(app: "App", reply: Reply, ctx: RequestContext, exc: ProxyError) -
     body = exc.body(ctx.dialect)
     ctx.capture(body, app.settings.body_cap_bytes)
     try:
-        reply.send(exc.status, body, headers={"x-stockyard-trace-id": ctx.trace_id, **exc.headers})
+        reply.send(exc.status, body, headers={"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers,
+                                              **exc.headers})
     except ClientGone:
         ctx.outcome = "client_disconnected"
 
 
 def deliver_answer(app: "App", reply: Reply, ctx: RequestContext) -> None:
-    """Send an answer a module made (e.g. a cache hit), as a stream when asked."""
+    """Send an answer a module made (e.g. a cache hit), as a stream when it is one."""
     answer = ctx.answer
     assert answer is not None
     ctx.status = answer.status
-    headers = {"x-stockyard-trace-id": ctx.trace_id, **answer.headers}
+    headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **answer.headers}
     ctx.mark_first_byte()
     ctx.capture(answer.body, app.settings.body_cap_bytes)
-    reply.send(answer.status, answer.body, answer.content_type, headers)
+    if answer.stream:
+        reply.start_stream(answer.status, {**headers, "cache-control": "no-cache"}, answer.content_type)
+        reply.chunk(answer.body)
+        reply.end_stream()
+    else:
+        reply.send(answer.status, answer.body, answer.content_type, headers)
 
 
-def call_upstream(app: "App", ctx: RequestContext) -> UpstreamResponse:
-    """One attempt at the routed provider (UpstreamError when it cannot be reached)."""
+# -- attempts -------------------------------------------------------------------------------------
+
+class SingleAttempt:
+    """The policy without the fallback module: one attempt, its failure passed on as it is."""
+
+    retries = 0
+
+    def fallbacks(self, ctx: RequestContext) -> list[str]:
+        return []
+
+    def delay(self, retry: int, retry_after: float | None) -> float | None:
+        return None
+
+    def allow(self, provider: str) -> bool:
+        return True
+
+    def report(self, provider: str, ok: bool) -> None:
+        pass
+
+    def retry_in(self, provider: str) -> float:
+        return 0.0
+
+
+ONE_ATTEMPT = SingleAttempt()
+
+
+@dataclass
+class Failure:
+    """An attempt that gave no answer; the client sees it only if no other attempt follows."""
+
+    retryable: bool
+    started: float
+    ts_ms: int
+    retry_after: float | None = None
+    error: ProxyError | None = None    # no HTTP answer (connect, timeout, reset): raised at the end
+    status: int = 0                    # an HTTP error answer: passed through at the end
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# What one attempt leaves on the context; moved to a context of its own when another follows.
+ATTEMPT_FIELDS = ("provider", "upstream_model", "served_model", "status", "outcome", "error_type",
+                  "error_message", "ttfb", "usage", "usage_estimated", "upstream_request_id",
+                  "response_body", "response_truncated", "cost_uc", "cost_status")
+
+
+def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
+    """Attempt the routed provider, then retries and fallbacks as the policy says.
+
+    Returns True once the client got bytes; a final failure is passed on (HTTP error
+    answers with their status and body) or raised (no answer at all).
+    """
+    policy: RetryPolicy = ctx.retry or ONE_ATTEMPT
+    failure: Failure | None = None
+    skipped: list[str] = []
+    for provider, model in candidates(app, ctx, policy):
+        for retry in range(policy.retries + 1):
+            wait = 0.0
+            if failure is not None and retry:
+                wait = policy.delay(retry, failure.retry_after)
+                if wait is None:
+                    break  # the provider asks for a longer pause than we wait: next candidate
+            if failure is not None and ctx.deadline is not None and time.perf_counter() + wait >= ctx.deadline:
+                return deliver_failure(reply, failure)
+            if not policy.allow(provider.name):
+                skipped.append(provider.name)
+                break
+            if failure is not None:
+                keep_attempt(app, ctx, failure)
+                log.info("%s: attempt %d failed (%s); trying %s/%s%s", ctx.trace_id, len(ctx.attempts),
+                         ctx.attempts[-1].error_type, provider.name, model, f" in {wait:.2f}s" if wait else "")
+                if wait:
+                    time.sleep(wait)
+            ctx.provider, ctx.upstream_model = provider, model
+            failure = attempt_once(app, reply, ctx, policy)
+            if failure is None:
+                return True
+            if not failure.retryable:
+                return deliver_failure(reply, failure)
+    if failure is None:
+        wait_s = max(1, math.ceil(min(policy.retry_in(name) for name in skipped)))
+        raise ProxyError(503, f"no provider available for {ctx.model!r}: the circuit breaker of "
+                              f"{', '.join(sorted(set(skipped)))} is open after repeated failures; retry in "
+                              f"{wait_s}s", code="circuit_open", headers={"Retry-After": str(wait_s)})
+    return deliver_failure(reply, failure)
+
+
+def candidates(app: "App", ctx: RequestContext, policy: RetryPolicy) -> list[tuple[Provider, str]]:
+    """The routed (provider, model), then the policy's fallbacks that this server can serve."""
+    assert ctx.provider is not None and ctx.upstream_model is not None
+    found = [(ctx.provider, ctx.upstream_model)]
+    registry = app.registry()
+    for name in policy.fallbacks(ctx):
+        try:
+            provider, model = registry.resolve(name)
+            adapter_for(provider, ctx.dialect)
+        except ProxyError as exc:
+            log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
+            continue
+        found.append((provider, model))
+    return found
+
+
+def attempt_once(app: "App", reply: Reply, ctx: RequestContext, policy: RetryPolicy) -> Failure | None:
+    """One attempt, its outcome reported to the circuit breaker (a 4xx means the provider is up)."""
+    assert ctx.provider is not None
+    ok = True
+    try:
+        failure = attempt(app, reply, ctx)
+        ok = failure is None or not failure.retryable
+        return failure
+    except ProxyError as exc:
+        ok = exc.status < 500 or exc.code == "deadline_exceeded"  # our deadline, not the provider's fault
+        raise
+    finally:
+        policy.report(ctx.provider.name, ok)
+
+
+def attempt(app: "App", reply: Reply, ctx: RequestContext) -> Failure | None:
+    """Call the provider on ``ctx`` and relay its answer; a Failure if nothing was sent."""
+    provider, model = ctx.provider, ctx.upstream_model
+    assert provider is not None and model is not None
+    adapter = adapter_for(provider, ctx.dialect)
+    started, ts_ms = time.perf_counter(), int(time.time() * 1000)
+    timeout, by_deadline = read_timeout(ctx, provider.name, model)
+    try:
+        resp = call_upstream(app, ctx, timeout)
+    except UpstreamError as exc:
+        return no_answer(app, ctx, exc, by_deadline, started, ts_ms)
+    upstream_headers = {k: app.scrub(v) for k, v in resp.headers.items()}  # a header may echo the key
+    ctx.upstream_request_id = next((upstream_headers[h] for h in REQUEST_ID_HEADERS if h in upstream_headers), None)
+    headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **passed_headers(upstream_headers)}
+    if resp.status >= 400:
+        return error_answer(app, ctx, resp, adapter, headers, started, ts_ms)
+    if ctx.stream and resp.is_sse:
+        events = resp.events()
+        try:
+            first = next(events, None)
+        except UpstreamError as exc:
+            return no_answer(app, ctx, exc, by_deadline, started, ts_ms)
+        if first is None:
+            gone = UpstreamError("reset", "provider ended the stream before its first event")
+            return no_answer(app, ctx, gone, False, started, ts_ms)
+        relay_stream(app, reply, ctx, resp, itertools.chain([first], events), adapter, headers)
+        return None
+    try:
+        raw = resp.read_all()
+    except UpstreamError as exc:
+        return no_answer(app, ctx, exc, by_deadline, started, ts_ms)
+    ctx.mark_first_byte()
+    body = app.scrub_bytes(adapter.parse(ctx, raw))
+    ctx.status = resp.status
+    ctx.complete = True
+    ctx.capture(body, app.settings.body_cap_bytes)
+    reply.send(resp.status, body, "application/json", headers)
+    return None
+
+
+def read_timeout(ctx: RequestContext, provider: str, model: str) -> tuple[float | None, bool]:
+    """The read timeout for this attempt, and whether the request's deadline is what set it."""
+    timeout = ctx.timeouts.read_timeout(provider, model) if ctx.timeouts is not None else None
+    if ctx.deadline is None:
+        return timeout, False
+    left = ctx.deadline - time.perf_counter()
+    if left <= 0:
+        raise deadline_error(ctx)
+    if timeout is None or left < timeout:
+        return left, True
+    return timeout, False
+
+
+def deadline_error(ctx: RequestContext) -> ProxyError:
+    assert ctx.deadline is not None
+    return ProxyError(504, f"the request did not finish within its deadline of {ctx.deadline - ctx.started:g}s",
+                      code="deadline_exceeded")
+
+
+def call_upstream(app: "App", ctx: RequestContext, read_timeout: float | None = None) -> UpstreamResponse:
+    """One request to the provider on ``ctx`` (UpstreamError when it cannot be reached)."""
     provider, model = ctx.provider, ctx.upstream_model
     assert provider is not None and model is not None
     if provider.key_error:  # the details (key ids) are for the operator's log, not for clients
@@ -126,47 +326,29 @@ def call_upstream(app: "App", ctx: RequestContext) -> UpstreamResponse:
                          code="provider_key_unavailable")
     adapter = adapter_for(provider, ctx.dialect)
     call = adapter.prepare(ctx, provider, model)
+    timeouts = [t for t in (call.read_timeout, read_timeout) if t]
     return app.pool.request(call.base_url or provider.base_url, call.method, call.path, call.headers,
-                            call.body, read_timeout=call.read_timeout or ctx.state.get("read_timeout"))
+                            call.body, read_timeout=min(timeouts) if timeouts else None)
 
 
-def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
-    """Send the request upstream and relay the answer; True once the client got bytes."""
-    provider = ctx.provider
-    assert provider is not None
-    adapter = adapter_for(provider, ctx.dialect)
-    try:
-        resp = call_upstream(app, ctx)
-    except UpstreamError as exc:
-        ctx.error_type = f"upstream_{exc.kind}"
-        raise ProxyError(exc.status, app.scrub(f"provider {provider.name!r}: {exc}"),
-                         code=f"upstream_{exc.kind}") from None
-    upstream_headers = {k: app.scrub(v) for k, v in resp.headers.items()}
-    ctx.upstream_request_id = next((upstream_headers[h] for h in REQUEST_ID_HEADERS if h in upstream_headers), None)
-    headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(upstream_headers)}
-    if resp.status >= 400:
-        relay_upstream_error(app, reply, ctx, resp, adapter, headers)
-        return True
-    if ctx.stream and resp.is_sse:
-        relay_stream(app, reply, ctx, resp, adapter, headers)
-        return True
-    try:
-        raw = resp.read_all()
-    except UpstreamError as exc:
-        ctx.error_type = f"upstream_{exc.kind}"
-        raise ProxyError(exc.status, app.scrub(f"provider {provider.name!r}: {exc}"),
-                         code=f"upstream_{exc.kind}") from None
-    ctx.mark_first_byte()
-    body = app.scrub_bytes(adapter.parse(ctx, raw))
-    ctx.status = resp.status
-    ctx.capture(body, app.settings.body_cap_bytes)
-    reply.send(resp.status, body, "application/json", headers)
-    return True
+def no_answer(app: "App", ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float,
+              ts_ms: int) -> Failure:
+    """The provider could not be reached or stopped answering: retryable, unless the deadline passed."""
+    assert ctx.provider is not None
+    if by_deadline and exc.kind == "timeout":
+        error, retryable = deadline_error(ctx), False
+    else:
+        error = ProxyError(exc.status, app.scrub(f"provider {ctx.provider.name!r}: {exc}"),
+                           code=f"upstream_{exc.kind}")
+        retryable = True
+    fail(ctx, error.status, error.message, "error", error.code)
+    return Failure(retryable, started, ts_ms, error=error)
 
 
-def relay_upstream_error(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamResponse,
-                         adapter, headers: dict[str, str]) -> None:
-    """Pass a provider's error through with its status, in the client's dialect, keys scrubbed."""
+def error_answer(app: "App", ctx: RequestContext, resp: UpstreamResponse, adapter: Adapter,
+                 headers: dict[str, str], started: float, ts_ms: int) -> Failure:
+    """A provider's error, in the client's dialect with keys scrubbed; retryable for 429 and 5xx."""
+    assert ctx.provider is not None
     try:
         raw = resp.read_all()
     except UpstreamError:
@@ -174,21 +356,65 @@ def relay_upstream_error(app: "App", reply: Reply, ctx: RequestContext, resp: Up
     ctx.mark_first_byte()
     scrubbed = app.scrub_bytes(raw)
     try:
-        json.loads(scrubbed)
+        parsed = json.loads(scrubbed)
         body = adapter.error(ctx, resp.status, scrubbed)
     except ValueError:
+        parsed = None
         body = ProxyError(resp.status, f"provider {ctx.provider.name!r} answered {resp.status} "
                                        "with a body that is not JSON").body(ctx.dialect)
-    ctx.status = resp.status
-    ctx.outcome = "upstream_error"
-    ctx.error_type = f"upstream_{resp.status}"
-    ctx.error_message = app.scrub(scrubbed[:500].decode("utf-8", "replace"))
+    if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
+        ctx.usage = Usage.from_openai(parsed["usage"])  # billed attempts are billed here too
+    fail(ctx, resp.status, app.scrub(scrubbed[:500].decode("utf-8", "replace")), "upstream_error",
+         f"upstream_{resp.status}")
     ctx.capture(body, app.settings.body_cap_bytes)
-    reply.send(resp.status, body, "application/json", headers)
+    return Failure(resp.status == 429 or resp.status >= 500, started, ts_ms,
+                   retry_after=retry_after_s(resp.headers), status=resp.status, body=body, headers=headers)
 
+
+def retry_after_s(headers: dict[str, str]) -> float | None:
+    """Seconds a provider asks us to wait: ``retry-after-ms``, or ``Retry-After`` (seconds or a date)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    return None
+
+
+def keep_attempt(app: "App", ctx: RequestContext, failure: Failure) -> None:
+    """Move a failed attempt off the request into a context of its own, priced, for its trace row."""
+    child = RequestContext(ctx.endpoint, ctx.dialect, ctx.client_addr, {}, ts_ms=failure.ts_ms,
+                           started=failure.started, model=ctx.model, routed_model=ctx.routed_model,
+                           stream=ctx.stream, key=ctx.key, key_id=ctx.key_id, project=ctx.project)
+    child.ended = time.perf_counter()
+    blank = RequestContext(ctx.endpoint, ctx.dialect, ctx.client_addr, {})
+    for name in ATTEMPT_FIELDS:
+        setattr(child, name, getattr(ctx, name))
+        setattr(ctx, name, getattr(blank, name))
+    app.price(child)
+    ctx.attempts.append(child)
+
+
+def deliver_failure(reply: Reply, failure: Failure) -> bool:
+    """The last failure goes to the client: raised when there was no answer, else passed through."""
+    if failure.error is not None:
+        raise failure.error
+    reply.send(failure.status, failure.body, "application/json", failure.headers)
+    return True
+
+
+# -- relaying a stream ------------------------------------------------------------------------------
 
 def relay_stream(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamResponse,
-                 adapter, headers: dict[str, str]) -> None:
+                 events: Iterator[bytes], adapter: Adapter, headers: dict[str, str]) -> None:
     """Relay SSE event by event; a break upstream ends with an error event, never [DONE]."""
     translator = adapter.stream(ctx)
     cap = app.settings.body_cap_bytes
@@ -196,18 +422,27 @@ def relay_stream(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamRe
     reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"})
     ctx.mark_first_byte()
     try:
-        for event in resp.events():
+        for event in events:
             for out in translator.feed(event):
                 out = app.scrub_bytes(out)  # an upstream error event may echo the key
                 reply.chunk(out)
                 ctx.capture(out, cap)
+            if ctx.deadline is not None:
+                left = ctx.deadline - time.perf_counter()
+                if left <= 0:
+                    resp.close()
+                    raise UpstreamError("timeout", "the request passed its deadline")
+                resp.set_timeout(left)
         for out in translator.finish():
             reply.chunk(out)
             ctx.capture(out, cap)
     except UpstreamError as exc:
+        code = f"upstream_{exc.kind}"
         message = f"provider {ctx.provider.name!r} stream broke: {exc}"
-        fail(ctx, ctx.status, app.scrub(message), "stream_broken", f"upstream_{exc.kind}")
-        event = sse_error_event(ctx.dialect, exc.status, ctx.error_message or message, code=f"upstream_{exc.kind}")
+        if ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:
+            code, message = "deadline_exceeded", deadline_error(ctx).message
+        fail(ctx, ctx.status, app.scrub(message), "stream_broken", code)
+        event = sse_error_event(ctx.dialect, exc.status, ctx.error_message or message, code=code)
         ctx.capture(event, cap)
         try:
             reply.chunk(event)
@@ -220,4 +455,5 @@ def relay_stream(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamRe
         ctx.outcome = "client_disconnected"
         ctx.error_message = "client closed the connection mid-stream"
         return
+    ctx.complete = translator.complete
     reply.end_stream()

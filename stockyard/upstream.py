@@ -118,6 +118,12 @@ class UpstreamResponse:
             yield buf + b"\n\n"
         self.release()
 
+    def set_timeout(self, seconds: float) -> None:
+        """The read timeout from now on (a request deadline shrinks it as a stream goes on)."""
+        sock = self._conn.sock
+        if sock is not None:
+            sock.settimeout(max(0.001, seconds))
+
     def release(self) -> None:
         """Give the connection back for reuse if the response ended cleanly."""
         if self._done:

@@ -210,7 +210,7 @@ def handle(h: "Handler", req: "Request") -> None:
 
 def load_routes() -> None:
     """Import the modules that declare routes (once)."""
-    from . import audit_log, costs, keys, prices, providers, status, traces  # noqa: F401
+    from . import audit_log, costs, keys, modules, prices, providers, status, traces  # noqa: F401
 
 
 load_routes()

@@ -14,10 +14,10 @@ from ..audit import AuditError
 from ..errors import ProxyError
 from ..store.db import SchemaError
 from ..vault import VaultError
-from . import audit, common, costs, doctor, keys, prices, projects, providers, reload, serve, traces, version
+from . import audit, common, costs, doctor, keys, modules, prices, projects, providers, reload, serve, traces, version
 
 # Each module has register(subparsers); order here is the order in --help.
-COMMANDS = [serve, traces, costs, keys, projects, prices, providers, audit, reload, doctor, version]
+COMMANDS = [serve, traces, costs, keys, projects, prices, providers, modules, audit, reload, doctor, version]
 
 EPILOG = """\
 environment:

@@ -1,0 +1,168 @@
+"""``cache``: exact-match answers kept in SQLite and served without asking the provider.
+
+The key is the SHA-256 of the endpoint, dialect, provider, model and the canonical request
+body (sorted keys, no whitespace) without ``model`` (named by the provider and model),
+``stream``, ``stream_options`` and ``user`` — so the same question hits whether it was
+streamed or not, and whoever asked it. What is stored is exactly what the client got: the
+JSON of a plain answer, or the event stream of a streamed one (with or without its usage
+chunk, as asked). A hit replays those bytes unchanged for the same kind of request; a
+streamed request with only a plain answer cached gets it as a stream.
+
+Only whole, successful answers are stored (status 200, stream complete, not larger than
+the trace body cap ``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged). Entries
+live ``ttl_s``; past ``max_entries`` or ``max_bytes`` the oldest go first. A request with
+``x-stockyard-cache: bypass`` is answered by the provider (and refreshes the entry).
+Answers say ``x-stockyard-cache: hit``, ``miss`` or ``bypass``. A hit is traced with
+``cache_hit`` = 1, cost 0 and ``cost_saved_uc`` = what the stored answer cost.
+
+Writes go through the writer thread; lookups use the request thread's read connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+
+from ..pipeline import Answer, RequestContext
+from .base import Module
+from .replay import to_stream
+from .schema import Field
+
+HEADER = "x-stockyard-cache"
+ENDPOINTS = ("chat", "completions", "embeddings", "messages")
+IGNORED_FIELDS = ("model", "stream", "stream_options", "user")
+JSON, SSE, SSE_USAGE = "json", "sse", "sse+usage"
+CONTENT_TYPES = {JSON: "application/json", SSE: "text/event-stream", SSE_USAGE: "text/event-stream"}
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    ttl_ms: int
+    max_entries: int
+    max_bytes: int
+    endpoints: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Entry:
+    body: bytes
+    content_type: str
+    cost_uc: int | None
+
+
+def request_key(ctx: RequestContext, provider: str, model: str) -> str:
+    body = {k: v for k, v in ctx.body.items() if k not in IGNORED_FIELDS}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    material = "\n".join((ctx.endpoint, ctx.dialect, provider, model, canonical))
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def kind_of(ctx: RequestContext) -> str:
+    if not ctx.stream:
+        return JSON
+    return SSE_USAGE if ctx.client_wants_usage else SSE
+
+
+def lookup(conn: sqlite3.Connection, digest: str, kinds: tuple[str, ...], now_ms: int,
+           ttl_ms: int) -> tuple[str, Entry] | None:
+    """The freshest usable entry, preferring ``kinds`` in order (fresh under today's TTL too)."""
+    rows = {row[0]: row for row in conn.execute(
+        f"SELECT key, body, content_type, cost_uc FROM cache_entries WHERE key IN ({','.join('?' * len(kinds))}) "
+        "AND expires_at > ? AND created_at > ?", [f"{digest}:{k}" for k in kinds] + [now_ms, now_ms - ttl_ms])}
+    for kind in kinds:
+        row = rows.get(f"{digest}:{kind}")
+        if row is not None:
+            return kind, Entry(bytes(row[1]), row[2], row[3])
+    return None
+
+
+def store(conn: sqlite3.Connection, key: str, entry: Entry, usage: str | None, now_ms: int,
+          opts: CacheOptions) -> None:
+    """Writer job: put one entry, drop expired ones, then the oldest beyond the bounds.
+
+    ``cache_stats`` keeps the totals (triggers), so the common case reads one row. The old
+    entry is deleted rather than REPLACEd: REPLACE would not fire the delete trigger.
+    """
+    conn.execute("DELETE FROM cache_entries WHERE key = ?", (key,))
+    conn.execute(
+        "INSERT INTO cache_entries (key, created_at, expires_at, size, body, content_type, usage, cost_uc) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (key, now_ms, now_ms + opts.ttl_ms, len(entry.body), entry.body, entry.content_type, usage, entry.cost_uc))
+    conn.execute("DELETE FROM cache_entries WHERE expires_at <= ?", (now_ms,))
+    count, total = conn.execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
+    if count <= opts.max_entries and total <= opts.max_bytes:
+        return
+    evict = []
+    for old_key, size in conn.execute("SELECT key, size FROM cache_entries ORDER BY created_at, key"):
+        if count <= opts.max_entries and total <= opts.max_bytes:
+            break
+        evict.append((old_key,))
+        count, total = count - 1, total - size
+    conn.executemany("DELETE FROM cache_entries WHERE key = ?", evict)
+
+
+class Cache(Module):
+    """Exact-match response cache in SQLite: TTL, size bounds, bypass header, streams replayed."""
+
+    name = "cache"
+    summary = "exact-match answers from SQLite (plain and streamed), TTL, size bounds, bypass header"
+    schema = {
+        "ttl_s": Field("int", 3600, "seconds an answer stays fresh", min=1, max=366 * 86_400),
+        "max_entries": Field("int", 10_000, "most answers kept; the oldest go first", min=1, max=100_000_000),
+        "max_bytes": Field("int", 256 * 1024 * 1024, "most bytes of answers kept; the oldest go first",
+                           min=1024, max=1 << 44),
+        "endpoints": Field("list", list(ENDPOINTS), "which endpoints are cached", choices=ENDPOINTS),
+    }
+
+    def compile(self, config: dict) -> CacheOptions:
+        return CacheOptions(config["ttl_s"] * 1000, config["max_entries"], config["max_bytes"],
+                            frozenset(config["endpoints"]))
+
+    def before(self, ctx: RequestContext) -> None:
+        opts: CacheOptions = self.options(ctx)
+        if ctx.endpoint not in opts.endpoints:
+            return
+        provider, model = self.app.registry().resolve(ctx.routed_model or ctx.model or "")
+        digest, kind = request_key(ctx, provider.name, model), kind_of(ctx)
+        ctx.state["cache"] = (digest, kind, opts)
+        if ctx.headers.get(HEADER, "").strip().lower() == "bypass":
+            ctx.reply_headers[HEADER] = "bypass"
+            return
+        kinds = (kind, JSON) if kind != JSON else (JSON,)
+        found = lookup(self.app.store.read(), digest, kinds, int(time.time() * 1000), opts.ttl_ms)
+        body = None
+        if found is not None:
+            found_kind, entry = found
+            body = entry.body if found_kind == kind else to_stream(ctx.endpoint, ctx.dialect, entry.body,
+                                                                   ctx.client_wants_usage)
+        if body is None:
+            ctx.reply_headers[HEADER] = "miss"
+            return
+        ctx.provider, ctx.upstream_model = provider, model
+        ctx.cache_hit, ctx.complete = True, True
+        ctx.cost_uc, ctx.cost_status, ctx.cost_saved_uc = 0, "exact", entry.cost_uc
+        ctx.answer = Answer(200, body, CONTENT_TYPES[kind], {HEADER: "hit"}, stream=kind != JSON)
+
+    def after(self, ctx: RequestContext) -> None:
+        state = ctx.state.pop("cache", None)
+        if state is None or ctx.cache_hit:
+            return
+        if ctx.status != 200 or ctx.outcome != "ok" or not ctx.complete or ctx.response_truncated or ctx.sensitive:
+            return
+        digest, kind, opts = state
+        body = bytes(ctx.response_body)
+        if not body or len(body) > opts.max_bytes:
+            return
+        if kind != JSON and not body.startswith((b"data:", b"event:", b":")):
+            kind = JSON  # the provider answered a streamed request plainly: store it as what it is
+        entry = Entry(body, CONTENT_TYPES[kind], ctx.cost_uc)
+        usage = json.dumps(asdict(ctx.usage)) if ctx.usage is not None else None
+        now_ms = int(time.time() * 1000)
+        self.app.store.record(lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts))
+
+    def status(self) -> dict:
+        row = self.app.store.read().execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
+        return {"entries": row[0], "bytes": row[1]}

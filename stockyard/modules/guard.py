@@ -1,0 +1,104 @@
+"""``guard``: request policies checked before anything is spent.
+
+Allowed / denied models (shell-style globs, matched against the model actually used —
+after aliasing — both as ``provider/model`` and bare), a ``max_tokens`` ceiling that
+clamps or rejects, a maximum request size and a maximum number of messages. Refusals are
+errors in the client's dialect: 403 for a model, 413 for size, 400 otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from ..errors import ProxyError
+from ..pipeline import RequestContext
+from .base import Module
+from .schema import Field
+
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _globs(value: list) -> list:
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"items must be non-empty model names or globs, got {item!r}")
+    return [item.strip() for item in value]
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    max_tokens: int
+    max_tokens_mode: str
+    max_input_bytes: int
+    max_messages: int
+
+
+def matches(patterns: tuple[str, ...], names: tuple[str, ...]) -> str | None:
+    """The first pattern that matches any of the names (case-insensitive), or None."""
+    for pattern in patterns:
+        low = pattern.lower()
+        if any(fnmatchcase(name.lower(), low) for name in names):
+            return pattern
+    return None
+
+
+class Guard(Module):
+    """Allowed/denied models, max_tokens ceiling, input size and message count limits."""
+
+    name = "guard"
+    summary = "request policies: allowed/denied models, max_tokens ceiling (clamp or reject), input size, messages"
+    schema = {
+        "allow_models": Field("list", [], "globs of models that may be used; empty allows all",
+                              max=1000, check=_globs),
+        "deny_models": Field("list", [], "globs of models that may not be used (wins over allow)",
+                             max=1000, check=_globs),
+        "max_tokens": Field("int", 0, "ceiling for max_tokens / max_completion_tokens; 0 for none",
+                            min=0, max=10_000_000),
+        "max_tokens_mode": Field("enum", "clamp", "over the ceiling: clamp to it, or reject with 400",
+                                 choices=("clamp", "reject")),
+        "max_input_bytes": Field("int", 0, "largest request body in bytes; 0 for no limit beyond the server's",
+                                 min=0, max=1 << 40),
+        "max_messages": Field("int", 0, "most messages in one request; 0 for no limit", min=0, max=1_000_000),
+    }
+
+    def compile(self, config: dict) -> GuardOptions:
+        return GuardOptions(tuple(config["allow_models"]), tuple(config["deny_models"]), config["max_tokens"],
+                            config["max_tokens_mode"], config["max_input_bytes"], config["max_messages"])
+
+    def before(self, ctx: RequestContext) -> None:
+        opts: GuardOptions = self.options(ctx)
+        model = ctx.routed_model or ctx.model
+        if model and (opts.allow or opts.deny):
+            self._check_model(opts, model, ctx.model or model)
+        if opts.max_input_bytes and len(ctx.raw) > opts.max_input_bytes:
+            raise ProxyError(413, f"request body is {len(ctx.raw)} bytes; this proxy allows at most "
+                                  f"{opts.max_input_bytes}", code="request_too_large")
+        messages = ctx.body.get("messages")
+        if opts.max_messages and isinstance(messages, list) and len(messages) > opts.max_messages:
+            raise ProxyError(400, f"request has {len(messages)} messages; this proxy allows at most "
+                                  f"{opts.max_messages}", param="messages", code="too_many_messages")
+        if opts.max_tokens:
+            self._check_tokens(opts, ctx)
+
+    @staticmethod
+    def _check_model(opts: GuardOptions, model: str, asked: str) -> None:
+        names = (model, model.partition("/")[2]) if "/" in model else (model,)
+        if matches(opts.deny, names) is not None or (opts.allow and matches(opts.allow, names) is None):
+            shown = asked if asked == model else f"{asked} ({model})"
+            raise ProxyError(403, f"model {shown!r} is not allowed by this proxy's policy", param="model",
+                             code="model_not_allowed")
+
+    @staticmethod
+    def _check_tokens(opts: GuardOptions, ctx: RequestContext) -> None:
+        for name in TOKEN_FIELDS:
+            value = ctx.body.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= opts.max_tokens:
+                continue
+            if opts.max_tokens_mode == "reject":
+                raise ProxyError(400, f"{name} is {value}; this proxy allows at most {opts.max_tokens}",
+                                 param=name, code="max_tokens_too_large")
+            ctx.body[name] = opts.max_tokens
+            ctx.body_changed = True

@@ -1,0 +1,264 @@
+"""``redact``: secrets (and, if asked, PII) kept out of what Stockyard stores or sends upstream.
+
+What it finds: API keys of the common providers (OpenAI, Anthropic, Google, Groq, xAI,
+Perplexity, Hugging Face, GitHub, Slack, Stripe), AWS access keys (and secret keys next to
+their name), private key blocks and JWTs; with ``pii``: email addresses, phone numbers and
+card numbers (Luhn-checked, so an order number is not a card).
+
+``mode``:
+- ``store``: trace bodies and error messages are stored redacted; the request goes upstream
+  as sent, and its answer is not cached (it may echo the secret).
+- ``upstream``: the request is also rewritten before it goes upstream (and so is cached and
+  stored redacted).
+- ``block``: a request holding any of them is refused with a 400 that names the kind of
+  data found — never the data itself.
+
+Each finding is replaced by ``[REDACTED:<kind>]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import ProxyError
+from ..pipeline import RequestContext
+from .base import Module
+from .schema import Field
+
+# kind → (what to call it in a message, pattern). Secrets share one regex (one pass).
+SECRETS: dict[str, tuple[str, str]] = {
+    "anthropic_key": ("an Anthropic API key", r"sk-ant-[A-Za-z0-9_\-]{20,}"),
+    "openai_key": ("an OpenAI-style API key", r"(?<![A-Za-z0-9_\-])sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"),
+    "stripe_key": ("a Stripe key", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"),
+    "google_key": ("a Google API key", r"\bAIza[0-9A-Za-z_\-]{35}"),
+    "groq_key": ("a Groq API key", r"\bgsk_[A-Za-z0-9]{20,}"),
+    "xai_key": ("an xAI API key", r"\bxai-[A-Za-z0-9]{20,}"),
+    "perplexity_key": ("a Perplexity API key", r"\bpplx-[A-Za-z0-9]{20,}"),
+    "huggingface_token": ("a Hugging Face token", r"\bhf_[A-Za-z0-9]{30,}"),
+    "github_token": ("a GitHub token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+    "slack_token": ("a Slack token", r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
+    "aws_access_key": ("an AWS access key", r"(?<![A-Z0-9])(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}(?![A-Z0-9])"),
+    "aws_secret_key": ("an AWS secret key",
+                       r"(?i:aws_?secret_?access_?key)[\"'\s:=\\]+[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
+    "private_key": ("a private key",
+                    r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[^\"]*?-----END[A-Z ]{0,40}PRIVATE KEY-----|[^\"]*)"),
+    "jwt": ("a JWT", r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
+}
+PII: dict[str, tuple[str, str]] = {
+    "email": ("an email address", r"(?<![\w.+-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
+    "card": ("a card number", r"(?<![\d.])\d(?:[ \-]?\d){12,18}(?![\d])"),
+    "phone": ("a phone number",
+              r"(?<![\w+.])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?)?\d{2,4}(?:[ .\-]?\d{2,4}){1,4}(?![\w])"),
+}
+LABELS = {kind: label for kind, (label, _) in {**SECRETS, **PII}.items()}
+
+# Every secret above contains one of these; a text with none of them skips the big regex
+# (a dozen substring checks cost a microsecond, the alternation a hundred).
+SECRET_HINTS = ("sk-", "sk_", "rk_", "AIza", "gsk_", "xai-", "pplx-", "hf_", "ghp_", "gho_", "ghu_", "ghs_",
+                "ghr_", "github_pat_", "xox", "AKIA", "ASIA", "AROA", "AIDA", "ecret", "ECRET", "PRIVATE KEY", "eyJ")
+_DIGITS_2, _DIGITS_4 = re.compile(r"\d\d").search, re.compile(r"\d{4}").search
+PII_HINTS: dict[str, Callable[[str], object]] = {
+    "email": lambda text: "@" in text,
+    "card": _DIGITS_4,   # every way of writing a card number has a run of four digits
+    "phone": _DIGITS_2,
+}
+
+
+SHORTEST = 6  # no finding is shorter ("a@b.co")
+
+
+def _has_secret_hint(text: str) -> bool:
+    return any(hint in text for hint in SECRET_HINTS)
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(match: str) -> bool:
+    digits = re.sub(r"\D", "", match)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def _phone(match: str) -> bool:
+    digits = sum(ch.isdigit() for ch in match)
+    return 10 <= digits <= 15 or (match.startswith("+") and 8 <= digits <= 15)
+
+
+VALIDATORS: dict[str, Callable[[str], bool]] = {"card": _card, "phone": _phone}
+
+
+class Detector:
+    """Finds and replaces the chosen kinds; one regex pass for secrets, one per PII kind.
+
+    PII kinds run one after another (cards before phone numbers) because their patterns
+    overlap: a 16-digit card would otherwise also look like a long phone number. JSON is
+    searched string by string, decoded, so escapes cannot hide a secret and a redaction can
+    never touch a number or break the document.
+    """
+
+    def __init__(self, secrets: bool, pii: list[str]) -> None:
+        passes: list[tuple[Callable[[str], object], re.Pattern, bool]] = []
+        if secrets:
+            combined = "|".join(f"(?P<{kind}>{pattern})" for kind, (_, pattern) in SECRETS.items())
+            passes.append((_has_secret_hint, re.compile(combined), False))
+        for kind in ("email", "card", "phone"):
+            if kind in pii:
+                passes.append((PII_HINTS[kind], re.compile(f"(?P<{kind}>{PII[kind][1]})"), kind in VALIDATORS))
+        self.passes = passes
+
+    def __bool__(self) -> bool:
+        return bool(self.passes)
+
+    # -- text ------------------------------------------------------------------------------
+    def find(self, text: str, found: dict[str, None] | None = None) -> dict[str, None]:
+        """The kinds present in ``text`` (an ordered set)."""
+        found = {} if found is None else found
+        for hint, regex, validated in self.passes:
+            if not hint(text):
+                continue
+            for m in regex.finditer(text):
+                kind = m.lastgroup or ""
+                if not validated or VALIDATORS[kind](m.group()):
+                    found[kind] = None
+        return found
+
+    def sub(self, text: str) -> str:
+        for hint, regex, validated in self.passes:
+            if hint(text):
+                text = regex.sub(lambda m: self._replacement(m, validated), text)
+        return text
+
+    @staticmethod
+    def _replacement(m: re.Match, validated: bool) -> str:
+        kind = m.lastgroup or "secret"
+        if validated and not VALIDATORS[kind](m.group()):
+            return m.group()
+        return f"[REDACTED:{kind}]"
+
+    # -- JSON: string values only (keys are API field names), none shorter than any finding --
+    def find_json(self, value: Any, found: dict[str, None] | None = None) -> dict[str, None]:
+        found = {} if found is None else found
+        if isinstance(value, str):
+            if len(value) >= SHORTEST:
+                self.find(value, found)
+        elif isinstance(value, list):
+            for item in value:
+                self.find_json(item, found)
+        elif isinstance(value, dict):
+            for item in value.values():
+                self.find_json(item, found)
+        return found
+
+    def sub_json(self, value: Any) -> Any:
+        """A copy of a JSON value with every string value redacted."""
+        if isinstance(value, str):
+            return self.sub(value) if len(value) >= SHORTEST else value
+        if isinstance(value, list):
+            return [self.sub_json(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.sub_json(v) for k, v in value.items()}
+        return value
+
+    # -- stored bodies ---------------------------------------------------------------------
+    def redact_bytes(self, data: bytes | bytearray) -> bytes:
+        """A stored body redacted: JSON string by string, SSE event by event, else as text."""
+        data = bytes(data)
+        if not data:
+            return data
+        text = data.decode("utf-8", "replace")
+        if text.lstrip().startswith(("{", "[")):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                pass
+            else:
+                if not self.find_json(value):
+                    return data
+                return json.dumps(self.sub_json(value), ensure_ascii=False, separators=(",", ":")).encode()
+        if text.startswith(("data:", "event:", ":")):
+            out = "\n".join(self._sse_line(line) for line in text.split("\n"))
+        else:
+            out = self.sub(text)
+        return data if out == text else out.encode()
+
+    def _sse_line(self, line: str) -> str:
+        if not line.startswith("data:"):
+            return line
+        payload = line[5:].strip()
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return "data: " + self.sub(payload)
+        if not self.find_json(value):
+            return line
+        return "data: " + json.dumps(self.sub_json(value), ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RedactOptions:
+    mode: str
+    detector: Detector
+
+
+def describe_kinds(kinds: list[str]) -> str:
+    labels = [LABELS.get(k, k) for k in kinds]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+class Redact(Module):
+    """Secrets and optional PII removed from stored bodies, from upstream requests, or blocked."""
+
+    name = "redact"
+    summary = "secrets (API keys, AWS keys, private keys, JWTs) and optional PII redacted from storage/upstream, or blocked"
+    schema = {
+        "mode": Field("enum", "store", "store: redact what is stored; upstream: also what is sent; "
+                                       "block: refuse the request (400)", choices=("store", "upstream", "block")),
+        "secrets": Field("bool", True, "look for API keys, AWS keys, private keys and JWTs"),
+        "pii": Field("list", [], "personal data to look for too: email, phone, card",
+                     choices=("email", "phone", "card")),
+    }
+
+    def compile(self, config: dict) -> RedactOptions:
+        return RedactOptions(config["mode"], Detector(config["secrets"], config["pii"]))
+
+    def before(self, ctx: RequestContext) -> None:
+        opts: RedactOptions = self.options(ctx)
+        if not opts.detector:
+            return
+        kinds = list(opts.detector.find_json(ctx.body))
+        ctx.state["redact"] = (opts.detector, bool(kinds))
+        if not kinds:
+            return
+        if opts.mode == "block":
+            raise ProxyError(400, f"request refused: it contains {describe_kinds(kinds)}; remove it and "
+                                  "send the request again", code="sensitive_data")
+        if opts.mode == "upstream":
+            ctx.body = opts.detector.sub_json(ctx.body)
+            ctx.raw = json.dumps(ctx.body, ensure_ascii=False).encode()
+            ctx.body_changed = True
+        else:
+            ctx.sensitive = True
+
+    def after(self, ctx: RequestContext) -> None:
+        """Redact what the trace will store: the request, the answer, errors — of every attempt."""
+        state: tuple[Detector, bool] | None = ctx.state.pop("redact", None)
+        if state is None:
+            return
+        detector, request_has_findings = state
+        if request_has_findings:
+            ctx.raw = detector.redact_bytes(ctx.raw)
+        for c in (ctx, *ctx.attempts):
+            if c.response_body:
+                c.response_body = bytearray(detector.redact_bytes(c.response_body))
+            if c.error_message:
+                c.error_message = detector.sub(c.error_message)

@@ -1,0 +1,234 @@
+"""The cache module: exact-match hits served byte for byte (plain and streamed), a streamed
+request served from a plain answer, bypass, TTL, eviction, what is never cached, hits traced
+with cost 0 and the cost saved, and switched at run time."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from openai import OpenAI
+
+from conftest import wait_for
+from module_helpers import (MINI_COST_UC, api, chat, disable_all, put_module, raw_stream, start_server,
+                            stream_text)
+from mock_upstream import Reply
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "cache")
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.fixture(autouse=True)
+def cache_on(server, mock):
+    mock.clear_replies()
+    disable_all(server)
+    put_module(server, "cache")
+    yield
+    mock.clear_replies()
+
+
+def question() -> list[dict]:
+    """A question no other test asks (so every test starts with a miss)."""
+    return [{"role": "user", "content": f"Say hello {uuid.uuid4().hex}"}]
+
+
+def entries(server) -> int:
+    return server.db_rows("SELECT count(*) AS n FROM cache_entries")[0]["n"]
+
+
+def newest(server) -> int:
+    return server.db_rows("SELECT coalesce(max(created_at), 0) AS t FROM cache_entries")[0]["t"]
+
+
+def stored(server, before: int) -> None:
+    """Wait for the writer to commit the entry a miss queued (``before``: newest() until then)."""
+    wait_for(lambda: newest(server) > before, what="the cache entry to be written")
+
+
+def test_plain_hit_is_byte_identical_and_free(server, mock):
+    messages, before = question(), newest(server)
+    status, headers, first = chat(server, messages=messages)
+    assert status == 200 and headers["x-stockyard-cache"] == "miss"
+    stored(server, before)
+    calls = len(mock.requests)
+    status, headers, second = chat(server, messages=messages)
+    assert status == 200 and headers["x-stockyard-cache"] == "hit"
+    assert second == first, "a hit replays the stored bytes unchanged"
+    assert len(mock.requests) == calls, "a hit never reaches the provider"
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["cache_hit"] == 1 and trace["cost_uc"] == 0 and trace["cost_saved_uc"] == MINI_COST_UC
+    assert trace["provider"] == "openai" and trace["model"] == "gpt-4o-mini" and trace["status"] == 200
+    assert trace["prompt_tokens"] is None, "a hit used no tokens"
+    miss = server.db_rows("SELECT cache_hit, cost_uc FROM traces WHERE cache_hit = 0 ORDER BY id DESC LIMIT 1")
+    assert miss[0]["cost_uc"] == MINI_COST_UC
+
+
+def test_streamed_hit_is_byte_identical(server, mock):
+    body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(server)
+    status, headers, first = raw_stream(server, body)
+    assert status == 200 and headers["x-stockyard-cache"] == "miss" and stream_text(first) == "Hello from mock"
+    stored(server, before)
+    calls = len(mock.requests)
+    status, headers, second = raw_stream(server, body)
+    assert headers["x-stockyard-cache"] == "hit" and headers["content-type"].startswith("text/event-stream")
+    assert headers.get("transfer-encoding") == "chunked", "served as a stream, like a live one"
+    assert second == first and len(mock.requests) == calls
+    # With include_usage the client gets a usage chunk: another kind of stream, stored apart.
+    with_usage, before = {**body, "stream_options": {"include_usage": True}}, newest(server)
+    status, headers, third = raw_stream(server, with_usage)
+    assert headers["x-stockyard-cache"] == "miss", "a stream with a usage chunk is another kind of answer"
+    stored(server, before)
+    status, headers, fourth = raw_stream(server, with_usage)
+    assert headers["x-stockyard-cache"] == "hit" and fourth == third and b'"prompt_tokens"' in fourth
+
+
+def test_stream_served_from_a_cached_plain_answer(server, mock):
+    messages, before = question(), newest(server)
+    chat(server, messages=messages)
+    stored(server, before)
+    calls = len(mock.requests)
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, stream=True,
+                                                           stream_options={"include_usage": True})
+    assert raw.headers["x-stockyard-cache"] == "hit"
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert len(mock.requests) == calls
+    status, _, data = raw_stream(server, {"model": "gpt-4o-mini", "messages": messages})
+    assert data.endswith(b"data: [DONE]\n\n") and b'"usage"' not in data, "no usage chunk unless asked"
+
+
+def test_key_ignores_stream_options_and_user_but_not_the_question(server, mock):
+    messages, before = question(), newest(server)
+    chat(server, messages=messages, user="alice")
+    stored(server, before)
+    assert chat(server, messages=messages, user="bob")[1]["x-stockyard-cache"] == "hit"
+    assert chat(server, messages=messages, temperature=0.5)[1]["x-stockyard-cache"] == "miss"
+    assert chat(server, model="gpt-4o", messages=messages)[1]["x-stockyard-cache"] == "miss"
+
+
+def test_bypass_header_asks_the_provider_and_refreshes(server, mock):
+    messages, before = question(), newest(server)
+    chat(server, messages=messages)
+    stored(server, before)
+    calls = len(mock.requests)
+    status, headers, _ = chat(server, messages=messages, headers={"x-stockyard-cache": "bypass"})
+    assert status == 200 and headers["x-stockyard-cache"] == "bypass" and len(mock.requests) == calls + 1
+    assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "hit"
+
+
+def test_ttl_expires_entries(server):
+    put_module(server, "cache", {"ttl_s": 1})
+    messages, before = question(), newest(server)
+    chat(server, messages=messages)
+    stored(server, before)
+    assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "hit"
+    time.sleep(1.1)
+    assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "miss"
+
+
+def test_oldest_entries_are_evicted_past_max_entries(server):
+    put_module(server, "cache", {"max_entries": 2})
+    questions = [question() for _ in range(3)]
+    for q in questions:
+        last = newest(server)
+        time.sleep(0.002)  # distinct created_at
+        chat(server, messages=q)
+        wait_for(lambda: newest(server) > last, what="the entry (and its evictions) to be written")
+    assert entries(server) == 2
+    assert chat(server, messages=questions[2])[1]["x-stockyard-cache"] == "hit"
+    assert chat(server, messages=questions[0])[1]["x-stockyard-cache"] == "miss", "the oldest went first"
+
+
+def test_max_bytes_bounds_the_cache(server):
+    put_module(server, "cache", {"max_bytes": 1024})
+    for _ in range(4):
+        chat(server, messages=question())
+    wait_for(lambda: server.db_rows("SELECT coalesce(sum(size), 0) AS b FROM cache_entries")[0]["b"] <= 1024
+             and entries(server) >= 1, what="eviction down to max_bytes")
+
+
+def test_errors_and_broken_streams_are_not_cached(server, mock):
+    for _ in range(2):
+        status, headers, _ = chat(server, model="openai/mock-error-500")
+        assert status == 500 and headers["x-stockyard-cache"] == "miss"
+    body = {"model": "gpt-4o-mini", "messages": question()}
+    events = ['{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+              '"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}'] * 3
+    mock.enqueue(Reply(sse=events, cut_after=2))
+    status, headers, data = raw_stream(server, body)
+    assert status == 200 and b'"error"' in data
+    calls = len(mock.requests)
+    time.sleep(0.3)  # the writer would have stored it by now
+    assert raw_stream(server, body)[1]["x-stockyard-cache"] == "miss" and len(mock.requests) == calls + 1
+
+
+def test_embeddings_are_cached(server, mock):
+    text, before = f"embed {uuid.uuid4().hex}", newest(server)
+    status, _, first = server.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
+    assert status == 200
+    stored(server, before)
+    status, headers, second = server.request("POST", "/v1/embeddings",
+                                             {"model": "text-embedding-3-small", "input": text})
+    assert headers["x-stockyard-cache"] == "hit" and second == first
+
+
+def test_endpoints_option_limits_what_is_cached(server):
+    put_module(server, "cache", {"endpoints": ["embeddings"]})
+    status, headers, _ = chat(server, messages=question())
+    assert status == 200 and "x-stockyard-cache" not in headers
+
+
+def test_disabled_cache_has_no_effect(server, mock):
+    messages, before = question(), newest(server)
+    chat(server, messages=messages)
+    stored(server, before)
+    assert api(server, "POST", "/api/modules/cache/disable")[0] == 200
+    calls = len(mock.requests)
+    status, headers, _ = chat(server, messages=messages)
+    assert status == 200 and "x-stockyard-cache" not in headers and len(mock.requests) == calls + 1
+
+
+def test_cli_switches_the_cache_at_run_time(server, mock):
+    messages, before = question(), newest(server)
+    chat(server, messages=messages)
+    stored(server, before)
+    assert server.cli("modules", "disable", "cache").returncode == 0
+    wait_for(lambda: "x-stockyard-cache" not in chat(server, messages=messages)[1], what="cache off")
+    assert server.cli("modules", "enable", "cache").returncode == 0
+    wait_for(lambda: chat(server, messages=messages)[1].get("x-stockyard-cache") == "hit", what="cache on")
+
+
+def test_status_reports_entries_and_bytes_exactly(server):
+    """The running totals (kept by triggers) match the table, refreshes and evictions included."""
+    messages, before = question(), newest(server)
+    chat(server, messages=messages)
+    stored(server, before)
+    chat(server, messages=messages, headers={"x-stockyard-cache": "bypass"})  # replaces the entry
+    time.sleep(0.3)
+    status, view = api(server, "GET", "/api/modules/cache")
+    actual = server.db_rows("SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM cache_entries")[0]
+    assert (view["status"]["entries"], view["status"]["bytes"]) == (actual["n"], actual["b"]) and actual["b"] > 0
+
+
+def test_a_plain_answer_to_a_streamed_request_is_stored_as_plain(server, mock):
+    """Some providers ignore stream=true: what they sent is stored as what it is."""
+    answer = {"id": "c9", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "plain anyway"},
+                           "finish_reason": "stop"}]}
+    body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(server)
+    mock.enqueue(Reply(json=answer))
+    status, headers, data = raw_stream(server, body)
+    assert status == 200 and json.loads(data)["choices"][0]["message"]["content"] == "plain anyway"
+    stored(server, before)
+    assert chat(server, messages=body["messages"])[2] == data, "stored as the plain answer it was"
+    status, headers, data = raw_stream(server, body)
+    assert headers["x-stockyard-cache"] == "hit" and stream_text(data) == "plain anyway"

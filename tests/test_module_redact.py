@@ -1,0 +1,173 @@
+"""The redact module: secrets and PII out of stored traces (store), out of what goes upstream
+(upstream), or the request refused naming only the kind of data (block); plain and streamed;
+switched at run time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import wait_for
+from module_helpers import (api, chat, disable_all, put_module, raw_stream, start_server, stream_text,
+                            trace_body)
+from mock_upstream import Reply
+
+from stockyard.modules.redact import Detector, luhn_ok
+
+OPENAI_SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 2
+AWS_SECRET = "AKIA" + "ABCDEFGHIJKLMNOP"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n-----END RSA PRIVATE KEY-----"
+CARD, NOT_A_CARD = "4111 1111 1111 1111", "4111 1111 1111 1112"
+EMAIL = "ada@example.com"
+LEAKY = f"my key is {OPENAI_SECRET}, aws {AWS_SECRET}, token {JWT}\n{PEM}"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "redact")
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+    for secret in (OPENAI_SECRET, AWS_SECRET, JWT):
+        assert secret not in srv.log
+
+
+@pytest.fixture(autouse=True)
+def fresh(server, mock):
+    mock.clear_replies()
+    disable_all(server)
+    mock.clear()
+    yield
+    mock.clear_replies()
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_store_mode_keeps_secrets_out_of_traces_but_sends_them(server, mock):
+    put_module(server, "redact", {"mode": "store"})
+    status, headers, body = chat(server, messages=ask(LEAKY))
+    assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "Hello from mock"
+    assert mock.last("/chat/completions").json["messages"][0]["content"] == LEAKY, "upstream gets it as sent"
+    request, response = trace_body(server, headers["x-stockyard-trace-id"])
+    for secret in (OPENAI_SECRET, AWS_SECRET, JWT, "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo"):
+        assert secret not in request
+    stored = json.loads(request)["messages"][0]["content"]
+    assert stored.startswith("my key is [REDACTED:openai_key], aws [REDACTED:aws_access_key], token [REDACTED:jwt]")
+    assert stored.endswith("[REDACTED:private_key]") and "Hello from mock" in response
+
+
+def test_store_mode_redacts_answers_and_errors_too(server, mock):
+    put_module(server, "redact", {"mode": "store", "pii": ["email"]})
+    answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": f"write to {EMAIL}"},
+                           "finish_reason": "stop"}]}
+    mock.enqueue(Reply(json=answer))
+    status, headers, body = chat(server, messages=ask("who?"))
+    assert EMAIL in body.decode(), "the client gets the answer as it was"
+    assert EMAIL not in trace_body(server, headers["x-stockyard-trace-id"])[1]
+    mock.enqueue(Reply(sse=['{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+                            f'"choices":[{{"index":0,"delta":{{"content":"mail {EMAIL}"}},"finish_reason":null}}]}}',
+                            "[DONE]"]))
+    status, headers, data = raw_stream(server, {"model": "gpt-4o-mini", "messages": ask("who?")})
+    assert stream_text(data) == f"mail {EMAIL}"
+    stored = trace_body(server, headers["x-stockyard-trace-id"])[1]
+    assert EMAIL not in stored and "[REDACTED:email]" in stored and stored.endswith("data: [DONE]\n\n")
+    mock.enqueue(Reply(status=400, json={"error": {"message": f"bad address {EMAIL}", "type": "invalid_request_error"}}))
+    status, headers, _ = chat(server, messages=ask("x"))
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert status == 400 and EMAIL not in trace["error_message"] and "[REDACTED:email]" in trace["error_message"]
+
+
+def test_store_mode_answers_are_not_cached(server, mock):
+    put_module(server, "redact", {"mode": "store"})
+    put_module(server, "cache")
+    for _ in range(2):
+        assert chat(server, messages=ask(LEAKY))[1]["x-stockyard-cache"] == "miss"
+    assert len(mock.requests) == 2
+
+
+def test_upstream_mode_rewrites_what_is_sent(server, mock):
+    put_module(server, "redact", {"mode": "upstream", "pii": ["email", "card"]})
+    text = f"{LEAKY} mail {EMAIL} card {CARD} order {NOT_A_CARD}"
+    status, headers, data = raw_stream(server, {"model": "gpt-4o-mini", "messages": ask(text)})
+    assert status == 200 and stream_text(data) == "Hello from mock"
+    sent = mock.last("/chat/completions").json["messages"][0]["content"]
+    for secret in (OPENAI_SECRET, AWS_SECRET, JWT, EMAIL, CARD):
+        assert secret not in sent
+    assert "[REDACTED:email]" in sent and "[REDACTED:card]" in sent and NOT_A_CARD in sent, "Luhn-checked"
+    request, _ = trace_body(server, headers["x-stockyard-trace-id"])
+    assert json.loads(request)["messages"][0]["content"] == sent
+
+
+def test_block_mode_refuses_naming_the_kind_never_the_secret(server, mock):
+    put_module(server, "redact", {"mode": "block"})
+    status, headers, body = chat(server, messages=ask(LEAKY))
+    err = json.loads(body)["error"]
+    assert status == 400 and err["code"] == "sensitive_data"
+    assert "an OpenAI-style API key" in err["message"] and "an AWS access key" in err["message"]
+    assert "a JWT" in err["message"] and "a private key" in err["message"]
+    assert OPENAI_SECRET not in body.decode() and mock.requests == []
+    request, _ = trace_body(server, headers["x-stockyard-trace-id"])
+    assert OPENAI_SECRET not in request and "[REDACTED:openai_key]" in request
+    status, _, body = raw_stream(server, {"model": "gpt-4o-mini", "messages": ask(f"key {OPENAI_SECRET}")})
+    assert status == 400 and json.loads(body)["error"]["code"] == "sensitive_data"
+    assert chat(server, messages=ask("nothing secret here"))[0] == 200
+
+
+def test_pii_is_off_unless_asked(server, mock):
+    put_module(server, "redact", {"mode": "block"})
+    assert chat(server, messages=ask(f"mail {EMAIL}, card {CARD}, call +1 415 555 0100"))[0] == 200
+    put_module(server, "redact", {"mode": "block", "pii": ["phone"]})
+    status, _, body = chat(server, messages=ask("call +1 415 555 0100"))
+    assert status == 400 and "a phone number" in json.loads(body)["error"]["message"]
+
+
+def test_disabled_redact_has_no_effect(server):
+    put_module(server, "redact", {"mode": "block"}, enabled=False)
+    status, headers, _ = chat(server, messages=ask(f"key {OPENAI_SECRET}"))
+    assert status == 200 and OPENAI_SECRET in trace_body(server, headers["x-stockyard-trace-id"])[0]
+
+
+def test_cli_switches_redact_at_run_time(server):
+    assert server.cli("modules", "set", "redact", "mode=block").returncode == 0
+    assert server.cli("modules", "enable", "redact").returncode == 0
+    wait_for(lambda: chat(server, messages=ask(f"key {OPENAI_SECRET}"))[0] == 400, what="redact on")
+    assert server.cli("modules", "disable", "redact").returncode == 0
+    wait_for(lambda: chat(server, messages=ask(f"key {OPENAI_SECRET}"))[0] == 200, what="redact off")
+    assert api(server, "GET", "/api/modules/redact")[1]["enabled"] is False
+
+
+# -- the detector in process ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, kind", [
+    ("sk-ant-api03-" + "x" * 40, "anthropic_key"),
+    ("AIza" + "B" * 35, "google_key"),
+    ("gsk_" + "a1" * 20, "groq_key"),
+    ("xai-" + "k" * 40, "xai_key"),
+    ("pplx-" + "p" * 40, "perplexity_key"),
+    ("hf_" + "h" * 34, "huggingface_token"),
+    ("ghp_" + "g" * 36, "github_token"),
+    ("xoxb-1234567890-abcdefghij", "slack_token"),
+    ("sk_live_" + "s" * 24, "stripe_key"),
+    ("aws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_key"),
+])
+def test_detector_knows_the_common_providers(text, kind):
+    detector = Detector(True, [])
+    assert list(detector.find(f"here: {text} end")) == [kind]
+    assert detector.sub(f"here: {text} end") == f"here: [REDACTED:{kind}] end"
+
+
+def test_detector_leaves_ordinary_text_alone():
+    detector = Detector(True, ["email", "card", "phone"])
+    text = "version 1.2.3, 12.50 USD, 2024-01-15, sk-learn, a risk-averse plan, order 1234 5678 9012 3456"
+    assert detector.find(text) == {} and detector.sub(text) == text
+    body = json.dumps({"created": 1700000000, "n": 4111111111111111, "content": "ok"}).encode()
+    assert detector.redact_bytes(body) == body, "numbers in JSON are never touched"
+
+
+def test_luhn():
+    assert luhn_ok("4111111111111111") and luhn_ok("5500005555555559") and not luhn_ok("4111111111111112")
