@@ -21,7 +21,7 @@ from stockyard.modules.guard import Guard
 from stockyard.modules.schema import Field
 from stockyard.pipeline import RequestContext
 
-ORDER = ["alias", "guard", "redact", "cache", "timeout", "fallback"]
+ORDER = ["ratelimit", "alias", "guard", "redact", "budget", "cache", "timeout", "fallback"]
 
 
 @pytest.fixture(scope="module")
@@ -289,12 +289,14 @@ def test_a_module_from_elsewhere_is_one_line_of_registration(monkeypatch):
     mods = Modules(types.SimpleNamespace(), order=registry.ORDER)
     counting = mods.get("counting")
     chain = mods.build({})
-    assert chain.modules == [counting], "on by default, every module of ours off"
+    on_by_default = {"ratelimit", "budget"}  # the keys' own modules: their limits live on the keys
+    assert [m for m in chain.modules if m.name not in on_by_default] == [counting], \
+        "on by default, every configurable module off"
     c = ctx()
     chain.before(c)
     chain.after(c)
     assert (counting.before_calls, counting.after_calls) == (1, 1)
-    assert mods.build({"counting": ModuleRow("counting", False, {}, "")}).modules == []
+    assert counting not in mods.build({"counting": ModuleRow("counting", False, {}, "")}).modules
     scoped = mods.build({"counting": ModuleRow("counting", True, {"overrides": {"key:k1": {"enabled": False}}}, "")})
     scoped.before(ctx(key_id="k1"))
     assert counting.before_calls == 1, "switched off for that key"

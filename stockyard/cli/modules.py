@@ -24,19 +24,22 @@ def register(sub) -> None:
                                    + ", ".join(registry.names()) + ". Changes apply from the next request.")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
 
-    v = verbs.add_parser("list", help="every module, in chain order, on or off")
+    v = verbs.add_parser("list", help="every module, in chain order, on or off",
+                         description="List every module in chain order, whether it is on, and its options.")
     add_json(v)
     add_db(v)
     v.set_defaults(func=run_list)
 
-    v = verbs.add_parser("show", help="one module: state, options in effect, what each option means")
+    v = verbs.add_parser("show", help="one module: state, options in effect, what each option means",
+                         description="Show one module: whether it is on, the options in effect, and what each means.")
     v.add_argument("name", metavar="NAME")
     v.add_argument("--json", action="store_true", help="as one JSON object")
     add_db(v)
     v.set_defaults(func=run_show)
 
     for verb, on in (("enable", True), ("disable", False)):
-        v = verbs.add_parser(verb, help=f"switch a module {'on' if on else 'off'}")
+        v = verbs.add_parser(verb, help=f"switch a module {'on' if on else 'off'}",
+                             description=f"Switch a module {'on' if on else 'off'} (audited; applies from the next request).")
         v.add_argument("name", metavar="NAME")
         add_db(v)
         v.set_defaults(func=run_switch, on=on)
@@ -52,7 +55,8 @@ def register(sub) -> None:
     add_db(v)
     v.set_defaults(func=run_set)
 
-    v = verbs.add_parser("reset", help="put options (all, when none are named) back to their defaults")
+    v = verbs.add_parser("reset", help="put options (all, when none are named) back to their defaults",
+                         description="Put the named options (all, when none are named) back to their defaults.")
     v.add_argument("name", metavar="NAME")
     v.add_argument("keys", nargs="*", metavar="KEY")
     add_db(v)
