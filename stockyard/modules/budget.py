@@ -3,8 +3,8 @@
 Before the request goes upstream its worst case (``estimate.worst_case_cost``) is
 reserved in the server's :class:`~stockyard.budgets.Ledger`; a request that would take a
 budget past its limit gets a 429 ``budget_exceeded`` and never reaches the provider.
-After it ends, the reservation settles to the real cost (``ctx.cost_uc``, priced before
-the after hooks run).
+After it ends, the reservation settles to the real cost (``ctx.cost_uc`` plus the cost of
+any failed attempt a provider billed, all priced before the after hooks run).
 
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
@@ -63,4 +63,5 @@ class BudgetModule:
     def after(self, ctx: RequestContext) -> None:
         if ctx.key is None:
             return
-        self.app.ledger.settle(ctx.state.pop("budget", None), ctx.cost_uc or 0, scopes_of(ctx.key), ctx.ts_ms)
+        billed = (ctx.cost_uc or 0) + sum(a.cost_uc or 0 for a in ctx.attempts)  # failed attempts a provider billed
+        self.app.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)
