@@ -12,10 +12,11 @@ import sys
 
 from ..errors import ProxyError
 from ..store.db import SchemaError
-from . import common, serve, traces, version
+from ..store.lock import DatabaseBusy
+from . import backup, common, migrate, restore, serve, traces, version
 
 # Each module has register(subparsers); order here is the order in --help.
-COMMANDS = [serve, traces, version]
+COMMANDS = [serve, traces, backup, restore, migrate, version]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except common.CommandError as exc:
         print(f"stockyard: {exc}", file=sys.stderr)
         return exc.code
-    except (SchemaError, ProxyError, ValueError, sqlite3.Error, OSError) as exc:
+    except (SchemaError, ProxyError, DatabaseBusy, ValueError, sqlite3.Error, OSError) as exc:
         message = exc.message if isinstance(exc, ProxyError) else str(exc)
         print(f"stockyard: {message}", file=sys.stderr)
         return 1
