@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -203,6 +204,7 @@ def fill_generic(conn: sqlite3.Connection, table: str, attempts: int = 3, _depth
     """
     fks = {fk[3]: (fk[2], fk[4]) for fk in conn.execute(f'PRAGMA foreign_key_list("{table}")')}
     info = list(conn.execute(f'PRAGMA table_info("{table}")'))
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0] or ""
     last_error: Exception | None = None
     for attempt in range(attempts):
         values: dict[str, Any] = {}
@@ -218,8 +220,10 @@ def fill_generic(conn: sqlite3.Connection, table: str, attempts: int = 3, _depth
                 values[name] = row[0] if row else None
             elif pk and "INT" in (decl or "").upper() and len([c for c in info if c[5]]) == 1:
                 continue  # rowid alias: let SQLite number it
-            elif notnull or default is None:
-                values[name] = _sample_value(decl, table, name, attempt)
+            elif default is None:  # columns with a default keep it
+                allowed = re.search(rf'CHECK\s*\(\s*"?{re.escape(name)}"?\s+IN\s*\(\s*([^,)]+)', sql, re.I)
+                values[name] = (conn.execute(f"SELECT {allowed.group(1)}").fetchone()[0] if allowed
+                                else _sample_value(decl, table, name, attempt))
                 if pk:
                     values[name] = f"sample-{table}-{attempt}-{time.monotonic_ns()}" if not isinstance(
                         values[name], int) else 10_000 + time.monotonic_ns() % 1_000_000
