@@ -10,6 +10,7 @@ import argparse
 import sqlite3
 import sys
 
+from ..audit import AuditError
 from ..errors import ProxyError
 from ..store.db import SchemaError
 from ..store.lock import DatabaseBusy
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except common.CommandError as exc:
         print(f"stockyard: {exc}", file=sys.stderr)
         return exc.code
-    except (SchemaError, ProxyError, DatabaseBusy, ValueError, sqlite3.Error, OSError) as exc:
+    except (SchemaError, ProxyError, DatabaseBusy, AuditError, ValueError, sqlite3.Error, OSError) as exc:
         message = exc.message if isinstance(exc, ProxyError) else str(exc)
         print(f"stockyard: {message}", file=sys.stderr)
         return 1
