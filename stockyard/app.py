@@ -52,7 +52,9 @@ class App:
         self.snapshots: Snapshotter | None = None
         if settings.snapshot_path is not None:
             self.snapshots = Snapshotter(settings.snapshot_path)
-            self.writer.add_periodic_task(self.snapshots.run, settings.snapshot_every_s)
+            # The first one soon after start (not at once: startup writes should not wait for it).
+            self.writer.add_periodic_task(self.snapshots.run, settings.snapshot_every_s,
+                                          first_in_s=min(settings.snapshot_every_s, 60.0))
         self.writer.start()
         self.store = Store(settings.db_path, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
