@@ -110,7 +110,7 @@ def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cac
         status, headers, _ = srv.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
         assert status == 200 and srv.trace(headers["x-stockyard-trace-id"])
         assert metric(srv, "database_writable") == 1
-        assert "database writable again" in srv.log
+        wait_for(lambda: "database writable again" in srv.log, 5, "recovery logged")
         stored_after = len(srv.db_rows("SELECT id FROM traces"))
         print(f"\nunwritable: {len(load.answered)} requests served while writes failed, {dropped:.0f} records "
               f"dropped, memory +{growth_mb:.1f} MB; traces {stored_before} before, {stored_after} after recovery")

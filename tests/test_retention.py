@@ -93,7 +93,7 @@ def test_the_server_applies_retention_when_idle(pyz_path, cache_home, tmp_path):
            "STOCKYARD_BODIES_MAX_MB": "100"}
     srv = ServerProcess(pyz_path, path, env).start()
     try:
-        assert "retention: bodies 7d, traces 90d, bodies at most 100 MB" in srv.log
+        wait_for(lambda: "retention: bodies 7d, traces 90d, bodies at most 100 MB" in srv.log, 5, "banner")
         wait_for(lambda: srv.db_rows("SELECT count(*) AS n FROM traces")[0]["n"] == 650, 20, "old traces deleted")
         wait_for(lambda: srv.db_rows("SELECT count(*) AS n FROM trace_bodies")[0]["n"] == 50, 20, "old bodies deleted")
         _, _, metrics = srv.request("GET", "/metrics")

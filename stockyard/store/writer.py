@@ -32,6 +32,7 @@ IdleTask = Callable[[sqlite3.Connection], Any]  # returns truthy while it has mo
 _STOP = object()
 _MORE_IDLE_WORK_S = 0.02       # how long the queue must be empty before the next idle step
 WAL_CHECK_EVERY_S = 10.0
+IDLE_RERUN_S = 60.0            # a server with no writes at all still ages its traces out
 FAILURE_LOG_EVERY_S = 10.0
 
 
@@ -136,16 +137,18 @@ class Writer:
         stopping = False
         idle_done = True   # idle tasks already ran since the last batch
         more_idle = False  # an idle task said it has more to do
+        last_idle_run = time.monotonic()
         while not stopping:
             self._run_due_tasks()
             try:
                 first = self.queue.get(timeout=_MORE_IDLE_WORK_S if more_idle else self.idle_after_s)
             except queue.Empty:
-                if not idle_done or more_idle:
+                if not idle_done or more_idle or time.monotonic() - last_idle_run >= IDLE_RERUN_S:
                     more_idle = self._run_idle_tasks()
                     if not more_idle:
                         self._checkpoint("TRUNCATE")
                     idle_done = True
+                    last_idle_run = time.monotonic()
                 continue
             batch: list[_Item] = []
             item = first
