@@ -45,10 +45,6 @@ class Inspection:
     def ok(self) -> bool:
         return self.integrity == "ok"
 
-    def summary(self) -> str:
-        return (f"{self.path}: {_mb(self.size_bytes)}, schema v{self.schema_version}, "
-                f"integrity {self.integrity}, audit log {self.audit_seq} entries, head {self.audit_head}")
-
 
 def utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

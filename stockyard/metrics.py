@@ -26,6 +26,7 @@ OTHER = "_other"
 # Seconds; LLM calls run from milliseconds (cache hits, embeddings) to minutes (long generations).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 UPSTREAM_ERROR_OUTCOMES = ("upstream_error", "stream_broken")
+ZERO_WHEN_EMPTY = ("budget_rejections_total",)  # unlabelled counters shown as 0 before the first event
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -161,7 +162,7 @@ def render(app: "App") -> str:
         if kind == "counter":
             family = counters.get(name, {})
             _family(lines, name, kind, help_text)
-            if not family and name in ("budget_rejections_total",):
+            if not family and name in ZERO_WHEN_EMPTY:
                 lines.append(f"stockyard_{name} 0")
             for labels, value in sorted(family.items()):
                 lines.append(f"stockyard_{name}{_labels_text(labels)} {value}")
