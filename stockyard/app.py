@@ -15,9 +15,11 @@ from typing import Callable, Mapping
 
 from . import __version__, audit
 from .budgets import Budget, Ledger, load_project_budgets, spent_uc
+from .backup import Snapshotter
 from .config import Settings
 from .keys import KeyRecord, KeyRing, check as check_key, load_keys
 from .modules import Modules
+from .metrics import Registry as MetricsRegistry
 from .pipeline import Chain, RequestContext
 from .pricing import Price, PriceTable, cost_microcents, format_usd, Usage
 from .providers import Registry, from_env
@@ -25,7 +27,9 @@ from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
 from .operations.prices import load_overrides
 from .operations.modules import load_rows as load_module_rows
+from .retention import Retention
 from .store import Store, Writer, db
+from .store.lock import DatabaseLock
 from .store.traces import iso_utc, record_from
 from .upstream import Pool
 
@@ -62,9 +66,27 @@ class App:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
-        conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
-        conn.close()
-        self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size).start()
+        # Held until close (or until the process dies): restore and migrate refuse meanwhile.
+        self.db_lock = DatabaseLock(settings.db_path, exclusive=False).acquire()
+        try:
+            conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
+            conn.close()
+        except BaseException:
+            self.db_lock.release()
+            raise
+        self.metrics = MetricsRegistry()
+        self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
+        self.retention = Retention(bodies_max_age_s=settings.retention_bodies_s,
+                                   traces_max_age_s=settings.retention_traces_s,
+                                   bodies_max_bytes=settings.bodies_max_bytes)
+        self.writer.add_idle_task(self.retention.run)
+        self.snapshots: Snapshotter | None = None
+        if settings.snapshot_path is not None:
+            self.snapshots = Snapshotter(settings.snapshot_path)
+            # The first one soon after start (not at once: startup writes should not wait for it).
+            self.writer.add_periodic_task(self.snapshots.run, settings.snapshot_every_s,
+                                          first_in_s=min(settings.snapshot_every_s, 60.0))
+        self.writer.start()
         self.store = Store(settings.db_path, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
@@ -317,6 +339,10 @@ class App:
         if record.response_body:
             record.response_body = self.scrub_bytes(record.response_body)
         self.store.record(record.write)
+        try:
+            self.metrics.observe_request(ctx)
+        except Exception as exc:  # metrics must never cost a request
+            log.error("metrics update failed for %s: %s", ctx.trace_id, exc)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -329,6 +355,7 @@ class App:
         self.writer.stop()
         self.pool.close()
         self.store.close()
+        self.db_lock.release()
 
     @property
     def version(self) -> str:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 DEFAULT_DB = "~/.stockyard/stockyard.db"
+DEFAULT_SNAPSHOT_EVERY_S = 15 * 60.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,11 @@ class Settings:
     cors_origin: str | None = None
     default_max_tokens: int = 4096           # output assumed when a request sets no max_tokens
     budget_warn_percent: tuple[int, ...] = (80,)
+    snapshot_path: Path | None = None
+    snapshot_every_s: float = DEFAULT_SNAPSHOT_EVERY_S
+    retention_bodies_s: float | None = None    # delete stored bodies older than this
+    retention_traces_s: float | None = None    # delete traces older than this (rollups stay)
+    bodies_max_bytes: int | None = None        # delete the oldest bodies beyond this total
 
     @property
     def is_loopback(self) -> bool:
@@ -83,6 +92,30 @@ def _positive_int(value: str | None, name: str, default: int) -> int:
     if number <= 0:
         raise ValueError(f"{name} must be a positive whole number, got {value!r}")
     return number
+def parse_duration(text: str, name: str = "duration") -> float:
+    """Seconds from ``30s``, ``15m``, ``1h``, ``7d``, ``2w`` or a plain number of seconds."""
+    match = _DURATION.match(str(text).lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{name} must be a positive duration like 30s, 15m, 1h or 7d, got {text!r}")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _env_duration(env: Mapping[str, str], name: str) -> float | None:
+    value = env.get(name)
+    return parse_duration(value, name) if value else None
+
+
+def _env_megabytes(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if not value:
+        return None
+    try:
+        mb = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of megabytes, got {value!r}") from None
+    if mb <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return int(mb * 1024 * 1024)
 
 
 def resolve_db_path(flag: str | None, env: Mapping[str, str]) -> Path:
@@ -102,6 +135,10 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         raise ValueError(f"port must be a number, got {port_text!r}") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {port}")
+    snapshot = flags.get("snapshot", env.get("STOCKYARD_SNAPSHOT") or None)
+    every = flags.get("snapshot_every", env.get("STOCKYARD_SNAPSHOT_EVERY") or None)
+    if every and not snapshot:
+        raise ValueError("--snapshot-every (STOCKYARD_SNAPSHOT_EVERY) needs --snapshot PATH (STOCKYARD_SNAPSHOT)")
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
         port=port,
@@ -119,4 +156,9 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         cors_origin=env.get("STOCKYARD_CORS_ORIGIN") or None,
         default_max_tokens=_positive_int(env.get("STOCKYARD_DEFAULT_MAX_TOKENS"), "STOCKYARD_DEFAULT_MAX_TOKENS", 4096),
         budget_warn_percent=_percents(env.get("STOCKYARD_BUDGET_WARN_PERCENT")),
+        snapshot_path=Path(str(snapshot)).expanduser() if snapshot else None,
+        snapshot_every_s=parse_duration(str(every), "--snapshot-every") if every else DEFAULT_SNAPSHOT_EVERY_S,
+        retention_bodies_s=_env_duration(env, "STOCKYARD_RETENTION_BODIES"),
+        retention_traces_s=_env_duration(env, "STOCKYARD_RETENTION_TRACES"),
+        bodies_max_bytes=_env_megabytes(env, "STOCKYARD_BODIES_MAX_MB"),
     )

@@ -1,24 +1,228 @@
-"""``GET /metrics`` in the Prometheus text format."""
+"""``GET /metrics`` in the Prometheus text format, from counters kept in memory.
+
+:class:`Registry` is updated once per finished request (``App.finish``): one lock and a
+few dict increments, no I/O. Gauges about the store (queue depth, dropped records, file
+sizes, snapshots, retention) are read when ``/metrics`` is scraped. Counters start at zero
+when the server starts, as Prometheus expects; totals that survive restarts live in the
+database (``stockyard costs``).
+
+Label values that come from clients (model names) are bounded: after ``MAX_SERIES``
+distinct label sets, new ones are counted under ``model="_other"`` so a client sending
+random model names cannot grow the server's memory.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+import time
+from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
     from .app import App
+    from .pipeline import RequestContext
+
+MAX_SERIES = 2000
+OTHER = "_other"
+# Seconds; LLM calls run from milliseconds (cache hits, embeddings) to minutes (long generations).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+UPSTREAM_ERROR_OUTCOMES = ("upstream_error", "stream_broken")
+ZERO_WHEN_EMPTY = ("budget_rejections_total",)  # unlabelled counters shown as 0 before the first event
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Histogram:
+    __slots__ = ("buckets", "counts", "sum", "count")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+                break
+        self.sum += value
+        self.count += 1
+
+
+class Registry:
+    """The request counters of one server process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[str, dict[Labels, int]] = {}
+        self.histograms: dict[str, dict[Labels, Histogram]] = {}
+        self._series = 0
+
+    def _labels(self, family: dict, labels: Labels) -> Labels:
+        """``labels``, or the same with model="_other" once too many series exist."""
+        if labels in family or self._series < MAX_SERIES:
+            return labels
+        return tuple((k, OTHER if k == "model" else v) for k, v in labels)
+
+    def inc(self, name: str, labels: Labels, amount: int = 1) -> None:
+        family = self.counters.setdefault(name, {})
+        labels = self._labels(family, labels)
+        if labels not in family:
+            self._series += 1
+            family[labels] = 0
+        family[labels] += amount
+
+    def observe(self, name: str, labels: Labels, value: float) -> None:
+        family = self.histograms.setdefault(name, {})
+        labels = self._labels(family, labels)
+        hist = family.get(labels)
+        if hist is None:
+            self._series += 1
+            hist = family[labels] = Histogram(LATENCY_BUCKETS)
+        hist.observe(value)
+
+    def observe_request(self, ctx: "RequestContext") -> None:
+        """Count one finished request (called from ``App.finish``; never raises on odd input)."""
+        provider = ctx.provider.name if ctx.provider else "none"
+        # Only a routed request has a model worth a label; the rest are refusals.
+        model = (ctx.served_model or ctx.upstream_model or ctx.model or "") if ctx.provider else ""
+        model = model[:100]
+        status = str(ctx.status or 0)
+        by_model = (("provider", provider), ("model", model))
+        by_provider = (("provider", provider),)
+        latency = max(0.0, time.perf_counter() - ctx.started)
+        with self._lock:
+            self.inc("requests_total", (*by_model, ("status", status)))
+            self.observe("request_duration_seconds", by_provider, latency)
+            if ctx.ttfb is not None:
+                self.observe("time_to_first_byte_seconds", by_provider, max(0.0, ctx.ttfb - ctx.started))
+            usage = ctx.usage
+            if usage is not None:
+                for kind, count in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens),
+                                    ("cached", usage.cached_tokens), ("reasoning", usage.reasoning_tokens)):
+                    if count:
+                        self.inc("tokens_total", (*by_model, ("kind", kind)), int(count))
+            if ctx.cost_uc:
+                self.inc("cost_microcents_total", by_model, int(ctx.cost_uc))
+            if ctx.cache_hit:
+                self.inc("cache_hits_total", by_model)
+            if ctx.error_type == "budget_exceeded":
+                self.inc("budget_rejections_total", ())
+            if ctx.outcome in UPSTREAM_ERROR_OUTCOMES or (ctx.error_type or "").startswith("upstream_"):
+                kind = (ctx.error_type or ctx.outcome).removeprefix("upstream_")[:40]
+                self.inc("upstream_errors_total", (*by_provider, ("kind", kind)))
+
+    def snapshot(self) -> tuple[dict[str, dict[Labels, int]], dict[str, dict[Labels, tuple]]]:
+        """A consistent copy for rendering (taken under the lock, rendered outside it)."""
+        with self._lock:
+            counters = {name: dict(family) for name, family in self.counters.items()}
+            hists = {name: {labels: (list(h.counts), h.sum, h.count) for labels, h in family.items()}
+                     for name, family in self.histograms.items()}
+        return counters, hists
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+HELP = {
+    "requests_total": ("counter", "Proxied requests by provider, model and HTTP status."),
+    "request_duration_seconds": ("histogram", "Time from request received to last byte sent."),
+    "time_to_first_byte_seconds": ("histogram", "Time from request received to the first answer byte."),
+    "tokens_total": ("counter", "Tokens the providers reported (or Stockyard estimated), by kind."),
+    "cost_microcents_total": ("counter", "Cost in micro-cents (1e-8 USD), as recorded in traces."),
+    "cache_hits_total": ("counter", "Requests answered from the cache."),
+    "budget_rejections_total": ("counter", "Requests refused because a budget was spent."),
+    "upstream_errors_total": ("counter", "Provider failures: error statuses, timeouts, resets, broken streams."),
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels_text(labels: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}" if inner else ""
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _family(lines: list[str], name: str, kind: str, help_text: str) -> None:
+    lines.append(f"# HELP stockyard_{name} {help_text}")
+    lines.append(f"# TYPE stockyard_{name} {kind}")
 
 
 def render(app: "App") -> str:
-    w = app.writer
-    lines = [
-        "# HELP stockyard_writer_queue_depth Records waiting for the database writer.",
-        "# TYPE stockyard_writer_queue_depth gauge",
-        f"stockyard_writer_queue_depth {w.depth}",
-        "# HELP stockyard_records_written_total Records committed to the database.",
-        "# TYPE stockyard_records_written_total counter",
-        f"stockyard_records_written_total {w.stats.written}",
-        "# HELP stockyard_records_dropped_total Records lost because the queue was full or the database refused them.",
-        "# TYPE stockyard_records_dropped_total counter",
-        f"stockyard_records_dropped_total {w.stats.dropped}",
-    ]
+    counters, hists = app.metrics.snapshot()
+    lines: list[str] = []
+    for name, (kind, help_text) in HELP.items():
+        if kind == "counter":
+            family = counters.get(name, {})
+            _family(lines, name, kind, help_text)
+            if not family and name in ZERO_WHEN_EMPTY:
+                lines.append(f"stockyard_{name} 0")
+            for labels, value in sorted(family.items()):
+                lines.append(f"stockyard_{name}{_labels_text(labels)} {value}")
+        else:
+            _family(lines, name, kind, help_text)
+            for labels, (counts, total, count) in sorted(hists.get(name, {}).items()):
+                running = 0
+                for bound, n in zip(LATENCY_BUCKETS, counts):
+                    running += n
+                    lines.append(f"stockyard_{name}_bucket{_labels_text((*labels, ('le', _number(bound))))} {running}")
+                lines.append(f"stockyard_{name}_bucket{_labels_text((*labels, ('le', '+Inf')))} {count}")
+                lines.append(f"stockyard_{name}_sum{_labels_text(labels)} {_number(total)}")
+                lines.append(f"stockyard_{name}_count{_labels_text(labels)} {count}")
+    for name, kind, help_text, value in store_gauges(app):
+        _family(lines, name, kind, help_text)
+        lines.append(f"stockyard_{name} {_number(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _file_size(path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
+    """The store's state, read at scrape time: (name, type, help, value)."""
+    w = app.writer
+    db_path = app.settings.db_path
+    out = [
+        ("writer_queue_depth", "gauge", "Records waiting for the database writer.", w.depth),
+        ("writer_queue_capacity", "gauge", "Records the writer queue holds before new ones are dropped.",
+         w.queue.maxsize),
+        ("records_written_total", "counter", "Records committed to the database.", w.stats.written),
+        ("records_dropped_total", "counter",
+         "Records lost because the queue was full or the database refused them.", w.stats.dropped),
+        ("writer_failed_batches_total", "counter", "Write transactions the database refused.",
+         w.stats.failed_batches),
+        ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.",
+         1 if w.healthy else 0),
+        ("database_size_bytes", "gauge", "Size of the database file.", _file_size(db_path)),
+        ("database_wal_size_bytes", "gauge", "Size of the database's write-ahead log.",
+         _file_size(db_path.with_name(db_path.name + "-wal"))),
+        ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
+    ]
+    retention = getattr(app, "retention", None)
+    if retention is not None:
+        out += [
+            ("retention_bodies_deleted_total", "counter", "Trace bodies deleted by retention.",
+             retention.stats.bodies_deleted),
+            ("retention_traces_deleted_total", "counter", "Traces deleted by retention.",
+             retention.stats.traces_deleted),
+        ]
+    snap = getattr(app, "snapshots", None)
+    if snap is not None:
+        out += [
+            ("snapshot_last_success_seconds", "gauge", "When the last snapshot was written (Unix time; 0: never).",
+             snap.last_ok_unix or 0),
+            ("snapshot_failures_total", "counter", "Snapshots that could not be written.", snap.failures),
+            ("snapshot_size_bytes", "gauge", "Size of the last snapshot.", snap.last_size_bytes),
+        ]
+    return out

@@ -33,6 +33,7 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/messages": ("messages", ANTHROPIC),
     "/v1/messages/count_tokens": ("count_tokens", ANTHROPIC),
 }
+READYZ_TIMEOUT_S = 5.0
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
 
 
@@ -393,17 +394,22 @@ def healthz(h: Handler, req: Request) -> None:
 
 
 def readyz(h: Handler, req: Request) -> None:
-    """Ready when the database takes writes (checked through the writer, no provider calls)."""
+    """Ready when the database takes writes: one tiny write through the writer (no provider calls).
+
+    Bounded wait: a full queue or a stuck disk answers 503 within seconds, never hangs.
+    """
     app = h.server.app
+    w = app.writer
+    state = {"queue_depth": w.depth, "records_dropped": w.stats.dropped}
     try:
-        app.store.write(lambda conn: conn.execute(
+        w.call(lambda conn: conn.execute(
             "INSERT INTO meta (key, value) VALUES ('readyz', strftime('%s','now')) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value"))
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value"), timeout=READYZ_TIMEOUT_S)
     except Exception as exc:
-        h.send_json(503, {"status": "unavailable", "database": f"not writable: {exc}",
-                          "queue_depth": app.writer.depth})
+        reason = str(exc) or type(exc).__name__
+        h.send_json(503, {"status": "unavailable", "database": f"not writable: {reason}", **state})
         return
-    h.send_json(200, {"status": "ready", "database": "writable", "queue_depth": app.writer.depth})
+    h.send_json(200, {"status": "ready", "database": "writable", **state})
 
 
 def models(h: Handler, req: Request) -> None:

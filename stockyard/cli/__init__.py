@@ -13,11 +13,14 @@ import sys
 from ..audit import AuditError
 from ..errors import ProxyError
 from ..store.db import SchemaError
+from ..store.lock import DatabaseBusy
 from ..vault import VaultError
-from . import audit, common, costs, doctor, keys, modules, prices, projects, providers, reload, serve, traces, version
+from . import (audit, backup, common, costs, doctor, keys, migrate, modules, prices, projects, providers,
+               reload, restore, serve, traces, version)
 
 # Each module has register(subparsers); order here is the order in --help.
-COMMANDS = [serve, traces, costs, keys, projects, prices, providers, modules, audit, reload, doctor, version]
+COMMANDS = [serve, traces, costs, keys, projects, prices, providers, modules, audit, backup, restore,
+            migrate, reload, doctor, version]
 
 EPILOG = """\
 environment:
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except common.CommandError as exc:
         print(f"stockyard: {exc}", file=sys.stderr)
         return exc.code
-    except (SchemaError, ProxyError, AuditError, VaultError, ValueError, sqlite3.Error,
+    except (SchemaError, ProxyError, DatabaseBusy, AuditError, VaultError, ValueError, sqlite3.Error,
             OSError) as exc:
         message = exc.message if isinstance(exc, ProxyError) else str(exc)
         print(f"stockyard: {message}", file=sys.stderr)

@@ -35,6 +35,11 @@ def db_path(args: argparse.Namespace) -> Path:
     return resolve_db_path(getattr(args, "db", None), os.environ)
 
 
+def secret() -> str | None:
+    """STOCKYARD_ENCRYPTION_KEY: keys the audit chain and opens the vault."""
+    return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
+
+
 def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     """The database for a CLI command, migrated; writes run directly (no server writer)."""
     path = db_path(args)

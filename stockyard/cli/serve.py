@@ -9,6 +9,7 @@ import sys
 import threading
 
 from .. import config
+from ..store.lock import DatabaseBusy
 from .common import CommandError, add_db
 
 
@@ -19,6 +20,12 @@ def register(sub) -> None:
                                    "address requires STOCKYARD_ADMIN_KEY.")
     p.add_argument("--host", help="listen address (default: $STOCKYARD_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: $STOCKYARD_PORT or 4200)")
+    p.add_argument("--snapshot", metavar="PATH",
+                   help="keep a consistent copy of the database at PATH, safe for cron to cp "
+                        "(default: $STOCKYARD_SNAPSHOT; off when unset)")
+    p.add_argument("--snapshot-every", metavar="DURATION",
+                   help="how often to refresh the snapshot, e.g. 30s, 15m, 1h "
+                        "(default: $STOCKYARD_SNAPSHOT_EVERY or 15m)")
     add_db(p)
     p.set_defaults(func=run)
 
@@ -52,11 +59,18 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     log = logging.getLogger("stockyard")
-    settings = config.load({"host": args.host, "port": args.port, "db": args.db})
+    settings = config.load({"host": args.host, "port": args.port, "db": args.db,
+                            "snapshot": args.snapshot, "snapshot_every": args.snapshot_every})
     refusal = config.exposure_problem(settings)
     if refusal:  # before the database is touched: nothing starts
         raise CommandError(refusal)
-    app = App(settings)
+    # A file-size limit (ulimit -f, systemd LimitFSIZE) must behave like a full disk: writes
+    # fail, the proxy keeps serving and /readyz says so. By default SIGXFSZ kills the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        app = App(settings)
+    except DatabaseBusy as exc:
+        raise CommandError(str(exc)) from None
     try:
         server = make_server(app)
     except OSError as exc:
@@ -95,9 +109,28 @@ def banner(log: logging.Logger, app, host: str, port: int) -> None:
              f" (applied migrations: {', '.join(str(m.version) for m in app.migrations_applied)})"
              if app.migrations_applied else "")
     (log.info if app.auth_required else log.warning)("%s", app.auth_description())
+    if app.snapshots is not None:
+        log.info("snapshot %s every %s (safe to copy at any time)", app.snapshots.path,
+                 _duration_text(s.snapshot_every_s))
+    if app.retention.configured:
+        parts = []
+        if s.retention_bodies_s:
+            parts.append(f"bodies {_duration_text(s.retention_bodies_s)}")
+        if s.retention_traces_s:
+            parts.append(f"traces {_duration_text(s.retention_traces_s)}")
+        if s.bodies_max_bytes:
+            parts.append(f"bodies at most {s.bodies_max_bytes // (1024 * 1024)} MB")
+        log.info("retention: %s", ", ".join(parts))
     providers = app.registry().providers
     if providers:
         log.info("providers: %s", ", ".join(
             f"{p.name} ({p.source}{', key cannot be decrypted' if p.key_error else ''})" for p in providers))
     else:
         log.warning("no providers configured: set OPENAI_API_KEY or another provider's variables")
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import os
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 BUSY_TIMEOUT_MS = 10_000
+# The WAL file is cut back to this size whenever it restarts, so one burst of writes does
+# not leave a huge -wal file behind for good (the writer also truncates it when idle).
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -40,7 +45,12 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     if not readonly:
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Only a brand-new file can choose auto_vacuum without a full VACUUM; with
+            # INCREMENTAL, retention can hand freed pages back to the file system.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
@@ -73,12 +83,21 @@ def code_schema_version() -> int:
     return migrations[-1].version if migrations else 0
 
 
+_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+    "name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
+)
+
+
 def applied_migrations(conn: sqlite3.Connection) -> dict[int, str]:
-    """Version → checksum of what this database has applied (empty for a new file)."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-        "name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
+    """Version → checksum of what this database has applied (empty for a new file).
+
+    Only reads, so it also works on a read-only connection (``migrate --check``, backups).
+    """
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+    if not exists:
+        return {}
     return {row[0]: row[1] for row in conn.execute("SELECT version, checksum FROM schema_migrations")}
 
 
@@ -113,7 +132,7 @@ def apply_migration(conn: sqlite3.Connection, m: Migration) -> None:
         f"({m.version}, '{m.name}', '{m.checksum}', strftime('%Y-%m-%dT%H:%M:%fZ','now'));"
     )
     try:
-        conn.executescript(f"BEGIN IMMEDIATE;\n{m.sql}\n;{record}\nCOMMIT;")
+        conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA_TABLE};\n{m.sql}\n;{record}\nCOMMIT;")
     except Exception:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -139,24 +158,53 @@ def migrate(conn: sqlite3.Connection, before: Callable[[int, list[Migration]], N
 
 
 def backup_to(conn: sqlite3.Connection, dest: Path | str) -> None:
-    """Write a consistent copy of the live database to ``dest`` (temp file, fsync, rename)."""
-    import os
+    """Write a consistent copy of the live database to ``dest`` (temp file, fsync, rename).
 
+    The sqlite3 backup API copies every page as of one read snapshot, so the copy is
+    consistent even while the server writes. The copy is switched to rollback-journal
+    mode: a single self-contained file that any tool can open read-only (Stockyard puts
+    it back in WAL mode when it opens it).
+    """
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    target = sqlite3.connect(tmp)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.unlink(missing_ok=True)
     try:
-        conn.backup(target)
-    finally:
-        target.close()
+        target = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+        replace_file(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_file(tmp: Path | str, dest: Path | str) -> None:
+    """Make ``tmp`` durable and rename it over ``dest``: readers see the old file or the new one."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, dest)
+    dir_fd = os.open(Path(dest).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def open_copy(path: Path | str) -> sqlite3.Connection:
+    """Open a backup or snapshot for inspection without changing it or creating files beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                           isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn
 
 
 def open_and_migrate(path: Path | str, keep_backups: int = 3) -> tuple[sqlite3.Connection, list[Migration]]:

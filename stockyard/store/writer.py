@@ -4,6 +4,11 @@ Request threads never write. They hand the writer a *job* — a function of a co
 and go on. Jobs that a caller must see committed (admin changes, settlements) come with a
 :class:`concurrent.futures.Future` that resolves after the COMMIT. Each job runs inside
 its own SAVEPOINT, so one bad job never takes its batch down with it.
+
+Housekeeping runs on the same thread, between batches, so it never competes with the
+writes for the lock: *idle tasks* (retention) when the queue has been empty for a while,
+*periodic tasks* (snapshots) when due, and the WAL upkeep — a TRUNCATE checkpoint when
+idle and a size check — so the -wal file stays bounded.
 """
 
 from __future__ import annotations
@@ -23,7 +28,19 @@ from . import db
 log = logging.getLogger("stockyard.writer")
 
 Job = Callable[[sqlite3.Connection], Any]
+IdleTask = Callable[[sqlite3.Connection], Any]  # returns truthy while it has more to do
 _STOP = object()
+_MORE_IDLE_WORK_S = 0.02       # how long the queue must be empty before the next idle step
+WAL_CHECK_EVERY_S = 10.0
+IDLE_RERUN_S = 60.0            # a server with no writes at all still ages its traces out
+FAILURE_LOG_EVERY_S = 10.0
+
+
+@dataclass
+class _Periodic:
+    task: Callable[[sqlite3.Connection], None]
+    every_s: float
+    due: float
 
 
 # SQLite primary result codes that mean the database, not the job, is at fault.
@@ -54,6 +71,8 @@ class WriterStats:
     failed_batches: int = 0
     last_error: str | None = None
     last_ok_monotonic: float = field(default_factory=time.monotonic)
+    checkpoints: int = 0
+    wal_bytes: int = 0
 
 
 class Writer:
@@ -67,7 +86,12 @@ class Writer:
         self.idle_after_s = idle_after_s
         self.stats = WriterStats()
         self.healthy = True
-        self._idle_tasks: list[Callable[[sqlite3.Connection], None]] = []
+        self._idle_tasks: list[IdleTask] = []
+        self._periodic: list[_Periodic] = []
+        self._wal_path = self.path.with_name(self.path.name + "-wal")
+        self._next_wal_check = time.monotonic() + WAL_CHECK_EVERY_S
+        self._failure_logged_at = 0.0
+        self._lost_since_log = 0
         self._thread = threading.Thread(target=self._run, name="stockyard-writer", daemon=True)
         self._conn: sqlite3.Connection | None = None
 
@@ -84,9 +108,19 @@ class Writer:
         self.queue.put(_STOP)
         self._thread.join(timeout)
 
-    def add_idle_task(self, task: Callable[[sqlite3.Connection], None]) -> None:
-        """Run ``task(conn)`` when the queue has been empty for a while (checkpoints, retention)."""
+    def add_idle_task(self, task: IdleTask) -> None:
+        """Run ``task(conn)`` when the queue has been empty for a while (retention).
+
+        A task does one small step per call and returns truthy while it has more to do;
+        the next step then runs as soon as the queue is empty again, so a large backlog
+        drains quickly without ever making a write wait for more than one step.
+        """
         self._idle_tasks.append(task)
+
+    def add_periodic_task(self, task: Callable[[sqlite3.Connection], None], every_s: float,
+                          first_in_s: float = 0.0) -> None:
+        """Run ``task(conn)`` between batches every ``every_s`` seconds (snapshots), busy or not."""
+        self._periodic.append(_Periodic(task, every_s, time.monotonic() + first_in_s))
 
     # -- submitting ------------------------------------------------------------------------
     def submit(self, job: Job) -> bool:
@@ -114,14 +148,20 @@ class Writer:
     def _run(self) -> None:
         assert self._conn is not None
         stopping = False
-        idle_done = True
+        idle_done = True   # idle tasks already ran since the last batch
+        more_idle = False  # an idle task said it has more to do
+        last_idle_run = time.monotonic()
         while not stopping:
+            self._run_due_tasks()
             try:
-                first = self.queue.get(timeout=self.idle_after_s)
+                first = self.queue.get(timeout=_MORE_IDLE_WORK_S if more_idle else self.idle_after_s)
             except queue.Empty:
-                if not idle_done:
-                    self._run_idle_tasks()
+                if not idle_done or more_idle or time.monotonic() - last_idle_run >= IDLE_RERUN_S:
+                    more_idle = self._run_idle_tasks()
+                    if not more_idle:
+                        self._checkpoint("TRUNCATE")
                     idle_done = True
+                    last_idle_run = time.monotonic()
                 continue
             batch: list[_Item] = []
             item = first
@@ -159,6 +199,10 @@ class Writer:
             self._rollback()
             self._batch_failed(batch, exc)
             return
+        if not self.healthy:
+            log.warning("database writable again after %d failed batches; %d records dropped in all",
+                        self.stats.failed_batches, self.stats.dropped)
+            self._failure_logged_at = 0.0
         self.healthy = True
         self.stats.last_ok_monotonic = time.monotonic()
         for item in batch:
@@ -218,12 +262,72 @@ class Writer:
             else:
                 lost += 1
         self.stats.dropped += lost
-        log.error("database write failed (%s): %d records dropped", exc, lost)
+        self._lost_since_log += lost
+        now = time.monotonic()
+        if now - self._failure_logged_at >= FAILURE_LOG_EVERY_S:  # one line per 10 s, not per batch
+            log.error("database write failed (%s): %d records dropped (%d in all); /readyz reports 503 "
+                      "until writes succeed again", exc, self._lost_since_log, self.stats.dropped)
+            self._failure_logged_at = now
+            self._lost_since_log = 0
 
-    def _run_idle_tasks(self) -> None:
+    def _run_idle_tasks(self) -> bool:
+        """One step of each idle task; True if any has more to do."""
         assert self._conn is not None
+        more = False
         for task in self._idle_tasks:
             try:
-                task(self._conn)
+                more = bool(task(self._conn)) or more
             except Exception as exc:
                 log.warning("idle task %s failed: %s", getattr(task, "__name__", task), exc)
+        return more
+
+    def _run_due_tasks(self) -> None:
+        """Periodic tasks that are due, and the WAL size check."""
+        assert self._conn is not None
+        now = time.monotonic()
+        for p in self._periodic:
+            if now >= p.due:
+                try:
+                    p.task(self._conn)
+                except Exception as exc:
+                    log.error("periodic task %s failed: %s", getattr(p.task, "__name__", p.task), exc)
+                p.due = time.monotonic() + p.every_s
+        if now >= self._next_wal_check:
+            self._next_wal_check = now + WAL_CHECK_EVERY_S
+            self._check_wal()
+
+    def _checkpoint(self, mode: str) -> bool:
+        """Copy the WAL into the database; TRUNCATE also empties the -wal file. True if complete."""
+        assert self._conn is not None
+        # TRUNCATE waits for readers through the busy handler: wait briefly, not the full
+        # busy timeout, so queued writes are not held up; the next idle period tries again.
+        self._conn.execute("PRAGMA busy_timeout=200")
+        try:
+            busy, _log_frames, _done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("checkpoint (%s) failed: %s", mode, exc)
+            return False
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
+        self.stats.checkpoints += 1
+        self.stats.wal_bytes = _size(self._wal_path)
+        return busy == 0
+
+    def _check_wal(self) -> None:
+        """Under constant load the writer is never idle: keep the WAL bounded anyway.
+
+        SQLite's automatic checkpoints normally keep it small; a reader that holds a read
+        transaction for a long time can stop them, and that is worth a log line.
+        """
+        size = _size(self._wal_path)
+        self.stats.wal_bytes = size
+        if size > db.WAL_SIZE_LIMIT_BYTES and not self._checkpoint("PASSIVE"):
+            log.warning("the WAL file is %d MB and cannot be checkpointed: a long-running reader "
+                        "holds an old snapshot", size // (1024 * 1024))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

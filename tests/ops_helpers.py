@@ -1,0 +1,242 @@
+"""Helpers for the operations tests: load generation, generic table comparison, sample rows.
+
+Everything here works from the schema the database has (``sqlite_master``, ``table_info``,
+``foreign_key_list``), so tables added by later migrations are covered without edits.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from stockyard import audit, vault
+from stockyard.pipeline import new_trace_id
+from stockyard.store.traces import TraceRecord, iso_utc
+
+CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+class Load:
+    """Client threads sending chat requests on keep-alive connections until stopped.
+
+    ``answered`` holds the trace id of every request that got a 200 — what a client
+    was promised is recorded.
+    """
+
+    def __init__(self, port: int, threads: int = 8, body: str = CHAT) -> None:
+        self.port, self.body = port, body
+        self.answered: list[str] = []
+        self.failures: list[str] = []
+        self.stop_event = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _loop(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            while not self.stop_event.is_set():
+                conn.request("POST", "/v1/chat/completions", self.body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    self.answered.append(resp.getheader("x-stockyard-trace-id"))
+                else:
+                    self.failures.append(str(resp.status))
+        except (OSError, http.client.HTTPException) as exc:
+            if not self.stop_event.is_set():
+                self.failures.append(repr(exc))
+        finally:
+            conn.close()
+
+
+# -- reading databases --------------------------------------------------------------------------
+
+def open_plain(path: Path | str) -> sqlite3.Connection:
+    """A plain connection from the test process (what an operator's sqlite3 shell would do)."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def integrity(path: Path | str) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def user_tables(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+
+def columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+
+
+def table_rows(conn: sqlite3.Connection, table: str, cols: Iterable[str] | None = None) -> list[tuple]:
+    """Every row of ``table`` (only ``cols`` if given), sorted: a comparable picture of its content."""
+    cols = list(cols or columns(conn, table))
+    select = ", ".join(f'"{c}"' for c in cols)
+    rows = [tuple(r) for r in conn.execute(f'SELECT {select} FROM "{table}"')]
+    return sorted(rows, key=lambda r: tuple((v is None, type(v).__name__, v) for v in r))
+
+
+def database_picture(path: Path | str) -> dict[str, list[tuple]]:
+    conn = open_plain(path)
+    try:
+        return {t: table_rows(conn, t) for t in user_tables(conn)}
+    finally:
+        conn.close()
+
+
+# Rows a starting or stopping server adds by itself; everything else must match exactly.
+SERVER_AUDIT_ACTIONS = {"server.start", "server.stop", "migration.apply", "audit.keyed"}
+META_KEYS_THAT_MOVE = {"readyz"}
+
+
+def assert_same_content(src: Path | str, dst: Path | str, *, dst_ran_a_server: bool = False,
+                        audit_may_add: Iterable[str] = ()) -> dict[str, int]:
+    """Every table of ``src`` is in ``dst`` with the same rows; returns row counts per table.
+
+    When ``dst`` has since run a server, its audit log may continue after ``src``'s (server
+    start/stop entries only) and meta's ``readyz`` stamp may differ.
+    """
+    a, b = open_plain(src), open_plain(dst)
+    counts = {}
+    try:
+        assert user_tables(a) == user_tables(b), "the same tables"
+        for table in user_tables(a):
+            rows_a, rows_b = table_rows(a, table), table_rows(b, table)
+            counts[table] = len(rows_a)
+            if (dst_ran_a_server or audit_may_add) and table == "audit_log":
+                ordered_a = [tuple(r) for r in a.execute("SELECT * FROM audit_log ORDER BY seq")]
+                ordered_b = [tuple(r) for r in b.execute("SELECT * FROM audit_log ORDER BY seq")]
+                assert ordered_b[:len(ordered_a)] == ordered_a, "the audit log continues the source's"
+                extra = {r["action"] for r in b.execute("SELECT action FROM audit_log WHERE seq > ?",
+                                                        (len(ordered_a),))}
+                allowed = set(audit_may_add) | (SERVER_AUDIT_ACTIONS if dst_ran_a_server else set())
+                assert extra <= allowed, extra
+            elif dst_ran_a_server and table == "meta":
+                keep = lambda rows: [r for r in rows if r[0] not in META_KEYS_THAT_MOVE]  # noqa: E731
+                assert keep(rows_a) == keep(rows_b), "meta (vault salt, settings) is the same"
+            else:
+                assert rows_a == rows_b, f"table {table}: {len(rows_a)} rows in source, {len(rows_b)} in copy"
+    finally:
+        a.close()
+        b.close()
+    return counts
+
+
+def verify_audit(path: Path | str, secret: str | None, expect_head: str | None = None) -> audit.VerifyResult:
+    conn = open_plain(path)
+    try:
+        key = audit.chain_key(secret, vault.read_salt(conn)) if secret else None
+        return audit.verify(conn, key, expect_head)
+    finally:
+        conn.close()
+
+
+# -- writing sample rows ------------------------------------------------------------------------
+
+def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', **fields: Any) -> TraceRecord:
+    values: dict[str, Any] = dict(
+        id=new_trace_id(ts_ms), ts=iso_utc(ts_ms), ts_ms=ts_ms, client_addr="127.0.0.1", endpoint="chat",
+        dialect="openai", provider="openai", model="gpt-4o-mini", served_model="gpt-4o-mini-2024-07-18",
+        stream=0, status=200, outcome="ok", latency_us=1234, ttfb_us=900, prompt_tokens=12,
+        completion_tokens=5, cached_tokens=0, cache_write_tokens=0, reasoning_tokens=0, usage_estimated=0,
+        cost_uc=4_800, cost_status="exact", upstream_request_id="req_1", error_type=None, error_message=None,
+        key_id=None, project=None, parent_id=None, attempt=1, cache_hit=0, cost_saved_uc=None,
+        request_body=body, response_body=body)
+    values.update(fields)
+    return TraceRecord(**values)
+
+
+def write_known_rows(conn: sqlite3.Connection, secret: str | None, now_ms: int | None = None) -> None:
+    """Realistic rows through the product's own writers: traces (+bodies, rollups), audit, salt."""
+    now_ms = now_ms or int(time.time() * 1000)
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(5):
+        sample_trace(now_ms - i * 60_000).write(conn)
+    key = audit.chain_key(secret, vault.get_or_create_salt(conn)) if secret else None
+    audit.ensure_keyed_tail(conn, actor="cli:test", key=key)
+    audit.append(conn, actor="cli:test", action="test.sample", target="upgrade", details={"n": 1}, key=key)
+    conn.execute("COMMIT")
+
+
+def _sample_value(decl_type: str, table: str, column: str, attempt: int) -> Any:
+    t = (decl_type or "").upper()
+    if "INT" in t:
+        return 1 + attempt
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return 1.5
+    if "BLOB" in t:
+        return b"\x00sample"
+    return ["sample", "{}", "0"][attempt] if attempt < 3 else f"{table}.{column}"
+
+
+def fill_generic(conn: sqlite3.Connection, table: str, attempts: int = 3, _depth: int = 0) -> None:
+    """Insert one plausible row into ``table`` from its declared columns and foreign keys.
+
+    Parents referenced by foreign keys get a row first. A table whose constraints defeat
+    this must get a builder in the test that calls this (the assertion says which).
+    """
+    fks = {fk[3]: (fk[2], fk[4]) for fk in conn.execute(f'PRAGMA foreign_key_list("{table}")')}
+    info = list(conn.execute(f'PRAGMA table_info("{table}")'))
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0] or ""
+    last_error: Exception | None = None
+    for attempt in range(attempts):
+        values: dict[str, Any] = {}
+        for _cid, name, decl, notnull, default, pk in info:
+            if name in fks:
+                parent, parent_col = fks[name]
+                if parent == table:
+                    continue
+                row = conn.execute(f'SELECT "{parent_col or "rowid"}" FROM "{parent}" LIMIT 1').fetchone()
+                if row is None and _depth < 5:
+                    fill_generic(conn, parent, attempts, _depth + 1)
+                    row = conn.execute(f'SELECT "{parent_col or "rowid"}" FROM "{parent}" LIMIT 1').fetchone()
+                values[name] = row[0] if row else None
+            elif pk and "INT" in (decl or "").upper() and len([c for c in info if c[5]]) == 1:
+                continue  # rowid alias: let SQLite number it
+            elif default is None:  # columns with a default keep it
+                allowed = re.search(rf'CHECK\s*\(\s*"?{re.escape(name)}"?\s+IN\s*\(\s*([^,)]+)', sql, re.I)
+                values[name] = (conn.execute(f"SELECT {allowed.group(1)}").fetchone()[0] if allowed
+                                else _sample_value(decl, table, name, attempt))
+                if pk:
+                    values[name] = f"sample-{table}-{attempt}-{time.monotonic_ns()}" if not isinstance(
+                        values[name], int) else 10_000 + time.monotonic_ns() % 1_000_000
+        cols = ", ".join(f'"{c}"' for c in values)
+        marks = ", ".join("?" for _ in values)
+        try:
+            conn.execute("SAVEPOINT fill")
+            conn.execute(f'INSERT INTO "{table}" ({cols}) VALUES ({marks})', list(values.values()))
+            conn.execute("RELEASE fill")
+            return
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO fill")
+            conn.execute("RELEASE fill")
+            last_error = exc
+    raise AssertionError(f"could not make a sample row for table {table!r} ({last_error}); "
+                         "add a builder for it to ROW_BUILDERS in tests/test_upgrades.py")

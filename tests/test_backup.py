@@ -1,0 +1,253 @@
+"""Backups, snapshots, restore and moving a server: the "one file, copy it" promise, under load.
+
+One server (module-scoped) with a keyed audit log and a snapshot every second serves
+the whole module; each test drives load at it while it copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ServerProcess, base_env, wait_for
+from ops_helpers import Load, assert_same_content, integrity, open_plain, verify_audit
+
+SECRET = "backup-test-encryption-secret-0123456789"
+HEAD = re.compile(r"audit head\s+([0-9a-f]{64}) \((\d+) entries")
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backup")
+    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-backup-123456", "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_ENCRYPTION_KEY": SECRET, "STOCKYARD_LOG_REQUESTS": "0"}
+    srv = ServerProcess(pyz_path, folder / "live" / "stockyard.db", env,
+                        ["--snapshot", str(folder / "snapshot.db"), "--snapshot-every", "1s"]).start()
+    srv.snapshot = folder / "snapshot.db"
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def run(pyz, *args, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(pyz), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def trace_count(path) -> int:
+    conn = open_plain(path)
+    try:
+        return conn.execute("SELECT count(*) FROM traces").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def backups(server, tmp_path_factory):
+    """Three backups taken one after another while clients keep the server busy."""
+    folder = tmp_path_factory.mktemp("backups")
+    with Load(server.port, threads=6) as load:
+        wait_for(lambda: len(load.answered) >= 50, 20, "load")
+        results = [server.cli("backup", str(folder / f"b{i}.db")) for i in range(3)]
+    assert not load.failures
+    return [(folder / f"b{i}.db", r) for i, r in enumerate(results)]
+
+
+def test_backup_under_load_is_consistent_checked_and_audited(server, backups):
+    heads = []
+    for path, r in backups:
+        assert r.returncode == 0, r.stderr
+        assert f"backup written: {path}" in r.stdout and "integrity ok" in r.stdout
+        assert f"size        {path.stat().st_size} bytes" in r.stdout
+        assert integrity(path) == "ok"
+        head = HEAD.search(r.stdout).group(1)
+        check = verify_audit(path, SECRET, expect_head=head)
+        assert check.ok and check.head == head, check.reason
+        assert open(path, "rb").read(20)[18:20] == b"\x01\x01", "a single self-contained file (no WAL needed)"
+        assert not os.path.exists(f"{path}-wal")
+        heads.append(head)
+    counts = [trace_count(path) for path, _ in backups]
+    assert 0 < counts[0] <= counts[1] <= counts[2]
+    rows = server.db_rows("SELECT target, details, actor FROM audit_log WHERE action = 'backup.create' ORDER BY seq")
+    assert [r["target"] for r in rows][:3] == [str(path) for path, _ in backups]
+    assert [json.loads(r["details"])["audit_head"] for r in rows][:3] == heads
+    assert rows[0]["actor"].startswith("cli:")
+
+
+def test_backup_to_a_folder_is_time_stamped_and_the_live_file_is_refused(server, tmp_path):
+    r = server.cli("backup", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (made,) = tmp_path.glob("stockyard-*.db")
+    assert re.fullmatch(r"stockyard-\d{8}T\d{6}Z\.db", made.name)
+    r = server.cli("backup", str(server.db))
+    assert r.returncode == 1 and "is the live database" in r.stderr
+
+
+def test_snapshot_is_refreshed_and_safe_to_cp_at_any_moment(server, tmp_path):
+    """What cron does: cp the snapshot while the server writes. Every copy must be whole."""
+    wait_for(server.snapshot.exists, 10, "first snapshot")
+    copies = []
+    with Load(server.port, threads=4):
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            dst = tmp_path / f"cp{len(copies)}.db"
+            shutil.copyfile(server.snapshot, dst)
+            copies.append(dst)
+            time.sleep(0.03)
+    bad = [c.name for c in copies if integrity(c) != "ok"]
+    assert not bad, f"{len(bad)} of {len(copies)} copies of the snapshot are damaged"
+    assert len({trace_count(c) for c in copies}) >= 2, "the snapshot was refreshed while the load ran"
+    assert not list(server.snapshot.parent.glob(".snapshot.db.tmp-*")), "no temp files left behind"
+    _, _, body = server.request("GET", "/metrics")
+    last = float(re.search(rb"^stockyard_snapshot_last_success_seconds (\S+)$", body, re.M).group(1))
+    assert time.time() - last < 10
+
+
+def test_wal_is_truncated_when_the_writer_is_idle(server):
+    with Load(server.port, threads=4) as load:
+        wait_for(lambda: len(load.answered) >= 200, 20, "load")
+    wal = server.db.with_name(server.db.name + "-wal")
+    wait_for(lambda: wal.stat().st_size == 0, 10, "the WAL truncated after the load")
+
+
+def test_restore_refuses_while_the_server_runs(server, backups):
+    r = server.cli("restore", str(backups[-1][0]))
+    assert r.returncode == 1 and "is using" in r.stderr and "stop it first" in r.stderr
+    assert not list(server.db.parent.glob("*.before-restore-*"))
+    r = server.cli("migrate")
+    assert r.returncode == 1 and "is using" in r.stderr
+
+
+def test_restore_swaps_in_the_backup_and_keeps_the_previous_file(backups, pyz_path, cache_home, tmp_path):
+    backup = backups[-1][0]
+    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    target = tmp_path / "site" / "stockyard.db"
+
+    r = run(pyz_path, "restore", backup, "--db", target, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "restored" in r.stdout and "previous database" not in r.stdout
+    assert_same_content(backup, target, audit_may_add={"backup.restore"})
+
+    # The current database crashed with unmerged writes in its WAL; restoring over it keeps them aside.
+    subprocess.run([sys.executable, "-c", (
+        "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_autocheckpoint=0');"
+        "c.execute(\"INSERT INTO meta VALUES ('crashed', '1')\"); c.commit(); os._exit(0)"), str(target)], check=True)
+    assert os.path.getsize(f"{target}-wal") > 0
+    r = run(pyz_path, "restore", backup, "--db", target, env=env)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(f"{target}-wal") and not os.path.exists(f"{target}-shm"), "no stale WAL"
+    (aside,) = target.parent.glob("stockyard.db.before-restore-*")
+    assert f"previous database kept as {aside}" in r.stdout
+    assert open_plain(aside).execute("SELECT value FROM meta WHERE key = 'crashed'").fetchone() is not None
+    assert open_plain(target).execute("SELECT value FROM meta WHERE key = 'crashed'").fetchone() is None
+    assert integrity(target) == "ok"
+    check = verify_audit(target, SECRET)
+    assert check.ok, check.reason
+    actions = [row[0] for row in open_plain(target).execute("SELECT action FROM audit_log ORDER BY seq")]
+    assert actions[-1] == "backup.restore"
+    assert not list(target.parent.glob(".stockyard.db.restore-*")), "no temp files left behind"
+
+
+def damaged(src, dst):
+    data = open(src, "rb").read()
+    open(dst, "wb").write(data[: len(data) // 2])
+    return dst
+
+
+def newer(src, dst):
+    shutil.copyfile(src, dst)
+    with sqlite3.connect(dst) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (9999, 'future', 'x', '2099-01-01')")
+    return dst
+
+
+def foreign(src, dst):
+    with sqlite3.connect(dst) as conn:
+        conn.execute("CREATE TABLE notes (x)")
+    return dst
+
+
+def live_with_wal(src, dst):
+    shutil.copyfile(src, dst)
+    open(f"{dst}-wal", "wb").write(b"\x00" * 100)
+    return dst
+
+
+REFUSALS = [
+    (damaged, "not a usable Stockyard database"),
+    (newer, "is newer than this Stockyard"),
+    (foreign, "is not a Stockyard database"),
+    (live_with_wal, "has a -wal file beside it"),
+]
+
+
+def test_restore_refuses_a_bad_source_and_changes_nothing(backups, pyz_path, cache_home, tmp_path):
+    backup = backups[-1][0]
+    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    procs = []
+    for make, message in REFUSALS:
+        folder = tmp_path / make.__name__
+        folder.mkdir()
+        target = folder / "stockyard.db"
+        shutil.copyfile(backup, target)
+        source = make(backup, folder / "source.db")
+        proc = subprocess.Popen([sys.executable, str(pyz_path), "restore", str(source), "--db", str(target)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append((proc, message, target))
+    for proc, message, target in procs:
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and message in stderr, stderr
+        assert "Traceback" not in stderr
+        assert open(target, "rb").read() == open(backup, "rb").read(), "the database is untouched"
+        assert not list(target.parent.glob("*.before-restore-*"))
+
+
+def test_restore_with_another_encryption_key_is_refused(backups, pyz_path, cache_home, tmp_path):
+    backup = backups[-1][0]
+    target = tmp_path / "stockyard.db"
+    r = run(pyz_path, "restore", backup, "--db", target,
+            env={**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": "not-the-same-secret-at-all-000"})
+    assert r.returncode == 1 and "different STOCKYARD_ENCRYPTION_KEY" in r.stderr and "nothing was changed" in r.stderr
+    assert not target.exists()
+
+
+def test_moving_to_a_new_server_is_copying_two_files(server, pyz_path, tmp_path, cache_home, mock):
+    """stockyard.pyz + a backup in an empty folder, the same encryption key: everything is there."""
+    backup = tmp_path / "backup.db"
+    with Load(server.port, threads=4) as load:
+        wait_for(lambda: len(load.answered) >= 30, 20, "load")
+        assert server.cli("backup", str(backup)).returncode == 0
+    new_host = tmp_path / "new-host"
+    new_host.mkdir()
+    shutil.copyfile(pyz_path, new_host / "stockyard.pyz")
+    shutil.copyfile(backup, new_host / "stockyard.db")
+    assert sorted(os.listdir(new_host)) == ["stockyard.db", "stockyard.pyz"]
+    forgot = run(new_host / "stockyard.pyz", "serve", "--port", "0", "--db", new_host / "stockyard.db",
+                 env=base_env(cache_home))
+    assert forgot.returncode == 1 and "set STOCKYARD_ENCRYPTION_KEY" in forgot.stderr, forgot.stderr
+    assert "Traceback" not in forgot.stderr
+
+    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET,
+           "OPENAI_API_KEY": "sk-test-backup-123456", "OPENAI_BASE_URL": mock.url + "/v1"}
+    moved = ServerProcess(new_host / "stockyard.pyz", new_host / "stockyard.db", env).start()
+    try:
+        assert moved.request("GET", "/readyz")[0] == 200
+        counts = assert_same_content(backup, new_host / "stockyard.db", dst_ran_a_server=True)
+        assert counts["traces"] >= 30 and counts["rollups_daily"] >= 1 and counts["trace_bodies"] >= 30
+        assert counts["audit_log"] >= 2
+        check = verify_audit(new_host / "stockyard.db", SECRET)
+        assert check.ok, check.reason
+        status, headers, _ = moved.request("POST", "/v1/chat/completions",
+                                           {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert status == 200 and moved.trace(headers["x-stockyard-trace-id"])
+    finally:
+        moved.stop()
+    assert "Traceback" not in moved.log

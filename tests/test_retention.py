@@ -1,0 +1,115 @@
+"""Retention: old bodies and traces leave in small batches, rollups stay, and the file shrinks."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ServerProcess, base_env, wait_for
+from ops_helpers import open_plain, sample_trace, table_rows
+from stockyard import retention
+from stockyard.retention import Retention
+from stockyard.store import db
+
+DAY_MS = 86_400_000
+NOW_MS = int(time.time() * 1000)
+
+
+def populate(path, old: int, middle: int, fresh: int, body_bytes: int = 1500) -> None:
+    """``old`` traces 100 days back, ``middle`` 10 days back, ``fresh`` from the last hour."""
+    conn = db.connect(path)
+    db.migrate(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    for count, age_ms in ((old, 100 * DAY_MS), (middle, 10 * DAY_MS), (fresh, 0)):
+        for i in range(count):
+            sample_trace(NOW_MS - age_ms - i * 1000 - 1, body=os.urandom(body_bytes)).write(conn)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def file_bytes(conn) -> int:
+    return conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+
+
+def run_to_the_end(conn, r: Retention) -> list[tuple[int, int]]:
+    """Call the idle task until it is done; the rows each call deleted."""
+    steps = []
+    while True:
+        before = (r.stats.traces_deleted, r.stats.bodies_deleted)
+        more = r.run(conn)
+        steps.append((r.stats.traces_deleted - before[0], r.stats.bodies_deleted - before[1]))
+        if not more:
+            return steps
+
+
+def test_ages_delete_in_small_batches_keep_rollups_and_shrink_the_file(tmp_path):
+    path = tmp_path / "r.db"
+    populate(path, old=1200, middle=1200, fresh=300)
+    conn = db.connect(path)
+    rollups = table_rows(conn, "rollups_daily")
+    size_before = file_bytes(conn)
+    r = Retention(bodies_max_age_s=7 * 86400, traces_max_age_s=90 * 86400, clock=lambda: NOW_MS / 1000)
+    steps = run_to_the_end(conn, r)
+    assert all(t <= retention.BATCH_ROWS and b <= retention.BATCH_ROWS for t, b in steps), "small batches"
+    assert r.stats.traces_deleted == 1200 and r.stats.bodies_deleted == 1200  # + 1200 bodies by cascade
+    assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 1500
+    assert conn.execute("SELECT count(*) FROM trace_bodies").fetchone()[0] == 300
+    oldest_body = conn.execute("SELECT min(t.ts_ms) FROM traces t JOIN trace_bodies b ON b.trace_id = t.id").fetchone()[0]
+    assert oldest_body > NOW_MS - 7 * DAY_MS
+    assert table_rows(conn, "rollups_daily") == rollups, "rollups are never touched"
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] < retention.VACUUM_MIN_FREE_PAGES
+    assert file_bytes(conn) < size_before * 0.3, (file_bytes(conn), size_before)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert os.path.getsize(path) < size_before * 0.3
+
+
+def test_body_size_cap_deletes_the_oldest_bodies_first(tmp_path):
+    path = tmp_path / "cap.db"
+    populate(path, old=0, middle=0, fresh=800)
+    conn = db.connect(path)
+    cap = 400 * 1024
+    r = Retention(bodies_max_bytes=cap)
+    run_to_the_end(conn, r)
+    kept = conn.execute("SELECT sum(length(request) + length(response)), min(trace_id) FROM trace_bodies").fetchone()
+    assert 0 < kept[0] <= cap
+    assert cap - kept[0] < 2 * (1500 + 100) * 2, "no more than needed is deleted"
+    newest_gone = conn.execute("SELECT max(id) FROM traces WHERE id NOT IN (SELECT trace_id FROM trace_bodies)").fetchone()[0]
+    assert newest_gone < kept[1], "the newest bodies are the ones kept"
+    assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 800, "traces stay; only bodies go"
+    conn.close()
+
+
+def test_the_server_applies_retention_when_idle(pyz_path, cache_home, tmp_path):
+    path = tmp_path / "stockyard.db"
+    populate(path, old=600, middle=600, fresh=50)
+    env = {**base_env(cache_home), "STOCKYARD_RETENTION_BODIES": "7d", "STOCKYARD_RETENTION_TRACES": "90d",
+           "STOCKYARD_BODIES_MAX_MB": "100"}
+    srv = ServerProcess(pyz_path, path, env).start()
+    try:
+        wait_for(lambda: "retention: bodies 7d, traces 90d, bodies at most 100 MB" in srv.log, 5, "banner")
+        wait_for(lambda: srv.db_rows("SELECT count(*) AS n FROM traces")[0]["n"] == 650, 20, "old traces deleted")
+        wait_for(lambda: srv.db_rows("SELECT count(*) AS n FROM trace_bodies")[0]["n"] == 50, 20, "old bodies deleted")
+        _, _, metrics = srv.request("GET", "/metrics")
+        assert re.search(rb"^stockyard_retention_traces_deleted_total 600$", metrics, re.M)
+        assert re.search(rb"^stockyard_retention_bodies_deleted_total 600$", metrics, re.M)
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+    conn = open_plain(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] < retention.VACUUM_MIN_FREE_PAGES
+
+
+@pytest.mark.parametrize("name, value", [("STOCKYARD_RETENTION_TRACES", "forever"),
+                                         ("STOCKYARD_BODIES_MAX_MB", "lots")])
+def test_a_bad_retention_setting_stops_the_server_with_one_line(pyz_path, cache_home, tmp_path, name, value):
+    r = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(tmp_path / "x.db")],
+                       env={**base_env(cache_home), name: value}, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and name in r.stderr and "Traceback" not in r.stderr
