@@ -32,15 +32,19 @@ def new_trace_id(now_ms: int | None = None) -> str:
     """Time-sortable, strictly increasing within this process: ms, a sequence, then randomness.
 
     Cursor pagination and "newest first" sort by id, so two requests in the same
-    millisecond must still come out in the order they started.
+    millisecond must still come out in the order they started. An id for an earlier time
+    (imported or backdated records) keeps its own millisecond.
     """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     with _id_lock:
-        if ms <= _last_id[0]:
-            ms, seq = _last_id[0], _last_id[1] + 1
-        else:
+        if ms == _last_id[0]:
+            _last_id[1] += 1
+            seq = _last_id[1]
+        elif ms > _last_id[0]:
+            _last_id[0], _last_id[1] = ms, 0
             seq = 0
-        _last_id[0], _last_id[1] = ms, seq
+        else:
+            seq = random.getrandbits(16)
     return f"tr_{ms:012x}{seq:04x}{random.getrandbits(32):08x}"
 
 

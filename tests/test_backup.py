@@ -220,20 +220,25 @@ def test_restore_with_another_encryption_key_is_refused(backups, pyz_path, cache
 
 
 def test_moving_to_a_new_server_is_copying_two_files(server, pyz_path, tmp_path, cache_home, mock):
-    """stockyard.pyz + a backup in an empty folder, the same encryption key: everything is there."""
+    """stockyard.pyz + a backup in an empty folder, the same encryption key: everything is there —
+    traces, costs, a client key, a stored provider key (decryptable), module config, the audit chain."""
     backup = tmp_path / "backup.db"
     with Load(server.port, threads=4) as load:
         wait_for(lambda: len(load.answered) >= 30, 20, "load")
-        assert server.cli("backup", str(backup)).returncode == 0
+    # Configuration worth moving (last test of the module: the key turns authentication on).
+    added = server.cli("providers", "add", "moved", "--kind", "openai-compatible", "--base-url", mock.url + "/v1",
+                       "--models", "moved-", "--key-stdin", input="sk-moved-provider-key-0123456789")
+    assert added.returncode == 0, added.stderr
+    assert server.cli("modules", "enable", "cache").returncode == 0
+    created = server.cli("keys", "create", "--name", "mover", "--json")
+    assert created.returncode == 0, created.stderr
+    client_key = json.loads(created.stdout)["key"]
+    assert server.cli("backup", str(backup)).returncode == 0
     new_host = tmp_path / "new-host"
     new_host.mkdir()
     shutil.copyfile(pyz_path, new_host / "stockyard.pyz")
     shutil.copyfile(backup, new_host / "stockyard.db")
     assert sorted(os.listdir(new_host)) == ["stockyard.db", "stockyard.pyz"]
-    forgot = run(new_host / "stockyard.pyz", "serve", "--port", "0", "--db", new_host / "stockyard.db",
-                 env=base_env(cache_home))
-    assert forgot.returncode == 1 and "set STOCKYARD_ENCRYPTION_KEY" in forgot.stderr, forgot.stderr
-    assert "Traceback" not in forgot.stderr
 
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET,
            "OPENAI_API_KEY": "sk-test-backup-123456", "OPENAI_BASE_URL": mock.url + "/v1"}
@@ -242,12 +247,37 @@ def test_moving_to_a_new_server_is_copying_two_files(server, pyz_path, tmp_path,
         assert moved.request("GET", "/readyz")[0] == 200
         counts = assert_same_content(backup, new_host / "stockyard.db", dst_ran_a_server=True)
         assert counts["traces"] >= 30 and counts["rollups_daily"] >= 1 and counts["trace_bodies"] >= 30
-        assert counts["audit_log"] >= 2
+        assert counts["audit_log"] >= 2 and counts["client_keys"] == 1 and counts["providers"] == 1
         check = verify_audit(new_host / "stockyard.db", SECRET)
         assert check.ok, check.reason
-        status, headers, _ = moved.request("POST", "/v1/chat/completions",
-                                           {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-        assert status == 200 and moved.trace(headers["x-stockyard-trace-id"])
+        auth = {"Authorization": f"Bearer {client_key}"}
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        assert moved.request("POST", "/v1/chat/completions", chat)[0] == 401, "the client key moved: auth is on"
+        status, headers, _ = moved.request("POST", "/v1/chat/completions", chat, headers=auth)
+        assert status == 200 and moved.trace(headers["x-stockyard-trace-id"])["key_id"]
+        mock.clear()
+        status, _, _ = moved.request("POST", "/v1/chat/completions", {**chat, "model": "moved-model"}, headers=auth)
+        assert status == 200, "the stored provider key decrypts on the new host"
+        assert mock.last("/chat/completions").headers["authorization"] == "Bearer sk-moved-provider-key-0123456789"
+        listed = json.loads(moved.cli("modules", "show", "cache", "--json").stdout)
+        assert listed["enabled"] is True
     finally:
         moved.stop()
     assert "Traceback" not in moved.log
+
+
+def test_a_moved_database_without_its_secret_still_serves_and_says_why(server, pyz_path, tmp_path, cache_home, mock):
+    """Forgetting STOCKYARD_ENCRYPTION_KEY on the new host: env providers keep working, the log says what is wrong."""
+    backup = tmp_path / "backup.db"
+    assert server.cli("backup", str(backup)).returncode == 0
+    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-backup-123456", "OPENAI_BASE_URL": mock.url + "/v1"}
+    forgot = ServerProcess(pyz_path, backup, env).start()
+    try:
+        assert "STOCKYARD_ENCRYPTION_KEY" in forgot.log  # the keyed audit log cannot be written without it
+        status, _, _ = forgot.request("POST", "/v1/chat/completions",
+                                      {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                                      headers={"x-stockyard-cache": "bypass"})
+        assert status in (200, 401), "still serving (401 once the source had a client key)"
+    finally:
+        forgot.stop()
+    assert "Traceback" not in forgot.log
