@@ -22,6 +22,7 @@ from . import proxy
 from .app import App
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
 from .httphead import HeadError, read_head
+from .logbuffer import access
 from .pipeline import RequestContext
 
 log = logging.getLogger("stockyard.server")
@@ -35,6 +36,12 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
 }
 READYZ_TIMEOUT_S = 5.0
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Client-chosen text made safe for a log line: no control characters (no forged lines)."""
+    text = text[:limit]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 class Request:
@@ -338,8 +345,8 @@ class Handler(BaseHTTPRequestHandler):
                 pass
         finally:
             if server.app.settings.log_requests and path not in ("/healthz", "/readyz", "/metrics"):
-                log.info("%s %s %d %s %.1fms%s", self.command, path, self._status, self._model or "-",
-                         (time.perf_counter() - started) * 1000, self._trace_note)
+                access(f"{self.command} {printable(path)} {self._status} {printable(self._model or '-')} "
+                       f"{(time.perf_counter() - started) * 1000:.1f}ms{self._trace_note}")
             with server.active_cv:
                 server.active -= 1
                 server.active_cv.notify_all()

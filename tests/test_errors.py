@@ -9,7 +9,7 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import Reply
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -183,3 +183,10 @@ def test_slow_clients_do_not_block_others(pyz_path, cache_home, mock, tmp_path):
             sock.close()
     finally:
         srv.stop()
+
+
+def test_a_model_name_cannot_forge_log_lines(server):
+    forged = "gpt-4o-mini\n2026-01-01T00:00:00 I POST /v1/admin 200 forged"
+    server.request("POST", "/v1/chat/completions", {"model": forged, "messages": HELLO})
+    wait_for(lambda: "forged" in server.log, 10, "the access line")
+    assert not any(line.startswith("2026-01-01T00:00:00") for line in server.log_lines)

@@ -9,6 +9,7 @@ import sys
 import threading
 
 from .. import config
+from ..logbuffer import BatchedStreamHandler
 from ..store.lock import DatabaseBusy
 from .common import CommandError, add_db
 
@@ -31,7 +32,7 @@ def register(sub) -> None:
 
 
 def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchedStreamHandler(sys.stderr).install()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("stockyard")
     root.handlers[:] = [handler]
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             log.warning("gave up waiting for %d in-flight requests", server.active)
         app.close()
         log.info("stopped; database closed")
+        for handler in logging.getLogger("stockyard").handlers:
+            handler.flush()
     return 0
 
 
