@@ -252,13 +252,24 @@ def key_budget_ratelimit(b: Bench) -> list[Row]:
 
 
 def modules_chain(b: Bench) -> list[Row]:
-    """Issue 6: added latency with every module disabled and with the full chain enabled.
-    To write once `modules` exists: a proxy per state (enable each module via the CLI in a
-    `setup` hook, cache bypassed), measured with `interleaved` against the plain proxy."""
-    probe = run_pyz(b.pyz, ["modules", "list", "--help"], base_env(b.procs.workdir))
-    if probe.returncode != 0:
-        raise NotAvailable("`modules` is not in this build")
-    raise NotAvailable("`modules` exists, but bench/run.py:modules_chain is not written yet")
+    """Issue 6: the chain's own cost in process (no modules vs every module on) and, end to
+    end, requests with every module off vs the full chain on (bench/bench_modules.py)."""
+    import bench_modules
+
+    rows: list[Row] = []
+    for r in bench_modules.run(requests=200 if b.args.quick else 300, rounds=2 if b.args.quick else 3,
+                               iterations=500 if b.args.quick else 2000):
+        if "median_us" in r:
+            target, ok = ("", None)
+            if "all modules on" in r["what"]:
+                target, ok = "<< 1000 us", r["median_us"] < 1000
+            elif "modules off" in r["what"]:
+                target, ok = "~0 us", r["median_us"] < 20
+            rows.append(Row(r["what"], f"{r['median_us']:.1f} us", target, ok, f"p90 {r['p90_us']:.1f} us, n={r['n']}"))
+        else:
+            rows.append(Row(r["what"], f"{r['median_ms']:.3f} ms", "", None,
+                            f"{r['added_ms']:+.3f} ms, {r['ratio']:.2f}x vs modules off, n={r['n']}"))
+    return rows
 
 
 Scenario = Callable[[Bench], list[Row]]
