@@ -246,6 +246,26 @@ def test_restart_keeps_the_spend(pyz_path, cache_home, mock, tmp_path):
         second.stop()
 
 
+def test_spend_survives_kill_9(pyz_path, cache_home, mock, tmp_path):
+    """A crash loses at most the writer's window; what was committed reloads as spend."""
+    db = tmp_path / "stockyard.db"
+    first = ServerProcess(pyz_path, db, env_for(cache_home, mock)).start()
+    assert api(first, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})[0] == 200
+    # mock-budget costs $1 per 1M output tokens; each answer has 5: 500 µ¢; the budget is 2,000 µ¢
+    secret, key = make_key(first, name="crash", budget_usd="0.00002", budget_period="total")
+    assert [send(first, secret)[0] for _ in range(2)] == [200, 200]
+    wait_traces(first, key["id"], 2)  # committed: the crash may only take what is not
+    first.proc.kill()
+    first.proc.wait(10)
+    assert spent(first, key["id"]) == (1_000, 1_000)
+
+    second = ServerProcess(pyz_path, db, env_for(cache_home, mock)).start()
+    try:
+        assert [send(second, secret)[0] for _ in range(3)] == [200, 200, 429], "1,000 µ¢ of 2,000 left after the crash"
+    finally:
+        second.stop()
+
+
 # -- units ------------------------------------------------------------------------------------
 
 def test_ledger_admits_exactly_what_fits_under_contention():
