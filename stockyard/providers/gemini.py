@@ -20,7 +20,7 @@ from ..errors import ProxyError, sse_error_event
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
-from .anthropic import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
+from .chatshape import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
                         openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
                         translated_error)
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data

@@ -1,0 +1,128 @@
+"""The OpenAI chat shapes that translating adapters (Anthropic, Gemini) produce.
+
+Answers, stream chunks, usage objects and errors in OpenAI's wire format, plus reading
+the OpenAI request parts both translators need (text, images, tool arguments).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..errors import ProxyError, error_body, error_type
+from ..pipeline import RequestContext
+from ..pricing import Usage
+from . import Provider
+
+
+def openai_usage(usage: Usage) -> dict:
+    """The OpenAI ``usage`` object for token counts Stockyard normalised."""
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+
+
+def chunk(ident: str, created: int, model: str, choices: list[dict], usage: dict | None = None) -> bytes:
+    """One ``chat.completion.chunk`` SSE event."""
+    payload: dict = {"id": ident, "object": "chat.completion.chunk", "created": created,
+                     "model": model, "choices": choices}
+    if usage is not None:
+        payload["usage"] = usage
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def delta_choice(delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def done_event() -> bytes:
+    return b"data: [DONE]\n\n"
+
+
+def completion(ident: str, created: int, model: str, choices: list[dict], usage: Usage | None) -> bytes:
+    """A whole ``chat.completion`` object."""
+    payload: dict = {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                     "choices": choices}
+    if usage is not None:
+        payload["usage"] = openai_usage(usage)
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a ``data:`` URL, None for other URLs; 400 if not base64."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, data = url[5:].partition(",")
+    media_type, _, encoding = head.partition(";")
+    if not sep or encoding.lower() != "base64":
+        raise ProxyError(400, "image data URLs must be base64-encoded (data:<type>;base64,<data>)",
+                         param="messages", code="invalid_image_url")
+    return media_type or "application/octet-stream", data
+
+
+def image_url_of(part: dict) -> str:
+    """The URL of an OpenAI ``image_url`` content part (object or bare string form)."""
+    value = part.get("image_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise ProxyError(400, "an image_url content part needs a url", param="messages", code="invalid_image_url")
+    return url
+
+
+def text_of(content: Any) -> str:
+    """Plain text of an OpenAI message content (string, or an array of text parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    raise ProxyError(400, "message content must be a string or an array of content parts",
+                     param="messages", code="invalid_content")
+
+
+def tool_arguments(call: dict) -> dict:
+    """The parsed JSON arguments of an assistant tool call (an object, as both APIs need)."""
+    raw = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        args = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        raise ProxyError(400, "tool_calls[].function.arguments must be a JSON object string",
+                         param="messages", code="invalid_tool_arguments") from None
+    if not isinstance(args, dict):
+        raise ProxyError(400, "tool_calls[].function.arguments must be a JSON object",
+                         param="messages", code="invalid_tool_arguments")
+    return args
+
+
+@contextmanager
+def shape_errors(status: int, what: str) -> Iterator[None]:
+    """Turn a body of an unexpected shape (a string where an object belongs, …) into a clear
+    error instead of a 500: 400 for the client's request, 502 for the provider's answer."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        code = "invalid_request" if status == 400 else "bad_upstream_response"
+        raise ProxyError(status, f"{what} has an unexpected shape and cannot be translated", code=code) from None
+
+
+def translated_error(status: int, message: str, code: str | None) -> bytes:
+    """An upstream error re-shaped for an OpenAI client, keeping the provider's status."""
+    return error_body("openai", status, message, code=code, type_=error_type("openai", status))
+
+
+def endpoint_check(ctx: RequestContext, provider: Provider) -> None:
+    """Translating adapters serve chat only: anything else is a clear 400."""
+    if ctx.endpoint != "chat":
+        path = {"completions": "/v1/completions", "embeddings": "/v1/embeddings"}.get(ctx.endpoint, ctx.endpoint)
+        raise ProxyError(400, f"provider {provider.name!r} ({provider.kind}) does not support {path}; "
+                              "use /v1/chat/completions", code="unsupported_endpoint")
+
+
+def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
+    """An error the provider sent inside a stream: the trace says the answer broke."""
+    ctx.outcome = "stream_broken"
+    ctx.error_type = f"upstream_{kind}"
+    ctx.error_message = message
