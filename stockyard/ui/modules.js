@@ -70,7 +70,7 @@ function moduleCard(m, reload) {
   };
   const toggle = async () => {
     try {
-      await post(`/api/modules/${enc(m.name)}/${m.enabled ? "disable" : "enable"}`);
+      await (m.enabled ? post(`/api/modules/${enc(m.name)}/disable`) : post(`/api/modules/${enc(m.name)}/enable`));
       await reload();
     } catch (err) { showError(null, err.message); }
   };
