@@ -5,7 +5,7 @@
 import { h, s } from "./dom.js";
 
 export const MAX_SERIES = 8;
-const W = 760, H = 220, PAD = { left: 70, right: 10, top: 10, bottom: 26 };
+const W = 1200, H = 240, HBAR_W = 600, PAD = { left: 70, right: 10, top: 10, bottom: 26 };
 
 /** Keep the biggest max-1 series (by total) and fold the rest into one "other" series. */
 export function topSeries(series, max = MAX_SERIES) {
@@ -23,12 +23,18 @@ export function labelStep(count, maxLabels = 12) {
   return Math.max(1, Math.ceil(count / maxLabels));
 }
 
-/** A round number ≥ v (1, 2 or 5 × 10^k), so axis ticks read well. */
-export function niceMax(v) {
-  if (!(v > 0)) return 1;
-  const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+/** A round tick step (1, 2 or 5 × 10^k, at least 1) giving about four steps up to v. */
+export function tickStep(v) {
+  if (!(v > 4)) return 1;
+  const raw = v / 4, p = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
   return 10 * p;
+}
+
+/** The axis top: the first multiple of the tick step at or above v. */
+export function niceMax(v) {
+  const step = tickStep(v);
+  return Math.max(step, Math.ceil(v / step) * step);
 }
 
 function colour(x, i) {
@@ -37,8 +43,9 @@ function colour(x, i) {
 
 function frame(labels, max, format, children) {
   const plotW = W - PAD.left - PAD.right, plotH = H - PAD.top - PAD.bottom;
-  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => Math.round(max * f));
-  const step = labelStep(labels.length);
+  const step = tickStep(max);
+  const ticks = Array.from({ length: Math.round(max / step) + 1 }, (_, i) => i * step);
+  const every = labelStep(labels.length);
   const slot = plotW / Math.max(1, labels.length);
   return s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img" },
     ticks.map((t) => {
@@ -47,7 +54,7 @@ function frame(labels, max, format, children) {
         s("line", { x1: PAD.left, x2: W - PAD.right, y1: y, y2: y }),
         s("text", { x: PAD.left - 6, y: y + 4, "text-anchor": "end" }, format(t)));
     }),
-    labels.map((label, i) => (i % step === 0
+    labels.map((label, i) => (i % every === 0
       ? s("text", { class: "xlabel", x: PAD.left + slot * (i + 0.5), y: H - 8, "text-anchor": "middle" }, label)
       : null)),
     children({ plotW, plotH, slot, y: (v) => PAD.top + plotH - (v / max) * plotH }));
@@ -112,16 +119,16 @@ export function hbarChart({ items, format = String, max = 10 }) {
     rows = [...rows.slice(0, max - 1), { label: `other (${rest.length})`, value: rest.reduce((a, r) => a + r.value, 0) }];
   }
   const top = Math.max(1, ...rows.map((r) => r.value));
-  const rowH = 22, labelW = 180, valueW = 110, barW = W - labelW - valueW;
-  return h("figure", { class: "chart-box" }, s("svg", { viewBox: `0 0 ${W} ${rows.length * rowH + 4}`, class: "chart", role: "img" },
+  const rowH = 22, labelW = 180, valueW = 110, barW = HBAR_W - labelW - valueW;
+  return h("figure", { class: "chart-box" }, s("svg", { viewBox: `0 0 ${HBAR_W} ${rows.length * rowH + 4}`, class: "chart", role: "img" },
     rows.map((r, i) => {
       const label = r.label.length > 26 ? r.label.slice(0, 25) + "…" : r.label;
       return s("g", {},
         s("text", { x: labelW - 8, y: i * rowH + 15, "text-anchor": "end" }, label),
         s("rect", { class: `bar c${i % 10}`, x: labelW, y: i * rowH + 3, height: rowH - 6,
           width: Math.max(1, (r.value / top) * barW) }),
-        s("text", { x: W - 4, y: i * rowH + 15, "text-anchor": "end" }, format(r.value)),
-        s("rect", { class: "hover", x: 0, y: i * rowH, width: W, height: rowH },
+        s("text", { x: HBAR_W - 4, y: i * rowH + 15, "text-anchor": "end" }, format(r.value)),
+        s("rect", { class: "hover", x: 0, y: i * rowH, width: HBAR_W, height: rowH },
           s("title", {}, `${r.label}: ${format(r.value)}`)));
     })));
 }

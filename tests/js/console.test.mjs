@@ -95,7 +95,9 @@ test("charts: many series fold into other; labels thin out; hover titles carry n
   const hbar = charts.hbarChart({ items: Array.from({ length: 30 }, (_, i) => ({ label: `k${i}`, value: i })), max: 10 });
   assert.equal(hbar.find("title").length, 10);
   assert.equal(charts.niceMax(0), 1);
-  assert.equal(charts.niceMax(430), 500);
+  assert.equal(charts.niceMax(430), 600);
+  assert.equal(charts.niceMax(8), 8);
+  assert.equal(charts.niceMax(3), 3);
 });
 
 test("cost buckets: days up to a month, then weeks, then months", () => {
