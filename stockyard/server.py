@@ -19,6 +19,7 @@ from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from . import proxy
+from . import ui as console
 from .app import App
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
 from .httphead import HeadError, read_head
@@ -436,6 +437,8 @@ FIXED_ROUTES: dict[str, tuple[list[str], Callable[[Handler, Request], None]]] = 
     "/readyz": (["GET"], readyz),
     "/metrics": (["GET"], metrics),
     "/v1/models": (["GET"], models),
+    "/": (["GET"], console.redirect),
+    "/ui": (["GET"], console.redirect),
 }
 
 
@@ -446,4 +449,5 @@ def make_server(app: App) -> StockyardHTTPServer:
     handler = type("StockyardHandler", (Handler,), {"timeout": app.settings.idle_timeout_s})
     server = StockyardHTTPServer(app, handler)
     server.prefix_routes.append(("/api/", api.handle))
+    server.prefix_routes.append((console.PREFIX, console.handle))
     return server

@@ -1,0 +1,75 @@
+"""The web console: static files under ``/ui/``, read with :func:`pkgutil.get_data` (works inside the pyz).
+
+The files are public; every piece of data they show comes from ``/api/`` with the admin key,
+which the browser keeps in ``sessionStorage`` and sends as a bearer header. Every answer here
+carries a strict Content-Security-Policy (scripts and styles only from this origin, nothing
+inline) and the other framing/sniffing/referrer headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pkgutil
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..server import Handler, Request
+
+PREFIX = "/ui/"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+TYPES = {
+    "html": "text/html; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+    "js": "text/javascript; charset=utf-8",
+    "svg": "image/svg+xml",
+}
+# One plain file name: no folders, no dots but the extension, no escapes (so no traversal).
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(html|css|js|svg)$")
+_cache: dict[str, tuple[bytes, str] | None] = {}
+
+
+def load(name: str) -> tuple[bytes, str] | None:
+    """(content, etag) of a console file, or None when there is no such file."""
+    if name not in _cache:
+        try:
+            data = pkgutil.get_data(__name__, name)
+        except OSError:
+            data = None
+        _cache[name] = None if data is None else (data, '"' + hashlib.sha256(data).hexdigest()[:20] + '"')
+    return _cache[name]
+
+
+def _send(h: "Handler", status: int, body: bytes, content_type: str, extra: dict | None = None) -> None:
+    h.send(status, body, content_type, {**SECURITY_HEADERS, **(extra or {})})
+
+
+def handle(h: "Handler", req: "Request") -> None:
+    """GET /ui/<file>: the file with its content type; anything else 404 (or 405 for other methods)."""
+    if req.method != "GET":
+        _send(h, 405, b"method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET"})
+        return
+    name = req.path[len(PREFIX):] or "index.html"
+    match = _NAME.match(name)
+    found = load(name) if match else None
+    if found is None:
+        _send(h, 404, b"not found\n", "text/plain; charset=utf-8", {"Cache-Control": "no-store"})
+        return
+    data, etag = found
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+    if req.headers.get("if-none-match") == etag:
+        h.send(304, b"", TYPES[match.group(1)], {**SECURITY_HEADERS, **headers})
+        return
+    _send(h, 200, data, TYPES[match.group(1)], headers)
+
+
+def redirect(h: "Handler", req: "Request") -> None:
+    """``/`` and ``/ui`` lead to the console."""
+    _send(h, 302, b"", "text/plain; charset=utf-8", {"Location": PREFIX, "Cache-Control": "no-store"})

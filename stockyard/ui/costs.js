@@ -1,0 +1,80 @@
+// Costs: spend over time stacked by model/provider/key/project, the `stockyard costs` table, CSV download.
+
+import { get } from "./api.js";
+import { barChart } from "./charts.js";
+import { field, h, mount, table } from "./dom.js";
+import { costsCsv, dayRange, formatInt, formatUsd, utcDay } from "./format.js";
+
+const GROUPS = ["model", "provider", "key", "project"];
+
+/** Time buckets [{label, since, until}] for a range: days up to a month, then weeks, then months. */
+export function buckets(first, last) {
+  const days = dayRange(first, last);
+  if (days.length <= 31) return days.map((d) => ({ label: d, since: d, until: d }));
+  const out = [];
+  const size = days.length <= 120 ? 7 : null;
+  for (let i = 0; i < days.length;) {
+    let j = size ? Math.min(days.length, i + size) : i + 1;
+    if (!size) while (j < days.length && days[j].slice(0, 7) === days[i].slice(0, 7)) j += 1;
+    out.push({ label: size ? days[i] : days[i].slice(0, 7), since: days[i], until: days[j - 1] });
+    i = j;
+  }
+  return out;
+}
+
+function groupName(by, row) {
+  if (by === "key") return row.key_name ? `${row.key_name} (${row.key})` : (row.key || "(none)");
+  return row[by] || "(none)";
+}
+
+async function inBatches(items, size, fn) {
+  const out = [];
+  for (let i = 0; i < items.length; i += size) out.push(...await Promise.all(items.slice(i, i + size).map(fn)));
+  return out;
+}
+
+export async function costs(view) {
+  const by = h("select", {}, GROUPS.map((g) => h("option", { value: g }, g)));
+  const range = h("select", {}, [7, 30, 90, 365].map((d) => h("option", { value: d, selected: d === 30 }, `last ${d} days`)));
+  const out = h("div", {});
+  const render = async () => {
+    const group = by.value, first = utcDay(Number(range.value) - 1), last = utcDay(0);
+    mount(out, h("p", { class: "muted" }, "loading…"));
+    const spans = buckets(first, last);
+    const [report, parts] = await Promise.all([
+      get("/api/costs", { by: group, since: first, until: last }),
+      inBatches(spans, 6, (b) => get("/api/costs", { by: group, since: b.since, until: b.until })),
+    ]);
+    const names = report.rows.map((r) => groupName(group, r));
+    const series = names.map((name) => ({ name, values: parts.map((p) => {
+      const row = p.rows.find((r) => groupName(group, r) === name);
+      return row ? row.cost_uc : 0;
+    }) }));
+    const csv = costsCsv(report);
+    const download = h("a", { href: URL.createObjectURL(new Blob([csv], { type: "text/csv" })),
+      download: `stockyard-costs-by-${group}-${first}-to-${last}.csv` }, "Download CSV");
+    const rows = [...report.rows.map((r) => ({ ...r, name: groupName(group, r) })), { ...report.total, name: "TOTAL", total: true }];
+    mount(out,
+      h("h2", {}, `Spend per ${spans.length === dayRange(first, last).length ? "day" : spans[0].label.length === 7 ? "month" : "week"} by ${group}`),
+      report.total.requests ? barChart({ labels: spans.map((b) => b.label), series, format: (v) => formatUsd(v) })
+        : h("p", { class: "empty" }, "No requests in this range."),
+      h("h2", {}, `Totals ${first} to ${last} (UTC)`),
+      table([
+        { label: group.toUpperCase(), value: (r) => r.name },
+        { label: "REQUESTS", value: (r) => formatInt(r.requests), class: "num" },
+        { label: "ERRORS", value: (r) => formatInt(r.errors), class: "num" },
+        { label: "TOKENS IN/OUT", value: (r) => `${r.prompt_tokens}/${r.completion_tokens}`, class: "num" },
+        { label: "CACHED", value: (r) => formatInt(r.cached_tokens), class: "num" },
+        { label: "REASONING", value: (r) => formatInt(r.reasoning_tokens), class: "num" },
+        { label: "UNPRICED", value: (r) => formatInt(r.unknown_cost), class: "num" },
+        { label: "COST", value: (r) => formatUsd(r.cost_uc, 2), class: "num" },
+      ], rows, { rowAttrs: (r) => ({ class: r.total ? "total" : null }) }),
+      h("p", {}, download));
+  };
+  const form = h("form", { class: "inline", onsubmit: (e) => { e.preventDefault(); render(); } },
+    field("group by", by), field("range", range), h("button", { type: "submit" }, "Show"));
+  by.addEventListener("change", render);
+  range.addEventListener("change", render);
+  mount(view, h("h1", {}, "Costs"), form, out);
+  await render();
+}
