@@ -14,6 +14,7 @@ run: $(PYZ)
 	$(PYTHON) $(PYZ) serve
 
 test:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 	$(PYTHON) -m pytest -q
 
