@@ -48,7 +48,9 @@ function stop() {
 async function route() {
   if (!getKey()) return signIn();
   nav.hidden = false;
-  const [page = "overview", ...args] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  // "/ui/" has no hash: "".split("/") is [""], so an empty name also means the overview.
+  const [name, ...args] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const page = name || "overview";
   for (const a of nav.querySelectorAll("a")) a.classList.toggle("active", a.getAttribute("href") === `#/${page}`);
   stop();
   const render = page === "traces" && args[0] ? traceDetail : PAGES[page];
