@@ -1,0 +1,273 @@
+"""The web console driven in headless Chromium (Debian's ``chromium``) with Playwright.
+
+One server and one browser for the module: sign-in (and a wrong key refused), the live tail and a
+trace's detail, the costs total against ``stockyard costs --json``, a key created and revoked, a
+module switched on that changes the next request, the audit chain verified, and model output full
+of markup that must stay text. Any page error or console error fails the test that caused it.
+Screenshots of every page (1280×800) go to ``artifacts/screenshots/`` for a reviewer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import OPENAI_KEY, ROOT, ServerProcess, base_env, wait_for
+from mock_upstream import Reply
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ADMIN_KEY = "browser-admin-key-0123456789"
+SECRET = "browser-test-secret-0123456789abcdef"
+SHOTS = ROOT / "artifacts" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (make test installs it)")
+
+
+def usd(uc: int, places: int = 2) -> str:
+    """format.js formatUsd: µ¢ (1e-8 USD) as dollars with at least `places` decimals, exact."""
+    dollars, rest = divmod(int(uc), 100_000_000)
+    digits = f"{rest:08d}"
+    n = max(places, len(digits.rstrip("0")))
+    return f"${dollars}" + (f".{digits[:n]}" if n else "")
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {**base_env(cache_home), "STOCKYARD_ADMIN_KEY": ADMIN_KEY, "STOCKYARD_ENCRYPTION_KEY": SECRET,
+           "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("browser") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+class Console:
+    """One tab on the console, collecting page errors and console errors."""
+
+    def __init__(self, browser, server: ServerProcess) -> None:
+        self.server = server
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(10_000)
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        self.page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"console: {msg.text}"))
+        self.page.on("dialog", lambda dialog: dialog.accept())
+
+    def open(self, hash_: str = "") -> None:
+        self.page.goto(f"{self.server.url}/ui/{hash_}")
+
+    def sign_in(self, key: str = ADMIN_KEY) -> None:
+        self.open()
+        self.page.fill("#admin-key", key)
+        self.page.click("form.signin button[type=submit]")
+
+    def go(self, page: str) -> None:
+        self.page.evaluate("(h) => { location.hash = h; }", f"#/{page}")
+
+    def shot(self, name: str) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.wait_for_timeout(150)  # let the last frame paint
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+    def check(self, expected: tuple[str, ...] = ()) -> None:
+        """No errors but the expected ones (regexes), then forget them."""
+        unexpected = [e for e in self.errors if not any(re.search(x, e) for x in expected)]
+        self.errors.clear()
+        assert not unexpected, unexpected
+
+
+@pytest.fixture(scope="module")
+def console(browser, server):
+    c = Console(browser, server)
+    yield c
+    c.context.close()
+
+
+@pytest.fixture(autouse=True)
+def no_errors(console):
+    yield
+    console.check()
+
+
+def chat(server: ServerProcess, model: str = "gpt-4o-mini") -> tuple[int, dict, bytes]:
+    return server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO})
+
+
+def admin(server: ServerProcess, method: str, path: str, body=None):
+    status, _, raw = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert status < 400, raw
+    return json.loads(raw)
+
+
+def test_wrong_admin_key_is_refused(console):
+    console.sign_in("not-the-admin-key-0123456789")
+    alert = console.page.locator("form.signin [role=alert]")
+    wait_for(lambda: alert.inner_text().strip(), what="the refusal message")
+    assert console.page.locator("#nav").is_hidden()
+    assert console.page.evaluate("sessionStorage.getItem('stockyard.adminKey')") is None
+    console.shot("signin")
+    console.check(expected=(r"status of 401",))  # the browser logs the refused API call
+
+
+def test_sign_in_shows_the_overview(console, server):
+    for model in ("gpt-4o-mini", "gpt-4o", "gpt-4o-mini"):
+        status, headers, _ = chat(server, model)
+        assert status == 200
+    server.trace(headers["x-stockyard-trace-id"])
+    console.sign_in()
+    page = console.page
+    page.wait_for_selector("#nav:not([hidden])")
+    page.wait_for_selector("main h1:text('Overview')")
+    page.wait_for_selector("main svg.chart")
+    assert "Spend today" in page.inner_text("main")
+    console.shot("overview")
+    console.go("providers")
+    page.wait_for_selector("main h1:text('Providers')")
+    assert "openai" in page.inner_text("main")
+    console.shot("providers")
+
+
+def test_live_tail_shows_a_new_request_and_its_detail(console, server):
+    page = console.page
+    console.go("traces")
+    page.wait_for_selector("main h1:text('Traces')")
+    page.wait_for_selector("main table")
+    page.check("main form input[type=checkbox]")
+    status, headers, _ = chat(server)
+    assert status == 200
+    trace_id = headers["x-stockyard-trace-id"]
+    link = page.locator(f'main a[href="#/traces/{trace_id}"]')
+    link.wait_for(timeout=8000)
+    row = page.locator("main tr", has=page.locator(f'a[href="#/traces/{trace_id}"]'))
+    assert "fresh" in row.get_attribute("class"), "a tailed row is highlighted"
+    console.shot("traces")
+    link.click()
+    page.wait_for_selector("#trace-id")
+    assert page.inner_text("#trace-id") == trace_id
+    text = page.inner_text("main")
+    assert "Hello from mock" in text and "Response body" in text and "gpt-4o-mini" in text
+    console.shot("trace-detail")
+
+
+def test_costs_total_matches_the_costs_command(console, server):
+    cli = server.cli("costs", "--json")
+    assert cli.returncode == 0, cli.stderr
+    total = json.loads(cli.stdout)["total"]
+    assert total["cost_uc"] > 0
+    page = console.page
+    console.go("costs")
+    row = page.locator("main tr.total")
+    row.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[0] == "TOTAL" and cells[-1] == usd(total["cost_uc"], 2)
+    assert cells[1] == str(total["requests"])
+    # The chart's hover text for today (the last column) carries the same total.
+    hover = page.locator("main svg.chart rect.hover title").last.text_content()
+    assert usd(total["cost_uc"], 0) in hover
+    console.shot("costs")
+
+
+def test_toggling_a_module_changes_the_next_request(console, server):
+    assert chat(server, "gpt-4o")[0] == 200
+    page = console.page
+    console.go("modules")
+    card = page.locator("#module-guard")
+    card.wait_for()
+    card.get_by_role("button", name="Turn guard on").click()
+    card.locator(".badge:text('on')").wait_for()
+    card.locator("#opt-guard-deny_models").fill('["gpt-4o"]')
+    card.get_by_role("button", name="Save options").click()
+    card.locator("text=Saved: the next request uses these options.").wait_for()
+    status, _, body = chat(server, "gpt-4o")
+    assert status == 403 and json.loads(body)["error"]["code"] == "model_not_allowed"
+    assert chat(server, "gpt-4o-mini")[0] == 200
+    console.shot("modules")
+    card.get_by_role("button", name="Turn guard off").click()
+    card.locator(".badge:text('off')").wait_for()
+    assert chat(server, "gpt-4o")[0] == 200
+
+
+def test_markup_in_model_output_stays_text(console, server, mock):
+    mock.enqueue(Reply(json={
+        "id": "chatcmpl-xss", "object": "chat.completion", "created": 1_700_000_000, "model": XSS,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": XSS}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}))
+    status, headers, _ = server.request("POST", "/v1/chat/completions",
+                                        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": XSS}]})
+    assert status == 200
+    trace_id = headers["x-stockyard-trace-id"]
+    server.trace(trace_id)
+    page = console.page
+    console.go(f"traces/{trace_id}")
+    page.wait_for_selector("#trace-id")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("main img, main script").count() == 0
+    shown = page.inner_text("main")
+    assert "<script>window.__xss=2</script>" in shown and "<img src=x onerror=" in shown
+    console.go("traces")
+    page.wait_for_selector(f'main a[href="#/traces/{trace_id}"]')
+    assert page.evaluate("window.__xss") is None
+    console.shot("trace-xss")
+
+
+def test_verify_audit_chain(console, server):
+    page = console.page
+    console.go("audit")
+    page.wait_for_selector("main h1:text('Audit log')")
+    page.get_by_role("button", name="Verify chain").click()
+    head = page.locator("#audit-head")
+    head.wait_for()
+    assert "Chain intact" in page.inner_text("main [role=status]")
+    assert head.inner_text() == admin(server, "GET", "/api/audit/head")["hash"]
+    assert re.fullmatch(r"[0-9a-f]{64}", head.inner_text())
+    console.shot("audit")
+
+
+def test_create_and_revoke_a_key(console, server):
+    page = console.page
+    console.go("keys")
+    page.wait_for_selector("main h1:text('Keys')")
+    page.fill("main form input[name=name]", "browser-key")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-key")
+    secret.wait_for()
+    key = secret.inner_text()
+    assert key.startswith("sk-")
+    row = page.locator("main tr", has_text="browser-key")
+    row.locator(".badge:text('active')").wait_for()
+    status, _, _ = server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
+                                  headers={"Authorization": f"Bearer {key}"})
+    assert status == 200
+    console.shot("keys")
+    row.get_by_role("button", name="Revoke").click()
+    row.locator(".badge:text('revoked')").wait_for()
+    assert "Revoked browser-key." in page.inner_text("main")
+    assert key not in page.inner_text("main") or page.locator("#new-key").count() == 1  # shown once, not listed
+    status, _, _ = server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
+                                  headers={"Authorization": f"Bearer {key}"})
+    assert status == 401
+    page.reload()
+    page.wait_for_selector("main h1:text('Keys')")
+    page.locator("main tr", has_text="browser-key").locator(".badge:text('revoked')").wait_for()
+    assert key not in page.inner_text("main"), "the secret is shown once only"
