@@ -18,7 +18,7 @@ import pytest
 from conftest import OPENAI_KEY, ROOT, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
 
-playwright = pytest.importorskip("playwright.sync_api")
+import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt)
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; make test installs it when missing
 ADMIN_KEY = "browser-admin-key-0123456789"
@@ -29,7 +29,11 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 HELLO = [{"role": "user", "content": "Say hello"}]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (make test installs it)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_installed() -> None:
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: `make test` installs Debian's chromium first"
 
 
 def usd(uc: int, places: int = 2) -> str:
