@@ -14,8 +14,8 @@ run: $(PYZ)
 	$(PYTHON) $(PYZ) serve
 
 test:
-	command -v chromium >/dev/null && command -v node >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	command -v node >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 	$(PYTHON) -m pytest -q
 
