@@ -156,3 +156,18 @@ def test_a_database_newer_than_the_code_is_refused_clearly(pyz_path, cache_home,
         conn.execute("INSERT INTO schema_migrations VALUES (9999, 'future', 'x', '2099-01-01')")
     r = pyz(pyz_path, cache_home, "migrate", "--check", "--db", path)
     assert r.returncode == 1 and "newer than this Stockyard" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ordinary_commands_leave_an_old_database_to_migrate(pyz_path, cache_home, tmp_path):
+    """Only `migrate` (locked, backed up, audited) or a starting server upgrades an existing database."""
+    path = tmp_path / "old.db"
+    conn = db.connect(path)
+    db.migrate(conn, upto=1)
+    conn.close()
+    refused = pyz(pyz_path, cache_home, "traces", "--db", path)
+    assert refused.returncode == 1 and "stockyard migrate" in refused.stderr and "Traceback" not in refused.stderr
+    conn = db.connect(path, readonly=True)
+    assert db.schema_version(conn) == 1, "nothing was changed"
+    conn.close()
+    assert pyz(pyz_path, cache_home, "migrate", "--db", path).returncode == 0
+    assert pyz(pyz_path, cache_home, "traces", "--db", path).returncode == 0

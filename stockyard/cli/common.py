@@ -45,9 +45,21 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     path = db_path(args)
     if must_exist and not path.exists():
         raise CommandError(f"no database at {path} (start the server once, or pass --db)")
-    conn, _ = db.open_and_migrate(path)
+    if path.exists() and _needs_upgrade(path):
+        raise CommandError(f"{path} needs a schema upgrade first: run `stockyard migrate` (with the server "
+                           "stopped), or start the server, which upgrades it")
+    conn, _ = db.open_and_migrate(path)  # a new file: its schema from scratch
     conn.close()
     return Store(path)
+
+
+def _needs_upgrade(path: Path) -> bool:
+    """An existing database older than this code: upgrading it is `migrate`'s (audited, locked) job."""
+    conn = db.connect(path, readonly=True)
+    try:
+        return db.schema_version(conn) > 0 and bool(db.pending_migrations(conn))
+    finally:
+        conn.close()
 
 
 def encryption_secret() -> str | None:
