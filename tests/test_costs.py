@@ -160,9 +160,15 @@ def test_report_totals_equal_the_sum_of_trace_costs(server, by):
     assert report["total"]["requests"] == traces["n"]
     assert report["total"]["unknown_cost"] == traces["u"]
 
-    rows = list(csv.DictReader(io.StringIO(server.cli("costs", "--by", by, "--csv").stdout)))
+    cli_csv = server.cli("costs", "--by", by, "--csv").stdout
+    rows = list(csv.DictReader(io.StringIO(cli_csv)))
     assert rows[-1][by] == "TOTAL" and int(rows[-1]["cost_uc"]) == expected
     assert sum(int(r["cost_uc"]) for r in rows[:-1]) == expected
+    status, headers, api_csv = server.request("GET", f"/api/costs?by={by}&format=csv",
+                                              headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    # the same rows (CRLF line ends, as RFC 4180 has them; the captured command output reads them as \n)
+    assert api_csv.decode().replace("\r\n", "\n") == cli_csv, "the API's CSV is the command's CSV"
 
 
 def test_report_by_model_and_date_range(server):
@@ -176,6 +182,11 @@ def test_report_by_model_and_date_range(server):
     assert api(server, "GET", "/api/costs?until=2000-01-01")[1]["total"]["cost_uc"] == 0
     table = server.cli("costs", "--by", "model").stdout
     assert "TOTAL" in table and "gpt-4o-mini" in table
+
+
+def test_report_refuses_an_unknown_format(server):
+    status, body = api(server, "GET", "/api/costs?format=xml")
+    assert status == 400 and body["error"]["param"] == "format"
 
 
 @pytest.mark.parametrize("query", ["by=week", "since=yesterday", "until=2026-02-30", "since=2026-05-02&until=2026-05-01"])

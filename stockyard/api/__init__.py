@@ -59,6 +59,14 @@ class Route:
 ROUTES: list[Route] = []
 
 
+@dataclass(frozen=True)
+class Document:
+    """A non-JSON answer from an admin route (e.g. a CSV report)."""
+
+    body: bytes
+    content_type: str
+
+
 def route(method: str, pattern: str, summary: str, *, query: tuple[Param, ...] = (),
           body: dict | None = None, status: int = 200) -> Callable:
     """Declare an admin route (and its OpenAPI entry) in one place.
@@ -205,6 +213,9 @@ def handle(h: "Handler", req: "Request") -> None:
         exc.headers = {**exc.headers, **cors}
         raise
     status, payload = result if isinstance(result, tuple) else (r.status, result)
+    if isinstance(payload, Document):
+        h.send(status, payload.body, payload.content_type, cors)
+        return
     h.send(status, json.dumps(payload, default=str, ensure_ascii=False).encode(), "application/json", cors)
 
 
