@@ -21,11 +21,11 @@ import json
 import re
 import sqlite3
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from collections.abc import Iterable
 from typing import Any, TextIO
 
 from stockyard import vault
+from stockyard.times import now_iso
 
 GENESIS = "0" * 64
 ACTOR_SERVER = "server"
@@ -172,7 +172,7 @@ def append(conn: sqlite3.Connection, *, actor: str, action: str, target: str,
             "use the secret this installation was set up with"
         )
     seq = last_seq + 1
-    ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ts = now_iso()
     hash_ = entry_hash(seq, ts, actor, action, target, details_json, prev_hash, mac, key)
     conn.execute(
         "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash, mac) "

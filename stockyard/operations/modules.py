@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime, timezone
 from typing import Any
 
 from .. import modules as registry
 from ..modules import ConfigError, ModuleRow
+from ..times import now_iso
 from . import Operations, invalid
 
 
@@ -53,10 +53,6 @@ def show(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     return view(cls, load_rows(conn).get(name))
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _read(conn: sqlite3.Connection, cls: type) -> ModuleRow | None:
     return load_rows(conn).get(cls.name)
 
@@ -66,7 +62,7 @@ def _write(conn: sqlite3.Connection, name: str, enabled: bool, config: dict) -> 
         "INSERT INTO modules (name, enabled, config, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, config = excluded.config, "
         "updated_at = excluded.updated_at",
-        (name, int(enabled), json.dumps(config, ensure_ascii=False), _now()))
+        (name, int(enabled), json.dumps(config, ensure_ascii=False), now_iso()))
 
 
 def _checked(cls: type, config: Any) -> dict:

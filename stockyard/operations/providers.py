@@ -12,7 +12,6 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -20,6 +19,7 @@ from .. import audit, vault
 from ..errors import ProxyError
 from ..providers import AZURE_API_VERSION, ENV_SPECS, KINDS, Provider, Registry, from_env
 from ..store import Store
+from ..times import now_iso
 from . import Operations, conflict, invalid
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -34,10 +34,6 @@ _UNSET: Any = object()
 # The first-party kinds have a well-known address and model prefixes (the env defaults).
 _KIND_DEFAULTS = {s.kind: s for s in ENV_SPECS if s.name == s.kind}
 _COLUMNS = "id, name, kind, base_url, models, api_version, key_token, key_hint"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -183,7 +179,7 @@ def listing(conn: sqlite3.Connection, env: Mapping[str, str], secret: str | None
 def _store_key(ops: Operations, conn: sqlite3.Connection, row_id: int, name: str, key: str) -> None:
     token = _vault_for(ops, conn).encrypt(key, vault.aad_for(row_id, name))
     conn.execute("UPDATE providers SET key_token = ?, key_hint = ?, updated_at = ? WHERE id = ?",
-                  (token, vault.last4(key), _now(), row_id))
+                  (token, vault.last4(key), now_iso(), row_id))
 
 
 def _change(ops: Operations, action: str, name: str, details: dict[str, Any], apply) -> Any:
@@ -211,7 +207,7 @@ def add(ops: Operations, name: Any, kind: Any, *, base_url: Any = None, models: 
         if _row(conn, name) is not None:
             raise conflict(f"provider {name!r} already exists; change it with `providers set-key` "
                            f"or PATCH /api/providers/{name}, or remove it first")
-        now = _now()
+        now = now_iso()
         row_id = conn.execute(
             "INSERT INTO providers (name, kind, base_url, models, api_version, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -257,10 +253,10 @@ def update(ops: Operations, name: Any, *, kind: Any = _UNSET, base_url: Any = _U
             stored_fields = {k: json.dumps(v) if k == "models" else v for k, v in fields.items()}
             sets = ", ".join(f"{k} = ?" for k in stored_fields)
             conn.execute(f"UPDATE providers SET {sets}, updated_at = ? WHERE id = ?",
-                         (*stored_fields.values(), _now(), row["id"]))
+                         (*stored_fields.values(), now_iso(), row["id"]))
         if api_key is None:
             conn.execute("UPDATE providers SET key_token = NULL, key_hint = NULL, updated_at = ? "
-                         "WHERE id = ?", (_now(), row["id"]))
+                         "WHERE id = ?", (now_iso(), row["id"]))
             details["key_hint"] = None
         elif api_key is not _UNSET:
             _store_key(ops, conn, row["id"], name, api_key)
@@ -325,7 +321,7 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
             except vault.VaultError as exc:
                 raise vault.VaultError(f"provider {r['name']!r}: {exc}; nothing was changed") from None
             conn.execute("UPDATE providers SET key_token = ?, updated_at = ? WHERE id = ?",
-                         (token, _now(), r["id"]))
+                         (token, now_iso(), r["id"]))
             count += 1
         audit.append(conn, actor=actor, action="vault.rotate", target="vault",
                      details={"keys": count, "old_key_id": old.key_id, "new_key_id": new.key_id,
