@@ -9,7 +9,7 @@ them, and behave otherwise exactly as ``http.client`` / ``http.server`` do.
 from __future__ import annotations
 
 import http.client
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Mapping
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -62,6 +62,12 @@ class Headers:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of ``Authorization: Bearer …`` (lower-case header names), or None."""
+    value = headers.get("authorization", "")
+    return (value[7:].strip() or None) if value[:7].lower() == "bearer " else None
 
 
 def read_head(fp: BinaryIO) -> Headers:

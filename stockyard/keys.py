@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from .times import parse_utc
 from .errors import ProxyError
+from .httphead import bearer_token
 from .pricing import PROVIDERS
 
 KEY_PREFIX = "sk-sy-"
@@ -51,8 +52,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     When both are sent they must agree (SDKs sometimes send both); otherwise the request
     is refused rather than guessing which one was meant.
     """
-    auth = headers.get("authorization", "")
-    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    bearer = bearer_token(headers)
     api_key = (headers.get("x-api-key") or "").strip() or None
     if bearer and api_key and not hmac.compare_digest(bearer.encode(), api_key.encode()):
         raise ProxyError(401, "the Authorization and x-api-key headers carry different keys; send one",

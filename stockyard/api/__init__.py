@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import audit, times
 from ..errors import ProxyError
+from ..httphead import bearer_token
 from ..operations import Operations, invalid
 
 if TYPE_CHECKING:
@@ -145,13 +146,6 @@ class LoginThrottle:
 THROTTLE = LoginThrottle()
 
 
-def bearer(headers: dict[str, str]) -> str | None:
-    value = headers.get("authorization", "")
-    if value[:7].lower() == "bearer ":
-        return value[7:].strip()
-    return None
-
-
 def authenticate(app: "App", req: "Request") -> None:
     admin_key = app.settings.admin_key
     if not admin_key:
@@ -160,7 +154,7 @@ def authenticate(app: "App", req: "Request") -> None:
     if wait > 0:
         raise ProxyError(429, "too many failed admin logins from this address; try again later",
                          code="too_many_failed_logins", headers={"Retry-After": str(int(wait) + 1)})
-    given = bearer(req.headers) or ""
+    given = bearer_token(req.headers) or ""
     if hmac.compare_digest(given.encode(), admin_key.encode()):
         return
     THROTTLE.fail(req.client)

@@ -22,7 +22,7 @@ from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
                         openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
-                        translated_error)
+                        upstream_error)
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
@@ -262,13 +262,7 @@ class AnthropicChatAdapter(Adapter):
         return AnthropicToOpenAIStream(ctx)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
-        try:
-            fields = error_fields(json.loads(body))
-        except ValueError:
-            fields = None
-        if fields is None:
-            return translated_error(status, f"provider {ctx.provider.name!r} answered {status}", None)
-        return translated_error(status, fields[1], fields[0])
+        return upstream_error(ctx, status, body, error_fields)
 
 
 class AnthropicToOpenAIStream(StreamTranslator):

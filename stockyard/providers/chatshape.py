@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import ProxyError, error_body, error_type
 from ..pipeline import RequestContext
@@ -111,6 +111,19 @@ def shape_errors(status: int, what: str) -> Iterator[None]:
 def translated_error(status: int, message: str, code: str | None) -> bytes:
     """An upstream error re-shaped for an OpenAI client, keeping the provider's status."""
     return error_body("openai", status, message, code=code, type_=error_type("openai", status))
+
+
+def upstream_error(ctx: RequestContext, status: int, body: bytes,
+                   read: Callable[[Any], tuple[str, str] | None]) -> bytes:
+    """A provider's error body for an OpenAI client: ``read`` finds its (code, message)."""
+    try:
+        found = read(json.loads(body))
+    except ValueError:
+        found = None
+    if found is None:
+        return translated_error(status, f"provider {ctx.provider.name!r} answered {status}", None)
+    code, message = found
+    return translated_error(status, message, code)
 
 
 def endpoint_check(ctx: RequestContext, provider: Provider) -> None:

@@ -22,7 +22,7 @@ from ..pricing import Usage
 from . import Provider
 from .chatshape import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
                         openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
-                        translated_error)
+                        upstream_error)
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
@@ -285,6 +285,12 @@ def response_choices(doc: dict) -> list[dict]:
     return choices
 
 
+def status_and_message(payload: Any) -> tuple[str, str] | None:
+    """(status name, message) of a Google error object: what an OpenAI error's code and message carry."""
+    fields = error_fields(payload)
+    return (fields[1], fields[2]) if fields else None
+
+
 def error_fields(payload: Any) -> tuple[int, str, str] | None:
     """(HTTP code, status name, message) of a Google error object (or a one-item list of them)."""
     if isinstance(payload, list) and payload:
@@ -320,13 +326,7 @@ class GeminiAdapter(Adapter):
         return GeminiStream(ctx)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
-        try:
-            fields = error_fields(json.loads(body))
-        except ValueError:
-            fields = None
-        if fields is None:
-            return translated_error(status, f"provider {ctx.provider.name!r} answered {status}", None)
-        return translated_error(status, fields[2], fields[1])
+        return upstream_error(ctx, status, body, status_and_message)
 
 
 class GeminiStream(StreamTranslator):
