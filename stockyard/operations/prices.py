@@ -61,11 +61,6 @@ def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
             for r in conn.execute("SELECT * FROM price_overrides ORDER BY model")}
 
 
-def effective_table(conn: sqlite3.Connection) -> PriceTable:
-    """The shipped table with this database's overrides on top: what the server prices with."""
-    return PriceTable.load(load_overrides(conn))
-
-
 def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every priced model, rates in µ¢ per 1M and in USD, with where each came from."""
     overrides = load_overrides(conn)

@@ -60,18 +60,6 @@ def sse_data(event: bytes) -> bytes | None:
     return b"\n".join(data) if data else None
 
 
-def sse_event_name(event: bytes) -> str | None:
-    for line in event.split(b"\n"):
-        if line.startswith(b"event:"):
-            return line[6:].strip().decode("utf-8", "replace")
-    return None
-
-
-def encode_sse(payload: dict, event: str | None = None) -> bytes:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
 def loads_object(data: bytes, what: str = "provider answer") -> dict:
     """Parse a JSON object from upstream; a 502 when it is not one."""
     try:

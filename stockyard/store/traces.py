@@ -11,7 +11,7 @@ import sqlite3
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..pipeline import RequestContext
 
@@ -142,8 +142,6 @@ def record_from(ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id:
 
 # -- reading ----------------------------------------------------------------------------------
 
-FILTERS = ("since", "until", "model", "provider", "status", "key", "outcome")
-
 
 def list_traces(conn: sqlite3.Connection, *, limit: int = 50, cursor: str | None = None,
                 since_ms: int | None = None, until_ms: int | None = None, model: str | None = None,
@@ -180,11 +178,3 @@ def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
     trace["attempts"] = [dict(r) for r in conn.execute(
         "SELECT * FROM traces WHERE parent_id = ? ORDER BY attempt", (trace_id,))]
     return trace
-
-
-def count(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM traces").fetchone()[0]
-
-
-def rows_as_dicts(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
-    return [dict(r) for r in rows]
