@@ -124,6 +124,9 @@ def test_project_budget_is_shared_by_its_keys(server):
     assert send(server, second)[0] == 200
     status, _, body = send(server, first)
     assert status == 429 and "project 'team'" in body["error"]["message"]
+    # the report reads committed rollups: wait for the writer to commit both answers
+    wait_for(lambda: server.db_rows("SELECT COALESCE(SUM(cost_uc), 0) AS s FROM rollups_daily WHERE project = 'team'"
+                                    )[0]["s"] == 1_000, what="both answers committed")
     project = api(server, "GET", "/api/projects/team/budget")[2]
     assert (project["budget_uc"], project["spend_uc"], project["live_keys"]) == (1_000, 1_000, 2)
 
