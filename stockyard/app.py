@@ -20,7 +20,7 @@ from .config import Settings
 from .keys import KeyRecord, KeyRing, check as check_key, load_keys
 from .modules import Modules
 from .metrics import Registry as MetricsRegistry
-from .pipeline import Chain, RequestContext
+from .pipeline import Chain, HookFailures, RequestContext
 from .pricing import Price, PriceTable, cost_microcents, format_usd, Usage
 from .providers import Registry, from_env
 from .operations import Operations, read_config_version
@@ -75,6 +75,7 @@ class App:
             self.db_lock.release()
             raise
         self.metrics = MetricsRegistry()
+        self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
         self.retention = Retention(bodies_max_age_s=settings.retention_bodies_s,
                                    traces_max_age_s=settings.retention_traces_s,

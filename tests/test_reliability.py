@@ -1,0 +1,120 @@
+"""Reliability under faults (issue 11): a module hook that raises, a configuration watcher that
+fails, a client that leaves while the provider thinks, two servers on one database, and the
+CLI on a fresh install.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from conftest import OPENAI_KEY
+from stockyard import config
+from stockyard.app import App
+from stockyard.budgets import budgets_for
+from stockyard.metrics import render
+from stockyard.errors import ProxyError
+from stockyard.operations import keys as key_ops
+from stockyard.operations import prices as price_ops
+from stockyard.pipeline import Chain, HookFailures, RequestContext
+
+COST_UC = 480
+
+
+class Boom:
+    """A module whose hooks raise: test input standing for any module with a bug."""
+
+    def __init__(self, name: str = "boom", before: bool = False, after: bool = True) -> None:
+        self.name, self._before, self._after = name, before, after
+
+    def before(self, ctx: RequestContext) -> None:
+        if self._before:
+            raise KeyError("bug in before")
+
+    def after(self, ctx: RequestContext) -> None:
+        if self._after:
+            raise RuntimeError("bug in after")
+
+
+@pytest.fixture
+def app(tmp_path):
+    """An in-process App on a real database file, with a key that has a budget."""
+    env = {"OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    settings = config.load({"db": str(tmp_path / "stockyard.db")}, env=env)
+    app = App(settings, env=env)
+    ops = app.ops("test")
+    price_ops.set_price(ops, "gpt-4o-mini", {"input": "1", "output": "1"})
+    _, secret = key_ops.create_key(ops, {"name": "budgeted", "budget_usd": "10", "budget_period": "day"})
+    app.reload()
+    app.test_key = secret
+    yield app
+    app.close()
+
+
+def budget_request(app: App) -> RequestContext:
+    ctx = RequestContext("chat", "openai", "127.0.0.1", {"authorization": f"Bearer {app.test_key}"},
+                         body={"model": "gpt-4o-mini", "messages": [], "max_tokens": 10}, model="gpt-4o-mini")
+    app.authenticate(ctx)
+    return ctx
+
+
+def ledger_state(app: App, ctx: RequestContext) -> tuple[int, int]:
+    (budget,) = budgets_for(ctx.key, app.project_budgets())
+    return app.ledger.usage(budget, ctx.ts_ms)
+
+
+def test_a_raising_after_hook_does_not_skip_the_budget_settlement(app, caplog):
+    chain = Chain([app.modules.get("budget"), Boom()], app.hook_failures)
+    for _ in range(2):
+        ctx = budget_request(app)
+        chain.before(ctx)
+        assert ledger_state(app, ctx)[1] > 0, "the budget module reserved the worst case"
+        ctx.status, ctx.cost_uc = 200, COST_UC
+        chain.after(ctx)  # Boom.after runs first (reverse order) and raises: no exception escapes
+        spent, reserved = ledger_state(app, ctx)
+        assert reserved == 0, "the reservation was settled"
+    assert spent == 2 * COST_UC
+    assert caplog.text.count("'boom': its after hook failed") == 1, "logged once, with the traceback"
+    assert "RuntimeError: bug in after" in caplog.text and "Traceback" in caplog.text
+    assert 'stockyard_module_errors_total{module="boom",hook="after"} 2' in render(app)
+
+
+def test_a_bug_in_before_is_a_500_for_that_request_and_the_modules_that_ran_settle(app):
+    chain = Chain([app.modules.get("budget"), Boom(before=True, after=False)], app.hook_failures)
+    ctx = budget_request(app)
+    with pytest.raises(ProxyError) as refused:
+        chain.before(ctx)
+    assert (refused.value.status, refused.value.code) == (500, "module_error")
+    assert "'boom' module failed" in refused.value.message and "bug in before" not in refused.value.message
+    chain.after(ctx)
+    assert ledger_state(app, ctx) == (0, 0), "the budget's reservation was released"
+    assert 'stockyard_module_errors_total{module="boom",hook="before"} 1' in render(app)
+
+
+def test_a_refusal_from_before_is_not_a_module_error():
+    class Refuse:
+        name = "refuse"
+
+        def before(self, ctx):
+            raise ProxyError(429, "slow down", code="rate_limited")
+
+        def after(self, ctx):
+            pass
+
+    counted: list[tuple[str, str]] = []
+    chain = Chain([Refuse()], HookFailures(lambda m, h: counted.append((m, h))))
+    with pytest.raises(ProxyError) as refused:
+        chain.before(RequestContext("chat", "openai", "127.0.0.1", {}))
+    assert refused.value.status == 429 and counted == []
+
+
+def test_hook_failures_log_once_per_module_and_hook_and_count_each(caplog):
+    counted: list[tuple[str, str]] = []
+    failures = HookFailures(lambda m, h: counted.append((m, h)))
+    with caplog.at_level(logging.ERROR, "stockyard.modules"):
+        for _ in range(3):
+            failures.report("cache", "after", ValueError("x"))
+        failures.report("cache", "before", ValueError("y"))
+    assert counted == [("cache", "after")] * 3 + [("cache", "before")]
+    assert len(caplog.records) == 2
