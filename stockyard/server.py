@@ -402,7 +402,8 @@ def healthz(h: Handler, req: Request) -> None:
 
 
 def readyz(h: Handler, req: Request) -> None:
-    """Ready when the database takes writes: one tiny write through the writer (no provider calls).
+    """Ready when the database takes writes (one tiny write through the writer, no provider calls)
+    and the configuration watcher has completed a pass in the last 10 s.
 
     Bounded wait: a full queue or a stuck disk answers 503 within seconds, never hangs.
     """
@@ -416,6 +417,10 @@ def readyz(h: Handler, req: Request) -> None:
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
         h.send_json(503, {"status": "unavailable", "database": f"not writable: {reason}", **state})
+        return
+    problem = app.watcher_problem()
+    if problem is not None:
+        h.send_json(503, {"status": "unavailable", "database": "writable", "config_watcher": problem, **state})
         return
     h.send_json(200, {"status": "ready", "database": "writable", **state})
 

@@ -5,11 +5,13 @@ CLI on a fresh install.
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 
 import pytest
 
-from conftest import OPENAI_KEY
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from stockyard import config
 from stockyard.app import App
 from stockyard.budgets import budgets_for
@@ -20,6 +22,7 @@ from stockyard.operations import prices as price_ops
 from stockyard.pipeline import Chain, HookFailures, RequestContext
 
 COST_UC = 480
+HELLO = [{"role": "user", "content": "Say hello"}]
 
 
 class Boom:
@@ -118,3 +121,52 @@ def test_hook_failures_log_once_per_module_and_hook_and_count_each(caplog):
         failures.report("cache", "before", ValueError("y"))
     assert counted == [("cache", "after")] * 3 + [("cache", "before")]
     assert len(caplog.records) == 2
+
+
+# -- the configuration watcher ------------------------------------------------------------------
+
+def chat_with(server: ServerProcess, key: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
+                          headers=headers)[0]
+
+
+def sql(db, statement: str) -> None:
+    """A change made by another tool on the database file (a hand edit), as a fault to recover from."""
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.execute(statement)
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'config_version'")
+    finally:
+        conn.close()
+
+
+def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_path, cache_home, mock,
+                                                                              tmp_path):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        made = server.cli("keys", "create", "--name", "first")
+        assert made.returncode == 0, made.stderr
+        first = made.stdout.strip()
+        wait_for(lambda: chat_with(server) == 401, 5, "the server to load the first key")
+        assert server.request("GET", "/readyz")[0] == 200
+
+        sql(server.db, "UPDATE client_keys SET models = '[not json'")  # every reload now raises
+        status, _, body = wait_for(lambda: (r := server.request("GET", "/readyz"))[0] == 503 and r, 20,
+                                   "readyz to report the stuck watcher")
+        reason = json.loads(body)["config_watcher"]
+        assert "no successful pass" in reason and "JSONDecodeError" in reason, reason
+        assert chat_with(server, first) == 200, "the last good configuration keeps serving"
+        assert server.log.count("configuration watcher: a pass failed") == 1, "logged once, not every tick"
+
+        sql(server.db, "UPDATE client_keys SET models = NULL")  # the operator repairs the row
+        wait_for(lambda: server.request("GET", "/readyz")[0] == 200, 10, "readyz to recover")
+        wait_for(lambda: "configuration watcher: working again" in server.log, 5, "the recovery log line")
+
+        made = server.cli("keys", "create", "--name", "second")  # reloads go on after the fault
+        assert made.returncode == 0, made.stderr
+        wait_for(lambda: chat_with(server, made.stdout.strip()) == 200, 5, "the new key to work")
+    finally:
+        server.stop()
