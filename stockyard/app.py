@@ -29,7 +29,7 @@ from .operations.prices import load_overrides
 from .operations.modules import load_rows as load_module_rows
 from .retention import Retention
 from .store import Store, Writer, db
-from .store.lock import DatabaseLock
+from .store.lock import SERVER, DatabaseLock
 from .store.traces import iso_utc, record_from
 from .upstream import Pool
 
@@ -68,8 +68,8 @@ class App:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
-        # Held until close (or until the process dies): restore and migrate refuse meanwhile.
-        self.db_lock = DatabaseLock(settings.db_path, exclusive=False).acquire()
+        # Held until close (or until the process dies): a second server, restore and migrate refuse meanwhile.
+        self.db_lock = DatabaseLock(settings.db_path, SERVER).acquire()
         try:
             conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
             conn.close()

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -170,3 +173,30 @@ def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_
         wait_for(lambda: chat_with(server, made.stdout.strip()) == 200, 5, "the new key to work")
     finally:
         server.stop()
+
+
+# -- one server per database ------------------------------------------------------------------------
+
+def test_a_second_server_on_the_same_database_refuses_to_start(pyz_path, cache_home, mock, tmp_path):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    db = tmp_path / "stockyard.db"
+    first = ServerProcess(pyz_path, db, env).start()
+    try:
+        second = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
+                                env=env, capture_output=True, text=True, timeout=30)
+        assert second.returncode != 0
+        lines = (second.stdout + second.stderr).strip().splitlines()
+        assert len(lines) == 1, lines
+        assert f"another Stockyard server (pid {first.proc.pid}) is already using {db}" in lines[0]
+
+        made = first.cli("keys", "create", "--name", "while-serving")  # the CLI still works meanwhile
+        assert made.returncode == 0, made.stderr
+        wait_for(lambda: chat_with(first, made.stdout.strip()) == 200, 5, "the key to work")
+    finally:
+        first.stop(signal.SIGKILL)  # a crash: the lock file stays behind, its holder is gone
+    assert (tmp_path / "stockyard.db.lock").exists()
+    again = ServerProcess(pyz_path, db, env).start()
+    try:
+        assert chat_with(again, made.stdout.strip()) == 200
+    finally:
+        again.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import audit
 from ..operations import Operations
 from ..store import Store, db
-from ..store.lock import DatabaseBusy, DatabaseLock
+from ..store.lock import MIGRATE, DatabaseBusy, DatabaseLock
 from .common import CommandError, add_db, db_path, secret
 
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return check(path)
     try:
-        with DatabaseLock(path, exclusive=True):
+        with DatabaseLock(path, MIGRATE):
             return apply(path)
     except DatabaseBusy as exc:
         raise CommandError(f"{exc} (a starting server applies migrations itself)") from None
