@@ -200,3 +200,66 @@ def test_a_second_server_on_the_same_database_refuses_to_start(pyz_path, cache_h
         assert chat_with(again, made.stdout.strip()) == 200
     finally:
         again.stop()
+
+
+# -- the CLI on a fresh install ---------------------------------------------------------------------
+
+def run_cli(pyz_path, cache_home, db, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": "fresh-install-secret-0123456789"}
+    return subprocess.run([sys.executable, str(pyz_path), *args, "--db", str(db)], env=env, input=input,
+                          capture_output=True, text=True, timeout=60)
+
+
+# Every command that changes configuration: (arguments, stdin, whether it succeeds on an empty database).
+# Those that change something that must exist first (update, revoke, unset, clear, set-key, remove)
+# still create the database, then say the thing is not there.
+CHANGES = [
+    (("keys", "create", "--name", "first"), None, True),
+    (("keys", "update", "first", "--rpm", "5"), None, False),
+    (("keys", "revoke", "first"), None, False),
+    (("prices", "set", "my-model", "--input", "1", "--output", "2"), None, True),
+    (("prices", "unset", "my-model"), None, False),
+    (("projects", "budget", "lab", "--budget-usd", "5", "--period", "month"), None, True),
+    (("projects", "budget", "lab", "--clear"), None, False),
+    (("providers", "add", "local", "--kind", "openai-compatible", "--base-url", "http://127.0.0.1:9/v1"), None, True),
+    (("providers", "set-key", "local", "--key-stdin"), "sk-local-provider-key-0123456789", False),
+    (("providers", "remove", "local"), None, False),
+    (("modules", "enable", "cache"), None, True),
+    (("modules", "disable", "cache"), None, True),
+    (("modules", "set", "cache", "ttl_s=60"), None, True),
+    (("modules", "reset", "cache"), None, True),
+]
+READS = [
+    ("traces",), ("costs",), ("keys", "list"), ("projects", "list"), ("projects", "budget", "lab"),
+    ("prices", "list"), ("providers", "list"), ("modules", "list"), ("modules", "show", "cache"),
+    ("audit", "list"), ("audit", "verify"), ("audit", "head"), ("audit", "export", "--csv"), ("backup", "out.db"),
+    ("migrate",),
+    # not configuration: these act on an existing database only
+    ("reload",), ("audit", "note", "a note"), ("providers", "rotate-secret"),
+]
+
+
+@pytest.mark.parametrize("args, stdin, succeeds", CHANGES, ids=[" ".join(c[0]) for c in CHANGES])
+def test_every_configuration_change_creates_the_database_on_a_fresh_install(pyz_path, cache_home, tmp_path,
+                                                                              args, stdin, succeeds):
+    db = tmp_path / "fresh" / "stockyard.db"
+    result = run_cli(pyz_path, cache_home, db, *args, input=stdin)
+    assert db.exists(), result.stderr
+    assert "nothing yet" not in result.stderr and "no database at" not in result.stderr, result.stderr
+    if succeeds:
+        assert result.returncode == 0, result.stderr
+    else:  # the thing to change does not exist: said as such, about the thing, not the database
+        assert result.returncode == 1 and result.stderr.startswith("stockyard: "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("args", READS, ids=[" ".join(a) for a in READS])
+def test_commands_that_only_read_say_there_is_nothing_yet(pyz_path, cache_home, tmp_path, args):
+    db = tmp_path / "fresh" / "stockyard.db"
+    result = run_cli(pyz_path, cache_home, db, *args)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"stockyard: nothing yet: there is no database at {db}; it is created by `stockyard serve` or by the "
+        "first configuration change (e.g. `stockyard keys create`). If it lives elsewhere, pass --db or set "
+        "STOCKYARD_DB"]
+    assert not db.exists(), "reading never creates the database"
