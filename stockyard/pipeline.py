@@ -141,6 +141,7 @@ class RequestContext:
     timeouts: ReadTimeouts | None = None  # per-model upstream read timeouts (timeout)
     retry: RetryPolicy | None = None   # retries, fallbacks and circuit breaker (fallback)
     sensitive: bool = False            # the request holds secrets or PII: its answer is not cached
+    upstream_cancel: Any = None        # upstream.Cancel: ends the provider call when the client leaves
 
     def __post_init__(self) -> None:
         if not self.ts_ms:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import Reply
 from stockyard import config
 from stockyard.app import App
 from stockyard.budgets import budgets_for
@@ -263,3 +267,79 @@ def test_commands_that_only_read_say_there_is_nothing_yet(pyz_path, cache_home, 
         "first configuration change (e.g. `stockyard keys create`). If it lives elsewhere, pass --db or set "
         "STOCKYARD_DB"]
     assert not db.exists(), "reading never creates the database"
+
+
+# -- a client that leaves while the provider works --------------------------------------------------
+
+def raw_chat(port: int, model: str = "gpt-4o-mini") -> bytes:
+    body = json.dumps({"model": model, "messages": HELLO}).encode()
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.fixture(scope="module")
+def proxy(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    server = ServerProcess(pyz_path, tmp_path_factory.mktemp("leave") / "stockyard.db", env).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_a_client_that_leaves_a_plain_request_ends_its_upstream_request(proxy, mock, how):
+    reached, hung_up = threading.Event(), threading.Event()
+    mock.enqueue(Reply(hang_s=60, hang_started=reached, hung_up=hung_up))
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(raw_chat(proxy.port, model=f"gpt-4o-mini-leave-{how}"))
+    assert reached.wait(10), "the provider got the request"
+    left = time.monotonic()
+    if how == "close":
+        client.close()
+    else:
+        client.shutdown(socket.SHUT_WR)  # the client will send no more, as a leaving client does
+    try:
+        assert hung_up.wait(10), "the upstream connection was closed"
+        assert time.monotonic() - left < 5, "long before the provider's 60 s answer"
+    finally:
+        client.close()
+    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?",
+                                              (f"gpt-4o-mini-leave-{how}",)), 10, "the trace")
+    assert trace["outcome"] == "client_disconnected", trace
+    assert "client closed the connection" in trace["error_message"]
+    assert proxy.request("GET", "/readyz")[0] == 200 and chat_with(proxy) == 200, "the server carries on"
+
+
+def test_a_pipelined_next_request_is_not_a_departure(proxy, mock):
+    """Bytes of the next request arrive while the first waits upstream: both are answered."""
+    reached, hung_up = threading.Event(), threading.Event()
+    mock.enqueue(Reply(hang_s=0.5, hang_started=reached, hung_up=hung_up))
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    try:
+        client.sendall(raw_chat(proxy.port))
+        assert reached.wait(10)
+        client.sendall(raw_chat(proxy.port))
+        client.settimeout(30)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+            chunk = client.recv(65536)
+            assert chunk, received
+            received += chunk
+    finally:
+        client.close()
+    assert received.count(b"HTTP/1.1 200 OK") == 2 and not hung_up.is_set()
+
+
+def test_a_client_that_leaves_a_stream_ends_its_upstream_request(proxy, mock):
+    """A stream waiting for its first event: nothing is written yet, so only the watch can notice."""
+    reached, hung_up = threading.Event(), threading.Event()
+    mock.enqueue(Reply(hang_s=60, hang_started=reached, hung_up=hung_up))
+    body = json.dumps({"model": "gpt-4o-mini-leave-stream", "messages": HELLO, "stream": True}).encode()
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert reached.wait(10)
+    client.close()
+    assert hung_up.wait(10), "the upstream connection was closed"
+    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = 'gpt-4o-mini-leave-stream'"),
+                        10, "the trace")
+    assert trace["outcome"] == "client_disconnected", trace
