@@ -42,6 +42,8 @@ class ClientWatch:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        # epoll sees a socket registered while it waits; select/poll copy their set per call
+        self._needs_wake = not isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
         threading.Thread(target=self._run, name="stockyard-client-watch", daemon=True).start()
 
     @contextmanager
@@ -53,7 +55,7 @@ class ClientWatch:
                 self._selector.register(sock, selectors.EVENT_READ, watch)
             except (KeyError, ValueError, OSError):  # closed already, or watched by another block
                 watch.active = False
-        if watch.active:
+        if watch.active and self._needs_wake:
             self._wake()
         try:
             yield
@@ -64,7 +66,7 @@ class ClientWatch:
                     self._unregister(sock)
 
     def _wake(self) -> None:
-        """Make the selector pick up a new socket (select/poll selectors copy their set per call)."""
+        """Make a select/poll selector start over with the new socket in its set."""
         try:
             self._wake_w.send(b"x")
         except BlockingIOError:
