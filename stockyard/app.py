@@ -20,7 +20,7 @@ from .config import Settings
 from .keys import KeyRecord, KeyRing, check as check_key, load_keys
 from .modules import Modules
 from .metrics import Registry as MetricsRegistry
-from .pipeline import Chain, RequestContext
+from .pipeline import Chain, HookFailures, RequestContext
 from .pricing import Price, PriceTable, cost_microcents, format_usd, Usage
 from .providers import Registry, from_env
 from .operations import Operations, read_config_version
@@ -29,13 +29,15 @@ from .operations.prices import load_overrides
 from .operations.modules import load_rows as load_module_rows
 from .retention import Retention
 from .store import Store, Writer, db
-from .store.lock import DatabaseLock
+from .store.lock import SERVER, DatabaseLock
 from .store.traces import iso_utc, record_from
 from .upstream import Pool
 
 log = logging.getLogger("stockyard")
 
 LAST_USED_FLUSH_S = 2.0  # last_used_at is written in batches, never per request
+WATCH_EVERY_S = 0.5  # how often the configuration watcher looks for changes from other processes
+WATCHER_STALE_S = 10.0  # /readyz is 503 when the watcher has not completed a pass for this long
 
 
 class ScrubLogs(logging.Filter):
@@ -66,8 +68,8 @@ class App:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
-        # Held until close (or until the process dies): restore and migrate refuse meanwhile.
-        self.db_lock = DatabaseLock(settings.db_path, exclusive=False).acquire()
+        # Held until close (or until the process dies): a second server, restore and migrate refuse meanwhile.
+        self.db_lock = DatabaseLock(settings.db_path, SERVER).acquire()
         try:
             conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
             conn.close()
@@ -75,6 +77,7 @@ class App:
             self.db_lock.release()
             raise
         self.metrics = MetricsRegistry()
+        self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
         self.retention = Retention(bodies_max_age_s=settings.retention_bodies_s,
                                    traces_max_age_s=settings.retention_traces_s,
@@ -105,6 +108,8 @@ class App:
         self._config_version = -1
         self.reloads = 0  # how many times the configuration was rebuilt (shown in /api/status)
         self._stopping = threading.Event()
+        self.watcher_ok_at = time.monotonic()  # the last successful pass of the configuration watcher
+        self.watcher_error: str | None = None  # why the passes fail, while they do
         for handler in logging.getLogger("stockyard").handlers:
             handler.addFilter(ScrubLogs(self.scrub))
         self.reload()
@@ -168,23 +173,55 @@ class App:
         """Pick up changes other processes (the CLI) commit, within half a second.
 
         ``PRAGMA data_version`` moves when another connection commits; only then is the
-        ``config_version`` counter read, and only a changed counter triggers a reload.
+        ``config_version`` counter read, and only a changed counter triggers a reload. A pass
+        that fails (a hand-edited row that cannot be read, a broken connection) is logged when
+        the failures start and when they end, and retried on the next tick with a fresh
+        connection; :meth:`watcher_problem` tells /readyz when no pass has succeeded for a while.
         """
-        conn = db.connect(self.settings.db_path)
+        conn = None
         last_data_version = None
-        try:
-            while not self._stopping.wait(0.5):
-                self._flush_last_used()
-                data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if data_version == last_data_version:
-                    continue
-                last_data_version = data_version
-                if read_config_version(conn) != self._config_version:
-                    self.reload()
-        except Exception as exc:  # the watcher must never take the server down
-            log.error("configuration watcher stopped: %s", exc)
-        finally:
+        while not self._stopping.wait(WATCH_EVERY_S):
+            try:
+                if conn is None:
+                    conn = db.connect(self.settings.db_path)
+                    last_data_version = None  # data_version is per connection: compare afresh
+                last_data_version = self._watch_once(conn, last_data_version)
+            except Exception as exc:  # the watcher must never stop, nor take the server down
+                if self.watcher_error is None:
+                    log.error("configuration watcher: a pass failed (%s: %s); retrying every %gs, "
+                              "/readyz reports it after %gs", type(exc).__name__, exc, WATCH_EVERY_S,
+                              WATCHER_STALE_S, exc_info=exc)
+                self.watcher_error = f"{type(exc).__name__}: {exc}"
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                continue
+            if self.watcher_error is not None:
+                log.info("configuration watcher: working again (configuration version %d)", self._config_version)
+                self.watcher_error = None
+            self.watcher_ok_at = time.monotonic()
+        if conn is not None:
             conn.close()
+
+    def _watch_once(self, conn, last_data_version: int | None) -> int:
+        """One pass: flush key usage, reload if another process changed the configuration.
+
+        Returns the data version seen; it counts as handled only once the reload succeeded,
+        so a failed reload is tried again on the next pass.
+        """
+        self._flush_last_used()
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != last_data_version and read_config_version(conn) != self._config_version:
+            self.reload()
+        return data_version
+
+    def watcher_problem(self) -> str | None:
+        """Why the configuration watcher is unhealthy (no successful pass for a while), or None."""
+        idle = time.monotonic() - self.watcher_ok_at
+        if idle <= WATCHER_STALE_S:
+            return None
+        return (f"no successful pass for {idle:.0f}s; configuration changes are not being picked up"
+                + (f" (last error: {self.scrub(self.watcher_error)[:300]})" if self.watcher_error else ""))
 
     def reload(self) -> None:
         """Rebuild the configuration snapshots (providers, modules, keys) from env + database.

@@ -21,7 +21,7 @@ from pathlib import Path
 from . import audit
 from .operations import Operations
 from .store import Store, db
-from .store.lock import DatabaseLock
+from .store.lock import RESTORE, DatabaseLock
 
 log = logging.getLogger("stockyard.backup")
 
@@ -172,7 +172,7 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
     db_path, source = Path(db_path), Path(source).expanduser()
     if source.resolve() == db_path.resolve():
         raise BackupError("the source is the database itself")
-    with DatabaseLock(db_path, exclusive=True):
+    with DatabaseLock(db_path, RESTORE):
         info = check_restorable(source)
         tmp = db_path.with_name(f".{db_path.name}.restore-{os.getpid()}")
         try:

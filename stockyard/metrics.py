@@ -112,6 +112,11 @@ class Registry:
                 kind = (ctx.error_type or ctx.outcome).removeprefix("upstream_")[:40]
                 self.inc("upstream_errors_total", (*by_provider, ("kind", kind)))
 
+    def count_module_error(self, module: str, hook: str) -> None:
+        """A module's hook raised (see ``pipeline.HookFailures``); module names are ours, so bounded."""
+        with self._lock:
+            self.inc("module_errors_total", (("module", module[:100]), ("hook", hook)))
+
     def snapshot(self) -> tuple[dict[str, dict[Labels, int]], dict[str, dict[Labels, tuple]]]:
         """A consistent copy for rendering (taken under the lock, rendered outside it)."""
         with self._lock:
@@ -132,6 +137,7 @@ HELP = {
     "cache_hits_total": ("counter", "Requests answered from the cache."),
     "budget_rejections_total": ("counter", "Requests refused because a budget was spent."),
     "upstream_errors_total": ("counter", "Provider failures: error statuses, timeouts, resets, broken streams."),
+    "module_errors_total": ("counter", "Module hooks that raised (the request went on without them), by module and hook."),
 }
 
 

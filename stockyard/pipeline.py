@@ -14,14 +14,18 @@ The registry of modules, their order and configuration live in ``stockyard.modul
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
+from .errors import ProxyError
 from .pricing import Usage
 from .providers import Provider
+
+log = logging.getLogger("stockyard.modules")
 
 
 _id_lock = threading.Lock()
@@ -137,6 +141,7 @@ class RequestContext:
     timeouts: ReadTimeouts | None = None  # per-model upstream read timeouts (timeout)
     retry: RetryPolicy | None = None   # retries, fallbacks and circuit breaker (fallback)
     sensitive: bool = False            # the request holds secrets or PII: its answer is not cached
+    upstream_cancel: Any = None        # upstream.Cancel: ends the provider call when the client leaves
 
     def __post_init__(self) -> None:
         if not self.ts_ms:
@@ -173,20 +178,65 @@ class Module(Protocol):
     def after(self, ctx: RequestContext) -> None: ...
 
 
-class Chain:
-    """Modules in order; ``after`` runs in reverse for every module whose ``before`` ran."""
+class HookFailures:
+    """What happens when a module's hook raises something other than a refusal.
 
-    def __init__(self, modules: list[Module] | None = None) -> None:
+    The first failure of each (module, hook) is logged with its traceback; every one is
+    counted (``count``, e.g. the ``stockyard_module_errors_total`` metric), so a hook that
+    fails on every request shows in /metrics without flooding the log.
+    """
+
+    def __init__(self, count: Callable[[str, str], None] | None = None) -> None:
+        self._count = count
+        self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def report(self, module: str, hook: str, exc: BaseException) -> None:
+        with self._lock:
+            first = (module, hook) not in self._logged
+            self._logged.add((module, hook))
+        if first:
+            log.error("module %r: its %s hook failed (%s: %s); the other modules' hooks still run. Later "
+                      "failures of this hook are counted in stockyard_module_errors_total, not logged.",
+                      module, hook, type(exc).__name__, exc, exc_info=exc)
+        if self._count is not None:
+            try:
+                self._count(module, hook)
+            except Exception:  # counting must never cost the request
+                pass
+
+
+class Chain:
+    """Modules in order; ``after`` runs in reverse for every module whose ``before`` ran.
+
+    Each hook runs in its own guard: a module that raises (a bug, a full queue) neither
+    skips the other modules' ``after`` hooks — the budget module settles its reservation
+    there — nor turns into a traceback. A ProxyError from ``before`` is a refusal and goes
+    to the client as it is; any other exception there becomes a 500 for that request.
+    """
+
+    def __init__(self, modules: list[Module] | None = None, failures: HookFailures | None = None) -> None:
         self.modules: list[Module] = list(modules or [])
+        self.failures = failures or HookFailures()
 
     def before(self, ctx: RequestContext) -> None:
         ran: list[Module] = ctx.state.setdefault("_ran", [])
         for module in self.modules:
             ran.append(module)
-            module.before(ctx)
+            try:
+                module.before(ctx)
+            except ProxyError:
+                raise
+            except Exception as exc:
+                self.failures.report(module.name, "before", exc)
+                raise ProxyError(500, f"the {module.name!r} module failed on this request; see the server log",
+                                 code="module_error") from None
             if ctx.answer is not None:
                 return
 
     def after(self, ctx: RequestContext) -> None:
         for module in reversed(ctx.state.get("_ran", [])):
-            module.after(ctx)
+            try:
+                module.after(ctx)
+            except Exception as exc:
+                self.failures.report(module.name, "after", exc)

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
 from .errors import ClientGone, ProxyError, sse_error_event
 from .pipeline import RequestContext, RetryPolicy
@@ -29,7 +29,7 @@ from .pricing import Usage
 from .providers import Provider
 from .providers.adapters import adapter_for
 from .providers.base import Adapter
-from .upstream import UpstreamError, UpstreamResponse
+from .upstream import Cancel, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
     from .app import App
@@ -48,6 +48,7 @@ class Reply(Protocol):
     def start_stream(self, status: int, headers: dict | None = ..., content_type: str = ...) -> None: ...
     def chunk(self, data: bytes) -> None: ...
     def end_stream(self) -> None: ...
+    def watch_client(self, on_gone: Callable[[], None]) -> ContextManager[None]: ...
 
 
 def parse_body(ctx: RequestContext) -> None:
@@ -91,7 +92,9 @@ def handle(app: "App", reply: Reply, ctx: RequestContext) -> None:
             return
         provider, model = app.registry().resolve(ctx.routed_model or ctx.model or "")
         ctx.provider, ctx.upstream_model = provider, model
-        started_reply = forward(app, reply, ctx)
+        ctx.upstream_cancel = Cancel()
+        with reply.watch_client(ctx.upstream_cancel.cancel):  # a client that leaves ends the upstream call
+            started_reply = forward(app, reply, ctx)
     except ProxyError as exc:
         fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
         if not started_reply:
@@ -328,12 +331,19 @@ def call_upstream(app: "App", ctx: RequestContext, read_timeout: float | None = 
     call = adapter.prepare(ctx, provider, model)
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
     return app.pool.request(call.base_url or provider.base_url, call.method, call.path, call.headers,
-                            call.body, read_timeout=min(timeouts) if timeouts else None)
+                            call.body, read_timeout=min(timeouts) if timeouts else None,
+                            cancel=ctx.upstream_cancel)
 
 
 def no_answer(app: "App", ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float,
               ts_ms: int) -> Failure:
-    """The provider could not be reached or stopped answering: retryable, unless the deadline passed."""
+    """The provider could not be reached or stopped answering: retryable, unless the deadline passed.
+
+    When the client left meanwhile, that is why (we shut the connection down): ClientGone.
+    """
+    if client_left(ctx):
+        ctx.error_message = "client closed the connection before the answer; the upstream request was ended"
+        raise ClientGone()
     assert ctx.provider is not None
     if by_deadline and exc.kind == "timeout":
         error, retryable = deadline_error(ctx), False
@@ -343,6 +353,11 @@ def no_answer(app: "App", ctx: RequestContext, exc: UpstreamError, by_deadline: 
         retryable = True
     fail(ctx, error.status, error.message, "error", error.code)
     return Failure(retryable, started, ts_ms, error=error)
+
+
+def client_left(ctx: RequestContext) -> bool:
+    """The client's connection closed while this request was upstream (see ``Reply.watch_client``)."""
+    return ctx.upstream_cancel is not None and ctx.upstream_cancel.cancelled
 
 
 def error_answer(app: "App", ctx: RequestContext, resp: UpstreamResponse, adapter: Adapter,
@@ -437,6 +452,10 @@ def relay_stream(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamRe
             reply.chunk(out)
             ctx.capture(out, cap)
     except UpstreamError as exc:
+        if client_left(ctx):  # we ended the stream because the client went away
+            ctx.outcome = "client_disconnected"
+            ctx.error_message = "client closed the connection mid-stream"
+            return
         code = f"upstream_{exc.kind}"
         message = f"provider {ctx.provider.name!r} stream broke: {exc}"
         if ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:

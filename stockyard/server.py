@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import proxy
 from . import ui as console
 from .app import App
+from .clientwatch import ClientWatch
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
 from .httphead import HeadError, read_head
 from .logbuffer import access
@@ -118,6 +119,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.routes: dict[tuple[str, str], Callable] = {}
         self.prefix_routes: list[tuple[str, Callable]] = []
         self.reaper = Reaper()
+        self.client_watch = ClientWatch()
         super().__init__((app.settings.host, app.settings.port), handler)
 
     def handle_error(self, request, client_address) -> None:  # noqa: D401 - stdlib hook
@@ -259,6 +261,10 @@ class Handler(BaseHTTPRequestHandler):
         except _GONE as exc:
             self.close_connection = True
             raise ClientGone() from exc
+
+    def watch_client(self, on_gone: Callable[[], None]):
+        """While the provider works: ``on_gone()`` if this client closes its connection meanwhile."""
+        return self.server.client_watch.watching(self.connection, on_gone)
 
     # -- reading ---------------------------------------------------------------------------
     def _read_body(self, limit: int) -> bytes:
@@ -402,7 +408,8 @@ def healthz(h: Handler, req: Request) -> None:
 
 
 def readyz(h: Handler, req: Request) -> None:
-    """Ready when the database takes writes: one tiny write through the writer (no provider calls).
+    """Ready when the database takes writes (one tiny write through the writer, no provider calls)
+    and the configuration watcher has completed a pass in the last 10 s.
 
     Bounded wait: a full queue or a stuck disk answers 503 within seconds, never hangs.
     """
@@ -416,6 +423,10 @@ def readyz(h: Handler, req: Request) -> None:
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
         h.send_json(503, {"status": "unavailable", "database": f"not writable: {reason}", **state})
+        return
+    problem = app.watcher_problem()
+    if problem is not None:
+        h.send_json(503, {"status": "unavailable", "database": "writable", "config_watcher": problem, **state})
         return
     h.send_json(200, {"status": "ready", "database": "writable", **state})
 

@@ -25,7 +25,7 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
 class UpstreamError(Exception):
     """The provider could not be reached or did not answer properly.
 
-    ``kind`` is one of ``connect``, ``timeout``, ``reset``, ``protocol``; the message never
+    ``kind`` is one of ``connect``, ``timeout``, ``reset``, ``protocol``, ``cancelled``; the message never
     contains request headers (which hold the provider key).
     """
 
@@ -54,6 +54,41 @@ class Origin:
         return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
 
+class Cancel:
+    """Lets another thread end an upstream call in progress (its client went away).
+
+    Shutting the socket down wakes a read blocked in another thread (closing it does not);
+    the lock makes sure a connection already handed back to the pool is never touched. Once
+    cancelled, no new attempt starts: :meth:`Pool.request` raises ``UpstreamError("cancelled")``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._sock is not None:
+                try:  # the plain socket's shutdown, also for TLS: the TLS layer then sees EOF
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def attach(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if self.cancelled:
+                raise UpstreamError("cancelled", "the client went away before the provider answered")
+            self._sock = conn.sock
+
+    def detach(self) -> bool:
+        """Stop watching the connection; True if the call was cancelled (do not reuse it)."""
+        with self._lock:
+            self._sock = None
+            return self.cancelled
+
+
 def _tls_context() -> ssl.SSLContext:
     """System CA store with verification on; OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR."""
     return ssl.create_default_context()
@@ -63,8 +98,9 @@ class UpstreamResponse:
     """One answer from a provider, holding its connection until read or closed."""
 
     def __init__(self, pool: "Pool", key: Origin, conn: http.client.HTTPConnection,
-                 resp: http.client.HTTPResponse) -> None:
+                 resp: http.client.HTTPResponse, cancel: Cancel | None = None) -> None:
         self._pool, self._key, self._conn, self._resp = pool, key, conn, resp
+        self._cancel = cancel
         self.status = resp.status
         self.headers = {k.lower(): v for k, v in resp.getheaders()}
         self._done = False
@@ -129,7 +165,8 @@ class UpstreamResponse:
         if self._done:
             return
         self._done = True
-        if self._resp.isclosed() and not self._resp.will_close:
+        cancelled = self._cancel is not None and self._cancel.detach()
+        if self._resp.isclosed() and not self._resp.will_close and not cancelled:
             self._pool._put(self._key, self._conn)
         else:
             self._conn.close()
@@ -139,6 +176,8 @@ class UpstreamResponse:
         if self._done:
             return
         self._done = True
+        if self._cancel is not None:
+            self._cancel.detach()
         try:
             self._conn.close()
         except OSError:
@@ -197,8 +236,13 @@ class Pool:
         return conn
 
     def request(self, base_url: str, method: str, path: str, headers: dict[str, str],
-                body: bytes | None, read_timeout: float | None = None) -> UpstreamResponse:
-        """Send one request; retries once only if a reused connection was stale."""
+                body: bytes | None, read_timeout: float | None = None,
+                cancel: Cancel | None = None) -> UpstreamResponse:
+        """Send one request; retries once only if a reused connection was stale.
+
+        ``cancel`` lets another thread end the call (the client left): the connection is
+        shut down and the call raises ``UpstreamError("cancelled")``.
+        """
         key = Origin.parse(base_url)
         timeout = self.read_timeout if read_timeout is None else read_timeout
         full_path = key.prefix + path
@@ -210,21 +254,35 @@ class Pool:
             elif conn.sock.gettimeout() != timeout:
                 conn.sock.settimeout(timeout)
             try:
+                if cancel is not None:
+                    cancel.attach(conn)
                 conn.request(method, full_path, body=body, headers=headers)
                 resp = conn.getresponse()
-                return UpstreamResponse(self, key, conn, resp)
+                return UpstreamResponse(self, key, conn, resp, cancel)
+            except UpstreamError:
+                conn.close()
+                raise
             except _STALE as exc:
                 conn.close()
+                self._check_cancelled(cancel, exc)
                 if reused:
                     conn, reused = None, False
                     continue
                 raise UpstreamError("reset", f"{key.host}:{key.port} closed the connection without answering") from exc
             except socket.timeout as exc:
                 conn.close()
+                self._check_cancelled(cancel, exc)
                 raise UpstreamError("timeout", f"{key.host}:{key.port} did not answer in {timeout:g}s") from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
+                self._check_cancelled(cancel, exc)
                 raise UpstreamError("protocol", f"bad answer from {key.host}:{key.port}: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _check_cancelled(cancel: Cancel | None, exc: BaseException) -> None:
+        """A call we shut down ourselves failed because of that: say so, never retry it."""
+        if cancel is not None and cancel.detach():
+            raise UpstreamError("cancelled", "the client went away; the upstream call was ended") from exc
 
     def close(self) -> None:
         with self._lock:

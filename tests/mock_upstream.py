@@ -27,12 +27,14 @@ import http.server
 import itertools
 import json as jsonlib
 import re
+import select
 import signal
 import socket
 import ssl
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -75,6 +77,8 @@ class Reply:
     cut_after: int | None = None  # SSE: events sent before an abrupt close; JSON: body bytes
     hang_s: float | None = None
     reset: bool = False
+    hang_started: threading.Event | None = None  # set when the request arrived and the hang began
+    hung_up: threading.Event | None = None  # set when the caller closed the connection during the hang
 
     def has_content(self) -> bool:
         """True when the reply carries its own body (json, body or sse)."""
@@ -693,7 +697,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, req: Recorded, n: int, scripted: Reply | None) -> None:
         mock = self.server.mock
-        if scripted is not None and scripted.hang_s and mock._stopping.wait(scripted.hang_s):
+        if scripted is not None and scripted.hang_s and self._hang(scripted):
             return self._drop()
         if mock.delay_ms and mock._stopping.wait(mock.delay_ms / 1000.0):
             return self._drop()
@@ -709,6 +713,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_sse(reply.status, headers, reply.sse, sse_delay, cut)
         else:
             self._send_body(reply, headers, cut)
+
+    def _hang(self, scripted: Reply) -> bool:
+        """Think for ``hang_s`` like a slow provider; True when cut short (stopping, or the caller
+        closed the connection: then ``hung_up`` is set)."""
+        if scripted.hang_started is not None:
+            scripted.hang_started.set()
+        stopping = self.server.mock._stopping
+        deadline = time.monotonic() + (scripted.hang_s or 0)
+        while (left := deadline - time.monotonic()) > 0:
+            if stopping.is_set():
+                return True
+            ready, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if not ready:
+                continue
+            try:
+                closed = socket.socket.recv(self.connection, 1, socket.MSG_PEEK) == b""  # raw, also under TLS
+            except OSError:
+                closed = True
+            if closed:
+                if scripted.hung_up is not None:
+                    scripted.hung_up.set()
+                return True
+            stopping.wait(min(left, 0.05))  # bytes of a next request: not a hang-up
+        return stopping.is_set()
 
     def _resolve(self, req: Recorded, n: int, scripted: Reply | None) -> Reply:
         """The reply to send: scripted content, else the route's default (or its error)."""

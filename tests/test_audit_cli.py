@@ -305,12 +305,12 @@ def test_every_command_has_help(command, capsys):
 def test_errors_are_one_line(cli, pyz_path, cache_home, tmp_path):
     missing = tmp_path / "nowhere" / "stockyard.db"
     cases = [
-        (("audit", "verify"), missing, "no database at"),
+        (("audit", "verify"), missing, "there is no database at"),
         (("audit", "list", "--since", "yesterday"), None, "ISO date"),
         (("audit", "verify", "--expect-head", "abc"), None, "64 lowercase hex"),
         (("audit", "note", "key is sk-live-abcdefghijklmnop"), None, "must not contain a secret"),
-        (("traces",), missing, "no database at"),
-        (("reload",), missing, "no database at"),
+        (("traces",), missing, "there is no database at"),
+        (("reload",), missing, "there is no database at"),
     ]
     for args, path, words in cases:
         proc = cli(*args, **({"db_path": path} if path else {}))
@@ -322,7 +322,7 @@ def test_errors_are_one_line(cli, pyz_path, cache_home, tmp_path):
     # and the same from the real pyz
     proc = run(pyz_path, "audit", "verify", db_path=missing, cache_home=cache_home)
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr == f"stockyard: no database at {missing} (start the server once, or pass --db)\n"
+    assert proc.stderr.startswith(f"stockyard: nothing yet: there is no database at {missing}; ")
 
 
 def test_stockyard_db_variable_works_like_db(cli, chain):

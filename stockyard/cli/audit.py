@@ -126,6 +126,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_note(args: argparse.Namespace) -> int:
-    entry = maintenance.add_note(open_ops(args), args.text)
+    entry = maintenance.add_note(open_ops(args, create=False), args.text)
     print(f"noted as entry {entry.seq}, head {entry.hash}")
     return 0

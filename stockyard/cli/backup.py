@@ -8,7 +8,7 @@ from .. import audit
 from ..backup import BackupError, create_backup, resolve_destination
 from ..operations import Operations
 from ..store import Store, db
-from .common import CommandError, add_db, db_path, secret
+from .common import CommandError, add_db, db_path, nothing_yet, secret
 
 
 def register(sub) -> None:
@@ -26,7 +26,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     live = db_path(args)
     if not live.exists():
-        raise CommandError(f"no database at {live} (pass --db or set STOCKYARD_DB)")
+        raise nothing_yet(live)
     try:
         dest = resolve_destination(args.dest, live)
         conn = db.connect(live)

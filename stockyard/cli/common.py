@@ -40,11 +40,23 @@ def secret() -> str | None:
     return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
 
 
+def nothing_yet(path: Path) -> CommandError:
+    """The one line every command that only reads gives on a fresh install (exit code 1)."""
+    return CommandError(f"nothing yet: there is no database at {path}; it is created by `stockyard serve` "
+                        "or by the first configuration change (e.g. `stockyard keys create`). "
+                        "If it lives elsewhere, pass --db or set STOCKYARD_DB")
+
+
 def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
-    """The database for a CLI command, migrated; writes run directly (no server writer)."""
+    """The database for a CLI command, migrated; writes run directly (no server writer).
+
+    Commands that only read pass ``must_exist`` (the default) and say there is nothing yet
+    when there is no file; commands that change something go through :func:`open_ops`,
+    which creates it.
+    """
     path = db_path(args)
     if must_exist and not path.exists():
-        raise CommandError(f"no database at {path} (start the server once, or pass --db)")
+        raise nothing_yet(path)
     if path.exists() and _needs_upgrade(path):
         raise CommandError(f"{path} needs a schema upgrade first: run `stockyard migrate` (with the server "
                            "stopped), or start the server, which upgrades it")
@@ -67,12 +79,15 @@ def encryption_secret() -> str | None:
     return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
 
 
-def open_ops(args: argparse.Namespace, *, create: bool = False) -> Operations:
+def open_ops(args: argparse.Namespace, *, create: bool = True) -> Operations:
     """The operations layer for a change made from the CLI, attributed to the OS user.
 
     Whoever can write the database file is an administrator; a running server picks the
-    change up by itself. ``create`` makes the database if there is none yet (so keys can
-    exist before the first start, and the proxy is never open).
+    change up by itself. Every command that changes configuration (keys, projects, prices,
+    providers, modules) makes the database if there is none yet — the same way a first
+    ``serve`` does — so configuration can exist before the first start, and the proxy is
+    never open. Commands that act on an existing database only (``reload``, ``audit note``)
+    pass ``create=False`` and say there is nothing yet.
     """
     return Operations(open_store(args, must_exist=not create), audit.actor_cli(), encryption_secret())
 

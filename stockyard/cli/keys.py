@@ -73,7 +73,7 @@ def _fields(args: argparse.Namespace) -> dict:
 
 
 def create(args: argparse.Namespace) -> int:
-    described, secret = key_ops.create_key(open_ops(args, create=True), _fields(args))
+    described, secret = key_ops.create_key(open_ops(args), _fields(args))
     if args.json:
         print_json({**described, "key": secret})
         return 0

@@ -8,8 +8,8 @@ from pathlib import Path
 from .. import audit
 from ..operations import Operations
 from ..store import Store, db
-from ..store.lock import DatabaseBusy, DatabaseLock
-from .common import CommandError, add_db, db_path, secret
+from ..store.lock import MIGRATE, DatabaseBusy, DatabaseLock
+from .common import CommandError, add_db, db_path, nothing_yet, secret
 
 
 def register(sub) -> None:
@@ -28,11 +28,11 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     path = db_path(args)
     if not path.exists():
-        raise CommandError(f"no database at {path} (pass --db or set STOCKYARD_DB)")
+        raise nothing_yet(path)
     if args.check:
         return check(path)
     try:
-        with DatabaseLock(path, exclusive=True):
+        with DatabaseLock(path, MIGRATE):
             return apply(path)
     except DatabaseBusy as exc:
         raise CommandError(f"{exc} (a starting server applies migrations itself)") from None

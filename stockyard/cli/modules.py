@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
-from .. import audit
 from .. import modules as registry
-from ..operations import Operations
 from ..operations import modules as module_ops
-from .common import CommandError, add_db, add_json, open_store, print_json_lines, print_table
+from .common import CommandError, add_db, add_json, open_ops, open_store, print_json_lines, print_table
 
 
 def register(sub) -> None:
@@ -65,10 +62,6 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _ops(args: argparse.Namespace) -> Operations:
-    return Operations(open_store(args), audit.actor_cli(), os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None)
-
-
 def run_list(args: argparse.Namespace) -> int:
     rows = module_ops.list_modules(open_store(args).read())
     if args.json:
@@ -103,7 +96,7 @@ def print_view(view: dict[str, Any]) -> None:
 
 
 def run_switch(args: argparse.Namespace) -> int:
-    view = module_ops.set_enabled(_ops(args), args.name, args.on)
+    view = module_ops.set_enabled(open_ops(args), args.name, args.on)
     print(f"module {view['name']} is {'on' if view['enabled'] else 'off'}")
     return 0
 
@@ -117,26 +110,27 @@ def run_set(args: argparse.Namespace) -> int:
             config = json.loads(args.config)
         except ValueError as exc:
             raise CommandError(f"--config is not valid JSON: {exc}") from None
-        view = module_ops.configure(_ops(args), args.name, config, replace=True)
+        view = module_ops.configure(open_ops(args), args.name, config, replace=True)
     else:
         if not args.assignments:
             raise CommandError("nothing to set: give KEY=VALUE pairs or --config JSON")
-        current = module_ops.show(open_store(args).read(), args.name)["config"]
+        ops = open_ops(args)
+        current = module_ops.show(ops.store.read(), args.name)["config"]
         changes: dict[str, Any] = {}
         for assignment in args.assignments:
             key, value = registry.parse_assignment(cls, assignment)
             if "." in assignment.partition("=")[0]:  # one entry of an object option
                 value = {**changes.get(key, current.get(key) or {}), **value}
             changes[key] = value
-        view = module_ops.configure(_ops(args), args.name, changes)
+        view = module_ops.configure(ops, args.name, changes)
     print_view(view)
     return 0
 
 
 def run_reset(args: argparse.Namespace) -> int:
     if args.keys:
-        view = module_ops.configure(_ops(args), args.name, {key: None for key in args.keys})
+        view = module_ops.configure(open_ops(args), args.name, {key: None for key in args.keys})
     else:
-        view = module_ops.configure(_ops(args), args.name, {}, replace=True)
+        view = module_ops.configure(open_ops(args), args.name, {}, replace=True)
     print_view(view)
     return 0

@@ -65,7 +65,7 @@ def list_(args: argparse.Namespace) -> int:
 def set_(args: argparse.Namespace) -> int:
     rates = {"input": args.input, "output": args.output, "cached_input": args.cached_input,
              "cache_write": args.cache_write, "reasoning": args.reasoning}
-    result = price_ops.set_price(open_ops(args, create=True), args.model, rates)
+    result = price_ops.set_price(open_ops(args), args.model, rates)
     if args.json:
         print_json(result)
     else:

@@ -53,7 +53,7 @@ def budget(args: argparse.Namespace) -> int:
             raise CommandError("--clear takes no --budget-usd or --period")
         result = key_ops.clear_project_budget(open_ops(args), args.project)
     elif args.budget_usd is not None or args.period is not None:
-        result = key_ops.set_project_budget(open_ops(args, create=True), args.project,
+        result = key_ops.set_project_budget(open_ops(args), args.project,
                                             args.budget_usd, args.period)
     else:
         result = key_ops.get_project(open_store(args).read(), key_ops.check_name(args.project, "project"))

@@ -12,10 +12,9 @@ import os
 import sys
 
 from .. import audit, vault
-from ..operations import Operations
 from ..operations import providers as provider_ops
 from ..providers import KINDS
-from .common import CommandError, add_db, add_json, open_store, print_json_lines, print_table
+from .common import CommandError, add_db, add_json, open_ops, open_store, print_json_lines, print_table
 
 SECRET_ENV = "STOCKYARD_ENCRYPTION_KEY"
 
@@ -78,11 +77,6 @@ def register(sub) -> None:
     rotate.set_defaults(func=run_rotate)
 
 
-def _ops(args: argparse.Namespace, *, create: bool = False) -> Operations:
-    store = open_store(args, must_exist=not create)
-    return Operations(store, audit.actor_cli(), os.environ.get(SECRET_ENV) or None)
-
-
 def read_secret(prompt: str) -> str:
     """One secret from stdin: a hidden prompt on a terminal, else the piped text (stripped)."""
     if sys.stdin.isatty():
@@ -125,7 +119,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    ops = _ops(args, create=True)  # adding providers before the first `serve` is fine
+    ops = open_ops(args)  # adding providers before the first `serve` is fine
     key = read_secret("provider key: ") if args.key_stdin else None
     row_id = provider_ops.add(ops, args.name, args.kind, base_url=args.base_url,
                               models=_models(args.models), api_version=args.api_version, api_key=key)
@@ -135,7 +129,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_set_key(args: argparse.Namespace) -> int:
-    ops = _ops(args)
+    ops = open_ops(args)
     key = read_secret("provider key: ")
     provider_ops.update(ops, args.name, api_key=key)
     print(f"stored a new key for {args.name!r} ({vault.last4(key)}, encrypted)")
@@ -143,13 +137,13 @@ def run_set_key(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    provider_ops.remove(_ops(args), args.name)
+    provider_ops.remove(open_ops(args), args.name)
     print(f"removed provider {args.name!r}")
     return 0
 
 
 def run_rotate(args: argparse.Namespace) -> int:
-    store = open_store(args)
+    store = open_store(args)  # nothing to rotate without a database
     old = os.environ.get(SECRET_ENV) or None
     if not old:
         raise CommandError(f"{SECRET_ENV} must hold the current secret; the new one is read from stdin")

@@ -20,6 +20,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    version = maintenance.reload_config(open_ops(args))
+    version = maintenance.reload_config(open_ops(args, create=False))
     print(f"configuration version {version}: running servers reload within a second")
     return 0

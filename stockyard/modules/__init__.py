@@ -190,6 +190,7 @@ class Modules:
 
     def __init__(self, app: "App", order: tuple[type, ...] = ORDER) -> None:
         self.instances = [cls(app) for cls in order]
+        self.failures = getattr(app, "hook_failures", None)  # shared by every chain built, across reloads
 
     def get(self, name: str) -> Any:
         return next((m for m in self.instances if m.name == name), None)
@@ -216,4 +217,4 @@ class Modules:
                 scoped = {scope: {k: v for k, v in o.items() if k != "enabled"} for scope, o in overrides.items()}
                 configure(effective_config(cls, config), {s: o for s, o in scoped.items() if o})
             chain.append(Scoped(module, enabled, switches) if switches else module)
-        return Chain(chain)
+        return Chain(chain, self.failures)
