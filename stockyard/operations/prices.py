@@ -11,6 +11,7 @@ import re
 import sqlite3
 from typing import Any, Mapping
 
+from ..limits import MAX_PRICE_UC
 from ..times import now_iso
 from ..pricing import Price, PriceTable, format_usd
 from . import Operations, invalid, not_found
@@ -43,9 +44,15 @@ def parse_rates(rates: Mapping[str, Any]) -> Price:
         if required not in given:
             raise invalid(f"{required} is required (USD per 1M tokens)", required)
     try:
-        return Price.from_usd(given)
+        price = Price.from_usd(given)
     except ValueError as exc:
         raise invalid(f"bad price: {exc}") from None
+    for name in RATE_FIELDS:
+        rate = getattr(price, name)
+        if rate is not None and rate > MAX_PRICE_UC:
+            shown = given.get(name, given["input"])  # cached and cache write default to input
+            raise invalid(f"{name} must be at most {format_usd(MAX_PRICE_UC, 2)} per 1M tokens, got {shown!r}", name)
+    return price
 
 
 def usd(price: Price) -> dict[str, str | None]:
