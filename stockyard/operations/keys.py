@@ -105,8 +105,9 @@ def check_limit(value: Any, what: str) -> int | None:
         value = int(value.strip())
     try:
         return whole_number(value, 1, MAX_RATE_LIMIT)
-    except ValueError as exc:
-        raise invalid(f"{what} {exc} (or 'none' to remove the limit)", what) from None
+    except ValueError:
+        raise invalid(f"{what} must be a whole number above 0, at most {MAX_RATE_LIMIT:_} (or 'none' to remove "
+                      f"the limit), got {value!r}", what) from None
 
 
 def _budget(usd: Any, period: Any, current: tuple[int | None, str | None] = (None, None)) -> tuple[int | None, str | None]:
