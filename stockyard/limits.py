@@ -3,9 +3,10 @@
 Python integers have no limit, but SQLite's are 64-bit: a number past 2**63-1 that reaches
 the database is an OverflowError (a 500), and a huge ``max_tokens`` or ``n`` makes the
 budget arithmetic meaningless. So every whole number read from a request body, the admin
-API, the CLI or module options is checked here against a sensible range first; the
-bounds are generous enough never to stand in a real user's way, and small enough that
-their products (tokens × choices × price) stay far below SQLite's range.
+API or the CLI is checked here against a sensible range first (module options carry their
+own bounds in their schema); the bounds are generous enough never to stand in a real
+user's way, and small enough that their products (tokens × choices × price) stay far
+below SQLite's range.
 
 The request fields the proxy itself reads (to estimate the worst case and enforce the
 guard's ceiling) are named here too, so the validation, the estimate and the guard read
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import ProxyError
 
 SQLITE_INT_MAX = 2**63 - 1
 MAX_TOKENS = 10_000_000            # output tokens one choice may ask for
@@ -102,8 +105,6 @@ def check_request_numbers(body: dict) -> bool:
     provider that reads it its own way. ``null`` means "not set". An integral float is
     rewritten as an int in ``body``; returns True when that happened (re-serialise it).
     """
-    from .errors import ProxyError  # errors imports nothing of ours; kept local so limits stays a leaf
-
     changed = False
     for field in request_numbers(body):
         value = field.value
