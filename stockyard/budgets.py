@@ -109,7 +109,7 @@ class BudgetExceeded(Exception):
         b = self.budget
         held = f", {format_usd(self.reserved, 2)} held by requests in flight" if self.reserved else ""
         text = (f"budget exceeded: the {b.describe()} allows no more: {format_usd(self.spent, 2)} spent{held}, "
-                f"and this request may cost up to {format_usd(self.amount, 2)} (lower max_tokens, or raise the budget)")
+                f"and this request may cost up to {format_usd(self.amount, 2)} (lower max_tokens or n, or raise the budget)")
         headers: dict[str, str] = {}
         if self.spent + self.amount <= b.limit_uc:
             headers["Retry-After"] = "1"  # only requests in flight stand in the way

@@ -1,18 +1,24 @@
 """The worst case of a request before it goes upstream: tokens and cost.
 
 Budgets reserve this cost and rate limits count these tokens at admission; both are
-corrected to the real usage when the request ends. Input is estimated from the body
-length (4 bytes a token, rounded up: a deliberate over-estimate for English text, and
-JSON punctuation counts too); output is the request's own cap on output tokens, or
-``default_max_tokens`` when it sets none.
+corrected to the real usage when the request ends. This is the one place that works out
+the worst case, so the two can never disagree.
+
+Input is estimated from the body length (4 bytes a token, rounded up: a deliberate
+over-estimate for English text, and JSON punctuation counts too); the prompt is billed
+once, however many choices come back. Output is the request's own cap on output tokens
+(the largest one it sets, ``default_max_tokens`` when it sets none) times the number of
+outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
+generated upstream, Gemini's ``candidateCount``. The proxy checked these fields at the
+edge (``limits.check_request_numbers``): they are whole numbers in range, or absent.
 """
 
 from __future__ import annotations
 
+from .limits import request_numbers
 from .pipeline import RequestContext
 from .pricing import PER, Price
 
-OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 NO_OUTPUT = ("embeddings", "count_tokens")
 
 
@@ -20,18 +26,29 @@ def input_tokens(ctx: RequestContext) -> int:
     return -(-len(ctx.raw) // 4)
 
 
+def _given(body: dict, tokens: bool) -> list[int]:
+    return [f.value for f in request_numbers(body) if f.tokens is tokens and type(f.value) is int and f.value > 0]
+
+
+def output_cap(body: dict, default_max_tokens: int) -> int:
+    """Output tokens one choice may produce: the largest cap the body sets, else the default."""
+    return max(_given(body, tokens=True), default=default_max_tokens)
+
+
+def choices(body: dict) -> int:
+    """How many outputs the provider generates and bills for this body (at least 1)."""
+    return max(_given(body, tokens=False), default=1)
+
+
 def output_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
+    """Every output token the request may be billed for: cap per choice × choices."""
     if ctx.endpoint in NO_OUTPUT:
         return 0
-    for name in OUTPUT_CAPS:
-        value = ctx.body.get(name)
-        if type(value) is int and value > 0:
-            return value
-    return default_max_tokens
+    return output_cap(ctx.body, default_max_tokens) * choices(ctx.body)
 
 
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
-    """Input estimate + output cap: what a rate limit counts at admission."""
+    """Input estimate + every billable output token: what a rate limit counts at admission."""
     return input_tokens(ctx) + output_tokens(ctx, default_max_tokens)
 
 
@@ -41,3 +58,8 @@ def worst_case_cost(price: Price, inputs: int, outputs: int) -> int:
     input_rate = max(price.input, price.cached_input, price.cache_write)
     output_rate = max(price.output, price.reasoning or 0)
     return -(-(inputs * input_rate + outputs * output_rate) // PER)
+
+
+def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
+    """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
+    return worst_case_cost(price, input_tokens(ctx), output_tokens(ctx, default_max_tokens))

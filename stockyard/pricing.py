@@ -13,13 +13,15 @@ whose exact cost is above zero but below 0.5 µ¢ is charged 1 µ¢ instead of 0
 billed request is never free (e.g. one cached token on gpt-5-nano: exact 0.5 µ¢ → 1).
 
 Matching (``PriceTable.lookup``): keys are model names as providers return them,
-optionally qualified ``"<provider>/<model>"``; the longest key that is a prefix of
-the model wins, so ``gpt-4o-mini`` beats ``gpt-4o`` for ``gpt-4o-mini-2024-07-18``.
-A key only matches at a boundary (``- _ . : @`` or end), and not when the rest
-starts with a 1–2 digit number: that is a different version, not a dated snapshot
-(``claude-opus-4`` must not price ``claude-opus-4-7``). An unknown model gives None,
-never a guess. ``"<provider>/*"`` prices every model of that provider (used for
-local Ollama, which costs nothing).
+optionally qualified ``"<provider>/<model>"``. A model is priced by the key it equals,
+or by the key it is a dated snapshot of: the key followed by exactly one of
+``-YYYY-MM-DD``, ``-YYYYMMDD``, ``@YYYYMMDD`` (Vertex), ``-MMDD``/``-YYMM``, a 3-digit
+stable version (``-001``), ``-latest`` or ``-preview-MM-DD``. Anything else — another
+size (``gpt-4o-mini`` is not ``gpt-4o``), another version (``claude-opus-4-7``), a
+variant, or text a provider echoed back (``gpt-4o-mini"><svg…``) — is unknown (None),
+never a sibling's price; a variant with a price of its own gets its own entry.
+``"<provider>/*"`` prices every model of that provider (used for local Ollama, which
+costs nothing).
 
 Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k),
 Anthropic 1-hour cache writes (billed here at the 5-minute rate), audio/image
@@ -46,8 +48,8 @@ PROVIDERS = frozenset({
     "together", "fireworks", "openrouter", "perplexity", "xai", "ollama", "azure",
 })
 
-_BOUNDARY = "-_.:@"
-_NEW_VERSION = re.compile(r"[-_.]\d{1,2}(?!\d)")
+# What may follow a priced key in the name of the same model (see the module docstring).
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}|[-@]\d{8}|-\d{3,4}|-latest|-preview-\d{2}-\d{2}")
 
 
 def _units(text: str, what: str) -> int:
@@ -60,6 +62,10 @@ def _units(text: str, what: str) -> int:
         raise ValueError(f"{what} {text!r} is not a decimal number") from None
     if not number.is_finite():
         raise ValueError(f"{what} {text!r} is not a finite number")
+    if number and number.adjusted() > 18:  # "1e999999999" would take minutes to make exact
+        raise ValueError(f"{what} {text!r} is too large")
+    if number and number.adjusted() < -8:
+        raise ValueError(f"{what} {text!r} has more than 8 decimal places")
     value = Fraction(number)  # exact, no context rounding
     if value < 0:
         raise ValueError(f"{what} {text!r} is negative")
@@ -245,16 +251,14 @@ def _split(name: str) -> tuple[str | None, str]:
 
 
 def _matches(key: str, model: str) -> bool:
+    """The key prices the model: the same name, or a dated snapshot of it."""
     if key == "*" or key == model:
         return True
-    if not model.startswith(key):
-        return False
-    rest = model[len(key):]
-    return rest[0] in _BOUNDARY and not _NEW_VERSION.match(rest)
+    return model.startswith(key) and _SNAPSHOT.fullmatch(model, len(key)) is not None
 
 
 class PriceTable:
-    """Prices by model, with deterministic longest-prefix lookup."""
+    """Prices by model: exact names and their dated snapshots, never a neighbour's price."""
 
     def __init__(self, prices: Mapping[str, Price], checked: str = "") -> None:
         self.checked = checked
@@ -338,7 +342,7 @@ class PriceTable:
 
     @staticmethod
     def _longest(names: Mapping[str, Price], model: str) -> Price | None:
-        """Longest matching key wins; '*' matches anything with length 0."""
+        """The exact key, else the snapshot's key; '*' (length 0) only when nothing else matches."""
         hits = [key for key in names if _matches(key, model)]
         if not hits:
             return None

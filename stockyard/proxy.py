@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
 from .errors import ClientGone, ProxyError, sse_error_event
+from .limits import check_request_numbers
 from .pipeline import RequestContext, RetryPolicy
 from .pricing import Usage
 from .providers import Provider
@@ -52,7 +53,7 @@ class Reply(Protocol):
 
 
 def parse_body(ctx: RequestContext) -> None:
-    """Decode the JSON object body and pick out model and stream (400 on anything else)."""
+    """Decode the JSON object body, pick out model and stream, check the numbers the proxy reads (400 on anything else)."""
     try:
         body = json.loads(ctx.raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -72,6 +73,8 @@ def parse_body(ctx: RequestContext) -> None:
     ctx.stream = bool(stream) and ctx.endpoint not in ("embeddings", "count_tokens")
     options = body.get("stream_options")
     ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if check_request_numbers(body):  # 5000.0 became 5000: send the body as checked
+        ctx.body_changed = True
 
 
 def passed_headers(headers: dict[str, str]) -> dict[str, str]:

@@ -4,6 +4,10 @@ It speaks the wire formats of OpenAI (chat, completions, embeddings, models), An
 (messages, count_tokens), Gemini (generateContent, streamGenerateContent) and Azure OpenAI
 (deployments), records every request, and can be scripted with `Reply` objects.
 
+It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
+usage, 5 output tokens each — or, with `bill-max` in the model name, every token the
+request's cap allows (read leniently: `5000.0` and `"5000"` count), the worst case.
+
     with MockUpstream() as mock:
         mock.enqueue(Reply(status=429, headers={"retry-after": "1"}))
         ...  # point the code under test at mock.url
@@ -119,6 +123,44 @@ def _has_flag(model: str, word: str) -> bool:
 
 def _no_usage(model: str) -> bool:
     return model == "mock-no-usage"
+
+
+def _lenient_int(value: Any) -> int | None:
+    """A number as a lenient provider reads it: 5000, 5000.0 and "5000" are all 5000."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _first_number(container: Any, names: tuple[str, ...]) -> int | None:
+    if not isinstance(container, dict):
+        return None
+    return next((v for v in (_lenient_int(container.get(n)) for n in names) if v is not None and v > 0), None)
+
+
+def _gemini_config(body: dict) -> dict:
+    config = body.get("generationConfig")
+    return config if isinstance(config, dict) else {}
+
+
+def billed_choices(body: dict) -> int:
+    """Outputs a provider generates and bills: `n` choices, `best_of` completions, Gemini candidates."""
+    counts = [_first_number(body, (name,)) for name in ("n", "best_of")]
+    counts.append(_first_number(_gemini_config(body), ("candidateCount",)))
+    return max([c for c in counts if c] or [1])
+
+
+def per_choice_tokens(body: dict, model: str) -> int:
+    """Output tokens billed per choice: 5, or with `bill-max` in the model every token the
+    request allows (a provider that writes until the cap: the worst case a budget must hold)."""
+    if not _has_flag(model, "bill-max"):
+        return COMPLETION_TOKENS
+    cap = (_first_number(body, ("max_completion_tokens", "max_tokens", "max_output_tokens"))
+           or _first_number(_gemini_config(body), ("maxOutputTokens",)))
+    return cap or COMPLETION_TOKENS
 
 
 def _error_status(model: str) -> int | None:
@@ -252,13 +294,15 @@ def openai_chat(body: dict, n: int, model: str) -> dict:
     else:
         message = {"role": "assistant", "content": TEXT, "refusal": None}
         finish = "stop"
+    count = _first_number(body, ("n",)) or 1
     reply = {
         "id": f"chatcmpl-mock{n}", "object": "chat.completion", "created": CREATED, "model": model,
         "system_fingerprint": "fp_mock",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                    for i in range(count)],
     }
     if not _no_usage(model):
-        reply["usage"] = openai_usage(model)
+        reply["usage"] = openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))
     return reply
 
 
@@ -297,7 +341,7 @@ def openai_chat_stream(body: dict, n: int, model: str) -> list[str]:
               for d in deltas]
     events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
     if with_usage:
-        events.append(chunk([], openai_usage(model)))
+        events.append(chunk([], openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))))
     events.append("[DONE]")
     return events
 
@@ -306,10 +350,11 @@ def openai_completion(body: dict, n: int, model: str) -> dict:
     """A non-streamed `text_completion` object."""
     reply = {
         "id": f"cmpl-mock{n}", "object": "text_completion", "created": CREATED, "model": model,
-        "choices": [{"text": TEXT, "index": 0, "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"text": TEXT, "index": i, "logprobs": None, "finish_reason": "stop"}
+                    for i in range(_first_number(body, ("n",)) or 1)],
     }
     if not _no_usage(model):
-        reply["usage"] = openai_usage(model)
+        reply["usage"] = openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))
     return reply
 
 
@@ -328,7 +373,7 @@ def openai_completion_stream(body: dict, n: int, model: str) -> list[str]:
               for p in TEXT_PIECES]
     events.append(chunk([{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]))
     if with_usage:
-        events.append(chunk([], openai_usage(model)))
+        events.append(chunk([], openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))))
     events.append("[DONE]")
     return events
 
@@ -387,7 +432,7 @@ def anthropic_message(body: dict, n: int, model: str) -> dict:
     reply = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model,
              "content": content, "stop_reason": stop, "stop_sequence": None}
     if not _no_usage(model):
-        reply["usage"] = anthropic_usage(model)
+        reply["usage"] = anthropic_usage(model, per_choice_tokens(body, model))
     return reply
 
 
@@ -404,7 +449,7 @@ def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
     delta_usage: dict = {}
     if not _no_usage(model):
         message["usage"] = anthropic_usage(model, output_tokens=1)
-        delta_usage = {"usage": {"output_tokens": COMPLETION_TOKENS}}
+        delta_usage = {"usage": {"output_tokens": per_choice_tokens(body, model)}}
     if block["type"] == "text":
         start = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": p} for p in TEXT_PIECES]
@@ -460,20 +505,22 @@ def gemini_generate(body: dict, n: int, model: str) -> dict:
     """A non-streamed GenerateContentResponse."""
     fn = _first_gemini_function(body)
     parts = [{"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}] if fn else [{"text": TEXT}]
-    return _gemini_response(parts, model, n, "STOP", gemini_usage(model))
+    return _gemini_response(parts, model, n, "STOP",
+                            gemini_usage(model, per_choice_tokens(body, model) * billed_choices(body)))
 
 
 def gemini_stream(body: dict, n: int, model: str) -> list[str]:
     """SSE payloads of GenerateContentResponse chunks; usageMetadata is cumulative on each,
     the last chunk has finishReason STOP and the final counts. No `[DONE]` (Gemini has none)."""
     fn = _first_gemini_function(body)
+    total = per_choice_tokens(body, model) * billed_choices(body)
     if fn:
         parts = [{"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}]
-        return [_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model)))]
+        return [_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model, total)))]
     events = []
     for i, piece in enumerate(TEXT_PIECES):
         last = i == len(TEXT_PIECES) - 1
-        tokens = COMPLETION_TOKENS if last else i + 1
+        tokens = total if last else i + 1
         events.append(_dumps(_gemini_response([{"text": piece}], model, n,
                                               "STOP" if last else None, gemini_usage(model, tokens))))
     return events

@@ -31,13 +31,17 @@ TOOLS = [{"type": "function", "function": {
 SDK_VERSION = native_client_version()
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
+MOCK_PRICED = ["claude-haiku-4-5-plain", "claude-haiku-4-5-native"]
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = {**base_env(cache_home), "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url,
            "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
     db = tmp_path_factory.mktemp("anthropic") / "stockyard.db"
-    proc = ServerProcess(pyz_path, db, env).start()
+    proc = ServerProcess(pyz_path, db, env)
+    for model in MOCK_PRICED:  # the mock's model names are no real model's: priced explicitly, never guessed
+        assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
+    proc.start()
     yield proc
     proc.stop()
 

@@ -60,6 +60,9 @@ def test_streamed_request_is_costed_from_the_usage_stockyard_asked_for(server):
 def test_cached_tokens_are_priced_at_the_cached_rate(server):
     # gpt-4o-mini cached input $0.075 → 7_500_000. 4 uncached × 15_000_000 = 60_000_000;
     # 8 cached × 7_500_000 = 60_000_000; 5 out × 60_000_000 = 300_000_000; Σ 420_000_000 → 420 µ¢
+    # (the mock's model name is not gpt-4o-mini, and prices are never guessed from a prefix: price it the same)
+    assert api(server, "POST", "/api/prices", {"model": "gpt-4o-mini-cached", "input": "0.15",
+                                               "cached_input": "0.075", "output": "0.60"})[0] == 200
     trace = traced(server, {"model": "gpt-4o-mini-cached", "messages": HELLO})
     assert (trace["cached_tokens"], trace["cost_uc"], trace["cost_status"]) == (8, 420, "exact")
 

@@ -23,12 +23,16 @@ TOOLS = [{"type": "function", "function": {
                    "required": ["city"], "additionalProperties": False}}}]
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
+MOCK_PRICED = ["gemini-2.5-flash-plain"]
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = {**base_env(cache_home), "GEMINI_API_KEY": GEMINI_KEY, "GEMINI_BASE_URL": mock.url}
     db = tmp_path_factory.mktemp("gemini") / "stockyard.db"
-    proc = ServerProcess(pyz_path, db, env).start()
+    proc = ServerProcess(pyz_path, db, env)
+    for model in MOCK_PRICED:  # the mock's model names are no real model's: priced explicitly, never guessed
+        assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
+    proc.start()
     yield proc
     proc.stop()
 

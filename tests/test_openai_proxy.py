@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import OPENAI_KEY
+from conftest import OPENAI_KEY, wait_for
 from mock_upstream import Reply
 
 # gpt-4o-mini: $0.15 / 1M input, $0.60 / 1M output → 15,000,000 and 60,000,000 µ¢ per 1M tokens.
@@ -155,8 +155,12 @@ def test_explicit_provider_prefix_is_stripped(client, mock, openai_server):
 def test_cached_and_reasoning_tokens_are_priced_at_their_rates(client, openai_server):
     # gpt-4o-mini cached input is $0.075/1M → 7,500,000 µ¢ per 1M. The mock reports 12 prompt tokens,
     # 8 of them cached: (4 * 15e6 + 8 * 7.5e6 + 5 * 60e6) / 1e6 = 60 + 60 + 300 = 420 µ¢.
-    _, trace_id = chat(client, model="gpt-4o-mini-cached", messages=HELLO)
-    trace = openai_server.trace(trace_id)
+    # The mock's model name is not gpt-4o-mini (prices are never guessed from a prefix): price it the same.
+    done = openai_server.cli("prices", "set", "gpt-4o-mini-cached", "--input", "0.15", "--cached-input", "0.075",
+                             "--output", "0.60")
+    assert done.returncode == 0, done.stderr
+    trace = wait_for(lambda: (t := openai_server.trace(chat(client, model="gpt-4o-mini-cached", messages=HELLO)[1]))
+                     ["cost_uc"] and t, timeout=5, what="the price to apply")
     assert trace["cached_tokens"] == 8 and trace["cost_uc"] == 420
 
 

@@ -297,6 +297,30 @@ def test_new_versions_are_not_guessed(table: PriceTable) -> None:
     assert table.lookup("grok-4-1-fast") is None
 
 
+def test_a_name_that_only_starts_like_a_priced_model_is_unknown(table: PriceTable) -> None:
+    # issue 11: a served model echoed back by a provider was priced as a shorter neighbour
+    assert table.lookup('gpt-4o-mini"><svg onload=alert(1)>') is None
+    assert table.lookup("gpt-4o-mini-search-preview") is None  # a variant, not gpt-4o-mini
+    assert table.lookup("gpt-4o-audio-preview") is None
+    assert table.lookup("gpt-4o-realtime-preview-2024-12-17") is None
+    assert table.lookup("claude-sonnet-4-5-evil") is None
+    assert table.lookup("gemini-2.5-flash-plain") is None
+    assert table.lookup("gpt-4o-mini-2024-07-18x") is None  # a snapshot suffix must end the name
+    assert table.lookup("gpt-4o-mini-2024-07-18-2024-07-18") is None
+    assert table.lookup("gpt-4o-mini", "groq") == table.lookup("gpt-4o-mini")  # bare entries still apply
+
+
+@pytest.mark.parametrize(("model", "priced_as"), [
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"), ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+    ("claude-haiku-4-5@20251001", "claude-haiku-4-5"), ("grok-4-0709", "grok-4"),
+    ("codestral-2508", "codestral"), ("gemini-2.0-flash-001", "gemini-2.0-flash"),
+    ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+    ("gemini-2.5-flash-lite-preview-06-17", "gemini-2.5-flash-lite"),
+])
+def test_dated_snapshots_take_their_models_price(table: PriceTable, model: str, priced_as: str) -> None:
+    assert table.lookup(model) is not None and table.lookup(model) == table.lookup(priced_as)
+
+
 def test_case_insensitive_and_gemini_models_prefix(table: PriceTable) -> None:
     assert table.lookup("GPT-4o-Mini-2024-07-18") == table.lookup("gpt-4o-mini")
     assert table.lookup("models/gemini-2.5-pro") == table.lookup("gemini-2.5-pro")
@@ -321,8 +345,10 @@ def test_provider_qualified_entries(table: PriceTable) -> None:
 def test_provider_qualified_preferred_over_bare() -> None:
     bare = Price(input=1, cached_input=1, cache_write=1, output=1)
     groq = Price(input=2, cached_input=2, cache_write=2, output=2)
-    t = PriceTable({"foo-bar": bare, "groq/foo": groq})
-    assert t.lookup("foo-bar-2025", "groq") == groq  # provider entry first, even if shorter
+    # issue 11: "groq/foo" no longer prices "foo-bar-2025" (a prefix is not the same model),
+    # so the provider entry is "groq/foo-bar", of which "foo-bar-2025" is a dated snapshot
+    t = PriceTable({"foo-bar-2025": bare, "groq/foo-bar": groq})
+    assert t.lookup("foo-bar-2025", "groq") == groq  # provider entry first, even over an exact bare one
     assert t.lookup("foo-bar-2025") == bare
     assert t.lookup("foo-bar-2025", "mistral") == bare
     assert t.lookup("groq/foo-bar") == groq

@@ -10,7 +10,7 @@ import sys
 from .. import audit
 from ..operations import maintenance
 from ..times import FORMAT_HELP, parse_utc, to_iso
-from .common import (CommandError, add_db, add_json, encryption_secret, open_ops, open_store,
+from .common import (CommandError, add_db, add_json, count_arg, encryption_secret, open_ops, open_store,
                      print_json_lines, print_table)
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -47,7 +47,7 @@ def register(sub) -> None:
                                         "only those since a time or of one action.")
     ls.add_argument("--since", metavar="TIME", help=f"only entries at or after TIME: {FORMAT_HELP}")
     ls.add_argument("--action", help="only this action, e.g. admin.auth_failed")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many, the newest (default 50)")
+    ls.add_argument("--limit", type=count_arg, default=50, help="at most this many, the newest (default 50)")
     add_json(ls)
     add_db(ls)
     ls.set_defaults(func=run_list)
@@ -99,8 +99,6 @@ def run_head(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise CommandError("--limit must be at least 1", code=2)
     since = None
     if args.since:
         try:

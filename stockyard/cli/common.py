@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence, TextIO
 
 from .. import audit
 from ..config import resolve_db_path
+from ..limits import SQLITE_INT_MAX, whole_number
 from ..operations import Operations
 from ..store import Store, db
 
@@ -25,6 +26,14 @@ class CommandError(Exception):
 
 def add_db(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)")
+
+
+def count_arg(text: str) -> int:
+    """A count option (``--limit``): a whole number SQLite can hold, 1 or more; argparse reports the rest."""
+    try:
+        return whole_number(int(text.strip()), 1, SQLITE_INT_MAX)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {SQLITE_INT_MAX}, got {text!r}") from None
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -63,7 +63,7 @@ def _add_settings(p: argparse.ArgumentParser, update: bool = False) -> None:
     p.add_argument("--budget-usd", metavar="USD", help=f"spend limit in US dollars, e.g. 25 or 0.50{clear}")
     p.add_argument("--budget-period", metavar="day|month|total", help="what the budget covers (UTC)")
     p.add_argument("--rpm", metavar="N", help=f"requests per minute{clear}")
-    p.add_argument("--tpm", metavar="N", help=f"tokens per minute (input estimate + max_tokens, corrected to "
+    p.add_argument("--tpm", metavar="N", help=f"tokens per minute (input estimate + max_tokens × n, corrected to "
                                               f"real usage){clear}")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..store import traces as trace_store
-from .common import add_db, add_json, open_store, print_json_lines, print_table
+from .common import add_db, add_json, count_arg, open_store, print_json_lines, print_table
 
 
 def register(sub) -> None:
     p = sub.add_parser("traces", help="list recent requests",
                        description="List recent proxied requests, newest first.")
-    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
     add_json(p)
     add_db(p)
     p.set_defaults(func=run)
@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rows = trace_store.list_traces(store.read(), limit=max(1, args.limit))
+    rows = trace_store.list_traces(store.read(), limit=args.limit)
     if args.json:
         print_json_lines(rows)
         return 0

@@ -1,8 +1,9 @@
 """``budget``: reserve a request's worst-case cost against its key's and project's budgets.
 
-Before the request goes upstream its worst case (``estimate.worst_case_cost``) is
-reserved in the server's :class:`~stockyard.budgets.Ledger`; a request that would take a
-budget past its limit gets a 429 ``budget_exceeded`` and never reaches the provider.
+Before the request goes upstream its worst case (``estimate.request_cost``: every choice
+it asks for, at its output cap) is reserved in the server's :class:`~stockyard.budgets.Ledger`;
+a request that would take a budget past its limit gets a 429 ``budget_exceeded`` and never
+reaches the provider.
 After it ends, the reservation settles to the real cost (``ctx.cost_uc`` plus the cost of
 any failed attempt a provider billed, all priced before the after hooks run).
 
@@ -48,9 +49,7 @@ class BudgetModule:
             raise ProxyError(403, f"model {model!r} has no price, so the budget on this key cannot be "
                                   f"enforced; an operator can add one with `stockyard prices set {model} "
                                   "--input … --output …`", param="model", code="model_not_priced")
-        settings = self.app.settings
-        amount = estimate.worst_case_cost(price, estimate.input_tokens(ctx),
-                                          estimate.output_tokens(ctx, settings.default_max_tokens))
+        amount = estimate.request_cost(ctx, price, self.app.settings.default_max_tokens)
         try:
             ctx.state["budget"] = self.app.ledger.reserve(budgets, amount, ctx.ts_ms)
         except BudgetExceeded as exc:

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ..errors import ProxyError
+from ..limits import MAX_TOKENS, request_numbers
 from ..pipeline import RequestContext
 from .base import Module
 from .schema import Field
-
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
 
 def _globs(value: list) -> list:
     for item in value:
@@ -55,8 +53,8 @@ class Guard(Module):
                               max=1000, check=_globs),
         "deny_models": Field("list", [], "globs of models that may not be used (wins over allow)",
                              max=1000, check=_globs),
-        "max_tokens": Field("int", 0, "ceiling for max_tokens / max_completion_tokens; 0 for none",
-                            min=0, max=10_000_000),
+        "max_tokens": Field("int", 0, "ceiling for max_tokens / max_completion_tokens / max_output_tokens "
+                                      "(per choice); 0 for none", min=0, max=MAX_TOKENS),
         "max_tokens_mode": Field("enum", "clamp", "over the ceiling: clamp to it, or reject with 400",
                                  choices=("clamp", "reject")),
         "max_input_bytes": Field("int", 0, "largest request body in bytes; 0 for no limit beyond the server's",
@@ -93,12 +91,13 @@ class Guard(Module):
 
     @staticmethod
     def _check_tokens(opts: GuardOptions, ctx: RequestContext) -> None:
-        for name in TOKEN_FIELDS:
-            value = ctx.body.get(name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= opts.max_tokens:
+        """Every per-choice output cap the body sets (checked as whole numbers at the edge)."""
+        for field in request_numbers(ctx.body):
+            value = field.value
+            if not field.tokens or type(value) is not int or value <= opts.max_tokens:
                 continue
             if opts.max_tokens_mode == "reject":
-                raise ProxyError(400, f"{name} is {value}; this proxy allows at most {opts.max_tokens}",
-                                 param=name, code="max_tokens_too_large")
-            ctx.body[name] = opts.max_tokens
+                raise ProxyError(400, f"{field.name} is {value}; this proxy allows at most {opts.max_tokens}",
+                                 param=field.name, code="max_tokens_too_large")
+            field.container[field.key] = opts.max_tokens
             ctx.body_changed = True

@@ -1,9 +1,9 @@
 """Per-key rate limits: requests and tokens per minute, over an exact sliding 60-second window.
 
 Each key's window is a log of (admitted at, tokens) entries with a running token sum.
-Tokens are counted at admission as the worst case (input estimate + output cap) and
-corrected to the real usage when the request ends, so a key that asks for 4,096 tokens
-and uses 20 is charged 20. A refusal is a 429 with ``Retry-After``: the seconds until
+Tokens are counted at admission as the worst case (``estimate.request_tokens``: input
+estimate + output cap × choices) and corrected to the real usage when the request ends,
+so a key that asks for 4,096 tokens and uses 20 is charged 20. A refusal is a 429 with ``Retry-After``: the seconds until
 enough of the window has slid past for this request to fit.
 """
 
@@ -79,8 +79,8 @@ class RateLimiter:
             if tpm is not None and window.tokens + tokens > tpm:
                 if tokens > tpm:
                     raise RateLimited(f"rate limit: this request may use {tokens} tokens (input estimate + "
-                                      f"max_tokens), more than the key's {tpm} tokens per minute; "
-                                      "lower max_tokens", None)
+                                      f"max_tokens × n), more than the key's {tpm} tokens per minute; "
+                                      "lower max_tokens or n", None)
                 excess, freed = window.tokens + tokens - tpm, 0
                 for entry in window.entries:
                     freed += entry.tokens

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from ..budgets import PERIODS, period_key, spent_uc
 from ..times import FORMAT_HELP, now_iso, parse_utc, to_iso
 from ..keys import PREFIX_LEN, KeyRecord, hash_key, new_key_id, new_secret
+from ..limits import MAX_MONEY_UC, MAX_RATE_LIMIT, whole_number
 from ..pricing import format_usd, microcents_from_usd
 from . import Operations, conflict, invalid, not_found
 
@@ -83,9 +84,12 @@ def check_budget_usd(value: Any) -> int | None:
     if not isinstance(value, str):
         raise invalid("budget_usd must be a decimal amount of US dollars as text, like \"10.50\"", "budget_usd")
     try:
-        return microcents_from_usd(value)
+        amount = microcents_from_usd(value)
     except ValueError as exc:
         raise invalid(f"budget: {exc}", "budget_usd") from None
+    if amount > MAX_MONEY_UC:
+        raise invalid(f"budget_usd must be at most {format_usd(MAX_MONEY_UC, 2)}, got {value!r}", "budget_usd")
+    return amount
 
 
 def check_period(value: Any, what: str = "budget_period") -> str:
@@ -99,9 +103,11 @@ def check_limit(value: Any, what: str) -> int | None:
         return None
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
-    if type(value) is not int or value <= 0:
-        raise invalid(f"{what} must be a whole number above 0 (or 'none' to remove the limit), got {value!r}", what)
-    return value
+    try:
+        return whole_number(value, 1, MAX_RATE_LIMIT)
+    except ValueError:
+        raise invalid(f"{what} must be a whole number above 0, at most {MAX_RATE_LIMIT:_} (or 'none' to remove "
+                      f"the limit), got {value!r}", what) from None
 
 
 def _budget(usd: Any, period: Any, current: tuple[int | None, str | None] = (None, None)) -> tuple[int | None, str | None]:

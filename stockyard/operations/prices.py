@@ -11,8 +11,9 @@ import re
 import sqlite3
 from typing import Any, Mapping
 
+from ..limits import MAX_PRICE_UC
 from ..times import now_iso
-from ..pricing import Price, PriceTable, format_usd
+from ..pricing import Price, PriceTable, format_usd, parse_usd_per_m
 from . import Operations, invalid, not_found
 
 RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning")
@@ -38,6 +39,12 @@ def parse_rates(rates: Mapping[str, Any]) -> Price:
             value = str(value)
         if not isinstance(value, str):
             raise invalid(f"{name} must be a decimal number of USD per 1M tokens, like \"0.15\"", name)
+        try:
+            rate = parse_usd_per_m(value)
+        except ValueError as exc:
+            raise invalid(f"bad price: {exc}", name) from None
+        if rate > MAX_PRICE_UC:
+            raise invalid(f"{name} must be at most {format_usd(MAX_PRICE_UC, 2)} per 1M tokens, got {value!r}", name)
         given[name] = value
     for required in ("input", "output"):
         if required not in given:

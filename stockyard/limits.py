@@ -1,0 +1,122 @@
+"""Bounds on the numbers Stockyard takes from clients and operators, and one checker for them.
+
+Python integers have no limit, but SQLite's are 64-bit: a number past 2**63-1 that reaches
+the database is an OverflowError (a 500), and a huge ``max_tokens`` or ``n`` makes the
+budget arithmetic meaningless. So every whole number read from a request body, the admin
+API or the CLI is checked here against a sensible range first (module options carry their
+own bounds in their schema); the bounds are generous enough never to stand in a real
+user's way, and small enough that their products (tokens × choices × price) stay far
+below SQLite's range.
+
+The request fields the proxy itself reads (to estimate the worst case and enforce the
+guard's ceiling) are named here too, so the validation, the estimate and the guard read
+the same list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProxyError
+
+SQLITE_INT_MAX = 2**63 - 1
+MAX_TOKENS = 10_000_000            # output tokens one choice may ask for
+MAX_CHOICES = 128                  # n / best_of / candidateCount (OpenAI's own limit for n)
+MAX_RATE_LIMIT = 10**12            # rpm and tpm of a client key
+MAX_MONEY_UC = 10**17              # a budget: $1,000,000,000 in µ¢
+MAX_PRICE_UC = 10**14              # a rate: $1,000,000 per 1M tokens, in µ¢ per 1M tokens
+
+# Output caps per choice, in the order a provider reads them (Chat/Completions, Responses).
+TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+# Multipliers: every choice is billed, and ``best_of`` completions are generated (and billed) upstream.
+CHOICE_FIELDS = ("n", "best_of")
+# A Gemini-shaped body: ``generationConfig`` (or its proto name) with candidates × their cap.
+GENERATION_CONFIGS = ("generationConfig", "generation_config")
+GENERATION_TOKEN_FIELDS = ("maxOutputTokens", "max_output_tokens")
+GENERATION_CHOICE_FIELDS = ("candidateCount", "candidate_count")
+
+
+def whole_number(value: Any, lo: int, hi: int, *, integral_floats: bool = False) -> int:
+    """``value`` as an int in [lo, hi], or ValueError saying what is wrong.
+
+    ``True`` is an int to Python but not a number to anyone else, so booleans are refused;
+    with ``integral_floats`` a float with no fraction (``5000.0``, JSON ``5e3``) counts.
+    """
+    if isinstance(value, float) and integral_floats and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if type(value) is not int:
+        raise ValueError(f"must be a whole number, got {show(value)}")
+    if not lo <= value <= hi:
+        raise ValueError(f"must be from {lo} to {hi}, got {value}")
+    return value
+
+
+def show(value: Any) -> str:
+    """A client's value for an error message: short, with its JSON type when that is the problem."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, (int, float)):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return {dict: "an object", list: "an array"}.get(type(value), f"a {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class BodyNumber:
+    """One numeric field of a request body: where it sits, its name for people, what it counts."""
+
+    container: dict
+    key: str
+    name: str                      # "max_tokens", "generationConfig.candidateCount"
+    tokens: bool                   # an output cap (else a number of choices)
+
+    @property
+    def value(self) -> Any:
+        return self.container[self.key]
+
+    @property
+    def most(self) -> int:
+        return MAX_TOKENS if self.tokens else MAX_CHOICES
+
+
+def request_numbers(body: dict) -> list[BodyNumber]:
+    """Every numeric field of a request body that the proxy reads, as the body has it."""
+    found = [BodyNumber(body, key, key, True) for key in TOKEN_FIELDS if key in body]
+    found += [BodyNumber(body, key, key, False) for key in CHOICE_FIELDS if key in body]
+    for section in GENERATION_CONFIGS:
+        config = body.get(section)
+        if isinstance(config, dict):
+            found += [BodyNumber(config, key, f"{section}.{key}", True)
+                      for key in GENERATION_TOKEN_FIELDS if key in config]
+            found += [BodyNumber(config, key, f"{section}.{key}", False)
+                      for key in GENERATION_CHOICE_FIELDS if key in config]
+    return found
+
+
+def check_request_numbers(body: dict) -> bool:
+    """Refuse (400, naming the field) a token cap or choice count that is not a whole number
+    in range, so that no ``"5000"`` or ``5000.5`` slips past the guard and the budget to a
+    provider that reads it its own way. ``null`` means "not set". An integral float is
+    rewritten as an int in ``body``; returns True when that happened (re-serialise it).
+    """
+    changed = False
+    for field in request_numbers(body):
+        value = field.value
+        if value is None:
+            continue
+        try:
+            number = whole_number(value, 1, field.most, integral_floats=True)
+        except ValueError as exc:
+            numeric = type(value) is int or (type(value) is float and math.isfinite(value) and value.is_integer())
+            code = "invalid_value" if numeric else "invalid_type"  # out of range, or not a whole number
+            raise ProxyError(400, f"'{field.name}' {exc}", param=field.name, code=code) from None
+        if type(value) is not int:
+            field.container[field.key] = number
+            changed = True
+    return changed
