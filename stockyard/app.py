@@ -28,7 +28,7 @@ from .operations import providers as provider_ops
 from .operations.prices import load_overrides
 from .operations.modules import load_rows as load_module_rows
 from .retention import Retention
-from .store import Store, Writer, db
+from .store import Store, Writer, db, files
 from .store.lock import DatabaseLock
 from .store.traces import iso_utc, record_from
 from .upstream import Pool
@@ -68,6 +68,8 @@ class App:
         self.started_at = time.time()
         # Held until close (or until the process dies): restore and migrate refuse meanwhile.
         self.db_lock = DatabaseLock(settings.db_path, exclusive=False).acquire()
+        for line in files.secure_existing(settings.db_path, [p for p in [settings.snapshot_path] if p]):
+            log.warning("file permissions: %s", line)
         try:
             conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
             conn.close()

@@ -13,6 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from . import files
+
 
 class DatabaseBusy(Exception):
     """Another process holds the database lock in a conflicting mode."""
@@ -34,8 +36,8 @@ class DatabaseLock:
 
     def acquire(self) -> "DatabaseLock":
         """Take the lock without waiting; DatabaseBusy (saying who holds it) if it is taken."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        files.make_folder(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
         mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
