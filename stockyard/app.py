@@ -238,7 +238,7 @@ class App:
         ring = self._keys  # one snapshot for the whole decision
         if not self._requires_keys(ring):
             return
-        key: KeyRecord = check_key(ring, ctx.headers, ctx.model)
+        key: KeyRecord = check_key(ring, ctx.headers, ctx.model, route=self.registry().routes_to)
         ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
         self._used[key.id] = ctx.ts_ms
 
