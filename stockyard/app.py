@@ -242,6 +242,11 @@ class App:
         ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
         self._used[key.id] = ctx.ts_ms
 
+    def client_key(self, headers: Mapping[str, str]) -> KeyRecord | None:
+        """The request's client key, checked from its headers alone (None in open mode; 401 if bad)."""
+        ring = self._keys
+        return check_key(ring, headers, None) if self._requires_keys(ring) else None
+
     def price_of(self, model: str) -> Price | None:
         """The price a request for ``model`` will be charged at (raises the routing 400 if it routes nowhere)."""
         provider, upstream = self.registry().resolve(model)

@@ -48,6 +48,7 @@ class Settings:
     retention_bodies_s: float | None = None    # delete stored bodies older than this
     retention_traces_s: float | None = None    # delete traces older than this (rollups stay)
     bodies_max_bytes: int | None = None        # delete the oldest bodies beyond this total
+    models_refresh_s: float = 300.0            # /v1/models: provider lists older than this are refreshed
 
     @property
     def is_loopback(self) -> bool:
@@ -161,4 +162,5 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         retention_bodies_s=_env_duration(env, "STOCKYARD_RETENTION_BODIES"),
         retention_traces_s=_env_duration(env, "STOCKYARD_RETENTION_TRACES"),
         bodies_max_bytes=_env_megabytes(env, "STOCKYARD_BODIES_MAX_MB"),
+        models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
     )
