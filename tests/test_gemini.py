@@ -303,3 +303,17 @@ def test_gemini_model_ids_parse_the_listing() -> None:
         {"name": "models/text-embedding-004", "supportedGenerationMethods": ["embedContent"]},
         {"name": "models/aqa", "supportedGenerationMethods": ["generateAnswer"]}]}
     assert gemini_model_ids(doc) == ["gemini-2.5-flash", "text-embedding-004"]
+
+
+@pytest.mark.parametrize("model", ["gemini/..", "gemini/.", "gemini-2.5-flash/../../v1/files", "gemini-x?alt=json",
+                                   "gemini-x#y", "gemini-x%2f", "gemini x", "gemini-x\r\ny", "models/.."])
+def test_model_names_that_leave_their_url_segment_are_400(server, mock, model) -> None:
+    before = len(mock.requests)
+    status, _, raw = server.request("POST", "/v1/chat/completions", {"model": model, "messages": user()})
+    body = json.loads(raw)
+    assert status == 400, body
+    assert body["error"]["param"] == "model" and body["error"]["code"] == "invalid_model"
+    status, _, raw = server.request("POST", "/v1/messages", {"model": model, "max_tokens": 5, "messages": user()})
+    body = json.loads(raw)
+    assert status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert len(mock.requests) == before, "nothing reached the upstream"

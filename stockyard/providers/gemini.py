@@ -14,7 +14,7 @@ import json
 import mimetypes
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from ..errors import ProxyError, sse_error_event
 from ..pipeline import RequestContext
@@ -23,7 +23,7 @@ from . import Provider
 from .chatshape import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
                         openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
                         upstream_error)
-from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment, sse_data
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
                   "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
@@ -45,8 +45,8 @@ def version_prefix(provider: Provider) -> str:
 
 
 def api_path(provider: Provider, model: str, stream: bool) -> str:
-    """The model's generate path (``models/`` prefix accepted, name URL-quoted)."""
-    name = quote(model.removeprefix("models/"), safe="-._~")
+    """The model's generate path (``models/`` prefix accepted; a name that would leave its segment is a 400)."""
+    name = model_segment(model.removeprefix("models/"))
     action = "streamGenerateContent?alt=sse" if stream else "generateContent"
     return f"{version_prefix(provider)}/models/{name}:{action}"
 
