@@ -64,6 +64,18 @@ def exposure_problem(settings: Settings) -> str | None:
             "machines can reach needs an admin key; set STOCKYARD_ADMIN_KEY, or use --host 127.0.0.1")
 
 
+MIN_ADMIN_KEY_CHARS = 16
+
+
+def admin_key_problem(settings: Settings) -> str | None:
+    """Why the admin key is too weak to start with, or None (a short bearer token is guessable)."""
+    key = settings.admin_key
+    if key is None or len(key) >= MIN_ADMIN_KEY_CHARS:
+        return None
+    return (f"STOCKYARD_ADMIN_KEY is {len(key)} characters; it must be at least {MIN_ADMIN_KEY_CHARS} "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
 def _env_bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default

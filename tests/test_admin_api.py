@@ -171,6 +171,19 @@ def test_non_loopback_start_is_refused_without_admin_key(pyz_path, cache_home, t
     assert not db.exists()  # refused before anything was touched
 
 
+@pytest.mark.parametrize("key", ["x", "short-key-15chr"])
+def test_a_short_admin_key_refuses_to_start(pyz_path, cache_home, tmp_path, key):
+    db = tmp_path / "never.db"
+    proc = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
+                          env={**base_env(cache_home), "STOCKYARD_ADMIN_KEY": key}, capture_output=True, text=True,
+                          timeout=20)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "STOCKYARD_ADMIN_KEY is" in lines[0] and "at least 16" in lines[0], proc.stderr
+    assert len(key) == 1 or key not in lines[0]  # the key itself is never echoed
+    assert not db.exists()
+
+
 # --- traces ----------------------------------------------------------------------------------
 
 def test_list_traces_newest_first_with_filters(server, traces):
