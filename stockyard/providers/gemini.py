@@ -33,6 +33,7 @@ TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 # JSON-schema keywords Gemini's Schema object rejects.
 DROPPED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$id", "$comment", "strict",
                                  "examples", "default", "const", "unevaluatedProperties"})
+MAX_SCHEMA_DEPTH = 64  # levels of nesting in a tool or response schema
 GENERATION_FIELDS = (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"),
                      ("seed", "seed"), ("presence_penalty", "presencePenalty"),
                      ("frequency_penalty", "frequencyPenalty"))
@@ -57,10 +58,17 @@ def auth_headers(provider: Provider) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- request translation
 
-def clean_schema(schema: Any) -> Any:
-    """A JSON schema with the keywords Gemini refuses removed (property names kept)."""
+def clean_schema(schema: Any, param: str = "tools", depth: int = 0) -> Any:
+    """A JSON schema with the keywords Gemini refuses removed (property names kept).
+
+    Nesting deeper than MAX_SCHEMA_DEPTH is the client's error (a 400 naming ``param``),
+    never a RecursionError.
+    """
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ProxyError(400, f"the JSON schema in {param!r} is nested deeper than {MAX_SCHEMA_DEPTH} levels",
+                         param=param, code="schema_too_deep")
     if isinstance(schema, list):
-        return [clean_schema(item) for item in schema]
+        return [clean_schema(item, param, depth + 1) for item in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict = {}
@@ -68,7 +76,7 @@ def clean_schema(schema: Any) -> Any:
         if key in DROPPED_SCHEMA_KEYS:
             continue
         if key == "properties" and isinstance(value, dict):
-            out[key] = {name: clean_schema(sub) for name, sub in value.items()}
+            out[key] = {name: clean_schema(sub, param, depth + 1) for name, sub in value.items()}
         elif key == "enum" and isinstance(value, list):  # Gemini enums are strings; null means nullable
             out[key] = [item for item in value if item is not None]
         elif key == "type" and isinstance(value, list):  # ["string", "null"] → string, nullable
@@ -77,7 +85,7 @@ def clean_schema(schema: Any) -> Any:
             if "null" in value:
                 out["nullable"] = True
         else:
-            out[key] = clean_schema(value) if isinstance(value, (dict, list)) else value
+            out[key] = clean_schema(value, param, depth + 1) if isinstance(value, (dict, list)) else value
     return out
 
 
@@ -218,7 +226,7 @@ def generation_config(body: dict) -> dict:
         config["responseMimeType"] = "application/json"
         schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
         if isinstance(schema, dict):
-            config["responseSchema"] = clean_schema(schema)
+            config["responseSchema"] = clean_schema(schema, "response_format")
     return config
 
 
