@@ -28,7 +28,7 @@ from .operations import providers as provider_ops
 from .operations.prices import load_overrides
 from .operations.modules import load_rows as load_module_rows
 from .retention import Retention
-from .store import Store, Writer, db
+from .store import Store, Writer, db, files
 from .store.lock import SERVER, DatabaseLock
 from .store.traces import iso_utc, record_from
 from .upstream import Pool
@@ -70,6 +70,8 @@ class App:
         self.started_at = time.time()
         # Held until close (or until the process dies): a second server, restore and migrate refuse meanwhile.
         self.db_lock = DatabaseLock(settings.db_path, SERVER).acquire()
+        for line in files.secure_existing(settings.db_path, [p for p in [settings.snapshot_path] if p]):
+            log.warning("file permissions: %s", line)
         try:
             conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
             conn.close()
@@ -273,9 +275,14 @@ class App:
         ring = self._keys  # one snapshot for the whole decision
         if not self._requires_keys(ring):
             return
-        key: KeyRecord = check_key(ring, ctx.headers, ctx.model)
+        key: KeyRecord = check_key(ring, ctx.headers, ctx.model, route=self.registry().routes_to)
         ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
         self._used[key.id] = ctx.ts_ms
+
+    def client_key(self, headers: Mapping[str, str]) -> KeyRecord | None:
+        """The request's client key, checked from its headers alone (None in open mode; 401 if bad)."""
+        ring = self._keys
+        return check_key(ring, headers, None) if self._requires_keys(ring) else None
 
     def price_of(self, model: str) -> Price | None:
         """The price a request for ``model`` will be charged at (raises the routing 400 if it routes nowhere)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import audit
 from .operations import Operations
-from .store import Store, db
+from .store import Store, db, files
 from .store.lock import RESTORE, DatabaseLock
 
 log = logging.getLogger("stockyard.backup")
@@ -229,6 +229,7 @@ def _set_aside(db_path: Path) -> Path | None:
         os.link(db_path, aside)
     except OSError:  # a file system without hard links
         shutil.copy2(db_path, aside)
+    files.tighten([aside, aside.with_name(aside.name + "-wal")])  # a file from an older version may be 0644
     for stale in (wal, db_path.with_name(db_path.name + "-shm")):
         stale.unlink(missing_ok=True)
     return aside

@@ -48,6 +48,7 @@ class Settings:
     retention_bodies_s: float | None = None    # delete stored bodies older than this
     retention_traces_s: float | None = None    # delete traces older than this (rollups stay)
     bodies_max_bytes: int | None = None        # delete the oldest bodies beyond this total
+    models_refresh_s: float = 300.0            # /v1/models: provider lists older than this are refreshed
 
     @property
     def is_loopback(self) -> bool:
@@ -61,6 +62,18 @@ def exposure_problem(settings: Settings) -> str | None:
         return None
     return (f"refusing to listen on {settings.host} without STOCKYARD_ADMIN_KEY: a server other "
             "machines can reach needs an admin key; set STOCKYARD_ADMIN_KEY, or use --host 127.0.0.1")
+
+
+MIN_ADMIN_KEY_CHARS = 16
+
+
+def admin_key_problem(settings: Settings) -> str | None:
+    """Why the admin key is too weak to start with, or None (a short bearer token is guessable)."""
+    key = settings.admin_key
+    if key is None or len(key) >= MIN_ADMIN_KEY_CHARS:
+        return None
+    return (f"STOCKYARD_ADMIN_KEY is {len(key)} characters; it must be at least {MIN_ADMIN_KEY_CHARS} "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
 def _env_bool(value: str | None, default: bool) -> bool:
@@ -161,4 +174,5 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         retention_bodies_s=_env_duration(env, "STOCKYARD_RETENTION_BODIES"),
         retention_traces_s=_env_duration(env, "STOCKYARD_RETENTION_TRACES"),
         bodies_max_bytes=_env_megabytes(env, "STOCKYARD_BODIES_MAX_MB"),
+        models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
     )

@@ -247,10 +247,10 @@ def _listen_check(env: Mapping[str, str], host: str | None) -> Check:
     if problem:
         return Check(FAIL, "listen address", f"{where}: serve would refuse to start without STOCKYARD_ADMIN_KEY",
                      "set STOCKYARD_ADMIN_KEY, or listen on 127.0.0.1")
-    if settings.admin_key and len(settings.admin_key) < MIN_SECRET_CHARS:
-        return Check(WARN, "listen address", f"{where}; STOCKYARD_ADMIN_KEY is only "
-                                             f"{len(settings.admin_key)} characters",
-                     f"use at least {MIN_SECRET_CHARS} random characters")
+    weak = config.admin_key_problem(settings)
+    if weak:
+        return Check(FAIL, "listen address", f"{where}: serve would refuse to start: {weak}",
+                     f"use at least {config.MIN_ADMIN_KEY_CHARS} random characters")
     if not settings.is_loopback:
         return Check(OK, "listen address", f"{where}, reachable from other machines; admin API needs the key")
     admin = "admin API enabled" if settings.admin_key else "admin API off (STOCKYARD_ADMIN_KEY unset; the CLI works)"

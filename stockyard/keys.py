@@ -16,12 +16,11 @@ import sqlite3
 import string
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .times import parse_utc
 from .errors import ProxyError
 from .httphead import bearer_token
-from .pricing import PROVIDERS
 
 KEY_PREFIX = "sk-sy-"
 PREFIX_LEN = 12
@@ -60,9 +59,17 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return bearer or api_key
 
 
-def _bare_model(model: str) -> str:
-    head, sep, rest = model.partition("/")
-    return rest if sep and head in PROVIDERS and rest else model
+Route = Callable[[str], "str | None"]  # a model name → the provider routing picks (Registry.routes_to)
+
+
+def _no_route(model: str) -> None:
+    return None
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """An exact name, or a prefix written with a trailing ``*`` (case-insensitive)."""
+    pattern, name = pattern.lower(), name.lower()
+    return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
 
 
 @dataclass(frozen=True)
@@ -103,16 +110,26 @@ class KeyRecord:
             return "expired"
         return "active"
 
-    def allows_model(self, model: str) -> bool:
-        """Exact names, or prefixes written with a trailing ``*``; ``openai/x`` also matches ``x``."""
-        if self.models is None:
+    def allows_model(self, model: str, route: Route) -> bool:
+        """Whether the key may use ``model`` at the provider routing sends it to (``route``).
+
+        An entry ``provider/name`` allows the name at that provider only. A bare entry allows
+        the name only at the provider routing picks for the bare name: ``gpt-4o-mini`` (served
+        by openai) allows ``gpt-4o-mini`` and ``openai/gpt-4o-mini``, never ``azure/gpt-4o-mini``.
+        Either may end in ``*`` to allow a prefix; ``*`` alone allows every model. A name that
+        routes nowhere (an alias) is matched as written.
+        """
+        if self.models is None or "*" in self.models:
             return True
-        names = {model.lower(), _bare_model(model.lower())}
+        provider = route(model)
+        head, sep, rest = model.partition("/")
+        bare = rest if sep and rest and head == provider else model
+        bare_entries_apply = route(bare) == provider
         for allowed in self.models:
-            a = allowed.lower()
-            if a.endswith("*") and any(n.startswith(a[:-1]) for n in names):
+            a_head, a_sep, a_rest = allowed.partition("/")
+            if provider and a_sep and a_head.lower() == provider.lower() and _matches(a_rest, bare):
                 return True
-            if a in names:
+            if bare_entries_apply and _matches(allowed, bare):
                 return True
         return False
 
@@ -151,8 +168,12 @@ class KeyRing:
 
 
 def check(ring: KeyRing, headers: Mapping[str, str], model: str | None,
-          now: float | None = None) -> KeyRecord:
-    """The key a request is allowed to use, or the 401/403 that says why not."""
+          now: float | None = None, route: Route = _no_route) -> KeyRecord:
+    """The key a request is allowed to use, or the 401/403 that says why not.
+
+    ``route`` (``Registry.routes_to``) tells which provider serves ``model``: see
+    :meth:`KeyRecord.allows_model`. With ``model=None`` only the key itself is checked.
+    """
     secret = presented_key(headers)
     if not secret:
         raise ProxyError(401, "a client key is required: send Authorization: Bearer sk-sy-… "
@@ -164,7 +185,13 @@ def check(ring: KeyRing, headers: Mapping[str, str], model: str | None,
     state = record.status(now)
     if state != "active":
         raise ProxyError(401, f"client key {record.prefix}… has been {state}", code=f"{state}_api_key")
-    if model is not None and not record.allows_model(model):
+    if model is not None:
+        check_model(record, model, route)
+    return record
+
+
+def check_model(record: KeyRecord, model: str, route: Route) -> None:
+    """The 403 for a model this key may not use at the provider routing picks."""
+    if not record.allows_model(model, route):
         raise ProxyError(403, f"client key {record.prefix}… may not use model {model!r}",
                          param="model", code="model_not_allowed")
-    return record

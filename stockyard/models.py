@@ -1,10 +1,14 @@
-"""``GET /v1/models``: the union of what the configured providers serve.
+"""``GET /v1/models``: the union of what the configured providers serve, from a cache.
 
 Each provider is asked for its list in its own API — OpenAI-compatible ``/models``,
-Anthropic ``/v1/models``, Gemini ``/v1beta/models`` — cached for a minute, short
-timeout (Azure deployments cannot be listed with a data-plane key). Each id is given so
-that routing leads back to the same provider — a bare name when it already routes
-there, else ``provider/model``.
+Anthropic ``/v1/models``, Gemini ``/v1beta/models`` (Azure deployments cannot be listed
+with a data-plane key). Answers come from a cache: a list older than the refresh interval
+is refreshed in the background while the request answers at once, so a request never
+waits for providers — except the very first fill, and that only for FIRST_FILL_WAIT_S.
+A provider that fails keeps its last good list; one that never answered is listed with
+the models the price table knows for it. Each id routes back to the same provider — a bare
+name when it already routes there, else ``provider/model`` — and a client key sees only
+the models it may use.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
 
-from .providers import OPENAI_KINDS, Provider
+from .keys import KeyRecord
+from .pricing import PROVIDERS
+from .providers import OPENAI_KINDS, Provider, Registry
 from .providers.anthropic import auth_headers as anthropic_auth
 from .providers.anthropic import base_path
 from .providers.gemini import auth_headers as gemini_auth
@@ -25,13 +32,31 @@ from .upstream import UpstreamError
 if TYPE_CHECKING:
     from .app import App
 
-CACHE_S = 60.0
-_cache: dict[tuple[str, str], tuple[float, list[str]]] = {}
+FIRST_FILL_WAIT_S = 3.0    # the longest a request waits for providers (only before any list exists)
+RETRY_FAILED_S = 60.0      # a provider that failed is asked again after this, not on every request
+LISTING_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Listing:
+    """One provider's cached list: the last good ids, and when it was last asked."""
+
+    ids: list[str] | None = None        # None until the provider has answered once
+    asked_at: float = 0.0               # monotonic time the last attempt started
+    failed: bool = False
+    refreshing: bool = False
+    first_fill: threading.Event = field(default_factory=threading.Event)
+    wait_until: float = field(default_factory=lambda: time.monotonic() + FIRST_FILL_WAIT_S)
+
+
+_listings: dict[tuple, Listing] = {}
 _lock = threading.Lock()
 
 
-def _fetch(app: "App", provider: Provider) -> list[str]:
-    """Ask the provider for its model ids in its own API; empty on any failure."""
+def _fetch(app: "App", provider: Provider) -> list[str] | None:
+    """Ask the provider for its model ids in its own API; None when it cannot say."""
+    if provider.key_error:
+        return None
     parse = openai_model_ids
     if provider.kind in OPENAI_KINDS:
         path, headers = "/models", auth_headers(provider)
@@ -43,11 +68,11 @@ def _fetch(app: "App", provider: Provider) -> list[str]:
     else:
         return []  # Azure lists resources, not deployments: clients name them as azure/<deployment>
     try:
-        resp = app.pool.request(provider.base_url, "GET", path, headers, None, read_timeout=5.0)
+        resp = app.pool.request(provider.base_url, "GET", path, headers, None, read_timeout=LISTING_TIMEOUT_S)
         body = resp.read_all()
-        return parse(json.loads(body)) if resp.status == 200 else []
-    except (UpstreamError, ValueError, AttributeError, TypeError):
-        return []
+        return parse(json.loads(body)) if resp.status == 200 else None
+    except (UpstreamError, OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def openai_model_ids(doc: dict) -> list[str]:
@@ -63,28 +88,69 @@ def gemini_model_ids(doc: dict) -> list[str]:
             and wanted & set(m.get("supportedGenerationMethods") or wanted)]
 
 
-def upstream_models(app: "App", provider: Provider) -> list[str]:
-    """Model ids a provider reports (empty if it cannot say right now)."""
-    key = (provider.name, provider.base_url)
+def _refresh(app: "App", provider: Provider, listing: Listing) -> None:
+    """Ask one provider (in a background thread); a failure keeps the last good list."""
+    ids = _fetch(app, provider)
     with _lock:
-        hit = _cache.get(key)
-    if hit and time.monotonic() - hit[0] < CACHE_S:
-        return hit[1]
-    ids = [] if provider.key_error else _fetch(app, provider)
-    with _lock:
-        _cache[key] = (time.monotonic(), ids)
-    return ids
+        if ids is not None:
+            listing.ids = ids
+        listing.failed = ids is None
+        listing.refreshing = False
+    listing.first_fill.set()
 
 
-def list_models(app: "App") -> list[dict]:
+def _listing(app: "App", provider: Provider) -> Listing:
+    """The cached listing for ``provider``, starting a background refresh when it is due."""
+    key = (provider.name, provider.kind, provider.base_url, provider.key_hint)
+    now = time.monotonic()
+    with _lock:
+        listing = _listings.setdefault(key, Listing())
+        age = now - listing.asked_at
+        every = app.settings.models_refresh_s
+        due = listing.asked_at == 0.0 or age >= (min(RETRY_FAILED_S, every) if listing.failed else every)
+        if not due or listing.refreshing:
+            return listing
+        listing.refreshing, listing.asked_at = True, now
+    threading.Thread(target=_refresh, args=(app, provider, listing), name=f"stockyard-models-{provider.name}",
+                     daemon=True).start()
+    return listing
+
+
+def known_models(app: "App", registry: Registry, provider: Provider) -> list[str]:
+    """Models the price table knows for ``provider``: the fallback for one that never answered."""
+    names = []
+    prefixes = tuple(prefix.lower() for prefix in provider.models)
+    for key, _ in app.prices.entries():
+        head, sep, rest = key.partition("/")
+        if "*" in key:
+            continue
+        if sep and head == provider.name:
+            names.append(rest)
+        elif not (sep and head in PROVIDERS) and key.startswith(prefixes) and registry.routes_to(key) == provider.name:
+            names.append(key)
+    return names
+
+
+def list_models(app: "App", key: KeyRecord | None = None) -> list[dict]:
+    """Every configured provider's models (only those ``key`` may use), from the cache."""
     registry = app.registry()
+    listings = [(provider, _listing(app, provider)) for provider in registry.providers]
+    for _, listing in listings:  # only the first requests wait, up to FIRST_FILL_WAIT_S after the first
+        listing.first_fill.wait(max(0.0, listing.wait_until - time.monotonic()))
     out: list[dict] = []
     seen: set[str] = set()
-    for provider in registry.providers:
-        for name in upstream_models(app, provider):
+    for provider, listing in listings:
+        with _lock:
+            ids = listing.ids
+        for name in ids if ids is not None else known_models(app, registry, provider):
             ident = name if registry.routes_to(name) == provider.name else f"{provider.name}/{name}"
-            if ident in seen:
+            if ident in seen or (key is not None and not key.allows_model(ident, registry.routes_to)):
                 continue
             seen.add(ident)
             out.append({"id": ident, "object": "model", "created": 0, "owned_by": provider.name})
     return out
+
+
+def answer(app: "App", headers: Mapping[str, str]) -> dict:
+    """The ``/v1/models`` document: the client key is checked first (401 when it is required)."""
+    return {"object": "list", "data": list_models(app, app.client_key(headers))}

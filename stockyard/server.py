@@ -432,9 +432,9 @@ def readyz(h: Handler, req: Request) -> None:
 
 
 def models(h: Handler, req: Request) -> None:
-    from .models import list_models
+    from .models import answer
 
-    h.send_json(200, {"object": "list", "data": list_models(h.server.app)})
+    h.send_json(200, answer(h.server.app, req.headers))
 
 
 def metrics(h: Handler, req: Request) -> None:

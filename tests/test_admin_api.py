@@ -94,7 +94,7 @@ def sample_path(pattern: str) -> str:
 # --- authentication ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("index", range(len(ROUTES)), ids=[f"{r.method} {r.pattern}" for r in ROUTES])
-def test_every_route_refuses_missing_and_wrong_keys_and_audits_them(server, index):
+def test_every_route_refuses_missing_and_wrong_keys_and_audits_wrong_ones(server, index):
     route = ROUTES[index]
     source = f"127.0.0.{10 + index}"  # the throttle counts per address: one address per route
     path = sample_path(route.pattern)
@@ -107,7 +107,8 @@ def test_every_route_refuses_missing_and_wrong_keys_and_audits_them(server, inde
         assert ADMIN_KEY not in json.dumps(payload)
     entries = ok(server, f"/api/audit?action=admin.auth_failed&limit=1000")["data"]
     mine = [e for e in entries if e["actor"] == f"admin-api:{source}"]
-    assert [(e["target"], e["details"]["reason"]) for e in mine] == [(path, "missing"), (path, "wrong key")]
+    # no key is not a login attempt (a page loading images sends none): only the wrong key is audited
+    assert [(e["target"], e["details"]["reason"]) for e in mine] == [(path, "wrong key")]
     assert "wrong-key" not in json.dumps(mine)
     assert server.db_rows("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'audit.note' "
                           "AND actor = ?", (f"admin-api:{source}",))[0]["n"] == 0
@@ -120,12 +121,32 @@ def test_repeated_failures_are_throttled_per_address(server):
     status, headers, payload = call(server, "GET", "/api/status", key="guess-0123456789", source=source)
     assert_error(status, payload, 429, "too many failed admin logins")
     assert 1 <= int(headers["retry-after"]) <= 61
-    # the right key does not get through either while the address is blocked
-    assert call(server, "GET", "/api/status", source=source)[0] == 429
+    # the right key always gets through, even from the blocked address
+    assert call(server, "GET", "/api/status", source=source)[0] == 200
+    assert call(server, "GET", "/api/status", key="guess-0123456789", source=source)[0] == 429
     assert call(server, "GET", "/api/status", source=other)[0] == 200
     failed = server.db_rows("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'admin.auth_failed' "
                             "AND actor = ?", (f"admin-api:{source}",))[0]["n"]
     assert failed == 10  # refusals while blocked are not written: no log flooding
+
+
+def test_requests_without_a_key_and_preflights_never_lock_the_admin_out(server):
+    source = "127.0.0.202"
+    for _ in range(25):  # a web page loading images, or a script probing without a key
+        status, _, payload = call(server, "GET", "/api/status", key=None, source=source)
+        assert_error(status, payload, 401, "Authorization: Bearer")
+    for _ in range(25):  # CORS preflights (no CORS origin configured: refused, not counted)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=(source, 0))
+        conn.request("OPTIONS", "/api/status", headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": "GET",
+            "Authorization": "Bearer wrong-0123456789"})
+        assert conn.getresponse().status == 401
+        conn.close()
+    assert call(server, "GET", "/api/status", source=source)[0] == 200
+    # none of them counted: a wrong key is still answered 401, not 429
+    assert call(server, "GET", "/api/status", key="guess-0123456789", source=source)[0] == 401
+    assert server.db_rows("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'admin.auth_failed' "
+                          "AND actor = ?", (f"admin-api:{source}",))[0]["n"] == 1
 
 
 def test_admin_api_without_admin_key_explains_how_to_enable_it(keyless):
@@ -148,6 +169,19 @@ def test_non_loopback_start_is_refused_without_admin_key(pyz_path, cache_home, t
     assert len(lines) == 1 and "STOCKYARD_ADMIN_KEY" in lines[0] and "0.0.0.0" in lines[0], proc.stderr
     assert "listening" not in proc.stdout + proc.stderr
     assert not db.exists()  # refused before anything was touched
+
+
+@pytest.mark.parametrize("key", ["x", "short-key-15chr"])
+def test_a_short_admin_key_refuses_to_start(pyz_path, cache_home, tmp_path, key):
+    db = tmp_path / "never.db"
+    proc = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
+                          env={**base_env(cache_home), "STOCKYARD_ADMIN_KEY": key}, capture_output=True, text=True,
+                          timeout=20)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "STOCKYARD_ADMIN_KEY is" in lines[0] and "at least 16" in lines[0], proc.stderr
+    assert len(key) == 1 or key not in lines[0]  # the key itself is never echoed
+    assert not db.exists()
 
 
 # --- traces ----------------------------------------------------------------------------------

@@ -386,3 +386,48 @@ def test_provider_key_never_in_log(server) -> None:
     assert ANTHROPIC_KEY not in server.log and OPENAI_KEY not in server.log
     assert "Traceback" not in server.log
 
+
+
+def raw_messages(server: ServerProcess, header_lines: bytes, path: str = "/v1/messages") -> tuple[int, dict]:
+    """One request over a raw socket: header values an HTTP client library would refuse to send."""
+    import socket
+
+    body = json.dumps({"model": "claude-haiku-4-5-hdr", "max_tokens": 5,
+                       "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + header_lines + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while chunk_ := sock.recv(65536):
+            data += chunk_
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("header", [
+    b"anthropic-version: 2023-06-01\rX-Injected: 1\r\n",
+    b"anthropic-version: 2023-06-01\x00\r\n",
+    b"anthropic-version: 2023-06-01\x7f\r\n",
+    b"anthropic-version: 2023-06-01 x\r\n",
+    b"anthropic-beta: prompt-caching-2024-07-31\rX-Injected: 1\r\n",
+    b"anthropic-beta: a\x01b\r\n",
+    b"anthropic-beta: a;b\r\n",
+])
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_bad_anthropic_version_or_beta_headers_are_400_in_anthropic_shape(server, mock, header, path) -> None:
+    before = len(mock.requests)
+    status, body = raw_messages(server, header, path)
+    assert status == 400, body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "anthropic-" in body["error"]["message"]
+    assert len(mock.requests) == before, "nothing reached the upstream"
+    assert "Traceback" not in server.log
+
+
+def test_good_beta_lists_still_pass(server, mock) -> None:
+    status, body = raw_messages(server, b"anthropic-version: 2023-06-01\r\n"
+                                        b"anthropic-beta: prompt-caching-2024-07-31, token-efficient-tools-2025-02-19\r\n")
+    assert status == 200, body
+    req = sent(mock, "claude-haiku-4-5-hdr")
+    assert req.headers["anthropic-beta"] == "prompt-caching-2024-07-31, token-efficient-tools-2025-02-19"

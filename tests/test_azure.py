@@ -99,3 +99,22 @@ def test_native_messages_to_azure_is_refused(server) -> None:
 def test_provider_key_never_in_log(server) -> None:
     assert AZURE_KEY not in server.log
     assert "Traceback" not in server.log
+
+
+BAD_DEPLOYMENTS = [".", "..", "a/b", "../../admin", "x?api-version=1", "x#frag", "%2e%2e", "a b", "a\tb",
+                   "a\r\nHost: evil", "a\x00b", "a\\b", "dep\u2028x"]
+
+
+@pytest.mark.parametrize("deployment", BAD_DEPLOYMENTS)
+def test_deployment_names_that_leave_their_url_segment_are_400(server, mock, deployment) -> None:
+    before = len(mock.requests)
+    status, _, raw = server.request("POST", "/v1/chat/completions", {
+        "model": f"azure/{deployment}", "messages": [{"role": "user", "content": "Hi"}]})
+    body = json.loads(raw)
+    assert status == 400, body
+    assert body["error"]["param"] == "model" and body["error"]["code"] == "invalid_model"
+    assert len(mock.requests) == before, "nothing reached the upstream"
+    status, _, raw = server.request("POST", "/v1/messages", {
+        "model": f"azure/{deployment}", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]})
+    body = json.loads(raw)
+    assert status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"

@@ -199,3 +199,24 @@ def test_report_refuses_bad_choices(server, query):
     args = [f"--{part.split('=')[0]}={part.split('=')[1]}" for part in query.split("&")]
     result = server.cli("costs", *args)
     assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+def test_csv_cells_that_start_like_a_formula_are_quoted(server):
+    """Model names are client-chosen: a spreadsheet must show them as text, never run them."""
+    formulas = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
+    for model in formulas:
+        status, _, body = server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO})
+        assert status == 200, body
+    settle(server)
+    cli_csv = server.cli("costs", "--by", "model", "--csv").stdout
+    status, _, api_csv = server.request("GET", "/api/costs?by=model&format=csv",
+                                        headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 200
+    for text in (cli_csv, api_csv.decode()):
+        models = [row[0] for row in csv.reader(io.StringIO(text, newline=""))][1:]
+        for model in formulas:
+            if text is cli_csv and "\r" in model:
+                model = model.replace("\r", "\n")  # the captured output reads a lone CR as a newline
+            assert "'" + model in models, (model, models)
+        assert all(not m.startswith(("=", "+", "-", "@", "\t", "\r")) for m in models)
+        assert "gpt-4o-mini" in models  # ordinary names are unchanged

@@ -307,3 +307,61 @@ def test_gemini_model_ids_parse_the_listing() -> None:
         {"name": "models/text-embedding-004", "supportedGenerationMethods": ["embedContent"]},
         {"name": "models/aqa", "supportedGenerationMethods": ["generateAnswer"]}]}
     assert gemini_model_ids(doc) == ["gemini-2.5-flash", "text-embedding-004"]
+
+
+@pytest.mark.parametrize("model", ["gemini/..", "gemini/.", "gemini-2.5-flash/../../v1/files", "gemini-x?alt=json",
+                                   "gemini-x#y", "gemini-x%2f", "gemini x", "gemini-x\r\ny", "models/.."])
+def test_model_names_that_leave_their_url_segment_are_400(server, mock, model) -> None:
+    before = len(mock.requests)
+    status, _, raw = server.request("POST", "/v1/chat/completions", {"model": model, "messages": user()})
+    body = json.loads(raw)
+    assert status == 400, body
+    assert body["error"]["param"] == "model" and body["error"]["code"] == "invalid_model"
+    status, _, raw = server.request("POST", "/v1/messages", {"model": model, "max_tokens": 5, "messages": user()})
+    body = json.loads(raw)
+    assert status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert len(mock.requests) == before, "nothing reached the upstream"
+
+
+def nested_schema(levels: int) -> str:
+    """A JSON schema nested ``levels`` deep, as text (too deep for json.dumps in this process)."""
+    return '{"type": "object", "properties": {"a": ' * levels + '{"type": "string"}' + "}}" * levels
+
+
+def post_raw(server: ServerProcess, text: str) -> tuple[int, dict]:
+    status, _, raw = server.request("POST", "/v1/chat/completions", raw=text.encode())
+    return status, json.loads(raw)
+
+
+@pytest.mark.parametrize("levels", [65, 300, 480])  # 480 levels are 960 JSON objects: just parseable
+def test_deeply_nested_schemas_are_400_not_500(server, mock, levels) -> None:
+    before = len(mock.requests)
+    start = '{"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}], '
+    status, body = post_raw(server, start + '"tools": [{"type": "function", "function": {"name": "f", '
+                                    '"parameters": ' + nested_schema(levels) + "}}]}")
+    assert status == 400, body
+    assert body["error"]["param"] == "tools" and body["error"]["code"] == "schema_too_deep"
+    status, body = post_raw(server, start + '"response_format": {"type": "json_schema", "json_schema": '
+                                    '{"name": "x", "schema": ' + nested_schema(levels) + "}}}")
+    assert status == 400 and body["error"]["param"] == "response_format", body
+    assert len(mock.requests) == before, "nothing reached the upstream"
+    assert "Traceback" not in server.log
+
+
+def test_a_schema_nested_within_the_limit_still_translates(server, mock) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": json.loads(nested_schema(20))}}]
+    status, _, raw = server.request("POST", "/v1/chat/completions", {
+        "model": "gemini-2.5-flash-deep", "messages": user(), "tools": tools})
+    assert status == 200, raw
+    assert mock.last("gemini-2.5-flash-deep").json["tools"][0]["functionDeclarations"][0]["name"] == "f"
+
+
+def test_deeply_nested_tool_results_are_400_not_500(server) -> None:
+    deep = "[" * 950 + '"x"' + "]" * 950  # parsed by the translation (a tool result may be JSON)
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                                      "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": deep}]
+    status, body = post_raw(server, json.dumps({"model": "gemini-2.5-flash", "messages": messages}))
+    assert status in (200, 400), body
+    assert "Traceback" not in server.log

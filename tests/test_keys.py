@@ -145,6 +145,45 @@ def test_model_restriction_is_403(server):
     assert body["error"]["type"] == "permission_error"
 
 
+def test_allow_list_names_the_provider_routing_picks(server):
+    """A bare entry allows a model only where routing sends the bare name; `provider/x` entries name it."""
+    secret, _ = make_key(server, models=["gpt-4o-mini", "anthropic/claude-3-5-haiku*"])
+    allowed = ("gpt-4o-mini", "openai/gpt-4o-mini", "claude-3-5-haiku", "anthropic/claude-3-5-haiku-latest")
+    refused = ("anthropic/gpt-4o-mini", "openai/claude-3-5-haiku", "gpt-4o")
+    for model in allowed:
+        assert chat(server, secret, {**CHAT, "model": model})[0] == 200, model
+    for model in refused:
+        status, _, body = chat(server, secret, {**CHAT, "model": model})
+        assert (status, body["error"]["code"]) == (403, "model_not_allowed"), model
+
+
+@pytest.mark.parametrize("entry, model, allowed", [
+    ("gpt-4o-mini", "gpt-4o-mini", True),
+    ("gpt-4o-mini", "openai/gpt-4o-mini", True),        # the provider routing picks anyway
+    ("gpt-4o-mini", "azure/gpt-4o-mini", False),
+    ("gpt-4o-mini", "anthropic/gpt-4o-mini", False),
+    ("azure/gpt-4o-mini", "azure/gpt-4o-mini", True),
+    ("azure/gpt-4o-mini", "gpt-4o-mini", False),         # routes to openai, not azure
+    ("azure/*", "azure/my-deployment", True),
+    ("azure/*", "openai/gpt-4o", False),
+    ("openai/gpt-4o-mini", "gpt-4o-mini", True),
+    ("gpt-*", "azure/gpt-4o", False),
+    ("o*", "ollama/llama3", False),                      # a bare prefix never reaches into provider names
+    ("*", "azure/anything", True),
+    ("fast", "fast", True),                              # an alias routes nowhere: matched as written
+    ("meta-llama/*", "meta-llama/Llama-3-8b", True),     # a slash in a model name is not a provider
+    ("meta-llama/*", "groq/meta-llama/Llama-3-8b", False),
+])
+def test_allow_list_entries_against_a_real_registry(entry, model, allowed):
+    from stockyard.providers import ENV_SPECS, Provider, Registry
+    prefixes = {spec.name: spec.models for spec in ENV_SPECS}
+    registry = Registry([Provider(name, kind, "http://x", models=prefixes.get(name, ())) for name, kind in (
+        ("openai", "openai"), ("anthropic", "anthropic"), ("azure", "azure"), ("ollama", "openai-compatible"),
+        ("groq", "openai-compatible"), ("together", "openai-compatible"))])
+    record = KeyRecord(id="key_1", name="k", prefix="sk-sy-abcdef", hash="0", models=(entry,))
+    assert record.allows_model(model, registry.routes_to) is allowed
+
+
 def test_official_sdks_send_the_key_their_own_way(server, mock):
     secret, _ = make_key(server)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=secret, max_retries=0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 import time
 
 import pytest
@@ -203,6 +205,13 @@ def test_cli_validation_errors_are_one_line(server, args, words):
     ({"name": "ok", "kind": "nope"}, "kind"),
     ({"name": "ok", "kind": "azure"}, "base_url"),
     ({"name": "ok", "kind": "openai", "base_url": "localhost:80"}, "base_url"),
+    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\r\nX-Injected: 1"}, "base_url"),
+    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\n"}, "base_url"),
+    ({"name": "ok", "kind": "openai", "base_url": "http://up\texample/v1"}, "base_url"),
+    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\x00"}, "base_url"),
+    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/ v1"}, "base_url"),
+    ({"name": "ok", "kind": "openai", "base_url": "file:///etc/passwd"}, "base_url"),
+    ({"name": "ok", "kind": "openai", "base_url": "ftp://up.example/v1"}, "base_url"),
     ({"name": "ok", "kind": "openai", "models": "gpt-"}, "models"),
     ({"name": "ok", "kind": "openai", "models": [""]}, "models"),
     ({"name": "ok", "kind": "openai", "key": "sk-typo-1234567890"}, "key"),
@@ -216,6 +225,33 @@ def test_api_validation_errors(server, body, param):
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
     assert b"sk-typo" not in raw and b"has space" not in raw
     assert server.db_rows("SELECT * FROM providers WHERE name = 'ok'") == []
+
+
+def test_api_update_refuses_control_characters_in_base_url(server):
+    assert server.request("POST", "/api/providers", {"name": "crlf", "kind": "anthropic"}, headers=AUTH)[0] == 201
+    status, _, raw = server.request("PATCH", "/api/providers/crlf", {"base_url": "https://a.example\r\nX: y"},
+                                    headers=AUTH)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "base_url"
+    assert server.db_rows("SELECT base_url FROM providers WHERE name = 'crlf'") == [
+        {"base_url": "https://api.anthropic.com"}]
+    assert server.request("DELETE", "/api/providers/crlf", headers=AUTH)[0] == 200
+
+
+@pytest.mark.parametrize("name, value", [
+    ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1\r\nX-Injected: 1"),
+    ("ANTHROPIC_BASE_URL", "gopher://127.0.0.1:9"),
+    ("AZURE_OPENAI_ENDPOINT", "https://x.example\x07"),
+])
+def test_a_bad_base_url_in_the_environment_refuses_to_start(pyz_path, cache_home, tmp_path, name, value):
+    db = tmp_path / "never.db"
+    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-0123456789", "ANTHROPIC_API_KEY": "sk-ant-0123456789",
+           "AZURE_OPENAI_API_KEY": "az-0123456789", name: value}
+    proc = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)], env=env,
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"stockyard: {name}: base URL"), proc.stderr
+    assert not db.exists()
 
 
 def test_api_conflict_and_unknown(server):

@@ -3,7 +3,8 @@
 Routes are declared with :func:`route` in the modules of this package; the same
 declarations produce ``GET /api/openapi.json``, so the document always lists every route.
 Every route needs ``Authorization: Bearer $STOCKYARD_ADMIN_KEY`` (compared in constant
-time); failed attempts are audited and throttled per client address.
+time); attempts with a wrong key are audited and throttled per client address (requests
+without a key are refused but never counted, so they cannot lock the admin out).
 """
 
 from __future__ import annotations
@@ -147,24 +148,32 @@ THROTTLE = LoginThrottle()
 
 
 def authenticate(app: "App", req: "Request") -> None:
+    """Let the right admin key through, always; count and throttle only wrong keys.
+
+    The throttle is checked after the key, so nobody can lock the admin out: requests with
+    no key at all (a web page loading images, CORS preflights) are refused but never counted
+    or audited, and the correct key works even while an address is blocked.
+    """
     admin_key = app.settings.admin_key
     if not admin_key:
         raise ProxyError(401, ADMIN_KEY_HELP, code="admin_key_not_set")
+    given = bearer_token(req.headers) or ""
+    if hmac.compare_digest(given.encode(), admin_key.encode()):
+        return
+    refusal = ProxyError(401, "missing or wrong admin key: send Authorization: Bearer $STOCKYARD_ADMIN_KEY",
+                         code="invalid_admin_key")
+    if not given or req.method == "OPTIONS":
+        raise refusal  # not a login attempt: nothing to count
     wait = THROTTLE.blocked_for(req.client)
     if wait > 0:
         raise ProxyError(429, "too many failed admin logins from this address; try again later",
                          code="too_many_failed_logins", headers={"Retry-After": str(int(wait) + 1)})
-    given = bearer_token(req.headers) or ""
-    if hmac.compare_digest(given.encode(), admin_key.encode()):
-        return
     THROTTLE.fail(req.client)
     try:
-        app.ops(audit.actor_api(req.client)).record(
-            "admin.auth_failed", req.path, {"reason": "missing" if not given else "wrong key"})
+        app.ops(audit.actor_api(req.client)).record("admin.auth_failed", req.path, {"reason": "wrong key"})
     except Exception:
         pass  # refusing the login matters more than recording it
-    raise ProxyError(401, "missing or wrong admin key: send Authorization: Bearer $STOCKYARD_ADMIN_KEY",
-                     code="invalid_admin_key")
+    raise refusal
 
 
 def cors_headers(app: "App", req: "Request") -> dict[str, str]:

@@ -57,7 +57,9 @@ def register(sub) -> None:
 def _add_settings(p: argparse.ArgumentParser, update: bool = False) -> None:
     clear = LIMIT_HELP if update else ""
     p.add_argument("--project", help=f"project the key belongs to (its costs and project budget){clear}")
-    p.add_argument("--models", metavar="M1,M2", help=f"allowed models (a trailing * matches a prefix){clear}")
+    p.add_argument("--models", metavar="M1,M2",
+                   help="allowed models (a trailing * matches a prefix; provider/model allows one provider, "
+                        f"a bare name only the provider routing picks for it){clear}")
     p.add_argument("--expires", metavar="DATE", help=f"expiry: a UTC date (the key stops at 00:00 that day) "
                                                      f"or an ISO time{'; never removes it' if update else ''}")
     p.add_argument("--budget-usd", metavar="USD", help=f"spend limit in US dollars, e.g. 25 or 0.50{clear}")

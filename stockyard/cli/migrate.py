@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import audit
 from ..operations import Operations
-from ..store import Store, db
+from ..store import Store, db, files
 from ..store.lock import MIGRATE, DatabaseBusy, DatabaseLock
 from .common import CommandError, add_db, db_path, nothing_yet, secret
 
@@ -66,6 +66,8 @@ def check(path: Path) -> int:
 
 
 def apply(path: Path) -> int:
+    for line in files.secure_existing(path):
+        print(f"file permissions: {line}")
     current, _, needs_vacuum = _plan(path)
     conn, applied = db.open_and_migrate(path)
     try:

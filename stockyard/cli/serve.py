@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 
 from .. import config
 from ..logbuffer import BatchedStreamHandler
+from ..operations import providers as provider_ops
 from ..store.lock import DatabaseBusy
 from .common import CommandError, add_db
 
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("stockyard")
     settings = config.load({"host": args.host, "port": args.port, "db": args.db,
                             "snapshot": args.snapshot, "snapshot_every": args.snapshot_every})
-    refusal = config.exposure_problem(settings)
+    refusal = (config.exposure_problem(settings) or config.admin_key_problem(settings)
+               or provider_ops.env_url_problem(os.environ))
     if refusal:  # before the database is touched: nothing starts
         raise CommandError(refusal)
     # A file-size limit (ulimit -f, systemd LimitFSIZE) must behave like a full disk: writes

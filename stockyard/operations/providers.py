@@ -27,6 +27,7 @@ API_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 MAX_MODELS = 500
 MAX_MODEL_CHARS = 200
 MAX_KEY_CHARS = 4096
+MAX_URL_CHARS = 2048
 MIN_SECRET_CHARS = 16
 FIELDS = ("name", "kind", "base_url", "models", "api_version", "api_key")
 _UNSET: Any = object()
@@ -60,6 +61,10 @@ def check_base_url(url: Any, kind: str) -> str:
         return spec.default_url
     if not isinstance(url, str):
         raise invalid("base URL must be a string", "base_url")
+    if len(url) > MAX_URL_CHARS or any(ch.isspace() or not ch.isprintable() for ch in url):
+        # urlsplit silently drops tab, CR and LF: refuse them before parsing (header injection).
+        raise invalid(f"base URL {url[:100]!r} must not contain spaces or control characters "
+                      f"(at most {MAX_URL_CHARS} characters)", "base_url")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -72,6 +77,20 @@ def check_base_url(url: Any, kind: str) -> str:
         raise invalid("base URL must not carry credentials, a query or a fragment; "
                       "store the key with --key-stdin / \"api_key\"", "base_url")
     return url.rstrip("/")
+
+
+def env_url_problem(env: Mapping[str, str]) -> str | None:
+    """Why a ``*_BASE_URL`` / ``AZURE_OPENAI_ENDPOINT`` variable cannot be used, or None (checked at start)."""
+    names = [s.url_var for s in ENV_SPECS if s.url_var] + ["AZURE_OPENAI_ENDPOINT"]
+    for name in names:
+        value = env.get(name)
+        if not value:
+            continue
+        try:
+            check_base_url(value, "openai-compatible")
+        except ProxyError as exc:
+            return f"{name}: {exc.message}"
+    return None
 
 
 def check_models(models: Any, kind: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ The OpenAI-shaped output helpers live in ``chatshape.py``, shared with the Gemin
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -53,12 +54,31 @@ def auth_headers(provider: Provider, version: str | None = None) -> dict[str, st
     return out
 
 
+# What the client's anthropic-version / anthropic-beta may hold: tokens like 2023-06-01 and
+# prompt-caching-2024-07-31, comma-separated for betas; nothing that could end a header line.
+_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_BETAS = re.compile(r"[A-Za-z0-9._-]{1,128}(?:[ \t]*,[ \t]*[A-Za-z0-9._-]{1,128}){0,31}")
+
+
+def client_header(ctx: RequestContext, name: str, pattern: re.Pattern) -> str | None:
+    """A client header passed upstream, or a 400 when it holds anything but the expected tokens."""
+    value = ctx.headers.get(name)
+    if value is None or value == "":
+        return None
+    if not pattern.fullmatch(value):
+        raise ProxyError(400, f"header {name} must be letters, digits, '.', '-' or '_'"
+                              f"{' (comma-separated)' if pattern is _BETAS else ''}; got {value[:80]!r}",
+                         code="invalid_header")
+    return value
+
+
 def headers(provider: Provider, ctx: RequestContext, native: bool) -> dict[str, str]:
-    """Request headers; native clients keep their own version and beta flags."""
+    """Request headers; native clients keep their own version and beta flags (checked first)."""
+    version = client_header(ctx, "anthropic-version", _VERSION) if native else None
     out = {"Content-Type": "application/json", "Accept": "text/event-stream" if ctx.stream else "application/json",
-           **auth_headers(provider, ctx.headers.get("anthropic-version") if native else None)}
-    beta = ctx.headers.get("anthropic-beta")
-    if native and beta:
+           **auth_headers(provider, version)}
+    beta = client_header(ctx, "anthropic-beta", _BETAS) if native else None
+    if beta:
         out["anthropic-beta"] = beta
     return out
 

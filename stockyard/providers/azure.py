@@ -7,11 +7,11 @@ Bodies and streams are handled exactly as for OpenAI.
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from ..pipeline import RequestContext
 from . import Provider
-from .base import UpstreamCall
+from .base import UpstreamCall, model_segment
 from .openai import PATHS, OpenAIAdapter, request_body
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -21,7 +21,7 @@ def deployment_path(provider: Provider, deployment: str, endpoint: str) -> str:
     """``/openai/deployments/{deployment}/…?api-version=…`` (base may already end in /openai)."""
     prefix = "" if provider.base_url.rstrip("/").endswith("/openai") else "/openai"
     query = urlencode({"api-version": provider.api_version or DEFAULT_API_VERSION})
-    return f"{prefix}/deployments/{quote(deployment, safe='-._~')}{PATHS[endpoint]}?{query}"
+    return f"{prefix}/deployments/{model_segment(deployment, 'deployment')}{PATHS[endpoint]}?{query}"
 
 
 class AzureAdapter(OpenAIAdapter):

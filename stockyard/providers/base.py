@@ -7,7 +7,9 @@ bytes through; a translating adapter converts JSON both ways and SSE event by ev
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from ..errors import ProxyError
 from ..pipeline import RequestContext
@@ -69,3 +71,22 @@ def loads_object(data: bytes, what: str = "provider answer") -> dict:
     if not isinstance(value, dict):
         raise ProxyError(502, f"the {what} is not a JSON object", code="bad_upstream_response")
     return value
+
+
+_URL_BREAKERS = frozenset("/\\?#%")
+
+
+def model_segment(model: str, what: str = "model") -> str:
+    """``model`` as one URL path segment (Azure deployments, Gemini models), or a 400 naming it.
+
+    Names that could leave their segment are refused, not escaped: ``.`` and ``..`` (which
+    URL normalisation turns into a parent path), ``/ \\ ? # %``, white space and control
+    characters. What remains is quoted, so the upstream URL is always the one configured.
+    """
+    bad = (not model or model in (".", "..")
+           or any(ch in _URL_BREAKERS or ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in model))
+    if bad:
+        raise ProxyError(400, f"{what} {model[:100]!r} cannot name a {what} in the provider's URL: "
+                              "it must not be '.', '..' or contain / \\ ? # %, spaces or control characters",
+                         param="model", code="invalid_model")
+    return quote(model, safe="-._~")

@@ -106,6 +106,9 @@ def shape_errors(status: int, what: str) -> Iterator[None]:
     except (AttributeError, TypeError, KeyError, IndexError, ValueError):
         code = "invalid_request" if status == 400 else "bad_upstream_response"
         raise ProxyError(status, f"{what} has an unexpected shape and cannot be translated", code=code) from None
+    except RecursionError:  # JSON nested near the parser's limit, too deep to translate and re-encode
+        code = "invalid_request" if status == 400 else "bad_upstream_response"
+        raise ProxyError(status, f"{what} is nested too deeply to be translated", code=code) from None
 
 
 def translated_error(status: int, message: str, code: str | None) -> bytes:

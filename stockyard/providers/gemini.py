@@ -14,7 +14,7 @@ import json
 import mimetypes
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from ..errors import ProxyError, sse_error_event
 from ..pipeline import RequestContext
@@ -23,7 +23,7 @@ from . import Provider
 from .chatshape import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
                         openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
                         upstream_error)
-from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment, sse_data
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
                   "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
@@ -33,6 +33,7 @@ TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 # JSON-schema keywords Gemini's Schema object rejects.
 DROPPED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$id", "$comment", "strict",
                                  "examples", "default", "const", "unevaluatedProperties"})
+MAX_SCHEMA_DEPTH = 64  # levels of nesting in a tool or response schema
 GENERATION_FIELDS = (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"),
                      ("seed", "seed"), ("presence_penalty", "presencePenalty"),
                      ("frequency_penalty", "frequencyPenalty"))
@@ -45,8 +46,8 @@ def version_prefix(provider: Provider) -> str:
 
 
 def api_path(provider: Provider, model: str, stream: bool) -> str:
-    """The model's generate path (``models/`` prefix accepted, name URL-quoted)."""
-    name = quote(model.removeprefix("models/"), safe="-._~")
+    """The model's generate path (``models/`` prefix accepted; a name that would leave its segment is a 400)."""
+    name = model_segment(model.removeprefix("models/"))
     action = "streamGenerateContent?alt=sse" if stream else "generateContent"
     return f"{version_prefix(provider)}/models/{name}:{action}"
 
@@ -57,10 +58,17 @@ def auth_headers(provider: Provider) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- request translation
 
-def clean_schema(schema: Any) -> Any:
-    """A JSON schema with the keywords Gemini refuses removed (property names kept)."""
+def clean_schema(schema: Any, param: str = "tools", depth: int = 0) -> Any:
+    """A JSON schema with the keywords Gemini refuses removed (property names kept).
+
+    Nesting deeper than MAX_SCHEMA_DEPTH is the client's error (a 400 naming ``param``),
+    never a RecursionError.
+    """
+    if depth > MAX_SCHEMA_DEPTH:
+        raise ProxyError(400, f"the JSON schema in {param!r} is nested deeper than {MAX_SCHEMA_DEPTH} levels",
+                         param=param, code="schema_too_deep")
     if isinstance(schema, list):
-        return [clean_schema(item) for item in schema]
+        return [clean_schema(item, param, depth + 1) for item in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict = {}
@@ -68,7 +76,7 @@ def clean_schema(schema: Any) -> Any:
         if key in DROPPED_SCHEMA_KEYS:
             continue
         if key == "properties" and isinstance(value, dict):
-            out[key] = {name: clean_schema(sub) for name, sub in value.items()}
+            out[key] = {name: clean_schema(sub, param, depth + 1) for name, sub in value.items()}
         elif key == "enum" and isinstance(value, list):  # Gemini enums are strings; null means nullable
             out[key] = [item for item in value if item is not None]
         elif key == "type" and isinstance(value, list):  # ["string", "null"] → string, nullable
@@ -77,7 +85,7 @@ def clean_schema(schema: Any) -> Any:
             if "null" in value:
                 out["nullable"] = True
         else:
-            out[key] = clean_schema(value) if isinstance(value, (dict, list)) else value
+            out[key] = clean_schema(value, param, depth + 1) if isinstance(value, (dict, list)) else value
     return out
 
 
@@ -218,7 +226,7 @@ def generation_config(body: dict) -> dict:
         config["responseMimeType"] = "application/json"
         schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
         if isinstance(schema, dict):
-            config["responseSchema"] = clean_schema(schema)
+            config["responseSchema"] = clean_schema(schema, "response_format")
     return config
 
 

@@ -73,6 +73,19 @@ def _key_names(conn: sqlite3.Connection) -> dict[str, tuple[str, str]]:
     return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, name, prefix FROM client_keys")}
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: client-chosen names (models, keys, projects) starting
+    like a formula get a leading ``'``. ui/format.js ``csvCell`` applies the same rule."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(result: dict[str, Any], out: TextIO) -> None:
     """The report as CSV: one row per group, then a TOTAL row."""
     by = result["by"]
@@ -80,6 +93,6 @@ def write_csv(result: dict[str, Any], out: TextIO) -> None:
     writer = csv.writer(out)
     writer.writerow(head)
     for row in result["rows"]:
-        writer.writerow(["" if row.get(c) is None else row[c] for c in head])
+        writer.writerow([csv_cell(row.get(c)) for c in head])
     total = {by: "TOTAL", **result["total"]}
-    writer.writerow(["" if total.get(c) is None else total[c] for c in head])
+    writer.writerow([csv_cell(total.get(c)) for c in head])

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import files
+
 BUSY_TIMEOUT_MS = 10_000
 # The WAL file is cut back to this size whenever it restarts, so one burst of writes does
 # not leave a huge -wal file behind for good (the writer also truncates it when idle).
@@ -32,25 +34,27 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open a connection with Stockyard's pragmas (WAL, NORMAL sync, busy timeout, FKs).
 
     Connections are in autocommit mode; writers open transactions explicitly with
-    ``BEGIN IMMEDIATE`` so that two processes never deadlock on an upgrade.
+    ``BEGIN IMMEDIATE`` so that two processes never deadlock on an upgrade. A new database
+    (and its folder) is created private: see :mod:`files`.
     """
     path = Path(path)
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                               timeout=BUSY_TIMEOUT_MS / 1000)
+        files.make_folder(path.parent)
+        files.create_private(path)
+        with files.private_umask():  # and whatever SQLite creates while opening (-wal, -shm)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # Only a brand-new file can choose auto_vacuum without a full VACUUM; with
+                # INCREMENTAL, retention can hand freed pages back to the file system.
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    if not readonly:
-        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
-            # Only a brand-new file can choose auto_vacuum without a full VACUUM; with
-            # INCREMENTAL, retention can hand freed pages back to the file system.
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
@@ -169,6 +173,7 @@ def backup_to(conn: sqlite3.Connection, dest: Path | str) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.unlink(missing_ok=True)
     try:
+        files.create_private(tmp)  # the copy holds every prompt: owner-only, like the database
         target = sqlite3.connect(tmp, isolation_level=None)
         try:
             conn.backup(target)

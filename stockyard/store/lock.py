@@ -19,6 +19,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from . import files
+
 SERVER, RESTORE, MIGRATE = "server", "restore", "migrate"
 _DOING = {RESTORE: "restored", MIGRATE: "migrated"}
 
@@ -46,8 +48,8 @@ class DatabaseLock:
 
     def acquire(self) -> "DatabaseLock":
         """Take the lock without waiting; DatabaseBusy (saying who holds it) if it is taken."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        files.make_folder(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

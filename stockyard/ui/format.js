@@ -114,13 +114,17 @@ export function prettyBody(body) {
 export const COUNTS = ["requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
   "cache_write_tokens", "reasoning_tokens", "unknown_cost", "cost_uc"];
 
+/** A CSV cell a spreadsheet shows as text: strings starting like a formula (= + - @ tab CR) get a
+ * leading ' — the rule of csv_cell in stockyard/store/costs.py. */
+export function csvCell(v) {
+  let text = v === null || v === undefined ? "" : String(v);
+  if (typeof v === "string" && /^[=+\-@\t\r]/.test(v)) text = "'" + text;
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
 export function costsCsv(report) {
   const by = report.by;
   const head = [by, ...(by === "key" ? ["key_name", "key_prefix"] : []), ...COUNTS, "cost_usd"];
-  const cell = (v) => {
-    const text = v === null || v === undefined ? "" : String(v);
-    return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-  };
-  const line = (row) => head.map((c) => cell(c === "cost_usd" ? formatUsd(row.cost_uc, 2) : row[c])).join(",") + "\r\n";
+  const line = (row) => head.map((c) => csvCell(c === "cost_usd" ? formatUsd(row.cost_uc, 2) : row[c])).join(",") + "\r\n";
   return [head.join(",") + "\r\n", ...report.rows.map(line), line({ [by]: "TOTAL", ...report.total })].join("");
 }

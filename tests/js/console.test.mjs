@@ -109,6 +109,16 @@ test("cost buckets: days up to a month, then weeks, then months", () => {
   assert.deepEqual(months[1], { label: "2024-02", since: "2024-02-01", until: "2024-02-29" });
 });
 
+test("CSV cells that a spreadsheet would run as a formula start with a quote", () => {
+  for (const bad of ["=HYPERLINK(\"http://x\")", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"]) {
+    assert.ok(fmt.csvCell(bad).replace(/^"/, "").startsWith("'"), bad);
+  }
+  assert.equal(fmt.csvCell("gpt-4o"), "gpt-4o");
+  assert.equal(fmt.csvCell(-5), "-5");  // numbers are numbers
+  const report = { by: "project", rows: [{ project: "=1+2", requests: 1, cost_uc: 0 }], total: { requests: 1, cost_uc: 0 } };
+  assert.ok(fmt.costsCsv(report).split("\r\n")[1].startsWith("'=1+2,1,"));
+});
+
 test("CSV has the columns and TOTAL row of `stockyard costs --csv`", () => {
   const report = { by: "model", rows: [{ model: 'a,"b"', requests: 1, errors: 0, prompt_tokens: 2, completion_tokens: 3,
     cached_tokens: 0, cache_write_tokens: 0, reasoning_tokens: 0, unknown_cost: 0, cost_uc: 480 }],

@@ -1,0 +1,109 @@
+"""File modes: the database and every copy of it are readable by their owner only.
+
+Every prompt and answer Stockyard records sits in these files, so the data folder is
+created 0700 and every file 0600 — the database (SQLite gives its -wal, -shm and journal
+files the database file's own mode), the lock file, snapshots, backups and the copies
+kept before a migration or a restore. Files left readable by an older version are made
+private when the server starts or ``migrate`` runs. A folder the user chose is never
+changed (it may hold other things); a warning says when others can enter it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from ..config import DEFAULT_DB
+
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+_umask_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files created inside are private whatever the process umask (threads take turns)."""
+    with _umask_lock:
+        old = os.umask(0o077)
+        try:
+            yield
+        finally:
+            os.umask(old)
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) 0700 if it does not exist; an existing one is left alone."""
+    if folder.is_dir():
+        return
+    with private_umask():
+        folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (SQLite then mirrors that mode)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
+
+
+def database_files(db_path: Path) -> list[Path]:
+    """The files beside the database that Stockyard writes: its own, its lock, its kept copies."""
+    names = [db_path.name + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock")]
+    found = [db_path.with_name(n) for n in names]
+    for pattern in (".pre-v*.bak", ".before-restore-*"):
+        found += sorted(db_path.parent.glob(db_path.name + pattern))
+    return found
+
+
+def tighten(paths: list[Path]) -> list[str]:
+    """Make each existing file in ``paths`` 0600 if group or others may access it; returns what changed."""
+    changed = []
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            if not path.is_file() or path.is_symlink() or not mode & 0o077:
+                continue
+            os.chmod(path, FILE_MODE)
+        except FileNotFoundError:
+            continue
+        changed.append(f"{path.name} ({mode:04o})")
+    return changed
+
+
+def open_folder_warning(folder: Path) -> str | None:
+    """A warning when group or others may enter the data folder (it is not changed: the user chose it)."""
+    try:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"folder {folder} is open to other users (mode {mode:04o}); the database files in it are "
+            f"private, but consider `chmod 700 {folder}`")
+
+
+def secure_existing(db_path: Path, extra: list[Path] | None = None) -> list[str]:
+    """Tighten the database's files (and ``extra``, e.g. the snapshot); returns lines for the log.
+
+    The default folder ``~/.stockyard`` is Stockyard's own, so it is made 0700 too; a
+    folder the user chose is only warned about.
+    """
+    lines = []
+    changed = tighten(database_files(db_path) + list(extra or []))
+    if changed:
+        lines.append(f"made {len(changed)} file(s) private (mode 0600); other users could read them: "
+                     f"{', '.join(changed)}")
+    folder = db_path.parent
+    warning = open_folder_warning(folder)
+    if warning and folder == Path(DEFAULT_DB).expanduser().parent:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        os.chmod(folder, FOLDER_MODE)
+        lines.append(f"made folder {folder} private (mode 0700, was {mode:04o})")
+    elif warning:
+        lines.append(warning)
+    return lines
