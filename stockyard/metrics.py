@@ -26,7 +26,8 @@ OTHER = "_other"
 # Seconds; LLM calls run from milliseconds (cache hits, embeddings) to minutes (long generations).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 UPSTREAM_ERROR_OUTCOMES = ("upstream_error", "stream_broken")
-ZERO_WHEN_EMPTY = ("budget_rejections_total", "refusals_unrecorded_total", "connections_refused_total")  # unlabelled counters shown as 0 before the first event
+# Unlabelled counters shown as 0 before the first event.
+ZERO_WHEN_EMPTY = ("budget_rejections_total", "refusals_unrecorded_total", "connections_refused_total")
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -118,7 +118,8 @@ def framed(draw) -> tuple[list[tuple[str, str]], bytes]:
         piece, rest = rest[:cut], rest[cut:]
         line = draw(chunk_size_lines).replace("{n:x}", f"{len(piece):x}").replace("{n:X}", f"{len(piece):X}")
         pieces.append(line.encode("latin-1", "replace") + b"\r\n" + piece + draw(chunk_ends).encode())
-    body = b"".join(pieces) + b"%x\r\n%s\r\n" % (len(rest), rest) + b"0\r\n" + draw(trailers).encode("latin-1") + b"\r\n"
+    body = (b"".join(pieces) + b"%x\r\n%s\r\n" % (len(rest), rest) + b"0\r\n"
+            + draw(trailers).encode("latin-1") + b"\r\n")
     headers = [("Transfer-Encoding", "chunked")]
     if how == "both":
         headers.append(("Content-Length", str(len(body))))
@@ -197,7 +198,8 @@ def test_an_endless_chunked_body_is_cut_off_and_costs_no_memory(server):
     block = b"x" * 65536
     sent = 0
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n")
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n-1\r\n")
         try:
             while sent < 64 * 1024 * 1024:
                 sock.sendall(block)
