@@ -18,6 +18,7 @@ from .budgets import Budget, Ledger, load_project_budgets, spent_uc
 from .backup import Snapshotter
 from .config import Settings
 from .keys import KeyRecord, KeyRing, check as check_key, load_keys
+from .logbuffer import printable
 from .modules import Modules
 from .metrics import Registry as MetricsRegistry
 from .pipeline import Chain, HookFailures, RequestContext
@@ -41,7 +42,8 @@ WATCHER_STALE_S = 10.0  # /readyz is 503 when the watcher has not completed a pa
 
 
 class ScrubLogs(logging.Filter):
-    """Remove known secrets from every log record, its arguments and its traceback."""
+    """Remove known secrets from every log record, its arguments and its traceback; escape
+    control characters in its message (client text in it cannot forge lines or drive terminals)."""
 
     def __init__(self, scrub: Callable[[str], str]) -> None:
         super().__init__()
@@ -53,7 +55,7 @@ class ScrubLogs(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it; still scrub the raw text
             message = f"{record.msg} {record.args}"
-        record.msg, record.args = self._scrub(message), None
+        record.msg, record.args = printable(self._scrub(message)), None  # client text cannot forge lines
         if record.exc_info and not record.exc_text:
             record.exc_text = self._formatter.formatException(record.exc_info)
         if record.exc_text:

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from .hosts import is_loopback, parse_public_hosts
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 DEFAULT_DB = "~/.stockyard/stockyard.db"
@@ -49,11 +51,13 @@ class Settings:
     retention_traces_s: float | None = None    # delete traces older than this (rollups stay)
     bodies_max_bytes: int | None = None        # delete the oldest bodies beyond this total
     models_refresh_s: float = 300.0            # /v1/models: provider lists older than this are refreshed
+    public_hosts: tuple[str, ...] = ()         # Host names served beyond loopback ("*": any)
+    max_connections: int | None = None         # concurrent client connections; None: sized to the machine
 
     @property
     def is_loopback(self) -> bool:
-        """True when only this machine can reach the listen address."""
-        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        """True when only this machine can reach the listen address (parsed, never a string prefix)."""
+        return is_loopback(self.host)
 
 
 def exposure_problem(settings: Settings) -> str | None:
@@ -175,4 +179,6 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         retention_traces_s=_env_duration(env, "STOCKYARD_RETENTION_TRACES"),
         bodies_max_bytes=_env_megabytes(env, "STOCKYARD_BODIES_MAX_MB"),
         models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
+        public_hosts=parse_public_hosts(env.get("STOCKYARD_PUBLIC_HOSTS")),
+        max_connections=_positive_int(env.get("STOCKYARD_MAX_CONNECTIONS"), "STOCKYARD_MAX_CONNECTIONS", 0) or None,
     )

@@ -9,10 +9,17 @@ them, and behave otherwise exactly as ``http.client`` / ``http.server`` do.
 from __future__ import annotations
 
 import http.client
+import re
 from typing import BinaryIO, Iterator, Mapping
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
+MAX_REQUEST_HEAD = 64 * 1024  # all header lines of one request together
+# Fields a request may carry once: framing (smuggling) and who is asking (two readings of one key).
+SINGLE_HEADERS = ("content-length", "transfer-encoding", "host", "authorization", "x-api-key")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every control character but HTAB
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class HeadError(http.client.HTTPException):
@@ -70,28 +77,75 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return (value[7:].strip() or None) if value[:7].lower() == "bearer " else None
 
 
-def read_head(fp: BinaryIO) -> Headers:
-    """Read header lines up to the blank line; obsolete line folding is joined with a space."""
+def read_head(fp: BinaryIO, *, strict: bool = False, max_bytes: int = MAX_LINE * MAX_HEADERS) -> Headers:
+    """Read header lines up to the blank line, at most ``max_bytes`` in all (else 431).
+
+    ``strict`` is for requests (RFC 9112 §5): a folded line, a name that is not a token, a
+    control character in a value (a bare CR above all) or a head cut off by the end of the
+    stream is a 400. Otherwise (provider answers) folded lines are joined with a space and a
+    field with a control character in it is dropped: it is never relayed.
+    """
     items: list[tuple[str, str]] = []
+    total = 0
     while True:
         line = fp.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise HeadError(431, "header line too long")
-        if line in (b"\r\n", b"\n", b""):
-            return Headers(items)
-        text = line.decode("iso-8859-1").rstrip("\r\n")
+        total += len(line)
+        if len(line) > MAX_LINE or total > max_bytes:
+            raise HeadError(431, f"header section larger than {min(MAX_LINE, max_bytes)} bytes")
+        if line in (b"\r\n", b"\n") or (line == b"" and not strict):
+            break
+        if not line.endswith(b"\n"):
+            raise HeadError(400, "header section ended before its blank line")
+        text = line.decode("iso-8859-1")
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
         if text[:1] in (" ", "\t"):
+            if strict:
+                raise HeadError(400, "malformed header: obsolete line folding is not accepted")
             if not items:
                 raise HeadError(400, "malformed header: continuation of nothing")
             name, value = items[-1]
-            items[-1] = (name, f"{value} {text.strip()}")
+            items[-1] = (name, value + " " + text.strip(" \t"))
             continue
         name, sep, value = text.partition(":")
         if not sep or not name or name != name.strip():
             raise HeadError(400, "malformed header line")
-        items.append((name, value.strip()))
+        value = value.strip(" \t")
+        if strict and not _TOKEN.fullmatch(name):
+            raise HeadError(400, "malformed header name")
+        if strict and _CONTROL.search(value):
+            raise HeadError(400, "a header value holds a control character (such as a bare CR)")
+        items.append((name, value))
         if len(items) > MAX_HEADERS:
             raise HeadError(431, f"more than {MAX_HEADERS} headers")
+    if not strict:
+        items = [(n, v) for n, v in items if not (_CONTROL.search(n) or _CONTROL.search(v))]
+    return Headers(items)
+
+
+def body_framing(headers: Headers, version: str) -> int | None:
+    """How a request's body is framed (RFC 9112 §6): its Content-Length, 0 for none, None for chunked.
+
+    Anything two parties could read differently is a 400: a repeated framing or identity
+    header, Content-Length with Transfer-Encoding, a coding other than exactly ``chunked``,
+    Transfer-Encoding on HTTP/1.0, a length that is not plain digits, a 1.1 request without Host.
+    """
+    for name in SINGLE_HEADERS:
+        if len(headers.get_all(name, [])) > 1:
+            raise HeadError(400, f"the {name} header is sent more than once")
+    if version == "HTTP/1.1" and "host" not in headers:
+        raise HeadError(400, "an HTTP/1.1 request needs a Host header")
+    coding, length = headers.get("transfer-encoding"), headers.get("content-length")
+    if coding is not None:
+        if length is not None:
+            raise HeadError(400, "Content-Length and Transfer-Encoding together are ambiguous; send one")
+        if coding.lower() != "chunked" or version != "HTTP/1.1":
+            raise HeadError(400, "the only Transfer-Encoding accepted is chunked, on HTTP/1.1")
+        return None
+    if length is None:
+        return 0
+    if not _DIGITS.fullmatch(length):
+        raise HeadError(400, "Content-Length is not a valid number")
+    return int(length) if len(length) <= 18 else 10 ** 18
 
 
 class Response(http.client.HTTPResponse):

@@ -74,8 +74,23 @@ class BatchedStreamHandler(logging.Handler):
         super().close()
 
 
+def printable(text: str, limit: int | None = None) -> str:
+    """Text made safe for one log line: every non-printable character (controls, line breaks,
+    terminal escapes, bidi overrides) as a visible escape, so a client cannot forge lines or
+    drive the operator's terminal."""
+    if limit is not None:
+        text = text[:limit]
+    return text if text.isprintable() else "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def access(message: str) -> None:
     """One access-log line (no secrets in it: method, path without query, status, model, time)."""
+    message = printable(message)
     handler = _active
     if handler is None:
         _access.info("%s", message)

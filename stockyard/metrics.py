@@ -26,7 +26,8 @@ OTHER = "_other"
 # Seconds; LLM calls run from milliseconds (cache hits, embeddings) to minutes (long generations).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 UPSTREAM_ERROR_OUTCOMES = ("upstream_error", "stream_broken")
-ZERO_WHEN_EMPTY = ("budget_rejections_total",)  # unlabelled counters shown as 0 before the first event
+# Unlabelled counters shown as 0 before the first event.
+ZERO_WHEN_EMPTY = ("budget_rejections_total", "refusals_unrecorded_total", "connections_refused_total")
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -117,6 +118,11 @@ class Registry:
         with self._lock:
             self.inc("module_errors_total", (("module", module[:100]), ("hook", hook)))
 
+    def count(self, name: str, amount: int = 1) -> None:
+        """One more of an unlabelled event counted at the server's edge (refusals, full house)."""
+        with self._lock:
+            self.inc(name, (), amount)
+
     def snapshot(self) -> tuple[dict[str, dict[Labels, int]], dict[str, dict[Labels, tuple]]]:
         """A consistent copy for rendering (taken under the lock, rendered outside it)."""
         with self._lock:
@@ -138,6 +144,10 @@ HELP = {
     "budget_rejections_total": ("counter", "Requests refused because a budget was spent."),
     "upstream_errors_total": ("counter", "Provider failures: error statuses, timeouts, resets, broken streams."),
     "module_errors_total": ("counter", "Module hooks that raised (the request went on without them), by module and hook."),
+    "refusals_unrecorded_total": ("counter", "Requests refused for want of a valid client key and not traced "
+                                             "because their address sent too many."),
+    "connections_refused_total": ("counter", "Connections answered 503 at once because "
+                                             "STOCKYARD_MAX_CONNECTIONS were open."),
 }
 
 

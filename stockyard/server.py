@@ -8,8 +8,10 @@ dialect of the route.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -23,8 +25,9 @@ from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
-from .httphead import HeadError, read_head
-from .logbuffer import access
+from .hosts import host_allowed, origin_allowed
+from .httphead import MAX_REQUEST_HEAD, HeadError, body_framing, read_head
+from .logbuffer import access, printable
 from .pipeline import RequestContext
 
 log = logging.getLogger("stockyard.server")
@@ -36,14 +39,16 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/messages": ("messages", ANTHROPIC),
     "/v1/messages/count_tokens": ("count_tokens", ANTHROPIC),
 }
+# Answered for any Host and Origin: load balancers and probes address a server by its IP.
+OPEN_ROUTES = ("/healthz", "/readyz")
 READYZ_TIMEOUT_S = 5.0
+CHUNK_LINE_MAX = 4096                  # a chunk-size line with its extensions
+LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """Client-chosen text made safe for a log line: no control characters (no forged lines)."""
-    text = text[:limit]
-    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+# RFC 9112 §7.1: chunk-size (hex digits, bounded) [; extensions] CRLF; no sign, no spaces before it.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 
 
 class Request:
@@ -105,6 +110,79 @@ class Reaper:
                     pass
 
 
+class RefusalRecorder:
+    """Token buckets deciding which refused (keyless) requests get a trace row.
+
+    A sender without a valid key must not be able to fill the disk: each address (an IPv6
+    sender by its /64) gets ``rate`` traces a second after a burst of ``burst``, and all
+    senders together ``total_rate``; beyond that a refusal is only counted in /metrics.
+    """
+
+    def __init__(self, rate: float = 5.0, burst: float = 20.0, total_rate: float = 50.0,
+                 total_burst: float = 200.0, max_senders: int = 4096) -> None:
+        self.rate, self.burst, self.max_senders = rate, burst, max_senders
+        self.total_rate, self.total_burst = total_rate, total_burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._total = (total_burst, time.monotonic())
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _take(bucket: tuple[float, float], rate: float, burst: float, now: float) -> tuple[bool, tuple[float, float]]:
+        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
+        return (True, (tokens - 1, now)) if tokens >= 1 else (False, (tokens, now))
+
+    def allow(self, addr: str) -> bool:
+        sender, now = _sender(addr), time.monotonic()
+        with self._lock:
+            ok, self._buckets[sender] = self._take(self._buckets.get(sender, (self.burst, now)),
+                                                   self.rate, self.burst, now)
+            if ok:
+                ok, self._total = self._take(self._total, self.total_rate, self.total_burst, now)
+            if len(self._buckets) > self.max_senders:  # forget the senders whose bucket is full again
+                full_after = self.burst / self.rate
+                self._buckets = {k: b for k, b in self._buckets.items() if now - b[1] < full_after}
+            return ok
+
+
+def _sender(addr: str) -> str:
+    """The unit a sender is counted by: its IPv4 address, or its IPv6 /64 (one host's usual share)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def raise_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one (capped): each connection holds one or two sockets."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def default_max_connections() -> int:
+    """Half the open-file limit (a proxied connection may hold an upstream socket too), 64 to 1024."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 512
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(64, min(1024, (soft - 64) // 2))
+
+
 class StockyardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -120,10 +198,61 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.prefix_routes: list[tuple[str, Callable]] = []
         self.reaper = Reaper()
         self.client_watch = ClientWatch()
+        self.refusals = RefusalRecorder()
+        self.max_connections = app.settings.max_connections or default_max_connections()
+        self.connections = 0
+        self._connections_lock = threading.Lock()
+        self._full_logged = 0.0
         super().__init__((app.settings.host, app.settings.port), handler)
 
     def handle_error(self, request, client_address) -> None:  # noqa: D401 - stdlib hook
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+    # -- the connection cap ------------------------------------------------------------------
+    def process_request(self, request, client_address) -> None:
+        """A thread per connection, up to ``max_connections``; beyond, a fast 503 from this thread."""
+        with self._connections_lock:
+            full = self.connections >= self.max_connections
+            if not full:
+                self.connections += 1
+        if full:
+            self._refuse_connection(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._connection_done()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_done()
+
+    def _connection_done(self) -> None:
+        with self._connections_lock:
+            self.connections -= 1
+
+    def _refuse_connection(self, request: socket.socket) -> None:
+        """503 without reading the request: never blocks the accept loop (the socket is non-blocking)."""
+        body = error_body(OPENAI, 503, f"the server is at its limit of {self.max_connections} connections "
+                                       "(STOCKYARD_MAX_CONNECTIONS); retry shortly", code="too_many_connections")
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)
+            request.send(head + body)
+            request.recv(65536)  # what already arrived: closing over unread bytes would reset the answer away
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        self.app.metrics.count("connections_refused_total")
+        now = time.monotonic()
+        if now - self._full_logged > 60:
+            self._full_logged = now
+            log.warning("connection limit reached: %d connections open (STOCKYARD_MAX_CONNECTIONS); "
+                        "new ones get 503 until some close", self.max_connections)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight (bounded); True if all finished."""
@@ -143,55 +272,72 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "stockyard"
     sys_version = ""
     server: StockyardHTTPServer
+    _body_length: int | None = 0      # this request's Content-Length; None: chunked
+    _body_done = False                # the body has been read whole
+    _expect_continue = False          # the client waits for "100 Continue" before sending its body
+    _linger = False                   # we answered before the body came: drain briefly before closing
 
     # -- stdlib hooks ----------------------------------------------------------------------
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         return
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol-level errors (bad request line, huge headers, unknown method) as JSON."""
-        self.close_connection = True
+        """Protocol-level errors (bad request line or head, huge headers) as JSON; the connection
+        closes (after a brief drain: whatever follows the bad head is unread)."""
+        self.close_connection = self._linger = True
         text = message or (HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "error")
         try:
-            self._write(code, error_body(OPENAI, code, text or "bad request"), "application/json", {})
+            self._write(code, error_body(_dialect_of(self.path), code, text or "bad request"), "application/json", {})
         except ClientGone:
             pass
 
     def parse_request(self) -> bool:
-        """The request line and head (http.server's rules, headers read by httphead, not email)."""
+        """The request line and head (RFC 9112 §3, §5, §6), headers read by httphead, not email.
+
+        Strict on purpose: anything a proxy in front of us could read differently (framing,
+        folded or repeated headers, bare CRs, a target with control characters) is a 400.
+        """
         self.command = None
         self.request_version = self.default_request_version
         self.close_connection = True
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
-        if len(words) != 3:
-            self.send_error(400, "bad request line: expected METHOD PATH HTTP/1.x")
+        if self.raw_requestline in (b"\r\n", b"\n"):  # RFC 9112 §2.2: one empty line before a request is ignored
+            self.raw_requestline = self.rfile.readline(65537)
+        line = str(self.raw_requestline, "iso-8859-1")
+        self.requestline = line[:-2] if line.endswith("\r\n") else line.removesuffix("\n")
+        words = self.requestline.split(" ")
+        if len(words) != 3 or not _METHOD.fullmatch(words[0]) or not _TARGET.fullmatch(words[1]):
+            self.send_error(400, "bad request line: expected METHOD TARGET HTTP/1.x")
             return False
         command, path, version = words
         if version not in ("HTTP/1.0", "HTTP/1.1"):
             bad = not version.startswith("HTTP/") or version[5:6] in ("0", "1")
             self.send_error(400 if bad else 505, f"unsupported HTTP version {version[:20]!r}")
             return False
+        try:
+            urlsplit(path)
+        except ValueError:
+            self.send_error(400, "bad request target")
+            return False
         self.command, self.request_version = command, version
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path
         self.close_connection = version == "HTTP/1.0"
         try:
-            self.headers = read_head(self.rfile)
+            self.headers = read_head(self.rfile, strict=True, max_bytes=MAX_REQUEST_HEAD)
+            self._body_length = body_framing(self.headers, version)
         except HeadError as exc:
             self.send_error(exc.status, str(exc))
             return False
-        connection = (self.headers.get("Connection") or "").lower()
-        if connection == "close":
+        tokens = {t.strip().lower() for t in (self.headers.get("Connection") or "").split(",")}
+        if "close" in tokens:
             self.close_connection = True
-        elif connection == "keep-alive":
+        elif "keep-alive" in tokens:
             self.close_connection = False
-        expect = (self.headers.get("Expect") or "").lower()
-        if expect == "100-continue" and version == "HTTP/1.1":
-            return self.handle_expect_100()
+        self._expect_continue = version == "HTTP/1.1" and (self.headers.get("Expect") or "").lower() == "100-continue"
         return True
 
     def handle_one_request(self) -> None:
         """Wait (idle timeout) for a request to begin, then give it a deadline to arrive whole."""
+        self.path, self._body_length, self._body_done, self._expect_continue = "", 0, False, False
         try:
             if not self.rfile.peek(1):
                 self.close_connection = True
@@ -206,6 +352,24 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self.server.reaper.disarm(self.connection)
+
+    def finish(self) -> None:
+        """After an early answer, read and drop what the client still sends (briefly, boundedly)
+        before the socket closes: closing over unread bytes would reset the answer away."""
+        super().finish()
+        if not self._linger:
+            return
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, left = time.monotonic() + LINGER_S, LINGER_BYTES
+            while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining)
+                data = self.connection.recv(min(65536, left))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
 
     def __getattr__(self, name: str):
         if name.startswith("do_"):
@@ -222,10 +386,14 @@ class Handler(BaseHTTPRequestHandler):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
     def _write(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
+        """Head and body in one write; an answer to HEAD carries the head only, a 204 no length."""
         self._status = status
-        head = self._head(status, {"Content-Type": content_type, "Content-Length": str(len(body)), **headers})
+        fields = {"Content-Type": content_type, "Content-Length": str(len(body)), **headers}
+        if status == 204:
+            fields.pop("Content-Length")
+        head = self._head(status, fields)
         try:
-            self.wfile.write(head + body)
+            self.wfile.write(head if self.command == "HEAD" or status == 204 else head + body)
         except _GONE as exc:
             self.close_connection = True
             raise ClientGone() from exc
@@ -267,56 +435,83 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.client_watch.watching(self.connection, on_gone)
 
     # -- reading ---------------------------------------------------------------------------
+    def _body_pending(self) -> bool:
+        """True while body bytes the client announced have not been read."""
+        return not self._body_done and self._body_length != 0
+
+    def _end_early(self) -> None:
+        """We answer before reading the body: the connection cannot carry another request."""
+        if self._body_pending():
+            self.close_connection = self._linger = True
+
     def _read_body(self, limit: int) -> bytes:
-        """The request body, honouring Content-Length or chunked encoding, up to ``limit``."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        """The request body as framed by its head (checked in parse_request), up to ``limit``."""
+        length = self._body_length
+        if length is None:
             return self._read_chunked(limit)
-        length_text = self.headers.get("Content-Length")
-        if not length_text:
-            return b""
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise ProxyError(400, "Content-Length is not a valid number", code="bad_content_length") from None
         if length > limit:
-            self.close_connection = True
             raise ProxyError(413, f"request body is {length} bytes; the limit is {limit}",
                              code="request_too_large")
+        if not length:
+            return b""
         data = self.rfile.read(length)
         if len(data) < length:
-            self.close_connection = True
             raise ClientGone()
         return data
 
     def _body(self) -> bytes:
         """Read the whole body; from then on the request is ours and the read deadline is off."""
-        body = self._read_body(self.server.app.settings.max_body_bytes)
+        if self._expect_continue and self._body_length != 0:
+            self._expect_continue = False  # only now: a refused request never invites its body
+            try:
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except _GONE as exc:
+                self.close_connection = True
+                raise ClientGone() from exc
+        try:
+            body = self._read_body(self.server.app.settings.max_body_bytes)
+        except (ProxyError, ClientGone):
+            self.close_connection = True
+            raise
+        self._body_done = True
         self.server.reaper.disarm(self.connection)
         return body
 
     def _read_chunked(self, limit: int) -> bytes:
+        """A chunked body (RFC 9112 §7.1), strictly: hex sizes, CRLF after each chunk, a bounded
+        trailer section, and the limit enforced on the running total before anything is read."""
         parts, total = [], 0
         while True:
-            line = self.rfile.readline(1026)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise ProxyError(400, "malformed chunked request body", code="bad_chunked_body") from None
+            line = self.rfile.readline(CHUNK_LINE_MAX + 1)
+            if not line.endswith(b"\n") and len(line) <= CHUNK_LINE_MAX:
+                raise ClientGone()  # the stream ended inside the body
+            match = _CHUNK_SIZE.fullmatch(line)
+            if match is None:
+                raise ProxyError(400, "malformed chunked request body: a chunk size must be hex digits, "
+                                      "optionally followed by ;extensions, and end with CRLF",
+                                 code="bad_chunked_body")
+            size = int(match.group(1), 16)
             if size == 0:
-                while self.rfile.readline(1026) not in (b"\r\n", b"\n", b""):
-                    pass
+                try:
+                    read_head(self.rfile, strict=True, max_bytes=MAX_REQUEST_HEAD)  # trailers: read, dropped
+                except HeadError as exc:
+                    raise ProxyError(exc.status, f"malformed chunked request body: trailer: {exc}",
+                                     code="bad_chunked_body") from None
                 return b"".join(parts)
             total += size
             if total > limit:
-                self.close_connection = True
                 raise ProxyError(413, f"request body exceeds the limit of {limit} bytes",
                                  code="request_too_large")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(3)
+            data = self.rfile.read(size)
+            if len(data) < size:
+                raise ClientGone()
+            parts.append(data)
+            end = self.rfile.read(2)
+            if end != b"\r\n":
+                if len(end) < 2:
+                    raise ClientGone()
+                raise ProxyError(400, "malformed chunked request body: chunk data is not followed by CRLF",
+                                 code="bad_chunked_body")
 
     # -- dispatch --------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -329,13 +524,14 @@ class Handler(BaseHTTPRequestHandler):
         self._model: str | None = None
         self._trace_note = ""
         path = urlsplit(self.path).path
-        dialect = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
+        dialect = _dialect_of(path)
         try:
             if server.draining:
                 self.close_connection = True
                 raise ProxyError(503, "server is shutting down", code="shutting_down")
             self._route(path, dialect)
         except ProxyError as exc:
+            self._end_early()
             try:
                 self._write(exc.status, exc.body(dialect), "application/json", exc.headers)
             except ClientGone:
@@ -344,6 +540,7 @@ class Handler(BaseHTTPRequestHandler):
             pass
         except Exception:
             log.exception("unexpected error on %s %s", self.command, path)
+            self._end_early()
             self.close_connection = True
             try:
                 self._write(500, error_body(dialect, 500, "internal error; see the server log"),
@@ -352,7 +549,7 @@ class Handler(BaseHTTPRequestHandler):
                 pass
         finally:
             if server.app.settings.log_requests and path not in ("/healthz", "/readyz", "/metrics"):
-                access(f"{self.command} {printable(path)} {self._status} {printable(self._model or '-')} "
+                access(f"{self.command} {printable(path, 200)} {self._status} {printable(self._model or '-', 200)} "
                        f"{(time.perf_counter() - started) * 1000:.1f}ms{self._trace_note}")
             with server.active_cv:
                 server.active -= 1
@@ -362,14 +559,20 @@ class Handler(BaseHTTPRequestHandler):
         return {k.lower(): v for k, v in self.headers.items()}
 
     def _route(self, path: str, dialect: str) -> None:
+        """Find the handler; refusals that need no body (host, origin, method, key, no route)
+        come before a byte of it is read."""
         app = self.server.app
         method = self.command
+        if path not in OPEN_ROUTES:
+            self._check_host_and_origin()
         if path in PROXY_ROUTES:
             if method != "POST":
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            body = self._body()
-            ctx = RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict(), raw=body)
+            ctx = RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict())
+            if not self._key_accepted(ctx):
+                return
+            ctx.raw = self._body()
             try:
                 proxy.handle(app, self, ctx)
             finally:
@@ -389,16 +592,60 @@ class Handler(BaseHTTPRequestHandler):
                 body = self._body()
                 fn(self, Request(method, self.path, self._headers_dict(), body, self.client_address[0]))
                 return
-        self._body()
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
 
+    def _check_host_and_origin(self) -> None:
+        """Browsers: a Host this server does not answer for (DNS rebinding) is a 421, an Origin
+        that is neither ours nor STOCKYARD_CORS_ORIGIN a 403 (a web page spending our keys)."""
+        settings = self.server.app.settings
+        target = urlsplit(self.path)
+        authority = target.netloc if target.scheme else self.headers.get("Host")  # absolute-form wins
+        if not host_allowed(authority, settings.host, settings.public_hosts):
+            shown = printable(authority or "", 100)
+            raise ProxyError(421, f"this server does not answer for the host {shown!r}: only loopback names "
+                                  "and addresses, its listen address, and the names in STOCKYARD_PUBLIC_HOSTS; "
+                                  "to serve this name, add it to STOCKYARD_PUBLIC_HOSTS", code="host_not_allowed")
+        origin = self.headers.get("Origin")
+        if not origin_allowed(origin, authority, settings.cors_origin):
+            raise ProxyError(403, f"requests from the web origin {printable(origin or '', 100)!r} are refused: "
+                                  "only this server's own pages and STOCKYARD_CORS_ORIGIN may call it "
+                                  "from a browser", code="origin_not_allowed")
+
+    def _key_accepted(self, ctx: RequestContext) -> bool:
+        """The client key, from the headers alone, before the body is read (when keys are required).
+
+        The model allow-list waits for the body (``proxy.handle`` checks again). A refusal is
+        answered at once and traced as metadata only — at most a few a second per address,
+        the rest only counted in /metrics — so keyless senders cost neither reads nor disk.
+        """
+        app = self.server.app
+        try:
+            app.authenticate(ctx)
+            return True
+        except ProxyError as exc:
+            proxy.fail(ctx, exc.status, exc.message, "rejected", exc.code)
+            self._end_early()
+            proxy.send_error(app, self, ctx, exc)
+        self._trace_note = f" {ctx.trace_id}"
+        if self.server.refusals.allow(ctx.client_addr):
+            app.finish(ctx)
+        else:
+            app.metrics.observe_request(ctx)
+            app.metrics.count("refusals_unrecorded_total")
+            self._trace_note += " (not traced: too many refusals from this address)"
+        return False
+
     def _refuse_method(self, allowed: list[str]) -> None:
-        self.close_connection = self.close_connection or bool(self.headers.get("Content-Length"))
         raise ProxyError(405, f"method {self.command} is not allowed here; use {', '.join(allowed)}",
                          code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
 
     def send_json(self, status: int, payload, headers: dict | None = None) -> None:
         self.send(status, json.dumps(payload, default=str).encode(), "application/json", headers)
+
+
+def _dialect_of(target: str) -> str:
+    """The error shape for a request target: Anthropic's under /v1/messages, else OpenAI's."""
+    return ANTHROPIC if target.startswith("/v1/messages") else OPENAI
 
 
 # -- operational routes ---------------------------------------------------------------------------
@@ -457,6 +704,7 @@ def make_server(app: App) -> StockyardHTTPServer:
     """Bind the server; the handler class carries this server's idle timeout."""
     from . import api
 
+    raise_file_limit()  # before the connection cap is sized from it
     handler = type("StockyardHandler", (Handler,), {"timeout": app.settings.idle_timeout_s})
     server = StockyardHTTPServer(app, handler)
     server.prefix_routes.append(("/api/", api.handle))

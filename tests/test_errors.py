@@ -139,7 +139,7 @@ def test_bad_content_length_is_400(server):
 def test_chunked_request_body_is_accepted(server):
     body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                      b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
                      + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         data = b""

@@ -8,7 +8,7 @@ import io
 import pytest
 from hypothesis import given, strategies as st
 
-from stockyard.httphead import MAX_HEADERS, HeadError, read_head
+from stockyard.httphead import MAX_HEADERS, MAX_REQUEST_HEAD, HeadError, body_framing, read_head
 
 
 def test_case_insensitive_first_value_wins_and_order_is_kept():
@@ -47,3 +47,61 @@ def test_agrees_with_the_standard_library(fields):
     assert ours.items() == list(theirs.items())
     for name, _ in fields:
         assert ours.get(name) == theirs.get(name) and ours.get_all(name) == theirs.get_all(name)
+
+
+# -- strict reading (requests) and dropping (provider answers) -----------------------------------
+
+@pytest.mark.parametrize("raw, status", [
+    (b"X: one\r\n two\r\n\r\n", 400),             # obs-fold
+    (b"X: a\rb\r\n\r\n", 400),                     # bare CR in a value
+    (b"X\rY: b\r\n\r\n", 400),                     # bare CR in a name
+    (b"X: a\x00b\r\n\r\n", 400),
+    (b"X Y: b\r\n\r\n", 400),
+    (b"X: a\r\r\n\r\n", 400),
+    (b"X: cut off", 400),                          # the stream ended inside the head
+    (b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(17)) + b"\r\n", 431),
+])
+def test_strict_reading_refuses_what_others_could_read_differently(raw, status):
+    with pytest.raises(HeadError) as err:
+        read_head(io.BytesIO(raw), strict=True, max_bytes=MAX_REQUEST_HEAD)
+    assert err.value.status == status
+
+
+def test_strict_reading_keeps_tabs_and_high_bytes_and_strips_only_spaces_and_tabs():
+    head = read_head(io.BytesIO(b"X: \ta\tb \r\nY: \xa0caf\xe9\xa0\r\n\r\n"), strict=True)
+    assert head["x"] == "a\tb" and head["y"] == "\xa0caf\xe9\xa0"
+
+
+def test_provider_fields_with_control_characters_are_dropped_not_relayed():
+    head = read_head(io.BytesIO(b"X-Ok: 1\r\nX-Bad: 5\rInjected: yes\r\nX-Nul: a\x00\r\nX-Fold: a\r\n b\r\n\r\n"))
+    assert head.items() == [("X-Ok", "1"), ("X-Fold", "a b")]
+
+
+def framing(raw: bytes, version: str = "HTTP/1.1"):
+    return body_framing(read_head(io.BytesIO(raw), strict=True), version)
+
+
+def test_body_framing_reads_length_chunked_and_none():
+    assert framing(b"Host: h\r\nContent-Length: 012\r\n\r\n") == 12
+    assert framing(b"Host: h\r\nTransfer-Encoding: Chunked\r\n\r\n") is None
+    assert framing(b"Host: h\r\n\r\n") == 0
+    assert framing(b"\r\n", "HTTP/1.0") == 0
+    assert framing(b"Host: h\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n") == 10 ** 18
+
+
+@pytest.mark.parametrize("raw, version", [
+    (b"Host: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "HTTP/1.1"),
+    (b"Host: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.1"),
+    (b"Host: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "HTTP/1.1"),
+    (b"Host: h\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
+    (b"Host: h\r\nContent-Length: +5\r\n\r\n", "HTTP/1.1"),
+    (b"Host: h\r\nContent-Length: 5_0\r\n\r\n", "HTTP/1.1"),
+    (b"Host: h\r\nContent-Length: \xb2\r\n\r\n", "HTTP/1.1"),  # a digit to str.isdigit, not to HTTP
+    (b"Host: h\r\nHost: i\r\n\r\n", "HTTP/1.1"),
+    (b"Host: h\r\nAuthorization: a\r\nauthorization: b\r\n\r\n", "HTTP/1.1"),
+    (b"Content-Length: 0\r\n\r\n", "HTTP/1.1"),
+])
+def test_body_framing_refuses_ambiguity(raw, version):
+    with pytest.raises(HeadError) as err:
+        framing(raw, version)
+    assert err.value.status == 400

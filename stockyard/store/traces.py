@@ -112,6 +112,19 @@ def _unpack(data: bytes | None) -> str | None:
     return None if data is None else zlib.decompress(data).decode("utf-8", "replace")
 
 
+CLIENT_TEXT_CAP = 256  # bytes of a client- or provider-chosen name kept in a trace row
+
+
+def cap_text(text: str | None, limit: int = CLIENT_TEXT_CAP) -> str | None:
+    """``text`` cut to ``limit`` UTF-8 bytes (whole characters): a model name cannot grow the database.
+
+    A lone surrogate (valid in JSON, not storable as text) becomes ``?``.
+    """
+    if text is None:
+        return None
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
+
+
 def record_from(ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id: str | None = None,
                 attempt: int = 1) -> TraceRecord:
     """Freeze a request context into a trace record."""
@@ -125,14 +138,14 @@ def record_from(ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id:
     return TraceRecord(
         id=ctx.trace_id, ts=iso_utc(ctx.ts_ms), ts_ms=ctx.ts_ms, client_addr=ctx.client_addr,
         endpoint=ctx.endpoint, dialect=ctx.dialect,
-        provider=ctx.provider.name if ctx.provider else None, model=ctx.model,
-        served_model=ctx.served_model or ctx.upstream_model, stream=int(ctx.stream), status=ctx.status,
+        provider=ctx.provider.name if ctx.provider else None, model=cap_text(ctx.model),
+        served_model=cap_text(ctx.served_model or ctx.upstream_model), stream=int(ctx.stream), status=ctx.status,
         outcome=ctx.outcome, latency_us=ctx.elapsed_us(),
         ttfb_us=int((ctx.ttfb - ctx.started) * 1_000_000) if ctx.ttfb else None,
         prompt_tokens=u.prompt_tokens if u else None, completion_tokens=u.completion_tokens if u else None,
         cached_tokens=u.cached_tokens if u else None, cache_write_tokens=u.cache_write_tokens if u else None,
         reasoning_tokens=u.reasoning_tokens if u else None, usage_estimated=int(ctx.usage_estimated),
-        cost_uc=ctx.cost_uc, cost_status=ctx.cost_status, upstream_request_id=ctx.upstream_request_id,
+        cost_uc=ctx.cost_uc, cost_status=ctx.cost_status, upstream_request_id=cap_text(ctx.upstream_request_id),
         error_type=ctx.error_type, error_message=ctx.error_message, key_id=ctx.key_id, project=ctx.project,
         parent_id=parent_id, attempt=attempt, cache_hit=int(ctx.cache_hit), cost_saved_uc=ctx.cost_saved_uc,
         request_body=request_body, response_body=response_body, request_truncated=req_trunc,

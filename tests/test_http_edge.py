@@ -1,0 +1,306 @@
+"""The edge beyond framing: a client key checked before the body is read, refusals traced as capped
+metadata at a bounded rate, Host and Origin checks against browsers (DNS rebinding, foreign web
+pages), the connection cap, upstream headers with a bare CR, and log lines clients cannot forge."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import time
+import zlib
+
+import pytest
+
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import Reply
+from rawhttp import connect, read_response, read_until_close, statuses
+from stockyard import config
+from stockyard.app import ScrubLogs
+
+ADMIN = "edge-admin-key-0123456789abcdef"
+HELLO = [{"role": "user", "content": "hi"}]
+CHAT = json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode()
+PUBLIC = "proxy.example.com"
+CORS = "https://app.example.com"
+
+
+def raw_post(path: str = "/v1/chat/completions", body: bytes = CHAT, headers: list[str] | None = None,
+             host: str = "127.0.0.1", length: int | None = None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
+             f"Content-Length: {len(body) if length is None else length}", *(headers or [])]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    status, _, text = server.request("GET", "/metrics")
+    assert status == 200
+    found = re.search(rb"^stockyard_%s (\S+)$" % name.encode(), text, re.M)
+    assert found, name
+    return float(found.group(1))
+
+
+# -- a server that requires client keys --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keyed(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_MAX_BODY_BYTES": str(1 << 20)}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keyed") / "s.db", env)
+    made = srv.cli("keys", "create", "--name", "full")
+    mini = srv.cli("keys", "create", "--name", "mini", "--models", "gpt-4o-mini")
+    assert made.returncode == 0 and mini.returncode == 0, made.stderr + mini.stderr
+    srv.start()
+    srv.keys = {"full": made.stdout.strip(), "mini": mini.stdout.strip()}
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.mark.parametrize("path, shape", [("/v1/chat/completions", "error"), ("/v1/messages", "type")])
+@pytest.mark.parametrize("auth", [[], ["Authorization: Bearer sk-sy-not-a-real-key"], ["x-api-key: wrong"]])
+def test_a_request_without_a_valid_key_is_refused_before_its_body_arrives(keyed, path, shape, auth):
+    """Was: the body (here 900 kB that never comes) was read in full before the key was checked."""
+    with connect(keyed) as sock:
+        sock.sendall(raw_post(path, b"", auth, length=900_000))
+        status, headers, body = read_response(sock, timeout=5)
+        assert status == 401 and headers["connection"] == "close"
+        assert shape in json.loads(body) and headers["x-stockyard-trace-id"]
+        assert read_until_close(sock) == b""
+
+
+def test_expect_100_continue_without_a_key_never_invites_the_body(keyed):
+    with connect(keyed) as sock:
+        sock.sendall(raw_post(body=b"", headers=["Expect: 100-continue"], length=500_000))
+        data = read_until_close(sock)
+    assert statuses(data) == [401] and b"100 Continue" not in data
+
+
+def test_expect_100_continue_with_a_key_gets_its_continue(keyed):
+    with connect(keyed) as sock:
+        sock.sendall(raw_post(body=b"", headers=["Expect: 100-continue", f"Authorization: Bearer {keyed.keys['full']}",
+                                                 "Connection: close"], length=len(CHAT)))
+        sock.settimeout(5)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(CHAT)
+        assert statuses(read_until_close(sock)) == [200]
+
+
+def test_a_refused_request_is_traced_as_metadata_only(keyed):
+    """Was: the whole body and the uncapped model name were stored for every 401."""
+    body = json.dumps({"model": "m" * 5000, "messages": HELLO, "pad": "p" * 200_000}).encode()
+    with connect(keyed) as sock:
+        sock.sendall(raw_post(body=body))
+        status, headers, _ = read_response(sock)
+    assert status == 401
+    trace = keyed.trace(headers["x-stockyard-trace-id"])
+    assert trace["status"] == 401 and trace["model"] is None and trace["key_id"] is None
+    bodies = keyed.db_rows("SELECT request FROM trace_bodies WHERE trace_id = ?", (trace["id"],))
+    assert all(not row["request"] or zlib.decompress(row["request"]) == b"" for row in bodies)
+
+
+def test_a_key_is_still_held_to_its_models_once_the_body_is_read(keyed):
+    other = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
+    status, _, body = keyed.request("POST", "/v1/chat/completions", raw=other,
+                                    headers={"Authorization": f"Bearer {keyed.keys['mini']}"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "model_not_allowed"
+    assert keyed.request("POST", "/v1/chat/completions", raw=CHAT,
+                         headers={"Authorization": f"Bearer {keyed.keys['mini']}"})[0] == 200
+
+
+def test_model_names_are_capped_in_traces(keyed):
+    long_model = "gpt-4o-mini-" + "é" * 3000
+    _, headers, _ = keyed.request("POST", "/v1/chat/completions", {"model": long_model, "messages": HELLO},
+                                  headers={"Authorization": f"Bearer {keyed.keys['full']}"})
+    trace = keyed.trace(headers["x-stockyard-trace-id"])
+    assert trace["model"].startswith("gpt-4o-mini-é") and len(trace["model"].encode()) <= 256
+
+
+def test_refusals_are_traced_at_a_bounded_rate_per_address_and_all_counted(keyed):
+    """Was: every refused request wrote a trace row (with its body): a disk filler."""
+    sent = 80
+    before = metric(keyed, "refusals_unrecorded_total")
+    started = time.monotonic()
+    with connect(keyed, source="127.0.0.9") as sock:
+        for _ in range(sent):
+            sock.sendall(raw_post(body=b""))
+            assert read_response(sock)[0] == 401
+    elapsed = time.monotonic() - started
+    # The writer commits in order: once this trace is in, every earlier refusal's row is too.
+    _, headers, _ = keyed.request("POST", "/v1/chat/completions", raw=CHAT,
+                                  headers={"Authorization": f"Bearer {keyed.keys['full']}"})
+    keyed.trace(headers["x-stockyard-trace-id"])
+    traced = keyed.db_rows("SELECT COUNT(*) AS n FROM traces WHERE client_addr = '127.0.0.9'")[0]["n"]
+    assert 1 <= traced <= 20 + 5 * elapsed + 1, (traced, elapsed)
+    assert metric(keyed, "refusals_unrecorded_total") - before == sent - traced
+
+
+# -- Host and Origin -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def edge(pyz_path, cache_home, mock, tmp_path_factory):
+    """Open mode (loopback, no client keys) with a public name and a CORS origin configured."""
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_ADMIN_KEY": ADMIN, "STOCKYARD_PUBLIC_HOSTS": f"{PUBLIC}, other.example.com:8443",
+           "STOCKYARD_CORS_ORIGIN": CORS}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("edge") / "s.db", env).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def send(server: ServerProcess, method: str, path: str, host: str, extra: list[str] | None = None,
+         body: bytes = b"") -> tuple[int, dict, bytes]:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Authorization: Bearer {ADMIN}",
+             f"Content-Length: {len(body)}", "Connection: close", *(extra or [])]
+    with connect(server) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        return read_response(sock)
+
+
+ROUTES = [("POST", "/v1/chat/completions", CHAT), ("POST", "/v1/messages", CHAT), ("GET", "/v1/models", b""),
+          ("GET", "/api/status", b""), ("GET", "/ui/", b""), ("GET", "/metrics", b""), ("GET", "/nope", b"")]
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.evil.example", "127.0.0.1.nip.io", "localhost.evil.example",
+                                  "0.0.0.0", "[::]", "bad host", "a@127.0.0.1"])
+@pytest.mark.parametrize("method, path, body", ROUTES)
+def test_a_foreign_host_is_refused_on_every_route(edge, host, method, path, body):
+    """DNS rebinding: a foreign name pointed at 127.0.0.1 must not reach the proxy, API or console."""
+    status, _, answer = send(edge, method, path, host, body=body)
+    assert status == 421 and "STOCKYARD_PUBLIC_HOSTS" in answer.decode(), answer
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_health_checks_answer_for_any_host(edge, path):
+    assert send(edge, "GET", path, "10.1.2.3:4200")[0] == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "[::1]:{port}",
+                                  "127.8.9.10", "[::ffff:127.0.0.1]", PUBLIC, f"{PUBLIC.upper()}:443",
+                                  "other.example.com"])
+def test_loopback_and_public_hosts_are_served(edge, host):
+    status, _, answer = send(edge, "POST", "/v1/chat/completions", host.format(port=edge.port), body=CHAT)
+    assert status == 200, answer
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1", "http://localhost:{port}",
+                                    "file://", f"{CORS}.evil.example", "http://127.0.0.1:{port}/x"])
+def test_a_foreign_origin_is_refused(edge, origin):
+    """Was: a web page's text/plain POST spent the provider keys of a user in open mode."""
+    status, _, answer = send(edge, "POST", "/v1/chat/completions", f"127.0.0.1:{edge.port}",
+                             ["Content-Type: text/plain", f"Origin: {origin.format(port=edge.port)}"], CHAT)
+    assert status == 403 and json.loads(answer)["error"]["code"] == "origin_not_allowed"
+    origin = origin.format(port=edge.port)
+    assert send(edge, "GET", "/api/status", f"127.0.0.1:{edge.port}", [f"Origin: {origin}"])[0] == 403
+
+
+@pytest.mark.parametrize("host, origin", [("127.0.0.1:{port}", "http://127.0.0.1:{port}"),
+                                          ("localhost:{port}", "http://localhost:{port}"),
+                                          (PUBLIC, f"https://{PUBLIC}"), ("127.0.0.1:{port}", CORS)])
+def test_our_own_origin_and_the_cors_origin_are_served(edge, host, origin):
+    host, origin = host.format(port=edge.port), origin.format(port=edge.port)
+    assert send(edge, "POST", "/v1/chat/completions", host, [f"Origin: {origin}"], CHAT)[0] == 200
+    status, headers, _ = send(edge, "GET", "/api/status", host, [f"Origin: {origin}"])
+    assert status == 200
+    if origin == CORS:
+        assert headers["access-control-allow-origin"] == CORS
+
+
+def test_loopback_is_decided_from_the_parsed_address():
+    """Was: any host starting with "127." counted as loopback — a DNS name anyone can point anywhere."""
+    for host, loopback in [("127.evil.example", False), ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True),
+                           ("localhost", True), ("0.0.0.0", False), ("127.0.0.1.nip.io", False), ("::", False)]:
+        settings = config.load({"host": host}, env={})
+        assert settings.is_loopback is loopback, host
+        assert (config.exposure_problem(settings) is None) is loopback, host
+    with pytest.raises(ValueError, match="STOCKYARD_PUBLIC_HOSTS"):
+        config.load({}, env={"STOCKYARD_PUBLIC_HOSTS": "good.example, bad/name"})
+
+
+def test_beyond_loopback_only_loopback_names_and_public_hosts_are_answered(pyz_path, cache_home, mock, tmp_path):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_ADMIN_KEY": ADMIN, "STOCKYARD_PUBLIC_HOSTS": PUBLIC}
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env, ["--host", "0.0.0.0"]).start()
+    try:
+        assert send(srv, "GET", "/api/status", f"127.0.0.1:{srv.port}")[0] == 200
+        assert send(srv, "GET", "/api/status", PUBLIC)[0] == 200
+        status, _, answer = send(srv, "GET", "/api/status", f"192.0.2.7:{srv.port}")
+        assert status == 421 and b"STOCKYARD_PUBLIC_HOSTS" in answer
+        assert send(srv, "POST", "/v1/chat/completions", PUBLIC, body=CHAT)[0] == 401  # keys required
+    finally:
+        srv.stop()
+
+
+# -- the connection cap ----------------------------------------------------------------------
+
+def test_connections_beyond_the_cap_get_a_fast_503(pyz_path, cache_home, mock, tmp_path):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "STOCKYARD_MAX_CONNECTIONS": "3"}
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    held = [connect(srv) for _ in range(3)]
+    try:
+        with connect(srv) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            started = time.monotonic()
+            data = read_until_close(extra)
+            assert time.monotonic() - started < 1.0
+        assert statuses(data) == [503], data
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"Connection: close" in head and "STOCKYARD_MAX_CONNECTIONS" in json.loads(body)["error"]["message"]
+        held.pop().close()
+        wait_for(lambda: _healthy(srv), 10, "a free connection slot")
+        while held:
+            held.pop().close()
+        wait_for(lambda: _healthy(srv), 10, "the held connections to end")
+        assert metric(srv, "connections_refused_total") >= 1
+    finally:
+        for sock in held:
+            sock.close()
+        srv.stop()
+
+
+def _healthy(srv: ServerProcess) -> bool:
+    with connect(srv) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return statuses(read_until_close(sock)) == [200]
+
+
+# -- upstream headers and log lines ----------------------------------------------------------
+
+def test_an_upstream_header_with_a_bare_cr_is_not_relayed(edge, mock):
+    mock.enqueue(Reply(json={"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [],
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+                       headers={"x-ratelimit-remaining-requests": "5\rInjected: yes",
+                                "x-ratelimit-limit-requests": "10"}))
+    with connect(edge) as sock:
+        sock.sendall(raw_post(headers=["Connection: close"]))
+        data = read_until_close(sock)
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert statuses(data) == [200] and b"x-ratelimit-limit-requests: 10" in head
+    assert b"x-ratelimit-remaining-requests" not in head and b"Injected" not in head
+    assert b"\r" not in head.replace(b"\r\n", b"")
+
+
+def test_control_characters_from_clients_never_reach_the_log(edge):
+    """Was: the request method went into the access line as sent (terminal escapes included)."""
+    for raw in (b"G\x1b]0;owned\x07ET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                b"GET /nope\x1b[2J HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: \x1b[2J\r\n\r\n"):
+        with connect(edge) as sock:
+            sock.sendall(raw)
+            assert statuses(read_until_close(sock)) == [400]
+    model = "gpt-4o-mini\x1b[31m\u202e\r\nforged"
+    status, headers, _ = edge.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO})
+    wait_for(lambda: headers["x-stockyard-trace-id"] in edge.log, 10, "the access line")
+    assert "\x1b" not in edge.log and "\u202e" not in edge.log and "\r" not in edge.log
+    assert not any(line.startswith("forged") for line in edge.log_lines)
+
+
+def test_every_log_record_has_its_control_characters_escaped():
+    record = logging.LogRecord("stockyard.proxy", logging.WARNING, __file__, 1, "fallback %s skipped: %s",
+                               ("m\x1b[2J", "bad\nforged line"), None)
+    assert ScrubLogs(lambda text: text.replace("secret", "[redacted]")).filter(record)
+    message = record.getMessage()
+    assert message == "fallback m\\x1b[2J skipped: bad\\x0aforged line"
