@@ -52,16 +52,27 @@ _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 
 
 class Request:
-    """What a route handler gets: method, path, query, headers (lower-case), body bytes."""
+    """What a route handler gets: method, path, query, headers (lower-case), body bytes.
 
-    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> None:
+    The body is read from the connection only when a handler first asks for it, so a
+    handler that refuses first (the admin key) costs a keyless sender no read at all.
+    """
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes | Callable[[], bytes],
+                 client: str) -> None:
         parts = urlsplit(target)
         self.method = method
         self.path = parts.path
         self.query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         self.headers = headers
-        self.body = body
+        self._body = body
         self.client = client
+
+    @property
+    def body(self) -> bytes:
+        if callable(self._body):
+            self._body = self._body()
+        return self._body
 
     def json(self) -> dict:
         """The body as a JSON object, or a 400."""
@@ -378,6 +389,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- writing ---------------------------------------------------------------------------
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
+        self._end_early()  # an answer written before the body was read ends the connection
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Status"
         lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {self.date_time_string()}", "Server: stockyard"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -589,8 +601,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         for prefix, fn in self.server.prefix_routes:
             if path.startswith(prefix):
-                body = self._body()
-                fn(self, Request(method, self.path, self._headers_dict(), body, self.client_address[0]))
+                if not self._body_pending():
+                    self.server.reaper.disarm(self.connection)  # nothing more to arrive
+                fn(self, Request(method, self.path, self._headers_dict(), self._body, self.client_address[0]))
                 return
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
 

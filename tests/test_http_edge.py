@@ -304,3 +304,25 @@ def test_every_log_record_has_its_control_characters_escaped():
     assert ScrubLogs(lambda text: text.replace("secret", "[redacted]")).filter(record)
     message = record.getMessage()
     assert message == "fallback m\\x1b[2J skipped: bad\\x0aforged line"
+
+
+@pytest.mark.parametrize("auth", [[], ["Authorization: Bearer wrong-admin-key-0123456789"]])
+def test_an_admin_request_without_the_admin_key_is_refused_before_its_body_arrives(edge, auth):
+    """Was: /api/* read the whole body (here 900 kB that never comes) before checking the admin key."""
+    with connect(edge) as sock:
+        sock.sendall(raw_post("/api/keys", b"", auth, length=900_000))
+        status, headers, body = read_response(sock, timeout=5)
+        assert status == 401 and headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] in ("invalid_admin_key",)
+        assert read_until_close(sock) == b""
+
+
+def test_an_admin_answer_that_leaves_the_body_unread_closes_the_connection(edge):
+    """A GET that carries a body the route never reads must not leave it on a keep-alive connection."""
+    smuggled = b"GET /api/keys HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    lines = ["GET /api/status HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {ADMIN}",
+             f"Content-Length: {len(smuggled)}"]
+    with connect(edge) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + smuggled)
+        data = read_until_close(sock)
+    assert statuses(data) == [200] and b"connection: close" in data.lower()
