@@ -113,7 +113,7 @@ def read_head(fp: BinaryIO, *, strict: bool = False, max_bytes: int = MAX_LINE *
         if strict and not _TOKEN.fullmatch(name):
             raise HeadError(400, "malformed header name")
         if strict and _CONTROL.search(value):
-            raise HeadError(400, "a header value holds a control character (such as a bare CR)")
+            raise HeadError(400, f"the value of header {name[:64]!r} holds a control character (such as a bare CR)")
         items.append((name, value))
         if len(items) > MAX_HEADERS:
             raise HeadError(431, f"more than {MAX_HEADERS} headers")
