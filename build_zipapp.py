@@ -68,9 +68,22 @@ def fetch_wheel(project: str, version: str, python: str, abi: str) -> Path | Non
         return cached[0]
     WHEELS.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-        "--only-binary=:all:", "--no-deps", "--dest", str(WHEELS),
-        "--python-version", python, "--implementation", "cp", "--abi", abi,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--no-deps",
+        "--dest",
+        str(WHEELS),
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "--abi",
+        abi,
     ]
     for tag in platform_tags():
         command += ["--platform", tag]
@@ -86,7 +99,9 @@ def require_wheel(project: str, version: str, python: str, abi: str) -> Path:
     """Like fetch_wheel, but a missing wheel stops the build."""
     wheel = fetch_wheel(project, version, python, abi)
     if wheel is None:
-        raise BuildError(f"no {project}=={version} wheel for CPython {python} ({abi}) in {WHEELS} and pip could not download it")
+        raise BuildError(
+            f"no {project}=={version} wheel for CPython {python} ({abi}) in {WHEELS} and pip could not download it"
+        )
     return wheel
 
 
@@ -107,7 +122,8 @@ def cryptography_members(wheel: Path) -> dict[str, bytes]:
 
 
 def cffi_backend_members(wheel: Path) -> dict[str, bytes]:
-    """Only `_cffi_backend.*.so` (cryptography's rust binding imports it; cffi's Python part is not needed) and the license."""
+    """Only `_cffi_backend.*.so` and the license: cryptography's rust binding imports it;
+    cffi's Python part is not needed."""
     members: dict[str, bytes] = {}
     with zipfile.ZipFile(wheel) as whl:
         for name in whl.namelist():
@@ -124,14 +140,19 @@ def native_members() -> dict[str, bytes]:
     """Everything under _native/, plus _native/MANIFEST.json naming each file's sha256 and an overall hash."""
     members = cryptography_members(require_wheel("cryptography", CRYPTOGRAPHY_VERSION, CFFI_PYTHONS[0], "abi3"))
     for python in CFFI_PYTHONS:
-        members.update(cffi_backend_members(require_wheel("cffi", CFFI_VERSION, python, "cp" + python.replace(".", ""))))
+        members.update(
+            cffi_backend_members(require_wheel("cffi", CFFI_VERSION, python, "cp" + python.replace(".", "")))
+        )
     for python in CFFI_OPTIONAL_PYTHONS:
         wheel = fetch_wheel("cffi", CFFI_VERSION, python, "cp" + python.replace(".", ""))
         if wheel is None:
-            print(f"note: no cffi {CFFI_VERSION} wheel for CPython {python}; that Python will use an installed cryptography")
+            print(
+                f"note: no cffi {CFFI_VERSION} wheel for CPython {python}; "
+                "that Python will use an installed cryptography"
+            )
         else:
             members.update(cffi_backend_members(wheel))
-    files = {name[len(NATIVE):]: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())}
+    files = {name[len(NATIVE) :]: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())}
     manifest = {
         "hash": content_hash({name: bytes.fromhex(digest) for name, digest in files.items()}),
         "cryptography": CRYPTOGRAPHY_VERSION,
@@ -207,7 +228,9 @@ def build(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the stockyard zipapp.")
-    parser.add_argument("--out", type=Path, default=ROOT / "dist" / "stockyard.pyz", help="output file (default: dist/stockyard.pyz)")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "dist" / "stockyard.pyz", help="output file (default: dist/stockyard.pyz)"
+    )
     args = parser.parse_args(argv)
     try:
         out = build(args.out)

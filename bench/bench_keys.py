@@ -69,8 +69,9 @@ class _Client:
         return elapsed
 
 
-def run(proxy_url: str, keyed_url: str, key: str, requests: int = 2000, warmup: int = 200,
-        rounds: int = 5) -> dict[str, float]:
+def run(
+    proxy_url: str, keyed_url: str, key: str, requests: int = 2000, warmup: int = 200, rounds: int = 5
+) -> dict[str, float]:
     """Latency of the plain proxy vs the keyed one (milliseconds, ratios), interleaved.
 
     ``proxy_url`` serves requests without a key (open mode); ``keyed_url`` is a server where
@@ -186,21 +187,51 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="stockyard-bench-keys-") as tmp, MockUpstream() as mock:
         work = Path(tmp)
-        env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(work / "cache"), "OPENAI_API_KEY": "sk-bench",
-               "OPENAI_BASE_URL": mock.url + "/v1", "STOCKYARD_LOG_REQUESTS": "0"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "XDG_CACHE_HOME": str(work / "cache"),
+            "OPENAI_API_KEY": "sk-bench",
+            "OPENAI_BASE_URL": mock.url + "/v1",
+            "STOCKYARD_LOG_REQUESTS": "0",
+        }
         procs: list[subprocess.Popen] = []
         try:
-            plain, plain_url = _start([sys.executable, str(args.pyz), "serve", "--port", "0", "--db",
-                                       str(work / "plain.db")], env, work / "plain.log")
+            plain, plain_url = _start(
+                [sys.executable, str(args.pyz), "serve", "--port", "0", "--db", str(work / "plain.db")],
+                env,
+                work / "plain.log",
+            )
             procs.append(plain)
-            made = subprocess.run([sys.executable, str(args.pyz), "keys", "create", "--name", "bench",
-                                   "--budget-usd", KEY_LIMITS["budget_usd"], "--budget-period", "total",
-                                   "--rpm", str(KEY_LIMITS["rpm"]), "--tpm", str(KEY_LIMITS["tpm"]),
-                                   "--db", str(work / "keyed.db")], env=env, capture_output=True, text=True)
+            made = subprocess.run(
+                [
+                    sys.executable,
+                    str(args.pyz),
+                    "keys",
+                    "create",
+                    "--name",
+                    "bench",
+                    "--budget-usd",
+                    KEY_LIMITS["budget_usd"],
+                    "--budget-period",
+                    "total",
+                    "--rpm",
+                    str(KEY_LIMITS["rpm"]),
+                    "--tpm",
+                    str(KEY_LIMITS["tpm"]),
+                    "--db",
+                    str(work / "keyed.db"),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if made.returncode != 0:
                 raise RuntimeError(made.stderr)
-            keyed, keyed_url = _start([sys.executable, str(args.pyz), "serve", "--port", "0", "--db",
-                                       str(work / "keyed.db")], env, work / "keyed.log")
+            keyed, keyed_url = _start(
+                [sys.executable, str(args.pyz), "serve", "--port", "0", "--db", str(work / "keyed.db")],
+                env,
+                work / "keyed.log",
+            )
             procs.append(keyed)
             http_result = run(plain_url, keyed_url, made.stdout.strip(), args.requests, args.requests // 10)
         finally:
@@ -209,10 +240,18 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(timeout=30)
     in_process = checks(args.iterations)
     for tag in ("p50", "p99"):
-        rows.append((f"HTTP {tag}: plain proxy / keyed proxy",
-                     f"{http_result[f'plain_{tag}_ms']:.2f} ms / {http_result[f'keyed_{tag}_ms']:.2f} ms"))
-        rows.append((f"HTTP {tag}: added by key+budget+rpm+tpm",
-                     f"{http_result[f'added_{tag}_ms']:+.3f} ms (ratio {http_result[f'ratio_{tag}']:.3f})"))
+        rows.append(
+            (
+                f"HTTP {tag}: plain proxy / keyed proxy",
+                f"{http_result[f'plain_{tag}_ms']:.2f} ms / {http_result[f'keyed_{tag}_ms']:.2f} ms",
+            )
+        )
+        rows.append(
+            (
+                f"HTTP {tag}: added by key+budget+rpm+tpm",
+                f"{http_result[f'added_{tag}_ms']:+.3f} ms (ratio {http_result[f'ratio_{tag}']:.3f})",
+            )
+        )
     rows.append(("in process: auth + modules, open mode", f"{in_process['open_us']:.1f} µs"))
     rows.append(("in process: auth + ratelimit + budget, keyed", f"{in_process['keyed_us']:.1f} µs"))
     rows.append(("in process: added by the checks", f"{in_process['added_us']:+.1f} µs (target well under 1000 µs)"))

@@ -38,8 +38,13 @@ SECRET_FREE = "Summarise the plot of Hamlet in one sentence, please, for request
 
 FULL_CHAIN = {
     "alias": {"aliases": {"fast": "gpt-4o-mini"}},
-    "guard": {"allow_models": ["gpt-4o*"], "deny_models": ["gpt-4o-audio*"], "max_tokens": 4096,
-              "max_input_bytes": 1_000_000, "max_messages": 100},
+    "guard": {
+        "allow_models": ["gpt-4o*"],
+        "deny_models": ["gpt-4o-audio*"],
+        "max_tokens": 4096,
+        "max_input_bytes": 1_000_000,
+        "max_messages": 100,
+    },
     "redact": {"mode": "store", "pii": ["email", "phone", "card"]},
     "cache": {"ttl_s": 3600},
     "timeout": {"models": {"gpt-4o*": 60}, "deadline_s": 120},
@@ -53,6 +58,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 # -- in process ------------------------------------------------------------------------------------
+
 
 def bench_in_process(iterations: int = 2000) -> list[dict]:
     """µs per request spent in the chain's hooks, empty chain vs all modules on."""
@@ -71,8 +77,11 @@ def bench_in_process(iterations: int = 2000) -> list[dict]:
             for name, chain in chains.items():
                 times = []
                 for n in range(iterations):
-                    body = {"model": "fast", "max_tokens": 256,
-                            "messages": [{"role": "user", "content": SECRET_FREE.format(n=n)}]}
+                    body = {
+                        "model": "fast",
+                        "max_tokens": 256,
+                        "messages": [{"role": "user", "content": SECRET_FREE.format(n=n)}],
+                    }
                     raw = json.dumps(body).encode()
                     ctx = RequestContext("chat", "openai", "127.0.0.1", {}, raw=raw, body=body, model="fast")
                     started = time.perf_counter()
@@ -81,8 +90,14 @@ def bench_in_process(iterations: int = 2000) -> list[dict]:
                     ctx.capture(b'{"choices":[{"message":{"content":"To be or not to be."}}]}', 1 << 20)
                     chain.after(ctx)
                     times.append((time.perf_counter() - started) * 1e6)
-                out.append({"what": f"hooks, {name}", "median_us": statistics.median(times),
-                            "p90_us": _percentile(times, 0.9), "n": iterations})
+                out.append(
+                    {
+                        "what": f"hooks, {name}",
+                        "median_us": statistics.median(times),
+                        "p90_us": _percentile(times, 0.9),
+                        "n": iterations,
+                    }
+                )
             return out
         finally:
             app.close()
@@ -90,18 +105,30 @@ def bench_in_process(iterations: int = 2000) -> list[dict]:
 
 # -- end to end -----------------------------------------------------------------------------------
 
+
 class Server:
     """A stockyard server process (the pyz when built, else the source tree)."""
 
     def __init__(self, mock_url: str, db: Path) -> None:
         pyz = ROOT / "dist" / "stockyard.pyz"
         cmd = [sys.executable, str(pyz)] if pyz.exists() else [sys.executable, "-m", "stockyard"]
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""),
-               "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-bench-0123456789",
-               "OPENAI_BASE_URL": mock_url + "/v1", "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-               "STOCKYARD_LOG_REQUESTS": "0", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([*cmd, "serve", "--port", "0", "--db", str(db)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", ""),
+            "PYTHONPATH": str(ROOT),
+            "OPENAI_API_KEY": "sk-bench-0123456789",
+            "OPENAI_BASE_URL": mock_url + "/v1",
+            "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+            "STOCKYARD_LOG_REQUESTS": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.proc = subprocess.Popen(
+            [*cmd, "serve", "--port", "0", "--db", str(db)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.port = 0
         ready = threading.Event()
 
@@ -177,11 +204,22 @@ def bench_end_to_end(requests: int = 300, rounds: int = 3) -> list[dict]:
             server.stop()
     base = statistics.median(off)
     rows = []
-    for what, times in (("requests, modules off", off), ("requests, all modules on (cache miss)", on),
-                        ("requests, all modules on (cache hit)", hits)):
+    for what, times in (
+        ("requests, modules off", off),
+        ("requests, all modules on (cache miss)", on),
+        ("requests, all modules on (cache hit)", hits),
+    ):
         median = statistics.median(times)
-        rows.append({"what": what, "median_ms": median, "p90_ms": _percentile(times, 0.9),
-                     "added_ms": median - base, "ratio": median / base, "n": len(times)})
+        rows.append(
+            {
+                "what": what,
+                "median_ms": median,
+                "p90_ms": _percentile(times, 0.9),
+                "added_ms": median - base,
+                "ratio": median / base,
+                "n": len(times),
+            }
+        )
     return rows
 
 
@@ -196,8 +234,10 @@ def print_table(rows: list[dict]) -> None:
         if "median_us" in r:
             print(f"{r['what']:<42} {r['median_us']:>8.1f}µs {r['p90_us']:>8.1f}µs {'':>10} {'':>7} {r['n']:>6}")
         else:
-            print(f"{r['what']:<42} {r['median_ms']:>8.3f}ms {r['p90_ms']:>8.3f}ms {r['added_ms']:>+8.3f}ms "
-                  f"{r['ratio']:>6.2f}x {r['n']:>6}")
+            print(
+                f"{r['what']:<42} {r['median_ms']:>8.3f}ms {r['p90_ms']:>8.3f}ms {r['added_ms']:>+8.3f}ms "
+                f"{r['ratio']:>6.2f}x {r['n']:>6}"
+            )
 
 
 def main() -> int:

@@ -26,8 +26,11 @@ PYZ = REPO / "dist" / "stockyard.pyz"
 MOCK = REPO / "tests" / "mock_upstream.py"
 
 CHAT_PATH = "/v1/chat/completions"
-CHAT = {"model": "gpt-4o-mini", "max_tokens": 16,
-        "messages": [{"role": "user", "content": "Say hello in three words."}]}
+CHAT = {
+    "model": "gpt-4o-mini",
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": "Say hello in three words."}],
+}
 CHAT_BODY = json.dumps(CHAT).encode()
 STREAM_BODY = json.dumps({**CHAT, "stream": True}).encode()
 
@@ -47,7 +50,7 @@ class Target:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     log: Path | None = None  # the process log, when we started the process
-    pid: int | None = None    # the process, when we started it
+    pid: int | None = None  # the process, when we started it
 
     @property
     def port(self) -> int:
@@ -67,13 +70,21 @@ class Procs:
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], ready: str,
-              timeout: float = 30.0) -> tuple[subprocess.Popen, re.Match, Path]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], ready: str, timeout: float = 30.0
+    ) -> tuple[subprocess.Popen, re.Match, Path]:
         """Run `argv` with output in `<workdir>/<name>.log`; wait for the regex `ready` there."""
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=self.workdir, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         self._procs.append(proc)
         deadline = time.monotonic() + timeout
         pattern = re.compile(ready)
@@ -111,8 +122,11 @@ class Procs:
 
 def base_env(workdir: Path) -> dict[str, str]:
     """The environment for child processes: no stray provider keys, private cache dir."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.endswith(("_API_KEY", "_BASE_URL", "_ENDPOINT")) and not k.startswith("STOCKYARD_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith(("_API_KEY", "_BASE_URL", "_ENDPOINT")) and not k.startswith("STOCKYARD_")
+    }
     env["XDG_CACHE_HOME"] = str(workdir / "cache")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
@@ -123,30 +137,46 @@ def start_mock(procs: Procs, delay_ms: float) -> Target:
     argv = [sys.executable, str(MOCK), "--port", "0", "--delay-ms", str(delay_ms)]
     name = f"mock-{delay_ms:g}ms"
     proc, match, log = procs.start(name, argv, base_env(procs.workdir), r"listening (http://127\.0\.0\.1:\d+)")
-    return Target(f"direct ({delay_ms:g} ms mock)", match.group(1),
-                  {"authorization": "Bearer sk-bench"}, log, proc.pid)
+    return Target(f"direct ({delay_ms:g} ms mock)", match.group(1), {"authorization": "Bearer sk-bench"}, log, proc.pid)
 
 
-def run_pyz(pyz: Path, args: list[str], env: dict[str, str], timeout: float = 60.0
-            ) -> subprocess.CompletedProcess:
+def run_pyz(pyz: Path, args: list[str], env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess:
     """Run a Stockyard CLI command to completion (output captured as text)."""
-    return subprocess.run([sys.executable, str(pyz), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, str(pyz), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-def proxy_env(procs: Procs, upstream: Target, log_requests: bool = False,
-              extra: dict[str, str] | None = None) -> dict[str, str]:
+def proxy_env(
+    procs: Procs, upstream: Target, log_requests: bool = False, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of a proxy whose only provider is `upstream` (OpenAI dialect)."""
     env = base_env(procs.workdir)
-    env.update({"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"{upstream.url}/v1",
-                "STOCKYARD_LOG_REQUESTS": "1" if log_requests else "0"})
+    env.update(
+        {
+            "OPENAI_API_KEY": "sk-bench",
+            "OPENAI_BASE_URL": f"{upstream.url}/v1",
+            "STOCKYARD_LOG_REQUESTS": "1" if log_requests else "0",
+        }
+    )
     env.update(extra or {})
     return env
 
 
-def start_proxy(procs: Procs, pyz: Path, name: str, upstream: Target, log_requests: bool = False,
-                extra_env: dict[str, str] | None = None,
-                setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None) -> Target:
+def start_proxy(
+    procs: Procs,
+    pyz: Path,
+    name: str,
+    upstream: Target,
+    log_requests: bool = False,
+    extra_env: dict[str, str] | None = None,
+    setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None,
+) -> Target:
     """`stockyard.pyz serve --port 0` in front of `upstream`, with its own database.
 
     `setup(target, db, env)`, if given, runs once the server listens (e.g. to create a client
@@ -222,8 +252,7 @@ class LoadResult:
         return self.ok / self.seconds if self.seconds else 0.0
 
 
-def _load_thread(port: int, headers: dict[str, str], start_at: float, end_at: float,
-                 counts: list[int]) -> None:
+def _load_thread(port: int, headers: dict[str, str], start_at: float, end_at: float, counts: list[int]) -> None:
     """One client: keep-alive requests until `end_at`; counts [in-window ok, errors, all ok]."""
     conn: http.client.HTTPConnection | None = None
     while time.monotonic() < end_at:
@@ -249,12 +278,14 @@ def _load_thread(port: int, headers: dict[str, str], start_at: float, end_at: fl
         conn.close()
 
 
-def _load_process(port: int, headers: dict[str, str], threads: int, start_at: float,
-                  end_at: float, out: "multiprocessing.Queue") -> None:
+def _load_process(
+    port: int, headers: dict[str, str], threads: int, start_at: float, end_at: float, out: "multiprocessing.Queue"
+) -> None:
     """A client process: `threads` keep-alive clients; puts its summed counts on `out`."""
     counts = [[0, 0, 0] for _ in range(threads)]
-    workers = [threading.Thread(target=_load_thread, args=(port, headers, start_at, end_at, c),
-                                daemon=True) for c in counts]
+    workers = [
+        threading.Thread(target=_load_thread, args=(port, headers, start_at, end_at, c), daemon=True) for c in counts
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -262,8 +293,7 @@ def _load_process(port: int, headers: dict[str, str], threads: int, start_at: fl
     out.put([sum(c[i] for c in counts) for i in range(3)])
 
 
-def load(target: Target, clients: int = 64, processes: int = 4, seconds: float = 3.0,
-         ramp: float = 0.5) -> LoadResult:
+def load(target: Target, clients: int = 64, processes: int = 4, seconds: float = 3.0, ramp: float = 0.5) -> LoadResult:
     """`clients` concurrent keep-alive clients (threads spread over `processes` forked client
     processes, so the client's GIL is not the bottleneck) for `ramp + seconds`; requests
     completed in the last `seconds` count. CLOCK_MONOTONIC is shared by all processes."""
@@ -273,8 +303,10 @@ def load(target: Target, clients: int = 64, processes: int = 4, seconds: float =
     start_at = time.monotonic() + 0.2 + ramp
     end_at = start_at + seconds
     per_proc = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
-    procs = [ctx.Process(target=_load_process, args=(target.port, headers, n, start_at, end_at, out),
-                         daemon=True) for n in per_proc]
+    procs = [
+        ctx.Process(target=_load_process, args=(target.port, headers, n, start_at, end_at, out), daemon=True)
+        for n in per_proc
+    ]
     for p in procs:
         p.start()
     totals = [0, 0, 0]

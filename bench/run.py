@@ -23,8 +23,22 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (PYZ, Client, LoadResult, NotAvailable, Procs, Target, base_env,  # noqa: E402
-                    cpu_seconds, load, median, quantile, run_pyz, start_mock, start_proxy)
+from common import (
+    PYZ,
+    Client,
+    LoadResult,
+    NotAvailable,
+    Procs,
+    Target,
+    base_env,  # noqa: E402
+    cpu_seconds,
+    load,
+    median,
+    quantile,
+    run_pyz,
+    start_mock,
+    start_proxy,
+)
 
 # Targets from the issues (issue 2: core; issue 5: keys; issue 6: modules).
 ADDED_P50_MS = 1.0
@@ -64,13 +78,19 @@ class Bench:
             self._targets[key] = start_mock(self.procs, delay_ms)
         return self._targets[key]
 
-    def proxy(self, name: str, delay_ms: float, log_requests: bool = False,
-              extra_env: dict[str, str] | None = None,
-              setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None) -> Target:
+    def proxy(
+        self,
+        name: str,
+        delay_ms: float,
+        log_requests: bool = False,
+        extra_env: dict[str, str] | None = None,
+        setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None,
+    ) -> Target:
         """A proxy (own process and database) in front of the mock with `delay_ms`."""
         if name not in self._targets:
-            self._targets[name] = start_proxy(self.procs, self.pyz, name, self.mock(delay_ms),
-                                              log_requests, extra_env, setup)
+            self._targets[name] = start_proxy(
+                self.procs, self.pyz, name, self.mock(delay_ms), log_requests, extra_env, setup
+            )
         return self._targets[name]
 
     def db(self, target: Target) -> Path:
@@ -83,8 +103,7 @@ class Bench:
 Rounds = list[dict[str, list[float]]]  # per round: target name -> samples (seconds)
 
 
-def interleaved(targets: list[Target], measure: Callable[[Client], float], n: int, rounds: int,
-                warmup: int) -> Rounds:
+def interleaved(targets: list[Target], measure: Callable[[Client], float], n: int, rounds: int, warmup: int) -> Rounds:
     """`n` timed requests per target from ONE client (a keep-alive connection per target),
     alternating targets request by request (rotating who goes first), split into rounds."""
     clients = [Client(t) for t in targets]
@@ -121,16 +140,23 @@ def at_ms(rounds: Rounds, name: str, q: float) -> float:
     return 1000 * median([quantile(r[name], q) for r in rounds])
 
 
-def latency_rows(label: str, rounds: Rounds, name: str, base: str, p50_max: float, p99_max: float,
-                 over: str = "direct") -> list[Row]:
+def latency_rows(
+    label: str, rounds: Rounds, name: str, base: str, p50_max: float, p99_max: float, over: str = "direct"
+) -> list[Row]:
     """p50 and p99 rows for `name` over `base`, with both absolute values as detail."""
     rows = []
     for q, limit in ((0.50, p50_max), (0.99, p99_max)):
         added = added_ms(rounds, name, base, q)
         tag = f"p{round(q * 100)}"
-        rows.append(Row(f"{label} {tag} (over {over})", f"{added:+.2f} ms", f"<= {limit:g} ms",
-                        added <= limit,
-                        f"{over} {at_ms(rounds, base, q):.2f} ms, proxy {at_ms(rounds, name, q):.2f} ms"))
+        rows.append(
+            Row(
+                f"{label} {tag} (over {over})",
+                f"{added:+.2f} ms",
+                f"<= {limit:g} ms",
+                added <= limit,
+                f"{over} {at_ms(rounds, base, q):.2f} ms, proxy {at_ms(rounds, name, q):.2f} ms",
+            )
+        )
     return rows
 
 
@@ -159,9 +185,9 @@ def core_latency(b: Bench) -> list[Row]:
     names = (proxy.name, direct.name)
     plain = interleaved([direct, proxy], Client.chat, a.requests, a.rounds, a.warmup)
     streamed = interleaved([direct, proxy], Client.first_event, a.requests // 2, a.rounds, a.warmup // 2)
-    return (latency_rows("added latency, chat, 1 client,", plain, *names, ADDED_P50_MS, ADDED_P99_MS)
-            + latency_rows("added TTFB, streamed chat, 1 client,", streamed, *names,
-                           ADDED_P50_MS, ADDED_P99_MS))
+    return latency_rows("added latency, chat, 1 client,", plain, *names, ADDED_P50_MS, ADDED_P99_MS) + latency_rows(
+        "added TTFB, streamed chat, 1 client,", streamed, *names, ADDED_P50_MS, ADDED_P99_MS
+    )
 
 
 def core_throughput(b: Bench) -> list[Row]:
@@ -174,7 +200,7 @@ def core_throughput(b: Bench) -> list[Row]:
     runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
     cpu: dict[str, float] = {t.name: 0.0 for t in targets}  # CPU seconds of the server process
     for r in range(a.load_rounds):
-        for t in targets[r % 3:] + targets[:r % 3]:
+        for t in targets[r % 3 :] + targets[: r % 3]:
             before = cpu_seconds(t.pid)
             runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
             after = cpu_seconds(t.pid)
@@ -194,16 +220,35 @@ def core_throughput(b: Bench) -> list[Row]:
         return f"rounds {min(values):.0f}-{max(values):.0f}"
 
     return [
-        Row(f"throughput direct ({where})", f"{rps[direct.name]:.0f} req/s", "", None,
-            f"baseline; {a.load_rounds} x {a.seconds:g} s, {spread(direct.name)}{err(direct.name)}"),
-        Row(f"throughput proxy, tracing on ({where})", f"{rps[proxy.name]:.0f} req/s",
-            f">= {MIN_RPS:g} req/s", rps[proxy.name] >= MIN_RPS and not errors[proxy.name],
-            f"{spread(proxy.name)}; {traces}/{answered} answers traced{err(proxy.name)}"),
+        Row(
+            f"throughput direct ({where})",
+            f"{rps[direct.name]:.0f} req/s",
+            "",
+            None,
+            f"baseline; {a.load_rounds} x {a.seconds:g} s, {spread(direct.name)}{err(direct.name)}",
+        ),
+        Row(
+            f"throughput proxy, tracing on ({where})",
+            f"{rps[proxy.name]:.0f} req/s",
+            f">= {MIN_RPS:g} req/s",
+            rps[proxy.name] >= MIN_RPS and not errors[proxy.name],
+            f"{spread(proxy.name)}; {traces}/{answered} answers traced{err(proxy.name)}",
+        ),
         Row("throughput ratio proxy / direct", f"{rps[proxy.name] / rps[direct.name]:.2f}", "", None, ""),
-        Row("proxy CPU time per request (under that load)", f"{cpu_ms[proxy.name]:.2f} ms", "", None,
-            f"mock {cpu_ms[direct.name]:.2f} ms; proxy process only, robust to noise"),
-        Row("throughput proxy, request log on", f"{rps[logged.name]:.0f} req/s", "", None,
-            f"{rps[logged.name] / rps[proxy.name]:.2f} x log off, {spread(logged.name)}{err(logged.name)}"),
+        Row(
+            "proxy CPU time per request (under that load)",
+            f"{cpu_ms[proxy.name]:.2f} ms",
+            "",
+            None,
+            f"mock {cpu_ms[direct.name]:.2f} ms; proxy process only, robust to noise",
+        ),
+        Row(
+            "throughput proxy, request log on",
+            f"{rps[logged.name]:.0f} req/s",
+            "",
+            None,
+            f"{rps[logged.name] / rps[proxy.name]:.2f} x log off, {spread(logged.name)}{err(logged.name)}",
+        ),
     ]
 
 
@@ -215,9 +260,26 @@ def key_budget_ratelimit(b: Bench) -> list[Row]:
         raise NotAvailable("`keys create` is not in this build")
 
     def make_key(target: Target, db: Path, env: dict[str, str]) -> dict[str, str]:
-        made = run_pyz(b.pyz, ["keys", "create", "--db", str(db), "--name", "bench",
-                               "--budget-usd", "1000000", "--budget-period", "total",
-                               "--rpm", "1000000", "--tpm", "1000000000"], env)
+        made = run_pyz(
+            b.pyz,
+            [
+                "keys",
+                "create",
+                "--db",
+                str(db),
+                "--name",
+                "bench",
+                "--budget-usd",
+                "1000000",
+                "--budget-period",
+                "total",
+                "--rpm",
+                "1000000",
+                "--tpm",
+                "1000000000",
+            ],
+            env,
+        )
         key = re.search(r"sk-sy-[A-Za-z0-9_\-]+", made.stdout + made.stderr)
         if made.returncode != 0 or not key:
             raise RuntimeError(f"keys create failed: {(made.stderr or made.stdout)[-500:]}")
@@ -236,18 +298,30 @@ def key_budget_ratelimit(b: Bench) -> list[Row]:
     keyed = b.proxy("proxy-key", 0, setup=make_key)
     a = b.args
     rounds = interleaved([direct, proxy, keyed], Client.chat, a.requests, a.rounds, a.warmup)
-    rows = latency_rows("added latency, key+budget+rpm,", rounds, keyed.name, direct.name,
-                        ADDED_P50_MS, ADDED_P99_MS)
+    rows = latency_rows("added latency, key+budget+rpm,", rounds, keyed.name, direct.name, ADDED_P50_MS, ADDED_P99_MS)
     checks = added_ms(rounds, keyed.name, proxy.name, 0.5)
-    rows.append(Row("key+budget+rpm checks p50 (over plain proxy)", f"{checks:+.2f} ms",
-                    f"<= {CHECKS_MS:g} ms", checks <= CHECKS_MS, ""))
+    rows.append(
+        Row(
+            "key+budget+rpm checks p50 (over plain proxy)",
+            f"{checks:+.2f} ms",
+            f"<= {CHECKS_MS:g} ms",
+            checks <= CHECKS_MS,
+            "",
+        )
+    )
     from bench_keys import checks as checks_in_process  # the same hooks, timed without HTTP noise
 
     inside = checks_in_process(4_000 if a.quick else 20_000)
-    rows.append(Row("key+budget+rpm checks, in process (source tree)", f"{inside['added_us']:+.0f} us",
-                    f"<= {CHECKS_MS * 1000:g} us", inside["added_us"] <= CHECKS_MS * 1000,
-                    f"auth + ratelimit + budget hooks: keyed {inside['keyed_us']:.0f} us, "
-                    f"open mode {inside['open_us']:.0f} us per request"))
+    rows.append(
+        Row(
+            "key+budget+rpm checks, in process (source tree)",
+            f"{inside['added_us']:+.0f} us",
+            f"<= {CHECKS_MS * 1000:g} us",
+            inside["added_us"] <= CHECKS_MS * 1000,
+            f"auth + ratelimit + budget hooks: keyed {inside['keyed_us']:.0f} us, "
+            f"open mode {inside['open_us']:.0f} us per request",
+        )
+    )
     return rows
 
 
@@ -257,8 +331,9 @@ def modules_chain(b: Bench) -> list[Row]:
     import bench_modules
 
     rows: list[Row] = []
-    for r in bench_modules.run(requests=200 if b.args.quick else 300, rounds=2 if b.args.quick else 3,
-                               iterations=500 if b.args.quick else 2000):
+    for r in bench_modules.run(
+        requests=200 if b.args.quick else 300, rounds=2 if b.args.quick else 3, iterations=500 if b.args.quick else 2000
+    ):
         if "median_us" in r:
             target, ok = ("", None)
             if "all modules on" in r["what"]:
@@ -267,8 +342,15 @@ def modules_chain(b: Bench) -> list[Row]:
                 target, ok = "~0 us", r["median_us"] < 20
             rows.append(Row(r["what"], f"{r['median_us']:.1f} us", target, ok, f"p90 {r['p90_us']:.1f} us, n={r['n']}"))
         else:
-            rows.append(Row(r["what"], f"{r['median_ms']:.3f} ms", "", None,
-                            f"{r['added_ms']:+.3f} ms, {r['ratio']:.2f}x vs modules off, n={r['n']}"))
+            rows.append(
+                Row(
+                    r["what"],
+                    f"{r['median_ms']:.3f} ms",
+                    "",
+                    None,
+                    f"{r['added_ms']:+.3f} ms, {r['ratio']:.2f}x vs modules off, n={r['n']}",
+                )
+            )
     return rows
 
 
@@ -337,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # report and go on: one broken scenario should not hide the rest
                 failed = True
                 rows.append(Row("ERROR", "n/a", "", None, f"{type(exc).__name__}: {exc}"[:200]))
-    title = (f"Stockyard bench: {ident}; Python {platform.python_version()}, {os.cpu_count()} cores, "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, took {time.monotonic() - started:.0f} s")
+    title = (
+        f"Stockyard bench: {ident}; Python {platform.python_version()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, took {time.monotonic() - started:.0f} s"
+    )
     print_table(title, rows)
     return 1 if failed else 0
 

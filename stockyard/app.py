@@ -14,20 +14,21 @@ import time
 from typing import Callable, Mapping
 
 from . import __version__, audit
-from .budgets import Budget, Ledger, load_project_budgets, spent_uc
 from .backup import Snapshotter
+from .budgets import Budget, Ledger, load_project_budgets, spent_uc
 from .config import Settings
-from .keys import KeyRecord, KeyRing, check as check_key, load_keys
+from .keys import KeyRecord, KeyRing, load_keys
+from .keys import check as check_key
 from .logbuffer import printable
-from .modules import Modules
 from .metrics import Registry as MetricsRegistry
-from .pipeline import Chain, HookFailures, RequestContext
-from .pricing import Price, PriceTable, cost_microcents, format_usd, Usage
-from .providers import Registry, from_env
+from .modules import Modules
 from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
-from .operations.prices import load_overrides
 from .operations.modules import load_rows as load_module_rows
+from .operations.prices import load_overrides
+from .pipeline import Chain, HookFailures, RequestContext
+from .pricing import Price, PriceTable, Usage, cost_microcents, format_usd
+from .providers import Registry, from_env
 from .retention import Retention
 from .store import Store, Writer, db, files
 from .store.lock import SERVER, DatabaseLock
@@ -83,16 +84,19 @@ class App:
         self.metrics = MetricsRegistry()
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
-        self.retention = Retention(bodies_max_age_s=settings.retention_bodies_s,
-                                   traces_max_age_s=settings.retention_traces_s,
-                                   bodies_max_bytes=settings.bodies_max_bytes)
+        self.retention = Retention(
+            bodies_max_age_s=settings.retention_bodies_s,
+            traces_max_age_s=settings.retention_traces_s,
+            bodies_max_bytes=settings.bodies_max_bytes,
+        )
         self.writer.add_idle_task(self.retention.run)
         self.snapshots: Snapshotter | None = None
         if settings.snapshot_path is not None:
             self.snapshots = Snapshotter(settings.snapshot_path)
             # The first one soon after start (not at once: startup writes should not wait for it).
-            self.writer.add_periodic_task(self.snapshots.run, settings.snapshot_every_s,
-                                          first_in_s=min(settings.snapshot_every_s, 60.0))
+            self.writer.add_periodic_task(
+                self.snapshots.run, settings.snapshot_every_s, first_in_s=min(settings.snapshot_every_s, 60.0)
+            )
         self.writer.start()
         self.store = Store(settings.db_path, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
@@ -133,8 +137,11 @@ class App:
                 server_ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
             server_ops.record("server.start", "server", {"version": __version__, "host": self.settings.host})
         except audit.AuditError as exc:
-            log.error("audit log: cannot record the server start (%s); admin changes are refused "
-                      "until Stockyard runs with the right STOCKYARD_ENCRYPTION_KEY", exc)
+            log.error(
+                "audit log: cannot record the server start (%s); admin changes are refused "
+                "until Stockyard runs with the right STOCKYARD_ENCRYPTION_KEY",
+                exc,
+            )
 
     # -- configuration snapshots -----------------------------------------------------------
     @property
@@ -162,11 +169,15 @@ class App:
     def auth_description(self) -> str:
         """One line for the start-up banner and the log."""
         if not self.auth_required:
-            return ("auth: OPEN - listening on loopback and no client keys exist, so any local program "
-                    "may use the proxy; `stockyard keys create` turns client keys on")
+            return (
+                "auth: OPEN - listening on loopback and no client keys exist, so any local program "
+                "may use the proxy; `stockyard keys create` turns client keys on"
+            )
         if self._keys.count == 0:
-            return ("auth: client keys required (listening beyond loopback); none exist yet, so every "
-                    "proxy request is refused until one is made with `stockyard keys create`")
+            return (
+                "auth: client keys required (listening beyond loopback); none exist yet, so every "
+                "proxy request is refused until one is made with `stockyard keys create`"
+            )
         return f"auth: client keys required ({self._keys.live} live of {self._keys.count})"
 
     def ops(self, actor: str) -> Operations:
@@ -192,9 +203,15 @@ class App:
                 last_data_version = self._watch_once(conn, last_data_version)
             except Exception as exc:  # the watcher must never stop, nor take the server down
                 if self.watcher_error is None:
-                    log.error("configuration watcher: a pass failed (%s: %s); retrying every %gs, "
-                              "/readyz reports it after %gs", type(exc).__name__, exc, WATCH_EVERY_S,
-                              WATCHER_STALE_S, exc_info=exc)
+                    log.error(
+                        "configuration watcher: a pass failed (%s: %s); retrying every %gs, "
+                        "/readyz reports it after %gs",
+                        type(exc).__name__,
+                        exc,
+                        WATCH_EVERY_S,
+                        WATCHER_STALE_S,
+                        exc_info=exc,
+                    )
                 self.watcher_error = f"{type(exc).__name__}: {exc}"
                 if conn is not None:
                     conn.close()
@@ -224,8 +241,9 @@ class App:
         idle = time.monotonic() - self.watcher_ok_at
         if idle <= WATCHER_STALE_S:
             return None
-        return (f"no successful pass for {idle:.0f}s; configuration changes are not being picked up"
-                + (f" (last error: {self.scrub(self.watcher_error)[:300]})" if self.watcher_error else ""))
+        return f"no successful pass for {idle:.0f}s; configuration changes are not being picked up" + (
+            f" (last error: {self.scrub(self.watcher_error)[:300]})" if self.watcher_error else ""
+        )
 
     def reload(self) -> None:
         """Rebuild the configuration snapshots (providers, modules, keys) from env + database.
@@ -267,9 +285,13 @@ class App:
         changed, self._key_errors = key_errors != self._key_errors, key_errors
         if changed and key_errors:
             for name, error in key_errors.items():
-                log.error("provider %r: its stored key cannot be decrypted (%s); requests routed to it "
-                          "fail until the key is set again or Stockyard runs with the right "
-                          "STOCKYARD_ENCRYPTION_KEY. Other providers keep working.", name, error)
+                log.error(
+                    "provider %r: its stored key cannot be decrypted (%s); requests routed to it "
+                    "fail until the key is set again or Stockyard runs with the right "
+                    "STOCKYARD_ENCRYPTION_KEY. Other providers keep working.",
+                    name,
+                    error,
+                )
 
     # -- request path hooks ----------------------------------------------------------------
     def authenticate(self, ctx: RequestContext) -> None:
@@ -298,9 +320,12 @@ class App:
         self._used_flushed = time.monotonic()
         used, self._used = self._used, {}
         rows = [(iso_utc(ms), key_id, iso_utc(ms)) for key_id, ms in used.items()]
-        self.store.record(lambda conn: conn.executemany(
-            "UPDATE client_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
-            rows))
+        self.store.record(
+            lambda conn: conn.executemany(
+                "UPDATE client_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                rows,
+            )
+        )
 
     def _load_spend(self, budget: Budget, period_key: str) -> int:
         """A budget period's spend so far, read by the writer so every queued trace counts."""
@@ -309,17 +334,30 @@ class App:
     def _budget_warning(self, budget: Budget, period_key: str, spent: int, percent: int) -> None:
         """Audit entry + log line, once per budget, period and threshold (restarts included)."""
         ops = self.ops(audit.ACTOR_SERVER)
-        text = (f"budget warning: {budget.describe()}: {format_usd(spent, 2)} spent in period {period_key}, "
-                f"past the {percent}% threshold")
+        text = (
+            f"budget warning: {budget.describe()}: {format_usd(spent, 2)} spent in period {period_key}, "
+            f"past the {percent}% threshold"
+        )
 
         def job(conn) -> None:
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
-                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))", (budget.scope, period_key, percent))
+                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                (budget.scope, period_key, percent),
+            )
             if inserted.rowcount:
-                ops.audit(conn, "budget.warning", budget.scope,
-                          {"period": period_key, "threshold_percent": percent, "spent_uc": spent,
-                           "budget_uc": budget.limit_uc, "budget_period": budget.period})
+                ops.audit(
+                    conn,
+                    "budget.warning",
+                    budget.scope,
+                    {
+                        "period": period_key,
+                        "threshold_percent": percent,
+                        "spent_uc": spent,
+                        "budget_uc": budget.limit_uc,
+                        "budget_period": budget.period,
+                    },
+                )
                 log.warning("%s", text)
 
         self.store.record(job)
@@ -355,12 +393,12 @@ class App:
             return
         model = ctx.served_model or ctx.upstream_model or ""
         price = self.prices.lookup(model, ctx.provider.name) or (
-            self.prices.lookup(ctx.upstream_model or "", ctx.provider.name))
+            self.prices.lookup(ctx.upstream_model or "", ctx.provider.name)
+        )
         if ctx.usage is None:
             if ctx.outcome not in ("ok", "client_disconnected", "stream_broken"):
                 return
-            ctx.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4),
-                              completion_tokens=len(ctx.response_body) // 4)
+            ctx.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=len(ctx.response_body) // 4)
             ctx.usage_estimated = True
         if price is None:
             ctx.cost_status = "unknown"
@@ -378,8 +416,13 @@ class App:
     def _record(self, ctx: RequestContext, *, parent_id: str | None, attempt: int) -> None:
         if ctx.error_message:
             ctx.error_message = self.scrub(ctx.error_message)[:2000]
-        record = record_from(ctx, store_bodies=self.settings.store_bodies, cap=self.settings.body_cap_bytes,
-                             parent_id=parent_id, attempt=attempt)
+        record = record_from(
+            ctx,
+            store_bodies=self.settings.store_bodies,
+            cap=self.settings.body_cap_bytes,
+            parent_id=parent_id,
+            attempt=attempt,
+        )
         if self.settings.store_bodies and record.request_body:
             record.request_body = self.scrub_bytes(record.request_body)
         if record.response_body:

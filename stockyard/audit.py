@@ -20,8 +20,8 @@ import hmac
 import json
 import re
 import sqlite3
-from dataclasses import asdict, dataclass
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from stockyard import vault
@@ -36,8 +36,7 @@ _COLUMNS = ("seq", "ts", "actor", "action", "target", "details", "prev_hash", "h
 _TEXT_COLUMNS = _COLUMNS[1:]
 # Detail names whose long values are treated as secrets: api_key, key, secret, password,
 # token, and names ending in them (provider_key, client_secret, admin_token, apiKey).
-_SECRET_NAME = re.compile(r"^(?:.*[_\-.])?(?:api_?key|key|secret|password|passwd|token)$",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(r"^(?:.*[_\-.])?(?:api_?key|key|secret|password|passwd|token)$", re.IGNORECASE)
 
 
 class AuditError(Exception):
@@ -63,8 +62,8 @@ class AuditEntry:
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
-    count: int           # entries that verified
-    head: str            # hash of the last entry that verified (GENESIS when none)
+    count: int  # entries that verified
+    head: str  # hash of the last entry that verified (GENESIS when none)
     broken_seq: int | None
     reason: str
 
@@ -94,12 +93,20 @@ def actor_api(addr: str) -> str:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def entry_hash(seq: int, ts: str, actor: str, action: str, target: str, details_json: str,
-               prev_hash: str, mac: str, key: bytes | None) -> str:
+def entry_hash(
+    seq: int,
+    ts: str,
+    actor: str,
+    action: str,
+    target: str,
+    details_json: str,
+    prev_hash: str,
+    mac: str,
+    key: bytes | None,
+) -> str:
     """Hash (or HMAC) over every stored field of one entry."""
     data = canonical_json([seq, ts, actor, action, target, details_json, prev_hash, mac])
     if key is None:
@@ -122,11 +129,12 @@ def _refuse_secrets(value: Any, name: str = "") -> None:
             _refuse_secrets(v, name)
     elif isinstance(value, str):
         if value.startswith("sk-") and len(value) > 12:
-            raise ValueError("audit details must not contain an API key (a value starts with "
-                             "'sk-'); record the key's id and last 4 characters instead")
+            raise ValueError(
+                "audit details must not contain an API key (a value starts with "
+                "'sk-'); record the key's id and last 4 characters instead"
+            )
         if name and _SECRET_NAME.match(name) and len(value) > 8:
-            raise ValueError(f"audit detail {name!r} looks like a secret; record an id and "
-                             "last 4 characters instead")
+            raise ValueError(f"audit detail {name!r} looks like a secret; record an id and last 4 characters instead")
 
 
 def _head_row(conn: sqlite3.Connection) -> tuple[int, str, str]:
@@ -140,8 +148,16 @@ def head(conn: sqlite3.Connection) -> tuple[int, str]:
     return seq, hash_
 
 
-def append(conn: sqlite3.Connection, *, actor: str, action: str, target: str,
-           details: dict[str, Any], key: bytes | None, rekey: bool = False) -> AuditEntry:
+def append(
+    conn: sqlite3.Connection,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    details: dict[str, Any],
+    key: bytes | None,
+    rekey: bool = False,
+) -> AuditEntry:
     """Append one entry inside the caller's open write transaction.
 
     Refuses (AuditError) to add an unkeyed entry after keyed ones, or to switch to a new
@@ -149,8 +165,7 @@ def append(conn: sqlite3.Connection, *, actor: str, action: str, target: str,
     chain that no longer verifies. The caller then rolls back its change with it.
     """
     if not conn.in_transaction:
-        raise AuditError("audit.append must run inside the caller's write transaction "
-                         "(BEGIN IMMEDIATE ... COMMIT)")
+        raise AuditError("audit.append must run inside the caller's write transaction (BEGIN IMMEDIATE ... COMMIT)")
     if not isinstance(details, dict):
         raise TypeError("audit details must be a dict")
     for field_name, text in (("actor", actor), ("action", action), ("target", target)):
@@ -179,12 +194,10 @@ def append(conn: sqlite3.Connection, *, actor: str, action: str, target: str,
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (seq, ts, actor, action, target, details_json, prev_hash, hash_, mac),
     )
-    return AuditEntry(seq, ts, actor, action, target, json.loads(details_json), prev_hash,
-                      hash_, mac)
+    return AuditEntry(seq, ts, actor, action, target, json.loads(details_json), prev_hash, hash_, mac)
 
 
-def ensure_keyed_tail(conn: sqlite3.Connection, *, actor: str,
-                      key: bytes | None) -> AuditEntry | None:
+def ensure_keyed_tail(conn: sqlite3.Connection, *, actor: str, key: bytes | None) -> AuditEntry | None:
     """When a secret is first set on a log begun without one, mark the switch with a keyed entry.
 
     ``verify`` with a key rejects an unkeyed tail (that is what a chain rewritten without
@@ -196,16 +209,23 @@ def ensure_keyed_tail(conn: sqlite3.Connection, *, actor: str,
     last_seq, _, last_mac = _head_row(conn)
     if last_seq == 0 or _MAC_KEYED.match(last_mac):
         return None
-    return append(conn, actor=actor, action="audit.keyed", target="audit_log",
-                  details={"key_id": key_id(key), "unkeyed_entries": last_seq}, key=key)
+    return append(
+        conn,
+        actor=actor,
+        action="audit.keyed",
+        target="audit_log",
+        details={"key_id": key_id(key), "unkeyed_entries": last_seq},
+        key=key,
+    )
 
 
 def _fail(count: int, head_hash: str, seq: int | None, reason: str) -> VerifyResult:
     return VerifyResult(False, count, head_hash, seq, reason)
 
 
-def verify(conn: sqlite3.Connection, key: bytes | None, expect_head: str | None = None, *,
-           old_keys: Iterable[bytes] = ()) -> VerifyResult:
+def verify(
+    conn: sqlite3.Connection, key: bytes | None, expect_head: str | None = None, *, old_keys: Iterable[bytes] = ()
+) -> VerifyResult:
     """Walk the whole log and report the first entry that does not verify.
 
     ``old_keys`` are chain keys from before a secret rotation; the tail must still be
@@ -222,16 +242,13 @@ def verify(conn: sqlite3.Connection, key: bytes | None, expect_head: str | None 
     for raw in conn.execute(f"SELECT {cols} FROM audit_log ORDER BY seq"):
         seq = raw[0]
         if seq != count + 1:
-            return _fail(count, prev, count + 1,
-                         f"entry {count + 1} is missing (the next entry is {seq})")
+            return _fail(count, prev, count + 1, f"entry {count + 1} is missing (the next entry is {seq})")
         try:
-            ts, actor, action, target, details, prev_hash, hash_, mac = (
-                (b or b"").decode("utf-8") for b in raw[1:])
+            ts, actor, action, target, details, prev_hash, hash_, mac = ((b or b"").decode("utf-8") for b in raw[1:])
         except UnicodeDecodeError:
             return _fail(count, prev, seq, f"entry {seq} holds bytes that are not UTF-8 text")
         if prev_hash != prev:
-            return _fail(count, prev, seq,
-                         f"entry {seq} does not follow entry {seq - 1} (prev_hash mismatch)")
+            return _fail(count, prev, seq, f"entry {seq} does not follow entry {seq - 1} (prev_hash mismatch)")
         keyed = _MAC_KEYED.match(mac)
         entry_key: bytes | None = None
         if keyed:
@@ -240,17 +257,19 @@ def verify(conn: sqlite3.Connection, key: bytes | None, expect_head: str | None 
                 entry_key = keys.get(keyed.group(1))
                 if entry_key is None:
                     current = key_id(key) if key else "-"
-                    return _fail(count, prev, seq,
-                                 f"entry {seq} is keyed with a different STOCKYARD_ENCRYPTION_KEY "
-                                 f"(chain key id {keyed.group(1)}, current {current})")
+                    return _fail(
+                        count,
+                        prev,
+                        seq,
+                        f"entry {seq} is keyed with a different STOCKYARD_ENCRYPTION_KEY "
+                        f"(chain key id {keyed.group(1)}, current {current})",
+                    )
         elif mac != MAC_PLAIN:
             return _fail(count, prev, seq, f"entry {seq} has an unknown mac label")
         elif first_keyed is not None:
-            return _fail(count, prev, seq,
-                         f"entry {seq} is unkeyed after keyed entries: written without the secret")
+            return _fail(count, prev, seq, f"entry {seq} is unkeyed after keyed entries: written without the secret")
         if not keyed or entry_key is not None:
-            expected = entry_hash(seq, ts, actor, action, target, details, prev_hash, mac,
-                                  entry_key)
+            expected = entry_hash(seq, ts, actor, action, target, details, prev_hash, mac, entry_key)
             if expected != hash_:  # hashes are public: no constant-time need
                 return _fail(count, prev, seq, f"entry {seq} was altered (hash mismatch)")
         count, prev, last_mac = seq, hash_, mac
@@ -258,28 +277,28 @@ def verify(conn: sqlite3.Connection, key: bytes | None, expect_head: str | None 
             head_at = seq
 
     if first_keyed is not None and key is None:
-        return _fail(count, prev, None,
-                     f"the chain is keyed from entry {first_keyed}: set STOCKYARD_ENCRYPTION_KEY "
-                     f"to verify it ({count} entries are linked, their MACs are unchecked)")
+        return _fail(
+            count,
+            prev,
+            None,
+            f"the chain is keyed from entry {first_keyed}: set STOCKYARD_ENCRYPTION_KEY "
+            f"to verify it ({count} entries are linked, their MACs are unchecked)",
+        )
     if key is not None and count:
         tail = _MAC_KEYED.match(last_mac)
         if not tail:
-            return _fail(count, prev, count,
-                         "chain tail is not keyed: rewritten without the secret?")
+            return _fail(count, prev, count, "chain tail is not keyed: rewritten without the secret?")
         if tail.group(1) != key_id(key):
-            return _fail(count, prev, count,
-                         "chain tail is keyed with an older secret, not the current one")
+            return _fail(count, prev, count, "chain tail is keyed with an older secret, not the current one")
     if expect_head is not None and head_at is None:
-        return _fail(count, prev, count + 1,
-                     "expected head not found: the log was truncated or rewritten")
+        return _fail(count, prev, count + 1, "expected head not found: the log was truncated or rewritten")
     reason = f"ok, {count} entries, head {prev}"
     if head_at is not None and head_at < count:
         reason += f" ({count - head_at} entries after the expected head)"
     return VerifyResult(True, count, prev, None, reason)
 
 
-def verify_with_secret(conn: sqlite3.Connection, secret: str | None,
-                       expect_head: str | None = None) -> VerifyResult:
+def verify_with_secret(conn: sqlite3.Connection, secret: str | None, expect_head: str | None = None) -> VerifyResult:
     """``verify`` with the chain key derived from the encryption secret and this file's salt.
 
     The one way the admin API, the CLI and doctor check the chain. With the secret set,
@@ -288,9 +307,13 @@ def verify_with_secret(conn: sqlite3.Connection, secret: str | None,
     """
     salt = vault.read_salt(conn)
     if secret and salt is None and head(conn)[0] > 0:
-        return _fail(0, GENESIS, None,
-                     "STOCKYARD_ENCRYPTION_KEY is set but the database has no vault salt: "
-                     "the chain was never keyed with a secret, or the salt was deleted")
+        return _fail(
+            0,
+            GENESIS,
+            None,
+            "STOCKYARD_ENCRYPTION_KEY is set but the database has no vault salt: "
+            "the chain was never keyed with a secret, or the salt was deleted",
+        )
     return verify(conn, chain_key(secret, salt), expect_head)
 
 
@@ -303,9 +326,15 @@ def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
     return entry
 
 
-def list_entries(conn: sqlite3.Connection, *, since: str | None = None, after_seq: int = 0,
-                 limit: int = 100, action: str | None = None,
-                 last: bool = False) -> list[dict[str, Any]]:
+def list_entries(
+    conn: sqlite3.Connection,
+    *,
+    since: str | None = None,
+    after_seq: int = 0,
+    limit: int = 100,
+    action: str | None = None,
+    last: bool = False,
+) -> list[dict[str, Any]]:
     """Entries in seq order; page with ``after_seq``; ``since`` is a UTC ISO time or date.
 
     ``last`` keeps the newest ``limit`` matching entries instead of the oldest (still in
@@ -319,8 +348,7 @@ def list_entries(conn: sqlite3.Connection, *, since: str | None = None, after_se
         where.append("action = ?")
         args.append(action)
     order = "DESC" if last else "ASC"
-    sql = (f"SELECT {', '.join(_COLUMNS)} FROM audit_log WHERE {' AND '.join(where)} "
-           f"ORDER BY seq {order} LIMIT ?")
+    sql = f"SELECT {', '.join(_COLUMNS)} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
     entries = [_row_dict(row) for row in conn.execute(sql, [*args, max(0, int(limit))])]
     return entries[::-1] if last else entries
 

@@ -36,7 +36,7 @@ class Inspection:
 
     path: Path
     size_bytes: int
-    integrity: str          # "ok" or SQLite's first complaints
+    integrity: str  # "ok" or SQLite's first complaints
     schema_version: int
     audit_seq: int
     audit_head: str
@@ -65,8 +65,7 @@ def inspect(path: Path | str) -> Inspection:
         problems = [row[0] for row in conn.execute("PRAGMA integrity_check(5)")]
         integrity = "ok" if problems == ["ok"] else "; ".join(problems)
         version = db.schema_version(conn)
-        has_audit = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone()
+        has_audit = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log'").fetchone()
         seq, head = audit.head(conn) if has_audit else (0, audit.GENESIS)
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{path} is not a usable Stockyard database: {exc}") from None
@@ -80,15 +79,18 @@ def check_restorable(path: Path | str) -> Inspection:
     path = Path(path)
     wal = path.with_name(path.name + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
-        raise BackupError(f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
-                          "not a backup; make a copy with `stockyard backup` first")
+        raise BackupError(
+            f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
+            "not a backup; make a copy with `stockyard backup` first"
+        )
     info = inspect(path)
     if not info.ok:
         raise BackupError(f"{path} is damaged (integrity check: {info.integrity})")
     conn = db.open_copy(path)
     try:
         has_schema = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
         if not has_schema:
             raise BackupError(f"{path} is not a Stockyard database (no schema_migrations table)")
         db.pending_migrations(conn)  # raises SchemaError for a newer or differently-built schema
@@ -116,8 +118,10 @@ def create_backup(conn: sqlite3.Connection, dest: Path) -> Inspection:
     db.backup_to(conn, dest)
     info = inspect(dest)
     if not info.ok:
-        raise BackupError(f"the copy at {dest} failed its integrity check ({info.integrity}); "
-                          "the live database may be damaged: run `stockyard doctor`")
+        raise BackupError(
+            f"the copy at {dest} failed its integrity check ({info.integrity}); "
+            "the live database may be damaged: run `stockyard doctor`"
+        )
     return info
 
 
@@ -149,8 +153,7 @@ class Snapshotter:
         self.last_ok_unix = time.time()
         self.taken += 1
         if self.taken == 1 or self.failures:
-            log.info("snapshot written to %s (%s in %.2fs)", self.path, _mb(self.last_size_bytes),
-                     self.last_duration_s)
+            log.info("snapshot written to %s (%s in %.2fs)", self.path, _mb(self.last_size_bytes), self.last_duration_s)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class Restored:
     source: Inspection
     schema_from: int
     schema_to: int
-    previous: Path | None   # where the replaced database was kept
+    previous: Path | None  # where the replaced database was kept
 
 
 def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str | None) -> Restored:
@@ -200,12 +203,20 @@ def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: s
         conn.close()
     store = Store(tmp)
     try:
-        Operations(store, actor, secret).record("backup.restore", "database", {
-            "source": str(source), "source_schema": info.schema_version, "schema": schema_to,
-            "source_audit_head": info.audit_head})
+        Operations(store, actor, secret).record(
+            "backup.restore",
+            "database",
+            {
+                "source": str(source),
+                "source_schema": info.schema_version,
+                "schema": schema_to,
+                "source_audit_head": info.audit_head,
+            },
+        )
     except audit.AuditError as exc:
-        raise BackupError(f"cannot record the restore in the backup's audit log, so nothing was "
-                          f"changed: {exc}") from None
+        raise BackupError(
+            f"cannot record the restore in the backup's audit log, so nothing was changed: {exc}"
+        ) from None
     finally:
         store.close()
     return schema_to

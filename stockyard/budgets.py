@@ -65,17 +65,19 @@ def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int
     kind, _, name = scope.partition(":")
     column = {"key": "key_id", "project": "project"}[kind]
     start, end = period_days(period, key)
-    row = conn.execute(f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_daily "
-                       f"WHERE {column} = ? AND day >= ? AND day < ?", (name, start, end)).fetchone()
+    row = conn.execute(
+        f"SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_daily WHERE {column} = ? AND day >= ? AND day < ?",
+        (name, start, end),
+    ).fetchone()
     return int(row[0])
 
 
 @dataclass(frozen=True)
 class Budget:
-    scope: str        # key:<id> or project:<name>
-    label: str        # for people: "key 'ci-bot'", "project 'web'"
+    scope: str  # key:<id> or project:<name>
+    label: str  # for people: "key 'ci-bot'", "project 'web'"
     limit_uc: int
-    period: str       # day, month or total
+    period: str  # day, month or total
 
     def describe(self) -> str:
         per = "in total" if self.period == "total" else f"per {self.period}"
@@ -108,8 +110,10 @@ class BudgetExceeded(Exception):
         """The 429 the client gets, in its own dialect."""
         b = self.budget
         held = f", {format_usd(self.reserved, 2)} held by requests in flight" if self.reserved else ""
-        text = (f"budget exceeded: the {b.describe()} allows no more: {format_usd(self.spent, 2)} spent{held}, "
-                f"and this request may cost up to {format_usd(self.amount, 2)} (lower max_tokens or n, or raise the budget)")
+        text = (
+            f"budget exceeded: the {b.describe()} allows no more: {format_usd(self.spent, 2)} spent{held}, "
+            f"and this request may cost up to {format_usd(self.amount, 2)} (lower max_tokens or n, or raise the budget)"
+        )
         headers: dict[str, str] = {}
         if self.spent + self.amount <= b.limit_uc:
             headers["Retry-After"] = "1"  # only requests in flight stand in the way
@@ -127,8 +131,9 @@ Warn = Callable[[Budget, str, int, int], None]  # budget, period key, spent, thr
 class Ledger:
     """Spent and reserved money per (budget scope, period), held under one lock."""
 
-    def __init__(self, load: Callable[[Budget, str], int], warn_percents: Iterable[int] = (80,),
-                 on_warning: Warn | None = None) -> None:
+    def __init__(
+        self, load: Callable[[Budget, str], int], warn_percents: Iterable[int] = (80,), on_warning: Warn | None = None
+    ) -> None:
         self._load = load
         self._warn_percents = tuple(sorted(set(warn_percents)))
         self._on_warning = on_warning
@@ -180,11 +185,19 @@ class Ledger:
                 entry.reserved -= amount
                 entry.spent += actual_uc
                 crossed += self._crossings(budget, key, entry.spent)
-            others = [(scope, key, entry) for scope in scopes for key, entry in self._entries.get(scope, {}).items()
-                      if (scope, key) not in parts] if actual_uc else []
+            others = (
+                [
+                    (scope, key, entry)
+                    for scope in scopes
+                    for key, entry in self._entries.get(scope, {}).items()
+                    if (scope, key) not in parts
+                ]
+                if actual_uc
+                else []
+            )
             if others:
                 current = {period_key(p, ts_ms) for p in PERIODS}
-                for scope, key, entry in others:
+                for _scope, key, entry in others:
                     if key in current:
                         entry.spent += actual_uc
         if self._on_warning is not None:
@@ -222,8 +235,10 @@ def project_budget(project: str, limit_uc: int, period: str) -> Budget:
 
 
 def load_project_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
-    return {r["project"]: project_budget(r["project"], r["budget_uc"], r["period"])
-            for r in conn.execute("SELECT project, budget_uc, period FROM project_budgets")}
+    return {
+        r["project"]: project_budget(r["project"], r["budget_uc"], r["period"])
+        for r in conn.execute("SELECT project, budget_uc, period FROM project_budgets")
+    }
 
 
 def scopes_of(key) -> tuple[str, ...]:

@@ -43,16 +43,16 @@ class Settings:
     writer_queue_size: int = 10_000
     log_requests: bool = True
     cors_origin: str | None = None
-    default_max_tokens: int = 4096           # output assumed when a request sets no max_tokens
+    default_max_tokens: int = 4096  # output assumed when a request sets no max_tokens
     budget_warn_percent: tuple[int, ...] = (80,)
     snapshot_path: Path | None = None
     snapshot_every_s: float = DEFAULT_SNAPSHOT_EVERY_S
-    retention_bodies_s: float | None = None    # delete stored bodies older than this
-    retention_traces_s: float | None = None    # delete traces older than this (rollups stay)
-    bodies_max_bytes: int | None = None        # delete the oldest bodies beyond this total
-    models_refresh_s: float = 300.0            # /v1/models: provider lists older than this are refreshed
-    public_hosts: tuple[str, ...] = ()         # Host names served beyond loopback ("*": any)
-    max_connections: int | None = None         # concurrent client connections; None: sized to the machine
+    retention_bodies_s: float | None = None  # delete stored bodies older than this
+    retention_traces_s: float | None = None  # delete traces older than this (rollups stay)
+    bodies_max_bytes: int | None = None  # delete the oldest bodies beyond this total
+    models_refresh_s: float = 300.0  # /v1/models: provider lists older than this are refreshed
+    public_hosts: tuple[str, ...] = ()  # Host names served beyond loopback ("*": any)
+    max_connections: int | None = None  # concurrent client connections; None: sized to the machine
 
     @property
     def is_loopback(self) -> bool:
@@ -64,8 +64,10 @@ def exposure_problem(settings: Settings) -> str | None:
     """Why the server must not listen where ``settings`` say, or None (serve and doctor ask)."""
     if settings.is_loopback or settings.admin_key:
         return None
-    return (f"refusing to listen on {settings.host} without STOCKYARD_ADMIN_KEY: a server other "
-            "machines can reach needs an admin key; set STOCKYARD_ADMIN_KEY, or use --host 127.0.0.1")
+    return (
+        f"refusing to listen on {settings.host} without STOCKYARD_ADMIN_KEY: a server other "
+        "machines can reach needs an admin key; set STOCKYARD_ADMIN_KEY, or use --host 127.0.0.1"
+    )
 
 
 MIN_ADMIN_KEY_CHARS = 16
@@ -76,8 +78,10 @@ def admin_key_problem(settings: Settings) -> str | None:
     key = settings.admin_key
     if key is None or len(key) >= MIN_ADMIN_KEY_CHARS:
         return None
-    return (f"STOCKYARD_ADMIN_KEY is {len(key)} characters; it must be at least {MIN_ADMIN_KEY_CHARS} "
-            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return (
+        f"STOCKYARD_ADMIN_KEY is {len(key)} characters; it must be at least {MIN_ADMIN_KEY_CHARS} "
+        "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    )
 
 
 def _env_bool(value: str | None, default: bool) -> bool:
@@ -93,7 +97,9 @@ def _percents(value: str | None) -> tuple[int, ...]:
     try:
         found = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
     except ValueError:
-        raise ValueError(f"STOCKYARD_BUDGET_WARN_PERCENT must be whole percents like 80 or 80,95, got {value!r}") from None
+        raise ValueError(
+            f"STOCKYARD_BUDGET_WARN_PERCENT must be whole percents like 80 or 80,95, got {value!r}"
+        ) from None
     if not all(0 < p <= 100 for p in found):
         raise ValueError(f"STOCKYARD_BUDGET_WARN_PERCENT values must be between 1 and 100, got {value!r}")
     return found
@@ -109,6 +115,8 @@ def _positive_int(value: str | None, name: str, default: int) -> int:
     if number <= 0:
         raise ValueError(f"{name} must be a positive whole number, got {value!r}")
     return number
+
+
 def parse_duration(text: str, name: str = "duration") -> float:
     """Seconds from ``30s``, ``15m``, ``1h``, ``7d``, ``2w`` or a plain number of seconds."""
     match = _DURATION.match(str(text).lower())

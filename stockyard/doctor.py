@@ -21,16 +21,18 @@ from .store import db
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_SECRET_CHARS = 16
 LOW_DISK_BYTES = 200 * 1024 * 1024
-SECRET_HINT = ("export STOCKYARD_ENCRYPTION_KEY=$(python3 -c 'import secrets; "
-               "print(secrets.token_urlsafe(32))') and keep it outside the database")
+SECRET_HINT = (
+    "export STOCKYARD_ENCRYPTION_KEY=$(python3 -c 'import secrets; "
+    "print(secrets.token_urlsafe(32))') and keep it outside the database"
+)
 
 
 @dataclass(frozen=True)
 class Check:
-    status: str      # ok, warn or fail
-    name: str        # what was checked
-    message: str     # what was found
-    fix: str = ""    # what to do about it (warn and fail)
+    status: str  # ok, warn or fail
+    name: str  # what was checked
+    message: str  # what was found
+    fix: str = ""  # what to do about it (warn and fail)
 
     def as_dict(self) -> dict[str, str]:
         return {"status": self.status, "check": self.name, "message": self.message, "fix": self.fix}
@@ -54,6 +56,7 @@ def run(db_path: Path, env: Mapping[str, str], host: str | None = None) -> list[
 
 # -- database ----------------------------------------------------------------------------------
 
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -65,8 +68,14 @@ def _size(n: int) -> str:
 def _open(path: Path, checks: list[Check]) -> sqlite3.Connection | None:
     """Database checks; the connection for later checks, or None when it is unusable."""
     if not path.exists():
-        checks.append(Check(FAIL, "database", f"no database at {path}",
-                            "start the server once to create it, or pass --db / set STOCKYARD_DB"))
+        checks.append(
+            Check(
+                FAIL,
+                "database",
+                f"no database at {path}",
+                "start the server once to create it, or pass --db / set STOCKYARD_DB",
+            )
+        )
         return None
     conn = None
     try:
@@ -75,30 +84,52 @@ def _open(path: Path, checks: list[Check]) -> sqlite3.Connection | None:
     except sqlite3.Error as exc:
         if conn is not None:
             conn.close()
-        checks.append(Check(FAIL, "database", f"{path} cannot be read as SQLite: {exc}",
-                            "restore the newest backup or snapshot copy"))
+        checks.append(
+            Check(
+                FAIL,
+                "database",
+                f"{path} cannot be read as SQLite: {exc}",
+                "restore the newest backup or snapshot copy",
+            )
+        )
         return None
     if integrity != ["ok"]:
-        checks.append(Check(FAIL, "database", f"integrity check failed: {'; '.join(integrity[:3])}",
-                            "stop the server and restore the newest backup"))
+        checks.append(
+            Check(
+                FAIL,
+                "database",
+                f"integrity check failed: {'; '.join(integrity[:3])}",
+                "stop the server and restore the newest backup",
+            )
+        )
     else:
         checks.append(Check(OK, "database", f"{path} passes the integrity check"))
     writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
     if not writable:
-        checks.append(Check(FAIL, "permissions", f"{path} or its folder is not writable by this user",
-                            "run as the user that owns the file, or fix its and its folder's permissions"))
+        checks.append(
+            Check(
+                FAIL,
+                "permissions",
+                f"{path} or its folder is not writable by this user",
+                "run as the user that owns the file, or fix its and its folder's permissions",
+            )
+        )
     try:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if mode.lower() == "wal":
             checks.append(Check(OK, "journal mode", "WAL"))
         else:
-            checks.append(Check(WARN, "journal mode", f"{mode}, not WAL",
-                                "start the server once: it switches the file to WAL"))
+            checks.append(
+                Check(WARN, "journal mode", f"{mode}, not WAL", "start the server once: it switches the file to WAL")
+            )
         checks.append(_schema_check(conn))
     except sqlite3.Error as exc:
         conn.close()
-        checks.append(Check(FAIL, "schema", f"not a Stockyard database: {exc}",
-                            "check --db / STOCKYARD_DB points at the right file"))
+        checks.append(
+            Check(
+                FAIL, "schema", f"not a Stockyard database: {exc}", "check --db / STOCKYARD_DB points at the right file"
+            )
+        )
         return None
     checks.append(_size_check(path))
     return conn
@@ -109,13 +140,20 @@ def _schema_check(conn: sqlite3.Connection) -> Check:
     try:
         pending = db.pending_migrations(conn)
     except db.SchemaError as exc:
-        return Check(FAIL, "schema", str(exc), "use the stockyard.pyz that wrote this database, "
-                                               "or restore a backup made with this version")
+        return Check(
+            FAIL,
+            "schema",
+            str(exc),
+            "use the stockyard.pyz that wrote this database, or restore a backup made with this version",
+        )
     current = db.schema_version(conn)
     if pending:
-        return Check(WARN, "schema", f"version {current}, this stockyard knows {code}: "
-                                     f"{len(pending)} migration(s) pending",
-                     "start the server: it backs the file up, then migrates it")
+        return Check(
+            WARN,
+            "schema",
+            f"version {current}, this stockyard knows {code}: {len(pending)} migration(s) pending",
+            "start the server: it backs the file up, then migrates it",
+        )
     return Check(OK, "schema", f"version {current} (matches this stockyard)")
 
 
@@ -131,29 +169,34 @@ def _size_check(path: Path) -> Check:
 
 # -- encryption secret --------------------------------------------------------------------------
 
+
 def _keyed_chain(conn: sqlite3.Connection) -> str | None:
     """The chain key id of the newest keyed entry, or None."""
-    row = conn.execute("SELECT mac FROM audit_log WHERE mac LIKE 'hmac-sha256:%' "
-                       "ORDER BY seq DESC LIMIT 1").fetchone()
+    row = conn.execute("SELECT mac FROM audit_log WHERE mac LIKE 'hmac-sha256:%' ORDER BY seq DESC LIMIT 1").fetchone()
     return row[0].split(":", 1)[1] if row else None
 
 
 def stored_provider_keys(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
     """(row id, name, token) of each encrypted provider key (none before the providers migration)."""
-    has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'providers'"
-                             ).fetchone()
+    has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'providers'").fetchone()
     if not has_table:
         return []
-    return [(row[0], row[1], row[2]) for row in conn.execute(
-        "SELECT id, name, key_token FROM providers WHERE key_token IS NOT NULL")]
+    return [
+        (row[0], row[1], row[2])
+        for row in conn.execute("SELECT id, name, key_token FROM providers WHERE key_token IS NOT NULL")
+    ]
 
 
 def _secret_check(conn: sqlite3.Connection | None, secret: str | None) -> Check:
     """Is the secret set, and does it open what this database holds? A short one only warns."""
     found = _secret_findings(conn, secret)
     if secret and len(secret) < MIN_SECRET_CHARS and found.status == OK:
-        return Check(WARN, found.name, f"{found.message}; but it is only {len(secret)} characters",
-                     f"use at least {MIN_SECRET_CHARS} random characters (rotate it if keys are stored)")
+        return Check(
+            WARN,
+            found.name,
+            f"{found.message}; but it is only {len(secret)} characters",
+            f"use at least {MIN_SECRET_CHARS} random characters (rotate it if keys are stored)",
+        )
     return found
 
 
@@ -164,36 +207,54 @@ def _secret_findings(conn: sqlite3.Connection | None, secret: str | None) -> Che
         try:
             keyed, stored, salt = _keyed_chain(conn), stored_provider_keys(conn), vault.read_salt(conn)
         except (sqlite3.Error, vault.VaultError) as exc:
-            return Check(FAIL, name, f"cannot read what the secret protects: {exc}",
-                         "restore the newest backup")
+            return Check(FAIL, name, f"cannot read what the secret protects: {exc}", "restore the newest backup")
     if not secret:
         if keyed or stored:
             what = f"{len(stored)} stored provider key(s)" if stored else "the audit chain is keyed"
-            return Check(FAIL, name, f"STOCKYARD_ENCRYPTION_KEY is not set, but {what}",
-                         "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with")
-        return Check(WARN, name, "STOCKYARD_ENCRYPTION_KEY is not set: provider keys cannot be "
-                                 "stored and the audit chain is not keyed", SECRET_HINT)
+            return Check(
+                FAIL,
+                name,
+                f"STOCKYARD_ENCRYPTION_KEY is not set, but {what}",
+                "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with",
+            )
+        return Check(
+            WARN,
+            name,
+            "STOCKYARD_ENCRYPTION_KEY is not set: provider keys cannot be stored and the audit chain is not keyed",
+            SECRET_HINT,
+        )
     if conn is None:
         return Check(OK, name, "set (not checked: the database cannot be opened)")
     if salt is None:
         if keyed or stored:
-            return Check(FAIL, name, "the database's vault salt (meta.vault_salt) is missing, but "
-                                     "things are encrypted with it: the file was edited",
-                         "restore the newest backup")
+            return Check(
+                FAIL,
+                name,
+                "the database's vault salt (meta.vault_salt) is missing, but "
+                "things are encrypted with it: the file was edited",
+                "restore the newest backup",
+            )
         return Check(OK, name, "set (nothing in this database is encrypted with it yet)")
     current = audit.key_id(audit.chain_key(secret, salt) or b"")
     if keyed and keyed != current:
-        return Check(FAIL, name, f"does not match this database: the audit chain is keyed with "
-                                 f"key id {keyed}, this secret gives {current}",
-                     "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with")
+        return Check(
+            FAIL,
+            name,
+            f"does not match this database: the audit chain is keyed with key id {keyed}, this secret gives {current}",
+            "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with",
+        )
     if stored:
         box = vault.Vault(secret, salt)
         for row_id, provider, token in stored:
             try:
                 box.decrypt(token, vault.aad_for(row_id, provider))
             except vault.VaultError as exc:
-                return Check(FAIL, name, f"stored key of provider {provider!r}: {exc}",
-                             "set the secret the key was stored with, or store the provider key again")
+                return Check(
+                    FAIL,
+                    name,
+                    f"stored key of provider {provider!r}: {exc}",
+                    "set the secret the key was stored with, or store the provider key again",
+                )
         return Check(OK, name, f"set; decrypts all {len(stored)} stored provider key(s)")
     return Check(OK, name, "set; matches the audit chain key" if keyed else "set")
 
@@ -208,31 +269,52 @@ def _chain_check(conn: sqlite3.Connection | None, secret: str | None) -> Check:
     if result.ok:
         return Check(OK, "audit chain", result.reason)
     if result.broken_seq is None:  # every entry links up; the secret is what is missing
-        return Check(FAIL, "audit chain", result.reason,
-                     "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with")
-    return Check(FAIL, "audit chain", result.reason,
-                 "the log was changed outside Stockyard: compare it with a backup, and keep "
-                 "`stockyard audit head` somewhere else from now on")
+        return Check(
+            FAIL,
+            "audit chain",
+            result.reason,
+            "set STOCKYARD_ENCRYPTION_KEY to the value this database was set up with",
+        )
+    return Check(
+        FAIL,
+        "audit chain",
+        result.reason,
+        "the log was changed outside Stockyard: compare it with a backup, and keep "
+        "`stockyard audit head` somewhere else from now on",
+    )
 
 
 # -- providers and listening ------------------------------------------------------------------
 
+
 def _provider_checks(env: Mapping[str, str]) -> Iterator[Check]:
     providers = from_env(env)
     if not providers:
-        yield Check(WARN, "providers", "none configured in the environment",
-                    "set OPENAI_API_KEY (or ANTHROPIC_API_KEY, GEMINI_API_KEY, OLLAMA_BASE_URL, ...)")
+        yield Check(
+            WARN,
+            "providers",
+            "none configured in the environment",
+            "set OPENAI_API_KEY (or ANTHROPIC_API_KEY, GEMINI_API_KEY, OLLAMA_BASE_URL, ...)",
+        )
         return
     bad = False
     for p in providers:
         parts = urlsplit(p.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             bad = True
-            yield Check(FAIL, "providers", f"{p.name}: base URL {p.base_url!r} is not an http(s) URL",
-                        "fix the provider's *_BASE_URL variable, e.g. https://api.openai.com/v1")
+            yield Check(
+                FAIL,
+                "providers",
+                f"{p.name}: base URL {p.base_url!r} is not an http(s) URL",
+                "fix the provider's *_BASE_URL variable, e.g. https://api.openai.com/v1",
+            )
         elif parts.scheme == "http" and p.api_key and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
-            yield Check(WARN, "providers", f"{p.name}: its key would be sent over plain http to {parts.hostname}",
-                        "use an https base URL")
+            yield Check(
+                WARN,
+                "providers",
+                f"{p.name}: its key would be sent over plain http to {parts.hostname}",
+                "use an https base URL",
+            )
     if not bad:
         yield Check(OK, "providers", ", ".join(f"{p.name} ({p.key_hint or 'no key'})" for p in providers))
 
@@ -245,12 +327,20 @@ def _listen_check(env: Mapping[str, str], host: str | None) -> Check:
     where = f"{settings.host}:{settings.port}"
     problem = config.exposure_problem(settings)
     if problem:
-        return Check(FAIL, "listen address", f"{where}: serve would refuse to start without STOCKYARD_ADMIN_KEY",
-                     "set STOCKYARD_ADMIN_KEY, or listen on 127.0.0.1")
+        return Check(
+            FAIL,
+            "listen address",
+            f"{where}: serve would refuse to start without STOCKYARD_ADMIN_KEY",
+            "set STOCKYARD_ADMIN_KEY, or listen on 127.0.0.1",
+        )
     weak = config.admin_key_problem(settings)
     if weak:
-        return Check(FAIL, "listen address", f"{where}: serve would refuse to start: {weak}",
-                     f"use at least {config.MIN_ADMIN_KEY_CHARS} random characters")
+        return Check(
+            FAIL,
+            "listen address",
+            f"{where}: serve would refuse to start: {weak}",
+            f"use at least {config.MIN_ADMIN_KEY_CHARS} random characters",
+        )
     if not settings.is_loopback:
         return Check(OK, "listen address", f"{where}, reachable from other machines; admin API needs the key")
     admin = "admin API enabled" if settings.admin_key else "admin API off (STOCKYARD_ADMIN_KEY unset; the CLI works)"

@@ -45,8 +45,7 @@ class ProxyError(Exception):
         super().__init__(self.message)
 
     def body(self, dialect: str) -> bytes:
-        return error_body(dialect, self.status, self.message, code=self.code,
-                          param=self.param, type_=self.type)
+        return error_body(dialect, self.status, self.message, code=self.code, param=self.param, type_=self.type)
 
 
 def error_type(dialect: str, status: int) -> str:
@@ -56,8 +55,15 @@ def error_type(dialect: str, status: int) -> str:
     return anthropic_type if dialect == ANTHROPIC else openai_type
 
 
-def error_body(dialect: str, status: int, message: str, *, code: str | None = None,
-               param: str | None = None, type_: str | None = None) -> bytes:
+def error_body(
+    dialect: str,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    type_: str | None = None,
+) -> bytes:
     """The JSON error body a client of ``dialect`` expects."""
     kind = type_ or error_type(dialect, status)
     if dialect == ANTHROPIC:

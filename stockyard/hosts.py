@@ -88,8 +88,9 @@ def parse_public_hosts(value: str | None) -> tuple[str, ...]:
             continue
         parsed = split_authority(entry)
         if parsed is None:
-            raise ValueError(f"STOCKYARD_PUBLIC_HOSTS must be comma-separated host names like "
-                             f"proxy.example.com, got {entry!r}")
+            raise ValueError(
+                f"STOCKYARD_PUBLIC_HOSTS must be comma-separated host names like proxy.example.com, got {entry!r}"
+            )
         names.append(parsed[0])
     return tuple(names)
 

@@ -145,7 +145,7 @@ def body_framing(headers: Headers, version: str) -> int | None:
         return 0
     if not _DIGITS.fullmatch(length):
         raise HeadError(400, "Content-Length is not a valid number")
-    return int(length) if len(length) <= 18 else 10 ** 18
+    return int(length) if len(length) <= 18 else 10**18
 
 
 class Response(http.client.HTTPResponse):

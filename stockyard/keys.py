@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .times import parse_utc
 from .errors import ProxyError
 from .httphead import bearer_token
+from .times import parse_utc
 
 KEY_PREFIX = "sk-sy-"
 PREFIX_LEN = 12
@@ -54,8 +54,9 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     bearer = bearer_token(headers)
     api_key = (headers.get("x-api-key") or "").strip() or None
     if bearer and api_key and not hmac.compare_digest(bearer.encode(), api_key.encode()):
-        raise ProxyError(401, "the Authorization and x-api-key headers carry different keys; send one",
-                         code="invalid_api_key")
+        raise ProxyError(
+            401, "the Authorization and x-api-key headers carry different keys; send one", code="invalid_api_key"
+        )
     return bearer or api_key
 
 
@@ -96,10 +97,20 @@ class KeyRecord:
     def from_row(cls, row: Mapping[str, Any]) -> "KeyRecord":
         models = json.loads(row["models"]) if row["models"] else None
         return cls(
-            id=row["id"], name=row["name"], prefix=row["prefix"], hash=row["hash"], project=row["project"],
-            models=tuple(models) if models else None, expires_at=row["expires_at"],
-            revoked_at=row["revoked_at"], budget_uc=row["budget_uc"], budget_period=row["budget_period"],
-            rpm=row["rpm"], tpm=row["tpm"], created_at=row["created_at"], last_used_at=row["last_used_at"],
+            id=row["id"],
+            name=row["name"],
+            prefix=row["prefix"],
+            hash=row["hash"],
+            project=row["project"],
+            models=tuple(models) if models else None,
+            expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"],
+            budget_uc=row["budget_uc"],
+            budget_period=row["budget_period"],
+            rpm=row["rpm"],
+            tpm=row["tpm"],
+            created_at=row["created_at"],
+            last_used_at=row["last_used_at"],
             expires_ts=parse_utc(row["expires_at"]).timestamp() if row["expires_at"] else None,
         )
 
@@ -136,11 +147,20 @@ class KeyRecord:
     def public(self) -> dict[str, Any]:
         """What may be shown about a key: everything but its hash."""
         return {
-            "id": self.id, "name": self.name, "prefix": self.prefix, "project": self.project,
-            "models": list(self.models) if self.models else None, "expires_at": self.expires_at,
-            "revoked_at": self.revoked_at, "status": self.status(), "budget_uc": self.budget_uc,
-            "budget_period": self.budget_period, "rpm": self.rpm, "tpm": self.tpm,
-            "created_at": self.created_at, "last_used_at": self.last_used_at,
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "project": self.project,
+            "models": list(self.models) if self.models else None,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+            "status": self.status(),
+            "budget_uc": self.budget_uc,
+            "budget_period": self.budget_period,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
         }
 
 
@@ -167,8 +187,9 @@ class KeyRing:
         return record
 
 
-def check(ring: KeyRing, headers: Mapping[str, str], model: str | None,
-          now: float | None = None, route: Route = _no_route) -> KeyRecord:
+def check(
+    ring: KeyRing, headers: Mapping[str, str], model: str | None, now: float | None = None, route: Route = _no_route
+) -> KeyRecord:
     """The key a request is allowed to use, or the 401/403 that says why not.
 
     ``route`` (``Registry.routes_to``) tells which provider serves ``model``: see
@@ -176,9 +197,12 @@ def check(ring: KeyRing, headers: Mapping[str, str], model: str | None,
     """
     secret = presented_key(headers)
     if not secret:
-        raise ProxyError(401, "a client key is required: send Authorization: Bearer sk-sy-… "
-                              "or x-api-key: sk-sy-… (create one with `stockyard keys create`)",
-                         code="missing_api_key")
+        raise ProxyError(
+            401,
+            "a client key is required: send Authorization: Bearer sk-sy-… "
+            "or x-api-key: sk-sy-… (create one with `stockyard keys create`)",
+            code="missing_api_key",
+        )
     record = ring.find(secret)
     if record is None:
         raise ProxyError(401, "invalid client key", code="invalid_api_key")
@@ -193,5 +217,6 @@ def check(ring: KeyRing, headers: Mapping[str, str], model: str | None,
 def check_model(record: KeyRecord, model: str, route: Route) -> None:
     """The 403 for a model this key may not use at the provider routing picks."""
     if not record.allows_model(model, route):
-        raise ProxyError(403, f"client key {record.prefix}… may not use model {model!r}",
-                         param="model", code="model_not_allowed")
+        raise ProxyError(
+            403, f"client key {record.prefix}… may not use model {model!r}", param="model", code="model_not_allowed"
+        )

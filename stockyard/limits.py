@@ -22,11 +22,11 @@ from typing import Any
 from .errors import ProxyError
 
 SQLITE_INT_MAX = 2**63 - 1
-MAX_TOKENS = 10_000_000            # output tokens one choice may ask for
-MAX_CHOICES = 128                  # n / best_of / candidateCount (OpenAI's own limit for n)
-MAX_RATE_LIMIT = 10**12            # rpm and tpm of a client key
-MAX_MONEY_UC = 10**17              # a budget: $1,000,000,000 in µ¢
-MAX_PRICE_UC = 10**14              # a rate: $1,000,000 per 1M tokens, in µ¢ per 1M tokens
+MAX_TOKENS = 10_000_000  # output tokens one choice may ask for
+MAX_CHOICES = 128  # n / best_of / candidateCount (OpenAI's own limit for n)
+MAX_RATE_LIMIT = 10**12  # rpm and tpm of a client key
+MAX_MONEY_UC = 10**17  # a budget: $1,000,000,000 in µ¢
+MAX_PRICE_UC = 10**14  # a rate: $1,000,000 per 1M tokens, in µ¢ per 1M tokens
 
 # Output caps per choice, in the order a provider reads them (Chat/Completions, Responses).
 TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -73,8 +73,8 @@ class BodyNumber:
 
     container: dict
     key: str
-    name: str                      # "max_tokens", "generationConfig.candidateCount"
-    tokens: bool                   # an output cap (else a number of choices)
+    name: str  # "max_tokens", "generationConfig.candidateCount"
+    tokens: bool  # an output cap (else a number of choices)
 
     @property
     def value(self) -> Any:
@@ -92,10 +92,12 @@ def request_numbers(body: dict) -> list[BodyNumber]:
     for section in GENERATION_CONFIGS:
         config = body.get(section)
         if isinstance(config, dict):
-            found += [BodyNumber(config, key, f"{section}.{key}", True)
-                      for key in GENERATION_TOKEN_FIELDS if key in config]
-            found += [BodyNumber(config, key, f"{section}.{key}", False)
-                      for key in GENERATION_CHOICE_FIELDS if key in config]
+            found += [
+                BodyNumber(config, key, f"{section}.{key}", True) for key in GENERATION_TOKEN_FIELDS if key in config
+            ]
+            found += [
+                BodyNumber(config, key, f"{section}.{key}", False) for key in GENERATION_CHOICE_FIELDS if key in config
+            ]
     return found
 
 

@@ -99,8 +99,12 @@ class Registry:
                 self.observe("time_to_first_byte_seconds", by_provider, max(0.0, ctx.ttfb - ctx.started))
             usage = ctx.usage
             if usage is not None:
-                for kind, count in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens),
-                                    ("cached", usage.cached_tokens), ("reasoning", usage.reasoning_tokens)):
+                for kind, count in (
+                    ("prompt", usage.prompt_tokens),
+                    ("completion", usage.completion_tokens),
+                    ("cached", usage.cached_tokens),
+                    ("reasoning", usage.reasoning_tokens),
+                ):
                     if count:
                         self.inc("tokens_total", (*by_model, ("kind", kind)), int(count))
             if ctx.cost_uc:
@@ -127,8 +131,10 @@ class Registry:
         """A consistent copy for rendering (taken under the lock, rendered outside it)."""
         with self._lock:
             counters = {name: dict(family) for name, family in self.counters.items()}
-            hists = {name: {labels: (list(h.counts), h.sum, h.count) for labels, h in family.items()}
-                     for name, family in self.histograms.items()}
+            hists = {
+                name: {labels: (list(h.counts), h.sum, h.count) for labels, h in family.items()}
+                for name, family in self.histograms.items()
+            }
         return counters, hists
 
 
@@ -143,11 +149,18 @@ HELP = {
     "cache_hits_total": ("counter", "Requests answered from the cache."),
     "budget_rejections_total": ("counter", "Requests refused because a budget was spent."),
     "upstream_errors_total": ("counter", "Provider failures: error statuses, timeouts, resets, broken streams."),
-    "module_errors_total": ("counter", "Module hooks that raised (the request went on without them), by module and hook."),
-    "refusals_unrecorded_total": ("counter", "Requests refused for want of a valid client key and not traced "
-                                             "because their address sent too many."),
-    "connections_refused_total": ("counter", "Connections answered 503 at once because "
-                                             "STOCKYARD_MAX_CONNECTIONS were open."),
+    "module_errors_total": (
+        "counter",
+        "Module hooks that raised (the request went on without them), by module and hook.",
+    ),
+    "refusals_unrecorded_total": (
+        "counter",
+        "Requests refused for want of a valid client key and not traced because their address sent too many.",
+    ),
+    "connections_refused_total": (
+        "counter",
+        "Connections answered 503 at once because STOCKYARD_MAX_CONNECTIONS were open.",
+    ),
 }
 
 
@@ -211,33 +224,55 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
     db_path = app.settings.db_path
     out = [
         ("writer_queue_depth", "gauge", "Records waiting for the database writer.", w.depth),
-        ("writer_queue_capacity", "gauge", "Records the writer queue holds before new ones are dropped.",
-         w.queue.maxsize),
+        (
+            "writer_queue_capacity",
+            "gauge",
+            "Records the writer queue holds before new ones are dropped.",
+            w.queue.maxsize,
+        ),
         ("records_written_total", "counter", "Records committed to the database.", w.stats.written),
-        ("records_dropped_total", "counter",
-         "Records lost because the queue was full or the database refused them.", w.stats.dropped),
-        ("writer_failed_batches_total", "counter", "Write transactions the database refused.",
-         w.stats.failed_batches),
-        ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.",
-         1 if w.healthy else 0),
+        (
+            "records_dropped_total",
+            "counter",
+            "Records lost because the queue was full or the database refused them.",
+            w.stats.dropped,
+        ),
+        ("writer_failed_batches_total", "counter", "Write transactions the database refused.", w.stats.failed_batches),
+        ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.", 1 if w.healthy else 0),
         ("database_size_bytes", "gauge", "Size of the database file.", _file_size(db_path)),
-        ("database_wal_size_bytes", "gauge", "Size of the database's write-ahead log.",
-         _file_size(db_path.with_name(db_path.name + "-wal"))),
+        (
+            "database_wal_size_bytes",
+            "gauge",
+            "Size of the database's write-ahead log.",
+            _file_size(db_path.with_name(db_path.name + "-wal")),
+        ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]
     retention = getattr(app, "retention", None)
     if retention is not None:
         out += [
-            ("retention_bodies_deleted_total", "counter", "Trace bodies deleted by retention.",
-             retention.stats.bodies_deleted),
-            ("retention_traces_deleted_total", "counter", "Traces deleted by retention.",
-             retention.stats.traces_deleted),
+            (
+                "retention_bodies_deleted_total",
+                "counter",
+                "Trace bodies deleted by retention.",
+                retention.stats.bodies_deleted,
+            ),
+            (
+                "retention_traces_deleted_total",
+                "counter",
+                "Traces deleted by retention.",
+                retention.stats.traces_deleted,
+            ),
         ]
     snap = getattr(app, "snapshots", None)
     if snap is not None:
         out += [
-            ("snapshot_last_success_seconds", "gauge", "When the last snapshot was written (Unix time; 0: never).",
-             snap.last_ok_unix or 0),
+            (
+                "snapshot_last_success_seconds",
+                "gauge",
+                "When the last snapshot was written (Unix time; 0: never).",
+                snap.last_ok_unix or 0,
+            ),
             ("snapshot_failures_total", "counter", "Snapshots that could not be written.", snap.failures),
             ("snapshot_size_bytes", "gauge", "Size of the last snapshot.", snap.last_size_bytes),
         ]

@@ -32,8 +32,8 @@ from .upstream import UpstreamError
 if TYPE_CHECKING:
     from .app import App
 
-FIRST_FILL_WAIT_S = 3.0    # the longest a request waits for providers (only before any list exists)
-RETRY_FAILED_S = 60.0      # a provider that failed is asked again after this, not on every request
+FIRST_FILL_WAIT_S = 3.0  # the longest a request waits for providers (only before any list exists)
+RETRY_FAILED_S = 60.0  # a provider that failed is asked again after this, not on every request
 LISTING_TIMEOUT_S = 5.0
 
 
@@ -41,8 +41,8 @@ LISTING_TIMEOUT_S = 5.0
 class Listing:
     """One provider's cached list: the last good ids, and when it was last asked."""
 
-    ids: list[str] | None = None        # None until the provider has answered once
-    asked_at: float = 0.0               # monotonic time the last attempt started
+    ids: list[str] | None = None  # None until the provider has answered once
+    asked_at: float = 0.0  # monotonic time the last attempt started
     failed: bool = False
     refreshing: bool = False
     first_fill: threading.Event = field(default_factory=threading.Event)
@@ -83,9 +83,13 @@ def openai_model_ids(doc: dict) -> list[str]:
 def gemini_model_ids(doc: dict) -> list[str]:
     """Gemini model names without ``models/``, only those that can generate or embed."""
     wanted = {"generateContent", "embedContent"}
-    return [m["name"].removeprefix("models/") for m in doc.get("models", [])
-            if isinstance(m, dict) and isinstance(m.get("name"), str)
-            and wanted & set(m.get("supportedGenerationMethods") or wanted)]
+    return [
+        m["name"].removeprefix("models/")
+        for m in doc.get("models", [])
+        if isinstance(m, dict)
+        and isinstance(m.get("name"), str)
+        and wanted & set(m.get("supportedGenerationMethods") or wanted)
+    ]
 
 
 def _refresh(app: "App", provider: Provider, listing: Listing) -> None:
@@ -111,8 +115,9 @@ def _listing(app: "App", provider: Provider) -> Listing:
         if not due or listing.refreshing:
             return listing
         listing.refreshing, listing.asked_at = True, now
-    threading.Thread(target=_refresh, args=(app, provider, listing), name=f"stockyard-models-{provider.name}",
-                     daemon=True).start()
+    threading.Thread(
+        target=_refresh, args=(app, provider, listing), name=f"stockyard-models-{provider.name}", daemon=True
+    ).start()
     return listing
 
 

@@ -60,7 +60,7 @@ class Answer:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
-    stream: bool = False               # send as a chunked event stream, like a live one
+    stream: bool = False  # send as a chunked event stream, like a live one
 
 
 class ReadTimeouts(Protocol):
@@ -72,7 +72,7 @@ class ReadTimeouts(Protocol):
 class RetryPolicy(Protocol):
     """How the proxy retries and falls back (fallback module); without one: a single attempt."""
 
-    retries: int                       # extra attempts per candidate
+    retries: int  # extra attempts per candidate
 
     def fallbacks(self, ctx: "RequestContext") -> list[str]:
         """``provider/model`` names to try, in order, after the routed one."""
@@ -97,21 +97,21 @@ class RetryPolicy(Protocol):
 
 @dataclass
 class RequestContext:
-    endpoint: str                      # chat, completions, embeddings, messages, count_tokens
-    dialect: str                       # openai or anthropic
+    endpoint: str  # chat, completions, embeddings, messages, count_tokens
+    dialect: str  # openai or anthropic
     client_addr: str
-    headers: dict[str, str]            # client request headers, lower-case names
+    headers: dict[str, str]  # client request headers, lower-case names
     raw: bytes = b""
     body: dict[str, Any] = field(default_factory=dict)
     trace_id: str = ""
     ts_ms: int = 0
     started: float = field(default_factory=time.perf_counter)
-    ended: float | None = None         # set when an attempt ends before the request does
-    model: str | None = None           # as the client asked (after aliasing: see routed_model)
-    routed_model: str | None = None    # what routing used (alias module may change it)
+    ended: float | None = None  # set when an attempt ends before the request does
+    model: str | None = None  # as the client asked (after aliasing: see routed_model)
+    routed_model: str | None = None  # what routing used (alias module may change it)
     stream: bool = False
     client_wants_usage: bool = False
-    key: Any = None                    # the client key record, when auth is on
+    key: Any = None  # the client key record, when auth is on
     key_id: str | None = None
     project: str | None = None
     provider: Provider | None = None
@@ -131,17 +131,17 @@ class RequestContext:
     cost_status: str = "none"
     cache_hit: bool = False
     cost_saved_uc: int | None = None
-    answer: Answer | None = None       # set by a module that answers without the provider
-    complete: bool = False             # the answer arrived whole (a stream reached its end event)
+    answer: Answer | None = None  # set by a module that answers without the provider
+    complete: bool = False  # the answer arrived whole (a stream reached its end event)
     attempts: list["RequestContext"] = field(default_factory=list)  # failed attempts before this one
     state: dict[str, Any] = field(default_factory=dict)  # per-module scratch space
-    body_changed: bool = False         # a module rewrote ``body``; re-serialize before sending
+    body_changed: bool = False  # a module rewrote ``body``; re-serialize before sending
     reply_headers: dict[str, str] = field(default_factory=dict)  # modules' headers for the client
-    deadline: float | None = None      # perf_counter() time the request must be done by (timeout)
+    deadline: float | None = None  # perf_counter() time the request must be done by (timeout)
     timeouts: ReadTimeouts | None = None  # per-model upstream read timeouts (timeout)
-    retry: RetryPolicy | None = None   # retries, fallbacks and circuit breaker (fallback)
-    sensitive: bool = False            # the request holds secrets or PII: its answer is not cached
-    upstream_cancel: Any = None        # upstream.Cancel: ends the provider call when the client leaves
+    retry: RetryPolicy | None = None  # retries, fallbacks and circuit breaker (fallback)
+    sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
+    upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
 
     def __post_init__(self) -> None:
         if not self.ts_ms:
@@ -196,9 +196,15 @@ class HookFailures:
             first = (module, hook) not in self._logged
             self._logged.add((module, hook))
         if first:
-            log.error("module %r: its %s hook failed (%s: %s); the other modules' hooks still run. Later "
-                      "failures of this hook are counted in stockyard_module_errors_total, not logged.",
-                      module, hook, type(exc).__name__, exc, exc_info=exc)
+            log.error(
+                "module %r: its %s hook failed (%s: %s); the other modules' hooks still run. Later "
+                "failures of this hook are counted in stockyard_module_errors_total, not logged.",
+                module,
+                hook,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
         if self._count is not None:
             try:
                 self._count(module, hook)
@@ -229,8 +235,9 @@ class Chain:
                 raise
             except Exception as exc:
                 self.failures.report(module.name, "before", exc)
-                raise ProxyError(500, f"the {module.name!r} module failed on this request; see the server log",
-                                 code="module_error") from None
+                raise ProxyError(
+                    500, f"the {module.name!r} module failed on this request; see the server log", code="module_error"
+                ) from None
             if ctx.answer is not None:
                 return
 

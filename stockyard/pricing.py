@@ -43,10 +43,24 @@ USD = 10**8  # µ¢ per US dollar
 PER = 10**6  # rates are per this many tokens
 
 # Leading path segments that name a provider rather than part of a model id.
-PROVIDERS = frozenset({
-    "openai", "anthropic", "gemini", "google", "groq", "mistral", "deepseek",
-    "together", "fireworks", "openrouter", "perplexity", "xai", "ollama", "azure",
-})
+PROVIDERS = frozenset(
+    {
+        "openai",
+        "anthropic",
+        "gemini",
+        "google",
+        "groq",
+        "mistral",
+        "deepseek",
+        "together",
+        "fireworks",
+        "openrouter",
+        "perplexity",
+        "xai",
+        "ollama",
+        "azure",
+    }
+)
 
 # What may follow a priced key in the name of the same model (see the module docstring).
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}|[-@]\d{8}|-\d{3,4}|-latest|-preview-\d{2}-\d{2}")

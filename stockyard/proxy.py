@@ -53,7 +53,9 @@ class Reply(Protocol):
 
 
 def parse_body(ctx: RequestContext) -> None:
-    """Decode the JSON object body, pick out model and stream, check the numbers the proxy reads (400 on anything else)."""
+    """Decode the JSON object body, pick out model and stream, check the numbers the proxy reads.
+
+    Anything else is a 400."""
     try:
         body = json.loads(ctx.raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -64,8 +66,9 @@ def parse_body(ctx: RequestContext) -> None:
     model = body.get("model")
     if ctx.endpoint in NEEDS_MODEL:
         if not isinstance(model, str) or not model.strip():
-            raise ProxyError(400, "'model' is required and must be a non-empty string", param="model",
-                             code="missing_model")
+            raise ProxyError(
+                400, "'model' is required and must be a non-empty string", param="model", code="missing_model"
+            )
         ctx.model = model
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
@@ -123,8 +126,7 @@ def send_error(app: "App", reply: Reply, ctx: RequestContext, exc: ProxyError) -
     body = exc.body(ctx.dialect)
     ctx.capture(body, app.settings.body_cap_bytes)
     try:
-        reply.send(exc.status, body, headers={"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers,
-                                              **exc.headers})
+        reply.send(exc.status, body, headers={"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **exc.headers})
     except ClientGone:
         ctx.outcome = "client_disconnected"
 
@@ -146,6 +148,7 @@ def deliver_answer(app: "App", reply: Reply, ctx: RequestContext) -> None:
 
 
 # -- attempts -------------------------------------------------------------------------------------
+
 
 class SingleAttempt:
     """The policy without the fallback module: one attempt, its failure passed on as it is."""
@@ -179,16 +182,30 @@ class Failure:
     started: float
     ts_ms: int
     retry_after: float | None = None
-    error: ProxyError | None = None    # no HTTP answer (connect, timeout, reset): raised at the end
-    status: int = 0                    # an HTTP error answer: passed through at the end
+    error: ProxyError | None = None  # no HTTP answer (connect, timeout, reset): raised at the end
+    status: int = 0  # an HTTP error answer: passed through at the end
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
 
 
 # What one attempt leaves on the context; moved to a context of its own when another follows.
-ATTEMPT_FIELDS = ("provider", "upstream_model", "served_model", "status", "outcome", "error_type",
-                  "error_message", "ttfb", "usage", "usage_estimated", "upstream_request_id",
-                  "response_body", "response_truncated", "cost_uc", "cost_status")
+ATTEMPT_FIELDS = (
+    "provider",
+    "upstream_model",
+    "served_model",
+    "status",
+    "outcome",
+    "error_type",
+    "error_message",
+    "ttfb",
+    "usage",
+    "usage_estimated",
+    "upstream_request_id",
+    "response_body",
+    "response_truncated",
+    "cost_uc",
+    "cost_status",
+)
 
 
 def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
@@ -214,8 +231,15 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
                 break
             if failure is not None:
                 keep_attempt(app, ctx, failure)
-                log.info("%s: attempt %d failed (%s); trying %s/%s%s", ctx.trace_id, len(ctx.attempts),
-                         ctx.attempts[-1].error_type, provider.name, model, f" in {wait:.2f}s" if wait else "")
+                log.info(
+                    "%s: attempt %d failed (%s); trying %s/%s%s",
+                    ctx.trace_id,
+                    len(ctx.attempts),
+                    ctx.attempts[-1].error_type,
+                    provider.name,
+                    model,
+                    f" in {wait:.2f}s" if wait else "",
+                )
                 if wait:
                     time.sleep(wait)
             ctx.provider, ctx.upstream_model = provider, model
@@ -226,9 +250,14 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
                 return deliver_failure(reply, failure)
     if failure is None:
         wait_s = max(1, math.ceil(min(policy.retry_in(name) for name in skipped)))
-        raise ProxyError(503, f"no provider available for {ctx.model!r}: the circuit breaker of "
-                              f"{', '.join(sorted(set(skipped)))} is open after repeated failures; retry in "
-                              f"{wait_s}s", code="circuit_open", headers={"Retry-After": str(wait_s)})
+        raise ProxyError(
+            503,
+            f"no provider available for {ctx.model!r}: the circuit breaker of "
+            f"{', '.join(sorted(set(skipped)))} is open after repeated failures; retry in "
+            f"{wait_s}s",
+            code="circuit_open",
+            headers={"Retry-After": str(wait_s)},
+        )
     return deliver_failure(reply, failure)
 
 
@@ -318,8 +347,11 @@ def read_timeout(ctx: RequestContext, provider: str, model: str) -> tuple[float 
 
 def deadline_error(ctx: RequestContext) -> ProxyError:
     assert ctx.deadline is not None
-    return ProxyError(504, f"the request did not finish within its deadline of {ctx.deadline - ctx.started:g}s",
-                      code="deadline_exceeded")
+    return ProxyError(
+        504,
+        f"the request did not finish within its deadline of {ctx.deadline - ctx.started:g}s",
+        code="deadline_exceeded",
+    )
 
 
 def call_upstream(app: "App", ctx: RequestContext, read_timeout: float | None = None) -> UpstreamResponse:
@@ -327,19 +359,29 @@ def call_upstream(app: "App", ctx: RequestContext, read_timeout: float | None = 
     provider, model = ctx.provider, ctx.upstream_model
     assert provider is not None and model is not None
     if provider.key_error:  # the details (key ids) are for the operator's log, not for clients
-        raise ProxyError(503, f"provider {provider.name!r} cannot be used: its stored key cannot be "
-                              "decrypted; the operator must fix it (see the server log)",
-                         code="provider_key_unavailable")
+        raise ProxyError(
+            503,
+            f"provider {provider.name!r} cannot be used: its stored key cannot be "
+            "decrypted; the operator must fix it (see the server log)",
+            code="provider_key_unavailable",
+        )
     adapter = adapter_for(provider, ctx.dialect)
     call = adapter.prepare(ctx, provider, model)
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
-    return app.pool.request(call.base_url or provider.base_url, call.method, call.path, call.headers,
-                            call.body, read_timeout=min(timeouts) if timeouts else None,
-                            cancel=ctx.upstream_cancel)
+    return app.pool.request(
+        call.base_url or provider.base_url,
+        call.method,
+        call.path,
+        call.headers,
+        call.body,
+        read_timeout=min(timeouts) if timeouts else None,
+        cancel=ctx.upstream_cancel,
+    )
 
 
-def no_answer(app: "App", ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float,
-              ts_ms: int) -> Failure:
+def no_answer(
+    app: "App", ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float, ts_ms: int
+) -> Failure:
     """The provider could not be reached or stopped answering: retryable, unless the deadline passed.
 
     When the client left meanwhile, that is why (we shut the connection down): ClientGone.
@@ -351,8 +393,7 @@ def no_answer(app: "App", ctx: RequestContext, exc: UpstreamError, by_deadline: 
     if by_deadline and exc.kind == "timeout":
         error, retryable = deadline_error(ctx), False
     else:
-        error = ProxyError(exc.status, app.scrub(f"provider {ctx.provider.name!r}: {exc}"),
-                           code=f"upstream_{exc.kind}")
+        error = ProxyError(exc.status, app.scrub(f"provider {ctx.provider.name!r}: {exc}"), code=f"upstream_{exc.kind}")
         retryable = True
     fail(ctx, error.status, error.message, "error", error.code)
     return Failure(retryable, started, ts_ms, error=error)
@@ -363,8 +404,15 @@ def client_left(ctx: RequestContext) -> bool:
     return ctx.upstream_cancel is not None and ctx.upstream_cancel.cancelled
 
 
-def error_answer(app: "App", ctx: RequestContext, resp: UpstreamResponse, adapter: Adapter,
-                 headers: dict[str, str], started: float, ts_ms: int) -> Failure:
+def error_answer(
+    app: "App",
+    ctx: RequestContext,
+    resp: UpstreamResponse,
+    adapter: Adapter,
+    headers: dict[str, str],
+    started: float,
+    ts_ms: int,
+) -> Failure:
     """A provider's error, in the client's dialect with keys scrubbed; retryable for 429 and 5xx."""
     assert ctx.provider is not None
     try:
@@ -378,15 +426,28 @@ def error_answer(app: "App", ctx: RequestContext, resp: UpstreamResponse, adapte
         body = adapter.error(ctx, resp.status, scrubbed)
     except ValueError:
         parsed = None
-        body = ProxyError(resp.status, f"provider {ctx.provider.name!r} answered {resp.status} "
-                                       "with a body that is not JSON").body(ctx.dialect)
+        body = ProxyError(
+            resp.status, f"provider {ctx.provider.name!r} answered {resp.status} with a body that is not JSON"
+        ).body(ctx.dialect)
     if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
         ctx.usage = Usage.from_openai(parsed["usage"])  # billed attempts are billed here too
-    fail(ctx, resp.status, app.scrub(scrubbed[:500].decode("utf-8", "replace")), "upstream_error",
-         f"upstream_{resp.status}")
+    fail(
+        ctx,
+        resp.status,
+        app.scrub(scrubbed[:500].decode("utf-8", "replace")),
+        "upstream_error",
+        f"upstream_{resp.status}",
+    )
     ctx.capture(body, app.settings.body_cap_bytes)
-    return Failure(resp.status == 429 or resp.status >= 500, started, ts_ms,
-                   retry_after=retry_after_s(resp.headers), status=resp.status, body=body, headers=headers)
+    return Failure(
+        resp.status == 429 or resp.status >= 500,
+        started,
+        ts_ms,
+        retry_after=retry_after_s(resp.headers),
+        status=resp.status,
+        body=body,
+        headers=headers,
+    )
 
 
 def retry_after_s(headers: dict[str, str]) -> float | None:
@@ -409,9 +470,20 @@ def retry_after_s(headers: dict[str, str]) -> float | None:
 
 def keep_attempt(app: "App", ctx: RequestContext, failure: Failure) -> None:
     """Move a failed attempt off the request into a context of its own, priced, for its trace row."""
-    child = RequestContext(ctx.endpoint, ctx.dialect, ctx.client_addr, {}, ts_ms=failure.ts_ms,
-                           started=failure.started, model=ctx.model, routed_model=ctx.routed_model,
-                           stream=ctx.stream, key=ctx.key, key_id=ctx.key_id, project=ctx.project)
+    child = RequestContext(
+        ctx.endpoint,
+        ctx.dialect,
+        ctx.client_addr,
+        {},
+        ts_ms=failure.ts_ms,
+        started=failure.started,
+        model=ctx.model,
+        routed_model=ctx.routed_model,
+        stream=ctx.stream,
+        key=ctx.key,
+        key_id=ctx.key_id,
+        project=ctx.project,
+    )
     child.ended = time.perf_counter()
     blank = RequestContext(ctx.endpoint, ctx.dialect, ctx.client_addr, {})
     for name in ATTEMPT_FIELDS:
@@ -431,8 +503,16 @@ def deliver_failure(reply: Reply, failure: Failure) -> bool:
 
 # -- relaying a stream ------------------------------------------------------------------------------
 
-def relay_stream(app: "App", reply: Reply, ctx: RequestContext, resp: UpstreamResponse,
-                 events: Iterator[bytes], adapter: Adapter, headers: dict[str, str]) -> None:
+
+def relay_stream(
+    app: "App",
+    reply: Reply,
+    ctx: RequestContext,
+    resp: UpstreamResponse,
+    events: Iterator[bytes],
+    adapter: Adapter,
+    headers: dict[str, str],
+) -> None:
     """Relay SSE event by event; a break upstream ends with an error event, never [DONE]."""
     translator = adapter.stream(ctx)
     cap = app.settings.body_cap_bytes

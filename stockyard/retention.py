@@ -21,9 +21,9 @@ from typing import Callable
 log = logging.getLogger("stockyard.retention")
 
 BATCH_ROWS = 500
-VACUUM_PAGES = 1000          # pages handed back to the file system per step
-VACUUM_MIN_FREE_PAGES = 64   # fewer free pages than this are left for new rows to reuse
-CAP_CHECK_EVERY_S = 300.0    # measuring stored bodies reads the whole table: not too often
+VACUUM_PAGES = 1000  # pages handed back to the file system per step
+VACUUM_MIN_FREE_PAGES = 64  # fewer free pages than this are left for new rows to reuse
+CAP_CHECK_EVERY_S = 300.0  # measuring stored bodies reads the whole table: not too often
 
 
 def id_before(ms: int) -> str:
@@ -41,9 +41,15 @@ class RetentionStats:
 class Retention:
     """Deletes what is older than the configured ages, and bodies beyond the size cap."""
 
-    def __init__(self, *, bodies_max_age_s: float | None = None, traces_max_age_s: float | None = None,
-                 bodies_max_bytes: int | None = None, batch_rows: int = BATCH_ROWS,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        bodies_max_age_s: float | None = None,
+        traces_max_age_s: float | None = None,
+        bodies_max_bytes: int | None = None,
+        batch_rows: int = BATCH_ROWS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.bodies_max_age_s = bodies_max_age_s
         self.traces_max_age_s = traces_max_age_s
         self.bodies_max_bytes = bodies_max_bytes
@@ -51,7 +57,7 @@ class Retention:
         self.clock = clock
         self.stats = RetentionStats()
         self._cap_checked_at: float | None = None
-        self._cap_cutoff: str | None = None   # delete bodies with ids <= this (over the cap)
+        self._cap_cutoff: str | None = None  # delete bodies with ids <= this (over the cap)
         self._warned_no_vacuum = False
 
     @property
@@ -64,8 +70,9 @@ class Retention:
         if self.traces_max_age_s is not None:
             cutoff = now_ms - int(self.traces_max_age_s * 1000)
             deleted = conn.execute(
-                "DELETE FROM traces WHERE rowid IN (SELECT rowid FROM traces WHERE ts_ms < ? "
-                "ORDER BY ts_ms LIMIT ?)", (cutoff, self.batch_rows)).rowcount
+                "DELETE FROM traces WHERE rowid IN (SELECT rowid FROM traces WHERE ts_ms < ? ORDER BY ts_ms LIMIT ?)",
+                (cutoff, self.batch_rows),
+            ).rowcount
             self.stats.traces_deleted += deleted
             if deleted:
                 return True
@@ -86,7 +93,9 @@ class Retention:
         """Delete one batch of bodies; True if there may be more."""
         deleted = conn.execute(
             f"DELETE FROM trace_bodies WHERE rowid IN (SELECT rowid FROM trace_bodies WHERE {where} "
-            "ORDER BY trace_id LIMIT ?)", (value, self.batch_rows)).rowcount
+            "ORDER BY trace_id LIMIT ?)",
+            (value, self.batch_rows),
+        ).rowcount
         self.stats.bodies_deleted += deleted
         return deleted > 0
 
@@ -100,14 +109,18 @@ class Retention:
     def _over_cap_cutoff(self, conn: sqlite3.Connection) -> str | None:
         """The newest trace id whose body no longer fits under the cap (newest bodies win)."""
         assert self.bodies_max_bytes is not None
-        pages, page_size = (conn.execute("PRAGMA page_count").fetchone()[0],
-                            conn.execute("PRAGMA page_size").fetchone()[0])
+        pages, page_size = (
+            conn.execute("PRAGMA page_count").fetchone()[0],
+            conn.execute("PRAGMA page_size").fetchone()[0],
+        )
         if pages * page_size <= self.bodies_max_bytes:
             return None  # the whole file fits: no need to measure
         row = conn.execute(
             "SELECT trace_id FROM (SELECT trace_id, SUM(COALESCE(length(request), 0) + "
             "COALESCE(length(response), 0)) OVER (ORDER BY trace_id DESC ROWS UNBOUNDED PRECEDING) "
-            "AS running FROM trace_bodies) WHERE running > ? LIMIT 1", (self.bodies_max_bytes,)).fetchone()
+            "AS running FROM trace_bodies) WHERE running > ? LIMIT 1",
+            (self.bodies_max_bytes,),
+        ).fetchone()
         return row[0] if row else None
 
     def _vacuum_step(self, conn: sqlite3.Connection) -> bool:
@@ -117,9 +130,11 @@ class Retention:
             return False
         if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             if not self._warned_no_vacuum and self.configured:
-                log.warning("the database file cannot shrink after retention deletes rows: it was "
-                            "created without incremental vacuum; stop the server and run "
-                            "`stockyard migrate` once to convert it")
+                log.warning(
+                    "the database file cannot shrink after retention deletes rows: it was "
+                    "created without incremental vacuum; stop the server and run "
+                    "`stockyard migrate` once to convert it"
+                )
                 self._warned_no_vacuum = True
             return False
         # executescript steps the pragma to the end; execute() would free a single page.

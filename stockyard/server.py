@@ -42,7 +42,7 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
 # Answered for any Host and Origin: load balancers and probes address a server by its IP.
 OPEN_ROUTES = ("/healthz", "/readyz")
 READYZ_TIMEOUT_S = 5.0
-CHUNK_LINE_MAX = 4096                  # a chunk-size line with its extensions
+CHUNK_LINE_MAX = 4096  # a chunk-size line with its extensions
 LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
 # RFC 9112 §7.1: chunk-size (hex digits, bounded) [; extensions] CRLF; no sign, no spaces before it.
@@ -58,8 +58,9 @@ class Request:
     handler that refuses first (the admin key) costs a keyless sender no read at all.
     """
 
-    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes | Callable[[], bytes],
-                 client: str) -> None:
+    def __init__(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | Callable[[], bytes], client: str
+    ) -> None:
         parts = urlsplit(target)
         self.method = method
         self.path = parts.path
@@ -129,8 +130,14 @@ class RefusalRecorder:
     senders together ``total_rate``; beyond that a refusal is only counted in /metrics.
     """
 
-    def __init__(self, rate: float = 5.0, burst: float = 20.0, total_rate: float = 50.0,
-                 total_burst: float = 200.0, max_senders: int = 4096) -> None:
+    def __init__(
+        self,
+        rate: float = 5.0,
+        burst: float = 20.0,
+        total_rate: float = 50.0,
+        total_burst: float = 200.0,
+        max_senders: int = 4096,
+    ) -> None:
         self.rate, self.burst, self.max_senders = rate, burst, max_senders
         self.total_rate, self.total_burst = total_rate, total_burst
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -145,8 +152,9 @@ class RefusalRecorder:
     def allow(self, addr: str) -> bool:
         sender, now = _sender(addr), time.monotonic()
         with self._lock:
-            ok, self._buckets[sender] = self._take(self._buckets.get(sender, (self.burst, now)),
-                                                   self.rate, self.burst, now)
+            ok, self._buckets[sender] = self._take(
+                self._buckets.get(sender, (self.burst, now)), self.rate, self.burst, now
+            )
             if ok:
                 ok, self._total = self._take(self._total, self.total_rate, self.total_burst, now)
             if len(self._buckets) > self.max_senders:  # forget the senders whose bucket is full again
@@ -247,10 +255,17 @@ class StockyardHTTPServer(ThreadingHTTPServer):
 
     def _refuse_connection(self, request: socket.socket) -> None:
         """503 without reading the request: never blocks the accept loop (the socket is non-blocking)."""
-        body = error_body(OPENAI, 503, f"the server is at its limit of {self.max_connections} connections "
-                                       "(STOCKYARD_MAX_CONNECTIONS); retry shortly", code="too_many_connections")
-        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        body = error_body(
+            OPENAI,
+            503,
+            f"the server is at its limit of {self.max_connections} connections "
+            "(STOCKYARD_MAX_CONNECTIONS); retry shortly",
+            code="too_many_connections",
+        )
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        ).encode()
         try:
             request.setblocking(False)
             request.send(head + body)
@@ -262,8 +277,11 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         now = time.monotonic()
         if now - self._full_logged > 60:
             self._full_logged = now
-            log.warning("connection limit reached: %d connections open (STOCKYARD_MAX_CONNECTIONS); "
-                        "new ones get 503 until some close", self.max_connections)
+            log.warning(
+                "connection limit reached: %d connections open (STOCKYARD_MAX_CONNECTIONS); "
+                "new ones get 503 until some close",
+                self.max_connections,
+            )
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight (bounded); True if all finished."""
@@ -283,10 +301,10 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "stockyard"
     sys_version = ""
     server: StockyardHTTPServer
-    _body_length: int | None = 0      # this request's Content-Length; None: chunked
-    _body_done = False                # the body has been read whole
-    _expect_continue = False          # the client waits for "100 Continue" before sending its body
-    _linger = False                   # we answered before the body came: drain briefly before closing
+    _body_length: int | None = 0  # this request's Content-Length; None: chunked
+    _body_done = False  # the body has been read whole
+    _expect_continue = False  # the client waits for "100 Continue" before sending its body
+    _linger = False  # we answered before the body came: drain briefly before closing
 
     # -- stdlib hooks ----------------------------------------------------------------------
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
@@ -411,15 +429,14 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientGone() from exc
 
     # Reply protocol used by proxy.py
-    def send(self, status: int, body: bytes, content_type: str = "application/json",
-             headers: dict | None = None) -> None:
+    def send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None
+    ) -> None:
         self._write(status, body, content_type, headers or {})
 
-    def start_stream(self, status: int, headers: dict | None = None,
-                     content_type: str = "text/event-stream") -> None:
+    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> None:
         self._status = status
-        head = self._head(status, {"Content-Type": content_type, "Transfer-Encoding": "chunked",
-                                   **(headers or {})})
+        head = self._head(status, {"Content-Type": content_type, "Transfer-Encoding": "chunked", **(headers or {})})
         self._stream_head = head
 
     def chunk(self, data: bytes) -> None:
@@ -462,8 +479,7 @@ class Handler(BaseHTTPRequestHandler):
         if length is None:
             return self._read_chunked(limit)
         if length > limit:
-            raise ProxyError(413, f"request body is {length} bytes; the limit is {limit}",
-                             code="request_too_large")
+            raise ProxyError(413, f"request body is {length} bytes; the limit is {limit}", code="request_too_large")
         if not length:
             return b""
         data = self.rfile.read(length)
@@ -499,21 +515,24 @@ class Handler(BaseHTTPRequestHandler):
                 raise ClientGone()  # the stream ended inside the body
             match = _CHUNK_SIZE.fullmatch(line)
             if match is None:
-                raise ProxyError(400, "malformed chunked request body: a chunk size must be hex digits, "
-                                      "optionally followed by ;extensions, and end with CRLF",
-                                 code="bad_chunked_body")
+                raise ProxyError(
+                    400,
+                    "malformed chunked request body: a chunk size must be hex digits, "
+                    "optionally followed by ;extensions, and end with CRLF",
+                    code="bad_chunked_body",
+                )
             size = int(match.group(1), 16)
             if size == 0:
                 try:
                     read_head(self.rfile, strict=True, max_bytes=MAX_REQUEST_HEAD)  # trailers: read, dropped
                 except HeadError as exc:
-                    raise ProxyError(exc.status, f"malformed chunked request body: trailer: {exc}",
-                                     code="bad_chunked_body") from None
+                    raise ProxyError(
+                        exc.status, f"malformed chunked request body: trailer: {exc}", code="bad_chunked_body"
+                    ) from None
                 return b"".join(parts)
             total += size
             if total > limit:
-                raise ProxyError(413, f"request body exceeds the limit of {limit} bytes",
-                                 code="request_too_large")
+                raise ProxyError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
             data = self.rfile.read(size)
             if len(data) < size:
                 raise ClientGone()
@@ -522,8 +541,9 @@ class Handler(BaseHTTPRequestHandler):
             if end != b"\r\n":
                 if len(end) < 2:
                     raise ClientGone()
-                raise ProxyError(400, "malformed chunked request body: chunk data is not followed by CRLF",
-                                 code="bad_chunked_body")
+                raise ProxyError(
+                    400, "malformed chunked request body: chunk data is not followed by CRLF", code="bad_chunked_body"
+                )
 
     # -- dispatch --------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -555,14 +575,15 @@ class Handler(BaseHTTPRequestHandler):
             self._end_early()
             self.close_connection = True
             try:
-                self._write(500, error_body(dialect, 500, "internal error; see the server log"),
-                            "application/json", {})
+                self._write(500, error_body(dialect, 500, "internal error; see the server log"), "application/json", {})
             except ClientGone:
                 pass
         finally:
             if server.app.settings.log_requests and path not in ("/healthz", "/readyz", "/metrics"):
-                access(f"{self.command} {printable(path, 200)} {self._status} {printable(self._model or '-', 200)} "
-                       f"{(time.perf_counter() - started) * 1000:.1f}ms{self._trace_note}")
+                access(
+                    f"{self.command} {printable(path, 200)} {self._status} {printable(self._model or '-', 200)} "
+                    f"{(time.perf_counter() - started) * 1000:.1f}ms{self._trace_note}"
+                )
             with server.active_cv:
                 server.active -= 1
                 server.active_cv.notify_all()
@@ -615,14 +636,22 @@ class Handler(BaseHTTPRequestHandler):
         authority = target.netloc if target.scheme else self.headers.get("Host")  # absolute-form wins
         if not host_allowed(authority, settings.host, settings.public_hosts):
             shown = printable(authority or "", 100)
-            raise ProxyError(421, f"this server does not answer for the host {shown!r}: only loopback names "
-                                  "and addresses, its listen address, and the names in STOCKYARD_PUBLIC_HOSTS; "
-                                  "to serve this name, add it to STOCKYARD_PUBLIC_HOSTS", code="host_not_allowed")
+            raise ProxyError(
+                421,
+                f"this server does not answer for the host {shown!r}: only loopback names "
+                "and addresses, its listen address, and the names in STOCKYARD_PUBLIC_HOSTS; "
+                "to serve this name, add it to STOCKYARD_PUBLIC_HOSTS",
+                code="host_not_allowed",
+            )
         origin = self.headers.get("Origin")
         if not origin_allowed(origin, authority, settings.cors_origin):
-            raise ProxyError(403, f"requests from the web origin {printable(origin or '', 100)!r} are refused: "
-                                  "only this server's own pages and STOCKYARD_CORS_ORIGIN may call it "
-                                  "from a browser", code="origin_not_allowed")
+            raise ProxyError(
+                403,
+                f"requests from the web origin {printable(origin or '', 100)!r} are refused: "
+                "only this server's own pages and STOCKYARD_CORS_ORIGIN may call it "
+                "from a browser",
+                code="origin_not_allowed",
+            )
 
     def _key_accepted(self, ctx: RequestContext) -> bool:
         """The client key, from the headers alone, before the body is read (when keys are required).
@@ -649,8 +678,12 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def _refuse_method(self, allowed: list[str]) -> None:
-        raise ProxyError(405, f"method {self.command} is not allowed here; use {', '.join(allowed)}",
-                         code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
+        raise ProxyError(
+            405,
+            f"method {self.command} is not allowed here; use {', '.join(allowed)}",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(allowed)},
+        )
 
     def send_json(self, status: int, payload, headers: dict | None = None) -> None:
         self.send(status, json.dumps(payload, default=str).encode(), "application/json", headers)
@@ -662,6 +695,7 @@ def _dialect_of(target: str) -> str:
 
 
 # -- operational routes ---------------------------------------------------------------------------
+
 
 def healthz(h: Handler, req: Request) -> None:
     h.send_json(200, {"status": "ok"})
@@ -677,9 +711,13 @@ def readyz(h: Handler, req: Request) -> None:
     w = app.writer
     state = {"queue_depth": w.depth, "records_dropped": w.stats.dropped}
     try:
-        w.call(lambda conn: conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('readyz', strftime('%s','now')) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value"), timeout=READYZ_TIMEOUT_S)
+        w.call(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('readyz', strftime('%s','now')) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+            ),
+            timeout=READYZ_TIMEOUT_S,
+        )
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
         h.send_json(503, {"status": "unavailable", "database": f"not writable: {reason}", **state})

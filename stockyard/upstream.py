@@ -18,8 +18,13 @@ from urllib.parse import urlsplit
 
 from .httphead import Response
 
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-          ConnectionAbortedError, http.client.BadStatusLine)
+_STALE = (
+    http.client.RemoteDisconnected,
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    http.client.BadStatusLine,
+)
 
 
 class UpstreamError(Exception):
@@ -97,8 +102,14 @@ def _tls_context() -> ssl.SSLContext:
 class UpstreamResponse:
     """One answer from a provider, holding its connection until read or closed."""
 
-    def __init__(self, pool: "Pool", key: Origin, conn: http.client.HTTPConnection,
-                 resp: http.client.HTTPResponse, cancel: Cancel | None = None) -> None:
+    def __init__(
+        self,
+        pool: "Pool",
+        key: Origin,
+        conn: http.client.HTTPConnection,
+        resp: http.client.HTTPResponse,
+        cancel: Cancel | None = None,
+    ) -> None:
         self._pool, self._key, self._conn, self._resp = pool, key, conn, resp
         self._cancel = cancel
         self.status = resp.status
@@ -149,7 +160,7 @@ class UpstreamResponse:
                 if end < 0:
                     break
                 yield buf[: end + 2]
-                buf = buf[end + 2:]
+                buf = buf[end + 2 :]
         if buf.strip():
             yield buf + b"\n\n"
         self.release()
@@ -187,8 +198,9 @@ class UpstreamResponse:
 class Pool:
     """Idle keep-alive connections per origin, most recently used first."""
 
-    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 600.0,
-                 max_idle_per_origin: int = 64) -> None:
+    def __init__(
+        self, connect_timeout: float = 10.0, read_timeout: float = 600.0, max_idle_per_origin: int = 64
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle_per_origin
@@ -214,8 +226,7 @@ class Pool:
         if key.scheme == "https":
             if self._tls is None:
                 self._tls = _tls_context()
-            conn = http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout,
-                                               context=self._tls)
+            conn = http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout, context=self._tls)
         else:
             conn = http.client.HTTPConnection(key.host, key.port, timeout=self.connect_timeout)
         conn.response_class = Response
@@ -235,9 +246,16 @@ class Pool:
         conn.sock.settimeout(read_timeout)
         return conn
 
-    def request(self, base_url: str, method: str, path: str, headers: dict[str, str],
-                body: bytes | None, read_timeout: float | None = None,
-                cancel: Cancel | None = None) -> UpstreamResponse:
+    def request(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        read_timeout: float | None = None,
+        cancel: Cancel | None = None,
+    ) -> UpstreamResponse:
         """Send one request; retries once only if a reused connection was stale.
 
         ``cancel`` lets another thread end the call (the client left): the connection is

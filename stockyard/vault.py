@@ -83,8 +83,9 @@ def get_or_create_salt(conn: sqlite3.Connection) -> bytes:
 
 def aad_for(row_id: int, name: str) -> bytes:
     """Associated data binding a ciphertext to one provider row (its id and its name)."""
-    return json.dumps(["stockyard provider", int(row_id), name],
-                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(["stockyard provider", int(row_id), name], separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 def token_key_id(token: str) -> str:
@@ -122,8 +123,7 @@ class Vault:
         key_id = token_key_id(token)
         if not hmac.compare_digest(key_id, self.key_id):
             raise VaultError(
-                f"encrypted with a different STOCKYARD_ENCRYPTION_KEY "
-                f"(key id {key_id}, current {self.key_id})"
+                f"encrypted with a different STOCKYARD_ENCRYPTION_KEY (key id {key_id}, current {self.key_id})"
             )
         data = token.rsplit(":", 1)[1]
         try:

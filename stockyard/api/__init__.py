@@ -29,15 +29,17 @@ if TYPE_CHECKING:
 
 FAILED_LOGIN_WINDOW_S = 60.0
 FAILED_LOGIN_LIMIT = 10
-ADMIN_KEY_HELP = ("the admin API is disabled: set STOCKYARD_ADMIN_KEY (for example "
-                  "`export STOCKYARD_ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`) "
-                  "and restart the server; the CLI works without it")
+ADMIN_KEY_HELP = (
+    "the admin API is disabled: set STOCKYARD_ADMIN_KEY (for example "
+    "`export STOCKYARD_ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`) "
+    "and restart the server; the CLI works without it"
+)
 
 
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str = "string"          # OpenAPI scalar type
+    type: str = "string"  # OpenAPI scalar type
     description: str = ""
     required: bool = False
 
@@ -45,12 +47,12 @@ class Param:
 @dataclass(frozen=True)
 class Route:
     method: str
-    pattern: str                  # e.g. /api/traces/{id}
+    pattern: str  # e.g. /api/traces/{id}
     handler: Callable[["ApiRequest"], Any]
     summary: str
     query: tuple[Param, ...] = ()
-    body: dict | None = None      # JSON schema of the request body
-    status: int = 200             # the status of a successful answer (201 for creations)
+    body: dict | None = None  # JSON schema of the request body
+    status: int = 200  # the status of a successful answer (201 for creations)
     regex: re.Pattern = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,8 +71,15 @@ class Document:
     content_type: str
 
 
-def route(method: str, pattern: str, summary: str, *, query: tuple[Param, ...] = (),
-          body: dict | None = None, status: int = 200) -> Callable:
+def route(
+    method: str,
+    pattern: str,
+    summary: str,
+    *,
+    query: tuple[Param, ...] = (),
+    body: dict | None = None,
+    status: int = 200,
+) -> Callable:
     """Declare an admin route (and its OpenAPI entry) in one place.
 
     A handler returns the JSON payload (answered with ``status``) or ``(status, payload)``.
@@ -160,14 +169,19 @@ def authenticate(app: "App", req: "Request") -> None:
     given = bearer_token(req.headers) or ""
     if hmac.compare_digest(given.encode(), admin_key.encode()):
         return
-    refusal = ProxyError(401, "missing or wrong admin key: send Authorization: Bearer $STOCKYARD_ADMIN_KEY",
-                         code="invalid_admin_key")
+    refusal = ProxyError(
+        401, "missing or wrong admin key: send Authorization: Bearer $STOCKYARD_ADMIN_KEY", code="invalid_admin_key"
+    )
     if not given or req.method == "OPTIONS":
         raise refusal  # not a login attempt: nothing to count
     wait = THROTTLE.blocked_for(req.client)
     if wait > 0:
-        raise ProxyError(429, "too many failed admin logins from this address; try again later",
-                         code="too_many_failed_logins", headers={"Retry-After": str(int(wait) + 1)})
+        raise ProxyError(
+            429,
+            "too many failed admin logins from this address; try again later",
+            code="too_many_failed_logins",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
     THROTTLE.fail(req.client)
     try:
         app.ops(audit.actor_api(req.client)).record("admin.auth_failed", req.path, {"reason": "wrong key"})
@@ -181,9 +195,12 @@ def cors_headers(app: "App", req: "Request") -> dict[str, str]:
     allowed = app.settings.cors_origin
     if not allowed or origin != allowed:
         return {}
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type",
-            "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE"}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Vary": "Origin",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE",
+    }
 
 
 def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
@@ -196,8 +213,12 @@ def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
                 return r, match.groupdict()
             allowed.append(r.method)
     if allowed:
-        raise ProxyError(405, f"method {method} is not allowed here; use {', '.join(sorted(set(allowed)))}",
-                         code="method_not_allowed", headers={"Allow": ", ".join(sorted(set(allowed)))})
+        raise ProxyError(
+            405,
+            f"method {method} is not allowed here; use {', '.join(sorted(set(allowed)))}",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(sorted(set(allowed)))},
+        )
     raise ProxyError(404, f"no admin route for {method} {path}", code="not_found")
 
 

@@ -9,18 +9,25 @@ from ..store import costs
 from . import ApiRequest, Document, Param, route
 
 
-@route("GET", "/api/costs", "Requests, tokens and exact cost grouped by day, model, provider, key or project",
-       query=(Param("by", "string", "day (default), model, provider, key or project"),
-              Param("since", "string", "first UTC day, inclusive (YYYY-MM-DD)"),
-              Param("until", "string", "last UTC day, inclusive (YYYY-MM-DD)"),
-              Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`")))
+@route(
+    "GET",
+    "/api/costs",
+    "Requests, tokens and exact cost grouped by day, model, provider, key or project",
+    query=(
+        Param("by", "string", "day (default), model, provider, key or project"),
+        Param("since", "string", "first UTC day, inclusive (YYYY-MM-DD)"),
+        Param("until", "string", "last UTC day, inclusive (YYYY-MM-DD)"),
+        Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),
+    ),
+)
 def cost_report(r: ApiRequest) -> dict | Document:
     fmt = r.query.get("format") or "json"
     if fmt not in ("json", "csv"):
         raise ProxyError(400, f"format must be json or csv, got {fmt[:20]!r}", param="format", code="invalid_value")
     try:
-        result = costs.report(r.app.store.read(), r.query.get("by") or "day", r.query.get("since") or None,
-                              r.query.get("until") or None)
+        result = costs.report(
+            r.app.store.read(), r.query.get("by") or "day", r.query.get("since") or None, r.query.get("until") or None
+        )
     except ValueError as exc:
         raise ProxyError(400, str(exc), code="invalid_value") from None
     if fmt == "json":

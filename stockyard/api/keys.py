@@ -8,7 +8,7 @@ from ..operations import keys as key_ops
 from . import ApiRequest, Param, route
 from .body import exact_json
 
-_MONEY = {"type": "string", "description": "US dollars as decimal text, e.g. \"25.00\"; null removes"}
+_MONEY = {"type": "string", "description": 'US dollars as decimal text, e.g. "25.00"; null removes'}
 _KEY_BODY = {
     "type": "object",
     "properties": {
@@ -22,19 +22,27 @@ _KEY_BODY = {
         "tpm": {"type": ["integer", "null"], "minimum": 1},
     },
 }
-_BUDGET_BODY = {"type": "object", "required": ["budget_usd", "period"],
-                "properties": {"budget_usd": _MONEY, "period": {"type": "string", "enum": ["day", "month", "total"]}}}
+_BUDGET_BODY = {
+    "type": "object",
+    "required": ["budget_usd", "period"],
+    "properties": {"budget_usd": _MONEY, "period": {"type": "string", "enum": ["day", "month", "total"]}},
+}
 
 
-@route("GET", "/api/keys", "Client keys with limits, spend in the current period and last use",
-       query=(Param("live", "boolean", "leave out revoked keys"),))
+@route(
+    "GET",
+    "/api/keys",
+    "Client keys with limits, spend in the current period and last use",
+    query=(Param("live", "boolean", "leave out revoked keys"),),
+)
 def list_keys(r: ApiRequest) -> dict:
     live = r.query.get("live", "").lower() in ("1", "true", "yes")
     return {"keys": key_ops.list_keys(r.app.store.read(), include_revoked=not live)}
 
 
-@route("POST", "/api/keys", "Create a client key; the answer carries the key, shown this once", body=_KEY_BODY,
-       status=201)
+@route(
+    "POST", "/api/keys", "Create a client key; the answer carries the key, shown this once", body=_KEY_BODY, status=201
+)
 def create_key(r: ApiRequest) -> dict:
     described, secret = key_ops.create_key(r.ops(), exact_json(r.req.body))
     return {**described, "key": secret}
@@ -66,12 +74,10 @@ def get_project_budget(r: ApiRequest) -> dict:
     return key_ops.get_project(conn, key_ops.check_name(unquote(r.params["project"]), "project"))
 
 
-@route("PUT", "/api/projects/{project}/budget", "Set a project's budget (all its keys together)",
-       body=_BUDGET_BODY)
+@route("PUT", "/api/projects/{project}/budget", "Set a project's budget (all its keys together)", body=_BUDGET_BODY)
 def set_project_budget(r: ApiRequest) -> dict:
     body = exact_json(r.req.body)
-    return key_ops.set_project_budget(r.ops(), unquote(r.params["project"]), body.get("budget_usd"),
-                                      body.get("period"))
+    return key_ops.set_project_budget(r.ops(), unquote(r.params["project"]), body.get("budget_usd"), body.get("period"))
 
 
 @route("DELETE", "/api/projects/{project}/budget", "Remove a project's budget")

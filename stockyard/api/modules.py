@@ -14,8 +14,10 @@ from . import ApiRequest, route
 
 CHANGE_BODY = {
     "type": "object",
-    "properties": {"enabled": {"type": "boolean"},
-                   "config": {"type": "object", "description": "options; null resets one to its default"}},
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "config": {"type": "object", "description": "options; null resets one to its default"},
+    },
     "additionalProperties": False,
 }
 
@@ -35,8 +37,9 @@ def _change(r: ApiRequest) -> tuple[dict, bool | None]:
     body = r.json()
     unknown = sorted(set(body) - {"enabled", "config"})
     if unknown:
-        raise invalid(f"unknown field {unknown[0]!r}: send {{\"enabled\": true|false, \"config\": {{…}}}}",
-                      param=unknown[0])
+        raise invalid(
+            f'unknown field {unknown[0]!r}: send {{"enabled": true|false, "config": {{…}}}}', param=unknown[0]
+        )
     enabled = body.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise invalid("'enabled' must be true or false", param="enabled")
@@ -76,4 +79,3 @@ def enable_module(r: ApiRequest) -> dict:
 @route("POST", "/api/modules/{name}/disable", "Switch a module off (from the next request)")
 def disable_module(r: ApiRequest) -> dict:
     return module_ops.set_enabled(r.ops(), r.params["name"], False)
-

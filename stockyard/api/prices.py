@@ -8,20 +8,31 @@ from ..operations import prices as price_ops
 from . import ApiRequest, Param, route
 from .body import exact_json
 
-_RATE = {"type": "string", "description": "USD per 1M tokens as decimal text, e.g. \"0.15\""}
+_RATE = {"type": "string", "description": 'USD per 1M tokens as decimal text, e.g. "0.15"'}
 
 
-@route("GET", "/api/prices", "Every priced model: rates in µ¢ and USD per 1M tokens, shipped or override",
-       query=(Param("model", "string", "only models whose name contains this"),))
+@route(
+    "GET",
+    "/api/prices",
+    "Every priced model: rates in µ¢ and USD per 1M tokens, shipped or override",
+    query=(Param("model", "string", "only models whose name contains this"),),
+)
 def list_prices(r: ApiRequest) -> dict:
     rows = price_ops.list_prices(r.app.store.read())
     wanted = r.query.get("model", "").lower()
     return {"prices": [p for p in rows if wanted in p["model"]]}
 
 
-@route("POST", "/api/prices", "Add or replace a model's price (audited)", body={
-    "type": "object", "required": ["model", "input", "output"],
-    "properties": {"model": {"type": "string"}, **{f: _RATE for f in price_ops.RATE_FIELDS}}})
+@route(
+    "POST",
+    "/api/prices",
+    "Add or replace a model's price (audited)",
+    body={
+        "type": "object",
+        "required": ["model", "input", "output"],
+        "properties": {"model": {"type": "string"}, **{f: _RATE for f in price_ops.RATE_FIELDS}},
+    },
+)
 def set_price(r: ApiRequest) -> dict:
     body = exact_json(r.req.body)
     model = body.pop("model", None)

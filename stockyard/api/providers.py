@@ -9,18 +9,27 @@ from ..operations import providers as provider_ops
 from ..providers import KINDS
 from . import ApiRequest, route
 
-_KEY_DOC = {"type": ["string", "null"], "writeOnly": True,
-            "description": "the provider's API key: stored encrypted, never returned; null removes it"}
+_KEY_DOC = {
+    "type": ["string", "null"],
+    "writeOnly": True,
+    "description": "the provider's API key: stored encrypted, never returned; null removes it",
+}
 _FIELDS_DOC = {
     "kind": {"type": "string", "enum": list(KINDS)},
     "base_url": {"type": "string", "description": "http(s) URL; the kind's default when omitted"},
-    "models": {"type": "array", "items": {"type": "string"},
-               "description": "model names or prefixes this provider serves"},
+    "models": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "model names or prefixes this provider serves",
+    },
     "api_version": {"type": "string"},
     "api_key": _KEY_DOC,
 }
-CREATE_BODY = {"type": "object", "required": ["name", "kind"],
-               "properties": {"name": {"type": "string", "pattern": provider_ops.NAME.pattern}, **_FIELDS_DOC}}
+CREATE_BODY = {
+    "type": "object",
+    "required": ["name", "kind"],
+    "properties": {"name": {"type": "string", "pattern": provider_ops.NAME.pattern}, **_FIELDS_DOC},
+}
 UPDATE_BODY = {"type": "object", "properties": _FIELDS_DOC}
 
 
@@ -29,8 +38,7 @@ def _body(r: ApiRequest, allowed: tuple[str, ...]) -> dict[str, Any]:
     body = r.json()
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise invalid(f"unknown field(s) {', '.join(map(repr, unknown))}; use {', '.join(allowed)}",
-                      unknown[0])
+        raise invalid(f"unknown field(s) {', '.join(map(repr, unknown))}; use {', '.join(allowed)}", unknown[0])
     return body
 
 
@@ -49,10 +57,16 @@ def list_providers(r: ApiRequest) -> dict:
 def add_provider(r: ApiRequest) -> tuple[int, dict]:
     body = _body(r, provider_ops.FIELDS)
     if "name" not in body or "kind" not in body:
-        raise invalid("\"name\" and \"kind\" are required", "name" if "name" not in body else "kind")
-    provider_ops.add(r.ops(), body["name"], body["kind"], base_url=body.get("base_url"),
-                     models=body.get("models"), api_version=body.get("api_version"),
-                     api_key=body.get("api_key"))
+        raise invalid('"name" and "kind" are required', "name" if "name" not in body else "kind")
+    provider_ops.add(
+        r.ops(),
+        body["name"],
+        body["kind"],
+        base_url=body.get("base_url"),
+        models=body.get("models"),
+        api_version=body.get("api_version"),
+        api_key=body.get("api_key"),
+    )
     return 201, _shown(r, body["name"])
 
 
@@ -62,8 +76,9 @@ def update_provider(r: ApiRequest) -> dict:
     return _shown(r, r.params["name"])
 
 
-route("PATCH", "/api/providers/{name}", "Change fields of a database provider, its key included",
-      body=UPDATE_BODY)(update_provider)
+route("PATCH", "/api/providers/{name}", "Change fields of a database provider, its key included", body=UPDATE_BODY)(
+    update_provider
+)
 route("PUT", "/api/providers/{name}", "Same as PATCH: change the fields given", body=UPDATE_BODY)(update_provider)
 
 

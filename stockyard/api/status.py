@@ -12,8 +12,12 @@ from . import ROUTES, ApiRequest, route
 from .openapi import document
 
 
-@route("GET", "/api/status", "Server status: version, uptime, database size, writer queue, schema version, "
-       "configuration version and reload count")
+@route(
+    "GET",
+    "/api/status",
+    "Server status: version, uptime, database size, writer queue, schema version, "
+    "configuration version and reload count",
+)
 def status(r: ApiRequest) -> dict:
     app = r.app
     path = app.settings.db_path
@@ -21,10 +25,13 @@ def status(r: ApiRequest) -> dict:
     return {
         "version": __version__,
         "uptime_s": int(time.time() - app.started_at),
-        "database": {"path": str(path), "size_bytes": size,
-                     "schema_version": db.schema_version(app.store.read())},
-        "writer": {"queue_depth": app.writer.depth, "written": app.writer.stats.written,
-                   "dropped": app.writer.stats.dropped, "healthy": app.writer.healthy},
+        "database": {"path": str(path), "size_bytes": size, "schema_version": db.schema_version(app.store.read())},
+        "writer": {
+            "queue_depth": app.writer.depth,
+            "written": app.writer.stats.written,
+            "dropped": app.writer.stats.dropped,
+            "healthy": app.writer.healthy,
+        },
         "providers": [p.public() for p in app.registry().providers],
         "config_version": read_config_version(app.store.read()),
         "loaded_config_version": app.config_version,

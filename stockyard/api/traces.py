@@ -15,22 +15,29 @@ _TRACE_ID = re.compile(r"^tr_[0-9a-f]{24}$")
 
 def _cursor(value: str) -> str:
     if not _TRACE_ID.match(value):
-        raise invalid("cursor must be the next_cursor of a previous page (a trace id like "
-                      "tr_0190f3a1b2c3d4e5f6a7b8c9)", param="cursor")
+        raise invalid(
+            "cursor must be the next_cursor of a previous page (a trace id like tr_0190f3a1b2c3d4e5f6a7b8c9)",
+            param="cursor",
+        )
     return value
 
 
-@route("GET", "/api/traces", "Recorded requests, newest first; page with next_cursor", query=(
-    Param("since", description=f"only traces at or after this time: {FORMAT_HELP}"),
-    Param("until", description="only traces before this time (same forms as since)"),
-    Param("model", description="requested or served model name"),
-    Param("provider", description="provider name, e.g. openai"),
-    Param("status", "integer", "HTTP status returned to the client"),
-    Param("key", description="client key id"),
-    Param("outcome", description="ok, upstream_error, error, rejected, client_disconnected or stream_broken"),
-    Param("limit", "integer", f"page size, 1 to {MAX_LIMIT} (default 50)"),
-    Param("cursor", description="next_cursor from the previous page"),
-))
+@route(
+    "GET",
+    "/api/traces",
+    "Recorded requests, newest first; page with next_cursor",
+    query=(
+        Param("since", description=f"only traces at or after this time: {FORMAT_HELP}"),
+        Param("until", description="only traces before this time (same forms as since)"),
+        Param("model", description="requested or served model name"),
+        Param("provider", description="provider name, e.g. openai"),
+        Param("status", "integer", "HTTP status returned to the client"),
+        Param("key", description="client key id"),
+        Param("outcome", description="ok, upstream_error, error, rejected, client_disconnected or stream_broken"),
+        Param("limit", "integer", f"page size, 1 to {MAX_LIMIT} (default 50)"),
+        Param("cursor", description="next_cursor from the previous page"),
+    ),
+)
 def list_traces(r: ApiRequest) -> dict:
     q = r.query
     since, until = r.time_query("since"), r.time_query("until")
@@ -39,10 +46,15 @@ def list_traces(r: ApiRequest) -> dict:
     limit = r.int_query("limit", 50, 1, MAX_LIMIT)
     cursor = _cursor(q["cursor"]) if q.get("cursor") else None
     rows = trace_store.list_traces(
-        r.app.store.read(), limit=limit + 1, cursor=cursor,
-        since_ms=to_ms(since) if since else None, until_ms=to_ms(until) if until else None,
-        model=q.get("model") or None, provider=q.get("provider") or None,
-        status=r.int_query("status", 0, 100, 599) or None, key=q.get("key") or None,
+        r.app.store.read(),
+        limit=limit + 1,
+        cursor=cursor,
+        since_ms=to_ms(since) if since else None,
+        until_ms=to_ms(until) if until else None,
+        model=q.get("model") or None,
+        provider=q.get("provider") or None,
+        status=r.int_query("status", 0, 100, 599) or None,
+        key=q.get("key") or None,
         outcome=q.get("outcome") or None,
     )
     page = rows[:limit]

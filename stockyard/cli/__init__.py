@@ -15,12 +15,43 @@ from ..errors import ProxyError
 from ..store.db import SchemaError
 from ..store.lock import DatabaseBusy
 from ..vault import VaultError
-from . import (audit, backup, common, costs, doctor, keys, migrate, modules, prices, projects, providers,
-               reload, restore, serve, traces, version)
+from . import (
+    audit,
+    backup,
+    common,
+    costs,
+    doctor,
+    keys,
+    migrate,
+    modules,
+    prices,
+    projects,
+    providers,
+    reload,
+    restore,
+    serve,
+    traces,
+    version,
+)
 
 # Each module has register(subparsers); order here is the order in --help.
-COMMANDS = [serve, traces, costs, keys, projects, prices, providers, modules, audit, backup, restore,
-            migrate, reload, doctor, version]
+COMMANDS = [
+    serve,
+    traces,
+    costs,
+    keys,
+    projects,
+    prices,
+    providers,
+    modules,
+    audit,
+    backup,
+    restore,
+    migrate,
+    reload,
+    doctor,
+    version,
+]
 
 EPILOG = """\
 environment:
@@ -45,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stockyard",
         description="Stockyard: a self-hosted LLM proxy with traces, costs, budgets and an audit "
-                    "log in one SQLite file.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "log in one SQLite file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for module in COMMANDS:
@@ -70,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except common.CommandError as exc:
         print(f"stockyard: {exc}", file=sys.stderr)
         return exc.code
-    except (SchemaError, ProxyError, DatabaseBusy, AuditError, VaultError, ValueError, sqlite3.Error,
-            OSError) as exc:
+    except (SchemaError, ProxyError, DatabaseBusy, AuditError, VaultError, ValueError, sqlite3.Error, OSError) as exc:
         message = exc.message if isinstance(exc, ProxyError) else str(exc)
         print(f"stockyard: {message}", file=sys.stderr)
         return 1

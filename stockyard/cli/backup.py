@@ -13,11 +13,13 @@ from .common import CommandError, add_db, db_path, nothing_yet, secret
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "backup", help="copy the database safely, even while the server runs",
+        "backup",
+        help="copy the database safely, even while the server runs",
         description="Write a consistent copy of the database to DEST (a file, or a folder for a "
-                    "time-stamped file) using SQLite's backup API, check it (integrity, schema "
-                    "version), print its size and audit head, and record the backup in the audit "
-                    "log. Safe while the server runs; a plain cp of the live file is not.")
+        "time-stamped file) using SQLite's backup API, check it (integrity, schema "
+        "version), print its size and audit head, and record the backup in the audit "
+        "log. Safe while the server runs; a plain cp of the live file is not.",
+    )
     p.add_argument("dest", metavar="DEST", help="file to write (replaced atomically) or existing folder")
     add_db(p)
     p.set_defaults(func=run)
@@ -43,9 +45,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"  audit head  {info.audit_head} ({info.audit_seq} entries)")
     store = Store(live)
     try:
-        Operations(store, audit.actor_cli(), secret()).record("backup.create", str(info.path), {
-            "bytes": info.size_bytes, "schema": info.schema_version,
-            "audit_seq": info.audit_seq, "audit_head": info.audit_head})
+        Operations(store, audit.actor_cli(), secret()).record(
+            "backup.create",
+            str(info.path),
+            {
+                "bytes": info.size_bytes,
+                "schema": info.schema_version,
+                "audit_seq": info.audit_seq,
+                "audit_head": info.audit_head,
+            },
+        )
     except Exception as exc:
         raise CommandError(f"the backup is complete, but it could not be recorded in the audit log: {exc}") from None
     finally:

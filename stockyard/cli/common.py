@@ -25,7 +25,9 @@ class CommandError(Exception):
 
 
 def add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)")
+    parser.add_argument(
+        "--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)"
+    )
 
 
 def count_arg(text: str) -> int:
@@ -51,9 +53,11 @@ def secret() -> str | None:
 
 def nothing_yet(path: Path) -> CommandError:
     """The one line every command that only reads gives on a fresh install (exit code 1)."""
-    return CommandError(f"nothing yet: there is no database at {path}; it is created by `stockyard serve` "
-                        "or by the first configuration change (e.g. `stockyard keys create`). "
-                        "If it lives elsewhere, pass --db or set STOCKYARD_DB")
+    return CommandError(
+        f"nothing yet: there is no database at {path}; it is created by `stockyard serve` "
+        "or by the first configuration change (e.g. `stockyard keys create`). "
+        "If it lives elsewhere, pass --db or set STOCKYARD_DB"
+    )
 
 
 def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
@@ -67,8 +71,10 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     if must_exist and not path.exists():
         raise nothing_yet(path)
     if path.exists() and _needs_upgrade(path):
-        raise CommandError(f"{path} needs a schema upgrade first: run `stockyard migrate` (with the server "
-                           "stopped), or start the server, which upgrades it")
+        raise CommandError(
+            f"{path} needs a schema upgrade first: run `stockyard migrate` (with the server "
+            "stopped), or start the server, which upgrades it"
+        )
     conn, _ = db.open_and_migrate(path)  # a new file: its schema from scratch
     conn.close()
     return Store(path)
@@ -107,8 +113,9 @@ def print_json_lines(rows: Iterable[dict[str, Any]], out: TextIO | None = None) 
         out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
-                out: TextIO | None = None, empty: str = "(none)") -> None:
+def print_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], out: TextIO | None = None, empty: str = "(none)"
+) -> None:
     """A readable fixed-width table: columns are (key, heading)."""
     out = out or sys.stdout
     if not rows:

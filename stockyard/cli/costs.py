@@ -10,12 +10,14 @@ from .common import add_db, open_store, print_json, print_table
 
 
 def register(sub) -> None:
-    p = sub.add_parser("costs", help="spend report from the daily rollups",
-                       description="Requests, tokens and exact cost grouped by day, model, provider, key or "
-                                   "project. Days are UTC; --since and --until are inclusive. Totals equal the "
-                                   "sum of the traces' costs exactly.")
-    p.add_argument("--by", default="day", metavar="|".join(costs.GROUPS),
-                   help="how to group (default: day)")
+    p = sub.add_parser(
+        "costs",
+        help="spend report from the daily rollups",
+        description="Requests, tokens and exact cost grouped by day, model, provider, key or "
+        "project. Days are UTC; --since and --until are inclusive. Totals equal the "
+        "sum of the traces' costs exactly.",
+    )
+    p.add_argument("--by", default="day", metavar="|".join(costs.GROUPS), help="how to group (default: day)")
     p.add_argument("--since", metavar="DATE", help="first day, e.g. 2026-11-01")
     p.add_argument("--until", metavar="DATE", help="last day, e.g. 2026-11-30")
     fmt = p.add_mutually_exclusive_group()
@@ -43,7 +45,17 @@ def run(args: argparse.Namespace) -> int:
         r["tokens"] = f"{r['prompt_tokens']}/{r['completion_tokens']}"
         if r[by] is None:
             r[by] = "(none)"
-    print_table(rows, [(by, by.upper()), ("requests", "REQUESTS"), ("errors", "ERRORS"),
-                       ("tokens", "TOKENS IN/OUT"), ("cached_tokens", "CACHED"), ("reasoning_tokens", "REASONING"),
-                       ("unknown_cost", "UNPRICED"), ("cost_usd", "COST")])
+    print_table(
+        rows,
+        [
+            (by, by.upper()),
+            ("requests", "REQUESTS"),
+            ("errors", "ERRORS"),
+            ("tokens", "TOKENS IN/OUT"),
+            ("cached_tokens", "CACHED"),
+            ("reasoning_tokens", "REASONING"),
+            ("unknown_cost", "UNPRICED"),
+            ("cost_usd", "COST"),
+        ],
+    )
     return 0

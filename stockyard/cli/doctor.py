@@ -14,11 +14,13 @@ _MARK = {doctor.OK: "ok  ", doctor.WARN: "warn", doctor.FAIL: "fail"}
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "doctor", help="check the installation and say how to fix problems",
+        "doctor",
+        help="check the installation and say how to fix problems",
         description="Check the database (integrity, WAL mode, schema version, size), the "
-                    "encryption secret (set? does it open what is stored?), the audit chain, "
-                    "the providers configured in the environment, and the listen address. "
-                    "Changes nothing. Exit 1 if any check fails.")
+        "encryption secret (set? does it open what is stored?), the audit chain, "
+        "the providers configured in the environment, and the listen address. "
+        "Changes nothing. Exit 1 if any check fails.",
+    )
     p.add_argument("--host", help="the listen address to check (default: $STOCKYARD_HOST or 127.0.0.1)")
     add_json(p)
     add_db(p)
@@ -37,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     failed = sum(c.status == doctor.FAIL for c in checks)
     warned = sum(c.status == doctor.WARN for c in checks)
     if not args.json:
-        summary = (f"{failed} check(s) failed, {warned} warning(s)" if failed
-                   else f"all checks passed ({warned} warning(s))" if warned else "all checks passed")
+        summary = (
+            f"{failed} check(s) failed, {warned} warning(s)"
+            if failed
+            else f"all checks passed ({warned} warning(s))"
+            if warned
+            else "all checks passed"
+        )
         print(summary, file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0

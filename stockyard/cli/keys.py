@@ -12,32 +12,43 @@ LIMIT_HELP = "; 'none' removes it"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("keys", help="client keys: create, list, update, revoke",
-                       description="Client keys (sk-sy-…) that applications send as Authorization: Bearer or "
-                                   "x-api-key. Once any key exists, every proxy request needs one. A running "
-                                   "server picks up changes within a second.")
+    p = sub.add_parser(
+        "keys",
+        help="client keys: create, list, update, revoke",
+        description="Client keys (sk-sy-…) that applications send as Authorization: Bearer or "
+        "x-api-key. Once any key exists, every proxy request needs one. A running "
+        "server picks up changes within a second.",
+    )
     keys = p.add_subparsers(dest="keys_command", metavar="ACTION")
     keys.required = True
 
-    c = keys.add_parser("create", help="make a key and print it once",
-                        description="Make a client key. The key is printed once on stdout (notes go to "
-                                    "stderr); only its hash is kept.")
+    c = keys.add_parser(
+        "create",
+        help="make a key and print it once",
+        description="Make a client key. The key is printed once on stdout (notes go to stderr); only its hash is kept.",
+    )
     c.add_argument("--name", required=True, help="a unique name, e.g. ci-bot")
     _add_settings(c)
     add_json(c)
     add_db(c)
     c.set_defaults(func=create)
 
-    ls = keys.add_parser("list", help="list keys with their limits and spend",
-                         description="Keys with project, limits, spend in the current budget period "
-                                     "(month to date for keys without a budget) and last use.")
+    ls = keys.add_parser(
+        "list",
+        help="list keys with their limits and spend",
+        description="Keys with project, limits, spend in the current budget period "
+        "(month to date for keys without a budget) and last use.",
+    )
     ls.add_argument("--live", action="store_true", help="leave out revoked keys")
     add_json(ls)
     add_db(ls)
     ls.set_defaults(func=list_)
 
-    u = keys.add_parser("update", help="change a key's settings",
-                        description="Change some settings of a key, named by id or name; 'none' removes a limit.")
+    u = keys.add_parser(
+        "update",
+        help="change a key's settings",
+        description="Change some settings of a key, named by id or name; 'none' removes a limit.",
+    )
     u.add_argument("key", metavar="ID|NAME")
     u.add_argument("--name", help="a new name")
     _add_settings(u, update=True)
@@ -45,9 +56,12 @@ def register(sub) -> None:
     add_db(u)
     u.set_defaults(func=update)
 
-    r = keys.add_parser("revoke", help="revoke a key for good",
-                        description="Revoke a key: its next request gets a 401. The record stays, so its "
-                                    "traces and costs still name it.")
+    r = keys.add_parser(
+        "revoke",
+        help="revoke a key for good",
+        description="Revoke a key: its next request gets a 401. The record stays, so its "
+        "traces and costs still name it.",
+    )
     r.add_argument("key", metavar="ID|NAME")
     add_json(r)
     add_db(r)
@@ -57,16 +71,26 @@ def register(sub) -> None:
 def _add_settings(p: argparse.ArgumentParser, update: bool = False) -> None:
     clear = LIMIT_HELP if update else ""
     p.add_argument("--project", help=f"project the key belongs to (its costs and project budget){clear}")
-    p.add_argument("--models", metavar="M1,M2",
-                   help="allowed models (a trailing * matches a prefix; provider/model allows one provider, "
-                        f"a bare name only the provider routing picks for it){clear}")
-    p.add_argument("--expires", metavar="DATE", help=f"expiry: a UTC date (the key stops at 00:00 that day) "
-                                                     f"or an ISO time{'; never removes it' if update else ''}")
+    p.add_argument(
+        "--models",
+        metavar="M1,M2",
+        help="allowed models (a trailing * matches a prefix; provider/model allows one provider, "
+        f"a bare name only the provider routing picks for it){clear}",
+    )
+    p.add_argument(
+        "--expires",
+        metavar="DATE",
+        help=f"expiry: a UTC date (the key stops at 00:00 that day) "
+        f"or an ISO time{'; never removes it' if update else ''}",
+    )
     p.add_argument("--budget-usd", metavar="USD", help=f"spend limit in US dollars, e.g. 25 or 0.50{clear}")
     p.add_argument("--budget-period", metavar="day|month|total", help="what the budget covers (UTC)")
     p.add_argument("--rpm", metavar="N", help=f"requests per minute{clear}")
-    p.add_argument("--tpm", metavar="N", help=f"tokens per minute (input estimate + max_tokens × n, corrected to "
-                                              f"real usage){clear}")
+    p.add_argument(
+        "--tpm",
+        metavar="N",
+        help=f"tokens per minute (input estimate + max_tokens × n, corrected to real usage){clear}",
+    )
 
 
 def _fields(args: argparse.Namespace) -> dict:
@@ -80,15 +104,21 @@ def create(args: argparse.Namespace) -> int:
         print_json({**described, "key": secret})
         return 0
     print(secret)
-    print(f"created {described['id']} {described['name']!r}{_limits_note(described)}. "
-          "This is the only time the key is shown: store it now.", file=sys.stderr)
+    print(
+        f"created {described['id']} {described['name']!r}{_limits_note(described)}. "
+        "This is the only time the key is shown: store it now.",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _limits_note(d: dict) -> str:
-    parts = [f"project {d['project']}" if d["project"] else "",
-             f"budget {d['budget']}/{d['budget_period']}" if d["budget"] else "",
-             f"{d['rpm']} rpm" if d["rpm"] else "", f"{d['tpm']} tpm" if d["tpm"] else ""]
+    parts = [
+        f"project {d['project']}" if d["project"] else "",
+        f"budget {d['budget']}/{d['budget_period']}" if d["budget"] else "",
+        f"{d['rpm']} rpm" if d["rpm"] else "",
+        f"{d['tpm']} tpm" if d["tpm"] else "",
+    ]
     text = ", ".join(p for p in parts if p)
     return f" ({text})" if text else ""
 
@@ -102,11 +132,24 @@ def list_(args: argparse.Namespace) -> int:
         r["models_text"] = ",".join(r["models"]) if r["models"] else None
         r["budget_text"] = f"{r['budget']}/{r['budget_period']}" if r["budget"] else None
         r["spend_text"] = f"{r['spend']} ({r['spend_period']})"
-    print_table(rows, [("id", "ID"), ("name", "NAME"), ("prefix", "PREFIX"), ("project", "PROJECT"),
-                       ("status", "STATUS"), ("models_text", "MODELS"), ("budget_text", "BUDGET"),
-                       ("spend_text", "SPEND"), ("rpm", "RPM"), ("tpm", "TPM"), ("expires_at", "EXPIRES"),
-                       ("last_used_at", "LAST USED")],
-                empty="no client keys (the proxy is open on loopback until one is made)")
+    print_table(
+        rows,
+        [
+            ("id", "ID"),
+            ("name", "NAME"),
+            ("prefix", "PREFIX"),
+            ("project", "PROJECT"),
+            ("status", "STATUS"),
+            ("models_text", "MODELS"),
+            ("budget_text", "BUDGET"),
+            ("spend_text", "SPEND"),
+            ("rpm", "RPM"),
+            ("tpm", "TPM"),
+            ("expires_at", "EXPIRES"),
+            ("last_used_at", "LAST USED"),
+        ],
+        empty="no client keys (the proxy is open on loopback until one is made)",
+    )
     return 0
 
 

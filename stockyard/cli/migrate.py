@@ -14,13 +14,14 @@ from .common import CommandError, add_db, db_path, nothing_yet, secret
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "migrate", help="show or apply pending schema upgrades",
+        "migrate",
+        help="show or apply pending schema upgrades",
         description="Bring the database up to this Stockyard's schema (the server also does this "
-                    "when it starts). A backup named <db>.pre-vNNNN.bak is written first. A database "
-                    "created by an old version without incremental vacuum is converted once (a full "
-                    "VACUUM), so retention can shrink the file. Needs the server stopped.")
-    p.add_argument("--check", action="store_true",
-                   help="only say what would change; exit status 1 if anything would")
+        "when it starts). A backup named <db>.pre-vNNNN.bak is written first. A database "
+        "created by an old version without incremental vacuum is converted once (a full "
+        "VACUUM), so retention can shrink the file. Needs the server stopped.",
+    )
+    p.add_argument("--check", action="store_true", help="only say what would change; exit status 1 if anything would")
     add_db(p)
     p.set_defaults(func=run)
 
@@ -57,8 +58,10 @@ def check(path: Path) -> int:
         print(f"  a backup would be written first: {path.name}.pre-v{current:04d}.bak")
     if needs_vacuum:
         size = path.stat().st_size // (1024 * 1024)
-        print(f"  would convert the file to incremental vacuum (one VACUUM, rewrites about {size} MB; "
-              "needs that much free space)")
+        print(
+            f"  would convert the file to incremental vacuum (one VACUUM, rewrites about {size} MB; "
+            "needs that much free space)"
+        )
     if not pending and not needs_vacuum:
         print("  up to date")
         return 0
@@ -87,8 +90,10 @@ def apply(path: Path) -> int:
     finally:
         ops.store.close()
     if applied:
-        print(f"applied {', '.join(f'{m.version:04d}_{m.name}' for m in applied)}; "
-              f"backup of schema v{current} at {path.name}.pre-v{current:04d}.bak")
+        print(
+            f"applied {', '.join(f'{m.version:04d}_{m.name}' for m in applied)}; "
+            f"backup of schema v{current} at {path.name}.pre-v{current:04d}.bak"
+        )
     elif not needs_vacuum:
         print(f"database {path}: schema v{current}, up to date")
     return 0

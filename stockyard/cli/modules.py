@@ -16,44 +16,63 @@ from .common import CommandError, add_db, add_json, open_ops, open_store, print_
 
 
 def register(sub) -> None:
-    p = sub.add_parser("modules", help="list, switch and configure the request chain's modules",
-                       description="The modules of the request chain (in order): "
-                                   + ", ".join(registry.names()) + ". Changes apply from the next request.")
+    p = sub.add_parser(
+        "modules",
+        help="list, switch and configure the request chain's modules",
+        description="The modules of the request chain (in order): "
+        + ", ".join(registry.names())
+        + ". Changes apply from the next request.",
+    )
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
 
-    v = verbs.add_parser("list", help="every module, in chain order, on or off",
-                         description="List every module in chain order, whether it is on, and its options.")
+    v = verbs.add_parser(
+        "list",
+        help="every module, in chain order, on or off",
+        description="List every module in chain order, whether it is on, and its options.",
+    )
     add_json(v)
     add_db(v)
     v.set_defaults(func=run_list)
 
-    v = verbs.add_parser("show", help="one module: state, options in effect, what each option means",
-                         description="Show one module: whether it is on, the options in effect, and what each means.")
+    v = verbs.add_parser(
+        "show",
+        help="one module: state, options in effect, what each option means",
+        description="Show one module: whether it is on, the options in effect, and what each means.",
+    )
     v.add_argument("name", metavar="NAME")
     v.add_argument("--json", action="store_true", help="as one JSON object")
     add_db(v)
     v.set_defaults(func=run_show)
 
     for verb, on in (("enable", True), ("disable", False)):
-        v = verbs.add_parser(verb, help=f"switch a module {'on' if on else 'off'}",
-                             description=f"Switch a module {'on' if on else 'off'} (audited; applies from the next request).")
+        v = verbs.add_parser(
+            verb,
+            help=f"switch a module {'on' if on else 'off'}",
+            description=f"Switch a module {'on' if on else 'off'} (audited; applies from the next request).",
+        )
         v.add_argument("name", metavar="NAME")
         add_db(v)
         v.set_defaults(func=run_switch, on=on)
 
-    v = verbs.add_parser("set", help="set options: KEY=VALUE (KEY.SUB=VALUE for one entry of an object), "
-                                     "or the whole configuration with --config",
-                         description="Set module options. Lists take a,b,c or JSON; objects take JSON, or "
-                                     "KEY.SUB=VALUE for one entry (e.g. alias: aliases.fast=groq/llama-3.3-70b). "
-                                     "--config replaces every option with the JSON object given.")
+    v = verbs.add_parser(
+        "set",
+        help="set options: KEY=VALUE (KEY.SUB=VALUE for one entry of an object), "
+        "or the whole configuration with --config",
+        description="Set module options. Lists take a,b,c or JSON; objects take JSON, or "
+        "KEY.SUB=VALUE for one entry (e.g. alias: aliases.fast=groq/llama-3.3-70b). "
+        "--config replaces every option with the JSON object given.",
+    )
     v.add_argument("name", metavar="NAME")
     v.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     v.add_argument("--config", metavar="JSON", help="the module's whole configuration, as a JSON object")
     add_db(v)
     v.set_defaults(func=run_set)
 
-    v = verbs.add_parser("reset", help="put options (all, when none are named) back to their defaults",
-                         description="Put the named options (all, when none are named) back to their defaults.")
+    v = verbs.add_parser(
+        "reset",
+        help="put options (all, when none are named) back to their defaults",
+        description="Put the named options (all, when none are named) back to their defaults.",
+    )
     v.add_argument("name", metavar="NAME")
     v.add_argument("keys", nargs="*", metavar="KEY")
     add_db(v)
@@ -69,8 +88,10 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         r["set_options"] = ", ".join(r["set"]) or None
-    print_table(rows, [("position", "#"), ("name", "NAME"), ("enabled", "ON"), ("set_options", "SET"),
-                       ("summary", "WHAT IT DOES")])
+    print_table(
+        rows,
+        [("position", "#"), ("name", "NAME"), ("enabled", "ON"), ("set_options", "SET"), ("summary", "WHAT IT DOES")],
+    )
     return 0
 
 

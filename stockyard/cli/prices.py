@@ -9,26 +9,35 @@ from .common import add_db, add_json, open_ops, open_store, print_json, print_js
 
 
 def register(sub) -> None:
-    p = sub.add_parser("prices", help="model prices: list, set, unset",
-                       description="Prices in USD per 1M tokens. Overrides set here win over the shipped table "
-                                   "and are audited; a running server applies them within a second.")
+    p = sub.add_parser(
+        "prices",
+        help="model prices: list, set, unset",
+        description="Prices in USD per 1M tokens. Overrides set here win over the shipped table "
+        "and are audited; a running server applies them within a second.",
+    )
     prices = p.add_subparsers(dest="prices_command", metavar="ACTION")
     prices.required = True
 
-    ls = prices.add_parser("list", help="every priced model",
-                           description="Every priced model in USD per 1M tokens: the shipped table with this "
-                                       "database's overrides on top (SOURCE says which).")
+    ls = prices.add_parser(
+        "list",
+        help="every priced model",
+        description="Every priced model in USD per 1M tokens: the shipped table with this "
+        "database's overrides on top (SOURCE says which).",
+    )
     ls.add_argument("--model", metavar="TEXT", help="only models whose name contains TEXT")
     add_json(ls)
     add_db(ls)
     ls.set_defaults(func=list_)
 
-    s = prices.add_parser("set", help="add or replace a model's price",
-                          description="Set a model's price in USD per 1M tokens (decimal, up to 8 places). "
-                                      "Cached input and cache write default to the input price; reasoning "
-                                      "defaults to the output price. MODEL may be provider-qualified "
-                                      "(groq/llama-3.3-70b); longer names win, so a dated model uses its "
-                                      "family's price.")
+    s = prices.add_parser(
+        "set",
+        help="add or replace a model's price",
+        description="Set a model's price in USD per 1M tokens (decimal, up to 8 places). "
+        "Cached input and cache write default to the input price; reasoning "
+        "defaults to the output price. MODEL may be provider-qualified "
+        "(groq/llama-3.3-70b); longer names win, so a dated model uses its "
+        "family's price.",
+    )
     s.add_argument("model", metavar="MODEL")
     s.add_argument("--input", required=True, metavar="USD")
     s.add_argument("--output", required=True, metavar="USD")
@@ -39,8 +48,11 @@ def register(sub) -> None:
     add_db(s)
     s.set_defaults(func=set_)
 
-    u = prices.add_parser("unset", help="remove an override (the shipped price applies again)",
-                          description="Remove a price override (audited); the shipped price, if any, applies again.")
+    u = prices.add_parser(
+        "unset",
+        help="remove an override (the shipped price applies again)",
+        description="Remove a price override (audited); the shipped price, if any, applies again.",
+    )
     u.add_argument("model", metavar="MODEL")
     add_db(u)
     u.set_defaults(func=unset)
@@ -55,24 +67,41 @@ def list_(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         r.update({f"{k}_usd": v for k, v in r["usd_per_1m"].items()})
-    print_table(rows, [("model", "MODEL"), ("input_usd", "INPUT"), ("cached_input_usd", "CACHED"),
-                       ("cache_write_usd", "CACHE WRITE"), ("output_usd", "OUTPUT"),
-                       ("reasoning_usd", "REASONING"), ("source", "SOURCE")], empty="no prices")
+    print_table(
+        rows,
+        [
+            ("model", "MODEL"),
+            ("input_usd", "INPUT"),
+            ("cached_input_usd", "CACHED"),
+            ("cache_write_usd", "CACHE WRITE"),
+            ("output_usd", "OUTPUT"),
+            ("reasoning_usd", "REASONING"),
+            ("source", "SOURCE"),
+        ],
+        empty="no prices",
+    )
     print("USD per 1M tokens; REASONING '-' means the output price")
     return 0
 
 
 def set_(args: argparse.Namespace) -> int:
-    rates = {"input": args.input, "output": args.output, "cached_input": args.cached_input,
-             "cache_write": args.cache_write, "reasoning": args.reasoning}
+    rates = {
+        "input": args.input,
+        "output": args.output,
+        "cached_input": args.cached_input,
+        "cache_write": args.cache_write,
+        "reasoning": args.reasoning,
+    }
     result = price_ops.set_price(open_ops(args), args.model, rates)
     if args.json:
         print_json(result)
     else:
         usd = result["usd_per_1m"]
-        print(f"price of {result['model']} set (USD per 1M): input {usd['input']}, cached {usd['cached_input']}, "
-              f"cache write {usd['cache_write']}, output {usd['output']}"
-              + (f", reasoning {usd['reasoning']}" if usd["reasoning"] else ""))
+        print(
+            f"price of {result['model']} set (USD per 1M): input {usd['input']}, cached {usd['cached_input']}, "
+            f"cache write {usd['cache_write']}, output {usd['output']}"
+            + (f", reasoning {usd['reasoning']}" if usd["reasoning"] else "")
+        )
     return 0
 
 

@@ -9,22 +9,30 @@ from .common import CommandError, add_db, add_json, open_ops, open_store, print_
 
 
 def register(sub) -> None:
-    p = sub.add_parser("projects", help="projects and their budgets",
-                       description="A project groups client keys (keys create --project P). A project budget "
-                                   "limits the spend of all its keys together, on top of each key's own budget.")
+    p = sub.add_parser(
+        "projects",
+        help="projects and their budgets",
+        description="A project groups client keys (keys create --project P). A project budget "
+        "limits the spend of all its keys together, on top of each key's own budget.",
+    )
     projects = p.add_subparsers(dest="projects_command", metavar="ACTION")
     projects.required = True
 
-    ls = projects.add_parser("list", help="projects with their budgets and spend",
-                             description="Projects named by a key or a budget, with live keys, budget and "
-                                         "spend in the budget's current period (month to date without one).")
+    ls = projects.add_parser(
+        "list",
+        help="projects with their budgets and spend",
+        description="Projects named by a key or a budget, with live keys, budget and "
+        "spend in the budget's current period (month to date without one).",
+    )
     add_json(ls)
     add_db(ls)
     ls.set_defaults(func=list_)
 
-    b = projects.add_parser("budget", help="show, set or clear a project's budget",
-                            description="Without options, show the budget. --budget-usd with --period sets it; "
-                                        "--clear removes it.")
+    b = projects.add_parser(
+        "budget",
+        help="show, set or clear a project's budget",
+        description="Without options, show the budget. --budget-usd with --period sets it; --clear removes it.",
+    )
     b.add_argument("project", metavar="PROJECT")
     b.add_argument("--budget-usd", metavar="USD", help="spend limit in US dollars, e.g. 100")
     b.add_argument("--period", metavar="day|month|total", help="what the budget covers (UTC)")
@@ -42,8 +50,11 @@ def list_(args: argparse.Namespace) -> int:
     for r in rows:
         r["budget_text"] = f"{r['budget']}/{r['budget_period']}" if r["budget"] else None
         r["spend_text"] = f"{r['spend']} ({r['spend_period']})"
-    print_table(rows, [("project", "PROJECT"), ("live_keys", "LIVE KEYS"), ("budget_text", "BUDGET"),
-                       ("spend_text", "SPEND")], empty="no projects yet")
+    print_table(
+        rows,
+        [("project", "PROJECT"), ("live_keys", "LIVE KEYS"), ("budget_text", "BUDGET"), ("spend_text", "SPEND")],
+        empty="no projects yet",
+    )
     return 0
 
 
@@ -53,15 +64,16 @@ def budget(args: argparse.Namespace) -> int:
             raise CommandError("--clear takes no --budget-usd or --period")
         result = key_ops.clear_project_budget(open_ops(args), args.project)
     elif args.budget_usd is not None or args.period is not None:
-        result = key_ops.set_project_budget(open_ops(args), args.project,
-                                            args.budget_usd, args.period)
+        result = key_ops.set_project_budget(open_ops(args), args.project, args.budget_usd, args.period)
     else:
         result = key_ops.get_project(open_store(args).read(), key_ops.check_name(args.project, "project"))
     if args.json:
         print_json(result)
     elif result["budget"]:
-        print(f"project {result['project']}: budget {result['budget']}/{result['budget_period']}, "
-              f"spent {result['spend']} ({result['spend_period']})")
+        print(
+            f"project {result['project']}: budget {result['budget']}/{result['budget_period']}, "
+            f"spent {result['spend']} ({result['spend_period']})"
+        )
     else:
         print(f"project {result['project']}: no budget, spent {result['spend']} ({result['spend_period']})")
     return 0

@@ -20,11 +20,14 @@ SECRET_ENV = "STOCKYARD_ENCRYPTION_KEY"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("providers", help="list and change providers (keys stored encrypted)",
-                       description="Providers from environment variables are listed as 'env' and never "
-                                   "stored; providers added here live in the database and override an "
-                                   "env provider of the same name. Storing a key needs "
-                                   f"{SECRET_ENV}.")
+    p = sub.add_parser(
+        "providers",
+        help="list and change providers (keys stored encrypted)",
+        description="Providers from environment variables are listed as 'env' and never "
+        "stored; providers added here live in the database and override an "
+        "env provider of the same name. Storing a key needs "
+        f"{SECRET_ENV}.",
+    )
     actions = p.add_subparsers(dest="action", metavar="ACTION")
 
     def usage(args: argparse.Namespace) -> int:
@@ -33,46 +36,65 @@ def register(sub) -> None:
 
     p.set_defaults(func=usage)
 
-    ls = actions.add_parser("list", help="list providers (never their keys)",
-                            description="List every provider — from the environment and the database — with its "
-                                        "kind, base URL, models and the last 4 characters of its key.")
+    ls = actions.add_parser(
+        "list",
+        help="list providers (never their keys)",
+        description="List every provider — from the environment and the database — with its "
+        "kind, base URL, models and the last 4 characters of its key.",
+    )
     add_json(ls)
     add_db(ls)
     ls.set_defaults(func=run_list)
 
-    add = actions.add_parser("add", help="add a database provider",
-                             description="Add a provider stored in the database. Its key (--key-stdin) is "
-                                         "encrypted with STOCKYARD_ENCRYPTION_KEY; a running server uses it within a second.")
+    add = actions.add_parser(
+        "add",
+        help="add a database provider",
+        description="Add a provider stored in the database. Its key (--key-stdin) is "
+        "encrypted with STOCKYARD_ENCRYPTION_KEY; a running server uses it within a second.",
+    )
     add.add_argument("name", help="lower-case letters, digits, '-' and '_' (up to 40)")
     add.add_argument("--kind", required=True, metavar="KIND", help=" | ".join(KINDS))
     add.add_argument("--base-url", metavar="URL", help="http(s) URL (default: the kind's own, where it has one)")
-    add.add_argument("--models", metavar="LIST",
-                     help="comma-separated model names or prefixes it serves, e.g. gpt-4o,llama-")
+    add.add_argument(
+        "--models", metavar="LIST", help="comma-separated model names or prefixes it serves, e.g. gpt-4o,llama-"
+    )
     add.add_argument("--api-version", metavar="V", help="API version (Azure)")
     add.add_argument("--key-stdin", action="store_true", help="read the provider's API key from stdin")
     add_db(add)
     add.set_defaults(func=run_add)
 
-    set_key = actions.add_parser("set-key", help="store (or replace) a database provider's key",
-                                 description="Read a key from standard input and store it encrypted for this provider.")
+    set_key = actions.add_parser(
+        "set-key",
+        help="store (or replace) a database provider's key",
+        description="Read a key from standard input and store it encrypted for this provider.",
+    )
     set_key.add_argument("name")
-    set_key.add_argument("--key-stdin", action="store_true", required=True,
-                         help="read the key from stdin (required: keys are never passed as arguments)")
+    set_key.add_argument(
+        "--key-stdin",
+        action="store_true",
+        required=True,
+        help="read the key from stdin (required: keys are never passed as arguments)",
+    )
     add_db(set_key)
     set_key.set_defaults(func=run_set_key)
 
-    rm = actions.add_parser("remove", help="remove a database provider and its stored key",
-                            description="Remove a database provider and its stored key (environment providers "
-                                        "are changed by editing the environment).")
+    rm = actions.add_parser(
+        "remove",
+        help="remove a database provider and its stored key",
+        description="Remove a database provider and its stored key (environment providers "
+        "are changed by editing the environment).",
+    )
     rm.add_argument("name")
     add_db(rm)
     rm.set_defaults(func=run_remove)
 
     rotate = actions.add_parser(
-        "rotate-secret", help=f"re-encrypt every stored key under a new {SECRET_ENV}",
+        "rotate-secret",
+        help=f"re-encrypt every stored key under a new {SECRET_ENV}",
         description=f"Reads the current secret from {SECRET_ENV} and the new one from stdin, "
-                    "re-encrypts every stored provider key and records the rotation in the audit "
-                    f"log, in one transaction. Afterwards run Stockyard with the new {SECRET_ENV}.")
+        "re-encrypts every stored provider key and records the rotation in the audit "
+        f"log, in one transaction. Afterwards run Stockyard with the new {SECRET_ENV}.",
+    )
     add_db(rotate)
     rotate.set_defaults(func=run_rotate)
 
@@ -107,11 +129,20 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         r["models_brief"] = _brief(r["models"])
-    print_table(rows, [("id", "ID"), ("name", "NAME"), ("kind", "KIND"), ("source", "SOURCE"),
-                       ("base_url", "BASE URL"), ("key", "KEY"), ("key_status", "KEY STATUS"),
-                       ("models_brief", "MODELS")],
-                empty="no providers: set OPENAI_API_KEY (or another provider's variables) "
-                      "or run `stockyard providers add`")
+    print_table(
+        rows,
+        [
+            ("id", "ID"),
+            ("name", "NAME"),
+            ("kind", "KIND"),
+            ("source", "SOURCE"),
+            ("base_url", "BASE URL"),
+            ("key", "KEY"),
+            ("key_status", "KEY STATUS"),
+            ("models_brief", "MODELS"),
+        ],
+        empty="no providers: set OPENAI_API_KEY (or another provider's variables) or run `stockyard providers add`",
+    )
     broken = [r for r in rows if r["key_error"]]
     for r in broken:
         print(f"provider {r['name']!r}: key cannot be decrypted: {r['key_error']}", file=sys.stderr)
@@ -121,8 +152,15 @@ def run_list(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     ops = open_ops(args)  # adding providers before the first `serve` is fine
     key = read_secret("provider key: ") if args.key_stdin else None
-    row_id = provider_ops.add(ops, args.name, args.kind, base_url=args.base_url,
-                              models=_models(args.models), api_version=args.api_version, api_key=key)
+    row_id = provider_ops.add(
+        ops,
+        args.name,
+        args.kind,
+        base_url=args.base_url,
+        models=_models(args.models),
+        api_version=args.api_version,
+        api_key=key,
+    )
     hint = f", key {vault.last4(key)} stored encrypted" if key else ", no key"
     print(f"added provider {args.name!r} (id {row_id}, {args.kind}{hint})")
     return 0
@@ -151,9 +189,13 @@ def run_rotate(args: argparse.Namespace) -> int:
     if sys.stdin.isatty() and getpass.getpass("new secret again: ").strip() != new:
         raise CommandError("the two entries differ; nothing was changed")
     result = provider_ops.rotate_secret(store, audit.actor_cli(), old, new)
-    print(f"re-encrypted {result.keys} provider key(s) (key id {result.old_key_id} → {result.new_key_id}) "
-          "and recorded vault.rotate in the audit log.")
-    print(f"From now on run Stockyard — server and CLI — with the NEW {SECRET_ENV}; restart a running "
-          "server with it now (until then it keeps serving the keys it already holds, but cannot "
-          "record changes).")
+    print(
+        f"re-encrypted {result.keys} provider key(s) (key id {result.old_key_id} → {result.new_key_id}) "
+        "and recorded vault.rotate in the audit log."
+    )
+    print(
+        f"From now on run Stockyard — server and CLI — with the NEW {SECRET_ENV}; restart a running "
+        "server with it now (until then it keeps serving the keys it already holds, but cannot "
+        "record changes)."
+    )
     return 0

@@ -10,11 +10,13 @@ from .common import add_db, open_ops
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "reload", help="make running servers reload their configuration",
+        "reload",
+        help="make running servers reload their configuration",
         description="Bump the configuration version (an audited change). Every server using "
-                    "this database rebuilds its providers, keys and modules within a second. "
-                    "Changes made with stockyard commands do this by themselves; use it after "
-                    "restoring or editing the database with other tools.")
+        "this database rebuilds its providers, keys and modules within a second. "
+        "Changes made with stockyard commands do this by themselves; use it after "
+        "restoring or editing the database with other tools.",
+    )
     add_db(p)
     p.set_defaults(func=run)
 

@@ -12,12 +12,14 @@ from .common import CommandError, add_db, db_path, secret
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "restore", help="replace the database with a backup (server must be stopped)",
+        "restore",
+        help="replace the database with a backup (server must be stopped)",
         description="Check SRC (integrity, schema not newer than this Stockyard), keep the current "
-                    "database aside as <db>.before-restore-<UTC time>, and swap SRC in atomically. "
-                    "Refuses while a server is using the database. An older backup is upgraded "
-                    "(SRC itself is never changed). The restore is recorded in the restored "
-                    "database's audit log, so STOCKYARD_ENCRYPTION_KEY must be the one it was made with.")
+        "database aside as <db>.before-restore-<UTC time>, and swap SRC in atomically. "
+        "Refuses while a server is using the database. An older backup is upgraded "
+        "(SRC itself is never changed). The restore is recorded in the restored "
+        "database's audit log, so STOCKYARD_ENCRYPTION_KEY must be the one it was made with.",
+    )
     p.add_argument("source", metavar="SRC", help="a file written by `stockyard backup` or a snapshot")
     add_db(p)
     p.set_defaults(func=run)
@@ -31,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     src = done.source
     print(f"restored {src.path} into {target}")
-    print(f"  schema      v{done.schema_from}" + (f" (upgraded to v{done.schema_to})"
-                                                   if done.schema_to != done.schema_from else ""))
+    print(
+        f"  schema      v{done.schema_from}"
+        + (f" (upgraded to v{done.schema_to})" if done.schema_to != done.schema_from else "")
+    )
     print(f"  audit head  {src.audit_head} ({src.audit_seq} entries in the backup)")
     if done.previous is not None:
         print(f"  previous database kept as {done.previous}")

@@ -17,18 +17,26 @@ from .common import CommandError, add_db
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run the proxy server",
-                       description="Run the proxy until SIGTERM or Ctrl-C. Point your SDK at "
-                                   "http://HOST:PORT/v1. Listening on anything but a loopback "
-                                   "address requires STOCKYARD_ADMIN_KEY.")
+    p = sub.add_parser(
+        "serve",
+        help="run the proxy server",
+        description="Run the proxy until SIGTERM or Ctrl-C. Point your SDK at "
+        "http://HOST:PORT/v1. Listening on anything but a loopback "
+        "address requires STOCKYARD_ADMIN_KEY.",
+    )
     p.add_argument("--host", help="listen address (default: $STOCKYARD_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: $STOCKYARD_PORT or 4200)")
-    p.add_argument("--snapshot", metavar="PATH",
-                   help="keep a consistent copy of the database at PATH, safe for cron to cp "
-                        "(default: $STOCKYARD_SNAPSHOT; off when unset)")
-    p.add_argument("--snapshot-every", metavar="DURATION",
-                   help="how often to refresh the snapshot, e.g. 30s, 15m, 1h "
-                        "(default: $STOCKYARD_SNAPSHOT_EVERY or 15m)")
+    p.add_argument(
+        "--snapshot",
+        metavar="PATH",
+        help="keep a consistent copy of the database at PATH, safe for cron to cp "
+        "(default: $STOCKYARD_SNAPSHOT; off when unset)",
+    )
+    p.add_argument(
+        "--snapshot-every",
+        metavar="DURATION",
+        help="how often to refresh the snapshot, e.g. 30s, 15m, 1h (default: $STOCKYARD_SNAPSHOT_EVERY or 15m)",
+    )
     add_db(p)
     p.set_defaults(func=run)
 
@@ -62,10 +70,20 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     log = logging.getLogger("stockyard")
-    settings = config.load({"host": args.host, "port": args.port, "db": args.db,
-                            "snapshot": args.snapshot, "snapshot_every": args.snapshot_every})
-    refusal = (config.exposure_problem(settings) or config.admin_key_problem(settings)
-               or provider_ops.env_url_problem(os.environ))
+    settings = config.load(
+        {
+            "host": args.host,
+            "port": args.port,
+            "db": args.db,
+            "snapshot": args.snapshot,
+            "snapshot_every": args.snapshot_every,
+        }
+    )
+    refusal = (
+        config.exposure_problem(settings)
+        or config.admin_key_problem(settings)
+        or provider_ops.env_url_problem(os.environ)
+    )
     if refusal:  # before the database is touched: nothing starts
         raise CommandError(refusal)
     # A file-size limit (ulimit -f, systemd LimitFSIZE) must behave like a full disk: writes
@@ -109,15 +127,21 @@ def run(args: argparse.Namespace) -> int:
 
 def banner(log: logging.Logger, app, host: str, port: int) -> None:
     s = app.settings
-    log.info("stockyard %s listening on http://%s:%d (OpenAI base_url http://%s:%d/v1)",
-             app.version, host, port, host, port)
-    log.info("database %s%s", s.db_path,
-             f" (applied migrations: {', '.join(str(m.version) for m in app.migrations_applied)})"
-             if app.migrations_applied else "")
+    log.info(
+        "stockyard %s listening on http://%s:%d (OpenAI base_url http://%s:%d/v1)", app.version, host, port, host, port
+    )
+    log.info(
+        "database %s%s",
+        s.db_path,
+        f" (applied migrations: {', '.join(str(m.version) for m in app.migrations_applied)})"
+        if app.migrations_applied
+        else "",
+    )
     (log.info if app.auth_required else log.warning)("%s", app.auth_description())
     if app.snapshots is not None:
-        log.info("snapshot %s every %s (safe to copy at any time)", app.snapshots.path,
-                 _duration_text(s.snapshot_every_s))
+        log.info(
+            "snapshot %s every %s (safe to copy at any time)", app.snapshots.path, _duration_text(s.snapshot_every_s)
+        )
     if app.retention.configured:
         parts = []
         if s.retention_bodies_s:
@@ -129,8 +153,10 @@ def banner(log: logging.Logger, app, host: str, port: int) -> None:
         log.info("retention: %s", ", ".join(parts))
     providers = app.registry().providers
     if providers:
-        log.info("providers: %s", ", ".join(
-            f"{p.name} ({p.source}{', key cannot be decrypted' if p.key_error else ''})" for p in providers))
+        log.info(
+            "providers: %s",
+            ", ".join(f"{p.name} ({p.source}{', key cannot be decrypted' if p.key_error else ''})" for p in providers),
+        )
     else:
         log.warning("no providers configured: set OPENAI_API_KEY or another provider's variables")
 

@@ -9,8 +9,7 @@ from .common import add_db, add_json, count_arg, open_store, print_json_lines, p
 
 
 def register(sub) -> None:
-    p = sub.add_parser("traces", help="list recent requests",
-                       description="List recent proxied requests, newest first.")
+    p = sub.add_parser("traces", help="list recent requests", description="List recent proxied requests, newest first.")
     p.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
     add_json(p)
     add_db(p)
@@ -25,8 +24,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         r["latency"] = f"{r['latency_us'] / 1000:.1f}ms"
-        r["tokens"] = f"{r['prompt_tokens'] or 0}/{r['completion_tokens'] or 0}" if r["prompt_tokens"] is not None else None
-    print_table(rows, [("id", "ID"), ("ts", "TIME (UTC)"), ("endpoint", "ENDPOINT"), ("provider", "PROVIDER"),
-                       ("model", "MODEL"), ("status", "STATUS"), ("outcome", "OUTCOME"), ("latency", "LATENCY"),
-                       ("tokens", "TOKENS IN/OUT"), ("cost_uc", "COST µ¢")], empty="no traces yet")
+        r["tokens"] = (
+            f"{r['prompt_tokens'] or 0}/{r['completion_tokens'] or 0}" if r["prompt_tokens"] is not None else None
+        )
+    print_table(
+        rows,
+        [
+            ("id", "ID"),
+            ("ts", "TIME (UTC)"),
+            ("endpoint", "ENDPOINT"),
+            ("provider", "PROVIDER"),
+            ("model", "MODEL"),
+            ("status", "STATUS"),
+            ("outcome", "OUTCOME"),
+            ("latency", "LATENCY"),
+            ("tokens", "TOKENS IN/OUT"),
+            ("cost_uc", "COST µ¢"),
+        ],
+        empty="no traces yet",
+    )
     return 0

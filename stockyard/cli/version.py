@@ -8,8 +8,11 @@ from ..buildinfo import build_info, crypto_version
 
 
 def register(sub) -> None:
-    p = sub.add_parser("version", help="print the version and build hash",
-                       description="Print Stockyard's version, the build's content hash and the cryptography version.")
+    p = sub.add_parser(
+        "version",
+        help="print the version and build hash",
+        description="Print Stockyard's version, the build's content hash and the cryptography version.",
+    )
     p.set_defaults(func=run)
 
 

@@ -73,8 +73,19 @@ ORDER: tuple[type, ...] = (
 
 OVERRIDE_PREFIXES = ("key:", "project:")
 
-__all__ = ["ORDER", "Module", "Modules", "ModuleRow", "ConfigError", "Field", "find", "names",
-           "check_config", "effective_config", "describe"]
+__all__ = [
+    "ORDER",
+    "Module",
+    "Modules",
+    "ModuleRow",
+    "ConfigError",
+    "Field",
+    "find",
+    "names",
+    "check_config",
+    "effective_config",
+    "describe",
+]
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,7 @@ class ModuleRow:
 
 
 # -- what a module class declares (with defaults for classes that are not a Module) ----------
+
 
 def schema_of(cls: type) -> Mapping[str, Field]:
     return getattr(cls, "schema", None) or {}
@@ -118,6 +130,7 @@ def find(name: str) -> type:
 
 # -- configuration ----------------------------------------------------------------------------
 
+
 def _check_overrides(cls: type) -> Field:
     """The ``overrides`` option every module has: scope → partial options (+ ``enabled``)."""
     scoped_fields = {**schema_of(cls), "enabled": Field("bool", True, "switch the module for this scope")}
@@ -130,8 +143,7 @@ def _check_overrides(cls: type) -> Field:
             out[scope] = validate(f"{cls.name}.overrides[{scope!r}]", scoped_fields, values)
         return out
 
-    return Field("dict", {}, "per-key / per-project options: {\"key:<id>\": {...}, \"project:<name>\": {...}}",
-                 check=check)
+    return Field("dict", {}, 'per-key / per-project options: {"key:<id>": {...}, "project:<name>": {...}}', check=check)
 
 
 def check_config(cls: type, config: Any) -> dict[str, Any]:
@@ -159,8 +171,7 @@ def parse_assignment(cls: type, assignment: str) -> tuple[str, Any]:
     head, dot, sub = key.partition(".")
     field = fields.get(head)
     if field is None:
-        raise ConfigError(f"{cls.name}.{head}", f"is not an option of {cls.name} "
-                                                f"(options: {', '.join(fields)})")
+        raise ConfigError(f"{cls.name}.{head}", f"is not an option of {cls.name} (options: {', '.join(fields)})")
     if not dot:
         return head, field.parse(f"{cls.name}.{head}", text)
     if field.kind != "dict":
@@ -185,6 +196,7 @@ def describe(cls: type) -> dict[str, Any]:
 
 # -- the chain ----------------------------------------------------------------------------------
 
+
 class Modules:
     """One server's module instances (state survives reloads) and the chain built from the table."""
 
@@ -205,8 +217,13 @@ class Modules:
             try:
                 config = check_config(cls, row.config if row is not None else {})
             except ConfigError as exc:
-                log.error("module %s is off: its stored configuration is invalid (%s); fix it with "
-                          "`stockyard modules set %s …`", module.name, exc, module.name)
+                log.error(
+                    "module %s is off: its stored configuration is invalid (%s); fix it with "
+                    "`stockyard modules set %s …`",
+                    module.name,
+                    exc,
+                    module.name,
+                )
                 continue
             overrides: dict[str, dict] = config.pop("overrides", {})
             switches = {scope: o["enabled"] for scope, o in overrides.items() if "enabled" in o}

@@ -21,13 +21,17 @@ MAX_ENTRIES = 1000
 
 def _split(name: str, value: Any) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"split {name!r} must be a non-empty list of {{\"model\": …, \"weight\": …}}")
+        raise ValueError(f'split {name!r} must be a non-empty list of {{"model": …, "weight": …}}')
     out = []
     for i, arm in enumerate(value):
         if not isinstance(arm, dict) or set(arm) - {"model", "weight"} or "model" not in arm:
-            raise ValueError(f"split {name!r} item {i} must be {{\"model\": NAME, \"weight\": N}}")
-        out.append({"model": text(f"split {name!r} item {i} model", arm["model"]),
-                    "weight": number(f"split {name!r} item {i} weight", arm.get("weight", 1), 0, 1_000_000)})
+            raise ValueError(f'split {name!r} item {i} must be {{"model": NAME, "weight": N}}')
+        out.append(
+            {
+                "model": text(f"split {name!r} item {i} model", arm["model"]),
+                "weight": number(f"split {name!r} item {i} weight", arm.get("weight", 1), 0, 1_000_000),
+            }
+        )
     if not sum(arm["weight"] for arm in out) > 0:
         raise ValueError(f"split {name!r} needs at least one weight above 0")
     return out
@@ -45,10 +49,20 @@ class Alias(Module):
     name = "alias"
     summary = "model aliases (fast → groq/llama-3.3-70b) and weighted A/B splits, applied before routing"
     schema = {
-        "aliases": Field("dict", {}, "name → model, e.g. {\"fast\": \"groq/llama-3.3-70b\"}", max=MAX_ENTRIES,
-                         check=map_of(lambda k, v: text(f"alias {k!r}", v))),
-        "splits": Field("dict", {}, "name → [{\"model\": …, \"weight\": …}, …]: each request picks one by weight",
-                        max=MAX_ENTRIES, check=map_of(_split)),
+        "aliases": Field(
+            "dict",
+            {},
+            'name → model, e.g. {"fast": "groq/llama-3.3-70b"}',
+            max=MAX_ENTRIES,
+            check=map_of(lambda k, v: text(f"alias {k!r}", v)),
+        ),
+        "splits": Field(
+            "dict",
+            {},
+            'name → [{"model": …, "weight": …}, …]: each request picks one by weight',
+            max=MAX_ENTRIES,
+            check=map_of(_split),
+        ),
     }
 
     @staticmethod
@@ -58,8 +72,9 @@ class Alias(Module):
             raise ConfigError("alias.splits", f"{both[0]!r} is both an alias and a split; keep one")
 
     def compile(self, config: dict) -> AliasOptions:
-        splits = {name: ([a["model"] for a in arms], [a["weight"] for a in arms])
-                  for name, arms in config["splits"].items()}
+        splits = {
+            name: ([a["model"] for a in arms], [a["weight"] for a in arms]) for name, arms in config["splits"].items()
+        }
         return AliasOptions(dict(config["aliases"]), splits)
 
     def before(self, ctx: RequestContext) -> None:

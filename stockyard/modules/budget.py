@@ -46,9 +46,14 @@ class BudgetModule:
         model = ctx.routed_model or ctx.model or ""
         price = self.app.price_of(model)  # a model that routes nowhere fails here, as routing would
         if price is None:
-            raise ProxyError(403, f"model {model!r} has no price, so the budget on this key cannot be "
-                                  f"enforced; an operator can add one with `stockyard prices set {model} "
-                                  "--input … --output …`", param="model", code="model_not_priced")
+            raise ProxyError(
+                403,
+                f"model {model!r} has no price, so the budget on this key cannot be "
+                f"enforced; an operator can add one with `stockyard prices set {model} "
+                "--input … --output …`",
+                param="model",
+                code="model_not_priced",
+            )
         amount = estimate.request_cost(ctx, price, self.app.settings.default_max_tokens)
         try:
             ctx.state["budget"] = self.app.ledger.reserve(budgets, amount, ctx.ts_ms)
@@ -56,8 +61,11 @@ class BudgetModule:
             raise exc.error() from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
             log.error("budget spend for %s could not be loaded: %s", key.id, exc)
-            raise ProxyError(503, "the budget's spend could not be read from the database; try again shortly",
-                             code="budget_unavailable") from None
+            raise ProxyError(
+                503,
+                "the budget's spend could not be read from the database; try again shortly",
+                code="budget_unavailable",
+            ) from None
 
     def after(self, ctx: RequestContext) -> None:
         if ctx.key is None:

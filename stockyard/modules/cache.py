@@ -66,12 +66,18 @@ def kind_of(ctx: RequestContext) -> str:
     return SSE_USAGE if ctx.client_wants_usage else SSE
 
 
-def lookup(conn: sqlite3.Connection, digest: str, kinds: tuple[str, ...], now_ms: int,
-           ttl_ms: int) -> tuple[str, Entry] | None:
+def lookup(
+    conn: sqlite3.Connection, digest: str, kinds: tuple[str, ...], now_ms: int, ttl_ms: int
+) -> tuple[str, Entry] | None:
     """The freshest usable entry, preferring ``kinds`` in order (fresh under today's TTL too)."""
-    rows = {row[0]: row for row in conn.execute(
-        f"SELECT key, body, content_type, cost_uc FROM cache_entries WHERE key IN ({','.join('?' * len(kinds))}) "
-        "AND expires_at > ? AND created_at > ?", [f"{digest}:{k}" for k in kinds] + [now_ms, now_ms - ttl_ms])}
+    rows = {
+        row[0]: row
+        for row in conn.execute(
+            f"SELECT key, body, content_type, cost_uc FROM cache_entries WHERE key IN ({','.join('?' * len(kinds))}) "
+            "AND expires_at > ? AND created_at > ?",
+            [f"{digest}:{k}" for k in kinds] + [now_ms, now_ms - ttl_ms],
+        )
+    }
     for kind in kinds:
         row = rows.get(f"{digest}:{kind}")
         if row is not None:
@@ -79,8 +85,7 @@ def lookup(conn: sqlite3.Connection, digest: str, kinds: tuple[str, ...], now_ms
     return None
 
 
-def store(conn: sqlite3.Connection, key: str, entry: Entry, usage: str | None, now_ms: int,
-          opts: CacheOptions) -> None:
+def store(conn: sqlite3.Connection, key: str, entry: Entry, usage: str | None, now_ms: int, opts: CacheOptions) -> None:
     """Writer job: put one entry, drop expired ones, then the oldest beyond the bounds.
 
     ``cache_stats`` keeps the totals (triggers), so the common case reads one row. The old
@@ -90,7 +95,8 @@ def store(conn: sqlite3.Connection, key: str, entry: Entry, usage: str | None, n
     conn.execute(
         "INSERT INTO cache_entries (key, created_at, expires_at, size, body, content_type, usage, cost_uc) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (key, now_ms, now_ms + opts.ttl_ms, len(entry.body), entry.body, entry.content_type, usage, entry.cost_uc))
+        (key, now_ms, now_ms + opts.ttl_ms, len(entry.body), entry.body, entry.content_type, usage, entry.cost_uc),
+    )
     conn.execute("DELETE FROM cache_entries WHERE expires_at <= ?", (now_ms,))
     count, total = conn.execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
     if count <= opts.max_entries and total <= opts.max_bytes:
@@ -112,14 +118,16 @@ class Cache(Module):
     schema = {
         "ttl_s": Field("int", 3600, "seconds an answer stays fresh", min=1, max=366 * 86_400),
         "max_entries": Field("int", 10_000, "most answers kept; the oldest go first", min=1, max=100_000_000),
-        "max_bytes": Field("int", 256 * 1024 * 1024, "most bytes of answers kept; the oldest go first",
-                           min=1024, max=1 << 44),
+        "max_bytes": Field(
+            "int", 256 * 1024 * 1024, "most bytes of answers kept; the oldest go first", min=1024, max=1 << 44
+        ),
         "endpoints": Field("list", list(ENDPOINTS), "which endpoints are cached", choices=ENDPOINTS),
     }
 
     def compile(self, config: dict) -> CacheOptions:
-        return CacheOptions(config["ttl_s"] * 1000, config["max_entries"], config["max_bytes"],
-                            frozenset(config["endpoints"]))
+        return CacheOptions(
+            config["ttl_s"] * 1000, config["max_entries"], config["max_bytes"], frozenset(config["endpoints"])
+        )
 
     def before(self, ctx: RequestContext) -> None:
         opts: CacheOptions = self.options(ctx)
@@ -136,8 +144,11 @@ class Cache(Module):
         body = None
         if found is not None:
             found_kind, entry = found
-            body = entry.body if found_kind == kind else to_stream(ctx.endpoint, ctx.dialect, entry.body,
-                                                                   ctx.client_wants_usage)
+            body = (
+                entry.body
+                if found_kind == kind
+                else to_stream(ctx.endpoint, ctx.dialect, entry.body, ctx.client_wants_usage)
+            )
         if body is None:
             ctx.reply_headers[HEADER] = "miss"
             return

@@ -33,7 +33,7 @@ from .schema import ConfigError, Field, map_of, text
 
 def _chain(name: str, value: Any) -> list[str]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"chain {name!r} must be a non-empty list of \"provider/model\" names")
+        raise ValueError(f'chain {name!r} must be a non-empty list of "provider/model" names')
     return [text(f"chain {name!r} item {i}", item) for i, item in enumerate(value)]
 
 
@@ -90,10 +90,15 @@ class Breaker:
     def snapshot(self, cooldown: float) -> dict[str, dict]:
         with self._lock:
             now = self._clock()
-            return {name: {"state": "closed" if c.opened_at is None else
-                           ("open" if now - c.opened_at < cooldown else "half-open"),
-                           "failures": c.failures}
-                    for name, c in self._circuits.items()}
+            return {
+                name: {
+                    "state": "closed"
+                    if c.opened_at is None
+                    else ("open" if now - c.opened_at < cooldown else "half-open"),
+                    "failures": c.failures,
+                }
+                for name, c in self._circuits.items()
+            }
 
 
 @dataclass(frozen=True)
@@ -138,22 +143,28 @@ class Fallback(Module):
     """Retries with back-off and Retry-After, fallback chains, per-provider circuit breakers."""
 
     name = "fallback"
-    summary = ("retries (exponential back-off, jitter, Retry-After), fallback chains of provider/model, "
-               "per-provider circuit breaker")
+    summary = (
+        "retries (exponential back-off, jitter, Retry-After), fallback chains of provider/model, "
+        "per-provider circuit breaker"
+    )
     schema = {
-        "chains": Field("dict", {}, "model → [\"provider/model\", …] to try in order when it fails",
-                        max=1000, check=map_of(_chain)),
-        "retries": Field("int", 1, "more attempts on the same provider/model before falling back",
-                         min=0, max=10),
-        "backoff_ms": Field("int", 250, "wait before the first retry; doubles each retry (with jitter)",
-                            min=0, max=60_000),
+        "chains": Field(
+            "dict", {}, 'model → ["provider/model", …] to try in order when it fails', max=1000, check=map_of(_chain)
+        ),
+        "retries": Field("int", 1, "more attempts on the same provider/model before falling back", min=0, max=10),
+        "backoff_ms": Field(
+            "int", 250, "wait before the first retry; doubles each retry (with jitter)", min=0, max=60_000
+        ),
         "max_backoff_ms": Field("int", 5_000, "longest wait between retries", min=0, max=300_000),
-        "retry_after_cap_s": Field("float", 10.0, "honour a provider's Retry-After up to this; beyond it, "
-                                                  "fall back at once", min=0, max=3_600),
-        "breaker_failures": Field("int", 5, "failures in a row that open a provider's breaker; 0 for no breaker",
-                                  min=0, max=10_000),
-        "breaker_cooldown_s": Field("float", 30.0, "how long an open breaker skips its provider before one "
-                                                   "probe", min=0.1, max=86_400),
+        "retry_after_cap_s": Field(
+            "float", 10.0, "honour a provider's Retry-After up to this; beyond it, fall back at once", min=0, max=3_600
+        ),
+        "breaker_failures": Field(
+            "int", 5, "failures in a row that open a provider's breaker; 0 for no breaker", min=0, max=10_000
+        ),
+        "breaker_cooldown_s": Field(
+            "float", 30.0, "how long an open breaker skips its provider before one probe", min=0.1, max=86_400
+        ),
     }
 
     def __init__(self, app) -> None:
@@ -163,14 +174,23 @@ class Fallback(Module):
     @staticmethod
     def check_whole(config: dict) -> None:
         if config["max_backoff_ms"] < config["backoff_ms"]:
-            raise ConfigError("fallback.max_backoff_ms", f"must be at least backoff_ms ({config['backoff_ms']}), "
-                                                         f"got {config['max_backoff_ms']}")
+            raise ConfigError(
+                "fallback.max_backoff_ms",
+                f"must be at least backoff_ms ({config['backoff_ms']}), got {config['max_backoff_ms']}",
+            )
 
     def compile(self, config: dict) -> FallbackPolicy:
         chains = {name: tuple(models) for name, models in config["chains"].items()}
-        return FallbackPolicy(chains, config["retries"], config["backoff_ms"], config["max_backoff_ms"],
-                              config["retry_after_cap_s"], config["breaker_failures"],
-                              config["breaker_cooldown_s"], self.breaker)
+        return FallbackPolicy(
+            chains,
+            config["retries"],
+            config["backoff_ms"],
+            config["max_backoff_ms"],
+            config["retry_after_cap_s"],
+            config["breaker_failures"],
+            config["breaker_cooldown_s"],
+            self.breaker,
+        )
 
     def before(self, ctx: RequestContext) -> None:
         ctx.retry = self.options(ctx)

@@ -17,6 +17,7 @@ from ..pipeline import RequestContext
 from .base import Module
 from .schema import Field
 
+
 def _globs(value: list) -> list:
     for item in value:
         if not isinstance(item, str) or not item.strip():
@@ -49,22 +50,35 @@ class Guard(Module):
     name = "guard"
     summary = "request policies: allowed/denied models, max_tokens ceiling (clamp or reject), input size, messages"
     schema = {
-        "allow_models": Field("list", [], "globs of models that may be used; empty allows all",
-                              max=1000, check=_globs),
-        "deny_models": Field("list", [], "globs of models that may not be used (wins over allow)",
-                             max=1000, check=_globs),
-        "max_tokens": Field("int", 0, "ceiling for max_tokens / max_completion_tokens / max_output_tokens "
-                                      "(per choice); 0 for none", min=0, max=MAX_TOKENS),
-        "max_tokens_mode": Field("enum", "clamp", "over the ceiling: clamp to it, or reject with 400",
-                                 choices=("clamp", "reject")),
-        "max_input_bytes": Field("int", 0, "largest request body in bytes; 0 for no limit beyond the server's",
-                                 min=0, max=1 << 40),
+        "allow_models": Field("list", [], "globs of models that may be used; empty allows all", max=1000, check=_globs),
+        "deny_models": Field(
+            "list", [], "globs of models that may not be used (wins over allow)", max=1000, check=_globs
+        ),
+        "max_tokens": Field(
+            "int",
+            0,
+            "ceiling for max_tokens / max_completion_tokens / max_output_tokens (per choice); 0 for none",
+            min=0,
+            max=MAX_TOKENS,
+        ),
+        "max_tokens_mode": Field(
+            "enum", "clamp", "over the ceiling: clamp to it, or reject with 400", choices=("clamp", "reject")
+        ),
+        "max_input_bytes": Field(
+            "int", 0, "largest request body in bytes; 0 for no limit beyond the server's", min=0, max=1 << 40
+        ),
         "max_messages": Field("int", 0, "most messages in one request; 0 for no limit", min=0, max=1_000_000),
     }
 
     def compile(self, config: dict) -> GuardOptions:
-        return GuardOptions(tuple(config["allow_models"]), tuple(config["deny_models"]), config["max_tokens"],
-                            config["max_tokens_mode"], config["max_input_bytes"], config["max_messages"])
+        return GuardOptions(
+            tuple(config["allow_models"]),
+            tuple(config["deny_models"]),
+            config["max_tokens"],
+            config["max_tokens_mode"],
+            config["max_input_bytes"],
+            config["max_messages"],
+        )
 
     def before(self, ctx: RequestContext) -> None:
         opts: GuardOptions = self.options(ctx)
@@ -72,12 +86,19 @@ class Guard(Module):
         if model and (opts.allow or opts.deny):
             self._check_model(opts, model, ctx.model or model)
         if opts.max_input_bytes and len(ctx.raw) > opts.max_input_bytes:
-            raise ProxyError(413, f"request body is {len(ctx.raw)} bytes; this proxy allows at most "
-                                  f"{opts.max_input_bytes}", code="request_too_large")
+            raise ProxyError(
+                413,
+                f"request body is {len(ctx.raw)} bytes; this proxy allows at most {opts.max_input_bytes}",
+                code="request_too_large",
+            )
         messages = ctx.body.get("messages")
         if opts.max_messages and isinstance(messages, list) and len(messages) > opts.max_messages:
-            raise ProxyError(400, f"request has {len(messages)} messages; this proxy allows at most "
-                                  f"{opts.max_messages}", param="messages", code="too_many_messages")
+            raise ProxyError(
+                400,
+                f"request has {len(messages)} messages; this proxy allows at most {opts.max_messages}",
+                param="messages",
+                code="too_many_messages",
+            )
         if opts.max_tokens:
             self._check_tokens(opts, ctx)
 
@@ -86,8 +107,9 @@ class Guard(Module):
         names = (model, model.partition("/")[2]) if "/" in model else (model,)
         if matches(opts.deny, names) is not None or (opts.allow and matches(opts.allow, names) is None):
             shown = asked if asked == model else f"{asked} ({model})"
-            raise ProxyError(403, f"model {shown!r} is not allowed by this proxy's policy", param="model",
-                             code="model_not_allowed")
+            raise ProxyError(
+                403, f"model {shown!r} is not allowed by this proxy's policy", param="model", code="model_not_allowed"
+            )
 
     @staticmethod
     def _check_tokens(opts: GuardOptions, ctx: RequestContext) -> None:
@@ -97,7 +119,11 @@ class Guard(Module):
             if not field.tokens or type(value) is not int or value <= opts.max_tokens:
                 continue
             if opts.max_tokens_mode == "reject":
-                raise ProxyError(400, f"{field.name} is {value}; this proxy allows at most {opts.max_tokens}",
-                                 param=field.name, code="max_tokens_too_large")
+                raise ProxyError(
+                    400,
+                    f"{field.name} is {value}; this proxy allows at most {opts.max_tokens}",
+                    param=field.name,
+                    code="max_tokens_too_large",
+                )
             field.container[field.key] = opts.max_tokens
             ctx.body_changed = True

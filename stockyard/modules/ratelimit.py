@@ -3,8 +3,8 @@
 Each key's window is a log of (admitted at, tokens) entries with a running token sum.
 Tokens are counted at admission as the worst case (``estimate.request_tokens``: input
 estimate + output cap × choices) and corrected to the real usage when the request ends,
-so a key that asks for 4,096 tokens and uses 20 is charged 20. A refusal is a 429 with ``Retry-After``: the seconds until
-enough of the window has slid past for this request to fit.
+so a key that asks for 4,096 tokens and uses 20 is charged 20. A refusal is a 429 with
+``Retry-After``: the seconds until enough of the window has slid past for this request to fit.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
     def error(self) -> ProxyError:
-        headers = ({"Retry-After": str(self.retry_after)} if self.retry_after is not None
-                   else {"x-should-retry": "false"})
+        headers = (
+            {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {"x-should-retry": "false"}
+        )
         return ProxyError(429, self.message, code="rate_limit_exceeded", headers=headers)
 
 
@@ -74,20 +75,27 @@ class RateLimiter:
             window.slide(now)
             if rpm is not None and len(window.entries) >= rpm:
                 oldest_needed = window.entries[len(window.entries) - rpm]
-                raise RateLimited(f"rate limit: this key allows {rpm} requests per minute",
-                                  _seconds(oldest_needed.at + WINDOW_S - now))
+                raise RateLimited(
+                    f"rate limit: this key allows {rpm} requests per minute",
+                    _seconds(oldest_needed.at + WINDOW_S - now),
+                )
             if tpm is not None and window.tokens + tokens > tpm:
                 if tokens > tpm:
-                    raise RateLimited(f"rate limit: this request may use {tokens} tokens (input estimate + "
-                                      f"max_tokens × n), more than the key's {tpm} tokens per minute; "
-                                      "lower max_tokens or n", None)
+                    raise RateLimited(
+                        f"rate limit: this request may use {tokens} tokens (input estimate + "
+                        f"max_tokens × n), more than the key's {tpm} tokens per minute; "
+                        "lower max_tokens or n",
+                        None,
+                    )
                 excess, freed = window.tokens + tokens - tpm, 0
                 for entry in window.entries:
                     freed += entry.tokens
                     if freed >= excess:
                         break
-                raise RateLimited(f"rate limit: this key allows {tpm} tokens per minute and this request "
-                                  f"may use {tokens}", _seconds(entry.at + WINDOW_S - now))
+                raise RateLimited(
+                    f"rate limit: this key allows {tpm} tokens per minute and this request may use {tokens}",
+                    _seconds(entry.at + WINDOW_S - now),
+                )
             entry = _Entry(now, tokens)
             window.entries.append(entry)
             window.tokens += tokens

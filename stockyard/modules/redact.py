@@ -41,28 +41,57 @@ SECRETS: dict[str, tuple[str, str]] = {
     "github_token": ("a GitHub token", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
     "slack_token": ("a Slack token", r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
     "aws_access_key": ("an AWS access key", r"(?<![A-Z0-9])(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{16}(?![A-Z0-9])"),
-    "aws_secret_key": ("an AWS secret key",
-                       r"(?i:aws_?secret_?access_?key)[\"'\s:=\\]+[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"),
-    "private_key": ("a private key",
-                    r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[^\"]*?-----END[A-Z ]{0,40}PRIVATE KEY-----|[^\"]*)"),
+    "aws_secret_key": (
+        "an AWS secret key",
+        r"(?i:aws_?secret_?access_?key)[\"'\s:=\\]+[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+    ),
+    "private_key": (
+        "a private key",
+        r"-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----(?:[^\"]*?-----END[A-Z ]{0,40}PRIVATE KEY-----|[^\"]*)",
+    ),
     "jwt": ("a JWT", r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
 }
 PII: dict[str, tuple[str, str]] = {
     "email": ("an email address", r"(?<![\w.+-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
     "card": ("a card number", r"(?<![\d.])\d(?:[ \-]?\d){12,18}(?![\d])"),
-    "phone": ("a phone number",
-              r"(?<![\w+.])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?)?\d{2,4}(?:[ .\-]?\d{2,4}){1,4}(?![\w])"),
+    "phone": (
+        "a phone number",
+        r"(?<![\w+.])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?)?\d{2,4}(?:[ .\-]?\d{2,4}){1,4}(?![\w])",
+    ),
 }
 LABELS = {kind: label for kind, (label, _) in {**SECRETS, **PII}.items()}
 
 # Every secret above contains one of these; a text with none of them skips the big regex
 # (a dozen substring checks cost a microsecond, the alternation a hundred).
-SECRET_HINTS = ("sk-", "sk_", "rk_", "AIza", "gsk_", "xai-", "pplx-", "hf_", "ghp_", "gho_", "ghu_", "ghs_",
-                "ghr_", "github_pat_", "xox", "AKIA", "ASIA", "AROA", "AIDA", "ecret", "ECRET", "PRIVATE KEY", "eyJ")
+SECRET_HINTS = (
+    "sk-",
+    "sk_",
+    "rk_",
+    "AIza",
+    "gsk_",
+    "xai-",
+    "pplx-",
+    "hf_",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "xox",
+    "AKIA",
+    "ASIA",
+    "AROA",
+    "AIDA",
+    "ecret",
+    "ECRET",
+    "PRIVATE KEY",
+    "eyJ",
+)
 _DIGITS_2, _DIGITS_4 = re.compile(r"\d\d").search, re.compile(r"\d{4}").search
 PII_HINTS: dict[str, Callable[[str], object]] = {
     "email": lambda text: "@" in text,
-    "card": _DIGITS_4,   # every way of writing a card number has a run of four digits
+    "card": _DIGITS_4,  # every way of writing a card number has a run of four digits
     "phone": _DIGITS_2,
 }
 
@@ -135,7 +164,7 @@ class Detector:
     def sub(self, text: str) -> str:
         for hint, regex, validated in self.passes:
             if hint(text):
-                text = regex.sub(lambda m: self._replacement(m, validated), text)
+                text = regex.sub(lambda m, v=validated: self._replacement(m, v), text)
         return text
 
     @staticmethod
@@ -219,13 +248,20 @@ class Redact(Module):
     """Secrets and optional PII removed from stored bodies, from upstream requests, or blocked."""
 
     name = "redact"
-    summary = "secrets (API keys, AWS keys, private keys, JWTs) and optional PII redacted from storage/upstream, or blocked"
+    summary = (
+        "secrets (API keys, AWS keys, private keys, JWTs) and optional PII redacted from storage/upstream, or blocked"
+    )
     schema = {
-        "mode": Field("enum", "store", "store: redact what is stored; upstream: also what is sent; "
-                                       "block: refuse the request (400)", choices=("store", "upstream", "block")),
+        "mode": Field(
+            "enum",
+            "store",
+            "store: redact what is stored; upstream: also what is sent; block: refuse the request (400)",
+            choices=("store", "upstream", "block"),
+        ),
         "secrets": Field("bool", True, "look for API keys, AWS keys, private keys and JWTs"),
-        "pii": Field("list", [], "personal data to look for too: email, phone, card",
-                     choices=("email", "phone", "card")),
+        "pii": Field(
+            "list", [], "personal data to look for too: email, phone, card", choices=("email", "phone", "card")
+        ),
     }
 
     def compile(self, config: dict) -> RedactOptions:
@@ -240,8 +276,11 @@ class Redact(Module):
         if not kinds:
             return
         if opts.mode == "block":
-            raise ProxyError(400, f"request refused: it contains {describe_kinds(kinds)}; remove it and "
-                                  "send the request again", code="sensitive_data")
+            raise ProxyError(
+                400,
+                f"request refused: it contains {describe_kinds(kinds)}; remove it and send the request again",
+                code="sensitive_data",
+            )
         if opts.mode == "upstream":
             ctx.body = opts.detector.sub_json(ctx.body)
             ctx.raw = json.dumps(ctx.body, ensure_ascii=False).encode()

@@ -34,8 +34,13 @@ def to_stream(endpoint: str, dialect: str, body: bytes, with_usage: bool) -> byt
         for chunk in chunks:
             chunk["usage"] = None
         if isinstance(usage, dict):
-            chunks.append({**_head(answer, chunks[0]["object"] if chunks else "chat.completion.chunk"),
-                           "choices": [], "usage": usage})
+            chunks.append(
+                {
+                    **_head(answer, chunks[0]["object"] if chunks else "chat.completion.chunk"),
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
     return b"".join(_event(c) for c in chunks) + b"data: [DONE]\n\n"
 
 
@@ -52,8 +57,9 @@ def _chat_chunks(answer: dict) -> list[dict] | None:
     chunks = []
 
     def chunk(index: int, delta: dict, finish: str | None = None) -> None:
-        chunks.append({**head, "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                            "finish_reason": finish}]})
+        chunks.append(
+            {**head, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        )
 
     for choice in answer["choices"]:
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
@@ -78,8 +84,18 @@ def _completion_chunks(answer: dict) -> list[dict] | None:
         if not isinstance(choice, dict):
             return None
         index = choice.get("index", 0)
-        chunks.append({**head, "choices": [{"text": choice.get("text", ""), "index": index, "logprobs": None,
-                                            "finish_reason": None}]})
-        chunks.append({**head, "choices": [{"text": "", "index": index, "logprobs": None,
-                                            "finish_reason": choice.get("finish_reason")}]})
+        chunks.append(
+            {
+                **head,
+                "choices": [{"text": choice.get("text", ""), "index": index, "logprobs": None, "finish_reason": None}],
+            }
+        )
+        chunks.append(
+            {
+                **head,
+                "choices": [
+                    {"text": "", "index": index, "logprobs": None, "finish_reason": choice.get("finish_reason")}
+                ],
+            }
+        )
     return chunks

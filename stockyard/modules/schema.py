@@ -152,8 +152,9 @@ def defaults(schema: Schema) -> dict[str, Any]:
     return {name: _copy(field.default) for name, field in schema.items()}
 
 
-def map_of(value_check: Callable[[str, Any], Any], *, key_check: Callable[[str], None] | None = None
-           ) -> Callable[[dict], dict]:
+def map_of(
+    value_check: Callable[[str, Any], Any], *, key_check: Callable[[str], None] | None = None
+) -> Callable[[dict], dict]:
     """A ``check`` for dict fields: every key a non-empty string, every value through ``value_check``."""
 
     def check(value: dict) -> dict:

@@ -40,17 +40,28 @@ class Timeout(Module):
     name = "timeout"
     summary = "per-model upstream read timeouts (glob → seconds) and a total deadline per request (504)"
     schema = {
-        "models": Field("dict", {}, "model glob → read timeout in seconds, e.g. {\"gpt-4o*\": 30}", max=1000,
-                        check=map_of(lambda k, v: number(f"timeout for {k!r}", v, 0.01, MAX_S))),
-        "read_timeout_s": Field("float", 0.0, "read timeout for models no glob matches; 0 for the server's",
-                                min=0, max=MAX_S),
-        "deadline_s": Field("float", 0.0, "the most a request may take in all, retries included; 0 for none",
-                            min=0, max=MAX_S),
+        "models": Field(
+            "dict",
+            {},
+            'model glob → read timeout in seconds, e.g. {"gpt-4o*": 30}',
+            max=1000,
+            check=map_of(lambda k, v: number(f"timeout for {k!r}", v, 0.01, MAX_S)),
+        ),
+        "read_timeout_s": Field(
+            "float", 0.0, "read timeout for models no glob matches; 0 for the server's", min=0, max=MAX_S
+        ),
+        "deadline_s": Field(
+            "float", 0.0, "the most a request may take in all, retries included; 0 for none", min=0, max=MAX_S
+        ),
     }
 
     def compile(self, config: dict) -> TimeoutOptions:
-        rules = tuple(sorted(((pattern.lower(), seconds) for pattern, seconds in config["models"].items()),
-                             key=lambda rule: (any(c in rule[0] for c in "*?["), -len(rule[0]))))
+        rules = tuple(
+            sorted(
+                ((pattern.lower(), seconds) for pattern, seconds in config["models"].items()),
+                key=lambda rule: (any(c in rule[0] for c in "*?["), -len(rule[0])),
+            )
+        )
         return TimeoutOptions(rules, config["read_timeout_s"] or None, config["deadline_s"] or None)
 
     def before(self, ctx: RequestContext) -> None:

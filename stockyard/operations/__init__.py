@@ -60,16 +60,21 @@ class Operations:
             return None
         return audit.chain_key(self.secret, vault.get_or_create_salt(conn))
 
-    def audit(self, conn: sqlite3.Connection, action: str, target: str,
-              details: dict[str, Any]) -> audit.AuditEntry:
+    def audit(self, conn: sqlite3.Connection, action: str, target: str, details: dict[str, Any]) -> audit.AuditEntry:
         """Append an audit entry inside an open transaction (for jobs that do their own writes)."""
         key = self.chain_key(conn)
         audit.ensure_keyed_tail(conn, actor=self.actor, key=key)
-        return audit.append(conn, actor=self.actor, action=action, target=target, details=details,
-                            key=key)
+        return audit.append(conn, actor=self.actor, action=action, target=target, details=details, key=key)
 
-    def change(self, action: str, target: str, details: dict[str, Any],
-               apply: Callable[[sqlite3.Connection], T], *, config: bool = True) -> T:
+    def change(
+        self,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+        apply: Callable[[sqlite3.Connection], T],
+        *,
+        config: bool = True,
+    ) -> T:
         """Run ``apply(conn)`` and its audit entry in one transaction; wait for the commit."""
 
         def job(conn: sqlite3.Connection) -> T:

@@ -15,10 +15,10 @@ import time
 from typing import Any, Mapping
 
 from ..budgets import PERIODS, period_key, spent_uc
-from ..times import FORMAT_HELP, now_iso, parse_utc, to_iso
 from ..keys import PREFIX_LEN, KeyRecord, hash_key, new_key_id, new_secret
 from ..limits import MAX_MONEY_UC, MAX_RATE_LIMIT, whole_number
 from ..pricing import format_usd, microcents_from_usd
+from ..times import FORMAT_HELP, now_iso, parse_utc, to_iso
 from . import Operations, conflict, invalid, not_found
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}$")
@@ -28,18 +28,23 @@ KEY_FIELDS = ("name", "project", "models", "expires", "budget_usd", "budget_peri
 
 # -- validation ------------------------------------------------------------------------------
 
+
 def _clears(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in CLEAR)
 
 
 def check_name(value: Any, what: str = "name") -> str:
     if not isinstance(value, str) or not _NAME.match(value.strip()):
-        raise invalid(f"{what} must be 1-64 letters, digits or . _ @ : + - (starting with a letter "
-                      f"or digit), got {value!r}", what)
+        raise invalid(
+            f"{what} must be 1-64 letters, digits or . _ @ : + - (starting with a letter or digit), got {value!r}", what
+        )
     name = value.strip()
     if name.lower().startswith("sk-") or (what == "name" and name.startswith("key_")):
-        raise invalid(f"{what} may not start with 'sk-'{' or key_' if what == 'name' else ''} "
-                      "(that looks like a key or a key id)", what)
+        raise invalid(
+            f"{what} may not start with 'sk-'{' or key_' if what == 'name' else ''} "
+            "(that looks like a key or a key id)",
+            what,
+        )
     return name
 
 
@@ -82,7 +87,7 @@ def check_budget_usd(value: Any) -> int | None:
     if type(value) is int:
         value = str(value)
     if not isinstance(value, str):
-        raise invalid("budget_usd must be a decimal amount of US dollars as text, like \"10.50\"", "budget_usd")
+        raise invalid('budget_usd must be a decimal amount of US dollars as text, like "10.50"', "budget_usd")
     try:
         amount = microcents_from_usd(value)
     except ValueError as exc:
@@ -106,11 +111,16 @@ def check_limit(value: Any, what: str) -> int | None:
     try:
         return whole_number(value, 1, MAX_RATE_LIMIT)
     except ValueError:
-        raise invalid(f"{what} must be a whole number above 0, at most {MAX_RATE_LIMIT:_} (or 'none' to remove "
-                      f"the limit), got {value!r}", what) from None
+        raise invalid(
+            f"{what} must be a whole number above 0, at most {MAX_RATE_LIMIT:_} (or 'none' to remove "
+            f"the limit), got {value!r}",
+            what,
+        ) from None
 
 
-def _budget(usd: Any, period: Any, current: tuple[int | None, str | None] = (None, None)) -> tuple[int | None, str | None]:
+def _budget(
+    usd: Any, period: Any, current: tuple[int | None, str | None] = (None, None)
+) -> tuple[int | None, str | None]:
     """(budget µ¢, period) from what was given, on top of the key's current values."""
     if usd is _UNSET and period is _UNSET:
         return current
@@ -133,6 +143,7 @@ _UNSET: Any = object()
 
 # -- reading ---------------------------------------------------------------------------------
 
+
 def find_key(conn: sqlite3.Connection, ident: str) -> KeyRecord | None:
     """By id (key_…), else the live key of that name, else the newest revoked one."""
     if not isinstance(ident, str) or not ident.strip():
@@ -140,7 +151,9 @@ def find_key(conn: sqlite3.Connection, ident: str) -> KeyRecord | None:
     ident = ident.strip()
     row = conn.execute(
         "SELECT * FROM client_keys WHERE id = ? OR name = ? "
-        "ORDER BY id = ? DESC, revoked_at IS NULL DESC, rowid DESC LIMIT 1", (ident, ident, ident)).fetchone()
+        "ORDER BY id = ? DESC, revoked_at IS NULL DESC, rowid DESC LIMIT 1",
+        (ident, ident, ident),
+    ).fetchone()
     return KeyRecord.from_row(row) if row else None
 
 
@@ -180,11 +193,14 @@ def get_key(conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
 
 # -- changing --------------------------------------------------------------------------------
 
+
 def _details(record: KeyRecord) -> dict[str, Any]:
     """What the audit log keeps about a key: its id and prefix, never the key."""
     public = record.public()
-    return {k: public[k] for k in ("name", "prefix", "project", "models", "expires_at", "budget_uc",
-                                   "budget_period", "rpm", "tpm")}
+    return {
+        k: public[k]
+        for k in ("name", "prefix", "project", "models", "expires_at", "budget_uc", "budget_period", "rpm", "tpm")
+    }
 
 
 def create_key(ops: Operations, fields: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -197,10 +213,17 @@ def create_key(ops: Operations, fields: Mapping[str, Any]) -> tuple[dict[str, An
     budget_uc, period = _budget(fields.get("budget_usd", _UNSET), fields.get("budget_period", _UNSET))
     secret = new_secret()
     record = KeyRecord(
-        id=new_key_id(), name=check_name(fields["name"]), prefix=secret[:PREFIX_LEN], hash=hash_key(secret),
-        project=check_project(fields.get("project")), models=check_models(fields.get("models")),
-        expires_at=check_expires(fields.get("expires")), budget_uc=budget_uc, budget_period=period,
-        rpm=check_limit(fields.get("rpm"), "rpm"), tpm=check_limit(fields.get("tpm"), "tpm"),
+        id=new_key_id(),
+        name=check_name(fields["name"]),
+        prefix=secret[:PREFIX_LEN],
+        hash=hash_key(secret),
+        project=check_project(fields.get("project")),
+        models=check_models(fields.get("models")),
+        expires_at=check_expires(fields.get("expires")),
+        budget_uc=budget_uc,
+        budget_period=period,
+        rpm=check_limit(fields.get("rpm"), "rpm"),
+        tpm=check_limit(fields.get("tpm"), "tpm"),
         created_at=now_iso(),
     )
 
@@ -209,19 +232,33 @@ def create_key(ops: Operations, fields: Mapping[str, Any]) -> tuple[dict[str, An
         conn.execute(
             "INSERT INTO client_keys (id, name, prefix, hash, project, models, expires_at, budget_uc, "
             "budget_period, rpm, tpm, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.id, record.name, record.prefix, record.hash, record.project,
-             json.dumps(list(record.models)) if record.models else None, record.expires_at,
-             record.budget_uc, record.budget_period, record.rpm, record.tpm, record.created_at))
-        return describe_key(conn, KeyRecord.from_row(
-            conn.execute("SELECT * FROM client_keys WHERE id = ?", (record.id,)).fetchone()))
+            (
+                record.id,
+                record.name,
+                record.prefix,
+                record.hash,
+                record.project,
+                json.dumps(list(record.models)) if record.models else None,
+                record.expires_at,
+                record.budget_uc,
+                record.budget_period,
+                record.rpm,
+                record.tpm,
+                record.created_at,
+            ),
+        )
+        return describe_key(
+            conn, KeyRecord.from_row(conn.execute("SELECT * FROM client_keys WHERE id = ?", (record.id,)).fetchone())
+        )
 
     described = ops.change("keys.create", f"key:{record.id}", _details(record), apply)
     return described, secret
 
 
 def _refuse_live_name(conn: sqlite3.Connection, name: str, except_id: str | None = None) -> None:
-    row = conn.execute("SELECT id FROM client_keys WHERE name = ? AND revoked_at IS NULL AND id IS NOT ?",
-                       (name, except_id)).fetchone()
+    row = conn.execute(
+        "SELECT id FROM client_keys WHERE name = ? AND revoked_at IS NULL AND id IS NOT ?", (name, except_id)
+    ).fetchone()
     if row:
         raise conflict(f"a live key named {name!r} exists already ({row[0]}); pick another name or revoke it")
 
@@ -248,8 +285,10 @@ def update_key(ops: Operations, ident: str, fields: Mapping[str, Any]) -> dict[s
             changes[limit] = check_limit(fields[limit], limit)
     if "budget_usd" in fields or "budget_period" in fields:
         changes["budget_uc"], changes["budget_period"] = _budget(
-            fields.get("budget_usd", _UNSET), fields.get("budget_period", _UNSET),
-            (record.budget_uc, record.budget_period))
+            fields.get("budget_usd", _UNSET),
+            fields.get("budget_period", _UNSET),
+            (record.budget_uc, record.budget_period),
+        )
     columns = {k: (json.dumps(list(v)) if k == "models" and v else v) for k, v in changes.items()}
 
     def apply(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -284,6 +323,7 @@ def revoke_key(ops: Operations, ident: str) -> dict[str, Any]:
 
 # -- project budgets -------------------------------------------------------------------------
 
+
 def set_project_budget(ops: Operations, project: Any, budget_usd: Any, period: Any) -> dict[str, Any]:
     name = check_name(project, "project")
     if _clears(budget_usd):
@@ -292,14 +332,17 @@ def set_project_budget(ops: Operations, project: Any, budget_usd: Any, period: A
     period = check_period(period, "period")
 
     def apply(conn: sqlite3.Connection) -> dict[str, Any]:
-        conn.execute("INSERT INTO project_budgets (project, budget_uc, period, updated_at) VALUES (?, ?, ?, ?) "
-                     "ON CONFLICT (project) DO UPDATE SET budget_uc = excluded.budget_uc, "
-                     "period = excluded.period, updated_at = excluded.updated_at",
-                     (name, amount, period, now_iso()))
+        conn.execute(
+            "INSERT INTO project_budgets (project, budget_uc, period, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (project) DO UPDATE SET budget_uc = excluded.budget_uc, "
+            "period = excluded.period, updated_at = excluded.updated_at",
+            (name, amount, period, now_iso()),
+        )
         return get_project(conn, name)
 
-    return ops.change("projects.budget.set", f"project:{name}",
-                      {"project": name, "budget_uc": amount, "period": period}, apply)
+    return ops.change(
+        "projects.budget.set", f"project:{name}", {"project": name, "budget_uc": amount, "period": period}, apply
+    )
 
 
 def clear_project_budget(ops: Operations, project: Any) -> dict[str, Any]:
@@ -316,21 +359,28 @@ def clear_project_budget(ops: Operations, project: Any) -> dict[str, Any]:
 def get_project(conn: sqlite3.Connection, project: str, now_ms: int | None = None) -> dict[str, Any]:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     row = conn.execute("SELECT budget_uc, period FROM project_budgets WHERE project = ?", (project,)).fetchone()
-    keys = conn.execute("SELECT count(*) FROM client_keys WHERE project = ? AND revoked_at IS NULL",
-                        (project,)).fetchone()[0]
-    out: dict[str, Any] = {"project": project, "live_keys": keys,
-                           "budget_uc": row["budget_uc"] if row else None,
-                           "budget": format_usd(row["budget_uc"], 2) if row else None,
-                           "budget_period": row["period"] if row else None}
+    keys = conn.execute(
+        "SELECT count(*) FROM client_keys WHERE project = ? AND revoked_at IS NULL", (project,)
+    ).fetchone()[0]
+    out: dict[str, Any] = {
+        "project": project,
+        "live_keys": keys,
+        "budget_uc": row["budget_uc"] if row else None,
+        "budget": format_usd(row["budget_uc"], 2) if row else None,
+        "budget_period": row["period"] if row else None,
+    }
     out.update(_spend(conn, f"project:{project}", out["budget_period"], now_ms))
     return out
 
 
 def list_projects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Projects named by a key or a budget."""
-    names = [r[0] for r in conn.execute(
-        "SELECT project FROM client_keys WHERE project IS NOT NULL UNION SELECT project FROM project_budgets "
-        "ORDER BY 1")]
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT project FROM client_keys WHERE project IS NOT NULL UNION SELECT project FROM project_budgets "
+            "ORDER BY 1"
+        )
+    ]
     now_ms = int(time.time() * 1000)
     return [get_project(conn, n, now_ms) for n in names]
-

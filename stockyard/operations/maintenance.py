@@ -24,8 +24,10 @@ def add_note(ops: Operations, text: object) -> audit.AuditEntry:
     if len(text) > MAX_NOTE_CHARS:
         raise invalid(f"note is {len(text)} characters; the limit is {MAX_NOTE_CHARS}", param="note")
     if _KEY_LIKE.search(text) or (ops.secret and ops.secret in text):
-        raise invalid("a note must not contain a secret such as an API key; name a key by its id "
-                      "and last 4 characters instead", param="note")
+        raise invalid(
+            "a note must not contain a secret such as an API key; name a key by its id and last 4 characters instead",
+            param="note",
+        )
     try:
         return ops.record("audit.note", "audit_log", {"note": text})
     except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
@@ -45,4 +47,3 @@ def reload_config(ops: Operations) -> int:
     except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
         raise conflict(str(exc)) from None
     return read_config_version(ops.store.read())
-

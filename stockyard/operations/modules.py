@@ -62,7 +62,8 @@ def _write(conn: sqlite3.Connection, name: str, enabled: bool, config: dict) -> 
         "INSERT INTO modules (name, enabled, config, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(name) DO UPDATE SET enabled = excluded.enabled, config = excluded.config, "
         "updated_at = excluded.updated_at",
-        (name, int(enabled), json.dumps(config, ensure_ascii=False), now_iso()))
+        (name, int(enabled), json.dumps(config, ensure_ascii=False), now_iso()),
+    )
 
 
 def _checked(cls: type, config: Any) -> dict:
@@ -82,12 +83,12 @@ def set_enabled(ops: Operations, name: str, enabled: bool) -> dict[str, Any]:
         _write(conn, name, enabled, config)
         return view(cls, _read(conn, cls))
 
-    return ops.change("module.enable" if enabled else "module.disable", f"module:{name}",
-                      {"enabled": enabled}, apply)
+    return ops.change("module.enable" if enabled else "module.disable", f"module:{name}", {"enabled": enabled}, apply)
 
 
-def configure(ops: Operations, name: str, changes: dict[str, Any], *, replace: bool = False,
-              enabled: bool | None = None) -> dict[str, Any]:
+def configure(
+    ops: Operations, name: str, changes: dict[str, Any], *, replace: bool = False, enabled: bool | None = None
+) -> dict[str, Any]:
     """Set options: merged into what is stored (a None value goes back to the default), or,
     with ``replace``, instead of it. Dict options given as ``{"sub": value}`` by the CLI's
     ``KEY.SUB=VALUE`` are merged by the caller before this."""

@@ -12,8 +12,8 @@ import sqlite3
 from typing import Any, Mapping
 
 from ..limits import MAX_PRICE_UC
-from ..times import now_iso
 from ..pricing import Price, PriceTable, format_usd, parse_usd_per_m
+from ..times import now_iso
 from . import Operations, invalid, not_found
 
 RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning")
@@ -22,8 +22,11 @@ _MODEL = re.compile(r"^[^\s]{1,200}$")
 
 def check_model(model: Any) -> str:
     if not isinstance(model, str) or not _MODEL.match(model.strip()) or model.strip().lower().startswith("sk-"):
-        raise invalid("model must be a model name without spaces (up to 200 characters, not starting "
-                      "with 'sk-'), e.g. gpt-4o-mini or groq/llama-3.3-70b", "model")
+        raise invalid(
+            "model must be a model name without spaces (up to 200 characters, not starting "
+            "with 'sk-'), e.g. gpt-4o-mini or groq/llama-3.3-70b",
+            "model",
+        )
     return model.strip().lower()
 
 
@@ -38,7 +41,7 @@ def parse_rates(rates: Mapping[str, Any]) -> Price:
         if type(value) is int:
             value = str(value)
         if not isinstance(value, str):
-            raise invalid(f"{name} must be a decimal number of USD per 1M tokens, like \"0.15\"", name)
+            raise invalid(f'{name} must be a decimal number of USD per 1M tokens, like "0.15"', name)
         try:
             rate = parse_usd_per_m(value)
         except ValueError as exc:
@@ -57,25 +60,39 @@ def parse_rates(rates: Mapping[str, Any]) -> Price:
 
 def usd(price: Price) -> dict[str, str | None]:
     """A price as USD per 1M tokens, exact ('$0.075')."""
-    return {"input": format_usd(price.input, 2), "cached_input": format_usd(price.cached_input, 2),
-            "cache_write": format_usd(price.cache_write, 2), "output": format_usd(price.output, 2),
-            "reasoning": None if price.reasoning is None else format_usd(price.reasoning, 2)}
+    return {
+        "input": format_usd(price.input, 2),
+        "cached_input": format_usd(price.cached_input, 2),
+        "cache_write": format_usd(price.cache_write, 2),
+        "output": format_usd(price.output, 2),
+        "reasoning": None if price.reasoning is None else format_usd(price.reasoning, 2),
+    }
 
 
 def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
-    return {r["model"]: Price(r["input_uc"], r["cached_input_uc"], r["cache_write_uc"], r["output_uc"],
-                              r["reasoning_uc"])
-            for r in conn.execute("SELECT * FROM price_overrides ORDER BY model")}
+    return {
+        r["model"]: Price(r["input_uc"], r["cached_input_uc"], r["cache_write_uc"], r["output_uc"], r["reasoning_uc"])
+        for r in conn.execute("SELECT * FROM price_overrides ORDER BY model")
+    }
 
 
 def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every priced model, rates in µ¢ per 1M and in USD, with where each came from."""
     overrides = load_overrides(conn)
     table = PriceTable.load(overrides)
-    return [{"model": key, "source": "override" if key in overrides else "shipped",
-             "input_uc": p.input, "cached_input_uc": p.cached_input, "cache_write_uc": p.cache_write,
-             "output_uc": p.output, "reasoning_uc": p.reasoning, "usd_per_1m": usd(p)}
-            for key, p in table.entries()]
+    return [
+        {
+            "model": key,
+            "source": "override" if key in overrides else "shipped",
+            "input_uc": p.input,
+            "cached_input_uc": p.cached_input,
+            "cache_write_uc": p.cache_write,
+            "output_uc": p.output,
+            "reasoning_uc": p.reasoning,
+            "usd_per_1m": usd(p),
+        }
+        for key, p in table.entries()
+    ]
 
 
 def set_price(ops: Operations, model: Any, rates: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,7 +107,8 @@ def set_price(ops: Operations, model: Any, rates: Mapping[str, Any]) -> dict[str
             "input_uc = excluded.input_uc, cached_input_uc = excluded.cached_input_uc, "
             "cache_write_uc = excluded.cache_write_uc, output_uc = excluded.output_uc, "
             "reasoning_uc = excluded.reasoning_uc, updated_at = excluded.updated_at",
-            (name, price.input, price.cached_input, price.cache_write, price.output, price.reasoning, now_iso()))
+            (name, price.input, price.cached_input, price.cache_write, price.output, price.reasoning, now_iso()),
+        )
 
     ops.change("prices.set", f"price:{name}", {"model": name, "usd_per_1m": usd(price)}, apply)
     return {"model": name, "source": "override", "usd_per_1m": usd(price)}

@@ -39,10 +39,14 @@ _COLUMNS = "id, name, kind, base_url, models, api_version, key_token, key_hint"
 
 # -- validation ------------------------------------------------------------------------------
 
+
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME.match(name):
-        raise invalid(f"provider name {name!r} is not valid: use 1-40 lower-case letters, digits, "
-                      "'-' or '_', starting with a letter or digit", "name")
+        raise invalid(
+            f"provider name {name!r} is not valid: use 1-40 lower-case letters, digits, "
+            "'-' or '_', starting with a letter or digit",
+            "name",
+        )
     return name
 
 
@@ -57,14 +61,17 @@ def check_base_url(url: Any, kind: str) -> str:
     if url is None or url == "":
         spec = _KIND_DEFAULTS.get(kind)
         if spec is None or not spec.default_url:
-            raise invalid(f"a provider of kind {kind} needs a base URL (--base-url / \"base_url\")", "base_url")
+            raise invalid(f'a provider of kind {kind} needs a base URL (--base-url / "base_url")', "base_url")
         return spec.default_url
     if not isinstance(url, str):
         raise invalid("base URL must be a string", "base_url")
     if len(url) > MAX_URL_CHARS or any(ch.isspace() or not ch.isprintable() for ch in url):
         # urlsplit silently drops tab, CR and LF: refuse them before parsing (header injection).
-        raise invalid(f"base URL {url[:100]!r} must not contain spaces or control characters "
-                      f"(at most {MAX_URL_CHARS} characters)", "base_url")
+        raise invalid(
+            f"base URL {url[:100]!r} must not contain spaces or control characters "
+            f"(at most {MAX_URL_CHARS} characters)",
+            "base_url",
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -74,8 +81,10 @@ def check_base_url(url: Any, kind: str) -> str:
         raise invalid(f"base URL {url!r} is not valid: use http(s)://host[:port][/path]", "base_url")
     if parts.username or parts.password or parts.query or parts.fragment:
         # Keys belong in the vault, not in a URL that is shown, logged and audited.
-        raise invalid("base URL must not carry credentials, a query or a fragment; "
-                      "store the key with --key-stdin / \"api_key\"", "base_url")
+        raise invalid(
+            'base URL must not carry credentials, a query or a fragment; store the key with --key-stdin / "api_key"',
+            "base_url",
+        )
     return url.rstrip("/")
 
 
@@ -105,8 +114,10 @@ def check_models(models: Any, kind: str) -> tuple[str, ...]:
     out: list[str] = []
     for m in models:
         if not isinstance(m, str) or not m.strip() or len(m) > MAX_MODEL_CHARS:
-            raise invalid(f"model {m!r} is not valid: each must be a non-empty name of at most "
-                          f"{MAX_MODEL_CHARS} characters", "models")
+            raise invalid(
+                f"model {m!r} is not valid: each must be a non-empty name of at most {MAX_MODEL_CHARS} characters",
+                "models",
+            )
         if m.strip() not in out:
             out.append(m.strip())
     return tuple(out)
@@ -126,8 +137,9 @@ def check_key(key: Any) -> str:
         raise invalid("the provider key is empty", "api_key")
     if len(key) > MAX_KEY_CHARS or any(not 0x21 <= ord(c) <= 0x7E for c in key):
         # Never echo the value: it is (nearly) a secret even when malformed.
-        raise invalid("the provider key must be printable ASCII without spaces, "
-                      f"at most {MAX_KEY_CHARS} characters", "api_key")
+        raise invalid(
+            f"the provider key must be printable ASCII without spaces, at most {MAX_KEY_CHARS} characters", "api_key"
+        )
     return key
 
 
@@ -138,6 +150,7 @@ def _vault_for(ops: Operations, conn: sqlite3.Connection) -> vault.Vault:
 
 
 # -- reading ---------------------------------------------------------------------------------
+
 
 def _row(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
     return conn.execute(f"SELECT {_COLUMNS} FROM providers WHERE name = ?", (name,)).fetchone()
@@ -177,9 +190,20 @@ def stored(conn: sqlite3.Connection, secret: str | None) -> list[Provider]:
             models = tuple(json.loads(r["models"]))
         except (TypeError, ValueError):
             models = ()
-        out.append(Provider(r["name"], r["kind"], r["base_url"], key, models, source="database",
-                            api_version=r["api_version"], key_error=error, id=r["id"],
-                            key_hint=r["key_hint"]))
+        out.append(
+            Provider(
+                r["name"],
+                r["kind"],
+                r["base_url"],
+                key,
+                models,
+                source="database",
+                api_version=r["api_version"],
+                key_error=error,
+                id=r["id"],
+                key_hint=r["key_hint"],
+            )
+        )
     return out
 
 
@@ -195,10 +219,13 @@ def listing(conn: sqlite3.Connection, env: Mapping[str, str], secret: str | None
 
 # -- changes ---------------------------------------------------------------------------------
 
+
 def _store_key(ops: Operations, conn: sqlite3.Connection, row_id: int, name: str, key: str) -> None:
     token = _vault_for(ops, conn).encrypt(key, vault.aad_for(row_id, name))
-    conn.execute("UPDATE providers SET key_token = ?, key_hint = ?, updated_at = ? WHERE id = ?",
-                  (token, vault.last4(key), now_iso(), row_id))
+    conn.execute(
+        "UPDATE providers SET key_token = ?, key_hint = ?, updated_at = ? WHERE id = ?",
+        (token, vault.last4(key), now_iso(), row_id),
+    )
 
 
 def _change(ops: Operations, action: str, name: str, details: dict[str, Any], apply) -> Any:
@@ -211,8 +238,16 @@ def _change(ops: Operations, action: str, name: str, details: dict[str, Any], ap
         raise ProxyError(409, str(exc), code="audit_refused") from None
 
 
-def add(ops: Operations, name: Any, kind: Any, *, base_url: Any = None, models: Any = None,
-        api_version: Any = None, api_key: Any = None) -> int:
+def add(
+    ops: Operations,
+    name: Any,
+    kind: Any,
+    *,
+    base_url: Any = None,
+    models: Any = None,
+    api_version: Any = None,
+    api_key: Any = None,
+) -> int:
     """Create a database provider (and store its key); returns the new row id."""
     name, kind = check_name(name), check_kind(kind)
     url = check_base_url(base_url, kind)
@@ -224,24 +259,41 @@ def add(ops: Operations, name: Any, kind: Any, *, base_url: Any = None, models: 
 
     def apply(conn: sqlite3.Connection) -> int:
         if _row(conn, name) is not None:
-            raise conflict(f"provider {name!r} already exists; change it with `providers set-key` "
-                           f"or PATCH /api/providers/{name}, or remove it first")
+            raise conflict(
+                f"provider {name!r} already exists; change it with `providers set-key` "
+                f"or PATCH /api/providers/{name}, or remove it first"
+            )
         now = now_iso()
         row_id = conn.execute(
             "INSERT INTO providers (name, kind, base_url, models, api_version, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, kind, url, json.dumps(list(model_list)), version, now, now)).lastrowid
+            (name, kind, url, json.dumps(list(model_list)), version, now, now),
+        ).lastrowid
         if key is not None:  # the row id is part of the key's associated data: insert first
             _store_key(ops, conn, row_id, name, key)
         return row_id
 
-    details = {"name": name, "kind": kind, "base_url": url, "models": list(model_list),
-               "api_version": version, "key_hint": vault.last4(key) if key else None}
+    details = {
+        "name": name,
+        "kind": kind,
+        "base_url": url,
+        "models": list(model_list),
+        "api_version": version,
+        "key_hint": vault.last4(key) if key else None,
+    }
     return _change(ops, "provider.add", name, details, apply)
 
 
-def update(ops: Operations, name: Any, *, kind: Any = _UNSET, base_url: Any = _UNSET,
-           models: Any = _UNSET, api_version: Any = _UNSET, api_key: Any = _UNSET) -> None:
+def update(
+    ops: Operations,
+    name: Any,
+    *,
+    kind: Any = _UNSET,
+    base_url: Any = _UNSET,
+    models: Any = _UNSET,
+    api_version: Any = _UNSET,
+    api_key: Any = _UNSET,
+) -> None:
     """Change some fields of a database provider; ``api_key=None`` removes the stored key."""
     name = check_name(name)
     if api_key is not _UNSET and api_key is not None:
@@ -271,11 +323,15 @@ def update(ops: Operations, name: Any, *, kind: Any = _UNSET, base_url: Any = _U
         if fields:
             stored_fields = {k: json.dumps(v) if k == "models" else v for k, v in fields.items()}
             sets = ", ".join(f"{k} = ?" for k in stored_fields)
-            conn.execute(f"UPDATE providers SET {sets}, updated_at = ? WHERE id = ?",
-                         (*stored_fields.values(), now_iso(), row["id"]))
+            conn.execute(
+                f"UPDATE providers SET {sets}, updated_at = ? WHERE id = ?",
+                (*stored_fields.values(), now_iso(), row["id"]),
+            )
         if api_key is None:
-            conn.execute("UPDATE providers SET key_token = NULL, key_hint = NULL, updated_at = ? "
-                         "WHERE id = ?", (now_iso(), row["id"]))
+            conn.execute(
+                "UPDATE providers SET key_token = NULL, key_hint = NULL, updated_at = ? WHERE id = ?",
+                (now_iso(), row["id"]),
+            )
             details["key_hint"] = None
         elif api_key is not _UNSET:
             _store_key(ops, conn, row["id"], name, api_key)
@@ -296,12 +352,17 @@ def remove(ops: Operations, name: Any) -> None:
 
 
 def _missing(name: str) -> ProxyError:
-    return ProxyError(404, f"no database provider named {name!r} (providers from environment variables "
-                           "cannot be changed here; add a database provider with the same name to "
-                           "override one)", code="not_found")
+    return ProxyError(
+        404,
+        f"no database provider named {name!r} (providers from environment variables "
+        "cannot be changed here; add a database provider with the same name to "
+        "override one)",
+        code="not_found",
+    )
 
 
 # -- rotation --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Rotation:
@@ -320,8 +381,7 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
     if not old_secret:
         raise ProxyError(400, vault.MISSING_SECRET_HELP, code="encryption_key_not_set")
     if len(new_secret) < MIN_SECRET_CHARS:
-        raise invalid(f"the new secret must be at least {MIN_SECRET_CHARS} characters; "
-                      "use a long random value")
+        raise invalid(f"the new secret must be at least {MIN_SECRET_CHARS} characters; use a long random value")
     if new_secret == old_secret:
         raise invalid("the new secret is the same as STOCKYARD_ENCRYPTION_KEY")
 
@@ -331,21 +391,32 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
         old_chain, new_chain = audit.chain_key(old_secret, salt), audit.chain_key(new_secret, salt)
         tail = conn.execute("SELECT mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         if tail and tail[0].startswith("hmac-sha256:") and tail[0] != f"hmac-sha256:{audit.key_id(old_chain)}":
-            raise vault.VaultError("the audit log is keyed with a different secret than "
-                                   "STOCKYARD_ENCRYPTION_KEY; set the current secret to rotate")
+            raise vault.VaultError(
+                "the audit log is keyed with a different secret than "
+                "STOCKYARD_ENCRYPTION_KEY; set the current secret to rotate"
+            )
         count = 0
         for r in conn.execute("SELECT id, name, key_token FROM providers WHERE key_token IS NOT NULL").fetchall():
             try:
                 token = vault.rotate_token(r["key_token"], vault.aad_for(r["id"], r["name"]), old, new)
             except vault.VaultError as exc:
                 raise vault.VaultError(f"provider {r['name']!r}: {exc}; nothing was changed") from None
-            conn.execute("UPDATE providers SET key_token = ?, updated_at = ? WHERE id = ?",
-                         (token, now_iso(), r["id"]))
+            conn.execute("UPDATE providers SET key_token = ?, updated_at = ? WHERE id = ?", (token, now_iso(), r["id"]))
             count += 1
-        audit.append(conn, actor=actor, action="vault.rotate", target="vault",
-                     details={"keys": count, "old_key_id": old.key_id, "new_key_id": new.key_id,
-                              "chain_key_id": audit.key_id(new_chain)},
-                     key=new_chain, rekey=True)
+        audit.append(
+            conn,
+            actor=actor,
+            action="vault.rotate",
+            target="vault",
+            details={
+                "keys": count,
+                "old_key_id": old.key_id,
+                "new_key_id": new.key_id,
+                "chain_key_id": audit.key_id(new_chain),
+            },
+            key=new_chain,
+            rekey=True,
+        )
         return Rotation(count, old.key_id, new.key_id)
 
     try:

@@ -46,9 +46,18 @@ class Provider:
 
     def public(self) -> dict:
         """What may be shown about this provider: never the key itself."""
-        return {"id": self.id, "name": self.name, "kind": self.kind, "base_url": self.base_url,
-                "models": list(self.models), "api_version": self.api_version, "source": self.source,
-                "key": self.key_hint, "key_status": self.key_status, "key_error": self.key_error}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "base_url": self.base_url,
+            "models": list(self.models),
+            "api_version": self.api_version,
+            "source": self.source,
+            "key": self.key_hint,
+            "key_status": self.key_status,
+            "key_error": self.key_error,
+        }
 
 
 @dataclass(frozen=True)
@@ -63,26 +72,81 @@ class EnvSpec:
 
 # Order matters: on an equal prefix the provider listed first wins.
 ENV_SPECS: tuple[EnvSpec, ...] = (
-    EnvSpec("openai", "openai", "OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1",
-            ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni-moderation", "davinci", "babbage", "codex-")),
-    EnvSpec("anthropic", "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com",
-            ("claude-",)),
-    EnvSpec("gemini", "gemini", "GEMINI_API_KEY", "GEMINI_BASE_URL", "https://generativelanguage.googleapis.com",
-            ("gemini-", "gemma-", "text-embedding-004")),
-    EnvSpec("groq", "openai-compatible", "GROQ_API_KEY", "GROQ_BASE_URL", "https://api.groq.com/openai/v1",
-            ("llama-", "llama3-", "meta-llama/llama-4", "mixtral-", "gemma2-", "qwen-qwq", "moonshotai/", "openai/gpt-oss")),
-    EnvSpec("mistral", "openai-compatible", "MISTRAL_API_KEY", "MISTRAL_BASE_URL", "https://api.mistral.ai/v1",
-            ("mistral-", "open-mistral", "open-mixtral", "codestral", "pixtral", "ministral", "magistral", "devstral")),
-    EnvSpec("deepseek", "openai-compatible", "DEEPSEEK_API_KEY", "DEEPSEEK_BASE_URL", "https://api.deepseek.com/v1",
-            ("deepseek-chat", "deepseek-reasoner", "deepseek-coder")),
-    EnvSpec("together", "openai-compatible", "TOGETHER_API_KEY", "TOGETHER_BASE_URL", "https://api.together.xyz/v1",
-            ("meta-llama/", "mistralai/", "Qwen/", "deepseek-ai/", "google/gemma", "togethercomputer/")),
-    EnvSpec("fireworks", "openai-compatible", "FIREWORKS_API_KEY", "FIREWORKS_BASE_URL",
-            "https://api.fireworks.ai/inference/v1", ("accounts/fireworks/",)),
-    EnvSpec("openrouter", "openai-compatible", "OPENROUTER_API_KEY", "OPENROUTER_BASE_URL",
-            "https://openrouter.ai/api/v1", ()),
-    EnvSpec("perplexity", "openai-compatible", "PERPLEXITY_API_KEY", "PERPLEXITY_BASE_URL",
-            "https://api.perplexity.ai", ("sonar",)),
+    EnvSpec(
+        "openai",
+        "openai",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "https://api.openai.com/v1",
+        ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni-moderation", "davinci", "babbage", "codex-"),
+    ),
+    EnvSpec(
+        "anthropic", "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com", ("claude-",)
+    ),
+    EnvSpec(
+        "gemini",
+        "gemini",
+        "GEMINI_API_KEY",
+        "GEMINI_BASE_URL",
+        "https://generativelanguage.googleapis.com",
+        ("gemini-", "gemma-", "text-embedding-004"),
+    ),
+    EnvSpec(
+        "groq",
+        "openai-compatible",
+        "GROQ_API_KEY",
+        "GROQ_BASE_URL",
+        "https://api.groq.com/openai/v1",
+        ("llama-", "llama3-", "meta-llama/llama-4", "mixtral-", "gemma2-", "qwen-qwq", "moonshotai/", "openai/gpt-oss"),
+    ),
+    EnvSpec(
+        "mistral",
+        "openai-compatible",
+        "MISTRAL_API_KEY",
+        "MISTRAL_BASE_URL",
+        "https://api.mistral.ai/v1",
+        ("mistral-", "open-mistral", "open-mixtral", "codestral", "pixtral", "ministral", "magistral", "devstral"),
+    ),
+    EnvSpec(
+        "deepseek",
+        "openai-compatible",
+        "DEEPSEEK_API_KEY",
+        "DEEPSEEK_BASE_URL",
+        "https://api.deepseek.com/v1",
+        ("deepseek-chat", "deepseek-reasoner", "deepseek-coder"),
+    ),
+    EnvSpec(
+        "together",
+        "openai-compatible",
+        "TOGETHER_API_KEY",
+        "TOGETHER_BASE_URL",
+        "https://api.together.xyz/v1",
+        ("meta-llama/", "mistralai/", "Qwen/", "deepseek-ai/", "google/gemma", "togethercomputer/"),
+    ),
+    EnvSpec(
+        "fireworks",
+        "openai-compatible",
+        "FIREWORKS_API_KEY",
+        "FIREWORKS_BASE_URL",
+        "https://api.fireworks.ai/inference/v1",
+        ("accounts/fireworks/",),
+    ),
+    EnvSpec(
+        "openrouter",
+        "openai-compatible",
+        "OPENROUTER_API_KEY",
+        "OPENROUTER_BASE_URL",
+        "https://openrouter.ai/api/v1",
+        (),
+    ),
+    EnvSpec(
+        "perplexity",
+        "openai-compatible",
+        "PERPLEXITY_API_KEY",
+        "PERPLEXITY_BASE_URL",
+        "https://api.perplexity.ai",
+        ("sonar",),
+    ),
     EnvSpec("xai", "openai-compatible", "XAI_API_KEY", "XAI_BASE_URL", "https://api.x.ai/v1", ("grok-",)),
     EnvSpec("ollama", "openai-compatible", None, "OLLAMA_BASE_URL", None, ()),
 )
@@ -105,11 +169,21 @@ def from_env(env: Mapping[str, str]) -> list[Provider]:
             continue
         if not key and not (spec.name == "openai" and url):
             continue
-        found.append(Provider(spec.name, spec.kind, (url or spec.default_url or "").rstrip("/"), key or None, spec.models))
+        found.append(
+            Provider(spec.name, spec.kind, (url or spec.default_url or "").rstrip("/"), key or None, spec.models)
+        )
     azure_key, azure_endpoint = env.get("AZURE_OPENAI_API_KEY"), env.get("AZURE_OPENAI_ENDPOINT")
     if azure_key and azure_endpoint:
-        found.append(Provider("azure", "azure", azure_endpoint.rstrip("/"), azure_key, (),
-                              api_version=env.get("AZURE_OPENAI_API_VERSION") or AZURE_API_VERSION))
+        found.append(
+            Provider(
+                "azure",
+                "azure",
+                azure_endpoint.rstrip("/"),
+                azure_key,
+                (),
+                api_version=env.get("AZURE_OPENAI_API_VERSION") or AZURE_API_VERSION,
+            )
+        )
     return found
 
 
@@ -147,12 +221,19 @@ class Registry:
         if len(self.providers) == 1:
             return self.providers[0], model
         if not self.providers:
-            raise ProxyError(400, "no providers are configured: set OPENAI_API_KEY (or another "
-                                  "provider's variables) and restart, or add one with `stockyard providers add`",
-                             code="no_providers")
-        raise ProxyError(400, f"cannot tell which provider serves model {model!r}; name it as "
-                              f"'provider/model' — configured providers: {', '.join(self.names())}",
-                         param="model", code="model_not_routable")
+            raise ProxyError(
+                400,
+                "no providers are configured: set OPENAI_API_KEY (or another "
+                "provider's variables) and restart, or add one with `stockyard providers add`",
+                code="no_providers",
+            )
+        raise ProxyError(
+            400,
+            f"cannot tell which provider serves model {model!r}; name it as "
+            f"'provider/model' — configured providers: {', '.join(self.names())}",
+            param="model",
+            code="model_not_routable",
+        )
 
     def routes_to(self, model: str) -> str | None:
         """The provider name a bare model would route to, or None."""

@@ -29,8 +29,16 @@ def adapter_for(provider: Provider, dialect: str) -> Adapter:
     if adapter is not None:
         return adapter
     if dialect == "anthropic":
-        raise ProxyError(400, f"provider {provider.name!r} ({provider.kind}) does not speak the Anthropic "
-                              "Messages API; /v1/messages needs a model served by an Anthropic provider "
-                              "(use /v1/chat/completions for this one)", param="model", code="unsupported_provider")
-    raise ProxyError(400, f"provider {provider.name!r} ({provider.kind}) cannot serve "
-                          f"{dialect}-style requests", code="unsupported_provider")
+        raise ProxyError(
+            400,
+            f"provider {provider.name!r} ({provider.kind}) does not speak the Anthropic "
+            "Messages API; /v1/messages needs a model served by an Anthropic provider "
+            "(use /v1/chat/completions for this one)",
+            param="model",
+            code="unsupported_provider",
+        )
+    raise ProxyError(
+        400,
+        f"provider {provider.name!r} ({provider.kind}) cannot serve {dialect}-style requests",
+        code="unsupported_provider",
+    )

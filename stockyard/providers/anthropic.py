@@ -21,25 +21,53 @@ from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
-from .chatshape import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
-                        openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
-                        upstream_error)
+from .chatshape import (
+    chunk,
+    completion,
+    data_url,
+    delta_choice,
+    done_event,
+    endpoint_check,
+    image_url_of,
+    openai_usage,
+    record_stream_error,
+    shape_errors,
+    text_of,
+    tool_arguments,
+    upstream_error,
+)
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 NATIVE_PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
-STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
-                "max_tokens": "length", "model_context_window_exceeded": "length",
-                "tool_use": "tool_calls", "refusal": "content_filter"}
-ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
-                "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
-                "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 
 
 # --------------------------------------------------------------------------- shared OpenAI shapes
 
 
 # --------------------------------------------------------------------------- common headers
+
 
 def base_path(provider: Provider, path: str) -> str:
     """``path`` under the base URL, which may or may not already end in ``/v1``."""
@@ -66,17 +94,23 @@ def client_header(ctx: RequestContext, name: str, pattern: re.Pattern) -> str | 
     if value is None or value == "":
         return None
     if not pattern.fullmatch(value):
-        raise ProxyError(400, f"header {name} must be letters, digits, '.', '-' or '_'"
-                              f"{' (comma-separated)' if pattern is _BETAS else ''}; got {value[:80]!r}",
-                         code="invalid_header")
+        raise ProxyError(
+            400,
+            f"header {name} must be letters, digits, '.', '-' or '_'"
+            f"{' (comma-separated)' if pattern is _BETAS else ''}; got {value[:80]!r}",
+            code="invalid_header",
+        )
     return value
 
 
 def headers(provider: Provider, ctx: RequestContext, native: bool) -> dict[str, str]:
     """Request headers; native clients keep their own version and beta flags (checked first)."""
     version = client_header(ctx, "anthropic-version", _VERSION) if native else None
-    out = {"Content-Type": "application/json", "Accept": "text/event-stream" if ctx.stream else "application/json",
-           **auth_headers(provider, version)}
+    out = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if ctx.stream else "application/json",
+        **auth_headers(provider, version),
+    }
     beta = client_header(ctx, "anthropic-beta", _BETAS) if native else None
     if beta:
         out["anthropic-beta"] = beta
@@ -85,6 +119,7 @@ def headers(provider: Provider, ctx: RequestContext, native: bool) -> dict[str, 
 
 # --------------------------------------------------------------------------- request translation
 
+
 def content_blocks(content: Any) -> list[dict]:
     """OpenAI user/assistant content → Anthropic content blocks (text and images)."""
     if content is None:
@@ -92,8 +127,12 @@ def content_blocks(content: Any) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
-        raise ProxyError(400, "message content must be a string or an array of content parts",
-                         param="messages", code="invalid_content")
+        raise ProxyError(
+            400,
+            "message content must be a string or an array of content parts",
+            param="messages",
+            code="invalid_content",
+        )
     blocks: list[dict] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -107,8 +146,12 @@ def content_blocks(content: Any) -> list[dict]:
         elif kind == "image_url":
             blocks.append(image_block(image_url_of(part)))
         else:
-            raise ProxyError(400, f"content part type {kind!r} is not supported for Anthropic models",
-                             param="messages", code="unsupported_content")
+            raise ProxyError(
+                400,
+                f"content part type {kind!r} is not supported for Anthropic models",
+                param="messages",
+                code="unsupported_content",
+            )
     return blocks
 
 
@@ -118,15 +161,22 @@ def image_block(url: str) -> dict:
         return {"type": "image", "source": {"type": "base64", "media_type": inline[0], "data": inline[1]}}
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages",
-                     code="invalid_image_url")
+    raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages", code="invalid_image_url")
 
 
 def tool_use_blocks(calls: Any) -> list[dict]:
     if not isinstance(calls, list):
         return []
-    return [{"type": "tool_use", "id": c.get("id"), "name": (c.get("function") or {}).get("name"),
-             "input": tool_arguments(c)} for c in calls if isinstance(c, dict)]
+    return [
+        {
+            "type": "tool_use",
+            "id": c.get("id"),
+            "name": (c.get("function") or {}).get("name"),
+            "input": tool_arguments(c),
+        }
+        for c in calls
+        if isinstance(c, dict)
+    ]
 
 
 def append_turn(messages: list[dict], role: str, blocks: list[dict]) -> None:
@@ -164,11 +214,24 @@ def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]
         elif role == "assistant":
             append_turn(out, "assistant", content_blocks(msg.get("content")) + tool_use_blocks(msg.get("tool_calls")))
         elif role == "tool":
-            append_turn(out, "user", [{"type": "tool_result", "tool_use_id": msg.get("tool_call_id"),
-                                       "content": text_of(msg.get("content"))}])
+            append_turn(
+                out,
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": msg.get("tool_call_id"),
+                        "content": text_of(msg.get("content")),
+                    }
+                ],
+            )
         else:
-            raise ProxyError(400, f"message role {role!r} is not supported for Anthropic models",
-                             param="messages", code="invalid_role")
+            raise ProxyError(
+                400,
+                f"message role {role!r} is not supported for Anthropic models",
+                param="messages",
+                code="invalid_role",
+            )
     return system_value(system), out
 
 
@@ -177,8 +240,12 @@ def translate_tools(tools: Any) -> list[dict]:
     for tool in tools or []:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not fn.get("name"):
-            raise ProxyError(400, "each tool must be {'type': 'function', 'function': {'name': …}}",
-                             param="tools", code="invalid_tools")
+            raise ProxyError(
+                400,
+                "each tool must be {'type': 'function', 'function': {'name': …}}",
+                param="tools",
+                code="invalid_tools",
+            )
         entry = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
         if fn.get("description"):
             entry["description"] = fn["description"]
@@ -208,8 +275,9 @@ def messages_request(body: dict, model: str, stream: bool) -> dict:
     if isinstance(body.get("n"), int) and body["n"] > 1:
         raise ProxyError(400, "Anthropic models return one choice; 'n' must be 1", param="n", code="unsupported_n")
     system, messages = translate_messages(body.get("messages"))
-    limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
-                 DEFAULT_MAX_TOKENS)
+    limit = next(
+        (body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), DEFAULT_MAX_TOKENS
+    )
     out: dict = {"model": model, "messages": messages, "max_tokens": limit}
     if system:
         out["system"] = system
@@ -233,6 +301,7 @@ def messages_request(body: dict, model: str, stream: bool) -> dict:
 
 # --------------------------------------------------------------------------- answer translation
 
+
 def message_to_choice(message: dict) -> dict:
     """An Anthropic message's content → one OpenAI choice."""
     texts: list[str] = []
@@ -241,8 +310,13 @@ def message_to_choice(message: dict) -> dict:
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            calls.append({"id": block.get("id"), "type": "function",
-                          "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}})
+            calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})},
+                }
+            )
     out: dict = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
     if calls:
         out["tool_calls"] = calls
@@ -260,6 +334,7 @@ def error_fields(payload: Any) -> tuple[str, str] | None:
 
 # --------------------------------------------------------------------------- adapters
 
+
 class AnthropicChatAdapter(Adapter):
     """OpenAI-dialect chat requests to an Anthropic provider, translated both ways."""
 
@@ -267,16 +342,25 @@ class AnthropicChatAdapter(Adapter):
         endpoint_check(ctx, provider)
         with shape_errors(400, "the chat request"):
             body = messages_request(ctx.body, model, ctx.stream)
-        return UpstreamCall("POST", base_path(provider, "/v1/messages"), headers(provider, ctx, native=False),
-                            json.dumps(body, ensure_ascii=False).encode())
+        return UpstreamCall(
+            "POST",
+            base_path(provider, "/v1/messages"),
+            headers(provider, ctx, native=False),
+            json.dumps(body, ensure_ascii=False).encode(),
+        )
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         message = loads_object(body)
         with shape_errors(502, "the provider answer"):
             ctx.served_model = message.get("model") or ctx.served_model
             ctx.usage = Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
-            return completion(message.get("id") or ctx.trace_id, int(time.time()),
-                              ctx.served_model or ctx.upstream_model or "", [message_to_choice(message)], ctx.usage)
+            return completion(
+                message.get("id") or ctx.trace_id,
+                int(time.time()),
+                ctx.served_model or ctx.upstream_model or "",
+                [message_to_choice(message)],
+                ctx.usage,
+            )
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         return AnthropicToOpenAIStream(ctx)
@@ -335,8 +419,12 @@ class AnthropicToOpenAIStream(StreamTranslator):
         if block.get("type") != "tool_use":
             return []
         index = self.tools[payload.get("index", -1)] = len(self.tools)
-        call = {"index": index, "id": block.get("id"), "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""}}
+        call = {
+            "index": index,
+            "id": block.get("id"),
+            "type": "function",
+            "function": {"name": block.get("name"), "arguments": ""},
+        }
         return [self.out({"tool_calls": [call]})]
 
     def on_content_block_delta(self, payload: dict) -> list[bytes]:
@@ -358,8 +446,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
         self.complete = True
         out = []
         if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [],
-                             openai_usage(self.ctx.usage)))
+            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
         return out + [done_event()]
 
     def on_error(self, payload: dict) -> list[bytes]:
@@ -376,8 +463,9 @@ class AnthropicNativeAdapter(Adapter):
         body = ctx.raw
         if ctx.body.get("model") != model or ctx.body_changed:
             body = json.dumps({**ctx.body, "model": model}, ensure_ascii=False).encode()
-        return UpstreamCall("POST", base_path(provider, NATIVE_PATHS[ctx.endpoint]),
-                            headers(provider, ctx, native=True), body)
+        return UpstreamCall(
+            "POST", base_path(provider, NATIVE_PATHS[ctx.endpoint]), headers(provider, ctx, native=True), body
+        )
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         if ctx.endpoint == "count_tokens":

@@ -28,9 +28,12 @@ class AzureAdapter(OpenAIAdapter):
     """OpenAI-dialect requests to an Azure OpenAI resource; answers parsed as OpenAI's."""
 
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
-        headers = {"Content-Type": "application/json",
-                   "Accept": "text/event-stream" if ctx.stream else "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if ctx.stream else "application/json",
+        }
         if provider.api_key:
             headers["api-key"] = provider.api_key
-        return UpstreamCall("POST", deployment_path(provider, model, ctx.endpoint), headers,
-                            request_body(ctx, model, force_usage=True))
+        return UpstreamCall(
+            "POST", deployment_path(provider, model, ctx.endpoint), headers, request_body(ctx, model, force_usage=True)
+        )

@@ -56,8 +56,7 @@ class Adapter:
 
 def sse_data(event: bytes) -> bytes | None:
     """The joined ``data:`` payload of one SSE event, or None when it has none."""
-    lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None
-             for line in event.split(b"\n")]
+    lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in event.split(b"\n")]
     data = [line for line in lines if line is not None]
     return b"\n".join(data) if data else None
 
@@ -83,10 +82,17 @@ def model_segment(model: str, what: str = "model") -> str:
     URL normalisation turns into a parent path), ``/ \\ ? # %``, white space and control
     characters. What remains is quoted, so the upstream URL is always the one configured.
     """
-    bad = (not model or model in (".", "..")
-           or any(ch in _URL_BREAKERS or ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in model))
+    bad = (
+        not model
+        or model in (".", "..")
+        or any(ch in _URL_BREAKERS or ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in model)
+    )
     if bad:
-        raise ProxyError(400, f"{what} {model[:100]!r} cannot name a {what} in the provider's URL: "
-                              "it must not be '.', '..' or contain / \\ ? # %, spaces or control characters",
-                         param="model", code="invalid_model")
+        raise ProxyError(
+            400,
+            f"{what} {model[:100]!r} cannot name a {what} in the provider's URL: "
+            "it must not be '.', '..' or contain / \\ ? # %, spaces or control characters",
+            param="model",
+            code="invalid_model",
+        )
     return quote(model, safe="-._~")

@@ -18,16 +18,24 @@ from . import Provider
 
 def openai_usage(usage: Usage) -> dict:
     """The OpenAI ``usage`` object for token counts Stockyard normalised."""
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
 
 
 def chunk(ident: str, created: int, model: str, choices: list[dict], usage: dict | None = None) -> bytes:
     """One ``chat.completion.chunk`` SSE event."""
-    payload: dict = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                     "model": model, "choices": choices}
+    payload: dict = {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
     if usage is not None:
         payload["usage"] = usage
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
@@ -43,8 +51,7 @@ def done_event() -> bytes:
 
 def completion(ident: str, created: int, model: str, choices: list[dict], usage: Usage | None) -> bytes:
     """A whole ``chat.completion`` object."""
-    payload: dict = {"id": ident, "object": "chat.completion", "created": created, "model": model,
-                     "choices": choices}
+    payload: dict = {"id": ident, "object": "chat.completion", "created": created, "model": model, "choices": choices}
     if usage is not None:
         payload["usage"] = openai_usage(usage)
     return json.dumps(payload, ensure_ascii=False).encode()
@@ -57,8 +64,12 @@ def data_url(url: str) -> tuple[str, str] | None:
     head, sep, data = url[5:].partition(",")
     media_type, _, encoding = head.partition(";")
     if not sep or encoding.lower() != "base64":
-        raise ProxyError(400, "image data URLs must be base64-encoded (data:<type>;base64,<data>)",
-                         param="messages", code="invalid_image_url")
+        raise ProxyError(
+            400,
+            "image data URLs must be base64-encoded (data:<type>;base64,<data>)",
+            param="messages",
+            code="invalid_image_url",
+        )
     return media_type or "application/octet-stream", data
 
 
@@ -79,8 +90,9 @@ def text_of(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise ProxyError(400, "message content must be a string or an array of content parts",
-                     param="messages", code="invalid_content")
+    raise ProxyError(
+        400, "message content must be a string or an array of content parts", param="messages", code="invalid_content"
+    )
 
 
 def tool_arguments(call: dict) -> dict:
@@ -89,11 +101,19 @@ def tool_arguments(call: dict) -> dict:
     try:
         args = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
-        raise ProxyError(400, "tool_calls[].function.arguments must be a JSON object string",
-                         param="messages", code="invalid_tool_arguments") from None
+        raise ProxyError(
+            400,
+            "tool_calls[].function.arguments must be a JSON object string",
+            param="messages",
+            code="invalid_tool_arguments",
+        ) from None
     if not isinstance(args, dict):
-        raise ProxyError(400, "tool_calls[].function.arguments must be a JSON object",
-                         param="messages", code="invalid_tool_arguments")
+        raise ProxyError(
+            400,
+            "tool_calls[].function.arguments must be a JSON object",
+            param="messages",
+            code="invalid_tool_arguments",
+        )
     return args
 
 
@@ -116,8 +136,9 @@ def translated_error(status: int, message: str, code: str | None) -> bytes:
     return error_body("openai", status, message, code=code, type_=error_type("openai", status))
 
 
-def upstream_error(ctx: RequestContext, status: int, body: bytes,
-                   read: Callable[[Any], tuple[str, str] | None]) -> bytes:
+def upstream_error(
+    ctx: RequestContext, status: int, body: bytes, read: Callable[[Any], tuple[str, str] | None]
+) -> bytes:
     """A provider's error body for an OpenAI client: ``read`` finds its (code, message)."""
     try:
         found = read(json.loads(body))
@@ -133,8 +154,11 @@ def endpoint_check(ctx: RequestContext, provider: Provider) -> None:
     """Translating adapters serve chat only: anything else is a clear 400."""
     if ctx.endpoint != "chat":
         path = {"completions": "/v1/completions", "embeddings": "/v1/embeddings"}.get(ctx.endpoint, ctx.endpoint)
-        raise ProxyError(400, f"provider {provider.name!r} ({provider.kind}) does not support {path}; "
-                              "use /v1/chat/completions", code="unsupported_endpoint")
+        raise ProxyError(
+            400,
+            f"provider {provider.name!r} ({provider.kind}) does not support {path}; use /v1/chat/completions",
+            code="unsupported_endpoint",
+        )
 
 
 def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:

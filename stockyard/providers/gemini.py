@@ -20,23 +20,58 @@ from ..errors import ProxyError, sse_error_event
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
-from .chatshape import (chunk, completion, data_url, delta_choice, done_event, endpoint_check, image_url_of,
-                        openai_usage, record_stream_error, shape_errors, text_of, tool_arguments,
-                        upstream_error)
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment, sse_data
+from .chatshape import (
+    chunk,
+    completion,
+    data_url,
+    delta_choice,
+    done_event,
+    endpoint_check,
+    image_url_of,
+    openai_usage,
+    record_stream_error,
+    shape_errors,
+    text_of,
+    tool_arguments,
+    upstream_error,
+)
 
-FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
-                  "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
-                  "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
-                  "IMAGE_SAFETY": "content_filter", "MALFORMED_FUNCTION_CALL": "stop"}
+FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "MALFORMED_FUNCTION_CALL": "stop",
+}
 TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 # JSON-schema keywords Gemini's Schema object rejects.
-DROPPED_SCHEMA_KEYS = frozenset({"additionalProperties", "$schema", "$id", "$comment", "strict",
-                                 "examples", "default", "const", "unevaluatedProperties"})
+DROPPED_SCHEMA_KEYS = frozenset(
+    {
+        "additionalProperties",
+        "$schema",
+        "$id",
+        "$comment",
+        "strict",
+        "examples",
+        "default",
+        "const",
+        "unevaluatedProperties",
+    }
+)
 MAX_SCHEMA_DEPTH = 64  # levels of nesting in a tool or response schema
-GENERATION_FIELDS = (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"),
-                     ("seed", "seed"), ("presence_penalty", "presencePenalty"),
-                     ("frequency_penalty", "frequencyPenalty"))
+GENERATION_FIELDS = (
+    ("temperature", "temperature"),
+    ("top_p", "topP"),
+    ("n", "candidateCount"),
+    ("seed", "seed"),
+    ("presence_penalty", "presencePenalty"),
+    ("frequency_penalty", "frequencyPenalty"),
+)
 
 
 def version_prefix(provider: Provider) -> str:
@@ -58,6 +93,7 @@ def auth_headers(provider: Provider) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- request translation
 
+
 def clean_schema(schema: Any, param: str = "tools", depth: int = 0) -> Any:
     """A JSON schema with the keywords Gemini refuses removed (property names kept).
 
@@ -65,8 +101,12 @@ def clean_schema(schema: Any, param: str = "tools", depth: int = 0) -> Any:
     never a RecursionError.
     """
     if depth > MAX_SCHEMA_DEPTH:
-        raise ProxyError(400, f"the JSON schema in {param!r} is nested deeper than {MAX_SCHEMA_DEPTH} levels",
-                         param=param, code="schema_too_deep")
+        raise ProxyError(
+            400,
+            f"the JSON schema in {param!r} is nested deeper than {MAX_SCHEMA_DEPTH} levels",
+            param=param,
+            code="schema_too_deep",
+        )
     if isinstance(schema, list):
         return [clean_schema(item, param, depth + 1) for item in schema]
     if not isinstance(schema, dict):
@@ -96,8 +136,7 @@ def image_part(url: str) -> dict:
     if url.startswith(("http://", "https://")):
         mime = mimetypes.guess_type(urlsplit(url).path)[0] or "image/*"
         return {"fileData": {"mimeType": mime, "fileUri": url}}
-    raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages",
-                     code="invalid_image_url")
+    raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages", code="invalid_image_url")
 
 
 def content_parts(content: Any) -> list[dict]:
@@ -107,8 +146,12 @@ def content_parts(content: Any) -> list[dict]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
     if not isinstance(content, list):
-        raise ProxyError(400, "message content must be a string or an array of content parts",
-                         param="messages", code="invalid_content")
+        raise ProxyError(
+            400,
+            "message content must be a string or an array of content parts",
+            param="messages",
+            code="invalid_content",
+        )
     parts: list[dict] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -118,8 +161,12 @@ def content_parts(content: Any) -> list[dict]:
         elif kind == "image_url":
             parts.append(image_part(image_url_of(part)))
         else:
-            raise ProxyError(400, f"content part type {kind!r} is not supported for Gemini models",
-                             param="messages", code="unsupported_content")
+            raise ProxyError(
+                400,
+                f"content part type {kind!r} is not supported for Gemini models",
+                param="messages",
+                code="unsupported_content",
+            )
     return parts
 
 
@@ -174,13 +221,18 @@ def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
         elif role == "tool":
             name = names.get(msg.get("tool_call_id")) or msg.get("name")
             if not name:
-                raise ProxyError(400, "a tool message's tool_call_id matches no earlier assistant tool call",
-                                 param="messages", code="unknown_tool_call")
+                raise ProxyError(
+                    400,
+                    "a tool message's tool_call_id matches no earlier assistant tool call",
+                    param="messages",
+                    code="unknown_tool_call",
+                )
             part = {"functionResponse": {"name": name, "response": {"content": tool_result(msg.get("content"))}}}
             append_turn(contents, "user", [part])
         else:
-            raise ProxyError(400, f"message role {role!r} is not supported for Gemini models",
-                             param="messages", code="invalid_role")
+            raise ProxyError(
+                400, f"message role {role!r} is not supported for Gemini models", param="messages", code="invalid_role"
+            )
     text = "\n\n".join(s for s in system if s)
     return ({"parts": [{"text": text}]} if text else None), contents
 
@@ -190,8 +242,12 @@ def translate_tools(tools: Any) -> list[dict]:
     for tool in tools or []:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not fn.get("name"):
-            raise ProxyError(400, "each tool must be {'type': 'function', 'function': {'name': …}}",
-                             param="tools", code="invalid_tools")
+            raise ProxyError(
+                400,
+                "each tool must be {'type': 'function', 'function': {'name': …}}",
+                param="tools",
+                code="invalid_tools",
+            )
         decl = {"name": fn["name"]}
         if fn.get("description"):
             decl["description"] = fn["description"]
@@ -250,6 +306,7 @@ def generate_request(body: dict) -> dict:
 
 # --------------------------------------------------------------------------- answer translation
 
+
 def candidate_message(candidate: dict, calls_seen: int) -> tuple[str | None, list[dict]]:
     """(text, tool_calls) of one candidate; call ids continue from ``calls_seen``."""
     texts: list[str] = []
@@ -261,8 +318,11 @@ def candidate_message(candidate: dict, calls_seen: int) -> tuple[str | None, lis
             texts.append(part["text"])
         elif isinstance(part.get("functionCall"), dict):
             fn = part["functionCall"]
-            call = {"id": f"call_{calls_seen + len(calls) + 1}", "type": "function",
-                    "function": {"name": fn.get("name"), "arguments": json.dumps(fn.get("args") or {})}}
+            call = {
+                "id": f"call_{calls_seen + len(calls) + 1}",
+                "type": "function",
+                "function": {"name": fn.get("name"), "arguments": json.dumps(fn.get("args") or {})},
+            }
             if part.get("thoughtSignature"):  # Gemini wants it back with the call (as its OpenAI API does)
                 call["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
             calls.append(call)
@@ -285,11 +345,18 @@ def response_choices(doc: dict) -> list[dict]:
         if calls:
             message["tool_calls"] = calls
         reason = finish_reason(candidate.get("finishReason") or "STOP", bool(calls))
-        choices.append({"index": candidate.get("index", position), "message": message,
-                        "logprobs": None, "finish_reason": reason})
+        choices.append(
+            {"index": candidate.get("index", position), "message": message, "logprobs": None, "finish_reason": reason}
+        )
     if not choices:  # the prompt itself was blocked (promptFeedback.blockReason)
-        choices.append({"index": 0, "message": {"role": "assistant", "content": None, "refusal": None},
-                        "logprobs": None, "finish_reason": "content_filter"})
+        choices.append(
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "content_filter",
+            }
+        )
     return choices
 
 
@@ -312,11 +379,15 @@ def error_fields(payload: Any) -> tuple[int, str, str] | None:
 
 # --------------------------------------------------------------------------- adapter
 
+
 class GeminiAdapter(Adapter):
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
         endpoint_check(ctx, provider)
-        headers = {"Content-Type": "application/json",
-                   "Accept": "text/event-stream" if ctx.stream else "application/json", **auth_headers(provider)}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if ctx.stream else "application/json",
+            **auth_headers(provider),
+        }
         with shape_errors(400, "the chat request"):
             body = json.dumps(generate_request(ctx.body), ensure_ascii=False).encode()
         return UpstreamCall("POST", api_path(provider, model, ctx.stream), headers, body)
@@ -345,7 +416,7 @@ class GeminiStream(StreamTranslator):
         self.ident = ctx.trace_id
         self.created = int(time.time())
         self.started: set[int] = set()  # choices whose role chunk went out
-        self.calls = 0                  # tool calls so far (ids and indices continue)
+        self.calls = 0  # tool calls so far (ids and indices continue)
         self.failed = False
 
     def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
@@ -413,6 +484,5 @@ class GeminiStream(StreamTranslator):
             return self.fail(502, "incomplete_stream", "the provider's stream ended without a finish reason")
         out = []
         if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [],
-                             openai_usage(self.ctx.usage)))
+            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
         return out + [done_event()]

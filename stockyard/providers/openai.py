@@ -38,8 +38,11 @@ def auth_headers(provider: Provider) -> dict[str, str]:
 
 class OpenAIAdapter(Adapter):
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if ctx.stream else "application/json",
-                   **auth_headers(provider)}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if ctx.stream else "application/json",
+            **auth_headers(provider),
+        }
         return UpstreamCall("POST", PATHS[ctx.endpoint], headers, request_body(ctx, model, force_usage=True))
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:

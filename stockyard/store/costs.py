@@ -13,12 +13,21 @@ import sqlite3
 from datetime import date
 from typing import Any, TextIO
 
-from ..times import parse_day
 from ..pricing import format_usd
+from ..times import parse_day
 
 GROUPS = {"day": "day", "model": "model", "provider": "provider", "key": "key_id", "project": "project"}
-COUNTS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
-          "reasoning_tokens", "unknown_cost", "cost_uc")
+COUNTS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "unknown_cost",
+    "cost_uc",
+)
 
 
 def check_range(since: str | None, until: str | None) -> tuple[date | None, date | None]:
@@ -30,8 +39,9 @@ def check_range(since: str | None, until: str | None) -> tuple[date | None, date
     return first, last
 
 
-def report(conn: sqlite3.Connection, by: str = "day", since: str | None = None,
-           until: str | None = None) -> dict[str, Any]:
+def report(
+    conn: sqlite3.Connection, by: str = "day", since: str | None = None, until: str | None = None
+) -> dict[str, Any]:
     """Totals grouped ``by`` day, model, provider, key or project, plus the grand total."""
     if by not in GROUPS:
         raise ValueError(f"by must be one of {', '.join(GROUPS)}, got {by!r}")
@@ -47,8 +57,12 @@ def report(conn: sqlite3.Connection, by: str = "day", since: str | None = None,
         args.append(last.isoformat())
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     order = "name" if by == "day" else "cost_uc DESC, name"
-    rows = [dict(r) for r in conn.execute(
-        f"SELECT {column} AS name, {sums} FROM rollups_daily{clause} GROUP BY {column} ORDER BY {order}", args)]
+    rows = [
+        dict(r)
+        for r in conn.execute(
+            f"SELECT {column} AS name, {sums} FROM rollups_daily{clause} GROUP BY {column} ORDER BY {order}", args
+        )
+    ]
     total = dict(conn.execute(f"SELECT {sums} FROM rollups_daily{clause}", args).fetchone())
     names = _key_names(conn) if by == "key" else {}
     out_rows = []
@@ -59,8 +73,13 @@ def report(conn: sqlite3.Connection, by: str = "day", since: str | None = None,
             row["key_name"], row["key_prefix"] = names.get(name, (None, None))
         row.update(_money(r))
         out_rows.append(row)
-    return {"by": by, "since": first.isoformat() if first else None, "until": last.isoformat() if last else None,
-            "rows": out_rows, "total": _money(total)}
+    return {
+        "by": by,
+        "since": first.isoformat() if first else None,
+        "until": last.isoformat() if last else None,
+        "rows": out_rows,
+        "total": _money(total),
+    }
 
 
 def _money(sums: dict[str, Any]) -> dict[str, Any]:

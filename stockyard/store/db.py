@@ -39,14 +39,18 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     """
     path = Path(path)
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
     else:
         files.make_folder(path.parent)
         files.create_private(path)
         with files.private_umask():  # and whatever SQLite creates while opening (-wal, -shm)
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
                 # Only a brand-new file can choose auto_vacuum without a full VACUUM; with
                 # INCREMENTAL, retention can hand freed pages back to the file system.
@@ -98,8 +102,7 @@ def applied_migrations(conn: sqlite3.Connection) -> dict[int, str]:
 
     Only reads, so it also works on a read-only connection (``migrate --check``, backups).
     """
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
     if not exists:
         return {}
     return {row[0]: row[1] for row in conn.execute("SELECT version, checksum FROM schema_migrations")}
@@ -143,8 +146,9 @@ def apply_migration(conn: sqlite3.Connection, m: Migration) -> None:
         raise
 
 
-def migrate(conn: sqlite3.Connection, before: Callable[[int, list[Migration]], None] | None = None,
-            upto: int | None = None) -> list[Migration]:
+def migrate(
+    conn: sqlite3.Connection, before: Callable[[int, list[Migration]], None] | None = None, upto: int | None = None
+) -> list[Migration]:
     """Bring the schema up to date (or up to ``upto``); returns what was applied.
 
     ``before(current_version, pending)`` runs first when an existing database is about to
@@ -206,8 +210,9 @@ def open_copy(path: Path | str) -> sqlite3.Connection:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
-                           isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+    )
     conn.row_factory = sqlite3.Row
     return conn
 

@@ -83,8 +83,10 @@ def open_folder_warning(folder: Path) -> str | None:
         return None
     if not mode & 0o077:
         return None
-    return (f"folder {folder} is open to other users (mode {mode:04o}); the database files in it are "
-            f"private, but consider `chmod 700 {folder}`")
+    return (
+        f"folder {folder} is open to other users (mode {mode:04o}); the database files in it are "
+        f"private, but consider `chmod 700 {folder}`"
+    )
 
 
 def secure_existing(db_path: Path, extra: list[Path] | None = None) -> list[str]:
@@ -96,8 +98,9 @@ def secure_existing(db_path: Path, extra: list[Path] | None = None) -> list[str]
     lines = []
     changed = tighten(database_files(db_path) + list(extra or []))
     if changed:
-        lines.append(f"made {len(changed)} file(s) private (mode 0600); other users could read them: "
-                     f"{', '.join(changed)}")
+        lines.append(
+            f"made {len(changed)} file(s) private (mode 0600); other users could read them: {', '.join(changed)}"
+        )
     folder = db_path.parent
     warning = open_folder_warning(folder)
     if warning and folder == Path(DEFAULT_DB).expanduser().parent:

@@ -64,12 +64,16 @@ class DatabaseLock:
     def _refusal(self, pid: int | None, role: str | None) -> str:
         who = f"pid {pid}" if pid else "pid unknown"
         if role in _DOING:
-            return (f"{self.db_path} is being {_DOING[role]} by another stockyard command ({who}); "
-                    f"{'start the server' if self.role == SERVER else 'try again'} when it has finished")
+            return (
+                f"{self.db_path} is being {_DOING[role]} by another stockyard command ({who}); "
+                f"{'start the server' if self.role == SERVER else 'try again'} when it has finished"
+            )
         if self.role == SERVER:
-            return (f"another Stockyard server ({who}) is already using {self.db_path}; two servers on one "
-                    "database would each enforce budgets and rate limits on their own - stop it first, "
-                    "or give this one another --db")
+            return (
+                f"another Stockyard server ({who}) is already using {self.db_path}; two servers on one "
+                "database would each enforce budgets and rate limits on their own - stop it first, "
+                "or give this one another --db"
+            )
         return f"a Stockyard server ({who}) is using {self.db_path}; stop it first"
 
     def release(self) -> None:

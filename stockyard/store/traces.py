@@ -16,11 +16,37 @@ from typing import Any
 from ..pipeline import RequestContext
 
 _COLUMNS = (
-    "id", "ts", "ts_ms", "client_addr", "endpoint", "dialect", "provider", "model", "served_model",
-    "stream", "status", "outcome", "latency_us", "ttfb_us", "prompt_tokens", "completion_tokens",
-    "cached_tokens", "cache_write_tokens", "reasoning_tokens", "usage_estimated", "cost_uc",
-    "cost_status", "upstream_request_id", "error_type", "error_message", "key_id", "project",
-    "parent_id", "attempt", "cache_hit", "cost_saved_uc",
+    "id",
+    "ts",
+    "ts_ms",
+    "client_addr",
+    "endpoint",
+    "dialect",
+    "provider",
+    "model",
+    "served_model",
+    "stream",
+    "status",
+    "outcome",
+    "latency_us",
+    "ttfb_us",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "usage_estimated",
+    "cost_uc",
+    "cost_status",
+    "upstream_request_id",
+    "error_type",
+    "error_message",
+    "key_id",
+    "project",
+    "parent_id",
+    "attempt",
+    "cache_hit",
+    "cost_saved_uc",
 )
 _INSERT = f"INSERT INTO traces ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _ROLLUP = """
@@ -89,19 +115,35 @@ class TraceRecord:
             conn.execute(
                 "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (self.id, _pack(self.request_body), _pack(self.response_body),
-                 int(self.request_truncated), int(self.response_truncated)),
+                (
+                    self.id,
+                    _pack(self.request_body),
+                    _pack(self.response_body),
+                    int(self.request_truncated),
+                    int(self.response_truncated),
+                ),
             )
         self.add_to_rollup(conn)
 
     def add_to_rollup(self, conn: sqlite3.Connection) -> None:
-        conn.execute(_ROLLUP, (
-            self.ts[:10], self.key_id or "", self.project or "", self.provider or "",
-            self.served_model or self.model or "", int(self.status >= 400 or self.outcome != "ok"),
-            self.prompt_tokens or 0, self.completion_tokens or 0, self.cached_tokens or 0,
-            self.cache_write_tokens or 0, self.reasoning_tokens or 0, self.cost_uc or 0,
-            int(self.cost_status == "unknown"),
-        ))
+        conn.execute(
+            _ROLLUP,
+            (
+                self.ts[:10],
+                self.key_id or "",
+                self.project or "",
+                self.provider or "",
+                self.served_model or self.model or "",
+                int(self.status >= 400 or self.outcome != "ok"),
+                self.prompt_tokens or 0,
+                self.completion_tokens or 0,
+                self.cached_tokens or 0,
+                self.cache_write_tokens or 0,
+                self.reasoning_tokens or 0,
+                self.cost_uc or 0,
+                int(self.cost_status == "unknown"),
+            ),
+        )
 
 
 def _pack(data: bytes | None) -> bytes | None:
@@ -125,8 +167,9 @@ def cap_text(text: str | None, limit: int = CLIENT_TEXT_CAP) -> str | None:
     return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
 
 
-def record_from(ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id: str | None = None,
-                attempt: int = 1) -> TraceRecord:
+def record_from(
+    ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id: str | None = None, attempt: int = 1
+) -> TraceRecord:
     """Freeze a request context into a trace record."""
     u = ctx.usage
     request_body = response_body = None
@@ -136,19 +179,40 @@ def record_from(ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id:
         req_trunc = len(ctx.raw) > cap
         response_body = bytes(ctx.response_body)
     return TraceRecord(
-        id=ctx.trace_id, ts=iso_utc(ctx.ts_ms), ts_ms=ctx.ts_ms, client_addr=ctx.client_addr,
-        endpoint=ctx.endpoint, dialect=ctx.dialect,
-        provider=ctx.provider.name if ctx.provider else None, model=cap_text(ctx.model),
-        served_model=cap_text(ctx.served_model or ctx.upstream_model), stream=int(ctx.stream), status=ctx.status,
-        outcome=ctx.outcome, latency_us=ctx.elapsed_us(),
+        id=ctx.trace_id,
+        ts=iso_utc(ctx.ts_ms),
+        ts_ms=ctx.ts_ms,
+        client_addr=ctx.client_addr,
+        endpoint=ctx.endpoint,
+        dialect=ctx.dialect,
+        provider=ctx.provider.name if ctx.provider else None,
+        model=cap_text(ctx.model),
+        served_model=cap_text(ctx.served_model or ctx.upstream_model),
+        stream=int(ctx.stream),
+        status=ctx.status,
+        outcome=ctx.outcome,
+        latency_us=ctx.elapsed_us(),
         ttfb_us=int((ctx.ttfb - ctx.started) * 1_000_000) if ctx.ttfb else None,
-        prompt_tokens=u.prompt_tokens if u else None, completion_tokens=u.completion_tokens if u else None,
-        cached_tokens=u.cached_tokens if u else None, cache_write_tokens=u.cache_write_tokens if u else None,
-        reasoning_tokens=u.reasoning_tokens if u else None, usage_estimated=int(ctx.usage_estimated),
-        cost_uc=ctx.cost_uc, cost_status=ctx.cost_status, upstream_request_id=cap_text(ctx.upstream_request_id),
-        error_type=ctx.error_type, error_message=ctx.error_message, key_id=ctx.key_id, project=ctx.project,
-        parent_id=parent_id, attempt=attempt, cache_hit=int(ctx.cache_hit), cost_saved_uc=ctx.cost_saved_uc,
-        request_body=request_body, response_body=response_body, request_truncated=req_trunc,
+        prompt_tokens=u.prompt_tokens if u else None,
+        completion_tokens=u.completion_tokens if u else None,
+        cached_tokens=u.cached_tokens if u else None,
+        cache_write_tokens=u.cache_write_tokens if u else None,
+        reasoning_tokens=u.reasoning_tokens if u else None,
+        usage_estimated=int(ctx.usage_estimated),
+        cost_uc=ctx.cost_uc,
+        cost_status=ctx.cost_status,
+        upstream_request_id=cap_text(ctx.upstream_request_id),
+        error_type=ctx.error_type,
+        error_message=ctx.error_message,
+        key_id=ctx.key_id,
+        project=ctx.project,
+        parent_id=parent_id,
+        attempt=attempt,
+        cache_hit=int(ctx.cache_hit),
+        cost_saved_uc=ctx.cost_saved_uc,
+        request_body=request_body,
+        response_body=response_body,
+        request_truncated=req_trunc,
         response_truncated=ctx.response_truncated,
     )
 
@@ -156,16 +220,30 @@ def record_from(ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def list_traces(conn: sqlite3.Connection, *, limit: int = 50, cursor: str | None = None,
-                since_ms: int | None = None, until_ms: int | None = None, model: str | None = None,
-                provider: str | None = None, status: int | None = None, key: str | None = None,
-                outcome: str | None = None) -> list[dict[str, Any]]:
+def list_traces(
+    conn: sqlite3.Connection,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    status: int | None = None,
+    key: str | None = None,
+    outcome: str | None = None,
+) -> list[dict[str, Any]]:
     """Newest first; ``cursor`` is the id of the last trace of the previous page."""
     where, args = [], []
     for clause, value in (
-        ("id < ?", cursor), ("ts_ms >= ?", since_ms), ("ts_ms < ?", until_ms),
-        ("(model = ? OR served_model = ?)", model), ("provider = ?", provider), ("status = ?", status),
-        ("key_id = ?", key), ("outcome = ?", outcome),
+        ("id < ?", cursor),
+        ("ts_ms >= ?", since_ms),
+        ("ts_ms < ?", until_ms),
+        ("(model = ? OR served_model = ?)", model),
+        ("provider = ?", provider),
+        ("status = ?", status),
+        ("key_id = ?", key),
+        ("outcome = ?", outcome),
     ):
         if value is not None:
             where.append(clause)
@@ -188,6 +266,7 @@ def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
     trace["response_body"] = _unpack(body["response"]) if body else None
     trace["request_truncated"] = bool(body["request_truncated"]) if body else False
     trace["response_truncated"] = bool(body["response_truncated"]) if body else False
-    trace["attempts"] = [dict(r) for r in conn.execute(
-        "SELECT * FROM traces WHERE parent_id = ? ORDER BY attempt", (trace_id,))]
+    trace["attempts"] = [
+        dict(r) for r in conn.execute("SELECT * FROM traces WHERE parent_id = ? ORDER BY attempt", (trace_id,))
+    ]
     return trace

@@ -30,9 +30,9 @@ log = logging.getLogger("stockyard.writer")
 Job = Callable[[sqlite3.Connection], Any]
 IdleTask = Callable[[sqlite3.Connection], Any]  # returns truthy while it has more to do
 _STOP = object()
-_MORE_IDLE_WORK_S = 0.02       # how long the queue must be empty before the next idle step
+_MORE_IDLE_WORK_S = 0.02  # how long the queue must be empty before the next idle step
 WAL_CHECK_EVERY_S = 10.0
-IDLE_RERUN_S = 60.0            # a server with no writes at all still ages its traces out
+IDLE_RERUN_S = 60.0  # a server with no writes at all still ages its traces out
 FAILURE_LOG_EVERY_S = 10.0
 
 
@@ -78,8 +78,9 @@ class WriterStats:
 class Writer:
     """Owns the server's only write connection."""
 
-    def __init__(self, path: Path | str, maxsize: int = 10_000, batch_max: int = 512,
-                 idle_after_s: float = 1.0) -> None:
+    def __init__(
+        self, path: Path | str, maxsize: int = 10_000, batch_max: int = 512, idle_after_s: float = 1.0
+    ) -> None:
         self.path = Path(path)
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.batch_max = batch_max
@@ -117,8 +118,9 @@ class Writer:
         """
         self._idle_tasks.append(task)
 
-    def add_periodic_task(self, task: Callable[[sqlite3.Connection], None], every_s: float,
-                          first_in_s: float = 0.0) -> None:
+    def add_periodic_task(
+        self, task: Callable[[sqlite3.Connection], None], every_s: float, first_in_s: float = 0.0
+    ) -> None:
         """Run ``task(conn)`` between batches every ``every_s`` seconds (snapshots), busy or not."""
         self._periodic.append(_Periodic(task, every_s, time.monotonic() + first_in_s))
 
@@ -148,7 +150,7 @@ class Writer:
     def _run(self) -> None:
         assert self._conn is not None
         stopping = False
-        idle_done = True   # idle tasks already ran since the last batch
+        idle_done = True  # idle tasks already ran since the last batch
         more_idle = False  # an idle task said it has more to do
         last_idle_run = time.monotonic()
         while not stopping:
@@ -200,8 +202,11 @@ class Writer:
             self._batch_failed(batch, exc)
             return
         if not self.healthy:
-            log.warning("database writable again after %d failed batches; %d records dropped in all",
-                        self.stats.failed_batches, self.stats.dropped)
+            log.warning(
+                "database writable again after %d failed batches; %d records dropped in all",
+                self.stats.failed_batches,
+                self.stats.dropped,
+            )
             self._failure_logged_at = 0.0
         self.healthy = True
         self.stats.last_ok_monotonic = time.monotonic()
@@ -265,8 +270,13 @@ class Writer:
         self._lost_since_log += lost
         now = time.monotonic()
         if now - self._failure_logged_at >= FAILURE_LOG_EVERY_S:  # one line per 10 s, not per batch
-            log.error("database write failed (%s): %d records dropped (%d in all); /readyz reports 503 "
-                      "until writes succeed again", exc, self._lost_since_log, self.stats.dropped)
+            log.error(
+                "database write failed (%s): %d records dropped (%d in all); /readyz reports 503 "
+                "until writes succeed again",
+                exc,
+                self._lost_since_log,
+                self.stats.dropped,
+            )
             self._failure_logged_at = now
             self._lost_since_log = 0
 
@@ -322,8 +332,10 @@ class Writer:
         size = _size(self._wal_path)
         self.stats.wal_bytes = size
         if size > db.WAL_SIZE_LIMIT_BYTES and not self._checkpoint("PASSIVE"):
-            log.warning("the WAL file is %d MB and cannot be checkpointed: a long-running reader "
-                        "holds an old snapshot", size // (1024 * 1024))
+            log.warning(
+                "the WAL file is %d MB and cannot be checkpointed: a long-running reader holds an old snapshot",
+                size // (1024 * 1024),
+            )
 
 
 def _size(path: Path) -> int:

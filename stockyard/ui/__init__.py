@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from ..server import Handler, Request
 
 PREFIX = "/ui/"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
@@ -56,7 +58,7 @@ def handle(h: "Handler", req: "Request") -> None:
     if req.method != "GET":
         _send(h, 405, b"method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET"})
         return
-    name = req.path[len(PREFIX):] or "index.html"
+    name = req.path[len(PREFIX) :] or "index.html"
     match = _NAME.match(name)
     found = load(name) if match else None
     if found is None:
