@@ -48,8 +48,8 @@ _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.t
 # RFC 9112 §7.1: chunk-size (hex digits, bounded) [; extensions] CRLF; no sign, no spaces before it.
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-RouteFn = Callable[[App, Request], Response]  # a route handler: answers with a whole Response
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
+RouteFn = Callable[[App, Request], Response]  # a route handler: answers with a whole Response
 
 
 class Reaper:
@@ -385,11 +385,8 @@ class Handler(BaseHTTPRequestHandler):
     # -- writing ---------------------------------------------------------------------------
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
         self._end_early()  # an answer written before the body was read ends the connection
-        lines = [
-            f"HTTP/1.1 {status} {reason_phrase(status, 'Status')}",
-            f"Date: {self.date_time_string()}",
-            "Server: stockyard",
-        ]
+        phrase = reason_phrase(status, "Status")
+        lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {self.date_time_string()}", "Server: stockyard"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if self.close_connection:
             lines.append("Connection: close")
