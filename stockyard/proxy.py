@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
 
 from .errors import ClientGone, ProxyError, sse_error_event
+from .httpio import json_object
 from .limits import check_request_numbers
 from .pipeline import RequestContext, RetryPolicy
 from .pricing import Usage
@@ -56,12 +57,7 @@ def parse_body(ctx: RequestContext) -> None:
     """Decode the JSON object body, pick out model and stream, check the numbers the proxy reads.
 
     Anything else is a 400."""
-    try:
-        body = json.loads(ctx.raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ProxyError(400, "request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ProxyError(400, "request body must be a JSON object", code="invalid_body")
+    body = json_object(ctx.raw)
     ctx.body = body
     model = body.get("model")
     if ctx.endpoint in NEEDS_MODEL:

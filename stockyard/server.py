@@ -9,7 +9,6 @@ dialect of the route.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 import socket
@@ -18,7 +17,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from . import proxy
 from . import ui as console
@@ -27,6 +26,7 @@ from .clientwatch import ClientWatch
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
 from .hosts import host_allowed, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, body_framing, read_head
+from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
 from .pipeline import RequestContext
 
@@ -49,41 +49,7 @@ _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.t
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
-
-
-class Request:
-    """What a route handler gets: method, path, query, headers (lower-case), body bytes.
-
-    The body is read from the connection only when a handler first asks for it, so a
-    handler that refuses first (the admin key) costs a keyless sender no read at all.
-    """
-
-    def __init__(
-        self, method: str, target: str, headers: dict[str, str], body: bytes | Callable[[], bytes], client: str
-    ) -> None:
-        parts = urlsplit(target)
-        self.method = method
-        self.path = parts.path
-        self.query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        self.headers = headers
-        self._body = body
-        self.client = client
-
-    @property
-    def body(self) -> bytes:
-        if callable(self._body):
-            self._body = self._body()
-        return self._body
-
-    def json(self) -> dict:
-        """The body as a JSON object, or a 400."""
-        try:
-            value = json.loads(self.body or b"{}")
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ProxyError(400, "request body is not valid JSON", code="invalid_json") from None
-        if not isinstance(value, dict):
-            raise ProxyError(400, "request body must be a JSON object", code="invalid_body")
-        return value
+RouteFn = Callable[[App, Request], Response]  # a route handler: answers with a whole Response
 
 
 class Reaper:
@@ -212,9 +178,8 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.draining = False
         self.active = 0
         self.active_cv = threading.Condition()
-        # Extra routes (admin API, console) registered by other modules: (method, prefix) → fn
-        self.routes: dict[tuple[str, str], Callable] = {}
-        self.prefix_routes: list[tuple[str, Callable]] = []
+        # Routes under a prefix (admin API, console), registered by make_server: (prefix, handler)
+        self.prefix_routes: list[tuple[str, RouteFn]] = []
         self.reaper = Reaper()
         self.client_watch = ClientWatch()
         self.refusals = RefusalRecorder()
@@ -314,7 +279,7 @@ class Handler(BaseHTTPRequestHandler):
         """Protocol-level errors (bad request line or head, huge headers) as JSON; the connection
         closes (after a brief drain: whatever follows the bad head is unread)."""
         self.close_connection = self._linger = True
-        text = message or (HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "error")
+        text = message or reason_phrase(code, "error")
         try:
             self._write(code, error_body(_dialect_of(self.path), code, text or "bad request"), "application/json", {})
         except ClientGone:
@@ -376,7 +341,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.server.reaper.arm(self.connection, self.server.app.settings.request_read_timeout_s)
         try:
-            super().handle_one_request()
+            self._handle_request()
         except _GONE:
             self.close_connection = True
         finally:
@@ -400,15 +365,27 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def __getattr__(self, name: str):
-        if name.startswith("do_"):
-            return self._dispatch
-        raise AttributeError(name)
+    def _handle_request(self) -> None:
+        """Read the request line and head, then dispatch, whatever the method.
+
+        The stdlib looks up ``do_<METHOD>`` and answers a method without one with 501; here
+        every method goes to the routes, and each route refuses what it does not serve
+        (405 with Allow, or 404) — a client error, never a 5xx.
+        """
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+        elif not self.raw_requestline:
+            self.close_connection = True
+        elif self.parse_request():
+            self._dispatch()
+            self.wfile.flush()
 
     # -- writing ---------------------------------------------------------------------------
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
         self._end_early()  # an answer written before the body was read ends the connection
-        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Status"
+        phrase = reason_phrase(status, "Status")
         lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {self.date_time_string()}", "Server: stockyard"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if self.close_connection:
@@ -427,6 +404,10 @@ class Handler(BaseHTTPRequestHandler):
         except _GONE as exc:
             self.close_connection = True
             raise ClientGone() from exc
+
+    def _respond(self, response: Response) -> None:
+        """Write a route handler's answer."""
+        self._write(response.status, response.body, response.content_type, response.headers)
 
     # Reply protocol used by proxy.py
     def send(
@@ -618,13 +599,14 @@ class Handler(BaseHTTPRequestHandler):
             if method not in methods:
                 self._refuse_method(methods)
             body = self._body()
-            fn(self, Request(method, self.path, self._headers_dict(), body, self.client_address[0]))
+            self._respond(fn(app, Request(method, self.path, self._headers_dict(), body, self.client_address[0])))
             return
         for prefix, fn in self.server.prefix_routes:
             if path.startswith(prefix):
                 if not self._body_pending():
                     self.server.reaper.disarm(self.connection)  # nothing more to arrive
-                fn(self, Request(method, self.path, self._headers_dict(), self._body, self.client_address[0]))
+                req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0])
+                self._respond(fn(app, req))
                 return
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
 
@@ -685,8 +667,13 @@ class Handler(BaseHTTPRequestHandler):
             headers={"Allow": ", ".join(allowed)},
         )
 
-    def send_json(self, status: int, payload, headers: dict | None = None) -> None:
-        self.send(status, json.dumps(payload, default=str).encode(), "application/json", headers)
+
+def reason_phrase(status: int, default: str) -> str:
+    """The standard reason phrase of ``status`` (``default`` for a code HTTPStatus does not name)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return default
 
 
 def _dialect_of(target: str) -> str:
@@ -697,17 +684,16 @@ def _dialect_of(target: str) -> str:
 # -- operational routes ---------------------------------------------------------------------------
 
 
-def healthz(h: Handler, req: Request) -> None:
-    h.send_json(200, {"status": "ok"})
+def healthz(app: App, req: Request) -> Response:
+    return json_response({"status": "ok"})
 
 
-def readyz(h: Handler, req: Request) -> None:
+def readyz(app: App, req: Request) -> Response:
     """Ready when the database takes writes (one tiny write through the writer, no provider calls)
     and the configuration watcher has completed a pass in the last 10 s.
 
     Bounded wait: a full queue or a stuck disk answers 503 within seconds, never hangs.
     """
-    app = h.server.app
     w = app.writer
     state = {"queue_depth": w.depth, "records_dropped": w.stats.dropped}
     try:
@@ -720,28 +706,26 @@ def readyz(h: Handler, req: Request) -> None:
         )
     except Exception as exc:
         reason = str(exc) or type(exc).__name__
-        h.send_json(503, {"status": "unavailable", "database": f"not writable: {reason}", **state})
-        return
+        return json_response({"status": "unavailable", "database": f"not writable: {reason}", **state}, 503)
     problem = app.watcher_problem()
     if problem is not None:
-        h.send_json(503, {"status": "unavailable", "database": "writable", "config_watcher": problem, **state})
-        return
-    h.send_json(200, {"status": "ready", "database": "writable", **state})
+        return json_response({"status": "unavailable", "database": "writable", "config_watcher": problem, **state}, 503)
+    return json_response({"status": "ready", "database": "writable", **state})
 
 
-def models(h: Handler, req: Request) -> None:
+def models(app: App, req: Request) -> Response:
     from .models import answer
 
-    h.send_json(200, answer(h.server.app, req.headers))
+    return json_response(answer(app, req.headers))
 
 
-def metrics(h: Handler, req: Request) -> None:
+def metrics(app: App, req: Request) -> Response:
     from .metrics import render
 
-    h.send(200, render(h.server.app).encode(), "text/plain; version=0.0.4; charset=utf-8")
+    return Response(200, render(app).encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
-FIXED_ROUTES: dict[str, tuple[list[str], Callable[[Handler, Request], None]]] = {
+FIXED_ROUTES: dict[str, tuple[list[str], RouteFn]] = {
     "/healthz": (["GET", "HEAD"], healthz),
     "/readyz": (["GET"], readyz),
     "/metrics": (["GET"], metrics),

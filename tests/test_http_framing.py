@@ -149,6 +149,25 @@ def test_header_bytes_are_capped_in_total_with_431(server):
     assert statuses(data) == [200]
 
 
+def test_a_request_line_over_64_kib_is_414_and_closes(server):
+    assert_refused(exchange(server, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), 414)
+
+
+def test_any_method_reaches_the_routes_which_refuse_it_never_501(server):
+    """A method no route serves is that route's 405 (with Allow) or a 404, never the stdlib's 501."""
+    with connect(server) as sock:
+        sock.sendall(b"BREW /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, headers, body = read_response(sock)
+        assert status == 405 and headers["allow"] == "GET, HEAD", (status, headers)
+        assert json.loads(body)["error"]["code"] == "method_not_allowed"
+        sock.sendall(b"BREW /ui/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 405 and headers["allow"] == "GET"
+        sock.sendall(b"BREW /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        status, _, body = read_response(sock)
+        assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
 # -- early answers and keep-alive ------------------------------------------------------------
 
 @pytest.mark.parametrize("request_head", [

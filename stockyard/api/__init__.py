@@ -10,7 +10,6 @@ without a key are refused but never counted, so they cannot lock the admin out).
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import threading
 import time
@@ -21,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import audit, times
 from ..errors import ProxyError
 from ..httphead import bearer_token
+from ..httpio import Request, Response, json_response
 from ..operations import Operations, invalid
 
 if TYPE_CHECKING:
     from ..app import App
-    from ..server import Handler, Request
 
 FAILED_LOGIN_WINDOW_S = 60.0
 FAILED_LOGIN_LIMIT = 10
@@ -63,14 +62,6 @@ class Route:
 ROUTES: list[Route] = []
 
 
-@dataclass(frozen=True)
-class Document:
-    """A non-JSON answer from an admin route (e.g. a CSV report)."""
-
-    body: bytes
-    content_type: str
-
-
 def route(
     method: str,
     pattern: str,
@@ -82,7 +73,8 @@ def route(
 ) -> Callable:
     """Declare an admin route (and its OpenAPI entry) in one place.
 
-    A handler returns the JSON payload (answered with ``status``) or ``(status, payload)``.
+    A handler returns the JSON payload (answered with ``status``), ``(status, payload)``, or a
+    whole :class:`Response` for an answer that is not JSON (a CSV report).
     """
 
     def register(fn: Callable[["ApiRequest"], Any]) -> Callable[["ApiRequest"], Any]:
@@ -95,7 +87,7 @@ def route(
 @dataclass
 class ApiRequest:
     app: "App"
-    req: "Request"
+    req: Request
     params: dict[str, str]
 
     @property
@@ -156,7 +148,7 @@ class LoginThrottle:
 THROTTLE = LoginThrottle()
 
 
-def authenticate(app: "App", req: "Request") -> None:
+def authenticate(app: "App", req: Request) -> None:
     """Let the right admin key through, always; count and throttle only wrong keys.
 
     The throttle is checked after the key, so nobody can lock the admin out: requests with
@@ -190,7 +182,7 @@ def authenticate(app: "App", req: "Request") -> None:
     raise refusal
 
 
-def cors_headers(app: "App", req: "Request") -> dict[str, str]:
+def cors_headers(app: "App", req: Request) -> dict[str, str]:
     origin = req.headers.get("origin")
     allowed = app.settings.cors_origin
     if not allowed or origin != allowed:
@@ -222,13 +214,11 @@ def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
     raise ProxyError(404, f"no admin route for {method} {path}", code="not_found")
 
 
-def handle(h: "Handler", req: "Request") -> None:
+def handle(app: "App", req: Request) -> Response:
     """Entry point from the server for every ``/api/`` request."""
-    app = h.server.app
     cors = cors_headers(app, req)
     if req.method == "OPTIONS" and cors:
-        h.send(204, b"", headers=cors)
-        return
+        return Response(204, headers=cors)
     try:
         authenticate(app, req)
         r, params = find(req.method, req.path)
@@ -236,11 +226,11 @@ def handle(h: "Handler", req: "Request") -> None:
     except ProxyError as exc:
         exc.headers = {**exc.headers, **cors}
         raise
+    if isinstance(result, Response):
+        result.headers = {**result.headers, **cors}
+        return result
     status, payload = result if isinstance(result, tuple) else (r.status, result)
-    if isinstance(payload, Document):
-        h.send(status, payload.body, payload.content_type, cors)
-        return
-    h.send(status, json.dumps(payload, default=str, ensure_ascii=False).encode(), "application/json", cors)
+    return json_response(payload, status, cors, ensure_ascii=False)
 
 
 def load_routes() -> None:

@@ -6,18 +6,12 @@ it never passes through a float (DESIGN.md, Money rules).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from ..errors import ProxyError
+from ..httpio import json_object
 
 
 def exact_json(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, with every non-integer number as its original text; else a 400."""
-    try:
-        value = json.loads(body or b"{}", parse_float=str)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ProxyError(400, "request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(value, dict):
-        raise ProxyError(400, "request body must be a JSON object", code="invalid_body")
-    return value
+    """The body as a JSON object (an empty body is ``{}``), every non-integer number as its original
+    text; else a 400."""
+    return json_object(body or b"{}", parse_float=str)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 
 from ..errors import ProxyError
+from ..httpio import Response
 from ..store import costs
-from . import ApiRequest, Document, Param, route
+from . import ApiRequest, Param, route
 
 
 @route(
@@ -20,7 +21,7 @@ from . import ApiRequest, Document, Param, route
         Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),
     ),
 )
-def cost_report(r: ApiRequest) -> dict | Document:
+def cost_report(r: ApiRequest) -> dict | Response:
     fmt = r.query.get("format") or "json"
     if fmt not in ("json", "csv"):
         raise ProxyError(400, f"format must be json or csv, got {fmt[:20]!r}", param="format", code="invalid_value")
@@ -34,4 +35,4 @@ def cost_report(r: ApiRequest) -> dict | Document:
         return result
     out = io.StringIO()
     costs.write_csv(result, out)
-    return Document(out.getvalue().encode(), "text/csv; charset=utf-8")
+    return Response(200, out.getvalue().encode(), "text/csv; charset=utf-8")

@@ -13,8 +13,10 @@ import pkgutil
 import re
 from typing import TYPE_CHECKING
 
+from ..httpio import Request, Response
+
 if TYPE_CHECKING:
-    from ..server import Handler, Request
+    from ..app import App
 
 PREFIX = "/ui/"
 CSP = (
@@ -49,29 +51,26 @@ def load(name: str) -> tuple[bytes, str] | None:
     return _cache[name]
 
 
-def _send(h: "Handler", status: int, body: bytes, content_type: str, extra: dict | None = None) -> None:
-    h.send(status, body, content_type, {**SECURITY_HEADERS, **(extra or {})})
+def _answer(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
+    return Response(status, body, content_type, {**SECURITY_HEADERS, **(extra or {})})
 
 
-def handle(h: "Handler", req: "Request") -> None:
+def handle(app: "App", req: Request) -> Response:
     """GET /ui/<file>: the file with its content type; anything else 404 (or 405 for other methods)."""
     if req.method != "GET":
-        _send(h, 405, b"method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET"})
-        return
+        return _answer(405, b"method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET"})
     name = req.path[len(PREFIX) :] or "index.html"
     match = _NAME.match(name)
     found = load(name) if match else None
     if found is None:
-        _send(h, 404, b"not found\n", "text/plain; charset=utf-8", {"Cache-Control": "no-store"})
-        return
+        return _answer(404, b"not found\n", "text/plain; charset=utf-8", {"Cache-Control": "no-store"})
     data, etag = found
     headers = {"Cache-Control": "no-cache", "ETag": etag}
     if req.headers.get("if-none-match") == etag:
-        h.send(304, b"", TYPES[match.group(1)], {**SECURITY_HEADERS, **headers})
-        return
-    _send(h, 200, data, TYPES[match.group(1)], headers)
+        return _answer(304, b"", TYPES[match.group(1)], headers)
+    return _answer(200, data, TYPES[match.group(1)], headers)
 
 
-def redirect(h: "Handler", req: "Request") -> None:
+def redirect(app: "App", req: Request) -> Response:
     """``/`` and ``/ui`` lead to the console."""
-    _send(h, 302, b"", "text/plain; charset=utf-8", {"Location": PREFIX, "Cache-Control": "no-store"})
+    return _answer(302, b"", "text/plain; charset=utf-8", {"Location": PREFIX, "Cache-Control": "no-store"})

@@ -1,0 +1,73 @@
+"""The HTTP seam between the server and its route handlers: a :class:`Request` in, a :class:`Response` out.
+
+Handlers (admin API, console, operational routes) never touch the connection: they read a
+Request and return a Response, and the server writes it (head and body in one write).
+Proxied calls stream and answer through the server's reply protocol instead (proxy.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from .errors import ProxyError
+
+
+def json_object(raw: bytes, parse_float: Callable[[str], Any] | None = None) -> dict:
+    """``raw`` decoded as a JSON object, or the 400 every JSON route answers with."""
+    try:
+        value = json.loads(raw, parse_float=parse_float)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProxyError(400, "request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise ProxyError(400, "request body must be a JSON object", code="invalid_body")
+    return value
+
+
+class Request:
+    """What a route handler gets: method, path, query, headers (lower-case), body bytes.
+
+    The body is read from the connection only when a handler first asks for it, so a
+    handler that refuses first (the admin key) costs a keyless sender no read at all.
+    """
+
+    def __init__(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | Callable[[], bytes], client: str
+    ) -> None:
+        parts = urlsplit(target)
+        self.method = method
+        self.path = parts.path
+        self.query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        self.headers = headers
+        self._body = body
+        self.client = client
+
+    @property
+    def body(self) -> bytes:
+        if callable(self._body):
+            self._body = self._body()
+        return self._body
+
+    def json(self) -> dict:
+        """The body as a JSON object (an empty body is ``{}``), or a 400."""
+        return json_object(self.body or b"{}")
+
+
+@dataclass
+class Response:
+    """A whole answer: status, body and headers; the server adds Date, Server, length and Connection."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None, *, ensure_ascii: bool = True
+) -> Response:
+    """``payload`` as a JSON answer (values JSON cannot hold, such as datetimes, as text)."""
+    body = json.dumps(payload, default=str, ensure_ascii=ensure_ascii).encode()
+    return Response(status, body, "application/json", headers or {})
