@@ -3,6 +3,7 @@ PYTHON ?= python3
 PYZ := dist/stockyard.pyz
 # The tests run in three phases (markers in pytest.ini); every phase runs, and `make test` fails
 # when any of them failed. TEST_WORKERS: pytest-xdist workers for the parallel phase (auto: one per core).
+# --dist loadfile keeps a file on one worker: its tests share one server and some follow each other.
 PYTEST := $(PYTHON) -m pytest -q
 TEST_WORKERS ?= auto
 SOURCES := $(shell find stockyard -type f ! -name '*.pyc' ! -path '*/__pycache__/*') build_zipapp.py
