@@ -1,6 +1,11 @@
 # Stockyard: `make run` serves (building the pyz when needed), `make test` runs the tests.
 PYTHON ?= python3
 PYZ := dist/stockyard.pyz
+# The tests run in three phases (markers in pytest.ini); every phase runs, and `make test` fails
+# when any of them failed. TEST_WORKERS: pytest-xdist workers for the parallel phase (auto: one per core).
+# --dist loadfile keeps a file on one worker: its tests share one server and some follow each other.
+PYTEST := $(PYTHON) -m pytest -q
+TEST_WORKERS ?= auto
 SOURCES := $(shell find stockyard -type f ! -name '*.pyc' ! -path '*/__pycache__/*') build_zipapp.py
 
 .PHONY: run test pyz bench clean
@@ -17,7 +22,14 @@ test:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	command -v node >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
-	$(PYTHON) -m pytest -q
+	@status=0; \
+	echo "== tests, in parallel on $(TEST_WORKERS) workers"; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" || status=1; \
+	echo "== tests that need the machine to themselves (marker serial), one at a time"; \
+	$(PYTEST) -m "serial and not perf" || status=1; \
+	echo "== time bounds (marker perf), one at a time"; \
+	$(PYTEST) -m perf || status=1; \
+	exit $$status
 
 bench: $(PYZ)
 	$(PYTHON) -m pip install -q -r requirements-test.txt

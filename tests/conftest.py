@@ -6,6 +6,7 @@ own database file; their stderr is collected so tests can scan the log.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -44,15 +45,29 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         delay = min(delay * 2, 0.1)
 
 
+def run_folder(tmp_path_factory) -> Path:
+    """The temp folder of this test run, shared by all its pytest-xdist workers (each worker's
+    own base folder is a child of it); without xdist, the session's base folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def pyz_path(tmp_path_factory) -> Path:
-    """Build stockyard.pyz once per test session from the working tree.
+    """Build stockyard.pyz once per test run from the working tree.
 
     Into a private folder: a pyz replaced under a running process breaks its later imports.
+    Under xdist the first worker builds it and the others wait on a lock and reuse it: one
+    build, and no two builds downloading the same wheel into build/wheels/ at once.
     """
-    out = tmp_path_factory.mktemp("pyz") / "stockyard.pyz"
-    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--out", str(out)], check=True,
-                   capture_output=True)
+    folder = run_folder(tmp_path_factory) / "stockyard-pyz"
+    folder.mkdir(exist_ok=True)
+    out = folder / "stockyard.pyz"
+    with open(folder / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not out.exists():  # build_zipapp writes a temp file and renames it: exists means whole
+            subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--out", str(out)], check=True,
+                           capture_output=True)
     return out
 
 

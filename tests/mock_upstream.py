@@ -863,6 +863,10 @@ class _Server(http.server.ThreadingHTTPServer):
         with self._conns_lock:
             (self._conns.add if alive else self._conns.discard)(conn)
 
+    def open_connections(self) -> int:
+        with self._conns_lock:
+            return len(self._conns)
+
     def close_all(self) -> None:
         """Shut down every open client connection (ends idle keep-alive threads)."""
         with self._conns_lock:
@@ -950,6 +954,10 @@ class MockUpstream:
         """Forget recorded requests (queued replies stay; see `clear_replies`)."""
         with self._lock:
             self._requests.clear()
+
+    def open_connections(self) -> int:
+        """How many client connections are open now (a test waits for 0 to know a request ended)."""
+        return self._server.open_connections() if self._server is not None else 0
 
     def last(self, path_contains: str | None = None) -> Recorded | None:
         """The newest request (whose path contains `path_contains`, if given)."""

@@ -364,7 +364,7 @@ def test_concurrent_writers_leave_one_chain(tmp_path):
                 audit.append(c, actor=f"thread:{n}", action="test.concurrent",
                              target=f"n:{i}", details={"i": i}, key=KEY)
                 c.execute("COMMIT")
-                time.sleep(0.002)
+                time.sleep(0.002)  # let the other writers in, so the chain really interleaves
             c.close()
         except BaseException as exc:  # reported below
             errors.append(exc)

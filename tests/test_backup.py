@@ -101,7 +101,7 @@ def test_snapshot_is_refreshed_and_safe_to_cp_at_any_moment(server, tmp_path):
             dst = tmp_path / f"cp{len(copies)}.db"
             shutil.copyfile(server.snapshot, dst)
             copies.append(dst)
-            time.sleep(0.03)
+            time.sleep(0.03)  # cron's cp at arbitrary moments: a copy every 30 ms while the load runs
     bad = [c.name for c in copies if integrity(c) != "ok"]
     assert not bad, f"{len(bad)} of {len(copies)} copies of the snapshot are damaged"
     assert len({trace_count(c) for c in copies}) >= 2, "the snapshot was refreshed while the load ran"

@@ -145,9 +145,11 @@ def settle(server: ServerProcess) -> int:
 
 @pytest.mark.parametrize("by", ["day", "model", "provider", "key", "project"])
 def test_report_totals_equal_the_sum_of_trace_costs(server, by):
-    for model in ("gpt-4o-mini", "gpt-4o", "o3-mini-reasoning", "gpt-4o-mini-cached", "mock-unpriced-model"):
-        server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "stream": True})
-    server.request("POST", "/v1/chat/completions", {"model": "mock-error-429", "messages": HELLO})
+    sent = [server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "stream": True})
+            for model in ("gpt-4o-mini", "gpt-4o", "o3-mini-reasoning", "gpt-4o-mini-cached", "mock-unpriced-model")]
+    sent.append(server.request("POST", "/v1/chat/completions", {"model": "mock-error-429", "messages": HELLO}))
+    for _, headers, _ in sent:  # each is traced after its answer went out: in any order
+        server.trace(headers["x-stockyard-trace-id"])
     expected = settle(server)
     assert expected > 0
 

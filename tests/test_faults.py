@@ -38,6 +38,7 @@ def metric(srv: ServerProcess, name: str) -> float:
 
 # -- crash ----------------------------------------------------------------------------------------
 
+@pytest.mark.serial
 def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, tmp_path):
     """What a crash may cost is the writer's window: the records queued and the batch being
     committed. Everything committed survives, and the file opens clean."""
@@ -76,6 +77,7 @@ def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, t
 
 # -- unwritable database --------------------------------------------------------------------------
 
+@pytest.mark.serial
 def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cache_home, mock, tmp_path):
     """A file-size limit of 1 byte on the running server: every database write fails (EFBIG),
     exactly as on a full disk, and lifting it is "space returns"."""
@@ -151,6 +153,7 @@ def timed_chat(srv: ServerProcess, model: str = "gpt-4o-mini", stream: bool = Fa
     return status, time.monotonic() - started, headers.get("x-stockyard-trace-id", "")
 
 
+@pytest.mark.perf
 def test_hanging_resetting_and_garbage_upstreams_do_not_slow_others(server, bad_mock):
     garbage = Reply(body=b"<html>surprise</html>", headers={"content-type": "text/html"})
     bad_sse = Reply(sse=["{not json", "also not json"])
@@ -158,9 +161,10 @@ def test_hanging_resetting_and_garbage_upstreams_do_not_slow_others(server, bad_
     bad: list[tuple[int, float, str]] = []
     threads = [threading.Thread(target=lambda s=(i % 4 == 3): bad.append(timed_chat(server, "groq/llama-3.3-70b", s)))
                for i in range(24)]
+    seen = len(bad_mock.requests)
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    wait_for(lambda: len(bad_mock.requests) >= seen + 8, 10, "the hanging requests to reach the bad upstream")
     good = [timed_chat(server) for _ in range(15)]
     for t in threads:
         t.join(30)
@@ -175,6 +179,7 @@ def test_hanging_resetting_and_garbage_upstreams_do_not_slow_others(server, bad_
         assert trace["provider"] == "groq" and (status != 200 or trace["outcome"] != "ok" or trace["stream"])
 
 
+@pytest.mark.perf
 def test_clients_vanishing_mid_stream_end_their_upstream_requests(server, bad_mock):
     """Each stream would take ~3 s upstream; a client that leaves after the first event ends it early."""
     bad_mock.enqueue(*[Reply(sse_delay_ms=500)] * 10)
@@ -203,13 +208,15 @@ def test_clients_vanishing_mid_stream_end_their_upstream_requests(server, bad_mo
         assert trace["latency_us"] < 2_500_000, "the upstream stream was not read to its end"
 
 
+@pytest.mark.serial
+@pytest.mark.perf
 def test_500_slow_clients_sending_headers_a_byte_at_a_time(server):
     payload = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
     slow = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(500)]
     for sock in slow:
         sock.setblocking(False)
     open_ = set(range(len(slow)))
-    stop = threading.Event()
+    stop, trickling = threading.Event(), threading.Event()
 
     def trickle() -> None:
         position = 0
@@ -222,13 +229,15 @@ def test_500_slow_clients_sending_headers_a_byte_at_a_time(server):
                 except OSError:
                     open_.discard(i)
             position += 1
-            stop.wait(0.1)
+            if position == 5:
+                trickling.set()
+            stop.wait(0.1)  # the slowness under test: one byte per client every 0.1 s
 
     trickler = threading.Thread(target=trickle)
     started = time.monotonic()
     trickler.start()
     try:
-        time.sleep(0.5)
+        assert trickling.wait(10), "the slow clients are trickling their headers"
         good = [timed_chat(server) for _ in range(10)]
         assert all(status == 200 for status, _, _ in good)
         assert max(elapsed for _, elapsed, _ in good) < 1.0

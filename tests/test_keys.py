@@ -25,10 +25,14 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
 MESSAGES = {"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
 
 
+def server_env(cache_home, mock) -> dict[str, str]:
+    return {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url, "STOCKYARD_ADMIN_KEY": ADMIN}
+
+
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url, "STOCKYARD_ADMIN_KEY": ADMIN}
+    env = server_env(cache_home, mock)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keys") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -76,16 +80,28 @@ def test_open_on_loopback_until_the_first_key_then_keys_required(server, mock):
     assert secret.startswith("sk-sy-") and len(secret) == 49
     assert "only time the key is shown" in made.stderr
 
-    # the CLI committed in another process: the running server notices within a second
-    started = time.monotonic()
+    # the CLI committed in another process: the running server notices (how soon: the perf test below)
     wait_for(lambda: chat(server)[0] == 401, timeout=3, what="auth to switch on")
-    assert time.monotonic() - started < 1.5
     assert "auth: client keys required" in server.log
     status, headers, body = chat(server, secret)
     assert status == 200
     trace = server.trace(headers["x-stockyard-trace-id"])
     key_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'first'")[0]["id"]
     assert trace["key_id"] == key_id
+
+
+@pytest.mark.perf
+def test_the_running_server_notices_the_first_key_within_a_second(pyz_path, cache_home, mock, tmp_path):
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", server_env(cache_home, mock)).start()
+    try:
+        assert chat(srv)[0] == 200
+        made = srv.cli("keys", "create", "--name", "first")
+        assert made.returncode == 0, made.stderr
+        started = time.monotonic()
+        wait_for(lambda: chat(srv)[0] == 401, timeout=3, what="auth to switch on")
+        assert time.monotonic() - started < 1.5
+    finally:
+        srv.stop()
 
 
 def test_bearer_and_x_api_key_are_one_path(server):
@@ -227,8 +243,10 @@ def test_tpm_counts_the_worst_case_then_the_real_usage(server):
     estimate = -(-len(json.dumps(body).encode()) // 4) + 40
     tpm = estimate + 17  # room for one estimate plus one real request, not two estimates
     secret, _ = make_key(server, tpm=tpm)
-    assert chat(server, secret, body)[0] == 200   # window: 17 after the correction
-    assert chat(server, secret, body)[0] == 200   # 17 + estimate fits, 2 estimates would not
+    for _ in range(2):  # window: 17 after the first correction; then 17 + estimate fits, 2 estimates would not
+        status, headers, _ = chat(server, secret, body)
+        assert status == 200
+        server.trace(headers["x-stockyard-trace-id"])  # traced after the correction to the real usage
     status, headers, reply = chat(server, secret, body)   # 17 + 17 + estimate > tpm
     assert status == 429 and int(headers["retry-after"]) >= 1
     status, headers, reply = chat(server, secret, {**CHAT, "max_tokens": tpm})
@@ -269,7 +287,9 @@ def test_api_key_lifecycle(server):
     secret, described = make_key(server, name="api-life", project="p1", budget_usd="2.50",
                                  budget_period="month", rpm=100)
     assert described["budget_uc"] == 250_000_000 and described["budget"] == "$2.50"
-    assert chat(server, secret)[0] == 200
+    status, headers, _ = chat(server, secret)
+    assert status == 200
+    server.trace(headers["x-stockyard-trace-id"])  # the spend is read from the rollup committed with the trace
     status, got = admin(server, "GET", "/api/keys/api-life")
     assert status == 200 and got["id"] == described["id"] and got["spend_uc"] > 0
     # JSON numbers are read as their decimal text: 1.10 is exactly 110_000_000 µ¢

@@ -52,6 +52,9 @@ def scraped(openai_server, mock):
     assert srv.request("POST", "/v1/chat/completions", raw=b"{broken")[0] == 400
     assert srv.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"})[0] == 200
     wait_for(lambda: srv.db_rows("SELECT count(*) AS n FROM traces")[0]["n"] == 7, 10, "traces")
+    # a request is counted just after its trace is queued: the writer may commit the trace first
+    wait_for(lambda: sum(parse(srv.request("GET", "/metrics")[2].decode()).get("stockyard_requests_total", {})
+                         .values()) == 7, 10, "the metrics to count all seven requests")
     status, headers, body = srv.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     return parse(body.decode()), srv.db_rows("SELECT * FROM traces")

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import wait_for  # noqa: E402
 from mock_upstream import MockUpstream, Reply  # noqa: E402
 
 
@@ -183,11 +184,12 @@ def test_reset_and_hang(mock: MockUpstream) -> None:
     resp, _, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
     assert resp.status == 200 and time.monotonic() - started >= 0.2
 
-    mock.enqueue(Reply(hang_s=30))
+    hanging = threading.Event()
+    mock.enqueue(Reply(hang_s=30, hang_started=hanging))
     errors: list[BaseException] = []
     thread = threading.Thread(target=lambda: _expect_error(mock, errors))
     thread.start()
-    time.sleep(0.2)
+    assert hanging.wait(5), "the request reached the mock"
     started = time.monotonic()
     mock.stop()
     thread.join(5)
@@ -222,7 +224,7 @@ def test_client_disconnect_is_quiet(mock: MockUpstream, capfd: pytest.CaptureFix
     assert resp.read1(100).startswith(b"data: event 0")
     conn.sock.close()
     resp.close()
-    time.sleep(0.3)
+    wait_for(lambda: mock.open_connections() == 0, 5, "the mock to notice the client left")
     mock.clear()
     resp, _, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m"})
     assert resp.status == 200 and len(mock.requests) == 1

@@ -131,7 +131,7 @@ def test_ttl_expires_entries(server):
     chat(server, messages=messages)
     stored(server, before)
     assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "hit"
-    time.sleep(1.1)
+    time.sleep(1.1)  # the thing under test: the entry's 1 s TTL running out
     assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "miss"
 
 
@@ -140,7 +140,7 @@ def test_oldest_entries_are_evicted_past_max_entries(server):
     questions = [question() for _ in range(3)]
     for q in questions:
         last = newest(server)
-        time.sleep(0.002)  # distinct created_at
+        wait_for(lambda: int(time.time() * 1000) > last, what="a created_at after the newest entry's")
         chat(server, messages=q)
         wait_for(lambda: newest(server) > last, what="the entry (and its evictions) to be written")
     assert entries(server) == 2
@@ -167,7 +167,7 @@ def test_errors_and_broken_streams_are_not_cached(server, mock):
     status, headers, data = raw_stream(server, body)
     assert status == 200 and b'"error"' in data
     calls = len(mock.requests)
-    time.sleep(0.3)  # the writer would have stored it by now
+    server.trace(headers["x-stockyard-trace-id"])  # a cache entry would be queued before the trace: stored by now
     assert raw_stream(server, body)[1]["x-stockyard-cache"] == "miss" and len(mock.requests) == calls + 1
 
 
@@ -212,8 +212,8 @@ def test_status_reports_entries_and_bytes_exactly(server):
     messages, before = question(), newest(server)
     chat(server, messages=messages)
     stored(server, before)
-    chat(server, messages=messages, headers={"x-stockyard-cache": "bypass"})  # replaces the entry
-    time.sleep(0.3)
+    _, headers, _ = chat(server, messages=messages, headers={"x-stockyard-cache": "bypass"})  # replaces the entry
+    server.trace(headers["x-stockyard-trace-id"])  # the new entry is queued before the trace: stored by now
     status, view = api(server, "GET", "/api/modules/cache")
     actual = server.db_rows("SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM cache_entries")[0]
     assert (view["status"]["entries"], view["status"]["bytes"]) == (actual["n"], actual["b"]) and actual["b"] > 0

@@ -90,6 +90,7 @@ def test_other_4xx_are_never_retried(server, mock):
         assert attempts_of(server, server.trace(trace_id(headers))["id"]) == []
 
 
+@pytest.mark.perf
 def test_a_hang_times_out_and_falls_back(server, mock):
     put_module(server, "fallback", {**FAST, "retries": 0})
     put_module(server, "timeout", {"models": {"openai/*": 0.5}})
@@ -173,7 +174,7 @@ def test_circuit_breaker_opens_skips_and_probes(server, mock):
     status, headers, body = chat(server, model="openai/gpt-4o")
     assert status == 503 and json.loads(body)["error"]["code"] == "circuit_open"
     assert 1 <= int(headers["retry-after"]) <= 2
-    time.sleep(1.05)
+    time.sleep(1.05)  # the thing under test: the breaker's 1 s cooldown running out
     mock.clear()
     assert chat(server)[0] == 200 and providers_called(mock) == ["openai"], "half-open: one probe, it succeeds"
     mock.clear()

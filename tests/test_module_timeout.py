@@ -44,6 +44,7 @@ def timed(fn):
     return (*result, time.monotonic() - started)
 
 
+@pytest.mark.perf
 def test_per_model_read_timeout(server, mock):
     put_module(server, "timeout", {"models": {"gpt-4o-mini": 0.5, "gpt-4o*": 5}})
     mock.enqueue(Reply(hang_s=3))
@@ -53,6 +54,7 @@ def test_per_model_read_timeout(server, mock):
     assert chat(server, model="gpt-4o")[0] == 200, "gpt-4o matches the second glob: 5 s"
 
 
+@pytest.mark.perf
 def test_per_model_read_timeout_on_a_stream(server, mock):
     put_module(server, "timeout", {"models": {"openai/gpt-4o-mini": 0.5}})
     mock.enqueue(Reply(hang_s=3))
@@ -71,6 +73,7 @@ def test_default_read_timeout_for_unmatched_models(server, mock):
     assert chat(server)[0] == 504
 
 
+@pytest.mark.perf
 def test_deadline_gives_504(server, mock):
     put_module(server, "timeout", {"deadline_s": 1})
     mock.enqueue(Reply(hang_s=3))
@@ -81,6 +84,7 @@ def test_deadline_gives_504(server, mock):
     assert trace["status"] == 504 and trace["error_type"] == "deadline_exceeded"
 
 
+@pytest.mark.perf
 def test_deadline_cuts_a_slow_stream(server, mock):
     put_module(server, "timeout", {"deadline_s": 1})
     mock.enqueue(Reply(sse=[CHUNK % str(i) for i in range(6)] + ["[DONE]"], sse_delay_ms=300))
@@ -91,6 +95,7 @@ def test_deadline_cuts_a_slow_stream(server, mock):
     assert "deadline" in json.loads(payloads[-1])["error"]["message"]
 
 
+@pytest.mark.perf
 def test_deadline_bounds_retries(server, mock):
     put_module(server, "timeout", {"deadline_s": 1})
     put_module(server, "fallback", {"retries": 10, "backoff_ms": 300, "max_backoff_ms": 300, "breaker_failures": 0})

@@ -112,6 +112,7 @@ def test_cli_added_provider_routes_through_the_running_server(server, mock):
     wait_for(lambda: "local" not in api_list(server), timeout=5, what="removal")
 
 
+@pytest.mark.perf
 def test_reload_is_quick(server, mock):
     """CLI changes reach a running server within about a second."""
     key = fake_key("quick")

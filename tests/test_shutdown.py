@@ -7,6 +7,8 @@ import json
 import signal
 import threading
 
+import pytest
+
 from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import MockUpstream
 
@@ -30,6 +32,7 @@ def client_loop(port: int, answered: list[str], stop: threading.Event) -> None:
         conn.close()
 
 
+@pytest.mark.serial
 def test_sigterm_under_load_keeps_every_answered_trace(pyz_path, cache_home, tmp_path):
     with MockUpstream(delay_ms=30) as slow:
         env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-shutdown-1234", "OPENAI_BASE_URL": slow.url + "/v1"}

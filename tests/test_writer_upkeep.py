@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import wait_for
 from stockyard.store import Writer, db
 
@@ -15,6 +17,7 @@ def writer_on(tmp_path) -> Writer:
     return Writer(tmp_path / "w.db", idle_after_s=0.1).start()
 
 
+@pytest.mark.perf
 def test_an_idle_task_with_a_backlog_runs_step_after_step_and_writes_go_first(tmp_path):
     w = writer_on(tmp_path)
     calls: list[float] = []
@@ -27,12 +30,13 @@ def test_an_idle_task_with_a_backlog_runs_step_after_step_and_writes_go_first(tm
         assert time.monotonic() - started < 0.5, "a write waits for at most one step"
         wait_for(lambda: len(calls) >= 50, 5, "the backlog drained")
         assert calls[49] - calls[10] < 3.0, "steps follow each other quickly while idle"
-        time.sleep(0.5)
+        time.sleep(0.5)  # the thing under test: half a second in which no further step may run
         assert len(calls) == 50, "done means done until the next write"
     finally:
         w.stop()
 
 
+@pytest.mark.perf
 def test_periodic_tasks_run_on_time_while_writes_keep_coming(tmp_path):
     w = writer_on(tmp_path)
     runs: list[float] = []
@@ -41,7 +45,7 @@ def test_periodic_tasks_run_on_time_while_writes_keep_coming(tmp_path):
         deadline = time.monotonic() + 1.2
         while time.monotonic() < deadline:
             w.submit(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
-            time.sleep(0.002)
+            time.sleep(0.002)  # a steady stream of writes, the load the periodic task must get through
         assert len(runs) >= 4, runs
     finally:
         w.stop()
