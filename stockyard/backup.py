@@ -203,7 +203,7 @@ def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: s
         conn.close()
     store = Store(tmp)
     try:
-        Operations(store, actor, secret).record(
+        Operations(store, actor, secret).audit_event(
             "backup.restore",
             "database",
             {

@@ -1,6 +1,6 @@
 """``GET /metrics`` in the Prometheus text format, from counters kept in memory.
 
-:class:`Registry` is updated once per finished request (``App.finish``): one lock and a
+:class:`Metrics` is updated once per finished request (``App.finish``): one lock and a
 few dict increments, no I/O. Gauges about the store (queue depth, dropped records, file
 sizes, snapshots, retention) are read when ``/metrics`` is scraped. Counters start at zero
 when the server starts, as Prometheus expects; totals that survive restarts live in the
@@ -50,7 +50,7 @@ class Histogram:
         self.count += 1
 
 
-class Registry:
+class Metrics:
     """The request counters of one server process."""
 
     def __init__(self) -> None:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  audit head  {info.audit_head} ({info.audit_seq} entries)")
     store = Store(live)
     try:
-        Operations(store, audit.actor_cli(), secret()).record(
+        Operations(store, audit.actor_cli(), secret()).audit_event(
             "backup.create",
             str(info.path),
             {

@@ -84,9 +84,9 @@ def apply(path: Path) -> int:
     ops = Operations(Store(path), audit.actor_cli(), secret())
     try:
         for m in applied:
-            ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
+            ops.audit_event("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
         if needs_vacuum:
-            ops.record("database.vacuum", "database", {"auto_vacuum": "incremental"})
+            ops.audit_event("database.vacuum", "database", {"auto_vacuum": "incremental"})
     finally:
         ops.store.close()
     if applied:
