@@ -8,6 +8,7 @@ import re
 import sys
 
 from .. import audit
+from ..config import encryption_secret
 from ..operations import maintenance
 from ..times import FORMAT_HELP, parse_utc, to_iso
 from .common import (
@@ -15,7 +16,6 @@ from .common import (
     add_db,
     add_json,
     count_arg,
-    encryption_secret,
     open_ops,
     open_store,
     print_json_lines,

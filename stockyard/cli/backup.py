@@ -6,9 +6,10 @@ import argparse
 
 from .. import audit
 from ..backup import BackupError, create_backup, resolve_destination
+from ..config import encryption_secret
 from ..operations import Operations
 from ..store import Store, db
-from .common import CommandError, add_db, db_path, nothing_yet, secret
+from .common import CommandError, add_db, db_path, nothing_yet
 
 
 def register(sub) -> None:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  audit head  {info.audit_head} ({info.audit_seq} entries)")
     store = Store(live)
     try:
-        Operations(store, audit.actor_cli(), secret()).audit_event(
+        Operations(store, audit.actor_cli(), encryption_secret()).audit_event(
             "backup.create",
             str(info.path),
             {

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
 from .. import audit
-from ..config import resolve_db_path
+from ..config import encryption_secret, resolve_db_path
 from ..limits import SQLITE_INT_MAX, whole_number
 from ..operations import Operations
 from ..store import Store, db
@@ -44,11 +44,6 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 def db_path(args: argparse.Namespace) -> Path:
     return resolve_db_path(getattr(args, "db", None), os.environ)
-
-
-def secret() -> str | None:
-    """STOCKYARD_ENCRYPTION_KEY: keys the audit chain and opens the vault."""
-    return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
 
 
 def nothing_yet(path: Path) -> CommandError:
@@ -87,11 +82,6 @@ def _needs_upgrade(path: Path) -> bool:
         return db.schema_version(conn) > 0 and bool(db.pending_migrations(conn))
     finally:
         conn.close()
-
-
-def encryption_secret() -> str | None:
-    """``STOCKYARD_ENCRYPTION_KEY``: keys the audit chain and opens the vault; never stored."""
-    return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
 
 
 def open_ops(args: argparse.Namespace, *, create: bool = True) -> Operations:

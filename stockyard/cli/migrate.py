@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 
 from .. import audit
+from ..config import encryption_secret
 from ..operations import Operations
 from ..store import Store, db, files
 from ..store.lock import MIGRATE, DatabaseBusy, DatabaseLock
-from .common import CommandError, add_db, db_path, nothing_yet, secret
+from .common import CommandError, add_db, db_path, nothing_yet
 
 
 def register(sub) -> None:
@@ -81,7 +82,7 @@ def apply(path: Path) -> int:
             print(f"converted to incremental vacuum: {before} → {path.stat().st_size} bytes")
     finally:
         conn.close()
-    ops = Operations(Store(path), audit.actor_cli(), secret())
+    ops = Operations(Store(path), audit.actor_cli(), encryption_secret())
     try:
         for m in applied:
             ops.audit_event("migration.apply", f"schema:{m.version:04d}", {"name": m.name})

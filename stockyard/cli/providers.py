@@ -12,11 +12,10 @@ import os
 import sys
 
 from .. import audit, vault
+from ..config import ENCRYPTION_KEY_VAR, encryption_secret
 from ..operations import providers as provider_ops
 from ..providers import KINDS
 from .common import CommandError, add_db, add_json, open_ops, open_store, print_json_lines, print_table
-
-SECRET_ENV = "STOCKYARD_ENCRYPTION_KEY"
 
 
 def register(sub) -> None:
@@ -26,7 +25,7 @@ def register(sub) -> None:
         description="Providers from environment variables are listed as 'env' and never "
         "stored; providers added here live in the database and override an "
         "env provider of the same name. Storing a key needs "
-        f"{SECRET_ENV}.",
+        f"{ENCRYPTION_KEY_VAR}.",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION")
 
@@ -90,10 +89,10 @@ def register(sub) -> None:
 
     rotate = actions.add_parser(
         "rotate-secret",
-        help=f"re-encrypt every stored key under a new {SECRET_ENV}",
-        description=f"Reads the current secret from {SECRET_ENV} and the new one from stdin, "
+        help=f"re-encrypt every stored key under a new {ENCRYPTION_KEY_VAR}",
+        description=f"Reads the current secret from {ENCRYPTION_KEY_VAR} and the new one from stdin, "
         "re-encrypts every stored provider key and records the rotation in the audit "
-        f"log, in one transaction. Afterwards run Stockyard with the new {SECRET_ENV}.",
+        f"log, in one transaction. Afterwards run Stockyard with the new {ENCRYPTION_KEY_VAR}.",
     )
     add_db(rotate)
     rotate.set_defaults(func=run_rotate)
@@ -123,7 +122,7 @@ def _brief(models: list[str], show: int = 3) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rows = provider_ops.listing(store.read(), os.environ, os.environ.get(SECRET_ENV) or None)
+    rows = provider_ops.listing(store.read(), os.environ, encryption_secret())
     if args.json:
         print_json_lines(rows)
         return 0
@@ -182,9 +181,9 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def run_rotate(args: argparse.Namespace) -> int:
     store = open_store(args)  # nothing to rotate without a database
-    old = os.environ.get(SECRET_ENV) or None
+    old = encryption_secret()
     if not old:
-        raise CommandError(f"{SECRET_ENV} must hold the current secret; the new one is read from stdin")
+        raise CommandError(f"{ENCRYPTION_KEY_VAR} must hold the current secret; the new one is read from stdin")
     new = read_secret("new secret: ")
     if sys.stdin.isatty() and getpass.getpass("new secret again: ").strip() != new:
         raise CommandError("the two entries differ; nothing was changed")
@@ -194,7 +193,7 @@ def run_rotate(args: argparse.Namespace) -> int:
         "and recorded vault.rotate in the audit log."
     )
     print(
-        f"From now on run Stockyard — server and CLI — with the NEW {SECRET_ENV}; restart a running "
+        f"From now on run Stockyard — server and CLI — with the NEW {ENCRYPTION_KEY_VAR}; restart a running "
         "server with it now (until then it keeps serving the keys it already holds, but cannot "
         "record changes)."
     )

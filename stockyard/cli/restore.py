@@ -6,8 +6,9 @@ import argparse
 
 from .. import audit
 from ..backup import BackupError, restore
+from ..config import encryption_secret
 from ..store.lock import DatabaseBusy
-from .common import CommandError, add_db, db_path, secret
+from .common import CommandError, add_db, db_path
 
 
 def register(sub) -> None:
@@ -28,7 +29,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     target = db_path(args)
     try:
-        done = restore(target, args.source, actor=audit.actor_cli(), secret=secret())
+        done = restore(target, args.source, actor=audit.actor_cli(), secret=encryption_secret())
     except (BackupError, DatabaseBusy) as exc:
         raise CommandError(str(exc)) from None
     src = done.source
