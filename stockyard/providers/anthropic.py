@@ -16,20 +16,17 @@ import re
 import time
 from typing import Any
 
-from ..errors import ProxyError, sse_error_event
+from ..errors import ProxyError
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import (
-    chunk,
+    ChunkStream,
     completion,
     data_url,
-    delta_choice,
-    done_event,
     endpoint_check,
     image_url_of,
-    openai_usage,
     record_stream_error,
     shape_errors,
     text_of,
@@ -369,35 +366,20 @@ class AnthropicChatAdapter(Adapter):
         return upstream_error(ctx, status, body, error_fields)
 
 
-class AnthropicToOpenAIStream(StreamTranslator):
+class AnthropicToOpenAIStream(ChunkStream):
     """Messages SSE events → ``chat.completion.chunk`` events, one by one."""
 
     def __init__(self, ctx: RequestContext) -> None:
-        self.ctx = ctx
-        self.ident = ctx.trace_id
-        self.created = int(time.time())
+        super().__init__(ctx)
         self.usage: dict = {}
         self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
-        self.failed = False
 
-    def out(self, delta: dict, finish: str | None = None) -> bytes:
-        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish)])
-
-    def feed(self, event: bytes) -> list[bytes]:
-        data = sse_data(event)
-        if data is None or self.failed:
-            return []
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            return []
+    def translate(self, payload: Any) -> list[bytes]:
+        """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
         if not isinstance(payload, dict):
             return []
         handler = getattr(self, "on_" + str(payload.get("type")), None)
-        try:
-            return handler(payload) if handler else []
-        except (AttributeError, TypeError, KeyError, ValueError):
-            return []  # an event of an unexpected shape carries nothing we can translate
+        return handler(payload) if handler else []
 
     def take_usage(self, usage: Any) -> None:
         """Merge usage (message_delta carries cumulative counts) and keep the trace current."""
@@ -407,8 +389,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
 
     def on_message_start(self, payload: dict) -> list[bytes]:
         message = payload.get("message") or {}
-        self.ident = message.get("id") or self.ident
-        self.ctx.served_model = message.get("model") or self.ctx.served_model or self.ctx.upstream_model
+        self.identify(message.get("id"), message.get("model"))
         self.take_usage(message.get("usage"))
         return [self.out({"role": "assistant", "content": ""})]
 
@@ -444,16 +425,11 @@ class AnthropicToOpenAIStream(StreamTranslator):
 
     def on_message_stop(self, payload: dict) -> list[bytes]:
         self.complete = True
-        out = []
-        if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
-        return out + [done_event()]
+        return self.done()
 
     def on_error(self, payload: dict) -> list[bytes]:
         kind, message = error_fields(payload) or ("api_error", "provider stream failed")
-        self.failed = True
-        record_stream_error(self.ctx, kind, message)
-        return [sse_error_event("openai", ERROR_STATUS.get(kind, 500), message, code=kind)]
+        return self.fail(ERROR_STATUS.get(kind, 500), kind, message)
 
 
 class AnthropicNativeAdapter(Adapter):

@@ -1,19 +1,22 @@
 """The OpenAI chat shapes that translating adapters (Anthropic, Gemini) produce.
 
-Answers, stream chunks, usage objects and errors in OpenAI's wire format, plus reading
-the OpenAI request parts both translators need (text, images, tool arguments).
+Answers, stream chunks, usage objects and errors in OpenAI's wire format, the stream
+translator both build on, plus reading the OpenAI request parts both translators need
+(text, images, tool arguments).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from ..errors import ProxyError, error_body, error_type
+from ..errors import ProxyError, error_body, error_type, sse_error_event
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
+from .base import StreamTranslator, sse_data
 
 
 def openai_usage(usage: Usage) -> dict:
@@ -166,3 +169,56 @@ def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
     ctx.outcome = "stream_broken"
     ctx.error_type = f"upstream_{kind}"
     ctx.error_message = message
+
+
+class ChunkStream(StreamTranslator):
+    """A provider's stream → OpenAI ``chat.completion.chunk`` events: what every translator shares.
+
+    :meth:`feed` parses each event's JSON and hands it to :meth:`translate`, which a
+    subclass writes for its provider's events; an event of an unexpected shape carries
+    nothing and is skipped. After :meth:`fail` nothing more is sent.
+    """
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.ident = ctx.trace_id
+        self.created = int(time.time())
+        self.failed = False
+
+    def translate(self, payload: Any) -> list[bytes]:
+        raise NotImplementedError
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        if data is None or self.failed:
+            return []
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return []
+        try:
+            return self.translate(payload)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            return []  # an event of an unexpected shape carries nothing we can translate
+
+    def identify(self, ident: str | None, model: str | None) -> None:
+        """Take the answer's id and served model from an event that carries them."""
+        self.ident = ident or self.ident
+        self.ctx.served_model = model or self.ctx.served_model or self.ctx.upstream_model
+
+    def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
+        """One chunk with one choice's delta."""
+        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish, index)])
+
+    def done(self) -> list[bytes]:
+        """The end of a complete answer: the usage chunk when the client asked for usage, then [DONE]."""
+        out = []
+        if self.ctx.client_wants_usage and self.ctx.usage is not None:
+            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
+        return out + [done_event()]
+
+    def fail(self, status: int, kind: str, message: str) -> list[bytes]:
+        """End the client's stream with an error event (never a made-up [DONE])."""
+        self.failed = True
+        record_stream_error(self.ctx, kind, message)
+        return [sse_error_event("openai", status, message, code=kind)]

@@ -16,21 +16,17 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ProxyError, sse_error_event
+from ..errors import ProxyError
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
-from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment, sse_data
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment
 from .chatshape import (
-    chunk,
+    ChunkStream,
     completion,
     data_url,
-    delta_choice,
-    done_event,
     endpoint_check,
     image_url_of,
-    openai_usage,
-    record_stream_error,
     shape_errors,
     text_of,
     tool_arguments,
@@ -408,41 +404,21 @@ class GeminiAdapter(Adapter):
         return upstream_error(ctx, status, body, status_and_message)
 
 
-class GeminiStream(StreamTranslator):
+class GeminiStream(ChunkStream):
     """Each GenerateContentResponse chunk → ``chat.completion.chunk`` events."""
 
     def __init__(self, ctx: RequestContext) -> None:
-        self.ctx = ctx
-        self.ident = ctx.trace_id
-        self.created = int(time.time())
+        super().__init__(ctx)
         self.started: set[int] = set()  # choices whose role chunk went out
         self.calls = 0  # tool calls so far (ids and indices continue)
-        self.failed = False
 
-    def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
-        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish, index)])
-
-    def feed(self, event: bytes) -> list[bytes]:
-        data = sse_data(event)
-        if data is None or self.failed:
-            return []
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return []
+    def translate(self, doc: Any) -> list[bytes]:
         fields = error_fields(doc)
         if fields is not None:
             return self.fail(*fields)
         if not isinstance(doc, dict):
             return []
-        try:
-            return self.translate(doc)
-        except (AttributeError, TypeError, KeyError, ValueError):
-            return []  # a chunk of an unexpected shape carries nothing we can translate
-
-    def translate(self, doc: dict) -> list[bytes]:
-        self.ident = doc.get("responseId") or self.ident
-        self.ctx.served_model = doc.get("modelVersion") or self.ctx.served_model or self.ctx.upstream_model
+        self.identify(doc.get("responseId"), doc.get("modelVersion"))
         if isinstance(doc.get("usageMetadata"), dict):  # cumulative: the latest one counts
             self.ctx.usage = Usage.from_gemini(doc["usageMetadata"])
         out: list[bytes] = []
@@ -471,18 +447,10 @@ class GeminiStream(StreamTranslator):
             out.append(self.out({}, finish_reason(reason, self.calls > 0), index=index))
         return out
 
-    def fail(self, status: int, kind: str, message: str) -> list[bytes]:
-        """End the client's stream with an error event (never a made-up [DONE])."""
-        self.failed = True
-        record_stream_error(self.ctx, kind, message)
-        return [sse_error_event("openai", status, message, code=kind)]
-
     def finish(self) -> list[bytes]:
+        """Gemini has no terminal event: the answer ends here, once a finish reason came."""
         if self.failed:
             return []
         if not self.complete:
             return self.fail(502, "incomplete_stream", "the provider's stream ended without a finish reason")
-        out = []
-        if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
-        return out + [done_event()]
+        return self.done()
