@@ -23,14 +23,18 @@ from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import (
     ChunkStream,
+    append_turn,
     completion,
     data_url,
     endpoint_check,
-    image_url_of,
+    message_list,
     record_stream_error,
     shape_errors,
     text_of,
     tool_arguments,
+    tool_function,
+    translate_content,
+    unsupported_role,
     upstream_error,
 )
 
@@ -119,37 +123,15 @@ def headers(provider: Provider, ctx: RequestContext, native: bool) -> dict[str, 
 
 def content_blocks(content: Any) -> list[dict]:
     """OpenAI user/assistant content → Anthropic content blocks (text and images)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise ProxyError(
-            400,
-            "message content must be a string or an array of content parts",
-            param="messages",
-            code="invalid_content",
-        )
-    blocks: list[dict] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal"):
-            text = part.get(kind) or ""
-            if text:
-                block = {"type": "text", "text": text}
-                if isinstance(part.get("cache_control"), dict):
-                    block["cache_control"] = part["cache_control"]
-                blocks.append(block)
-        elif kind == "image_url":
-            blocks.append(image_block(image_url_of(part)))
-        else:
-            raise ProxyError(
-                400,
-                f"content part type {kind!r} is not supported for Anthropic models",
-                param="messages",
-                code="unsupported_content",
-            )
-    return blocks
+    return translate_content(content, text_block, image_block, "Anthropic")
+
+
+def text_block(part: dict, text: str) -> dict:
+    """A text block, keeping the part's ``cache_control`` (prompt caching)."""
+    block = {"type": "text", "text": text}
+    if isinstance(part.get("cache_control"), dict):
+        block["cache_control"] = part["cache_control"]
+    return block
 
 
 def image_block(url: str) -> dict:
@@ -176,19 +158,6 @@ def tool_use_blocks(calls: Any) -> list[dict]:
     ]
 
 
-def append_turn(messages: list[dict], role: str, blocks: list[dict]) -> None:
-    """Add a turn, merging into the previous one of the same role (Anthropic alternates roles).
-
-    An empty turn is left out: Anthropic refuses messages without content blocks.
-    """
-    if not blocks:
-        return
-    if messages and messages[-1]["role"] == role:
-        messages[-1]["content"].extend(blocks)
-    else:
-        messages.append({"role": role, "content": blocks})
-
-
 def system_value(blocks: list[dict]) -> str | list[dict] | None:
     """Top-level ``system``: one string, or text blocks when some carry ``cache_control``."""
     if any("cache_control" in b for b in blocks):
@@ -198,51 +167,33 @@ def system_value(blocks: list[dict]) -> str | list[dict] | None:
 
 def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]:
     """OpenAI ``messages`` → (Anthropic ``system``, Anthropic ``messages``)."""
-    if not isinstance(items, list) or not items:
-        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
     system: list[dict] = []
     out: list[dict] = []
-    for msg in items:
+    for msg in message_list(items):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
             system += [b for b in content_blocks(msg.get("content")) if b["type"] == "text"]
         elif role == "user":
-            append_turn(out, "user", content_blocks(msg.get("content")))
+            append_turn(out, "user", content_blocks(msg.get("content")), "content")
         elif role == "assistant":
-            append_turn(out, "assistant", content_blocks(msg.get("content")) + tool_use_blocks(msg.get("tool_calls")))
+            blocks = content_blocks(msg.get("content")) + tool_use_blocks(msg.get("tool_calls"))
+            append_turn(out, "assistant", blocks, "content")
         elif role == "tool":
-            append_turn(
-                out,
-                "user",
-                [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": msg.get("tool_call_id"),
-                        "content": text_of(msg.get("content")),
-                    }
-                ],
-            )
+            result = {
+                "type": "tool_result",
+                "tool_use_id": msg.get("tool_call_id"),
+                "content": text_of(msg.get("content")),
+            }
+            append_turn(out, "user", [result], "content")
         else:
-            raise ProxyError(
-                400,
-                f"message role {role!r} is not supported for Anthropic models",
-                param="messages",
-                code="invalid_role",
-            )
+            raise unsupported_role(role, "Anthropic")
     return system_value(system), out
 
 
 def translate_tools(tools: Any) -> list[dict]:
     out = []
     for tool in tools or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise ProxyError(
-                400,
-                "each tool must be {'type': 'function', 'function': {'name': …}}",
-                param="tools",
-                code="invalid_tools",
-            )
+        fn = tool_function(tool)
         entry = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
         if fn.get("description"):
             entry["description"] = fn["description"]

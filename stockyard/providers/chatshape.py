@@ -85,6 +85,12 @@ def image_url_of(part: dict) -> str:
     return url
 
 
+def _invalid_content() -> ProxyError:
+    return ProxyError(
+        400, "message content must be a string or an array of content parts", param="messages", code="invalid_content"
+    )
+
+
 def text_of(content: Any) -> str:
     """Plain text of an OpenAI message content (string, or an array of text parts)."""
     if content is None:
@@ -93,9 +99,74 @@ def text_of(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise ProxyError(
-        400, "message content must be a string or an array of content parts", param="messages", code="invalid_content"
+    raise _invalid_content()
+
+
+def translate_content(
+    content: Any, text: Callable[[dict, str], dict], image: Callable[[str], dict], models: str
+) -> list[dict]:
+    """OpenAI message content → a provider's content parts: ``text(part, text)`` for each
+    non-empty text or refusal (``part`` is ``{}`` for string content), ``image(url)`` for each
+    image; any other part type is a 400 naming the ``models`` it cannot go to."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [text({}, content)] if content else []
+    if not isinstance(content, list):
+        raise _invalid_content()
+    out: list[dict] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal"):
+            if part.get(kind):
+                out.append(text(part, part[kind]))
+        elif kind == "image_url":
+            out.append(image(image_url_of(part)))
+        else:
+            raise ProxyError(
+                400,
+                f"content part type {kind!r} is not supported for {models} models",
+                param="messages",
+                code="unsupported_content",
+            )
+    return out
+
+
+def message_list(items: Any) -> list:
+    """The request's ``messages``: a non-empty array, or a 400."""
+    if not isinstance(items, list) or not items:
+        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
+    return items
+
+
+def unsupported_role(role: Any, models: str) -> ProxyError:
+    return ProxyError(
+        400, f"message role {role!r} is not supported for {models} models", param="messages", code="invalid_role"
     )
+
+
+def append_turn(turns: list[dict], role: str, items: list[dict], key: str) -> None:
+    """Add a turn with ``items`` under ``key``, merged into the previous turn of the same role
+    (both providers want roles to alternate); an empty turn is left out (both refuse one)."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
+def tool_function(tool: Any) -> dict:
+    """The ``function`` of an OpenAI tool entry, with its name, or a 400."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(fn, dict) or not fn.get("name"):
+        raise ProxyError(
+            400,
+            "each tool must be {'type': 'function', 'function': {'name': …}}",
+            param="tools",
+            code="invalid_tools",
+        )
+    return fn
 
 
 def tool_arguments(call: dict) -> dict:

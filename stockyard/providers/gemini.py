@@ -23,13 +23,17 @@ from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment
 from .chatshape import (
     ChunkStream,
+    append_turn,
     completion,
     data_url,
     endpoint_check,
-    image_url_of,
+    message_list,
     shape_errors,
     text_of,
     tool_arguments,
+    tool_function,
+    translate_content,
+    unsupported_role,
     upstream_error,
 )
 
@@ -137,33 +141,7 @@ def image_part(url: str) -> dict:
 
 def content_parts(content: Any) -> list[dict]:
     """OpenAI message content → Gemini parts (text and images)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise ProxyError(
-            400,
-            "message content must be a string or an array of content parts",
-            param="messages",
-            code="invalid_content",
-        )
-    parts: list[dict] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal"):
-            if part.get(kind):
-                parts.append({"text": part[kind]})
-        elif kind == "image_url":
-            parts.append(image_part(image_url_of(part)))
-        else:
-            raise ProxyError(
-                400,
-                f"content part type {kind!r} is not supported for Gemini models",
-                param="messages",
-                code="unsupported_content",
-            )
-    return parts
+    return translate_content(content, lambda part, text: {"text": text}, image_part, "Gemini")
 
 
 def tool_result(content: Any) -> Any:
@@ -184,36 +162,24 @@ def function_call_part(call: dict, name: str) -> dict:
     return part
 
 
-def append_turn(contents: list[dict], role: str, parts: list[dict]) -> None:
-    """Add a turn, merging into the previous one of the same role (empty turns are refused upstream)."""
-    if not parts:
-        return
-    if contents and contents[-1]["role"] == role:
-        contents[-1]["parts"].extend(parts)
-    else:
-        contents.append({"role": role, "parts": parts})
-
-
 def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
     """OpenAI ``messages`` → (``systemInstruction``, ``contents``)."""
-    if not isinstance(items, list) or not items:
-        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
     system: list[str] = []
     contents: list[dict] = []
     names: dict[str, str] = {}  # tool call id → function name, for the tool results
-    for msg in items:
+    for msg in message_list(items):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
             system.append(text_of(msg.get("content")))
         elif role == "user":
-            append_turn(contents, "user", content_parts(msg.get("content")))
+            append_turn(contents, "user", content_parts(msg.get("content")), "parts")
         elif role == "assistant":
             parts = content_parts(msg.get("content"))
             for call in msg.get("tool_calls") or []:
                 name = (call.get("function") or {}).get("name")
                 names[call.get("id")] = name
                 parts.append(function_call_part(call, name))
-            append_turn(contents, "model", parts)
+            append_turn(contents, "model", parts, "parts")
         elif role == "tool":
             name = names.get(msg.get("tool_call_id")) or msg.get("name")
             if not name:
@@ -224,11 +190,9 @@ def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
                     code="unknown_tool_call",
                 )
             part = {"functionResponse": {"name": name, "response": {"content": tool_result(msg.get("content"))}}}
-            append_turn(contents, "user", [part])
+            append_turn(contents, "user", [part], "parts")
         else:
-            raise ProxyError(
-                400, f"message role {role!r} is not supported for Gemini models", param="messages", code="invalid_role"
-            )
+            raise unsupported_role(role, "Gemini")
     text = "\n\n".join(s for s in system if s)
     return ({"parts": [{"text": text}]} if text else None), contents
 
@@ -236,14 +200,7 @@ def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
 def translate_tools(tools: Any) -> list[dict]:
     decls = []
     for tool in tools or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise ProxyError(
-                400,
-                "each tool must be {'type': 'function', 'function': {'name': …}}",
-                param="tools",
-                code="invalid_tools",
-            )
+        fn = tool_function(tool)
         decl = {"name": fn["name"]}
         if fn.get("description"):
             decl["description"] = fn["description"]
