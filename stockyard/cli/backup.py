@@ -9,7 +9,7 @@ from ..backup import BackupError, create_backup, resolve_destination
 from ..config import encryption_secret
 from ..operations import Operations
 from ..store import Store, db
-from .common import CommandError, add_db, db_path, nothing_yet
+from .common import CommandError, db_path, nothing_yet, runs
 
 
 def register(sub) -> None:
@@ -22,8 +22,7 @@ def register(sub) -> None:
         "log. Safe while the server runs; a plain cp of the live file is not.",
     )
     p.add_argument("dest", metavar="DEST", help="file to write (replaced atomically) or existing folder")
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from .. import audit
 from ..config import encryption_secret, resolve_db_path
@@ -24,10 +24,26 @@ class CommandError(Exception):
         self.code = code
 
 
-def add_db(parser: argparse.ArgumentParser) -> None:
+def actions(sub: Any, name: str, *, help: str, description: str) -> Any:
+    """A command made of actions (``stockyard keys create``): the sub-parsers for its
+    actions, of which one must be given."""
+    command = sub.add_parser(name, help=help, description=description)
+    group = command.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    group.required = True
+    return group
+
+
+def runs(
+    parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], Any], *, json: bool = False, **defaults: Any
+) -> None:
+    """Finish a command's parser: ``--json`` for one that can answer in JSON (after its own
+    options), ``--db`` for every one, and ``func`` to run it (``defaults`` set on its args)."""
+    if json:
+        parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
         "--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)"
     )
+    parser.set_defaults(func=func, **defaults)
 
 
 def count_arg(text: str) -> int:
@@ -36,10 +52,6 @@ def count_arg(text: str) -> int:
         return whole_number(int(text.strip()), 1, SQLITE_INT_MAX)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {SQLITE_INT_MAX}, got {text!r}") from None
-
-
-def add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def db_path(args: argparse.Namespace) -> Path:

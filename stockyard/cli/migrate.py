@@ -10,7 +10,7 @@ from ..config import encryption_secret
 from ..operations import Operations
 from ..store import Store, db, files
 from ..store.lock import MIGRATE, DatabaseBusy, DatabaseLock
-from .common import CommandError, add_db, db_path, nothing_yet
+from .common import CommandError, db_path, nothing_yet, runs
 
 
 def register(sub) -> None:
@@ -23,8 +23,7 @@ def register(sub) -> None:
         "VACUUM), so retention can shrink the file. Needs the server stopped.",
     )
     p.add_argument("--check", action="store_true", help="only say what would change; exit status 1 if anything would")
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from .. import audit, vault
 from ..config import ENCRYPTION_KEY_VAR, encryption_secret
 from ..operations import providers as provider_ops
 from ..providers import KINDS
-from .common import CommandError, add_db, add_json, open_ops, open_store, print_json_lines, print_table
+from .common import CommandError, open_ops, open_store, print_json_lines, print_table, runs
 
 
 def register(sub) -> None:
@@ -41,9 +41,7 @@ def register(sub) -> None:
         description="List every provider — from the environment and the database — with its "
         "kind, base URL, models and the last 4 characters of its key.",
     )
-    add_json(ls)
-    add_db(ls)
-    ls.set_defaults(func=run_list)
+    runs(ls, run_list, json=True)
 
     add = actions.add_parser(
         "add",
@@ -59,8 +57,7 @@ def register(sub) -> None:
     )
     add.add_argument("--api-version", metavar="V", help="API version (Azure)")
     add.add_argument("--key-stdin", action="store_true", help="read the provider's API key from stdin")
-    add_db(add)
-    add.set_defaults(func=run_add)
+    runs(add, run_add)
 
     set_key = actions.add_parser(
         "set-key",
@@ -74,8 +71,7 @@ def register(sub) -> None:
         required=True,
         help="read the key from stdin (required: keys are never passed as arguments)",
     )
-    add_db(set_key)
-    set_key.set_defaults(func=run_set_key)
+    runs(set_key, run_set_key)
 
     rm = actions.add_parser(
         "remove",
@@ -84,8 +80,7 @@ def register(sub) -> None:
         "are changed by editing the environment).",
     )
     rm.add_argument("name")
-    add_db(rm)
-    rm.set_defaults(func=run_remove)
+    runs(rm, run_remove)
 
     rotate = actions.add_parser(
         "rotate-secret",
@@ -94,8 +89,7 @@ def register(sub) -> None:
         "re-encrypts every stored provider key and records the rotation in the audit "
         f"log, in one transaction. Afterwards run Stockyard with the new {ENCRYPTION_KEY_VAR}.",
     )
-    add_db(rotate)
-    rotate.set_defaults(func=run_rotate)
+    runs(rotate, run_rotate)
 
 
 def read_secret(prompt: str) -> str:

@@ -8,7 +8,7 @@ from .. import audit
 from ..backup import BackupError, restore
 from ..config import encryption_secret
 from ..store.lock import DatabaseBusy
-from .common import CommandError, add_db, db_path
+from .common import CommandError, db_path, runs
 
 
 def register(sub) -> None:
@@ -22,8 +22,7 @@ def register(sub) -> None:
         "database's audit log, so STOCKYARD_ENCRYPTION_KEY must be the one it was made with.",
     )
     p.add_argument("source", metavar="SRC", help="a file written by `stockyard backup` or a snapshot")
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
