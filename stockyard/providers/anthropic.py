@@ -317,6 +317,14 @@ class AnthropicChatAdapter(Adapter):
         return upstream_error(ctx, status, body, error_fields)
 
 
+def take_usage(ctx: RequestContext, seen: dict, usage: Any) -> None:
+    """Merge a stream's usage into ``seen`` (message_start and message_delta each carry
+    part; message_delta's counts are cumulative) and keep the trace current."""
+    if isinstance(usage, dict):
+        seen.update({k: v for k, v in usage.items() if v is not None})
+        ctx.usage = Usage.from_anthropic(seen)
+
+
 class AnthropicToOpenAIStream(ChunkStream):
     """Messages SSE events → ``chat.completion.chunk`` events, one by one."""
 
@@ -332,16 +340,10 @@ class AnthropicToOpenAIStream(ChunkStream):
         handler = getattr(self, "on_" + str(payload.get("type")), None)
         return handler(payload) if handler else []
 
-    def take_usage(self, usage: Any) -> None:
-        """Merge usage (message_delta carries cumulative counts) and keep the trace current."""
-        if isinstance(usage, dict):
-            self.usage.update({k: v for k, v in usage.items() if v is not None})
-            self.ctx.usage = Usage.from_anthropic(self.usage)
-
     def on_message_start(self, payload: dict) -> list[bytes]:
         message = payload.get("message") or {}
         self.identify(message.get("id"), message.get("model"))
-        self.take_usage(message.get("usage"))
+        take_usage(self.ctx, self.usage, message.get("usage"))
         return [self.out({"role": "assistant", "content": ""})]
 
     def on_content_block_start(self, payload: dict) -> list[bytes]:
@@ -370,7 +372,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         return []
 
     def on_message_delta(self, payload: dict) -> list[bytes]:
-        self.take_usage(payload.get("usage"))
+        take_usage(self.ctx, self.usage, payload.get("usage"))
         reason = (payload.get("delta") or {}).get("stop_reason")
         return [self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else []
 
@@ -431,17 +433,12 @@ class AnthropicNativeStream(StreamTranslator):
         if kind == "message_start":
             message = payload.get("message") or {}
             self.ctx.served_model = message.get("model") or self.ctx.served_model
-            self.take_usage(message.get("usage"))
+            take_usage(self.ctx, self.usage, message.get("usage"))
         elif kind == "message_delta":
-            self.take_usage(payload.get("usage"))
+            take_usage(self.ctx, self.usage, payload.get("usage"))
         elif kind == "message_stop":
             self.complete = True
         elif kind == "error":
             err_kind, message = error_fields(payload) or ("api_error", "provider stream failed")
             record_stream_error(self.ctx, err_kind, message)
         return [event]
-
-    def take_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            self.usage.update({k: v for k, v in usage.items() if v is not None})
-            self.ctx.usage = Usage.from_anthropic(self.usage)
