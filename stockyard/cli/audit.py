@@ -96,17 +96,7 @@ def run_verify(args: argparse.Namespace) -> int:
     conn = open_store(args).read()
     result = audit.verify_with_secret(conn, encryption_secret(), expect)
     if args.json:
-        print_json_lines(
-            [
-                {
-                    "ok": result.ok,
-                    "count": result.count,
-                    "head": result.head,
-                    "broken_seq": result.broken_seq,
-                    "reason": result.reason,
-                }
-            ]
-        )
+        print_json_lines([result.as_dict()])
     elif result.ok:
         print(result.reason)
     else:
