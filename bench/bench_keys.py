@@ -1,4 +1,4 @@
-"""Benchmark for issue 5: what a client key, a budget and a rate limit add to a request.
+"""Benchmark: what a client key, a budget and a rate limit add to a request.
 
 Two measurements, both taken in the same run so their ratios mean something on a noisy machine:
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("in process: auth + ratelimit + budget, keyed", f"{in_process['keyed_us']:.1f} µs"))
     rows.append(("in process: added by the checks", f"{in_process['added_us']:+.1f} µs (target well under 1000 µs)"))
     width = max(len(r[0]) for r in rows)
-    print("Stockyard issue 5 bench: client key + budget + rate limit")
+    print("Stockyard bench: client key + budget + rate limit")
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
     return 0

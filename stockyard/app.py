@@ -20,7 +20,7 @@ from .config import Settings
 from .keys import KeyRecord, KeyRing, load_keys
 from .keys import check as check_key
 from .logbuffer import printable
-from .metrics import Registry as MetricsRegistry
+from .metrics import Metrics
 from .modules import Modules
 from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
@@ -32,7 +32,7 @@ from .providers import Registry, from_env
 from .retention import Retention
 from .store import Store, Writer, db, files
 from .store.lock import SERVER, DatabaseLock
-from .store.traces import iso_utc, record_from
+from .store.traces import iso_utc, trace_row_from
 from .upstream import Pool
 
 log = logging.getLogger("stockyard")
@@ -81,7 +81,7 @@ class App:
         except BaseException:
             self.db_lock.release()
             raise
-        self.metrics = MetricsRegistry()
+        self.metrics = Metrics()
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
         self.retention = Retention(
@@ -134,8 +134,8 @@ class App:
         server_ops = self.ops(audit.ACTOR_SERVER)
         try:
             for m in self.migrations_applied:
-                server_ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
-            server_ops.record("server.start", "server", {"version": __version__, "host": self.settings.host})
+                server_ops.audit_event("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
+            server_ops.audit_event("server.start", "server", {"version": __version__, "host": self.settings.host})
         except audit.AuditError as exc:
             log.error(
                 "audit log: cannot record the server start (%s); admin changes are refused "
@@ -320,7 +320,7 @@ class App:
         self._used_flushed = time.monotonic()
         used, self._used = self._used, {}
         rows = [(iso_utc(ms), key_id, iso_utc(ms)) for key_id, ms in used.items()]
-        self.store.record(
+        self.store.submit(
             lambda conn: conn.executemany(
                 "UPDATE client_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
                 rows,
@@ -360,7 +360,7 @@ class App:
                 )
                 log.warning("%s", text)
 
-        self.store.record(job)
+        self.store.submit(job)
 
     def scrub(self, text: str) -> str:
         """Remove every known secret from a text that may reach a client, log or trace."""
@@ -416,7 +416,7 @@ class App:
     def _record(self, ctx: RequestContext, *, parent_id: str | None, attempt: int) -> None:
         if ctx.error_message:
             ctx.error_message = self.scrub(ctx.error_message)[:2000]
-        record = record_from(
+        record = trace_row_from(
             ctx,
             store_bodies=self.settings.store_bodies,
             cap=self.settings.body_cap_bytes,
@@ -427,7 +427,7 @@ class App:
             record.request_body = self.scrub_bytes(record.request_body)
         if record.response_body:
             record.response_body = self.scrub_bytes(record.response_body)
-        self.store.record(record.write)
+        self.store.submit(record.write)
         try:
             self.metrics.observe_request(ctx)
         except Exception as exc:  # metrics must never cost a request
@@ -438,7 +438,7 @@ class App:
         self._stopping.set()
         self._flush_last_used(force=True)
         try:
-            self.ops(audit.ACTOR_SERVER).record("server.stop", "server", {"version": __version__})
+            self.ops(audit.ACTOR_SERVER).audit_event("server.stop", "server", {"version": __version__})
         except Exception as exc:
             log.error("could not record server stop in the audit log: %s", exc)
         self.writer.stop()

@@ -67,6 +67,10 @@ class VerifyResult:
     broken_seq: int | None
     reason: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """What ``audit verify --json`` and ``GET /api/audit/verify`` answer."""
+        return asdict(self)
+
 
 def chain_key(secret: str | None, salt: bytes | None) -> bytes | None:
     """The HMAC key for the chain, or None when no secret is configured."""

@@ -77,8 +77,7 @@ def inspect(path: Path | str) -> Inspection:
 def check_restorable(path: Path | str) -> Inspection:
     """Inspect ``path`` and refuse a file this code cannot run on (damaged, newer, foreign)."""
     path = Path(path)
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
+    if files.file_size(files.wal_path(path)) > 0:
         raise BackupError(
             f"{path} has a -wal file beside it, so it is a live (or crashed) database, "
             "not a backup; make a copy with `stockyard backup` first"
@@ -105,7 +104,7 @@ def resolve_destination(dest: Path | str, live: Path | str) -> Path:
     if dest.is_dir():
         dest = dest / f"stockyard-{utc_stamp()}.db"
     live = Path(live)
-    for forbidden in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")):
+    for forbidden in (live, files.wal_path(live), live.with_name(live.name + "-shm")):
         if dest.resolve() == forbidden.resolve():
             raise BackupError(f"{dest} is the live database; choose another destination")
     if not dest.parent.is_dir():
@@ -203,7 +202,7 @@ def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: s
         conn.close()
     store = Store(tmp)
     try:
-        Operations(store, actor, secret).record(
+        Operations(store, actor, secret).audit_event(
             "backup.restore",
             "database",
             {
@@ -226,21 +225,21 @@ def _set_aside(db_path: Path) -> Path | None:
     """Keep the current database as ``<db>.before-restore-<stamp>`` (with its WAL, if any)."""
     if not db_path.exists():
         return None
-    wal = db_path.with_name(db_path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
+    wal = files.wal_path(db_path)
+    if files.file_size(wal) > 0:
         _fold_wal(db_path)
     aside = db_path.with_name(f"{db_path.name}.before-restore-{utc_stamp()}")
     n = 1
     while aside.exists():  # two restores within one second
         n += 1
         aside = db_path.with_name(f"{db_path.name}.before-restore-{utc_stamp()}-{n}")
-    if wal.exists() and wal.stat().st_size > 0:  # could not fold it in (damaged): keep the pair
-        os.replace(wal, aside.with_name(aside.name + "-wal"))
+    if files.file_size(wal) > 0:  # could not fold it in (damaged): keep the pair
+        os.replace(wal, files.wal_path(aside))
     try:
         os.link(db_path, aside)
     except OSError:  # a file system without hard links
         shutil.copy2(db_path, aside)
-    files.tighten([aside, aside.with_name(aside.name + "-wal")])  # a file from an older version may be 0644
+    files.tighten([aside, files.wal_path(aside)])  # a file from an older version may be 0644
     for stale in (wal, db_path.with_name(db_path.name + "-shm")):
         stale.unlink(missing_ok=True)
     return aside

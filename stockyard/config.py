@@ -19,6 +19,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 DEFAULT_DB = "~/.stockyard/stockyard.db"
 DEFAULT_SNAPSHOT_EVERY_S = 15 * 60.0
+ENCRYPTION_KEY_VAR = "STOCKYARD_ENCRYPTION_KEY"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -143,6 +144,13 @@ def _env_megabytes(env: Mapping[str, str], name: str) -> int | None:
     return int(mb * 1024 * 1024)
 
 
+def encryption_secret(env: Mapping[str, str] | None = None) -> str | None:
+    """``STOCKYARD_ENCRYPTION_KEY`` (None when unset or empty): keys the audit chain and opens
+    the vault; never stored."""
+    env = os.environ if env is None else env
+    return env.get(ENCRYPTION_KEY_VAR) or None
+
+
 def resolve_db_path(flag: str | None, env: Mapping[str, str]) -> Path:
     """The database path from ``--db``, then ``STOCKYARD_DB``, then the default."""
     raw = flag or env.get("STOCKYARD_DB") or DEFAULT_DB
@@ -169,7 +177,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         port=port,
         db_path=resolve_db_path(flags.get("db"), env),  # type: ignore[arg-type]
         admin_key=env.get("STOCKYARD_ADMIN_KEY") or None,
-        encryption_key=env.get("STOCKYARD_ENCRYPTION_KEY") or None,
+        encryption_key=encryption_secret(env),
         max_body_bytes=int(env.get("STOCKYARD_MAX_BODY_BYTES") or 32 * 1024 * 1024),
         store_bodies=_env_bool(env.get("STOCKYARD_STORE_BODIES"), True),
         body_cap_bytes=int(env.get("STOCKYARD_BODY_CAP_BYTES") or 256 * 1024),

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from . import audit, config, vault
 from .providers import from_env
 from .store import db
+from .store.files import disk_bytes
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_SECRET_CHARS = 16
@@ -44,8 +45,9 @@ def run(db_path: Path, env: Mapping[str, str], host: str | None = None) -> list[
     conn = None
     try:
         conn = _open(db_path, checks)
-        checks.append(_secret_check(conn, env.get("STOCKYARD_ENCRYPTION_KEY") or None))
-        checks.append(_chain_check(conn, env.get("STOCKYARD_ENCRYPTION_KEY") or None))
+        secret = config.encryption_secret(env)
+        checks.append(_secret_check(conn, secret))
+        checks.append(_chain_check(conn, secret))
     finally:
         if conn is not None:
             conn.close()
@@ -158,8 +160,7 @@ def _schema_check(conn: sqlite3.Connection) -> Check:
 
 
 def _size_check(path: Path) -> Check:
-    files = [path, path.with_name(path.name + "-wal")]
-    size = sum(p.stat().st_size for p in files if p.exists())
+    size = disk_bytes(path)
     free = shutil.disk_usage(path.parent).free
     message = f"{_size(size)} on disk, {_size(free)} free"
     if free < LOW_DISK_BYTES:

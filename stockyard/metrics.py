@@ -1,6 +1,6 @@
 """``GET /metrics`` in the Prometheus text format, from counters kept in memory.
 
-:class:`Registry` is updated once per finished request (``App.finish``): one lock and a
+:class:`Metrics` is updated once per finished request (``App.finish``): one lock and a
 few dict increments, no I/O. Gauges about the store (queue depth, dropped records, file
 sizes, snapshots, retention) are read when ``/metrics`` is scraped. Counters start at zero
 when the server starts, as Prometheus expects; totals that survive restarts live in the
@@ -16,6 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from typing import TYPE_CHECKING, Iterable
+
+from .store.files import file_size, wal_path
 
 if TYPE_CHECKING:
     from .app import App
@@ -50,7 +52,7 @@ class Histogram:
         self.count += 1
 
 
-class Registry:
+class Metrics:
     """The request counters of one server process."""
 
     def __init__(self) -> None:
@@ -211,13 +213,6 @@ def render(app: "App") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _file_size(path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
 def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
     """The store's state, read at scrape time: (name, type, help, value)."""
     w = app.writer
@@ -239,12 +234,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
         ),
         ("writer_failed_batches_total", "counter", "Write transactions the database refused.", w.stats.failed_batches),
         ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.", 1 if w.healthy else 0),
-        ("database_size_bytes", "gauge", "Size of the database file.", _file_size(db_path)),
+        ("database_size_bytes", "gauge", "Size of the database file.", file_size(db_path)),
         (
             "database_wal_size_bytes",
             "gauge",
             "Size of the database's write-ahead log.",
-            _file_size(db_path.with_name(db_path.name + "-wal")),
+            file_size(wal_path(db_path)),
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]

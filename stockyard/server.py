@@ -1,6 +1,6 @@
 """The HTTP server: a hardened stdlib ThreadingHTTPServer, routes, limits, error shapes.
 
-Measured on this kind of machine (DESIGN.md): a deep accept backlog, Nagle off, and
+Measured on this kind of machine: a deep accept backlog, Nagle off, and
 status line + headers + body in ONE write per response (otherwise ~40 ms stalls on
 keep-alive). Errors never leave as HTML or tracebacks: every refusal is JSON in the
 dialect of the route.

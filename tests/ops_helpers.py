@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from stockyard import audit, vault
 from stockyard.pipeline import new_trace_id
-from stockyard.store.traces import TraceRecord, iso_utc
+from stockyard.store.traces import TraceRow, iso_utc
 
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -160,7 +160,7 @@ def verify_audit(path: Path | str, secret: str | None, expect_head: str | None =
 
 # -- writing sample rows ------------------------------------------------------------------------
 
-def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', **fields: Any) -> TraceRecord:
+def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', **fields: Any) -> TraceRow:
     values: dict[str, Any] = dict(
         id=new_trace_id(ts_ms), ts=iso_utc(ts_ms), ts_ms=ts_ms, client_addr="127.0.0.1", endpoint="chat",
         dialect="openai", provider="openai", model="gpt-4o-mini", served_model="gpt-4o-mini-2024-07-18",
@@ -170,7 +170,7 @@ def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', 
         key_id=None, project=None, parent_id=None, attempt=1, cache_hit=0, cost_saved_uc=None,
         request_body=body, response_body=body)
     values.update(fields)
-    return TraceRecord(**values)
+    return TraceRow(**values)
 
 
 def write_known_rows(conn: sqlite3.Connection, secret: str | None, now_ms: int | None = None) -> None:

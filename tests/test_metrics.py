@@ -124,7 +124,7 @@ def ctx(model: str = "gpt-4o-mini", **fields) -> RequestContext:
 
 
 def test_cache_hits_and_budget_rejections_are_counted():
-    reg = metrics.Registry()
+    reg = metrics.Metrics()
     reg.observe_request(ctx(cache_hit=True, usage=Usage(prompt_tokens=3, completion_tokens=4)))
     reg.observe_request(ctx(provider=None, status=429, outcome="rejected", error_type="budget_exceeded"))
     counters, _ = reg.snapshot()
@@ -135,7 +135,7 @@ def test_cache_hits_and_budget_rejections_are_counted():
 
 def test_model_names_from_clients_cannot_grow_memory_without_bound(monkeypatch):
     monkeypatch.setattr(metrics, "MAX_SERIES", 50)
-    reg = metrics.Registry()
+    reg = metrics.Metrics()
     for i in range(500):
         reg.observe_request(ctx(model=f"random-model-{i}"))
     counters, hists = reg.snapshot()

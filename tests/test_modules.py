@@ -268,7 +268,7 @@ def test_module_off_everywhere_but_on_for_one_project():
 
 
 class Counting:
-    """A module from elsewhere (like the keys issue's budget and rate limit): no schema, own limits."""
+    """A module from elsewhere (like the budget and rate limit modules): no schema, own limits."""
 
     name = "counting"
 

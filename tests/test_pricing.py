@@ -298,7 +298,7 @@ def test_new_versions_are_not_guessed(table: PriceTable) -> None:
 
 
 def test_a_name_that_only_starts_like_a_priced_model_is_unknown(table: PriceTable) -> None:
-    # issue 11: a served model echoed back by a provider was priced as a shorter neighbour
+    # a served model echoed back by a provider was priced as a shorter neighbour
     assert table.lookup('gpt-4o-mini"><svg onload=alert(1)>') is None
     assert table.lookup("gpt-4o-mini-search-preview") is None  # a variant, not gpt-4o-mini
     assert table.lookup("gpt-4o-audio-preview") is None
@@ -345,7 +345,7 @@ def test_provider_qualified_entries(table: PriceTable) -> None:
 def test_provider_qualified_preferred_over_bare() -> None:
     bare = Price(input=1, cached_input=1, cache_write=1, output=1)
     groq = Price(input=2, cached_input=2, cache_write=2, output=2)
-    # issue 11: "groq/foo" no longer prices "foo-bar-2025" (a prefix is not the same model),
+    # "groq/foo" no longer prices "foo-bar-2025" (a prefix is not the same model),
     # so the provider entry is "groq/foo-bar", of which "foo-bar-2025" is a dated snapshot
     t = PriceTable({"foo-bar-2025": bare, "groq/foo-bar": groq})
     assert t.lookup("foo-bar-2025", "groq") == groq  # provider entry first, even over an exact bare one

@@ -17,8 +17,7 @@ import pytest
 
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from stockyard import vault
-from stockyard.errors import ProxyError
-from stockyard.operations import Operations
+from stockyard.operations import Operations, Refused
 from stockyard.operations import providers as provider_ops
 from stockyard.store import Store, db
 
@@ -294,12 +293,12 @@ def test_storing_a_key_without_the_secret_in_process(tmp_path):
     conn, _ = db.open_and_migrate(tmp_path / "s.db")
     conn.close()
     ops = Operations(Store(tmp_path / "s.db"), "test", None)
-    with pytest.raises(ProxyError) as err:
+    with pytest.raises(Refused) as err:
         provider_ops.add(ops, "p", "openai", api_key=fake_key("x"))
     assert err.value.status == 400 and err.value.code == "encryption_key_not_set"
     assert err.value.message == vault.MISSING_SECRET_HELP
     assert provider_ops.add(ops, "p", "openai") > 0  # without a key it needs no secret
-    with pytest.raises(ProxyError):
+    with pytest.raises(Refused):
         provider_ops.update(ops, "p", api_key=fake_key("y"))
     rows = ops.store.read().execute("SELECT key_token FROM providers").fetchall()
     assert [r[0] for r in rows] == [None]

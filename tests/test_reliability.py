@@ -1,4 +1,4 @@
-"""Reliability under faults (issue 11): a module hook that raises, a configuration watcher that
+"""Reliability under faults: a module hook that raises, a configuration watcher that
 fails, a client that leaves while the provider thinks, two servers on one database, and the
 CLI on a fresh install.
 """

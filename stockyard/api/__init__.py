@@ -21,7 +21,7 @@ from .. import audit, times
 from ..errors import ProxyError
 from ..httphead import bearer_token
 from ..httpio import Request, Response, json_response
-from ..operations import Operations, invalid
+from ..operations import Operations, Refused, invalid
 
 if TYPE_CHECKING:
     from ..app import App
@@ -176,7 +176,7 @@ def authenticate(app: "App", req: Request) -> None:
         )
     THROTTLE.fail(req.client)
     try:
-        app.ops(audit.actor_api(req.client)).record("admin.auth_failed", req.path, {"reason": "wrong key"})
+        app.ops(audit.actor_api(req.client)).audit_event("admin.auth_failed", req.path, {"reason": "wrong key"})
     except Exception:
         pass  # refusing the login matters more than recording it
     raise refusal
@@ -223,6 +223,8 @@ def handle(app: "App", req: Request) -> Response:
         authenticate(app, req)
         r, params = find(req.method, req.path)
         result = r.handler(ApiRequest(app, req, params))
+    except Refused as exc:  # a refused change, answered as the client error it is
+        raise ProxyError(exc.status, exc.message, code=exc.code, param=exc.param, headers=cors) from None
     except ProxyError as exc:
         exc.headers = {**exc.headers, **cors}
         raise

@@ -63,14 +63,7 @@ def verify(r: ApiRequest) -> dict:
     expect = r.query.get("expect_head") or None
     if expect is not None and not _HASH.match(expect):
         raise invalid("expect_head must be a head hash: 64 lowercase hex characters", param="expect_head")
-    result = audit.verify_with_secret(r.app.store.read(), r.app.settings.encryption_key, expect)
-    return {
-        "ok": result.ok,
-        "count": result.count,
-        "head": result.head,
-        "broken_seq": result.broken_seq,
-        "reason": result.reason,
-    }
+    return audit.verify_with_secret(r.app.store.read(), r.app.settings.encryption_key, expect).as_dict()
 
 
 @route("GET", "/api/audit/head", "The newest entry's sequence number and hash, to record elsewhere")

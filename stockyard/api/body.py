@@ -1,7 +1,7 @@
 """Request bodies that carry money: JSON numbers are kept as the decimal text the client sent.
 
 ``{"budget_usd": 10.10}`` arrives as the text ``"10.10"`` and becomes exactly 1_010_000_000 µ¢;
-it never passes through a float (DESIGN.md, Money rules).
+it never passes through a float: every money value is a whole number of µ¢.
 """
 
 from __future__ import annotations

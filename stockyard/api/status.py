@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 from .. import __version__
 from ..operations import read_config_version
-from ..store import db
+from ..store import db, files
 from . import ROUTES, ApiRequest, route
 from .openapi import document
 
@@ -21,7 +20,7 @@ from .openapi import document
 def status(r: ApiRequest) -> dict:
     app = r.app
     path = app.settings.db_path
-    size = sum(os.path.getsize(p) for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    size = files.disk_bytes(path)
     return {
         "version": __version__,
         "uptime_s": int(time.time() - app.started_at),

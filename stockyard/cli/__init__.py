@@ -11,7 +11,7 @@ import sqlite3
 import sys
 
 from ..audit import AuditError
-from ..errors import ProxyError
+from ..operations import Refused
 from ..store.db import SchemaError
 from ..store.lock import DatabaseBusy
 from ..vault import VaultError
@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     except common.CommandError as exc:
         print(f"stockyard: {exc}", file=sys.stderr)
         return exc.code
-    except (SchemaError, ProxyError, DatabaseBusy, AuditError, VaultError, ValueError, sqlite3.Error, OSError) as exc:
-        message = exc.message if isinstance(exc, ProxyError) else str(exc)
-        print(f"stockyard: {message}", file=sys.stderr)
+    except (SchemaError, Refused, DatabaseBusy, AuditError, VaultError, ValueError, sqlite3.Error, OSError) as exc:
+        print(f"stockyard: {exc}", file=sys.stderr)
         return 1

@@ -8,18 +8,17 @@ import re
 import sys
 
 from .. import audit
+from ..config import encryption_secret
 from ..operations import maintenance
 from ..times import FORMAT_HELP, parse_utc, to_iso
 from .common import (
     CommandError,
-    add_db,
-    add_json,
     count_arg,
-    encryption_secret,
     open_ops,
     open_store,
     print_json_lines,
     print_table,
+    runs,
 )
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -45,9 +44,7 @@ def register(sub) -> None:
     v.add_argument(
         "--expect-head", metavar="HASH", help="a head recorded earlier: fail if the log no longer contains it"
     )
-    add_json(v)
-    add_db(v)
-    v.set_defaults(func=run_verify)
+    runs(v, run_verify, json=True)
 
     h = actions.add_parser(
         "head",
@@ -55,9 +52,7 @@ def register(sub) -> None:
         description="Print the head hash, to keep somewhere the database "
         "is not (a ticket, a backup note, another host).",
     )
-    add_json(h)
-    add_db(h)
-    h.set_defaults(func=run_head)
+    runs(h, run_head, json=True)
 
     ls = actions.add_parser(
         "list",
@@ -67,9 +62,7 @@ def register(sub) -> None:
     ls.add_argument("--since", metavar="TIME", help=f"only entries at or after TIME: {FORMAT_HELP}")
     ls.add_argument("--action", help="only this action, e.g. admin.auth_failed")
     ls.add_argument("--limit", type=count_arg, default=50, help="at most this many, the newest (default 50)")
-    add_json(ls)
-    add_db(ls)
-    ls.set_defaults(func=run_list)
+    runs(ls, run_list, json=True)
 
     ex = actions.add_parser(
         "export",
@@ -77,8 +70,7 @@ def register(sub) -> None:
         description="Write every entry, fields exactly as stored, so the export can be verified independently.",
     )
     ex.add_argument("--csv", action="store_true", required=True, help="CSV with a header row")
-    add_db(ex)
-    ex.set_defaults(func=run_export)
+    runs(ex, run_export)
 
     n = actions.add_parser(
         "note",
@@ -87,8 +79,7 @@ def register(sub) -> None:
         "of a maintenance window. A running server shows it at once.",
     )
     n.add_argument("text", help="the note (quote it)")
-    add_db(n)
-    n.set_defaults(func=run_note)
+    runs(n, run_note)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -105,17 +96,7 @@ def run_verify(args: argparse.Namespace) -> int:
     conn = open_store(args).read()
     result = audit.verify_with_secret(conn, encryption_secret(), expect)
     if args.json:
-        print_json_lines(
-            [
-                {
-                    "ok": result.ok,
-                    "count": result.count,
-                    "head": result.head,
-                    "broken_seq": result.broken_seq,
-                    "reason": result.reason,
-                }
-            ]
-        )
+        print_json_lines([result.as_dict()])
     elif result.ok:
         print(result.reason)
     else:

@@ -6,9 +6,10 @@ import argparse
 
 from .. import audit
 from ..backup import BackupError, create_backup, resolve_destination
+from ..config import encryption_secret
 from ..operations import Operations
 from ..store import Store, db
-from .common import CommandError, add_db, db_path, nothing_yet, secret
+from .common import CommandError, db_path, nothing_yet, runs
 
 
 def register(sub) -> None:
@@ -21,8 +22,7 @@ def register(sub) -> None:
         "log. Safe while the server runs; a plain cp of the live file is not.",
     )
     p.add_argument("dest", metavar="DEST", help="file to write (replaced atomically) or existing folder")
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  audit head  {info.audit_head} ({info.audit_seq} entries)")
     store = Store(live)
     try:
-        Operations(store, audit.actor_cli(), secret()).record(
+        Operations(store, audit.actor_cli(), encryption_secret()).audit_event(
             "backup.create",
             str(info.path),
             {

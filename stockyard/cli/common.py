@@ -7,10 +7,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from .. import audit
-from ..config import resolve_db_path
+from ..config import encryption_secret, resolve_db_path
 from ..limits import SQLITE_INT_MAX, whole_number
 from ..operations import Operations
 from ..store import Store, db
@@ -24,10 +24,26 @@ class CommandError(Exception):
         self.code = code
 
 
-def add_db(parser: argparse.ArgumentParser) -> None:
+def actions(sub: Any, name: str, *, help: str, description: str) -> Any:
+    """A command made of actions (``stockyard keys create``): the sub-parsers for its
+    actions, of which one must be given."""
+    command = sub.add_parser(name, help=help, description=description)
+    group = command.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    group.required = True
+    return group
+
+
+def runs(
+    parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], Any], *, json: bool = False, **defaults: Any
+) -> None:
+    """Finish a command's parser: ``--json`` for one that can answer in JSON (after its own
+    options), ``--db`` for every one, and ``func`` to run it (``defaults`` set on its args)."""
+    if json:
+        parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
         "--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)"
     )
+    parser.set_defaults(func=func, **defaults)
 
 
 def count_arg(text: str) -> int:
@@ -38,17 +54,8 @@ def count_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {SQLITE_INT_MAX}, got {text!r}") from None
 
 
-def add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-
-
 def db_path(args: argparse.Namespace) -> Path:
     return resolve_db_path(getattr(args, "db", None), os.environ)
-
-
-def secret() -> str | None:
-    """STOCKYARD_ENCRYPTION_KEY: keys the audit chain and opens the vault."""
-    return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
 
 
 def nothing_yet(path: Path) -> CommandError:
@@ -87,11 +94,6 @@ def _needs_upgrade(path: Path) -> bool:
         return db.schema_version(conn) > 0 and bool(db.pending_migrations(conn))
     finally:
         conn.close()
-
-
-def encryption_secret() -> str | None:
-    """``STOCKYARD_ENCRYPTION_KEY``: keys the audit chain and opens the vault; never stored."""
-    return os.environ.get("STOCKYARD_ENCRYPTION_KEY") or None
 
 
 def open_ops(args: argparse.Namespace, *, create: bool = True) -> Operations:

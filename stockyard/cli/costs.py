@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..store import costs
-from .common import add_db, open_store, print_json, print_table
+from .common import open_store, print_json, print_table, runs
 
 
 def register(sub) -> None:
@@ -23,8 +23,7 @@ def register(sub) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="the report as one JSON object (rows and total)")
     fmt.add_argument("--csv", action="store_true", help="the report as CSV, with a TOTAL row")
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

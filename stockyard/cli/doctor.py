@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import doctor
-from .common import add_db, add_json, db_path, print_json_lines
+from .common import db_path, print_json_lines, runs
 
 _MARK = {doctor.OK: "ok  ", doctor.WARN: "warn", doctor.FAIL: "fail"}
 
@@ -22,9 +22,7 @@ def register(sub) -> None:
         "Changes nothing. Exit 1 if any check fails.",
     )
     p.add_argument("--host", help="the listen address to check (default: $STOCKYARD_HOST or 127.0.0.1)")
-    add_json(p)
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run, json=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,21 +6,20 @@ import argparse
 import sys
 
 from ..operations import keys as key_ops
-from .common import add_db, add_json, open_ops, open_store, print_json, print_json_lines, print_table
+from .common import actions, open_ops, open_store, print_json, print_json_lines, print_table, runs
 
 LIMIT_HELP = "; 'none' removes it"
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    keys = actions(
+        sub,
         "keys",
         help="client keys: create, list, update, revoke",
         description="Client keys (sk-sy-…) that applications send as Authorization: Bearer or "
         "x-api-key. Once any key exists, every proxy request needs one. A running "
         "server picks up changes within a second.",
     )
-    keys = p.add_subparsers(dest="keys_command", metavar="ACTION")
-    keys.required = True
 
     c = keys.add_parser(
         "create",
@@ -29,9 +28,7 @@ def register(sub) -> None:
     )
     c.add_argument("--name", required=True, help="a unique name, e.g. ci-bot")
     _add_settings(c)
-    add_json(c)
-    add_db(c)
-    c.set_defaults(func=create)
+    runs(c, create, json=True)
 
     ls = keys.add_parser(
         "list",
@@ -40,9 +37,7 @@ def register(sub) -> None:
         "(month to date for keys without a budget) and last use.",
     )
     ls.add_argument("--live", action="store_true", help="leave out revoked keys")
-    add_json(ls)
-    add_db(ls)
-    ls.set_defaults(func=list_)
+    runs(ls, list_, json=True)
 
     u = keys.add_parser(
         "update",
@@ -52,9 +47,7 @@ def register(sub) -> None:
     u.add_argument("key", metavar="ID|NAME")
     u.add_argument("--name", help="a new name")
     _add_settings(u, update=True)
-    add_json(u)
-    add_db(u)
-    u.set_defaults(func=update)
+    runs(u, update, json=True)
 
     r = keys.add_parser(
         "revoke",
@@ -63,9 +56,7 @@ def register(sub) -> None:
         "traces and costs still name it.",
     )
     r.add_argument("key", metavar="ID|NAME")
-    add_json(r)
-    add_db(r)
-    r.set_defaults(func=revoke)
+    runs(r, revoke, json=True)
 
 
 def _add_settings(p: argparse.ArgumentParser, update: bool = False) -> None:

@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 
 from .. import audit
+from ..config import encryption_secret
 from ..operations import Operations
 from ..store import Store, db, files
 from ..store.lock import MIGRATE, DatabaseBusy, DatabaseLock
-from .common import CommandError, add_db, db_path, nothing_yet, secret
+from .common import CommandError, db_path, nothing_yet, runs
 
 
 def register(sub) -> None:
@@ -22,8 +23,7 @@ def register(sub) -> None:
         "VACUUM), so retention can shrink the file. Needs the server stopped.",
     )
     p.add_argument("--check", action="store_true", help="only say what would change; exit status 1 if anything would")
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,12 +81,12 @@ def apply(path: Path) -> int:
             print(f"converted to incremental vacuum: {before} → {path.stat().st_size} bytes")
     finally:
         conn.close()
-    ops = Operations(Store(path), audit.actor_cli(), secret())
+    ops = Operations(Store(path), audit.actor_cli(), encryption_secret())
     try:
         for m in applied:
-            ops.record("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
+            ops.audit_event("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
         if needs_vacuum:
-            ops.record("database.vacuum", "database", {"auto_vacuum": "incremental"})
+            ops.audit_event("database.vacuum", "database", {"auto_vacuum": "incremental"})
     finally:
         ops.store.close()
     if applied:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import modules as registry
 from ..operations import modules as module_ops
-from .common import CommandError, add_db, add_json, open_ops, open_store, print_json_lines, print_table
+from .common import CommandError, open_ops, open_store, print_json_lines, print_table, runs
 
 
 def register(sub) -> None:
@@ -30,9 +30,7 @@ def register(sub) -> None:
         help="every module, in chain order, on or off",
         description="List every module in chain order, whether it is on, and its options.",
     )
-    add_json(v)
-    add_db(v)
-    v.set_defaults(func=run_list)
+    runs(v, run_list, json=True)
 
     v = verbs.add_parser(
         "show",
@@ -41,8 +39,7 @@ def register(sub) -> None:
     )
     v.add_argument("name", metavar="NAME")
     v.add_argument("--json", action="store_true", help="as one JSON object")
-    add_db(v)
-    v.set_defaults(func=run_show)
+    runs(v, run_show)
 
     for verb, on in (("enable", True), ("disable", False)):
         v = verbs.add_parser(
@@ -51,8 +48,7 @@ def register(sub) -> None:
             description=f"Switch a module {'on' if on else 'off'} (audited; applies from the next request).",
         )
         v.add_argument("name", metavar="NAME")
-        add_db(v)
-        v.set_defaults(func=run_switch, on=on)
+        runs(v, run_switch, on=on)
 
     v = verbs.add_parser(
         "set",
@@ -65,8 +61,7 @@ def register(sub) -> None:
     v.add_argument("name", metavar="NAME")
     v.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     v.add_argument("--config", metavar="JSON", help="the module's whole configuration, as a JSON object")
-    add_db(v)
-    v.set_defaults(func=run_set)
+    runs(v, run_set)
 
     v = verbs.add_parser(
         "reset",
@@ -75,8 +70,7 @@ def register(sub) -> None:
     )
     v.add_argument("name", metavar="NAME")
     v.add_argument("keys", nargs="*", metavar="KEY")
-    add_db(v)
-    v.set_defaults(func=run_reset)
+    runs(v, run_reset)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 

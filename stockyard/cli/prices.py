@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 
 from ..operations import prices as price_ops
-from .common import add_db, add_json, open_ops, open_store, print_json, print_json_lines, print_table
+from .common import actions, open_ops, open_store, print_json, print_json_lines, print_table, runs
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    prices = actions(
+        sub,
         "prices",
         help="model prices: list, set, unset",
         description="Prices in USD per 1M tokens. Overrides set here win over the shipped table "
         "and are audited; a running server applies them within a second.",
     )
-    prices = p.add_subparsers(dest="prices_command", metavar="ACTION")
-    prices.required = True
 
     ls = prices.add_parser(
         "list",
@@ -25,9 +24,7 @@ def register(sub) -> None:
         "database's overrides on top (SOURCE says which).",
     )
     ls.add_argument("--model", metavar="TEXT", help="only models whose name contains TEXT")
-    add_json(ls)
-    add_db(ls)
-    ls.set_defaults(func=list_)
+    runs(ls, list_, json=True)
 
     s = prices.add_parser(
         "set",
@@ -44,9 +41,7 @@ def register(sub) -> None:
     s.add_argument("--cached-input", metavar="USD")
     s.add_argument("--cache-write", metavar="USD")
     s.add_argument("--reasoning", metavar="USD")
-    add_json(s)
-    add_db(s)
-    s.set_defaults(func=set_)
+    runs(s, set_, json=True)
 
     u = prices.add_parser(
         "unset",
@@ -54,8 +49,7 @@ def register(sub) -> None:
         description="Remove a price override (audited); the shipped price, if any, applies again.",
     )
     u.add_argument("model", metavar="MODEL")
-    add_db(u)
-    u.set_defaults(func=unset)
+    runs(u, unset)
 
 
 def list_(args: argparse.Namespace) -> int:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 
 from ..operations import keys as key_ops
-from .common import CommandError, add_db, add_json, open_ops, open_store, print_json, print_json_lines, print_table
+from .common import CommandError, actions, open_ops, open_store, print_json, print_json_lines, print_table, runs
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    projects = actions(
+        sub,
         "projects",
         help="projects and their budgets",
         description="A project groups client keys (keys create --project P). A project budget "
         "limits the spend of all its keys together, on top of each key's own budget.",
     )
-    projects = p.add_subparsers(dest="projects_command", metavar="ACTION")
-    projects.required = True
 
     ls = projects.add_parser(
         "list",
@@ -24,9 +23,7 @@ def register(sub) -> None:
         description="Projects named by a key or a budget, with live keys, budget and "
         "spend in the budget's current period (month to date without one).",
     )
-    add_json(ls)
-    add_db(ls)
-    ls.set_defaults(func=list_)
+    runs(ls, list_, json=True)
 
     b = projects.add_parser(
         "budget",
@@ -37,9 +34,7 @@ def register(sub) -> None:
     b.add_argument("--budget-usd", metavar="USD", help="spend limit in US dollars, e.g. 100")
     b.add_argument("--period", metavar="day|month|total", help="what the budget covers (UTC)")
     b.add_argument("--clear", action="store_true", help="remove the project's budget")
-    add_json(b)
-    add_db(b)
-    b.set_defaults(func=budget)
+    runs(b, budget, json=True)
 
 
 def list_(args: argparse.Namespace) -> int:

@@ -12,11 +12,10 @@ import os
 import sys
 
 from .. import audit, vault
+from ..config import ENCRYPTION_KEY_VAR, encryption_secret
 from ..operations import providers as provider_ops
 from ..providers import KINDS
-from .common import CommandError, add_db, add_json, open_ops, open_store, print_json_lines, print_table
-
-SECRET_ENV = "STOCKYARD_ENCRYPTION_KEY"
+from .common import CommandError, open_ops, open_store, print_json_lines, print_table, runs
 
 
 def register(sub) -> None:
@@ -26,7 +25,7 @@ def register(sub) -> None:
         description="Providers from environment variables are listed as 'env' and never "
         "stored; providers added here live in the database and override an "
         "env provider of the same name. Storing a key needs "
-        f"{SECRET_ENV}.",
+        f"{ENCRYPTION_KEY_VAR}.",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION")
 
@@ -42,9 +41,7 @@ def register(sub) -> None:
         description="List every provider — from the environment and the database — with its "
         "kind, base URL, models and the last 4 characters of its key.",
     )
-    add_json(ls)
-    add_db(ls)
-    ls.set_defaults(func=run_list)
+    runs(ls, run_list, json=True)
 
     add = actions.add_parser(
         "add",
@@ -60,8 +57,7 @@ def register(sub) -> None:
     )
     add.add_argument("--api-version", metavar="V", help="API version (Azure)")
     add.add_argument("--key-stdin", action="store_true", help="read the provider's API key from stdin")
-    add_db(add)
-    add.set_defaults(func=run_add)
+    runs(add, run_add)
 
     set_key = actions.add_parser(
         "set-key",
@@ -75,8 +71,7 @@ def register(sub) -> None:
         required=True,
         help="read the key from stdin (required: keys are never passed as arguments)",
     )
-    add_db(set_key)
-    set_key.set_defaults(func=run_set_key)
+    runs(set_key, run_set_key)
 
     rm = actions.add_parser(
         "remove",
@@ -85,18 +80,16 @@ def register(sub) -> None:
         "are changed by editing the environment).",
     )
     rm.add_argument("name")
-    add_db(rm)
-    rm.set_defaults(func=run_remove)
+    runs(rm, run_remove)
 
     rotate = actions.add_parser(
         "rotate-secret",
-        help=f"re-encrypt every stored key under a new {SECRET_ENV}",
-        description=f"Reads the current secret from {SECRET_ENV} and the new one from stdin, "
+        help=f"re-encrypt every stored key under a new {ENCRYPTION_KEY_VAR}",
+        description=f"Reads the current secret from {ENCRYPTION_KEY_VAR} and the new one from stdin, "
         "re-encrypts every stored provider key and records the rotation in the audit "
-        f"log, in one transaction. Afterwards run Stockyard with the new {SECRET_ENV}.",
+        f"log, in one transaction. Afterwards run Stockyard with the new {ENCRYPTION_KEY_VAR}.",
     )
-    add_db(rotate)
-    rotate.set_defaults(func=run_rotate)
+    runs(rotate, run_rotate)
 
 
 def read_secret(prompt: str) -> str:
@@ -123,7 +116,7 @@ def _brief(models: list[str], show: int = 3) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rows = provider_ops.listing(store.read(), os.environ, os.environ.get(SECRET_ENV) or None)
+    rows = provider_ops.listing(store.read(), os.environ, encryption_secret())
     if args.json:
         print_json_lines(rows)
         return 0
@@ -182,9 +175,9 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def run_rotate(args: argparse.Namespace) -> int:
     store = open_store(args)  # nothing to rotate without a database
-    old = os.environ.get(SECRET_ENV) or None
+    old = encryption_secret()
     if not old:
-        raise CommandError(f"{SECRET_ENV} must hold the current secret; the new one is read from stdin")
+        raise CommandError(f"{ENCRYPTION_KEY_VAR} must hold the current secret; the new one is read from stdin")
     new = read_secret("new secret: ")
     if sys.stdin.isatty() and getpass.getpass("new secret again: ").strip() != new:
         raise CommandError("the two entries differ; nothing was changed")
@@ -194,7 +187,7 @@ def run_rotate(args: argparse.Namespace) -> int:
         "and recorded vault.rotate in the audit log."
     )
     print(
-        f"From now on run Stockyard — server and CLI — with the NEW {SECRET_ENV}; restart a running "
+        f"From now on run Stockyard — server and CLI — with the NEW {ENCRYPTION_KEY_VAR}; restart a running "
         "server with it now (until then it keeps serving the keys it already holds, but cannot "
         "record changes)."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..operations import maintenance
-from .common import add_db, open_ops
+from .common import open_ops, runs
 
 
 def register(sub) -> None:
@@ -17,8 +17,7 @@ def register(sub) -> None:
         "Changes made with stockyard commands do this by themselves; use it after "
         "restoring or editing the database with other tools.",
     )
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

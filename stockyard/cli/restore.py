@@ -6,8 +6,9 @@ import argparse
 
 from .. import audit
 from ..backup import BackupError, restore
+from ..config import encryption_secret
 from ..store.lock import DatabaseBusy
-from .common import CommandError, add_db, db_path, secret
+from .common import CommandError, db_path, runs
 
 
 def register(sub) -> None:
@@ -21,14 +22,13 @@ def register(sub) -> None:
         "database's audit log, so STOCKYARD_ENCRYPTION_KEY must be the one it was made with.",
     )
     p.add_argument("source", metavar="SRC", help="a file written by `stockyard backup` or a snapshot")
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
     target = db_path(args)
     try:
-        done = restore(target, args.source, actor=audit.actor_cli(), secret=secret())
+        done = restore(target, args.source, actor=audit.actor_cli(), secret=encryption_secret())
     except (BackupError, DatabaseBusy) as exc:
         raise CommandError(str(exc)) from None
     src = done.source

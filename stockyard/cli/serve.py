@@ -13,7 +13,7 @@ from .. import config
 from ..logbuffer import BatchedStreamHandler
 from ..operations import providers as provider_ops
 from ..store.lock import DatabaseBusy
-from .common import CommandError, add_db
+from .common import CommandError, runs
 
 
 def register(sub) -> None:
@@ -37,8 +37,7 @@ def register(sub) -> None:
         metavar="DURATION",
         help="how often to refresh the snapshot, e.g. 30s, 15m, 1h (default: $STOCKYARD_SNAPSHOT_EVERY or 15m)",
     )
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run)
 
 
 def setup_logging() -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 
 from ..store import traces as trace_store
-from .common import add_db, add_json, count_arg, open_store, print_json_lines, print_table
+from .common import count_arg, open_store, print_json_lines, print_table, runs
 
 
 def register(sub) -> None:
     p = sub.add_parser("traces", help="list recent requests", description="List recent proxied requests, newest first.")
     p.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
-    add_json(p)
-    add_db(p)
-    p.set_defaults(func=run)
+    runs(p, run, json=True)
 
 
 def run(args: argparse.Namespace) -> int:

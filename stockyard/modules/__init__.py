@@ -2,18 +2,17 @@
 
 The order is fixed here and is the order of ``before`` hooks (``after`` hooks run in reverse):
 
-1. ``ratelimit`` — count every request first, even ones a later stage refuses (keys issue)
+1. ``ratelimit`` — count every request first, even ones a later stage refuses
 2. ``alias``     — rename the model, so every later stage sees the model actually used
 3. ``guard``     — request policy on the real model (allowed models, max_tokens, sizes)
 4. ``redact``    — secrets and PII out of what is stored / sent upstream, or a 400
-5. ``budget``    — reserve the worst-case cost of the (clamped, routed) request (keys issue)
+5. ``budget``    — reserve the worst-case cost of the (clamped, routed) request
 6. ``cache``     — answer from the cache; its key names the provider and model really asked
 7. ``timeout``   — per-model read timeouts and the request's deadline, for the upstream call
 8. ``fallback``  — retries, fallback chains and circuit breakers, for the upstream call
 
-DESIGN.md sketches "rate limit → budget → cache → route/alias → fallback"; alias moves
-ahead of budget and cache because both need the real model (a budget prices it, a cache
-key names it), and guard/redact sit early so a refused request costs nothing.
+Alias runs ahead of budget and cache because both need the real model (a budget prices
+it, a cache key names it), and guard/redact sit early so a refused request costs nothing.
 
 Enabled state and options live in the ``modules`` table (one row per module an operator
 changed; no row means the module's defaults). :class:`Modules` builds the chain from those

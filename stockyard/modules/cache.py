@@ -172,7 +172,7 @@ class Cache(Module):
         entry = Entry(body, CONTENT_TYPES[kind], ctx.cost_uc)
         usage = json.dumps(asdict(ctx.usage)) if ctx.usage is not None else None
         now_ms = int(time.time() * 1000)
-        self.app.store.record(lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts))
+        self.app.store.submit(lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts))
 
     def status(self) -> dict:
         row = self.app.store.read().execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()

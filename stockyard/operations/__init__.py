@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from .. import audit, vault
-from ..errors import ProxyError
 from ..store import Store
 
 T = TypeVar("T")
@@ -21,17 +20,34 @@ T = TypeVar("T")
 CONFIG_VERSION_KEY = "config_version"
 
 
-def invalid(message: str, param: str | None = None) -> ProxyError:
-    """A 400 for a change that does not validate (the CLI prints the message, exit 1)."""
-    return ProxyError(400, message, param=param, code="invalid_value")
+@dataclass
+class Refused(Exception):
+    """A change that is not made, and why.
+
+    Neutral about who asked: the admin API answers it with ``status`` (and ``code``,
+    ``param``) as an error body; the CLI prints ``message`` and exits 1.
+    """
+
+    status: int
+    message: str
+    code: str
+    param: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
 
-def not_found(what: str) -> ProxyError:
-    return ProxyError(404, f"{what} not found", code="not_found")
+def invalid(message: str, param: str | None = None) -> Refused:
+    """A change that does not validate (400)."""
+    return Refused(400, message, "invalid_value", param)
 
 
-def conflict(message: str) -> ProxyError:
-    return ProxyError(409, message, code="conflict")
+def not_found(what: str) -> Refused:
+    return Refused(404, f"{what} not found", "not_found")
+
+
+def conflict(message: str) -> Refused:
+    return Refused(409, message, "conflict")
 
 
 def bump_config_version(conn: sqlite3.Connection) -> None:
@@ -89,7 +105,7 @@ class Operations:
             self.on_change()
         return result
 
-    def record(self, action: str, target: str, details: dict[str, Any]) -> audit.AuditEntry:
+    def audit_event(self, action: str, target: str, details: dict[str, Any]) -> audit.AuditEntry:
         """An audit entry with no other change (server start, failed login, backup taken).
 
         Returns the committed entry, so a caller can show its seq and hash.

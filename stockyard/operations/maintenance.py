@@ -29,7 +29,7 @@ def add_note(ops: Operations, text: object) -> audit.AuditEntry:
             param="note",
         )
     try:
-        return ops.record("audit.note", "audit_log", {"note": text})
+        return ops.audit_event("audit.note", "audit_log", {"note": text})
     except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
         raise conflict(str(exc)) from None
     except ValueError as exc:  # the log's own guard against secrets in details

@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from .. import audit, vault
-from ..errors import ProxyError
 from ..providers import AZURE_API_VERSION, ENV_SPECS, KINDS, Provider, Registry, from_env
 from ..store import Store
 from ..times import now_iso
-from . import Operations, conflict, invalid
+from . import Operations, Refused, conflict, invalid
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 API_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
@@ -97,7 +97,7 @@ def env_url_problem(env: Mapping[str, str]) -> str | None:
             continue
         try:
             check_base_url(value, "openai-compatible")
-        except ProxyError as exc:
+        except Refused as exc:
             return f"{name}: {exc.message}"
     return None
 
@@ -145,7 +145,7 @@ def check_key(key: Any) -> str:
 
 def _vault_for(ops: Operations, conn: sqlite3.Connection) -> vault.Vault:
     if not ops.secret:
-        raise ProxyError(400, vault.MISSING_SECRET_HELP, param="api_key", code="encryption_key_not_set")
+        raise _no_secret()
     return vault.Vault(ops.secret, vault.get_or_create_salt(conn))
 
 
@@ -228,14 +228,21 @@ def _store_key(ops: Operations, conn: sqlite3.Connection, row_id: int, name: str
     )
 
 
-def _change(ops: Operations, action: str, name: str, details: dict[str, Any], apply) -> Any:
-    """Operations.change, with vault and audit refusals as client errors (never a traceback)."""
+@contextmanager
+def _vault_and_audit_refusals() -> Iterator[None]:
+    """Vault and audit errors as refusals: a one-line answer, never a traceback."""
     try:
-        return ops.change(action, f"provider:{name}", details, apply)
+        yield
     except vault.VaultError as exc:
-        raise ProxyError(400, str(exc), code="vault_error") from None
+        raise Refused(400, str(exc), "vault_error") from None
     except audit.AuditError as exc:
-        raise ProxyError(409, str(exc), code="audit_refused") from None
+        raise Refused(409, str(exc), "audit_refused") from None
+
+
+def _change(ops: Operations, action: str, name: str, details: dict[str, Any], apply) -> Any:
+    """Operations.change for one provider, with vault and audit errors as refusals."""
+    with _vault_and_audit_refusals():
+        return ops.change(action, f"provider:{name}", details, apply)
 
 
 def add(
@@ -255,7 +262,7 @@ def add(
     version = check_api_version(api_version, kind)
     key = check_key(api_key) if api_key is not None else None
     if key is not None and not ops.secret:
-        raise ProxyError(400, vault.MISSING_SECRET_HELP, param="api_key", code="encryption_key_not_set")
+        raise _no_secret()
 
     def apply(conn: sqlite3.Connection) -> int:
         if _row(conn, name) is not None:
@@ -299,7 +306,7 @@ def update(
     if api_key is not _UNSET and api_key is not None:
         api_key = check_key(api_key)
         if not ops.secret:
-            raise ProxyError(400, vault.MISSING_SECRET_HELP, param="api_key", code="encryption_key_not_set")
+            raise _no_secret()
     if all(v is _UNSET for v in (kind, base_url, models, api_version, api_key)):
         raise invalid("nothing to change: give kind, base_url, models, api_version or api_key")
     # Filled by apply() with the validated values; Operations.change audits it right after.
@@ -351,14 +358,18 @@ def remove(ops: Operations, name: Any) -> None:
     _change(ops, "provider.remove", name, {"name": name}, apply)
 
 
-def _missing(name: str) -> ProxyError:
-    return ProxyError(
+def _missing(name: str) -> Refused:
+    return Refused(
         404,
         f"no database provider named {name!r} (providers from environment variables "
         "cannot be changed here; add a database provider with the same name to "
         "override one)",
-        code="not_found",
+        "not_found",
     )
+
+
+def _no_secret(param: str | None = "api_key") -> Refused:
+    return Refused(400, vault.MISSING_SECRET_HELP, "encryption_key_not_set", param)
 
 
 # -- rotation --------------------------------------------------------------------------------
@@ -379,7 +390,7 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
     server is not asked to reload: it keeps the keys it has until restarted with the new secret.
     """
     if not old_secret:
-        raise ProxyError(400, vault.MISSING_SECRET_HELP, code="encryption_key_not_set")
+        raise _no_secret(param=None)
     if len(new_secret) < MIN_SECRET_CHARS:
         raise invalid(f"the new secret must be at least {MIN_SECRET_CHARS} characters; use a long random value")
     if new_secret == old_secret:
@@ -419,9 +430,5 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
         )
         return Rotation(count, old.key_id, new.key_id)
 
-    try:
+    with _vault_and_audit_refusals():
         return store.write(job)
-    except vault.VaultError as exc:
-        raise ProxyError(400, str(exc), code="vault_error") from None
-    except audit.AuditError as exc:
-        raise ProxyError(409, str(exc), code="audit_refused") from None

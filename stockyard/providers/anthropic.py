@@ -16,24 +16,25 @@ import re
 import time
 from typing import Any
 
-from ..errors import ProxyError, sse_error_event
+from ..errors import ProxyError
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import (
-    chunk,
+    ChunkStream,
+    append_turn,
     completion,
     data_url,
-    delta_choice,
-    done_event,
     endpoint_check,
-    image_url_of,
-    openai_usage,
+    message_list,
     record_stream_error,
     shape_errors,
     text_of,
     tool_arguments,
+    tool_function,
+    translate_content,
+    unsupported_role,
     upstream_error,
 )
 
@@ -122,37 +123,15 @@ def headers(provider: Provider, ctx: RequestContext, native: bool) -> dict[str, 
 
 def content_blocks(content: Any) -> list[dict]:
     """OpenAI user/assistant content → Anthropic content blocks (text and images)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise ProxyError(
-            400,
-            "message content must be a string or an array of content parts",
-            param="messages",
-            code="invalid_content",
-        )
-    blocks: list[dict] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal"):
-            text = part.get(kind) or ""
-            if text:
-                block = {"type": "text", "text": text}
-                if isinstance(part.get("cache_control"), dict):
-                    block["cache_control"] = part["cache_control"]
-                blocks.append(block)
-        elif kind == "image_url":
-            blocks.append(image_block(image_url_of(part)))
-        else:
-            raise ProxyError(
-                400,
-                f"content part type {kind!r} is not supported for Anthropic models",
-                param="messages",
-                code="unsupported_content",
-            )
-    return blocks
+    return translate_content(content, text_block, image_block, "Anthropic")
+
+
+def text_block(part: dict, text: str) -> dict:
+    """A text block, keeping the part's ``cache_control`` (prompt caching)."""
+    block = {"type": "text", "text": text}
+    if isinstance(part.get("cache_control"), dict):
+        block["cache_control"] = part["cache_control"]
+    return block
 
 
 def image_block(url: str) -> dict:
@@ -179,19 +158,6 @@ def tool_use_blocks(calls: Any) -> list[dict]:
     ]
 
 
-def append_turn(messages: list[dict], role: str, blocks: list[dict]) -> None:
-    """Add a turn, merging into the previous one of the same role (Anthropic alternates roles).
-
-    An empty turn is left out: Anthropic refuses messages without content blocks.
-    """
-    if not blocks:
-        return
-    if messages and messages[-1]["role"] == role:
-        messages[-1]["content"].extend(blocks)
-    else:
-        messages.append({"role": role, "content": blocks})
-
-
 def system_value(blocks: list[dict]) -> str | list[dict] | None:
     """Top-level ``system``: one string, or text blocks when some carry ``cache_control``."""
     if any("cache_control" in b for b in blocks):
@@ -201,51 +167,33 @@ def system_value(blocks: list[dict]) -> str | list[dict] | None:
 
 def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]:
     """OpenAI ``messages`` → (Anthropic ``system``, Anthropic ``messages``)."""
-    if not isinstance(items, list) or not items:
-        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
     system: list[dict] = []
     out: list[dict] = []
-    for msg in items:
+    for msg in message_list(items):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
             system += [b for b in content_blocks(msg.get("content")) if b["type"] == "text"]
         elif role == "user":
-            append_turn(out, "user", content_blocks(msg.get("content")))
+            append_turn(out, "user", content_blocks(msg.get("content")), "content")
         elif role == "assistant":
-            append_turn(out, "assistant", content_blocks(msg.get("content")) + tool_use_blocks(msg.get("tool_calls")))
+            blocks = content_blocks(msg.get("content")) + tool_use_blocks(msg.get("tool_calls"))
+            append_turn(out, "assistant", blocks, "content")
         elif role == "tool":
-            append_turn(
-                out,
-                "user",
-                [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": msg.get("tool_call_id"),
-                        "content": text_of(msg.get("content")),
-                    }
-                ],
-            )
+            result = {
+                "type": "tool_result",
+                "tool_use_id": msg.get("tool_call_id"),
+                "content": text_of(msg.get("content")),
+            }
+            append_turn(out, "user", [result], "content")
         else:
-            raise ProxyError(
-                400,
-                f"message role {role!r} is not supported for Anthropic models",
-                param="messages",
-                code="invalid_role",
-            )
+            raise unsupported_role(role, "Anthropic")
     return system_value(system), out
 
 
 def translate_tools(tools: Any) -> list[dict]:
     out = []
     for tool in tools or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise ProxyError(
-                400,
-                "each tool must be {'type': 'function', 'function': {'name': …}}",
-                param="tools",
-                code="invalid_tools",
-            )
+        fn = tool_function(tool)
         entry = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
         if fn.get("description"):
             entry["description"] = fn["description"]
@@ -369,47 +317,33 @@ class AnthropicChatAdapter(Adapter):
         return upstream_error(ctx, status, body, error_fields)
 
 
-class AnthropicToOpenAIStream(StreamTranslator):
+def take_usage(ctx: RequestContext, seen: dict, usage: Any) -> None:
+    """Merge a stream's usage into ``seen`` (message_start and message_delta each carry
+    part; message_delta's counts are cumulative) and keep the trace current."""
+    if isinstance(usage, dict):
+        seen.update({k: v for k, v in usage.items() if v is not None})
+        ctx.usage = Usage.from_anthropic(seen)
+
+
+class AnthropicToOpenAIStream(ChunkStream):
     """Messages SSE events → ``chat.completion.chunk`` events, one by one."""
 
     def __init__(self, ctx: RequestContext) -> None:
-        self.ctx = ctx
-        self.ident = ctx.trace_id
-        self.created = int(time.time())
+        super().__init__(ctx)
         self.usage: dict = {}
         self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
-        self.failed = False
 
-    def out(self, delta: dict, finish: str | None = None) -> bytes:
-        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish)])
-
-    def feed(self, event: bytes) -> list[bytes]:
-        data = sse_data(event)
-        if data is None or self.failed:
-            return []
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            return []
+    def translate(self, payload: Any) -> list[bytes]:
+        """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
         if not isinstance(payload, dict):
             return []
         handler = getattr(self, "on_" + str(payload.get("type")), None)
-        try:
-            return handler(payload) if handler else []
-        except (AttributeError, TypeError, KeyError, ValueError):
-            return []  # an event of an unexpected shape carries nothing we can translate
-
-    def take_usage(self, usage: Any) -> None:
-        """Merge usage (message_delta carries cumulative counts) and keep the trace current."""
-        if isinstance(usage, dict):
-            self.usage.update({k: v for k, v in usage.items() if v is not None})
-            self.ctx.usage = Usage.from_anthropic(self.usage)
+        return handler(payload) if handler else []
 
     def on_message_start(self, payload: dict) -> list[bytes]:
         message = payload.get("message") or {}
-        self.ident = message.get("id") or self.ident
-        self.ctx.served_model = message.get("model") or self.ctx.served_model or self.ctx.upstream_model
-        self.take_usage(message.get("usage"))
+        self.identify(message.get("id"), message.get("model"))
+        take_usage(self.ctx, self.usage, message.get("usage"))
         return [self.out({"role": "assistant", "content": ""})]
 
     def on_content_block_start(self, payload: dict) -> list[bytes]:
@@ -438,22 +372,17 @@ class AnthropicToOpenAIStream(StreamTranslator):
         return []
 
     def on_message_delta(self, payload: dict) -> list[bytes]:
-        self.take_usage(payload.get("usage"))
+        take_usage(self.ctx, self.usage, payload.get("usage"))
         reason = (payload.get("delta") or {}).get("stop_reason")
         return [self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else []
 
     def on_message_stop(self, payload: dict) -> list[bytes]:
         self.complete = True
-        out = []
-        if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
-        return out + [done_event()]
+        return self.done()
 
     def on_error(self, payload: dict) -> list[bytes]:
         kind, message = error_fields(payload) or ("api_error", "provider stream failed")
-        self.failed = True
-        record_stream_error(self.ctx, kind, message)
-        return [sse_error_event("openai", ERROR_STATUS.get(kind, 500), message, code=kind)]
+        return self.fail(ERROR_STATUS.get(kind, 500), kind, message)
 
 
 class AnthropicNativeAdapter(Adapter):
@@ -504,17 +433,12 @@ class AnthropicNativeStream(StreamTranslator):
         if kind == "message_start":
             message = payload.get("message") or {}
             self.ctx.served_model = message.get("model") or self.ctx.served_model
-            self.take_usage(message.get("usage"))
+            take_usage(self.ctx, self.usage, message.get("usage"))
         elif kind == "message_delta":
-            self.take_usage(payload.get("usage"))
+            take_usage(self.ctx, self.usage, payload.get("usage"))
         elif kind == "message_stop":
             self.complete = True
         elif kind == "error":
             err_kind, message = error_fields(payload) or ("api_error", "provider stream failed")
             record_stream_error(self.ctx, err_kind, message)
         return [event]
-
-    def take_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            self.usage.update({k: v for k, v in usage.items() if v is not None})
-            self.ctx.usage = Usage.from_anthropic(self.usage)

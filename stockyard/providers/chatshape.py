@@ -1,19 +1,22 @@
 """The OpenAI chat shapes that translating adapters (Anthropic, Gemini) produce.
 
-Answers, stream chunks, usage objects and errors in OpenAI's wire format, plus reading
-the OpenAI request parts both translators need (text, images, tool arguments).
+Answers, stream chunks, usage objects and errors in OpenAI's wire format, the stream
+translator both build on, plus reading the OpenAI request parts both translators need
+(text, images, tool arguments).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from ..errors import ProxyError, error_body, error_type
+from ..errors import ProxyError, error_body, error_type, sse_error_event
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
+from .base import StreamTranslator, sse_data
 
 
 def openai_usage(usage: Usage) -> dict:
@@ -82,6 +85,12 @@ def image_url_of(part: dict) -> str:
     return url
 
 
+def _invalid_content() -> ProxyError:
+    return ProxyError(
+        400, "message content must be a string or an array of content parts", param="messages", code="invalid_content"
+    )
+
+
 def text_of(content: Any) -> str:
     """Plain text of an OpenAI message content (string, or an array of text parts)."""
     if content is None:
@@ -90,9 +99,74 @@ def text_of(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise ProxyError(
-        400, "message content must be a string or an array of content parts", param="messages", code="invalid_content"
+    raise _invalid_content()
+
+
+def translate_content(
+    content: Any, text: Callable[[dict, str], dict], image: Callable[[str], dict], models: str
+) -> list[dict]:
+    """OpenAI message content → a provider's content parts: ``text(part, text)`` for each
+    non-empty text or refusal (``part`` is ``{}`` for string content), ``image(url)`` for each
+    image; any other part type is a 400 naming the ``models`` it cannot go to."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [text({}, content)] if content else []
+    if not isinstance(content, list):
+        raise _invalid_content()
+    out: list[dict] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal"):
+            if part.get(kind):
+                out.append(text(part, part[kind]))
+        elif kind == "image_url":
+            out.append(image(image_url_of(part)))
+        else:
+            raise ProxyError(
+                400,
+                f"content part type {kind!r} is not supported for {models} models",
+                param="messages",
+                code="unsupported_content",
+            )
+    return out
+
+
+def message_list(items: Any) -> list:
+    """The request's ``messages``: a non-empty array, or a 400."""
+    if not isinstance(items, list) or not items:
+        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
+    return items
+
+
+def unsupported_role(role: Any, models: str) -> ProxyError:
+    return ProxyError(
+        400, f"message role {role!r} is not supported for {models} models", param="messages", code="invalid_role"
     )
+
+
+def append_turn(turns: list[dict], role: str, items: list[dict], key: str) -> None:
+    """Add a turn with ``items`` under ``key``, merged into the previous turn of the same role
+    (both providers want roles to alternate); an empty turn is left out (both refuse one)."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
+def tool_function(tool: Any) -> dict:
+    """The ``function`` of an OpenAI tool entry, with its name, or a 400."""
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(fn, dict) or not fn.get("name"):
+        raise ProxyError(
+            400,
+            "each tool must be {'type': 'function', 'function': {'name': …}}",
+            param="tools",
+            code="invalid_tools",
+        )
+    return fn
 
 
 def tool_arguments(call: dict) -> dict:
@@ -166,3 +240,56 @@ def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
     ctx.outcome = "stream_broken"
     ctx.error_type = f"upstream_{kind}"
     ctx.error_message = message
+
+
+class ChunkStream(StreamTranslator):
+    """A provider's stream → OpenAI ``chat.completion.chunk`` events: what every translator shares.
+
+    :meth:`feed` parses each event's JSON and hands it to :meth:`translate`, which a
+    subclass writes for its provider's events; an event of an unexpected shape carries
+    nothing and is skipped. After :meth:`fail` nothing more is sent.
+    """
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.ident = ctx.trace_id
+        self.created = int(time.time())
+        self.failed = False
+
+    def translate(self, payload: Any) -> list[bytes]:
+        raise NotImplementedError
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        if data is None or self.failed:
+            return []
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return []
+        try:
+            return self.translate(payload)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            return []  # an event of an unexpected shape carries nothing we can translate
+
+    def identify(self, ident: str | None, model: str | None) -> None:
+        """Take the answer's id and served model from an event that carries them."""
+        self.ident = ident or self.ident
+        self.ctx.served_model = model or self.ctx.served_model or self.ctx.upstream_model
+
+    def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
+        """One chunk with one choice's delta."""
+        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish, index)])
+
+    def done(self) -> list[bytes]:
+        """The end of a complete answer: the usage chunk when the client asked for usage, then [DONE]."""
+        out = []
+        if self.ctx.client_wants_usage and self.ctx.usage is not None:
+            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
+        return out + [done_event()]
+
+    def fail(self, status: int, kind: str, message: str) -> list[bytes]:
+        """End the client's stream with an error event (never a made-up [DONE])."""
+        self.failed = True
+        record_stream_error(self.ctx, kind, message)
+        return [sse_error_event("openai", status, message, code=kind)]

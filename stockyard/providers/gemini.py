@@ -16,24 +16,24 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ProxyError, sse_error_event
+from ..errors import ProxyError
 from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
-from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment, sse_data
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment
 from .chatshape import (
-    chunk,
+    ChunkStream,
+    append_turn,
     completion,
     data_url,
-    delta_choice,
-    done_event,
     endpoint_check,
-    image_url_of,
-    openai_usage,
-    record_stream_error,
+    message_list,
     shape_errors,
     text_of,
     tool_arguments,
+    tool_function,
+    translate_content,
+    unsupported_role,
     upstream_error,
 )
 
@@ -141,33 +141,7 @@ def image_part(url: str) -> dict:
 
 def content_parts(content: Any) -> list[dict]:
     """OpenAI message content → Gemini parts (text and images)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise ProxyError(
-            400,
-            "message content must be a string or an array of content parts",
-            param="messages",
-            code="invalid_content",
-        )
-    parts: list[dict] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "refusal"):
-            if part.get(kind):
-                parts.append({"text": part[kind]})
-        elif kind == "image_url":
-            parts.append(image_part(image_url_of(part)))
-        else:
-            raise ProxyError(
-                400,
-                f"content part type {kind!r} is not supported for Gemini models",
-                param="messages",
-                code="unsupported_content",
-            )
-    return parts
+    return translate_content(content, lambda part, text: {"text": text}, image_part, "Gemini")
 
 
 def tool_result(content: Any) -> Any:
@@ -188,36 +162,24 @@ def function_call_part(call: dict, name: str) -> dict:
     return part
 
 
-def append_turn(contents: list[dict], role: str, parts: list[dict]) -> None:
-    """Add a turn, merging into the previous one of the same role (empty turns are refused upstream)."""
-    if not parts:
-        return
-    if contents and contents[-1]["role"] == role:
-        contents[-1]["parts"].extend(parts)
-    else:
-        contents.append({"role": role, "parts": parts})
-
-
 def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
     """OpenAI ``messages`` → (``systemInstruction``, ``contents``)."""
-    if not isinstance(items, list) or not items:
-        raise ProxyError(400, "'messages' must be a non-empty array", param="messages", code="invalid_messages")
     system: list[str] = []
     contents: list[dict] = []
     names: dict[str, str] = {}  # tool call id → function name, for the tool results
-    for msg in items:
+    for msg in message_list(items):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
             system.append(text_of(msg.get("content")))
         elif role == "user":
-            append_turn(contents, "user", content_parts(msg.get("content")))
+            append_turn(contents, "user", content_parts(msg.get("content")), "parts")
         elif role == "assistant":
             parts = content_parts(msg.get("content"))
             for call in msg.get("tool_calls") or []:
                 name = (call.get("function") or {}).get("name")
                 names[call.get("id")] = name
                 parts.append(function_call_part(call, name))
-            append_turn(contents, "model", parts)
+            append_turn(contents, "model", parts, "parts")
         elif role == "tool":
             name = names.get(msg.get("tool_call_id")) or msg.get("name")
             if not name:
@@ -228,11 +190,9 @@ def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
                     code="unknown_tool_call",
                 )
             part = {"functionResponse": {"name": name, "response": {"content": tool_result(msg.get("content"))}}}
-            append_turn(contents, "user", [part])
+            append_turn(contents, "user", [part], "parts")
         else:
-            raise ProxyError(
-                400, f"message role {role!r} is not supported for Gemini models", param="messages", code="invalid_role"
-            )
+            raise unsupported_role(role, "Gemini")
     text = "\n\n".join(s for s in system if s)
     return ({"parts": [{"text": text}]} if text else None), contents
 
@@ -240,14 +200,7 @@ def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
 def translate_tools(tools: Any) -> list[dict]:
     decls = []
     for tool in tools or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise ProxyError(
-                400,
-                "each tool must be {'type': 'function', 'function': {'name': …}}",
-                param="tools",
-                code="invalid_tools",
-            )
+        fn = tool_function(tool)
         decl = {"name": fn["name"]}
         if fn.get("description"):
             decl["description"] = fn["description"]
@@ -408,41 +361,21 @@ class GeminiAdapter(Adapter):
         return upstream_error(ctx, status, body, status_and_message)
 
 
-class GeminiStream(StreamTranslator):
+class GeminiStream(ChunkStream):
     """Each GenerateContentResponse chunk → ``chat.completion.chunk`` events."""
 
     def __init__(self, ctx: RequestContext) -> None:
-        self.ctx = ctx
-        self.ident = ctx.trace_id
-        self.created = int(time.time())
+        super().__init__(ctx)
         self.started: set[int] = set()  # choices whose role chunk went out
         self.calls = 0  # tool calls so far (ids and indices continue)
-        self.failed = False
 
-    def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
-        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish, index)])
-
-    def feed(self, event: bytes) -> list[bytes]:
-        data = sse_data(event)
-        if data is None or self.failed:
-            return []
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return []
+    def translate(self, doc: Any) -> list[bytes]:
         fields = error_fields(doc)
         if fields is not None:
             return self.fail(*fields)
         if not isinstance(doc, dict):
             return []
-        try:
-            return self.translate(doc)
-        except (AttributeError, TypeError, KeyError, ValueError):
-            return []  # a chunk of an unexpected shape carries nothing we can translate
-
-    def translate(self, doc: dict) -> list[bytes]:
-        self.ident = doc.get("responseId") or self.ident
-        self.ctx.served_model = doc.get("modelVersion") or self.ctx.served_model or self.ctx.upstream_model
+        self.identify(doc.get("responseId"), doc.get("modelVersion"))
         if isinstance(doc.get("usageMetadata"), dict):  # cumulative: the latest one counts
             self.ctx.usage = Usage.from_gemini(doc["usageMetadata"])
         out: list[bytes] = []
@@ -471,18 +404,10 @@ class GeminiStream(StreamTranslator):
             out.append(self.out({}, finish_reason(reason, self.calls > 0), index=index))
         return out
 
-    def fail(self, status: int, kind: str, message: str) -> list[bytes]:
-        """End the client's stream with an error event (never a made-up [DONE])."""
-        self.failed = True
-        record_stream_error(self.ctx, kind, message)
-        return [sse_error_event("openai", status, message, code=kind)]
-
     def finish(self) -> list[bytes]:
+        """Gemini has no terminal event: the answer ends here, once a finish reason came."""
         if self.failed:
             return []
         if not self.complete:
             return self.fail(502, "incomplete_stream", "the provider's stream ended without a finish reason")
-        out = []
-        if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
-        return out + [done_event()]
+        return self.done()

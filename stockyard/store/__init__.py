@@ -52,7 +52,7 @@ class Store:
                 raise
             return result
 
-    def record(self, job: Callable[[sqlite3.Connection], Any]) -> bool:
+    def submit(self, job: Callable[[sqlite3.Connection], Any]) -> bool:
         """Fire-and-forget write (traces); direct when no writer runs."""
         if self.writer is not None:
             return self.writer.submit(job)

@@ -1,4 +1,6 @@
-"""File modes: the database and every copy of it are readable by their owner only.
+"""The database's files: which they are, their sizes, and their modes.
+
+The database and every copy of it are readable by their owner only.
 
 Every prompt and answer Stockyard records sits in these files, so the data folder is
 created 0700 and every file 0600 — the database (SQLite gives its -wal, -shm and journal
@@ -58,6 +60,24 @@ def database_files(db_path: Path) -> list[Path]:
     for pattern in (".pre-v*.bak", ".before-restore-*"):
         found += sorted(db_path.parent.glob(db_path.name + pattern))
     return found
+
+
+def wal_path(db_path: Path) -> Path:
+    """The write-ahead log SQLite keeps beside ``db_path``."""
+    return db_path.with_name(db_path.name + "-wal")
+
+
+def file_size(path: Path) -> int:
+    """Bytes in ``path``; 0 when it does not exist (a WAL between checkpoints, a file not created yet)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def disk_bytes(db_path: Path) -> int:
+    """What the database takes on disk: the file and its write-ahead log."""
+    return file_size(db_path) + file_size(wal_path(db_path))
 
 
 def tighten(paths: list[Path]) -> list[str]:

@@ -69,7 +69,7 @@ def iso_utc(ms: int) -> str:
 
 
 @dataclass
-class TraceRecord:
+class TraceRow:
     """Everything one attempt leaves behind, detached from the live request."""
 
     id: str
@@ -167,10 +167,10 @@ def cap_text(text: str | None, limit: int = CLIENT_TEXT_CAP) -> str | None:
     return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
 
 
-def record_from(
+def trace_row_from(
     ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id: str | None = None, attempt: int = 1
-) -> TraceRecord:
-    """Freeze a request context into a trace record."""
+) -> TraceRow:
+    """Freeze a request context into a trace row."""
     u = ctx.usage
     request_body = response_body = None
     req_trunc = False
@@ -178,7 +178,7 @@ def record_from(
         request_body = ctx.raw[:cap]
         req_trunc = len(ctx.raw) > cap
         response_body = bytes(ctx.response_body)
-    return TraceRecord(
+    return TraceRow(
         id=ctx.trace_id,
         ts=iso_utc(ctx.ts_ms),
         ts_ms=ctx.ts_ms,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import db
+from . import db, files
 
 log = logging.getLogger("stockyard.writer")
 
@@ -89,7 +89,7 @@ class Writer:
         self.healthy = True
         self._idle_tasks: list[IdleTask] = []
         self._periodic: list[_Periodic] = []
-        self._wal_path = self.path.with_name(self.path.name + "-wal")
+        self._wal_path = files.wal_path(self.path)
         self._next_wal_check = time.monotonic() + WAL_CHECK_EVERY_S
         self._failure_logged_at = 0.0
         self._lost_since_log = 0
@@ -320,7 +320,7 @@ class Writer:
         finally:
             self._conn.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
         self.stats.checkpoints += 1
-        self.stats.wal_bytes = _size(self._wal_path)
+        self.stats.wal_bytes = files.file_size(self._wal_path)
         return busy == 0
 
     def _check_wal(self) -> None:
@@ -329,17 +329,10 @@ class Writer:
         SQLite's automatic checkpoints normally keep it small; a reader that holds a read
         transaction for a long time can stop them, and that is worth a log line.
         """
-        size = _size(self._wal_path)
+        size = files.file_size(self._wal_path)
         self.stats.wal_bytes = size
         if size > db.WAL_SIZE_LIMIT_BYTES and not self._checkpoint("PASSIVE"):
             log.warning(
                 "the WAL file is %d MB and cannot be checkpointed: a long-running reader holds an old snapshot",
                 size // (1024 * 1024),
             )
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
