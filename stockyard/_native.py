@@ -60,13 +60,13 @@ def native_folder() -> str | None:
 
 def _archive() -> str | None:
     """Path of the zip this module was imported from, or None when imported from plain files."""
-    return getattr(__loader__, "archive", None)
+    return getattr(globals().get("__loader__"), "archive", None)
 
 
 def _read_manifest(archive: str) -> dict | None:
     """The build's _native/MANIFEST.json, read straight from the zip, or None if the zip has none."""
     try:
-        data = __loader__.get_data(os.path.join(archive, NATIVE + MANIFEST))
+        data = globals()["__loader__"].get_data(os.path.join(archive, NATIVE + MANIFEST))
     except OSError:
         return None
     return json.loads(data)

@@ -344,7 +344,7 @@ def list_entries(
     ``last`` keeps the newest ``limit`` matching entries instead of the oldest (still in
     seq order): what an operator looking at recent changes wants.
     """
-    where, args = ["seq > ?"], [after_seq]
+    where, args = ["seq > ?"], list[Any]([after_seq])
     if since is not None:
         where.append("ts >= ?")
         args.append(since)

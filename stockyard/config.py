@@ -163,7 +163,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
     env = os.environ if env is None else env
     port_text = flags.get("port", env.get("STOCKYARD_PORT") or DEFAULT_PORT)
     try:
-        port = int(port_text)  # type: ignore[arg-type]
+        port = int(str(port_text))
     except ValueError:
         raise ValueError(f"port must be a number, got {port_text!r}") from None
     if not 0 <= port <= 65535:

@@ -59,7 +59,7 @@ def run(db_path: Path, env: Mapping[str, str], host: str | None = None) -> list[
 # -- database ----------------------------------------------------------------------------------
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -130,7 +130,7 @@ def body_framing(headers: Headers, version: str) -> int | None:
     Transfer-Encoding on HTTP/1.0, a length that is not plain digits, a 1.1 request without Host.
     """
     for name in SINGLE_HEADERS:
-        if len(headers.get_all(name, [])) > 1:
+        if len(headers.get_all(name) or []) > 1:
             raise HeadError(400, f"the {name} header is sent more than once")
     if version == "HTTP/1.1" and "host" not in headers:
         raise HeadError(400, "an HTTP/1.1 request needs a Host header")
@@ -167,7 +167,7 @@ class Response(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = read_head(self.fp)  # type: ignore[assignment]
+        self.headers = self.msg = read_head(self.fp)
         encoding = self.headers.get("transfer-encoding")
         self.chunked = bool(encoding) and encoding.lower() == "chunked"
         self.chunk_left = None

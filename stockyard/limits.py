@@ -64,7 +64,8 @@ def show(value: Any) -> str:
     if isinstance(value, (int, float)):
         text = repr(value)
         return text if len(text) <= 40 else text[:37] + "..."
-    return {dict: "an object", list: "an array"}.get(type(value), f"a {type(value).__name__}")
+    kinds: dict[type, str] = {dict: "an object", list: "an array"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         app.close()
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     host, port = server.server_address[:2]
-    banner(log, app, host, port)
+    banner(log, app, str(host), int(port))
     stop_once = threading.Event()
 
     def on_signal(signum, frame) -> None:

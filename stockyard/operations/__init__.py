@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from .. import audit, vault
+from ..audit import AuditEntry
 from ..store import Store
 
 T = TypeVar("T")
@@ -76,7 +77,7 @@ class Operations:
             return None
         return audit.chain_key(self.secret, vault.get_or_create_salt(conn))
 
-    def audit(self, conn: sqlite3.Connection, action: str, target: str, details: dict[str, Any]) -> audit.AuditEntry:
+    def audit(self, conn: sqlite3.Connection, action: str, target: str, details: dict[str, Any]) -> AuditEntry:
         """Append an audit entry inside an open transaction (for jobs that do their own writes)."""
         key = self.chain_key(conn)
         audit.ensure_keyed_tail(conn, actor=self.actor, key=key)
@@ -105,7 +106,7 @@ class Operations:
             self.on_change()
         return result
 
-    def audit_event(self, action: str, target: str, details: dict[str, Any]) -> audit.AuditEntry:
+    def audit_event(self, action: str, target: str, details: dict[str, Any]) -> AuditEntry:
         """An audit entry with no other change (server start, failed login, backup taken).
 
         Returns the committed entry, so a caller can show its seq and hash.

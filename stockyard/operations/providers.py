@@ -276,6 +276,7 @@ def add(
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (name, kind, url, json.dumps(list(model_list)), version, now, now),
         ).lastrowid
+        assert row_id is not None  # an INSERT always has one
         if key is not None:  # the row id is part of the key's associated data: insert first
             _store_key(ops, conn, row_id, name, key)
         return row_id
@@ -400,6 +401,7 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
         salt = vault.get_or_create_salt(conn)
         old, new = vault.Vault(old_secret, salt), vault.Vault(new_secret, salt)
         old_chain, new_chain = audit.chain_key(old_secret, salt), audit.chain_key(new_secret, salt)
+        assert old_chain is not None and new_chain is not None  # both secrets are set here
         tail = conn.execute("SELECT mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         if tail and tail[0].startswith("hmac-sha256:") and tail[0] != f"hmac-sha256:{audit.key_id(old_chain)}":
             raise vault.VaultError(

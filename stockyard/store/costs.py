@@ -70,7 +70,7 @@ def report(
         name = r.pop("name") or None
         row: dict[str, Any] = {by: name}
         if by == "key":
-            row["key_name"], row["key_prefix"] = names.get(name, (None, None))
+            row["key_name"], row["key_prefix"] = names.get(name or "", (None, None))
         row.update(_money(r))
         out_rows.append(row)
     return {
@@ -83,7 +83,7 @@ def report(
 
 
 def _money(sums: dict[str, Any]) -> dict[str, Any]:
-    out = {c: int(sums.get(c) or 0) for c in COUNTS}
+    out: dict[str, Any] = {c: int(sums.get(c) or 0) for c in COUNTS}
     out["cost_usd"] = format_usd(out["cost_uc"], 2)
     return out
 

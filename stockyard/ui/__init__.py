@@ -62,7 +62,7 @@ def handle(app: "App", req: Request) -> Response:
     name = req.path[len(PREFIX) :] or "index.html"
     match = _NAME.match(name)
     found = load(name) if match else None
-    if found is None:
+    if match is None or found is None:
         return _answer(404, b"not found\n", "text/plain; charset=utf-8", {"Cache-Control": "no-store"})
     data, etag = found
     headers = {"Cache-Control": "no-cache", "ETag": etag}
