@@ -115,7 +115,7 @@ def checks(iterations: int = 20_000) -> dict[str, float]:
     from stockyard.audit import ACTOR_SERVER
     from stockyard.config import Settings
     from stockyard.operations.keys import create_key
-    from stockyard.pipeline import RequestContext
+    from stockyard.context import RequestContext
     from stockyard.proxy import parse_body
 
     env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
@@ -146,9 +146,9 @@ def _time_checks(app, headers, iterations, RequestContext, parse_body) -> float:
             ctx = RequestContext("chat", "openai", "127.0.0.1", headers, raw=BODY)
             parse_body(ctx)
             start = time.perf_counter()
-            app.authenticate(ctx)
+            app.gate.authenticate(ctx)
             app.chain().before(ctx)
-            ctx.status, ctx.cost_uc = 200, 480
+            ctx.attempt.status, ctx.attempt.cost_uc = 200, 480
             app.chain().after(ctx)
             total += time.perf_counter() - start
         batches.append(total / per_batch)

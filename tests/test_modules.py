@@ -19,7 +19,7 @@ from stockyard.errors import ProxyError
 from stockyard.modules import ConfigError, ModuleRow, Modules
 from stockyard.modules.guard import Guard
 from stockyard.modules.schema import Field
-from stockyard.pipeline import RequestContext
+from stockyard.context import RequestContext
 
 ORDER = ["ratelimit", "alias", "guard", "redact", "budget", "cache", "timeout", "fallback"]
 

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..context import RequestContext
 from ..errors import ProxyError
-from ..pipeline import RequestContext
 from .base import Module
 from .schema import Field
 

@@ -16,8 +16,8 @@ import re
 import time
 from typing import Any
 
+from ..context import RequestContext
 from ..errors import ProxyError, sse_error_event
-from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -352,14 +352,16 @@ class AnthropicChatAdapter(Adapter):
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         message = loads_object(body)
         with shape_errors(502, "the provider answer"):
-            ctx.served_model = message.get("model") or ctx.served_model
-            ctx.usage = Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+            ctx.attempt.served_model = message.get("model") or ctx.attempt.served_model
+            ctx.attempt.usage = (
+                Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+            )
             return completion(
                 message.get("id") or ctx.trace_id,
                 int(time.time()),
-                ctx.served_model or ctx.upstream_model or "",
+                ctx.attempt.served_model or ctx.attempt.upstream_model or "",
                 [message_to_choice(message)],
-                ctx.usage,
+                ctx.attempt.usage,
             )
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -381,7 +383,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
         self.failed = False
 
     def out(self, delta: dict, finish: str | None = None) -> bytes:
-        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish)])
+        return chunk(self.ident, self.created, self.ctx.attempt.served_model or "", [delta_choice(delta, finish)])
 
     def feed(self, event: bytes) -> list[bytes]:
         data = sse_data(event)
@@ -403,12 +405,14 @@ class AnthropicToOpenAIStream(StreamTranslator):
         """Merge usage (message_delta carries cumulative counts) and keep the trace current."""
         if isinstance(usage, dict):
             self.usage.update({k: v for k, v in usage.items() if v is not None})
-            self.ctx.usage = Usage.from_anthropic(self.usage)
+            self.ctx.attempt.usage = Usage.from_anthropic(self.usage)
 
     def on_message_start(self, payload: dict) -> list[bytes]:
         message = payload.get("message") or {}
         self.ident = message.get("id") or self.ident
-        self.ctx.served_model = message.get("model") or self.ctx.served_model or self.ctx.upstream_model
+        self.ctx.attempt.served_model = (
+            message.get("model") or self.ctx.attempt.served_model or self.ctx.attempt.upstream_model
+        )
         self.take_usage(message.get("usage"))
         return [self.out({"role": "assistant", "content": ""})]
 
@@ -445,8 +449,16 @@ class AnthropicToOpenAIStream(StreamTranslator):
     def on_message_stop(self, payload: dict) -> list[bytes]:
         self.complete = True
         out = []
-        if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
+        if self.ctx.client_wants_usage and self.ctx.attempt.usage is not None:
+            out.append(
+                chunk(
+                    self.ident,
+                    self.created,
+                    self.ctx.attempt.served_model or "",
+                    [],
+                    openai_usage(self.ctx.attempt.usage),
+                )
+            )
         return out + [done_event()]
 
     def on_error(self, payload: dict) -> list[bytes]:
@@ -469,16 +481,16 @@ class AnthropicNativeAdapter(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         if ctx.endpoint == "count_tokens":
-            ctx.usage = Usage()  # counting tokens is free: nothing to bill
+            ctx.attempt.usage = Usage()  # counting tokens is free: nothing to bill
             return body
         try:
             message = json.loads(body)
         except ValueError:
             return body
         if isinstance(message, dict):
-            ctx.served_model = message.get("model") or ctx.served_model
+            ctx.attempt.served_model = message.get("model") or ctx.attempt.served_model
             if isinstance(message.get("usage"), dict):
-                ctx.usage = Usage.from_anthropic(message["usage"])
+                ctx.attempt.usage = Usage.from_anthropic(message["usage"])
         return body
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -503,7 +515,7 @@ class AnthropicNativeStream(StreamTranslator):
         kind = payload.get("type") if isinstance(payload, dict) else None
         if kind == "message_start":
             message = payload.get("message") or {}
-            self.ctx.served_model = message.get("model") or self.ctx.served_model
+            self.ctx.attempt.served_model = message.get("model") or self.ctx.attempt.served_model
             self.take_usage(message.get("usage"))
         elif kind == "message_delta":
             self.take_usage(payload.get("usage"))
@@ -517,4 +529,4 @@ class AnthropicNativeStream(StreamTranslator):
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
             self.usage.update({k: v for k, v in usage.items() if v is not None})
-            self.ctx.usage = Usage.from_anthropic(self.usage)
+            self.ctx.attempt.usage = Usage.from_anthropic(self.usage)

@@ -10,8 +10,8 @@ import json
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from ..context import RequestContext
 from ..errors import ProxyError, error_body, error_type
-from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 
@@ -145,7 +145,7 @@ def upstream_error(
     except ValueError:
         found = None
     if found is None:
-        return translated_error(status, f"provider {ctx.provider.name!r} answered {status}", None)
+        return translated_error(status, f"provider {ctx.attempt.provider.name!r} answered {status}", None)
     code, message = found
     return translated_error(status, message, code)
 
@@ -163,6 +163,6 @@ def endpoint_check(ctx: RequestContext, provider: Provider) -> None:
 
 def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
     """An error the provider sent inside a stream: the trace says the answer broke."""
-    ctx.outcome = "stream_broken"
-    ctx.error_type = f"upstream_{kind}"
-    ctx.error_message = message
+    ctx.attempt.outcome = "stream_broken"
+    ctx.attempt.error_type = f"upstream_{kind}"
+    ctx.attempt.error_message = message

@@ -16,8 +16,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..context import RequestContext
 from ..errors import ProxyError, sse_error_event
-from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment, sse_data
@@ -395,11 +395,13 @@ class GeminiAdapter(Adapter):
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         doc = loads_object(body)
         with shape_errors(502, "the provider answer"):
-            ctx.served_model = doc.get("modelVersion") or ctx.served_model or ctx.upstream_model
+            ctx.attempt.served_model = doc.get("modelVersion") or ctx.attempt.served_model or ctx.attempt.upstream_model
             meta = doc.get("usageMetadata")
-            ctx.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
+            ctx.attempt.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
             ident = doc.get("responseId") or ctx.trace_id
-            return completion(ident, int(time.time()), ctx.served_model or "", response_choices(doc), ctx.usage)
+            return completion(
+                ident, int(time.time()), ctx.attempt.served_model or "", response_choices(doc), ctx.attempt.usage
+            )
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         return GeminiStream(ctx)
@@ -420,7 +422,9 @@ class GeminiStream(StreamTranslator):
         self.failed = False
 
     def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
-        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish, index)])
+        return chunk(
+            self.ident, self.created, self.ctx.attempt.served_model or "", [delta_choice(delta, finish, index)]
+        )
 
     def feed(self, event: bytes) -> list[bytes]:
         data = sse_data(event)
@@ -442,9 +446,11 @@ class GeminiStream(StreamTranslator):
 
     def translate(self, doc: dict) -> list[bytes]:
         self.ident = doc.get("responseId") or self.ident
-        self.ctx.served_model = doc.get("modelVersion") or self.ctx.served_model or self.ctx.upstream_model
+        self.ctx.attempt.served_model = (
+            doc.get("modelVersion") or self.ctx.attempt.served_model or self.ctx.attempt.upstream_model
+        )
         if isinstance(doc.get("usageMetadata"), dict):  # cumulative: the latest one counts
-            self.ctx.usage = Usage.from_gemini(doc["usageMetadata"])
+            self.ctx.attempt.usage = Usage.from_gemini(doc["usageMetadata"])
         out: list[bytes] = []
         for position, candidate in enumerate(doc.get("candidates") or []):
             out += self.candidate_events(candidate, candidate.get("index", position))
@@ -483,6 +489,14 @@ class GeminiStream(StreamTranslator):
         if not self.complete:
             return self.fail(502, "incomplete_stream", "the provider's stream ended without a finish reason")
         out = []
-        if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
+        if self.ctx.client_wants_usage and self.ctx.attempt.usage is not None:
+            out.append(
+                chunk(
+                    self.ident,
+                    self.created,
+                    self.ctx.attempt.served_model or "",
+                    [],
+                    openai_usage(self.ctx.attempt.usage),
+                )
+            )
         return out + [done_event()]
