@@ -99,7 +99,7 @@ class Route:
     model: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One call to a provider and what it left; priced and traced as one row.
 
@@ -148,7 +148,7 @@ class Attempt:
         self.response_body += data[:room]
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a write to a field that does not exist fails loudly
 class RequestContext:
     endpoint: str  # chat, completions, embeddings, messages, count_tokens
     dialect: str  # openai or anthropic
