@@ -134,7 +134,7 @@ class Harness:
         return effective_config(find(name), row.config if row else {})
 
     # -- requests ------------------------------------------------------------------------------------
-    def request(self, body: dict, path: str = "/v1/chat/completions", headers: dict | None = None,
+    def context(self, body: dict, path: str = "/v1/chat/completions", headers: dict | None = None,
                 key_id: str | None = None, project: str | None = None) -> RequestContext:
         """A request context as the server makes it, its body parsed as the proxy parses it."""
         endpoint, dialect = ENDPOINTS[path]
@@ -157,6 +157,12 @@ class Harness:
         self.pricer.price(ctx)
         self.chain.after(ctx)
 
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
+        """``ServerProcess.request`` for the proxy routes, so ``module_helpers.chat`` works on both."""
+        assert method == "POST", "the harness serves the proxy routes only"
+        return self.send(body, path, headers)
+
     def send(self, body: dict, path: str = "/v1/chat/completions",
              headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
         """The request down the real request path (``proxy.handle``): status, headers, body."""
@@ -175,7 +181,7 @@ class Harness:
         return self.send({**body, "stream": True}, headers=headers)
 
     # -- what was written ------------------------------------------------------------------------------
-    def rows_of(self, sql: str, args: tuple = ()) -> list[dict]:
+    def db_rows(self, sql: str, args: tuple = ()) -> list[dict]:
         """Rows read through the writer, so every record queued before is in them."""
 
         def read(conn: sqlite3.Connection) -> list[dict]:
@@ -186,12 +192,12 @@ class Harness:
         return self.store.write(read)
 
     def trace(self, trace_id: str) -> dict:
-        [row] = self.rows_of("SELECT * FROM traces WHERE id = ?", (trace_id,))
+        [row] = self.db_rows("SELECT * FROM traces WHERE id = ?", (trace_id,))
         return row
 
     def trace_body(self, trace_id: str) -> tuple[str | None, str | None]:
         """(request, response) bodies stored for a trace, decompressed."""
-        rows = self.rows_of("SELECT request, response FROM trace_bodies WHERE trace_id = ?", (trace_id,))
+        rows = self.db_rows("SELECT request, response FROM trace_bodies WHERE trace_id = ?", (trace_id,))
         unpack = (lambda b: zlib.decompress(b).decode() if b is not None else None)
         return (unpack(rows[0]["request"]), unpack(rows[0]["response"])) if rows else (None, None)
 

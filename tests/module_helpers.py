@@ -85,7 +85,10 @@ def chat(server: ServerProcess, model: str = "gpt-4o-mini", messages: list | Non
 
 
 def raw_stream(server: ServerProcess, body: dict, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """A streamed request read to its end: status, headers, the de-chunked body bytes."""
+    """A streamed request read to its end: status, headers, the de-chunked body bytes (from a
+    server, or from a ``module_harness.Harness``)."""
+    if not isinstance(server, ServerProcess):
+        return server.stream(body, headers)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),

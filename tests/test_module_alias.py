@@ -83,7 +83,7 @@ def test_alias_on_a_streamed_request(aliased, mock):
 
 def test_weighted_split_sends_requests_to_every_arm(aliased):
     def routed(model: str) -> str:
-        ctx = aliased.request({"model": model, "messages": []})
+        ctx = aliased.context({"model": model, "messages": []})
         assert aliased.before(ctx) is None
         return ctx.reply_headers["x-stockyard-routed-model"]
 
@@ -93,7 +93,7 @@ def test_weighted_split_sends_requests_to_every_arm(aliased):
 
 
 def test_the_route_is_resolved_once_after_aliasing(aliased):
-    ctx = aliased.request({"model": "fast", "messages": []})
+    ctx = aliased.context({"model": "fast", "messages": []})
     assert aliased.before(ctx) is None
     assert (ctx.route.provider.name, ctx.route.model) == ("groq", "llama-3.3-70b")
 
