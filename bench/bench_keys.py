@@ -6,7 +6,7 @@ Two measurements, both taken in the same run so their ratios mean something on a
   proxy and a proxy whose requests carry a key with a budget, an rpm and a tpm limit; the
   samples are split into rounds and the median over rounds of each quantile is reported, with
   the keyed/plain ratio and the difference.
-- :func:`checks` — in process, without HTTP noise: the time ``App.authenticate`` plus the
+- :func:`checks` — in process, without HTTP noise: the time ``Gatekeeper.authenticate`` plus the
   rate-limit and budget modules' ``before`` and ``after`` take per request (the claim to check:
   well under a millisecond together), next to the same path in open mode.
 

@@ -1,6 +1,6 @@
 """``GET /metrics`` in the Prometheus text format, from counters kept in memory.
 
-:class:`Registry` is updated once per finished request (``App.finish``): one lock and a
+:class:`Registry` is updated once per finished request (``tracing.Tracer.finish``): one lock and a
 few dict increments, no I/O. Gauges about the store (queue depth, dropped records, file
 sizes, snapshots, retention) are read when ``/metrics`` is scraped. Counters start at zero
 when the server starts, as Prometheus expects; totals that survive restarts live in the

@@ -1,15 +1,17 @@
-"""The request path for proxied calls: parse → auth → modules → route → upstream → relay.
+"""The request path for proxied calls: parse → auth → modules (the route among them) → upstream → relay.
 
 Each function here is one stage; they hand a :class:`RequestContext` forward. The
-server calls :func:`handle` with a *reply* object that knows how to write to the client.
+server calls :func:`handle` with the App's :class:`RequestPath` (every collaborator the
+path uses: key checks, the module chain, prices, tracing, scrubbing, the upstream pool)
+and a *reply* object that knows how to write to the client.
 
 Going upstream is a series of *attempts*: the routed provider first and — when the
 fallback module gave the request a retry policy — retries and fallback candidates after a
 429, a 5xx, a timeout or a connection error (never another 4xx). An attempt becomes the
 answer once its first byte is on its way to the client; a stream is committed only when
 its first event has arrived, so a stream that breaks before that still falls back, and one
-that breaks after it never does. Failed attempts move to ``ctx.attempts`` and are traced as
-rows of their own under the request.
+that breaks after it never does. Each attempt's outcome is a ``ctx.attempt``; failed ones move
+to ``ctx.attempts`` and are traced as rows of their own under the request.
 """
 
 from __future__ import annotations
