@@ -6,7 +6,7 @@ Two measurements, both taken in the same run so their ratios mean something on a
   proxy and a proxy whose requests carry a key with a budget, an rpm and a tpm limit; the
   samples are split into rounds and the median over rounds of each quantile is reported, with
   the keyed/plain ratio and the difference.
-- :func:`checks` — in process, without HTTP noise: the time ``App.authenticate`` plus the
+- :func:`checks` — in process, without HTTP noise: the time ``Gatekeeper.authenticate`` plus the
   rate-limit and budget modules' ``before`` and ``after`` take per request (the claim to check:
   well under a millisecond together), next to the same path in open mode.
 
@@ -115,7 +115,7 @@ def checks(iterations: int = 20_000) -> dict[str, float]:
     from stockyard.audit import ACTOR_SERVER
     from stockyard.config import Settings
     from stockyard.operations.keys import create_key
-    from stockyard.pipeline import RequestContext
+    from stockyard.context import RequestContext
     from stockyard.proxy import parse_body
 
     env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
@@ -146,9 +146,9 @@ def _time_checks(app, headers, iterations, RequestContext, parse_body) -> float:
             ctx = RequestContext("chat", "openai", "127.0.0.1", headers, raw=BODY)
             parse_body(ctx)
             start = time.perf_counter()
-            app.authenticate(ctx)
+            app.gate.authenticate(ctx)
             app.chain().before(ctx)
-            ctx.status, ctx.cost_uc = 200, 480
+            ctx.attempt.status, ctx.attempt.cost_uc = 200, 480
             app.chain().after(ctx)
             total += time.perf_counter() - start
         batches.append(total / per_batch)

@@ -65,7 +65,7 @@ def bench_in_process(iterations: int = 2000) -> list[dict]:
     from stockyard.app import App
     from stockyard.config import Settings
     from stockyard.modules import ORDER, ModuleRow
-    from stockyard.pipeline import RequestContext
+    from stockyard.context import RequestContext
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {"OPENAI_API_KEY": "sk-bench-0123456789", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
@@ -86,8 +86,8 @@ def bench_in_process(iterations: int = 2000) -> list[dict]:
                     ctx = RequestContext("chat", "openai", "127.0.0.1", {}, raw=raw, body=body, model="fast")
                     started = time.perf_counter()
                     chain.before(ctx)
-                    ctx.status, ctx.outcome, ctx.complete = 200, "ok", True
-                    ctx.capture(b'{"choices":[{"message":{"content":"To be or not to be."}}]}', 1 << 20)
+                    ctx.attempt.status, ctx.attempt.outcome, ctx.complete = 200, "ok", True
+                    ctx.attempt.capture(b'{"choices":[{"message":{"content":"To be or not to be."}}]}', 1 << 20)
                     chain.after(ctx)
                     times.append((time.perf_counter() - started) * 1e6)
                 out.append(

@@ -1,8 +1,10 @@
-"""The running server's state: settings, store, providers, modules, upstream pool, prices.
+"""The composition root: builds the server's parts, wires them together, reloads and closes them.
 
 One :class:`App` per server process. Configuration that can change at run time
-(providers, keys, modules) is held as immutable snapshots that :meth:`App.reload`
-swaps whole, so a request never sees half a change.
+(providers, keys, prices, budgets, modules) is held as immutable snapshots that
+:meth:`App.reload` swaps whole, so a request never sees half a change. The request path
+gets its collaborators as one :class:`~stockyard.proxy.RequestPath` (``app.path``); the
+modules get theirs as one :class:`~stockyard.modules.ModuleServices`.
 """
 
 from __future__ import annotations
@@ -11,59 +13,37 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Mapping
 
 from . import __version__, audit
+from .auth import Gatekeeper
 from .backup import Snapshotter
-from .budgets import Budget, Ledger, load_project_budgets, spent_uc
+from .billing import Pricer
+from .budgets import Budget, BudgetRecords, Ledger, load_project_budgets
+from .chain import Chain, HookFailures
 from .config import Settings
-from .keys import KeyRecord, KeyRing, load_keys
-from .keys import check as check_key
-from .logbuffer import printable
+from .keys import KeyRing, load_keys
 from .metrics import Metrics
-from .modules import Modules
+from .modules import Modules, ModuleServices
 from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
 from .operations.modules import load_rows as load_module_rows
 from .operations.prices import load_overrides
-from .pipeline import Chain, HookFailures, RequestContext
-from .pricing import Price, PriceTable, Usage, cost_microcents, format_usd
+from .pricing import PriceTable
 from .providers import Registry, from_env
+from .proxy import RequestPath
 from .retention import Retention
+from .routing import RouteStep
+from .scrub import Scrubber, ScrubLogs
 from .store import Store, Writer, db, files
 from .store.lock import SERVER, DatabaseLock
-from .store.traces import iso_utc, trace_row_from
+from .tracing import Tracer
 from .upstream import Pool
 
 log = logging.getLogger("stockyard")
 
-LAST_USED_FLUSH_S = 2.0  # last_used_at is written in batches, never per request
 WATCH_EVERY_S = 0.5  # how often the configuration watcher looks for changes from other processes
 WATCHER_STALE_S = 10.0  # /readyz is 503 when the watcher has not completed a pass for this long
-
-
-class ScrubLogs(logging.Filter):
-    """Remove known secrets from every log record, its arguments and its traceback; escape
-    control characters in its message (client text in it cannot forge lines or drive terminals)."""
-
-    def __init__(self, scrub: Callable[[str], str]) -> None:
-        super().__init__()
-        self._scrub = scrub
-        self._formatter = logging.Formatter()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string: logging reports it; still scrub the raw text
-            message = f"{record.msg} {record.args}"
-        record.msg, record.args = printable(self._scrub(message)), None  # client text cannot forge lines
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._formatter.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self._scrub(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self._scrub(record.stack_info)
-        return True
 
 
 class App:
@@ -101,16 +81,23 @@ class App:
         self.store = Store(settings.db_path, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
-        self.prices = PriceTable.load()
-        self._keys = KeyRing([])
         self._project_budgets: dict[str, Budget] = {}
-        self._auth_required: bool | None = None
-        self._used: dict[str, int] = {}  # key id → last request (ms), until the next flush
-        self._used_flushed = time.monotonic()
-        self.ledger = Ledger(self._load_spend, settings.budget_warn_percent, self._budget_warning)
-        self.modules = Modules(self)  # after the ledger: the budget module needs it
         self._chain = Chain([])
-        self._secrets: tuple[str, ...] = ()
+        self._auth_required: bool | None = None
+        self.scrubber = Scrubber()
+        self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
+        self.pricer = Pricer()
+        self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber)
+        records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER))
+        self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn)
+        self.modules = Modules(
+            ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets),
+            failures=self.hook_failures,  # shared by every chain built, across reloads
+            route=RouteStep(self.registry),
+        )
+        self.path = RequestPath(
+            settings, self.gate, self.chain, self.registry, self.pricer, self.tracer, self.scrubber, self.pool
+        )
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1
@@ -119,7 +106,7 @@ class App:
         self.watcher_ok_at = time.monotonic()  # the last successful pass of the configuration watcher
         self.watcher_error: str | None = None  # why the passes fail, while they do
         for handler in logging.getLogger("stockyard").handlers:
-            handler.addFilter(ScrubLogs(self.scrub))
+            handler.addFilter(ScrubLogs(self.scrubber.text))
         self.reload()
         self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
@@ -158,27 +145,17 @@ class App:
     def project_budgets(self) -> dict[str, Budget]:
         return self._project_budgets
 
-    def _requires_keys(self, ring: KeyRing) -> bool:
-        """Client keys are required once any exists (revoked ones count), or off loopback."""
-        return ring.count > 0 or not self.settings.is_loopback
+    @property
+    def prices(self) -> PriceTable:
+        return self.pricer.table
 
     @property
     def auth_required(self) -> bool:
-        return self._requires_keys(self._keys)
+        return self.gate.required
 
     def auth_description(self) -> str:
         """One line for the start-up banner and the log."""
-        if not self.auth_required:
-            return (
-                "auth: OPEN - listening on loopback and no client keys exist, so any local program "
-                "may use the proxy; `stockyard keys create` turns client keys on"
-            )
-        if self._keys.count == 0:
-            return (
-                "auth: client keys required (listening beyond loopback); none exist yet, so every "
-                "proxy request is refused until one is made with `stockyard keys create`"
-            )
-        return f"auth: client keys required ({self._keys.live} live of {self._keys.count})"
+        return self.gate.description()
 
     def ops(self, actor: str) -> Operations:
         """The operations layer for changes made through this server."""
@@ -230,7 +207,7 @@ class App:
         Returns the data version seen; it counts as handled only once the reload succeeded,
         so a failed reload is tried again on the next pass.
         """
-        self._flush_last_used()
+        self.gate.flush_last_used()
         data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         if data_version != last_data_version and read_config_version(conn) != self._config_version:
             self.reload()
@@ -242,7 +219,7 @@ class App:
         if idle <= WATCHER_STALE_S:
             return None
         return f"no successful pass for {idle:.0f}s; configuration changes are not being picked up" + (
-            f" (last error: {self.scrub(self.watcher_error)[:300]})" if self.watcher_error else ""
+            f" (last error: {self.scrubber.text(self.watcher_error)[:300]})" if self.watcher_error else ""
         )
 
     def reload(self) -> None:
@@ -267,14 +244,12 @@ class App:
         finally:
             conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
-        secrets = [p.api_key for p in providers if p.api_key]
-        for name in ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY"):
-            if self.env.get(name):
-                secrets.append(self.env[name])
+        self.scrubber.use((p.api_key for p in providers), self.env)
         registry = Registry(providers)
-        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
         self._registry = registry
-        self._keys, self._project_budgets, self.prices = keys, project_budgets, prices
+        self.gate.use(keys)
+        self.pricer.use(prices)
+        self._project_budgets = project_budgets
         self._chain = self.modules.build(module_rows)
         self._config_version = version
         self.reloads += 1
@@ -293,150 +268,10 @@ class App:
                     error,
                 )
 
-    # -- request path hooks ----------------------------------------------------------------
-    def authenticate(self, ctx: RequestContext) -> None:
-        """Who is asking: the request's client key (401/403 when it may not), or open mode."""
-        ring = self._keys  # one snapshot for the whole decision
-        if not self._requires_keys(ring):
-            return
-        key: KeyRecord = check_key(ring, ctx.headers, ctx.model, route=self.registry().routes_to)
-        ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
-        self._used[key.id] = ctx.ts_ms
-
-    def client_key(self, headers: Mapping[str, str]) -> KeyRecord | None:
-        """The request's client key, checked from its headers alone (None in open mode; 401 if bad)."""
-        ring = self._keys
-        return check_key(ring, headers, None) if self._requires_keys(ring) else None
-
-    def price_of(self, model: str) -> Price | None:
-        """The price a request for ``model`` will be charged at (raises the routing 400 if it routes nowhere)."""
-        provider, upstream = self.registry().resolve(model)
-        return self.prices.lookup(upstream, provider.name) or self.prices.lookup(model, provider.name)
-
-    def _flush_last_used(self, force: bool = False) -> None:
-        """Write the keys' last_used_at in one batch every couple of seconds."""
-        if not self._used or (not force and time.monotonic() - self._used_flushed < LAST_USED_FLUSH_S):
-            return
-        self._used_flushed = time.monotonic()
-        used, self._used = self._used, {}
-        rows = [(iso_utc(ms), key_id, iso_utc(ms)) for key_id, ms in used.items()]
-        self.store.submit(
-            lambda conn: conn.executemany(
-                "UPDATE client_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
-                rows,
-            )
-        )
-
-    def _load_spend(self, budget: Budget, period_key: str) -> int:
-        """A budget period's spend so far, read by the writer so every queued trace counts."""
-        return self.store.write(lambda conn: spent_uc(conn, budget.scope, budget.period, period_key))
-
-    def _budget_warning(self, budget: Budget, period_key: str, spent: int, percent: int) -> None:
-        """Audit entry + log line, once per budget, period and threshold (restarts included)."""
-        ops = self.ops(audit.ACTOR_SERVER)
-        text = (
-            f"budget warning: {budget.describe()}: {format_usd(spent, 2)} spent in period {period_key}, "
-            f"past the {percent}% threshold"
-        )
-
-        def job(conn) -> None:
-            inserted = conn.execute(
-                "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
-                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
-                (budget.scope, period_key, percent),
-            )
-            if inserted.rowcount:
-                ops.audit(
-                    conn,
-                    "budget.warning",
-                    budget.scope,
-                    {
-                        "period": period_key,
-                        "threshold_percent": percent,
-                        "spent_uc": spent,
-                        "budget_uc": budget.limit_uc,
-                        "budget_period": budget.period,
-                    },
-                )
-                log.warning("%s", text)
-
-        self.store.submit(job)
-
-    def scrub(self, text: str) -> str:
-        """Remove every known secret from a text that may reach a client, log or trace."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "[redacted]")
-        return text
-
-    def scrub_bytes(self, data: bytes) -> bytes:
-        for secret in self._secrets:
-            raw = secret.encode()
-            if raw in data:
-                data = data.replace(raw, b"[redacted]")
-        return data
-
-    def price(self, ctx: RequestContext) -> None:
-        """Cost from the provider's usage, before the modules' after hooks see the outcome. Never raises."""
-        try:
-            self._price(ctx)
-        except Exception as exc:  # a pricing bug must not lose the trace
-            log.error("pricing failed for %s: %s", ctx.trace_id, exc)
-
-    def _price(self, ctx: RequestContext) -> None:
-        """An estimate only when no usage came back; a failed attempt is billed only if usage came back."""
-        if ctx.cache_hit or ctx.provider is None or ctx.status == 0:
-            return
-        if ctx.status >= 400 and ctx.usage is None:
-            return
-        if ctx.endpoint == "count_tokens":  # free upstream: nothing to bill
-            return
-        model = ctx.served_model or ctx.upstream_model or ""
-        price = self.prices.lookup(model, ctx.provider.name) or (
-            self.prices.lookup(ctx.upstream_model or "", ctx.provider.name)
-        )
-        if ctx.usage is None:
-            if ctx.outcome not in ("ok", "client_disconnected", "stream_broken"):
-                return
-            ctx.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=len(ctx.response_body) // 4)
-            ctx.usage_estimated = True
-        if price is None:
-            ctx.cost_status = "unknown"
-            return
-        ctx.cost_uc = cost_microcents(price, ctx.usage)
-        ctx.cost_status = "estimate" if ctx.usage_estimated else "exact"
-
-    def finish(self, ctx: RequestContext) -> None:
-        """Trace one request (priced already by :meth:`price`): its failed attempts first, each
-        a row of its own under the request's trace id, then the request. Never raises."""
-        for n, attempt in enumerate(ctx.attempts, 1):
-            self._record(attempt, parent_id=ctx.trace_id, attempt=n)
-        self._record(ctx, parent_id=None, attempt=len(ctx.attempts) + 1)
-
-    def _record(self, ctx: RequestContext, *, parent_id: str | None, attempt: int) -> None:
-        if ctx.error_message:
-            ctx.error_message = self.scrub(ctx.error_message)[:2000]
-        record = trace_row_from(
-            ctx,
-            store_bodies=self.settings.store_bodies,
-            cap=self.settings.body_cap_bytes,
-            parent_id=parent_id,
-            attempt=attempt,
-        )
-        if self.settings.store_bodies and record.request_body:
-            record.request_body = self.scrub_bytes(record.request_body)
-        if record.response_body:
-            record.response_body = self.scrub_bytes(record.response_body)
-        self.store.submit(record.write)
-        try:
-            self.metrics.observe_request(ctx)
-        except Exception as exc:  # metrics must never cost a request
-            log.error("metrics update failed for %s: %s", ctx.trace_id, exc)
-
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self._stopping.set()
-        self._flush_last_used(force=True)
+        self.gate.flush_last_used(force=True)
         try:
             self.ops(audit.ACTOR_SERVER).audit_event("server.stop", "server", {"version": __version__})
         except Exception as exc:

@@ -20,10 +20,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from .errors import ProxyError
 from .pricing import format_usd
+
+if TYPE_CHECKING:
+    from .operations import Operations
+    from .store import Store
 
 log = logging.getLogger("stockyard.budgets")
 
@@ -255,3 +259,46 @@ def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
     if key.project and key.project in projects:
         found.append(projects[key.project])
     return found
+
+
+class BudgetRecords:
+    """The ledger's database side: a period's spend so far, and warnings recorded once."""
+
+    def __init__(self, store: "Store", ops: Callable[[], "Operations"]) -> None:
+        self._store = store
+        self._ops = ops  # audits as the server
+
+    def load_spend(self, budget: Budget, period_key: str) -> int:
+        """A budget period's spend so far, read by the writer so every queued trace counts."""
+        return self._store.write(lambda conn: spent_uc(conn, budget.scope, budget.period, period_key))
+
+    def warn(self, budget: Budget, period_key: str, spent: int, percent: int) -> None:
+        """Audit entry + log line, once per budget, period and threshold (restarts included)."""
+        ops = self._ops()
+        text = (
+            f"budget warning: {budget.describe()}: {format_usd(spent, 2)} spent in period {period_key}, "
+            f"past the {percent}% threshold"
+        )
+
+        def job(conn) -> None:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
+                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                (budget.scope, period_key, percent),
+            )
+            if inserted.rowcount:
+                ops.audit(
+                    conn,
+                    "budget.warning",
+                    budget.scope,
+                    {
+                        "period": period_key,
+                        "threshold_percent": percent,
+                        "spent_uc": spent,
+                        "budget_uc": budget.limit_uc,
+                        "budget_period": budget.period,
+                    },
+                )
+                log.warning("%s", text)
+
+        self._store.submit(job)

@@ -15,8 +15,8 @@ edge (``limits.check_request_numbers``): they are whole numbers in range, or abs
 
 from __future__ import annotations
 
+from .context import RequestContext
 from .limits import request_numbers
-from .pipeline import RequestContext
 from .pricing import PER, Price
 
 NO_OUTPUT = ("embeddings", "count_tokens")

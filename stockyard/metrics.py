@@ -1,6 +1,6 @@
 """``GET /metrics`` in the Prometheus text format, from counters kept in memory.
 
-:class:`Metrics` is updated once per finished request (``App.finish``): one lock and a
+:class:`Metrics` is updated once per finished request (``tracing.Tracer.finish``): one lock and a
 few dict increments, no I/O. Gauges about the store (queue depth, dropped records, file
 sizes, snapshots, retention) are read when ``/metrics`` is scraped. Counters start at zero
 when the server starts, as Prometheus expects; totals that survive restarts live in the
@@ -21,7 +21,7 @@ from .store.files import file_size, wal_path
 
 if TYPE_CHECKING:
     from .app import App
-    from .pipeline import RequestContext
+    from .context import Attempt, RequestContext
 
 MAX_SERIES = 2000
 OTHER = "_other"
@@ -84,22 +84,24 @@ class Metrics:
             hist = family[labels] = Histogram(LATENCY_BUCKETS)
         hist.observe(value)
 
-    def observe_request(self, ctx: "RequestContext") -> None:
-        """Count one finished request (called from ``App.finish``; never raises on odd input)."""
-        provider = ctx.provider.name if ctx.provider else "none"
+    def observe_request(self, ctx: "RequestContext", attempt: "Attempt | None" = None) -> None:
+        """Count one finished request, or one failed ``attempt`` of it (never raises on odd input)."""
+        a = attempt or ctx.attempt
+        started = a.started if attempt is not None else ctx.started
+        provider = a.provider.name if a.provider else "none"
         # Only a routed request has a model worth a label; the rest are refusals.
-        model = (ctx.served_model or ctx.upstream_model or ctx.model or "") if ctx.provider else ""
+        model = (a.served_model or a.upstream_model or ctx.model or "") if a.provider else ""
         model = model[:100]
-        status = str(ctx.status or 0)
+        status = str(a.status or 0)
         by_model = (("provider", provider), ("model", model))
         by_provider = (("provider", provider),)
-        latency = max(0.0, time.perf_counter() - ctx.started)
+        latency = max(0.0, time.perf_counter() - started)
         with self._lock:
             self.inc("requests_total", (*by_model, ("status", status)))
             self.observe("request_duration_seconds", by_provider, latency)
-            if ctx.ttfb is not None:
-                self.observe("time_to_first_byte_seconds", by_provider, max(0.0, ctx.ttfb - ctx.started))
-            usage = ctx.usage
+            if a.ttfb is not None:
+                self.observe("time_to_first_byte_seconds", by_provider, max(0.0, a.ttfb - started))
+            usage = a.usage
             if usage is not None:
                 for kind, count in (
                     ("prompt", usage.prompt_tokens),
@@ -109,18 +111,18 @@ class Metrics:
                 ):
                     if count:
                         self.inc("tokens_total", (*by_model, ("kind", kind)), int(count))
-            if ctx.cost_uc:
-                self.inc("cost_microcents_total", by_model, int(ctx.cost_uc))
-            if ctx.cache_hit:
+            if a.cost_uc:
+                self.inc("cost_microcents_total", by_model, int(a.cost_uc))
+            if ctx.cache_hit and attempt is None:
                 self.inc("cache_hits_total", by_model)
-            if ctx.error_type == "budget_exceeded":
+            if a.error_type == "budget_exceeded":
                 self.inc("budget_rejections_total", ())
-            if ctx.outcome in UPSTREAM_ERROR_OUTCOMES or (ctx.error_type or "").startswith("upstream_"):
-                kind = (ctx.error_type or ctx.outcome).removeprefix("upstream_")[:40]
+            if a.outcome in UPSTREAM_ERROR_OUTCOMES or (a.error_type or "").startswith("upstream_"):
+                kind = (a.error_type or a.outcome).removeprefix("upstream_")[:40]
                 self.inc("upstream_errors_total", (*by_provider, ("kind", kind)))
 
     def count_module_error(self, module: str, hook: str) -> None:
-        """A module's hook raised (see ``pipeline.HookFailures``); module names are ours, so bounded."""
+        """A module's hook raised (see ``chain.HookFailures``); module names are ours, so bounded."""
         with self._lock:
             self.inc("module_errors_total", (("module", module[:100]), ("hook", hook)))
 

@@ -158,4 +158,4 @@ def list_models(app: "App", key: KeyRecord | None = None) -> list[dict]:
 
 def answer(app: "App", headers: Mapping[str, str]) -> dict:
     """The ``/v1/models`` document: the client key is checked first (401 when it is required)."""
-    return {"object": "list", "data": list_models(app, app.client_key(headers))}
+    return {"object": "list", "data": list_models(app, app.gate.client_key(headers))}

@@ -1,15 +1,17 @@
-"""The request path for proxied calls: parse → auth → modules → route → upstream → relay.
+"""The request path for proxied calls: parse → auth → modules (the route among them) → upstream → relay.
 
 Each function here is one stage; they hand a :class:`RequestContext` forward. The
-server calls :func:`handle` with a *reply* object that knows how to write to the client.
+server calls :func:`handle` with the App's :class:`RequestPath` (every collaborator the
+path uses: key checks, the module chain, prices, tracing, scrubbing, the upstream pool)
+and a *reply* object that knows how to write to the client.
 
 Going upstream is a series of *attempts*: the routed provider first and — when the
 fallback module gave the request a retry policy — retries and fallback candidates after a
 429, a 5xx, a timeout or a connection error (never another 4xx). An attempt becomes the
 answer once its first byte is on its way to the client; a stream is committed only when
 its first event has arrived, so a stream that breaks before that still falls back, and one
-that breaks after it never does. Failed attempts move to ``ctx.attempts`` and are traced as
-rows of their own under the request.
+that breaks after it never does. Each attempt's outcome is a ``ctx.attempt``; failed ones move
+to ``ctx.attempts`` and are traced as rows of their own under the request.
 """
 
 from __future__ import annotations
@@ -21,20 +23,23 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Protocol
+from typing import Callable, ContextManager, Iterator, Protocol
 
+from .auth import Gatekeeper
+from .billing import Pricer
+from .chain import Chain
+from .config import Settings
+from .context import Attempt, RequestContext, RetryPolicy
 from .errors import ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
 from .limits import check_request_numbers
-from .pipeline import RequestContext, RetryPolicy
 from .pricing import Usage
-from .providers import Provider
+from .providers import Provider, Registry
 from .providers.adapters import adapter_for
 from .providers.base import Adapter
-from .upstream import Cancel, UpstreamError, UpstreamResponse
-
-if TYPE_CHECKING:
-    from .app import App
+from .scrub import Scrubber
+from .tracing import Tracer
+from .upstream import Cancel, Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.proxy")
 
@@ -43,6 +48,20 @@ PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms", "retry-aft
 PASS_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-goog-request-id")
 NEEDS_MODEL = ("chat", "completions", "embeddings", "messages", "count_tokens")
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """Everything the request path uses, handed to it by the App (nothing else reaches it)."""
+
+    settings: Settings
+    gate: Gatekeeper  # who is asking
+    chain: Callable[[], Chain]  # the current module chain (a snapshot per request)
+    registry: Callable[[], Registry]  # the current providers, for fallback candidates
+    pricer: Pricer
+    tracer: Tracer
+    scrub: Scrubber
+    pool: Pool  # upstream connections
 
 
 class Reply(Protocol):
@@ -80,61 +99,59 @@ def passed_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k in PASS_HEADERS or k.startswith(PASS_PREFIXES)}
 
 
-def handle(app: "App", reply: Reply, ctx: RequestContext) -> None:
+def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     """Run one proxied request to its end; always leaves a trace."""
-    chain = app.chain()  # one snapshot for the whole request, even if a reload swaps it meanwhile
+    chain = path.chain()  # one snapshot for the whole request, even if a reload swaps it meanwhile
     started_reply = False
     try:
         parse_body(ctx)
-        app.authenticate(ctx)
-        chain.before(ctx)
+        path.gate.authenticate(ctx)
+        chain.before(ctx)  # the modules, and the route step (ctx.route) among them
         if ctx.answer is not None:
             started_reply = True
-            deliver_answer(app, reply, ctx)
+            deliver_answer(path, reply, ctx)
             return
-        provider, model = app.registry().resolve(ctx.routed_model or ctx.model or "")
-        ctx.provider, ctx.upstream_model = provider, model
+        assert ctx.route is not None
+        ctx.attempt.provider, ctx.attempt.upstream_model = ctx.route.provider, ctx.route.model
         ctx.upstream_cancel = Cancel()
         with reply.watch_client(ctx.upstream_cancel.cancel):  # a client that leaves ends the upstream call
-            started_reply = forward(app, reply, ctx)
+            started_reply = forward(path, reply, ctx)
     except ProxyError as exc:
         fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
         if not started_reply:
-            send_error(app, reply, ctx, exc)
+            send_error(path, reply, ctx, exc)
     except ClientGone:
-        ctx.outcome = "client_disconnected"
+        ctx.attempt.outcome = "client_disconnected"
     finally:
         try:
-            app.price(ctx)  # the cost is part of the outcome the after hooks see (cache, budget)
+            path.pricer.price(ctx)  # the cost is part of the outcome the after hooks see (cache, budget)
             chain.after(ctx)
         finally:
-            app.finish(ctx)
+            path.tracer.finish(ctx)
 
 
 def fail(ctx: RequestContext, status: int, message: str, outcome: str, error_type: str | None = None) -> None:
-    ctx.status = status
-    ctx.outcome = outcome
-    ctx.error_type = error_type or ctx.error_type
-    ctx.error_message = message
+    a = ctx.attempt
+    a.status, a.outcome, a.error_type, a.error_message = status, outcome, error_type or a.error_type, message
 
 
-def send_error(app: "App", reply: Reply, ctx: RequestContext, exc: ProxyError) -> None:
+def send_error(path: RequestPath, reply: Reply, ctx: RequestContext, exc: ProxyError) -> None:
     body = exc.body(ctx.dialect)
-    ctx.capture(body, app.settings.body_cap_bytes)
+    ctx.attempt.capture(body, path.settings.body_cap_bytes)
     try:
         reply.send(exc.status, body, headers={"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **exc.headers})
     except ClientGone:
-        ctx.outcome = "client_disconnected"
+        ctx.attempt.outcome = "client_disconnected"
 
 
-def deliver_answer(app: "App", reply: Reply, ctx: RequestContext) -> None:
+def deliver_answer(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     """Send an answer a module made (e.g. a cache hit), as a stream when it is one."""
     answer = ctx.answer
     assert answer is not None
-    ctx.status = answer.status
+    ctx.attempt.status = answer.status
     headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **answer.headers}
-    ctx.mark_first_byte()
-    ctx.capture(answer.body, app.settings.body_cap_bytes)
+    ctx.attempt.mark_first_byte()
+    ctx.attempt.capture(answer.body, path.settings.body_cap_bytes)
     if answer.stream:
         reply.start_stream(answer.status, {**headers, "cache-control": "no-cache"}, answer.content_type)
         reply.chunk(answer.body)
@@ -184,27 +201,7 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-# What one attempt leaves on the context; moved to a context of its own when another follows.
-ATTEMPT_FIELDS = (
-    "provider",
-    "upstream_model",
-    "served_model",
-    "status",
-    "outcome",
-    "error_type",
-    "error_message",
-    "ttfb",
-    "usage",
-    "usage_estimated",
-    "upstream_request_id",
-    "response_body",
-    "response_truncated",
-    "cost_uc",
-    "cost_status",
-)
-
-
-def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
+def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
     """Attempt the routed provider, then retries and fallbacks as the policy says.
 
     Returns True once the client got bytes; a final failure is passed on (HTTP error
@@ -213,7 +210,7 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
     policy: RetryPolicy = ctx.retry or ONE_ATTEMPT
     failure: Failure | None = None
     skipped: list[str] = []
-    for provider, model in candidates(app, ctx, policy):
+    for provider, model in candidates(path, ctx, policy):
         for retry in range(policy.retries + 1):
             wait = 0.0
             if failure is not None and retry:
@@ -226,7 +223,7 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
                 skipped.append(provider.name)
                 break
             if failure is not None:
-                keep_attempt(app, ctx, failure)
+                keep_attempt(path, ctx, failure)
                 log.info(
                     "%s: attempt %d failed (%s); trying %s/%s%s",
                     ctx.trace_id,
@@ -238,8 +235,8 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
                 )
                 if wait:
                     time.sleep(wait)
-            ctx.provider, ctx.upstream_model = provider, model
-            failure = attempt_once(app, reply, ctx, policy)
+            ctx.attempt.provider, ctx.attempt.upstream_model = provider, model
+            failure = attempt_once(path, reply, ctx, policy)
             if failure is None:
                 return True
             if not failure.retryable:
@@ -257,11 +254,11 @@ def forward(app: "App", reply: Reply, ctx: RequestContext) -> bool:
     return deliver_failure(reply, failure)
 
 
-def candidates(app: "App", ctx: RequestContext, policy: RetryPolicy) -> list[tuple[Provider, str]]:
+def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> list[tuple[Provider, str]]:
     """The routed (provider, model), then the policy's fallbacks that this server can serve."""
-    assert ctx.provider is not None and ctx.upstream_model is not None
-    found = [(ctx.provider, ctx.upstream_model)]
-    registry = app.registry()
+    assert ctx.attempt.provider is not None and ctx.attempt.upstream_model is not None
+    found = [(ctx.attempt.provider, ctx.attempt.upstream_model)]
+    registry = path.registry()
     for name in policy.fallbacks(ctx):
         try:
             provider, model = registry.resolve(name)
@@ -273,57 +270,59 @@ def candidates(app: "App", ctx: RequestContext, policy: RetryPolicy) -> list[tup
     return found
 
 
-def attempt_once(app: "App", reply: Reply, ctx: RequestContext, policy: RetryPolicy) -> Failure | None:
+def attempt_once(path: RequestPath, reply: Reply, ctx: RequestContext, policy: RetryPolicy) -> Failure | None:
     """One attempt, its outcome reported to the circuit breaker (a 4xx means the provider is up)."""
-    assert ctx.provider is not None
+    assert ctx.attempt.provider is not None
     ok = True
     try:
-        failure = attempt(app, reply, ctx)
+        failure = attempt(path, reply, ctx)
         ok = failure is None or not failure.retryable
         return failure
     except ProxyError as exc:
         ok = exc.status < 500 or exc.code == "deadline_exceeded"  # our deadline, not the provider's fault
         raise
     finally:
-        policy.report(ctx.provider.name, ok)
+        policy.report(ctx.attempt.provider.name, ok)
 
 
-def attempt(app: "App", reply: Reply, ctx: RequestContext) -> Failure | None:
+def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | None:
     """Call the provider on ``ctx`` and relay its answer; a Failure if nothing was sent."""
-    provider, model = ctx.provider, ctx.upstream_model
+    provider, model = ctx.attempt.provider, ctx.attempt.upstream_model
     assert provider is not None and model is not None
     adapter = adapter_for(provider, ctx.dialect)
     started, ts_ms = time.perf_counter(), int(time.time() * 1000)
     timeout, by_deadline = read_timeout(ctx, provider.name, model)
     try:
-        resp = call_upstream(app, ctx, timeout)
+        resp = call_upstream(path, ctx, timeout)
     except UpstreamError as exc:
-        return no_answer(app, ctx, exc, by_deadline, started, ts_ms)
-    upstream_headers = {k: app.scrub(v) for k, v in resp.headers.items()}  # a header may echo the key
-    ctx.upstream_request_id = next((upstream_headers[h] for h in REQUEST_ID_HEADERS if h in upstream_headers), None)
+        return no_answer(path, ctx, exc, by_deadline, started, ts_ms)
+    upstream_headers = {k: path.scrub.text(v) for k, v in resp.headers.items()}  # a header may echo the key
+    ctx.attempt.upstream_request_id = next(
+        (upstream_headers[h] for h in REQUEST_ID_HEADERS if h in upstream_headers), None
+    )
     headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **passed_headers(upstream_headers)}
     if resp.status >= 400:
-        return error_answer(app, ctx, resp, adapter, headers, started, ts_ms)
+        return error_answer(path, ctx, resp, adapter, headers, started, ts_ms)
     if ctx.stream and resp.is_sse:
         events = resp.events()
         try:
             first = next(events, None)
         except UpstreamError as exc:
-            return no_answer(app, ctx, exc, by_deadline, started, ts_ms)
+            return no_answer(path, ctx, exc, by_deadline, started, ts_ms)
         if first is None:
             gone = UpstreamError("reset", "provider ended the stream before its first event")
-            return no_answer(app, ctx, gone, False, started, ts_ms)
-        relay_stream(app, reply, ctx, resp, itertools.chain([first], events), adapter, headers)
+            return no_answer(path, ctx, gone, False, started, ts_ms)
+        relay_stream(path, reply, ctx, resp, itertools.chain([first], events), adapter, headers)
         return None
     try:
         raw = resp.read_all()
     except UpstreamError as exc:
-        return no_answer(app, ctx, exc, by_deadline, started, ts_ms)
-    ctx.mark_first_byte()
-    body = app.scrub_bytes(adapter.parse(ctx, raw))
-    ctx.status = resp.status
+        return no_answer(path, ctx, exc, by_deadline, started, ts_ms)
+    ctx.attempt.mark_first_byte()
+    body = path.scrub.bytes(adapter.parse(ctx, raw))
+    ctx.attempt.status = resp.status
     ctx.complete = True
-    ctx.capture(body, app.settings.body_cap_bytes)
+    ctx.attempt.capture(body, path.settings.body_cap_bytes)
     reply.send(resp.status, body, "application/json", headers)
     return None
 
@@ -350,9 +349,9 @@ def deadline_error(ctx: RequestContext) -> ProxyError:
     )
 
 
-def call_upstream(app: "App", ctx: RequestContext, read_timeout: float | None = None) -> UpstreamResponse:
+def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | None = None) -> UpstreamResponse:
     """One request to the provider on ``ctx`` (UpstreamError when it cannot be reached)."""
-    provider, model = ctx.provider, ctx.upstream_model
+    provider, model = ctx.attempt.provider, ctx.attempt.upstream_model
     assert provider is not None and model is not None
     if provider.key_error:  # the details (key ids) are for the operator's log, not for clients
         raise ProxyError(
@@ -364,7 +363,7 @@ def call_upstream(app: "App", ctx: RequestContext, read_timeout: float | None = 
     adapter = adapter_for(provider, ctx.dialect)
     call = adapter.prepare(ctx, provider, model)
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
-    return app.pool.request(
+    return path.pool.request(
         call.base_url or provider.base_url,
         call.method,
         call.path,
@@ -376,20 +375,22 @@ def call_upstream(app: "App", ctx: RequestContext, read_timeout: float | None = 
 
 
 def no_answer(
-    app: "App", ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float, ts_ms: int
+    path: RequestPath, ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float, ts_ms: int
 ) -> Failure:
     """The provider could not be reached or stopped answering: retryable, unless the deadline passed.
 
     When the client left meanwhile, that is why (we shut the connection down): ClientGone.
     """
     if client_left(ctx):
-        ctx.error_message = "client closed the connection before the answer; the upstream request was ended"
+        ctx.attempt.error_message = "client closed the connection before the answer; the upstream request was ended"
         raise ClientGone()
-    assert ctx.provider is not None
+    assert ctx.attempt.provider is not None
     if by_deadline and exc.kind == "timeout":
         error, retryable = deadline_error(ctx), False
     else:
-        error = ProxyError(exc.status, app.scrub(f"provider {ctx.provider.name!r}: {exc}"), code=f"upstream_{exc.kind}")
+        error = ProxyError(
+            exc.status, path.scrub.text(f"provider {ctx.attempt.provider.name!r}: {exc}"), code=f"upstream_{exc.kind}"
+        )
         retryable = True
     fail(ctx, error.status, error.message, "error", error.code)
     return Failure(retryable, started, ts_ms, error=error)
@@ -401,7 +402,7 @@ def client_left(ctx: RequestContext) -> bool:
 
 
 def error_answer(
-    app: "App",
+    path: RequestPath,
     ctx: RequestContext,
     resp: UpstreamResponse,
     adapter: Adapter,
@@ -410,31 +411,31 @@ def error_answer(
     ts_ms: int,
 ) -> Failure:
     """A provider's error, in the client's dialect with keys scrubbed; retryable for 429 and 5xx."""
-    assert ctx.provider is not None
+    assert ctx.attempt.provider is not None
     try:
         raw = resp.read_all()
     except UpstreamError:
         raw = b""
-    ctx.mark_first_byte()
-    scrubbed = app.scrub_bytes(raw)
+    ctx.attempt.mark_first_byte()
+    scrubbed = path.scrub.bytes(raw)
     try:
         parsed = json.loads(scrubbed)
         body = adapter.error(ctx, resp.status, scrubbed)
     except ValueError:
         parsed = None
         body = ProxyError(
-            resp.status, f"provider {ctx.provider.name!r} answered {resp.status} with a body that is not JSON"
+            resp.status, f"provider {ctx.attempt.provider.name!r} answered {resp.status} with a body that is not JSON"
         ).body(ctx.dialect)
     if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-        ctx.usage = Usage.from_openai(parsed["usage"])  # billed attempts are billed here too
+        ctx.attempt.usage = Usage.from_openai(parsed["usage"])  # billed attempts are billed here too
     fail(
         ctx,
         resp.status,
-        app.scrub(scrubbed[:500].decode("utf-8", "replace")),
+        path.scrub.text(scrubbed[:500].decode("utf-8", "replace")),
         "upstream_error",
         f"upstream_{resp.status}",
     )
-    ctx.capture(body, app.settings.body_cap_bytes)
+    ctx.attempt.capture(body, path.settings.body_cap_bytes)
     return Failure(
         resp.status == 429 or resp.status >= 500,
         started,
@@ -464,29 +465,13 @@ def retry_after_s(headers: dict[str, str]) -> float | None:
     return None
 
 
-def keep_attempt(app: "App", ctx: RequestContext, failure: Failure) -> None:
-    """Move a failed attempt off the request into a context of its own, priced, for its trace row."""
-    child = RequestContext(
-        ctx.endpoint,
-        ctx.dialect,
-        ctx.client_addr,
-        {},
-        ts_ms=failure.ts_ms,
-        started=failure.started,
-        model=ctx.model,
-        routed_model=ctx.routed_model,
-        stream=ctx.stream,
-        key=ctx.key,
-        key_id=ctx.key_id,
-        project=ctx.project,
-    )
-    child.ended = time.perf_counter()
-    blank = RequestContext(ctx.endpoint, ctx.dialect, ctx.client_addr, {})
-    for name in ATTEMPT_FIELDS:
-        setattr(child, name, getattr(ctx, name))
-        setattr(ctx, name, getattr(blank, name))
-    app.price(child)
-    ctx.attempts.append(child)
+def keep_attempt(path: RequestPath, ctx: RequestContext, failure: Failure) -> None:
+    """Close the failed attempt as a row of its own, priced, and start a fresh one."""
+    done = ctx.attempt
+    done.close(failure.ts_ms, failure.started)
+    path.pricer.price(ctx, done)
+    ctx.attempts.append(done)
+    ctx.attempt = Attempt()
 
 
 def deliver_failure(reply: Reply, failure: Failure) -> bool:
@@ -501,7 +486,7 @@ def deliver_failure(reply: Reply, failure: Failure) -> bool:
 
 
 def relay_stream(
-    app: "App",
+    path: RequestPath,
     reply: Reply,
     ctx: RequestContext,
     resp: UpstreamResponse,
@@ -511,16 +496,16 @@ def relay_stream(
 ) -> None:
     """Relay SSE event by event; a break upstream ends with an error event, never [DONE]."""
     translator = adapter.stream(ctx)
-    cap = app.settings.body_cap_bytes
-    ctx.status = resp.status
+    cap = path.settings.body_cap_bytes
+    ctx.attempt.status = resp.status
     reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"})
-    ctx.mark_first_byte()
+    ctx.attempt.mark_first_byte()
     try:
         for event in events:
             for out in translator.feed(event):
-                out = app.scrub_bytes(out)  # an upstream error event may echo the key
+                out = path.scrub.bytes(out)  # an upstream error event may echo the key
                 reply.chunk(out)
-                ctx.capture(out, cap)
+                ctx.attempt.capture(out, cap)
             if ctx.deadline is not None:
                 left = ctx.deadline - time.perf_counter()
                 if left <= 0:
@@ -529,19 +514,19 @@ def relay_stream(
                 resp.set_timeout(left)
         for out in translator.finish():
             reply.chunk(out)
-            ctx.capture(out, cap)
+            ctx.attempt.capture(out, cap)
     except UpstreamError as exc:
         if client_left(ctx):  # we ended the stream because the client went away
-            ctx.outcome = "client_disconnected"
-            ctx.error_message = "client closed the connection mid-stream"
+            ctx.attempt.outcome = "client_disconnected"
+            ctx.attempt.error_message = "client closed the connection mid-stream"
             return
         code = f"upstream_{exc.kind}"
-        message = f"provider {ctx.provider.name!r} stream broke: {exc}"
+        message = f"provider {ctx.attempt.provider.name!r} stream broke: {exc}"
         if ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:
             code, message = "deadline_exceeded", deadline_error(ctx).message
-        fail(ctx, ctx.status, app.scrub(message), "stream_broken", code)
-        event = sse_error_event(ctx.dialect, exc.status, ctx.error_message or message, code=code)
-        ctx.capture(event, cap)
+        fail(ctx, ctx.attempt.status, path.scrub.text(message), "stream_broken", code)
+        event = sse_error_event(ctx.dialect, exc.status, ctx.attempt.error_message or message, code=code)
+        ctx.attempt.capture(event, cap)
         try:
             reply.chunk(event)
             reply.end_stream()
@@ -550,8 +535,8 @@ def relay_stream(
         return
     except ClientGone:
         resp.close()
-        ctx.outcome = "client_disconnected"
-        ctx.error_message = "client closed the connection mid-stream"
+        ctx.attempt.outcome = "client_disconnected"
+        ctx.attempt.error_message = "client closed the connection mid-stream"
         return
     ctx.complete = translator.complete
     reply.end_stream()

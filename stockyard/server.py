@@ -23,12 +23,12 @@ from . import proxy
 from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
+from .context import RequestContext
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
 from .hosts import host_allowed, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
-from .pipeline import RequestContext
 
 log = logging.getLogger("stockyard.server")
 
@@ -588,9 +588,10 @@ class Handler(BaseHTTPRequestHandler):
                 return
             ctx.raw = self._body()
             try:
-                proxy.handle(app, self, ctx)
+                proxy.handle(app.path, self, ctx)
             finally:
-                self._model = f"{ctx.provider.name}/{ctx.upstream_model}" if ctx.provider else ctx.model
+                done = ctx.attempt
+                self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
                 self._trace_note = f" {ctx.trace_id}"
             return
         fixed = FIXED_ROUTES.get(path)
@@ -644,15 +645,15 @@ class Handler(BaseHTTPRequestHandler):
         """
         app = self.server.app
         try:
-            app.authenticate(ctx)
+            app.gate.authenticate(ctx)
             return True
         except ProxyError as exc:
             proxy.fail(ctx, exc.status, exc.message, "rejected", exc.code)
             self._end_early()
-            proxy.send_error(app, self, ctx, exc)
+            proxy.send_error(app.path, self, ctx, exc)
         self._trace_note = f" {ctx.trace_id}"
         if self.server.refusals.allow(ctx.client_addr):
-            app.finish(ctx)
+            app.tracer.finish(ctx)
         else:
             app.metrics.observe_request(ctx)
             app.metrics.count("refusals_unrecorded_total")

@@ -12,6 +12,8 @@ import sqlite3
 import zlib
 from typing import Any
 
+import pytest
+
 from conftest import OPENAI_KEY, ServerProcess, base_env
 
 ADMIN_KEY = "admin-test-key-modules-0123456789"
@@ -27,6 +29,33 @@ def start_server(pyz_path, cache_home, mock, tmp_path_factory, name: str, **env:
                "MISTRAL_API_KEY": "mistral-test-key-0123456789", "MISTRAL_BASE_URL": "http://127.0.0.1:9/v1",
                "STOCKYARD_ADMIN_KEY": ADMIN_KEY, **env}
     return ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", environ).start()
+
+
+def server_fixture(name: str, never_logged: tuple[str, ...] = ()):
+    """The module-scoped ``server`` fixture of a module test file: a server whose log shows no
+    traceback (nor any of ``never_logged``) when it stops."""
+
+    @pytest.fixture(scope="module")
+    def server(pyz_path, cache_home, mock, tmp_path_factory):
+        srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, name)
+        yield srv
+        srv.stop()
+        assert "Traceback" not in srv.log
+        for secret in never_logged:
+            assert secret not in srv.log
+
+    return server
+
+
+@pytest.fixture
+def fresh(server, mock):
+    """Before each test on the server: every module off, the mock's scripted replies and
+    recorded requests gone (a file of server tests uses it with ``pytest.mark.usefixtures``)."""
+    mock.clear_replies()
+    disable_all(server)
+    mock.clear()
+    yield
+    mock.clear_replies()
 
 
 def api(server: ServerProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -56,7 +85,10 @@ def chat(server: ServerProcess, model: str = "gpt-4o-mini", messages: list | Non
 
 
 def raw_stream(server: ServerProcess, body: dict, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """A streamed request read to its end: status, headers, the de-chunked body bytes."""
+    """A streamed request read to its end: status, headers, the de-chunked body bytes (from a
+    server, or from a ``module_harness.Harness``)."""
+    if not isinstance(server, ServerProcess):
+        return server.stream(body, headers)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from stockyard import audit, vault
-from stockyard.pipeline import new_trace_id
+from stockyard.context import new_trace_id
 from stockyard.store.traces import TraceRow, iso_utc
 
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})

@@ -18,7 +18,7 @@ import pytest
 from conftest import ServerProcess, wait_for
 from module_helpers import api, disable_all, put_module, start_server
 from mock_upstream import Reply
-from stockyard.pipeline import RequestContext
+from stockyard.context import RequestContext
 
 MODEL = "mock-bill-max"
 ASKED = f"openai/{MODEL}"       # the server has several providers: name the one that serves it

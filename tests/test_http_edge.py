@@ -17,7 +17,7 @@ from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
 from rawhttp import connect, read_response, read_until_close, statuses
 from stockyard import config
-from stockyard.app import ScrubLogs
+from stockyard.scrub import ScrubLogs
 
 ADMIN = "edge-admin-key-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hi"}]

@@ -189,7 +189,7 @@ def test_log_records_are_scrubbed_with_their_tracebacks():
     import io
     import logging
 
-    from stockyard.app import ScrubLogs
+    from stockyard.scrub import ScrubLogs
 
     key = leak_key("log")
     out = io.StringIO()

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import wait_for
 from stockyard import metrics
-from stockyard.pipeline import RequestContext
+from stockyard.context import RequestContext
 from stockyard.pricing import Usage
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -116,10 +116,10 @@ def test_health_and_readiness(openai_server):
 
 def ctx(model: str = "gpt-4o-mini", **fields) -> RequestContext:
     c = RequestContext("chat", "openai", "127.0.0.1", {})
-    c.provider = SimpleNamespace(name="openai") if "provider" not in fields else fields.pop("provider")
-    c.upstream_model, c.status = model, 200
+    c.attempt.provider = SimpleNamespace(name="openai") if "provider" not in fields else fields.pop("provider")
+    c.attempt.upstream_model, c.attempt.status = model, 200
     for k, v in fields.items():
-        setattr(c, k, v)
+        setattr(c if hasattr(c, k) else c.attempt, k, v)
     return c
 
 

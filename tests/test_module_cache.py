@@ -1,6 +1,9 @@
 """The cache module: exact-match hits served byte for byte (plain and streamed), a streamed
 request served from a plain answer, bypass, TTL, eviction, what is never cached, hits traced
-with cost 0 and the cost saved, and switched at run time."""
+with cost 0 and the cost saved, and switched at run time.
+
+Most tests run the modules in process (``module_harness``: the same helpers work on it);
+hits through a real server (plain, streamed, to the SDK), the switches and the status stay there."""
 
 from __future__ import annotations
 
@@ -12,26 +15,24 @@ import pytest
 from openai import OpenAI
 
 from conftest import wait_for
-from module_helpers import (MINI_COST_UC, api, chat, disable_all, put_module, raw_stream, start_server,
+from module_harness import inproc  # noqa: F401 (fixture)
+from module_helpers import (MINI_COST_UC, api, chat, fresh, put_module, raw_stream, server_fixture,  # noqa: F401
                             stream_text)
 from mock_upstream import Reply
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "cache")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+server = server_fixture("cache")
 
 
-@pytest.fixture(autouse=True)
-def cache_on(server, mock):
-    mock.clear_replies()
-    disable_all(server)
+@pytest.fixture
+def cache_on(fresh, server):
     put_module(server, "cache")
-    yield
-    mock.clear_replies()
+
+
+@pytest.fixture
+def h(inproc):
+    inproc.configure("cache")
+    return inproc
 
 
 def question() -> list[dict]:
@@ -52,6 +53,7 @@ def stored(server, before: int) -> None:
     wait_for(lambda: newest(server) > before, what="the cache entry to be written")
 
 
+@pytest.mark.usefixtures("cache_on")
 def test_plain_hit_is_byte_identical_and_free(server, mock):
     messages, before = question(), newest(server)
     status, headers, first = chat(server, messages=messages)
@@ -70,6 +72,7 @@ def test_plain_hit_is_byte_identical_and_free(server, mock):
     assert miss[0]["cost_uc"] == MINI_COST_UC
 
 
+@pytest.mark.usefixtures("cache_on")
 def test_streamed_hit_is_byte_identical(server, mock):
     body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(server)
     status, headers, first = raw_stream(server, body)
@@ -89,6 +92,7 @@ def test_streamed_hit_is_byte_identical(server, mock):
     assert headers["x-stockyard-cache"] == "hit" and fourth == third and b'"prompt_tokens"' in fourth
 
 
+@pytest.mark.usefixtures("cache_on")
 def test_stream_served_from_a_cached_plain_answer(server, mock):
     messages, before = question(), newest(server)
     chat(server, messages=messages)
@@ -106,87 +110,88 @@ def test_stream_served_from_a_cached_plain_answer(server, mock):
     assert data.endswith(b"data: [DONE]\n\n") and b'"usage"' not in data, "no usage chunk unless asked"
 
 
-def test_key_ignores_stream_options_and_user_but_not_the_question(server, mock):
-    messages, before = question(), newest(server)
-    chat(server, messages=messages, user="alice")
-    stored(server, before)
-    assert chat(server, messages=messages, user="bob")[1]["x-stockyard-cache"] == "hit"
-    assert chat(server, messages=messages, temperature=0.5)[1]["x-stockyard-cache"] == "miss"
-    assert chat(server, model="gpt-4o", messages=messages)[1]["x-stockyard-cache"] == "miss"
+def test_key_ignores_stream_options_and_user_but_not_the_question(h, mock):
+    messages, before = question(), newest(h)
+    chat(h, messages=messages, user="alice")
+    stored(h, before)
+    assert chat(h, messages=messages, user="bob")[1]["x-stockyard-cache"] == "hit"
+    assert chat(h, messages=messages, temperature=0.5)[1]["x-stockyard-cache"] == "miss"
+    assert chat(h, model="gpt-4o", messages=messages)[1]["x-stockyard-cache"] == "miss"
 
 
-def test_bypass_header_asks_the_provider_and_refreshes(server, mock):
-    messages, before = question(), newest(server)
-    chat(server, messages=messages)
-    stored(server, before)
+def test_bypass_header_asks_the_provider_and_refreshes(h, mock):
+    messages, before = question(), newest(h)
+    chat(h, messages=messages)
+    stored(h, before)
     calls = len(mock.requests)
-    status, headers, _ = chat(server, messages=messages, headers={"x-stockyard-cache": "bypass"})
+    status, headers, _ = chat(h, messages=messages, headers={"x-stockyard-cache": "bypass"})
     assert status == 200 and headers["x-stockyard-cache"] == "bypass" and len(mock.requests) == calls + 1
-    assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "hit"
+    assert chat(h, messages=messages)[1]["x-stockyard-cache"] == "hit"
 
 
-def test_ttl_expires_entries(server):
-    put_module(server, "cache", {"ttl_s": 1})
-    messages, before = question(), newest(server)
-    chat(server, messages=messages)
-    stored(server, before)
-    assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "hit"
+def test_ttl_expires_entries(h):
+    h.configure("cache", {"ttl_s": 1})
+    messages, before = question(), newest(h)
+    chat(h, messages=messages)
+    stored(h, before)
+    assert chat(h, messages=messages)[1]["x-stockyard-cache"] == "hit"
     time.sleep(1.1)  # the thing under test: the entry's 1 s TTL running out
-    assert chat(server, messages=messages)[1]["x-stockyard-cache"] == "miss"
+    assert chat(h, messages=messages)[1]["x-stockyard-cache"] == "miss"
 
 
-def test_oldest_entries_are_evicted_past_max_entries(server):
-    put_module(server, "cache", {"max_entries": 2})
+def test_oldest_entries_are_evicted_past_max_entries(h):
+    h.configure("cache", {"max_entries": 2})
     questions = [question() for _ in range(3)]
     for q in questions:
-        last = newest(server)
+        last = newest(h)
         wait_for(lambda: int(time.time() * 1000) > last, what="a created_at after the newest entry's")
-        chat(server, messages=q)
-        wait_for(lambda: newest(server) > last, what="the entry (and its evictions) to be written")
-    assert entries(server) == 2
-    assert chat(server, messages=questions[2])[1]["x-stockyard-cache"] == "hit"
-    assert chat(server, messages=questions[0])[1]["x-stockyard-cache"] == "miss", "the oldest went first"
+        chat(h, messages=q)
+        wait_for(lambda: newest(h) > last, what="the entry (and its evictions) to be written")
+    assert entries(h) == 2
+    assert chat(h, messages=questions[2])[1]["x-stockyard-cache"] == "hit"
+    assert chat(h, messages=questions[0])[1]["x-stockyard-cache"] == "miss", "the oldest went first"
 
 
-def test_max_bytes_bounds_the_cache(server):
-    put_module(server, "cache", {"max_bytes": 1024})
+def test_max_bytes_bounds_the_cache(h):
+    h.configure("cache", {"max_bytes": 1024})
     for _ in range(4):
-        chat(server, messages=question())
-    wait_for(lambda: server.db_rows("SELECT coalesce(sum(size), 0) AS b FROM cache_entries")[0]["b"] <= 1024
-             and entries(server) >= 1, what="eviction down to max_bytes")
+        chat(h, messages=question())
+    wait_for(lambda: h.db_rows("SELECT coalesce(sum(size), 0) AS b FROM cache_entries")[0]["b"] <= 1024
+             and entries(h) >= 1, what="eviction down to max_bytes")
 
 
-def test_errors_and_broken_streams_are_not_cached(server, mock):
+def test_errors_and_broken_streams_are_not_cached(h, mock):
     for _ in range(2):
-        status, headers, _ = chat(server, model="openai/mock-error-500")
+        status, headers, _ = chat(h, model="openai/mock-error-500")
         assert status == 500 and headers["x-stockyard-cache"] == "miss"
     body = {"model": "gpt-4o-mini", "messages": question()}
     events = ['{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
               '"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}'] * 3
     mock.enqueue(Reply(sse=events, cut_after=2))
-    status, headers, data = raw_stream(server, body)
+    status, headers, data = raw_stream(h, body)
     assert status == 200 and b'"error"' in data
     calls = len(mock.requests)
-    server.trace(headers["x-stockyard-trace-id"])  # a cache entry would be queued before the trace: stored by now
-    assert raw_stream(server, body)[1]["x-stockyard-cache"] == "miss" and len(mock.requests) == calls + 1
+    h.trace(headers["x-stockyard-trace-id"])  # a cache entry would be queued before the trace: stored by now
+    assert raw_stream(h, body)[1]["x-stockyard-cache"] == "miss" and len(mock.requests) == calls + 1
 
 
-def test_embeddings_are_cached(server, mock):
-    text, before = f"embed {uuid.uuid4().hex}", newest(server)
-    status, _, first = server.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
+def test_embeddings_are_cached(h, mock):
+    text, before = f"embed {uuid.uuid4().hex}", newest(h)
+    status, _, first = h.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
     assert status == 200
-    stored(server, before)
-    status, headers, second = server.request("POST", "/v1/embeddings",
+    stored(h, before)
+    status, headers, second = h.request("POST", "/v1/embeddings",
                                              {"model": "text-embedding-3-small", "input": text})
     assert headers["x-stockyard-cache"] == "hit" and second == first
 
 
-def test_endpoints_option_limits_what_is_cached(server):
-    put_module(server, "cache", {"endpoints": ["embeddings"]})
-    status, headers, _ = chat(server, messages=question())
+def test_endpoints_option_limits_what_is_cached(h):
+    h.configure("cache", {"endpoints": ["embeddings"]})
+    status, headers, _ = chat(h, messages=question())
     assert status == 200 and "x-stockyard-cache" not in headers
 
 
+@pytest.mark.usefixtures("cache_on")
 def test_disabled_cache_has_no_effect(server, mock):
     messages, before = question(), newest(server)
     chat(server, messages=messages)
@@ -197,6 +202,7 @@ def test_disabled_cache_has_no_effect(server, mock):
     assert status == 200 and "x-stockyard-cache" not in headers and len(mock.requests) == calls + 1
 
 
+@pytest.mark.usefixtures("cache_on")
 def test_cli_switches_the_cache_at_run_time(server, mock):
     messages, before = question(), newest(server)
     chat(server, messages=messages)
@@ -207,6 +213,7 @@ def test_cli_switches_the_cache_at_run_time(server, mock):
     wait_for(lambda: chat(server, messages=messages)[1].get("x-stockyard-cache") == "hit", what="cache on")
 
 
+@pytest.mark.usefixtures("cache_on")
 def test_status_reports_entries_and_bytes_exactly(server):
     """The running totals (kept by triggers) match the table, refreshes and evictions included."""
     messages, before = question(), newest(server)
@@ -219,16 +226,16 @@ def test_status_reports_entries_and_bytes_exactly(server):
     assert (view["status"]["entries"], view["status"]["bytes"]) == (actual["n"], actual["b"]) and actual["b"] > 0
 
 
-def test_a_plain_answer_to_a_streamed_request_is_stored_as_plain(server, mock):
+def test_a_plain_answer_to_a_streamed_request_is_stored_as_plain(h, mock):
     """Some providers ignore stream=true: what they sent is stored as what it is."""
     answer = {"id": "c9", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "plain anyway"},
                            "finish_reason": "stop"}]}
-    body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(server)
+    body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(h)
     mock.enqueue(Reply(json=answer))
-    status, headers, data = raw_stream(server, body)
+    status, headers, data = raw_stream(h, body)
     assert status == 200 and json.loads(data)["choices"][0]["message"]["content"] == "plain anyway"
-    stored(server, before)
-    assert chat(server, messages=body["messages"])[2] == data, "stored as the plain answer it was"
-    status, headers, data = raw_stream(server, body)
+    stored(h, before)
+    assert chat(h, messages=body["messages"])[2] == data, "stored as the plain answer it was"
+    status, headers, data = raw_stream(h, body)
     assert headers["x-stockyard-cache"] == "hit" and stream_text(data) == "plain anyway"

@@ -1,6 +1,9 @@
 """The guard module: allowed and denied models (after aliasing), the max_tokens ceiling
 (clamp or reject), input size and message count — plain and streamed, in the client's
-dialect; switched at run time."""
+dialect; switched at run time.
+
+Most tests run the modules in process (``module_harness``); the first and the run-time
+switch go through a real server."""
 
 from __future__ import annotations
 
@@ -9,27 +12,19 @@ import json
 import pytest
 
 from conftest import wait_for
-from module_helpers import api, chat, disable_all, put_module, raw_stream, start_server, stream_text
+from module_harness import inproc  # noqa: F401 (fixture)
+from module_helpers import api, chat, fresh, put_module, raw_stream, server_fixture, stream_text  # noqa: F401
 
-
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "guard")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-
-
-@pytest.fixture(autouse=True)
-def fresh(server, mock):
-    disable_all(server)
-    mock.clear()
+server = server_fixture("guard")
 
 
 def error(body: bytes) -> dict:
     return json.loads(body)["error"]
 
 
+# -- through a server ------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("fresh")
 def test_denied_models_get_403_plain_and_streamed(server, mock):
     put_module(server, "guard", {"deny_models": ["gpt-4o", "groq/*"]})
     status, _, body = chat(server, model="gpt-4o")
@@ -42,71 +37,7 @@ def test_denied_models_get_403_plain_and_streamed(server, mock):
     assert all(r.json["model"] == "gpt-4o-mini" for r in mock.requests), "refusals never reach the provider"
 
 
-def test_allow_list(server):
-    put_module(server, "guard", {"allow_models": ["gpt-4o-mini", "text-embedding-*"]})
-    assert chat(server, model="gpt-4o-mini")[0] == 200
-    assert chat(server, model="openai/gpt-4o-mini")[0] == 200, "provider/model matches by its model too"
-    assert chat(server, model="gpt-4o")[0] == 403
-    assert server.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"})[0] == 200
-
-
-def test_policy_applies_to_the_model_an_alias_leads_to(server):
-    put_module(server, "alias", {"aliases": {"fast": "gpt-4o"}})
-    put_module(server, "guard", {"deny_models": ["gpt-4o"]})
-    status, _, body = chat(server, model="fast")
-    assert status == 403 and "'fast (gpt-4o)'" in error(body)["message"]
-
-
-def test_max_tokens_is_clamped(server, mock):
-    put_module(server, "guard", {"max_tokens": 100})
-    assert chat(server, max_tokens=5000)[0] == 200
-    assert mock.last("/chat/completions").json["max_tokens"] == 100
-    status, _, data = raw_stream(server, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
-                                          "max_completion_tokens": 4096})
-    assert status == 200 and stream_text(data) == "Hello from mock"
-    assert mock.last("/chat/completions").json["max_completion_tokens"] == 100
-    chat(server, max_tokens=50)
-    assert mock.last("/chat/completions").json["max_tokens"] == 50, "under the ceiling: untouched"
-    chat(server)
-    assert "max_tokens" not in mock.last("/chat/completions").json
-
-
-def test_max_tokens_over_the_ceiling_can_be_rejected(server, mock):
-    put_module(server, "guard", {"max_tokens": 100, "max_tokens_mode": "reject"})
-    status, _, body = chat(server, max_tokens=101)
-    assert status == 400 and error(body)["param"] == "max_tokens" and error(body)["code"] == "max_tokens_too_large"
-    assert "at most 100" in error(body)["message"] and mock.requests == []
-
-
-def test_input_size_and_message_count(server):
-    put_module(server, "guard", {"max_input_bytes": 2000, "max_messages": 2})
-    status, _, body = chat(server, messages=[{"role": "user", "content": "x" * 3000}])
-    assert status == 413 and error(body)["code"] == "request_too_large"
-    status, _, body = chat(server, messages=[{"role": "user", "content": "x"}] * 3)
-    assert status == 400 and error(body)["code"] == "too_many_messages" and error(body)["param"] == "messages"
-    assert chat(server, messages=[{"role": "user", "content": "x"}] * 2)[0] == 200
-
-
-def test_refusals_are_in_the_anthropic_shape_on_the_messages_route(server):
-    put_module(server, "guard", {"deny_models": ["claude-*"]})
-    status, _, body = server.request("POST", "/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 10,
-                                                              "messages": [{"role": "user", "content": "x"}]})
-    payload = json.loads(body)
-    assert status == 403 and payload["type"] == "error" and payload["error"]["type"] == "permission_error"
-
-
-def test_refusals_are_traced(server):
-    put_module(server, "guard", {"deny_models": ["gpt-4o"]})
-    status, headers, _ = chat(server, model="gpt-4o")
-    trace = server.trace(headers["x-stockyard-trace-id"])
-    assert (trace["status"], trace["outcome"], trace["error_type"]) == (403, "rejected", "model_not_allowed")
-
-
-def test_disabled_guard_has_no_effect(server):
-    put_module(server, "guard", {"deny_models": ["*"], "max_messages": 1}, enabled=False)
-    assert chat(server, messages=[{"role": "user", "content": "x"}] * 3)[0] == 200
-
-
+@pytest.mark.usefixtures("fresh")
 def test_cli_switches_the_guard_at_run_time(server):
     put_module(server, "guard", {"deny_models": ["gpt-4o-mini"]}, enabled=False)
     assert server.cli("modules", "enable", "guard").returncode == 0
@@ -115,3 +46,70 @@ def test_cli_switches_the_guard_at_run_time(server):
         .returncode == 0
     wait_for(lambda: chat(server, max_tokens=20)[0] == 400, what="new guard options")
     assert api(server, "GET", "/api/modules/guard")[1]["config"]["max_tokens"] == 10
+
+
+# -- in process ------------------------------------------------------------------------------------
+
+def test_allow_list(inproc):
+    inproc.configure("guard", {"allow_models": ["gpt-4o-mini", "text-embedding-*"]})
+    assert inproc.chat(model="gpt-4o-mini")[0] == 200
+    assert inproc.chat(model="openai/gpt-4o-mini")[0] == 200, "provider/model matches by its model too"
+    assert inproc.chat(model="gpt-4o")[0] == 403
+    assert inproc.send({"model": "text-embedding-3-small", "input": "x"}, "/v1/embeddings")[0] == 200
+
+
+def test_policy_applies_to_the_model_an_alias_leads_to(inproc):
+    inproc.configure("alias", {"aliases": {"fast": "gpt-4o"}})
+    inproc.configure("guard", {"deny_models": ["gpt-4o"]})
+    status, _, body = inproc.chat(model="fast")
+    assert status == 403 and "'fast (gpt-4o)'" in error(body)["message"]
+
+
+def test_max_tokens_is_clamped(inproc, mock):
+    inproc.configure("guard", {"max_tokens": 100})
+    assert inproc.chat(max_tokens=5000)[0] == 200
+    assert mock.last("/chat/completions").json["max_tokens"] == 100
+    status, _, data = inproc.stream({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                                     "max_completion_tokens": 4096})
+    assert status == 200 and stream_text(data) == "Hello from mock"
+    assert mock.last("/chat/completions").json["max_completion_tokens"] == 100
+    inproc.chat(max_tokens=50)
+    assert mock.last("/chat/completions").json["max_tokens"] == 50, "under the ceiling: untouched"
+    inproc.chat()
+    assert "max_tokens" not in mock.last("/chat/completions").json
+
+
+def test_max_tokens_over_the_ceiling_can_be_rejected(inproc, mock):
+    inproc.configure("guard", {"max_tokens": 100, "max_tokens_mode": "reject"})
+    status, _, body = inproc.chat(max_tokens=101)
+    assert status == 400 and error(body)["param"] == "max_tokens" and error(body)["code"] == "max_tokens_too_large"
+    assert "at most 100" in error(body)["message"] and mock.requests == []
+
+
+def test_input_size_and_message_count(inproc):
+    inproc.configure("guard", {"max_input_bytes": 2000, "max_messages": 2})
+    status, _, body = inproc.chat(messages=[{"role": "user", "content": "x" * 3000}])
+    assert status == 413 and error(body)["code"] == "request_too_large"
+    status, _, body = inproc.chat(messages=[{"role": "user", "content": "x"}] * 3)
+    assert status == 400 and error(body)["code"] == "too_many_messages" and error(body)["param"] == "messages"
+    assert inproc.chat(messages=[{"role": "user", "content": "x"}] * 2)[0] == 200
+
+
+def test_refusals_are_in_the_anthropic_shape_on_the_messages_route(inproc):
+    inproc.configure("guard", {"deny_models": ["claude-*"]})
+    status, _, body = inproc.send({"model": "claude-sonnet-4-5", "max_tokens": 10,
+                                   "messages": [{"role": "user", "content": "x"}]}, "/v1/messages")
+    payload = json.loads(body)
+    assert status == 403 and payload["type"] == "error" and payload["error"]["type"] == "permission_error"
+
+
+def test_refusals_are_traced(inproc):
+    inproc.configure("guard", {"deny_models": ["gpt-4o"]})
+    status, headers, _ = inproc.chat(model="gpt-4o")
+    trace = inproc.trace(headers["x-stockyard-trace-id"])
+    assert (trace["status"], trace["outcome"], trace["error_type"]) == (403, "rejected", "model_not_allowed")
+
+
+def test_disabled_guard_has_no_effect(inproc):
+    inproc.configure("guard", {"deny_models": ["*"], "max_messages": 1}, enabled=False)
+    assert inproc.chat(messages=[{"role": "user", "content": "x"}] * 3)[0] == 200

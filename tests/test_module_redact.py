@@ -1,6 +1,9 @@
 """The redact module: secrets and PII out of stored traces (store), out of what goes upstream
 (upstream), or the request refused naming only the kind of data (block); plain and streamed;
-switched at run time."""
+switched at run time.
+
+Most tests run the modules in process (``module_harness``); the store mode's first test and
+the run-time switch go through a real server, whose log must never show a secret."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import json
 import pytest
 
 from conftest import wait_for
-from module_helpers import (api, chat, disable_all, put_module, raw_stream, start_server, stream_text,
+from module_harness import inproc  # noqa: F401 (fixture)
+from module_helpers import (api, chat, fresh, put_module, raw_stream, server_fixture, stream_text,  # noqa: F401
                             trace_body)
 from mock_upstream import Reply
 
@@ -24,29 +28,22 @@ EMAIL = "ada@example.com"
 LEAKY = f"my key is {OPENAI_SECRET}, aws {AWS_SECRET}, token {JWT}\n{PEM}"
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "redact")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
+server = server_fixture("redact", never_logged=(OPENAI_SECRET, AWS_SECRET, JWT))
+
+
+@pytest.fixture
+def h(inproc, caplog):
+    """The harness; its log, like the server's, must never show a secret."""
+    yield inproc
     for secret in (OPENAI_SECRET, AWS_SECRET, JWT):
-        assert secret not in srv.log
-
-
-@pytest.fixture(autouse=True)
-def fresh(server, mock):
-    mock.clear_replies()
-    disable_all(server)
-    mock.clear()
-    yield
-    mock.clear_replies()
+        assert secret not in caplog.text
 
 
 def ask(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+@pytest.mark.usefixtures("fresh")
 def test_store_mode_keeps_secrets_out_of_traces_but_sends_them(server, mock):
     put_module(server, "redact", {"mode": "store"})
     status, headers, body = chat(server, messages=ask(LEAKY))
@@ -60,78 +57,79 @@ def test_store_mode_keeps_secrets_out_of_traces_but_sends_them(server, mock):
     assert stored.endswith("[REDACTED:private_key]") and "Hello from mock" in response
 
 
-def test_store_mode_redacts_answers_and_errors_too(server, mock):
-    put_module(server, "redact", {"mode": "store", "pii": ["email"]})
+def test_store_mode_redacts_answers_and_errors_too(h, mock):
+    h.configure("redact", {"mode": "store", "pii": ["email"]})
     answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
               "choices": [{"index": 0, "message": {"role": "assistant", "content": f"write to {EMAIL}"},
                            "finish_reason": "stop"}]}
     mock.enqueue(Reply(json=answer))
-    status, headers, body = chat(server, messages=ask("who?"))
+    status, headers, body = h.chat(messages=ask("who?"))
     assert EMAIL in body.decode(), "the client gets the answer as it was"
-    assert EMAIL not in trace_body(server, headers["x-stockyard-trace-id"])[1]
+    assert EMAIL not in h.trace_body(headers["x-stockyard-trace-id"])[1]
     mock.enqueue(Reply(sse=['{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
                             f'"choices":[{{"index":0,"delta":{{"content":"mail {EMAIL}"}},"finish_reason":null}}]}}',
                             "[DONE]"]))
-    status, headers, data = raw_stream(server, {"model": "gpt-4o-mini", "messages": ask("who?")})
+    status, headers, data = h.stream({"model": "gpt-4o-mini", "messages": ask("who?")})
     assert stream_text(data) == f"mail {EMAIL}"
-    stored = trace_body(server, headers["x-stockyard-trace-id"])[1]
+    stored = h.trace_body(headers["x-stockyard-trace-id"])[1]
     assert EMAIL not in stored and "[REDACTED:email]" in stored and stored.endswith("data: [DONE]\n\n")
     mock.enqueue(Reply(status=400, json={"error": {"message": f"bad address {EMAIL}", "type": "invalid_request_error"}}))
-    status, headers, _ = chat(server, messages=ask("x"))
-    trace = server.trace(headers["x-stockyard-trace-id"])
+    status, headers, _ = h.chat(messages=ask("x"))
+    trace = h.trace(headers["x-stockyard-trace-id"])
     assert status == 400 and EMAIL not in trace["error_message"] and "[REDACTED:email]" in trace["error_message"]
 
 
-def test_store_mode_answers_are_not_cached(server, mock):
-    put_module(server, "redact", {"mode": "store"})
-    put_module(server, "cache")
+def test_store_mode_answers_are_not_cached(h, mock):
+    h.configure("redact", {"mode": "store"})
+    h.configure("cache")
     for _ in range(2):
-        assert chat(server, messages=ask(LEAKY))[1]["x-stockyard-cache"] == "miss"
+        assert h.chat(messages=ask(LEAKY))[1]["x-stockyard-cache"] == "miss"
     assert len(mock.requests) == 2
 
 
-def test_upstream_mode_rewrites_what_is_sent(server, mock):
-    put_module(server, "redact", {"mode": "upstream", "pii": ["email", "card"]})
+def test_upstream_mode_rewrites_what_is_sent(h, mock):
+    h.configure("redact", {"mode": "upstream", "pii": ["email", "card"]})
     text = f"{LEAKY} mail {EMAIL} card {CARD} order {NOT_A_CARD}"
-    status, headers, data = raw_stream(server, {"model": "gpt-4o-mini", "messages": ask(text)})
+    status, headers, data = h.stream({"model": "gpt-4o-mini", "messages": ask(text)})
     assert status == 200 and stream_text(data) == "Hello from mock"
     sent = mock.last("/chat/completions").json["messages"][0]["content"]
     for secret in (OPENAI_SECRET, AWS_SECRET, JWT, EMAIL, CARD):
         assert secret not in sent
     assert "[REDACTED:email]" in sent and "[REDACTED:card]" in sent and NOT_A_CARD in sent, "Luhn-checked"
-    request, _ = trace_body(server, headers["x-stockyard-trace-id"])
+    request, _ = h.trace_body(headers["x-stockyard-trace-id"])
     assert json.loads(request)["messages"][0]["content"] == sent
 
 
-def test_block_mode_refuses_naming_the_kind_never_the_secret(server, mock):
-    put_module(server, "redact", {"mode": "block"})
-    status, headers, body = chat(server, messages=ask(LEAKY))
+def test_block_mode_refuses_naming_the_kind_never_the_secret(h, mock):
+    h.configure("redact", {"mode": "block"})
+    status, headers, body = h.chat(messages=ask(LEAKY))
     err = json.loads(body)["error"]
     assert status == 400 and err["code"] == "sensitive_data"
     assert "an OpenAI-style API key" in err["message"] and "an AWS access key" in err["message"]
     assert "a JWT" in err["message"] and "a private key" in err["message"]
     assert OPENAI_SECRET not in body.decode() and mock.requests == []
-    request, _ = trace_body(server, headers["x-stockyard-trace-id"])
+    request, _ = h.trace_body(headers["x-stockyard-trace-id"])
     assert OPENAI_SECRET not in request and "[REDACTED:openai_key]" in request
-    status, _, body = raw_stream(server, {"model": "gpt-4o-mini", "messages": ask(f"key {OPENAI_SECRET}")})
+    status, _, body = h.stream({"model": "gpt-4o-mini", "messages": ask(f"key {OPENAI_SECRET}")})
     assert status == 400 and json.loads(body)["error"]["code"] == "sensitive_data"
-    assert chat(server, messages=ask("nothing secret here"))[0] == 200
+    assert h.chat(messages=ask("nothing secret here"))[0] == 200
 
 
-def test_pii_is_off_unless_asked(server, mock):
-    put_module(server, "redact", {"mode": "block"})
-    assert chat(server, messages=ask(f"mail {EMAIL}, card {CARD}, call +1 415 555 0100"))[0] == 200
-    put_module(server, "redact", {"mode": "block", "pii": ["phone"]})
-    status, _, body = chat(server, messages=ask("call +1 415 555 0100"))
+def test_pii_is_off_unless_asked(h, mock):
+    h.configure("redact", {"mode": "block"})
+    assert h.chat(messages=ask(f"mail {EMAIL}, card {CARD}, call +1 415 555 0100"))[0] == 200
+    h.configure("redact", {"mode": "block", "pii": ["phone"]})
+    status, _, body = h.chat(messages=ask("call +1 415 555 0100"))
     assert status == 400 and "a phone number" in json.loads(body)["error"]["message"]
 
 
-def test_disabled_redact_has_no_effect(server):
-    put_module(server, "redact", {"mode": "block"}, enabled=False)
-    status, headers, _ = chat(server, messages=ask(f"key {OPENAI_SECRET}"))
-    assert status == 200 and OPENAI_SECRET in trace_body(server, headers["x-stockyard-trace-id"])[0]
+def test_disabled_redact_has_no_effect(h):
+    h.configure("redact", {"mode": "block"}, enabled=False)
+    status, headers, _ = h.chat(messages=ask(f"key {OPENAI_SECRET}"))
+    assert status == 200 and OPENAI_SECRET in h.trace_body(headers["x-stockyard-trace-id"])[0]
 
 
+@pytest.mark.usefixtures("fresh")
 def test_cli_switches_redact_at_run_time(server):
     assert server.cli("modules", "set", "redact", "mode=block").returncode == 0
     assert server.cli("modules", "enable", "redact").returncode == 0

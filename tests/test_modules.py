@@ -12,36 +12,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import wait_for
-from module_helpers import ADMIN_KEY, api, chat, disable_all, put_module, raw_stream, start_server
+from module_helpers import ADMIN_KEY, api, chat, fresh, put_module, raw_stream, server_fixture  # noqa: F401
 
 from stockyard import modules as registry
 from stockyard.errors import ProxyError
 from stockyard.modules import ConfigError, ModuleRow, Modules
 from stockyard.modules.guard import Guard
 from stockyard.modules.schema import Field
-from stockyard.pipeline import RequestContext
+from stockyard.context import RequestContext
 
 ORDER = ["ratelimit", "alias", "guard", "redact", "budget", "cache", "timeout", "fallback"]
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "modules")
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
-
-
-@pytest.fixture(autouse=True)
-def fresh(server, mock):
-    mock.clear_replies()
-    disable_all(server)
-    yield
-    mock.clear_replies()
+server = server_fixture("modules")
 
 
 # -- listing ---------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("fresh")
 def test_api_lists_every_module_in_chain_order_with_its_schema(server):
     status, listing = api(server, "GET", "/api/modules")
     assert status == 200
@@ -56,6 +44,7 @@ def test_api_lists_every_module_in_chain_order_with_its_schema(server):
     assert "status" in cache  # run-time state: entries and bytes held
 
 
+@pytest.mark.usefixtures("fresh")
 def test_cli_lists_and_shows(server):
     out = server.cli("modules", "list")
     assert out.returncode == 0, out.stderr
@@ -71,6 +60,7 @@ def test_cli_lists_and_shows(server):
     assert missing.returncode == 1 and "no module named 'nope'" in missing.stderr
 
 
+@pytest.mark.usefixtures("fresh")
 def test_every_verb_has_help(server):
     for verb in ("list", "show", "enable", "disable", "set", "reset"):
         out = server.cli("modules", verb, "--help")
@@ -97,6 +87,7 @@ def test_every_verb_has_help(server):
     ("cache", {"overrides": {"user:1": {"enabled": False}}}, "cache.overrides"),
     ("cache", {"overrides": {"key:k1": {"ttl_s": -5}}}, "cache.overrides['key:k1'].ttl_s"),
 ])
+@pytest.mark.usefixtures("fresh")
 def test_api_rejects_bad_config_naming_the_field(server, name, config, field):
     status, body = api(server, "PUT", f"/api/modules/{name}", {"enabled": True, "config": config})
     assert status == 400, body
@@ -105,6 +96,7 @@ def test_api_rejects_bad_config_naming_the_field(server, name, config, field):
     assert view["enabled"] is False and view["set"] == [], "a rejected change changes nothing"
 
 
+@pytest.mark.usefixtures("fresh")
 def test_api_rejects_malformed_change_bodies(server):
     assert api(server, "PUT", "/api/modules/cache", {"enabled": "yes"})[0] == 400
     assert api(server, "PUT", "/api/modules/cache", {"config": [1]})[0] == 400
@@ -124,6 +116,7 @@ def test_api_rejects_malformed_change_bodies(server):
     (["alias", "aliases={not json"], "alias.aliases"),
     (["cache", "--config", '{"ttl_s": -1}'], "cache.ttl_s"),
 ])
+@pytest.mark.usefixtures("fresh")
 def test_cli_rejects_bad_config_with_exit_1_naming_the_field(server, args, field):
     out = server.cli("modules", "set", *args)
     assert out.returncode == 1 and field in out.stderr and "Traceback" not in out.stderr
@@ -131,6 +124,7 @@ def test_cli_rejects_bad_config_with_exit_1_naming_the_field(server, args, field
     assert out.returncode == 1 and "--config is not valid JSON" in out.stderr
 
 
+@pytest.mark.usefixtures("fresh")
 def test_patch_merges_and_null_resets_to_default(server):
     put_module(server, "guard", {"max_tokens": 10}, enabled=False)
     status, view = api(server, "PATCH", "/api/modules/guard", {"config": {"max_messages": 3}})
@@ -141,6 +135,7 @@ def test_patch_merges_and_null_resets_to_default(server):
     assert view["set"] == ["max_input_bytes"], "PUT replaces the whole configuration"
 
 
+@pytest.mark.usefixtures("fresh")
 def test_cli_sets_one_entry_of_an_object_and_resets(server):
     out = server.cli("modules", "set", "alias", "aliases.fast=gpt-4o-mini", "aliases.gpt-4.1*=openai/gpt-4.1")
     assert out.returncode == 0, out.stderr
@@ -157,6 +152,7 @@ def test_cli_sets_one_entry_of_an_object_and_resets(server):
     assert json.loads(server.cli("modules", "show", "guard", "--json").stdout)["set"] == []
 
 
+@pytest.mark.usefixtures("fresh")
 def test_changes_are_audited_with_who_made_them(server):
     put_module(server, "cache", {"ttl_s": 60})
     api(server, "POST", "/api/modules/cache/disable")
@@ -171,6 +167,7 @@ def test_changes_are_audited_with_who_made_them(server):
 
 # -- in effect from the next request ----------------------------------------------------------------
 
+@pytest.mark.usefixtures("fresh")
 def test_api_toggle_changes_the_next_request(server):
     put_module(server, "guard", {"deny_models": ["gpt-4o-mini"]}, enabled=False)
     assert chat(server)[0] == 200, "configured but disabled: no effect"
@@ -182,6 +179,7 @@ def test_api_toggle_changes_the_next_request(server):
     assert chat(server)[0] == 200
 
 
+@pytest.mark.usefixtures("fresh")
 def test_cli_changes_reach_the_running_server(server):
     assert server.cli("modules", "set", "guard", "deny_models=gpt-4o-mini").returncode == 0
     assert chat(server)[0] == 200
@@ -194,6 +192,7 @@ def test_cli_changes_reach_the_running_server(server):
     wait_for(lambda: chat(server, model="gpt-4o")[0] == 200, what="CLI disable to reach the server")
 
 
+@pytest.mark.usefixtures("fresh")
 def test_openapi_documents_the_module_routes(server):
     status, doc = api(server, "GET", "/api/openapi.json")
     assert set(doc["paths"]["/api/modules/{name}"]) == {"get", "put", "patch"}
@@ -207,7 +206,7 @@ json_values = st.recursive(
 
 
 @pytest.fixture
-def every_module_on(server):
+def every_module_on(fresh, server):
     for name, config in {"alias": {"aliases": {"fast": "gpt-4o-mini"}}, "guard": {"max_tokens": 100},
                          "redact": {"mode": "upstream", "pii": ["email", "phone", "card"]}, "cache": {},
                          "timeout": {"read_timeout_s": 5, "deadline_s": 10},
@@ -333,6 +332,7 @@ def test_command_line_values_parse_by_field_type(field, text, value):
     assert field.parse("m.f", text) == value
 
 
+@pytest.mark.usefixtures("fresh")
 def test_admin_key_is_needed(server):
     assert server.request("POST", "/api/modules/cache/enable",
                           headers={"Authorization": "Bearer wrong"})[0] == 401

@@ -26,7 +26,8 @@ from stockyard.metrics import render
 from stockyard.errors import ProxyError
 from stockyard.operations import keys as key_ops
 from stockyard.operations import prices as price_ops
-from stockyard.pipeline import Chain, HookFailures, RequestContext
+from stockyard.chain import Chain, HookFailures
+from stockyard.context import RequestContext
 
 COST_UC = 480
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -65,7 +66,7 @@ def app(tmp_path):
 def budget_request(app: App) -> RequestContext:
     ctx = RequestContext("chat", "openai", "127.0.0.1", {"authorization": f"Bearer {app.test_key}"},
                          body={"model": "gpt-4o-mini", "messages": [], "max_tokens": 10}, model="gpt-4o-mini")
-    app.authenticate(ctx)
+    app.gate.authenticate(ctx)
     return ctx
 
 
@@ -75,12 +76,12 @@ def ledger_state(app: App, ctx: RequestContext) -> tuple[int, int]:
 
 
 def test_a_raising_after_hook_does_not_skip_the_budget_settlement(app, caplog):
-    chain = Chain([app.modules.get("budget"), Boom()], app.hook_failures)
+    chain = Chain([app.modules.route, app.modules.get("budget"), Boom()], app.hook_failures)
     for _ in range(2):
         ctx = budget_request(app)
         chain.before(ctx)
         assert ledger_state(app, ctx)[1] > 0, "the budget module reserved the worst case"
-        ctx.status, ctx.cost_uc = 200, COST_UC
+        ctx.attempt.status, ctx.attempt.cost_uc = 200, COST_UC
         chain.after(ctx)  # Boom.after runs first (reverse order) and raises: no exception escapes
         spent, reserved = ledger_state(app, ctx)
         assert reserved == 0, "the reservation was settled"
@@ -91,7 +92,7 @@ def test_a_raising_after_hook_does_not_skip_the_budget_settlement(app, caplog):
 
 
 def test_a_bug_in_before_is_a_500_for_that_request_and_the_modules_that_ran_settle(app):
-    chain = Chain([app.modules.get("budget"), Boom(before=True, after=False)], app.hook_failures)
+    chain = Chain([app.modules.route, app.modules.get("budget"), Boom(before=True, after=False)], app.hook_failures)
     ctx = budget_request(app)
     with pytest.raises(ProxyError) as refused:
         chain.before(ctx)

@@ -6,25 +6,30 @@ The order is fixed here and is the order of ``before`` hooks (``after`` hooks ru
 2. ``alias``     — rename the model, so every later stage sees the model actually used
 3. ``guard``     — request policy on the real model (allowed models, max_tokens, sizes)
 4. ``redact``    — secrets and PII out of what is stored / sent upstream, or a 400
+   (then the route is resolved, once: ``stockyard.routing``; always in the chain)
 5. ``budget``    — reserve the worst-case cost of the (clamped, routed) request
 6. ``cache``     — answer from the cache; its key names the provider and model really asked
 7. ``timeout``   — per-model read timeouts and the request's deadline, for the upstream call
 8. ``fallback``  — retries, fallback chains and circuit breakers, for the upstream call
 
-Alias runs ahead of budget and cache because both need the real model (a budget prices
-it, a cache key names it), and guard/redact sit early so a refused request costs nothing.
+Alias runs ahead of budget and cache because both need the real model (a budget prices it, a cache
+key names it), and guard/redact sit early so a refused request costs nothing. The route is
+resolved after guard and redact, so their refusals win over a model that routes nowhere,
+and before budget and cache, which use it.
 
 Enabled state and options live in the ``modules`` table (one row per module an operator
 changed; no row means the module's defaults). :class:`Modules` builds the chain from those
 rows on every reload; a disabled module is not in the chain at all.
 
-Adding a module is one line in ``ORDER``. A module class needs ``name``, ``before(ctx)``
-and ``after(ctx)`` and is built once as ``cls(app)``; the rest is optional —
-``schema`` (options, default none), ``default_enabled`` (default True for classes that do
-not subclass :class:`Module`, so e.g. budgets keep working with no row), ``configure``
-(called with the options), ``summary``. A module whose limits come from elsewhere (budgets
-and rate limits from the keys table) simply declares no schema: the table still switches
-it on and off, and per-key ``overrides`` with ``enabled`` still apply to it.
+Adding a module is one line in ``ORDER``. The contract is :class:`~.base.Module`: it is
+built once as ``cls(services)`` (a :class:`~.base.ModuleServices`: settings, store, ledger,
+pricer, project budgets — never the whole server), declares ``name``, ``summary``,
+``schema`` and ``default_enabled``, and implements ``before(ctx)`` / ``after(ctx)``. A
+module whose limits come from elsewhere (budgets and rate limits from the keys table)
+declares no schema and ``default_enabled = True``: the table still switches it on and off,
+and per-key ``overrides`` with ``enabled`` still apply to it. A class from outside this
+package may skip the base: only ``name``, ``before`` and ``after`` are required, and it is
+on by default.
 
 Every module's configuration may carry ``overrides``::
 
@@ -39,11 +44,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-from ..pipeline import Chain
+from ..chain import Chain, HookFailures, Hooks
 from .alias import Alias
-from .base import Module, Scoped
+from .base import Module, ModuleServices, Scoped
 from .budget import BudgetModule
 from .cache import Cache
 from .fallback import Fallback
@@ -52,9 +57,6 @@ from .ratelimit import RateLimitModule
 from .redact import Redact
 from .schema import ConfigError, Field, defaults, validate
 from .timeout import Timeout
-
-if TYPE_CHECKING:
-    from ..app import App
 
 log = logging.getLogger("stockyard.modules")
 
@@ -70,6 +72,9 @@ ORDER: tuple[type, ...] = (
     Fallback,
 )
 
+# The route step goes right before the first of these (they, and the proxy, use ctx.route).
+ROUTED: tuple[type, ...] = (BudgetModule, Cache, Timeout, Fallback)
+
 OVERRIDE_PREFIXES = ("key:", "project:")
 
 __all__ = [
@@ -77,6 +82,7 @@ __all__ = [
     "Module",
     "Modules",
     "ModuleRow",
+    "ModuleServices",
     "ConfigError",
     "Field",
     "find",
@@ -97,7 +103,7 @@ class ModuleRow:
     updated_at: str
 
 
-# -- what a module class declares (with defaults for classes that are not a Module) ----------
+# -- what a module class declares (with defaults for classes from outside this package) ----------
 
 
 def schema_of(cls: type) -> Mapping[str, Field]:
@@ -199,9 +205,16 @@ def describe(cls: type) -> dict[str, Any]:
 class Modules:
     """One server's module instances (state survives reloads) and the chain built from the table."""
 
-    def __init__(self, app: "App", order: tuple[type, ...] = ORDER) -> None:
-        self.instances = [cls(app) for cls in order]
-        self.failures = getattr(app, "hook_failures", None)  # shared by every chain built, across reloads
+    def __init__(
+        self,
+        services: ModuleServices,
+        order: tuple[type, ...] = ORDER,
+        failures: HookFailures | None = None,
+        route: Hooks | None = None,
+    ) -> None:
+        self.instances = [cls(services) for cls in order]
+        self.failures = failures  # shared by every chain built, across reloads
+        self.route = route  # the route step (stockyard.routing), placed before the ROUTED modules
 
     def get(self, name: str) -> Any:
         return next((m for m in self.instances if m.name == name), None)
@@ -209,8 +222,12 @@ class Modules:
     def build(self, rows: Mapping[str, ModuleRow]) -> Chain:
         """The chain for this configuration: enabled modules only, in order, configured."""
         chain: list[Any] = []
+        route = self.route
         for module in self.instances:
             cls = type(module)
+            if route is not None and cls in ROUTED:
+                chain.append(route)
+                route = None
             row = rows.get(module.name)
             enabled = row.enabled if row is not None else default_enabled(cls)
             try:
@@ -233,4 +250,6 @@ class Modules:
                 scoped = {scope: {k: v for k, v in o.items() if k != "enabled"} for scope, o in overrides.items()}
                 configure(effective_config(cls, config), {s: o for s, o in scoped.items() if o})
             chain.append(Scoped(module, enabled, switches) if switches else module)
+        if route is not None:
+            chain.append(route)
         return Chain(chain, self.failures)

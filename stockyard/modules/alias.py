@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from .base import Module
 from .schema import ConfigError, Field, map_of, number, text
 

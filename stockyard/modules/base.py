@@ -10,26 +10,45 @@ sees half a change.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from .schema import Field, defaults
 
 if TYPE_CHECKING:
-    from ..app import App
+    from ..billing import Pricer
+    from ..budgets import Budget, Ledger
+    from ..config import Settings
+    from ..store import Store
+
+
+@dataclass(frozen=True)
+class ModuleServices:
+    """What modules may use of the server — nothing else of it reaches them."""
+
+    settings: "Settings"
+    store: "Store"  # reads on the request thread, writes through the writer
+    ledger: "Ledger"  # budget reservations
+    pricer: "Pricer"  # the price a routed request is charged at
+    project_budgets: Callable[[], dict[str, "Budget"]]  # the current snapshot
 
 
 class Module:
-    """Base class of the modules shipped in this package (others need only name/before/after)."""
+    """The module contract: a name, an option schema with defaults, and two hooks.
+
+    Every module shipped here subclasses it; a class from elsewhere needs only ``name``,
+    ``before`` and ``after`` and a constructor taking :class:`ModuleServices`.
+    """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     schema: ClassVar[dict[str, Field]] = {}
     default_enabled: ClassVar[bool] = False
 
-    def __init__(self, app: "App") -> None:
-        self.app = app
+    def __init__(self, services: ModuleServices) -> None:
+        self.services = services
         self._options: tuple[Any, dict[str, Any]] = (self.compile(defaults(self.schema)), {})
 
     def compile(self, config: dict[str, Any]) -> Any:

@@ -4,7 +4,7 @@ Before the request goes upstream its worst case (``estimate.request_cost``: ever
 it asks for, at its output cap) is reserved in the server's :class:`~stockyard.budgets.Ledger`;
 a request that would take a budget past its limit gets a 429 ``budget_exceeded`` and never
 reaches the provider.
-After it ends, the reservation settles to the real cost (``ctx.cost_uc`` plus the cost of
+After it ends, the reservation settles to the real cost (``ctx.attempt.cost_uc`` plus the cost of
 any failed attempt a provider billed, all priced before the after hooks run).
 
 A model with no price cannot be held to a budget, so a budgeted key is refused such
@@ -15,36 +15,35 @@ price with ``stockyard prices set``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from .. import estimate
 from ..budgets import BudgetExceeded, budgets_for, scopes_of
+from ..context import RequestContext
 from ..errors import ProxyError
-from ..pipeline import RequestContext
-
-if TYPE_CHECKING:
-    from ..app import App
+from .base import Module
 
 log = logging.getLogger("stockyard.budgets")
 
 FREE_ENDPOINTS = ("count_tokens",)
 
 
-class BudgetModule:
-    name = "budget"
+class BudgetModule(Module):
+    """Reserves each request's worst-case cost against its key's and project's budgets."""
 
-    def __init__(self, app: "App") -> None:
-        self.app = app
+    name = "budget"
+    default_enabled = True  # the limits live on the keys: on with no row in the modules table
 
     def before(self, ctx: RequestContext) -> None:
         key = ctx.key
         if key is None or ctx.endpoint in FREE_ENDPOINTS:
             return
-        budgets = budgets_for(key, self.app.project_budgets())
+        services = self.services
+        budgets = budgets_for(key, services.project_budgets())
         if not budgets:
             return
+        assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
-        price = self.app.price_of(model)  # a model that routes nowhere fails here, as routing would
+        price = services.pricer.price_of(ctx.route, model)
         if price is None:
             raise ProxyError(
                 403,
@@ -54,9 +53,9 @@ class BudgetModule:
                 param="model",
                 code="model_not_priced",
             )
-        amount = estimate.request_cost(ctx, price, self.app.settings.default_max_tokens)
+        amount = estimate.request_cost(ctx, price, services.settings.default_max_tokens)
         try:
-            ctx.state["budget"] = self.app.ledger.reserve(budgets, amount, ctx.ts_ms)
+            ctx.state["budget"] = services.ledger.reserve(budgets, amount, ctx.ts_ms)
         except BudgetExceeded as exc:
             raise exc.error() from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
@@ -70,5 +69,7 @@ class BudgetModule:
     def after(self, ctx: RequestContext) -> None:
         if ctx.key is None:
             return
-        billed = (ctx.cost_uc or 0) + sum(a.cost_uc or 0 for a in ctx.attempts)  # failed attempts a provider billed
-        self.app.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)
+        billed = (ctx.attempt.cost_uc or 0) + sum(
+            a.cost_uc or 0 for a in ctx.attempts
+        )  # failed attempts a provider billed
+        self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)

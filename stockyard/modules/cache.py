@@ -26,7 +26,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 
-from ..pipeline import Answer, RequestContext
+from ..context import Answer, RequestContext
 from .base import Module
 from .replay import to_stream
 from .schema import Field
@@ -133,14 +133,15 @@ class Cache(Module):
         opts: CacheOptions = self.options(ctx)
         if ctx.endpoint not in opts.endpoints:
             return
-        provider, model = self.app.registry().resolve(ctx.routed_model or ctx.model or "")
-        digest, kind = request_key(ctx, provider.name, model), kind_of(ctx)
+        route = ctx.route
+        assert route is not None  # resolved by the route step before this module
+        digest, kind = request_key(ctx, route.provider.name, route.model), kind_of(ctx)
         ctx.state["cache"] = (digest, kind, opts)
         if ctx.headers.get(HEADER, "").strip().lower() == "bypass":
             ctx.reply_headers[HEADER] = "bypass"
             return
         kinds = (kind, JSON) if kind != JSON else (JSON,)
-        found = lookup(self.app.store.read(), digest, kinds, int(time.time() * 1000), opts.ttl_ms)
+        found = lookup(self.services.store.read(), digest, kinds, int(time.time() * 1000), opts.ttl_ms)
         body = None
         if found is not None:
             found_kind, entry = found
@@ -152,28 +153,34 @@ class Cache(Module):
         if body is None:
             ctx.reply_headers[HEADER] = "miss"
             return
-        ctx.provider, ctx.upstream_model = provider, model
+        ctx.attempt.provider, ctx.attempt.upstream_model = route.provider, route.model
         ctx.cache_hit, ctx.complete = True, True
-        ctx.cost_uc, ctx.cost_status, ctx.cost_saved_uc = 0, "exact", entry.cost_uc
+        ctx.attempt.cost_uc, ctx.attempt.cost_status, ctx.cost_saved_uc = 0, "exact", entry.cost_uc
         ctx.answer = Answer(200, body, CONTENT_TYPES[kind], {HEADER: "hit"}, stream=kind != JSON)
 
     def after(self, ctx: RequestContext) -> None:
         state = ctx.state.pop("cache", None)
         if state is None or ctx.cache_hit:
             return
-        if ctx.status != 200 or ctx.outcome != "ok" or not ctx.complete or ctx.response_truncated or ctx.sensitive:
+        if (
+            ctx.attempt.status != 200
+            or ctx.attempt.outcome != "ok"
+            or not ctx.complete
+            or ctx.attempt.response_truncated
+            or ctx.sensitive
+        ):
             return
         digest, kind, opts = state
-        body = bytes(ctx.response_body)
+        body = bytes(ctx.attempt.response_body)
         if not body or len(body) > opts.max_bytes:
             return
         if kind != JSON and not body.startswith((b"data:", b"event:", b":")):
             kind = JSON  # the provider answered a streamed request plainly: store it as what it is
-        entry = Entry(body, CONTENT_TYPES[kind], ctx.cost_uc)
-        usage = json.dumps(asdict(ctx.usage)) if ctx.usage is not None else None
+        entry = Entry(body, CONTENT_TYPES[kind], ctx.attempt.cost_uc)
+        usage = json.dumps(asdict(ctx.attempt.usage)) if ctx.attempt.usage is not None else None
         now_ms = int(time.time() * 1000)
-        self.app.store.submit(lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts))
+        self.services.store.submit(lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts))
 
     def status(self) -> dict:
-        row = self.app.store.read().execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
+        row = self.services.store.read().execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
         return {"entries": row[0], "bytes": row[1]}

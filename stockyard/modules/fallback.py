@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from .base import Module
 from .schema import ConfigError, Field, map_of, text
 
@@ -103,7 +103,7 @@ class Breaker:
 
 @dataclass(frozen=True)
 class FallbackPolicy:
-    """The fallback options, as the proxy's :class:`~stockyard.pipeline.RetryPolicy`."""
+    """The fallback options, as the proxy's :class:`~stockyard.context.RetryPolicy`."""
 
     chains: dict[str, tuple[str, ...]]
     retries: int
@@ -117,8 +117,12 @@ class FallbackPolicy:
     def fallbacks(self, ctx: RequestContext) -> list[str]:
         if not self.chains:
             return []
-        provider = ctx.provider.name if ctx.provider else ""
-        for name in (ctx.routed_model or ctx.model, f"{provider}/{ctx.upstream_model}", ctx.upstream_model):
+        provider = ctx.attempt.provider.name if ctx.attempt.provider else ""
+        for name in (
+            ctx.routed_model or ctx.model,
+            f"{provider}/{ctx.attempt.upstream_model}",
+            ctx.attempt.upstream_model,
+        ):
             if name and name in self.chains:
                 return list(self.chains[name])
         return []

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from ..context import RequestContext
 from ..errors import ProxyError
 from ..limits import MAX_TOKENS, request_numbers
-from ..pipeline import RequestContext
 from .base import Module
 from .schema import Field
 

@@ -14,14 +14,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .. import estimate
+from ..context import RequestContext
 from ..errors import ProxyError
-from ..pipeline import RequestContext
-
-if TYPE_CHECKING:
-    from ..app import App
+from .base import Module, ModuleServices
 
 WINDOW_S = 60.0
 FREE_ENDPOINTS = ("count_tokens",)
@@ -113,13 +110,14 @@ def _seconds(wait: float) -> int:
     return max(1, math.ceil(wait))
 
 
-class RateLimitModule:
+class RateLimitModule(Module):
     """``ratelimit``: refuses a key's requests beyond its rpm/tpm with a 429 and Retry-After."""
 
     name = "ratelimit"
+    default_enabled = True  # the limits live on the keys: on with no row in the modules table
 
-    def __init__(self, app: "App") -> None:
-        self.app = app
+    def __init__(self, services: ModuleServices) -> None:
+        super().__init__(services)
         self.limiter = RateLimiter()
 
     def before(self, ctx: RequestContext) -> None:
@@ -127,7 +125,7 @@ class RateLimitModule:
         if key is None or (key.rpm is None and key.tpm is None):
             return
         counted = key.tpm and ctx.endpoint not in FREE_ENDPOINTS  # counting tokens is not using them
-        tokens = estimate.request_tokens(ctx, self.app.settings.default_max_tokens) if counted else 0
+        tokens = estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if counted else 0
         try:
             ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, tokens)
         except RateLimited as exc:
@@ -137,5 +135,5 @@ class RateLimitModule:
         entry = ctx.state.pop("ratelimit", None)
         if entry is None or not ctx.key.tpm:
             return
-        used = ctx.usage.prompt_tokens + ctx.usage.completion_tokens if ctx.usage else 0
+        used = ctx.attempt.usage.prompt_tokens + ctx.attempt.usage.completion_tokens if ctx.attempt.usage else 0
         self.limiter.correct(ctx.key.id, entry, used)

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..context import RequestContext
 from ..errors import ProxyError
-from ..pipeline import RequestContext
 from .base import Module
 from .schema import Field
 
@@ -296,7 +296,7 @@ class Redact(Module):
         detector, request_has_findings = state
         if request_has_findings:
             ctx.raw = detector.redact_bytes(ctx.raw)
-        for c in (ctx, *ctx.attempts):
+        for c in (ctx.attempt, *ctx.attempts):
             if c.response_body:
                 c.response_body = bytearray(detector.redact_bytes(c.response_body))
             if c.error_message:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from .base import Module
 from .schema import Field, map_of, number
 

@@ -16,8 +16,8 @@ import re
 import time
 from typing import Any
 
+from ..context import RequestContext
 from ..errors import ProxyError
-from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -300,14 +300,16 @@ class AnthropicChatAdapter(Adapter):
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         message = loads_object(body)
         with shape_errors(502, "the provider answer"):
-            ctx.served_model = message.get("model") or ctx.served_model
-            ctx.usage = Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+            ctx.attempt.served_model = message.get("model") or ctx.attempt.served_model
+            ctx.attempt.usage = (
+                Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+            )
             return completion(
                 message.get("id") or ctx.trace_id,
                 int(time.time()),
-                ctx.served_model or ctx.upstream_model or "",
+                ctx.attempt.served_model or ctx.attempt.upstream_model or "",
                 [message_to_choice(message)],
-                ctx.usage,
+                ctx.attempt.usage,
             )
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -322,7 +324,7 @@ def take_usage(ctx: RequestContext, seen: dict, usage: Any) -> None:
     part; message_delta's counts are cumulative) and keep the trace current."""
     if isinstance(usage, dict):
         seen.update({k: v for k, v in usage.items() if v is not None})
-        ctx.usage = Usage.from_anthropic(seen)
+        ctx.attempt.usage = Usage.from_anthropic(seen)
 
 
 class AnthropicToOpenAIStream(ChunkStream):
@@ -398,16 +400,16 @@ class AnthropicNativeAdapter(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         if ctx.endpoint == "count_tokens":
-            ctx.usage = Usage()  # counting tokens is free: nothing to bill
+            ctx.attempt.usage = Usage()  # counting tokens is free: nothing to bill
             return body
         try:
             message = json.loads(body)
         except ValueError:
             return body
         if isinstance(message, dict):
-            ctx.served_model = message.get("model") or ctx.served_model
+            ctx.attempt.served_model = message.get("model") or ctx.attempt.served_model
             if isinstance(message.get("usage"), dict):
-                ctx.usage = Usage.from_anthropic(message["usage"])
+                ctx.attempt.usage = Usage.from_anthropic(message["usage"])
         return body
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -432,7 +434,7 @@ class AnthropicNativeStream(StreamTranslator):
         kind = payload.get("type") if isinstance(payload, dict) else None
         if kind == "message_start":
             message = payload.get("message") or {}
-            self.ctx.served_model = message.get("model") or self.ctx.served_model
+            self.ctx.attempt.served_model = message.get("model") or self.ctx.attempt.served_model
             take_usage(self.ctx, self.usage, message.get("usage"))
         elif kind == "message_delta":
             take_usage(self.ctx, self.usage, payload.get("usage"))

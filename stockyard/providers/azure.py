@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from . import Provider
 from .base import UpstreamCall, model_segment
 from .openai import PATHS, OpenAIAdapter, request_body

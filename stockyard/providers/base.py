@@ -11,8 +11,8 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from ..context import RequestContext
 from ..errors import ProxyError
-from ..pipeline import RequestContext
 from . import Provider
 
 

@@ -12,8 +12,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from ..context import RequestContext
 from ..errors import ProxyError, error_body, error_type, sse_error_event
-from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import StreamTranslator, sse_data
@@ -219,7 +219,7 @@ def upstream_error(
     except ValueError:
         found = None
     if found is None:
-        return translated_error(status, f"provider {ctx.provider.name!r} answered {status}", None)
+        return translated_error(status, f"provider {ctx.attempt.provider.name!r} answered {status}", None)
     code, message = found
     return translated_error(status, message, code)
 
@@ -237,9 +237,9 @@ def endpoint_check(ctx: RequestContext, provider: Provider) -> None:
 
 def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
     """An error the provider sent inside a stream: the trace says the answer broke."""
-    ctx.outcome = "stream_broken"
-    ctx.error_type = f"upstream_{kind}"
-    ctx.error_message = message
+    ctx.attempt.outcome = "stream_broken"
+    ctx.attempt.error_type = f"upstream_{kind}"
+    ctx.attempt.error_message = message
 
 
 class ChunkStream(StreamTranslator):
@@ -275,17 +275,27 @@ class ChunkStream(StreamTranslator):
     def identify(self, ident: str | None, model: str | None) -> None:
         """Take the answer's id and served model from an event that carries them."""
         self.ident = ident or self.ident
-        self.ctx.served_model = model or self.ctx.served_model or self.ctx.upstream_model
+        self.ctx.attempt.served_model = model or self.ctx.attempt.served_model or self.ctx.attempt.upstream_model
 
     def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
         """One chunk with one choice's delta."""
-        return chunk(self.ident, self.created, self.ctx.served_model or "", [delta_choice(delta, finish, index)])
+        return chunk(
+            self.ident, self.created, self.ctx.attempt.served_model or "", [delta_choice(delta, finish, index)]
+        )
 
     def done(self) -> list[bytes]:
         """The end of a complete answer: the usage chunk when the client asked for usage, then [DONE]."""
         out = []
-        if self.ctx.client_wants_usage and self.ctx.usage is not None:
-            out.append(chunk(self.ident, self.created, self.ctx.served_model or "", [], openai_usage(self.ctx.usage)))
+        if self.ctx.client_wants_usage and self.ctx.attempt.usage is not None:
+            out.append(
+                chunk(
+                    self.ident,
+                    self.created,
+                    self.ctx.attempt.served_model or "",
+                    [],
+                    openai_usage(self.ctx.attempt.usage),
+                )
+            )
         return out + [done_event()]
 
     def fail(self, status: int, kind: str, message: str) -> list[bytes]:

@@ -16,8 +16,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..context import RequestContext
 from ..errors import ProxyError
-from ..pipeline import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment
@@ -348,11 +348,13 @@ class GeminiAdapter(Adapter):
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         doc = loads_object(body)
         with shape_errors(502, "the provider answer"):
-            ctx.served_model = doc.get("modelVersion") or ctx.served_model or ctx.upstream_model
+            ctx.attempt.served_model = doc.get("modelVersion") or ctx.attempt.served_model or ctx.attempt.upstream_model
             meta = doc.get("usageMetadata")
-            ctx.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
+            ctx.attempt.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
             ident = doc.get("responseId") or ctx.trace_id
-            return completion(ident, int(time.time()), ctx.served_model or "", response_choices(doc), ctx.usage)
+            return completion(
+                ident, int(time.time()), ctx.attempt.served_model or "", response_choices(doc), ctx.attempt.usage
+            )
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         return GeminiStream(ctx)
@@ -377,7 +379,7 @@ class GeminiStream(ChunkStream):
             return []
         self.identify(doc.get("responseId"), doc.get("modelVersion"))
         if isinstance(doc.get("usageMetadata"), dict):  # cumulative: the latest one counts
-            self.ctx.usage = Usage.from_gemini(doc["usageMetadata"])
+            self.ctx.attempt.usage = Usage.from_gemini(doc["usageMetadata"])
         out: list[bytes] = []
         for position, candidate in enumerate(doc.get("candidates") or []):
             out += self.candidate_events(candidate, candidate.get("index", position))

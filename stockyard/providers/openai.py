@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..pipeline import RequestContext
+from ..context import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -47,10 +47,10 @@ class OpenAIAdapter(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)
-        ctx.served_model = data.get("model") or ctx.served_model
+        ctx.attempt.served_model = data.get("model") or ctx.attempt.served_model
         usage = data.get("usage")
         if isinstance(usage, dict):
-            ctx.usage = Usage.from_openai(usage)
+            ctx.attempt.usage = Usage.from_openai(usage)
         return body
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -74,7 +74,7 @@ class OpenAIStream(StreamTranslator):
             # Upstream adds "usage":null to every chunk only because Stockyard asked for usage.
             event = event.replace(b',"usage":null', b"")
             data = sse_data(event) or data
-        if b'"usage"' not in data and self.ctx.served_model:
+        if b'"usage"' not in data and self.ctx.attempt.served_model:
             return [event]
         try:
             chunk = json.loads(data)
@@ -82,11 +82,11 @@ class OpenAIStream(StreamTranslator):
             return [event]
         if not isinstance(chunk, dict):
             return [event]
-        if not self.ctx.served_model and chunk.get("model"):
-            self.ctx.served_model = chunk["model"]
+        if not self.ctx.attempt.served_model and chunk.get("model"):
+            self.ctx.attempt.served_model = chunk["model"]
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            self.ctx.usage = Usage.from_openai(usage)
+            self.ctx.attempt.usage = Usage.from_openai(usage)
             if not self.ctx.client_wants_usage and chunk.get("choices") == []:
                 return []
         return [event]

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..pipeline import RequestContext
+from ..context import Attempt, RequestContext
 
 _COLUMNS = (
     "id",
@@ -168,52 +168,69 @@ def cap_text(text: str | None, limit: int = CLIENT_TEXT_CAP) -> str | None:
 
 
 def trace_row_from(
-    ctx: RequestContext, *, store_bodies: bool, cap: int, parent_id: str | None = None, attempt: int = 1
+    ctx: RequestContext,
+    attempt: Attempt | None = None,
+    *,
+    store_bodies: bool,
+    cap: int,
+    parent_id: str | None = None,
+    number: int = 1,
 ) -> TraceRow:
-    """Freeze a request context into a trace row."""
-    u = ctx.usage
+    """Freeze a request into its trace record, or one failed ``attempt`` of it into a row of its own.
+
+    A failed attempt's row has its own id, start and duration; the request body is on the
+    request's row only.
+    """
+    a = attempt or ctx.attempt
+    if attempt is None:
+        trace_id, ts_ms, started, raw = ctx.trace_id, ctx.ts_ms, ctx.started, ctx.raw
+        latency_us = ctx.elapsed_us()
+    else:
+        trace_id, ts_ms, started, raw = attempt.trace_id, attempt.ts_ms, attempt.started, b""
+        latency_us = int(((attempt.ended or time.perf_counter()) - attempt.started) * 1_000_000)
+    u = a.usage
     request_body = response_body = None
     req_trunc = False
     if store_bodies:
-        request_body = ctx.raw[:cap]
-        req_trunc = len(ctx.raw) > cap
-        response_body = bytes(ctx.response_body)
+        request_body = raw[:cap]
+        req_trunc = len(raw) > cap
+        response_body = bytes(a.response_body)
     return TraceRow(
-        id=ctx.trace_id,
-        ts=iso_utc(ctx.ts_ms),
-        ts_ms=ctx.ts_ms,
+        id=trace_id,
+        ts=iso_utc(ts_ms),
+        ts_ms=ts_ms,
         client_addr=ctx.client_addr,
         endpoint=ctx.endpoint,
         dialect=ctx.dialect,
-        provider=ctx.provider.name if ctx.provider else None,
+        provider=a.provider.name if a.provider else None,
         model=cap_text(ctx.model),
-        served_model=cap_text(ctx.served_model or ctx.upstream_model),
+        served_model=cap_text(a.served_model or a.upstream_model),
         stream=int(ctx.stream),
-        status=ctx.status,
-        outcome=ctx.outcome,
-        latency_us=ctx.elapsed_us(),
-        ttfb_us=int((ctx.ttfb - ctx.started) * 1_000_000) if ctx.ttfb else None,
+        status=a.status,
+        outcome=a.outcome,
+        latency_us=latency_us,
+        ttfb_us=int((a.ttfb - started) * 1_000_000) if a.ttfb else None,
         prompt_tokens=u.prompt_tokens if u else None,
         completion_tokens=u.completion_tokens if u else None,
         cached_tokens=u.cached_tokens if u else None,
         cache_write_tokens=u.cache_write_tokens if u else None,
         reasoning_tokens=u.reasoning_tokens if u else None,
-        usage_estimated=int(ctx.usage_estimated),
-        cost_uc=ctx.cost_uc,
-        cost_status=ctx.cost_status,
-        upstream_request_id=cap_text(ctx.upstream_request_id),
-        error_type=ctx.error_type,
-        error_message=ctx.error_message,
+        usage_estimated=int(a.usage_estimated),
+        cost_uc=a.cost_uc,
+        cost_status=a.cost_status,
+        upstream_request_id=cap_text(a.upstream_request_id),
+        error_type=a.error_type,
+        error_message=a.error_message,
         key_id=ctx.key_id,
         project=ctx.project,
         parent_id=parent_id,
-        attempt=attempt,
-        cache_hit=int(ctx.cache_hit),
-        cost_saved_uc=ctx.cost_saved_uc,
+        attempt=number,
+        cache_hit=int(ctx.cache_hit) if attempt is None else 0,
+        cost_saved_uc=ctx.cost_saved_uc if attempt is None else None,
         request_body=request_body,
         response_body=response_body,
         request_truncated=req_trunc,
-        response_truncated=ctx.response_truncated,
+        response_truncated=a.response_truncated,
     )
 
 

@@ -1,0 +1,192 @@
+"""The request context that travels down the request path, and what it carries.
+
+One :class:`RequestContext` is made per proxied request and handed forward from stage to
+stage — parse, auth, modules, routing, provider adapter, relay, trace — so that no stage
+has to reach back into another. What one call to a provider left (status, usage, cost,
+the answer as the client got it) is an :class:`Attempt`: ``ctx.attempt`` is the current
+one, ``ctx.attempts`` the failed ones before it, each traced as a row of its own.
+
+Modules steer the upstream call through typed fields rather than reaching into the
+proxy: ``deadline`` and ``timeouts`` (timeout module), ``retry`` (fallback module),
+``reply_headers`` (headers for the client), ``sensitive`` (redact: do not cache).
+``route`` is where the request goes, resolved once (``stockyard.routing``) for the
+modules after it and the proxy. The chain of modules is in ``stockyard.chain``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .pricing import Usage
+from .providers import Provider
+
+_id_lock = threading.Lock()
+_last_id = [0, 0]  # (milliseconds, sequence within that millisecond)
+
+
+def new_trace_id(now_ms: int | None = None) -> str:
+    """Time-sortable, strictly increasing within this process: ms, a sequence, then randomness.
+
+    Cursor pagination and "newest first" sort by id, so two requests in the same
+    millisecond must still come out in the order they started. An id for an earlier time
+    (imported or backdated records) keeps its own millisecond.
+    """
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    with _id_lock:
+        if ms == _last_id[0]:
+            _last_id[1] += 1
+            seq = _last_id[1]
+        elif ms > _last_id[0]:
+            _last_id[0], _last_id[1] = ms, 0
+            seq = 0
+        else:
+            seq = random.getrandbits(16)
+    return f"tr_{ms:012x}{seq:04x}{random.getrandbits(32):08x}"
+
+
+@dataclass
+class Answer:
+    """A complete answer produced without the provider (cache hit, module reply)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    stream: bool = False  # send as a chunked event stream, like a live one
+
+
+class ReadTimeouts(Protocol):
+    """Per-(provider, model) upstream read timeouts (timeout module)."""
+
+    def read_timeout(self, provider: str, model: str) -> float | None: ...
+
+
+class RetryPolicy(Protocol):
+    """How the proxy retries and falls back (fallback module); without one: a single attempt."""
+
+    retries: int  # extra attempts per candidate
+
+    def fallbacks(self, ctx: "RequestContext") -> list[str]:
+        """``provider/model`` names to try, in order, after the routed one."""
+        ...
+
+    def delay(self, retry: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number ``retry`` (1, 2, …); None: give up on this candidate."""
+        ...
+
+    def allow(self, provider: str) -> bool:
+        """False while the provider's circuit breaker is open."""
+        ...
+
+    def report(self, provider: str, ok: bool) -> None:
+        """The outcome of one attempt, for the circuit breaker."""
+        ...
+
+    def retry_in(self, provider: str) -> float:
+        """Seconds until an open breaker lets a request through again."""
+        ...
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes: the provider and the model name it is sent under."""
+
+    provider: Provider
+    model: str
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call to a provider and what it left; priced and traced as one row.
+
+    A failed attempt that another follows gets its own ``trace_id``, start and end
+    (:meth:`close`); the request's last attempt is traced under the request's own.
+    """
+
+    provider: Provider | None = None
+    upstream_model: str | None = None
+    served_model: str | None = None
+    status: int = 0
+    outcome: str = "ok"
+    error_type: str | None = None
+    error_message: str | None = None
+    ttfb: float | None = None  # perf_counter() time of the first byte towards the client
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    upstream_request_id: str | None = None
+    response_body: bytearray = field(default_factory=bytearray)
+    response_truncated: bool = False
+    cost_uc: int | None = None
+    cost_status: str = "none"
+    trace_id: str = ""  # set by close(): the row of a failed attempt
+    ts_ms: int = 0
+    started: float = 0.0
+    ended: float | None = None
+
+    def close(self, ts_ms: int, started: float) -> None:
+        """End a failed attempt that another follows: it becomes a trace row of its own."""
+        self.trace_id, self.ts_ms, self.started = new_trace_id(ts_ms), ts_ms, started
+        self.ended = time.perf_counter()
+
+    def mark_first_byte(self) -> None:
+        if self.ttfb is None:
+            self.ttfb = time.perf_counter()
+
+    def capture(self, data: bytes, cap: int) -> None:
+        """Keep the answer for the trace body, up to ``cap`` bytes."""
+        room = cap - len(self.response_body)
+        if room <= 0:
+            if data:
+                self.response_truncated = True
+            return
+        if len(data) > room:
+            self.response_truncated = True
+        self.response_body += data[:room]
+
+
+@dataclass(slots=True)  # slots: a write to a field that does not exist fails loudly
+class RequestContext:
+    endpoint: str  # chat, completions, embeddings, messages, count_tokens
+    dialect: str  # openai or anthropic
+    client_addr: str
+    headers: dict[str, str]  # client request headers, lower-case names
+    raw: bytes = b""
+    body: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+    ts_ms: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    model: str | None = None  # as the client asked (after aliasing: see routed_model)
+    routed_model: str | None = None  # what routing used (alias module may change it)
+    route: Route | None = None  # resolved once, after the policy modules (stockyard.routing)
+    stream: bool = False
+    client_wants_usage: bool = False
+    key: Any = None  # the client key record, when auth is on
+    key_id: str | None = None
+    project: str | None = None
+    attempt: Attempt = field(default_factory=Attempt)  # the current (finally: the last) attempt
+    attempts: list[Attempt] = field(default_factory=list)  # failed attempts before it
+    cache_hit: bool = False
+    cost_saved_uc: int | None = None
+    answer: Answer | None = None  # set by a module that answers without the provider
+    complete: bool = False  # the answer arrived whole (a stream reached its end event)
+    state: dict[str, Any] = field(default_factory=dict)  # per-module scratch space
+    body_changed: bool = False  # a module rewrote ``body``; re-serialize before sending
+    reply_headers: dict[str, str] = field(default_factory=dict)  # modules' headers for the client
+    deadline: float | None = None  # perf_counter() time the request must be done by (timeout)
+    timeouts: ReadTimeouts | None = None  # per-model upstream read timeouts (timeout)
+    retry: RetryPolicy | None = None  # retries, fallbacks and circuit breaker (fallback)
+    sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
+    upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
+
+    def __post_init__(self) -> None:
+        if not self.ts_ms:
+            self.ts_ms = int(time.time() * 1000)
+        if not self.trace_id:
+            self.trace_id = new_trace_id(self.ts_ms)
+
+    def elapsed_us(self) -> int:
+        return int((time.perf_counter() - self.started) * 1_000_000)
