@@ -244,7 +244,7 @@ class App:
         finally:
             conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
-        self.scrubber.use((p.api_key for p in providers), self.env)
+        self.scrubber.use((p.api_key for p in providers), (self.settings.admin_key, self.settings.encryption_key))
         registry = Registry(providers)
         self._registry = registry
         self.gate.use(keys)

@@ -209,9 +209,9 @@ def render(app: "App") -> str:
                 lines.append(f"stockyard_{name}_bucket{_labels_text((*labels, ('le', '+Inf')))} {count}")
                 lines.append(f"stockyard_{name}_sum{_labels_text(labels)} {_number(total)}")
                 lines.append(f"stockyard_{name}_count{_labels_text(labels)} {count}")
-    for name, kind, help_text, value in store_gauges(app):
+    for name, kind, help_text, gauge in store_gauges(app):
         _family(lines, name, kind, help_text)
-        lines.append(f"stockyard_{name} {_number(value)}")
+        lines.append(f"stockyard_{name} {_number(gauge)}")
     return "\n".join(lines) + "\n"
 
 

@@ -214,9 +214,10 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
         for retry in range(policy.retries + 1):
             wait = 0.0
             if failure is not None and retry:
-                wait = policy.delay(retry, failure.retry_after)
-                if wait is None:
+                delay = policy.delay(retry, failure.retry_after)
+                if delay is None:
                     break  # the provider asks for a longer pause than we wait: next candidate
+                wait = delay
             if failure is not None and ctx.deadline is not None and time.perf_counter() + wait >= ctx.deadline:
                 return deliver_failure(reply, failure)
             if not policy.allow(provider.name):
@@ -521,7 +522,8 @@ def relay_stream(
             ctx.attempt.error_message = "client closed the connection mid-stream"
             return
         code = f"upstream_{exc.kind}"
-        message = f"provider {ctx.attempt.provider.name!r} stream broke: {exc}"
+        provider = ctx.attempt.provider
+        message = f"provider {provider.name if provider else '?'!r} stream broke: {exc}"
         if ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:
             code, message = "deadline_exceeded", deadline_error(ctx).message
         fail(ctx, ctx.attempt.status, path.scrub.text(message), "stream_broken", code)

@@ -8,12 +8,11 @@ database provider overrides) and Stockyard's own admin and encryption secrets; t
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 from .logbuffer import printable
 
 MIN_SECRET = 4  # shorter values would redact ordinary text
-OWN_SECRETS = ("STOCKYARD_ADMIN_KEY", "STOCKYARD_ENCRYPTION_KEY")
 
 
 class Scrubber:
@@ -22,9 +21,9 @@ class Scrubber:
     def __init__(self) -> None:
         self._secrets: tuple[str, ...] = ()
 
-    def use(self, provider_keys: Iterable[str | None], env: Mapping[str, str]) -> None:
-        """The secrets to scrub from now on: provider keys and Stockyard's own secrets."""
-        secrets = [k for k in provider_keys if k] + [env[name] for name in OWN_SECRETS if env.get(name)]
+    def use(self, provider_keys: Iterable[str | None], own: Iterable[str | None]) -> None:
+        """The secrets to scrub from now on: provider keys and Stockyard's own (admin key, encryption secret)."""
+        secrets = [k for k in (*provider_keys, *own) if k]
         # Longest first, so a secret that contains another is replaced whole.
         self._secrets = tuple(sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True))
 

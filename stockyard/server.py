@@ -8,6 +8,7 @@ dialect of the route.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import re
@@ -26,7 +27,7 @@ from .clientwatch import ClientWatch
 from .context import RequestContext
 from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
 from .hosts import host_allowed, origin_allowed
-from .httphead import MAX_REQUEST_HEAD, HeadError, body_framing, read_head
+from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
 
@@ -266,6 +267,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "stockyard"
     sys_version = ""
     server: StockyardHTTPServer
+    headers: Headers  # type: ignore[assignment]  # read by httphead, not email
+    rfile: io.BufferedReader  # peek, readline, read
+    raw_requestline: bytes
     _body_length: int | None = 0  # this request's Content-Length; None: chunked
     _body_done = False  # the body has been read whole
     _expect_continue = False  # the client waits for "100 Continue" before sending its body
@@ -291,7 +295,7 @@ class Handler(BaseHTTPRequestHandler):
         Strict on purpose: anything a proxy in front of us could read differently (framing,
         folded or repeated headers, bare CRs, a target with control characters) is a 400.
         """
-        self.command = None
+        self.command = None  # type: ignore[assignment]  # as http.server does: no request yet
         self.request_version = self.default_request_version
         self.close_connection = True
         if self.raw_requestline in (b"\r\n", b"\n"):  # RFC 9112 §2.2: one empty line before a request is ignored
@@ -489,7 +493,8 @@ class Handler(BaseHTTPRequestHandler):
     def _read_chunked(self, limit: int) -> bytes:
         """A chunked body (RFC 9112 §7.1), strictly: hex sizes, CRLF after each chunk, a bounded
         trailer section, and the limit enforced on the running total before anything is read."""
-        parts, total = [], 0
+        parts: list[bytes] = []
+        total = 0
         while True:
             line = self.rfile.readline(CHUNK_LINE_MAX + 1)
             if not line.endswith(b"\n") and len(line) <= CHUNK_LINE_MAX:

@@ -106,7 +106,7 @@ class Harness:
         self.rows: dict[str, ModuleRow] = {}
         self.chain = self.modules.build(self.rows)
         self.scrubber = Scrubber()
-        self.scrubber.use((p.api_key for p in self.registry.providers), env)
+        self.scrubber.use((p.api_key for p in self.registry.providers), (self.settings.admin_key, self.settings.encryption_key))
         self.pool = Pool(self.settings.upstream_connect_timeout_s, self.settings.upstream_read_timeout_s)
         self.path = proxy.RequestPath(
             self.settings, Gatekeeper(self.store, True, lambda: self.registry), lambda: self.chain,

@@ -61,7 +61,7 @@ from .timeout import Timeout
 log = logging.getLogger("stockyard.modules")
 
 # The chain, in order (see the module docstring for why).
-ORDER: tuple[type, ...] = (
+ORDER: tuple[type[Module], ...] = (
     RateLimitModule,
     Alias,
     Guard,
@@ -106,15 +106,15 @@ class ModuleRow:
 # -- what a module class declares (with defaults for classes from outside this package) ----------
 
 
-def schema_of(cls: type) -> Mapping[str, Field]:
+def schema_of(cls: type[Module]) -> Mapping[str, Field]:
     return getattr(cls, "schema", None) or {}
 
 
-def default_enabled(cls: type) -> bool:
+def default_enabled(cls: type[Module]) -> bool:
     return bool(getattr(cls, "default_enabled", True))
 
 
-def summary_of(cls: type) -> str:
+def summary_of(cls: type[Module]) -> str:
     text = getattr(cls, "summary", "") or (cls.__doc__ or "").strip().split("\n")[0]
     return text.strip()
 
@@ -136,7 +136,7 @@ def find(name: str) -> type:
 # -- configuration ----------------------------------------------------------------------------
 
 
-def _check_overrides(cls: type) -> Field:
+def _check_overrides(cls: type[Module]) -> Field:
     """The ``overrides`` option every module has: scope → partial options (+ ``enabled``)."""
     scoped_fields = {**schema_of(cls), "enabled": Field("bool", True, "switch the module for this scope")}
 
@@ -151,7 +151,7 @@ def _check_overrides(cls: type) -> Field:
     return Field("dict", {}, 'per-key / per-project options: {"key:<id>": {...}, "project:<name>": {...}}', check=check)
 
 
-def check_config(cls: type, config: Any) -> dict[str, Any]:
+def check_config(cls: type[Module], config: Any) -> dict[str, Any]:
     """Validate a stored or proposed (sparse) configuration; raises ConfigError naming the field."""
     cleaned = validate(cls.name, schema_of(cls), config, extra={"overrides": _check_overrides(cls)})
     check_whole = getattr(cls, "check_whole", None)
@@ -160,12 +160,12 @@ def check_config(cls: type, config: Any) -> dict[str, Any]:
     return cleaned
 
 
-def effective_config(cls: type, stored: Mapping[str, Any]) -> dict[str, Any]:
+def effective_config(cls: type[Module], stored: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults with the stored values on top."""
     return {**defaults(schema_of(cls)), **stored}
 
 
-def parse_assignment(cls: type, assignment: str) -> tuple[str, Any]:
+def parse_assignment(cls: type[Module], assignment: str) -> tuple[str, Any]:
     """``KEY=VALUE`` from the command line as (field, typed value); ``KEY.SUB=VALUE`` sets one
     entry of a dict option (the value is JSON when it parses as JSON, else text)."""
     key, sep, text = assignment.partition("=")
@@ -188,7 +188,7 @@ def parse_assignment(cls: type, assignment: str) -> tuple[str, Any]:
     return head, {sub: value}  # merged into the stored dict by the caller
 
 
-def describe(cls: type) -> dict[str, Any]:
+def describe(cls: type[Module]) -> dict[str, Any]:
     """The module's name, summary, default state and option schema (for the API and CLI)."""
     return {
         "name": cls.name,

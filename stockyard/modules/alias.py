@@ -22,7 +22,7 @@ MAX_ENTRIES = 1000
 def _split(name: str, value: Any) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise ValueError(f'split {name!r} must be a non-empty list of {{"model": …, "weight": …}}')
-    out = []
+    out: list[dict[str, Any]] = []
     for i, arm in enumerate(value):
         if not isinstance(arm, dict) or set(arm) - {"model", "weight"} or "model" not in arm:
             raise ValueError(f'split {name!r} item {i} must be {{"model": NAME, "weight": N}}')

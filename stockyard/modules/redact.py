@@ -18,6 +18,7 @@ Each finding is replaced by ``[REDACTED:<kind>]``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -164,7 +165,7 @@ class Detector:
     def sub(self, text: str) -> str:
         for hint, regex, validated in self.passes:
             if hint(text):
-                text = regex.sub(lambda m, v=validated: self._replacement(m, v), text)
+                text = regex.sub(functools.partial(self._replacement, validated=validated), text)
         return text
 
     @staticmethod

@@ -53,7 +53,7 @@ def show(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     return view(cls, load_rows(conn).get(name))
 
 
-def _read(conn: sqlite3.Connection, cls: Any) -> ModuleRow | None:
+def _read(conn: sqlite3.Connection, cls: type[registry.Module]) -> ModuleRow | None:
     return load_rows(conn).get(cls.name)
 
 

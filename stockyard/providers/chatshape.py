@@ -219,7 +219,8 @@ def upstream_error(
     except ValueError:
         found = None
     if found is None:
-        return translated_error(status, f"provider {ctx.attempt.provider.name!r} answered {status}", None)
+        provider = ctx.attempt.provider
+        return translated_error(status, f"provider {provider.name if provider else '?'!r} answered {status}", None)
     code, message = found
     return translated_error(status, message, code)
 

@@ -153,7 +153,7 @@ def tool_result(content: Any) -> Any:
         return text
 
 
-def function_call_part(call: dict, name: str) -> dict:
+def function_call_part(call: dict, name: str | None) -> dict:
     """An assistant tool call → a functionCall part, with its thought signature when echoed back."""
     part: dict = {"functionCall": {"name": name, "args": tool_arguments(call)}}
     signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
@@ -166,7 +166,7 @@ def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
     """OpenAI ``messages`` → (``systemInstruction``, ``contents``)."""
     system: list[str] = []
     contents: list[dict] = []
-    names: dict[str, str] = {}  # tool call id → function name, for the tool results
+    names: dict[Any, Any] = {}  # tool call id → function name, for the tool results
     for msg in message_list(items):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
@@ -326,7 +326,8 @@ def error_fields(payload: Any) -> tuple[int, str, str] | None:
     err = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(err, dict) or not isinstance(err.get("message"), str):
         return None
-    code = err.get("code") if isinstance(err.get("code"), int) and 400 <= err["code"] <= 599 else 502
+    raw_code = err.get("code")
+    code = raw_code if isinstance(raw_code, int) and 400 <= raw_code <= 599 else 502
     return code, str(err.get("status") or code), err["message"]
 
 
