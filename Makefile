@@ -8,7 +8,7 @@ PYTEST := $(PYTHON) -m pytest -q
 TEST_WORKERS ?= auto
 SOURCES := $(shell find stockyard -type f ! -name '*.pyc' ! -path '*/__pycache__/*') build_zipapp.py
 
-.PHONY: run test pyz bench clean
+.PHONY: run test lint pyz bench clean
 
 $(PYZ): $(SOURCES)
 	$(PYTHON) build_zipapp.py --out $(PYZ)
@@ -18,10 +18,18 @@ pyz: $(PYZ)
 run: $(PYZ)
 	$(PYTHON) $(PYZ) serve
 
+# ruff (lint and format check) and mypy, as configured in pyproject.toml.
+LINT_PATHS := stockyard bench build_zipapp.py
+lint:
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
+	$(PYTHON) -m mypy
+
 test:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	command -v node >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
+	$(MAKE) --no-print-directory lint
 	@status=0; \
 	echo "== tests, in parallel on $(TEST_WORKERS) workers"; \
 	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" || status=1; \
