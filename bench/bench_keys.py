@@ -114,8 +114,8 @@ def checks(iterations: int = 20_000) -> dict[str, float]:
     from stockyard.app import App
     from stockyard.audit import ACTOR_SERVER
     from stockyard.config import Settings
-    from stockyard.operations.keys import create_key
     from stockyard.context import RequestContext
+    from stockyard.operations.keys import create_key
     from stockyard.proxy import parse_body
 
     env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}

@@ -64,8 +64,8 @@ def bench_in_process(iterations: int = 2000) -> list[dict]:
     """µs per request spent in the chain's hooks, empty chain vs all modules on."""
     from stockyard.app import App
     from stockyard.config import Settings
-    from stockyard.modules import ORDER, ModuleRow
     from stockyard.context import RequestContext
+    from stockyard.modules import ORDER, ModuleRow
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {"OPENAI_API_KEY": "sk-bench-0123456789", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
