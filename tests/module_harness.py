@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import OPENAI_KEY
 from module_helpers import ADMIN_KEY, GROQ_KEY
 
@@ -54,10 +53,16 @@ ENDPOINTS = {
 
 def provider_env(mock, **env: str) -> dict[str, str]:
     """``openai`` and ``groq`` on the mock, ``mistral`` on a closed port (as module_helpers.start_server)."""
-    return {"OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-            "GROQ_API_KEY": GROQ_KEY, "GROQ_BASE_URL": mock.url + "/v1",
-            "MISTRAL_API_KEY": "mistral-test-key-0123456789", "MISTRAL_BASE_URL": "http://127.0.0.1:9/v1",
-            "STOCKYARD_ADMIN_KEY": ADMIN_KEY, **env}
+    return {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "GROQ_API_KEY": GROQ_KEY,
+        "GROQ_BASE_URL": mock.url + "/v1",
+        "MISTRAL_API_KEY": "mistral-test-key-0123456789",
+        "MISTRAL_BASE_URL": "http://127.0.0.1:9/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+        **env,
+    }
 
 
 class RecordingReply:
@@ -68,8 +73,9 @@ class RecordingReply:
         self.headers: dict[str, str] = {}
         self.body = b""
 
-    def send(self, status: int, body: bytes, content_type: str = "application/json",
-             headers: dict | None = None) -> None:
+    def send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None
+    ) -> None:
         self.status, self.body = status, body
         self.headers = {"content-type": content_type, **{k.lower(): v for k, v in (headers or {}).items()}}
 
@@ -99,19 +105,29 @@ class Harness:
         self.registry = Registry(from_env(env))
         self.pricer = Pricer()
         self.project_budgets: dict = {}
-        records = BudgetRecords(self.store, lambda: Operations(self.store, audit.ACTOR_SERVER, self.settings.encryption_key))
+        records = BudgetRecords(
+            self.store, lambda: Operations(self.store, audit.ACTOR_SERVER, self.settings.encryption_key)
+        )
         self.ledger = Ledger(records.load_spend, self.settings.budget_warn_percent, records.warn)
         services = ModuleServices(self.settings, self.store, self.ledger, self.pricer, lambda: self.project_budgets)
         self.modules = Modules(services, route=RouteStep(lambda: self.registry))
         self.rows: dict[str, ModuleRow] = {}
         self.chain = self.modules.build(self.rows)
         self.scrubber = Scrubber()
-        self.scrubber.use((p.api_key for p in self.registry.providers), (self.settings.admin_key, self.settings.encryption_key))
+        self.scrubber.use(
+            (p.api_key for p in self.registry.providers), (self.settings.admin_key, self.settings.encryption_key)
+        )
         self.pool = Pool(self.settings.upstream_connect_timeout_s, self.settings.upstream_read_timeout_s)
         self.path = proxy.RequestPath(
-            self.settings, Gatekeeper(self.store, True, lambda: self.registry), lambda: self.chain,
-            lambda: self.registry, self.pricer, Tracer(self.settings, self.store, Metrics(), self.scrubber),
-            self.scrubber, self.pool)
+            self.settings,
+            Gatekeeper(self.store, True, lambda: self.registry),
+            lambda: self.chain,
+            lambda: self.registry,
+            self.pricer,
+            Tracer(self.settings, self.store, Metrics(), self.scrubber),
+            self.scrubber,
+            self.pool,
+        )
 
     def close(self) -> None:
         self.writer.stop()
@@ -134,13 +150,20 @@ class Harness:
         return effective_config(find(name), row.config if row else {})
 
     # -- requests ------------------------------------------------------------------------------------
-    def context(self, body: dict, path: str = "/v1/chat/completions", headers: dict | None = None,
-                key_id: str | None = None, project: str | None = None) -> RequestContext:
+    def context(
+        self,
+        body: dict,
+        path: str = "/v1/chat/completions",
+        headers: dict | None = None,
+        key_id: str | None = None,
+        project: str | None = None,
+    ) -> RequestContext:
         """A request context as the server makes it, its body parsed as the proxy parses it."""
         endpoint, dialect = ENDPOINTS[path]
         raw = json.dumps(body).encode()
-        ctx = RequestContext(endpoint, dialect, "127.0.0.1", {k.lower(): v for k, v in (headers or {}).items()},
-                             raw=raw)
+        ctx = RequestContext(
+            endpoint, dialect, "127.0.0.1", {k.lower(): v for k, v in (headers or {}).items()}, raw=raw
+        )
         ctx.key_id, ctx.project = key_id, project
         proxy.parse_body(ctx)
         return ctx
@@ -157,25 +180,31 @@ class Harness:
         self.pricer.price(ctx)
         self.chain.after(ctx)
 
-    def request(self, method: str, path: str, body: Any = None,
-                headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         """``ServerProcess.request`` for the proxy routes, so ``module_helpers.chat`` works on both."""
         assert method == "POST", "the harness serves the proxy routes only"
         return self.send(body, path, headers)
 
-    def send(self, body: dict, path: str = "/v1/chat/completions",
-             headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
+    def send(
+        self, body: dict, path: str = "/v1/chat/completions", headers: dict | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         """The request down the real request path (``proxy.handle``): status, headers, body."""
         endpoint, dialect = ENDPOINTS[path]
-        ctx = RequestContext(endpoint, dialect, "127.0.0.1", {k.lower(): v for k, v in (headers or {}).items()},
-                             raw=json.dumps(body).encode())
+        ctx = RequestContext(
+            endpoint,
+            dialect,
+            "127.0.0.1",
+            {k.lower(): v for k, v in (headers or {}).items()},
+            raw=json.dumps(body).encode(),
+        )
         reply = RecordingReply()
         proxy.handle(self.path, reply, ctx)
         return reply.status, reply.headers, reply.body
 
     def chat(self, model: str = "gpt-4o-mini", messages: list | None = None, **fields: Any):
-        return self.send({"model": model, "messages": messages or [{"role": "user", "content": "Say hello"}],
-                          **fields})
+        return self.send({"model": model, "messages": messages or [{"role": "user", "content": "Say hello"}], **fields})
 
     def stream(self, body: dict, headers: dict | None = None):
         return self.send({**body, "stream": True}, headers=headers)
@@ -198,7 +227,10 @@ class Harness:
     def trace_body(self, trace_id: str) -> tuple[str | None, str | None]:
         """(request, response) bodies stored for a trace, decompressed."""
         rows = self.db_rows("SELECT request, response FROM trace_bodies WHERE trace_id = ?", (trace_id,))
-        unpack = (lambda b: zlib.decompress(b).decode() if b is not None else None)
+
+        def unpack(b):
+            return zlib.decompress(b).decode() if b is not None else None
+
         return (unpack(rows[0]["request"]), unpack(rows[0]["response"])) if rows else (None, None)
 
 

@@ -13,7 +13,6 @@ import zlib
 from typing import Any
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env
 
 ADMIN_KEY = "admin-test-key-modules-0123456789"
@@ -24,10 +23,17 @@ MINI_COST_UC = 480
 
 
 def start_server(pyz_path, cache_home, mock, tmp_path_factory, name: str, **env: str) -> ServerProcess:
-    environ = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-               "GROQ_API_KEY": GROQ_KEY, "GROQ_BASE_URL": mock.url + "/v1",
-               "MISTRAL_API_KEY": "mistral-test-key-0123456789", "MISTRAL_BASE_URL": "http://127.0.0.1:9/v1",
-               "STOCKYARD_ADMIN_KEY": ADMIN_KEY, **env}
+    environ = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "GROQ_API_KEY": GROQ_KEY,
+        "GROQ_BASE_URL": mock.url + "/v1",
+        "MISTRAL_API_KEY": "mistral-test-key-0123456789",
+        "MISTRAL_BASE_URL": "http://127.0.0.1:9/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+        **env,
+    }
     return ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", environ).start()
 
 
@@ -78,8 +84,13 @@ def disable_all(server: ServerProcess) -> None:
             put_module(server, module["name"], {}, enabled=False)
 
 
-def chat(server: ServerProcess, model: str = "gpt-4o-mini", messages: list | None = None,
-         headers: dict | None = None, **fields: Any) -> tuple[int, dict, bytes]:
+def chat(
+    server: ServerProcess,
+    model: str = "gpt-4o-mini",
+    messages: list | None = None,
+    headers: dict | None = None,
+    **fields: Any,
+) -> tuple[int, dict, bytes]:
     body = {"model": model, "messages": messages or HELLO, **fields}
     return server.request("POST", "/v1/chat/completions", body, headers=headers)
 
@@ -91,8 +102,12 @@ def raw_stream(server: ServerProcess, body: dict, headers: dict | None = None) -
         return server.stream(body, headers)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        conn.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
-                     {"Content-Type": "application/json", **(headers or {})})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps({**body, "stream": True}),
+            {"Content-Type": "application/json", **(headers or {})},
+        )
         resp = conn.getresponse()
         data = resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
@@ -129,7 +144,10 @@ def trace_body(server: ServerProcess, trace_id: str) -> tuple[str | None, str | 
         row = conn.execute("SELECT request, response FROM trace_bodies WHERE trace_id = ?", (trace_id,)).fetchone()
     finally:
         conn.close()
-    unpack = (lambda b: zlib.decompress(b).decode() if b is not None else None)
+
+    def unpack(b):
+        return zlib.decompress(b).decode() if b is not None else None
+
     return (unpack(row[0]), unpack(row[1])) if row else (None, None)
 
 

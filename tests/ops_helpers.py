@@ -24,6 +24,7 @@ CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "conten
 
 # -- load ---------------------------------------------------------------------------------------
 
+
 class Load:
     """Client threads sending chat requests on keep-alive connections until stopped.
 
@@ -71,6 +72,7 @@ class Load:
 
 # -- reading databases --------------------------------------------------------------------------
 
+
 def open_plain(path: Path | str) -> sqlite3.Connection:
     """A plain connection from the test process (what an operator's sqlite3 shell would do)."""
     conn = sqlite3.connect(path)
@@ -87,8 +89,12 @@ def integrity(path: Path | str) -> str:
 
 
 def user_tables(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
 
 
 def columns(conn: sqlite3.Connection, table: str) -> list[str]:
@@ -116,8 +122,9 @@ SERVER_AUDIT_ACTIONS = {"server.start", "server.stop", "migration.apply", "audit
 META_KEYS_THAT_MOVE = {"readyz"}
 
 
-def assert_same_content(src: Path | str, dst: Path | str, *, dst_ran_a_server: bool = False,
-                        audit_may_add: Iterable[str] = ()) -> dict[str, int]:
+def assert_same_content(
+    src: Path | str, dst: Path | str, *, dst_ran_a_server: bool = False, audit_may_add: Iterable[str] = ()
+) -> dict[str, int]:
     """Every table of ``src`` is in ``dst`` with the same rows; returns row counts per table.
 
     When ``dst`` has since run a server, its audit log may continue after ``src``'s (server
@@ -133,9 +140,10 @@ def assert_same_content(src: Path | str, dst: Path | str, *, dst_ran_a_server: b
             if (dst_ran_a_server or audit_may_add) and table == "audit_log":
                 ordered_a = [tuple(r) for r in a.execute("SELECT * FROM audit_log ORDER BY seq")]
                 ordered_b = [tuple(r) for r in b.execute("SELECT * FROM audit_log ORDER BY seq")]
-                assert ordered_b[:len(ordered_a)] == ordered_a, "the audit log continues the source's"
-                extra = {r["action"] for r in b.execute("SELECT action FROM audit_log WHERE seq > ?",
-                                                        (len(ordered_a),))}
+                assert ordered_b[: len(ordered_a)] == ordered_a, "the audit log continues the source's"
+                extra = {
+                    r["action"] for r in b.execute("SELECT action FROM audit_log WHERE seq > ?", (len(ordered_a),))
+                }
                 allowed = set(audit_may_add) | (SERVER_AUDIT_ACTIONS if dst_ran_a_server else set())
                 assert extra <= allowed, extra
             elif dst_ran_a_server and table == "meta":
@@ -160,15 +168,43 @@ def verify_audit(path: Path | str, secret: str | None, expect_head: str | None =
 
 # -- writing sample rows ------------------------------------------------------------------------
 
+
 def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', **fields: Any) -> TraceRow:
     values: dict[str, Any] = dict(
-        id=new_trace_id(ts_ms), ts=iso_utc(ts_ms), ts_ms=ts_ms, client_addr="127.0.0.1", endpoint="chat",
-        dialect="openai", provider="openai", model="gpt-4o-mini", served_model="gpt-4o-mini-2024-07-18",
-        stream=0, status=200, outcome="ok", latency_us=1234, ttfb_us=900, prompt_tokens=12,
-        completion_tokens=5, cached_tokens=0, cache_write_tokens=0, reasoning_tokens=0, usage_estimated=0,
-        cost_uc=4_800, cost_status="exact", upstream_request_id="req_1", error_type=None, error_message=None,
-        key_id=None, project=None, parent_id=None, attempt=1, cache_hit=0, cost_saved_uc=None,
-        request_body=body, response_body=body)
+        id=new_trace_id(ts_ms),
+        ts=iso_utc(ts_ms),
+        ts_ms=ts_ms,
+        client_addr="127.0.0.1",
+        endpoint="chat",
+        dialect="openai",
+        provider="openai",
+        model="gpt-4o-mini",
+        served_model="gpt-4o-mini-2024-07-18",
+        stream=0,
+        status=200,
+        outcome="ok",
+        latency_us=1234,
+        ttfb_us=900,
+        prompt_tokens=12,
+        completion_tokens=5,
+        cached_tokens=0,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        usage_estimated=0,
+        cost_uc=4_800,
+        cost_status="exact",
+        upstream_request_id="req_1",
+        error_type=None,
+        error_message=None,
+        key_id=None,
+        project=None,
+        parent_id=None,
+        attempt=1,
+        cache_hit=0,
+        cost_saved_uc=None,
+        request_body=body,
+        response_body=body,
+    )
     values.update(fields)
     return TraceRow(**values)
 
@@ -208,7 +244,7 @@ def fill_generic(conn: sqlite3.Connection, table: str, attempts: int = 3, _depth
     last_error: Exception | None = None
     for attempt in range(attempts):
         values: dict[str, Any] = {}
-        for _cid, name, decl, notnull, default, pk in info:
+        for _cid, name, decl, _notnull, default, pk in info:
             if name in fks:
                 parent, parent_col = fks[name]
                 if parent == table:
@@ -222,11 +258,17 @@ def fill_generic(conn: sqlite3.Connection, table: str, attempts: int = 3, _depth
                 continue  # rowid alias: let SQLite number it
             elif default is None:  # columns with a default keep it
                 allowed = re.search(rf'CHECK\s*\(\s*"?{re.escape(name)}"?\s+IN\s*\(\s*([^,)]+)', sql, re.I)
-                values[name] = (conn.execute(f"SELECT {allowed.group(1)}").fetchone()[0] if allowed
-                                else _sample_value(decl, table, name, attempt))
+                values[name] = (
+                    conn.execute(f"SELECT {allowed.group(1)}").fetchone()[0]
+                    if allowed
+                    else _sample_value(decl, table, name, attempt)
+                )
                 if pk:
-                    values[name] = f"sample-{table}-{attempt}-{time.monotonic_ns()}" if not isinstance(
-                        values[name], int) else 10_000 + time.monotonic_ns() % 1_000_000
+                    values[name] = (
+                        f"sample-{table}-{attempt}-{time.monotonic_ns()}"
+                        if not isinstance(values[name], int)
+                        else 10_000 + time.monotonic_ns() % 1_000_000
+                    )
         cols = ", ".join(f'"{c}"' for c in values)
         marks = ", ".join("?" for _ in values)
         try:
@@ -238,5 +280,7 @@ def fill_generic(conn: sqlite3.Connection, table: str, attempts: int = 3, _depth
             conn.execute("ROLLBACK TO fill")
             conn.execute("RELEASE fill")
             last_error = exc
-    raise AssertionError(f"could not make a sample row for table {table!r} ({last_error}); "
-                         "add a builder for it to ROW_BUILDERS in tests/test_upgrades.py")
+    raise AssertionError(
+        f"could not make a sample row for table {table!r} ({last_error}); "
+        "add a builder for it to ROW_BUILDERS in tests/test_upgrades.py"
+    )

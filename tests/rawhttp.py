@@ -8,8 +8,9 @@ import time
 
 
 def connect(server, source: str | None = None) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=5,
-                                    source_address=(source, 0) if source else None)
+    return socket.create_connection(
+        ("127.0.0.1", server.port), timeout=5, source_address=(source, 0) if source else None
+    )
 
 
 def read_until_close(sock: socket.socket, timeout: float = 5.0) -> bytes:

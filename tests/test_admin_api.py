@@ -11,17 +11,25 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from openapi_spec_validator import validate
 
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from stockyard.api import ROUTES
 
 ADMIN_KEY = "admin-test-key-0123456789abcdefXYZ"
 SECRET = "admin-api-test-secret-0123456789abcdef"
 
 
-def call(server: ServerProcess, method: str, path: str, body=None, *, key: str | None = ADMIN_KEY,
-         source: str = "127.0.0.1", raw: bytes | None = None) -> tuple[int, dict, dict]:
+def call(
+    server: ServerProcess,
+    method: str,
+    path: str,
+    body=None,
+    *,
+    key: str | None = ADMIN_KEY,
+    source: str = "127.0.0.1",
+    raw: bytes | None = None,
+) -> tuple[int, dict, dict]:
     """One admin request from ``source`` (any 127.x address reaches the loopback server)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=(source, 0))
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -54,8 +62,13 @@ def assert_error(status: int, body: dict, expected: int, *words: str) -> dict:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN_KEY, "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("admin") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -64,8 +77,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
 @pytest.fixture(scope="module")
 def keyless(pyz_path, cache_home, tmp_path_factory) -> ServerProcess:
     """A server started without STOCKYARD_ADMIN_KEY: the admin API is off."""
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keyless") / "stockyard.db",
-                        base_env(cache_home)).start()
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keyless") / "stockyard.db", base_env(cache_home)).start()
     yield srv
     srv.stop()
 
@@ -74,16 +86,23 @@ def keyless(pyz_path, cache_home, tmp_path_factory) -> ServerProcess:
 def traces(server) -> list[dict]:
     """Three proxied requests: two answered, one failed upstream; newest first."""
     for model in ("gpt-4o-mini", "gpt-4o", "mock-error-500"):
-        req = urllib.request.Request(server.url + "/v1/chat/completions", method="POST",
-                                     data=json.dumps({"model": model, "messages": [
-                                         {"role": "user", "content": f"hello {model}"}]}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            server.url + "/v1/chat/completions",
+            method="POST",
+            data=json.dumps({"model": model, "messages": [{"role": "user", "content": f"hello {model}"}]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             urllib.request.urlopen(req, timeout=30).read()
         except urllib.error.HTTPError as err:
             assert err.code == 500
-    rows = wait_for(lambda: len(server.db_rows("SELECT id FROM traces")) == 3 and
-                    server.db_rows("SELECT * FROM traces ORDER BY id DESC"), what="3 traces")
+    rows = wait_for(
+        lambda: (
+            len(server.db_rows("SELECT id FROM traces")) == 3
+            and server.db_rows("SELECT * FROM traces ORDER BY id DESC")
+        ),
+        what="3 traces",
+    )
     return rows
 
 
@@ -93,25 +112,30 @@ def sample_path(pattern: str) -> str:
 
 # --- authentication ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("index", range(len(ROUTES)), ids=[f"{r.method} {r.pattern}" for r in ROUTES])
 def test_every_route_refuses_missing_and_wrong_keys_and_audits_wrong_ones(server, index):
     route = ROUTES[index]
     source = f"127.0.0.{10 + index}"  # the throttle counts per address: one address per route
     path = sample_path(route.pattern)
     body = {"note": "x"} if route.method == "POST" else None
-    for key, reason in ((None, "missing"), ("wrong-key-0123456789", "wrong key")):
+    for key, _reason in ((None, "missing"), ("wrong-key-0123456789", "wrong key")):
         status, headers, payload = call(server, route.method, path, body, key=key, source=source)
         error = assert_error(status, payload, 401, "Authorization: Bearer")
         assert error["type"] == "authentication_error" and error["code"] == "invalid_admin_key"
         assert "access-control-allow-origin" not in headers
         assert ADMIN_KEY not in json.dumps(payload)
-    entries = ok(server, f"/api/audit?action=admin.auth_failed&limit=1000")["data"]
+    entries = ok(server, "/api/audit?action=admin.auth_failed&limit=1000")["data"]
     mine = [e for e in entries if e["actor"] == f"admin-api:{source}"]
     # no key is not a login attempt (a page loading images sends none): only the wrong key is audited
     assert [(e["target"], e["details"]["reason"]) for e in mine] == [(path, "wrong key")]
     assert "wrong-key" not in json.dumps(mine)
-    assert server.db_rows("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'audit.note' "
-                          "AND actor = ?", (f"admin-api:{source}",))[0]["n"] == 0
+    assert (
+        server.db_rows(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE action = 'audit.note' AND actor = ?", (f"admin-api:{source}",)
+        )[0]["n"]
+        == 0
+    )
 
 
 def test_repeated_failures_are_throttled_per_address(server):
@@ -125,8 +149,9 @@ def test_repeated_failures_are_throttled_per_address(server):
     assert call(server, "GET", "/api/status", source=source)[0] == 200
     assert call(server, "GET", "/api/status", key="guess-0123456789", source=source)[0] == 429
     assert call(server, "GET", "/api/status", source=other)[0] == 200
-    failed = server.db_rows("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'admin.auth_failed' "
-                            "AND actor = ?", (f"admin-api:{source}",))[0]["n"]
+    failed = server.db_rows(
+        "SELECT COUNT(*) AS n FROM audit_log WHERE action = 'admin.auth_failed' AND actor = ?", (f"admin-api:{source}",)
+    )[0]["n"]
     assert failed == 10  # refusals while blocked are not written: no log flooding
 
 
@@ -140,22 +165,32 @@ def test_requests_without_a_key_and_preflights_never_lock_the_admin_out(server):
     for origin, refused in (("http://evil.example", 403), (f"http://127.0.0.1:{server.port}", 401)):
         for _ in range(25):
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=(source, 0))
-            conn.request("OPTIONS", "/api/status", headers={
-                "Origin": origin, "Access-Control-Request-Method": "GET",
-                "Authorization": "Bearer wrong-0123456789"})
+            conn.request(
+                "OPTIONS",
+                "/api/status",
+                headers={
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "GET",
+                    "Authorization": "Bearer wrong-0123456789",
+                },
+            )
             assert conn.getresponse().status == refused
             conn.close()
     assert call(server, "GET", "/api/status", source=source)[0] == 200
     # none of them counted: a wrong key is still answered 401, not 429
     assert call(server, "GET", "/api/status", key="guess-0123456789", source=source)[0] == 401
-    assert server.db_rows("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'admin.auth_failed' "
-                          "AND actor = ?", (f"admin-api:{source}",))[0]["n"] == 1
+    assert (
+        server.db_rows(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE action = 'admin.auth_failed' AND actor = ?",
+            (f"admin-api:{source}",),
+        )[0]["n"]
+        == 1
+    )
 
 
 def test_admin_api_without_admin_key_explains_how_to_enable_it(keyless):
     for method, path in (("GET", "/api/status"), ("GET", "/api/audit"), ("POST", "/api/audit/note")):
-        status, _, payload = call(keyless, method, path, {"note": "x"} if method == "POST" else None,
-                                  key="anything")
+        status, _, payload = call(keyless, method, path, {"note": "x"} if method == "POST" else None, key="anything")
         error = assert_error(status, payload, 401, "set STOCKYARD_ADMIN_KEY", "export", "CLI works")
         assert error["code"] == "admin_key_not_set"
     assert keyless.db_rows("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'audit.note'")[0]["n"] == 0
@@ -164,9 +199,13 @@ def test_admin_api_without_admin_key_explains_how_to_enable_it(keyless):
 def test_non_loopback_start_is_refused_without_admin_key(pyz_path, cache_home, tmp_path):
     db = tmp_path / "never.db"
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(pyz_path), "serve", "--host", "0.0.0.0", "--port", "0",
-                           "--db", str(db)], env=base_env(cache_home), capture_output=True, text=True,
-                          timeout=20)
+    proc = subprocess.run(
+        [sys.executable, str(pyz_path), "serve", "--host", "0.0.0.0", "--port", "0", "--db", str(db)],
+        env=base_env(cache_home),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert proc.returncode != 0 and time.monotonic() - started < 15
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "STOCKYARD_ADMIN_KEY" in lines[0] and "0.0.0.0" in lines[0], proc.stderr
@@ -177,9 +216,13 @@ def test_non_loopback_start_is_refused_without_admin_key(pyz_path, cache_home, t
 @pytest.mark.parametrize("key", ["x", "short-key-15chr"])
 def test_a_short_admin_key_refuses_to_start(pyz_path, cache_home, tmp_path, key):
     db = tmp_path / "never.db"
-    proc = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
-                          env={**base_env(cache_home), "STOCKYARD_ADMIN_KEY": key}, capture_output=True, text=True,
-                          timeout=20)
+    proc = subprocess.run(
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
+        env={**base_env(cache_home), "STOCKYARD_ADMIN_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "STOCKYARD_ADMIN_KEY is" in lines[0] and "at least 16" in lines[0], proc.stderr
@@ -188,6 +231,7 @@ def test_a_short_admin_key_refuses_to_start(pyz_path, cache_home, tmp_path, key)
 
 
 # --- traces ----------------------------------------------------------------------------------
+
 
 def test_list_traces_newest_first_with_filters(server, traces):
     ids = [t["id"] for t in traces]
@@ -236,17 +280,20 @@ def test_trace_with_bodies(server, traces):
     assert OPENAI_KEY not in json.dumps(trace)
 
 
-@pytest.mark.parametrize("query, param, words", [
-    ("limit=0", "limit", "between 1 and 500"),
-    ("limit=501", "limit", "between 1 and 500"),
-    ("limit=ten", "limit", "whole number"),
-    ("since=yesterday", "since", "ISO date"),
-    ("until=2024-13-01", "until", "ISO date"),
-    ("since=2024-02-01&until=2024-01-01", "until", "later than since"),
-    ("cursor=abc", "cursor", "next_cursor"),
-    ("cursor=tr_xyz' OR 1=1 --", "cursor", "next_cursor"),
-    ("status=teapot", "status", "whole number"),
-])
+@pytest.mark.parametrize(
+    "query, param, words",
+    [
+        ("limit=0", "limit", "between 1 and 500"),
+        ("limit=501", "limit", "between 1 and 500"),
+        ("limit=ten", "limit", "whole number"),
+        ("since=yesterday", "since", "ISO date"),
+        ("until=2024-13-01", "until", "ISO date"),
+        ("since=2024-02-01&until=2024-01-01", "until", "later than since"),
+        ("cursor=abc", "cursor", "next_cursor"),
+        ("cursor=tr_xyz' OR 1=1 --", "cursor", "next_cursor"),
+        ("status=teapot", "status", "whole number"),
+    ],
+)
 def test_traces_bad_query_values(server, query, param, words):
     status, _, payload = call(server, "GET", "/api/traces?" + query.replace(" ", "%20"))
     error = assert_error(status, payload, 400, words)
@@ -261,6 +308,7 @@ def test_unknown_trace_is_404(server):
 
 # --- audit -----------------------------------------------------------------------------------
 
+
 def test_note_is_recorded_and_listed(server):
     status, _, entry = call(server, "POST", "/api/audit/note", {"note": "  maintenance window: start  "})
     assert status == 201
@@ -274,21 +322,25 @@ def test_note_is_recorded_and_listed(server):
     notes = ok(server, "/api/audit?action=audit.note&limit=1000")["data"]
     assert entry in notes and all(e["action"] == "audit.note" for e in notes)
     from stockyard.store import db
+
     n = len(db.available_migrations())
     first = [(e["seq"], e["actor"], e["action"]) for e in ok(server, f"/api/audit?limit={n + 1}")["data"]]
     assert first == [(i, "server", "migration.apply") for i in range(1, n + 1)] + [(n + 1, "server", "server.start")]
 
 
-@pytest.mark.parametrize("raw, status, words", [
-    (b'{"note": ', 400, "not valid JSON"),
-    (b'["note"]', 400, "JSON object"),
-    (b'{}', 400, "non-empty string"),
-    (b'{"note": "   "}', 400, "non-empty string"),
-    (b'{"note": 7}', 400, "non-empty string"),
-    (b'{"note": "x", "extra": 1}', 400, "unknown field 'extra'"),
-    (json.dumps({"note": "x" * 2001}).encode(), 400, "limit is 2000"),
-    (json.dumps({"note": "rotated to sk-proj-abcdefghijklmnop1234"}).encode(), 400, "last 4"),
-])
+@pytest.mark.parametrize(
+    "raw, status, words",
+    [
+        (b'{"note": ', 400, "not valid JSON"),
+        (b'["note"]', 400, "JSON object"),
+        (b"{}", 400, "non-empty string"),
+        (b'{"note": "   "}', 400, "non-empty string"),
+        (b'{"note": 7}', 400, "non-empty string"),
+        (b'{"note": "x", "extra": 1}', 400, "unknown field 'extra'"),
+        (json.dumps({"note": "x" * 2001}).encode(), 400, "limit is 2000"),
+        (json.dumps({"note": "rotated to sk-proj-abcdefghijklmnop1234"}).encode(), 400, "last 4"),
+    ],
+)
 def test_note_bad_input(server, raw, status, words):
     before = ok(server, "/api/audit/head")
     got, _, payload = call(server, "POST", "/api/audit/note", raw=raw)
@@ -311,8 +363,12 @@ def test_audit_paging_and_bad_queries(server):
     assert seqs == [e["seq"] for e in everything] == list(range(1, len(everything) + 1))
     assert ok(server, "/api/audit?since=2999-01-01")["data"] == []
     assert len(ok(server, "/api/audit?since=2000-01-01T00:00:00Z&limit=1000")["data"]) == len(everything)
-    for query, param in (("limit=0", "limit"), ("limit=1001", "limit"), ("after_seq=-1", "after_seq"),
-                         ("since=last-week", "since")):
+    for query, param in (
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("after_seq=-1", "after_seq"),
+        ("since=last-week", "since"),
+    ):
         status, _, payload = call(server, "GET", "/api/audit?" + query)
         assert assert_error(status, payload, 400)["param"] == param
 
@@ -333,6 +389,7 @@ def test_verify_and_head(server):
 
 # --- changes from the CLI reach the running server ------------------------------------------------
 
+
 def test_cli_note_is_visible_immediately(server):
     proc = server.cli("audit", "note", "from the cli")
     assert proc.returncode == 0, proc.stderr
@@ -347,8 +404,11 @@ def test_cli_reload_is_picked_up_within_a_second(server):
     proc = server.cli("reload")
     assert proc.returncode == 0, proc.stderr
     assert "running servers reload" in proc.stdout
-    after = wait_for(lambda: (s := ok(server, "/api/status"))["reloads"] > before["reloads"] and s,
-                     timeout=1.0, what="the server to reload")
+    after = wait_for(
+        lambda: (s := ok(server, "/api/status"))["reloads"] > before["reloads"] and s,
+        timeout=1.0,
+        what="the server to reload",
+    )
     assert after["config_version"] == after["loaded_config_version"] == before["config_version"] + 1
     entry = ok(server, "/api/audit?action=config.reload")["data"][-1]
     assert entry["actor"].startswith("cli:") and entry["target"] == "config"
@@ -356,14 +416,22 @@ def test_cli_reload_is_picked_up_within_a_second(server):
 
 # --- the OpenAPI document ---------------------------------------------------------------------------
 
+
 def test_openapi_document_validates_and_lists_every_route(server):
     doc = ok(server, "/api/openapi.json")
     validate(doc)
     served = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert served == {(r.method, r.pattern) for r in ROUTES}
-    expected = {("GET", "/api/traces"), ("GET", "/api/traces/{id}"), ("GET", "/api/audit"),
-                ("GET", "/api/audit/verify"), ("GET", "/api/audit/head"), ("POST", "/api/audit/note"),
-                ("GET", "/api/status"), ("GET", "/api/openapi.json")}
+    expected = {
+        ("GET", "/api/traces"),
+        ("GET", "/api/traces/{id}"),
+        ("GET", "/api/audit"),
+        ("GET", "/api/audit/verify"),
+        ("GET", "/api/audit/head"),
+        ("POST", "/api/audit/note"),
+        ("GET", "/api/status"),
+        ("GET", "/api/openapi.json"),
+    }
     assert expected <= served
     params = {p["name"] for p in doc["paths"]["/api/traces"]["get"]["parameters"]}
     assert params == {"since", "until", "model", "provider", "status", "key", "outcome", "limit", "cursor"}

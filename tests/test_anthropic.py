@@ -25,18 +25,31 @@ def native_client_version() -> str:
 
 ANTHROPIC_KEY = "sk-ant-test-0123456789abcdefANTHROPICSECRET"
 OPENAI_KEY = "sk-test-openai-for-anthropic-module-SECRET"
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 SDK_VERSION = native_client_version()
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
 MOCK_PRICED = ["claude-haiku-4-5-plain", "claude-haiku-4-5-native"]
 
+
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {**base_env(cache_home), "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url,
-           "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = {
+        **base_env(cache_home),
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": mock.url,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+    }
     db = tmp_path_factory.mktemp("anthropic") / "stockyard.db"
     proc = ServerProcess(pyz_path, db, env)
     for model in MOCK_PRICED:  # the mock's model names are no real model's: priced explicitly, never guessed
@@ -81,13 +94,23 @@ def check_key_headers(req: Recorded, version: str = "2023-06-01") -> None:
 
 # --------------------------------------------------------------------------- OpenAI dialect, plain
 
+
 def test_plain_chat_translates_both_ways(server, client, mock) -> None:
     model = "claude-haiku-4-5-plain"
     raw = client.chat.completions.with_raw_response.create(
-        model=model, max_tokens=100, temperature=0.2, top_p=0.9, stop="END", user="user-7",
-        messages=[{"role": "system", "content": "Be brief."},
-                  {"role": "developer", "content": [{"type": "text", "text": "No emoji."}]},
-                  {"role": "user", "content": "Hello"}, {"role": "user", "content": "again"}])
+        model=model,
+        max_tokens=100,
+        temperature=0.2,
+        top_p=0.9,
+        stop="END",
+        user="user-7",
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "No emoji."}]},
+            {"role": "user", "content": "Hello"},
+            {"role": "user", "content": "again"},
+        ],
+    )
     answer = raw.parse()
     assert answer.object == "chat.completion"
     assert answer.choices[0].message.content == "Hello from mock"
@@ -97,10 +120,17 @@ def test_plain_chat_translates_both_ways(server, client, mock) -> None:
     req = sent(mock, model)
     check_key_headers(req)
     assert req.json == {
-        "model": model, "max_tokens": 100, "temperature": 0.2, "top_p": 0.9,
-        "system": "Be brief.\n\nNo emoji.", "stop_sequences": ["END"], "metadata": {"user_id": "user-7"},
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"},
-                                                  {"type": "text", "text": "again"}]}]}
+        "model": model,
+        "max_tokens": 100,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "system": "Be brief.\n\nNo emoji.",
+        "stop_sequences": ["END"],
+        "metadata": {"user_id": "user-7"},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "again"}]}
+        ],
+    }
 
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert (trace["provider"], trace["endpoint"], trace["dialect"]) == ("anthropic", "chat", "openai")
@@ -112,9 +142,14 @@ def test_plain_chat_translates_both_ways(server, client, mock) -> None:
 def test_cached_system_parts_stay_blocks(client, mock) -> None:
     model = "claude-haiku-4-5-system-cache"
     marker = {"type": "ephemeral"}
-    client.chat.completions.create(model=model, messages=[
-        {"role": "system", "content": [{"type": "text", "text": "Long rules", "cache_control": marker}]},
-        {"role": "assistant", "content": ""}, *user()])
+    client.chat.completions.create(
+        model=model,
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "Long rules", "cache_control": marker}]},
+            {"role": "assistant", "content": ""},
+            *user(),
+        ],
+    )
     body = sent(mock, model).json
     assert body["system"] == [{"type": "text", "text": "Long rules", "cache_control": marker}]
     assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
@@ -140,6 +175,7 @@ def test_cache_usage(server, client, flag, cached, written) -> None:
 
 # --------------------------------------------------------------------------- streaming
 
+
 def test_stream_without_usage(server, client, mock) -> None:
     model = "claude-haiku-4-5-stream"
     raw = client.chat.completions.with_raw_response.create(model=model, messages=user(), stream=True)
@@ -155,9 +191,16 @@ def test_stream_without_usage(server, client, mock) -> None:
 
 
 def test_stream_with_usage_ends_with_usage_then_done(server, mock) -> None:
-    status, headers, body = server.request("POST", "/v1/chat/completions", {
-        "model": "claude-haiku-4-5-stream-usage", "messages": user(), "stream": True,
-        "stream_options": {"include_usage": True}})
+    status, headers, body = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": "claude-haiku-4-5-stream-usage",
+            "messages": user(),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     payloads = sse_payloads(body)
     assert payloads[-1] == "[DONE]"
@@ -172,41 +215,62 @@ def test_stream_with_usage_ends_with_usage_then_done(server, mock) -> None:
 
 # --------------------------------------------------------------------------- tools
 
+
 def test_tool_round_trip(server, client, mock) -> None:
     model = "claude-haiku-4-5-tools"
-    first = client.chat.completions.create(model=model, messages=user("Weather in Paris?"), tools=TOOLS,
-                                           tool_choice="required", parallel_tool_calls=False)
+    first = client.chat.completions.create(
+        model=model, messages=user("Weather in Paris?"), tools=TOOLS, tool_choice="required", parallel_tool_calls=False
+    )
     call = first.choices[0].message.tool_calls[0]
     assert first.choices[0].finish_reason == "tool_calls"
     assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
-        "toolu_mock1", "get_weather", {"city": "Paris"})
+        "toolu_mock1",
+        "get_weather",
+        {"city": "Paris"},
+    )
     body = sent(mock, model).json
-    assert body["tools"] == [{"name": "get_weather", "description": "Weather for a city",
-                              "input_schema": TOOLS[0]["function"]["parameters"]}]
+    assert body["tools"] == [
+        {"name": "get_weather", "description": "Weather for a city", "input_schema": TOOLS[0]["function"]["parameters"]}
+    ]
     assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
 
     follow_model = model + "-followup"
-    messages = [*user("Weather in Paris?"), first.choices[0].message.model_dump(exclude_none=True),
-                {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"},
-                {"role": "tool", "tool_call_id": "toolu_other", "content": [{"type": "text", "text": "n/a"}]},
-                {"role": "user", "content": "Thanks"}]
-    client.chat.completions.create(model=follow_model, messages=messages, tools=TOOLS,
-                                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    messages = [
+        *user("Weather in Paris?"),
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"},
+        {"role": "tool", "tool_call_id": "toolu_other", "content": [{"type": "text", "text": "n/a"}]},
+        {"role": "user", "content": "Thanks"},
+    ]
+    client.chat.completions.create(
+        model=follow_model,
+        messages=messages,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     body = sent(mock, follow_model).json
     assert body["tool_choice"] == {"type": "tool", "name": "get_weather"}
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_mock1", "name": "get_weather",
-                                           "input": {"city": "Paris"}}]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_mock1", "content": "18C and sunny"},
-            {"type": "tool_result", "tool_use_id": "toolu_other", "content": "n/a"},
-            {"type": "text", "text": "Thanks"}]}]
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_mock1", "name": "get_weather", "input": {"city": "Paris"}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_mock1", "content": "18C and sunny"},
+                {"type": "tool_result", "tool_use_id": "toolu_other", "content": "n/a"},
+                {"type": "text", "text": "Thanks"},
+            ],
+        },
+    ]
 
 
 def test_streamed_tool_call(client) -> None:
-    chunks = list(client.chat.completions.create(model="claude-haiku-4-5-tools-stream", messages=user(),
-                                                 tools=TOOLS, stream=True))
+    chunks = list(
+        client.chat.completions.create(model="claude-haiku-4-5-tools-stream", messages=user(), tools=TOOLS, stream=True)
+    )
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].id == "toolu_mock1" and deltas[0].function.name == "get_weather"
     assert deltas[0].function.arguments == "" and {d.index for d in deltas} == {0}
@@ -216,23 +280,36 @@ def test_streamed_tool_call(client) -> None:
 
 # --------------------------------------------------------------------------- images
 
+
 def test_image_parts_base64_and_url(client, mock) -> None:
     model = "claude-haiku-4-5-vision"
-    client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
-        {"type": "text", "text": "Compare"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}}]}])
+    client.chat.completions.create(
+        model=model,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
+                ],
+            }
+        ],
+    )
     assert sent(mock, model).json["messages"][0]["content"] == [
         {"type": "text", "text": "Compare"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}},
-        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}]
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    ]
 
 
 # --------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("status, exc_type, error_type", [
-    (429, openai.RateLimitError, "rate_limit_error"),
-    (400, openai.BadRequestError, "invalid_request_error")])
+
+@pytest.mark.parametrize(
+    "status, exc_type, error_type",
+    [(429, openai.RateLimitError, "rate_limit_error"), (400, openai.BadRequestError, "invalid_request_error")],
+)
 def test_upstream_error_status_and_shape(server, client, status, exc_type, error_type) -> None:
     with pytest.raises(exc_type) as failure:
         client.chat.completions.create(model=f"claude-error-{status}", messages=user())
@@ -248,8 +325,9 @@ def test_upstream_error_status_and_shape(server, client, status, exc_type, error
 def test_cut_stream_ends_with_error_not_done(server, mock) -> None:
     events = anthropic_stream({}, 1, "claude-haiku-4-5-cut")
     mock.enqueue(Reply(sse=events, cut_after=4))  # message_start, block start, ping, first delta
-    status, headers, body = server.request("POST", "/v1/chat/completions", {
-        "model": "claude-haiku-4-5-cut", "messages": user(), "stream": True})
+    status, headers, body = server.request(
+        "POST", "/v1/chat/completions", {"model": "claude-haiku-4-5-cut", "messages": user(), "stream": True}
+    )
     payloads = sse_payloads(body)
     assert status == 200 and "[DONE]" not in payloads
     assert json.loads(payloads[1])["choices"][0]["delta"]["content"] == "Hello"
@@ -262,8 +340,9 @@ def test_error_event_in_stream_becomes_openai_error(server, client, mock) -> Non
     events = anthropic_stream({}, 1, "claude-haiku-4-5-overload")[:4]
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (mock)"}}
     mock.enqueue(Reply(sse=events + [f"event: error\ndata: {json.dumps(error)}"]))
-    status, headers, body = server.request("POST", "/v1/chat/completions", {
-        "model": "claude-haiku-4-5-overload", "messages": user(), "stream": True})
+    status, headers, body = server.request(
+        "POST", "/v1/chat/completions", {"model": "claude-haiku-4-5-overload", "messages": user(), "stream": True}
+    )
     payloads = sse_payloads(body)
     assert "[DONE]" not in payloads
     assert json.loads(payloads[-1])["error"]["message"] == "Overloaded (mock)"
@@ -276,21 +355,32 @@ def test_error_event_in_stream_becomes_openai_error(server, client, mock) -> Non
         list(client.chat.completions.create(model="claude-haiku-4-5-overload", messages=user(), stream=True))
 
 
-@pytest.mark.parametrize("messages", [
-    "Hi", [], [{"role": "user", "content": 5}], [{"role": "wizard", "content": "Hi"}],
-    [{"role": "assistant", "tool_calls": [{"function": "oops"}]}],
-    [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{not json"}}]}],
-    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}],
-    [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        "Hi",
+        [],
+        [{"role": "user", "content": 5}],
+        [{"role": "wizard", "content": "Hi"}],
+        [{"role": "assistant", "tool_calls": [{"function": "oops"}]}],
+        [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{not json"}}]}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}],
+        [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
+    ],
+)
 def test_malformed_requests_are_400s_not_500s(server, messages) -> None:
     status, _, raw = server.request("POST", "/v1/chat/completions", {"model": "claude-haiku-4-5", "messages": messages})
     error = json.loads(raw)["error"]
     assert status == 400 and error["type"] == "invalid_request_error" and error["message"]
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/completions", {"model": "claude-haiku-4-5", "prompt": "Hi"}),
-    ("/v1/embeddings", {"model": "claude-haiku-4-5", "input": "Hi"})])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/completions", {"model": "claude-haiku-4-5", "prompt": "Hi"}),
+        ("/v1/embeddings", {"model": "claude-haiku-4-5", "input": "Hi"}),
+    ],
+)
 def test_unsupported_endpoints_are_clear_400s(server, path, body) -> None:
     status, _, raw = server.request("POST", path, body)
     error = json.loads(raw)["error"]
@@ -300,11 +390,15 @@ def test_unsupported_endpoints_are_clear_400s(server, path, body) -> None:
 
 # --------------------------------------------------------------------------- native /v1/messages
 
+
 def test_native_plain_passes_bytes_through(server, native, mock) -> None:
     model = "claude-haiku-4-5-native"
     raw = native.messages.with_raw_response.create(
-        model=model, max_tokens=50, messages=[{"role": "user", "content": "Hi"}],
-        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})
+        model=model,
+        max_tokens=50,
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
+    )
     message = raw.parse()
     assert message.content[0].text == "Hello from mock" and message.stop_reason == "end_turn"
     assert (message.usage.input_tokens, message.usage.output_tokens) == (12, 5)
@@ -323,11 +417,15 @@ def test_native_plain_passes_bytes_through(server, native, mock) -> None:
 
 
 def test_native_provider_prefix_rewrites_only_model(native, mock) -> None:
-    native.messages.create(model="anthropic/claude-haiku-4-5-prefixed", max_tokens=5,
-                           messages=[{"role": "user", "content": "Hi"}])
+    native.messages.create(
+        model="anthropic/claude-haiku-4-5-prefixed", max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
+    )
     body = sent(mock, "claude-haiku-4-5-prefixed").json
-    assert body == {"model": "claude-haiku-4-5-prefixed", "max_tokens": 5,
-                    "messages": [{"role": "user", "content": "Hi"}]}
+    assert body == {
+        "model": "claude-haiku-4-5-prefixed",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
 
 
 def test_native_stream_relays_events_unchanged(server, native, mock) -> None:
@@ -337,11 +435,23 @@ def test_native_stream_relays_events_unchanged(server, native, mock) -> None:
         final = stream.get_final_message()
     assert text == "Hello from mock" and final.usage.output_tokens == 5
 
-    status, headers, body = server.request("POST", "/v1/messages", {
-        "model": model, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+    status, headers, body = server.request(
+        "POST",
+        "/v1/messages",
+        {"model": model, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     names = [line[7:] for line in body.decode().split("\n") if line.startswith("event: ")]
-    assert names == ["message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
-                     "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert "[DONE]" not in body.decode()
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert (trace["stream"], trace["prompt_tokens"], trace["completion_tokens"]) == (1, 12, 5)
@@ -387,15 +497,21 @@ def test_provider_key_never_in_log(server) -> None:
     assert "Traceback" not in server.log
 
 
-
 def raw_messages(server: ServerProcess, header_lines: bytes, path: str = "/v1/messages") -> tuple[int, dict]:
     """One request over a raw socket: header values an HTTP client library would refuse to send."""
     import socket
 
-    body = json.dumps({"model": "claude-haiku-4-5-hdr", "max_tokens": 5,
-                       "messages": [{"role": "user", "content": "Hi"}]}).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + header_lines + b"\r\n"
+    body = json.dumps(
+        {"model": "claude-haiku-4-5-hdr", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
+    ).encode()
+    head = (
+        (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        ).encode()
+        + header_lines
+        + b"\r\n"
+    )
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head + body)
         data = b""
@@ -405,15 +521,18 @@ def raw_messages(server: ServerProcess, header_lines: bytes, path: str = "/v1/me
     return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
 
 
-@pytest.mark.parametrize("header", [
-    b"anthropic-version: 2023-06-01\rX-Injected: 1\r\n",
-    b"anthropic-version: 2023-06-01\x00\r\n",
-    b"anthropic-version: 2023-06-01\x7f\r\n",
-    b"anthropic-version: 2023-06-01 x\r\n",
-    b"anthropic-beta: prompt-caching-2024-07-31\rX-Injected: 1\r\n",
-    b"anthropic-beta: a\x01b\r\n",
-    b"anthropic-beta: a;b\r\n",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"anthropic-version: 2023-06-01\rX-Injected: 1\r\n",
+        b"anthropic-version: 2023-06-01\x00\r\n",
+        b"anthropic-version: 2023-06-01\x7f\r\n",
+        b"anthropic-version: 2023-06-01 x\r\n",
+        b"anthropic-beta: prompt-caching-2024-07-31\rX-Injected: 1\r\n",
+        b"anthropic-beta: a\x01b\r\n",
+        b"anthropic-beta: a;b\r\n",
+    ],
+)
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
 def test_bad_anthropic_version_or_beta_headers_are_400_in_anthropic_shape(server, mock, header, path) -> None:
     before = len(mock.requests)
@@ -426,8 +545,11 @@ def test_bad_anthropic_version_or_beta_headers_are_400_in_anthropic_shape(server
 
 
 def test_good_beta_lists_still_pass(server, mock) -> None:
-    status, body = raw_messages(server, b"anthropic-version: 2023-06-01\r\n"
-                                        b"anthropic-beta: prompt-caching-2024-07-31, token-efficient-tools-2025-02-19\r\n")
+    status, body = raw_messages(
+        server,
+        b"anthropic-version: 2023-06-01\r\n"
+        b"anthropic-beta: prompt-caching-2024-07-31, token-efficient-tools-2025-02-19\r\n",
+    )
     assert status == 200, body
     req = sent(mock, "claude-haiku-4-5-hdr")
     assert req.headers["anthropic-beta"] == "prompt-caching-2024-07-31, token-efficient-tools-2025-02-19"

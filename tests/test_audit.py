@@ -29,9 +29,14 @@ TEXT_COLUMNS = ("ts", "actor", "action", "target", "details", "prev_hash", "hash
 def add(conn, n: int, key: bytes | None, actor: str = "cli:test", start: int = 0) -> None:
     for i in range(start, start + n):
         conn.execute("BEGIN IMMEDIATE")
-        audit.append(conn, actor=actor, action="providers.update", target=f"provider:{i}",
-                     details={"i": i, "key_id": f"pk_{i}", "last4": "…abcd", "note": "ü"},
-                     key=key)
+        audit.append(
+            conn,
+            actor=actor,
+            action="providers.update",
+            target=f"provider:{i}",
+            details={"i": i, "key_id": f"pk_{i}", "last4": "…abcd", "note": "ü"},
+            key=key,
+        )
         conn.execute("COMMIT")
 
 
@@ -58,6 +63,7 @@ def rows(conn) -> dict[int, tuple]:
 
 # --- appending and a healthy chain -------------------------------------------------------
 
+
 def test_fresh_chain_verifies(conn, key):
     assert audit.head(conn) == (0, audit.GENESIS)
     empty = audit.verify(conn, key)
@@ -72,10 +78,17 @@ def test_fresh_chain_verifies(conn, key):
 
 def test_entry_fields(conn):
     conn.execute("BEGIN IMMEDIATE")
-    first = audit.append(conn, actor=audit.actor_cli(), action="keys.create", target="key:k_1",
-                         details={"name": "ci", "last4": "…wxyz"}, key=KEY)
-    second = audit.append(conn, actor=audit.actor_api("127.0.0.1"), action="keys.revoke",
-                          target="key:k_1", details={}, key=KEY)
+    first = audit.append(
+        conn,
+        actor=audit.actor_cli(),
+        action="keys.create",
+        target="key:k_1",
+        details={"name": "ci", "last4": "…wxyz"},
+        key=KEY,
+    )
+    second = audit.append(
+        conn, actor=audit.actor_api("127.0.0.1"), action="keys.revoke", target="key:k_1", details={}, key=KEY
+    )
     conn.execute("COMMIT")
     assert first.seq == 1 and first.prev_hash == audit.GENESIS
     assert second.seq == 2 and second.prev_hash == first.hash
@@ -114,8 +127,7 @@ def test_keyed_chain_refuses_unkeyed_or_foreign_key_appends(conn):
 def test_rotation_with_old_keys(conn):
     add(conn, 3, KEY)
     conn.execute("BEGIN IMMEDIATE")
-    audit.append(conn, actor="cli:op", action="vault.rotate", target="vault", details={},
-                 key=OTHER_KEY, rekey=True)
+    audit.append(conn, actor="cli:op", action="vault.rotate", target="vault", details={}, key=OTHER_KEY, rekey=True)
     conn.execute("COMMIT")
     add(conn, 2, OTHER_KEY, start=3)
     assert audit.verify(conn, OTHER_KEY, old_keys=[KEY]).ok
@@ -166,12 +178,10 @@ def test_secret_guard(conn):
     ]
     for details, secret in leaks:
         with pytest.raises(ValueError, match="last 4") as err:
-            audit.append(conn, actor="cli:x", action="providers.update", target="provider:1",
-                         details=details, key=KEY)
+            audit.append(conn, actor="cli:x", action="providers.update", target="provider:1", details=details, key=KEY)
         assert secret not in str(err.value)
     with pytest.raises(ValueError):
-        audit.append(conn, actor="cli:x", action="keys.create", target="sk-sy-abcdefghijklmnop",
-                     details={}, key=KEY)
+        audit.append(conn, actor="cli:x", action="keys.create", target="sk-sy-abcdefghijklmnop", details={}, key=KEY)
     fine = [
         {"key_id": "pk_0123456789abcdef", "last4": "…abcd"},
         {"key": "short", "token": "12345678", "max_tokens": "a long value here"},
@@ -179,21 +189,24 @@ def test_secret_guard(conn):
         {"name": "openai", "base_url": "https://api.openai.com/v1"},
     ]
     for details in fine:
-        audit.append(conn, actor="cli:x", action="providers.update", target="provider:1",
-                     details=details, key=KEY)
+        audit.append(conn, actor="cli:x", action="providers.update", target="provider:1", details=details, key=KEY)
     conn.execute("COMMIT")
     assert audit.head(conn)[0] == len(fine) and audit.verify(conn, KEY).ok
 
 
 # --- tampering ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("column, value", [
-    ("details", '{"i":3,"key_id":"pk_3","last4":"…abce","note":"ü"}'),
-    ("actor", "cli:someone-else"),
-    ("ts", "2000-01-01T00:00:00.000Z"),
-    ("action", "providers.delete"),
-    ("target", "provider:99"),
-])
+
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("details", '{"i":3,"key_id":"pk_3","last4":"…abce","note":"ü"}'),
+        ("actor", "cli:someone-else"),
+        ("ts", "2000-01-01T00:00:00.000Z"),
+        ("action", "providers.delete"),
+        ("target", "provider:99"),
+    ],
+)
 def test_edited_field_detected(conn, key, column, value):
     add(conn, 6, key)
     tamper(conn, f"UPDATE audit_log SET {column} = ? WHERE seq = 4", value)
@@ -254,8 +267,7 @@ def _rewrite_unkeyed(conn, from_seq: int) -> None:
     for seq in sorted(s for s in r if s >= from_seq):
         _, ts, actor, action, target, details, _, _, _ = r[seq]
         h = audit.entry_hash(seq, ts, actor, action, target, details, prev, "sha256", None)
-        tamper(conn, "UPDATE audit_log SET prev_hash = ?, hash = ?, mac = 'sha256' WHERE seq = ?",
-               prev, h, seq)
+        tamper(conn, "UPDATE audit_log SET prev_hash = ?, hash = ?, mac = 'sha256' WHERE seq = ?", prev, h, seq)
         prev = h
 
 
@@ -278,8 +290,7 @@ def test_suffix_recomputed_without_key_detected(conn):
 
 def test_odd_stored_values_reported_not_raised(conn, key):
     add(conn, 3, key)
-    for column, value in (("hash", "é" * 64), ("prev_hash", "ü"), ("mac", "hmac-sha256:zz"),
-                          ("details", "not json")):
+    for column, value in (("hash", "é" * 64), ("prev_hash", "ü"), ("mac", "hmac-sha256:zz"), ("details", "not json")):
         conn.execute("BEGIN IMMEDIATE")
         tamper(conn, f"UPDATE audit_log SET {column} = ? WHERE seq = 2", value)
         result = audit.verify(conn, key)
@@ -289,6 +300,7 @@ def test_odd_stored_values_reported_not_raised(conn, key):
 
 
 # --- hypothesis: any single-byte change to any stored text field -------------------------
+
 
 @pytest.fixture(scope="module")
 def chains(tmp_path_factory):
@@ -303,19 +315,21 @@ def chains(tmp_path_factory):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(which=st.sampled_from(["unkeyed", "keyed"]), seq=st.integers(1, 5),
-       column=st.sampled_from(TEXT_COLUMNS), position=st.integers(0, 10_000),
-       delta=st.integers(1, 255))
+@given(
+    which=st.sampled_from(["unkeyed", "keyed"]),
+    seq=st.integers(1, 5),
+    column=st.sampled_from(TEXT_COLUMNS),
+    position=st.integers(0, 10_000),
+    delta=st.integers(1, 255),
+)
 def test_any_single_byte_change_detected(chains, which, seq, column, position, delta):
     conn, key = chains[which]
-    original = conn.execute(f"SELECT CAST({column} AS BLOB) FROM audit_log WHERE seq = ?",
-                            (seq,)).fetchone()[0]
+    original = conn.execute(f"SELECT CAST({column} AS BLOB) FROM audit_log WHERE seq = ?", (seq,)).fetchone()[0]
     i = position % len(original)
-    changed = original[:i] + bytes([(original[i] + delta) % 256]) + original[i + 1:]
+    changed = original[:i] + bytes([(original[i] + delta) % 256]) + original[i + 1 :]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute(f"UPDATE audit_log SET {column} = CAST(? AS TEXT) WHERE seq = ?",
-                     (changed, seq))
+        conn.execute(f"UPDATE audit_log SET {column} = CAST(? AS TEXT) WHERE seq = ?", (changed, seq))
         result = audit.verify(conn, key)
     finally:
         conn.execute("ROLLBACK")
@@ -348,9 +362,16 @@ def test_concurrent_writers_leave_one_chain(tmp_path):
     path = tmp_path / "stockyard.db"
     conn, _ = db.open_and_migrate(path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), f"proc:{n}", KEY.hex()],
-                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for n in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(path), f"proc:{n}", KEY.hex()],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
     assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
     go = threading.Barrier(4)
     errors: list[BaseException] = []
@@ -361,8 +382,9 @@ def test_concurrent_writers_leave_one_chain(tmp_path):
             go.wait()
             for i in range(25):
                 c.execute("BEGIN IMMEDIATE")
-                audit.append(c, actor=f"thread:{n}", action="test.concurrent",
-                             target=f"n:{i}", details={"i": i}, key=KEY)
+                audit.append(
+                    c, actor=f"thread:{n}", action="test.concurrent", target=f"n:{i}", details={"i": i}, key=KEY
+                )
                 c.execute("COMMIT")
                 time.sleep(0.002)  # let the other writers in, so the chain really interleaves
             c.close()
@@ -382,21 +404,21 @@ def test_concurrent_writers_leave_one_chain(tmp_path):
     result = audit.verify(conn, KEY)
     assert result.ok and result.count == 150, result.reason
     per_actor = dict(conn.execute("SELECT actor, COUNT(*) FROM audit_log GROUP BY actor").fetchall())
-    switches = conn.execute("SELECT COUNT(*) FROM audit_log a JOIN audit_log b "
-                            "ON b.seq = a.seq + 1 WHERE a.actor != b.actor").fetchone()[0]
+    switches = conn.execute(
+        "SELECT COUNT(*) FROM audit_log a JOIN audit_log b ON b.seq = a.seq + 1 WHERE a.actor != b.actor"
+    ).fetchone()[0]
     assert switches >= 5  # the writers really overlapped
-    assert per_actor == {**{f"thread:{n}": 25 for n in range(4)},
-                         **{f"proc:{n}": 25 for n in range(2)}}
+    assert per_actor == {**{f"thread:{n}": 25 for n in range(4)}, **{f"proc:{n}": 25 for n in range(2)}}
     conn.close()
 
 
 # --- reading -----------------------------------------------------------------------------
 
+
 def test_list_entries_and_export(conn):
     add(conn, 5, KEY)
     conn.execute("BEGIN IMMEDIATE")
-    audit.append(conn, actor="server", action="keys.create", target="key:k_9",
-                 details={"last4": "…9999"}, key=KEY)
+    audit.append(conn, actor="server", action="keys.create", target="key:k_9", details={"last4": "…9999"}, key=KEY)
     conn.execute("COMMIT")
     entries = audit.list_entries(conn)
     assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5, 6]
@@ -409,8 +431,7 @@ def test_list_entries_and_export(conn):
     out = io.StringIO()
     assert audit.export_csv(conn, out) == 6
     parsed = list(csv.reader(io.StringIO(out.getvalue())))
-    assert parsed[0] == ["seq", "ts", "actor", "action", "target", "details", "prev_hash",
-                         "hash", "mac"]
+    assert parsed[0] == ["seq", "ts", "actor", "action", "target", "details", "prev_hash", "hash", "mac"]
     stored = rows(conn)
     for line in parsed[1:]:
         seq = int(line[0])

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import ServerProcess, base_env
+
 from stockyard import audit
 from stockyard.cli import build_parser, main
 from stockyard.store import db
@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def api_note(server: ServerProcess, text: str) -> dict:
-    status, _, body = server.request("POST", "/api/audit/note", {"note": text},
-                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    status, _, body = server.request(
+        "POST", "/api/audit/note", {"note": text}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
     assert status == 201, body
     return json.loads(body)
 
@@ -63,8 +64,14 @@ def chain(template, tmp_path) -> Path:
     return path
 
 
-def run(pyz: Path, *args: str, db_path: Path | None = None, secret: str | None = SECRET,
-        env: dict | None = None, cache_home: Path) -> subprocess.CompletedProcess:
+def run(
+    pyz: Path,
+    *args: str,
+    db_path: Path | None = None,
+    secret: str | None = SECRET,
+    env: dict | None = None,
+    cache_home: Path,
+) -> subprocess.CompletedProcess:
     """The real thing: ``python stockyard.pyz ARGS --db PATH`` in a fresh process."""
     full_env = {**base_env(cache_home), **(env or {})}
     if secret:
@@ -80,8 +87,10 @@ def cli(chain, monkeypatch, capsys):
     The same ``main`` the pyz runs; the environment is cleared of Stockyard variables so
     only what a test passes counts.
     """
-    def invoke(*args: str, db_path: Path | None = chain, secret: str | None = SECRET,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+
+    def invoke(
+        *args: str, db_path: Path | None = chain, secret: str | None = SECRET, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         for name in ("STOCKYARD_DB", "STOCKYARD_ENCRYPTION_KEY", "STOCKYARD_ADMIN_KEY"):
             monkeypatch.delenv(name, raising=False)
         for name, value in {**(env or {}), **({"STOCKYARD_ENCRYPTION_KEY": secret} if secret else {})}.items():
@@ -93,6 +102,7 @@ def cli(chain, monkeypatch, capsys):
             code = int(exc.code or 0)
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(argv, code, out, err)
+
     return invoke
 
 
@@ -123,6 +133,7 @@ def assert_broken(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 # --- verify on a fresh chain and after tampering ---------------------------------------------
 
+
 def test_fresh_chain_verifies_and_head_matches(cli):
     total = NOTES + START
     head = cli("audit", "head")
@@ -131,13 +142,18 @@ def test_fresh_chain_verifies_and_head_matches(cli):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.strip() == f"ok, {total} entries, head {head.stdout.strip()}"
     as_json = json.loads(cli("audit", "verify", "--json").stdout)
-    assert as_json == {"ok": True, "count": total, "head": head.stdout.strip(), "broken_seq": None,
-                       "reason": ok.stdout.strip()}
+    assert as_json == {
+        "ok": True,
+        "count": total,
+        "head": head.stdout.strip(),
+        "broken_seq": None,
+        "reason": ok.stdout.strip(),
+    }
     assert json.loads(cli("audit", "head", "--json").stdout) == {"seq": total, "hash": head.stdout.strip()}
 
 
 def test_edited_field_is_named(cli, chain):
-    tamper(chain, "UPDATE audit_log SET details = '{\"note\":\"nothing happened\"}' WHERE seq = 4")
+    tamper(chain, 'UPDATE audit_log SET details = \'{"note":"nothing happened"}\' WHERE seq = 4')
     assert_broken(cli("audit", "verify"), "entry 4 was altered")
     result = json.loads(cli("audit", "verify", "--json").stdout)
     assert (result["ok"], result["broken_seq"], result["count"]) == (False, 4, 3)
@@ -161,8 +177,7 @@ def test_truncated_tail_needs_expect_head(cli, chain):
     assert cli("audit", "verify", "--expect-head", published).returncode == 0
     tamper(chain, "DELETE FROM audit_log WHERE seq > 5")
     assert cli("audit", "verify").returncode == 0  # a shorter chain is still a chain...
-    assert_broken(cli("audit", "verify", "--expect-head", published),
-                  "expected head not found", "truncated")
+    assert_broken(cli("audit", "verify", "--expect-head", published), "expected head not found", "truncated")
 
 
 def _recompute_unkeyed(path: Path) -> None:
@@ -184,8 +199,10 @@ def test_chain_recomputed_without_the_key_is_caught(cli, chain):
 
 
 def test_wrong_or_missing_secret(cli):
-    assert_broken(cli("audit", "verify", secret="another-secret-0123456789abcdef"),
-                  "entry 1 is keyed with a different STOCKYARD_ENCRYPTION_KEY")
+    assert_broken(
+        cli("audit", "verify", secret="another-secret-0123456789abcdef"),
+        "entry 1 is keyed with a different STOCKYARD_ENCRYPTION_KEY",
+    )
     assert_broken(cli("audit", "verify", secret=None), "set STOCKYARD_ENCRYPTION_KEY")
     refused = cli("audit", "note", "no secret here", secret=None)
     assert refused.returncode == 1 and refused.stdout == ""
@@ -193,6 +210,7 @@ def test_wrong_or_missing_secret(cli):
 
 
 # --- list, export, note --------------------------------------------------------------------------
+
 
 def test_list_export_and_note(cli, chain):
     listed = [json.loads(line) for line in cli("audit", "list", "--json").stdout.splitlines()]
@@ -238,9 +256,16 @@ def test_concurrent_api_and_cli_notes_leave_one_chain(server, cache_home):
     per_thread, per_cli = 15, 10
     start_seq = server.db_rows("SELECT MAX(seq) AS seq FROM audit_log")[0]["seq"]
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", CLI_WORKER, str(server.db), str(n), str(per_cli)],
-                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for n in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLI_WORKER, str(server.db), str(n), str(per_cli)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
     assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
     errors: list[BaseException] = []
     go = threading.Barrier(2)
@@ -272,13 +297,16 @@ def test_concurrent_api_and_cli_notes_leave_one_chain(server, cache_home):
     assert status == 200 and json.loads(body)["ok"] is True
     notes = server.db_rows("SELECT actor, details FROM audit_log WHERE seq > ? ORDER BY seq", (start_seq,))
     texts = [json.loads(n["details"])["note"] for n in notes]
-    assert sorted(texts) == sorted([f"concurrent api {n}.{i}" for n in range(2) for i in range(per_thread)] +
-                                   [f"concurrent cli {n}.{i}" for n in range(2) for i in range(per_cli)])
+    assert sorted(texts) == sorted(
+        [f"concurrent api {n}.{i}" for n in range(2) for i in range(per_thread)]
+        + [f"concurrent cli {n}.{i}" for n in range(2) for i in range(per_cli)]
+    )
     kinds = [n["actor"].split(":")[0] for n in notes]
     assert sum(a != b for a, b in zip(kinds, kinds[1:])) >= 2  # API and CLI writes really interleaved
 
 
 # --- the command line itself -----------------------------------------------------------------------
+
 
 def _all_parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
     yield prefix, parser

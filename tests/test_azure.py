@@ -19,8 +19,12 @@ API_VERSION = "2024-10-21"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {**base_env(cache_home), "AZURE_OPENAI_API_KEY": AZURE_KEY, "AZURE_OPENAI_ENDPOINT": mock.url,
-           "AZURE_OPENAI_API_VERSION": API_VERSION}
+    env = {
+        **base_env(cache_home),
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": mock.url,
+        "AZURE_OPENAI_API_VERSION": API_VERSION,
+    }
     db = tmp_path_factory.mktemp("azure") / "stockyard.db"
     proc = ServerProcess(pyz_path, db, env).start()
     yield proc
@@ -45,14 +49,19 @@ def sent(mock: MockUpstream, deployment: str, tail: str = "chat/completions") ->
 
 def test_plain_chat_uses_deployment_url(server, client, mock) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="azure/gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+        model="azure/gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+    )
     answer = raw.parse()
     assert answer.choices[0].message.content == "Hello from mock"
     req = sent(mock, "gpt-4o-mini")
     assert req.json == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert (trace["provider"], trace["status"], trace["prompt_tokens"], trace["completion_tokens"]) == (
-        "azure", 200, 12, 5)
+        "azure",
+        200,
+        12,
+        5,
+    )
     assert trace["cost_status"] == "exact"
 
 
@@ -66,7 +75,8 @@ def test_stream(server, client, mock, include_usage) -> None:
     deployment = f"gpt-4o-mini-stream-{int(include_usage)}"
     extra = {"stream_options": {"include_usage": True}} if include_usage else {}
     raw = client.chat.completions.with_raw_response.create(
-        model=f"azure/{deployment}", messages=[{"role": "user", "content": "Hi"}], stream=True, **extra)
+        model=f"azure/{deployment}", messages=[{"role": "user", "content": "Hi"}], stream=True, **extra
+    )
     chunks = list(raw.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock"
     assert (chunks[-1].usage is not None) is include_usage
@@ -91,8 +101,11 @@ def test_error_passes_through(server, client) -> None:
 
 
 def test_native_messages_to_azure_is_refused(server) -> None:
-    status, _, raw = server.request("POST", "/v1/messages", {
-        "model": "azure/gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]})
+    status, _, raw = server.request(
+        "POST",
+        "/v1/messages",
+        {"model": "azure/gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     assert status == 400 and json.loads(raw)["type"] == "error"
 
 
@@ -101,20 +114,39 @@ def test_provider_key_never_in_log(server) -> None:
     assert "Traceback" not in server.log
 
 
-BAD_DEPLOYMENTS = [".", "..", "a/b", "../../admin", "x?api-version=1", "x#frag", "%2e%2e", "a b", "a\tb",
-                   "a\r\nHost: evil", "a\x00b", "a\\b", "dep\u2028x"]
+BAD_DEPLOYMENTS = [
+    ".",
+    "..",
+    "a/b",
+    "../../admin",
+    "x?api-version=1",
+    "x#frag",
+    "%2e%2e",
+    "a b",
+    "a\tb",
+    "a\r\nHost: evil",
+    "a\x00b",
+    "a\\b",
+    "dep\u2028x",
+]
 
 
 @pytest.mark.parametrize("deployment", BAD_DEPLOYMENTS)
 def test_deployment_names_that_leave_their_url_segment_are_400(server, mock, deployment) -> None:
     before = len(mock.requests)
-    status, _, raw = server.request("POST", "/v1/chat/completions", {
-        "model": f"azure/{deployment}", "messages": [{"role": "user", "content": "Hi"}]})
+    status, _, raw = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": f"azure/{deployment}", "messages": [{"role": "user", "content": "Hi"}]},
+    )
     body = json.loads(raw)
     assert status == 400, body
     assert body["error"]["param"] == "model" and body["error"]["code"] == "invalid_model"
     assert len(mock.requests) == before, "nothing reached the upstream"
-    status, _, raw = server.request("POST", "/v1/messages", {
-        "model": f"azure/{deployment}", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]})
+    status, _, raw = server.request(
+        "POST",
+        "/v1/messages",
+        {"model": f"azure/{deployment}", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     body = json.loads(raw)
     assert status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"

@@ -16,7 +16,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ServerProcess, base_env, wait_for
 from ops_helpers import Load, assert_same_content, integrity, open_plain, verify_audit
 
@@ -27,10 +26,19 @@ HEAD = re.compile(r"audit head\s+([0-9a-f]{64}) \((\d+) entries")
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     folder = tmp_path_factory.mktemp("backup")
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-backup-123456", "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ENCRYPTION_KEY": SECRET, "STOCKYARD_LOG_REQUESTS": "0"}
-    srv = ServerProcess(pyz_path, folder / "live" / "stockyard.db", env,
-                        ["--snapshot", str(folder / "snapshot.db"), "--snapshot-every", "1s"]).start()
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-backup-123456",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+        "STOCKYARD_LOG_REQUESTS": "0",
+    }
+    srv = ServerProcess(
+        pyz_path,
+        folder / "live" / "stockyard.db",
+        env,
+        ["--snapshot", str(folder / "snapshot.db"), "--snapshot-every", "1s"],
+    ).start()
     srv.snapshot = folder / "snapshot.db"
     yield srv
     srv.stop()
@@ -38,8 +46,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def run(pyz, *args, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(pyz), *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(pyz), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def trace_count(path) -> int:
@@ -138,9 +147,18 @@ def test_restore_swaps_in_the_backup_and_keeps_the_previous_file(backups, pyz_pa
     assert_same_content(backup, target, audit_may_add={"backup.restore"})
 
     # The current database crashed with unmerged writes in its WAL; restoring over it keeps them aside.
-    subprocess.run([sys.executable, "-c", (
-        "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_autocheckpoint=0');"
-        "c.execute(\"INSERT INTO meta VALUES ('crashed', '1')\"); c.commit(); os._exit(0)"), str(target)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_autocheckpoint=0');"
+                "c.execute(\"INSERT INTO meta VALUES ('crashed', '1')\"); c.commit(); os._exit(0)"
+            ),
+            str(target),
+        ],
+        check=True,
+    )
     assert os.path.getsize(f"{target}-wal") > 0
     r = run(pyz_path, "restore", backup, "--db", target, env=env)
     assert r.returncode == 0, r.stderr
@@ -200,8 +218,13 @@ def test_restore_refuses_a_bad_source_and_changes_nothing(backups, pyz_path, cac
         target = folder / "stockyard.db"
         shutil.copyfile(backup, target)
         source = make(backup, folder / "source.db")
-        proc = subprocess.Popen([sys.executable, str(pyz_path), "restore", str(source), "--db", str(target)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(pyz_path), "restore", str(source), "--db", str(target)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append((proc, message, target))
     for proc, message, target in procs:
         _, stderr = proc.communicate(timeout=60)
@@ -214,8 +237,14 @@ def test_restore_refuses_a_bad_source_and_changes_nothing(backups, pyz_path, cac
 def test_restore_with_another_encryption_key_is_refused(backups, pyz_path, cache_home, tmp_path):
     backup = backups[-1][0]
     target = tmp_path / "stockyard.db"
-    r = run(pyz_path, "restore", backup, "--db", target,
-            env={**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": "not-the-same-secret-at-all-000"})
+    r = run(
+        pyz_path,
+        "restore",
+        backup,
+        "--db",
+        target,
+        env={**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": "not-the-same-secret-at-all-000"},
+    )
     assert r.returncode == 1 and "different STOCKYARD_ENCRYPTION_KEY" in r.stderr and "nothing was changed" in r.stderr
     assert not target.exists()
 
@@ -227,8 +256,19 @@ def test_moving_to_a_new_server_is_copying_two_files(server, pyz_path, tmp_path,
     with Load(server.port, threads=4) as load:
         wait_for(lambda: len(load.answered) >= 30, 20, "load")
     # Configuration worth moving (last test of the module: the key turns authentication on).
-    added = server.cli("providers", "add", "moved", "--kind", "openai-compatible", "--base-url", mock.url + "/v1",
-                       "--models", "moved-", "--key-stdin", input="sk-moved-provider-key-0123456789")
+    added = server.cli(
+        "providers",
+        "add",
+        "moved",
+        "--kind",
+        "openai-compatible",
+        "--base-url",
+        mock.url + "/v1",
+        "--models",
+        "moved-",
+        "--key-stdin",
+        input="sk-moved-provider-key-0123456789",
+    )
     assert added.returncode == 0, added.stderr
     assert server.cli("modules", "enable", "cache").returncode == 0
     created = server.cli("keys", "create", "--name", "mover", "--json")
@@ -241,8 +281,12 @@ def test_moving_to_a_new_server_is_copying_two_files(server, pyz_path, tmp_path,
     shutil.copyfile(backup, new_host / "stockyard.db")
     assert sorted(os.listdir(new_host)) == ["stockyard.db", "stockyard.pyz"]
 
-    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET,
-           "OPENAI_API_KEY": "sk-test-backup-123456", "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = {
+        **base_env(cache_home),
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+        "OPENAI_API_KEY": "sk-test-backup-123456",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+    }
     moved = ServerProcess(new_host / "stockyard.pyz", new_host / "stockyard.db", env).start()
     try:
         assert moved.request("GET", "/readyz")[0] == 200
@@ -275,9 +319,12 @@ def test_a_moved_database_without_its_secret_still_serves_and_says_why(server, p
     forgot = ServerProcess(pyz_path, backup, env).start()
     try:
         assert "STOCKYARD_ENCRYPTION_KEY" in forgot.log  # the keyed audit log cannot be written without it
-        status, _, _ = forgot.request("POST", "/v1/chat/completions",
-                                      {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-                                      headers={"x-stockyard-cache": "bypass"})
+        status, _, _ = forgot.request(
+            "POST",
+            "/v1/chat/completions",
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-stockyard-cache": "bypass"},
+        )
         assert status in (200, 401), "still serving (401 once the source had a client key)"
     finally:
         forgot.stop()

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from stockyard.budgets import Budget, BudgetExceeded, Ledger, period_days, period_key, seconds_left
 from stockyard.estimate import worst_case_cost
 from stockyard.pricing import Price, Usage, cost_microcents
@@ -30,14 +30,22 @@ BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content":
 
 
 def env_for(cache_home, mock, **extra) -> dict:
-    return {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-            "STOCKYARD_ADMIN_KEY": ADMIN, **extra}
+    return {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("budgets") / "stockyard.db",
-                        env_for(cache_home, mock, STOCKYARD_BUDGET_WARN_PERCENT="50,80")).start()
+    srv = ServerProcess(
+        pyz_path,
+        tmp_path_factory.mktemp("budgets") / "stockyard.db",
+        env_for(cache_home, mock, STOCKYARD_BUDGET_WARN_PERCENT="50,80"),
+    ).start()
     status, _, _ = api(srv, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
     assert status == 200
     yield srv
@@ -72,8 +80,10 @@ def spent(server: ServerProcess, key_id: str) -> tuple[int, int]:
 
 
 def wait_traces(server: ServerProcess, key_id: str, count: int) -> None:
-    wait_for(lambda: server.db_rows("SELECT count(*) AS n FROM traces WHERE key_id = ?", (key_id,))[0]["n"] >= count,
-             what=f"{count} traces")
+    wait_for(
+        lambda: server.db_rows("SELECT count(*) AS n FROM traces WHERE key_id = ?", (key_id,))[0]["n"] >= count,
+        what=f"{count} traces",
+    )
 
 
 @pytest.fixture
@@ -125,22 +135,28 @@ def test_project_budget_is_shared_by_its_keys(server):
     status, _, body = send(server, first)
     assert status == 429 and "project 'team'" in body["error"]["message"]
     # the report reads committed rollups: wait for the writer to commit both answers
-    wait_for(lambda: server.db_rows("SELECT COALESCE(SUM(cost_uc), 0) AS s FROM rollups_daily WHERE project = 'team'"
-                                    )[0]["s"] == 1_000, what="both answers committed")
+    wait_for(
+        lambda: (
+            server.db_rows("SELECT COALESCE(SUM(cost_uc), 0) AS s FROM rollups_daily WHERE project = 'team'")[0]["s"]
+            == 1_000
+        ),
+        what="both answers committed",
+    )
     project = api(server, "GET", "/api/projects/team/budget")[2]
     assert (project["budget_uc"], project["spend_uc"], project["live_keys"]) == (1_000, 1_000, 2)
 
 
 def test_warnings_are_audited_and_logged_once_per_threshold(server):
     secret, key = make_key(server, budget_usd="0.00001", budget_period="month")  # 1_000 µ¢
-    assert send(server, secret)[0] == 200   # 500: 50% reached
-    assert send(server, secret)[0] == 200   # 1_000: 80% (and 100%) reached
+    assert send(server, secret)[0] == 200  # 500: 50% reached
+    assert send(server, secret)[0] == 200  # 1_000: 80% (and 100%) reached
     assert send(server, secret)[0] == 429
     target = f"key:{key['id']}"
 
     def warnings() -> list[dict]:
-        return server.db_rows("SELECT details FROM audit_log WHERE action = 'budget.warning' AND target = ? "
-                              "ORDER BY seq", (target,))
+        return server.db_rows(
+            "SELECT details FROM audit_log WHERE action = 'budget.warning' AND target = ? ORDER BY seq", (target,)
+        )
 
     wait_for(lambda: len(warnings()) == 2, what="two warnings")
     rows = warnings()
@@ -157,8 +173,9 @@ def test_clients_get_budget_exceeded_in_their_dialect(server, mock):
     assert refused.value.code == "budget_exceeded"
     wait_traces(server, key["id"], 1)
     assert len(server.db_rows("SELECT 1 FROM traces WHERE key_id = ?", (key["id"],))) == 1  # no SDK retries
-    status, _, body = send(server, secret, {"model": "claude-3-5-haiku", "max_tokens": 5, "messages": []},
-                           path="/v1/messages")
+    status, _, body = send(
+        server, secret, {"model": "claude-3-5-haiku", "max_tokens": 5, "messages": []}, path="/v1/messages"
+    )
     assert status == 429
     assert body == {"type": "error", "error": {"type": "budget_exceeded", "message": body["error"]["message"]}}
     assert "budget exceeded" in body["error"]["message"]
@@ -167,8 +184,9 @@ def test_clients_get_budget_exceeded_in_their_dialect(server, mock):
 def test_streams_settle_to_their_real_cost_and_failures_release_their_reservation(server):
     assert api(server, "POST", "/api/prices", {"model": "mock-error-500", "input": "0", "output": "1"})[0] == 200
     secret, key = make_key(server, budget_usd="0.00001", budget_period="day")  # room for 2 × 500
-    status, headers, _ = server.request("POST", "/v1/chat/completions", {**BUDGET_MODEL, "stream": True},
-                                        headers={"Authorization": f"Bearer {secret}"})
+    status, headers, _ = server.request(
+        "POST", "/v1/chat/completions", {**BUDGET_MODEL, "stream": True}, headers={"Authorization": f"Bearer {secret}"}
+    )
     assert status == 200 and server.trace(headers["x-stockyard-trace-id"])["cost_uc"] == COST
     # the provider fails: nothing is billed, and the reservation goes back to the budget
     assert send(server, secret, {**BUDGET_MODEL, "model": "mock-error-500"})[0] == 500
@@ -195,13 +213,16 @@ def test_a_request_without_max_tokens_reserves_the_configured_default(server):
     assert send(server, secret)[0] == 200
 
 
-@pytest.mark.parametrize("body", [
-    {"budget_usd": "-1", "period": "month"},
-    {"budget_usd": "1", "period": "year"},
-    {"budget_usd": "1"},
-    {"budget_usd": "lots", "period": "day"},
-    {"period": "day"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"budget_usd": "-1", "period": "month"},
+        {"budget_usd": "1", "period": "year"},
+        {"budget_usd": "1"},
+        {"budget_usd": "lots", "period": "day"},
+        {"period": "day"},
+    ],
+)
 def test_project_budget_bad_inputs_are_400(server, body):
     status, _, reply = api(server, "PUT", "/api/projects/p1/budget", body)
     assert status == 400, reply
@@ -241,8 +262,9 @@ def test_restart_keeps_the_spend(pyz_path, cache_home, mock, tmp_path):
         assert [send(second, secret)[0] for _ in range(2)] == [200, 429]
         # the 80% warning was given before the restart, for this period: not again
         wait_traces(second, key["id"], 7)
-        warnings = second.db_rows("SELECT 1 FROM audit_log WHERE action = 'budget.warning' AND target = ?",
-                                  (f"key:{key['id']}",))
+        warnings = second.db_rows(
+            "SELECT 1 FROM audit_log WHERE action = 'budget.warning' AND target = ?", (f"key:{key['id']}",)
+        )
         assert len(warnings) == 1
         assert "budget warning" not in second.log
     finally:
@@ -271,6 +293,7 @@ def test_spend_survives_kill_9(pyz_path, cache_home, mock, tmp_path):
 
 # -- units ------------------------------------------------------------------------------------
 
+
 def test_ledger_admits_exactly_what_fits_under_contention():
     budget = Budget("key:k", "key 'k'", 10 * 7, "total")
     ledger = Ledger(lambda b, k: 0)
@@ -297,8 +320,9 @@ def test_ledger_admits_exactly_what_fits_under_contention():
 
 def test_ledger_loads_each_period_once_and_warns_once():
     loads, warnings = [], []
-    ledger = Ledger(lambda b, k: loads.append(k) or 60, warn_percents=(80,),
-                    on_warning=lambda *args: warnings.append(args))
+    ledger = Ledger(
+        lambda b, k: loads.append(k) or 60, warn_percents=(80,), on_warning=lambda *args: warnings.append(args)
+    )
     budget = Budget("project:p", "project 'p'", 100, "day")
     day1, day2 = 1_764_201_600_000, 1_764_201_600_000 + 86_400_000  # 2025-11-27 and -28, 00:00 UTC
     hold = ledger.reserve([budget], 30, day1)
@@ -324,8 +348,12 @@ def test_periods_are_utc_days_months_and_all_time():
 
 
 @settings(max_examples=300, deadline=None)
-@given(rates=st.lists(st.integers(0, 10**10), min_size=5, max_size=5), prompt=st.integers(0, 10**6),
-       completion=st.integers(0, 10**5), data=st.data())
+@given(
+    rates=st.lists(st.integers(0, 10**10), min_size=5, max_size=5),
+    prompt=st.integers(0, 10**6),
+    completion=st.integers(0, 10**5),
+    data=st.data(),
+)
 def test_the_reserved_worst_case_is_never_below_the_real_cost(rates, prompt, completion, data):
     price = Price(*rates)
     cached = data.draw(st.integers(0, prompt))

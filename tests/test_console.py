@@ -12,22 +12,29 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import OPENAI_KEY, ROOT, ServerProcess, base_env, wait_for
 
 ADMIN_KEY = "console-test-admin-key-0123456789"
 UI = ROOT / "stockyard" / "ui"
 STATIC = sorted(p for p in UI.iterdir() if p.suffix in (".html", ".css", ".js"))
 JS = [p for p in STATIC if p.suffix == ".js"]
-TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+}
 SECURITY = {"x-frame-options": "DENY", "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 NODE = shutil.which("node")
 
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN_KEY}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("console") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -79,11 +86,26 @@ def test_unchanged_file_answers_304(server):
     assert_secure(again)
 
 
-@pytest.mark.parametrize("path", [
-    "/ui/../api/status", "/ui/..%2fapi%2fstatus", "/ui/%2e%2e/server.py", "/ui/%2E%2E%2F__main__.py",
-    "/ui/.%2e/x", "/ui/..\\__init__.py", "/ui/%5c..%5c__init__.py", "/ui//etc/passwd", "/ui/__init__.py",
-    "/ui/package.json", "/ui/nope.js", "/ui/app.js.map", "/ui/.hidden.js", "/ui/sub/app.js", "/ui/app.js%00.html",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/../api/status",
+        "/ui/..%2fapi%2fstatus",
+        "/ui/%2e%2e/server.py",
+        "/ui/%2E%2E%2F__main__.py",
+        "/ui/.%2e/x",
+        "/ui/..\\__init__.py",
+        "/ui/%5c..%5c__init__.py",
+        "/ui//etc/passwd",
+        "/ui/__init__.py",
+        "/ui/package.json",
+        "/ui/nope.js",
+        "/ui/app.js.map",
+        "/ui/.hidden.js",
+        "/ui/sub/app.js",
+        "/ui/app.js%00.html",
+    ],
+)
 def test_unknown_files_and_traversal_are_404(server, path):
     status, headers, body = raw_get(server, path)
     assert status == 404, path
@@ -125,8 +147,10 @@ def test_console_refers_only_to_its_own_origin():
 
 
 def test_javascript_has_no_html_or_code_injection_sinks():
-    sinks = re.compile(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write|\beval\s*\(|new\s+Function\b"
-                       r"|setTimeout\s*\(\s*[\"'`]|setInterval\s*\(\s*[\"'`]|setAttribute\(\s*[\"'](style|on\w+)")
+    sinks = re.compile(
+        r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write|\beval\s*\(|new\s+Function\b"
+        r"|setTimeout\s*\(\s*[\"'`]|setInterval\s*\(\s*[\"'`]|setAttribute\(\s*[\"'](style|on\w+)"
+    )
     for path in JS:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not sinks.search(line), f"{path.name}:{number}: {line.strip()}"
@@ -144,8 +168,9 @@ def api_paths_in_js() -> set[str]:
 def test_every_api_path_the_console_uses_is_documented(server):
     status, _, body = raw_get(server, "/api/openapi.json", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert status == 200
-    documented = [re.compile("^" + re.sub(r"\\\{\w+\\\}", r"[^/]+", re.escape(p)) + "$")
-                  for p in json.loads(body)["paths"]]
+    documented = [
+        re.compile("^" + re.sub(r"\\\{\w+\\\}", r"[^/]+", re.escape(p)) + "$") for p in json.loads(body)["paths"]
+    ]
     used = api_paths_in_js()
     assert {"/api/traces", "/api/costs", "/api/keys", "/api/modules", "/api/audit/verify"} <= used
     for path in used:
@@ -162,8 +187,9 @@ def test_javascript_modules_in_node():
 def test_console_csv_and_money_match_the_costs_command(server, mock):
     assert NODE, "node is needed to test the console's JavaScript"
     for model in ("gpt-4o-mini", "gpt-4o", "gpt-4o-mini"):
-        status, _, _ = server.request("POST", "/v1/chat/completions",
-                                      {"model": model, "messages": [{"role": "user", "content": "hi"}]})
+        status, _, _ = server.request(
+            "POST", "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        )
         assert status == 200
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -172,11 +198,18 @@ def test_console_csv_and_money_match_the_costs_command(server, mock):
         return body if body["total"]["requests"] >= 3 else None
 
     data = wait_for(report, what="rollups")
-    script = ("import {costsCsv, formatUsd} from './stockyard/ui/format.js';"
-              "const r = JSON.parse(process.argv[1]);"
-              "process.stdout.write(JSON.stringify({csv: costsCsv(r), total: formatUsd(r.total.cost_uc)}));")
-    out = subprocess.run([NODE, "--input-type=module", "-e", script, json.dumps(data)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    script = (
+        "import {costsCsv, formatUsd} from './stockyard/ui/format.js';"
+        "const r = JSON.parse(process.argv[1]);"
+        "process.stdout.write(JSON.stringify({csv: costsCsv(r), total: formatUsd(r.total.cost_uc)}));"
+    )
+    out = subprocess.run(
+        [NODE, "--input-type=module", "-e", script, json.dumps(data)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     console = json.loads(out.stdout)
     cli = server.cli("costs", "--by", "model", "--csv")

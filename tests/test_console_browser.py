@@ -13,22 +13,26 @@ import json
 import os
 import re
 
+import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt)
 import pytest
-
 from conftest import OPENAI_KEY, ROOT, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
-
-import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt)
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; make test installs it when missing
 ADMIN_KEY = "browser-admin-key-0123456789"
 SECRET = "browser-test-secret-0123456789abcdef"
 SHOTS = ROOT / "artifacts" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 HELLO = [{"role": "user", "content": "Say hello"}]
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,8 +50,13 @@ def usd(uc: int, places: int = 2) -> str:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {**base_env(cache_home), "STOCKYARD_ADMIN_KEY": ADMIN_KEY, "STOCKYARD_ENCRYPTION_KEY": SECRET,
-           "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = {
+        **base_env(cache_home),
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("browser") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -210,12 +219,21 @@ def test_toggling_a_module_changes_the_next_request(console, server):
 
 
 def test_markup_in_model_output_stays_text(console, server, mock):
-    mock.enqueue(Reply(json={
-        "id": "chatcmpl-xss", "object": "chat.completion", "created": 1_700_000_000, "model": XSS,
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": XSS}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}))
-    status, headers, _ = server.request("POST", "/v1/chat/completions",
-                                        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": XSS}]})
+    mock.enqueue(
+        Reply(
+            json={
+                "id": "chatcmpl-xss",
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": XSS,
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": XSS}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            }
+        )
+    )
+    status, headers, _ = server.request(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": XSS}]}
+    )
     assert status == 200
     trace_id = headers["x-stockyard-trace-id"]
     server.trace(trace_id)
@@ -258,15 +276,23 @@ def test_create_and_revoke_a_key(console, server):
     assert key.startswith("sk-")
     row = page.locator("main tr", has_text="browser-key")
     row.locator(".badge:text('active')").wait_for()
-    status, _, _ = server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
-                                  headers={"Authorization": f"Bearer {key}"})
+    status, _, _ = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": HELLO},
+        headers={"Authorization": f"Bearer {key}"},
+    )
     assert status == 200
     console.shot("keys")
     row.get_by_role("button", name="Revoke").click()
     row.locator(".badge:text('revoked')").wait_for()
     assert "Revoked browser-key." in page.inner_text("main")
-    status, _, _ = server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
-                                  headers={"Authorization": f"Bearer {key}"})
+    status, _, _ = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": HELLO},
+        headers={"Authorization": f"Bearer {key}"},
+    )
     assert status == 401
     page.reload()
     page.wait_for_selector("main h1:text('Keys')")

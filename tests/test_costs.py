@@ -12,7 +12,6 @@ import io
 import json
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 
 ADMIN = "admin-key-for-cost-tests-0123456789"
@@ -21,8 +20,12 @@ HELLO = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("costs") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -49,8 +52,9 @@ def test_plain_request_costs_the_hand_computed_integer(server):
 
 def test_streamed_request_is_costed_from_the_usage_stockyard_asked_for(server):
     # the client did not ask for usage; Stockyard asks upstream, costs it, and strips it again
-    status, headers, raw = server.request("POST", "/v1/chat/completions",
-                                          {"model": "gpt-4o-mini", "messages": HELLO, "stream": True})
+    status, headers, raw = server.request(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    )
     assert status == 200 and b'"prompt_tokens"' not in raw  # the usage chunk is stripped
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert (trace["stream"], trace["prompt_tokens"], trace["completion_tokens"]) == (1, 12, 5)
@@ -61,8 +65,15 @@ def test_cached_tokens_are_priced_at_the_cached_rate(server):
     # gpt-4o-mini cached input $0.075 → 7_500_000. 4 uncached × 15_000_000 = 60_000_000;
     # 8 cached × 7_500_000 = 60_000_000; 5 out × 60_000_000 = 300_000_000; Σ 420_000_000 → 420 µ¢
     # (the mock's model name is not gpt-4o-mini, and prices are never guessed from a prefix: price it the same)
-    assert api(server, "POST", "/api/prices", {"model": "gpt-4o-mini-cached", "input": "0.15",
-                                               "cached_input": "0.075", "output": "0.60"})[0] == 200
+    assert (
+        api(
+            server,
+            "POST",
+            "/api/prices",
+            {"model": "gpt-4o-mini-cached", "input": "0.15", "cached_input": "0.075", "output": "0.60"},
+        )[0]
+        == 200
+    )
     trace = traced(server, {"model": "gpt-4o-mini-cached", "messages": HELLO})
     assert (trace["cached_tokens"], trace["cost_uc"], trace["cost_status"]) == (8, 420, "exact")
 
@@ -73,16 +84,24 @@ def test_reasoning_tokens_are_priced_at_their_own_rate(server):
     assert done.returncode == 0, done.stderr
     # 12 × 100_000_000 = 1_200_000_000; 2 plain out × 200_000_000 = 400_000_000;
     # 3 reasoning × 300_000_000 = 900_000_000; Σ 2_500_000_000 → 2_500 µ¢
-    trace = wait_for(lambda: (t := traced(server, {"model": "mock-reasoning", "messages": HELLO}))["cost_uc"]
-                     and t, timeout=3, what="the override to apply")
+    trace = wait_for(
+        lambda: (t := traced(server, {"model": "mock-reasoning", "messages": HELLO}))["cost_uc"] and t,
+        timeout=3,
+        what="the override to apply",
+    )
     assert (trace["reasoning_tokens"], trace["cost_uc"], trace["cost_status"]) == (3, 2_500, "exact")
 
 
 def test_streamed_reasoning_with_usage_requested_by_the_client(server):
-    api(server, "POST", "/api/prices", {"model": "mock-reasoning-stream", "input": "1", "output": "2",
-                                        "reasoning": "3"})
-    body = {"model": "mock-reasoning-stream", "messages": HELLO, "stream": True,
-            "stream_options": {"include_usage": True}}
+    api(
+        server, "POST", "/api/prices", {"model": "mock-reasoning-stream", "input": "1", "output": "2", "reasoning": "3"}
+    )
+    body = {
+        "model": "mock-reasoning-stream",
+        "messages": HELLO,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     status, headers, raw = server.request("POST", "/v1/chat/completions", body)
     assert status == 200 and b'"prompt_tokens"' in raw
     assert server.trace(headers["x-stockyard-trace-id"])["cost_uc"] == 2_500  # as above
@@ -108,19 +127,24 @@ def test_price_override_replaces_the_shipped_price_and_unset_restores_it(server)
     # shipped: $0.10 in, $0.40 out: 12 × 10_000_000 + 5 × 40_000_000 = 320_000_000 → 320 µ¢
     assert traced(server, {"model": "gpt-4.1-nano", "messages": HELLO})["cost_uc"] == 320
     assert api(server, "DELETE", "/api/prices/gpt-4.1-nano")[0] == 404
-    audit = [r["action"] for r in server.db_rows(
-        "SELECT action FROM audit_log WHERE target = 'price:gpt-4.1-nano' ORDER BY seq")]
+    audit = [
+        r["action"]
+        for r in server.db_rows("SELECT action FROM audit_log WHERE target = 'price:gpt-4.1-nano' ORDER BY seq")
+    ]
     assert audit == ["prices.set", "prices.unset"]
 
 
-@pytest.mark.parametrize("body", [
-    {"model": "x", "input": "-1", "output": "1"},
-    {"model": "x", "input": "1"},
-    {"model": "x", "input": "0.000000001", "output": "1"},
-    {"model": "x", "input": "1", "output": "1", "colour": "2"},
-    {"model": "has space", "input": "1", "output": "1"},
-    {"input": "1", "output": "1"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "x", "input": "-1", "output": "1"},
+        {"model": "x", "input": "1"},
+        {"model": "x", "input": "0.000000001", "output": "1"},
+        {"model": "x", "input": "1", "output": "1", "colour": "2"},
+        {"model": "has space", "input": "1", "output": "1"},
+        {"input": "1", "output": "1"},
+    ],
+)
 def test_bad_prices_are_400(server, body):
     assert api(server, "POST", "/api/prices", body)[0] == 400
 
@@ -136,6 +160,7 @@ def test_cli_price_errors_exit_1(server):
 
 # -- the report ---------------------------------------------------------------------------------
 
+
 def settle(server: ServerProcess) -> int:
     """Wait until every trace is committed, then the exact sum of their costs."""
     status, headers, _ = server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
@@ -145,8 +170,10 @@ def settle(server: ServerProcess) -> int:
 
 @pytest.mark.parametrize("by", ["day", "model", "provider", "key", "project"])
 def test_report_totals_equal_the_sum_of_trace_costs(server, by):
-    sent = [server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "stream": True})
-            for model in ("gpt-4o-mini", "gpt-4o", "o3-mini-reasoning", "gpt-4o-mini-cached", "mock-unpriced-model")]
+    sent = [
+        server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "stream": True})
+        for model in ("gpt-4o-mini", "gpt-4o", "o3-mini-reasoning", "gpt-4o-mini-cached", "mock-unpriced-model")
+    ]
     sent.append(server.request("POST", "/v1/chat/completions", {"model": "mock-error-429", "messages": HELLO}))
     for _, headers, _ in sent:  # each is traced after its answer went out: in any order
         server.trace(headers["x-stockyard-trace-id"])
@@ -169,8 +196,9 @@ def test_report_totals_equal_the_sum_of_trace_costs(server, by):
     rows = list(csv.DictReader(io.StringIO(cli_csv)))
     assert rows[-1][by] == "TOTAL" and int(rows[-1]["cost_uc"]) == expected
     assert sum(int(r["cost_uc"]) for r in rows[:-1]) == expected
-    status, headers, api_csv = server.request("GET", f"/api/costs?by={by}&format=csv",
-                                              headers={"Authorization": f"Bearer {ADMIN}"})
+    status, headers, api_csv = server.request(
+        "GET", f"/api/costs?by={by}&format=csv", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
     assert status == 200 and headers["content-type"].startswith("text/csv")
     # the same rows (CRLF line ends, as RFC 4180 has them; the captured command output reads them as \n)
     assert api_csv.decode().replace("\r\n", "\n") == cli_csv, "the API's CSV is the command's CSV"
@@ -194,7 +222,9 @@ def test_report_refuses_an_unknown_format(server):
     assert status == 400 and body["error"]["param"] == "format"
 
 
-@pytest.mark.parametrize("query", ["by=week", "since=yesterday", "until=2026-02-30", "since=2026-05-02&until=2026-05-01"])
+@pytest.mark.parametrize(
+    "query", ["by=week", "since=yesterday", "until=2026-02-30", "since=2026-05-02&until=2026-05-01"]
+)
 def test_report_refuses_bad_choices(server, query):
     status, body = api(server, "GET", f"/api/costs?{query}")
     assert status == 400 and body["error"]["message"]
@@ -211,8 +241,9 @@ def test_csv_cells_that_start_like_a_formula_are_quoted(server):
         assert status == 200, body
     settle(server)
     cli_csv = server.cli("costs", "--by", "model", "--csv").stdout
-    status, _, api_csv = server.request("GET", "/api/costs?by=model&format=csv",
-                                        headers={"Authorization": f"Bearer {ADMIN}"})
+    status, _, api_csv = server.request(
+        "GET", "/api/costs?by=model&format=csv", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
     assert status == 200
     for text in (cli_csv, api_csv.decode()):
         models = [row[0] for row in csv.reader(io.StringIO(text, newline=""))][1:]

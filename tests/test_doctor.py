@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import OPENAI_KEY, base_env
+
 from stockyard import doctor, vault
 from stockyard.cli import main
 from stockyard.store import db
@@ -25,11 +25,18 @@ def healthy(tmp_path_factory) -> Path:
     """A migrated database with a keyed audit chain, written the way the CLI writes it."""
     path = tmp_path_factory.mktemp("doctor") / "stockyard.db"
     db.open_and_migrate(path)[0].close()
-    env = {**base_env(tmp_path_factory.mktemp("cache")), "STOCKYARD_ENCRYPTION_KEY": SECRET,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {
+        **base_env(tmp_path_factory.mktemp("cache")),
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     for note in ("first", "second"):
-        subprocess.run([sys.executable, "-m", "stockyard", "audit", "note", note, "--db", str(path)],
-                       env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "stockyard", "audit", "note", note, "--db", str(path)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
     return path
 
 
@@ -62,9 +69,13 @@ def sql(path: Path, statement: str, *args) -> None:
 
 def test_healthy_installation_is_all_ok(pyz_path, cache_home, healthy):
     before = healthy.read_bytes()
-    proc = subprocess.run([sys.executable, str(pyz_path), "doctor", "--db", str(healthy)],
-                          env={**base_env(cache_home), **HEALTHY_ENV}, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(pyz_path), "doctor", "--db", str(healthy)],
+        env={**base_env(cache_home), **HEALTHY_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[-1] == "all checks passed" and proc.stderr == ""
@@ -122,8 +133,10 @@ def test_fresh_database_without_secret_only_warns(tmp_path):
     path = tmp_path / "fresh.db"
     db.open_and_migrate(path)[0].close()
     found = checks(path, {"OPENAI_API_KEY": OPENAI_KEY})
-    assert status_of(found, "encryption secret") == "warn" and "STOCKYARD_ENCRYPTION_KEY=" in \
-        found["encryption secret"][0][2]
+    assert (
+        status_of(found, "encryption secret") == "warn"
+        and "STOCKYARD_ENCRYPTION_KEY=" in found["encryption secret"][0][2]
+    )
     assert all(status_of(found, name) != "fail" for name in found)
 
 
@@ -139,8 +152,7 @@ def test_listen_address(copy):
     assert "STOCKYARD_ADMIN_KEY" in exposed["listen address"][0][2]
     flagged = checks(copy, host="0.0.0.0")
     assert status_of(flagged, "listen address") == "fail"
-    keyed = checks(copy, {**HEALTHY_ENV, "STOCKYARD_HOST": "0.0.0.0",
-                          "STOCKYARD_ADMIN_KEY": "admin-0123456789abcdef"})
+    keyed = checks(copy, {**HEALTHY_ENV, "STOCKYARD_HOST": "0.0.0.0", "STOCKYARD_ADMIN_KEY": "admin-0123456789abcdef"})
     assert status_of(keyed, "listen address") == "ok"
     assert status_of(checks(copy, {**HEALTHY_ENV, "STOCKYARD_PORT": "http"}), "listen address") == "fail"
 
@@ -158,8 +170,11 @@ def test_stored_provider_keys_are_decrypted(copy):
     conn = db.connect(copy)
     salt = vault.read_salt(conn)
     token = vault.Vault(SECRET, salt).encrypt(UPSTREAM_KEY, vault.aad_for(1, "openai"))
-    conn.execute("INSERT INTO providers (id, name, kind, base_url, key_token, key_hint, created_at, updated_at) "
-                 "VALUES (1, 'openai', 'openai', 'https://api.openai.com/v1', ?, '…abcd', 'now', 'now')", (token,))
+    conn.execute(
+        "INSERT INTO providers (id, name, kind, base_url, key_token, key_hint, created_at, updated_at) "
+        "VALUES (1, 'openai', 'openai', 'https://api.openai.com/v1', ?, '…abcd', 'now', 'now')",
+        (token,),
+    )
     conn.close()
     found = checks(copy)
     assert found["encryption secret"] == [("ok", "set; decrypts all 1 stored provider key(s)", "")]

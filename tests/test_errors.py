@@ -7,9 +7,9 @@ import json
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import ServerProcess, base_env, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mock_upstream import Reply
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -18,9 +18,15 @@ HELLO = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """Two providers (so routing can be ambiguous), one of them dead; short timeouts and body limit."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-errors-123456", "OPENAI_BASE_URL": mock.url + "/v1",
-           "GROQ_API_KEY": "gsk-test-errors-123456", "GROQ_BASE_URL": "http://127.0.0.1:9/openai/v1",
-           "STOCKYARD_UPSTREAM_TIMEOUT": "1", "STOCKYARD_MAX_BODY_BYTES": "65536"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-errors-123456",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "GROQ_API_KEY": "gsk-test-errors-123456",
+        "GROQ_BASE_URL": "http://127.0.0.1:9/openai/v1",
+        "STOCKYARD_UPSTREAM_TIMEOUT": "1",
+        "STOCKYARD_MAX_BODY_BYTES": "65536",
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("errors") / "s.db", env).start()
     yield srv
     srv.stop()
@@ -40,15 +46,18 @@ def error_of(body: bytes) -> dict:
     return payload["error"]
 
 
-@pytest.mark.parametrize("raw, code", [
-    (b"{not json", "invalid_json"),
-    (b"[1, 2]", "invalid_body"),
-    (b'"text"', "invalid_body"),
-    (b"\xff\xfe", "invalid_json"),
-    (b'{"messages": []}', "missing_model"),
-    (b'{"model": 42}', "missing_model"),
-    (b'{"model": "gpt-4o-mini", "stream": "yes"}', "invalid_stream"),
-])
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_body"),
+        (b'"text"', "invalid_body"),
+        (b"\xff\xfe", "invalid_json"),
+        (b'{"messages": []}', "missing_model"),
+        (b'{"model": 42}', "missing_model"),
+        (b'{"model": "gpt-4o-mini", "stream": "yes"}', "invalid_stream"),
+    ],
+)
 def test_malformed_requests_are_400(server, raw, code):
     status, headers, body = server.request("POST", "/v1/chat/completions", raw=raw)
     assert status == 400 and error_of(body)["code"] == code
@@ -85,7 +94,9 @@ def test_anthropic_route_errors_use_anthropic_shape(server):
 
 
 def test_unreachable_upstream_is_502(server):
-    status, headers, body = server.request("POST", "/v1/chat/completions", {"model": "groq/llama-3.3-70b", "messages": HELLO})
+    status, headers, body = server.request(
+        "POST", "/v1/chat/completions", {"model": "groq/llama-3.3-70b", "messages": HELLO}
+    )
     err = error_of(body)
     assert status == 502 and err["code"] == "upstream_connect"
     assert "gsk-test-errors" not in body.decode()
@@ -139,9 +150,12 @@ def test_bad_content_length_is_400(server):
 def test_chunked_request_body_is_accepted(server):
     body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
-                     + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\n\r\n"
+            % (len(body), body)
+        )
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -151,13 +165,19 @@ def test_chunked_request_body_is_accepted(server):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(st.sampled_from(["model", "messages", "stream", "stream_options", "input",
-                                              "prompt", "max_tokens", "x"]), json_values, max_size=6),
-       path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"]))
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["model", "messages", "stream", "stream_options", "input", "prompt", "max_tokens", "x"]),
+        json_values,
+        max_size=6,
+    ),
+    path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"]),
+)
 def test_arbitrary_json_never_gives_500(server, body, path):
     status, _, payload = server.request("POST", path, body)
     assert status < 500 or status in (502, 503, 504), payload
@@ -166,8 +186,12 @@ def test_arbitrary_json_never_gives_500(server, body, path):
 
 def test_slow_clients_do_not_block_others(pyz_path, cache_home, mock, tmp_path):
     """Clients that trickle their headers are cut off at the read deadline; others are served meanwhile."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-slow-123456", "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_REQUEST_READ_TIMEOUT": "2"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-slow-123456",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_REQUEST_READ_TIMEOUT": "2",
+    }
     srv = ServerProcess(pyz_path, tmp_path / "slow.db", env).start()
     try:
         slow = []

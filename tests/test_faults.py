@@ -14,9 +14,9 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import ServerProcess, base_env, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mock_upstream import MockUpstream, Reply
 from ops_helpers import Load, integrity, verify_audit
 
@@ -38,12 +38,18 @@ def metric(srv: ServerProcess, name: str) -> float:
 
 # -- crash ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.serial
 def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, tmp_path):
     """What a crash may cost is the writer's window: the records queued and the batch being
     committed. Everything committed survives, and the file opens clean."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-kill-123456", "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ENCRYPTION_KEY": SECRET, "STOCKYARD_LOG_REQUESTS": "0"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-kill-123456",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+        "STOCKYARD_LOG_REQUESTS": "0",
+    }
     path = tmp_path / "stockyard.db"
     srv = ServerProcess(pyz_path, path, env).start()
     with Load(srv.port, threads=16) as load:
@@ -58,8 +64,10 @@ def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, t
     stored = {r["id"] for r in srv.db_rows("SELECT id FROM traces")}
     assert committed <= stored, f"{len(committed - stored)} committed traces were lost"
     missing = [t for t in answered if t not in stored]
-    print(f"\nkill -9 under load: {len(answered)} requests answered, {len(stored)} traces stored, "
-          f"{len(missing)} answered requests without a trace; writer queue depth just before: {queued:.0f}")
+    print(
+        f"\nkill -9 under load: {len(answered)} requests answered, {len(stored)} traces stored, "
+        f"{len(missing)} answered requests without a trace; writer queue depth just before: {queued:.0f}"
+    )
     window = queued + BATCH_MAX + (len(answered) - answered_then) + 16  # queue + batch in commit + since + in flight
     assert len(missing) <= window, f"{len(missing)} of {len(answered)} answered requests lost their trace"
 
@@ -77,12 +85,17 @@ def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, t
 
 # -- unwritable database --------------------------------------------------------------------------
 
+
 @pytest.mark.serial
 def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cache_home, mock, tmp_path):
     """A file-size limit of 1 byte on the running server: every database write fails (EFBIG),
     exactly as on a full disk, and lifting it is "space returns"."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-full-123456", "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_LOG_REQUESTS": "0"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-full-123456",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_LOG_REQUESTS": "0",
+    }
     path = tmp_path / "stockyard.db"
     srv = ServerProcess(pyz_path, path, env).start()
     pid = srv.proc.pid
@@ -118,8 +131,10 @@ def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cac
         assert metric(srv, "database_writable") == 1
         wait_for(lambda: "database writable again" in srv.log, 5, "recovery logged")
         stored_after = len(srv.db_rows("SELECT id FROM traces"))
-        print(f"\nunwritable: {len(load.answered)} requests served while writes failed, {dropped:.0f} records "
-              f"dropped, memory +{growth_mb:.1f} MB; traces {stored_before} before, {stored_after} after recovery")
+        print(
+            f"\nunwritable: {len(load.answered)} requests served while writes failed, {dropped:.0f} records "
+            f"dropped, memory +{growth_mb:.1f} MB; traces {stored_before} before, {stored_after} after recovery"
+        )
     finally:
         srv.stop()
     assert integrity(path) == "ok"
@@ -127,6 +142,7 @@ def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cac
 
 
 # -- a shared server for the network faults -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def bad_mock():
@@ -137,10 +153,18 @@ def bad_mock():
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, bad_mock, tmp_path_factory):
     """openai → the healthy mock; groq → a mock scripted to misbehave. Short deadlines."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-faults-123456", "OPENAI_BASE_URL": mock.url + "/v1",
-           "GROQ_API_KEY": "gsk-test-faults-123456", "GROQ_BASE_URL": bad_mock.url + "/v1",
-           "STOCKYARD_UPSTREAM_TIMEOUT": "1", "STOCKYARD_REQUEST_READ_TIMEOUT": "2",
-           "STOCKYARD_MAX_BODY_BYTES": "262144", "STOCKYARD_ADMIN_KEY": ADMIN, "STOCKYARD_LOG_REQUESTS": "0"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-faults-123456",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "GROQ_API_KEY": "gsk-test-faults-123456",
+        "GROQ_BASE_URL": bad_mock.url + "/v1",
+        "STOCKYARD_UPSTREAM_TIMEOUT": "1",
+        "STOCKYARD_REQUEST_READ_TIMEOUT": "2",
+        "STOCKYARD_MAX_BODY_BYTES": "262144",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        "STOCKYARD_LOG_REQUESTS": "0",
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("faults") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -149,7 +173,9 @@ def server(pyz_path, cache_home, mock, bad_mock, tmp_path_factory):
 
 def timed_chat(srv: ServerProcess, model: str = "gpt-4o-mini", stream: bool = False) -> tuple[int, float, str]:
     started = time.monotonic()
-    status, headers, _ = srv.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "stream": stream})
+    status, headers, _ = srv.request(
+        "POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "stream": stream}
+    )
     return status, time.monotonic() - started, headers.get("x-stockyard-trace-id", "")
 
 
@@ -159,8 +185,10 @@ def test_hanging_resetting_and_garbage_upstreams_do_not_slow_others(server, bad_
     bad_sse = Reply(sse=["{not json", "also not json"])
     bad_mock.enqueue(*[Reply(hang_s=3)] * 8, *[Reply(reset=True)] * 8, *[garbage] * 6, *[bad_sse] * 6)
     bad: list[tuple[int, float, str]] = []
-    threads = [threading.Thread(target=lambda s=(i % 4 == 3): bad.append(timed_chat(server, "groq/llama-3.3-70b", s)))
-               for i in range(24)]
+    threads = [
+        threading.Thread(target=lambda s=(i % 4 == 3): bad.append(timed_chat(server, "groq/llama-3.3-70b", s)))
+        for i in range(24)
+    ]
     seen = len(bad_mock.requests)
     for t in threads:
         t.start()
@@ -187,8 +215,12 @@ def test_clients_vanishing_mid_stream_end_their_upstream_requests(server, bad_mo
 
     def leave_early() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("POST", "/v1/chat/completions", json.dumps(
-            {"model": "groq/llama-3.3-70b", "messages": HELLO, "stream": True}), {"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps({"model": "groq/llama-3.3-70b", "messages": HELLO, "stream": True}),
+            {"Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         trace_ids.append(resp.getheader("x-stockyard-trace-id"))
         resp.read1(65536)
@@ -223,7 +255,7 @@ def test_500_slow_clients_sending_headers_a_byte_at_a_time(server):
         while not stop.is_set() and open_ and position < len(payload):
             for i in list(open_):
                 try:
-                    slow[i].send(payload[position:position + 1])
+                    slow[i].send(payload[position : position + 1])
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError:
@@ -265,14 +297,59 @@ def test_500_slow_clients_sending_headers_a_byte_at_a_time(server):
 
 # -- whatever the network brings ------------------------------------------------------------------
 
-ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens",
-          "/v1/models", "/healthz", "/readyz", "/metrics", "/api/status", "/api/openapi.json", "/api/traces",
-          "/api/nope", "/nope", "*", "/v1/chat/completions?x=%ff&y", "//v1/models", "/v1/models/../../etc/passwd"]
+ROUTES = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api/status",
+    "/api/openapi.json",
+    "/api/traces",
+    "/api/nope",
+    "/nope",
+    "*",
+    "/v1/chat/completions?x=%ff&y",
+    "//v1/models",
+    "/v1/models/../../etc/passwd",
+]
 token = st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=30)
-header_name = st.one_of(st.sampled_from(["Content-Type", "Authorization", "X-Api-Key", "Connection", "Expect",
-                                         "Transfer-Encoding", "Content-Length", "Host"]), token)
-header_value = st.one_of(st.sampled_from(["application/json", f"Bearer {ADMIN}", "Bearer wrong", "close",
-                                          "100-continue", "chunked", "gzip, chunked", "-1", "abc", "99999999999"]), token)
+header_name = st.one_of(
+    st.sampled_from(
+        [
+            "Content-Type",
+            "Authorization",
+            "X-Api-Key",
+            "Connection",
+            "Expect",
+            "Transfer-Encoding",
+            "Content-Length",
+            "Host",
+        ]
+    ),
+    token,
+)
+header_value = st.one_of(
+    st.sampled_from(
+        [
+            "application/json",
+            f"Bearer {ADMIN}",
+            "Bearer wrong",
+            "close",
+            "100-continue",
+            "chunked",
+            "gzip, chunked",
+            "-1",
+            "abc",
+            "99999999999",
+        ]
+    ),
+    token,
+)
 
 
 def nested(depth: int) -> bytes:
@@ -282,18 +359,37 @@ def nested(depth: int) -> bytes:
 json_value = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=10)
+    max_leaves=10,
+)
 body = st.one_of(
     st.just(b""),
     json_value.map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"model": st.sampled_from(["gpt-4o-mini", "groq/x", "", "claude-3-5-haiku"]),
-                           "messages": st.just(HELLO), "stream": st.sampled_from([True, False, "yes"])},
-                          optional={"input": json_value, "max_tokens": json_value}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {
+            "model": st.sampled_from(["gpt-4o-mini", "groq/x", "", "claude-3-5-haiku"]),
+            "messages": st.just(HELLO),
+            "stream": st.sampled_from([True, False, "yes"]),
+        },
+        optional={"input": json_value, "max_tokens": json_value},
+    ).map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=200),
     st.sampled_from([nested(50_000), b'{"model": ' * 20_000, b"x" * 300_000, b"\xff\xfe{}", b'{"a": 1e999999}']),
 )
-framing = st.sampled_from(["length", "short", "long", "negative", "text", "none", "chunked", "bad-chunk",
-                           "truncated-chunk", "huge-chunk", "both"])
+framing = st.sampled_from(
+    [
+        "length",
+        "short",
+        "long",
+        "negative",
+        "text",
+        "none",
+        "chunked",
+        "bad-chunk",
+        "truncated-chunk",
+        "huge-chunk",
+        "both",
+    ]
+)
 
 
 def frame(data: bytes, how: str) -> tuple[list[tuple[str, str]], bytes]:
@@ -319,7 +415,8 @@ request = st.builds(
     st.one_of(st.sampled_from(ROUTES), token),
     st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1x", "", "HTTP/9.9 extra"]),
     st.lists(st.tuples(header_name, header_value), max_size=6),
-    body, framing,
+    body,
+    framing,
     st.sampled_from(["", "huge-header", "many-headers", "no-colon", "bare-lf"]),
 )
 
@@ -360,8 +457,11 @@ def exchange(port: int, raw: bytes, timeout: float = 8.0) -> bytes:
     return data
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(req=request)
 def test_malformed_http_never_gives_500_a_traceback_or_a_hang(server, req):
     answer = exchange(server.port, raw_request(*req))

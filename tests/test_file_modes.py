@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ServerProcess, base_env, wait_for
+
 from stockyard.store import db
 
 SECRET = "file-modes-test-secret-0123456789abcdef"
@@ -35,13 +35,18 @@ def umask_022():
 
 @pytest.fixture
 def env(cache_home, mock) -> dict[str, str]:
-    return {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-modes-0123456789",
-            "OPENAI_BASE_URL": mock.url + "/v1", "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    return {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-modes-0123456789",
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+    }
 
 
 def chat(server: ServerProcess) -> None:
-    status, _, body = server.request("POST", "/v1/chat/completions", {
-        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]})
+    status, _, body = server.request(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    )
     assert status == 200, body
 
 
@@ -77,8 +82,12 @@ def test_files_left_readable_by_an_older_version_are_made_private_at_start(pyz_p
     first.stop()
     shutil.copyfile(db_path, snapshot)
     shutil.copyfile(db_path, db_path.with_name("stockyard.db.pre-v0001.bak"))
-    readable = [db_path, db_path.with_name("stockyard.db.lock"), db_path.with_name("stockyard.db.pre-v0001.bak"),
-                snapshot]
+    readable = [
+        db_path,
+        db_path.with_name("stockyard.db.lock"),
+        db_path.with_name("stockyard.db.pre-v0001.bak"),
+        snapshot,
+    ]
     for path in readable:
         path.chmod(0o644)  # what an older Stockyard left behind
     folder.chmod(0o755)  # a folder the user chose and opened: not ours to change
@@ -102,7 +111,7 @@ def test_files_left_readable_by_an_older_version_are_made_private_at_start(pyz_p
     # once fixed, a restart says nothing more about the files
     again = ServerProcess(pyz_path, db_path, env).start()
     again.stop()
-    assert "made" not in "".join(l for l in again.log_lines if "file permissions" in l)
+    assert "made" not in "".join(line for line in again.log_lines if "file permissions" in line)
 
 
 def test_migrate_makes_the_database_and_its_pre_migration_backup_private(pyz_path, env, tmp_path):
@@ -111,8 +120,13 @@ def test_migrate_makes_the_database_and_its_pre_migration_backup_private(pyz_pat
     db.migrate(conn, upto=1)
     conn.close()
     db_path.chmod(0o644)
-    done = subprocess.run([sys.executable, str(pyz_path), "migrate", "--db", str(db_path)], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(pyz_path), "migrate", "--db", str(db_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "file permissions: made 1 file(s) private" in done.stdout
     backup = db_path.with_name("stockyard.db.pre-v0001.bak")
@@ -127,8 +141,13 @@ def test_restore_keeps_every_copy_private(pyz_path, env, tmp_path):
     first.stop()
     assert done.returncode == 0, done.stderr
     db_path.chmod(0o644)  # the current file, from an older version
-    restored = subprocess.run([sys.executable, str(pyz_path), "restore", str(tmp_path / "b.db"),
-                               "--db", str(db_path)], env=env, capture_output=True, text=True, timeout=60)
+    restored = subprocess.run(
+        [sys.executable, str(pyz_path), "restore", str(tmp_path / "b.db"), "--db", str(db_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert restored.returncode == 0, restored.stderr
     aside = list(db_path.parent.glob("stockyard.db.before-restore-*"))
     assert len(aside) == 1

@@ -14,16 +14,30 @@ from conftest import ServerProcess, base_env
 from mock_upstream import MockUpstream, Recorded, Reply, gemini_stream
 
 GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-                   "properties": {"city": {"type": "string"},
-                                  "unit": {"type": ["string", "null"], "enum": ["C", "F", None]},
-                                  "additionalProperties": {"type": "boolean"}},
-                   "required": ["city"], "additionalProperties": False}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": ["string", "null"], "enum": ["C", "F", None]},
+                    "additionalProperties": {"type": "boolean"},
+                },
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
 MOCK_PRICED = ["gemini-2.5-flash-plain"]
+
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
@@ -63,12 +77,24 @@ def user(text: str = "Hi") -> list[dict]:
 
 # --------------------------------------------------------------------------- plain
 
+
 def test_plain_chat_translates_both_ways(server, client, mock) -> None:
     model = "gemini-2.5-flash-plain"
     raw = client.chat.completions.with_raw_response.create(
-        model=model, max_tokens=64, temperature=0.3, top_p=0.8, stop=["END"], seed=7, n=1,
-        messages=[{"role": "system", "content": "Be brief."}, *user("Hello"),
-                  {"role": "assistant", "content": "Hi there"}, *user("Again")])
+        model=model,
+        max_tokens=64,
+        temperature=0.3,
+        top_p=0.8,
+        stop=["END"],
+        seed=7,
+        n=1,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            *user("Hello"),
+            {"role": "assistant", "content": "Hi there"},
+            *user("Again"),
+        ],
+    )
     answer = raw.parse()
     assert answer.choices[0].message.content == "Hello from mock"
     assert answer.choices[0].finish_reason == "stop"
@@ -79,11 +105,20 @@ def test_plain_chat_translates_both_ways(server, client, mock) -> None:
     assert req.path == f"/v1beta/models/{model}:generateContent"
     assert req.json == {
         "systemInstruction": {"parts": [{"text": "Be brief."}]},
-        "contents": [{"role": "user", "parts": [{"text": "Hello"}]},
-                     {"role": "model", "parts": [{"text": "Hi there"}]},
-                     {"role": "user", "parts": [{"text": "Again"}]}],
-        "generationConfig": {"temperature": 0.3, "topP": 0.8, "seed": 7, "candidateCount": 1,
-                             "maxOutputTokens": 64, "stopSequences": ["END"]}}
+        "contents": [
+            {"role": "user", "parts": [{"text": "Hello"}]},
+            {"role": "model", "parts": [{"text": "Hi there"}]},
+            {"role": "user", "parts": [{"text": "Again"}]},
+        ],
+        "generationConfig": {
+            "temperature": 0.3,
+            "topP": 0.8,
+            "seed": 7,
+            "candidateCount": 1,
+            "maxOutputTokens": 64,
+            "stopSequences": ["END"],
+        },
+    }
 
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert (trace["provider"], trace["status"], trace["served_model"]) == ("gemini", 200, model)
@@ -91,8 +126,7 @@ def test_plain_chat_translates_both_ways(server, client, mock) -> None:
 
 
 def test_reasoning_and_cached_usage(server, client) -> None:
-    raw = client.chat.completions.with_raw_response.create(model="gemini-2.5-flash-cached-reasoning",
-                                                           messages=user())
+    raw = client.chat.completions.with_raw_response.create(model="gemini-2.5-flash-cached-reasoning", messages=user())
     usage = raw.parse().usage
     assert (usage.prompt_tokens, usage.completion_tokens) == (12, 8)  # thoughts are billed as output
     assert usage.completion_tokens_details.reasoning_tokens == 3
@@ -104,14 +138,20 @@ def test_reasoning_and_cached_usage(server, client) -> None:
 def test_json_response_format(client, mock) -> None:
     model = "gemini-2.5-flash-json"
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}
-    client.chat.completions.create(model=model, messages=user(), response_format={
-        "type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": True}})
+    client.chat.completions.create(
+        model=model,
+        messages=user(),
+        response_format={"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": True}},
+    )
     config = sent(mock, model).json["generationConfig"]
-    assert config == {"responseMimeType": "application/json",
-                      "responseSchema": {"type": "object", "properties": {"a": {"type": "string"}}}}
+    assert config == {
+        "responseMimeType": "application/json",
+        "responseSchema": {"type": "object", "properties": {"a": {"type": "string"}}},
+    }
 
 
 # --------------------------------------------------------------------------- streaming
+
 
 def test_stream_without_usage(server, client, mock) -> None:
     model = "gemini-2.5-flash-stream"
@@ -128,9 +168,16 @@ def test_stream_without_usage(server, client, mock) -> None:
 
 
 def test_stream_with_usage_ends_with_usage_then_done(server) -> None:
-    status, headers, body = server.request("POST", "/v1/chat/completions", {
-        "model": "gemini-2.5-flash-stream-usage", "messages": user(), "stream": True,
-        "stream_options": {"include_usage": True}})
+    status, headers, body = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {
+            "model": "gemini-2.5-flash-stream-usage",
+            "messages": user(),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     payloads = sse_payloads(body)
     assert status == 200 and payloads[-1] == "[DONE]"
     last = json.loads(payloads[-2])
@@ -142,56 +189,96 @@ def test_stream_with_usage_ends_with_usage_then_done(server) -> None:
 
 # --------------------------------------------------------------------------- tools
 
+
 def test_tool_round_trip(server, client, mock) -> None:
     model = "gemini-2.5-flash-tools"
-    first = client.chat.completions.create(model=model, messages=user("Weather in Paris?"), tools=TOOLS,
-                                           tool_choice="required")
+    first = client.chat.completions.create(
+        model=model, messages=user("Weather in Paris?"), tools=TOOLS, tool_choice="required"
+    )
     call = first.choices[0].message.tool_calls[0]
     assert first.choices[0].finish_reason == "tool_calls"
-    assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "get_weather",
-                                                                                 {"city": "Paris"})
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "call_1",
+        "get_weather",
+        {"city": "Paris"},
+    )
     body = sent(mock, model).json
-    assert body["tools"] == [{"functionDeclarations": [{
-        "name": "get_weather", "description": "Weather for a city",
-        "parameters": {"type": "object", "required": ["city"], "properties": {
-            "city": {"type": "string"},
-            "unit": {"type": "string", "nullable": True, "enum": ["C", "F"]},
-            "additionalProperties": {"type": "boolean"}}}}]}]  # a property of that name stays
+    assert body["tools"] == [
+        {
+            "functionDeclarations": [
+                {
+                    "name": "get_weather",
+                    "description": "Weather for a city",
+                    "parameters": {
+                        "type": "object",
+                        "required": ["city"],
+                        "properties": {
+                            "city": {"type": "string"},
+                            "unit": {"type": "string", "nullable": True, "enum": ["C", "F"]},
+                            "additionalProperties": {"type": "boolean"},
+                        },
+                    },
+                }
+            ]
+        }
+    ]  # a property of that name stays
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
 
     follow_model = model + "-followup"
-    messages = [*user("Weather in Paris?"), first.choices[0].message.model_dump(exclude_none=True),
-                {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 18}'},
-                {"role": "user", "content": "Thanks"}]
-    answer = client.chat.completions.create(model=follow_model, messages=messages, tools=TOOLS,
-                                            tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    messages = [
+        *user("Weather in Paris?"),
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 18}'},
+        {"role": "user", "content": "Thanks"},
+    ]
+    answer = client.chat.completions.create(
+        model=follow_model,
+        messages=messages,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     assert answer.choices[0].message.tool_calls
     body = sent(mock, follow_model).json
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
     assert body["contents"] == [
         {"role": "user", "parts": [{"text": "Weather in Paris?"}]},
         {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
-        {"role": "user", "parts": [
-            {"functionResponse": {"name": "get_weather", "response": {"content": {"temp": 18}}}},
-            {"text": "Thanks"}]}]
+        {
+            "role": "user",
+            "parts": [
+                {"functionResponse": {"name": "get_weather", "response": {"content": {"temp": 18}}}},
+                {"text": "Thanks"},
+            ],
+        },
+    ]
 
 
 def test_tool_result_text_and_unknown_id(client, mock, server) -> None:
     model = "gemini-2.5-flash-tool-text"
     calls = [{"id": "c9", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
-    client.chat.completions.create(model=model, messages=[
-        *user(), {"role": "assistant", "content": None, "tool_calls": calls},
-        {"role": "tool", "tool_call_id": "c9", "content": "plain words"}])
+    client.chat.completions.create(
+        model=model,
+        messages=[
+            *user(),
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "c9", "content": "plain words"},
+        ],
+    )
     assert sent(mock, model).json["contents"][2]["parts"] == [
-        {"functionResponse": {"name": "lookup", "response": {"content": "plain words"}}}]
-    status, _, body = server.request("POST", "/v1/chat/completions", {"model": model, "messages": [
-        *user(), {"role": "tool", "tool_call_id": "nope", "content": "x"}]})
+        {"functionResponse": {"name": "lookup", "response": {"content": "plain words"}}}
+    ]
+    status, _, body = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": model, "messages": [*user(), {"role": "tool", "tool_call_id": "nope", "content": "x"}]},
+    )
     assert status == 400 and "tool_call_id" in json.loads(body)["error"]["message"]
 
 
 def test_streamed_tool_call(client) -> None:
-    chunks = list(client.chat.completions.create(model="gemini-2.5-flash-tools-stream", messages=user(),
-                                                 tools=TOOLS, stream=True))
+    chunks = list(
+        client.chat.completions.create(model="gemini-2.5-flash-tools-stream", messages=user(), tools=TOOLS, stream=True)
+    )
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert [(d.index, d.id, d.function.name) for d in deltas] == [(0, "call_1", "get_weather")]
     assert json.loads(deltas[0].function.arguments) == {"city": "Paris"}
@@ -200,25 +287,41 @@ def test_streamed_tool_call(client) -> None:
 
 # --------------------------------------------------------------------------- images
 
+
 def test_image_parts_base64_and_url(client, mock) -> None:
     model = "gemini-2.5-flash-vision"
-    client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
-        {"type": "text", "text": "Compare"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/render?id=4"}}]}])
+    client.chat.completions.create(
+        model=model,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/render?id=4"}},
+                ],
+            }
+        ],
+    )
     assert sent(mock, model).json["contents"][0]["parts"] == [
         {"text": "Compare"},
         {"inlineData": {"mimeType": "image/png", "data": PIXEL}},
         {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg"}},
-        {"fileData": {"mimeType": "image/*", "fileUri": "https://example.com/render?id=4"}}]
+        {"fileData": {"mimeType": "image/*", "fileUri": "https://example.com/render?id=4"}},
+    ]
 
 
 # --------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("status, exc_type, error_type, google_status", [
-    (429, openai.RateLimitError, "rate_limit_error", "RESOURCE_EXHAUSTED"),
-    (400, openai.BadRequestError, "invalid_request_error", "INVALID_ARGUMENT")])
+
+@pytest.mark.parametrize(
+    "status, exc_type, error_type, google_status",
+    [
+        (429, openai.RateLimitError, "rate_limit_error", "RESOURCE_EXHAUSTED"),
+        (400, openai.BadRequestError, "invalid_request_error", "INVALID_ARGUMENT"),
+    ],
+)
 def test_upstream_error_status_and_shape(server, client, status, exc_type, error_type, google_status) -> None:
     with pytest.raises(exc_type) as failure:
         client.chat.completions.create(model=f"gemini-error-{status}", messages=user())
@@ -233,8 +336,9 @@ def test_upstream_error_status_and_shape(server, client, status, exc_type, error
 
 def test_cut_stream_ends_with_error_not_done(server, mock) -> None:
     mock.enqueue(Reply(sse=gemini_stream({}, 1, "gemini-2.5-flash-cut"), cut_after=1))
-    status, headers, body = server.request("POST", "/v1/chat/completions", {
-        "model": "gemini-2.5-flash-cut", "messages": user(), "stream": True})
+    status, headers, body = server.request(
+        "POST", "/v1/chat/completions", {"model": "gemini-2.5-flash-cut", "messages": user(), "stream": True}
+    )
     payloads = sse_payloads(body)
     assert status == 200 and "[DONE]" not in payloads
     assert json.loads(payloads[1])["choices"][0]["delta"]["content"] == "Hello"
@@ -245,8 +349,9 @@ def test_cut_stream_ends_with_error_not_done(server, mock) -> None:
 
 def test_stream_without_finish_reason_is_not_done(server, mock) -> None:
     mock.enqueue(Reply(sse=gemini_stream({}, 1, "gemini-2.5-flash-short")[:2]))  # ends cleanly, unfinished
-    status, headers, body = server.request("POST", "/v1/chat/completions", {
-        "model": "gemini-2.5-flash-short", "messages": user(), "stream": True})
+    status, headers, body = server.request(
+        "POST", "/v1/chat/completions", {"model": "gemini-2.5-flash-short", "messages": user(), "stream": True}
+    )
     payloads = sse_payloads(body)
     assert "[DONE]" not in payloads and "finish reason" in json.loads(payloads[-1])["error"]["message"]
     assert server.trace(headers["x-stockyard-trace-id"])["outcome"] == "stream_broken"
@@ -259,21 +364,32 @@ def test_error_chunk_in_stream(server, client, mock) -> None:
         list(client.chat.completions.create(model="gemini-2.5-flash-midfail", messages=user(), stream=True))
 
 
-@pytest.mark.parametrize("messages", [
-    "Hi", [], [{"role": "user", "content": 5}], [{"role": "wizard", "content": "Hi"}],
-    [{"role": "assistant", "tool_calls": [{"function": "oops"}]}],
-    [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{not json"}}]}],
-    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}],
-    [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        "Hi",
+        [],
+        [{"role": "user", "content": 5}],
+        [{"role": "wizard", "content": "Hi"}],
+        [{"role": "assistant", "tool_calls": [{"function": "oops"}]}],
+        [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{not json"}}]}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}],
+        [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
+    ],
+)
 def test_malformed_requests_are_400s_not_500s(server, messages) -> None:
     status, _, raw = server.request("POST", "/v1/chat/completions", {"model": "gemini-2.5-flash", "messages": messages})
     error = json.loads(raw)["error"]
     assert status == 400 and error["type"] == "invalid_request_error" and error["message"]
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/completions", {"model": "gemini-2.5-flash", "prompt": "Hi"}),
-    ("/v1/embeddings", {"model": "gemini-2.5-flash", "input": "Hi"})])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/completions", {"model": "gemini-2.5-flash", "prompt": "Hi"}),
+        ("/v1/embeddings", {"model": "gemini-2.5-flash", "input": "Hi"}),
+    ],
+)
 def test_unsupported_endpoints_are_clear_400s(server, path, body) -> None:
     status, _, raw = server.request("POST", path, body)
     error = json.loads(raw)["error"]
@@ -281,8 +397,9 @@ def test_unsupported_endpoints_are_clear_400s(server, path, body) -> None:
 
 
 def test_native_messages_to_gemini_is_refused(server) -> None:
-    status, _, raw = server.request("POST", "/v1/messages", {
-        "model": "gemini-2.5-flash", "max_tokens": 5, "messages": user()})
+    status, _, raw = server.request(
+        "POST", "/v1/messages", {"model": "gemini-2.5-flash", "max_tokens": 5, "messages": user()}
+    )
     body = json.loads(raw)
     assert status == 400 and body["type"] == "error" and "Anthropic" in body["error"]["message"]
 
@@ -302,15 +419,30 @@ def test_models_listing_keeps_key_out_of_url(server, mock) -> None:
 def test_gemini_model_ids_parse_the_listing() -> None:
     from stockyard.models import gemini_model_ids
 
-    doc = {"models": [
-        {"name": "models/gemini-2.5-flash", "supportedGenerationMethods": ["generateContent", "countTokens"]},
-        {"name": "models/text-embedding-004", "supportedGenerationMethods": ["embedContent"]},
-        {"name": "models/aqa", "supportedGenerationMethods": ["generateAnswer"]}]}
+    doc = {
+        "models": [
+            {"name": "models/gemini-2.5-flash", "supportedGenerationMethods": ["generateContent", "countTokens"]},
+            {"name": "models/text-embedding-004", "supportedGenerationMethods": ["embedContent"]},
+            {"name": "models/aqa", "supportedGenerationMethods": ["generateAnswer"]},
+        ]
+    }
     assert gemini_model_ids(doc) == ["gemini-2.5-flash", "text-embedding-004"]
 
 
-@pytest.mark.parametrize("model", ["gemini/..", "gemini/.", "gemini-2.5-flash/../../v1/files", "gemini-x?alt=json",
-                                   "gemini-x#y", "gemini-x%2f", "gemini x", "gemini-x\r\ny", "models/.."])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gemini/..",
+        "gemini/.",
+        "gemini-2.5-flash/../../v1/files",
+        "gemini-x?alt=json",
+        "gemini-x#y",
+        "gemini-x%2f",
+        "gemini x",
+        "gemini-x\r\ny",
+        "models/..",
+    ],
+)
 def test_model_names_that_leave_their_url_segment_are_400(server, mock, model) -> None:
     before = len(mock.requests)
     status, _, raw = server.request("POST", "/v1/chat/completions", {"model": model, "messages": user()})
@@ -337,12 +469,18 @@ def post_raw(server: ServerProcess, text: str) -> tuple[int, dict]:
 def test_deeply_nested_schemas_are_400_not_500(server, mock, levels) -> None:
     before = len(mock.requests)
     start = '{"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}], '
-    status, body = post_raw(server, start + '"tools": [{"type": "function", "function": {"name": "f", '
-                                    '"parameters": ' + nested_schema(levels) + "}}]}")
+    status, body = post_raw(
+        server,
+        start + '"tools": [{"type": "function", "function": {"name": "f", '
+        '"parameters": ' + nested_schema(levels) + "}}]}",
+    )
     assert status == 400, body
     assert body["error"]["param"] == "tools" and body["error"]["code"] == "schema_too_deep"
-    status, body = post_raw(server, start + '"response_format": {"type": "json_schema", "json_schema": '
-                                    '{"name": "x", "schema": ' + nested_schema(levels) + "}}}")
+    status, body = post_raw(
+        server,
+        start + '"response_format": {"type": "json_schema", "json_schema": '
+        '{"name": "x", "schema": ' + nested_schema(levels) + "}}}",
+    )
     assert status == 400 and body["error"]["param"] == "response_format", body
     assert len(mock.requests) == before, "nothing reached the upstream"
     assert "Traceback" not in server.log
@@ -350,18 +488,23 @@ def test_deeply_nested_schemas_are_400_not_500(server, mock, levels) -> None:
 
 def test_a_schema_nested_within_the_limit_still_translates(server, mock) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": json.loads(nested_schema(20))}}]
-    status, _, raw = server.request("POST", "/v1/chat/completions", {
-        "model": "gemini-2.5-flash-deep", "messages": user(), "tools": tools})
+    status, _, raw = server.request(
+        "POST", "/v1/chat/completions", {"model": "gemini-2.5-flash-deep", "messages": user(), "tools": tools}
+    )
     assert status == 200, raw
     assert mock.last("gemini-2.5-flash-deep").json["tools"][0]["functionDeclarations"][0]["name"] == "f"
 
 
 def test_deeply_nested_tool_results_are_400_not_500(server) -> None:
     deep = "[" * 950 + '"x"' + "]" * 950  # parsed by the translation (a tool result may be JSON)
-    messages = [{"role": "user", "content": "Hi"},
-                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                                      "function": {"name": "f", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": deep}]
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": deep},
+    ]
     status, body = post_raw(server, json.dumps({"model": "gemini-2.5-flash", "messages": messages}))
     assert status in (200, 400), body
     assert "Traceback" not in server.log

@@ -14,16 +14,16 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import ServerProcess, wait_for
-from module_helpers import api, disable_all, put_module, start_server
 from mock_upstream import Reply
+from module_helpers import api, disable_all, put_module, start_server
+
 from stockyard.context import RequestContext
 
 MODEL = "mock-bill-max"
-ASKED = f"openai/{MODEL}"       # the server has several providers: name the one that serves it
+ASKED = f"openai/{MODEL}"  # the server has several providers: name the one that serves it
 PER_TOKEN_UC = 1_000
-BUDGET = "0.10"                 # 10_000_000 µ¢ = 10_000 output tokens
+BUDGET = "0.10"  # 10_000_000 µ¢ = 10_000 output tokens
 BUDGET_UC = 10_000_000
 HI = [{"role": "user", "content": "hi"}]
 
@@ -71,8 +71,10 @@ def send(server: ServerProcess, key: str | None, body: dict, path: str = "/v1/ch
 
 def spent(server: ServerProcess, key_id: str, count: int) -> int:
     """Σ cost of the key's traces, once all ``count`` of them are written."""
-    wait_for(lambda: server.db_rows("SELECT count(*) AS n FROM traces WHERE key_id = ?", (key_id,))[0]["n"] >= count,
-             what=f"{count} traces")
+    wait_for(
+        lambda: server.db_rows("SELECT count(*) AS n FROM traces WHERE key_id = ?", (key_id,))[0]["n"] >= count,
+        what=f"{count} traces",
+    )
     return server.db_rows("SELECT COALESCE(SUM(cost_uc), 0) AS s FROM traces WHERE key_id = ?", (key_id,))[0]["s"]
 
 
@@ -86,6 +88,7 @@ def concurrently(server: ServerProcess, key: str, body: dict, count: int, path: 
 
 
 # --------------------------------------------------------------------------- every choice is counted
+
 
 def test_eight_concurrent_n100_requests_cannot_overspend_a_ten_cent_budget(server, mock):
     # each may bill 100 × 1_000 tokens = $1.00: none fits in $0.10 (before the fix all 8 ran: $8.00)
@@ -109,12 +112,15 @@ def test_concurrent_requests_spend_at_most_the_budget(server, mock):
     assert spent(server, key_id, 8) == BUDGET_UC
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/v1/completions", {"prompt": "hi", "best_of": 20, "max_tokens": 1000}),             # 20 generated
-    ("/v1/chat/completions", {"messages": HI, "generationConfig": {"candidateCount": 8, "maxOutputTokens": 2000}}),
-    ("/v1/chat/completions", {"messages": HI, "max_output_tokens": 20_000}),             # Responses-style cap
-    ("/v1/chat/completions", {"messages": HI, "max_tokens": 10, "max_completion_tokens": 20_000}),  # the larger
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "hi", "best_of": 20, "max_tokens": 1000}),  # 20 generated
+        ("/v1/chat/completions", {"messages": HI, "generationConfig": {"candidateCount": 8, "maxOutputTokens": 2000}}),
+        ("/v1/chat/completions", {"messages": HI, "max_output_tokens": 20_000}),  # Responses-style cap
+        ("/v1/chat/completions", {"messages": HI, "max_tokens": 10, "max_completion_tokens": 20_000}),  # the larger
+    ],
+)
 def test_every_multiplier_and_cap_is_in_the_worst_case(server, mock, path, body):
     key, key_id = make_key(server, budget_usd=BUDGET, budget_period="day")
     status, _, reply = send(server, key, {"model": ASKED, **body}, path)
@@ -161,11 +167,27 @@ def test_the_estimate_reads_every_shape():
 
 # --------------------------------------------------------------------------- numbers are checked at the edge
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_tokens", "5000"), ("max_tokens", 5000.5), ("max_tokens", True), ("max_tokens", -1), ("max_tokens", 0),
-    ("max_tokens", 2**63), ("max_tokens", [5000]), ("max_completion_tokens", "1e3"), ("max_output_tokens", False),
-    ("n", "2"), ("n", 0), ("n", 129), ("n", 1.5), ("best_of", True), ("best_of", 10**20),
-])
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", "5000"),
+        ("max_tokens", 5000.5),
+        ("max_tokens", True),
+        ("max_tokens", -1),
+        ("max_tokens", 0),
+        ("max_tokens", 2**63),
+        ("max_tokens", [5000]),
+        ("max_completion_tokens", "1e3"),
+        ("max_output_tokens", False),
+        ("n", "2"),
+        ("n", 0),
+        ("n", 129),
+        ("n", 1.5),
+        ("best_of", True),
+        ("best_of", 10**20),
+    ],
+)
 def test_bad_numbers_are_400_naming_the_field(server, mock, field, value):
     key, _ = make_key(server, budget_usd=BUDGET, budget_period="day")
     status, _, reply = send(server, key, {"model": ASKED, "messages": HI, field: value})
@@ -176,8 +198,9 @@ def test_bad_numbers_are_400_naming_the_field(server, mock, field, value):
 
 
 def test_bad_numbers_in_a_gemini_body_and_on_the_messages_route(server, mock, plain):
-    status, _, reply = send(server, plain, {"model": ASKED, "messages": HI,
-                                           "generationConfig": {"candidateCount": "8"}})
+    status, _, reply = send(
+        server, plain, {"model": ASKED, "messages": HI, "generationConfig": {"candidateCount": "8"}}
+    )
     assert status == 400 and reply["error"]["param"] == "generationConfig.candidateCount"
     status, _, reply = send(server, plain, {"model": ASKED, "max_tokens": "5000", "messages": HI}, "/v1/messages")
     assert status == 400 and reply["type"] == "error" and reply["error"]["type"] == "invalid_request_error"
@@ -198,8 +221,10 @@ def test_an_integral_float_is_normalised_then_capped_and_budgeted(server, mock, 
     put_module(server, "guard", {"max_tokens": 100})
     assert send(server, plain, {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 5000.0})[0] == 200
     assert mock.last("/chat/completions").json["max_tokens"] == 100  # the ceiling applies to it too
-    assert send(server, plain, {"model": "gpt-4o-mini", "messages": HI,
-                               "generationConfig": {"maxOutputTokens": 5e3}})[0] == 200
+    assert (
+        send(server, plain, {"model": "gpt-4o-mini", "messages": HI, "generationConfig": {"maxOutputTokens": 5e3}})[0]
+        == 200
+    )
     assert mock.last("/chat/completions").json["generationConfig"]["maxOutputTokens"] == 100
     put_module(server, "guard", {}, enabled=False)
 
@@ -213,11 +238,20 @@ def test_an_integral_float_is_normalised_then_capped_and_budgeted(server, mock, 
 
 # --------------------------------------------------------------------------- prices are never a neighbour's
 
+
 def test_an_echoed_served_model_is_not_priced_as_a_shorter_model(server, mock, plain):
     served = 'gpt-4o-mini"><svg onload=alert(1)>'
-    mock.enqueue(Reply(json={"id": "x", "object": "chat.completion", "model": served, "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}}))
+    mock.enqueue(
+        Reply(
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "model": served,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+            }
+        )
+    )
     status, headers, _ = send(server, plain, {"model": "gpt-4o-mini", "messages": HI})
     trace = server.trace(headers["x-stockyard-trace-id"])
     # the served name is unknown, so the model asked for prices it: gpt-4o-mini (480 µ¢), not gpt-4o (8_000)
@@ -233,18 +267,26 @@ def test_a_budgeted_key_is_refused_a_model_priced_only_by_a_prefix(server, mock)
 
 # --------------------------------------------------------------------------- admin numbers stay in range
 
-@pytest.mark.parametrize(("method", "path", "body", "param"), [
-    ("POST", "/api/keys", {"name": "big-rpm", "rpm": 2**63}, "rpm"),
-    ("POST", "/api/keys", {"name": "big-tpm", "tpm": 10**30}, "tpm"),
-    ("POST", "/api/keys", {"name": "bool-rpm", "rpm": True}, "rpm"),
-    ("POST", "/api/keys", {"name": "big-budget", "budget_usd": "100000000000000", "budget_period": "day"},
-     "budget_usd"),
-    ("PUT", "/api/projects/p/budget", {"budget_usd": 10**20, "period": "day"}, "budget_usd"),
-    ("POST", "/api/prices", {"model": "m", "input": "1e20", "output": "1"}, "input"),
-    ("POST", "/api/prices", {"model": "m", "input": "1", "output": 10**30}, "output"),
-    ("POST", "/api/prices", {"model": "m", "input": "1e999999999", "output": "1"}, None),
-    ("PUT", "/api/modules/guard", {"enabled": True, "config": {"max_tokens": 2**64}}, None),
-])
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("POST", "/api/keys", {"name": "big-rpm", "rpm": 2**63}, "rpm"),
+        ("POST", "/api/keys", {"name": "big-tpm", "tpm": 10**30}, "tpm"),
+        ("POST", "/api/keys", {"name": "bool-rpm", "rpm": True}, "rpm"),
+        (
+            "POST",
+            "/api/keys",
+            {"name": "big-budget", "budget_usd": "100000000000000", "budget_period": "day"},
+            "budget_usd",
+        ),
+        ("PUT", "/api/projects/p/budget", {"budget_usd": 10**20, "period": "day"}, "budget_usd"),
+        ("POST", "/api/prices", {"model": "m", "input": "1e20", "output": "1"}, "input"),
+        ("POST", "/api/prices", {"model": "m", "input": "1", "output": 10**30}, "output"),
+        ("POST", "/api/prices", {"model": "m", "input": "1e999999999", "output": "1"}, None),
+        ("PUT", "/api/modules/guard", {"enabled": True, "config": {"max_tokens": 2**64}}, None),
+    ],
+)
 def test_admin_numbers_past_sqlite_are_400(server, method, path, body, param):
     status, reply = api(server, method, path, body)
     assert status == 400, reply
@@ -252,16 +294,22 @@ def test_admin_numbers_past_sqlite_are_400(server, method, path, body, param):
 
 
 def test_admin_numbers_at_sane_limits_still_work(server):
-    status, reply = api(server, "POST", "/api/keys", {"name": "huge-but-fine", "rpm": 10**12, "tpm": 10**12,
-                                                      "budget_usd": "1000000000", "budget_period": "total"})
+    status, reply = api(
+        server,
+        "POST",
+        "/api/keys",
+        {"name": "huge-but-fine", "rpm": 10**12, "tpm": 10**12, "budget_usd": "1000000000", "budget_period": "total"},
+    )
     assert status == 201 and reply["rpm"] == 10**12 and reply["budget_uc"] == 10**17, reply
 
 
 def test_cli_numbers_past_sqlite_are_refused_plainly(server):
-    for args in (("keys", "create", "--name", "big", "--rpm", "99999999999999999999"),
-                 ("prices", "set", "m", "--input", "1e25", "--output", "1"),
-                 ("traces", "--limit", "99999999999999999999"),
-                 ("audit", "list", "--limit", "0")):
+    for args in (
+        ("keys", "create", "--name", "big", "--rpm", "99999999999999999999"),
+        ("prices", "set", "m", "--input", "1e25", "--output", "1"),
+        ("traces", "--limit", "99999999999999999999"),
+        ("audit", "list", "--limit", "0"),
+    ):
         done = server.cli(*args)
         assert done.returncode in (1, 2) and "Traceback" not in done.stderr, (args, done.stderr)
         assert done.stderr.strip(), args

@@ -12,10 +12,10 @@ import time
 import zlib
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
 from rawhttp import connect, read_response, read_until_close, statuses
+
 from stockyard import config
 from stockyard.scrub import ScrubLogs
 
@@ -26,10 +26,20 @@ PUBLIC = "proxy.example.com"
 CORS = "https://app.example.com"
 
 
-def raw_post(path: str = "/v1/chat/completions", body: bytes = CHAT, headers: list[str] | None = None,
-             host: str = "127.0.0.1", length: int | None = None) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
-             f"Content-Length: {len(body) if length is None else length}", *(headers or [])]
+def raw_post(
+    path: str = "/v1/chat/completions",
+    body: bytes = CHAT,
+    headers: list[str] | None = None,
+    host: str = "127.0.0.1",
+    length: int | None = None,
+) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body) if length is None else length}",
+        *(headers or []),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -43,10 +53,15 @@ def metric(server: ServerProcess, name: str) -> float:
 
 # -- a server that requires client keys --------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def keyed(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_MAX_BODY_BYTES": str(1 << 20)}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_MAX_BODY_BYTES": str(1 << 20),
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keyed") / "s.db", env)
     made = srv.cli("keys", "create", "--name", "full")
     mini = srv.cli("keys", "create", "--name", "mini", "--models", "gpt-4o-mini")
@@ -79,8 +94,13 @@ def test_expect_100_continue_without_a_key_never_invites_the_body(keyed):
 
 def test_expect_100_continue_with_a_key_gets_its_continue(keyed):
     with connect(keyed) as sock:
-        sock.sendall(raw_post(body=b"", headers=["Expect: 100-continue", f"Authorization: Bearer {keyed.keys['full']}",
-                                                 "Connection: close"], length=len(CHAT)))
+        sock.sendall(
+            raw_post(
+                body=b"",
+                headers=["Expect: 100-continue", f"Authorization: Bearer {keyed.keys['full']}", "Connection: close"],
+                length=len(CHAT),
+            )
+        )
         sock.settimeout(5)
         assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         sock.sendall(CHAT)
@@ -102,17 +122,26 @@ def test_a_refused_request_is_traced_as_metadata_only(keyed):
 
 def test_a_key_is_still_held_to_its_models_once_the_body_is_read(keyed):
     other = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
-    status, _, body = keyed.request("POST", "/v1/chat/completions", raw=other,
-                                    headers={"Authorization": f"Bearer {keyed.keys['mini']}"})
+    status, _, body = keyed.request(
+        "POST", "/v1/chat/completions", raw=other, headers={"Authorization": f"Bearer {keyed.keys['mini']}"}
+    )
     assert status == 403 and json.loads(body)["error"]["code"] == "model_not_allowed"
-    assert keyed.request("POST", "/v1/chat/completions", raw=CHAT,
-                         headers={"Authorization": f"Bearer {keyed.keys['mini']}"})[0] == 200
+    assert (
+        keyed.request(
+            "POST", "/v1/chat/completions", raw=CHAT, headers={"Authorization": f"Bearer {keyed.keys['mini']}"}
+        )[0]
+        == 200
+    )
 
 
 def test_model_names_are_capped_in_traces(keyed):
     long_model = "gpt-4o-mini-" + "é" * 3000
-    _, headers, _ = keyed.request("POST", "/v1/chat/completions", {"model": long_model, "messages": HELLO},
-                                  headers={"Authorization": f"Bearer {keyed.keys['full']}"})
+    _, headers, _ = keyed.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": long_model, "messages": HELLO},
+        headers={"Authorization": f"Bearer {keyed.keys['full']}"},
+    )
     trace = keyed.trace(headers["x-stockyard-trace-id"])
     assert trace["model"].startswith("gpt-4o-mini-é") and len(trace["model"].encode()) <= 256
 
@@ -128,8 +157,9 @@ def test_refusals_are_traced_at_a_bounded_rate_per_address_and_all_counted(keyed
             assert read_response(sock)[0] == 401
     elapsed = time.monotonic() - started
     # The writer commits in order: once this trace is in, every earlier refusal's row is too.
-    _, headers, _ = keyed.request("POST", "/v1/chat/completions", raw=CHAT,
-                                  headers={"Authorization": f"Bearer {keyed.keys['full']}"})
+    _, headers, _ = keyed.request(
+        "POST", "/v1/chat/completions", raw=CHAT, headers={"Authorization": f"Bearer {keyed.keys['full']}"}
+    )
     keyed.trace(headers["x-stockyard-trace-id"])
     traced = keyed.db_rows("SELECT COUNT(*) AS n FROM traces WHERE client_addr = '127.0.0.9'")[0]["n"]
     assert 1 <= traced <= 20 + 5 * elapsed + 1, (traced, elapsed)
@@ -138,33 +168,64 @@ def test_refusals_are_traced_at_a_bounded_rate_per_address_and_all_counted(keyed
 
 # -- Host and Origin -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def edge(pyz_path, cache_home, mock, tmp_path_factory):
     """Open mode (loopback, no client keys) with a public name and a CORS origin configured."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN, "STOCKYARD_PUBLIC_HOSTS": f"{PUBLIC}, other.example.com:8443",
-           "STOCKYARD_CORS_ORIGIN": CORS}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        "STOCKYARD_PUBLIC_HOSTS": f"{PUBLIC}, other.example.com:8443",
+        "STOCKYARD_CORS_ORIGIN": CORS,
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("edge") / "s.db", env).start()
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log
 
 
-def send(server: ServerProcess, method: str, path: str, host: str, extra: list[str] | None = None,
-         body: bytes = b"") -> tuple[int, dict, bytes]:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Authorization: Bearer {ADMIN}",
-             f"Content-Length: {len(body)}", "Connection: close", *(extra or [])]
+def send(
+    server: ServerProcess, method: str, path: str, host: str, extra: list[str] | None = None, body: bytes = b""
+) -> tuple[int, dict, bytes]:
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}",
+        f"Authorization: Bearer {ADMIN}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(extra or []),
+    ]
     with connect(server) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         return read_response(sock)
 
 
-ROUTES = [("POST", "/v1/chat/completions", CHAT), ("POST", "/v1/messages", CHAT), ("GET", "/v1/models", b""),
-          ("GET", "/api/status", b""), ("GET", "/ui/", b""), ("GET", "/metrics", b""), ("GET", "/nope", b"")]
+ROUTES = [
+    ("POST", "/v1/chat/completions", CHAT),
+    ("POST", "/v1/messages", CHAT),
+    ("GET", "/v1/models", b""),
+    ("GET", "/api/status", b""),
+    ("GET", "/ui/", b""),
+    ("GET", "/metrics", b""),
+    ("GET", "/nope", b""),
+]
 
 
-@pytest.mark.parametrize("host", ["evil.example", "127.evil.example", "127.0.0.1.nip.io", "localhost.evil.example",
-                                  "0.0.0.0", "[::]", "bad host", "a@127.0.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "127.evil.example",
+        "127.0.0.1.nip.io",
+        "localhost.evil.example",
+        "0.0.0.0",
+        "[::]",
+        "bad host",
+        "a@127.0.0.1",
+    ],
+)
 @pytest.mark.parametrize("method, path, body", ROUTES)
 def test_a_foreign_host_is_refused_on_every_route(edge, host, method, path, body):
     """DNS rebinding: a foreign name pointed at 127.0.0.1 must not reach the proxy, API or console."""
@@ -177,28 +238,62 @@ def test_health_checks_answer_for_any_host(edge, path):
     assert send(edge, "GET", path, "10.1.2.3:4200")[0] == 200
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "[::1]:{port}",
-                                  "127.8.9.10", "[::ffff:127.0.0.1]", PUBLIC, f"{PUBLIC.upper()}:443",
-                                  "other.example.com"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:{port}",
+        "localhost:{port}",
+        "LOCALHOST",
+        "[::1]:{port}",
+        "127.8.9.10",
+        "[::ffff:127.0.0.1]",
+        PUBLIC,
+        f"{PUBLIC.upper()}:443",
+        "other.example.com",
+    ],
+)
 def test_loopback_and_public_hosts_are_served(edge, host):
     status, _, answer = send(edge, "POST", "/v1/chat/completions", host.format(port=edge.port), body=CHAT)
     assert status == 200, answer
 
 
-@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1", "http://localhost:{port}",
-                                    "file://", f"{CORS}.evil.example", "http://127.0.0.1:{port}/x"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "null",
+        "http://127.0.0.1",
+        "http://localhost:{port}",
+        "file://",
+        f"{CORS}.evil.example",
+        "http://127.0.0.1:{port}/x",
+    ],
+)
 def test_a_foreign_origin_is_refused(edge, origin):
     """Was: a web page's text/plain POST spent the provider keys of a user in open mode."""
-    status, _, answer = send(edge, "POST", "/v1/chat/completions", f"127.0.0.1:{edge.port}",
-                             ["Content-Type: text/plain", f"Origin: {origin.format(port=edge.port)}"], CHAT)
+    status, _, answer = send(
+        edge,
+        "POST",
+        "/v1/chat/completions",
+        f"127.0.0.1:{edge.port}",
+        ["Content-Type: text/plain", f"Origin: {origin.format(port=edge.port)}"],
+        CHAT,
+    )
     assert status == 403 and json.loads(answer)["error"]["code"] == "origin_not_allowed"
     origin = origin.format(port=edge.port)
     assert send(edge, "GET", "/api/status", f"127.0.0.1:{edge.port}", [f"Origin: {origin}"])[0] == 403
 
 
-@pytest.mark.parametrize("host, origin", [("127.0.0.1:{port}", "http://127.0.0.1:{port}"),
-                                          ("localhost:{port}", "http://localhost:{port}"),
-                                          (PUBLIC, f"https://{PUBLIC}"), ("127.0.0.1:{port}", CORS)])
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        ("127.0.0.1:{port}", "http://127.0.0.1:{port}"),
+        ("localhost:{port}", "http://localhost:{port}"),
+        (PUBLIC, f"https://{PUBLIC}"),
+        ("127.0.0.1:{port}", CORS),
+    ],
+)
 def test_our_own_origin_and_the_cors_origin_are_served(edge, host, origin):
     host, origin = host.format(port=edge.port), origin.format(port=edge.port)
     assert send(edge, "POST", "/v1/chat/completions", host, [f"Origin: {origin}"], CHAT)[0] == 200
@@ -210,8 +305,16 @@ def test_our_own_origin_and_the_cors_origin_are_served(edge, host, origin):
 
 def test_loopback_is_decided_from_the_parsed_address():
     """Was: any host starting with "127." counted as loopback — a DNS name anyone can point anywhere."""
-    for host, loopback in [("127.evil.example", False), ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True),
-                           ("localhost", True), ("0.0.0.0", False), ("127.0.0.1.nip.io", False), ("::", False)]:
+    for host, loopback in [
+        ("127.evil.example", False),
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("127.0.0.1.nip.io", False),
+        ("::", False),
+    ]:
         settings = config.load({"host": host}, env={})
         assert settings.is_loopback is loopback, host
         assert (config.exposure_problem(settings) is None) is loopback, host
@@ -220,8 +323,13 @@ def test_loopback_is_decided_from_the_parsed_address():
 
 
 def test_beyond_loopback_only_loopback_names_and_public_hosts_are_answered(pyz_path, cache_home, mock, tmp_path):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN, "STOCKYARD_PUBLIC_HOSTS": PUBLIC}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        "STOCKYARD_PUBLIC_HOSTS": PUBLIC,
+    }
     srv = ServerProcess(pyz_path, tmp_path / "s.db", env, ["--host", "0.0.0.0"]).start()
     try:
         assert send(srv, "GET", "/api/status", f"127.0.0.1:{srv.port}")[0] == 200
@@ -235,9 +343,14 @@ def test_beyond_loopback_only_loopback_names_and_public_hosts_are_answered(pyz_p
 
 # -- the connection cap ----------------------------------------------------------------------
 
+
 def test_connections_beyond_the_cap_get_a_fast_503(pyz_path, cache_home, mock, tmp_path):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_MAX_CONNECTIONS": "3"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_MAX_CONNECTIONS": "3",
+    }
     srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
     held = [connect(srv) for _ in range(3)]
     try:
@@ -269,11 +382,20 @@ def _healthy(srv: ServerProcess) -> bool:
 
 # -- upstream headers and log lines ----------------------------------------------------------
 
+
 def test_an_upstream_header_with_a_bare_cr_is_not_relayed(edge, mock):
-    mock.enqueue(Reply(json={"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [],
-                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
-                       headers={"x-ratelimit-remaining-requests": "5\rInjected: yes",
-                                "x-ratelimit-limit-requests": "10"}))
+    mock.enqueue(
+        Reply(
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "model": "gpt-4o-mini",
+                "choices": [],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+            headers={"x-ratelimit-remaining-requests": "5\rInjected: yes", "x-ratelimit-limit-requests": "10"},
+        )
+    )
     with connect(edge) as sock:
         sock.sendall(raw_post(headers=["Connection: close"]))
         data = read_until_close(sock)
@@ -285,9 +407,11 @@ def test_an_upstream_header_with_a_bare_cr_is_not_relayed(edge, mock):
 
 def test_control_characters_from_clients_never_reach_the_log(edge):
     """Was: the request method went into the access line as sent (terminal escapes included)."""
-    for raw in (b"G\x1b]0;owned\x07ET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-                b"GET /nope\x1b[2J HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-                b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: \x1b[2J\r\n\r\n"):
+    for raw in (
+        b"G\x1b]0;owned\x07ET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /nope\x1b[2J HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: \x1b[2J\r\n\r\n",
+    ):
         with connect(edge) as sock:
             sock.sendall(raw)
             assert statuses(read_until_close(sock)) == [400]
@@ -299,8 +423,15 @@ def test_control_characters_from_clients_never_reach_the_log(edge):
 
 
 def test_every_log_record_has_its_control_characters_escaped():
-    record = logging.LogRecord("stockyard.proxy", logging.WARNING, __file__, 1, "fallback %s skipped: %s",
-                               ("m\x1b[2J", "bad\nforged line"), None)
+    record = logging.LogRecord(
+        "stockyard.proxy",
+        logging.WARNING,
+        __file__,
+        1,
+        "fallback %s skipped: %s",
+        ("m\x1b[2J", "bad\nforged line"),
+        None,
+    )
     assert ScrubLogs(lambda text: text.replace("secret", "[redacted]")).filter(record)
     message = record.getMessage()
     assert message == "fallback m\\x1b[2J skipped: bad\\x0aforged line"
@@ -320,8 +451,12 @@ def test_an_admin_request_without_the_admin_key_is_refused_before_its_body_arriv
 def test_an_admin_answer_that_leaves_the_body_unread_closes_the_connection(edge):
     """A GET that carries a body the route never reads must not leave it on a keep-alive connection."""
     smuggled = b"GET /api/keys HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    lines = ["GET /api/status HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {ADMIN}",
-             f"Content-Length: {len(smuggled)}"]
+    lines = [
+        "GET /api/status HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Authorization: Bearer {ADMIN}",
+        f"Content-Length: {len(smuggled)}",
+    ]
     with connect(edge) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + smuggled)
         data = read_until_close(sock)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env
 from rawhttp import connect, read_response, read_until_close, statuses
 
@@ -19,8 +18,13 @@ SMUGGLED = b"GET /v1/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_MAX_BODY_BYTES": str(LIMIT), "STOCKYARD_REQUEST_READ_TIMEOUT": "5"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_MAX_BODY_BYTES": str(LIMIT),
+        "STOCKYARD_REQUEST_READ_TIMEOUT": "5",
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("framing") / "s.db", env).start()
     yield srv
     srv.stop()
@@ -33,8 +37,9 @@ def exchange(server: ServerProcess, raw: bytes) -> bytes:
         return read_until_close(sock)
 
 
-def post(head_lines: list[str], body: bytes = b"", path: str = "/v1/chat/completions",
-         version: str = "HTTP/1.1") -> bytes:
+def post(
+    head_lines: list[str], body: bytes = b"", path: str = "/v1/chat/completions", version: str = "HTTP/1.1"
+) -> bytes:
     lines = [f"POST {path} {version}", "Host: 127.0.0.1", "Content-Type: application/json", *head_lines]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -49,6 +54,7 @@ def assert_refused(data: bytes, status: int = 400) -> None:
 
 # -- chunked bodies --------------------------------------------------------------------------
 
+
 def test_a_negative_chunk_size_is_400_at_once_not_a_read_to_the_end(server):
     """Was: -1 read until the client closed (no limit: 512 MiB in 1.3 s), -10 a 500."""
     for size in (b"-1", b"-10"):
@@ -57,10 +63,24 @@ def test_a_negative_chunk_size_is_400_at_once_not_a_read_to_the_end(server):
             assert_refused(read_until_close(sock))
 
 
-@pytest.mark.parametrize("line", [
-    b"+5\r\n", b" 5\r\n", b"5 \r\n", b"0x5\r\n", b"5_0\r\n", b"g\r\n", b"\r\n", b"5\n", b"5\r\r\n",
-    b"5;a\x00b\r\n", b"0" * 17 + b"5\r\n", b"5;" + b"e" * 5000 + b"\r\n", b"\xd9\xa5\r\n",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"+5\r\n",
+        b" 5\r\n",
+        b"5 \r\n",
+        b"0x5\r\n",
+        b"5_0\r\n",
+        b"g\r\n",
+        b"\r\n",
+        b"5\n",
+        b"5\r\r\n",
+        b"5;a\x00b\r\n",
+        b"0" * 17 + b"5\r\n",
+        b"5;" + b"e" * 5000 + b"\r\n",
+        b"\xd9\xa5\r\n",
+    ],
+)
 def test_malformed_chunk_size_lines_are_400(server, line):
     data = exchange(server, post(["Transfer-Encoding: chunked"]) + line + b"hello\r\n0\r\n\r\n")
     assert_refused(data)
@@ -82,8 +102,12 @@ def test_the_body_limit_holds_for_the_running_total_of_chunks(server):
 
 def test_well_formed_chunks_with_extensions_and_trailers_are_accepted(server):
     half = len(HELLO) // 2
-    body = (b"%x;name=value;flag\r\n%s\r\n%X\r\n%s\r\n0\r\nX-Trailer: done\r\n\r\n"
-            % (half, HELLO[:half], len(HELLO) - half, HELLO[half:]))
+    body = b"%x;name=value;flag\r\n%s\r\n%X\r\n%s\r\n0\r\nX-Trailer: done\r\n\r\n" % (
+        half,
+        HELLO[:half],
+        len(HELLO) - half,
+        HELLO[half:],
+    )
     data = exchange(server, post(["Transfer-Encoding: chunked", "Connection: close"]) + body)
     assert statuses(data) == [200], data[:300]
 
@@ -93,32 +117,35 @@ def test_well_formed_chunks_with_extensions_and_trailers_are_accepted(server):
 N = str(len(HELLO))
 
 
-@pytest.mark.parametrize("lines", [
-    [f"Content-Length: {N}", f"Content-Length: {N}"],               # even identical ones
-    [f"Content-Length: {N}", "Content-Length: 5"],
-    [f"Content-Length: {N}", "Transfer-Encoding: chunked"],
-    ["Transfer-Encoding: gzip, chunked"],
-    ["Transfer-Encoding: chunked, identity"],
-    ["Transfer-Encoding: identity"],
-    ["Transfer-Encoding: xchunked"],
-    ["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
-    [f"Content-Length: +{N}"],
-    [f"Content-Length: {N[0]}_{N[1:]}"],
-    [f"Content-Length: \xa0{N}"],
-    [f"Content-Length: {N} {N}"],
-    [f"Content-Length: {N},{N}"],
-    [f"Content-Length: 0x{len(HELLO):x}"],
-    ["Content-Length: -1"],
-    ["X-Folded: one", "  two", f"Content-Length: {N}"],              # obs-fold
-    ["X-Bare: a\rb", f"Content-Length: {N}"],                         # bare CR in a value
-    ["X\rBare: b", f"Content-Length: {N}"],                           # bare CR in a name
-    ["X-Nul: a\x00b", f"Content-Length: {N}"],
-    ["X Space: b", f"Content-Length: {N}"],
-    ["X-Space : b", f"Content-Length: {N}"],
-    ["Host: 127.0.0.1", f"Content-Length: {N}"],                      # a second Host
-    ["Authorization: Bearer a", "Authorization: Bearer b", f"Content-Length: {N}"],
-    ["X-Api-Key: a", "x-api-key: b", f"Content-Length: {N}"],
-])
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [f"Content-Length: {N}", f"Content-Length: {N}"],  # even identical ones
+        [f"Content-Length: {N}", "Content-Length: 5"],
+        [f"Content-Length: {N}", "Transfer-Encoding: chunked"],
+        ["Transfer-Encoding: gzip, chunked"],
+        ["Transfer-Encoding: chunked, identity"],
+        ["Transfer-Encoding: identity"],
+        ["Transfer-Encoding: xchunked"],
+        ["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
+        [f"Content-Length: +{N}"],
+        [f"Content-Length: {N[0]}_{N[1:]}"],
+        [f"Content-Length: \xa0{N}"],
+        [f"Content-Length: {N} {N}"],
+        [f"Content-Length: {N},{N}"],
+        [f"Content-Length: 0x{len(HELLO):x}"],
+        ["Content-Length: -1"],
+        ["X-Folded: one", "  two", f"Content-Length: {N}"],  # obs-fold
+        ["X-Bare: a\rb", f"Content-Length: {N}"],  # bare CR in a value
+        ["X\rBare: b", f"Content-Length: {N}"],  # bare CR in a name
+        ["X-Nul: a\x00b", f"Content-Length: {N}"],
+        ["X Space: b", f"Content-Length: {N}"],
+        ["X-Space : b", f"Content-Length: {N}"],
+        ["Host: 127.0.0.1", f"Content-Length: {N}"],  # a second Host
+        ["Authorization: Bearer a", "Authorization: Bearer b", f"Content-Length: {N}"],
+        ["X-Api-Key: a", "x-api-key: b", f"Content-Length: {N}"],
+    ],
+)
 def test_ambiguous_heads_are_400_and_close(server, lines):
     assert_refused(exchange(server, post(lines, HELLO)))
 
@@ -140,12 +167,13 @@ def test_a_request_target_with_control_characters_is_400(server):
 def test_header_bytes_are_capped_in_total_with_431(server):
     """Was: 100 lines of 64 KiB each (6.4 MiB per connection) were read and kept."""
     lines = [f"X-Pad-{i}: {'p' * 4000}" for i in range(20)]  # 80 KB in 20 lines
-    data = exchange(server, ("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "\r\n".join(lines)
-                             + "\r\n\r\n").encode())
+    data = exchange(server, ("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode())
     assert_refused(data, 431)
     fine = [f"X-Pad-{i}: {'p' * 4000}" for i in range(10)]
-    data = exchange(server, ("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                             + "\r\n".join(fine) + "\r\n\r\n").encode())
+    data = exchange(
+        server,
+        ("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + "\r\n".join(fine) + "\r\n\r\n").encode(),
+    )
     assert statuses(data) == [200]
 
 
@@ -170,11 +198,15 @@ def test_any_method_reaches_the_routes_which_refuse_it_never_501(server):
 
 # -- early answers and keep-alive ------------------------------------------------------------
 
-@pytest.mark.parametrize("request_head", [
-    b"GET /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n",   # 405
-    b"POST /no/such/route HTTP/1.1\r\nHost: 127.0.0.1\r\n",        # 404
-    b"PUT /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n",               # 405
-])
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # 405
+        b"POST /no/such/route HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # 404
+        b"PUT /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # 405
+    ],
+)
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_an_early_answer_never_leaves_the_body_on_the_connection(server, request_head, framing):
     """The body holds a second request: it must never be answered as one."""
@@ -210,12 +242,15 @@ def test_a_good_request_keeps_the_connection(server):
 
 # -- HEAD ------------------------------------------------------------------------------------
 
+
 def test_answers_to_head_carry_no_body(server):
     """Was: HEAD /healthz wrote its JSON, which a keep-alive client read as the next response."""
     with connect(server) as sock:
-        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-                     b"HEAD /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-                     b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"HEAD /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
         data = read_until_close(sock)
     parts = data.split(b"\r\n\r\n")
     assert statuses(data) == [200, 405, 200], data

@@ -6,7 +6,8 @@ import http.client
 import io
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stockyard.httphead import MAX_HEADERS, MAX_REQUEST_HEAD, HeadError, body_framing, read_head
 
@@ -22,13 +23,16 @@ def test_folded_lines_are_joined():
     assert read_head(io.BytesIO(b"X: one\r\n two\r\n\r\n")).get("x") == "one two"
 
 
-@pytest.mark.parametrize("raw, status", [
-    (b"no colon here\r\n\r\n", 400),
-    (b" starts folded\r\n\r\n", 400),
-    (b"Bad Name : x\r\n\r\n", 400),
-    (b"X: " + b"y" * 70000 + b"\r\n\r\n", 431),
-    (b"".join(b"H%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n", 431),
-])
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"no colon here\r\n\r\n", 400),
+        (b" starts folded\r\n\r\n", 400),
+        (b"Bad Name : x\r\n\r\n", 400),
+        (b"X: " + b"y" * 70000 + b"\r\n\r\n", 431),
+        (b"".join(b"H%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n", 431),
+    ],
+)
 def test_bad_heads_are_refused_with_a_status(raw, status):
     with pytest.raises(HeadError) as err:
         read_head(io.BytesIO(raw))
@@ -51,16 +55,20 @@ def test_agrees_with_the_standard_library(fields):
 
 # -- strict reading (requests) and dropping (provider answers) -----------------------------------
 
-@pytest.mark.parametrize("raw, status", [
-    (b"X: one\r\n two\r\n\r\n", 400),             # obs-fold
-    (b"X: a\rb\r\n\r\n", 400),                     # bare CR in a value
-    (b"X\rY: b\r\n\r\n", 400),                     # bare CR in a name
-    (b"X: a\x00b\r\n\r\n", 400),
-    (b"X Y: b\r\n\r\n", 400),
-    (b"X: a\r\r\n\r\n", 400),
-    (b"X: cut off", 400),                          # the stream ended inside the head
-    (b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(17)) + b"\r\n", 431),
-])
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"X: one\r\n two\r\n\r\n", 400),  # obs-fold
+        (b"X: a\rb\r\n\r\n", 400),  # bare CR in a value
+        (b"X\rY: b\r\n\r\n", 400),  # bare CR in a name
+        (b"X: a\x00b\r\n\r\n", 400),
+        (b"X Y: b\r\n\r\n", 400),
+        (b"X: a\r\r\n\r\n", 400),
+        (b"X: cut off", 400),  # the stream ended inside the head
+        (b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(17)) + b"\r\n", 431),
+    ],
+)
 def test_strict_reading_refuses_what_others_could_read_differently(raw, status):
     with pytest.raises(HeadError) as err:
         read_head(io.BytesIO(raw), strict=True, max_bytes=MAX_REQUEST_HEAD)
@@ -86,21 +94,24 @@ def test_body_framing_reads_length_chunked_and_none():
     assert framing(b"Host: h\r\nTransfer-Encoding: Chunked\r\n\r\n") is None
     assert framing(b"Host: h\r\n\r\n") == 0
     assert framing(b"\r\n", "HTTP/1.0") == 0
-    assert framing(b"Host: h\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n") == 10 ** 18
+    assert framing(b"Host: h\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n") == 10**18
 
 
-@pytest.mark.parametrize("raw, version", [
-    (b"Host: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "HTTP/1.1"),
-    (b"Host: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.1"),
-    (b"Host: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "HTTP/1.1"),
-    (b"Host: h\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
-    (b"Host: h\r\nContent-Length: +5\r\n\r\n", "HTTP/1.1"),
-    (b"Host: h\r\nContent-Length: 5_0\r\n\r\n", "HTTP/1.1"),
-    (b"Host: h\r\nContent-Length: \xb2\r\n\r\n", "HTTP/1.1"),  # a digit to str.isdigit, not to HTTP
-    (b"Host: h\r\nHost: i\r\n\r\n", "HTTP/1.1"),
-    (b"Host: h\r\nAuthorization: a\r\nauthorization: b\r\n\r\n", "HTTP/1.1"),
-    (b"Content-Length: 0\r\n\r\n", "HTTP/1.1"),
-])
+@pytest.mark.parametrize(
+    "raw, version",
+    [
+        (b"Host: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "HTTP/1.1"),
+        (b"Host: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.1"),
+        (b"Host: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "HTTP/1.1"),
+        (b"Host: h\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
+        (b"Host: h\r\nContent-Length: +5\r\n\r\n", "HTTP/1.1"),
+        (b"Host: h\r\nContent-Length: 5_0\r\n\r\n", "HTTP/1.1"),
+        (b"Host: h\r\nContent-Length: \xb2\r\n\r\n", "HTTP/1.1"),  # a digit to str.isdigit, not to HTTP
+        (b"Host: h\r\nHost: i\r\n\r\n", "HTTP/1.1"),
+        (b"Host: h\r\nAuthorization: a\r\nauthorization: b\r\n\r\n", "HTTP/1.1"),
+        (b"Content-Length: 0\r\n\r\n", "HTTP/1.1"),
+    ],
+)
 def test_body_framing_refuses_ambiguity(raw, version):
     with pytest.raises(HeadError) as err:
         framing(raw, version)

@@ -11,15 +11,18 @@ from stockyard.errors import ProxyError
 from stockyard.httpio import Request, Response, json_object, json_response
 
 
-@pytest.mark.parametrize("raw, code", [
-    (b"{", "invalid_json"),
-    (b"\xff", "invalid_json"),
-    (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),  # too deep: RecursionError, still a 400
-    (b"", "invalid_json"),
-    (b"[1]", "invalid_body"),
-    (b"null", "invalid_body"),
-    (b'"text"', "invalid_body"),
-])
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"{", "invalid_json"),
+        (b"\xff", "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),  # too deep: RecursionError, still a 400
+        (b"", "invalid_json"),
+        (b"[1]", "invalid_body"),
+        (b"null", "invalid_body"),
+        (b'"text"', "invalid_body"),
+    ],
+)
 def test_anything_but_a_json_object_is_a_400(raw, code):
     with pytest.raises(ProxyError) as err:
         json_object(raw)

@@ -13,10 +13,10 @@ import time
 import anthropic
 import openai
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
-from stockyard.keys import KeyRecord, KeyRing, hash_key, new_secret, presented_key
+
 from stockyard.errors import ProxyError
+from stockyard.keys import KeyRecord, KeyRing, hash_key, new_secret, presented_key
 from stockyard.store import db
 
 ADMIN = "admin-key-for-tests-0123456789"
@@ -26,8 +26,14 @@ MESSAGES = {"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role":
 
 
 def server_env(cache_home, mock) -> dict[str, str]:
-    return {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-            "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url, "STOCKYARD_ADMIN_KEY": ADMIN}
+    return {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": mock.url,
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +45,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def admin(server: ServerProcess, method: str, path: str, body=None, raw: bytes | None = None):
-    status, headers, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"},
-                                           raw=raw)
+    status, headers, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"}, raw=raw)
     return status, json.loads(data) if data else None
 
 
@@ -68,6 +73,7 @@ def chat(server: ServerProcess, key: str | None = None, body: dict = CHAT, heade
 
 
 # -- open mode and the switch ---------------------------------------------------------------
+
 
 def test_open_on_loopback_until_the_first_key_then_keys_required(server, mock):
     wait_for(lambda: "auth: OPEN" in server.log, timeout=5, what="the banner's auth line")
@@ -117,8 +123,9 @@ def test_bearer_and_x_api_key_are_one_path(server):
     assert wrong_bearer[0] == wrong_header[0] == 401
     assert wrong_bearer[2] == wrong_header[2]
     # both headers, different keys: refused rather than guessed
-    status, _, body = server.request("POST", "/v1/chat/completions", CHAT,
-                                     headers={"Authorization": f"Bearer {secret}", "x-api-key": "sk-sy-other"})
+    status, _, body = server.request(
+        "POST", "/v1/chat/completions", CHAT, headers={"Authorization": f"Bearer {secret}", "x-api-key": "sk-sy-other"}
+    )
     assert status == 401
 
 
@@ -173,29 +180,43 @@ def test_allow_list_names_the_provider_routing_picks(server):
         assert (status, body["error"]["code"]) == (403, "model_not_allowed"), model
 
 
-@pytest.mark.parametrize("entry, model, allowed", [
-    ("gpt-4o-mini", "gpt-4o-mini", True),
-    ("gpt-4o-mini", "openai/gpt-4o-mini", True),        # the provider routing picks anyway
-    ("gpt-4o-mini", "azure/gpt-4o-mini", False),
-    ("gpt-4o-mini", "anthropic/gpt-4o-mini", False),
-    ("azure/gpt-4o-mini", "azure/gpt-4o-mini", True),
-    ("azure/gpt-4o-mini", "gpt-4o-mini", False),         # routes to openai, not azure
-    ("azure/*", "azure/my-deployment", True),
-    ("azure/*", "openai/gpt-4o", False),
-    ("openai/gpt-4o-mini", "gpt-4o-mini", True),
-    ("gpt-*", "azure/gpt-4o", False),
-    ("o*", "ollama/llama3", False),                      # a bare prefix never reaches into provider names
-    ("*", "azure/anything", True),
-    ("fast", "fast", True),                              # an alias routes nowhere: matched as written
-    ("meta-llama/*", "meta-llama/Llama-3-8b", True),     # a slash in a model name is not a provider
-    ("meta-llama/*", "groq/meta-llama/Llama-3-8b", False),
-])
+@pytest.mark.parametrize(
+    "entry, model, allowed",
+    [
+        ("gpt-4o-mini", "gpt-4o-mini", True),
+        ("gpt-4o-mini", "openai/gpt-4o-mini", True),  # the provider routing picks anyway
+        ("gpt-4o-mini", "azure/gpt-4o-mini", False),
+        ("gpt-4o-mini", "anthropic/gpt-4o-mini", False),
+        ("azure/gpt-4o-mini", "azure/gpt-4o-mini", True),
+        ("azure/gpt-4o-mini", "gpt-4o-mini", False),  # routes to openai, not azure
+        ("azure/*", "azure/my-deployment", True),
+        ("azure/*", "openai/gpt-4o", False),
+        ("openai/gpt-4o-mini", "gpt-4o-mini", True),
+        ("gpt-*", "azure/gpt-4o", False),
+        ("o*", "ollama/llama3", False),  # a bare prefix never reaches into provider names
+        ("*", "azure/anything", True),
+        ("fast", "fast", True),  # an alias routes nowhere: matched as written
+        ("meta-llama/*", "meta-llama/Llama-3-8b", True),  # a slash in a model name is not a provider
+        ("meta-llama/*", "groq/meta-llama/Llama-3-8b", False),
+    ],
+)
 def test_allow_list_entries_against_a_real_registry(entry, model, allowed):
     from stockyard.providers import ENV_SPECS, Provider, Registry
+
     prefixes = {spec.name: spec.models for spec in ENV_SPECS}
-    registry = Registry([Provider(name, kind, "http://x", models=prefixes.get(name, ())) for name, kind in (
-        ("openai", "openai"), ("anthropic", "anthropic"), ("azure", "azure"), ("ollama", "openai-compatible"),
-        ("groq", "openai-compatible"), ("together", "openai-compatible"))])
+    registry = Registry(
+        [
+            Provider(name, kind, "http://x", models=prefixes.get(name, ()))
+            for name, kind in (
+                ("openai", "openai"),
+                ("anthropic", "anthropic"),
+                ("azure", "azure"),
+                ("ollama", "openai-compatible"),
+                ("groq", "openai-compatible"),
+                ("together", "openai-compatible"),
+            )
+        ]
+    )
     record = KeyRecord(id="key_1", name="k", prefix="sk-sy-abcdef", hash="0", models=(entry,))
     assert record.allows_model(model, registry.routes_to) is allowed
 
@@ -208,7 +229,8 @@ def test_official_sdks_send_the_key_their_own_way(server, mock):
     assert mock.last("/chat/completions").headers["authorization"] == f"Bearer {OPENAI_KEY}"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key=new_secret(), max_retries=0).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
 
     # the anthropic SDK sends x-api-key; upstream gets the provider's key, never the client's
     message = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0).messages.create(**MESSAGES)
@@ -221,6 +243,7 @@ def test_official_sdks_send_the_key_their_own_way(server, mock):
 
 
 # -- rate limits ------------------------------------------------------------------------------
+
 
 def test_rpm_limit_is_429_with_retry_after_and_never_reaches_the_provider(server, mock):
     secret, _ = make_key(server, rpm=2)
@@ -247,7 +270,7 @@ def test_tpm_counts_the_worst_case_then_the_real_usage(server):
         status, headers, _ = chat(server, secret, body)
         assert status == 200
         server.trace(headers["x-stockyard-trace-id"])  # traced after the correction to the real usage
-    status, headers, reply = chat(server, secret, body)   # 17 + 17 + estimate > tpm
+    status, headers, reply = chat(server, secret, body)  # 17 + 17 + estimate > tpm
     assert status == 429 and int(headers["retry-after"]) >= 1
     status, headers, reply = chat(server, secret, {**CHAT, "max_tokens": tpm})
     assert status == 429 and "lower max_tokens" in reply["error"]["message"]
@@ -256,11 +279,19 @@ def test_tpm_counts_the_worst_case_then_the_real_usage(server):
 
 # -- bookkeeping --------------------------------------------------------------------------------
 
+
 def test_last_used_is_written_in_batches(server):
     secret, described = make_key(server)
     assert chat(server, secret)[0] == 200
-    row = wait_for(lambda: [r for r in json_lines(server.cli("keys", "list", "--json").stdout)
-                            if r["id"] == described["id"] and r["last_used_at"]], timeout=6, what="last_used_at")
+    row = wait_for(
+        lambda: [
+            r
+            for r in json_lines(server.cli("keys", "list", "--json").stdout)
+            if r["id"] == described["id"] and r["last_used_at"]
+        ],
+        timeout=6,
+        what="last_used_at",
+    )
     assert row[0]["last_used_at"].startswith(dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
 
 
@@ -273,8 +304,9 @@ def test_no_key_is_stored_logged_or_audited(server):
     assert secret not in server.log
     row = server.db_rows("SELECT prefix, hash FROM client_keys WHERE id = ?", (described["id"],))[0]
     assert row == {"prefix": secret[:12], "hash": hash_key(secret)}
-    entry = server.db_rows("SELECT details FROM audit_log WHERE action = 'keys.create' AND target = ?",
-                           (f"key:{described['id']}",))[0]
+    entry = server.db_rows(
+        "SELECT details FROM audit_log WHERE action = 'keys.create' AND target = ?", (f"key:{described['id']}",)
+    )[0]
     assert json.loads(entry["details"])["prefix"] == secret[:12]
     status, listing = admin(server, "GET", "/api/keys")
     assert status == 200
@@ -283,9 +315,11 @@ def test_no_key_is_stored_logged_or_audited(server):
 
 # -- the admin API and the CLI ------------------------------------------------------------------
 
+
 def test_api_key_lifecycle(server):
-    secret, described = make_key(server, name="api-life", project="p1", budget_usd="2.50",
-                                 budget_period="month", rpm=100)
+    secret, described = make_key(
+        server, name="api-life", project="p1", budget_usd="2.50", budget_period="month", rpm=100
+    )
     assert described["budget_uc"] == 250_000_000 and described["budget"] == "$2.50"
     status, headers, _ = chat(server, secret)
     assert status == 200
@@ -293,8 +327,12 @@ def test_api_key_lifecycle(server):
     status, got = admin(server, "GET", "/api/keys/api-life")
     assert status == 200 and got["id"] == described["id"] and got["spend_uc"] > 0
     # JSON numbers are read as their decimal text: 1.10 is exactly 110_000_000 µ¢
-    status, updated = admin(server, "PATCH", f"/api/keys/{described['id']}",
-                            raw=b'{"budget_usd": 1.10, "rpm": null, "models": ["gpt-4o-mini"]}')
+    status, updated = admin(
+        server,
+        "PATCH",
+        f"/api/keys/{described['id']}",
+        raw=b'{"budget_usd": 1.10, "rpm": null, "models": ["gpt-4o-mini"]}',
+    )
     assert status == 200, updated
     assert (updated["budget_uc"], updated["budget_period"], updated["rpm"]) == (110_000_000, "month", None)
     assert chat(server, secret, {**CHAT, "model": "gpt-4o"})[0] == 403
@@ -302,26 +340,33 @@ def test_api_key_lifecycle(server):
     assert status == 200 and revoked["status"] == "revoked"
     assert chat(server, secret)[0] == 401
     assert admin(server, "POST", "/api/keys/api-life/revoke")[0] == 409
-    actions = [r["action"] for r in server.db_rows(
-        "SELECT action FROM audit_log WHERE target = ? ORDER BY seq", (f"key:{described['id']}",))]
+    actions = [
+        r["action"]
+        for r in server.db_rows(
+            "SELECT action FROM audit_log WHERE target = ? ORDER BY seq", (f"key:{described['id']}",)
+        )
+    ]
     assert actions == ["keys.create", "keys.update", "keys.revoke"]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"name": "b1", "budget_usd": "-5", "budget_period": "month"}, "budget_usd"),
-    ({"name": "b1", "budget_usd": "5", "budget_period": "week"}, "budget_period"),
-    ({"name": "b1", "budget_usd": "5"}, "budget_period"),
-    ({"name": "b1", "budget_usd": "0.123456789", "budget_period": "day"}, "budget_usd"),
-    ({"name": "b1", "expires": "2026-02-30"}, "expires"),
-    ({"name": "b1", "expires": "2001-01-01"}, "expires"),
-    ({"name": "b1", "rpm": 0}, "rpm"),
-    ({"name": "b1", "tpm": "lots"}, "tpm"),
-    ({"name": "has space"}, "name"),
-    ({"name": "key_looks_like_an_id"}, "name"),
-    ({"name": "b1", "project": "sk-looks-like-a-key-0123"}, "project"),
-    ({"name": "b1", "models": "a b"}, "models"),
-    ({}, "name"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"name": "b1", "budget_usd": "-5", "budget_period": "month"}, "budget_usd"),
+        ({"name": "b1", "budget_usd": "5", "budget_period": "week"}, "budget_period"),
+        ({"name": "b1", "budget_usd": "5"}, "budget_period"),
+        ({"name": "b1", "budget_usd": "0.123456789", "budget_period": "day"}, "budget_usd"),
+        ({"name": "b1", "expires": "2026-02-30"}, "expires"),
+        ({"name": "b1", "expires": "2001-01-01"}, "expires"),
+        ({"name": "b1", "rpm": 0}, "rpm"),
+        ({"name": "b1", "tpm": "lots"}, "tpm"),
+        ({"name": "has space"}, "name"),
+        ({"name": "key_looks_like_an_id"}, "name"),
+        ({"name": "b1", "project": "sk-looks-like-a-key-0123"}, "project"),
+        ({"name": "b1", "models": "a b"}, "models"),
+        ({}, "name"),
+    ],
+)
 def test_api_refuses_bad_key_settings_with_400(server, body, field):
     status, reply = admin(server, "POST", "/api/keys", body)
     assert status == 400, reply
@@ -338,13 +383,16 @@ def test_api_errors_for_unknown_duplicate_and_malformed(server):
     assert admin(server, "PATCH", "/api/keys/dup", {})[0] == 400
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--budget-usd", "-1", "--budget-period", "month"], "negative"),
-    (["--budget-usd", "abc", "--budget-period", "month"], "not a decimal"),
-    (["--budget-usd", "5", "--budget-period", "fortnight"], "day, month, total"),
-    (["--expires", "tomorrow"], "ISO date"),
-    (["--rpm", "-3"], "above 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget-usd", "-1", "--budget-period", "month"], "negative"),
+        (["--budget-usd", "abc", "--budget-period", "month"], "not a decimal"),
+        (["--budget-usd", "5", "--budget-period", "fortnight"], "day, month, total"),
+        (["--expires", "tomorrow"], "ISO date"),
+        (["--rpm", "-3"], "above 0"),
+    ],
+)
 def test_cli_refuses_bad_key_settings_with_exit_1(server, args, message):
     result = server.cli("keys", "create", "--name", "cli-bad", *args)
     assert result.returncode == 1
@@ -353,8 +401,21 @@ def test_cli_refuses_bad_key_settings_with_exit_1(server, args, message):
 
 
 def test_cli_list_update_and_json(server):
-    made = server.cli("keys", "create", "--name", "cli-ok", "--project", "ops", "--budget-usd", "3",
-                      "--budget-period", "day", "--rpm", "9", "--json")
+    made = server.cli(
+        "keys",
+        "create",
+        "--name",
+        "cli-ok",
+        "--project",
+        "ops",
+        "--budget-usd",
+        "3",
+        "--budget-period",
+        "day",
+        "--rpm",
+        "9",
+        "--json",
+    )
     assert made.returncode == 0, made.stderr
     created = json.loads(made.stdout)
     assert created["key"].startswith("sk-sy-") and created["budget_uc"] == 300_000_000
@@ -367,12 +428,19 @@ def test_cli_list_update_and_json(server):
 
 
 def test_beyond_loopback_keys_are_required_even_with_none(pyz_path, cache_home, mock, tmp_path):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN}  # serve refuses to listen beyond loopback without it
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }  # serve refuses to listen beyond loopback without it
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--host", "0.0.0.0"]).start()
     try:
-        wait_for(lambda: "client keys required (listening beyond loopback)" in srv.log, timeout=5,
-                 what="the banner's auth line")
+        wait_for(
+            lambda: "client keys required (listening beyond loopback)" in srv.log,
+            timeout=5,
+            what="the banner's auth line",
+        )
         assert chat(srv)[0] == 401
     finally:
         srv.stop()
@@ -393,6 +461,7 @@ def test_a_key_made_before_the_first_start_means_the_proxy_is_never_open(pyz_pat
 
 
 # -- units ------------------------------------------------------------------------------------
+
 
 def test_key_ring_finds_by_hash_and_presented_key_reads_both_headers():
     secret = new_secret()

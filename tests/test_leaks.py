@@ -17,7 +17,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import Reply
 
@@ -30,8 +29,7 @@ def leak_key(label: str) -> str:
     return f"sk-leaktest-{label}-{secrets.token_hex(10)}"
 
 
-KEYS = {label: leak_key(label) for label in
-        ("env", "cli", "cli-new", "api", "api-new", "refused", "duplicate")}
+KEYS = {label: leak_key(label) for label in ("env", "cli", "cli-new", "api", "api-new", "refused", "duplicate")}
 KEYS["bad"] = "sk-leaktest-bad " + secrets.token_hex(8)  # invalid (a space): refused, never stored
 
 
@@ -50,8 +48,11 @@ class Session:
         return status, raw
 
     def chat(self, model: str, stream: bool = False) -> tuple[int, bytes]:
-        return self.request("POST", "/v1/chat/completions", {
-            "model": model, "stream": stream, "messages": [{"role": "user", "content": "hello"}]})
+        return self.request(
+            "POST",
+            "/v1/chat/completions",
+            {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello"}]},
+        )
 
     def cli(self, *args: str, input: str | None = None, env: dict | None = None):
         result = self.server.cli(*args, input=input, env=env)
@@ -61,8 +62,13 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session(pyz_path, cache_home, mock, tmp_path_factory) -> Session:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": KEYS["env"], "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN_KEY, "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": KEYS["env"],
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+    }
     server = ServerProcess(pyz_path, tmp_path_factory.mktemp("leaks") / "stockyard.db", env).start()
     s = Session(server)
     try:
@@ -80,12 +86,32 @@ def used(mock, key: str) -> bool:
 def run_session(s: Session, mock) -> None:
     base = mock.url + "/v1"
     # Providers and keys, through both doors.
-    r = s.cli("providers", "add", "leakcli", "--kind", "openai-compatible", "--base-url", base,
-              "--models", "leakcli-", "--key-stdin", input=KEYS["cli"])
+    r = s.cli(
+        "providers",
+        "add",
+        "leakcli",
+        "--kind",
+        "openai-compatible",
+        "--base-url",
+        base,
+        "--models",
+        "leakcli-",
+        "--key-stdin",
+        input=KEYS["cli"],
+    )
     assert r.returncode == 0, r.stderr
-    status, raw = s.request("POST", "/api/providers", {"name": "leakapi", "kind": "openai-compatible",
-                                                       "base_url": base, "models": ["leakapi-"],
-                                                       "api_key": KEYS["api"]}, AUTH)
+    status, raw = s.request(
+        "POST",
+        "/api/providers",
+        {
+            "name": "leakapi",
+            "kind": "openai-compatible",
+            "base_url": base,
+            "models": ["leakapi-"],
+            "api_key": KEYS["api"],
+        },
+        AUTH,
+    )
     assert status == 201, raw
     wait_for(lambda: s.chat("leakcli-m")[0] == 200 and used(mock, KEYS["cli"]), timeout=5, what="reload")
     r = s.cli("providers", "set-key", "leakcli", "--key-stdin", input=KEYS["cli-new"])
@@ -95,12 +121,25 @@ def run_session(s: Session, mock) -> None:
     wait_for(lambda: s.chat("leakcli-m")[0] == 200 and used(mock, KEYS["cli-new"]), timeout=5, what="new key")
 
     # Refused input that carries keys: never stored, never echoed.
-    assert s.request("POST", "/api/providers", {"name": "bad", "kind": "openai", "api_key": KEYS["bad"]},
-                     AUTH)[0] == 400
-    assert s.request("POST", "/api/providers", {"name": "leakapi", "kind": "openai",
-                                                "api_key": KEYS["duplicate"]}, AUTH)[0] == 409
-    r = s.cli("providers", "add", "nosecret", "--kind", "openai", "--key-stdin", input=KEYS["refused"],
-              env={"STOCKYARD_ENCRYPTION_KEY": ""})
+    assert (
+        s.request("POST", "/api/providers", {"name": "bad", "kind": "openai", "api_key": KEYS["bad"]}, AUTH)[0] == 400
+    )
+    assert (
+        s.request("POST", "/api/providers", {"name": "leakapi", "kind": "openai", "api_key": KEYS["duplicate"]}, AUTH)[
+            0
+        ]
+        == 409
+    )
+    r = s.cli(
+        "providers",
+        "add",
+        "nosecret",
+        "--kind",
+        "openai",
+        "--key-stdin",
+        input=KEYS["refused"],
+        env={"STOCKYARD_ENCRYPTION_KEY": ""},
+    )
     assert r.returncode == 1
 
     # Traffic: plain, streamed, embeddings, each provider.
@@ -114,16 +153,44 @@ def run_session(s: Session, mock) -> None:
 
     # The upstream echoes the key back: in an error body, a header, a stream error event.
     echoes = [
-        ("leakcli-m", False, Reply(status=401, json={"error": {
-            "message": f"Incorrect API key provided: {KEYS['cli-new']}. You can find your API key at "
-                       f"https://platform.example/account/api-keys?key={KEYS['cli-new']}",
-            "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})),
-        ("leakapi-m", True, Reply(status=401, json={"error": {
-            "message": f"Incorrect API key provided: {KEYS['api-new']}", "type": "invalid_request_error",
-            "code": "invalid_api_key"}})),
+        (
+            "leakcli-m",
+            False,
+            Reply(
+                status=401,
+                json={
+                    "error": {
+                        "message": f"Incorrect API key provided: {KEYS['cli-new']}. You can find your API key at "
+                        f"https://platform.example/account/api-keys?key={KEYS['cli-new']}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+            ),
+        ),
+        (
+            "leakapi-m",
+            True,
+            Reply(
+                status=401,
+                json={
+                    "error": {
+                        "message": f"Incorrect API key provided: {KEYS['api-new']}",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            ),
+        ),
         ("gpt-4o-mini", False, Reply(status=403, body=f"forbidden for {KEYS['env']}".encode())),
-        ("leakapi-m", False, Reply(status=429, json={"error": {"message": "slow down"}},
-                                   headers={"x-request-id": f"req-{KEYS['api-new']}"})),
+        (
+            "leakapi-m",
+            False,
+            Reply(
+                status=429, json={"error": {"message": "slow down"}}, headers={"x-request-id": f"req-{KEYS['api-new']}"}
+            ),
+        ),
         ("leakcli-m", True, Reply(sse=[json.dumps({"error": {"message": f"bad key {KEYS['cli-new']}"}})])),
     ]
     for model, stream, reply in echoes:
@@ -135,8 +202,7 @@ def run_session(s: Session, mock) -> None:
     # Everything an operator reads back.
     for path in ("/api/providers", "/api/status", "/api/openapi.json", "/v1/models"):
         assert s.request("GET", path, headers=AUTH)[0] == 200
-    for args in (("providers", "list"), ("providers", "list", "--json"), ("traces", "--json"),
-                 ("traces",)):
+    for args in (("providers", "list"), ("providers", "list", "--json"), ("traces", "--json"), ("traces",)):
         assert s.cli(*args).returncode == 0
 
 

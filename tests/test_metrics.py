@@ -8,8 +8,8 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import wait_for
+
 from stockyard import metrics
 from stockyard.context import RequestContext
 from stockyard.pricing import Usage
@@ -46,15 +46,26 @@ def scraped(openai_server, mock):
     srv = openai_server
     for _ in range(3):
         assert srv.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})[0] == 200
-    assert srv.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO, "stream": True,
-                                                        "stream_options": {"include_usage": True}})[0] == 200
+    assert (
+        srv.request(
+            "POST",
+            "/v1/chat/completions",
+            {"model": "gpt-4o-mini", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}},
+        )[0]
+        == 200
+    )
     assert srv.request("POST", "/v1/chat/completions", {"model": "mock-error-429", "messages": HELLO})[0] == 429
     assert srv.request("POST", "/v1/chat/completions", raw=b"{broken")[0] == 400
     assert srv.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"})[0] == 200
     wait_for(lambda: srv.db_rows("SELECT count(*) AS n FROM traces")[0]["n"] == 7, 10, "traces")
     # a request is counted just after its trace is queued: the writer may commit the trace first
-    wait_for(lambda: sum(parse(srv.request("GET", "/metrics")[2].decode()).get("stockyard_requests_total", {})
-                         .values()) == 7, 10, "the metrics to count all seven requests")
+    wait_for(
+        lambda: (
+            sum(parse(srv.request("GET", "/metrics")[2].decode()).get("stockyard_requests_total", {}).values()) == 7
+        ),
+        10,
+        "the metrics to count all seven requests",
+    )
     status, headers, body = srv.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     return parse(body.decode()), srv.db_rows("SELECT * FROM traces")
@@ -83,9 +94,12 @@ def test_latency_and_ttfb_histograms_are_consistent(scraped):
     for family in ("stockyard_request_duration_seconds", "stockyard_time_to_first_byte_seconds"):
         counts = samples[f"{family}_count"]
         for labels, count in counts.items():
-            buckets = sorted(((float("inf") if v == "+Inf" else float(v)), n)
-                             for k, n in samples[f"{family}_bucket"].items() if k[:-1] == labels
-                             for (name, v) in [k[-1]])
+            buckets = sorted(
+                ((float("inf") if v == "+Inf" else float(v)), n)
+                for k, n in samples[f"{family}_bucket"].items()
+                if k[:-1] == labels
+                for (name, v) in [k[-1]]
+            )
             values = [n for _, n in buckets]
             assert values == sorted(values), "cumulative buckets never decrease"
             assert values[-1] == count and samples[f"{family}_sum"][labels] > 0
@@ -97,9 +111,17 @@ def test_latency_and_ttfb_histograms_are_consistent(scraped):
 
 def test_store_gauges_are_reported(scraped):
     samples, _ = scraped
-    for name in ("writer_queue_depth", "writer_queue_capacity", "records_written_total", "records_dropped_total",
-                 "writer_failed_batches_total", "database_writable", "database_size_bytes",
-                 "database_wal_size_bytes", "start_time_seconds"):
+    for name in (
+        "writer_queue_depth",
+        "writer_queue_capacity",
+        "records_written_total",
+        "records_dropped_total",
+        "writer_failed_batches_total",
+        "database_writable",
+        "database_size_bytes",
+        "database_wal_size_bytes",
+        "start_time_seconds",
+    ):
         assert (f"stockyard_{name}") in samples, name
     assert samples["stockyard_database_writable"][()] == 1
     assert samples["stockyard_records_dropped_total"][()] == 0

@@ -25,14 +25,18 @@ def mock() -> Iterator[MockUpstream]:
         yield server
 
 
-def call(mock: MockUpstream, method: str, path: str, body: Any = None,
-         headers: dict[str, str] | None = None,
-         conn: http.client.HTTPConnection | None = None) -> tuple[http.client.HTTPResponse, bytes, bool]:
+def call(
+    mock: MockUpstream,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[http.client.HTTPResponse, bytes, bool]:
     """Send one request; return the response, its body and whether the body was complete."""
     conn = conn or http.client.HTTPConnection("127.0.0.1", mock.port, timeout=10)
     data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
-    conn.request(method, path, body=data,
-                 headers={"Content-Type": "application/json", **(headers or {})})
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
     resp = conn.getresponse()
     try:
         return resp, resp.read(), True
@@ -42,20 +46,24 @@ def call(mock: MockUpstream, method: str, path: str, body: Any = None,
 
 def sse_data(raw: bytes) -> list[str]:
     """The `data:` payloads of an SSE body, in order."""
-    return [line[len("data: "):] for line in raw.decode().split("\n") if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in raw.decode().split("\n") if line.startswith("data: ")]
 
 
 def sse_events(raw: bytes) -> list[str]:
-    return [line[len("event: "):] for line in raw.decode().split("\n") if line.startswith("event: ")]
+    return [line[len("event: ") :] for line in raw.decode().split("\n") if line.startswith("event: ")]
 
 
 # --------------------------------------------------------------------------- OpenAI
 
 
 def test_chat_json_reply_and_recording(mock: MockUpstream) -> None:
-    resp, raw, complete = call(mock, "POST", "/v1/chat/completions?x=1",
-                               {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-                               {"Authorization": "Bearer sk-up", "X-Custom": "yes"})
+    resp, raw, complete = call(
+        mock,
+        "POST",
+        "/v1/chat/completions?x=1",
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        {"Authorization": "Bearer sk-up", "X-Custom": "yes"},
+    )
     body = json.loads(raw)
     assert resp.status == 200 and complete
     assert resp.getheader("content-length") == str(len(raw))
@@ -63,9 +71,13 @@ def test_chat_json_reply_and_recording(mock: MockUpstream) -> None:
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-mock")
     assert body["model"] == "gpt-4o-mini"
     assert body["choices"][0]["message"]["content"] == "Hello from mock"
-    assert body["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17,
-                             "prompt_tokens_details": {"cached_tokens": 0},
-                             "completion_tokens_details": {"reasoning_tokens": 0}}
+    assert body["usage"] == {
+        "prompt_tokens": 12,
+        "completion_tokens": 5,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
     rec = mock.last("/chat/completions")
     assert rec.method == "POST" and rec.path == "/v1/chat/completions" and rec.query == {"x": "1"}
     assert rec.headers["authorization"] == "Bearer sk-up" and rec.headers["x-custom"] == "yes"
@@ -73,8 +85,7 @@ def test_chat_json_reply_and_recording(mock: MockUpstream) -> None:
 
 
 def test_stream_ends_with_done_and_usage_only_when_asked(mock: MockUpstream) -> None:
-    resp, raw, complete = call(mock, "POST", "/v1/chat/completions",
-                               {"model": "m", "stream": True})
+    resp, raw, complete = call(mock, "POST", "/v1/chat/completions", {"model": "m", "stream": True})
     assert complete and resp.getheader("transfer-encoding") == "chunked"
     assert resp.getheader("content-type").startswith("text/event-stream")
     payloads = sse_data(raw)
@@ -84,9 +95,12 @@ def test_stream_ends_with_done_and_usage_only_when_asked(mock: MockUpstream) -> 
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello from mock"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
-    _, raw, _ = call(mock, "POST", "/v1/chat/completions",
-                     {"model": "m-cached-reasoning", "stream": True,
-                      "stream_options": {"include_usage": True}})
+    _, raw, _ = call(
+        mock,
+        "POST",
+        "/v1/chat/completions",
+        {"model": "m-cached-reasoning", "stream": True, "stream_options": {"include_usage": True}},
+    )
     payloads = sse_data(raw)
     usage_chunk = json.loads(payloads[-2])
     assert payloads[-1] == "[DONE]" and usage_chunk["choices"] == []
@@ -95,8 +109,12 @@ def test_stream_ends_with_done_and_usage_only_when_asked(mock: MockUpstream) -> 
 
 
 def test_no_usage_model_and_magic_errors(mock: MockUpstream) -> None:
-    _, raw, _ = call(mock, "POST", "/v1/chat/completions",
-                     {"model": "mock-no-usage", "stream": True, "stream_options": {"include_usage": True}})
+    _, raw, _ = call(
+        mock,
+        "POST",
+        "/v1/chat/completions",
+        {"model": "mock-no-usage", "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert all("usage" not in json.loads(p) for p in sse_data(raw)[:-1])
     _, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "mock-no-usage"})
     assert "usage" not in json.loads(raw)
@@ -144,9 +162,11 @@ def test_completions_embeddings_models(mock: MockUpstream) -> None:
 
 
 def test_enqueue_is_fifo_then_defaults(mock: MockUpstream) -> None:
-    mock.enqueue(Reply(status=429, headers={"retry-after": "2"}),
-                 Reply(json={"custom": 1}, headers={"x-extra": "y"}),
-                 Reply(status=502, body=b"<html>bad gateway</html>", headers={"content-type": "text/html"}))
+    mock.enqueue(
+        Reply(status=429, headers={"retry-after": "2"}),
+        Reply(json={"custom": 1}, headers={"x-extra": "y"}),
+        Reply(status=502, body=b"<html>bad gateway</html>", headers={"content-type": "text/html"}),
+    )
     resp, raw, _ = call(mock, "POST", "/v1/messages", {"model": "claude-x"})
     assert resp.status == 429 and resp.getheader("retry-after") == "2"
     assert json.loads(raw)["error"]["type"] == "rate_limit_error"  # Anthropic dialect
@@ -244,8 +264,16 @@ def test_anthropic_message_and_stream_order(mock: MockUpstream) -> None:
 
     _, raw, complete = call(mock, "POST", "/v1/messages", {"model": "claude-x", "stream": True})
     assert complete and sse_events(raw) == [
-        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta",
-        "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     delta = json.loads(sse_data(raw)[-2])
     assert delta["usage"]["output_tokens"] == 5 and delta["delta"]["stop_reason"] == "end_turn"
 
@@ -256,7 +284,9 @@ def test_anthropic_message_and_stream_order(mock: MockUpstream) -> None:
     assert json.loads(raw) == {"input_tokens": 12}
     resp, raw, _ = call(mock, "POST", "/v1/messages", {"model": "claude-error-529"})
     assert resp.status == 529 and json.loads(raw) == {
-        "type": "error", "error": {"type": "overloaded_error", "message": "overloaded_error (mock)"}}
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "overloaded_error (mock)"},
+    }
 
 
 def test_gemini_json_sse_and_errors(mock: MockUpstream) -> None:
@@ -286,8 +316,7 @@ def test_azure_needs_api_version(mock: MockUpstream) -> None:
     path = "/openai/deployments/my-dep/chat/completions"
     resp, _, _ = call(mock, "POST", path, {"messages": []})
     assert resp.status == 404
-    resp, raw, _ = call(mock, "POST", path + "?api-version=2024-10-21", {"messages": []},
-                        {"api-key": "azure-secret"})
+    resp, raw, _ = call(mock, "POST", path + "?api-version=2024-10-21", {"messages": []}, {"api-key": "azure-secret"})
     assert resp.status == 200 and json.loads(raw)["model"] == "my-dep"
     assert mock.last("deployments").headers["api-key"] == "azure-secret"
     resp, raw, _ = call(mock, "POST", "/openai/deployments/d/embeddings?api-version=1", {"input": "x"})
@@ -303,9 +332,12 @@ def test_openai_sdk_speaks_to_mock(mock: MockUpstream) -> None:
     done = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content == "Hello from mock" and done.usage.total_tokens == 17
 
-    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                            messages=[{"role": "user", "content": "hi"}],
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        stream=True,
+        messages=[{"role": "user", "content": "hi"}],
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock"
     assert chunks[-1].usage.completion_tokens == 5
@@ -321,21 +353,24 @@ def test_openai_sdk_speaks_to_mock(mock: MockUpstream) -> None:
 def test_anthropic_sdk_speaks_to_mock(mock: MockUpstream) -> None:
     anthropic = pytest.importorskip("anthropic")
     client = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)
-    msg = client.messages.create(model="claude-x", max_tokens=10,
-                                 messages=[{"role": "user", "content": "hi"}])
+    msg = client.messages.create(model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert msg.content[0].text == "Hello from mock" and msg.usage.output_tokens == 5
     sent = mock.last().headers
     assert sent.get("x-api-key") == "x" or sent.get("authorization") == "Bearer x"
 
-    with client.messages.stream(model="claude-x", max_tokens=10,
-                                messages=[{"role": "user", "content": "hi"}]) as stream:
+    with client.messages.stream(
+        model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         assert "".join(stream.text_stream) == "Hello from mock"
         final = stream.get_final_message()
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 5
 
-    with client.messages.stream(model="claude-x", max_tokens=10, tools=[
-            {"name": "get_weather", "input_schema": {"type": "object"}}],
-            messages=[{"role": "user", "content": "hi"}]) as stream:
+    with client.messages.stream(
+        model="claude-x",
+        max_tokens=10,
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:
         final = stream.get_final_message()
     assert final.content[0].input == {"city": "Paris"} and final.stop_reason == "tool_use"
     with pytest.raises(anthropic.APIStatusError) as failure:
@@ -348,8 +383,12 @@ def test_anthropic_sdk_speaks_to_mock(mock: MockUpstream) -> None:
 
 def test_runs_as_a_process() -> None:
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mock_upstream.py")
-    proc = subprocess.Popen([sys.executable, script, "--port", "0", "--delay-ms", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, script, "--port", "0", "--delay-ms", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline().strip()
         assert line.startswith("listening http://127.0.0.1:")

@@ -9,7 +9,6 @@ import socket
 import time
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import MockUpstream, Reply
 
@@ -56,11 +55,18 @@ def refused_url():
 def server(pyz_path, cache_home, tmp_path_factory, silent_upstream, refused_url):
     """OpenAI and Anthropic at a mock of their own, Gemini refusing, Mistral hanging."""
     with MockUpstream() as own:
-        env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": own.url + "/v1",
-               "ANTHROPIC_API_KEY": "sk-ant-models-0123456789", "ANTHROPIC_BASE_URL": own.url,
-               "GEMINI_API_KEY": "gemini-models-0123456789", "GEMINI_BASE_URL": refused_url,
-               "MISTRAL_API_KEY": "mistral-models-0123456789", "MISTRAL_BASE_URL": silent_upstream + "/v1",
-               "STOCKYARD_ADMIN_KEY": ADMIN}
+        env = {
+            **base_env(cache_home),
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "OPENAI_BASE_URL": own.url + "/v1",
+            "ANTHROPIC_API_KEY": "sk-ant-models-0123456789",
+            "ANTHROPIC_BASE_URL": own.url,
+            "GEMINI_API_KEY": "gemini-models-0123456789",
+            "GEMINI_BASE_URL": refused_url,
+            "MISTRAL_API_KEY": "mistral-models-0123456789",
+            "MISTRAL_BASE_URL": silent_upstream + "/v1",
+            "STOCKYARD_ADMIN_KEY": ADMIN,
+        }
         srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("models") / "stockyard.db", env).start()
         srv.mock = own
         yield srv
@@ -85,15 +91,21 @@ def test_first_listing_waits_briefly_then_answers_from_the_cache(server):
 
 
 def test_keys_required_means_the_listing_needs_a_key_and_shows_only_allowed_models(server):
-    status, body = server_admin(server, "POST", "/api/keys", {"name": "lister", "models": ["gpt-4o-mini", "anthropic/*"]})
+    status, body = server_admin(
+        server, "POST", "/api/keys", {"name": "lister", "models": ["gpt-4o-mini", "anthropic/*"]}
+    )
     assert status == 201, body
     secret = body["key"]
     status, body = listing(server)
     assert status == 401 and body["error"]["code"] == "missing_api_key"
     status, body = listing(server, "sk-sy-not-a-real-key")
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
-    assert ids(server, secret) == {"gpt-4o-mini", "anthropic/gpt-4o-mini", "anthropic/gpt-4o",
-                                   "anthropic/text-embedding-3-small"}
+    assert ids(server, secret) == {
+        "gpt-4o-mini",
+        "anthropic/gpt-4o-mini",
+        "anthropic/gpt-4o",
+        "anthropic/text-embedding-3-small",
+    }
     status, body = server_admin(server, "POST", "/api/keys", {"name": "everything"})
     assert len(ids(server, body["key"])) > 10
 
@@ -105,9 +117,14 @@ def server_admin(server: ServerProcess, method: str, path: str, body=None) -> tu
 
 def test_a_provider_that_starts_failing_keeps_its_last_good_list(pyz_path, cache_home, mock, tmp_path):
     with MockUpstream() as groq:
-        env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-               "GROQ_API_KEY": "gsk-models-0123456789", "GROQ_BASE_URL": groq.url + "/v1",
-               "STOCKYARD_MODELS_REFRESH": "1s"}
+        env = {
+            **base_env(cache_home),
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "OPENAI_BASE_URL": mock.url + "/v1",
+            "GROQ_API_KEY": "gsk-models-0123456789",
+            "GROQ_BASE_URL": groq.url + "/v1",
+            "STOCKYARD_MODELS_REFRESH": "1s",
+        }
         server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
         try:
             assert "groq/gpt-4o" in ids(server)

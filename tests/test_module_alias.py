@@ -10,19 +10,19 @@ import collections
 import json
 
 import pytest
-
 from conftest import wait_for
 from module_harness import inproc  # noqa: F401 (fixture)
-from module_helpers import (api, chat, fresh, providers_called, put_module, raw_stream,  # noqa: F401
-                            server_fixture, stream_text)
+from module_helpers import api, chat, fresh, providers_called, put_module, raw_stream, server_fixture, stream_text  # noqa: F401
 
 server = server_fixture("alias")
 
-ALIASES = {"aliases": {"fast": "groq/llama-3.3-70b", "default": "gpt-4o-mini"},
-           "splits": {"ab": [{"model": "gpt-4o-mini", "weight": 1},
-                             {"model": "groq/gpt-4o", "weight": 1}],
-                      "always-a": [{"model": "gpt-4o-mini", "weight": 5},
-                                   {"model": "gpt-4o", "weight": 0}]}}
+ALIASES = {
+    "aliases": {"fast": "groq/llama-3.3-70b", "default": "gpt-4o-mini"},
+    "splits": {
+        "ab": [{"model": "gpt-4o-mini", "weight": 1}, {"model": "groq/gpt-4o", "weight": 1}],
+        "always-a": [{"model": "gpt-4o-mini", "weight": 5}, {"model": "gpt-4o", "weight": 0}],
+    },
+}
 
 
 @pytest.fixture
@@ -37,6 +37,7 @@ def aliased(inproc):
 
 
 # -- through a server ------------------------------------------------------------------------------
+
 
 def test_alias_routes_to_its_provider_and_model(server, alias_on, mock):
     status, headers, _ = chat(server, model="fast")
@@ -58,13 +59,15 @@ def test_cli_changes_an_alias_at_run_time(server, alias_on, mock):
 
 
 def test_bad_split_is_rejected(server, alias_on):
-    status, body = api(server, "PATCH", "/api/modules/alias",
-                       {"config": {"splits": {"ab": [{"model": "a", "weight": 0}]}}})
+    status, body = api(
+        server, "PATCH", "/api/modules/alias", {"config": {"splits": {"ab": [{"model": "a", "weight": 0}]}}}
+    )
     assert status == 400 and body["error"]["param"] == "alias.splits"
     assert "at least one weight above 0" in body["error"]["message"]
 
 
 # -- in process ------------------------------------------------------------------------------------
+
 
 def test_alias_routes_in_process_too(aliased, mock):
     status, headers, _ = aliased.chat(model="fast")

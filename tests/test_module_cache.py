@@ -12,14 +12,11 @@ import time
 import uuid
 
 import pytest
-from openai import OpenAI
-
 from conftest import wait_for
-from module_harness import inproc  # noqa: F401 (fixture)
-from module_helpers import (MINI_COST_UC, api, chat, fresh, put_module, raw_stream, server_fixture,  # noqa: F401
-                            stream_text)
 from mock_upstream import Reply
-
+from module_harness import inproc  # noqa: F401 (fixture)
+from module_helpers import MINI_COST_UC, api, chat, fresh, put_module, raw_stream, server_fixture, stream_text  # noqa: F401
+from openai import OpenAI
 
 server = server_fixture("cache")
 
@@ -99,8 +96,9 @@ def test_stream_served_from_a_cached_plain_answer(server, mock):
     stored(server, before)
     calls = len(mock.requests)
     client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, stream=True,
-                                                           stream_options={"include_usage": True})
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
     assert raw.headers["x-stockyard-cache"] == "hit"
     chunks = list(raw.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from mock"
@@ -144,9 +142,9 @@ def test_oldest_entries_are_evicted_past_max_entries(h):
     questions = [question() for _ in range(3)]
     for q in questions:
         last = newest(h)
-        wait_for(lambda: int(time.time() * 1000) > last, what="a created_at after the newest entry's")
+        wait_for(lambda last=last: int(time.time() * 1000) > last, what="a created_at after the newest entry's")
         chat(h, messages=q)
-        wait_for(lambda: newest(h) > last, what="the entry (and its evictions) to be written")
+        wait_for(lambda last=last: newest(h) > last, what="the entry (and its evictions) to be written")
     assert entries(h) == 2
     assert chat(h, messages=questions[2])[1]["x-stockyard-cache"] == "hit"
     assert chat(h, messages=questions[0])[1]["x-stockyard-cache"] == "miss", "the oldest went first"
@@ -156,8 +154,10 @@ def test_max_bytes_bounds_the_cache(h):
     h.configure("cache", {"max_bytes": 1024})
     for _ in range(4):
         chat(h, messages=question())
-    wait_for(lambda: h.db_rows("SELECT coalesce(sum(size), 0) AS b FROM cache_entries")[0]["b"] <= 1024
-             and entries(h) >= 1, what="eviction down to max_bytes")
+    wait_for(
+        lambda: h.db_rows("SELECT coalesce(sum(size), 0) AS b FROM cache_entries")[0]["b"] <= 1024 and entries(h) >= 1,
+        what="eviction down to max_bytes",
+    )
 
 
 def test_errors_and_broken_streams_are_not_cached(h, mock):
@@ -165,8 +165,10 @@ def test_errors_and_broken_streams_are_not_cached(h, mock):
         status, headers, _ = chat(h, model="openai/mock-error-500")
         assert status == 500 and headers["x-stockyard-cache"] == "miss"
     body = {"model": "gpt-4o-mini", "messages": question()}
-    events = ['{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
-              '"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}'] * 3
+    events = [
+        '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+        '"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}'
+    ] * 3
     mock.enqueue(Reply(sse=events, cut_after=2))
     status, headers, data = raw_stream(h, body)
     assert status == 200 and b'"error"' in data
@@ -180,8 +182,7 @@ def test_embeddings_are_cached(h, mock):
     status, _, first = h.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
     assert status == 200
     stored(h, before)
-    status, headers, second = h.request("POST", "/v1/embeddings",
-                                             {"model": "text-embedding-3-small", "input": text})
+    status, headers, second = h.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": text})
     assert headers["x-stockyard-cache"] == "hit" and second == first
 
 
@@ -228,9 +229,13 @@ def test_status_reports_entries_and_bytes_exactly(server):
 
 def test_a_plain_answer_to_a_streamed_request_is_stored_as_plain(h, mock):
     """Some providers ignore stream=true: what they sent is stored as what it is."""
-    answer = {"id": "c9", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "plain anyway"},
-                           "finish_reason": "stop"}]}
+    answer = {
+        "id": "c9",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "plain anyway"}, "finish_reason": "stop"}],
+    }
     body, before = {"model": "gpt-4o-mini", "messages": question()}, newest(h)
     mock.enqueue(Reply(json=answer))
     status, headers, data = raw_stream(h, body)

@@ -11,21 +11,36 @@ import json
 import time
 
 import pytest
-
 from conftest import wait_for
-from module_harness import inproc  # noqa: F401 (fixture)
-from module_helpers import (MINI_COST_UC, api, attempts_of, chat, fresh, providers_called, put_module,  # noqa: F401
-                            raw_stream, server_fixture, sse_payloads, stream_text)
 from mock_upstream import Reply
+from module_harness import inproc  # noqa: F401 (fixture)
+from module_helpers import (  # noqa: F401
+    MINI_COST_UC,
+    api,
+    attempts_of,
+    chat,
+    fresh,
+    providers_called,
+    put_module,
+    raw_stream,
+    server_fixture,
+    sse_payloads,
+    stream_text,
+)
 
 from stockyard.modules.fallback import Breaker
 from stockyard.proxy import retry_after_s
 
-CHAINS = {"gpt-4o-mini": ["groq/gpt-4o-mini"], "mistral/mistral-small": ["groq/gpt-4o-mini"],
-          "openai/mock-error-500": ["groq/gpt-4o-mini"]}
+CHAINS = {
+    "gpt-4o-mini": ["groq/gpt-4o-mini"],
+    "mistral/mistral-small": ["groq/gpt-4o-mini"],
+    "openai/mock-error-500": ["groq/gpt-4o-mini"],
+}
 FAST = {"chains": CHAINS, "retries": 1, "backoff_ms": 10, "max_backoff_ms": 20, "breaker_failures": 0}
-CHUNK = ('{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
-         '"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}')
+CHUNK = (
+    '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+    '"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}'
+)
 
 
 server = server_fixture("fallback")
@@ -110,7 +125,9 @@ def test_a_refused_connection_falls_back(h, mock):
     main = h.trace(trace_id(headers))
     assert main["model"] == "mistral/mistral-small" and main["provider"] == "groq"
     attempts = attempts_of(h, main["id"])
-    assert [(a["provider"], a["status"], a["error_type"]) for a in attempts] == [("mistral", 502, "upstream_connect")] * 2
+    assert [(a["provider"], a["status"], a["error_type"]) for a in attempts] == [
+        ("mistral", 502, "upstream_connect")
+    ] * 2
     assert "mistral-test-key" not in (attempts[0]["error_message"] or "")
 
 
@@ -216,6 +233,7 @@ def test_cli_switches_fallback_at_run_time(server, mock):
 
 
 # -- the policy in process ---------------------------------------------------------------------------
+
 
 def test_breaker_half_open_lets_one_probe_through():
     now = [0.0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import wait_for
 from module_harness import inproc  # noqa: F401 (fixture)
 from module_helpers import api, chat, fresh, put_module, raw_stream, server_fixture, stream_text  # noqa: F401
@@ -23,6 +22,7 @@ def error(body: bytes) -> dict:
 
 
 # -- through a server ------------------------------------------------------------------------------
+
 
 @pytest.mark.usefixtures("fresh")
 def test_denied_models_get_403_plain_and_streamed(server, mock):
@@ -42,13 +42,16 @@ def test_cli_switches_the_guard_at_run_time(server):
     put_module(server, "guard", {"deny_models": ["gpt-4o-mini"]}, enabled=False)
     assert server.cli("modules", "enable", "guard").returncode == 0
     wait_for(lambda: chat(server)[0] == 403, what="guard on")
-    assert server.cli("modules", "set", "guard", "max_tokens_mode=reject", "deny_models=[]", "max_tokens=10") \
-        .returncode == 0
+    assert (
+        server.cli("modules", "set", "guard", "max_tokens_mode=reject", "deny_models=[]", "max_tokens=10").returncode
+        == 0
+    )
     wait_for(lambda: chat(server, max_tokens=20)[0] == 400, what="new guard options")
     assert api(server, "GET", "/api/modules/guard")[1]["config"]["max_tokens"] == 10
 
 
 # -- in process ------------------------------------------------------------------------------------
+
 
 def test_allow_list(inproc):
     inproc.configure("guard", {"allow_models": ["gpt-4o-mini", "text-embedding-*"]})
@@ -69,8 +72,9 @@ def test_max_tokens_is_clamped(inproc, mock):
     inproc.configure("guard", {"max_tokens": 100})
     assert inproc.chat(max_tokens=5000)[0] == 200
     assert mock.last("/chat/completions").json["max_tokens"] == 100
-    status, _, data = inproc.stream({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
-                                     "max_completion_tokens": 4096})
+    status, _, data = inproc.stream(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 4096}
+    )
     assert status == 200 and stream_text(data) == "Hello from mock"
     assert mock.last("/chat/completions").json["max_completion_tokens"] == 100
     inproc.chat(max_tokens=50)
@@ -97,8 +101,9 @@ def test_input_size_and_message_count(inproc):
 
 def test_refusals_are_in_the_anthropic_shape_on_the_messages_route(inproc):
     inproc.configure("guard", {"deny_models": ["claude-*"]})
-    status, _, body = inproc.send({"model": "claude-sonnet-4-5", "max_tokens": 10,
-                                   "messages": [{"role": "user", "content": "x"}]}, "/v1/messages")
+    status, _, body = inproc.send(
+        {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}, "/v1/messages"
+    )
     payload = json.loads(body)
     assert status == 403 and payload["type"] == "error" and payload["error"]["type"] == "permission_error"
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import wait_for
-from module_harness import inproc  # noqa: F401 (fixture)
-from module_helpers import (api, chat, fresh, put_module, raw_stream, server_fixture, stream_text,  # noqa: F401
-                            trace_body)
 from mock_upstream import Reply
+from module_harness import inproc  # noqa: F401 (fixture)
+from module_helpers import api, chat, fresh, put_module, raw_stream, server_fixture, stream_text, trace_body  # noqa: F401
 
 from stockyard.modules.redact import Detector, luhn_ok
 
@@ -59,21 +57,35 @@ def test_store_mode_keeps_secrets_out_of_traces_but_sends_them(server, mock):
 
 def test_store_mode_redacts_answers_and_errors_too(h, mock):
     h.configure("redact", {"mode": "store", "pii": ["email"]})
-    answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": f"write to {EMAIL}"},
-                           "finish_reason": "stop"}]}
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": f"write to {EMAIL}"}, "finish_reason": "stop"}
+        ],
+    }
     mock.enqueue(Reply(json=answer))
     status, headers, body = h.chat(messages=ask("who?"))
     assert EMAIL in body.decode(), "the client gets the answer as it was"
     assert EMAIL not in h.trace_body(headers["x-stockyard-trace-id"])[1]
-    mock.enqueue(Reply(sse=['{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
-                            f'"choices":[{{"index":0,"delta":{{"content":"mail {EMAIL}"}},"finish_reason":null}}]}}',
-                            "[DONE]"]))
+    mock.enqueue(
+        Reply(
+            sse=[
+                '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+                f'"choices":[{{"index":0,"delta":{{"content":"mail {EMAIL}"}},"finish_reason":null}}]}}',
+                "[DONE]",
+            ]
+        )
+    )
     status, headers, data = h.stream({"model": "gpt-4o-mini", "messages": ask("who?")})
     assert stream_text(data) == f"mail {EMAIL}"
     stored = h.trace_body(headers["x-stockyard-trace-id"])[1]
     assert EMAIL not in stored and "[REDACTED:email]" in stored and stored.endswith("data: [DONE]\n\n")
-    mock.enqueue(Reply(status=400, json={"error": {"message": f"bad address {EMAIL}", "type": "invalid_request_error"}}))
+    mock.enqueue(
+        Reply(status=400, json={"error": {"message": f"bad address {EMAIL}", "type": "invalid_request_error"}})
+    )
     status, headers, _ = h.chat(messages=ask("x"))
     trace = h.trace(headers["x-stockyard-trace-id"])
     assert status == 400 and EMAIL not in trace["error_message"] and "[REDACTED:email]" in trace["error_message"]
@@ -141,18 +153,22 @@ def test_cli_switches_redact_at_run_time(server):
 
 # -- the detector in process ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, kind", [
-    ("sk-ant-api03-" + "x" * 40, "anthropic_key"),
-    ("AIza" + "B" * 35, "google_key"),
-    ("gsk_" + "a1" * 20, "groq_key"),
-    ("xai-" + "k" * 40, "xai_key"),
-    ("pplx-" + "p" * 40, "perplexity_key"),
-    ("hf_" + "h" * 34, "huggingface_token"),
-    ("ghp_" + "g" * 36, "github_token"),
-    ("xoxb-1234567890-abcdefghij", "slack_token"),
-    ("sk_live_" + "s" * 24, "stripe_key"),
-    ("aws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_key"),
-])
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("sk-ant-api03-" + "x" * 40, "anthropic_key"),
+        ("AIza" + "B" * 35, "google_key"),
+        ("gsk_" + "a1" * 20, "groq_key"),
+        ("xai-" + "k" * 40, "xai_key"),
+        ("pplx-" + "p" * 40, "perplexity_key"),
+        ("hf_" + "h" * 34, "huggingface_token"),
+        ("ghp_" + "g" * 36, "github_token"),
+        ("xoxb-1234567890-abcdefghij", "slack_token"),
+        ("sk_live_" + "s" * 24, "stripe_key"),
+        ("aws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_key"),
+    ],
+)
 def test_detector_knows_the_common_providers(text, kind):
     detector = Detector(True, [])
     assert list(detector.find(f"here: {text} end")) == [kind]

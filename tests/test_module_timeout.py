@@ -10,15 +10,15 @@ import json
 import time
 
 import pytest
-
 from conftest import wait_for
-from module_harness import inproc  # noqa: F401 (fixture)
-from module_helpers import (attempts_of, chat, fresh, put_module, raw_stream, server_fixture,  # noqa: F401
-                            sse_payloads, stream_text)
 from mock_upstream import Reply
+from module_harness import inproc  # noqa: F401 (fixture)
+from module_helpers import attempts_of, chat, fresh, put_module, raw_stream, server_fixture, sse_payloads, stream_text  # noqa: F401
 
-CHUNK = ('{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
-         '"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}')
+CHUNK = (
+    '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+    '"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}'
+)
 
 
 server = server_fixture("timeout")
@@ -54,8 +54,9 @@ def test_per_model_read_timeout(server, mock):
 def test_per_model_read_timeout_on_a_stream(h, mock):
     h.configure("timeout", {"models": {"openai/gpt-4o-mini": 0.5}})
     mock.enqueue(Reply(hang_s=3))
-    status, _, body, took = timed(lambda: raw_stream(h, {"model": "gpt-4o-mini", "messages": [
-        {"role": "user", "content": "x"}]}))
+    status, _, body, took = timed(
+        lambda: raw_stream(h, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    )
     assert status == 504 and error(body)["code"] == "upstream_timeout" and took < 2
     mock.enqueue(Reply(sse=[CHUNK % "a", CHUNK % "b", "[DONE]"], sse_delay_ms=1000))
     status, _, data = raw_stream(h, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
@@ -84,8 +85,9 @@ def test_deadline_gives_504(h, mock):
 def test_deadline_cuts_a_slow_stream(h, mock):
     h.configure("timeout", {"deadline_s": 1})
     mock.enqueue(Reply(sse=[CHUNK % str(i) for i in range(6)] + ["[DONE]"], sse_delay_ms=300))
-    status, _, data, took = timed(lambda: raw_stream(h, {"model": "gpt-4o-mini", "messages": [
-        {"role": "user", "content": "x"}]}))
+    status, _, data, took = timed(
+        lambda: raw_stream(h, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    )
     payloads = sse_payloads(data)
     assert status == 200 and took < 2 and "[DONE]" not in payloads
     assert "deadline" in json.loads(payloads[-1])["error"]["message"]

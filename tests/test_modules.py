@@ -9,17 +9,17 @@ import types
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from module_helpers import ADMIN_KEY, api, chat, fresh, put_module, raw_stream, server_fixture  # noqa: F401
 
 from stockyard import modules as registry
+from stockyard.context import RequestContext
 from stockyard.errors import ProxyError
 from stockyard.modules import ConfigError, ModuleRow, Modules
 from stockyard.modules.guard import Guard
 from stockyard.modules.schema import Field
-from stockyard.context import RequestContext
 
 ORDER = ["ratelimit", "alias", "guard", "redact", "budget", "cache", "timeout", "fallback"]
 
@@ -28,6 +28,7 @@ server = server_fixture("modules")
 
 
 # -- listing ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.usefixtures("fresh")
 def test_api_lists_every_module_in_chain_order_with_its_schema(server):
@@ -38,8 +39,13 @@ def test_api_lists_every_module_in_chain_order_with_its_schema(server):
     assert [m["position"] for m in modules] == list(range(1, len(ORDER) + 1))
     cache = modules[ORDER.index("cache")]
     assert cache["enabled"] is False and cache["default_enabled"] is False
-    assert cache["options"]["ttl_s"] == {"type": "int", "default": 3600, "help": cache["options"]["ttl_s"]["help"],
-                                         "min": 1, "max": 366 * 86_400}
+    assert cache["options"]["ttl_s"] == {
+        "type": "int",
+        "default": 3600,
+        "help": cache["options"]["ttl_s"]["help"],
+        "min": 1,
+        "max": 366 * 86_400,
+    }
     assert cache["config"]["ttl_s"] == 3600 and cache["set"] == []
     assert "status" in cache  # run-time state: entries and bytes held
 
@@ -69,24 +75,28 @@ def test_every_verb_has_help(server):
 
 # -- validation --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, config, field", [
-    ("cache", {"ttl_s": "soon"}, "cache.ttl_s"),
-    ("cache", {"ttl_s": 0}, "cache.ttl_s"),
-    ("cache", {"ttl": 5}, "cache.ttl"),
-    ("cache", {"endpoints": ["chat", "images"]}, "cache.endpoints"),
-    ("guard", {"max_tokens_mode": "cut"}, "guard.max_tokens_mode"),
-    ("guard", {"allow_models": "gpt-4o"}, "guard.allow_models"),
-    ("redact", {"pii": ["email", "ssn"]}, "redact.pii"),
-    ("redact", {"secrets": "yes"}, "redact.secrets"),
-    ("alias", {"splits": {"ab": [{"model": "a", "weight": -1}]}}, "alias.splits"),
-    ("alias", {"aliases": {"fast": ""}}, "alias.aliases"),
-    ("timeout", {"models": {"gpt-4o*": 0}}, "timeout.models"),
-    ("fallback", {"retries": 11}, "fallback.retries"),
-    ("fallback", {"chains": {"gpt-4o": "groq/llama"}}, "fallback.chains"),
-    ("fallback", {"backoff_ms": 500, "max_backoff_ms": 100}, "fallback.max_backoff_ms"),
-    ("cache", {"overrides": {"user:1": {"enabled": False}}}, "cache.overrides"),
-    ("cache", {"overrides": {"key:k1": {"ttl_s": -5}}}, "cache.overrides['key:k1'].ttl_s"),
-])
+
+@pytest.mark.parametrize(
+    "name, config, field",
+    [
+        ("cache", {"ttl_s": "soon"}, "cache.ttl_s"),
+        ("cache", {"ttl_s": 0}, "cache.ttl_s"),
+        ("cache", {"ttl": 5}, "cache.ttl"),
+        ("cache", {"endpoints": ["chat", "images"]}, "cache.endpoints"),
+        ("guard", {"max_tokens_mode": "cut"}, "guard.max_tokens_mode"),
+        ("guard", {"allow_models": "gpt-4o"}, "guard.allow_models"),
+        ("redact", {"pii": ["email", "ssn"]}, "redact.pii"),
+        ("redact", {"secrets": "yes"}, "redact.secrets"),
+        ("alias", {"splits": {"ab": [{"model": "a", "weight": -1}]}}, "alias.splits"),
+        ("alias", {"aliases": {"fast": ""}}, "alias.aliases"),
+        ("timeout", {"models": {"gpt-4o*": 0}}, "timeout.models"),
+        ("fallback", {"retries": 11}, "fallback.retries"),
+        ("fallback", {"chains": {"gpt-4o": "groq/llama"}}, "fallback.chains"),
+        ("fallback", {"backoff_ms": 500, "max_backoff_ms": 100}, "fallback.max_backoff_ms"),
+        ("cache", {"overrides": {"user:1": {"enabled": False}}}, "cache.overrides"),
+        ("cache", {"overrides": {"key:k1": {"ttl_s": -5}}}, "cache.overrides['key:k1'].ttl_s"),
+    ],
+)
 @pytest.mark.usefixtures("fresh")
 def test_api_rejects_bad_config_naming_the_field(server, name, config, field):
     status, body = api(server, "PUT", f"/api/modules/{name}", {"enabled": True, "config": config})
@@ -109,13 +119,16 @@ def test_api_rejects_malformed_change_bodies(server):
     assert status == 401
 
 
-@pytest.mark.parametrize("args, field", [
-    (["cache", "ttl_s=soon"], "cache.ttl_s"),
-    (["cache", "ttl=5"], "cache.ttl"),
-    (["guard", "max_tokens_mode=cut"], "guard.max_tokens_mode"),
-    (["alias", "aliases={not json"], "alias.aliases"),
-    (["cache", "--config", '{"ttl_s": -1}'], "cache.ttl_s"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["cache", "ttl_s=soon"], "cache.ttl_s"),
+        (["cache", "ttl=5"], "cache.ttl"),
+        (["guard", "max_tokens_mode=cut"], "guard.max_tokens_mode"),
+        (["alias", "aliases={not json"], "alias.aliases"),
+        (["cache", "--config", '{"ttl_s": -1}'], "cache.ttl_s"),
+    ],
+)
 @pytest.mark.usefixtures("fresh")
 def test_cli_rejects_bad_config_with_exit_1_naming_the_field(server, args, field):
     out = server.cli("modules", "set", *args)
@@ -157,8 +170,9 @@ def test_changes_are_audited_with_who_made_them(server):
     put_module(server, "cache", {"ttl_s": 60})
     api(server, "POST", "/api/modules/cache/disable")
     server.cli("modules", "set", "cache", "max_entries=5")
-    rows = server.db_rows("SELECT actor, action, target, details FROM audit_log WHERE target = 'module:cache' "
-                          "ORDER BY seq DESC LIMIT 3")
+    rows = server.db_rows(
+        "SELECT actor, action, target, details FROM audit_log WHERE target = 'module:cache' ORDER BY seq DESC LIMIT 3"
+    )
     assert [r["action"] for r in rows] == ["module.configure", "module.disable", "module.configure"]
     assert rows[0]["actor"].startswith("cli:") and json.loads(rows[0]["details"]) == {"set": {"max_entries": 5}}
     assert rows[1]["actor"] == "admin-api:127.0.0.1"
@@ -166,6 +180,7 @@ def test_changes_are_audited_with_who_made_them(server):
 
 
 # -- in effect from the next request ----------------------------------------------------------------
+
 
 @pytest.mark.usefixtures("fresh")
 def test_api_toggle_changes_the_next_request(server):
@@ -202,24 +217,46 @@ def test_openapi_documents_the_module_routes(server):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @pytest.fixture
 def every_module_on(fresh, server):
-    for name, config in {"alias": {"aliases": {"fast": "gpt-4o-mini"}}, "guard": {"max_tokens": 100},
-                         "redact": {"mode": "upstream", "pii": ["email", "phone", "card"]}, "cache": {},
-                         "timeout": {"read_timeout_s": 5, "deadline_s": 10},
-                         "fallback": {"chains": {"gpt-4o-mini": ["groq/gpt-4o-mini"]}, "backoff_ms": 10}}.items():
+    for name, config in {
+        "alias": {"aliases": {"fast": "gpt-4o-mini"}},
+        "guard": {"max_tokens": 100},
+        "redact": {"mode": "upstream", "pii": ["email", "phone", "card"]},
+        "cache": {},
+        "timeout": {"read_timeout_s": 5, "deadline_s": 10},
+        "fallback": {"chains": {"gpt-4o-mini": ["groq/gpt-4o-mini"]}, "backoff_ms": 10},
+    }.items():
         put_module(server, name, config)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(st.sampled_from(["model", "messages", "stream", "stream_options", "input", "user",
-                                              "prompt", "max_tokens", "max_completion_tokens", "x"]),
-                            json_values, max_size=7),
-       model=st.sampled_from(["fast", "gpt-4o-mini", "openai/gpt-4o", None]),
-       path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"]))
+@given(
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "messages",
+                "stream",
+                "stream_options",
+                "input",
+                "user",
+                "prompt",
+                "max_tokens",
+                "max_completion_tokens",
+                "x",
+            ]
+        ),
+        json_values,
+        max_size=7,
+    ),
+    model=st.sampled_from(["fast", "gpt-4o-mini", "openai/gpt-4o", None]),
+    path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"]),
+)
 def test_arbitrary_json_through_every_module_never_gives_500(server, every_module_on, body, model, path):
     if model is not None:
         body = {**body, "model": model}
@@ -229,6 +266,7 @@ def test_arbitrary_json_through_every_module_never_gives_500(server, every_modul
 
 
 # -- registry, overrides and modules from elsewhere (in process) --------------------------------------
+
 
 def ctx(key_id: str | None = None, project: str | None = None, model: str = "gpt-4o-mini") -> RequestContext:
     c = RequestContext("chat", "openai", "127.0.0.1", {}, raw=b"{}", body={"model": model}, model=model)
@@ -246,9 +284,14 @@ def run(chain, c: RequestContext) -> str:
 
 def test_overrides_per_key_and_project():
     mods = Modules(types.SimpleNamespace(), order=(Guard,))
-    config = {"deny_models": ["gpt-4o*"],
-              "overrides": {"key:k1": {"enabled": False}, "project:lab": {"deny_models": []},
-                            "key:k2": {"deny_models": ["claude*"]}}}
+    config = {
+        "deny_models": ["gpt-4o*"],
+        "overrides": {
+            "key:k1": {"enabled": False},
+            "project:lab": {"deny_models": []},
+            "key:k2": {"deny_models": ["claude*"]},
+        },
+    }
     chain = mods.build({"guard": ModuleRow("guard", True, config, "")})
     assert run(chain, ctx()) == "403"
     assert run(chain, ctx(key_id="k1")) == "ok", "module off for this key"
@@ -260,8 +303,13 @@ def test_overrides_per_key_and_project():
 
 def test_module_off_everywhere_but_on_for_one_project():
     mods = Modules(types.SimpleNamespace(), order=(Guard,))
-    chain = mods.build({"guard": ModuleRow("guard", False, {"deny_models": ["*"],
-                                                            "overrides": {"project:locked": {"enabled": True}}}, "")})
+    chain = mods.build(
+        {
+            "guard": ModuleRow(
+                "guard", False, {"deny_models": ["*"], "overrides": {"project:locked": {"enabled": True}}}, ""
+            )
+        }
+    )
     assert run(chain, ctx()) == "ok" and run(chain, ctx(project="locked")) == "403"
     assert mods.build({}).modules == [], "disabled by default: not in the chain at all"
 
@@ -289,8 +337,9 @@ def test_a_module_from_elsewhere_is_one_line_of_registration(monkeypatch):
     counting = mods.get("counting")
     chain = mods.build({})
     on_by_default = {"ratelimit", "budget"}  # the keys' own modules: their limits live on the keys
-    assert [m for m in chain.modules if m.name not in on_by_default] == [counting], \
+    assert [m for m in chain.modules if m.name not in on_by_default] == [counting], (
         "on by default, every configurable module off"
+    )
     c = ctx()
     chain.before(c)
     chain.after(c)
@@ -317,25 +366,27 @@ def test_invalid_stored_config_turns_the_module_off(caplog):
     assert chain.modules == [] and "guard.max_tokens" in caplog.text
 
 
-@pytest.mark.parametrize("field, text, value", [
-    (Field("bool", False, ""), "yes", True),
-    (Field("bool", False, ""), "off", False),
-    (Field("int", 1, "", min=0), "42", 42),
-    (Field("float", 1.0, ""), "2.5", 2.5),
-    (Field("list", [], ""), "a, b,c", ["a", "b", "c"]),
-    (Field("list", [], ""), '["a,b"]', ["a,b"]),
-    (Field("dict", {}, ""), '{"a": 1}', {"a": 1}),
-    (Field("str", "", ""), "  spaced ", "  spaced "),
-    (Field("enum", "x", "", choices=("x", "y")), "y", "y"),
-])
+@pytest.mark.parametrize(
+    "field, text, value",
+    [
+        (Field("bool", False, ""), "yes", True),
+        (Field("bool", False, ""), "off", False),
+        (Field("int", 1, "", min=0), "42", 42),
+        (Field("float", 1.0, ""), "2.5", 2.5),
+        (Field("list", [], ""), "a, b,c", ["a", "b", "c"]),
+        (Field("list", [], ""), '["a,b"]', ["a,b"]),
+        (Field("dict", {}, ""), '{"a": 1}', {"a": 1}),
+        (Field("str", "", ""), "  spaced ", "  spaced "),
+        (Field("enum", "x", "", choices=("x", "y")), "y", "y"),
+    ],
+)
 def test_command_line_values_parse_by_field_type(field, text, value):
     assert field.parse("m.f", text) == value
 
 
 @pytest.mark.usefixtures("fresh")
 def test_admin_key_is_needed(server):
-    assert server.request("POST", "/api/modules/cache/enable",
-                          headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert server.request("POST", "/api/modules/cache/enable", headers={"Authorization": "Bearer wrong"})[0] == 401
     assert ADMIN_KEY not in server.log
 
 

@@ -9,10 +9,9 @@ import json
 
 import openai
 import pytest
-from openai import OpenAI
-
 from conftest import OPENAI_KEY, wait_for
 from mock_upstream import Reply
+from openai import OpenAI
 
 # gpt-4o-mini: $0.15 / 1M input, $0.60 / 1M output → 15,000,000 and 60,000,000 µ¢ per 1M tokens.
 # The mock reports 12 prompt and 5 completion tokens: (12 * 15e6 + 5 * 60e6) / 1e6 = 480 µ¢.
@@ -57,10 +56,27 @@ def test_plain_chat_answer_trace_and_cost(client, openai_server, mock):
 
 def test_request_body_passes_through_untouched(client, mock):
     """Fields the proxy does not know (and the ones it does) reach the provider unchanged."""
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]
-    chat(client, model="gpt-4o-mini", messages=HELLO, tools=tools, response_format={"type": "json_object"},
-         logprobs=True, top_logprobs=2, n=2, seed=7, extra_body={"brand_new_field": {"x": [1, 2]}})
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    chat(
+        client,
+        model="gpt-4o-mini",
+        messages=HELLO,
+        tools=tools,
+        response_format={"type": "json_object"},
+        logprobs=True,
+        top_logprobs=2,
+        n=2,
+        seed=7,
+        extra_body={"brand_new_field": {"x": [1, 2]}},
+    )
     sent = mock.last("/v1/chat/completions").json
     assert sent["tools"] == tools and sent["response_format"] == {"type": "json_object"}
     assert (sent["logprobs"], sent["top_logprobs"], sent["n"], sent["seed"]) == (True, 2, 2, 7)
@@ -78,8 +94,10 @@ def test_tool_call_answer(client, openai_server):
 
 def test_image_content_part_survives(client, mock):
     pixel = base64.b64encode(b"\x89PNG fake").decode()
-    content = [{"type": "text", "text": "What is this?"},
-               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}}]
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}},
+    ]
     answer, _ = chat(client, model="gpt-4o-mini", messages=[{"role": "user", "content": content}])
     assert answer.choices[0].message.content == "Hello from mock"
     assert mock.last("/v1/chat/completions").json["messages"][0]["content"] == content
@@ -101,7 +119,8 @@ def test_stream_without_include_usage_hides_the_usage_chunk(client, openai_serve
 
 def test_stream_with_include_usage_keeps_it(client, openai_server):
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True})
+        model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(raw.parse())
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
     assert openai_server.trace(raw.headers["x-stockyard-trace-id"])["cost_uc"] == MINI_COST_UC
@@ -110,8 +129,11 @@ def test_stream_with_include_usage_keeps_it(client, openai_server):
 def test_streamed_tool_call(client):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     stream = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, tools=tools, stream=True)
-    args = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
-                   for c in stream if c.choices and c.choices[0].delta.tool_calls)
+    args = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in stream
+        if c.choices and c.choices[0].delta.tool_calls
+    )
     assert json.loads(args) == {"city": "Paris"}
 
 
@@ -123,8 +145,11 @@ def test_completions(client, openai_server):
 
 
 def test_streamed_completions(client):
-    text = "".join(c.choices[0].text for c in client.completions.create(
-        model="gpt-3.5-turbo-instruct", prompt="hi", stream=True) if c.choices)
+    text = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi", stream=True)
+        if c.choices
+    )
     assert text == "Hello from mock"
 
 
@@ -156,11 +181,17 @@ def test_cached_and_reasoning_tokens_are_priced_at_their_rates(client, openai_se
     # gpt-4o-mini cached input is $0.075/1M → 7,500,000 µ¢ per 1M. The mock reports 12 prompt tokens,
     # 8 of them cached: (4 * 15e6 + 8 * 7.5e6 + 5 * 60e6) / 1e6 = 60 + 60 + 300 = 420 µ¢.
     # The mock's model name is not gpt-4o-mini (prices are never guessed from a prefix): price it the same.
-    done = openai_server.cli("prices", "set", "gpt-4o-mini-cached", "--input", "0.15", "--cached-input", "0.075",
-                             "--output", "0.60")
+    done = openai_server.cli(
+        "prices", "set", "gpt-4o-mini-cached", "--input", "0.15", "--cached-input", "0.075", "--output", "0.60"
+    )
     assert done.returncode == 0, done.stderr
-    trace = wait_for(lambda: (t := openai_server.trace(chat(client, model="gpt-4o-mini-cached", messages=HELLO)[1]))
-                     ["cost_uc"] and t, timeout=5, what="the price to apply")
+    trace = wait_for(
+        lambda: (
+            (t := openai_server.trace(chat(client, model="gpt-4o-mini-cached", messages=HELLO)[1]))["cost_uc"] and t
+        ),
+        timeout=5,
+        what="the price to apply",
+    )
     assert trace["cached_tokens"] == 8 and trace["cost_uc"] == 420
 
 
@@ -171,8 +202,18 @@ def test_unknown_model_cost_is_unknown_not_guessed(client, openai_server):
 
 
 def test_no_usage_is_estimated_and_marked(client, openai_server, mock):
-    mock.enqueue(Reply(json={"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}]}))
+    mock.enqueue(
+        Reply(
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "model": "gpt-4o-mini",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}
+                ],
+            }
+        )
+    )
     _, trace_id = chat(client, model="gpt-4o-mini", messages=HELLO)
     trace = openai_server.trace(trace_id)
     assert trace["usage_estimated"] == 1 and trace["cost_status"] == "estimate" and trace["cost_uc"] > 0
@@ -209,7 +250,7 @@ def test_broken_stream_ends_with_error_event_not_done(openai_server, mock):
     events = [e for e in data.decode().split("\n\n") if e.strip()]
     assert status == 200 and len(events) == 3
     assert "[DONE]" not in data.decode()
-    assert json.loads(events[-1][len("data: "):])["error"]["code"] == "upstream_reset"
+    assert json.loads(events[-1][len("data: ") :])["error"]["code"] == "upstream_reset"
     trace = openai_server.trace(trace_id)
     assert trace["outcome"] == "stream_broken" and "stream broke" in trace["error_message"]
 
@@ -217,8 +258,12 @@ def test_broken_stream_ends_with_error_event_not_done(openai_server, mock):
 def test_client_disconnect_mid_stream_is_traced(openai_server, mock):
     mock.enqueue(Reply(sse_delay_ms=300))
     conn = http.client.HTTPConnection("127.0.0.1", openai_server.port, timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps(
-        {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}), {"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": "gpt-4o-mini", "messages": HELLO, "stream": True}),
+        {"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     trace_id = resp.getheader("x-stockyard-trace-id")
     assert resp.read1(65536).startswith(b"data: ")
@@ -244,6 +289,7 @@ def test_trace_bodies_are_stored_compressed(openai_server, client):
     _, trace_id = chat(client, model="gpt-4o-mini", messages=[{"role": "user", "content": "remember me"}])
     openai_server.trace(trace_id)
     import zlib
+
     row = openai_server.db_rows("SELECT request, response FROM trace_bodies WHERE trace_id = ?", (trace_id,))[0]
     assert b"remember me" in zlib.decompress(row["request"])
     assert b"Hello from mock" in zlib.decompress(row["response"])

@@ -19,23 +19,40 @@ def test_snapshot_from_env_and_flags_win():
 
 
 def test_retention_settings():
-    s = config.load({}, {"STOCKYARD_RETENTION_BODIES": "7d", "STOCKYARD_RETENTION_TRACES": "90d",
-                         "STOCKYARD_BODIES_MAX_MB": "512"})
+    s = config.load(
+        {}, {"STOCKYARD_RETENTION_BODIES": "7d", "STOCKYARD_RETENTION_TRACES": "90d", "STOCKYARD_BODIES_MAX_MB": "512"}
+    )
     assert (s.retention_bodies_s, s.retention_traces_s, s.bodies_max_bytes) == (7 * 86400, 90 * 86400, 512 << 20)
     s = config.load({}, {})
     assert (s.retention_bodies_s, s.retention_traces_s, s.bodies_max_bytes) == (None, None, None)
 
 
-@pytest.mark.parametrize("text, seconds", [("30s", 30), ("15m", 900), ("1h", 3600), ("7d", 604800),
-                                           ("2w", 1209600), ("90", 90), ("1.5h", 5400), (" 10 m ", 600)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30s", 30),
+        ("15m", 900),
+        ("1h", 3600),
+        ("7d", 604800),
+        ("2w", 1209600),
+        ("90", 90),
+        ("1.5h", 5400),
+        (" 10 m ", 600),
+    ],
+)
 def test_durations(text, seconds):
     assert config.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("env", [{"STOCKYARD_SNAPSHOT_EVERY": "15m"},
-                                 {"STOCKYARD_SNAPSHOT": "/x.db", "STOCKYARD_SNAPSHOT_EVERY": "0s"},
-                                 {"STOCKYARD_RETENTION_BODIES": "5y"},
-                                 {"STOCKYARD_BODIES_MAX_MB": "-1"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"STOCKYARD_SNAPSHOT_EVERY": "15m"},
+        {"STOCKYARD_SNAPSHOT": "/x.db", "STOCKYARD_SNAPSHOT_EVERY": "0s"},
+        {"STOCKYARD_RETENTION_BODIES": "5y"},
+        {"STOCKYARD_BODIES_MAX_MB": "-1"},
+    ],
+)
 def test_bad_values_are_refused_with_the_name(env):
     with pytest.raises(ValueError) as err:
         config.load({}, env)

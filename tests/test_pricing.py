@@ -41,6 +41,7 @@ def price(model: str, provider: str | None = None) -> Price:
 
 # --- parsing ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -112,6 +113,7 @@ def test_format_usd() -> None:
 
 # --- hand-computed costs -----------------------------------------------------
 
+
 def test_plain_cost() -> None:
     # gpt-4o: 1000 in × $2.50/M + 500 out × $10/M = $0.0025 + $0.005 = $0.0075
     usage = Usage(prompt_tokens=1000, completion_tokens=500)
@@ -120,36 +122,40 @@ def test_plain_cost() -> None:
 
 def test_cached_cost() -> None:
     # gpt-4o-mini: 500 × 0.15 + 1500 × 0.075 + 100 × 0.60 (USD/M) = $0.0002475
-    usage = Usage.from_openai({
-        "prompt_tokens": 2000,
-        "completion_tokens": 100,
-        "prompt_tokens_details": {"cached_tokens": 1500},
-    })
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 2000,
+            "completion_tokens": 100,
+            "prompt_tokens_details": {"cached_tokens": 1500},
+        }
+    )
     assert usage == Usage(prompt_tokens=2000, completion_tokens=100, cached_tokens=1500)
     assert cost_microcents(price("gpt-4o-mini-2024-07-18"), usage) == 24_750
 
 
 def test_anthropic_cache_write_cost() -> None:
     # sonnet 4.5: 100 × $3 + 3000 × $0.30 + 2000 × $3.75 + 50 × $15 (per M) = $0.00945
-    usage = Usage.from_anthropic({
-        "input_tokens": 100,
-        "cache_read_input_tokens": 3000,
-        "cache_creation_input_tokens": 2000,
-        "output_tokens": 50,
-    })
-    assert usage == Usage(
-        prompt_tokens=5100, completion_tokens=50, cached_tokens=3000, cache_write_tokens=2000
+    usage = Usage.from_anthropic(
+        {
+            "input_tokens": 100,
+            "cache_read_input_tokens": 3000,
+            "cache_creation_input_tokens": 2000,
+            "output_tokens": 50,
+        }
     )
+    assert usage == Usage(prompt_tokens=5100, completion_tokens=50, cached_tokens=3000, cache_write_tokens=2000)
     assert cost_microcents(price("claude-sonnet-4-5-20250929"), usage) == 945_000
 
 
 def test_reasoning_billed_at_output_rate_by_default() -> None:
     # o3: 100 × $2 + 1000 × $8 (200 plain + 800 reasoning, same rate) = $0.0082
-    usage = Usage.from_openai({
-        "prompt_tokens": 100,
-        "completion_tokens": 1000,
-        "completion_tokens_details": {"reasoning_tokens": 800},
-    })
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 1000,
+            "completion_tokens_details": {"reasoning_tokens": 800},
+        }
+    )
     assert usage.reasoning_tokens == 800
     assert cost_microcents(price("o3-2025-04-16"), usage) == 820_000
 
@@ -164,16 +170,16 @@ def test_reasoning_with_its_own_rate() -> None:
 
 def test_gemini_thoughts_are_output() -> None:
     # gemini-2.5-flash: 600 × $0.30 + 400 cached × $0.03 + (200 + 300 thoughts) × $2.50
-    usage = Usage.from_gemini({
-        "promptTokenCount": 1000,
-        "cachedContentTokenCount": 400,
-        "candidatesTokenCount": 200,
-        "thoughtsTokenCount": 300,
-        "totalTokenCount": 1500,
-    })
-    assert usage == Usage(
-        prompt_tokens=1000, completion_tokens=500, cached_tokens=400, reasoning_tokens=300
+    usage = Usage.from_gemini(
+        {
+            "promptTokenCount": 1000,
+            "cachedContentTokenCount": 400,
+            "candidatesTokenCount": 200,
+            "thoughtsTokenCount": 300,
+            "totalTokenCount": 1500,
+        }
     )
+    assert usage == Usage(prompt_tokens=1000, completion_tokens=500, cached_tokens=400, reasoning_tokens=300)
     assert cost_microcents(price("gemini-2.5-flash"), usage) == 144_200
 
 
@@ -212,37 +218,42 @@ def test_inconsistent_usage_never_goes_negative() -> None:
 
 # --- usage shapes --------------------------------------------------------------
 
+
 def test_openai_responses_api_shape() -> None:
-    usage = Usage.from_openai({
-        "input_tokens": 100,
-        "input_tokens_details": {"cached_tokens": 40},
-        "output_tokens": 60,
-        "output_tokens_details": {"reasoning_tokens": 20},
-        "total_tokens": 160,
-    })
-    assert usage == Usage(
-        prompt_tokens=100, completion_tokens=60, cached_tokens=40, reasoning_tokens=20
+    usage = Usage.from_openai(
+        {
+            "input_tokens": 100,
+            "input_tokens_details": {"cached_tokens": 40},
+            "output_tokens": 60,
+            "output_tokens_details": {"reasoning_tokens": 20},
+            "total_tokens": 160,
+        }
     )
+    assert usage == Usage(prompt_tokens=100, completion_tokens=60, cached_tokens=40, reasoning_tokens=20)
 
 
 def test_openai_shape_with_reasoning_outside_completion() -> None:
     # xAI: completion_tokens leaves reasoning out; total_tokens gives it away
-    usage = Usage.from_openai({
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "total_tokens": 315,
-        "completion_tokens_details": {"reasoning_tokens": 300},
-    })
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "total_tokens": 315,
+            "completion_tokens_details": {"reasoning_tokens": 300},
+        }
+    )
     assert usage == Usage(prompt_tokens=10, completion_tokens=305, reasoning_tokens=300)
 
 
 def test_deepseek_cache_hits() -> None:
-    usage = Usage.from_openai({
-        "prompt_tokens": 100,
-        "completion_tokens": 10,
-        "prompt_cache_hit_tokens": 80,
-        "prompt_cache_miss_tokens": 20,
-    })
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 10,
+            "prompt_cache_hit_tokens": 80,
+            "prompt_cache_miss_tokens": 20,
+        }
+    )
     assert usage.cached_tokens == 80
     # 20 × $0.28 + 80 × $0.028 + 10 × $0.42 (per M) = $0.00001204 = 560 + 224 + 420 µ¢
     assert cost_microcents(price("deepseek-chat"), usage) == 1204
@@ -251,13 +262,9 @@ def test_deepseek_cache_hits() -> None:
 def test_usage_helpers_tolerate_missing_and_null() -> None:
     assert Usage.from_openai(None) == Usage()
     assert Usage.from_openai({"prompt_tokens": None, "prompt_tokens_details": None}) == Usage()
-    assert Usage.from_anthropic({"input_tokens": 7, "cache_read_input_tokens": None}) == Usage(
-        prompt_tokens=7
-    )
+    assert Usage.from_anthropic({"input_tokens": 7, "cache_read_input_tokens": None}) == Usage(prompt_tokens=7)
     assert Usage.from_gemini({}) == Usage()
-    assert Usage.from_gemini({"promptTokenCount": 5, "toolUsePromptTokenCount": 3}) == Usage(
-        prompt_tokens=8
-    )
+    assert Usage.from_gemini({"promptTokenCount": 5, "toolUsePromptTokenCount": 3}) == Usage(prompt_tokens=8)
 
 
 def test_usage_rejects_bad_counts() -> None:
@@ -270,6 +277,7 @@ def test_usage_rejects_bad_counts() -> None:
 
 
 # --- lookup ----------------------------------------------------------------
+
 
 def test_longest_prefix_with_dated_names(table: PriceTable) -> None:
     mini, full = table.lookup("gpt-4o-mini"), table.lookup("gpt-4o")
@@ -310,13 +318,19 @@ def test_a_name_that_only_starts_like_a_priced_model_is_unknown(table: PriceTabl
     assert table.lookup("gpt-4o-mini", "groq") == table.lookup("gpt-4o-mini")  # bare entries still apply
 
 
-@pytest.mark.parametrize(("model", "priced_as"), [
-    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"), ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
-    ("claude-haiku-4-5@20251001", "claude-haiku-4-5"), ("grok-4-0709", "grok-4"),
-    ("codestral-2508", "codestral"), ("gemini-2.0-flash-001", "gemini-2.0-flash"),
-    ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
-    ("gemini-2.5-flash-lite-preview-06-17", "gemini-2.5-flash-lite"),
-])
+@pytest.mark.parametrize(
+    ("model", "priced_as"),
+    [
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-haiku-4-5@20251001", "claude-haiku-4-5"),
+        ("grok-4-0709", "grok-4"),
+        ("codestral-2508", "codestral"),
+        ("gemini-2.0-flash-001", "gemini-2.0-flash"),
+        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+        ("gemini-2.5-flash-lite-preview-06-17", "gemini-2.5-flash-lite"),
+    ],
+)
 def test_dated_snapshots_take_their_models_price(table: PriceTable, model: str, priced_as: str) -> None:
     assert table.lookup(model) is not None and table.lookup(model) == table.lookup(priced_as)
 
@@ -379,6 +393,7 @@ def test_entries_sorted_and_round_trip(table: PriceTable) -> None:
 
 # --- the packaged data file --------------------------------------------------
 
+
 def _raw() -> dict:
     def no_floats(text: str) -> None:
         raise AssertionError(f"JSON float {text} in prices.json: prices must be strings")
@@ -410,21 +425,44 @@ def test_anthropic_cache_multipliers(table: PriceTable) -> None:
 @pytest.mark.parametrize(
     ("model", "provider"),
     [
-        ("gpt-4o", None), ("gpt-4o-mini", None), ("gpt-4.1", None), ("gpt-4.1-mini", None),
-        ("gpt-4.1-nano", None), ("o1", None), ("o3", None), ("o3-mini", None), ("o4-mini", None),
-        ("gpt-5", None), ("gpt-5-mini", None), ("gpt-5-nano", None),
-        ("text-embedding-3-small", None), ("text-embedding-3-large", None),
-        ("claude-3-5-haiku-20241022", None), ("claude-3-7-sonnet-20250219", None),
-        ("claude-sonnet-4-20250514", None), ("claude-opus-4-20250514", None),
-        ("claude-sonnet-4-5-20250929", None), ("claude-haiku-4-5-20251001", None),
-        ("claude-opus-4-1-20250805", None), ("claude-opus-4-5-20251101", None),
-        ("gemini-2.0-flash", None), ("gemini-2.5-flash", None), ("gemini-2.5-pro", None),
+        ("gpt-4o", None),
+        ("gpt-4o-mini", None),
+        ("gpt-4.1", None),
+        ("gpt-4.1-mini", None),
+        ("gpt-4.1-nano", None),
+        ("o1", None),
+        ("o3", None),
+        ("o3-mini", None),
+        ("o4-mini", None),
+        ("gpt-5", None),
+        ("gpt-5-mini", None),
+        ("gpt-5-nano", None),
+        ("text-embedding-3-small", None),
+        ("text-embedding-3-large", None),
+        ("claude-3-5-haiku-20241022", None),
+        ("claude-3-7-sonnet-20250219", None),
+        ("claude-sonnet-4-20250514", None),
+        ("claude-opus-4-20250514", None),
+        ("claude-sonnet-4-5-20250929", None),
+        ("claude-haiku-4-5-20251001", None),
+        ("claude-opus-4-1-20250805", None),
+        ("claude-opus-4-5-20251101", None),
+        ("gemini-2.0-flash", None),
+        ("gemini-2.5-flash", None),
+        ("gemini-2.5-pro", None),
         ("gemini-2.5-flash-lite", None),
-        ("llama-3.3-70b-versatile", "groq"), ("llama-3.1-8b-instant", "groq"),
-        ("mistral-large-latest", "mistral"), ("mistral-small-2506", "mistral"),
-        ("codestral-2508", "mistral"), ("codestral-latest", "mistral"),
-        ("deepseek-chat", "deepseek"), ("deepseek-reasoner", "deepseek"),
-        ("grok-3", "xai"), ("grok-4", "xai"), ("sonar", "perplexity"), ("sonar-pro", "perplexity"),
+        ("llama-3.3-70b-versatile", "groq"),
+        ("llama-3.1-8b-instant", "groq"),
+        ("mistral-large-latest", "mistral"),
+        ("mistral-small-2506", "mistral"),
+        ("codestral-2508", "mistral"),
+        ("codestral-latest", "mistral"),
+        ("deepseek-chat", "deepseek"),
+        ("deepseek-reasoner", "deepseek"),
+        ("grok-3", "xai"),
+        ("grok-4", "xai"),
+        ("sonar", "perplexity"),
+        ("sonar-pro", "perplexity"),
     ],
 )
 def test_required_models_are_priced(table: PriceTable, model: str, provider: str | None) -> None:
@@ -443,9 +481,7 @@ def test_load_works_from_a_zip(tmp_path: Path) -> None:
         "t = PriceTable.load(); assert 'zip' in type(sys.modules['stockyard'].__loader__).__name__.lower();"
         "print(t.lookup('gpt-4o').input)"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code, str(archive)], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-I", "-c", code, str(archive)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "250000000"
 
 
@@ -454,7 +490,11 @@ def test_load_works_from_a_zip(tmp_path: Path) -> None:
 counts = st.integers(min_value=0, max_value=10**8)
 rates = st.integers(min_value=0, max_value=10**12)  # up to $10,000 per 1M tokens
 prices = st.builds(
-    Price, input=rates, cached_input=rates, cache_write=rates, output=rates,
+    Price,
+    input=rates,
+    cached_input=rates,
+    cache_write=rates,
+    output=rates,
     reasoning=st.none() | rates,
 )
 KINDS = ("uncached", "cached", "write", "plain", "reasoning")
@@ -474,8 +514,10 @@ def make_usage(uncached: int, cached: int, write: int, plain: int, reasoning: in
 def exact_cost(p: Price, parts: dict[str, int]) -> Fraction:
     reasoning_rate = p.output if p.reasoning is None else p.reasoning
     return Fraction(
-        parts["uncached"] * p.input + parts["cached"] * p.cached_input
-        + parts["write"] * p.cache_write + parts["plain"] * p.output
+        parts["uncached"] * p.input
+        + parts["cached"] * p.cached_input
+        + parts["write"] * p.cache_write
+        + parts["plain"] * p.output
         + parts["reasoning"] * reasoning_rate,
         10**6,
     )
@@ -507,10 +549,7 @@ def test_cost_is_exact_within_one_rounding(p: Price, parts: dict[str, int]) -> N
 @given(prices, parts_strategy)
 def test_cost_equals_sum_of_kinds_within_rounding(p: Price, parts: dict[str, int]) -> None:
     total = cost_microcents(p, make_usage(**parts))
-    singles = [
-        cost_microcents(p, make_usage(**{k: (parts[k] if k == kind else 0) for k in KINDS}))
-        for kind in KINDS
-    ]
+    singles = [cost_microcents(p, make_usage(**{k: (parts[k] if k == kind else 0) for k in KINDS})) for kind in KINDS]
     assert all(type(x) is int for x in singles)
     # each rounding is off by less than 1 µ¢; one total vs five parts: under 6
     assert abs(total - sum(singles)) <= 5
@@ -526,11 +565,16 @@ def test_usd_text_round_trip(microcents: int) -> None:
         assert set(text) - set("$0.") != set()  # a non-zero amount never reads as zero
 
 
-@given(st.fixed_dictionaries({
-    "prompt_tokens": counts, "completion_tokens": counts,
-    "prompt_tokens_details": st.fixed_dictionaries({"cached_tokens": counts}),
-    "completion_tokens_details": st.fixed_dictionaries({"reasoning_tokens": counts}),
-}))
+@given(
+    st.fixed_dictionaries(
+        {
+            "prompt_tokens": counts,
+            "completion_tokens": counts,
+            "prompt_tokens_details": st.fixed_dictionaries({"cached_tokens": counts}),
+            "completion_tokens_details": st.fixed_dictionaries({"reasoning_tokens": counts}),
+        }
+    )
+)
 def test_from_openai_is_always_consistent(raw: dict) -> None:
     usage = Usage.from_openai(raw)
     assert usage.cached_tokens <= usage.prompt_tokens

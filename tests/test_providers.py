@@ -14,8 +14,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+
 from stockyard import vault
 from stockyard.operations import Operations, Refused
 from stockyard.operations import providers as provider_ops
@@ -32,16 +32,22 @@ def fake_key(label: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN_KEY, "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("providers") / "stockyard.db", env).start()
     yield srv
     srv.stop()
 
 
 def chat(server: ServerProcess, model: str) -> tuple[int, dict]:
-    status, _, body = server.request("POST", "/v1/chat/completions",
-                                     {"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    status, _, body = server.request(
+        "POST", "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    )
     return status, json.loads(body)
 
 
@@ -65,8 +71,7 @@ def api_list(server: ServerProcess) -> dict[str, dict]:
 
 
 def audit_rows(server: ServerProcess, action: str, target: str) -> list[dict]:
-    rows = server.db_rows("SELECT * FROM audit_log WHERE action = ? AND target = ? ORDER BY seq",
-                          (action, target))
+    rows = server.db_rows("SELECT * FROM audit_log WHERE action = ? AND target = ? ORDER BY seq", (action, target))
     for row in rows:
         row["details"] = json.loads(row["details"])
     return rows
@@ -83,8 +88,19 @@ def test_env_provider_is_listed_as_env_and_never_stored(server):
 
 def test_cli_added_provider_routes_through_the_running_server(server, mock):
     key = fake_key("cli")
-    result = server.cli("providers", "add", "local", "--kind", "openai-compatible",
-                        "--base-url", mock.url + "/v1", "--models", "local-", "--key-stdin", input=key + "\n")
+    result = server.cli(
+        "providers",
+        "add",
+        "local",
+        "--kind",
+        "openai-compatible",
+        "--base-url",
+        mock.url + "/v1",
+        "--models",
+        "local-",
+        "--key-stdin",
+        input=key + "\n",
+    )
     assert result.returncode == 0, result.stderr
     assert key not in result.stdout + result.stderr and "…" + key[-4:] in result.stdout
     # Before the reload a lone-prefix miss would go to the env provider; after it, to "local".
@@ -115,8 +131,19 @@ def test_cli_added_provider_routes_through_the_running_server(server, mock):
 def test_reload_is_quick(server, mock):
     """CLI changes reach a running server within about a second."""
     key = fake_key("quick")
-    result = server.cli("providers", "add", "quick", "--kind", "openai-compatible",
-                        "--base-url", mock.url + "/v1", "--models", "quick-", "--key-stdin", input=key)
+    result = server.cli(
+        "providers",
+        "add",
+        "quick",
+        "--kind",
+        "openai-compatible",
+        "--base-url",
+        mock.url + "/v1",
+        "--models",
+        "quick-",
+        "--key-stdin",
+        input=key,
+    )
     assert result.returncode == 0, result.stderr
     started = time.monotonic()
     wait_for(lambda: "quick" in api_list(server), timeout=5, what="reload")
@@ -126,9 +153,18 @@ def test_reload_is_quick(server, mock):
 
 def test_api_add_update_remove(server, mock):
     key = fake_key("api")
-    status, _, body = server.request("POST", "/api/providers", {
-        "name": "viaapi", "kind": "openai-compatible", "base_url": mock.url + "/v1/",
-        "models": ["apimodel-"], "api_key": key}, headers=AUTH)
+    status, _, body = server.request(
+        "POST",
+        "/api/providers",
+        {
+            "name": "viaapi",
+            "kind": "openai-compatible",
+            "base_url": mock.url + "/v1/",
+            "models": ["apimodel-"],
+            "api_key": key,
+        },
+        headers=AUTH,
+    )
     assert status == 201, body
     shown = json.loads(body)
     assert key.encode() not in body
@@ -139,8 +175,9 @@ def test_api_add_update_remove(server, mock):
     [entry] = audit_rows(server, "provider.add", "provider:viaapi")
     assert entry["actor"].startswith("admin-api:") and entry["details"]["key_hint"] == "…" + key[-4:]
 
-    status, _, body = server.request("PATCH", "/api/providers/viaapi", {"models": ["apimodel-", "other-"]},
-                                     headers=AUTH)
+    status, _, body = server.request(
+        "PATCH", "/api/providers/viaapi", {"models": ["apimodel-", "other-"]}, headers=AUTH
+    )
     assert status == 200, body
     assert json.loads(body)["models"] == ["apimodel-", "other-"]
     [entry] = audit_rows(server, "provider.update", "provider:viaapi")
@@ -156,7 +193,8 @@ def test_api_add_update_remove(server, mock):
     status, _, body = server.request("PATCH", "/api/providers/viaapi", {"api_key": None}, headers=AUTH)
     assert status == 200 and json.loads(body)["key_status"] == "none"
     assert server.db_rows("SELECT key_token, key_hint FROM providers WHERE name = 'viaapi'") == [
-        {"key_token": None, "key_hint": None}]
+        {"key_token": None, "key_hint": None}
+    ]
 
     status, _, body = server.request("DELETE", "/api/providers/viaapi", headers=AUTH)
     assert status == 200 and json.loads(body) == {"name": "viaapi", "deleted": True}
@@ -168,8 +206,19 @@ def test_api_add_update_remove(server, mock):
 
 def test_database_provider_overrides_env_by_name(server, mock):
     key = fake_key("override")
-    result = server.cli("providers", "add", "openai", "--kind", "openai-compatible",
-                        "--base-url", mock.url + "/v1", "--models", "gpt-", "--key-stdin", input=key)
+    result = server.cli(
+        "providers",
+        "add",
+        "openai",
+        "--kind",
+        "openai-compatible",
+        "--base-url",
+        mock.url + "/v1",
+        "--models",
+        "gpt-",
+        "--key-stdin",
+        input=key,
+    )
     assert result.returncode == 0, result.stderr
     wait_for(lambda: served_with(server, mock, "gpt-4o-mini", key), timeout=5, what="override")
     listing = api_list(server)
@@ -183,15 +232,18 @@ def test_database_provider_overrides_env_by_name(server, mock):
     assert result.returncode == 1 and "environment" in result.stderr
 
 
-@pytest.mark.parametrize("args, words", [
-    (["Bad!Name", "--kind", "openai"], "provider name"),
-    (["ok", "--kind", "nope"], "kind 'nope' is not valid"),
-    (["ok", "--kind", "openai-compatible", "--base-url", "ftp://x"], "base URL"),
-    (["ok", "--kind", "openai-compatible", "--base-url", "http://"], "base URL"),
-    (["ok", "--kind", "openai-compatible"], "needs a base URL"),
-    (["ok", "--kind", "openai-compatible", "--base-url", "https://u:p@h/v1"], "credentials"),
-    (["ok", "--kind", "openai", "--models", "a,,b"], "model"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["Bad!Name", "--kind", "openai"], "provider name"),
+        (["ok", "--kind", "nope"], "kind 'nope' is not valid"),
+        (["ok", "--kind", "openai-compatible", "--base-url", "ftp://x"], "base URL"),
+        (["ok", "--kind", "openai-compatible", "--base-url", "http://"], "base URL"),
+        (["ok", "--kind", "openai-compatible"], "needs a base URL"),
+        (["ok", "--kind", "openai-compatible", "--base-url", "https://u:p@h/v1"], "credentials"),
+        (["ok", "--kind", "openai", "--models", "a,,b"], "model"),
+    ],
+)
 def test_cli_validation_errors_are_one_line(server, args, words):
     result = server.cli("providers", "add", *args)
     assert result.returncode == 1
@@ -200,24 +252,27 @@ def test_cli_validation_errors_are_one_line(server, args, words):
     assert server.db_rows("SELECT * FROM providers WHERE name = 'ok'") == []
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"name": "Bad Name", "kind": "openai"}, "name"),
-    ({"name": "ok", "kind": "nope"}, "kind"),
-    ({"name": "ok", "kind": "azure"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "localhost:80"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\r\nX-Injected: 1"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\n"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "http://up\texample/v1"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\x00"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "http://up.example/ v1"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "file:///etc/passwd"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "base_url": "ftp://up.example/v1"}, "base_url"),
-    ({"name": "ok", "kind": "openai", "models": "gpt-"}, "models"),
-    ({"name": "ok", "kind": "openai", "models": [""]}, "models"),
-    ({"name": "ok", "kind": "openai", "key": "sk-typo-1234567890"}, "key"),
-    ({"name": "ok", "kind": "openai", "api_key": "has space"}, "api_key"),
-    ({"kind": "openai"}, "name"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"name": "Bad Name", "kind": "openai"}, "name"),
+        ({"name": "ok", "kind": "nope"}, "kind"),
+        ({"name": "ok", "kind": "azure"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "localhost:80"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\r\nX-Injected: 1"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\n"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "http://up\texample/v1"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "http://up.example/v1\x00"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "http://up.example/ v1"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "file:///etc/passwd"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "base_url": "ftp://up.example/v1"}, "base_url"),
+        ({"name": "ok", "kind": "openai", "models": "gpt-"}, "models"),
+        ({"name": "ok", "kind": "openai", "models": [""]}, "models"),
+        ({"name": "ok", "kind": "openai", "key": "sk-typo-1234567890"}, "key"),
+        ({"name": "ok", "kind": "openai", "api_key": "has space"}, "api_key"),
+        ({"kind": "openai"}, "name"),
+    ],
+)
 def test_api_validation_errors(server, body, param):
     status, _, raw = server.request("POST", "/api/providers", body, headers=AUTH)
     assert status == 400, raw
@@ -229,25 +284,40 @@ def test_api_validation_errors(server, body, param):
 
 def test_api_update_refuses_control_characters_in_base_url(server):
     assert server.request("POST", "/api/providers", {"name": "crlf", "kind": "anthropic"}, headers=AUTH)[0] == 201
-    status, _, raw = server.request("PATCH", "/api/providers/crlf", {"base_url": "https://a.example\r\nX: y"},
-                                    headers=AUTH)
+    status, _, raw = server.request(
+        "PATCH", "/api/providers/crlf", {"base_url": "https://a.example\r\nX: y"}, headers=AUTH
+    )
     assert status == 400 and json.loads(raw)["error"]["param"] == "base_url"
     assert server.db_rows("SELECT base_url FROM providers WHERE name = 'crlf'") == [
-        {"base_url": "https://api.anthropic.com"}]
+        {"base_url": "https://api.anthropic.com"}
+    ]
     assert server.request("DELETE", "/api/providers/crlf", headers=AUTH)[0] == 200
 
 
-@pytest.mark.parametrize("name, value", [
-    ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1\r\nX-Injected: 1"),
-    ("ANTHROPIC_BASE_URL", "gopher://127.0.0.1:9"),
-    ("AZURE_OPENAI_ENDPOINT", "https://x.example\x07"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1\r\nX-Injected: 1"),
+        ("ANTHROPIC_BASE_URL", "gopher://127.0.0.1:9"),
+        ("AZURE_OPENAI_ENDPOINT", "https://x.example\x07"),
+    ],
+)
 def test_a_bad_base_url_in_the_environment_refuses_to_start(pyz_path, cache_home, tmp_path, name, value):
     db = tmp_path / "never.db"
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-0123456789", "ANTHROPIC_API_KEY": "sk-ant-0123456789",
-           "AZURE_OPENAI_API_KEY": "az-0123456789", name: value}
-    proc = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)], env=env,
-                          capture_output=True, text=True, timeout=20)
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-0123456789",
+        "ANTHROPIC_API_KEY": "sk-ant-0123456789",
+        "AZURE_OPENAI_API_KEY": "az-0123456789",
+        name: value,
+    }
+    proc = subprocess.run(
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"stockyard: {name}: base URL"), proc.stderr
@@ -281,8 +351,16 @@ def test_defaults_per_kind(server):
 
 
 def test_storing_a_key_without_the_secret_is_refused(server):
-    result = server.cli("providers", "add", "nosecret", "--kind", "openai", "--key-stdin",
-                        input=fake_key("nosecret"), env={"STOCKYARD_ENCRYPTION_KEY": ""})
+    result = server.cli(
+        "providers",
+        "add",
+        "nosecret",
+        "--kind",
+        "openai",
+        "--key-stdin",
+        input=fake_key("nosecret"),
+        env={"STOCKYARD_ENCRYPTION_KEY": ""},
+    )
     assert result.returncode == 1
     assert "STOCKYARD_ENCRYPTION_KEY is not set" in result.stderr and "export" in result.stderr
     assert server.db_rows("SELECT * FROM providers WHERE name = 'nosecret'") == []

@@ -68,9 +68,14 @@ def run(python: str, args: list[str], cache: Path, **kwargs) -> subprocess.Compl
 def find_python(version: str) -> str | None:
     """An interpreter that really is CPython `version` (pyenv shims for inactive versions exist but fail)."""
     pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    candidates = [shutil.which(f"python{version}"), *sorted(glob.glob(f"{pyenv}/versions/{version}.*/bin/python{version}"))]
+    candidates = [
+        shutil.which(f"python{version}"),
+        *sorted(glob.glob(f"{pyenv}/versions/{version}.*/bin/python{version}")),
+    ]
     for candidate in filter(None, candidates):
-        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True)
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True
+        )
         if probe.returncode == 0 and probe.stdout.strip() == version:
             return candidate
     return None
@@ -136,7 +141,10 @@ def test_bundled_cryptography_wins_over_installed(pyz_path: Path, tmp_path: Path
 def test_concurrent_cold_starts_share_one_folder(pyz_path: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     command = [sys.executable, "-c", AES_GCM_CHECK.format(pyz=str(pyz_path))]
-    processes = [subprocess.Popen(command, env=clean_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    processes = [
+        subprocess.Popen(command, env=clean_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
     for process in processes:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err
@@ -208,14 +216,21 @@ def test_pyz_contents(pyz_path: Path) -> None:
     for version in PYTHONS:
         tag = version.replace(".", "")
         assert any(re.fullmatch(rf"_native/_cffi_backend\.cpython-{tag}-.*\.so", n) for n in names), version
-    assert set(manifest["files"]) == {n[len("_native/"):] for n in names if n.startswith("_native/")} - {"MANIFEST.json"}
+    assert set(manifest["files"]) == {n[len("_native/") :] for n in names if n.startswith("_native/")} - {
+        "MANIFEST.json"
+    }
     assert build_json["version"] == stockyard_version()
     assert all(info.date_time == (1980, 1, 1, 0, 0, 0) and info.compress_type == zipfile.ZIP_DEFLATED for info in infos)
 
 
 def test_package_files_are_collected_except_bytecode(tmp_path: Path) -> None:
-    files = ["stockyard/__init__.py", "stockyard/__main__.py", "stockyard/store/migrations/0001_core.sql",
-             "stockyard/data/prices.json", "stockyard/static/app.css"]
+    files = [
+        "stockyard/__init__.py",
+        "stockyard/__main__.py",
+        "stockyard/store/migrations/0001_core.sql",
+        "stockyard/data/prices.json",
+        "stockyard/static/app.css",
+    ]
     for name in [*files, "stockyard/__pycache__/x.cpython-311.pyc", "stockyard/store/old.pyc", "stockyard/_build.json"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(name)

@@ -16,18 +16,18 @@ import threading
 import time
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
+
 from stockyard import config
 from stockyard.app import App
 from stockyard.budgets import budgets_for
-from stockyard.metrics import render
-from stockyard.errors import ProxyError
-from stockyard.operations import keys as key_ops
-from stockyard.operations import prices as price_ops
 from stockyard.chain import Chain, HookFailures
 from stockyard.context import RequestContext
+from stockyard.errors import ProxyError
+from stockyard.metrics import render
+from stockyard.operations import keys as key_ops
+from stockyard.operations import prices as price_ops
 
 COST_UC = 480
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -64,8 +64,14 @@ def app(tmp_path):
 
 
 def budget_request(app: App) -> RequestContext:
-    ctx = RequestContext("chat", "openai", "127.0.0.1", {"authorization": f"Bearer {app.test_key}"},
-                         body={"model": "gpt-4o-mini", "messages": [], "max_tokens": 10}, model="gpt-4o-mini")
+    ctx = RequestContext(
+        "chat",
+        "openai",
+        "127.0.0.1",
+        {"authorization": f"Bearer {app.test_key}"},
+        body={"model": "gpt-4o-mini", "messages": [], "max_tokens": 10},
+        model="gpt-4o-mini",
+    )
     app.gate.authenticate(ctx)
     return ctx
 
@@ -133,10 +139,12 @@ def test_hook_failures_log_once_per_module_and_hook_and_count_each(caplog):
 
 # -- the configuration watcher ------------------------------------------------------------------
 
+
 def chat_with(server: ServerProcess, key: str | None = None) -> int:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
-                          headers=headers)[0]
+    return server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO}, headers=headers)[
+        0
+    ]
 
 
 def sql(db, statement: str) -> None:
@@ -150,8 +158,7 @@ def sql(db, statement: str) -> None:
         conn.close()
 
 
-def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_path, cache_home, mock,
-                                                                              tmp_path):
+def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_path, cache_home, mock, tmp_path):
     env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
     server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
@@ -162,8 +169,9 @@ def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_
         assert server.request("GET", "/readyz")[0] == 200
 
         sql(server.db, "UPDATE client_keys SET models = '[not json'")  # every reload now raises
-        status, _, body = wait_for(lambda: (r := server.request("GET", "/readyz"))[0] == 503 and r, 20,
-                                   "readyz to report the stuck watcher")
+        status, _, body = wait_for(
+            lambda: (r := server.request("GET", "/readyz"))[0] == 503 and r, 20, "readyz to report the stuck watcher"
+        )
         reason = json.loads(body)["config_watcher"]
         assert "no successful pass" in reason and "JSONDecodeError" in reason, reason
         assert chat_with(server, first) == 200, "the last good configuration keeps serving"
@@ -182,13 +190,19 @@ def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_
 
 # -- one server per database ------------------------------------------------------------------------
 
+
 def test_a_second_server_on_the_same_database_refuses_to_start(pyz_path, cache_home, mock, tmp_path):
     env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
     db = tmp_path / "stockyard.db"
     first = ServerProcess(pyz_path, db, env).start()
     try:
-        second = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
-                                env=env, capture_output=True, text=True, timeout=30)
+        second = subprocess.run(
+            [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert second.returncode != 0
         lines = (second.stdout + second.stderr).strip().splitlines()
         assert len(lines) == 1, lines
@@ -209,10 +223,17 @@ def test_a_second_server_on_the_same_database_refuses_to_start(pyz_path, cache_h
 
 # -- the CLI on a fresh install ---------------------------------------------------------------------
 
+
 def run_cli(pyz_path, cache_home, db, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": "fresh-install-secret-0123456789"}
-    return subprocess.run([sys.executable, str(pyz_path), *args, "--db", str(db)], env=env, input=input,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(pyz_path), *args, "--db", str(db)],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # Every command that changes configuration: (arguments, stdin, whether it succeeds on an empty database).
@@ -235,18 +256,32 @@ CHANGES = [
     (("modules", "reset", "cache"), None, True),
 ]
 READS = [
-    ("traces",), ("costs",), ("keys", "list"), ("projects", "list"), ("projects", "budget", "lab"),
-    ("prices", "list"), ("providers", "list"), ("modules", "list"), ("modules", "show", "cache"),
-    ("audit", "list"), ("audit", "verify"), ("audit", "head"), ("audit", "export", "--csv"), ("backup", "out.db"),
+    ("traces",),
+    ("costs",),
+    ("keys", "list"),
+    ("projects", "list"),
+    ("projects", "budget", "lab"),
+    ("prices", "list"),
+    ("providers", "list"),
+    ("modules", "list"),
+    ("modules", "show", "cache"),
+    ("audit", "list"),
+    ("audit", "verify"),
+    ("audit", "head"),
+    ("audit", "export", "--csv"),
+    ("backup", "out.db"),
     ("migrate",),
     # not configuration: these act on an existing database only
-    ("reload",), ("audit", "note", "a note"), ("providers", "rotate-secret"),
+    ("reload",),
+    ("audit", "note", "a note"),
+    ("providers", "rotate-secret"),
 ]
 
 
 @pytest.mark.parametrize("args, stdin, succeeds", CHANGES, ids=[" ".join(c[0]) for c in CHANGES])
-def test_every_configuration_change_creates_the_database_on_a_fresh_install(pyz_path, cache_home, tmp_path,
-                                                                              args, stdin, succeeds):
+def test_every_configuration_change_creates_the_database_on_a_fresh_install(
+    pyz_path, cache_home, tmp_path, args, stdin, succeeds
+):
     db = tmp_path / "fresh" / "stockyard.db"
     result = run_cli(pyz_path, cache_home, db, *args, input=stdin)
     assert db.exists(), result.stderr
@@ -266,16 +301,20 @@ def test_commands_that_only_read_say_there_is_nothing_yet(pyz_path, cache_home, 
     assert result.stderr.strip().splitlines() == [
         f"stockyard: nothing yet: there is no database at {db}; it is created by `stockyard serve` or by the "
         "first configuration change (e.g. `stockyard keys create`). If it lives elsewhere, pass --db or set "
-        "STOCKYARD_DB"]
+        "STOCKYARD_DB"
+    ]
     assert not db.exists(), "reading never creates the database"
 
 
 # -- a client that leaves while the provider works --------------------------------------------------
 
+
 def raw_chat(port: int, model: str = "gpt-4o-mini") -> bytes:
     body = json.dumps({"model": model, "messages": HELLO}).encode()
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 @pytest.fixture(scope="module")
@@ -303,8 +342,9 @@ def test_a_client_that_leaves_a_plain_request_ends_its_upstream_request(proxy, m
         assert time.monotonic() - left < 5, "long before the provider's 60 s answer"
     finally:
         client.close()
-    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?",
-                                              (f"gpt-4o-mini-leave-{how}",)), 10, "the trace")
+    (trace,) = wait_for(
+        lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?", (f"gpt-4o-mini-leave-{how}",)), 10, "the trace"
+    )
     assert trace["outcome"] == "client_disconnected", trace
     assert "client closed the connection" in trace["error_message"]
     assert proxy.request("GET", "/readyz")[0] == 200 and chat_with(proxy) == 200, "the server carries on"
@@ -336,11 +376,15 @@ def test_a_client_that_leaves_a_stream_ends_its_upstream_request(proxy, mock):
     mock.enqueue(Reply(hang_s=60, hang_started=reached, hung_up=hung_up))
     body = json.dumps({"model": "gpt-4o-mini-leave-stream", "messages": HELLO, "stream": True}).encode()
     client = socket.create_connection(("127.0.0.1", proxy.port))
-    client.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n"
-                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    client.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     assert reached.wait(10)
     client.close()
     assert hung_up.wait(10), "the upstream connection was closed"
-    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = 'gpt-4o-mini-leave-stream'"),
-                        10, "the trace")
+    (trace,) = wait_for(
+        lambda: proxy.db_rows("SELECT * FROM traces WHERE model = 'gpt-4o-mini-leave-stream'"), 10, "the trace"
+    )
     assert trace["outcome"] == "client_disconnected", trace

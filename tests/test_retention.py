@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import ServerProcess, base_env, wait_for
 from ops_helpers import open_plain, sample_trace, table_rows
+
 from stockyard import retention
 from stockyard.retention import Retention
 from stockyard.store import db
@@ -60,7 +60,9 @@ def test_ages_delete_in_small_batches_keep_rollups_and_shrink_the_file(tmp_path)
     assert r.stats.traces_deleted == 1200 and r.stats.bodies_deleted == 1200  # + 1200 bodies by cascade
     assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 1500
     assert conn.execute("SELECT count(*) FROM trace_bodies").fetchone()[0] == 300
-    oldest_body = conn.execute("SELECT min(t.ts_ms) FROM traces t JOIN trace_bodies b ON b.trace_id = t.id").fetchone()[0]
+    oldest_body = conn.execute("SELECT min(t.ts_ms) FROM traces t JOIN trace_bodies b ON b.trace_id = t.id").fetchone()[
+        0
+    ]
     assert oldest_body > NOW_MS - 7 * DAY_MS
     assert table_rows(conn, "rollups_daily") == rollups, "rollups are never touched"
     assert conn.execute("PRAGMA freelist_count").fetchone()[0] < retention.VACUUM_MIN_FREE_PAGES
@@ -80,7 +82,9 @@ def test_body_size_cap_deletes_the_oldest_bodies_first(tmp_path):
     kept = conn.execute("SELECT sum(length(request) + length(response)), min(trace_id) FROM trace_bodies").fetchone()
     assert 0 < kept[0] <= cap
     assert cap - kept[0] < 2 * (1500 + 100) * 2, "no more than needed is deleted"
-    newest_gone = conn.execute("SELECT max(id) FROM traces WHERE id NOT IN (SELECT trace_id FROM trace_bodies)").fetchone()[0]
+    newest_gone = conn.execute(
+        "SELECT max(id) FROM traces WHERE id NOT IN (SELECT trace_id FROM trace_bodies)"
+    ).fetchone()[0]
     assert newest_gone < kept[1], "the newest bodies are the ones kept"
     assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 800, "traces stay; only bodies go"
     conn.close()
@@ -89,8 +93,12 @@ def test_body_size_cap_deletes_the_oldest_bodies_first(tmp_path):
 def test_the_server_applies_retention_when_idle(pyz_path, cache_home, tmp_path):
     path = tmp_path / "stockyard.db"
     populate(path, old=600, middle=600, fresh=50)
-    env = {**base_env(cache_home), "STOCKYARD_RETENTION_BODIES": "7d", "STOCKYARD_RETENTION_TRACES": "90d",
-           "STOCKYARD_BODIES_MAX_MB": "100"}
+    env = {
+        **base_env(cache_home),
+        "STOCKYARD_RETENTION_BODIES": "7d",
+        "STOCKYARD_RETENTION_TRACES": "90d",
+        "STOCKYARD_BODIES_MAX_MB": "100",
+    }
     srv = ServerProcess(pyz_path, path, env).start()
     try:
         wait_for(lambda: "retention: bodies 7d, traces 90d, bodies at most 100 MB" in srv.log, 5, "banner")
@@ -100,8 +108,11 @@ def test_the_server_applies_retention_when_idle(pyz_path, cache_home, tmp_path):
         assert re.search(rb"^stockyard_retention_traces_deleted_total 600$", metrics, re.M)
         assert re.search(rb"^stockyard_retention_bodies_deleted_total 600$", metrics, re.M)
         # the file shrinks in incremental-vacuum steps that follow the deletes: wait for the last one
-        wait_for(lambda: srv.db_rows("PRAGMA freelist_count")[0]["freelist_count"] < retention.VACUUM_MIN_FREE_PAGES,
-                 20, "incremental vacuum")
+        wait_for(
+            lambda: srv.db_rows("PRAGMA freelist_count")[0]["freelist_count"] < retention.VACUUM_MIN_FREE_PAGES,
+            20,
+            "incremental vacuum",
+        )
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
@@ -110,9 +121,15 @@ def test_the_server_applies_retention_when_idle(pyz_path, cache_home, tmp_path):
     assert conn.execute("PRAGMA freelist_count").fetchone()[0] < retention.VACUUM_MIN_FREE_PAGES
 
 
-@pytest.mark.parametrize("name, value", [("STOCKYARD_RETENTION_TRACES", "forever"),
-                                         ("STOCKYARD_BODIES_MAX_MB", "lots")])
+@pytest.mark.parametrize(
+    "name, value", [("STOCKYARD_RETENTION_TRACES", "forever"), ("STOCKYARD_BODIES_MAX_MB", "lots")]
+)
 def test_a_bad_retention_setting_stops_the_server_with_one_line(pyz_path, cache_home, tmp_path, name, value):
-    r = subprocess.run([sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(tmp_path / "x.db")],
-                       env={**base_env(cache_home), name: value}, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(tmp_path / "x.db")],
+        env={**base_env(cache_home), name: value},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and name in r.stderr and "Traceback" not in r.stderr

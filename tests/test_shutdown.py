@@ -8,7 +8,6 @@ import signal
 import threading
 
 import pytest
-
 from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import MockUpstream
 

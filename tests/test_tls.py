@@ -8,12 +8,11 @@ import json
 import ssl
 
 import pytest
+from conftest import ServerProcess, base_env
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-from conftest import ServerProcess, base_env
 from mock_upstream import MockUpstream
 
 HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -21,16 +20,20 @@ HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]
 
 def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer_name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if not ca:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -44,9 +47,9 @@ def tls_mock(tmp_path_factory):
     leaf = _cert("127.0.0.1", key, ca_name, ca_key, ca=False)
     (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (folder / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (folder / "leaf.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                        serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
+    (folder / "leaf.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(folder / "leaf.pem", folder / "leaf.key")
     with MockUpstream(tls=context) as upstream:
@@ -54,8 +57,12 @@ def tls_mock(tmp_path_factory):
 
 
 def run(pyz_path, cache_home, tmp_path, upstream, extra_env: dict) -> tuple[int, dict]:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-tls-123456", "OPENAI_BASE_URL": upstream.url + "/v1",
-           **extra_env}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-tls-123456",
+        "OPENAI_BASE_URL": upstream.url + "/v1",
+        **extra_env,
+    }
     server = ServerProcess(pyz_path, tmp_path / "tls.db", env).start()
     try:
         status, _, body = server.request("POST", "/v1/chat/completions", HELLO)

@@ -91,7 +91,7 @@ def test_tampered_ciphertext_fails(salt):
     prefix, data = token.rsplit(":", 1)
     for i in range(len(data)):
         swapped = "A" if data[i] != "A" else "B"
-        bad = f"{prefix}:{data[:i]}{swapped}{data[i + 1:]}"
+        bad = f"{prefix}:{data[:i]}{swapped}{data[i + 1 :]}"
         try:
             result = v.decrypt(bad, aad)
         except VaultError as exc:
@@ -99,8 +99,14 @@ def test_tampered_ciphertext_fails(salt):
             continue
         # the last base64 char can carry unused padding bits; any accepted value is unchanged
         assert result == PROVIDER_KEY and i == len(data) - 1
-    for bad in ("", "sk-plaintext-key-oops", "v1:zzzzzzzz:AAAA", f"{prefix}:AAAA",
-                f"v2:{v.key_id}:{data}", f"{prefix}:{data}!"):
+    for bad in (
+        "",
+        "sk-plaintext-key-oops",
+        "v1:zzzzzzzz:AAAA",
+        f"{prefix}:AAAA",
+        f"v2:{v.key_id}:{data}",
+        f"{prefix}:{data}!",
+    ):
         with pytest.raises(VaultError) as err:
             v.decrypt(bad, aad)
         assert "sk-plaintext" not in str(err.value)
@@ -168,11 +174,12 @@ def test_plaintext_never_in_database_file(tmp_path):
     conn, _ = db.open_and_migrate(path)
     v = Vault(SECRET, vault.get_or_create_salt(conn))
     conn.execute("BEGIN IMMEDIATE")  # the providers table comes from migration 0002
-    conn.execute("INSERT INTO providers (id, name, kind, base_url, key_token, created_at, updated_at) "
-                 "VALUES (1, 'openai', 'openai', 'https://api.openai.com/v1', ?, '', '')",
-                 (v.encrypt(PROVIDER_KEY, vault.aad_for(1, "openai")),))
-    conn.execute("INSERT INTO meta (key, value) VALUES ('test_token', ?)",
-                 (v.encrypt(PROVIDER_KEY, b"meta"),))
+    conn.execute(
+        "INSERT INTO providers (id, name, kind, base_url, key_token, created_at, updated_at) "
+        "VALUES (1, 'openai', 'openai', 'https://api.openai.com/v1', ?, '', '')",
+        (v.encrypt(PROVIDER_KEY, vault.aad_for(1, "openai")),),
+    )
+    conn.execute("INSERT INTO meta (key, value) VALUES ('test_token', ?)", (v.encrypt(PROVIDER_KEY, b"meta"),))
     conn.execute("COMMIT")
     stored = conn.execute("SELECT key_token FROM providers WHERE id = 1").fetchone()[0]
     assert v.decrypt(stored, vault.aad_for(1, "openai")) == PROVIDER_KEY

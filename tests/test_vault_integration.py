@@ -13,8 +13,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+
 from stockyard import audit, vault
 from stockyard.operations import providers as provider_ops
 
@@ -27,8 +27,12 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def env_for(cache_home: Path, mock, secret: str | None) -> dict[str, str]:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "STOCKYARD_ADMIN_KEY": ADMIN_KEY}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+    }
     if secret:
         env["STOCKYARD_ENCRYPTION_KEY"] = secret
     return env
@@ -40,8 +44,19 @@ def template(pyz_path, cache_home, mock, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vault") / "template.db"
     cli = ServerProcess(pyz_path, path, env_for(cache_home, mock, SECRET))
     for name, key in KEYS.items():
-        result = cli.cli("providers", "add", name, "--kind", "openai-compatible", "--base-url",
-                         mock.url + "/v1", "--models", f"{name}-", "--key-stdin", input=key)
+        result = cli.cli(
+            "providers",
+            "add",
+            name,
+            "--kind",
+            "openai-compatible",
+            "--base-url",
+            mock.url + "/v1",
+            "--models",
+            f"{name}-",
+            "--key-stdin",
+            input=key,
+        )
         assert result.returncode == 0, result.stderr
     return path
 
@@ -64,16 +79,18 @@ def start(pyz_path, cache_home, mock, db: Path, secret: str | None) -> ServerPro
 
 
 def served_with(server: ServerProcess, mock, model: str, key: str) -> bool:
-    status, _, _ = server.request("POST", "/v1/chat/completions",
-                                  {"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    status, _, _ = server.request(
+        "POST", "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    )
     last = mock.last("/chat/completions")
     return status == 200 and last is not None and last.headers.get("authorization") == f"Bearer {key}"
 
 
 def refused(server: ServerProcess, model: str) -> dict | None:
     """The error a request for ``model`` gets when its provider's key cannot be used."""
-    status, _, body = server.request("POST", "/v1/chat/completions",
-                                     {"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    status, _, body = server.request(
+        "POST", "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    )
     error = json.loads(body).get("error") if status == 503 else None
     return error if error and error.get("code") == "provider_key_unavailable" else None
 
@@ -131,8 +148,7 @@ def test_wrong_secret_names_the_keys_and_others_keep_working(pyz_path, cache_hom
         assert key_statuses(server) == {"openai": "ok", "alpha": "cannot decrypt", "beta": "cannot decrypt"}
         assert server.request("GET", "/v1/models")[0] == 200
         # Changes are refused cleanly (the audit chain is keyed with the right secret), not a 500.
-        status, _, body = server.request("POST", "/api/providers", {"name": "x", "kind": "anthropic"},
-                                         headers=AUTH)
+        status, _, body = server.request("POST", "/api/providers", {"name": "x", "kind": "anthropic"}, headers=AUTH)
         assert status == 409 and "different STOCKYARD_ENCRYPTION_KEY" in json.loads(body)["error"]["message"]
     finally:
         server.stop()
@@ -142,7 +158,9 @@ def test_wrong_secret_names_the_keys_and_others_keep_working(pyz_path, cache_hom
 def test_no_secret_at_start_says_so(pyz_path, cache_home, mock, db_copy):
     server = start(pyz_path, cache_home, mock, db_copy, None)
     try:
-        assert "provider 'alpha': its stored key cannot be decrypted (STOCKYARD_ENCRYPTION_KEY is not set)" in server.log
+        assert (
+            "provider 'alpha': its stored key cannot be decrypted (STOCKYARD_ENCRYPTION_KEY is not set)" in server.log
+        )
         assert served_with(server, mock, "gpt-4o-mini", OPENAI_KEY)
         assert refused(server, "beta-model")
     finally:
@@ -164,8 +182,9 @@ def test_tampered_and_moved_ciphertext(pyz_path, cache_home, mock, db_copy):
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'config_version'")
         error = wait_for(lambda: refused(server, "alpha-model"), timeout=5, what="tampered key refused")
         assert "alpha" in error["message"]
-        assert wait_for(lambda: "provider 'alpha': its stored key cannot be decrypted" in server.log,
-                        timeout=5, what="log line")
+        assert wait_for(
+            lambda: "provider 'alpha': its stored key cannot be decrypted" in server.log, timeout=5, what="log line"
+        )
         assert "altered or belongs to a different provider row" in server.log
         assert served_with(server, mock, "beta-model", KEYS["beta"])
         assert served_with(server, mock, "gpt-4o-mini", OPENAI_KEY)
@@ -211,8 +230,7 @@ def test_rotate_secret_then_restart(pyz_path, cache_home, mock, db_copy):
     old_chain = chain_key(db_copy, SECRET)
 
     # A wrong "old" secret changes nothing.
-    result = cli.cli("providers", "rotate-secret", input=NEW_SECRET,
-                     env={"STOCKYARD_ENCRYPTION_KEY": WRONG_SECRET})
+    result = cli.cli("providers", "rotate-secret", input=NEW_SECRET, env={"STOCKYARD_ENCRYPTION_KEY": WRONG_SECRET})
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert stored_tokens(cli) == before
 
@@ -239,8 +257,7 @@ def test_rotate_secret_then_restart(pyz_path, cache_home, mock, db_copy):
         assert "cannot be decrypted" not in server.log
         for name, key in KEYS.items():
             assert served_with(server, mock, f"{name}-model", key)
-        status, _, body = server.request("POST", "/api/providers", {"name": "later", "kind": "anthropic"},
-                                         headers=AUTH)
+        status, _, body = server.request("POST", "/api/providers", {"name": "later", "kind": "anthropic"}, headers=AUTH)
         assert status == 201, body  # the audit chain continues under the new secret
     finally:
         server.stop()

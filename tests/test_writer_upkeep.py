@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import wait_for
+
 from stockyard.store import Writer, db
 
 
