@@ -47,8 +47,13 @@ class ClientWatch:
         threading.Thread(target=self._run, name="stockyard-client-watch", daemon=True).start()
 
     @contextmanager
-    def watching(self, sock: socket.socket, on_gone: Callable[[], None]) -> Iterator[None]:
-        """Call ``on_gone`` (at most once, never after this block ends) if ``sock``'s peer leaves."""
+    def watching(self, sock: socket.socket, on_gone: Callable[[], None]) -> Iterator[Callable[[], None]]:
+        """Call ``on_gone`` (at most once, never after this block ends) if ``sock``'s peer leaves.
+
+        The block gets a function that ends the watch early: once the answer is on its way, the
+        client's next bytes are its next request, and waking this thread for them costs every
+        keep-alive request a thread switch.
+        """
         watch = _Watch(on_gone)
         with self._lock:
             try:
@@ -58,12 +63,15 @@ class ClientWatch:
         if watch.active and self._needs_wake:
             self._wake()
         try:
-            yield
+            yield lambda: self._end(sock, watch)
         finally:
-            with self._lock:
-                if watch.active:
-                    watch.active = False
-                    self._unregister(sock)
+            self._end(sock, watch)
+
+    def _end(self, sock: socket.socket, watch: _Watch) -> None:
+        with self._lock:
+            if watch.active:
+                watch.active = False
+                self._unregister(sock)
 
     def _wake(self) -> None:
         """Make a select/poll selector start over with the new socket in its set."""

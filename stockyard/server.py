@@ -15,9 +15,10 @@ import re
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 from . import proxy
@@ -274,6 +275,7 @@ class Handler(BaseHTTPRequestHandler):
     _body_done = False  # the body has been read whole
     _expect_continue = False  # the client waits for "100 Continue" before sending its body
     _linger = False  # we answered before the body came: drain briefly before closing
+    _end_watch: Callable[[], None] | None = None  # ends the client watch (see watch_client)
 
     # -- stdlib hooks ----------------------------------------------------------------------
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
@@ -389,6 +391,8 @@ class Handler(BaseHTTPRequestHandler):
     # -- writing ---------------------------------------------------------------------------
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
         self._end_early()  # an answer written before the body was read ends the connection
+        if self._end_watch is not None:
+            self._end_watch()  # answering now: the client's next bytes are its next request
         phrase = reason_phrase(status, "Status")
         lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {self.date_time_string()}", "Server: stockyard"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -444,9 +448,19 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ClientGone() from exc
 
-    def watch_client(self, on_gone: Callable[[], None]):
-        """While the provider works: ``on_gone()`` if this client closes its connection meanwhile."""
-        return self.server.client_watch.watching(self.connection, on_gone)
+    @contextmanager
+    def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
+        """While the provider works: ``on_gone()`` if this client closes its connection meanwhile.
+
+        The watch ends as soon as the answer starts (``_head``); a client leaving after that is
+        noticed by the writes that follow.
+        """
+        with self.server.client_watch.watching(self.connection, on_gone) as end:
+            self._end_watch = end
+            try:
+                yield
+            finally:
+                self._end_watch = None
 
     # -- reading ---------------------------------------------------------------------------
     def _body_pending(self) -> bool:
