@@ -32,6 +32,7 @@ from stockyard.auth import Gatekeeper
 from stockyard.billing import Pricer
 from stockyard.budgets import BudgetRecords, Ledger
 from stockyard.context import RequestContext
+from stockyard.conversations import Conversations
 from stockyard.errors import ProxyError
 from stockyard.metrics import Metrics
 from stockyard.modules import ModuleRow, Modules, ModuleServices, effective_config, find
@@ -111,7 +112,7 @@ class Harness:
         self.path = proxy.RequestPath(
             self.settings, Gatekeeper(self.store, True, lambda: self.registry), lambda: self.chain,
             lambda: self.registry, self.pricer, Tracer(self.settings, self.store, Metrics(), self.scrubber),
-            self.scrubber, self.pool)
+            self.scrubber, self.pool, Conversations(self.store, lambda: self.registry, self.pool, self.scrubber))
 
     def close(self) -> None:
         self.writer.stop()
