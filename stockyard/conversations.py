@@ -269,7 +269,8 @@ class Conversations:
             )
             data = resp.read_all()
         except UpstreamError as exc:
-            raise ProxyError(exc.status, self._scrub.text(f"provider {provider.name!r}: {exc}"), code="upstream_error")
+            message = self._scrub.text(f"provider {provider.name!r}: {exc}")
+            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
         if req.method == "DELETE" and resp.status < 300:
             self.delete(row.id)
         content_type = resp.headers.get("content-type", "application/json")
@@ -300,5 +301,3 @@ def list_items(items: list[dict], query: dict[str, str]) -> dict:
         "last_id": page[-1].get("id") if page else None,
         "has_more": len(ordered) > limit,
     }
-
-

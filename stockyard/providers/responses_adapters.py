@@ -89,7 +89,8 @@ class ResponsesPassThrough(Adapter):
                 )
         accept = "text/event-stream" if ctx.stream else "application/json"
         path = upstream_path(provider, PATHS[ctx.endpoint])
-        return UpstreamCall("POST", path, upstream_headers(provider, accept), request_body(ctx, model, force_usage=False))
+        body = request_body(ctx, model, force_usage=False)
+        return UpstreamCall("POST", path, upstream_headers(provider, accept), body)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)
