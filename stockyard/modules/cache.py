@@ -6,7 +6,8 @@ body (sorted keys, no whitespace) without ``model`` (named by the provider and m
 streamed or not, and whoever asked it. What is stored is exactly what the client got: the
 JSON of a plain answer, or the event stream of a streamed one (with or without its usage
 chunk, as asked). Responses API requests are cached only with ``store: false``. A hit
-replays those bytes unchanged for the same kind of request; a streamed request with only a plain answer cached gets it as a stream.
+replays those bytes unchanged for the same kind of request; a streamed request with only a
+plain answer cached gets it as a stream.
 
 Only whole, successful answers are stored (status 200, stream complete, not larger than
 the trace body cap ``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged). Entries
