@@ -151,10 +151,10 @@ class Conversations:
                     400, "'previous_response_id' must be a string", param="previous_response_id", code="invalid_type"
                 )
             conv.previous_id = previous
-            row = self.find(previous, ctx.key_id)
+            row = self.lookup(previous)
             assert ctx.route is not None
-            if row is None and not ctx.route.provider.speaks_responses:
-                raise not_found(previous, "previous_response_id")
+            if (row is None and not ctx.route.provider.speaks_responses) or (row and row.key_id != ctx.key_id):
+                raise not_found(previous, "previous_response_id")  # another key's response: as if unknown
             if row is not None and row.passthrough:
                 conv.previous_provider = row.provider
             elif row is not None:
@@ -193,6 +193,11 @@ class Conversations:
 
     def find(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         """The stored response with this id if ``key_id`` made it (None otherwise: another key's is unknown)."""
+        record = self.lookup(response_id)
+        return record if record is not None and record.key_id == key_id else None
+
+    def lookup(self, response_id: str) -> StoredResponse | None:
+        """The stored response with this id, whoever made it."""
         with self._lock:
             pending = self._pending.get(response_id)
         if pending is not None:
@@ -200,8 +205,6 @@ class Conversations:
         else:
             row = self._store.read().execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
             record = StoredResponse.from_row(row) if row is not None else None
-        if record is None or record.key_id != key_id:
-            return None
         return record
 
     def history(self, row: StoredResponse, key_id: str | None) -> list[dict]:

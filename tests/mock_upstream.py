@@ -419,11 +419,18 @@ def anthropic_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
     }
 
 
+def _answered_tool(body: dict) -> bool:
+    """The last message carries a tool result: the model answers in text now."""
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
 def _anthropic_content(body: dict) -> tuple[list[dict], str]:
     if isinstance(body.get("output_format"), dict):  # structured outputs: JSON text
         return [{"type": "text", "text": _dumps(TOOL_ARGS)}], "end_turn"
     tool = _first_anthropic_tool(body)
-    if tool:
+    if tool and not _answered_tool(body):
         return [{"type": "tool_use", "id": "toolu_mock1", "name": tool, "input": dict(TOOL_ARGS)}], "tool_use"
     return [{"type": "text", "text": TEXT}], "end_turn"
 
