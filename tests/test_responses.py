@@ -220,3 +220,36 @@ def test_a_broken_passthrough_stream_ends_with_response_failed(server, keys, moc
     assert status == 200 and [e["type"] for e in events][-1] == "response.failed"
     assert "response.completed" not in [e["type"] for e in events]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def put_module(server: ServerProcess, name: str, config: dict, enabled: bool = True) -> None:
+    status, _, data = server.request("PUT", f"/api/modules/{name}", {"enabled": enabled, "config": config},
+                                     headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 200, data
+
+
+def test_fallback_crosses_from_passthrough_to_translated(server, client, mock):
+    put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["anthropic/claude-haiku-4-5"]}, "retries": 0,
+                                    "breaker_failures": 0})
+    try:
+        mock.enqueue(Reply(status=500))
+        raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="Say hello")
+        response = raw.parse()
+        assert response.output_text == TEXT and response.id.startswith("resp_")
+        trace = server.trace(raw.headers["x-stockyard-trace-id"])
+        assert (trace["provider"], trace["attempt"]) == ("anthropic", 2)
+        assert client.responses.retrieve(response.id).output_text == TEXT  # kept by Stockyard: translated
+    finally:
+        put_module(server, "fallback", {}, enabled=False)
+
+
+def test_cache_replays_only_unstored_responses(server, client, model):
+    put_module(server, "cache", {})
+    try:
+        for store, second in ((False, "hit"), (True, None)):
+            asked = dict(model=model, input=f"cache me {store}", store=store)
+            client.responses.with_raw_response.create(**asked)
+            again = client.responses.with_raw_response.create(**asked)
+            assert again.headers.get("x-stockyard-cache") == second
+    finally:
+        put_module(server, "cache", {}, enabled=False)
