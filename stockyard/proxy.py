@@ -533,9 +533,9 @@ def relay_stream(
             code, message = "deadline_exceeded", deadline_error(ctx).message
         fail(ctx, ctx.attempt.status, path.scrub.text(message), "stream_broken", code)
         text = ctx.attempt.error_message or message
-        events = translator.failure(text, code) or [sse_error_event(ctx.dialect, exc.status, text, code=code)]
+        closing = translator.failure(text, code) or [sse_error_event(ctx.dialect, exc.status, text, code=code)]
         try:
-            for event in events:
+            for event in closing:
                 event = path.scrub.bytes(event)
                 ctx.attempt.capture(event, cap)
                 reply.chunk(event)

@@ -200,10 +200,6 @@ class OverChatStream(StreamTranslator):
         self.ctx, self.inner, self.outer = ctx, inner, outer
         self.done = False
 
-    @property  # type: ignore[override]
-    def complete(self) -> bool:
-        return bool(self.outer.complete)
-
     def feed(self, event: bytes) -> list[bytes]:
         return self._convert(self.inner.feed(event))
 
@@ -223,6 +219,7 @@ class OverChatStream(StreamTranslator):
                 if data.strip() == b"[DONE]":
                     self.done = True
                     out += self.outer.finish()
+                    self.complete = bool(self.outer.complete)
                     keep(self.ctx, self.outer.response)
                     continue
                 try:
