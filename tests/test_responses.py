@@ -212,9 +212,9 @@ def test_keys_are_required(server):
     assert status == 401
 
 
-def test_a_broken_passthrough_stream_ends_with_response_failed(server, keys, mock):
+def test_a_broken_stream_ends_with_response_failed(server, keys, mock, model):
     mock.enqueue(Reply(cut_after=4))
-    status, _, data = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi", "stream": True},
+    status, _, data = server.request("POST", "/v1/responses", {"model": model, "input": "hi", "stream": True},
                                      headers={"Authorization": f"Bearer {keys[0]}"})
     events = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
     assert status == 200 and [e["type"] for e in events][-1] == "response.failed"
