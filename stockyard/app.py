@@ -22,6 +22,7 @@ from .billing import Pricer
 from .budgets import Budget, BudgetRecords, Ledger, load_project_budgets
 from .chain import Chain, HookFailures
 from .config import Settings
+from .conversations import Conversations
 from .keys import KeyRing, load_keys
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
@@ -95,8 +96,17 @@ class App:
             failures=self.hook_failures,  # shared by every chain built, across reloads
             route=RouteStep(self.registry),
         )
+        self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber)
         self.path = RequestPath(
-            settings, self.gate, self.chain, self.registry, self.pricer, self.tracer, self.scrubber, self.pool
+            settings,
+            self.gate,
+            self.chain,
+            self.registry,
+            self.pricer,
+            self.tracer,
+            self.scrubber,
+            self.pool,
+            self.conversations,
         )
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()

@@ -42,7 +42,7 @@ class Pricer:
             return
         if a.status >= 400 and a.usage is None:
             return
-        if ctx.endpoint == "count_tokens":  # free upstream: nothing to bill
+        if ctx.endpoint in ("count_tokens", "input_tokens"):  # free upstream: nothing to bill
             return
         table = self.table
         model = a.served_model or a.upstream_model or ""

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .pricing import Usage
 from .providers import Provider
@@ -97,6 +97,25 @@ class Route:
 
     provider: Provider
     model: str
+
+
+@dataclass(slots=True)
+class Conversation:
+    """The Responses API state of one ``/v1/responses`` request (``stockyard.conversations``).
+
+    ``response_id`` and ``created_at`` are what a translated answer is issued under (kept
+    across retries and fallbacks); ``history`` the items rebuilt from a previous response
+    Stockyard keeps, ``previous_provider`` the provider holding a passed-through one. The
+    adapter calls ``keep(provider, response)`` with the finished response object before the
+    client sees its end, so the next turn can always find it.
+    """
+
+    response_id: str
+    created_at: int
+    keep: Callable[[Provider, dict], None]
+    previous_id: str | None = None
+    history: list[dict] | None = None
+    previous_provider: str | None = None
 
 
 @dataclass(slots=True)
@@ -181,6 +200,7 @@ class RequestContext:
     retry: RetryPolicy | None = None  # retries, fallbacks and circuit breaker (fallback)
     sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
+    conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
 
     def __post_init__(self) -> None:
         if not self.ts_ms:

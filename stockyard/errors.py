@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
+RESPONSES = "responses"  # the OpenAI Responses API: OpenAI's error shape, its own stream events
 
 # status → (OpenAI type, Anthropic type)
 _TYPES: dict[int, tuple[str, str]] = {

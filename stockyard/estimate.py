@@ -19,7 +19,7 @@ from .context import RequestContext
 from .limits import request_numbers
 from .pricing import PER, Price
 
-NO_OUTPUT = ("embeddings", "count_tokens")
+NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens")
 
 
 def input_tokens(ctx: RequestContext) -> int:

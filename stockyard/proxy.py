@@ -30,7 +30,8 @@ from .billing import Pricer
 from .chain import Chain
 from .config import Settings
 from .context import Attempt, RequestContext, RetryPolicy
-from .errors import ClientGone, ProxyError, sse_error_event
+from .conversations import Conversations
+from .errors import RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
 from .limits import check_request_numbers
 from .pricing import Usage
@@ -47,7 +48,8 @@ log = logging.getLogger("stockyard.proxy")
 PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms", "retry-after", "openai-organization")
 PASS_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-goog-request-id")
-NEEDS_MODEL = ("chat", "completions", "embeddings", "messages", "count_tokens")
+NEEDS_MODEL = ("chat", "completions", "embeddings", "messages", "count_tokens", "responses", "input_tokens")
+NO_STREAM = ("embeddings", "count_tokens", "input_tokens")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class RequestPath:
     tracer: Tracer
     scrub: Scrubber
     pool: Pool  # upstream connections
+    conversations: Conversations  # the Responses API's stored responses
 
 
 class Reply(Protocol):
@@ -88,7 +91,7 @@ def parse_body(ctx: RequestContext) -> None:
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise ProxyError(400, "'stream' must be true or false", param="stream", code="invalid_stream")
-    ctx.stream = bool(stream) and ctx.endpoint not in ("embeddings", "count_tokens")
+    ctx.stream = bool(stream) and ctx.endpoint not in NO_STREAM
     options = body.get("stream_options")
     ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     if check_request_numbers(body):  # 5000.0 became 5000: send the body as checked
@@ -107,6 +110,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         parse_body(ctx)
         path.gate.authenticate(ctx)
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them
+        if ctx.answer is None and ctx.dialect == RESPONSES:
+            path.conversations.open(ctx)  # the previous turn; may answer input_tokens itself
         if ctx.answer is not None:
             started_reply = True
             deliver_answer(path, reply, ctx)
@@ -527,10 +532,13 @@ def relay_stream(
         if ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:
             code, message = "deadline_exceeded", deadline_error(ctx).message
         fail(ctx, ctx.attempt.status, path.scrub.text(message), "stream_broken", code)
-        event = sse_error_event(ctx.dialect, exc.status, ctx.attempt.error_message or message, code=code)
-        ctx.attempt.capture(event, cap)
+        text = ctx.attempt.error_message or message
+        closing = translator.failure(text, code) or [sse_error_event(ctx.dialect, exc.status, text, code=code)]
         try:
-            reply.chunk(event)
+            for event in closing:
+                event = path.scrub.bytes(event)
+                ctx.attempt.capture(event, cap)
+                reply.chunk(event)
             reply.end_stream()
         except ClientGone:
             pass

@@ -4,7 +4,8 @@ Runs as an idle task of the writer thread: one step per call — one DELETE of a
 ``batch_rows`` rows, or one incremental-vacuum step — so a write never waits behind more
 than a few milliseconds of housekeeping, and a large backlog (the first run after turning
 retention on) drains as fast as the server is idle. Daily rollups are never touched, so
-cost reports stay whole after the traces behind them are gone.
+cost reports stay whole after the traces behind them are gone. Responses kept for the
+Responses API (``stockyard.conversations``) leave with the traces' age limit.
 
 Trace ids are time-sortable (``tr_<ms hex>…``), so "bodies older than" is a range on the
 ``trace_bodies`` primary key and each batch reads only the rows it deletes.
@@ -35,6 +36,7 @@ def id_before(ms: int) -> str:
 class RetentionStats:
     bodies_deleted: int = 0
     traces_deleted: int = 0
+    responses_deleted: int = 0
     pages_vacuumed: int = 0
 
 
@@ -75,6 +77,14 @@ class Retention:
             ).rowcount
             self.stats.traces_deleted += deleted
             if deleted:
+                return True
+            gone = conn.execute(  # stored Responses API responses age out with the traces
+                "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses WHERE created_at < ? "
+                "ORDER BY created_at LIMIT ?)",
+                (cutoff, self.batch_rows),
+            ).rowcount
+            self.stats.responses_deleted += gone
+            if gone:
                 return True
         if self.bodies_max_age_s is not None:
             cutoff_id = id_before(now_ms - int(self.bodies_max_age_s * 1000))

@@ -26,7 +26,8 @@ from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
 from .context import RequestContext
-from .errors import ANTHROPIC, OPENAI, ClientGone, ProxyError, error_body
+from .conversations import PATH as RESPONSE_PATH
+from .errors import ANTHROPIC, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
 from .hosts import host_allowed, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
@@ -40,6 +41,8 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/embeddings": ("embeddings", OPENAI),
     "/v1/messages": ("messages", ANTHROPIC),
     "/v1/messages/count_tokens": ("count_tokens", ANTHROPIC),
+    "/v1/responses": ("responses", RESPONSES),
+    "/v1/responses/input_tokens": ("input_tokens", RESPONSES),
 }
 # Answered for any Host and Origin: load balancers and probes address a server by its IP.
 OPEN_ROUTES = ("/healthz", "/readyz")
@@ -612,6 +615,11 @@ class Handler(BaseHTTPRequestHandler):
                 done = ctx.attempt
                 self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
                 self._trace_note = f" {ctx.trace_id}"
+            return
+        if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
+            key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
+            req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0])
+            self._respond(app.conversations.answer(req, key.id if key else None))
             return
         fixed = FIXED_ROUTES.get(path)
         if fixed is not None:

@@ -419,9 +419,18 @@ def anthropic_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
     }
 
 
+def _answered_tool(body: dict) -> bool:
+    """The last message carries a tool result: the model answers in text now."""
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
 def _anthropic_content(body: dict) -> tuple[list[dict], str]:
+    if isinstance(body.get("output_format"), dict):  # structured outputs: JSON text
+        return [{"type": "text", "text": _dumps(TOOL_ARGS)}], "end_turn"
     tool = _first_anthropic_tool(body)
-    if tool:
+    if tool and not _answered_tool(body):
         return [{"type": "tool_use", "id": "toolu_mock1", "name": tool, "input": dict(TOOL_ARGS)}], "tool_use"
     return [{"type": "text", "text": TEXT}], "end_turn"
 
@@ -469,6 +478,159 @@ def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
                                            **delta_usage}))
     events.append(_event("message_stop", {"type": "message_stop"}))
     return events
+
+
+# --------------------------------------------------------------------------- OpenAI Responses API
+
+
+def responses_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
+    """Responses usage; `cached` / `reasoning` in the model fill the details (like chat usage)."""
+    cached = CACHED_TOKENS if _has_flag(model, "cached") else 0
+    reasoning = REASONING_TOKENS if _has_flag(model, "reasoning") else 0
+    return {
+        "input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": PROMPT_TOKENS + output_tokens,
+    }
+
+
+def _responses_items(body: dict) -> list[dict]:
+    value = body.get("input")
+    return value if isinstance(value, list) else []
+
+
+def _responses_output(body: dict, n: int) -> list[dict]:
+    """A function call when tools are given and no tool output came back yet; else a message
+    (the JSON `{"city": "Paris"}` when `text.format` asks for a json_schema)."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+    answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in _responses_items(body))
+    if tools and not answered:
+        return [{"type": "function_call", "id": f"fc_mock{n}", "call_id": f"call_mock{n}",
+                 "name": tools[0].get("name") or "tool", "arguments": _dumps(TOOL_ARGS), "status": "completed"}]
+    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    text = _dumps(TOOL_ARGS) if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else TEXT
+    return [{"type": "message", "id": f"msg_mock{n}", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]
+
+
+def responses_object(body: dict, n: int, model: str, status: str = "completed",
+                     output: list[dict] | None = None) -> dict:
+    """A `response` object as the Responses API returns it."""
+    done = status == "completed"
+    return {
+        "id": f"resp_mock{n}", "object": "response", "created_at": CREATED, "status": status,
+        "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"), "model": model,
+        "output": output if output is not None else [], "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"), "reasoning": {"effort": None, "summary": None},
+        "store": body.get("store", True), "temperature": 1.0,
+        "text": body.get("text") or {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [], "top_p": 1.0, "truncation": "disabled",
+        "usage": responses_usage(model, per_choice_tokens(body, model)) if done and not _no_usage(model) else None,
+        "user": None, "metadata": body.get("metadata") or {},
+    }
+
+
+def responses_stream(body: dict, n: int, model: str) -> list[str]:
+    """The full Responses event sequence: created, in_progress, the items' events, completed."""
+    seq = itertools.count()
+    events: list[str] = []
+
+    def emit(kind: str, **fields: Any) -> None:
+        events.append(_event(kind, {"type": kind, "sequence_number": next(seq), **fields}))
+
+    emit("response.created", response=responses_object(body, n, model, "in_progress"))
+    emit("response.in_progress", response=responses_object(body, n, model, "in_progress"))
+    output = _responses_output(body, n)
+    for index, item in enumerate(output):
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            emit("response.output_item.added", output_index=index,
+                 item={**item, "status": "in_progress", "content": []})
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=0, part=part)
+            pieces = TEXT_PIECES if text == TEXT else [text]
+            for piece in pieces:
+                emit("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                     delta=piece, logprobs=[])
+            emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                 text=text, logprobs=[])
+            emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                 part={**part, "text": text})
+        else:
+            emit("response.output_item.added", output_index=index,
+                 item={**item, "status": "in_progress", "arguments": ""})
+            for piece in TOOL_ARG_PIECES:
+                emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                     delta=piece)
+            emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                 name=item["name"], arguments=item["arguments"])
+        emit("response.output_item.done", output_index=index, item=item)
+    emit("response.completed", response=responses_object(body, n, model, "completed", output))
+    return events
+
+
+class ResponsesState:
+    """What the mock Responses API keeps: stored responses and their input items."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.responses: dict[str, tuple[dict, list[dict]]] = {}
+
+    def keep(self, body: dict, response: dict) -> None:
+        if body.get("store") is False:
+            return
+        value = body.get("input")
+        items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}] \
+            if isinstance(value, str) else list(value or [])
+        items = [{"id": f"in_{i}", **item} if isinstance(item, dict) else item for i, item in enumerate(items)]
+        with self.lock:
+            self.responses[response["id"]] = (response, items)
+
+
+RESPONSES_STATE = ResponsesState()
+RESPONSE_PATH = re.compile(r"^/v1/responses/(resp_[A-Za-z0-9]+)(/cancel|/input_items)?$")
+
+
+def _responses(call: Call, model: str) -> Reply:
+    body = call.body
+    previous = body.get("previous_response_id")
+    if previous and previous not in RESPONSES_STATE.responses:
+        return openai_error(404, f"Previous response with id '{previous}' not found.")
+    if body.get("stream") is True:
+        events = responses_stream(body, call.n, model)
+        RESPONSES_STATE.keep(body, jsonlib.loads(events[-1].split("data: ", 1)[1])["response"])
+        return Reply(sse=events)
+    response = responses_object(body, call.n, model, "completed", _responses_output(body, call.n))
+    RESPONSES_STATE.keep(body, response)
+    return Reply(json=response)
+
+
+def _input_tokens(call: Call, model: str) -> Reply:
+    return Reply(json={"object": "response.input_tokens", "input_tokens": PROMPT_TOKENS})
+
+
+def _stored_response(call: Call, scripted: Reply | None) -> Reply:
+    """GET/DELETE /v1/responses/{id}, POST …/cancel, GET …/input_items."""
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    response_id, action = RESPONSE_PATH.match(call.req.path).groups()
+    with RESPONSES_STATE.lock:
+        found = RESPONSES_STATE.responses.get(response_id)
+        if found is not None and call.req.method == "DELETE" and not action:
+            del RESPONSES_STATE.responses[response_id]
+    if found is None:
+        return openai_error(404, f"No response found with id '{response_id}'.")
+    response, items = found
+    if call.req.method == "DELETE":
+        return Reply(json={"id": response_id, "object": "response", "deleted": True})
+    if action == "/cancel":
+        return openai_error(400, "Cannot cancel a synchronous response.")
+    if action == "/input_items":
+        data = list(reversed(items))
+        return Reply(json={"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                           "last_id": data[-1]["id"] if data else None, "has_more": False})
+    return Reply(json=response)
 
 
 # --------------------------------------------------------------------------- Gemini
@@ -646,6 +808,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/models"): _models,
     ("POST", "/v1/messages"): _api_route(_messages, anthropic_error),
     ("POST", "/v1/messages/count_tokens"): _api_route(_count_tokens, anthropic_error),
+    ("POST", "/v1/responses"): _api_route(_responses),
+    ("POST", "/v1/responses/input_tokens"): _api_route(_input_tokens),
 }
 GEMINI_ROUTE: Route = _api_route(_gemini, gemini_error, _gemini_model)
 
@@ -659,6 +823,8 @@ def find_route(method: str, path: str) -> Route | None:
     match = AZURE_PATH.match(path)
     if method == "POST" and match:
         return AZURE_ROUTES[match.group(2)]
+    if RESPONSE_PATH.match(path):
+        return _stored_response
     return None
 
 

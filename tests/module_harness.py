@@ -31,6 +31,7 @@ from stockyard.auth import Gatekeeper
 from stockyard.billing import Pricer
 from stockyard.budgets import BudgetRecords, Ledger
 from stockyard.context import RequestContext
+from stockyard.conversations import Conversations
 from stockyard.errors import ProxyError
 from stockyard.metrics import Metrics
 from stockyard.modules import ModuleRow, Modules, ModuleServices, effective_config, find
@@ -127,6 +128,7 @@ class Harness:
             Tracer(self.settings, self.store, Metrics(), self.scrubber),
             self.scrubber,
             self.pool,
+            Conversations(self.store, lambda: self.registry, self.pool, self.scrubber),
         )
 
     def close(self) -> None:

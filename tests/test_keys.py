@@ -479,16 +479,17 @@ def test_key_ring_finds_by_hash_and_presented_key_reads_both_headers():
 
 
 def test_migration_numbers_may_arrive_out_of_order(tmp_path):
-    """Branches merge in any order: a database migrated by a build that had 0003 but not yet
-    0002 gets 0002 applied later, and the gap in between bothers nobody."""
+    """Branches merge in any order: a database migrated by a build that had 0005 but not yet
+    0004 gets 0004 applied later, and the gap in between bothers nobody. (0004 is one no later
+    migration builds on; 0005 alters the providers table of 0002.)"""
     shipped = db.available_migrations()
-    assert {1, 2, 3} <= {m.version for m in shipped}
+    assert {1, 2, 3, 4, 5} <= {m.version for m in shipped}
     conn = db.connect(tmp_path / "a.db")
     db.applied_migrations(conn)  # creates the bookkeeping table
     for m in shipped:
-        if m.version != 2:
+        if m.version != 4:
             db.apply_migration(conn, m)
-    assert [m.version for m in db.pending_migrations(conn)] == [2]
-    assert [m.version for m in db.migrate(conn)] == [2]
+    assert [m.version for m in db.pending_migrations(conn)] == [4]
+    assert [m.version for m in db.migrate(conn)] == [4]
     assert db.pending_migrations(conn) == []
     conn.close()

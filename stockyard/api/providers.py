@@ -24,6 +24,10 @@ _FIELDS_DOC = {
     },
     "api_version": {"type": "string"},
     "api_key": _KEY_DOC,
+    "responses": {
+        "type": "boolean",
+        "description": "an openai-compatible provider that speaks the Responses API (passed through, not translated)",
+    },
 }
 CREATE_BODY = {
     "type": "object",
@@ -66,6 +70,7 @@ def add_provider(r: ApiRequest) -> tuple[int, dict]:
         models=body.get("models"),
         api_version=body.get("api_version"),
         api_key=body.get("api_key"),
+        responses=body.get("responses", False),
     )
     return 201, _shown(r, body["name"])
 

@@ -57,6 +57,11 @@ def register(sub) -> None:
     )
     add.add_argument("--api-version", metavar="V", help="API version (Azure)")
     add.add_argument("--key-stdin", action="store_true", help="read the provider's API key from stdin")
+    add.add_argument(
+        "--responses",
+        action="store_true",
+        help="an openai-compatible provider that speaks the Responses API (/v1/responses is passed through)",
+    )
     runs(add, run_add)
 
     set_key = actions.add_parser(
@@ -153,6 +158,7 @@ def run_add(args: argparse.Namespace) -> int:
         models=_models(args.models),
         api_version=args.api_version,
         api_key=key,
+        responses=args.responses,
     )
     hint = f", key {vault.last4(key)} stored encrypted" if key else ", no key"
     print(f"added provider {args.name!r} (id {row_id}, {args.kind}{hint})")

@@ -24,7 +24,7 @@ from .base import Module
 
 log = logging.getLogger("stockyard.budgets")
 
-FREE_ENDPOINTS = ("count_tokens",)
+FREE_ENDPOINTS = ("count_tokens", "input_tokens")
 
 
 class BudgetModule(Module):

@@ -5,8 +5,9 @@ body (sorted keys, no whitespace) without ``model`` (named by the provider and m
 ``stream``, ``stream_options`` and ``user`` — so the same question hits whether it was
 streamed or not, and whoever asked it. What is stored is exactly what the client got: the
 JSON of a plain answer, or the event stream of a streamed one (with or without its usage
-chunk, as asked). A hit replays those bytes unchanged for the same kind of request; a
-streamed request with only a plain answer cached gets it as a stream.
+chunk, as asked). Responses API requests are cached only with ``store: false``. A hit
+replays those bytes unchanged for the same kind of request; a streamed request with only a
+plain answer cached gets it as a stream.
 
 Only whole, successful answers are stored (status 200, stream complete, not larger than
 the trace body cap ``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged). Entries
@@ -32,7 +33,7 @@ from .replay import to_stream
 from .schema import Field
 
 HEADER = "x-stockyard-cache"
-ENDPOINTS = ("chat", "completions", "embeddings", "messages")
+ENDPOINTS = ("chat", "completions", "embeddings", "messages", "responses")
 IGNORED_FIELDS = ("model", "stream", "stream_options", "user")
 JSON, SSE, SSE_USAGE = "json", "sse", "sse+usage"
 CONTENT_TYPES = {JSON: "application/json", SSE: "text/event-stream", SSE_USAGE: "text/event-stream"}
@@ -58,6 +59,12 @@ def request_key(ctx: RequestContext, provider: str, model: str) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     material = "\n".join((ctx.endpoint, ctx.dialect, provider, model, canonical))
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def cacheable(ctx: RequestContext) -> bool:
+    """A Responses API request only with ``store: false``: a stored response is a new, named
+    turn of its key's conversation (its id is fetched and continued later), never a replay."""
+    return ctx.endpoint != "responses" or ctx.body.get("store") is False
 
 
 def kind_of(ctx: RequestContext) -> str:
@@ -131,7 +138,7 @@ class Cache(Module):
 
     def before(self, ctx: RequestContext) -> None:
         opts: CacheOptions = self.options(ctx)
-        if ctx.endpoint not in opts.endpoints:
+        if ctx.endpoint not in opts.endpoints or not cacheable(ctx):
             return
         route = ctx.route
         assert route is not None  # resolved by the route step before this module

@@ -91,7 +91,7 @@ class Guard(Module):
                 f"request body is {len(ctx.raw)} bytes; this proxy allows at most {opts.max_input_bytes}",
                 code="request_too_large",
             )
-        messages = ctx.body.get("messages")
+        messages = ctx.body.get("input" if ctx.endpoint == "responses" else "messages")
         if opts.max_messages and isinstance(messages, list) and len(messages) > opts.max_messages:
             raise ProxyError(
                 400,

@@ -21,7 +21,7 @@ from ..errors import ProxyError
 from .base import Module, ModuleServices
 
 WINDOW_S = 60.0
-FREE_ENDPOINTS = ("count_tokens",)
+FREE_ENDPOINTS = ("count_tokens", "input_tokens")
 
 
 @dataclass

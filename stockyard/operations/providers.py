@@ -29,12 +29,12 @@ MAX_MODEL_CHARS = 200
 MAX_KEY_CHARS = 4096
 MAX_URL_CHARS = 2048
 MIN_SECRET_CHARS = 16
-FIELDS = ("name", "kind", "base_url", "models", "api_version", "api_key")
+FIELDS = ("name", "kind", "base_url", "models", "api_version", "api_key", "responses")
 _UNSET: Any = object()
 
 # The first-party kinds have a well-known address and model prefixes (the env defaults).
 _KIND_DEFAULTS = {s.kind: s for s in ENV_SPECS if s.name == s.kind}
-_COLUMNS = "id, name, kind, base_url, models, api_version, key_token, key_hint"
+_COLUMNS = "id, name, kind, base_url, models, api_version, key_token, key_hint, responses"
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -131,6 +131,12 @@ def check_api_version(value: Any, kind: str) -> str | None:
     return value
 
 
+def check_responses(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise invalid("responses must be true or false (the provider speaks the Responses API)", "responses")
+    return value
+
+
 def check_key(key: Any) -> str:
     """A provider key: printable ASCII without spaces (it goes into an HTTP header)."""
     if not isinstance(key, str) or not key:
@@ -202,6 +208,7 @@ def stored(conn: sqlite3.Connection, secret: str | None) -> list[Provider]:
                 key_error=error,
                 id=r["id"],
                 key_hint=r["key_hint"],
+                responses=bool(r["responses"]),
             )
         )
     return out
@@ -254,12 +261,14 @@ def add(
     models: Any = None,
     api_version: Any = None,
     api_key: Any = None,
+    responses: Any = False,
 ) -> int:
     """Create a database provider (and store its key); returns the new row id."""
     name, kind = check_name(name), check_kind(kind)
     url = check_base_url(base_url, kind)
     model_list = check_models(models, kind)
     version = check_api_version(api_version, kind)
+    speaks = check_responses(responses)
     key = check_key(api_key) if api_key is not None else None
     if key is not None and not ops.secret:
         raise _no_secret()
@@ -272,9 +281,9 @@ def add(
             )
         now = now_iso()
         row_id = conn.execute(
-            "INSERT INTO providers (name, kind, base_url, models, api_version, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, kind, url, json.dumps(list(model_list)), version, now, now),
+            "INSERT INTO providers (name, kind, base_url, models, api_version, responses, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, kind, url, json.dumps(list(model_list)), version, int(speaks), now, now),
         ).lastrowid
         assert row_id is not None  # an INSERT always has one
         if key is not None:  # the row id is part of the key's associated data: insert first
@@ -287,6 +296,7 @@ def add(
         "base_url": url,
         "models": list(model_list),
         "api_version": version,
+        "responses": speaks,
         "key_hint": vault.last4(key) if key else None,
     }
     return _change(ops, "provider.add", name, details, apply)
@@ -301,6 +311,7 @@ def update(
     models: Any = _UNSET,
     api_version: Any = _UNSET,
     api_key: Any = _UNSET,
+    responses: Any = _UNSET,
 ) -> None:
     """Change some fields of a database provider; ``api_key=None`` removes the stored key."""
     name = check_name(name)
@@ -308,8 +319,8 @@ def update(
         api_key = check_key(api_key)
         if not ops.secret:
             raise _no_secret()
-    if all(v is _UNSET for v in (kind, base_url, models, api_version, api_key)):
-        raise invalid("nothing to change: give kind, base_url, models, api_version or api_key")
+    if all(v is _UNSET for v in (kind, base_url, models, api_version, api_key, responses)):
+        raise invalid("nothing to change: give kind, base_url, models, api_version, api_key or responses")
     # Filled by apply() with the validated values; Operations.change audits it right after.
     details: dict[str, Any] = {"name": name}
 
@@ -327,6 +338,8 @@ def update(
             fields["models"] = list(check_models(models, new_kind))
         if api_version is not _UNSET:
             fields["api_version"] = check_api_version(api_version, new_kind)
+        if responses is not _UNSET:
+            fields["responses"] = check_responses(responses)
         details.update(fields)
         if fields:
             stored_fields = {k: json.dumps(v) if k == "models" else v for k, v in fields.items()}
@@ -345,7 +358,7 @@ def update(
             _store_key(ops, conn, row["id"], name, api_key)
             details["key_hint"] = vault.last4(api_key)
 
-    only_key = all(v is _UNSET for v in (kind, base_url, models, api_version))
+    only_key = all(v is _UNSET for v in (kind, base_url, models, api_version, responses))
     _change(ops, "provider.set_key" if only_key else "provider.update", name, details, apply)
 
 

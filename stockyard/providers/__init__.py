@@ -15,6 +15,8 @@ from ..vault import last4
 
 OPENAI_KINDS = ("openai", "openai-compatible")
 KINDS = ("openai", "openai-compatible", "anthropic", "gemini", "azure")
+RESPONSES_KINDS = ("openai", "azure")  # always speak the Responses API; openai-compatible ones when marked
+RESPONSES_ENV = "STOCKYARD_RESPONSES_PROVIDERS"  # comma-separated names of env providers that speak it
 AZURE_API_VERSION = "2024-10-21"  # used when none is configured
 
 
@@ -32,10 +34,16 @@ class Provider:
     key_error: str | None = None  # set when a stored key could not be decrypted
     id: int | None = None  # the database row (None for environment providers)
     key_hint: str | None = None  # "…abcd"; derived from api_key when not given
+    responses: bool = False  # an openai-compatible provider that speaks the Responses API itself
 
     def __post_init__(self) -> None:
         if self.api_key and self.key_hint is None:
             object.__setattr__(self, "key_hint", last4(self.api_key))
+
+    @property
+    def speaks_responses(self) -> bool:
+        """True when /v1/responses is passed through to this provider (else it is translated)."""
+        return self.kind in RESPONSES_KINDS or (self.responses and self.kind == "openai-compatible")
 
     @property
     def key_status(self) -> str:
@@ -53,6 +61,7 @@ class Provider:
             "base_url": self.base_url,
             "models": list(self.models),
             "api_version": self.api_version,
+            "responses": self.speaks_responses,
             "source": self.source,
             "key": self.key_hint,
             "key_status": self.key_status,
@@ -158,19 +167,32 @@ def _ollama_url(url: str) -> str:
 
 
 def from_env(env: Mapping[str, str]) -> list[Provider]:
-    """Providers whose variables are set, in ENV_SPECS order (never written to the database)."""
+    """Providers whose variables are set, in ENV_SPECS order (never written to the database).
+
+    ``STOCKYARD_RESPONSES_PROVIDERS`` names the openai-compatible ones that speak the Responses API.
+    """
     found: list[Provider] = []
+    speaks = {n.strip() for n in env.get(RESPONSES_ENV, "").split(",") if n.strip()}
     for spec in ENV_SPECS:
         key = env.get(spec.key_var) if spec.key_var else None
         url = env.get(spec.url_var) if spec.url_var else None
         if spec.name == "ollama":
             if url:
-                found.append(Provider("ollama", spec.kind, _ollama_url(url), None, spec.models))
+                found.append(
+                    Provider("ollama", spec.kind, _ollama_url(url), None, spec.models, responses="ollama" in speaks)
+                )
             continue
         if not key and not (spec.name == "openai" and url):
             continue
         found.append(
-            Provider(spec.name, spec.kind, (url or spec.default_url or "").rstrip("/"), key or None, spec.models)
+            Provider(
+                spec.name,
+                spec.kind,
+                (url or spec.default_url or "").rstrip("/"),
+                key or None,
+                spec.models,
+                responses=spec.name in speaks,
+            )
         )
     azure_key, azure_endpoint = env.get("AZURE_OPENAI_API_KEY"), env.get("AZURE_OPENAI_ENDPOINT")
     if azure_key and azure_endpoint:

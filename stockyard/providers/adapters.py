@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ..errors import ProxyError
+from ..errors import ANTHROPIC, RESPONSES, ProxyError
 from . import OPENAI_KINDS, Provider
 from .anthropic import AnthropicChatAdapter, AnthropicNativeAdapter
 from .azure import AzureAdapter
 from .base import Adapter
 from .gemini import GeminiAdapter
 from .openai import OpenAIAdapter
+from .responses_adapters import ResponsesOverChat, ResponsesPassThrough
 
 _OPENAI = OpenAIAdapter()
 # OpenAI-dialect clients (chat, completions, embeddings) by provider kind.
@@ -20,15 +21,23 @@ _FOR_OPENAI_CLIENTS: dict[str, Adapter] = {
 }
 # Anthropic-dialect clients (/v1/messages) are passed through, so only Anthropic serves them.
 _FOR_ANTHROPIC_CLIENTS: dict[str, Adapter] = {"anthropic": AnthropicNativeAdapter()}
+# Responses API clients (/v1/responses): passed through where the provider speaks it, else over its chat adapter.
+_RESPONSES_PASS_THROUGH = ResponsesPassThrough()
+_RESPONSES_OVER_CHAT: dict[str, Adapter] = {kind: ResponsesOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items()}
 
 
 def adapter_for(provider: Provider, dialect: str) -> Adapter:
     """The adapter for this provider and client dialect, or a 400 saying why there is none."""
-    table = _FOR_ANTHROPIC_CLIENTS if dialect == "anthropic" else _FOR_OPENAI_CLIENTS
+    if dialect == RESPONSES:
+        if provider.speaks_responses:
+            return _RESPONSES_PASS_THROUGH
+        table = _RESPONSES_OVER_CHAT  # its OpenAI-dialect chat adapter, wrapped
+    else:
+        table = _FOR_ANTHROPIC_CLIENTS if dialect == ANTHROPIC else _FOR_OPENAI_CLIENTS
     adapter = table.get(provider.kind)
     if adapter is not None:
         return adapter
-    if dialect == "anthropic":
+    if dialect == ANTHROPIC:
         raise ProxyError(
             400,
             f"provider {provider.name!r} ({provider.kind}) does not speak the Anthropic "

@@ -70,6 +70,9 @@ ERROR_STATUS = {
 # --------------------------------------------------------------------------- common headers
 
 
+STRUCTURED_OUTPUTS_BETA = "structured-outputs-2025-11-13"
+
+
 def base_path(provider: Provider, path: str) -> str:
     """``path`` under the base URL, which may or may not already end in ``/v1``."""
     return path[3:] if provider.base_url.rstrip("/").endswith("/v1") and path.startswith("/v1/") else path
@@ -242,9 +245,29 @@ def messages_request(body: dict, model: str, stream: bool) -> dict:
         out["tool_choice"] = choice
     if isinstance(body.get("user"), str) and body["user"]:
         out["metadata"] = {"user_id": body["user"]}
+    output_format = structured_output(body.get("response_format"))
+    if output_format:
+        out["output_format"] = output_format
     if stream:
         out["stream"] = True
     return out
+
+
+def structured_output(fmt: Any) -> dict | None:
+    """``response_format`` json_schema → Anthropic's ``output_format`` (structured outputs beta);
+    json_object has no Anthropic counterpart: a 400 rather than a silently free-form answer."""
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt.get("type") == "json_schema" and isinstance(fmt.get("json_schema"), dict):
+        schema = fmt["json_schema"].get("schema")
+        if isinstance(schema, dict):
+            return {"type": "json_schema", "schema": schema}
+    raise ProxyError(
+        400,
+        "Anthropic models take response_format only as json_schema with a schema",
+        param="response_format",
+        code="unsupported_response_format",
+    )
 
 
 # --------------------------------------------------------------------------- answer translation
@@ -290,11 +313,11 @@ class AnthropicChatAdapter(Adapter):
         endpoint_check(ctx, provider)
         with shape_errors(400, "the chat request"):
             body = messages_request(ctx.body, model, ctx.stream)
+        sent = headers(provider, ctx, native=False)
+        if "output_format" in body:
+            sent["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
         return UpstreamCall(
-            "POST",
-            base_path(provider, "/v1/messages"),
-            headers(provider, ctx, native=False),
-            json.dumps(body, ensure_ascii=False).encode(),
+            "POST", base_path(provider, "/v1/messages"), sent, json.dumps(body, ensure_ascii=False).encode()
         )
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:

@@ -38,6 +38,10 @@ class StreamTranslator:
         """Events to send after a clean upstream end (e.g. a translated terminator)."""
         return []
 
+    def failure(self, message: str, code: str) -> list[bytes] | None:
+        """The events that end this stream when the upstream broke; None: the dialect's error event."""
+        return None
+
 
 class Adapter:
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:

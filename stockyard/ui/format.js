@@ -88,16 +88,39 @@ export function reassembleSse(body) {
         + (typeof choice.text === "string" ? choice.text : "");
     }
     if (ev.type === "content_block_delta" && ev.delta && typeof ev.delta.text === "string") text += ev.delta.text;
+    if (ev.type === "response.output_text.delta" && typeof ev.delta === "string") text += ev.delta;
     for (const cand of ev.candidates || []) {
       for (const part of (cand.content && cand.content.parts) || []) if (typeof part.text === "string") text += part.text;
     }
-    usage = ev.usage || ev.usageMetadata || (ev.message && ev.message.usage) || usage;
+    usage = ev.usage || ev.usageMetadata || (ev.message && ev.message.usage) || (ev.response && ev.response.usage) || usage;
   }
   return { text, events, usage };
 }
 
 export function isSse(body) {
   return /^(data|event):/m.test(String(body || "").slice(0, 200));
+}
+
+/** The text of a Responses API body: a request's instructions and input, or a response's output;
+ * null for any other body. */
+export function responsesText(body) {
+  let doc;
+  try { doc = JSON.parse(body); } catch { return null; }
+  if (!doc || typeof doc !== "object") return null;
+  const parts = (content) => (typeof content === "string" ? [content]
+    : (Array.isArray(content) ? content : []).map((p) => (p && typeof p.text === "string" ? p.text : "")).filter(Boolean));
+  const item = (it) => {
+    if (typeof it === "string") return it;
+    if (!it || typeof it !== "object") return "";
+    if (it.type === "function_call") return `[call ${it.name}(${it.arguments || ""})]`;
+    if (it.type === "function_call_output") return `[result ${typeof it.output === "string" ? it.output : JSON.stringify(it.output)}]`;
+    const text = parts(it.content).join("");
+    return it.role ? `${it.role}: ${text}` : text;
+  };
+  if (doc.object === "response" && Array.isArray(doc.output)) return doc.output.map(item).filter(Boolean).join("\n");
+  if (!("input" in doc)) return null;
+  const input = typeof doc.input === "string" ? [doc.input] : (Array.isArray(doc.input) ? doc.input.map(item) : []);
+  return [doc.instructions ? `instructions: ${doc.instructions}` : "", ...input].filter(Boolean).join("\n");
 }
 
 /** A body as readable text: pretty JSON when it parses, else the raw text. */

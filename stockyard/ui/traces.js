@@ -2,7 +2,7 @@
 
 import { enc, get } from "./api.js";
 import { copyButton, field, h, mount, table } from "./dom.js";
-import { formatInt, formatLatency, formatTime, formatUsd, isSse, prettyBody, reassembleSse } from "./format.js";
+import { formatInt, formatLatency, formatTime, formatUsd, isSse, prettyBody, reassembleSse, responsesText } from "./format.js";
 import { emptyState } from "./overview.js";
 
 const FILTERS = ["since", "until", "model", "provider", "status", "key", "outcome"];
@@ -88,13 +88,16 @@ export async function traces(view) {
   return () => clearInterval(timer);
 }
 
-function body(title, text, truncated) {
+function body(title, text, truncated, endpoint) {
   if (text === null || text === undefined || text === "") return [h("h2", {}, title), h("p", { class: "muted" }, "not stored")];
   const parts = [h("h2", {}, title, truncated ? " (truncated)" : "")];
   if (isSse(text)) {
     const sse = reassembleSse(text);
     parts.push(h("p", { class: "muted" }, `streamed: ${sse.events} events, reassembled:`), h("pre", { class: "answer" }, sse.text),
       h("details", {}, h("summary", {}, "raw events"), h("pre", {}, text)));
+  } else if (endpoint === "responses" && responsesText(text) !== null) {
+    parts.push(h("pre", { class: "answer" }, responsesText(text)),
+      h("details", {}, h("summary", {}, "JSON"), h("pre", {}, prettyBody(text))));
   } else {
     parts.push(h("pre", {}, prettyBody(text)));
   }
@@ -130,6 +133,6 @@ export async function traceDetail(view, id) {
       { label: "cost", value: cost, class: "num" },
       { label: "error", value: (a) => a.error_message || "", class: "wrap" },
     ], t.attempts || [], { empty: "One attempt: this request was not retried or failed over." }),
-    body("Request body", t.request_body, t.request_truncated),
-    body("Response body", t.response_body, t.response_truncated));
+    body("Request body", t.request_body, t.request_truncated, t.endpoint),
+    body("Response body", t.response_body, t.response_truncated, t.endpoint));
 }

@@ -1,0 +1,306 @@
+"""Responses API state: the responses Stockyard keeps, and the routes that read them.
+
+A ``/v1/responses`` request with ``store`` not false leaves a row in ``responses``, scoped to
+the client key that made it (another key gets 404, as if it did not exist):
+
+- passed through (the provider speaks the Responses API and keeps the state): only which
+  provider made it, so GET/DELETE/cancel/input_items and ``previous_response_id`` go there;
+- translated (a chat-only provider): this turn's input items, the output items and the
+  response object, so the next turn's ``previous_response_id`` rebuilds the conversation
+  (the chain of previous rows, oldest first) and GET/DELETE/input_items are served from here.
+
+A row is visible to lookups from the moment the adapter hands the response over (before
+the client sees its end), through a small in-memory table of rows the writer has not yet
+committed; so a client's next turn never races the write. Retention deletes rows with the
+traces' age limit (``stockyard.retention``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from .context import Answer, Conversation, RequestContext
+from .errors import ProxyError
+from .httpio import Request, Response, json_response
+from .providers import Provider, Registry
+from .providers import responses as translate
+from .providers.responses_adapters import upstream_headers, upstream_path
+from .scrub import Scrubber
+from .store import Store
+from .upstream import Pool, UpstreamError
+
+PATH = re.compile(r"^/v1/responses/([A-Za-z0-9_-]{1,200})(/cancel|/input_items)?$")
+MAX_CHAIN = 1000  # previous responses walked to rebuild one conversation
+PENDING_S = 60.0  # an uncommitted row is long committed after this
+ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def new_response_id() -> str:
+    return "resp_" + secrets.token_hex(24)
+
+
+@dataclass
+class StoredResponse:
+    id: str
+    key_id: str | None
+    provider: str
+    model: str | None
+    created_at: int  # ms
+    passthrough: bool
+    previous_id: str | None = None
+    input_items: list[dict] | None = None
+    output_items: list[dict] | None = None
+    response: dict | None = None
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO responses (id, key_id, provider, model, created_at, passthrough, previous_id, "
+            "input_items, output_items, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.id,
+                self.key_id,
+                self.provider,
+                self.model,
+                self.created_at,
+                int(self.passthrough),
+                self.previous_id,
+                _pack(self.input_items),
+                _pack(self.output_items),
+                _pack(self.response),
+            ),
+        )
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> StoredResponse:
+        return cls(
+            row["id"],
+            row["key_id"],
+            row["provider"],
+            row["model"],
+            row["created_at"],
+            bool(row["passthrough"]),
+            row["previous_id"],
+            _unpack(row["input_items"]),
+            _unpack(row["output_items"]),
+            _unpack(row["response"]),
+        )
+
+
+def _pack(value: Any) -> bytes | None:
+    return None if value is None else zlib.compress(json.dumps(value, ensure_ascii=False).encode(), 3)
+
+
+def _unpack(data: bytes | None) -> Any:
+    return None if data is None else json.loads(zlib.decompress(data))
+
+
+def input_items(body: dict) -> list[dict]:
+    """This turn's ``input`` as Responses items with ids, as ``input_items`` lists them."""
+    value = body.get("input")
+    raw = [{"role": "user", "content": value}] if isinstance(value, str) else value
+    items = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict):
+            continue
+        item = dict(item)
+        kind = item.setdefault("type", "message")
+        if kind == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
+        if not item.get("id"):
+            item["id"] = f"{ITEM_PREFIXES.get(kind, 'item')}_{secrets.token_hex(16)}"
+        items.append(item)
+    return items
+
+
+def not_found(response_id: str, param: str | None = None) -> ProxyError:
+    return ProxyError(404, f"No response found with id '{response_id}'.", param=param, code="not_found")
+
+
+class Conversations:
+    """The stored responses: kept after a turn, found for the next, served to their key."""
+
+    def __init__(self, store: Store, registry: Callable[[], Registry], pool: Pool, scrub: Scrubber) -> None:
+        self._store = store
+        self._registry = registry
+        self._pool = pool
+        self._scrub = scrub
+        self._pending: dict[str, tuple[StoredResponse, float]] = {}
+        self._lock = threading.Lock()
+
+    # -- the request path ---------------------------------------------------------------------
+    def open(self, ctx: RequestContext) -> None:
+        """Before going upstream: the previous turn (404 when this key cannot see it), and for
+        ``input_tokens`` on a translated provider the count, answered here."""
+        body = ctx.body
+        conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
+        ctx.conversation = conv
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            if not isinstance(previous, str) or not previous:
+                raise ProxyError(
+                    400, "'previous_response_id' must be a string", param="previous_response_id", code="invalid_type"
+                )
+            conv.previous_id = previous
+            row = self.lookup(previous)
+            assert ctx.route is not None
+            if (row is None and not ctx.route.provider.speaks_responses) or (row and row.key_id != ctx.key_id):
+                raise not_found(previous, "previous_response_id")  # another key's response: as if unknown
+            if row is not None and row.passthrough:
+                conv.previous_provider = row.provider
+            elif row is not None:
+                conv.history = self.history(row, ctx.key_id)
+        if ctx.endpoint == "input_tokens" and ctx.route is not None and not ctx.route.provider.speaks_responses:
+            chat = translate.to_chat({k: v for k, v in body.items() if k != "stream"}, conv.history)
+            tokens = -(-len(json.dumps(chat.get("messages", []), ensure_ascii=False).encode()) // 4)
+            answer = {"object": "response.input_tokens", "input_tokens": tokens}
+            ctx.answer = Answer(200, json.dumps(answer).encode())
+
+    def _keep(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
+        """Record a finished response (unless ``store`` is false); visible to lookups at once."""
+        response_id = response.get("id")
+        if ctx.endpoint != "responses" or ctx.body.get("store") is False or not isinstance(response_id, str):
+            return
+        passthrough = provider.speaks_responses
+        record = StoredResponse(
+            response_id,
+            ctx.key_id,
+            provider.name,
+            response.get("model") if isinstance(response.get("model"), str) else ctx.model,
+            int(time.time() * 1000),
+            passthrough,
+            ctx.conversation.previous_id if ctx.conversation else None,
+        )
+        if not passthrough:
+            record.input_items = input_items(ctx.body)
+            output = response.get("output")
+            record.output_items = output if isinstance(output, list) else []
+            record.response = response
+        now = time.monotonic()
+        with self._lock:
+            self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}
+            self._pending[response_id] = (record, now)
+        self._store.submit(record.write)
+
+    def find(self, response_id: str, key_id: str | None) -> StoredResponse | None:
+        """The stored response with this id if ``key_id`` made it (None otherwise: another key's is unknown)."""
+        record = self.lookup(response_id)
+        return record if record is not None and record.key_id == key_id else None
+
+    def lookup(self, response_id: str) -> StoredResponse | None:
+        """The stored response with this id, whoever made it."""
+        with self._lock:
+            pending = self._pending.get(response_id)
+        if pending is not None:
+            record: StoredResponse | None = pending[0]
+        else:
+            row = self._store.read().execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
+            record = StoredResponse.from_row(row) if row is not None else None
+        return record
+
+    def history(self, row: StoredResponse, key_id: str | None) -> list[dict]:
+        """The conversation up to and including ``row``: each turn's input, then its output, oldest first.
+
+        A turn deleted meanwhile ends the chain there (the conversation starts after it)."""
+        chain = [row]
+        while chain[-1].previous_id and len(chain) < MAX_CHAIN:
+            earlier = self.find(chain[-1].previous_id or "", key_id)
+            if earlier is None or earlier.passthrough:
+                break
+            chain.append(earlier)
+        items: list[dict] = []
+        for turn in reversed(chain):
+            items += (turn.input_items or []) + (turn.output_items or [])
+        return items
+
+    def delete(self, response_id: str) -> None:
+        with self._lock:
+            self._pending.pop(response_id, None)
+        self._store.write(lambda conn: conn.execute("DELETE FROM responses WHERE id = ?", (response_id,)))
+
+    # -- GET/DELETE /v1/responses/{id}, POST …/cancel, GET …/input_items -----------------------
+    def answer(self, req: Request, key_id: str | None) -> Response:
+        """One of the routes on a response the client's key made; the provider's own when passed through."""
+        match = PATH.match(req.path)
+        assert match is not None
+        response_id, action = match.group(1), match.group(2) or ""
+        allowed = {"": ("GET", "DELETE"), "/cancel": ("POST",), "/input_items": ("GET",)}[action]
+        if req.method not in allowed:
+            raise ProxyError(
+                405,
+                f"method {req.method} is not allowed here; use {', '.join(allowed)}",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        row = self.find(response_id, key_id)
+        if row is None:
+            raise not_found(response_id)
+        if row.passthrough:
+            return self._forward(req, row, action, urlencode(req.query))
+        if action == "/cancel":
+            raise ProxyError(400, "Cannot cancel a synchronous response.", code="invalid_request")
+        if action == "/input_items":
+            return json_response(list_items(row.input_items or [], req.query))
+        if req.method == "DELETE":
+            self.delete(response_id)
+            return json_response({"id": response_id, "object": "response", "deleted": True})
+        return json_response(row.response or {})
+
+    def _forward(self, req: Request, row: StoredResponse, action: str, query: str) -> Response:
+        """Ask the provider that made the response; a successful DELETE forgets it here too."""
+        provider = self._registry().by_name.get(row.provider)
+        if provider is None or not provider.speaks_responses:
+            raise ProxyError(
+                502,
+                f"response {row.id!r} was made by provider {row.provider!r}, which is no longer configured",
+                code="provider_gone",
+            )
+        rest = f"/responses/{row.id}{action}" + (f"?{query}" if query else "")
+        body = req.body if req.method == "POST" else None
+        try:
+            resp = self._pool.request(
+                provider.base_url, req.method, upstream_path(provider, rest), upstream_headers(provider), body or None
+            )
+            data = resp.read_all()
+        except UpstreamError as exc:
+            message = self._scrub.text(f"provider {provider.name!r}: {exc}")
+            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
+        if req.method == "DELETE" and resp.status < 300:
+            self.delete(row.id)
+        content_type = resp.headers.get("content-type", "application/json")
+        return Response(resp.status, self._scrub.bytes(data), content_type)
+
+
+def list_items(items: list[dict], query: dict[str, str]) -> dict:
+    """An ``input_items`` page: ``order`` (desc by default), ``after`` an item id, ``limit`` (1-100, 20)."""
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ProxyError(400, "'order' must be asc or desc", param="order", code="invalid_value")
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise ProxyError(400, "'limit' must be a whole number from 1 to 100", param="limit", code="invalid_value")
+    ordered = items if order == "asc" else list(reversed(items))
+    after = query.get("after")
+    if after:
+        ids = [item.get("id") for item in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    page = ordered[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0].get("id") if page else None,
+        "last_id": page[-1].get("id") if page else None,
+        "has_more": len(ordered) > limit,
+    }

@@ -1,0 +1,695 @@
+"""The OpenAI Responses API for providers that speak only Chat Completions.
+
+A Responses request becomes a Chat Completions request (:func:`to_chat`), which the
+provider's OpenAI-dialect chat adapter then carries to its native API; the chat answer
+comes back as a Responses ``response`` object (:func:`from_chat`) and a chat stream as
+the Responses event stream (:class:`ChatToResponsesStream`). What the chat shape cannot
+carry is refused with a 400 naming the field, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ..errors import ProxyError
+
+# Request fields the caller handles (stored state, trace) and that never go upstream.
+CALLER_FIELDS = {"store", "previous_response_id", "include", "truncation", "metadata", "stream_options", "background"}
+# Request fields copied into the chat request unchanged (both APIs spell them alike).
+SAME_FIELDS = (
+    "temperature",
+    "top_p",
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "service_tier",
+)
+TRANSLATED_FIELDS = {
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "text",
+    "reasoning",
+    "max_output_tokens",
+    "parallel_tool_calls",
+    "stream",
+}
+KNOWN_FIELDS = CALLER_FIELDS | TRANSLATED_FIELDS | set(SAME_FIELDS)
+# ``include`` values a translated answer cannot honour.
+REFUSED_INCLUDES = {"message.output_text.logprobs"}
+FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
+MESSAGE_ROLES = {"user", "assistant", "system", "developer"}
+IMAGE_DETAILS = {"auto", "low", "high"}
+# chat finish_reason → Responses incomplete_details.reason
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# The codes a Responses ``error`` object may carry; others are reported as server_error.
+ERROR_CODES = {"server_error", "rate_limit_exceeded", "invalid_prompt"}
+
+
+def unsupported(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, param=param, code="unsupported_parameter")
+
+
+def invalid(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, param=param, code="invalid_request")
+
+
+def present(body: dict, key: str) -> bool:
+    """A field counts as given unless absent or null (clients send null for "default")."""
+    return body.get(key) is not None
+
+
+# --------------------------------------------------------------------------- request
+
+
+def to_chat(body: dict, history: list[dict] | None = None) -> dict:
+    """A Responses request body → the Chat Completions body for the same turn.
+
+    ``history`` holds the stored conversation (input and output items of earlier turns),
+    placed before this turn's ``input``. ``store``, ``previous_response_id``, ``include``,
+    ``truncation`` and ``metadata`` are the caller's and do not go upstream."""
+    if not isinstance(body, dict):
+        raise invalid("body", "the request body must be a JSON object")
+    for key in body:
+        if key not in KNOWN_FIELDS and present(body, key):
+            raise unsupported(key, f"'{key}' is not supported for this provider (it speaks Chat Completions)")
+    if body.get("background"):
+        raise unsupported("background", "'background' is not supported for this provider (it speaks Chat Completions)")
+    for value in body.get("include") or []:
+        if value in REFUSED_INCLUDES:
+            raise unsupported("include", f"include {value!r} is not supported for this provider")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model", "'model' must be a non-empty string")
+    messages = instructions_messages(body.get("instructions"))
+    messages += chat_messages(history or [], "previous_response_id")
+    if not present(body, "input") and not history:
+        raise invalid("input", "'input' is required")
+    messages += chat_messages(body.get("input") or [], "input")
+    if not messages:
+        raise invalid("input", "'input' must not be empty")
+    chat: dict = {"model": model, "messages": messages}
+    if present(body, "tools"):
+        tools = chat_tools(body["tools"])
+        if tools:
+            chat["tools"] = tools
+            if present(body, "parallel_tool_calls"):
+                chat["parallel_tool_calls"] = body["parallel_tool_calls"]
+    if present(body, "tool_choice"):
+        chat["tool_choice"] = chat_tool_choice(body["tool_choice"])
+    if present(body, "text"):
+        chat.update(chat_text(body["text"]))
+    if present(body, "reasoning"):
+        chat.update(chat_reasoning(body["reasoning"]))
+    if present(body, "max_output_tokens"):
+        chat["max_completion_tokens"] = body["max_output_tokens"]
+    for key in SAME_FIELDS:
+        if present(body, key):
+            chat[key] = body[key]
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+def instructions_messages(instructions: Any) -> list[dict]:
+    if instructions is None or instructions == "":
+        return []
+    if not isinstance(instructions, str):
+        raise invalid("instructions", "'instructions' must be a string")
+    return [{"role": "system", "content": instructions}]
+
+
+def chat_messages(items: Any, where: str) -> list[dict]:
+    """Responses input (a string or a list of items) → chat messages."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if not isinstance(items, list):
+        raise invalid(where, f"'{where}' must be a string or an array of items")
+    out: list[dict] = []
+    for i, item in enumerate(items):
+        path = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(path, f"{path} must be an object")
+        kind = item.get("type") or "message"
+        if kind == "message":
+            out.append(chat_message(item, path))
+        elif kind == "function_call":
+            add_tool_call(out, item, path)
+        elif kind == "function_call_output":
+            out.append(tool_message(item, path))
+        elif kind == "reasoning":
+            continue  # the provider's own reasoning is not sent back upstream
+        else:
+            raise unsupported(f"{path}.type", f"input item type {kind!r} is not supported for this provider")
+    return out
+
+
+def chat_message(item: dict, path: str) -> dict:
+    role = item.get("role")
+    if role not in MESSAGE_ROLES:
+        raise invalid(
+            f"{path}.role", f"message role {role!r} is not supported; use user, assistant, system or developer"
+        )
+    content = item.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if not isinstance(content, list):
+        raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content parts")
+    parts = [chat_part(part, f"{path}.content[{j}]") for j, part in enumerate(content)]
+    if role != "user" and all(p["type"] == "text" for p in parts):
+        return {"role": role, "content": "".join(p["text"] for p in parts)}
+    return {"role": role, "content": parts}
+
+
+def chat_part(part: Any, path: str) -> dict:
+    """One Responses content part → a chat content part."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("input_text", "output_text"):
+        if not isinstance(part.get("text"), str):
+            raise invalid(f"{path}.text", f"{path}.text must be a string")
+        return {"type": "text", "text": part["text"]}
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": part.get("refusal") or ""}
+    if kind == "input_image":
+        return image_part(part, path)
+    if kind == "input_file":
+        return file_part(part, path)
+    raise unsupported(f"{path}.type", f"content part type {kind!r} is not supported for this provider")
+
+
+def image_part(part: dict, path: str) -> dict:
+    if present(part, "file_id"):
+        raise unsupported(f"{path}.file_id", "images by file_id are not supported for this provider; send image_url")
+    url = part.get("image_url")
+    if not isinstance(url, str) or not url:
+        raise invalid(f"{path}.image_url", f"{path}.image_url must be a URL or a data URL")
+    image: dict = {"url": url}
+    if part.get("detail") in IMAGE_DETAILS:
+        image["detail"] = part["detail"]
+    return {"type": "image_url", "image_url": image}
+
+
+def file_part(part: dict, path: str) -> dict:
+    """An inline file: an image data URL becomes an image part, any other a chat ``file`` part."""
+    for key in ("file_id", "file_url"):
+        if present(part, key):
+            raise unsupported(f"{path}.{key}", f"files by {key} are not supported for this provider; send file_data")
+    data = part.get("file_data")
+    if not isinstance(data, str) or not data.startswith("data:") or ";base64," not in data:
+        raise invalid(f"{path}.file_data", f"{path}.file_data must be a base64 data URL (data:<type>;base64,<data>)")
+    if data.startswith("data:image/"):
+        return {"type": "image_url", "image_url": {"url": data}}
+    file = {"file_data": data}
+    if isinstance(part.get("filename"), str):
+        file["filename"] = part["filename"]
+    return {"type": "file", "file": file}
+
+
+def add_tool_call(out: list[dict], item: dict, path: str) -> None:
+    """A ``function_call`` item joins the assistant message before it (one chat turn)."""
+    for key in ("call_id", "name", "arguments"):
+        if not isinstance(item.get(key), str):
+            raise invalid(f"{path}.{key}", f"{path}.{key} must be a string")
+    call = {
+        "id": item["call_id"],
+        "type": "function",
+        "function": {"name": item["name"], "arguments": item["arguments"]},
+    }
+    if out and out[-1]["role"] == "assistant":
+        out[-1].setdefault("tool_calls", []).append(call)
+    else:
+        out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def tool_message(item: dict, path: str) -> dict:
+    if not isinstance(item.get("call_id"), str):
+        raise invalid(f"{path}.call_id", f"{path}.call_id must be a string")
+    output = item.get("output")
+    if isinstance(output, list):
+        for j, part in enumerate(output):
+            if not isinstance(part, dict) or part.get("type") != "input_text":
+                kind = part.get("type") if isinstance(part, dict) else None
+                raise unsupported(
+                    f"{path}.output[{j}].type", f"function_call_output part type {kind!r} is not supported here"
+                )
+        output = [{"type": "text", "text": str(p.get("text") or "")} for p in output]
+    elif not isinstance(output, str):
+        raise invalid(f"{path}.output", f"{path}.output must be a string or an array of input_text parts")
+    return {"role": "tool", "tool_call_id": item["call_id"], "content": output}
+
+
+def chat_tools(tools: Any) -> list[dict]:
+    if not isinstance(tools, list):
+        raise invalid("tools", "'tools' must be an array")
+    out = []
+    for i, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise unsupported(
+                f"tools[{i}].type", f"tool type {kind!r} is not supported for this provider; only function tools are"
+            )
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise invalid(f"tools[{i}].name", f"tools[{i}].name must be a non-empty string")
+        for key in tool:
+            if key not in FUNCTION_TOOL_FIELDS and present(tool, key):
+                raise unsupported(
+                    f"tools[{i}].{key}", f"function tool field {key!r} is not supported for this provider"
+                )
+        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    raise unsupported("tool_choice", f"tool_choice {kind!r} is not supported for this provider")
+
+
+def chat_text(text: Any) -> dict:
+    """``text`` (format and verbosity) → chat ``response_format`` and ``verbosity``."""
+    if not isinstance(text, dict):
+        raise invalid("text", "'text' must be an object")
+    out: dict = {}
+    for key in text:
+        if key not in ("format", "verbosity") and present(text, key):
+            raise unsupported(f"text.{key}", f"text.{key} is not supported for this provider")
+    if present(text, "verbosity"):
+        out["verbosity"] = text["verbosity"]
+    fmt = text.get("format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if fmt is None or kind == "text":
+        return out
+    if kind == "json_object":
+        out["response_format"] = {"type": "json_object"}
+    elif kind == "json_schema":
+        if not isinstance(fmt.get("name"), str) or not isinstance(fmt.get("schema"), dict):
+            raise invalid("text.format", "a json_schema format needs a 'name' and a 'schema' object")
+        schema = {k: fmt[k] for k in ("name", "description", "schema", "strict") if present(fmt, k)}
+        out["response_format"] = {"type": "json_schema", "json_schema": schema}
+    else:
+        raise unsupported("text.format.type", f"text.format type {kind!r} is not supported for this provider")
+    return out
+
+
+def chat_reasoning(reasoning: Any) -> dict:
+    """``reasoning.effort`` → ``reasoning_effort``; a ``summary`` wish is met where the
+    provider returns reasoning text (there is nothing to ask for in the chat shape)."""
+    if not isinstance(reasoning, dict):
+        raise invalid("reasoning", "'reasoning' must be an object")
+    for key in reasoning:
+        if key not in ("effort", "summary", "generate_summary") and present(reasoning, key):
+            raise unsupported(f"reasoning.{key}", f"reasoning.{key} is not supported for this provider")
+    return {"reasoning_effort": reasoning["effort"]} if present(reasoning, "effort") else {}
+
+
+# --------------------------------------------------------------------------- answer
+
+
+def item_id(prefix: str, response_id: str, output_index: int) -> str:
+    """A deterministic output item id: the same for a plain and a streamed answer."""
+    return f"{prefix}_{response_id.removeprefix('resp_')}_{output_index}"
+
+
+def text_part(text: str) -> dict:
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+def refusal_part(text: str) -> dict:
+    return {"type": "refusal", "refusal": text}
+
+
+def reasoning_item(ident: str, text: str) -> dict:
+    return {"id": ident, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]}
+
+
+def message_item(ident: str, content: list[dict], status: str) -> dict:
+    return {"id": ident, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def call_item(ident: str, call_id: str, name: str, arguments: str, status: str) -> dict:
+    return {
+        "id": ident,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
+def reasoning_text(message: dict) -> str:
+    """The reasoning a chat message or delta carries (``reasoning_content`` as DeepSeek
+    sends it, ``reasoning`` as vLLM, Groq and OpenRouter do)."""
+    value = message.get("reasoning_content") or message.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+def responses_usage(usage: Any) -> dict | None:
+    """Chat ``usage`` → Responses ``usage`` (cached and reasoning tokens included)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": usage.get("total_tokens") or prompt + completion,
+    }
+
+
+def response_object(
+    request: dict,
+    response_id: str,
+    created_at: int,
+    model: str,
+    status: str,
+    output: list[dict],
+    usage: dict | None,
+    finish_reason: str | None = None,
+    error: dict | None = None,
+) -> dict:
+    """A Responses ``response`` object, echoing the request's settings as OpenAI does."""
+    reason = INCOMPLETE.get(finish_reason or "") if status == "incomplete" else None
+    out = {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "background": False,
+        "error": error,
+        "incomplete_details": {"reason": reason} if reason else None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "max_tool_calls": None,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": request.get("parallel_tool_calls", True) is not False,
+        "previous_response_id": request.get("previous_response_id"),
+        "reasoning": request.get("reasoning") or {"effort": None, "summary": None},
+        "store": request.get("store", True) is not False,
+        "temperature": echo(request, "temperature", 1.0),
+        "text": request.get("text") or {"format": {"type": "text"}},
+        "tool_choice": echo(request, "tool_choice", "auto"),
+        "tools": request.get("tools") or [],
+        "top_p": echo(request, "top_p", 1.0),
+        "truncation": echo(request, "truncation", "disabled"),
+        "usage": usage,
+        "user": request.get("user"),
+        "metadata": request.get("metadata") or {},
+    }
+    for key in ("safety_identifier", "prompt_cache_key", "service_tier"):
+        if present(request, key):
+            out[key] = request[key]
+    if status == "completed":
+        out["completed_at"] = int(time.time())
+    return out
+
+
+def echo(request: dict, key: str, default: Any) -> Any:
+    return request[key] if present(request, key) else default
+
+
+def status_of(finish_reason: str | None) -> str:
+    return "incomplete" if finish_reason in INCOMPLETE else "completed"
+
+
+def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> dict:
+    """A ``chat.completion`` → the Responses ``response`` object for it."""
+    choices = chat.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    finish = choice.get("finish_reason")
+    status = status_of(finish)
+    output: list[dict] = []
+    reasoning = reasoning_text(message)
+    if reasoning:
+        output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning))
+    content = []
+    if isinstance(message.get("content"), str) and message["content"]:
+        content.append(text_part(message["content"]))
+    if isinstance(message.get("refusal"), str) and message["refusal"]:
+        content.append(refusal_part(message["refusal"]))
+    if content:
+        output.append(message_item(item_id("msg", response_id, len(output)), content, status))
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        index = len(output)
+        call_id = call.get("id") or item_id("call", response_id, index)
+        args = fn.get("arguments") if isinstance(fn.get("arguments"), str) else json.dumps(fn.get("arguments") or {})
+        output.append(call_item(item_id("fc", response_id, index), call_id, fn.get("name") or "", args, status))
+    model = chat.get("model") or request.get("model") or ""
+    return response_object(
+        request, response_id, created_at, model, status, output, responses_usage(chat.get("usage")), finish
+    )
+
+
+# --------------------------------------------------------------------------- stream
+
+
+class ChatToResponsesStream:
+    """A ``chat.completion.chunk`` stream → the Responses event stream, event by event.
+
+    The caller parses each SSE ``data:`` line and hands the chunk to :meth:`feed`, calls
+    :meth:`finish` after ``[DONE]`` (the closing events, with usage) or :meth:`fail` when
+    the upstream stream broke (a ``response.failed`` event, never a made-up completion).
+    Output items open in the order the deltas arrive: reasoning, message text, tool calls;
+    a delta of another kind closes the open item(s) first.
+    """
+
+    def __init__(self, request: dict, response_id: str, created_at: int, model: str) -> None:
+        self.request = request
+        self.response_id = response_id
+        self.created_at = created_at
+        self.model = model
+        self.sequence = 0
+        self.output: list[dict] = []  # items as they stand, by output_index
+        self.open: list[int] = []  # output indexes of the open items (one kind at a time)
+        self.calls: dict[int, int] = {}  # chat tool_call index → output index
+        self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.started = False
+        self.ended = False
+        self._complete = False
+        self._response = self.snapshot("in_progress")
+
+    @property
+    def response(self) -> dict:
+        """The Responses object as it stands (the final one after finish or fail)."""
+        return self._response
+
+    @property
+    def complete(self) -> bool:
+        """True once the stream ended properly (completed or incomplete), with usage if sent."""
+        return self._complete
+
+    def snapshot(self, status: str, error: dict | None = None) -> dict:
+        return response_object(
+            self.request,
+            self.response_id,
+            self.created_at,
+            self.model,
+            status,
+            list(self.output),
+            self.usage,
+            self.finish_reason,
+            error,
+        )
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+    def start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        return [
+            self.event("response.created", response=self._response),
+            self.event("response.in_progress", response=self._response),
+        ]
+
+    # ----------------------------------------------------------------- input
+
+    def feed(self, chunk: dict) -> list[bytes]:
+        """One parsed ``chat.completion.chunk`` → the Responses events it makes."""
+        if self.ended or not isinstance(chunk, dict):
+            return []
+        out = self.start()
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = responses_usage(chunk["usage"])
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            reasoning = reasoning_text(delta)
+            if reasoning:
+                out += self.reasoning(reasoning)
+            for kind in ("content", "refusal"):
+                if isinstance(delta.get(kind), str) and delta[kind]:
+                    out += self.text(kind, delta[kind])
+            for call in delta.get("tool_calls") or []:
+                if isinstance(call, dict):
+                    out += self.tool_call(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+                out += self.close()
+        return out
+
+    def finish(self) -> list[bytes]:
+        """After ``[DONE]``: close what is open, then ``response.completed`` (or
+        ``response.incomplete`` when the answer hit its length limit or a filter)."""
+        if self.ended:
+            return []
+        out = self.start() + self.close()
+        status = status_of(self.finish_reason)
+        self._response = self.snapshot(status)
+        self.ended = self._complete = True
+        return out + [self.event(f"response.{status}", response=self._response)]
+
+    def fail(self, message: str, code: str) -> list[bytes]:
+        """A broken upstream stream: ``response.failed`` with the output so far."""
+        if self.ended:
+            return []
+        out = self.start()
+        for index in self.open:
+            self.output[index]["status"] = "incomplete"
+        self.open = []
+        error = {"code": code if code in ERROR_CODES else "server_error", "message": message}
+        self._response = self.snapshot("failed", error)
+        self.ended = True
+        return out + [self.event("response.failed", response=self._response)]
+
+    # ----------------------------------------------------------------- items
+
+    def add_item(self, item: dict) -> tuple[int, bytes]:
+        index = len(self.output)
+        self.output.append(item)
+        self.open.append(index)
+        return index, self.event("response.output_item.added", output_index=index, item=item)
+
+    def reasoning(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if not self.is_open("reasoning"):
+            out += self.close()
+            ident = item_id("rs", self.response_id, len(self.output))
+            index, added = self.add_item({"id": ident, "type": "reasoning", "summary": []})
+            part = {"type": "summary_text", "text": ""}
+            out += [added, self.event("response.reasoning_summary_part.added", **self.at(index, 0), part=part)]
+        index = self.open[-1]
+        item = self.output[index]
+        if not item["summary"]:
+            item["summary"].append({"type": "summary_text", "text": ""})
+        item["summary"][0]["text"] += text
+        return out + [self.event("response.reasoning_summary_text.delta", **self.at(index, 0), delta=text)]
+
+    def text(self, kind: str, text: str) -> list[bytes]:
+        """Message text (``content``) or a refusal, each its own content part."""
+        out: list[bytes] = []
+        if not self.is_open("message"):
+            out += self.close()
+            ident = item_id("msg", self.response_id, len(self.output))
+            out.append(self.add_item(message_item(ident, [], "in_progress"))[1])
+        index = self.open[-1]
+        parts = self.output[index]["content"]
+        part_type = "output_text" if kind == "content" else "refusal"
+        if not parts or parts[-1]["type"] != part_type:
+            if parts:
+                out += self.close_part(index)
+            parts.append(text_part("") if kind == "content" else refusal_part(""))
+            out.append(self.event("response.content_part.added", **self.part_at(index), part=parts[-1]))
+        where = self.part_at(index)
+        if kind == "content":
+            parts[-1]["text"] += text
+            return out + [self.event("response.output_text.delta", **where, delta=text, logprobs=[])]
+        parts[-1]["refusal"] += text
+        return out + [self.event("response.refusal.delta", **where, delta=text)]
+
+    def tool_call(self, call: dict) -> list[bytes]:
+        """A tool-call delta: the first for an index carries id and name, later ones
+        argument fragments; the item opens once the name is known."""
+        chat_index = call.get("index", 0)
+        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        fragment = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
+        if chat_index in self.calls:
+            index = self.calls[chat_index]
+            if index not in self.open or not fragment:
+                return []  # arguments after the call closed: upstream broke its own order
+            self.output[index]["arguments"] += fragment
+            return [self.event("response.function_call_arguments.delta", **self.at(index), delta=fragment)]
+        waiting = self.pending.setdefault(chat_index, {"id": None, "name": None, "arguments": ""})
+        waiting["id"] = call.get("id") or waiting["id"]
+        waiting["name"] = fn.get("name") or waiting["name"]
+        waiting["arguments"] += fragment
+        if not waiting["name"]:
+            return []
+        del self.pending[chat_index]
+        out = [] if self.is_open("function_call") else self.close()
+        position = len(self.output)
+        call_id = waiting["id"] or item_id("call", self.response_id, position)
+        item = call_item(item_id("fc", self.response_id, position), call_id, waiting["name"], "", "in_progress")
+        index, added = self.add_item(item)
+        self.calls[chat_index] = index
+        out.append(added)
+        if waiting["arguments"]:
+            item["arguments"] = waiting["arguments"]
+            out.append(self.event("response.function_call_arguments.delta", **self.at(index), delta=item["arguments"]))
+        return out
+
+    def is_open(self, kind: str) -> bool:
+        return bool(self.open) and self.output[self.open[-1]]["type"] == kind
+
+    def at(self, index: int, summary_index: int | None = None) -> dict:
+        where: dict = {"item_id": self.output[index]["id"], "output_index": index}
+        if summary_index is not None:
+            where["summary_index"] = summary_index
+        return where
+
+    def part_at(self, index: int) -> dict:
+        return {**self.at(index), "content_index": len(self.output[index]["content"]) - 1}
+
+    def close_part(self, index: int) -> list[bytes]:
+        part = self.output[index]["content"][-1]
+        where = self.part_at(index)
+        if part["type"] == "output_text":
+            done = self.event("response.output_text.done", **where, text=part["text"], logprobs=[])
+        else:
+            done = self.event("response.refusal.done", **where, refusal=part["refusal"])
+        return [done, self.event("response.content_part.done", **where, part=part)]
+
+    def close(self) -> list[bytes]:
+        """The done events of the open items; their status follows the finish reason."""
+        out: list[bytes] = []
+        status = status_of(self.finish_reason)
+        for index in self.open:
+            item = self.output[index]
+            if item["type"] == "reasoning":
+                part = item["summary"][0]
+                where = self.at(index, 0)
+                out.append(self.event("response.reasoning_summary_text.done", **where, text=part["text"]))
+                out.append(self.event("response.reasoning_summary_part.done", **where, part=part))
+            elif item["type"] == "message":
+                out += self.close_part(index) if item["content"] else []
+                item["status"] = status
+            else:
+                args = item["arguments"]
+                out.append(self.event("response.function_call_arguments.done", **self.at(index), arguments=args))
+                item["status"] = status
+            out.append(self.event("response.output_item.done", output_index=index, item=item))
+        self.open = []
+        return out

@@ -1,0 +1,237 @@
+"""Adapters for ``/v1/responses`` clients: passed through, or translated over Chat Completions.
+
+Providers that speak the Responses API (``Provider.speaks_responses``: openai, azure, and
+openai-compatible ones marked so) get the client's body untouched — only ``model`` is
+rewritten when routing changed it — and their event stream relayed event by event; usage
+comes from ``response.completed`` / ``response.incomplete`` / ``response.failed``.
+
+Every other provider is reached through :class:`ResponsesOverChat`: the request becomes a
+Chat Completions body (``responses.to_chat``, with the history of a previous response
+Stockyard keeps), the provider's own OpenAI-dialect chat adapter does the rest (Anthropic
+and Gemini translate further), and the chat answer or chunk stream becomes a Responses
+object or event stream again (``responses.from_chat`` / ``ChatToResponsesStream``).
+
+Either way the finished response is handed to ``ctx.conversation.keep`` before the client
+sees its end, so a next turn's ``previous_response_id`` always finds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from urllib.parse import urlencode
+
+from ..context import RequestContext
+from ..errors import OPENAI, ProxyError
+from ..pricing import Usage
+from . import Provider, responses
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .openai import auth_headers, request_body
+
+PATHS = {"responses": "/responses", "input_tokens": "/responses/input_tokens"}
+AZURE_RESPONSES_VERSION = "2025-04-01-preview"  # the first api-version with /openai/responses
+TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+_CHAT_BODY = "responses.chat_body"  # ctx.state: the translated body, made once per request
+
+
+def upstream_path(provider: Provider, rest: str) -> str:
+    """Where a Responses API path lives at this provider (Azure: under /openai, with an api-version)."""
+    if provider.kind != "azure":
+        return rest
+    prefix = "" if provider.base_url.rstrip("/").endswith("/openai") else "/openai"
+    version = provider.api_version or ""
+    if version < AZURE_RESPONSES_VERSION:  # dated versions sort as text; older ones lack the API
+        version = AZURE_RESPONSES_VERSION
+    path, _, query = rest.partition("?")
+    return f"{prefix}{path}?{urlencode({'api-version': version})}" + (f"&{query}" if query else "")
+
+
+def upstream_headers(provider: Provider, accept: str = "application/json") -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": accept}
+    if provider.kind == "azure":
+        if provider.api_key:
+            headers["api-key"] = provider.api_key
+        return headers
+    return {**headers, **auth_headers(provider)}
+
+
+def keep(ctx: RequestContext, response: object) -> None:
+    """Hand a finished response object to the conversation store (see ``stockyard.conversations``)."""
+    conv, provider = ctx.conversation, ctx.attempt.provider
+    if conv is not None and provider is not None and isinstance(response, dict):
+        conv.keep(provider, response)
+
+
+def response_failed(response: dict, sequence_number: int, message: str) -> bytes:
+    """A ``response.failed`` event for a stream that broke: the response so far, failed, with why."""
+    failed = {**response, "status": "failed", "error": {"code": "server_error", "message": message}}
+    event = {"type": "response.failed", "sequence_number": sequence_number, "response": failed}
+    return f"event: response.failed\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+
+
+# -- pass-through ------------------------------------------------------------------------------
+
+
+class ResponsesPassThrough(Adapter):
+    """Providers that speak the Responses API: bodies and events as they are."""
+
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        conv = ctx.conversation
+        if conv is not None and conv.previous_id and conv.previous_provider != provider.name:
+            if conv.history is not None or conv.previous_provider is not None:
+                raise ProxyError(
+                    400,
+                    f"previous_response_id {conv.previous_id!r} was answered by provider "
+                    f"{conv.previous_provider or 'a translated provider'!r}; provider {provider.name!r} keeps its "
+                    "own conversation state and cannot continue it",
+                    param="previous_response_id",
+                    code="previous_response_elsewhere",
+                )
+        accept = "text/event-stream" if ctx.stream else "application/json"
+        path = upstream_path(provider, PATHS[ctx.endpoint])
+        body = request_body(ctx, model, force_usage=False)
+        return UpstreamCall("POST", path, upstream_headers(provider, accept), body)
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        data = loads_object(body)
+        ctx.attempt.served_model = data.get("model") or ctx.attempt.served_model
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            ctx.attempt.usage = Usage.from_openai(usage)
+        if ctx.endpoint == "responses" and data.get("object") == "response":
+            keep(ctx, data)
+        return body
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        return PassThroughStream(ctx)
+
+
+class PassThroughStream(StreamTranslator):
+    """Relays each event unchanged; reads the response snapshot, usage and the terminal event."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.response: dict = {}
+        self.sequence_number = -1
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        try:
+            obj = json.loads(data) if data else None
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            return [event]
+        if isinstance(obj.get("sequence_number"), int):
+            self.sequence_number = obj["sequence_number"]
+        response = obj.get("response")
+        if isinstance(response, dict):
+            self.response = response
+            if response.get("model"):
+                self.ctx.attempt.served_model = response["model"]
+            if isinstance(response.get("usage"), dict):
+                self.ctx.attempt.usage = Usage.from_openai(response["usage"])
+        kind = obj.get("type")
+        if kind in TERMINAL:
+            self.complete = kind != "response.failed"
+            keep(self.ctx, response)
+        return [event]
+
+    def failure(self, message: str, code: str) -> list[bytes]:
+        return [response_failed(self.response, self.sequence_number + 1, message)]
+
+
+# -- translation over Chat Completions ----------------------------------------------------------
+
+
+class ResponsesOverChat(Adapter):
+    """A chat-only provider behind the Responses API: ``inner`` is its OpenAI-dialect chat adapter."""
+
+    def __init__(self, inner: Adapter) -> None:
+        self.inner = inner
+
+    def chat_ctx(self, ctx: RequestContext) -> RequestContext:
+        """The request as a Chat Completions request, for the inner adapter (same attempt and state)."""
+        chat = ctx.state.get(_CHAT_BODY)
+        if chat is None:
+            conv = ctx.conversation
+            chat = responses.to_chat(ctx.body, conv.history if conv is not None else None)
+            ctx.state[_CHAT_BODY] = chat
+        raw = json.dumps(chat, ensure_ascii=False).encode()
+        return dataclasses.replace(
+            ctx, endpoint="chat", dialect=OPENAI, body=chat, raw=raw, body_changed=True, client_wants_usage=True
+        )
+
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        conv = ctx.conversation
+        if conv is not None and conv.previous_provider is not None:
+            raise ProxyError(
+                400,
+                f"previous_response_id {conv.previous_id!r} is kept by provider {conv.previous_provider!r}; "
+                f"provider {provider.name!r} cannot continue it",
+                param="previous_response_id",
+                code="previous_response_elsewhere",
+            )
+        return self.inner.prepare(self.chat_ctx(ctx), provider, model)
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
+        conv = ctx.conversation
+        assert conv is not None  # set for every /v1/responses request (stockyard.conversations)
+        response = responses.from_chat(chat, ctx.body, conv.response_id, conv.created_at)
+        keep(ctx, response)
+        return json.dumps(response, ensure_ascii=False).encode()
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        conv = ctx.conversation
+        assert conv is not None
+        model = ctx.attempt.upstream_model or ctx.model or ""
+        outer = responses.ChatToResponsesStream(ctx.body, conv.response_id, conv.created_at, model)
+        return OverChatStream(ctx, self.inner.stream(self.chat_ctx(ctx)), outer)
+
+    def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
+        return self.inner.error(self.chat_ctx(ctx), status, body)  # a chat error is OpenAI's error shape
+
+
+class OverChatStream(StreamTranslator):
+    """Chat chunks from the inner translator, fed one by one to the Responses event builder."""
+
+    def __init__(self, ctx: RequestContext, inner: StreamTranslator, outer: responses.ChatToResponsesStream) -> None:
+        self.ctx, self.inner, self.outer = ctx, inner, outer
+        self.done = False
+
+    def feed(self, event: bytes) -> list[bytes]:
+        return self._convert(self.inner.feed(event))
+
+    def finish(self) -> list[bytes]:
+        return self._convert(self.inner.finish())
+
+    def failure(self, message: str, code: str) -> list[bytes]:
+        return self.outer.fail(message, code)
+
+    def _convert(self, chat_events: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for chunk in chat_events:
+            for block in chunk.split(b"\n\n"):
+                data = sse_data(block)
+                if data is None or self.done:
+                    continue
+                if data.strip() == b"[DONE]":
+                    self.done = True
+                    out += self.outer.finish()
+                    self.complete = bool(self.outer.complete)
+                    keep(self.ctx, self.outer.response)
+                    continue
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(obj, dict):
+                    continue
+                error = obj.get("error")
+                if isinstance(error, dict) and "choices" not in obj:  # the provider's error event
+                    self.done = True
+                    out += self.outer.fail(str(error.get("message") or "the provider failed"), "server_error")
+                    continue
+                out += self.outer.feed(obj)
+        return out

@@ -1,0 +1,257 @@
+"""The Responses API through Stockyard with the official openai SDK, the same client code against
+(a) an OpenAI-kind provider that speaks it (passed through) and (b) an Anthropic-kind provider
+(translated over Chat Completions), both the mock upstream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from openai import NotFoundError, OpenAI
+from pydantic import BaseModel
+
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, Reply
+
+ADMIN = "admin-key-for-responses-tests-0123456789"
+MODELS = {"passthrough": "gpt-4o-mini", "translated": "claude-haiku-4-5"}
+RATES = {"gpt-4o-mini": (15_000_000, 60_000_000), "claude-haiku-4-5": (100_000_000, 500_000_000)}  # µ¢ per 1M
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "the weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"], "additionalProperties": False}, "strict": True}
+IMAGE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+class Weather(BaseModel):
+    city: str
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
+           "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef", "ANTHROPIC_BASE_URL": mock.url,
+           "STOCKYARD_ADMIN_KEY": ADMIN}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("responses") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+
+
+def new_key(server: ServerProcess, name: str) -> str:
+    status, _, data = server.request("POST", "/api/keys", {"name": name}, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 201, data
+    return json.loads(data)["key"]
+
+
+@pytest.fixture(scope="module")
+def keys(server) -> tuple[str, str]:
+    return new_key(server, "alice"), new_key(server, "bob")
+
+
+@pytest.fixture(scope="module")
+def client(server, keys) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key=keys[0], max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def other(server, keys) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key=keys[1], max_retries=0)
+
+
+@pytest.fixture(params=list(MODELS))
+def model(request) -> str:
+    return MODELS[request.param]
+
+
+def check_sequence(events: list) -> None:
+    """The order and indices of a Responses event stream, as OpenAI sends it."""
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"], kinds
+    assert kinds[-1] == "response.completed", kinds
+    assert [e.sequence_number for e in events] == list(range(events[0].sequence_number,
+                                                             events[0].sequence_number + len(events)))
+    open_items: dict[int, str] = {}
+    for e in events[2:-1]:
+        if e.type == "response.output_item.added":
+            assert e.output_index not in open_items
+            open_items[e.output_index] = e.item.id
+        elif e.type == "response.output_item.done":
+            assert open_items.pop(e.output_index) == e.item.id
+        else:
+            assert open_items.get(e.output_index) == e.item_id, e  # every inner event names its open item
+    assert not open_items
+    message = [k for k in kinds if k.startswith(("response.content_part", "response.output_text"))]
+    if message:
+        deltas = [k for k in message if k == "response.output_text.delta"]
+        assert message == ["response.content_part.added", *deltas, "response.output_text.done",
+                           "response.content_part.done"]
+
+
+def test_create_plain(client, model):
+    response = client.responses.create(model=model, input="Say hello", instructions="Be brief")
+    assert response.id.startswith("resp_") and response.status == "completed"
+    assert response.output_text == TEXT
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
+def test_stream_helpers(client, model):
+    with client.responses.stream(model=model, input="Say hello") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    check_sequence(events)
+    assert final.output_text == TEXT and final.usage.output_tokens == COMPLETION_TOKENS
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == TEXT
+
+
+def test_raw_stream_events(client, model):
+    events = list(client.responses.create(model=model, input="Say hello", stream=True))
+    check_sequence(events)
+    done = [e for e in events if e.type == "response.output_text.done"]
+    assert [e.text for e in done] == [TEXT] and (done[0].output_index, done[0].content_index) == (0, 0)
+    assert events[-1].response.output_text == TEXT and events[-1].response.id == events[0].response.id
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_function_calling_over_two_turns(client, model, mock, stream):
+    if stream:
+        with client.responses.stream(model=model, input="Weather in Paris?", tools=[WEATHER_TOOL]) as s:
+            check_sequence(list(s))
+            first = s.get_final_response()
+    else:
+        first = client.responses.create(model=model, input="Weather in Paris?", tools=[WEATHER_TOOL])
+    call = first.output[-1]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    second = client.responses.create(
+        model=model, previous_response_id=first.id, tools=[WEATHER_TOOL],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert second.output_text == TEXT and second.previous_response_id == first.id
+    if model == MODELS["translated"]:  # Stockyard rebuilt the conversation from its own store
+        messages = mock.last("/v1/messages").json["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+        assert messages[1]["content"][-1]["type"] == "tool_use" and messages[2]["content"][0]["type"] == "tool_result"
+    else:  # the provider keeps the state: the body went as it was
+        assert mock.last("/v1/responses").json["previous_response_id"] == first.id
+
+
+def test_structured_output(client, model):
+    parsed = client.responses.parse(model=model, input="Where?", text_format=Weather)
+    assert parsed.output_parsed == Weather(city="Paris")
+    raw = client.responses.create(model=model, input="Where?", text={"format": {
+        "type": "json_schema", "name": "weather", "schema": Weather.model_json_schema() | {
+            "additionalProperties": False}, "strict": True}})
+    assert json.loads(raw.output_text) == {"city": "Paris"}
+
+
+def test_image_input(client, model, mock):
+    content = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": IMAGE}]
+    response = client.responses.create(model=model, input=[{"role": "user", "content": content}])
+    assert response.output_text == TEXT
+    if model == MODELS["translated"]:
+        blocks = mock.last("/v1/messages").json["messages"][0]["content"]
+        assert [b["type"] for b in blocks] == ["text", "image"] and blocks[1]["source"]["type"] == "base64"
+    else:
+        assert mock.last("/v1/responses").json["input"][0]["content"] == content
+
+
+def test_a_stored_response_belongs_to_its_key(client, other, model):
+    made = client.responses.create(model=model, input="Say hello")
+    assert client.responses.retrieve(made.id).output_text == TEXT
+    assert [i.type for i in client.responses.input_items.list(made.id).data] == ["message"]
+    for attempt in (lambda: other.responses.retrieve(made.id),
+                    lambda: other.responses.input_items.list(made.id),
+                    lambda: other.responses.delete(made.id),
+                    lambda: other.responses.create(model=model, input="more", previous_response_id=made.id)):
+        with pytest.raises(NotFoundError):
+            attempt()
+    client.responses.delete(made.id)
+    with pytest.raises(NotFoundError):
+        client.responses.retrieve(made.id)
+
+
+def test_store_false_keeps_nothing(server, client, model):
+    made = client.responses.create(model=model, input="Say hello", store=False)
+    with pytest.raises(NotFoundError):
+        client.responses.retrieve(made.id)
+    assert server.db_rows("SELECT id FROM responses WHERE id = ?", (made.id,)) == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_costs_are_usage_times_price(server, keys, model, stream):
+    body = {"model": model, "input": "Say hello", "stream": stream}
+    status, headers, _ = server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {keys[0]}"})
+    assert status == 200
+    trace = wait_for(lambda: (t := server.trace(headers["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    input_rate, output_rate = RATES[model]
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+    assert trace["cost_uc"] == -(-(PROMPT_TOKENS * input_rate + COMPLETION_TOKENS * output_rate) // 1_000_000)
+    assert trace["endpoint"] == "responses"
+
+
+def test_builtin_tool_on_a_translated_provider_is_refused_by_name(client):
+    with pytest.raises(Exception) as caught:
+        client.responses.create(model=MODELS["translated"], input="news?", tools=[{"type": "web_search"}])
+    assert caught.value.status_code == 400 and "tools" in (caught.value.body or {}).get("param", "")
+
+
+def test_builtin_tools_pass_through_untouched(client, mock):
+    client.responses.create(model=MODELS["passthrough"], input="news?", tools=[{"type": "web_search"}],
+                            reasoning={"effort": "low"}, include=["reasoning.encrypted_content"])
+    sent = mock.last("/v1/responses").json
+    assert sent["tools"] == [{"type": "web_search"}] and sent["include"] == ["reasoning.encrypted_content"]
+
+
+def test_input_tokens(client, model):
+    counted = client.responses.input_tokens.count(model=model, input="Say hello")
+    assert counted.input_tokens > 0
+
+
+def test_keys_are_required(server):
+    status, _, data = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"})
+    assert status == 401 and json.loads(data)["error"]["type"] == "authentication_error"
+    status, _, data = server.request("GET", "/v1/responses/resp_abc")
+    assert status == 401
+
+
+def test_a_broken_stream_ends_with_response_failed(server, keys, mock, model):
+    mock.enqueue(Reply(cut_after=4))
+    status, _, data = server.request("POST", "/v1/responses", {"model": model, "input": "hi", "stream": True},
+                                     headers={"Authorization": f"Bearer {keys[0]}"})
+    events = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200 and [e["type"] for e in events][-1] == "response.failed"
+    assert "response.completed" not in [e["type"] for e in events]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def put_module(server: ServerProcess, name: str, config: dict, enabled: bool = True) -> None:
+    status, _, data = server.request("PUT", f"/api/modules/{name}", {"enabled": enabled, "config": config},
+                                     headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 200, data
+
+
+def test_fallback_crosses_from_passthrough_to_translated(server, client, mock):
+    put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["anthropic/claude-haiku-4-5"]}, "retries": 0,
+                                    "breaker_failures": 0})
+    try:
+        mock.enqueue(Reply(status=500))
+        raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="Say hello")
+        response = raw.parse()
+        assert response.output_text == TEXT and response.id.startswith("resp_")
+        trace = server.trace(raw.headers["x-stockyard-trace-id"])
+        assert (trace["provider"], trace["attempt"]) == ("anthropic", 2)
+        assert client.responses.retrieve(response.id).output_text == TEXT  # kept by Stockyard: translated
+    finally:
+        put_module(server, "fallback", {}, enabled=False)
+
+
+def test_cache_replays_only_unstored_responses(server, client, model):
+    put_module(server, "cache", {})
+    try:
+        unstored = dict(model=model, input="cache me", store=False)
+        assert client.responses.with_raw_response.create(**unstored).headers["x-stockyard-cache"] == "miss"
+        wait_for(lambda: client.responses.with_raw_response.create(**unstored).headers["x-stockyard-cache"] == "hit",
+                 what="the answer cached (written by the writer thread)")
+        stored = dict(model=model, input="cache me", store=True)
+        for _ in range(2):  # a stored response is a new turn every time: never looked up nor kept
+            assert "x-stockyard-cache" not in client.responses.with_raw_response.create(**stored).headers
+    finally:
+        put_module(server, "cache", {}, enabled=False)
