@@ -545,6 +545,27 @@ def test_usage_without_details():
     }
 
 
+def test_usage_read_like_any_openai_usage():
+    deepseek = {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55, "prompt_cache_hit_tokens": 40}
+    out = from_chat(completion({"content": "x"}, usage=deepseek), {"model": "m"}, RID, 1)
+    assert out["usage"]["input_tokens_details"] == {"cache_write_tokens": 0, "cached_tokens": 40}
+    writes = {"prompt_tokens": 50, "completion_tokens": 5, "prompt_tokens_details": {"cache_write_tokens": 9}}
+    out = from_chat(completion({"content": "x"}, usage=writes), {"model": "m"}, RID, 1)
+    assert out["usage"]["input_tokens_details"] == {"cache_write_tokens": 9, "cached_tokens": 0}
+    assert out["usage"]["total_tokens"] == 55
+
+
+def test_odd_answer_shapes_do_not_crash():
+    for chat in (
+        {},
+        {"choices": ["x"]},
+        {"choices": [{"message": "x"}]},
+        {"choices": [{"message": {"tool_calls": [1]}}]},
+    ):
+        out = from_chat(chat, {"model": "m"}, RID, 1)
+        strict(RESPONSE, out)
+
+
 # --------------------------------------------------------------------------- chat stream → events
 
 

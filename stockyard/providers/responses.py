@@ -62,6 +62,11 @@ def invalid(param: str, message: str) -> ProxyError:
     return ProxyError(400, message, param=param, code="invalid_request")
 
 
+def obj(value: Any) -> dict:
+    """``value`` if it is a JSON object, else an empty one (provider output of an odd shape)."""
+    return value if isinstance(value, dict) else {}
+
+
 def present(body: dict, key: str) -> bool:
     """A field counts as given unless absent or null (clients send null for "default")."""
     return body.get(key) is not None
@@ -428,8 +433,8 @@ def status_of(finish_reason: str | None) -> str:
 def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> dict:
     """A ``chat.completion`` → the Responses ``response`` object for it."""
     choices = chat.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    choice = obj(choices[0])
+    message = obj(choice.get("message"))
     finish = choice.get("finish_reason")
     status = status_of(finish)
     output: list[dict] = []
@@ -444,10 +449,11 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> d
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
     for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
+        fn = obj(obj(call).get("function"))
         index = len(output)
-        call_id = call.get("id") or item_id("call", response_id, index)
-        args = fn.get("arguments") if isinstance(fn.get("arguments"), str) else json.dumps(fn.get("arguments") or {})
+        call_id = obj(call).get("id") or item_id("call", response_id, index)
+        args = fn.get("arguments")
+        args = args if isinstance(args, str) else json.dumps(args or {})
         output.append(call_item(item_id("fc", response_id, index), call_id, fn.get("name") or "", args, "completed"))
     if output and "status" in output[-1]:
         output[-1]["status"] = status  # only the last item can have been cut short
@@ -536,7 +542,7 @@ class ChatToResponsesStream:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = obj(choice.get("delta"))
             reasoning = reasoning_text(delta)
             if reasoning:
                 out += self.reasoning(reasoning)
@@ -624,7 +630,7 @@ class ChatToResponsesStream:
         """A tool-call delta: the first for an index carries id and name, later ones
         argument fragments; the item opens once the name is known."""
         chat_index = call.get("index", 0)
-        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        fn = obj(call.get("function"))
         fragment = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
         if chat_index in self.calls:
             index = self.calls[chat_index]
