@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ..errors import ProxyError
+from ..pricing import Usage
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
 CALLER_FIELDS = {"store", "previous_response_id", "include", "truncation", "metadata", "stream_options", "background"}
@@ -51,12 +52,19 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 ERROR_CODES = {"server_error", "rate_limit_exceeded", "invalid_prompt"}
 
 
-def unsupported(param: str, message: str) -> ProxyError:
+def unsupported(param: str, what: str) -> ProxyError:
+    """A 400 for what the chat shape cannot carry, naming the field."""
+    message = f"{param}: {what} is not supported for this provider (it speaks Chat Completions, not Responses)"
     return ProxyError(400, message, param=param, code="unsupported_parameter")
 
 
 def invalid(param: str, message: str) -> ProxyError:
     return ProxyError(400, message, param=param, code="invalid_request")
+
+
+def obj(value: Any) -> dict:
+    """``value`` if it is a JSON object, else an empty one (provider output of an odd shape)."""
+    return value if isinstance(value, dict) else {}
 
 
 def present(body: dict, key: str) -> bool:
@@ -77,12 +85,12 @@ def to_chat(body: dict, history: list[dict] | None = None) -> dict:
         raise invalid("body", "the request body must be a JSON object")
     for key in body:
         if key not in KNOWN_FIELDS and present(body, key):
-            raise unsupported(key, f"'{key}' is not supported for this provider (it speaks Chat Completions)")
+            raise unsupported(key, f"the field '{key}'")
     if body.get("background"):
-        raise unsupported("background", "'background' is not supported for this provider (it speaks Chat Completions)")
+        raise unsupported("background", "background mode")
     for value in body.get("include") or []:
         if value in REFUSED_INCLUDES:
-            raise unsupported("include", f"include {value!r} is not supported for this provider")
+            raise unsupported("include", f"include {value!r}")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("model", "'model' must be a non-empty string")
@@ -146,7 +154,7 @@ def chat_messages(items: Any, where: str) -> list[dict]:
         elif kind == "reasoning":
             continue  # the provider's own reasoning is not sent back upstream
         else:
-            raise unsupported(f"{path}.type", f"input item type {kind!r} is not supported for this provider")
+            raise unsupported(f"{path}.type", f"input item type {kind!r}")
     return out
 
 
@@ -180,12 +188,12 @@ def chat_part(part: Any, path: str) -> dict:
         return image_part(part, path)
     if kind == "input_file":
         return file_part(part, path)
-    raise unsupported(f"{path}.type", f"content part type {kind!r} is not supported for this provider")
+    raise unsupported(f"{path}.type", f"content part type {kind!r}")
 
 
 def image_part(part: dict, path: str) -> dict:
     if present(part, "file_id"):
-        raise unsupported(f"{path}.file_id", "images by file_id are not supported for this provider; send image_url")
+        raise unsupported(f"{path}.file_id", "an image by file_id (send image_url)")
     url = part.get("image_url")
     if not isinstance(url, str) or not url:
         raise invalid(f"{path}.image_url", f"{path}.image_url must be a URL or a data URL")
@@ -199,7 +207,7 @@ def file_part(part: dict, path: str) -> dict:
     """An inline file: an image data URL becomes an image part, any other a chat ``file`` part."""
     for key in ("file_id", "file_url"):
         if present(part, key):
-            raise unsupported(f"{path}.{key}", f"files by {key} are not supported for this provider; send file_data")
+            raise unsupported(f"{path}.{key}", f"a file by {key} (send file_data)")
     data = part.get("file_data")
     if not isinstance(data, str) or not data.startswith("data:") or ";base64," not in data:
         raise invalid(f"{path}.file_data", f"{path}.file_data must be a base64 data URL (data:<type>;base64,<data>)")
@@ -235,9 +243,7 @@ def tool_message(item: dict, path: str) -> dict:
         for j, part in enumerate(output):
             if not isinstance(part, dict) or part.get("type") != "input_text":
                 kind = part.get("type") if isinstance(part, dict) else None
-                raise unsupported(
-                    f"{path}.output[{j}].type", f"function_call_output part type {kind!r} is not supported here"
-                )
+                raise unsupported(f"{path}.output[{j}].type", f"function_call_output part type {kind!r}")
         output = [{"type": "text", "text": str(p.get("text") or "")} for p in output]
     elif not isinstance(output, str):
         raise invalid(f"{path}.output", f"{path}.output must be a string or an array of input_text parts")
@@ -251,16 +257,12 @@ def chat_tools(tools: Any) -> list[dict]:
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind != "function":
-            raise unsupported(
-                f"tools[{i}].type", f"tool type {kind!r} is not supported for this provider; only function tools are"
-            )
+            raise unsupported(f"tools[{i}].type", f"tool type {kind!r} (only function tools are)")
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise invalid(f"tools[{i}].name", f"tools[{i}].name must be a non-empty string")
         for key in tool:
             if key not in FUNCTION_TOOL_FIELDS and present(tool, key):
-                raise unsupported(
-                    f"tools[{i}].{key}", f"function tool field {key!r} is not supported for this provider"
-                )
+                raise unsupported(f"tools[{i}].{key}", f"function tool field {key!r}")
         fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
         out.append({"type": "function", "function": fn})
     return out
@@ -272,7 +274,7 @@ def chat_tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     kind = choice.get("type") if isinstance(choice, dict) else choice
-    raise unsupported("tool_choice", f"tool_choice {kind!r} is not supported for this provider")
+    raise unsupported("tool_choice", f"tool_choice {kind!r}")
 
 
 def chat_text(text: Any) -> dict:
@@ -282,7 +284,7 @@ def chat_text(text: Any) -> dict:
     out: dict = {}
     for key in text:
         if key not in ("format", "verbosity") and present(text, key):
-            raise unsupported(f"text.{key}", f"text.{key} is not supported for this provider")
+            raise unsupported(f"text.{key}", f"the field text.{key}")
     if present(text, "verbosity"):
         out["verbosity"] = text["verbosity"]
     fmt = text.get("format")
@@ -297,7 +299,7 @@ def chat_text(text: Any) -> dict:
         schema = {k: fmt[k] for k in ("name", "description", "schema", "strict") if present(fmt, k)}
         out["response_format"] = {"type": "json_schema", "json_schema": schema}
     else:
-        raise unsupported("text.format.type", f"text.format type {kind!r} is not supported for this provider")
+        raise unsupported("text.format.type", f"text.format type {kind!r}")
     return out
 
 
@@ -308,7 +310,7 @@ def chat_reasoning(reasoning: Any) -> dict:
         raise invalid("reasoning", "'reasoning' must be an object")
     for key in reasoning:
         if key not in ("effort", "summary", "generate_summary") and present(reasoning, key):
-            raise unsupported(f"reasoning.{key}", f"reasoning.{key} is not supported for this provider")
+            raise unsupported(f"reasoning.{key}", f"the field reasoning.{key}")
     return {"reasoning_effort": reasoning["effort"]} if present(reasoning, "effort") else {}
 
 
@@ -355,19 +357,20 @@ def reasoning_text(message: dict) -> str:
 
 
 def responses_usage(usage: Any) -> dict | None:
-    """Chat ``usage`` → Responses ``usage`` (cached and reasoning tokens included)."""
+    """Chat ``usage`` → Responses ``usage``, read the way Stockyard reads any OpenAI usage
+    (DeepSeek's cache hits, xAI's reasoning); ``prompt_tokens_details.cache_write_tokens``
+    is taken when the chat answer carries it."""
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    counts = Usage.from_openai(usage)
+    writes = (usage.get("prompt_tokens_details") or {}).get("cache_write_tokens")
+    writes = min(writes, counts.prompt_tokens - counts.cached_tokens) if type(writes) is int and writes > 0 else 0
     return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
-        "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": usage.get("total_tokens") or prompt + completion,
+        "input_tokens": counts.prompt_tokens,
+        "input_tokens_details": {"cache_write_tokens": writes, "cached_tokens": counts.cached_tokens},
+        "output_tokens": counts.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
+        "total_tokens": counts.prompt_tokens + counts.completion_tokens,
     }
 
 
@@ -382,7 +385,8 @@ def response_object(
     finish_reason: str | None = None,
     error: dict | None = None,
 ) -> dict:
-    """A Responses ``response`` object, echoing the request's settings as OpenAI does."""
+    """A Responses ``response`` object, echoing the request's settings as OpenAI does
+    (the fields of the SDK's ``Response`` type: ``store`` is not one of them)."""
     reason = INCOMPLETE.get(finish_reason or "") if status == "incomplete" else None
     out = {
         "id": response_id,
@@ -400,7 +404,6 @@ def response_object(
         "parallel_tool_calls": request.get("parallel_tool_calls", True) is not False,
         "previous_response_id": request.get("previous_response_id"),
         "reasoning": request.get("reasoning") or {"effort": None, "summary": None},
-        "store": request.get("store", True) is not False,
         "temperature": echo(request, "temperature", 1.0),
         "text": request.get("text") or {"format": {"type": "text"}},
         "tool_choice": echo(request, "tool_choice", "auto"),
@@ -430,8 +433,8 @@ def status_of(finish_reason: str | None) -> str:
 def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> dict:
     """A ``chat.completion`` → the Responses ``response`` object for it."""
     choices = chat.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
+    choice = obj(choices[0])
+    message = obj(choice.get("message"))
     finish = choice.get("finish_reason")
     status = status_of(finish)
     output: list[dict] = []
@@ -444,13 +447,16 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> d
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         content.append(refusal_part(message["refusal"]))
     if content:
-        output.append(message_item(item_id("msg", response_id, len(output)), content, status))
+        output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
     for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
+        fn = obj(obj(call).get("function"))
         index = len(output)
-        call_id = call.get("id") or item_id("call", response_id, index)
-        args = fn.get("arguments") if isinstance(fn.get("arguments"), str) else json.dumps(fn.get("arguments") or {})
-        output.append(call_item(item_id("fc", response_id, index), call_id, fn.get("name") or "", args, status))
+        call_id = obj(call).get("id") or item_id("call", response_id, index)
+        args = fn.get("arguments")
+        args = args if isinstance(args, str) else json.dumps(args or {})
+        output.append(call_item(item_id("fc", response_id, index), call_id, fn.get("name") or "", args, "completed"))
+    if output and "status" in output[-1]:
+        output[-1]["status"] = status  # only the last item can have been cut short
     model = chat.get("model") or request.get("model") or ""
     return response_object(
         request, response_id, created_at, model, status, output, responses_usage(chat.get("usage")), finish
@@ -466,8 +472,8 @@ class ChatToResponsesStream:
     The caller parses each SSE ``data:`` line and hands the chunk to :meth:`feed`, calls
     :meth:`finish` after ``[DONE]`` (the closing events, with usage) or :meth:`fail` when
     the upstream stream broke (a ``response.failed`` event, never a made-up completion).
-    Output items open in the order the deltas arrive: reasoning, message text, tool calls;
-    a delta of another kind closes the open item(s) first.
+    Output items open in the order the deltas arrive (reasoning, message text, each tool
+    call) and one at a time: a delta for a new item closes the open one first.
     """
 
     def __init__(self, request: dict, response_id: str, created_at: int, model: str) -> None:
@@ -477,7 +483,7 @@ class ChatToResponsesStream:
         self.model = model
         self.sequence = 0
         self.output: list[dict] = []  # items as they stand, by output_index
-        self.open: list[int] = []  # output indexes of the open items (one kind at a time)
+        self.open: list[int] = []  # output index of the open item (none or one)
         self.calls: dict[int, int] = {}  # chat tool_call index → output index
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.finish_reason: str | None = None
@@ -536,7 +542,7 @@ class ChatToResponsesStream:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            delta = obj(choice.get("delta"))
             reasoning = reasoning_text(delta)
             if reasoning:
                 out += self.reasoning(reasoning)
@@ -624,7 +630,7 @@ class ChatToResponsesStream:
         """A tool-call delta: the first for an index carries id and name, later ones
         argument fragments; the item opens once the name is known."""
         chat_index = call.get("index", 0)
-        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        fn = obj(call.get("function"))
         fragment = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
         if chat_index in self.calls:
             index = self.calls[chat_index]
@@ -639,7 +645,7 @@ class ChatToResponsesStream:
         if not waiting["name"]:
             return []
         del self.pending[chat_index]
-        out = [] if self.is_open("function_call") else self.close()
+        out = self.close()  # one item at a time, as OpenAI streams them
         position = len(self.output)
         call_id = waiting["id"] or item_id("call", self.response_id, position)
         item = call_item(item_id("fc", self.response_id, position), call_id, waiting["name"], "", "in_progress")
