@@ -19,7 +19,7 @@ run: $(PYZ)
 	$(PYTHON) $(PYZ) serve
 
 # ruff (lint and format check) and mypy, as configured in pyproject.toml.
-LINT_PATHS := stockyard bench build_zipapp.py
+LINT_PATHS := stockyard bench build_zipapp.py tests
 lint:
 	$(PYTHON) -m ruff check $(LINT_PATHS)
 	$(PYTHON) -m ruff format --check $(LINT_PATHS)

@@ -66,8 +66,9 @@ def pyz_path(tmp_path_factory) -> Path:
     with open(folder / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not out.exists():  # build_zipapp writes a temp file and renames it: exists means whole
-            subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--out", str(out)], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, str(ROOT / "build_zipapp.py"), "--out", str(out)], check=True, capture_output=True
+            )
     return out
 
 
@@ -89,8 +90,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         cmd = [sys.executable, str(self.pyz), "serve", "--port", "0", "--db", str(self.db), *self.args]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._banner.wait(timeout):
             self.stop()
@@ -126,12 +128,14 @@ class ServerProcess:
             self.proc.kill()
             return self.proc.wait()
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
-                raw: bytes | None = None) -> tuple[int, dict, bytes]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict | None = None, raw: bytes | None = None
+    ) -> tuple[int, dict, bytes]:
         """One HTTP request to the server; returns (status, headers, body) for any status."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Content-Type": "application/json", **(headers or {})})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
@@ -148,20 +152,25 @@ class ServerProcess:
 
     def trace(self, trace_id: str, timeout: float = 10.0) -> dict:
         """The stored trace with this id, waiting for the writer to commit it."""
-        rows = wait_for(lambda: self.db_rows("SELECT * FROM traces WHERE id = ?", (trace_id,)),
-                        timeout, f"trace {trace_id}")
+        rows = wait_for(
+            lambda: self.db_rows("SELECT * FROM traces WHERE id = ?", (trace_id,)), timeout, f"trace {trace_id}"
+        )
         return rows[0]
 
     def cli(self, *args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(self.pyz), *args, "--db", str(self.db)],
-                              env={**self.env, **(env or {})}, input=input, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, str(self.pyz), *args, "--db", str(self.db)],
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 def base_env(cache_home: Path) -> dict[str, str]:
     """A clean environment: no provider variables from the developer's shell leak in."""
-    keep = {k: v for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
     return {**keep, "XDG_CACHE_HOME": str(cache_home), "PYTHONUNBUFFERED": "1"}
 
 

@@ -158,8 +158,9 @@ def per_choice_tokens(body: dict, model: str) -> int:
     request allows (a provider that writes until the cap: the worst case a budget must hold)."""
     if not _has_flag(model, "bill-max"):
         return COMPLETION_TOKENS
-    cap = (_first_number(body, ("max_completion_tokens", "max_tokens", "max_output_tokens"))
-           or _first_number(_gemini_config(body), ("maxOutputTokens",)))
+    cap = _first_number(body, ("max_completion_tokens", "max_tokens", "max_output_tokens")) or _first_number(
+        _gemini_config(body), ("maxOutputTokens",)
+    )
     return cap or COMPLETION_TOKENS
 
 
@@ -224,13 +225,23 @@ OPENAI_ERRORS = {
     503: ("server_error", None, "The engine is currently overloaded (mock)."),
 }
 ANTHROPIC_ERRORS = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-    500: "api_error", 529: "overloaded_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
 }
 GEMINI_ERRORS = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-    404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
 
@@ -280,26 +291,26 @@ def openai_usage(model: str, completion_tokens: int = COMPLETION_TOKENS) -> dict
 
 
 def _openai_tool_call(name: str) -> dict:
-    return {"id": "call_mock1", "type": "function",
-            "function": {"name": name, "arguments": _dumps(TOOL_ARGS)}}
+    return {"id": "call_mock1", "type": "function", "function": {"name": name, "arguments": _dumps(TOOL_ARGS)}}
 
 
 def openai_chat(body: dict, n: int, model: str) -> dict:
     """A non-streamed `chat.completion` object."""
     tool = _first_openai_tool(body)
     if tool:
-        message = {"role": "assistant", "content": None, "tool_calls": [_openai_tool_call(tool)],
-                   "refusal": None}
+        message = {"role": "assistant", "content": None, "tool_calls": [_openai_tool_call(tool)], "refusal": None}
         finish = "tool_calls"
     else:
         message = {"role": "assistant", "content": TEXT, "refusal": None}
         finish = "stop"
     count = _first_number(body, ("n",)) or 1
     reply = {
-        "id": f"chatcmpl-mock{n}", "object": "chat.completion", "created": CREATED, "model": model,
+        "id": f"chatcmpl-mock{n}",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
         "system_fingerprint": "fp_mock",
-        "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish}
-                    for i in range(count)],
+        "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(count)],
     }
     if not _no_usage(model):
         reply["usage"] = openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))
@@ -310,13 +321,13 @@ def _chat_deltas(body: dict) -> tuple[list[dict], str]:
     """The `delta` objects of a streamed chat answer, and its finish reason."""
     tool = _first_openai_tool(body)
     if not tool:
-        return ([{"role": "assistant", "content": "", "refusal": None}]
-                + [{"content": piece} for piece in TEXT_PIECES], "stop")
-    head = {"index": 0, "id": "call_mock1", "type": "function",
-            "function": {"name": tool, "arguments": ""}}
+        return (
+            [{"role": "assistant", "content": "", "refusal": None}] + [{"content": piece} for piece in TEXT_PIECES],
+            "stop",
+        )
+    head = {"index": 0, "id": "call_mock1", "type": "function", "function": {"name": tool, "arguments": ""}}
     deltas = [{"role": "assistant", "content": None, "tool_calls": [head], "refusal": None}]
-    deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-               for piece in TOOL_ARG_PIECES]
+    deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in TOOL_ARG_PIECES]
     return deltas, "tool_calls"
 
 
@@ -330,15 +341,20 @@ def openai_chat_stream(body: dict, n: int, model: str) -> list[str]:
     with_usage = _include_usage(body) and not _no_usage(model)
 
     def chunk(choices: list[dict], usage: Any = None) -> str:
-        obj = {"id": f"chatcmpl-mock{n}", "object": "chat.completion.chunk", "created": CREATED,
-               "model": model, "system_fingerprint": "fp_mock", "choices": choices}
+        obj = {
+            "id": f"chatcmpl-mock{n}",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": model,
+            "system_fingerprint": "fp_mock",
+            "choices": choices,
+        }
         if with_usage:
             obj["usage"] = usage
         return _dumps(obj)
 
     deltas, finish = _chat_deltas(body)
-    events = [chunk([{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}])
-              for d in deltas]
+    events = [chunk([{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]) for d in deltas]
     events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
     if with_usage:
         events.append(chunk([], openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))))
@@ -349,9 +365,14 @@ def openai_chat_stream(body: dict, n: int, model: str) -> list[str]:
 def openai_completion(body: dict, n: int, model: str) -> dict:
     """A non-streamed `text_completion` object."""
     reply = {
-        "id": f"cmpl-mock{n}", "object": "text_completion", "created": CREATED, "model": model,
-        "choices": [{"text": TEXT, "index": i, "logprobs": None, "finish_reason": "stop"}
-                    for i in range(_first_number(body, ("n",)) or 1)],
+        "id": f"cmpl-mock{n}",
+        "object": "text_completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [
+            {"text": TEXT, "index": i, "logprobs": None, "finish_reason": "stop"}
+            for i in range(_first_number(body, ("n",)) or 1)
+        ],
     }
     if not _no_usage(model):
         reply["usage"] = openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))
@@ -363,14 +384,18 @@ def openai_completion_stream(body: dict, n: int, model: str) -> list[str]:
     with_usage = _include_usage(body) and not _no_usage(model)
 
     def chunk(choices: list[dict], usage: Any = None) -> str:
-        obj = {"id": f"cmpl-mock{n}", "object": "text_completion", "created": CREATED,
-               "model": model, "choices": choices}
+        obj = {
+            "id": f"cmpl-mock{n}",
+            "object": "text_completion",
+            "created": CREATED,
+            "model": model,
+            "choices": choices,
+        }
         if with_usage:
             obj["usage"] = usage
         return _dumps(obj)
 
-    events = [chunk([{"text": p, "index": 0, "logprobs": None, "finish_reason": None}])
-              for p in TEXT_PIECES]
+    events = [chunk([{"text": p, "index": 0, "logprobs": None, "finish_reason": None}]) for p in TEXT_PIECES]
     events.append(chunk([{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]))
     if with_usage:
         events.append(chunk([], openai_usage(model, per_choice_tokens(body, model) * billed_choices(body))))
@@ -398,9 +423,10 @@ def openai_embeddings(body: dict, model: str) -> dict:
 
 def openai_models() -> dict:
     """The `GET /v1/models` list."""
-    return {"object": "list", "data": [
-        {"id": mid, "object": "model", "created": CREATED, "owned_by": "system"} for mid in MODEL_IDS
-    ]}
+    return {
+        "object": "list",
+        "data": [{"id": mid, "object": "model", "created": CREATED, "owned_by": "system"} for mid in MODEL_IDS],
+    }
 
 
 # --------------------------------------------------------------------------- Anthropic
@@ -438,8 +464,15 @@ def _anthropic_content(body: dict) -> tuple[list[dict], str]:
 def anthropic_message(body: dict, n: int, model: str) -> dict:
     """A non-streamed Messages API reply."""
     content, stop = _anthropic_content(body)
-    reply = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model,
-             "content": content, "stop_reason": stop, "stop_sequence": None}
+    reply = {
+        "id": f"msg_mock{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+    }
     if not _no_usage(model):
         reply["usage"] = anthropic_usage(model, per_choice_tokens(body, model))
     return reply
@@ -453,8 +486,15 @@ def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
     """The full Messages SSE event sequence, `message_start` … `message_stop`."""
     content, stop = _anthropic_content(body)
     block = content[0]
-    message = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model,
-               "content": [], "stop_reason": None, "stop_sequence": None}
+    message = {
+        "id": f"msg_mock{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
     delta_usage: dict = {}
     if not _no_usage(model):
         message["usage"] = anthropic_usage(model, output_tokens=1)
@@ -470,12 +510,14 @@ def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
         _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": start}),
         _event("ping", {"type": "ping"}),
     ]
-    events += [_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
-               for d in deltas]
+    events += [_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
     events.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-    events.append(_event("message_delta", {"type": "message_delta",
-                                           "delta": {"stop_reason": stop, "stop_sequence": None},
-                                           **delta_usage}))
+    events.append(
+        _event(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, **delta_usage},
+        )
+    )
     events.append(_event("message_stop", {"type": "message_stop"}))
     return events
 
@@ -488,8 +530,10 @@ def responses_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
     cached = CACHED_TOKENS if _has_flag(model, "cached") else 0
     reasoning = REASONING_TOKENS if _has_flag(model, "reasoning") else 0
     return {
-        "input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": cached},
-        "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": reasoning},
+        "input_tokens": PROMPT_TOKENS,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": PROMPT_TOKENS + output_tokens,
     }
 
@@ -505,29 +549,58 @@ def _responses_output(body: dict, n: int) -> list[dict]:
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
     answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in _responses_items(body))
     if tools and not answered:
-        return [{"type": "function_call", "id": f"fc_mock{n}", "call_id": f"call_mock{n}",
-                 "name": tools[0].get("name") or "tool", "arguments": _dumps(TOOL_ARGS), "status": "completed"}]
+        return [
+            {
+                "type": "function_call",
+                "id": f"fc_mock{n}",
+                "call_id": f"call_mock{n}",
+                "name": tools[0].get("name") or "tool",
+                "arguments": _dumps(TOOL_ARGS),
+                "status": "completed",
+            }
+        ]
     fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     text = _dumps(TOOL_ARGS) if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else TEXT
-    return [{"type": "message", "id": f"msg_mock{n}", "status": "completed", "role": "assistant",
-             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]
+    return [
+        {
+            "type": "message",
+            "id": f"msg_mock{n}",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+    ]
 
 
-def responses_object(body: dict, n: int, model: str, status: str = "completed",
-                     output: list[dict] | None = None) -> dict:
+def responses_object(
+    body: dict, n: int, model: str, status: str = "completed", output: list[dict] | None = None
+) -> dict:
     """A `response` object as the Responses API returns it."""
     done = status == "completed"
     return {
-        "id": f"resp_mock{n}", "object": "response", "created_at": CREATED, "status": status,
-        "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
-        "max_output_tokens": body.get("max_output_tokens"), "model": model,
-        "output": output if output is not None else [], "parallel_tool_calls": True,
-        "previous_response_id": body.get("previous_response_id"), "reasoning": {"effort": None, "summary": None},
-        "store": body.get("store", True), "temperature": 1.0,
-        "text": body.get("text") or {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
-        "tools": body.get("tools") or [], "top_p": 1.0, "truncation": "disabled",
+        "id": f"resp_mock{n}",
+        "object": "response",
+        "created_at": CREATED,
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": model,
+        "output": output if output is not None else [],
+        "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None},
+        "store": body.get("store", True),
+        "temperature": 1.0,
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": 1.0,
+        "truncation": "disabled",
         "usage": responses_usage(model, per_choice_tokens(body, model)) if done and not _no_usage(model) else None,
-        "user": None, "metadata": body.get("metadata") or {},
+        "user": None,
+        "metadata": body.get("metadata") or {},
     }
 
 
@@ -545,26 +618,51 @@ def responses_stream(body: dict, n: int, model: str) -> list[str]:
     for index, item in enumerate(output):
         if item["type"] == "message":
             text = item["content"][0]["text"]
-            emit("response.output_item.added", output_index=index,
-                 item={**item, "status": "in_progress", "content": []})
+            emit(
+                "response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []}
+            )
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=0, part=part)
             pieces = TEXT_PIECES if text == TEXT else [text]
             for piece in pieces:
-                emit("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
-                     delta=piece, logprobs=[])
-            emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                 text=text, logprobs=[])
-            emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                 part={**part, "text": text})
+                emit(
+                    "response.output_text.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    delta=piece,
+                    logprobs=[],
+                )
+            emit(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            )
+            emit(
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part={**part, "text": text},
+            )
         else:
-            emit("response.output_item.added", output_index=index,
-                 item={**item, "status": "in_progress", "arguments": ""})
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
             for piece in TOOL_ARG_PIECES:
-                emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                     delta=piece)
-            emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                 name=item["name"], arguments=item["arguments"])
+                emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=piece)
+            emit(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
         emit("response.output_item.done", output_index=index, item=item)
     emit("response.completed", response=responses_object(body, n, model, "completed", output))
     return events
@@ -581,8 +679,11 @@ class ResponsesState:
         if body.get("store") is False:
             return
         value = body.get("input")
-        items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}] \
-            if isinstance(value, str) else list(value or [])
+        items = (
+            [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}]
+            if isinstance(value, str)
+            else list(value or [])
+        )
         items = [{"id": f"in_{i}", **item} if isinstance(item, dict) else item for i, item in enumerate(items)]
         with self.lock:
             self.responses[response["id"]] = (response, items)
@@ -628,8 +729,15 @@ def _stored_response(call: Call, scripted: Reply | None) -> Reply:
         return openai_error(400, "Cannot cancel a synchronous response.")
     if action == "/input_items":
         data = list(reversed(items))
-        return Reply(json={"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                           "last_id": data[-1]["id"] if data else None, "has_more": False})
+        return Reply(
+            json={
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )
     return Reply(json=response)
 
 
@@ -650,8 +758,7 @@ def gemini_usage(model: str, candidates: int = COMPLETION_TOKENS) -> dict:
     return usage
 
 
-def _gemini_response(parts: list[dict], model: str, n: int, finish: str | None,
-                     usage: dict | None) -> dict:
+def _gemini_response(parts: list[dict], model: str, n: int, finish: str | None, usage: dict | None) -> dict:
     candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
     if finish:
         candidate["finishReason"] = finish
@@ -667,8 +774,9 @@ def gemini_generate(body: dict, n: int, model: str) -> dict:
     """A non-streamed GenerateContentResponse."""
     fn = _first_gemini_function(body)
     parts = [{"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}] if fn else [{"text": TEXT}]
-    return _gemini_response(parts, model, n, "STOP",
-                            gemini_usage(model, per_choice_tokens(body, model) * billed_choices(body)))
+    return _gemini_response(
+        parts, model, n, "STOP", gemini_usage(model, per_choice_tokens(body, model) * billed_choices(body))
+    )
 
 
 def gemini_stream(body: dict, n: int, model: str) -> list[str]:
@@ -683,8 +791,9 @@ def gemini_stream(body: dict, n: int, model: str) -> list[str]:
     for i, piece in enumerate(TEXT_PIECES):
         last = i == len(TEXT_PIECES) - 1
         tokens = total if last else i + 1
-        events.append(_dumps(_gemini_response([{"text": piece}], model, n,
-                                              "STOP" if last else None, gemini_usage(model, tokens))))
+        events.append(
+            _dumps(_gemini_response([{"text": piece}], model, n, "STOP" if last else None, gemini_usage(model, tokens)))
+        )
     return events
 
 
@@ -719,8 +828,11 @@ def _magic_error(model: str, error: ErrorFn) -> Reply | None:
     return error(status) if status else None
 
 
-def _api_route(build: Callable[[Call, str], Reply], error: ErrorFn = openai_error,
-                  model_default: Callable[[Call], str] | None = None) -> Route:
+def _api_route(
+    build: Callable[[Call, str], Reply],
+    error: ErrorFn = openai_error,
+    model_default: Callable[[Call], str] | None = None,
+) -> Route:
     """Wrap a builder with JSON-body checks, magic error models and scripted-status errors."""
 
     def route(call: Call, scripted: Reply | None) -> Reply:
@@ -829,9 +941,17 @@ def find_route(method: str, path: str) -> Route | None:
 
 
 def not_found(method: str, path: str) -> Reply:
-    return Reply(status=404, json={"error": {
-        "message": f"Unknown route: {method} {path} (mock)", "type": "invalid_request_error",
-        "param": None, "code": "unknown_url"}})
+    return Reply(
+        status=404,
+        json={
+            "error": {
+                "message": f"Unknown route: {method} {path} (mock)",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "unknown_url",
+            }
+        },
+    )
 
 
 # --------------------------------------------------------------------------- HTTP server
@@ -893,8 +1013,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             parsed = jsonlib.loads(body) if body else None
         except ValueError:
             parsed = None
-        return Recorded(self.command, split.path, dict(parse_qsl(split.query, keep_blank_values=True)),
-                        headers, body, parsed)
+        return Recorded(
+            self.command, split.path, dict(parse_qsl(split.query, keep_blank_values=True)), headers, body, parsed
+        )
 
     # -- dispatch
 
@@ -967,8 +1088,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
         phrase = self.responses.get(status, ("Mock",))[0]
-        lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {self.server_version}",
-                 f"Date: {email.utils.formatdate(usegmt=True)}"]
+        lines = [
+            f"HTTP/1.1 {status} {phrase}",
+            f"Server: {self.server_version}",
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+        ]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if self.close_connection:
             lines.append("Connection: close")
@@ -979,8 +1103,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = reply.body
         else:
             body = _dumps(reply.json).encode() if reply.json is not None else b""
-        head = self._head(reply.status, {"content-type": "application/json", **headers,
-                                         "content-length": str(len(body))})
+        head = self._head(
+            reply.status, {"content-type": "application/json", **headers, "content-length": str(len(body))}
+        )
         if self.command == "HEAD":
             body = b""
         if cut is not None:
@@ -988,11 +1113,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._drop()
         self.connection.sendall(head + body)
 
-    def _send_sse(self, status: int, headers: dict[str, str], events: list[str],
-                  delay_ms: float, cut: int | None) -> None:
+    def _send_sse(
+        self, status: int, headers: dict[str, str], events: list[str], delay_ms: float, cut: int | None
+    ) -> None:
         base = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
-        self.connection.sendall(self._head(status, {**base, **headers,
-                                                    "transfer-encoding": "chunked"}))
+        self.connection.sendall(self._head(status, {**base, **headers, "transfer-encoding": "chunked"}))
         stopping = self.server.mock._stopping
         for index, item in enumerate(events):
             if cut is not None and index >= cut:
@@ -1053,8 +1178,9 @@ class _Server(http.server.ThreadingHTTPServer):
 class MockUpstream:
     """A threaded mock provider. `start()` returns self; also a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0,
-                 tls: "ssl.SSLContext | None" = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0, tls: "ssl.SSLContext | None" = None
+    ) -> None:
         self.host = host
         self.tls = tls
         self.delay_ms = delay_ms
@@ -1074,9 +1200,12 @@ class MockUpstream:
         self._server = _Server((self.host, self._requested_port), self)
         if self.tls is not None:
             self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name=f"mock-upstream-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"mock-upstream-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 

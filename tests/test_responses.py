@@ -7,18 +7,26 @@ from __future__ import annotations
 import json
 
 import pytest
-from openai import NotFoundError, OpenAI
-from pydantic import BaseModel
-
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, Reply
+from openai import NotFoundError, OpenAI
+from pydantic import BaseModel
 
 ADMIN = "admin-key-for-responses-tests-0123456789"
 MODELS = {"passthrough": "gpt-4o-mini", "translated": "claude-haiku-4-5"}
 RATES = {"gpt-4o-mini": (15_000_000, 60_000_000), "claude-haiku-4-5": (100_000_000, 500_000_000)}  # µ¢ per 1M
-WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "the weather in a city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                               "required": ["city"], "additionalProperties": False}, "strict": True}
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "the weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
 IMAGE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
@@ -28,9 +36,14 @@ class Weather(BaseModel):
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1",
-           "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef", "ANTHROPIC_BASE_URL": mock.url,
-           "STOCKYARD_ADMIN_KEY": ADMIN}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",
+        "ANTHROPIC_BASE_URL": mock.url,
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("responses") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -67,8 +80,9 @@ def check_sequence(events: list) -> None:
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"], kinds
     assert kinds[-1] == "response.completed", kinds
-    assert [e.sequence_number for e in events] == list(range(events[0].sequence_number,
-                                                             events[0].sequence_number + len(events)))
+    assert [e.sequence_number for e in events] == list(
+        range(events[0].sequence_number, events[0].sequence_number + len(events))
+    )
     open_items: dict[int, str] = {}
     for e in events[2:-1]:
         if e.type == "response.output_item.added":
@@ -82,8 +96,12 @@ def check_sequence(events: list) -> None:
     message = [k for k in kinds if k.startswith(("response.content_part", "response.output_text"))]
     if message:
         deltas = [k for k in message if k == "response.output_text.delta"]
-        assert message == ["response.content_part.added", *deltas, "response.output_text.done",
-                           "response.content_part.done"]
+        assert message == [
+            "response.content_part.added",
+            *deltas,
+            "response.output_text.done",
+            "response.content_part.done",
+        ]
 
 
 def test_create_plain(client, model):
@@ -122,8 +140,11 @@ def test_function_calling_over_two_turns(client, model, mock, stream):
     assert call.type == "function_call" and call.name == "get_weather"
     assert json.loads(call.arguments) == {"city": "Paris"}
     second = client.responses.create(
-        model=model, previous_response_id=first.id, tools=[WEATHER_TOOL],
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+        model=model,
+        previous_response_id=first.id,
+        tools=[WEATHER_TOOL],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
     assert second.output_text == TEXT and second.previous_response_id == first.id
     if model == MODELS["translated"]:  # Stockyard rebuilt the conversation from its own store
         messages = mock.last("/v1/messages").json["messages"]
@@ -136,9 +157,18 @@ def test_function_calling_over_two_turns(client, model, mock, stream):
 def test_structured_output(client, model):
     parsed = client.responses.parse(model=model, input="Where?", text_format=Weather)
     assert parsed.output_parsed == Weather(city="Paris")
-    raw = client.responses.create(model=model, input="Where?", text={"format": {
-        "type": "json_schema", "name": "weather", "schema": Weather.model_json_schema() | {
-            "additionalProperties": False}, "strict": True}})
+    raw = client.responses.create(
+        model=model,
+        input="Where?",
+        text={
+            "format": {
+                "type": "json_schema",
+                "name": "weather",
+                "schema": Weather.model_json_schema() | {"additionalProperties": False},
+                "strict": True,
+            }
+        },
+    )
     assert json.loads(raw.output_text) == {"city": "Paris"}
 
 
@@ -157,10 +187,12 @@ def test_a_stored_response_belongs_to_its_key(client, other, model):
     made = client.responses.create(model=model, input="Say hello")
     assert client.responses.retrieve(made.id).output_text == TEXT
     assert [i.type for i in client.responses.input_items.list(made.id).data] == ["message"]
-    for attempt in (lambda: other.responses.retrieve(made.id),
-                    lambda: other.responses.input_items.list(made.id),
-                    lambda: other.responses.delete(made.id),
-                    lambda: other.responses.create(model=model, input="more", previous_response_id=made.id)):
+    for attempt in (
+        lambda: other.responses.retrieve(made.id),
+        lambda: other.responses.input_items.list(made.id),
+        lambda: other.responses.delete(made.id),
+        lambda: other.responses.create(model=model, input="more", previous_response_id=made.id),
+    ):
         with pytest.raises(NotFoundError):
             attempt()
     client.responses.delete(made.id)
@@ -194,8 +226,13 @@ def test_builtin_tool_on_a_translated_provider_is_refused_by_name(client):
 
 
 def test_builtin_tools_pass_through_untouched(client, mock):
-    client.responses.create(model=MODELS["passthrough"], input="news?", tools=[{"type": "web_search"}],
-                            reasoning={"effort": "low"}, include=["reasoning.encrypted_content"])
+    client.responses.create(
+        model=MODELS["passthrough"],
+        input="news?",
+        tools=[{"type": "web_search"}],
+        reasoning={"effort": "low"},
+        include=["reasoning.encrypted_content"],
+    )
     sent = mock.last("/v1/responses").json
     assert sent["tools"] == [{"type": "web_search"}] and sent["include"] == ["reasoning.encrypted_content"]
 
@@ -214,8 +251,12 @@ def test_keys_are_required(server):
 
 def test_a_broken_stream_ends_with_response_failed(server, keys, mock, model):
     mock.enqueue(Reply(cut_after=4))
-    status, _, data = server.request("POST", "/v1/responses", {"model": model, "input": "hi", "stream": True},
-                                     headers={"Authorization": f"Bearer {keys[0]}"})
+    status, _, data = server.request(
+        "POST",
+        "/v1/responses",
+        {"model": model, "input": "hi", "stream": True},
+        headers={"Authorization": f"Bearer {keys[0]}"},
+    )
     events = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
     assert status == 200 and [e["type"] for e in events][-1] == "response.failed"
     assert "response.completed" not in [e["type"] for e in events]
@@ -223,14 +264,21 @@ def test_a_broken_stream_ends_with_response_failed(server, keys, mock, model):
 
 
 def put_module(server: ServerProcess, name: str, config: dict, enabled: bool = True) -> None:
-    status, _, data = server.request("PUT", f"/api/modules/{name}", {"enabled": enabled, "config": config},
-                                     headers={"Authorization": f"Bearer {ADMIN}"})
+    status, _, data = server.request(
+        "PUT",
+        f"/api/modules/{name}",
+        {"enabled": enabled, "config": config},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
     assert status == 200, data
 
 
 def test_fallback_crosses_from_passthrough_to_translated(server, client, mock):
-    put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["anthropic/claude-haiku-4-5"]}, "retries": 0,
-                                    "breaker_failures": 0})
+    put_module(
+        server,
+        "fallback",
+        {"chains": {"gpt-4o-mini": ["anthropic/claude-haiku-4-5"]}, "retries": 0, "breaker_failures": 0},
+    )
     try:
         mock.enqueue(Reply(status=500))
         raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="Say hello")
@@ -248,8 +296,10 @@ def test_cache_replays_only_unstored_responses(server, client, model):
     try:
         unstored = dict(model=model, input="cache me", store=False)
         assert client.responses.with_raw_response.create(**unstored).headers["x-stockyard-cache"] == "miss"
-        wait_for(lambda: client.responses.with_raw_response.create(**unstored).headers["x-stockyard-cache"] == "hit",
-                 what="the answer cached (written by the writer thread)")
+        wait_for(
+            lambda: client.responses.with_raw_response.create(**unstored).headers["x-stockyard-cache"] == "hit",
+            what="the answer cached (written by the writer thread)",
+        )
         stored = dict(model=model, input="cache me", store=True)
         for _ in range(2):  # a stored response is a new turn every time: never looked up nor kept
             assert "x-stockyard-cache" not in client.responses.with_raw_response.create(**stored).headers

@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from conftest import base_env
-from ops_helpers import columns, fill_generic, integrity, open_plain, table_rows, user_tables, verify_audit, \
-    write_known_rows
+from ops_helpers import (
+    columns,
+    fill_generic,
+    integrity,
+    open_plain,
+    table_rows,
+    user_tables,
+    verify_audit,
+    write_known_rows,
+)
+
 from stockyard.store import db
 
 SECRET = "upgrade-test-encryption-secret-0123456789"
@@ -50,8 +58,9 @@ def build_at(path: Path, version: int) -> dict[str, list[tuple]]:
 
 def pyz(pyz_path: Path, cache_home: Path, *args) -> subprocess.CompletedProcess:
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET}
-    return subprocess.run([sys.executable, str(pyz_path), *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(pyz_path), *map(str, args)], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_rows_survive(before: dict[str, list[tuple]], before_cols: dict[str, list[str]], path: Path) -> None:
@@ -110,8 +119,13 @@ def test_pre_migration_backups_are_named_by_version_and_only_the_last_three_kept
     future = list(shipped)
     for n in range(1, 5):
         version = VERSIONS[-1] + n
-        future.append(db.Migration(version, f"future_{n}", f"CREATE TABLE future_{n} (x INTEGER);"
-                                                           f"ALTER TABLE meta ADD COLUMN extra_{n} TEXT;"))
+        future.append(
+            db.Migration(
+                version,
+                f"future_{n}",
+                f"CREATE TABLE future_{n} (x INTEGER);ALTER TABLE meta ADD COLUMN extra_{n} TEXT;",
+            )
+        )
         monkeypatch.setattr(db, "available_migrations", lambda f=list(future): f)
         conn, applied = db.open_and_migrate(path)
         conn.close()
