@@ -93,7 +93,7 @@ COMMON_FIELDS: dict[str, Field] = {
     "modalities": refused("text only", lambda v: v is None or v == ["text"]),
     "audio": refused("no audio output"),
     "prediction": refused("no predicted outputs"),
-    "web_search_options": refused("no web search through chat translation"),
+    "web_search_options": refused("no web search through chat translation", lambda v: v is None),
     "store": refused("stored completions are OpenAI's"),
     "metadata": refused("stored-completion metadata is OpenAI's"),
     "service_tier": refused("only the default tier", lambda v: v in (None, "auto", "default")),
