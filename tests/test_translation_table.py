@@ -259,6 +259,47 @@ def test_anthropic_thinking_is_counted_as_reasoning_tokens(server, mock) -> None
     assert answer["usage"]["completion_tokens_details"]["reasoning_tokens"] == 10
 
 
+def test_anthropic_streamed_thinking_is_counted_as_reasoning_tokens(server, mock) -> None:
+    def event(data: dict) -> str:
+        return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n"
+
+    message = {"id": "msg_s", "type": "message", "role": "assistant", "model": MODELS["anthropic"], "content": []}
+    mock.enqueue(
+        Reply(
+            sse=[
+                event({"type": "message_start", "message": {**message, "usage": {"input_tokens": 10}}}),
+                event(
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}
+                ),
+                event(
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "thinking_delta", "thinking": "y" * 20},
+                    }
+                ),
+                event({"type": "content_block_stop", "index": 0}),
+                event({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+                event({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "ok"}}),
+                event({"type": "content_block_stop", "index": 1}),
+                event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 12}}),
+                event({"type": "message_stop"}),
+            ]
+        )
+    )
+    body = {
+        "model": MODELS["anthropic"],
+        "reasoning_effort": "low",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    status, _, text = chat(server, body)
+    assert status == 200
+    events = [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == "ok"
+    assert events[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 5
+
+
 def test_gemini_thoughts_are_counted_as_reasoning_tokens(server) -> None:
     status, _, answer = chat(server, {"model": "gemini-2.5-flash-reasoning", "reasoning_effort": "medium"})
     assert status == 200
