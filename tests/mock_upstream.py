@@ -883,8 +883,19 @@ def _gemini_model(call: Call) -> str:
     return GEMINI_PATH.match(call.req.path).group(2)
 
 
+def gemini_embeddings(body: dict) -> dict:
+    """``batchEmbedContents``: 8 values per request (its outputDimensionality when given), no usage."""
+    out = []
+    for i, item in enumerate(body.get("requests") or []):
+        size = item.get("outputDimensionality") or 8
+        out.append({"values": [round(0.125 * (i + 1) + 0.001 * k, 6) for k in range(size)]})
+    return {"embeddings": out}
+
+
 def _gemini(call: Call, model: str) -> Reply:
     action = GEMINI_PATH.match(call.req.path).group(3)
+    if action == "batchEmbedContents":
+        return Reply(json=gemini_embeddings(call.body))
     if action == "generateContent":
         return Reply(json=gemini_generate(call.body, call.n, model))
     events = gemini_stream(call.body, call.n, model)
@@ -905,7 +916,7 @@ def _azure(build: Callable[[Call, str], Reply]) -> Route:
     return route
 
 
-GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)$")
 AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
 
 AZURE_ROUTES: dict[str, Route] = {

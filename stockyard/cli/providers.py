@@ -1,4 +1,4 @@
-"""``stockyard providers``: list, add, set-key, remove, rotate-secret.
+"""``stockyard providers``: list, add, set-key, remove, rotate-secret, capabilities.
 
 Keys are read from stdin (``--key-stdin``) so they never sit in the shell history or the
 process list, and they are never printed back: listings show the last four characters.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import itertools
 import os
 import sys
 
@@ -15,6 +16,7 @@ from .. import audit, vault
 from ..config import ENCRYPTION_KEY_VAR, encryption_secret
 from ..operations import providers as provider_ops
 from ..providers import KINDS
+from ..providers.adapters import field_tables
 from .common import CommandError, open_ops, open_store, print_json_lines, print_table, runs
 
 
@@ -42,6 +44,16 @@ def register(sub) -> None:
         "kind, base URL, models and the last 4 characters of its key.",
     )
     runs(ls, run_list, json=True)
+
+    caps = actions.add_parser(
+        "capabilities",
+        help="what each translating provider kind does with each request field",
+        description="For each provider kind whose requests are translated (anthropic, gemini), every "
+        "OpenAI request field: translated, emulated by Stockyard, or refused with a 400 naming it "
+        "(dropped instead when the request sends 'x-stockyard-drop-unsupported: true'). "
+        "Other kinds receive every field as sent.",
+    )
+    runs(caps, run_capabilities, json=True)
 
     add = actions.add_parser(
         "add",
@@ -144,6 +156,18 @@ def run_list(args: argparse.Namespace) -> int:
     broken = [r for r in rows if r["key_error"]]
     for r in broken:
         print(f"provider {r['name']!r}: key cannot be decrypted: {r['key_error']}", file=sys.stderr)
+    return 0
+
+
+def run_capabilities(args: argparse.Namespace) -> int:
+    rows = field_tables()
+    if args.json:
+        print_json_lines(rows)
+        return 0
+    for (kind, endpoint), group in itertools.groupby(rows, key=lambda r: (r["kind"], r["endpoint"])):
+        print(f"{kind} ({endpoint}):")
+        print_table(list(group), [("field", "FIELD"), ("how", "HOW"), ("note", "NOTE")])
+        print()
     return 0
 
 

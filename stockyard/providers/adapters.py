@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..errors import ANTHROPIC, RESPONSES, ProxyError
-from . import OPENAI_KINDS, Provider
+from . import OPENAI_KINDS, Provider, anthropic, gemini
 from .anthropic import AnthropicChatAdapter, AnthropicNativeAdapter
 from .azure import AzureAdapter
 from .base import Adapter
+from .chatshape import table_rows
 from .gemini import GeminiAdapter
 from .openai import OpenAIAdapter
 from .responses_adapters import ResponsesOverChat, ResponsesPassThrough
@@ -51,3 +52,18 @@ def adapter_for(provider: Provider, dialect: str) -> Adapter:
         f"provider {provider.name!r} ({provider.kind}) cannot serve {dialect}-style requests",
         code="unsupported_provider",
     )
+
+
+def field_tables() -> list[dict]:
+    """Each translating adapter's field table as rows (kind, endpoint, field, how, note), for
+    ``stockyard providers capabilities``; pass-through kinds send every field as it came."""
+    tables = [
+        ("anthropic", "chat", anthropic.CHAT_FIELDS),
+        ("gemini", "chat", gemini.CHAT_FIELDS),
+        ("gemini", "embeddings", gemini.EMBEDDING_FIELDS),
+    ]
+    return [
+        {"kind": kind, "endpoint": endpoint, **row}
+        for kind, endpoint, table in tables
+        for row in sorted(table_rows(table), key=lambda r: r["field"])
+    ]

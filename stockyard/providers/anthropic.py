@@ -11,6 +11,7 @@ The OpenAI-shaped output helpers live in ``chatshape.py``, shared with the Gemin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -22,13 +23,19 @@ from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import (
+    COMMON_FIELDS,
+    EMULATED,
+    TRANSLATED,
     ChunkStream,
+    Field,
     append_turn,
     completion,
     data_url,
     endpoint_check,
+    honoured_body,
     message_list,
     record_stream_error,
+    refused,
     shape_errors,
     text_of,
     tool_arguments,
@@ -64,7 +71,43 @@ ERROR_STATUS = {
 }
 
 
-# --------------------------------------------------------------------------- shared OpenAI shapes
+# reasoning_effort → the thinking budget (Anthropic's minimum is 1024); "none" turns thinking off.
+THINKING_BUDGETS = {"none": 0, "minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+
+
+def _structured(fmt: Any) -> bool:
+    return not isinstance(fmt, dict) or fmt.get("type") in (None, "text", "json_schema")
+
+
+# Every OpenAI chat request field → how it reaches an Anthropic model (one place: the CLI,
+# the README and the refusals all read this table).
+CHAT_FIELDS: dict[str, Field] = {
+    **COMMON_FIELDS,
+    "messages": Field(TRANSLATED, "system/developer → system; tool results → tool_result blocks; images"),
+    "max_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; raised above a thinking budget)"),
+    "max_completion_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; raised above a thinking budget)"),
+    "temperature": Field(TRANSLATED, "temperature"),
+    "top_p": Field(TRANSLATED, "top_p"),
+    "stop": Field(TRANSLATED, "stop_sequences"),
+    "tools": Field(TRANSLATED, "tools with input_schema"),
+    "tool_choice": Field(TRANSLATED, "tool_choice auto/none/any/tool"),
+    "parallel_tool_calls": Field(TRANSLATED, "false → tool_choice.disable_parallel_tool_use"),
+    "user": Field(TRANSLATED, "metadata.user_id"),
+    "safety_identifier": Field(TRANSLATED, "metadata.user_id (when user is absent)"),
+    "response_format": Field(
+        TRANSLATED, "json_schema → output_format (structured outputs); json_object refused", _structured
+    ),
+    "reasoning_effort": Field(
+        TRANSLATED,
+        "thinking.budget_tokens: " + ", ".join(f"{k} {v}" for k, v in THINKING_BUDGETS.items() if v) + "; none: off",
+        lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
+    ),
+    "stream_options": Field(EMULATED, "include_usage: a usage chunk built from message_start/message_delta usage"),
+    "n": refused("one choice per request", lambda v: v in (None, 1)),
+    "seed": refused("no sampling seed"),
+    "presence_penalty": refused("no presence penalty"),
+    "frequency_penalty": refused("no frequency penalty"),
+}
 
 
 # --------------------------------------------------------------------------- common headers
@@ -223,8 +266,6 @@ def translate_tool_choice(choice: Any, parallel: Any) -> dict | None:
 
 def messages_request(body: dict, model: str, stream: bool) -> dict:
     """The whole Messages API request for an OpenAI chat request."""
-    if isinstance(body.get("n"), int) and body["n"] > 1:
-        raise ProxyError(400, "Anthropic models return one choice; 'n' must be 1", param="n", code="unsupported_n")
     system, messages = translate_messages(body.get("messages"))
     limit = next(
         (body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), DEFAULT_MAX_TOKENS
@@ -243,8 +284,14 @@ def messages_request(body: dict, model: str, stream: bool) -> dict:
     choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice and out.get("tools"):
         out["tool_choice"] = choice
-    if isinstance(body.get("user"), str) and body["user"]:
-        out["metadata"] = {"user_id": body["user"]}
+    user = body.get("user") or body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
+    budget = THINKING_BUDGETS.get(body.get("reasoning_effort") or "none", 0)
+    if budget:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if out["max_tokens"] <= budget:  # max_tokens counts thinking too: the answer keeps its own limit
+            out["max_tokens"] = budget + out["max_tokens"]
     output_format = structured_output(body.get("response_format"))
     if output_format:
         out["output_format"] = output_format
@@ -295,6 +342,18 @@ def message_to_choice(message: dict) -> dict:
     return {"index": 0, "message": out, "logprobs": None, "finish_reason": finish}
 
 
+def with_thinking(usage: Usage | None, chars: int) -> Usage | None:
+    """Anthropic bills thinking inside output_tokens without a separate count: the reasoning
+    tokens are estimated from the thinking text (4 characters a token), never above the output."""
+    if usage is None or chars <= 0:
+        return usage
+    return dataclasses.replace(usage, reasoning_tokens=min(usage.completion_tokens, -(-chars // 4)))
+
+
+def thinking_chars(message: dict) -> int:
+    return sum(len(b.get("thinking") or "") for b in message.get("content") or [] if b.get("type") == "thinking")
+
+
 def error_fields(payload: Any) -> tuple[str, str] | None:
     """(type, message) of an Anthropic error object, None when it is not one."""
     err = payload.get("error") if isinstance(payload, dict) else None
@@ -312,7 +371,7 @@ class AnthropicChatAdapter(Adapter):
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
         endpoint_check(ctx, provider)
         with shape_errors(400, "the chat request"):
-            body = messages_request(ctx.body, model, ctx.stream)
+            body = messages_request(honoured_body(ctx, CHAT_FIELDS, "Anthropic"), model, ctx.stream)
         sent = headers(provider, ctx, native=False)
         if "output_format" in body:
             sent["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
@@ -324,8 +383,9 @@ class AnthropicChatAdapter(Adapter):
         message = loads_object(body)
         with shape_errors(502, "the provider answer"):
             ctx.attempt.served_model = message.get("model") or ctx.attempt.served_model
-            ctx.attempt.usage = (
-                Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+            ctx.attempt.usage = with_thinking(
+                Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None,
+                thinking_chars(message),
             )
             return completion(
                 message.get("id") or ctx.trace_id,
@@ -357,6 +417,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         super().__init__(ctx)
         self.usage: dict = {}
         self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
+        self.thinking = 0  # characters of thinking text so far (reasoning tokens are estimated from them)
 
     def translate(self, payload: Any) -> list[bytes]:
         """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
@@ -388,6 +449,8 @@ class AnthropicToOpenAIStream(ChunkStream):
 
     def on_content_block_delta(self, payload: dict) -> list[bytes]:
         delta = payload.get("delta") or {}
+        if delta.get("type") == "thinking_delta":
+            self.thinking += len(delta.get("thinking") or "")
         if delta.get("type") == "text_delta" and delta.get("text"):
             return [self.out({"content": delta["text"]})]
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
@@ -398,6 +461,7 @@ class AnthropicToOpenAIStream(ChunkStream):
 
     def on_message_delta(self, payload: dict) -> list[bytes]:
         take_usage(self.ctx, self.usage, payload.get("usage"))
+        self.ctx.attempt.usage = with_thinking(self.ctx.attempt.usage, self.thinking)
         reason = (payload.get("delta") or {}).get("stop_reason")
         return [self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else []
 

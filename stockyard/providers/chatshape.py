@@ -10,13 +10,101 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
 
 from ..context import RequestContext
 from ..errors import ProxyError, error_body, error_type, sse_error_event
 from ..pricing import Usage
 from . import Provider
 from .base import StreamTranslator, sse_data
+
+# --------------------------------------------------------------------------- the field tables
+
+TRANSLATED, EMULATED, REFUSED = "translated", "emulated", "refused"
+DROP_HEADER = "x-stockyard-drop-unsupported"
+DROPPED_HEADER = "x-stockyard-dropped"
+
+
+def asks_nothing(value: Any) -> bool:
+    """A value that asks for nothing (absent, false, zero, empty): honoured by leaving it out."""
+    return value is None or value is False or value == 0 or value in ("", [], {})
+
+
+@dataclass(frozen=True)
+class Field:
+    """One row of an adapter's field table: how a request field reaches the target.
+
+    ``accepts`` says which values the target honours; a refused row honours only values that
+    ask for nothing, a translated row every value unless it names narrower ones.
+    """
+
+    how: str
+    note: str
+    accepts: Callable[[Any], bool] | None = None
+
+    def honours(self, value: Any) -> bool:
+        if self.accepts is not None:
+            return self.accepts(value)
+        return self.how != REFUSED or asks_nothing(value)
+
+
+def refused(note: str, accepts: Callable[[Any], bool] | None = None) -> Field:
+    return Field(REFUSED, note, accepts)
+
+
+def honoured_body(ctx: RequestContext, table: Mapping[str, Field], models: str) -> dict:
+    """The request body with nothing the target cannot honour: a 400 naming the first field it
+    cannot (a field with no row included), or — when the client sent ``x-stockyard-drop-unsupported:
+    true`` — those fields dropped, named in the ``x-stockyard-dropped`` reply header and the trace."""
+    body = ctx.body
+    unhonoured = [k for k, v in body.items() if k not in table or not table[k].honours(v)]
+    if not unhonoured:
+        return body
+    if ctx.headers.get(DROP_HEADER, "").strip().lower() != "true":
+        name = unhonoured[0]
+        row = table.get(name)
+        why = f" ({row.note})" if row is not None else ""
+        raise ProxyError(
+            400,
+            f"{models} models cannot honour {name!r} as sent{why}; remove it, or send "
+            f"'{DROP_HEADER}: true' to have Stockyard drop what the model cannot honour",
+            param=name,
+            code="unsupported_field",
+        )
+    ctx.reply_headers[DROPPED_HEADER] = ",".join(unhonoured)
+    ctx.attempt.error_message = f"dropped unsupported fields: {', '.join(unhonoured)}"
+    return {k: v for k, v in body.items() if k not in unhonoured}
+
+
+def table_rows(table: Mapping[str, Field]) -> list[dict]:
+    """A field table as plain rows (the CLI and the README print these)."""
+    return [{"field": name, "how": row.how, "note": row.note} for name, row in table.items()]
+
+
+# Rows every translating adapter shares: the request's frame and OpenAI-only features.
+COMMON_FIELDS: dict[str, Field] = {
+    "model": Field(TRANSLATED, "the provider's model name"),
+    "stream": Field(TRANSLATED, "the provider's stream, translated event by event"),
+    "stream_options": Field(EMULATED, "include_usage: a usage chunk built from the provider's usage"),
+    "logprobs": refused("no token log probabilities in the translated answer"),
+    "top_logprobs": refused("no token log probabilities in the translated answer"),
+    "logit_bias": refused("no token biasing"),
+    "modalities": refused("text only", lambda v: v is None or v == ["text"]),
+    "audio": refused("no audio output"),
+    "prediction": refused("no predicted outputs"),
+    "web_search_options": refused("no web search through chat translation", lambda v: v is None),
+    "store": refused("stored completions are OpenAI's"),
+    "metadata": refused("stored-completion metadata is OpenAI's"),
+    "service_tier": refused("only the default tier", lambda v: v in (None, "auto", "default")),
+    "verbosity": refused("no verbosity control"),
+    "moderation": refused("no OpenAI moderation"),
+    "prompt_cache_key": refused("OpenAI's prompt cache routing"),
+    "prompt_cache_retention": refused("OpenAI's prompt cache retention"),
+    "prompt_cache_options": refused("OpenAI's prompt cache options"),
+    "functions": refused("the deprecated functions; use tools"),
+    "function_call": refused("the deprecated function_call; use tool_choice"),
+}
 
 
 def openai_usage(usage: Usage) -> dict:
@@ -225,9 +313,9 @@ def upstream_error(
     return translated_error(status, message, code)
 
 
-def endpoint_check(ctx: RequestContext, provider: Provider) -> None:
-    """Translating adapters serve chat only: anything else is a clear 400."""
-    if ctx.endpoint != "chat":
+def endpoint_check(ctx: RequestContext, provider: Provider, served: tuple[str, ...] = ("chat",)) -> None:
+    """Translating adapters serve chat (Gemini embeddings too): anything else is a clear 400."""
+    if ctx.endpoint not in served:
         path = {"completions": "/v1/completions", "embeddings": "/v1/embeddings"}.get(ctx.endpoint, ctx.endpoint)
         raise ProxyError(
             400,

@@ -10,8 +10,10 @@ complete, and ``[DONE]`` is sent only once the upstream stream then ends cleanly
 
 from __future__ import annotations
 
+import base64
 import json
 import mimetypes
+import struct
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,12 +24,17 @@ from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment
 from .chatshape import (
+    COMMON_FIELDS,
+    TRANSLATED,
     ChunkStream,
+    Field,
     append_turn,
     completion,
     data_url,
     endpoint_check,
+    honoured_body,
     message_list,
+    refused,
     shape_errors,
     text_of,
     tool_arguments,
@@ -73,6 +80,63 @@ GENERATION_FIELDS = (
     ("frequency_penalty", "frequencyPenalty"),
 )
 
+# reasoning_effort → thinkingConfig: a token budget for Gemini 2.5, a level for Gemini 3 (which
+# cannot turn thinking off: "none" asks for the least it has).
+THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
+THINKING_LEVELS = {
+    "none": "minimal",
+    "minimal": "minimal",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+}
+
+
+def _json_format(fmt: Any) -> bool:
+    return not isinstance(fmt, dict) or fmt.get("type") in (None, "text", "json_object", "json_schema")
+
+
+# Every OpenAI chat request field → how it reaches a Gemini model (one place: the CLI, the
+# README and the refusals all read this table).
+CHAT_FIELDS: dict[str, Field] = {
+    **COMMON_FIELDS,
+    "messages": Field(TRANSLATED, "system/developer → systemInstruction; tool results → functionResponse; images"),
+    "max_tokens": Field(TRANSLATED, "generationConfig.maxOutputTokens"),
+    "max_completion_tokens": Field(TRANSLATED, "generationConfig.maxOutputTokens"),
+    "temperature": Field(TRANSLATED, "generationConfig.temperature"),
+    "top_p": Field(TRANSLATED, "generationConfig.topP"),
+    "n": Field(TRANSLATED, "generationConfig.candidateCount"),
+    "seed": Field(TRANSLATED, "generationConfig.seed"),
+    "presence_penalty": Field(TRANSLATED, "generationConfig.presencePenalty"),
+    "frequency_penalty": Field(TRANSLATED, "generationConfig.frequencyPenalty"),
+    "stop": Field(TRANSLATED, "generationConfig.stopSequences"),
+    "tools": Field(TRANSLATED, "functionDeclarations (schema keywords Gemini refuses removed)"),
+    "tool_choice": Field(TRANSLATED, "toolConfig.functionCallingConfig"),
+    "response_format": Field(
+        TRANSLATED, "json_object → responseMimeType application/json; json_schema → + responseSchema", _json_format
+    ),
+    "reasoning_effort": Field(
+        TRANSLATED,
+        "thinkingConfig: thinkingLevel for gemini-3*, else thinkingBudget "
+        + ", ".join(f"{k} {v}" for k, v in THINKING_BUDGETS.items()),
+        lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
+    ),
+    "parallel_tool_calls": refused("no switch for parallel calls", lambda v: v is None or v is True),
+    "user": refused("no end-user field"),
+    "safety_identifier": refused("no end-user field"),
+}
+# OpenAI embeddings request fields → batchEmbedContents.
+EMBEDDING_FIELDS: dict[str, Field] = {
+    "model": Field(TRANSLATED, "requests[].model"),
+    "input": Field(TRANSLATED, "a string or list of strings → requests[].content.parts[].text (token ids refused)"),
+    "dimensions": Field(TRANSLATED, "requests[].outputDimensionality"),
+    "encoding_format": Field(
+        TRANSLATED, "float, or base64 (float32) made here", lambda v: v in (None, "float", "base64")
+    ),
+    "user": refused("no end-user field"),
+}
+
 
 def version_prefix(provider: Provider) -> str:
     """``/v1beta`` unless the configured base URL already ends in an API version."""
@@ -80,10 +144,11 @@ def version_prefix(provider: Provider) -> str:
     return "" if last in ("v1beta", "v1", "v1alpha") else "/v1beta"
 
 
-def api_path(provider: Provider, model: str, stream: bool) -> str:
-    """The model's generate path (``models/`` prefix accepted; a name that would leave its segment is a 400)."""
+def api_path(provider: Provider, model: str, stream: bool, action: str = "generateContent") -> str:
+    """The model's path for ``action`` (``models/`` prefix accepted; a name that would leave its segment is a 400)."""
     name = model_segment(model.removeprefix("models/"))
-    action = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    if stream:
+        action = "streamGenerateContent?alt=sse"
     return f"{version_prefix(provider)}/models/{name}:{action}"
 
 
@@ -222,7 +287,16 @@ def translate_tool_choice(choice: Any) -> dict | None:
     return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
 
 
-def generation_config(body: dict) -> dict:
+def thinking_config(effort: Any, model: str) -> dict | None:
+    """reasoning_effort → thinkingConfig for this model (None when the request asks nothing)."""
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
+        return None
+    if model.removeprefix("models/").startswith("gemini-3"):
+        return {"thinkingLevel": THINKING_LEVELS[effort]}
+    return {"thinkingBudget": THINKING_BUDGETS[effort]}
+
+
+def generation_config(body: dict, model: str = "") -> dict:
     config = {theirs: body[ours] for ours, theirs in GENERATION_FIELDS if body.get(ours) is not None}
     limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), None)
     if limit is not None:
@@ -236,10 +310,13 @@ def generation_config(body: dict) -> dict:
         schema = (fmt.get("json_schema") or {}).get("schema") if fmt["type"] == "json_schema" else None
         if isinstance(schema, dict):
             config["responseSchema"] = clean_schema(schema, "response_format")
+    thinking = thinking_config(body.get("reasoning_effort"), model)
+    if thinking:
+        config["thinkingConfig"] = thinking
     return config
 
 
-def generate_request(body: dict) -> dict:
+def generate_request(body: dict, model: str = "") -> dict:
     """The whole ``generateContent`` request for an OpenAI chat request."""
     system, contents = translate_messages(body.get("messages"))
     out: dict = {"contents": contents}
@@ -251,10 +328,57 @@ def generate_request(body: dict) -> dict:
         choice = translate_tool_choice(body.get("tool_choice"))
         if choice:
             out["toolConfig"] = choice
-    config = generation_config(body)
+    config = generation_config(body, model)
     if config:
         out["generationConfig"] = config
     return out
+
+
+def embedding_texts(value: Any) -> list[str]:
+    """The embeddings ``input`` as texts: a string or a non-empty list of strings (token ids are a 400)."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ProxyError(
+            400,
+            "Gemini embeddings take 'input' as a string or a list of strings (not token ids)",
+            param="input",
+            code="invalid_input",
+        )
+    return texts
+
+
+def embed_request(body: dict, model: str) -> dict:
+    """An OpenAI embeddings request → ``batchEmbedContents``: one request per input text."""
+    name = "models/" + model.removeprefix("models/")
+    requests = []
+    for text in embedding_texts(body.get("input")):
+        item: dict = {"model": name, "content": {"parts": [{"text": text}]}}
+        if body.get("dimensions") is not None:
+            item["outputDimensionality"] = body["dimensions"]
+        requests.append(item)
+    return {"requests": requests}
+
+
+def embedding_value(values: list, encoding: Any) -> Any:
+    """One vector as the client asked: floats, or base64 of little-endian float32 (OpenAI's form)."""
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+    return values
+
+
+def embeddings_answer(doc: dict, body: dict, model: str, usage: Usage) -> bytes:
+    """``batchEmbedContents``' ``embeddings[].values`` → an OpenAI embeddings list."""
+    data = [
+        {"object": "embedding", "index": i, "embedding": embedding_value(e["values"], body.get("encoding_format"))}
+        for i, e in enumerate(doc["embeddings"])
+    ]
+    answer = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+    }
+    return json.dumps(answer).encode()
 
 
 # --------------------------------------------------------------------------- answer translation
@@ -335,19 +459,30 @@ def error_fields(payload: Any) -> tuple[int, str, str] | None:
 
 
 class GeminiAdapter(Adapter):
+    """OpenAI-dialect chat and embeddings requests to a Gemini provider, translated both ways."""
+
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
-        endpoint_check(ctx, provider)
+        endpoint_check(ctx, provider, ("chat", "embeddings"))
         headers = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if ctx.stream else "application/json",
             **auth_headers(provider),
         }
+        if ctx.endpoint == "embeddings":
+            with shape_errors(400, "the embeddings request"):
+                request = embed_request(honoured_body(ctx, EMBEDDING_FIELDS, "Gemini embedding"), model)
+            path = api_path(provider, model, False, "batchEmbedContents")
+            return UpstreamCall("POST", path, headers, json.dumps(request, ensure_ascii=False).encode())
         with shape_errors(400, "the chat request"):
-            body = json.dumps(generate_request(ctx.body), ensure_ascii=False).encode()
+            body = json.dumps(
+                generate_request(honoured_body(ctx, CHAT_FIELDS, "Gemini"), model), ensure_ascii=False
+            ).encode()
         return UpstreamCall("POST", api_path(provider, model, ctx.stream), headers, body)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         doc = loads_object(body)
+        if ctx.endpoint == "embeddings":
+            return self.parse_embeddings(ctx, doc)
         with shape_errors(502, "the provider answer"):
             ctx.attempt.served_model = doc.get("modelVersion") or ctx.attempt.served_model or ctx.attempt.upstream_model
             meta = doc.get("usageMetadata")
@@ -356,6 +491,15 @@ class GeminiAdapter(Adapter):
             return completion(
                 ident, int(time.time()), ctx.attempt.served_model or "", response_choices(doc), ctx.attempt.usage
             )
+
+    def parse_embeddings(self, ctx: RequestContext, doc: dict) -> bytes:
+        """Gemini reports no usage for embeddings: the input is estimated (4 characters a token)."""
+        texts = embedding_texts(ctx.body.get("input"))
+        ctx.attempt.usage = Usage(prompt_tokens=sum(max(1, -(-len(t) // 4)) for t in texts))
+        ctx.attempt.usage_estimated = True
+        ctx.attempt.served_model = ctx.attempt.served_model or ctx.attempt.upstream_model
+        with shape_errors(502, "the provider answer"):
+            return embeddings_answer(doc, ctx.body, ctx.attempt.served_model or "", ctx.attempt.usage)
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         return GeminiStream(ctx)
