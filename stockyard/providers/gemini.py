@@ -25,6 +25,7 @@ from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment
 from .chatshape import (
     COMMON_FIELDS,
+    EMULATED,
     TRANSLATED,
     ChunkStream,
     Field,
@@ -123,8 +124,8 @@ CHAT_FIELDS: dict[str, Field] = {
         lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
     ),
     "parallel_tool_calls": refused("no switch for parallel calls", lambda v: v is None or v is True),
-    "user": refused("no end-user field"),
-    "safety_identifier": refused("no end-user field"),
+    "user": Field(EMULATED, "an end-user id for abuse monitoring; Gemini has none: not sent"),
+    "safety_identifier": Field(EMULATED, "an end-user id for abuse monitoring; Gemini has none: not sent"),
 }
 # OpenAI embeddings request fields → batchEmbedContents.
 EMBEDDING_FIELDS: dict[str, Field] = {
@@ -134,7 +135,7 @@ EMBEDDING_FIELDS: dict[str, Field] = {
     "encoding_format": Field(
         TRANSLATED, "float, or base64 (float32) made here", lambda v: v in (None, "float", "base64")
     ),
-    "user": refused("no end-user field"),
+    "user": Field(EMULATED, "an end-user id for abuse monitoring; Gemini has none: not sent"),
 }
 
 
