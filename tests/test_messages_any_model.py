@@ -207,3 +207,33 @@ def test_top_k_refused_by_name(client):
             model=MODELS["gpt"], max_tokens=10, extra_body={"top_k": 5}, messages=[{"role": "user", "content": "Hi"}]
         )
     assert "top_k" in caught.value.body["error"]["message"]
+
+
+def test_claude_code_shaped_request(server, key, mock):
+    """What Claude Code sends: ``?beta=true``, beta headers, cache marks, thinking, a user id, a stream."""
+    body = {
+        "model": MODELS["gpt"],
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}
+        ],
+        "tools": [{**TOOL, "cache_control": {"type": "ephemeral"}}],
+        "thinking": {"type": "enabled", "budget_tokens": 31999},
+        "metadata": {"user_id": "user_abc_session_1"},
+        "temperature": 1,
+    }
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+    }
+    status, _, raw = server.request("POST", "/v1/messages?beta=true", body, headers=headers)
+    assert status == 200 and b"event: message_stop" in raw
+    sent = upstream_body(mock, MODELS["gpt"])
+    assert (sent["reasoning_effort"], sent["user"], sent["max_completion_tokens"]) == (
+        "high",
+        "user_abc_session_1",
+        32000,
+    )
+    assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
