@@ -128,6 +128,16 @@ def test_tool_use_and_results():
     assert (chat["tool_choice"], chat["parallel_tool_calls"]) == ("required", False)
 
 
+def test_tool_result_images_follow_in_the_user_message():
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    turn = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [image]}]}
+    chat = messages.to_chat(body(messages=[turn]))
+    assert chat["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "(the result is the image that follows)"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
+    ]
+
+
 @pytest.mark.parametrize(
     ("choice", "expected"),
     [

@@ -10,7 +10,8 @@ Field table (Messages → chat):
 
 - ``system`` (string or text blocks) → a system message; ``messages`` text, image (base64
   and url sources), ``tool_use`` and ``tool_result`` blocks → user/assistant/tool messages
-  (a ``tool_result`` with ``is_error`` is sent as ``"Error: …"``); ``thinking`` and
+  (a ``tool_result`` with ``is_error`` is sent as ``"Error: …"``; its images, which a chat
+  tool message cannot hold, follow in the user message); ``thinking`` and
   ``redacted_thinking`` blocks of earlier turns stay behind (they belong to Anthropic).
 - ``tools`` (``input_schema``) → function tools; ``tool_choice`` auto/any/tool/none →
   auto/required/function/none, ``disable_parallel_tool_use`` → ``parallel_tool_calls``.
@@ -139,7 +140,9 @@ def chat_messages(item: Any, path: str) -> list[dict]:
         where = f"{path}.content[{j}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "tool_result":
-            tools.append(tool_message(block, where))
+            message, images = tool_message(block, where)
+            tools.append(message)
+            parts += images
         elif kind in ("thinking", "redacted_thinking"):
             continue
         else:
@@ -196,10 +199,13 @@ def assistant_message(content: list, path: str) -> dict:
     return message
 
 
-def tool_message(block: dict, path: str) -> dict:
+def tool_message(block: dict, path: str) -> tuple[dict, list[dict]]:
+    """A ``tool_result`` → the chat ``tool`` message, and its images as user content parts
+    (a chat tool message carries text only, so its images follow in the user message)."""
     if not isinstance(block.get("tool_use_id"), str):
         raise invalid(f"{path}.tool_use_id", f"{path}.tool_use_id must be a string")
     content = block.get("content")
+    images: list[dict] = []
     if content is None:
         text = ""
     elif isinstance(content, str):
@@ -207,16 +213,19 @@ def tool_message(block: dict, path: str) -> dict:
     elif isinstance(content, list):
         pieces = []
         for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else None
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":
+                images.append(content_part(part, f"{path}.content[{k}]"))
+            elif kind == "text":
+                pieces.append(str(part.get("text") or ""))
+            else:
                 raise unsupported(f"{path}.content[{k}].type", f"tool_result block type {kind!r}")
-            pieces.append(str(part.get("text") or ""))
-        text = "\n".join(pieces)
+        text = "\n".join(pieces) or ("(the result is the image that follows)" if images else "")
     else:
-        raise invalid(f"{path}.content", f"{path}.content must be a string or an array of text blocks")
+        raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content blocks")
     if block.get("is_error"):
         text = f"Error: {text}"
-    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
+    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}, images
 
 
 def chat_tools(tools: Any) -> list[dict]:
