@@ -237,3 +237,40 @@ def test_claude_code_shaped_request(server, key, mock):
         32000,
     )
     assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
+
+
+def new_key(server: ServerProcess, **fields) -> tuple[str, str]:
+    status, _, data = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 201, data
+    made = json.loads(data)
+    return made["key"], made["id"]
+
+
+def test_rate_limit_applies(server, mock):
+    secret, _ = new_key(server, name="msgs-rpm", rpm=1)
+    client = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0)
+    ask = {"model": MODELS["gemini"], "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    client.messages.create(**ask)
+    before = len(mock.requests)
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.create(**ask)
+    assert caught.value.body["type"] == "error" and len(mock.requests) == before
+
+
+def test_budget_spend_is_the_translated_cost(server):
+    secret, key_id = new_key(server, name="msgs-budget", budget_usd="1", budget_period="day")
+    body = {"model": MODELS["gpt"], "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    status, headers, _ = server.request("POST", "/v1/messages", body, headers={"x-api-key": secret})
+    assert status == 200
+    cost = server.trace(headers["x-stockyard-trace-id"])["cost_uc"]
+    input_rate, output_rate = RATES[MODELS["gpt"]]
+    assert cost == -(-(PROMPT_TOKENS * input_rate + COMPLETION_TOKENS * output_rate) // 1_000_000)
+
+    def spend() -> int:
+        _, _, data = server.request("GET", f"/api/keys/{key_id}", headers={"Authorization": f"Bearer {ADMIN}"})
+        return json.loads(data)["spend_uc"]
+
+    assert wait_for(lambda: spend() == cost)
+    zero, _ = new_key(server, name="msgs-broke", budget_usd="0", budget_period="day")
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": zero})
+    assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
