@@ -22,8 +22,13 @@ from .pricing import PER, Price
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens")
 
 
+def text_tokens(data: bytes) -> int:
+    """Tokens in ``data`` at four bytes a token, rounded up (the over-estimate used everywhere here)."""
+    return -(-len(data) // 4)
+
+
 def input_tokens(ctx: RequestContext) -> int:
-    return -(-len(ctx.raw) // 4)
+    return text_tokens(ctx.raw)
 
 
 def _given(body: dict, tokens: bool) -> list[int]:

@@ -38,6 +38,7 @@ from .pricing import Usage
 from .providers import Provider, Registry
 from .providers.adapters import adapter_for
 from .providers.base import Adapter
+from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
 from .tracing import Tracer
 from .upstream import Cancel, Pool, UpstreamError, UpstreamResponse
@@ -112,6 +113,9 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them
         if ctx.answer is None and ctx.dialect == RESPONSES:
             path.conversations.open(ctx)  # the previous turn; may answer input_tokens itself
+        if ctx.answer is None and ctx.endpoint == "count_tokens" and ctx.route is not None:
+            if ctx.route.provider.kind != "anthropic":  # counted here, never by a provider call
+                count_estimate(ctx, ctx.route.provider)
         if ctx.answer is not None:
             started_reply = True
             deliver_answer(path, reply, ctx)

@@ -190,6 +190,15 @@ def _token_count(item: Any) -> int:
 
 
 def _first_openai_tool(body: dict) -> str | None:
+    """The tool to call: none once the last message is a tool result (the model answers in text then)."""
+    messages = body.get("messages")
+    if (
+        isinstance(messages, list)
+        and messages
+        and isinstance(messages[-1], dict)
+        and messages[-1].get("role") == "tool"
+    ):
+        return None
     tools = body.get("tools") or []
     if tools and isinstance(tools[0], dict):
         fn = tools[0].get("function") or {}
@@ -205,6 +214,15 @@ def _first_anthropic_tool(body: dict) -> str | None:
 
 
 def _first_gemini_function(body: dict) -> str | None:
+    """The function to call: none once the last turn holds only function responses."""
+    contents = body.get("contents")
+    parts = (
+        contents[-1].get("parts")
+        if isinstance(contents, list) and contents and isinstance(contents[-1], dict)
+        else None
+    )
+    if isinstance(parts, list) and parts and all(isinstance(p, dict) and "functionResponse" in p for p in parts):
+        return None
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):
             continue

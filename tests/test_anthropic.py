@@ -475,12 +475,10 @@ def test_native_error_passes_through(server, native) -> None:
     assert (trace["status"], trace["outcome"]) == (429, "upstream_error")
 
 
-def test_native_to_non_anthropic_provider_is_refused(native) -> None:
-    with pytest.raises(anthropic.BadRequestError) as failure:
-        native.messages.create(model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
-    body: Any = failure.value.body
-    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
-    assert "Anthropic" in body["error"]["message"]
+def test_native_to_non_anthropic_provider_is_translated(native, mock) -> None:
+    message = native.messages.create(model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+    assert message.type == "message" and message.content[0].type == "text"
+    assert mock.requests[-1].path.endswith("/chat/completions")  # over the provider's chat API
 
 
 def test_models_lists_anthropic_models(server, mock) -> None:

@@ -100,13 +100,14 @@ def test_error_passes_through(server, client) -> None:
     assert failure.value.status_code == 429 and AZURE_KEY not in failure.value.response.text
 
 
-def test_native_messages_to_azure_is_refused(server) -> None:
+def test_native_messages_to_azure_are_translated(server, mock) -> None:
     status, _, raw = server.request(
         "POST",
         "/v1/messages",
         {"model": "azure/gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]},
     )
-    assert status == 400 and json.loads(raw)["type"] == "error"
+    assert status == 200 and json.loads(raw)["type"] == "message"
+    assert "/deployments/gpt-4o-mini/chat/completions" in mock.requests[-1].path
 
 
 def test_provider_key_never_in_log(server) -> None:

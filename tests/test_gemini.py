@@ -11,7 +11,7 @@ import json
 import openai
 import pytest
 from conftest import ServerProcess, base_env
-from mock_upstream import MockUpstream, Recorded, Reply, gemini_stream
+from mock_upstream import TEXT, MockUpstream, Recorded, Reply, gemini_stream
 
 GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
 TOOLS = [
@@ -391,12 +391,13 @@ def test_unsupported_endpoints_are_clear_400s(server) -> None:
     assert status == 400 and path in error["message"]
 
 
-def test_native_messages_to_gemini_is_refused(server) -> None:
+def test_native_messages_to_gemini_are_translated(server, mock) -> None:
     status, _, raw = server.request(
         "POST", "/v1/messages", {"model": "gemini-2.5-flash", "max_tokens": 5, "messages": user()}
     )
     body = json.loads(raw)
-    assert status == 400 and body["type"] == "error" and "Anthropic" in body["error"]["message"]
+    assert status == 200 and body["type"] == "message" and body["content"] == [{"type": "text", "text": TEXT}]
+    assert sent(mock, "gemini-2.5-flash").json["contents"] == [{"role": "user", "parts": [{"text": "Hi"}]}]
 
 
 def test_provider_key_never_in_log(server) -> None:

@@ -9,6 +9,7 @@ from .azure import AzureAdapter
 from .base import Adapter
 from .chatshape import table_rows
 from .gemini import GeminiAdapter
+from .messages_adapters import MessagesOverChat
 from .openai import OpenAIAdapter
 from .responses_adapters import ResponsesOverChat, ResponsesPassThrough
 
@@ -20,8 +21,11 @@ _FOR_OPENAI_CLIENTS: dict[str, Adapter] = {
     "gemini": GeminiAdapter(),
     "azure": AzureAdapter(),
 }
-# Anthropic-dialect clients (/v1/messages) are passed through, so only Anthropic serves them.
-_FOR_ANTHROPIC_CLIENTS: dict[str, Adapter] = {"anthropic": AnthropicNativeAdapter()}
+# Anthropic-dialect clients (/v1/messages): passed through to Anthropic, else over the provider's chat adapter.
+_FOR_ANTHROPIC_CLIENTS: dict[str, Adapter] = {
+    **{kind: MessagesOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items() if kind != "anthropic"},
+    "anthropic": AnthropicNativeAdapter(),
+}
 # Responses API clients (/v1/responses): passed through where the provider speaks it, else over its chat adapter.
 _RESPONSES_PASS_THROUGH = ResponsesPassThrough()
 _RESPONSES_OVER_CHAT: dict[str, Adapter] = {kind: ResponsesOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items()}

@@ -1,0 +1,493 @@
+"""The Anthropic Messages API for providers that speak only Chat Completions.
+
+A Messages request becomes a Chat Completions request (:func:`to_chat`), which the
+provider's OpenAI-dialect chat adapter carries to its native API (Gemini translates
+further); the chat answer comes back as a Messages ``message`` (:func:`from_chat`) and a
+chat chunk stream as the Messages event stream (:class:`ChatToMessagesStream`). What the
+chat shape cannot carry is refused with a 400 naming the field, never dropped.
+
+Field table (Messages → chat):
+
+- ``system`` (string or text blocks) → a system message; ``messages`` text, image (base64
+  and url sources), ``tool_use`` and ``tool_result`` blocks → user/assistant/tool messages
+  (a ``tool_result`` with ``is_error`` is sent as ``"Error: …"``; its images, which a chat
+  tool message cannot hold, follow in the user message); ``thinking`` and
+  ``redacted_thinking`` blocks of earlier turns stay behind (they belong to Anthropic).
+- ``tools`` (``input_schema``) → function tools; ``tool_choice`` auto/any/tool/none →
+  auto/required/function/none, ``disable_parallel_tool_use`` → ``parallel_tool_calls``.
+- ``max_tokens``, ``stop_sequences`` → ``stop``, ``temperature``, ``top_p``,
+  ``metadata.user_id`` → ``user``, ``thinking.budget_tokens`` → ``reasoning_effort``.
+- ``cache_control`` marks are hints for Anthropic's cache and are ignored.
+- refused: ``top_k`` (no chat field for it), any other field, block or tool type.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import ANTHROPIC, ProxyError, error_type
+from ..pricing import Usage
+from .responses import reasoning_text
+
+CHAT_FIELDS = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
+KNOWN_FIELDS = {
+    "model",
+    "messages",
+    "system",
+    "max_tokens",
+    "stream",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "metadata",
+    *CHAT_FIELDS,
+}
+# Providers whose chat API wants ``max_completion_tokens`` (their reasoning models refuse ``max_tokens``).
+COMPLETION_TOKENS_KINDS = {"openai", "azure"}
+# chat finish_reason → Messages stop_reason
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use"}
+ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error", "server_error": "api_error"}
+
+
+def unsupported(param: str, what: str) -> ProxyError:
+    """A 400 for what the chat shape cannot carry, naming the field."""
+    message = f"{param}: {what} is not supported for this provider (it speaks Chat Completions, not Messages)"
+    return ProxyError(400, message, param=param, code="unsupported_parameter")
+
+
+def invalid(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, param=param, code="invalid_request")
+
+
+def present(body: dict, key: str) -> bool:
+    return body.get(key) is not None
+
+
+# --------------------------------------------------------------------------- request
+
+
+def to_chat(body: dict, kind: str = "openai") -> dict:
+    """A Messages request body → the Chat Completions body for provider ``kind``."""
+    if not isinstance(body, dict):
+        raise invalid("body", "the request body must be a JSON object")
+    for key in body:
+        if key not in KNOWN_FIELDS and present(body, key):
+            raise unsupported(key, f"the field '{key}'")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model", "'model' must be a non-empty string")
+    messages = system_messages(body.get("system"))
+    items = body.get("messages")
+    if not isinstance(items, list) or not items:
+        raise invalid("messages", "'messages' must be a non-empty array")
+    for i, item in enumerate(items):
+        messages += chat_messages(item, f"messages[{i}]")
+    chat: dict = {"model": model, "messages": messages}
+    if present(body, "max_tokens"):
+        chat["max_completion_tokens" if kind in COMPLETION_TOKENS_KINDS else "max_tokens"] = body["max_tokens"]
+    for ours, theirs in CHAT_FIELDS.items():
+        if present(body, ours):
+            chat[theirs] = body[ours]
+    if present(body, "tools"):
+        tools = chat_tools(body["tools"])
+        if tools:
+            chat["tools"] = tools
+    if present(body, "tool_choice"):
+        chat.update(chat_tool_choice(body["tool_choice"]))
+    if present(body, "thinking"):
+        chat.update(chat_thinking(body["thinking"]))
+    if present(body, "metadata"):
+        chat.update(chat_metadata(body["metadata"]))
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+def system_messages(system: Any) -> list[dict]:
+    if system is None or system == "":
+        return []
+    if isinstance(system, str):
+        return [{"role": "system", "content": system}]
+    if not isinstance(system, list):
+        raise invalid("system", "'system' must be a string or an array of text blocks")
+    texts = []
+    for i, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+            raise invalid(f"system[{i}]", f"system[{i}] must be a text block")
+        texts.append(block["text"])
+    return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
+
+
+def chat_messages(item: Any, path: str) -> list[dict]:
+    """One Messages turn → chat messages: tool results become ``tool`` messages, placed
+    first (chat wants them right after the assistant's calls), the rest one user message."""
+    if not isinstance(item, dict):
+        raise invalid(path, f"{path} must be an object")
+    role, content = item.get("role"), item.get("content")
+    if role not in ("user", "assistant"):
+        raise invalid(f"{path}.role", f"{path}.role must be 'user' or 'assistant'")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content blocks")
+    if role == "assistant":
+        return [assistant_message(content, path)]
+    tools: list[dict] = []
+    parts: list[dict] = []
+    for j, block in enumerate(content):
+        where = f"{path}.content[{j}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_result":
+            message, images = tool_message(block, where)
+            tools.append(message)
+            parts += images
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
+        else:
+            parts.append(content_part(block, where))
+    out = tools
+    if parts:
+        if all(p["type"] == "text" for p in parts) and len(parts) == 1:
+            out.append({"role": "user", "content": parts[0]["text"]})
+        else:
+            out.append({"role": "user", "content": parts})
+    return out
+
+
+def content_part(block: Any, path: str) -> dict:
+    """A text or image block → a chat content part."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind == "text":
+        if not isinstance(block.get("text"), str):
+            raise invalid(f"{path}.text", f"{path}.text must be a string")
+        return {"type": "text", "text": block["text"]}
+    if kind == "image":
+        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        if source.get("type") == "base64" and isinstance(source.get("data"), str):
+            media = source.get("media_type") or "image/png"
+            return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{source['data']}"}}
+        if source.get("type") == "url" and isinstance(source.get("url"), str):
+            return {"type": "image_url", "image_url": {"url": source["url"]}}
+        raise unsupported(f"{path}.source", f"image source type {source.get('type')!r}")
+    raise unsupported(f"{path}.type", f"content block type {kind!r}")
+
+
+def assistant_message(content: list, path: str) -> dict:
+    texts: list[str] = []
+    calls: list[dict] = []
+    for j, block in enumerate(content):
+        where = f"{path}.content[{j}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise invalid(where, f"{where} needs an 'id' and a 'name'")
+            arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+            calls.append(
+                {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
+        else:
+            raise unsupported(f"{where}.type", f"assistant content block type {kind!r}")
+    message: dict = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def tool_message(block: dict, path: str) -> tuple[dict, list[dict]]:
+    """A ``tool_result`` → the chat ``tool`` message, and its images as user content parts
+    (a chat tool message carries text only, so its images follow in the user message)."""
+    if not isinstance(block.get("tool_use_id"), str):
+        raise invalid(f"{path}.tool_use_id", f"{path}.tool_use_id must be a string")
+    content = block.get("content")
+    images: list[dict] = []
+    if content is None:
+        text = ""
+    elif isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        pieces = []
+        for k, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":
+                images.append(content_part(part, f"{path}.content[{k}]"))
+            elif kind == "text":
+                pieces.append(str(part.get("text") or ""))
+            else:
+                raise unsupported(f"{path}.content[{k}].type", f"tool_result block type {kind!r}")
+        text = "\n".join(pieces) or ("(the result is the image that follows)" if images else "")
+    else:
+        raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content blocks")
+    if block.get("is_error"):
+        text = f"Error: {text}"
+    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}, images
+
+
+def chat_tools(tools: Any) -> list[dict]:
+    if not isinstance(tools, list):
+        raise invalid("tools", "'tools' must be an array")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise invalid(f"tools[{i}]", f"tools[{i}] must be an object")
+        if tool.get("type") not in (None, "custom"):
+            raise unsupported(f"tools[{i}].type", f"tool type {tool['type']!r} (only custom tools are)")
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise invalid(f"tools[{i}].name", f"tools[{i}].name must be a non-empty string")
+        fn: dict = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
+        if isinstance(tool.get("description"), str):
+            fn["description"] = tool["description"]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def chat_tool_choice(choice: Any) -> dict:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    out: dict = {}
+    if kind == "auto":
+        out["tool_choice"] = "auto"
+    elif kind == "any":
+        out["tool_choice"] = "required"
+    elif kind == "none":
+        out["tool_choice"] = "none"
+    elif kind == "tool" and isinstance(choice.get("name"), str):
+        out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        raise unsupported("tool_choice", f"tool_choice {kind!r}")
+    if choice.get("disable_parallel_tool_use") and kind != "none":
+        out["parallel_tool_calls"] = False
+    return out
+
+
+def reasoning_effort(budget: int) -> str:
+    """A thinking budget as a reasoning effort: under 4k tokens low, under 16k medium, else high."""
+    return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+
+
+def chat_thinking(thinking: Any) -> dict:
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "disabled":
+        return {}
+    if kind != "enabled":
+        raise unsupported("thinking.type", f"thinking type {kind!r}")
+    budget = thinking.get("budget_tokens")
+    if type(budget) is not int or budget < 1:
+        raise invalid("thinking.budget_tokens", "thinking.budget_tokens must be a positive integer")
+    return {"reasoning_effort": reasoning_effort(budget)}
+
+
+def chat_metadata(metadata: Any) -> dict:
+    if not isinstance(metadata, dict):
+        raise invalid("metadata", "'metadata' must be an object")
+    for key in metadata:
+        if key != "user_id" and present(metadata, key):
+            raise unsupported(f"metadata.{key}", f"the field metadata.{key}")
+    user = metadata.get("user_id")
+    return {"user": user} if isinstance(user, str) and user else {}
+
+
+# --------------------------------------------------------------------------- answer
+
+
+def obj(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def messages_usage(usage: Any) -> dict:
+    """Chat usage → Messages usage: Anthropic counts cache reads apart from ``input_tokens``."""
+    counts = Usage.from_openai(usage) if isinstance(usage, dict) else Usage()
+    return {
+        "input_tokens": counts.prompt_tokens - counts.cached_tokens,
+        "output_tokens": counts.completion_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": counts.cached_tokens,
+    }
+
+
+def stop_reason(choice: dict, request: dict) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence): a stop sequence is known only where the provider names it
+    (vLLM's ``stop_reason``); otherwise a stop is ``end_turn``."""
+    finish = choice.get("finish_reason")
+    matched = choice.get("stop_reason")
+    sequences = request.get("stop_sequences") or []
+    if finish == "stop" and isinstance(matched, str) and matched in sequences:
+        return "stop_sequence", matched
+    return STOP_REASONS.get(finish or "stop", "end_turn"), None
+
+
+def tool_input(arguments: Any) -> dict:
+    """Tool call arguments as the ``input`` object (a string that is not a JSON object: empty)."""
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = json.loads(arguments) if isinstance(arguments, str) and arguments else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def message_object(message_id: str, model: str, content: list[dict], usage: dict) -> dict:
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def from_chat(chat: dict, request: dict, message_id: str) -> dict:
+    """A ``chat.completion`` → the Messages ``message`` for the same turn."""
+    choices = chat.get("choices")
+    choice = obj(choices[0]) if isinstance(choices, list) and choices else {}
+    message = obj(choice.get("message"))
+    content: list[dict] = []
+    thought = reasoning_text(message)
+    if thought:
+        content.append({"type": "thinking", "thinking": thought, "signature": ""})
+    text = message.get("content")
+    if isinstance(text, list):
+        text = "".join(str(obj(p).get("text") or "") for p in text)
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or []:
+        fn = obj(obj(call).get("function"))
+        ident = obj(call).get("id") or f"toolu_{message_id.removeprefix('msg_')}_{len(content)}"
+        content.append(
+            {"type": "tool_use", "id": ident, "name": fn.get("name") or "", "input": tool_input(fn.get("arguments"))}
+        )
+    served = chat.get("model")
+    model = served if isinstance(served, str) else str(request.get("model") or "")
+    out = message_object(message_id, model, content, messages_usage(chat.get("usage")))
+    out["stop_reason"], out["stop_sequence"] = stop_reason(choice, request)
+    return out
+
+
+def error_from_chat(status: int, body: bytes) -> tuple[str, str]:
+    """(Anthropic error type, message) of an OpenAI-shaped error body."""
+    try:
+        error = obj(obj(json.loads(body)).get("error"))
+    except ValueError:
+        error = {}
+    message = error.get("message")
+    if not isinstance(message, str):
+        message = f"the provider answered {status}"
+    return error_type(ANTHROPIC, status), message
+
+
+# --------------------------------------------------------------------------- stream
+
+
+def event(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'type': name, **data}, ensure_ascii=False)}\n\n".encode()
+
+
+class ChatToMessagesStream:
+    """``chat.completion.chunk`` objects → the Messages event stream, one block open at a time:
+    thinking, text and each tool call get a block of their own, in the order they arrive."""
+
+    def __init__(self, request: dict, message_id: str, model: str) -> None:
+        self.request, self.message_id, self.model = request, message_id, model
+        self.started = False
+        self.index = -1  # the open block's index (-1: none)
+        self.open_kind: str | None = None  # "thinking", "text" or "tool"
+        self.open_tool: Any = None  # the open tool block's chat tool_calls index
+        self.choice: dict = {}
+        self.usage: Any = None
+        self.complete = False
+        self.ended = False
+
+    def start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        message = message_object(self.message_id, self.model, [], messages_usage(None))
+        return [event("message_start", {"message": message})]
+
+    def close_block(self) -> list[bytes]:
+        if self.open_kind is None:
+            return []
+        self.open_kind, self.open_tool = None, None
+        return [event("content_block_stop", {"index": self.index})]
+
+    def open_block(self, kind: str, block: dict) -> list[bytes]:
+        out = self.close_block()
+        self.index += 1
+        self.open_kind = kind
+        return out + [event("content_block_start", {"index": self.index, "content_block": block})]
+
+    def delta(self, delta: dict) -> bytes:
+        return event("content_block_delta", {"index": self.index, "delta": delta})
+
+    def feed(self, chunk: dict) -> list[bytes]:
+        if self.ended:
+            return []
+        out = self.start()
+        if isinstance(chunk.get("model"), str) and chunk["model"]:
+            self.model = chunk["model"]
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            choice = obj(choice)
+            if choice.get("index", 0) != 0:
+                continue
+            out += self.on_delta(obj(choice.get("delta")))
+            if choice.get("finish_reason"):
+                self.choice = choice
+        return out
+
+    def on_delta(self, delta: dict) -> list[bytes]:
+        out: list[bytes] = []
+        thought = reasoning_text(delta)
+        if thought:
+            if self.open_kind != "thinking":
+                out += self.open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out.append(self.delta({"type": "thinking_delta", "thinking": thought}))
+        text = delta.get("content")
+        if isinstance(text, str) and text:
+            if self.open_kind != "text":
+                out += self.open_block("text", {"type": "text", "text": ""})
+            out.append(self.delta({"type": "text_delta", "text": text}))
+        for call in delta.get("tool_calls") or []:
+            call = obj(call)
+            fn = obj(call.get("function"))
+            position = call.get("index", 0)
+            if self.open_kind != "tool" or self.open_tool != position:
+                ident = call.get("id") or f"toolu_{self.message_id.removeprefix('msg_')}_{self.index + 1}"
+                block: dict = {"type": "tool_use", "id": ident, "name": fn.get("name") or "", "input": {}}
+                out += self.open_block("tool", block)
+                self.open_tool = position
+            arguments = fn.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                out.append(self.delta({"type": "input_json_delta", "partial_json": arguments}))
+        return out
+
+    def finish(self) -> list[bytes]:
+        """After the chat stream's end: close the open block, the stop reason and usage, message_stop."""
+        if self.ended:
+            return []
+        out = self.start() + self.close_block()
+        reason, sequence = stop_reason(self.choice, self.request)
+        usage = messages_usage(self.usage)
+        out.append(
+            event("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage})
+        )
+        out.append(event("message_stop", {}))
+        self.ended = self.complete = True
+        return out
+
+    def fail(self, message: str, kind: str = "api_error") -> list[bytes]:
+        """End a broken stream with an Anthropic ``error`` event."""
+        if self.ended:
+            return []
+        self.ended = True
+        return [event("error", {"error": {"type": kind, "message": message}})]

@@ -1,0 +1,118 @@
+"""``/v1/messages`` clients on providers that speak only Chat Completions.
+
+:class:`MessagesOverChat` wraps the provider's own OpenAI-dialect chat adapter (as
+``ResponsesOverChat`` does for the Responses API): the Messages request becomes a chat
+request (``messages.to_chat``), the inner adapter builds the call (Gemini translates on to
+generateContent), and its chat answer or chunk stream becomes a Messages answer or event
+stream again. ``count_tokens`` never reaches these providers: :func:`count_estimate`
+answers it here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..context import Answer, RequestContext
+from ..errors import ANTHROPIC, OPENAI, error_body
+from ..estimate import text_tokens
+from . import Provider, messages
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .chatshape import record_stream_error
+
+_CHAT_BODY = "messages.chat_body"  # ctx.state: the translated body, made once per request
+ESTIMATE_HEADER = "x-stockyard-token-count"
+
+
+def message_id(ctx: RequestContext) -> str:
+    """The answer's id: the trace id, so a message and its trace are found from each other."""
+    return f"msg_{ctx.trace_id}"
+
+
+def count_estimate(ctx: RequestContext, provider: Provider) -> None:
+    """Answer ``count_tokens`` for a non-Anthropic model: the translated prompt and tools at
+    four bytes a token (``estimate.text_tokens``), marked as an estimate in a header."""
+    chat = messages.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, provider.kind)
+    counted = {"messages": chat["messages"], "tools": chat.get("tools", [])}
+    tokens = text_tokens(json.dumps(counted, ensure_ascii=False).encode())
+    ctx.answer = Answer(200, json.dumps({"input_tokens": tokens}).encode(), headers={ESTIMATE_HEADER: "estimate"})
+
+
+class MessagesOverChat(Adapter):
+    """A chat-speaking provider behind the Messages API: ``inner`` is its OpenAI-dialect chat adapter."""
+
+    def __init__(self, inner: Adapter) -> None:
+        self.inner = inner
+
+    def chat_ctx(self, ctx: RequestContext) -> RequestContext:
+        """The request as a Chat Completions request, for the inner adapter (same attempt and state)."""
+        chat = ctx.state.get(_CHAT_BODY)
+        provider = ctx.attempt.provider
+        kind = provider.kind if provider is not None else "openai"
+        if chat is None or chat[0] != kind:
+            chat = ctx.state[_CHAT_BODY] = (kind, messages.to_chat(ctx.body, kind))
+        body = chat[1]
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        return dataclasses.replace(
+            ctx, endpoint="chat", dialect=OPENAI, body=body, raw=raw, body_changed=True, client_wants_usage=True
+        )
+
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        return self.inner.prepare(self.chat_ctx(ctx), provider, model)
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
+        return json.dumps(messages.from_chat(chat, ctx.body, message_id(ctx)), ensure_ascii=False).encode()
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        model = ctx.attempt.upstream_model or ctx.model or ""
+        outer = messages.ChatToMessagesStream(ctx.body, message_id(ctx), model)
+        return MessagesStream(ctx, self.inner.stream(self.chat_ctx(ctx)), outer)
+
+    def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
+        chat_error = self.inner.error(self.chat_ctx(ctx), status, body)  # OpenAI's error shape
+        kind, message = messages.error_from_chat(status, chat_error)
+        return error_body(ANTHROPIC, status, message, type_=kind)
+
+
+class MessagesStream(StreamTranslator):
+    """Chat chunks from the inner translator, fed one by one to the Messages event builder."""
+
+    def __init__(self, ctx: RequestContext, inner: StreamTranslator, outer: messages.ChatToMessagesStream) -> None:
+        self.ctx, self.inner, self.outer = ctx, inner, outer
+
+    def feed(self, event: bytes) -> list[bytes]:
+        return self._convert(self.inner.feed(event))
+
+    def finish(self) -> list[bytes]:
+        return self._convert(self.inner.finish())
+
+    def failure(self, message: str, code: str) -> list[bytes]:
+        return self.outer.fail(message)
+
+    def _convert(self, chat_events: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for chunk in chat_events:
+            for block in chunk.split(b"\n\n"):
+                data = sse_data(block)
+                if data is None or self.outer.ended:
+                    continue
+                if data.strip() == b"[DONE]":
+                    out += self.outer.finish()
+                    self.complete = True
+                    continue
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(obj, dict):
+                    continue
+                error = obj.get("error")
+                if isinstance(error, dict) and "choices" not in obj:  # the provider's error event
+                    message = str(error.get("message") or "the provider failed")
+                    if self.ctx.attempt.outcome != "stream_broken":
+                        record_stream_error(self.ctx, str(error.get("code") or "api_error"), message)
+                    out += self.outer.fail(message)
+                    continue
+                out += self.outer.feed(obj)
+        return out

@@ -1,0 +1,276 @@
+"""The Anthropic Messages API for non-Anthropic models, with the official anthropic SDK:
+the same client code against a GPT model (OpenAI-kind provider) and a Gemini model
+(Gemini-kind provider), both the mock upstream, translated over Chat Completions."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, TOOL_ARGS, Reply
+
+ADMIN = "admin-key-for-messages-tests-0123456789"
+GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
+MODELS = {"gpt": "gpt-4o-mini", "gemini": "gemini-2.5-flash-msgs"}
+RATES = {"gpt-4o-mini": (15_000_000, 60_000_000), "gemini-2.5-flash-msgs": (100_000_000, 200_000_000)}  # µ¢ per 1M
+TOOL = {
+    "name": "get_weather",
+    "description": "the weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "GEMINI_API_KEY": GEMINI_KEY,
+        "GEMINI_BASE_URL": mock.url,
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
+    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("messages") / "stockyard.db", env)
+    assert proc.cli("prices", "set", MODELS["gemini"], "--input", "1", "--output", "2").returncode == 0
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def key(server) -> str:
+    status, _, data = server.request(
+        "POST", "/api/keys", {"name": "msgs"}, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert status == 201, data
+    return json.loads(data)["key"]
+
+
+@pytest.fixture(scope="module")
+def client(server, key) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0)
+
+
+@pytest.fixture(params=list(MODELS))
+def model(request) -> str:
+    return MODELS[request.param]
+
+
+def upstream_body(mock, model: str) -> dict:
+    """What the provider got for ``model``: the chat body (OpenAI) or generateContent body (Gemini)."""
+    for req in reversed(mock.requests):
+        if isinstance(req.json, dict) and (req.json.get("model") == model or f"/models/{model}:" in req.path):
+            return req.json
+    raise AssertionError(f"no upstream request for {model}")
+
+
+def test_plain(client, model, mock):
+    message = client.messages.create(
+        model=model,
+        max_tokens=100,
+        system=[{"type": "text", "text": "Be brief", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "Say hello"}],
+        stop_sequences=["END"],
+        metadata={"user_id": "user-7"},
+    )
+    assert message.id.startswith("msg_") and message.type == "message" and message.role == "assistant"
+    assert [b.type for b in message.content] == ["text"] and message.content[0].text == TEXT
+    assert message.stop_reason == "end_turn" and message.stop_sequence is None
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+    sent = upstream_body(mock, model)
+    if model.startswith("gpt"):
+        assert sent["messages"] == [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Say hello"}]
+        assert (sent["max_completion_tokens"], sent["stop"], sent["user"]) == (100, ["END"], "user-7")
+    else:
+        assert sent["systemInstruction"]["parts"] == [{"text": "Be brief"}]
+        assert sent["generationConfig"]["stopSequences"] == ["END"]
+        assert sent["generationConfig"]["maxOutputTokens"] == 100
+
+
+def test_stream_helpers(client, model):
+    with client.messages.stream(model=model, max_tokens=100, messages=[{"role": "user", "content": "Hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == TEXT
+    assert final.content[0].text == TEXT and final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
+def test_stream_event_order(server, key, model):
+    body = {"model": model, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": key})
+    assert status == 200
+    names = [line[7:] for line in raw.decode().split("\n") if line.startswith("event: ")]
+    deltas = names.count("content_block_delta")
+    assert deltas >= 1
+    assert names == ["message_start", "content_block_start"] + ["content_block_delta"] * deltas + [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_use_two_turns(client, model, mock, stream):
+    history: list = [{"role": "user", "content": "Weather in Paris?"}]
+    kwargs = {"model": model, "max_tokens": 200, "tools": [TOOL], "tool_choice": {"type": "auto"}}
+    if stream:
+        with client.messages.stream(messages=history, **kwargs) as s:
+            first = s.get_final_message()
+    else:
+        first = client.messages.create(messages=history, **kwargs)
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert (call.name, call.input) == ("get_weather", TOOL_ARGS)
+    sent = upstream_body(mock, model)
+    if model.startswith("gpt"):
+        assert sent["tools"] == [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": TOOL["input_schema"],
+                    "description": "the weather in a city",
+                },
+            }
+        ]
+        assert sent["tool_choice"] == "auto"
+    else:
+        assert sent["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+    history += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18C and sunny"}]},
+    ]
+    second = client.messages.create(messages=history, **kwargs)
+    assert second.stop_reason == "end_turn" and second.content[0].text == TEXT
+    sent = upstream_body(mock, model)
+    if model.startswith("gpt"):
+        assert sent["messages"][1]["tool_calls"][0]["id"] == call.id
+        assert json.loads(sent["messages"][1]["tool_calls"][0]["function"]["arguments"]) == TOOL_ARGS
+        assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}
+    else:
+        assert sent["contents"][1]["parts"][0]["functionCall"] == {"name": "get_weather", "args": TOOL_ARGS}
+        assert sent["contents"][2]["parts"][0]["functionResponse"]["name"] == "get_weather"
+
+
+def test_count_tokens_is_an_estimate(client, model, mock):
+    before = len(mock.requests)
+    raw = client.messages.with_raw_response.count_tokens(
+        model=model, messages=[{"role": "user", "content": "Say hello to everyone in the room"}], tools=[TOOL]
+    )
+    assert raw.headers["x-stockyard-token-count"] == "estimate"
+    assert raw.parse().input_tokens > 0
+    assert len(mock.requests) == before  # answered by Stockyard, no provider call
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_costs_are_usage_times_price(server, key, model, stream):
+    body = {"model": model, "max_tokens": 50, "stream": stream, "messages": [{"role": "user", "content": "Hi"}]}
+    status, headers, _ = server.request("POST", "/v1/messages", body, headers={"x-api-key": key})
+    assert status == 200
+    trace = wait_for(lambda: (t := server.trace(headers["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    input_rate, output_rate = RATES[model]
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+    assert trace["cost_uc"] == -(-(PROMPT_TOKENS * input_rate + COMPLETION_TOKENS * output_rate) // 1_000_000)
+    assert trace["endpoint"] == "messages"
+
+
+def test_provider_error_in_anthropic_shape(client, model, mock):
+    mock.enqueue(Reply(status=429))
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "rate_limit_error"
+
+
+def test_broken_stream_ends_with_error_event(server, key, mock):
+    mock.enqueue(
+        Reply(
+            sse=[
+                '{"id":"c","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}'
+            ],
+            cut_after=1,
+        )
+    )
+    body = {"model": MODELS["gpt"], "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": key})
+    assert status == 200
+    events = raw.decode().strip().split("\n\n")
+    assert events[-1].startswith("event: error\n")
+    assert "message_stop" not in raw.decode()
+
+
+def test_top_k_refused_by_name(client):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model=MODELS["gpt"], max_tokens=10, extra_body={"top_k": 5}, messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert "top_k" in caught.value.body["error"]["message"]
+
+
+def test_claude_code_shaped_request(server, key, mock):
+    """What Claude Code sends: ``?beta=true``, beta headers, cache marks, thinking, a user id, a stream."""
+    body = {
+        "model": MODELS["gpt"],
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}
+        ],
+        "tools": [{**TOOL, "cache_control": {"type": "ephemeral"}}],
+        "thinking": {"type": "enabled", "budget_tokens": 31999},
+        "metadata": {"user_id": "user_abc_session_1"},
+        "temperature": 1,
+    }
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+    }
+    status, _, raw = server.request("POST", "/v1/messages?beta=true", body, headers=headers)
+    assert status == 200 and b"event: message_stop" in raw
+    sent = upstream_body(mock, MODELS["gpt"])
+    assert (sent["reasoning_effort"], sent["user"], sent["max_completion_tokens"]) == (
+        "high",
+        "user_abc_session_1",
+        32000,
+    )
+    assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
+
+
+def new_key(server: ServerProcess, **fields) -> tuple[str, str]:
+    status, _, data = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 201, data
+    made = json.loads(data)
+    return made["key"], made["id"]
+
+
+def test_rate_limit_applies(server, mock):
+    secret, _ = new_key(server, name="msgs-rpm", rpm=1)
+    client = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0)
+    ask = {"model": MODELS["gemini"], "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    client.messages.create(**ask)
+    before = len(mock.requests)
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.create(**ask)
+    assert caught.value.body["type"] == "error" and len(mock.requests) == before
+
+
+def test_budget_spend_is_the_translated_cost(server):
+    secret, key_id = new_key(server, name="msgs-budget", budget_usd="1", budget_period="day")
+    body = {"model": MODELS["gpt"], "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    status, headers, _ = server.request("POST", "/v1/messages", body, headers={"x-api-key": secret})
+    assert status == 200
+    cost = server.trace(headers["x-stockyard-trace-id"])["cost_uc"]
+    input_rate, output_rate = RATES[MODELS["gpt"]]
+    assert cost == -(-(PROMPT_TOKENS * input_rate + COMPLETION_TOKENS * output_rate) // 1_000_000)
+
+    def spend() -> int:
+        _, _, data = server.request("GET", f"/api/keys/{key_id}", headers={"Authorization": f"Bearer {ADMIN}"})
+        return json.loads(data)["spend_uc"]
+
+    assert wait_for(lambda: spend() == cost)
+    zero, _ = new_key(server, name="msgs-broke", budget_usd="0", budget_period="day")
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": zero})
+    assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
