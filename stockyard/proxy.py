@@ -38,6 +38,7 @@ from .pricing import Usage
 from .providers import Provider, Registry
 from .providers.adapters import adapter_for
 from .providers.base import Adapter
+from .providers.chatshape import DROPPED_HEADER
 from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
 from .tracing import Tracer
@@ -371,6 +372,7 @@ def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | 
             code="provider_key_unavailable",
         )
     adapter = adapter_for(provider, ctx.dialect)
+    ctx.reply_headers.pop(DROPPED_HEADER, None)  # what an earlier attempt's adapter dropped is not this one's
     call = adapter.prepare(ctx, provider, model)
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
     return path.pool.request(
