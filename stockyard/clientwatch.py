@@ -63,10 +63,13 @@ class ClientWatch:
         """
         watch = _Watch(on_gone)
         fd = sock.fileno()
-        try:
-            self._selector.register(fd, selectors.EVENT_READ, (sock, watch))
-        except (KeyError, ValueError, OSError):  # closed already, or watched by another block
+        if fd < 0:  # closed already; -1 would make the selector search its map, which others change
             watch.active = False
+        else:
+            try:
+                self._selector.register(fd, selectors.EVENT_READ, (sock, watch))
+            except (KeyError, ValueError, OSError):  # watched by another block, or gone meanwhile
+                watch.active = False
         if watch.active and self._needs_wake:
             self._wake()
         try:
