@@ -12,6 +12,7 @@ never by a string prefix: ``127.evil.example`` is a DNS name anyone can point an
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from urllib.parse import urlsplit
@@ -95,10 +96,14 @@ def parse_public_hosts(value: str | None) -> tuple[str, ...]:
     return tuple(names)
 
 
+@functools.lru_cache(maxsize=256)
 def host_allowed(authority: str | None, listen_host: str, public_hosts: tuple[str, ...]) -> bool:
     """May a request for ``authority`` (its Host) be answered here?
 
-    A request without a Host (HTTP/1.0; browsers always send one) is allowed.
+    A request without a Host (HTTP/1.0; browsers always send one) is allowed. The answer
+    depends on the arguments only, and a server sees a handful of Host values: cached, as
+    parsing addresses with :mod:`ipaddress` on every request cost measurable CPU (bounded,
+    so a sender cycling through names only evicts).
     """
     if authority is None:
         return True

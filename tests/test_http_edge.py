@@ -17,6 +17,7 @@ from mock_upstream import Reply
 from rawhttp import connect, read_response, read_until_close, statuses
 
 from stockyard import config
+from stockyard.hosts import host_allowed
 from stockyard.scrub import ScrubLogs
 
 ADMIN = "edge-admin-key-0123456789abcdef"
@@ -320,6 +321,16 @@ def test_loopback_is_decided_from_the_parsed_address():
         assert (config.exposure_problem(settings) is None) is loopback, host
     with pytest.raises(ValueError, match="STOCKYARD_PUBLIC_HOSTS"):
         config.load({}, env={"STOCKYARD_PUBLIC_HOSTS": "good.example, bad/name"})
+
+
+def test_the_cached_host_decision_follows_the_listen_address_and_public_hosts():
+    """host_allowed is cached (bench/README.md): a decision for one configuration never leaks into another."""
+    assert host_allowed("proxy.example:8080", "127.0.0.1", ()) is False
+    assert host_allowed("proxy.example:8080", "127.0.0.1", ("proxy.example",)) is True
+    assert host_allowed("proxy.example:8080", "127.0.0.1", ()) is False
+    assert host_allowed("10.0.0.5", "10.0.0.5", ()) is True
+    assert host_allowed("10.0.0.5", "0.0.0.0", ()) is False
+    assert host_allowed.cache_info().maxsize == 256, "bounded: a sender cycling through Host values only evicts"
 
 
 def test_beyond_loopback_only_loopback_names_and_public_hosts_are_answered(pyz_path, cache_home, mock, tmp_path):
