@@ -115,6 +115,7 @@ class Conversation:
     keep: Callable[[Provider, dict], None]
     previous_id: str | None = None
     history: list[dict] | None = None
+    history_bytes: int = 0  # the history as JSON: input the worst case counts (budgets, tpm)
     previous_provider: str | None = None
 
 

@@ -129,8 +129,11 @@ def not_found(response_id: str, param: str | None = None) -> ProxyError:
 class Conversations:
     """The stored responses: kept after a turn, found for the next, served to their key."""
 
-    def __init__(self, store: Store, registry: Callable[[], Registry], pool: Pool, scrub: Scrubber) -> None:
+    def __init__(
+        self, store: Store, registry: Callable[[], Registry], pool: Pool, scrub: Scrubber, max_bytes: int
+    ) -> None:
         self._store = store
+        self._max_bytes = max_bytes  # the largest conversation rebuilt for a request
         self._registry = registry
         self._pool = pool
         self._scrub = scrub
@@ -139,28 +142,35 @@ class Conversations:
 
     # -- the request path ---------------------------------------------------------------------
     def open(self, ctx: RequestContext) -> None:
-        """Before going upstream: the previous turn (404 when this key cannot see it), and for
-        ``input_tokens`` on a translated provider the count, answered here."""
+        """Before the modules: the previous turn, which this key must have made through Stockyard
+        (404 otherwise, whatever the provider keeps), and the history rebuilt from it, so budgets,
+        rate limits and the cache see the whole conversation before they decide."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
         previous = body.get("previous_response_id")
-        if previous is not None:
-            if not isinstance(previous, str) or not previous:
-                raise ProxyError(
-                    400, "'previous_response_id' must be a string", param="previous_response_id", code="invalid_type"
-                )
-            conv.previous_id = previous
-            row = self.lookup(previous)
-            assert ctx.route is not None
-            if (row is None and not ctx.route.provider.speaks_responses) or (row and row.key_id != ctx.key_id):
-                raise not_found(previous, "previous_response_id")  # another key's response: as if unknown
-            if row is not None and row.passthrough:
-                conv.previous_provider = row.provider
-            elif row is not None:
-                conv.history = self.history(row, ctx.key_id)
+        if previous is None:
+            return
+        if not isinstance(previous, str) or not previous:
+            raise ProxyError(
+                400, "'previous_response_id' must be a string", param="previous_response_id", code="invalid_type"
+            )
+        conv.previous_id = previous
+        row = self.find(previous, ctx.key_id)
+        if row is None:  # another key's, or one Stockyard never issued: as if unknown
+            raise not_found(previous, "previous_response_id")
+        if row.passthrough:
+            conv.previous_provider = row.provider
+        else:
+            conv.history = self.history(row, ctx.key_id, self._max_bytes - len(ctx.raw))
+            conv.history_bytes = len(json.dumps(conv.history, ensure_ascii=False).encode())
+
+    def count_input(self, ctx: RequestContext) -> None:
+        """``input_tokens`` on a translated provider: the count, answered here."""
+        conv = ctx.conversation
         if ctx.endpoint == "input_tokens" and ctx.route is not None and not ctx.route.provider.speaks_responses:
-            chat = translate.to_chat({k: v for k, v in body.items() if k != "stream"}, conv.history)
+            history = conv.history if conv is not None else None
+            chat = translate.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, history)
             tokens = -(-len(json.dumps(chat.get("messages", []), ensure_ascii=False).encode()) // 4)
             answer = {"object": "response.input_tokens", "input_tokens": tokens}
             ctx.answer = Answer(200, json.dumps(answer).encode())
@@ -207,13 +217,28 @@ class Conversations:
             record = StoredResponse.from_row(row) if row is not None else None
         return record
 
-    def history(self, row: StoredResponse, key_id: str | None) -> list[dict]:
+    def history(self, row: StoredResponse, key_id: str | None, max_bytes: int) -> list[dict]:
         """The conversation up to and including ``row``: each turn's input, then its output, oldest first.
 
-        A turn deleted meanwhile ends the chain there (the conversation starts after it)."""
+        A turn deleted meanwhile ends the chain there (the conversation starts after it). A
+        conversation larger than ``max_bytes`` (what the client could have sent whole) is a 400:
+        stored turns are compressed, so a long chain must not grow unbounded in memory."""
         chain = [row]
-        while chain[-1].previous_id and len(chain) < MAX_CHAIN:
-            earlier = self.find(chain[-1].previous_id or "", key_id)
+        size = 0
+        while True:
+            turn = chain[-1]
+            size += len(json.dumps((turn.input_items or []) + (turn.output_items or []), ensure_ascii=False).encode())
+            if size > max_bytes:
+                raise ProxyError(
+                    400,
+                    f"the conversation before previous_response_id is larger than {max_bytes} bytes "
+                    "(STOCKYARD_MAX_BODY_BYTES less this request); start a new one",
+                    param="previous_response_id",
+                    code="conversation_too_large",
+                )
+            if not turn.previous_id or len(chain) >= MAX_CHAIN:
+                break
+            earlier = self.find(turn.previous_id, key_id)
             if earlier is None or earlier.passthrough:
                 break
             chain.append(earlier)

@@ -132,6 +132,8 @@ class PassThroughStream(StreamTranslator):
             if isinstance(response.get("usage"), dict):
                 self.ctx.attempt.usage = Usage.from_openai(response["usage"])
         kind = obj.get("type")
+        if kind == "response.created":  # the id is the client's from now on, even if the stream breaks
+            keep(self.ctx, response)
         if kind in TERMINAL:
             self.complete = kind != "response.failed"
             keep(self.ctx, response)

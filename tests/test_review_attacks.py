@@ -1,0 +1,113 @@
+"""An attacker's review of the Responses API: what one client key can do to another key's
+conversations, to a budget, and to the server's memory, against a real server and the mock.
+
+``gpt-4o-mini`` is passed through (the mock keeps the state, like OpenAI); ``claude-haiku-4-5``
+is translated (Stockyard keeps the state).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ServerProcess
+from mock_upstream import RESPONSES_STATE
+from module_helpers import api, disable_all, put_module, start_server
+
+PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
+MAX_BODY = 200_000
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start_server(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "review",
+        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+    )
+    # $10 per 1M input tokens, output free: 1_000 µ¢ per estimated input token
+    assert api(srv, "POST", "/api/prices", {"model": TRANSLATED, "input": "10", "output": "0"})[0] == 200
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.fixture(autouse=True)
+def fresh(server, mock):
+    disable_all(server)
+    put_module(server, "budget", {}, enabled=True)
+    mock.clear()
+
+
+_names = iter(range(1_000_000))
+
+
+def make_key(server: ServerProcess, **fields) -> str:
+    fields.setdefault("name", f"review-{next(_names)}")
+    status, body = api(server, "POST", "/api/keys", fields)
+    assert status == 201, body
+    return body["key"]
+
+
+def respond(server: ServerProcess, key: str, path: str = "/v1/responses", **body) -> tuple[int, dict]:
+    status, _, raw = server.request("POST", path, body, headers={"Authorization": f"Bearer {key}"})
+    return status, json.loads(raw)
+
+
+def test_a_provider_response_stockyard_did_not_issue_cannot_be_continued(server, mock):
+    """The provider key is shared by every client key: an id the provider knows (made by another
+    app on the same account, or a row retention deleted) is not this key's to continue."""
+    RESPONSES_STATE.keep({}, {"id": "resp_madeelsewhere0001", "object": "response", "output": []})
+    status, reply = respond(
+        server, make_key(server), model=PASSED, input="and then?", previous_response_id="resp_madeelsewhere0001"
+    )
+    assert status == 404 and reply["error"]["param"] == "previous_response_id", reply
+    assert mock.last("/v1/responses") is None  # the provider was never asked
+
+
+@pytest.mark.parametrize("model", [PASSED, TRANSLATED])
+def test_the_cache_does_not_answer_another_keys_conversation(server, mock, model):
+    """A ``store: false`` continuation is cacheable; a cache hit must not skip the key check."""
+    put_module(server, "cache", {}, enabled=True)
+    alice, bob = make_key(server), make_key(server)
+    status, first = respond(server, alice, model=model, input="secret plan")
+    assert status == 200, first
+    turn = {"model": model, "input": "go on", "previous_response_id": first["id"], "store": False}
+    assert respond(server, alice, **turn)[0] == 200
+    status, reply = respond(server, bob, **turn)
+    assert status == 404 and reply["error"]["code"] == "not_found", reply
+
+
+def test_the_budget_counts_the_conversation_stockyard_rebuilds(server, mock):
+    """A tiny body naming a long stored conversation sends all of it upstream: the worst case
+    must count it, or a budgeted key spends past its budget one long conversation at a time."""
+    key = make_key(server, budget_usd="0.05", budget_period="day")  # 5_000 estimated input tokens
+    text = "x" * 14_000  # 3_500 tokens: one such body fits, two do not
+    status, first = respond(server, key, model=TRANSLATED, input=text, max_output_tokens=16)
+    assert status == 200, first
+    status, reply = respond(
+        server, key, model=TRANSLATED, input=text, max_output_tokens=16, previous_response_id=first["id"]
+    )
+    assert status == 429 and reply["error"]["code"] == "budget_exceeded", reply
+
+
+def test_a_rebuilt_conversation_is_bounded_by_the_body_limit(server, mock):
+    """Stored turns are compressed: a long chain of repetitive turns would expand without bound
+    in memory when a request names its last turn. Past the body limit it is a 400."""
+    key = make_key(server)
+    text = "y" * (MAX_BODY // 3)
+    previous = None
+    for _ in range(2):
+        status, reply = respond(server, key, model=TRANSLATED, input=text, previous_response_id=previous)
+        assert status == 200, reply
+        previous = reply["id"]
+    calls = len(mock.requests)
+    status, reply = respond(server, key, model=TRANSLATED, input=text, previous_response_id=previous)
+    assert status == 400 and reply["error"]["code"] == "conversation_too_large", reply
+    assert reply["error"]["param"] == "previous_response_id"
+    assert len(mock.requests) == calls
