@@ -18,6 +18,7 @@ traces' age limit (``stockyard.retention``).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import sqlite3
@@ -38,6 +39,7 @@ from .scrub import Scrubber
 from .store import Store
 from .upstream import Pool, UpstreamError
 
+log = logging.getLogger("stockyard.conversations")
 PATH = re.compile(r"^/v1/responses/([A-Za-z0-9_-]{1,200})(/cancel|/input_items)?$")
 MAX_CHAIN = 1000  # previous responses walked to rebuild one conversation
 PENDING_S = 60.0  # an uncommitted row is long committed after this
@@ -62,8 +64,10 @@ class StoredResponse:
     response: dict | None = None
 
     def write(self, conn: sqlite3.Connection) -> None:
+        """Insert or update this key's row; an id another key already holds stays that key's."""
+        conn.execute("DELETE FROM responses WHERE id = ? AND key_id IS ?", (self.id, self.key_id))
         conn.execute(
-            "INSERT OR REPLACE INTO responses (id, key_id, provider, model, created_at, passthrough, previous_id, "
+            "INSERT OR IGNORE INTO responses (id, key_id, provider, model, created_at, passthrough, previous_id, "
             "input_items, output_items, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self.id,
@@ -195,6 +199,12 @@ class Conversations:
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []
             record.response = response
+        held = self.lookup(response_id)
+        if held is not None and held.key_id != ctx.key_id:  # a provider that repeats ids: the first key keeps it
+            log.warning(
+                "response id %s from provider %r is already another key's; not kept", response_id, provider.name
+            )
+            return
         now = time.monotonic()
         with self._lock:
             self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}

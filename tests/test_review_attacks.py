@@ -11,7 +11,7 @@ import json
 
 import pytest
 from conftest import ServerProcess
-from mock_upstream import RESPONSES_STATE
+from mock_upstream import RESPONSES_STATE, Reply, responses_object
 from module_helpers import api, disable_all, put_module, start_server
 
 PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
@@ -111,3 +111,29 @@ def test_a_rebuilt_conversation_is_bounded_by_the_body_limit(server, mock):
     assert status == 400 and reply["error"]["code"] == "conversation_too_large", reply
     assert reply["error"]["param"] == "previous_response_id"
     assert len(mock.requests) == calls
+
+
+def test_a_repeated_provider_id_stays_with_the_key_that_got_it_first(server, mock):
+    """A careless compatible provider answering two requests with the same id: the second key
+    must not take the first key's response over (read, delete, continue)."""
+    alice, bob = make_key(server), make_key(server)
+    same = responses_object({}, 4242, PASSED)
+    mock.enqueue(Reply(json=same), Reply(json=same))
+    RESPONSES_STATE.keep({}, same)  # the provider keeps it (a scripted reply skips that)
+    status, first = respond(server, alice, model=PASSED, input="alice's")
+    assert status == 200, first
+    status, second = respond(server, bob, model=PASSED, input="bob's")
+    assert status == 200 and second["id"] == first["id"], second
+    as_bob = {"Authorization": f"Bearer {bob}"}
+    assert server.request("GET", f"/v1/responses/{first['id']}", headers=as_bob)[0] == 404
+    assert server.request("DELETE", f"/v1/responses/{first['id']}", headers=as_bob)[0] == 404
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    assert server.request("GET", f"/v1/responses/{first['id']}", headers=as_alice)[0] == 200
+    assert server.request("DELETE", f"/v1/responses/{first['id']}", headers=as_alice)[0] == 200
+
+
+def test_include_of_the_wrong_type_is_a_400(server):
+    key = make_key(server)
+    for include in (5, [5], [{"a": 1}], "reasoning.encrypted_content"):
+        status, reply = respond(server, key, model=TRANSLATED, input="hi", include=include)
+        assert status == 400 and reply["error"]["param"] == "include", reply
