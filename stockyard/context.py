@@ -152,6 +152,11 @@ class Attempt:
         self.trace_id, self.ts_ms, self.started = new_trace_id(ts_ms), ts_ms, started
         self.ended = time.perf_counter()
 
+    def serve(self, model: object) -> None:
+        """The model the provider says it served, when it names one as text (its answer may be odd)."""
+        if isinstance(model, str) and model:
+            self.served_model = model
+
     def mark_first_byte(self) -> None:
         if self.ttfb is None:
             self.ttfb = time.perf_counter()

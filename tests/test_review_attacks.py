@@ -11,7 +11,7 @@ import json
 
 import pytest
 from conftest import ServerProcess
-from mock_upstream import RESPONSES_STATE, Reply, responses_object
+from mock_upstream import RESPONSES_STATE, Reply, openai_chat, responses_object
 from module_helpers import api, disable_all, put_module, start_server
 
 PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
@@ -137,3 +137,30 @@ def test_include_of_the_wrong_type_is_a_400(server):
     for include in (5, [5], [{"a": 1}], "reasoning.encrypted_content"):
         status, reply = respond(server, key, model=TRANSLATED, input="hi", include=include)
         assert status == 400 and reply["error"]["param"] == "include", reply
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("served", [5, ["x"], {"a": 1}])
+def test_a_provider_model_name_of_the_wrong_type_is_ignored(server, mock, stream, served):
+    """An odd provider answer (``"model": 5``) must not break pricing and tracing into a 500."""
+    key = make_key(server)
+    response = {**responses_object({}, 1, PASSED), "model": served}
+    event = {"type": "response.completed", "sequence_number": 0, "response": response}
+    mock.enqueue(Reply(sse=[json.dumps(event)]) if stream else Reply(json=response))
+    status, headers, raw = server.request(
+        "POST",
+        "/v1/responses",
+        {"model": PASSED, "input": "hi", "stream": stream},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert status == 200, raw
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["served_model"] == PASSED and trace["cost_uc"] > 0, trace
+    mock.enqueue(Reply(json={**openai_chat({"messages": []}, 1, PASSED), "model": served}))
+    status, _, raw = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": PASSED, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert status == 200, raw

@@ -349,7 +349,7 @@ class GeminiAdapter(Adapter):
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         doc = loads_object(body)
         with shape_errors(502, "the provider answer"):
-            ctx.attempt.served_model = doc.get("modelVersion") or ctx.attempt.served_model or ctx.attempt.upstream_model
+            ctx.attempt.serve(doc.get("modelVersion") or ctx.attempt.served_model or ctx.attempt.upstream_model)
             meta = doc.get("usageMetadata")
             ctx.attempt.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
             ident = doc.get("responseId") or ctx.trace_id
