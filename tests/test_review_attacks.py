@@ -164,3 +164,17 @@ def test_a_provider_model_name_of_the_wrong_type_is_ignored(server, mock, stream
         headers={"Authorization": f"Bearer {key}"},
     )
     assert status == 200, raw
+
+
+def test_an_absurd_provider_token_count_is_capped_not_dropped(server, mock):
+    """``input_tokens: 10**40`` made the trace row overflow SQLite: the request vanished from
+    the costs. The count is capped; the request is traced and charged."""
+    key = make_key(server)
+    response = {**responses_object({}, 1, PASSED), "usage": {"input_tokens": 10**40, "output_tokens": 1}}
+    mock.enqueue(Reply(json=response))
+    status, headers, raw = server.request(
+        "POST", "/v1/responses", {"model": PASSED, "input": "hi"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert status == 200, raw
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert 0 < trace["prompt_tokens"] <= 2**40 and trace["cost_uc"] > 0, trace
