@@ -115,7 +115,7 @@ class Conversation:
     keep: Callable[[Provider, dict], None]
     previous_id: str | None = None
     history: list[dict] | None = None
-    history_bytes: int = 0  # the history as JSON: input the worst case counts (budgets, tpm)
+    history_tokens: int = 0  # input the conversation adds upstream: the worst case counts it (budgets, tpm)
     previous_provider: str | None = None
 
 

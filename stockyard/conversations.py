@@ -3,8 +3,9 @@
 A ``/v1/responses`` request with ``store`` not false leaves a row in ``responses``, scoped to
 the client key that made it (another key gets 404, as if it did not exist):
 
-- passed through (the provider speaks the Responses API and keeps the state): only which
-  provider made it, so GET/DELETE/cancel/input_items and ``previous_response_id`` go there;
+- passed through (the provider speaks the Responses API and keeps the state): which provider
+  made it, so GET/DELETE/cancel/input_items and ``previous_response_id`` go there, and its
+  usage (in ``response``), which the next turn's worst case counts;
 - translated (a chat-only provider): this turn's input items, the output items and the
   response object, so the next turn's ``previous_response_id`` rebuilds the conversation
   (the chain of previous rows, oldest first) and GET/DELETE/input_items are served from here.
@@ -32,6 +33,7 @@ from urllib.parse import urlencode
 from .context import Answer, Conversation, RequestContext
 from .errors import ProxyError
 from .httpio import Request, Response, json_response
+from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
 from .providers.responses_adapters import upstream_headers, upstream_path
@@ -163,11 +165,13 @@ class Conversations:
         row = self.find(previous, ctx.key_id)
         if row is None:  # another key's, or one Stockyard never issued: as if unknown
             raise not_found(previous, "previous_response_id")
-        if row.passthrough:
+        if row.passthrough:  # the provider bills the conversation it keeps: as much as the last turn used
             conv.previous_provider = row.provider
+            usage = Usage.from_openai((row.response or {}).get("usage"))
+            conv.history_tokens = usage.prompt_tokens + usage.completion_tokens
         else:
             conv.history = self.history(row, ctx.key_id, self._max_bytes - len(ctx.raw))
-            conv.history_bytes = len(json.dumps(conv.history, ensure_ascii=False).encode())
+            conv.history_tokens = -(-len(json.dumps(conv.history, ensure_ascii=False).encode()) // 4)
 
     def count_input(self, ctx: RequestContext) -> None:
         """``input_tokens`` on a translated provider: the count, answered here."""
@@ -194,7 +198,10 @@ class Conversations:
             passthrough,
             ctx.conversation.previous_id if ctx.conversation else None,
         )
-        if not passthrough:
+        if passthrough:  # only its usage: what the next turn's worst case counts
+            usage = response.get("usage")
+            record.response = {"usage": usage} if isinstance(usage, dict) else None
+        else:
             record.input_items = input_items(ctx.body)
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []

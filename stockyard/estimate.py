@@ -23,9 +23,9 @@ NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens")
 
 
 def input_tokens(ctx: RequestContext) -> int:
-    """The body, and the conversation a Responses ``previous_response_id`` rebuilds from Stockyard's store."""
-    history = ctx.conversation.history_bytes if ctx.conversation is not None else 0
-    return -(-(len(ctx.raw) + history) // 4)
+    """The body, and the conversation a Responses ``previous_response_id`` continues."""
+    history = ctx.conversation.history_tokens if ctx.conversation is not None else 0
+    return -(-len(ctx.raw) // 4) + history
 
 
 def _given(body: dict, tokens: bool) -> list[int]:

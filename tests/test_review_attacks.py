@@ -178,3 +178,19 @@ def test_an_absurd_provider_token_count_is_capped_not_dropped(server, mock):
     assert status == 200, raw
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert 0 < trace["prompt_tokens"] <= 2**40 and trace["cost_uc"] > 0, trace
+
+
+def test_the_budget_counts_the_conversation_a_provider_keeps(server, mock):
+    """Passed through, the provider bills the whole stored conversation as input of the next
+    turn: the worst case counts what the previous turn used, not only the tiny new body."""
+    assert api(server, "POST", "/api/prices", {"model": PASSED, "input": "10", "output": "0"})[0] == 200
+    key = make_key(server, budget_usd="0.05", budget_period="day")  # 5_000 input tokens at $10/1M
+    first = {**responses_object({}, 6161, PASSED), "usage": {"input_tokens": 4_000, "output_tokens": 2_000}}
+    mock.enqueue(Reply(json=first))
+    RESPONSES_STATE.keep({}, first)
+    status, reply = respond(server, key, model=PASSED, input="hi", max_output_tokens=16)
+    assert status == 200 and reply["id"] == first["id"], reply  # $0.04 spent, $0.01 left
+    status, reply = respond(
+        server, key, model=PASSED, input="go on", max_output_tokens=16, previous_response_id=first["id"]
+    )
+    assert status == 429 and reply["error"]["code"] == "budget_exceeded", reply  # 6_000 more tokens upstream
