@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_for
 from mock_upstream import RESPONSES_STATE, Reply, openai_chat, responses_object
 from module_helpers import api, disable_all, put_module, start_server
 
@@ -194,3 +194,19 @@ def test_the_budget_counts_the_conversation_a_provider_keeps(server, mock):
         server, key, model=PASSED, input="go on", max_output_tokens=16, previous_response_id=first["id"]
     )
     assert status == 429 and reply["error"]["code"] == "budget_exceeded", reply  # 6_000 more tokens upstream
+
+
+def test_a_broken_pass_through_stream_still_leaves_its_id_with_its_key(server, mock):
+    """The client has the id from ``response.created`` on; the provider keeps the response even
+    if the stream breaks. Stockyard records whose it is from then, so only that key can use it."""
+    key = make_key(server)
+    created = {**responses_object({}, 7171, PASSED), "status": "in_progress"}
+    mock.enqueue(Reply(sse=[json.dumps({"type": "response.created", "sequence_number": 0, "response": created})]))
+    status, _, raw = server.request(
+        "POST",
+        "/v1/responses",
+        {"model": PASSED, "input": "hi", "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert status == 200 and created["id"].encode() in raw, raw
+    wait_for(lambda: server.db_rows("SELECT id FROM responses WHERE id = ?", (created["id"],)), what="the row")
