@@ -216,7 +216,15 @@ class Conversations:
         with self._lock:
             self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}
             self._pending[response_id] = (record, now)
-        self._store.submit(record.write)
+        if not self._store.submit(record.write, lambda: self._committed(record)):  # the queue is full
+            self._committed(record)
+
+    def _committed(self, record: StoredResponse) -> None:
+        """The row is in the database (or will never be): lookups read it there from now on,
+        so the turn's items do not stay in memory (up to the body limit each)."""
+        with self._lock:
+            if self._pending.get(record.id, (None,))[0] is record:
+                del self._pending[record.id]
 
     def find(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         """The stored response with this id if ``key_id`` made it (None otherwise: another key's is unknown)."""

@@ -8,11 +8,16 @@ is translated (Stockyard keeps the state).
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from conftest import ServerProcess, wait_for
 from mock_upstream import RESPONSES_STATE, Reply, openai_chat, responses_object
 from module_helpers import api, disable_all, put_module, start_server
+
+from stockyard.context import RequestContext
+from stockyard.conversations import Conversations
+from stockyard.store import Store, Writer, db
 
 PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
 MAX_BODY = 200_000
@@ -210,3 +215,26 @@ def test_a_broken_pass_through_stream_still_leaves_its_id_with_its_key(server, m
     )
     assert status == 200 and created["id"].encode() in raw, raw
     wait_for(lambda: server.db_rows("SELECT id FROM responses WHERE id = ?", (created["id"],)), what="the row")
+
+
+def test_a_committed_turn_does_not_stay_in_memory(tmp_path):
+    """A turn is held in memory only until the writer commits it (then lookups read the
+    database), not for a fixed minute: a client sending body-limit turns cannot make the
+    server hold a minute of them."""
+    path = tmp_path / "stockyard.db"
+    db.open_and_migrate(path)[0].close()
+    writer = Writer(path).start()
+    try:
+        conversations = Conversations(Store(path, writer), None, None, None, MAX_BODY)  # type: ignore[arg-type]
+        ctx = RequestContext("responses", "openai", "127.0.0.1", {})
+        ctx.body, ctx.raw = {"model": TRANSLATED, "input": "z" * 100_000}, b"{}"
+        conversations.open(ctx)
+        assert ctx.conversation is not None
+        response_id = ctx.conversation.response_id
+        translated = SimpleNamespace(name="anthropic", speaks_responses=False)
+        ctx.conversation.keep(translated, {"id": response_id, "object": "response", "output": []})  # type: ignore[arg-type]
+        wait_for(lambda: not conversations._pending, what="the turn to leave memory")
+        stored = conversations.lookup(response_id)
+        assert stored is not None and stored.input_items and len(stored.input_items[0]["content"][0]["text"]) == 100_000
+    finally:
+        writer.stop()
