@@ -96,7 +96,7 @@ class App:
             failures=self.hook_failures,  # shared by every chain built, across reloads
             route=RouteStep(self.registry),
         )
-        self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber)
+        self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber, settings.max_body_bytes)
         self.path = RequestPath(
             settings,
             self.gate,

@@ -115,6 +115,7 @@ class Conversation:
     keep: Callable[[Provider, dict], None]
     previous_id: str | None = None
     history: list[dict] | None = None
+    history_tokens: int = 0  # input the conversation adds upstream: the worst case counts it (budgets, tpm)
     previous_provider: str | None = None
 
 
@@ -150,6 +151,11 @@ class Attempt:
         """End a failed attempt that another follows: it becomes a trace row of its own."""
         self.trace_id, self.ts_ms, self.started = new_trace_id(ts_ms), ts_ms, started
         self.ended = time.perf_counter()
+
+    def serve(self, model: object) -> None:
+        """The model the provider says it served, when it names one as text (its answer may be odd)."""
+        if isinstance(model, str) and model:
+            self.served_model = model
 
     def mark_first_byte(self) -> None:
         if self.ttfb is None:

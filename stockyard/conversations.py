@@ -3,8 +3,9 @@
 A ``/v1/responses`` request with ``store`` not false leaves a row in ``responses``, scoped to
 the client key that made it (another key gets 404, as if it did not exist):
 
-- passed through (the provider speaks the Responses API and keeps the state): only which
-  provider made it, so GET/DELETE/cancel/input_items and ``previous_response_id`` go there;
+- passed through (the provider speaks the Responses API and keeps the state): which provider
+  made it, so GET/DELETE/cancel/input_items and ``previous_response_id`` go there, and its
+  usage (in ``response``), which the next turn's worst case counts;
 - translated (a chat-only provider): this turn's input items, the output items and the
   response object, so the next turn's ``previous_response_id`` rebuilds the conversation
   (the chain of previous rows, oldest first) and GET/DELETE/input_items are served from here.
@@ -18,6 +19,7 @@ traces' age limit (``stockyard.retention``).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import sqlite3
@@ -31,6 +33,7 @@ from urllib.parse import urlencode
 from .context import Answer, Conversation, RequestContext
 from .errors import ProxyError
 from .httpio import Request, Response, json_response
+from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
 from .providers.responses_adapters import upstream_headers, upstream_path
@@ -38,6 +41,7 @@ from .scrub import Scrubber
 from .store import Store
 from .upstream import Pool, UpstreamError
 
+log = logging.getLogger("stockyard.conversations")
 PATH = re.compile(r"^/v1/responses/([A-Za-z0-9_-]{1,200})(/cancel|/input_items)?$")
 MAX_CHAIN = 1000  # previous responses walked to rebuild one conversation
 PENDING_S = 60.0  # an uncommitted row is long committed after this
@@ -62,8 +66,10 @@ class StoredResponse:
     response: dict | None = None
 
     def write(self, conn: sqlite3.Connection) -> None:
+        """Insert or update this key's row; an id another key already holds stays that key's."""
+        conn.execute("DELETE FROM responses WHERE id = ? AND key_id IS ?", (self.id, self.key_id))
         conn.execute(
-            "INSERT OR REPLACE INTO responses (id, key_id, provider, model, created_at, passthrough, previous_id, "
+            "INSERT OR IGNORE INTO responses (id, key_id, provider, model, created_at, passthrough, previous_id, "
             "input_items, output_items, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self.id,
@@ -129,8 +135,11 @@ def not_found(response_id: str, param: str | None = None) -> ProxyError:
 class Conversations:
     """The stored responses: kept after a turn, found for the next, served to their key."""
 
-    def __init__(self, store: Store, registry: Callable[[], Registry], pool: Pool, scrub: Scrubber) -> None:
+    def __init__(
+        self, store: Store, registry: Callable[[], Registry], pool: Pool, scrub: Scrubber, max_bytes: int
+    ) -> None:
         self._store = store
+        self._max_bytes = max_bytes  # the largest conversation rebuilt for a request
         self._registry = registry
         self._pool = pool
         self._scrub = scrub
@@ -139,28 +148,37 @@ class Conversations:
 
     # -- the request path ---------------------------------------------------------------------
     def open(self, ctx: RequestContext) -> None:
-        """Before going upstream: the previous turn (404 when this key cannot see it), and for
-        ``input_tokens`` on a translated provider the count, answered here."""
+        """Before the modules: the previous turn, which this key must have made through Stockyard
+        (404 otherwise, whatever the provider keeps), and the history rebuilt from it, so budgets,
+        rate limits and the cache see the whole conversation before they decide."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
         previous = body.get("previous_response_id")
-        if previous is not None:
-            if not isinstance(previous, str) or not previous:
-                raise ProxyError(
-                    400, "'previous_response_id' must be a string", param="previous_response_id", code="invalid_type"
-                )
-            conv.previous_id = previous
-            row = self.lookup(previous)
-            assert ctx.route is not None
-            if (row is None and not ctx.route.provider.speaks_responses) or (row and row.key_id != ctx.key_id):
-                raise not_found(previous, "previous_response_id")  # another key's response: as if unknown
-            if row is not None and row.passthrough:
-                conv.previous_provider = row.provider
-            elif row is not None:
-                conv.history = self.history(row, ctx.key_id)
+        if previous is None:
+            return
+        if not isinstance(previous, str) or not previous:
+            raise ProxyError(
+                400, "'previous_response_id' must be a string", param="previous_response_id", code="invalid_type"
+            )
+        conv.previous_id = previous
+        row = self.find(previous, ctx.key_id)
+        if row is None:  # another key's, or one Stockyard never issued: as if unknown
+            raise not_found(previous, "previous_response_id")
+        if row.passthrough:  # the provider bills the conversation it keeps: as much as the last turn used
+            conv.previous_provider = row.provider
+            usage = Usage.from_openai((row.response or {}).get("usage"))
+            conv.history_tokens = usage.prompt_tokens + usage.completion_tokens
+        else:
+            conv.history = self.history(row, ctx.key_id, self._max_bytes - len(ctx.raw))
+            conv.history_tokens = -(-len(json.dumps(conv.history, ensure_ascii=False).encode()) // 4)
+
+    def count_input(self, ctx: RequestContext) -> None:
+        """``input_tokens`` on a translated provider: the count, answered here."""
+        conv = ctx.conversation
         if ctx.endpoint == "input_tokens" and ctx.route is not None and not ctx.route.provider.speaks_responses:
-            chat = translate.to_chat({k: v for k, v in body.items() if k != "stream"}, conv.history)
+            history = conv.history if conv is not None else None
+            chat = translate.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, history)
             tokens = -(-len(json.dumps(chat.get("messages", []), ensure_ascii=False).encode()) // 4)
             answer = {"object": "response.input_tokens", "input_tokens": tokens}
             ctx.answer = Answer(200, json.dumps(answer).encode())
@@ -180,16 +198,33 @@ class Conversations:
             passthrough,
             ctx.conversation.previous_id if ctx.conversation else None,
         )
-        if not passthrough:
+        if passthrough:  # only its usage: what the next turn's worst case counts
+            usage = response.get("usage")
+            record.response = {"usage": usage} if isinstance(usage, dict) else None
+        else:
             record.input_items = input_items(ctx.body)
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []
             record.response = response
+        held = self.lookup(response_id)
+        if held is not None and held.key_id != ctx.key_id:  # a provider that repeats ids: the first key keeps it
+            log.warning(
+                "response id %s from provider %r is already another key's; not kept", response_id, provider.name
+            )
+            return
         now = time.monotonic()
         with self._lock:
             self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}
             self._pending[response_id] = (record, now)
-        self._store.submit(record.write)
+        if not self._store.submit(record.write, lambda: self._committed(record)):  # the queue is full
+            self._committed(record)
+
+    def _committed(self, record: StoredResponse) -> None:
+        """The row is in the database (or will never be): lookups read it there from now on,
+        so the turn's items do not stay in memory (up to the body limit each)."""
+        with self._lock:
+            if self._pending.get(record.id, (None,))[0] is record:
+                del self._pending[record.id]
 
     def find(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         """The stored response with this id if ``key_id`` made it (None otherwise: another key's is unknown)."""
@@ -207,13 +242,28 @@ class Conversations:
             record = StoredResponse.from_row(row) if row is not None else None
         return record
 
-    def history(self, row: StoredResponse, key_id: str | None) -> list[dict]:
+    def history(self, row: StoredResponse, key_id: str | None, max_bytes: int) -> list[dict]:
         """The conversation up to and including ``row``: each turn's input, then its output, oldest first.
 
-        A turn deleted meanwhile ends the chain there (the conversation starts after it)."""
+        A turn deleted meanwhile ends the chain there (the conversation starts after it). A
+        conversation larger than ``max_bytes`` (what the client could have sent whole) is a 400:
+        stored turns are compressed, so a long chain must not grow unbounded in memory."""
         chain = [row]
-        while chain[-1].previous_id and len(chain) < MAX_CHAIN:
-            earlier = self.find(chain[-1].previous_id or "", key_id)
+        size = 0
+        while True:
+            turn = chain[-1]
+            size += len(json.dumps((turn.input_items or []) + (turn.output_items or []), ensure_ascii=False).encode())
+            if size > max_bytes:
+                raise ProxyError(
+                    400,
+                    f"the conversation before previous_response_id is larger than {max_bytes} bytes "
+                    "(STOCKYARD_MAX_BODY_BYTES less this request); start a new one",
+                    param="previous_response_id",
+                    code="conversation_too_large",
+                )
+            if not turn.previous_id or len(chain) >= MAX_CHAIN:
+                break
+            earlier = self.find(turn.previous_id, key_id)
             if earlier is None or earlier.passthrough:
                 break
             chain.append(earlier)

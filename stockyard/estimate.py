@@ -28,7 +28,9 @@ def text_tokens(data: bytes) -> int:
 
 
 def input_tokens(ctx: RequestContext) -> int:
-    return text_tokens(ctx.raw)
+    """The body, and the conversation a Responses ``previous_response_id`` continues."""
+    history = ctx.conversation.history_tokens if ctx.conversation is not None else 0
+    return text_tokens(ctx.raw) + history
 
 
 def _given(body: dict, tokens: bool) -> list[int]:

@@ -155,10 +155,13 @@ class Price:
         )
 
 
+MAX_TOKEN_COUNT = 2**40  # beyond any real answer; keeps a cost within SQLite's integers
+
+
 def _count(d: Mapping[str, Any] | None, key: str) -> int:
-    """A token count from provider JSON; missing, null or malformed counts as 0."""
+    """A token count from provider JSON; missing, null or malformed counts as 0, absurd ones are capped."""
     value = d.get(key) if isinstance(d, Mapping) else None
-    return value if type(value) is int and value > 0 else 0
+    return min(value, MAX_TOKEN_COUNT) if type(value) is int and value > 0 else 0
 
 
 @dataclass(frozen=True)

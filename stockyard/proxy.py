@@ -111,9 +111,11 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     try:
         parse_body(ctx)
         path.gate.authenticate(ctx)
+        if ctx.dialect == RESPONSES:
+            path.conversations.open(ctx)  # the previous turn (this key's) and its history, before any module
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them
         if ctx.answer is None and ctx.dialect == RESPONSES:
-            path.conversations.open(ctx)  # the previous turn; may answer input_tokens itself
+            path.conversations.count_input(ctx)  # input_tokens on a translated provider
         if ctx.answer is None and ctx.endpoint == "count_tokens" and ctx.route is not None:
             if ctx.route.provider.kind != "anthropic":  # counted here, never by a provider call
                 count_estimate(ctx, ctx.route.provider)

@@ -128,7 +128,7 @@ class Harness:
             Tracer(self.settings, self.store, Metrics(), self.scrubber),
             self.scrubber,
             self.pool,
-            Conversations(self.store, lambda: self.registry, self.pool, self.scrubber),
+            Conversations(self.store, lambda: self.registry, self.pool, self.scrubber, self.settings.max_body_bytes),
         )
 
     def close(self) -> None:

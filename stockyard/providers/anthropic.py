@@ -382,7 +382,7 @@ class AnthropicChatAdapter(Adapter):
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         message = loads_object(body)
         with shape_errors(502, "the provider answer"):
-            ctx.attempt.served_model = message.get("model") or ctx.attempt.served_model
+            ctx.attempt.serve(message.get("model"))
             ctx.attempt.usage = with_thinking(
                 Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None,
                 thinking_chars(message),
@@ -494,7 +494,7 @@ class AnthropicNativeAdapter(Adapter):
         except ValueError:
             return body
         if isinstance(message, dict):
-            ctx.attempt.served_model = message.get("model") or ctx.attempt.served_model
+            ctx.attempt.serve(message.get("model"))
             if isinstance(message.get("usage"), dict):
                 ctx.attempt.usage = Usage.from_anthropic(message["usage"])
         return body
@@ -521,7 +521,7 @@ class AnthropicNativeStream(StreamTranslator):
         kind = payload.get("type") if isinstance(payload, dict) else None
         if kind == "message_start":
             message = payload.get("message") or {}
-            self.ctx.attempt.served_model = message.get("model") or self.ctx.attempt.served_model
+            self.ctx.attempt.serve(message.get("model"))
             take_usage(self.ctx, self.usage, message.get("usage"))
         elif kind == "message_delta":
             take_usage(self.ctx, self.usage, payload.get("usage"))

@@ -47,7 +47,7 @@ class OpenAIAdapter(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)
-        ctx.attempt.served_model = data.get("model") or ctx.attempt.served_model
+        ctx.attempt.serve(data.get("model"))
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
@@ -82,8 +82,8 @@ class OpenAIStream(StreamTranslator):
             return [event]
         if not isinstance(chunk, dict):
             return [event]
-        if not self.ctx.attempt.served_model and chunk.get("model"):
-            self.ctx.attempt.served_model = chunk["model"]
+        if not self.ctx.attempt.served_model:
+            self.ctx.attempt.serve(chunk.get("model"))
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.ctx.attempt.usage = Usage.from_openai(usage)

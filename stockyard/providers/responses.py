@@ -88,7 +88,10 @@ def to_chat(body: dict, history: list[dict] | None = None) -> dict:
             raise unsupported(key, f"the field '{key}'")
     if body.get("background"):
         raise unsupported("background", "background mode")
-    for value in body.get("include") or []:
+    include = body.get("include") or []
+    if not isinstance(include, list) or not all(isinstance(value, str) for value in include):
+        raise invalid("include", "'include' must be an array of strings")
+    for value in include:
         if value in REFUSED_INCLUDES:
             raise unsupported("include", f"include {value!r}")
     model = body.get("model")

@@ -94,7 +94,7 @@ class ResponsesPassThrough(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)
-        ctx.attempt.served_model = data.get("model") or ctx.attempt.served_model
+        ctx.attempt.serve(data.get("model"))
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
@@ -127,11 +127,12 @@ class PassThroughStream(StreamTranslator):
         response = obj.get("response")
         if isinstance(response, dict):
             self.response = response
-            if response.get("model"):
-                self.ctx.attempt.served_model = response["model"]
+            self.ctx.attempt.serve(response.get("model"))
             if isinstance(response.get("usage"), dict):
                 self.ctx.attempt.usage = Usage.from_openai(response["usage"])
         kind = obj.get("type")
+        if kind == "response.created":  # the id is the client's from now on, even if the stream breaks
+            keep(self.ctx, response)
         if kind in TERMINAL:
             self.complete = kind != "response.failed"
             keep(self.ctx, response)

@@ -52,11 +52,13 @@ class Store:
                 raise
             return result
 
-    def submit(self, job: Callable[[sqlite3.Connection], Any]) -> bool:
-        """Fire-and-forget write (traces); direct when no writer runs."""
+    def submit(self, job: Callable[[sqlite3.Connection], Any], done: Callable[[], None] | None = None) -> bool:
+        """Fire-and-forget write (traces); direct when no writer runs. ``done`` runs once it is committed."""
         if self.writer is not None:
-            return self.writer.submit(job)
+            return self.writer.submit(job, done)
         self.write(job)
+        if done is not None:
+            done()
         return True
 
     def close(self) -> None:

@@ -60,6 +60,7 @@ class _JobFailed(Exception):
 class _Item:
     job: Job
     future: Future | None = None
+    done: Callable[[], None] | None = None  # called once the job is committed
     result: Any = None
     error: BaseException | None = None
 
@@ -125,10 +126,11 @@ class Writer:
         self._periodic.append(_Periodic(task, every_s, time.monotonic() + first_in_s))
 
     # -- submitting ------------------------------------------------------------------------
-    def submit(self, job: Job) -> bool:
-        """Queue a fire-and-forget job; False (and counted as dropped) when the queue is full."""
+    def submit(self, job: Job, done: Callable[[], None] | None = None) -> bool:
+        """Queue a fire-and-forget job; False (and counted as dropped) when the queue is full.
+        ``done`` runs in the writer thread once the job is committed."""
         try:
-            self.queue.put_nowait(_Item(job))
+            self.queue.put_nowait(_Item(job, done=done))
             return True
         except queue.Full:
             self.stats.dropped += 1
@@ -213,6 +215,8 @@ class Writer:
         for item in batch:
             if item.error is None:
                 self.stats.written += 1
+                if item.done is not None:
+                    item.done()
             elif item.future is None:
                 log.error("dropped a record the database refused: %s", item.error)
             if item.future is not None:
