@@ -244,3 +244,17 @@ def test_a_plain_answer_to_a_streamed_request_is_stored_as_plain(h, mock):
     assert chat(h, messages=body["messages"])[2] == data, "stored as the plain answer it was"
     status, headers, data = raw_stream(h, body)
     assert headers["x-stockyard-cache"] == "hit" and stream_text(data) == "plain anyway"
+
+
+def test_an_answer_made_with_fields_dropped_never_answers_a_request_without_the_drop_header(h):
+    """Was: the cache key ignored x-stockyard-drop-unsupported, so a request that should get a 400
+    for a field the model cannot honour could be answered from a cached drop-header answer."""
+    from stockyard.modules.cache import request_key
+
+    body = {"model": "gpt-4o-mini", "messages": question(), "logprobs": True}
+    plain = request_key(h.context(body), "openai", "gpt-4o-mini")
+    dropping = request_key(h.context(body, headers={"x-stockyard-drop-unsupported": "true"}), "openai", "gpt-4o-mini")
+    assert plain != dropping
+    assert plain == request_key(
+        h.context(body, headers={"x-stockyard-drop-unsupported": "false"}), "openai", "gpt-4o-mini"
+    )

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..context import Answer, RequestContext
+from ..providers.chatshape import DROP_HEADER
 from .base import Module
 from .replay import to_stream
 from .schema import Field
@@ -55,9 +56,14 @@ class Entry:
 
 
 def request_key(ctx: RequestContext, provider: str, model: str) -> str:
+    """The cache key: what was asked, of whom, and whether unsupported fields may be dropped (an
+    answer made with fields dropped must not answer a request that would have been refused)."""
     body = {k: v for k, v in ctx.body.items() if k not in IGNORED_FIELDS}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    material = "\n".join((ctx.endpoint, ctx.dialect, provider, model, canonical))
+    parts = [ctx.endpoint, ctx.dialect, provider, model, canonical]
+    if ctx.headers.get(DROP_HEADER, "").strip().lower() == "true":
+        parts.append("drop-unsupported")  # keys of ordinary requests stay as they were
+    material = "\n".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
 
 
