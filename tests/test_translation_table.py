@@ -140,7 +140,21 @@ def top(key: str, value: Any) -> Check:
 
 def anthropic_thinking(req: Recorded) -> None:
     assert req.json["thinking"] == {"type": "enabled", "budget_tokens": 16384}
-    assert req.json["max_tokens"] == 16384 + 100  # raised above the budget: the answer keeps its 100
+    assert req.json["max_tokens"] == 20000  # the client's cap, which budgets reserved: thinking fits inside
+
+
+@pytest.mark.parametrize(
+    "effort, cap, budget",
+    [("high", 4096, 3072), ("high", 1500, 1499), ("minimal", 2048, 1024), ("high", 1024, 0), ("low", 100, 0)],
+)
+def test_anthropic_thinking_never_raises_the_output_cap(server, mock, effort, cap, budget) -> None:
+    """Was: max_tokens was raised to budget + cap, so a $-budgeted key could be billed for 16k
+    thinking tokens its reservation never counted."""
+    status, _, _ = chat(server, {"model": MODELS["anthropic"], "reasoning_effort": effort, "max_tokens": cap})
+    assert status == 200
+    sent = upstream(mock, "anthropic", MODELS["anthropic"]).json
+    assert sent["max_tokens"] == cap
+    assert sent.get("thinking", {}).get("budget_tokens", 0) == budget
 
 
 def anthropic_structured(req: Recorded) -> None:
@@ -171,7 +185,7 @@ TRANSLATED: list[tuple[str, str, dict, Check]] = [
     ("anthropic", "user", {"user": "u1"}, top("metadata", {"user_id": "u1"})),
     ("anthropic", "safety_identifier", {"safety_identifier": "s1"}, top("metadata", {"user_id": "s1"})),
     ("anthropic", "response_format", {"response_format": SCHEMA_FORMAT}, anthropic_structured),
-    ("anthropic", "reasoning_effort", {"reasoning_effort": "high", "max_tokens": 100}, anthropic_thinking),
+    ("anthropic", "reasoning_effort", {"reasoning_effort": "high", "max_tokens": 20000}, anthropic_thinking),
     ("anthropic", "reasoning_effort none", {"reasoning_effort": "none"}, lambda r: "thinking" not in r.json),
     ("gemini", "temperature", {"temperature": 0.3}, gen("temperature", 0.3)),
     ("gemini", "top_p", {"top_p": 0.9}, gen("topP", 0.9)),

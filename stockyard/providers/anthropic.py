@@ -73,6 +73,22 @@ ERROR_STATUS = {
 
 # reasoning_effort → the thinking budget (Anthropic's minimum is 1024); "none" turns thinking off.
 THINKING_BUDGETS = {"none": 0, "minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+MIN_THINKING = 1024  # Anthropic's smallest thinking budget
+ANSWER_ROOM = 1024  # tokens of the output cap kept for the answer itself when thinking shares it
+
+
+def thinking_budget(effort: Any, limit: int) -> int:
+    """Thinking tokens for ``reasoning_effort`` within the request's output cap, or 0 for none.
+
+    Anthropic's ``max_tokens`` counts thinking too, as OpenAI's ``max_completion_tokens``
+    counts reasoning: the budget fits inside the cap the client set (and that budgets and
+    rate limits reserved) rather than raising it, keeping room for the answer; a cap too
+    small for the smallest budget means no thinking.
+    """
+    wanted = THINKING_BUDGETS.get(effort or "none", 0)
+    room = limit - ANSWER_ROOM if limit > MIN_THINKING + ANSWER_ROOM else limit - 1
+    budget = min(wanted, room)
+    return budget if wanted and budget >= MIN_THINKING else 0
 
 
 def _structured(fmt: Any) -> bool:
@@ -84,8 +100,8 @@ def _structured(fmt: Any) -> bool:
 CHAT_FIELDS: dict[str, Field] = {
     **COMMON_FIELDS,
     "messages": Field(TRANSLATED, "system/developer → system; tool results → tool_result blocks; images"),
-    "max_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; raised above a thinking budget)"),
-    "max_completion_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; raised above a thinking budget)"),
+    "max_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; thinking fits inside it)"),
+    "max_completion_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; thinking fits inside it)"),
     "temperature": Field(TRANSLATED, "temperature"),
     "top_p": Field(TRANSLATED, "top_p"),
     "stop": Field(TRANSLATED, "stop_sequences"),
@@ -99,7 +115,9 @@ CHAT_FIELDS: dict[str, Field] = {
     ),
     "reasoning_effort": Field(
         TRANSLATED,
-        "thinking.budget_tokens: " + ", ".join(f"{k} {v}" for k, v in THINKING_BUDGETS.items() if v) + "; none: off",
+        "thinking.budget_tokens: "
+        + ", ".join(f"{k} {v}" for k, v in THINKING_BUDGETS.items() if v)
+        + "; none: off; always inside max_tokens (below 1,025: off)",
         lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
     ),
     "stream_options": Field(EMULATED, "include_usage: a usage chunk built from message_start/message_delta usage"),
@@ -287,11 +305,9 @@ def messages_request(body: dict, model: str, stream: bool) -> dict:
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
-    budget = THINKING_BUDGETS.get(body.get("reasoning_effort") or "none", 0)
+    budget = thinking_budget(body.get("reasoning_effort"), limit)
     if budget:
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if out["max_tokens"] <= budget:  # max_tokens counts thinking too: the answer keeps its own limit
-            out["max_tokens"] = budget + out["max_tokens"]
     output_format = structured_output(body.get("response_format"))
     if output_format:
         out["output_format"] = output_format
