@@ -207,6 +207,7 @@ class RequestContext:
     sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
+    default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
 
     def __post_init__(self) -> None:
         if not self.ts_ms:

@@ -108,6 +108,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     """Run one proxied request to its end; always leaves a trace."""
     chain = path.chain()  # one snapshot for the whole request, even if a reload swaps it meanwhile
     started_reply = False
+    ctx.default_output_cap = path.settings.default_max_tokens  # STOCKYARD_DEFAULT_MAX_TOKENS
     try:
         parse_body(ctx)
         path.gate.authenticate(ctx)

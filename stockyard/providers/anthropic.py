@@ -100,8 +100,10 @@ def _structured(fmt: Any) -> bool:
 CHAT_FIELDS: dict[str, Field] = {
     **COMMON_FIELDS,
     "messages": Field(TRANSLATED, "system/developer → system; tool results → tool_result blocks; images"),
-    "max_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; thinking fits inside it)"),
-    "max_completion_tokens": Field(TRANSLATED, "max_tokens (4096 when absent; thinking fits inside it)"),
+    "max_tokens": Field(TRANSLATED, "max_tokens (STOCKYARD_DEFAULT_MAX_TOKENS when absent; thinking fits inside)"),
+    "max_completion_tokens": Field(
+        TRANSLATED, "max_tokens (STOCKYARD_DEFAULT_MAX_TOKENS when absent; thinking fits inside)"
+    ),
     "temperature": Field(TRANSLATED, "temperature"),
     "top_p": Field(TRANSLATED, "top_p"),
     "stop": Field(TRANSLATED, "stop_sequences"),
@@ -282,12 +284,14 @@ def translate_tool_choice(choice: Any, parallel: Any) -> dict | None:
     return result
 
 
-def messages_request(body: dict, model: str, stream: bool) -> dict:
-    """The whole Messages API request for an OpenAI chat request."""
+def messages_request(body: dict, model: str, stream: bool, default_cap: int = DEFAULT_MAX_TOKENS) -> dict:
+    """The whole Messages API request for an OpenAI chat request.
+
+    Anthropic requires ``max_tokens``; a request that sets none gets ``default_cap``, the same
+    STOCKYARD_DEFAULT_MAX_TOKENS that budgets and rate limits reserved for it.
+    """
     system, messages = translate_messages(body.get("messages"))
-    limit = next(
-        (body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), DEFAULT_MAX_TOKENS
-    )
+    limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), default_cap)
     out: dict = {"model": model, "messages": messages, "max_tokens": limit}
     if system:
         out["system"] = system
@@ -387,7 +391,9 @@ class AnthropicChatAdapter(Adapter):
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
         endpoint_check(ctx, provider)
         with shape_errors(400, "the chat request"):
-            body = messages_request(honoured_body(ctx, CHAT_FIELDS, "Anthropic"), model, ctx.stream)
+            body = messages_request(
+                honoured_body(ctx, CHAT_FIELDS, "Anthropic"), model, ctx.stream, ctx.default_output_cap
+            )
         sent = headers(provider, ctx, native=False)
         if "output_format" in body:
             sent["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
