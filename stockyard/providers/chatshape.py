@@ -325,6 +325,34 @@ def endpoint_check(ctx: RequestContext, provider: Provider, served: tuple[str, .
         )
 
 
+def chat_chunks(events: list[bytes]) -> Iterator[dict | None]:
+    """The JSON objects in a chat translator's SSE output, in order, and None for ``[DONE]``.
+
+    What the translations over chat (Responses, Messages) read back; a block that carries no
+    JSON object is skipped.
+    """
+    for event in events:
+        for block in event.split(b"\n\n"):
+            data = sse_data(block)
+            if data is None:
+                continue
+            if data.strip() == b"[DONE]":
+                yield None
+                continue
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def chunk_error(obj: dict) -> dict | None:
+    """The provider's error when a chat stream event is one (an ``error`` and no ``choices``)."""
+    error = obj.get("error")
+    return error if isinstance(error, dict) and "choices" not in obj else None
+
+
 def record_stream_error(ctx: RequestContext, kind: str, message: str) -> None:
     """An error the provider sent inside a stream: the trace says the answer broke."""
     ctx.attempt.outcome = "stream_broken"

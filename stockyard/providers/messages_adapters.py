@@ -17,8 +17,8 @@ from ..context import Answer, RequestContext
 from ..errors import ANTHROPIC, OPENAI, error_body
 from ..estimate import text_tokens
 from . import Provider, messages
-from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
-from .chatshape import record_stream_error
+from .base import Adapter, StreamTranslator, UpstreamCall, loads_object
+from .chatshape import chat_chunks, chunk_error, record_stream_error
 
 _CHAT_BODY = "messages.chat_body"  # ctx.state: the translated body, made once per request
 ESTIMATE_HEADER = "x-stockyard-token-count"
@@ -92,27 +92,19 @@ class MessagesStream(StreamTranslator):
 
     def _convert(self, chat_events: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
-        for chunk in chat_events:
-            for block in chunk.split(b"\n\n"):
-                data = sse_data(block)
-                if data is None or self.outer.ended:
-                    continue
-                if data.strip() == b"[DONE]":
-                    out += self.outer.finish()
-                    self.complete = True
-                    continue
-                try:
-                    obj = json.loads(data)
-                except ValueError:
-                    continue
-                if not isinstance(obj, dict):
-                    continue
-                error = obj.get("error")
-                if isinstance(error, dict) and "choices" not in obj:  # the provider's error event
-                    message = str(error.get("message") or "the provider failed")
-                    if self.ctx.attempt.outcome != "stream_broken":
-                        record_stream_error(self.ctx, str(error.get("code") or "api_error"), message)
-                    out += self.outer.fail(message)
-                    continue
-                out += self.outer.feed(obj)
+        for obj in chat_chunks(chat_events):
+            if self.outer.ended:
+                continue
+            if obj is None:  # [DONE]
+                out += self.outer.finish()
+                self.complete = True
+                continue
+            error = chunk_error(obj)
+            if error is not None:
+                message = str(error.get("message") or "the provider failed")
+                if self.ctx.attempt.outcome != "stream_broken":
+                    record_stream_error(self.ctx, str(error.get("code") or "api_error"), message)
+                out += self.outer.fail(message)
+                continue
+            out += self.outer.feed(obj)
         return out

@@ -26,6 +26,7 @@ from ..errors import OPENAI, ProxyError
 from ..pricing import Usage
 from . import Provider, responses
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .chatshape import chat_chunks, chunk_error
 from .openai import auth_headers, request_body
 
 PATHS = {"responses": "/responses", "input_tokens": "/responses/input_tokens"}
@@ -212,27 +213,19 @@ class OverChatStream(StreamTranslator):
 
     def _convert(self, chat_events: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
-        for chunk in chat_events:
-            for block in chunk.split(b"\n\n"):
-                data = sse_data(block)
-                if data is None or self.done:
-                    continue
-                if data.strip() == b"[DONE]":
-                    self.done = True
-                    out += self.outer.finish()
-                    self.complete = bool(self.outer.complete)
-                    keep(self.ctx, self.outer.response)
-                    continue
-                try:
-                    obj = json.loads(data)
-                except ValueError:
-                    continue
-                if not isinstance(obj, dict):
-                    continue
-                error = obj.get("error")
-                if isinstance(error, dict) and "choices" not in obj:  # the provider's error event
-                    self.done = True
-                    out += self.outer.fail(str(error.get("message") or "the provider failed"), "server_error")
-                    continue
-                out += self.outer.feed(obj)
+        for obj in chat_chunks(chat_events):
+            if self.done:
+                continue
+            if obj is None:  # [DONE]
+                self.done = True
+                out += self.outer.finish()
+                self.complete = bool(self.outer.complete)
+                keep(self.ctx, self.outer.response)
+                continue
+            error = chunk_error(obj)
+            if error is not None:
+                self.done = True
+                out += self.outer.fail(str(error.get("message") or "the provider failed"), "server_error")
+                continue
+            out += self.outer.feed(obj)
         return out
