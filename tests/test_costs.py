@@ -253,3 +253,45 @@ def test_csv_cells_that_start_like_a_formula_are_quoted(server):
             assert "'" + model in models, (model, models)
         assert all(not m.startswith(("=", "+", "-", "@", "\t", "\r")) for m in models)
         assert "gpt-4o-mini" in models  # ordinary names are unchanged
+
+
+def test_report_adds_up_while_the_writer_commits(tmp_path):
+    """The grand total comes from the same snapshot as the rows, even with commits in between.
+
+    Regression: the total was a second SELECT, so a commit landing between the two made a
+    report whose rows did not add up to its TOTAL (CI caught it once in the console test).
+    """
+    import threading
+
+    from stockyard.store import costs, db
+
+    path = tmp_path / "s.db"
+    writer = db.connect(path)
+    db.migrate(writer)
+    reader = db.connect(path)
+    stop = threading.Event()
+
+    models = [f"m{i}" for i in range(5)]
+    for m in models:
+        writer.execute("INSERT INTO rollups_daily (day, model) VALUES ('2026-12-03', ?)", (m,))
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            writer.execute(
+                "UPDATE rollups_daily SET requests = requests + 1, cost_uc = cost_uc + 7 WHERE model = ?",
+                (models[n % 5],),
+            )
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        for _ in range(300):
+            result = costs.report(reader, by="model")
+            rows = result["rows"]
+            assert result["total"]["requests"] == sum(r["requests"] for r in rows)
+            assert result["total"]["cost_uc"] == sum(r["cost_uc"] for r in rows)
+    finally:
+        stop.set()
+        thread.join()

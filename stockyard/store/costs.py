@@ -63,7 +63,9 @@ def report(
             f"SELECT {column} AS name, {sums} FROM rollups_daily{clause} GROUP BY {column} ORDER BY {order}", args
         )
     ]
-    total = dict(conn.execute(f"SELECT {sums} FROM rollups_daily{clause}", args).fetchone())
+    # The total is summed from the same rows: a second SELECT would read a later snapshot
+    # (the writer commits between statements), and the report would not add up.
+    total = {c: sum(int(r[c] or 0) for r in rows) for c in COUNTS}
     names = _key_names(conn) if by == "key" else {}
     out_rows = []
     for r in rows:
