@@ -28,6 +28,7 @@ lint:
 test:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	command -v node >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs)
+	command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 	$(MAKE) --no-print-directory lint
 	@status=0; \
