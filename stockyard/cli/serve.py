@@ -37,6 +37,11 @@ def register(sub) -> None:
         metavar="DURATION",
         help="how often to refresh the snapshot, e.g. 30s, 15m, 1h (default: $STOCKYARD_SNAPSHOT_EVERY or 15m)",
     )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="apply this configuration file (stockyard config apply) before serving; a bad file stops the start",
+    )
     runs(p, run)
 
 
@@ -92,6 +97,15 @@ def run(args: argparse.Namespace) -> int:
         app = App(settings)
     except DatabaseBusy as exc:
         raise CommandError(str(exc)) from None
+    if args.config:
+        from .. import audit
+        from .config import apply_file
+
+        try:
+            apply_file(app.ops(audit.actor_cli()), args.config)
+        except CommandError:
+            app.close()
+            raise
     try:
         server = make_server(app)
     except OSError as exc:

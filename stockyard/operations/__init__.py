@@ -9,8 +9,9 @@ whose audit entry cannot be written changes nothing.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, TypeVar
 
 from .. import audit, vault
 from ..audit import AuditEntry
@@ -71,6 +72,8 @@ class Operations:
     actor: str
     secret: str | None = None  # STOCKYARD_ENCRYPTION_KEY: keys the audit chain, opens the vault
     on_change: Callable[[], None] | None = None
+    # Inside batch(): the changes waiting for the one transaction that makes them all.
+    _pending: list[Callable[[sqlite3.Connection], Any]] | None = field(default=None, init=False, repr=False)
 
     def chain_key(self, conn: sqlite3.Connection) -> bytes | None:
         if not self.secret:
@@ -101,10 +104,39 @@ class Operations:
                 bump_config_version(conn)
             return result
 
+        if self._pending is not None:
+            self._pending.append(job)
+            return None  # type: ignore[return-value]  # made when the batch commits
         result = self.store.write(job)
         if config and self.on_change is not None:
             self.on_change()
         return result
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make every change asked for inside the block in ONE transaction when it ends: all
+        of them, each audited, or — when one fails its checks in the transaction — none.
+
+        Changes inside return None instead of their result (nothing is written yet).
+        """
+        if self._pending is not None:
+            raise RuntimeError("batches do not nest")
+        self._pending = []
+        try:
+            yield
+            jobs = self._pending
+        finally:
+            self._pending = None
+        if not jobs:
+            return
+
+        def job(conn: sqlite3.Connection) -> None:
+            for one in jobs:
+                one(conn)
+
+        self.store.write(job)
+        if self.on_change is not None:
+            self.on_change()
 
     def audit_event(self, action: str, target: str, details: dict[str, Any]) -> AuditEntry:
         """An audit entry with no other change (server start, failed login, backup taken).

@@ -66,7 +66,7 @@ def _write(conn: sqlite3.Connection, name: str, enabled: bool, config: dict) -> 
     )
 
 
-def _checked(cls: type, config: Any) -> dict:
+def checked(cls: type, config: Any) -> dict:
     try:
         return registry.check_config(cls, config)
     except ConfigError as exc:
@@ -95,7 +95,7 @@ def configure(
     cls = registry.find(name)
     if not isinstance(changes, dict):
         raise invalid(f"{name}: configuration must be a JSON object")
-    cleaned = _checked(cls, {k: v for k, v in changes.items() if v is not None})
+    cleaned = checked(cls, {k: v for k, v in changes.items() if v is not None})
     reset = sorted(k for k, v in changes.items() if v is None)
     for key in reset:
         if key != "overrides" and key not in registry.schema_of(cls):
@@ -107,7 +107,7 @@ def configure(
         config = dict(cleaned) if replace else {**stored, **cleaned}
         for key in reset:
             config.pop(key, None)
-        config = _checked(cls, config)
+        config = checked(cls, config)
         on = enabled if enabled is not None else (row.enabled if row is not None else registry.default_enabled(cls))
         _write(conn, name, on, config)
         return view(cls, _read(conn, cls))

@@ -1,0 +1,221 @@
+"""Configuration as code: `stockyard config export | plan | apply` and `serve --config`.
+
+Real pyz subprocesses against real database files; the provider in the files is the mock.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess, base_env, wait_for
+
+SECRET = "enc-" + secrets.token_hex(16)
+ORG_KEY = f"sk-org2-{secrets.token_hex(12)}"
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def config_text(mock_url: str) -> str:
+    return f"""
+# a team's configuration, kept in git
+[providers.org2]
+kind = "openai"
+base_url = "{mock_url}/v1"
+models = ["gpt-4o-mini", "gpt-4o"]
+api_key_env = "ORG2_KEY"
+
+[modules.alias]
+enabled = true
+[modules.alias.config.aliases]
+fast = "gpt-4o-mini"
+
+[modules.guard]
+enabled = true
+[modules.guard.config]
+max_tokens = 4000
+deny_models = ["o1"]
+
+[prices."gpt-4o-mini"]
+input = "1.00"
+output = "2.00"
+
+[projects.research]
+budget_usd = "50.00"
+period = "month"
+"""
+
+
+@pytest.fixture
+def env(cache_home):
+    return {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET, "ORG2_KEY": ORG_KEY}
+
+
+def cli(pyz: Path, db: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(pyz), *args, "--db", str(db)], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "stockyard.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_export_apply_on_a_fresh_database_reproduces_it(pyz_path, mock, env, tmp_path):
+    first, second = tmp_path / "a" / "s.db", tmp_path / "b" / "s.db"
+    file = write(tmp_path, config_text(mock.url))
+    plan = cli(pyz_path, first, env, "config", "plan", str(file))
+    assert plan.returncode == 2 and "+ providers.org2: add" in plan.stdout and "6 changes" in plan.stdout
+    applied = cli(pyz_path, first, env, "config", "apply", str(file))
+    assert applied.returncode == 0, applied.stderr
+    assert cli(pyz_path, first, env, "config", "plan", str(file)).stdout.strip() == "no changes"
+
+    exported = cli(pyz_path, first, env, "config", "export")
+    assert exported.returncode == 0, exported.stderr
+    assert ORG_KEY not in exported.stdout and 'api_key_env = "ORG2_KEY"' in exported.stdout
+    again = write(tmp_path, exported.stdout, "exported.toml")
+    assert cli(pyz_path, second, env, "config", "apply", str(again)).returncode == 0
+    assert cli(pyz_path, second, env, "config", "plan", str(again)).stdout.strip() == "no changes"
+    assert cli(pyz_path, second, env, "config", "export").stdout == exported.stdout
+
+    # The same behaviour: the alias routes to the file's provider with the key from the
+    # environment, the guard and the price apply, the project budget exists.
+    server = ServerProcess(pyz_path, second, env).start()
+    try:
+        status, headers, _ = server.request("POST", "/v1/chat/completions", {"model": "fast", "messages": HELLO})
+        assert status == 200
+        assert mock.last("/chat/completions").headers["authorization"] == f"Bearer {ORG_KEY}"
+        trace = server.trace(headers["x-stockyard-trace-id"])
+        # 12 prompt × $1.00/1M + 5 completion × $2.00/1M = 12×100 + 5×200 = 2200 µ¢
+        assert (trace["provider"], trace["served_model"], trace["cost_uc"]) == ("org2", "gpt-4o-mini", 2200)
+        status, _, body = server.request("POST", "/v1/chat/completions", {"model": "o1", "messages": HELLO})
+        assert status in (400, 403) and b"o1" in body
+    finally:
+        server.stop()
+    projects = cli(pyz_path, second, env, "projects", "list", "--json")
+    assert json.loads(projects.stdout.splitlines()[0])["budget_uc"] == 5_000_000_000
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("[providers.x]\nkind = \n", 2, "not valid TOML"),
+        ('[providers.x]\nkind = "openai"\ncolour = "red"\n', 3, "providers.x.colour: unknown field"),
+        ('\n[providers.x]\nkind = "martian"\n', 3, "providers.x.kind:"),
+        ('[providers.x]\nkind = "openai"\napi_key = "sk-live-abc"\n', 3, "keys are never written"),
+        ('[modules.guard]\nenabled = true\n[modules.guard.config]\nmax_tokens = "lots"\n', 4, "max_tokens"),
+        ("[modules.teleport]\nenabled = true\n", 1, "no module named 'teleport'"),
+        ('[prices."m"]\ninput = "0.1"\n', 1, "output is required"),
+        ('[projects.p]\nbudget_usd = "ten"\nperiod = "month"\n', 2, "projects.p.budget_usd"),
+        ('[keys.k]\nname = "x"\n', 1, "unknown section"),
+    ],
+)
+def test_a_bad_file_is_refused_with_its_line_and_field(pyz_path, env, tmp_path, text, line, message):
+    db = tmp_path / "s.db"
+    file = write(tmp_path, text)
+    for action in ("plan", "apply"):
+        result = cli(pyz_path, db, env, "config", action, str(file))
+        assert result.returncode == 1, result.stdout
+        assert f"{file}:{line}:" in result.stderr and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert "sk-live-abc" not in result.stderr
+
+
+def test_a_variable_that_is_not_set_changes_nothing(pyz_path, mock, env, tmp_path):
+    db = tmp_path / "s.db"
+    file = write(tmp_path, config_text(mock.url))
+    result = cli(pyz_path, db, {k: v for k, v in env.items() if k != "ORG2_KEY"}, "config", "apply", str(file))
+    assert result.returncode == 1 and "ORG2_KEY" in result.stderr
+    assert "[providers" not in cli(pyz_path, db, env, "config", "export").stdout
+
+
+def test_apply_is_all_or_nothing(pyz_path, mock, env, tmp_path):
+    """A failure inside the transaction (here: the audit chain refuses another secret) leaves
+    none of the earlier changes of the same file behind."""
+    db = tmp_path / "s.db"
+    first = write(tmp_path, '[prices."a-model"]\ninput = "1"\noutput = "2"\n', "first.toml")
+    assert cli(pyz_path, db, env, "config", "apply", str(first)).returncode == 0
+    before = cli(pyz_path, db, env, "config", "export").stdout
+    other = {**env, "STOCKYARD_ENCRYPTION_KEY": "enc-" + secrets.token_hex(16)}
+    file = write(tmp_path, config_text(mock.url).replace('api_key_env = "ORG2_KEY"\n', ""))
+    result = cli(pyz_path, db, other, "config", "apply", str(file))
+    assert result.returncode == 1 and "nothing was changed" in result.stderr, result.stderr
+    assert cli(pyz_path, db, env, "config", "export").stdout == before
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM providers").fetchone()[0] == 0
+
+
+def test_a_running_server_picks_up_an_applied_file(pyz_path, mock, env, tmp_path):
+    db = tmp_path / "s.db"
+    server = ServerProcess(pyz_path, db, env).start()
+    try:
+        status, _, _ = server.request("POST", "/v1/chat/completions", {"model": "fast", "messages": HELLO})
+        assert status != 200  # no provider yet
+        file = write(tmp_path, config_text(mock.url))
+        assert cli(pyz_path, db, env, "config", "apply", str(file)).returncode == 0
+
+        def served() -> bool:
+            return server.request("POST", "/v1/chat/completions", {"model": "fast", "messages": HELLO})[0] == 200
+
+        wait_for(served, timeout=1.5, what="the applied configuration to reach the running server")
+    finally:
+        server.stop()
+
+
+def test_serve_config_applies_at_start_and_a_bad_file_stops_it(pyz_path, mock, env, tmp_path):
+    db = tmp_path / "s.db"
+    file = write(tmp_path, config_text(mock.url))
+    server = ServerProcess(pyz_path, db, env, ["--config", str(file)]).start()
+    try:
+        status, _, _ = server.request("POST", "/v1/chat/completions", {"model": "fast", "messages": HELLO})
+        assert status == 200
+    finally:
+        server.stop()
+    bad = write(tmp_path, '[providers.x]\nkind = "martian"\n', "bad.toml")
+    result = subprocess.run(
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db), "--config", str(bad)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and f"{bad}:2:" in result.stderr and "listening" not in result.stderr
+
+
+def test_exported_file_never_holds_a_stored_key(pyz_path, mock, env, tmp_path):
+    db = tmp_path / "s.db"
+    stored_key = f"sk-stored-{secrets.token_hex(12)}"
+    added = subprocess.run(
+        [
+            sys.executable,
+            str(pyz_path),
+            "providers",
+            "add",
+            "vaulted",
+            "--kind",
+            "openai",
+            "--base-url",
+            mock.url + "/v1",
+            "--key-stdin",
+            "--db",
+            str(db),
+        ],
+        env=env,
+        input=stored_key,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    exported = cli(pyz_path, db, env, "config", "export")
+    assert "[providers.vaulted]" in exported.stdout and stored_key not in exported.stdout
+    assert stored_key[-4:] not in exported.stdout
+    # Applying the export keeps the vaulted key (no api_key_env: "leave it in the vault").
+    file = write(tmp_path, exported.stdout)
+    assert cli(pyz_path, db, env, "config", "plan", str(file)).stdout.strip() == "no changes"
