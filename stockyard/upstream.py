@@ -165,6 +165,23 @@ class UpstreamResponse:
             yield buf + b"\n\n"
         self.release()
 
+    def chunks(self) -> Iterator[bytes]:
+        """Yield the body as it arrives (``read1``: no waiting for a buffer to fill), for binary
+        answers relayed whole (audio). Raises UpstreamError when the answer breaks."""
+        while True:
+            try:
+                chunk = self._resp.read1(65536)
+            except socket.timeout as exc:
+                self.close()
+                raise UpstreamError("timeout", "provider stopped sending mid-answer") from exc
+            except (http.client.IncompleteRead, OSError, http.client.HTTPException, ValueError) as exc:
+                self.close()
+                raise UpstreamError("reset", "provider connection broke mid-answer") from exc
+            if not chunk:
+                break
+            yield chunk
+        self.release()
+
     def set_timeout(self, seconds: float) -> None:
         """The read timeout from now on (a request deadline shrinks it as a stream goes on)."""
         sock = self._conn.sock
