@@ -178,6 +178,9 @@ class UpstreamResponse:
                 self.close()
                 raise UpstreamError("reset", "provider connection broke mid-answer") from exc
             if not chunk:
+                if self._resp.length:  # Content-Length promised more: read1 just returns b"" at EOF
+                    self.close()
+                    raise UpstreamError("reset", "provider connection broke mid-answer")
                 break
             yield chunk
         self.release()

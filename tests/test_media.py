@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
-from mock_upstream import SPEECH_BYTES, TEXT, multipart_form
+from mock_upstream import SPEECH_BYTES, TEXT, Reply, multipart_form
 from openai import OpenAI
 from rawhttp import connect, read_response
 
@@ -319,3 +319,28 @@ def test_the_cli_sets_a_unit_price(server):
     assert (row["unit"], row["source"], row["input_uc"]) == ("character", "override", 31 * 10**8)
     missing = server.cli("prices", "set", "x-model", "--input", "1")  # a token price needs --output
     assert missing.returncode == 1 and "output is required" in missing.stderr + missing.stdout
+
+
+def test_a_speech_answer_that_breaks_is_cut_off_and_traced(server, key, mock):
+    import http.client
+
+    mock.enqueue(Reply(body=b"\x01" * 50_000, headers={"content-type": "audio/mpeg"}, cut_after=20_000))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": "hi"})
+    conn.request("POST", "/v1/audio/speech", body, {"Authorization": f"Bearer {key}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type") == "audio/mpeg"
+    with pytest.raises(http.client.IncompleteRead):  # no terminator: the client knows it is incomplete
+        resp.read()
+    trace = server.trace(resp.getheader("x-stockyard-trace-id"))
+    assert trace["outcome"] == "stream_broken"
+    conn.close()
+
+
+def test_big_base64_images_are_stored_only_up_to_the_body_cap(client, server, mock):
+    mock.enqueue(Reply(json={"created": 1, "data": [{"b64_json": "QUJD" * 200_000}]}))
+    raw = client.images.with_raw_response.generate(model="dall-e-2", prompt="big", response_format="b64_json")
+    assert len(raw.parse().data[0].b64_json) == 800_000
+    status, detail = admin(server, "GET", f"/api/traces/{raw.headers['x-stockyard-trace-id']}")
+    assert detail["response_truncated"] is True and len(detail["response_body"]) <= 256 * 1024
+    assert detail["cost_uc"] == 2_000_000  # one dall-e-2 1024x1024 image
