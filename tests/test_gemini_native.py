@@ -36,6 +36,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     for model in PRICED:  # the mock's names are no real model's: priced explicitly
         args = ["--input", "1", "--output", "2", "--cached-input", "0.5", "--reasoning", "2"]
         assert proc.cli("prices", "set", model, *args).returncode == 0
+    assert proc.cli("modules", "set", "alias", "aliases.house-embedder=gemini-native-embedder").returncode == 0
+    assert proc.cli("modules", "enable", "alias").returncode == 0
     KEYS["genai"] = new_key(proc, "genai")  # before start: client keys are required from the first request
     proc.start()
     yield proc
@@ -218,6 +220,15 @@ def test_batch_embed_contents_pins_each_model(server, key, mock) -> None:
     assert status == 200, raw
     assert len(json.loads(raw)["embeddings"]) == 3
     assert [r["model"] for r in sent(mock, model).json["requests"]] == [f"models/{model}"] * 3
+
+
+def test_an_alias_routes_and_the_body_names_the_routed_model(server, key, mock) -> None:
+    requests = [{"model": "models/house-embedder", "content": {"parts": [{"text": "hi"}]}}]
+    path = "/v1beta/models/house-embedder:batchEmbedContents"
+    status, headers, raw = gemini(server, "POST", path, {"requests": requests}, key)
+    assert status == 200, raw
+    assert headers["x-stockyard-routed-model"] == "gemini-native-embedder"
+    assert sent(mock, "gemini-native-embedder").json["requests"][0]["model"] == "models/gemini-native-embedder"
 
 
 # --------------------------------------------------------------------------- models

@@ -52,16 +52,17 @@ def pinned(body: dict, action: str, name: str) -> dict | None:
             return {**item, "model": name}
         return None
 
-    if action == "batchEmbedContents" and isinstance(body.get("requests"), list):
-        items = [pin(item) for item in body["requests"]]
-        if any(items):
-            return {**body, "requests": [new or old for new, old in zip(items, body["requests"])]}
-    elif action == "embedContent":
-        return pin(body)
-    elif action == "countTokens":
+    if action == "countTokens":
         inner = pin(body.get("generateContentRequest"))
         return {**body, "generateContentRequest": inner} if inner else None
-    return None
+    if action != "batchEmbedContents":  # embedContent; generateContent's request has the field too
+        return pin(body)
+    requests = body.get("requests")
+    items = [pin(item) for item in requests] if isinstance(requests, list) else []
+    if not any(items):
+        return None
+    assert isinstance(requests, list)
+    return {**body, "requests": [new or old for new, old in zip(items, requests)]}
 
 
 def record(ctx: RequestContext, doc: Any) -> bool:
