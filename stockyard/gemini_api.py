@@ -35,7 +35,7 @@ ACTIONS = {
     "batchEmbedContents": "embeddings",
 }
 ACTION_PATH = re.compile(r"/(?:v1beta|v1)/models/([^:]+):([A-Za-z]*)")
-MODELS_PATH = re.compile(r"/v1beta/models(?:/([^:]+))?")
+MODELS_PATH = re.compile(r"/(v1beta|v1)/models(?:/([^:]+))?")
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # Google's default and largest models.list page
 GENERATE_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 EMBED_METHODS = ["embedContent", "batchEmbedContents", "countTokens"]
@@ -53,6 +53,18 @@ class Target:
 def is_native(path: str) -> bool:
     """Paths whose errors are in Google's shape."""
     return path == "/v1beta" or path.startswith("/v1beta/") or ACTION_PATH.fullmatch(path) is not None
+
+
+def google_client(headers: Mapping[str, str], query: str) -> bool:
+    """A Google SDK or REST client: its key comes as x-goog-api-key or ?key= (an OpenAI client's never does)."""
+    return "x-goog-api-key" in headers or "key" in parse_qs(query, keep_blank_values=True)
+
+
+def lists_models(path: str, headers: Mapping[str, str], query: str) -> bool:
+    """``GET /v1beta/models[/{model}]``, and ``/v1/models[/{model}]`` when a Google client asks
+    (google-genai uses v1 by default; the same path answers OpenAI clients in OpenAI's shape)."""
+    match = MODELS_PATH.fullmatch(path)
+    return match is not None and (match.group(1) == "v1beta" or google_client(headers, query))
 
 
 def action_target(path: str, query: str) -> Target | None:
@@ -110,15 +122,15 @@ def page_size(query: dict[str, list[str]]) -> int:
 
 
 def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response:
-    """``GET /v1beta/models`` (paged) and ``GET /v1beta/models/{model}``: the models this key may
-    use that route to a Gemini provider, as Gemini ``Model`` objects."""
+    """``GET …/models`` (paged) and ``GET …/models/{model}``: the models this key may use that
+    route to a Gemini provider, as Gemini ``Model`` objects."""
     from .models import list_models
 
     registry = app.registry()
     match = MODELS_PATH.fullmatch(path)
     assert match is not None
-    if match.group(1) is not None:
-        model = check_url_model(unquote(match.group(1)))
+    if match.group(2) is not None:
+        model = check_url_model(unquote(match.group(2)))
         if key is not None:
             check_model(key, model, registry.routes_to)
         try:

@@ -617,11 +617,8 @@ class Handler(BaseHTTPRequestHandler):
             ctx.model, ctx.stream = native.model, native.call.action == "streamGenerateContent"
             self._proxy(ctx)
             return
-        if gemini_api.MODELS_PATH.fullmatch(path):  # GET /v1beta/models[/{model}]
-            if method != "GET":
-                self._refuse_method(["GET"])
-            key = app.gate.client_key(gemini_api.key_headers(self._headers_dict(), query))
-            self._respond(gemini_api.models(app, path, query, key))
+        if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
+            self._gemini_models(method, path, query)
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
@@ -656,6 +653,18 @@ class Handler(BaseHTTPRequestHandler):
             done = ctx.attempt
             self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
             self._trace_note = f" {ctx.trace_id}"
+
+    def _gemini_models(self, method: str, path: str, query: str) -> None:
+        """Google's model list and model; its errors in Google's shape, on /v1/models too."""
+        app = self.server.app
+        try:
+            if method != "GET":
+                self._refuse_method(["GET"])
+            key = app.gate.client_key(gemini_api.key_headers(self._headers_dict(), query))
+            self._respond(gemini_api.models(app, path, query, key))
+        except ProxyError as exc:
+            self._end_early()
+            self._write(exc.status, exc.body(GEMINI), "application/json", exc.headers)
 
     def _check_host_and_origin(self) -> None:
         """Browsers: a Host this server does not answer for (DNS rebinding) is a 421, an Origin

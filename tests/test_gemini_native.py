@@ -255,6 +255,18 @@ def test_models_list_and_get(server, key) -> None:
     assert gemini(server, "GET", "/v1beta/models")[0] == 401
 
 
+def test_v1_models_answers_google_clients_in_googles_shape(server, key) -> None:
+    # google-genai uses v1 by default: a request with a Google-style key is a Google client
+    status, _, raw = gemini(server, "GET", "/v1/models", key=key)
+    assert status == 200 and "models/gemini-2.5-flash" in [m["name"] for m in json.loads(raw)["models"]]
+    status, _, raw = server.request("GET", f"/v1/models/gemini-2.5-flash?key={key}")
+    assert status == 200 and json.loads(raw)["name"] == "models/gemini-2.5-flash"
+    status, _, raw = gemini(server, "GET", "/v1/models", key="sk-sy-wrong")
+    google_error(raw, 401, "UNAUTHENTICATED")
+    status, _, raw = server.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert status == 200 and json.loads(raw)["object"] == "list"  # an OpenAI client: OpenAI's list
+
+
 # --------------------------------------------------------------------------- keys and errors
 
 
