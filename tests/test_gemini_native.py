@@ -368,3 +368,31 @@ def test_a_key_limited_to_other_models_gets_a_google_403(server) -> None:
         lambda: (r := gemini(server, "POST", path, {"contents": CONTENTS}, limited))[0] != 401 and r
     )
     google_error(raw, 403, "PERMISSION_DENIED")
+
+
+def test_a_broken_sse_stream_ends_with_a_google_error_event(server, key, mock) -> None:
+    first = json.dumps({"candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}}]})
+    mock.enqueue(Reply(sse=[first, first], cut_after=1))
+    path = "/v1beta/models/gemini-native-broken-sse:streamGenerateContent?alt=sse"
+    status, headers, chunks = stream(server, path, key, {"contents": CONTENTS})
+    events = [json.loads(line[6:]) for line in b"".join(chunks).decode().split("\n") if line.startswith("data: ")]
+    assert status == 200 and events[0]["candidates"][0]["content"]["parts"] == [{"text": "Hel"}]
+    assert events[-1]["error"]["code"] == 502 and events[-1]["error"]["status"] == "UNAVAILABLE"
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken"
+
+
+def test_embeddings_are_cached_when_the_cache_is_on(server, key, mock) -> None:
+    """Last in this file: the cache stays on for the module's server."""
+    assert server.cli("modules", "enable", "cache").returncode == 0
+    path = "/v1beta/models/gemini-native-cached-embedding:embedContent"
+    body = {"content": {"parts": [{"text": "same words"}]}}
+
+    def cached() -> bool:
+        return gemini(server, "POST", path, body, key)[1].get("x-stockyard-cache") == "hit"
+
+    wait_for(cached, what="a cache hit")
+    before = len(mock.requests)
+    status, headers, raw = gemini(server, "POST", path, body, key)
+    assert status == 200 and headers["x-stockyard-cache"] == "hit" and json.loads(raw)["embedding"]["values"]
+    assert len(mock.requests) == before
