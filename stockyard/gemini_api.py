@@ -79,7 +79,12 @@ def action_target(path: str, query: str) -> Target | None:
             404, f"method {action!r} is not served here; Stockyard serves {', '.join(ACTIONS)}", code="not_found"
         )
     sse = "sse" in parse_qs(query).get("alt", [])
-    return Target(endpoint, unquote(match.group(1)), NativeCall(action, sse))
+    return Target(endpoint, url_model(match.group(1)), NativeCall(action, sse))
+
+
+def url_model(segment: str) -> str:
+    """The model a URL names, decoded; a ``models/`` prefix (Google's resource name) is tolerated."""
+    return unquote(segment).removeprefix("models/")
 
 
 def key_headers(headers: Mapping[str, str], query: str) -> dict[str, str]:
@@ -130,7 +135,7 @@ def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response
     match = MODELS_PATH.fullmatch(path)
     assert match is not None
     if match.group(2) is not None:
-        model = check_url_model(unquote(match.group(2)))
+        model = check_url_model(url_model(match.group(2)))
         if key is not None:
             check_model(key, model, registry.routes_to)
         try:

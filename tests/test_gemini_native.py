@@ -127,6 +127,10 @@ def test_v1_paths_and_provider_prefixed_models_work_too(server, key, mock) -> No
     status, _, raw = gemini(server, "POST", path, {"contents": CONTENTS}, key)
     assert status == 200, raw
     assert sent(mock, "gemini-native-named").json == {"contents": CONTENTS}
+    path = "/v1beta/models/models%2Fgemini-native-resource:countTokens"  # Google's resource name, encoded
+    status, _, raw = gemini(server, "POST", path, {"contents": CONTENTS}, key)
+    assert status == 200, raw
+    assert sent(mock, "gemini-native-resource").path == "/v1beta/models/gemini-native-resource:countTokens"
 
 
 # --------------------------------------------------------------------------- streams

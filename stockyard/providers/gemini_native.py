@@ -126,7 +126,7 @@ class GeminiNativeAdapter(Adapter):
             self.embedding_usage(ctx, doc)
             return body
         for item in doc if isinstance(doc, list) else [doc]:  # a JSON-array stream read whole: the last counts
-            ctx.complete = record(ctx, item) or ctx.complete
+            record(ctx, item)
         return body
 
     @staticmethod
