@@ -325,6 +325,8 @@ def test_errors_are_in_googles_shape(server, key) -> None:
     google_error(raw, 400, "INVALID_ARGUMENT")  # no JSON body
     status, _, raw = gemini(server, "POST", "/v1beta/models/gemini-native-x:fly", {}, key)
     google_error(raw, 404, "NOT_FOUND")
+    status, _, raw = gemini(server, "POST", "/v1beta/models/mystery-model:generateContent", {}, key)
+    assert "mystery-model" in google_error(raw, 404, "NOT_FOUND")  # routes to no provider
     status, _, raw = gemini(server, "POST", "/v1beta/models/..:generateContent", {"contents": CONTENTS}, key)
     google_error(raw, 400, "INVALID_ARGUMENT")
     status, _, raw = gemini(server, "GET", "/v1beta/models/gemini-native-x:generateContent", key=key)
