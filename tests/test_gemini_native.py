@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
@@ -179,6 +180,27 @@ def test_json_array_stream_is_googles_array_form(server, key, mock) -> None:
     assert sent(mock, model).query == {"alt": "sse"}  # asked upstream as SSE, whatever the client reads
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["cost_uc"] == cost(PROMPT_TOKENS, 5)
+
+
+def test_json_array_elements_leave_as_they_arrive(server, key, mock) -> None:
+    piece = {"candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}}]}
+    last = {"candidates": [{"content": {"parts": [{"text": "lo"}], "role": "model"}, "finishReason": "STOP"}]}
+    mock.enqueue(Reply(sse=[json.dumps(piece), json.dumps(last)], sse_delay_ms=1500))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        path = "/v1beta/models/gemini-native-slow:streamGenerateContent"
+        conn.request("POST", path, json.dumps({"contents": CONTENTS}), {"x-goog-api-key": key})
+        resp = conn.getresponse()
+        started = time.monotonic()
+        first = resp.read1(65536)
+        first_at = time.monotonic() - started
+        rest = resp.read()
+        end_at = time.monotonic() - started
+    finally:
+        conn.close()
+    assert first == b"[" + json.dumps(piece).encode()  # the first element, before the second exists
+    assert end_at - first_at > 1.0
+    assert json.loads(first + rest) == [piece, last]
 
 
 def test_a_broken_json_array_stream_ends_with_a_google_error(server, key, mock) -> None:
