@@ -52,7 +52,10 @@ class Target:
 
 def is_native(path: str) -> bool:
     """Paths whose errors are in Google's shape."""
-    return path == "/v1beta" or path.startswith("/v1beta/") or ACTION_PATH.fullmatch(path) is not None
+    if path == "/v1beta" or path.startswith("/v1beta/"):
+        return True
+    match = ACTION_PATH.fullmatch(path)
+    return match is not None and match.group(2) in ACTIONS
 
 
 def google_client(headers: Mapping[str, str], query: str) -> bool:
@@ -67,13 +70,20 @@ def lists_models(path: str, headers: Mapping[str, str], query: str) -> bool:
     return match is not None and (match.group(1) == "v1beta" or google_client(headers, query))
 
 
-def action_target(path: str, query: str) -> Target | None:
-    """The call a ``…/models/{model}:{method}`` path names; None for other paths, 404 for another method."""
+def action_target(method: str, path: str, headers: Mapping[str, str], query: str) -> Target | None:
+    """The call a ``…/models/{model}:{method}`` path names; None for other paths, 404 for another method.
+
+    Under ``/v1/`` only a POST of a Gemini method or a Google client's request is ours: an OpenAI
+    client's ``GET /v1/models/ft:davinci`` (a fine-tuned model's id has colons) is not.
+    """
     match = ACTION_PATH.fullmatch(path)
     if match is None:
         return None
     action = match.group(2)
     endpoint = ACTIONS.get(action)
+    if not path.startswith("/v1beta/") and not google_client(headers, query):
+        if endpoint is None or method != "POST":
+            return None
     if endpoint is None:
         raise ProxyError(
             404, f"method {action!r} is not served here; Stockyard serves {', '.join(ACTIONS)}", code="not_found"

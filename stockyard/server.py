@@ -608,7 +608,7 @@ class Handler(BaseHTTPRequestHandler):
             self._proxy(RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict()))
             return
         query = urlsplit(self.path).query
-        native = gemini_api.action_target(path, query)  # /v1beta/models/{model}:{method}
+        native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
         if native is not None:
             if method != "POST":
                 self._refuse_method(["POST"])

@@ -353,6 +353,10 @@ def test_errors_are_in_googles_shape(server, key) -> None:
     google_error(raw, 400, "INVALID_ARGUMENT")
     status, _, raw = gemini(server, "GET", "/v1beta/models/gemini-native-x:generateContent", key=key)
     google_error(raw, 405, "INVALID_ARGUMENT")
+    bearer = {"Authorization": f"Bearer {key}"}  # an OpenAI client: a fine-tuned model's id has colons
+    status, _, raw = server.request("GET", "/v1/models/ft:davinci", headers=bearer)
+    answer = json.loads(raw)
+    assert status != 405 and ("error" not in answer or "type" in answer["error"])  # not a Gemini route
     body = {"contents": CONTENTS, "generationConfig": {"maxOutputTokens": "lots"}}
     status, _, raw = gemini(server, "POST", "/v1beta/models/gemini-native-x:generateContent", body, key)
     assert "generationConfig.maxOutputTokens" in google_error(raw, 400, "INVALID_ARGUMENT")
