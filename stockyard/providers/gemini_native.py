@@ -108,7 +108,7 @@ class GeminiNativeAdapter(Adapter):
             "Accept": "text/event-stream" if stream else "application/json",
             **auth_headers(provider),
         }
-        changed = pinned(ctx.body, action, "models/" + model_segment(model.removeprefix("models/")))
+        changed = pinned(ctx.body, action, "models/" + model.removeprefix("models/"))  # api_path checked it
         body = ctx.raw
         if changed is not None or ctx.body_changed:
             body = json.dumps(changed if changed is not None else ctx.body, ensure_ascii=False).encode()
@@ -167,8 +167,8 @@ class NativeStream(StreamTranslator):
             return [event] if self.sse else []
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            doc = None
+        except (ValueError, UnicodeDecodeError):  # not JSON: an SSE reader may judge it; an array must not hold it
+            return [event] if self.sse else []
         fields = error_fields(doc)
         if fields is not None:
             record_stream_error(self.ctx, fields[1], fields[2])
