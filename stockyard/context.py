@@ -99,6 +99,15 @@ class Route:
     model: str
 
 
+@dataclass(frozen=True)
+class NativeCall:
+    """A Gemini-native request (``/v1beta/models/{model}:{action}``): the method its URL names, and
+    for ``streamGenerateContent`` whether the client reads SSE (``?alt=sse``) or a JSON array."""
+
+    action: str
+    sse: bool = True
+
+
 @dataclass(slots=True)
 class Conversation:
     """The Responses API state of one ``/v1/responses`` request (``stockyard.conversations``).
@@ -177,8 +186,8 @@ class Attempt:
 
 @dataclass(slots=True)  # slots: a write to a field that does not exist fails loudly
 class RequestContext:
-    endpoint: str  # chat, completions, embeddings, messages, count_tokens
-    dialect: str  # openai or anthropic
+    endpoint: str  # chat, completions, embeddings, messages, count_tokens, responses, generate, …
+    dialect: str  # openai, anthropic, responses or gemini: what the client spoke
     client_addr: str
     headers: dict[str, str]  # client request headers, lower-case names
     raw: bytes = b""
@@ -209,6 +218,7 @@ class RequestContext:
     sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
+    native: NativeCall | None = None  # Gemini-native routes: the URL's method (model and stream come from the URL)
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
     upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
 

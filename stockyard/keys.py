@@ -200,7 +200,8 @@ def check(
         raise ProxyError(
             401,
             "a client key is required: send Authorization: Bearer sk-sy-… "
-            "or x-api-key: sk-sy-… (create one with `stockyard keys create`)",
+            "or x-api-key: sk-sy-… (on the Gemini routes also x-goog-api-key or ?key=; "
+            "create one with `stockyard keys create`)",
             code="missing_api_key",
         )
     record = ring.find(secret)

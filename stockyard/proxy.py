@@ -31,7 +31,7 @@ from .chain import Chain
 from .config import Settings
 from .context import Attempt, RequestContext, RetryPolicy
 from .conversations import Conversations
-from .errors import RESPONSES, ClientGone, ProxyError, sse_error_event
+from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
 from .limits import check_request_numbers
 from .pricing import Usage
@@ -39,6 +39,7 @@ from .providers import Provider, Registry, media
 from .providers.adapters import adapter_for
 from .providers.base import Adapter
 from .providers.chatshape import DROPPED_HEADER
+from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
 from .tracing import Tracer
@@ -97,6 +98,10 @@ def parse_body(ctx: RequestContext) -> None:
         return parse_form(ctx)
     body = json_object(ctx.raw)
     ctx.body = body
+    if ctx.dialect == GEMINI:  # Gemini-native: the URL named the model and whether to stream
+        check_native_model(ctx.model)
+        ctx.body_changed = check_request_numbers(body) or ctx.body_changed
+        return
     model = body.get("model")
     if model is None and ctx.endpoint in media.DEFAULT_MODELS:
         model = media.DEFAULT_MODELS[ctx.endpoint]  # what OpenAI uses when none is named
@@ -149,7 +154,9 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         if ctx.answer is None and ctx.dialect == RESPONSES:
             path.conversations.count_input(ctx)  # input_tokens on a translated provider
         if ctx.answer is None and ctx.endpoint == "count_tokens" and ctx.route is not None:
-            if ctx.route.provider.kind != "anthropic":  # counted here, never by a provider call
+            if (
+                ctx.dialect == ANTHROPIC and ctx.route.provider.kind != "anthropic"
+            ):  # counted here, never by a provider call
                 count_estimate(ctx, ctx.route.provider)
         if ctx.answer is not None:
             started_reply = True
@@ -586,7 +593,7 @@ def relay_stream(
     translator = adapter.stream(ctx)
     cap = path.settings.body_cap_bytes
     ctx.attempt.status = resp.status
-    reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"})
+    reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"}, translator.content_type)
     ctx.attempt.mark_first_byte()
     try:
         for event in events:

@@ -22,13 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import multipart, proxy
+from . import gemini_api, multipart, proxy
 from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
-from .errors import ANTHROPIC, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
+from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
 from .hosts import host_allowed, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
@@ -681,22 +681,20 @@ class Handler(BaseHTTPRequestHandler):
             if method != "POST":
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            ctx = RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict())
-            if not self._key_accepted(ctx):
-                return
-            if endpoint in MULTIPART_ENDPOINTS:
-                ctx.upload = self.upload()  # spooled; the trace keeps its metadata, never the file bytes
-                ctx.raw = json.dumps(ctx.upload.metadata(), ensure_ascii=False).encode()
-            else:
-                ctx.raw = self._body()
-            try:
-                proxy.handle(app.path, self, ctx)
-            finally:
-                if ctx.upload is not None:
-                    ctx.upload.close()
-                done = ctx.attempt
-                self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
-                self._trace_note = f" {ctx.trace_id}"
+            self._proxy(RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict()))
+            return
+        query = urlsplit(self.path).query
+        native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
+        if native is not None:
+            if method != "POST":
+                self._refuse_method(["POST"])
+            headers = gemini_api.key_headers(self._headers_dict(), query)
+            ctx = RequestContext(native.endpoint, GEMINI, self.client_address[0], headers, native=native.call)
+            ctx.model, ctx.stream = native.model, native.call.action == "streamGenerateContent"
+            self._proxy(ctx)
+            return
+        if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
+            self._gemini_models(method, path, query)
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
@@ -719,6 +717,36 @@ class Handler(BaseHTTPRequestHandler):
                 self._respond(fn(app, req))
                 return
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
+
+    def _proxy(self, ctx: RequestContext) -> None:
+        """A proxied request: the key from the headers, then the body, then the request path."""
+        if not self._key_accepted(ctx):
+            return
+        if ctx.endpoint in MULTIPART_ENDPOINTS:
+            ctx.upload = self.upload()  # spooled; the trace keeps its metadata, never the file bytes
+            ctx.raw = json.dumps(ctx.upload.metadata(), ensure_ascii=False).encode()
+        else:
+            ctx.raw = self._body()
+        try:
+            proxy.handle(self.server.app.path, self, ctx)
+        finally:
+            if ctx.upload is not None:
+                ctx.upload.close()
+            done = ctx.attempt
+            self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
+            self._trace_note = f" {ctx.trace_id}"
+
+    def _gemini_models(self, method: str, path: str, query: str) -> None:
+        """Google's model list and model; its errors in Google's shape, on /v1/models too."""
+        app = self.server.app
+        try:
+            if method != "GET":
+                self._refuse_method(["GET"])
+            key = app.gate.client_key(gemini_api.key_headers(self._headers_dict(), query))
+            self._respond(gemini_api.models(app, path, query, key))
+        except ProxyError as exc:
+            self._end_early()
+            self._write(exc.status, exc.body(GEMINI), "application/json", exc.headers)
 
     def _check_host_and_origin(self) -> None:
         """Browsers: a Host this server does not answer for (DNS rebinding) is a 421, an Origin
@@ -787,8 +815,15 @@ def reason_phrase(status: int, default: str) -> str:
 
 
 def _dialect_of(target: str) -> str:
-    """The error shape for a request target: Anthropic's under /v1/messages, else OpenAI's."""
-    return ANTHROPIC if target.startswith("/v1/messages") else OPENAI
+    """The error shape for a request target: Anthropic's under /v1/messages, Google's on the
+    Gemini-native routes, else OpenAI's."""
+    if target.startswith("/v1/messages"):
+        return ANTHROPIC
+    try:
+        path = urlsplit(target).path
+    except ValueError:
+        return OPENAI
+    return GEMINI if gemini_api.is_native(path) else OPENAI
 
 
 # -- operational routes ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
 It speaks the wire formats of OpenAI (chat, completions, embeddings, models), Anthropic
-(messages, count_tokens), Gemini (generateContent, streamGenerateContent) and Azure OpenAI
+(messages, count_tokens), Gemini (generateContent, streamGenerateContent as SSE or a JSON
+array, countTokens, embedContent, batchEmbedContents, models.list/get) and Azure OpenAI
 (deployments), records every request, and can be scripted with `Reply` objects.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
@@ -1068,16 +1069,68 @@ def gemini_embeddings(body: dict) -> dict:
     return {"embeddings": out}
 
 
+def gemini_embed_content(body: dict) -> dict:
+    """``embedContent``: one embedding (8 values, or its outputDimensionality), no usage."""
+    return {"embedding": gemini_embeddings({"requests": [body]})["embeddings"][0]}
+
+
+def gemini_count_tokens(body: dict) -> dict:
+    """``countTokens``: PROMPT_TOKENS, with the cached part when the request names cachedContent."""
+    request = body.get("generateContentRequest") if isinstance(body.get("generateContentRequest"), dict) else body
+    answer: dict = {"totalTokens": PROMPT_TOKENS, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 12}]}
+    if request.get("cachedContent"):
+        answer["cachedContentTokenCount"] = CACHED_TOKENS
+    return answer
+
+
+def gemini_json_array(events: list[str]) -> bytes:
+    """streamGenerateContent without ``alt=sse``: Google's JSON array, pretty-printed elements
+    joined by ``\n,\r\n`` (as the API sends them)."""
+    items = [jsonlib.dumps(jsonlib.loads(e), indent=2) for e in events]
+    return ("[" + "\n,\r\n".join(items) + "\n]").encode()
+
+
+def gemini_model_object(name: str) -> dict:
+    methods = ["embedContent", "batchEmbedContents"] if "embedding" in name else GEMINI_GENERATE_METHODS
+    return {
+        "name": f"models/{name}",
+        "version": "001",
+        "displayName": name,
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": methods,
+    }
+
+
+def _gemini_models(call: Call, scripted: Reply | None) -> Reply:
+    """``GET /v1beta/models`` (pageSize, pageToken) and ``GET /v1beta/models/{name}``."""
+    if scripted is not None and scripted.status >= 400:
+        return gemini_error(scripted.status)
+    name = GEMINI_MODELS_PATH.match(call.req.path).group(1)
+    if name is not None:
+        return Reply(json=gemini_model_object(name)) if name in GEMINI_MODEL_IDS else gemini_error(404)
+    size = int(call.req.query.get("pageSize") or 50)
+    start = int(call.req.query.get("pageToken") or 0)
+    reply: dict = {"models": [gemini_model_object(m) for m in GEMINI_MODEL_IDS[start : start + size]]}
+    if start + size < len(GEMINI_MODEL_IDS):
+        reply["nextPageToken"] = str(start + size)
+    return Reply(json=reply)
+
+
 def _gemini(call: Call, model: str) -> Reply:
     action = GEMINI_PATH.match(call.req.path).group(3)
     if action == "batchEmbedContents":
         return Reply(json=gemini_embeddings(call.body))
+    if action == "embedContent":
+        return Reply(json=gemini_embed_content(call.body))
+    if action == "countTokens":
+        return Reply(json=gemini_count_tokens(call.body))
     if action == "generateContent":
         return Reply(json=gemini_generate(call.body, call.n, model))
     events = gemini_stream(call.body, call.n, model)
     if call.req.query.get("alt") == "sse":
         return Reply(sse=events)
-    return Reply(json=[jsonlib.loads(e) for e in events])  # without alt=sse: one JSON array
+    return Reply(body=gemini_json_array(events))  # without alt=sse: one JSON array
 
 
 def _azure(build: Callable[[Call, str], Reply]) -> Route:
@@ -1092,7 +1145,13 @@ def _azure(build: Callable[[Call, str], Reply]) -> Route:
     return route
 
 
-GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)$")
+GEMINI_PATH = re.compile(
+    r"^/(v1beta|v1)/models/([^/:]+):"
+    r"(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$"
+)
+GEMINI_MODELS_PATH = re.compile(r"^/(?:v1beta|v1)/models(?:/([^/:]+))?$")
+GEMINI_MODEL_IDS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-embedding-001"]
+GEMINI_GENERATE_METHODS = ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]
 AZURE_PATH = re.compile(
     r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings|audio/transcriptions|audio/speech)$"
 )
@@ -1135,6 +1194,8 @@ def find_route(method: str, path: str) -> Route | None:
         return ROUTES[(method, path)]
     if method == "POST" and GEMINI_PATH.match(path):
         return GEMINI_ROUTE
+    if method == "GET" and path.startswith("/v1beta/") and GEMINI_MODELS_PATH.match(path):
+        return _gemini_models
     match = AZURE_PATH.match(path)
     if method == "POST" and match and match.group(2) == "audio/transcriptions":
         return _azure_form

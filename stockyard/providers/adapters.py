@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ..errors import ANTHROPIC, RESPONSES, ProxyError
+from ..errors import ANTHROPIC, GEMINI, RESPONSES, ProxyError
 from . import OPENAI_KINDS, Provider, anthropic, gemini
 from .anthropic import AnthropicChatAdapter, AnthropicNativeAdapter
 from .azure import AzureAdapter
 from .base import Adapter
 from .chatshape import table_rows
 from .gemini import GeminiAdapter
+from .gemini_native import GeminiNativeAdapter
 from .media import AZURE_ENDPOINTS, AzureMediaAdapter, MediaAdapter
 from .media import ENDPOINTS as MEDIA_ENDPOINTS
 from .media import PATHS as MEDIA_PATHS
@@ -32,6 +33,8 @@ _FOR_ANTHROPIC_CLIENTS: dict[str, Adapter] = {
 # Responses API clients (/v1/responses): passed through where the provider speaks it, else over its chat adapter.
 _RESPONSES_PASS_THROUGH = ResponsesPassThrough()
 _RESPONSES_OVER_CHAT: dict[str, Adapter] = {kind: ResponsesOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items()}
+# Gemini-native clients (/v1beta/models/…): passed through to Gemini providers only.
+_FOR_GEMINI_CLIENTS: dict[str, Adapter] = {"gemini": GeminiNativeAdapter()}
 
 
 _MEDIA = MediaAdapter()
@@ -62,11 +65,22 @@ def adapter_for(provider: Provider, dialect: str, endpoint: str = "") -> Adapter
         if provider.speaks_responses:
             return _RESPONSES_PASS_THROUGH
         table = _RESPONSES_OVER_CHAT  # its OpenAI-dialect chat adapter, wrapped
+    elif dialect == GEMINI:
+        table = _FOR_GEMINI_CLIENTS
     else:
         table = _FOR_ANTHROPIC_CLIENTS if dialect == ANTHROPIC else _FOR_OPENAI_CLIENTS
     adapter = table.get(provider.kind)
     if adapter is not None:
         return adapter
+    if dialect == GEMINI:
+        raise ProxyError(
+            400,
+            f"provider {provider.name!r} is of kind {provider.kind!r}, not gemini: the Gemini API "
+            "(/v1beta/models/…) reaches only models served by a Gemini provider; use "
+            "/v1/chat/completions or /v1/messages for this one",
+            param="model",
+            code="unsupported_provider",
+        )
     if dialect == ANTHROPIC:
         raise ProxyError(
             400,

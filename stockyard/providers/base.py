@@ -31,6 +31,7 @@ class StreamTranslator:
     """Turns upstream SSE events into the client's events; records usage on the context."""
 
     complete: bool = False  # the upstream sent its terminal event
+    content_type: str = "text/event-stream"  # of the client's stream (Gemini's JSON-array form differs)
 
     def feed(self, event: bytes) -> list[bytes]:
         raise NotImplementedError
