@@ -18,11 +18,13 @@ from typing import Mapping
 from . import __version__, audit
 from .auth import Gatekeeper
 from .backup import Snapshotter
+from .batch_costs import BatchCosts
 from .billing import Pricer
-from .budgets import Budget, BudgetRecords, Ledger, load_project_budgets
+from .budgets import Budget, BudgetRecords, Ledger, load_project_budgets, scopes_of
 from .chain import Chain, HookFailures
 from .config import Settings
 from .conversations import Conversations
+from .files_api import FilesAPI, Ownership
 from .keys import KeyRing, load_keys
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
@@ -108,6 +110,13 @@ class App:
             self.pool,
             self.conversations,
         )
+        self.batch_costs = BatchCosts(
+            self.path,
+            self.store,
+            self.metrics,
+            lambda key, cost, ts_ms: self.ledger.settle(None, cost, scopes_of(key), ts_ms),
+        )
+        self.files = FilesAPI(self.path, Ownership(self.store), self.batch_costs.completed)
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1

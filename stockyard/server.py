@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import proxy
+from . import files_api, proxy
 from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
@@ -614,6 +614,14 @@ class Handler(BaseHTTPRequestHandler):
             finally:
                 done = ctx.attempt
                 self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
+                self._trace_note = f" {ctx.trace_id}"
+            return
+        if files_api.route_of(method, path) is not None:  # /v1/files…, /v1/batches…
+            ctx = RequestContext(
+                files_api.endpoint_name(method, path), OPENAI, self.client_address[0], self._headers_dict()
+            )
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                app.files.handle(self, ctx, method, self.path, self._body)
                 self._trace_note = f" {ctx.trace_id}"
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items

@@ -165,6 +165,23 @@ class UpstreamResponse:
             yield buf + b"\n\n"
         self.release()
 
+    def chunks(self, size: int = 65536) -> Iterator[bytes]:
+        """The body as it arrives (``read1``: never waits for a buffer to fill), for relaying
+        answers too large to hold, such as file contents. Raises UpstreamError when it breaks."""
+        while True:
+            try:
+                chunk = self._resp.read1(size)
+            except socket.timeout as exc:
+                self.close()
+                raise UpstreamError("timeout", "provider stopped sending mid-answer") from exc
+            except (http.client.IncompleteRead, OSError, http.client.HTTPException, ValueError) as exc:
+                self.close()
+                raise UpstreamError("reset", "provider connection broke mid-answer") from exc
+            if not chunk:
+                break
+            yield chunk
+        self.release()
+
     def set_timeout(self, seconds: float) -> None:
         """The read timeout from now on (a request deadline shrinks it as a stream goes on)."""
         sock = self._conn.sock
