@@ -34,6 +34,7 @@ class Settings:
     admin_key: str | None = None
     encryption_key: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024  # a multipart upload (audio, images, files), spooled to disk
     store_bodies: bool = True
     body_cap_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
@@ -179,6 +180,9 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         admin_key=env.get("STOCKYARD_ADMIN_KEY") or None,
         encryption_key=encryption_secret(env),
         max_body_bytes=int(env.get("STOCKYARD_MAX_BODY_BYTES") or 32 * 1024 * 1024),
+        max_upload_bytes=_positive_int(
+            env.get("STOCKYARD_MAX_UPLOAD_BYTES"), "STOCKYARD_MAX_UPLOAD_BYTES", 512 * 1024 * 1024
+        ),
         store_bodies=_env_bool(env.get("STOCKYARD_STORE_BODIES"), True),
         body_cap_bytes=int(env.get("STOCKYARD_BODY_CAP_BYTES") or 256 * 1024),
         idle_timeout_s=float(env.get("STOCKYARD_IDLE_TIMEOUT") or 30.0),

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import files_api, proxy
+from . import files_api, multipart, proxy
 from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
@@ -32,6 +32,7 @@ from .hosts import host_allowed, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
+from .multipart import Upload
 
 log = logging.getLogger("stockyard.server")
 
@@ -48,6 +49,8 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
 OPEN_ROUTES = ("/healthz", "/readyz")
 READYZ_TIMEOUT_S = 5.0
 CHUNK_LINE_MAX = 4096  # a chunk-size line with its extensions
+BODY_BLOCK = 64 * 1024  # bodies are read in blocks of this size
+UPLOAD_PROGRESS_BYTES = 256 * 1024  # an upload earns another read deadline per this many bytes
 LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
 # RFC 9112 §7.1: chunk-size (hex digits, bounded) [; extensions] CRLF; no sign, no spaces before it.
@@ -477,27 +480,30 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read_body(self, limit: int) -> bytes:
         """The request body as framed by its head (checked in parse_request), up to ``limit``."""
+        return b"".join(self._body_blocks(limit))
+
+    def _body_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+        """The body in blocks as it arrives, up to ``limit`` bytes (413 beyond: before reading
+        when Content-Length says so); ``progress(total)`` after each block."""
         length = self._body_length
         if length is None:
-            return self._read_chunked(limit)
+            yield from self._chunked_blocks(limit, progress)
+            return
         if length > limit:
             raise ProxyError(413, f"request body is {length} bytes; the limit is {limit}", code="request_too_large")
-        if not length:
-            return b""
-        data = self.rfile.read(length)
-        if len(data) < length:
-            raise ClientGone()
-        return data
+        total = 0
+        while total < length:
+            data = self.rfile.read(min(BODY_BLOCK, length - total))
+            if not data:
+                raise ClientGone()
+            total += len(data)
+            if progress:
+                progress(total)
+            yield data
 
     def _body(self) -> bytes:
         """Read the whole body; from then on the request is ours and the read deadline is off."""
-        if self._expect_continue and self._body_length != 0:
-            self._expect_continue = False  # only now: a refused request never invites its body
-            try:
-                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            except _GONE as exc:
-                self.close_connection = True
-                raise ClientGone() from exc
+        self._continue()
         try:
             body = self._read_body(self.server.app.settings.max_body_bytes)
         except (ProxyError, ClientGone):
@@ -507,10 +513,56 @@ class Handler(BaseHTTPRequestHandler):
         self.server.reaper.disarm(self.connection)
         return body
 
-    def _read_chunked(self, limit: int) -> bytes:
+    def _continue(self) -> None:
+        """Invite the body of an ``Expect: 100-continue`` request (only now: a refused one never is)."""
+        if self._expect_continue and self._body_length != 0:
+            self._expect_continue = False
+            try:
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except _GONE as exc:
+                self.close_connection = True
+                raise ClientGone() from exc
+
+    def upload(self) -> Upload:
+        """Receive a multipart/form-data body into a spool (``multipart.receive``), up to
+        STOCKYARD_MAX_UPLOAD_BYTES. The caller closes the Upload (the spool goes with it).
+
+        A big upload takes longer than the read deadline: each ``UPLOAD_PROGRESS_BYTES``
+        that arrive grant another deadline, so only a sender slower than that per deadline
+        (a slowloris) is cut off.
+        """
+        settings = self.server.app.settings
+        self._continue()
+        step = [UPLOAD_PROGRESS_BYTES]
+
+        def progress(total: int) -> None:
+            if total >= step[0]:
+                step[0] = total + UPLOAD_PROGRESS_BYTES
+                self.server.reaper.arm(self.connection, settings.request_read_timeout_s)
+
+        try:
+            blocks = self._body_blocks(settings.max_upload_bytes, progress)
+            upload = multipart.receive(
+                blocks,
+                self.headers.get("Content-Type"),
+                limit=settings.max_upload_bytes,
+                folder=multipart.spool_folder(settings.db_path),
+            )
+        except ProxyError as exc:
+            if exc.status == 413:
+                exc.message = multipart.too_large(settings.max_upload_bytes).message
+            self.close_connection = True  # the rest of the body was not read
+            raise
+        except ClientGone:
+            self.close_connection = True
+            raise
+        self._body_done = True
+        self.server.reaper.disarm(self.connection)
+        return upload
+
+    def _chunked_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """A chunked body (RFC 9112 §7.1), strictly: hex sizes, CRLF after each chunk, a bounded
         trailer section, and the limit enforced on the running total before anything is read."""
-        parts: list[bytes] = []
         total = 0
         while True:
             line = self.rfile.readline(CHUNK_LINE_MAX + 1)
@@ -532,14 +584,18 @@ class Handler(BaseHTTPRequestHandler):
                     raise ProxyError(
                         exc.status, f"malformed chunked request body: trailer: {exc}", code="bad_chunked_body"
                     ) from None
-                return b"".join(parts)
-            total += size
-            if total > limit:
+                return
+            if total + size > limit:
                 raise ProxyError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
-            data = self.rfile.read(size)
-            if len(data) < size:
-                raise ClientGone()
-            parts.append(data)
+            while size > 0:
+                data = self.rfile.read(min(BODY_BLOCK, size))
+                if not data:
+                    raise ClientGone()
+                size -= len(data)
+                total += len(data)
+                if progress:
+                    progress(total)
+                yield data
             end = self.rfile.read(2)
             if end != b"\r\n":
                 if len(end) < 2:
@@ -626,7 +682,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
-            req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0])
+            req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0], self.upload)
             self._respond(app.conversations.answer(req, key.id if key else None))
             return
         fixed = FIXED_ROUTES.get(path)
@@ -641,7 +697,7 @@ class Handler(BaseHTTPRequestHandler):
             if path.startswith(prefix):
                 if not self._body_pending():
                     self.server.reaper.disarm(self.connection)  # nothing more to arrive
-                req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0])
+                req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0], self.upload)
                 self._respond(fn(app, req))
                 return
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")

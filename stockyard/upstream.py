@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
 from .httphead import Response
@@ -269,11 +269,15 @@ class Pool:
         method: str,
         path: str,
         headers: dict[str, str],
-        body: bytes | None,
+        body: bytes | BinaryIO | None,
         read_timeout: float | None = None,
         cancel: Cancel | None = None,
     ) -> UpstreamResponse:
         """Send one request; retries once only if a reused connection was stale.
+
+        ``body`` may be a seekable file-like object (a spooled upload, ``multipart.Encoded``):
+        it is sent in blocks, with the Content-Length the caller put in ``headers``, and
+        rewound for the one retry.
 
         ``cancel`` lets another thread end the call (the client left): the connection is
         shut down and the call raises ``UpstreamError("cancelled")``.
@@ -291,6 +295,8 @@ class Pool:
             try:
                 if cancel is not None:
                     cancel.attach(conn)
+                if body is not None and not isinstance(body, bytes):
+                    body.seek(0)
                 conn.request(method, full_path, body=body, headers=headers)
                 resp = conn.getresponse()
                 return UpstreamResponse(self, key, conn, resp, cancel)
