@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Callable, Iterator
+from typing import Callable
 
 from .context import RequestContext
 from .errors import OPENAI
-from .files_api import mark_billed, upstream_path
+from .files_api import lines_of, mark_billed, upstream_path
 from .keys import KeyRecord
 from .metrics import Metrics
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
@@ -35,30 +35,7 @@ from .store.traces import trace_row_from
 log = logging.getLogger("stockyard.batches")
 
 BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
-MAX_LINE = 16 * 1024 * 1024  # one output line longer than this is skipped (and logged), never held
 Settle = Callable[[KeyRecord, int, int], None]  # (owner key, cost µ¢, ts ms): the budget ledger learns it
-
-
-def lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """JSONL lines from a stream of chunks, without holding more than one line."""
-    buf = b""
-    skipping = False
-    for chunk in chunks:
-        buf += chunk
-        while True:
-            end = buf.find(b"\n")
-            if end < 0:
-                break
-            line, buf = buf[:end], buf[end + 1 :]
-            if skipping:
-                skipping = False
-            elif line.strip():
-                yield line
-        if len(buf) > MAX_LINE:
-            log.warning("a batch output line is longer than %d bytes; not counted", MAX_LINE)
-            buf, skipping = b"", True
-    if buf.strip() and not skipping:
-        yield buf
 
 
 class BatchTotal:
@@ -153,7 +130,7 @@ class BatchCosts:
         if resp.status >= 400:
             resp.read_all()
             raise RuntimeError(f"provider {provider.name!r} answered {resp.status} for output file {file_id}")
-        for line in lines(resp.chunks()):
+        for line in lines_of(resp.chunks()):
             total.add(line, lambda model: table.lookup(model, provider.name))
         return total
 

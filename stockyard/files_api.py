@@ -21,12 +21,13 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlencode, urlsplit
+from io import RawIOBase
+from typing import IO, Any, BinaryIO, Callable, Iterator, cast
+from urllib.parse import urlencode
 
 from .context import RequestContext
 from .errors import ClientGone, ProxyError
-from .httpio import json_object
+from .httpio import Request, json_object
 from .keys import KeyRecord
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
@@ -107,6 +108,27 @@ def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provide
         for p in registry.providers
         if p.kind in FILE_KINDS and (key is None or key.allows_provider(p.name, registry.routes_to))
     ]
+
+
+MAX_LINE = 16 * 1024 * 1024  # a JSONL line longer than this is skipped, never held
+
+
+def lines_of(stream: IO[bytes] | Iterator[bytes], block: int = 65536) -> Iterator[bytes]:
+    """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time."""
+    chunks = stream if isinstance(stream, Iterator) else iter(lambda: stream.read(block), b"")
+    buf, skipping = b"", False
+    for chunk in chunks:
+        buf += chunk
+        while (end := buf.find(b"\n")) >= 0:
+            line, buf = buf[:end], buf[end + 1 :]
+            if skipping:
+                skipping = False
+            elif line.strip():
+                yield line
+        if len(buf) > MAX_LINE:
+            buf, skipping = b"", True
+    if buf.strip() and not skipping:
+        yield buf
 
 
 # -- ownership ------------------------------------------------------------------------------------
@@ -204,11 +226,11 @@ class FilesAPI:
         self.ownership = ownership
         self._on_completed = on_completed
 
-    def handle(self, reply: Reply, ctx: RequestContext, method: str, target: str, body: Callable[[], bytes]) -> None:
+    def handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         """One call (its key already checked from the headers); always leaves a trace row."""
         path = self._path
         try:
-            self._handle(reply, ctx, method, target, body)
+            self._handle(reply, ctx, req)
         except ProxyError as exc:
             fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
             send_error(path, reply, ctx, exc)
@@ -217,9 +239,9 @@ class FilesAPI:
         finally:
             path.tracer.finish(ctx)
 
-    def _handle(self, reply: Reply, ctx: RequestContext, method: str, target: str, body: Callable[[], bytes]) -> None:
-        parts = urlsplit(target)
-        found = route_of(method, parts.path)
+    def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        method, query = req.method, req.query
+        found = route_of(method, req.path)
         assert found is not None
         collection, object_id, action = found
         allowed = ALLOWED_METHODS[(collection, object_id is not None, action)]
@@ -230,15 +252,14 @@ class FilesAPI:
                 code="method_not_allowed",
                 headers={"Allow": ", ".join(allowed)},
             )
-        raw = body()  # a GET's empty body too: the read deadline ends, a long download is not cut
-        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        if collection == "files" and object_id is None and method == "POST":
+            return self._upload(reply, ctx, req)
+        raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
         kind = KIND[collection]
         if object_id is None:
             if method == "GET":
                 return self._list(reply, ctx, collection, query)
-            if collection == "batches":
-                return self._create_batch(reply, ctx, raw)
-            raise ProxyError(400, "file uploads are not served yet", code="not_supported")
+            return self._create_batch(reply, ctx, raw)
         owned = self.ownership.find(object_id, kind, owner_of(ctx))
         if owned is None:
             raise not_found(kind, object_id)
@@ -308,9 +329,10 @@ class FilesAPI:
         provider: Provider,
         method: str,
         rest: str,
-        body: bytes | None = None,
+        body: bytes | RawIOBase | None = None,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
+        length: int | None = None,
     ) -> tuple[Answer, UpstreamResponse]:
         """Send one call to the provider, its answer still unread; the trace learns the provider."""
         if provider.key_error:
@@ -326,10 +348,13 @@ class FilesAPI:
             headers.pop("Content-Type", None)
         else:
             headers["Content-Type"] = content_type
+            if length is not None:
+                headers["Content-Length"] = str(length)
         scrub = self._path.scrub
         target = upstream_path(provider, rest, query)
         try:
-            resp = self._path.pool.request(provider.base_url, method, target, headers, body)
+            sent = body if body is None or isinstance(body, bytes) else cast(BinaryIO, body)  # a spooled upload
+            resp = self._path.pool.request(provider.base_url, method, target, headers, sent)
         except UpstreamError as exc:
             message = scrub.text(f"provider {provider.name!r}: {exc}")
             raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
@@ -356,12 +381,13 @@ class FilesAPI:
         provider: Provider,
         method: str,
         rest: str,
-        body: bytes | None = None,
+        body: bytes | RawIOBase | None = None,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
+        length: int | None = None,
     ) -> tuple[Answer, Any]:
         """A call whose answer is JSON: (the answer read whole, its parsed body or None)."""
-        answer = self._read(ctx, *self._request(ctx, provider, method, rest, body, query, content_type))
+        answer = self._read(ctx, *self._request(ctx, provider, method, rest, body, query, content_type, length))
         try:
             return answer, json.loads(answer.data)
         except ValueError:
@@ -405,6 +431,53 @@ class FilesAPI:
         reply.end_stream()
         ctx.attempt.cost_uc, ctx.attempt.cost_status = 0, "exact"
         ctx.complete = True
+
+    # -- uploads --------------------------------------------------------------------------------
+    def _upload(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        """``POST /v1/files``: the form streamed to a spool (never held whole), then to the provider
+        with its length; the trace keeps the form's metadata, never the file's bytes."""
+        provider = self.choose_provider(ctx)  # refused before the body is read
+        with req.upload() as upload:
+            ctx.raw = json.dumps(upload.metadata()).encode()
+            purpose = upload.get("purpose")
+            parts = [f for f in upload.files if f.name == "file"]
+            if not purpose:
+                raise ProxyError(400, "Missing required parameter: 'purpose'.", param="purpose", code="invalid_value")
+            if len(parts) != 1:
+                raise ProxyError(
+                    400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
+                )
+            if purpose == "batch":
+                self._check_batch_models(ctx, provider, lines_of(upload.open(parts[0])))
+            body = upload.encode()
+            answer, doc = self._call(
+                ctx, provider, "POST", "/files", body, content_type=body.content_type, length=body.length
+            )
+        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
+        self._send(reply, ctx, answer)
+
+    def _check_batch_models(self, ctx: RequestContext, provider: Provider, lines: Iterator[bytes]) -> None:
+        """A key with a model allow-list may batch only its models: each request line's ``model``
+        is checked as if sent to ``provider`` (a batch must not be a way around the list)."""
+        key = ctx.key
+        if key is None or key.models is None or "*" in key.models:
+            return
+        route = self._path.registry().routes_to
+        for number, line in enumerate(lines, 1):
+            try:
+                body = json.loads(line).get("body")
+                model = body.get("model") if isinstance(body, dict) else None
+            except (ValueError, AttributeError):
+                model = None
+            if not isinstance(model, str) or not key.allows_model(f"{provider.name}/{model}", route):
+                shown = model[:100] if isinstance(model, str) else None
+                raise ProxyError(
+                    403,
+                    f"client key {key.prefix}… may not use model {shown!r} (line {number} of the batch file)",
+                    param="file",
+                    code="model_not_allowed",
+                )
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, collection: str, query: dict[str, str]) -> None:

@@ -677,7 +677,8 @@ class Handler(BaseHTTPRequestHandler):
                 files_api.endpoint_name(method, path), OPENAI, self.client_address[0], self._headers_dict()
             )
             if self._key_accepted(ctx):  # before the body, like the proxy routes
-                app.files.handle(self, ctx, method, self.path, self._body)
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+                app.files.handle(self, ctx, req)
                 self._trace_note = f" {ctx.trace_id}"
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items

@@ -10,7 +10,7 @@ import json
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
-from mock_upstream import FILES, PROMPT_TOKENS, Reply
+from mock_upstream import FILES, PROMPT_TOKENS
 from openai import NotFoundError, OpenAI, PermissionDeniedError
 from rawhttp import connect, read_response, read_until_close
 
@@ -28,11 +28,18 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "OPENAI_BASE_URL": mock.url + "/v1",
         "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",  # not OpenAI-kind: never serves files
         "ANTHROPIC_BASE_URL": mock.url,
+        "GROQ_API_KEY": "gsk-test-0123456789abcdef",  # a second OpenAI-kind provider, chosen by header
+        "GROQ_BASE_URL": mock.url + "/v1",
         "STOCKYARD_ADMIN_KEY": ADMIN,
     }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("files") / "stockyard.db", env)
     keys = {}
-    for name, extra in (("alice", []), ("bob", []), ("claude-only", ["--models", "claude-*"])):
+    for name, extra in (
+        ("alice", []),
+        ("bob", []),
+        ("claude-only", ["--models", "claude-*"]),
+        ("mini", ["--models", "gpt-4o-mini"]),
+    ):
         made = srv.cli("keys", "create", "--name", name, *extra)
         assert made.returncode == 0, made.stderr
         keys[name] = made.stdout.strip()
@@ -112,3 +119,164 @@ def test_wrong_method_is_405_with_allow(server):
         "DELETE", "/v1/batches/batch_x", headers={"Authorization": f"Bearer {server.keys['alice']}"}
     )
     assert status == 405 and headers["allow"] == "GET"
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def trace_of(server: ServerProcess, headers) -> dict:
+    status, _, body = server.request(
+        "GET", f"/api/traces/{headers['x-stockyard-trace-id']}", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_upload_list_retrieve_content_delete_and_another_key_sees_none_of_it(server):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    data = b'{"secret-marker": "the file bytes never reach a trace"}\n' * 3
+    raw = alice.files.with_raw_response.create(file=("notes.jsonl", io.BytesIO(data)), purpose="user_data")
+    made = raw.parse()
+    assert made.id.startswith("file-") and made.bytes == len(data) and made.filename == "notes.jsonl"
+    wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (raw.headers["x-stockyard-trace-id"],)))
+    trace = trace_of(server, raw.headers)
+    assert trace["endpoint"] == "files.create" and trace["cost_uc"] == 0 and trace["cost_status"] == "exact"
+    assert "secret-marker" not in trace["request_body"]
+    form = json.loads(trace["request_body"])
+    assert form["files"] == [
+        {"name": "file", "filename": "notes.jsonl", "content_type": "application/octet-stream", "size": len(data)}
+    ]
+    assert form["fields"] == {"purpose": "user_data"}
+
+    assert made.id in [f.id for f in alice.files.list()]
+    assert made.id not in [f.id for f in bob.files.list()]
+    assert alice.files.retrieve(made.id).filename == "notes.jsonl"
+    assert alice.files.content(made.id).content == data
+    for call in (bob.files.retrieve, bob.files.content, bob.files.delete):
+        with pytest.raises(NotFoundError) as err:
+            call(made.id)
+        assert err.value.body["message"] == f"No such File object: {made.id}"  # as for an id nobody has
+    assert alice.files.delete(made.id).deleted
+    with pytest.raises(NotFoundError):
+        alice.files.retrieve(made.id)
+    assert not server.db_rows("SELECT 1 FROM owned_objects WHERE id = ?", (made.id,))
+
+
+def test_file_content_is_relayed_as_a_stream_and_its_trace_keeps_only_the_size(server):
+    alice = client(server, "alice")
+    data = bytes(range(256)) * 4096  # 1 MiB, not text
+    made = alice.files.create(file=("blob.bin", io.BytesIO(data)), purpose="user_data")
+    raw = alice.files.with_raw_response.content(made.id)
+    assert raw.headers["transfer-encoding"] == "chunked" and raw.content == data
+    wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (raw.headers["x-stockyard-trace-id"],)))
+    trace = trace_of(server, raw.headers)
+    assert trace["endpoint"] == "files.content" and json.loads(trace["response_body"]) == {"content_bytes": len(data)}
+
+
+def test_lists_page_honestly_over_the_keys_own_files(server):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    mine = []
+    for n in range(5):  # interleaved with another key's files, which the pages must skip
+        mine.append(alice.files.create(file=(f"a{n}.txt", io.BytesIO(b"a")), purpose="fine-tune").id)
+        bob.files.create(file=(f"b{n}.txt", io.BytesIO(b"b")), purpose="fine-tune")
+    first = alice.files.list(purpose="fine-tune", limit=2)
+    assert [f.id for f in first.data] == mine[::-1][:2] and first.has_more
+    assert [f.id for f in alice.files.list(purpose="fine-tune", limit=2)] == mine[::-1]  # the SDK follows `after`
+    last = alice.files.list(purpose="fine-tune", limit=3, after=mine[2])
+    assert [f.id for f in last.data] == [mine[1], mine[0]] and not last.has_more
+
+
+def test_a_provider_named_by_header_keeps_the_file_and_serves_its_later_calls(server):
+    alice = OpenAI(
+        base_url=server.url + "/v1",
+        api_key=server.keys["alice"],
+        max_retries=0,
+        default_headers={"x-stockyard-provider": "groq"},
+    )
+    raw = alice.files.with_raw_response.create(file=("g.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    made = raw.parse()
+    assert server.db_rows("SELECT provider FROM owned_objects WHERE id = ?", (made.id,)) == [{"provider": "groq"}]
+    again = client(server, "alice").files.with_raw_response.retrieve(made.id)  # no header: the recorded provider
+    wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (again.headers["x-stockyard-trace-id"],)))
+    assert trace_of(server, again.headers)["provider"] == "groq"
+    assert trace_of(server, raw.headers)["provider"] == "groq"
+
+
+def test_a_key_with_a_model_allow_list_cannot_batch_other_models(server):
+    mini = client(server, "mini")
+    with pytest.raises(PermissionDeniedError) as err:
+        mini.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini", "gpt-4o"))), purpose="batch")
+    assert "'gpt-4o' (line 2" in err.value.body["message"]
+    ok = mini.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    assert ok.id.startswith("file-")
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+def test_batch_lifecycle_ownership_and_its_cost_at_the_batch_price(server):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    models = ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini", "mock-error-400"]
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input(*models))), purpose="batch")
+    with pytest.raises(NotFoundError) as err:
+        bob.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.body["param"] == "input_file_id"
+
+    batch = alice.batches.create(
+        input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "nightly"}
+    )
+    assert batch.status == "in_progress" and batch.metadata == {"job": "nightly"}
+    assert batch.id in [b.id for b in alice.batches.list()]
+    assert batch.id not in [b.id for b in bob.batches.list()]
+    for call in (bob.batches.retrieve, bob.batches.cancel):
+        with pytest.raises(NotFoundError):
+            call(batch.id)
+
+    done = alice.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 3 and done.request_counts.failed == 1
+    lines = alice.files.content(done.output_file_id).content.splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["response"]["body"]["usage"]["prompt_tokens"] == PROMPT_TOKENS
+    errors = alice.files.content(done.error_file_id).content.splitlines()
+    assert [json.loads(e)["response"]["status_code"] for e in errors] == [400]
+    for file_id in (done.output_file_id, done.error_file_id):  # the batch's files are its owner's
+        with pytest.raises(NotFoundError):
+            bob.files.retrieve(file_id)
+
+    rows = wait_for(lambda: traces(server, "batches.usage"), what="the batch's usage row")
+    assert len(rows) == 1
+    row = rows[0]
+    prompt, completion = 3 * PROMPT_TOKENS, 3 * 5
+    numerator = (prompt * MINI_RATES[0] + completion * MINI_RATES[1]) * BATCH_PRICE[0]
+    whole = 10**6 * BATCH_PRICE[1]
+    expected = (numerator + whole // 2) // whole
+    assert BATCH_PRICE == (1, 2)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, completion)
+    assert row["cost_uc"] == expected and row["cost_status"] == "exact" and row["provider"] == "openai"
+    alice_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    assert row["key_id"] == alice_id and row["model"] == "gpt-4o-mini"
+    assert server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (batch.id,)) == [{"billed": 1}]
+    spent = server.db_rows(
+        "SELECT SUM(cost_uc) AS c FROM rollups_daily WHERE key_id = ? AND model = 'gpt-4o-mini'", (alice_id,)
+    )
+    assert spent[0]["c"] >= expected  # cost reports and budgets read the rollups
+
+    alice.batches.retrieve(batch.id)
+    alice.batches.list()
+    assert len(traces(server, "batches.usage")) == 1  # seen again: already billed, never a second row
+
+
+def test_a_cancelled_batch(server):
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert alice.batches.cancel(batch.id).status == "cancelling"
+    assert alice.batches.retrieve(batch.id).status == "cancelled"
+    costs = [r for r in server.db_rows("SELECT * FROM traces WHERE endpoint LIKE 'batches.%'") if r["cost_uc"]]
+    assert all(r["endpoint"] == "batches.usage" for r in costs)
+
+
+def test_open_mode_has_one_owner(openai_server):
+    sdk = OpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    made = sdk.files.create(file=("open.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    assert made.id in [f.id for f in sdk.files.list()]
+    assert openai_server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (made.id,)) == [{"key_id": ""}]
