@@ -80,10 +80,10 @@ ALLOWED_METHODS = {
 }
 
 
-def not_found(kind: str, object_id: str, param: str | None = None) -> ProxyError:
-    """OpenAI's 404 for an id: the same for one that does not exist and for another key's."""
+def not_found(kind: str, object_id: str, param: str = "id") -> ProxyError:
+    """OpenAI's own 404 for an id, the same for one that does not exist and for another key's."""
     message = f"No such File object: {object_id}" if kind == "file" else f"No batch found with id '{object_id}'."
-    return ProxyError(404, message, param=param, code=None)
+    return ProxyError(404, message, param=param, type="invalid_request_error")
 
 
 def owner_of(ctx: RequestContext) -> str:

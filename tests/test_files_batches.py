@@ -280,3 +280,60 @@ def test_open_mode_has_one_owner(openai_server):
     made = sdk.files.create(file=("open.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
     assert made.id in [f.id for f in sdk.files.list()]
     assert openai_server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (made.id,)) == [{"key_id": ""}]
+
+
+# -- the parts, in process -----------------------------------------------------------------------
+
+
+def test_a_batch_with_a_model_without_a_price_has_an_unknown_cost():
+    from stockyard.batch_costs import BatchTotal
+    from stockyard.pricing import PriceTable
+
+    table = PriceTable.load()
+    total = BatchTotal()
+    for model in ("gpt-4o-mini", "no-such-model-anywhere"):
+        line = {"response": {"status_code": 200, "body": {"model": model, "usage": {"prompt_tokens": 10}}}}
+        total.add(json.dumps(line).encode(), lambda m: table.lookup(m, "openai"))
+    assert total.cost() is None and total.unpriced == {"no-such-model-anywhere"}
+    assert total.usage().prompt_tokens == 20 and total.models == ["gpt-4o-mini", "no-such-model-anywhere"]
+
+
+def test_jsonl_lines_are_read_across_chunks_and_an_oversized_line_is_skipped(monkeypatch):
+    from stockyard import files_api
+
+    monkeypatch.setattr(files_api, "MAX_LINE", 10)
+    chunks = iter([b'{"a"', b':1}\n\n{"b":2}\n', b"x" * 30, b"y\n", b'{"c":3}'])
+    assert list(files_api.lines_of(chunks)) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+    assert list(files_api.lines_of(io.BytesIO(b"one\ntwo\n"), block=2)) == [b"one", b"two"]
+
+
+def test_azure_files_live_under_openai_with_an_api_version_that_has_them():
+    from stockyard.files_api import upstream_path
+    from stockyard.providers import Provider
+
+    azure = Provider("azure", "azure", "https://r.openai.azure.com", "k", api_version="2024-02-01")
+    assert upstream_path(azure, "/files", {"limit": "100"}) == "/openai/files?api-version=2024-10-21&limit=100"
+    openai = Provider("openai", "openai", "https://api.openai.com/v1", "k")
+    assert upstream_path(openai, "/batches/b1/cancel") == "/batches/b1/cancel"
+
+
+def test_which_providers_an_allow_list_lets_a_key_use():
+    from stockyard.files_api import allowed_providers
+    from stockyard.keys import KeyRecord
+    from stockyard.providers import Provider, Registry
+
+    registry = Registry(
+        [
+            Provider("openai", "openai", "http://o", "k", ("gpt-",)),
+            Provider("anthropic", "anthropic", "http://a", "k", ("claude-",)),
+            Provider("groq", "openai-compatible", "http://g", "k", ("llama-",)),
+        ]
+    )
+
+    def names(models):
+        key = KeyRecord("k1", "n", "sk-sy-x", "h", models=models)
+        return [p.name for p in allowed_providers(registry, key)]
+
+    assert names(None) == ["openai", "groq"] and names(("*",)) == ["openai", "groq"]
+    assert names(("gpt-4o-mini",)) == ["openai"] and names(("llama-*",)) == ["groq"]
+    assert names(("groq/whatever",)) == ["groq"] and names(("claude-*",)) == []
