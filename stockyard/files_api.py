@@ -420,9 +420,9 @@ class FilesAPI:
             for chunk in resp.chunks():
                 reply.chunk(chunk)
                 size += len(chunk)
-        except UpstreamError as exc:  # the client sees a cut answer: chunked framing without its end
+        except UpstreamError as exc:  # no end chunk: the server closes, and the client sees the answer cut
             fail(ctx, answer.status, f"provider {provider.name!r}: {exc}", "stream_broken", f"upstream_{exc.kind}")
-            raise ClientGone() from None
+            return
         except ClientGone:
             resp.close()
             raise

@@ -680,6 +680,8 @@ class Handler(BaseHTTPRequestHandler):
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
                 app.files.handle(self, ctx, req)
                 self._trace_note = f" {ctx.trace_id}"
+                if ctx.attempt.outcome == "stream_broken":  # a cut download: the client must see it end short
+                    self.close_connection = True
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes

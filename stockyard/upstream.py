@@ -178,6 +178,9 @@ class UpstreamResponse:
                 self.close()
                 raise UpstreamError("reset", "provider connection broke mid-answer") from exc
             if not chunk:
+                if self._resp.length:  # read1 reports a Content-Length body cut short as a quiet end
+                    self.close()
+                    raise UpstreamError("reset", "provider connection broke mid-answer")
                 break
             yield chunk
         self.release()

@@ -10,8 +10,8 @@ import json
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
-from mock_upstream import FILES, PROMPT_TOKENS
-from openai import NotFoundError, OpenAI, PermissionDeniedError
+from mock_upstream import FILES, PROMPT_TOKENS, Reply
+from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError
 from rawhttp import connect, read_response, read_until_close
 
 from stockyard.batch_costs import BATCH_PRICE
@@ -337,3 +337,16 @@ def test_which_providers_an_allow_list_lets_a_key_use():
     assert names(None) == ["openai", "groq"] and names(("*",)) == ["openai", "groq"]
     assert names(("gpt-4o-mini",)) == ["openai"] and names(("llama-*",)) == ["groq"]
     assert names(("groq/whatever",)) == ["groq"] and names(("claude-*",)) == []
+
+
+def test_a_download_the_provider_cuts_short_ends_short_for_the_client(server, mock):
+    alice = client(server, "alice")
+    made = alice.files.create(file=("cut.bin", io.BytesIO(b"z" * 200_000)), purpose="user_data")
+    mock.enqueue(Reply(body=b"z" * 200_000, headers={"content-type": "application/octet-stream"}, cut_after=70_000))
+    with pytest.raises(APIConnectionError):
+        alice.files.content(made.id)
+    rows = wait_for(
+        lambda: server.db_rows("SELECT * FROM traces WHERE endpoint = 'files.content' AND outcome = 'stream_broken'")
+    )
+    assert rows[-1]["error_type"] == "upstream_reset"
+    assert alice.files.retrieve(made.id).id == made.id  # the server goes on serving
