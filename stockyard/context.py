@@ -142,6 +142,8 @@ class Attempt:
     response_truncated: bool = False
     cost_uc: int | None = None
     cost_status: str = "none"
+    media_seconds: float | None = None  # audio the provider billed by duration (whisper-1)
+    media_images: int | None = None  # images in an images answer
     trace_id: str = ""  # set by close(): the row of a failed attempt
     ts_ms: int = 0
     started: float = 0.0
@@ -208,6 +210,7 @@ class RequestContext:
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
+    upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
 
     def __post_init__(self) -> None:
         if not self.ts_ms:

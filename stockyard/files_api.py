@@ -420,8 +420,9 @@ class FilesAPI:
             for chunk in resp.chunks():
                 reply.chunk(chunk)
                 size += len(chunk)
-        except UpstreamError as exc:  # no end chunk: the server closes, and the client sees the answer cut
+        except UpstreamError as exc:
             fail(ctx, answer.status, f"provider {provider.name!r}: {exc}", "stream_broken", f"upstream_{exc.kind}")
+            reply.abort()  # no error fits a file's bytes: the connection closes without the chunked end
             return
         except ClientGone:
             resp.close()

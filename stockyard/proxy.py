@@ -35,7 +35,7 @@ from .errors import RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
 from .limits import check_request_numbers
 from .pricing import Usage
-from .providers import Provider, Registry
+from .providers import Provider, Registry, media
 from .providers.adapters import adapter_for
 from .providers.base import Adapter
 from .providers.chatshape import DROPPED_HEADER
@@ -50,8 +50,19 @@ log = logging.getLogger("stockyard.proxy")
 PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms", "retry-after", "openai-organization")
 PASS_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-goog-request-id")
-NEEDS_MODEL = ("chat", "completions", "embeddings", "messages", "count_tokens", "responses", "input_tokens")
-NO_STREAM = ("embeddings", "count_tokens", "input_tokens")
+NEEDS_MODEL = (
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "count_tokens",
+    "responses",
+    "input_tokens",
+    "transcriptions",
+    "translations",
+    "speech",
+)
+NO_STREAM = ("embeddings", "count_tokens", "input_tokens", *media.ENDPOINTS)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class Reply(Protocol):
     def start_stream(self, status: int, headers: dict | None = ..., content_type: str = ...) -> None: ...
     def chunk(self, data: bytes) -> None: ...
     def end_stream(self) -> None: ...
+    def abort(self) -> None: ...
     def watch_client(self, on_gone: Callable[[], None]) -> ContextManager[None]: ...
 
 
@@ -81,10 +93,14 @@ def parse_body(ctx: RequestContext) -> None:
     """Decode the JSON object body, pick out model and stream, check the numbers the proxy reads.
 
     Anything else is a 400."""
+    if ctx.upload is not None:
+        return parse_form(ctx)
     body = json_object(ctx.raw)
     ctx.body = body
     model = body.get("model")
-    if ctx.endpoint in NEEDS_MODEL:
+    if model is None and ctx.endpoint in media.DEFAULT_MODELS:
+        model = media.DEFAULT_MODELS[ctx.endpoint]  # what OpenAI uses when none is named
+    if ctx.endpoint in NEEDS_MODEL or ctx.endpoint in media.DEFAULT_MODELS:
         if not isinstance(model, str) or not model.strip():
             raise ProxyError(
                 400, "'model' is required and must be a non-empty string", param="model", code="missing_model"
@@ -98,6 +114,21 @@ def parse_body(ctx: RequestContext) -> None:
     ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     if check_request_numbers(body):  # 5000.0 became 5000: send the body as checked
         ctx.body_changed = True
+
+
+def parse_form(ctx: RequestContext) -> None:
+    """A multipart request (``ctx.upload``): its text fields are the body the modules see; model and
+    stream are read from them (``stream=true`` asks a transcription for SSE)."""
+    upload = ctx.upload
+    ctx.body = {k: v for k, v in upload.fields.items() if isinstance(v, str)}
+    model = upload.get("model") or media.DEFAULT_MODELS.get(ctx.endpoint)
+    if not model or not model.strip():
+        raise ProxyError(400, "the form field 'model' is required", param="model", code="missing_model")
+    ctx.model = model
+    stream = upload.get("stream")
+    if stream not in (None, "true", "false"):
+        raise ProxyError(400, "'stream' must be true or false", param="stream", code="invalid_stream")
+    ctx.stream = stream == "true" and ctx.endpoint == "transcriptions"
 
 
 def passed_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -276,7 +307,7 @@ def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> l
     for name in policy.fallbacks(ctx):
         try:
             provider, model = registry.resolve(name)
-            adapter_for(provider, ctx.dialect)
+            adapter_for(provider, ctx.dialect, ctx.endpoint)
         except ProxyError as exc:
             log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
             continue
@@ -303,7 +334,7 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     """Call the provider on ``ctx`` and relay its answer; a Failure if nothing was sent."""
     provider, model = ctx.attempt.provider, ctx.attempt.upstream_model
     assert provider is not None and model is not None
-    adapter = adapter_for(provider, ctx.dialect)
+    adapter = adapter_for(provider, ctx.dialect, ctx.endpoint)
     started, ts_ms = time.perf_counter(), int(time.time() * 1000)
     timeout, by_deadline = read_timeout(ctx, provider.name, model)
     try:
@@ -317,6 +348,9 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **passed_headers(upstream_headers)}
     if resp.status >= 400:
         return error_answer(path, ctx, resp, adapter, headers, started, ts_ms)
+    if adapter.relays_bytes(ctx):
+        relay_bytes(reply, ctx, resp, headers)
+        return None
     if ctx.stream and resp.is_sse:
         events = resp.events()
         try:
@@ -337,7 +371,7 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     ctx.attempt.status = resp.status
     ctx.complete = True
     ctx.attempt.capture(body, path.settings.body_cap_bytes)
-    reply.send(resp.status, body, "application/json", headers)
+    reply.send(resp.status, body, adapter.content_type(resp.headers.get("content-type")), headers)
     return None
 
 
@@ -374,7 +408,7 @@ def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | 
             "decrypted; the operator must fix it (see the server log)",
             code="provider_key_unavailable",
         )
-    adapter = adapter_for(provider, ctx.dialect)
+    adapter = adapter_for(provider, ctx.dialect, ctx.endpoint)
     ctx.reply_headers.pop(DROPPED_HEADER, None)  # what an earlier attempt's adapter dropped is not this one's
     call = adapter.prepare(ctx, provider, model)
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
@@ -495,6 +529,45 @@ def deliver_failure(reply: Reply, failure: Failure) -> bool:
         raise failure.error
     reply.send(failure.status, failure.body, "application/json", failure.headers)
     return True
+
+
+# -- relaying bytes (audio) and streams ---------------------------------------------------------
+
+
+def relay_bytes(reply: Reply, ctx: RequestContext, resp: UpstreamResponse, headers: dict[str, str]) -> None:
+    """Relay a binary answer chunk by chunk as it arrives, its Content-Type kept; the trace gets
+    the content type and the byte count, never the bytes."""
+    a = ctx.attempt
+    a.status = resp.status
+    content_type = resp.headers.get("content-type", "application/octet-stream")
+    reply.start_stream(resp.status, headers, content_type)
+    a.mark_first_byte()
+    sent = 0
+    try:
+        for data in resp.chunks():
+            reply.chunk(data)
+            sent += len(data)
+            if ctx.deadline is not None:
+                left = ctx.deadline - time.perf_counter()
+                if left <= 0:
+                    resp.close()
+                    raise UpstreamError("timeout", "the request passed its deadline")
+                resp.set_timeout(left)
+        reply.end_stream()
+        ctx.complete = True
+    except UpstreamError as exc:
+        if client_left(ctx):
+            a.outcome, a.error_message = "client_disconnected", "client closed the connection mid-answer"
+        else:
+            fail(ctx, resp.status, f"provider answer broke after {sent} bytes: {exc}", "stream_broken", exc.kind)
+        # no error event fits a binary body: the connection closes without the chunked terminator
+        reply.abort()
+    except ClientGone:
+        resp.close()
+        a.outcome, a.error_message = "client_disconnected", "client closed the connection mid-answer"
+    finally:
+        summary = {"content_type": content_type, "bytes": sent}
+        a.response_body = bytearray(json.dumps(summary).encode())
 
 
 # -- relaying a stream ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import logging
 import re
 import socket
@@ -44,7 +45,15 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/messages/count_tokens": ("count_tokens", ANTHROPIC),
     "/v1/responses": ("responses", RESPONSES),
     "/v1/responses/input_tokens": ("input_tokens", RESPONSES),
+    "/v1/audio/transcriptions": ("transcriptions", OPENAI),
+    "/v1/audio/translations": ("translations", OPENAI),
+    "/v1/audio/speech": ("speech", OPENAI),
+    "/v1/images/generations": ("image_generations", OPENAI),
+    "/v1/images/edits": ("image_edits", OPENAI),
+    "/v1/images/variations": ("image_variations", OPENAI),
+    "/v1/moderations": ("moderations", OPENAI),
 }
+MULTIPART_ENDPOINTS = ("transcriptions", "translations", "image_edits", "image_variations")  # streamed uploads
 # Answered for any Host and Origin: load balancers and probes address a server by its IP.
 OPEN_ROUTES = ("/healthz", "/readyz")
 READYZ_TIMEOUT_S = 5.0
@@ -454,6 +463,17 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ClientGone() from exc
 
+    def abort(self) -> None:
+        """End a started answer that cannot be finished (a binary body broke upstream): the
+        connection closes without the chunked terminator, so the client sees it incomplete."""
+        self._stream_head = b""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     @contextmanager
     def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
         """While the provider works: ``on_gone()`` if this client closes its connection meanwhile.
@@ -664,10 +684,16 @@ class Handler(BaseHTTPRequestHandler):
             ctx = RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict())
             if not self._key_accepted(ctx):
                 return
-            ctx.raw = self._body()
+            if endpoint in MULTIPART_ENDPOINTS:
+                ctx.upload = self.upload()  # spooled; the trace keeps its metadata, never the file bytes
+                ctx.raw = json.dumps(ctx.upload.metadata(), ensure_ascii=False).encode()
+            else:
+                ctx.raw = self._body()
             try:
                 proxy.handle(app.path, self, ctx)
             finally:
+                if ctx.upload is not None:
+                    ctx.upload.close()
                 done = ctx.attempt
                 self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
                 self._trace_note = f" {ctx.trace_id}"
@@ -680,8 +706,6 @@ class Handler(BaseHTTPRequestHandler):
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
                 app.files.handle(self, ctx, req)
                 self._trace_note = f" {ctx.trace_id}"
-                if ctx.attempt.outcome == "stream_broken":  # a cut download: the client must see it end short
-                    self.close_connection = True
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
@@ -837,6 +861,9 @@ def make_server(app: App) -> StockyardHTTPServer:
     raise_file_limit()  # before the connection cap is sized from it
     handler = type("StockyardHandler", (Handler,), {"timeout": app.settings.idle_timeout_s})
     server = StockyardHTTPServer(app, handler)
+    from .models import MODEL_PREFIX, retrieve
+
+    server.prefix_routes.append((MODEL_PREFIX, retrieve))
     server.prefix_routes.append(("/api/", api.handle))
     server.prefix_routes.append((console.PREFIX, console.handle))
     return server

@@ -166,8 +166,9 @@ class UpstreamResponse:
         self.release()
 
     def chunks(self, size: int = 65536) -> Iterator[bytes]:
-        """The body as it arrives (``read1``: never waits for a buffer to fill), for relaying
-        answers too large to hold, such as file contents. Raises UpstreamError when it breaks."""
+        """Yield the body as it arrives (``read1``: no waiting for a buffer to fill), for answers
+        relayed whole or too large to hold (audio, file contents). Raises UpstreamError when the
+        answer breaks."""
         while True:
             try:
                 chunk = self._resp.read1(size)

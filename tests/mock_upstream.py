@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
-import email.parser
-import email.policy
 import email.utils
 import hashlib
 import http.server
@@ -449,6 +447,164 @@ def openai_models() -> dict:
     }
 
 
+# --------------------------------------------------------------------------- OpenAI media (audio, images, moderations)
+# Billing as OpenAI reports it: whisper-1 by duration (`usage: {"type": "duration", "seconds": N}`, here one
+# second per AUDIO_BYTES_PER_S bytes of the upload), gpt-4o(-mini)-transcribe and gpt-image-1 by tokens,
+# speech and dall-e without usage. Speech answers SPEECH_BYTES of audio derived from the input.
+
+AUDIO_BYTES_PER_S = 1000
+SPEECH_BYTES = 200_000
+TRANSCRIBE_USAGE = {
+    "type": "tokens",
+    "input_tokens": 14,
+    "input_token_details": {"text_tokens": 4, "audio_tokens": 10},
+    "output_tokens": COMPLETION_TOKENS,
+    "total_tokens": 14 + COMPLETION_TOKENS,
+}
+IMAGE_USAGE = {
+    "total_tokens": 50 + 4160,
+    "input_tokens": 50,
+    "output_tokens": 4160,
+    "input_tokens_details": {"text_tokens": 10, "image_tokens": 40},
+}
+SPEECH_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+PNG_1PX = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c63f8cfc0f01f0005000201ffa1f3d6a70000000049454e44ae426082"
+    )
+).decode()
+
+
+def multipart_form(req: Recorded) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+    """(text fields, [(field, filename, bytes)]) of a multipart/form-data request, parsed with the
+    standard library's email parser (independent of the code under test)."""
+    import email.parser
+    import email.policy
+
+    head = f"Content-Type: {req.headers.get('content-type', '')}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + req.body)
+    fields: dict[str, Any] = {}
+    files: list[tuple[str, str, bytes]] = []
+    if not message.is_multipart():
+        return fields, files
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            files.append((str(name), filename, payload))
+        elif str(name) in fields:
+            previous = fields[str(name)]
+            fields[str(name)] = [*(previous if isinstance(previous, list) else [previous]), payload.decode()]
+        else:
+            fields[str(name)] = payload.decode()
+    return fields, files
+
+
+def _form_route(build: Callable[[Call, dict, list], Reply]) -> Route:
+    """A multipart route: a 400 without a file, magic error models and scripted errors as usual."""
+
+    def route(call: Call, scripted: Reply | None) -> Reply:
+        if not call.req.headers.get("content-type", "").startswith("multipart/form-data"):
+            return openai_error(400, "Expected multipart/form-data (mock).")
+        fields, files = multipart_form(call.req)
+        if not files:
+            return openai_error(400, "A file is required (mock).")
+        model = str(fields.get("model") or "")
+        if scripted is not None and scripted.status >= 400:
+            return openai_error(scripted.status)
+        return _magic_error(model, openai_error) or build(call, fields, files)
+
+    return route
+
+
+def audio_seconds(files: list[tuple[str, str, bytes]]) -> int:
+    return max(1, sum(len(data) for _, _, data in files) // AUDIO_BYTES_PER_S)
+
+
+def _transcript(call: Call, fields: dict, files: list, translate: bool = False) -> Reply:
+    model = str(fields.get("model") or "")
+    tokens = model.startswith("gpt-")
+    usage = TRANSCRIBE_USAGE if tokens else {"type": "duration", "seconds": audio_seconds(files)}
+    if fields.get("stream") == "true" and tokens and not translate:
+        events = [_dumps({"type": "transcript.text.delta", "delta": piece}) for piece in TEXT_PIECES]
+        events.append(_dumps({"type": "transcript.text.done", "text": TEXT, "usage": usage}))
+        return Reply(sse=events)
+    form = fields.get("response_format") or "json"
+    if form in ("text", "srt", "vtt"):
+        text = {"text": TEXT + "\n", "srt": f"1\n00:00:00,000 --> 00:00:01,000\n{TEXT}\n", "vtt": f"WEBVTT\n\n{TEXT}\n"}
+        return Reply(body=text[form].encode(), headers={"content-type": f"text/{'plain' if form != 'vtt' else 'vtt'}"})
+    answer: dict[str, Any] = {"text": TEXT}
+    if form == "verbose_json":
+        answer = {
+            "task": "translate" if translate else "transcribe",
+            "language": "english",
+            "duration": audio_seconds(files),
+            "text": TEXT,
+            "segments": [],
+        }
+    if not translate:
+        answer["usage"] = usage
+    return Reply(json=answer)
+
+
+def _speech(call: Call, model: str) -> Reply:
+    text = str(call.body.get("input") or "")
+    form = str(call.body.get("response_format") or "mp3")
+    audio = (hashlib.sha256(text.encode()).digest() * (SPEECH_BYTES // 32 + 1))[:SPEECH_BYTES]
+    return Reply(body=audio, headers={"content-type": SPEECH_TYPES.get(form, "audio/mpeg")})
+
+
+def openai_images(model: str, n: int, response_format: str | None) -> dict:
+    """An images answer: n images, URLs unless b64_json is asked for (gpt-image-1: always b64, with usage)."""
+    b64 = model.startswith("gpt-image") or response_format == "b64_json"
+    item = {"b64_json": PNG_1PX} if b64 else {"url": "https://mock.invalid/image.png"}
+    answer: dict[str, Any] = {"created": CREATED, "data": [dict(item) for _ in range(n)]}
+    if model.startswith("dall-e-3"):
+        for entry in answer["data"]:
+            entry["revised_prompt"] = "A mock image"
+    if model.startswith("gpt-image"):
+        answer["usage"] = IMAGE_USAGE
+    return answer
+
+
+def _images(call: Call, model: str) -> Reply:
+    n = _lenient_int(call.body.get("n")) or 1
+    return Reply(json=openai_images(model or "dall-e-2", n, call.body.get("response_format")))
+
+
+def _image_form(call: Call, fields: dict, files: list) -> Reply:
+    n = _lenient_int(fields.get("n")) or 1
+    return Reply(json=openai_images(str(fields.get("model") or "dall-e-2"), n, fields.get("response_format")))
+
+
+def _moderations(call: Call, model: str) -> Reply:
+    given = call.body.get("input")
+    inputs = given if isinstance(given, list) else [given]
+    categories = ("harassment", "hate", "self-harm", "sexual", "violence")
+    result = {
+        "flagged": False,
+        "categories": {c: False for c in categories},
+        "category_scores": {c: 0.0001 for c in categories},
+        "category_applied_input_types": {c: ["text"] for c in categories},
+    }
+    return Reply(
+        json={
+            "id": f"modr-mock-{call.n}",
+            "model": model or "omni-moderation-latest",
+            "results": [result for _ in inputs],
+        }
+    )
+
+
 # --------------------------------------------------------------------------- Anthropic
 
 
@@ -804,21 +960,6 @@ FILES_PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]+)(/content|/ca
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
 
 
-def multipart_form(req: Recorded) -> dict[str, tuple[str | None, bytes]]:
-    """A multipart/form-data body as {field: (filename, bytes)} (the mock's own reading)."""
-    content_type = req.headers.get("content-type", "")
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + req.body)
-    form: dict[str, tuple[str | None, bytes]] = {}
-    if not message.is_multipart():
-        return form
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if isinstance(name, str):
-            form[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
-    return form
-
-
 def _page(items: list[dict], query: dict[str, str], default_limit: int) -> dict:
     """A cursor page as OpenAI lists answer: ``after`` an id, ``limit``, ``has_more``."""
     after = query.get("after")
@@ -897,11 +1038,12 @@ def _files_and_batches(call: Call, scripted: Reply | None) -> Reply:
 
 def _files(req: Recorded, file_id: str | None, action: str | None) -> Reply:
     if file_id is None and req.method == "POST":
-        form = multipart_form(req)
-        if "file" not in form or "purpose" not in form:
+        fields, files = multipart_form(req)
+        uploaded = [(filename, data) for name, filename, data in files if name == "file"]
+        if len(uploaded) != 1 or not isinstance(fields.get("purpose"), str):
             return openai_error(400, "Missing required parameter: 'file' and 'purpose' are required.")
-        filename, data = form["file"]
-        return Reply(json=FILES.add_file(filename or "upload", form["purpose"][1].decode(), data))
+        filename, data = uploaded[0]
+        return Reply(json=FILES.add_file(filename or "upload", fields["purpose"], data))
     if file_id is None:
         items = sorted(FILES.files.values(), key=lambda f: f["created_at"], reverse=req.query.get("order") != "asc")
         purpose = req.query.get("purpose")
@@ -1140,12 +1282,15 @@ def _azure(build: Callable[[Call, str], Reply]) -> Route:
 
 
 GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)$")
-AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
+AZURE_PATH = re.compile(
+    r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings|audio/transcriptions|audio/speech)$"
+)
 
 AZURE_ROUTES: dict[str, Route] = {
     "chat/completions": _azure(_chat),
     "completions": _azure(_completions),
     "embeddings": _azure(_embeddings),
+    "audio/speech": _azure(_speech),
 }
 ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/chat/completions"): _api_route(_chat),
@@ -1156,8 +1301,21 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/messages/count_tokens"): _api_route(_count_tokens, anthropic_error),
     ("POST", "/v1/responses"): _api_route(_responses),
     ("POST", "/v1/responses/input_tokens"): _api_route(_input_tokens),
+    ("POST", "/v1/audio/transcriptions"): _form_route(_transcript),
+    ("POST", "/v1/audio/translations"): _form_route(lambda call, fields, files: _transcript(call, fields, files, True)),
+    ("POST", "/v1/audio/speech"): _api_route(_speech),
+    ("POST", "/v1/images/generations"): _api_route(_images),
+    ("POST", "/v1/images/edits"): _form_route(_image_form),
+    ("POST", "/v1/images/variations"): _form_route(_image_form),
+    ("POST", "/v1/moderations"): _api_route(_moderations),
 }
 GEMINI_ROUTE: Route = _api_route(_gemini, gemini_error, _gemini_model)
+
+
+def _azure_form(call: Call, scripted: Reply | None) -> Reply:
+    if not call.req.query.get("api-version"):
+        return azure_error(404, "Resource not found")
+    return _form_route(_transcript)(call, scripted)
 
 
 def find_route(method: str, path: str) -> Route | None:
@@ -1167,6 +1325,8 @@ def find_route(method: str, path: str) -> Route | None:
     if method == "POST" and GEMINI_PATH.match(path):
         return GEMINI_ROUTE
     match = AZURE_PATH.match(path)
+    if method == "POST" and match and match.group(2) == "audio/transcriptions":
+        return _azure_form
     if method == "POST" and match:
         return AZURE_ROUTES[match.group(2)]
     if RESPONSE_PATH.match(path):

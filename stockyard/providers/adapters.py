@@ -9,6 +9,9 @@ from .azure import AzureAdapter
 from .base import Adapter
 from .chatshape import table_rows
 from .gemini import GeminiAdapter
+from .media import AZURE_ENDPOINTS, AzureMediaAdapter, MediaAdapter
+from .media import ENDPOINTS as MEDIA_ENDPOINTS
+from .media import PATHS as MEDIA_PATHS
 from .messages_adapters import MessagesOverChat
 from .openai import OpenAIAdapter
 from .responses_adapters import ResponsesOverChat, ResponsesPassThrough
@@ -31,8 +34,30 @@ _RESPONSES_PASS_THROUGH = ResponsesPassThrough()
 _RESPONSES_OVER_CHAT: dict[str, Adapter] = {kind: ResponsesOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items()}
 
 
-def adapter_for(provider: Provider, dialect: str) -> Adapter:
-    """The adapter for this provider and client dialect, or a 400 saying why there is none."""
+_MEDIA = MediaAdapter()
+_AZURE_MEDIA = AzureMediaAdapter()
+
+
+def media_adapter(provider: Provider, endpoint: str) -> Adapter:
+    """Audio, images and moderations: OpenAI-kind providers (Azure where its deployments have the
+    route); any other kind is a 400 naming it and the endpoint."""
+    if provider.kind in OPENAI_KINDS:
+        return _MEDIA
+    if provider.kind == "azure" and endpoint in AZURE_ENDPOINTS:
+        return _AZURE_MEDIA
+    raise ProxyError(
+        400,
+        f"provider {provider.name!r} is of kind {provider.kind!r}, which does not serve "
+        f"/v1{MEDIA_PATHS[endpoint]}; route this model to an OpenAI or OpenAI-compatible provider",
+        param="model",
+        code="unsupported_provider",
+    )
+
+
+def adapter_for(provider: Provider, dialect: str, endpoint: str = "") -> Adapter:
+    """The adapter for this provider, client dialect and endpoint, or a 400 saying why there is none."""
+    if endpoint in MEDIA_ENDPOINTS:
+        return media_adapter(provider, endpoint)
     if dialect == RESPONSES:
         if provider.speaks_responses:
             return _RESPONSES_PASS_THROUGH
