@@ -35,6 +35,7 @@ from .store.traces import trace_row_from
 log = logging.getLogger("stockyard.batches")
 
 BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
+MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
 Settle = Callable[[KeyRecord, int, int], None]  # (owner key, cost µ¢, ts ms): the budget ledger learns it
 
 
@@ -96,7 +97,7 @@ class BatchCosts:
         """A completed batch its owner just saw: start recording it, unless already under way."""
         batch_id = batch["id"]
         with self._lock:
-            if batch_id in self._busy:
+            if batch_id in self._busy or len(self._busy) >= MAX_AT_ONCE:  # the rest wait for a later look
                 return
             self._busy.add(batch_id)
         threading.Thread(

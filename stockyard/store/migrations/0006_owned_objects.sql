@@ -2,6 +2,8 @@
 -- Every file and batch belongs to the client key that created it (a batch's output and
 -- error files to the batch's owner, once Stockyard sees them): another key gets 404, and
 -- lists show only a key's own objects. Later calls on an object go to the provider recorded.
+-- Rows stay until the object is deleted through Stockyard (retention leaves them: the object
+-- lives on at the provider, and its owner must keep reaching it).
 CREATE TABLE owned_objects (
     id          TEXT PRIMARY KEY,                 -- file-… or batch_…: the provider's id
     kind        TEXT NOT NULL,                    -- file | batch
