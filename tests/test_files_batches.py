@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
@@ -273,6 +275,21 @@ def test_a_cancelled_batch(server):
     assert alice.batches.retrieve(batch.id).status == "cancelled"
     costs = [r for r in server.db_rows("SELECT * FROM traces WHERE endpoint LIKE 'batches.%'") if r["cost_uc"]]
     assert all(r["endpoint"] == "batches.usage" for r in costs)
+
+
+def test_a_completed_batch_is_answered_at_once_while_its_cost_is_read_in_the_background(server, mock):
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    before = len(traces(server, "batches.usage"))
+    reading = threading.Event()
+    mock.enqueue(Reply(), Reply(hang_s=4, hang_started=reading))  # the retrieve, then a slow output file
+    started = time.monotonic()
+    assert alice.batches.retrieve(batch.id).status == "completed"
+    answered_in = time.monotonic() - started
+    assert reading.wait(10)  # the output file is being read ...
+    assert answered_in < 4  # ... and the retrieve did not wait for it
+    wait_for(lambda: len(traces(server, "batches.usage")) == before + 1, timeout=30, what="the batch's usage row")
 
 
 def test_open_mode_has_one_owner(openai_server):
