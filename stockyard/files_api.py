@@ -46,7 +46,7 @@ LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, large
 KIND = {"files": "file", "batches": "batch"}
 
 
-def route_of(method: str, path: str) -> tuple[str, str | None, str] | None:
+def route_of(path: str) -> tuple[str, str | None, str] | None:
     """(collection, object id, action) for a files or batches path, or None."""
     match = PATH.match(path)
     if match is None:
@@ -59,7 +59,7 @@ def route_of(method: str, path: str) -> tuple[str, str | None, str] | None:
 
 def endpoint_name(method: str, path: str) -> str:
     """The trace's endpoint: ``files.create``, ``files.content``, ``batches.cancel``, …"""
-    found = route_of(method, path)
+    found = route_of(path)
     if found is None:
         return "files"
     collection, object_id, action = found
@@ -241,7 +241,7 @@ class FilesAPI:
 
     def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         method, query = req.method, req.query
-        found = route_of(method, req.path)
+        found = route_of(req.path)
         assert found is not None
         collection, object_id, action = found
         allowed = ALLOWED_METHODS[(collection, object_id is not None, action)]
@@ -264,7 +264,6 @@ class FilesAPI:
         if owned is None:
             raise not_found(kind, object_id)
         provider = self._provider_named(owned.provider)
-        ctx.attempt.provider = provider
         rest = f"/{collection}/{object_id}{action}"
         if action == "/content":
             return self._relay(reply, ctx, provider, rest)

@@ -698,7 +698,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
                 self._trace_note = f" {ctx.trace_id}"
             return
-        if files_api.route_of(method, path) is not None:  # /v1/files…, /v1/batches…
+        if files_api.route_of(path) is not None:  # /v1/files…, /v1/batches…
             ctx = RequestContext(
                 files_api.endpoint_name(method, path), OPENAI, self.client_address[0], self._headers_dict()
             )
