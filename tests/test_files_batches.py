@@ -116,6 +116,18 @@ def test_a_key_without_an_openai_kind_provider_in_its_allow_list_is_refused(serv
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_provider"
 
 
+def test_an_upload_to_a_provider_the_key_may_not_use_is_refused_before_the_body_arrives(server):
+    head = (
+        "POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        f"Authorization: Bearer {server.keys['claude-only']}\r\nContent-Length: 900000\r\n\r\n"
+    )
+    with connect(server) as sock:
+        sock.sendall(head.encode())
+        status, headers, body = read_response(sock, timeout=5)
+        assert status == 403 and headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] == "provider_not_allowed"
+
+
 def test_wrong_method_is_405_with_allow(server):
     status, headers, _ = server.request(
         "DELETE", "/v1/batches/batch_x", headers={"Authorization": f"Bearer {server.keys['alice']}"}
