@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import astuple
 from typing import Callable
 
 from .context import RequestContext
@@ -43,7 +44,7 @@ class BatchTotal:
     """Usage and cost summed over a batch's output lines."""
 
     def __init__(self) -> None:
-        self.prompt = self.completion = self.cached = self.reasoning = 0
+        self.usage = Usage()
         self.numerator = 0  # the full-price cost, unrounded (pricing.cost_numerator)
         self.unpriced: set[str] = set()
         self.models: list[str] = []
@@ -64,18 +65,12 @@ class BatchTotal:
         if model not in self.models:
             self.models.append(model)
         usage = Usage.from_openai(body["usage"])
-        self.prompt += usage.prompt_tokens
-        self.completion += usage.completion_tokens
-        self.cached += usage.cached_tokens
-        self.reasoning += usage.reasoning_tokens
+        self.usage = Usage(*(a + b for a, b in zip(astuple(self.usage), astuple(usage))))
         price = price_of(model)
-        if price is None:
+        if price is None or price.unit != "token":  # a token answer cannot be priced per image or second
             self.unpriced.add(model)
         else:
             self.numerator += cost_numerator(price, usage)
-
-    def usage(self) -> Usage:
-        return Usage(self.prompt, self.completion, self.cached, 0, self.reasoning)
 
     def cost(self) -> int | None:
         """µ¢ at the batch price, rounded once over the whole batch; None when a model has no price."""
@@ -150,7 +145,7 @@ class BatchCosts:
         ).encode()
         a = ctx.attempt
         a.provider, a.upstream_model, a.status = provider, ctx.model, 200
-        a.usage = total.usage()
+        a.usage = total.usage
         a.cost_uc = total.cost()
         a.cost_status = "exact" if a.cost_uc is not None else "unknown"
         if total.unpriced:
@@ -174,7 +169,7 @@ class BatchCosts:
             "batch %s: %d lines, %d+%d tokens, recorded under trace %s",
             batch["id"],
             total.lines,
-            total.prompt,
-            total.completion,
+            total.usage.prompt_tokens,
+            total.usage.completion_tokens,
             ctx.trace_id,
         )

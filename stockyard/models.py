@@ -128,9 +128,9 @@ def known_models(app: "App", registry: Registry, provider: Provider) -> list[str
     """Models the price table knows for ``provider``: the fallback for one that never answered."""
     names = []
     prefixes = tuple(prefix.lower() for prefix in provider.models)
-    for key, _ in app.prices.entries():
+    for key, price in app.prices.entries():
         head, sep, rest = key.partition("/")
-        if "*" in key:
+        if "*" in key or price.unit == "image":  # model/size/quality: a price, not a model
             continue
         if sep and head == provider.name:
             names.append(rest)

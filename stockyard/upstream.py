@@ -179,7 +179,7 @@ class UpstreamResponse:
                 self.close()
                 raise UpstreamError("reset", "provider connection broke mid-answer") from exc
             if not chunk:
-                if self._resp.length:  # read1 reports a Content-Length body cut short as a quiet end
+                if self._resp.length:  # Content-Length promised more: read1 just returns b"" at EOF
                     self.close()
                     raise UpstreamError("reset", "provider connection broke mid-answer")
                 break

@@ -72,6 +72,12 @@ targets = mostly(
             "/v1/responses/input_tokens",
             "/v1/responses/resp_0123/input_items?limit=2",
             "/v1/models",
+            "/v1/audio/transcriptions",
+            "/v1/audio/speech",
+            "/v1/images/edits",
+            "/v1/moderations",
+            "/v1/models/gpt-4o-mini",
+            "/v1/models/openai%2Fgpt-4o/x",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -113,6 +119,8 @@ header_values = mostly(
     st.sampled_from(
         [
             "application/json",
+            "multipart/form-data; boundary=BB",
+            "multipart/form-data",
             "text/plain",
             f"Bearer {ADMIN}",
             "Bearer nope",
@@ -131,6 +139,13 @@ header_values = mostly(
     ),
     latin1,
 )
+FORMS = [
+    b'--BB\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+    b'--BB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n--BB--\r\n',
+    b'--BB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF',
+    b"--BB\r\nX: 1\r\n\r\nv\r\n--BB--",
+    b"--BBjunk",
+]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
@@ -155,6 +170,7 @@ bodies = st.one_of(
     st.just(b""),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=64),
+    st.sampled_from(FORMS),
     st.sampled_from([b"[" * 20_000 + b"]" * 20_000, b"x" * (LIMIT + 1)]),
 )
 chunk_size_lines = mostly(

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
-from mock_upstream import SPEECH_BYTES, TEXT, multipart_form
+from mock_upstream import SPEECH_BYTES, TEXT, Reply, multipart_form
 from openai import OpenAI
 from rawhttp import connect, read_response
 
@@ -95,6 +95,8 @@ def test_a_transcription_uploads_the_file_and_traces_only_its_metadata(client, s
         "whisper-1",
         200,
     )
+    seconds = len(AUDIO) // 1000  # the mock's duration; whisper-1: $0.006 a minute = 10,000 µ¢ a second
+    assert (trace["cost_uc"], trace["cost_status"]) == (seconds * 10_000, "exact")
     body = server.db_rows("SELECT request FROM trace_bodies WHERE trace_id = ?", (trace["id"],))
     assert body, "the request's metadata is stored"
     status, detail = admin(server, "GET", f"/api/traces/{trace['id']}")
@@ -127,12 +129,16 @@ def test_a_streamed_transcription_is_relayed_as_events(client, server, mock):
     assert multipart_form(mock.last("/v1/audio/transcriptions"))[0]["stream"] == "true"
     trace = server.trace(trace_id)
     assert trace["stream"] == 1 and (trace["prompt_tokens"], trace["completion_tokens"]) == (14, 5)
+    # gpt-4o-mini-transcribe per 1M: text in $1.25, audio in $3.00, out $5.00; 4 text + 10 audio in, 5 out
+    assert trace["cost_uc"] == (4 * 125_000_000 + 10 * 300_000_000 + 5 * 500_000_000) // 10**6 == 6000
 
 
-def test_a_translation(client, mock):
-    answer = client.audio.translations.create(model="whisper-1", file=("fr.wav", AUDIO, "audio/wav"))
-    assert answer.text == TEXT
+def test_a_translation_without_usage_costs_unknown(client, server, mock):
+    raw = client.audio.translations.with_raw_response.create(model="whisper-1", file=("fr.wav", AUDIO, "audio/wav"))
+    assert raw.parse().text == TEXT
     assert multipart_form(mock.last("/v1/audio/translations"))[1][0][1] == "fr.wav"
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["cost_uc"], trace["cost_status"]) == (None, "unknown")  # never guessed
 
 
 def test_speech_is_relayed_byte_for_byte_with_its_content_type(client, server):
@@ -146,13 +152,17 @@ def test_speech_is_relayed_byte_for_byte_with_its_content_type(client, server):
     assert audio == expected
     trace = server.trace(trace_id)
     assert trace["endpoint"] == "speech" and trace["status"] == 200 and trace["outcome"] == "ok"
+    assert trace["cost_uc"] == len("Hello there") * 1_500_000_000 // 10**6  # tts-1: $15 per 1M characters
     status, detail = admin(server, "GET", f"/api/traces/{trace_id}")
     assert json.loads(detail["response_body"]) == {"content_type": "audio/wav", "bytes": SPEECH_BYTES}
 
 
 def test_image_generation_and_an_edit_with_a_file(client, server, mock):
-    made = client.images.generate(model="dall-e-3", prompt="a lighthouse", size="1024x1792", quality="hd")
-    assert made.data[0].url and mock.last("/v1/images/generations").json["size"] == "1024x1792"
+    raw = client.images.with_raw_response.generate(
+        model="dall-e-3", prompt="a lighthouse", size="1024x1792", quality="hd"
+    )
+    assert raw.parse().data[0].url and mock.last("/v1/images/generations").json["size"] == "1024x1792"
+    assert server.trace(raw.headers["x-stockyard-trace-id"])["cost_uc"] == 12_000_000  # $0.12 an image
     png = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
     raw = client.images.with_raw_response.edit(
         model="gpt-image-1", image=("in.png", png, "image/png"), prompt="add a boat", n=2
@@ -163,12 +173,19 @@ def test_image_generation_and_an_edit_with_a_file(client, server, mock):
     assert fields["prompt"] == "add a boat" and fields["n"] == "2" and files == [("image", "in.png", png)]
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert trace["endpoint"] == "image_edits" and trace["prompt_tokens"] == 50
+    # gpt-image-1 per 1M: text in $5, image in $10, image out $40; 10 text + 40 image in, 4160 out
+    assert trace["cost_uc"] == (10 * 500_000_000 + 40 * 1_000_000_000 + 4160 * 4_000_000_000) // 10**6
+    assert trace["cost_status"] == "exact"
 
 
-def test_image_variation_without_a_model_uses_openais_default(client, mock):
-    varied = client.images.create_variation(image=("in.png", b"\x89PNG" + b"p" * 500, "image/png"))
-    assert varied.data[0].url
+def test_image_variation_without_a_model_uses_openais_default(client, server, mock):
+    raw = client.images.with_raw_response.create_variation(
+        image=("in.png", b"\x89PNG" + b"p" * 500, "image/png"), n=3, size="512x512"
+    )
+    assert len(raw.parse().data) == 3
     assert "model" not in multipart_form(mock.last("/v1/images/variations"))[0]
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["model"], trace["cost_uc"]) == ("dall-e-2", 3 * 1_800_000)  # $0.018 a 512x512 image
 
 
 def test_moderation(client, server):
@@ -177,6 +194,7 @@ def test_moderation(client, server):
     assert len(answer.results) == 2 and answer.results[0].flagged is False
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert trace["endpoint"] == "moderations" and trace["status"] == 200
+    assert (trace["cost_uc"], trace["cost_status"]) == (0, "exact")
 
 
 def test_models_retrieve_answers_one_model_or_a_404(client, server, key):
@@ -263,3 +281,66 @@ def test_a_malformed_form_is_a_400_and_leaves_no_spool(server, key):
     )
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_content_type"
     wait_for(lambda: spool_fds(server) == [], what="the spool to be closed")
+
+
+def test_budgets_reserve_images_by_unit_and_overrides_take_units(server):
+    status, made = admin(
+        server, "POST", "/api/keys", {"name": "budget", "budget_usd": "0.05", "budget_period": "total"}
+    )
+    budgeted = OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0)
+    with pytest.raises(openai.RateLimitError) as err:  # 2 × $0.04 is past $0.05: refused before upstream
+        budgeted.images.generate(model="dall-e-3", prompt="x", n=2)
+    assert err.value.body["code"] == "budget_exceeded"
+    assert budgeted.moderations.create(input="free").results  # moderations cost nothing
+    status, body = admin(
+        server, "POST", "/api/prices", {"model": "dall-e-3/1024x1024/standard", "unit": "image", "input": "10000"}
+    )
+    assert status == 200, body
+    wait_for(
+        lambda: (
+            admin(server, "GET", "/api/prices?model=dall-e-3/1024x1024/standard")[1]["prices"][0]["source"]
+            == "override"
+        ),
+        what="the override",
+    )
+    raw = budgeted.images.with_raw_response.generate(model="dall-e-3", prompt="x", n=2)
+    trace = wait_for(lambda: server.trace(raw.headers["x-stockyard-trace-id"]), what="trace")
+    assert trace["cost_uc"] == 2 * 1_000_000  # the override's $0.01 an image
+    status, body = admin(server, "POST", "/api/prices", {"model": "x-img", "unit": "furlong", "input": "1"})
+    assert status == 400 and "unit" in json.dumps(body)
+
+
+def test_the_cli_sets_a_unit_price(server):
+    done = server.cli("prices", "set", "tts-1-hd", "--unit", "character", "--input", "31")
+    assert done.returncode == 0, done.stderr
+    assert "per 1M characters" in done.stdout
+    listed = server.cli("prices", "list", "--model", "tts-1-hd", "--json")
+    row = json.loads(listed.stdout.splitlines()[0])
+    assert (row["unit"], row["source"], row["input_uc"]) == ("character", "override", 31 * 10**8)
+    missing = server.cli("prices", "set", "x-model", "--input", "1")  # a token price needs --output
+    assert missing.returncode == 1 and "output is required" in missing.stderr + missing.stdout
+
+
+def test_a_speech_answer_that_breaks_is_cut_off_and_traced(server, key, mock):
+    import http.client
+
+    mock.enqueue(Reply(body=b"\x01" * 50_000, headers={"content-type": "audio/mpeg"}, cut_after=20_000))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": "hi"})
+    conn.request("POST", "/v1/audio/speech", body, {"Authorization": f"Bearer {key}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type") == "audio/mpeg"
+    with pytest.raises(http.client.IncompleteRead):  # no terminator: the client knows it is incomplete
+        resp.read()
+    trace = server.trace(resp.getheader("x-stockyard-trace-id"))
+    assert trace["outcome"] == "stream_broken"
+    conn.close()
+
+
+def test_big_base64_images_are_stored_only_up_to_the_body_cap(client, server, mock):
+    mock.enqueue(Reply(json={"created": 1, "data": [{"b64_json": "QUJD" * 200_000}]}))
+    raw = client.images.with_raw_response.generate(model="dall-e-2", prompt="big", response_format="b64_json")
+    assert len(raw.parse().data[0].b64_json) == 800_000
+    status, detail = admin(server, "GET", f"/api/traces/{raw.headers['x-stockyard-trace-id']}")
+    assert detail["response_truncated"] is True and len(detail["response_body"]) <= 256 * 1024
+    assert detail["cost_uc"] == 2_000_000  # one dall-e-2 1024x1024 image
