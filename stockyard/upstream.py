@@ -165,13 +165,12 @@ class UpstreamResponse:
             yield buf + b"\n\n"
         self.release()
 
-    def chunks(self, size: int = 65536) -> Iterator[bytes]:
-        """Yield the body as it arrives (``read1``: no waiting for a buffer to fill), for answers
-        relayed whole or too large to hold (audio, file contents). Raises UpstreamError when the
-        answer breaks."""
+    def chunks(self) -> Iterator[bytes]:
+        """Yield the body as it arrives (``read1``: no waiting for a buffer to fill), for binary
+        answers relayed whole (audio). Raises UpstreamError when the answer breaks."""
         while True:
             try:
-                chunk = self._resp.read1(size)
+                chunk = self._resp.read1(65536)
             except socket.timeout as exc:
                 self.close()
                 raise UpstreamError("timeout", "provider stopped sending mid-answer") from exc
