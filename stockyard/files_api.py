@@ -115,7 +115,8 @@ MAX_LINE = 16 * 1024 * 1024  # a JSONL line longer than this is skipped, never h
 
 def lines_of(stream: IO[bytes] | Iterator[bytes], block: int = 65536) -> Iterator[bytes]:
     """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time."""
-    chunks = stream if isinstance(stream, Iterator) else iter(lambda: stream.read(block), b"")
+    reader = getattr(stream, "read", None)  # a reader first: files iterate by lines, unbounded
+    chunks = iter(lambda: reader(block), b"") if reader is not None else stream
     buf, skipping = b"", False
     for chunk in chunks:
         buf += chunk

@@ -333,7 +333,22 @@ def test_jsonl_lines_are_read_across_chunks_and_an_oversized_line_is_skipped(mon
     monkeypatch.setattr(files_api, "MAX_LINE", 10)
     chunks = iter([b'{"a"', b':1}\n\n{"b":2}\n', b"x" * 30, b"y\n", b'{"c":3}'])
     assert list(files_api.lines_of(chunks)) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
-    assert list(files_api.lines_of(io.BytesIO(b"one\ntwo\n"), block=2)) == [b"one", b"two"]
+
+    class Spool(io.RawIOBase):  # like an upload's file part: a reader, which also iterates by lines
+        def __init__(self, data: bytes) -> None:
+            self.data, self.asked = data, []
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            self.asked.append(size)
+            out, self.data = self.data[:size], self.data[size:]
+            return out
+
+    spool = Spool(b"one\ntwo\n" * 1000)
+    assert len(list(files_api.lines_of(spool, block=4096))) == 2000
+    assert set(spool.asked) == {4096}  # read in blocks, never byte by byte through readline
 
 
 def test_azure_files_live_under_openai_with_an_api_version_that_has_them():
