@@ -215,17 +215,20 @@ class Answer:
 
 class FilesAPI:
     """The files and batches routes. ``on_completed(ctx, provider, batch)`` is told of each
-    completed batch its owner sees (the batch cost recorder)."""
+    completed batch its owner sees (the batch cost recorder); ``check_budget(ctx)`` refuses a
+    batch to a key whose budget is used up."""
 
     def __init__(
         self,
         path: RequestPath,
         ownership: Ownership,
         on_completed: Callable[[RequestContext, Provider, dict], None],
+        check_budget: Callable[[RequestContext], None],
     ) -> None:
         self._path = path
         self.ownership = ownership
         self._on_completed = on_completed
+        self._check_budget = check_budget
 
     def handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         """One call (its key already checked from the headers); always leaves a trace row."""
@@ -544,6 +547,7 @@ class FilesAPI:
         if owned is None:
             raise not_found("file", file_id, "input_file_id")
         provider = self._provider_named(owned.provider)
+        self._check_budget(ctx)
         answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
             self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name)

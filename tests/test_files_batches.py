@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import FILES, PROMPT_TOKENS, Reply
-from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError
+from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
 from rawhttp import connect, read_response, read_until_close
 
 from stockyard.batch_costs import BATCH_PRICE
@@ -41,6 +41,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ("bob", []),
         ("claude-only", ["--models", "claude-*"]),
         ("mini", ["--models", "gpt-4o-mini"]),
+        ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
     ):
         made = srv.cli("keys", "create", "--name", name, *extra)
         assert made.returncode == 0, made.stderr
@@ -289,6 +290,17 @@ def test_a_cancelled_batch(server):
     assert all(r["endpoint"] == "batches.usage" for r in costs)
 
 
+def test_a_key_whose_budget_is_used_up_starts_no_batch(server, mock):
+    broke = client(server, "broke")
+    source = broke.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        broke.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.code == "budget_exceeded" and err.value.response.headers["x-should-retry"] == "false"
+    assert not mock.requests  # the provider never heard of it
+    assert broke.files.retrieve(source.id).id == source.id  # files cost nothing: still served
+
+
 def test_a_completed_batch_is_answered_at_once_while_its_cost_is_read_in_the_background(server, mock):
     alice = client(server, "alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
@@ -394,3 +406,24 @@ def test_a_download_the_provider_cuts_short_ends_short_for_the_client(server, mo
     )
     assert rows[-1]["error_type"] == "upstream_reset"
     assert alice.files.retrieve(made.id).id == made.id  # the server goes on serving
+
+
+def test_the_chain_tells_whether_a_module_runs_for_a_key():
+    from stockyard.chain import Chain
+    from stockyard.context import RequestContext
+    from stockyard.modules.base import Scoped
+
+    class Budget:
+        name = "budget"
+
+        def before(self, ctx) -> None: ...
+
+        def after(self, ctx) -> None: ...
+
+    ctx = RequestContext("batches.create", "openai", "127.0.0.1", {})
+    ctx.key_id = "k1"
+    assert Chain([Budget()]).runs("budget", ctx) and not Chain([Budget()]).runs("cache", ctx)
+    scoped = Chain([Scoped(Budget(), True, {"key:k2": False})])
+    assert scoped.runs("budget", ctx)
+    ctx.key_id = "k2"
+    assert not scoped.runs("budget", ctx)
