@@ -18,11 +18,15 @@ from typing import Mapping
 from . import __version__, audit
 from .auth import Gatekeeper
 from .backup import Snapshotter
+from .batch_costs import BatchCosts
 from .billing import Pricer
-from .budgets import Budget, BudgetRecords, Ledger, load_project_budgets
+from .budgets import Budget, BudgetRecords, Ledger, budgets_for, load_project_budgets, scopes_of, seconds_left
 from .chain import Chain, HookFailures
 from .config import Settings
+from .context import RequestContext
 from .conversations import Conversations
+from .errors import ProxyError
+from .files_api import FilesAPI, Ownership
 from .keys import KeyRing, load_keys
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
@@ -30,7 +34,7 @@ from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
 from .operations.modules import load_rows as load_module_rows
 from .operations.prices import load_overrides
-from .pricing import PriceTable
+from .pricing import PriceTable, format_usd
 from .providers import Registry, from_env
 from .proxy import RequestPath
 from .retention import Retention
@@ -108,6 +112,13 @@ class App:
             self.pool,
             self.conversations,
         )
+        self.batch_costs = BatchCosts(
+            self.path,
+            self.store,
+            self.metrics,
+            lambda key, cost, ts_ms: self.ledger.settle(None, cost, scopes_of(key), ts_ms),
+        )
+        self.files = FilesAPI(self.path, Ownership(self.store), self.batch_costs.completed, self.check_batch_budget)
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1
@@ -121,6 +132,31 @@ class App:
         self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
+
+    def check_batch_budget(self, ctx: RequestContext) -> None:
+        """A key (or its project) whose budget is used up starts no batch (429): a batch's cost is
+        known only when it completes, so it may start while some budget is left. Not when the
+        budget module is off for the key."""
+        key = ctx.key
+        if key is None or not self._chain.runs("budget", ctx):
+            return
+        budgets = budgets_for(key, self._project_budgets)
+        used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
+        if used_up is None:
+            return
+        budget, spent = used_up.budget, used_up.spent
+        headers = {"Retry-After": "1"}  # only requests in flight hold the rest
+        if spent >= budget.limit_uc:
+            wait = seconds_left(budget.period, ctx.ts_ms)
+            headers = {"x-should-retry": "false", **({"Retry-After": str(wait)} if wait is not None else {})}
+        raise ProxyError(
+            429,
+            f"budget exceeded: the {budget.describe()} is used up ({format_usd(spent, 2)} spent); "
+            "a batch can start once it is raised or its period ends",
+            code="budget_exceeded",
+            type="budget_exceeded",
+            headers=headers,
+        )
 
     def _record_start(self) -> None:
         """Audit migrations and the start; a log keyed with another secret must not stop serving.

@@ -221,6 +221,17 @@ class Ledger:
                 found.append((budget, key, spent, pct))
         return found
 
+    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        """The first budget with nothing left (spent and held reach its limit), or None: for work
+        whose cost is known only afterwards (a batch), which may start only while some is left."""
+        keyed = self._ensure(budgets, ts_ms)
+        with self._lock:
+            for budget, key in keyed:
+                entry = self._entries[budget.scope][key]
+                if entry.spent + entry.reserved >= budget.limit_uc:
+                    return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
+        return None
+
     def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
         """(spent, reserved) of the budget's current period, if the ledger holds it."""
         with self._lock:

@@ -259,11 +259,11 @@ class Usage:
         )
 
 
-def round_microcents(numerator: int) -> int:
-    """numerator (units of 10⁻⁶ µ¢) → µ¢, half up; anything above 0 is at least 1."""
+def round_microcents(numerator: int, whole: int = 1) -> int:
+    """numerator / whole (units of 10⁻⁶ µ¢) → µ¢, half up; anything above 0 is at least 1."""
     if numerator <= 0:
         return 0
-    return max(1, (numerator + PER // 2) // PER)
+    return max(1, (numerator + PER * whole // 2) // (PER * whole))
 
 
 def cost_microcents(price: Price, usage: Usage) -> int:
@@ -272,13 +272,24 @@ def cost_microcents(price: Price, usage: Usage) -> int:
     Parts are billed as reported; if a provider reports parts larger than the
     totals, the remainder (uncached input, plain output) counts as 0, never less.
     """
+    return round_microcents(cost_numerator(price, usage))
+
+
+def discounted_microcents(numerator: int, rate: tuple[int, int]) -> int:
+    """A summed :func:`cost_numerator` at ``rate`` (a fraction: (1, 2) is half price) in µ¢, rounded once."""
+    part, whole = rate
+    return round_microcents(numerator * part, whole)
+
+
+def cost_numerator(price: Price, usage: Usage) -> int:
+    """The cost of ``usage`` at ``price`` in units of 10⁻⁶ µ¢, not yet rounded (sums of these stay exact)."""
     fresh = max(0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens)
     media = min(usage.media_tokens, fresh)
     uncached = fresh - media
     plain_output = max(0, usage.completion_tokens - usage.reasoning_tokens)
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
     media_rate = price.input if price.media_input is None else price.media_input
-    numerator = (
+    return (
         uncached * price.input
         + media * media_rate
         + usage.cached_tokens * price.cached_input
@@ -286,7 +297,6 @@ def cost_microcents(price: Price, usage: Usage) -> int:
         + plain_output * price.output
         + usage.reasoning_tokens * reasoning_rate
     )
-    return round_microcents(numerator)
 
 
 def unit_cost(price: Price, units: int) -> int:

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import gemini_api, multipart, proxy
+from . import files_api, gemini_api, multipart, proxy
 from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
@@ -695,6 +695,15 @@ class Handler(BaseHTTPRequestHandler):
             return
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
             self._gemini_models(method, path, query)
+            return
+        if files_api.route_of(path) is not None:  # /v1/files…, /v1/batches…
+            ctx = RequestContext(
+                files_api.endpoint_name(method, path), OPENAI, self.client_address[0], self._headers_dict()
+            )
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+                app.files.handle(self, ctx, req)
+                self._trace_note = f" {ctx.trace_id}"
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes

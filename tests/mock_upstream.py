@@ -918,6 +918,195 @@ def _stored_response(call: Call, scripted: Reply | None) -> Reply:
     return Reply(json=response)
 
 
+# --------------------------------------------------------------------------- OpenAI files and batches
+
+
+class FilesState:
+    """What the mock Files and Batch APIs keep: file objects with their bytes, and batches.
+
+    A batch moves on when it is retrieved (as time passes at a real provider): one GET takes
+    it from ``in_progress`` to ``completed`` — its output file is then made, one line per
+    request with a chat or embeddings answer and its usage (requests for a magic error model
+    go to the error file) — and from ``cancelling`` to ``cancelled``. Lists never move it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files: dict[str, dict] = {}
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.clock = itertools.count(1)
+
+    def add_file(self, filename: str, purpose: str, data: bytes) -> dict:
+        """Keep a file (caller holds the lock); its object as OpenAI returns it."""
+        tick = next(self.clock)
+        file_id = f"file-mock{tick:06d}{hashlib.sha256(data).hexdigest()[:8]}"
+        obj = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": CREATED + tick,
+            "expires_at": None,
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+        self.files[file_id], self.contents[file_id] = obj, data
+        return obj
+
+
+FILES = FilesState()
+FILES_PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]+)(/content|/cancel)?)?$")
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
+
+
+def _page(items: list[dict], query: dict[str, str], default_limit: int) -> dict:
+    """A cursor page as OpenAI lists answer: ``after`` an id, ``limit``, ``has_more``."""
+    after = query.get("after")
+    if after:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    limit = int(query.get("limit") or default_limit)
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
+
+
+def batch_output(batch: dict, data: bytes) -> tuple[list[str], list[str]]:
+    """The output and error lines of a batch over the JSONL input ``data``."""
+    out, errors = [], []
+    for i, raw in enumerate(line for line in data.splitlines() if line.strip()):
+        request = jsonlib.loads(raw)
+        body = request.get("body") or {}
+        model = str(body.get("model") or "")
+        line: dict[str, Any] = {"id": f"batch_req_mock{i}", "custom_id": request.get("custom_id")}
+        status = _error_status(model)
+        if status:
+            line["response"] = {
+                "status_code": status,
+                "request_id": f"req_mock_b{i}",
+                "body": openai_error(status).json,
+            }
+            line["error"] = None
+            errors.append(_dumps(line))
+            continue
+        answer = (
+            openai_embeddings(body, model) if batch["endpoint"] == "/v1/embeddings" else openai_chat(body, i, model)
+        )
+        line["response"] = {"status_code": 200, "request_id": f"req_mock_b{i}", "body": answer}
+        line["error"] = None
+        out.append(_dumps(line))
+    return out, errors
+
+
+def _advance(batch: dict) -> None:
+    """One step of a batch's life (caller holds the lock), on a retrieve."""
+    now = CREATED + next(FILES.clock)
+    if batch["status"] == "cancelling":
+        batch.update(status="cancelled", cancelled_at=now)
+    elif batch["status"] in ("validating", "in_progress"):
+        out, errors = batch_output(batch, FILES.contents.get(batch["input_file_id"], b""))
+        for kind, lines in (("output", out), ("error", errors)):
+            if lines:
+                data = ("\n".join(lines) + "\n").encode()
+                batch[f"{kind}_file_id"] = FILES.add_file(f"{batch['id']}_{kind}.jsonl", "batch_output", data)["id"]
+        batch.update(
+            status="completed",
+            finalizing_at=now,
+            completed_at=now,
+            request_counts={"total": len(out) + len(errors), "completed": len(out), "failed": len(errors)},
+        )
+
+
+def _files_and_batches(call: Call, scripted: Reply | None) -> Reply:
+    """POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET …/content; POST/GET /v1/batches,
+    GET /v1/batches/{id}, POST …/cancel."""
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    req = call.req
+    collection, object_id, action = FILES_PATH.match(req.path).groups()
+    with FILES.lock:
+        if collection == "files":
+            return _files(req, object_id, action)
+        return _batches(call, object_id, action)
+
+
+def _files(req: Recorded, file_id: str | None, action: str | None) -> Reply:
+    if file_id is None and req.method == "POST":
+        fields, files = multipart_form(req)
+        uploaded = [(filename, data) for name, filename, data in files if name == "file"]
+        if len(uploaded) != 1 or not isinstance(fields.get("purpose"), str):
+            return openai_error(400, "Missing required parameter: 'file' and 'purpose' are required.")
+        filename, data = uploaded[0]
+        return Reply(json=FILES.add_file(filename or "upload", fields["purpose"], data))
+    if file_id is None:
+        items = sorted(FILES.files.values(), key=lambda f: f["created_at"], reverse=req.query.get("order") != "asc")
+        purpose = req.query.get("purpose")
+        return Reply(json=_page([f for f in items if not purpose or f["purpose"] == purpose], req.query, 10000))
+    if file_id not in FILES.files:
+        return openai_error(404, f"No such File object: {file_id}")
+    if action == "/content":
+        return Reply(body=FILES.contents[file_id], headers={"content-type": "application/octet-stream"})
+    if req.method == "DELETE":
+        del FILES.files[file_id], FILES.contents[file_id]
+        return Reply(json={"id": file_id, "object": "file", "deleted": True})
+    return Reply(json=FILES.files[file_id])
+
+
+def _batches(call: Call, batch_id: str | None, action: str | None) -> Reply:
+    req = call.req
+    if batch_id is None and req.method == "POST":
+        body = call.body
+        if body.get("input_file_id") not in FILES.files:
+            return openai_error(404, f"No such File object: {body.get('input_file_id')}")
+        if body.get("endpoint") not in BATCH_ENDPOINTS or body.get("completion_window") != "24h":
+            return openai_error(400, "Invalid 'endpoint' or 'completion_window'.")
+        now = CREATED + next(FILES.clock)
+        batch = {
+            "id": f"batch_mock{now:010d}",
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": "24h",
+            "status": "in_progress",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": now,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        FILES.batches[batch["id"]] = batch
+        return Reply(json=batch)
+    if batch_id is None:
+        items = sorted(FILES.batches.values(), key=lambda b: b["created_at"], reverse=True)
+        return Reply(json=_page(items, req.query, 20))
+    batch = FILES.batches.get(batch_id)
+    if batch is None:
+        return openai_error(404, f"No batch found with id '{batch_id}'.")
+    if action == "/cancel":
+        if batch["status"] not in ("validating", "in_progress"):
+            return openai_error(400, f"Cannot cancel a batch with status '{batch['status']}'.")
+        batch.update(status="cancelling", cancelling_at=CREATED + next(FILES.clock))
+    else:
+        _advance(batch)
+    return Reply(json=dict(batch))
+
+
 # --------------------------------------------------------------------------- Gemini
 
 
@@ -1203,6 +1392,8 @@ def find_route(method: str, path: str) -> Route | None:
         return AZURE_ROUTES[match.group(2)]
     if RESPONSE_PATH.match(path):
         return _stored_response
+    if FILES_PATH.match(path):
+        return _files_and_batches
     return None
 
 
