@@ -28,6 +28,8 @@ lint:
 test:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	command -v node >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs)
+	# the PostgreSQL store's tests start a throwaway server (tests/pgcluster.py) with initdb + pg_ctl
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 	$(MAKE) --no-print-directory lint
 	@status=0; \

@@ -77,6 +77,25 @@ def cache_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xdg-cache")
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server for this worker (tests/pgcluster.py), started on first use
+    and stopped at the end of the session, failures included."""
+    from pgcluster import Cluster
+
+    cluster = Cluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a fresh, empty PostgreSQL database of its own for this test."""
+    return pg_cluster.database()
+
+
 class ServerProcess:
     """A running ``stockyard.pyz serve`` with its own database and collected log."""
 
