@@ -96,6 +96,17 @@ def pg_url(pg_cluster) -> str:
     return pg_cluster.database()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """A fresh, empty database of each kind as a store backend: a test using it runs once per store."""
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresBackend, SqliteBackend
+
+    if request.param == "sqlite":
+        return SqliteBackend(tmp_path / "stockyard.db")
+    return PostgresBackend(parse_postgres(request.getfixturevalue("pg_url"), {}))
+
+
 class ServerProcess:
     """A running ``stockyard.pyz serve`` with its own database and collected log."""
 

@@ -41,8 +41,10 @@ def add(conn, n: int, key: bytes | None, actor: str = "cli:test", start: int = 0
 
 
 @pytest.fixture
-def conn(tmp_path):
-    conn, _ = db.open_and_migrate(tmp_path / "stockyard.db")
+def conn(database):
+    """A connection to a fresh database of each kind (SQLite, PostgreSQL)."""
+    database.open_and_migrate()
+    conn = database.connect()
     yield conn
     conn.close()
 

@@ -1,0 +1,127 @@
+"""The two databases behind :class:`~stockyard.store.Store`: an SQLite file or PostgreSQL.
+
+A backend knows how to open a connection, bring the schema up to date, and keep the
+"one server on this database" lock; everything else (jobs, reads, the writer thread) is
+the same code for both, over connections that speak the same subset of the sqlite3 API
+(:mod:`stockyard.store.pg` for PostgreSQL). :func:`backend_for` picks one from the
+``--db`` value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..dburl import PostgresURL
+from . import db, files
+from .lock import SERVER, DatabaseBusy, DatabaseLock
+
+
+class SqliteBackend:
+    """One SQLite file in WAL mode (the default)."""
+
+    dialect = "sqlite"
+    wal = True  # the writer keeps the -wal file bounded (checkpoints)
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def connect(self, readonly: bool = False) -> Any:
+        return db.connect(self.path, readonly=readonly)
+
+    def open_and_migrate(self) -> list[db.Migration]:
+        """Create or upgrade the file (backed up beside it first)."""
+        conn, applied = db.open_and_migrate(self.path)
+        conn.close()
+        return applied
+
+    def server_lock(self) -> Any:
+        return DatabaseLock(self.path, SERVER).acquire()
+
+    def secure_files(self, extra: list[Path]) -> list[str]:
+        """Tighten the modes of the database files; one line per file changed."""
+        return files.secure_existing(self.path, extra)
+
+
+class PostgresBackend:
+    """A PostgreSQL database, reached with the bundled pg8000."""
+
+    dialect = "postgresql"
+    wal = False  # PostgreSQL manages its own WAL
+
+    def __init__(self, url: PostgresURL) -> None:
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.url.masked()
+
+    def connect(self, readonly: bool = False) -> Any:
+        from .pg import PgConnection
+
+        return PgConnection(self.url)
+
+    def open_and_migrate(self) -> list[db.Migration]:
+        """Migrate under an advisory lock: N servers starting at once migrate exactly once
+        (the others wait, then find nothing pending)."""
+        from .pg import MIGRATE_LOCK_KEY
+
+        conn = self.connect()
+        try:
+            conn.execute(f"SELECT pg_advisory_lock({MIGRATE_LOCK_KEY})")
+            try:
+                return db.migrate(conn)
+            finally:
+                conn.execute(f"SELECT pg_advisory_unlock({MIGRATE_LOCK_KEY})")
+        finally:
+            conn.close()
+
+    def server_lock(self) -> "PostgresServerLock":
+        return PostgresServerLock(self).acquire()
+
+    def secure_files(self, extra: list[Path]) -> list[str]:
+        return []  # no database file here
+
+
+class PostgresServerLock:
+    """One server per PostgreSQL database, for now: a session advisory lock held on its own
+    connection. Budgets and rate limits still live in each server's memory; until they are
+    shared through the database, a second server would enforce them a second time. The
+    server's death closes the connection and frees the lock."""
+
+    KEY = 0x5354_4F43_4B59_0003
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.backend = backend
+        self._conn: Any = None
+
+    def acquire(self) -> "PostgresServerLock":
+        conn = self.backend.connect()
+        taken = conn.execute(f"SELECT pg_try_advisory_lock({self.KEY})").fetchone()[0]
+        if not taken:
+            conn.close()
+            raise DatabaseBusy(
+                f"another Stockyard server is already using {self.backend}; two servers on one "
+                "database would each enforce budgets and rate limits on their own - stop it first"
+            )
+        self._conn = conn
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+Backend = SqliteBackend | PostgresBackend
+
+
+def backend_for(database: Path | str | PostgresURL | Backend) -> Backend:
+    """The backend for a ``--db`` value: a PostgresURL is PostgreSQL, a path is SQLite."""
+    if isinstance(database, (SqliteBackend, PostgresBackend)):
+        return database
+    if isinstance(database, PostgresURL):
+        return PostgresBackend(database)
+    return SqliteBackend(database)
