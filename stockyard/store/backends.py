@@ -45,6 +45,17 @@ class SqliteBackend:
         """Tighten the modes of the database files; one line per file changed."""
         return files.secure_existing(self.path, extra)
 
+    def size_bytes(self, conn: Any) -> int:
+        """The database file's size (metrics)."""
+        return files.file_size(self.path)
+
+    def wal_bytes(self) -> int:
+        return files.file_size(files.wal_path(self.path))
+
+    def disk_bytes(self, conn: Any) -> int:
+        """What the database takes on disk, -wal and -shm included (/api/status)."""
+        return files.disk_bytes(self.path)
+
 
 class PostgresBackend:
     """A PostgreSQL database, reached with the bundled pg8000."""
@@ -83,6 +94,15 @@ class PostgresBackend:
 
     def secure_files(self, extra: list[Path]) -> list[str]:
         return []  # no database file here
+
+    def size_bytes(self, conn: Any) -> int:
+        return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+    def wal_bytes(self) -> int:
+        return 0  # the server's WAL is PostgreSQL's to manage
+
+    def disk_bytes(self, conn: Any) -> int:
+        return self.size_bytes(conn)
 
 
 class PostgresServerLock:

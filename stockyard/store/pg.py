@@ -225,7 +225,10 @@ class PgConnection:
         try:
             self._conn = pg8000.dbapi.Connection(**url.connect_args())
         except Exception as exc:
-            raise _error(exc) from None
+            error = _error(exc)
+            unreachable: Any = type(error)(f"cannot open the database {url}: {error}")
+            unreachable.database_failed = True
+            raise unreachable from None
         self._conn.autocommit = True
         self.broken = False
         self.row_factory = None  # accepted and ignored: rows are always Row
