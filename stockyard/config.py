@@ -186,6 +186,11 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
     if every and not snapshot:
         raise ValueError("--snapshot-every (STOCKYARD_SNAPSHOT_EVERY) needs --snapshot PATH (STOCKYARD_SNAPSHOT)")
     database = resolve_database(flags.get("db"), env)  # type: ignore[arg-type]
+    if snapshot and isinstance(database, PostgresURL):
+        raise ValueError(
+            "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL use its own "
+            "backups (pg_dump, point-in-time recovery)"
+        )
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
         port=port,

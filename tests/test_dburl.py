@@ -96,3 +96,8 @@ def test_sslmodes_make_the_right_tls_context(tmp_path):
     full = parse_postgres(f"postgresql://sy@db.internal/db?sslmode=verify-full&sslrootcert={ca}", {}).ssl_context()
     assert full is not None and full.verify_mode == ssl.CERT_REQUIRED and full.check_hostname
     assert [c["subject"] for c in full.get_ca_certs()] == [((("commonName", "Stockyard test DB CA"),),)]
+
+
+def test_snapshots_are_for_sqlite_files(tmp_path):
+    with pytest.raises(ValueError, match="--snapshot .* copies an SQLite database file"):
+        config.load({"db": "postgresql://sy@127.0.0.1/db", "snapshot": str(tmp_path / "snap.db")}, env={})

@@ -82,6 +82,30 @@ def test_traces_bodies_and_rollups_through_the_writer(database):
         store.close()
 
 
+def test_retention_ages_traces_out_and_caps_bodies(database):
+    from stockyard.retention import Retention
+
+    database.open_and_migrate()
+    writer = Writer(database, maxsize=100).start()
+    store = Store(database, writer)
+    try:
+        for n in range(6):
+            store.submit(trace(n).write)
+        now_s = (1_795_000_000_000 + 3) / 1000 + 3600
+        aging = Retention(traces_max_age_s=3600, batch_rows=2, clock=lambda: now_s)
+        while store.write(aging.run):  # one small step per call, as the writer's idle task does
+            pass
+        ids = [r[0] for r in store.read().execute("SELECT id FROM traces ORDER BY id")]
+        assert ids == [trace(n).id for n in (3, 4, 5)] and aging.stats.traces_deleted == 3
+        capping = Retention(bodies_max_bytes=1, clock=lambda: now_s)
+        while store.write(capping.run):
+            pass
+        assert store.read().execute("SELECT count(*) FROM trace_bodies").fetchone()[0] == 0
+    finally:
+        writer.stop()
+        store.close()
+
+
 def test_keys_and_providers_are_audited_in_one_verifying_chain(database):
     database.open_and_migrate()
     ops = Operations(Store(database), audit.actor_cli(), SECRET)

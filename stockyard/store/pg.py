@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+from collections import OrderedDict
 from decimal import Decimal
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -27,6 +28,8 @@ from ..dburl import PostgresURL
 # chain's append among them, stay correct with several writers).
 WRITE_LOCK_KEY = 0x5354_4F43_4B59_0001  # "STOCKY" 1
 MIGRATE_LOCK_KEY = 0x5354_4F43_4B59_0002
+PREPARED_MAX = 256  # prepared statements kept per connection (the code has fewer distinct ones)
+_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SELECT pg_advisory)", re.IGNORECASE)
 
 # SQLite pragmas the code reads, as PostgreSQL queries with the same meaning (or a neutral answer).
 _PRAGMAS = {
@@ -220,8 +223,10 @@ class PgConnection:
     dialect = "postgresql"
 
     def __init__(self, url: PostgresURL) -> None:
+        import pg8000.converters
         import pg8000.dbapi
 
+        self._make_params = pg8000.converters.make_params
         try:
             self._conn = pg8000.dbapi.Connection(**url.connect_args())
         except Exception as exc:
@@ -230,6 +235,7 @@ class PgConnection:
             unreachable.database_failed = True
             raise unreachable from None
         self._conn.autocommit = True
+        self._prepared: OrderedDict[str, tuple] = OrderedDict()  # statement → pg8000's prepared handle
         self.broken = False
         self.row_factory = None  # accepted and ignored: rows are always Row
 
@@ -253,14 +259,22 @@ class PgConnection:
 
     def executescript(self, script: str) -> None:
         """Run PostgreSQL SQL as it is (migrations are written for PostgreSQL)."""
+        self._forget_prepared()  # a schema change may change what a prepared statement returns
         try:
             self._conn.execute_simple(script)
         except Exception as exc:
             raise self._failed(exc) from None
 
     def _run(self, statement: str, params: Sequence[Any]) -> Cursor:
+        """One round trip: statements are prepared once per connection, then only bound and run;
+        parameterless transaction control goes as a simple query."""
         try:
-            context = self._conn.execute_unnamed(statement, vals=tuple(_value_in(v) for v in params))
+            if not params and _CONTROL.match(statement):
+                context = self._conn.execute_simple(statement)
+            else:
+                name, columns, input_funcs = self._prepare(statement)
+                values = self._make_params(self._conn.py_types, tuple(_value_in(v) for v in params))
+                context = self._conn.execute_named(name, values, columns, input_funcs, statement)
         except Exception as exc:
             raise self._failed(exc) from None
         rows: list[Row] = []
@@ -270,6 +284,26 @@ class PgConnection:
             description = [(c["name"], None, None, None, None, None, None) for c in context.columns]
             rows = [Row([_value_out(v) for v in r], names) for r in context.rows or ()]
         return Cursor(rows, context.row_count if context.row_count is not None else -1, description)
+
+    def _prepare(self, statement: str) -> tuple:
+        handle = self._prepared.get(statement)
+        if handle is not None:
+            self._prepared.move_to_end(statement)
+            return handle
+        handle = self._conn.prepare_statement(statement, ())
+        self._prepared[statement] = handle
+        if len(self._prepared) > PREPARED_MAX:
+            _, (oldest, _, _) = self._prepared.popitem(last=False)
+            self._conn.close_prepared_statement(oldest)
+        return handle
+
+    def _forget_prepared(self) -> None:
+        for name, _, _ in self._prepared.values():
+            try:
+                self._conn.close_prepared_statement(name)
+            except Exception:
+                pass
+        self._prepared.clear()
 
     def _failed(self, exc: BaseException) -> sqlite3.Error:
         error = _error(exc)
