@@ -8,6 +8,10 @@ PYTEST := $(PYTHON) -m pytest -q
 TEST_WORKERS ?= auto
 SOURCES := $(shell find stockyard -type f ! -name '*.pyc' ! -path '*/__pycache__/*') build_zipapp.py
 
+# Server suites that run a second time against PostgreSQL (tests/pgcluster.py starts a throwaway server).
+PG_SUITES := tests/test_openai_proxy.py tests/test_keys.py tests/test_budgets.py tests/test_modules.py \
+	tests/test_module_cache.py tests/test_responses.py
+
 .PHONY: run test lint pyz bench clean
 
 $(PYZ): $(SOURCES)
@@ -35,6 +39,8 @@ test:
 	@status=0; \
 	echo "== tests, in parallel on $(TEST_WORKERS) workers"; \
 	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" || status=1; \
+	echo "== the core server suites again, on PostgreSQL (STOCKYARD_TEST_STORE=postgresql)"; \
+	STOCKYARD_TEST_STORE=postgresql $(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_SUITES) || status=1; \
 	echo "== tests that need the machine to themselves (marker serial), one at a time"; \
 	$(PYTEST) -m "serial and not perf" || status=1; \
 	echo "== time bounds (marker perf), one at a time"; \
