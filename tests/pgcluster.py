@@ -8,12 +8,15 @@ scram-sha-256 password authentication, like a real deployment.
 
 Measured here: initdb + start take ~0.7 s, so each pytest-xdist worker starts its own
 cluster (no cross-process sharing to get wrong); each test gets a fresh database
-(``CREATE DATABASE``, ~50 ms).
+(``CREATE DATABASE``, ~50 ms). TLS is on, with a certificate for 127.0.0.1 from a test CA
+(``ca_file``), so ``sslmode=verify-full`` is tested against a real server.
 """
 
 from __future__ import annotations
 
+import datetime
 import glob
+import ipaddress
 import itertools
 import os
 import pwd
@@ -25,6 +28,10 @@ import tempfile
 from pathlib import Path
 
 import pg8000.native
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 USER = "stockyard"
 RUN_AS = "nobody"  # an existing account; no system user is created
@@ -55,6 +62,7 @@ class Cluster:
         self.port = 0
         self._names = itertools.count(1)
         self._as_root = os.geteuid() == 0
+        self.ca_file = self.folder / "ca.pem"
 
     def _run(self, *cmd: str) -> subprocess.CompletedProcess:
         if self._as_root:
@@ -79,10 +87,12 @@ class Cluster:
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr}")
         pwfile.unlink()
+        self._make_certificates()
         # Durability off: a test database never outlives the run, and fsyncs would dominate.
         options = (
             f"-c listen_addresses=127.0.0.1 -c unix_socket_directories={self.folder} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            f"-c ssl=on -c ssl_cert_file={self.data / 'server.crt'} -c ssl_key_file={self.data / 'server.key'}"
         )
         for _ in range(3):  # the free port can be taken between choosing and binding: try another
             self.port = free_port()
@@ -93,6 +103,44 @@ class Cluster:
             if done.returncode == 0:
                 return self
         raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}\n{self.log()}")
+
+    def _make_certificates(self) -> None:
+        """A test CA (``ca_file``) and a server certificate for 127.0.0.1 only: TLS clients can
+        verify the server, and a client that connects by another name must fail the host check."""
+        ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stockyard test PostgreSQL CA")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def cert(subject: x509.Name, key, ca: bool) -> x509.Certificate:
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(subject)
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            )
+            if not ca:
+                san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+                builder = builder.add_extension(san, critical=False)
+            return builder.sign(ca_key, hashes.SHA256())
+
+        server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+        self.ca_file.write_bytes(cert(ca_name, ca_key, True).public_bytes(serialization.Encoding.PEM))
+        crt, key = self.data / "server.crt", self.data / "server.key"
+        crt.write_bytes(cert(server_name, server_key, False).public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(
+            server_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        key.chmod(0o600)
+        if self._as_root:
+            owner = pwd.getpwnam(RUN_AS)
+            for path in (crt, key):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
 
     def log(self) -> str:
         path = self.folder / "log"

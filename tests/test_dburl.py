@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
 import ssl
 from pathlib import Path
 
@@ -101,3 +102,31 @@ def test_sslmodes_make_the_right_tls_context(tmp_path):
 def test_snapshots_are_for_sqlite_files(tmp_path):
     with pytest.raises(ValueError, match="--snapshot .* copies an SQLite database file"):
         config.load({"db": "postgresql://sy@127.0.0.1/db", "snapshot": str(tmp_path / "snap.db")}, env={})
+
+
+def test_verify_full_checks_the_servers_certificate_and_name(pg_cluster, pg_url, tmp_path):
+    """Against the test server's TLS: its CA verifies, another CA does not, nor another host name."""
+    from stockyard.store.backends import PostgresBackend
+
+    database = pg_url.rsplit("/", 1)[1].split("?")[0]
+    base = f"postgresql://stockyard:{pg_cluster.password}@{{host}}:{pg_cluster.port}/{database}"
+    good = parse_postgres(base.format(host="127.0.0.1") + f"?sslmode=verify-full&sslrootcert={pg_cluster.ca_file}", {})
+    conn = PostgresBackend(good).connect()
+    try:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+    finally:
+        conn.close()
+    other_ca = _ca_file(tmp_path)
+    for url, why in (
+        (base.format(host="127.0.0.1") + f"?sslmode=verify-full&sslrootcert={other_ca}", "CERTIFICATE_VERIFY_FAILED"),
+        (base.format(host="localhost") + f"?sslmode=verify-full&sslrootcert={pg_cluster.ca_file}", "ostname"),
+    ):
+        with pytest.raises(sqlite3.OperationalError, match=why) as caught:
+            PostgresBackend(parse_postgres(url, {})).connect()
+        assert pg_cluster.password not in str(caught.value)
+    plain = parse_postgres(base.format(host="127.0.0.1") + "?sslmode=require", {})
+    conn = PostgresBackend(plain).connect()  # encrypted, unverified
+    try:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+    finally:
+        conn.close()
