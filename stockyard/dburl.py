@@ -11,6 +11,7 @@ A :class:`PostgresURL` prints, logs and ``repr``s with the password as ``***``: 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ssl
 import urllib.parse
 from pathlib import Path
@@ -47,6 +48,11 @@ class PostgresURL:
     def __str__(self) -> str:
         return self.masked()
 
+    @functools.cached_property
+    def _context(self) -> ssl.SSLContext | None:
+        """Built once: loading the CA store takes longer than a query."""
+        return self.ssl_context()
+
     def ssl_context(self) -> ssl.SSLContext | None:
         """None for ``disable``; encryption only for ``require``; certificate and host name checked
         for ``verify-full`` (against ``sslrootcert`` when given, else the system's CAs)."""
@@ -67,7 +73,8 @@ class PostgresURL:
             "host": self.host,
             "port": self.port,
             "database": self.database,
-            "ssl_context": self.ssl_context(),
+            # False, not None: pg8000 takes None as "try TLS without verifying" (libpq's prefer)
+            "ssl_context": self._context if self.sslmode != "disable" else False,
             "timeout": 30,
             "application_name": "stockyard",
         }

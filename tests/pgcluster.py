@@ -60,6 +60,7 @@ class Cluster:
         self.data = self.folder / "data"
         self.password = secrets.token_urlsafe(18)
         self.port = 0
+        self._options = ""
         self._names = itertools.count(1)
         self._as_root = os.geteuid() == 0
         self.ca_file = self.folder / "ca.pem"
@@ -94,15 +95,26 @@ class Cluster:
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
             f"-c ssl=on -c ssl_cert_file={self.data / 'server.crt'} -c ssl_key_file={self.data / 'server.key'}"
         )
+        self._options = options
         for _ in range(3):  # the free port can be taken between choosing and binding: try another
             self.port = free_port()
-            done = self._run(
-                pg_ctl, "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "-t", "30",
-                "-o", f"{options} -p {self.port}", "start",
-            )  # fmt: skip
-            if done.returncode == 0:
+            if self.start_server(check=False):
                 return self
-        raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}\n{self.log()}")
+        raise RuntimeError(f"pg_ctl start failed:\n{self.log()}")
+
+    def start_server(self, check: bool = True) -> bool:
+        """Start (again) on the same port and data; True when it runs."""
+        done = self._run(
+            find_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "-t", "30",
+            "-o", f"{self._options} -p {self.port}", "start",
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}\n{self.log()}")
+        return done.returncode == 0
+
+    def stop_server(self) -> None:
+        """Stop the server, keeping its data (a database outage in the middle of a test)."""
+        self._run(find_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def _make_certificates(self) -> None:
         """A test CA (``ca_file``) and a server certificate for 127.0.0.1 only: TLS clients can

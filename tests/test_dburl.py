@@ -124,9 +124,10 @@ def test_verify_full_checks_the_servers_certificate_and_name(pg_cluster, pg_url,
         with pytest.raises(sqlite3.OperationalError, match=why) as caught:
             PostgresBackend(parse_postgres(url, {})).connect()
         assert pg_cluster.password not in str(caught.value)
-    plain = parse_postgres(base.format(host="127.0.0.1") + "?sslmode=require", {})
-    conn = PostgresBackend(plain).connect()  # encrypted, unverified
-    try:
-        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
-    finally:
-        conn.close()
+    for mode, encrypted in (("require", True), ("disable", False)):  # require: encrypted, unverified
+        url = parse_postgres(base.format(host="127.0.0.1") + f"?sslmode={mode}", {})
+        conn = PostgresBackend(url).connect()
+        try:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is encrypted
+        finally:
+            conn.close()

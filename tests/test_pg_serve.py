@@ -81,6 +81,24 @@ def test_the_cli_and_a_running_server_share_the_postgresql_database(pg_server):
     assert verified.returncode == 0 and json.loads(verified.stdout.splitlines()[0])["ok"] is True, verified
 
 
+def test_the_server_heals_when_postgresql_drops_its_connections(pg_server, pg_cluster, pg_url):
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert pg_server.request("GET", "/api/traces", headers=auth)[0] == 200
+    assert pg_server.request("GET", "/readyz")[0] == 200
+    kill = (
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert rows(pg_cluster, pg_url, kill)[0]["n"] >= 2  # the writer's, the readers', the watcher's, the lock's
+    status, headers, _ = pg_server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
+    assert status == 200
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: rows(pg_cluster, pg_url, "SELECT id FROM traces WHERE id = :id", id=trace_id), what="the trace")
+    status, _, data = pg_server.request("GET", "/api/traces", headers=auth)
+    assert status == 200 and [t["id"] for t in json.loads(data)["data"]] == [trace_id]
+    assert pg_server.request("GET", "/readyz")[0] == 200
+
+
 def test_the_database_password_is_never_shown(pg_server, pg_cluster):
     status, _, data = pg_server.request("GET", "/api/status", headers={"Authorization": f"Bearer {ADMIN}"})
     assert status == 200

@@ -49,6 +49,18 @@ def test_migrations_reach_the_code_version_once(database):
         conn.close()
 
 
+def test_a_database_newer_than_the_code_is_refused(database):
+    """A server older than the schema refuses to start (one line), on either store."""
+    database.open_and_migrate()
+    conn = database.connect()
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (9999, 'future', 'x', 'then')"
+    )
+    conn.close()
+    with pytest.raises(db.SchemaError, match="database schema version 9999 is newer than this Stockyard"):
+        database.open_and_migrate()
+
+
 def test_every_sqlite_migration_has_a_postgresql_twin():
     """One schema version means the same tables in both stores: a new migration needs both files."""
     sqlite = [(m.version, m.name) for m in db.available_migrations()]
@@ -162,6 +174,25 @@ def test_a_second_server_on_one_postgresql_database_is_refused(pg_url):
     finally:
         first.release()
     backend.server_lock().release()  # free again once the first one stopped
+
+
+def test_postgresql_read_connections_of_finished_threads_serve_new_threads(pg_url):
+    from stockyard.dburl import parse_postgres
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    seen: list[int] = []
+
+    def request() -> None:  # what a request thread of the HTTP server does
+        seen.append(store.read().execute("SELECT pg_backend_pid()").fetchone()[0])
+
+    for _ in range(5):
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+    assert len(set(seen)) == 1  # one connection, handed from each finished thread to the next
+    store.close()
 
 
 def test_postgresql_config_changes_move_the_watchers_version(pg_url):

@@ -65,11 +65,14 @@ def test_database_failure_fails_the_batch_and_marks_unhealthy(tmp_path):
     writer.stop()
 
 
-def test_postgresql_lost_connection_fails_its_batch_then_the_writer_reconnects(pg_cluster, pg_url):
+def test_postgresql_lost_connection_is_replaced_and_a_stopped_server_fails_batches_until_back():
+    from pgcluster import Cluster
+
     from stockyard.dburl import parse_postgres
     from stockyard.store.backends import PostgresBackend
 
-    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    pg_cluster = Cluster().start()  # its own server: this test stops it
+    backend = PostgresBackend(parse_postgres(pg_cluster.database(), {}))
     backend.open_and_migrate()
     w = Writer(backend, maxsize=100).start()
     try:
@@ -80,12 +83,17 @@ def test_postgresql_lost_connection_fails_its_batch_then_the_writer_reconnects(p
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         admin.close()
-        with pytest.raises(sqlite3.Error, match="SQLSTATE 57P01|connection"):
-            w.call(put("lost"))
-        assert not w.healthy
-        w.call(put("after"))  # a new connection
-        assert w.healthy
+        w.call(put("after"))  # the batch found its connection closed, and ran again on a new one
+        assert w.healthy and w.stats.failed_batches == 0
         keys = [r[0] for r in Store(backend).read().execute("SELECT key FROM meta WHERE key IN ('before', 'after')")]
         assert sorted(keys) == ["after", "before"]
+        pg_cluster.stop_server()
+        with pytest.raises(sqlite3.Error, match="cannot open the database postgresql://stockyard:\\*\\*\\*@"):
+            w.call(put("down"))  # no server at all: the batch fails, the writer is unhealthy
+        assert not w.healthy
+        pg_cluster.start_server()
+        w.call(put("back"))
+        assert w.healthy
     finally:
         w.stop()
+        pg_cluster.stop()

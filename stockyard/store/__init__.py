@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,10 @@ class Store:
         self._local = threading.local()
         self._direct_lock = threading.Lock()
         self._direct: sqlite3.Connection | None = None
+        # PostgreSQL: read connections of finished threads, handed to new ones (opening one costs
+        # a TCP and an authentication round; the HTTP server starts a thread per client connection).
+        self._owners: list[tuple[weakref.ref[threading.Thread], Any]] = []
+        self._owners_lock = threading.Lock()
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (opened on first use)."""
@@ -37,8 +42,28 @@ class Store:
             conn.close()
             conn = None
         if conn is None:
-            conn = self.backend.connect()
+            conn = self._adopt() if self.backend.reuse_readers else None
+            if conn is None:
+                conn = self.backend.connect()
+            if self.backend.reuse_readers:
+                with self._owners_lock:
+                    self._owners.append((weakref.ref(threading.current_thread()), conn))
             self._local.conn = conn
+        return conn
+
+    def _adopt(self) -> Any:
+        """A read connection whose thread has finished, or None."""
+        with self._owners_lock:
+            free = [i for i, (owner, _) in enumerate(self._owners) if not _alive(owner())]
+            if not free:
+                return None
+            _, conn = self._owners.pop(free[0])
+        try:
+            if conn.in_transaction:  # its thread died in the middle of a read
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn.close()
+            return None
         return conn
 
     def write(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -75,6 +100,15 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        with self._owners_lock:
+            for _, pooled in self._owners:
+                if pooled is not conn:
+                    pooled.close()
+            self._owners.clear()
         if self._direct is not None:
             self._direct.close()
             self._direct = None
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()

@@ -224,20 +224,26 @@ class PgConnection:
 
     def __init__(self, url: PostgresURL) -> None:
         import pg8000.converters
-        import pg8000.dbapi
 
         self._make_params = pg8000.converters.make_params
-        try:
-            self._conn = pg8000.dbapi.Connection(**url.connect_args())
-        except Exception as exc:
-            error = _error(exc)
-            unreachable: Any = type(error)(f"cannot open the database {url}: {error}")
-            unreachable.database_failed = True
-            raise unreachable from None
-        self._conn.autocommit = True
+        self._url = url
+        self._conn = self._open()
         self._prepared: OrderedDict[str, tuple] = OrderedDict()  # statement → pg8000's prepared handle
         self.broken = False
         self.row_factory = None  # accepted and ignored: rows are always Row
+
+    def _open(self) -> Any:
+        import pg8000.dbapi
+
+        try:
+            conn = pg8000.dbapi.Connection(**self._url.connect_args())
+        except Exception as exc:
+            error = _error(exc)
+            unreachable: Any = type(error)(f"cannot open the database {self._url}: {error}")
+            unreachable.database_failed = True
+            raise unreachable from None
+        conn.autocommit = True
+        return conn
 
     @property
     def in_transaction(self) -> bool:
@@ -266,6 +272,22 @@ class PgConnection:
             raise self._failed(exc) from None
 
     def _run(self, statement: str, params: Sequence[Any]) -> Cursor:
+        """A read outside a transaction that finds the connection closed (PostgreSQL restarted)
+        runs again on a new one: a reader's connection heals by itself, and nothing can have
+        been half done. Everything else fails, and the owner decides (the writer retries its batch)."""
+        outside = not self.in_transaction
+        try:
+            return self._run_once(statement, params)
+        except sqlite3.Error:
+            if not (self.broken and outside and statement.lstrip()[:6].upper() in ("SELECT", "WITH")):
+                raise
+        self.close()
+        self._conn = self._open()
+        self._prepared.clear()
+        self.broken = False
+        return self._run_once(statement, params)
+
+    def _run_once(self, statement: str, params: Sequence[Any]) -> Cursor:
         """One round trip: statements are prepared once per connection, then only bound and run;
         parameterless transaction control goes as a simple query."""
         try:

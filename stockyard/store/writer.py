@@ -198,18 +198,26 @@ class Writer:
         The fast path has no per-job SAVEPOINT (they cost more than a trace insert); the
         slow path isolates each job so one bad job never takes the others with it.
         """
-        try:
-            self._reconnect_if_lost()
+        for retry in (True, False):
             try:
-                self._run_jobs(batch, isolated=False)
-            except _JobFailed:
-                for item in batch:
-                    item.result, item.error = None, None
-                self._run_jobs(batch, isolated=True)
-        except sqlite3.Error as exc:
-            self._rollback()
-            self._batch_failed(batch, exc)
-            return
+                self._reconnect_if_lost()
+                try:
+                    self._run_jobs(batch, isolated=False)
+                except _JobFailed:
+                    for item in batch:
+                        item.result, item.error = None, None
+                    self._run_jobs(batch, isolated=True)
+                break
+            except sqlite3.Error as exc:
+                self._rollback()
+                if retry and getattr(self._conn, "broken", False):
+                    # PostgreSQL closed the connection (a restart, a failover, an idle timeout): the
+                    # transaction was rolled back, so the batch runs once more on a new connection.
+                    for item in batch:
+                        item.result, item.error = None, None
+                    continue
+                self._batch_failed(batch, exc)
+                return
         if not self.healthy:
             log.warning(
                 "database writable again after %d failed batches; %d records dropped in all",
