@@ -42,7 +42,10 @@ def runs(
     if json:
         parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
-        "--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)"
+        "--db",
+        metavar="PATH|URL",
+        help="database file, or a postgresql://user@host:port/db?sslmode=… URL "
+        "(default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)",
     )
     parser.set_defaults(func=func, **defaults)
 
