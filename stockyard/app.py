@@ -217,6 +217,7 @@ class App:
         so a failed reload is tried again on the next pass.
         """
         self.gate.flush_last_used()
+        self.db_lock.keep()  # PostgreSQL: a lock lost with its connection is taken again (or this pass fails)
         data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         if data_version != last_data_version and read_config_version(conn) != self._config_version:
             self.reload()

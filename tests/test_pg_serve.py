@@ -97,6 +97,8 @@ def test_the_server_heals_when_postgresql_drops_its_connections(pg_server, pg_cl
     status, _, data = pg_server.request("GET", "/api/traces", headers=auth)
     assert status == 200 and [t["id"] for t in json.loads(data)["data"]] == [trace_id]
     assert pg_server.request("GET", "/readyz")[0] == 200
+    # the one-server lock went with its connection: the watcher takes it again within a pass
+    wait_for(lambda: "database lock: taken again" in pg_server.log, what="the server lock taken again")
 
 
 def test_the_database_password_is_never_shown(pg_server, pg_cluster):

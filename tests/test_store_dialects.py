@@ -21,6 +21,10 @@ from stockyard.store.pg import Unportable, translate
 from stockyard.store.traces import TraceRow, get_trace, iso_utc, list_traces
 
 SECRET = "dialect-test-secret-0123456789abcdef"
+KILL_OTHERS = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND pid <> pg_backend_pid()"
+)
 
 
 def trace(n: int, *, key_id: str | None = "key_a", cost: int | None = 1234, status: int = 200) -> TraceRow:
@@ -174,6 +178,25 @@ def test_a_second_server_on_one_postgresql_database_is_refused(pg_url):
     finally:
         first.release()
     backend.server_lock().release()  # free again once the first one stopped
+
+
+def test_a_postgresql_server_lock_lost_with_its_connection_is_taken_again(pg_cluster, pg_url):
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.lock import DatabaseBusy
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    lock = backend.server_lock()
+    admin = pg_cluster.admin(backend.url.database)
+    admin.run(KILL_OTHERS)
+    lock.keep()  # the watcher's pass: held again
+    with pytest.raises(DatabaseBusy):
+        backend.server_lock()
+    admin.run(KILL_OTHERS)
+    other = backend.server_lock()  # another server starts while the first one lost its lock
+    with pytest.raises(DatabaseBusy):
+        lock.keep()  # the first one's watcher pass fails: /readyz says so after a while
+    other.release()
+    admin.close()
 
 
 def test_postgresql_read_connections_of_finished_threads_serve_new_threads(pg_url):

@@ -9,12 +9,16 @@ the same code for both, over connections that speak the same subset of the sqlit
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from ..dburl import PostgresURL
 from . import db, files
 from .lock import SERVER, DatabaseBusy, DatabaseLock
+
+log = logging.getLogger("stockyard")
 
 
 class SqliteBackend:
@@ -130,6 +134,23 @@ class PostgresServerLock:
             )
         self._conn = conn
         return self
+
+    def keep(self) -> None:
+        """Still held? A restart of PostgreSQL (or a terminated session) drops the lock with its
+        connection: take it again, or raise DatabaseBusy when another server took it meanwhile."""
+        try:  # this connection takes no other advisory lock; a reconnected one holds none
+            held = self._conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            ).fetchone()[0]
+            if held:
+                return
+            if self._conn.execute(f"SELECT pg_try_advisory_lock({self.KEY})").fetchone()[0]:
+                log.warning("database lock: taken again after the connection holding it was lost")
+                return
+        except sqlite3.Error:
+            pass
+        self.release()
+        self.acquire()
 
     def release(self) -> None:
         if self._conn is not None:
