@@ -119,3 +119,30 @@ def test_an_unreachable_database_is_a_clear_error_at_start(pyz_path, cache_home,
     assert server.proc is not None and server.proc.wait(10) != 0
     assert "PostgreSQL" in server.log and pg_cluster.password not in server.log
     assert "Traceback" not in server.log
+
+
+def test_postgresql_down_and_back_while_serving(pyz_path, cache_home, mock):
+    """Down: /readyz is 503 (password masked) and the proxy still answers; back: all resumes by itself."""
+    from pgcluster import Cluster
+
+    cluster = Cluster().start()  # its own server: this test stops it
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    url = cluster.database()
+    server = ServerProcess(pyz_path, url, env).start()  # type: ignore[arg-type]
+    chat = {"model": "gpt-4o-mini", "messages": HELLO}
+    try:
+        assert server.request("GET", "/readyz")[0] == 200
+        cluster.stop_server()
+        status, _, data = server.request("GET", "/readyz")
+        assert status == 503 and b"not writable" in data and cluster.password.encode() not in data
+        assert server.request("POST", "/v1/chat/completions", chat)[0] == 200  # relaying goes on
+        cluster.start_server()
+        wait_for(lambda: server.request("GET", "/readyz")[0] == 200, what="/readyz ready again")
+        status, headers, _ = server.request("POST", "/v1/chat/completions", chat)
+        assert status == 200
+        trace_id = headers["x-stockyard-trace-id"]
+        wait_for(lambda: rows(cluster, url, "SELECT id FROM traces WHERE id = :id", id=trace_id), what="the trace")
+    finally:
+        server.stop()
+        cluster.stop()
+    assert cluster.password not in server.log
