@@ -40,8 +40,7 @@ from .proxy import RequestPath
 from .retention import Retention
 from .routing import RouteStep
 from .scrub import Scrubber, ScrubLogs
-from .store import Store, Writer, db, files
-from .store.lock import SERVER, DatabaseLock
+from .store import Store, Writer, backend_for
 from .tracing import Tracer
 from .upstream import Pool
 
@@ -57,18 +56,18 @@ class App:
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
         # Held until close (or until the process dies): a second server, restore and migrate refuse meanwhile.
-        self.db_lock = DatabaseLock(settings.db_path, SERVER).acquire()
-        for line in files.secure_existing(settings.db_path, [p for p in [settings.snapshot_path] if p]):
+        self.backend = backend_for(settings.database)
+        self.db_lock = self.backend.server_lock()
+        for line in self.backend.secure_files([p for p in [settings.snapshot_path] if p]):
             log.warning("file permissions: %s", line)
         try:
-            conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
-            conn.close()
+            self.migrations_applied = self.backend.open_and_migrate()
         except BaseException:
             self.db_lock.release()
             raise
         self.metrics = Metrics()
         self.hook_failures = HookFailures(self.metrics.count_module_error)
-        self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
+        self.writer = Writer(self.backend, maxsize=settings.writer_queue_size)
         self.retention = Retention(
             bodies_max_age_s=settings.retention_bodies_s,
             traces_max_age_s=settings.retention_traces_s,
@@ -83,7 +82,7 @@ class App:
                 self.snapshots.run, settings.snapshot_every_s, first_in_s=min(settings.snapshot_every_s, 60.0)
             )
         self.writer.start()
-        self.store = Store(settings.db_path, self.writer)
+        self.store = Store(self.backend, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
         self._project_budgets: dict[str, Budget] = {}
@@ -221,7 +220,7 @@ class App:
         while not self._stopping.wait(WATCH_EVERY_S):
             try:
                 if conn is None:
-                    conn = db.connect(self.settings.db_path)
+                    conn = self.backend.connect()
                     last_data_version = None  # data_version is per connection: compare afresh
                 last_data_version = self._watch_once(conn, last_data_version)
             except Exception as exc:  # the watcher must never stop, nor take the server down
@@ -254,6 +253,7 @@ class App:
         so a failed reload is tried again on the next pass.
         """
         self.gate.flush_last_used()
+        self.db_lock.keep()  # PostgreSQL: a lock lost with its connection is taken again (or this pass fails)
         data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         if data_version != last_data_version and read_config_version(conn) != self._config_version:
             self.reload()

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from .dburl import PostgresURL, is_url, parse_postgres
 from .hosts import is_loopback, parse_public_hosts
 
 DEFAULT_HOST = "127.0.0.1"
@@ -31,6 +32,7 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     db_path: Path = Path(DEFAULT_DB).expanduser()
+    db_url: PostgresURL | None = None  # a postgresql:// --db: the PostgreSQL store (db_path unused)
     admin_key: str | None = None
     encryption_key: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
@@ -60,6 +62,11 @@ class Settings:
     def is_loopback(self) -> bool:
         """True when only this machine can reach the listen address (parsed, never a string prefix)."""
         return is_loopback(self.host)
+
+    @property
+    def database(self) -> Path | PostgresURL:
+        """The database in use: the SQLite file, or the PostgreSQL URL (prints masked)."""
+        return self.db_url or self.db_path
 
 
 def exposure_problem(settings: Settings) -> str | None:
@@ -158,6 +165,12 @@ def resolve_db_path(flag: str | None, env: Mapping[str, str]) -> Path:
     return Path(raw).expanduser()
 
 
+def resolve_database(flag: str | None, env: Mapping[str, str]) -> Path | PostgresURL:
+    """Like :func:`resolve_db_path`, but a ``postgresql://`` URL selects PostgreSQL."""
+    raw = flag or env.get("STOCKYARD_DB") or DEFAULT_DB
+    return parse_postgres(raw, env) if is_url(raw) else Path(raw).expanduser()
+
+
 def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from parsed flags (None values ignored) and the environment."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -173,10 +186,17 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
     every = flags.get("snapshot_every", env.get("STOCKYARD_SNAPSHOT_EVERY") or None)
     if every and not snapshot:
         raise ValueError("--snapshot-every (STOCKYARD_SNAPSHOT_EVERY) needs --snapshot PATH (STOCKYARD_SNAPSHOT)")
+    database = resolve_database(flags.get("db"), env)  # type: ignore[arg-type]
+    if snapshot and isinstance(database, PostgresURL):
+        raise ValueError(
+            "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL use its own "
+            "backups (pg_dump, point-in-time recovery)"
+        )
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
         port=port,
-        db_path=resolve_db_path(flags.get("db"), env),  # type: ignore[arg-type]
+        db_path=database if isinstance(database, Path) else Settings.db_path,
+        db_url=database if isinstance(database, PostgresURL) else None,
         admin_key=env.get("STOCKYARD_ADMIN_KEY") or None,
         encryption_key=encryption_secret(env),
         max_body_bytes=int(env.get("STOCKYARD_MAX_BODY_BYTES") or 32 * 1024 * 1024),

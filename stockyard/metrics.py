@@ -17,8 +17,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Iterable
 
-from .store.files import file_size, wal_path
-
 if TYPE_CHECKING:
     from .app import App
     from .context import Attempt, RequestContext
@@ -218,7 +216,6 @@ def render(app: "App") -> str:
 def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
     """The store's state, read at scrape time: (name, type, help, value)."""
     w = app.writer
-    db_path = app.settings.db_path
     out = [
         ("writer_queue_depth", "gauge", "Records waiting for the database writer.", w.depth),
         (
@@ -236,12 +233,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
         ),
         ("writer_failed_batches_total", "counter", "Write transactions the database refused.", w.stats.failed_batches),
         ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.", 1 if w.healthy else 0),
-        ("database_size_bytes", "gauge", "Size of the database file.", file_size(db_path)),
+        ("database_size_bytes", "gauge", "Size of the database file.", app.backend.size_bytes(app.store.read())),
         (
             "database_wal_size_bytes",
             "gauge",
             "Size of the database's write-ahead log.",
-            file_size(wal_path(db_path)),
+            app.backend.wal_bytes(),
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]

@@ -54,13 +54,14 @@ INSERT INTO rollups_daily (day, key_id, project, provider, model, requests, erro
     completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_uc, unknown_cost)
 VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (day, key_id, project, provider, model) DO UPDATE SET
-    requests = requests + 1, errors = errors + excluded.errors,
-    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = completion_tokens + excluded.completion_tokens,
-    cached_tokens = cached_tokens + excluded.cached_tokens,
-    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-    cost_uc = cost_uc + excluded.cost_uc, unknown_cost = unknown_cost + excluded.unknown_cost
+    requests = rollups_daily.requests + 1, errors = rollups_daily.errors + excluded.errors,
+    prompt_tokens = rollups_daily.prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = rollups_daily.completion_tokens + excluded.completion_tokens,
+    cached_tokens = rollups_daily.cached_tokens + excluded.cached_tokens,
+    cache_write_tokens = rollups_daily.cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = rollups_daily.reasoning_tokens + excluded.reasoning_tokens,
+    cost_uc = rollups_daily.cost_uc + excluded.cost_uc,
+    unknown_cost = rollups_daily.unknown_cost + excluded.unknown_cost
 """
 
 
