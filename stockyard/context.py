@@ -48,6 +48,20 @@ def new_trace_id(now_ms: int | None = None) -> str:
     return f"tr_{ms:012x}{seq:04x}{random.getrandbits(32):08x}"
 
 
+def new_span_id() -> str:
+    """A W3C span id: 8 random bytes, never all zero."""
+    return f"{random.getrandbits(64) or 1:016x}"
+
+
+@dataclass(frozen=True)
+class TraceParent:
+    """A caller's W3C ``traceparent``: our request span joins its trace under its span."""
+
+    trace_id: str  # 32 lower-case hex digits
+    span_id: str  # 16 lower-case hex digits
+    flags: str = "01"
+
+
 @dataclass
 class Answer:
     """A complete answer produced without the provider (cache hit, module reply)."""
@@ -146,6 +160,7 @@ class Attempt:
     ts_ms: int = 0
     started: float = 0.0
     ended: float | None = None
+    span_id: str = field(default_factory=lambda: new_span_id())  # OpenTelemetry: this attempt's span
 
     def close(self, ts_ms: int, started: float) -> None:
         """End a failed attempt that another follows: it becomes a trace row of its own."""
@@ -208,6 +223,11 @@ class RequestContext:
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
+    end_user: str | None = None  # who the client's product served (stockyard.attribution)
+    tags: dict[str, str] = field(default_factory=dict)  # x-stockyard-tags / body metadata
+    trace_parent: TraceParent | None = None  # the caller's W3C traceparent, when valid
+    otel_trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128) or 1:032x}")  # the caller's, if sent
+    span_id: str = field(default_factory=lambda: new_span_id())  # OpenTelemetry: this request's span
 
     def __post_init__(self) -> None:
         if not self.ts_ms:

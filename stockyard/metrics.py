@@ -261,6 +261,18 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
                 retention.stats.traces_deleted,
             ),
         ]
+    otlp = getattr(app, "otlp", None)
+    if otlp is not None:
+        out += [
+            ("otlp_spans_exported_total", "counter", "Spans the OpenTelemetry collector accepted.", otlp.exported),
+            (
+                "otlp_spans_dropped_total",
+                "counter",
+                "Spans dropped: the collector could not be reached after retries, or the export queue was full.",
+                otlp.dropped,
+            ),
+            ("otlp_queue_depth", "gauge", "Spans waiting for the OpenTelemetry exporter.", otlp.depth),
+        ]
     snap = getattr(app, "snapshots", None)
     if snap is not None:
         out += [
