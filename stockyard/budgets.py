@@ -65,8 +65,11 @@ def seconds_left(period: str, ts_ms: int) -> int | None:
 
 
 def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int:
-    """Spend of a scope ('key:<id>' or 'project:<name>') in one period, from the rollups."""
+    """Spend of a scope ('key:<id>', 'project:<name>' or an end user's, see :func:`user_budget`)
+    in one period, from the rollups."""
     kind, _, name = scope.partition(":")
+    if kind == "user":
+        return _user_spent_uc(conn, name, period, key)
     column = {"key": "key_id", "project": "project"}[kind]
     start, end = period_days(period, key)
     row = conn.execute(
@@ -74,6 +77,19 @@ def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int
         (name, start, end),
     ).fetchone()
     return int(row[0])
+
+
+def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -> int:
+    """An end user's spend within a key, a project or everything ('key:<id>|<user>', …, '*|<user>')."""
+    within, _, user = name.partition("|")
+    kind, _, value = within.partition(":")
+    start, end = period_days(period, key)
+    sql = "SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_users WHERE end_user = ? AND day >= ? AND day < ?"
+    args = [user, start, end]
+    if kind in ("key", "project"):
+        sql += f" AND {'key_id' if kind == 'key' else 'project'} = ?"
+        args.append(value)
+    return int(conn.execute(sql, args).fetchone()[0])
 
 
 @dataclass(frozen=True)
@@ -236,6 +252,13 @@ def key_budget(key_id: str, name: str, limit_uc: int | None, period: str | None)
 
 def project_budget(project: str, limit_uc: int, period: str) -> Budget:
     return Budget(f"project:{project}", f"project {project!r}", limit_uc, period)
+
+
+def user_budget(within: str, user: str, limit_uc: int, period: str) -> Budget:
+    """One end user's budget within ``within`` ('key:<id>', 'project:<name>' or '*': every key).
+
+    Key ids and project names hold no '|', so the scope reads back unambiguously."""
+    return Budget(f"user:{within}|{user}", f"end user {user!r}", limit_uc, period)
 
 
 def load_project_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:

@@ -64,8 +64,9 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
 
-    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> _Entry:
-        """Count one request of ``tokens`` against the key's limits, or raise RateLimited."""
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> _Entry:
+        """Count one request of ``tokens`` against the limits of ``key_id`` (any window name), or
+        raise RateLimited saying ``who`` is limited."""
         with self._lock:
             now = self._clock()
             window = self._windows.setdefault(key_id, _Window())
@@ -73,14 +74,14 @@ class RateLimiter:
             if rpm is not None and len(window.entries) >= rpm:
                 oldest_needed = window.entries[len(window.entries) - rpm]
                 raise RateLimited(
-                    f"rate limit: this key allows {rpm} requests per minute",
+                    f"rate limit: {who} allows {rpm} requests per minute",
                     _seconds(oldest_needed.at + WINDOW_S - now),
                 )
             if tpm is not None and window.tokens + tokens > tpm:
                 if tokens > tpm:
                     raise RateLimited(
                         f"rate limit: this request may use {tokens} tokens (input estimate + "
-                        f"max_tokens × n), more than the key's {tpm} tokens per minute; "
+                        f"max_tokens × n), more than the {tpm} tokens per minute {who} allows; "
                         "lower max_tokens or n",
                         None,
                     )
@@ -90,7 +91,7 @@ class RateLimiter:
                     if freed >= excess:
                         break
                 raise RateLimited(
-                    f"rate limit: this key allows {tpm} tokens per minute and this request may use {tokens}",
+                    f"rate limit: {who} allows {tpm} tokens per minute and this request may use {tokens}",
                     _seconds(entry.at + WINDOW_S - now),
                 )
             entry = _Entry(now, tokens)
