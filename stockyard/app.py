@@ -63,7 +63,7 @@ class App:
         except BaseException:
             self.db_lock.release()
             raise
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.metrics_top_keys)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
         self.retention = Retention(
