@@ -54,6 +54,18 @@ def test_user_and_tags_reach_the_trace_from_headers_and_bodies(server, key):
     assert {r["key_name"] for r in rows} == {"reseller"}
 
 
+def test_traces_are_listed_by_user_and_by_tag(server, key):
+    _, headers, _ = send(server, key, {**BUDGET_MODEL, "user": "finder"}, **{"x-stockyard-tags": "team=find"})
+    trace_id = headers["x-stockyard-trace-id"]
+    server.trace(trace_id)
+    assert [t["id"] for t in api(server, "GET", "/api/traces?user=finder")[1]["data"]] == [trace_id]
+    assert [t["id"] for t in api(server, "GET", "/api/traces?tag=team:find")[1]["data"]] == [trace_id]
+    assert api(server, "GET", "/api/traces?tag=nope")[0] == 400
+    listed = server.cli("traces", "--tag", "team=find", "--json").stdout.splitlines()
+    assert [json.loads(line)["id"] for line in listed] == [trace_id]
+    assert "finder" in server.cli("traces", "--user", "finder").stdout
+
+
 @pytest.mark.parametrize(
     "body, headers, code",
     [

@@ -210,6 +210,31 @@ def test_collector_down_requests_unaffected_and_drops_counted(pyz_path, cache_ho
     assert "Traceback" not in srv.log
 
 
+def test_content_only_when_opted_in_and_after_redaction(pyz_path, cache_home, mock, tmp_path_factory, receiver):
+    srv = start_server(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "otel-content",
+        STOCKYARD_OTLP_ENDPOINT=receiver.url,
+        STOCKYARD_OTLP_CONTENT="true",
+    )
+    try:
+        put_module(srv, "redact", {"mode": "store"})
+        secret = "AKIA" + "ABCDEFGHIJKLMNOP"
+        status, headers, _ = chat(srv, messages=[{"role": "user", "content": f"my key is {secret}, say hello"}])
+        assert status == 200
+        trace_id = headers["x-stockyard-trace-id"]
+        wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    finally:
+        srv.stop()
+    a = attrs(request_span(receiver.of_request(trace_id)))
+    assert "say hello" in a["gen_ai.input.messages"] and "[REDACTED:aws_access_key]" in a["gen_ai.input.messages"]
+    assert secret not in json.dumps(receiver.spans)
+    assert "Hello from mock" in a["gen_ai.output.messages"]
+
+
 def test_otlp_settings_are_checked():
     settings = load({}, {"STOCKYARD_OTLP_ENDPOINT": "http://c:4318/v1/traces/", "STOCKYARD_OTLP_HEADERS": "a=b=c, x=y"})
     assert settings.otlp_endpoint == "http://c:4318"

@@ -273,9 +273,15 @@ def list_traces(
     status: int | None = None,
     key: str | None = None,
     outcome: str | None = None,
+    user: str | None = None,
+    tag: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``cursor`` is the id of the last trace of the previous page."""
-    where, args = [], []
+    """Newest first; ``cursor`` is the id of the last trace of the previous page; ``tag`` is (name, value)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if tag is not None:
+        where.append("EXISTS (SELECT 1 FROM json_each(traces.tags) AS t WHERE t.key = ? AND t.value = ?)")
+        args.extend(tag)
     for clause, value in (
         ("id < ?", cursor),
         ("ts_ms >= ?", since_ms),
@@ -285,6 +291,7 @@ def list_traces(
         ("status = ?", status),
         ("key_id = ?", key),
         ("outcome = ?", outcome),
+        ("end_user = ?", user),
     ):
         if value is not None:
             where.append(clause)
