@@ -160,7 +160,7 @@ class Attempt:
     ts_ms: int = 0
     started: float = 0.0
     ended: float | None = None
-    span_id: str = field(default_factory=lambda: new_span_id())  # OpenTelemetry: this attempt's span
+    span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this attempt's span
 
     def close(self, ts_ms: int, started: float) -> None:
         """End a failed attempt that another follows: it becomes a trace row of its own."""
@@ -227,7 +227,7 @@ class RequestContext:
     tags: dict[str, str] = field(default_factory=dict)  # x-stockyard-tags / body metadata
     trace_parent: TraceParent | None = None  # the caller's W3C traceparent, when valid
     otel_trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128) or 1:032x}")  # the caller's, if sent
-    span_id: str = field(default_factory=lambda: new_span_id())  # OpenTelemetry: this request's span
+    span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this request's span
 
     def __post_init__(self) -> None:
         if not self.ts_ms:

@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import wait_for
-from module_helpers import ADMIN_KEY, HELLO, api, put_module, start_server
+from module_helpers import HELLO, api, put_module, start_server
+
+from stockyard.modules.ratelimit import RateLimiter
 
 BUDGET_MODEL = {"model": "openai/mock-budget", "messages": HELLO, "max_tokens": 5}  # 500 µ¢ each (see test_budgets)
 
@@ -155,3 +157,18 @@ def test_an_end_user_rate_limit_per_project(server):
 def test_userlimits_options_are_checked(server):
     status, body = api(server, "PUT", "/api/modules/userlimits", {"enabled": True, "config": {"budget_usd": "ten"}})
     assert status == 400 and "budget_usd" in json.dumps(body)
+
+
+def test_idle_end_user_windows_are_forgotten():
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    for i in range(3000):
+        limiter.admit(f"*|user-{i}", 5, None, 0)
+    now[0] = 61.0  # every window so far has slid empty
+    for i in range(1200):
+        limiter.admit(f"*|new-{i}", 5, None, 0)
+    limiter.admit("*|late", 5, None, 0)
+    assert len(limiter._windows) <= 1201, "client-chosen window names cannot grow memory without bound"
+    entry = limiter.admit("*|late", 5, None, 10)
+    limiter.correct("*|late", entry, 3)
+    assert limiter._windows["*|late"].tokens == 3
