@@ -12,7 +12,7 @@ Bad values are a 400 naming the header or field — never silently cut, which wo
 
 from __future__ import annotations
 
-from .context import RequestContext, TraceParent
+from .context import RequestContext
 from .errors import ProxyError
 
 USER_HEADER = "x-stockyard-user"
@@ -22,7 +22,6 @@ MAX_TAGS = 16
 TAG_NAME_CAP = 64
 TAG_VALUE_CAP = 512  # OpenAI's own limit for a metadata value
 METADATA_ENDPOINTS = ("chat", "responses")  # OpenAI endpoints whose body has ``metadata`` of strings
-_HEX = frozenset("0123456789abcdef")
 
 
 def _printable(text: str, cap: int) -> bool:
@@ -98,18 +97,3 @@ def attribute(ctx: RequestContext) -> None:
     if len(tags) > MAX_TAGS:
         raise ProxyError(400, f"at most {MAX_TAGS} tags per request, got {len(tags)}", code="invalid_tags")
     ctx.tags = tags
-
-
-def parse_traceparent(value: str | None) -> TraceParent | None:
-    """A W3C ``traceparent`` (version 00 form), or None when absent or invalid (then it is ignored)."""
-    if not value:
-        return None
-    parts = value.strip().lower().split("-")
-    if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2 or (parts[0] == "00" and len(parts) != 4):
-        return None
-    version, trace_id, span_id, flags = parts[:4]
-    if len(trace_id) != 32 or len(span_id) != 16 or len(flags) != 2:
-        return None
-    if not set(version + trace_id + span_id + flags) <= _HEX or set(trace_id) == {"0"} or set(span_id) == {"0"}:
-        return None
-    return TraceParent(trace_id, span_id, flags)

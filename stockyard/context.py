@@ -62,6 +62,24 @@ class TraceParent:
     flags: str = "01"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_traceparent(value: str | None) -> TraceParent | None:
+    """A W3C ``traceparent`` (version 00 form), or None when absent or invalid (then it is ignored)."""
+    if not value:
+        return None
+    parts = value.strip().lower().split("-")
+    if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2 or (parts[0] == "00" and len(parts) != 4):
+        return None
+    version, trace_id, span_id, flags = parts[:4]
+    if len(trace_id) != 32 or len(span_id) != 16 or len(flags) != 2:
+        return None
+    if not set(version + trace_id + span_id + flags) <= _HEX or set(trace_id) == {"0"} or set(span_id) == {"0"}:
+        return None
+    return TraceParent(trace_id, span_id, flags)
+
+
 @dataclass
 class Answer:
     """A complete answer produced without the provider (cache hit, module reply)."""
@@ -234,6 +252,10 @@ class RequestContext:
             self.ts_ms = int(time.time() * 1000)
         if not self.trace_id:
             self.trace_id = new_trace_id(self.ts_ms)
+        if self.trace_parent is None:  # every span of this request joins the caller's trace
+            self.trace_parent = parse_traceparent(self.headers.get("traceparent"))
+        if self.trace_parent is not None:
+            self.otel_trace_id = self.trace_parent.trace_id
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
-from .attribution import attribute, parse_traceparent
+from .attribution import attribute
 from .auth import Gatekeeper
 from .billing import Pricer
 from .chain import Chain
@@ -111,9 +111,6 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     chain = path.chain()  # one snapshot for the whole request, even if a reload swaps it meanwhile
     started_reply = False
     ctx.default_output_cap = path.settings.default_max_tokens  # STOCKYARD_DEFAULT_MAX_TOKENS
-    ctx.trace_parent = parse_traceparent(ctx.headers.get("traceparent"))
-    if ctx.trace_parent is not None:  # our spans join the caller's trace
-        ctx.otel_trace_id = ctx.trace_parent.trace_id
     try:
         parse_body(ctx)
         attribute(ctx)  # end user and tags, for the trace, the reports and per-user limits

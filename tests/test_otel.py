@@ -14,9 +14,9 @@ import pytest
 from conftest import wait_for
 from module_helpers import ADMIN_KEY, chat, put_module, start_server
 
-from stockyard.attribution import parse_traceparent
 from stockyard.config import load
-from stockyard.otel import parse_headers
+from stockyard.context import parse_traceparent
+from stockyard.otel import Exporter, parse_headers
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -29,6 +29,8 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[dict] = []
         self.headers: list[dict] = []
+        self.fail_next = 0  # answer this many posts with 503 first
+        self.posts = 0
         self.lock = threading.Lock()
         receiver = self
 
@@ -36,6 +38,13 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 - stdlib name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with receiver.lock:
+                    receiver.posts += 1
+                    if receiver.fail_next:
+                        receiver.fail_next -= 1
+                        self.send_response(503)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                     for rs in body["resourceSpans"]:
                         for ss in rs["scopeSpans"]:
@@ -187,6 +196,17 @@ def test_the_callers_traceparent_is_joined_and_forwarded(server, mock, receiver,
     assert upstream == f"00-{CALLER_TRACE}-{child['spanId']}-01"
 
 
+def test_a_refused_request_has_its_span_in_the_callers_trace_too(server, receiver, key):
+    other = "0af7651916cd43dd8448eb211c80319c"
+    status, headers, _ = chat(server, headers={"traceparent": f"00-{other}-{CALLER_SPAN}-01"})  # no client key
+    assert status == 401
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: receiver.of_request(trace_id), 15, "the refusal's span")
+    [top] = receiver.of_request(trace_id)
+    assert top["traceId"] == other and top["parentSpanId"] == CALLER_SPAN and top["status"]["code"] == 2
+    assert attrs(top)["error.type"] == "missing_api_key"
+
+
 def test_collector_down_requests_unaffected_and_drops_counted(pyz_path, cache_home, mock, tmp_path_factory):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -233,6 +253,31 @@ def test_content_only_when_opted_in_and_after_redaction(pyz_path, cache_home, mo
     assert "say hello" in a["gen_ai.input.messages"] and "[REDACTED:aws_access_key]" in a["gen_ai.input.messages"]
     assert secret not in json.dumps(receiver.spans)
     assert "Hello from mock" in a["gen_ai.output.messages"]
+
+
+def test_the_exporter_retries_a_failed_batch_and_its_queue_is_bounded():
+    r = Receiver()
+    try:
+        r.fail_next = 2
+        exporter = Exporter(r.url, {}, retry_delays=(0.01, 0.01, 0.01)).start()
+        exporter.submit(
+            [
+                {
+                    "traceId": "a" * 32,
+                    "spanId": "b" * 16,
+                    "name": "x",
+                    "attributes": [{"key": "k", "value": {"stringValue": "v"}}],
+                }
+            ]
+        )
+        wait_for(lambda: exporter.exported == 1, 10, "the span exported after two 503s")
+        assert r.posts == 3 and exporter.dropped == 0 and len(r.spans) == 1
+        exporter.stop()
+    finally:
+        r.server.shutdown()
+    full = Exporter("http://127.0.0.1:9", {}, queue_spans=3)  # not started: nothing drains it
+    full.submit([{"n": i} for i in range(5)])
+    assert (full.depth, full.dropped) == (3, 2), "a full queue drops at once instead of waiting"
 
 
 def test_otlp_settings_are_checked():
