@@ -108,6 +108,12 @@ class Budget:
 class _Entry:
     spent: int
     reserved: int = 0
+    touched: float = field(default_factory=time.monotonic)  # last reserved or settled
+
+
+USER_SCOPE = "user:"
+IDLE_FORGET_S = 60.0  # an idle end user's spend is reloaded from the rollups after this
+PRUNE_FROM = 1024  # scopes held before idle end users are looked for
 
 
 @dataclass
@@ -161,6 +167,20 @@ class Ledger:
         self._load_lock = threading.Lock()
         self._entries: dict[str, dict[str, _Entry]] = {}
         self._warned: set[tuple[str, str, int]] = set()
+        self._prune_at = PRUNE_FROM
+
+    def _prune(self) -> None:
+        """Forget idle end users (caller holds the lock): their names come from clients, so they
+        must not pile up. Only scopes with nothing reserved and untouched for ``IDLE_FORGET_S``
+        go — long after their last trace was queued, so a reload from the rollups counts it."""
+        if len(self._entries) < self._prune_at:
+            return
+        idle_before = time.monotonic() - IDLE_FORGET_S
+        for scope in [s for s in self._entries if s.startswith(USER_SCOPE)]:
+            if all(e.reserved == 0 and e.touched < idle_before for e in self._entries[scope].values()):
+                del self._entries[scope]
+        self._warned = {m for m in self._warned if m[0] in self._entries or not m[0].startswith(USER_SCOPE)}
+        self._prune_at = max(PRUNE_FROM, 2 * len(self._entries))
 
     def _ensure(self, budgets: Iterable[Budget], ts_ms: int) -> list[tuple[Budget, str]]:
         """Load (outside the lock) the spend of periods not seen yet."""
@@ -173,6 +193,7 @@ class Ledger:
                     continue
                 spent = self._load(budget, key)
                 with self._lock:
+                    self._prune()
                     periods = self._entries.setdefault(budget.scope, {})
                     for old in [k for k, e in periods.items() if e.reserved == 0]:
                         del periods[old]  # a finished period needs no memory
@@ -181,15 +202,22 @@ class Ledger:
 
     def reserve(self, budgets: list[Budget], amount: int, ts_ms: int) -> Hold:
         """Reserve ``amount`` µ¢ against every budget, or none of them (BudgetExceeded)."""
-        keyed = self._ensure(budgets, ts_ms)
-        with self._lock:
-            for budget, key in keyed:
-                entry = self._entries[budget.scope][key]
-                if entry.spent + entry.reserved + amount > budget.limit_uc:
-                    raise BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
-            for budget, key in keyed:
-                self._entries[budget.scope][key].reserved += amount
-        return Hold([(budget, key, amount) for budget, key in keyed])
+        while True:
+            keyed = self._ensure(budgets, ts_ms)
+            with self._lock:
+                entries = [self._entries.get(budget.scope, {}).get(key) for budget, key in keyed]
+                if any(entry is None for entry in entries):
+                    continue  # an idle end user was forgotten meanwhile: load the spend again
+                for (budget, key), entry in zip(keyed, entries):
+                    assert entry is not None
+                    if entry.spent + entry.reserved + amount > budget.limit_uc:
+                        raise BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
+                now = time.monotonic()
+                for entry in entries:
+                    assert entry is not None
+                    entry.reserved += amount
+                    entry.touched = now
+            return Hold([(budget, key, amount) for budget, key in keyed])
 
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """Account one finished request: its reservations become its real cost.
@@ -204,6 +232,7 @@ class Ledger:
                 entry = self._entries.setdefault(scope, {}).setdefault(key, _Entry(0, amount))
                 entry.reserved -= amount
                 entry.spent += actual_uc
+                entry.touched = time.monotonic()
                 crossed += self._crossings(budget, key, entry.spent)
             others = (
                 [

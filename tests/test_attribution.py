@@ -11,6 +11,7 @@ import pytest
 from conftest import wait_for
 from module_helpers import HELLO, api, put_module, start_server
 
+from stockyard import budgets
 from stockyard.modules.ratelimit import RateLimiter
 
 BUDGET_MODEL = {"model": "openai/mock-budget", "messages": HELLO, "max_tokens": 5}  # 500 µ¢ each (see test_budgets)
@@ -172,3 +173,31 @@ def test_idle_end_user_windows_are_forgotten():
     entry = limiter.admit("*|late", 5, None, 10)
     limiter.correct("*|late", entry, 3)
     assert limiter._windows["*|late"].tokens == 3
+
+
+def test_idle_end_users_leave_the_ledger_and_come_back_with_their_spend(monkeypatch):
+    monkeypatch.setattr(budgets, "PRUNE_FROM", 4)
+    monkeypatch.setattr(budgets, "IDLE_FORGET_S", 0.0)  # idle at once
+    spent: dict[str, int] = {}  # what the rollups would say
+    loads: list[str] = []
+
+    def load(budget, period):
+        loads.append(budget.scope)
+        return spent.get(budget.scope, 0)
+
+    ledger = budgets.Ledger(load)
+    key = budgets.Budget("key:key_1", "key 'k'", 10_000, "total")
+    for i in range(20):
+        user = budgets.user_budget("*", f"u{i}", 300, "total")
+        hold = ledger.reserve([key, user], 100, 0)
+        ledger.settle(hold, 100, (key.scope, user.scope), 0)
+        spent[user.scope] = spent.get(user.scope, 0) + 100
+    assert len(ledger._entries) < 12, "idle end users are forgotten"
+    assert ledger.usage(key, 0) == (2_000, 0), "key and project budgets are never forgotten"
+    u0 = budgets.user_budget("*", "u0", 300, "total")
+    assert u0.scope not in ledger._entries
+    for _ in range(2):
+        ledger.settle(ledger.reserve([u0], 100, 0), 100, (u0.scope,), 0)
+    with pytest.raises(budgets.BudgetExceeded):  # 100 before it was forgotten + 200 since: 300 spent
+        ledger.reserve([u0], 100, 0)
+    assert loads.count(u0.scope) == 2
