@@ -1,4 +1,5 @@
-"""Budgets per key and per project: UTC periods, and the ledger that holds them under concurrency.
+"""Budgets per key, per project and per end user: UTC periods, and the ledger that holds them
+under concurrency.
 
 The :class:`Ledger` lives in memory for the life of the server. A request reserves its
 worst-case cost against every budget that applies to it, all at once under one lock
@@ -10,6 +11,8 @@ The spend of a (budget, period) is loaded from ``rollups_daily`` the first time 
 period is used — through the writer thread, so every trace already queued is counted —
 and kept up to date by settlements after that. That is how a budget survives a restart.
 One server process per database: two servers on one file would each hold their own ledger.
+End users' budgets (``modules/userlimits.py``) read their spend from ``rollups_users``; an idle
+end user is forgotten after a minute and reloaded when they come back.
 """
 
 from __future__ import annotations
