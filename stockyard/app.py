@@ -34,6 +34,7 @@ from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
 from .operations.modules import load_rows as load_module_rows
 from .operations.prices import load_overrides
+from .otel import Exporter, Telemetry
 from .pricing import PriceTable, format_usd
 from .providers import Registry, from_env
 from .proxy import RequestPath
@@ -65,7 +66,7 @@ class App:
         except BaseException:
             self.db_lock.release()
             raise
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.metrics_top_keys)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size)
         self.retention = Retention(
@@ -91,7 +92,12 @@ class App:
         self.scrubber = Scrubber()
         self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
         self.pricer = Pricer()
-        self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber)
+        self.otlp: Exporter | None = None
+        telemetry = None
+        if settings.otlp_endpoint:
+            self.otlp = Exporter(settings.otlp_endpoint, dict(settings.otlp_headers)).start()
+            telemetry = Telemetry(self.otlp, settings.otlp_content, self.scrubber.text)
+        self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber, telemetry)
         records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER))
         self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn)
         self.modules = Modules(
@@ -323,6 +329,8 @@ class App:
         except Exception as exc:
             log.error("could not record server stop in the audit log: %s", exc)
         self.writer.stop()
+        if self.otlp is not None:
+            self.otlp.stop()
         self.pool.close()
         self.store.close()
         self.db_lock.release()

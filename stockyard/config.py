@@ -15,6 +15,7 @@ from typing import Mapping
 
 from .dburl import PostgresURL, is_url, parse_postgres
 from .hosts import is_loopback, parse_public_hosts
+from .otel import parse_headers as parse_otlp_headers
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -57,6 +58,10 @@ class Settings:
     models_refresh_s: float = 300.0  # /v1/models: provider lists older than this are refreshed
     public_hosts: tuple[str, ...] = ()  # Host names served beyond loopback ("*": any)
     max_connections: int | None = None  # concurrent client connections; None: sized to the machine
+    otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
+    otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
+    otlp_content: bool = False  # export prompt and completion text (after redaction)
+    metrics_top_keys: int = 20  # /metrics: key names with series of their own; the rest are "other"
 
     @property
     def is_loopback(self) -> bool:
@@ -221,4 +226,18 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
         public_hosts=parse_public_hosts(env.get("STOCKYARD_PUBLIC_HOSTS")),
         max_connections=_positive_int(env.get("STOCKYARD_MAX_CONNECTIONS"), "STOCKYARD_MAX_CONNECTIONS", 0) or None,
+        otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
+        otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
+        otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),
+        metrics_top_keys=_positive_int(env.get("STOCKYARD_METRICS_TOP_KEYS"), "STOCKYARD_METRICS_TOP_KEYS", 20),
     )
+
+
+def _otlp_endpoint(value: str | None) -> str | None:
+    """The collector's base URL, http(s) only (spans go to ``{it}/v1/traces``)."""
+    if not value or not value.strip():
+        return None
+    url = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ValueError(f"STOCKYARD_OTLP_ENDPOINT must be an http:// or https:// URL, got {url[:100]!r}")
+    return url.removesuffix("/v1/traces")

@@ -48,6 +48,38 @@ def new_trace_id(now_ms: int | None = None) -> str:
     return f"tr_{ms:012x}{seq:04x}{random.getrandbits(32):08x}"
 
 
+def new_span_id() -> str:
+    """A W3C span id: 8 random bytes, never all zero."""
+    return f"{random.getrandbits(64) or 1:016x}"
+
+
+@dataclass(frozen=True)
+class TraceParent:
+    """A caller's W3C ``traceparent``: our request span joins its trace under its span."""
+
+    trace_id: str  # 32 lower-case hex digits
+    span_id: str  # 16 lower-case hex digits
+    flags: str = "01"
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_traceparent(value: str | None) -> TraceParent | None:
+    """A W3C ``traceparent`` (version 00 form), or None when absent or invalid (then it is ignored)."""
+    if not value:
+        return None
+    parts = value.strip().lower().split("-")
+    if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2 or (parts[0] == "00" and len(parts) != 4):
+        return None
+    version, trace_id, span_id, flags = parts[:4]
+    if len(trace_id) != 32 or len(span_id) != 16 or len(flags) != 2:
+        return None
+    if not set(version + trace_id + span_id + flags) <= _HEX or set(trace_id) == {"0"} or set(span_id) == {"0"}:
+        return None
+    return TraceParent(trace_id, span_id, flags)
+
+
 @dataclass
 class Answer:
     """A complete answer produced without the provider (cache hit, module reply)."""
@@ -157,6 +189,7 @@ class Attempt:
     ts_ms: int = 0
     started: float = 0.0
     ended: float | None = None
+    span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this attempt's span
 
     def close(self, ts_ms: int, started: float) -> None:
         """End a failed attempt that another follows: it becomes a trace row of its own."""
@@ -221,12 +254,21 @@ class RequestContext:
     native: NativeCall | None = None  # Gemini-native routes: the URL's method (model and stream come from the URL)
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
     upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
+    end_user: str | None = None  # who the client's product served (stockyard.attribution)
+    tags: dict[str, str] = field(default_factory=dict)  # x-stockyard-tags / body metadata
+    trace_parent: TraceParent | None = None  # the caller's W3C traceparent, when valid
+    otel_trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128) or 1:032x}")  # the caller's, if sent
+    span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this request's span
 
     def __post_init__(self) -> None:
         if not self.ts_ms:
             self.ts_ms = int(time.time() * 1000)
         if not self.trace_id:
             self.trace_id = new_trace_id(self.ts_ms)
+        if self.trace_parent is None:  # every span of this request joins the caller's trace
+            self.trace_parent = parse_traceparent(self.headers.get("traceparent"))
+        if self.trace_parent is not None:
+            self.otel_trace_id = self.trace_parent.trace_id
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
+from .attribution import attribute
 from .auth import Gatekeeper
 from .billing import Pricer
 from .chain import Chain
@@ -34,6 +35,7 @@ from .conversations import Conversations
 from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
 from .limits import check_request_numbers
+from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media
 from .providers.adapters import adapter_for
@@ -147,6 +149,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     ctx.default_output_cap = path.settings.default_max_tokens  # STOCKYARD_DEFAULT_MAX_TOKENS
     try:
         parse_body(ctx)
+        attribute(ctx)  # end user and tags, for the trace, the reports and per-user limits
         path.gate.authenticate(ctx)
         if ctx.dialect == RESPONSES:
             path.conversations.open(ctx)  # the previous turn (this key's) and its history, before any module
@@ -343,6 +346,7 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     assert provider is not None and model is not None
     adapter = adapter_for(provider, ctx.dialect, ctx.endpoint)
     started, ts_ms = time.perf_counter(), int(time.time() * 1000)
+    ctx.attempt.started, ctx.attempt.ts_ms = started, ts_ms  # its span's start (a failed one is closed later)
     timeout, by_deadline = read_timeout(ctx, provider.name, model)
     try:
         resp = call_upstream(path, ctx, timeout)
@@ -418,6 +422,7 @@ def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | 
     adapter = adapter_for(provider, ctx.dialect, ctx.endpoint)
     ctx.reply_headers.pop(DROPPED_HEADER, None)  # what an earlier attempt's adapter dropped is not this one's
     call = adapter.prepare(ctx, provider, model)
+    call.headers.update(upstream_headers(ctx, ctx.attempt, path.settings.otlp_endpoint is not None))
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
     return path.pool.request(
         call.base_url or provider.base_url,
