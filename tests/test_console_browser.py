@@ -251,6 +251,26 @@ def test_markup_in_model_output_stays_text(console, server, mock):
     console.shot("trace-xss")
 
 
+def test_trace_search_finds_a_prompt_by_a_word(console, server):
+    page = console.page
+    status, headers, _ = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "find the okapi"}]},
+    )
+    assert status == 200
+    found, other = headers["x-stockyard-trace-id"], chat(server)[1]["x-stockyard-trace-id"]
+    server.trace(found)
+    server.trace(other)
+    console.go("traces")
+    page.wait_for_selector("main h1:text('Traces')")
+    page.fill("main form input[name=q]", "okapi")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_selector(f'main a[href="#/traces/{found}"]')
+    assert page.locator(f'main a[href="#/traces/{other}"]').count() == 0
+    console.shot("trace-search")
+
+
 def test_verify_audit_chain(console, server):
     page = console.page
     console.go("audit")

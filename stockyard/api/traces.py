@@ -34,6 +34,7 @@ def _cursor(value: str) -> str:
         Param("status", "integer", "HTTP status returned to the client"),
         Param("key", description="client key id"),
         Param("outcome", description="ok, upstream_error, error, rejected, client_disconnected or stream_broken"),
+        Param("q", description="words that must all appear in the stored request or response body (full-text search)"),
         Param("limit", "integer", f"page size, 1 to {MAX_LIMIT} (default 50)"),
         Param("cursor", description="next_cursor from the previous page"),
     ),
@@ -56,6 +57,7 @@ def list_traces(r: ApiRequest) -> dict:
         status=r.int_query("status", 0, 100, 599) or None,
         key=q.get("key") or None,
         outcome=q.get("outcome") or None,
+        search=q.get("q") or None,
     )
     page = rows[:limit]
     return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}

@@ -11,12 +11,15 @@ from .common import count_arg, open_store, print_json_lines, print_table, runs
 def register(sub) -> None:
     p = sub.add_parser("traces", help="list recent requests", description="List recent proxied requests, newest first.")
     p.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
+    p.add_argument(
+        "--search", metavar="TEXT", help="only traces whose stored request or response has every word of TEXT"
+    )
     runs(p, run, json=True)
 
 
 def run(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rows = trace_store.list_traces(store.read(), limit=args.limit)
+    rows = trace_store.list_traces(store.read(), limit=args.limit, search=args.search)
     if args.json:
         print_json_lines(rows)
         return 0
@@ -39,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
             ("tokens", "TOKENS IN/OUT"),
             ("cost_uc", "COST µ¢"),
         ],
-        empty="no traces yet",
+        empty="no traces match" if args.search else "no traces yet",
     )
     return 0

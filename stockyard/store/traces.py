@@ -108,8 +108,11 @@ class TraceRow:
     request_truncated: bool = False
     response_truncated: bool = False
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        """The writer job: trace, bodies and rollup in the caller's transaction."""
+    def write(self, conn: sqlite3.Connection, *, search: bool = True) -> None:
+        """The writer job: trace, bodies, their search index and rollup in the caller's transaction.
+
+        ``search=False`` only for a database older than the search index (upgrade tests).
+        """
         conn.execute(_INSERT, [getattr(self, c) for c in _COLUMNS])
         if self.request_body is not None or self.response_body is not None:
             conn.execute(
@@ -123,6 +126,8 @@ class TraceRow:
                     int(self.response_truncated),
                 ),
             )
+            if search:
+                index_body(conn, self.id, self.request_body, self.response_body)
         self.add_to_rollup(conn)
 
     def add_to_rollup(self, conn: sqlite3.Connection) -> None:
@@ -144,6 +149,23 @@ class TraceRow:
                 int(self.cost_status == "unknown"),
             ),
         )
+
+
+def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, response: bytes | None) -> None:
+    """Add a stored body's text to the search index (in the body's own transaction).
+
+    What is indexed is exactly what is stored — already redacted and capped — so search can
+    never find text the redact module removed; a trigger takes it out when the body leaves.
+    """
+    text = "\n".join(b.decode("utf-8", "replace") for b in (request, response) if b)
+    if text:
+        conn.execute("INSERT INTO trace_search (trace_id, body) VALUES (?, ?)", (trace_id, text))
+
+
+def search_query(text: str) -> str:
+    """User words as an FTS5 query: every word must appear; quotes make operators plain words."""
+    words = text.split()
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def _pack(data: bytes | None) -> bytes | None:
@@ -249,8 +271,12 @@ def list_traces(
     status: int | None = None,
     key: str | None = None,
     outcome: str | None = None,
+    search: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``cursor`` is the id of the last trace of the previous page."""
+    """Newest first; ``cursor`` is the id of the last trace of the previous page.
+
+    ``search`` keeps traces whose stored request or response body has every word of it.
+    """
     where, args = [], []
     for clause, value in (
         ("id < ?", cursor),
@@ -261,6 +287,7 @@ def list_traces(
         ("status = ?", status),
         ("key_id = ?", key),
         ("outcome = ?", outcome),
+        ("id IN (SELECT trace_id FROM trace_search WHERE trace_search MATCH ?)", search_query(search or "") or None),
     ):
         if value is not None:
             where.append(clause)

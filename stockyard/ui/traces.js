@@ -5,7 +5,7 @@ import { copyButton, field, h, mount, table } from "./dom.js";
 import { formatInt, formatLatency, formatTime, formatUsd, isSse, prettyBody, reassembleSse, responsesText } from "./format.js";
 import { emptyState } from "./overview.js";
 
-const FILTERS = ["since", "until", "model", "provider", "status", "key", "outcome"];
+const FILTERS = ["q", "since", "until", "model", "provider", "status", "key", "outcome"];
 const OUTCOMES = ["", "ok", "upstream_error", "error", "rejected", "client_disconnected", "stream_broken"];
 const TAIL_MS = 2000;
 
@@ -30,8 +30,8 @@ export async function traces(view) {
   for (const name of FILTERS) {
     inputs[name] = name === "outcome"
       ? h("select", { name }, OUTCOMES.map((o) => h("option", { value: o }, o || "any")))
-      : h("input", { name, size: name === "status" ? 4 : 14,
-        placeholder: name === "since" || name === "until" ? "2024-05-01" : "" });
+      : h("input", { name, size: name === "status" ? 4 : name === "q" ? 24 : 14, type: name === "q" ? "search" : "text",
+        placeholder: name === "since" || name === "until" ? "2024-05-01" : name === "q" ? "words in prompt or answer" : "" });
   }
   const tail = h("input", { type: "checkbox" });
   const results = h("div", {});
@@ -81,7 +81,7 @@ export async function traces(view) {
     e.preventDefault();
     filters = Object.fromEntries(FILTERS.map((n) => [n, inputs[n].value.trim()]).filter(([, v]) => v));
     load(false);
-  } }, FILTERS.map((n) => field(n, inputs[n])), h("button", { type: "submit" }, "Filter"),
+  } }, FILTERS.map((n) => field(n === "q" ? "search" : n, inputs[n])), h("button", { type: "submit" }, "Filter"),
   h("label", { class: "field" }, h("span", {}, "live tail"), tail));
   mount(view, h("h1", {}, "Traces"), form, message, results, h("p", {}, more));
   await load(false);
