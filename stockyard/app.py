@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .modules import Modules, ModuleServices
 from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
+from .operations import webhooks as webhook_ops
 from .operations.modules import load_rows as load_module_rows
 from .operations.prices import load_overrides
 from .pricing import PriceTable
@@ -40,6 +41,7 @@ from .store import Store, Writer, db, files
 from .store.lock import SERVER, DatabaseLock
 from .tracing import Tracer
 from .upstream import Pool
+from .webhooks import Dispatcher
 
 log = logging.getLogger("stockyard")
 
@@ -89,10 +91,11 @@ class App:
         self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
         self.pricer = Pricer()
         self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber)
-        records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER))
-        self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn)
+        self.webhooks = Dispatcher(self.store)
+        records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER), self.webhooks.emit)
+        self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn, records.exhausted)
         self.modules = Modules(
-            ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets),
+            ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets, self.webhooks.emit),
             failures=self.hook_failures,  # shared by every chain built, across reloads
             route=RouteStep(self.registry),
         )
@@ -118,6 +121,7 @@ class App:
         for handler in logging.getLogger("stockyard").handlers:
             handler.addFilter(ScrubLogs(self.scrubber.text))
         self.reload()
+        self.webhooks.start()
         self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
@@ -251,6 +255,7 @@ class App:
             project_budgets = load_project_budgets(conn)
             prices = PriceTable.load(load_overrides(conn))
             module_rows = load_module_rows(conn)
+            hooks = webhook_ops.load(conn, self.settings.encryption_key)
         finally:
             conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
@@ -261,6 +266,7 @@ class App:
         self.pricer.use(prices)
         self._project_budgets = project_budgets
         self._chain = self.modules.build(module_rows)
+        self.webhooks.use(hooks)
         self._config_version = version
         self.reloads += 1
         was_required, self._auth_required = self._auth_required, self.auth_required
@@ -281,6 +287,7 @@ class App:
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self._stopping.set()
+        self.webhooks.stop()
         self.gate.flush_last_used(force=True)
         try:
             self.ops(audit.ACTOR_SERVER).audit_event("server.stop", "server", {"version": __version__})

@@ -34,6 +34,7 @@ from . import (
     serve,
     traces,
     version,
+    webhooks,
 )
 
 # Each module has register(subparsers); order here is the order in --help.
@@ -42,6 +43,7 @@ COMMANDS = [
     traces,
     costs,
     export,
+    webhooks,
     keys,
     projects,
     prices,

@@ -12,3 +12,33 @@ CREATE VIRTUAL TABLE trace_search USING fts5(
 CREATE TRIGGER trace_bodies_leave_search AFTER DELETE ON trace_bodies BEGIN
     DELETE FROM trace_search WHERE trace_id = old.trace_id;
 END;
+
+-- Webhooks: where events go. The signing secret is a vault token bound to the row's id;
+-- the thresholds belong to the webhook (events are checked per webhook).
+CREATE TABLE webhooks (
+    id                 TEXT PRIMARY KEY,           -- wh_<hex>
+    url                TEXT NOT NULL,              -- http(s), set by an admin
+    events             TEXT NOT NULL,              -- JSON array of event names
+    format             TEXT NOT NULL DEFAULT 'json' CHECK (format IN ('json', 'slack')),
+    secret_token       TEXT NOT NULL,              -- vault token (AES-256-GCM), bound to id
+    expiry_days        INTEGER NOT NULL DEFAULT 7, -- key.expiring: keys expiring within this many days
+    error_rate_percent INTEGER NOT NULL DEFAULT 20,-- error_rate.high: errors at or over this share ...
+    error_window_min   INTEGER NOT NULL DEFAULT 5, -- ... of the requests in this many minutes ...
+    error_min_requests INTEGER NOT NULL DEFAULT 20,-- ... once there are at least this many
+    created_at         TEXT NOT NULL
+);
+
+-- One row per delivery attempt. No foreign key: the log outlives a removed webhook.
+CREATE TABLE webhook_deliveries (
+    id          INTEGER PRIMARY KEY,
+    webhook_id  TEXT NOT NULL,
+    event_id    TEXT NOT NULL,                     -- evt_…: the same on every retry (receivers dedupe on it)
+    event       TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    ts          TEXT NOT NULL,                     -- UTC ISO-8601
+    status      INTEGER,                           -- the receiver's HTTP status; NULL when none came
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    outcome     TEXT NOT NULL                      -- delivered, retrying, failed
+);
+CREATE INDEX webhook_deliveries_event ON webhook_deliveries (webhook_id, event_id);
