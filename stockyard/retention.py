@@ -86,6 +86,12 @@ class Retention:
             self.stats.responses_deleted += gone
             if gone:
                 return True
+            if conn.execute(  # latency histograms too (whole minutes before the cutoff)
+                "DELETE FROM latency_minutes WHERE (minute, bucket) IN (SELECT minute, bucket FROM latency_minutes "
+                "WHERE minute < ? ORDER BY minute LIMIT ?)",
+                (cutoff // 60_000, self.batch_rows),
+            ).rowcount:
+                return True
         if self.bodies_max_age_s is not None:
             cutoff_id = id_before(now_ms - int(self.bodies_max_age_s * 1000))
             if self._delete_bodies(conn, "trace_id < ?", cutoff_id):

@@ -213,9 +213,9 @@ def write_known_rows(conn: sqlite3.Connection, secret: str | None, now_ms: int |
     """Realistic rows through the product's own writers: traces (+bodies, rollups), audit, salt."""
     now_ms = now_ms or int(time.time() * 1000)
     conn.execute("BEGIN IMMEDIATE")
-    search = "trace_search" in user_tables(conn)  # the index exists from schema 0009 on
+    v9 = "trace_search" in user_tables(conn)  # the search index and latency histograms: schema 0009 on
     for i in range(5):
-        sample_trace(now_ms - i * 60_000).write(conn, search=search)
+        sample_trace(now_ms - i * 60_000).write(conn, v9=v9)
     key = audit.chain_key(secret, vault.get_or_create_salt(conn)) if secret else None
     audit.ensure_keyed_tail(conn, actor="cli:test", key=key)
     audit.append(conn, actor="cli:test", action="test.sample", target="upgrade", details={"n": 1}, key=key)

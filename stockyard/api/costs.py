@@ -15,7 +15,7 @@ from . import ApiRequest, Param, route
     "/api/costs",
     "Requests, tokens and exact cost grouped by day, model, provider, key or project",
     query=(
-        Param("by", "string", "day (default), model, provider, key or project"),
+        Param("by", "string", "day (default), model, provider, key or project; or two, e.g. day,model"),
         Param("since", "string", "first UTC day, inclusive (YYYY-MM-DD)"),
         Param("until", "string", "last UTC day, inclusive (YYYY-MM-DD)"),
         Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
             ("id", "ID"),
             ("ts", "TIME (UTC)"),
             ("endpoint", "ENDPOINT"),
+            ("key_name", "KEY"),
             ("provider", "PROVIDER"),
             ("model", "MODEL"),
             ("status", "STATUS"),

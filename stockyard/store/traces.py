@@ -7,6 +7,7 @@ the trace, so cost reports never scan traces and always equal the sum of them.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 import zlib
@@ -64,6 +65,41 @@ ON CONFLICT (day, key_id, project, provider, model) DO UPDATE SET
 """
 
 
+_LATENCY = """
+INSERT INTO latency_minutes (minute, bucket, count) VALUES (?, ?, 1)
+ON CONFLICT (minute, bucket) DO UPDATE SET count = count + 1
+"""
+LATENCY_BASE = 1.1  # histogram buckets grow by 10%: a percentile is known within 10%
+
+
+def latency_bucket(latency_us: int) -> int:
+    """The histogram bucket of a latency: b with 1.1^b <= µs < 1.1^(b+1) (0 for under 1.1 µs)."""
+    return max(0, int(math.log(max(latency_us, 1)) / math.log(LATENCY_BASE)))
+
+
+def latency_percentiles(
+    conn: sqlite3.Connection, since_ms: int, until_ms: int, ps: tuple[int, ...] = (50, 90, 99)
+) -> dict[str, int | None]:
+    """Nearest-rank percentiles (µs, each the upper edge of its bucket) and the request count,
+    from the per-minute histograms of ``[since_ms, until_ms)`` (whole minutes)."""
+    rows = conn.execute(
+        "SELECT bucket, SUM(count) FROM latency_minutes WHERE minute >= ? AND minute < ? GROUP BY bucket "
+        "ORDER BY bucket",
+        (since_ms // 60_000, -(-until_ms // 60_000)),
+    ).fetchall()
+    total = sum(n for _, n in rows)
+    out: dict[str, int | None] = {"requests": total}
+    for p in ps:
+        rank, seen, value = max(1, math.ceil(total * p / 100)), 0, None
+        for bucket, n in rows:
+            seen += n
+            if seen >= rank:
+                value = round(LATENCY_BASE ** (bucket + 1))
+                break
+        out[f"p{p}_us"] = value if total else None
+    return out
+
+
 def iso_utc(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
@@ -108,10 +144,11 @@ class TraceRow:
     request_truncated: bool = False
     response_truncated: bool = False
 
-    def write(self, conn: sqlite3.Connection, *, search: bool = True) -> None:
-        """The writer job: trace, bodies, their search index and rollup in the caller's transaction.
+    def write(self, conn: sqlite3.Connection, *, v9: bool = True) -> None:
+        """The writer job: trace, bodies, their search index, rollup and latency histogram in the
+        caller's transaction.
 
-        ``search=False`` only for a database older than the search index (upgrade tests).
+        ``v9=False`` only for a database older than schema 0009 (search, latency): upgrade tests.
         """
         conn.execute(_INSERT, [getattr(self, c) for c in _COLUMNS])
         if self.request_body is not None or self.response_body is not None:
@@ -126,9 +163,11 @@ class TraceRow:
                     int(self.response_truncated),
                 ),
             )
-            if search:
+            if v9:
                 index_body(conn, self.id, self.request_body, self.response_body)
         self.add_to_rollup(conn)
+        if v9 and self.parent_id is None and self.outcome == "ok":
+            conn.execute(_LATENCY, (self.ts_ms // 60_000, latency_bucket(self.latency_us)))
 
     def add_to_rollup(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -279,29 +318,33 @@ def list_traces(
     """
     where, args = [], []
     for clause, value in (
-        ("id < ?", cursor),
-        ("ts_ms >= ?", since_ms),
-        ("ts_ms < ?", until_ms),
-        ("(model = ? OR served_model = ?)", model),
-        ("provider = ?", provider),
-        ("status = ?", status),
-        ("key_id = ?", key),
-        ("outcome = ?", outcome),
-        ("id IN (SELECT trace_id FROM trace_search WHERE trace_search MATCH ?)", search_query(search or "") or None),
+        ("t.id < ?", cursor),
+        ("t.ts_ms >= ?", since_ms),
+        ("t.ts_ms < ?", until_ms),
+        ("(t.model = ? OR t.served_model = ?)", model),
+        ("t.provider = ?", provider),
+        ("t.status = ?", status),
+        ("t.key_id = ?", key),
+        ("t.outcome = ?", outcome),
+        ("t.id IN (SELECT trace_id FROM trace_search WHERE trace_search MATCH ?)", search_query(search or "") or None),
     ):
         if value is not None:
             where.append(clause)
             args.extend([value] * clause.count("?"))
-    sql = "SELECT * FROM traces"
+    sql = f"SELECT t.*, {_KEY_NAME} AS key_name FROM traces t"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
+    sql += " ORDER BY t.id DESC LIMIT ?"
     args.append(limit)
     return [dict(r) for r in conn.execute(sql, args)]
 
 
+# The key's name as it is now (a renamed key shows its new name); NULL for no key or a deleted one.
+_KEY_NAME = "(SELECT name FROM client_keys WHERE client_keys.id = t.key_id)"
+
+
 def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
+    row = conn.execute(f"SELECT t.*, {_KEY_NAME} AS key_name FROM traces t WHERE t.id = ?", (trace_id,)).fetchone()
     if row is None:
         return None
     trace = dict(row)

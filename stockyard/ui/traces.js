@@ -16,7 +16,7 @@ function cost(t) {
 
 const COLUMNS = [
   { label: "time (UTC)", value: (t) => h("a", { href: `#/traces/${t.id}` }, formatTime(t.ts)) },
-  { label: "key", value: (t) => t.key_id || "—" },
+  { label: "key", value: (t) => t.key_name || t.key_id || "—" },
   { label: "provider", value: (t) => t.provider || "—" },
   { label: "model", value: (t) => t.served_model && t.served_model !== t.model ? `${t.model} → ${t.served_model}` : (t.model || "—") },
   { label: "status", value: (t) => h("span", { class: t.status >= 400 ? "badge bad" : "badge" }, String(t.status), t.outcome !== "ok" ? ` ${t.outcome}` : "") },
@@ -112,7 +112,7 @@ export async function traceDetail(view, id) {
     h("h1", {}, "Trace ", h("code", { id: "trace-id" }, t.id), " ", copyButton(t.id, "Copy id")),
     h("div", { class: "grid" },
       h("div", { class: "card" }, kv([
-        ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_id], ["project", t.project],
+        ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_name ? `${t.key_name} (${t.key_id})` : t.key_id], ["project", t.project],
         ["provider", t.provider], ["model", t.model], ["served model", t.served_model], ["stream", t.stream ? "yes" : "no"],
         ["status", `${t.status} ${t.outcome}`], ["error", t.error_message ? `${t.error_type}: ${t.error_message}` : null],
         ["upstream request id", t.upstream_request_id]])),
