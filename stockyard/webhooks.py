@@ -134,7 +134,7 @@ def post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int | None, 
         resp = conn.getresponse()
         resp.read(65536)
         return resp.status, None
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a host IDNA refuses
         return None, f"{type(exc).__name__}: {exc}"[:300]
     finally:
         conn.close()
@@ -220,23 +220,31 @@ class Dispatcher:
     def _run(self) -> None:
         next_check = 0.0
         while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + CHECK_EVERY_S
-                try:
-                    self._check()
-                except Exception as exc:  # a failed check must not stop deliveries
-                    log.error("webhooks: check failed: %s", exc)
-            while self._waiting and self._waiting[0].due <= time.monotonic():
-                self._attempt(heapq.heappop(self._waiting))
-            wait = min([next_check] + [d.due for d in self._waiting[:1]]) - time.monotonic()
             try:
-                event, only = self._queue.get(timeout=max(0.01, min(wait, 1.0)))
-            except queue.Empty:
-                continue
-            for hook in self._hooks:
-                if hook.id == only or (only is None and event["type"] in hook.events):
-                    self._attempt(_Delivery(0.0, next(self._seq), hook, event))
+                next_check = self._step(next_check)
+            except Exception as exc:  # the thread must outlive any one delivery
+                log.error("webhooks: %s: %s", type(exc).__name__, exc)
+
+    def _step(self, next_check: float) -> float:
+        """Checks when due, retries when due, then new events (waiting at most a second)."""
+        now = time.monotonic()
+        if now >= next_check:
+            next_check = now + CHECK_EVERY_S
+            try:
+                self._check()
+            except Exception as exc:  # a failed check must not stop deliveries
+                log.error("webhooks: check failed: %s", exc)
+        while self._waiting and self._waiting[0].due <= time.monotonic():
+            self._attempt(heapq.heappop(self._waiting))
+        wait = min([next_check] + [d.due for d in self._waiting[:1]]) - time.monotonic()
+        try:
+            event, only = self._queue.get(timeout=max(0.01, min(wait, 1.0)))
+        except queue.Empty:
+            return next_check
+        for hook in self._hooks:
+            if hook.id == only or (only is None and event["type"] in hook.events):
+                self._attempt(_Delivery(0.0, next(self._seq), hook, event))
+        return next_check
 
     def _attempt(self, d: _Delivery) -> None:
         status, error, ms = send_signed(d.hook, d.event, self._send, self._clock)

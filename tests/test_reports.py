@@ -14,6 +14,8 @@ from ops_helpers import sample_trace
 from stockyard.retention import Retention
 from stockyard.store import costs, db
 from stockyard.store import traces as trace_store
+from stockyard.store.traces import iso_utc
+from stockyard.webhooks import log_delivery
 
 NOW_MS = int(time.time() * 1000)
 
@@ -58,16 +60,19 @@ def test_latency_percentiles_come_from_the_histograms_within_ten_percent(conn):
     }
 
 
-def test_retention_takes_old_histograms_with_the_traces(conn):
+def test_retention_takes_old_histograms_and_webhook_deliveries_with_the_traces(conn):
     conn.execute("BEGIN")
     sample_trace(NOW_MS - 10 * 86_400_000).write(conn)
     sample_trace(NOW_MS).write(conn)
+    for ms in (NOW_MS - 10 * 86_400_000, NOW_MS):
+        log_delivery(conn, ("wh_1", f"evt_{ms}", "webhook.test", 1, iso_utc(ms), 200, None, 1, "delivered"))
     conn.execute("COMMIT")
     r = Retention(traces_max_age_s=86_400.0)
     with conn:
         while r.run(conn):
             pass
     assert [m for (m,) in conn.execute("SELECT minute FROM latency_minutes")] == [NOW_MS // 60_000]
+    assert [e for (e,) in conn.execute("SELECT event_id FROM webhook_deliveries")] == [f"evt_{NOW_MS}"]
 
 
 def test_costs_by_two_dimensions_add_up_to_each_alone(conn):

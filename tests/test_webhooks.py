@@ -112,6 +112,8 @@ def test_a_test_event_is_retried_after_a_500_and_sent_once_after_a_200(server, r
         what="the delivery log",
     )
     log = api(server, "GET", f"/api/webhooks/deliveries?webhook={hook['id']}")[1]["deliveries"]
+    counts = api(server, "GET", "/api/status")[1]["webhooks"]
+    assert counts["count"] == 1 and counts["delivered"] >= 2 and counts["dropped"] == 0
     first = sorted((d for d in log if d["event_id"] == queued["event_id"]), key=lambda d: d["attempt"])
     assert [(d["attempt"], d["status"], d["outcome"]) for d in first] == [(1, 500, "retrying"), (2, 200, "delivered")]
 
@@ -251,3 +253,18 @@ def test_secrets_are_bound_to_their_row_and_survive_a_rotation(tmp_path):
     assert [h.id for h in webhook_ops.load(store.read(), new)] == [b["id"]], (
         "a token moved to another row does not open"
     )
+
+
+def test_emit_never_blocks_a_full_queue_drops_and_counts():
+    """A receiver that never answers cannot hold a request: events queue, and past the bound are dropped."""
+
+    class NoStore:
+        def submit(self, job) -> None:
+            pass
+
+    d = webhooks.Dispatcher(NoStore())  # type: ignore[arg-type]  # the thread is not started: nothing drains
+    d.use([webhooks.Hook("wh_1", "http://127.0.0.1:9/", frozenset({"breaker.opened"}), "json", "s")])
+    assert d.emit("budget.warning", {}, "nobody listens") is None and d.dropped == 0, "no subscriber: nothing queued"
+    ids = [d.emit("breaker.opened", {"provider": "p"}, "x") for _ in range(webhooks.QUEUE_MAX + 5)]
+    assert all(ids[: webhooks.QUEUE_MAX]) and ids[webhooks.QUEUE_MAX :] == [None] * 5
+    assert d.dropped == 5
