@@ -21,26 +21,51 @@ def register(sub) -> None:
         f"closes, or the error rate rises. Signature: X-Stockyard-Signature: t=<unix>,v1=<hex HMAC-SHA256 "
         f"of '<t>.<body>'>; refuse a t older than {REPLAY_WINDOW_S}s.",
     )
-    add = group.add_parser("add", help="add a webhook (prints its signing secret once)")
+    add = group.add_parser(
+        "add",
+        help="add a webhook (prints its signing secret once)",
+        description="Add a webhook. Its signing secret is printed once and stored encrypted with "
+        "STOCKYARD_ENCRYPTION_KEY (required). A running server uses it within a second.",
+    )
     add.add_argument("url", help="http(s) URL (an admin's choice: internal hosts are reachable too)")
     add.add_argument("--events", required=True, metavar="LIST", help=f"comma-separated: {', '.join(EVENTS)}, or all")
     add.add_argument("--format", choices=FORMATS, default="json", help="json (signed event, default) or slack")
     add.add_argument("--expiry-days", type=count_arg, metavar="N", help="key.expiring: within N days (default 7)")
-    add.add_argument("--error-rate", type=count_arg, metavar="PCT", help="error_rate.high: threshold % (default 20)")
+    add.add_argument(
+        "--error-rate", type=count_arg, metavar="PCT", help="error_rate.high: threshold in percent (default 20)"
+    )
     add.add_argument("--error-window", type=count_arg, metavar="MIN", help="error_rate.high: minutes (default 5)")
     add.add_argument(
         "--error-min-requests", type=count_arg, metavar="N", help="error_rate.high: fewest requests (default 20)"
     )
     runs(add, run_add)
-    ls = group.add_parser("list", help="list webhooks (never their secrets)")
+    ls = group.add_parser(
+        "list",
+        help="list webhooks (never their secrets)",
+        description="List webhooks with their URL, format and events.",
+    )
     runs(ls, run_list, json=True)
-    rm = group.add_parser("remove", help="remove a webhook (its delivery log stays)")
+    rm = group.add_parser(
+        "remove",
+        help="remove a webhook (its delivery log stays)",
+        description="Remove a webhook; its delivery log stays (it ages out with the traces).",
+    )
     rm.add_argument("id")
     runs(rm, run_remove)
-    test = group.add_parser("test", help="send a signed test event now and show the answer")
+    test = group.add_parser(
+        "test",
+        help="send a signed test event now and show the answer",
+        description="Send one signed webhook.test event from this process (no retries), print the "
+        "receiver's answer and log the attempt; exit 1 when it was not a 2xx.",
+    )
     test.add_argument("id")
     runs(test, run_test)
-    dl = group.add_parser("deliveries", help="delivery attempts, newest first")
+    dl = group.add_parser(
+        "deliveries",
+        help="delivery attempts, newest first",
+        description="Every delivery attempt, newest first: event, attempt number, the receiver's "
+        "status and the outcome (delivered, retrying, failed).",
+    )
     dl.add_argument("--webhook", metavar="ID", help="only this webhook's")
     dl.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
     runs(dl, run_deliveries, json=True)
