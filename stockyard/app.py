@@ -39,6 +39,7 @@ from .routing import RouteStep
 from .scrub import Scrubber, ScrubLogs
 from .store import Store, Writer, db, files
 from .store.lock import SERVER, DatabaseLock
+from .store.traces import backfill_search
 from .tracing import Tracer
 from .upstream import Pool
 from .webhooks import Dispatcher
@@ -73,6 +74,7 @@ class App:
             bodies_max_bytes=settings.bodies_max_bytes,
         )
         self.writer.add_idle_task(self.retention.run)
+        self.writer.add_idle_task(backfill_search)  # bodies stored before the search index
         self.snapshots: Snapshotter | None = None
         if settings.snapshot_path is not None:
             self.snapshots = Snapshotter(settings.snapshot_path)

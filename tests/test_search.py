@@ -85,3 +85,28 @@ def test_retention_takes_text_out_of_the_index(tmp_path, what):
             pass
     assert found() == [new.id]
     assert conn.execute("SELECT count(*) FROM trace_search").fetchone()[0] == 1
+
+
+def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_store, "BACKFILL_ROWS", 3)  # several steps
+    conn = db.connect(tmp_path / "old.db")
+    db.migrate(conn, upto=5)
+    now_ms = int(time.time() * 1000)
+    old = [sample_trace(now_ms - i, body=f'{{"messages": "platypus {i}"}}'.encode()) for i in range(7)]
+    conn.execute("BEGIN")
+    for row in old:
+        row.write(conn, v9=False)
+    conn.execute("COMMIT")
+    db.migrate(conn)
+    new = sample_trace(now_ms + 1, body=b'{"messages": "a newer platypus"}')
+    with conn:
+        new.write(conn)
+    assert [t["id"] for t in trace_store.list_traces(conn, search="platypus")] == [new.id]
+    steps = 1
+    while trace_store.backfill_search(conn):
+        steps += 1
+    assert steps == 3
+    found = [t["id"] for t in trace_store.list_traces(conn, search="platypus")]
+    assert sorted(found) == sorted([new.id, *(r.id for r in old)]), "each once"
+    assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'search_backfill_%'").fetchone()[0] == 0
+    assert trace_store.backfill_search(conn) is False

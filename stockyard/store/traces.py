@@ -201,6 +201,48 @@ def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, r
         conn.execute("INSERT INTO trace_search (trace_id, body) VALUES (?, ?)", (trace_id, text))
 
 
+BACKFILL_ROWS = 200
+
+
+def backfill_search(conn: sqlite3.Connection) -> bool:
+    """One step of indexing bodies stored before the search index existed (a writer idle task).
+
+    Walks ``trace_bodies`` by id up to the ``search_backfill_until`` mark the migration left,
+    in its own small transaction; the marks go when it is done. True while there is more.
+    """
+    marks = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'search_backfill_%'").fetchall())
+    until = marks.get("search_backfill_until")
+    if until is None:
+        return False
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT trace_id, request, response FROM trace_bodies WHERE trace_id > ? AND trace_id <= ? "
+            "ORDER BY trace_id LIMIT ?",
+            (marks.get("search_backfill_cursor", ""), until, BACKFILL_ROWS),
+        ).fetchall()
+        for trace_id, request, response in rows:
+            index_body(
+                conn,
+                trace_id,
+                zlib.decompress(request) if request else None,
+                zlib.decompress(response) if response else None,
+            )
+        if len(rows) < BACKFILL_ROWS:
+            conn.execute("DELETE FROM meta WHERE key LIKE 'search_backfill_%'")
+        else:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('search_backfill_cursor', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (rows[-1][0],),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(rows) == BACKFILL_ROWS
+
+
 def search_query(text: str) -> str:
     """User words as an FTS5 query: every word must appear; quotes make operators plain words."""
     words = text.split()

@@ -52,3 +52,8 @@ CREATE TABLE latency_minutes (
     count  INTEGER NOT NULL,
     PRIMARY KEY (minute, bucket)
 ) WITHOUT ROWID;
+
+-- Bodies stored before this version are indexed after it, a batch at a time, by an idle task of
+-- the writer (store/traces.backfill_search): up to this trace id, remembered here until done.
+INSERT INTO meta (key, value)
+SELECT 'search_backfill_until', max(trace_id) FROM trace_bodies HAVING max(trace_id) IS NOT NULL;
