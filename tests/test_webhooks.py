@@ -70,13 +70,16 @@ def assert_signed(hook: dict, headers: dict[str, str], body: bytes) -> None:
 
 
 def test_the_secret_is_stored_encrypted_and_never_listed(server, hook):
-    rows = server.db_rows("SELECT secret_token FROM webhooks WHERE id = ?", (hook["id"],))
-    assert rows[0]["secret_token"].startswith("v1:") and hook["secret"] not in rows[0]["secret_token"]
+    rows = server.db_rows("SELECT * FROM webhooks WHERE id = ?", (hook["id"],))
+    assert rows[0]["secret_token"].startswith("v1:") and rows[0]["url_token"].startswith("v1:")
+    assert hook["secret"] not in json.dumps(rows) and "/hook" not in json.dumps(rows), (
+        "the URL's path may be a credential"
+    )
     status, listing = api(server, "GET", "/api/webhooks")
-    assert status == 200 and hook["secret"] not in json.dumps(listing)
-    assert [w["id"] for w in listing["webhooks"]] == [hook["id"]]
+    assert status == 200 and hook["secret"] not in json.dumps(listing) and "/hook" not in json.dumps(listing)
+    assert [w["id"] for w in listing["webhooks"]] == [hook["id"]] and listing["webhooks"][0]["url"].endswith("/…")
     audit = server.db_rows("SELECT details FROM audit_log WHERE action = 'webhook.add'")
-    assert len(audit) == 1 and hook["secret"] not in audit[0]["details"]
+    assert len(audit) == 1 and hook["secret"] not in audit[0]["details"] and "/hook" not in audit[0]["details"]
     assert hook["secret"] not in server.log
 
 
@@ -249,6 +252,14 @@ def test_secrets_are_bound_to_their_row_and_survive_a_rotation(tmp_path):
     assert {h.id: h.secret for h in webhook_ops.load(store.read(), new)} == {a["id"]: secret_a, b["id"]: secret_b}
     conn = store.read()
     tokens = dict(conn.execute("SELECT id, secret_token FROM webhooks"))
+    urls = dict(conn.execute("SELECT id, url_token FROM webhooks"))
+    store.write(lambda c: c.execute("UPDATE webhooks SET url_token = ? WHERE id = ?", (tokens[a["id"]], a["id"])))
+    assert [h.id for h in webhook_ops.load(store.read(), new)] == [b["id"]], "a secret token is not a URL token"
+    store.write(lambda c: c.execute("UPDATE webhooks SET url_token = ? WHERE id = ?", (urls[a["id"]], a["id"])))
+    assert {h.id: h.url for h in webhook_ops.load(store.read(), new)} == {
+        a["id"]: "http://127.0.0.1:9/a",
+        b["id"]: "http://127.0.0.1:9/b",
+    }
     store.write(lambda c: c.execute("UPDATE webhooks SET secret_token = ? WHERE id = ?", (tokens[b["id"]], a["id"])))
     assert [h.id for h in webhook_ops.load(store.read(), new)] == [b["id"]], (
         "a token moved to another row does not open"

@@ -433,12 +433,15 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
         from .webhooks import aad_for as webhook_aad  # webhooks build on this module
 
         hooks = 0
-        for r in conn.execute("SELECT id, secret_token FROM webhooks").fetchall():
+        for r in conn.execute("SELECT id, secret_token, url_token FROM webhooks").fetchall():
             try:
                 token = vault.rotate_token(r["secret_token"], webhook_aad(r["id"]), old, new)
+                url_token = vault.rotate_token(r["url_token"], webhook_aad(r["id"], "url"), old, new)
             except vault.VaultError as exc:
                 raise vault.VaultError(f"webhook {r['id']}: {exc}; nothing was changed") from None
-            conn.execute("UPDATE webhooks SET secret_token = ? WHERE id = ?", (token, r["id"]))
+            conn.execute(
+                "UPDATE webhooks SET secret_token = ?, url_token = ? WHERE id = ?", (token, url_token, r["id"])
+            )
             hooks += 1
         audit.append(
             conn,

@@ -1,9 +1,11 @@
 """Webhooks stored in the database: validation, add/remove, listing, the delivery log, loading.
 
 The signing secret is made here (``whsec_…``), shown once, and stored only as a vault token
-bound to the webhook's id. URLs are set by an admin and must be http(s) with a host and no
-credentials; Stockyard posts to whatever host is named, internal ones included — that is the
-admin's choice to make (README: webhooks and SSRF). Redirects are never followed.
+bound to the webhook's id; so is the URL (a Slack webhook URL is a credential), of which
+listings and the audit log show only the scheme and host. URLs are set by an admin and must
+be http(s) with a host and no credentials; Stockyard posts to whatever host is named,
+internal ones included — that is the admin's choice to make (README: webhooks and SSRF).
+Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -29,12 +31,20 @@ _LIMITS = {
     "error_window_min": (1, 1440, 5),
     "error_min_requests": (1, 1_000_000, 20),
 }
-_COLUMNS = "id, url, events, format, secret_token, " + ", ".join(_LIMITS) + ", created_at"
+_COLUMNS = "id, url_hint, url_token, events, format, secret_token, " + ", ".join(_LIMITS) + ", created_at"
 
 
-def aad_for(webhook_id: str) -> bytes:
-    """Binds a secret's ciphertext to its webhook row: a token copied to another row does not open."""
-    return json.dumps(["stockyard webhook", webhook_id], separators=(",", ":")).encode()
+def aad_for(webhook_id: str, what: str = "secret") -> bytes:
+    """Binds a ciphertext to its webhook row and its column: a token copied elsewhere does not open."""
+    return json.dumps(["stockyard webhook", webhook_id, what], separators=(",", ":")).encode()
+
+
+def url_hint(url: str) -> str:
+    """What may be shown of a webhook URL: scheme and host (the path may be a credential)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…"
 
 
 def check_url(url: Any) -> str:
@@ -81,7 +91,7 @@ def _number(fields: Mapping[str, Any], name: str) -> int:
 
 def describe(row: sqlite3.Row) -> dict[str, Any]:
     """A webhook as listings show it: never its secret."""
-    out = {"id": row["id"], "url": row["url"], "events": json.loads(row["events"]), "format": row["format"]}
+    out = {"id": row["id"], "url": row["url_hint"], "events": json.loads(row["events"]), "format": row["format"]}
     out.update({name: row[name] for name in _LIMITS})
     out["created_at"] = row["created_at"]
     return out
@@ -103,13 +113,14 @@ def add(ops: Operations, fields: Mapping[str, Any]) -> tuple[dict[str, Any], str
     webhook_id = "wh_" + secrets.token_hex(8)
     secret = "whsec_" + secrets.token_urlsafe(32)
     created = now_iso()
-    details = {"url": url, "events": events, "format": fmt, **numbers}
+    details = {"url": url_hint(url), "events": events, "format": fmt, **numbers}
 
     def apply(conn: sqlite3.Connection) -> dict[str, Any]:
-        token = _vault_for(ops, conn).encrypt(secret, aad_for(webhook_id))
+        box = _vault_for(ops, conn)
+        token, url_token = box.encrypt(secret, aad_for(webhook_id)), box.encrypt(url, aad_for(webhook_id, "url"))
         conn.execute(
-            f"INSERT INTO webhooks ({_COLUMNS}) VALUES ({', '.join('?' * (6 + len(_LIMITS)))})",
-            (webhook_id, url, json.dumps(events), fmt, token, *numbers.values(), created),
+            f"INSERT INTO webhooks ({_COLUMNS}) VALUES ({', '.join('?' * (7 + len(_LIMITS)))})",
+            (webhook_id, url_hint(url), url_token, json.dumps(events), fmt, token, *numbers.values(), created),
         )
         return describe(conn.execute(f"SELECT {_COLUMNS} FROM webhooks WHERE id = ?", (webhook_id,)).fetchone())
 
@@ -162,13 +173,14 @@ def load(conn: sqlite3.Connection, secret: str | None) -> list[Hook]:
             if box is None:
                 raise vault.VaultError("STOCKYARD_ENCRYPTION_KEY is not set")
             plain = box.decrypt(r["secret_token"], aad_for(r["id"]))
+            url = box.decrypt(r["url_token"], aad_for(r["id"], "url"))
         except vault.VaultError as exc:
-            log.error("webhook %s: its signing secret cannot be decrypted (%s); nothing is sent to it", r["id"], exc)
+            log.error("webhook %s: its URL or secret cannot be decrypted (%s); nothing is sent to it", r["id"], exc)
             continue
         hooks.append(
             Hook(
                 id=r["id"],
-                url=r["url"],
+                url=url,
                 events=frozenset(json.loads(r["events"])),
                 format=r["format"],
                 secret=plain,

@@ -13,11 +13,13 @@ CREATE TRIGGER trace_bodies_leave_search AFTER DELETE ON trace_bodies BEGIN
     DELETE FROM trace_search WHERE trace_id = old.trace_id;
 END;
 
--- Webhooks: where events go. The signing secret is a vault token bound to the row's id;
--- the thresholds belong to the webhook (events are checked per webhook).
+-- Webhooks: where events go. The URL (a Slack webhook URL is itself a credential) and the
+-- signing secret are vault tokens bound to the row's id; only the URL's scheme and host are
+-- kept in clear. The thresholds belong to the webhook (events are checked per webhook).
 CREATE TABLE webhooks (
     id                 TEXT PRIMARY KEY,           -- wh_<hex>
-    url                TEXT NOT NULL,              -- http(s), set by an admin
+    url_hint           TEXT NOT NULL,              -- scheme://host[:port]/… as listings show it
+    url_token          TEXT NOT NULL,              -- vault token of the whole URL, bound to id
     events             TEXT NOT NULL,              -- JSON array of event names
     format             TEXT NOT NULL DEFAULT 'json' CHECK (format IN ('json', 'slack')),
     secret_token       TEXT NOT NULL,              -- vault token (AES-256-GCM), bound to id
