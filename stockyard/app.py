@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .modules import Modules, ModuleServices
 from .operations import Operations, read_config_version
 from .operations import providers as provider_ops
+from .operations import webhooks as webhook_ops
 from .operations.modules import load_rows as load_module_rows
 from .operations.prices import load_overrides
 from .otel import Exporter, Telemetry
@@ -42,8 +43,10 @@ from .retention import Retention
 from .routing import RouteStep
 from .scrub import Scrubber, ScrubLogs
 from .store import Store, Writer, backend_for
+from .store.traces import backfill_search
 from .tracing import Tracer
 from .upstream import Pool
+from .webhooks import Dispatcher
 
 log = logging.getLogger("stockyard")
 
@@ -75,6 +78,7 @@ class App:
             bodies_max_bytes=settings.bodies_max_bytes,
         )
         self.writer.add_idle_task(self.retention.run)
+        self.writer.add_idle_task(backfill_search)  # bodies stored before the search index
         self.snapshots: Snapshotter | None = None
         if settings.snapshot_path is not None:
             self.snapshots = Snapshotter(settings.snapshot_path)
@@ -98,10 +102,11 @@ class App:
             self.otlp = Exporter(settings.otlp_endpoint, dict(settings.otlp_headers)).start()
             telemetry = Telemetry(self.otlp, settings.otlp_content, self.scrubber.text)
         self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber, telemetry)
-        records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER))
-        self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn)
+        self.webhooks = Dispatcher(self.store)
+        records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER), self.webhooks.emit)
+        self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn, records.exhausted)
         self.modules = Modules(
-            ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets),
+            ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets, self.webhooks.emit),
             failures=self.hook_failures,  # shared by every chain built, across reloads
             route=RouteStep(self.registry),
         )
@@ -134,6 +139,7 @@ class App:
         for handler in logging.getLogger("stockyard").handlers:
             handler.addFilter(ScrubLogs(self.scrubber.text))
         self.reload()
+        self.webhooks.start()
         self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
@@ -293,6 +299,7 @@ class App:
             project_budgets = load_project_budgets(conn)
             prices = PriceTable.load(load_overrides(conn))
             module_rows = load_module_rows(conn)
+            hooks = webhook_ops.load(conn, self.settings.encryption_key)
         finally:
             conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
@@ -303,6 +310,7 @@ class App:
         self.pricer.use(prices)
         self._project_budgets = project_budgets
         self._chain = self.modules.build(module_rows)
+        self.webhooks.use(hooks)
         self._config_version = version
         self.reloads += 1
         was_required, self._auth_required = self._auth_required, self.auth_required
@@ -323,6 +331,7 @@ class App:
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         self._stopping.set()
+        self.webhooks.stop()
         self.gate.flush_last_used(force=True)
         try:
             self.ops(audit.ACTOR_SERVER).audit_event("server.stop", "server", {"version": __version__})

@@ -155,15 +155,22 @@ class BudgetExceeded(Exception):
 
 
 Warn = Callable[[Budget, str, int, int], None]  # budget, period key, spent, threshold percent
+Exhausted = Callable[[BudgetExceeded], None]  # the first refusal of a (budget, period) that is spent
 
 
 class Ledger:
     """Spent and reserved money per (budget scope, period), held under one lock."""
 
     def __init__(
-        self, load: Callable[[Budget, str], int], warn_percents: Iterable[int] = (80,), on_warning: Warn | None = None
+        self,
+        load: Callable[[Budget, str], int],
+        warn_percents: Iterable[int] = (80,),
+        on_warning: Warn | None = None,
+        on_exhausted: Exhausted | None = None,
     ) -> None:
         self._load = load
+        self._on_exhausted = on_exhausted
+        self._exhausted: set[tuple[str, str]] = set()
         self._warn_percents = tuple(sorted(set(warn_percents)))
         self._on_warning = on_warning
         self._lock = threading.Lock()
@@ -207,6 +214,8 @@ class Ledger:
         """Reserve ``amount`` µ¢ against every budget, or none of them (BudgetExceeded)."""
         while True:
             keyed = self._ensure(budgets, ts_ms)
+            refused: BudgetExceeded | None = None
+            first = False
             with self._lock:
                 entries = [self._entries.get(budget.scope, {}).get(key) for budget, key in keyed]
                 if any(entry is None for entry in entries):
@@ -214,12 +223,25 @@ class Ledger:
                 for (budget, key), entry in zip(keyed, entries):
                     assert entry is not None
                     if entry.spent + entry.reserved + amount > budget.limit_uc:
-                        raise BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
-                now = time.monotonic()
-                for entry in entries:
-                    assert entry is not None
-                    entry.reserved += amount
-                    entry.touched = now
+                        refused = BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
+                        # Spent, not just held by requests in flight: tell once per period.
+                        first = entry.spent + amount > budget.limit_uc and (budget.scope, key) not in self._exhausted
+                        if first:
+                            self._exhausted.add((budget.scope, key))
+                        break
+                else:
+                    now = time.monotonic()
+                    for entry in entries:
+                        assert entry is not None
+                        entry.reserved += amount
+                        entry.touched = now
+            if refused is not None:
+                if first and self._on_exhausted is not None:
+                    try:
+                        self._on_exhausted(refused)
+                    except Exception as exc:  # telling must never change the answer
+                        log.error("could not report an exhausted budget: %s", exc)
+                raise refused
             return Hold([(budget, key, amount) for budget, key in keyed])
 
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
@@ -330,9 +352,15 @@ def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
 class BudgetRecords:
     """The ledger's database side: a period's spend so far, and warnings recorded once."""
 
-    def __init__(self, store: "Store", ops: Callable[[], "Operations"]) -> None:
+    def __init__(
+        self,
+        store: "Store",
+        ops: Callable[[], "Operations"],
+        notify: Callable[[str, dict, str], object] = lambda kind, data, summary: None,
+    ) -> None:
         self._store = store
         self._ops = ops  # audits as the server
+        self._notify = notify  # the webhooks
 
     def load_spend(self, budget: Budget, period_key: str) -> int:
         """A budget period's spend so far, read by the writer so every queued trace counts."""
@@ -366,5 +394,33 @@ class BudgetRecords:
                     },
                 )
                 log.warning("%s", text)
+                self._notify(
+                    "budget.warning", {**_budget_data(budget, period_key, spent), "threshold_percent": percent}, text
+                )
 
         self._store.submit(job)
+
+    def exhausted(self, refused: BudgetExceeded) -> None:
+        """A budget refused its first request of a period for want of money: the webhooks hear of it."""
+        b = refused.budget
+        text = (
+            f"budget exhausted: {b.describe()}: {format_usd(refused.spent, 2)} spent in period "
+            f"{refused.period_key}; requests are refused"
+        )
+        self._notify("budget.exhausted", _budget_data(b, refused.period_key, refused.spent), text)
+
+
+def _budget_data(budget: Budget, period_key: str, spent: int) -> dict:
+    """What a webhook is told about a budget: whose it is, its period and the money, in µ¢ and USD."""
+    kind, _, name = budget.scope.partition(":")
+    return {
+        "scope": budget.scope,
+        "key_id" if kind == "key" else kind: name,
+        "label": budget.label,
+        "period": budget.period,
+        "period_start": period_key,
+        "spent_uc": spent,
+        "budget_uc": budget.limit_uc,
+        "spent_usd": format_usd(spent, 2),
+        "budget_usd": format_usd(budget.limit_uc, 2),
+    }

@@ -5,7 +5,8 @@ Runs as an idle task of the writer thread: one step per call — one DELETE of a
 than a few milliseconds of housekeeping, and a large backlog (the first run after turning
 retention on) drains as fast as the server is idle. Daily rollups are never touched, so
 cost reports stay whole after the traces behind them are gone. Responses kept for the
-Responses API (``stockyard.conversations``) leave with the traces' age limit.
+Responses API (``stockyard.conversations``), the per-minute latency histograms and the webhook
+delivery log leave with the traces' age limit.
 
 Trace ids are time-sortable (``tr_<ms hex>…``), so "bodies older than" is a range on the
 ``trace_bodies`` primary key and each batch reads only the rows it deletes.
@@ -18,6 +19,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from .store.traces import iso_utc
 
 log = logging.getLogger("stockyard.retention")
 
@@ -85,6 +88,18 @@ class Retention:
             ).rowcount
             self.stats.responses_deleted += gone
             if gone:
+                return True
+            if conn.execute(  # latency histograms too (whole minutes before the cutoff)
+                "DELETE FROM latency_minutes WHERE (minute, bucket) IN (SELECT minute, bucket FROM latency_minutes "
+                "WHERE minute < ? ORDER BY minute LIMIT ?)",
+                (cutoff // 60_000, self.batch_rows),
+            ).rowcount:
+                return True
+            if conn.execute(  # and the webhook delivery log
+                "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries WHERE ts < ? "
+                "ORDER BY id LIMIT ?)",
+                (iso_utc(cutoff), self.batch_rows),
+            ).rowcount:
                 return True
         if self.bodies_max_age_s is not None:
             cutoff_id = id_before(now_ms - int(self.bodies_max_age_s * 1000))

@@ -211,10 +211,10 @@ def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', 
     return TraceRow(**values)
 
 
-def write_trace(conn: sqlite3.Connection, row: TraceRow) -> None:
+def write_trace(conn: sqlite3.Connection, row: TraceRow, v9: bool = True) -> None:
     """``row.write``, on a database of any schema version: columns and rollups it does not have yet are left out."""
     if "end_user" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}:
-        row.write(conn)
+        row.write(conn, v9=v9)
         return
     present = [c for c in traces_module._COLUMNS if c not in ("end_user", "tags", "key_name")]
     conn.execute(
@@ -233,8 +233,9 @@ def write_known_rows(conn: sqlite3.Connection, secret: str | None, now_ms: int |
     """Realistic rows through the product's own writers: traces (+bodies, rollups), audit, salt."""
     now_ms = now_ms or int(time.time() * 1000)
     conn.execute("BEGIN IMMEDIATE")
+    v9 = "trace_search" in user_tables(conn)  # the search index and latency histograms: schema 0009 on
     for i in range(5):
-        write_trace(conn, sample_trace(now_ms - i * 60_000, end_user="sample-user", tags='{"team": "a"}'))
+        write_trace(conn, sample_trace(now_ms - i * 60_000, end_user="sample-user", tags='{"team": "a"}'), v9=v9)
     key = audit.chain_key(secret, vault.get_or_create_salt(conn)) if secret else None
     audit.ensure_keyed_tail(conn, actor="cli:test", key=key)
     audit.append(conn, actor="cli:test", action="test.sample", target="upgrade", details={"n": 1}, key=key)

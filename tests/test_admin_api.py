@@ -431,10 +431,13 @@ def test_openapi_document_validates_and_lists_every_route(server):
         ("POST", "/api/audit/note"),
         ("GET", "/api/status"),
         ("GET", "/api/openapi.json"),
+        ("GET", "/api/webhooks"),
+        ("POST", "/api/webhooks/{id}/test"),
+        ("GET", "/api/webhooks/deliveries"),
     }
     assert expected <= served
     params = {p["name"] for p in doc["paths"]["/api/traces"]["get"]["parameters"]}
-    filters = {"since", "until", "model", "provider", "status", "key", "outcome", "user", "tag"}
+    filters = {"since", "until", "model", "provider", "status", "key", "outcome", "user", "tag", "q"}
     assert params == {*filters, "limit", "cursor"}
     note = doc["paths"]["/api/audit/note"]["post"]
     assert "requestBody" in note and "201" in note["responses"] and "200" not in note["responses"]

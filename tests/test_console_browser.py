@@ -17,6 +17,9 @@ import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt)
 import pytest
 from conftest import OPENAI_KEY, ROOT, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
+from webhook_receiver import Receiver
+
+from stockyard.webhooks import verify
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; make test installs it when missing
 ADMIN_KEY = "browser-admin-key-0123456789"
@@ -249,6 +252,52 @@ def test_markup_in_model_output_stays_text(console, server, mock):
     page.wait_for_selector(f'main a[href="#/traces/{trace_id}"]')
     assert page.evaluate("window.__xss") is None
     console.shot("trace-xss")
+
+
+def test_trace_search_finds_a_prompt_by_a_word(console, server):
+    page = console.page
+    status, headers, _ = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "find the okapi"}]},
+    )
+    assert status == 200
+    found, other = headers["x-stockyard-trace-id"], chat(server)[1]["x-stockyard-trace-id"]
+    server.trace(found)
+    server.trace(other)
+    console.go("traces")
+    page.wait_for_selector("main h1:text('Traces')")
+    page.fill("main form input[name=q]", "okapi")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_selector(f'main a[href="#/traces/{found}"]')
+    assert page.locator(f'main a[href="#/traces/{other}"]').count() == 0
+    console.shot("trace-search")
+
+
+def test_webhooks_page_adds_tests_and_shows_deliveries(console):
+    receiver = Receiver()
+    try:
+        page = console.page
+        console.go("webhooks")
+        page.wait_for_selector("main h1:text('Webhooks')")
+        page.fill("main form input[name=url]", receiver.url)
+        page.get_by_role("button", name="Add webhook").click()
+        secret = page.locator("#new-webhook-secret").inner_text().strip()
+        assert secret.startswith("whsec_")
+        page.get_by_role("button", name="Send test").click()
+        (headers, body, event), *_ = receiver.wait("webhook.test")
+        assert verify(secret, body, headers["x-stockyard-signature"])
+        wait_for(
+            lambda: (
+                (console.go("audit"), console.go("webhooks"), page.wait_for_selector("#webhook-deliveries table"))
+                and "delivered" in page.inner_text("#webhook-deliveries")
+            ),
+            what="the delivery in the console",
+        )
+        assert "webhook.test" in page.inner_text("#webhook-deliveries")
+        console.shot("webhooks")
+    finally:
+        receiver.server.shutdown()
 
 
 def test_verify_audit_chain(console, server):

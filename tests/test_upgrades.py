@@ -36,6 +36,11 @@ KNOWN = {"traces", "trace_bodies", "rollups_daily", "audit_log", "meta", "schema
 # table name -> function(conn) inserting a representative row, for tables fill_generic cannot fill
 ROW_BUILDERS: dict[str, Callable[[sqlite3.Connection], None]] = {
     "cache_stats": lambda conn: None,  # a single row its migration inserts; triggers keep it current
+    # the search index and its FTS5 shadow tables: filled by the trace writer in write_known_rows
+    **{
+        t: (lambda conn: None)
+        for t in ("trace_search", *(f"trace_search_{s}" for s in ("data", "idx", "content", "docsize", "config")))
+    },
 }
 VERSIONS = [m.version for m in db.available_migrations()]
 

@@ -15,7 +15,7 @@ from . import ApiRequest, Param, route
     "/api/costs",
     "Requests, tokens and exact cost grouped by day, model, provider, key, project, end user or tag",
     query=(
-        Param("by", "string", "day (default), model, provider, key, project, user or tag:NAME"),
+        Param("by", "string", "day (default), model, provider, key, project, user or tag:NAME; or two, e.g. day,model"),
         Param("since", "string", "first UTC day, inclusive (YYYY-MM-DD)"),
         Param("until", "string", "last UTC day, inclusive (YYYY-MM-DD)"),
         Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),

@@ -34,6 +34,12 @@ def status(r: ApiRequest) -> dict:
             "dropped": app.writer.stats.dropped,
             "healthy": app.writer.healthy,
         },
+        "webhooks": {
+            "count": len(app.webhooks.hooks),
+            "delivered": app.webhooks.delivered,
+            "failed": app.webhooks.failed,  # gave up after every retry
+            "dropped": app.webhooks.dropped,  # the queue was full
+        },
         "providers": [p.public() for p in app.registry().providers],
         "config_version": read_config_version(app.store.read()),
         "loaded_config_version": app.config_version,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 
 from ..operations import invalid, not_found
 from ..store import traces as trace_store
+from ..store.traces import iso_utc
 from ..times import FORMAT_HELP, to_ms
 from . import ApiRequest, Param, route
 
@@ -43,6 +45,7 @@ def _tag(value: str) -> tuple[str, str]:
         Param("outcome", description="ok, upstream_error, error, rejected, client_disconnected or stream_broken"),
         Param("user", description="end user (x-stockyard-user, OpenAI user, Anthropic metadata.user_id)"),
         Param("tag", description="a tag as name:value, e.g. team:search"),
+        Param("q", description="words that must all appear in the stored request or response body (full-text search)"),
         Param("limit", "integer", f"page size, 1 to {MAX_LIMIT} (default 50)"),
         Param("cursor", description="next_cursor from the previous page"),
     ),
@@ -67,6 +70,7 @@ def list_traces(r: ApiRequest) -> dict:
         outcome=q.get("outcome") or None,
         user=q.get("user") or None,
         tag=_tag(q["tag"]) if q.get("tag") else None,
+        search=q.get("q") or None,
     )
     page = rows[:limit]
     return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}
@@ -78,3 +82,25 @@ def get_trace(r: ApiRequest) -> dict:
     if trace is None:
         raise not_found(f"trace {r.params['id']!r}")
     return trace
+
+
+@route(
+    "GET",
+    "/api/latency",
+    "Latency percentiles of answered requests from the per-minute histograms (within 10%)",
+    query=(
+        Param("since", description=f"from this time (default: 24 hours ago): {FORMAT_HELP}"),
+        Param("until", description="up to this time (default: now)"),
+    ),
+)
+def latency(r: ApiRequest) -> dict:
+    since, until = r.time_query("since"), r.time_query("until")
+    until_ms = to_ms(until) if until else int(time.time() * 1000)
+    since_ms = to_ms(since) if since else until_ms - 86_400_000
+    if until_ms <= since_ms:
+        raise invalid("until must be later than since", param="until")
+    return {
+        "since": iso_utc(since_ms),
+        "until": iso_utc(until_ms),
+        **trace_store.latency_percentiles(r.app.store.read(), since_ms, until_ms),
+    }

@@ -22,6 +22,7 @@ from . import (
     config,
     costs,
     doctor,
+    export,
     keys,
     migrate,
     modules,
@@ -33,6 +34,7 @@ from . import (
     serve,
     traces,
     version,
+    webhooks,
 )
 
 # Each module has register(subparsers); order here is the order in --help.
@@ -40,6 +42,8 @@ COMMANDS = [
     serve,
     traces,
     costs,
+    export,
+    webhooks,
     keys,
     projects,
     prices,

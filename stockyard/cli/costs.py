@@ -18,7 +18,10 @@ def register(sub) -> None:
         "--until are inclusive. Totals equal the sum of the traces' costs exactly.",
     )
     p.add_argument(
-        "--by", default="day", metavar="|".join([*costs.GROUPS, "tag:NAME"]), help="how to group (default: day)"
+        "--by",
+        default="day",
+        metavar="|".join([*costs.GROUPS, "tag:NAME"]),
+        help="how to group (default: day); two at once with a comma, e.g. day,model",
     )
     p.add_argument("--since", metavar="DATE", help="first day, e.g. 2026-11-01")
     p.add_argument("--until", metavar="DATE", help="last day, e.g. 2026-11-30")
@@ -36,20 +39,21 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         costs.write_csv(result, sys.stdout)
         return 0
-    by = result["by"]
+    groups = result["groups"]
     rows = [dict(r) for r in result["rows"]]
-    if by == "key":
+    if "key" in groups:
         for r in rows:
             r["key"] = f"{r['key_name']} ({r['key']})" if r.get("key_name") else r["key"]
-    rows.append({by: "TOTAL", **result["total"]})
+    rows.append({groups[0]: "TOTAL", **result["total"]})
     for r in rows:
         r["tokens"] = f"{r['prompt_tokens']}/{r['completion_tokens']}"
-        if r[by] is None:
-            r[by] = "(none)"
+        for g in groups:
+            if r.get(g) is None and r[groups[0]] != "TOTAL":
+                r[g] = "(none)"
     print_table(
         rows,
         [
-            (by, by.upper()),
+            *((g, g.upper()) for g in groups),
             ("requests", "REQUESTS"),
             ("errors", "ERRORS"),
             ("tokens", "TOKENS IN/OUT"),

@@ -13,6 +13,9 @@ def register(sub) -> None:
     p.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
     p.add_argument("--user", help="only this end user's requests")
     p.add_argument("--tag", metavar="NAME=VALUE", type=_tag, help="only requests with this tag, e.g. team=search")
+    p.add_argument(
+        "--search", metavar="TEXT", help="only traces whose stored request or response has every word of TEXT"
+    )
     runs(p, run, json=True)
 
 
@@ -25,7 +28,7 @@ def _tag(text: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rows = trace_store.list_traces(store.read(), limit=args.limit, user=args.user, tag=args.tag)
+    rows = trace_store.list_traces(store.read(), limit=args.limit, user=args.user, tag=args.tag, search=args.search)
     if args.json:
         print_json_lines(rows)
         return 0
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             ("id", "ID"),
             ("ts", "TIME (UTC)"),
             ("endpoint", "ENDPOINT"),
+            ("key_name", "KEY"),
             ("provider", "PROVIDER"),
             ("model", "MODEL"),
             ("end_user", "USER"),
@@ -49,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
             ("tokens", "TOKENS IN/OUT"),
             ("cost_uc", "COST µ¢"),
         ],
-        empty="no traces yet",
+        empty="no traces match" if args.search else "no traces yet",
     )
     return 0

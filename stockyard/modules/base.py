@@ -33,6 +33,8 @@ class ModuleServices:
     ledger: "Ledger"  # budget reservations
     pricer: "Pricer"  # the price a routed request is charged at
     project_budgets: Callable[[], dict[str, "Budget"]]  # the current snapshot
+    # Tell the webhooks (kind, data, summary); never blocks, never raises into a request.
+    notify: Callable[[str, dict, str], Any] = lambda kind, data, summary: None
 
 
 class Module:

@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..context import RequestContext
 from .base import Module
@@ -47,8 +47,9 @@ class _Circuit:
 class Breaker:
     """Circuit breakers by provider name; shared by every request and kept across reloads."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, on_change: Callable[[str, bool], Any] | None = None) -> None:
         self._clock = clock
+        self._on_change = on_change  # (provider, opened): told when a breaker opens or closes
         self._lock = threading.Lock()
         self._circuits: dict[str, _Circuit] = {}
 
@@ -72,12 +73,16 @@ class Breaker:
             return
         with self._lock:
             c = self._circuits.setdefault(provider, _Circuit())
+            was_open = c.opened_at is not None
             if ok:
                 c.failures, c.opened_at, c.probe_at = 0, None, None
-                return
-            c.failures += 1
-            if c.opened_at is not None or c.failures >= threshold:
-                c.opened_at, c.probe_at = self._clock(), None
+            else:
+                c.failures += 1
+                if c.opened_at is not None or c.failures >= threshold:
+                    c.opened_at, c.probe_at = self._clock(), None
+            changed = was_open != (c.opened_at is not None)
+        if changed and self._on_change is not None:
+            self._on_change(provider, not was_open)
 
     def retry_in(self, provider: str, cooldown: float) -> float:
         """Seconds until an open breaker lets a probe through."""
@@ -99,6 +104,17 @@ class Breaker:
                 }
                 for name, c in self._circuits.items()
             }
+
+
+def _tell(app, provider: str, opened: bool) -> None:
+    """A breaker changed state: the webhooks hear of it (``breaker.opened`` / ``breaker.closed``)."""
+    kind = "breaker.opened" if opened else "breaker.closed"
+    summary = (
+        f"provider {provider!r} is failing: its breaker opened, requests skip it"
+        if opened
+        else f"provider {provider!r} answers again: its breaker closed"
+    )
+    app.notify(kind, {"provider": provider}, summary)
 
 
 @dataclass(frozen=True)
@@ -172,7 +188,7 @@ class Fallback(Module):
     }
 
     def __init__(self, app) -> None:
-        self.breaker = Breaker()
+        self.breaker = Breaker(on_change=lambda provider, opened: _tell(app, provider, opened))
         super().__init__(app)
 
     @staticmethod

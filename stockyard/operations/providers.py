@@ -396,7 +396,8 @@ class Rotation:
 
 
 def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: str) -> Rotation:
-    """Re-encrypt every stored key under a new master secret, with its audit entry, in one transaction.
+    """Re-encrypt every stored key (and webhook signing secret) under a new master secret, with its
+    audit entry, in one transaction.
 
     The audit chain switches to the new secret's chain key in the same entry
     (``rekey=True``), so the log verifies with the new key plus the old one. A running
@@ -428,6 +429,19 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
                 raise vault.VaultError(f"provider {r['name']!r}: {exc}; nothing was changed") from None
             conn.execute("UPDATE providers SET key_token = ?, updated_at = ? WHERE id = ?", (token, now_iso(), r["id"]))
             count += 1
+        from .webhooks import aad_for as webhook_aad  # webhooks build on this module
+
+        hooks = 0
+        for r in conn.execute("SELECT id, secret_token, url_token FROM webhooks").fetchall():
+            try:
+                token = vault.rotate_token(r["secret_token"], webhook_aad(r["id"]), old, new)
+                url_token = vault.rotate_token(r["url_token"], webhook_aad(r["id"], "url"), old, new)
+            except vault.VaultError as exc:
+                raise vault.VaultError(f"webhook {r['id']}: {exc}; nothing was changed") from None
+            conn.execute(
+                "UPDATE webhooks SET secret_token = ?, url_token = ? WHERE id = ?", (token, url_token, r["id"])
+            )
+            hooks += 1
         audit.append(
             conn,
             actor=actor,
@@ -435,6 +449,7 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
             target="vault",
             details={
                 "keys": count,
+                "webhooks": hooks,
                 "old_key_id": old.key_id,
                 "new_key_id": new.key_id,
                 "chain_key_id": audit.key_id(new_chain),

@@ -48,13 +48,31 @@ def check_range(since: str | None, until: str | None) -> tuple[date | None, date
     return first, last
 
 
+MAX_GROUPS = 2
+
+
+def check_groups(by: str) -> list[str]:
+    """``day`` or ``day,model``: one or two of GROUPS, different (ValueError naming them otherwise)."""
+    groups = [g.strip() for g in by.split(",")]
+
+    def known(g: str) -> bool:
+        return g in GROUPS or (g.startswith(TAG_PREFIX) and len(g) > len(TAG_PREFIX))
+
+    if not 1 <= len(groups) <= MAX_GROUPS or len(set(groups)) != len(groups) or not all(known(g) for g in groups):
+        raise ValueError(f"by must be one or two (comma-separated) of {BY_HELP}, got {by[:100]!r}")
+    return groups
+
+
 def report(
     conn: sqlite3.Connection, by: str = "day", since: str | None = None, until: str | None = None
 ) -> dict[str, Any]:
-    """Totals grouped ``by`` day, model, provider, key, project, end user or a tag's values, plus
-    the grand total (for a tag: of the requests that carried it)."""
-    table, column, where, args = _source(by)
+    """Totals grouped ``by`` day, model, provider, key, project, end user or a tag's values — or
+    two of them, ``day,model`` (a chart's buckets and series in one read) — plus the grand total
+    (for a tag: of the requests that carried it)."""
+    groups = check_groups(by)
+    table, columns, where, args = _source(groups)
     first, last = check_range(since, until)
+    names_sql = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns))
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTS)
     if first:
         where.append("day >= ?")
@@ -63,27 +81,30 @@ def report(
         where.append("day <= ?")
         args.append(last.isoformat())
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    order = "name" if by == "day" else "cost_uc DESC, name"
+    group_by = ", ".join(f"g{i}" for i in range(len(groups)))
+    order = ", ".join(_order(i, g, len(groups)) for i, g in enumerate(groups))
     rows = [
         dict(r)
         for r in conn.execute(
-            f"SELECT {column} AS name, {sums} FROM {table}{clause} GROUP BY {column} ORDER BY {order}", args
+            f"SELECT {names_sql}, {sums} FROM {table}{clause} GROUP BY {group_by} ORDER BY {order}", args
         )
     ]
     # The total is summed from the same rows: a second SELECT would read a later snapshot
     # (the writer commits between statements), and the report would not add up.
     total = {c: sum(int(r[c] or 0) for r in rows) for c in COUNTS}
-    names = _key_names(conn) if by == "key" else {}
+    names = _key_names(conn) if "key" in groups else {}
     out_rows = []
     for r in rows:
-        name = r.pop("name") or None
-        row: dict[str, Any] = {by: name}
-        if by == "key":
-            row["key_name"], row["key_prefix"] = names.get(name or "", (None, None))
+        row: dict[str, Any] = {}
+        for i, group in enumerate(groups):
+            row[group] = r.pop(f"g{i}") or None
+            if group == "key":
+                row["key_name"], row["key_prefix"] = names.get(row["key"] or "", (None, None))
         row.update(_money(r))
         out_rows.append(row)
     return {
-        "by": by,
+        "by": ",".join(groups),
+        "groups": groups,
         "since": first.isoformat() if first else None,
         "until": last.isoformat() if last else None,
         "rows": out_rows,
@@ -91,13 +112,36 @@ def report(
     }
 
 
-def _source(by: str) -> tuple[str, str, list[str], list[Any]]:
-    """(rollup table, group column, filters, their arguments) for a ``by`` (ValueError if unknown)."""
-    if by.startswith(TAG_PREFIX) and by[len(TAG_PREFIX) :]:
-        return "rollups_tags", "value", ["name = ?"], [by[len(TAG_PREFIX) :]]
-    if by not in GROUPS:
-        raise ValueError(f"by must be one of {BY_HELP}, got {by[:80]!r}")
-    return ("rollups_users" if by == "user" else "rollups_daily"), GROUPS[by], [], []
+def _source(groups: list[str]) -> tuple[str, list[str], list[str], list[Any]]:
+    """(rollup table, group columns, filters, their arguments) for checked groups.
+
+    ``user`` reads ``rollups_users`` (with day, key and project); ``tag:NAME`` reads
+    ``rollups_tags`` (with day); the rest ``rollups_daily``.
+    """
+    tags = [g for g in groups if g.startswith(TAG_PREFIX)]
+    if tags:
+        if any(g not in ("day", tags[0]) for g in groups):
+            raise ValueError("a tag report groups by the tag alone or with day (by=day,tag:NAME)")
+        return (
+            "rollups_tags",
+            ["value" if g in tags else "day" for g in groups],
+            ["name = ?"],
+            [tags[0][len(TAG_PREFIX) :]],
+        )
+    if "user" in groups:
+        if any(g not in ("day", "key", "project", "user") for g in groups):
+            raise ValueError("an end-user report groups by user alone or with day, key or project")
+        return "rollups_users", [GROUPS[g] for g in groups], [], []
+    return "rollups_daily", [GROUPS[g] for g in groups], [], []
+
+
+def _order(i: int, group: str, n: int) -> str:
+    """Days in order; other groups by spend, biggest first (an outer group by its whole spend)."""
+    if group == "day":
+        return f"g{i}"
+    if i < n - 1:
+        return f"SUM(SUM(cost_uc)) OVER (PARTITION BY g{i}) DESC, g{i}"
+    return f"cost_uc DESC, g{i}"
 
 
 def _money(sums: dict[str, Any]) -> dict[str, Any]:
@@ -125,11 +169,11 @@ def csv_cell(value: Any) -> Any:
 
 def write_csv(result: dict[str, Any], out: TextIO) -> None:
     """The report as CSV: one row per group, then a TOTAL row."""
-    by = result["by"]
-    head = [by, *(["key_name", "key_prefix"] if by == "key" else []), *COUNTS, "cost_usd"]
+    groups = result["groups"]
+    head = [*groups, *(["key_name", "key_prefix"] if "key" in groups else []), *COUNTS, "cost_usd"]
     writer = csv.writer(out)
     writer.writerow(head)
     for row in result["rows"]:
         writer.writerow([csv_cell(row.get(c)) for c in head])
-    total = {by: "TOTAL", **result["total"]}
+    total = {groups[0]: "TOTAL", **result["total"]}
     writer.writerow([csv_cell(total.get(c)) for c in head])

@@ -8,6 +8,7 @@ the trace, so cost reports never scan traces and always equal the sum of them.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 import zlib
@@ -82,6 +83,41 @@ _ROLLUP_USERS = _upsert("rollups_users", ("day", "key_id", "project", "end_user"
 _ROLLUP_TAGS = _upsert("rollups_tags", ("day", "name", "value"))
 
 
+_LATENCY = """
+INSERT INTO latency_minutes (minute, bucket, count) VALUES (?, ?, 1)
+ON CONFLICT (minute, bucket) DO UPDATE SET count = count + 1
+"""
+LATENCY_BASE = 1.1  # histogram buckets grow by 10%: a percentile is known within 10%
+
+
+def latency_bucket(latency_us: int) -> int:
+    """The histogram bucket of a latency: b with 1.1^b <= µs < 1.1^(b+1) (0 for under 1.1 µs)."""
+    return max(0, int(math.log(max(latency_us, 1)) / math.log(LATENCY_BASE)))
+
+
+def latency_percentiles(
+    conn: sqlite3.Connection, since_ms: int, until_ms: int, ps: tuple[int, ...] = (50, 90, 99)
+) -> dict[str, int | None]:
+    """Nearest-rank percentiles (µs, each the upper edge of its bucket) and the request count,
+    from the per-minute histograms of ``[since_ms, until_ms)`` (whole minutes)."""
+    rows = conn.execute(
+        "SELECT bucket, SUM(count) FROM latency_minutes WHERE minute >= ? AND minute < ? GROUP BY bucket "
+        "ORDER BY bucket",
+        (since_ms // 60_000, -(-until_ms // 60_000)),
+    ).fetchall()
+    total = sum(n for _, n in rows)
+    out: dict[str, int | None] = {"requests": total}
+    for p in ps:
+        rank, seen, value = max(1, math.ceil(total * p / 100)), 0, None
+        for bucket, n in rows:
+            seen += n
+            if seen >= rank:
+                value = round(LATENCY_BASE ** (bucket + 1))
+                break
+        out[f"p{p}_us"] = value if total else None
+    return out
+
+
 def iso_utc(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
@@ -129,8 +165,12 @@ class TraceRow:
     request_truncated: bool = False
     response_truncated: bool = False
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        """The writer job: trace, bodies and rollup in the caller's transaction."""
+    def write(self, conn: sqlite3.Connection, *, v9: bool = True) -> None:
+        """The writer job: trace, bodies, their search index, rollup and latency histogram in the
+        caller's transaction.
+
+        ``v9=False`` only for a database older than schema 0009 (search, latency): upgrade tests.
+        """
         conn.execute(_INSERT, [getattr(self, c) for c in _COLUMNS])
         if self.request_body is not None or self.response_body is not None:
             conn.execute(
@@ -144,7 +184,11 @@ class TraceRow:
                     int(self.response_truncated),
                 ),
             )
+            if v9:
+                index_body(conn, self.id, self.request_body, self.response_body)
         self.add_to_rollup(conn)
+        if v9 and self.parent_id is None and self.outcome == "ok":
+            conn.execute(_LATENCY, (self.ts_ms // 60_000, latency_bucket(self.latency_us)))
 
     def add_to_rollup(self, conn: sqlite3.Connection) -> None:
         """The trace's counts added to the daily rollups: by key/project/provider/model, by end
@@ -166,6 +210,65 @@ class TraceRow:
         conn.execute(_ROLLUP_USERS, (day, key_id, project, self.end_user or "", *counts))
         if self.tags:
             conn.executemany(_ROLLUP_TAGS, [(day, k, v, *counts) for k, v in json.loads(self.tags).items()])
+
+
+def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, response: bytes | None) -> None:
+    """Add a stored body's text to the search index (in the body's own transaction).
+
+    What is indexed is exactly what is stored — already redacted and capped — so search can
+    never find text the redact module removed; a trigger takes it out when the body leaves.
+    """
+    text = "\n".join(b.decode("utf-8", "replace") for b in (request, response) if b)
+    if text:
+        conn.execute("INSERT INTO trace_search (trace_id, body) VALUES (?, ?)", (trace_id, text))
+
+
+BACKFILL_ROWS = 200
+
+
+def backfill_search(conn: sqlite3.Connection) -> bool:
+    """One step of indexing bodies stored before the search index existed (a writer idle task).
+
+    Walks ``trace_bodies`` by id up to the ``search_backfill_until`` mark the migration left,
+    in its own small transaction; the marks go when it is done. True while there is more.
+    """
+    marks = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'search_backfill_%'").fetchall())
+    until = marks.get("search_backfill_until")
+    if until is None:
+        return False
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT trace_id, request, response FROM trace_bodies WHERE trace_id > ? AND trace_id <= ? "
+            "ORDER BY trace_id LIMIT ?",
+            (marks.get("search_backfill_cursor", ""), until, BACKFILL_ROWS),
+        ).fetchall()
+        for trace_id, request, response in rows:
+            index_body(
+                conn,
+                trace_id,
+                zlib.decompress(request) if request else None,
+                zlib.decompress(response) if response else None,
+            )
+        if len(rows) < BACKFILL_ROWS:
+            conn.execute("DELETE FROM meta WHERE key LIKE 'search_backfill_%'")
+        else:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('search_backfill_cursor', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (rows[-1][0],),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(rows) == BACKFILL_ROWS
+
+
+def search_query(text: str) -> str:
+    """User words as an FTS5 query: every word must appear; quotes make operators plain words."""
+    words = text.split()
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def _pack(data: bytes | None) -> bytes | None:
@@ -276,40 +379,57 @@ def list_traces(
     outcome: str | None = None,
     user: str | None = None,
     tag: tuple[str, str] | None = None,
+    search: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``cursor`` is the id of the last trace of the previous page; ``tag`` is (name, value)."""
+    """Newest first; ``cursor`` is the id of the last trace of the previous page; ``tag`` is (name, value).
+
+    ``search`` keeps traces whose stored request or response body has every word of it.
+    """
     where: list[str] = []
     args: list[Any] = []
     if tag is not None:
-        where.append("EXISTS (SELECT 1 FROM json_each(traces.tags) AS t WHERE t.key = ? AND t.value = ?)")
+        where.append("EXISTS (SELECT 1 FROM json_each(t.tags) AS j WHERE j.key = ? AND j.value = ?)")
         args.extend(tag)
     for clause, value in (
-        ("id < ?", cursor),
-        ("ts_ms >= ?", since_ms),
-        ("ts_ms < ?", until_ms),
-        ("(model = ? OR served_model = ?)", model),
-        ("provider = ?", provider),
-        ("status = ?", status),
-        ("key_id = ?", key),
-        ("outcome = ?", outcome),
-        ("end_user = ?", user),
+        ("t.id < ?", cursor),
+        ("t.ts_ms >= ?", since_ms),
+        ("t.ts_ms < ?", until_ms),
+        ("(t.model = ? OR t.served_model = ?)", model),
+        ("t.provider = ?", provider),
+        ("t.status = ?", status),
+        ("t.key_id = ?", key),
+        ("t.outcome = ?", outcome),
+        ("t.end_user = ?", user),
+        ("t.id IN (SELECT trace_id FROM trace_search WHERE trace_search MATCH ?)", search_query(search or "") or None),
     ):
         if value is not None:
             where.append(clause)
             args.extend([value] * clause.count("?"))
-    sql = "SELECT * FROM traces"
+    sql = f"SELECT t.*, {_KEY_NAME} AS key_name_now FROM traces t"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY id DESC LIMIT ?"
+    sql += " ORDER BY t.id DESC LIMIT ?"
     args.append(limit)
-    return [dict(r) for r in conn.execute(sql, args)]
+    return [_with_key_name(r) for r in conn.execute(sql, args)]
+
+
+# The key's name as it is now: for traces written before they recorded the name (schema 0008).
+_KEY_NAME = "(SELECT name FROM client_keys WHERE client_keys.id = t.key_id)"
+
+
+def _with_key_name(row: Any) -> dict[str, Any]:
+    """A trace row with ``key_name``: the name the key had at the request, else its name now."""
+    out = dict(row)
+    now = out.pop("key_name_now", None)
+    out["key_name"] = out.get("key_name") or now
+    return out
 
 
 def get_trace(conn: sqlite3.Connection, trace_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT * FROM traces WHERE id = ?", (trace_id,)).fetchone()
+    row = conn.execute(f"SELECT t.*, {_KEY_NAME} AS key_name_now FROM traces t WHERE t.id = ?", (trace_id,)).fetchone()
     if row is None:
         return None
-    trace = dict(row)
+    trace = _with_key_name(row)
     body = conn.execute("SELECT * FROM trace_bodies WHERE trace_id = ?", (trace_id,)).fetchone()
     trace["request_body"] = _unpack(body["request"]) if body else None
     trace["response_body"] = _unpack(body["response"]) if body else None

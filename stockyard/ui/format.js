@@ -61,16 +61,6 @@ export function dayRange(first, last) {
   return out;
 }
 
-/** Nearest-rank percentiles of numbers: {50: …, 90: …, 99: …}. */
-export function percentiles(values, ps = [50, 90, 99]) {
-  const sorted = values.filter((v) => v !== null && v !== undefined).sort((a, b) => a - b);
-  const out = {};
-  for (const p of ps) {
-    out[p] = sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] : null;
-  }
-  return out;
-}
-
 /** A streamed (SSE) answer reassembled into its text, from OpenAI, Anthropic or Gemini events. */
 export function reassembleSse(body) {
   let text = "";
@@ -146,8 +136,8 @@ export function csvCell(v) {
 }
 
 export function costsCsv(report) {
-  const by = report.by;
-  const head = [by, ...(by === "key" ? ["key_name", "key_prefix"] : []), ...COUNTS, "cost_usd"];
+  const groups = report.groups || [report.by];
+  const head = [...groups, ...(groups.includes("key") ? ["key_name", "key_prefix"] : []), ...COUNTS, "cost_usd"];
   const line = (row) => head.map((c) => csvCell(c === "cost_usd" ? formatUsd(row.cost_uc, 2) : row[c])).join(",") + "\r\n";
-  return [head.join(",") + "\r\n", ...report.rows.map(line), line({ [by]: "TOTAL", ...report.total })].join("");
+  return [head.join(",") + "\r\n", ...report.rows.map(line), line({ [groups[0]]: "TOTAL", ...report.total })].join("");
 }

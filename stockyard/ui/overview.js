@@ -3,7 +3,7 @@
 import { get } from "./api.js";
 import { barChart, hbarChart } from "./charts.js";
 import { h, mount, table } from "./dom.js";
-import { dayRange, formatInt, formatLatency, formatUsd, monthStart, percentiles, utcDay } from "./format.js";
+import { dayRange, formatInt, formatLatency, formatUsd, monthStart, utcDay } from "./format.js";
 
 const DAYS = 30;
 
@@ -23,12 +23,12 @@ function budgetRow(name, item) {
 
 export async function overview(view) {
   const since = utcDay(DAYS - 1), today = utcDay(0);
-  const [days, month, byModel, byKey, recent, keyList, projectList] = await Promise.all([
+  const [days, month, byModel, byKey, lat, keyList, projectList] = await Promise.all([
     get("/api/costs", { by: "day", since, until: today }),
     get("/api/costs", { by: "day", since: monthStart(), until: today }),
     get("/api/costs", { by: "model", since, until: today }),
     get("/api/costs", { by: "key", since, until: today }),
-    get("/api/traces", { limit: 500 }),
+    get("/api/latency"),
     get("/api/keys", { live: "true" }),
     get("/api/projects"),
   ]);
@@ -36,14 +36,13 @@ export async function overview(view) {
   const perDay = Object.fromEntries(days.rows.map((r) => [r.day, r]));
   const pick = (field) => labels.map((d) => (perDay[d] ? perDay[d][field] : 0));
   const todayRow = perDay[today];
-  const lat = percentiles(recent.data.map((t) => t.latency_us));
   const budgets = [
     ...projectList.projects.filter((p) => p.budget_uc).map((p) => budgetRow(`project ${p.project}`, p)),
     ...keyList.keys.filter((k) => k.budget_uc).map((k) => budgetRow(`key ${k.name}`, k)),
   ];
   mount(view,
     h("h1", {}, "Overview"),
-    days.total.requests === 0 && !recent.data.length ? emptyState() : null,
+    days.total.requests === 0 ? emptyState() : null,
     h("div", { class: "grid" },
       h("div", { class: "card" }, h("div", { class: "muted" }, "Spend today (UTC)"),
         h("div", { class: "stat" }, formatUsd(todayRow ? todayRow.cost_uc : 0)),
@@ -51,9 +50,9 @@ export async function overview(view) {
       h("div", { class: "card" }, h("div", { class: "muted" }, "Spend this month"),
         h("div", { class: "stat" }, formatUsd(month.total.cost_uc)),
         h("small", {}, `${formatInt(month.total.requests)} requests since ${monthStart()}`)),
-      h("div", { class: "card" }, h("div", { class: "muted" }, `Latency, last ${recent.data.length} requests`),
-        h("div", { class: "stat" }, `p50 ${formatLatency(lat[50])}`),
-        h("small", {}, `p90 ${formatLatency(lat[90])} · p99 ${formatLatency(lat[99])}`))),
+      h("div", { class: "card" }, h("div", { class: "muted" }, `Latency, last 24 hours (${formatInt(lat.requests)} answered)`),
+        h("div", { class: "stat" }, `p50 ${formatLatency(lat.p50_us)}`),
+        h("small", {}, `p90 ${formatLatency(lat.p90_us)} · p99 ${formatLatency(lat.p99_us)}`))),
     h("h2", {}, `Requests and errors per day, last ${DAYS} days`),
     barChart({ labels, format: formatInt, series: [
       { name: "ok", values: labels.map((_, i) => pick("requests")[i] - pick("errors")[i]) },

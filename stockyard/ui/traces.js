@@ -5,7 +5,7 @@ import { copyButton, field, h, mount, table } from "./dom.js";
 import { formatInt, formatLatency, formatTime, formatUsd, isSse, prettyBody, reassembleSse, responsesText } from "./format.js";
 import { emptyState } from "./overview.js";
 
-const FILTERS = ["since", "until", "model", "provider", "status", "key", "outcome"];
+const FILTERS = ["q", "since", "until", "model", "provider", "status", "key", "outcome"];
 const OUTCOMES = ["", "ok", "upstream_error", "error", "rejected", "client_disconnected", "stream_broken"];
 const TAIL_MS = 2000;
 
@@ -16,7 +16,7 @@ function cost(t) {
 
 const COLUMNS = [
   { label: "time (UTC)", value: (t) => h("a", { href: `#/traces/${t.id}` }, formatTime(t.ts)) },
-  { label: "key", value: (t) => t.key_id || "—" },
+  { label: "key", value: (t) => t.key_name || t.key_id || "—" },
   { label: "provider", value: (t) => t.provider || "—" },
   { label: "model", value: (t) => t.served_model && t.served_model !== t.model ? `${t.model} → ${t.served_model}` : (t.model || "—") },
   { label: "status", value: (t) => h("span", { class: t.status >= 400 ? "badge bad" : "badge" }, String(t.status), t.outcome !== "ok" ? ` ${t.outcome}` : "") },
@@ -30,8 +30,8 @@ export async function traces(view) {
   for (const name of FILTERS) {
     inputs[name] = name === "outcome"
       ? h("select", { name }, OUTCOMES.map((o) => h("option", { value: o }, o || "any")))
-      : h("input", { name, size: name === "status" ? 4 : 14,
-        placeholder: name === "since" || name === "until" ? "2024-05-01" : "" });
+      : h("input", { name, size: name === "status" ? 4 : name === "q" ? 24 : 14, type: name === "q" ? "search" : "text",
+        placeholder: name === "since" || name === "until" ? "2024-05-01" : name === "q" ? "words in prompt or answer" : "" });
   }
   const tail = h("input", { type: "checkbox" });
   const results = h("div", {});
@@ -81,7 +81,7 @@ export async function traces(view) {
     e.preventDefault();
     filters = Object.fromEntries(FILTERS.map((n) => [n, inputs[n].value.trim()]).filter(([, v]) => v));
     load(false);
-  } }, FILTERS.map((n) => field(n, inputs[n])), h("button", { type: "submit" }, "Filter"),
+  } }, FILTERS.map((n) => field(n === "q" ? "search" : n, inputs[n])), h("button", { type: "submit" }, "Filter"),
   h("label", { class: "field" }, h("span", {}, "live tail"), tail));
   mount(view, h("h1", {}, "Traces"), form, message, results, h("p", {}, more));
   await load(false);
@@ -112,7 +112,7 @@ export async function traceDetail(view, id) {
     h("h1", {}, "Trace ", h("code", { id: "trace-id" }, t.id), " ", copyButton(t.id, "Copy id")),
     h("div", { class: "grid" },
       h("div", { class: "card" }, kv([
-        ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_id], ["project", t.project],
+        ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_name ? `${t.key_name} (${t.key_id})` : t.key_id], ["project", t.project],
         ["provider", t.provider], ["model", t.model], ["served model", t.served_model], ["stream", t.stream ? "yes" : "no"],
         ["status", `${t.status} ${t.outcome}`], ["error", t.error_message ? `${t.error_type}: ${t.error_message}` : null],
         ["upstream request id", t.upstream_request_id]])),

@@ -32,7 +32,7 @@ globalThis.document = {
 const { h, table } = await import("../../stockyard/ui/dom.js");
 const fmt = await import("../../stockyard/ui/format.js");
 const charts = await import("../../stockyard/ui/charts.js");
-const { buckets } = await import("../../stockyard/ui/costs.js");
+const { buckets, bucketSeries } = await import("../../stockyard/ui/costs.js");
 
 test("money: integer micro-cents to dollars, exact at any size", () => {
   assert.equal(fmt.formatUsd(0), "$0.00");
@@ -68,9 +68,7 @@ test("SSE answers are reassembled", () => {
   assert.equal(fmt.prettyBody("not json"), "not json");
 });
 
-test("percentiles and day ranges", () => {
-  assert.deepEqual(fmt.percentiles([5, 1, 3, 2, 4]), { 50: 3, 90: 5, 99: 5 });
-  assert.deepEqual(fmt.percentiles([]), { 50: null, 90: null, 99: null });
+test("day ranges", () => {
   assert.equal(fmt.dayRange("2024-02-27", "2024-03-01").length, 4);
   assert.equal(fmt.dayRange("2024-01-01", "2024-12-30").length, 365);
 });
@@ -107,6 +105,19 @@ test("cost buckets: days up to a month, then weeks, then months", () => {
   const months = buckets("2024-01-01", "2024-12-30");
   assert.equal(months.length, 12);
   assert.deepEqual(months[1], { label: "2024-02", since: "2024-02-01", until: "2024-02-29" });
+});
+
+test("chart series come from one by=day,<group> report summed into the buckets", () => {
+  const spans = buckets("2024-01-01", "2024-03-30");  // weeks
+  const rows = [
+    { day: "2024-01-01", model: "a", cost_uc: 5 }, { day: "2024-01-07", model: "a", cost_uc: 7 },
+    { day: "2024-01-08", model: "b", cost_uc: 11 }, { day: "2024-03-30", model: null, cost_uc: 2 },
+  ];
+  const series = bucketSeries(["a", "b", "(none)"], spans, rows, "model");
+  assert.deepEqual(series[0].values.slice(0, 2), [12, 0]);
+  assert.deepEqual(series[1].values.slice(0, 2), [0, 11]);
+  assert.equal(series[2].values[spans.length - 1], 2);
+  assert.equal(series.flatMap((s) => s.values).reduce((a, b) => a + b), 25);
 });
 
 test("CSV cells that a spreadsheet would run as a formula start with a quote", () => {

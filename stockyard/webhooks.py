@@ -1,0 +1,327 @@
+"""Webhooks: telling other systems when a budget runs low, a key expires, a breaker opens, errors rise.
+
+Events come from where they happen (the budget ledger, the fallback breaker) through
+:meth:`Dispatcher.emit`, which only puts them on a bounded queue: a request never waits for a
+receiver. Key expiry and the error rate are checked by the dispatcher thread itself, from the
+database, every few seconds. One thread delivers: a POST per (webhook, event), retried with
+backoff after a failure (no answer, or a status other than 2xx), every attempt written to
+``webhook_deliveries``. A receiver sees an event at least once (dedupe on its ``id``): nothing
+is sent again after a 2xx.
+
+JSON deliveries are signed: ``X-Stockyard-Signature: t=<unix seconds>,v1=<hex>``, where the hex
+is HMAC-SHA256 with the webhook's secret over ``"<t>.<body>"``. A receiver recomputes it and
+refuses a ``t`` older than :data:`REPLAY_WINDOW_S`; every retry is signed afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import http.client
+import itertools
+import json
+import logging
+import os
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
+
+from . import __version__
+from .times import now_iso
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("stockyard.webhooks")
+
+EVENTS = ("budget.warning", "budget.exhausted", "key.expiring", "breaker.opened", "breaker.closed", "error_rate.high")
+TEST_EVENT = "webhook.test"
+FORMATS = ("json", "slack")
+SIGNATURE_HEADER = "X-Stockyard-Signature"
+REPLAY_WINDOW_S = 300  # receivers refuse signatures older than this (README)
+BACKOFF_S = (1.0, 5.0, 30.0, 120.0, 600.0)  # waits before retries 1..5: six attempts in all
+TIMEOUT_S = 10.0
+QUEUE_MAX = 1000  # events waiting for the thread; more are dropped and counted
+CHECK_EVERY_S = 5.0  # key expiry and error rate
+ERROR_OUTCOMES = ("upstream_error", "error", "stream_broken")  # what counts toward the error rate
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One webhook as the dispatcher uses it (secret decrypted)."""
+
+    id: str
+    url: str
+    events: frozenset[str]
+    format: str
+    secret: str = field(repr=False)
+    expiry_days: int = 7
+    error_rate_percent: int = 20
+    error_window_min: int = 5
+    error_min_requests: int = 20
+
+
+def sign(secret: str, body: bytes, t: int) -> str:
+    """The signature header value for ``body`` sent at unix time ``t``."""
+    mac = hmac.new(secret.encode(), str(t).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(secret: str, body: bytes, header: str, now: float | None = None, window: int = REPLAY_WINDOW_S) -> bool:
+    """What a receiver does (the README shows the same): recompute, compare in constant time, check the age."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        t = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((time.time() if now is None else now) - t) > window:
+        return False
+    return hmac.compare_digest(sign(secret, body, t), f"t={t},v1={parts.get('v1', '')}")
+
+
+def new_event(kind: str, data: dict[str, Any], summary: str, event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": event_id or "evt_" + os.urandom(12).hex(),
+        "type": kind,
+        "created_at": now_iso(),
+        "summary": summary,
+        "data": data,
+    }
+
+
+def stable_id(*parts: Any) -> str:
+    """An event id made from what the event is about, so a check repeated later is the same event."""
+    return "evt_" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def payload(hook: Hook, event: dict[str, Any]) -> bytes:
+    """The body sent: the event itself, or Slack's ``{"text": …}``."""
+    if hook.format == "slack":
+        return json.dumps({"text": f"Stockyard: {event['summary']}"}, ensure_ascii=False).encode()
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(order=True)
+class _Delivery:
+    due: float
+    seq: int
+    hook: Hook = field(compare=False)
+    event: dict[str, Any] = field(compare=False)
+    attempt: int = field(default=1, compare=False)
+
+
+Post = Callable[[Hook, bytes, dict[str, str]], tuple[int | None, str | None]]
+
+
+def post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+    """One POST, no redirects followed: (status, None) or (None, why it failed)."""
+    parts = urlsplit(hook.url)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=TIMEOUT_S, context=ssl.create_default_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=TIMEOUT_S)
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", target, body, headers)
+        resp = conn.getresponse()
+        resp.read(65536)
+        return resp.status, None
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a host IDNA refuses
+        return None, f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        conn.close()
+
+
+def send_signed(
+    hook: Hook, event: dict[str, Any], send: Post = post, clock: Callable[[], float] = time.time
+) -> tuple[int | None, str | None, int]:
+    """One signed attempt: (status, error or None when 2xx, milliseconds)."""
+    body = payload(hook, event)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"Stockyard-Webhooks/{__version__}",
+        "X-Stockyard-Event": event["type"],
+        "X-Stockyard-Delivery": event["id"],
+        SIGNATURE_HEADER: sign(hook.secret, body, int(clock())),
+    }
+    started = time.monotonic()
+    status, error = send(hook, body, headers)
+    if error is None and not (status is not None and 200 <= status < 300):
+        error = f"HTTP {status}"
+    return status, error, int((time.monotonic() - started) * 1000)
+
+
+def log_delivery(conn, row: tuple) -> None:
+    """One row of the delivery log: (webhook, event id, event, attempt, ts, status, error, ms, outcome)."""
+    conn.execute(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event, attempt, ts, status, error, "
+        "duration_ms, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        row,
+    )
+
+
+class Dispatcher:
+    """The delivery thread, its queue and its retry schedule, and the periodic checks."""
+
+    def __init__(self, store: "Store", *, send: Post = post, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._send = send
+        self._clock = clock
+        self._hooks: tuple[Hook, ...] = ()
+        self._queue: queue.Queue[tuple[dict[str, Any], str | None]] = queue.Queue(QUEUE_MAX)
+        self._waiting: list[_Delivery] = []  # retries, by due time
+        self._seq = itertools.count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stockyard-webhooks", daemon=True)
+        self._sent_checks: set[tuple[str, str]] = set()  # (hook id, event id) of checked events sent
+        self._error_high: dict[str, bool] = {}
+        self.dropped = 0
+        self.delivered = 0
+        self.failed = 0
+
+    def use(self, hooks: list[Hook]) -> None:
+        """The webhooks to deliver to from now on (swapped whole by ``App.reload``)."""
+        self._hooks = tuple(hooks)
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        return self._hooks
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def emit(self, kind: str, data: dict[str, Any], summary: str, *, only: str | None = None) -> str | None:
+        """Queue an event for every webhook subscribed to ``kind`` (or the one webhook ``only``);
+        never blocks. Returns the event id, or None when dropped (queue full)."""
+        if only is None and not any(kind in h.events for h in self._hooks):
+            return None
+        event = new_event(kind, data, summary)
+        try:
+            self._queue.put_nowait((event, only))
+        except queue.Full:
+            self.dropped += 1
+            log.warning("webhooks: queue full, event %s dropped", kind)
+            return None
+        return event["id"]
+
+    # -- the thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_check = 0.0
+        while not self._stop.is_set():
+            try:
+                next_check = self._step(next_check)
+            except Exception as exc:  # the thread must outlive any one delivery
+                log.error("webhooks: %s: %s", type(exc).__name__, exc)
+
+    def _step(self, next_check: float) -> float:
+        """Checks when due, retries when due, then new events (waiting at most a second)."""
+        now = time.monotonic()
+        if now >= next_check:
+            next_check = now + CHECK_EVERY_S
+            try:
+                self._check()
+            except Exception as exc:  # a failed check must not stop deliveries
+                log.error("webhooks: check failed: %s", exc)
+        while self._waiting and self._waiting[0].due <= time.monotonic():
+            self._attempt(heapq.heappop(self._waiting))
+        wait = min([next_check] + [d.due for d in self._waiting[:1]]) - time.monotonic()
+        try:
+            event, only = self._queue.get(timeout=max(0.01, min(wait, 1.0)))
+        except queue.Empty:
+            return next_check
+        for hook in self._hooks:
+            if hook.id == only or (only is None and event["type"] in hook.events):
+                self._attempt(_Delivery(0.0, next(self._seq), hook, event))
+        return next_check
+
+    def _attempt(self, d: _Delivery) -> None:
+        status, error, ms = send_signed(d.hook, d.event, self._send, self._clock)
+        if status is not None and 200 <= status < 300:
+            outcome = "delivered"
+            self.delivered += 1
+        elif d.attempt <= len(BACKOFF_S):
+            outcome = "retrying"
+            heapq.heappush(
+                self._waiting,
+                _Delivery(time.monotonic() + BACKOFF_S[d.attempt - 1], next(self._seq), d.hook, d.event, d.attempt + 1),
+            )
+        else:
+            outcome = "failed"
+            self.failed += 1
+            log.warning("webhooks: %s to %s failed after %d attempts", d.event["type"], d.hook.id, d.attempt)
+        row = (d.hook.id, d.event["id"], d.event["type"], d.attempt, now_iso(), status, error, ms, outcome)
+        self._store.submit(lambda conn: log_delivery(conn, row))
+
+    # -- checks from the database -------------------------------------------------------------
+    def _check(self) -> None:
+        hooks = self._hooks
+        if not any(h.events & {"key.expiring", "error_rate.high"} for h in hooks):
+            return
+        conn = self._store.read()
+        now_ms = int(self._clock() * 1000)
+        for hook in hooks:
+            if "key.expiring" in hook.events:
+                self._check_expiry(conn, hook, now_ms)
+            if "error_rate.high" in hook.events:
+                self._check_errors(conn, hook, now_ms)
+
+    def _check_expiry(self, conn, hook: Hook, now_ms: int) -> None:
+        now, until = time.gmtime(now_ms / 1000), time.gmtime(now_ms / 1000 + hook.expiry_days * 86_400)
+        fmt = "%Y-%m-%dT%H:%M:%S"
+        rows = conn.execute(
+            "SELECT id, name, project, expires_at FROM client_keys WHERE revoked_at IS NULL "
+            "AND expires_at IS NOT NULL AND expires_at > ? AND expires_at <= ?",
+            (time.strftime(fmt, now), time.strftime(fmt, until) + "Z"),
+        ).fetchall()
+        for r in rows:
+            event_id = stable_id("key.expiring", r["id"], r["expires_at"])
+            if (hook.id, event_id) in self._sent_checks:
+                continue
+            self._sent_checks.add((hook.id, event_id))
+            if conn.execute(
+                "SELECT 1 FROM webhook_deliveries WHERE webhook_id = ? AND event_id = ?", (hook.id, event_id)
+            ).fetchone():
+                continue  # sent before a restart
+            data = {"key_id": r["id"], "key_name": r["name"], "project": r["project"], "expires_at": r["expires_at"]}
+            summary = f"key '{r['name']}' expires at {r['expires_at']} (within {hook.expiry_days} days)"
+            event = new_event("key.expiring", data, summary, event_id)
+            self._attempt(_Delivery(0.0, next(self._seq), hook, event))
+
+    def _check_errors(self, conn, hook: Hook, now_ms: int) -> None:
+        """One event when the error rate rises to the threshold; again only after it fell below."""
+        since = now_ms - hook.error_window_min * 60_000
+        marks = ", ".join("?" * len(ERROR_OUTCOMES))
+        total, errors = conn.execute(
+            f"SELECT count(*), coalesce(sum(outcome IN ({marks})), 0) FROM traces "
+            "WHERE ts_ms >= ? AND parent_id IS NULL AND outcome NOT IN ('rejected', 'client_disconnected')",
+            (*ERROR_OUTCOMES, since),
+        ).fetchone()
+        high = total >= hook.error_min_requests and errors * 100 >= hook.error_rate_percent * total
+        was = self._error_high.get(hook.id, False)
+        self._error_high[hook.id] = high
+        if high and not was:
+            percent = round(errors * 100 / total, 1)
+            data = {
+                "errors": errors,
+                "requests": total,
+                "error_rate_percent": percent,
+                "threshold_percent": hook.error_rate_percent,
+                "window_minutes": hook.error_window_min,
+            }
+            summary = (
+                f"error rate {percent}% ({errors} of {total} requests) in the last {hook.error_window_min} "
+                f"minutes, at or over {hook.error_rate_percent}%"
+            )
+            self._attempt(_Delivery(0.0, next(self._seq), hook, new_event("error_rate.high", data, summary)))
