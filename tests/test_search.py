@@ -90,7 +90,7 @@ def test_retention_takes_text_out_of_the_index(tmp_path, what):
 def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, monkeypatch):
     monkeypatch.setattr(trace_store, "BACKFILL_ROWS", 3)  # several steps
     conn = db.connect(tmp_path / "old.db")
-    db.migrate(conn, upto=5)
+    db.migrate(conn, upto=8)  # before 0009: the search index
     now_ms = int(time.time() * 1000)
     old = [sample_trace(now_ms - i, body=f'{{"messages": "platypus {i}"}}'.encode()) for i in range(7)]
     conn.execute("BEGIN")

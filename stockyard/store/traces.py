@@ -85,7 +85,7 @@ _ROLLUP_TAGS = _upsert("rollups_tags", ("day", "name", "value"))
 
 _LATENCY = """
 INSERT INTO latency_minutes (minute, bucket, count) VALUES (?, ?, 1)
-ON CONFLICT (minute, bucket) DO UPDATE SET count = count + 1
+ON CONFLICT (minute, bucket) DO UPDATE SET count = latency_minutes.count + 1
 """
 LATENCY_BASE = 1.1  # histogram buckets grow by 10%: a percentile is known within 10%
 
