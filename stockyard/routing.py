@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .context import RequestContext, Route
+from .deployments import Models
+from .estimate import request_tokens
 from .providers import Registry
 
 
@@ -19,12 +21,24 @@ class RouteStep:
 
     name = "route"
 
-    def __init__(self, registry: Callable[[], Registry]) -> None:
+    def __init__(self, registry: Callable[[], Registry], models: Callable[[], Models] | None = None) -> None:
         self._registry = registry
+        self._models = models
 
     def before(self, ctx: RequestContext) -> None:
-        provider, model = self._registry().resolve(ctx.routed_model or ctx.model or "")
+        name = ctx.routed_model or ctx.model or ""
+        models = self._models() if self._models is not None else None
+        route = models.get(name) if models is not None else None
+        if models is not None and route is not None and (route.deployments or route.problems):
+            ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))
+            first = ctx.plan.first
+            assert first is not None
+            ctx.route = Route(first.provider, first.upstream_model)
+            return
+        provider, model = self._registry().resolve(name)
         ctx.route = Route(provider, model)
+        if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
+            ctx.plan = models.plan(route, 0)
 
     def after(self, ctx: RequestContext) -> None:
         pass
