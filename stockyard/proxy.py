@@ -365,8 +365,16 @@ def attempt_once(
                 status=a.status,
                 retry_after=failure.retry_after if failure is not None else None,
                 ttfb_s=a.ttfb - started if failure is None and a.ttfb is not None else None,
-                tokens=a.usage.prompt_tokens + a.usage.completion_tokens if a.usage is not None else None,
+                tokens=spent_tokens(a, failure),
             )
+
+
+def spent_tokens(attempt: Attempt, failure: Failure | None) -> int | None:
+    """Tokens an attempt used, for its deployment's tpm: as reported; none for a failure that
+    reported none (a 429 uses no quota); None keeps the estimate (a stream without usage)."""
+    if attempt.usage is not None:
+        return attempt.usage.prompt_tokens + attempt.usage.completion_tokens
+    return 0 if failure is not None else None
 
 
 def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | None:

@@ -7,10 +7,11 @@ import { traces, traceDetail } from "./traces.js";
 import { costs } from "./costs.js";
 import { keys } from "./keys.js";
 import { providers } from "./providers.js";
+import { models } from "./models.js";
 import { modules } from "./modules.js";
 import { audit } from "./audit.js";
 
-const PAGES = { overview, traces, costs, keys, providers, modules, audit };
+const PAGES = { overview, traces, costs, keys, providers, models, modules, audit };
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 let stopPage = null; // a page may return a function that stops its timers
