@@ -82,7 +82,7 @@ class RetryPolicy(Protocol):
         ...
 
     def allow(self, provider: str) -> bool:
-        """False while the provider's circuit breaker is open."""
+        """False while the circuit breaker of ``provider`` (a ``provider/model`` key) is open."""
         ...
 
     def report(self, provider: str, ok: bool) -> None:
