@@ -105,6 +105,8 @@ class Health:
 
     def _why_not(self, d: Deployment, s: _State, now: float, tokens: int) -> str | None:
         """Why ``d`` cannot take a request now (None: it can)."""
+        if d.provider.key_error:
+            return "key cannot be decrypted"
         if s.cooldown_until > now:
             return "cooling"
         if s.opened_at is not None and (now - s.opened_at < BREAKER_COOLDOWN_S or s.probing):
@@ -251,7 +253,7 @@ class Health:
             return {
                 "in_flight": s.in_flight,
                 "ttfb_ms": None if s.ewma_ttfb is None else round(s.ewma_ttfb * 1000, 1),
-                "cooling_down_s": round(max(0.0, s.cooldown_until - now), 2),
+                "cooling_down_s": math.ceil(max(0.0, s.cooldown_until - now) * 100) / 100,  # 0: over
                 "cooldown_until": time.time() + (s.cooldown_until - now) if s.cooldown_until > now else None,
                 "breaker": breaker,
                 "failures": s.failures,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .context import RequestContext, Route
-from .deployments import Models
+from .deployments import ModelRoute, Models
+from .errors import ProxyError
 from .estimate import request_tokens
 from .providers import Registry
 
@@ -30,15 +31,37 @@ class RouteStep:
         models = self._models() if self._models is not None else None
         route = models.get(name) if models is not None else None
         if models is not None and route is not None and (route.deployments or route.problems):
-            ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))
-            first = ctx.plan.first
-            assert first is not None
-            ctx.route = Route(first.provider, first.upstream_model)
+            self._deployed(ctx, models, route)
             return
         provider, model = self._registry().resolve(name)
         ctx.route = Route(provider, model)
         if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
             ctx.plan = models.plan(route, 0)
+
+    def _deployed(self, ctx: RequestContext, models: Models, route: ModelRoute) -> None:
+        """The deployment the strategy picks; when none is usable, the model's first usable fallback."""
+        tokens = request_tokens(ctx, ctx.default_output_cap)
+        try:
+            ctx.plan = models.plan(route, tokens)
+        except ProxyError:
+            for name in route.fallbacks:
+                other = models.get(name)
+                try:
+                    if other is not None and other.deployments:
+                        ctx.plan = models.plan(other, tokens)
+                    else:
+                        ctx.route = Route(*self._registry().resolve(name))
+                except ProxyError:
+                    continue
+                ctx.reply_headers["x-stockyard-routed-model"] = name
+                break
+            else:
+                raise
+            if ctx.plan is None:
+                return
+        first = ctx.plan.first
+        assert first is not None
+        ctx.route = Route(first.provider, first.upstream_model)
 
     def after(self, ctx: RequestContext) -> None:
         pass

@@ -106,8 +106,9 @@ def test_least_busy_avoids_the_deployment_with_a_request_in_flight(server, mock,
     deploy(server, "chat", name="slow", provider="mistral", model="mistral-small")
     deploy(server, "chat", name="fast", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
     assert api(server, "PATCH", "/api/models/chat", {"strategy": "least-busy"})[0] == 200
+    slow.enqueue(Reply(hang_s=2))  # busy for as long as the three requests below may take on a loaded machine
     first = threading.Thread(target=chat, args=(server, "chat"))
-    first.start()  # ties go to the first listed: the slow one, which then stays busy for 300 ms
+    first.start()  # ties go to the first listed: the slow one, which then stays busy
     wait_for(lambda: health(server, "chat")["slow"]["in_flight"] == 1, what="the slow deployment busy")
     for _ in range(3):
         assert chat(server, "chat")[0] == 200
@@ -334,3 +335,19 @@ def test_health_cooldown_lasts_exactly_the_retry_after_and_the_breaker_probes_on
         health.choose(route, 1, exclude=frozenset({"m/b"}))
     health.finish(a, probe, ok=True, failed=False)
     assert health.snapshot(a)["breaker"] == "closed" and health.choose(route, 1, exclude=frozenset({"m/b"})) == a
+
+
+def test_models_list_names_deployed_models(server):
+    deploy(server, "chat", provider="openai", model="gpt-4o-mini")
+    status, _, body = server.request("GET", "/v1/models")
+    ids = [m["id"] for m in json.loads(body)["data"]]
+    assert status == 200 and ids[0] == "chat" and "gpt-4o-mini" in ids
+
+
+def test_every_deployment_unavailable_goes_to_the_models_fallback(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", rpm=1, api_key=KEYS["a"])
+    assert api(server, "PATCH", "/api/models/chat", {"fallbacks": ["openai/gpt-4o"]})[0] == 200
+    assert chat(server, "chat")[0] == 200
+    status, headers, _ = chat(server, "chat")  # a is at its rpm: the fallback serves it
+    assert status == 200 and headers["x-stockyard-routed-model"] == "openai/gpt-4o"
+    assert [r.json["model"] for r in mock.requests] == ["gpt-4o-mini", "gpt-4o"]
