@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import threading
 from collections import Counter
 
@@ -21,7 +22,8 @@ from module_helpers import ADMIN_KEY, api, disable_all, put_module
 
 from stockyard.deployments import BREAKER_COOLDOWN_S, Deployment, Health, ModelRoute
 from stockyard.errors import ProxyError
-from stockyard.providers import Provider
+from stockyard.operations import models as model_ops
+from stockyard.providers import Provider, Registry, from_env
 from stockyard.proxy import CONTEXT_OVERFLOW
 
 SECRET = "enc-" + secrets.token_hex(16)
@@ -58,6 +60,7 @@ def server(pyz_path, cache_home, mock, slow, tmp_path_factory):
 def fresh(server, mock, slow):
     """Every test starts with no models, no modules on, and empty mocks."""
     mock.clear_replies()
+    slow.clear_replies()
     _, listing = api(server, "GET", "/api/models")
     for m in listing["data"]:
         api(server, "DELETE", f"/api/models/{m['name']}")
@@ -351,3 +354,26 @@ def test_every_deployment_unavailable_goes_to_the_models_fallback(server, mock):
     status, headers, _ = chat(server, "chat")  # a is at its rpm: the fallback serves it
     assert status == 200 and headers["x-stockyard-routed-model"] == "openai/gpt-4o"
     assert [r.json["model"] for r in mock.requests] == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_rotate_secret_re_encrypts_deployment_keys(pyz_path, cache_home, tmp_path):
+    db = tmp_path / "s.db"
+    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET, "OPENAI_API_KEY": OPENAI_KEY}
+    run = ServerProcess(pyz_path, db, env).cli  # the CLI against this database, no server needed
+    deployed = run(
+        "models", "deploy", "chat", "--provider", "openai", "--upstream-model", "m", "--key-stdin", input=KEYS["a"]
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    new_secret = "enc-" + secrets.token_hex(16)
+    rotated = run("providers", "rotate-secret", input=new_secret)
+    assert rotated.returncode == 0 and "re-encrypted 1 provider key" in rotated.stdout, rotated.stderr
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        registry = Registry(from_env(env))
+        [route] = model_ops.load(conn, new_secret, registry)
+        assert route.deployments[0].provider.api_key == KEYS["a"]
+        [old] = model_ops.load(conn, SECRET, registry)
+        assert old.deployments[0].provider.key_error and old.deployments[0].provider.api_key is None
+    finally:
+        conn.close()
