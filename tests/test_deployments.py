@@ -367,6 +367,8 @@ def test_rotate_secret_re_encrypts_deployment_keys(pyz_path, cache_home, tmp_pat
     new_secret = "enc-" + secrets.token_hex(16)
     rotated = run("providers", "rotate-secret", input=new_secret)
     assert rotated.returncode == 0 and "re-encrypted 1 provider key" in rotated.stdout, rotated.stderr
+    doctor = run("doctor", env={"STOCKYARD_ENCRYPTION_KEY": new_secret}).stdout
+    assert "decrypts all 1 stored provider key(s)" in doctor, "doctor checks the deployment's key (no provider has one)"
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     try:
