@@ -54,6 +54,7 @@ PASS_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-goog-request-id")
 NEEDS_MODEL = ("chat", "completions", "embeddings", "messages", "count_tokens", "responses", "input_tokens")
 NO_STREAM = ("embeddings", "count_tokens", "input_tokens")
+DEPLOYMENT_HEADER = "x-stockyard-deployment"
 # A provider's "the input is longer than the model's context window" (OpenAI, Anthropic, Gemini, others).
 CONTEXT_OVERFLOW = re.compile(
     rb"context_length_exceeded|context length|context window|prompt is too long|"
@@ -266,6 +267,10 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
                 if wait:
                     time.sleep(wait)
             ctx.attempt.provider, ctx.attempt.upstream_model = provider, model
+            if deployment is not None:  # which deployment answered, for the client and its logs
+                ctx.reply_headers[DEPLOYMENT_HEADER] = deployment.key
+            else:
+                ctx.reply_headers.pop(DEPLOYMENT_HEADER, None)
             failure = attempt_once(path, reply, ctx, policy, breaker, deployment)
             if failure is None:
                 return True

@@ -152,6 +152,7 @@ def test_a_429_with_retry_after_cools_only_that_deployment(server, mock):
     mock.enqueue(Reply(status=429, headers={"retry-after": "2"}))
     status, headers, _ = chat(server, "chat")
     assert status == 200 and who(mock) == ["a", "b"], "the 429 spilled to the next deployment"
+    assert headers["x-stockyard-deployment"] == "chat/b"
     seen = health(server, "chat")
     assert 1.5 < seen["a"]["cooling_down_s"] <= 2 and seen["b"]["cooling_down_s"] == 0
     mock.clear()
