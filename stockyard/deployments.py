@@ -125,34 +125,57 @@ class Health:
     def choose(self, route: ModelRoute, tokens: int, exclude: frozenset[str] = frozenset()) -> Deployment:
         """The deployment for the next request, or a ProxyError saying why there is none."""
         with self._lock:
-            now = self._clock()
-            usable: list[tuple[Deployment, _State]] = []
-            reasons: dict[str, str] = {}
-            for d in route.deployments:
-                if d.key in exclude:
-                    continue
-                s = self._state(d)
-                why = self._why_not(d, s, now, tokens)
-                if why is None:
-                    usable.append((d, s))
-                else:
-                    reasons[d.name] = why
-            if not usable:
-                raise self._none_left(route, reasons, now)
-            tier = min(d.priority for d, _ in usable)
-            usable = [(d, s) for d, s in usable if d.priority == tier]
-            return self._pick(route.strategy, usable, now)[0]
+            return self._choose(route, tokens, exclude, self._clock())[0]
 
-    def begin(self, d: Deployment, tokens: int) -> list:
-        """A request goes to ``d`` now: it counts in flight and against the rpm/tpm limits.
+    def reserve(self, route: ModelRoute, tokens: int, exclude: frozenset[str] = frozenset()) -> tuple[Deployment, list]:
+        """:meth:`choose` and count the request against the chosen one's rpm/tpm in one step, so
+        concurrent requests cannot all pass a limit; :meth:`release` gives back an unused one."""
+        with self._lock:
+            now = self._clock()
+            d, s = self._choose(route, tokens, exclude, now)
+            entry = [now, tokens]
+            s.window.append(entry)
+            return d, entry
+
+    def release(self, d: Deployment, entry: list) -> None:
+        """A reservation the request did not use (a cache hit, a refusal, a deadline)."""
+        with self._lock:
+            s = self._states.get(d.key)
+            if s is not None:
+                try:
+                    s.window.remove(entry)
+                except ValueError:
+                    pass
+
+    def _choose(self, route: ModelRoute, tokens: int, exclude: frozenset[str], now: float) -> tuple[Deployment, _State]:
+        usable: list[tuple[Deployment, _State]] = []
+        reasons: dict[str, str] = {}
+        for d in route.deployments:
+            if d.key in exclude:
+                continue
+            s = self._state(d)
+            why = self._why_not(d, s, now, tokens)
+            if why is None:
+                usable.append((d, s))
+            else:
+                reasons[d.name] = why
+        if not usable:
+            raise self._none_left(route, reasons, now)
+        tier = min(d.priority for d, _ in usable)
+        usable = [(d, s) for d, s in usable if d.priority == tier]
+        return self._pick(route.strategy, usable, now)
+
+    def begin(self, d: Deployment, entry: list | None = None, tokens: int = 0) -> list:
+        """A request goes to ``d`` now (its reservation ``entry``, or a new one): it counts in flight.
 
         Returns its entry in the usage window, for :meth:`finish` to correct."""
         with self._lock:
             s = self._state(d)
             if s.opened_at is not None:
                 s.probing = True  # half-open: this request is the one probe
-            entry = [self._clock(), tokens]
-            s.window.append(entry)
+            if entry is None:
+                entry = [self._clock(), tokens]
+                s.window.append(entry)
             s.in_flight += 1
             return entry
 
@@ -273,20 +296,41 @@ class Models:
     def get(self, name: str | None) -> ModelRoute | None:
         return self.routes.get(name) if name else None
 
-    def plan(self, route: ModelRoute, tokens: int) -> "Plan":
-        """The way for one request (ProxyError when no deployment can take it now)."""
-        first = self.health.choose(route, tokens) if route.deployments or route.problems else None
-        return Plan(self, route, tokens, first)
+    def plan(self, route: ModelRoute, tokens: int, parent: "Plan | None" = None) -> "Plan":
+        """The way for one request (ProxyError when no deployment can take it now); ``parent``:
+        the request's plan, whose :meth:`Plan.release` also gives back this one's reservations."""
+        plan = Plan(self, route, tokens, parent)
+        if route.deployments or route.problems:
+            plan.first = plan.hold(*self.health.reserve(route, tokens))
+        return plan
 
 
 class Plan:
     """One request's way through a model's deployments: the first chosen, then the next ones.
 
-    ``first`` is None for a model without deployments (routed by name; its fallbacks apply)."""
+    ``first`` is None for a model without deployments (routed by name; its fallbacks apply).
+    Each chosen deployment is reserved (counted against its limits) until the proxy
+    :meth:`take` s it for an attempt; :meth:`release` gives back what was not taken."""
 
-    def __init__(self, models: Models, route: ModelRoute, tokens: int, first: Deployment | None) -> None:
-        self.models, self.route, self.tokens, self.first = models, route, tokens, first
+    def __init__(self, models: Models, route: ModelRoute, tokens: int, parent: "Plan | None" = None) -> None:
+        self.models, self.route, self.tokens = models, route, tokens
+        self.first: Deployment | None = None
         self.tried: list[str] = []
+        self._held: dict[str, tuple[Deployment, list]] = parent._held if parent is not None else {}
+
+    def hold(self, d: Deployment, entry: list) -> Deployment:
+        self._held[d.key] = (d, entry)
+        return d
+
+    def take(self, d: Deployment) -> list | None:
+        """The reservation of ``d`` for its attempt (None when it has none)."""
+        held = self._held.pop(d.key, None)
+        return held[1] if held is not None else None
+
+    def release(self) -> None:
+        for d, entry in self._held.values():
+            self.models.health.release(d, entry)
+        self._held.clear()
 
     def deployments(self) -> Iterator[Deployment]:
         """The chosen deployment, then (after it failed) the best of those left, until none is."""
@@ -295,6 +339,6 @@ class Plan:
             self.tried.append(d.key)
             yield d
             try:
-                d = self.models.health.choose(self.route, self.tokens, frozenset(self.tried))
+                d = self.hold(*self.models.health.reserve(self.route, self.tokens, frozenset(self.tried)))
             except ProxyError:
                 d = None

@@ -145,6 +145,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     except ClientGone:
         ctx.attempt.outcome = "client_disconnected"
     finally:
+        if ctx.plan is not None:
+            ctx.plan.release()  # deployments reserved but never called (a cache hit, a refusal)
         try:
             path.pricer.price(ctx)  # the cost is part of the outcome the after hooks see (cache, budget)
             chain.after(ctx)
@@ -318,7 +320,7 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
     route = ctx.plan.models.get(name) if ctx.plan is not None else None
     try:
         if ctx.plan is not None and route is not None and route.deployments:
-            plan = ctx.plan.models.plan(route, ctx.plan.tokens)
+            plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
             for d in plan.deployments():
                 adapter_for(d.provider, ctx.dialect)
                 yield d.provider, d.upstream_model, d
@@ -342,8 +344,10 @@ def attempt_once(
     """One attempt, its outcome reported to the circuit breaker (a 4xx means the provider is up)
     or, for a deployment, to its health (in flight, time to first byte, cooldown, breaker, usage)."""
     assert ctx.attempt.provider is not None
-    health = ctx.plan.models.health if ctx.plan is not None and deployment is not None else None
-    entry = health.begin(deployment, ctx.plan.tokens) if health and deployment and ctx.plan else None
+    health, entry = None, None
+    if ctx.plan is not None and deployment is not None:  # its reservation becomes a request in flight
+        health = ctx.plan.models.health
+        entry = health.begin(deployment, ctx.plan.take(deployment), ctx.plan.tokens)
     started = time.perf_counter()
     ok, failure = True, None
     try:

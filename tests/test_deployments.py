@@ -115,6 +115,8 @@ def test_least_busy_avoids_the_deployment_with_a_request_in_flight(server, mock,
     wait_for(lambda: health(server, "chat")["slow"]["in_flight"] == 1, what="the slow deployment busy")
     for _ in range(3):
         assert chat(server, "chat")[0] == 200
+        # The last one leaves "in flight" just after its answer reached us: wait, or a tie could pick slow.
+        wait_for(lambda: health(server, "chat")["fast"]["in_flight"] == 0, what="the answer's request to end")
     first.join()
     assert len(slow.requests) == 1 and who(mock) == ["a", "a", "a"]
 
@@ -322,19 +324,19 @@ def test_health_cooldown_lasts_exactly_the_retry_after_and_the_breaker_probes_on
     health = Health(clock=lambda: now[0])
     a, b = _dep("a"), _dep("b")
     route = _route(a, b)
-    entry = health.begin(a, 1)
+    entry = health.begin(a, tokens=1)
     health.finish(a, entry, ok=False, failed=True, status=429, retry_after=2.0)
     now[0] = 1.999
     assert health.choose(route, 1) == b and health.choose(route, 1) == b
     now[0] = 2.0
     assert a in (health.choose(route, 1), health.choose(route, 1))
     for _ in range(2):  # with the first: three failures in a row open the breaker
-        health.finish(a, health.begin(a, 1), ok=False, failed=True, retry_after=0)
+        health.finish(a, health.begin(a, tokens=1), ok=False, failed=True, retry_after=0)
     now[0] += BREAKER_COOLDOWN_S - 0.001
     assert {health.choose(route, 1) for _ in range(4)} == {b}
     now[0] += 0.001
     assert health.choose(route, 1, exclude=frozenset({"m/b"})) == a
-    probe = health.begin(a, 1)  # half-open: this is the one probe
+    probe = health.begin(a, tokens=1)  # half-open: this is the one probe
     with pytest.raises(ProxyError):
         health.choose(route, 1, exclude=frozenset({"m/b"}))
     health.finish(a, probe, ok=True, failed=False)
@@ -380,3 +382,24 @@ def test_rotate_secret_re_encrypts_deployment_keys(pyz_path, cache_home, tmp_pat
         assert old.deployments[0].provider.key_error and old.deployments[0].provider.api_key is None
     finally:
         conn.close()
+
+
+def test_a_reservation_counts_at_once_and_an_unused_one_is_given_back():
+    health = Health(clock=lambda: 0.0)
+    a, b = _dep("a", rpm=1), _dep("b", priority=1)
+    route = _route(a, b)
+    first, entry = health.reserve(route, 10)
+    assert first == a and health.reserve(route, 10)[0] == b, "a's one request a minute is taken before it is sent"
+    health.release(a, entry)  # e.g. the cache answered
+    assert health.reserve(route, 10)[0] == a
+
+
+def test_a_cache_hit_gives_its_deployments_reservation_back(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", rpm=5, api_key=KEYS["a"])
+    put_module(server, "cache", {})
+    assert chat(server, "chat")[0] == 200
+    # The answer is stored after the client has it: ask again until the cache answers.
+    wait_for(lambda: chat(server, "chat")[1]["x-stockyard-cache"] == "hit", timeout=5, what="a cache hit")
+    calls = len(mock.requests)
+    # Given back when the request ends, which may be just after the client has its answer.
+    wait_for(lambda: health(server, "chat")["a"]["rpm_used"] == calls, timeout=2, what="the reservations given back")
