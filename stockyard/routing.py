@@ -36,7 +36,7 @@ class RouteStep:
         provider, model = self._registry().resolve(name)
         ctx.route = Route(provider, model)
         if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
-            ctx.plan = models.plan(route, 0)
+            ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))
 
     def _deployed(self, ctx: RequestContext, models: Models, route: ModelRoute) -> None:
         """The deployment the strategy picks; when none is usable, the model's first usable fallback."""
