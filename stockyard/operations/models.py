@@ -336,12 +336,11 @@ def add_deployment(ops: Operations, model: Any, fields: dict[str, Any]) -> str:
         name = wanted or next(n for n in (base, *(f"{base}-{i}" for i in range(2, 10_000))) if n not in taken)
         details["name"] = name
         now = now_iso()
-        row_id = conn.execute(
+        row_id = conn.execute(  # RETURNING: both stores speak it (PostgreSQL has no lastrowid)
             "INSERT INTO model_deployments (model, name, provider, upstream_model, weight, priority, rpm, tpm, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (model, name, *(checked[k] for k in STORED), now, now),
-        ).lastrowid
-        assert row_id is not None
+        ).fetchone()[0]
         if key is not None:  # the row id is part of the key's associated data: insert first
             _store_key(ops, conn, row_id, model, name, key)
         return name
