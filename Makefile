@@ -8,6 +8,10 @@ PYTEST := $(PYTHON) -m pytest -q
 TEST_WORKERS ?= auto
 SOURCES := $(shell find stockyard -type f ! -name '*.pyc' ! -path '*/__pycache__/*') build_zipapp.py
 
+# Server suites that run a second time against PostgreSQL (tests/pgcluster.py starts a throwaway server).
+PG_SUITES := tests/test_openai_proxy.py tests/test_keys.py tests/test_budgets.py tests/test_modules.py \
+	tests/test_module_cache.py tests/test_responses.py
+
 .PHONY: run test lint pyz bench clean
 
 $(PYZ): $(SOURCES)
@@ -29,11 +33,15 @@ test:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	command -v node >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs)
 	command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy)
+	# the PostgreSQL store's tests start a throwaway server (tests/pgcluster.py) with initdb + pg_ctl
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 	$(MAKE) --no-print-directory lint
 	@status=0; \
 	echo "== tests, in parallel on $(TEST_WORKERS) workers"; \
 	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" || status=1; \
+	echo "== the core server suites again, on PostgreSQL (STOCKYARD_TEST_STORE=postgresql)"; \
+	STOCKYARD_TEST_STORE=postgresql $(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_SUITES) || status=1; \
 	echo "== tests that need the machine to themselves (marker serial), one at a time"; \
 	$(PYTEST) -m "serial and not perf" || status=1; \
 	echo "== time bounds (marker perf), one at a time"; \

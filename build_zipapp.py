@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Build dist/stockyard.pyz: the stockyard package plus a bundled `cryptography`.
+"""Build dist/stockyard.pyz: the stockyard package plus a bundled `cryptography` and `pg8000`.
 
 Native extension modules cannot be imported from inside a zip, so the build puts
 `cryptography` (abi3, one wheel) and cffi's `_cffi_backend` (one file per CPython
 version) under `_native/` in the zip, with a manifest of their hashes. At start,
 `stockyard._native.bootstrap()` unpacks them once into a cache folder named after
 that hash.
+
+The PostgreSQL driver `pg8000` and its dependencies are pure Python: their packages go
+at the top of the zip, where zipimport finds them with no unpacking (`PURE_WHEELS`).
 
 Usage: python3 build_zipapp.py [--out dist/stockyard.pyz]
 
@@ -32,6 +35,15 @@ CRYPTOGRAPHY_VERSION = "50.0.2"
 CFFI_VERSION = "2.1.1"
 CFFI_PYTHONS = ("3.11", "3.12", "3.13")  # a wheel for each is required
 CFFI_OPTIONAL_PYTHONS = ("3.14",)  # bundled when a wheel exists
+# pg8000 and the pure-Python packages it imports (pg8000 needs scramp ==1.5.0 and python-dateutil;
+# scramp needs asn1crypto; python-dateutil 2.9 needs six; 2.9 rather than 4.x, which adds tzdata).
+PURE_WHEELS = {
+    "pg8000": "1.31.6",
+    "scramp": "1.5.0",
+    "asn1crypto": "1.5.1",
+    "python-dateutil": "2.9.0.post0",
+    "six": "1.17.0",
+}
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "stockyard"
@@ -93,6 +105,48 @@ def fetch_wheel(project: str, version: str, python: str, abi: str) -> Path | Non
         return None
     cached = sorted(WHEELS.glob(pattern))
     return cached[0] if cached else None
+
+
+def fetch_pure_wheel(project: str, version: str) -> Path:
+    """The cached ``py*-none-any`` wheel of a pure-Python project, downloaded with pip when missing."""
+    pattern = f"{project.replace('-', '_')}-{version}-py*-none-any.whl"
+    cached = sorted(WHEELS.glob(pattern))
+    if not cached:
+        WHEELS.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {project}=={version} ...", flush=True)
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
+        command += ["--only-binary=:all:", "--no-deps", "--dest", str(WHEELS), f"{project}=={version}"]
+        subprocess.run(command)
+        cached = sorted(WHEELS.glob(pattern))
+    if not cached:
+        raise BuildError(f"no {project}=={version} wheel in {WHEELS} and pip could not download it")
+    return cached[0]
+
+
+def pure_members(project: str, wheel: Path) -> dict[str, bytes]:
+    """A pure wheel's modules at the top of the zip (importable as they are), its license under licenses/."""
+    members: dict[str, bytes] = {}
+    with zipfile.ZipFile(wheel) as whl:
+        for name in whl.namelist():
+            top, _, rest = name.partition("/")
+            if name.endswith("/") or "__pycache__" in name:
+                continue
+            if top.endswith(".dist-info"):
+                if rest.startswith("licenses/") or rest.startswith("LICENSE"):
+                    members[f"licenses/{project}/{name.rsplit('/', 1)[1]}"] = whl.read(name)
+            elif name.endswith(".py") or rest:  # a package's files, or a single module (six.py)
+                members[name] = whl.read(name)
+    if not any(name.endswith(".py") for name in members):
+        raise BuildError(f"{wheel.name} holds no Python code")
+    return members
+
+
+def driver_members() -> dict[str, bytes]:
+    """pg8000 and its dependencies, from the versions pinned in PURE_WHEELS."""
+    members: dict[str, bytes] = {}
+    for project, version in PURE_WHEELS.items():
+        members.update(pure_members(project, fetch_pure_wheel(project, version)))
+    return members
 
 
 def require_wheel(project: str, version: str, python: str, abi: str) -> Path:
@@ -220,6 +274,7 @@ def build(out: Path) -> Path:
     members = {"__main__.py": MAIN_PY.encode()}
     members.update(package_members())
     members.update(native_members())
+    members.update(driver_members())
     build_json = {"version": read_version(), "hash": content_hash(members)}
     members[BUILD_JSON] = json.dumps(build_json, sort_keys=True).encode() + b"\n"
     write_zip(out, members)

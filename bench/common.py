@@ -176,15 +176,17 @@ def start_proxy(
     log_requests: bool = False,
     extra_env: dict[str, str] | None = None,
     setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None,
+    database: str | None = None,
 ) -> Target:
     """`stockyard.pyz serve --port 0` in front of `upstream`, with its own database.
 
     `setup(target, db, env)`, if given, runs once the server listens (e.g. to create a client
-    key with the CLI) and returns the headers the client must send from then on.
+    key with the CLI) and returns the headers the client must send from then on. `database`:
+    a `postgresql://` URL instead of an SQLite file of its own.
     """
     db = procs.workdir / f"{name}.db"
     env = proxy_env(procs, upstream, log_requests, extra_env)
-    argv = [sys.executable, str(pyz), "serve", "--port", "0", "--db", str(db)]
+    argv = [sys.executable, str(pyz), "serve", "--port", "0", "--db", database or str(db)]
     proc, match, log = procs.start(name, argv, env, r"listening on (http://127\.0\.0\.1:\d+)")
     target = Target(name, match.group(1), {}, log, proc.pid)
     if setup is not None:

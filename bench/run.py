@@ -70,6 +70,7 @@ class Bench:
         self.procs = procs
         self.pyz: Path = args.pyz
         self._targets: dict[str, Target] = {}
+        self._cluster = None  # a throwaway PostgreSQL server, started on first use
 
     def mock(self, delay_ms: float) -> Target:
         """The mock upstream with this delay (one process per delay)."""
@@ -85,13 +86,32 @@ class Bench:
         log_requests: bool = False,
         extra_env: dict[str, str] | None = None,
         setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None,
+        database: str | None = None,
     ) -> Target:
         """A proxy (own process and database) in front of the mock with `delay_ms`."""
         if name not in self._targets:
             self._targets[name] = start_proxy(
-                self.procs, self.pyz, name, self.mock(delay_ms), log_requests, extra_env, setup
+                self.procs, self.pyz, name, self.mock(delay_ms), log_requests, extra_env, setup, database
             )
         return self._targets[name]
+
+    def postgresql(self) -> str:
+        """A fresh PostgreSQL database URL: from --postgresql, else a throwaway server (tests/pgcluster.py)."""
+        if self.args.postgresql:
+            return self.args.postgresql
+        if self._cluster is None:
+            try:
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+                from pgcluster import Cluster  # needs initdb and the test requirements (pg8000)
+
+                self._cluster = Cluster().start()
+            except Exception as exc:
+                raise NotAvailable(f"no PostgreSQL: pass --postgresql URL ({type(exc).__name__}: {exc})") from None
+        return self._cluster.database()
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.stop()
 
     def db(self, target: Target) -> Path:
         return self.procs.workdir / f"{target.name}.db"
@@ -355,11 +375,46 @@ def modules_chain(b: Bench) -> list[Row]:
 
 
 Scenario = Callable[[Bench], list[Row]]
+
+
+def postgresql_throughput(b: Bench) -> list[Row]:
+    """Issue 15: the same load on one proxy over SQLite and one over PostgreSQL, interleaved."""
+    a = b.args
+    sqlite_proxy = b.proxy("proxy-20ms", 20)
+    pg_proxy = b.proxy("proxy-20ms-postgresql", 20, database=b.postgresql())
+    targets = [sqlite_proxy, pg_proxy]
+    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+    cpu: dict[str, float] = {t.name: 0.0 for t in targets}
+    for r in range(a.load_rounds):
+        for t in targets[r % 2 :] + targets[: r % 2]:
+            before = cpu_seconds(t.pid)
+            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
+            after = cpu_seconds(t.pid)
+            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    rows = []
+    for t, label in ((sqlite_proxy, "SQLite"), (pg_proxy, "PostgreSQL")):
+        results = runs[t.name]
+        answered = sum(x.answered for x in results)
+        errors = sum(x.errors for x in results)
+        rows.append(
+            Row(
+                f"throughput proxy on {label} ({a.clients} clients, 20 ms upstream)",
+                f"{median([x.rps for x in results]):.0f} req/s",
+                "",
+                None,
+                f"CPU {1000 * cpu[t.name] / max(1, answered):.2f} ms/request"
+                + (f", {errors} errors" if errors else ""),
+            )
+        )
+    return rows
+
+
 SCENARIOS: list[tuple[str, Scenario]] = [
     ("core latency (issue 2)", core_latency),
     ("core throughput (issue 2)", core_throughput),
     ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
     ("modules disabled / full chain (issue 6)", modules_chain),
+    ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
 ]
 
 
@@ -396,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-rounds", type=int, default=3, help="interleaved throughput rounds")
     p.add_argument("--quick", action="store_true", help="a fraction of the work, for a smoke run")
     p.add_argument("--only", help="run only scenarios whose title contains this text")
+    p.add_argument("--postgresql", metavar="URL", help="database for the PostgreSQL rows (default: a throwaway server)")
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.warmup, args.rounds, args.seconds, args.load_rounds = 400, 50, 3, 1.0, 1
@@ -419,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # report and go on: one broken scenario should not hide the rest
                 failed = True
                 rows.append(Row("ERROR", "n/a", "", None, f"{type(exc).__name__}: {exc}"[:200]))
+        procs.stop_all()  # the proxies first, then their PostgreSQL server
+        bench.close()
     title = (
         f"Stockyard bench: {ident}; Python {platform.python_version()}, {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, took {time.monotonic() - started:.0f} s"

@@ -18,12 +18,16 @@ from typing import Mapping
 from . import __version__, audit
 from .auth import Gatekeeper
 from .backup import Snapshotter
+from .batch_costs import BatchCosts
 from .billing import Pricer
-from .budgets import Budget, BudgetRecords, Ledger, load_project_budgets
+from .budgets import Budget, BudgetRecords, Ledger, budgets_for, load_project_budgets, scopes_of, seconds_left
 from .chain import Chain, HookFailures
 from .config import Settings
+from .context import RequestContext
 from .conversations import Conversations
 from .deployments import Health, Models
+from .errors import ProxyError
+from .files_api import FilesAPI, Ownership
 from .keys import KeyRing, load_keys
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
@@ -32,14 +36,14 @@ from .operations import models as model_ops
 from .operations import providers as provider_ops
 from .operations.modules import load_rows as load_module_rows
 from .operations.prices import load_overrides
-from .pricing import PriceTable
+from .otel import Exporter, Telemetry
+from .pricing import PriceTable, format_usd
 from .providers import Registry, from_env
 from .proxy import RequestPath
 from .retention import Retention
 from .routing import RouteStep
 from .scrub import Scrubber, ScrubLogs
-from .store import Store, Writer, db, files
-from .store.lock import SERVER, DatabaseLock
+from .store import Store, Writer, backend_for
 from .tracing import Tracer
 from .upstream import Pool
 
@@ -55,18 +59,18 @@ class App:
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
         # Held until close (or until the process dies): a second server, restore and migrate refuse meanwhile.
-        self.db_lock = DatabaseLock(settings.db_path, SERVER).acquire()
-        for line in files.secure_existing(settings.db_path, [p for p in [settings.snapshot_path] if p]):
+        self.backend = backend_for(settings.database)
+        self.db_lock = self.backend.server_lock()
+        for line in self.backend.secure_files([p for p in [settings.snapshot_path] if p]):
             log.warning("file permissions: %s", line)
         try:
-            conn, self.migrations_applied = db.open_and_migrate(settings.db_path)
-            conn.close()
+            self.migrations_applied = self.backend.open_and_migrate()
         except BaseException:
             self.db_lock.release()
             raise
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.metrics_top_keys)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
-        self.writer = Writer(settings.db_path, maxsize=settings.writer_queue_size)
+        self.writer = Writer(self.backend, maxsize=settings.writer_queue_size)
         self.retention = Retention(
             bodies_max_age_s=settings.retention_bodies_s,
             traces_max_age_s=settings.retention_traces_s,
@@ -81,7 +85,7 @@ class App:
                 self.snapshots.run, settings.snapshot_every_s, first_in_s=min(settings.snapshot_every_s, 60.0)
             )
         self.writer.start()
-        self.store = Store(settings.db_path, self.writer)
+        self.store = Store(self.backend, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
         self.health = Health()  # per deployment: in flight, latency, cooldown, breaker, usage (kept across reloads)
@@ -92,7 +96,12 @@ class App:
         self.scrubber = Scrubber()
         self.gate = Gatekeeper(self.store, settings.is_loopback, self.registry)
         self.pricer = Pricer()
-        self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber)
+        self.otlp: Exporter | None = None
+        telemetry = None
+        if settings.otlp_endpoint:
+            self.otlp = Exporter(settings.otlp_endpoint, dict(settings.otlp_headers)).start()
+            telemetry = Telemetry(self.otlp, settings.otlp_content, self.scrubber.text)
+        self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber, telemetry)
         records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER))
         self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn)
         self.modules = Modules(
@@ -112,6 +121,13 @@ class App:
             self.pool,
             self.conversations,
         )
+        self.batch_costs = BatchCosts(
+            self.path,
+            self.store,
+            self.metrics,
+            lambda key, cost, ts_ms: self.ledger.settle(None, cost, scopes_of(key), ts_ms),
+        )
+        self.files = FilesAPI(self.path, Ownership(self.store), self.batch_costs.completed, self.check_batch_budget)
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1
@@ -125,6 +141,31 @@ class App:
         self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
+
+    def check_batch_budget(self, ctx: RequestContext) -> None:
+        """A key (or its project) whose budget is used up starts no batch (429): a batch's cost is
+        known only when it completes, so it may start while some budget is left. Not when the
+        budget module is off for the key."""
+        key = ctx.key
+        if key is None or not self._chain.runs("budget", ctx):
+            return
+        budgets = budgets_for(key, self._project_budgets)
+        used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
+        if used_up is None:
+            return
+        budget, spent = used_up.budget, used_up.spent
+        headers = {"Retry-After": "1"}  # only requests in flight hold the rest
+        if spent >= budget.limit_uc:
+            wait = seconds_left(budget.period, ctx.ts_ms)
+            headers = {"x-should-retry": "false", **({"Retry-After": str(wait)} if wait is not None else {})}
+        raise ProxyError(
+            429,
+            f"budget exceeded: the {budget.describe()} is used up ({format_usd(spent, 2)} spent); "
+            "a batch can start once it is raised or its period ends",
+            code="budget_exceeded",
+            type="budget_exceeded",
+            headers=headers,
+        )
 
     def _record_start(self) -> None:
         """Audit migrations and the start; a log keyed with another secret must not stop serving.
@@ -192,7 +233,7 @@ class App:
         while not self._stopping.wait(WATCH_EVERY_S):
             try:
                 if conn is None:
-                    conn = db.connect(self.settings.db_path)
+                    conn = self.backend.connect()
                     last_data_version = None  # data_version is per connection: compare afresh
                 last_data_version = self._watch_once(conn, last_data_version)
             except Exception as exc:  # the watcher must never stop, nor take the server down
@@ -225,6 +266,7 @@ class App:
         so a failed reload is tried again on the next pass.
         """
         self.gate.flush_last_used()
+        self.db_lock.keep()  # PostgreSQL: a lock lost with its connection is taken again (or this pass fails)
         data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         if data_version != last_data_version and read_config_version(conn) != self._config_version:
             self.reload()
@@ -299,6 +341,8 @@ class App:
         except Exception as exc:
             log.error("could not record server stop in the audit log: %s", exc)
         self.writer.stop()
+        if self.otlp is not None:
+            self.otlp.stop()
         self.pool.close()
         self.store.close()
         self.db_lock.release()

@@ -7,9 +7,11 @@ overrides; swapped whole on reload). Costs are integer micro-cents (``pricing``)
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 
 from .context import Attempt, RequestContext, Route
-from .pricing import Price, PriceTable, Usage, cost_microcents
+from .pricing import Price, PriceTable, Usage, cost_microcents, unit_cost
+from .providers import media
 
 log = logging.getLogger("stockyard")
 
@@ -47,6 +49,8 @@ class Pricer:
         table = self.table
         model = a.served_model or a.upstream_model or ""
         price = table.lookup(model, a.provider.name) or table.lookup(a.upstream_model or "", a.provider.name)
+        if ctx.endpoint in media.ENDPOINTS:
+            return self._price_media(ctx, a, price)
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
@@ -57,3 +61,42 @@ class Pricer:
             return
         a.cost_uc = cost_microcents(price, a.usage)
         a.cost_status = "estimate" if a.usage_estimated else "exact"
+
+    def _price_media(self, ctx: RequestContext, a: Attempt, price: Price | None) -> None:
+        """Audio, images, moderations: billed in the unit the answer reports, never estimated
+        (no usage, no price, or a price in another unit: ``unknown``)."""
+        cost = None
+        if ctx.endpoint == "moderations":
+            cost = 0  # free
+        elif a.usage is not None:  # tokens: gpt-image-1, gpt-4o-transcribe
+            cost = cost_microcents(price, a.usage) if price is not None and price.unit == "token" else None
+        elif ctx.endpoint in media.IMAGES:
+            unit_price = self.image_price(ctx, a.upstream_model or "", a.provider.name if a.provider else None)
+            if unit_price is not None and a.media_images is not None:
+                cost = unit_cost(unit_price, a.media_images)
+        elif a.media_seconds is not None:  # whisper-1, billed per second
+            if price is not None and price.unit == "second":
+                cost = unit_cost(price, billed_seconds(a.media_seconds))
+        elif ctx.endpoint == "speech" and price is not None and price.unit == "character":
+            text = ctx.body.get("input")
+            cost = unit_cost(price, len(text)) if isinstance(text, str) else None
+        a.cost_uc, a.cost_status = (cost, "exact") if cost is not None else (None, "unknown")
+
+    def image_price(self, ctx: RequestContext, model: str, provider: str | None) -> Price | None:
+        """The per-image price for this request's model, size and quality (DALL·E), or None."""
+        key = image_key(model, ctx.body)
+        found = self.table.lookup(key, provider) if key else None
+        return found if found is not None and found.unit == "image" else None
+
+
+def image_key(model: str, body: dict) -> str | None:
+    """``model/size/quality`` with OpenAI's defaults (1024x1024, standard), the key images are priced by."""
+    size, quality = body.get("size") or "1024x1024", body.get("quality") or "standard"
+    if not isinstance(size, str) or not isinstance(quality, str) or not model:
+        return None
+    return f"{model}/{size}/{quality}"
+
+
+def billed_seconds(seconds: float) -> int:
+    """Whole seconds as OpenAI bills audio by duration: to the nearest second, at least one."""
+    return max(1, int(Fraction(str(seconds)) + Fraction(1, 2))) if seconds > 0 else 0

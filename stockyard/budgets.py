@@ -1,4 +1,5 @@
-"""Budgets per key and per project: UTC periods, and the ledger that holds them under concurrency.
+"""Budgets per key, per project and per end user: UTC periods, and the ledger that holds them
+under concurrency.
 
 The :class:`Ledger` lives in memory for the life of the server. A request reserves its
 worst-case cost against every budget that applies to it, all at once under one lock
@@ -10,6 +11,8 @@ The spend of a (budget, period) is loaded from ``rollups_daily`` the first time 
 period is used — through the writer thread, so every trace already queued is counted —
 and kept up to date by settlements after that. That is how a budget survives a restart.
 One server process per database: two servers on one file would each hold their own ledger.
+End users' budgets (``modules/userlimits.py``) read their spend from ``rollups_users``; an idle
+end user is forgotten after a minute and reloaded when they come back.
 """
 
 from __future__ import annotations
@@ -65,8 +68,11 @@ def seconds_left(period: str, ts_ms: int) -> int | None:
 
 
 def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int:
-    """Spend of a scope ('key:<id>' or 'project:<name>') in one period, from the rollups."""
+    """Spend of a scope ('key:<id>', 'project:<name>' or an end user's, see :func:`user_budget`)
+    in one period, from the rollups."""
     kind, _, name = scope.partition(":")
+    if kind == "user":
+        return _user_spent_uc(conn, name, period, key)
     column = {"key": "key_id", "project": "project"}[kind]
     start, end = period_days(period, key)
     row = conn.execute(
@@ -74,6 +80,19 @@ def spent_uc(conn: sqlite3.Connection, scope: str, period: str, key: str) -> int
         (name, start, end),
     ).fetchone()
     return int(row[0])
+
+
+def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -> int:
+    """An end user's spend within a key, a project or everything ('key:<id>|<user>', …, '*|<user>')."""
+    within, _, user = name.partition("|")
+    kind, _, value = within.partition(":")
+    start, end = period_days(period, key)
+    sql = "SELECT COALESCE(SUM(cost_uc), 0) FROM rollups_users WHERE end_user = ? AND day >= ? AND day < ?"
+    args = [user, start, end]
+    if kind in ("key", "project"):
+        sql += f" AND {'key_id' if kind == 'key' else 'project'} = ?"
+        args.append(value)
+    return int(conn.execute(sql, args).fetchone()[0])
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,12 @@ class Budget:
 class _Entry:
     spent: int
     reserved: int = 0
+    touched: float = field(default_factory=time.monotonic)  # last reserved or settled
+
+
+USER_SCOPE = "user:"
+IDLE_FORGET_S = 60.0  # an idle end user's spend is reloaded from the rollups after this
+PRUNE_FROM = 1024  # scopes held before idle end users are looked for
 
 
 @dataclass
@@ -145,6 +170,20 @@ class Ledger:
         self._load_lock = threading.Lock()
         self._entries: dict[str, dict[str, _Entry]] = {}
         self._warned: set[tuple[str, str, int]] = set()
+        self._prune_at = PRUNE_FROM
+
+    def _prune(self) -> None:
+        """Forget idle end users (caller holds the lock): their names come from clients, so they
+        must not pile up. Only scopes with nothing reserved and untouched for ``IDLE_FORGET_S``
+        go — long after their last trace was queued, so a reload from the rollups counts it."""
+        if len(self._entries) < self._prune_at:
+            return
+        idle_before = time.monotonic() - IDLE_FORGET_S
+        for scope in [s for s in self._entries if s.startswith(USER_SCOPE)]:
+            if all(e.reserved == 0 and e.touched < idle_before for e in self._entries[scope].values()):
+                del self._entries[scope]
+        self._warned = {m for m in self._warned if m[0] in self._entries or not m[0].startswith(USER_SCOPE)}
+        self._prune_at = max(PRUNE_FROM, 2 * len(self._entries))
 
     def _ensure(self, budgets: Iterable[Budget], ts_ms: int) -> list[tuple[Budget, str]]:
         """Load (outside the lock) the spend of periods not seen yet."""
@@ -157,6 +196,7 @@ class Ledger:
                     continue
                 spent = self._load(budget, key)
                 with self._lock:
+                    self._prune()
                     periods = self._entries.setdefault(budget.scope, {})
                     for old in [k for k, e in periods.items() if e.reserved == 0]:
                         del periods[old]  # a finished period needs no memory
@@ -165,15 +205,22 @@ class Ledger:
 
     def reserve(self, budgets: list[Budget], amount: int, ts_ms: int) -> Hold:
         """Reserve ``amount`` µ¢ against every budget, or none of them (BudgetExceeded)."""
-        keyed = self._ensure(budgets, ts_ms)
-        with self._lock:
-            for budget, key in keyed:
-                entry = self._entries[budget.scope][key]
-                if entry.spent + entry.reserved + amount > budget.limit_uc:
-                    raise BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
-            for budget, key in keyed:
-                self._entries[budget.scope][key].reserved += amount
-        return Hold([(budget, key, amount) for budget, key in keyed])
+        while True:
+            keyed = self._ensure(budgets, ts_ms)
+            with self._lock:
+                entries = [self._entries.get(budget.scope, {}).get(key) for budget, key in keyed]
+                if any(entry is None for entry in entries):
+                    continue  # an idle end user was forgotten meanwhile: load the spend again
+                for (budget, key), entry in zip(keyed, entries):
+                    assert entry is not None
+                    if entry.spent + entry.reserved + amount > budget.limit_uc:
+                        raise BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
+                now = time.monotonic()
+                for entry in entries:
+                    assert entry is not None
+                    entry.reserved += amount
+                    entry.touched = now
+            return Hold([(budget, key, amount) for budget, key in keyed])
 
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """Account one finished request: its reservations become its real cost.
@@ -188,6 +235,7 @@ class Ledger:
                 entry = self._entries.setdefault(scope, {}).setdefault(key, _Entry(0, amount))
                 entry.reserved -= amount
                 entry.spent += actual_uc
+                entry.touched = time.monotonic()
                 crossed += self._crossings(budget, key, entry.spent)
             others = (
                 [
@@ -221,6 +269,17 @@ class Ledger:
                 found.append((budget, key, spent, pct))
         return found
 
+    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        """The first budget with nothing left (spent and held reach its limit), or None: for work
+        whose cost is known only afterwards (a batch), which may start only while some is left."""
+        keyed = self._ensure(budgets, ts_ms)
+        with self._lock:
+            for budget, key in keyed:
+                entry = self._entries[budget.scope][key]
+                if entry.spent + entry.reserved >= budget.limit_uc:
+                    return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
+        return None
+
     def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
         """(spent, reserved) of the budget's current period, if the ledger holds it."""
         with self._lock:
@@ -236,6 +295,13 @@ def key_budget(key_id: str, name: str, limit_uc: int | None, period: str | None)
 
 def project_budget(project: str, limit_uc: int, period: str) -> Budget:
     return Budget(f"project:{project}", f"project {project!r}", limit_uc, period)
+
+
+def user_budget(within: str, user: str, limit_uc: int, period: str) -> Budget:
+    """One end user's budget within ``within`` ('key:<id>', 'project:<name>' or '*': every key).
+
+    Key ids and project names hold no '|', so the scope reads back unambiguously."""
+    return Budget(f"user:{within}|{user}", f"end user {user!r}", limit_uc, period)
 
 
 def load_project_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:

@@ -75,6 +75,14 @@ class Chain:
         self.modules: list[Hooks] = list(modules or [])
         self.failures = failures or HookFailures()
 
+    def runs(self, name: str, ctx: RequestContext) -> bool:
+        """Whether the module called ``name`` runs for this request (in the chain, and on for its key)."""
+        for module in self.modules:
+            if module.name == name:
+                on = getattr(module, "on", None)  # modules.base.Scoped: switched per key or project
+                return bool(on(ctx)) if on is not None else True
+        return False
+
     def before(self, ctx: RequestContext) -> None:
         ran: list[Hooks] = ctx.state.setdefault("_ran", [])
         for module in self.modules:

@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from .dburl import PostgresURL, is_url, parse_postgres
 from .hosts import is_loopback, parse_public_hosts
+from .otel import parse_headers as parse_otlp_headers
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -31,9 +33,11 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     db_path: Path = Path(DEFAULT_DB).expanduser()
+    db_url: PostgresURL | None = None  # a postgresql:// --db: the PostgreSQL store (db_path unused)
     admin_key: str | None = None
     encryption_key: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024  # a multipart upload (audio, images, files), spooled to disk
     store_bodies: bool = True
     body_cap_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
@@ -54,11 +58,20 @@ class Settings:
     models_refresh_s: float = 300.0  # /v1/models: provider lists older than this are refreshed
     public_hosts: tuple[str, ...] = ()  # Host names served beyond loopback ("*": any)
     max_connections: int | None = None  # concurrent client connections; None: sized to the machine
+    otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
+    otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
+    otlp_content: bool = False  # export prompt and completion text (after redaction)
+    metrics_top_keys: int = 20  # /metrics: key names with series of their own; the rest are "other"
 
     @property
     def is_loopback(self) -> bool:
         """True when only this machine can reach the listen address (parsed, never a string prefix)."""
         return is_loopback(self.host)
+
+    @property
+    def database(self) -> Path | PostgresURL:
+        """The database in use: the SQLite file, or the PostgreSQL URL (prints masked)."""
+        return self.db_url or self.db_path
 
 
 def exposure_problem(settings: Settings) -> str | None:
@@ -157,6 +170,12 @@ def resolve_db_path(flag: str | None, env: Mapping[str, str]) -> Path:
     return Path(raw).expanduser()
 
 
+def resolve_database(flag: str | None, env: Mapping[str, str]) -> Path | PostgresURL:
+    """Like :func:`resolve_db_path`, but a ``postgresql://`` URL selects PostgreSQL."""
+    raw = flag or env.get("STOCKYARD_DB") or DEFAULT_DB
+    return parse_postgres(raw, env) if is_url(raw) else Path(raw).expanduser()
+
+
 def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from parsed flags (None values ignored) and the environment."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -172,13 +191,23 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
     every = flags.get("snapshot_every", env.get("STOCKYARD_SNAPSHOT_EVERY") or None)
     if every and not snapshot:
         raise ValueError("--snapshot-every (STOCKYARD_SNAPSHOT_EVERY) needs --snapshot PATH (STOCKYARD_SNAPSHOT)")
+    database = resolve_database(flags.get("db"), env)  # type: ignore[arg-type]
+    if snapshot and isinstance(database, PostgresURL):
+        raise ValueError(
+            "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL use its own "
+            "backups (pg_dump, point-in-time recovery)"
+        )
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
         port=port,
-        db_path=resolve_db_path(flags.get("db"), env),  # type: ignore[arg-type]
+        db_path=database if isinstance(database, Path) else Settings.db_path,
+        db_url=database if isinstance(database, PostgresURL) else None,
         admin_key=env.get("STOCKYARD_ADMIN_KEY") or None,
         encryption_key=encryption_secret(env),
         max_body_bytes=int(env.get("STOCKYARD_MAX_BODY_BYTES") or 32 * 1024 * 1024),
+        max_upload_bytes=_positive_int(
+            env.get("STOCKYARD_MAX_UPLOAD_BYTES"), "STOCKYARD_MAX_UPLOAD_BYTES", 512 * 1024 * 1024
+        ),
         store_bodies=_env_bool(env.get("STOCKYARD_STORE_BODIES"), True),
         body_cap_bytes=int(env.get("STOCKYARD_BODY_CAP_BYTES") or 256 * 1024),
         idle_timeout_s=float(env.get("STOCKYARD_IDLE_TIMEOUT") or 30.0),
@@ -197,4 +226,18 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
         public_hosts=parse_public_hosts(env.get("STOCKYARD_PUBLIC_HOSTS")),
         max_connections=_positive_int(env.get("STOCKYARD_MAX_CONNECTIONS"), "STOCKYARD_MAX_CONNECTIONS", 0) or None,
+        otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
+        otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
+        otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),
+        metrics_top_keys=_positive_int(env.get("STOCKYARD_METRICS_TOP_KEYS"), "STOCKYARD_METRICS_TOP_KEYS", 20),
     )
+
+
+def _otlp_endpoint(value: str | None) -> str | None:
+    """The collector's base URL, http(s) only (spans go to ``{it}/v1/traces``)."""
+    if not value or not value.strip():
+        return None
+    url = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ValueError(f"STOCKYARD_OTLP_ENDPOINT must be an http:// or https:// URL, got {url[:100]!r}")
+    return url.removesuffix("/v1/traces")

@@ -505,14 +505,19 @@ def _apply_model(ops: Operations, desired: Desired, change: Change, env: Mapping
 
 
 def _rates(price: Price) -> dict[str, str]:
+    """A price as the file writes it: decimal USD per 1M (of its unit), and the unit when not tokens."""
     rates = {
         "input": price.input,
         "cached_input": price.cached_input,
         "cache_write": price.cache_write,
         "output": price.output,
         "reasoning": price.reasoning,
+        "media_input": price.media_input,
     }
-    return {k: format_usd(v, 2).removeprefix("$") for k, v in rates.items() if v is not None}
+    out = {k: format_usd(v, 2).removeprefix("$") for k, v in rates.items() if v is not None}
+    if price.unit != "token":
+        out["unit"] = price.unit
+    return out
 
 
 def _budget(budget: dict[str, Any]) -> dict[str, str]:

@@ -51,6 +51,38 @@ def new_trace_id(now_ms: int | None = None) -> str:
     return f"tr_{ms:012x}{seq:04x}{random.getrandbits(32):08x}"
 
 
+def new_span_id() -> str:
+    """A W3C span id: 8 random bytes, never all zero."""
+    return f"{random.getrandbits(64) or 1:016x}"
+
+
+@dataclass(frozen=True)
+class TraceParent:
+    """A caller's W3C ``traceparent``: our request span joins its trace under its span."""
+
+    trace_id: str  # 32 lower-case hex digits
+    span_id: str  # 16 lower-case hex digits
+    flags: str = "01"
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_traceparent(value: str | None) -> TraceParent | None:
+    """A W3C ``traceparent`` (version 00 form), or None when absent or invalid (then it is ignored)."""
+    if not value:
+        return None
+    parts = value.strip().lower().split("-")
+    if len(parts) < 4 or parts[0] == "ff" or len(parts[0]) != 2 or (parts[0] == "00" and len(parts) != 4):
+        return None
+    version, trace_id, span_id, flags = parts[:4]
+    if len(trace_id) != 32 or len(span_id) != 16 or len(flags) != 2:
+        return None
+    if not set(version + trace_id + span_id + flags) <= _HEX or set(trace_id) == {"0"} or set(span_id) == {"0"}:
+        return None
+    return TraceParent(trace_id, span_id, flags)
+
+
 @dataclass
 class Answer:
     """A complete answer produced without the provider (cache hit, module reply)."""
@@ -102,6 +134,15 @@ class Route:
     model: str
 
 
+@dataclass(frozen=True)
+class NativeCall:
+    """A Gemini-native request (``/v1beta/models/{model}:{action}``): the method its URL names, and
+    for ``streamGenerateContent`` whether the client reads SSE (``?alt=sse``) or a JSON array."""
+
+    action: str
+    sse: bool = True
+
+
 @dataclass(slots=True)
 class Conversation:
     """The Responses API state of one ``/v1/responses`` request (``stockyard.conversations``).
@@ -145,10 +186,13 @@ class Attempt:
     response_truncated: bool = False
     cost_uc: int | None = None
     cost_status: str = "none"
+    media_seconds: float | None = None  # audio the provider billed by duration (whisper-1)
+    media_images: int | None = None  # images in an images answer
     trace_id: str = ""  # set by close(): the row of a failed attempt
     ts_ms: int = 0
     started: float = 0.0
     ended: float | None = None
+    span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this attempt's span
 
     def close(self, ts_ms: int, started: float) -> None:
         """End a failed attempt that another follows: it becomes a trace row of its own."""
@@ -178,8 +222,8 @@ class Attempt:
 
 @dataclass(slots=True)  # slots: a write to a field that does not exist fails loudly
 class RequestContext:
-    endpoint: str  # chat, completions, embeddings, messages, count_tokens
-    dialect: str  # openai or anthropic
+    endpoint: str  # chat, completions, embeddings, messages, count_tokens, responses, generate, …
+    dialect: str  # openai, anthropic, responses or gemini: what the client spoke
     client_addr: str
     headers: dict[str, str]  # client request headers, lower-case names
     raw: bytes = b""
@@ -211,13 +255,24 @@ class RequestContext:
     sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
+    native: NativeCall | None = None  # Gemini-native routes: the URL's method (model and stream come from the URL)
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
+    upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
+    end_user: str | None = None  # who the client's product served (stockyard.attribution)
+    tags: dict[str, str] = field(default_factory=dict)  # x-stockyard-tags / body metadata
+    trace_parent: TraceParent | None = None  # the caller's W3C traceparent, when valid
+    otel_trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128) or 1:032x}")  # the caller's, if sent
+    span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this request's span
 
     def __post_init__(self) -> None:
         if not self.ts_ms:
             self.ts_ms = int(time.time() * 1000)
         if not self.trace_id:
             self.trace_id = new_trace_id(self.ts_ms)
+        if self.trace_parent is None:  # every span of this request joins the caller's trace
+            self.trace_parent = parse_traceparent(self.headers.get("traceparent"))
+        if self.trace_parent is not None:
+            self.otel_trace_id = self.trace_parent.trace_id
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)

@@ -1,7 +1,7 @@
 """Errors a client receives, in the dialect it spoke.
 
 Everything Stockyard refuses or fails with is a :class:`ProxyError`; the server turns it
-into the OpenAI or Anthropic error body with the right status. No other error text
+into the OpenAI, Anthropic or Google (Gemini) error body with the right status. No other error text
 reaches a client.
 """
 
@@ -13,6 +13,26 @@ from dataclasses import dataclass, field
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
 RESPONSES = "responses"  # the OpenAI Responses API: OpenAI's error shape, its own stream events
+GEMINI = "gemini"  # Gemini-native routes (/v1beta/models/…): Google's error shape
+
+# status → Google's canonical status name (google.rpc.Code), for the Gemini error shape
+GOOGLE_STATUS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 # status → (OpenAI type, Anthropic type)
 _TYPES: dict[int, tuple[str, str]] = {
@@ -66,12 +86,25 @@ def error_body(
     type_: str | None = None,
 ) -> bytes:
     """The JSON error body a client of ``dialect`` expects."""
+    if dialect == GEMINI:
+        return json.dumps(google_error(status, message, code)).encode()
     kind = type_ or error_type(dialect, status)
     if dialect == ANTHROPIC:
         payload: dict = {"type": "error", "error": {"type": kind, "message": message}}
     else:
         payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return json.dumps(payload).encode()
+
+
+def google_error(status: int, message: str, reason: str | None = None) -> dict:
+    """Google's error object (``google.rpc.Status`` as JSON); Stockyard's own code rides in an ErrorInfo."""
+    name = GOOGLE_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+    error: dict = {"code": status, "message": message, "status": name}
+    if reason:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "stockyard"}
+        ]
+    return {"error": error}
 
 
 def sse_error_event(dialect: str, status: int, message: str, code: str | None = None) -> bytes:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from .context import RequestContext
 from .limits import request_numbers
-from .pricing import PER, Price
+from .pricing import PER, Price, unit_cost
 
-NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens")
+NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
+IMAGES = ("image_generations", "image_edits", "image_variations")
 
 
 def text_tokens(data: bytes) -> int:
@@ -62,7 +63,7 @@ def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
 def worst_case_cost(price: Price, inputs: int, outputs: int) -> int:
     """µ¢, rounded up: every input token at the dearest input rate (a cache write can cost
     more than plain input), every output token at the dearest output rate (reasoning)."""
-    input_rate = max(price.input, price.cached_input, price.cache_write)
+    input_rate = max(price.input, price.cached_input, price.cache_write, price.media_input or 0)
     output_rate = max(price.output, price.reasoning or 0)
     return -(-(inputs * input_rate + outputs * output_rate) // PER)
 
@@ -70,3 +71,44 @@ def worst_case_cost(price: Price, inputs: int, outputs: int) -> int:
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
     return worst_case_cost(price, input_tokens(ctx), output_tokens(ctx, default_max_tokens))
+
+
+def images_asked(body: dict) -> int:
+    """``n`` of an images request (JSON number or form text), at least 1."""
+    n = body.get("n")
+    if isinstance(n, str) and n.strip().isdigit():
+        n = int(n)
+    return n if type(n) is int and n > 0 else 1
+
+
+def media_request_cost(
+    ctx: RequestContext, price: Price | None, image_price: Price | None, default_max_tokens: int
+) -> int | None:
+    """The worst case of an audio, images or moderations request; None when it cannot be priced.
+
+    Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs at the
+    default output cap. Speech: its characters (tts-1), or its text and the default output cap.
+    Audio input has no length before the provider answers: nothing is reserved for the audio
+    itself (seconds or audio tokens), only for what the request shows (its text, the default
+    output cap); the real cost settles the reservation when the answer comes.
+    """
+    if ctx.endpoint == "moderations":
+        return 0
+    if ctx.endpoint in IMAGES:
+        n = images_asked(ctx.body)
+        if image_price is not None:
+            return unit_cost(image_price, n)
+        if price is not None and price.unit == "token":
+            return worst_case_cost(price, input_tokens(ctx), default_max_tokens * n)
+        return None
+    if price is None:
+        return None
+    if ctx.endpoint == "speech":
+        text = ctx.body.get("input")
+        chars = len(text) if isinstance(text, str) else 0
+        if price.unit == "character":
+            return unit_cost(price, chars)
+        return worst_case_cost(price, -(-chars // 4), default_max_tokens) if price.unit == "token" else None
+    if price.unit == "second":
+        return 0  # the audio's duration is unknown until the answer
+    return worst_case_cost(price, input_tokens(ctx), default_max_tokens) if price.unit == "token" else None

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ProxyError
+
+if TYPE_CHECKING:
+    from .multipart import Upload
 
 
 def json_object(raw: bytes, parse_float: Callable[[str], Any] | None = None) -> dict:
@@ -34,7 +37,13 @@ class Request:
     """
 
     def __init__(
-        self, method: str, target: str, headers: dict[str, str], body: bytes | Callable[[], bytes], client: str
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | Callable[[], bytes],
+        client: str,
+        upload: Callable[[], "Upload"] | None = None,
     ) -> None:
         parts = urlsplit(target)
         self.method = method
@@ -43,12 +52,20 @@ class Request:
         self.headers = headers
         self._body = body
         self.client = client
+        self._upload = upload
 
     @property
     def body(self) -> bytes:
         if callable(self._body):
             self._body = self._body()
         return self._body
+
+    def upload(self) -> "Upload":
+        """The body as a streamed multipart/form-data upload (``multipart.Upload``; the caller
+        closes it), instead of :attr:`body`; a 400 where the server gave no upload reader."""
+        if self._upload is None:
+            raise ProxyError(400, "this route does not take uploads", code="invalid_body")
+        return self._upload()
 
     def json(self) -> dict:
         """The body as a JSON object (an empty body is ``{}``), or a 400."""

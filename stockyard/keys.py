@@ -144,6 +144,20 @@ class KeyRecord:
                 return True
         return False
 
+    def allows_provider(self, provider: str, route: Route) -> bool:
+        """Whether the allow-list lets the key use some model at ``provider``: for calls that
+        name no model (files, batches). ``provider/…`` entries name it; a bare entry counts
+        for the provider routing picks for it (``gpt-*`` → the provider serving ``gpt-``)."""
+        if self.models is None or "*" in self.models:
+            return True
+        for allowed in self.models:
+            head, sep, rest = allowed.partition("/")
+            if sep and rest and head.lower() == provider.lower():
+                return True
+            if route(allowed.rstrip("*")) == provider:
+                return True
+        return False
+
     def public(self) -> dict[str, Any]:
         """What may be shown about a key: everything but its hash."""
         return {
@@ -200,7 +214,8 @@ def check(
         raise ProxyError(
             401,
             "a client key is required: send Authorization: Bearer sk-sy-… "
-            "or x-api-key: sk-sy-… (create one with `stockyard keys create`)",
+            "or x-api-key: sk-sy-… (on the Gemini routes also x-goog-api-key or ?key=; "
+            "create one with `stockyard keys create`)",
             code="missing_api_key",
         )
     record = ring.find(secret)

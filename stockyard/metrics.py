@@ -9,6 +9,12 @@ database (``stockyard costs``).
 Label values that come from clients (model names) are bounded: after ``MAX_SERIES``
 distinct label sets, new ones are counted under ``model="_other"`` so a client sending
 random model names cannot grow the server's memory.
+
+Series per key name (``stockyard_key_*``) are bounded too: every key's counts are kept (keys
+are the operator's, not the clients'), and a scrape shows the ``STOCKYARD_METRICS_TOP_KEYS``
+busiest keys by requests under their names and the sum of the rest as ``key="_other"``
+(requests without a client key: ``key="_none"``). A key that enters or leaves the top moves its
+counts between its series and ``_other``.
 """
 
 from __future__ import annotations
@@ -16,8 +22,6 @@ from __future__ import annotations
 import threading
 import time
 from typing import TYPE_CHECKING, Iterable
-
-from .store.files import file_size, wal_path
 
 if TYPE_CHECKING:
     from .app import App
@@ -32,6 +36,8 @@ UPSTREAM_ERROR_OUTCOMES = ("upstream_error", "stream_broken")
 ZERO_WHEN_EMPTY = ("budget_rejections_total", "refusals_unrecorded_total", "connections_refused_total")
 
 Labels = tuple[tuple[str, str], ...]
+NO_KEY = "_none"  # key names start with a letter or digit, so neither of these is one
+TOKEN_KINDS = ("prompt", "completion", "cached", "reasoning")
 
 
 class Histogram:
@@ -52,14 +58,43 @@ class Histogram:
         self.count += 1
 
 
+class KeyStats:
+    """One key name's counts: requests, tokens by kind, cost and request latency."""
+
+    __slots__ = ("requests", "tokens", "cost_uc", "latency")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.tokens = dict.fromkeys(TOKEN_KINDS, 0)
+        self.cost_uc = 0
+        self.latency = Histogram(LATENCY_BUCKETS)
+
+    def add(self, other: "KeyStats") -> None:
+        self.requests += other.requests
+        self.cost_uc += other.cost_uc
+        for kind, n in other.tokens.items():
+            self.tokens[kind] += n
+        h, o = self.latency, other.latency
+        h.counts = [a + b for a, b in zip(h.counts, o.counts)]
+        h.sum += o.sum
+        h.count += o.count
+
+    def copy(self) -> "KeyStats":
+        out = KeyStats()
+        out.add(self)
+        return out
+
+
 class Metrics:
     """The request counters of one server process."""
 
-    def __init__(self) -> None:
+    def __init__(self, top_keys: int = 20) -> None:
         self._lock = threading.Lock()
         self.counters: dict[str, dict[Labels, int]] = {}
         self.histograms: dict[str, dict[Labels, Histogram]] = {}
         self._series = 0
+        self.top_keys = top_keys
+        self.by_key: dict[str, KeyStats] = {}
 
     def _labels(self, family: dict, labels: Labels) -> Labels:
         """``labels``, or the same with model="_other" once too many series exist."""
@@ -96,9 +131,19 @@ class Metrics:
         by_model = (("provider", provider), ("model", model))
         by_provider = (("provider", provider),)
         latency = max(0.0, time.perf_counter() - started)
+        key_name = getattr(ctx.key, "name", None) or NO_KEY
         with self._lock:
             self.inc("requests_total", (*by_model, ("status", status)))
             self.observe("request_duration_seconds", by_provider, latency)
+            self.observe("model_request_duration_seconds", by_model, latency)
+            stats = self.by_key.get(key_name)
+            if stats is None:
+                stats = self.by_key[key_name] = KeyStats()
+            if attempt is None:
+                stats.requests += 1
+                stats.latency.observe(latency)
+            if a.cost_uc:
+                stats.cost_uc += int(a.cost_uc)
             if a.ttfb is not None:
                 self.observe("time_to_first_byte_seconds", by_provider, max(0.0, a.ttfb - started))
             usage = a.usage
@@ -111,6 +156,7 @@ class Metrics:
                 ):
                     if count:
                         self.inc("tokens_total", (*by_model, ("kind", kind)), int(count))
+                        stats.tokens[kind] += int(count)
             if a.cost_uc:
                 self.inc("cost_microcents_total", by_model, int(a.cost_uc))
             if ctx.cache_hit and attempt is None:
@@ -132,14 +178,36 @@ class Metrics:
             self.inc(name, (), amount)
 
     def snapshot(self) -> tuple[dict[str, dict[Labels, int]], dict[str, dict[Labels, tuple]]]:
-        """A consistent copy for rendering (taken under the lock, rendered outside it)."""
+        """A consistent copy for rendering (taken under the lock, rendered outside it), the key
+        name series folded to the busiest ``top_keys`` and ``_other``."""
         with self._lock:
             counters = {name: dict(family) for name, family in self.counters.items()}
             hists = {
                 name: {labels: (list(h.counts), h.sum, h.count) for labels, h in family.items()}
                 for name, family in self.histograms.items()
             }
+            by_key = {name: stats.copy() for name, stats in self.by_key.items()}
+        for name, stats in top_keys(by_key, self.top_keys).items():
+            key = (("key", name),)
+            counters.setdefault("key_requests_total", {})[key] = stats.requests
+            counters.setdefault("key_cost_microcents_total", {})[key] = stats.cost_uc
+            for kind, n in stats.tokens.items():
+                if n:
+                    counters.setdefault("key_tokens_total", {})[(*key, ("kind", kind))] = n
+            h = stats.latency
+            hists.setdefault("key_request_duration_seconds", {})[key] = (h.counts, h.sum, h.count)
         return counters, hists
+
+
+def top_keys(by_key: dict[str, KeyStats], n: int) -> dict[str, KeyStats]:
+    """The ``n`` busiest key names (by requests, then name) as they are, the rest summed as ``_other``."""
+    ranked = sorted(by_key.items(), key=lambda item: (-item[1].requests, item[0]))
+    out = dict(ranked[:n])
+    if len(ranked) > n:
+        other = out[OTHER] = KeyStats()
+        for _, stats in ranked[n:]:
+            other.add(stats)
+    return out
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -150,6 +218,11 @@ HELP = {
     "time_to_first_byte_seconds": ("histogram", "Time from request received to the first answer byte."),
     "tokens_total": ("counter", "Tokens the providers reported (or Stockyard estimated), by kind."),
     "cost_microcents_total": ("counter", "Cost in micro-cents (1e-8 USD), as recorded in traces."),
+    "model_request_duration_seconds": ("histogram", "Time from request received to last byte sent, by model."),
+    "key_requests_total": ("counter", "Proxied requests by client key name (the busiest keys; the rest as _other)."),
+    "key_tokens_total": ("counter", "Tokens by client key name and kind."),
+    "key_cost_microcents_total": ("counter", "Cost in micro-cents (1e-8 USD) by client key name."),
+    "key_request_duration_seconds": ("histogram", "Time from request received to last byte sent, by key name."),
     "cache_hits_total": ("counter", "Requests answered from the cache."),
     "budget_rejections_total": ("counter", "Requests refused because a budget was spent."),
     "upstream_errors_total": ("counter", "Provider failures: error statuses, timeouts, resets, broken streams."),
@@ -218,7 +291,6 @@ def render(app: "App") -> str:
 def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
     """The store's state, read at scrape time: (name, type, help, value)."""
     w = app.writer
-    db_path = app.settings.db_path
     out = [
         ("writer_queue_depth", "gauge", "Records waiting for the database writer.", w.depth),
         (
@@ -236,12 +308,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
         ),
         ("writer_failed_batches_total", "counter", "Write transactions the database refused.", w.stats.failed_batches),
         ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.", 1 if w.healthy else 0),
-        ("database_size_bytes", "gauge", "Size of the database file.", file_size(db_path)),
+        ("database_size_bytes", "gauge", "Size of the database file.", app.backend.size_bytes(app.store.read())),
         (
             "database_wal_size_bytes",
             "gauge",
             "Size of the database's write-ahead log.",
-            file_size(wal_path(db_path)),
+            app.backend.wal_bytes(),
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]
@@ -260,6 +332,18 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
                 "Traces deleted by retention.",
                 retention.stats.traces_deleted,
             ),
+        ]
+    otlp = getattr(app, "otlp", None)
+    if otlp is not None:
+        out += [
+            ("otlp_spans_exported_total", "counter", "Spans the OpenTelemetry collector accepted.", otlp.exported),
+            (
+                "otlp_spans_dropped_total",
+                "counter",
+                "Spans dropped: the collector could not be reached after retries, or the export queue was full.",
+                otlp.dropped,
+            ),
+            ("otlp_queue_depth", "gauge", "Spans waiting for the OpenTelemetry exporter.", otlp.depth),
         ]
     snap = getattr(app, "snapshots", None)
     if snap is not None:

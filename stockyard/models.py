@@ -8,7 +8,7 @@ waits for providers — except the very first fill, and that only for FIRST_FILL
 A provider that fails keeps its last good list; one that never answered is listed with
 the models the price table knows for it. Each id routes back to the same provider — a bare
 name when it already routes there, else ``provider/model`` — and a client key sees only
-the models it may use.
+the models it may use; ``GET /v1/models/{id}`` answers one of them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
+from urllib.parse import unquote
 
+from .errors import ProxyError
+from .httpio import Request, Response, json_response
 from .keys import KeyRecord
 from .pricing import PROVIDERS
 from .providers import OPENAI_KINDS, Provider, Registry
@@ -125,9 +128,9 @@ def known_models(app: "App", registry: Registry, provider: Provider) -> list[str
     """Models the price table knows for ``provider``: the fallback for one that never answered."""
     names = []
     prefixes = tuple(prefix.lower() for prefix in provider.models)
-    for key, _ in app.prices.entries():
+    for key, price in app.prices.entries():
         head, sep, rest = key.partition("/")
-        if "*" in key:
+        if "*" in key or price.unit == "image":  # model/size/quality: a price, not a model
             continue
         if sep and head == provider.name:
             names.append(rest)
@@ -158,6 +161,33 @@ def list_models(app: "App", key: KeyRecord | None = None) -> list[dict]:
             seen.add(ident)
             out.append({"id": ident, "object": "model", "created": 0, "owned_by": provider.name})
     return out
+
+
+MODEL_PREFIX = "/v1/models/"
+
+
+def retrieve(app: "App", req: Request) -> Response:
+    """``GET /v1/models/{id}``: one model of the listing, in OpenAI's shape; the id may hold ``/``
+    (``provider/model``, sent raw or as ``%2F``). A model this key may not use, or that no
+    provider lists, is a 404 in OpenAI's error shape."""
+    if req.method != "GET":
+        raise ProxyError(
+            405,
+            f"method {req.method} is not allowed here; use GET",
+            code="method_not_allowed",
+            headers={"Allow": "GET"},
+        )
+    key = app.gate.client_key(req.headers)  # 401 before anything else when keys are required
+    wanted = unquote(req.path.removeprefix(MODEL_PREFIX))
+    for model in list_models(app, key):
+        if model["id"] == wanted:
+            return json_response(model)
+    raise ProxyError(
+        404,
+        f"The model {wanted[:200]!r} does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def answer(app: "App", headers: Mapping[str, str]) -> dict:

@@ -23,9 +23,18 @@ never a sibling's price; a variant with a price of its own gets its own entry.
 ``"<provider>/*"`` prices every model of that provider (used for local Ollama, which
 costs nothing).
 
+Units other than tokens (``Price.unit``): the media endpoints bill what OpenAI bills —
+``image`` (DALL·E, one key per ``model/size/quality``, e.g. ``dall-e-3/1024x1792/hd``),
+``second`` of audio (whisper-1, from the answer's ``usage.seconds`` rounded to the nearest
+second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their rate is
+``input``, in µ¢ per 1M units like every rate here ($0.04 an image = "40000" USD per 1M
+images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
+audio or image input tokens at ``media_input`` (``Usage.media_tokens``).
+
 Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k),
-Anthropic 1-hour cache writes (billed here at the 5-minute rate), audio/image
-token rates, and per-request or per-search fees (Perplexity, web search tools).
+Anthropic 1-hour cache writes (billed here at the 5-minute rate), cached image input
+tokens (billed as cached text input), and per-request or per-search fees (Perplexity,
+web search tools).
 """
 
 from __future__ import annotations
@@ -118,9 +127,16 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
     return f"{sign}${dollars}" + (f".{digits[:places]}" if places else "")
 
 
+UNITS = ("token", "image", "second", "character")
+
+
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name == "reasoning":
+        if value is None and name in ("reasoning", "media_input"):
+            continue
+        if name == "unit":
+            if value not in UNITS:
+                raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {value!r}")
             continue
         if type(value) is not int or value < 0:
             raise ValueError(f"{type(obj).__name__}.{name} must be a non-negative int, got {value!r}")
@@ -128,13 +144,17 @@ def _check_counts(obj: object) -> None:
 
 @dataclass(frozen=True)
 class Price:
-    """Rates in integer µ¢ per 1M tokens; ``reasoning`` None means the output rate."""
+    """Rates in integer µ¢ per 1M tokens (per 1M ``unit`` when that is not ``token``: then
+    ``input`` is the rate); ``reasoning`` None means the output rate, ``media_input`` None the
+    input rate."""
 
     input: int
     cached_input: int
     cache_write: int
     output: int
     reasoning: int | None = None
+    unit: str = "token"
+    media_input: int | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -142,7 +162,7 @@ class Price:
     @classmethod
     def from_usd(cls, rates: Mapping[str, str]) -> Price:
         """From decimal strings in USD per 1M; cached/cache_write default to input."""
-        unknown = set(rates) - {"input", "cached_input", "cache_write", "output", "reasoning"}
+        unknown = set(rates) - {"input", "cached_input", "cache_write", "output", "reasoning", "unit", "media_input"}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
         inp = parse_usd_per_m(rates["input"])
@@ -152,6 +172,8 @@ class Price:
             cache_write=parse_usd_per_m(rates["cache_write"]) if "cache_write" in rates else inp,
             output=parse_usd_per_m(rates["output"]),
             reasoning=parse_usd_per_m(rates["reasoning"]) if "reasoning" in rates else None,
+            unit=rates.get("unit", "token"),
+            media_input=parse_usd_per_m(rates["media_input"]) if "media_input" in rates else None,
         )
 
 
@@ -177,6 +199,7 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    media_tokens: int = 0  # input tokens that are audio or images (part of prompt_tokens)
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -195,6 +218,8 @@ class Usage:
         in_details = u.get("prompt_tokens_details") or u.get("input_tokens_details")
         out_details = u.get("completion_tokens_details") or u.get("output_tokens_details")
         cached = _count(in_details, "cached_tokens") or _count(u, "prompt_cache_hit_tokens")
+        media_details = in_details or u.get("input_token_details")  # a transcription's is singular
+        media = _count(media_details, "audio_tokens") + _count(media_details, "image_tokens")
         reasoning = _count(out_details, "reasoning_tokens")
         total = u.get("total_tokens")
         if reasoning and type(total) is int and total == prompt + completion + reasoning:
@@ -204,6 +229,7 @@ class Usage:
             completion_tokens=completion,
             cached_tokens=min(cached, prompt),
             reasoning_tokens=min(reasoning, completion),
+            media_tokens=min(media, prompt),
         )
 
     @classmethod
@@ -233,11 +259,11 @@ class Usage:
         )
 
 
-def round_microcents(numerator: int) -> int:
-    """numerator (units of 10⁻⁶ µ¢) → µ¢, half up; anything above 0 is at least 1."""
+def round_microcents(numerator: int, whole: int = 1) -> int:
+    """numerator / whole (units of 10⁻⁶ µ¢) → µ¢, half up; anything above 0 is at least 1."""
     if numerator <= 0:
         return 0
-    return max(1, (numerator + PER // 2) // PER)
+    return max(1, (numerator + PER * whole // 2) // (PER * whole))
 
 
 def cost_microcents(price: Price, usage: Usage) -> int:
@@ -246,17 +272,36 @@ def cost_microcents(price: Price, usage: Usage) -> int:
     Parts are billed as reported; if a provider reports parts larger than the
     totals, the remainder (uncached input, plain output) counts as 0, never less.
     """
-    uncached = max(0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens)
+    return round_microcents(cost_numerator(price, usage))
+
+
+def discounted_microcents(numerator: int, rate: tuple[int, int]) -> int:
+    """A summed :func:`cost_numerator` at ``rate`` (a fraction: (1, 2) is half price) in µ¢, rounded once."""
+    part, whole = rate
+    return round_microcents(numerator * part, whole)
+
+
+def cost_numerator(price: Price, usage: Usage) -> int:
+    """The cost of ``usage`` at ``price`` in units of 10⁻⁶ µ¢, not yet rounded (sums of these stay exact)."""
+    fresh = max(0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens)
+    media = min(usage.media_tokens, fresh)
+    uncached = fresh - media
     plain_output = max(0, usage.completion_tokens - usage.reasoning_tokens)
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
-    numerator = (
+    media_rate = price.input if price.media_input is None else price.media_input
+    return (
         uncached * price.input
+        + media * media_rate
         + usage.cached_tokens * price.cached_input
         + usage.cache_write_tokens * price.cache_write
         + plain_output * price.output
         + usage.reasoning_tokens * reasoning_rate
     )
-    return round_microcents(numerator)
+
+
+def unit_cost(price: Price, units: int) -> int:
+    """µ¢ for ``units`` images, seconds or characters at ``price.input`` per 1M units, rounded once."""
+    return round_microcents(units * price.input)
 
 
 def _split(name: str) -> tuple[str | None, str]:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
+from .attribution import attribute
 from .auth import Gatekeeper
 from .billing import Pricer
 from .chain import Chain
@@ -33,14 +34,16 @@ from .config import Settings
 from .context import Attempt, RequestContext, RetryPolicy
 from .conversations import Conversations
 from .deployments import Deployment
-from .errors import RESPONSES, ClientGone, ProxyError, sse_error_event
+from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
 from .limits import check_request_numbers
+from .otel import upstream_headers
 from .pricing import Usage
-from .providers import Provider, Registry
+from .providers import Provider, Registry, media
 from .providers.adapters import adapter_for
 from .providers.base import Adapter
 from .providers.chatshape import DROPPED_HEADER
+from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
 from .tracing import Tracer
@@ -52,8 +55,19 @@ log = logging.getLogger("stockyard.proxy")
 PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms", "retry-after", "openai-organization")
 PASS_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-goog-request-id")
-NEEDS_MODEL = ("chat", "completions", "embeddings", "messages", "count_tokens", "responses", "input_tokens")
-NO_STREAM = ("embeddings", "count_tokens", "input_tokens")
+NEEDS_MODEL = (
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "count_tokens",
+    "responses",
+    "input_tokens",
+    "transcriptions",
+    "translations",
+    "speech",
+)
+NO_STREAM = ("embeddings", "count_tokens", "input_tokens", *media.ENDPOINTS)
 DEPLOYMENT_HEADER = "x-stockyard-deployment"
 # A provider's "the input is longer than the model's context window" (OpenAI, Anthropic, Gemini, others).
 CONTEXT_OVERFLOW = re.compile(
@@ -83,6 +97,7 @@ class Reply(Protocol):
     def start_stream(self, status: int, headers: dict | None = ..., content_type: str = ...) -> None: ...
     def chunk(self, data: bytes) -> None: ...
     def end_stream(self) -> None: ...
+    def abort(self) -> None: ...
     def watch_client(self, on_gone: Callable[[], None]) -> ContextManager[None]: ...
 
 
@@ -90,10 +105,18 @@ def parse_body(ctx: RequestContext) -> None:
     """Decode the JSON object body, pick out model and stream, check the numbers the proxy reads.
 
     Anything else is a 400."""
+    if ctx.upload is not None:
+        return parse_form(ctx)
     body = json_object(ctx.raw)
     ctx.body = body
+    if ctx.dialect == GEMINI:  # Gemini-native: the URL named the model and whether to stream
+        check_native_model(ctx.model)
+        ctx.body_changed = check_request_numbers(body) or ctx.body_changed
+        return
     model = body.get("model")
-    if ctx.endpoint in NEEDS_MODEL:
+    if model is None and ctx.endpoint in media.DEFAULT_MODELS:
+        model = media.DEFAULT_MODELS[ctx.endpoint]  # what OpenAI uses when none is named
+    if ctx.endpoint in NEEDS_MODEL or ctx.endpoint in media.DEFAULT_MODELS:
         if not isinstance(model, str) or not model.strip():
             raise ProxyError(
                 400, "'model' is required and must be a non-empty string", param="model", code="missing_model"
@@ -109,6 +132,21 @@ def parse_body(ctx: RequestContext) -> None:
         ctx.body_changed = True
 
 
+def parse_form(ctx: RequestContext) -> None:
+    """A multipart request (``ctx.upload``): its text fields are the body the modules see; model and
+    stream are read from them (``stream=true`` asks a transcription for SSE)."""
+    upload = ctx.upload
+    ctx.body = {k: v for k, v in upload.fields.items() if isinstance(v, str)}
+    model = upload.get("model") or media.DEFAULT_MODELS.get(ctx.endpoint)
+    if not model or not model.strip():
+        raise ProxyError(400, "the form field 'model' is required", param="model", code="missing_model")
+    ctx.model = model
+    stream = upload.get("stream")
+    if stream not in (None, "true", "false"):
+        raise ProxyError(400, "'stream' must be true or false", param="stream", code="invalid_stream")
+    ctx.stream = stream == "true" and ctx.endpoint == "transcriptions"
+
+
 def passed_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k in PASS_HEADERS or k.startswith(PASS_PREFIXES)}
 
@@ -120,6 +158,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     ctx.default_output_cap = path.settings.default_max_tokens  # STOCKYARD_DEFAULT_MAX_TOKENS
     try:
         parse_body(ctx)
+        attribute(ctx)  # end user and tags, for the trace, the reports and per-user limits
         path.gate.authenticate(ctx)
         if ctx.dialect == RESPONSES:
             path.conversations.open(ctx)  # the previous turn (this key's) and its history, before any module
@@ -127,7 +166,9 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         if ctx.answer is None and ctx.dialect == RESPONSES:
             path.conversations.count_input(ctx)  # input_tokens on a translated provider
         if ctx.answer is None and ctx.endpoint == "count_tokens" and ctx.route is not None:
-            if ctx.route.provider.kind != "anthropic":  # counted here, never by a provider call
+            if (
+                ctx.dialect == ANTHROPIC and ctx.route.provider.kind != "anthropic"
+            ):  # counted here, never by a provider call
                 count_estimate(ctx, ctx.route.provider)
         if ctx.answer is not None:
             started_reply = True
@@ -322,11 +363,11 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
         if ctx.plan is not None and route is not None and route.deployments:
             plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
             for d in plan.deployments():
-                adapter_for(d.provider, ctx.dialect)
+                adapter_for(d.provider, ctx.dialect, ctx.endpoint)
                 yield d.provider, d.upstream_model, d
             return
         provider, model = path.registry().resolve(name)
-        adapter_for(provider, ctx.dialect)
+        adapter_for(provider, ctx.dialect, ctx.endpoint)
     except ProxyError as exc:
         log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
         return
@@ -390,8 +431,9 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     """Call the provider on ``ctx`` and relay its answer; a Failure if nothing was sent."""
     provider, model = ctx.attempt.provider, ctx.attempt.upstream_model
     assert provider is not None and model is not None
-    adapter = adapter_for(provider, ctx.dialect)
+    adapter = adapter_for(provider, ctx.dialect, ctx.endpoint)
     started, ts_ms = time.perf_counter(), int(time.time() * 1000)
+    ctx.attempt.started, ctx.attempt.ts_ms = started, ts_ms  # its span's start (a failed one is closed later)
     timeout, by_deadline = read_timeout(ctx, provider.name, model)
     try:
         resp = call_upstream(path, ctx, timeout)
@@ -404,6 +446,9 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **passed_headers(upstream_headers)}
     if resp.status >= 400:
         return error_answer(path, ctx, resp, adapter, headers, started, ts_ms)
+    if adapter.relays_bytes(ctx):
+        relay_bytes(reply, ctx, resp, headers)
+        return None
     if ctx.stream and resp.is_sse:
         events = resp.events()
         try:
@@ -424,7 +469,7 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     ctx.attempt.status = resp.status
     ctx.complete = True
     ctx.attempt.capture(body, path.settings.body_cap_bytes)
-    reply.send(resp.status, body, "application/json", headers)
+    reply.send(resp.status, body, adapter.content_type(resp.headers.get("content-type")), headers)
     return None
 
 
@@ -461,9 +506,10 @@ def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | 
             "decrypted; the operator must fix it (see the server log)",
             code="provider_key_unavailable",
         )
-    adapter = adapter_for(provider, ctx.dialect)
+    adapter = adapter_for(provider, ctx.dialect, ctx.endpoint)
     ctx.reply_headers.pop(DROPPED_HEADER, None)  # what an earlier attempt's adapter dropped is not this one's
     call = adapter.prepare(ctx, provider, model)
+    call.headers.update(upstream_headers(ctx, ctx.attempt, path.settings.otlp_endpoint is not None))
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
     return path.pool.request(
         call.base_url or provider.base_url,
@@ -585,6 +631,45 @@ def deliver_failure(reply: Reply, failure: Failure) -> bool:
     return True
 
 
+# -- relaying bytes (audio) and streams ---------------------------------------------------------
+
+
+def relay_bytes(reply: Reply, ctx: RequestContext, resp: UpstreamResponse, headers: dict[str, str]) -> None:
+    """Relay a binary answer chunk by chunk as it arrives, its Content-Type kept; the trace gets
+    the content type and the byte count, never the bytes."""
+    a = ctx.attempt
+    a.status = resp.status
+    content_type = resp.headers.get("content-type", "application/octet-stream")
+    reply.start_stream(resp.status, headers, content_type)
+    a.mark_first_byte()
+    sent = 0
+    try:
+        for data in resp.chunks():
+            reply.chunk(data)
+            sent += len(data)
+            if ctx.deadline is not None:
+                left = ctx.deadline - time.perf_counter()
+                if left <= 0:
+                    resp.close()
+                    raise UpstreamError("timeout", "the request passed its deadline")
+                resp.set_timeout(left)
+        reply.end_stream()
+        ctx.complete = True
+    except UpstreamError as exc:
+        if client_left(ctx):
+            a.outcome, a.error_message = "client_disconnected", "client closed the connection mid-answer"
+        else:
+            fail(ctx, resp.status, f"provider answer broke after {sent} bytes: {exc}", "stream_broken", exc.kind)
+        # no error event fits a binary body: the connection closes without the chunked terminator
+        reply.abort()
+    except ClientGone:
+        resp.close()
+        a.outcome, a.error_message = "client_disconnected", "client closed the connection mid-answer"
+    finally:
+        summary = {"content_type": content_type, "bytes": sent}
+        a.response_body = bytearray(json.dumps(summary).encode())
+
+
 # -- relaying a stream ------------------------------------------------------------------------------
 
 
@@ -601,7 +686,7 @@ def relay_stream(
     translator = adapter.stream(ctx)
     cap = path.settings.body_cap_bytes
     ctx.attempt.status = resp.status
-    reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"})
+    reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"}, translator.content_type)
     ctx.attempt.mark_first_byte()
     try:
         for event in events:

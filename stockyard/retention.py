@@ -128,7 +128,7 @@ class Retention:
         row = conn.execute(
             "SELECT trace_id FROM (SELECT trace_id, SUM(COALESCE(length(request), 0) + "
             "COALESCE(length(response), 0)) OVER (ORDER BY trace_id DESC ROWS UNBOUNDED PRECEDING) "
-            "AS running FROM trace_bodies) WHERE running > ? LIMIT 1",
+            "AS running FROM trace_bodies) AS sized WHERE running > ? LIMIT 1",
             (self.bodies_max_bytes,),
         ).fetchone()
         return row[0] if row else None

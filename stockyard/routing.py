@@ -3,7 +3,7 @@
 It runs after the policy modules (alias renames the model; guard and redact may refuse, and
 their refusals win over a model that routes nowhere) and before the modules that need the
 route (budget prices it, cache keys by it) and the proxy (which calls it). A model that
-routes nowhere is a 400 here.
+routes nowhere is a 400 here (a 404 on the Gemini-native routes, as Google answers).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable
 
 from .context import RequestContext, Route
 from .deployments import ModelRoute, Models
-from .errors import ProxyError
+from .errors import GEMINI, ProxyError
 from .estimate import request_tokens
 from .providers import Registry
 
@@ -33,7 +33,12 @@ class RouteStep:
         if models is not None and route is not None and (route.deployments or route.problems):
             self._deployed(ctx, models, route)
             return
-        provider, model = self._registry().resolve(name)
+        try:
+            provider, model = self._registry().resolve(name)
+        except ProxyError as exc:
+            if ctx.dialect == GEMINI and exc.code == "model_not_routable":  # Google's clients know this as a 404
+                raise ProxyError(404, exc.message, param="model", code="model_not_found") from None
+            raise
         ctx.route = Route(provider, model)
         if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
             ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))

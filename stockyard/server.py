@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import logging
 import re
 import socket
@@ -21,17 +22,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import proxy
+from . import files_api, gemini_api, multipart, proxy
 from . import ui as console
 from .app import App
 from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
-from .errors import ANTHROPIC, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
+from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
 from .hosts import host_allowed, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
+from .multipart import Upload
 
 log = logging.getLogger("stockyard.server")
 
@@ -43,11 +45,21 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/messages/count_tokens": ("count_tokens", ANTHROPIC),
     "/v1/responses": ("responses", RESPONSES),
     "/v1/responses/input_tokens": ("input_tokens", RESPONSES),
+    "/v1/audio/transcriptions": ("transcriptions", OPENAI),
+    "/v1/audio/translations": ("translations", OPENAI),
+    "/v1/audio/speech": ("speech", OPENAI),
+    "/v1/images/generations": ("image_generations", OPENAI),
+    "/v1/images/edits": ("image_edits", OPENAI),
+    "/v1/images/variations": ("image_variations", OPENAI),
+    "/v1/moderations": ("moderations", OPENAI),
 }
+MULTIPART_ENDPOINTS = ("transcriptions", "translations", "image_edits", "image_variations")  # streamed uploads
 # Answered for any Host and Origin: load balancers and probes address a server by its IP.
 OPEN_ROUTES = ("/healthz", "/readyz")
 READYZ_TIMEOUT_S = 5.0
 CHUNK_LINE_MAX = 4096  # a chunk-size line with its extensions
+BODY_BLOCK = 64 * 1024  # bodies are read in blocks of this size
+UPLOAD_PROGRESS_BYTES = 256 * 1024  # an upload earns another read deadline per this many bytes
 LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
 # RFC 9112 §7.1: chunk-size (hex digits, bounded) [; extensions] CRLF; no sign, no spaces before it.
@@ -451,6 +463,17 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ClientGone() from exc
 
+    def abort(self) -> None:
+        """End a started answer that cannot be finished (a binary body broke upstream): the
+        connection closes without the chunked terminator, so the client sees it incomplete."""
+        self._stream_head = b""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     @contextmanager
     def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
         """While the provider works: ``on_gone()`` if this client closes its connection meanwhile.
@@ -477,27 +500,30 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read_body(self, limit: int) -> bytes:
         """The request body as framed by its head (checked in parse_request), up to ``limit``."""
+        return b"".join(self._body_blocks(limit))
+
+    def _body_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+        """The body in blocks as it arrives, up to ``limit`` bytes (413 beyond: before reading
+        when Content-Length says so); ``progress(total)`` after each block."""
         length = self._body_length
         if length is None:
-            return self._read_chunked(limit)
+            yield from self._chunked_blocks(limit, progress)
+            return
         if length > limit:
             raise ProxyError(413, f"request body is {length} bytes; the limit is {limit}", code="request_too_large")
-        if not length:
-            return b""
-        data = self.rfile.read(length)
-        if len(data) < length:
-            raise ClientGone()
-        return data
+        total = 0
+        while total < length:
+            data = self.rfile.read(min(BODY_BLOCK, length - total))
+            if not data:
+                raise ClientGone()
+            total += len(data)
+            if progress:
+                progress(total)
+            yield data
 
     def _body(self) -> bytes:
         """Read the whole body; from then on the request is ours and the read deadline is off."""
-        if self._expect_continue and self._body_length != 0:
-            self._expect_continue = False  # only now: a refused request never invites its body
-            try:
-                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            except _GONE as exc:
-                self.close_connection = True
-                raise ClientGone() from exc
+        self._continue()
         try:
             body = self._read_body(self.server.app.settings.max_body_bytes)
         except (ProxyError, ClientGone):
@@ -507,10 +533,56 @@ class Handler(BaseHTTPRequestHandler):
         self.server.reaper.disarm(self.connection)
         return body
 
-    def _read_chunked(self, limit: int) -> bytes:
+    def _continue(self) -> None:
+        """Invite the body of an ``Expect: 100-continue`` request (only now: a refused one never is)."""
+        if self._expect_continue and self._body_length != 0:
+            self._expect_continue = False
+            try:
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except _GONE as exc:
+                self.close_connection = True
+                raise ClientGone() from exc
+
+    def upload(self) -> Upload:
+        """Receive a multipart/form-data body into a spool (``multipart.receive``), up to
+        STOCKYARD_MAX_UPLOAD_BYTES. The caller closes the Upload (the spool goes with it).
+
+        A big upload takes longer than the read deadline: each ``UPLOAD_PROGRESS_BYTES``
+        that arrive grant another deadline, so only a sender slower than that per deadline
+        (a slowloris) is cut off.
+        """
+        settings = self.server.app.settings
+        self._continue()
+        step = [UPLOAD_PROGRESS_BYTES]
+
+        def progress(total: int) -> None:
+            if total >= step[0]:
+                step[0] = total + UPLOAD_PROGRESS_BYTES
+                self.server.reaper.arm(self.connection, settings.request_read_timeout_s)
+
+        try:
+            blocks = self._body_blocks(settings.max_upload_bytes, progress)
+            upload = multipart.receive(
+                blocks,
+                self.headers.get("Content-Type"),
+                limit=settings.max_upload_bytes,
+                folder=multipart.spool_folder(settings.db_path),
+            )
+        except ProxyError as exc:
+            if exc.status == 413:
+                exc.message = multipart.too_large(settings.max_upload_bytes).message
+            self.close_connection = True  # the rest of the body was not read
+            raise
+        except ClientGone:
+            self.close_connection = True
+            raise
+        self._body_done = True
+        self.server.reaper.disarm(self.connection)
+        return upload
+
+    def _chunked_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """A chunked body (RFC 9112 §7.1), strictly: hex sizes, CRLF after each chunk, a bounded
         trailer section, and the limit enforced on the running total before anything is read."""
-        parts: list[bytes] = []
         total = 0
         while True:
             line = self.rfile.readline(CHUNK_LINE_MAX + 1)
@@ -532,14 +604,18 @@ class Handler(BaseHTTPRequestHandler):
                     raise ProxyError(
                         exc.status, f"malformed chunked request body: trailer: {exc}", code="bad_chunked_body"
                     ) from None
-                return b"".join(parts)
-            total += size
-            if total > limit:
+                return
+            if total + size > limit:
                 raise ProxyError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
-            data = self.rfile.read(size)
-            if len(data) < size:
-                raise ClientGone()
-            parts.append(data)
+            while size > 0:
+                data = self.rfile.read(min(BODY_BLOCK, size))
+                if not data:
+                    raise ClientGone()
+                size -= len(data)
+                total += len(data)
+                if progress:
+                    progress(total)
+                yield data
             end = self.rfile.read(2)
             if end != b"\r\n":
                 if len(end) < 2:
@@ -605,20 +681,33 @@ class Handler(BaseHTTPRequestHandler):
             if method != "POST":
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            ctx = RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict())
-            if not self._key_accepted(ctx):
-                return
-            ctx.raw = self._body()
-            try:
-                proxy.handle(app.path, self, ctx)
-            finally:
-                done = ctx.attempt
-                self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
+            self._proxy(RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict()))
+            return
+        query = urlsplit(self.path).query
+        native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
+        if native is not None:
+            if method != "POST":
+                self._refuse_method(["POST"])
+            headers = gemini_api.key_headers(self._headers_dict(), query)
+            ctx = RequestContext(native.endpoint, GEMINI, self.client_address[0], headers, native=native.call)
+            ctx.model, ctx.stream = native.model, native.call.action == "streamGenerateContent"
+            self._proxy(ctx)
+            return
+        if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
+            self._gemini_models(method, path, query)
+            return
+        if files_api.route_of(path) is not None:  # /v1/files…, /v1/batches…
+            ctx = RequestContext(
+                files_api.endpoint_name(method, path), OPENAI, self.client_address[0], self._headers_dict()
+            )
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+                app.files.handle(self, ctx, req)
                 self._trace_note = f" {ctx.trace_id}"
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
-            req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0])
+            req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0], self.upload)
             self._respond(app.conversations.answer(req, key.id if key else None))
             return
         fixed = FIXED_ROUTES.get(path)
@@ -633,10 +722,40 @@ class Handler(BaseHTTPRequestHandler):
             if path.startswith(prefix):
                 if not self._body_pending():
                     self.server.reaper.disarm(self.connection)  # nothing more to arrive
-                req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0])
+                req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0], self.upload)
                 self._respond(fn(app, req))
                 return
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
+
+    def _proxy(self, ctx: RequestContext) -> None:
+        """A proxied request: the key from the headers, then the body, then the request path."""
+        if not self._key_accepted(ctx):
+            return
+        if ctx.endpoint in MULTIPART_ENDPOINTS:
+            ctx.upload = self.upload()  # spooled; the trace keeps its metadata, never the file bytes
+            ctx.raw = json.dumps(ctx.upload.metadata(), ensure_ascii=False).encode()
+        else:
+            ctx.raw = self._body()
+        try:
+            proxy.handle(self.server.app.path, self, ctx)
+        finally:
+            if ctx.upload is not None:
+                ctx.upload.close()
+            done = ctx.attempt
+            self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
+            self._trace_note = f" {ctx.trace_id}"
+
+    def _gemini_models(self, method: str, path: str, query: str) -> None:
+        """Google's model list and model; its errors in Google's shape, on /v1/models too."""
+        app = self.server.app
+        try:
+            if method != "GET":
+                self._refuse_method(["GET"])
+            key = app.gate.client_key(gemini_api.key_headers(self._headers_dict(), query))
+            self._respond(gemini_api.models(app, path, query, key))
+        except ProxyError as exc:
+            self._end_early()
+            self._write(exc.status, exc.body(GEMINI), "application/json", exc.headers)
 
     def _check_host_and_origin(self) -> None:
         """Browsers: a Host this server does not answer for (DNS rebinding) is a 421, an Origin
@@ -705,8 +824,15 @@ def reason_phrase(status: int, default: str) -> str:
 
 
 def _dialect_of(target: str) -> str:
-    """The error shape for a request target: Anthropic's under /v1/messages, else OpenAI's."""
-    return ANTHROPIC if target.startswith("/v1/messages") else OPENAI
+    """The error shape for a request target: Anthropic's under /v1/messages, Google's on the
+    Gemini-native routes, else OpenAI's."""
+    if target.startswith("/v1/messages"):
+        return ANTHROPIC
+    try:
+        path = urlsplit(target).path
+    except ValueError:
+        return OPENAI
+    return GEMINI if gemini_api.is_native(path) else OPENAI
 
 
 # -- operational routes ---------------------------------------------------------------------------
@@ -770,6 +896,9 @@ def make_server(app: App) -> StockyardHTTPServer:
     raise_file_limit()  # before the connection cap is sized from it
     handler = type("StockyardHandler", (Handler,), {"timeout": app.settings.idle_timeout_s})
     server = StockyardHTTPServer(app, handler)
+    from .models import MODEL_PREFIX, retrieve
+
+    server.prefix_routes.append((MODEL_PREFIX, retrieve))
     server.prefix_routes.append(("/api/", api.handle))
     server.prefix_routes.append((console.PREFIX, console.handle))
     return server

@@ -10,6 +10,7 @@ import logging
 from .config import Settings
 from .context import Attempt, RequestContext
 from .metrics import Metrics
+from .otel import Telemetry
 from .scrub import Scrubber
 from .store import Store
 from .store.traces import trace_row_from
@@ -20,11 +21,14 @@ ERROR_MESSAGE_CAP = 2000
 
 
 class Tracer:
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics, scrub: Scrubber) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, metrics: Metrics, scrub: Scrubber, telemetry: Telemetry | None = None
+    ) -> None:
         self._settings = settings
         self._store = store
         self._metrics = metrics
         self._scrub = scrub
+        self._telemetry = telemetry  # OTLP export, when configured
 
     def finish(self, ctx: RequestContext) -> None:
         """Trace one request (priced already): its failed attempts first, each a row of its
@@ -32,6 +36,8 @@ class Tracer:
         for n, attempt in enumerate(ctx.attempts, 1):
             self._record(ctx, attempt, parent_id=ctx.trace_id, number=n)
         self._record(ctx, None, parent_id=None, number=len(ctx.attempts) + 1)
+        if self._telemetry is not None:
+            self._telemetry.export(ctx)
 
     def _record(self, ctx: RequestContext, attempt: Attempt | None, *, parent_id: str | None, number: int) -> None:
         a = attempt or ctx.attempt

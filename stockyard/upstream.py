@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
 from .httphead import Response
@@ -165,6 +165,26 @@ class UpstreamResponse:
             yield buf + b"\n\n"
         self.release()
 
+    def chunks(self) -> Iterator[bytes]:
+        """Yield the body as it arrives (``read1``: no waiting for a buffer to fill), for binary
+        answers relayed whole (audio). Raises UpstreamError when the answer breaks."""
+        while True:
+            try:
+                chunk = self._resp.read1(65536)
+            except socket.timeout as exc:
+                self.close()
+                raise UpstreamError("timeout", "provider stopped sending mid-answer") from exc
+            except (http.client.IncompleteRead, OSError, http.client.HTTPException, ValueError) as exc:
+                self.close()
+                raise UpstreamError("reset", "provider connection broke mid-answer") from exc
+            if not chunk:
+                if self._resp.length:  # Content-Length promised more: read1 just returns b"" at EOF
+                    self.close()
+                    raise UpstreamError("reset", "provider connection broke mid-answer")
+                break
+            yield chunk
+        self.release()
+
     def set_timeout(self, seconds: float) -> None:
         """The read timeout from now on (a request deadline shrinks it as a stream goes on)."""
         sock = self._conn.sock
@@ -252,11 +272,15 @@ class Pool:
         method: str,
         path: str,
         headers: dict[str, str],
-        body: bytes | None,
+        body: bytes | BinaryIO | None,
         read_timeout: float | None = None,
         cancel: Cancel | None = None,
     ) -> UpstreamResponse:
         """Send one request; retries once only if a reused connection was stale.
+
+        ``body`` may be a seekable file-like object (a spooled upload, ``multipart.Encoded``):
+        it is sent in blocks, with the Content-Length the caller put in ``headers``, and
+        rewound for the one retry.
 
         ``cancel`` lets another thread end the call (the client left): the connection is
         shut down and the call raises ``UpstreamError("cancelled")``.
@@ -274,6 +298,8 @@ class Pool:
             try:
                 if cancel is not None:
                     cancel.attach(conn)
+                if body is not None and not isinstance(body, bytes):
+                    body.seek(0)
                 conn.request(method, full_path, body=body, headers=headers)
                 resp = conn.getresponse()
                 return UpstreamResponse(self, key, conn, resp, cancel)

@@ -6,6 +6,7 @@ own database file; their stderr is collected so tests can scan the log.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -77,6 +78,75 @@ def cache_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xdg-cache")
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server for this worker (tests/pgcluster.py), started on first use
+    and stopped at the end of the session, failures included."""
+    from pgcluster import Cluster
+
+    cluster = Cluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """The URL of a fresh, empty PostgreSQL database of its own for this test."""
+    return pg_cluster.database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """A fresh, empty database of each kind as a store backend: a test using it runs once per store."""
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresBackend, SqliteBackend
+
+    if request.param == "sqlite":
+        return SqliteBackend(tmp_path / "stockyard.db")
+    return PostgresBackend(parse_postgres(request.getfixturevalue("pg_url"), {}))
+
+
+# STOCKYARD_TEST_STORE=postgresql runs the server tests on PostgreSQL: each database file a test
+# names stands for a fresh PostgreSQL database of its own (one throwaway server per worker).
+TEST_STORE = os.environ.get("STOCKYARD_TEST_STORE", "sqlite")
+_stand_ins: dict[str, str] = {}
+_stand_in_cluster: list = []
+
+
+def database_arg(db: Path | str) -> str:
+    """What ``--db`` gets for a test's database: the path, or its PostgreSQL stand-in."""
+    if TEST_STORE != "postgresql" or str(db).startswith("postgresql://"):
+        return str(db)
+    if not _stand_in_cluster:
+        from pgcluster import Cluster
+
+        _stand_in_cluster.append(Cluster().start())
+        atexit.register(_stand_in_cluster[0].stop)
+    if str(db) not in _stand_ins:
+        _stand_ins[str(db)] = _stand_in_cluster[0].database()
+    return _stand_ins[str(db)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for cluster in _stand_in_cluster:
+        cluster.stop()
+
+
+def open_database(db: Path | str) -> Any:
+    """A connection to a test's database, whichever store it is on (sqlite3 API, rows by name)."""
+    arg = database_arg(db)
+    if arg.startswith("postgresql://"):
+        from stockyard.dburl import parse_postgres
+        from stockyard.store.backends import backend_for
+
+        return backend_for(parse_postgres(arg, {})).connect()
+    conn = sqlite3.connect(arg)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
 class ServerProcess:
     """A running ``stockyard.pyz serve`` with its own database and collected log."""
 
@@ -89,7 +159,7 @@ class ServerProcess:
         self._banner = threading.Event()
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
-        cmd = [sys.executable, str(self.pyz), "serve", "--port", "0", "--db", str(self.db), *self.args]
+        cmd = [sys.executable, str(self.pyz), "serve", "--port", "0", "--db", database_arg(self.db), *self.args]
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
@@ -143,8 +213,7 @@ class ServerProcess:
             return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
     def db_rows(self, sql: str, args: tuple = ()) -> list[dict]:
-        conn = sqlite3.connect(self.db)
-        conn.row_factory = sqlite3.Row
+        conn = open_database(self.db)
         try:
             return [dict(r) for r in conn.execute(sql, args)]
         finally:
@@ -159,7 +228,7 @@ class ServerProcess:
 
     def cli(self, *args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, str(self.pyz), *args, "--db", str(self.db)],
+            [sys.executable, str(self.pyz), *args, "--db", database_arg(self.db)],
             env={**self.env, **(env or {})},
             input=input,
             capture_output=True,

@@ -1,7 +1,8 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
 It speaks the wire formats of OpenAI (chat, completions, embeddings, models), Anthropic
-(messages, count_tokens), Gemini (generateContent, streamGenerateContent) and Azure OpenAI
+(messages, count_tokens), Gemini (generateContent, streamGenerateContent as SSE or a JSON
+array, countTokens, embedContent, batchEmbedContents, models.list/get) and Azure OpenAI
 (deployments), records every request, and can be scripted with `Reply` objects.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
@@ -447,6 +448,164 @@ def openai_models() -> dict:
     }
 
 
+# --------------------------------------------------------------------------- OpenAI media (audio, images, moderations)
+# Billing as OpenAI reports it: whisper-1 by duration (`usage: {"type": "duration", "seconds": N}`, here one
+# second per AUDIO_BYTES_PER_S bytes of the upload), gpt-4o(-mini)-transcribe and gpt-image-1 by tokens,
+# speech and dall-e without usage. Speech answers SPEECH_BYTES of audio derived from the input.
+
+AUDIO_BYTES_PER_S = 1000
+SPEECH_BYTES = 200_000
+TRANSCRIBE_USAGE = {
+    "type": "tokens",
+    "input_tokens": 14,
+    "input_token_details": {"text_tokens": 4, "audio_tokens": 10},
+    "output_tokens": COMPLETION_TOKENS,
+    "total_tokens": 14 + COMPLETION_TOKENS,
+}
+IMAGE_USAGE = {
+    "total_tokens": 50 + 4160,
+    "input_tokens": 50,
+    "output_tokens": 4160,
+    "input_tokens_details": {"text_tokens": 10, "image_tokens": 40},
+}
+SPEECH_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+PNG_1PX = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c63f8cfc0f01f0005000201ffa1f3d6a70000000049454e44ae426082"
+    )
+).decode()
+
+
+def multipart_form(req: Recorded) -> tuple[dict[str, Any], list[tuple[str, str, bytes]]]:
+    """(text fields, [(field, filename, bytes)]) of a multipart/form-data request, parsed with the
+    standard library's email parser (independent of the code under test)."""
+    import email.parser
+    import email.policy
+
+    head = f"Content-Type: {req.headers.get('content-type', '')}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + req.body)
+    fields: dict[str, Any] = {}
+    files: list[tuple[str, str, bytes]] = []
+    if not message.is_multipart():
+        return fields, files
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            files.append((str(name), filename, payload))
+        elif str(name) in fields:
+            previous = fields[str(name)]
+            fields[str(name)] = [*(previous if isinstance(previous, list) else [previous]), payload.decode()]
+        else:
+            fields[str(name)] = payload.decode()
+    return fields, files
+
+
+def _form_route(build: Callable[[Call, dict, list], Reply]) -> Route:
+    """A multipart route: a 400 without a file, magic error models and scripted errors as usual."""
+
+    def route(call: Call, scripted: Reply | None) -> Reply:
+        if not call.req.headers.get("content-type", "").startswith("multipart/form-data"):
+            return openai_error(400, "Expected multipart/form-data (mock).")
+        fields, files = multipart_form(call.req)
+        if not files:
+            return openai_error(400, "A file is required (mock).")
+        model = str(fields.get("model") or "")
+        if scripted is not None and scripted.status >= 400:
+            return openai_error(scripted.status)
+        return _magic_error(model, openai_error) or build(call, fields, files)
+
+    return route
+
+
+def audio_seconds(files: list[tuple[str, str, bytes]]) -> int:
+    return max(1, sum(len(data) for _, _, data in files) // AUDIO_BYTES_PER_S)
+
+
+def _transcript(call: Call, fields: dict, files: list, translate: bool = False) -> Reply:
+    model = str(fields.get("model") or "")
+    tokens = model.startswith("gpt-")
+    usage = TRANSCRIBE_USAGE if tokens else {"type": "duration", "seconds": audio_seconds(files)}
+    if fields.get("stream") == "true" and tokens and not translate:
+        events = [_dumps({"type": "transcript.text.delta", "delta": piece}) for piece in TEXT_PIECES]
+        events.append(_dumps({"type": "transcript.text.done", "text": TEXT, "usage": usage}))
+        return Reply(sse=events)
+    form = fields.get("response_format") or "json"
+    if form in ("text", "srt", "vtt"):
+        text = {"text": TEXT + "\n", "srt": f"1\n00:00:00,000 --> 00:00:01,000\n{TEXT}\n", "vtt": f"WEBVTT\n\n{TEXT}\n"}
+        return Reply(body=text[form].encode(), headers={"content-type": f"text/{'plain' if form != 'vtt' else 'vtt'}"})
+    answer: dict[str, Any] = {"text": TEXT}
+    if form == "verbose_json":
+        answer = {
+            "task": "translate" if translate else "transcribe",
+            "language": "english",
+            "duration": audio_seconds(files),
+            "text": TEXT,
+            "segments": [],
+        }
+    if not translate:
+        answer["usage"] = usage
+    return Reply(json=answer)
+
+
+def _speech(call: Call, model: str) -> Reply:
+    text = str(call.body.get("input") or "")
+    form = str(call.body.get("response_format") or "mp3")
+    audio = (hashlib.sha256(text.encode()).digest() * (SPEECH_BYTES // 32 + 1))[:SPEECH_BYTES]
+    return Reply(body=audio, headers={"content-type": SPEECH_TYPES.get(form, "audio/mpeg")})
+
+
+def openai_images(model: str, n: int, response_format: str | None) -> dict:
+    """An images answer: n images, URLs unless b64_json is asked for (gpt-image-1: always b64, with usage)."""
+    b64 = model.startswith("gpt-image") or response_format == "b64_json"
+    item = {"b64_json": PNG_1PX} if b64 else {"url": "https://mock.invalid/image.png"}
+    answer: dict[str, Any] = {"created": CREATED, "data": [dict(item) for _ in range(n)]}
+    if model.startswith("dall-e-3"):
+        for entry in answer["data"]:
+            entry["revised_prompt"] = "A mock image"
+    if model.startswith("gpt-image"):
+        answer["usage"] = IMAGE_USAGE
+    return answer
+
+
+def _images(call: Call, model: str) -> Reply:
+    n = _lenient_int(call.body.get("n")) or 1
+    return Reply(json=openai_images(model or "dall-e-2", n, call.body.get("response_format")))
+
+
+def _image_form(call: Call, fields: dict, files: list) -> Reply:
+    n = _lenient_int(fields.get("n")) or 1
+    return Reply(json=openai_images(str(fields.get("model") or "dall-e-2"), n, fields.get("response_format")))
+
+
+def _moderations(call: Call, model: str) -> Reply:
+    given = call.body.get("input")
+    inputs = given if isinstance(given, list) else [given]
+    categories = ("harassment", "hate", "self-harm", "sexual", "violence")
+    result = {
+        "flagged": False,
+        "categories": {c: False for c in categories},
+        "category_scores": {c: 0.0001 for c in categories},
+        "category_applied_input_types": {c: ["text"] for c in categories},
+    }
+    return Reply(
+        json={
+            "id": f"modr-mock-{call.n}",
+            "model": model or "omni-moderation-latest",
+            "results": [result for _ in inputs],
+        }
+    )
+
+
 # --------------------------------------------------------------------------- Anthropic
 
 
@@ -759,6 +918,195 @@ def _stored_response(call: Call, scripted: Reply | None) -> Reply:
     return Reply(json=response)
 
 
+# --------------------------------------------------------------------------- OpenAI files and batches
+
+
+class FilesState:
+    """What the mock Files and Batch APIs keep: file objects with their bytes, and batches.
+
+    A batch moves on when it is retrieved (as time passes at a real provider): one GET takes
+    it from ``in_progress`` to ``completed`` — its output file is then made, one line per
+    request with a chat or embeddings answer and its usage (requests for a magic error model
+    go to the error file) — and from ``cancelling`` to ``cancelled``. Lists never move it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files: dict[str, dict] = {}
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.clock = itertools.count(1)
+
+    def add_file(self, filename: str, purpose: str, data: bytes) -> dict:
+        """Keep a file (caller holds the lock); its object as OpenAI returns it."""
+        tick = next(self.clock)
+        file_id = f"file-mock{tick:06d}{hashlib.sha256(data).hexdigest()[:8]}"
+        obj = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": CREATED + tick,
+            "expires_at": None,
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+        self.files[file_id], self.contents[file_id] = obj, data
+        return obj
+
+
+FILES = FilesState()
+FILES_PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]+)(/content|/cancel)?)?$")
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
+
+
+def _page(items: list[dict], query: dict[str, str], default_limit: int) -> dict:
+    """A cursor page as OpenAI lists answer: ``after`` an id, ``limit``, ``has_more``."""
+    after = query.get("after")
+    if after:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    limit = int(query.get("limit") or default_limit)
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
+
+
+def batch_output(batch: dict, data: bytes) -> tuple[list[str], list[str]]:
+    """The output and error lines of a batch over the JSONL input ``data``."""
+    out, errors = [], []
+    for i, raw in enumerate(line for line in data.splitlines() if line.strip()):
+        request = jsonlib.loads(raw)
+        body = request.get("body") or {}
+        model = str(body.get("model") or "")
+        line: dict[str, Any] = {"id": f"batch_req_mock{i}", "custom_id": request.get("custom_id")}
+        status = _error_status(model)
+        if status:
+            line["response"] = {
+                "status_code": status,
+                "request_id": f"req_mock_b{i}",
+                "body": openai_error(status).json,
+            }
+            line["error"] = None
+            errors.append(_dumps(line))
+            continue
+        answer = (
+            openai_embeddings(body, model) if batch["endpoint"] == "/v1/embeddings" else openai_chat(body, i, model)
+        )
+        line["response"] = {"status_code": 200, "request_id": f"req_mock_b{i}", "body": answer}
+        line["error"] = None
+        out.append(_dumps(line))
+    return out, errors
+
+
+def _advance(batch: dict) -> None:
+    """One step of a batch's life (caller holds the lock), on a retrieve."""
+    now = CREATED + next(FILES.clock)
+    if batch["status"] == "cancelling":
+        batch.update(status="cancelled", cancelled_at=now)
+    elif batch["status"] in ("validating", "in_progress"):
+        out, errors = batch_output(batch, FILES.contents.get(batch["input_file_id"], b""))
+        for kind, lines in (("output", out), ("error", errors)):
+            if lines:
+                data = ("\n".join(lines) + "\n").encode()
+                batch[f"{kind}_file_id"] = FILES.add_file(f"{batch['id']}_{kind}.jsonl", "batch_output", data)["id"]
+        batch.update(
+            status="completed",
+            finalizing_at=now,
+            completed_at=now,
+            request_counts={"total": len(out) + len(errors), "completed": len(out), "failed": len(errors)},
+        )
+
+
+def _files_and_batches(call: Call, scripted: Reply | None) -> Reply:
+    """POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET …/content; POST/GET /v1/batches,
+    GET /v1/batches/{id}, POST …/cancel."""
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    req = call.req
+    collection, object_id, action = FILES_PATH.match(req.path).groups()
+    with FILES.lock:
+        if collection == "files":
+            return _files(req, object_id, action)
+        return _batches(call, object_id, action)
+
+
+def _files(req: Recorded, file_id: str | None, action: str | None) -> Reply:
+    if file_id is None and req.method == "POST":
+        fields, files = multipart_form(req)
+        uploaded = [(filename, data) for name, filename, data in files if name == "file"]
+        if len(uploaded) != 1 or not isinstance(fields.get("purpose"), str):
+            return openai_error(400, "Missing required parameter: 'file' and 'purpose' are required.")
+        filename, data = uploaded[0]
+        return Reply(json=FILES.add_file(filename or "upload", fields["purpose"], data))
+    if file_id is None:
+        items = sorted(FILES.files.values(), key=lambda f: f["created_at"], reverse=req.query.get("order") != "asc")
+        purpose = req.query.get("purpose")
+        return Reply(json=_page([f for f in items if not purpose or f["purpose"] == purpose], req.query, 10000))
+    if file_id not in FILES.files:
+        return openai_error(404, f"No such File object: {file_id}")
+    if action == "/content":
+        return Reply(body=FILES.contents[file_id], headers={"content-type": "application/octet-stream"})
+    if req.method == "DELETE":
+        del FILES.files[file_id], FILES.contents[file_id]
+        return Reply(json={"id": file_id, "object": "file", "deleted": True})
+    return Reply(json=FILES.files[file_id])
+
+
+def _batches(call: Call, batch_id: str | None, action: str | None) -> Reply:
+    req = call.req
+    if batch_id is None and req.method == "POST":
+        body = call.body
+        if body.get("input_file_id") not in FILES.files:
+            return openai_error(404, f"No such File object: {body.get('input_file_id')}")
+        if body.get("endpoint") not in BATCH_ENDPOINTS or body.get("completion_window") != "24h":
+            return openai_error(400, "Invalid 'endpoint' or 'completion_window'.")
+        now = CREATED + next(FILES.clock)
+        batch = {
+            "id": f"batch_mock{now:010d}",
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": "24h",
+            "status": "in_progress",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": now,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        FILES.batches[batch["id"]] = batch
+        return Reply(json=batch)
+    if batch_id is None:
+        items = sorted(FILES.batches.values(), key=lambda b: b["created_at"], reverse=True)
+        return Reply(json=_page(items, req.query, 20))
+    batch = FILES.batches.get(batch_id)
+    if batch is None:
+        return openai_error(404, f"No batch found with id '{batch_id}'.")
+    if action == "/cancel":
+        if batch["status"] not in ("validating", "in_progress"):
+            return openai_error(400, f"Cannot cancel a batch with status '{batch['status']}'.")
+        batch.update(status="cancelling", cancelling_at=CREATED + next(FILES.clock))
+    else:
+        _advance(batch)
+    return Reply(json=dict(batch))
+
+
 # --------------------------------------------------------------------------- Gemini
 
 
@@ -910,16 +1258,68 @@ def gemini_embeddings(body: dict) -> dict:
     return {"embeddings": out}
 
 
+def gemini_embed_content(body: dict) -> dict:
+    """``embedContent``: one embedding (8 values, or its outputDimensionality), no usage."""
+    return {"embedding": gemini_embeddings({"requests": [body]})["embeddings"][0]}
+
+
+def gemini_count_tokens(body: dict) -> dict:
+    """``countTokens``: PROMPT_TOKENS, with the cached part when the request names cachedContent."""
+    request = body.get("generateContentRequest") if isinstance(body.get("generateContentRequest"), dict) else body
+    answer: dict = {"totalTokens": PROMPT_TOKENS, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 12}]}
+    if request.get("cachedContent"):
+        answer["cachedContentTokenCount"] = CACHED_TOKENS
+    return answer
+
+
+def gemini_json_array(events: list[str]) -> bytes:
+    """streamGenerateContent without ``alt=sse``: Google's JSON array, pretty-printed elements
+    joined by ``\n,\r\n`` (as the API sends them)."""
+    items = [jsonlib.dumps(jsonlib.loads(e), indent=2) for e in events]
+    return ("[" + "\n,\r\n".join(items) + "\n]").encode()
+
+
+def gemini_model_object(name: str) -> dict:
+    methods = ["embedContent", "batchEmbedContents"] if "embedding" in name else GEMINI_GENERATE_METHODS
+    return {
+        "name": f"models/{name}",
+        "version": "001",
+        "displayName": name,
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": methods,
+    }
+
+
+def _gemini_models(call: Call, scripted: Reply | None) -> Reply:
+    """``GET /v1beta/models`` (pageSize, pageToken) and ``GET /v1beta/models/{name}``."""
+    if scripted is not None and scripted.status >= 400:
+        return gemini_error(scripted.status)
+    name = GEMINI_MODELS_PATH.match(call.req.path).group(1)
+    if name is not None:
+        return Reply(json=gemini_model_object(name)) if name in GEMINI_MODEL_IDS else gemini_error(404)
+    size = int(call.req.query.get("pageSize") or 50)
+    start = int(call.req.query.get("pageToken") or 0)
+    reply: dict = {"models": [gemini_model_object(m) for m in GEMINI_MODEL_IDS[start : start + size]]}
+    if start + size < len(GEMINI_MODEL_IDS):
+        reply["nextPageToken"] = str(start + size)
+    return Reply(json=reply)
+
+
 def _gemini(call: Call, model: str) -> Reply:
     action = GEMINI_PATH.match(call.req.path).group(3)
     if action == "batchEmbedContents":
         return Reply(json=gemini_embeddings(call.body))
+    if action == "embedContent":
+        return Reply(json=gemini_embed_content(call.body))
+    if action == "countTokens":
+        return Reply(json=gemini_count_tokens(call.body))
     if action == "generateContent":
         return Reply(json=gemini_generate(call.body, call.n, model))
     events = gemini_stream(call.body, call.n, model)
     if call.req.query.get("alt") == "sse":
         return Reply(sse=events)
-    return Reply(json=[jsonlib.loads(e) for e in events])  # without alt=sse: one JSON array
+    return Reply(body=gemini_json_array(events))  # without alt=sse: one JSON array
 
 
 def _azure(build: Callable[[Call, str], Reply]) -> Route:
@@ -934,13 +1334,22 @@ def _azure(build: Callable[[Call, str], Reply]) -> Route:
     return route
 
 
-GEMINI_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):(generateContent|streamGenerateContent|batchEmbedContents)$")
-AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
+GEMINI_PATH = re.compile(
+    r"^/(v1beta|v1)/models/([^/:]+):"
+    r"(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)$"
+)
+GEMINI_MODELS_PATH = re.compile(r"^/(?:v1beta|v1)/models(?:/([^/:]+))?$")
+GEMINI_MODEL_IDS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-embedding-001"]
+GEMINI_GENERATE_METHODS = ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]
+AZURE_PATH = re.compile(
+    r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings|audio/transcriptions|audio/speech)$"
+)
 
 AZURE_ROUTES: dict[str, Route] = {
     "chat/completions": _azure(_chat),
     "completions": _azure(_completions),
     "embeddings": _azure(_embeddings),
+    "audio/speech": _azure(_speech),
 }
 ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/chat/completions"): _api_route(_chat),
@@ -951,8 +1360,21 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/messages/count_tokens"): _api_route(_count_tokens, anthropic_error),
     ("POST", "/v1/responses"): _api_route(_responses),
     ("POST", "/v1/responses/input_tokens"): _api_route(_input_tokens),
+    ("POST", "/v1/audio/transcriptions"): _form_route(_transcript),
+    ("POST", "/v1/audio/translations"): _form_route(lambda call, fields, files: _transcript(call, fields, files, True)),
+    ("POST", "/v1/audio/speech"): _api_route(_speech),
+    ("POST", "/v1/images/generations"): _api_route(_images),
+    ("POST", "/v1/images/edits"): _form_route(_image_form),
+    ("POST", "/v1/images/variations"): _form_route(_image_form),
+    ("POST", "/v1/moderations"): _api_route(_moderations),
 }
 GEMINI_ROUTE: Route = _api_route(_gemini, gemini_error, _gemini_model)
+
+
+def _azure_form(call: Call, scripted: Reply | None) -> Reply:
+    if not call.req.query.get("api-version"):
+        return azure_error(404, "Resource not found")
+    return _form_route(_transcript)(call, scripted)
 
 
 def find_route(method: str, path: str) -> Route | None:
@@ -961,11 +1383,17 @@ def find_route(method: str, path: str) -> Route | None:
         return ROUTES[(method, path)]
     if method == "POST" and GEMINI_PATH.match(path):
         return GEMINI_ROUTE
+    if method == "GET" and path.startswith("/v1beta/") and GEMINI_MODELS_PATH.match(path):
+        return _gemini_models
     match = AZURE_PATH.match(path)
+    if method == "POST" and match and match.group(2) == "audio/transcriptions":
+        return _azure_form
     if method == "POST" and match:
         return AZURE_ROUTES[match.group(2)]
     if RESPONSE_PATH.match(path):
         return _stored_response
+    if FILES_PATH.match(path):
+        return _files_and_batches
     return None
 
 

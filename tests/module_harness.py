@@ -90,6 +90,9 @@ class RecordingReply:
     def end_stream(self) -> None:
         pass
 
+    def abort(self) -> None:
+        self.aborted = True
+
     def watch_client(self, on_gone) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 

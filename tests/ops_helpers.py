@@ -12,11 +12,13 @@ import re
 import sqlite3
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
 from stockyard import audit, vault
 from stockyard.context import new_trace_id
+from stockyard.store import traces as traces_module
 from stockyard.store.traces import TraceRow, iso_utc
 
 CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
@@ -209,12 +211,30 @@ def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', 
     return TraceRow(**values)
 
 
+def write_trace(conn: sqlite3.Connection, row: TraceRow) -> None:
+    """``row.write``, on a database of any schema version: columns and rollups it does not have yet are left out."""
+    if "end_user" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}:
+        row.write(conn)
+        return
+    present = [c for c in traces_module._COLUMNS if c not in ("end_user", "tags", "key_name")]
+    conn.execute(
+        f"INSERT INTO traces ({', '.join(present)}) VALUES ({', '.join('?' * len(present))})",
+        [getattr(row, c) for c in present],
+    )
+    conn.execute(
+        "INSERT INTO trace_bodies (trace_id, request, response) VALUES (?, ?, ?)",
+        (row.id, zlib.compress(row.request_body or b""), zlib.compress(row.response_body or b"")),
+    )
+    counts = (int(row.status >= 400), row.prompt_tokens or 0, row.completion_tokens or 0, 0, 0, 0, row.cost_uc or 0, 0)
+    conn.execute(traces_module._ROLLUP, (row.ts[:10], "", "", row.provider, row.served_model, *counts))
+
+
 def write_known_rows(conn: sqlite3.Connection, secret: str | None, now_ms: int | None = None) -> None:
     """Realistic rows through the product's own writers: traces (+bodies, rollups), audit, salt."""
     now_ms = now_ms or int(time.time() * 1000)
     conn.execute("BEGIN IMMEDIATE")
     for i in range(5):
-        sample_trace(now_ms - i * 60_000).write(conn)
+        write_trace(conn, sample_trace(now_ms - i * 60_000, end_user="sample-user", tags='{"team": "a"}'))
     key = audit.chain_key(secret, vault.get_or_create_salt(conn)) if secret else None
     audit.ensure_keyed_tail(conn, actor="cli:test", key=key)
     audit.append(conn, actor="cli:test", action="test.sample", target="upgrade", details={"n": 1}, key=key)

@@ -434,6 +434,7 @@ def test_openapi_document_validates_and_lists_every_route(server):
     }
     assert expected <= served
     params = {p["name"] for p in doc["paths"]["/api/traces"]["get"]["parameters"]}
-    assert params == {"since", "until", "model", "provider", "status", "key", "outcome", "limit", "cursor"}
+    filters = {"since", "until", "model", "provider", "status", "key", "outcome", "user", "tag"}
+    assert params == {*filters, "limit", "cursor"}
     note = doc["paths"]["/api/audit/note"]["post"]
     assert "requestBody" in note and "201" in note["responses"] and "200" not in note["responses"]

@@ -41,8 +41,10 @@ def add(conn, n: int, key: bytes | None, actor: str = "cli:test", start: int = 0
 
 
 @pytest.fixture
-def conn(tmp_path):
-    conn, _ = db.open_and_migrate(tmp_path / "stockyard.db")
+def conn(database):
+    """A connection to a fresh database of each kind (SQLite, PostgreSQL)."""
+    database.open_and_migrate()
+    conn = database.connect()
     yield conn
     conn.close()
 
@@ -343,9 +345,10 @@ WORKER = """
 import sys
 import time
 from stockyard import audit
-from stockyard.store import db
+from stockyard.config import resolve_database
+from stockyard.store import backend_for
 path, actor, key = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
-conn = db.connect(path)
+conn = backend_for(resolve_database(path, {})).connect()
 print("ready", flush=True)
 sys.stdin.readline()  # start together with the threads
 for i in range(25):
@@ -358,9 +361,13 @@ conn.close()
 """
 
 
-def test_concurrent_writers_leave_one_chain(tmp_path):
-    path = tmp_path / "stockyard.db"
-    conn, _ = db.open_and_migrate(path)
+def test_concurrent_writers_leave_one_chain(database, request):
+    """Threads and processes append at once; BEGIN IMMEDIATE (on PostgreSQL: a transaction-level
+    advisory lock) makes them take turns, so the chain never forks."""
+    database.open_and_migrate()
+    conn = database.connect()
+    # what the worker processes open: the file, or the same PostgreSQL database (pg_url, with its password)
+    path = str(database.path) if database.dialect == "sqlite" else request.getfixturevalue("pg_url")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
@@ -378,7 +385,7 @@ def test_concurrent_writers_leave_one_chain(tmp_path):
 
     def thread_writer(n: int) -> None:
         try:
-            c = db.connect(path)
+            c = database.connect()
             go.wait()
             for i in range(25):
                 c.execute("BEGIN IMMEDIATE")

@@ -151,3 +151,18 @@ def test_deployment_names_that_leave_their_url_segment_are_400(server, mock, dep
     )
     body = json.loads(raw)
     assert status == 400 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+
+
+def test_audio_goes_to_the_deployment_and_moderations_are_refused(server, client, mock) -> None:
+    from mock_upstream import multipart_form
+
+    text = client.audio.transcriptions.create(model="azure/whisper", file=("a.wav", b"RIFF" + b"a" * 3000, "audio/wav"))
+    assert text.text == "Hello from mock"
+    fields, files = multipart_form(sent(mock, "whisper", "audio/transcriptions"))
+    assert fields["model"] == "whisper" and files[0][2] == b"RIFF" + b"a" * 3000
+    with client.audio.speech.with_streaming_response.create(model="azure/tts", voice="alloy", input="hi") as resp:
+        assert resp.headers["content-type"] == "audio/mpeg" and len(resp.read()) > 0
+    assert sent(mock, "tts", "audio/speech").json["input"] == "hi"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.moderations.create(model="azure/mod", input="x")
+    assert "'azure'" in err.value.body["message"] and "/v1/moderations" in err.value.body["message"]

@@ -44,6 +44,10 @@ deny_models = ["o1"]
 input = "1.00"
 output = "2.00"
 
+[prices."dall-e-3/1024x1024/hd"]
+unit = "image"
+input = "80000"
+
 [projects.research]
 budget_usd = "50.00"
 period = "month"
@@ -71,7 +75,7 @@ def test_export_apply_on_a_fresh_database_reproduces_it(pyz_path, mock, env, tmp
     first, second = tmp_path / "a" / "s.db", tmp_path / "b" / "s.db"
     file = write(tmp_path, config_text(mock.url))
     plan = cli(pyz_path, first, env, "config", "plan", str(file))
-    assert plan.returncode == 2 and "+ providers.org2: add" in plan.stdout and "6 changes" in plan.stdout
+    assert plan.returncode == 2 and "+ providers.org2: add" in plan.stdout and "7 changes" in plan.stdout
     applied = cli(pyz_path, first, env, "config", "apply", str(file))
     assert applied.returncode == 0, applied.stderr
     assert cli(pyz_path, first, env, "config", "plan", str(file)).stdout.strip() == "no changes"

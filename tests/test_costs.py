@@ -255,7 +255,7 @@ def test_csv_cells_that_start_like_a_formula_are_quoted(server):
         assert "gpt-4o-mini" in models  # ordinary names are unchanged
 
 
-def test_report_adds_up_while_the_writer_commits(tmp_path):
+def test_report_adds_up_while_the_writer_commits(database):
     """The grand total comes from the same snapshot as the rows, even with commits in between.
 
     Regression: the total was a second SELECT, so a commit landing between the two made a
@@ -265,10 +265,9 @@ def test_report_adds_up_while_the_writer_commits(tmp_path):
 
     from stockyard.store import costs, db
 
-    path = tmp_path / "s.db"
-    writer = db.connect(path)
+    writer = database.connect()
     db.migrate(writer)
-    reader = db.connect(path)
+    reader = database.connect()
     stop = threading.Event()
 
     models = [f"m{i}" for i in range(5)]

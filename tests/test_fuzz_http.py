@@ -32,6 +32,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         **base_env(cache_home),
         "OPENAI_API_KEY": OPENAI_KEY,
         "OPENAI_BASE_URL": mock.url + "/v1",
+        "GEMINI_API_KEY": "AIza-fuzz-0123456789",
+        "GEMINI_BASE_URL": mock.url,
         "STOCKYARD_ADMIN_KEY": ADMIN,
         "STOCKYARD_MAX_BODY_BYTES": str(LIMIT),
         "STOCKYARD_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT_S),
@@ -72,6 +74,18 @@ targets = mostly(
             "/v1/responses/input_tokens",
             "/v1/responses/resp_0123/input_items?limit=2",
             "/v1/models",
+            "/v1/audio/transcriptions",
+            "/v1/audio/speech",
+            "/v1/images/edits",
+            "/v1/moderations",
+            "/v1/models/gpt-4o-mini",
+            "/v1/models/openai%2Fgpt-4o/x",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key=nope",
+            "/v1/models/gemini-2.5-flash:countTokens",
+            "/v1beta/models/%2e%2e:batchEmbedContents",
+            "/v1beta/models?pageSize=x&pageToken=%ff",
+            "/v1beta/models/gemini-2.5-flash",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -101,6 +115,7 @@ header_names = mostly(
             "Expect",
             "Authorization",
             "x-api-key",
+            "x-goog-api-key",
             "Origin",
             "Host",
             "Content-Length",
@@ -113,6 +128,8 @@ header_values = mostly(
     st.sampled_from(
         [
             "application/json",
+            "multipart/form-data; boundary=BB",
+            "multipart/form-data",
             "text/plain",
             f"Bearer {ADMIN}",
             "Bearer nope",
@@ -131,6 +148,13 @@ header_values = mostly(
     ),
     latin1,
 )
+FORMS = [
+    b'--BB\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+    b'--BB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n--BB--\r\n',
+    b'--BB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF',
+    b"--BB\r\nX: 1\r\n\r\nv\r\n--BB--",
+    b"--BBjunk",
+]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
@@ -155,6 +179,7 @@ bodies = st.one_of(
     st.just(b""),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=64),
+    st.sampled_from(FORMS),
     st.sampled_from([b"[" * 20_000 + b"]" * 20_000, b"x" * (LIMIT + 1)]),
 )
 chunk_size_lines = mostly(

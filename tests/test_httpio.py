@@ -57,3 +57,11 @@ def test_json_response():
     assert json.loads(json_response({"name": "é"}, ensure_ascii=False).body.decode()) == {"name": "é"}
     assert json_response({"name": "é"}, ensure_ascii=False).body == '{"name": "é"}'.encode()
     assert Response(204).body == b"" and Response(204).headers == {}
+
+
+def test_a_route_gets_an_upload_only_where_the_server_gives_a_reader():
+    sentinel = object()
+    assert Request("POST", "/x", {}, b"", "::1", upload=lambda: sentinel).upload() is sentinel  # type: ignore[arg-type,return-value]
+    with pytest.raises(ProxyError) as err:
+        Request("POST", "/x", {}, b"", "::1").upload()
+    assert err.value.status == 400

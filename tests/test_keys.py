@@ -87,8 +87,8 @@ def test_open_on_loopback_until_the_first_key_then_keys_required(server, mock):
     assert "only time the key is shown" in made.stderr
 
     # the CLI committed in another process: the running server notices (how soon: the perf test below)
-    wait_for(lambda: chat(server)[0] == 401, timeout=3, what="auth to switch on")
-    assert "auth: client keys required" in server.log
+    wait_for(lambda: chat(server)[0] == 401, timeout=15, what="auth to switch on")
+    wait_for(lambda: "auth: client keys required" in server.log, timeout=5, what="the log line (written in batches)")
     status, headers, body = chat(server, secret)
     assert status == 200
     trace = server.trace(headers["x-stockyard-trace-id"])

@@ -161,11 +161,33 @@ def test_model_names_from_clients_cannot_grow_memory_without_bound(monkeypatch):
     for i in range(500):
         reg.observe_request(ctx(model=f"random-model-{i}"))
     counters, hists = reg.snapshot()
-    series = sum(len(f) for f in counters.values()) + sum(len(f) for f in hists.values())
-    assert series <= 52
+    series = sum(len(f) for n, f in counters.items() if not n.startswith("key_")) + sum(
+        len(f) for n, f in hists.items() if not n.startswith("key_")
+    )
+    assert series <= 52  # the key name series are bounded apart (test_key_name_series_are_the_busiest_keys)
     other = counters["requests_total"][(("provider", "openai"), ("model", metrics.OTHER), ("status", "200"))]
     assert other + sum(v for k, v in counters["requests_total"].items() if k[1][1] != metrics.OTHER) == 500
 
 
 def test_label_values_are_escaped():
     assert metrics._labels_text((("model", 'a"b\\c\nd'),)) == '{model="a\\"b\\\\c\\nd"}'
+
+
+def test_key_name_series_are_the_busiest_keys_and_the_rest_as_other():
+    reg = metrics.Metrics(top_keys=2)
+    for name, count in (("alpha", 5), ("beta", 3), ("gamma", 2), ("delta", 1)):
+        for _ in range(count):
+            reg.observe_request(
+                ctx(key=SimpleNamespace(name=name), usage=Usage(prompt_tokens=10, completion_tokens=1), cost_uc=7)
+            )
+    reg.observe_request(ctx())  # no client key (open mode)
+    counters, hists = reg.snapshot()
+    assert counters["key_requests_total"] == {
+        (("key", "alpha"),): 5,
+        (("key", "beta"),): 3,
+        (("key", metrics.OTHER),): 4,  # gamma, delta and the request without a key
+    }
+    assert counters["key_cost_microcents_total"][(("key", metrics.OTHER),)] == 3 * 7
+    assert counters["key_tokens_total"][(("key", "alpha"), ("kind", "prompt"))] == 50
+    assert hists["key_request_duration_seconds"][(("key", "beta"),)][2] == 3
+    assert sum(h[2] for h in hists["model_request_duration_seconds"].values()) == 12

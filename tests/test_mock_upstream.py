@@ -312,6 +312,28 @@ def test_gemini_json_sse_and_errors(mock: MockUpstream) -> None:
     assert resp.status == 429 and json.loads(raw)["error"]["status"] == "RESOURCE_EXHAUSTED"
 
 
+def test_gemini_native_methods_and_models(mock: MockUpstream) -> None:
+    path = "/v1beta/models/gemini-2.5-flash"
+    _, raw, complete = call(mock, "POST", f"{path}:streamGenerateContent", {"contents": []})
+    assert complete and raw.startswith(b"[{\n") and raw.count(b"\n,\r\n") == 2 and raw.endswith(b"}\n]")
+    assert len(json.loads(raw)) == 3
+    _, raw, _ = call(mock, "POST", f"{path}:countTokens", {"contents": []})
+    assert json.loads(raw)["totalTokens"] == 12
+    _, raw, _ = call(mock, "POST", f"{path}:countTokens", {"generateContentRequest": {"cachedContent": "c/1"}})
+    assert json.loads(raw)["cachedContentTokenCount"] == 8
+    _, raw, _ = call(mock, "POST", f"{path}:embedContent", {"content": {"parts": [{"text": "a"}]}})
+    assert len(json.loads(raw)["embedding"]["values"]) == 8
+    _, raw, _ = call(mock, "GET", "/v1beta/models?pageSize=2")
+    page = json.loads(raw)
+    assert [m["name"] for m in page["models"]] == ["models/gemini-2.5-flash", "models/gemini-2.5-pro"]
+    _, raw, _ = call(mock, "GET", f"/v1beta/models?pageSize=2&pageToken={page['nextPageToken']}")
+    assert [m["name"] for m in json.loads(raw)["models"]] == ["models/gemini-embedding-001"]
+    _, raw, _ = call(mock, "GET", path)
+    assert json.loads(raw)["supportedGenerationMethods"][0] == "generateContent"
+    resp, raw, _ = call(mock, "GET", "/v1beta/models/no-such-model")
+    assert resp.status == 404 and json.loads(raw)["error"]["status"] == "NOT_FOUND"
+
+
 def test_azure_needs_api_version(mock: MockUpstream) -> None:
     path = "/openai/deployments/my-dep/chat/completions"
     resp, _, _ = call(mock, "POST", path, {"messages": []})

@@ -14,6 +14,10 @@ from conftest import wait_for
 from module_harness import inproc  # noqa: F401 (fixture)
 from module_helpers import api, chat, fresh, put_module, raw_stream, server_fixture, stream_text  # noqa: F401
 
+from stockyard import proxy
+from stockyard.context import NativeCall, RequestContext
+from stockyard.errors import GEMINI
+
 server = server_fixture("guard")
 
 
@@ -97,6 +101,25 @@ def test_input_size_and_message_count(inproc):
     status, _, body = inproc.chat(messages=[{"role": "user", "content": "x"}] * 3)
     assert status == 400 and error(body)["code"] == "too_many_messages" and error(body)["param"] == "messages"
     assert inproc.chat(messages=[{"role": "user", "content": "x"}] * 2)[0] == 200
+
+
+def test_gemini_contents_count_as_messages_and_their_output_cap_is_clamped(inproc):
+    inproc.configure("guard", {"max_messages": 2, "max_tokens": 100})
+
+    def gemini_ctx(turns: int) -> RequestContext:
+        body = {"contents": [{"role": "user", "parts": [{"text": "x"}]}] * turns}
+        body["generationConfig"] = {"maxOutputTokens": 500}
+        raw = json.dumps(body).encode()
+        ctx = RequestContext("generate", GEMINI, "127.0.0.1", {}, raw=raw, native=NativeCall("generateContent"))
+        ctx.model = "gpt-4o-mini"  # any routable model: the guard reads the body
+        proxy.parse_body(ctx)
+        return ctx
+
+    refused = inproc.before(gemini_ctx(3))
+    assert refused is not None and refused.code == "too_many_messages"
+    ctx = gemini_ctx(2)
+    assert inproc.before(ctx) is None
+    assert ctx.body_changed and ctx.body["generationConfig"]["maxOutputTokens"] == 100
 
 
 def test_refusals_are_in_the_anthropic_shape_on_the_messages_route(inproc):

@@ -218,8 +218,11 @@ def test_haproxy_example_spreads_streams_and_survives_a_replica(replicas):
     wait_for(lambda: post(front, chat)[0] == 200, 20, "HAProxy to pass a request")
     for _ in range(8):
         assert post(front, chat)[0] == 200
-    traced = [{r["id"] for r in s.db_rows("SELECT id FROM traces")} for s in servers]
-    assert all(traced), "both replicas answered (leastconn spreads equal loads round-robin)"
+
+    def both_traced() -> bool:  # each replica's writer commits its traces a moment after answering
+        return all(s.db_rows("SELECT id FROM traces LIMIT 1") for s in servers)
+
+    wait_for(both_traced, 10, "both replicas to have answered (leastconn spreads equal loads round-robin)")
     status, _, raw = post(front, {**chat, "stream": True})
     assert status == 200 and raw.rstrip().endswith(b"data: [DONE]"), "an SSE stream passes through whole"
     servers[0].stop()

@@ -19,6 +19,7 @@ from stockyard.pricing import (
     PriceTable,
     Usage,
     cost_microcents,
+    discounted_microcents,
     format_usd,
     microcents_from_usd,
     parse_usd_per_m,
@@ -207,6 +208,14 @@ def test_rounding_is_half_up_once_and_never_zero_for_nonzero() -> None:
     assert round_microcents(1_500_000) == 2
     assert round_microcents(2_500_000) == 3  # half up, not to even
     assert round_microcents(3_000_000) == 3
+
+
+def test_a_discounted_sum_is_rounded_once_half_up() -> None:
+    assert discounted_microcents(3_000_000, (1, 2)) == 2  # 1.5 µ¢ → 2
+    assert discounted_microcents(2_999_999, (1, 2)) == 1
+    assert discounted_microcents(1, (1, 2)) == 1  # half of a sliver still costs something
+    assert discounted_microcents(0, (1, 2)) == 0
+    assert discounted_microcents(4_000_000, (3, 4)) == 3
 
 
 def test_inconsistent_usage_never_goes_negative() -> None:

@@ -126,7 +126,7 @@ def test_pre_migration_backups_are_named_by_version_and_only_the_last_three_kept
                 f"CREATE TABLE future_{n} (x INTEGER);ALTER TABLE meta ADD COLUMN extra_{n} TEXT;",
             )
         )
-        monkeypatch.setattr(db, "available_migrations", lambda f=list(future): f)
+        monkeypatch.setattr(db, "available_migrations", lambda _dialect="sqlite", f=list(future): f)
         conn, applied = db.open_and_migrate(path)
         conn.close()
         assert [m.version for m in applied] == [version]

@@ -10,36 +10,41 @@ from stockyard.store import Store, Writer, db
 
 
 @pytest.fixture()
-def writer(tmp_path):
-    conn, _ = db.open_and_migrate(tmp_path / "w.db")
-    conn.close()
-    w = Writer(tmp_path / "w.db", maxsize=100).start()
+def writer(database):
+    database.open_and_migrate()
+    w = Writer(database, maxsize=100).start()
     yield w
     w.stop()
+
+
+def sqlite_writer(path):
+    conn, _ = db.open_and_migrate(path / "w.db")
+    conn.close()
+    return Writer(path / "w.db", maxsize=100).start()
 
 
 def put(key: str):
     return lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
 
 
-def test_bad_job_does_not_sink_its_batch(writer, tmp_path):
+def test_bad_job_does_not_sink_its_batch(writer, database):
     for i in range(20):
         writer.submit(put(f"k{i}"))
     writer.submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"))
     writer.submit(put("k1"))  # duplicate key: IntegrityError, isolated
     writer.call(put("last"))
-    rows = Store(tmp_path / "w.db").read().execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0]
+    rows = Store(database).read().execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0]
     assert rows == 20 and writer.stats.written >= 21
 
 
-def test_call_raises_the_jobs_error_and_rolls_it_back(writer, tmp_path):
+def test_call_raises_the_jobs_error_and_rolls_it_back(writer, database):
     def bad(conn):
         conn.execute("INSERT INTO meta (key, value) VALUES ('half', 'done')")
         raise ValueError("validation failed")
 
     with pytest.raises(ValueError, match="validation failed"):
         writer.call(bad)
-    assert Store(tmp_path / "w.db").read().execute("SELECT count(*) FROM meta WHERE key = 'half'").fetchone()[0] == 0
+    assert Store(database).read().execute("SELECT count(*) FROM meta WHERE key = 'half'").fetchone()[0] == 0
 
 
 def test_full_queue_drops_and_counts(tmp_path):
@@ -50,9 +55,45 @@ def test_full_queue_drops_and_counts(tmp_path):
     assert accepted == [True, True, True, False, False] and w.stats.dropped == 2
 
 
-def test_database_failure_fails_the_batch_and_marks_unhealthy(writer, tmp_path):
+def test_database_failure_fails_the_batch_and_marks_unhealthy(tmp_path):
+    writer = sqlite_writer(tmp_path)  # PRAGMA max_page_count: an SQLite way to fill the disk
     writer.call(lambda conn: conn.execute("PRAGMA max_page_count = 1"))  # this connection can no longer grow
     writer.submit(lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES ('big', ?)", ("x" * 100000,)))
     with pytest.raises(sqlite3.Error):
         writer.call(put("after"))
     assert not writer.healthy and writer.stats.dropped >= 1
+    writer.stop()
+
+
+def test_postgresql_lost_connection_is_replaced_and_a_stopped_server_fails_batches_until_back():
+    from pgcluster import Cluster
+
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresBackend
+
+    pg_cluster = Cluster().start()  # its own server: this test stops it
+    backend = PostgresBackend(parse_postgres(pg_cluster.database(), {}))
+    backend.open_and_migrate()
+    w = Writer(backend, maxsize=100).start()
+    try:
+        w.call(put("before"))
+        admin = pg_cluster.admin(backend.url.database)
+        admin.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        admin.close()
+        w.call(put("after"))  # the batch found its connection closed, and ran again on a new one
+        assert w.healthy and w.stats.failed_batches == 0
+        keys = [r[0] for r in Store(backend).read().execute("SELECT key FROM meta WHERE key IN ('before', 'after')")]
+        assert sorted(keys) == ["after", "before"]
+        pg_cluster.stop_server()
+        with pytest.raises(sqlite3.Error, match="cannot open the database postgresql://stockyard:\\*\\*\\*@"):
+            w.call(put("down"))  # no server at all: the batch fails, the writer is unhealthy
+        assert not w.healthy
+        pg_cluster.start_server()
+        w.call(put("back"))
+        assert w.healthy
+    finally:
+        w.stop()
+        pg_cluster.stop()

@@ -13,9 +13,9 @@ from . import ApiRequest, Param, route
 @route(
     "GET",
     "/api/costs",
-    "Requests, tokens and exact cost grouped by day, model, provider, key or project",
+    "Requests, tokens and exact cost grouped by day, model, provider, key, project, end user or tag",
     query=(
-        Param("by", "string", "day (default), model, provider, key or project"),
+        Param("by", "string", "day (default), model, provider, key, project, user or tag:NAME"),
         Param("since", "string", "first UTC day, inclusive (YYYY-MM-DD)"),
         Param("until", "string", "last UTC day, inclusive (YYYY-MM-DD)"),
         Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from ..operations import prices as price_ops
+from ..pricing import UNITS
 from . import ApiRequest, Param, route
 from .body import exact_json
 
@@ -29,8 +30,12 @@ def list_prices(r: ApiRequest) -> dict:
     "Add or replace a model's price (audited)",
     body={
         "type": "object",
-        "required": ["model", "input", "output"],
-        "properties": {"model": {"type": "string"}, **{f: _RATE for f in price_ops.RATE_FIELDS}},
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string"},
+            **{f: _RATE for f in price_ops.RATE_FIELDS},
+            "unit": {"type": "string", "enum": list(UNITS), "description": "what input is per 1M of (default token)"},
+        },
     },
 )
 def set_price(r: ApiRequest) -> dict:

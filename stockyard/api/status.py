@@ -6,7 +6,7 @@ import time
 
 from .. import __version__
 from ..operations import read_config_version
-from ..store import db, files
+from ..store import db
 from . import ROUTES, ApiRequest, route
 from .openapi import document
 
@@ -19,12 +19,15 @@ from .openapi import document
 )
 def status(r: ApiRequest) -> dict:
     app = r.app
-    path = app.settings.db_path
-    size = files.disk_bytes(path)
+    size = app.backend.disk_bytes(app.store.read())
     return {
         "version": __version__,
         "uptime_s": int(time.time() - app.started_at),
-        "database": {"path": str(path), "size_bytes": size, "schema_version": db.schema_version(app.store.read())},
+        "database": {
+            "path": str(app.settings.database),
+            "size_bytes": size,
+            "schema_version": db.schema_version(app.store.read()),
+        },
         "writer": {
             "queue_depth": app.writer.depth,
             "written": app.writer.stats.written,

@@ -22,6 +22,13 @@ def _cursor(value: str) -> str:
     return value
 
 
+def _tag(value: str) -> tuple[str, str]:
+    name, sep, tag_value = value.partition(":")
+    if not sep or not name:
+        raise invalid("tag must be name:value, e.g. team:search", param="tag")
+    return name, tag_value
+
+
 @route(
     "GET",
     "/api/traces",
@@ -34,6 +41,8 @@ def _cursor(value: str) -> str:
         Param("status", "integer", "HTTP status returned to the client"),
         Param("key", description="client key id"),
         Param("outcome", description="ok, upstream_error, error, rejected, client_disconnected or stream_broken"),
+        Param("user", description="end user (x-stockyard-user, OpenAI user, Anthropic metadata.user_id)"),
+        Param("tag", description="a tag as name:value, e.g. team:search"),
         Param("limit", "integer", f"page size, 1 to {MAX_LIMIT} (default 50)"),
         Param("cursor", description="next_cursor from the previous page"),
     ),
@@ -56,6 +65,8 @@ def list_traces(r: ApiRequest) -> dict:
         status=r.int_query("status", 0, 100, 599) or None,
         key=q.get("key") or None,
         outcome=q.get("outcome") or None,
+        user=q.get("user") or None,
+        tag=_tag(q["tag"]) if q.get("tag") else None,
     )
     page = rows[:limit]
     return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}

@@ -59,7 +59,8 @@ COMMANDS = [
 
 EPILOG = """\
 environment:
-  STOCKYARD_DB              database file (default ~/.stockyard/stockyard.db)
+  STOCKYARD_DB              database file (default ~/.stockyard/stockyard.db), or postgresql://…
+  STOCKYARD_DB_PASSWORD_FILE  the PostgreSQL password, from a file (or PGPASSWORD, or the URL)
   STOCKYARD_HOST, _PORT     listen address for serve (default 127.0.0.1:4200)
   STOCKYARD_ADMIN_KEY       bearer token for the admin API under /api/
   STOCKYARD_ENCRYPTION_KEY  secret for stored provider keys and the keyed audit chain

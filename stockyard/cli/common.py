@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from .. import audit
-from ..config import encryption_secret, resolve_db_path
+from ..config import encryption_secret, resolve_database
+from ..dburl import PostgresURL
 from ..limits import SQLITE_INT_MAX, whole_number
 from ..operations import Operations
-from ..store import Store, db
+from ..store import Store, backend_for, db
 
 
 class CommandError(Exception):
@@ -41,7 +42,10 @@ def runs(
     if json:
         parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
-        "--db", metavar="PATH", help="database file (default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)"
+        "--db",
+        metavar="PATH|URL",
+        help="database file, or a postgresql://user@host:port/db?sslmode=… URL "
+        "(default: $STOCKYARD_DB or ~/.stockyard/stockyard.db)",
     )
     parser.set_defaults(func=func, **defaults)
 
@@ -54,8 +58,17 @@ def count_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {SQLITE_INT_MAX}, got {text!r}") from None
 
 
+def database(args: argparse.Namespace) -> Path | PostgresURL:
+    """``--db``, then ``STOCKYARD_DB``, then the default: a file, or a PostgreSQL URL."""
+    return resolve_database(getattr(args, "db", None), os.environ)
+
+
 def db_path(args: argparse.Namespace) -> Path:
-    return resolve_db_path(getattr(args, "db", None), os.environ)
+    """The SQLite file, for the commands that work on the file itself (backup, restore, migrate, doctor)."""
+    found = database(args)
+    if isinstance(found, PostgresURL):
+        raise CommandError(f"this command works on an SQLite database file; {found} is PostgreSQL (not supported yet)")
+    return found
 
 
 def nothing_yet(path: Path) -> CommandError:
@@ -74,7 +87,10 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     when there is no file; commands that change something go through :func:`open_ops`,
     which creates it.
     """
-    path = db_path(args)
+    found = database(args)
+    if isinstance(found, PostgresURL):
+        return _open_postgres(found, must_exist)
+    path = found
     if must_exist and not path.exists():
         raise nothing_yet(path)
     if path.exists() and _needs_upgrade(path):
@@ -85,6 +101,26 @@ def open_store(args: argparse.Namespace, *, must_exist: bool = True) -> Store:
     conn, _ = db.open_and_migrate(path)  # a new file: its schema from scratch
     conn.close()
     return Store(path)
+
+
+def _open_postgres(url: PostgresURL, must_exist: bool) -> Store:
+    """The same rules on PostgreSQL: nothing yet in an empty database, an old schema is migrate's job."""
+    backend = backend_for(url)
+    conn = backend.connect()
+    try:
+        version = db.schema_version(conn)
+        pending = db.pending_migrations(conn)
+    finally:
+        conn.close()
+    if must_exist and version == 0:
+        raise CommandError(
+            f"nothing yet: the database {url} has no Stockyard tables; they are created by `stockyard serve` "
+            "or by the first configuration change (e.g. `stockyard keys create`)"
+        )
+    if version > 0 and pending:
+        raise CommandError(f"{url} needs a schema upgrade first: start the server, which upgrades it")
+    backend.open_and_migrate()
+    return Store(backend)
 
 
 def _needs_upgrade(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""``stockyard costs``: spend by day, model, provider, key or project, from the daily rollups."""
+"""``stockyard costs``: spend by day, model, provider, key, project, end user or tag, from the daily rollups."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "costs",
         help="spend report from the daily rollups",
-        description="Requests, tokens and exact cost grouped by day, model, provider, key or "
-        "project. Days are UTC; --since and --until are inclusive. Totals equal the "
-        "sum of the traces' costs exactly.",
+        description="Requests, tokens and exact cost grouped by day, model, provider, key, "
+        "project, end user or the values of a tag (--by tag:team). Days are UTC; --since and "
+        "--until are inclusive. Totals equal the sum of the traces' costs exactly.",
     )
-    p.add_argument("--by", default="day", metavar="|".join(costs.GROUPS), help="how to group (default: day)")
+    p.add_argument(
+        "--by", default="day", metavar="|".join([*costs.GROUPS, "tag:NAME"]), help="how to group (default: day)"
+    )
     p.add_argument("--since", metavar="DATE", help="first day, e.g. 2026-11-01")
     p.add_argument("--until", metavar="DATE", help="last day, e.g. 2026-11-30")
     fmt = p.add_mutually_exclusive_group()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..operations import prices as price_ops
+from ..pricing import UNITS
 from .common import actions, open_ops, open_store, print_json, print_json_lines, print_table, runs
 
 
@@ -37,10 +38,18 @@ def register(sub) -> None:
     )
     s.add_argument("model", metavar="MODEL")
     s.add_argument("--input", required=True, metavar="USD")
-    s.add_argument("--output", required=True, metavar="USD")
+    s.add_argument("--output", metavar="USD", help="required for token prices")
     s.add_argument("--cached-input", metavar="USD")
     s.add_argument("--cache-write", metavar="USD")
     s.add_argument("--reasoning", metavar="USD")
+    s.add_argument("--media-input", metavar="USD", help="audio or image input tokens (gpt-4o-transcribe, gpt-image-1)")
+    s.add_argument(
+        "--unit",
+        choices=UNITS,
+        default="token",
+        help="what --input is per 1M of: token (default), image (keys model/size/quality, "
+        "e.g. dall-e-3/1024x1024/hd), second of audio, character of speech input",
+    )
     runs(s, set_, json=True)
 
     u = prices.add_parser(
@@ -70,11 +79,12 @@ def list_(args: argparse.Namespace) -> int:
             ("cache_write_usd", "CACHE WRITE"),
             ("output_usd", "OUTPUT"),
             ("reasoning_usd", "REASONING"),
+            ("unit", "PER 1M"),
             ("source", "SOURCE"),
         ],
         empty="no prices",
     )
-    print("USD per 1M tokens; REASONING '-' means the output price")
+    print("USD per 1M of PER 1M (tokens, images, seconds or characters); REASONING '-' means the output price")
     return 0
 
 
@@ -85,6 +95,8 @@ def set_(args: argparse.Namespace) -> int:
         "cached_input": args.cached_input,
         "cache_write": args.cache_write,
         "reasoning": args.reasoning,
+        "media_input": args.media_input,
+        "unit": args.unit,
     }
     result = price_ops.set_price(open_ops(args), args.model, rates)
     if args.json:
@@ -92,8 +104,8 @@ def set_(args: argparse.Namespace) -> int:
     else:
         usd = result["usd_per_1m"]
         print(
-            f"price of {result['model']} set (USD per 1M): input {usd['input']}, cached {usd['cached_input']}, "
-            f"cache write {usd['cache_write']}, output {usd['output']}"
+            f"price of {result['model']} set (USD per 1M {result['unit']}s): input {usd['input']}, "
+            f"cached {usd['cached_input']}, cache write {usd['cache_write']}, output {usd['output']}"
             + (f", reasoning {usd['reasoning']}" if usd["reasoning"] else "")
         )
     return 0

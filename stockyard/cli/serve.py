@@ -145,7 +145,7 @@ def banner(log: logging.Logger, app, host: str, port: int) -> None:
     )
     log.info(
         "database %s%s",
-        s.db_path,
+        s.database,
         f" (applied migrations: {', '.join(str(m.version) for m in app.migrations_applied)})"
         if app.migrations_applied
         else "",

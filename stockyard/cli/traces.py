@@ -11,12 +11,21 @@ from .common import count_arg, open_store, print_json_lines, print_table, runs
 def register(sub) -> None:
     p = sub.add_parser("traces", help="list recent requests", description="List recent proxied requests, newest first.")
     p.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
+    p.add_argument("--user", help="only this end user's requests")
+    p.add_argument("--tag", metavar="NAME=VALUE", type=_tag, help="only requests with this tag, e.g. team=search")
     runs(p, run, json=True)
+
+
+def _tag(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--tag must be NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def run(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rows = trace_store.list_traces(store.read(), limit=args.limit)
+    rows = trace_store.list_traces(store.read(), limit=args.limit, user=args.user, tag=args.tag)
     if args.json:
         print_json_lines(rows)
         return 0
@@ -33,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             ("endpoint", "ENDPOINT"),
             ("provider", "PROVIDER"),
             ("model", "MODEL"),
+            ("end_user", "USER"),
             ("status", "STATUS"),
             ("outcome", "OUTCOME"),
             ("latency", "LATENCY"),

@@ -8,6 +8,7 @@ The order is fixed here and is the order of ``before`` hooks (``after`` hooks ru
 4. ``redact``    — secrets and PII out of what is stored / sent upstream, or a 400
    (then the route is resolved, once: ``stockyard.routing``; always in the chain)
 5. ``budget``    — reserve the worst-case cost of the (clamped, routed) request
+   ``userlimits`` — the same per end user (budgets, rpm/tpm), for products that resell LLM features
 6. ``cache``     — answer from the cache; its key names the provider and model really asked
 7. ``timeout``   — per-model read timeouts and the request's deadline, for the upstream call
 8. ``fallback``  — retries, fallback chains and circuit breakers, for the upstream call
@@ -57,6 +58,7 @@ from .ratelimit import RateLimitModule
 from .redact import Redact
 from .schema import ConfigError, Field, defaults, validate
 from .timeout import Timeout
+from .userlimits import UserLimitsModule
 
 log = logging.getLogger("stockyard.modules")
 
@@ -67,13 +69,14 @@ ORDER: tuple[type[Module], ...] = (
     Guard,
     Redact,
     BudgetModule,
+    UserLimitsModule,
     Cache,
     Timeout,
     Fallback,
 )
 
 # The route step goes right before the first of these (they, and the proxy, use ctx.route).
-ROUTED: tuple[type, ...] = (BudgetModule, Cache, Timeout, Fallback)
+ROUTED: tuple[type, ...] = (BudgetModule, UserLimitsModule, Cache, Timeout, Fallback)
 
 OVERRIDE_PREFIXES = ("key:", "project:")
 

@@ -20,6 +20,7 @@ from .. import estimate
 from ..budgets import BudgetExceeded, budgets_for, scopes_of
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..providers.media import ENDPOINTS as MEDIA_ENDPOINTS
 from .base import Module
 
 log = logging.getLogger("stockyard.budgets")
@@ -44,7 +45,14 @@ class BudgetModule(Module):
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         price = services.pricer.price_of(ctx.route, model)
-        if price is None:
+        cap = services.settings.default_max_tokens
+        found: int | None
+        if ctx.endpoint in MEDIA_ENDPOINTS:  # audio, images, moderations: their own units
+            image_price = services.pricer.image_price(ctx, ctx.route.model, ctx.route.provider.name)
+            found = estimate.media_request_cost(ctx, price, image_price, cap)
+        else:
+            found = None if price is None else estimate.request_cost(ctx, price, cap)
+        if found is None:
             raise ProxyError(
                 403,
                 f"model {model!r} has no price, so the budget on this key cannot be "
@@ -53,7 +61,7 @@ class BudgetModule(Module):
                 param="model",
                 code="model_not_priced",
             )
-        amount = estimate.request_cost(ctx, price, services.settings.default_max_tokens)
+        amount = found
         try:
             ctx.state["budget"] = services.ledger.reserve(budgets, amount, ctx.ts_ms)
         except BudgetExceeded as exc:

@@ -17,6 +17,9 @@ from ..limits import MAX_TOKENS, request_numbers
 from .base import Module
 from .schema import Field
 
+# Where each endpoint's body keeps its conversation turns (max_messages counts them).
+MESSAGE_FIELDS = {"responses": "input", "generate": "contents"}
+
 
 def _globs(value: list) -> list:
     for item in value:
@@ -91,7 +94,7 @@ class Guard(Module):
                 f"request body is {len(ctx.raw)} bytes; this proxy allows at most {opts.max_input_bytes}",
                 code="request_too_large",
             )
-        messages = ctx.body.get("input" if ctx.endpoint == "responses" else "messages")
+        messages = ctx.body.get(MESSAGE_FIELDS.get(ctx.endpoint, "messages"))
         if opts.max_messages and isinstance(messages, list) and len(messages) > opts.max_messages:
             raise ProxyError(
                 400,

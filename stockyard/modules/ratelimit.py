@@ -21,6 +21,7 @@ from ..errors import ProxyError
 from .base import Module, ModuleServices
 
 WINDOW_S = 60.0
+PRUNE_FROM = 1024  # windows held before idle ones are looked for
 FREE_ENDPOINTS = ("count_tokens", "input_tokens")
 
 
@@ -63,24 +64,39 @@ class RateLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
+        self._prune_at = PRUNE_FROM
 
-    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> _Entry:
-        """Count one request of ``tokens`` against the key's limits, or raise RateLimited."""
+    def _prune(self, now: float) -> None:
+        """Forget windows with nothing left in them (caller holds the lock): window names may come
+        from clients (end users), so idle ones must not pile up. Amortised: runs when the count doubles."""
+        if len(self._windows) < self._prune_at:
+            return
+        for name in list(self._windows):
+            window = self._windows[name]
+            window.slide(now)
+            if not window.entries:
+                del self._windows[name]
+        self._prune_at = max(PRUNE_FROM, 2 * len(self._windows))
+
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> _Entry:
+        """Count one request of ``tokens`` against the limits of ``key_id`` (any window name), or
+        raise RateLimited saying ``who`` is limited."""
         with self._lock:
             now = self._clock()
+            self._prune(now)
             window = self._windows.setdefault(key_id, _Window())
             window.slide(now)
             if rpm is not None and len(window.entries) >= rpm:
                 oldest_needed = window.entries[len(window.entries) - rpm]
                 raise RateLimited(
-                    f"rate limit: this key allows {rpm} requests per minute",
+                    f"rate limit: {who} allows {rpm} requests per minute",
                     _seconds(oldest_needed.at + WINDOW_S - now),
                 )
             if tpm is not None and window.tokens + tokens > tpm:
                 if tokens > tpm:
                     raise RateLimited(
                         f"rate limit: this request may use {tokens} tokens (input estimate + "
-                        f"max_tokens × n), more than the key's {tpm} tokens per minute; "
+                        f"max_tokens × n), more than the {tpm} tokens per minute {who} allows; "
                         "lower max_tokens or n",
                         None,
                     )
@@ -90,7 +106,7 @@ class RateLimiter:
                     if freed >= excess:
                         break
                 raise RateLimited(
-                    f"rate limit: this key allows {tpm} tokens per minute and this request may use {tokens}",
+                    f"rate limit: {who} allows {tpm} tokens per minute and this request may use {tokens}",
                     _seconds(entry.at + WINDOW_S - now),
                 )
             entry = _Entry(now, tokens)
@@ -101,7 +117,7 @@ class RateLimiter:
     def correct(self, key_id: str, entry: _Entry, tokens: int) -> None:
         """Replace an admitted request's estimate with what it really used."""
         with self._lock:
-            if entry.live:
+            if entry.live and key_id in self._windows:
                 self._windows[key_id].tokens += tokens - entry.tokens
             entry.tokens = tokens
 

@@ -55,7 +55,7 @@ def conflict(message: str) -> Refused:
 def bump_config_version(conn: sqlite3.Connection) -> None:
     conn.execute(
         f"INSERT INTO meta (key, value) VALUES ('{CONFIG_VERSION_KEY}', '1') "
-        "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        "ON CONFLICT(key) DO UPDATE SET value = CAST(meta.value AS INTEGER) + 1"
     )
 
 

@@ -12,11 +12,11 @@ import sqlite3
 from typing import Any, Mapping
 
 from ..limits import MAX_PRICE_UC
-from ..pricing import Price, PriceTable, format_usd, parse_usd_per_m
+from ..pricing import UNITS, Price, PriceTable, format_usd, parse_usd_per_m
 from ..times import now_iso
 from . import Operations, invalid, not_found
 
-RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning")
+RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input")
 _MODEL = re.compile(r"^[^\s]{1,200}$")
 
 
@@ -31,10 +31,16 @@ def check_model(model: Any) -> str:
 
 
 def parse_rates(rates: Mapping[str, Any]) -> Price:
-    """USD per 1M tokens as decimal text (or whole numbers) → a Price; cached/cache write default to input."""
+    """USD per 1M tokens (or 1M ``unit``s) as decimal text (or whole numbers) → a Price;
+    cached/cache write default to input."""
     given: dict[str, str] = {}
     for name, value in rates.items():
         if value is None:
+            continue
+        if name == "unit":
+            if value not in UNITS:
+                raise invalid(f"unit must be one of {', '.join(UNITS)}", "unit")
+            given["unit"] = value
             continue
         if name not in RATE_FIELDS:
             raise invalid(f"unknown price field {name!r}; use {', '.join(RATE_FIELDS)}", name)
@@ -49,6 +55,8 @@ def parse_rates(rates: Mapping[str, Any]) -> Price:
         if rate > MAX_PRICE_UC:
             raise invalid(f"{name} must be at most {format_usd(MAX_PRICE_UC, 2)} per 1M tokens, got {value!r}", name)
         given[name] = value
+    if given.get("unit", "token") != "token":
+        given.setdefault("output", "0")  # a unit price has one rate: input
     for required in ("input", "output"):
         if required not in given:
             raise invalid(f"{required} is required (USD per 1M tokens)", required)
@@ -66,12 +74,21 @@ def usd(price: Price) -> dict[str, str | None]:
         "cache_write": format_usd(price.cache_write, 2),
         "output": format_usd(price.output, 2),
         "reasoning": None if price.reasoning is None else format_usd(price.reasoning, 2),
+        "media_input": None if price.media_input is None else format_usd(price.media_input, 2),
     }
 
 
 def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
     return {
-        r["model"]: Price(r["input_uc"], r["cached_input_uc"], r["cache_write_uc"], r["output_uc"], r["reasoning_uc"])
+        r["model"]: Price(
+            r["input_uc"],
+            r["cached_input_uc"],
+            r["cache_write_uc"],
+            r["output_uc"],
+            r["reasoning_uc"],
+            r["unit"],
+            r["media_input_uc"],
+        )
         for r in conn.execute("SELECT * FROM price_overrides ORDER BY model")
     }
 
@@ -89,6 +106,8 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "cache_write_uc": p.cache_write,
             "output_uc": p.output,
             "reasoning_uc": p.reasoning,
+            "media_input_uc": p.media_input,
+            "unit": p.unit,
             "usd_per_1m": usd(p),
         }
         for key, p in table.entries()
@@ -103,15 +122,27 @@ def set_price(ops: Operations, model: Any, rates: Mapping[str, Any]) -> dict[str
     def apply(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT INTO price_overrides (model, input_uc, cached_input_uc, cache_write_uc, output_uc, "
-            "reasoning_uc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET "
+            "reasoning_uc, unit, media_input_uc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (model) DO UPDATE SET "
             "input_uc = excluded.input_uc, cached_input_uc = excluded.cached_input_uc, "
             "cache_write_uc = excluded.cache_write_uc, output_uc = excluded.output_uc, "
-            "reasoning_uc = excluded.reasoning_uc, updated_at = excluded.updated_at",
-            (name, price.input, price.cached_input, price.cache_write, price.output, price.reasoning, now_iso()),
+            "reasoning_uc = excluded.reasoning_uc, unit = excluded.unit, "
+            "media_input_uc = excluded.media_input_uc, updated_at = excluded.updated_at",
+            (
+                name,
+                price.input,
+                price.cached_input,
+                price.cache_write,
+                price.output,
+                price.reasoning,
+                price.unit,
+                price.media_input,
+                now_iso(),
+            ),
         )
 
-    ops.change("prices.set", f"price:{name}", {"model": name, "usd_per_1m": usd(price)}, apply)
-    return {"model": name, "source": "override", "usd_per_1m": usd(price)}
+    ops.change("prices.set", f"price:{name}", {"model": name, "unit": price.unit, "usd_per_1m": usd(price)}, apply)
+    return {"model": name, "source": "override", "unit": price.unit, "usd_per_1m": usd(price)}
 
 
 def unset_price(ops: Operations, model: Any) -> dict[str, Any]:

@@ -280,12 +280,11 @@ def add(
                 f"or PATCH /api/providers/{name}, or remove it first"
             )
         now = now_iso()
-        row_id = conn.execute(
+        row_id = conn.execute(  # RETURNING: both stores speak it (PostgreSQL has no lastrowid)
             "INSERT INTO providers (name, kind, base_url, models, api_version, responses, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (name, kind, url, json.dumps(list(model_list)), version, int(speaks), now, now),
-        ).lastrowid
-        assert row_id is not None  # an INSERT always has one
+        ).fetchone()[0]
         if key is not None:  # the row id is part of the key's associated data: insert first
             _store_key(ops, conn, row_id, name, key)
         return row_id

@@ -87,7 +87,22 @@ ENV_SPECS: tuple[EnvSpec, ...] = (
         "OPENAI_API_KEY",
         "OPENAI_BASE_URL",
         "https://api.openai.com/v1",
-        ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni-moderation", "davinci", "babbage", "codex-"),
+        (
+            "gpt-",
+            "o1",
+            "o3",
+            "o4",
+            "chatgpt-",
+            "text-embedding-",
+            "omni-moderation",
+            "text-moderation",
+            "davinci",
+            "babbage",
+            "codex-",
+            "dall-e-",
+            "whisper-",
+            "tts-",
+        ),
     ),
     EnvSpec(
         "anthropic", "anthropic", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com", ("claude-",)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from ..errors import ANTHROPIC, RESPONSES, ProxyError
+from ..errors import ANTHROPIC, GEMINI, RESPONSES, ProxyError
 from . import OPENAI_KINDS, Provider, anthropic, gemini
 from .anthropic import AnthropicChatAdapter, AnthropicNativeAdapter
 from .azure import AzureAdapter
 from .base import Adapter
 from .chatshape import table_rows
 from .gemini import GeminiAdapter
+from .gemini_native import GeminiNativeAdapter
+from .media import AZURE_ENDPOINTS, AzureMediaAdapter, MediaAdapter
+from .media import ENDPOINTS as MEDIA_ENDPOINTS
+from .media import PATHS as MEDIA_PATHS
 from .messages_adapters import MessagesOverChat
 from .openai import OpenAIAdapter
 from .responses_adapters import ResponsesOverChat, ResponsesPassThrough
@@ -29,19 +33,54 @@ _FOR_ANTHROPIC_CLIENTS: dict[str, Adapter] = {
 # Responses API clients (/v1/responses): passed through where the provider speaks it, else over its chat adapter.
 _RESPONSES_PASS_THROUGH = ResponsesPassThrough()
 _RESPONSES_OVER_CHAT: dict[str, Adapter] = {kind: ResponsesOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items()}
+# Gemini-native clients (/v1beta/models/…): passed through to Gemini providers only.
+_FOR_GEMINI_CLIENTS: dict[str, Adapter] = {"gemini": GeminiNativeAdapter()}
 
 
-def adapter_for(provider: Provider, dialect: str) -> Adapter:
-    """The adapter for this provider and client dialect, or a 400 saying why there is none."""
+_MEDIA = MediaAdapter()
+_AZURE_MEDIA = AzureMediaAdapter()
+
+
+def media_adapter(provider: Provider, endpoint: str) -> Adapter:
+    """Audio, images and moderations: OpenAI-kind providers (Azure where its deployments have the
+    route); any other kind is a 400 naming it and the endpoint."""
+    if provider.kind in OPENAI_KINDS:
+        return _MEDIA
+    if provider.kind == "azure" and endpoint in AZURE_ENDPOINTS:
+        return _AZURE_MEDIA
+    raise ProxyError(
+        400,
+        f"provider {provider.name!r} is of kind {provider.kind!r}, which does not serve "
+        f"/v1{MEDIA_PATHS[endpoint]}; route this model to an OpenAI or OpenAI-compatible provider",
+        param="model",
+        code="unsupported_provider",
+    )
+
+
+def adapter_for(provider: Provider, dialect: str, endpoint: str = "") -> Adapter:
+    """The adapter for this provider, client dialect and endpoint, or a 400 saying why there is none."""
+    if endpoint in MEDIA_ENDPOINTS:
+        return media_adapter(provider, endpoint)
     if dialect == RESPONSES:
         if provider.speaks_responses:
             return _RESPONSES_PASS_THROUGH
         table = _RESPONSES_OVER_CHAT  # its OpenAI-dialect chat adapter, wrapped
+    elif dialect == GEMINI:
+        table = _FOR_GEMINI_CLIENTS
     else:
         table = _FOR_ANTHROPIC_CLIENTS if dialect == ANTHROPIC else _FOR_OPENAI_CLIENTS
     adapter = table.get(provider.kind)
     if adapter is not None:
         return adapter
+    if dialect == GEMINI:
+        raise ProxyError(
+            400,
+            f"provider {provider.name!r} is of kind {provider.kind!r}, not gemini: the Gemini API "
+            "(/v1beta/models/…) reaches only models served by a Gemini provider; use "
+            "/v1/chat/completions or /v1/messages for this one",
+            param="model",
+            code="unsupported_provider",
+        )
     if dialect == ANTHROPIC:
         raise ProxyError(
             400,

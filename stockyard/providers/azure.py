@@ -17,11 +17,12 @@ from .openai import PATHS, OpenAIAdapter, request_body
 DEFAULT_API_VERSION = "2024-10-21"
 
 
-def deployment_path(provider: Provider, deployment: str, endpoint: str) -> str:
-    """``/openai/deployments/{deployment}/…?api-version=…`` (base may already end in /openai)."""
+def deployment_path(provider: Provider, deployment: str, endpoint: str, path: str | None = None) -> str:
+    """``/openai/deployments/{deployment}/…?api-version=…`` (base may already end in /openai);
+    ``path`` is the endpoint's path when it is not one of ``openai.PATHS``."""
     prefix = "" if provider.base_url.rstrip("/").endswith("/openai") else "/openai"
     query = urlencode({"api-version": provider.api_version or DEFAULT_API_VERSION})
-    return f"{prefix}/deployments/{model_segment(deployment, 'deployment')}{PATHS[endpoint]}?{query}"
+    return f"{prefix}/deployments/{model_segment(deployment, 'deployment')}{path or PATHS[endpoint]}?{query}"
 
 
 class AzureAdapter(OpenAIAdapter):

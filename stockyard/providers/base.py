@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import quote
 
 from ..context import RequestContext
@@ -21,7 +22,7 @@ class UpstreamCall:
     method: str
     path: str
     headers: dict[str, str]
-    body: bytes | None
+    body: bytes | BinaryIO | None  # a file-like body (a spooled upload) is sent in blocks
     read_timeout: float | None = None
     base_url: str | None = None  # only when the adapter needs another base than the provider's
 
@@ -30,6 +31,7 @@ class StreamTranslator:
     """Turns upstream SSE events into the client's events; records usage on the context."""
 
     complete: bool = False  # the upstream sent its terminal event
+    content_type: str = "text/event-stream"  # of the client's stream (Gemini's JSON-array form differs)
 
     def feed(self, event: bytes) -> list[bytes]:
         raise NotImplementedError
@@ -56,6 +58,14 @@ class Adapter:
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
         """Upstream error body for the client; same-dialect adapters pass it through."""
         return body
+
+    def relays_bytes(self, ctx: RequestContext) -> bool:
+        """True when the answer is relayed as raw bytes as they arrive (audio), never parsed."""
+        return False
+
+    def content_type(self, upstream: str | None) -> str:
+        """The Content-Type the client gets for a whole answer (upstream's, when it is passed on)."""
+        return "application/json"
 
 
 def sse_data(event: bytes) -> bytes | None:

@@ -1,6 +1,7 @@
-"""Storage: one SQLite file, one writer thread, per-thread readers.
+"""Storage: one database (an SQLite file or PostgreSQL), one writer thread, per-thread readers.
 
-:class:`Store` is what the rest of the code holds. In the server its writes go through the
+:class:`Store` is what the rest of the code holds, whichever database runs
+(:mod:`.backends`). In the server its writes go through the
 writer thread; in a CLI process (no writer) they run directly in a ``BEGIN IMMEDIATE``
 transaction. Either way a write is a function of a connection, so operations are written
 once and work in both places.
@@ -10,29 +11,59 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
 from . import db
+from .backends import Backend, backend_for
 from .writer import Writer
 
-__all__ = ["Store", "Writer", "db"]
+__all__ = ["Store", "Writer", "db", "backend_for"]
 
 
 class Store:
-    def __init__(self, path: Path | str, writer: Writer | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, database: Path | str | Backend, writer: Writer | None = None) -> None:
+        self.backend = backend_for(database)
+        self.path = Path(getattr(self.backend, "path", ""))
         self.writer = writer
         self._local = threading.local()
         self._direct_lock = threading.Lock()
         self._direct: sqlite3.Connection | None = None
+        # PostgreSQL: read connections of finished threads, handed to new ones (opening one costs
+        # a TCP and an authentication round; the HTTP server starts a thread per client connection).
+        self._owners: list[tuple[weakref.ref[threading.Thread], Any]] = []
+        self._owners_lock = threading.Lock()
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (opened on first use)."""
         conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(conn, "broken", False):  # PostgreSQL went away: a new connection
+            conn.close()
+            conn = None
         if conn is None:
-            conn = db.connect(self.path)
+            conn = self._adopt() if self.backend.reuse_readers else None
+            if conn is None:
+                conn = self.backend.connect()
+            if self.backend.reuse_readers:
+                with self._owners_lock:
+                    self._owners.append((weakref.ref(threading.current_thread()), conn))
             self._local.conn = conn
+        return conn
+
+    def _adopt(self) -> Any:
+        """A read connection whose thread has finished, or None."""
+        with self._owners_lock:
+            free = [i for i, (owner, _) in enumerate(self._owners) if not _alive(owner())]
+            if not free:
+                return None
+            _, conn = self._owners.pop(free[0])
+        try:
+            if conn.in_transaction:  # its thread died in the middle of a read
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn.close()
+            return None
         return conn
 
     def write(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -40,8 +71,11 @@ class Store:
         if self.writer is not None:
             return self.writer.call(job)
         with self._direct_lock:
+            if self._direct is not None and getattr(self._direct, "broken", False):
+                self._direct.close()
+                self._direct = None
             if self._direct is None:
-                self._direct = db.connect(self.path)
+                self._direct = self.backend.connect()
             conn = self._direct
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -66,6 +100,15 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        with self._owners_lock:
+            for _, pooled in self._owners:
+                if pooled is not conn:
+                    pooled.close()
+            self._owners.clear()
         if self._direct is not None:
             self._direct.close()
             self._direct = None
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()

@@ -16,7 +16,16 @@ from typing import Any, TextIO
 from ..pricing import format_usd
 from ..times import parse_day
 
-GROUPS = {"day": "day", "model": "model", "provider": "provider", "key": "key_id", "project": "project"}
+GROUPS = {
+    "day": "day",
+    "model": "model",
+    "provider": "provider",
+    "key": "key_id",
+    "project": "project",
+    "user": "end_user",
+}
+TAG_PREFIX = "tag:"  # by=tag:NAME groups by the values of the tag NAME
+BY_HELP = "day, model, provider, key, project, user or tag:NAME"
 COUNTS = (
     "requests",
     "errors",
@@ -42,13 +51,11 @@ def check_range(since: str | None, until: str | None) -> tuple[date | None, date
 def report(
     conn: sqlite3.Connection, by: str = "day", since: str | None = None, until: str | None = None
 ) -> dict[str, Any]:
-    """Totals grouped ``by`` day, model, provider, key or project, plus the grand total."""
-    if by not in GROUPS:
-        raise ValueError(f"by must be one of {', '.join(GROUPS)}, got {by!r}")
+    """Totals grouped ``by`` day, model, provider, key, project, end user or a tag's values, plus
+    the grand total (for a tag: of the requests that carried it)."""
+    table, column, where, args = _source(by)
     first, last = check_range(since, until)
-    column = GROUPS[by]
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTS)
-    where, args = [], []
     if first:
         where.append("day >= ?")
         args.append(first.isoformat())
@@ -60,7 +67,7 @@ def report(
     rows = [
         dict(r)
         for r in conn.execute(
-            f"SELECT {column} AS name, {sums} FROM rollups_daily{clause} GROUP BY {column} ORDER BY {order}", args
+            f"SELECT {column} AS name, {sums} FROM {table}{clause} GROUP BY {column} ORDER BY {order}", args
         )
     ]
     # The total is summed from the same rows: a second SELECT would read a later snapshot
@@ -82,6 +89,15 @@ def report(
         "rows": out_rows,
         "total": _money(total),
     }
+
+
+def _source(by: str) -> tuple[str, str, list[str], list[Any]]:
+    """(rollup table, group column, filters, their arguments) for a ``by`` (ValueError if unknown)."""
+    if by.startswith(TAG_PREFIX) and by[len(TAG_PREFIX) :]:
+        return "rollups_tags", "value", ["name = ?"], [by[len(TAG_PREFIX) :]]
+    if by not in GROUPS:
+        raise ValueError(f"by must be one of {BY_HELP}, got {by[:80]!r}")
+    return ("rollups_users" if by == "user" else "rollups_daily"), GROUPS[by], [], []
 
 
 def _money(sums: dict[str, Any]) -> dict[str, Any]:

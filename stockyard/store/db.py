@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from . import files
 
@@ -75,10 +75,22 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def available_migrations() -> list[Migration]:
-    """The migrations shipped with this code, in order (works inside the zipapp)."""
+def dialect_of(conn: Any) -> str:
+    """``sqlite`` or ``postgresql`` (a :class:`~stockyard.store.pg.PgConnection`)."""
+    return getattr(conn, "dialect", "sqlite")
+
+
+def available_migrations(dialect: str = "sqlite") -> list[Migration]:
+    """The migrations shipped with this code, in order (works inside the zipapp).
+
+    PostgreSQL has its own files under ``migrations/postgresql/`` with the same numbers:
+    one schema version means the same tables in both databases.
+    """
     found = []
-    for entry in importlib.resources.files("stockyard.store.migrations").iterdir():
+    folder = importlib.resources.files("stockyard.store.migrations")
+    if dialect != "sqlite":
+        folder = folder.joinpath(dialect)
+    for entry in folder.iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
@@ -86,8 +98,8 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-def code_schema_version() -> int:
-    migrations = available_migrations()
+def code_schema_version(dialect: str = "sqlite") -> int:
+    migrations = available_migrations(dialect)
     return migrations[-1].version if migrations else 0
 
 
@@ -116,7 +128,7 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def pending_migrations(conn: sqlite3.Connection) -> list[Migration]:
     """Migrations this database still needs; raises SchemaError if it cannot be used."""
     applied = applied_migrations(conn)
-    shipped = available_migrations()
+    shipped = available_migrations(dialect_of(conn))
     newest = shipped[-1].version if shipped else 0
     if applied and max(applied) > newest:
         raise SchemaError(
@@ -132,14 +144,22 @@ def pending_migrations(conn: sqlite3.Connection) -> list[Migration]:
     return [m for m in shipped if m.version not in applied]
 
 
+_NOW = {
+    "sqlite": "strftime('%Y-%m-%dT%H:%M:%fZ','now')",
+    "postgresql": """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')""",
+}
+_BEGIN = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "BEGIN"}  # PostgreSQL: under the migration lock
+
+
 def apply_migration(conn: sqlite3.Connection, m: Migration) -> None:
     """Apply one migration and its bookkeeping row in a single transaction."""
+    dialect = dialect_of(conn)
     record = (
         "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES "
-        f"({m.version}, '{m.name}', '{m.checksum}', strftime('%Y-%m-%dT%H:%M:%fZ','now'));"
+        f"({m.version}, '{m.name}', '{m.checksum}', {_NOW[dialect]});"
     )
     try:
-        conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA_TABLE};\n{m.sql}\n;{record}\nCOMMIT;")
+        conn.executescript(f"{_BEGIN[dialect]};\n{_SCHEMA_TABLE};\n{m.sql}\n;{record}\nCOMMIT;")
     except Exception:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -76,6 +76,9 @@ class DatabaseLock:
             )
         return f"a Stockyard server ({who}) is using {self.db_path}; stop it first"
 
+    def keep(self) -> None:
+        """Nothing to do: the kernel holds a file lock until release or death."""
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

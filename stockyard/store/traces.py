@@ -7,6 +7,7 @@ the trace, so cost reports never scan traces and always equal the sum of them.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import zlib
@@ -47,21 +48,38 @@ _COLUMNS = (
     "attempt",
     "cache_hit",
     "cost_saved_uc",
+    "end_user",
+    "tags",
+    "key_name",
 )
 _INSERT = f"INSERT INTO traces ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-_ROLLUP = """
-INSERT INTO rollups_daily (day, key_id, project, provider, model, requests, errors, prompt_tokens,
-    completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_uc, unknown_cost)
-VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (day, key_id, project, provider, model) DO UPDATE SET
-    requests = requests + 1, errors = errors + excluded.errors,
-    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = completion_tokens + excluded.completion_tokens,
-    cached_tokens = cached_tokens + excluded.cached_tokens,
-    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-    cost_uc = cost_uc + excluded.cost_uc, unknown_cost = unknown_cost + excluded.unknown_cost
-"""
+ROLLUP_COUNTS = (
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_uc",
+    "unknown_cost",
+)
+
+
+def _upsert(table: str, dims: tuple[str, ...]) -> str:
+    """Add one trace to a rollup row of ``table`` keyed by ``dims`` (requests + 1, the counts added)."""
+    columns = (*dims, "requests", *ROLLUP_COUNTS)
+    # Qualified with the table: PostgreSQL finds a bare column name ambiguous next to excluded.
+    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_COUNTS)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(dims))}, 1, "
+        f"{', '.join(['?'] * len(ROLLUP_COUNTS))}) ON CONFLICT ({', '.join(dims)}) DO UPDATE SET "
+        f"requests = {table}.requests + 1, {added}"
+    )
+
+
+_ROLLUP = _upsert("rollups_daily", ("day", "key_id", "project", "provider", "model"))
+_ROLLUP_USERS = _upsert("rollups_users", ("day", "key_id", "project", "end_user"))
+_ROLLUP_TAGS = _upsert("rollups_tags", ("day", "name", "value"))
 
 
 def iso_utc(ms: int) -> str:
@@ -103,6 +121,9 @@ class TraceRow:
     attempt: int
     cache_hit: int
     cost_saved_uc: int | None
+    end_user: str | None = None
+    tags: str | None = None  # JSON object
+    key_name: str | None = None
     request_body: bytes | None = None
     response_body: bytes | None = None
     request_truncated: bool = False
@@ -126,24 +147,25 @@ class TraceRow:
         self.add_to_rollup(conn)
 
     def add_to_rollup(self, conn: sqlite3.Connection) -> None:
-        conn.execute(
-            _ROLLUP,
-            (
-                self.ts[:10],
-                self.key_id or "",
-                self.project or "",
-                self.provider or "",
-                self.served_model or self.model or "",
-                int(self.status >= 400 or self.outcome != "ok"),
-                self.prompt_tokens or 0,
-                self.completion_tokens or 0,
-                self.cached_tokens or 0,
-                self.cache_write_tokens or 0,
-                self.reasoning_tokens or 0,
-                self.cost_uc or 0,
-                int(self.cost_status == "unknown"),
-            ),
+        """The trace's counts added to the daily rollups: by key/project/provider/model, by end
+        user, and by each of its tags — each equals the sum of its traces."""
+        day = self.ts[:10]
+        counts = (
+            int(self.status >= 400 or self.outcome != "ok"),
+            self.prompt_tokens or 0,
+            self.completion_tokens or 0,
+            self.cached_tokens or 0,
+            self.cache_write_tokens or 0,
+            self.reasoning_tokens or 0,
+            self.cost_uc or 0,
+            int(self.cost_status == "unknown"),
         )
+        key_id, project = self.key_id or "", self.project or ""
+        model = self.served_model or self.model or ""
+        conn.execute(_ROLLUP, (day, key_id, project, self.provider or "", model, *counts))
+        conn.execute(_ROLLUP_USERS, (day, key_id, project, self.end_user or "", *counts))
+        if self.tags:
+            conn.executemany(_ROLLUP_TAGS, [(day, k, v, *counts) for k, v in json.loads(self.tags).items()])
 
 
 def _pack(data: bytes | None) -> bytes | None:
@@ -227,6 +249,9 @@ def trace_row_from(
         attempt=number,
         cache_hit=int(ctx.cache_hit) if attempt is None else 0,
         cost_saved_uc=ctx.cost_saved_uc if attempt is None else None,
+        end_user=ctx.end_user,
+        tags=json.dumps(ctx.tags, ensure_ascii=False, sort_keys=True) if ctx.tags else None,
+        key_name=getattr(ctx.key, "name", None),
         request_body=request_body,
         response_body=response_body,
         request_truncated=req_trunc,
@@ -249,9 +274,15 @@ def list_traces(
     status: int | None = None,
     key: str | None = None,
     outcome: str | None = None,
+    user: str | None = None,
+    tag: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``cursor`` is the id of the last trace of the previous page."""
-    where, args = [], []
+    """Newest first; ``cursor`` is the id of the last trace of the previous page; ``tag`` is (name, value)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if tag is not None:
+        where.append("EXISTS (SELECT 1 FROM json_each(traces.tags) AS t WHERE t.key = ? AND t.value = ?)")
+        args.extend(tag)
     for clause, value in (
         ("id < ?", cursor),
         ("ts_ms >= ?", since_ms),
@@ -261,6 +292,7 @@ def list_traces(
         ("status = ?", status),
         ("key_id = ?", key),
         ("outcome = ?", outcome),
+        ("end_user = ?", user),
     ):
         if value is not None:
             where.append(clause)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import db, files
+from .backends import Backend, backend_for
 
 log = logging.getLogger("stockyard.writer")
 
@@ -48,6 +49,9 @@ _DATABASE_FAILURES = {5, 6, 8, 10, 11, 13, 14, 26}  # BUSY LOCKED READONLY IOERR
 
 
 def database_failed(exc: BaseException) -> bool:
+    """The database, not the job, is at fault (full, read-only, I/O error, PostgreSQL gone)."""
+    if getattr(exc, "database_failed", False):  # set by the PostgreSQL connection
+        return True
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _DATABASE_FAILURES
 
@@ -80,9 +84,10 @@ class Writer:
     """Owns the server's only write connection."""
 
     def __init__(
-        self, path: Path | str, maxsize: int = 10_000, batch_max: int = 512, idle_after_s: float = 1.0
+        self, database: Path | str | Backend, maxsize: int = 10_000, batch_max: int = 512, idle_after_s: float = 1.0
     ) -> None:
-        self.path = Path(path)
+        self.backend = backend_for(database)
+        self.path = Path(getattr(self.backend, "path", ""))
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.batch_max = batch_max
         self.idle_after_s = idle_after_s
@@ -90,7 +95,7 @@ class Writer:
         self.healthy = True
         self._idle_tasks: list[IdleTask] = []
         self._periodic: list[_Periodic] = []
-        self._wal_path = files.wal_path(self.path)
+        self._wal_path = files.wal_path(self.path) if self.backend.wal else None
         self._next_wal_check = time.monotonic() + WAL_CHECK_EVERY_S
         self._failure_logged_at = 0.0
         self._lost_since_log = 0
@@ -99,7 +104,7 @@ class Writer:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Writer":
-        self._conn = db.connect(self.path)
+        self._conn = self.backend.connect()
         self._thread.start()
         return self
 
@@ -184,7 +189,8 @@ class Writer:
                 self._commit(batch)
                 idle_done = False
         self._run_idle_tasks()
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def _commit(self, batch: list[_Item]) -> None:
         """Commit a batch: optimistically in one go; if a job fails, again job by job.
@@ -192,17 +198,26 @@ class Writer:
         The fast path has no per-job SAVEPOINT (they cost more than a trace insert); the
         slow path isolates each job so one bad job never takes the others with it.
         """
-        try:
+        for retry in (True, False):
             try:
-                self._run_jobs(batch, isolated=False)
-            except _JobFailed:
-                for item in batch:
-                    item.result, item.error = None, None
-                self._run_jobs(batch, isolated=True)
-        except sqlite3.Error as exc:
-            self._rollback()
-            self._batch_failed(batch, exc)
-            return
+                self._reconnect_if_lost()
+                try:
+                    self._run_jobs(batch, isolated=False)
+                except _JobFailed:
+                    for item in batch:
+                        item.result, item.error = None, None
+                    self._run_jobs(batch, isolated=True)
+                break
+            except sqlite3.Error as exc:
+                self._rollback()
+                if retry and getattr(self._conn, "broken", False):
+                    # PostgreSQL closed the connection (a restart, a failover, an idle timeout): the
+                    # transaction was rolled back, so the batch runs once more on a new connection.
+                    for item in batch:
+                        item.result, item.error = None, None
+                    continue
+                self._batch_failed(batch, exc)
+                return
         if not self.healthy:
             log.warning(
                 "database writable again after %d failed batches; %d records dropped in all",
@@ -224,6 +239,14 @@ class Writer:
                     item.future.set_exception(item.error)
                 else:
                     item.future.set_result(item.result)
+
+    def _reconnect_if_lost(self) -> None:
+        """A PostgreSQL connection whose socket broke is replaced before the next batch."""
+        if self._conn is not None and getattr(self._conn, "broken", False):
+            self._conn.close()
+            self._conn = None
+        if self._conn is None:
+            self._conn = self.backend.connect()
 
     def _run_jobs(self, batch: list[_Item], *, isolated: bool) -> None:
         conn = self._conn
@@ -286,7 +309,8 @@ class Writer:
 
     def _run_idle_tasks(self) -> bool:
         """One step of each idle task; True if any has more to do."""
-        assert self._conn is not None
+        if self._conn is None:
+            return False
         more = False
         for task in self._idle_tasks:
             try:
@@ -297,7 +321,8 @@ class Writer:
 
     def _run_due_tasks(self) -> None:
         """Periodic tasks that are due, and the WAL size check."""
-        assert self._conn is not None
+        if self._conn is None:
+            return
         now = time.monotonic()
         for p in self._periodic:
             if now >= p.due:
@@ -312,7 +337,8 @@ class Writer:
 
     def _checkpoint(self, mode: str) -> bool:
         """Copy the WAL into the database; TRUNCATE also empties the -wal file. True if complete."""
-        assert self._conn is not None
+        if not self.backend.wal or self._conn is None:
+            return True
         # TRUNCATE waits for readers through the busy handler: wait briefly, not the full
         # busy timeout, so queued writes are not held up; the next idle period tries again.
         self._conn.execute("PRAGMA busy_timeout=200")
@@ -324,7 +350,7 @@ class Writer:
         finally:
             self._conn.execute(f"PRAGMA busy_timeout={db.BUSY_TIMEOUT_MS}")
         self.stats.checkpoints += 1
-        self.stats.wal_bytes = files.file_size(self._wal_path)
+        self.stats.wal_bytes = files.file_size(self._wal_path) if self._wal_path else 0
         return busy == 0
 
     def _check_wal(self) -> None:
@@ -333,7 +359,9 @@ class Writer:
         SQLite's automatic checkpoints normally keep it small; a reader that holds a read
         transaction for a long time can stop them, and that is worth a log line.
         """
-        size = files.file_size(self._wal_path)
+        if not self.backend.wal:
+            return
+        size = files.file_size(self._wal_path) if self._wal_path else 0
         self.stats.wal_bytes = size
         if size > db.WAL_SIZE_LIMIT_BYTES and not self._checkpoint("PASSIVE"):
             log.warning(

@@ -1,0 +1,99 @@
+"""Who a request was for: the end user and the tags a client attaches, checked and capped.
+
+The end user comes from the ``x-stockyard-user`` header, which wins, else from the body:
+OpenAI's ``user`` (chat, completions, embeddings, Responses) or Anthropic's
+``metadata.user_id``. Tags come from ``x-stockyard-tags: team=search,feature=x`` and, where the
+API has one, the body's ``metadata`` object of strings (OpenAI chat and Responses); a header
+tag wins over a body tag of the same name. The trace carries both, and reports group by them
+(``stockyard costs --by user|tag:NAME``), so they are bounded: a user of at most
+``USER_CAP`` printable characters, at most ``MAX_TAGS`` tags with printable names and values.
+Bad values are a 400 naming the header or field — never silently cut, which would merge users.
+"""
+
+from __future__ import annotations
+
+from .context import RequestContext
+from .errors import ProxyError
+
+USER_HEADER = "x-stockyard-user"
+TAGS_HEADER = "x-stockyard-tags"
+USER_CAP = 256
+MAX_TAGS = 16
+TAG_NAME_CAP = 64
+TAG_VALUE_CAP = 512  # OpenAI's own limit for a metadata value
+METADATA_ENDPOINTS = ("chat", "responses")  # OpenAI endpoints whose body has ``metadata`` of strings
+
+
+def _printable(text: str, cap: int) -> bool:
+    return 0 < len(text) <= cap and text.isprintable()
+
+
+def _check_user(value: object, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _printable(value, USER_CAP):
+        raise ProxyError(
+            400,
+            f"{where} must be 1-{USER_CAP} printable characters",
+            param=where if not where.startswith("x-") else None,
+            code="invalid_user",
+        )
+    return value
+
+
+def _check_tag(name: str, value: str, where: str) -> None:
+    if not _printable(name, TAG_NAME_CAP) or not _printable(value, TAG_VALUE_CAP) or "=" in name or "," in name:
+        raise ProxyError(
+            400,
+            f"{where}: tag {name[:TAG_NAME_CAP]!r} needs a name of 1-{TAG_NAME_CAP} printable characters "
+            f"(no '=' or ',') and a value of 1-{TAG_VALUE_CAP}",
+            code="invalid_tags",
+        )
+
+
+def header_tags(text: str) -> dict[str, str]:
+    """``team=search,feature=x`` → {"team": "search", "feature": "x"} (400 on a malformed list)."""
+    tags: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, eq, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not eq:
+            raise ProxyError(400, f"{TAGS_HEADER}: {part.strip()[:64]!r} is not name=value", code="invalid_tags")
+        _check_tag(name, value, TAGS_HEADER)
+        tags[name] = value
+    return tags
+
+
+def body_user(ctx: RequestContext) -> object:
+    """The end user the body names, in the client's API."""
+    body = ctx.body
+    if ctx.dialect == "anthropic":
+        metadata = body.get("metadata")
+        return metadata.get("user_id") if isinstance(metadata, dict) else None
+    return body.get("user")
+
+
+def body_tags(ctx: RequestContext) -> dict[str, str]:
+    """The body's ``metadata`` strings, where the API has such a field (others are left to the provider)."""
+    metadata = ctx.body.get("metadata")
+    if ctx.dialect == "anthropic" or ctx.endpoint not in METADATA_ENDPOINTS or not isinstance(metadata, dict):
+        return {}
+    tags = {str(k): v for k, v in metadata.items() if isinstance(v, str)}
+    for name, value in tags.items():
+        _check_tag(name, value, "metadata")
+    return tags
+
+
+def attribute(ctx: RequestContext) -> None:
+    """Set ``ctx.end_user`` and ``ctx.tags`` from the headers and the parsed body (400 when bad)."""
+    header = ctx.headers.get(USER_HEADER)
+    ctx.end_user = _check_user(header.strip(), USER_HEADER) if header is not None else None
+    if ctx.end_user is None:
+        ctx.end_user = _check_user(body_user(ctx), "metadata.user_id" if ctx.dialect == "anthropic" else "user")
+    tags = body_tags(ctx)
+    tags.update(header_tags(ctx.headers.get(TAGS_HEADER, "")))
+    if len(tags) > MAX_TAGS:
+        raise ProxyError(400, f"at most {MAX_TAGS} tags per request, got {len(tags)}", code="invalid_tags")
+    ctx.tags = tags

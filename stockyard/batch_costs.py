@@ -1,0 +1,175 @@
+"""What a completed batch cost: its output file's usage at the batch price, recorded once.
+
+OpenAI bills Batch API requests at half the normal price (``BATCH_PRICE``). When a batch's
+owner first sees it ``completed`` (retrieve or list), its output file is read from the
+provider as a stream, line by line; each line's ``response.body.usage`` is priced at its
+model's normal price times ``BATCH_PRICE``, and the sum becomes one trace row under the
+owner's key (tokens summed, cost exact; any line of a model without a price makes the cost
+unknown) — so cost reports and budgets see it.
+
+The reading runs in a background thread of its own: a retrieve answers at once, and the
+writer thread, which every trace waits behind, never waits on a provider. The row and the
+batch's ``billed`` mark are written in one transaction, so a batch is recorded once, however
+many retrieves race and across restarts; a failed read leaves it unbilled for the next look.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import astuple
+from typing import Callable
+
+from .context import RequestContext
+from .errors import OPENAI
+from .files_api import lines_of, mark_billed, upstream_path
+from .keys import KeyRecord
+from .metrics import Metrics
+from .pricing import Price, Usage, cost_numerator, discounted_microcents
+from .providers import Provider
+from .providers.responses_adapters import upstream_headers
+from .proxy import RequestPath
+from .store import Store
+from .store.traces import trace_row_from
+
+log = logging.getLogger("stockyard.batches")
+
+BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
+MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
+Settle = Callable[[KeyRecord, int, int], None]  # (owner key, cost µ¢, ts ms): the budget ledger learns it
+
+
+class BatchTotal:
+    """Usage and cost summed over a batch's output lines."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.numerator = 0  # the full-price cost, unrounded (pricing.cost_numerator)
+        self.unpriced: set[str] = set()
+        self.models: list[str] = []
+        self.lines = 0
+
+    def add(self, line: bytes, price_of: Callable[[str], Price | None]) -> None:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return
+        response = doc.get("response") if isinstance(doc, dict) else None
+        body = response.get("body") if isinstance(response, dict) else None
+        if not isinstance(body, dict) or not isinstance(body.get("usage"), dict):
+            return
+        self.lines += 1
+        named = body.get("model")
+        model = named if isinstance(named, str) else ""
+        if model not in self.models:
+            self.models.append(model)
+        usage = Usage.from_openai(body["usage"])
+        self.usage = Usage(*(a + b for a, b in zip(astuple(self.usage), astuple(usage))))
+        price = price_of(model)
+        if price is None or price.unit != "token":  # a token answer cannot be priced per image or second
+            self.unpriced.add(model)
+        else:
+            self.numerator += cost_numerator(price, usage)
+
+    def cost(self) -> int | None:
+        """µ¢ at the batch price, rounded once over the whole batch; None when a model has no price."""
+        return None if self.unpriced else discounted_microcents(self.numerator, BATCH_PRICE)
+
+
+class BatchCosts:
+    """Records each completed batch's cost once, reading its output file in the background."""
+
+    def __init__(self, path: RequestPath, store: Store, metrics: Metrics, settle: Settle) -> None:
+        self._path = path
+        self._store = store
+        self._metrics = metrics
+        self._settle = settle
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def completed(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
+        """A completed batch its owner just saw: start recording it, unless already under way."""
+        batch_id = batch["id"]
+        with self._lock:
+            if batch_id in self._busy or len(self._busy) >= MAX_AT_ONCE:  # the rest wait for a later look
+                return
+            self._busy.add(batch_id)
+        threading.Thread(
+            target=self._record, args=(ctx, provider, batch), name=f"stockyard-batch-{batch_id[:40]}", daemon=True
+        ).start()
+
+    def _record(self, seen: RequestContext, provider: Provider, batch: dict) -> None:
+        batch_id = batch["id"]
+        try:
+            total = self.read_output(provider, batch.get("output_file_id"))
+            self._write(seen, provider, batch, total)
+        except Exception as exc:  # left unbilled: the next look at the batch tries again
+            log.warning("batch %s: its cost could not be recorded yet: %s", batch_id, self._path.scrub.text(str(exc)))
+        finally:
+            with self._lock:
+                self._busy.discard(batch_id)
+
+    def read_output(self, provider: Provider, file_id: object) -> BatchTotal:
+        """Sum the output file's lines as they stream in (a batch with no output file costs 0)."""
+        total = BatchTotal()
+        if not isinstance(file_id, str) or not file_id:
+            return total
+        table = self._path.pricer.table
+        resp = self._path.pool.request(
+            provider.base_url,
+            "GET",
+            upstream_path(provider, f"/files/{file_id}/content"),
+            upstream_headers(provider, "*/*"),
+            None,
+        )
+        if resp.status >= 400:
+            resp.read_all()
+            raise RuntimeError(f"provider {provider.name!r} answered {resp.status} for output file {file_id}")
+        for line in lines_of(resp.chunks()):
+            total.add(line, lambda model: table.lookup(model, provider.name))
+        return total
+
+    def _write(self, seen: RequestContext, provider: Provider, batch: dict, total: BatchTotal) -> None:
+        """One trace row under the batch's owner, with the batch's billed mark in one transaction."""
+        ctx = RequestContext("batches.usage", OPENAI, seen.client_addr, {})
+        ctx.key, ctx.key_id, ctx.project = seen.key, seen.key_id, seen.project
+        ctx.model = ",".join(total.models)[:200] or None
+        ctx.raw = json.dumps(
+            {
+                "batch_id": batch["id"],
+                "output_file_id": batch.get("output_file_id"),
+                "lines": total.lines,
+                "price": f"{BATCH_PRICE[0]}/{BATCH_PRICE[1]} of the models' rates",
+            }
+        ).encode()
+        a = ctx.attempt
+        a.provider, a.upstream_model, a.status = provider, ctx.model, 200
+        a.usage = total.usage
+        a.cost_uc = total.cost()
+        a.cost_status = "exact" if a.cost_uc is not None else "unknown"
+        if total.unpriced:
+            a.error_message = f"no price for {', '.join(sorted(total.unpriced))[:500]}"
+        ctx.complete = True
+        settings = self._path.settings
+        row = trace_row_from(ctx, store_bodies=settings.store_bodies, cap=settings.body_cap_bytes)
+
+        def job(conn) -> bool:
+            if not mark_billed(conn, batch["id"]):
+                return False
+            row.write(conn)
+            return True
+
+        if not self._store.write(job):
+            return
+        self._metrics.observe_request(ctx)
+        if ctx.key is not None and a.cost_uc:
+            self._settle(ctx.key, a.cost_uc, ctx.ts_ms)
+        log.info(
+            "batch %s: %d lines, %d+%d tokens, recorded under trace %s",
+            batch["id"],
+            total.lines,
+            total.usage.prompt_tokens,
+            total.usage.completion_tokens,
+            ctx.trace_id,
+        )

@@ -1,0 +1,568 @@
+"""OpenAI files and batches: passed through to an OpenAI-kind provider, owned by the key that made them.
+
+``/v1/files`` (upload, list, retrieve, content, delete) and ``/v1/batches`` (create, list,
+retrieve, cancel) carry no model, so they go to a provider chosen without one: the first
+OpenAI-kind provider (openai, azure, openai-compatible) in the registry's order that the
+client key may use, or the one named by ``x-stockyard-provider``. An object's later calls go
+to the provider recorded with it.
+
+Every file and batch belongs to the client key that created it (``owned_objects``; open
+mode has one owner, ``''``); a batch's output and error files become its owner's when
+Stockyard first sees them. Another key gets the same 404 as for a missing id, so existence
+does not leak; lists are the provider's pages filtered to the key's own objects. Each call
+leaves a trace row (metadata only, never file bytes) costing 0; a completed batch's usage is
+recorded once by :mod:`stockyard.batch_costs`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from io import RawIOBase
+from typing import IO, Any, BinaryIO, Callable, Iterator, cast
+from urllib.parse import urlencode
+
+from .context import RequestContext
+from .errors import ClientGone, ProxyError
+from .httpio import Request, json_object
+from .keys import KeyRecord
+from .providers import AZURE_API_VERSION, Provider, Registry
+from .providers.responses_adapters import upstream_headers
+from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
+from .store import Store
+from .upstream import UpstreamError, UpstreamResponse
+
+PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]{1,200})(/content|/cancel)?)?$")
+FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
+PROVIDER_HEADER = "x-stockyard-provider"
+OPEN_OWNER = ""  # the one owner in open mode (no client keys)
+AZURE_BATCH_VERSION = "2024-10-21"  # the first GA api-version with files and batches
+LIST_PAGE = 100  # objects asked of the provider per page while filtering a list (batches allow 100 at most)
+MAX_LIST_PAGES = 20  # provider pages one list request reads at most; past that, has_more says "ask again"
+LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
+KIND = {"files": "file", "batches": "batch"}
+
+
+def route_of(path: str) -> tuple[str, str | None, str] | None:
+    """(collection, object id, action) for a files or batches path, or None."""
+    match = PATH.match(path)
+    if match is None:
+        return None
+    collection, object_id, action = match.groups()
+    if (action == "/content" and collection != "files") or (action == "/cancel" and collection != "batches"):
+        return None
+    return collection, object_id, action or ""
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """The trace's endpoint: ``files.create``, ``files.content``, ``batches.cancel``, …"""
+    found = route_of(path)
+    if found is None:
+        return "files"
+    collection, object_id, action = found
+    if action:
+        return f"{collection}.{action[1:]}"
+    if object_id is None:
+        return f"{collection}.{'create' if method == 'POST' else 'list'}"
+    return f"{collection}.{'delete' if method == 'DELETE' else 'retrieve'}"
+
+
+ALLOWED_METHODS = {
+    ("files", False, ""): ("GET", "POST"),
+    ("files", True, ""): ("GET", "DELETE"),
+    ("files", True, "/content"): ("GET",),
+    ("batches", False, ""): ("GET", "POST"),
+    ("batches", True, ""): ("GET",),
+    ("batches", True, "/cancel"): ("POST",),
+}
+
+
+def not_found(kind: str, object_id: str, param: str = "id") -> ProxyError:
+    """OpenAI's own 404 for an id, the same for one that does not exist and for another key's."""
+    message = f"No such File object: {object_id}" if kind == "file" else f"No batch found with id '{object_id}'."
+    return ProxyError(404, message, param=param, type="invalid_request_error")
+
+
+def owner_of(ctx: RequestContext) -> str:
+    return ctx.key_id or OPEN_OWNER
+
+
+def upstream_path(provider: Provider, rest: str, query: dict[str, str] | None = None) -> str:
+    """Where ``/files…`` or ``/batches…`` lives at this provider (Azure: under /openai, with an api-version)."""
+    params = dict(query or {})
+    if provider.kind == "azure":
+        version = max(provider.api_version or AZURE_API_VERSION, AZURE_BATCH_VERSION)  # dated: sorts as text
+        params = {"api-version": version, **params}
+        if not provider.base_url.rstrip("/").endswith("/openai"):
+            rest = "/openai" + rest
+    return rest + (f"?{urlencode(params)}" if params else "")
+
+
+def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provider]:
+    """The OpenAI-kind providers this key may use, in the registry's order (the first is the default)."""
+    return [
+        p
+        for p in registry.providers
+        if p.kind in FILE_KINDS and (key is None or key.allows_provider(p.name, registry.routes_to))
+    ]
+
+
+MAX_LINE = 16 * 1024 * 1024  # a JSONL line longer than this is skipped, never held
+
+
+def lines_of(stream: IO[bytes] | Iterator[bytes], block: int = 65536) -> Iterator[bytes]:
+    """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time."""
+    reader = getattr(stream, "read", None)  # a reader first: files iterate by lines, unbounded
+    chunks = iter(lambda: reader(block), b"") if reader is not None else stream
+    buf, skipping = b"", False
+    for chunk in chunks:
+        buf += chunk
+        while (end := buf.find(b"\n")) >= 0:
+            line, buf = buf[:end], buf[end + 1 :]
+            if skipping:
+                skipping = False
+            elif line.strip():
+                yield line
+        if len(buf) > MAX_LINE:
+            buf, skipping = b"", True
+    if buf.strip() and not skipping:
+        yield buf
+
+
+# -- ownership ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Owned:
+    id: str
+    kind: str
+    key_id: str
+    provider: str
+    billed: bool
+
+
+class Ownership:
+    """The ``owned_objects`` table: who made each file and batch, and where it lives.
+
+    Claims wait for their commit (``Store.write``): a client that uploads and lists at once
+    must see its file.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def find(self, object_id: str, kind: str, owner: str) -> Owned | None:
+        """The object if ``owner`` made it; None for another key's or an unknown id."""
+        row = (
+            self._store.read()
+            .execute(
+                "SELECT id, kind, key_id, provider, billed FROM owned_objects WHERE id = ? AND kind = ?",
+                (object_id, kind),
+            )
+            .fetchone()
+        )
+        if row is None or row["key_id"] != owner:
+            return None
+        return Owned(row["id"], row["kind"], row["key_id"], row["provider"], bool(row["billed"]))
+
+    def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
+        """Which of ``ids`` at ``provider`` belong to ``owner``."""
+        if not ids:
+            return set()
+        marks = ", ".join("?" * len(ids))
+        rows = self._store.read().execute(
+            f"SELECT id FROM owned_objects WHERE kind = ? AND key_id = ? AND provider = ? AND id IN ({marks})",
+            (kind, owner, provider, *ids),
+        )
+        return {r["id"] for r in rows}
+
+    def claim(self, object_id: str, kind: str, owner: str, provider: str) -> None:
+        """Record a new object as ``owner``'s; an id already held keeps its first owner."""
+        now = int(time.time() * 1000)
+        self._store.write(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)",
+                (object_id, kind, owner, provider, now),
+            )
+        )
+
+    def forget(self, object_id: str) -> None:
+        self._store.write(lambda conn: conn.execute("DELETE FROM owned_objects WHERE id = ?", (object_id,)))
+
+
+def mark_billed(conn: sqlite3.Connection, batch_id: str) -> bool:
+    """Inside a writer job: True for the one job that first marks the batch billed."""
+    cur = conn.execute(
+        "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = 'batch' AND billed = 0", (batch_id,)
+    )
+    return cur.rowcount == 1
+
+
+# -- the routes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """A provider's answer: status, scrubbed headers, and its body once read."""
+
+    status: int
+    headers: dict[str, str]
+    data: bytes = b""
+
+
+class FilesAPI:
+    """The files and batches routes. ``on_completed(ctx, provider, batch)`` is told of each
+    completed batch its owner sees (the batch cost recorder); ``check_budget(ctx)`` refuses a
+    batch to a key whose budget is used up."""
+
+    def __init__(
+        self,
+        path: RequestPath,
+        ownership: Ownership,
+        on_completed: Callable[[RequestContext, Provider, dict], None],
+        check_budget: Callable[[RequestContext], None],
+    ) -> None:
+        self._path = path
+        self.ownership = ownership
+        self._on_completed = on_completed
+        self._check_budget = check_budget
+
+    def handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        """One call (its key already checked from the headers); always leaves a trace row."""
+        path = self._path
+        try:
+            self._handle(reply, ctx, req)
+        except ProxyError as exc:
+            fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
+            send_error(path, reply, ctx, exc)
+        except ClientGone:
+            ctx.attempt.outcome = "client_disconnected"
+        finally:
+            path.tracer.finish(ctx)
+
+    def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        method, query = req.method, req.query
+        found = route_of(req.path)
+        assert found is not None
+        collection, object_id, action = found
+        allowed = ALLOWED_METHODS[(collection, object_id is not None, action)]
+        if method not in allowed:
+            raise ProxyError(
+                405,
+                f"method {method} is not allowed here; use {', '.join(allowed)}",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        if collection == "files" and object_id is None and method == "POST":
+            return self._upload(reply, ctx, req)
+        raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
+        kind = KIND[collection]
+        if object_id is None:
+            if method == "GET":
+                return self._list(reply, ctx, collection, query)
+            return self._create_batch(reply, ctx, raw)
+        owned = self.ownership.find(object_id, kind, owner_of(ctx))
+        if owned is None:
+            raise not_found(kind, object_id)
+        provider = self._provider_named(owned.provider)
+        rest = f"/{collection}/{object_id}{action}"
+        if action == "/content":
+            return self._relay(reply, ctx, provider, rest)
+        answer, doc = self._call(ctx, provider, method, rest)
+        if answer.status < 300 and method == "DELETE":
+            self.ownership.forget(object_id)
+        if answer.status < 300 and collection == "batches" and isinstance(doc, dict):
+            self._see_batch(ctx, provider, doc)
+        self._send(reply, ctx, answer)
+
+    # -- providers -----------------------------------------------------------------------------
+    def choose_provider(self, ctx: RequestContext) -> Provider:
+        """For a new object or a list: ``x-stockyard-provider`` if given, else the key's first OpenAI-kind provider."""
+        registry = self._path.registry()
+        allowed = allowed_providers(registry, ctx.key)
+        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
+        if named:
+            provider = registry.by_name.get(named)
+            if provider is None or provider.kind not in FILE_KINDS:
+                serving = [p.name for p in registry.providers if p.kind in FILE_KINDS]
+                raise ProxyError(
+                    400,
+                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured provider that serves files and "
+                    f"batches (openai, azure or openai-compatible); these are: {', '.join(serving) or 'none'}",
+                    param=PROVIDER_HEADER,
+                    code="invalid_provider",
+                )
+            if provider not in allowed:
+                raise ProxyError(
+                    403,
+                    f"this client key may not use provider {named!r}",
+                    param=PROVIDER_HEADER,
+                    code="provider_not_allowed",
+                )
+            return provider
+        if allowed:
+            return allowed[0]
+        if any(p.kind in FILE_KINDS for p in registry.providers):
+            raise ProxyError(
+                403,
+                "this client key may not use any provider that serves files and batches",
+                code="provider_not_allowed",
+            )
+        raise ProxyError(
+            400,
+            "files and batches need an OpenAI-kind provider (openai, azure or openai-compatible); none is configured",
+            code="no_file_provider",
+        )
+
+    def _provider_named(self, name: str) -> Provider:
+        provider = self._path.registry().by_name.get(name)
+        if provider is None:
+            raise ProxyError(
+                502, f"this object lives at provider {name!r}, which is no longer configured", code="provider_gone"
+            )
+        return provider
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _request(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        method: str,
+        rest: str,
+        body: bytes | RawIOBase | None = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        length: int | None = None,
+    ) -> tuple[Answer, UpstreamResponse]:
+        """Send one call to the provider, its answer still unread; the trace learns the provider."""
+        if provider.key_error:
+            raise ProxyError(
+                503,
+                f"provider {provider.name!r} cannot be used: its stored key cannot be decrypted; "
+                "the operator must fix it (see the server log)",
+                code="provider_key_unavailable",
+            )
+        ctx.attempt.provider = provider
+        headers = upstream_headers(provider, accept="*/*" if rest.endswith("/content") else "application/json")
+        if body is None:
+            headers.pop("Content-Type", None)
+        else:
+            headers["Content-Type"] = content_type
+            if length is not None:
+                headers["Content-Length"] = str(length)
+        scrub = self._path.scrub
+        target = upstream_path(provider, rest, query)
+        try:
+            sent = body if body is None or isinstance(body, bytes) else cast(BinaryIO, body)  # a spooled upload
+            resp = self._path.pool.request(provider.base_url, method, target, headers, sent)
+        except UpstreamError as exc:
+            message = scrub.text(f"provider {provider.name!r}: {exc}")
+            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
+        got = {k: scrub.text(v) for k, v in resp.headers.items()}  # a header may echo the key
+        ctx.attempt.upstream_request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
+        ctx.attempt.status = resp.status
+        return Answer(resp.status, got), resp
+
+    def _read(self, ctx: RequestContext, answer: Answer, resp: UpstreamResponse) -> Answer:
+        """Read an answer whole (JSON metadata, bounded by the pool's limit), scrubbed, kept for the trace."""
+        try:
+            answer.data = self._path.scrub.bytes(resp.read_all())
+        except UpstreamError as exc:
+            provider = ctx.attempt.provider.name if ctx.attempt.provider else "?"
+            raise ProxyError(exc.status, f"provider {provider!r}: {exc}", code=f"upstream_{exc.kind}") from None
+        ctx.attempt.mark_first_byte()
+        ctx.attempt.response_body.clear()
+        ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
+        return answer
+
+    def _call(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        method: str,
+        rest: str,
+        body: bytes | RawIOBase | None = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        length: int | None = None,
+    ) -> tuple[Answer, Any]:
+        """A call whose answer is JSON: (the answer read whole, its parsed body or None)."""
+        answer = self._read(ctx, *self._request(ctx, provider, method, rest, body, query, content_type, length))
+        try:
+            return answer, json.loads(answer.data)
+        except ValueError:
+            return answer, None
+
+    def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
+        """The provider's answer to the client (its errors passed through); a success costs 0."""
+        if answer.status >= 400:
+            message = answer.data[:500].decode("utf-8", "replace")
+            fail(ctx, answer.status, message, "upstream_error", f"upstream_{answer.status}")
+        else:
+            ctx.attempt.cost_uc, ctx.attempt.cost_status = 0, "exact"
+            ctx.complete = True
+        headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}
+        reply.send(answer.status, answer.data, answer.headers.get("content-type", "application/json"), headers)
+
+    def _relay(self, reply: Reply, ctx: RequestContext, provider: Provider, rest: str) -> None:
+        """A file's content, relayed chunk by chunk as it arrives (never held whole); the trace
+        keeps its size, not its bytes."""
+        answer, resp = self._request(ctx, provider, "GET", rest)
+        if answer.status >= 400:
+            return self._send(reply, ctx, self._read(ctx, answer, resp))
+        headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}
+        if "content-disposition" in answer.headers:
+            headers["content-disposition"] = answer.headers["content-disposition"]
+        reply.start_stream(answer.status, headers, answer.headers.get("content-type", "application/octet-stream"))
+        ctx.attempt.mark_first_byte()
+        size = 0
+        try:
+            for chunk in resp.chunks():
+                reply.chunk(chunk)
+                size += len(chunk)
+        except UpstreamError as exc:
+            fail(ctx, answer.status, f"provider {provider.name!r}: {exc}", "stream_broken", f"upstream_{exc.kind}")
+            reply.abort()  # no error fits a file's bytes: the connection closes without the chunked end
+            return
+        except ClientGone:
+            resp.close()
+            raise
+        finally:
+            ctx.attempt.capture(json.dumps({"content_bytes": size}).encode(), self._path.settings.body_cap_bytes)
+        reply.end_stream()
+        ctx.attempt.cost_uc, ctx.attempt.cost_status = 0, "exact"
+        ctx.complete = True
+
+    # -- uploads --------------------------------------------------------------------------------
+    def _upload(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        """``POST /v1/files``: the form streamed to a spool (never held whole), then to the provider
+        with its length; the trace keeps the form's metadata, never the file's bytes."""
+        provider = self.choose_provider(ctx)  # refused before the body is read
+        with req.upload() as upload:
+            ctx.raw = json.dumps(upload.metadata()).encode()
+            purpose = upload.get("purpose")
+            parts = [f for f in upload.files if f.name == "file"]
+            if not purpose:
+                raise ProxyError(400, "Missing required parameter: 'purpose'.", param="purpose", code="invalid_value")
+            if len(parts) != 1:
+                raise ProxyError(
+                    400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
+                )
+            if purpose == "batch":
+                self._check_batch_models(ctx, provider, lines_of(upload.open(parts[0])))
+            body = upload.encode()
+            answer, doc = self._call(
+                ctx, provider, "POST", "/files", body, content_type=body.content_type, length=body.length
+            )
+        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
+        self._send(reply, ctx, answer)
+
+    def _check_batch_models(self, ctx: RequestContext, provider: Provider, lines: Iterator[bytes]) -> None:
+        """A key with a model allow-list may batch only its models: each request line's ``model``
+        is checked as if sent to ``provider`` (a batch must not be a way around the list)."""
+        key = ctx.key
+        if key is None or key.models is None or "*" in key.models:
+            return
+        route = self._path.registry().routes_to
+        for number, line in enumerate(lines, 1):
+            try:
+                body = json.loads(line).get("body")
+                model = body.get("model") if isinstance(body, dict) else None
+            except (ValueError, AttributeError):
+                model = None
+            if not isinstance(model, str) or not key.allows_model(f"{provider.name}/{model}", route):
+                shown = model[:100] if isinstance(model, str) else None
+                raise ProxyError(
+                    403,
+                    f"client key {key.prefix}… may not use model {shown!r} (line {number} of the batch file)",
+                    param="file",
+                    code="model_not_allowed",
+                )
+
+    # -- lists ---------------------------------------------------------------------------------
+    def _list(self, reply: Reply, ctx: RequestContext, collection: str, query: dict[str, str]) -> None:
+        """The provider's list, filtered to this key's objects, paged honestly: ``limit`` of them,
+        ``has_more`` when the provider holds more of the key's (or was not read to its end)."""
+        default, largest = LIST_LIMITS[collection]
+        try:
+            limit = int(query.get("limit", str(default)))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= largest:
+            raise ProxyError(
+                400, f"'limit' must be a whole number from 1 to {largest}", param="limit", code="invalid_value"
+            )
+        provider = self.choose_provider(ctx)
+        kind, owner = KIND[collection], owner_of(ctx)
+        passed = {k: v for k, v in query.items() if k in ("order", "purpose")}
+        after = query.get("after") or None
+        found: list[dict] = []
+        has_more = False
+        for _ in range(MAX_LIST_PAGES):
+            asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
+            answer, doc = self._call(ctx, provider, "GET", f"/{collection}", query=asked)
+            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+                return self._send(reply, ctx, answer)
+            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
+            mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
+            found += [d for d in items if d["id"] in mine]
+            if len(found) > limit:
+                found, has_more = found[:limit], True
+                break
+            if not doc.get("has_more") or not items:
+                break
+            after = items[-1]["id"]
+        else:
+            has_more = True  # not read to its end: the client asks again after the last id
+        if collection == "batches":
+            for batch in found:
+                self._see_batch(ctx, provider, batch)
+        page_doc = {
+            "object": "list",
+            "data": found,
+            "first_id": found[0]["id"] if found else None,
+            "last_id": found[-1]["id"] if found else None,
+            "has_more": has_more,
+        }
+        answer.data = json.dumps(page_doc).encode()
+        ctx.attempt.response_body.clear()
+        ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
+        self._send(reply, ctx, answer)
+
+    # -- batches -------------------------------------------------------------------------------
+    def _create_batch(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
+        """A batch over a file this key owns, at that file's provider."""
+        body = json_object(raw)
+        ctx.raw = raw
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise ProxyError(
+                400, "'input_file_id' is required and must be a string", param="input_file_id", code="invalid_value"
+            )
+        owned = self.ownership.find(file_id, "file", owner_of(ctx))
+        if owned is None:
+            raise not_found("file", file_id, "input_file_id")
+        provider = self._provider_named(owned.provider)
+        self._check_budget(ctx)
+        answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
+        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name)
+            self._see_batch(ctx, provider, doc)
+        self._send(reply, ctx, answer)
+
+    def _see_batch(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
+        """A batch its owner is looking at: its output and error files become the owner's, and a
+        completed one is handed to the cost recorder (which records it once)."""
+        owner = owner_of(ctx)
+        for field in ("output_file_id", "error_file_id"):
+            file_id = batch.get(field)
+            if isinstance(file_id, str) and file_id and self.ownership.find(file_id, "file", owner) is None:
+                self.ownership.claim(file_id, "file", owner, provider.name)
+        if batch.get("status") == "completed" and isinstance(batch.get("id"), str):
+            owned = self.ownership.find(batch["id"], "batch", owner)
+            if owned is not None and not owned.billed:
+                self._on_completed(ctx, provider, batch)

@@ -1,0 +1,139 @@
+"""``userlimits``: budgets and rate limits per end user, for products that resell LLM features.
+
+The end user is the one the request names (``x-stockyard-user``, OpenAI ``user``, Anthropic
+``metadata.user_id``: ``stockyard.attribution``); a request that names none is not limited here.
+The limits are this module's options, so they are set for everyone, per project or per key with
+the usual ``overrides``::
+
+    stockyard modules enable userlimits --set budget_usd=0.50 --set budget_period=day --set rpm=20
+    {"budget_usd": "0.50", "overrides": {"key:key_123": {"budget_usd": "5", "rpm": 0}}}
+
+Where the options come from is where a user's spend is counted: a key's override counts the
+user's requests with that key, a project's override the user's requests in that project, the
+base options the user's requests with every key. Money is held exactly like key budgets: the
+request's worst case is reserved in the server's :class:`~stockyard.budgets.Ledger` under one
+lock (so 100 concurrent requests against a budget for 10 admit exactly 10) and settles to the
+real cost; spend survives restarts through ``rollups_users``. The rate limits are the
+``ratelimit`` module's exact sliding windows, one per user.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .. import estimate
+from ..budgets import PERIODS, BudgetExceeded, user_budget
+from ..context import RequestContext
+from ..errors import ProxyError
+from ..pricing import microcents_from_usd
+from .base import Module, ModuleServices
+from .ratelimit import FREE_ENDPOINTS, RateLimited, RateLimiter
+from .schema import Field
+
+log = logging.getLogger("stockyard.budgets")
+
+
+def _usd(value: str) -> str:
+    if value.strip():
+        microcents_from_usd(value)  # ValueError with a clear message when it is not an amount
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    within: str  # where the options come from: '*', 'key:<id>' or 'project:<name>'
+    budget_uc: int | None
+    period: str
+    rpm: int | None
+    tpm: int | None
+
+
+class UserLimitsModule(Module):
+    """Budgets (µ¢-exact reservations) and rpm/tpm per end user, per key, project or everyone."""
+
+    name = "userlimits"
+    summary = "budgets and rate limits per end user (the request's user), per key, project or everyone"
+    schema = {
+        "budget_usd": Field("str", "", 'each end user\'s budget in US dollars, like "0.50"; empty: none', check=_usd),
+        "budget_period": Field("enum", "day", "the budget's period", choices=PERIODS),
+        "rpm": Field("int", 0, "requests per minute per end user; 0: no limit", min=0, max=10_000_000),
+        "tpm": Field("int", 0, "tokens per minute per end user; 0: no limit", min=0, max=10_000_000_000),
+    }
+
+    def __init__(self, services: ModuleServices) -> None:
+        super().__init__(services)
+        self.limiter = RateLimiter()
+
+    def configure(self, config: dict[str, Any], scoped: dict[str, dict[str, Any]]) -> None:
+        """As the base class, but each options object knows the scope it came from."""
+        self._options = (
+            self._limits("*", config),
+            {scope: self._limits(scope, {**config, **values}) for scope, values in scoped.items()},
+        )
+
+    def _limits(self, within: str, config: dict[str, Any]) -> UserLimits:
+        budget = config.get("budget_usd") or ""
+        return UserLimits(
+            within,
+            microcents_from_usd(budget) if budget else None,
+            config.get("budget_period") or "day",
+            config.get("rpm") or None,
+            config.get("tpm") or None,
+        )
+
+    def compile(self, config: dict[str, Any]) -> UserLimits:
+        return self._limits("*", config)
+
+    def before(self, ctx: RequestContext) -> None:
+        user = ctx.end_user
+        if user is None or ctx.endpoint in FREE_ENDPOINTS:
+            return
+        limits: UserLimits = self.options(ctx)
+        who = f"end user {user!r}"
+        if limits.rpm or limits.tpm:
+            tokens = estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if limits.tpm else 0
+            window = f"{limits.within}|{user}"
+            try:
+                ctx.state["userlimits.rate"] = (window, self.limiter.admit(window, limits.rpm, limits.tpm, tokens, who))
+            except RateLimited as exc:
+                raise exc.error() from None
+        if limits.budget_uc is None:
+            return
+        assert ctx.route is not None  # resolved by the route step before this module
+        model = ctx.routed_model or ctx.model or ""
+        price = self.services.pricer.price_of(ctx.route, model)
+        if price is None:
+            raise ProxyError(
+                403,
+                f"model {model!r} has no price, so the budget per end user cannot be enforced; an "
+                f"operator can add one with `stockyard prices set {model} --input … --output …`",
+                param="model",
+                code="model_not_priced",
+            )
+        budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
+        amount = estimate.request_cost(ctx, price, self.services.settings.default_max_tokens)
+        try:
+            ctx.state["userlimits.budget"] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
+        except BudgetExceeded as exc:
+            raise exc.error() from None
+        except Exception as exc:  # the spend could not be read: refuse rather than guess
+            log.error("end-user budget spend could not be loaded: %s", exc)
+            raise ProxyError(
+                503,
+                "the budget's spend could not be read from the database; try again shortly",
+                code="budget_unavailable",
+            ) from None
+
+    def after(self, ctx: RequestContext) -> None:
+        held = ctx.state.pop("userlimits.budget", None)
+        if held is not None:
+            budget, hold = held
+            billed = (ctx.attempt.cost_uc or 0) + sum(a.cost_uc or 0 for a in ctx.attempts)
+            self.services.ledger.settle(hold, billed, (budget.scope,), ctx.ts_ms)
+        rate = ctx.state.pop("userlimits.rate", None)
+        if rate is not None:
+            window, entry = rate
+            usage = ctx.attempt.usage
+            self.limiter.correct(window, entry, usage.prompt_tokens + usage.completion_tokens if usage else 0)

@@ -1,0 +1,365 @@
+"""OpenTelemetry: one span per request and a child span per upstream attempt, sent over OTLP/HTTP JSON.
+
+With ``STOCKYARD_OTLP_ENDPOINT`` set, :func:`spans_for` turns a finished request (priced,
+after the modules' ``after`` hooks, so redacted) into spans with the GenAI semantic
+conventions (``gen_ai.*``) and Stockyard's own attributes (``stockyard.*``), and the
+:class:`Exporter` posts them to ``{endpoint}/v1/traces``. The request thread only builds a few
+dicts and puts them on a bounded queue: a collector that is slow or away never slows or fails
+a request. The exporter thread sends batches, retries a failed batch with backoff, and drops
+what it cannot send (or what does not fit the queue), counting it for ``/metrics``.
+
+A W3C ``traceparent`` from the caller makes the request span a child of the caller's span in
+the caller's trace; each upstream attempt sends its own span as the provider's parent
+(:func:`upstream_headers`). Prompt and completion text is exported only with
+``STOCKYARD_OTLP_CONTENT=true``. Header values (``STOCKYARD_OTLP_HEADERS``) are secrets: they are
+sent, never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+
+from . import __version__
+from .context import Attempt, RequestContext
+
+log = logging.getLogger("stockyard.otel")
+
+QUEUE_SPANS = 4096  # spans waiting for the exporter; beyond that they are dropped and counted
+BATCH_SPANS = 256
+RETRY_DELAYS_S = (0.25, 1.0, 4.0)  # between the tries of one batch
+POST_TIMEOUT_S = 5.0
+CONTENT_CAP = 16 * 1024  # characters of prompt or completion text per span
+SPAN_KIND_SERVER, SPAN_KIND_CLIENT = 2, 3
+STATUS_OK, STATUS_ERROR = 1, 2
+OPERATIONS = {
+    "chat": "chat",
+    "messages": "chat",
+    "responses": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "count_tokens": "count_tokens",
+    "input_tokens": "count_tokens",
+}
+# Well-known gen_ai.provider.name values, by provider name, then by kind.
+PROVIDER_NAMES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "azure": "azure.ai.openai",
+    "groq": "groq",
+    "mistral": "mistral_ai",
+    "deepseek": "deepseek",
+    "perplexity": "perplexity",
+    "xai": "x_ai",
+}
+_FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z_]{1,40})"')
+
+
+def parse_headers(text: str | None) -> dict[str, str]:
+    """``k=v,k2=v2`` → headers for the collector (ValueError naming the key, never the value)."""
+    headers: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name) or "\n" in value or "\r" in value:
+            raise ValueError(f"STOCKYARD_OTLP_HEADERS must be name=value pairs separated by commas (at {name[:40]!r})")
+        headers[name] = value.strip()
+    return headers
+
+
+def upstream_headers(ctx: RequestContext, attempt: Attempt, exporting: bool) -> dict[str, str]:
+    """The trace context the provider gets: our attempt span as its parent when we export spans,
+    else the caller's own header passed on unchanged (a parent that exists somewhere)."""
+    parent = ctx.trace_parent
+    if exporting:
+        flags = parent.flags if parent else "01"
+        out = {"traceparent": f"00-{ctx.otel_trace_id}-{attempt.span_id}-{flags}"}
+    elif parent is not None:
+        out = {"traceparent": f"00-{parent.trace_id}-{parent.span_id}-{parent.flags}"}
+    else:
+        return {}
+    state = ctx.headers.get("tracestate")
+    if parent is not None and state and len(state) <= 512 and state.isprintable():
+        out["tracestate"] = state
+    return out
+
+
+# -- spans ----------------------------------------------------------------------------------------
+
+
+def _value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}  # int64 is a string in OTLP JSON
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def _attributes(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": _value(v)} for k, v in values.items() if v is not None and v != []]
+
+
+def finish_reasons(body: bytes | bytearray) -> list[str]:
+    """Finish reasons named in an answer (JSON or an event stream), in order, once each."""
+    return list(dict.fromkeys(m.decode() for m in _FINISH.findall(body)))
+
+
+def provider_name(attempt: Attempt) -> str | None:
+    p = attempt.provider
+    if p is None:
+        return None
+    return PROVIDER_NAMES.get(p.name) or PROVIDER_NAMES.get(p.kind) or p.name
+
+
+def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
+    """Attributes both a request span and an attempt span carry."""
+    system = provider_name(a)
+    u = a.usage
+    return {
+        "gen_ai.operation.name": OPERATIONS.get(ctx.endpoint, ctx.endpoint),
+        "gen_ai.provider.name": system,
+        "gen_ai.system": system,
+        "gen_ai.request.model": ctx.model,
+        "gen_ai.response.model": a.served_model or a.upstream_model,
+        "gen_ai.usage.input_tokens": u.prompt_tokens if u else None,
+        "gen_ai.usage.output_tokens": u.completion_tokens if u else None,
+        "gen_ai.response.finish_reasons": finish_reasons(a.response_body) or None,
+        "error.type": a.error_type or (str(a.status) if a.status >= 400 else None),
+        "http.response.status_code": a.status or None,
+        "stockyard.provider": a.provider.name if a.provider else None,
+        "stockyard.upstream_model": a.upstream_model,
+        "stockyard.outcome": a.outcome,
+        "stockyard.cost_uc": a.cost_uc,
+        "stockyard.cost_usd": a.cost_uc / 100_000_000 if a.cost_uc is not None else None,
+        "stockyard.cost_status": a.cost_status,
+    }
+
+
+def _span(
+    ctx: RequestContext,
+    a: Attempt,
+    *,
+    span_id: str,
+    parent: str | None,
+    kind: int,
+    start_ns: int,
+    end_ns: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    failed = a.status >= 400 or a.outcome not in ("ok",)
+    status: dict[str, Any] = {"code": STATUS_ERROR if failed else STATUS_OK}
+    if failed and a.error_type:
+        status["message"] = a.error_type
+    span = {
+        "traceId": ctx.otel_trace_id,
+        "spanId": span_id,
+        "name": f"{OPERATIONS.get(ctx.endpoint, ctx.endpoint)} {ctx.model or ''}".strip(),
+        "kind": kind,
+        "startTimeUnixNano": str(start_ns),
+        "endTimeUnixNano": str(max(start_ns, end_ns)),
+        "attributes": _attributes({**_common(ctx, a), **extra}),
+        "status": status,
+    }
+    if parent:
+        span["parentSpanId"] = parent
+    return span
+
+
+def _text(data: bytes | bytearray, scrub: Callable[[str], str]) -> str:
+    return scrub(bytes(data[: CONTENT_CAP * 4]).decode("utf-8", "replace"))[:CONTENT_CAP]
+
+
+def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]) -> list[dict[str, Any]]:
+    """The request's span and one child span per upstream attempt (failed ones included)."""
+    now_ns = time.time_ns()
+    end_ns = ctx.ts_ms * 1_000_000 + ctx.elapsed_us() * 1000
+    key = ctx.key
+    request_extra: dict[str, Any] = {
+        "stockyard.trace_id": ctx.trace_id,
+        "stockyard.key_id": ctx.key_id,
+        "stockyard.key_name": getattr(key, "name", None),
+        "stockyard.project": ctx.project,
+        "stockyard.user": ctx.end_user,
+        "user.id": ctx.end_user,
+        "stockyard.cache_hit": ctx.cache_hit,
+        "stockyard.attempts": len(ctx.attempts) + (1 if ctx.attempt.ts_ms else 0),
+        "stockyard.stream": ctx.stream,
+        "stockyard.endpoint": ctx.endpoint,
+        **{f"stockyard.tag.{k}": v for k, v in ctx.tags.items()},
+    }
+    billed = [a.cost_uc for a in (*ctx.attempts, ctx.attempt) if a.cost_uc is not None]
+    if billed:  # the request's cost is every billed attempt's
+        request_extra["stockyard.cost_uc"] = sum(billed)
+        request_extra["stockyard.cost_usd"] = sum(billed) / 100_000_000
+    if content:
+        request_extra["gen_ai.input.messages"] = _text(ctx.raw, scrub) or None
+        request_extra["gen_ai.output.messages"] = _text(ctx.attempt.response_body, scrub) or None
+    parent = ctx.trace_parent.span_id if ctx.trace_parent else None
+    spans = [
+        _span(
+            ctx,
+            ctx.attempt,
+            span_id=ctx.span_id,
+            parent=parent,
+            kind=SPAN_KIND_SERVER,
+            start_ns=ctx.ts_ms * 1_000_000,
+            end_ns=end_ns,
+            extra=request_extra,
+        )
+    ]
+    for number, a in enumerate((*ctx.attempts, ctx.attempt), 1):
+        if not a.ts_ms or a.provider is None:  # no upstream call was made (refused, cache hit)
+            continue
+        start_ns = a.ts_ms * 1_000_000
+        took_ns = int(((a.ended or time.perf_counter()) - a.started) * 1e9) if a.started else 0
+        extra = {"stockyard.trace_id": a.trace_id or ctx.trace_id, "stockyard.attempt": number}
+        if content and a is not ctx.attempt:
+            extra["gen_ai.output.messages"] = _text(a.response_body, scrub) or None
+        spans.append(
+            _span(
+                ctx,
+                a,
+                span_id=a.span_id,
+                parent=ctx.span_id,
+                kind=SPAN_KIND_CLIENT,
+                start_ns=start_ns,
+                end_ns=start_ns + took_ns if took_ns else min(end_ns, now_ns),
+                extra=extra,
+            )
+        )
+    return spans
+
+
+def payload(spans: list[dict[str, Any]]) -> bytes:
+    """An OTLP ``ExportTraceServiceRequest`` in JSON."""
+    resource = {"attributes": _attributes({"service.name": "stockyard", "service.version": __version__})}
+    scope = {"name": "stockyard", "version": __version__}
+    body = {"resourceSpans": [{"resource": resource, "scopeSpans": [{"scope": scope, "spans": spans}]}]}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+
+
+# -- the exporter thread ----------------------------------------------------------------------------
+
+
+class Exporter:
+    """Batches spans to the collector on its own thread; drops (and counts) what it cannot send."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        headers: dict[str, str],
+        *,
+        queue_spans: int = QUEUE_SPANS,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS_S,
+    ) -> None:
+        self.url = endpoint.rstrip("/") + "/v1/traces"
+        self._headers = {"Content-Type": "application/json", **headers}
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_spans)
+        self._retry_delays = retry_delays
+        self._stop = threading.Event()
+        self.exported = 0
+        self.dropped = 0
+        self.failed_posts = 0
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="stockyard-otlp", daemon=True)
+
+    def start(self) -> "Exporter":
+        self._thread.start()
+        return self
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, spans: list[dict[str, Any]]) -> None:
+        """Queue spans without waiting; what does not fit is dropped and counted."""
+        for n, span in enumerate(spans):
+            try:
+                self._queue.put_nowait(span)
+            except queue.Full:
+                self.dropped += len(spans) - n
+                return
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Send what is queued (for at most ``timeout`` seconds), then end the thread."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _batch(self) -> list[dict[str, Any]]:
+        try:
+            batch = [self._queue.get(timeout=0.5)]
+        except queue.Empty:
+            return []
+        while len(batch) < BATCH_SPANS:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            batch = self._batch()
+            if batch:
+                self._send(batch)
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        data = payload(batch)
+        for delay in (*self._retry_delays, None):
+            problem = self._post(data)
+            if problem is None:
+                self.exported += len(batch)
+                if self._failing:
+                    log.info("OTLP export to %s works again", self.url)
+                    self._failing = False
+                return
+            self.failed_posts += 1
+            retryable, why = problem
+            if not retryable or delay is None or self._stop.is_set():
+                break
+            self._stop.wait(delay)
+        self.dropped += len(batch)
+        if not self._failing:  # once per outage, not per batch
+            log.warning("OTLP export to %s failed (%s); %d spans dropped", self.url, why, len(batch))
+            self._failing = True
+
+    def _post(self, data: bytes) -> tuple[bool, str] | None:
+        """None when the collector took the batch, else (retryable, why)."""
+        req = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
+        try:
+            with urllib.request.urlopen(req, timeout=POST_TIMEOUT_S) as resp:
+                resp.read()
+            return None
+        except urllib.error.HTTPError as err:
+            return (err.code == 429 or err.code >= 500, f"HTTP {err.code}")
+        except (OSError, ValueError) as exc:
+            return (True, type(exc).__name__)
+
+
+class Telemetry:
+    """What the tracer uses: spans built from a request, handed to the exporter (never raises)."""
+
+    def __init__(self, exporter: Exporter, content: bool, scrub: Callable[[str], str]) -> None:
+        self.exporter = exporter
+        self._content = content
+        self._scrub = scrub
+
+    def export(self, ctx: RequestContext) -> None:
+        try:
+            self.exporter.submit(spans_for(ctx, content=self._content, scrub=self._scrub))
+        except Exception as exc:  # telemetry must never cost a request
+            log.error("could not build spans for %s: %s", ctx.trace_id, exc)

@@ -1,0 +1,141 @@
+"""OpenAI's media endpoints — audio, images, moderations — passed through to OpenAI-kind providers.
+
+No translation: the body goes as the client sent it (a multipart form re-encoded from its
+spool, ``multipart.Upload.encode``, or JSON), with the model name routing chose. Answers come
+back with their own Content-Type (a transcript may be text, SRT or VTT; speech is audio,
+relayed chunk by chunk as it arrives: ``relays_bytes``). What they bill in — images, seconds
+of audio, characters of speech, tokens — is read here into ``ctx.attempt`` for ``billing``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import BinaryIO
+
+from ..context import RequestContext
+from ..pricing import Usage
+from . import Provider
+from .base import Adapter, StreamTranslator, UpstreamCall, sse_data
+from .openai import auth_headers, request_body
+
+PATHS = {
+    "transcriptions": "/audio/transcriptions",
+    "translations": "/audio/translations",
+    "speech": "/audio/speech",
+    "image_generations": "/images/generations",
+    "image_edits": "/images/edits",
+    "image_variations": "/images/variations",
+    "moderations": "/moderations",
+}
+ENDPOINTS = tuple(PATHS)
+MULTIPART = ("transcriptions", "translations", "image_edits", "image_variations")
+IMAGES = ("image_generations", "image_edits", "image_variations")
+# The model OpenAI uses when a request names none (routing needs one).
+DEFAULT_MODELS = {
+    "image_generations": "dall-e-2",
+    "image_edits": "dall-e-2",
+    "image_variations": "dall-e-2",
+    "moderations": "omni-moderation-latest",
+}
+# What an Azure OpenAI deployment serves of these (its data-plane API has no moderations or variations).
+AZURE_ENDPOINTS = ("transcriptions", "translations", "speech", "image_generations", "image_edits")
+
+
+def upstream_body(ctx: RequestContext, model: str) -> tuple[bytes | BinaryIO, dict[str, str]]:
+    """The body and its headers: a multipart form from the spool (fields a module changed, and
+    the routed model, written in), or the JSON as the client sent it unless something changed."""
+    upload = ctx.upload
+    if upload is None:
+        return request_body(ctx, model, force_usage=False), {"Content-Type": "application/json"}
+    changed = {k: v for k, v in ctx.body.items() if isinstance(v, str) and upload.fields.get(k) != v}
+    changed.pop("model", None)
+    sent = upload.fields.get("model")
+    if sent != model and (sent is not None or model != DEFAULT_MODELS.get(ctx.endpoint)):
+        changed["model"] = model  # routing chose another name (provider/model, an alias)
+    encoded = upload.encode(changed)
+    return encoded, {"Content-Type": encoded.content_type, "Content-Length": str(encoded.length)}
+
+
+class MediaAdapter(Adapter):
+    """Pass-through to an OpenAI-compatible ``/audio/…``, ``/images/…`` or ``/moderations``."""
+
+    def path(self, ctx: RequestContext, provider: Provider, model: str) -> str:
+        return PATHS[ctx.endpoint]
+
+    def auth(self, provider: Provider) -> dict[str, str]:
+        return auth_headers(provider)
+
+    def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
+        body, headers = upstream_body(ctx, model)
+        if ctx.stream:
+            headers["Accept"] = "text/event-stream"
+        return UpstreamCall("POST", self.path(ctx, provider, model), {**headers, **self.auth(provider)}, body)
+
+    def relays_bytes(self, ctx: RequestContext) -> bool:
+        """Speech is audio: relayed as it arrives, never read whole."""
+        return ctx.endpoint == "speech"
+
+    def content_type(self, upstream: str | None) -> str:
+        return upstream or "application/json"
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        """Read what the answer bills (usage, images); a text answer (``response_format=text``,
+        srt, vtt) passes as it is."""
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body
+        if isinstance(data, dict):
+            record(ctx, data)
+        return body
+
+    def stream(self, ctx: RequestContext) -> StreamTranslator:
+        return MediaStream(ctx)
+
+
+def record(ctx: RequestContext, data: dict) -> None:
+    """What one answer (or a stream's final event) says was billed."""
+    a = ctx.attempt
+    a.serve(data.get("model"))
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        if usage.get("type") == "duration":
+            seconds = usage.get("seconds")
+            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+                a.media_seconds = seconds
+        else:
+            a.usage = Usage.from_openai(usage)
+    if ctx.endpoint in IMAGES and isinstance(data.get("data"), list):
+        a.media_images = len(data["data"])
+
+
+class MediaStream(StreamTranslator):
+    """A streamed transcript (``stream=true``): events as they are; usage from ``transcript.text.done``."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        if data is not None and b'"usage"' in data:
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                chunk = None
+            if isinstance(chunk, dict):
+                record(self.ctx, chunk)
+        if data is not None and (data.strip() == b"[DONE]" or b"transcript.text.done" in data):
+            self.complete = True
+        return [event]
+
+
+class AzureMediaAdapter(MediaAdapter):
+    """The same endpoints under an Azure deployment (``api-key`` header, ``api-version`` query)."""
+
+    def path(self, ctx: RequestContext, provider: Provider, model: str) -> str:
+        from .azure import deployment_path
+
+        return deployment_path(provider, model, ctx.endpoint, PATHS[ctx.endpoint])
+
+    def auth(self, provider: Provider) -> dict[str, str]:
+        return {"api-key": provider.api_key} if provider.api_key else {}

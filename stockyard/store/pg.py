@@ -1,0 +1,340 @@
+"""The PostgreSQL connection: the part of the ``sqlite3`` API Stockyard uses, over pg8000.
+
+Jobs, reads and operations are written once against ``sqlite3.Connection``: ``execute`` with
+``?`` placeholders, rows indexable by position and by name, ``rowcount``, ``executemany``,
+transactions opened with ``BEGIN IMMEDIATE``. :class:`PgConnection` offers the same, and
+:func:`translate` is the one place where the SQLite dialect becomes PostgreSQL's (it runs
+once per distinct statement: the result is cached). Errors come out as the ``sqlite3``
+exception classes the callers already catch (a unique violation is an ``IntegrityError``),
+so no code above the store knows which database runs.
+
+pg8000 is imported only when a PostgreSQL database is used: SQLite installations never
+load it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections import OrderedDict
+from decimal import Decimal
+from typing import Any, Iterable, Iterator, Sequence
+
+from ..dburl import PostgresURL
+
+# pg_advisory_xact_lock key taken by every write transaction: writers queue one after another,
+# across processes, exactly like SQLite's BEGIN IMMEDIATE (so read-modify-write jobs, the audit
+# chain's append among them, stay correct with several writers).
+WRITE_LOCK_KEY = 0x5354_4F43_4B59_0001  # "STOCKY" 1
+MIGRATE_LOCK_KEY = 0x5354_4F43_4B59_0002
+PREPARED_MAX = 256  # prepared statements kept per connection (the code has fewer distinct ones)
+_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SELECT pg_advisory)", re.IGNORECASE)
+
+# SQLite pragmas the code reads, as PostgreSQL queries with the same meaning (or a neutral answer).
+_PRAGMAS = {
+    "data_version": "SELECT COALESCE((SELECT value FROM meta WHERE key = 'config_version'), '0')",
+    "page_size": "SELECT current_setting('block_size')::bigint",
+    "page_count": "SELECT pg_database_size(current_database()) / current_setting('block_size')::bigint",
+    "freelist_count": "SELECT 0",  # autovacuum reuses free space; there is nothing to hand back
+    "integrity_check": "SELECT 'ok'",
+    "foreign_keys": "SELECT 1",
+}
+_STRFTIME = {
+    "'%Y-%m-%dT%H:%M:%SZ'": '\'YYYY-MM-DD"T"HH24:MI:SS"Z"\'',
+    "'%Y-%m-%dT%H:%M:%fZ'": '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\'',
+}
+_STRFTIME_CALL = re.compile(r"strftime\(\s*('[^']*')\s*,\s*'now'\s*\)", re.IGNORECASE)
+_INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
+_RETURNING = re.compile(r"\sRETURNING\s", re.IGNORECASE)
+_CAST = re.compile(r"CAST\(([\w.]+) AS (INTEGER|BLOB)\)", re.IGNORECASE)
+_PRAGMA = re.compile(r"^\s*PRAGMA\s+(\w+)\s*(?:\((.*)\)|=\s*(\S+))?\s*;?\s*$", re.IGNORECASE)
+_SQLITE_MASTER = re.compile(r"FROM sqlite_master WHERE type = 'table' AND name =", re.IGNORECASE)
+_IS_PARAM = re.compile(r"\bIS\s+(NOT\s+)?\?", re.IGNORECASE)
+_ROWID = re.compile(r"\browid\b", re.IGNORECASE)
+
+
+class Unportable(sqlite3.NotSupportedError):
+    """A statement with no PostgreSQL translation: give it a per-dialect variant in the store."""
+
+
+@functools.lru_cache(maxsize=2048)
+def translate(sql: str) -> str:
+    """SQLite SQL → PostgreSQL SQL, with ``?`` placeholders turned into ``$1, $2, …``."""
+    pragma = _PRAGMA.match(sql)
+    if pragma:
+        name = pragma.group(1).lower()
+        if name in _PRAGMAS:
+            return _PRAGMAS[name]
+        if pragma.group(2) is not None or pragma.group(3) is not None:
+            return "SELECT 0, 0, 0"  # a setting or an action (busy_timeout, wal_checkpoint): no meaning here
+        raise Unportable(f"PRAGMA {name} has no PostgreSQL counterpart")
+    if re.match(r"^\s*INSERT\s+OR\s+REPLACE", sql, re.IGNORECASE):
+        raise Unportable("INSERT OR REPLACE: write INSERT … ON CONFLICT (…) DO UPDATE, which both speak")
+    out = sql
+    if _INSERT_OR_IGNORE.match(out):
+        out = _INSERT_OR_IGNORE.sub("INSERT INTO", out, count=1)
+        returning = _RETURNING.search(out)
+        if returning:
+            out = out[: returning.start()] + " ON CONFLICT DO NOTHING" + out[returning.start() :]
+        else:
+            out = out.rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
+    out = _STRFTIME_CALL.sub(_strftime, out)
+    out = _CAST.sub(_cast, out)
+    out = _IS_PARAM.sub(lambda m: "IS DISTINCT FROM ?" if m.group(1) else "IS NOT DISTINCT FROM ?", out)
+    out = _SQLITE_MASTER.sub(_TABLES, out)
+    if out.lstrip().upper().startswith("DELETE"):
+        out = _ROWID.sub("ctid", out)  # batch deletes pick rows by physical id (client_keys has a real rowid)
+    return _placeholders(out)
+
+
+_TABLES = "FROM information_schema.tables WHERE table_schema = current_schema() AND table_name ="
+
+
+def _cast(match: re.Match) -> str:
+    """CAST(x AS INTEGER) is 32-bit in PostgreSQL: BIGINT; CAST(text AS BLOB) is its UTF-8 bytes."""
+    column, kind = match.group(1), match.group(2).upper()
+    return f"CAST({column} AS BIGINT)" if kind == "INTEGER" else f"convert_to({column}, 'UTF8')"
+
+
+def _strftime(match: re.Match) -> str:
+    fmt = match.group(1)
+    if fmt == "'%s'":
+        return "floor(extract(epoch FROM now()))::bigint"
+    if fmt not in _STRFTIME:
+        raise Unportable(f"strftime({fmt}, 'now') has no PostgreSQL translation yet")
+    return f"to_char(now() AT TIME ZONE 'UTC', {_STRFTIME[fmt]})"
+
+
+def _placeholders(sql: str) -> str:
+    """``?`` → ``$n`` outside string literals, quoted names and comments."""
+    out: list[str] = []
+    n = 0
+    i, length = 0, len(sql)
+    while i < length:
+        c = sql[i]
+        if c in "'\"":
+            end = i + 1
+            while end < length:
+                if sql[end] == c:
+                    if end + 1 < length and sql[end + 1] == c:
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(sql[i : end + 1])
+            i = end + 1
+        elif c == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = length if end < 0 else end
+            out.append(sql[i:end])
+            i = end
+        elif c == "?":
+            n += 1
+            out.append(f"${n}")
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+class Row(tuple):
+    """A result row like ``sqlite3.Row``: by position, by column name, ``keys()``, ``dict(row)``."""
+
+    _names: dict[str, int]
+
+    def __new__(cls, values: Iterable[Any], names: dict[str, int]) -> "Row":
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, self._names[key])
+            except KeyError:
+                return tuple.__getitem__(self, self._names[key.lower()])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _value_out(value: Any) -> Any:
+    """SUM() of integers comes back as numeric: money stays an int (never a float)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, memoryview):
+        return bytes(value)
+    return value
+
+
+def _value_in(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value  # flags are 0/1 integers, as in SQLite
+
+
+class Cursor:
+    """The result of one statement: ``fetchone``, ``fetchall``, iteration, ``rowcount``."""
+
+    def __init__(self, rows: list[Row], rowcount: int, description: Sequence[tuple] | None) -> None:
+        self._rows = rows
+        self._next = 0
+        self.rowcount = rowcount
+        self.description = description
+        self.lastrowid = None  # PostgreSQL has none: use RETURNING, which SQLite speaks too
+
+    def fetchone(self) -> Row | None:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list[Row]:
+        rest = self._rows[self._next :]
+        self._next = len(self._rows)
+        return rest
+
+    def __iter__(self) -> Iterator[Row]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+
+def _error(exc: BaseException) -> sqlite3.Error:
+    """A pg8000 error as the sqlite3 class with the same meaning (the callers catch those)."""
+    import pg8000.exceptions
+
+    if isinstance(exc, pg8000.exceptions.DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        fields = exc.args[0]
+        code, message = str(fields.get("C", "")), str(fields.get("M", exc))
+        kind: type[sqlite3.Error] = sqlite3.IntegrityError if code.startswith("23") else sqlite3.OperationalError
+        error: Any = kind(f"{message} (SQLSTATE {code})")
+        error.sqlstate = code
+        error.database_failed = code[:2] in ("08", "53", "57", "58", "XX")
+        return error
+    lost: Any = sqlite3.OperationalError(f"PostgreSQL connection failed: {exc}")
+    lost.database_failed = True
+    return lost
+
+
+class PgConnection:
+    """One pg8000 connection in autocommit mode; transactions are opened explicitly, as with SQLite."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: PostgresURL) -> None:
+        import pg8000.converters
+
+        self._make_params = pg8000.converters.make_params
+        self._url = url
+        self._conn = self._open()
+        self._prepared: OrderedDict[str, tuple] = OrderedDict()  # statement → pg8000's prepared handle
+        self.broken = False
+        self.row_factory = None  # accepted and ignored: rows are always Row
+
+    def _open(self) -> Any:
+        import pg8000.dbapi
+
+        try:
+            conn = pg8000.dbapi.Connection(**self._url.connect_args())
+        except Exception as exc:
+            error = _error(exc)
+            unreachable: Any = type(error)(f"cannot open the database {self._url}: {error}")
+            unreachable.database_failed = True
+            raise unreachable from None
+        conn.autocommit = True
+        return conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self._conn._in_transaction)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if sql.strip().upper() == "BEGIN IMMEDIATE":
+            self._run("BEGIN", ())
+            return self._run(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})", ())
+        if sql.strip().upper() == "BEGIN":  # a read snapshot: every statement sees the same data
+            return self._run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())
+        return self._run(translate(sql), params)
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Cursor:
+        count = 0
+        for params in seq:
+            count += max(self.execute(sql, params).rowcount, 0)
+        return Cursor([], count, None)
+
+    def executescript(self, script: str) -> None:
+        """Run PostgreSQL SQL as it is (migrations are written for PostgreSQL)."""
+        self._forget_prepared()  # a schema change may change what a prepared statement returns
+        try:
+            self._conn.execute_simple(script)
+        except Exception as exc:
+            raise self._failed(exc) from None
+
+    def _run(self, statement: str, params: Sequence[Any]) -> Cursor:
+        """A read outside a transaction that finds the connection closed (PostgreSQL restarted)
+        runs again on a new one: a reader's connection heals by itself, and nothing can have
+        been half done. Everything else fails, and the owner decides (the writer retries its batch)."""
+        outside = not self.in_transaction
+        try:
+            return self._run_once(statement, params)
+        except sqlite3.Error:
+            if not (self.broken and outside and statement.lstrip()[:6].upper() in ("SELECT", "WITH")):
+                raise
+        self.close()
+        self._conn = self._open()
+        self._prepared.clear()
+        self.broken = False
+        return self._run_once(statement, params)
+
+    def _run_once(self, statement: str, params: Sequence[Any]) -> Cursor:
+        """One round trip: statements are prepared once per connection, then only bound and run;
+        parameterless transaction control goes as a simple query."""
+        try:
+            if not params and _CONTROL.match(statement):
+                context = self._conn.execute_simple(statement)
+            else:
+                name, columns, input_funcs = self._prepare(statement)
+                values = self._make_params(self._conn.py_types, tuple(_value_in(v) for v in params))
+                context = self._conn.execute_named(name, values, columns, input_funcs, statement)
+        except Exception as exc:
+            raise self._failed(exc) from None
+        rows: list[Row] = []
+        description = None
+        if context.columns is not None:
+            names = {c["name"]: i for i, c in enumerate(context.columns)}
+            description = [(c["name"], None, None, None, None, None, None) for c in context.columns]
+            rows = [Row([_value_out(v) for v in r], names) for r in context.rows or ()]
+        return Cursor(rows, context.row_count if context.row_count is not None else -1, description)
+
+    def _prepare(self, statement: str) -> tuple:
+        handle = self._prepared.get(statement)
+        if handle is not None:
+            self._prepared.move_to_end(statement)
+            return handle
+        handle = self._conn.prepare_statement(statement, ())
+        self._prepared[statement] = handle
+        if len(self._prepared) > PREPARED_MAX:
+            _, (oldest, _, _) = self._prepared.popitem(last=False)
+            self._conn.close_prepared_statement(oldest)
+        return handle
+
+    def _forget_prepared(self) -> None:
+        for name, _, _ in self._prepared.values():
+            try:
+                self._conn.close_prepared_statement(name)
+            except Exception:
+                pass
+        self._prepared.clear()
+
+    def _failed(self, exc: BaseException) -> sqlite3.Error:
+        error = _error(exc)
+        if getattr(error, "database_failed", False):
+            self.broken = True  # the socket is gone (or the server shut it): the owner opens a new connection
+        return error
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:
+            pass

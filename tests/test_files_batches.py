@@ -1,0 +1,429 @@
+"""OpenAI files and batches through Stockyard with the official openai SDK, against the mock upstream:
+upload, list, retrieve, content, delete; batch create/retrieve/list/cancel; ownership by client key
+(another key gets 404 and cannot batch a file it does not own); a completed batch's cost at the batch
+price; no key → 401 before the body is read."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import FILES, PROMPT_TOKENS, Reply
+from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
+from rawhttp import connect, read_response, read_until_close
+
+from stockyard.batch_costs import BATCH_PRICE
+
+ADMIN = "admin-key-for-files-tests-0123456789abcdef"
+MINI_RATES = (15_000_000, 60_000_000)  # gpt-4o-mini, µ¢ per 1M tokens (input, output)
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",  # not OpenAI-kind: never serves files
+        "ANTHROPIC_BASE_URL": mock.url,
+        "GROQ_API_KEY": "gsk-test-0123456789abcdef",  # a second OpenAI-kind provider, chosen by header
+        "GROQ_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("files") / "stockyard.db", env)
+    keys = {}
+    for name, extra in (
+        ("alice", []),
+        ("bob", []),
+        ("claude-only", ["--models", "claude-*"]),
+        ("mini", ["--models", "gpt-4o-mini"]),
+        ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
+    ):
+        made = srv.cli("keys", "create", "--name", name, *extra)
+        assert made.returncode == 0, made.stderr
+        keys[name] = made.stdout.strip()
+    srv.start()
+    srv.keys = keys
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def client(server: ServerProcess, who: str) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0)
+
+
+def batch_input(*models: str) -> bytes:
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]},
+        }
+        for i, model in enumerate(models)
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def traces(server: ServerProcess, endpoint: str) -> list[dict]:
+    return server.db_rows("SELECT * FROM traces WHERE endpoint = ? ORDER BY id", (endpoint,))
+
+
+# -- before any upload -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/files", "/v1/batches", "/v1/files/file-abc/content"])
+def test_no_key_is_refused_before_the_body_arrives(server, path):
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+    with connect(server) as sock:
+        sock.sendall((head + "Content-Length: 900000\r\n\r\n").encode())
+        status, headers, body = read_response(sock, timeout=5)
+        assert status == 401 and headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] == "missing_api_key"
+        assert read_until_close(sock) == b""
+
+
+def test_a_batch_over_a_file_stockyard_never_saw_is_404_even_if_the_provider_has_it(server, mock):
+    with FILES.lock:
+        foreign = FILES.add_file("elsewhere.jsonl", "batch", batch_input("gpt-4o-mini"))["id"]
+    with pytest.raises(NotFoundError) as err:
+        client(server, "alice").batches.create(
+            input_file_id=foreign, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert err.value.body["param"] == "input_file_id"
+    assert not [r for r in mock.requests if r.path == "/v1/batches" and r.method == "POST"]
+    with pytest.raises(NotFoundError):
+        client(server, "alice").files.retrieve(foreign)  # the provider holds it; this key does not own it
+
+
+def test_lists_show_none_of_the_providers_objects_that_no_key_made(server):
+    with FILES.lock:
+        FILES.add_file("elsewhere.jsonl", "batch", b"{}\n")
+    assert client(server, "bob").files.list().data == []
+    assert client(server, "bob").batches.list().data == []
+
+
+def test_a_key_without_an_openai_kind_provider_in_its_allow_list_is_refused(server):
+    with pytest.raises(PermissionDeniedError):
+        client(server, "claude-only").files.list()
+    status, _, body = server.request(
+        "GET", "/v1/files", headers={"Authorization": f"Bearer {server.keys['alice']}", "x-stockyard-provider": "nope"}
+    )
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_provider"
+
+
+def test_an_upload_to_a_provider_the_key_may_not_use_is_refused_before_the_body_arrives(server):
+    head = (
+        "POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        f"Authorization: Bearer {server.keys['claude-only']}\r\nContent-Length: 900000\r\n\r\n"
+    )
+    with connect(server) as sock:
+        sock.sendall(head.encode())
+        status, headers, body = read_response(sock, timeout=5)
+        assert status == 403 and headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] == "provider_not_allowed"
+
+
+def test_wrong_method_is_405_with_allow(server):
+    status, headers, _ = server.request(
+        "DELETE", "/v1/batches/batch_x", headers={"Authorization": f"Bearer {server.keys['alice']}"}
+    )
+    assert status == 405 and headers["allow"] == "GET"
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def trace_of(server: ServerProcess, headers) -> dict:
+    status, _, body = server.request(
+        "GET", f"/api/traces/{headers['x-stockyard-trace-id']}", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_upload_list_retrieve_content_delete_and_another_key_sees_none_of_it(server):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    data = b'{"secret-marker": "the file bytes never reach a trace"}\n' * 3
+    raw = alice.files.with_raw_response.create(file=("notes.jsonl", io.BytesIO(data)), purpose="user_data")
+    made = raw.parse()
+    assert made.id.startswith("file-") and made.bytes == len(data) and made.filename == "notes.jsonl"
+    wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (raw.headers["x-stockyard-trace-id"],)))
+    trace = trace_of(server, raw.headers)
+    assert trace["endpoint"] == "files.create" and trace["cost_uc"] == 0 and trace["cost_status"] == "exact"
+    assert "secret-marker" not in trace["request_body"]
+    form = json.loads(trace["request_body"])
+    assert form["files"] == [
+        {"name": "file", "filename": "notes.jsonl", "content_type": "application/octet-stream", "size": len(data)}
+    ]
+    assert form["fields"] == {"purpose": "user_data"}
+
+    assert made.id in [f.id for f in alice.files.list()]
+    assert made.id not in [f.id for f in bob.files.list()]
+    assert alice.files.retrieve(made.id).filename == "notes.jsonl"
+    assert alice.files.content(made.id).content == data
+    for call in (bob.files.retrieve, bob.files.content, bob.files.delete):
+        with pytest.raises(NotFoundError) as err:
+            call(made.id)
+        assert err.value.body["message"] == f"No such File object: {made.id}"  # as for an id nobody has
+    assert alice.files.delete(made.id).deleted
+    with pytest.raises(NotFoundError):
+        alice.files.retrieve(made.id)
+    assert not server.db_rows("SELECT 1 FROM owned_objects WHERE id = ?", (made.id,))
+
+
+def test_file_content_is_relayed_as_a_stream_and_its_trace_keeps_only_the_size(server):
+    alice = client(server, "alice")
+    data = bytes(range(256)) * 4096  # 1 MiB, not text
+    made = alice.files.create(file=("blob.bin", io.BytesIO(data)), purpose="user_data")
+    raw = alice.files.with_raw_response.content(made.id)
+    assert raw.headers["transfer-encoding"] == "chunked" and raw.content == data
+    wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (raw.headers["x-stockyard-trace-id"],)))
+    trace = trace_of(server, raw.headers)
+    assert trace["endpoint"] == "files.content" and json.loads(trace["response_body"]) == {"content_bytes": len(data)}
+
+
+def test_lists_page_honestly_over_the_keys_own_files(server):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    mine = []
+    for n in range(5):  # interleaved with another key's files, which the pages must skip
+        mine.append(alice.files.create(file=(f"a{n}.txt", io.BytesIO(b"a")), purpose="fine-tune").id)
+        bob.files.create(file=(f"b{n}.txt", io.BytesIO(b"b")), purpose="fine-tune")
+    first = alice.files.list(purpose="fine-tune", limit=2)
+    assert [f.id for f in first.data] == mine[::-1][:2] and first.has_more
+    assert [f.id for f in alice.files.list(purpose="fine-tune", limit=2)] == mine[::-1]  # the SDK follows `after`
+    last = alice.files.list(purpose="fine-tune", limit=3, after=mine[2])
+    assert [f.id for f in last.data] == [mine[1], mine[0]] and not last.has_more
+
+
+def test_a_provider_named_by_header_keeps_the_file_and_serves_its_later_calls(server):
+    alice = OpenAI(
+        base_url=server.url + "/v1",
+        api_key=server.keys["alice"],
+        max_retries=0,
+        default_headers={"x-stockyard-provider": "groq"},
+    )
+    raw = alice.files.with_raw_response.create(file=("g.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    made = raw.parse()
+    assert server.db_rows("SELECT provider FROM owned_objects WHERE id = ?", (made.id,)) == [{"provider": "groq"}]
+    again = client(server, "alice").files.with_raw_response.retrieve(made.id)  # no header: the recorded provider
+    wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (again.headers["x-stockyard-trace-id"],)))
+    assert trace_of(server, again.headers)["provider"] == "groq"
+    assert trace_of(server, raw.headers)["provider"] == "groq"
+
+
+def test_a_key_with_a_model_allow_list_cannot_batch_other_models(server):
+    mini = client(server, "mini")
+    with pytest.raises(PermissionDeniedError) as err:
+        mini.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini", "gpt-4o"))), purpose="batch")
+    assert "'gpt-4o' (line 2" in err.value.body["message"]
+    ok = mini.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    assert ok.id.startswith("file-")
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+def test_batch_lifecycle_ownership_and_its_cost_at_the_batch_price(server):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    models = ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini", "mock-error-400"]
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input(*models))), purpose="batch")
+    with pytest.raises(NotFoundError) as err:
+        bob.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.body["param"] == "input_file_id"
+
+    batch = alice.batches.create(
+        input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "nightly"}
+    )
+    assert batch.status == "in_progress" and batch.metadata == {"job": "nightly"}
+    assert batch.id in [b.id for b in alice.batches.list()]
+    assert batch.id not in [b.id for b in bob.batches.list()]
+    for call in (bob.batches.retrieve, bob.batches.cancel):
+        with pytest.raises(NotFoundError):
+            call(batch.id)
+
+    done = alice.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 3 and done.request_counts.failed == 1
+    lines = alice.files.content(done.output_file_id).content.splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["response"]["body"]["usage"]["prompt_tokens"] == PROMPT_TOKENS
+    errors = alice.files.content(done.error_file_id).content.splitlines()
+    assert [json.loads(e)["response"]["status_code"] for e in errors] == [400]
+    for file_id in (done.output_file_id, done.error_file_id):  # the batch's files are its owner's
+        with pytest.raises(NotFoundError):
+            bob.files.retrieve(file_id)
+
+    rows = wait_for(lambda: traces(server, "batches.usage"), what="the batch's usage row")
+    assert len(rows) == 1
+    row = rows[0]
+    prompt, completion = 3 * PROMPT_TOKENS, 3 * 5
+    numerator = (prompt * MINI_RATES[0] + completion * MINI_RATES[1]) * BATCH_PRICE[0]
+    whole = 10**6 * BATCH_PRICE[1]
+    expected = (numerator + whole // 2) // whole
+    assert BATCH_PRICE == (1, 2)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, completion)
+    assert row["cost_uc"] == expected and row["cost_status"] == "exact" and row["provider"] == "openai"
+    alice_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    assert row["key_id"] == alice_id and row["model"] == "gpt-4o-mini"
+    assert server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (batch.id,)) == [{"billed": 1}]
+    spent = server.db_rows(
+        "SELECT SUM(cost_uc) AS c FROM rollups_daily WHERE key_id = ? AND model = 'gpt-4o-mini'", (alice_id,)
+    )
+    assert spent[0]["c"] >= expected  # cost reports and budgets read the rollups
+
+    alice.batches.retrieve(batch.id)
+    alice.batches.list()
+    assert len(traces(server, "batches.usage")) == 1  # seen again: already billed, never a second row
+
+
+def test_a_cancelled_batch(server):
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert alice.batches.cancel(batch.id).status == "cancelling"
+    assert alice.batches.retrieve(batch.id).status == "cancelled"
+    costs = [r for r in server.db_rows("SELECT * FROM traces WHERE endpoint LIKE 'batches.%'") if r["cost_uc"]]
+    assert all(r["endpoint"] == "batches.usage" for r in costs)
+
+
+def test_a_key_whose_budget_is_used_up_starts_no_batch(server, mock):
+    broke = client(server, "broke")
+    source = broke.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        broke.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.code == "budget_exceeded" and err.value.response.headers["x-should-retry"] == "false"
+    assert not mock.requests  # the provider never heard of it
+    assert broke.files.retrieve(source.id).id == source.id  # files cost nothing: still served
+
+
+def test_a_completed_batch_is_answered_at_once_while_its_cost_is_read_in_the_background(server, mock):
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    before = len(traces(server, "batches.usage"))
+    reading = threading.Event()
+    mock.enqueue(Reply(), Reply(hang_s=4, hang_started=reading))  # the retrieve, then a slow output file
+    started = time.monotonic()
+    assert alice.batches.retrieve(batch.id).status == "completed"
+    answered_in = time.monotonic() - started
+    assert reading.wait(10)  # the output file is being read ...
+    assert answered_in < 4  # ... and the retrieve did not wait for it
+    wait_for(lambda: len(traces(server, "batches.usage")) == before + 1, timeout=30, what="the batch's usage row")
+
+
+def test_open_mode_has_one_owner(openai_server):
+    sdk = OpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    made = sdk.files.create(file=("open.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    assert made.id in [f.id for f in sdk.files.list()]
+    assert openai_server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (made.id,)) == [{"key_id": ""}]
+
+
+# -- the parts, in process -----------------------------------------------------------------------
+
+
+def test_a_batch_with_a_model_without_a_price_has_an_unknown_cost():
+    from stockyard.batch_costs import BatchTotal
+    from stockyard.pricing import PriceTable
+
+    table = PriceTable.load()
+    total = BatchTotal()
+    for model in ("gpt-4o-mini", "no-such-model-anywhere"):
+        line = {"response": {"status_code": 200, "body": {"model": model, "usage": {"prompt_tokens": 10}}}}
+        total.add(json.dumps(line).encode(), lambda m: table.lookup(m, "openai"))
+    assert total.cost() is None and total.unpriced == {"no-such-model-anywhere"}
+    assert total.usage.prompt_tokens == 20 and total.models == ["gpt-4o-mini", "no-such-model-anywhere"]
+
+
+def test_jsonl_lines_are_read_across_chunks_and_an_oversized_line_is_skipped(monkeypatch):
+    from stockyard import files_api
+
+    monkeypatch.setattr(files_api, "MAX_LINE", 10)
+    chunks = iter([b'{"a"', b':1}\n\n{"b":2}\n', b"x" * 30, b"y\n", b'{"c":3}'])
+    assert list(files_api.lines_of(chunks)) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+
+    class Spool(io.RawIOBase):  # like an upload's file part: a reader, which also iterates by lines
+        def __init__(self, data: bytes) -> None:
+            self.data, self.asked = data, []
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            self.asked.append(size)
+            out, self.data = self.data[:size], self.data[size:]
+            return out
+
+    spool = Spool(b"one\ntwo\n" * 1000)
+    assert len(list(files_api.lines_of(spool, block=4096))) == 2000
+    assert set(spool.asked) == {4096}  # read in blocks, never byte by byte through readline
+
+
+def test_azure_files_live_under_openai_with_an_api_version_that_has_them():
+    from stockyard.files_api import upstream_path
+    from stockyard.providers import Provider
+
+    azure = Provider("azure", "azure", "https://r.openai.azure.com", "k", api_version="2024-02-01")
+    assert upstream_path(azure, "/files", {"limit": "100"}) == "/openai/files?api-version=2024-10-21&limit=100"
+    openai = Provider("openai", "openai", "https://api.openai.com/v1", "k")
+    assert upstream_path(openai, "/batches/b1/cancel") == "/batches/b1/cancel"
+
+
+def test_which_providers_an_allow_list_lets_a_key_use():
+    from stockyard.files_api import allowed_providers
+    from stockyard.keys import KeyRecord
+    from stockyard.providers import Provider, Registry
+
+    registry = Registry(
+        [
+            Provider("openai", "openai", "http://o", "k", ("gpt-",)),
+            Provider("anthropic", "anthropic", "http://a", "k", ("claude-",)),
+            Provider("groq", "openai-compatible", "http://g", "k", ("llama-",)),
+        ]
+    )
+
+    def names(models):
+        key = KeyRecord("k1", "n", "sk-sy-x", "h", models=models)
+        return [p.name for p in allowed_providers(registry, key)]
+
+    assert names(None) == ["openai", "groq"] and names(("*",)) == ["openai", "groq"]
+    assert names(("gpt-4o-mini",)) == ["openai"] and names(("llama-*",)) == ["groq"]
+    assert names(("groq/whatever",)) == ["groq"] and names(("claude-*",)) == []
+
+
+def test_a_download_the_provider_cuts_short_ends_short_for_the_client(server, mock):
+    alice = client(server, "alice")
+    made = alice.files.create(file=("cut.bin", io.BytesIO(b"z" * 200_000)), purpose="user_data")
+    mock.enqueue(Reply(body=b"z" * 200_000, headers={"content-type": "application/octet-stream"}, cut_after=70_000))
+    with pytest.raises(APIConnectionError):
+        alice.files.content(made.id)
+    rows = wait_for(
+        lambda: server.db_rows("SELECT * FROM traces WHERE endpoint = 'files.content' AND outcome = 'stream_broken'")
+    )
+    assert rows[-1]["error_type"] == "upstream_reset"
+    assert alice.files.retrieve(made.id).id == made.id  # the server goes on serving
+
+
+def test_the_chain_tells_whether_a_module_runs_for_a_key():
+    from stockyard.chain import Chain
+    from stockyard.context import RequestContext
+    from stockyard.modules.base import Scoped
+
+    class Budget:
+        name = "budget"
+
+        def before(self, ctx) -> None: ...
+
+        def after(self, ctx) -> None: ...
+
+    ctx = RequestContext("batches.create", "openai", "127.0.0.1", {})
+    ctx.key_id = "k1"
+    assert Chain([Budget()]).runs("budget", ctx) and not Chain([Budget()]).runs("cache", ctx)
+    scoped = Chain([Scoped(Budget(), True, {"key:k2": False})])
+    assert scoped.runs("budget", ctx)
+    ctx.key_id = "k2"
+    assert not scoped.runs("budget", ctx)

@@ -1,0 +1,346 @@
+"""OpenAI's media endpoints through a real server with the official SDK: audio, images, moderations,
+GET /v1/models/{id}; uploads spooled (never in the trace), limits, and refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import openai
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import SPEECH_BYTES, TEXT, Reply, multipart_form
+from openai import OpenAI
+from rawhttp import connect, read_response
+
+ADMIN = "admin-key-for-media-tests-0123456789"
+MAX_UPLOAD = 400_000
+UNIQUE = b"\x00STOCKYARD-UPLOAD-PATTERN-7f3a9c\x01" * 64  # must never reach the database
+AUDIO = b"RIFF" + os.urandom(2000) + UNIQUE + os.urandom(900)  # 3 s at the mock's 1000 bytes a second
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "ANTHROPIC_API_KEY": "sk-ant-media-tests-0123456789",
+        "ANTHROPIC_BASE_URL": mock.url,
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        "STOCKYARD_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+    }
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("media") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+
+
+def admin(server: ServerProcess, method: str, path: str, body=None) -> tuple[int, dict]:
+    status, _, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"})
+    return status, json.loads(data) if data else {}
+
+
+@pytest.fixture(scope="module")
+def key(server) -> str:
+    status, body = admin(server, "POST", "/api/keys", {"name": "media"})
+    assert status == 201, body
+    return body["key"]
+
+
+@pytest.fixture(scope="module")
+def client(server, key) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_mock(mock):
+    mock.clear_replies()
+    yield
+    mock.clear_replies()
+
+
+def spool_fds(server: ServerProcess) -> list[str]:
+    """The server's open files in its upload folder (a spool has no name, but its fd says where)."""
+    assert server.proc is not None
+    folder = str(server.db.parent / "uploads")
+    found = []
+    for fd in Path(f"/proc/{server.proc.pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(folder):
+            found.append(target)
+    return found
+
+
+def database_bytes(server: ServerProcess) -> bytes:
+    return b"".join(p.read_bytes() for p in server.db.parent.glob(server.db.name + "*") if p.is_file())
+
+
+def test_a_transcription_uploads_the_file_and_traces_only_its_metadata(client, server, mock):
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("speech.wav", AUDIO, "audio/wav"), language="en"
+    )
+    assert raw.parse().text == TEXT
+    fields, files = multipart_form(mock.last("/v1/audio/transcriptions"))
+    assert fields["model"] == "whisper-1" and fields["language"] == "en"
+    assert files == [("file", "speech.wav", AUDIO)]
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["provider"], trace["model"], trace["status"]) == (
+        "transcriptions",
+        "openai",
+        "whisper-1",
+        200,
+    )
+    seconds = len(AUDIO) // 1000  # the mock's duration; whisper-1: $0.006 a minute = 10,000 µ¢ a second
+    assert (trace["cost_uc"], trace["cost_status"]) == (seconds * 10_000, "exact")
+    body = server.db_rows("SELECT request FROM trace_bodies WHERE trace_id = ?", (trace["id"],))
+    assert body, "the request's metadata is stored"
+    status, detail = admin(server, "GET", f"/api/traces/{trace['id']}")
+    assert status == 200
+    meta = json.loads(detail["request_body"])
+    assert meta["fields"]["model"] == "whisper-1"
+    assert meta["files"] == [
+        {"name": "file", "filename": "speech.wav", "content_type": "audio/wav", "size": len(AUDIO)}
+    ]
+    assert UNIQUE[:40] not in database_bytes(server)
+    wait_for(lambda: spool_fds(server) == [], what="the spool to be closed")
+
+
+def test_provider_qualified_model_is_sent_by_its_upstream_name_and_text_formats_pass(client, mock):
+    text = client.audio.transcriptions.create(
+        model="openai/whisper-1", file=("a.mp3", b"ID3" + b"x" * 1500, "audio/mpeg"), response_format="text"
+    )
+    assert text.strip() == TEXT
+    fields, files = multipart_form(mock.last("/v1/audio/transcriptions"))
+    assert fields["model"] == "whisper-1" and files[0][2] == b"ID3" + b"x" * 1500
+
+
+def test_a_streamed_transcription_is_relayed_as_events(client, server, mock):
+    with client.audio.transcriptions.with_streaming_response.create(
+        model="gpt-4o-mini-transcribe", file=("a.wav", AUDIO, "audio/wav"), stream=True
+    ) as resp:
+        trace_id = resp.headers["x-stockyard-trace-id"]
+        events = [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")]
+    assert [e["type"] for e in events] == ["transcript.text.delta"] * 3 + ["transcript.text.done"]
+    assert multipart_form(mock.last("/v1/audio/transcriptions"))[0]["stream"] == "true"
+    trace = server.trace(trace_id)
+    assert trace["stream"] == 1 and (trace["prompt_tokens"], trace["completion_tokens"]) == (14, 5)
+    # gpt-4o-mini-transcribe per 1M: text in $1.25, audio in $3.00, out $5.00; 4 text + 10 audio in, 5 out
+    assert trace["cost_uc"] == (4 * 125_000_000 + 10 * 300_000_000 + 5 * 500_000_000) // 10**6 == 6000
+
+
+def test_a_translation_without_usage_costs_unknown(client, server, mock):
+    raw = client.audio.translations.with_raw_response.create(model="whisper-1", file=("fr.wav", AUDIO, "audio/wav"))
+    assert raw.parse().text == TEXT
+    assert multipart_form(mock.last("/v1/audio/translations"))[1][0][1] == "fr.wav"
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["cost_uc"], trace["cost_status"]) == (None, "unknown")  # never guessed
+
+
+def test_speech_is_relayed_byte_for_byte_with_its_content_type(client, server):
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="Hello there", response_format="wav"
+    ) as resp:
+        assert resp.headers["content-type"] == "audio/wav"
+        audio = b"".join(resp.iter_bytes(8192))
+        trace_id = resp.headers["x-stockyard-trace-id"]
+    expected = (hashlib.sha256(b"Hello there").digest() * (SPEECH_BYTES // 32 + 1))[:SPEECH_BYTES]
+    assert audio == expected
+    trace = server.trace(trace_id)
+    assert trace["endpoint"] == "speech" and trace["status"] == 200 and trace["outcome"] == "ok"
+    assert trace["cost_uc"] == len("Hello there") * 1_500_000_000 // 10**6  # tts-1: $15 per 1M characters
+    status, detail = admin(server, "GET", f"/api/traces/{trace_id}")
+    assert json.loads(detail["response_body"]) == {"content_type": "audio/wav", "bytes": SPEECH_BYTES}
+
+
+def test_image_generation_and_an_edit_with_a_file(client, server, mock):
+    raw = client.images.with_raw_response.generate(
+        model="dall-e-3", prompt="a lighthouse", size="1024x1792", quality="hd"
+    )
+    assert raw.parse().data[0].url and mock.last("/v1/images/generations").json["size"] == "1024x1792"
+    assert server.trace(raw.headers["x-stockyard-trace-id"])["cost_uc"] == 12_000_000  # $0.12 an image
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+    raw = client.images.with_raw_response.edit(
+        model="gpt-image-1", image=("in.png", png, "image/png"), prompt="add a boat", n=2
+    )
+    edited = raw.parse()
+    assert len(edited.data) == 2 and edited.data[0].b64_json
+    fields, files = multipart_form(mock.last("/v1/images/edits"))
+    assert fields["prompt"] == "add a boat" and fields["n"] == "2" and files == [("image", "in.png", png)]
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert trace["endpoint"] == "image_edits" and trace["prompt_tokens"] == 50
+    # gpt-image-1 per 1M: text in $5, image in $10, image out $40; 10 text + 40 image in, 4160 out
+    assert trace["cost_uc"] == (10 * 500_000_000 + 40 * 1_000_000_000 + 4160 * 4_000_000_000) // 10**6
+    assert trace["cost_status"] == "exact"
+
+
+def test_image_variation_without_a_model_uses_openais_default(client, server, mock):
+    raw = client.images.with_raw_response.create_variation(
+        image=("in.png", b"\x89PNG" + b"p" * 500, "image/png"), n=3, size="512x512"
+    )
+    assert len(raw.parse().data) == 3
+    assert "model" not in multipart_form(mock.last("/v1/images/variations"))[0]
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["model"], trace["cost_uc"]) == ("dall-e-2", 3 * 1_800_000)  # $0.018 a 512x512 image
+
+
+def test_moderation(client, server):
+    raw = client.moderations.with_raw_response.create(input=["one", "two"])
+    answer = raw.parse()
+    assert len(answer.results) == 2 and answer.results[0].flagged is False
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert trace["endpoint"] == "moderations" and trace["status"] == 200
+    assert (trace["cost_uc"], trace["cost_status"]) == (0, "exact")
+
+
+def test_models_retrieve_answers_one_model_or_a_404(client, server, key):
+    model = client.models.retrieve("gpt-4o-mini")
+    assert (model.id, model.object, model.owned_by) == ("gpt-4o-mini", "model", "openai")
+    qualified = client.models.retrieve("anthropic/gpt-4o")  # the id holds a '/', sent as %2F
+    assert qualified.owned_by == "anthropic"
+    status, _, body = server.request("GET", "/v1/models/anthropic/gpt-4o", headers={"Authorization": f"Bearer {key}"})
+    assert status == 200 and json.loads(body)["id"] == "anthropic/gpt-4o"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found"
+    status, _, body = server.request("GET", "/v1/models/gpt-4o-mini")
+    assert status == 401
+    status, made = admin(server, "POST", "/api/keys", {"name": "only-mini", "models": ["gpt-4o-mini"]})
+    narrow = OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0)
+    assert narrow.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError):
+        narrow.models.retrieve("gpt-4o")
+
+
+def test_another_kind_of_provider_is_a_400_naming_it_and_the_endpoint(client, server):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(model="anthropic/claude-3-5-haiku", prompt="x")
+    message = err.value.body["message"]
+    assert "'anthropic'" in message and "/v1/images/generations" in message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.audio.transcriptions.create(model="anthropic/claude-3-5-haiku", file=("a.wav", AUDIO, "audio/wav"))
+    assert "/v1/audio/transcriptions" in err.value.body["message"]
+    wait_for(lambda: spool_fds(server) == [], what="the spool to be closed")
+
+
+def test_no_key_is_a_401_before_the_body_is_read(server):
+    sock = connect(server)
+    sock.sendall(
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n"
+    )
+    status, _, body = read_response(sock)
+    sock.close()
+    assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+
+
+def test_an_upload_over_the_limit_is_a_413_and_leaves_no_spool(server, key):
+    head = (
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: multipart/form-data; boundary=BB\r\n"
+    )
+    sock = connect(server)  # announced too large: refused before a byte is read
+    sock.sendall((head + f"Content-Length: {MAX_UPLOAD + 1}\r\n\r\n").encode())
+    status, _, body = read_response(sock)
+    sock.close()
+    assert status == 413 and "STOCKYARD_MAX_UPLOAD_BYTES" in json.loads(body)["error"]["message"]
+
+    sock = connect(server)  # chunked: spooled while it arrives, then over the limit
+    sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+    part = b'--BB\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n' + b"a" * 100_000
+    sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+    wait_for(lambda: spool_fds(server), what="the spool file while the upload arrives")
+    block = b"b" * 100_000
+    status = 0
+    try:
+        for _ in range(4):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(block), block))
+    except OSError:
+        pass  # the server answered and closed: expected
+    status, _, body = read_response(sock)
+    sock.close()
+    assert status == 413
+    wait_for(lambda: spool_fds(server) == [], what="the spool to be gone")
+    assert list((server.db.parent / "uploads").iterdir()) == []
+
+
+def test_a_malformed_form_is_a_400_and_leaves_no_spool(server, key):
+    status, _, body = server.request(
+        "POST",
+        "/v1/audio/transcriptions",
+        raw=b'--BB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nabc',
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "multipart/form-data; boundary=BB"},
+    )
+    assert status == 400 and "closing boundary" in json.loads(body)["error"]["message"]
+    status, _, body = server.request(
+        "POST", "/v1/images/edits", {"model": "dall-e-2"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_content_type"
+    wait_for(lambda: spool_fds(server) == [], what="the spool to be closed")
+
+
+def test_budgets_reserve_images_by_unit_and_overrides_take_units(server):
+    status, made = admin(
+        server, "POST", "/api/keys", {"name": "budget", "budget_usd": "0.05", "budget_period": "total"}
+    )
+    budgeted = OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0)
+    with pytest.raises(openai.RateLimitError) as err:  # 2 × $0.04 is past $0.05: refused before upstream
+        budgeted.images.generate(model="dall-e-3", prompt="x", n=2)
+    assert err.value.body["code"] == "budget_exceeded"
+    assert budgeted.moderations.create(input="free").results  # moderations cost nothing
+    status, body = admin(
+        server, "POST", "/api/prices", {"model": "dall-e-3/1024x1024/standard", "unit": "image", "input": "10000"}
+    )
+    assert status == 200, body
+    wait_for(
+        lambda: (
+            admin(server, "GET", "/api/prices?model=dall-e-3/1024x1024/standard")[1]["prices"][0]["source"]
+            == "override"
+        ),
+        what="the override",
+    )
+    raw = budgeted.images.with_raw_response.generate(model="dall-e-3", prompt="x", n=2)
+    trace = wait_for(lambda: server.trace(raw.headers["x-stockyard-trace-id"]), what="trace")
+    assert trace["cost_uc"] == 2 * 1_000_000  # the override's $0.01 an image
+    status, body = admin(server, "POST", "/api/prices", {"model": "x-img", "unit": "furlong", "input": "1"})
+    assert status == 400 and "unit" in json.dumps(body)
+
+
+def test_the_cli_sets_a_unit_price(server):
+    done = server.cli("prices", "set", "tts-1-hd", "--unit", "character", "--input", "31")
+    assert done.returncode == 0, done.stderr
+    assert "per 1M characters" in done.stdout
+    listed = server.cli("prices", "list", "--model", "tts-1-hd", "--json")
+    row = json.loads(listed.stdout.splitlines()[0])
+    assert (row["unit"], row["source"], row["input_uc"]) == ("character", "override", 31 * 10**8)
+    missing = server.cli("prices", "set", "x-model", "--input", "1")  # a token price needs --output
+    assert missing.returncode == 1 and "output is required" in missing.stderr + missing.stdout
+
+
+def test_a_speech_answer_that_breaks_is_cut_off_and_traced(server, key, mock):
+    import http.client
+
+    mock.enqueue(Reply(body=b"\x01" * 50_000, headers={"content-type": "audio/mpeg"}, cut_after=20_000))
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": "hi"})
+    conn.request("POST", "/v1/audio/speech", body, {"Authorization": f"Bearer {key}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type") == "audio/mpeg"
+    with pytest.raises(http.client.IncompleteRead):  # no terminator: the client knows it is incomplete
+        resp.read()
+    trace = server.trace(resp.getheader("x-stockyard-trace-id"))
+    assert trace["outcome"] == "stream_broken"
+    conn.close()
+
+
+def test_big_base64_images_are_stored_only_up_to_the_body_cap(client, server, mock):
+    mock.enqueue(Reply(json={"created": 1, "data": [{"b64_json": "QUJD" * 200_000}]}))
+    raw = client.images.with_raw_response.generate(model="dall-e-2", prompt="big", response_format="b64_json")
+    assert len(raw.parse().data[0].b64_json) == 800_000
+    status, detail = admin(server, "GET", f"/api/traces/{raw.headers['x-stockyard-trace-id']}")
+    assert detail["response_truncated"] is True and len(detail["response_body"]) <= 256 * 1024
+    assert detail["cost_uc"] == 2_000_000  # one dall-e-2 1024x1024 image

@@ -1,0 +1,148 @@
+"""``stockyard serve --db postgresql://…`` end to end: a real pyz process, the mock upstream, PostgreSQL.
+
+The trace and its cost land in PostgreSQL, the admin API and the CLI read them back, and the
+database password shows up nowhere: not in the log, not in /api/status.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pg8000.native
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+
+ADMIN = "admin-key-for-postgresql-tests-0123"
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def pg_server(pyz_path, cache_home, mock, pg_cluster, pg_url):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    yield server
+    server.stop()
+
+
+def rows(pg_cluster, pg_url: str, sql: str, **params) -> list[dict]:
+    conn = pg_cluster.admin(pg_url.rsplit("/", 1)[1].split("?")[0])
+    try:
+        result = conn.run(sql, **params)
+        names = [c["name"] for c in conn.columns or []]
+        return [dict(zip(names, r)) for r in result]
+    finally:
+        conn.close()
+
+
+def test_a_proxied_request_is_traced_and_costed_in_postgresql(pg_server, pg_cluster, pg_url):
+    status, headers, body = pg_server.request(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO}
+    )
+    assert status == 200, body
+    trace_id = headers["x-stockyard-trace-id"]
+    sql = "SELECT * FROM traces WHERE id = :id"
+    found = wait_for(lambda: rows(pg_cluster, pg_url, sql, id=trace_id), what="the trace in PostgreSQL")
+    # gpt-4o-mini: 12 × 15_000_000 + 5 × 60_000_000 µ¢ per 1M tokens = 480 µ¢ (as in test_costs)
+    assert (found[0]["cost_uc"], found[0]["cost_status"], found[0]["prompt_tokens"]) == (480, "exact", 12)
+    rollup = rows(pg_cluster, pg_url, "SELECT requests, cost_uc FROM rollups_daily WHERE model <> ''")
+    assert rollup == [{"requests": 1, "cost_uc": 480}]
+
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    status, _, data = pg_server.request("GET", f"/api/traces/{trace_id}", headers=auth)
+    assert status == 200 and json.loads(data)["cost_uc"] == 480
+    status, _, data = pg_server.request("GET", "/api/costs?by=model", headers=auth)
+    assert status == 200 and json.loads(data)["total"]["cost_uc"] == 480
+    status, _, data = pg_server.request("GET", "/readyz")
+    assert status == 200, data
+
+
+def test_the_cli_and_a_running_server_share_the_postgresql_database(pg_server):
+    made = pg_server.cli("keys", "create", "--name", "team-a", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["key"]
+    # the server notices the first key (the config_version row) and requires keys from now on
+    wait_for(
+        lambda: (
+            pg_server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})[0] == 401
+        ),
+        what="the server to pick up the key made by the CLI",
+    )
+    status, _, _ = pg_server.request(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO},
+        headers={"Authorization": f"Bearer {key}"},
+    )  # fmt: skip
+    assert status == 200
+    verified = pg_server.cli("audit", "verify", "--json")
+    assert verified.returncode == 0 and json.loads(verified.stdout.splitlines()[0])["ok"] is True, verified
+
+
+def test_the_server_heals_when_postgresql_drops_its_connections(pg_server, pg_cluster, pg_url):
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert pg_server.request("GET", "/api/traces", headers=auth)[0] == 200
+    assert pg_server.request("GET", "/readyz")[0] == 200
+    kill = (
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert rows(pg_cluster, pg_url, kill)[0]["n"] >= 2  # the writer's, the readers', the watcher's, the lock's
+    status, headers, _ = pg_server.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
+    assert status == 200
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: rows(pg_cluster, pg_url, "SELECT id FROM traces WHERE id = :id", id=trace_id), what="the trace")
+    status, _, data = pg_server.request("GET", "/api/traces", headers=auth)
+    assert status == 200 and [t["id"] for t in json.loads(data)["data"]] == [trace_id]
+    assert pg_server.request("GET", "/readyz")[0] == 200
+    # the one-server lock went with its connection: the watcher takes it again within a pass
+    wait_for(lambda: "database lock: taken again" in pg_server.log, what="the server lock taken again")
+
+
+def test_the_database_password_is_never_shown(pg_server, pg_cluster):
+    status, _, data = pg_server.request("GET", "/api/status", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 200
+    shown = json.loads(data)["database"]["path"]
+    assert shown.startswith("postgresql://stockyard:***@127.0.0.1:")
+    pg_server.stop()
+    assert "postgresql://stockyard:***@" in pg_server.log
+    assert pg_cluster.password not in pg_server.log and pg_cluster.password not in data.decode()
+
+
+def test_an_unreachable_database_is_a_clear_error_at_start(pyz_path, cache_home, pg_cluster):
+    url = f"postgresql://stockyard:{pg_cluster.password}@127.0.0.1:1/nowhere?sslmode=disable"
+    server = ServerProcess(pyz_path, url, base_env(cache_home))  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="server exited at start"):
+        server.start()
+    assert server.proc is not None and server.proc.wait(10) != 0
+    assert "PostgreSQL" in server.log and pg_cluster.password not in server.log
+    assert "Traceback" not in server.log
+
+
+def test_postgresql_down_and_back_while_serving(pyz_path, cache_home, mock):
+    """Down: /readyz is 503 (password masked) and the proxy still answers; back: all resumes by itself."""
+    from pgcluster import Cluster
+
+    cluster = Cluster().start()  # its own server: this test stops it
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    url = cluster.database()
+    server = ServerProcess(pyz_path, url, env).start()  # type: ignore[arg-type]
+    chat = {"model": "gpt-4o-mini", "messages": HELLO}
+    try:
+        assert server.request("GET", "/readyz")[0] == 200
+        cluster.stop_server()
+        status, _, data = server.request("GET", "/readyz")
+        assert status == 503 and b"not writable" in data and cluster.password.encode() not in data
+        assert server.request("POST", "/v1/chat/completions", chat)[0] == 200  # relaying goes on
+        cluster.start_server()
+        wait_for(lambda: server.request("GET", "/readyz")[0] == 200, what="/readyz ready again")
+        status, headers, _ = server.request("POST", "/v1/chat/completions", chat)
+        assert status == 200
+        trace_id = headers["x-stockyard-trace-id"]
+        wait_for(lambda: rows(cluster, url, "SELECT id FROM traces WHERE id = :id", id=trace_id), what="the trace")
+    finally:
+        server.stop()
+        cluster.stop()
+    assert cluster.password not in server.log
