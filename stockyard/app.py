@@ -25,12 +25,14 @@ from .chain import Chain, HookFailures
 from .config import Settings
 from .context import RequestContext
 from .conversations import Conversations
+from .deployments import Health, Models
 from .errors import ProxyError
 from .files_api import FilesAPI, Ownership
 from .keys import KeyRing, load_keys
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
 from .operations import Operations, read_config_version
+from .operations import models as model_ops
 from .operations import providers as provider_ops
 from .operations import webhooks as webhook_ops
 from .operations.modules import load_rows as load_module_rows
@@ -90,6 +92,8 @@ class App:
         self.store = Store(self.backend, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
+        self.health = Health()  # per deployment: in flight, latency, cooldown, breaker, usage (kept across reloads)
+        self._models = Models([], self.health)
         self._project_budgets: dict[str, Budget] = {}
         self._chain = Chain([])
         self._auth_required: bool | None = None
@@ -108,7 +112,7 @@ class App:
         self.modules = Modules(
             ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets, self.webhooks.emit),
             failures=self.hook_failures,  # shared by every chain built, across reloads
-            route=RouteStep(self.registry),
+            route=RouteStep(self.registry, self.models),
         )
         self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber, settings.max_body_bytes)
         self.path = RequestPath(
@@ -198,6 +202,9 @@ class App:
 
     def chain(self) -> Chain:
         return self._chain
+
+    def models(self) -> Models:
+        return self._models
 
     def project_budgets(self) -> dict[str, Budget]:
         return self._project_budgets
@@ -300,12 +307,17 @@ class App:
             prices = PriceTable.load(load_overrides(conn))
             module_rows = load_module_rows(conn)
             hooks = webhook_ops.load(conn, self.settings.encryption_key)
+            registry = Registry(providers)
+            routes = model_ops.load(conn, self.settings.encryption_key, registry)
         finally:
             conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
-        self.scrubber.use((p.api_key for p in providers), (self.settings.admin_key, self.settings.encryption_key))
-        registry = Registry(providers)
+        own_keys = [d.provider.api_key for r in routes for d in r.deployments if d.own_key]
+        self.scrubber.use(
+            [p.api_key for p in providers] + own_keys, (self.settings.admin_key, self.settings.encryption_key)
+        )
         self._registry = registry
+        self._models = Models(routes, self.health)
         self.gate.use(keys)
         self.pricer.use(prices)
         self._project_budgets = project_budgets

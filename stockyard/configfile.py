@@ -10,6 +10,10 @@ The file declares four sections, each the whole truth for what it names:
   the file does not name goes back to its defaults.
 - ``[prices."MODEL"]`` — price overrides in USD per 1M tokens as decimal text.
 - ``[projects.NAME]`` — project budgets: ``budget_usd`` (decimal text) and ``period``.
+- ``[models.NAME]`` — models served by deployments: ``strategy``, ``fallbacks``,
+  ``context_fallback``, and ``[[models.NAME.deployments]]`` with ``name``, ``provider``,
+  ``model``, ``weight``, ``priority``, ``rpm``, ``tpm`` and ``key_env`` (the variable holding
+  the deployment's own key; without it an own key stays as the vault has it).
 
 :func:`read` validates a file with the same checks as the CLI and the admin API and reports
 a problem with the file, line and field. :func:`plan` compares it with the database;
@@ -32,12 +36,15 @@ from . import modules as registry
 from .errors import ProxyError
 from .operations import Operations, Refused, invalid
 from .operations import keys as key_ops
+from .operations import models as model_ops
 from .operations import modules as module_ops
 from .operations import prices as price_ops
 from .operations import providers as provider_ops
 from .pricing import Price, format_usd
 
-SECTIONS = ("providers", "modules", "prices", "projects")
+SECTIONS = ("providers", "modules", "prices", "projects", "models")
+MODEL_FIELDS = ("strategy", "fallbacks", "context_fallback", "deployments")
+DEPLOYMENT_FIELDS = ("name", "provider", "model", "weight", "priority", "rpm", "tpm", "key_env")
 PROVIDER_FIELDS = ("kind", "base_url", "models", "api_version", "responses", "api_key_env")
 MODULE_FIELDS = ("enabled", "config")
 PROJECT_FIELDS = ("budget_usd", "period")
@@ -61,7 +68,8 @@ class Desired:
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
     projects: dict[str, dict[str, Any]] = field(default_factory=dict)
-    key_env: dict[str, str] = field(default_factory=dict)  # provider → environment variable name
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployments keyed by their name
+    key_env: dict[str, str] = field(default_factory=dict)  # provider (or "model/deployment") → variable name
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,55 @@ def _validate(data: dict[str, Any], loc: _Locator) -> Desired:
             out.projects[name] = {"budget_uc": amount, "period": key_ops.check_period(table.get("period"), "period")}
         except Refused as exc:
             raise loc.error(where, exc.param, exc.message) from None
+    for name, table in data.get("models", {}).items():
+        _model(out, loc, name, table)
     return out
+
+
+def _model(out: Desired, loc: _Locator, name: str, table: Any) -> None:
+    where = ("models", name)
+    _only(loc, where, table, MODEL_FIELDS)
+    try:
+        checked = model_ops.check_model_name(name)
+        model: dict[str, Any] = {
+            "strategy": model_ops.check_strategy(table.get("strategy", "weighted")),
+            "fallbacks": list(model_ops.check_fallbacks(table.get("fallbacks"))),
+            "context_fallback": model_ops.check_context_fallback(table.get("context_fallback")),
+            "deployments": {},
+        }
+    except Refused as exc:
+        raise loc.error(where, exc.param if exc.param in MODEL_FIELDS else None, exc.message) from None
+    listed = table.get("deployments", [])
+    if not isinstance(listed, list):
+        raise loc.error(where, "deployments", "must be an array of tables: [[models.NAME.deployments]]")
+    for item in listed:
+        at = (*where, "deployments")
+        if isinstance(item, dict) and "api_key" in item:
+            raise loc.error(at, "api_key", "keys are never written in the file: use key_env")
+        _only(loc, at, item, DEPLOYMENT_FIELDS)
+        try:
+            dep = model_ops.check_deployment_name(item.get("name", item.get("provider")))
+            fields = model_ops.deployment_fields({k: v for k, v in item.items() if k not in ("name", "key_env")})
+            if "provider" not in fields or "upstream_model" not in fields:
+                raise invalid("provider and model are required", "provider" if "provider" not in fields else "model")
+        except Refused as exc:
+            raise loc.error(at, exc.param if exc.param in DEPLOYMENT_FIELDS else None, exc.message) from None
+        if dep in model["deployments"]:
+            raise loc.error(at, "name", f"two deployments named {dep!r}")
+        model["deployments"][dep] = {
+            "provider": fields["provider"],
+            "model": fields["upstream_model"],
+            "weight": fields.get("weight", 1),
+            "priority": fields.get("priority", 0),
+            "rpm": fields.get("rpm"),
+            "tpm": fields.get("tpm"),
+        }
+        var = item.get("key_env")
+        if var is not None:
+            if not isinstance(var, str) or not ENV_NAME.match(var):
+                raise loc.error(at, "key_env", "must be the name of an environment variable, e.g. OPENAI_ORG2_KEY")
+            out.key_env[f"{checked}/{dep}"] = var
+    out.models[checked] = model
 
 
 def _only(loc: _Locator, where: tuple[str, ...], table: Any, fields: tuple[str, ...]) -> None:
@@ -275,6 +331,16 @@ def current(conn: sqlite3.Connection) -> Desired:
     out.prices = price_ops.load_overrides(conn)
     for r in conn.execute("SELECT project, budget_uc, period FROM project_budgets ORDER BY project"):
         out.projects[r["project"]] = {"budget_uc": r["budget_uc"], "period": r["period"]}
+    for m in model_ops.rows(conn):
+        out.models[m["name"]] = {
+            "strategy": m["strategy"],
+            "fallbacks": m["fallbacks"],
+            "context_fallback": m["context_fallback"],
+            "deployments": {
+                d["name"]: {k: d[k] for k in ("provider", "model", "weight", "priority", "rpm", "tpm")}
+                for d in m["deployments"]
+            },
+        }
     return out
 
 
@@ -326,6 +392,28 @@ def plan(
             changes.append(Change("projects", project, action, _describe(_budget(budget))))
     for project in now.projects.keys() - desired.projects.keys():
         changes.append(Change("projects", project, "remove", ""))
+    for name, spec in desired.models.items():
+        before = now.models.get(name)
+        head = {k: v for k, v in spec.items() if k != "deployments"}
+        if before is None:
+            changes.append(Change("models", name, "add", _describe(head)))
+        elif {k: v for k, v in before.items() if k != "deployments"} != head:
+            changes.append(Change("models", name, "change", _describe(head)))
+        had = before["deployments"] if before is not None else {}
+        for dep, fields in spec["deployments"].items():
+            target = f"{name}/{dep}"
+            if dep not in had:
+                changes.append(Change("models", target, "add", _describe(fields)))
+                continue
+            if had[dep] != fields:
+                changes.append(Change("models", target, "change", _describe(fields)))
+            var = desired.key_env.get(target)
+            if var is not None and env.get(var) != stored_keys.get(target):
+                changes.append(Change("models", target, "set key", f"from ${var}"))
+        for dep in had.keys() - spec["deployments"].keys():
+            changes.append(Change("models", f"{name}/{dep}", "remove", ""))
+    for name in now.models.keys() - desired.models.keys():
+        changes.append(Change("models", name, "remove", ""))
     return changes
 
 
@@ -377,6 +465,8 @@ def _apply_one(ops: Operations, desired: Desired, change: Change, env: Mapping[s
     elif change.section == "modules":
         fields = _with_module_defaults(desired)[name]
         module_ops.configure(ops, name, fields["config"], replace=True, enabled=fields["enabled"])
+    elif change.section == "models":
+        _apply_model(ops, desired, change, env)
     elif change.section == "prices":
         if change.action == "remove":
             price_ops.unset_price(ops, name)
@@ -387,6 +477,31 @@ def _apply_one(ops: Operations, desired: Desired, change: Change, env: Mapping[s
     else:
         budget = desired.projects[name]
         key_ops.set_project_budget(ops, name, format_usd(budget["budget_uc"], 2)[1:], budget["period"])
+
+
+def _apply_model(ops: Operations, desired: Desired, change: Change, env: Mapping[str, str]) -> None:
+    model, _, dep = change.name.partition("/")
+    if not dep:
+        head = {k: v for k, v in desired.models.get(model, {}).items() if k != "deployments"}
+        if change.action == "add":
+            model_ops.add_model(ops, model, **head)
+        elif change.action == "change":
+            model_ops.update_model(ops, model, **head)
+        else:
+            model_ops.remove_model(ops, model)
+        return
+    var = desired.key_env.get(change.name)
+    if change.action == "remove":
+        model_ops.remove_deployment(ops, model, dep)
+    elif change.action == "set key":
+        model_ops.update_deployment(ops, model, dep, {"api_key": env[var or ""]})
+    else:
+        fields = dict(desired.models[model]["deployments"][dep])
+        if change.action == "add":
+            key = {"api_key": env[var]} if var is not None else {}
+            model_ops.add_deployment(ops, model, {"name": dep, **fields, **key})
+        else:
+            model_ops.update_deployment(ops, model, dep, fields)
 
 
 def _rates(price: Price) -> dict[str, str]:
@@ -437,6 +552,14 @@ def export(state: Desired, key_env: Mapping[str, str] | None = None) -> str:
         out += ["", f"[prices.{_key(model)}]", *_pairs(_rates(price))]
     for project, budget in state.projects.items():
         out += ["", f"[projects.{_key(project)}]", *_pairs(_budget(budget))]
+    for name, spec in state.models.items():
+        head = {k: v for k, v in spec.items() if k != "deployments" and not (k == "fallbacks" and not v)}
+        out += ["", f"[models.{_key(name)}]", *_pairs(head)]
+        for dep, fields in spec["deployments"].items():
+            table = {"name": dep, **fields}
+            if f"{name}/{dep}" in key_env:
+                table["key_env"] = key_env[f"{name}/{dep}"]
+            out += ["", f"[[models.{_key(name)}.deployments]]", *_pairs(table)]
     return "\n".join(out) + "\n"
 
 

@@ -19,10 +19,13 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .pricing import Usage
 from .providers import Provider
+
+if TYPE_CHECKING:
+    from .deployments import Plan
 
 _id_lock = threading.Lock()
 _last_id = [0, 0]  # (milliseconds, sequence within that millisecond)
@@ -111,7 +114,7 @@ class RetryPolicy(Protocol):
         ...
 
     def allow(self, provider: str) -> bool:
-        """False while the provider's circuit breaker is open."""
+        """False while the circuit breaker of ``provider`` (a ``provider/model`` key) is open."""
         ...
 
     def report(self, provider: str, ok: bool) -> None:
@@ -231,6 +234,7 @@ class RequestContext:
     model: str | None = None  # as the client asked (after aliasing: see routed_model)
     routed_model: str | None = None  # what routing used (alias module may change it)
     route: Route | None = None  # resolved once, after the policy modules (stockyard.routing)
+    plan: Plan | None = None  # a model with deployments: the chosen one and those after it (routing)
     stream: bool = False
     client_wants_usage: bool = False
     key: Any = None  # the client key record, when auth is on

@@ -182,10 +182,15 @@ def stored_provider_keys(conn: sqlite3.Connection) -> list[tuple[int, str, str]]
     has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'providers'").fetchone()
     if not has_table:
         return []
-    return [
+    found = [
         (row[0], row[1], row[2])
         for row in conn.execute("SELECT id, name, key_token FROM providers WHERE key_token IS NOT NULL")
     ]
+    deployments = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'model_deployments'")
+    if deployments.fetchone():  # a deployment's own key is bound to "deployment:MODEL/NAME"
+        query = "SELECT id, model, name, key_token FROM model_deployments WHERE key_token IS NOT NULL"
+        found += [(r[0], f"deployment:{r[1]}/{r[2]}", r[3]) for r in conn.execute(query)]
+    return found
 
 
 def _secret_check(conn: sqlite3.Connection | None, secret: str | None) -> Check:

@@ -147,6 +147,10 @@ def list_models(app: "App", key: KeyRecord | None = None) -> list[dict]:
         listing.first_fill.wait(max(0.0, listing.wait_until - time.monotonic()))
     out: list[dict] = []
     seen: set[str] = set()
+    for name, route in app.models().routes.items():  # models served by deployments, first
+        if route.deployments and (key is None or key.allows_model(name, registry.routes_to)):
+            seen.add(name)
+            out.append({"id": name, "object": "model", "created": 0, "owned_by": "stockyard"})
     for provider, listing in listings:
         with _lock:
             ids = listing.ids

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
@@ -32,6 +33,7 @@ from .chain import Chain
 from .config import Settings
 from .context import Attempt, RequestContext, RetryPolicy
 from .conversations import Conversations
+from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
 from .limits import check_request_numbers
@@ -66,6 +68,13 @@ NEEDS_MODEL = (
     "speech",
 )
 NO_STREAM = ("embeddings", "count_tokens", "input_tokens", *media.ENDPOINTS)
+DEPLOYMENT_HEADER = "x-stockyard-deployment"
+# A provider's "the input is longer than the model's context window" (OpenAI, Anthropic, Gemini, others).
+CONTEXT_OVERFLOW = re.compile(
+    rb"context_length_exceeded|context length|context window|prompt is too long|"
+    rb"input token count.{0,40}exceeds|exceeds the maximum number of tokens",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -177,6 +186,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     except ClientGone:
         ctx.attempt.outcome = "client_disconnected"
     finally:
+        if ctx.plan is not None:
+            ctx.plan.release()  # deployments reserved but never called (a cache hit, a refusal)
         try:
             path.pricer.price(ctx)  # the cost is part of the outcome the after hooks see (cache, budget)
             chain.after(ctx)
@@ -253,19 +264,27 @@ class Failure:
     status: int = 0  # an HTTP error answer: passed through at the end
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    context_overflow: bool = False  # the provider says the input is too long for the model
 
 
 def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
     """Attempt the routed provider, then retries and fallbacks as the policy says.
 
-    Returns True once the client got bytes; a final failure is passed on (HTTP error
-    answers with their status and body) or raised (no answer at all).
+    A model with deployments tries its deployments in turn (a failed one cools down and is
+    not retried), then its fallbacks; a context-length error moves the request to the
+    model's larger-context model once. Returns True once the client got bytes; a final
+    failure is passed on (HTTP error answers with their status and body) or raised (no
+    answer at all).
     """
     policy: RetryPolicy = ctx.retry or ONE_ATTEMPT
     failure: Failure | None = None
     skipped: list[str] = []
-    for provider, model in candidates(path, ctx, policy):
-        for retry in range(policy.retries + 1):
+    todo = candidates(path, ctx, policy)
+    larger_tried = False
+    while (candidate := next(todo, None)) is not None:
+        provider, model, deployment = candidate
+        breaker = f"{provider.name}/{model}"  # per model: gpt-4o failing does not block gpt-4o-mini
+        for retry in range(1 if deployment is not None else policy.retries + 1):
             wait = 0.0
             if failure is not None and retry:
                 delay = policy.delay(retry, failure.retry_after)
@@ -274,8 +293,8 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
                 wait = delay
             if failure is not None and ctx.deadline is not None and time.perf_counter() + wait >= ctx.deadline:
                 return deliver_failure(reply, failure)
-            if not policy.allow(provider.name):
-                skipped.append(provider.name)
+            if deployment is None and not policy.allow(breaker):
+                skipped.append(breaker)
                 break
             if failure is not None:
                 keep_attempt(path, ctx, failure)
@@ -291,9 +310,18 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
                 if wait:
                     time.sleep(wait)
             ctx.attempt.provider, ctx.attempt.upstream_model = provider, model
-            failure = attempt_once(path, reply, ctx, policy)
+            if deployment is not None:  # which deployment answered, for the client and its logs
+                ctx.reply_headers[DEPLOYMENT_HEADER] = deployment.key
+            else:
+                ctx.reply_headers.pop(DEPLOYMENT_HEADER, None)
+            failure = attempt_once(path, reply, ctx, policy, breaker, deployment)
             if failure is None:
                 return True
+            if failure.context_overflow and not larger_tried and ctx.plan and ctx.plan.route.context_fallback:
+                larger_tried = True
+                todo = model_candidates(path, ctx, ctx.plan.route.context_fallback)
+                ctx.reply_headers["x-stockyard-routed-model"] = ctx.plan.route.context_fallback
+                break
             if not failure.retryable:
                 return deliver_failure(reply, failure)
     if failure is None:
@@ -309,35 +337,94 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
     return deliver_failure(reply, failure)
 
 
-def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> list[tuple[Provider, str]]:
-    """The routed (provider, model), then the policy's fallbacks that this server can serve."""
-    assert ctx.attempt.provider is not None and ctx.attempt.upstream_model is not None
-    found = [(ctx.attempt.provider, ctx.attempt.upstream_model)]
-    registry = path.registry()
+Candidate = tuple[Provider, str, Deployment | None]
+
+
+def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> Iterator[Candidate]:
+    """The routed (provider, model) — or the model's deployments in turn — then the model's
+    fallbacks and the policy's that this server can serve (worked out as they are reached)."""
+    assert ctx.route is not None
+    plan = ctx.plan
+    if plan is not None and plan.first is not None:
+        for d in plan.deployments():
+            yield d.provider, d.upstream_model, d
+    else:
+        yield ctx.route.provider, ctx.route.model, None
+    for name in plan.route.fallbacks if plan is not None else ():
+        yield from model_candidates(path, ctx, name)
     for name in policy.fallbacks(ctx):
-        try:
-            provider, model = registry.resolve(name)
-            adapter_for(provider, ctx.dialect, ctx.endpoint)
-        except ProxyError as exc:
-            log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
-            continue
-        found.append((provider, model))
-    return found
+        yield from model_candidates(path, ctx, name)
 
 
-def attempt_once(path: RequestPath, reply: Reply, ctx: RequestContext, policy: RetryPolicy) -> Failure | None:
-    """One attempt, its outcome reported to the circuit breaker (a 4xx means the provider is up)."""
+def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Iterator[Candidate]:
+    """Where a fallback name goes: a model's deployments, or the provider it routes to."""
+    route = ctx.plan.models.get(name) if ctx.plan is not None else None
+    try:
+        if ctx.plan is not None and route is not None and route.deployments:
+            plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
+            for d in plan.deployments():
+                adapter_for(d.provider, ctx.dialect, ctx.endpoint)
+                yield d.provider, d.upstream_model, d
+            return
+        provider, model = path.registry().resolve(name)
+        adapter_for(provider, ctx.dialect, ctx.endpoint)
+    except ProxyError as exc:
+        log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
+        return
+    yield provider, model, None
+
+
+def attempt_once(
+    path: RequestPath,
+    reply: Reply,
+    ctx: RequestContext,
+    policy: RetryPolicy,
+    breaker: str,
+    deployment: Deployment | None = None,
+) -> Failure | None:
+    """One attempt, its outcome reported to the circuit breaker (a 4xx means the provider is up)
+    or, for a deployment, to its health (in flight, time to first byte, cooldown, breaker, usage)."""
     assert ctx.attempt.provider is not None
-    ok = True
+    health, entry = None, None
+    if ctx.plan is not None and deployment is not None:  # its reservation becomes a request in flight
+        health = ctx.plan.models.health
+        entry = health.begin(deployment, ctx.plan.take(deployment), ctx.plan.tokens)
+    started = time.perf_counter()
+    ok, failure = True, None
     try:
         failure = attempt(path, reply, ctx)
         ok = failure is None or not failure.retryable
         return failure
     except ProxyError as exc:
         ok = exc.status < 500 or exc.code == "deadline_exceeded"  # our deadline, not the provider's fault
+        failure = Failure(False, started, 0, error=exc)
+        raise
+    except ClientGone:
+        failure = Failure(False, started, 0)  # says nothing about the deployment
         raise
     finally:
-        policy.report(ctx.attempt.provider.name, ok)
+        if health is None or deployment is None or entry is None:
+            policy.report(breaker, ok)
+        else:
+            a = ctx.attempt
+            health.finish(
+                deployment,
+                entry,
+                ok=failure is None,
+                failed=not ok,
+                status=a.status,
+                retry_after=failure.retry_after if failure is not None else None,
+                ttfb_s=a.ttfb - started if failure is None and a.ttfb is not None else None,
+                tokens=spent_tokens(a, failure),
+            )
+
+
+def spent_tokens(attempt: Attempt, failure: Failure | None) -> int | None:
+    """Tokens an attempt used, for its deployment's tpm: as reported; none for a failure that
+    reported none (a 429 uses no quota); None keeps the estimate (a stream without usage)."""
+    if attempt.usage is not None:
+        return attempt.usage.prompt_tokens + attempt.usage.completion_tokens
+    return 0 if failure is not None else None
 
 
 def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | None:
@@ -505,6 +592,7 @@ def error_answer(
         status=resp.status,
         body=body,
         headers=headers,
+        context_overflow=resp.status in (400, 413) and CONTEXT_OVERFLOW.search(scrubbed) is not None,
     )
 
 

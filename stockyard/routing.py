@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Callable
 
 from .context import RequestContext, Route
+from .deployments import ModelRoute, Models
 from .errors import GEMINI, ProxyError
+from .estimate import request_tokens
 from .providers import Registry
 
 
@@ -20,17 +22,51 @@ class RouteStep:
 
     name = "route"
 
-    def __init__(self, registry: Callable[[], Registry]) -> None:
+    def __init__(self, registry: Callable[[], Registry], models: Callable[[], Models] | None = None) -> None:
         self._registry = registry
+        self._models = models
 
     def before(self, ctx: RequestContext) -> None:
+        name = ctx.routed_model or ctx.model or ""
+        models = self._models() if self._models is not None else None
+        route = models.get(name) if models is not None else None
+        if models is not None and route is not None and (route.deployments or route.problems):
+            self._deployed(ctx, models, route)
+            return
         try:
-            provider, model = self._registry().resolve(ctx.routed_model or ctx.model or "")
+            provider, model = self._registry().resolve(name)
         except ProxyError as exc:
             if ctx.dialect == GEMINI and exc.code == "model_not_routable":  # Google's clients know this as a 404
                 raise ProxyError(404, exc.message, param="model", code="model_not_found") from None
             raise
         ctx.route = Route(provider, model)
+        if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
+            ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))
+
+    def _deployed(self, ctx: RequestContext, models: Models, route: ModelRoute) -> None:
+        """The deployment the strategy picks; when none is usable, the model's first usable fallback."""
+        tokens = request_tokens(ctx, ctx.default_output_cap)
+        try:
+            ctx.plan = models.plan(route, tokens)
+        except ProxyError:
+            for name in route.fallbacks:
+                other = models.get(name)
+                try:
+                    if other is not None and other.deployments:
+                        ctx.plan = models.plan(other, tokens)
+                    else:
+                        ctx.route = Route(*self._registry().resolve(name))
+                except ProxyError:
+                    continue
+                ctx.reply_headers["x-stockyard-routed-model"] = name
+                break
+            else:
+                raise
+            if ctx.plan is None:
+                return
+        first = ctx.plan.first
+        assert first is not None
+        ctx.route = Route(first.provider, first.upstream_model)
 
     def after(self, ctx: RequestContext) -> None:
         pass

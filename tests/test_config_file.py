@@ -223,3 +223,97 @@ def test_exported_file_never_holds_a_stored_key(pyz_path, mock, env, tmp_path):
     # Applying the export keeps the vaulted key (no api_key_env: "leave it in the vault").
     file = write(tmp_path, exported.stdout)
     assert cli(pyz_path, db, env, "config", "plan", str(file)).stdout.strip() == "no changes"
+
+
+DEPLOYMENT_KEY = f"sk-dep-{secrets.token_hex(12)}"
+
+
+def models_text(mock_url: str) -> str:
+    return f"""
+[providers.org2]
+kind = "openai"
+base_url = "{mock_url}/v1"
+models = ["gpt-4o-mini", "gpt-4o"]
+api_key_env = "ORG2_KEY"
+
+[models.chat]
+strategy = "least-busy"
+fallbacks = ["org2/gpt-4o-mini"]
+context_fallback = "big"
+
+[[models.chat.deployments]]
+name = "primary"
+provider = "org2"
+model = "gpt-4o-mini"
+weight = 3
+rpm = 100
+key_env = "DEPLOYMENT_KEY"
+
+[[models.chat.deployments]]
+provider = "org2"
+model = "gpt-4o"
+priority = 1
+tpm = 50000
+
+[models.big]
+[[models.big.deployments]]
+provider = "org2"
+model = "gpt-4o"
+"""
+
+
+def test_models_and_deployments_export_apply_and_plan_without_difference(pyz_path, mock, env, tmp_path):
+    env = {**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY}
+    first, second = tmp_path / "a" / "s.db", tmp_path / "b" / "s.db"
+    file = write(tmp_path, models_text(mock.url))
+    plan = cli(pyz_path, first, env, "config", "plan", str(file))
+    assert "+ models.chat: add" in plan.stdout and "+ models.chat/primary: add" in plan.stdout, plan.stdout
+    assert "+ models.chat/org2: add" in plan.stdout and "+ models.big/org2: add" in plan.stdout
+    assert cli(pyz_path, first, env, "config", "apply", str(file)).returncode == 0
+    assert cli(pyz_path, first, env, "config", "plan", str(file)).stdout.strip() == "no changes"
+
+    exported = cli(pyz_path, first, env, "config", "export").stdout
+    assert DEPLOYMENT_KEY not in exported and 'key_env = "DEPLOYMENT_KEY"' in exported
+    assert "[[models.chat.deployments]]" in exported and 'strategy = "least-busy"' in exported
+    again = write(tmp_path, exported, "exported.toml")
+    assert cli(pyz_path, second, env, "config", "apply", str(again)).returncode == 0
+    assert cli(pyz_path, second, env, "config", "plan", str(again)).stdout.strip() == "no changes"
+    assert cli(pyz_path, second, env, "config", "export").stdout == exported
+
+    changed = write(tmp_path, models_text(mock.url).replace("weight = 3", "weight = 2"), "changed.toml")
+    assert (
+        cli(pyz_path, second, env, "config", "plan", str(changed))
+        .stdout.splitlines()[0]
+        .startswith("~ models.chat/primary: change")
+    )
+    rotated = {**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY + "x"}
+    assert "~ models.chat/primary: set key" in cli(pyz_path, second, rotated, "config", "plan", str(again)).stdout
+
+    server = ServerProcess(pyz_path, second, env).start()
+    try:
+        status, _, _ = server.request("POST", "/v1/chat/completions", {"model": "chat", "messages": HELLO})
+        assert status == 200
+        last = mock.last("/chat/completions")
+        assert last.headers["authorization"] == f"Bearer {DEPLOYMENT_KEY}" and last.json["model"] == "gpt-4o-mini"
+    finally:
+        server.stop()
+    raw = b"".join(p.read_bytes() for p in second.parent.iterdir() if p.name.startswith("s.db"))
+    assert DEPLOYMENT_KEY.encode() not in raw
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ('[models.chat]\nstrategy = "random"\n', 2, "models.chat.strategy"),
+        ('[models.chat]\n\n[[models.chat.deployments]]\nprovider = "openai"\n', 3, "model"),
+        (
+            '[models.chat]\n[[models.chat.deployments]]\nprovider = "openai"\nmodel = "m"\napi_key = "sk-x"\n',
+            5,
+            "never",
+        ),
+        ('[models.chat]\n[[models.chat.deployments]]\nprovider = "openai"\nmodel = "m"\nweight = 0\n', 5, "weight"),
+    ],
+)
+def test_a_bad_models_section_is_refused_with_its_line_and_field(pyz_path, env, tmp_path, text, line, message):
+    result = cli(pyz_path, tmp_path / "s.db", env, "config", "plan", str(write(tmp_path, text)))
+    assert result.returncode == 1 and f":{line}:" in result.stderr and message in result.stderr, result.stderr

@@ -221,6 +221,32 @@ def test_toggling_a_module_changes_the_next_request(console, server):
     assert chat(server, "gpt-4o")[0] == 200
 
 
+def test_models_page_shows_deployments_with_live_health(console, server, mock):
+    page = console.page
+    console.go("models")
+    page.wait_for_selector("main h1:text('Models')")
+    form = page.locator("main form")
+    for label, value in (("model", "chat"), ("provider", "openai"), ("upstream model", "gpt-4o-mini"), ("rpm", "5")):
+        form.get_by_label(label, exact=True).fill(value)
+    form.get_by_role("button", name="Add deployment").click()
+    page.locator("text=Added a deployment to chat.").wait_for()
+    admin(server, "POST", "/api/models/chat/deployments", {"provider": "openai", "model": "gpt-4o", "name": "spare"})
+    mock.clear_replies()
+    mock.enqueue(Reply(status=429, headers={"retry-after": "30"}))
+    assert chat(server, "chat")[0] == 200  # the first deployment's 429 spilled to the spare
+    card = page.locator("section.model[data-model=chat]")
+    first = card.locator("tr[data-deployment=openai]")
+    badge = first.locator(".badge", has_text="cooling down until")
+    badge.wait_for()
+    assert re.fullmatch(r"cooling down until \d\d:\d\d:\d\d UTC", badge.inner_text())
+    assert "1 / 5" in first.inner_text()
+    card.locator("tr[data-deployment=spare] .badge:text('ready')").wait_for()
+    console.shot("models")
+    card.get_by_role("button", name="Remove model").click()
+    page.locator("text=Removed chat.").wait_for()
+    mock.clear_replies()
+
+
 def test_markup_in_model_output_stays_text(console, server, mock):
     mock.enqueue(
         Reply(

@@ -187,10 +187,11 @@ def test_circuit_breaker_opens_skips_and_probes(server, mock):
         assert chat(server)[0] == 200
     assert providers_called(mock) == ["openai", "groq"] * 2
     status, view = api(server, "GET", "/api/modules/fallback")
-    assert view["status"]["breakers"]["openai"]["state"] == "open"
+    assert view["status"]["breakers"]["openai/gpt-4o-mini"]["state"] == "open"
     mock.clear()
     assert chat(server)[0] == 200 and providers_called(mock) == ["groq"], "open: openai is skipped"
-    status, headers, body = chat(server, model="openai/gpt-4o")
+    put_module(server, "fallback", {**FAST, "chains": {}, "retries": 0, "breaker_failures": 2, "breaker_cooldown_s": 1})
+    status, headers, body = chat(server, model="openai/gpt-4o-mini")  # the breaker is per provider/model
     assert status == 503 and json.loads(body)["error"]["code"] == "circuit_open"
     assert 1 <= int(headers["retry-after"]) <= 2
     time.sleep(1.05)  # the thing under test: the breaker's 1 s cooldown running out

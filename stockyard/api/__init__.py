@@ -237,7 +237,7 @@ def handle(app: "App", req: Request) -> Response:
 
 def load_routes() -> None:
     """Import the modules that declare routes (once)."""
-    from . import audit_log, costs, keys, modules, prices, providers, status, traces, webhooks  # noqa: F401
+    from . import audit_log, costs, keys, models, modules, prices, providers, status, traces, webhooks  # noqa: F401
 
 
 load_routes()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import audit, configfile, vault
 from ..operations import Operations, Refused
+from ..operations import models as model_ops
 from ..operations import providers as provider_ops
 from .common import CommandError, actions, open_ops, open_store, runs
 
@@ -77,6 +78,8 @@ def _prepare(ops: Operations, file: str) -> tuple[configfile.Desired, list[confi
     conn = ops.store.read()
     try:
         keys = {p.name: p.api_key for p in provider_ops.stored(conn, ops.secret)} if desired.key_env else {}
+        if desired.key_env:  # deployments' own keys, as "model/deployment"
+            keys.update({f"{m}/{d}": k for (m, d), k in model_ops.stored_keys(conn, ops.secret).items()})
     except vault.VaultError as exc:
         raise CommandError(str(exc)) from None
     return desired, configfile.plan(configfile.current(conn), desired, env, keys)

@@ -1,4 +1,4 @@
-"""``fallback``: retries with back-off, fallback chains, and a circuit breaker per provider.
+"""``fallback``: retries with back-off, fallback chains, and a circuit breaker per provider/model.
 
 The proxy makes the attempts (``proxy.forward``); this module decides the policy:
 
@@ -10,9 +10,11 @@ The proxy makes the attempts (``proxy.forward``); this module decides the policy
   at once);
 - where next: ``chains`` maps a model (as routed, ``provider/model`` or bare) to the
   ``provider/model`` pairs to try after it, in order;
-- which providers to skip: after ``breaker_failures`` failures in a row a provider's breaker
-  opens and it is skipped for ``breaker_cooldown_s``; then one request probes it (half-open):
-  success closes the breaker, failure opens it again.
+- which to skip: after ``breaker_failures`` failures in a row the breaker of a provider/model
+  pair (``openai/gpt-4o``: its failures do not block ``openai/gpt-4o-mini``) opens and it is
+  skipped for ``breaker_cooldown_s``; then one request probes it (half-open): success closes the
+  breaker, failure opens it again. Deployments of a model (``stockyard.deployments``) have
+  breakers and cooldowns of their own and are not retried: the next deployment is tried.
 
 Streams fall back only before their first byte reaches the client. Every attempt is
 traced: failed ones as their own rows under the request's trace (``parent_id``, ``attempt``).
@@ -45,7 +47,7 @@ class _Circuit:
 
 
 class Breaker:
-    """Circuit breakers by provider name; shared by every request and kept across reloads."""
+    """Circuit breakers by ``provider/model``; shared by every request and kept across reloads."""
 
     def __init__(self, clock=time.monotonic, on_change: Callable[[str, bool], Any] | None = None) -> None:
         self._clock = clock
@@ -160,12 +162,12 @@ class FallbackPolicy:
 
 
 class Fallback(Module):
-    """Retries with back-off and Retry-After, fallback chains, per-provider circuit breakers."""
+    """Retries with back-off and Retry-After, fallback chains, per provider/model circuit breakers."""
 
     name = "fallback"
     summary = (
         "retries (exponential back-off, jitter, Retry-After), fallback chains of provider/model, "
-        "per-provider circuit breaker"
+        "circuit breaker per provider/model"
     )
     schema = {
         "chains": Field(
@@ -180,10 +182,10 @@ class Fallback(Module):
             "float", 10.0, "honour a provider's Retry-After up to this; beyond it, fall back at once", min=0, max=3_600
         ),
         "breaker_failures": Field(
-            "int", 5, "failures in a row that open a provider's breaker; 0 for no breaker", min=0, max=10_000
+            "int", 5, "failures in a row that open a provider/model's breaker; 0 for no breaker", min=0, max=10_000
         ),
         "breaker_cooldown_s": Field(
-            "float", 30.0, "how long an open breaker skips its provider before one probe", min=0.1, max=86_400
+            "float", 30.0, "how long an open breaker skips its provider/model before one probe", min=0.1, max=86_400
         ),
     }
 

@@ -429,6 +429,17 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
                 raise vault.VaultError(f"provider {r['name']!r}: {exc}; nothing was changed") from None
             conn.execute("UPDATE providers SET key_token = ?, updated_at = ? WHERE id = ?", (token, now_iso(), r["id"]))
             count += 1
+        deployments = conn.execute(
+            "SELECT id, model, name, key_token FROM model_deployments WHERE key_token IS NOT NULL"
+        ).fetchall()
+        for r in deployments:  # a deployment's own key: bound to its row like a provider's
+            aad = vault.aad_for(r["id"], f"deployment:{r['model']}/{r['name']}")
+            try:
+                token = vault.rotate_token(r["key_token"], aad, old, new)
+            except vault.VaultError as exc:
+                raise vault.VaultError(f"deployment {r['model']}/{r['name']}: {exc}; nothing was changed") from None
+            conn.execute("UPDATE model_deployments SET key_token = ? WHERE id = ?", (token, r["id"]))
+            count += 1
         from .webhooks import aad_for as webhook_aad  # webhooks build on this module
 
         hooks = 0

@@ -7,11 +7,12 @@ import { traces, traceDetail } from "./traces.js";
 import { costs } from "./costs.js";
 import { keys } from "./keys.js";
 import { providers } from "./providers.js";
+import { models } from "./models.js";
 import { modules } from "./modules.js";
 import { audit } from "./audit.js";
 import { webhooks } from "./webhooks.js";
 
-const PAGES = { overview, traces, costs, keys, providers, modules, webhooks, audit };
+const PAGES = { overview, traces, costs, keys, providers, models, modules, webhooks, audit };
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 let stopPage = null; // a page may return a function that stops its timers

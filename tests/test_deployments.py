@@ -1,0 +1,405 @@
+"""Models served by deployments: strategies, per-deployment health, context-window fallback.
+
+Real servers against the mock upstream: ``openai`` on the shared mock, ``mistral`` on a slow
+mock (every answer 300 ms late). Deployments on the same provider are told apart by their own
+keys, which the mock records in the Authorization header. The clock-exact parts (a
+cooldown's length, a breaker's half-open probe) are also checked on :class:`Health` with a
+fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+from collections import Counter
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import MockUpstream, Reply
+from module_helpers import ADMIN_KEY, api, disable_all, put_module
+
+from stockyard.deployments import BREAKER_COOLDOWN_S, Deployment, Health, ModelRoute
+from stockyard.errors import ProxyError
+from stockyard.operations import models as model_ops
+from stockyard.providers import Provider, Registry, from_env
+from stockyard.proxy import CONTEXT_OVERFLOW
+
+SECRET = "enc-" + secrets.token_hex(16)
+KEYS = {name: f"sk-dep-{name}-{secrets.token_hex(8)}" for name in ("a", "b", "c")}
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture(scope="module")
+def slow():
+    with MockUpstream(delay_ms=300) as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, slow, tmp_path_factory):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "MISTRAL_API_KEY": "mistral-test-key-0123456789",
+        "MISTRAL_BASE_URL": slow.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
+        "STOCKYARD_ENCRYPTION_KEY": SECRET,
+    }
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("deployments") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+    for key in KEYS.values():
+        assert key not in srv.log
+
+
+@pytest.fixture(autouse=True)
+def fresh(server, mock, slow):
+    """Every test starts with no models, no modules on, and empty mocks."""
+    mock.clear_replies()
+    slow.clear_replies()
+    _, listing = api(server, "GET", "/api/models")
+    for m in listing["data"]:
+        api(server, "DELETE", f"/api/models/{m['name']}")
+    disable_all(server)
+    mock.clear()
+    slow.clear()
+    yield
+    mock.clear_replies()
+
+
+def deploy(server, model_name: str, /, **fields) -> dict:
+    status, view = api(server, "POST", f"/api/models/{model_name}/deployments", fields)
+    assert status == 201, view
+    return view
+
+
+def chat(server, model: str, **body):
+    return server.request("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, **body})
+
+
+def who(mock) -> list[str]:
+    """Which deployment key each request the mock received carried (``env`` for the provider's)."""
+    by_key = {f"Bearer {k}": name for name, k in KEYS.items()}
+    return [by_key.get(r.headers.get("authorization", ""), "env") for r in mock.requests]
+
+
+def health(server, model: str) -> dict[str, dict]:
+    _, listing = api(server, "GET", "/api/models")
+    [found] = [m for m in listing["data"] if m["name"] == model]
+    return {d["name"]: d["health"] for d in found["deployments"]}
+
+
+# -- strategies --------------------------------------------------------------------------------
+
+
+def test_weights_three_to_one_give_exactly_300_and_100_of_400(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", weight=3, api_key=KEYS["a"])
+    deploy(server, "chat", name="b", provider="openai", model="gpt-4o-mini", weight=1, api_key=KEYS["b"])
+    for _ in range(400):
+        assert chat(server, "chat")[0] == 200
+    assert Counter(who(mock)) == {"a": 300, "b": 100}
+    assert who(mock)[:8] == ["a", "a", "b", "a"] * 2, "smooth: b's turns are spread out, not bunched"
+
+
+def test_least_busy_avoids_the_deployment_with_a_request_in_flight(server, mock, slow):
+    deploy(server, "chat", name="slow", provider="mistral", model="mistral-small")
+    deploy(server, "chat", name="fast", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
+    assert api(server, "PATCH", "/api/models/chat", {"strategy": "least-busy"})[0] == 200
+    slow.enqueue(Reply(hang_s=2))  # busy for as long as the three requests below may take on a loaded machine
+    first = threading.Thread(target=chat, args=(server, "chat"))
+    first.start()  # ties go to the first listed: the slow one, which then stays busy
+    wait_for(lambda: health(server, "chat")["slow"]["in_flight"] == 1, what="the slow deployment busy")
+    for _ in range(3):
+        assert chat(server, "chat")[0] == 200
+        # The last one leaves "in flight" just after its answer reached us: wait, or a tie could pick slow.
+        wait_for(lambda: health(server, "chat")["fast"]["in_flight"] == 0, what="the answer's request to end")
+    first.join()
+    assert len(slow.requests) == 1 and who(mock) == ["a", "a", "a"]
+
+
+def test_latency_prefers_the_lowest_time_to_first_byte(server, mock, slow):
+    deploy(server, "chat", name="slow", provider="mistral", model="mistral-small")
+    deploy(server, "chat", name="fast", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
+    assert api(server, "PATCH", "/api/models/chat", {"strategy": "latency"})[0] == 200
+    for _ in range(6):
+        assert chat(server, "chat")[0] == 200
+    # Each one is measured once (the unmeasured first), then the fast one takes every request.
+    assert len(slow.requests) == 1 and len(mock.requests) == 5
+    seen = health(server, "chat")
+    assert seen["slow"]["ttfb_ms"] >= 300 > seen["fast"]["ttfb_ms"]
+
+
+def test_usage_picks_the_most_headroom(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", rpm=4, api_key=KEYS["a"])
+    deploy(server, "chat", name="b", provider="openai", model="gpt-4o-mini", rpm=2, api_key=KEYS["b"])
+    assert api(server, "PATCH", "/api/models/chat", {"strategy": "usage"})[0] == 200
+    for _ in range(6):
+        assert chat(server, "chat")[0] == 200
+    # headroom a 4/4 → a; 3/4 vs b 2/2 → b; 3/4 vs 1/2 → a; 2/4 vs 1/2 → a (first of a tie); …
+    assert Counter(who(mock)) == {"a": 4, "b": 2}
+    status, _, body = chat(server, "chat")
+    assert status == 429 and json.loads(body)["error"]["code"] == "deployments_at_limit"
+
+
+# -- health per deployment -----------------------------------------------------------------------
+
+
+def test_a_429_with_retry_after_cools_only_that_deployment(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
+    deploy(server, "chat", name="b", provider="openai", model="gpt-4o-mini", api_key=KEYS["b"])
+    mock.enqueue(Reply(status=429, headers={"retry-after": "2"}))
+    status, headers, _ = chat(server, "chat")
+    assert status == 200 and who(mock) == ["a", "b"], "the 429 spilled to the next deployment"
+    assert headers["x-stockyard-deployment"] == "chat/b"
+    seen = health(server, "chat")
+    assert 1.5 < seen["a"]["cooling_down_s"] <= 2 and seen["b"]["cooling_down_s"] == 0
+    mock.clear()
+    for _ in range(3):
+        assert chat(server, "chat")[0] == 200
+    assert who(mock) == ["b", "b", "b"], "a cools down; b takes everything meanwhile"
+    wait_for(lambda: health(server, "chat")["a"]["cooling_down_s"] == 0, timeout=3, what="a's 2 s cooldown")
+    mock.clear()
+    for _ in range(2):
+        assert chat(server, "chat")[0] == 200
+    assert "a" in who(mock), "a is back once its cooldown ran out"
+
+
+def test_a_broken_deployment_leaves_another_model_on_the_same_provider_alone(server, mock):
+    deploy(server, "big", name="a", provider="openai", model="gpt-4o", api_key=KEYS["a"])
+    deploy(server, "small", name="b", provider="openai", model="gpt-4o-mini", api_key=KEYS["b"])
+    for _ in range(3):  # Retry-After: 0 — no cooldown, so only the breaker stops it
+        mock.enqueue(Reply(status=500, headers={"retry-after": "0"}))
+        assert chat(server, "big")[0] == 500
+    assert health(server, "big")["a"]["breaker"] == "open"
+    mock.clear()
+    status, headers, body = chat(server, "big")
+    assert status == 503 and json.loads(body)["error"]["code"] == "deployments_unavailable"
+    assert int(headers["retry-after"]) >= 25 and mock.requests == [], "an open breaker is not called"
+    assert chat(server, "small")[0] == 200 and who(mock) == ["b"]
+    assert health(server, "small")["b"]["breaker"] == "closed"
+
+
+def test_a_breaker_on_one_plain_model_leaves_the_next_model_of_the_provider_alone(server, mock):
+    put_module(server, "fallback", {"retries": 0, "breaker_failures": 2, "breaker_cooldown_s": 30})
+    for _ in range(2):
+        mock.enqueue(Reply(status=500))
+        assert chat(server, "gpt-4o")[0] == 500
+    status, _, body = chat(server, "gpt-4o")
+    assert status == 503 and json.loads(body)["error"]["code"] == "circuit_open"
+    assert chat(server, "gpt-4o-mini")[0] == 200, "gpt-4o's breaker does not block gpt-4o-mini"
+    _, view = api(server, "GET", "/api/modules/fallback")
+    assert view["status"]["breakers"]["openai/gpt-4o"]["state"] == "open"
+
+
+def test_rpm_spills_to_the_next_priority_instead_of_a_429(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", rpm=2, api_key=KEYS["a"])
+    deploy(server, "chat", name="b", provider="openai", model="gpt-4o-mini", priority=1, api_key=KEYS["b"])
+    for _ in range(5):
+        assert chat(server, "chat")[0] == 200
+    assert who(mock) == ["a", "a", "b", "b", "b"]
+    seen = health(server, "chat")
+    assert (seen["a"]["rpm_used"], seen["b"]["rpm_used"]) == (2, 3)
+
+
+# -- fallbacks ------------------------------------------------------------------------------------
+
+CONTEXT_ERROR = {
+    "error": {
+        "message": "This model's maximum context length is 128000 tokens. "
+        "However, your messages resulted in 200000 tokens.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+}
+
+
+def test_a_context_length_error_moves_to_the_larger_model(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
+    assert api(server, "PATCH", "/api/models/chat", {"context_fallback": "big"})[0] == 200
+    deploy(server, "big", name="b", provider="openai", model="gpt-4o", api_key=KEYS["b"])
+    mock.enqueue(Reply(status=400, json=CONTEXT_ERROR))
+    status, headers, _ = chat(server, "chat")
+    assert status == 200 and who(mock) == ["a", "b"]
+    assert [r.json["model"] for r in mock.requests] == ["gpt-4o-mini", "gpt-4o"]
+    assert headers["x-stockyard-routed-model"] == "big"
+    assert health(server, "chat")["a"]["cooling_down_s"] == 0, "too long for the model is not the deployment's fault"
+    mock.clear()
+    mock.enqueue(Reply(status=400))  # another 400 is the client's: passed on, no fallback
+    assert chat(server, "chat")[0] == 400 and who(mock) == ["a"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(CONTEXT_ERROR).encode(),
+        b'{"type":"error","error":{"type":"invalid_request_error",'
+        b'"message":"prompt is too long: 210000 tokens > 200000 maximum"}}',
+        b'{"error":{"code":400,"message":"The input token count (1200000) exceeds the maximum number '
+        b'of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}',
+    ],
+)
+def test_context_overflow_is_recognised_in_each_dialect(body):
+    assert CONTEXT_OVERFLOW.search(body)
+    assert not CONTEXT_OVERFLOW.search(b'{"error":{"message":"Invalid value for temperature"}}')
+
+
+def test_a_stream_falls_back_only_before_its_first_byte(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
+    deploy(server, "chat", name="b", provider="openai", model="gpt-4o-mini", api_key=KEYS["b"])
+    mock.enqueue(Reply(status=503))
+    status, _, body = chat(server, "chat", stream=True)
+    assert status == 200 and b"[DONE]" in body and who(mock) == ["a", "b"]
+    mock.clear()
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}
+    mock.enqueue(Reply(sse=[json.dumps(chunk)] * 3, cut_after=1))
+    status, _, body = chat(server, "chat", stream=True)
+    assert status == 200 and b"Hel" in body and b"[DONE]" not in body and b"error" in body
+    assert len(mock.requests) == 1, "after the first byte the stream is the answer: no fallback"
+
+
+def test_model_fallbacks_follow_the_deployments(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="mock-error-500", api_key=KEYS["a"])
+    assert api(server, "PATCH", "/api/models/chat", {"fallbacks": ["openai/gpt-4o-mini"]})[0] == 200
+    status, _, _ = chat(server, "chat")
+    assert status == 200 and [r.json["model"] for r in mock.requests] == ["mock-error-500", "gpt-4o-mini"]
+
+
+def test_a_model_without_deployments_routes_as_before(server, mock):
+    assert api(server, "POST", "/api/models", {"name": "gpt-4o-mini"})[0] == 201
+    assert chat(server, "gpt-4o-mini")[0] == 200 and who(mock) == ["env"]
+
+
+# -- managing them ---------------------------------------------------------------------------------
+
+
+def test_cli_deploys_with_a_key_that_never_reaches_the_database_in_plain_text(server, mock):
+    result = server.cli(
+        "models", "deploy", "chat", "--provider", "openai", "--upstream-model", "gpt-4o-mini", "--weight", "2",
+        "--key-stdin", input=KEYS["c"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "added deployment 'openai' to model 'chat'" in result.stdout and KEYS["c"][-4:] in result.stdout
+    wait_for(lambda: chat(server, "chat")[0] == 200, timeout=2, what="the server to pick up the CLI's change")
+    assert who(mock)[-1] == "c"
+    listed = server.cli("models", "list", "--json")
+    assert json.loads(listed.stdout)["deployments"][0]["key"] == "…" + KEYS["c"][-4:]
+    raw = b"".join(p.read_bytes() for p in server.db.parent.iterdir() if p.name.startswith("stockyard.db"))
+    assert KEYS["c"].encode() not in raw
+    audit = server.db_rows("SELECT details FROM audit_log WHERE action = 'model.deploy'")
+    assert audit and all(KEYS["c"] not in row["details"] for row in audit)
+    assert server.cli("models", "undeploy", "chat", "openai").returncode == 0
+
+
+def test_api_refuses_bad_deployments_and_documents_the_routes(server):
+    status, body = api(server, "POST", "/api/models/chat/deployments", {"provider": "openai"})
+    assert status == 400 and body["error"]["param"] == "model"
+    status, body = api(server, "POST", "/api/models", {"name": "chat", "strategy": "random"})
+    assert status == 400 and "least-busy" in body["error"]["message"]
+    status, body = api(
+        server, "POST", "/api/models/chat/deployments", {"provider": "openai", "model": "x", "weight": 0}
+    )
+    assert status == 400 and body["error"]["param"] == "weight"
+    _, doc = api(server, "GET", "/api/openapi.json")
+    assert {"/api/models", "/api/models/{name}/deployments/{deployment}"} <= set(doc["paths"])
+
+
+# -- the clock-exact parts, in process -------------------------------------------------------------
+
+
+def _route(*deployments: Deployment, strategy: str = "weighted") -> ModelRoute:
+    return ModelRoute("m", strategy, deployments)
+
+
+def _dep(name: str, **kw) -> Deployment:
+    return Deployment("m", name, Provider("p", "openai", "http://x"), "up", **kw)
+
+
+def test_health_cooldown_lasts_exactly_the_retry_after_and_the_breaker_probes_once():
+    now = [0.0]
+    health = Health(clock=lambda: now[0])
+    a, b = _dep("a"), _dep("b")
+    route = _route(a, b)
+    entry = health.begin(a, tokens=1)
+    health.finish(a, entry, ok=False, failed=True, status=429, retry_after=2.0)
+    now[0] = 1.999
+    assert health.choose(route, 1) == b and health.choose(route, 1) == b
+    now[0] = 2.0
+    assert a in (health.choose(route, 1), health.choose(route, 1))
+    for _ in range(2):  # with the first: three failures in a row open the breaker
+        health.finish(a, health.begin(a, tokens=1), ok=False, failed=True, retry_after=0)
+    now[0] += BREAKER_COOLDOWN_S - 0.001
+    assert {health.choose(route, 1) for _ in range(4)} == {b}
+    now[0] += 0.001
+    assert health.choose(route, 1, exclude=frozenset({"m/b"})) == a
+    probe = health.begin(a, tokens=1)  # half-open: this is the one probe
+    with pytest.raises(ProxyError):
+        health.choose(route, 1, exclude=frozenset({"m/b"}))
+    health.finish(a, probe, ok=True, failed=False)
+    assert health.snapshot(a)["breaker"] == "closed" and health.choose(route, 1, exclude=frozenset({"m/b"})) == a
+
+
+def test_models_list_names_deployed_models(server):
+    deploy(server, "chat", provider="openai", model="gpt-4o-mini")
+    status, _, body = server.request("GET", "/v1/models")
+    ids = [m["id"] for m in json.loads(body)["data"]]
+    assert status == 200 and ids[0] == "chat" and "gpt-4o-mini" in ids
+
+
+def test_every_deployment_unavailable_goes_to_the_models_fallback(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", rpm=1, api_key=KEYS["a"])
+    assert api(server, "PATCH", "/api/models/chat", {"fallbacks": ["openai/gpt-4o"]})[0] == 200
+    assert chat(server, "chat")[0] == 200
+    status, headers, _ = chat(server, "chat")  # a is at its rpm: the fallback serves it
+    assert status == 200 and headers["x-stockyard-routed-model"] == "openai/gpt-4o"
+    assert [r.json["model"] for r in mock.requests] == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_rotate_secret_re_encrypts_deployment_keys(pyz_path, cache_home, tmp_path):
+    db = tmp_path / "s.db"
+    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET, "OPENAI_API_KEY": OPENAI_KEY}
+    run = ServerProcess(pyz_path, db, env).cli  # the CLI against this database, no server needed
+    deployed = run(
+        "models", "deploy", "chat", "--provider", "openai", "--upstream-model", "m", "--key-stdin", input=KEYS["a"]
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    new_secret = "enc-" + secrets.token_hex(16)
+    rotated = run("providers", "rotate-secret", input=new_secret)
+    assert rotated.returncode == 0 and "re-encrypted 1 provider key" in rotated.stdout, rotated.stderr
+    doctor = run("doctor", env={"STOCKYARD_ENCRYPTION_KEY": new_secret}).stdout
+    assert "decrypts all 1 stored provider key(s)" in doctor, "doctor checks the deployment's key (no provider has one)"
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        registry = Registry(from_env(env))
+        [route] = model_ops.load(conn, new_secret, registry)
+        assert route.deployments[0].provider.api_key == KEYS["a"]
+        [old] = model_ops.load(conn, SECRET, registry)
+        assert old.deployments[0].provider.key_error and old.deployments[0].provider.api_key is None
+    finally:
+        conn.close()
+
+
+def test_a_reservation_counts_at_once_and_an_unused_one_is_given_back():
+    health = Health(clock=lambda: 0.0)
+    a, b = _dep("a", rpm=1), _dep("b", priority=1)
+    route = _route(a, b)
+    first, entry = health.reserve(route, 10)
+    assert first == a and health.reserve(route, 10)[0] == b, "a's one request a minute is taken before it is sent"
+    health.release(a, entry)  # e.g. the cache answered
+    assert health.reserve(route, 10)[0] == a
+
+
+def test_a_cache_hit_gives_its_deployments_reservation_back(server, mock):
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", rpm=5, api_key=KEYS["a"])
+    put_module(server, "cache", {})
+    assert chat(server, "chat")[0] == 200
+    # The answer is stored after the client has it: ask again until the cache answers.
+    wait_for(lambda: chat(server, "chat")[1]["x-stockyard-cache"] == "hit", timeout=5, what="a cache hit")
+    calls = len(mock.requests)
+    # Given back when the request ends, which may be just after the client has its answer.
+    wait_for(lambda: health(server, "chat")["a"]["rpm_used"] == calls, timeout=2, what="the reservations given back")
