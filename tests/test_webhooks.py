@@ -169,12 +169,12 @@ def test_breaker_opening_and_closing(server, receiver, hook, mock, auth):
         assert chat(server, headers=auth)[0] == 200  # openai fails, groq answers: openai's breaker opens
         (headers, raw, opened), *_ = receiver.wait("breaker.opened")
         assert_signed(hook, headers, raw)
-        assert opened["data"] == {"provider": "openai"}
+        assert opened["data"] == {"provider": "openai", "model": "gpt-4o-mini"}  # breakers are per provider/model
         # After the cooldown the next request probes openai, which answers: the breaker closes.
         wait_for(
             lambda: chat(server, headers=auth)[0] == 200 and receiver.events("breaker.closed"), what="breaker.closed"
         )
-        assert receiver.events("breaker.closed")[0][2]["data"] == {"provider": "openai"}
+        assert receiver.events("breaker.closed")[0][2]["data"] == {"provider": "openai", "model": "gpt-4o-mini"}
     finally:
         disable_all(server)
 

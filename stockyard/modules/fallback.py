@@ -108,15 +108,19 @@ class Breaker:
             }
 
 
-def _tell(app, provider: str, opened: bool) -> None:
-    """A breaker changed state: the webhooks hear of it (``breaker.opened`` / ``breaker.closed``)."""
+def _tell(app, target: str, opened: bool) -> None:
+    """A breaker changed state: the webhooks hear of it (``breaker.opened`` / ``breaker.closed``).
+
+    Breakers are per provider/model (a provider name has no ``/``), named apart in the payload.
+    """
+    provider, _, model = target.partition("/")
     kind = "breaker.opened" if opened else "breaker.closed"
     summary = (
-        f"provider {provider!r} is failing: its breaker opened, requests skip it"
+        f"{target!r} is failing: its breaker opened, requests skip it"
         if opened
-        else f"provider {provider!r} answers again: its breaker closed"
+        else f"{target!r} answers again: its breaker closed"
     )
-    app.notify(kind, {"provider": provider}, summary)
+    app.notify(kind, {"provider": provider, "model": model or None}, summary)
 
 
 @dataclass(frozen=True)
