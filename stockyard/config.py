@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .dburl import PostgresURL, is_url, parse_postgres
-from .hosts import is_loopback, parse_public_hosts
+from .hosts import Network, is_loopback, parse_public_hosts, parse_trusted_proxies
 from .otel import parse_headers as parse_otlp_headers
 
 DEFAULT_HOST = "127.0.0.1"
@@ -57,6 +57,7 @@ class Settings:
     bodies_max_bytes: int | None = None  # delete the oldest bodies beyond this total
     models_refresh_s: float = 300.0  # /v1/models: provider lists older than this are refreshed
     public_hosts: tuple[str, ...] = ()  # Host names served beyond loopback ("*": any)
+    trusted_proxies: tuple[Network, ...] = ()  # load balancers whose X-Forwarded-For is believed
     max_connections: int | None = None  # concurrent client connections; None: sized to the machine
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
@@ -225,6 +226,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         bodies_max_bytes=_env_megabytes(env, "STOCKYARD_BODIES_MAX_MB"),
         models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
         public_hosts=parse_public_hosts(env.get("STOCKYARD_PUBLIC_HOSTS")),
+        trusted_proxies=parse_trusted_proxies(env.get("STOCKYARD_TRUSTED_PROXIES")),
         max_connections=_positive_int(env.get("STOCKYARD_MAX_CONNECTIONS"), "STOCKYARD_MAX_CONNECTIONS", 0) or None,
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),

@@ -137,3 +137,56 @@ def origin_allowed(origin: str | None, authority: str | None, cors_origin: str |
     if parts.scheme not in ("http", "https") or parts.path or parts.query or parts.fragment:
         return False
     return parts.netloc == authority.strip().lower()
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_trusted_proxies(value: str | None) -> tuple[Network, ...]:
+    """``STOCKYARD_TRUSTED_PROXIES``: comma-separated addresses or networks (``10.0.0.0/8``) of the
+    load balancers whose ``X-Forwarded-For`` is believed."""
+    nets = []
+    for entry in (value or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(
+                "STOCKYARD_TRUSTED_PROXIES must be comma-separated addresses or networks like "
+                f"10.0.0.0/8, got {entry!r}"
+            ) from None
+    return tuple(nets)
+
+
+def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in trusted)
+
+
+def client_address(peer: str, forwarded_for: list[str] | None, trusted: tuple[Network, ...]) -> str:
+    """The address a request came from: the peer's own, unless the peer is a trusted proxy.
+
+    Then it is the nearest address in ``X-Forwarded-For`` (read right to left, every header line
+    in order) that is not itself a trusted proxy: a client can put anything at the left of the
+    header, but only the proxies append on the right. A malformed hop ends the walk at the last
+    address known good, so a forged value never becomes the client's address.
+    """
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for line in (forwarded_for or []) for hop in line.split(",")]
+    found = peer
+    for hop in reversed(hops):
+        try:
+            found = str(ipaddress.ip_address(hop))
+        except ValueError:
+            return found
+        if not _trusted(found, trusted):
+            return found
+    return found

@@ -29,7 +29,7 @@ from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
-from .hosts import host_allowed, origin_allowed
+from .hosts import client_address, host_allowed, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
@@ -667,6 +667,13 @@ class Handler(BaseHTTPRequestHandler):
                 server.active -= 1
                 server.active_cv.notify_all()
 
+    def _client_ip(self) -> str:
+        """The client's address: the peer's, or the one a trusted proxy names (STOCKYARD_TRUSTED_PROXIES)."""
+        trusted = self.server.app.settings.trusted_proxies
+        if not trusted:
+            return self.client_address[0]
+        return client_address(self.client_address[0], self.headers.get_all("X-Forwarded-For"), trusted)
+
     def _headers_dict(self) -> dict[str, str]:
         return {k.lower(): v for k, v in self.headers.items()}
 
@@ -681,7 +688,7 @@ class Handler(BaseHTTPRequestHandler):
             if method != "POST":
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            self._proxy(RequestContext(endpoint, dialect, self.client_address[0], self._headers_dict()))
+            self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict()))
             return
         query = urlsplit(self.path).query
         native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
@@ -689,7 +696,7 @@ class Handler(BaseHTTPRequestHandler):
             if method != "POST":
                 self._refuse_method(["POST"])
             headers = gemini_api.key_headers(self._headers_dict(), query)
-            ctx = RequestContext(native.endpoint, GEMINI, self.client_address[0], headers, native=native.call)
+            ctx = RequestContext(native.endpoint, GEMINI, self._client_ip(), headers, native=native.call)
             ctx.model, ctx.stream = native.model, native.call.action == "streamGenerateContent"
             self._proxy(ctx)
             return
@@ -697,9 +704,7 @@ class Handler(BaseHTTPRequestHandler):
             self._gemini_models(method, path, query)
             return
         if files_api.route_of(path) is not None:  # /v1/files…, /v1/batches…
-            ctx = RequestContext(
-                files_api.endpoint_name(method, path), OPENAI, self.client_address[0], self._headers_dict()
-            )
+            ctx = RequestContext(files_api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())
             if self._key_accepted(ctx):  # before the body, like the proxy routes
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
                 app.files.handle(self, ctx, req)
@@ -707,7 +712,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
-            req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0], self.upload)
+            req = Request(method, self.path, self._headers_dict(), self._body, self._client_ip(), self.upload)
             self._respond(app.conversations.answer(req, key.id if key else None))
             return
         fixed = FIXED_ROUTES.get(path)
@@ -716,13 +721,13 @@ class Handler(BaseHTTPRequestHandler):
             if method not in methods:
                 self._refuse_method(methods)
             body = self._body()
-            self._respond(fn(app, Request(method, self.path, self._headers_dict(), body, self.client_address[0])))
+            self._respond(fn(app, Request(method, self.path, self._headers_dict(), body, self._client_ip())))
             return
         for prefix, fn in self.server.prefix_routes:
             if path.startswith(prefix):
                 if not self._body_pending():
                     self.server.reaper.disarm(self.connection)  # nothing more to arrive
-                req = Request(method, self.path, self._headers_dict(), self._body, self.client_address[0], self.upload)
+                req = Request(method, self.path, self._headers_dict(), self._body, self._client_ip(), self.upload)
                 self._respond(fn(app, req))
                 return
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
