@@ -411,11 +411,21 @@ class BudgetRecords:
 
 
 def _budget_data(budget: Budget, period_key: str, spent: int) -> dict:
-    """What a webhook is told about a budget: whose it is, its period and the money, in µ¢ and USD."""
+    """What a webhook is told about a budget: whose it is, its period and the money, in µ¢ and USD.
+
+    An end user's budget names the user and where it counts (``within``: '*' for every key,
+    or the key's id or the project it is set for), so a receiver can tell the user apart."""
     kind, _, name = budget.scope.partition(":")
+    whose: dict[str, str] = {"key_id" if kind == "key" else kind: name}
+    if kind == "user":
+        within, _, user = name.partition("|")  # user_budget: key ids and projects hold no '|'
+        whose = {"user": user, "within": within}
+        within_kind, _, within_name = within.partition(":")
+        if within_kind in ("key", "project"):
+            whose["key_id" if within_kind == "key" else "project"] = within_name
     return {
         "scope": budget.scope,
-        "key_id" if kind == "key" else kind: name,
+        **whose,
         "label": budget.label,
         "period": budget.period,
         "period_start": period_key,

@@ -300,6 +300,71 @@ def test_trace_search_finds_a_prompt_by_a_word(console, server):
     console.shot("trace-search")
 
 
+def attributed(server: ServerProcess, user: str, tags: str) -> str:
+    status, headers, _ = server.request(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": HELLO},
+        headers={"x-stockyard-user": user, "x-stockyard-tags": tags},
+    )
+    assert status == 200
+    return headers["x-stockyard-trace-id"]
+
+
+def test_traces_show_and_filter_by_user_and_tag(console, server):
+    page = console.page
+    ana = attributed(server, "ana-browser", "team=search,feature=summaries")
+    ben = attributed(server, "ben-browser", "team=ads")
+    server.trace(ana)
+    server.trace(ben)
+    console.go(f"traces/{ana}")
+    page.wait_for_selector("#trace-id")
+    text = page.inner_text("main")
+    assert "ana-browser" in text and "feature=summaries, team=search" in text
+    console.go("traces")
+    row = page.locator("main tr", has=page.locator(f'a[href="#/traces/{ana}"]'))
+    row.wait_for()
+    assert "ana-browser" in row.inner_text() and "feature=summaries, team=search" in row.inner_text()
+    page.fill("main form input[name=tag]", "team:ads")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_selector(f'main a[href="#/traces/{ana}"]', state="detached")
+    assert page.locator(f'main a[href="#/traces/{ben}"]').count() == 1
+    page.fill("main form input[name=tag]", "")
+    page.fill("main form input[name=user]", "ana-browser")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_selector(f'main a[href="#/traces/{ben}"]', state="detached")
+    assert page.locator(f'main a[href="#/traces/{ana}"]').count() == 1
+    console.shot("traces-by-user")
+
+
+def test_costs_group_by_user_and_by_tag(console, server):
+    ids = [attributed(server, "cara-browser", "team=costs"), attributed(server, "dan-browser", "team=costs")]
+    server.trace(ids[-1])
+    by_user = admin(server, "GET", "/api/costs?by=user")
+    cara = next(r for r in by_user["rows"] if r["user"] == "cara-browser")
+    page = console.page
+    console.go("costs")
+    page.locator("main tr.total").wait_for()
+    page.select_option("main form select >> nth=0", "user")
+    row = page.locator("main tr", has_text="cara-browser")
+    row.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[1] == str(cara["requests"]) and cells[-1] == usd(cara["cost_uc"], 2)
+    assert page.locator("main th").first.inner_text() == "USER"
+    page.select_option("main form select >> nth=0", "tag")
+    page.fill("main form input[name=tag]", "team")
+    page.get_by_role("button", name="Show").click()
+    by_tag = admin(server, "GET", "/api/costs?by=tag:team")
+    costs_row = next(r for r in by_tag["rows"] if r["tag:team"] == "costs")
+    row = page.locator("main tr", has=page.locator("td", has_text=re.compile("^costs$")))
+    row.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[1] == str(costs_row["requests"]) == "2" and cells[-1] == usd(costs_row["cost_uc"], 2)
+    total = page.locator("main tr.total td").all_inner_texts()
+    assert total[-1] == usd(by_tag["total"]["cost_uc"], 2)
+    console.shot("costs-by-tag")
+
+
 def test_webhooks_page_adds_tests_and_shows_deliveries(console):
     receiver = Receiver()
     try:

@@ -110,3 +110,38 @@ def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, 
     assert sorted(found) == sorted([new.id, *(r.id for r in old)]), "each once"
     assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'search_backfill_%'").fetchone()[0] == 0
     assert trace_store.backfill_search(conn) is False
+
+
+def test_search_and_tag_filters_answer_alike_on_each_store(database):
+    """The same rows, the same answers from SQLite (FTS5, json_each) and PostgreSQL (tsvector, jsonb)."""
+    conn = database.connect()
+    db.migrate(conn)
+    now = int(time.time() * 1000)
+    specs = [
+        (b'{"content": "The Quarterly okapi report"}', "ana", {"team": "search", "feature": "summaries"}),
+        (b'{"content": "an okapi, alone"}', "ben", {"team": "ads"}),
+        (b'{"content": "zebra crossing"}', None, None),
+    ]
+    rows = [
+        sample_trace(now + i, body=body, end_user=user, tags=json.dumps(tags) if tags else None)
+        for i, (body, user, tags) in enumerate(specs)
+    ]
+    conn.execute("BEGIN IMMEDIATE")
+    for row in rows:
+        row.write(conn)
+    conn.execute("COMMIT")
+
+    def ids(**filters) -> list[str]:
+        return [t["id"] for t in trace_store.list_traces(conn, **filters)]
+
+    ana, ben, other = (r.id for r in rows)
+    assert ids(search="okapi") == [ben, ana]
+    assert ids(search="OKAPI quarterly") == [ana], "every word, any case"
+    assert ids(search="okapi zebra") == []
+    assert ids(search='okapi" OR *') == [], "operators in user text are plain words"
+    assert ids(search="   ") == [ana, ben, other][::-1]
+    assert ids(tag=("team", "ads")) == [ben]
+    assert ids(tag=("feature", "summaries"), search="okapi") == [ana]
+    assert ids(tag=("team", "nobody")) == []
+    assert ids(user="ana", search="report") == [ana]
+    conn.close()

@@ -140,6 +140,34 @@ def test_budget_warning_and_exhausted(server, receiver, hook):
     assert not more, "once per period, however many requests are refused"
 
 
+def test_an_end_users_budget_warns_and_is_exhausted_naming_the_user(server, receiver, hook):
+    status, key = api(server, "POST", "/api/keys", {"name": "reseller"})
+    assert status == 201
+    limits = {"budget_usd": "0.00001", "budget_period": "day"}
+    put_module(server, "userlimits", {"overrides": {f"key:{key['id']}": limits}})
+    try:
+        body = {"model": "openai/mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        headers = {"Authorization": f"Bearer {key['key']}", "x-stockyard-user": "carol"}
+        statuses = [server.request("POST", "/v1/chat/completions", body, headers=headers)[0] for _ in range(4)]
+        assert statuses == [200, 200, 429, 429]  # 500 µ¢ each against 1000
+    finally:
+        put_module(server, "userlimits", {}, enabled=False)
+
+    def carols(kind: str) -> list:
+        receiver.wait(kind, 2)  # the key budget's event (the test before) and carol's
+        return [e for e in receiver.events(kind) if e[2]["data"].get("user") == "carol"]
+
+    [(headers, raw, warning)] = carols("budget.warning")
+    assert_signed(hook, headers, raw)
+    assert warning["data"]["key_id"] == key["id"] and warning["data"]["within"] == f"key:{key['id']}"
+    assert warning["data"]["threshold_percent"] == 50 and warning["data"]["spent_uc"] == 500
+    assert "carol" in warning["summary"]
+    [(headers, raw, exhausted)] = carols("budget.exhausted")
+    assert_signed(hook, headers, raw)
+    assert exhausted["data"]["user"] == "carol" and exhausted["data"]["spent_uc"] == 1000
+    assert exhausted["data"]["budget_uc"] == 1000 and exhausted["data"]["scope"].endswith("|carol")
+
+
 def test_key_expiring_within_the_days(server, receiver, hook):
     import datetime
 

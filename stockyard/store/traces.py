@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import Attempt, RequestContext
+from .db import dialect_of
 
 _COLUMNS = (
     "id",
@@ -364,6 +365,27 @@ def trace_row_from(
 
 # -- reading ----------------------------------------------------------------------------------
 
+# The filters each database spells its own way (keyed by store.db.dialect_of). Tag: the trace's
+# JSON object has that name with that value. Search: every word of the text is in the stored
+# bodies — SQLite's FTS5 (unicode61 words, case-folded) and PostgreSQL's 'simple' text search
+# (lower-cased words, no stemming) over the same trace_search rows, through its GIN index.
+_TAG_FILTER = {
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(t.tags) AS j WHERE j.key = ? AND j.value = ?)",
+    "postgresql": "((t.tags::jsonb) ->> ?) = ?",
+}
+_SEARCH_FILTER = {
+    "sqlite": "t.id IN (SELECT trace_id FROM trace_search WHERE trace_search MATCH ?)",
+    "postgresql": "t.id IN (SELECT trace_id FROM trace_search"
+    " WHERE to_tsvector('simple', coalesce(body, '')) @@ plainto_tsquery('simple', ?))",
+}
+
+
+def _search_arg(dialect: str, text: str) -> str | None:
+    """The search text as the dialect's query argument (None: no search)."""
+    if dialect == "sqlite":
+        return search_query(text) or None
+    return " ".join(text.split()) or None  # plainto_tsquery ANDs the words itself
+
 
 def list_traces(
     conn: sqlite3.Connection,
@@ -385,10 +407,11 @@ def list_traces(
 
     ``search`` keeps traces whose stored request or response body has every word of it.
     """
+    dialect = dialect_of(conn)
     where: list[str] = []
     args: list[Any] = []
     if tag is not None:
-        where.append("EXISTS (SELECT 1 FROM json_each(t.tags) AS j WHERE j.key = ? AND j.value = ?)")
+        where.append(_TAG_FILTER[dialect])
         args.extend(tag)
     for clause, value in (
         ("t.id < ?", cursor),
@@ -400,7 +423,7 @@ def list_traces(
         ("t.key_id = ?", key),
         ("t.outcome = ?", outcome),
         ("t.end_user = ?", user),
-        ("t.id IN (SELECT trace_id FROM trace_search WHERE trace_search MATCH ?)", search_query(search or "") or None),
+        (_SEARCH_FILTER[dialect], _search_arg(dialect, search or "")),
     ):
         if value is not None:
             where.append(clause)

@@ -1,11 +1,12 @@
-// Costs: spend over time stacked by model/provider/key/project, the `stockyard costs` table, CSV download.
+// Costs: spend over time stacked by model/provider/key/project/end user/a tag's values, the
+// `stockyard costs` table, CSV download.
 
 import { get } from "./api.js";
 import { barChart } from "./charts.js";
 import { field, h, mount, table } from "./dom.js";
 import { costsCsv, dayRange, formatInt, formatUsd, utcDay } from "./format.js";
 
-const GROUPS = ["model", "provider", "key", "project"];
+const GROUPS = ["model", "provider", "key", "project", "user", "tag"];
 
 /** Time buckets [{label, since, until}] for a range: days up to a month, then weeks, then months. */
 export function buckets(first, last) {
@@ -43,9 +44,18 @@ export function bucketSeries(names, spans, dailyRows, group) {
 export async function costs(view) {
   const by = h("select", {}, GROUPS.map((g) => h("option", { value: g }, g)));
   const range = h("select", {}, [7, 30, 90, 365].map((d) => h("option", { value: d, selected: d === 30 }, `last ${d} days`)));
+  const tagName = h("input", { name: "tag", size: 12, placeholder: "e.g. team" });
+  const tagField = field("tag name", tagName);
   const out = h("div", {});
   const render = async () => {
-    const group = by.value, first = utcDay(Number(range.value) - 1), last = utcDay(0);
+    tagField.hidden = by.value !== "tag";
+    if (by.value === "tag" && !tagName.value.trim()) {
+      mount(out, h("p", { class: "muted" }, "Name the tag to group by (from x-stockyard-tags: team=search → team)."));
+      return;
+    }
+    // A tag report groups by the values of one tag: by=tag:NAME, each row keyed "tag:NAME".
+    const group = by.value === "tag" ? `tag:${tagName.value.trim()}` : by.value;
+    const first = utcDay(Number(range.value) - 1), last = utcDay(0);
     mount(out, h("p", { class: "muted" }, "loading…"));
     const spans = buckets(first, last);
     // Two requests whatever the range: the totals, and every (day, group) for the chart.
@@ -62,7 +72,7 @@ export async function costs(view) {
       h("h2", {}, `Spend per ${spans.length === dayRange(first, last).length ? "day" : spans[0].label.length === 7 ? "month" : "week"} by ${group}`),
       report.total.requests ? barChart({ labels: spans.map((b) => b.label), series, format: (v) => formatUsd(v) })
         : h("p", { class: "empty" }, "No requests in this range."),
-      h("h2", {}, `Totals ${first} to ${last} (UTC)`),
+      h("h2", {}, `Totals ${first} to ${last} (UTC)`, group.startsWith("tag:") ? " of the requests carrying the tag" : ""),
       table([
         { label: group.toUpperCase(), value: (r) => r.name },
         { label: "REQUESTS", value: (r) => formatInt(r.requests), class: "num" },
@@ -76,7 +86,7 @@ export async function costs(view) {
       h("p", {}, download));
   };
   const form = h("form", { class: "inline", onsubmit: (e) => { e.preventDefault(); render(); } },
-    field("group by", by), field("range", range), h("button", { type: "submit" }, "Show"));
+    field("group by", by), tagField, field("range", range), h("button", { type: "submit" }, "Show"));
   by.addEventListener("change", render);
   range.addEventListener("change", render);
   mount(view, h("h1", {}, "Costs"), form, out);

@@ -5,7 +5,8 @@ import { copyButton, field, h, mount, table } from "./dom.js";
 import { formatInt, formatLatency, formatTime, formatUsd, isSse, prettyBody, reassembleSse, responsesText } from "./format.js";
 import { emptyState } from "./overview.js";
 
-const FILTERS = ["q", "since", "until", "model", "provider", "status", "key", "outcome"];
+const FILTERS = ["q", "since", "until", "model", "provider", "status", "key", "user", "tag", "outcome"];
+const PLACEHOLDERS = { since: "2024-05-01", until: "2024-05-01", q: "words in prompt or answer", tag: "team:search" };
 const OUTCOMES = ["", "ok", "upstream_error", "error", "rejected", "client_disconnected", "stream_broken"];
 const TAIL_MS = 2000;
 
@@ -14,9 +15,21 @@ function cost(t) {
   return formatUsd(t.cost_uc) + (t.usage_estimated ? " (est.)" : "");
 }
 
+/** A trace's tags (stored as a JSON object) as "team=search, feature=summaries". */
+export function tagText(tags) {
+  if (!tags) return "";
+  try {
+    return Object.entries(typeof tags === "string" ? JSON.parse(tags) : tags).map(([k, v]) => `${k}=${v}`).join(", ");
+  } catch {
+    return String(tags);
+  }
+}
+
 const COLUMNS = [
   { label: "time (UTC)", value: (t) => h("a", { href: `#/traces/${t.id}` }, formatTime(t.ts)) },
   { label: "key", value: (t) => t.key_name || t.key_id || "—" },
+  { label: "user", value: (t) => t.end_user || "—" },
+  { label: "tags", value: (t) => tagText(t.tags) || "—", class: "wrap" },
   { label: "provider", value: (t) => t.provider || "—" },
   { label: "model", value: (t) => t.served_model && t.served_model !== t.model ? `${t.model} → ${t.served_model}` : (t.model || "—") },
   { label: "status", value: (t) => h("span", { class: t.status >= 400 ? "badge bad" : "badge" }, String(t.status), t.outcome !== "ok" ? ` ${t.outcome}` : "") },
@@ -31,7 +44,7 @@ export async function traces(view) {
     inputs[name] = name === "outcome"
       ? h("select", { name }, OUTCOMES.map((o) => h("option", { value: o }, o || "any")))
       : h("input", { name, size: name === "status" ? 4 : name === "q" ? 24 : 14, type: name === "q" ? "search" : "text",
-        placeholder: name === "since" || name === "until" ? "2024-05-01" : name === "q" ? "words in prompt or answer" : "" });
+        placeholder: PLACEHOLDERS[name] || "" });
   }
   const tail = h("input", { type: "checkbox" });
   const results = h("div", {});
@@ -113,6 +126,7 @@ export async function traceDetail(view, id) {
     h("div", { class: "grid" },
       h("div", { class: "card" }, kv([
         ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_name ? `${t.key_name} (${t.key_id})` : t.key_id], ["project", t.project],
+        ["user", t.end_user], ["tags", tagText(t.tags) || null],
         ["provider", t.provider], ["model", t.model], ["served model", t.served_model], ["stream", t.stream ? "yes" : "no"],
         ["status", `${t.status} ${t.outcome}`], ["error", t.error_message ? `${t.error_type}: ${t.error_message}` : null],
         ["upstream request id", t.upstream_request_id]])),

@@ -33,6 +33,7 @@ const { h, table } = await import("../../stockyard/ui/dom.js");
 const fmt = await import("../../stockyard/ui/format.js");
 const charts = await import("../../stockyard/ui/charts.js");
 const { buckets, bucketSeries } = await import("../../stockyard/ui/costs.js");
+const { tagText } = await import("../../stockyard/ui/traces.js");
 
 test("money: integer micro-cents to dollars, exact at any size", () => {
   assert.equal(fmt.formatUsd(0), "$0.00");
@@ -138,4 +139,13 @@ test("CSV has the columns and TOTAL row of `stockyard costs --csv`", () => {
   assert.equal(fmt.costsCsv(report),
     "model,requests,errors,prompt_tokens,completion_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,unknown_cost,cost_uc,cost_usd\r\n"
     + '"a,""b""",1,0,2,3,0,0,0,0,480,$0.0000048\r\nTOTAL,1,0,2,3,0,0,0,0,480,$0.0000048\r\n');
+});
+
+test("a trace's tags read as name=value pairs; a tag report's rows are named by their value", () => {
+  assert.equal(tagText('{"feature": "summaries", "team": "search"}'), "feature=summaries, team=search");
+  assert.equal(tagText(null), "");
+  assert.equal(tagText("not json"), "not json");
+  const series = bucketSeries(["search", "(none)"], [{ label: "d", since: "2026-01-01", until: "2026-01-01" }],
+    [{ day: "2026-01-01", "tag:team": "search", cost_uc: 7 }, { day: "2026-01-01", "tag:team": null, cost_uc: 2 }], "tag:team");
+  assert.deepEqual(series, [{ name: "search", values: [7] }, { name: "(none)", values: [2] }]);
 });
