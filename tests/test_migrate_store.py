@@ -146,3 +146,18 @@ def test_a_non_empty_target_and_a_running_source_are_refused(source, pyz_path, e
     exists = tmp_path / "exists.db"
     exists.write_bytes(b"")
     assert run(pyz_path, "migrate-store", "--db", pg_url, "--to", f"sqlite:{exists}", env=env).returncode == 1
+
+
+def test_backup_on_postgresql_writes_a_checked_sqlite_file(source, pyz_path, env, pg_cluster, pg_url, tmp_path):
+    assert run(pyz_path, "migrate-store", "--db", source.db, "--to", pg_url, env=env).returncode == 0
+    dest = tmp_path / "pg-backup.db"
+    done = run(pyz_path, "backup", dest, "--db", pg_url, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "integrity ok" in done.stdout and pg_cluster.password not in done.stdout + done.stderr
+    assert integrity(dest) == "ok"
+    assert report(pyz_path, dest, env) == report(pyz_path, pg_url, env)
+    verified = run(pyz_path, "audit", "verify", "--db", dest, env=env)
+    assert verified.returncode == 0, verified.stdout
+    # the backup itself is audited in the PostgreSQL database, after the copy's head
+    listed = run(pyz_path, "audit", "list", "--action", "backup.create", "--json", "--db", pg_url, env=env)
+    assert json.loads(listed.stdout.splitlines()[-1])["target"] == str(dest)
