@@ -161,3 +161,32 @@ def test_backup_on_postgresql_writes_a_checked_sqlite_file(source, pyz_path, env
     # the backup itself is audited in the PostgreSQL database, after the copy's head
     listed = run(pyz_path, "audit", "list", "--action", "backup.create", "--json", "--db", pg_url, env=env)
     assert json.loads(listed.stdout.splitlines()[-1])["target"] == str(dest)
+
+
+def test_a_failed_copy_leaves_the_target_empty_or_absent(source, pyz_path, env, pg_cluster, pg_url, tmp_path):
+    """A row PostgreSQL refuses (text in an integer column, which SQLite keeps) fails the copy
+    half-way: the one transaction leaves the PostgreSQL database without a table; a copy back
+    that fails leaves no file behind."""
+    with sqlite3.connect(source.db) as conn:
+        conn.execute("INSERT INTO latency_minutes (minute, bucket, count) VALUES (1, 1, 'many')")
+    failed = run(pyz_path, "migrate-store", "--db", source.db, "--to", pg_url, env=env)
+    assert (
+        failed.returncode == 1
+        and "table latency_minutes could not be copied" in failed.stderr
+        and "Traceback" not in failed.stderr
+    )
+    assert pg_cluster.password not in failed.stdout + failed.stderr
+    admin = pg_cluster.admin(pg_url.rsplit("/", 1)[1].split("?")[0])
+    try:
+        assert admin.run("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == [[0]]
+        with sqlite3.connect(source.db) as conn:
+            conn.execute("DELETE FROM latency_minutes WHERE count = 'many'")
+        assert run(pyz_path, "migrate-store", "--db", source.db, "--to", pg_url, env=env).returncode == 0
+        admin.run("CREATE TABLE somebody_elses (x int)")  # the schemas no longer match: refused
+    finally:
+        admin.close()
+    back = tmp_path / "back"
+    back.mkdir()
+    refused = run(pyz_path, "migrate-store", "--db", pg_url, "--to", f"sqlite:{back / 'stockyard.db'}", env=env)
+    assert refused.returncode == 1 and "somebody_elses" in refused.stderr, refused.stderr
+    assert list(back.iterdir()) == []

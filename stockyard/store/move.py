@@ -156,7 +156,10 @@ def _copy(
     for table in order:
         n = 0
         for batch in read(source, table):
-            write(target, table, batch)
+            try:
+                write(target, table, batch)
+            except sqlite3.Error as exc:
+                raise MoveError(f"table {table.name} could not be copied ({exc}); nothing was kept") from None
             n += len(batch)
             if n % PROGRESS_EVERY < len(batch):
                 progress(f"  {table.name}: {n} rows so far")
