@@ -8,9 +8,11 @@ encrypted keys. The PostgreSQL password shows up in no output.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
@@ -190,3 +192,40 @@ def test_a_failed_copy_leaves_the_target_empty_or_absent(source, pyz_path, env, 
     refused = run(pyz_path, "migrate-store", "--db", pg_url, "--to", f"sqlite:{back / 'stockyard.db'}", env=env)
     assert refused.returncode == 1 and "somebody_elses" in refused.stderr, refused.stderr
     assert list(back.iterdir()) == []
+
+
+def test_memory_stays_flat_whatever_the_size_of_the_tables(pg_url, tmp_path):
+    """60 MB of bodies each way with a peak of a few batches: rows are read and written in batches
+    (a server-side cursor on PostgreSQL), never a whole table at once."""
+    from stockyard.dburl import parse_postgres
+    from stockyard.store import db, move
+    from stockyard.store.backends import PostgresBackend
+
+    path = tmp_path / "big.db"
+    conn, _ = db.open_and_migrate(path)
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(600):
+        conn.execute(
+            "INSERT INTO traces (id, ts, ts_ms, endpoint, dialect, status, outcome, latency_us) "
+            "VALUES (?, '2026-01-01T00:00:00.000Z', ?, 'chat', 'openai', 200, 'ok', 1)",
+            (f"tr_{i:06d}", i),
+        )
+        conn.execute("INSERT INTO trace_bodies (trace_id, request) VALUES (?, ?)", (f"tr_{i:06d}", os.urandom(100_000)))
+    conn.execute("COMMIT")
+    conn.close()
+    target = PostgresBackend(parse_postgres(pg_url, {}))
+    lines: list[str] = []
+    tracemalloc.start()
+    try:
+        counts = move.sqlite_to_postgres(path, target, secret=None, progress=lines.append)
+        _, peak_in = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        move.postgres_to_sqlite(target, tmp_path / "back.db", secret=None, progress=lines.append)
+        _, peak_out = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert counts["trace_bodies"] == 600 and "  trace_bodies: 600 rows" in lines
+    assert peak_in < 30_000_000 and peak_out < 30_000_000, (peak_in, peak_out)
+    with sqlite3.connect(tmp_path / "back.db") as copy, sqlite3.connect(path) as original:
+        digest = "SELECT count(*), sum(length(request)), max(request) FROM trace_bodies"
+        assert copy.execute(digest).fetchone() == original.execute(digest).fetchone()

@@ -29,6 +29,7 @@ from .pg import MIGRATE_LOCK_KEY
 
 Progress = Callable[[str], None]
 BATCH_ROWS = 500
+WIDE_BATCH_ROWS = 20  # tables with bodies (up to 2 × 256 kB a row; pg8000 holds ~9 copies of a batch)
 PARAMS_MAX = 30_000  # bind parameters in one multi-row INSERT (PostgreSQL allows 65,535)
 PROGRESS_EVERY = 50_000
 SKIP = ("schema_migrations",)  # each store records its own migrations: their SQL differs
@@ -44,6 +45,11 @@ class Table:
     name: str
     columns: tuple[str, ...]
     identity: tuple[str, ...]  # PostgreSQL identity columns (their sequences follow the copied ids)
+    wide: bool = False  # has bytea columns (bodies, cached answers): read in smaller batches
+
+    @property
+    def batch(self) -> int:
+        return WIDE_BATCH_ROWS if self.wide else BATCH_ROWS
 
 
 def _quote(name: str) -> str:
@@ -67,12 +73,12 @@ def tables(pg: Any, lite: sqlite3.Connection) -> list[Table]:
     found = []
     for name in names:
         cols = pg.execute(
-            "SELECT column_name, is_identity FROM information_schema.columns "
+            "SELECT column_name, is_identity, data_type FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
             (name,),
         ).fetchall()
         identity = tuple(r[0] for r in cols if r[1] == "YES")
-        found.append(Table(name, tuple(r[0] for r in cols), identity))
+        found.append(Table(name, tuple(r[0] for r in cols), identity, any(r[2] == "bytea" for r in cols)))
     master = lite.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
     virtual = [r[0] for r in master if (r[1] or "").upper().startswith("CREATE VIRTUAL")]
     lite_names = {
@@ -108,7 +114,7 @@ def _ordered(found: list[Table], lite: sqlite3.Connection) -> list[Table]:
 
 def _read_sqlite(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]]:
     cursor = conn.execute(_select(table))
-    while batch := cursor.fetchmany(BATCH_ROWS):
+    while batch := cursor.fetchmany(table.batch):
         yield [tuple(r) for r in batch]
 
 
@@ -118,7 +124,7 @@ def _read_postgres(conn: Any, table: Table) -> Iterator[list[tuple]]:
     cursor = _quote(f"move_{table.name}")
     conn.execute(f"DECLARE {cursor} NO SCROLL CURSOR FOR {_select(table)}")
     try:
-        while batch := conn.execute(f"FETCH {BATCH_ROWS} FROM {cursor}").fetchall():
+        while batch := conn.execute(f"FETCH {table.batch} FROM {cursor}").fetchall():
             yield [tuple(r) for r in batch]
     finally:
         conn.execute(f"CLOSE {cursor}")
