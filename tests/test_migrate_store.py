@@ -16,7 +16,7 @@ import tracemalloc
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
-from ops_helpers import integrity, table_rows
+from ops_helpers import Load, integrity, table_rows
 
 SECRET = "migrate-store-test-secret-0123456789"
 PROVIDER_KEY = "sk-moved-provider-key-0123456789"
@@ -163,6 +163,27 @@ def test_backup_on_postgresql_writes_a_checked_sqlite_file(source, pyz_path, env
     # the backup itself is audited in the PostgreSQL database, after the copy's head
     listed = run(pyz_path, "audit", "list", "--action", "backup.create", "--json", "--db", pg_url, env=env)
     assert json.loads(listed.stdout.splitlines()[-1])["target"] == str(dest)
+
+
+def test_backup_on_postgresql_under_load_is_one_consistent_read(pyz_path, env, pg_url, tmp_path):
+    """A server keeps writing traces (and their rollups, in the same transactions) while the backup
+    reads: the copy is one snapshot, so its rollups add up to exactly its traces."""
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    try:
+        with Load(server.port, threads=4) as load:
+            wait_for(lambda: len(load.answered) >= 20, 20, "load")
+            done = run(pyz_path, "backup", tmp_path / "busy.db", "--db", pg_url, env=env)
+            wait_for(lambda: len(load.answered) >= 40, 20, "more load after the backup")
+        assert not load.failures
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "busy.db") as copy:
+        traces = copy.execute("SELECT count(*) FROM traces").fetchone()[0]
+        rolled = copy.execute("SELECT sum(requests) FROM rollups_daily").fetchone()[0]
+    assert traces >= 20 and rolled == traces
+    assert integrity(tmp_path / "busy.db") == "ok"
+    assert run(pyz_path, "audit", "verify", "--db", tmp_path / "busy.db", env=env).returncode == 0
 
 
 def test_a_failed_copy_leaves_the_target_empty_or_absent(source, pyz_path, env, pg_cluster, pg_url, tmp_path):
