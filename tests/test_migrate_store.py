@@ -90,6 +90,7 @@ def test_round_trip_sqlite_postgresql_sqlite_keeps_costs_audit_and_keys(
     with sqlite3.connect(src) as conn:
         traces = conn.execute("SELECT count(*) FROM traces").fetchone()[0]
     assert f"  traces: {traces} rows" in moved.stderr and "  audit_log: " in moved.stderr
+    assert "audit chain of the copy: ok, " in moved.stderr
     before = report(pyz_path, src, env)
     assert before["total"]["cost_uc"] > 0
     assert report(pyz_path, pg_url, env) == before

@@ -174,7 +174,7 @@ def _copy(
     return counts
 
 
-def _check(source: Any, target: Any, counts: dict[str, int], secret: str | None) -> None:
+def _check(source: Any, target: Any, counts: dict[str, int], secret: str | None, progress: Progress) -> None:
     """The copy holds what was read, and its audit chain is the source's (and verifies as it does)."""
     for name, n in counts.items():
         copied = target.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0]
@@ -186,6 +186,9 @@ def _check(source: Any, target: Any, counts: dict[str, int], secret: str | None)
         before, after = audit.verify_with_secret(source, secret), audit.verify_with_secret(target, secret)
         if after.ok != before.ok:
             raise MoveError(f"the audit chain of the copy does not verify as the source's: {after.reason}")
+        progress(
+            f"audit chain of the copy: {after.reason}" if after.ok else f"audit chain, as in the source: {after.reason}"
+        )
 
 
 def _ready_source(conn: Any, where: str, upgrade: str) -> None:
@@ -221,7 +224,7 @@ def sqlite_to_postgres(
             for table in order:
                 for column in table.identity:
                     _follow_ids(conn, table.name, column)
-            _check(source, conn, counts, secret)
+            _check(source, conn, counts, secret, progress)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -265,7 +268,7 @@ def postgres_to_sqlite(
         db.migrate(lite)
         lite.execute("BEGIN IMMEDIATE")
         counts = _copy(conn, lite, tables(conn, lite), _read_postgres, _write_sqlite, progress)
-        _check(conn, lite, counts, secret)
+        _check(conn, lite, counts, secret, progress)
         lite.execute("COMMIT")
         lite.execute("PRAGMA journal_mode=DELETE")
         lite.close()
