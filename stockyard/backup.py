@@ -17,10 +17,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import audit
 from .operations import Operations
-from .store import Store, db, files
+from .store import Store, db, files, move
+from .store.backends import PostgresBackend
 from .store.lock import RESTORE, DatabaseLock
 
 log = logging.getLogger("stockyard.backup")
@@ -98,15 +100,16 @@ def check_restorable(path: Path | str) -> Inspection:
     return info
 
 
-def resolve_destination(dest: Path | str, live: Path | str) -> Path:
-    """A directory gets a time-stamped file name; the live database itself is refused."""
+def resolve_destination(dest: Path | str, live: Path | str | None) -> Path:
+    """A directory gets a time-stamped file name; the live database file itself is refused."""
     dest = Path(dest).expanduser()
     if dest.is_dir():
         dest = dest / f"stockyard-{utc_stamp()}.db"
-    live = Path(live)
-    for forbidden in (live, files.wal_path(live), live.with_name(live.name + "-shm")):
-        if dest.resolve() == forbidden.resolve():
-            raise BackupError(f"{dest} is the live database; choose another destination")
+    if live is not None:
+        live = Path(live)
+        for forbidden in (live, files.wal_path(live), live.with_name(live.name + "-shm")):
+            if dest.resolve() == forbidden.resolve():
+                raise BackupError(f"{dest} is the live database; choose another destination")
     if not dest.parent.is_dir():
         raise BackupError(f"folder {dest.parent} does not exist")
     return dest
@@ -121,6 +124,22 @@ def create_backup(conn: sqlite3.Connection, dest: Path) -> Inspection:
             f"the copy at {dest} failed its integrity check ({info.integrity}); "
             "the live database may be damaged: run `stockyard doctor`"
         )
+    return info
+
+
+def create_postgres_backup(
+    backend: PostgresBackend, dest: Path, *, secret: str | None, progress: Callable[[str], None]
+) -> Inspection:
+    """A PostgreSQL database as one self-contained SQLite file: migrate-store's copy (one
+    consistent read, the audit chain checked in it before it is renamed into place), then the
+    same checks as any backup."""
+    try:
+        move.postgres_to_sqlite(backend, dest, secret=secret, progress=progress, replace=True)
+    except move.MoveError as exc:
+        raise BackupError(str(exc)) from None
+    info = inspect(dest)
+    if not info.ok:
+        raise BackupError(f"the copy at {dest} failed its integrity check ({info.integrity})")
     return info
 
 

@@ -151,15 +151,21 @@ _NOW = {
 _BEGIN = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "BEGIN"}  # PostgreSQL: under the migration lock
 
 
-def apply_migration(conn: sqlite3.Connection, m: Migration) -> None:
-    """Apply one migration and its bookkeeping row in a single transaction."""
-    dialect = dialect_of(conn)
+def migration_script(dialect: str, m: Migration) -> str:
+    """One migration and its bookkeeping row, without BEGIN/COMMIT: for a caller that runs
+    several inside its own transaction (``migrate-store`` builds a whole schema in one)."""
     record = (
         "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES "
         f"({m.version}, '{m.name}', '{m.checksum}', {_NOW[dialect]});"
     )
+    return f"{_SCHEMA_TABLE};\n{m.sql}\n;{record}"
+
+
+def apply_migration(conn: sqlite3.Connection, m: Migration) -> None:
+    """Apply one migration and its bookkeeping row in a single transaction."""
+    dialect = dialect_of(conn)
     try:
-        conn.executescript(f"{_BEGIN[dialect]};\n{_SCHEMA_TABLE};\n{m.sql}\n;{record}\nCOMMIT;")
+        conn.executescript(f"{_BEGIN[dialect]};\n{migration_script(dialect, m)}\nCOMMIT;")
     except Exception:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
