@@ -33,7 +33,7 @@ HELLO = [{"role": "user", "content": "Say hello"}]
 
 @pytest.fixture(scope="module")
 def slow():
-    with MockUpstream(delay_ms=300) as upstream:
+    with MockUpstream(delay_ms=1000) as upstream:  # far above what the local mock takes, even under load
         yield upstream
 
 
@@ -130,7 +130,7 @@ def test_latency_prefers_the_lowest_time_to_first_byte(server, mock, slow):
     # Each one is measured once (the unmeasured first), then the fast one takes every request.
     assert len(slow.requests) == 1 and len(mock.requests) == 5
     seen = health(server, "chat")
-    assert seen["slow"]["ttfb_ms"] >= 300 > seen["fast"]["ttfb_ms"]
+    assert seen["slow"]["ttfb_ms"] >= 1000 > seen["fast"]["ttfb_ms"]
 
 
 def test_usage_picks_the_most_headroom(server, mock):
@@ -156,7 +156,8 @@ def test_a_429_with_retry_after_cools_only_that_deployment(server, mock):
     assert status == 200 and who(mock) == ["a", "b"], "the 429 spilled to the next deployment"
     assert headers["x-stockyard-deployment"] == "chat/b"
     seen = health(server, "chat")
-    assert 1.5 < seen["a"]["cooling_down_s"] <= 2 and seen["b"]["cooling_down_s"] == 0
+    # Retry-After's 2 s, not the 5 s default for a 429 (how much is left depends on the machine's load)
+    assert 0 < seen["a"]["cooling_down_s"] <= 2 and seen["b"]["cooling_down_s"] == 0
     mock.clear()
     for _ in range(3):
         assert chat(server, "chat")[0] == 200

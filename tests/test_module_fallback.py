@@ -194,7 +194,14 @@ def test_circuit_breaker_opens_skips_and_probes(server, mock):
     status, headers, body = chat(server, model="openai/gpt-4o-mini")  # the breaker is per provider/model
     assert status == 503 and json.loads(body)["error"]["code"] == "circuit_open"
     assert 1 <= int(headers["retry-after"]) <= 2
-    time.sleep(1.05)  # the thing under test: the breaker's 1 s cooldown running out
+
+    def half_open() -> bool:  # the thing under test: the breaker's 1 s cooldown running out
+        return (
+            api(server, "GET", "/api/modules/fallback")[1]["status"]["breakers"]["openai/gpt-4o-mini"]["state"]
+            == "half-open"
+        )
+
+    wait_for(half_open, timeout=5, what="the 1 s cooldown to run out")
     mock.clear()
     assert chat(server)[0] == 200 and providers_called(mock) == ["openai"], "half-open: one probe, it succeeds"
     mock.clear()
