@@ -302,6 +302,9 @@ class Ledger:
                     return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
         return None
 
+    def close(self) -> None:
+        """Nothing to stop: the shared ledger (PostgreSQL) has a lease keeper to stop."""
+
     def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
         """(spent, reserved) of the budget's current period, if the ledger holds it."""
         with self._lock:

@@ -1,0 +1,156 @@
+"""Several replicas on one PostgreSQL database: budgets are shared through the database.
+
+In-process: three shared ledgers (three replicas' worth) on one database, and the lease that
+gives back the holds of a replica that died. End to end: three ``serve`` processes (the pyz) on
+one database, 100 concurrent requests spread over them against a budget for exactly 10.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+
+from stockyard.budgets import Budget, BudgetExceeded
+from stockyard.dburl import parse_postgres
+from stockyard.store import Store
+from stockyard.store.backends import PostgresBackend
+from stockyard.store.shared import SharedLedger
+
+ADMIN = "admin-key-for-replica-tests-0123456789"
+BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+TS = 1_780_000_000_000
+
+
+@pytest.fixture
+def pg_store(pg_url):
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    yield store
+    store.close()
+
+
+def ledgers(store: Store, count: int, lease_s: float = 30.0) -> list[SharedLedger]:
+    return [SharedLedger(store, lambda budget, key: 0, lease_s=lease_s) for _ in range(count)]
+
+
+def test_three_shared_ledgers_admit_exactly_what_the_budget_holds(pg_store):
+    budget = Budget("key:k1", "key 'k1'", 10 * 7, "day")
+    replicas = ledgers(pg_store, 3)
+
+    def one(i: int):
+        try:
+            return replicas[i % 3].reserve([budget], 7, TS)
+        except BudgetExceeded:
+            return None
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        holds = [h for h in pool.map(one, range(100)) if h is not None]
+    assert len(holds) == 10
+    assert replicas[0].usage(budget, TS) == (0, 70)
+    for i, hold in enumerate(holds):  # settled to less than held: the rest is free again
+        replicas[i % 3].settle(hold, 5, ["key:k1"], TS)
+    assert replicas[1].usage(budget, TS) == (50, 0)
+    replicas[2].reserve([budget], 20, TS)
+    with pytest.raises(BudgetExceeded):
+        replicas[0].reserve([budget], 1, TS)
+    for ledger in replicas:
+        ledger.close()
+
+
+def test_a_refusal_of_the_second_budget_gives_back_the_first(pg_store):
+    key = Budget("key:k2", "key 'k2'", 100, "month")
+    project = Budget("project:p", "project 'p'", 10, "total")
+    (ledger,) = ledgers(pg_store, 1)
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve([key, project], 11, TS)
+    assert refused.value.budget == project
+    assert ledger.usage(key, TS) == (0, 0)
+    ledger.close()
+
+
+def test_the_holds_of_a_dead_replica_are_given_back_when_its_lease_expires(pg_store):
+    budget = Budget("key:k3", "key 'k3'", 10, "total")
+    dead, alive = ledgers(pg_store, 2, lease_s=0.6)
+    dead.close()  # stops renewing, as a killed process would
+    dead.reserve([budget], 8, TS)
+    with pytest.raises(BudgetExceeded):
+        alive.reserve([budget], 5, TS)
+
+    def room() -> bool:
+        try:
+            alive.reserve([budget], 5, TS)
+            return True
+        except BudgetExceeded:
+            return False
+
+    wait_for(room, what="the dead replica's hold to be given back")
+    assert alive.usage(budget, TS) == (0, 5)
+    alive.close()
+
+
+@pytest.fixture
+def replicas(pyz_path, cache_home, mock, pg_url):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        "STOCKYARD_PREVIEW_REPLICAS": "1",
+    }
+    servers = [ServerProcess(pyz_path, pg_url, env).start() for _ in range(3)]  # type: ignore[arg-type]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def api(server: ServerProcess, method: str, path: str, body=None):
+    status, _, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"})
+    return status, json.loads(data)
+
+
+@pytest.mark.serial
+def test_100_concurrent_requests_over_3_replicas_against_a_budget_for_10(replicas, mock):
+    status, _ = api(replicas[0], "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+    assert status == 200
+    status, key = api(
+        replicas[1], "POST", "/api/keys", {"name": "shared", "budget_usd": "0.00005", "budget_period": "total"}
+    )
+    assert status == 201, key
+    secret = key["key"]
+
+    def known_everywhere() -> bool:  # every replica has picked up the first key: keys are required
+        return all(
+            s.request("GET", "/v1/models", headers={"Authorization": "Bearer sk-unknown"})[0] == 401 for s in replicas
+        )
+
+    wait_for(known_everywhere, what="the key on every replica")
+    before = sum(1 for r in mock.requests if r.json and r.json.get("model") == "mock-budget")
+    mock.delay_ms = 200  # replies overlap in flight
+    try:
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            results = list(
+                pool.map(
+                    lambda i: replicas[i % 3].request(
+                        "POST", "/v1/chat/completions", BUDGET_MODEL, headers={"Authorization": f"Bearer {secret}"}
+                    ),
+                    range(100),
+                )
+            )
+    finally:
+        mock.delay_ms = 0
+    statuses = [r[0] for r in results]
+    assert statuses.count(200) == 10 and statuses.count(429) == 90, statuses
+    assert {json.loads(r[2])["error"]["code"] for r in results if r[0] == 429} == {"budget_exceeded"}
+    admitted = sum(1 for r in mock.requests if r.json and r.json.get("model") == "mock-budget") - before
+    assert admitted == 10  # the 90 refused never reached the provider
+    spent = wait_for(
+        lambda: [
+            r for r in replicas[2].db_rows("SELECT spent_uc, reserved_uc FROM budget_ledger") if r["spent_uc"] == 5_000
+        ],
+        what="the settlements",
+    )
+    assert spent == [{"spent_uc": 5_000, "reserved_uc": 0}]
