@@ -1,4 +1,4 @@
-"""Several replicas on one PostgreSQL database: budgets are shared through the database.
+"""Several replicas on one PostgreSQL database: budgets and rate limits are shared through it.
 
 In-process: three shared ledgers (three replicas' worth) on one database, and the lease that
 gives back the holds of a replica that died. End to end: three ``serve`` processes (the pyz) on
@@ -15,9 +15,10 @@ from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 
 from stockyard.budgets import Budget, BudgetExceeded
 from stockyard.dburl import parse_postgres
+from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import PostgresBackend
-from stockyard.store.shared import SharedLedger
+from stockyard.store.shared import SharedLedger, SharedRateLimiter
 
 ADMIN = "admin-key-for-replica-tests-0123456789"
 BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -92,6 +93,45 @@ def test_the_holds_of_a_dead_replica_are_given_back_when_its_lease_expires(pg_st
     alive.close()
 
 
+def test_three_shared_rate_limiters_admit_exactly_the_rpm(pg_store):
+    limiters = [SharedRateLimiter(pg_store) for _ in range(3)]
+
+    def one(i: int):
+        try:
+            return limiters[i % 3].admit("key_rpm", 10, None, 0)
+        except RateLimited as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, range(60)))
+    refused = [r for r in results if isinstance(r, RateLimited)]
+    assert len(refused) == 50
+    assert all(1 <= (r.retry_after or 0) <= 60 for r in refused)
+    assert "10 requests per minute" in refused[0].message
+
+
+def test_shared_token_limits_count_the_real_usage(pg_store):
+    one, two = SharedRateLimiter(pg_store), SharedRateLimiter(pg_store)
+    entry = one.admit("key_tpm", None, 1000, 900)
+    with pytest.raises(RateLimited):
+        two.admit("key_tpm", None, 1000, 200)
+    one.correct("key_tpm", entry, 100)  # it used 100 of the 900 counted
+    two.admit("key_tpm", None, 1000, 800)
+    with pytest.raises(RateLimited) as too_big:
+        two.admit("key_tpm", None, 1000, 1001)
+    assert too_big.value.retry_after is None  # can never fit
+
+
+def test_quiet_windows_lose_their_old_buckets(pg_store, monkeypatch):
+    monkeypatch.setattr("stockyard.store.shared.PRUNE_EVERY", 2)
+    limiter = SharedRateLimiter(pg_store)
+    limiter.admit("quiet", 10, None, 0)
+    pg_store.read().execute("UPDATE rate_buckets SET tick = tick - 700 WHERE name = 'quiet'")  # 70 s ago
+    limiter.admit("busy", 10, None, 0)  # the second admission prunes
+    names = [r[0] for r in pg_store.read().execute("SELECT name FROM rate_buckets")]
+    assert names == ["busy"]
+
+
 @pytest.fixture
 def replicas(pyz_path, cache_home, mock, pg_url):
     env = {
@@ -112,6 +152,16 @@ def api(server: ServerProcess, method: str, path: str, body=None):
     return status, json.loads(data)
 
 
+def wait_for_keys(replicas: list[ServerProcess]) -> None:
+    """Until every replica has picked up the first key (keys are required from then on)."""
+    wait_for(
+        lambda: all(
+            s.request("GET", "/v1/models", headers={"Authorization": "Bearer sk-unknown"})[0] == 401 for s in replicas
+        ),
+        what="the key on every replica",
+    )
+
+
 @pytest.mark.serial
 def test_100_concurrent_requests_over_3_replicas_against_a_budget_for_10(replicas, mock):
     status, _ = api(replicas[0], "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
@@ -122,12 +172,7 @@ def test_100_concurrent_requests_over_3_replicas_against_a_budget_for_10(replica
     assert status == 201, key
     secret = key["key"]
 
-    def known_everywhere() -> bool:  # every replica has picked up the first key: keys are required
-        return all(
-            s.request("GET", "/v1/models", headers={"Authorization": "Bearer sk-unknown"})[0] == 401 for s in replicas
-        )
-
-    wait_for(known_everywhere, what="the key on every replica")
+    wait_for_keys(replicas)
     before = sum(1 for r in mock.requests if r.json and r.json.get("model") == "mock-budget")
     mock.delay_ms = 200  # replies overlap in flight
     try:
@@ -154,3 +199,19 @@ def test_100_concurrent_requests_over_3_replicas_against_a_budget_for_10(replica
         what="the settlements",
     )
     assert spent == [{"spent_uc": 5_000, "reserved_uc": 0}]
+
+
+@pytest.mark.serial
+def test_an_rpm_limit_holds_across_3_replicas(replicas):
+    status, key = api(replicas[0], "POST", "/api/keys", {"name": "limited", "rpm": 5})
+    assert status == 201, key
+    wait_for_keys(replicas)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(
+            pool.map(lambda i: replicas[i % 3].request("POST", "/v1/chat/completions", body, auth), range(30))
+        )
+    statuses = [r[0] for r in results]
+    assert statuses.count(200) == 5 and statuses.count(429) == 25, statuses
+    assert all(1 <= int(r[1]["retry-after"]) <= 60 for r in results if r[0] == 429)

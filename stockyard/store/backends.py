@@ -54,6 +54,12 @@ class SqliteBackend:
 
         return Ledger(load, *args)
 
+    def rate_limiter(self, store: Any) -> Any:
+        """Sliding windows in this process's memory (one server per file)."""
+        from ..modules.ratelimit import RateLimiter
+
+        return RateLimiter()
+
     def secure_files(self, extra: list[Path]) -> list[str]:
         """Tighten the modes of the database files; one line per file changed."""
         return files.secure_existing(self.path, extra)
@@ -111,6 +117,12 @@ class PostgresBackend:
         from .shared import SharedLedger
 
         return SharedLedger(store, load, *args)
+
+    def rate_limiter(self, store: Any) -> Any:
+        """Per-second request and token counts in the database, shared by every replica."""
+        from .shared import SharedRateLimiter
+
+        return SharedRateLimiter(store)
 
     def secure_files(self, extra: list[Path]) -> list[str]:
         return []  # no database file here

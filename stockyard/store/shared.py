@@ -1,4 +1,4 @@
-"""Budgets shared by the replicas of one PostgreSQL database.
+"""Budgets and rate limits shared by the replicas of one PostgreSQL database.
 
 Several servers on one database must not each keep their own ledger (each would let a
 budget be spent once more). Here the ledger is the ``budget_ledger`` table: a request's
@@ -14,6 +14,11 @@ flight stops renewing; once its lease has expired, any other replica gives its h
 A request against two budgets (key and project) reserves them one after the other and gives
 back the first when the second refuses: for that instant the money is held twice, which can
 refuse another request early but never admit one too many.
+
+Rate limits (rpm, tpm) count requests and tokens per window name and tenth of a second of the
+database clock (``rate_buckets``). An admission locks its window's name (a transaction advisory
+lock), sums the last 60.1 seconds and adds itself: exact across replicas, and never looser than
+the in-memory window: a request counts for 60.0 to 60.1 seconds instead of exactly 60.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import logging
 import sqlite3
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key
+from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
 
 if TYPE_CHECKING:
     from . import Store
@@ -226,3 +233,106 @@ class SharedLedger(Ledger):
                 log.warning("budget leases: %s", exc)
         if conn is not None:
             conn.close()
+
+
+TICKS_PER_S = 10  # rate buckets per second
+RATE_SPAN = 60 * TICKS_PER_S + 1  # buckets summed: this tenth of a second and the 600 before it
+PRUNE_EVERY = 1000  # admissions between deletions of every window's old buckets
+
+
+@dataclass
+class RateEntry:
+    """One admitted request: its window's bucket and the tokens counted for it."""
+
+    tick: int
+    tokens: int
+    live: bool = True
+
+
+class SharedRateLimiter:
+    """:class:`~stockyard.modules.ratelimit.RateLimiter`'s interface over ``rate_buckets``."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+        self._admitted = 0
+
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> RateEntry:
+        """Count one request against the window ``key_id``, or raise RateLimited. The database
+        lost: the request goes through uncounted (a limit is not a budget; it fails open)."""
+        if tpm is not None and tokens > tpm:
+            raise too_large(who, tpm, tokens)
+        conn = self._store.read()
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            try:
+                entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction and not getattr(conn, "broken", False):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.warning("rate limit of %s not counted, the database failed: %s", who, exc)
+            return RateEntry(0, tokens, live=False)
+        self._admitted += 1
+        if self._admitted % PRUNE_EVERY == 0:
+            self._prune()
+        return entry
+
+    def _admit(
+        self, conn: sqlite3.Connection, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str
+    ) -> RateEntry:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{name}",))
+        now = int(conn.execute(f"SELECT {_NOW_MS}").fetchone()[0])
+        tick = now * TICKS_PER_S // 1000
+        buckets = conn.execute(
+            "SELECT tick, requests, tokens FROM rate_buckets WHERE name = ? AND tick > ? ORDER BY tick",
+            (name, tick - RATE_SPAN),
+        ).fetchall()
+        requests, used = sum(b[1] for b in buckets), sum(b[2] for b in buckets)
+        if rpm is not None and requests + 1 > rpm:
+            raise too_many_requests(who, rpm, _wait(buckets, 1, requests + 1 - rpm, now))
+        if tpm is not None and used + tokens > tpm:
+            raise too_many_tokens(who, tpm, tokens, _wait(buckets, 2, used + tokens - tpm, now))
+        conn.execute(
+            "INSERT INTO rate_buckets (name, tick, requests, tokens) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (name, tick) DO UPDATE SET requests = rate_buckets.requests + 1, "
+            "tokens = rate_buckets.tokens + excluded.tokens",
+            (name, tick, tokens),
+        )
+        conn.execute("DELETE FROM rate_buckets WHERE name = ? AND tick <= ?", (name, tick - RATE_SPAN))
+        return RateEntry(tick, tokens)
+
+    def correct(self, key_id: str, entry: RateEntry, tokens: int) -> None:
+        """Replace an admitted request's estimate with what it really used (a bucket already
+        deleted has left the window: nothing to correct)."""
+        if not entry.live or tokens == entry.tokens:
+            return
+        try:
+            self._store.read().execute(
+                "UPDATE rate_buckets SET tokens = tokens + ? WHERE name = ? AND tick = ?",
+                (tokens - entry.tokens, key_id, entry.tick),
+            )
+            entry.tokens = tokens
+        except sqlite3.Error as exc:
+            log.warning("rate limit tokens not corrected: %s", exc)
+
+    def _prune(self) -> None:
+        """Windows that went quiet keep their last buckets: delete every old one now and then."""
+        try:
+            self._store.read().execute(
+                f"DELETE FROM rate_buckets WHERE tick <= {_NOW_MS} * ? / 1000 - ?", (TICKS_PER_S, RATE_SPAN)
+            )
+        except sqlite3.Error as exc:
+            log.warning("old rate-limit buckets not deleted: %s", exc)
+
+
+def _wait(buckets: list, column: int, excess: int, now_ms: int) -> float:
+    """Seconds until enough of the oldest buckets have left the window to free ``excess``; at
+    most 60 (what the in-memory window says: a client retrying ≤ 0.1 s early is refused once more)."""
+    freed, tick = 0, 0
+    for bucket in buckets:
+        freed, tick = freed + int(bucket[column]), int(bucket[0])
+        if freed >= excess:
+            break
+    return min(60.0, (tick + RATE_SPAN) / TICKS_PER_S - now_ms / 1000)
