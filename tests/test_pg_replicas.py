@@ -8,6 +8,7 @@ one database, 100 concurrent requests spread over them against a budget for exac
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -215,3 +216,22 @@ def test_an_rpm_limit_holds_across_3_replicas(replicas):
     statuses = [r[0] for r in results]
     assert statuses.count(200) == 5 and statuses.count(429) == 25, statuses
     assert all(1 <= int(r[1]["retry-after"]) <= 60 for r in results if r[0] == 429)
+
+
+@pytest.mark.serial
+def test_a_key_revoked_through_one_replica_is_refused_by_the_others_within_a_second(replicas):
+    status, key = api(replicas[0], "POST", "/api/keys", {"name": "short-lived"})
+    assert status == 201, key
+    wait_for_keys(replicas)
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    assert all(s.request("GET", "/v1/models", headers=auth)[0] == 200 for s in replicas)
+    status, _ = api(replicas[1], "POST", f"/api/keys/{key['id']}/revoke")
+    assert status == 200
+    revoked_at = time.monotonic()
+    others = (replicas[0], replicas[2])
+    wait_for(
+        lambda: all(s.request("GET", "/v1/models", headers=auth)[0] == 401 for s in others),
+        timeout=1.0,
+        what="the refusal on the other replicas",
+    )
+    assert time.monotonic() - revoked_at < 1.0
