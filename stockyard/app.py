@@ -61,7 +61,8 @@ class App:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
-        # Held until close (or until the process dies): a second server, restore and migrate refuse meanwhile.
+        # Held until close (or until the process dies): restore and migrate refuse meanwhile, and so
+        # does a second server on an SQLite file (PostgreSQL: replicas share it).
         self.backend = backend_for(settings.database)
         self.db_lock = self.backend.server_lock()
         for line in self.backend.secure_files([p for p in [settings.snapshot_path] if p]):

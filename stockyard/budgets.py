@@ -10,7 +10,8 @@ concurrent requests cannot walk past a budget.
 The spend of a (budget, period) is loaded from ``rollups_daily`` the first time the
 period is used — through the writer thread, so every trace already queued is counted —
 and kept up to date by settlements after that. That is how a budget survives a restart.
-One server process per database: two servers on one file would each hold their own ledger.
+That is the SQLite store's ledger (one server per file). On PostgreSQL every replica shares
+one ledger in the database instead (:mod:`stockyard.store.shared`); the backend picks.
 End users' budgets (``modules/userlimits.py``) read their spend from ``rollups_users``; an idle
 end user is forgotten after a minute and reloaded when they come back.
 """

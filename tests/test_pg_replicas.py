@@ -140,7 +140,6 @@ def replicas(pyz_path, cache_home, mock, pg_url):
         "OPENAI_API_KEY": OPENAI_KEY,
         "OPENAI_BASE_URL": mock.url + "/v1",
         "STOCKYARD_ADMIN_KEY": ADMIN,
-        "STOCKYARD_PREVIEW_REPLICAS": "1",
     }
     servers = [ServerProcess(pyz_path, pg_url, env).start() for _ in range(3)]  # type: ignore[arg-type]
     yield servers
