@@ -8,6 +8,8 @@ one database, 100 concurrent requests spread over them against a budget for exac
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -234,3 +236,54 @@ def test_a_key_revoked_through_one_replica_is_refused_by_the_others_within_a_sec
         what="the refusal on the other replicas",
     )
     assert time.monotonic() - revoked_at < 1.0
+
+
+@pytest.mark.serial
+def test_concurrent_admin_writes_through_3_replicas_leave_one_verifying_audit_chain(replicas):
+    def create(i: int) -> int:
+        return api(replicas[i % 3], "POST", "/api/keys", {"name": f"k{i}"})[0]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert list(pool.map(create, range(30))) == [201] * 30
+    verified = replicas[2].cli("audit", "verify", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    entries = replicas[0].db_rows("SELECT count(*) AS n FROM audit_log WHERE action = 'keys.create'")
+    assert entries == [{"n": 30}]
+
+
+@pytest.mark.serial
+def test_kill_9_of_one_replica_under_load_loses_no_committed_trace(replicas):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    answered: list[tuple[int, int, str]] = []  # (replica, status, trace id)
+    stop = threading.Event()
+
+    def load(i: int) -> None:
+        while not stop.is_set():
+            server = replicas[i % 3]
+            try:
+                status, headers, _ = server.request("POST", "/v1/chat/completions", body)
+            except OSError:  # the killed replica: its connections fail
+                continue
+            answered.append((i % 3, status, headers.get("x-stockyard-trace-id", "")))
+
+    workers = [threading.Thread(target=load, args=(i,)) for i in range(6)]
+    for worker in workers:
+        worker.start()
+    wait_for(lambda: len(answered) >= 30, what="load on every replica")
+    replicas[0].stop(signal.SIGKILL)
+    killed_at = len(answered)
+    wait_for(lambda: len(answered) >= killed_at + 30, what="the others to keep answering")
+    stop.set()
+    for worker in workers:
+        worker.join()
+    after = answered[killed_at:]
+    assert {replica for replica, _, _ in after} <= {0, 1, 2} and all(s == 200 for r, s, _ in after if r != 0)
+    survivors = [t for r, s, t in answered if r != 0 and s == 200]
+    assert len(survivors) >= 30
+
+    def stored() -> set[str]:
+        return {row["id"] for row in replicas[1].db_rows("SELECT id FROM traces")}
+
+    wait_for(lambda: set(survivors) <= stored(), what="every trace the surviving replicas answered")
+    status, _, _ = replicas[1].request("GET", "/readyz")
+    assert status == 200
