@@ -287,3 +287,40 @@ def test_kill_9_of_one_replica_under_load_loses_no_committed_trace(replicas):
     wait_for(lambda: set(survivors) <= stored(), what="every trace the surviving replicas answered")
     status, _, _ = replicas[1].request("GET", "/readyz")
     assert status == 200
+
+
+def test_postgresql_lost_budgeted_keys_fail_closed_and_the_others_keep_relaying(pyz_path, cache_home, mock):
+    """The shared ledger cannot be reached: a budgeted key's request is a clear 503; a key with
+    only a rate limit goes through uncounted; once PostgreSQL is back, budgets work again."""
+    from pgcluster import Cluster
+
+    cluster = Cluster().start()  # its own server: this test stops it
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
+    server = ServerProcess(pyz_path, cluster.database(), env).start()  # type: ignore[arg-type]
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    try:
+        budgeted = api(server, "POST", "/api/keys", {"name": "b", "budget_usd": "1", "budget_period": "day"})[1]
+        limited = api(server, "POST", "/api/keys", {"name": "l", "rpm": 100})[1]
+        wait_for_keys([server])
+
+        def send(key: dict) -> tuple[int, bytes]:
+            status, _, data = server.request(
+                "POST", "/v1/chat/completions", chat, {"Authorization": f"Bearer {key['key']}"}
+            )
+            return status, data
+
+        assert send(budgeted)[0] == 200 and send(limited)[0] == 200
+        cluster.stop_server()
+        status, data = send(budgeted)
+        assert status == 503 and json.loads(data)["error"]["code"] == "budget_unavailable", data
+        assert send(limited)[0] == 200  # a rate limit fails open
+        cluster.start_server()
+        wait_for(lambda: send(budgeted)[0] == 200, what="budgets to work again")
+    finally:
+        server.stop()
+        cluster.stop()

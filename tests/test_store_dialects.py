@@ -6,6 +6,7 @@ what only it has: migrations under an advisory lock, the SQL translation.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -214,6 +215,35 @@ def test_postgresql_read_connections_of_finished_threads_serve_new_threads(pg_ur
         thread.join()
     assert len(set(seen)) == 1  # one connection, handed from each finished thread to the next
     store.close()
+
+
+def test_a_broken_read_connection_is_not_handed_to_the_next_thread(pg_cluster, pg_url):
+    """A write on a read connection (the shared ledger's) is not re-run after a lost connection:
+    the broken connection must not pass from thread to thread, failing every time."""
+    from stockyard.dburl import parse_postgres
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    admin = pg_cluster.admin(backend.url.database)
+    outcomes: list[str] = []
+
+    def request() -> None:
+        try:
+            store.read().execute("UPDATE meta SET value = value WHERE key = 'none'")
+            outcomes.append("ok")
+        except sqlite3.Error:
+            outcomes.append("failed")
+
+    for step in range(3):
+        if step == 1:
+            admin.run(KILL_OTHERS)
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+    assert outcomes == ["ok", "failed", "ok"]
+    store.close()
+    admin.close()
 
 
 def test_postgresql_config_changes_move_the_watchers_version(pg_url):

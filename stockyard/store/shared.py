@@ -261,8 +261,8 @@ class SharedRateLimiter:
         lost: the request goes through uncounted (a limit is not a budget; it fails open)."""
         if tpm is not None and tokens > tpm:
             raise too_large(who, tpm, tokens)
-        conn = self._store.read()
         try:
+            conn = self._store.read()
             conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             try:
                 entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
