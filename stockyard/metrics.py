@@ -306,6 +306,13 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             "Records lost because the queue was full or the database refused them.",
             w.stats.dropped,
         ),
+        ("writer_waiting_records", "gauge", "Records waiting for a lost database to come back.", w.waiting),
+        (
+            "records_dropped_waiting_total",
+            "counter",
+            "Oldest records dropped because more than the queue's capacity waited for a lost database.",
+            w.stats.dropped_waiting,
+        ),
         ("writer_failed_batches_total", "counter", "Write transactions the database refused.", w.stats.failed_batches),
         ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.", 1 if w.healthy else 0),
         ("database_size_bytes", "gauge", "Size of the database file.", app.backend.size_bytes(app.store.read())),
