@@ -61,7 +61,8 @@ class App:
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
-        # Held until close (or until the process dies): a second server, restore and migrate refuse meanwhile.
+        # Held until close (or until the process dies): restore and migrate refuse meanwhile, and so
+        # does a second server on an SQLite file (PostgreSQL: replicas share it).
         self.backend = backend_for(settings.database)
         self.db_lock = self.backend.server_lock()
         for line in self.backend.secure_files([p for p in [settings.snapshot_path] if p]):
@@ -108,7 +109,9 @@ class App:
         self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber, telemetry)
         self.webhooks = Dispatcher(self.store)
         records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER), self.webhooks.emit)
-        self.ledger = Ledger(records.load_spend, settings.budget_warn_percent, records.warn, records.exhausted)
+        self.ledger: Ledger = self.backend.ledger(
+            self.store, records.load_spend, settings.budget_warn_percent, records.warn, records.exhausted
+        )
         self.modules = Modules(
             ModuleServices(settings, self.store, self.ledger, self.pricer, self.project_budgets, self.webhooks.emit),
             failures=self.hook_failures,  # shared by every chain built, across reloads
@@ -349,6 +352,7 @@ class App:
             self.ops(audit.ACTOR_SERVER).audit_event("server.stop", "server", {"version": __version__})
         except Exception as exc:
             log.error("could not record server stop in the audit log: %s", exc)
+        self.ledger.close()
         self.writer.stop()
         if self.otlp is not None:
             self.otlp.stop()

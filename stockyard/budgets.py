@@ -10,7 +10,8 @@ concurrent requests cannot walk past a budget.
 The spend of a (budget, period) is loaded from ``rollups_daily`` the first time the
 period is used — through the writer thread, so every trace already queued is counted —
 and kept up to date by settlements after that. That is how a budget survives a restart.
-One server process per database: two servers on one file would each hold their own ledger.
+That is the SQLite store's ledger (one server per file). On PostgreSQL every replica shares
+one ledger in the database instead (:mod:`stockyard.store.shared`); the backend picks.
 End users' budgets (``modules/userlimits.py``) read their spend from ``rollups_users``; an idle
 end user is forgotten after a minute and reloaded when they come back.
 """
@@ -301,6 +302,9 @@ class Ledger:
                 if entry.spent + entry.reserved >= budget.limit_uc:
                     return BudgetExceeded(budget, key, entry.spent, entry.reserved, 0, ts_ms)
         return None
+
+    def close(self) -> None:
+        """Nothing to stop: the shared ledger (PostgreSQL) has a lease keeper to stop."""
 
     def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
         """(spent, reserved) of the budget's current period, if the ledger holds it."""

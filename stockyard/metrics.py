@@ -19,6 +19,8 @@ counts between its series and ``_other``.
 
 from __future__ import annotations
 
+import math
+import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Iterable
@@ -253,6 +255,8 @@ def _labels_text(labels: Iterable[tuple[str, str]]) -> str:
 def _number(value: float) -> str:
     if value == float("inf"):
         return "+Inf"
+    if value != value:
+        return "NaN"  # Prometheus' spelling
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -288,6 +292,14 @@ def render(app: "App") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _database_size(app: "App") -> float:
+    """The database's size; NaN while it cannot be reached (PostgreSQL lost): /metrics still answers."""
+    try:
+        return app.backend.size_bytes(app.store.read())
+    except sqlite3.Error:
+        return math.nan
+
+
 def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
     """The store's state, read at scrape time: (name, type, help, value)."""
     w = app.writer
@@ -306,9 +318,16 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             "Records lost because the queue was full or the database refused them.",
             w.stats.dropped,
         ),
+        ("writer_waiting_records", "gauge", "Records waiting for a lost database to come back.", w.waiting),
+        (
+            "records_dropped_waiting_total",
+            "counter",
+            "Oldest records dropped because more than the queue's capacity waited for a lost database.",
+            w.stats.dropped_waiting,
+        ),
         ("writer_failed_batches_total", "counter", "Write transactions the database refused.", w.stats.failed_batches),
         ("database_writable", "gauge", "1 when the last write transaction succeeded, else 0.", 1 if w.healthy else 0),
-        ("database_size_bytes", "gauge", "Size of the database file.", app.backend.size_bytes(app.store.read())),
+        ("database_size_bytes", "gauge", "Size of the database file.", _database_size(app)),
         (
             "database_wal_size_bytes",
             "gauge",

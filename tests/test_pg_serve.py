@@ -135,13 +135,19 @@ def test_postgresql_down_and_back_while_serving(pyz_path, cache_home, mock):
         cluster.stop_server()
         status, _, data = server.request("GET", "/readyz")
         assert status == 503 and b"not writable" in data and cluster.password.encode() not in data
-        assert server.request("POST", "/v1/chat/completions", chat)[0] == 200  # relaying goes on
+        status, headers, _ = server.request("POST", "/v1/chat/completions", chat)
+        assert status == 200  # relaying goes on
+        during = headers["x-stockyard-trace-id"]
+        waiting = "stockyard_writer_waiting_records 1"  # the trace waits for the database
+        wait_for(lambda: waiting in server.request("GET", "/metrics")[2].decode(), what="the waiting trace")
+        assert "stockyard_database_size_bytes NaN" in server.request("GET", "/metrics")[2].decode()
         cluster.start_server()
         wait_for(lambda: server.request("GET", "/readyz")[0] == 200, what="/readyz ready again")
         status, headers, _ = server.request("POST", "/v1/chat/completions", chat)
         assert status == 200
         trace_id = headers["x-stockyard-trace-id"]
         wait_for(lambda: rows(cluster, url, "SELECT id FROM traces WHERE id = :id", id=trace_id), what="the trace")
+        assert rows(cluster, url, "SELECT id FROM traces WHERE id = :id", id=during)  # it waited, and was written
     finally:
         server.stop()
         cluster.stop()

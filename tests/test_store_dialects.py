@@ -6,10 +6,12 @@ what only it has: migrations under an advisory lock, the SQL translation.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from stockyard import audit
 from stockyard.operations import Operations
@@ -164,38 +166,35 @@ def test_postgresql_replicas_starting_at_once_migrate_exactly_once(pg_url):
     conn.close()
 
 
-def test_a_second_server_on_one_postgresql_database_is_refused(pg_url):
+def test_several_servers_share_one_postgresql_database_and_a_lone_command_sees_them(pg_cluster, pg_url):
     from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresServerLock
     from stockyard.store.lock import DatabaseBusy
 
     backend = PostgresBackend(parse_postgres(pg_url, {}))
-    first = backend.server_lock()
-    try:
-        with pytest.raises(
-            DatabaseBusy, match="another Stockyard server is already using postgresql://stockyard:\\*\\*\\*@"
-        ):
-            backend.server_lock()
-    finally:
-        first.release()
-    backend.server_lock().release()  # free again once the first one stopped
+    first, second = backend.server_lock(), backend.server_lock()
+    admin = pg_cluster.admin(backend.url.database)
+    assert admin.run(f"SELECT pg_try_advisory_lock({PostgresServerLock.KEY})") == [[False]]  # servers run
+    first.release()
+    second.release()
+    alone = f"SELECT pg_try_advisory_lock({PostgresServerLock.KEY})"
+    wait_for(lambda: admin.run(alone) == [[True]], what="the servers' sessions to end")  # alone now
+    with pytest.raises(DatabaseBusy, match="must run alone"):
+        backend.server_lock()
+    admin.close()
 
 
 def test_a_postgresql_server_lock_lost_with_its_connection_is_taken_again(pg_cluster, pg_url):
     from stockyard.dburl import parse_postgres
-    from stockyard.store.lock import DatabaseBusy
 
     backend = PostgresBackend(parse_postgres(pg_url, {}))
     lock = backend.server_lock()
     admin = pg_cluster.admin(backend.url.database)
     admin.run(KILL_OTHERS)
     lock.keep()  # the watcher's pass: held again
-    with pytest.raises(DatabaseBusy):
-        backend.server_lock()
-    admin.run(KILL_OTHERS)
-    other = backend.server_lock()  # another server starts while the first one lost its lock
-    with pytest.raises(DatabaseBusy):
-        lock.keep()  # the first one's watcher pass fails: /readyz says so after a while
-    other.release()
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
+    assert admin.run(held) == [[1]]
+    lock.release()
     admin.close()
 
 
@@ -216,6 +215,35 @@ def test_postgresql_read_connections_of_finished_threads_serve_new_threads(pg_ur
         thread.join()
     assert len(set(seen)) == 1  # one connection, handed from each finished thread to the next
     store.close()
+
+
+def test_a_broken_read_connection_is_not_handed_to_the_next_thread(pg_cluster, pg_url):
+    """A write on a read connection (the shared ledger's) is not re-run after a lost connection:
+    the broken connection must not pass from thread to thread, failing every time."""
+    from stockyard.dburl import parse_postgres
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    admin = pg_cluster.admin(backend.url.database)
+    outcomes: list[str] = []
+
+    def request() -> None:
+        try:
+            store.read().execute("UPDATE meta SET value = value WHERE key = 'none'")
+            outcomes.append("ok")
+        except sqlite3.Error:
+            outcomes.append("failed")
+
+    for step in range(3):
+        if step == 1:
+            admin.run(KILL_OTHERS)
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+    assert outcomes == ["ok", "failed", "ok"]
+    store.close()
+    admin.close()
 
 
 def test_postgresql_config_changes_move_the_watchers_version(pg_url):

@@ -88,27 +88,16 @@ class RateLimiter:
             window.slide(now)
             if rpm is not None and len(window.entries) >= rpm:
                 oldest_needed = window.entries[len(window.entries) - rpm]
-                raise RateLimited(
-                    f"rate limit: {who} allows {rpm} requests per minute",
-                    _seconds(oldest_needed.at + WINDOW_S - now),
-                )
+                raise too_many_requests(who, rpm, oldest_needed.at + WINDOW_S - now)
             if tpm is not None and window.tokens + tokens > tpm:
                 if tokens > tpm:
-                    raise RateLimited(
-                        f"rate limit: this request may use {tokens} tokens (input estimate + "
-                        f"max_tokens × n), more than the {tpm} tokens per minute {who} allows; "
-                        "lower max_tokens or n",
-                        None,
-                    )
+                    raise too_large(who, tpm, tokens)
                 excess, freed = window.tokens + tokens - tpm, 0
                 for entry in window.entries:
                     freed += entry.tokens
                     if freed >= excess:
                         break
-                raise RateLimited(
-                    f"rate limit: {who} allows {tpm} tokens per minute and this request may use {tokens}",
-                    _seconds(entry.at + WINDOW_S - now),
-                )
+                raise too_many_tokens(who, tpm, tokens, entry.at + WINDOW_S - now)
             entry = _Entry(now, tokens)
             window.entries.append(entry)
             window.tokens += tokens
@@ -122,8 +111,33 @@ class RateLimiter:
             entry.tokens = tokens
 
 
+def limiter_for(services: ModuleServices) -> RateLimiter:
+    """The store decides: windows in memory (SQLite: one server) or shared by replicas (PostgreSQL).
+    Services without a store (unit tests of the module registry) get the in-memory one."""
+    store = getattr(services, "store", None)
+    return RateLimiter() if store is None else store.backend.rate_limiter(store)
+
+
 def _seconds(wait: float) -> int:
     return max(1, math.ceil(wait))
+
+
+def too_many_requests(who: str, rpm: int, wait: float) -> RateLimited:
+    return RateLimited(f"rate limit: {who} allows {rpm} requests per minute", _seconds(wait))
+
+
+def too_large(who: str, tpm: int, tokens: int) -> RateLimited:
+    return RateLimited(
+        f"rate limit: this request may use {tokens} tokens (input estimate + max_tokens × n), more than "
+        f"the {tpm} tokens per minute {who} allows; lower max_tokens or n",
+        None,
+    )
+
+
+def too_many_tokens(who: str, tpm: int, tokens: int, wait: float) -> RateLimited:
+    return RateLimited(
+        f"rate limit: {who} allows {tpm} tokens per minute and this request may use {tokens}", _seconds(wait)
+    )
 
 
 class RateLimitModule(Module):
@@ -134,7 +148,7 @@ class RateLimitModule(Module):
 
     def __init__(self, services: ModuleServices) -> None:
         super().__init__(services)
-        self.limiter = RateLimiter()
+        self.limiter = limiter_for(services)
 
     def before(self, ctx: RequestContext) -> None:
         key = ctx.key

@@ -29,7 +29,7 @@ from ..context import RequestContext
 from ..errors import ProxyError
 from ..pricing import microcents_from_usd
 from .base import Module, ModuleServices
-from .ratelimit import FREE_ENDPOINTS, RateLimited, RateLimiter
+from .ratelimit import FREE_ENDPOINTS, RateLimited, limiter_for
 from .schema import Field
 
 log = logging.getLogger("stockyard.budgets")
@@ -64,7 +64,7 @@ class UserLimitsModule(Module):
 
     def __init__(self, services: ModuleServices) -> None:
         super().__init__(services)
-        self.limiter = RateLimiter()
+        self.limiter = limiter_for(services)
 
     def configure(self, config: dict[str, Any], scoped: dict[str, dict[str, Any]]) -> None:
         """As the base class, but each options object knows the scope it came from."""

@@ -58,6 +58,9 @@ class Store:
             if not free:
                 return None
             _, conn = self._owners.pop(free[0])
+        if getattr(conn, "broken", False):  # PostgreSQL went away under it: a new connection instead
+            conn.close()
+            return None
         try:
             if conn.in_transaction:  # its thread died in the middle of a read
                 conn.execute("ROLLBACK")

@@ -1,8 +1,9 @@
 """The two databases behind :class:`~stockyard.store.Store`: an SQLite file or PostgreSQL.
 
-A backend knows how to open a connection, bring the schema up to date, and keep the
-"one server on this database" lock; everything else (jobs, reads, the writer thread) is
-the same code for both, over connections that speak the same subset of the sqlite3 API
+A backend knows how to open a connection, bring the schema up to date, keep the server lock
+(SQLite: one server per file; PostgreSQL: any number of replicas) and make the budget ledger
+and rate limiter that fit (in memory, or shared through the database); everything else (jobs,
+reads, the writer thread) is the same code for both, over connections that speak the same subset of the sqlite3 API
 (:mod:`stockyard.store.pg` for PostgreSQL). :func:`backend_for` picks one from the
 ``--db`` value.
 """
@@ -45,6 +46,18 @@ class SqliteBackend:
 
     def server_lock(self) -> Any:
         return DatabaseLock(self.path, SERVER).acquire()
+
+    def ledger(self, store: Any, load: Any, *args: Any) -> Any:
+        """Budgets in this process's memory: one server per file (the lock) holds the only ledger."""
+        from ..budgets import Ledger
+
+        return Ledger(load, *args)
+
+    def rate_limiter(self, store: Any) -> Any:
+        """Sliding windows in this process's memory (one server per file)."""
+        from ..modules.ratelimit import RateLimiter
+
+        return RateLimiter()
 
     def secure_files(self, extra: list[Path]) -> list[str]:
         """Tighten the modes of the database files; one line per file changed."""
@@ -98,6 +111,18 @@ class PostgresBackend:
     def server_lock(self) -> "PostgresServerLock":
         return PostgresServerLock(self).acquire()
 
+    def ledger(self, store: Any, load: Any, *args: Any) -> Any:
+        """Budgets in the database, shared by every replica (:mod:`.shared`)."""
+        from .shared import SharedLedger
+
+        return SharedLedger(store, load, *args)
+
+    def rate_limiter(self, store: Any) -> Any:
+        """Per-second request and token counts in the database, shared by every replica."""
+        from .shared import SharedRateLimiter
+
+        return SharedRateLimiter(store)
+
     def secure_files(self, extra: list[Path]) -> list[str]:
         return []  # no database file here
 
@@ -112,10 +137,11 @@ class PostgresBackend:
 
 
 class PostgresServerLock:
-    """One server per PostgreSQL database, for now: a session advisory lock held on its own
-    connection. Budgets and rate limits still live in each server's memory; until they are
-    shared through the database, a second server would enforce them a second time. The
-    server's death closes the connection and frees the lock."""
+    """Any number of servers (replicas) per PostgreSQL database: budgets and rate limits are
+    shared through it (:mod:`.shared`). Each server holds this *shared* advisory lock on its own
+    connection, so a command that must run alone can tell servers are running by failing to take
+    it exclusively (``pg_try_advisory_lock(KEY)``). The server's death closes the connection and
+    frees its share."""
 
     KEY = 0x5354_4F43_4B59_0003
 
@@ -125,26 +151,22 @@ class PostgresServerLock:
 
     def acquire(self) -> "PostgresServerLock":
         conn = self.backend.connect()
-        taken = conn.execute(f"SELECT pg_try_advisory_lock({self.KEY})").fetchone()[0]
-        if not taken:
+        if not conn.execute(f"SELECT pg_try_advisory_lock_shared({self.KEY})").fetchone()[0]:
             conn.close()
-            raise DatabaseBusy(
-                f"another Stockyard server is already using {self.backend}; two servers on one "
-                "database would each enforce budgets and rate limits on their own - stop it first"
-            )
+            raise DatabaseBusy(f"{self.backend} is held by a command that must run alone (restore, move): wait for it")
         self._conn = conn
         return self
 
     def keep(self) -> None:
         """Still held? A restart of PostgreSQL (or a terminated session) drops the lock with its
-        connection: take it again, or raise DatabaseBusy when another server took it meanwhile."""
+        connection: take it again (DatabaseBusy while a command holds the database alone)."""
         try:  # this connection takes no other advisory lock; a reconnected one holds none
             held = self._conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
             ).fetchone()[0]
             if held:
                 return
-            if self._conn.execute(f"SELECT pg_try_advisory_lock({self.KEY})").fetchone()[0]:
+            if self._conn.execute(f"SELECT pg_try_advisory_lock_shared({self.KEY})").fetchone()[0]:
                 log.warning("database lock: taken again after the connection holding it was lost")
                 return
         except sqlite3.Error:

@@ -18,6 +18,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ _MORE_IDLE_WORK_S = 0.02  # how long the queue must be empty before the next idl
 WAL_CHECK_EVERY_S = 10.0
 IDLE_RERUN_S = 60.0  # a server with no writes at all still ages its traces out
 FAILURE_LOG_EVERY_S = 10.0
+RETRY_LOST_S = 1.0  # PostgreSQL lost: how often the records waiting for it are tried again
 
 
 @dataclass
@@ -78,6 +80,7 @@ class WriterStats:
     last_ok_monotonic: float = field(default_factory=time.monotonic)
     checkpoints: int = 0
     wal_bytes: int = 0
+    dropped_waiting: int = 0  # oldest records dropped because too many waited for a lost database
 
 
 class Writer:
@@ -99,6 +102,9 @@ class Writer:
         self._next_wal_check = time.monotonic() + WAL_CHECK_EVERY_S
         self._failure_logged_at = 0.0
         self._lost_since_log = 0
+        # PostgreSQL lost: records wait here (bounded by maxsize, oldest dropped) until it is back.
+        self._waiting: deque[_Item] = deque()
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name="stockyard-writer", daemon=True)
         self._conn: sqlite3.Connection | None = None
 
@@ -153,6 +159,11 @@ class Writer:
     def depth(self) -> int:
         return self.queue.qsize()
 
+    @property
+    def waiting(self) -> int:
+        """Records waiting for a lost database to come back."""
+        return len(self._waiting)
+
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         assert self._conn is not None
@@ -162,6 +173,7 @@ class Writer:
         last_idle_run = time.monotonic()
         while not stopping:
             self._run_due_tasks()
+            self._retry_waiting()
             try:
                 first = self.queue.get(timeout=_MORE_IDLE_WORK_S if more_idle else self.idle_after_s)
             except queue.Empty:
@@ -185,9 +197,12 @@ class Writer:
                     item = self.queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
+            if batch and self._waiting and time.monotonic() < self._retry_at:
+                self._hold(batch)  # the database is still lost: no round trip per batch
+            elif batch:
                 self._commit(batch)
                 idle_done = False
+            self._retry_waiting()
         self._run_idle_tasks()
         if self._conn is not None:
             self._conn.close()
@@ -282,11 +297,55 @@ class Writer:
             except sqlite3.Error:
                 pass
 
+    def _hold(self, batch: list[_Item]) -> None:
+        """While the database is lost, callers waiting for a commit are told at once and
+        fire-and-forget records join the waiting ones (the oldest go when there are too many)."""
+        error: Any = sqlite3.OperationalError(f"the database is unreachable: {self.stats.last_error}")
+        error.database_failed = True
+        for item in batch:
+            if item.future is not None:
+                item.future.set_exception(error)
+            else:
+                self._waiting.append(item)
+        self._trim_waiting()
+
+    def _trim_waiting(self) -> None:
+        while len(self._waiting) > self.queue.maxsize:
+            self._waiting.popleft()
+            self.stats.dropped_waiting += 1
+            self.stats.dropped += 1
+
+    def _retry_waiting(self) -> None:
+        """Try the waiting records again (oldest first, a batch at a time) once it is time."""
+        while self._waiting and time.monotonic() >= self._retry_at:
+            chunk = [self._waiting.popleft() for _ in range(min(self.batch_max, len(self._waiting)))]
+            self._commit(chunk)
+
     def _batch_failed(self, batch: list[_Item], exc: sqlite3.Error) -> None:
-        """The database refused the whole batch (disk full, read-only): count, log, go on."""
+        """The database refused the whole batch (disk full, read-only): count, log, go on.
+        PostgreSQL lost (a restart, the network): the records wait for it instead."""
         self.healthy = False
         self.stats.failed_batches += 1
         self.stats.last_error = str(exc)
+        if self.backend.dialect == "postgresql" and getattr(exc, "database_failed", False):
+            self._retry_at = time.monotonic() + RETRY_LOST_S
+            keep = [item for item in batch if item.future is None]
+            for item in batch:
+                if item.future is not None:
+                    item.future.set_exception(exc)
+            self._waiting.extendleft(reversed(keep))  # they are older than any still waiting
+            self._trim_waiting()
+            now = time.monotonic()
+            if now - self._failure_logged_at >= FAILURE_LOG_EVERY_S:
+                log.error(
+                    "database unreachable (%s): %d records wait for it (at most %d, then the oldest are "
+                    "dropped); /readyz reports 503 until writes succeed again",
+                    exc,
+                    len(self._waiting),
+                    self.queue.maxsize,
+                )
+                self._failure_logged_at = now
+            return
         lost = 0
         for item in batch:
             if item.future is not None:

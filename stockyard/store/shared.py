@@ -1,0 +1,338 @@
+"""Budgets and rate limits shared by the replicas of one PostgreSQL database.
+
+Several servers on one database must not each keep their own ledger (each would let a
+budget be spent once more). Here the ledger is the ``budget_ledger`` table: a request's
+reservation is one conditional statement (``reserved += amount WHERE spent + reserved +
+amount <= limit``), which PostgreSQL applies row by row under the row's lock, so a hundred
+requests spread over any number of replicas cannot walk past a budget. Settling is one
+statement too: the hold goes, the real cost is added.
+
+Each replica also records what it holds in ``budget_leases`` (its random id, an expiry on
+the database clock) and renews the expiry while it lives. A replica killed with requests in
+flight stops renewing; once its lease has expired, any other replica gives its holds back.
+
+A request against two budgets (key and project) reserves them one after the other and gives
+back the first when the second refuses: for that instant the money is held twice, which can
+refuse another request early but never admit one too many.
+
+Rate limits (rpm, tpm) count requests and tokens per window name and tenth of a second of the
+database clock (``rate_buckets``). An admission locks its window's name (a transaction advisory
+lock), sums the last 60.1 seconds and adds itself: exact across replicas, and never looser than
+the in-memory window: a request counts for 60.0 to 60.1 seconds instead of exactly 60.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key
+from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
+
+if TYPE_CHECKING:
+    from . import Store
+
+log = logging.getLogger("stockyard.budgets")
+
+LEASE_S = 30.0  # a dead replica's holds are given back this long after its last renewal
+_NOW_MS = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
+KNOWN_MAX = 10_000  # (scope, period) rows remembered as existing before the memory is cleared
+
+# A leading comment: the connection never re-runs these after a lost connection (they change data).
+_RESERVE = f"""/* reserve */ WITH held AS (
+    UPDATE budget_ledger SET reserved_uc = reserved_uc + ?
+    WHERE scope = ? AND period_key = ? AND spent_uc + reserved_uc + ? <= ?
+    RETURNING scope, period_key)
+INSERT INTO budget_leases (scope, period_key, replica, reserved_uc, expires_ms)
+SELECT scope, period_key, ?, ?, {_NOW_MS} + ? FROM held
+ON CONFLICT (scope, period_key, replica) DO UPDATE
+SET reserved_uc = budget_leases.reserved_uc + excluded.reserved_uc, expires_ms = excluded.expires_ms
+RETURNING reserved_uc"""
+
+# The hold leaves the ledger only if this replica's lease still had it (a lease given back
+# as expired already took it out).
+_SETTLE = """/* settle */ WITH freed AS (
+    UPDATE budget_leases SET reserved_uc = reserved_uc - ?
+    WHERE scope = ? AND period_key = ? AND replica = ?
+    RETURNING reserved_uc)
+UPDATE budget_ledger
+SET reserved_uc = reserved_uc - (SELECT CASE WHEN count(*) > 0 THEN ? ELSE 0 END FROM freed), spent_uc = spent_uc + ?
+WHERE scope = ? AND period_key = ?
+RETURNING spent_uc"""
+
+_EXPIRE = f"""/* expire */ WITH gone AS (
+    DELETE FROM budget_leases WHERE expires_ms < {_NOW_MS} RETURNING scope, period_key, reserved_uc),
+total AS (SELECT scope, period_key, SUM(reserved_uc) AS amount FROM gone GROUP BY scope, period_key)
+UPDATE budget_ledger SET reserved_uc = budget_ledger.reserved_uc - total.amount
+FROM total WHERE budget_ledger.scope = total.scope AND budget_ledger.period_key = total.period_key
+RETURNING budget_ledger.scope"""
+
+
+class SharedLedger(Ledger):
+    """:class:`~stockyard.budgets.Ledger`'s interface over the ``budget_ledger`` table."""
+
+    def __init__(
+        self,
+        store: "Store",
+        load: Callable[[Budget, str], int],
+        warn_percents: Iterable[int] = (80,),
+        on_warning: Warn | None = None,
+        on_exhausted: Exhausted | None = None,
+        lease_s: float = LEASE_S,
+    ) -> None:
+        super().__init__(load, warn_percents, on_warning, on_exhausted)
+        self._store = store
+        self.replica = uuid.uuid4().hex
+        self.lease_s = lease_s
+        self._known: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._keeper = threading.Thread(target=self._keep, name="stockyard-leases", daemon=True)
+        self._keeper.start()
+
+    def close(self) -> None:
+        """Stop renewing (the holds of requests still in flight expire with the lease)."""
+        self._stop.set()
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._store.read()  # autocommit: each statement commits by itself
+
+    def _ensure(self, budgets: Iterable[Budget], ts_ms: int) -> list[tuple[Budget, str]]:
+        """Create the rows of periods not seen yet, with the spend so far from the rollups
+        (the first replica to insert wins; the others' loads agree or are older)."""
+        keyed = [(b, period_key(b.period, ts_ms)) for b in budgets]
+        conn = self._conn()
+        for budget, key in keyed:
+            if (budget.scope, key) in self._known:
+                continue
+            sql = "SELECT 1 FROM budget_ledger WHERE scope = ? AND period_key = ?"
+            if conn.execute(sql, (budget.scope, key)).fetchone() is None:
+                spent = self._load(budget, key)
+                conn.execute(
+                    "INSERT INTO budget_ledger (scope, period_key, spent_uc) VALUES (?, ?, ?) "
+                    "ON CONFLICT (scope, period_key) DO NOTHING",
+                    (budget.scope, key, spent),
+                )
+            if len(self._known) >= KNOWN_MAX:
+                self._known.clear()
+            self._known.add((budget.scope, key))
+        return keyed
+
+    def _row(self, conn: sqlite3.Connection, scope: str, key: str) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT spent_uc, reserved_uc FROM budget_ledger WHERE scope = ? AND period_key = ?", (scope, key)
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def reserve(self, budgets: list[Budget], amount: int, ts_ms: int) -> Hold:
+        """Reserve ``amount`` µ¢ against every budget, or none of them (BudgetExceeded)."""
+        keyed = self._ensure(budgets, ts_ms)
+        conn = self._conn()
+        lease_ms = int(self.lease_s * 1000)
+        hold = Hold()
+        for budget, key in keyed:
+            args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms)
+            if conn.execute(_RESERVE, args).fetchone() is not None:
+                hold.parts.append((budget, key, amount))
+                continue
+            self._give_back(conn, hold)
+            spent, reserved = self._row(conn, budget.scope, key)
+            refused = BudgetExceeded(budget, key, spent, reserved, amount, ts_ms)
+            with self._lock:
+                first = spent + amount > budget.limit_uc and (budget.scope, key) not in self._exhausted
+                if first:
+                    self._exhausted.add((budget.scope, key))
+            if first and self._on_exhausted is not None:
+                try:
+                    self._on_exhausted(refused)
+                except Exception as exc:  # telling must never change the answer
+                    log.error("could not report an exhausted budget: %s", exc)
+            raise refused
+        return hold
+
+    def _give_back(self, conn: sqlite3.Connection, hold: Hold) -> None:
+        for budget, key, amount in hold.parts:
+            conn.execute(_SETTLE, (amount, budget.scope, key, self.replica, amount, 0, budget.scope, key))
+
+    def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+        """The hold becomes the real cost; the cost also lands on the other current periods
+        the table holds for the request's scopes (a budget switched off and on again)."""
+        try:
+            self._settle(hold, actual_uc, scopes, ts_ms)
+        except sqlite3.Error as exc:  # the rollups still get the cost through the trace
+            log.error("budget settlement not recorded in the shared ledger: %s", exc)
+
+    def _settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+        conn = self._conn()
+        crossed: list[tuple[Budget, str, int, int]] = []
+        settled: dict[str, str] = {}
+        for budget, key, amount in hold.parts if hold else []:
+            args = (amount, budget.scope, key, self.replica, amount, actual_uc, budget.scope, key)
+            row = conn.execute(_SETTLE, args).fetchone()
+            settled[budget.scope] = key
+            if row is not None:
+                with self._lock:
+                    crossed += self._crossings(budget, key, int(row[0]))
+        if actual_uc:
+            current = [period_key(p, ts_ms) for p in PERIODS]
+            for scope in scopes:
+                conn.execute(
+                    "UPDATE budget_ledger SET spent_uc = spent_uc + ? WHERE scope = ? "
+                    "AND period_key IN (?, ?, ?) AND period_key <> ?",
+                    (actual_uc, scope, *current, settled.get(scope, "")),
+                )
+        if self._on_warning is not None:
+            for crossing in crossed:
+                try:
+                    self._on_warning(*crossing)
+                except Exception as exc:  # a warning must never fail a request
+                    log.error("could not record a budget warning: %s", exc)
+
+    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        keyed = self._ensure(budgets, ts_ms)
+        conn = self._conn()
+        for budget, key in keyed:
+            spent, reserved = self._row(conn, budget.scope, key)
+            if spent + reserved >= budget.limit_uc:
+                return BudgetExceeded(budget, key, spent, reserved, 0, ts_ms)
+        return None
+
+    def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT spent_uc, reserved_uc FROM budget_ledger WHERE scope = ? AND period_key = ?",
+                (budget.scope, period_key(budget.period, ts_ms)),
+            )
+            .fetchone()
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def _keep(self) -> None:
+        """Renew this replica's lease and give back the holds of replicas whose lease expired,
+        on a connection of its own; a lost database is retried on the next round."""
+        conn = None
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if conn is None or getattr(conn, "broken", False):
+                    if conn is not None:
+                        conn.close()
+                    conn = self._store.backend.connect()
+                conn.execute(
+                    f"UPDATE budget_leases SET expires_ms = {_NOW_MS} + ? WHERE replica = ?",
+                    (int(self.lease_s * 1000), self.replica),
+                )
+                expired = conn.execute(_EXPIRE).fetchall()
+                if expired:
+                    log.warning("budget holds of a stopped replica given back: %d budget period(s)", len(expired))
+                conn.execute("DELETE FROM budget_leases WHERE reserved_uc = 0 AND replica = ?", (self.replica,))
+            except sqlite3.Error as exc:
+                log.warning("budget leases: %s", exc)
+        if conn is not None:
+            conn.close()
+
+
+TICKS_PER_S = 10  # rate buckets per second
+RATE_SPAN = 60 * TICKS_PER_S + 1  # buckets summed: this tenth of a second and the 600 before it
+PRUNE_EVERY = 1000  # admissions between deletions of every window's old buckets
+
+
+@dataclass
+class RateEntry:
+    """One admitted request: its window's bucket and the tokens counted for it."""
+
+    tick: int
+    tokens: int
+    live: bool = True
+
+
+class SharedRateLimiter:
+    """:class:`~stockyard.modules.ratelimit.RateLimiter`'s interface over ``rate_buckets``."""
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+        self._admitted = 0
+
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> RateEntry:
+        """Count one request against the window ``key_id``, or raise RateLimited. The database
+        lost: the request goes through uncounted (a limit is not a budget; it fails open)."""
+        if tpm is not None and tokens > tpm:
+            raise too_large(who, tpm, tokens)
+        try:
+            conn = self._store.read()
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            try:
+                entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction and not getattr(conn, "broken", False):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.warning("rate limit of %s not counted, the database failed: %s", who, exc)
+            return RateEntry(0, tokens, live=False)
+        self._admitted += 1
+        if self._admitted % PRUNE_EVERY == 0:
+            self._prune()
+        return entry
+
+    def _admit(
+        self, conn: sqlite3.Connection, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str
+    ) -> RateEntry:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{name}",))
+        now = int(conn.execute(f"SELECT {_NOW_MS}").fetchone()[0])
+        tick = now * TICKS_PER_S // 1000
+        buckets = conn.execute(
+            "SELECT tick, requests, tokens FROM rate_buckets WHERE name = ? AND tick > ? ORDER BY tick",
+            (name, tick - RATE_SPAN),
+        ).fetchall()
+        requests, used = sum(b[1] for b in buckets), sum(b[2] for b in buckets)
+        if rpm is not None and requests + 1 > rpm:
+            raise too_many_requests(who, rpm, _wait(buckets, 1, requests + 1 - rpm, now))
+        if tpm is not None and used + tokens > tpm:
+            raise too_many_tokens(who, tpm, tokens, _wait(buckets, 2, used + tokens - tpm, now))
+        conn.execute(
+            "INSERT INTO rate_buckets (name, tick, requests, tokens) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (name, tick) DO UPDATE SET requests = rate_buckets.requests + 1, "
+            "tokens = rate_buckets.tokens + excluded.tokens",
+            (name, tick, tokens),
+        )
+        conn.execute("DELETE FROM rate_buckets WHERE name = ? AND tick <= ?", (name, tick - RATE_SPAN))
+        return RateEntry(tick, tokens)
+
+    def correct(self, key_id: str, entry: RateEntry, tokens: int) -> None:
+        """Replace an admitted request's estimate with what it really used (a bucket already
+        deleted has left the window: nothing to correct)."""
+        if not entry.live or tokens == entry.tokens:
+            return
+        try:
+            self._store.read().execute(
+                "UPDATE rate_buckets SET tokens = tokens + ? WHERE name = ? AND tick = ?",
+                (tokens - entry.tokens, key_id, entry.tick),
+            )
+            entry.tokens = tokens
+        except sqlite3.Error as exc:
+            log.warning("rate limit tokens not corrected: %s", exc)
+
+    def _prune(self) -> None:
+        """Windows that went quiet keep their last buckets: delete every old one now and then."""
+        try:
+            self._store.read().execute(
+                f"DELETE FROM rate_buckets WHERE tick <= {_NOW_MS} * ? / 1000 - ?", (TICKS_PER_S, RATE_SPAN)
+            )
+        except sqlite3.Error as exc:
+            log.warning("old rate-limit buckets not deleted: %s", exc)
+
+
+def _wait(buckets: list, column: int, excess: int, now_ms: int) -> float:
+    """Seconds until enough of the oldest buckets have left the window to free ``excess``; at
+    most 60 (what the in-memory window says: a client retrying ≤ 0.1 s early is refused once more)."""
+    freed, tick = 0, 0
+    for bucket in buckets:
+        freed, tick = freed + int(bucket[column]), int(bucket[0])
+        if freed >= excess:
+            break
+    return min(60.0, (tick + RATE_SPAN) / TICKS_PER_S - now_ms / 1000)
