@@ -32,7 +32,10 @@ BATCH_ROWS = 500
 WIDE_BATCH_ROWS = 20  # tables with bodies (up to 2 × 256 kB a row; pg8000 holds ~9 copies of a batch)
 PARAMS_MAX = 30_000  # bind parameters in one multi-row INSERT (PostgreSQL allows 65,535)
 PROGRESS_EVERY = 50_000
-SKIP = ("schema_migrations",)  # each store records its own migrations: their SQL differs
+# Not copied: each store records its own migrations (their SQL differs); the replicas' shared
+# budget and rate-limit state is rebuilt from the rollups on first use, and copying live
+# reservations and leases would hold money for servers that are not there.
+SKIP = ("schema_migrations", "budget_ledger", "budget_leases", "rate_buckets")
 LAST = ("cache_stats",)  # counted by triggers on cache_entries: copied after it, over what they counted
 
 
