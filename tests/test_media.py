@@ -341,6 +341,7 @@ def test_big_base64_images_are_stored_only_up_to_the_body_cap(client, server, mo
     mock.enqueue(Reply(json={"created": 1, "data": [{"b64_json": "QUJD" * 200_000}]}))
     raw = client.images.with_raw_response.generate(model="dall-e-2", prompt="big", response_format="b64_json")
     assert len(raw.parse().data[0].b64_json) == 800_000
+    server.trace(raw.headers["x-stockyard-trace-id"])  # the writer commits it a moment after the answer
     status, detail = admin(server, "GET", f"/api/traces/{raw.headers['x-stockyard-trace-id']}")
     assert detail["response_truncated"] is True and len(detail["response_body"]) <= 256 * 1024
     assert detail["cost_uc"] == 2_000_000  # one dall-e-2 1024x1024 image
