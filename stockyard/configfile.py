@@ -24,13 +24,12 @@ running server reloads once. :func:`export` writes the database's configuration 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import modules as registry
 from .errors import ProxyError
@@ -375,23 +374,12 @@ def plan(
         var = desired.key_env.get(name)
         if var is not None and env.get(var) != stored_keys.get(name):
             changes.append(Change("providers", name, "set key", f"from ${var}"))
-    for name in now.providers.keys() - desired.providers.keys():
-        changes.append(Change("providers", name, "remove", ""))
+    changes += [Change("providers", name, "remove", "") for name in now.providers if name not in desired.providers]
     for name, fields in _with_module_defaults(desired).items():
         if now.modules.get(name) != fields:
             changes.append(Change("modules", name, "change", _describe(fields)))
-    for model, price in desired.prices.items():
-        if now.prices.get(model) != price:
-            action = "change" if model in now.prices else "add"
-            changes.append(Change("prices", model, action, _describe(_rates(price))))
-    for model in now.prices.keys() - desired.prices.keys():
-        changes.append(Change("prices", model, "remove", ""))
-    for project, budget in desired.projects.items():
-        if now.projects.get(project) != budget:
-            action = "change" if project in now.projects else "add"
-            changes.append(Change("projects", project, action, _describe(_budget(budget))))
-    for project in now.projects.keys() - desired.projects.keys():
-        changes.append(Change("projects", project, "remove", ""))
+    changes += _whole_entries("prices", now.prices, desired.prices, _rates)
+    changes += _whole_entries("projects", now.projects, desired.projects, _budget)
     for name, spec in desired.models.items():
         before = now.models.get(name)
         head = {k: v for k, v in spec.items() if k != "deployments"}
@@ -410,11 +398,22 @@ def plan(
             var = desired.key_env.get(target)
             if var is not None and env.get(var) != stored_keys.get(target):
                 changes.append(Change("models", target, "set key", f"from ${var}"))
-        for dep in had.keys() - spec["deployments"].keys():
-            changes.append(Change("models", f"{name}/{dep}", "remove", ""))
-    for name in now.models.keys() - desired.models.keys():
-        changes.append(Change("models", name, "remove", ""))
+        changes += [Change("models", f"{name}/{dep}", "remove", "") for dep in had if dep not in spec["deployments"]]
+    changes += [Change("models", name, "remove", "") for name in now.models if name not in desired.models]
     return changes
+
+
+def _whole_entries(
+    section: str, now: Mapping[str, Any], desired: Mapping[str, Any], shown: Callable[[Any], Mapping[str, Any]]
+) -> list[Change]:
+    """Add, change and remove lines for a section whose entries compare whole (prices, budgets),
+    removals in the database's order so a plan reads the same every time."""
+    changes = [
+        Change(section, name, "change" if name in now else "add", _describe(shown(value)))
+        for name, value in desired.items()
+        if now.get(name) != value
+    ]
+    return changes + [Change(section, name, "remove", "") for name in now if name not in desired]
 
 
 def missing_variables(desired: Desired, env: Mapping[str, str]) -> list[str]:
@@ -593,7 +592,3 @@ def _value(value: Any) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None) + " }"
     raise TypeError(f"cannot write {type(value).__name__} in TOML")
-
-
-def environment() -> Mapping[str, str]:
-    return os.environ
