@@ -9,17 +9,13 @@ function `(Bench) -> list[Row]` in SCENARIOS; one that raises NotAvailable shows
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import re
-import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -34,10 +30,7 @@ from common import (
     cpu_seconds,
     load,
     median,
-    quantile,
     run_pyz,
-    start_mock,
-    start_proxy,
 )
 
 # Targets from the issues (issue 2: core; issue 5: keys; issue 6: modules).
@@ -47,153 +40,7 @@ MIN_RPS = 800.0
 CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, and for the module chain
 
 
-@dataclass
-class Row:
-    """One line of the table. `ok` None means informational (no target)."""
-
-    metric: str
-    value: str
-    target: str = ""
-    ok: bool | None = None
-    detail: str = ""
-
-    @property
-    def result(self) -> str:
-        return "-" if self.ok is None else ("PASS" if self.ok else "MISS")
-
-
-class Bench:
-    """What scenarios share: options, the process manager, and mocks/proxies started on demand."""
-
-    def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
-        self.args = args
-        self.procs = procs
-        self.pyz: Path = args.pyz
-        self._targets: dict[str, Target] = {}
-        self._cluster = None  # a throwaway PostgreSQL server, started on first use
-
-    def mock(self, delay_ms: float) -> Target:
-        """The mock upstream with this delay (one process per delay)."""
-        key = f"mock:{delay_ms:g}"
-        if key not in self._targets:
-            self._targets[key] = start_mock(self.procs, delay_ms)
-        return self._targets[key]
-
-    def proxy(
-        self,
-        name: str,
-        delay_ms: float,
-        log_requests: bool = False,
-        extra_env: dict[str, str] | None = None,
-        setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None,
-        database: str | None = None,
-    ) -> Target:
-        """A proxy (own process and database) in front of the mock with `delay_ms`."""
-        if name not in self._targets:
-            self._targets[name] = start_proxy(
-                self.procs, self.pyz, name, self.mock(delay_ms), log_requests, extra_env, setup, database
-            )
-        return self._targets[name]
-
-    def postgresql(self) -> str:
-        """A fresh PostgreSQL database URL: from --postgresql, else a throwaway server (tests/pgcluster.py)."""
-        if self.args.postgresql:
-            return self.args.postgresql
-        if self._cluster is None:
-            try:
-                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-                from pgcluster import Cluster  # needs initdb and the test requirements (pg8000)
-
-                self._cluster = Cluster().start()
-            except Exception as exc:
-                raise NotAvailable(f"no PostgreSQL: pass --postgresql URL ({type(exc).__name__}: {exc})") from None
-        return self._cluster.database()
-
-    def close(self) -> None:
-        if self._cluster is not None:
-            self._cluster.stop()
-
-    def db(self, target: Target) -> Path:
-        return self.procs.workdir / f"{target.name}.db"
-
-
-# --------------------------------------------------------------------------- measuring
-
-
-Rounds = list[dict[str, list[float]]]  # per round: target name -> samples (seconds)
-
-
-def interleaved(targets: list[Target], measure: Callable[[Client], float], n: int, rounds: int, warmup: int) -> Rounds:
-    """`n` timed requests per target from ONE client (a keep-alive connection per target),
-    alternating targets request by request (rotating who goes first), split into rounds."""
-    clients = [Client(t) for t in targets]
-    per_round = max(1, n // rounds)
-    out: Rounds = []
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(warmup):
-            for c in clients:
-                measure(c)
-        for _ in range(rounds):
-            samples: dict[str, list[float]] = {t.name: [] for t in targets}
-            for i in range(per_round):
-                k = i % len(clients)
-                for c in clients[k:] + clients[:k]:
-                    samples[c.target.name].append(measure(c))
-            out.append(samples)
-            gc.collect()
-    finally:
-        gc.enable()
-        for c in clients:
-            c.close()
-    return out
-
-
-def added_ms(rounds: Rounds, name: str, base: str, q: float) -> float:
-    """Median over rounds of quantile(name) − quantile(base), in milliseconds."""
-    return 1000 * median([quantile(r[name], q) - quantile(r[base], q) for r in rounds])
-
-
-def at_ms(rounds: Rounds, name: str, q: float) -> float:
-    """Median over rounds of quantile(name), in milliseconds."""
-    return 1000 * median([quantile(r[name], q) for r in rounds])
-
-
-def latency_rows(
-    label: str, rounds: Rounds, name: str, base: str, p50_max: float, p99_max: float, over: str = "direct"
-) -> list[Row]:
-    """p50 and p99 rows for `name` over `base`, with both absolute values as detail."""
-    rows = []
-    for q, limit in ((0.50, p50_max), (0.99, p99_max)):
-        added = added_ms(rounds, name, base, q)
-        tag = f"p{round(q * 100)}"
-        rows.append(
-            Row(
-                f"{label} {tag} (over {over})",
-                f"{added:+.2f} ms",
-                f"<= {limit:g} ms",
-                added <= limit,
-                f"{over} {at_ms(rounds, base, q):.2f} ms, proxy {at_ms(rounds, name, q):.2f} ms",
-            )
-        )
-    return rows
-
-
-def count_traces(db: Path, expect: int, wait_s: float = 5.0) -> int:
-    """Rows in `traces` once the writer caught up with `expect` (bounded wait)."""
-    deadline = time.monotonic() + wait_s
-    count = -1
-    while True:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            count = conn.execute("SELECT count(*) FROM traces").fetchone()[0]
-        finally:
-            conn.close()
-        if count >= expect or time.monotonic() > deadline:
-            return count
-        time.sleep(0.2)
-
+from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, latency_rows  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
 
@@ -372,9 +219,6 @@ def modules_chain(b: Bench) -> list[Row]:
                 )
             )
     return rows
-
-
-Scenario = Callable[[Bench], list[Row]]
 
 
 def postgresql_throughput(b: Bench) -> list[Row]:
