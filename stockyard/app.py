@@ -18,7 +18,7 @@ from typing import Mapping
 from . import __version__, audit
 from .auth import Gatekeeper
 from .backup import Snapshotter
-from .batch_costs import BatchCosts
+from .batch_costs import BatchCosts, BatchWatch
 from .billing import Pricer
 from .budgets import Budget, BudgetRecords, Ledger, budgets_for, load_project_budgets, scopes_of, seconds_left
 from .chain import Chain, HookFailures
@@ -136,6 +136,8 @@ class App:
             lambda key, cost, ts_ms: self.ledger.settle(None, cost, scopes_of(key), ts_ms),
         )
         self.files = FilesAPI(self.path, Ownership(self.store), self.batch_costs.completed, self.check_batch_budget)
+        ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
+        self.batch_watch = BatchWatch(self.store, self.files, self.registry, ring, settings.batch_poll_s)
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1
@@ -147,6 +149,7 @@ class App:
             handler.addFilter(ScrubLogs(self.scrubber.text))
         self.reload()
         self.webhooks.start()
+        self.batch_watch.start()
         self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
@@ -347,6 +350,7 @@ class App:
     def close(self) -> None:
         self._stopping.set()
         self.webhooks.stop()
+        self.batch_watch.stop()
         self.gate.flush_last_used(force=True)
         try:
             self.ops(audit.ACTOR_SERVER).audit_event("server.stop", "server", {"version": __version__})

@@ -1,11 +1,16 @@
-"""What a completed batch cost: its output file's usage at the batch price, recorded once.
+"""What a batch cost: its output file's usage at the batch price, recorded once.
 
 OpenAI bills Batch API requests at half the normal price (``BATCH_PRICE``). When a batch's
-owner first sees it ``completed`` (retrieve or list), its output file is read from the
+owner first sees it ended (``completed``, or ``expired``/``cancelled`` with some requests done;
+retrieve or list), its output file is read from the
 provider as a stream, line by line; each line's ``response.body.usage`` is priced at its
 model's normal price times ``BATCH_PRICE``, and the sum becomes one trace row under the
 owner's key (tokens summed, cost exact; any line of a model without a price makes the cost
 unknown) — so cost reports and budgets see it.
+
+Nobody has to look: :class:`BatchWatch` retrieves the unbilled batches every
+``STOCKYARD_BATCH_POLL`` (10 minutes by default) on their owners' behalf, so a batch started
+by a script that never asks again still reaches cost reports and budgets.
 
 The reading runs in a background thread of its own: a retrieve answers at once, and the
 writer thread, which every trace waits behind, never waits on a provider. The row and the
@@ -18,16 +23,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import astuple
 from typing import Callable
 
 from .context import RequestContext
 from .errors import OPENAI
-from .files_api import lines_of, mark_billed, upstream_path
-from .keys import KeyRecord
+from .files_api import FilesAPI, lines_of, mark_billed, upstream_path
+from .keys import KeyRecord, KeyRing
 from .metrics import Metrics
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
-from .providers import Provider
+from .providers import Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import RequestPath
 from .store import Store
@@ -36,6 +42,7 @@ from .store.traces import trace_row_from
 log = logging.getLogger("stockyard.batches")
 
 BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
+WATCH_DAYS = 30  # batches older than this are no longer looked at (a batch ends within 24 hours)
 MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
 Settle = Callable[[KeyRecord, int, int], None]  # (owner key, cost µ¢, ts ms): the budget ledger learns it
 
@@ -173,3 +180,71 @@ class BatchCosts:
             total.usage.completion_tokens,
             ctx.trace_id,
         )
+
+
+class BatchWatch:
+    """Looks at every unbilled batch now and then, as its owner would: one that ended is then
+    recorded by :class:`BatchCosts` (once, whoever looks first) and not asked about again. Each
+    replica may run one: marking the batch billed in the row's transaction keeps the record single."""
+
+    def __init__(
+        self,
+        store: Store,
+        files: FilesAPI,
+        registry: Callable[[], Registry],
+        keys: Callable[[], KeyRing],
+        every_s: float,
+    ) -> None:
+        self._store = store
+        self._files = files
+        self._registry = registry
+        self._keys = keys
+        self._every_s = every_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._every_s > 0:
+            self._thread = threading.Thread(target=self._run, name="stockyard-batch-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._every_s):
+            try:
+                self.look()
+            except Exception as exc:  # a provider or database hiccup: the next pass tries again
+                log.warning("batch watch: a pass failed: %s: %s", type(exc).__name__, exc)
+
+    def look(self) -> int:
+        """One pass over the unbilled batches: how many were retrieved."""
+        since = int((time.time() - WATCH_DAYS * 86400) * 1000)
+        rows = (
+            self._store.read()
+            .execute(
+                "SELECT id, key_id, provider FROM owned_objects"
+                " WHERE kind = 'batch' AND billed = 0 AND created_at >= ? ORDER BY created_at LIMIT 500",
+                (since,),
+            )
+            .fetchall()
+        )
+        seen = 0
+        for row in rows:
+            if self._stopping.is_set():
+                break
+            provider = self._registry().by_name.get(row["provider"])
+            key = self._keys().by_id(row["key_id"]) if row["key_id"] else None
+            if provider is None or (row["key_id"] and key is None):
+                continue  # the provider or the key is gone: nobody to ask, nobody to bill
+            ctx = RequestContext("batches.watch", OPENAI, "", {})
+            if key is not None:
+                ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
+            try:
+                self._files.look_at_batch(ctx, provider, row["id"])
+            except Exception as exc:  # this provider is down or its key unusable: the others go on
+                log.warning("batch watch: batch %s: %s: %s", row["id"], type(exc).__name__, exc)
+                continue
+            seen += 1
+        return seen

@@ -38,6 +38,7 @@ class Settings:
     encryption_key: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024  # a multipart upload (audio, images, files), spooled to disk
+    batch_poll_s: float = 600.0  # how often unbilled batches are looked at (0: only when their owner looks)
     store_bodies: bool = True
     body_cap_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
@@ -145,6 +146,14 @@ def _env_duration(env: Mapping[str, str], name: str) -> float | None:
     return parse_duration(value, name) if value else None
 
 
+def _env_duration_or_off(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration, or 0 for ``off`` / ``0`` (the thing it paces does not run by itself)."""
+    value = (env.get(name) or "").strip().lower()
+    if value in ("0", "off"):
+        return 0.0
+    return parse_duration(value, name) if value else default
+
+
 def _env_megabytes(env: Mapping[str, str], name: str) -> int | None:
     value = env.get(name)
     if not value:
@@ -209,6 +218,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         max_upload_bytes=_positive_int(
             env.get("STOCKYARD_MAX_UPLOAD_BYTES"), "STOCKYARD_MAX_UPLOAD_BYTES", 512 * 1024 * 1024
         ),
+        batch_poll_s=_env_duration_or_off(env, "STOCKYARD_BATCH_POLL", 600.0),
         store_bodies=_env_bool(env.get("STOCKYARD_STORE_BODIES"), True),
         body_cap_bytes=int(env.get("STOCKYARD_BODY_CAP_BYTES") or 256 * 1024),
         idle_timeout_s=float(env.get("STOCKYARD_IDLE_TIMEOUT") or 30.0),

@@ -44,6 +44,9 @@ LIST_PAGE = 100  # objects asked of the provider per page while filtering a list
 MAX_LIST_PAGES = 20  # provider pages one list request reads at most; past that, has_more says "ask again"
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
 KIND = {"files": "file", "batches": "batch"}
+# A batch in one of these states runs no more requests: what its output file holds is what it cost
+# (an expired or cancelled batch's finished requests are billed too; a failed one has none).
+ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
 
 
 def route_of(path: str) -> tuple[str, str | None, str] | None:
@@ -554,15 +557,25 @@ class FilesAPI:
             self._see_batch(ctx, provider, doc)
         self._send(reply, ctx, answer)
 
+    def look_at_batch(self, ctx: RequestContext, provider: Provider, batch_id: str) -> str | None:
+        """Retrieve a batch for its owner without a client (the batch watch): its status, or None
+        when the provider did not answer with a batch. Seen as if the owner had retrieved it."""
+        answer, doc = self._call(ctx, provider, "GET", f"/batches/{batch_id}")
+        if answer.status >= 300 or not isinstance(doc, dict) or doc.get("id") != batch_id:
+            return None
+        self._see_batch(ctx, provider, doc)
+        status = doc.get("status")
+        return status if isinstance(status, str) else None
+
     def _see_batch(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
         """A batch its owner is looking at: its output and error files become the owner's, and a
-        completed one is handed to the cost recorder (which records it once)."""
+        batch that ended is handed to the cost recorder (which records it once)."""
         owner = owner_of(ctx)
         for field in ("output_file_id", "error_file_id"):
             file_id = batch.get(field)
             if isinstance(file_id, str) and file_id and self.ownership.find(file_id, "file", owner) is None:
                 self.ownership.claim(file_id, "file", owner, provider.name)
-        if batch.get("status") == "completed" and isinstance(batch.get("id"), str):
+        if batch.get("status") in ENDED and isinstance(batch.get("id"), str):
             owned = self.ownership.find(batch["id"], "batch", owner)
             if owned is not None and not owned.billed:
                 self._on_completed(ctx, provider, batch)

@@ -189,6 +189,7 @@ class KeyRing:
 
     def __init__(self, records: list[KeyRecord]) -> None:
         self._by_hash = {r.hash: r for r in records}
+        self._by_id = {r.id: r for r in records}
         self.count = len(records)
         self.live = sum(1 for r in records if r.status() == "active")
 
@@ -199,6 +200,10 @@ class KeyRing:
         if record is None or not hmac.compare_digest(record.hash, wanted):
             return None
         return record
+
+    def by_id(self, key_id: str) -> KeyRecord | None:
+        """The record with this id (revoked and expired ones too: what they spent still counts)."""
+        return self._by_id.get(key_id)
 
 
 def check(

@@ -427,3 +427,45 @@ def test_the_chain_tells_whether_a_module_runs_for_a_key():
     assert scoped.runs("budget", ctx)
     ctx.key_id = "k2"
     assert not scoped.runs("budget", ctx)
+
+
+def test_a_batch_nobody_asks_about_again_is_recorded_by_the_batch_watch(pyz_path, cache_home, mock, tmp_path):
+    """A script that starts a batch and never looks again: the watch retrieves it on the owner's
+    behalf, and its cost reaches the rollups (and so budgets and reports) all the same."""
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_BATCH_POLL": "0.2s",
+    }
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
+    secret = srv.cli("keys", "create", "--name", "nightly").stdout.strip()
+    srv.start()
+    try:
+        sdk = OpenAI(base_url=srv.url + "/v1", api_key=secret, max_retries=0)
+        source = sdk.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+        batch = sdk.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+        rows = wait_for(lambda: traces(srv, "batches.usage"), timeout=30, what="the watch's usage row")
+        assert len(rows) == 1 and rows[0]["prompt_tokens"] == PROMPT_TOKENS and rows[0]["cost_uc"] > 0
+        assert srv.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (batch.id,)) == [{"billed": 1}]
+        done = sdk.batches.retrieve(batch.id)  # the owner looks later: the watch made its files the owner's
+        assert done.status == "completed" and sdk.files.content(done.output_file_id).content
+        assert len(traces(srv, "batches.usage")) == 1  # and it is never recorded twice
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_a_cancelled_batch_is_billed_for_the_requests_it_finished(server, mock):
+    """OpenAI bills the requests a cancelled or expired batch finished: its output file is read too."""
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    line = {"custom_id": "req-0", "response": {"status_code": 200, "body": {"model": "gpt-4o-mini", "usage": usage}}}
+    output = alice.files.create(file=("out.jsonl", io.BytesIO(json.dumps(line).encode() + b"\n")), purpose="user_data")
+    before = len(traces(server, "batches.usage"))
+    mock.enqueue(Reply(json={**batch.model_dump(), "status": "cancelled", "output_file_id": output.id}))
+    assert alice.batches.retrieve(batch.id).status == "cancelled"
+    rows = wait_for(lambda: traces(server, "batches.usage")[before:], timeout=30, what="the cancelled batch's row")
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (7, 3) and rows[0]["cost_uc"] > 0
