@@ -17,6 +17,7 @@ from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedEr
 from rawhttp import connect, read_response, read_until_close
 
 from stockyard.batch_costs import BATCH_PRICE
+from stockyard.config import load
 
 ADMIN = "admin-key-for-files-tests-0123456789abcdef"
 MINI_RATES = (15_000_000, 60_000_000)  # gpt-4o-mini, µ¢ per 1M tokens (input, output)
@@ -469,3 +470,14 @@ def test_a_cancelled_batch_is_billed_for_the_requests_it_finished(server, mock):
     assert alice.batches.retrieve(batch.id).status == "cancelled"
     rows = wait_for(lambda: traces(server, "batches.usage")[before:], timeout=30, what="the cancelled batch's row")
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (7, 3) and rows[0]["cost_uc"] > 0
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 600.0), ("off", 0.0), ("0", 0.0), ("90s", 90.0), ("1h", 3600.0)])
+def test_the_batch_watch_interval_setting(value, seconds, tmp_path):
+    env = {"STOCKYARD_DB": str(tmp_path / "s.db"), **({"STOCKYARD_BATCH_POLL": value} if value else {})}
+    assert load({}, env).batch_poll_s == seconds
+
+
+def test_a_bad_batch_watch_interval_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="STOCKYARD_BATCH_POLL"):
+        load({}, {"STOCKYARD_DB": str(tmp_path / "s.db"), "STOCKYARD_BATCH_POLL": "soon"})
