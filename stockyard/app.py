@@ -79,6 +79,7 @@ class App:
             bodies_max_age_s=settings.retention_bodies_s,
             traces_max_age_s=settings.retention_traces_s,
             bodies_max_bytes=settings.bodies_max_bytes,
+            responses_max_age_s=settings.retention_responses_s,
         )
         self.writer.add_idle_task(self.retention.run)
         self.writer.add_idle_task(backfill_search)  # bodies stored before the search index

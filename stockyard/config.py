@@ -55,6 +55,7 @@ class Settings:
     snapshot_every_s: float = DEFAULT_SNAPSHOT_EVERY_S
     retention_bodies_s: float | None = None  # delete stored bodies older than this
     retention_traces_s: float | None = None  # delete traces older than this (rollups stay)
+    retention_responses_s: float | None = 30 * 86400.0  # stored Responses API responses (None: keep)
     bodies_max_bytes: int | None = None  # delete the oldest bodies beyond this total
     models_refresh_s: float = 300.0  # /v1/models: provider lists older than this are refreshed
     public_hosts: tuple[str, ...] = ()  # Host names served beyond loopback ("*": any)
@@ -233,6 +234,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         snapshot_every_s=parse_duration(str(every), "--snapshot-every") if every else DEFAULT_SNAPSHOT_EVERY_S,
         retention_bodies_s=_env_duration(env, "STOCKYARD_RETENTION_BODIES"),
         retention_traces_s=_env_duration(env, "STOCKYARD_RETENTION_TRACES"),
+        retention_responses_s=_env_duration_or_off(env, "STOCKYARD_RETENTION_RESPONSES", 30 * 86400.0) or None,
         bodies_max_bytes=_env_megabytes(env, "STOCKYARD_BODIES_MAX_MB"),
         models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
         public_hosts=parse_public_hosts(env.get("STOCKYARD_PUBLIC_HOSTS")),

@@ -4,9 +4,11 @@ Runs as an idle task of the writer thread: one step per call — one DELETE of a
 ``batch_rows`` rows, or one incremental-vacuum step — so a write never waits behind more
 than a few milliseconds of housekeeping, and a large backlog (the first run after turning
 retention on) drains as fast as the server is idle. Daily rollups are never touched, so
-cost reports stay whole after the traces behind them are gone. Responses kept for the
-Responses API (``stockyard.conversations``), the per-minute latency histograms and the webhook
-delivery log leave with the traces' age limit.
+cost reports stay whole after the traces behind them are gone. The per-minute latency
+histograms and the webhook delivery log leave with the traces' age limit. Responses kept for the
+Responses API (``stockyard.conversations``) leave after 30 days (OpenAI's own rule for stored
+responses; ``STOCKYARD_RETENTION_RESPONSES``) or with the traces, whichever comes first: a key
+storing responses cannot grow the file for ever.
 
 Trace ids are time-sortable (``tr_<ms hex>…``), so "bodies older than" is a range on the
 ``trace_bodies`` primary key and each batch reads only the rows it deletes.
@@ -27,6 +29,7 @@ log = logging.getLogger("stockyard.retention")
 BATCH_ROWS = 500
 VACUUM_PAGES = 1000  # pages handed back to the file system per step
 VACUUM_MIN_FREE_PAGES = 64  # fewer free pages than this are left for new rows to reuse
+RESPONSES_MAX_AGE_S = 30 * 86400.0  # stored responses, by default (OpenAI keeps them 30 days)
 CAP_CHECK_EVERY_S = 300.0  # measuring stored bodies reads the whole table: not too often
 
 
@@ -52,12 +55,15 @@ class Retention:
         bodies_max_age_s: float | None = None,
         traces_max_age_s: float | None = None,
         bodies_max_bytes: int | None = None,
+        responses_max_age_s: float | None = None,
         batch_rows: int = BATCH_ROWS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bodies_max_age_s = bodies_max_age_s
         self.traces_max_age_s = traces_max_age_s
         self.bodies_max_bytes = bodies_max_bytes
+        ages = [a for a in (responses_max_age_s, traces_max_age_s) if a is not None]
+        self.responses_max_age_s = min(ages) if ages else None  # the traces' limit, if sooner
         self.batch_rows = batch_rows
         self.clock = clock
         self.stats = RetentionStats()
@@ -81,14 +87,6 @@ class Retention:
             self.stats.traces_deleted += deleted
             if deleted:
                 return True
-            gone = conn.execute(  # stored Responses API responses age out with the traces
-                "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses WHERE created_at < ? "
-                "ORDER BY created_at LIMIT ?)",
-                (cutoff, self.batch_rows),
-            ).rowcount
-            self.stats.responses_deleted += gone
-            if gone:
-                return True
             if conn.execute(  # latency histograms too (whole minutes before the cutoff)
                 "DELETE FROM latency_minutes WHERE (minute, bucket) IN (SELECT minute, bucket FROM latency_minutes "
                 "WHERE minute < ? ORDER BY minute LIMIT ?)",
@@ -100,6 +98,15 @@ class Retention:
                 "ORDER BY id LIMIT ?)",
                 (iso_utc(cutoff), self.batch_rows),
             ).rowcount:
+                return True
+        if self.responses_max_age_s is not None:
+            gone = conn.execute(
+                "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses WHERE created_at < ? "
+                "ORDER BY created_at LIMIT ?)",
+                (now_ms - int(self.responses_max_age_s * 1000), self.batch_rows),
+            ).rowcount
+            self.stats.responses_deleted += gone
+            if gone:
                 return True
         if self.bodies_max_age_s is not None:
             cutoff_id = id_before(now_ms - int(self.bodies_max_age_s * 1000))

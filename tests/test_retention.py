@@ -133,3 +133,35 @@ def test_a_bad_retention_setting_stops_the_server_with_one_line(pyz_path, cache_
         timeout=30,
     )
     assert r.returncode == 1 and name in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stored_responses_leave_after_their_own_age_or_the_traces_whichever_is_sooner(tmp_path):
+    """A key storing Responses API turns cannot grow the file for ever: 30 days by default."""
+    conn = db.connect(tmp_path / "resp.db")
+    db.migrate(conn)
+    ages_days = (40, 20, 1)
+    for i, days in enumerate(ages_days):
+        conn.execute(
+            "INSERT INTO responses (id, key_id, provider, created_at, passthrough) VALUES (?, 'k', 'openai', ?, 1)",
+            (f"resp_{i}", NOW_MS - days * DAY_MS),
+        )
+    clock = lambda: NOW_MS / 1000  # noqa: E731
+
+    def left(r: Retention) -> list[str]:
+        while r.run(conn):
+            pass
+        return [row[0] for row in conn.execute("SELECT id FROM responses ORDER BY id")]
+
+    assert left(Retention(clock=clock)) == ["resp_0", "resp_1", "resp_2"]  # nothing asked: all kept
+    assert left(Retention(responses_max_age_s=retention.RESPONSES_MAX_AGE_S, clock=clock)) == ["resp_1", "resp_2"]
+    sooner = Retention(responses_max_age_s=retention.RESPONSES_MAX_AGE_S, traces_max_age_s=7 * 86400, clock=clock)
+    assert left(sooner) == ["resp_2"] and sooner.stats.responses_deleted == 1
+    conn.close()
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 30 * 86400.0), ("off", None), ("7d", 7 * 86400.0)])
+def test_the_stored_responses_age_setting(value, seconds, tmp_path):
+    from stockyard.config import load
+
+    env = {"STOCKYARD_DB": str(tmp_path / "s.db"), **({"STOCKYARD_RETENTION_RESPONSES": value} if value else {})}
+    assert load({}, env).retention_responses_s == seconds
