@@ -6,7 +6,7 @@ projects, 10 models on 3 providers, 2,000 end users, a ``team`` and an ``env`` t
 requests, 4% errors, a retried attempt now and then. Traces go in with direct multi-row SQL
 (no bodies: reports never read them), and the rollups are the writer's own per-batch sums
 (:class:`stockyard.store.traces.RollupSums`), so every report equals the sum of the traces.
-About 150k traces/s here: 10 million take a bit over a minute. The data is not committed.
+ The data is not committed.
 
 :func:`trace_rows` makes the same kind of rows with bodies for the writer benchmark (bench/store.py).
 """
@@ -60,7 +60,8 @@ def trace_rows(n: int, *, start_ms: int, step_ms: int, bodies: bool, seed: int =
     for i in range(n):
         ms = start_ms + i * step_ms
         provider, model, p_uc, c_uc = MODELS[int(rng.random() ** 2 * len(MODELS))]  # cheap models more often
-        key_id, project = KEYS[int(rng.random() ** 1.5 * len(KEYS))]
+        user = int(rng.random() ** 3 * USERS)  # a few heavy users, a long tail
+        key_id, project = KEYS[user % len(KEYS)]  # an end user is an application's (a key's)
         error = rng.random() < 0.04
         retried = error and rng.random() < 0.5
         prompt, completion = rng.randint(20, 3000), rng.randint(0, 800)
@@ -82,39 +83,59 @@ def trace_rows(n: int, *, start_ms: int, step_ms: int, bodies: bool, seed: int =
                 cost_status="none" if error else "exact", upstream_request_id=f"req_{i:x}",
                 error_type="upstream_error" if error else None, error_message="overloaded" if error else None,
                 key_id=key_id, project=project, parent_id=f"tr_{ms:012x}{i + 1:08x}" if retried else None,
-                attempt=1, cache_hit=0, cost_saved_uc=None, end_user=f"user-{int(rng.random() ** 3 * USERS)}",
+                attempt=1, cache_hit=0, cost_saved_uc=None, end_user=f"user-{user}",
                 tags=tags, key_name=key_id.replace("key", "team"), request_body=request, response_body=response,
             )
         )  # fmt: skip
     return rows
 
 
-def generate(path: Path, traces: int, days: int = 90, chunk: int = 20_000) -> float:
-    """Create ``path`` with ``traces`` traces over the last ``days`` days; returns the seconds it took."""
+TEMPLATES = 4096  # distinct trace rows the generated ones are copies of (new id and time each)
+
+
+def generate(path: Path, traces: int, days: int = 90, chunk: int = 50_000) -> float:
+    """Create ``path`` with ``traces`` traces over the last ``days`` days; returns the seconds it took.
+
+    Each trace copies one of TEMPLATES mixed rows (bench's ``trace_rows``) with its own id and
+    time; the rollups and latency histograms are summed by the writer's own code
+    (:class:`~stockyard.store.traces.RollupSums`) and upserted a chunk at a time, as the writer does.
+    """
     started = time.perf_counter()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     conn, _ = db.open_and_migrate(path)
     conn.execute("PRAGMA synchronous=OFF")
+    templates = trace_rows(TEMPLATES, start_ms=0, step_ms=1, bodies=False)
+    tails = [t.values()[3:] for t in templates]  # every column after id, ts, ts_ms
+    buckets = [
+        traces_module.latency_bucket(t.latency_us) if t.parent_id is None and t.outcome == "ok" else None
+        for t in templates
+    ]
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - days * 86_400_000
     step_ms = max(1, days * 86_400_000 // max(traces, 1))
-    sums = traces_module.RollupSums()
-    done = 0
-    while done < traces:
-        rows = trace_rows(min(chunk, traces - done), start_ms=start_ms + done * step_ms, step_ms=step_ms, bodies=False)
-        for r in rows:
-            r.id = f"tr_{r.ts_ms:012x}{done:08x}"
-            done += 1
+    rng = random.Random(15)
+    minute_text, minute_of = "", -1  # iso_utc's text up to the minute, reused within it
+    for first in range(0, traces, chunk):
+        rows, sums = [], traces_module.RollupSums(latency=False)
+        for i in range(first, min(first + chunk, traces)):
+            ms = start_ms + i * step_ms
+            j = int(rng.random() * TEMPLATES)
+            if ms // 60_000 != minute_of:
+                minute_of = ms // 60_000
+                minute_text = time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(minute_of * 60))
+            ts = f"{minute_text}{ms // 1000 % 60:02d}.{ms % 1000:03d}Z"  # iso_utc(ms)
+            rows.append((f"tr_{ms:012x}{i:08x}", ts, ms, *tails[j]))
+            template = templates[j]
+            template.ts = ts  # read at once by add(): the rollups' day
+            sums.add(template)
+            if buckets[j] is not None:
+                minute = (minute_of, buckets[j])
+                sums.minutes[minute] = sums.minutes.get(minute, 0) + 1
         conn.execute("BEGIN")
-        conn.executemany(traces_module.INSERT_TRACE, [r.values() for r in rows])
+        conn.executemany(traces_module.INSERT_TRACE, rows)
+        sums.write(conn)
         conn.execute("COMMIT")
-        for r in rows:
-            sums.add(r)
-    conn.execute("BEGIN")
-    sums.write(conn)
-    conn.execute("COMMIT")
-    conn.execute("ANALYZE")
     conn.close()
     return time.perf_counter() - started
 
