@@ -2,8 +2,10 @@
 
 Request threads never write. They hand the writer a *job* — a function of a connection —
 and go on. Jobs that a caller must see committed (admin changes, settlements) come with a
-:class:`concurrent.futures.Future` that resolves after the COMMIT. Each job runs inside
-its own SAVEPOINT, so one bad job never takes its batch down with it.
+:class:`concurrent.futures.Future` that resolves after the COMMIT. When a job fails, the batch
+is redone with each job in its own SAVEPOINT, so one bad job never takes its batch down with
+it. Neighbouring jobs ``obj.write`` of a class with a ``write_many`` (traces) are written
+together in one call.
 
 Housekeeping runs on the same thread, between batches, so it never competes with the
 writes for the lock: *idle tasks* (retention) when the queue has been empty for a while,
