@@ -40,6 +40,7 @@ MIN_RPS = 800.0
 CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, and for the module chain
 
 
+import store as store_bench  # noqa: E402
 from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, latency_rows  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
@@ -259,6 +260,8 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
     ("modules disabled / full chain (issue 6)", modules_chain),
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
+    ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
+    ("cost reports on generated traces (issue 18)", store_bench.report_times),
 ]
 
 

@@ -56,6 +56,7 @@ class Tracer:
             record.request_body = self._scrub.bytes(record.request_body)
         if record.response_body:
             record.response_body = self._scrub.bytes(record.response_body)
+        record.pack()  # compressed here, on the request's thread: the one writer thread only inserts
         self._store.submit(record.write)
         try:
             self._metrics.observe_request(ctx, attempt)

@@ -226,7 +226,7 @@ def write_trace(conn: sqlite3.Connection, row: TraceRow, v9: bool = True) -> Non
         (row.id, zlib.compress(row.request_body or b""), zlib.compress(row.response_body or b"")),
     )
     counts = (int(row.status >= 400), row.prompt_tokens or 0, row.completion_tokens or 0, 0, 0, 0, row.cost_uc or 0, 0)
-    conn.execute(traces_module._ROLLUP, (row.ts[:10], "", "", row.provider, row.served_model, *counts))
+    conn.execute(traces_module._ROLLUP, (row.ts[:10], "", "", row.provider, row.served_model, 1, *counts))
 
 
 def write_known_rows(conn: sqlite3.Connection, secret: str | None, now_ms: int | None = None) -> None:

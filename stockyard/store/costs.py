@@ -72,7 +72,11 @@ def report(
     groups = check_groups(by)
     table, columns, where, args = _source(groups)
     first, last = check_range(since, until)
-    names_sql = ", ".join(f"{c} AS g{i}" for i, c in enumerate(columns))
+    # Only day is grouped by the bare column. The others are expressions (`|| ''`, the same text),
+    # so SQLite cannot pick an index that hands rows over in that column's order: that plan reads
+    # the whole table through the index, a row lookup each, ignoring the day range; this one
+    # reads the days asked for by the primary key (day first) and sorts the groups (issue 18).
+    names_sql = ", ".join(f"{c if c == 'day' else c + ' || ' + repr('')} AS g{i}" for i, c in enumerate(columns))
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTS)
     if first:
         where.append("day >= ?")
@@ -83,24 +87,24 @@ def report(
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     group_by = ", ".join(f"g{i}" for i in range(len(groups)))
     order = ", ".join(_order(i, g, len(groups)) for i, g in enumerate(groups))
-    rows = [
-        dict(r)
-        for r in conn.execute(
-            f"SELECT {names_sql}, {sums} FROM {table}{clause} GROUP BY {group_by} ORDER BY {order}", args
-        )
-    ]
+    n = len(groups)
+    found = conn.execute(
+        f"SELECT {names_sql}, {sums} FROM {table}{clause} GROUP BY {group_by} ORDER BY {order}", args
+    ).fetchall()
+    counts = [[int(v or 0) for v in r[n:]] for r in found]
     # The total is summed from the same rows: a second SELECT would read a later snapshot
     # (the writer commits between statements), and the report would not add up.
-    total = {c: sum(int(r[c] or 0) for r in rows) for c in COUNTS}
+    total = dict(zip(COUNTS, (sum(column) for column in zip(*counts)))) if counts else dict.fromkeys(COUNTS, 0)
     names = _key_names(conn) if "key" in groups else {}
     out_rows = []
-    for r in rows:
+    for r, sums_of_row in zip(found, counts):
         row: dict[str, Any] = {}
         for i, group in enumerate(groups):
-            row[group] = r.pop(f"g{i}") or None
+            row[group] = r[i] or None
             if group == "key":
                 row["key_name"], row["key_prefix"] = names.get(row["key"] or "", (None, None))
-        row.update(_money(r))
+        row.update(zip(COUNTS, sums_of_row))
+        row["cost_usd"] = format_usd(row["cost_uc"], 2)
         out_rows.append(row)
     return {
         "by": ",".join(groups),

@@ -52,6 +52,9 @@ _PRAGMA = re.compile(r"^\s*PRAGMA\s+(\w+)\s*(?:\((.*)\)|=\s*(\S+))?\s*;?\s*$", r
 _SQLITE_MASTER = re.compile(r"FROM sqlite_master WHERE type = 'table' AND name =", re.IGNORECASE)
 _IS_PARAM = re.compile(r"\bIS\s+(NOT\s+)?\?", re.IGNORECASE)
 _ROWID = re.compile(r"\browid\b", re.IGNORECASE)
+_VALUES_ROW = re.compile(r"^(\s*INSERT\s+INTO\s.*?\bVALUES\s*)(\([^()]*\))(.*)$", re.IGNORECASE | re.DOTALL)
+INSERT_CHUNK_MAX = 256  # rows per multi-row INSERT
+PARAMS_MAX = 32_767  # bind parameters per statement (a 16-bit count; signed, to be safe)
 
 
 class Unportable(sqlite3.NotSupportedError):
@@ -262,6 +265,25 @@ class PgConnection:
         for params in seq:
             count += max(self.execute(sql, params).rowcount, 0)
         return Cursor([], count, None)
+
+    def insert_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        """``executemany`` of a one-row ``INSERT … VALUES (…) [ON CONFLICT …]`` as multi-row INSERTs:
+        one round trip per chunk instead of per row. Chunks are powers of two (at most
+        INSERT_CHUNK_MAX rows, within the protocol's bind parameter limit), so each table needs only
+        a few prepared statements. An upsert's rows must have distinct keys."""
+        match = _VALUES_ROW.match(sql)
+        if match is None:
+            raise Unportable(f"insert_many needs INSERT … VALUES (…): {sql[:80]}")
+        head, row, tail = match.groups()
+        width = row.count("?") or 1
+        size = min(INSERT_CHUNK_MAX, 1 << ((PARAMS_MAX // width).bit_length() - 1))
+        rows = list(seq)
+        start = 0
+        while start < len(rows):
+            n = min(size, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start : start + n]
+            self.execute(f"{head}{', '.join([row] * n)}{tail}", [v for params in chunk for v in params])
+            start += n
 
     def executescript(self, script: str) -> None:
         """Run PostgreSQL SQL as it is (migrations are written for PostgreSQL)."""

@@ -7,12 +7,14 @@ the trace, so cost reports never scan traces and always equal the sum of them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import sqlite3
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import Attempt, RequestContext
@@ -54,7 +56,12 @@ _COLUMNS = (
     "tags",
     "key_name",
 )
-_INSERT = f"INSERT INTO traces ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+INSERT_TRACE = f"INSERT INTO traces ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT_BODY = (
+    "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_SEARCH = "INSERT INTO trace_search (trace_id, body) VALUES (?, ?)"
 ROLLUP_COUNTS = (
     "errors",
     "prompt_tokens",
@@ -68,14 +75,13 @@ ROLLUP_COUNTS = (
 
 
 def _upsert(table: str, dims: tuple[str, ...]) -> str:
-    """Add one trace to a rollup row of ``table`` keyed by ``dims`` (requests + 1, the counts added)."""
+    """Add traces to a rollup row of ``table`` keyed by ``dims`` (their requests and counts)."""
     columns = (*dims, "requests", *ROLLUP_COUNTS)
     # Qualified with the table: PostgreSQL finds a bare column name ambiguous next to excluded.
-    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_COUNTS)
+    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("requests", *ROLLUP_COUNTS))
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(dims))}, 1, "
-        f"{', '.join(['?'] * len(ROLLUP_COUNTS))}) ON CONFLICT ({', '.join(dims)}) DO UPDATE SET "
-        f"requests = {table}.requests + 1, {added}"
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(dims)}) DO UPDATE SET {added}"
     )
 
 
@@ -85,8 +91,8 @@ _ROLLUP_TAGS = _upsert("rollups_tags", ("day", "name", "value"))
 
 
 _LATENCY = """
-INSERT INTO latency_minutes (minute, bucket, count) VALUES (?, ?, 1)
-ON CONFLICT (minute, bucket) DO UPDATE SET count = latency_minutes.count + 1
+INSERT INTO latency_minutes (minute, bucket, count) VALUES (?, ?, ?)
+ON CONFLICT (minute, bucket) DO UPDATE SET count = latency_minutes.count + excluded.count
 """
 LATENCY_BASE = 1.1  # histogram buckets grow by 10%: a percentile is known within 10%
 
@@ -166,51 +172,119 @@ class TraceRow:
     request_truncated: bool = False
     response_truncated: bool = False
 
+    packed: tuple[bytes | None, bytes | None] | None = field(default=None, repr=False, compare=False)
+
+    def values(self) -> tuple:
+        """The ``traces`` row, in INSERT_TRACE's column order."""
+        return _VALUES(self)
+
+    def pack(self) -> None:
+        """Compress the bodies now: the tracer calls this on the request's thread (after
+        scrubbing), so the one writer thread spends its time on inserts only."""
+        self.packed = (_pack(self.request_body), _pack(self.response_body))
+
+    def body_row(self) -> tuple:
+        """The ``trace_bodies`` row (packed here if the tracer did not)."""
+        if self.packed is None:
+            self.pack()
+        assert self.packed is not None
+        request, response = self.packed
+        return (self.id, request, response, int(self.request_truncated), int(self.response_truncated))
+
     def write(self, conn: sqlite3.Connection, *, v9: bool = True) -> None:
         """The writer job: trace, bodies, their search index, rollup and latency histogram in the
-        caller's transaction.
+        caller's transaction. The writer hands a batch of these to :meth:`write_many` at once.
 
         ``v9=False`` only for a database older than schema 0009 (search, latency): upgrade tests.
         """
-        conn.execute(_INSERT, [getattr(self, c) for c in _COLUMNS])
-        if self.request_body is not None or self.response_body is not None:
-            conn.execute(
-                "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    self.id,
-                    _pack(self.request_body),
-                    _pack(self.response_body),
-                    int(self.request_truncated),
-                    int(self.response_truncated),
-                ),
-            )
-            if v9:
-                index_body(conn, self.id, self.request_body, self.response_body)
-        self.add_to_rollup(conn)
-        if v9 and self.parent_id is None and self.outcome == "ok":
-            conn.execute(_LATENCY, (self.ts_ms // 60_000, latency_bucket(self.latency_us)))
+        TraceRow.write_many(conn, [self], v9=v9)
 
-    def add_to_rollup(self, conn: sqlite3.Connection) -> None:
-        """The trace's counts added to the daily rollups: by key/project/provider/model, by end
-        user, and by each of its tags — each equals the sum of its traces."""
-        day = self.ts[:10]
+    @staticmethod
+    def write_many(conn: sqlite3.Connection, rows: list["TraceRow"], *, v9: bool = True) -> None:
+        """Many traces as :meth:`write` would write them one by one, in a few statements: rows,
+        bodies and search index as multi-row inserts, the rollups summed per rollup row first
+        (one upsert per row a batch touches, not one per trace)."""
+        insert_many(conn, INSERT_TRACE, [r.values() for r in rows])
+        stored = [r for r in rows if r.request_body is not None or r.response_body is not None]
+        if stored:
+            insert_many(conn, _INSERT_BODY, [r.body_row() for r in stored])
+            if v9:
+                texts = [(r.id, text) for r in stored if (text := body_text(r.request_body, r.response_body))]
+                if texts:
+                    insert_many(conn, _INSERT_SEARCH, texts)
+        sums = RollupSums(latency=v9)
+        for r in rows:
+            sums.add(r)
+        sums.write(conn)
+
+
+_VALUES = operator.attrgetter(*_COLUMNS)
+
+
+class RollupSums:
+    """What traces add to the daily rollups — by key/project/provider/model, by end user, by each
+    of their tags — and to the latency histograms, summed per rollup row in memory, then upserted
+    once each. Every rollup row stays the sum of its traces."""
+
+    def __init__(self, latency: bool = True) -> None:
+        self.latency = latency
+        # rollup row → the counts of each trace in it (summed column by column when written)
+        self.daily: dict[tuple, list[tuple[int, ...]]] = {}
+        self.users: dict[tuple, list[tuple[int, ...]]] = {}
+        self.tags: dict[tuple, list[tuple[int, ...]]] = {}
+        self.minutes: dict[tuple[int, int], int] = {}
+
+    def add(self, r: TraceRow) -> None:
+        day = r.ts[:10]
         counts = (
-            int(self.status >= 400 or self.outcome != "ok"),
-            self.prompt_tokens or 0,
-            self.completion_tokens or 0,
-            self.cached_tokens or 0,
-            self.cache_write_tokens or 0,
-            self.reasoning_tokens or 0,
-            self.cost_uc or 0,
-            int(self.cost_status == "unknown"),
+            1,  # requests
+            int(r.status >= 400 or r.outcome != "ok"),
+            r.prompt_tokens or 0,
+            r.completion_tokens or 0,
+            r.cached_tokens or 0,
+            r.cache_write_tokens or 0,
+            r.reasoning_tokens or 0,
+            r.cost_uc or 0,
+            int(r.cost_status == "unknown"),
         )
-        key_id, project = self.key_id or "", self.project or ""
-        model = self.served_model or self.model or ""
-        conn.execute(_ROLLUP, (day, key_id, project, self.provider or "", model, *counts))
-        conn.execute(_ROLLUP_USERS, (day, key_id, project, self.end_user or "", *counts))
-        if self.tags:
-            conn.executemany(_ROLLUP_TAGS, [(day, k, v, *counts) for k, v in json.loads(self.tags).items()])
+        key_id, project = r.key_id or "", r.project or ""
+        self.daily.setdefault((day, key_id, project, r.provider or "", r.served_model or r.model or ""), []).append(
+            counts
+        )
+        self.users.setdefault((day, key_id, project, r.end_user or ""), []).append(counts)
+        if r.tags:
+            for name, value in _tag_items(r.tags):
+                self.tags.setdefault((day, name, value), []).append(counts)
+        if self.latency and r.parent_id is None and r.outcome == "ok":
+            minute = (r.ts_ms // 60_000, latency_bucket(r.latency_us))
+            self.minutes[minute] = self.minutes.get(minute, 0) + 1
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Upsert the sums (in the caller's transaction, the one of the traces)."""
+        for sql, rows in ((_ROLLUP, self.daily), (_ROLLUP_USERS, self.users), (_ROLLUP_TAGS, self.tags)):
+            if rows:
+                insert_many(conn, sql, [(*k, *map(sum, zip(*v))) for k, v in rows.items()])
+        if self.minutes:
+            insert_many(conn, _LATENCY, [(*k, n) for k, n in self.minutes.items()])
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag_items(tags: str) -> tuple[tuple[str, Any], ...]:
+    """A trace's tags (a JSON object) as (name, value) pairs; the same few sets come again and again."""
+    return tuple(json.loads(tags).items())
+
+
+def insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
+    """``executemany`` of a one-row INSERT; on PostgreSQL as multi-row INSERTs (one round trip
+    per chunk, not per row). Rows of an upsert must have distinct keys (PostgreSQL refuses a
+    statement that updates one row twice)."""
+    many = getattr(conn, "insert_many", None)
+    (many or conn.executemany)(sql, rows)
+
+
+def body_text(request: bytes | None, response: bytes | None) -> str:
+    """The text the search index keeps for a stored body: request and response, as stored."""
+    return "\n".join(b.decode("utf-8", "replace") for b in (request, response) if b)
 
 
 def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, response: bytes | None) -> None:
@@ -219,9 +293,9 @@ def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, r
     What is indexed is exactly what is stored — already redacted and capped — so search can
     never find text the redact module removed; a trigger takes it out when the body leaves.
     """
-    text = "\n".join(b.decode("utf-8", "replace") for b in (request, response) if b)
+    text = body_text(request, response)
     if text:
-        conn.execute("INSERT INTO trace_search (trace_id, body) VALUES (?, ?)", (trace_id, text))
+        conn.execute(_INSERT_SEARCH, (trace_id, text))
 
 
 BACKFILL_ROWS = 200

@@ -1,0 +1,165 @@
+"""Benchmark: the writer at 20k traces/s with bodies, and cost reports on millions of traces (issue 18).
+
+In process, no HTTP: the real :class:`~stockyard.store.Writer` and the real report code.
+
+- :func:`writer_throughput` — N mixed traces with bodies (bench/gen_traces.py ``trace_rows``: 40 keys,
+  10 models, 2,000 users, tags, errors, ~2 KB of bodies each) queued, then the writer started and
+  timed until the last one is committed: traces, bodies, search index, rollups and latency
+  histogram, in an SQLite file in a temporary folder, and on PostgreSQL when one is available.
+- :func:`report_times` — a database of N traces from bench/gen_traces.py, then each cost report
+  (by day, model, key, user, tag, day+model, day+user; all 90 days and the last 30) timed as
+  ``/api/costs`` runs it (median of 5 runs, warm).
+
+``python3 bench/store.py [--traces N] [--report-traces N] [--quick]`` runs both and prints the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from common import NotAvailable  # noqa: E402
+from gen_traces import generate, trace_rows  # noqa: E402
+from harness import Bench, Row  # noqa: E402
+
+from stockyard.store import Store, Writer, costs  # noqa: E402
+from stockyard.store.backends import Backend, SqliteBackend, backend_for  # noqa: E402
+
+WRITER_MIN_PER_S = 20_000
+REPORT_MAX_MS = 100.0
+WRITER_TRACES = 40_000  # --quick: 8,000
+REPORT_TRACES = 1_000_000  # in `make bench` (about 30 s to make); 10 million by hand: bench/README.md
+REPORTS = ("day", "model", "key", "user", "tag:team", "day,model", "day,user")
+
+
+def writer_rate(backend: Backend, n: int) -> tuple[float, float]:
+    """Traces per second the writer commits, bodies and rollups included (queue filled first):
+    per second of wall time, and per CPU second of this process (robust to a busy machine: the
+    main thread only waits meanwhile; on PostgreSQL the server's CPU is not counted)."""
+    backend.open_and_migrate()
+    rows = trace_rows(n, start_ms=int(time.time() * 1000) - n, step_ms=1, bodies=True)
+    writer = Writer(backend, maxsize=n + 10)
+    for row in rows:
+        row.pack()  # as the tracer does on the request's thread
+        writer.submit(row.write)
+    started, cpu = time.perf_counter(), time.process_time()
+    writer.start()
+    writer.call(lambda conn: None)  # resolves once everything queued before it is committed
+    took, cpu = time.perf_counter() - started, time.process_time() - cpu
+    writer.stop()
+    store = Store(backend)
+    written = store.read().execute("SELECT count(*) FROM traces").fetchone()[0]
+    store.close()
+    if written != n:
+        raise RuntimeError(f"the writer committed {written} of {n} traces")
+    return n / took, n / cpu
+
+
+def _rate_rows(label: str, rates: tuple[float, float], n: int, by_cpu: bool = True) -> list[Row]:
+    """SQLite: judged per CPU second (everything runs in this process). PostgreSQL: per second of
+    wall time (the server's work is in its own processes)."""
+    wall, cpu = rates
+    target = f">= {WRITER_MIN_PER_S:,} /s"
+    return [
+        Row(
+            f"{label}, per CPU second",
+            f"{cpu:,.0f} /s",
+            target if by_cpu else "",
+            cpu >= WRITER_MIN_PER_S if by_cpu else None,
+            f"{n:,} traces with bodies" + ("" if by_cpu else "; this process only"),
+        ),
+        Row(
+            f"{label}, per second (wall)",
+            f"{wall:,.0f} /s",
+            "" if by_cpu else target,
+            None if by_cpu else wall >= WRITER_MIN_PER_S,
+            "the machine is shared: see the CPU row" if by_cpu else f"{n:,} traces with bodies",
+        ),
+    ]
+
+
+def writer_throughput(b: Bench) -> list[Row]:
+    n = WRITER_TRACES // 5 if b.args.quick else WRITER_TRACES
+    with tempfile.TemporaryDirectory(prefix="stockyard-writer-") as tmp:
+        rows = _rate_rows("writer, SQLite", writer_rate(SqliteBackend(Path(tmp) / "w.db"), n), n)
+    try:
+        url = b.postgresql()
+    except NotAvailable as exc:
+        return [*rows, Row("writer, PostgreSQL", "n/a", "", None, str(exc))]
+    from stockyard.dburl import parse_postgres
+
+    return rows + _rate_rows("writer, PostgreSQL", writer_rate(backend_for(parse_postgres(url, {})), n), n, False)
+    return rows
+
+
+def time_reports(path: Path, runs: int = 5) -> dict[str, float]:
+    """Median milliseconds of each report (all time, and the last 30 days: the console's default),
+    as /api/costs reads it."""
+    store = Store(SqliteBackend(path))
+    conn = store.read()
+    week = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=29)).isoformat()
+    out: dict[str, float] = {}
+    for by in REPORTS:
+        for since in (None, week):
+            costs.report(conn, by, since)  # warm: the pages a server would have cached
+            samples = []
+            for _ in range(runs):
+                started = time.process_time()  # CPU time: robust to the other work on a shared machine
+                costs.report(conn, by, since)
+                samples.append((time.process_time() - started) * 1000)
+            out[f"by={by}{', last 30 days' if since else ', all 90 days'}"] = sorted(samples)[runs // 2]
+    store.close()
+    return out
+
+
+def report_times(b: Bench) -> list[Row]:
+    n = 100_000 if b.args.quick else REPORT_TRACES
+    path = b.procs.workdir / "reports.db"
+    took = generate(path, n)
+    times = time_reports(path)
+    slowest = max(times, key=times.__getitem__)
+    rows = [Row("generate traces (bench/gen_traces.py)", f"{n:,}", "", None, f"{took:.1f} s, {n / took:,.0f}/s")]
+    rows += [
+        Row(f"cost report {name}", f"{ms:.1f} ms", f"<= {REPORT_MAX_MS:g} ms", ms <= REPORT_MAX_MS)
+        for name, ms in times.items()
+    ]
+    rows.append(
+        Row(
+            "slowest cost report",
+            f"{times[slowest]:.1f} ms",
+            f"<= {REPORT_MAX_MS:g} ms",
+            times[slowest] <= REPORT_MAX_MS,
+            slowest,
+        )
+    )
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--traces", type=int, default=WRITER_TRACES, help="traces the writer commits")
+    p.add_argument("--report-traces", type=int, default=REPORT_TRACES, help="traces in the report database")
+    p.add_argument("--keep", type=Path, help="generate the report database here (or reuse it if present)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="stockyard-store-") as tmp:
+        wall, cpu = writer_rate(SqliteBackend(Path(tmp) / "w.db"), args.traces)
+        print(f"writer, SQLite: {cpu:,.0f} traces per CPU second, {wall:,.0f}/s wall ({args.traces:,} with bodies)")
+        path = args.keep or Path(tmp) / "reports.db"
+        if not path.exists():
+            took = generate(path, args.report_traces)
+            print(f"generated {args.report_traces:,} traces in {took:.1f} s")
+        for name, ms in time_reports(path).items():
+            print(f"cost report {name}: {ms:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The writer writes a batch of traces together (multi-row inserts, rollups summed per row first):
+the database must end up exactly as if each trace had been written on its own, on both stores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from stockyard.dburl import parse_postgres
+from stockyard.store import Store, Writer
+from stockyard.store.backends import Backend, PostgresBackend, SqliteBackend
+from stockyard.store.pg import PgConnection
+from stockyard.store.traces import TraceRow, iso_utc
+
+DAY_MS = 86_400_000
+START_MS = 1_795_000_000_000
+TABLES = {  # table → its columns in a stable order
+    "traces": "id, ts_ms, key_id, project, end_user, tags, cost_uc, status, outcome, parent_id",
+    "trace_bodies": "trace_id, request, response, request_truncated, response_truncated",
+    "trace_search": "trace_id, body",
+    "rollups_daily": "day, key_id, project, provider, model, requests, errors, prompt_tokens, completion_tokens, "
+    "cached_tokens, cache_write_tokens, reasoning_tokens, cost_uc, unknown_cost",
+    "rollups_users": "day, key_id, project, end_user, requests, errors, prompt_tokens, cost_uc, unknown_cost",
+    "rollups_tags": "day, name, value, requests, errors, prompt_tokens, cost_uc, unknown_cost",
+    "latency_minutes": "minute, bucket, count",
+}
+
+
+def mixed(n: int) -> list[TraceRow]:
+    """Traces over two days and a few minutes: keys, no key, users, tags, errors, unknown costs,
+    retried attempts, rows with and without bodies, and many sharing one rollup row."""
+    rows = []
+    for i in range(n):
+        ms = START_MS + (i % 2) * DAY_MS + (i % 5) * 60_000 + i
+        error, unknown = i % 7 == 3, i % 11 == 5
+        rows.append(
+            TraceRow(
+                id=f"tr_{ms:012x}{i:04d}", ts=iso_utc(ms), ts_ms=ms, client_addr="127.0.0.1", endpoint="chat",
+                dialect="openai", provider=("openai", "anthropic", None)[i % 3], model="gpt-4o-mini",
+                served_model=None if i % 4 == 0 else f"served-{i % 3}", stream=i % 2, status=502 if error else 200,
+                outcome="upstream_error" if error else "ok", latency_us=1_000 + 3_000 * (i % 9), ttfb_us=None,
+                prompt_tokens=None if error else 10 + i, completion_tokens=None if error else i % 13,
+                cached_tokens=i % 3, cache_write_tokens=0, reasoning_tokens=i % 2, usage_estimated=0,
+                cost_uc=None if unknown or error else 100 * i, cost_status="unknown" if unknown else "exact",
+                upstream_request_id=None, error_type=None, error_message=None,
+                key_id=None if i % 6 == 0 else f"key_{i % 4}", project=None if i % 5 == 0 else "p1",
+                parent_id=f"tr_parent{i}" if i % 8 == 1 else None, attempt=1, cache_hit=0, cost_saved_uc=None,
+                end_user=None if i % 3 == 0 else f"user-{i % 5}",
+                tags=json.dumps({"team": f"t{i % 3}", "env": "prod"}) if i % 2 else None,
+                request_body=None if i % 5 == 2 else f'{{"q": "question {i} \\u00fc"}}'.encode(),
+                response_body=None if i % 5 in (2, 3) else f"answer {i}".encode(),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def contents(backend: Backend) -> dict[str, list[tuple]]:
+    store = Store(backend)
+    try:
+        conn = store.read()
+        return {
+            table: [tuple(r) for r in conn.execute(f"SELECT {columns} FROM {table} ORDER BY {columns}")]
+            for table, columns in TABLES.items()
+        }
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def second(database, request, tmp_path) -> Backend:
+    """A second fresh database of the same kind as ``database``."""
+    if isinstance(database, SqliteBackend):
+        return SqliteBackend(tmp_path / "one-by-one.db")
+    return PostgresBackend(parse_postgres(request.getfixturevalue("pg_cluster").database(), {}))
+
+
+def test_a_batch_of_mixed_traces_equals_writing_them_one_by_one(database, second, monkeypatch):
+    calls: list[int] = []
+    write_many = TraceRow.write_many
+
+    def counted(conn: Any, rows: list[TraceRow], **kw: Any) -> None:
+        calls.append(len(rows))
+        write_many(conn, rows, **kw)
+
+    monkeypatch.setattr(TraceRow, "write_many", staticmethod(counted))
+    rows = mixed(300)
+    for backend in (database, second):
+        backend.open_and_migrate()
+    one_by_one = Store(second)
+    for row in rows:
+        one_by_one.write(row.write)  # a transaction per trace: write_many of one row
+    one_by_one.close()
+    writer = Writer(database, maxsize=1000, batch_max=1000)
+    calls.clear()
+    for n, row in enumerate(rows):
+        row.pack()  # as the tracer does
+        writer.submit(row.write)
+        if n == 199:  # another kind of job between traces
+            writer.submit(lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES ('between', '1')"))
+    writer.start()  # everything queued: one batch, traces written 200 and 100 at a time
+    writer.call(lambda conn: None)
+    writer.stop()
+    assert calls == [200, 100]
+    batched = contents(database)
+    assert batched == contents(second)
+    assert len(batched["traces"]) == 300 and len(batched["trace_search"]) == 240
+    assert sum(r[5] for r in batched["rollups_daily"]) == 300 and len(batched["rollups_daily"]) < 100
+    # And each rollup row is the sum of its traces, counted independently of the writer's code.
+    spend: dict[Any, int] = {}
+    for r in rows:
+        day = r.ts[:10]
+        spend[day, r.key_id or ""] = spend.get((day, r.key_id or ""), 0) + (r.cost_uc or 0)
+    by_key: dict[Any, int] = {}
+    for r in batched["rollups_daily"]:
+        by_key[r[0], r[1]] = by_key.get((r[0], r[1]), 0) + r[12]
+    assert by_key == spend
+
+
+def test_a_bad_trace_in_a_batch_leaves_the_others_and_their_rollups(database):
+    """A trace the database refuses (its id taken) is dropped alone: the batch is redone trace by
+    trace and the rollups count only the traces written."""
+    database.open_and_migrate()
+    rows = mixed(40)
+    writer = Writer(database, maxsize=100, batch_max=100)
+    for row in rows:
+        writer.submit(row.write)
+    writer.submit(rows[7].write)  # the same id again
+    writer.start()
+    writer.call(lambda conn: None)
+    writer.stop()
+    assert writer.stats.written == 40 + 1  # the 40 traces, and the call
+    got = contents(database)
+    assert len(got["traces"]) == 40
+    assert sum(r[5] for r in got["rollups_daily"]) == 40
+    assert sum(r[12] for r in got["rollups_daily"]) == sum(r.cost_uc or 0 for r in rows)
+
+
+def test_postgresql_multi_row_inserts_come_in_power_of_two_chunks(pg_url):
+    """300 rows: chunks of 256, 32, 8 and 4 rows, every row in, a few prepared statements."""
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    conn = backend.connect()
+    assert isinstance(conn, PgConnection)
+    try:
+        conn.insert_many("INSERT INTO meta (key, value) VALUES (?, ?)", [(f"k{i:03d}", str(i)) for i in range(300)])
+        assert conn.execute("SELECT count(*), min(key), max(key) FROM meta WHERE key LIKE 'k%'").fetchone() == (
+            300,
+            "k000",
+            "k299",
+        )
+        assert sum("INSERT INTO meta" in s for s in conn._prepared) == 4
+    finally:
+        conn.close()
