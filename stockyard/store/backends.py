@@ -47,6 +47,12 @@ class SqliteBackend:
     def server_lock(self) -> Any:
         return DatabaseLock(self.path, SERVER).acquire()
 
+    def changes(self) -> Any:
+        """Configuration changes of other processes arrive by the watcher's poll only."""
+        from .changes import Polling
+
+        return Polling()
+
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
         """Budgets in this process's memory: one server per file (the lock) holds the only ledger."""
         from ..budgets import Ledger
@@ -110,6 +116,12 @@ class PostgresBackend:
 
     def server_lock(self) -> "PostgresServerLock":
         return PostgresServerLock(self).acquire()
+
+    def changes(self) -> Any:
+        """Configuration changes arrive at once by LISTEN/NOTIFY (the poll stays as the fallback)."""
+        from .changes import Listening
+
+        return Listening(self.url)
 
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
         """Budgets in the database, shared by every replica (:mod:`.shared`)."""
