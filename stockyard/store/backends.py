@@ -171,7 +171,11 @@ class PostgresServerLock:
 
     def keep(self) -> None:
         """Still held? A restart of PostgreSQL (or a terminated session) drops the lock with its
-        connection: take it again (DatabaseBusy while a command holds the database alone)."""
+        connection: take it again (DatabaseBusy while a command holds the database alone; the
+        connection error while PostgreSQL is away, and the next pass tries again)."""
+        if self._conn is None:  # an earlier pass lost it and could not take it again
+            self.acquire()
+            return
         try:  # this connection takes no other advisory lock; a reconnected one holds none
             held = self._conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
