@@ -196,8 +196,8 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
     database = resolve_database(flags.get("db"), env)  # type: ignore[arg-type]
     if snapshot and isinstance(database, PostgresURL):
         raise ValueError(
-            "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL use its own "
-            "backups (pg_dump, point-in-time recovery)"
+            "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL schedule "
+            "`stockyard backup DEST` instead (a self-contained SQLite file, safe while the servers run)"
         )
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
