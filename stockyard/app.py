@@ -52,7 +52,7 @@ from .webhooks import Dispatcher
 
 log = logging.getLogger("stockyard")
 
-WATCH_EVERY_S = 0.5  # how often the configuration watcher looks for changes from other processes
+WATCH_EVERY_S = 0.5  # the configuration watcher's tick: key usage flushed, server lock kept, changes looked for
 WATCHER_STALE_S = 10.0  # /readyz is 503 when the watcher has not completed a pass for this long
 
 
@@ -233,22 +233,34 @@ class App:
         return Operations(self.store, actor, self.settings.encryption_key, on_change=self.reload)
 
     def _watch_config(self) -> None:
-        """Pick up changes other processes (the CLI) commit, within half a second.
+        """Pick up changes other processes (replicas, the CLI) commit.
 
-        ``PRAGMA data_version`` moves when another connection commits; only then is the
-        ``config_version`` counter read, and only a changed counter triggers a reload. A pass
-        that fails (a hand-edited row that cannot be read, a broken connection) is logged when
-        the failures start and when they end, and retried on the next tick with a fresh
-        connection; :meth:`watcher_problem` tells /readyz when no pass has succeeded for a while.
+        Between passes the watcher waits on the backend's change feed: on PostgreSQL a LISTEN
+        connection wakes it the moment a change commits; the poll (``config_poll_s``, half a
+        second unless set) catches the rest — SQLite's changes, rows changed by hand, whatever
+        was announced while the LISTEN connection was down. A check reads ``PRAGMA data_version``
+        (moved by another connection's commit), then ``config_version``, and only a changed
+        counter triggers a reload. A pass that fails (a hand-edited row that cannot be read, a
+        broken connection) is logged when the failures start and when they end, and retried on
+        the next tick with a fresh connection; :meth:`watcher_problem` tells /readyz when no
+        pass has succeeded for a while.
         """
         conn = None
         last_data_version = None
-        while not self._stopping.wait(WATCH_EVERY_S):
+        feed = self.backend.changes()
+        next_check = 0.0
+        while not self._stopping.is_set():
+            told = feed.wait(WATCH_EVERY_S, self._stopping)
+            if self._stopping.is_set():
+                break
+            check = told or time.monotonic() >= next_check
             try:
                 if conn is None:
                     conn = self.backend.connect()
                     last_data_version = None  # data_version is per connection: compare afresh
-                last_data_version = self._watch_once(conn, last_data_version)
+                if check:
+                    next_check = time.monotonic() + self.settings.config_poll_s
+                last_data_version = self._watch_once(conn, last_data_version, check)
             except Exception as exc:  # the watcher must never stop, nor take the server down
                 if self.watcher_error is None:
                     log.error(
@@ -261,6 +273,7 @@ class App:
                         exc_info=exc,
                     )
                 self.watcher_error = f"{type(exc).__name__}: {exc}"
+                next_check = 0.0  # the next pass checks again
                 if conn is not None:
                     conn.close()
                     conn = None
@@ -269,17 +282,21 @@ class App:
                 log.info("configuration watcher: working again (configuration version %d)", self._config_version)
                 self.watcher_error = None
             self.watcher_ok_at = time.monotonic()
+        feed.close()
         if conn is not None:
             conn.close()
 
-    def _watch_once(self, conn, last_data_version: int | None) -> int:
-        """One pass: flush key usage, reload if another process changed the configuration.
+    def _watch_once(self, conn, last_data_version: int | None, check: bool = True) -> int | None:
+        """One pass: flush key usage, keep the server lock, and (when ``check``) reload if
+        another process changed the configuration.
 
         Returns the data version seen; it counts as handled only once the reload succeeded,
         so a failed reload is tried again on the next pass.
         """
         self.gate.flush_last_used()
         self.db_lock.keep()  # PostgreSQL: a lock lost with its connection is taken again (or this pass fails)
+        if not check:
+            return last_data_version
         data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         if data_version != last_data_version and read_config_version(conn) != self._config_version:
             self.reload()

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,37 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
             for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
                 leftover.unlink(missing_ok=True)
     return Restored(info, info.schema_version, schema_to, previous)
+
+
+def restore_postgres(
+    backend: PostgresBackend, source: Path | str, *, actor: str, secret: str | None, progress: Callable[[str], None]
+) -> Restored:
+    """Load a backup into an EMPTY PostgreSQL database: the same checks, upgrade and audit entry
+    as on SQLite, made in a private temporary copy, which ``migrate-store``'s copy then moves in
+    (one transaction: on failure the database is left empty). A database with tables is
+    refused: nothing is ever replaced under running servers."""
+    source = Path(source).expanduser()
+    conn = backend.connect()
+    try:
+        tables = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    if tables:
+        raise BackupError(
+            f"{backend} is not empty: on PostgreSQL, restore loads a backup into an EMPTY database "
+            "(create one, point --db at it, then start the servers on it)"
+        )
+    info = check_restorable(source)
+    with tempfile.TemporaryDirectory(prefix="stockyard-restore-") as folder:  # 0700: the copy holds every prompt
+        tmp = Path(folder) / "restore.db"
+        schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
+        try:
+            move.sqlite_to_postgres(tmp, backend, secret=secret, progress=progress)
+        except move.MoveError as exc:
+            raise BackupError(str(exc)) from None
+    return Restored(info, info.schema_version, schema_to, None)
 
 
 def _prepare(source: Path, tmp: Path, info: Inspection, *, actor: str, secret: str | None) -> int:

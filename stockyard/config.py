@@ -58,6 +58,7 @@ class Settings:
     retention_responses_s: float | None = 30 * 86400.0  # stored Responses API responses (None: keep)
     bodies_max_bytes: int | None = None  # delete the oldest bodies beyond this total
     models_refresh_s: float = 300.0  # /v1/models: provider lists older than this are refreshed
+    config_poll_s: float = 0.5  # how often to look for configuration changes (PostgreSQL: also told at once)
     public_hosts: tuple[str, ...] = ()  # Host names served beyond loopback ("*": any)
     trusted_proxies: tuple[Network, ...] = ()  # load balancers whose X-Forwarded-For is believed
     max_connections: int | None = None  # concurrent client connections; None: sized to the machine
@@ -205,8 +206,8 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
     database = resolve_database(flags.get("db"), env)  # type: ignore[arg-type]
     if snapshot and isinstance(database, PostgresURL):
         raise ValueError(
-            "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL use its own "
-            "backups (pg_dump, point-in-time recovery)"
+            "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL schedule "
+            "`stockyard backup DEST` instead (a self-contained SQLite file, safe while the servers run)"
         )
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
@@ -237,6 +238,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         retention_responses_s=_env_duration_or_off(env, "STOCKYARD_RETENTION_RESPONSES", 30 * 86400.0) or None,
         bodies_max_bytes=_env_megabytes(env, "STOCKYARD_BODIES_MAX_MB"),
         models_refresh_s=_env_duration(env, "STOCKYARD_MODELS_REFRESH") or 300.0,
+        config_poll_s=_env_duration(env, "STOCKYARD_CONFIG_POLL") or 0.5,
         public_hosts=parse_public_hosts(env.get("STOCKYARD_PUBLIC_HOSTS")),
         trusted_proxies=parse_trusted_proxies(env.get("STOCKYARD_TRUSTED_PROXIES")),
         max_connections=_positive_int(env.get("STOCKYARD_MAX_CONNECTIONS"), "STOCKYARD_MAX_CONNECTIONS", 0) or None,

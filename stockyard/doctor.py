@@ -11,10 +11,11 @@ import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from . import audit, config, vault
+from .dburl import PostgresURL
 from .providers import from_env
 from .store import db
 from .store.files import disk_bytes
@@ -39,12 +40,12 @@ class Check:
         return {"status": self.status, "check": self.name, "message": self.message, "fix": self.fix}
 
 
-def run(db_path: Path, env: Mapping[str, str], host: str | None = None) -> list[Check]:
+def run(database: Path | PostgresURL, env: Mapping[str, str], host: str | None = None) -> list[Check]:
     """Every check, in the order an operator would fix things."""
     checks: list[Check] = []
     conn = None
     try:
-        conn = _open(db_path, checks)
+        conn = _open_postgres(database, checks) if isinstance(database, PostgresURL) else _open(database, checks)
         secret = config.encryption_secret(env)
         checks.append(_secret_check(conn, secret))
         checks.append(_chain_check(conn, secret))
@@ -137,8 +138,39 @@ def _open(path: Path, checks: list[Check]) -> sqlite3.Connection | None:
     return conn
 
 
+def _open_postgres(url: PostgresURL, checks: list[Check]) -> Any:
+    """The checks that mean something on PostgreSQL (it keeps its own integrity, journal and
+    files): it answers, the schema, the size. Reads only."""
+    from .store.backends import PostgresBackend
+
+    backend = PostgresBackend(url)
+    try:
+        conn = backend.connect()
+        version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+    except sqlite3.Error as exc:
+        checks.append(
+            Check(
+                FAIL,
+                "database",
+                str(exc),
+                "check that PostgreSQL runs and that the URL, user and password "
+                "(in the URL, PGPASSWORD or STOCKYARD_DB_PASSWORD_FILE) are right",
+            )
+        )
+        return None
+    checks.append(Check(OK, "database", f"{url} answers (PostgreSQL {version})"))
+    try:
+        checks.append(_schema_check(conn))
+        checks.append(Check(OK, "database size", _size(backend.size_bytes(conn))))
+    except sqlite3.Error as exc:
+        conn.close()
+        checks.append(Check(FAIL, "schema", f"not a Stockyard database: {exc}", "check --db / STOCKYARD_DB"))
+        return None
+    return conn
+
+
 def _schema_check(conn: sqlite3.Connection) -> Check:
-    code = db.code_schema_version()
+    code = db.code_schema_version(db.dialect_of(conn))
     try:
         pending = db.pending_migrations(conn)
     except db.SchemaError as exc:
@@ -154,7 +186,9 @@ def _schema_check(conn: sqlite3.Connection) -> Check:
             WARN,
             "schema",
             f"version {current}, this stockyard knows {code}: {len(pending)} migration(s) pending",
-            "start the server: it backs the file up, then migrates it",
+            "start the server: it backs the file up, then migrates it"
+            if db.dialect_of(conn) == "sqlite"
+            else "run `stockyard migrate` (or start a server, which migrates)",
         )
     return Check(OK, "schema", f"version {current} (matches this stockyard)")
 

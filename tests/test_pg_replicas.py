@@ -96,6 +96,23 @@ def test_the_holds_of_a_dead_replica_are_given_back_when_its_lease_expires(pg_st
     alive.close()
 
 
+def test_reservations_and_settlements_racing_on_one_replica_never_deadlock(pg_store, caplog):
+    """Both lock the budget's ledger row before the replica's lease row (opposite orders
+    deadlock under load, and a settlement lost to the deadlock is spend the ledger never sees)."""
+    budget = Budget("key:k4", "key 'k4'", 10**12, "day")
+    (ledger,) = ledgers(pg_store, 1)
+
+    def work(i: int) -> None:
+        for _ in range(40):
+            ledger.settle(ledger.reserve([budget], 100, TS), 7, ["key:k4"], TS)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(work, range(8)))
+    assert "deadlock" not in caplog.text
+    assert ledger.usage(budget, TS) == (8 * 40 * 7, 0)
+    ledger.close()
+
+
 def test_three_shared_rate_limiters_admit_exactly_the_rpm(pg_store):
     limiters = [SharedRateLimiter(pg_store) for _ in range(3)]
 

@@ -63,14 +63,6 @@ def database(args: argparse.Namespace) -> Path | PostgresURL:
     return resolve_database(getattr(args, "db", None), os.environ)
 
 
-def db_path(args: argparse.Namespace) -> Path:
-    """The SQLite file, for the commands that work on the file itself (backup, restore, migrate, doctor)."""
-    found = database(args)
-    if isinstance(found, PostgresURL):
-        raise CommandError(f"this command works on an SQLite database file; {found} is PostgreSQL (not supported yet)")
-    return found
-
-
 def nothing_yet(path: Path) -> CommandError:
     """The one line every command that only reads gives on a fresh install (exit code 1)."""
     return CommandError(

@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import doctor
-from .common import db_path, print_json_lines, runs
+from .common import database, print_json_lines, runs
 
 _MARK = {doctor.OK: "ok  ", doctor.WARN: "warn", doctor.FAIL: "fail"}
 
@@ -19,14 +19,15 @@ def register(sub) -> None:
         description="Check the database (integrity, WAL mode, schema version, size), the "
         "encryption secret (set? does it open what is stored?), the audit chain, "
         "the providers configured in the environment, and the listen address. "
-        "Changes nothing. Exit 1 if any check fails.",
+        "Changes nothing. Exit 1 if any check fails. On PostgreSQL: that it answers, the schema "
+        "version and the size, then the same secret, audit chain, provider and listen checks.",
     )
     p.add_argument("--host", help="the listen address to check (default: $STOCKYARD_HOST or 127.0.0.1)")
     runs(p, run, json=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = doctor.run(db_path(args), os.environ, host=args.host)
+    checks = doctor.run(database(args), os.environ, host=args.host)
     if args.json:
         print_json_lines(c.as_dict() for c in checks)
     else:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from .. import audit
 from ..config import encryption_secret
+from ..dburl import PostgresURL
 from ..operations import Operations
 from ..store import Store, db, files
+from ..store.backends import PostgresBackend
 from ..store.lock import MIGRATE, DatabaseBusy, DatabaseLock
-from .common import CommandError, db_path, nothing_yet, runs
+from .common import CommandError, database, nothing_yet, runs
 
 
 def register(sub) -> None:
@@ -20,14 +22,19 @@ def register(sub) -> None:
         description="Bring the database up to this Stockyard's schema (the server also does this "
         "when it starts). A backup named <db>.pre-vNNNN.bak is written first. A database "
         "created by an old version without incremental vacuum is converted once (a full "
-        "VACUUM), so retention can shrink the file. Needs the server stopped.",
+        "VACUUM), so retention can shrink the file. Needs the server stopped. On PostgreSQL: "
+        "under the migration lock (servers starting meanwhile wait, then find nothing to do); no "
+        "backup is written there: take one first with `stockyard backup DEST`.",
     )
     p.add_argument("--check", action="store_true", help="only say what would change; exit status 1 if anything would")
     runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = db_path(args)
+    found = database(args)
+    if isinstance(found, PostgresURL):
+        return run_postgres(PostgresBackend(found), args.check)
+    path = found
     if not path.exists():
         raise nothing_yet(path)
     if args.check:
@@ -96,4 +103,39 @@ def apply(path: Path) -> int:
         )
     elif not needs_vacuum:
         print(f"database {path}: schema v{current}, up to date")
+    return 0
+
+
+def run_postgres(backend: PostgresBackend, check_only: bool) -> int:
+    """The same on PostgreSQL: the plan, or the migrations applied under the advisory lock
+    every starting server takes (exactly once, however many start meanwhile), audited."""
+    code = db.code_schema_version(backend.dialect)
+    conn = backend.connect()
+    try:
+        try:
+            current, pending = db.schema_version(conn), db.pending_migrations(conn)
+        except db.SchemaError as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        conn.close()
+    if check_only:
+        print(f"database {backend}: schema v{current}, this Stockyard knows v{code}")
+        for m in pending:
+            print(f"  would apply {m.version:04d}_{m.name}")
+        if pending and current > 0:
+            print("  no backup is written on PostgreSQL: take one first with `stockyard backup DEST`")
+        if not pending:
+            print("  up to date")
+        return 1 if pending else 0
+    applied = backend.open_and_migrate()
+    if applied:
+        ops = Operations(Store(backend), audit.actor_cli(), encryption_secret())
+        try:
+            for m in applied:
+                ops.audit_event("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
+        finally:
+            ops.store.close()
+        print(f"applied {', '.join(f'{m.version:04d}_{m.name}' for m in applied)} to {backend}")
+    else:
+        print(f"database {backend}: schema v{current}, up to date")
     return 0

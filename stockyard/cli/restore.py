@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import audit
-from ..backup import BackupError, restore
+from ..backup import BackupError, restore, restore_postgres
 from ..config import encryption_secret
+from ..dburl import PostgresURL
+from ..store.backends import PostgresBackend
 from ..store.lock import DatabaseBusy
-from .common import CommandError, db_path, runs
+from .common import CommandError, database, runs
 
 
 def register(sub) -> None:
@@ -19,16 +22,27 @@ def register(sub) -> None:
         "database aside as <db>.before-restore-<UTC time>, and swap SRC in atomically. "
         "Refuses while a server is using the database. An older backup is upgraded "
         "(SRC itself is never changed). The restore is recorded in the restored "
-        "database's audit log, so STOCKYARD_ENCRYPTION_KEY must be the one it was made with.",
+        "database's audit log, so STOCKYARD_ENCRYPTION_KEY must be the one it was made with. On "
+        "PostgreSQL, SRC is loaded into an EMPTY database (nothing is replaced under running servers).",
     )
     p.add_argument("source", metavar="SRC", help="a file written by `stockyard backup` or a snapshot")
     runs(p, run)
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    target = db_path(args)
+    target = database(args)
+    actor, secret = audit.actor_cli(), encryption_secret()
     try:
-        done = restore(target, args.source, actor=audit.actor_cli(), secret=encryption_secret())
+        if isinstance(target, PostgresURL):
+            done = restore_postgres(
+                PostgresBackend(target), args.source, actor=actor, secret=secret, progress=_progress
+            )
+        else:
+            done = restore(target, args.source, actor=actor, secret=secret)
     except (BackupError, DatabaseBusy) as exc:
         raise CommandError(str(exc)) from None
     src = done.source

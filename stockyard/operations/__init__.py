@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from .. import audit, vault
 from ..audit import AuditEntry
-from ..store import Store
+from ..store import Store, changes
 
 T = TypeVar("T")
 
@@ -53,10 +53,13 @@ def conflict(message: str) -> Refused:
 
 
 def bump_config_version(conn: sqlite3.Connection) -> None:
+    """A new configuration version; every running server reloads (at once where the store can
+    announce it: :func:`~stockyard.store.changes.announce`)."""
     conn.execute(
         f"INSERT INTO meta (key, value) VALUES ('{CONFIG_VERSION_KEY}', '1') "
         "ON CONFLICT(key) DO UPDATE SET value = CAST(meta.value AS INTEGER) + 1"
     )
+    changes.announce(conn)
 
 
 def read_config_version(conn: sqlite3.Connection) -> int:

@@ -47,6 +47,12 @@ class SqliteBackend:
     def server_lock(self) -> Any:
         return DatabaseLock(self.path, SERVER).acquire()
 
+    def changes(self) -> Any:
+        """Configuration changes of other processes arrive by the watcher's poll only."""
+        from .changes import Polling
+
+        return Polling()
+
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
         """Budgets in this process's memory: one server per file (the lock) holds the only ledger."""
         from ..budgets import Ledger
@@ -111,6 +117,12 @@ class PostgresBackend:
     def server_lock(self) -> "PostgresServerLock":
         return PostgresServerLock(self).acquire()
 
+    def changes(self) -> Any:
+        """Configuration changes arrive at once by LISTEN/NOTIFY (the poll stays as the fallback)."""
+        from .changes import Listening
+
+        return Listening(self.url)
+
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
         """Budgets in the database, shared by every replica (:mod:`.shared`)."""
         from .shared import SharedLedger
@@ -159,7 +171,11 @@ class PostgresServerLock:
 
     def keep(self) -> None:
         """Still held? A restart of PostgreSQL (or a terminated session) drops the lock with its
-        connection: take it again (DatabaseBusy while a command holds the database alone)."""
+        connection: take it again (DatabaseBusy while a command holds the database alone; the
+        connection error while PostgreSQL is away, and the next pass tries again)."""
+        if self._conn is None:  # an earlier pass lost it and could not take it again
+            self.acquire()
+            return
         try:  # this connection takes no other advisory lock; a reconnected one holds none
             held = self._conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 import sqlite3
 from collections import OrderedDict
 from decimal import Decimal
@@ -298,16 +299,36 @@ class PgConnection:
         runs again on a new one: a reader's connection heals by itself, and nothing can have
         been half done. Everything else fails, and the owner decides (the writer retries its batch)."""
         outside = not self.in_transaction
+        if outside and self._closed_by_server():
+            self.broken = True  # PostgreSQL restarted while this connection was idle: a new one first
+        if self.broken and outside:
+            self._reopen()
         try:
             return self._run_once(statement, params)
         except sqlite3.Error:
             if not (self.broken and outside and statement.lstrip()[:6].upper() in ("SELECT", "WITH")):
                 raise
+        self._reopen()
+        return self._run_once(statement, params)
+
+    def _reopen(self) -> None:
         self.close()
         self._conn = self._open()
         self._prepared.clear()
         self.broken = False
-        return self._run_once(statement, params)
+
+    def _closed_by_server(self) -> bool:
+        """An idle connection has nothing to read unless the server ended it (a shutdown or a
+        terminated session: its last message, then the end of the socket). Checked before a
+        statement outside a transaction, so a change that must not run twice (a budget
+        reservation) goes to a live connection instead of failing on a dead one."""
+        sock = getattr(self._conn, "_usock", None)
+        if sock is None:
+            return True
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
     def _run_once(self, statement: str, params: Sequence[Any]) -> Cursor:
         """One round trip: statements are prepared once per connection, then only bound and run;

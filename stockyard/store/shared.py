@@ -54,10 +54,13 @@ SET reserved_uc = budget_leases.reserved_uc + excluded.reserved_uc, expires_ms =
 RETURNING reserved_uc"""
 
 # The hold leaves the ledger only if this replica's lease still had it (a lease given back
-# as expired already took it out).
-_SETTLE = """/* settle */ WITH freed AS (
+# as expired already took it out). The ledger row is locked first, as _RESERVE does: two
+# statements that lock the same two rows in opposite orders deadlock under load.
+_SETTLE = """/* settle */ WITH ledger AS (
+    SELECT scope FROM budget_ledger WHERE scope = ? AND period_key = ? FOR UPDATE),
+freed AS (
     UPDATE budget_leases SET reserved_uc = reserved_uc - ?
-    WHERE scope = ? AND period_key = ? AND replica = ?
+    WHERE scope = (SELECT scope FROM ledger) AND period_key = ? AND replica = ?
     RETURNING reserved_uc)
 UPDATE budget_ledger
 SET reserved_uc = reserved_uc - (SELECT CASE WHEN count(*) > 0 THEN ? ELSE 0 END FROM freed), spent_uc = spent_uc + ?
@@ -155,7 +158,7 @@ class SharedLedger(Ledger):
 
     def _give_back(self, conn: sqlite3.Connection, hold: Hold) -> None:
         for budget, key, amount in hold.parts:
-            conn.execute(_SETTLE, (amount, budget.scope, key, self.replica, amount, 0, budget.scope, key))
+            conn.execute(_SETTLE, (budget.scope, key, amount, key, self.replica, amount, 0, budget.scope, key))
 
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
@@ -170,7 +173,7 @@ class SharedLedger(Ledger):
         crossed: list[tuple[Budget, str, int, int]] = []
         settled: dict[str, str] = {}
         for budget, key, amount in hold.parts if hold else []:
-            args = (amount, budget.scope, key, self.replica, amount, actual_uc, budget.scope, key)
+            args = (budget.scope, key, amount, key, self.replica, amount, actual_uc, budget.scope, key)
             row = conn.execute(_SETTLE, args).fetchone()
             settled[budget.scope] = key
             if row is not None:
