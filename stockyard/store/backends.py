@@ -29,8 +29,11 @@ class SqliteBackend:
     wal = True  # the writer keeps the -wal file bounded (checkpoints)
     reuse_readers = False  # opening a file is cheap: each thread its own, as always
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, group: bool = False) -> None:
         self.path = Path(path)
+        # A worker of ``serve --workers N``: the parent holds the file's lock for the group, and
+        # budgets and rate limits are shared through the file like PostgreSQL replicas' (.shared).
+        self.group = group
 
     def __str__(self) -> str:
         return str(self.path)
@@ -45,16 +48,25 @@ class SqliteBackend:
         return applied
 
     def server_lock(self) -> Any:
-        return DatabaseLock(self.path, SERVER).acquire()
+        return HeldByParent() if self.group else DatabaseLock(self.path, SERVER).acquire()
 
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
-        """Budgets in this process's memory: one server per file (the lock) holds the only ledger."""
+        """Budgets in this process's memory: one server per file (the lock) holds the only ledger;
+        a group's workers share theirs through the file."""
+        if self.group:
+            from .shared import SharedLedger
+
+            return SharedLedger(store, load, *args)
         from ..budgets import Ledger
 
         return Ledger(load, *args)
 
     def rate_limiter(self, store: Any) -> Any:
-        """Sliding windows in this process's memory (one server per file)."""
+        """Sliding windows in this process's memory (one server per file), or in the file (a group)."""
+        if self.group:
+            from .shared import SharedRateLimiter
+
+            return SharedRateLimiter(store)
         from ..modules.ratelimit import RateLimiter
 
         return RateLimiter()
@@ -73,6 +85,16 @@ class SqliteBackend:
     def disk_bytes(self, conn: Any) -> int:
         """What the database takes on disk, -wal and -shm included (/api/status)."""
         return files.disk_bytes(self.path)
+
+
+class HeldByParent:
+    """The server lock of a worker: its group's parent holds the ``flock`` for all of them."""
+
+    def keep(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
 
 
 class PostgresBackend:

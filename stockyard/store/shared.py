@@ -19,6 +19,12 @@ Rate limits (rpm, tpm) count requests and tokens per window name and tenth of a 
 database clock (``rate_buckets``). An admission locks its window's name (a transaction advisory
 lock), sums the last 60.1 seconds and adds itself: exact across replicas, and never looser than
 the in-memory window: a request counts for 60.0 to 60.1 seconds instead of exactly 60.
+
+The worker processes of ``serve --workers N`` on one SQLite file (:mod:`stockyard.workers`) share
+the same tables the same way. SQLite has no data-modifying CTEs or advisory locks, so there each
+step is a short ``BEGIN IMMEDIATE`` transaction of plain statements (the file's one write lock
+serializes them across processes, as PostgreSQL's row and advisory locks do), and the clock is
+the machine's, which every worker shares.
 """
 
 from __future__ import annotations
@@ -28,18 +34,22 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key
 from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
+from . import db
 
 if TYPE_CHECKING:
     from . import Store
 
 log = logging.getLogger("stockyard.budgets")
+T = TypeVar("T")
 
 LEASE_S = 30.0  # a dead replica's holds are given back this long after its last renewal
 _NOW_MS = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
+_SQLITE_NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+NOW_MS = {"postgresql": _NOW_MS, "sqlite": _SQLITE_NOW_MS}  # Unix milliseconds, by the database's clock
 KNOWN_MAX = 10_000  # (scope, period) rows remembered as existing before the memory is cleared
 
 # A leading comment: the connection never re-runs these after a lost connection (they change data).
@@ -72,6 +82,45 @@ FROM total WHERE budget_ledger.scope = total.scope AND budget_ledger.period_key 
 RETURNING budget_ledger.scope"""
 
 
+# SQLite: the same steps as plain statements, run together in one BEGIN IMMEDIATE transaction.
+_SQLITE_HOLD = """UPDATE budget_ledger SET reserved_uc = reserved_uc + ?
+    WHERE scope = ? AND period_key = ? AND spent_uc + reserved_uc + ? <= ? RETURNING scope"""
+_SQLITE_LEASE = f"""INSERT INTO budget_leases (scope, period_key, replica, reserved_uc, expires_ms)
+VALUES (?, ?, ?, ?, {_SQLITE_NOW_MS} + ?)
+ON CONFLICT (scope, period_key, replica) DO UPDATE
+SET reserved_uc = budget_leases.reserved_uc + excluded.reserved_uc, expires_ms = excluded.expires_ms"""
+_SQLITE_FREE = """UPDATE budget_leases SET reserved_uc = reserved_uc - ?
+    WHERE scope = ? AND period_key = ? AND replica = ? RETURNING reserved_uc"""
+_SQLITE_SPEND = """UPDATE budget_ledger SET reserved_uc = reserved_uc - ?, spent_uc = spent_uc + ?
+    WHERE scope = ? AND period_key = ? RETURNING spent_uc"""
+_SQLITE_GONE = f"DELETE FROM budget_leases WHERE expires_ms < {_SQLITE_NOW_MS} RETURNING scope, period_key, reserved_uc"
+
+
+def immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work(conn)`` in one write transaction on an autocommit connection (SQLite)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def reset(conn: sqlite3.Connection) -> None:
+    """Empty the shared tables of an SQLite file before a group of workers starts on it: only
+    a group writes them, and spend comes back from the rollups, while rows a group left behind
+    would miss what a single server spent since."""
+
+    def empty(c: sqlite3.Connection) -> None:
+        for table in ("budget_leases", "budget_ledger", "rate_buckets"):
+            c.execute(f"DELETE FROM {table}")
+
+    immediate(conn, empty)
+
+
 class SharedLedger(Ledger):
     """:class:`~stockyard.budgets.Ledger`'s interface over the ``budget_ledger`` table."""
 
@@ -86,6 +135,7 @@ class SharedLedger(Ledger):
     ) -> None:
         super().__init__(load, warn_percents, on_warning, on_exhausted)
         self._store = store
+        self._sqlite = store.backend.dialect == "sqlite"
         self.replica = uuid.uuid4().hex
         self.lease_s = lease_s
         self._known: set[tuple[str, str]] = set()
@@ -134,8 +184,7 @@ class SharedLedger(Ledger):
         lease_ms = int(self.lease_s * 1000)
         hold = Hold()
         for budget, key in keyed:
-            args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms)
-            if conn.execute(_RESERVE, args).fetchone() is not None:
+            if self._hold(conn, budget, key, amount, lease_ms):
                 hold.parts.append((budget, key, amount))
                 continue
             self._give_back(conn, hold)
@@ -153,9 +202,37 @@ class SharedLedger(Ledger):
             raise refused
         return hold
 
+    def _hold(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, lease_ms: int) -> bool:
+        """Reserve ``amount`` in one budget's row if it fits, and record it in this replica's lease."""
+        if not self._sqlite:
+            args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms)
+            return conn.execute(_RESERVE, args).fetchone() is not None
+
+        def hold(c: sqlite3.Connection) -> bool:
+            if not c.execute(_SQLITE_HOLD, (amount, budget.scope, key, amount, budget.limit_uc)).fetchall():
+                return False
+            c.execute(_SQLITE_LEASE, (budget.scope, key, self.replica, amount, lease_ms))
+            return True
+
+        return immediate(conn, hold)
+
+    def _settle_one(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, actual_uc: int) -> Any:
+        """Take a hold out of this replica's lease and the row (unless an expiry already gave it
+        back) and add the real cost; the row's spend after, or None when there is no row."""
+        if not self._sqlite:
+            args = (amount, budget.scope, key, self.replica, amount, actual_uc, budget.scope, key)
+            return conn.execute(_SETTLE, args).fetchone()
+
+        def settle(c: sqlite3.Connection) -> Any:
+            freed = c.execute(_SQLITE_FREE, (amount, budget.scope, key, self.replica)).fetchall()
+            rows = c.execute(_SQLITE_SPEND, (amount if freed else 0, actual_uc, budget.scope, key)).fetchall()
+            return rows[0] if rows else None
+
+        return immediate(conn, settle)
+
     def _give_back(self, conn: sqlite3.Connection, hold: Hold) -> None:
         for budget, key, amount in hold.parts:
-            conn.execute(_SETTLE, (amount, budget.scope, key, self.replica, amount, 0, budget.scope, key))
+            self._settle_one(conn, budget, key, amount, 0)
 
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
@@ -170,8 +247,7 @@ class SharedLedger(Ledger):
         crossed: list[tuple[Budget, str, int, int]] = []
         settled: dict[str, str] = {}
         for budget, key, amount in hold.parts if hold else []:
-            args = (amount, budget.scope, key, self.replica, amount, actual_uc, budget.scope, key)
-            row = conn.execute(_SETTLE, args).fetchone()
+            row = self._settle_one(conn, budget, key, amount, actual_uc)
             settled[budget.scope] = key
             if row is not None:
                 with self._lock:
@@ -221,11 +297,12 @@ class SharedLedger(Ledger):
                     if conn is not None:
                         conn.close()
                     conn = self._store.backend.connect()
+                now_ms = NOW_MS[self._store.backend.dialect]
                 conn.execute(
-                    f"UPDATE budget_leases SET expires_ms = {_NOW_MS} + ? WHERE replica = ?",
+                    f"UPDATE budget_leases SET expires_ms = {now_ms} + ? WHERE replica = ?",
                     (int(self.lease_s * 1000), self.replica),
                 )
-                expired = conn.execute(_EXPIRE).fetchall()
+                expired = immediate(conn, _expire_sqlite) if self._sqlite else conn.execute(_EXPIRE).fetchall()
                 if expired:
                     log.warning("budget holds of a stopped replica given back: %d budget period(s)", len(expired))
                 conn.execute("DELETE FROM budget_leases WHERE reserved_uc = 0 AND replica = ?", (self.replica,))
@@ -233,6 +310,17 @@ class SharedLedger(Ledger):
                 log.warning("budget leases: %s", exc)
         if conn is not None:
             conn.close()
+
+
+def _expire_sqlite(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """_EXPIRE for SQLite: delete the expired leases, take their holds out of the rows."""
+    gone = conn.execute(_SQLITE_GONE).fetchall()
+    for scope, key, amount in gone:
+        conn.execute(
+            "UPDATE budget_ledger SET reserved_uc = reserved_uc - ? WHERE scope = ? AND period_key = ?",
+            (amount, scope, key),
+        )
+    return sorted({(scope, key) for scope, key, _ in gone})
 
 
 TICKS_PER_S = 10  # rate buckets per second
@@ -254,6 +342,7 @@ class SharedRateLimiter:
 
     def __init__(self, store: "Store") -> None:
         self._store = store
+        self._sqlite = store.backend.dialect == "sqlite"  # BEGIN IMMEDIATE serializes admissions
         self._admitted = 0
 
     def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> RateEntry:
@@ -263,7 +352,7 @@ class SharedRateLimiter:
             raise too_large(who, tpm, tokens)
         try:
             conn = self._store.read()
-            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            conn.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN ISOLATION LEVEL READ COMMITTED")
             try:
                 entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
                 conn.execute("COMMIT")
@@ -282,8 +371,9 @@ class SharedRateLimiter:
     def _admit(
         self, conn: sqlite3.Connection, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str
     ) -> RateEntry:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{name}",))
-        now = int(conn.execute(f"SELECT {_NOW_MS}").fetchone()[0])
+        if not self._sqlite:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{name}",))
+        now = int(conn.execute(f"SELECT {NOW_MS[db.dialect_of(conn)]}").fetchone()[0])
         tick = now * TICKS_PER_S // 1000
         buckets = conn.execute(
             "SELECT tick, requests, tokens FROM rate_buckets WHERE name = ? AND tick > ? ORDER BY tick",
@@ -320,8 +410,10 @@ class SharedRateLimiter:
     def _prune(self) -> None:
         """Windows that went quiet keep their last buckets: delete every old one now and then."""
         try:
-            self._store.read().execute(
-                f"DELETE FROM rate_buckets WHERE tick <= {_NOW_MS} * ? / 1000 - ?", (TICKS_PER_S, RATE_SPAN)
+            conn = self._store.read()
+            conn.execute(
+                f"DELETE FROM rate_buckets WHERE tick <= {NOW_MS[db.dialect_of(conn)]} * ? / 1000 - ?",
+                (TICKS_PER_S, RATE_SPAN),
             )
         except sqlite3.Error as exc:
             log.warning("old rate-limit buckets not deleted: %s", exc)
