@@ -63,13 +63,15 @@ class App:
         settings: Settings,
         env: Mapping[str, str] | None = None,
         backend: Backend | None = None,
-        primary: bool = True,
+        worker: int | None = None,
     ) -> None:
-        """``backend`` and ``primary`` are for the workers of a group (:mod:`stockyard.workers`):
+        """``backend`` and ``worker`` are for the workers of a group (:mod:`stockyard.workers`):
         the group's backend (its lock held by the parent, budgets and rate limits shared), and
-        whether this worker runs the duties one process does for all (snapshots, retention,
-        the webhook checks)."""
+        this worker's index; worker 0 runs the duties one process does for all (snapshots,
+        retention, the webhook checks)."""
         self.settings = settings
+        self.worker = worker
+        primary = worker is None or worker == 0
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
         # Held until close (or until the process dies): restore and migrate refuse meanwhile, and so

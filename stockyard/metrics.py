@@ -336,6 +336,16 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]
+    worker = getattr(app, "worker", None)
+    if worker is not None:
+        out.append(
+            (
+                "worker",
+                "gauge",
+                "Which worker of serve --workers N answered this scrape: the counters here are its own.",
+                worker,
+            )
+        )
     retention = getattr(app, "retention", None)
     if retention is not None:
         out += [

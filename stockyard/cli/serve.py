@@ -115,9 +115,7 @@ def run_group(settings: config.Settings, config_file: str | None) -> int:
         setup_logging(tag=f"[w{index}] ")
         group = SqliteBackend(settings.db_path, group=True) if settings.db_url is None else None
         try:  # --config once, by worker 0 before the others start (not again on a restart)
-            return serve(
-                settings, config_file if first else None, sock=sock, backend=group, primary=index == 0, ready=ready
-            )
+            return serve(settings, config_file if first else None, sock=sock, backend=group, worker=index, ready=ready)
         except CommandError as exc:
             logging.getLogger("stockyard").error("%s", exc)
             return 1
@@ -134,7 +132,7 @@ def serve(
     *,
     sock: Any = None,
     backend: Any = None,
-    primary: bool = True,
+    worker: int | None = None,
     ready: Callable[[], None] | None = None,
 ) -> int:
     """One server until SIGTERM/SIGINT: the whole process, or one worker of a group (``sock``
@@ -144,7 +142,7 @@ def serve(
 
     log = logging.getLogger("stockyard")
     try:
-        app = App(settings, backend=backend, primary=primary)
+        app = App(settings, backend=backend, worker=worker)
     except DatabaseBusy as exc:
         raise CommandError(str(exc)) from None
     if config_file:
@@ -162,8 +160,8 @@ def serve(
         app.close()
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     host, port = server.server_address[:2]
-    if ready is None or primary:
-        banner(log, app, str(host), int(port), listening=ready is None)
+    if not worker:  # one server, or a group's worker 0 (the parent says where the group listens)
+        banner(log, app, str(host), int(port), listening=worker is None)
     stop_once = threading.Event()
 
     def on_signal(signum, frame) -> None:
