@@ -259,6 +259,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
     ("modules disabled / full chain (issue 6)", modules_chain),
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
+    ("--workers 2 vs 1 process (issue 18)", lambda b: __import__("workers").workers_throughput(b)),
 ]
 
 

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -185,6 +187,23 @@ def test_a_second_server_on_the_file_of_a_group_is_refused(group):
     refused = group.cli("serve", "--port", "0", "--workers", "2")
     assert refused.returncode == 1
     assert "already using" in refused.stderr
+
+
+def test_a_second_group_on_the_port_of_a_group_is_refused(group, tmp_path):
+    """Reuseport would let a second group's sockets join the first's: a plain bind first refuses it."""
+    argv = [sys.executable, str(group.pyz), "serve", "--port", str(group.port), "--workers", "2"]
+    refused = subprocess.run(
+        [*argv, "--db", str(tmp_path / "other.db")], env=group.env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{group.port}" in refused.stderr
+    assert group.request("GET", "/healthz")[0] == 200
+
+
+def test_workers_must_be_a_positive_number(group):
+    refused = group.cli("serve", "--port", "0", "--workers", "0")
+    assert refused.returncode != 0
+    assert "--workers must be a positive whole number" in refused.stderr
 
 
 @pytest.mark.serial

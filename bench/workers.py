@@ -1,0 +1,68 @@
+"""Issue 18, "More than one core": `serve --workers 2` vs one process, same run, interleaved.
+
+Throughput at 64 clients against a 20 ms upstream, tracing on (the core throughput setting),
+the two proxies measured round by round in alternating order so both see the same noise. CPU
+time per request counts the whole group (parent and workers, from /proc)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import LoadResult, Target, cpu_seconds, load, median
+from harness import Bench, Row, count_traces
+
+MIN_SPEEDUP = 1.5  # 2 workers on this 2-core machine, the load generator on the same cores
+
+
+def group_cpu_seconds(target: Target) -> float | None:
+    """CPU seconds of the proxy process and of its workers (its children), so far."""
+    pid = target.pid
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
+def workers_throughput(b: Bench) -> list[Row]:
+    a = b.args
+    one = b.proxy("workers-1", 20)
+    two = b.proxy("workers-2", 20, extra_env={"STOCKYARD_WORKERS": "2"})
+    targets = [one, two]
+    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+    cpu = {t.name: 0.0 for t in targets}
+    for r in range(a.load_rounds):
+        for t in targets[r % 2 :] + targets[: r % 2]:
+            before = group_cpu_seconds(t)
+            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
+            after = group_cpu_seconds(t)
+            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
+    errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
+    answered = {name: sum(x.answered for x in results) for name, results in runs.items()}
+    cpu_ms = {name: 1000 * cpu[name] / max(1, answered[name]) for name in runs}
+    traces = count_traces(b.db(two), answered[two.name])
+    ratio = rps[two.name] / rps[one.name] if rps[one.name] else 0.0
+    where = f"{a.clients} clients, 20 ms upstream, tracing on"
+
+    def detail(name: str) -> str:
+        values = [x.rps for x in runs[name]]
+        err = f", {errors[name]} errors" if errors[name] else ""
+        return f"rounds {min(values):.0f}-{max(values):.0f}, CPU {cpu_ms[name]:.2f} ms/request{err}"
+
+    return [
+        Row(
+            f"throughput, 1 process ({where})", f"{rps[one.name]:.0f} req/s", "", None, f"baseline; {detail(one.name)}"
+        ),
+        Row(f"throughput, --workers 2 ({where})", f"{rps[two.name]:.0f} req/s", "", None, detail(two.name)),
+        Row(
+            "throughput --workers 2 / 1 process",
+            f"{ratio:.2f}x",
+            f">= {MIN_SPEEDUP:g}x",
+            ratio >= MIN_SPEEDUP and not errors[two.name],
+            f"{traces}/{answered[two.name]} answers traced by the workers",
+        ),
+    ]
