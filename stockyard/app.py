@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import __version__, audit
 from .auth import Gatekeeper
@@ -71,6 +71,7 @@ class App:
         retention, the webhook checks)."""
         self.settings = settings
         self.worker = worker
+        self.group_metrics: Any = None  # a worker's view of its group's /metrics (set by stockyard.workers)
         primary = worker is None or worker == 0
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()

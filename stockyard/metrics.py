@@ -266,6 +266,14 @@ def _family(lines: list[str], name: str, kind: str, help_text: str) -> None:
 
 
 def render(app: "App") -> str:
+    """This process's metrics; in a worker of ``serve --workers N``, every worker's, each series
+    labelled with its ``worker`` (:class:`stockyard.workers.GroupMetrics`)."""
+    own = render_own(app)
+    group = getattr(app, "group_metrics", None)
+    return own if group is None else group.combine(own)
+
+
+def render_own(app: "App") -> str:
     counters, hists = app.metrics.snapshot()
     lines: list[str] = []
     for name, (kind, help_text) in HELP.items():
@@ -336,16 +344,6 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]
-    worker = getattr(app, "worker", None)
-    if worker is not None:
-        out.append(
-            (
-                "worker",
-                "gauge",
-                "Which worker of serve --workers N answered this scrape: the counters here are its own.",
-                worker,
-            )
-        )
     retention = getattr(app, "retention", None)
     if retention is not None:
         out += [

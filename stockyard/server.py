@@ -885,7 +885,8 @@ def models(app: App, req: Request) -> Response:
 def metrics(app: App, req: Request) -> Response:
     from .metrics import render
 
-    return Response(200, render(app).encode(), "text/plain; version=0.0.4; charset=utf-8")
+    worker = {} if app.worker is None else {"x-stockyard-worker": str(app.worker)}  # who answered (a group's)
+    return Response(200, render(app).encode(), "text/plain; version=0.0.4; charset=utf-8", worker)
 
 
 FIXED_ROUTES: dict[str, tuple[list[str], RouteFn]] = {

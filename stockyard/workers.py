@@ -29,9 +29,10 @@ small write transactions of all of them):
 - configuration: every worker's watcher notices other processes' commits (``data_version``) and
   reloads within ``WATCH_EVERY_S``; the cache is already a table.
 - duties done once for all (snapshots, retention, the webhook checks) run in worker 0 only.
-- ``/metrics`` is per worker (in memory): a scrape sees the counters of the worker that answered
-  it, with ``stockyard_worker`` saying which; sum per-worker series in Prometheus (or scrape
-  with one worker).
+- ``/metrics``: counters live in each worker's memory, so any worker answers a scrape with every
+  worker's series, each labelled ``worker`` (:class:`GroupMetrics`: the others' as published at
+  most a second ago); ``sum without (worker) (rate(...))`` is the group's. The answering worker
+  says who it is in ``x-stockyard-worker``.
 
 On PostgreSQL, workers are simply replicas on one machine (no lock held by the parent).
 """
@@ -40,11 +41,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from .config import Settings
@@ -55,11 +60,22 @@ from .store.shared import reset
 log = logging.getLogger("stockyard")
 
 RESTART_WAIT_S = 1.0  # a worker that dies within this of its start is restarted after this long
+PUBLISH_EVERY_S = 1.0  # how often a worker publishes its metrics to the others
 STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond their own grace) before SIGKILL
 
-# (index, listening socket, ready callback, first start of the group) -> exit code; runs in the
-# forked worker.
-WorkerMain = Callable[[int, socket.socket, Callable[[], None], bool], int]
+
+@dataclass
+class Worker:
+    """What a forked worker gets from its parent."""
+
+    index: int
+    sock: socket.socket  # its listening socket
+    first: bool  # the group's first start, not a restart (worker 0 applies --config then)
+    metrics: "GroupMetrics"
+    ready: Callable[[], None]  # tell the parent it serves
+
+
+WorkerMain = Callable[[Worker], int]  # runs in the forked worker: its exit code
 
 
 class CannotListen(Exception):
@@ -107,6 +123,7 @@ class Group:
         self.settings = settings
         self.main = main
         self.socks: list[socket.socket] = []  # one per worker, kept open here across restarts
+        self.folder = ""  # the group's private folder (GroupMetrics)
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # index -> monotonic time of its last start
         self.due: dict[int, float] = {}  # index -> when to start it again (after a quick death)
@@ -130,9 +147,11 @@ class Group:
                 finally:
                     conn.close()
             self.socks = listen(self.settings, self.settings.workers)
+            self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): the metrics files
             try:
                 return self._supervise()
             finally:
+                shutil.rmtree(self.folder, ignore_errors=True)
                 for sock in self.socks:
                     sock.close()
         finally:
@@ -257,13 +276,74 @@ class Group:
             def ready() -> None:
                 os.write(self._ready_w, bytes([index]))
 
-            code = self.main(index, self.socks[index], ready, not self.up)
+            metrics = GroupMetrics(self.folder, index, self.settings.workers)
+            code = self.main(Worker(index, self.socks[index], not self.up, metrics, ready))
         except BaseException:
             log.exception("worker %d failed", index)
         finally:
             for handler in logging.getLogger("stockyard").handlers:
                 handler.flush()
             os._exit(code)
+
+
+class GroupMetrics:
+    """``/metrics`` for the whole group from any worker: each worker publishes its own metrics to
+    a file in the group's private folder every ``PUBLISH_EVERY_S``; the worker that answers a
+    scrape renders its own fresh and adds the others' latest, every series labelled with its
+    ``worker``. So one scrape sees every worker (Prometheus: ``sum without (worker) (...)``);
+    another worker's series are at most that old."""
+
+    def __init__(self, folder: str, worker: int, workers: int) -> None:
+        self.folder, self.worker, self.workers = folder, worker, workers
+
+    def start(self, render: Callable[[], str], stopping: threading.Event) -> None:
+        def publish() -> None:
+            while not stopping.wait(PUBLISH_EVERY_S):
+                try:
+                    path = os.path.join(self.folder, f"{self.worker}.prom")
+                    with open(path + ".tmp", "w") as out:
+                        out.write(render())
+                    os.replace(path + ".tmp", path)
+                except Exception as exc:  # a scrape shows this worker's series as they last were
+                    log.warning("metrics of worker %d not published: %s", self.worker, exc)
+
+        threading.Thread(target=publish, name="stockyard-metrics", daemon=True).start()
+
+    def combine(self, own: str) -> str:
+        texts = {self.worker: own}
+        for index in range(self.workers):
+            if index != self.worker:
+                try:
+                    with open(os.path.join(self.folder, f"{index}.prom")) as published:
+                        texts[index] = published.read()
+                except OSError:
+                    pass  # not published yet
+        return merge(texts)
+
+
+_SAMPLE = re.compile(r"^([^{ ]+)(?:\{(.*)\})? (\S+)$")
+
+
+def merge(texts: dict[int, str]) -> str:
+    """Prometheus texts of several workers as one: a family's HELP and TYPE once, then the
+    samples of every worker (a family's samples must be together), each labelled ``worker``."""
+    families: dict[str, tuple[list[str], list[str]]] = {}
+    for worker, text in sorted(texts.items()):
+        family = ""
+        for line in text.splitlines():
+            if line.startswith("# "):
+                family = line.split(" ", 3)[2]
+                head, _ = families.setdefault(family, ([], []))
+                if line not in head:
+                    head.append(line)
+            elif line:
+                sample = _SAMPLE.match(line)
+                if sample is None:
+                    continue
+                name, labels, value = sample.groups()
+                labelled = f'worker="{worker}"' + (f",{labels}" if labels else "")
+                families.setdefault(family, ([], []))[1].append(f"{name}{{{labelled}}} {value}")
+    return "".join(line + "\n" for head, samples in families.values() for line in head + samples)
 
 
 def _watch_parent(parent: int) -> None:

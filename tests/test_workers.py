@@ -28,6 +28,7 @@ from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import SqliteBackend
 from stockyard.store.shared import SharedLedger, SharedRateLimiter
+from stockyard.workers import merge
 
 ADMIN = "admin-key-for-worker-tests-0123456789"
 BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -118,6 +119,23 @@ def test_three_workers_rate_limiters_on_one_sqlite_file_admit_exactly_the_rpm(st
     limiters[2].admit("key_tpm", None, 1000, 800)
 
 
+def test_group_metrics_merge_every_workers_series_under_one_family_each():
+    zero = "# HELP stockyard_up Up.\n# TYPE stockyard_up counter\nstockyard_up 1\n# HELP stockyard_ms Ms.\n" + (
+        '# TYPE stockyard_ms histogram\nstockyard_ms_bucket{le="+Inf"} 2\nstockyard_ms_count 2\n'
+    )
+    one = '# HELP stockyard_up Up.\n# TYPE stockyard_up counter\nstockyard_up{key="a b"} 3\n'
+    assert merge({1: one, 0: zero}).splitlines() == [
+        "# HELP stockyard_up Up.",
+        "# TYPE stockyard_up counter",
+        'stockyard_up{worker="0"} 1',
+        'stockyard_up{worker="1",key="a b"} 3',
+        "# HELP stockyard_ms Ms.",
+        "# TYPE stockyard_ms histogram",
+        'stockyard_ms_bucket{worker="0",le="+Inf"} 2',
+        'stockyard_ms_count{worker="0"} 2',
+    ]
+
+
 # -- end to end: a pyz with --workers 2 --------------------------------------------------------
 @pytest.fixture
 def group(pyz_path, cache_home, mock, tmp_path):
@@ -154,10 +172,9 @@ def connection_to(server: ServerProcess, worker: int) -> http.client.HTTPConnect
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
         answer = conn.getresponse()
-        text = answer.read().decode()
-        found = re.search(r"^stockyard_worker (\d+)", text, re.MULTILINE)
-        assert answer.status == 200 and found, text[:500]
-        if int(found.group(1)) == worker:
+        answer.read()
+        assert answer.status == 200
+        if answer.getheader("x-stockyard-worker") == str(worker):
             return conn
         conn.close()
     raise AssertionError(f"no connection reached worker {worker}")
@@ -204,6 +221,25 @@ def test_workers_must_be_a_positive_number(group):
     refused = group.cli("serve", "--port", "0", "--workers", "0")
     assert refused.returncode != 0
     assert "--workers must be a positive whole number" in refused.stderr
+
+
+def test_one_scrape_shows_the_requests_of_every_worker(group):
+    for worker in (0, 1):  # a proxied request on each
+        conn = connection_to(group, worker)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT))
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200
+        conn.close()
+
+    def both() -> str | None:
+        status, _, data = group.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+        text = data.decode()
+        seen = set(re.findall(r'^stockyard_requests_total\{worker="(\d)"', text, re.MULTILINE))
+        return text if status == 200 and seen == {"0", "1"} else None
+
+    text = wait_for(both, what="both workers' requests in one scrape")
+    assert text.count("# TYPE stockyard_requests_total counter") == 1
 
 
 @pytest.mark.serial

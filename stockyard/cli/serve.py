@@ -8,13 +8,16 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import config
 from ..logbuffer import BatchedStreamHandler
 from ..operations import providers as provider_ops
 from ..store.lock import DatabaseBusy
 from .common import CommandError, runs
+
+if TYPE_CHECKING:
+    from ..workers import Worker
 
 
 def register(sub) -> None:
@@ -111,17 +114,17 @@ def run_group(settings: config.Settings, config_file: str | None) -> int:
 
     setup_logging(batched=False)
 
-    def worker(index: int, sock: Any, ready: Callable[[], None], first: bool) -> int:
-        setup_logging(tag=f"[w{index}] ")
+    def run_worker(worker: Worker) -> int:
+        setup_logging(tag=f"[w{worker.index}] ")
         group = SqliteBackend(settings.db_path, group=True) if settings.db_url is None else None
         try:  # --config once, by worker 0 before the others start (not again on a restart)
-            return serve(settings, config_file if first else None, sock=sock, backend=group, worker=index, ready=ready)
+            return serve(settings, config_file if worker.first else None, backend=group, worker=worker)
         except CommandError as exc:
             logging.getLogger("stockyard").error("%s", exc)
             return 1
 
     try:
-        return Group(settings, worker).run()
+        return Group(settings, run_worker).run()
     except (DatabaseBusy, CannotListen) as exc:
         raise CommandError(str(exc)) from None
 
@@ -130,21 +133,24 @@ def serve(
     settings: config.Settings,
     config_file: str | None,
     *,
-    sock: Any = None,
     backend: Any = None,
-    worker: int | None = None,
-    ready: Callable[[], None] | None = None,
+    worker: "Worker | None" = None,
 ) -> int:
-    """One server until SIGTERM/SIGINT: the whole process, or one worker of a group (``sock``
-    bound by the parent, ``ready`` told once it serves)."""
+    """One server until SIGTERM/SIGINT: the whole process, or a :class:`~stockyard.workers.Worker`
+    of a group (on the socket its parent bound; the parent is told once it serves)."""
     from ..app import App
+    from ..metrics import render_own
     from ..server import make_server
 
     log = logging.getLogger("stockyard")
     try:
-        app = App(settings, backend=backend, worker=worker)
+        app = App(settings, backend=backend, worker=None if worker is None else worker.index)
     except DatabaseBusy as exc:
         raise CommandError(str(exc)) from None
+    stopped = threading.Event()
+    if worker is not None:
+        app.group_metrics = worker.metrics
+        worker.metrics.start(lambda: render_own(app), stopped)
     if config_file:
         from .. import audit
         from .config import apply_file
@@ -155,12 +161,12 @@ def serve(
             app.close()
             raise
     try:
-        server = make_server(app, sock)
+        server = make_server(app, None if worker is None else worker.sock)
     except OSError as exc:
         app.close()
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     host, port = server.server_address[:2]
-    if not worker:  # one server, or a group's worker 0 (the parent says where the group listens)
+    if worker is None or worker.index == 0:  # the parent says where a group listens
         banner(log, app, str(host), int(port), listening=worker is None)
     stop_once = threading.Event()
 
@@ -174,12 +180,13 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if ready is not None:
-        ready()
+    if worker is not None:
+        worker.ready()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        if sock is None:
+        stopped.set()
+        if worker is None:  # a worker's socket is its parent's to close
             server.server_close()
         if not server.wait_idle(settings.shutdown_grace_s):
             log.warning("gave up waiting for %d in-flight requests", server.active)
