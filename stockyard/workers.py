@@ -50,12 +50,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from .config import Settings
 from .store import backend_for
 from .store.backends import SqliteBackend
-from .store.shared import reset
+from .store.shared import GroupState
 
 log = logging.getLogger("stockyard")
 
@@ -69,6 +70,7 @@ class Worker:
     """What a forked worker gets from its parent."""
 
     index: int
+    state: Path  # SQLite: the group's shared state file (store.shared.GroupState)
     sock: socket.socket  # its listening socket
     first: bool  # the group's first start, not a restart (worker 0 applies --config then)
     metrics: "GroupMetrics"
@@ -134,21 +136,22 @@ class Group:
         self._wake_r, self._wake_w = os.pipe()  # signals wake the loop (signal.set_wakeup_fd)
         self._ready_r, self._ready_w = os.pipe()  # a worker writes its index when it serves
 
+    @property
+    def state_path(self) -> Path:
+        """SQLite: the workers' shared budget holds and rate windows (store.shared.GroupState)."""
+        return Path(self.folder) / "shared.db"
+
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the database lock is held from here to the end."""
         backend = backend_for(self.settings.database)
         group_lock = backend.server_lock()  # DatabaseBusy: another server has this file
         try:
             backend.open_and_migrate()
-            if isinstance(backend, SqliteBackend):
-                conn = backend.connect()
-                try:
-                    reset(conn)
-                finally:
-                    conn.close()
             self.socks = listen(self.settings, self.settings.workers)
-            self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): the metrics files
+            self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): metrics, state
             try:
+                if isinstance(backend, SqliteBackend):
+                    GroupState.create(self.state_path)
                 return self._supervise()
             finally:
                 shutil.rmtree(self.folder, ignore_errors=True)
@@ -277,7 +280,7 @@ class Group:
                 os.write(self._ready_w, bytes([index]))
 
             metrics = GroupMetrics(self.folder, index, self.settings.workers)
-            code = self.main(Worker(index, self.socks[index], not self.up, metrics, ready))
+            code = self.main(Worker(index, self.state_path, self.socks[index], not self.up, metrics, ready))
         except BaseException:
             log.exception("worker %d failed", index)
         finally:

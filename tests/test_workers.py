@@ -1,7 +1,7 @@
 """``serve --workers N``: one port, N processes, and the state they must agree on.
 
 In-process: the shared ledger and rate buckets on SQLite (what a group's workers use there),
-several of them on one file. End to end: a pyz with ``--workers 2``: a budget burst admits
+several of them on one group state file. End to end: a pyz with ``--workers 2``: a budget burst admits
 exactly the budget, an rpm limit holds, concurrent admin writes leave one audit chain, a
 revocation reaches every worker within a second, SIGTERM stops every worker cleanly, and a
 killed worker is replaced.
@@ -27,7 +27,7 @@ from stockyard.budgets import Budget, BudgetExceeded
 from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import SqliteBackend
-from stockyard.store.shared import SharedLedger, SharedRateLimiter
+from stockyard.store.shared import GroupState, SharedLedger, SharedRateLimiter
 from stockyard.workers import merge
 
 ADMIN = "admin-key-for-worker-tests-0123456789"
@@ -39,22 +39,21 @@ TS = 1_780_000_000_000
 # -- in process: the shared tables on SQLite --------------------------------------------------
 @pytest.fixture
 def stores(tmp_path):
-    """Three stores on one SQLite file, as three workers have."""
-    path = tmp_path / "group.db"
-    SqliteBackend(path).open_and_migrate()
-    opened = [Store(SqliteBackend(path, group=True)) for _ in range(3)]
-    yield opened
-    for store in opened:
-        store.close()
+    """Three workers' views of one group's shared state (SQLite)."""
+    path = tmp_path / "state.db"
+    GroupState.create(path)
+    return [GroupState(path) for _ in range(3)]
 
 
-def test_a_group_backend_shares_budgets_and_rate_limits_through_the_file(tmp_path):
-    group, alone = SqliteBackend(tmp_path / "a.db", group=True), SqliteBackend(tmp_path / "b.db")
-    assert type(group.rate_limiter(Store(group))) is SharedRateLimiter
+def test_a_group_backend_shares_budgets_and_rate_limits_in_the_group_state(tmp_path):
+    GroupState.create(tmp_path / "state.db")
+    group, alone = SqliteBackend(tmp_path / "a.db", group=tmp_path / "state.db"), SqliteBackend(tmp_path / "b.db")
+    shared = group.rate_limiter(Store(group))
+    assert type(shared) is SharedRateLimiter and shared._store is group.group_state()
     assert type(alone.rate_limiter(Store(alone))) is not SharedRateLimiter
 
 
-def test_three_workers_ledgers_on_one_sqlite_file_admit_exactly_the_budget(stores):
+def test_three_workers_ledgers_on_one_group_state_admit_exactly_the_budget(stores):
     budget = Budget("key:k1", "key 'k1'", 10 * 7, "day")
     ledgers = [SharedLedger(store, lambda budget, key: 0) for store in stores]
 
@@ -98,7 +97,7 @@ def test_the_holds_of_a_dead_worker_are_given_back_when_its_lease_expires(stores
     alive.close()
 
 
-def test_three_workers_rate_limiters_on_one_sqlite_file_admit_exactly_the_rpm(stores):
+def test_three_workers_rate_limiters_on_one_group_state_admit_exactly_the_rpm(stores):
     limiters = [SharedRateLimiter(store) for store in stores]
 
     def one(i: int):
@@ -265,11 +264,18 @@ def test_100_concurrent_requests_over_2_workers_against_a_budget_for_10(group, m
     assert {json.loads(r[2])["error"]["code"] for r in results if r[0] == 429} == {"budget_exceeded"}
     admitted = sum(1 for r in mock.requests if r.json and r.json.get("model") == "mock-budget") - before
     assert admitted == 10  # the 90 refused never reached the provider
-    spent = wait_for(
-        lambda: [r for r in group.db_rows("SELECT spent_uc, reserved_uc FROM budget_ledger") if r["spent_uc"] == 5_000],
-        what="the settlements",
-    )
-    assert spent == [{"spent_uc": 5_000, "reserved_uc": 0}]
+    for worker in (0, 1):  # once settled, each worker says the whole budget is spent
+        conn = connection_to(group, worker)
+
+        def spent(conn: http.client.HTTPConnection = conn) -> bool:
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(BUDGET_MODEL), headers=auth)
+            answer = conn.getresponse()
+            text = answer.read().decode()
+            assert answer.status == 429, text
+            return "$0.00005 spent" in text
+
+        wait_for(spent, what=f"the settlements on worker {worker}")
+        conn.close()
 
 
 @pytest.mark.serial
@@ -366,3 +372,19 @@ def test_a_killed_worker_is_replaced(group):
         connection_to(group, worker).close()
     assert "was killed by SIGKILL: starting a new one" in group.log
     assert group.request("GET", "/readyz")[0] == 200
+
+
+def test_workers_on_postgresql_are_replicas_of_one_database(pyz_path, cache_home, mock, pg_url):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    server = ServerProcess(pyz_path, pg_url, env, ["--workers", "2"]).start()  # type: ignore[arg-type]
+    try:
+        for worker in (0, 1):
+            conn = connection_to(server, worker)
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT))
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200
+            conn.close()
+    finally:
+        assert server.stop() == 0
+    assert server.log.count("stopped; database closed") == 2, server.log

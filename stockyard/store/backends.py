@@ -29,11 +29,13 @@ class SqliteBackend:
     wal = True  # the writer keeps the -wal file bounded (checkpoints)
     reuse_readers = False  # opening a file is cheap: each thread its own, as always
 
-    def __init__(self, path: Path | str, group: bool = False) -> None:
+    def __init__(self, path: Path | str, group: Path | None = None) -> None:
         self.path = Path(path)
         # A worker of ``serve --workers N``: the parent holds the file's lock for the group, and
-        # budgets and rate limits are shared through the file like PostgreSQL replicas' (.shared).
+        # budgets and rate limits are shared like PostgreSQL replicas', in the group's state file
+        # (``group``, a .shared.GroupState).
         self.group = group
+        self._state: Any = None
 
     def __str__(self) -> str:
         return str(self.path)
@@ -56,7 +58,7 @@ class SqliteBackend:
         if self.group:
             from .shared import SharedLedger
 
-            return SharedLedger(store, load, *args)
+            return SharedLedger(self.group_state(), load, *args)
         from ..budgets import Ledger
 
         return Ledger(load, *args)
@@ -66,10 +68,19 @@ class SqliteBackend:
         if self.group:
             from .shared import SharedRateLimiter
 
-            return SharedRateLimiter(store)
+            return SharedRateLimiter(self.group_state())
         from ..modules.ratelimit import RateLimiter
 
         return RateLimiter()
+
+    def group_state(self) -> Any:
+        """The group's shared state, one per process (its writes share one lock)."""
+        from .shared import GroupState
+
+        if self._state is None:
+            assert self.group is not None
+            self._state = GroupState(self.group)
+        return self._state
 
     def secure_files(self, extra: list[Path]) -> list[str]:
         """Tighten the modes of the database files; one line per file changed."""
