@@ -262,6 +262,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
     ("cost reports on generated traces (issue 18)", store_bench.report_times),
+    ("--workers 2 vs 1 process (issue 18)", lambda b: __import__("workers").workers_throughput(b)),
 ]
 
 

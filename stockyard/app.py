@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import __version__, audit
 from .auth import Gatekeeper
@@ -45,6 +45,7 @@ from .retention import Retention
 from .routing import RouteStep
 from .scrub import Scrubber, ScrubLogs
 from .store import Store, Writer, backend_for
+from .store.backends import Backend
 from .store.traces import backfill_search
 from .tracing import Tracer
 from .upstream import Pool
@@ -57,13 +58,26 @@ WATCHER_STALE_S = 10.0  # /readyz is 503 when the watcher has not completed a pa
 
 
 class App:
-    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        env: Mapping[str, str] | None = None,
+        backend: Backend | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """``backend`` and ``worker`` are for the workers of a group (:mod:`stockyard.workers`):
+        the group's backend (its lock held by the parent, budgets and rate limits shared), and
+        this worker's index; worker 0 runs the duties one process does for all (snapshots,
+        retention, the webhook checks)."""
         self.settings = settings
+        self.worker = worker
+        self.group_metrics: Any = None  # a worker's view of its group's /metrics (set by stockyard.workers)
+        primary = worker is None or worker == 0
         self.env = dict(os.environ if env is None else env)
         self.started_at = time.time()
         # Held until close (or until the process dies): restore and migrate refuse meanwhile, and so
         # does a second server on an SQLite file (PostgreSQL: replicas share it).
-        self.backend = backend_for(settings.database)
+        self.backend = backend or backend_for(settings.database)
         self.db_lock = self.backend.server_lock()
         for line in self.backend.secure_files([p for p in [settings.snapshot_path] if p]):
             log.warning("file permissions: %s", line)
@@ -81,10 +95,11 @@ class App:
             bodies_max_bytes=settings.bodies_max_bytes,
             responses_max_age_s=settings.retention_responses_s,
         )
-        self.writer.add_idle_task(self.retention.run)
-        self.writer.add_idle_task(backfill_search)  # bodies stored before the search index
+        if primary:
+            self.writer.add_idle_task(self.retention.run)
+            self.writer.add_idle_task(backfill_search)  # bodies stored before the search index
         self.snapshots: Snapshotter | None = None
-        if settings.snapshot_path is not None:
+        if settings.snapshot_path is not None and primary:
             self.snapshots = Snapshotter(settings.snapshot_path)
             # The first one soon after start (not at once: startup writes should not wait for it).
             self.writer.add_periodic_task(
@@ -108,7 +123,7 @@ class App:
             self.otlp = Exporter(settings.otlp_endpoint, dict(settings.otlp_headers)).start()
             telemetry = Telemetry(self.otlp, settings.otlp_content, self.scrubber.text)
         self.tracer = Tracer(settings, self.store, self.metrics, self.scrubber, telemetry)
-        self.webhooks = Dispatcher(self.store)
+        self.webhooks = Dispatcher(self.store, checks=primary)
         records = BudgetRecords(self.store, lambda: self.ops(audit.ACTOR_SERVER), self.webhooks.emit)
         self.ledger: Ledger = self.backend.ledger(
             self.store, records.load_spend, settings.budget_warn_percent, records.warn, records.exhausted

@@ -66,6 +66,7 @@ class Settings:
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
     metrics_top_keys: int = 20  # /metrics: key names with series of their own; the rest are "other"
+    workers: int = 1  # server processes sharing the listening socket (stockyard.workers)
 
     @property
     def is_loopback(self) -> bool:
@@ -246,6 +247,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),
         metrics_top_keys=_positive_int(env.get("STOCKYARD_METRICS_TOP_KEYS"), "STOCKYARD_METRICS_TOP_KEYS", 20),
+        workers=_positive_int(str(flags.get("workers", env.get("STOCKYARD_WORKERS") or "")), "--workers", 1),
     )
 
 

@@ -266,6 +266,14 @@ def _family(lines: list[str], name: str, kind: str, help_text: str) -> None:
 
 
 def render(app: "App") -> str:
+    """This process's metrics; in a worker of ``serve --workers N``, every worker's, each series
+    labelled with its ``worker`` (:class:`stockyard.workers.GroupMetrics`)."""
+    own = render_own(app)
+    group = getattr(app, "group_metrics", None)
+    return own if group is None else group.combine(own)
+
+
+def render_own(app: "App") -> str:
     counters, hists = app.metrics.snapshot()
     lines: list[str] = []
     for name, (kind, help_text) in HELP.items():

@@ -190,7 +190,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, app: App, handler: type) -> None:
+    def __init__(self, app: App, handler: type, sock: socket.socket | None = None) -> None:
         self.app = app
         self.draining = False
         self.active = 0
@@ -204,7 +204,11 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.connections = 0
         self._connections_lock = threading.Lock()
         self._full_logged = 0.0
-        super().__init__((app.settings.host, app.settings.port), handler)
+        super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
+        if sock is not None:  # a worker of a group (stockyard.workers): the parent bound and listens
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
 
     def handle_error(self, request, client_address) -> None:  # noqa: D401 - stdlib hook
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
@@ -881,7 +885,8 @@ def models(app: App, req: Request) -> Response:
 def metrics(app: App, req: Request) -> Response:
     from .metrics import render
 
-    return Response(200, render(app).encode(), "text/plain; version=0.0.4; charset=utf-8")
+    worker = {} if app.worker is None else {"x-stockyard-worker": str(app.worker)}  # who answered (a group's)
+    return Response(200, render(app).encode(), "text/plain; version=0.0.4; charset=utf-8", worker)
 
 
 FIXED_ROUTES: dict[str, tuple[list[str], RouteFn]] = {
@@ -894,13 +899,14 @@ FIXED_ROUTES: dict[str, tuple[list[str], RouteFn]] = {
 }
 
 
-def make_server(app: App) -> StockyardHTTPServer:
-    """Bind the server; the handler class carries this server's idle timeout."""
+def make_server(app: App, sock: socket.socket | None = None) -> StockyardHTTPServer:
+    """Bind the server (or serve ``sock``, bound by a group's parent); the handler class carries
+    this server's idle timeout."""
     from . import api
 
     raise_file_limit()  # before the connection cap is sized from it
     handler = type("StockyardHandler", (Handler,), {"timeout": app.settings.idle_timeout_s})
-    server = StockyardHTTPServer(app, handler)
+    server = StockyardHTTPServer(app, handler, sock)
     from .models import MODEL_PREFIX, retrieve
 
     server.prefix_routes.append((MODEL_PREFIX, retrieve))

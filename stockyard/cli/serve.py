@@ -8,12 +8,16 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING, Any
 
 from .. import config
 from ..logbuffer import BatchedStreamHandler
 from ..operations import providers as provider_ops
 from ..store.lock import DatabaseBusy
 from .common import CommandError, runs
+
+if TYPE_CHECKING:
+    from ..workers import Worker
 
 
 def register(sub) -> None:
@@ -42,12 +46,20 @@ def register(sub) -> None:
         metavar="FILE",
         help="apply this configuration file (stockyard config apply) before serving; a bad file stops the start",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing the port, for more than one core (default: $STOCKYARD_WORKERS or 1)",
+    )
     runs(p, run)
 
 
-def setup_logging() -> None:
-    handler = BatchedStreamHandler(sys.stderr).install()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+def setup_logging(batched: bool = True, tag: str = "") -> None:
+    """Log lines to stderr; a group's parent logs unbatched (no thread: it forks the workers),
+    and each worker's lines carry its tag (``[w1]``)."""
+    handler: logging.Handler = BatchedStreamHandler(sys.stderr).install() if batched else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname).1s {tag}%(message)s", "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("stockyard")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -69,11 +81,6 @@ def preload() -> None:
 
 def run(args: argparse.Namespace) -> int:
     preload()
-    from ..app import App
-    from ..server import make_server
-
-    setup_logging()
-    log = logging.getLogger("stockyard")
     settings = config.load(
         {
             "host": args.host,
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             "db": args.db,
             "snapshot": args.snapshot,
             "snapshot_every": args.snapshot_every,
+            "workers": args.workers,
         }
     )
     refusal = (
@@ -93,26 +101,73 @@ def run(args: argparse.Namespace) -> int:
     # A file-size limit (ulimit -f, systemd LimitFSIZE) must behave like a full disk: writes
     # fail, the proxy keeps serving and /readyz says so. By default SIGXFSZ kills the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if settings.workers > 1:
+        return run_group(settings, args.config)
+    setup_logging()
+    return serve(settings, args.config)
+
+
+def run_group(settings: config.Settings, config_file: str | None) -> int:
+    """``--workers N``: the parent of N worker processes (:mod:`stockyard.workers`)."""
+    from ..store.backends import SqliteBackend
+    from ..workers import CannotListen, Group
+
+    setup_logging(batched=False)
+
+    def run_worker(worker: Worker) -> int:
+        setup_logging(tag=f"[w{worker.index}] ")
+        group = SqliteBackend(settings.db_path, group=worker.state) if settings.db_url is None else None
+        try:  # --config once, by worker 0 before the others start (not again on a restart)
+            return serve(settings, config_file if worker.first else None, backend=group, worker=worker)
+        except CommandError as exc:
+            logging.getLogger("stockyard").error("%s", exc)
+            return 1
+
     try:
-        app = App(settings)
+        return Group(settings, run_worker).run()
+    except (DatabaseBusy, CannotListen) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def serve(
+    settings: config.Settings,
+    config_file: str | None,
+    *,
+    backend: Any = None,
+    worker: "Worker | None" = None,
+) -> int:
+    """One server until SIGTERM/SIGINT: the whole process, or a :class:`~stockyard.workers.Worker`
+    of a group (on the socket its parent bound; the parent is told once it serves)."""
+    from ..app import App
+    from ..metrics import render_own
+    from ..server import make_server
+
+    log = logging.getLogger("stockyard")
+    try:
+        app = App(settings, backend=backend, worker=None if worker is None else worker.index)
     except DatabaseBusy as exc:
         raise CommandError(str(exc)) from None
-    if args.config:
+    stopped = threading.Event()
+    if worker is not None:
+        app.group_metrics = worker.metrics
+        worker.metrics.start(lambda: render_own(app), stopped)
+    if config_file:
         from .. import audit
         from .config import apply_file
 
         try:
-            apply_file(app.ops(audit.actor_cli()), args.config)
+            apply_file(app.ops(audit.actor_cli()), config_file)
         except CommandError:
             app.close()
             raise
     try:
-        server = make_server(app)
+        server = make_server(app, None if worker is None else worker.sock)
     except OSError as exc:
         app.close()
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     host, port = server.server_address[:2]
-    banner(log, app, str(host), int(port))
+    if worker is None or worker.index == 0:  # the parent says where a group listens
+        banner(log, app, str(host), int(port), listening=worker is None)
     stop_once = threading.Event()
 
     def on_signal(signum, frame) -> None:
@@ -125,10 +180,14 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if worker is not None:
+        worker.ready()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        server.server_close()
+        stopped.set()
+        if worker is None:  # a worker's socket is its parent's to close
+            server.server_close()
         if not server.wait_idle(settings.shutdown_grace_s):
             log.warning("gave up waiting for %d in-flight requests", server.active)
         app.close()
@@ -138,11 +197,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def banner(log: logging.Logger, app, host: str, port: int) -> None:
+def banner(log: logging.Logger, app, host: str, port: int, listening: bool = True) -> None:
+    """The start-up lines (a group's parent says where it listens once every worker is ready)."""
     s = app.settings
-    log.info(
-        "stockyard %s listening on http://%s:%d (OpenAI base_url http://%s:%d/v1)", app.version, host, port, host, port
-    )
+    if listening:
+        log.info(
+            "stockyard %s listening on http://%s:%d (OpenAI base_url http://%s:%d/v1)",
+            app.version,
+            host,
+            port,
+            host,
+            port,
+        )
     log.info(
         "database %s%s",
         s.database,

@@ -29,8 +29,13 @@ class SqliteBackend:
     wal = True  # the writer keeps the -wal file bounded (checkpoints)
     reuse_readers = False  # opening a file is cheap: each thread its own, as always
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, group: Path | None = None) -> None:
         self.path = Path(path)
+        # A worker of ``serve --workers N``: the parent holds the file's lock for the group, and
+        # budgets and rate limits are shared like PostgreSQL replicas', in the group's state file
+        # (``group``, a .shared.GroupState).
+        self.group = group
+        self._state: Any = None
 
     def __str__(self) -> str:
         return str(self.path)
@@ -45,7 +50,7 @@ class SqliteBackend:
         return applied
 
     def server_lock(self) -> Any:
-        return DatabaseLock(self.path, SERVER).acquire()
+        return HeldByParent() if self.group else DatabaseLock(self.path, SERVER).acquire()
 
     def changes(self) -> Any:
         """Configuration changes of other processes arrive by the watcher's poll only."""
@@ -54,16 +59,34 @@ class SqliteBackend:
         return Polling()
 
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
-        """Budgets in this process's memory: one server per file (the lock) holds the only ledger."""
+        """Budgets in this process's memory: one server per file (the lock) holds the only ledger;
+        a group's workers share theirs through the file."""
+        if self.group:
+            from .shared import SharedLedger
+
+            return SharedLedger(self.group_state(), load, *args)
         from ..budgets import Ledger
 
         return Ledger(load, *args)
 
     def rate_limiter(self, store: Any) -> Any:
-        """Sliding windows in this process's memory (one server per file)."""
+        """Sliding windows in this process's memory (one server per file), or in the file (a group)."""
+        if self.group:
+            from .shared import SharedRateLimiter
+
+            return SharedRateLimiter(self.group_state())
         from ..modules.ratelimit import RateLimiter
 
         return RateLimiter()
+
+    def group_state(self) -> Any:
+        """The group's shared state, one per process (its writes share one lock)."""
+        from .shared import GroupState
+
+        if self._state is None:
+            assert self.group is not None
+            self._state = GroupState(self.group)
+        return self._state
 
     def secure_files(self, extra: list[Path]) -> list[str]:
         """Tighten the modes of the database files; one line per file changed."""
@@ -79,6 +102,16 @@ class SqliteBackend:
     def disk_bytes(self, conn: Any) -> int:
         """What the database takes on disk, -wal and -shm included (/api/status)."""
         return files.disk_bytes(self.path)
+
+
+class HeldByParent:
+    """The server lock of a worker: its group's parent holds the ``flock`` for all of them."""
+
+    def keep(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
 
 
 class PostgresBackend:

@@ -1,0 +1,107 @@
+"""Issue 18, "More than one core": `serve --workers 2` vs one process, same run, interleaved.
+
+Throughput at 64 clients against a 20 ms upstream, tracing on (the core throughput setting),
+the two proxies measured round by round in alternating order so both see the same noise. CPU
+time per request counts the whole group (parent and workers, from /proc)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from common import Client, LoadResult, Target, cpu_seconds, load, median, run_pyz
+from harness import Bench, Row, count_traces
+
+MIN_SPEEDUP = 1.5  # 2 workers on this 2-core machine, the load generator on the same cores
+
+
+def group_cpu_seconds(target: Target) -> float | None:
+    """CPU seconds of the proxy process and of its workers (its children), so far."""
+    pid = target.pid
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
+def budgeted_key(b: Bench):
+    """A `setup` for Bench.proxy: a client key with a budget, an rpm and a tpm limit (never
+    reached), so every request reserves, settles and is counted (shared through the file by workers)."""
+
+    def make(target: Target, db: Path, env: dict[str, str]) -> dict[str, str]:
+        limits = ["--budget-usd", "1000000", "--budget-period", "total", "--rpm", "1000000", "--tpm", "1000000000"]
+        made = run_pyz(b.pyz, ["keys", "create", "--db", str(db), "--name", "bench", *limits], env)
+        key = re.search(r"sk-sy-[A-Za-z0-9_\-]+", made.stdout + made.stderr)
+        if made.returncode != 0 or not key:
+            raise RuntimeError(f"keys create failed: {(made.stderr or made.stdout)[-500:]}")
+        headers = {"authorization": f"Bearer {key.group(0)}"}
+        deadline = time.monotonic() + 10  # every worker picks up CLI changes within ~0.5 s
+        while True:
+            try:
+                for _ in range(20):  # connections land on either worker
+                    Client(Target(target.name, target.url, headers)).chat()
+                return headers
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    return make
+
+
+def compare(b: Bench, one: Target, two: Target, label: str, target: float | None) -> list[Row]:
+    """`one` and `two` under the same load, interleaved round by round: throughput and CPU per request."""
+    a = b.args
+    targets = [one, two]
+    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+    cpu = {t.name: 0.0 for t in targets}
+    for r in range(a.load_rounds):
+        for t in targets[r % 2 :] + targets[: r % 2]:
+            before = group_cpu_seconds(t)
+            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
+            after = group_cpu_seconds(t)
+            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
+    errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
+    answered = {name: sum(x.answered for x in results) for name, results in runs.items()}
+    cpu_ms = {name: 1000 * cpu[name] / max(1, answered[name]) for name in runs}
+    traces = count_traces(b.db(two), answered[two.name])
+    ratio = rps[two.name] / rps[one.name] if rps[one.name] else 0.0
+    where = f"{a.clients} clients, 20 ms upstream, tracing on{label}"
+
+    def detail(name: str) -> str:
+        values = [x.rps for x in runs[name]]
+        err = f", {errors[name]} errors" if errors[name] else ""
+        return f"rounds {min(values):.0f}-{max(values):.0f}, CPU {cpu_ms[name]:.2f} ms/request{err}"
+
+    return [
+        Row(
+            f"throughput, 1 process ({where})", f"{rps[one.name]:.0f} req/s", "", None, f"baseline; {detail(one.name)}"
+        ),
+        Row(f"throughput, --workers 2 ({where})", f"{rps[two.name]:.0f} req/s", "", None, detail(two.name)),
+        Row(
+            f"throughput --workers 2 / 1 process{label}",
+            f"{ratio:.2f}x",
+            f">= {target:g}x" if target else "",
+            None if target is None else ratio >= target and not errors[two.name],
+            f"{traces}/{answered[two.name]} answers traced by the workers",
+        ),
+    ]
+
+
+def workers_throughput(b: Bench) -> list[Row]:
+    """The target (plain requests), then the cost of sharing budgets and rate limits through the
+    SQLite file: the same with a budgeted, rate-limited key (informational)."""
+    rows = compare(b, b.proxy("workers-1", 20), b.proxy("workers-2", 20, extra_env=TWO), "", MIN_SPEEDUP)
+    keyed = budgeted_key(b)
+    one = b.proxy("workers-1-key", 20, setup=keyed)
+    two = b.proxy("workers-2-key", 20, extra_env=TWO, setup=keyed)
+    return rows + compare(b, one, two, ", key+budget+rpm", None)
+
+
+TWO = {"STOCKYARD_WORKERS": "2"}

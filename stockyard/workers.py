@@ -1,0 +1,371 @@
+"""``serve --workers N``: N server processes on one port, supervised by a parent.
+
+One CPython process serves on about one core. Here the parent binds the port, then forks N
+workers that each run a whole server (``App`` + ``StockyardHTTPServer``) on a listening socket
+of their own, all bound to the port with ``SO_REUSEPORT``: the kernel spreads new connections
+over the sockets evenly. Measured here with 64 keep-alive clients, one socket shared by both
+workers split the work anywhere from 40/60 to 10/90 (whichever worker wakes first takes a
+burst of connections, and keeps them), reuseport 45/55 to 50/50. The parent keeps every socket
+open, so connections queued at a worker that dies wait for its replacement instead of being
+reset. A plain bind comes first, so a port already in use is refused as a single server's is.
+
+The parent owns what a single server owned: the database lock (``store/lock.py``; a second
+``serve`` on the file is still refused; the workers share the lock through the parent), the
+migrations (run before any worker starts), and signals: SIGTERM/SIGINT go to every worker,
+which finishes its requests in flight and flushes its writer, and the parent exits when all
+have (0 when they all did cleanly). A worker that dies is replaced (within a second; at once
+unless it had just started); one that cannot start stops the group.
+
+State the workers must agree on lives in the database, which every worker reads and writes
+(each with its own writer thread; SQLite's ``BEGIN IMMEDIATE`` and busy timeout serialize the
+small write transactions of all of them):
+
+- budgets and rate limits: the workers use the shared ledger and rate windows of
+  ``store/shared.py`` (the tables PostgreSQL replicas use), on SQLite in a state file of the
+  group's own (``GroupState``), each step a short transaction serialized across the workers.
+  The trade-off, measured (bench/workers.py, 2 cores shared with the load generator): a request
+  whose key has a budget and a limit costs about 1.2 ms of CPU in a group against 0.65 ms in one
+  process, and a group of 2 served such keys at about 0.6x one process's rate: the workers queue
+  for the shared state (in the database itself, behind the writers' batches, it was 0.5x). One
+  process keeps them in memory, so on SQLite budgeted and rate-limited traffic is better served
+  by one process, or by replicas on PostgreSQL; ``--workers`` pays for plain traffic.
+- the audit chain: appended inside the writers' ``BEGIN IMMEDIATE`` transactions, one chain.
+- configuration: every worker's watcher notices other processes' commits (``data_version``) and
+  reloads within ``WATCH_EVERY_S``; the cache is already a table.
+- duties done once for all (snapshots, retention, the webhook checks) run in worker 0 only.
+- ``/metrics``: counters live in each worker's memory, so any worker answers a scrape with every
+  worker's series, each labelled ``worker`` (:class:`GroupMetrics`: the others' as published at
+  most a second ago); ``sum without (worker) (rate(...))`` is the group's. The answering worker
+  says who it is in ``x-stockyard-worker``.
+
+On PostgreSQL, workers are simply replicas on one machine (no lock held by the parent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import Settings
+from .store import backend_for
+from .store.backends import SqliteBackend
+from .store.shared import GroupState
+
+log = logging.getLogger("stockyard")
+
+RESTART_WAIT_S = 1.0  # a worker that dies within this of its start is restarted after this long
+PUBLISH_EVERY_S = 1.0  # how often a worker publishes its metrics to the others
+STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond their own grace) before SIGKILL
+
+
+@dataclass
+class Worker:
+    """What a forked worker gets from its parent."""
+
+    index: int
+    state: Path  # SQLite: the group's shared state file (store.shared.GroupState)
+    sock: socket.socket  # its listening socket
+    first: bool  # the group's first start, not a restart (worker 0 applies --config then)
+    metrics: "GroupMetrics"
+    ready: Callable[[], None]  # tell the parent it serves
+
+
+WorkerMain = Callable[[Worker], int]  # runs in the forked worker: its exit code
+
+
+class CannotListen(Exception):
+    """The group's address cannot be bound."""
+
+
+def listen(settings: Settings, count: int) -> list[socket.socket]:
+    """One listening socket per worker, all on the group's port (``SO_REUSEPORT``).
+
+    A plain bind first: a port that anything else listens on (a second group included,
+    whose sockets would otherwise join this one's) is refused as a single server's is."""
+    from .server import StockyardHTTPServer
+
+    def bind(port: int, reuse_port: bool) -> socket.socket:
+        sock = socket.socket(StockyardHTTPServer.address_family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((settings.host, port))
+        except OSError as exc:
+            sock.close()
+            raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+        return sock
+
+    probe = bind(settings.port, reuse_port=False)
+    port = probe.getsockname()[1]  # --port 0: the port the system chose
+    probe.close()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(bind(port, reuse_port=True))
+            socks[-1].listen(StockyardHTTPServer.request_queue_size)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class Group:
+    """The parent: starts the workers, replaces those that die, stops them all on a signal."""
+
+    def __init__(self, settings: Settings, main: WorkerMain) -> None:
+        self.settings = settings
+        self.main = main
+        self.socks: list[socket.socket] = []  # one per worker, kept open here across restarts
+        self.folder = ""  # the group's private folder (GroupMetrics)
+        self.pids: dict[int, int] = {}  # pid -> worker index
+        self.started: dict[int, float] = {}  # index -> monotonic time of its last start
+        self.due: dict[int, float] = {}  # index -> when to start it again (after a quick death)
+        self.ready: set[int] = set()  # workers serving now
+        self.up = False  # every worker has been ready once (the group started)
+        self.stopping = False
+        self.failed = False  # a worker stopped uncleanly on the way out
+        self._wake_r, self._wake_w = os.pipe()  # signals wake the loop (signal.set_wakeup_fd)
+        self._ready_r, self._ready_w = os.pipe()  # a worker writes its index when it serves
+
+    @property
+    def state_path(self) -> Path:
+        """SQLite: the workers' shared budget holds and rate windows (store.shared.GroupState)."""
+        return Path(self.folder) / "shared.db"
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the database lock is held from here to the end."""
+        backend = backend_for(self.settings.database)
+        group_lock = backend.server_lock()  # DatabaseBusy: another server has this file
+        try:
+            backend.open_and_migrate()
+            self.socks = listen(self.settings, self.settings.workers)
+            self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): metrics, state
+            try:
+                if isinstance(backend, SqliteBackend):
+                    GroupState.create(self.state_path)
+                return self._supervise()
+            finally:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                for sock in self.socks:
+                    sock.close()
+        finally:
+            group_lock.release()
+
+    # -- the loop -------------------------------------------------------------------------
+    def _supervise(self) -> int:
+        for fd in (self._wake_r, self._wake_w, self._ready_r):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the loop
+        self._start(0)  # worker 0 first: it applies --config before the others read it
+        while True:
+            self._reap()
+            if self.stopping and not self.pids:
+                return 1 if self.failed else 0
+            self._read_ready()
+            if not self.stopping:
+                self._start_due()
+            timeout = None if not self.due else max(0.0, min(self.due.values()) - time.monotonic())
+            select.select([self._wake_r, self._ready_r], [], [], timeout)
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self._stop(f"received {signal.Signals(signum).name}")
+
+    def _stop(self, why: str) -> None:
+        """SIGTERM to every worker (each finishes its requests in flight); the loop ends when all exited."""
+        if self.stopping:
+            return
+        log.info("%s: stopping %d workers", why, len(self.pids))
+        self.stopping = True
+        self.due.clear()
+        for pid in list(self.pids):
+            _signal(pid, signal.SIGTERM)
+        timer = threading.Timer(self.settings.shutdown_grace_s + STOP_WAIT_S, self._kill_all)
+        timer.daemon = True
+        timer.start()
+
+    def _kill_all(self) -> None:
+        """Workers still alive long after SIGTERM: a hang must not keep the group (and the lock) forever."""
+        for pid in list(self.pids):
+            log.error("worker pid %d did not stop: killing it", pid)
+            _signal(pid, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        while self.pids:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self.pids.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            self.ready.discard(index)
+            if self.stopping:
+                self.failed = self.failed or code != 0
+                continue
+            if not self.up:  # the group never started: stop the others, exit 1
+                self.failed = True
+                self._stop(f"worker {index} could not start (exit status {code})")
+                continue
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            log.error("worker %d (pid %d) %s: starting a new one", index, pid, how)
+            quick = time.monotonic() - self.started[index] < RESTART_WAIT_S
+            self.due[index] = time.monotonic() + (RESTART_WAIT_S if quick else 0.0)
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._ready_r, 512)
+        except BlockingIOError:
+            return
+        self.ready.update(data)
+        if 0 in self.ready and len(self.started) == 1:  # worker 0 applied --config: start the rest
+            for index in range(1, self.settings.workers):
+                self._start(index)
+        if not self.up and len(self.ready) == self.settings.workers:
+            self.up = True
+            from . import __version__
+
+            host, port = self.socks[0].getsockname()[:2]
+            log.info(
+                "stockyard %s listening on http://%s:%d (OpenAI base_url http://%s:%d/v1) with %d workers",
+                __version__,
+                host,
+                port,
+                host,
+                port,
+                self.settings.workers,
+            )
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for index, when in list(self.due.items()):
+            if when <= now:
+                del self.due[index]
+                self._start(index)
+
+    def _start(self, index: int) -> None:
+        self.started[index] = time.monotonic()
+        pid = os.fork()
+        if pid:
+            self.pids[pid] = index
+            return
+        code = 1  # the worker: never returns into the parent's loop
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            for fd in (self._wake_r, self._wake_w, self._ready_r):
+                os.close(fd)
+            _watch_parent(os.getppid())
+
+            def ready() -> None:
+                os.write(self._ready_w, bytes([index]))
+
+            metrics = GroupMetrics(self.folder, index, self.settings.workers)
+            code = self.main(Worker(index, self.state_path, self.socks[index], not self.up, metrics, ready))
+        except BaseException:
+            log.exception("worker %d failed", index)
+        finally:
+            for handler in logging.getLogger("stockyard").handlers:
+                handler.flush()
+            os._exit(code)
+
+
+class GroupMetrics:
+    """``/metrics`` for the whole group from any worker: each worker publishes its own metrics to
+    a file in the group's private folder every ``PUBLISH_EVERY_S``; the worker that answers a
+    scrape renders its own fresh and adds the others' latest, every series labelled with its
+    ``worker``. So one scrape sees every worker (Prometheus: ``sum without (worker) (...)``);
+    another worker's series are at most that old."""
+
+    def __init__(self, folder: str, worker: int, workers: int) -> None:
+        self.folder, self.worker, self.workers = folder, worker, workers
+
+    def start(self, render: Callable[[], str], stopping: threading.Event) -> None:
+        def publish() -> None:
+            while not stopping.wait(PUBLISH_EVERY_S):
+                try:
+                    path = os.path.join(self.folder, f"{self.worker}.prom")
+                    with open(path + ".tmp", "w") as out:
+                        out.write(render())
+                    os.replace(path + ".tmp", path)
+                except Exception as exc:  # a scrape shows this worker's series as they last were
+                    log.warning("metrics of worker %d not published: %s", self.worker, exc)
+
+        threading.Thread(target=publish, name="stockyard-metrics", daemon=True).start()
+
+    def combine(self, own: str) -> str:
+        texts = {self.worker: own}
+        for index in range(self.workers):
+            if index != self.worker:
+                try:
+                    with open(os.path.join(self.folder, f"{index}.prom")) as published:
+                        texts[index] = published.read()
+                except OSError:
+                    pass  # not published yet
+        return merge(texts)
+
+
+_SAMPLE = re.compile(r"^([^{ ]+)(?:\{(.*)\})? (\S+)$")
+
+
+def merge(texts: dict[int, str]) -> str:
+    """Prometheus texts of several workers as one: a family's HELP and TYPE once, then the
+    samples of every worker (a family's samples must be together), each labelled ``worker``."""
+    families: dict[str, tuple[list[str], list[str]]] = {}
+    for worker, text in sorted(texts.items()):
+        family = ""
+        for line in text.splitlines():
+            if line.startswith("# "):
+                family = line.split(" ", 3)[2]
+                head, _ = families.setdefault(family, ([], []))
+                if line not in head:
+                    head.append(line)
+            elif line:
+                sample = _SAMPLE.match(line)
+                if sample is None:
+                    continue
+                name, labels, value = sample.groups()
+                labelled = f'worker="{worker}"' + (f",{labels}" if labels else "")
+                families.setdefault(family, ([], []))[1].append(f"{name}{{{labelled}}} {value}")
+    return "".join(line + "\n" for head, samples in families.values() for line in head + samples)
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker whose parent died (kill -9) stops as on SIGTERM: no orphan keeps serving."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stockyard-parent", daemon=True).start()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

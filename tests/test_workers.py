@@ -1,0 +1,390 @@
+"""``serve --workers N``: one port, N processes, and the state they must agree on.
+
+In-process: the shared ledger and rate buckets on SQLite (what a group's workers use there),
+several of them on one group state file. End to end: a pyz with ``--workers 2``: a budget burst admits
+exactly the budget, an rpm limit holds, concurrent admin writes leave one audit chain, a
+revocation reaches every worker within a second, SIGTERM stops every worker cleanly, and a
+killed worker is replaced.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+
+from stockyard.budgets import Budget, BudgetExceeded
+from stockyard.modules.ratelimit import RateLimited
+from stockyard.store import Store
+from stockyard.store.backends import SqliteBackend
+from stockyard.store.shared import GroupState, SharedLedger, SharedRateLimiter
+from stockyard.workers import merge
+
+ADMIN = "admin-key-for-worker-tests-0123456789"
+BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+TS = 1_780_000_000_000
+
+
+# -- in process: the shared tables on SQLite --------------------------------------------------
+@pytest.fixture
+def stores(tmp_path):
+    """Three workers' views of one group's shared state (SQLite)."""
+    path = tmp_path / "state.db"
+    GroupState.create(path)
+    return [GroupState(path) for _ in range(3)]
+
+
+def test_a_group_backend_shares_budgets_and_rate_limits_in_the_group_state(tmp_path):
+    GroupState.create(tmp_path / "state.db")
+    group, alone = SqliteBackend(tmp_path / "a.db", group=tmp_path / "state.db"), SqliteBackend(tmp_path / "b.db")
+    shared = group.rate_limiter(Store(group))
+    assert type(shared) is SharedRateLimiter and shared._store is group.group_state()
+    assert type(alone.rate_limiter(Store(alone))) is not SharedRateLimiter
+
+
+def test_three_workers_ledgers_on_one_group_state_admit_exactly_the_budget(stores):
+    budget = Budget("key:k1", "key 'k1'", 10 * 7, "day")
+    ledgers = [SharedLedger(store, lambda budget, key: 0) for store in stores]
+
+    def one(i: int):
+        try:
+            return ledgers[i % 3].reserve([budget], 7, TS)
+        except BudgetExceeded:
+            return None
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        holds = [h for h in pool.map(one, range(100)) if h is not None]
+    assert len(holds) == 10
+    assert ledgers[0].usage(budget, TS) == (0, 70)
+    for i, hold in enumerate(holds):  # settled to less than held: the rest is free again
+        ledgers[i % 3].settle(hold, 5, ["key:k1"], TS)
+    assert ledgers[1].usage(budget, TS) == (50, 0)
+    ledgers[2].reserve([budget], 20, TS)
+    with pytest.raises(BudgetExceeded):
+        ledgers[0].reserve([budget], 1, TS)
+    for ledger in ledgers:
+        ledger.close()
+
+
+def test_the_holds_of_a_dead_worker_are_given_back_when_its_lease_expires(stores):
+    budget = Budget("key:k3", "key 'k3'", 10, "total")
+    dead, alive = (SharedLedger(store, lambda budget, key: 0, lease_s=0.6) for store in stores[:2])
+    dead.close()  # stops renewing, as a killed worker would
+    dead.reserve([budget], 8, TS)
+    with pytest.raises(BudgetExceeded):
+        alive.reserve([budget], 5, TS)
+
+    def room() -> bool:
+        try:
+            alive.reserve([budget], 5, TS)
+            return True
+        except BudgetExceeded:
+            return False
+
+    wait_for(room, what="the dead worker's hold to be given back")
+    assert alive.usage(budget, TS) == (0, 5)
+    alive.close()
+
+
+def test_three_workers_rate_limiters_on_one_group_state_admit_exactly_the_rpm(stores):
+    limiters = [SharedRateLimiter(store) for store in stores]
+
+    def one(i: int):
+        try:
+            return limiters[i % 3].admit("key_rpm", 10, None, 0)
+        except RateLimited as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, range(60)))
+    refused = [r for r in results if isinstance(r, RateLimited)]
+    assert len(refused) == 50
+    assert all(1 <= (r.retry_after or 0) <= 60 for r in refused)
+    entry = limiters[0].admit("key_tpm", None, 1000, 900)
+    with pytest.raises(RateLimited):
+        limiters[1].admit("key_tpm", None, 1000, 200)
+    limiters[0].correct("key_tpm", entry, 100)  # it used 100 of the 900 counted
+    limiters[2].admit("key_tpm", None, 1000, 800)
+
+
+def test_group_metrics_merge_every_workers_series_under_one_family_each():
+    zero = "# HELP stockyard_up Up.\n# TYPE stockyard_up counter\nstockyard_up 1\n# HELP stockyard_ms Ms.\n" + (
+        '# TYPE stockyard_ms histogram\nstockyard_ms_bucket{le="+Inf"} 2\nstockyard_ms_count 2\n'
+    )
+    one = '# HELP stockyard_up Up.\n# TYPE stockyard_up counter\nstockyard_up{key="a b"} 3\n'
+    assert merge({1: one, 0: zero}).splitlines() == [
+        "# HELP stockyard_up Up.",
+        "# TYPE stockyard_up counter",
+        'stockyard_up{worker="0"} 1',
+        'stockyard_up{worker="1",key="a b"} 3',
+        "# HELP stockyard_ms Ms.",
+        "# TYPE stockyard_ms histogram",
+        'stockyard_ms_bucket{worker="0",le="+Inf"} 2',
+        'stockyard_ms_count{worker="0"} 2',
+    ]
+
+
+# -- end to end: a pyz with --workers 2 --------------------------------------------------------
+@pytest.fixture
+def group(pyz_path, cache_home, mock, tmp_path):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+    }
+    server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--workers", "2"]).start()
+    yield server
+    server.stop()
+
+
+def api(server: ServerProcess, method: str, path: str, body=None):
+    status, _, data = server.request(method, path, body, headers={"Authorization": f"Bearer {ADMIN}"})
+    return status, json.loads(data)
+
+
+def workers_of(server: ServerProcess) -> set[int]:
+    """The pids of the group's workers (the parent's children)."""
+    assert server.proc is not None
+    pid = server.proc.pid
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def connection_to(server: ServerProcess, worker: int) -> http.client.HTTPConnection:
+    """A keep-alive connection that the given worker accepted (workers race for each one)."""
+    for _ in range(500):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200
+        if answer.getheader("x-stockyard-worker") == str(worker):
+            return conn
+        conn.close()
+    raise AssertionError(f"no connection reached worker {worker}")
+
+
+def status_on(conn: http.client.HTTPConnection, method: str, path: str, headers: dict) -> int:
+    conn.request(method, path, headers=headers)
+    answer = conn.getresponse()
+    answer.read()
+    return answer.status
+
+
+def wait_for_key(server: ServerProcess, auth: dict) -> list[http.client.HTTPConnection]:
+    """A connection to each worker, once each has the key (keys are required from the first one)."""
+    conns = [connection_to(server, worker) for worker in (0, 1)]
+    for worker, conn in enumerate(conns):
+
+        def knows(conn: http.client.HTTPConnection = conn) -> bool:
+            unknown = status_on(conn, "GET", "/v1/models", {"Authorization": "Bearer sk-unknown"})
+            return unknown == 401 and status_on(conn, "GET", "/v1/models", auth) == 200
+
+        wait_for(knows, what=f"the key on worker {worker}")
+    return conns
+
+
+def test_a_second_server_on_the_file_of_a_group_is_refused(group):
+    refused = group.cli("serve", "--port", "0", "--workers", "2")
+    assert refused.returncode == 1
+    assert "already using" in refused.stderr
+
+
+def test_a_second_group_on_the_port_of_a_group_is_refused(group, tmp_path):
+    """Reuseport would let a second group's sockets join the first's: a plain bind first refuses it."""
+    argv = [sys.executable, str(group.pyz), "serve", "--port", str(group.port), "--workers", "2"]
+    refused = subprocess.run(
+        [*argv, "--db", str(tmp_path / "other.db")], env=group.env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{group.port}" in refused.stderr
+    assert group.request("GET", "/healthz")[0] == 200
+
+
+def test_workers_must_be_a_positive_number(group):
+    refused = group.cli("serve", "--port", "0", "--workers", "0")
+    assert refused.returncode != 0
+    assert "--workers must be a positive whole number" in refused.stderr
+
+
+def test_one_scrape_shows_the_requests_of_every_worker(group):
+    for worker in (0, 1):  # a proxied request on each
+        conn = connection_to(group, worker)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT))
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200
+        conn.close()
+
+    def both() -> str | None:
+        status, _, data = group.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+        text = data.decode()
+        seen = set(re.findall(r'^stockyard_requests_total\{worker="(\d)"', text, re.MULTILINE))
+        return text if status == 200 and seen == {"0", "1"} else None
+
+    text = wait_for(both, what="both workers' requests in one scrape")
+    assert text.count("# TYPE stockyard_requests_total counter") == 1
+
+
+@pytest.mark.serial
+def test_100_concurrent_requests_over_2_workers_against_a_budget_for_10(group, mock):
+    status, _ = api(group, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+    assert status == 200
+    status, key = api(group, "POST", "/api/keys", {"name": "shared", "budget_usd": "0.00005", "budget_period": "total"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    for conn in wait_for_key(group, auth):  # both workers have the key (and the price) before the burst
+        conn.close()
+    before = sum(1 for r in mock.requests if r.json and r.json.get("model") == "mock-budget")
+    mock.delay_ms = 200  # replies overlap in flight
+    try:
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            results = list(
+                pool.map(lambda i: group.request("POST", "/v1/chat/completions", BUDGET_MODEL, auth), range(100))
+            )
+    finally:
+        mock.delay_ms = 0
+    statuses = [r[0] for r in results]
+    assert statuses.count(200) == 10 and statuses.count(429) == 90, (statuses, group.log[-3000:])
+    assert {json.loads(r[2])["error"]["code"] for r in results if r[0] == 429} == {"budget_exceeded"}
+    admitted = sum(1 for r in mock.requests if r.json and r.json.get("model") == "mock-budget") - before
+    assert admitted == 10  # the 90 refused never reached the provider
+    for worker in (0, 1):  # once settled, each worker says the whole budget is spent
+        conn = connection_to(group, worker)
+
+        def spent(conn: http.client.HTTPConnection = conn) -> bool:
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(BUDGET_MODEL), headers=auth)
+            answer = conn.getresponse()
+            text = answer.read().decode()
+            assert answer.status == 429, text
+            return "$0.00005 spent" in text
+
+        wait_for(spent, what=f"the settlements on worker {worker}")
+        conn.close()
+
+
+@pytest.mark.serial
+def test_an_rpm_limit_holds_across_2_workers(group):
+    status, key = api(group, "POST", "/api/keys", {"name": "limited", "rpm": 5})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}", "Content-Type": "application/json"}
+    conns = wait_for_key(group, auth)  # GET /v1/models is not rate limited
+    statuses = []
+    for i in range(12):  # alternately on each worker: each alone would admit 5
+        conn = conns[i % 2]
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT), headers=auth)
+        answer = conn.getresponse()
+        answer.read()
+        statuses.append(answer.status)
+    assert statuses.count(200) == 5 and statuses.count(429) == 7, statuses
+    for conn in conns:
+        conn.close()
+
+
+@pytest.mark.serial
+def test_a_key_revoked_through_one_worker_is_refused_by_all_within_a_second(group):
+    status, key = api(group, "POST", "/api/keys", {"name": "short-lived"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    conns = wait_for_key(group, auth)
+    conns[1].request("POST", f"/api/keys/{key['id']}/revoke", headers={"Authorization": f"Bearer {ADMIN}"})
+    answer = conns[1].getresponse()
+    answer.read()
+    assert answer.status == 200
+    revoked_at = time.monotonic()
+    wait_for(
+        lambda: all(status_on(conn, "GET", "/v1/models", auth) == 401 for conn in conns),
+        timeout=1.0,
+        what="the refusal on both workers",
+    )
+    assert time.monotonic() - revoked_at < 1.0
+    for conn in conns:
+        conn.close()
+
+
+@pytest.mark.serial
+def test_concurrent_admin_writes_through_2_workers_leave_one_verifying_audit_chain(group):
+    def create(i: int) -> int:
+        return api(group, "POST", "/api/keys", {"name": f"k{i}"})[0]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert list(pool.map(create, range(30))) == [201] * 30
+    verified = group.cli("audit", "verify", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    entries = group.db_rows("SELECT count(*) AS n FROM audit_log WHERE action = 'keys.create'")
+    assert entries == [{"n": 30}]
+
+
+@pytest.mark.serial
+def test_sigterm_stops_every_worker_after_its_requests_in_flight(group, mock):
+    workers = workers_of(group)
+    assert len(workers) == 2
+    conns = [connection_to(group, worker) for worker in (0, 1)]
+    before = len(mock.requests)
+    mock.delay_ms = 500
+    try:
+        for conn in conns:  # one slow request in flight on each worker
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT))
+        wait_for(lambda: len(mock.requests) >= before + 2, what="both requests at the mock")
+        assert group.proc is not None
+        group.proc.send_signal(signal.SIGTERM)
+        statuses = []
+        for conn in conns:
+            answer = conn.getresponse()
+            answer.read()
+            statuses.append(answer.status)
+    finally:
+        mock.delay_ms = 0
+    assert statuses == [200, 200]
+    assert group.proc.wait(30) == 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # no orphans, no zombies
+    assert group.log.count("stopped; database closed") == 2, group.log
+
+
+@pytest.mark.serial
+def test_a_killed_worker_is_replaced(group):
+    first = workers_of(group)
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> set[int] | None:
+        pids = workers_of(group)
+        return pids if len(pids) == 2 and victim not in pids else None
+
+    after = wait_for(replaced, what="a new worker")
+    assert len(after & first) == 1
+    for worker in (0, 1):  # both indexes serve again
+        connection_to(group, worker).close()
+    assert "was killed by SIGKILL: starting a new one" in group.log
+    assert group.request("GET", "/readyz")[0] == 200
+
+
+def test_workers_on_postgresql_are_replicas_of_one_database(pyz_path, cache_home, mock, pg_url):
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    server = ServerProcess(pyz_path, pg_url, env, ["--workers", "2"]).start()  # type: ignore[arg-type]
+    try:
+        for worker in (0, 1):
+            conn = connection_to(server, worker)
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(CHAT))
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200
+            conn.close()
+    finally:
+        assert server.stop() == 0
+    assert server.log.count("stopped; database closed") == 2, server.log
