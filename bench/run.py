@@ -40,6 +40,7 @@ MIN_RPS = 800.0
 CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, and for the module chain
 
 
+import streams  # noqa: E402
 from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, latency_rows  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
@@ -259,6 +260,10 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
     ("modules disabled / full chain (issue 6)", modules_chain),
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
+    ("streamed TTFT (issue 18)", streams.streamed_ttft),
+    ("200 concurrent streams, RSS (issue 18)", streams.streams_200),
+    ("1000 concurrent streams (issue 18)", streams.streams_1000),
+    ("start time (issue 18)", streams.start_time),
 ]
 
 
