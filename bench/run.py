@@ -41,6 +41,7 @@ CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, an
 
 
 import store as store_bench  # noqa: E402
+import streams  # noqa: E402
 from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, latency_rows  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
@@ -263,6 +264,10 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
     ("cost reports on generated traces (issue 18)", store_bench.report_times),
     ("--workers 2 vs 1 process (issue 18)", lambda b: __import__("workers").workers_throughput(b)),
+    ("streamed TTFT (issue 18)", streams.streamed_ttft),
+    ("200 concurrent streams, RSS (issue 18)", streams.streams_200),
+    ("1000 concurrent streams (issue 18)", streams.streams_1000),
+    ("start time (issue 18)", streams.start_time),
 ]
 
 

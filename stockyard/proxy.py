@@ -678,22 +678,24 @@ def relay_stream(
     reply: Reply,
     ctx: RequestContext,
     resp: UpstreamResponse,
-    events: Iterator[bytes],
+    events: Iterator[list[bytes]],
     adapter: Adapter,
     headers: dict[str, str],
 ) -> None:
-    """Relay SSE event by event; a break upstream ends with an error event, never [DONE]."""
+    """Relay SSE as it arrives: the events of one upstream read are translated, scrubbed and
+    written as one piece (one write per read, not per event); a break upstream ends with an
+    error event, never [DONE]."""
     translator = adapter.stream(ctx)
     cap = path.settings.body_cap_bytes
     ctx.attempt.status = resp.status
     reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"}, translator.content_type)
     ctx.attempt.mark_first_byte()
     try:
-        for event in events:
-            for out in translator.feed(event):
-                out = path.scrub.bytes(out)  # an upstream error event may echo the key
-                reply.chunk(out)
-                ctx.attempt.capture(out, cap)
+        for batch in events:
+            out = b"".join([piece for event in batch for piece in translator.feed(event)])
+            out = path.scrub.bytes(out)  # an upstream error event may echo the key
+            reply.chunk(out)
+            ctx.attempt.capture(out, cap)
             if ctx.deadline is not None:
                 left = ctx.deadline - time.perf_counter()
                 if left <= 0:

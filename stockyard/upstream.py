@@ -136,34 +136,52 @@ class UpstreamResponse:
         self.release()
         return data
 
-    def events(self) -> Iterator[bytes]:
-        """Yield raw SSE events (each ending in a blank line), as soon as each is complete.
+    def events(self) -> Iterator[list[bytes]]:
+        """Yield the raw SSE events (each ending in a blank line) that each read of the socket
+        completed, as soon as it returns: under load several events arrive together, and the
+        relay then translates, scrubs and writes them as one piece.
 
-        Uses ``read1`` so nothing waits for a buffer to fill. Raises UpstreamError when
-        the stream breaks; a clean end returns normally.
+        Raises UpstreamError when the stream breaks; a clean end returns normally.
         """
         buf = b""
-        while True:
-            try:
-                chunk = self._resp.read1(65536)
-            except socket.timeout as exc:
-                self.close()
-                raise UpstreamError("timeout", "provider stopped sending mid-stream") from exc
-            except (http.client.IncompleteRead, OSError, http.client.HTTPException, ValueError) as exc:
-                self.close()
-                raise UpstreamError("reset", "provider connection broke mid-stream") from exc
-            if not chunk:
-                break
-            buf = (buf + chunk).replace(b"\r\n", b"\n")
-            while True:
-                end = buf.find(b"\n\n")
-                if end < 0:
-                    break
-                yield buf[: end + 2]
-                buf = buf[end + 2 :]
+        for piece in self._reads():
+            buf = (buf + piece).replace(b"\r\n", b"\n")
+            end = buf.rfind(b"\n\n")
+            if end < 0:
+                continue
+            done, buf = buf[: end + 2], buf[end + 2 :]
+            yield [event + b"\n\n" for event in done[:-2].split(b"\n\n")]
         if buf.strip():
-            yield buf + b"\n\n"
+            yield [buf + b"\n\n"]
         self.release()
+
+    def _reads(self) -> Iterator[bytes]:
+        """The body as it arrives, one piece per read of the socket (``read1``: no waiting for a
+        buffer to fill), the chunked framing taken off here: ``HTTPResponse.read1`` returns one
+        HTTP chunk per call, that is one event per call from providers that send an event per chunk.
+        """
+        resp = self._resp
+        try:
+            if not resp.chunked:
+                while piece := resp.read1(65536):
+                    yield piece
+                return
+            chunks = _Dechunker()
+            while not chunks.ended:
+                data = resp.fp.read1(65536) if resp.fp is not None else b""
+                if not data:
+                    raise http.client.IncompleteRead(b"")
+                if piece := chunks.feed(data):
+                    yield piece
+                if chunks.broken is not None:
+                    raise chunks.broken
+            resp.close()  # the body was read to its end: the connection can serve the next request
+        except socket.timeout as exc:
+            self.close()
+            raise UpstreamError("timeout", "provider stopped sending mid-stream") from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.close()
+            raise UpstreamError("reset", "provider connection broke mid-stream") from exc
 
     def chunks(self) -> Iterator[bytes]:
         """Yield the body as it arrives (``read1``: no waiting for a buffer to fill), for binary
@@ -213,6 +231,65 @@ class UpstreamResponse:
             self._conn.close()
         except OSError:
             pass
+
+
+class _Dechunker:
+    """HTTP/1.1 chunked framing off bytes as they come: ``feed`` returns the data of every chunk
+    (or part of one) the bytes complete; ``ended`` once the last chunk and its trailers passed."""
+
+    MAX_LINE = 4096  # a chunk-size or trailer line longer than this is not HTTP
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._left = 0  # data bytes of the current chunk still to come
+        self._crlf = False  # the current chunk's data is done; its CRLF is next
+        self._trailers = False  # the last chunk came: trailer lines until a blank one
+        self.ended = False
+        self.broken: Exception | None = None  # bad framing: raised once the data before it is relayed
+
+    def feed(self, data: bytes) -> bytes:
+        """The chunk data ``data`` completes; bad framing raises, after the data before it was taken."""
+        self._buf += data
+        out: list[bytes] = []
+        try:
+            self._parse(out)
+        except (ValueError, http.client.HTTPException) as exc:
+            self.broken = exc
+        return b"".join(out)
+
+    def _parse(self, out: list[bytes]) -> None:
+        buf, pos = self._buf, 0
+        try:
+            while not self.ended:
+                if self._left:
+                    take = buf[pos : pos + self._left]
+                    out.append(take)
+                    pos += len(take)
+                    self._left -= len(take)
+                    if self._left:
+                        break
+                    self._crlf = True
+                if self._crlf:
+                    if len(buf) - pos < 2:
+                        break
+                    if buf[pos : pos + 2] != b"\r\n":
+                        raise http.client.HTTPException("chunk data not followed by CRLF")
+                    pos, self._crlf = pos + 2, False
+                eol = buf.find(b"\n", pos)
+                if eol < 0:
+                    if len(buf) - pos > self.MAX_LINE:
+                        raise http.client.HTTPException("chunk-size line too long")
+                    break
+                line, pos = buf[pos:eol].strip(), eol + 1
+                if self._trailers:
+                    self.ended = not line
+                else:
+                    size = int(line.split(b";", 1)[0].strip() or b"x", 16)  # ValueError: not a chunk size
+                    if size < 0:
+                        raise ValueError("negative chunk size")
+                    self._left, self._trailers = size, size == 0
+        finally:
+            self._buf = buf[pos:]
 
 
 class Pool:

@@ -17,11 +17,13 @@ import json
 import os
 import re
 import sqlite3
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+# `cryptography` is imported by the functions that use it: a server whose provider keys come
+# from the environment never loads it (about 7 MiB of resident memory; bench/README.md).
 
 MISSING_SECRET_HELP = (
     "STOCKYARD_ENCRYPTION_KEY is not set, so Stockyard cannot store or read provider keys. "
@@ -49,6 +51,9 @@ def derive_subkey(secret: str, salt: bytes, purpose: bytes) -> bytes:
         raise VaultError(MISSING_SECRET_HELP)
     if len(salt) < SALT_BYTES:
         raise VaultError(f"vault salt must be at least {SALT_BYTES} bytes")
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=purpose)
     return hkdf.derive(secret.encode("utf-8"))
 
@@ -102,8 +107,10 @@ class Vault:
     __slots__ = ("_aead", "key_id")
 
     def __init__(self, secret: str, salt: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         key = derive_subkey(secret, salt, _PROVIDER_KEYS_INFO)
-        self._aead = AESGCM(key)
+        self._aead: AESGCM = AESGCM(key)
         self.key_id: str = hmac.new(key, b"key-id", hashlib.sha256).hexdigest()[:8]
 
     def __repr__(self) -> str:
@@ -132,6 +139,8 @@ class Vault:
             raise VaultError("encrypted value is damaged (bad base64)") from None
         if len(sealed) < NONCE_BYTES + _TAG_BYTES:
             raise VaultError("encrypted value is damaged (too short)")
+        from cryptography.exceptions import InvalidTag
+
         try:
             plain = self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
         except InvalidTag:

@@ -17,6 +17,7 @@ request's cap allows (read leniently: `5000.0` and `"5000"` count), the worst ca
 Run as a process (for benchmarks):
 
     python tests/mock_upstream.py --port 9000 --delay-ms 20
+    python tests/mock_upstream.py --stream-events 20 --sse-delay-ms 5   # longer, paced streams
 
 Standard library only.
 """
@@ -112,6 +113,14 @@ def _sse_block(item: str) -> bytes:
     if not item.endswith("\n\n"):
         item = item.rstrip("\n") + "\n\n"
     return item.encode()
+
+
+def _stretched(events: list[str], count: int) -> list[str]:
+    """A default stream padded to ``count`` events by repeating its second one (in a chat stream,
+    the first content delta): longer streams for benchmarks, same shape."""
+    if len(events) < 2 or len(events) >= count:
+        return events
+    return events[:1] + events[1:2] * (count - len(events)) + events[1:]
 
 
 def _dumps(obj: Any) -> str:
@@ -1499,9 +1508,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for extra in (reply.headers, scripted.headers if scripted else {}):
             headers.update({name.lower(): value for name, value in extra.items()})
         cut = scripted.cut_after if scripted else None
-        sse_delay = scripted.sse_delay_ms if scripted else 0
+        sse_delay = scripted.sse_delay_ms if scripted else mock.sse_delay_ms
         if reply.sse is not None:
-            self._send_sse(reply.status, headers, reply.sse, sse_delay, cut)
+            events = reply.sse if scripted is not None else _stretched(reply.sse, mock.stream_events)
+            self._send_sse(reply.status, headers, events, sse_delay, cut)
         else:
             self._send_body(reply, headers, cut)
 
@@ -1636,11 +1646,19 @@ class MockUpstream:
     """A threaded mock provider. `start()` returns self; also a context manager."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, delay_ms: float = 0, tls: "ssl.SSLContext | None" = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        delay_ms: float = 0,
+        tls: "ssl.SSLContext | None" = None,
+        stream_events: int = 0,
+        sse_delay_ms: float = 0,
     ) -> None:
         self.host = host
         self.tls = tls
         self.delay_ms = delay_ms
+        self.stream_events = stream_events  # default streams padded to this many events (0: as they are)
+        self.sse_delay_ms = sse_delay_ms  # pause between the events of default streams
         self._requested_port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -1754,10 +1772,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=0)
+    parser.add_argument("--stream-events", type=int, default=0, help="pad default streams to this many events")
+    parser.add_argument("--sse-delay-ms", type=float, default=0, help="pause between default stream events")
     args = parser.parse_args(argv)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    mock = MockUpstream(args.host, args.port, args.delay_ms).start()
+    mock = MockUpstream(
+        args.host, args.port, args.delay_ms, stream_events=args.stream_events, sse_delay_ms=args.sse_delay_ms
+    ).start()
     print(f"listening {mock.url}", flush=True)
     try:
         while not done.wait(0.5):

@@ -108,6 +108,21 @@ def test_stream_ends_with_done_and_usage_only_when_asked(mock: MockUpstream) -> 
     assert usage_chunk["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
 
 
+def test_stream_events_pads_default_streams_for_benchmarks() -> None:
+    with MockUpstream(stream_events=20, sse_delay_ms=1) as paced:
+        _, raw, complete = call(
+            paced,
+            "POST",
+            "/v1/chat/completions",
+            {"model": "m", "stream": True, "stream_options": {"include_usage": True}},
+        )
+    payloads = sse_data(raw)
+    assert complete and len(payloads) == 20 and payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "Hello" * 14 + " from mock" and chunks[-1]["usage"]["completion_tokens"] == 5
+
+
 def test_no_usage_model_and_magic_errors(mock: MockUpstream) -> None:
     _, raw, _ = call(
         mock,

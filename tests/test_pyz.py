@@ -210,7 +210,9 @@ def test_pyz_contents(pyz_path: Path) -> None:
         infos = pyz.infolist()
     assert names == sorted(names)
     assert "__main__.py" in names and "stockyard/__main__.py" in names
-    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if "__pycache__" in n]
+    code = [n for n in names if n.endswith(".py") and not n.startswith("_native/") and n != "__main__.py"]
+    assert sorted(n for n in names if n.endswith(".pyc")) == sorted(n + "c" for n in code)  # zipimport loads these
     assert {"stockyard/__init__.py", "stockyard/_native.py", "stockyard/buildinfo.py"} <= set(names)
     assert "_native/cryptography/hazmat/bindings/_rust.abi3.so" in names
     for version in PYTHONS:
@@ -256,3 +258,30 @@ def test_losing_the_rename_race_uses_the_winner(pyz_path: Path, tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     entries = os.listdir(cache / "stockyard")
     assert len(entries) == 1 and result.stdout.strip() == str(cache / "stockyard" / entries[0])
+
+
+def test_modules_load_from_the_bundled_bytecode(pyz_path: Path, tmp_path: Path) -> None:
+    """The build's Python runs the .pyc beside each module (its code names the member, not the
+    pyz path a compile at import would give): nothing is compiled at start."""
+    check = f"import sys; sys.path.insert(0, {str(pyz_path)!r}); import stockyard.times as t; "
+    check += "print(t.__file__, t.to_ms.__code__.co_filename)"
+    done = run(sys.executable, ["-c", check], tmp_path)
+    assert done.returncode == 0, done.stderr
+    module_file, code_file = done.stdout.split()
+    assert module_file.startswith(str(pyz_path)) and code_file == "stockyard/times.py"
+
+
+def test_server_with_environment_keys_does_not_load_cryptography(pyz_path: Path, tmp_path: Path) -> None:
+    """cryptography (~7 MiB resident) is loaded only to encrypt or decrypt: a server whose provider
+    keys come from the environment answers without it mapped."""
+    from conftest import ServerProcess, base_env
+
+    env = {**base_env(tmp_path / "cache"), "OPENAI_API_KEY": "sk-env-only", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    try:
+        assert server.request("GET", "/healthz")[0] == 200
+        assert server.proc is not None
+        maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    finally:
+        server.stop()
+    assert "_cffi_backend" not in maps and "_rust.abi3" not in maps

@@ -70,6 +70,8 @@ class Adapter:
 
 def sse_data(event: bytes) -> bytes | None:
     """The joined ``data:`` payload of one SSE event, or None when it has none."""
+    if event.startswith(b"data:") and event.find(b"\n") == len(event) - 2:  # one data line: most events
+        return event[5:-2].lstrip(b" ")
     lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in event.split(b"\n")]
     data = [line for line in lines if line is not None]
     return b"\n".join(data) if data else None

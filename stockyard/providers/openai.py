@@ -64,18 +64,17 @@ class OpenAIStream(StreamTranslator):
         self.ctx = ctx
 
     def feed(self, event: bytes) -> list[bytes]:
+        if not self.ctx.client_wants_usage and b',"usage":null' in event:
+            # Upstream adds "usage":null to every chunk only because Stockyard asked for usage.
+            event = event.replace(b',"usage":null', b"")
         data = sse_data(event)
         if data is None:
             return [event]
         if data.strip() == b"[DONE]":
             self.complete = True
             return [event]
-        if not self.ctx.client_wants_usage and b'"usage":null' in event:
-            # Upstream adds "usage":null to every chunk only because Stockyard asked for usage.
-            event = event.replace(b',"usage":null', b"")
-            data = sse_data(event) or data
         if b'"usage"' not in data and self.ctx.attempt.served_model:
-            return [event]
+            return [event]  # a content chunk without usage: relayed as it is
         try:
             chunk = json.loads(data)
         except ValueError:

@@ -1,0 +1,241 @@
+"""Issue 18: streams at scale, memory and start time.
+
+- streamed TTFT at one client (the proxy over the mock, interleaved request by request);
+- 200 and 1,000 concurrent streams of 20 events each against a mock that paces its events,
+  direct and through the proxy in alternating bursts; the client is one asyncio loop (raw
+  HTTP/1.1, one connection per stream), so 1,000 streams cost it no threads;
+- the proxy's resident memory (/proc) after start, before any traffic, and its peak under the
+  200-stream load;
+- start to first answer: `serve --port 0` spawned to the first 200 from /healthz, a second
+  start over the same database and cache (warm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import (
+    CHAT_PATH,
+    MOCK,
+    STREAM_BODY,
+    Client,
+    NotAvailable,
+    Target,
+    base_env,
+    cpu_seconds,
+    median,
+    proxy_env,
+    quantile,
+    start_proxy,
+)
+from harness import Bench, Row, interleaved, latency_rows
+
+TTFT_ADDED_MS = 0.5
+STREAMS_ADDED_MS = {200: 50.0, 1000: 250.0}
+IDLE_RSS_MIB = 40.0
+START_S = 0.3
+EVENTS = 20  # per stream
+EVENT_DELAY_MS = 5.0  # the mock's pause between events
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def raise_file_limit(wanted: int = 16384) -> None:
+    """1,000 streams are 2,000+ sockets in the proxy: lift the soft limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def stream_mock(b: Bench) -> Target:
+    """A mock whose default streams have EVENTS events, EVENT_DELAY_MS apart (one per run)."""
+    key = "mock:streams"
+    if key not in b._targets:
+        argv = [sys.executable, str(MOCK), "--port", "0", "--stream-events", str(EVENTS)]
+        argv += ["--sse-delay-ms", str(EVENT_DELAY_MS)]
+        proc, match, log = b.procs.start("mock-streams", argv, base_env(b.procs.workdir), r"listening (http://\S+)")
+        b._targets[key] = Target("direct (paced streams)", match.group(1), {"authorization": "Bearer sk-bench"}, log)
+        b._targets[key].pid = proc.pid
+    return b._targets[key]
+
+
+def stream_proxy(b: Bench) -> Target:
+    """A proxy of its own in front of the paced mock: its memory is measured from its start."""
+    key = "proxy-streams"
+    if key not in b._targets:
+        raise_file_limit()
+        b._targets[key] = start_proxy(b.procs, b.pyz, key, stream_mock(b))
+    return b._targets[key]
+
+
+def rss_mib(pid: int | None, field: str = "VmRSS") -> float:
+    """A memory figure of a process from /proc/PID/status (VmRSS now, VmHWM its peak), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+# --------------------------------------------------------------------------- the streaming client
+
+
+async def one_stream(port: int, headers: dict[str, str]) -> tuple[float, float]:
+    """One streamed chat on a new connection: (seconds to the first data: event, to the stream's end)."""
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"POST {CHAT_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+        head += "Content-Type: application/json\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"{head}Content-Length: {len(STREAM_BODY)}\r\n\r\n".encode() + STREAM_BODY)
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"HTTP {status[:40]!r}")
+        seen, first = b"", 0.0
+        while not seen.endswith(b"\r\n0\r\n\r\n"):  # the chunked terminator
+            piece = await reader.read(65536)
+            if not piece:
+                raise RuntimeError("stream ended early")
+            seen = seen[-64:] + piece if first else seen + piece
+            if not first and b"data:" in seen:
+                first = time.perf_counter() - start
+        return first, time.perf_counter() - start
+    finally:
+        writer.close()
+
+
+async def _burst(port: int, headers: dict[str, str], n: int) -> list[tuple[float, float] | BaseException]:
+    return await asyncio.gather(*(one_stream(port, headers) for _ in range(n)), return_exceptions=True)
+
+
+def burst(target: Target, n: int) -> tuple[list[float], int]:
+    """`n` streams at once; the seconds each took to its end, and how many failed."""
+    results = asyncio.run(_burst(target.port, target.headers, n))
+    done = [r[1] for r in results if isinstance(r, tuple)]
+    return done, n - len(done)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def streamed_ttft(b: Bench) -> list[Row]:
+    """Time to the first event of a streamed chat at one client, proxy over direct."""
+    direct, proxy = b.mock(0), b.proxy("proxy", 0)
+    a = b.args
+    rounds = interleaved([direct, proxy], Client.first_event, a.requests // 2, a.rounds, a.warmup // 2)
+    return latency_rows("streamed TTFT, 1 client,", rounds, proxy.name, direct.name, TTFT_ADDED_MS, 2.0)[:1]
+
+
+def concurrent_streams(b: Bench, n: int) -> list[Row]:
+    """`n` concurrent streams direct and through the proxy, alternating bursts; the added p50 of
+    the time to each stream's end, and the proxy's CPU per stream."""
+    direct, proxy = stream_mock(b), stream_proxy(b)
+    rounds = 2 if b.args.quick else 3
+    burst(proxy, min(n, 50))  # warm the pool and the threads a little; not measured
+    added, failed, cpu, p50s = [], 0, 0.0, {direct.name: [], proxy.name: []}
+    for r in range(rounds):
+        got: dict[str, list[float]] = {}
+        for t in (direct, proxy) if r % 2 == 0 else (proxy, direct):
+            before = cpu_seconds(proxy.pid)
+            got[t.name], errors = burst(t, n)
+            if t is proxy:
+                cpu += (cpu_seconds(proxy.pid) or 0.0) - (before or 0.0)
+                failed += errors
+            elif errors:
+                raise RuntimeError(f"{errors} of {n} direct streams failed: the client or mock cannot carry {n}")
+        for name in p50s:
+            p50s[name].append(quantile(got[name], 0.5))
+        added.append(1000 * (quantile(got[proxy.name], 0.5) - quantile(got[direct.name], 0.5)))
+    value, limit = median(added), STREAMS_ADDED_MS[n]
+    return [
+        Row(
+            f"{n} concurrent streams ({EVENTS} events, {EVENT_DELAY_MS:g} ms apart), added p50",
+            f"{value:+.1f} ms",
+            f"<= {limit:g} ms" + (", all complete" if n >= 1000 else ""),
+            value <= limit and failed == 0,
+            f"direct {1000 * median(p50s[direct.name]):.0f} ms, proxy {1000 * median(p50s[proxy.name]):.0f} ms; "
+            f"{failed} of {n * rounds} failed; proxy CPU {1000 * cpu / (n * rounds):.2f} ms/stream",
+        )
+    ]
+
+
+def streams_200(b: Bench) -> list[Row]:
+    """Issue 18: 200 concurrent streams; the proxy's memory idle (before any traffic) and at its peak."""
+    proxy = stream_proxy(b)
+    idle = rss_mib(proxy.pid)
+    rows = concurrent_streams(b, 200)
+    peak = rss_mib(proxy.pid, "VmHWM")
+    return [
+        Row("proxy RSS idle (after start, before traffic)", f"{idle:.1f} MiB", f"<= {IDLE_RSS_MIB:g} MiB", idle <= 40),
+        *rows,
+        Row("proxy RSS peak (200 streams)", f"{peak:.1f} MiB", "", None, "VmHWM from /proc"),
+    ]
+
+
+def streams_1000(b: Bench) -> list[Row]:
+    """Issue 18: 1,000 concurrent streams, every one completed."""
+    return concurrent_streams(b, 1000)
+
+
+def start_time(b: Bench) -> list[Row]:
+    """Issue 18: `serve --port 0` to the first 200 from /healthz, cold (first start: cache and
+    database made) and warm (the second start over the same ones)."""
+    db = b.procs.workdir / "start.db"
+    env = proxy_env(b.procs, b.mock(0))
+    times = []
+    for _ in range(4):
+        times.append(_time_to_healthz(b.pyz, db, env))
+    warm = median(times[1:])
+    return [
+        Row(
+            "start to first answer, warm (spawn to /healthz 200)",
+            f"{warm:.3f} s",
+            f"<= {START_S:g} s",
+            warm <= START_S,
+            f"cold (first start) {times[0]:.3f} s; warm runs {', '.join(f'{t:.3f}' for t in times[1:])} s",
+        )
+    ]
+
+
+def _time_to_healthz(pyz: Path, db: Path, env: dict[str, str]) -> float:
+    """Seconds from spawning the server to its first 200 from /healthz; the server is stopped."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(pyz), "serve", "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        port = 0
+        for line in proc.stdout:
+            if b"listening on http://127.0.0.1:" in line:
+                port = int(line.split(b"127.0.0.1:")[1].split()[0].rstrip(b"/").decode())
+                break
+        if not port:
+            raise NotAvailable("the server did not say where it listens")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"/healthz answered {resp.status}")
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return elapsed
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
