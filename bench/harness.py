@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import re
 import sqlite3
 import sys
 import time
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from common import Client, NotAvailable, Procs, Target, median, quantile, start_mock, start_proxy
+from common import Client, NotAvailable, Procs, Target, median, quantile, run_pyz, start_mock, start_proxy
+
+Setup = Callable[[Target, Path, dict[str, str]], dict[str, str]]  # a proxy's setup: returns client headers
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Bench:
         delay_ms: float,
         log_requests: bool = False,
         extra_env: dict[str, str] | None = None,
-        setup: Callable[[Target, Path, dict[str, str]], dict[str, str]] | None = None,
+        setup: Setup | None = None,
         database: str | None = None,
     ) -> Target:
         """A proxy (own process and database) in front of the mock with `delay_ms`."""
@@ -162,6 +165,48 @@ def count_traces(db: Path, expect: int, wait_s: float = 5.0) -> int:
         if count >= expect or time.monotonic() > deadline:
             return count
         time.sleep(0.2)
+
+
+def key_setup(pyz: Path) -> Setup:
+    """A proxy `setup` (issue 5): a client key with a budget, an rpm and a tpm limit, made with
+    the CLI; returns the headers that send it, once the server has picked the key up."""
+
+    def make_key(target: Target, db: Path, env: dict[str, str]) -> dict[str, str]:
+        made = run_pyz(
+            pyz,
+            [
+                "keys",
+                "create",
+                "--db",
+                str(db),
+                "--name",
+                "bench",
+                "--budget-usd",
+                "1000000",
+                "--budget-period",
+                "total",
+                "--rpm",
+                "1000000",
+                "--tpm",
+                "1000000000",
+            ],
+            env,
+        )
+        key = re.search(r"sk-sy-[A-Za-z0-9_\-]+", made.stdout + made.stderr)
+        if made.returncode != 0 or not key:
+            raise RuntimeError(f"keys create failed: {(made.stderr or made.stdout)[-500:]}")
+        headers = {"authorization": f"Bearer {key.group(0)}"}
+        deadline = time.monotonic() + 10  # the server picks up CLI changes within ~0.5 s
+        while True:
+            try:
+                Client(Target(target.name, target.url, headers)).chat()
+                return headers
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    return make_key
 
 
 Scenario = Callable[[Bench], list[Row]]

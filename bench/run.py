@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -25,7 +24,6 @@ from common import (
     LoadResult,
     NotAvailable,
     Procs,
-    Target,
     base_env,  # noqa: E402
     cpu_seconds,
     load,
@@ -42,7 +40,8 @@ CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, an
 
 import store as store_bench  # noqa: E402
 import streams  # noqa: E402
-from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, latency_rows  # noqa: E402
+from cpu import cpu_per_request  # noqa: E402
+from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, key_setup, latency_rows  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
 
@@ -128,43 +127,8 @@ def key_budget_ratelimit(b: Bench) -> list[Row]:
     if probe.returncode != 0:
         raise NotAvailable("`keys create` is not in this build")
 
-    def make_key(target: Target, db: Path, env: dict[str, str]) -> dict[str, str]:
-        made = run_pyz(
-            b.pyz,
-            [
-                "keys",
-                "create",
-                "--db",
-                str(db),
-                "--name",
-                "bench",
-                "--budget-usd",
-                "1000000",
-                "--budget-period",
-                "total",
-                "--rpm",
-                "1000000",
-                "--tpm",
-                "1000000000",
-            ],
-            env,
-        )
-        key = re.search(r"sk-sy-[A-Za-z0-9_\-]+", made.stdout + made.stderr)
-        if made.returncode != 0 or not key:
-            raise RuntimeError(f"keys create failed: {(made.stderr or made.stdout)[-500:]}")
-        headers = {"authorization": f"Bearer {key.group(0)}"}
-        deadline = time.monotonic() + 10  # the server picks up CLI changes within ~0.5 s
-        while True:
-            try:
-                Client(Target(target.name, target.url, headers)).chat()
-                return headers
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
     direct, proxy = b.mock(0), b.proxy("proxy", 0)
-    keyed = b.proxy("proxy-key", 0, setup=make_key)
+    keyed = b.proxy("proxy-key", 0, setup=key_setup(b.pyz))
     a = b.args
     rounds = interleaved([direct, proxy, keyed], Client.chat, a.requests, a.rounds, a.warmup)
     rows = latency_rows("added latency, key+budget+rpm,", rounds, keyed.name, direct.name, ADDED_P50_MS, ADDED_P99_MS)
@@ -261,6 +225,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
     ("modules disabled / full chain (issue 6)", modules_chain),
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
+    ("proxy CPU per request vs a minimal relay (issue 18)", cpu_per_request),
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
     ("cost reports on generated traces (issue 18)", store_bench.report_times),
     ("--workers 2 vs 1 process (issue 18)", lambda b: __import__("workers").workers_throughput(b)),

@@ -20,6 +20,10 @@ SINGLE_HEADERS = ("content-length", "transfer-encoding", "host", "authorization"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every control character but HTAB
 _DIGITS = re.compile(r"[0-9]+")
+# The common header line in one match: a token name, a value without control characters (HTAB
+# allowed; spaces and tabs around it are stripped after). Any other line takes the careful path.
+# (One greedy run per part: a long line that fails to match costs linear time, never quadratic.)
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*)\r?\n")
 
 
 class HeadError(http.client.HTTPException):
@@ -33,13 +37,18 @@ class HeadError(http.client.HTTPException):
 class Headers:
     """Header fields in arrival order, looked up case-insensitively (first value wins, as in email)."""
 
-    __slots__ = ("_items", "_index")
+    __slots__ = ("_items", "_index", "repeated")
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self._items = items
         self._index: dict[str, str] = {}
+        self.repeated: set[str] = set()  # lower-case names sent more than once
         for name, value in items:
-            self._index.setdefault(name.lower(), value)
+            lowered = name.lower()
+            if lowered in self._index:
+                self.repeated.add(lowered)
+            else:
+                self._index[lowered] = value
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return self._index.get(name.lower(), default)
@@ -87,6 +96,7 @@ def read_head(fp: BinaryIO, *, strict: bool = False, max_bytes: int = MAX_LINE *
     """
     items: list[tuple[str, str]] = []
     total = 0
+    careful = False  # a line took the careful path: in a provider's answer, check every field at the end
     while True:
         line = fp.readline(MAX_LINE + 1)
         total += len(line)
@@ -94,6 +104,13 @@ def read_head(fp: BinaryIO, *, strict: bool = False, max_bytes: int = MAX_LINE *
             raise HeadError(431, f"header section larger than {min(MAX_LINE, max_bytes)} bytes")
         if line in (b"\r\n", b"\n") or (line == b"" and not strict):
             break
+        field = _FIELD.fullmatch(line)
+        if field is not None:
+            items.append((field[1].decode("ascii"), field[2].decode("iso-8859-1").strip(" \t")))
+            if len(items) > MAX_HEADERS:
+                raise HeadError(431, f"more than {MAX_HEADERS} headers")
+            continue
+        careful = True
         if not line.endswith(b"\n"):
             raise HeadError(400, "header section ended before its blank line")
         text = line.decode("iso-8859-1")
@@ -117,7 +134,7 @@ def read_head(fp: BinaryIO, *, strict: bool = False, max_bytes: int = MAX_LINE *
         items.append((name, value))
         if len(items) > MAX_HEADERS:
             raise HeadError(431, f"more than {MAX_HEADERS} headers")
-    if not strict:
+    if careful and not strict:
         items = [(n, v) for n, v in items if not (_CONTROL.search(n) or _CONTROL.search(v))]
     return Headers(items)
 
@@ -129,8 +146,8 @@ def body_framing(headers: Headers, version: str) -> int | None:
     header, Content-Length with Transfer-Encoding, a coding other than exactly ``chunked``,
     Transfer-Encoding on HTTP/1.0, a length that is not plain digits, a 1.1 request without Host.
     """
-    for name in SINGLE_HEADERS:
-        if len(headers.get_all(name) or []) > 1:
+    for name in SINGLE_HEADERS if headers.repeated else ():
+        if name in headers.repeated:
             raise HeadError(400, f"the {name} header is sent more than once")
     if version == "HTTP/1.1" and "host" not in headers:
         raise HeadError(400, "an HTTP/1.1 request needs a Host header")

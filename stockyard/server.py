@@ -8,6 +8,8 @@ dialect of the route.
 
 from __future__ import annotations
 
+import email.utils
+import functools
 import io
 import ipaddress
 import json
@@ -408,6 +410,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
     # -- writing ---------------------------------------------------------------------------
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date field: formatted once a second (it has a resolution of one second anyway)."""
+        if timestamp is not None:
+            return email.utils.formatdate(timestamp, usegmt=True)
+        return http_date(int(time.time()))
+
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
         self._end_early()  # an answer written before the body was read ends the connection
         if self._end_watch is not None:
@@ -824,6 +832,13 @@ class Handler(BaseHTTPRequestHandler):
         )
 
 
+@functools.lru_cache(maxsize=2)
+def http_date(second: int) -> str:
+    """An HTTP Date value for a whole second (cached: every answer in that second shares it)."""
+    return email.utils.formatdate(second, usegmt=True)
+
+
+@functools.lru_cache(maxsize=128)
 def reason_phrase(status: int, default: str) -> str:
     """The standard reason phrase of ``status`` (``default`` for a code HTTPStatus does not name)."""
     try:

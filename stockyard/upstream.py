@@ -8,7 +8,9 @@ when their response was read to the end.
 
 from __future__ import annotations
 
+import functools
 import http.client
+import re
 import socket
 import ssl
 import threading
@@ -25,6 +27,14 @@ _STALE = (
     ConnectionAbortedError,
     http.client.BadStatusLine,
 )
+
+
+# What http.client's putrequest/putheader refuse (the same rules, so a header can never smuggle a line).
+_LEGAL_NAME = re.compile(rb"[^:\s][^:\r\n]*")
+_ILLEGAL_VALUE = re.compile(rb"\n(?![ \t])|\r(?![ \t\n])")
+_BAD_TARGET = re.compile("[\x00-\x20\x7f]")
+_BAD_METHOD = re.compile("[\x00-\x1f]")
+_BODY_METHODS = ("PATCH", "POST", "PUT")  # http.client sends Content-Length: 0 for these without a body
 
 
 class UpstreamError(Exception):
@@ -51,12 +61,59 @@ class Origin:
     prefix: str  # path prefix from the base URL, without trailing slash
 
     @classmethod
+    @functools.lru_cache(maxsize=256)  # one per base URL, parsed on every request otherwise
     def parse(cls, base_url: str) -> "Origin":
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base URL must be http(s)://host[:port][/path], got {base_url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+    @functools.cached_property
+    def host_header(self) -> bytes:
+        """The Host field http.client would send: IPv6 in brackets, the port unless the default."""
+        try:
+            host = self.host.encode("ascii")
+        except UnicodeEncodeError:
+            host = self.host.encode("idna")
+        if ":" in self.host:
+            host = b"[" + host + b"]"
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else b"%s:%d" % (host, self.port)
+
+
+def request_head(origin: Origin, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
+    """The request line and header section, as http.client's ``request()`` writes them.
+
+    Built in one piece so that head and body leave in one write (http.client sends them in two,
+    each a system call with its poll), with the same checks: a method or target with control
+    characters, an illegal header name or a value that would start a new line are refused.
+    """
+    if _BAD_METHOD.search(method):
+        raise ValueError(f"method can't contain control characters. {method!r}")
+    if _BAD_TARGET.search(target):
+        raise http.client.InvalidURL(f"URL can't contain control characters. {target!r}")
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    names = {name.lower() for name in headers}
+    if "host" not in names:
+        lines.append(b"Host: " + origin.host_header)
+    if "accept-encoding" not in names:
+        lines.append(b"Accept-Encoding: identity")
+    if "content-length" not in names and "transfer-encoding" not in names:
+        if body is not None:
+            lines.append(b"Content-Length: %d" % len(body))
+        elif method.upper() in _BODY_METHODS:
+            lines.append(b"Content-Length: 0")
+    for name, value in headers.items():
+        raw_name = name.encode("ascii")
+        if not _LEGAL_NAME.fullmatch(raw_name):
+            raise ValueError(f"Invalid header name {raw_name!r}")
+        raw = value.encode("latin-1") if isinstance(value, str) else str(value).encode("ascii")
+        if _ILLEGAL_VALUE.search(raw):
+            raise ValueError(f"Invalid header value {raw!r}")
+        lines.append(raw_name + b": " + raw)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 class Cancel:
@@ -375,10 +432,7 @@ class Pool:
             try:
                 if cancel is not None:
                     cancel.attach(conn)
-                if body is not None and not isinstance(body, bytes):
-                    body.seek(0)
-                conn.request(method, full_path, body=body, headers=headers)
-                resp = conn.getresponse()
+                resp = self._exchange(conn, key, method, full_path, headers, body)
                 return UpstreamResponse(self, key, conn, resp, cancel)
             except UpstreamError:
                 conn.close()
@@ -398,6 +452,32 @@ class Pool:
                 conn.close()
                 self._check_cancelled(cancel, exc)
                 raise UpstreamError("protocol", f"bad answer from {key.host}:{key.port}: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _exchange(
+        conn: http.client.HTTPConnection,
+        key: Origin,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | BinaryIO | None,
+    ) -> http.client.HTTPResponse:
+        """Send the request and read the answer's head. A bytes body goes with its head in one
+        write and the answer is read from the socket directly; a file body through http.client."""
+        if body is not None and not isinstance(body, bytes):
+            body.seek(0)
+            conn.request(method, target, body=body, headers=headers)
+            return conn.getresponse()
+        assert conn.sock is not None
+        head = request_head(key, method, target, headers, body)
+        conn.sock.sendall(head + body if body else head)
+        resp = Response(conn.sock, method=method)
+        try:
+            resp.begin()
+        except BaseException:
+            resp.close()
+            raise
+        return resp
 
     @staticmethod
     def _check_cancelled(cancel: Cancel | None, exc: BaseException) -> None:

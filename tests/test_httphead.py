@@ -116,3 +116,30 @@ def test_body_framing_refuses_ambiguity(raw, version):
     with pytest.raises(HeadError) as err:
         framing(raw, version)
     assert err.value.status == 400
+
+
+field_values = st.binary(max_size=40).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+@given(st.lists(st.tuples(names, field_values), max_size=12))
+def test_strict_and_provider_reading_agree_on_any_value(fields):
+    """A value with a control character is a 400 in a request and a dropped field in an answer;
+    any other value is kept in both, spaces and tabs around it stripped (issue 18's fast path
+    for the common line must not read a line differently from the careful one)."""
+    raw = b"".join(n.encode() + b":" + v + b"\r\n" for n, v in fields) + b"\r\n"
+    expected = [(n, v.decode("iso-8859-1").strip(" \t")) for n, v in fields]
+    clean = [(n, v) for n, v in expected if not any(c < "\t" or "\t" < c < " " or c == "\x7f" for c in v)]
+    assert read_head(io.BytesIO(raw)).items() == clean
+    if clean == expected:
+        assert read_head(io.BytesIO(raw), strict=True).items() == expected
+    else:
+        with pytest.raises(HeadError):
+            read_head(io.BytesIO(raw), strict=True)
+
+
+def test_long_lines_that_do_not_match_are_refused_in_linear_time():
+    """Lines built to make a backtracking pattern quadratic (runs of blanks before a control
+    character) are refused like any other bad line."""
+    for line in (b"a:" + b" \t" * 30000 + b"\x01", b"a" * 60000 + b"\x01", b"a:" + b" " * 60000 + b"\r"):
+        with pytest.raises(HeadError):
+            read_head(io.BytesIO(line + b"\r\n\r\n"), strict=True, max_bytes=MAX_REQUEST_HEAD + 70000)

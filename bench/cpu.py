@@ -1,0 +1,99 @@
+"""Issue 18: proxy CPU per non-streamed request with everything on, next to a minimal relay.
+
+"Everything on" is what the issue measures: tracing with bodies (always on), a client key
+with a budget, an rpm and a tpm limit, and the request log. The minimal pooled relay
+(bench/minimal_relay.py: ThreadingHTTPServer + a keep-alive http.client pool, no tracing)
+runs in the same rounds, so the ratio between the two is the number to read; the absolute
+CPU time moves with the machine's load.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from common import Client, LoadResult, NotAvailable, Target, base_env, cpu_seconds, load, median, run_pyz
+from harness import Bench, Row, added_ms, count_traces, interleaved, key_setup, latency_rows
+
+CPU_MS = 0.7  # proxy CPU per request, everything on
+ADDED_P50_MS = 0.5
+ADDED_P99_MS = 2.0
+MIN_RATIO = 0.65  # throughput at 64 connections over direct
+RELAY = Path(__file__).resolve().parent / "minimal_relay.py"
+
+
+def relay(b: Bench, upstream: Target) -> Target:
+    """A minimal pooled relay process in front of `upstream` (same headers as a direct client)."""
+    argv = [sys.executable, str(RELAY), "--upstream", upstream.url, "--port", "0"]
+    name = f"minimal-relay-{upstream.port}"
+    proc, match, log = b.procs.start(name, argv, base_env(b.procs.workdir), r"listening (http://127\.0\.0\.1:\d+)")
+    return Target(name, match.group(1), dict(upstream.headers), log, proc.pid)
+
+
+def all_on(b: Bench, delay_ms: float) -> Target:
+    """A proxy with tracing, a client key with budget + rpm + tpm, and the request log on."""
+    return b.proxy(f"proxy-all-on-{delay_ms:g}ms", delay_ms, log_requests=True, setup=key_setup(b.pyz))
+
+
+def cpu_per_request(b: Bench) -> list[Row]:
+    """CPU per request under load (64 clients, 20 ms upstream) for the proxy with everything on
+    and for the minimal relay, throughput over direct, and added latency at one client."""
+    if run_pyz(b.pyz, ["keys", "create", "--help"], base_env(b.procs.workdir)).returncode != 0:
+        raise NotAvailable("`keys create` is not in this build")
+    a = b.args
+    direct, slow = b.mock(0), b.mock(20)
+    proxy, proxy_slow = all_on(b, 0), all_on(b, 20)
+    floor, floor_slow = relay(b, direct), relay(b, slow)
+
+    targets = [slow, floor_slow, proxy_slow]
+    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+    cpu: dict[str, float] = {t.name: 0.0 for t in targets}
+    for r in range(a.load_rounds):
+        for t in targets[r % 3 :] + targets[: r % 3]:
+            before = cpu_seconds(t.pid)
+            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
+            after = cpu_seconds(t.pid)
+            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    answered = {name: max(1, sum(x.answered for x in results)) for name, results in runs.items()}
+    cpu_ms = {name: 1000 * cpu[name] / answered[name] for name in runs}
+    rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
+    errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
+    traces = count_traces(b.db(proxy_slow), answered[proxy_slow.name])
+    ms, floor_ms = cpu_ms[proxy_slow.name], cpu_ms[floor_slow.name]
+    ratio = rps[proxy_slow.name] / rps[slow.name]
+
+    rounds = interleaved([direct, floor, proxy], Client.chat, a.requests, a.rounds, a.warmup)
+    where = f"{a.clients} clients, 20 ms upstream"
+    return [
+        Row(
+            f"proxy CPU per request, all on ({where})",
+            f"{ms:.2f} ms",
+            f"<= {CPU_MS:g} ms",
+            ms <= CPU_MS and not errors[proxy_slow.name],
+            f"{ms / floor_ms:.2f} x the minimal relay; {traces}/{answered[proxy_slow.name]} answers traced"
+            + (f"; {errors[proxy_slow.name]} errors" if errors[proxy_slow.name] else ""),
+        ),
+        Row(
+            "minimal pooled relay CPU per request (same rounds)",
+            f"{floor_ms:.2f} ms",
+            "",
+            None,
+            f"stdlib ThreadingHTTPServer + http.client pool, no tracing; mock {cpu_ms[slow.name]:.2f} ms"
+            + (f"; {errors[floor_slow.name]} errors" if errors[floor_slow.name] else ""),
+        ),
+        Row(
+            "throughput all on / direct",
+            f"{ratio:.2f}",
+            f">= {MIN_RATIO:g}",
+            ratio >= MIN_RATIO,
+            f"proxy {rps[proxy_slow.name]:.0f}, relay {rps[floor_slow.name]:.0f}, direct {rps[slow.name]:.0f} req/s",
+        ),
+        *latency_rows("added latency, all on, 1 client,", rounds, proxy.name, direct.name, ADDED_P50_MS, ADDED_P99_MS),
+        Row(
+            "added latency, minimal relay, 1 client, p50 (over direct)",
+            f"{added_ms(rounds, floor.name, direct.name, 0.5):+.2f} ms",
+            "",
+            None,
+            "the floor for the row above",
+        ),
+    ]
