@@ -33,3 +33,22 @@ def test_reports_by_an_indexed_column_read_the_day_range_by_primary_key(tmp_path
         assert index not in plan and "sqlite_autoindex_rollups_" in plan and "(day>" in plan, plan
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("by", "field"), [("user", "end_user"), ("key", "key_id"), ("project", "project")])
+def test_reports_by_an_indexed_column_on_both_stores(database, by, field):
+    """The grouping expression gives the same groups and sums on SQLite and PostgreSQL."""
+    database.open_and_migrate()
+    store = Store(database)
+    try:
+        rows = mixed(60)
+        store.write(lambda conn: TraceRow.write_many(conn, rows))
+        expected: dict[str | None, int] = {}
+        for r in rows:
+            name = getattr(r, field) or None
+            expected[name] = expected.get(name, 0) + (r.cost_uc or 0)
+        result = costs.report(store.read(), by, since=rows[0].ts[:10])
+        assert {row[by]: row["cost_uc"] for row in result["rows"]} == expected
+        assert [row["cost_uc"] for row in result["rows"]] == sorted(expected.values(), reverse=True)
+    finally:
+        store.close()
