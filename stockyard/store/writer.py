@@ -36,7 +36,6 @@ IdleTask = Callable[[sqlite3.Connection], Any]  # returns truthy while it has mo
 _STOP = object()
 _MORE_IDLE_WORK_S = 0.02  # how long the queue must be empty before the next idle step
 WAL_CHECK_EVERY_S = 10.0
-WAL_AUTOCHECKPOINT_PAGES = db.WAL_SIZE_LIMIT_BYTES // 4 // 4096  # SQLite's default: 1,000 pages (4 MB)
 IDLE_RERUN_S = 60.0  # a server with no writes at all still ages its traces out
 FAILURE_LOG_EVERY_S = 10.0
 RETRY_LOST_S = 1.0  # PostgreSQL lost: how often the records waiting for it are tried again
@@ -136,10 +135,6 @@ class Writer:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Writer":
         self._conn = self.backend.connect()
-        if self.backend.wal:
-            # Checkpoint every quarter of the WAL limit instead of every 4 MB: pages a busy writer
-            # rewrites in every batch (rollups, index roots) are copied back once per interval.
-            self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self._thread.start()
         return self
 
