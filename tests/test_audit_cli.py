@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, base_env, database_arg
 
 from stockyard import audit
 from stockyard.cli import build_parser, main
@@ -49,11 +49,8 @@ def template(server, tmp_path_factory) -> Path:
     for i in range(NOTES):
         api_note(server, f"template note {i}")
     dest = tmp_path_factory.mktemp("template") / "chain.db"
-    conn = db.connect(server.db, readonly=True)
-    try:
-        db.backup_to(conn, dest)
-    finally:
-        conn.close()
+    made = server.cli("backup", str(dest))  # an SQLite file, whichever store the server runs on
+    assert made.returncode == 0, made.stderr
     return dest
 
 
@@ -258,7 +255,7 @@ def test_concurrent_api_and_cli_notes_leave_one_chain(server, cache_home):
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CLI_WORKER, str(server.db), str(n), str(per_cli)],
+            [sys.executable, "-c", CLI_WORKER, database_arg(server.db), str(n), str(per_cli)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
