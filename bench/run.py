@@ -41,6 +41,7 @@ CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, an
 
 
 from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, latency_rows  # noqa: E402
+from replicas import two_replicas  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
 
@@ -259,6 +260,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
     ("modules disabled / full chain (issue 6)", modules_chain),
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
+    ("two replicas on one PostgreSQL (issue 15)", two_replicas),
 ]
 
 
