@@ -42,6 +42,7 @@ import store as store_bench  # noqa: E402
 import streams  # noqa: E402
 from cpu import cpu_per_request  # noqa: E402
 from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, key_setup, latency_rows  # noqa: E402
+from replicas import two_replicas  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
 
@@ -225,6 +226,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("client key + budget + rate limit (issue 5)", key_budget_ratelimit),
     ("modules disabled / full chain (issue 6)", modules_chain),
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
+    ("two replicas on one PostgreSQL (issue 15)", two_replicas),
     ("proxy CPU per request vs a minimal relay (issue 18)", cpu_per_request),
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
     ("cost reports on generated traces (issue 18)", store_bench.report_times),

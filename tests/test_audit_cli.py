@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, base_env, database_arg, wait_for
 
 from stockyard import audit
 from stockyard.cli import build_parser, main
@@ -49,11 +49,8 @@ def template(server, tmp_path_factory) -> Path:
     for i in range(NOTES):
         api_note(server, f"template note {i}")
     dest = tmp_path_factory.mktemp("template") / "chain.db"
-    conn = db.connect(server.db, readonly=True)
-    try:
-        db.backup_to(conn, dest)
-    finally:
-        conn.close()
+    made = server.cli("backup", str(dest))  # an SQLite file, whichever store the server runs on
+    assert made.returncode == 0, made.stderr
     return dest
 
 
@@ -258,7 +255,7 @@ def test_concurrent_api_and_cli_notes_leave_one_chain(server, cache_home):
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CLI_WORKER, str(server.db), str(n), str(per_cli)],
+            [sys.executable, "-c", CLI_WORKER, database_arg(server.db), str(n), str(per_cli)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -270,11 +267,17 @@ def test_concurrent_api_and_cli_notes_leave_one_chain(server, cache_home):
     errors: list[BaseException] = []
     go = threading.Barrier(2)
 
+    def cli_wrote() -> bool:
+        query = "SELECT count(*) AS n FROM audit_log WHERE seq > ? AND actor LIKE 'cli:%'"
+        return server.db_rows(query, (start_seq,))[0]["n"] > 0
+
     def api_writer(n: int) -> None:
         try:
             go.wait()
             for i in range(per_thread):
                 api_note(server, f"concurrent api {n}.{i}")
+                if i == 0:  # the rest only once a CLI note is in (a CLI process starts slower)
+                    wait_for(cli_wrote, 60, "a CLI note")
         except BaseException as exc:  # reported below
             errors.append(exc)
 

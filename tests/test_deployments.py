@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import threading
 from collections import Counter
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, open_database, wait_for
 from mock_upstream import MockUpstream, Reply
 from module_helpers import ADMIN_KEY, api, disable_all, put_module
 
@@ -377,8 +376,7 @@ def test_rotate_secret_re_encrypts_deployment_keys(pyz_path, cache_home, tmp_pat
     assert rotated.returncode == 0 and "re-encrypted 1 provider key" in rotated.stdout, rotated.stderr
     doctor = run("doctor", env={"STOCKYARD_ENCRYPTION_KEY": new_secret}).stdout
     assert "decrypts all 1 stored provider key(s)" in doctor, "doctor checks the deployment's key (no provider has one)"
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
+    conn = open_database(db)
     try:
         registry = Registry(from_env(env))
         [route] = model_ops.load(conn, new_secret, registry)

@@ -65,6 +65,11 @@ def test_a_revocation_reaches_a_replica_that_polls_hourly_well_within_a_second(s
     wait_for(lambda: models_status(other, key["key"]) == 200, timeout=1.0, what="the new key on the other replica")
     assert revoke_and_time(one, other, key) < 1.0
 
+    made = one.cli("keys", "create", "--name", "from-the-cli")  # the CLI notifies too
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    wait_for(lambda: all(models_status(s, secret) == 200 for s in slow_polling), 1.0, "the CLI's key on both")
+
 
 def test_a_lost_listen_connection_is_opened_again(slow_polling, pg_cluster, pg_url):
     one, other = slow_polling

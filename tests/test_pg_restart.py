@@ -22,9 +22,9 @@ ADMIN = "admin-key-for-restart-tests-0123456789"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 MAX_REQUESTS = 20_000  # a bound on the load, whatever happens
 MAX_SECONDS = 180.0
-# Between one thread's requests: the load stays below what three writers sharing one database
-# commit on this 2-core machine (~300 traces/s closed-loop fills their queues), so a slow
-# readyz would be the outage's fault, not the load's.
+# Between one thread's requests: moderate load. In a trial here, six closed-loop threads outran
+# what the three writers committed (their queues filled within a minute), and a full queue makes
+# readyz not ready for a reason of its own, not the outage's.
 PACE_S = 0.05
 
 
