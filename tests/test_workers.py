@@ -219,7 +219,7 @@ def test_a_second_group_on_the_port_of_a_group_is_refused(group, tmp_path):
 def test_workers_must_be_a_positive_number(group):
     refused = group.cli("serve", "--port", "0", "--workers", "0")
     assert refused.returncode != 0
-    assert "--workers must be a positive whole number" in refused.stderr
+    assert "--workers (STOCKYARD_WORKERS) must be a positive whole number" in refused.stderr
 
 
 def test_one_scrape_shows_the_requests_of_every_worker(group):
