@@ -247,8 +247,19 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),
         metrics_top_keys=_positive_int(env.get("STOCKYARD_METRICS_TOP_KEYS"), "STOCKYARD_METRICS_TOP_KEYS", 20),
-        workers=_positive_int(str(flags.get("workers", env.get("STOCKYARD_WORKERS") or "")), "--workers", 1),
+        workers=_workers(flags.get("workers", env.get("STOCKYARD_WORKERS") or "")),
     )
+
+
+MAX_WORKERS = 64
+
+
+def _workers(value: object) -> int:
+    """``--workers`` / ``STOCKYARD_WORKERS``: 1 to MAX_WORKERS server processes (stockyard.workers)."""
+    workers = _positive_int(str(value), "--workers (STOCKYARD_WORKERS)", 1)
+    if workers > MAX_WORKERS:
+        raise ValueError(f"--workers (STOCKYARD_WORKERS) is at most {MAX_WORKERS}, got {workers}")
+    return workers
 
 
 def _otlp_endpoint(value: str | None) -> str | None:

@@ -219,7 +219,7 @@ def test_a_second_group_on_the_port_of_a_group_is_refused(group, tmp_path):
 def test_workers_must_be_a_positive_number(group):
     refused = group.cli("serve", "--port", "0", "--workers", "0")
     assert refused.returncode != 0
-    assert "--workers must be a positive whole number" in refused.stderr
+    assert "--workers (STOCKYARD_WORKERS) must be a positive whole number" in refused.stderr
 
 
 def test_one_scrape_shows_the_requests_of_every_worker(group):
@@ -388,3 +388,20 @@ def test_workers_on_postgresql_are_replicas_of_one_database(pyz_path, cache_home
     finally:
         assert server.stop() == 0
     assert server.log.count("stopped; database closed") == 2, server.log
+
+
+@pytest.mark.serial
+def test_workers_stop_when_their_parent_is_killed(group):
+    workers = workers_of(group)
+    assert len(workers) == 2
+    group.stop(signal.SIGKILL)  # no SIGTERM to pass on: each worker notices its parent is gone
+    for pid in workers:
+        # a child of ours no more (re-parented), so /proc is the way to see it end
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists() or _zombie(pid), what=f"worker {pid} to stop")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
