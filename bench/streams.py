@@ -59,6 +59,7 @@ def stream_mock(b: Bench) -> Target:
     """A mock whose default streams have EVENTS events, EVENT_DELAY_MS apart (one per run)."""
     key = "mock:streams"
     if key not in b._targets:
+        raise_file_limit()  # the mock holds a socket per stream too
         argv = [sys.executable, str(MOCK), "--port", "0", "--stream-events", str(EVENTS)]
         argv += ["--sse-delay-ms", str(EVENT_DELAY_MS)]
         proc, match, log = b.procs.start("mock-streams", argv, base_env(b.procs.workdir), r"listening (http://\S+)")

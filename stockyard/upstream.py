@@ -305,7 +305,8 @@ class _Dechunker:
         self.broken: Exception | None = None  # bad framing: raised once the data before it is relayed
 
     def feed(self, data: bytes) -> bytes:
-        """The chunk data ``data`` completes; bad framing raises, after the data before it was taken."""
+        """The chunk data ``data`` completes. Bad framing sets ``broken`` (for the caller to raise)
+        instead of raising here, so the events before it are still relayed."""
         self._buf += data
         out: list[bytes] = []
         try:

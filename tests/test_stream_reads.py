@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pytest
 
+from stockyard.providers.base import sse_data
 from stockyard.upstream import Pool, UpstreamError
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -119,3 +120,19 @@ def test_a_broken_stream_raises_after_the_events_before_the_break(pool: Pool, bo
         assert provider.connections == 2  # the broken connection was never reused
     finally:
         provider.close()
+
+
+@pytest.mark.parametrize(
+    ("event", "data"),
+    [
+        (b'data: {"a":1}\n\n', b'{"a":1}'),  # the one-line fast path
+        (b"data:[DONE]\n\n", b"[DONE]"),
+        (b"data: a\ndata: b\n\n", b"a\nb"),
+        (b"event: ping\ndata: x\n\n", b"x"),
+        (b": comment\n\n", None),
+        (b"\ndata: y\n\n", b"y"),
+        (b"data: z\n\n\n", b"z"),
+    ],
+)
+def test_sse_data(event: bytes, data: bytes | None) -> None:
+    assert sse_data(event) == data
