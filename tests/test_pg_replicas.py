@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -375,4 +376,40 @@ def test_records_wait_for_a_lost_postgresql_bounded_oldest_dropped_first():
         assert keys - {"r0"} == {"r4", "r5", "r6", "r7", "r8"}
     finally:
         writer.stop()
+        cluster.stop()
+
+
+def test_a_settlement_made_while_postgresql_is_lost_reaches_the_ledger_once_it_is_back():
+    """The spend of a request that ended during an outage is kept and retried, so the shared
+    budget counts it (else every outage would hand out that money again) and its hold goes."""
+    from pgcluster import Cluster
+
+    cluster = Cluster().start()  # its own server: this test stops it
+    backend = PostgresBackend(parse_postgres(cluster.database(), {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    budget = Budget("key:lost", "key 'lost'", 10**9, "day")
+    (ledger,) = ledgers(store, 1, lease_s=0.3)
+    try:
+        hold = ledger.reserve([budget], 500, TS)
+        assert ledger.usage(budget, TS) == (0, 500)
+        admin = cluster.admin()  # the test server runs with synchronous_commit=off: keep what is committed
+        admin.run("CHECKPOINT")
+        admin.close()
+        cluster.stop_server()
+        ledger.settle(hold, 123, ["key:lost"], TS)  # the database is gone: kept, not lost
+        assert len(ledger._unsettled) == 1
+        cluster.start_server()
+
+        def settled() -> bool:
+            try:
+                return ledger.usage(budget, TS) == (123, 0)
+            except sqlite3.Error:  # this thread's connection to the restarted server is replaced
+                return False
+
+        wait_for(settled, timeout=30, what="the kept settlement")
+        assert not ledger._unsettled
+    finally:
+        ledger.close()
+        store.close()
         cluster.stop()

@@ -35,6 +35,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, TypeVar
@@ -53,6 +54,7 @@ LEASE_S = 30.0  # a dead replica's holds are given back this long after its last
 _NOW_MS = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
 _SQLITE_NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
 NOW_MS = {"postgresql": _NOW_MS, "sqlite": _SQLITE_NOW_MS}  # Unix milliseconds, by the database's clock
+UNSETTLED_MAX = 10_000  # settlements kept to retry while the database is lost (oldest dropped beyond)
 KNOWN_MAX = 10_000  # (scope, period) rows remembered as existing before the memory is cleared
 
 # A leading comment: the connection never re-runs these after a lost connection (they change data).
@@ -193,6 +195,8 @@ class SharedLedger(Ledger):
         self.replica = uuid.uuid4().hex
         self.lease_s = lease_s
         self._known: set[tuple[str, str]] = set()
+        # Settlements the database did not take (lost): retried, in order, by the lease keeper.
+        self._unsettled: deque[tuple[Hold | None, int, tuple[str, ...], int]] = deque(maxlen=UNSETTLED_MAX)
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name="stockyard-leases", daemon=True)
         self._keeper.start()
@@ -292,10 +296,29 @@ class SharedLedger(Ledger):
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
         the table holds for the request's scopes (a budget switched off and on again)."""
+        scopes = tuple(scopes)
         try:
             self._settle(hold, actual_uc, scopes, ts_ms)
-        except sqlite3.Error as exc:  # the rollups still get the cost through the trace
-            log.error("budget settlement not recorded in the shared ledger: %s", exc)
+        except sqlite3.Error as exc:  # kept and retried: the spend must reach the shared ledger
+            with self._lock:
+                self._unsettled.append((hold, actual_uc, scopes, ts_ms))
+                waiting = len(self._unsettled)
+            log.error("budget settlement not recorded yet (%d waiting to be retried): %s", waiting, exc)
+
+    def _retry_unsettled(self) -> None:
+        """Apply the settlements a lost database did not take, oldest first; stops at the first
+        that fails again (the next round goes on). One that failed after its commit reached the
+        database is applied twice: the ledger then counts more spend, never less."""
+        while True:
+            with self._lock:
+                if not self._unsettled:
+                    return
+                item = self._unsettled[0]
+            self._settle(*item)
+            with self._lock:
+                if self._unsettled and self._unsettled[0] is item:
+                    self._unsettled.popleft()
+            log.info("a budget settlement kept while the database was lost is recorded now")
 
     def _settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         conn = self._conn()
@@ -367,6 +390,7 @@ class SharedLedger(Ledger):
                     log.warning("budget holds of a stopped replica given back: %d budget period(s)", len(expired))
                 with writing(self._store):
                     conn.execute("DELETE FROM budget_leases WHERE reserved_uc = 0 AND replica = ?", (self.replica,))
+                self._retry_unsettled()
             except sqlite3.Error as exc:
                 log.warning("budget leases: %s", exc)
         if conn is not None:
