@@ -1,8 +1,10 @@
 """Several replicas on one PostgreSQL database: budgets and rate limits are shared through it.
 
 In-process: three shared ledgers (three replicas' worth) on one database, and the lease that
-gives back the holds of a replica that died. End to end: three ``serve`` processes (the pyz) on
-one database, 100 concurrent requests spread over them against a budget for exactly 10.
+gives back the holds of a replica that died; the budget and rate-limit tests also run on the
+state file the workers of an SQLite ``serve --workers`` group share (the same code with SQLite
+statements). End to end: three ``serve`` processes (the pyz) on one database, 100 concurrent
+requests spread over them against a budget for exactly 10.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from stockyard.dburl import parse_postgres
 from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import PostgresBackend
-from stockyard.store.shared import SharedLedger, SharedRateLimiter
+from stockyard.store.shared import GroupState, SharedLedger, SharedRateLimiter
 
 ADMIN = "admin-key-for-replica-tests-0123456789"
 BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -38,13 +40,30 @@ def pg_store(pg_url):
     store.close()
 
 
+@pytest.fixture(params=["postgresql", "sqlite-group"])
+def shared_stores(request, tmp_path):
+    """Three processes' views of one shared state: replicas on one PostgreSQL database, or the
+    workers of an SQLite group on its state file (a GroupState each, as each worker has)."""
+    if request.param == "postgresql":
+        store = request.getfixturevalue("pg_store")
+        yield [store] * 3
+        return
+    path = tmp_path / "state.db"
+    GroupState.create(path)
+    yield [GroupState(path) for _ in range(3)]
+
+
 def ledgers(store: Store, count: int, lease_s: float = 30.0) -> list[SharedLedger]:
     return [SharedLedger(store, lambda budget, key: 0, lease_s=lease_s) for _ in range(count)]
 
 
-def test_three_shared_ledgers_admit_exactly_what_the_budget_holds(pg_store):
+def one_ledger_each(stores: list, lease_s: float = 30.0) -> list[SharedLedger]:
+    return [SharedLedger(store, lambda budget, key: 0, lease_s=lease_s) for store in stores]
+
+
+def test_three_shared_ledgers_admit_exactly_what_the_budget_holds(shared_stores):
     budget = Budget("key:k1", "key 'k1'", 10 * 7, "day")
-    replicas = ledgers(pg_store, 3)
+    replicas = one_ledger_each(shared_stores)
 
     def one(i: int):
         try:
@@ -77,9 +96,9 @@ def test_a_refusal_of_the_second_budget_gives_back_the_first(pg_store):
     ledger.close()
 
 
-def test_the_holds_of_a_dead_replica_are_given_back_when_its_lease_expires(pg_store):
+def test_the_holds_of_a_dead_replica_are_given_back_when_its_lease_expires(shared_stores):
     budget = Budget("key:k3", "key 'k3'", 10, "total")
-    dead, alive = ledgers(pg_store, 2, lease_s=0.6)
+    dead, alive = one_ledger_each(shared_stores[:2], lease_s=0.6)
     dead.close()  # stops renewing, as a killed process would
     dead.reserve([budget], 8, TS)
     with pytest.raises(BudgetExceeded):
@@ -114,8 +133,8 @@ def test_reservations_and_settlements_racing_on_one_replica_never_deadlock(pg_st
     ledger.close()
 
 
-def test_three_shared_rate_limiters_admit_exactly_the_rpm(pg_store):
-    limiters = [SharedRateLimiter(pg_store) for _ in range(3)]
+def test_three_shared_rate_limiters_admit_exactly_the_rpm(shared_stores):
+    limiters = [SharedRateLimiter(store) for store in shared_stores]
 
     def one(i: int):
         try:
@@ -131,8 +150,8 @@ def test_three_shared_rate_limiters_admit_exactly_the_rpm(pg_store):
     assert "10 requests per minute" in refused[0].message
 
 
-def test_shared_token_limits_count_the_real_usage(pg_store):
-    one, two = SharedRateLimiter(pg_store), SharedRateLimiter(pg_store)
+def test_shared_token_limits_count_the_real_usage(shared_stores):
+    one, two = SharedRateLimiter(shared_stores[0]), SharedRateLimiter(shared_stores[1])
     entry = one.admit("key_tpm", None, 1000, 900)
     with pytest.raises(RateLimited):
         two.admit("key_tpm", None, 1000, 200)

@@ -1,9 +1,10 @@
 """``serve --workers N``: one port, N processes, and the state they must agree on.
 
-In-process: the shared ledger and rate buckets on SQLite (what a group's workers use there),
-several of them on one group state file. End to end: a pyz with ``--workers 2``: a budget burst admits
-exactly the budget, an rpm limit holds, concurrent admin writes leave one audit chain, a
-revocation reaches every worker within a second, SIGTERM stops every worker cleanly, and a
+In-process: a group's backend hands out the shared ledger and rate buckets on its state file
+(their behaviour there is tested with the replicas', in tests/test_pg_replicas.py), and the
+merging of /metrics. End to end: a pyz with ``--workers 2``: a budget burst admits exactly
+the budget, an rpm limit holds, concurrent admin writes leave one audit chain, a revocation
+reaches every worker within a second, SIGTERM stops every worker cleanly, and a
 killed worker is replaced.
 """
 
@@ -36,86 +37,13 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 TS = 1_780_000_000_000
 
 
-# -- in process: the shared tables on SQLite --------------------------------------------------
-@pytest.fixture
-def stores(tmp_path):
-    """Three workers' views of one group's shared state (SQLite)."""
-    path = tmp_path / "state.db"
-    GroupState.create(path)
-    return [GroupState(path) for _ in range(3)]
-
-
+# -- in process: the group's backend and metrics --------------------------------------------------
 def test_a_group_backend_shares_budgets_and_rate_limits_in_the_group_state(tmp_path):
     GroupState.create(tmp_path / "state.db")
     group, alone = SqliteBackend(tmp_path / "a.db", group=tmp_path / "state.db"), SqliteBackend(tmp_path / "b.db")
     shared = group.rate_limiter(Store(group))
     assert type(shared) is SharedRateLimiter and shared._store is group.group_state()
     assert type(alone.rate_limiter(Store(alone))) is not SharedRateLimiter
-
-
-def test_three_workers_ledgers_on_one_group_state_admit_exactly_the_budget(stores):
-    budget = Budget("key:k1", "key 'k1'", 10 * 7, "day")
-    ledgers = [SharedLedger(store, lambda budget, key: 0) for store in stores]
-
-    def one(i: int):
-        try:
-            return ledgers[i % 3].reserve([budget], 7, TS)
-        except BudgetExceeded:
-            return None
-
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        holds = [h for h in pool.map(one, range(100)) if h is not None]
-    assert len(holds) == 10
-    assert ledgers[0].usage(budget, TS) == (0, 70)
-    for i, hold in enumerate(holds):  # settled to less than held: the rest is free again
-        ledgers[i % 3].settle(hold, 5, ["key:k1"], TS)
-    assert ledgers[1].usage(budget, TS) == (50, 0)
-    ledgers[2].reserve([budget], 20, TS)
-    with pytest.raises(BudgetExceeded):
-        ledgers[0].reserve([budget], 1, TS)
-    for ledger in ledgers:
-        ledger.close()
-
-
-def test_the_holds_of_a_dead_worker_are_given_back_when_its_lease_expires(stores):
-    budget = Budget("key:k3", "key 'k3'", 10, "total")
-    dead, alive = (SharedLedger(store, lambda budget, key: 0, lease_s=0.6) for store in stores[:2])
-    dead.close()  # stops renewing, as a killed worker would
-    dead.reserve([budget], 8, TS)
-    with pytest.raises(BudgetExceeded):
-        alive.reserve([budget], 5, TS)
-
-    def room() -> bool:
-        try:
-            alive.reserve([budget], 5, TS)
-            return True
-        except BudgetExceeded:
-            return False
-
-    wait_for(room, what="the dead worker's hold to be given back")
-    assert alive.usage(budget, TS) == (0, 5)
-    alive.close()
-
-
-def test_three_workers_rate_limiters_on_one_group_state_admit_exactly_the_rpm(stores):
-    limiters = [SharedRateLimiter(store) for store in stores]
-
-    def one(i: int):
-        try:
-            return limiters[i % 3].admit("key_rpm", 10, None, 0)
-        except RateLimited as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(one, range(60)))
-    refused = [r for r in results if isinstance(r, RateLimited)]
-    assert len(refused) == 50
-    assert all(1 <= (r.retry_after or 0) <= 60 for r in refused)
-    entry = limiters[0].admit("key_tpm", None, 1000, 900)
-    with pytest.raises(RateLimited):
-        limiters[1].admit("key_tpm", None, 1000, 200)
-    limiters[0].correct("key_tpm", entry, 100)  # it used 100 of the 900 counted
-    limiters[2].admit("key_tpm", None, 1000, 800)
 
 
 def test_group_metrics_merge_every_workers_series_under_one_family_each():
