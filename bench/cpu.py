@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common import Client, LoadResult, NotAvailable, Target, base_env, cpu_seconds, load, median, run_pyz
-from harness import Bench, Row, added_ms, count_traces, interleaved, key_setup, latency_rows
+from common import Client, NotAvailable, Target, base_env, median, run_pyz
+from harness import Bench, Row, added_ms, count_traces, interleaved, interleaved_load, key_setup, latency_rows
 
 CPU_MS = 0.7  # proxy CPU per request, everything on
 ADDED_P50_MS = 0.5
@@ -46,14 +46,7 @@ def cpu_per_request(b: Bench) -> list[Row]:
     floor, floor_slow = relay(b, direct), relay(b, slow)
 
     targets = [slow, floor_slow, proxy_slow]
-    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
-    cpu: dict[str, float] = {t.name: 0.0 for t in targets}
-    for r in range(a.load_rounds):
-        for t in targets[r % 3 :] + targets[: r % 3]:
-            before = cpu_seconds(t.pid)
-            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
-            after = cpu_seconds(t.pid)
-            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    runs, cpu = interleaved_load(b, targets)  # CPU seconds of each server
     answered = {name: max(1, sum(x.answered for x in results)) for name, results in runs.items()}
     cpu_ms = {name: 1000 * cpu[name] / answered[name] for name in runs}
     rps = {name: median([x.rps for x in results]) for name, results in runs.items()}

@@ -14,7 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from common import Client, NotAvailable, Procs, Target, median, quantile, run_pyz, start_mock, start_proxy
+from common import (
+    Client,
+    LoadResult,
+    NotAvailable,
+    Procs,
+    Target,
+    cpu_seconds,
+    load,
+    median,
+    quantile,
+    run_pyz,
+    start_mock,
+    start_proxy,
+)
 
 Setup = Callable[[Target, Path, dict[str, str]], dict[str, str]]  # a proxy's setup: returns client headers
 
@@ -167,9 +180,30 @@ def count_traces(db: Path, expect: int, wait_s: float = 5.0) -> int:
         time.sleep(0.2)
 
 
-def key_setup(pyz: Path) -> Setup:
+def interleaved_load(
+    b: Bench, targets: list[Target], cpu_of: Callable[[Target], float | None] | None = None
+) -> tuple[dict[str, list[LoadResult]], dict[str, float]]:
+    """Each target under the same load for `--load-rounds` rounds, rotating who goes first: the
+    results per target, and the CPU seconds its server used meanwhile (`cpu_of`, default: the
+    target's own process; NaN when it cannot be read)."""
+    a = b.args
+    measure = cpu_of or (lambda t: cpu_seconds(t.pid))
+    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
+    cpu: dict[str, float] = {t.name: 0.0 for t in targets}
+    for r in range(a.load_rounds):
+        k = r % len(targets)
+        for t in targets[k:] + targets[:k]:
+            before = measure(t)
+            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
+            after = measure(t)
+            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    return runs, cpu
+
+
+def key_setup(pyz: Path, warm: int = 1) -> Setup:
     """A proxy `setup` (issue 5): a client key with a budget, an rpm and a tpm limit, made with
-    the CLI; returns the headers that send it, once the server has picked the key up."""
+    the CLI; returns the headers that send it, once `warm` answers in a row show the server has
+    picked the key up (more than one for a workers group: connections land on either worker)."""
 
     def make_key(target: Target, db: Path, env: dict[str, str]) -> dict[str, str]:
         made = run_pyz(
@@ -196,10 +230,11 @@ def key_setup(pyz: Path) -> Setup:
         if made.returncode != 0 or not key:
             raise RuntimeError(f"keys create failed: {(made.stderr or made.stdout)[-500:]}")
         headers = {"authorization": f"Bearer {key.group(0)}"}
-        deadline = time.monotonic() + 10  # the server picks up CLI changes within ~0.5 s
+        deadline = time.monotonic() + 10  # every server picks up CLI changes within ~0.5 s
         while True:
             try:
-                Client(Target(target.name, target.url, headers)).chat()
+                for _ in range(warm):
+                    Client(Target(target.name, target.url, headers)).chat()
                 return headers
             except RuntimeError:
                 if time.monotonic() > deadline:

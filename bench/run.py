@@ -21,12 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     PYZ,
     Client,
-    LoadResult,
     NotAvailable,
     Procs,
     base_env,  # noqa: E402
-    cpu_seconds,
-    load,
     median,
     run_pyz,
 )
@@ -41,7 +38,17 @@ CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, an
 import store as store_bench  # noqa: E402
 import streams  # noqa: E402
 from cpu import cpu_per_request  # noqa: E402
-from harness import Bench, Row, Scenario, added_ms, count_traces, interleaved, key_setup, latency_rows  # noqa: E402
+from harness import (  # noqa: E402
+    Bench,
+    Row,
+    Scenario,
+    added_ms,
+    count_traces,
+    interleaved,
+    interleaved_load,
+    key_setup,
+    latency_rows,
+)
 from replicas import two_replicas  # noqa: E402
 
 # --------------------------------------------------------------------------- scenarios
@@ -66,14 +73,7 @@ def core_throughput(b: Bench) -> list[Row]:
     direct, proxy = b.mock(20), b.proxy("proxy-20ms", 20)
     logged = b.proxy("proxy-20ms-log", 20, log_requests=True)
     targets = [direct, proxy, logged]
-    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
-    cpu: dict[str, float] = {t.name: 0.0 for t in targets}  # CPU seconds of the server process
-    for r in range(a.load_rounds):
-        for t in targets[r % 3 :] + targets[: r % 3]:
-            before = cpu_seconds(t.pid)
-            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
-            after = cpu_seconds(t.pid)
-            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    runs, cpu = interleaved_load(b, targets)  # CPU seconds of each server
     rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
     errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
     answered = sum(x.answered for x in runs[proxy.name])
@@ -194,14 +194,7 @@ def postgresql_throughput(b: Bench) -> list[Row]:
     sqlite_proxy = b.proxy("proxy-20ms", 20)
     pg_proxy = b.proxy("proxy-20ms-postgresql", 20, database=b.postgresql())
     targets = [sqlite_proxy, pg_proxy]
-    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
-    cpu: dict[str, float] = {t.name: 0.0 for t in targets}
-    for r in range(a.load_rounds):
-        for t in targets[r % 2 :] + targets[: r % 2]:
-            before = cpu_seconds(t.pid)
-            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
-            after = cpu_seconds(t.pid)
-            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    runs, cpu = interleaved_load(b, targets)  # CPU seconds of each server
     rows = []
     for t, label in ((sqlite_proxy, "SQLite"), (pg_proxy, "PostgreSQL")):
         results = runs[t.name]

@@ -6,12 +6,10 @@ time per request counts the whole group (parent and workers, from /proc)."""
 
 from __future__ import annotations
 
-import re
-import time
 from pathlib import Path
 
-from common import Client, LoadResult, Target, cpu_seconds, load, median, run_pyz
-from harness import Bench, Row, count_traces
+from common import Target, cpu_seconds, median
+from harness import Bench, Row, count_traces, interleaved_load, key_setup
 
 MIN_SPEEDUP = 1.5  # 2 workers on this 2-core machine, the load generator on the same cores
 
@@ -29,43 +27,11 @@ def group_cpu_seconds(target: Target) -> float | None:
     return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
 
 
-def budgeted_key(b: Bench):
-    """A `setup` for Bench.proxy: a client key with a budget, an rpm and a tpm limit (never
-    reached), so every request reserves, settles and is counted (shared through the file by workers)."""
-
-    def make(target: Target, db: Path, env: dict[str, str]) -> dict[str, str]:
-        limits = ["--budget-usd", "1000000", "--budget-period", "total", "--rpm", "1000000", "--tpm", "1000000000"]
-        made = run_pyz(b.pyz, ["keys", "create", "--db", str(db), "--name", "bench", *limits], env)
-        key = re.search(r"sk-sy-[A-Za-z0-9_\-]+", made.stdout + made.stderr)
-        if made.returncode != 0 or not key:
-            raise RuntimeError(f"keys create failed: {(made.stderr or made.stdout)[-500:]}")
-        headers = {"authorization": f"Bearer {key.group(0)}"}
-        deadline = time.monotonic() + 10  # every worker picks up CLI changes within ~0.5 s
-        while True:
-            try:
-                for _ in range(20):  # connections land on either worker
-                    Client(Target(target.name, target.url, headers)).chat()
-                return headers
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    return make
-
-
 def compare(b: Bench, one: Target, two: Target, label: str, target: float | None) -> list[Row]:
     """`one` and `two` under the same load, interleaved round by round: throughput and CPU per request."""
     a = b.args
     targets = [one, two]
-    runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
-    cpu = {t.name: 0.0 for t in targets}
-    for r in range(a.load_rounds):
-        for t in targets[r % 2 :] + targets[: r % 2]:
-            before = group_cpu_seconds(t)
-            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
-            after = group_cpu_seconds(t)
-            cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
+    runs, cpu = interleaved_load(b, targets, group_cpu_seconds)  # CPU seconds of each server
     rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
     errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
     answered = {name: sum(x.answered for x in results) for name, results in runs.items()}
@@ -98,7 +64,7 @@ def workers_throughput(b: Bench) -> list[Row]:
     """The target (plain requests), then the cost of sharing budgets and rate limits through the
     SQLite file: the same with a budgeted, rate-limited key (informational)."""
     rows = compare(b, b.proxy("workers-1", 20), b.proxy("workers-2", 20, extra_env=TWO), "", MIN_SPEEDUP)
-    keyed = budgeted_key(b)
+    keyed = key_setup(b.pyz, warm=20)  # every request reserves, settles and is counted, shared by the workers
     one = b.proxy("workers-1-key", 20, setup=keyed)
     two = b.proxy("workers-2-key", 20, extra_env=TWO, setup=keyed)
     return rows + compare(b, one, two, ", key+budget+rpm", None)
