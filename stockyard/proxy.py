@@ -17,6 +17,7 @@ to ``ctx.attempts`` and are traced as rows of their own under the request.
 from __future__ import annotations
 
 import email.utils
+import functools
 import itertools
 import json
 import logging
@@ -155,6 +156,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     """Run one proxied request to its end; always leaves a trace."""
     chain = path.chain()  # one snapshot for the whole request, even if a reload swaps it meanwhile
     started_reply = False
+    failed: Callable[[], None] | None = None  # a failure's answer, sent once the after hooks ran
     ctx.default_output_cap = path.settings.default_max_tokens  # STOCKYARD_DEFAULT_MAX_TOKENS
     try:
         parse_body(ctx)
@@ -178,11 +180,15 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         ctx.attempt.provider, ctx.attempt.upstream_model = ctx.route.provider, ctx.route.model
         ctx.upstream_cancel = Cancel()
         with reply.watch_client(ctx.upstream_cancel.cancel):  # a client that leaves ends the upstream call
-            started_reply = forward(path, reply, ctx)
+            failure = forward(path, reply, ctx)
+        if failure is not None:
+            if failure.error is not None:
+                raise failure.error
+            failed = functools.partial(pass_failure, reply, ctx, failure)
     except ProxyError as exc:
         fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
         if not started_reply:
-            send_error(path, reply, ctx, exc)
+            failed = functools.partial(send_error, path, reply, ctx, exc)
     except ClientGone:
         ctx.attempt.outcome = "client_disconnected"
     finally:
@@ -192,6 +198,11 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             path.pricer.price(ctx)  # the cost is part of the outcome the after hooks see (cache, budget)
             chain.after(ctx)
         finally:
+            # A failure is answered after the after hooks: its budget hold and rate-limit
+            # reservations are released before the client can retry, so an immediate retry is
+            # never refused by the failed request's own worst case.
+            if failed is not None:
+                failed()
             path.tracer.finish(ctx)
 
 
@@ -267,14 +278,13 @@ class Failure:
     context_overflow: bool = False  # the provider says the input is too long for the model
 
 
-def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
+def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | None:
     """Attempt the routed provider, then retries and fallbacks as the policy says.
 
     A model with deployments tries its deployments in turn (a failed one cools down and is
     not retried), then its fallbacks; a context-length error moves the request to the
-    model's larger-context model once. Returns True once the client got bytes; a final
-    failure is passed on (HTTP error answers with their status and body) or raised (no
-    answer at all).
+    model's larger-context model once. Returns None once the client got its answer, else
+    the last failure, which ``handle`` answers after the after hooks.
     """
     policy: RetryPolicy = ctx.retry or ONE_ATTEMPT
     failure: Failure | None = None
@@ -292,7 +302,7 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
                     break  # the provider asks for a longer pause than we wait: next candidate
                 wait = delay
             if failure is not None and ctx.deadline is not None and time.perf_counter() + wait >= ctx.deadline:
-                return deliver_failure(reply, failure)
+                return failure
             if deployment is None and not policy.allow(breaker):
                 skipped.append(breaker)
                 break
@@ -316,14 +326,14 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
                 ctx.reply_headers.pop(DEPLOYMENT_HEADER, None)
             failure = attempt_once(path, reply, ctx, policy, breaker, deployment)
             if failure is None:
-                return True
+                return None
             if failure.context_overflow and not larger_tried and ctx.plan and ctx.plan.route.context_fallback:
                 larger_tried = True
                 todo = model_candidates(path, ctx, ctx.plan.route.context_fallback)
                 ctx.reply_headers["x-stockyard-routed-model"] = ctx.plan.route.context_fallback
                 break
             if not failure.retryable:
-                return deliver_failure(reply, failure)
+                return failure
     if failure is None:
         wait_s = max(1, math.ceil(min(policy.retry_in(name) for name in skipped)))
         raise ProxyError(
@@ -334,7 +344,7 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> bool:
             code="circuit_open",
             headers={"Retry-After": str(wait_s)},
         )
-    return deliver_failure(reply, failure)
+    return failure
 
 
 Candidate = tuple[Provider, str, Deployment | None]
@@ -623,12 +633,12 @@ def keep_attempt(path: RequestPath, ctx: RequestContext, failure: Failure) -> No
     ctx.attempt = Attempt()
 
 
-def deliver_failure(reply: Reply, failure: Failure) -> bool:
-    """The last failure goes to the client: raised when there was no answer, else passed through."""
-    if failure.error is not None:
-        raise failure.error
-    reply.send(failure.status, failure.body, "application/json", failure.headers)
-    return True
+def pass_failure(reply: Reply, ctx: RequestContext, failure: Failure) -> None:
+    """Pass the provider's error answer (the last failure) through to the client."""
+    try:
+        reply.send(failure.status, failure.body, "application/json", failure.headers)
+    except ClientGone:
+        ctx.attempt.outcome = "client_disconnected"
 
 
 # -- relaying bytes (audio) and streams ---------------------------------------------------------
