@@ -133,6 +133,49 @@ def test_reservations_and_settlements_racing_on_one_replica_never_deadlock(pg_st
     ledger.close()
 
 
+_FAIL_PROJECT_SPEND = {
+    "sqlite": [
+        "CREATE TRIGGER lost BEFORE UPDATE OF spent_uc ON budget_ledger "
+        "WHEN new.scope = 'project:half' AND new.spent_uc <> old.spent_uc "
+        "BEGIN SELECT RAISE(ABORT, 'the database went away'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION lost() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.spent_uc <> OLD.spent_uc THEN RAISE EXCEPTION 'the database went away'; END IF; "
+        "RETURN NEW; END $$",
+        "CREATE TRIGGER lost BEFORE UPDATE ON budget_ledger FOR EACH ROW "
+        "WHEN (NEW.scope = 'project:half') EXECUTE FUNCTION lost()",
+    ],
+}
+_HEAL = {"sqlite": ["DROP TRIGGER lost"], "postgresql": ["DROP TRIGGER lost ON budget_ledger", "DROP FUNCTION lost()"]}
+
+
+def test_a_settlement_that_failed_part_way_is_retried_from_where_it_stopped(shared_stores):
+    """Key and project budgets settle in two statements; when the second fails, the kept
+    settlement retries only the second: the key's spend is counted once, not twice."""
+    store = shared_stores[0]
+    dialect = store.backend.dialect
+    key = Budget("key:half", "key 'half'", 10**9, "day")
+    project = Budget("project:half", "project 'half'", 10**9, "day")
+    (ledger,) = ledgers(store, 1)
+    conn = store.backend.connect()
+    try:
+        hold = ledger.reserve([key, project], 500, TS)
+        for sql in _FAIL_PROJECT_SPEND[dialect]:
+            conn.execute(sql)
+        ledger.settle(hold, 123, ["key:half", "project:half"], TS)
+        assert len(ledger._unsettled) == 1
+        assert ledger.usage(key, TS) == (123, 0) and ledger.usage(project, TS) == (0, 500)
+        for sql in _HEAL[dialect]:
+            conn.execute(sql)
+        ledger._retry_unsettled()
+        assert not ledger._unsettled
+        assert ledger.usage(key, TS) == (123, 0) and ledger.usage(project, TS) == (123, 0)
+    finally:
+        ledger.close()
+        conn.close()
+
+
 def test_three_shared_rate_limiters_admit_exactly_the_rpm(shared_stores):
     limiters = [SharedRateLimiter(store) for store in shared_stores]
 

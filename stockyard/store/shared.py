@@ -36,7 +36,7 @@ import sqlite3
 import threading
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
@@ -196,7 +196,7 @@ class SharedLedger(Ledger):
         self.lease_s = lease_s
         self._known: set[tuple[str, str]] = set()
         # Settlements the database did not take (lost): retried, in order, by the lease keeper.
-        self._unsettled: deque[tuple[Hold | None, int, tuple[str, ...], int]] = deque(maxlen=UNSETTLED_MAX)
+        self._unsettled: deque[_Settlement] = deque(maxlen=UNSETTLED_MAX)
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name="stockyard-leases", daemon=True)
         self._keeper.start()
@@ -296,49 +296,54 @@ class SharedLedger(Ledger):
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
         the table holds for the request's scopes (a budget switched off and on again)."""
-        scopes = tuple(scopes)
+        job = _Settlement(list(hold.parts) if hold else [], actual_uc, list(scopes), ts_ms)
         try:
-            self._settle(hold, actual_uc, scopes, ts_ms)
+            self._settle(job)
         except sqlite3.Error as exc:  # kept and retried: the spend must reach the shared ledger
             with self._lock:
-                self._unsettled.append((hold, actual_uc, scopes, ts_ms))
+                self._unsettled.append(job)
                 waiting = len(self._unsettled)
             log.error("budget settlement not recorded yet (%d waiting to be retried): %s", waiting, exc)
 
     def _retry_unsettled(self) -> None:
         """Apply the settlements a lost database did not take, oldest first; stops at the first
-        that fails again (the next round goes on). One that failed after its commit reached the
-        database is applied twice: the ledger then counts more spend, never less."""
+        that fails again (the next round goes on). A settlement's steps that were applied are
+        not applied again; only a step whose commit reached the database while its answer was
+        lost is applied twice: the ledger then counts more spend, never less."""
         while True:
             with self._lock:
                 if not self._unsettled:
                     return
                 item = self._unsettled[0]
-            self._settle(*item)
+            self._settle(item)
             with self._lock:
                 if self._unsettled and self._unsettled[0] is item:
                     self._unsettled.popleft()
             log.info("a budget settlement kept while the database was lost is recorded now")
 
-    def _settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+    def _settle(self, job: "_Settlement") -> None:
+        """Apply ``job`` one statement at a time, taking each step off it once it committed, so
+        a retry after a failure part-way does only what is left."""
         conn = self._conn()
         crossed: list[tuple[Budget, str, int, int]] = []
-        settled: dict[str, str] = {}
-        for budget, key, amount in hold.parts if hold else []:
-            row = self._settle_one(conn, budget, key, amount, actual_uc)
-            settled[budget.scope] = key
+        while job.parts:
+            budget, key, amount = job.parts[0]
+            row = self._settle_one(conn, budget, key, amount, job.actual_uc)
+            job.parts.pop(0)
+            job.settled[budget.scope] = key
             if row is not None:
                 with self._lock:
                     crossed += self._crossings(budget, key, int(row[0]))
-        if actual_uc:
-            current = [period_key(p, ts_ms) for p in PERIODS]
-            for scope in scopes:
-                with writing(self._store):
-                    conn.execute(
-                        "UPDATE budget_ledger SET spent_uc = spent_uc + ? WHERE scope = ? "
-                        "AND period_key IN (?, ?, ?) AND period_key <> ?",
-                        (actual_uc, scope, *current, settled.get(scope, "")),
-                    )
+        current = [period_key(p, job.ts_ms) for p in PERIODS]
+        while job.actual_uc and job.scopes:
+            scope = job.scopes[0]
+            with writing(self._store):
+                conn.execute(
+                    "UPDATE budget_ledger SET spent_uc = spent_uc + ? WHERE scope = ? "
+                    "AND period_key IN (?, ?, ?) AND period_key <> ?",
+                    (job.actual_uc, scope, *current, job.settled.get(scope, "")),
+                )
+            job.scopes.pop(0)
         if self._on_warning is not None:
             for crossing in crossed:
                 try:
@@ -395,6 +400,18 @@ class SharedLedger(Ledger):
                 log.warning("budget leases: %s", exc)
         if conn is not None:
             conn.close()
+
+
+@dataclass
+class _Settlement:
+    """A settlement's steps still to apply: the holds to turn into spend, then the spend on the
+    scopes' other current periods (each a statement of its own)."""
+
+    parts: list[tuple[Budget, str, int]]
+    actual_uc: int
+    scopes: list[str]
+    ts_ms: int
+    settled: dict[str, str] = field(default_factory=dict)  # scope -> the period its hold settled
 
 
 def _expire_sqlite(conn: sqlite3.Connection) -> list[tuple[str, str]]:
