@@ -24,7 +24,7 @@ from stockyard.dburl import parse_postgres
 from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import PostgresBackend
-from stockyard.store.shared import GroupState, SharedLedger, SharedRateLimiter
+from stockyard.store.shared import _EXPIRE, GroupState, SharedLedger, SharedRateLimiter
 
 ADMIN = "admin-key-for-replica-tests-0123456789"
 BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -131,6 +131,34 @@ def test_reservations_and_settlements_racing_on_one_replica_never_deadlock(pg_st
     assert "deadlock" not in caplog.text
     assert ledger.usage(budget, TS) == (8 * 40 * 7, 0)
     ledger.close()
+
+
+def test_expiring_a_lease_while_its_replica_reserves_never_deadlocks(pg_store):
+    """Giving back an expired lease locks the ledger rows before the lease rows, as reserve and
+    settle do: a replica whose lease expired (a long pause) may still be reserving."""
+    budget = Budget("key:k5", "key 'k5'", 10**12, "day")
+    (ledger,) = ledgers(pg_store, 1)
+    done = threading.Event()
+
+    def work(i: int) -> None:
+        for _ in range(60):
+            ledger.settle(ledger.reserve([budget], 100, TS), 7, ["key:k5"], TS)
+
+    conn = pg_store.backend.connect()
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            running = [pool.submit(work, i) for i in range(6)]
+            threading.Thread(target=lambda: ([f.result() for f in running], done.set()), daemon=True).start()
+            while not done.is_set():  # the replica's lease expires again and again while it works
+                conn.execute("UPDATE budget_leases SET expires_ms = 0 WHERE replica = ?", (ledger.replica,))
+                conn.execute(_EXPIRE).fetchall()
+            for f in running:
+                f.result()  # a reservation lost to a deadlock raises here
+        assert not ledger._unsettled  # nor was a settlement lost to one
+        assert ledger.usage(budget, TS) == (6 * 60 * 7, 0)
+    finally:
+        ledger.close()
+        conn.close()
 
 
 _FAIL_PROJECT_SPEND = {

@@ -82,8 +82,16 @@ SET reserved_uc = reserved_uc - (SELECT CASE WHEN count(*) > 0 THEN ? ELSE 0 END
 WHERE scope = ? AND period_key = ?
 RETURNING spent_uc"""
 
-_EXPIRE = f"""/* expire */ WITH gone AS (
-    DELETE FROM budget_leases WHERE expires_ms < {_NOW_MS} RETURNING scope, period_key, reserved_uc),
+# The ledger rows of the expired leases are locked first (in one order), as _RESERVE and
+# _SETTLE lock them: a replica whose lease expired during a long pause may still be reserving.
+_EXPIRE = f"""/* expire */ WITH ledger AS MATERIALIZED (
+    SELECT scope, period_key FROM budget_ledger
+    WHERE (scope, period_key) IN (SELECT scope, period_key FROM budget_leases WHERE expires_ms < {_NOW_MS})
+    ORDER BY scope, period_key FOR UPDATE),
+gone AS (
+    DELETE FROM budget_leases WHERE expires_ms < {_NOW_MS}
+    AND (scope, period_key) IN (SELECT scope, period_key FROM ledger)
+    RETURNING scope, period_key, reserved_uc),
 total AS (SELECT scope, period_key, SUM(reserved_uc) AS amount FROM gone GROUP BY scope, period_key)
 UPDATE budget_ledger SET reserved_uc = budget_ledger.reserved_uc - total.amount
 FROM total WHERE budget_ledger.scope = total.scope AND budget_ledger.period_key = total.period_key
