@@ -6,6 +6,8 @@ time per request counts the whole group (parent and workers, from /proc)."""
 
 from __future__ import annotations
 
+import os
+import resource
 from pathlib import Path
 
 from common import Target, cpu_seconds, median
@@ -27,11 +29,21 @@ def group_cpu_seconds(target: Target) -> float | None:
     return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
 
 
+def others_cpu_seconds(b: Bench) -> float:
+    """CPU seconds of the mock and of the load generator's finished client processes, so far."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # client processes, once joined
+    return children.ru_utime + children.ru_stime + (cpu_seconds(b.mock(20).pid) or 0.0)
+
+
 def compare(b: Bench, one: Target, two: Target, label: str, target: float | None) -> list[Row]:
     """`one` and `two` under the same load, interleaved round by round: throughput and CPU per request."""
     a = b.args
     targets = [one, two]
+    others_before = others_cpu_seconds(b)
     runs, cpu = interleaved_load(b, targets, group_cpu_seconds)  # CPU seconds of each server
+    others_ms = (
+        1000 * (others_cpu_seconds(b) - others_before) / max(1, sum(x.answered for r in runs.values() for x in r))
+    )
     rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
     errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
     answered = {name: sum(x.answered for x in results) for name, results in runs.items()}
@@ -39,6 +51,11 @@ def compare(b: Bench, one: Target, two: Target, label: str, target: float | None
     traces = count_traces(b.db(two), answered[two.name])
     ratio = rps[two.name] / rps[one.name] if rps[one.name] else 0.0
     where = f"{a.clients} clients, 20 ms upstream, tracing on{label}"
+
+    # What the machine allows: its cores over the CPU one answer costs everything on them (the
+    # proxy, the mock, the load generator's clients), as a multiple of one process's rate.
+    cores = len(os.sched_getaffinity(0))
+    ceiling = 1000 * cores / (cpu_ms[two.name] + others_ms) / rps[one.name] if rps[one.name] else 0.0
 
     def detail(name: str) -> str:
         values = [x.rps for x in runs[name]]
@@ -55,7 +72,8 @@ def compare(b: Bench, one: Target, two: Target, label: str, target: float | None
             f"{ratio:.2f}x",
             f">= {target:g}x" if target else "",
             None if target is None else ratio >= target and not errors[two.name],
-            f"{traces}/{answered[two.name]} answers traced by the workers",
+            f"{traces}/{answered[two.name]} answers traced by the workers; this machine's ceiling ~{ceiling:.2f}x"
+            f" ({cores} cores / (group {cpu_ms[two.name]:.2f} + mock and clients {others_ms:.2f} ms per answer))",
         ),
     ]
 
