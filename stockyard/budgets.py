@@ -353,6 +353,9 @@ def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
     return found
 
 
+EXHAUSTED = 0  # budget_warnings.threshold of the exhausted event (warnings are 1-100 percent)
+
+
 class BudgetRecords:
     """The ledger's database side: a period's spend so far, and warnings recorded once."""
 
@@ -405,13 +408,25 @@ class BudgetRecords:
         self._store.submit(job)
 
     def exhausted(self, refused: BudgetExceeded) -> None:
-        """A budget refused its first request of a period for want of money: the webhooks hear of it."""
+        """A budget refused its first request of a period for want of money: the webhooks hear of
+        it once per budget and period, however many processes (workers, replicas) or restarts see
+        it — recorded like a warning, at threshold ``EXHAUSTED``."""
         b = refused.budget
         text = (
             f"budget exhausted: {b.describe()}: {format_usd(refused.spent, 2)} spent in period "
             f"{refused.period_key}; requests are refused"
         )
-        self._notify("budget.exhausted", _budget_data(b, refused.period_key, refused.spent), text)
+
+        def job(conn) -> None:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
+                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                (b.scope, refused.period_key, EXHAUSTED),
+            )
+            if inserted.rowcount:
+                self._notify("budget.exhausted", _budget_data(b, refused.period_key, refused.spent), text)
+
+        self._store.submit(job)
 
 
 def _budget_data(budget: Budget, period_key: str, spent: int) -> dict:

@@ -162,7 +162,12 @@ def test_warnings_are_audited_and_logged_once_per_threshold(server):
     rows = warnings()
     assert [json.loads(r["details"])["threshold_percent"] for r in rows] == [50, 80]
     wait_for(lambda: server.log.count(f"budget warning: key {key['name']!r}") == 2, what="two log lines")
-    assert len(server.db_rows("SELECT * FROM budget_warnings WHERE scope = ?", (target,))) == 2
+
+    def recorded() -> list[int]:  # 0: the exhausted event (told once), recorded by the writer
+        rows = server.db_rows("SELECT threshold FROM budget_warnings WHERE scope = ? ORDER BY threshold", (target,))
+        return [r["threshold"] for r in rows]
+
+    wait_for(lambda: recorded() == [0, 50, 80], what="the warnings and the exhausted event recorded")
 
 
 def test_clients_get_budget_exceeded_in_their_dialect(server, mock):
@@ -362,3 +367,26 @@ def test_the_reserved_worst_case_is_never_below_the_real_cost(rates, prompt, com
     reasoning = data.draw(st.integers(0, completion))
     usage = Usage(prompt, completion, cached, written, reasoning)
     assert worst_case_cost(price, prompt, completion) >= cost_microcents(price, usage)
+
+
+def test_budget_exhausted_is_told_once_per_period_across_processes_and_restarts(tmp_path):
+    """Each process's ledger notices a budget's first refusal of a period by itself (workers,
+    replicas, a restart); the webhooks hear of it once, as the database records it."""
+    from stockyard.budgets import BudgetRecords
+    from stockyard.store import Store, Writer, db
+
+    path = tmp_path / "stockyard.db"
+    conn, _ = db.open_and_migrate(path)
+    conn.close()
+    budget = Budget("key:k1", "key 'k1'", 1000, "day")
+    told: list[tuple[str, str]] = []
+    for period in ("2026-12-03", "2026-12-03", "2026-12-04"):  # two processes, then the next day
+        writer = Writer(path).start()
+        store = Store(path, writer)
+        records = BudgetRecords(
+            store, lambda: None, lambda kind, data, summary: told.append((kind, data["period_start"]))
+        )
+        records.exhausted(BudgetExceeded(budget, period, 1000, 0, 500, 0))
+        writer.stop()
+        store.close()
+    assert told == [("budget.exhausted", "2026-12-03"), ("budget.exhausted", "2026-12-04")]
