@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import select
+import selectors
 import shutil
 import signal
 import socket
@@ -57,10 +57,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .budgets import Budget, spent_uc
 from .config import Settings
+from .groupstate import StateServer
 from .store import backend_for
 from .store.backends import SqliteBackend
-from .store.shared import GroupState
 
 log = logging.getLogger("stockyard")
 
@@ -74,7 +75,7 @@ class Worker:
     """What a forked worker gets from its parent."""
 
     index: int
-    state: Path  # SQLite: the group's shared state file (store.shared.GroupState)
+    folder: Path  # the group's private folder (its shared state's socket: groupstate.StateClient)
     sock: socket.socket  # its listening socket
     first: bool  # the group's first start, not a restart (worker 0 applies --config then)
     metrics: "GroupMetrics"
@@ -139,11 +140,8 @@ class Group:
         self.failed = False  # a worker stopped uncleanly on the way out
         self._wake_r, self._wake_w = os.pipe()  # signals wake the loop (signal.set_wakeup_fd)
         self._ready_r, self._ready_w = os.pipe()  # a worker writes its index when it serves
-
-    @property
-    def state_path(self) -> Path:
-        """SQLite: the workers' shared budget holds and rate windows (store.shared.GroupState)."""
-        return Path(self.folder) / "shared.db"
+        self._selector = selectors.DefaultSelector()  # the loop: signals, ready workers, state calls
+        self.state: StateServer | None = None  # SQLite: the workers' budgets and rate windows
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the database lock is held from here to the end."""
@@ -155,9 +153,11 @@ class Group:
             self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): metrics, state
             try:
                 if isinstance(backend, SqliteBackend):
-                    GroupState.create(self.state_path)
+                    self.state = StateServer(self.folder, spend_loader(backend), self.settings.budget_warn_percent)
                 return self._supervise()
             finally:
+                if self.state is not None:
+                    self.state.close()
                 shutil.rmtree(self.folder, ignore_errors=True)
                 for sock in self.socks:
                     sock.close()
@@ -168,6 +168,10 @@ class Group:
     def _supervise(self) -> int:
         for fd in (self._wake_r, self._wake_w, self._ready_r):
             os.set_blocking(fd, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._ready_r, selectors.EVENT_READ, None)
+        if self.state is not None:
+            self.state.attach(self._selector)  # the workers' calls are answered in this loop
         signal.set_wakeup_fd(self._wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
@@ -181,7 +185,9 @@ class Group:
             if not self.stopping:
                 self._start_due()
             timeout = None if not self.due else max(0.0, min(self.due.values()) - time.monotonic())
-            select.select([self._wake_r, self._ready_r], [], [], timeout)
+            for key, _ in self._selector.select(timeout):
+                if key.data is not None:
+                    key.data()
             try:
                 os.read(self._wake_r, 512)
             except BlockingIOError:
@@ -220,6 +226,8 @@ class Group:
             index = self.pids.pop(pid, None)
             if index is None:
                 continue
+            if self.state is not None:
+                self.state.forget(pid)  # the holds of its requests in flight go back
             code = os.waitstatus_to_exitcode(status)
             self.ready.discard(index)
             if self.stopping:
@@ -278,13 +286,16 @@ class Group:
                 signal.signal(sig, signal.SIG_DFL)
             for fd in (self._wake_r, self._wake_w, self._ready_r):
                 os.close(fd)
+            self._selector.close()
+            if self.state is not None:
+                self.state.close()  # the parent's end of the shared state: the worker calls it
             _watch_parent(os.getppid())
 
             def ready() -> None:
                 os.write(self._ready_w, bytes([index]))
 
             metrics = GroupMetrics(self.folder, index, self.settings.workers)
-            code = self.main(Worker(index, self.state_path, self.socks[index], not self.up, metrics, ready))
+            code = self.main(Worker(index, Path(self.folder), self.socks[index], not self.up, metrics, ready))
         except BaseException:
             log.exception("worker %d failed", index)
         finally:
@@ -351,6 +362,20 @@ def merge(texts: dict[int, str]) -> str:
                 labelled = f'worker="{worker}"' + (f",{labels}" if labels else "")
                 families.setdefault(family, ([], []))[1].append(f"{name}{{{labelled}}} {value}")
     return "".join(line + "\n" for head, samples in families.values() for line in head + samples)
+
+
+def spend_loader(backend: SqliteBackend) -> Callable[[Budget, str], int]:
+    """A budget period's spend so far, from the database's rollups (the group's ledger loads
+    each period once, as one server's does after a start)."""
+
+    def load(budget: Budget, period_key: str) -> int:
+        conn = backend.connect(readonly=True)
+        try:
+            return spent_uc(conn, budget.scope, budget.period, period_key)
+        finally:
+            conn.close()
+
+    return load
 
 
 def _watch_parent(parent: int) -> None:

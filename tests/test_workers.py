@@ -14,9 +14,11 @@ import http.client
 import json
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,10 +27,10 @@ import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 
 from stockyard.budgets import Budget, BudgetExceeded
+from stockyard.groupstate import RemoteLedger, RemoteRateLimiter, StateClient, StateLost, StateServer
 from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import SqliteBackend
-from stockyard.store.shared import GroupState, SharedLedger, SharedRateLimiter
 from stockyard.workers import merge
 
 ADMIN = "admin-key-for-worker-tests-0123456789"
@@ -38,12 +40,98 @@ TS = 1_780_000_000_000
 
 
 # -- in process: the group's backend and metrics --------------------------------------------------
-def test_a_group_backend_shares_budgets_and_rate_limits_in_the_group_state(tmp_path):
-    GroupState.create(tmp_path / "state.db")
-    group, alone = SqliteBackend(tmp_path / "a.db", group=tmp_path / "state.db"), SqliteBackend(tmp_path / "b.db")
-    shared = group.rate_limiter(Store(group))
-    assert type(shared) is SharedRateLimiter and shared._store is group.group_state()
-    assert type(alone.rate_limiter(Store(alone))) is not SharedRateLimiter
+@pytest.fixture
+def state(tmp_path):
+    """The parent's shared state, served by a loop of its own (the parent's loop, in a thread)."""
+    server = StateServer(str(tmp_path), lambda budget, key: 0, (50,))
+    selector = selectors.DefaultSelector()
+    server.attach(selector)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            for key, _ in selector.select(0.05):
+                key.data()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield server
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_group_backend_calls_the_parents_ledger_and_rate_windows(tmp_path):
+    group, alone = SqliteBackend(tmp_path / "a.db", group=tmp_path), SqliteBackend(tmp_path / "b.db")
+    assert type(group.rate_limiter(Store(group))) is RemoteRateLimiter
+    assert type(group.ledger(Store(group), lambda b, k: 0)) is RemoteLedger
+    assert type(alone.rate_limiter(Store(alone))) is not RemoteRateLimiter
+
+
+def test_workers_calling_the_parent_at_once_admit_exactly_the_budget(state, tmp_path):
+    budget = Budget("key:k1", "key 'k1'", 10 * 7, "day")
+    warned: list[tuple[str, int]] = []
+    exhausted: list[str] = []
+    workers = [
+        RemoteLedger(
+            StateClient(tmp_path),
+            lambda b, k: 0,
+            on_warning=lambda b, key, spent, pct: warned.append((b.scope, pct)),
+            on_exhausted=lambda refused: exhausted.append(refused.budget.scope),
+        )
+        for _ in range(3)
+    ]
+
+    def one(i: int) -> bool:
+        try:
+            hold = workers[i % 3].reserve([budget], 7, TS)
+        except BudgetExceeded:
+            return False
+        workers[i % 3].settle(hold, 7, ["key:k1"], TS)
+        return True
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        admitted = sum(pool.map(one, range(60)))
+    assert admitted == 10 and workers[0].usage(budget, TS) == (70, 0)
+    assert warned == [("key:k1", 50)]  # once, by whichever worker's settlement crossed it
+    assert exhausted == ["key:k1"]  # once per period
+    refused = workers[1].used_up([budget], TS)
+    assert refused is not None and refused.spent == 70
+
+
+def test_a_dead_workers_holds_go_back_when_the_parent_reaps_it(state, tmp_path):
+    budget = Budget("key:k2", "key 'k2'", 100, "total")
+    ledger = RemoteLedger(StateClient(tmp_path), lambda b, k: 0)
+    ledger.reserve([budget], 60, TS)  # never settled: the worker died with the request
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve([budget], 60, TS)
+    state.forget(os.getpid())
+    assert ledger.usage(budget, TS) == (0, 0)
+    ledger.settle(ledger.reserve([budget], 60, TS), 10, ["key:k2"], TS)
+    assert ledger.usage(budget, TS) == (10, 0)
+
+
+def test_workers_share_the_parents_rate_windows(state, tmp_path):
+    one, two = RemoteRateLimiter(StateClient(tmp_path)), RemoteRateLimiter(StateClient(tmp_path))
+    for limiter in (one, two, one):
+        limiter.admit("key_rpm", 3, None, 0)
+    with pytest.raises(RateLimited) as refused:
+        two.admit("key_rpm", 3, None, 0)
+    assert refused.value.retry_after is not None and refused.value.retry_after <= 60
+    entry = one.admit("key_tpm", None, 1000, 900)
+    with pytest.raises(RateLimited):
+        two.admit("key_tpm", None, 1000, 200)
+    one.correct("key_tpm", entry, 100)  # it used 100 of the 900 it was counted for
+    two.admit("key_tpm", None, 1000, 800)
+    with pytest.raises(RateLimited):
+        two.admit("key_tpm", None, 1000, 200)
+
+
+def test_a_worker_whose_parent_is_gone_fails_budgets_closed_and_limits_open(tmp_path):
+    ledger, limiter = RemoteLedger(StateClient(tmp_path), lambda b, k: 0), RemoteRateLimiter(StateClient(tmp_path))
+    with pytest.raises(StateLost):
+        ledger.reserve([Budget("key:k3", "key 'k3'", 100, "day")], 1, TS)  # the budget module: a 503
+    assert limiter.admit("key_rpm", 1, None, 0).id is None  # counted nowhere, not refused
 
 
 def test_group_metrics_merge_every_workers_series_under_one_family_each():

@@ -116,7 +116,7 @@ def run_group(settings: config.Settings, config_file: str | None) -> int:
 
     def run_worker(worker: Worker) -> int:
         setup_logging(tag=f"[w{worker.index}] ")
-        group = SqliteBackend(settings.db_path, group=worker.state) if settings.db_url is None else None
+        group = SqliteBackend(settings.db_path, group=worker.folder) if settings.db_url is None else None
         try:  # --config once, by worker 0 before the others start (not again on a restart)
             return serve(settings, config_file if worker.first else None, backend=group, worker=worker)
         except CommandError as exc:

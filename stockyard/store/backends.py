@@ -32,8 +32,8 @@ class SqliteBackend:
     def __init__(self, path: Path | str, group: Path | None = None) -> None:
         self.path = Path(path)
         # A worker of ``serve --workers N``: the parent holds the file's lock for the group, and
-        # budgets and rate limits are shared like PostgreSQL replicas', in the group's state file
-        # (``group``, a .shared.GroupState).
+        # the budgets and rate windows, which the workers call (``group``: the group's folder,
+        # with the parent's socket; see groupstate.py).
         self.group = group
         self._state: Any = None
 
@@ -60,32 +60,32 @@ class SqliteBackend:
 
     def ledger(self, store: Any, load: Any, *args: Any) -> Any:
         """Budgets in this process's memory: one server per file (the lock) holds the only ledger;
-        a group's workers share theirs through the file."""
+        a group's workers call the one their parent holds."""
         if self.group:
-            from .shared import SharedLedger
+            from ..groupstate import RemoteLedger
 
-            return SharedLedger(self.group_state(), load, *args)
+            return RemoteLedger(self.group_state(), load, *args)
         from ..budgets import Ledger
 
         return Ledger(load, *args)
 
     def rate_limiter(self, store: Any) -> Any:
-        """Sliding windows in this process's memory (one server per file), or in the file (a group)."""
+        """Sliding windows in this process's memory (one server per file), or the group parent's."""
         if self.group:
-            from .shared import SharedRateLimiter
+            from ..groupstate import RemoteRateLimiter
 
-            return SharedRateLimiter(self.group_state())
+            return RemoteRateLimiter(self.group_state())
         from ..modules.ratelimit import RateLimiter
 
         return RateLimiter()
 
     def group_state(self) -> Any:
-        """The group's shared state, one per process (its writes share one lock)."""
-        from .shared import GroupState
+        """This worker's connections to the group's shared state (one pool per process)."""
+        from ..groupstate import StateClient
 
         if self._state is None:
             assert self.group is not None
-            self._state = GroupState(self.group)
+            self._state = StateClient(self.group)
         return self._state
 
     def secure_files(self, extra: list[Path]) -> list[str]:

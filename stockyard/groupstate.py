@@ -1,0 +1,345 @@
+"""Budgets and rate windows of a ``serve --workers N`` group on SQLite, kept by the parent.
+
+One server keeps its budgets (:class:`~stockyard.budgets.Ledger`) and rate windows
+(:class:`~stockyard.modules.ratelimit.RateLimiter`) in memory. The workers of a group must
+share theirs, or each would let a budget be spent once more. The parent, which otherwise only
+supervises, holds the one ledger and the one set of windows and answers the workers' calls
+over a Unix socket in the group's private folder (mode 0700): one line of JSON a call, one a
+answer, in its own loop (one thread, so every call is atomic without a lock). A worker keeps
+a few connections open and uses one per call.
+
+Measured against the previous design — the same tables PostgreSQL replicas use, in an SQLite
+file of the group's own, each step a ``BEGIN IMMEDIATE`` transaction serialized across the
+workers — see bench/README.md ("Workers' shared state").
+
+A worker that dies loses nothing here but its requests in flight: the parent gives their
+holds back when it reaps the worker. The parent dying ends the group (the workers watch it).
+The spend of a period is loaded from the rollups the first time the parent sees it, like one
+server's ledger after a start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .budgets import Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn
+from .modules.ratelimit import RateLimited, RateLimiter, too_large
+
+log = logging.getLogger("stockyard.budgets")
+
+SOCKET_NAME = "state.sock"
+CALL_TIMEOUT_S = 10.0  # a worker waits this long for the parent's answer
+IDLE_CONNECTIONS = 16  # connections a worker keeps open for the next calls
+ENTRIES_MAX = 100_000  # rate entries awaiting their correction, before the finished ones are dropped
+
+
+class StateLost(Exception):
+    """The parent did not answer (it is gone, or the call broke)."""
+
+
+def _budget(values: list) -> Budget:
+    scope, label, limit_uc, period = values
+    return Budget(scope, label, int(limit_uc), period)
+
+
+def _plain(budget: Budget) -> list:
+    return [budget.scope, budget.label, budget.limit_uc, budget.period]
+
+
+def _refusal(refused: BudgetExceeded) -> list:
+    r = refused
+    return [_plain(r.budget), r.period_key, r.spent, r.reserved, r.amount, r.ts_ms]
+
+
+# -- the parent ------------------------------------------------------------------------------
+
+
+class StateServer:
+    """The group's ledger and rate windows, answering the workers in the parent's loop."""
+
+    def __init__(self, folder: str, load: Callable[[Budget, str], int], warn_percents: Iterable[int]) -> None:
+        self._told: list[tuple[str, Any]] = []  # what the ledger reported during the current call
+        self.ledger = Ledger(
+            load,
+            warn_percents,
+            lambda *crossing: self._told.append(("warning", crossing)),
+            lambda refused: self._told.append(("exhausted", refused)),
+        )
+        self.limiter = RateLimiter()
+        self._holds: dict[int, tuple[int, Hold]] = {}  # hold id -> (worker pid, hold)
+        self._entries: dict[int, tuple[str, Any]] = {}  # rate entry id -> (window, entry)
+        self._next_id = 0
+        self.path = str(Path(folder) / SOCKET_NAME)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self._selector: selectors.BaseSelector | None = None
+        self._conns: set[socket.socket] = set()
+
+    def attach(self, selector: selectors.BaseSelector) -> None:
+        """Serve from ``selector``'s loop: its events carry callables, run by the loop."""
+        self._selector = selector
+        selector.register(self.sock, selectors.EVENT_READ, self._accept)
+
+    def close(self) -> None:
+        """Close the socket and every worker's connection (in a new worker: its copies of them)."""
+        for conn in self._conns:
+            conn.close()
+        self._conns.clear()
+        self.sock.close()
+
+    def _accept(self) -> None:
+        assert self._selector is not None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.settimeout(CALL_TIMEOUT_S)  # reads only when readable; a send to a stuck worker gives up
+        buf = bytearray()
+        self._conns.add(conn)
+        self._selector.register(conn, selectors.EVENT_READ, lambda: self._read(conn, buf))
+
+    def _read(self, conn: socket.socket, buf: bytearray) -> None:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        buf += data
+        while (end := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:end])
+            del buf[: end + 1]
+            try:
+                answer = self.answer(json.loads(line))
+            except Exception:  # a bug must not stop the group's loop: that call fails
+                log.exception("the workers' shared state could not answer a call")
+                answer = {"error": "internal"}
+            if answer is None:
+                continue  # a call that wants no answer
+            try:
+                conn.sendall(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+            except OSError:
+                self._drop(conn)
+                return
+
+    def _drop(self, conn: socket.socket) -> None:
+        assert self._selector is not None
+        try:
+            self._selector.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        self._conns.discard(conn)
+        conn.close()
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def answer(self, call: list) -> dict | None:
+        """One call: ``[operation, arguments…]``; the answer, or None for ``correct``."""
+        op = call[0]
+        self._told.clear()
+        if op == "reserve":
+            _, pid, budgets, amount, ts_ms = call
+            try:
+                hold = self.ledger.reserve([_budget(b) for b in budgets], int(amount), int(ts_ms))
+            except BudgetExceeded as refused:
+                return {"refused": _refusal(refused), "first": bool(self._told)}
+            hold_id = self._id()
+            self._holds[hold_id] = (int(pid), hold)
+            return {"hold": hold_id}
+        if op == "settle":
+            _, hold_id, actual_uc, scopes, ts_ms = call
+            held = self._holds.pop(hold_id, None) if hold_id is not None else None
+            self.ledger.settle(held[1] if held else None, int(actual_uc), scopes, int(ts_ms))
+            return {"warnings": [[_plain(b), key, spent, pct] for _, (b, key, spent, pct) in self._told]}
+        if op == "used_up":
+            _, budgets, ts_ms = call
+            found = self.ledger.used_up([_budget(b) for b in budgets], int(ts_ms))
+            return {"refused": None if found is None else _refusal(found)}
+        if op == "usage":
+            _, budget, ts_ms = call
+            return {"usage": self.ledger.usage(_budget(budget), int(ts_ms))}
+        if op == "admit":
+            _, window, rpm, tpm, tokens, who = call
+            try:
+                entry = self.limiter.admit(window, rpm, tpm, int(tokens), who)
+            except RateLimited as exc:
+                return {"limited": [exc.message, exc.retry_after]}
+            if tpm is None:
+                return {"entry": None}  # nothing will correct it
+            if len(self._entries) >= ENTRIES_MAX:
+                self._entries = {k: v for k, v in self._entries.items() if v[1].live}
+            entry_id = self._id()
+            self._entries[entry_id] = (window, entry)
+            return {"entry": entry_id}
+        if op == "correct":
+            _, entry_id, tokens = call
+            pending = self._entries.pop(entry_id, None)
+            if pending is not None:
+                self.limiter.correct(pending[0], pending[1], int(tokens))
+            return None
+        raise ValueError(f"unknown call {op!r}")
+
+    def forget(self, pid: int) -> None:
+        """A worker died: give back the holds of its requests in flight."""
+        gone = [hold_id for hold_id, (owner, _) in self._holds.items() if owner == pid]
+        for hold_id in gone:
+            _, hold = self._holds.pop(hold_id)
+            self.ledger.settle(hold, 0, (), int(time.time() * 1000))
+        if gone:
+            log.warning("budget holds of a stopped worker given back: %d request(s)", len(gone))
+
+
+# -- a worker --------------------------------------------------------------------------------
+
+
+class StateClient:
+    """A worker's calls to the parent, one connection per call from a small pool."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.path = str(Path(folder) / SOCKET_NAME)
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def call(self, message: list, answer: bool = True) -> Any:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        try:
+            if conn is None:
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                conn.settimeout(CALL_TIMEOUT_S)
+                conn.connect(self.path)
+            conn.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            data = b""
+            while answer and not data.endswith(b"\n"):
+                more = conn.recv(65536)
+                if not more:
+                    raise ConnectionError("the group's parent closed the connection")
+                data += more
+        except OSError as exc:
+            if conn is not None:
+                conn.close()
+            raise StateLost(f"the group's shared state did not answer: {exc}") from None
+        with self._lock:
+            if len(self._idle) < IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                conn = None
+        if conn is not None:
+            conn.close()
+        if not answer:
+            return None
+        reply = json.loads(data)
+        if "error" in reply:
+            raise StateLost("the group's shared state failed on this call (see the log)")
+        return reply
+
+
+class RemoteLedger(Ledger):
+    """:class:`~stockyard.budgets.Ledger`'s interface, kept by the group's parent."""
+
+    def __init__(
+        self,
+        client: StateClient,
+        load: Callable[[Budget, str], int],
+        warn_percents: Iterable[int] = (80,),
+        on_warning: Warn | None = None,
+        on_exhausted: Exhausted | None = None,
+    ) -> None:
+        super().__init__(load, warn_percents, on_warning, on_exhausted)
+        self._client = client
+        self._pid = os.getpid()
+
+    def reserve(self, budgets: list[Budget], amount: int, ts_ms: int) -> Hold:
+        reply = self._client.call(["reserve", self._pid, [_plain(b) for b in budgets], amount, ts_ms])
+        if "refused" in reply:
+            budget, key, spent, reserved, asked, at = reply["refused"]
+            refused = BudgetExceeded(_budget(budget), key, spent, reserved, asked, at)
+            if reply["first"] and self._on_exhausted is not None:
+                try:
+                    self._on_exhausted(refused)
+                except Exception as exc:  # telling must never change the answer
+                    log.error("could not report an exhausted budget: %s", exc)
+            raise refused
+        return _RemoteHold(reply["hold"])
+
+    def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
+        hold_id = hold.id if isinstance(hold, _RemoteHold) else None
+        try:
+            reply = self._client.call(["settle", hold_id, actual_uc, list(scopes), ts_ms])
+        except StateLost as exc:  # the parent is gone: so is the group (the workers follow it)
+            log.error("budget settlement not recorded: %s", exc)
+            return
+        for budget, key, spent, pct in reply["warnings"]:
+            if self._on_warning is not None:
+                try:
+                    self._on_warning(_budget(budget), key, spent, pct)
+                except Exception as exc:  # a warning must never fail a request
+                    log.error("could not record a budget warning: %s", exc)
+
+    def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
+        found = self._client.call(["used_up", [_plain(b) for b in budgets], ts_ms])["refused"]
+        if found is None:
+            return None
+        budget, key, spent, reserved, asked, at = found
+        return BudgetExceeded(_budget(budget), key, spent, reserved, asked, at)
+
+    def usage(self, budget: Budget, ts_ms: int) -> tuple[int, int] | None:
+        found = self._client.call(["usage", _plain(budget), ts_ms])["usage"]
+        return None if found is None else (found[0], found[1])
+
+
+class _RemoteHold(Hold):
+    """A hold kept by the parent, known here by its id."""
+
+    def __init__(self, hold_id: int) -> None:
+        super().__init__()
+        self.id = hold_id
+
+
+class _RemoteEntry:
+    __slots__ = ("id",)
+
+    def __init__(self, entry_id: int | None) -> None:
+        self.id = entry_id
+
+
+class RemoteRateLimiter:
+    """:class:`~stockyard.modules.ratelimit.RateLimiter`'s interface, kept by the group's parent."""
+
+    def __init__(self, client: StateClient) -> None:
+        self._client = client
+
+    def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> Any:
+        """Count one request, or raise RateLimited. The parent gone: the request goes through
+        uncounted (a limit is not a budget; it fails open, as on PostgreSQL)."""
+        if tpm is not None and tokens > tpm:
+            raise too_large(who, tpm, tokens)
+        try:
+            reply = self._client.call(["admit", key_id, rpm, tpm, tokens, who])
+        except StateLost as exc:
+            log.warning("rate limit of %s not counted: %s", who, exc)
+            return _RemoteEntry(None)
+        if "limited" in reply:
+            message, retry_after = reply["limited"]
+            raise RateLimited(message, retry_after)
+        return _RemoteEntry(reply["entry"])
+
+    def correct(self, key_id: str, entry: Any, tokens: int) -> None:
+        if entry.id is None:
+            return
+        try:
+            self._client.call(["correct", entry.id, tokens], answer=False)
+        except StateLost as exc:
+            log.warning("token count of a request not corrected: %s", exc)
