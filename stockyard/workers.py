@@ -16,19 +16,18 @@ which finishes its requests in flight and flushes its writer, and the parent exi
 have (0 when they all did cleanly). A worker that dies is replaced (within a second; at once
 unless it had just started); one that cannot start stops the group.
 
-State the workers must agree on lives in the database, which every worker reads and writes
-(each with its own writer thread; SQLite's ``BEGIN IMMEDIATE`` and busy timeout serialize the
-small write transactions of all of them):
+State the workers must agree on, and where it lives (the database is read and written by every
+worker, each with its own writer thread; SQLite's ``BEGIN IMMEDIATE`` and busy timeout serialize
+their write transactions):
 
-- budgets and rate limits: the workers use the shared ledger and rate windows of
-  ``store/shared.py`` (the tables PostgreSQL replicas use), on SQLite in a state file of the
-  group's own (``GroupState``), each step a short transaction serialized across the workers.
-  The trade-off, measured (bench/workers.py, 2 cores shared with the load generator): a request
-  whose key has a budget and a limit costs about 1.2 ms of CPU in a group against 0.65 ms in one
-  process, and a group of 2 served such keys at about 0.6x one process's rate: the workers queue
-  for the shared state (in the database itself, behind the writers' batches, it was 0.5x). One
-  process keeps them in memory, so on SQLite budgeted and rate-limited traffic is better served
-  by one process, or by replicas on PostgreSQL; ``--workers`` pays for plain traffic.
+- budgets and rate limits: the parent keeps them in memory, as one server does, and the workers
+  call it (:mod:`stockyard.groupstate`: one line of JSON a call over a Unix socket in the
+  group's private folder). Measured (bench/workers.py, 2 cores shared with the load generator):
+  the parent spends about 0.14 ms of CPU per request whose key has a budget and a limit (four
+  calls), and a group of 2 serves such keys at about one process's rate. The design before, the
+  tables PostgreSQL replicas use in an SQLite file of the group's own (each step a transaction
+  serialized across the workers), cost about 1.2 ms per such request in a group and served them
+  at 0.6x one process.
 - the audit chain: appended inside the writers' ``BEGIN IMMEDIATE`` transactions, one chain.
 - configuration: every worker's watcher notices other processes' commits (``data_version``) and
   reloads within ``WATCH_EVERY_S``; the cache is already a table.

@@ -24,7 +24,7 @@ from stockyard.dburl import parse_postgres
 from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import PostgresBackend
-from stockyard.store.shared import _EXPIRE, GroupState, SharedLedger, SharedRateLimiter
+from stockyard.store.shared import _EXPIRE, SharedLedger, SharedRateLimiter
 
 ADMIN = "admin-key-for-replica-tests-0123456789"
 BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -40,17 +40,10 @@ def pg_store(pg_url):
     store.close()
 
 
-@pytest.fixture(params=["postgresql", "sqlite-group"])
-def shared_stores(request, tmp_path):
-    """Three processes' views of one shared state: replicas on one PostgreSQL database, or the
-    workers of an SQLite group on its state file (a GroupState each, as each worker has)."""
-    if request.param == "postgresql":
-        store = request.getfixturevalue("pg_store")
-        yield [store] * 3
-        return
-    path = tmp_path / "state.db"
-    GroupState.create(path)
-    yield [GroupState(path) for _ in range(3)]
+@pytest.fixture
+def shared_stores(pg_store):
+    """Three replicas' views of one PostgreSQL database."""
+    return [pg_store] * 3
 
 
 def ledgers(store: Store, count: int, lease_s: float = 30.0) -> list[SharedLedger]:
@@ -161,40 +154,32 @@ def test_expiring_a_lease_while_its_replica_reserves_never_deadlocks(pg_store):
         conn.close()
 
 
-_FAIL_PROJECT_SPEND = {
-    "sqlite": [
-        "CREATE TRIGGER lost BEFORE UPDATE OF spent_uc ON budget_ledger "
-        "WHEN new.scope = 'project:half' AND new.spent_uc <> old.spent_uc "
-        "BEGIN SELECT RAISE(ABORT, 'the database went away'); END"
-    ],
-    "postgresql": [
-        "CREATE FUNCTION lost() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF NEW.spent_uc <> OLD.spent_uc THEN RAISE EXCEPTION 'the database went away'; END IF; "
-        "RETURN NEW; END $$",
-        "CREATE TRIGGER lost BEFORE UPDATE ON budget_ledger FOR EACH ROW "
-        "WHEN (NEW.scope = 'project:half') EXECUTE FUNCTION lost()",
-    ],
-}
-_HEAL = {"sqlite": ["DROP TRIGGER lost"], "postgresql": ["DROP TRIGGER lost ON budget_ledger", "DROP FUNCTION lost()"]}
+_FAIL_PROJECT_SPEND = [
+    "CREATE FUNCTION lost() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF NEW.spent_uc <> OLD.spent_uc THEN RAISE EXCEPTION 'the database went away'; END IF; "
+    "RETURN NEW; END $$",
+    "CREATE TRIGGER lost BEFORE UPDATE ON budget_ledger FOR EACH ROW "
+    "WHEN (NEW.scope = 'project:half') EXECUTE FUNCTION lost()",
+]
+_HEAL = ["DROP TRIGGER lost ON budget_ledger", "DROP FUNCTION lost()"]
 
 
-def test_a_settlement_that_failed_part_way_is_retried_from_where_it_stopped(shared_stores):
+def test_a_settlement_that_failed_part_way_is_retried_from_where_it_stopped(pg_store):
     """Key and project budgets settle in two statements; when the second fails, the kept
     settlement retries only the second: the key's spend is counted once, not twice."""
-    store = shared_stores[0]
-    dialect = store.backend.dialect
+    store = pg_store
     key = Budget("key:half", "key 'half'", 10**9, "day")
     project = Budget("project:half", "project 'half'", 10**9, "day")
     (ledger,) = ledgers(store, 1)
     conn = store.backend.connect()
     try:
         hold = ledger.reserve([key, project], 500, TS)
-        for sql in _FAIL_PROJECT_SPEND[dialect]:
+        for sql in _FAIL_PROJECT_SPEND:
             conn.execute(sql)
         ledger.settle(hold, 123, ["key:half", "project:half"], TS)
         assert len(ledger._unsettled) == 1
         assert ledger.usage(key, TS) == (123, 0) and ledger.usage(project, TS) == (0, 500)
-        for sql in _HEAL[dialect]:
+        for sql in _HEAL:
             conn.execute(sql)
         ledger._retry_unsettled()
         assert not ledger._unsettled

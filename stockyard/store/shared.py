@@ -20,40 +20,30 @@ database clock (``rate_buckets``). An admission locks its window's name (a trans
 lock), sums the last 60.1 seconds and adds itself: exact across replicas, and never looser than
 the in-memory window: a request counts for 60.0 to 60.1 seconds instead of exactly 60.
 
-The worker processes of ``serve --workers N`` on SQLite (:mod:`stockyard.workers`) share the same
-tables the same way, in a :class:`GroupState` file of their own. SQLite has no data-modifying CTEs
-or advisory locks, so there each step is a short ``BEGIN IMMEDIATE`` transaction of plain
-statements, serialized across the workers, and the clock is the machine's, which they all share.
+On SQLite the worker processes of ``serve --workers N`` share theirs through their parent
+(:mod:`stockyard.groupstate`), not through tables.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import sqlite3
 import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key
 from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
-from . import db
 
 if TYPE_CHECKING:
     from . import Store
 
 log = logging.getLogger("stockyard.budgets")
-T = TypeVar("T")
 
 LEASE_S = 30.0  # a dead replica's holds are given back this long after its last renewal
-_NOW_MS = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"
-_SQLITE_NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
-NOW_MS = {"postgresql": _NOW_MS, "sqlite": _SQLITE_NOW_MS}  # Unix milliseconds, by the database's clock
+_NOW_MS = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"  # Unix ms, the database's clock
 UNSETTLED_MAX = 10_000  # settlements kept to retry while the database is lost (oldest dropped beyond)
 KNOWN_MAX = 10_000  # (scope, period) rows remembered as existing before the memory is cleared
 
@@ -98,93 +88,6 @@ FROM total WHERE budget_ledger.scope = total.scope AND budget_ledger.period_key 
 RETURNING budget_ledger.scope"""
 
 
-# SQLite: the same steps as plain statements, run together in one BEGIN IMMEDIATE transaction.
-_SQLITE_HOLD = """UPDATE budget_ledger SET reserved_uc = reserved_uc + ?
-    WHERE scope = ? AND period_key = ? AND spent_uc + reserved_uc + ? <= ? RETURNING scope"""
-_SQLITE_LEASE = f"""INSERT INTO budget_leases (scope, period_key, replica, reserved_uc, expires_ms)
-VALUES (?, ?, ?, ?, {_SQLITE_NOW_MS} + ?)
-ON CONFLICT (scope, period_key, replica) DO UPDATE
-SET reserved_uc = budget_leases.reserved_uc + excluded.reserved_uc, expires_ms = excluded.expires_ms"""
-_SQLITE_FREE = """UPDATE budget_leases SET reserved_uc = reserved_uc - ?
-    WHERE scope = ? AND period_key = ? AND replica = ? RETURNING reserved_uc"""
-_SQLITE_SPEND = """UPDATE budget_ledger SET reserved_uc = reserved_uc - ?, spent_uc = spent_uc + ?
-    WHERE scope = ? AND period_key = ? RETURNING spent_uc"""
-_SQLITE_GONE = f"DELETE FROM budget_leases WHERE expires_ms < {_SQLITE_NOW_MS} RETURNING scope, period_key, reserved_uc"
-
-
-class GroupState:
-    """Where the workers of one ``serve --workers N`` on SQLite keep their shared budget holds and
-    rate windows: a small file of the group's own (in its private folder, gone with it), not the
-    database, whose writers' batches hold its write lock for milliseconds. Every write here is
-    serialized by a thread lock and an ``flock``, which wakes the next writer at once; SQLite's
-    busy handler sleeps 1, 2, 5… ms instead, and profiled, that is where the workers spent most
-    of their time when these tables were in the database. Nothing here needs to outlive the group
-    (holds end with it, spend is loaded from the rollups), so commits skip the disk."""
-
-    dialect = "sqlite"
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._fd: int | None = None  # opened in the process that writes (a forked copy would share it)
-
-    @staticmethod
-    def create(path: Path | str) -> None:
-        """The file and its tables (those of migration 11), before the workers start."""
-        conn = db.connect(Path(path))
-        try:
-            conn.executescript(next(m.sql for m in db.available_migrations() if m.version == 11))
-        finally:
-            conn.close()
-
-    @property
-    def backend(self) -> "GroupState":
-        return self  # SharedLedger opens its keeper's connection through store.backend
-
-    def connect(self, readonly: bool = False) -> sqlite3.Connection:
-        conn = db.connect(self.path)
-        conn.execute("PRAGMA synchronous=OFF")
-        return conn
-
-    def read(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.connect()
-        return conn
-
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._lock:
-            if self._fd is None:
-                self._fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-
-def writing(store: Any) -> ContextManager[None]:
-    """Serialize a write to the shared tables (GroupState); PostgreSQL's locks need no help."""
-    return store.writing() if isinstance(store, GroupState) else contextlib.nullcontext()
-
-
-def immediate(store: Any, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """``work(conn)`` in one write transaction on an autocommit connection (SQLite)."""
-    with writing(store):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    return result
-
-
 class SharedLedger(Ledger):
     """:class:`~stockyard.budgets.Ledger`'s interface over the ``budget_ledger`` table."""
 
@@ -199,7 +102,6 @@ class SharedLedger(Ledger):
     ) -> None:
         super().__init__(load, warn_percents, on_warning, on_exhausted)
         self._store = store
-        self._sqlite = store.backend.dialect == "sqlite"
         self.replica = uuid.uuid4().hex
         self.lease_s = lease_s
         self._known: set[tuple[str, str]] = set()
@@ -227,12 +129,11 @@ class SharedLedger(Ledger):
             sql = "SELECT 1 FROM budget_ledger WHERE scope = ? AND period_key = ?"
             if conn.execute(sql, (budget.scope, key)).fetchone() is None:
                 spent = self._load(budget, key)
-                with writing(self._store):
-                    conn.execute(
-                        "INSERT INTO budget_ledger (scope, period_key, spent_uc) VALUES (?, ?, ?) "
-                        "ON CONFLICT (scope, period_key) DO NOTHING",
-                        (budget.scope, key, spent),
-                    )
+                conn.execute(
+                    "INSERT INTO budget_ledger (scope, period_key, spent_uc) VALUES (?, ?, ?) "
+                    "ON CONFLICT (scope, period_key) DO NOTHING",
+                    (budget.scope, key, spent),
+                )
             if len(self._known) >= KNOWN_MAX:
                 self._known.clear()
             self._known.add((budget.scope, key))
@@ -271,31 +172,14 @@ class SharedLedger(Ledger):
 
     def _hold(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, lease_ms: int) -> bool:
         """Reserve ``amount`` in one budget's row if it fits, and record it in this replica's lease."""
-        if not self._sqlite:
-            args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms)
-            return conn.execute(_RESERVE, args).fetchone() is not None
-
-        def hold(c: sqlite3.Connection) -> bool:
-            if not c.execute(_SQLITE_HOLD, (amount, budget.scope, key, amount, budget.limit_uc)).fetchall():
-                return False
-            c.execute(_SQLITE_LEASE, (budget.scope, key, self.replica, amount, lease_ms))
-            return True
-
-        return immediate(self._store, conn, hold)
+        args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms)
+        return conn.execute(_RESERVE, args).fetchone() is not None
 
     def _settle_one(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, actual_uc: int) -> Any:
         """Take a hold out of this replica's lease and the row (unless an expiry already gave it
         back) and add the real cost; the row's spend after, or None when there is no row."""
-        if not self._sqlite:
-            args = (budget.scope, key, amount, key, self.replica, amount, actual_uc, budget.scope, key)
-            return conn.execute(_SETTLE, args).fetchone()
-
-        def settle(c: sqlite3.Connection) -> Any:
-            freed = c.execute(_SQLITE_FREE, (amount, budget.scope, key, self.replica)).fetchall()
-            rows = c.execute(_SQLITE_SPEND, (amount if freed else 0, actual_uc, budget.scope, key)).fetchall()
-            return rows[0] if rows else None
-
-        return immediate(self._store, conn, settle)
+        args = (budget.scope, key, amount, key, self.replica, amount, actual_uc, budget.scope, key)
+        return conn.execute(_SETTLE, args).fetchone()
 
     def _give_back(self, conn: sqlite3.Connection, hold: Hold) -> None:
         for budget, key, amount in hold.parts:
@@ -345,12 +229,11 @@ class SharedLedger(Ledger):
         current = [period_key(p, job.ts_ms) for p in PERIODS]
         while job.actual_uc and job.scopes:
             scope = job.scopes[0]
-            with writing(self._store):
-                conn.execute(
-                    "UPDATE budget_ledger SET spent_uc = spent_uc + ? WHERE scope = ? "
-                    "AND period_key IN (?, ?, ?) AND period_key <> ?",
-                    (job.actual_uc, scope, *current, job.settled.get(scope, "")),
-                )
+            conn.execute(
+                "UPDATE budget_ledger SET spent_uc = spent_uc + ? WHERE scope = ? "
+                "AND period_key IN (?, ?, ?) AND period_key <> ?",
+                (job.actual_uc, scope, *current, job.settled.get(scope, "")),
+            )
             job.scopes.pop(0)
         if self._on_warning is not None:
             for crossing in crossed:
@@ -389,20 +272,14 @@ class SharedLedger(Ledger):
                     if conn is not None:
                         conn.close()
                     conn = self._store.backend.connect()
-                now_ms = NOW_MS[self._store.backend.dialect]
-                with writing(self._store):
-                    conn.execute(
-                        f"UPDATE budget_leases SET expires_ms = {now_ms} + ? WHERE replica = ?",
-                        (int(self.lease_s * 1000), self.replica),
-                    )
-                if self._sqlite:
-                    expired = immediate(self._store, conn, _expire_sqlite)
-                else:
-                    expired = conn.execute(_EXPIRE).fetchall()
+                conn.execute(
+                    f"UPDATE budget_leases SET expires_ms = {_NOW_MS} + ? WHERE replica = ?",
+                    (int(self.lease_s * 1000), self.replica),
+                )
+                expired = conn.execute(_EXPIRE).fetchall()
                 if expired:
                     log.warning("budget holds of a stopped replica given back: %d budget period(s)", len(expired))
-                with writing(self._store):
-                    conn.execute("DELETE FROM budget_leases WHERE reserved_uc = 0 AND replica = ?", (self.replica,))
+                conn.execute("DELETE FROM budget_leases WHERE reserved_uc = 0 AND replica = ?", (self.replica,))
                 self._retry_unsettled()
             except sqlite3.Error as exc:
                 log.warning("budget leases: %s", exc)
@@ -420,17 +297,6 @@ class _Settlement:
     scopes: list[str]
     ts_ms: int
     settled: dict[str, str] = field(default_factory=dict)  # scope -> the period its hold settled
-
-
-def _expire_sqlite(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """_EXPIRE for SQLite: delete the expired leases, take their holds out of the rows."""
-    gone = conn.execute(_SQLITE_GONE).fetchall()
-    for scope, key, amount in gone:
-        conn.execute(
-            "UPDATE budget_ledger SET reserved_uc = reserved_uc - ? WHERE scope = ? AND period_key = ?",
-            (amount, scope, key),
-        )
-    return sorted({(scope, key) for scope, key, _ in gone})
 
 
 TICKS_PER_S = 10  # rate buckets per second
@@ -452,7 +318,6 @@ class SharedRateLimiter:
 
     def __init__(self, store: "Store") -> None:
         self._store = store
-        self._sqlite = store.backend.dialect == "sqlite"  # BEGIN IMMEDIATE serializes admissions
         self._admitted = 0
 
     def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> RateEntry:
@@ -462,15 +327,14 @@ class SharedRateLimiter:
             raise too_large(who, tpm, tokens)
         try:
             conn = self._store.read()
-            with writing(self._store):
-                conn.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN ISOLATION LEVEL READ COMMITTED")
-                try:
-                    entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction and not getattr(conn, "broken", False):
-                        conn.execute("ROLLBACK")
-                    raise
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            try:
+                entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction and not getattr(conn, "broken", False):
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             log.warning("rate limit of %s not counted, the database failed: %s", who, exc)
             return RateEntry(0, tokens, live=False)
@@ -482,9 +346,8 @@ class SharedRateLimiter:
     def _admit(
         self, conn: sqlite3.Connection, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str
     ) -> RateEntry:
-        if not self._sqlite:
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{name}",))
-        now = int(conn.execute(f"SELECT {NOW_MS[db.dialect_of(conn)]}").fetchone()[0])
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{name}",))
+        now = int(conn.execute(f"SELECT {_NOW_MS}").fetchone()[0])
         tick = now * TICKS_PER_S // 1000
         # Summed by the database: a busy window has up to 601 buckets, and fetching them all per
         # admission cost ~0.45 ms of CPU (measured); they are read only to say when to retry.
@@ -518,11 +381,10 @@ class SharedRateLimiter:
         if not entry.live or tokens == entry.tokens:
             return
         try:
-            with writing(self._store):
-                self._store.read().execute(
-                    "UPDATE rate_buckets SET tokens = tokens + ? WHERE name = ? AND tick = ?",
-                    (tokens - entry.tokens, key_id, entry.tick),
-                )
+            self._store.read().execute(
+                "UPDATE rate_buckets SET tokens = tokens + ? WHERE name = ? AND tick = ?",
+                (tokens - entry.tokens, key_id, entry.tick),
+            )
             entry.tokens = tokens
         except sqlite3.Error as exc:
             log.warning("rate limit tokens not corrected: %s", exc)
@@ -530,12 +392,9 @@ class SharedRateLimiter:
     def _prune(self) -> None:
         """Windows that went quiet keep their last buckets: delete every old one now and then."""
         try:
-            conn = self._store.read()
-            with writing(self._store):
-                conn.execute(
-                    f"DELETE FROM rate_buckets WHERE tick <= {NOW_MS[db.dialect_of(conn)]} * ? / 1000 - ?",
-                    (TICKS_PER_S, RATE_SPAN),
-                )
+            self._store.read().execute(
+                f"DELETE FROM rate_buckets WHERE tick <= {_NOW_MS} * ? / 1000 - ?", (TICKS_PER_S, RATE_SPAN)
+            )
         except sqlite3.Error as exc:
             log.warning("old rate-limit buckets not deleted: %s", exc)
 
