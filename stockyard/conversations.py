@@ -27,11 +27,11 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
-from .errors import ProxyError
+from .errors import RESPONSES, ProxyError, sse_error_event
 from .httpio import Request, Response, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
@@ -39,7 +39,7 @@ from .providers import responses as translate
 from .providers.responses_adapters import upstream_headers, upstream_path
 from .scrub import Scrubber
 from .store import Store
-from .upstream import Pool, UpstreamError
+from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.conversations")
 PATH = re.compile(r"^/v1/responses/([A-Za-z0-9_-]{1,200})(/cancel|/input_items)?$")
@@ -320,6 +320,8 @@ class Conversations:
             resp = self._pool.request(
                 provider.base_url, req.method, upstream_path(provider, rest), upstream_headers(provider), body or None
             )
+            if resp.is_sse and resp.status < 300:  # GET …?stream=true: the events as the provider sends them
+                return Response(resp.status, content_type=resp.headers["content-type"], stream=self._relay(resp))
             data = resp.read_all()
         except UpstreamError as exc:
             message = self._scrub.text(f"provider {provider.name!r}: {exc}")
@@ -328,6 +330,19 @@ class Conversations:
             self.delete(row.id)
         content_type = resp.headers.get("content-type", "application/json")
         return Response(resp.status, self._scrub.bytes(data), content_type)
+
+
+    def _relay(self, resp: UpstreamResponse) -> Generator[bytes, None, None]:
+        """A stored response's events, relayed as each read completes them (a background response
+        streams for as long as it runs); a break ends with an error event, never a made-up end."""
+        try:
+            for batch in resp.events():
+                yield self._scrub.bytes(b"".join(batch))
+        except UpstreamError as exc:
+            message = self._scrub.text(f"the provider's stream broke: {exc}")
+            yield sse_error_event(RESPONSES, exc.status, message, code=f"upstream_{exc.kind}")
+        finally:
+            resp.close()
 
 
 def list_items(items: list[dict], query: dict[str, str]) -> dict:

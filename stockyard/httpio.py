@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ProxyError
@@ -74,12 +74,17 @@ class Request:
 
 @dataclass
 class Response:
-    """A whole answer: status, body and headers; the server adds Date, Server, length and Connection."""
+    """A whole answer: status, body and headers; the server adds Date, Server, length and Connection.
+
+    With ``stream``, the body is those pieces instead, each sent (chunked) as it comes: a
+    provider's event stream relayed as it arrives. The server closes it if the client leaves.
+    """
 
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    stream: Generator[bytes, None, None] | None = None
 
 
 def json_response(

@@ -441,8 +441,17 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientGone() from exc
 
     def _respond(self, response: Response) -> None:
-        """Write a route handler's answer."""
-        self._write(response.status, response.body, response.content_type, response.headers)
+        """Write a route handler's answer (a streamed one piece by piece, as it comes)."""
+        if response.stream is None:
+            self._write(response.status, response.body, response.content_type, response.headers)
+            return
+        try:
+            self.start_stream(response.status, response.headers, response.content_type)
+            for piece in response.stream:
+                self.chunk(piece)
+            self.end_stream()
+        finally:
+            response.stream.close()  # the client left: the provider's answer is closed too
 
     # Reply protocol used by proxy.py
     def send(

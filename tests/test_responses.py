@@ -8,7 +8,7 @@ import json
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
-from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, Reply
+from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, Reply, responses_stream
 from openai import NotFoundError, OpenAI
 from pydantic import BaseModel
 
@@ -305,3 +305,29 @@ def test_cache_replays_only_unstored_responses(server, client, model):
             assert "x-stockyard-cache" not in client.responses.with_raw_response.create(**stored).headers
     finally:
         put_module(server, "cache", {}, enabled=False)
+
+
+def test_a_stored_response_streams_back_as_the_provider_sends_it(client, mock):
+    """GET /v1/responses/{id}?stream=true of a passed-through response (a background one streams
+    for as long as it runs): each event reaches the client as the provider sends it, not at the end."""
+    made = client.responses.create(model=MODELS["passthrough"], input="Say hello")
+    events = responses_stream({"model": MODELS["passthrough"], "input": "Say hello"}, 1, MODELS["passthrough"])
+    mock.enqueue(Reply(sse=[events[0], events[-1]], sse_delay_ms=4000))  # the end comes 4 s later
+    quick = client.with_options(timeout=2.0)  # read whole, the first event would take 4 s
+    with quick.responses.retrieve(made.id, stream=True) as stream:
+        first = next(iter(stream))
+    assert first.type == "response.created"
+    assert [r.query.get("stream") for r in mock.requests if r.path == f"/v1/responses/{made.id}"][-1] == "true"
+
+
+def test_a_stored_responses_stream_that_breaks_ends_with_an_error_event(server, keys, client, mock):
+    made = client.responses.create(model=MODELS["passthrough"], input="Say hello")
+    events = responses_stream({"model": MODELS["passthrough"], "input": "Say hello"}, 1, MODELS["passthrough"])
+    mock.enqueue(Reply(sse=events, cut_after=2))
+    status, _, data = server.request(
+        "GET", f"/v1/responses/{made.id}?stream=true", headers={"Authorization": f"Bearer {keys[0]}"}
+    )
+    lines = [json.loads(line[6:]) for line in data.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200 and [e.get("type") for e in lines[:2]] == ["response.created", "response.in_progress"]
+    assert lines[-1]["error"]["code"] == "upstream_reset", lines[-1]  # never a made-up completion
+    assert OPENAI_KEY not in data.decode()
