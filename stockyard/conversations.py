@@ -331,7 +331,6 @@ class Conversations:
         content_type = resp.headers.get("content-type", "application/json")
         return Response(resp.status, self._scrub.bytes(data), content_type)
 
-
     def _relay(self, resp: UpstreamResponse) -> Generator[bytes, None, None]:
         """A stored response's events, relayed as each read completes them (a background response
         streams for as long as it runs); a break ends with an error event, never a made-up end."""
