@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
+from conftest import wait_for
 
 from stockyard.store import Store, Writer, db
 
@@ -97,3 +99,42 @@ def test_postgresql_lost_connection_is_replaced_and_a_stopped_server_fails_batch
     finally:
         w.stop()
         pg_cluster.stop()
+
+
+def test_a_full_queue_makes_senders_wait_while_the_database_keeps_up(tmp_path):
+    """Records come faster than the database takes them: the sender waits for room (traffic
+    slows to the database's pace) instead of the record being dropped."""
+    writer = sqlite_writer(tmp_path)
+    try:
+        writer.queue.maxsize = 2
+        busy, release = threading.Event(), threading.Event()
+        writer.submit(lambda conn: (busy.set(), release.wait(30)))  # the database is slow for a moment
+        busy.wait(10)
+        assert writer.submit(put("a")) and writer.submit(put("b"))  # the queue is full now
+        accepted: list[bool] = []
+        sender = threading.Thread(target=lambda: accepted.append(writer.submit(put("c"))))
+        sender.start()
+        wait_for(lambda: writer.stats.waited_full == 1, what="the sender waiting for room")
+        release.set()
+        sender.join(10)
+        writer.call(put("last"))
+        assert accepted == [True] and writer.stats.dropped == 0
+        rows = writer.call(lambda conn: conn.execute("SELECT count(*) FROM meta WHERE key IN ('a','b','c')").fetchone())
+        assert rows[0] == 3
+    finally:
+        writer.stop()
+
+
+def test_a_full_queue_drops_at_once_while_the_database_fails(tmp_path):
+    writer = sqlite_writer(tmp_path)
+    try:
+        writer.queue.maxsize = 1
+        release = threading.Event()
+        writer.submit(lambda conn: release.wait(30))
+        writer.healthy = False  # as after a failed batch (disk full, PostgreSQL lost)
+        while writer.submit(put("x")):
+            pass
+        assert writer.stats.dropped == 1 and writer.stats.waited_full == 0
+        release.set()
+    finally:
+        writer.stop()

@@ -39,6 +39,7 @@ WAL_CHECK_EVERY_S = 10.0
 IDLE_RERUN_S = 60.0  # a server with no writes at all still ages its traces out
 FAILURE_LOG_EVERY_S = 10.0
 RETRY_LOST_S = 1.0  # PostgreSQL lost: how often the records waiting for it are tried again
+FULL_WAIT_S = 2.0  # a full queue, the database working: how long a sender waits for room
 
 
 @dataclass
@@ -105,6 +106,7 @@ class WriterStats:
     checkpoints: int = 0
     wal_bytes: int = 0
     dropped_waiting: int = 0  # oldest records dropped because too many waited for a lost database
+    waited_full: int = 0  # submissions that found the queue full and waited for room
 
 
 class Writer:
@@ -162,16 +164,30 @@ class Writer:
 
     # -- submitting ------------------------------------------------------------------------
     def submit(self, job: Job, done: Callable[[], None] | None = None) -> bool:
-        """Queue a fire-and-forget job; False (and counted as dropped) when the queue is full.
-        ``done`` runs in the writer thread once the job is committed."""
+        """Queue a fire-and-forget job; ``done`` runs in the writer thread once it is committed.
+
+        A full queue while the database works means it takes records slower than they come: the
+        sender waits for room (up to ``FULL_WAIT_S``), so traffic slows to the database's pace
+        instead of losing its records (a trace is queued after its answer was sent). While the
+        database fails, the job is dropped at once and counted (False): the proxy keeps serving.
+        """
+        item = _Item(job, done=done)
         try:
-            self.queue.put_nowait(_Item(job, done=done))
+            self.queue.put_nowait(item)
             return True
         except queue.Full:
-            self.stats.dropped += 1
-            if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
-                log.warning("writer queue full: %d records dropped so far", self.stats.dropped)
-            return False
+            pass
+        if self.healthy and self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self.stats.waited_full += 1
+            try:
+                self.queue.put(item, timeout=FULL_WAIT_S)
+                return True
+            except queue.Full:
+                pass
+        self.stats.dropped += 1
+        if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
+            log.warning("writer queue full: %d records dropped so far", self.stats.dropped)
+        return False
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error."""
