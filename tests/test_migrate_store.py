@@ -173,6 +173,8 @@ def test_backup_on_postgresql_under_load_is_one_consistent_read(pyz_path, env, p
     try:
         with Load(server.port, threads=4) as load:
             wait_for(lambda: len(load.answered) >= 20, 20, "load")
+            # traces are committed by the writer after their answers: 20 in the database first
+            wait_for(lambda: server.db_rows("SELECT count(*) AS n FROM traces")[0]["n"] >= 20, 20, "20 traces")
             done = run(pyz_path, "backup", tmp_path / "busy.db", "--db", pg_url, env=env)
             wait_for(lambda: len(load.answered) >= 40, 20, "more load after the backup")
         assert not load.failures
