@@ -30,7 +30,29 @@ def test_reports_by_an_indexed_column_read_the_day_range_by_primary_key(tmp_path
         assert result["total"]["requests"] == 60
         select = next(s for s in statements if s.lstrip().startswith("SELECT") and "GROUP BY" in s)
         plan = " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + select))
-        assert index not in plan and "sqlite_autoindex_rollups_" in plan and "(day>" in plan, plan
+        # The rollups are WITHOUT ROWID (schema 0013): the primary key is the table, no row lookups.
+        assert index not in plan and "USING PRIMARY KEY (day>?)" in plan, plan
+    finally:
+        store.close()
+
+
+def test_a_top_report_reads_the_range_once_per_part_and_the_kept_rows_by_index(tmp_path):
+    backend = SqliteBackend(tmp_path / "stockyard.db")
+    backend.open_and_migrate()
+    store = Store(backend)
+    try:
+        rows = mixed(60)
+        store.write(lambda conn: TraceRow.write_many(conn, rows))
+        conn = store.read()
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        result = costs.report(conn, "day,user", since=rows[0].ts[:10], top=3)
+        conn.set_trace_callback(None)
+        assert result["total"]["requests"] == 60
+        select = next(s for s in statements if "WITH top" in s)
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + select)]
+        assert plan.count("SEARCH rollups_users USING PRIMARY KEY (day>?)") == 2, plan  # top set, day totals
+        assert "SEARCH rollups_users USING INDEX rollups_users_user_day (end_user=? AND day>?)" in plan, plan
     finally:
         store.close()
 

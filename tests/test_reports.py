@@ -3,11 +3,14 @@ per-minute histograms, key names in the trace list."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from module_helpers import ADMIN_KEY, api, chat, start_server
 from ops_helpers import sample_trace
 
@@ -97,6 +100,93 @@ def test_costs_by_two_dimensions_add_up_to_each_alone(conn):
             costs.report(conn, bad)
 
 
+USERS = [f"u{i}" for i in range(8)]
+
+
+def write_spend(conn, spend: list[tuple[int, int, int, int]]) -> None:
+    """Traces from (days ago, user, model, cost) tuples; user 0 names no end user."""
+    conn.execute("BEGIN IMMEDIATE")
+    for i, (days, user, model, cost) in enumerate(spend):
+        sample_trace(
+            NOW_MS - days * 86_400_000 - i,
+            body=None,
+            end_user=USERS[user] if user else None,
+            key_id=f"key_{user % 3}",
+            model=f"m{model}",
+            served_model=f"m{model}",
+            cost_uc=cost,
+            tags='{"team": "t%d"}' % (user % 4) if user % 2 else None,
+        ).write(conn)
+    conn.execute("COMMIT")
+
+
+def check_top(conn, by: str, top: int, since: str | None = None) -> None:
+    """A top report is the full report with every group outside the top summed per outer group."""
+    full, kept = costs.report(conn, by, since), costs.report(conn, by, since, top=top)
+    groups, last = full["groups"], full["groups"][-1]
+    assert kept["total"] == full["total"], "exact to the micro-cent"
+    for column in costs.COUNTS:
+        assert sum(r[column] for r in kept["rows"]) == full["total"][column]
+    spend: dict = {}
+    for r in full["rows"]:
+        spend[r[last]] = spend.get(r[last], 0) + r["cost_uc"]
+    chosen = sorted(spend, key=lambda g: (-spend[g], g or ""))[:top]
+    assert {r[last] for r in kept["rows"] if not r["other"]} <= set(chosen)
+    outer = lambda r: tuple(r[g] for g in groups[:-1])  # noqa: E731
+    for r in kept["rows"]:
+        same = [f for f in full["rows"] if outer(f) == outer(r)]
+        if r["other"]:
+            assert r[last] == costs.OTHER
+            rest = [f for f in same if f[last] not in chosen]
+            assert rest, "a rest row only where there is a rest"
+            assert all(r[c] == sum(f[c] for f in rest) for c in costs.COUNTS)
+        else:
+            assert [{**f, "other": False} for f in same if f[last] == r[last]] == [r]
+    assert [outer(r) for r in kept["rows"]] == sorted(
+        (outer(r) for r in kept["rows"]), key=[outer(r) for r in full["rows"]].index
+    ), "outer groups in the full report's order"
+    for key in {outer(r) for r in kept["rows"]}:
+        names = [r[last] for r in kept["rows"] if outer(r) == key]
+        costs_here = [r["cost_uc"] for r in kept["rows"] if outer(r) == key and not r["other"]]
+        assert costs_here == sorted(costs_here, reverse=True) and costs.OTHER not in names[:-1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    spend=st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, len(USERS) - 1), st.integers(0, 3), st.integers(0, 10**12)),
+        max_size=40,
+    ),
+    top=st.integers(1, 5),
+)
+def test_top_n_sums_the_rest_exactly(tmp_path_factory, spend, top):
+    conn = db.connect(tmp_path_factory.mktemp("top") / "r.db")
+    db.migrate(conn)
+    write_spend(conn, spend)
+    for by in ("day,user", "day,key", "day,model", "user", "key,model", "day,tag:team"):
+        check_top(conn, by, top)
+    check_top(conn, "day,user", top, since=iso_utc(NOW_MS - 2 * 86_400_000)[:10])
+    conn.close()
+
+
+def test_top_n_on_each_store(database):
+    conn = database.connect()
+    db.migrate(conn)
+    write_spend(conn, [(d, u, m, 1000 * u + 10 * m + d) for d in range(3) for u in range(8) for m in range(2)])
+    report = costs.report(conn, "day,user", top=3)
+    assert report["top"] == 3 and len(report["rows"]) == 3 * 4
+    assert [r["user"] for r in report["rows"][:4]] == ["u7", "u6", "u5", costs.OTHER]
+    assert report["rows"][3]["other"] and not report["rows"][0]["other"]
+    for by in ("day,user", "day,model", "key", "day,key"):
+        check_top(conn, by, 1)
+    for bad, message in (("model,day", "cannot be day"), ("day", "cannot be day")):
+        with pytest.raises(ValueError, match=message):
+            costs.report(conn, bad, top=2)
+    with pytest.raises(ValueError, match="between 1 and"):
+        costs.report(conn, "user", top=0)
+    conn.close()
+
+
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "reports")
@@ -128,3 +218,28 @@ def test_the_api_answers_two_dimensions_latency_and_key_names(server):
     assert status == 200 and csv.decode().splitlines()[0].startswith("day,key,key_name,key_prefix,requests")
     cli = server.cli("costs", "--by", "day,key")
     assert cli.returncode == 0 and "reporter" in cli.stdout and "DAY" in cli.stdout and "KEY" in cli.stdout
+
+
+def test_the_api_and_cli_keep_the_top_groups(server):
+    for name in ("big", "small"):
+        status, key = api(server, "POST", "/api/keys", {"name": f"top-{name}"})
+        assert status == 201
+        for _ in range(2 if name == "big" else 1):
+            status, headers, _ = chat(server, headers={"Authorization": f"Bearer {key['key']}"})
+            assert status == 200
+    server.trace(headers["x-stockyard-trace-id"])
+    status, full = api(server, "GET", "/api/costs?by=day,key")
+    status, report = api(server, "GET", "/api/costs?by=day,key&top=1")
+    assert status == 200 and report["top"] == 1 and report["total"] == full["total"]
+    assert report["rows"][-1]["key"] == "(other)" and report["rows"][-1]["other"] is True
+    assert sum(r["cost_uc"] for r in report["rows"]) == full["total"]["cost_uc"]
+    for bad in ("0", "x", "1001"):
+        status, body = api(server, "GET", f"/api/costs?by=day,key&top={bad}")
+        assert status == 400 and body["error"]["param"] == "top", body
+    status, body = api(server, "GET", "/api/costs?by=day&top=3")
+    assert status == 400 and "cannot be day" in body["error"]["message"]
+    cli = server.cli("costs", "--by", "day,key", "--top", "1", "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["rows"] == report["rows"]
+    table = server.cli("costs", "--by", "key", "--top", "1").stdout
+    assert "(other)" in table and "TOTAL" in table

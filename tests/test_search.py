@@ -85,6 +85,59 @@ def test_retention_takes_text_out_of_the_index(tmp_path, what):
             pass
     assert found() == [new.id]
     assert conn.execute("SELECT count(*) FROM trace_search").fetchone()[0] == 1
+    assert index_words(conn) == {"a": 1, "axolotl": 1, "messages": 1, "new": 1}, "the old words left the index too"
+    conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")
+
+
+def index_words(conn) -> dict[str, int]:
+    """Each word in the search index (not its copy of the text) and how many bodies hold it."""
+    conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_words USING fts5vocab(main, trace_search, 'row')")
+    return dict(conn.execute("SELECT term, doc FROM temp.search_words").fetchall())
+
+
+def test_the_index_keeps_words_only_and_search_still_needs_every_word(tmp_path):
+    """Schema 0012: no positions (detail=none), so a word the tokenizer cuts in pieces is its
+    pieces, anywhere in the body (as PostgreSQL's plainto_tsquery), never a phrase query."""
+    conn = db.connect(tmp_path / "s.db")
+    db.migrate(conn)
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'trace_search'").fetchone()[0]
+    assert "detail = none" in sql and "columnsize = 0" in sql
+    now_ms = int(time.time() * 1000)
+    rows = [
+        sample_trace(now_ms, body=b'{"model": "gpt-4o", "content": "Caf\xc3\xa9 au lait, sk-proj-abc"}'),
+        sample_trace(now_ms + 1, body=b'{"model": "gpt-3", "content": "4o cafe"}'),
+    ]
+    with conn:
+        for row in rows:
+            row.write(conn)
+    one, two = (r.id for r in rows)
+
+    def ids(text: str) -> list[str]:
+        return [t["id"] for t in trace_store.list_traces(conn, search=text)]
+
+    assert ids("gpt-4o") == [two, one], "both hold gpt and 4o"
+    assert ids("CAFE") == [two, one] and ids("café lait") == [one]
+    assert ids("sk-proj-abc") == [one] and ids("sk_proj") == [one]
+    assert ids("au-lait gpt-3") == []
+    assert ids('"lait" NEAR(x) *') == [], "operators are plain words: near and x are in no body"
+    assert ids("*** ---") == [], "text without a word finds nothing"
+    assert ids("  ") == [two, one], "no text: no search"
+
+
+def test_a_query_word_is_one_index_word(tmp_path):
+    """Every word search_query cuts is a single token to the index's tokenizer, for every
+    character Python calls a letter or digit: no query is ever a phrase (an error on detail=none)."""
+    conn = db.connect(tmp_path / "t.db")
+    spec = "tokenize = 'unicode61 remove_diacritics 2'"
+    conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, {spec})")
+    conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+    letters = (cp for cp in range(0x110000) if chr(cp).isalnum())  # any other character cuts a word
+    words = {cp: w for cp in letters if trace_store.search_query(w := f"a{chr(cp)}b") == f'"{w}"'}
+    assert len(words) > 100_000
+    with conn:
+        conn.executemany("INSERT INTO t (rowid, x) VALUES (?, ?)", words.items())
+    tokens = dict(conn.execute("SELECT doc, count(*) FROM v GROUP BY doc").fetchall())
+    assert [hex(cp) for cp in words if tokens.get(cp) != 1] == []
 
 
 def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, monkeypatch):
@@ -145,3 +198,21 @@ def test_search_and_tag_filters_answer_alike_on_each_store(database):
     assert ids(tag=("team", "nobody")) == []
     assert ids(user="ana", search="report") == [ana]
     conn.close()
+
+
+def test_the_index_rebuilt_by_0012_finds_what_it_found(tmp_path):
+    conn = db.connect(tmp_path / "v11.db")
+    db.migrate(conn, upto=11)  # positions kept (detail=full)
+    now_ms = int(time.time() * 1000)
+    rows = [sample_trace(now_ms + i, body=f'{{"messages": "tapir {w}"}}'.encode()) for i, w in enumerate("ab")]
+    with conn:
+        for row in rows:
+            row.write(conn)
+    before = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in ("tapir", "tapir b", "c")}
+    db.migrate(conn)
+    after = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in before}
+    assert after == before and after["tapir"] == [r.id for r in rows[::-1]]
+    assert index_words(conn)["tapir"] == 2
+    with conn:
+        conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (rows[0].id,))
+    assert index_words(conn)["tapir"] == 1, "the delete trigger came back with the new table"

@@ -18,6 +18,13 @@ from . import ApiRequest, Param, route
         Param("by", "string", "day (default), model, provider, key, project, user or tag:NAME; or two, e.g. day,model"),
         Param("since", "string", "first UTC day, inclusive (YYYY-MM-DD)"),
         Param("until", "string", "last UTC day, inclusive (YYYY-MM-DD)"),
+        Param(
+            "top",
+            "integer",
+            f"keep the N (1 to {costs.MAX_TOP}) groups of the last of by that cost most over the range; "
+            f'the rest summed per outer group (per day for by=day,user) into one row named "{costs.OTHER}" '
+            'with "other": true',
+        ),
         Param("format", "string", "json (default) or csv: the same CSV as `stockyard costs --csv`"),
     ),
 )
@@ -25,9 +32,14 @@ def cost_report(r: ApiRequest) -> dict | Response:
     fmt = r.query.get("format") or "json"
     if fmt not in ("json", "csv"):
         raise ProxyError(400, f"format must be json or csv, got {fmt[:20]!r}", param="format", code="invalid_value")
+    top = r.int_query("top", 0, 1, costs.MAX_TOP) or None
     try:
         result = costs.report(
-            r.app.store.read(), r.query.get("by") or "day", r.query.get("since") or None, r.query.get("until") or None
+            r.app.store.read(),
+            r.query.get("by") or "day",
+            r.query.get("since") or None,
+            r.query.get("until") or None,
+            top=top,
         )
     except ValueError as exc:
         raise ProxyError(400, str(exc), code="invalid_value") from None

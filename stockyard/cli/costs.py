@@ -23,6 +23,13 @@ def register(sub) -> None:
         metavar="|".join([*costs.GROUPS, "tag:NAME"]),
         help="how to group (default: day); two at once with a comma, e.g. day,model",
     )
+    p.add_argument(
+        "--top",
+        type=int,
+        metavar="N",
+        help=f"keep the N groups of the last of --by that cost most over the range, the rest summed "
+        f"per outer group (per day for --by day,user) into one row named {costs.OTHER}",
+    )
     p.add_argument("--since", metavar="DATE", help="first day, e.g. 2026-11-01")
     p.add_argument("--until", metavar="DATE", help="last day, e.g. 2026-11-30")
     fmt = p.add_mutually_exclusive_group()
@@ -32,7 +39,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = costs.report(open_store(args).read(), args.by, args.since, args.until)
+    result = costs.report(open_store(args).read(), args.by, args.since, args.until, top=args.top)
     if args.json:
         print_json(result)
         return 0

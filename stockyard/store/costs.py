@@ -63,16 +63,41 @@ def check_groups(by: str) -> list[str]:
     return groups
 
 
+OTHER = "(other)"  # with top=N: the name of the row that sums every group not in the top N
+MAX_TOP = 1000
+
+
+def check_top(top: int | None, groups: list[str]) -> int | None:
+    """``top``: a count of the last group's largest members to keep (ValueError otherwise)."""
+    if top is None:
+        return None
+    if not 1 <= top <= MAX_TOP:
+        raise ValueError(f"top must be between 1 and {MAX_TOP}, got {top}")
+    if groups[-1] == "day":
+        raise ValueError("top keeps the largest groups of the last of by (e.g. by=day,user), which cannot be day")
+    return top
+
+
 def report(
-    conn: sqlite3.Connection, by: str = "day", since: str | None = None, until: str | None = None
+    conn: sqlite3.Connection,
+    by: str = "day",
+    since: str | None = None,
+    until: str | None = None,
+    top: int | None = None,
 ) -> dict[str, Any]:
     """Totals grouped ``by`` day, model, provider, key, project, end user or a tag's values — or
     two of them, ``day,model`` (a chart's buckets and series in one read) — plus the grand total
-    (for a tag: of the requests that carried it)."""
+    (for a tag: of the requests that carried it).
+
+    ``top=N`` keeps the N groups of the last of ``by`` that cost most over the range and sums
+    the rest into one row per outer group (per day for ``day,user``), named :data:`OTHER` and
+    marked ``"other": true`` (every row has ``other`` then): a chart's series without one row
+    per user per day. The rows still add up to the same total, to the micro-cent."""
     groups = check_groups(by)
+    top = check_top(top, groups)
     table, columns, where, args = _source(groups)
     first, last = check_range(since, until)
-    names_sql = ", ".join(f"{c} || '' AS g{i}" if c in _INDEX_FIRST else f"{c} AS g{i}" for i, c in enumerate(columns))
+    names = [f"{c} || ''" if c in _INDEX_FIRST else c for c in columns]
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTS)
     if first:
         where.append("day >= ?")
@@ -81,24 +106,31 @@ def report(
         where.append("day <= ?")
         args.append(last.isoformat())
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    group_by = ", ".join(f"g{i}" for i in range(len(groups)))
-    order = ", ".join(_order(i, g, len(groups)) for i, g in enumerate(groups))
     n = len(groups)
-    found = conn.execute(
-        f"SELECT {names_sql}, {sums} FROM {table}{clause} GROUP BY {group_by} ORDER BY {order}", args
-    ).fetchall()
-    counts = [[int(v or 0) for v in r[n:]] for r in found]
+    if top:
+        found = _with_top(conn, top, table, columns, names, clause, args, groups)
+    else:
+        names_sql = ", ".join(f"{name} AS g{i}" for i, name in enumerate(names))
+        group_by = ", ".join(f"g{i}" for i in range(n))
+        order = ", ".join(_order(i, g, n) for i, g in enumerate(groups))
+        sql = f"SELECT {names_sql}, {sums} FROM {table}{clause} GROUP BY {group_by} ORDER BY {order}"
+        found = [(r[:n], [int(v or 0) for v in r[n:]]) for r in conn.execute(sql, args)]
     # The total is summed from the same rows: a second SELECT would read a later snapshot
     # (the writer commits between statements), and the report would not add up.
+    counts = [c for _, c in found]
     total = dict(zip(COUNTS, (sum(column) for column in zip(*counts)))) if counts else dict.fromkeys(COUNTS, 0)
-    names = _key_names(conn) if "key" in groups else {}
+    key_names = _key_names(conn) if "key" in groups else {}
     out_rows = []
-    for r, sums_of_row in zip(found, counts):
+    for r, sums_of_row in found:
         row: dict[str, Any] = {}
         for i, group in enumerate(groups):
             row[group] = r[i] or None
             if group == "key":
-                row["key_name"], row["key_prefix"] = names.get(row["key"] or "", (None, None))
+                row["key_name"], row["key_prefix"] = key_names.get(row["key"] or "", (None, None))
+        if top:
+            row["other"] = r[n - 1] is None
+            if row["other"]:
+                row[groups[-1]] = OTHER
         row.update(zip(COUNTS, sums_of_row))
         row["cost_usd"] = format_usd(row["cost_uc"], 2)
         out_rows.append(row)
@@ -107,9 +139,65 @@ def report(
         "groups": groups,
         "since": first.isoformat() if first else None,
         "until": last.isoformat() if last else None,
+        "top": top,
         "rows": out_rows,
         "total": _money(total),
     }
+
+
+def _with_top(
+    conn: sqlite3.Connection,
+    top: int,
+    table: str,
+    columns: list[str],
+    names: list[str],
+    clause: str,
+    args: list[Any],
+    groups: list[str],
+) -> list[tuple[tuple, list[int]]]:
+    """The rows of a ``top`` report, ordered as :func:`_order` orders the others, the rest of
+    each outer group as a row whose last name is None.
+
+    One statement (one snapshot): the ``top`` largest of the last group over the range; their
+    rows, read through the index on that column where there is one (a few hundred rows, not a
+    sort of the whole range); and each outer group's totals, which the rows of ``day`` stream
+    in primary-key order. The rest is those totals minus the kept rows, in integers, so the
+    report adds up exactly.
+    """
+    outer, last = names[:-1], columns[-1]
+    outer_sql = "".join(f"{o}, " for o in outer)
+    in_top = f"{last} IN (SELECT g FROM top)"
+    sums = ", ".join(f"SUM({c})" for c in COUNTS)
+    sql = (
+        f"WITH top AS (SELECT {names[-1]} AS g FROM {table}{clause} GROUP BY g "  # g: rollups_tags has a name
+        "ORDER BY SUM(cost_uc) DESC, g LIMIT ?) "
+        f"SELECT 0, {outer_sql}{last}, {sums} FROM {table}{clause + ' AND ' if clause else ' WHERE '}{in_top} "
+        f"GROUP BY {outer_sql}{last} "
+        f"UNION ALL SELECT 1, {outer_sql}NULL, {sums} FROM {table}{clause}"
+        + (f" GROUP BY {', '.join(outer)}" if outer else "")
+    )
+    kept: dict[tuple, list[tuple[tuple, list[int]]]] = {}
+    totals: dict[tuple, list[int]] = {}
+    for part, *r in conn.execute(sql, [*args, top, *args, *args]):
+        head, counts = tuple(r[: len(groups)]), [int(v or 0) for v in r[len(groups) :]]
+        if part == 0:
+            kept.setdefault(head[:-1], []).append((head, counts))
+        else:
+            totals[head[:-1]] = counts
+    cost = COUNTS.index("cost_uc")
+    day_first = groups[0] == "day"
+    found: list[tuple[tuple, list[int]]] = []
+    for outer_key in sorted(totals, key=lambda k: k if day_first else (-totals[k][cost], k)):
+        rows = sorted(kept.get(outer_key, []), key=lambda r: (-r[1][cost], r[0][-1]))
+        rest = (
+            [t - sum(column) for t, column in zip(totals[outer_key], zip(*(c for _, c in rows)))]
+            if rows
+            else totals[outer_key]
+        )
+        found += rows
+        if any(rest):  # nothing but the kept groups: no rest row
+            found.append(((*outer_key, None), rest))
+    return found
 
 
 # Columns an index starts with (key_id, project, end_user: for lookups by one key, project or

@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import operator
+import re
 import sqlite3
 import time
 import zlib
@@ -340,10 +341,20 @@ def backfill_search(conn: sqlite3.Connection) -> bool:
     return len(rows) == BACKFILL_ROWS
 
 
+# A word as FTS5's unicode61 tokenizer cuts it: a run of letters and digits. The New Tai Lue
+# vowel signs and U+1CF2/3 are letters to Python's Unicode tables but separators to SQLite's.
+_WORD = re.compile(r"[^\W_\u19b0-\u19c0\u19c8\u19c9\u1cf2\u1cf3]+")
+
+
 def search_query(text: str) -> str:
-    """User words as an FTS5 query: every word must appear; quotes make operators plain words."""
-    words = text.split()
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+    """User text as an FTS5 query: every word must appear. Each word is cut where the index's
+    tokenizer cuts it (``gpt-4o`` is ``gpt`` and ``4o``, anywhere in the body) and quoted, so
+    operators are plain words and no query is a phrase, which the index (``detail=none``,
+    migration 0012) cannot answer. Text without a word (``***``) finds nothing, as on PostgreSQL."""
+    words = _WORD.findall(text)
+    if not words:
+        return '""' if text.strip() else ""
+    return " ".join(f'"{w}"' for w in words)
 
 
 def _pack(data: bytes | None) -> bytes | None:

@@ -32,7 +32,7 @@ globalThis.document = {
 const { h, table } = await import("../../stockyard/ui/dom.js");
 const fmt = await import("../../stockyard/ui/format.js");
 const charts = await import("../../stockyard/ui/charts.js");
-const { buckets, bucketSeries } = await import("../../stockyard/ui/costs.js");
+const { buckets, bucketSeries, chartNames } = await import("../../stockyard/ui/costs.js");
 const { tagText } = await import("../../stockyard/ui/traces.js");
 
 test("money: integer micro-cents to dollars, exact at any size", () => {
@@ -119,6 +119,20 @@ test("chart series come from one by=day,<group> report summed into the buckets",
   assert.deepEqual(series[1].values.slice(0, 2), [0, 11]);
   assert.equal(series[2].values[spans.length - 1], 2);
   assert.equal(series.flatMap((s) => s.values).reduce((a, b) => a + b), 25);
+});
+
+test("a top=N chart: the kept groups in the totals' order, then the rest as one series", () => {
+  const spans = [{ label: "d", since: "2026-01-01", until: "2026-01-02" }];
+  const rows = [
+    { day: "2026-01-01", user: "ana", other: false, cost_uc: 5 },
+    { day: "2026-01-01", user: "(other)", other: true, cost_uc: 3 },
+    { day: "2026-01-02", user: "bo", other: false, cost_uc: 4 },
+    { day: "2026-01-02", user: "(other)", other: true, cost_uc: 1 },
+  ];
+  const names = chartNames(["bo", "ana", "cy", "dee"], rows, "user");
+  assert.deepEqual(names, ["bo", "ana", "(other)"]);
+  assert.deepEqual(bucketSeries(names, spans, rows, "user").map((s) => s.values[0]), [4, 5, 4]);
+  assert.deepEqual(chartNames(["ana"], rows.slice(0, 1), "user"), ["ana"], "no rest, no (other) series");
 });
 
 test("CSV cells that a spreadsheet would run as a formula start with a quote", () => {

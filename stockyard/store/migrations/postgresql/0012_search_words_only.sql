@@ -1,0 +1,2 @@
+-- PostgreSQL twin of ../0012_search_words_only.sql: nothing to change. trace_search is a plain
+-- table here, searched through a GIN index over its words, which keeps no positions to drop.

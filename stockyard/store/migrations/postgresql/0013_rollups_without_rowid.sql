@@ -1,0 +1,2 @@
+-- PostgreSQL twin of ../0013_rollups_without_rowid.sql: nothing to change. A PostgreSQL table is
+-- a heap beside its primary-key index; SQLite's WITHOUT ROWID has no counterpart here.
