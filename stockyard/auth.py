@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 from .context import RequestContext
 from .keys import KeyRecord, KeyRing
 from .keys import check as check_key
+from .keys import recheck as recheck_key
 from .providers import Registry
 from .store import Store
 from .store.traces import iso_utc
@@ -58,12 +59,21 @@ class Gatekeeper:
         return f"auth: client keys required ({ring.live} live of {ring.count})"
 
     def authenticate(self, ctx: RequestContext) -> None:
-        """Who is asking: the request's client key (401/403 when it may not), or open mode."""
+        """Who is asking: the request's client key (401/403 when it may not), or open mode.
+
+        A proxied request comes here twice: from its headers before the body is read, then with
+        its model. The second time, if the key ring is the same snapshot, the key is not parsed,
+        hashed and looked up again: only its state and the model are checked (``keys.recheck``).
+        """
         ring = self.ring  # one snapshot for the whole decision
         if not self.requires_keys(ring):
             return
-        key: KeyRecord = check_key(ring, ctx.headers, ctx.model, route=self._registry().routes_to)
-        ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
+        route = self._registry().routes_to
+        if ctx.key is not None and ctx.key_ring is ring:
+            key: KeyRecord = recheck_key(ctx.key, ctx.model, route=route)
+        else:
+            key = check_key(ring, ctx.headers, ctx.model, route=route)
+        ctx.key, ctx.key_id, ctx.project, ctx.key_ring = key, key.id, key.project, ring
         self._used[key.id] = ctx.ts_ms
 
     def client_key(self, headers: Mapping[str, str]) -> KeyRecord | None:

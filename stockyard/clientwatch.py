@@ -2,7 +2,7 @@
 
 A request thread blocked on the provider's answer cannot look at its client's socket, so
 one watcher thread per server does it for every request that is waiting upstream: it
-sleeps in ``select`` on those sockets (no polling), and when one reads end-of-file — the
+sleeps in ``poll`` on those sockets (no polling loop), and when one reads end-of-file — the
 client closed, or shut down its sending side — or is reset, it calls that request's
 callback, which shuts the upstream connection down. The blocked read then returns and
 the request ends as ``client_disconnected``; the provider sees its connection close.
@@ -15,42 +15,55 @@ readable, but do not mean it left: such a socket is no longer watched for this r
 from __future__ import annotations
 
 import logging
-import selectors
+import select
 import socket
 import threading
+import time
+from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 log = logging.getLogger("stockyard.server")
 
+LATE_S = 0.005  # a request is watched once it has waited this long (a faster answer costs nothing)
+IDLE_S = 1.0  # with no request waiting for this long, the watcher sleeps until the next one
+# The peer's FIN (Linux): bytes of a keep-alive client's next request do not wake the watcher for
+# a request whose watch ended and whose socket is still in the poll set; elsewhere, readable.
+_LEFT = getattr(select, "POLLRDHUP", select.POLLIN)
+
 
 class _Watch:
-    __slots__ = ("on_gone", "active", "lock")
+    __slots__ = ("sock", "fd", "on_gone", "due", "active", "taken", "lock")
 
-    def __init__(self, on_gone: Callable[[], None]) -> None:
-        self.on_gone = on_gone
-        self.active = True
+    def __init__(self, sock: socket.socket, fd: int, on_gone: Callable[[], None], due: float) -> None:
+        self.sock, self.fd, self.on_gone, self.due = sock, fd, on_gone, due
+        self.active = fd >= 0
+        self.taken = False  # in the watcher's poll set
         self.lock = threading.Lock()  # between this request's thread and the watcher, never shared
 
 
 class ClientWatch:
-    """One thread, one selector: the client sockets of requests that wait for a provider.
+    """One thread, one ``poll`` set: the client sockets of requests that wait for a provider.
 
-    Each watch has its own lock: one lock for all of them, held across the register and
-    unregister system calls (which let go of the GIL), queued every request thread behind
-    each other twice per request — measured at about 0.15 ms of CPU per request under load
-    (bench/README.md). Sockets are registered by descriptor number, so the selector never
-    searches its map (which another thread may be changing) for a closed socket.
+    A request thread touches no system call: it puts its watch in ``_pending`` and takes it
+    out again. The watcher moves the watches still waiting after ``LATE_S`` into its poll set
+    (``poll.register`` is not a system call either) and drops the ended ones, on a timer that
+    runs only while requests come in. Registering each socket with epoll from the request
+    thread cost two ``epoll_ctl`` per request, each letting go of the GIL: about 50 µs of CPU
+    per request under load (bench/README.md).
     """
 
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+    def __init__(self, late_s: float = LATE_S) -> None:
+        self.late_s = late_s
+        self._pending: dict[_Watch, None] = {}  # oldest first; request threads add and remove
+        self._ended: deque[_Watch] = deque()  # taken watches whose block ended: leave the poll set
+        self._watched: dict[int, _Watch] = {}  # fd -> watch in the poll set (the watcher's alone)
+        self._poll = select.poll()
+        self._asleep = False  # the watcher waits with no timer: a new watch must wake it
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ, None)
-        # epoll sees a socket registered while it waits; select/poll copy their set per call
-        self._needs_wake = not isinstance(self._selector, getattr(selectors, "EpollSelector", ()))
+        self._poll.register(self._wake_r.fileno(), select.POLLIN)
         threading.Thread(target=self._run, name="stockyard-client-watch", daemon=True).start()
 
     @contextmanager
@@ -61,70 +74,109 @@ class ClientWatch:
         client's next bytes are its next request, and waking this thread for them costs every
         keep-alive request a thread switch.
         """
-        watch = _Watch(on_gone)
-        fd = sock.fileno()
-        if fd < 0:  # closed already; -1 would make the selector search its map, which others change
-            watch.active = False
-        else:
-            try:
-                self._selector.register(fd, selectors.EVENT_READ, (sock, watch))
-            except (KeyError, ValueError, OSError):  # watched by another block, or gone meanwhile
-                watch.active = False
-        if watch.active and self._needs_wake:
-            self._wake()
+        watch = _Watch(sock, sock.fileno(), on_gone, time.monotonic() + self.late_s)
+        if watch.active:  # a closed socket (fd -1) is never watched
+            self._pending[watch] = None
+            if self._asleep:
+                self._asleep = False
+                self._wake()
         try:
-            yield lambda: self._end(fd, watch)
+            yield lambda: self._end(watch)
         finally:
-            self._end(fd, watch)
+            self._end(watch)
 
-    def _end(self, fd: int, watch: _Watch) -> None:
+    def _end(self, watch: _Watch) -> None:
         with watch.lock:
-            if watch.active:
-                watch.active = False
-                self._unregister(fd)
+            if not watch.active:
+                return
+            watch.active = False
+        if watch.taken:  # the watcher drops it from the poll set (or on its next event: closed, reused)
+            self._ended.append(watch)
+        else:
+            self._pending.pop(watch, None)
 
     def _wake(self) -> None:
-        """Make a select/poll selector start over with the new socket in its set."""
         try:
             self._wake_w.send(b"x")
         except BlockingIOError:
             pass  # a wake-up is pending already
 
-    def _unregister(self, fd: int) -> None:
+    def _run(self) -> None:
+        last_busy = time.monotonic()
+        while True:
+            self._drop_ended()
+            now = time.monotonic()
+            if self._take_due(now):
+                last_busy = now
+            # A timer of late_s while requests come in (one wake-up per tick however many there
+            # are: a watch is taken between late_s and twice that), none once they stop.
+            timeout: float | None = self.late_s if now - last_busy < IDLE_S else None
+            if timeout is None:
+                self._asleep = True
+                if self._pending:  # added before the flag was seen
+                    self._asleep = False
+                    continue
+            try:
+                ready = self._poll.poll(None if timeout is None else timeout * 1000)
+            except OSError:
+                continue
+            self._asleep = False
+            for fd, _ in ready:
+                if fd == self._wake_r.fileno():
+                    self._drain_wake()
+                elif (watch := self._watched.get(fd)) is not None:
+                    self._check(watch)
+                else:
+                    self._poll.unregister(fd)
+
+    def _take_due(self, now: float) -> bool:
+        """Put the watches waiting since ``late_s`` in the poll set; True while others wait."""
+        for watch in list(self._pending):
+            if watch.due > now:
+                return True
+            self._pending.pop(watch, None)
+            with watch.lock:
+                if not watch.active:
+                    continue
+                other = self._watched.get(watch.fd)
+                if other is not None and other.active:  # a second block on a watched socket: inert
+                    watch.active = False
+                    continue
+                watch.taken = True
+            self._watched[watch.fd] = watch
+            self._poll.register(watch.fd, _LEFT)
+        return False
+
+    def _drop_ended(self) -> None:
+        while self._ended:
+            self._forget(self._ended.popleft())
+
+    def _forget(self, watch: _Watch) -> None:
+        if self._watched.get(watch.fd) is watch:
+            del self._watched[watch.fd]
+            self._poll.unregister(watch.fd)
+
+    def _drain_wake(self) -> None:
         try:
-            self._selector.unregister(fd)
-        except (KeyError, ValueError, OSError):
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
             pass
 
-    def _run(self) -> None:
-        while True:
-            try:
-                ready = self._selector.select()
-            except OSError:  # a socket closed under select(): the next round no longer has it
-                continue
-            for key, _ in ready:
-                if key.data is None:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except BlockingIOError:
-                        pass
-                else:
-                    self._check(key.fd, *key.data)
-
-    def _check(self, fd: int, sock: socket.socket, watch: _Watch) -> None:
+    def _check(self, watch: _Watch) -> None:
         """The socket is readable: end-of-file or a reset means the client left."""
-        try:
-            gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            gone = True
         with watch.lock:
-            if not watch.active:
+            if not watch.active:  # ended; its entry in _ended is on the way
+                self._forget(watch)
                 return
+            try:
+                gone = watch.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                gone = True
             watch.active = False
-            self._unregister(fd)  # gone, or pipelined bytes: either way nothing more to see here
+            self._forget(watch)  # gone, or pipelined bytes: either way nothing more to see here
             if gone:
                 try:
                     watch.on_gone()

@@ -238,6 +238,7 @@ class RequestContext:
     stream: bool = False
     client_wants_usage: bool = False
     key: Any = None  # the client key record, when auth is on
+    key_ring: Any = None  # the key-ring snapshot ``key`` was found in (auth.Gatekeeper.authenticate)
     key_id: str | None = None
     project: str | None = None
     attempt: Attempt = field(default_factory=Attempt)  # the current (finally: the last) attempt

@@ -34,25 +34,36 @@ def input_tokens(ctx: RequestContext) -> int:
     return text_tokens(ctx.raw) + history
 
 
-def _given(body: dict, tokens: bool) -> list[int]:
-    return [f.value for f in request_numbers(body) if f.tokens is tokens and type(f.value) is int and f.value > 0]
+def _largest(body: dict) -> tuple[int | None, int | None]:
+    """The largest output cap and the largest choice count the body sets (None: none set)."""
+    cap = count = None
+    for f in request_numbers(body):
+        value = f.value
+        if type(value) is int and value > 0:
+            if f.tokens:
+                cap = value if cap is None else max(cap, value)
+            else:
+                count = value if count is None else max(count, value)
+    return cap, count
 
 
 def output_cap(body: dict, default_max_tokens: int) -> int:
     """Output tokens one choice may produce: the largest cap the body sets, else the default."""
-    return max(_given(body, tokens=True), default=default_max_tokens)
+    cap = _largest(body)[0]
+    return default_max_tokens if cap is None else cap
 
 
 def choices(body: dict) -> int:
     """How many outputs the provider generates and bills for this body (at least 1)."""
-    return max(_given(body, tokens=False), default=1)
+    return _largest(body)[1] or 1
 
 
 def output_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
     """Every output token the request may be billed for: cap per choice × choices."""
     if ctx.endpoint in NO_OUTPUT:
         return 0
-    return output_cap(ctx.body, default_max_tokens) * choices(ctx.body)
+    cap, count = _largest(ctx.body)  # one pass over the body's numbers
+    return (default_max_tokens if cap is None else cap) * (count or 1)
 
 
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:

@@ -226,6 +226,12 @@ def check(
     record = ring.find(secret)
     if record is None:
         raise ProxyError(401, "invalid client key", code="invalid_api_key")
+    return recheck(record, model, now, route)
+
+
+def recheck(record: KeyRecord, model: str | None, now: float | None = None, route: Route = _no_route) -> KeyRecord:
+    """What :func:`check` asks of a key already found in the ring: that it is active, and may use
+    ``model`` (when given). Enough for a second look at a key found in the same ring snapshot."""
     state = record.status(now)
     if state != "active":
         raise ProxyError(401, f"client key {record.prefix}… has been {state}", code=f"{state}_api_key")

@@ -23,6 +23,7 @@ import math
 import sqlite3
 import threading
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
@@ -52,10 +53,9 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                break
+        i = bisect_left(self.buckets, value)  # the first bound >= value; past the last one: +Inf only
+        if i < len(self.counts):
+            self.counts[i] += 1
         self.sum += value
         self.count += 1
 

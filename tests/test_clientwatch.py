@@ -1,4 +1,5 @@
-"""ClientWatch in process, over real socket pairs: each watch has its own lock (bench/README.md)."""
+"""ClientWatch in process, over real socket pairs: each watch has its own lock, and only requests
+still waiting after `late_s` enter the watcher's poll set (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -52,4 +53,27 @@ def test_a_closed_socket_is_not_watched_and_a_second_block_on_one_socket_is_iner
         b.close()
         assert outer.wait(10), "the outer watch stopped with the inner block"
     assert not inner.is_set()
+    a.close()
+
+
+def test_a_request_answered_before_it_is_late_never_enters_the_poll_set():
+    """The watch costs a fast request no system call: only the watcher thread touches the poll set,
+    and only for requests still waiting after `late_s`."""
+    watch = ClientWatch(late_s=60)
+    a, b = socket.socketpair()
+    gone = threading.Event()
+    with watch.watching(a, gone.set):
+        b.close()  # a departure during the wait, but the answer came first
+    assert not watch._pending and not watch._watched, "a fast request was left in the watch"
+    assert not gone.is_set()
+    a.close()
+
+
+def test_a_departure_before_the_request_is_late_is_seen_once_it_is():
+    watch = ClientWatch(late_s=0.05)
+    a, b = socket.socketpair()
+    gone = threading.Event()
+    with watch.watching(a, gone.set):
+        b.close()  # before the watcher took the socket
+        assert gone.wait(10), "the departure was never noticed"
     a.close()

@@ -478,6 +478,49 @@ def test_key_ring_finds_by_hash_and_presented_key_reads_both_headers():
     assert len({new_secret() for _ in range(100)}) == 100
 
 
+def test_the_second_look_at_a_key_in_the_same_ring_checks_state_and_model_not_the_hash(monkeypatch):
+    """A proxied request is authenticated from its headers, then with its model: the key is hashed
+    and looked up once per ring snapshot; a new snapshot (a revocation) or an expiry in between
+    still refuses, and the model is checked the second time."""
+    from types import SimpleNamespace
+
+    import stockyard.keys as keys
+    from stockyard.auth import Gatekeeper
+    from stockyard.context import RequestContext
+
+    secret = new_secret()
+    record = KeyRecord("key_1", "n", secret[:12], hash_key(secret), models=("gpt-4o-mini",))
+    registry = SimpleNamespace(routes_to=lambda model: "openai")
+    gate = Gatekeeper(None, True, lambda: registry)  # type: ignore[arg-type]
+    gate.use(KeyRing([record]))
+    hashed = []
+    monkeypatch.setattr(keys, "hash_key", lambda s: hashed.append(s) or hash_key(s))
+
+    def request(model: str) -> RequestContext:
+        ctx = RequestContext("chat", "openai", "127.0.0.1", {"authorization": f"Bearer {secret}"})
+        gate.authenticate(ctx)  # from the headers
+        ctx.model = model
+        return ctx
+
+    ctx = request("gpt-4o-mini")
+    gate.authenticate(ctx)
+    assert ctx.key is record and len(hashed) == 1
+    with pytest.raises(ProxyError) as refused:
+        gate.authenticate(request("gpt-4o"))
+    assert refused.value.status == 403 and len(hashed) == 2
+    ctx = request("gpt-4o-mini")
+    gate.use(KeyRing([KeyRecord("key_1", "n", secret[:12], hash_key(secret), revoked_at="2026-01-01")]))
+    with pytest.raises(ProxyError) as refused:
+        gate.authenticate(ctx)
+    assert refused.value.status == 401 and len(hashed) == 4  # looked up again in the new ring
+    gate.use(KeyRing([record]))
+    ctx = request("gpt-4o-mini")
+    object.__setattr__(record, "expires_ts", time.time() - 1)  # expired between the two looks
+    with pytest.raises(ProxyError) as refused:
+        gate.authenticate(ctx)
+    assert refused.value.code == "expired_api_key"
+
+
 def test_migration_numbers_may_arrive_out_of_order(tmp_path):
     """Branches merge in any order: a database migrated by a build that had 0005 but not yet
     0004 gets 0004 applied later, and the gap in between bothers nobody. (0004 is one no later

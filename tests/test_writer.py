@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 from conftest import wait_for
@@ -138,3 +139,46 @@ def test_a_full_queue_drops_at_once_while_the_database_fails(tmp_path):
         release.set()
     finally:
         writer.stop()
+
+
+def lingering_writer(path, linger_s: float) -> Writer:
+    conn, _ = db.open_and_migrate(path / "w.db")
+    conn.close()
+    return Writer(path / "w.db", maxsize=100, linger_s=linger_s).start()
+
+
+def committed(w: Writer, job) -> None:
+    """Submit ``job`` and wait for its commit."""
+    done = threading.Event()
+    assert w.submit(job, done.set)
+    assert done.wait(10)
+
+
+def test_rows_queued_while_the_writer_lingers_commit_in_one_batch(tmp_path):
+    """After a batch that emptied the queue the writer waits a moment instead of waking for every
+    row (a wake-up per row is a futex and a GIL hand-off on a busy server): what came meanwhile is
+    one transaction."""
+    w = lingering_writer(tmp_path, linger_s=0.5)
+    try:
+        committed(w, put("first"))  # the writer lingers from here
+        before = w.stats.batches
+        dones = [threading.Event() for _ in range(10)]
+        for i, done in enumerate(dones):
+            assert w.submit(put(f"k{i}"), done.set)
+        assert all(d.wait(10) for d in dones)
+        assert w.stats.batches == before + 1
+    finally:
+        w.stop()
+
+
+def test_a_caller_waiting_for_its_commit_or_a_stop_ends_a_linger_at_once(tmp_path):
+    w = lingering_writer(tmp_path, linger_s=60)
+    committed(w, put("first"))  # the writer lingers for a minute from here
+    started = time.monotonic()
+    assert w.call(lambda conn: conn.execute("SELECT count(*) FROM meta WHERE key = 'first'").fetchone()[0]) == 1
+    assert w.submit(put("queued during the linger"))  # after the call's batch: lingering again
+    w.stop()
+    assert time.monotonic() - started < 30, "call() or stop() waited for the linger"
+    conn, _ = db.open_and_migrate(tmp_path / "w.db")
+    assert conn.execute("SELECT count(*) FROM meta WHERE key = 'queued during the linger'").fetchone()[0] == 1
+    conn.close()

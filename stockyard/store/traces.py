@@ -357,8 +357,27 @@ def search_query(text: str) -> str:
     return " ".join(f'"{w}"' for w in words)
 
 
+STORED_BELOW = 512  # bytes: a shorter body is kept as a stored (uncompressed) zlib block
+
+
 def _pack(data: bytes | None) -> bytes | None:
-    return None if data is None else zlib.compress(data, 3)
+    """A body as a zlib stream: compressed, or a short one as one stored block (see ``_stored``)."""
+    if data is None:
+        return None
+    return _stored(data) if len(data) < STORED_BELOW else zlib.compress(data, 3)
+
+
+def _stored(data: bytes) -> bytes:
+    """``data`` as a zlib stream of one stored block: the bytes ``zlib.compress(data, 0)`` makes
+    (so every reader, older versions too, decompresses it as before), without calling deflate.
+
+    Deflate lets go of the GIL, and under load each of those costs a hand-off to another thread
+    and back: two per request for bodies that compression shrinks by ~100 bytes. Measured in
+    bench/README.md ("Profile, issue 18"); ``adler32`` of a short buffer keeps the GIL.
+    """
+    n = len(data)
+    head = b"\x78\x01\x01" + n.to_bytes(2, "little") + (n ^ 0xFFFF).to_bytes(2, "little")
+    return head + data + zlib.adler32(data).to_bytes(4, "big")
 
 
 def _unpack(data: bytes | None) -> str | None:
