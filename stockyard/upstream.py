@@ -326,6 +326,7 @@ class UpstreamResponse:
             self._cancel.detach()
         try:
             self._conn.close()
+            self._resp.close()  # its reader holds the socket open too: the provider sees the close now
         except OSError:
             pass
 
