@@ -142,29 +142,31 @@ class StreamRelay:
 
     def _run(self) -> None:
         while True:
-            timeout = None
-            if self._timers:
-                timeout = max(0.0, self._timers[0][0] - time.perf_counter())
             try:
-                ready = self._selector.select(timeout)
-            except OSError:
-                log.exception("the stream relay's select failed")
+                self._round()
+            except Exception:  # never let the thread die: every stream in it would wait forever
+                log.exception("the stream relay failed a round")
+
+    def _round(self) -> None:
+        """Wait for ready sockets (or the next timer), move their bytes, run the timers due."""
+        timeout = None
+        if self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.perf_counter())
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._arrive()
                 continue
-            for key, _ in ready:
-                if key.data is None:
-                    self._arrive()
-                    continue
-                stream, upstream = key.data
-                if stream.done.is_set():
-                    continue  # ended earlier in this round
-                try:
-                    if upstream:
-                        self._read(stream)
-                    else:
-                        self._send(stream)
-                except Exception as exc:  # a translator's bug: the request thread raises it, as before
-                    self._finish(stream, exc)
-            self._expire()
+            stream, upstream = key.data
+            if stream.done.is_set():
+                continue  # ended earlier in this round
+            try:
+                if upstream:
+                    self._read(stream)
+                else:
+                    self._send(stream)
+            except Exception as exc:  # a translator's bug: the request thread raises it, as before
+                self._finish(stream, exc)
+        self._expire()
 
     def _arrive(self) -> None:
         try:
@@ -253,18 +255,19 @@ class StreamRelay:
         connection pooled or closed, the client socket blocking again, the request thread woken."""
         if stream.done.is_set():
             return
-        try:
-            self._want(stream, read=False, write=False)
-        except (KeyError, ValueError, OSError):
-            pass
-        self._live.discard(stream)
         stream.error = error
-        stream.handoff.response.end_handoff(stream.handoff, error is None)
+        self._live.discard(stream)
         try:
+            try:
+                self._want(stream, read=False, write=False)
+            except (KeyError, ValueError, OSError):
+                pass
+            stream.handoff.response.end_handoff(stream.handoff, error is None)
             stream.client.settimeout(stream.write_timeout)
-        except OSError:
-            pass
-        stream.done.set()
+        except Exception:
+            log.exception("ending a relayed stream failed")
+        finally:
+            stream.done.set()
 
     def _timer(self, stream: Stream) -> None:
         due = stream.due()

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
@@ -121,7 +121,12 @@ def pool() -> Iterator[Pool]:
 
 
 def relay_one(
-    relay: StreamRelay, pool: Pool, provider: Provider, deadline: float | None = None, client_timeout: float = 5.0
+    relay: StreamRelay,
+    pool: Pool,
+    provider: Provider,
+    deadline: float | None = None,
+    client_timeout: float = 5.0,
+    convert: Callable[[list[bytes]], bytes] = b"".join,
 ) -> Relayed:
     """A stream read up to its first event by the request path, then handed to ``relay``."""
     resp = pool.request(provider.url, "POST", "/v1/chat/completions", {"Content-Type": "application/json"}, b"{}")
@@ -133,7 +138,7 @@ def relay_one(
     assert handoff is not None
     ours, theirs = socket.socketpair()
     ours.settimeout(client_timeout)
-    stream = Stream(handoff, ours, b"".join, deadline)
+    stream = Stream(handoff, ours, convert, deadline)
     ended: list[BaseException | None] = []
 
     def carry() -> None:
@@ -250,6 +255,20 @@ def test_a_client_that_takes_nothing_is_gone_after_its_write_timeout(pool, provi
     threading.Thread(target=lambda: s.upstream.sendall(chunk(event(1, 4_000_000))), daemon=True).start()
     assert isinstance(s.wait(), ClientGone)
     assert closed_by_us(s.upstream)
+
+
+def test_a_translator_that_fails_fails_its_own_request_only(pool, provider) -> None:
+    def broken(batch: list[bytes]) -> bytes:
+        raise RuntimeError("a translator bug")
+
+    relay = StreamRelay()
+    bad, good = relay_one(relay, pool, provider, convert=broken), relay_one(relay, pool, provider)
+    bad.upstream.sendall(chunk(event(1)))
+    error = bad.wait()
+    assert isinstance(error, RuntimeError) and str(error) == "a translator bug"
+    assert closed_by_us(bad.upstream)
+    good.upstream.sendall(chunk(event(1)) + END)
+    assert good.wait() is None and good.received() == event(1)
 
 
 def test_a_stream_that_is_not_chunked_stays_with_the_request_thread(pool) -> None:
