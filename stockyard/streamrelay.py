@@ -123,11 +123,13 @@ class StreamRelay:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="stockyard-stream-relay", daemon=True)
                 self._thread.start()
+            wake = not self._arrivals  # else a wake-up is on its way (the thread drains, then takes the list)
             self._arrivals.append(stream)
-        try:
-            self._wake_w.send(b"x")
-        except BlockingIOError:
-            pass  # a wake-up is pending already
+        if wake:
+            try:
+                self._wake_w.send(b"x")
+            except BlockingIOError:
+                pass  # a wake-up is pending already
         stream.done.wait()
         if stream.out and not isinstance(stream.error, ClientGone):
             try:
