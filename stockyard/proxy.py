@@ -691,7 +691,7 @@ def relay_stream(
     error event, never [DONE].
 
     Once the head and the first events are out, the rest goes to the relay thread when there is
-    one (``path.relay``: plain-HTTP chunked streams; TLS and anything unusual stay here): this
+    one (``path.relay``: chunked streams; anything unusual stays here): this
     thread then sleeps until the stream ends and finishes it below, as if it had read it itself.
     """
     translator = adapter.stream(ctx)

@@ -3,11 +3,11 @@
 A request thread blocked on its provider's socket wakes for every event, and with hundreds of
 streams those threads hand one GIL around for each of them. Once a stream is established
 (answer head and first events sent to the client), ``proxy.relay_stream`` hands the rest of
-it here: the upstream socket, its chunked framing and SSE state, the request's translate +
-scrub + capture step (``convert``) and the client socket. One thread waits in a selector on
-every such upstream socket, reads what is ready, converts it and writes it to the client, and
-the request thread sleeps on an event until the stream ends; it then finishes the request as
-before (final events, error event, trace).
+it here: the upstream socket (plain or TLS), its chunked framing and SSE state, the request's
+translate + scrub + capture step (``convert``) and the client socket. One thread waits in a
+selector on every such upstream socket, reads what is ready, converts it and writes it to the
+client, and the request thread sleeps on an event until the stream ends; it then finishes the
+request as before (final events, error event, trace).
 
 Writes never block this thread: a client that reads slowly keeps its bytes in its stream's
 outbound buffer (written when its socket says it can take more), and while that buffer holds
@@ -25,6 +25,7 @@ import logging
 import math
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import Callable
@@ -184,14 +185,21 @@ class StreamRelay:
                 self._want(stream, read=True)
                 if stream.handoff.buffered:
                     self._take(stream, stream.handoff.buffered)
+                sock = stream.handoff.sock
+                if not stream.done.is_set() and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    self._read(stream)  # decrypted before the handoff: the selector will not say so
             except Exception as exc:
                 self._finish(stream, exc)
 
     def _read(self, stream: Stream) -> None:
+        sock = stream.handoff.sock
         try:
-            data = stream.handoff.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = sock.recv(READ_SIZE)
+            # TLS: bytes decrypted already are not the selector's to see; take them now
+            while data and isinstance(sock, ssl.SSLSocket) and (left := sock.pending()):
+                data += sock.recv(left)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # no whole TLS record yet (a TLS write is needed only with a full send buffer: never here)
         except OSError:
             data = b""
         if not data:  # the connection ended before the last chunk

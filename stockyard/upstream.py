@@ -244,14 +244,14 @@ class UpstreamResponse:
         """The rest of this SSE stream for a relay thread (``streamrelay``): the plain socket, made
         non-blocking, with the bytes already buffered from it, and the framing and event state.
 
-        None where the relay does not apply and the caller keeps reading with :meth:`events`:
-        TLS (a non-blocking ``SSLSocket`` has its own buffers and retry rules), a body that is not
-        chunked, a stream whose framing already ended or broke, or one being cancelled.
+        None where the relay does not apply and the caller keeps reading with :meth:`events`: a
+        body that is not chunked, a stream whose framing already ended or broke, or one being
+        cancelled. A TLS socket is handed over as it is (the relay reads what its TLS layer holds
+        decrypted, ``pending()``, as well as what the selector sees arrive).
         """
         sock, chunks, fp = self._conn.sock, self._chunks, self._resp.fp
         if (
-            isinstance(sock, ssl.SSLSocket)
-            or not isinstance(sock, socket.socket)
+            not isinstance(sock, socket.socket)
             or chunks is None
             or chunks.ended
             or chunks.broken is not None
@@ -263,7 +263,10 @@ class UpstreamResponse:
             return None
         timeout = sock.gettimeout()
         sock.setblocking(False)
-        buffered = fp.read1(65536)  # what the buffered reader holds already (never waits: non-blocking)
+        try:
+            buffered = fp.read1(65536)  # what the buffered reader holds already (never waits: non-blocking)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            buffered = b""  # nothing buffered, and the TLS layer has no whole record yet
         return Handoff(self, sock, timeout, buffered, chunks, self._split)
 
     def end_handoff(self, handoff: Handoff, clean: bool) -> None:

@@ -12,6 +12,7 @@ import http.client
 import json
 import queue
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import Callable, Iterator
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
+from test_tls import tls_mock
 
 from stockyard.errors import ClientGone
 from stockyard.streamrelay import READ_SIZE, Stream, StreamRelay
@@ -41,25 +43,36 @@ def event(n: int, size: int = 0) -> bytes:
 
 
 def unframe(data: bytes) -> bytes:
-    """The payload of the chunks the relay wrote (it writes whole chunks only)."""
+    """The payload of the whole chunks in ``data`` (the relay writes whole chunks only)."""
     out, pos = [], 0
-    while pos < len(data):
-        eol = data.index(b"\r\n", pos)
+    while (eol := data.find(b"\r\n", pos)) >= 0:
         size = int(data[pos:eol], 16)
+        if eol + 4 + size > len(data):
+            break
         out.append(data[eol + 2 : eol + 2 + size])
         assert data[eol + 2 + size : eol + 4 + size] == b"\r\n"
         pos = eol + 4 + size
     return b"".join(out)
 
 
+def read_payload(sock: socket.socket, size: int) -> bytes:
+    """Read the client end until ``size`` bytes of chunk payload came; the raw bytes."""
+    sock.settimeout(10)
+    data = b""
+    while len(unframe(data)) < size:
+        data += sock.recv(65536)
+    return data
+
+
 class Provider:
     """Answers each connection's request with the SSE head and FIRST, then hands the socket to
     the test (``accepted``), which sends the rest itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.url = f"http{'s' if tls else ''}://127.0.0.1:{self.listener.getsockname()[1]}"
         self.accepted: queue.Queue[socket.socket] = queue.Queue()
+        self.tls = tls
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -68,6 +81,8 @@ class Provider:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             head = b""
             while b"\r\n\r\n" not in head and (got := conn.recv(65536)):
                 head += got
@@ -271,6 +286,23 @@ def test_a_translator_that_fails_fails_its_own_request_only(pool, provider) -> N
     assert good.wait() is None and good.received() == event(1)
 
 
+def test_a_tls_stream_is_relayed_too(pool, tls_mock) -> None:
+    _, ca_file = tls_mock
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(ca_file.parent / "leaf.pem", ca_file.parent / "leaf.key")
+    provider = Provider(server_side)
+    pool._tls = ssl.create_default_context(cafile=str(ca_file))
+    relay = StreamRelay()
+    s = relay_one(relay, pool, provider)
+    assert isinstance(s.stream.handoff.sock, ssl.SSLSocket)
+    big = [event(n, 30_000) for n in range(1, 4)]  # records larger than one read: decrypted bytes wait in pending()
+    s.upstream.sendall(b"".join(map(chunk, big)) + END)
+    data = read_payload(s.client, sum(map(len, big)))  # more than the client socket's buffer holds
+    assert s.wait() is None and unframe(data + s.rest()) == b"".join(big)
+    assert sum(len(idle) for idle in pool._idle.values()) == 1, "pooled after a clean end"
+    provider.listener.close()
+
+
 def test_a_stream_that_is_not_chunked_stays_with_the_request_thread(pool) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
 
@@ -360,5 +392,38 @@ def test_a_deadline_passing_mid_stream_ends_with_the_deadline_error(pyz_path, ca
         assert json.loads(payloads[-1])["error"]["code"] == "deadline_exceeded"
         trace = proc.trace(trace_id)
         assert (trace["outcome"], trace["error_type"]) == ("stream_broken", "deadline_exceeded")
+    finally:
+        proc.stop()
+
+
+def test_tls_streams_through_a_server_arrive_whole(pyz_path, cache_home, tmp_path, tls_mock) -> None:
+    upstream, ca_file = tls_mock
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-tls-123456",
+        "OPENAI_BASE_URL": upstream.url + "/v1",
+        "SSL_CERT_FILE": str(ca_file),
+    }
+    proc = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        pad = "y" * 40_000
+        events = [json.dumps({"choices": [{"delta": {"content": f"{i}{pad if i % 2 else ''}"}}]}) for i in range(6)]
+        n = 20
+        for _ in range(n):
+            upstream.enqueue(Reply(sse=[*events, "[DONE]"], sse_delay_ms=20))
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(lambda _: stream_chat(proc.port, "gpt-4o-mini-tls-relay"), range(n)))
+        for status, data, _ in results:
+            payloads = [e[len("data: ") :] for e in data.decode().split("\n\n") if e.startswith("data: ")]
+            assert status == 200 and payloads == [*events, "[DONE]"]
+        rows = wait_for(
+            lambda: (
+                (r := proc.db_rows("SELECT outcome FROM traces WHERE model = 'gpt-4o-mini-tls-relay'"))
+                and len(r) == n
+                and r
+            ),
+            what="a trace per stream",
+        )
+        assert {row["outcome"] for row in rows} == {"ok"}
     finally:
         proc.stop()
