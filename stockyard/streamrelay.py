@@ -39,6 +39,10 @@ WRITE_CAP = 256 * 1024  # a stream's bytes waiting for its client beyond which i
 READ_SIZE = 65536
 
 
+def _ended(batch: list[bytes]) -> bytes:
+    return b""
+
+
 class Stream:
     """One established stream in the relay; its fields belong to the relay thread until ``done``."""
 
@@ -132,12 +136,12 @@ class StreamRelay:
             except BlockingIOError:
                 pass  # a wake-up is pending already
         stream.done.wait()
-        if stream.out and not isinstance(stream.error, ClientGone):
+        out, stream.out = stream.out, bytearray()
+        if out and not isinstance(stream.error, ClientGone):
             try:
-                stream.client.sendall(stream.out)
+                stream.client.sendall(out)
             except OSError as exc:
                 raise ClientGone() from exc
-            stream.out.clear()
         if stream.error is not None:
             raise stream.error
 
@@ -266,6 +270,7 @@ class StreamRelay:
         if stream.done.is_set():
             return
         stream.error = error
+        stream.convert = _ended  # a timer entry may outlive the request: let go of its context
         self._live.discard(stream)
         try:
             try:
