@@ -187,20 +187,6 @@ def default_max_connections() -> int:
     return max(64, min(1024, (soft - 64) // 2))
 
 
-def idle_upstream_budget(max_connections: int) -> int:
-    """Idle upstream connections the pool may keep over all origins: the open files left when
-    every client connection holds one upstream socket too (at least 64, the old per-origin cap)."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):
-        return 64
-    if soft == resource.RLIM_INFINITY:
-        return 4096
-    return max(64, soft - 64 - 2 * max_connections)
-
-
 class StockyardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -217,7 +203,6 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.client_watch = ClientWatch()
         self.refusals = RefusalRecorder()
         self.max_connections = app.settings.max_connections or default_max_connections()
-        app.pool.max_idle_total = idle_upstream_budget(self.max_connections)
         self.connections = 0
         self._connections_lock = threading.Lock()
         self._full_logged = 0.0

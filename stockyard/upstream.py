@@ -429,45 +429,28 @@ class _Dechunker:
 
 
 class Pool:
-    """Idle keep-alive connections per origin, most recently used first.
-
-    Up to ``max_idle_per_origin`` per origin (512: a burst of a few hundred streams finds its
-    connections again instead of opening one each — bench/README.md, the stream relay), and
-    ``max_idle_total`` over all origins: the server sets it to the open files its connection
-    cap leaves spare (``server.idle_upstream_budget``).
-    """
+    """Idle keep-alive connections per origin, most recently used first."""
 
     def __init__(
-        self,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 600.0,
-        max_idle_per_origin: int = 512,
-        max_idle_total: int | None = None,
+        self, connect_timeout: float = 10.0, read_timeout: float = 600.0, max_idle_per_origin: int = 64
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle_per_origin
-        self.max_idle_total = max_idle_total
         self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
-        self._idle_count = 0
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
     def _take(self, key: Origin) -> http.client.HTTPConnection | None:
         with self._lock:
             idle = self._idle.get(key)
-            if not idle:
-                return None
-            self._idle_count -= 1
-            return idle.pop()
+            return idle.pop() if idle else None
 
     def _put(self, key: Origin, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
-            total = self.max_idle_total
-            if len(idle) < self.max_idle and (total is None or self._idle_count < total):
+            if len(idle) < self.max_idle:
                 idle.append(conn)
-                self._idle_count += 1
                 return
         conn.close()
 
@@ -585,6 +568,5 @@ class Pool:
         with self._lock:
             conns = [c for idle in self._idle.values() for c in idle]
             self._idle.clear()
-            self._idle_count = 0
         for c in conns:
             c.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import queue
-import resource
 import socket
 import ssl
 import threading
@@ -26,9 +25,8 @@ from mock_upstream import Reply
 from test_tls import tls_mock
 
 from stockyard.errors import ClientGone
-from stockyard.server import idle_upstream_budget
 from stockyard.streamrelay import READ_SIZE, Stream, StreamRelay
-from stockyard.upstream import Origin, Pool, UpstreamError
+from stockyard.upstream import Pool, UpstreamError
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 FIRST = b'data: {"n":0}\n\n'
@@ -429,31 +427,3 @@ def test_tls_streams_through_a_server_arrive_whole(pyz_path, cache_home, tmp_pat
         assert {row["outcome"] for row in rows} == {"ok"}
     finally:
         proc.stop()
-
-
-# -- the pool keeps a burst's connections -----------------------------------------------------------
-
-
-def test_the_pool_keeps_a_bursts_connections_within_its_caps() -> None:
-    pool = Pool(max_idle_per_origin=3, max_idle_total=5)
-    a, b = Origin.parse("http://127.0.0.1:1"), Origin.parse("http://127.0.0.1:2")
-    conns = [http.client.HTTPConnection("127.0.0.1", 1) for _ in range(8)]
-    for conn in conns[:4]:
-        pool._put(a, conn)
-    for conn in conns[4:]:
-        pool._put(b, conn)
-    assert len(pool._idle[a]) == 3, "per origin"
-    assert len(pool._idle[b]) == 2, "over all origins"
-    assert pool._take(a) is conns[2] and pool._take(b) is conns[5]
-    pool._put(b, conns[3])
-    assert len(pool._idle[b]) == 2 and pool._take(b) is conns[3], "room again once one was taken"
-    pool.close()
-    assert pool._take(a) is None
-
-
-def test_the_idle_budget_is_what_the_connection_cap_leaves_of_the_open_files() -> None:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        pytest.skip("no open-file limit")
-    assert idle_upstream_budget(64) == max(64, soft - 64 - 128)
-    assert idle_upstream_budget((soft - 64) // 2) == 64, "a cap that uses every file leaves the old 64"
