@@ -47,6 +47,7 @@ from .scrub import Scrubber, ScrubLogs
 from .store import Store, Writer, backend_for
 from .store.backends import Backend
 from .store.traces import backfill_search
+from .streamrelay import StreamRelay
 from .tracing import Tracer
 from .upstream import Pool
 from .webhooks import Dispatcher
@@ -144,6 +145,7 @@ class App:
             self.scrubber,
             self.pool,
             self.conversations,
+            StreamRelay(),
         )
         self.batch_costs = BatchCosts(
             self.path,

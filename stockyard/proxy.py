@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
@@ -47,6 +48,7 @@ from .providers.chatshape import DROPPED_HEADER
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
+from .streamrelay import Stream, StreamRelay
 from .tracing import Tracer
 from .upstream import Cancel, Pool, UpstreamError, UpstreamResponse
 
@@ -91,6 +93,7 @@ class RequestPath:
     scrub: Scrubber
     pool: Pool  # upstream connections
     conversations: Conversations  # the Responses API's stored responses
+    relay: StreamRelay | None = None  # one thread moving every established stream (else each request's own)
 
 
 class Reply(Protocol):
@@ -100,6 +103,7 @@ class Reply(Protocol):
     def end_stream(self) -> None: ...
     def abort(self) -> None: ...
     def watch_client(self, on_gone: Callable[[], None]) -> ContextManager[None]: ...
+    def stream_socket(self) -> socket.socket | None: ...
 
 
 def parse_body(ctx: RequestContext) -> None:
@@ -694,16 +698,30 @@ def relay_stream(
 ) -> None:
     """Relay SSE as it arrives: the events of one upstream read are translated, scrubbed and
     written as one piece (one write per read, not per event); a break upstream ends with an
-    error event, never [DONE]."""
+    error event, never [DONE].
+
+    Once the head and the first events are out, the rest goes to the relay thread when there is
+    one (``path.relay``: chunked streams; anything unusual stays here): this
+    thread then sleeps until the stream ends and finishes it below, as if it had read it itself.
+    """
     translator = adapter.stream(ctx)
     cap = path.settings.body_cap_bytes
     ctx.attempt.status = resp.status
     reply.start_stream(resp.status, {**headers, "cache-control": "no-cache"}, translator.content_type)
     ctx.attempt.mark_first_byte()
+
+    def convert(batch: list[bytes]) -> bytes:
+        out = b"".join([piece for event in batch for piece in translator.feed(event)])
+        return path.scrub.bytes(out)  # an upstream error event may echo the key
+
+    def relayed(batch: list[bytes]) -> bytes:  # on the relay thread: captured as it is produced
+        out = convert(batch)
+        ctx.attempt.capture(out, cap)
+        return out
+
     try:
         for batch in events:
-            out = b"".join([piece for event in batch for piece in translator.feed(event)])
-            out = path.scrub.bytes(out)  # an upstream error event may echo the key
+            out = convert(batch)
             reply.chunk(out)
             ctx.attempt.capture(out, cap)
             if ctx.deadline is not None:
@@ -712,6 +730,10 @@ def relay_stream(
                     resp.close()
                     raise UpstreamError("timeout", "the request passed its deadline")
                 resp.set_timeout(left)
+            if path.relay is not None and (client := reply.stream_socket()) is not None:
+                if (handoff := resp.handoff()) is not None:
+                    path.relay.carry(Stream(handoff, client, relayed, ctx.deadline))
+                    break
         for out in translator.finish():
             reply.chunk(out)
             ctx.attempt.capture(out, cap)

@@ -484,6 +484,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ClientGone() from exc
 
+    def stream_socket(self) -> socket.socket | None:
+        """The client's socket for a stream relay to write the chunks to itself, once the head is
+        out (``wfile`` writes straight to it: nothing is buffered in between)."""
+        return None if self._stream_head else self.connection
+
     def abort(self) -> None:
         """End a started answer that cannot be finished (a binary body broke upstream): the
         connection closes without the chunked terminator, so the client sees it incomplete."""

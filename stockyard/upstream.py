@@ -172,6 +172,8 @@ class UpstreamResponse:
         self.status = resp.status
         self.headers = {k.lower(): v for k, v in resp.getheaders()}
         self._done = False
+        self._chunks: _Dechunker | None = None  # the chunked framing state of a stream being read
+        self._split: _EventSplit | None = None  # its SSE event state
 
     @property
     def is_sse(self) -> bool:
@@ -198,18 +200,16 @@ class UpstreamResponse:
         completed, as soon as it returns: under load several events arrive together, and the
         relay then translates, scrubs and writes them as one piece.
 
-        Raises UpstreamError when the stream breaks; a clean end returns normally.
+        Raises UpstreamError when the stream breaks; a clean end returns normally. Between two
+        batches the stream may be handed to a relay thread (:meth:`handoff`): the framing and
+        event state live on the response, not in this generator.
         """
-        buf = b""
+        self._split = split = _EventSplit()
         for piece in self._reads():
-            buf = (buf + piece).replace(b"\r\n", b"\n")
-            end = buf.rfind(b"\n\n")
-            if end < 0:
-                continue
-            done, buf = buf[: end + 2], buf[end + 2 :]
-            yield [event + b"\n\n" for event in done[:-2].split(b"\n\n")]
-        if buf.strip():
-            yield [buf + b"\n\n"]
+            if batch := split.feed(piece):
+                yield batch
+        if batch := split.tail():
+            yield batch
         self.release()
 
     def _reads(self) -> Iterator[bytes]:
@@ -223,7 +223,7 @@ class UpstreamResponse:
                 while piece := resp.read1(65536):
                     yield piece
                 return
-            chunks = _Dechunker()
+            self._chunks = chunks = _Dechunker()
             while not chunks.ended:
                 data = resp.fp.read1(65536) if resp.fp is not None else b""
                 if not data:
@@ -239,6 +239,49 @@ class UpstreamResponse:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self.close()
             raise UpstreamError("reset", "provider connection broke mid-stream") from exc
+
+    def handoff(self) -> Handoff | None:
+        """The rest of this SSE stream for a relay thread (``streamrelay``): the plain socket, made
+        non-blocking, with the bytes already buffered from it, and the framing and event state.
+
+        None where the relay does not apply and the caller keeps reading with :meth:`events`: a
+        body that is not chunked, a stream whose framing already ended or broke, or one being
+        cancelled. A TLS socket is handed over as it is (the relay reads what its TLS layer holds
+        decrypted, ``pending()``, as well as what the selector sees arrive).
+        """
+        sock, chunks, fp = self._conn.sock, self._chunks, self._resp.fp
+        if (
+            not isinstance(sock, socket.socket)
+            or chunks is None
+            or chunks.ended
+            or chunks.broken is not None
+            or self._split is None
+            or fp is None
+            or self._done
+            or (self._cancel is not None and self._cancel.cancelled)
+        ):
+            return None
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            buffered = fp.read1(65536)  # what the buffered reader holds already (never waits: non-blocking)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            buffered = b""  # nothing buffered, and the TLS layer has no whole record yet
+        return Handoff(self, sock, timeout, buffered, chunks, self._split)
+
+    def end_handoff(self, handoff: Handoff, clean: bool) -> None:
+        """The relay is done with the stream: a clean end gives the connection back (blocking
+        again, its timeout restored), anything else drops it."""
+        if not clean:
+            self.close()
+            return
+        try:
+            handoff.sock.settimeout(handoff.timeout)
+        except OSError:
+            self.close()
+            return
+        self._resp.close()  # read to its end: release() may pool the connection
+        self.release()
 
     def chunks(self) -> Iterator[bytes]:
         """Yield the body as it arrives (``read1``: no waiting for a buffer to fill), for binary
@@ -286,8 +329,43 @@ class UpstreamResponse:
             self._cancel.detach()
         try:
             self._conn.close()
+            self._resp.close()  # its reader holds the socket open too: the provider sees the close now
         except OSError:
             pass
+
+
+class _EventSplit:
+    """Complete SSE events out of body bytes as they come (line ends made ``\\n``)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        """The events (each ending in a blank line) that ``piece`` completes."""
+        buf = (self._buf + piece).replace(b"\r\n", b"\n")
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return []
+        done, self._buf = buf[: end + 2], buf[end + 2 :]
+        return [event + b"\n\n" for event in done[:-2].split(b"\n\n")]
+
+    def tail(self) -> list[bytes]:
+        """At a clean end: a last event without its blank line, if any."""
+        buf, self._buf = self._buf, b""
+        return [buf + b"\n\n"] if buf.strip() else []
+
+
+@dataclass
+class Handoff:
+    """An SSE stream moved to a relay thread (:meth:`UpstreamResponse.handoff`)."""
+
+    response: UpstreamResponse
+    sock: socket.socket  # non-blocking from the handoff on
+    timeout: float | None  # its read timeout before (restored when the connection goes back to the pool)
+    buffered: bytes  # body bytes read from the socket already, not yet through the framing
+    chunks: _Dechunker
+    split: _EventSplit
 
 
 class _Dechunker:

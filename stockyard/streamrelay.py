@@ -1,0 +1,313 @@
+"""One thread relaying every established SSE stream (issue 18).
+
+A request thread blocked on its provider's socket wakes for every event, and with hundreds of
+streams those threads hand one GIL around for each of them. Once a stream is established
+(answer head and first events sent to the client), ``proxy.relay_stream`` hands the rest of
+it here: the upstream socket (plain or TLS), its chunked framing and SSE state, the request's
+translate + scrub + capture step (``convert``) and the client socket. One thread waits in a
+selector on every such upstream socket, reads what is ready, converts it and writes it to the
+client, and the request thread sleeps on an event until the stream ends; it then finishes the
+request as before (final events, error event, trace).
+
+Writes never block this thread: a client that reads slowly keeps its bytes in its stream's
+outbound buffer (written when its socket says it can take more), and while that buffer holds
+more than ``write_cap`` its upstream socket is not read (backpressure: bounded memory, and the
+provider's own flow control does the rest). Timers: the request's deadline, the provider's
+read timeout (no byte for that long) and the client's write timeout (no byte taken for that
+long) — the three the blocking relay had.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import selectors
+import socket
+import ssl
+import threading
+import time
+from typing import Callable
+
+from .errors import ClientGone
+from .upstream import Handoff, UpstreamError
+
+log = logging.getLogger("stockyard.proxy")
+
+WRITE_CAP = 256 * 1024  # a stream's bytes waiting for its client beyond which its provider is not read
+READ_SIZE = 65536
+
+
+def _ended(batch: list[bytes]) -> bytes:
+    return b""
+
+
+class Stream:
+    """One established stream in the relay; its fields belong to the relay thread until ``done``."""
+
+    __slots__ = (
+        "handoff",
+        "client",
+        "convert",
+        "deadline",
+        "read_timeout",
+        "write_timeout",
+        "out",
+        "done",
+        "error",
+        "read_at",
+        "wrote_at",
+        "reading",
+        "writing",
+        "up_fd",
+        "client_fd",
+    )
+
+    def __init__(
+        self,
+        handoff: Handoff,
+        client: socket.socket,
+        convert: Callable[[list[bytes]], bytes],
+        deadline: float | None,
+    ) -> None:
+        self.handoff = handoff
+        self.client = client
+        self.convert = convert  # upstream events -> bytes for the client (translated, scrubbed, captured)
+        self.deadline = deadline  # time.perf_counter() value, the request's deadline
+        self.read_timeout = handoff.timeout  # seconds without a byte from the provider
+        self.write_timeout = client.gettimeout()  # seconds without the client taking a byte
+        self.out = bytearray()  # chunk-framed bytes the client has not taken yet
+        self.done = threading.Event()
+        self.error: BaseException | None = None  # why it ended, when not cleanly
+        self.read_at = self.wrote_at = time.perf_counter()
+        self.reading = self.writing = False  # registered in the selector for upstream reads / client writes
+        self.up_fd, self.client_fd = handoff.sock.fileno(), client.fileno()
+
+    def due(self) -> float:
+        """When a timer of this stream runs out (the deadline, a read or a write stall)."""
+        due = self.deadline if self.deadline is not None else math.inf
+        if self.reading and self.read_timeout:
+            due = min(due, self.read_at + self.read_timeout)
+        if self.out and self.write_timeout:
+            due = min(due, self.wrote_at + self.write_timeout)
+        return due
+
+
+class StreamRelay:
+    """The relay thread (started with the first stream) and its selector."""
+
+    def __init__(self, write_cap: int = WRITE_CAP) -> None:
+        self.write_cap = write_cap
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._arrivals: list[Stream] = []
+        self._live: set[Stream] = set()
+        self._timers: list[tuple[float, int, Stream]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def streams(self) -> int:
+        """Streams being relayed now."""
+        return len(self._live)
+
+    def carry(self, stream: Stream) -> None:
+        """Relay ``stream`` to its end on the relay thread, waiting here (the request thread).
+
+        Returns after a clean end with the connection pooled; raises ``UpstreamError`` (the
+        stream broke, stalled or passed its deadline; the connection is closed) or
+        ``ClientGone``. The bytes the client had not taken yet are written first, from here.
+        """
+        stream.client.setblocking(False)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stockyard-stream-relay", daemon=True)
+                self._thread.start()
+            wake = not self._arrivals  # else a wake-up is on its way (the thread drains, then takes the list)
+            self._arrivals.append(stream)
+        if wake:
+            try:
+                self._wake_w.send(b"x")
+            except BlockingIOError:
+                pass  # a wake-up is pending already
+        stream.done.wait()
+        out, stream.out = stream.out, bytearray()
+        if out and not isinstance(stream.error, ClientGone):
+            try:
+                stream.client.sendall(out)
+            except OSError as exc:
+                raise ClientGone() from exc
+        if stream.error is not None:
+            raise stream.error
+
+    # -- the relay thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._round()
+            except Exception:  # never let the thread die: every stream in it would wait forever
+                log.exception("the stream relay failed a round")
+
+    def _round(self) -> None:
+        """Wait for ready sockets (or the next timer), move their bytes, run the timers due."""
+        timeout = None
+        if self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.perf_counter())
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._arrive()
+                continue
+            stream, upstream = key.data
+            if stream.done.is_set():
+                continue  # ended earlier in this round
+            try:
+                if upstream:
+                    self._read(stream)
+                else:
+                    self._send(stream)
+            except Exception as exc:  # a translator's bug: the request thread raises it, as before
+                self._finish(stream, exc)
+        self._expire()
+
+    def _arrive(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            arrivals, self._arrivals = self._arrivals, []
+        for stream in arrivals:
+            self._live.add(stream)
+            try:
+                self._want(stream, read=True)
+                if stream.handoff.buffered:
+                    self._take(stream, stream.handoff.buffered)
+                sock = stream.handoff.sock
+                if not stream.done.is_set() and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    self._read(stream)  # decrypted before the handoff: the selector will not say so
+            except Exception as exc:
+                self._finish(stream, exc)
+
+    def _read(self, stream: Stream) -> None:
+        sock = stream.handoff.sock
+        try:
+            data = sock.recv(READ_SIZE)
+            # TLS: bytes decrypted already are not the selector's to see; take them now
+            while data and isinstance(sock, ssl.SSLSocket) and (left := sock.pending()):
+                data += sock.recv(left)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # no whole TLS record yet (a TLS write is needed only with a full send buffer: never here)
+        except OSError:
+            data = b""
+        if not data:  # the connection ended before the last chunk
+            return self._finish(stream, UpstreamError("reset", "provider connection broke mid-stream"))
+        stream.read_at = time.perf_counter()
+        self._take(stream, data)
+
+    def _take(self, stream: Stream, data: bytes) -> None:
+        """Bytes from the provider: framing off, complete events converted and sent on."""
+        h = stream.handoff
+        piece = h.chunks.feed(data)
+        events = h.split.feed(piece) if piece else []
+        if h.chunks.ended:
+            events += h.split.tail()
+        if events and (out := stream.convert(events)):
+            stream.out += b"%x\r\n%s\r\n" % (len(out), out)
+        if h.chunks.broken is not None:
+            return self._finish(stream, UpstreamError("reset", "provider connection broke mid-stream"))
+        if h.chunks.ended:
+            return self._finish(stream, None)
+        if stream.deadline is not None and time.perf_counter() >= stream.deadline:
+            return self._finish(stream, UpstreamError("timeout", "the request passed its deadline"))
+        self._send(stream)
+
+    def _send(self, stream: Stream) -> None:
+        """Write what the client can take now; watch its socket while bytes wait, stop reading
+        the provider while too many do."""
+        if stream.out:
+            try:
+                sent = stream.client.send(stream.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return self._finish(stream, ClientGone())
+            if sent:
+                del stream.out[:sent]
+                stream.wrote_at = time.perf_counter()
+        waiting = bool(stream.out)
+        if waiting and not stream.writing:
+            stream.wrote_at = time.perf_counter()  # the write stall clock starts now
+        self._want(stream, read=len(stream.out) <= self.write_cap, write=waiting)
+
+    def _want(self, stream: Stream, read: bool, write: bool = False) -> None:
+        if read != stream.reading:
+            if read:
+                stream.read_at = time.perf_counter()  # the read clock stood still while paused
+                self._selector.register(stream.up_fd, selectors.EVENT_READ, (stream, True))
+            else:
+                self._selector.unregister(stream.up_fd)
+            stream.reading = read
+            if read:
+                self._timer(stream)
+        if write != stream.writing:
+            if write:
+                self._selector.register(stream.client_fd, selectors.EVENT_WRITE, (stream, False))
+                self._timer(stream)  # a write stall may run out before the timer there is
+            else:
+                self._selector.unregister(stream.client_fd)
+            stream.writing = write
+
+    def _finish(self, stream: Stream, error: BaseException | None) -> None:
+        """The stream ended (``error`` None: cleanly): out of the selector, the provider's
+        connection pooled or closed, the client socket blocking again, the request thread woken."""
+        if stream.done.is_set():
+            return
+        stream.error = error
+        stream.convert = _ended  # a timer entry may outlive the request: let go of its context
+        self._live.discard(stream)
+        try:
+            try:
+                self._want(stream, read=False, write=False)
+            except (KeyError, ValueError, OSError):
+                pass
+            stream.handoff.response.end_handoff(stream.handoff, error is None)
+            stream.client.settimeout(stream.write_timeout)
+        except Exception:
+            log.exception("ending a relayed stream failed")
+        finally:
+            stream.done.set()
+
+    def _timer(self, stream: Stream) -> None:
+        due = stream.due()
+        if due != math.inf:
+            heapq.heappush(self._timers, (due, next(self._seq), stream))
+
+    def _expire(self) -> None:
+        """Run the timers that are due; an entry whose stream moved on is put back at its new time."""
+        now = time.perf_counter()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, stream = heapq.heappop(timers)
+            if stream.done.is_set():
+                continue
+            due = stream.due()
+            if due > now:
+                if due != math.inf:
+                    heapq.heappush(timers, (due, next(self._seq), stream))
+                continue
+            if stream.deadline is not None and now >= stream.deadline:
+                self._finish(stream, UpstreamError("timeout", "the request passed its deadline"))
+            elif stream.out and stream.write_timeout and now >= stream.wrote_at + stream.write_timeout:
+                self._finish(stream, ClientGone())
+            else:
+                self._finish(stream, UpstreamError("timeout", "provider stopped sending mid-stream"))
+        if len(timers) > 2 * len(self._live) + 64:  # entries of ended streams: drop them
+            self._timers = [(s.due(), next(self._seq), s) for s in self._live if s.due() != math.inf]
+            heapq.heapify(self._timers)
