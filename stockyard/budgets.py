@@ -237,11 +237,8 @@ class Ledger:
                         entry.reserved += amount
                         entry.touched = now
             if refused is not None:
-                if first and self._on_exhausted is not None:
-                    try:
-                        self._on_exhausted(refused)
-                    except Exception as exc:  # telling must never change the answer
-                        log.error("could not report an exhausted budget: %s", exc)
+                if first:
+                    self._tell_exhausted(refused)
                 raise refused
             return Hold([(budget, key, amount) for budget, key in keyed])
 
@@ -275,10 +272,22 @@ class Ledger:
                 for _scope, key, entry in others:
                     if key in current:
                         entry.spent += actual_uc
+        self._tell_warnings(crossed)
+
+    def _tell_exhausted(self, refused: BudgetExceeded) -> None:
+        """The first refusal of a spent budget's period, to ``on_exhausted`` (the webhooks)."""
+        if self._on_exhausted is not None:
+            try:
+                self._on_exhausted(refused)
+            except Exception as exc:  # telling must never change the answer
+                log.error("could not report an exhausted budget: %s", exc)
+
+    def _tell_warnings(self, crossed: Iterable[tuple[Budget, str, int, int]]) -> None:
+        """Thresholds a settlement crossed, to ``on_warning`` (audit, log, webhooks)."""
         if self._on_warning is not None:
-            for args in crossed:
+            for crossing in crossed:
                 try:
-                    self._on_warning(*args)
+                    self._on_warning(*crossing)
                 except Exception as exc:  # a warning must never fail a request
                     log.error("could not record a budget warning: %s", exc)
 
@@ -382,12 +391,7 @@ class BudgetRecords:
         )
 
         def job(conn) -> None:
-            inserted = conn.execute(
-                "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
-                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
-                (budget.scope, period_key, percent),
-            )
-            if inserted.rowcount:
+            if _first_time(conn, budget.scope, period_key, percent):
                 ops.audit(
                     conn,
                     "budget.warning",
@@ -418,15 +422,21 @@ class BudgetRecords:
         )
 
         def job(conn) -> None:
-            inserted = conn.execute(
-                "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
-                "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
-                (b.scope, refused.period_key, EXHAUSTED),
-            )
-            if inserted.rowcount:
+            if _first_time(conn, b.scope, refused.period_key, EXHAUSTED):
                 self._notify("budget.exhausted", _budget_data(b, refused.period_key, refused.spent), text)
 
         self._store.submit(job)
+
+
+def _first_time(conn: sqlite3.Connection, scope: str, period_key: str, threshold: int) -> bool:
+    """Record that a budget's period reached ``threshold``; True only for the first record, in
+    any process (the row is the database's word on whether it was told already)."""
+    inserted = conn.execute(
+        "INSERT OR IGNORE INTO budget_warnings (scope, period_start, threshold, created_at) "
+        "VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+        (scope, period_key, threshold),
+    )
+    return bool(inserted.rowcount)
 
 
 def _budget_data(budget: Budget, period_key: str, spent: int) -> dict:

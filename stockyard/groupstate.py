@@ -266,11 +266,8 @@ class RemoteLedger(Ledger):
         if "refused" in reply:
             budget, key, spent, reserved, asked, at = reply["refused"]
             refused = BudgetExceeded(_budget(budget), key, spent, reserved, asked, at)
-            if reply["first"] and self._on_exhausted is not None:
-                try:
-                    self._on_exhausted(refused)
-                except Exception as exc:  # telling must never change the answer
-                    log.error("could not report an exhausted budget: %s", exc)
+            if reply["first"]:
+                self._tell_exhausted(refused)
             raise refused
         return _RemoteHold(reply["hold"])
 
@@ -281,12 +278,7 @@ class RemoteLedger(Ledger):
         except StateLost as exc:  # the parent is gone: so is the group (the workers follow it)
             log.error("budget settlement not recorded: %s", exc)
             return
-        for budget, key, spent, pct in reply["warnings"]:
-            if self._on_warning is not None:
-                try:
-                    self._on_warning(_budget(budget), key, spent, pct)
-                except Exception as exc:  # a warning must never fail a request
-                    log.error("could not record a budget warning: %s", exc)
+        self._tell_warnings((_budget(budget), key, spent, pct) for budget, key, spent, pct in reply["warnings"])
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         found = self._client.call(["used_up", [_plain(b) for b in budgets], ts_ms])["refused"]

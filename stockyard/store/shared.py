@@ -162,11 +162,8 @@ class SharedLedger(Ledger):
                 first = spent + amount > budget.limit_uc and (budget.scope, key) not in self._exhausted
                 if first:
                     self._exhausted.add((budget.scope, key))
-            if first and self._on_exhausted is not None:
-                try:
-                    self._on_exhausted(refused)
-                except Exception as exc:  # telling must never change the answer
-                    log.error("could not report an exhausted budget: %s", exc)
+            if first:
+                self._tell_exhausted(refused)
             raise refused
         return hold
 
@@ -235,12 +232,7 @@ class SharedLedger(Ledger):
                 (job.actual_uc, scope, *current, job.settled.get(scope, "")),
             )
             job.scopes.pop(0)
-        if self._on_warning is not None:
-            for crossing in crossed:
-                try:
-                    self._on_warning(*crossing)
-                except Exception as exc:  # a warning must never fail a request
-                    log.error("could not record a budget warning: %s", exc)
+        self._tell_warnings(crossed)
 
     def used_up(self, budgets: list[Budget], ts_ms: int) -> BudgetExceeded | None:
         keyed = self._ensure(budgets, ts_ms)
