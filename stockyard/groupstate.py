@@ -66,12 +66,14 @@ class StateServer:
     """The group's ledger and rate windows, answering the workers in the parent's loop."""
 
     def __init__(self, folder: str, load: Callable[[Budget, str], int], warn_percents: Iterable[int]) -> None:
-        self._told: list[tuple[str, Any]] = []  # what the ledger reported during the current call
+        # What the ledger reported during the current call, for the worker to act on.
+        self._crossed: list[tuple[Budget, str, int, int]] = []  # warning thresholds (settle)
+        self._first_refusal = False  # the first refusal of a spent period (reserve)
         self.ledger = Ledger(
             load,
             warn_percents,
-            lambda *crossing: self._told.append(("warning", crossing)),
-            lambda refused: self._told.append(("exhausted", refused)),
+            lambda *crossing: self._crossed.append(crossing),
+            self._note_first_refusal,
         )
         self.limiter = RateLimiter()
         self._holds: dict[int, tuple[int, Hold]] = {}  # hold id -> (worker pid, hold)
@@ -84,6 +86,9 @@ class StateServer:
         self.sock.setblocking(False)
         self._selector: selectors.BaseSelector | None = None
         self._conns: set[socket.socket] = set()
+
+    def _note_first_refusal(self, refused: BudgetExceeded) -> None:
+        self._first_refusal = True  # the worker tells its webhooks (it has the database)
 
     def attach(self, selector: selectors.BaseSelector) -> None:
         """Serve from ``selector``'s loop: its events carry callables, run by the loop."""
@@ -149,13 +154,14 @@ class StateServer:
     def answer(self, call: list) -> dict | None:
         """One call: ``[operation, arguments…]``; the answer, or None for ``correct``."""
         op = call[0]
-        self._told.clear()
+        self._crossed.clear()
+        self._first_refusal = False
         if op == "reserve":
             _, pid, budgets, amount, ts_ms = call
             try:
                 hold = self.ledger.reserve([_budget(b) for b in budgets], int(amount), int(ts_ms))
             except BudgetExceeded as refused:
-                return {"refused": _refusal(refused), "first": bool(self._told)}
+                return {"refused": _refusal(refused), "first": self._first_refusal}
             hold_id = self._id()
             self._holds[hold_id] = (int(pid), hold)
             return {"hold": hold_id}
@@ -163,7 +169,7 @@ class StateServer:
             _, hold_id, actual_uc, scopes, ts_ms = call
             held = self._holds.pop(hold_id, None) if hold_id is not None else None
             self.ledger.settle(held[1] if held else None, int(actual_uc), scopes, int(ts_ms))
-            return {"warnings": [[_plain(b), key, spent, pct] for _, (b, key, spent, pct) in self._told]}
+            return {"warnings": [[_plain(b), key, spent, pct] for b, key, spent, pct in self._crossed]}
         if op == "used_up":
             _, budgets, ts_ms = call
             found = self.ledger.used_up([_budget(b) for b in budgets], int(ts_ms))
