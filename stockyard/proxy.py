@@ -404,19 +404,13 @@ def attempt_once(
         health = ctx.plan.models.health
         entry = health.begin(deployment, ctx.plan.take(deployment), ctx.plan.tokens)
     started = time.perf_counter()
-    ok, failure = True, None
-    try:
-        failure = attempt(path, reply, ctx)
-        ok = failure is None or not failure.retryable
-        return failure
-    except ProxyError as exc:
-        ok = exc.status < 500 or exc.code == "deadline_exceeded"  # our deadline, not the provider's fault
-        failure = Failure(False, started, 0, error=exc)
-        raise
-    except ClientGone:
-        failure = Failure(False, started, 0)  # says nothing about the deployment
-        raise
-    finally:
+    reported = False
+
+    def report(failure: Failure | None, ok: bool) -> None:
+        nonlocal reported
+        if reported:
+            return
+        reported = True
         if health is None or deployment is None or entry is None:
             policy.report(breaker, ok)
         else:
@@ -431,6 +425,39 @@ def attempt_once(
                 ttfb_s=a.ttfb - started if failure is None and a.ttfb is not None else None,
                 tokens=spent_tokens(a, failure),
             )
+
+    ok, failure = True, None
+    try:
+        failure = attempt(path, ReportFirst(reply, lambda: report(None, True)), ctx)
+        ok = failure is None or not failure.retryable
+        return failure
+    except ProxyError as exc:
+        ok = exc.status < 500 or exc.code == "deadline_exceeded"  # our deadline, not the provider's fault
+        failure = Failure(False, started, 0, error=exc)
+        raise
+    except ClientGone:
+        failure = Failure(False, started, 0)  # says nothing about the deployment
+        raise
+    finally:
+        report(failure, ok)
+
+
+class ReportFirst:
+    """The reply, with the attempt's outcome reported before a whole answer leaves: the client's
+    next request must find the breaker and the deployment's health as this answer left them (a
+    half-open breaker closed, a first time to first byte measured). A stream reports at its end."""
+
+    def __init__(self, reply: Reply, report: Callable[[], None]) -> None:
+        self._reply, self._report = reply, report
+
+    def send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None
+    ) -> None:
+        self._report()
+        self._reply.send(status, body, content_type, headers)
+
+    def __getattr__(self, name: str):
+        return getattr(self._reply, name)
 
 
 def spent_tokens(attempt: Attempt, failure: Failure | None) -> int | None:
