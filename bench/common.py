@@ -12,10 +12,11 @@ import math
 import multiprocessing
 import os
 import re
+import selectors
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 PYZ = REPO / "dist" / "stockyard.pyz"
-MOCK = REPO / "tests" / "mock_upstream.py"
+MOCK = REPO / "bench" / "paced_mock.py"  # the test mock's answers, one thread (see its docstring)
 
 CHAT_PATH = "/v1/chat/completions"
 CHAT = {
@@ -133,7 +134,7 @@ def base_env(workdir: Path) -> dict[str, str]:
 
 
 def start_mock(procs: Procs, delay_ms: float) -> Target:
-    """A `tests/mock_upstream.py` process answering after `delay_ms`."""
+    """A `bench/paced_mock.py` process answering after `delay_ms`."""
     argv = [sys.executable, str(MOCK), "--port", "0", "--delay-ms", str(delay_ms)]
     name = f"mock-{delay_ms:g}ms"
     proc, match, log = procs.start(name, argv, base_env(procs.workdir), r"listening (http://127\.0\.0\.1:\d+)")
@@ -254,51 +255,103 @@ class LoadResult:
         return self.ok / self.seconds if self.seconds else 0.0
 
 
-def _load_thread(port: int, headers: dict[str, str], start_at: float, end_at: float, counts: list[int]) -> None:
-    """One client: keep-alive requests until `end_at`; counts [in-window ok, errors, all ok]."""
-    conn: http.client.HTTPConnection | None = None
-    while time.monotonic() < end_at:
-        try:
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("POST", CHAT_PATH, CHAT_BODY, headers)
-            resp = conn.getresponse()
-            resp.read()
+class _LoadConn:
+    """One keep-alive client of the load generator: its socket and the answer being read."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.buf = b""
+
+    def answer(self) -> int | None:
+        """The status of the answer in `buf` once it is complete (and taken off `buf`), else None.
+        Answers carry Content-Length or are chunked (then the terminating zero chunk ends them)."""
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = self.buf[:end].lower()
+        status = int(head[9:12])
+        match = re.search(rb"\r\ncontent-length: *(\d+)", head)
+        if match:
+            size = end + 4 + int(match.group(1))
+        else:
+            tail = self.buf.find(b"\r\n0\r\n\r\n", end)
+            if tail < 0:
+                return None
+            size = tail + 7
+        if len(self.buf) < size:
+            return None
+        self.buf = self.buf[size:]
+        return status
+
+
+def _load_process(
+    port: int, headers: dict[str, str], clients: int, start_at: float, end_at: float, out: "multiprocessing.Queue"
+) -> None:
+    """A client process: `clients` keep-alive connections driven by one selector, each sending its
+    next request as soon as its answer is read (no threads: the load generator's own CPU is a few
+    tens of microseconds per request, so what a load row measures is the server). Puts its counts
+    [in-window ok, errors, all ok] on `out`."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = (
+        f"POST {CHAT_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{lines}Content-Length: {len(CHAT_BODY)}\r\n\r\n"
+    ).encode() + CHAT_BODY
+    counts = [0, 0, 0]
+    sel = selectors.DefaultSelector()
+    missing = clients  # connections to (re)open
+
+    def drop(conn: _LoadConn) -> None:
+        nonlocal missing
+        counts[1] += 1
+        missing += 1
+        sel.unregister(conn.sock)
+        conn.sock.close()
+
+    while (now := time.monotonic()) < end_at:
+        for _ in range(missing):
+            try:
+                conn = _LoadConn(port)
+                conn.sock.sendall(request)
+            except OSError:
+                counts[1] += 1
+                break
+            sel.register(conn.sock, selectors.EVENT_READ, conn)
+            missing -= 1
+        for key, _ in sel.select(min(0.01 if missing else 0.1, end_at - now)):
+            conn = key.data
+            try:
+                data = conn.sock.recv(262144)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                drop(conn)
+                continue
+            conn.buf += data
+            status = conn.answer()
+            if status is None:
+                continue
             done = time.monotonic()
-            if resp.status != 200:
+            if status != 200:
                 counts[1] += 1
             else:
                 counts[2] += 1
                 counts[0] += start_at <= done <= end_at
-        except (OSError, http.client.HTTPException):
-            counts[1] += 1
-            if conn is not None:
-                conn.close()
-            conn = None
-            time.sleep(0.01)
-    if conn is not None:
-        conn.close()
-
-
-def _load_process(
-    port: int, headers: dict[str, str], threads: int, start_at: float, end_at: float, out: "multiprocessing.Queue"
-) -> None:
-    """A client process: `threads` keep-alive clients; puts its summed counts on `out`."""
-    counts = [[0, 0, 0] for _ in range(threads)]
-    workers = [
-        threading.Thread(target=_load_thread, args=(port, headers, start_at, end_at, c), daemon=True) for c in counts
-    ]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=max(0.0, end_at - time.monotonic()) + 15)
-    out.put([sum(c[i] for c in counts) for i in range(3)])
+            try:
+                conn.sock.send(request)  # a few hundred bytes into an empty socket buffer
+            except OSError:
+                drop(conn)
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    out.put(counts)
 
 
 def load(target: Target, clients: int = 64, processes: int = 4, seconds: float = 3.0, ramp: float = 0.5) -> LoadResult:
-    """`clients` concurrent keep-alive clients (threads spread over `processes` forked client
-    processes, so the client's GIL is not the bottleneck) for `ramp + seconds`; requests
-    completed in the last `seconds` count. CLOCK_MONOTONIC is shared by all processes."""
+    """`clients` concurrent keep-alive clients (spread over `processes` forked client processes,
+    each one selector loop) for `ramp + seconds`; requests completed in the last `seconds`
+    count. CLOCK_MONOTONIC is shared by all processes."""
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     headers = {"content-type": "application/json", **target.headers}

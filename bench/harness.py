@@ -181,11 +181,14 @@ def count_traces(db: Path, expect: int, wait_s: float = 5.0) -> int:
 
 
 def interleaved_load(
-    b: Bench, targets: list[Target], cpu_of: Callable[[Target], float | None] | None = None
+    b: Bench,
+    targets: list[Target],
+    cpu_of: Callable[[Target], float | None] | None = None,
+    clients: int | None = None,
 ) -> tuple[dict[str, list[LoadResult]], dict[str, float]]:
-    """Each target under the same load for `--load-rounds` rounds, rotating who goes first: the
-    results per target, and the CPU seconds its server used meanwhile (`cpu_of`, default: the
-    target's own process; NaN when it cannot be read)."""
+    """Each target under the same load (`clients`, default `--clients`) for `--load-rounds`
+    rounds, rotating who goes first: the results per target, and the CPU seconds its server used
+    meanwhile (`cpu_of`, default: the target's own process; NaN when it cannot be read)."""
     a = b.args
     measure = cpu_of or (lambda t: cpu_seconds(t.pid))
     runs: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
@@ -194,7 +197,7 @@ def interleaved_load(
         k = r % len(targets)
         for t in targets[k:] + targets[:k]:
             before = measure(t)
-            runs[t.name].append(load(t, clients=a.clients, processes=a.client_procs, seconds=a.seconds))
+            runs[t.name].append(load(t, clients=clients or a.clients, processes=a.client_procs, seconds=a.seconds))
             after = measure(t)
             cpu[t.name] += (after - before) if before is not None and after is not None else float("nan")
     return runs, cpu

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5, help="rounds the latency samples are split into")
     p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--client-procs", type=int, default=4)
+    p.add_argument("--client-procs", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per throughput run")
     p.add_argument("--load-rounds", type=int, default=3, help="interleaved throughput rounds")
     p.add_argument("--quick", action="store_true", help="a fraction of the work, for a smoke run")
