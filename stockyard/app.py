@@ -110,7 +110,9 @@ class App:
         self.store = Store(self.backend, self.writer)
         self.pool = Pool(settings.upstream_connect_timeout_s, settings.upstream_read_timeout_s)
         self._registry = Registry(from_env(self.env))
-        self.health = Health()  # per deployment: in flight, latency, cooldown, breaker, usage (kept across reloads)
+        # Per deployment: in flight, latency, cooldown, breaker, usage (kept across reloads); the
+        # deployments' rpm/tpm also counted where every worker or replica counts them.
+        self.health = Health(shared=self.backend.shared_rate_limiter(self.store))
         self._models = Models([], self.health)
         self._project_budgets: dict[str, Budget] = {}
         self._chain = Chain([])

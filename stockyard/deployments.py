@@ -17,6 +17,12 @@ provider's ``Retry-After``, capped, else a short default), while its circuit bre
 probes it), or when the request would pass its rpm/tpm limit — the request spills to the next
 deployment instead. :class:`Health` keeps this state for the server's life (across reloads);
 :class:`Models` is the immutable snapshot of the configuration, replaced whole on reload.
+
+A deployment's rpm/tpm is the provider's quota, so it must hold for the whole installation: the
+workers of a group and PostgreSQL replicas each keep their own health, but a deployment with a
+limit is also counted in the shared rate windows (``shared``: the group parent's, or the
+database's — the same ones client keys' limits use). Cooldowns and breakers stay per process:
+they only decide how often a failing deployment is tried.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import ProxyError
+from .modules.ratelimit import RateLimited
 from .providers import Provider
 
 STRATEGIES = ("weighted", "least-busy", "latency", "usage")
@@ -81,14 +88,19 @@ class _State:
     opened_at: float | None = None  # the breaker opened
     probing: bool = False  # a half-open probe is out
     current: float = 0.0  # smooth weighted round-robin
-    window: collections.deque = field(default_factory=collections.deque)  # [time, tokens] per request
+    window: collections.deque = field(default_factory=collections.deque)  # [time, tokens(, shared entry)] per request
+    shared_full_until: float = 0.0  # the shared window refused this deployment until then
 
 
 class Health:
-    """The run-time state of every deployment: in flight, latency, cooldown, breaker, usage."""
+    """The run-time state of every deployment: in flight, latency, cooldown, breaker, usage.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    ``shared``: rate windows every process of the installation counts in (``admit``/``correct``
+    as :class:`~stockyard.modules.ratelimit.RateLimiter`), or None for a server alone."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, shared: Any = None) -> None:
         self._clock = clock
+        self._shared = shared
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
 
@@ -101,7 +113,7 @@ class Health:
     def _used(self, s: _State, now: float) -> tuple[int, int]:
         while s.window and s.window[0][0] <= now - WINDOW_S:
             s.window.popleft()
-        return len(s.window), sum(t for _, t in s.window)
+        return len(s.window), sum(entry[1] for entry in s.window)
 
     def _why_not(self, d: Deployment, s: _State, now: float, tokens: int) -> str | None:
         """Why ``d`` cannot take a request now (None: it can)."""
@@ -113,6 +125,8 @@ class Health:
             return "breaker"
         requests, used = self._used(s, now)
         if (d.rpm is not None and requests + 1 > d.rpm) or (d.tpm is not None and used + tokens > d.tpm):
+            return "limit"
+        if s.shared_full_until > now:
             return "limit"
         return None
 
@@ -129,23 +143,39 @@ class Health:
 
     def reserve(self, route: ModelRoute, tokens: int, exclude: frozenset[str] = frozenset()) -> tuple[Deployment, list]:
         """:meth:`choose` and count the request against the chosen one's rpm/tpm in one step, so
-        concurrent requests cannot all pass a limit; :meth:`release` gives back an unused one."""
-        with self._lock:
-            now = self._clock()
-            d, s = self._choose(route, tokens, exclude, now)
-            entry = [now, tokens]
-            s.window.append(entry)
-            return d, entry
+        concurrent requests cannot all pass a limit; :meth:`release` gives back an unused one.
+
+        A limited deployment is then counted in the shared windows too; when they are full (the
+        other processes used the quota), it is left out until they say it has room, and the
+        choice is made again."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                d, s = self._choose(route, tokens, exclude, now)
+                entry = [now, tokens]
+                s.window.append(entry)
+            if self._shared is None or (d.rpm is None and d.tpm is None):
+                return d, entry
+            try:
+                entry.append(self._shared.admit(_window(d), d.rpm, d.tpm, tokens, f"deployment {d.key}"))
+                return d, entry
+            except RateLimited as full:
+                with self._lock:
+                    _forget(s, entry)
+                    s.shared_full_until = max(s.shared_full_until, self._clock() + (full.retry_after or 1))
 
     def release(self, d: Deployment, entry: list) -> None:
-        """A reservation the request did not use (a cache hit, a refusal, a deadline)."""
+        """A reservation the request did not use (a cache hit, a refusal, a deadline). In the
+        shared windows its request still counts (they only correct tokens), its tokens do not."""
         with self._lock:
             s = self._states.get(d.key)
             if s is not None:
-                try:
-                    s.window.remove(entry)
-                except ValueError:
-                    pass
+                _forget(s, entry)
+        self._correct_shared(d, entry, 0)
+
+    def _correct_shared(self, d: Deployment, entry: list, tokens: int) -> None:
+        if len(entry) > 2 and self._shared is not None:
+            self._shared.correct(_window(d), entry[2], tokens)
 
     def _choose(self, route: ModelRoute, tokens: int, exclude: frozenset[str], now: float) -> tuple[Deployment, _State]:
         usable: list[tuple[Deployment, _State]] = []
@@ -210,6 +240,8 @@ class Health:
                 waits.append(s.cooldown_until - now)
             elif reasons[d.name] == "breaker" and s.opened_at is not None:
                 waits.append(BREAKER_COOLDOWN_S - (now - s.opened_at))
+            elif s.shared_full_until > now:
+                waits.append(s.shared_full_until - now)
             elif s.window:
                 waits.append(s.window[0][0] + WINDOW_S - now)
         wait_s = max(1, math.ceil(min(waits, default=1)))
@@ -256,6 +288,8 @@ class Health:
                 s.failures, s.opened_at, s.probing = 0, None, False
             else:
                 s.probing = False  # neither: a refused request (4xx) says the deployment is up
+        if tokens is not None:
+            self._correct_shared(d, entry, tokens)
 
     def keep_only(self, keys: set[str]) -> None:
         """Forget the state of deployments no longer configured (a new one starts afresh)."""
@@ -283,6 +317,18 @@ class Health:
                 "rpm_used": requests,
                 "tpm_used": used,
             }
+
+
+def _window(d: Deployment) -> str:
+    """The name of a deployment's shared rate window (client keys' windows are named by key id)."""
+    return f"deployment:{d.key}"
+
+
+def _forget(s: _State, entry: list) -> None:
+    try:
+        s.window.remove(entry)
+    except ValueError:
+        pass
 
 
 class Models:

@@ -21,6 +21,7 @@ from module_helpers import ADMIN_KEY, api, disable_all, put_module
 
 from stockyard.deployments import BREAKER_COOLDOWN_S, Deployment, Health, ModelRoute
 from stockyard.errors import ProxyError
+from stockyard.modules.ratelimit import RateLimiter
 from stockyard.operations import models as model_ops
 from stockyard.providers import Provider, Registry, from_env
 from stockyard.proxy import CONTEXT_OVERFLOW
@@ -406,3 +407,41 @@ def test_a_cache_hit_gives_its_deployments_reservation_back(server, mock):
     calls = len(mock.requests)
     # Given back when the request ends, which may be just after the client has its answer.
     wait_for(lambda: health(server, "chat")["a"]["rpm_used"] == calls, timeout=2, what="the reservations given back")
+
+
+def test_a_deployments_limit_holds_across_processes_sharing_its_window():
+    """Two servers' health (the workers of a group, replicas) over one set of shared windows (the
+    parent's RateLimiter): a's 3 requests a minute are 3 in all, not 3 each; then b takes them,
+    and with b full too the answer is a 429 saying when to retry."""
+    shared = RateLimiter()
+    one, two = Health(clock=lambda: 0.0, shared=shared), Health(clock=lambda: 0.0, shared=shared)
+    a, b = _dep("a", rpm=3), _dep("b", priority=1, rpm=2)
+    route = _route(a, b)
+    chosen = [(one, two)[i % 2].reserve(route, 10)[0].name for i in range(5)]
+    assert chosen == ["a", "a", "a", "b", "b"]
+    with pytest.raises(ProxyError) as none_left:
+        one.reserve(route, 10)
+    assert none_left.value.status == 429 and 1 <= int(none_left.value.headers["Retry-After"]) <= 60
+
+
+def test_a_deployments_shared_tokens_are_corrected_and_given_back():
+    shared = RateLimiter()
+    one, two = Health(clock=lambda: 0.0, shared=shared), Health(clock=lambda: 0.0, shared=shared)
+    a, b = _dep("a", tpm=1000), _dep("b", priority=1)
+    route = _route(a, b)
+    d, entry = one.reserve(route, 900)
+    assert d == a and two.reserve(route, 200)[0] == b, "900 of a's 1000 tokens are counted everywhere"
+    one.begin(a, entry)
+    one.finish(a, entry, ok=True, failed=False, tokens=100)  # it used 100
+    d, entry = one.reserve(route, 800)
+    assert d == a
+    one.release(a, entry)  # not sent after all: its tokens are given back
+    assert one.reserve(route, 850)[0] == a
+    # two was told a was full: it leaves a out until the window's Retry-After, not a moment more.
+    assert two.reserve(route, 10)[0] == b
+
+
+def test_health_without_shared_windows_counts_only_its_own():
+    one, two = Health(clock=lambda: 0.0), Health(clock=lambda: 0.0)
+    route = _route(_dep("a", rpm=1))
+    assert one.reserve(route, 1)[0].name == two.reserve(route, 1)[0].name == "a"

@@ -312,6 +312,29 @@ def test_an_rpm_limit_holds_across_3_replicas(replicas):
     assert all(1 <= int(r[1]["retry-after"]) <= 60 for r in results if r[0] == 429)
 
 
+def test_a_deployments_rpm_holds_across_3_replicas(replicas, mock):
+    """A deployment's rpm is its provider's quota: 3 a minute through all the replicas."""
+    for fields in (
+        {"name": "a", "provider": "openai", "model": "mock-quota-a", "rpm": 3},
+        {"name": "b", "provider": "openai", "model": "mock-quota-b", "priority": 1},
+    ):
+        status, view = api(replicas[0], "POST", "/api/models/quota/deployments", fields)
+        assert status == 201, view
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    wait_for(
+        lambda: all(b'"quota"' in s.request("GET", "/v1/models", headers=admin)[2] for s in replicas),
+        what="the model on every replica",
+    )
+    body = {"model": "quota", "messages": [{"role": "user", "content": "hi"}]}
+    start = len(mock.requests)  # the mock is shared with earlier tests
+    statuses = [replicas[i % 3].request("POST", "/v1/chat/completions", body)[0] for i in range(9)]
+    assert statuses == [200] * 9
+    sent = [
+        r.json["model"] for r in mock.requests[start:] if r.json and str(r.json.get("model", "")).startswith("mock-")
+    ]
+    assert sent.count("mock-quota-a") == 3 and sent.count("mock-quota-b") == 6, sent
+
+
 @pytest.mark.serial
 def test_a_key_revoked_through_one_replica_is_refused_by_the_others_within_a_second(replicas):
     status, key = api(replicas[0], "POST", "/api/keys", {"name": "short-lived"})

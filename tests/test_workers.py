@@ -314,6 +314,40 @@ def test_an_rpm_limit_holds_across_2_workers(group):
         conn.close()
 
 
+def test_a_deployments_rpm_holds_across_2_workers(group, mock):
+    """A deployment's rpm is its provider's quota: 3 a minute through the group, not 3 per worker;
+    the rest spill to the next priority."""
+    for fields in (
+        {"name": "a", "provider": "openai", "model": "mock-quota-a", "rpm": 3},
+        {"name": "b", "provider": "openai", "model": "mock-quota-b", "priority": 1},
+    ):
+        status, view = api(group, "POST", "/api/models/quota/deployments", fields)
+        assert status == 201, view
+    conns = [connection_to(group, worker) for worker in (0, 1)]
+    body = json.dumps({"model": "quota", "messages": [{"role": "user", "content": "hi"}]})
+    for worker, conn in enumerate(conns):
+
+        def knows(conn: http.client.HTTPConnection = conn) -> bool:
+            conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {ADMIN}"})
+            answer = conn.getresponse()
+            return answer.status == 200 and '"quota"' in answer.read().decode()
+
+        wait_for(knows, what=f"the model on worker {worker}")
+    start, statuses = len(mock.requests), []  # the mock is shared with earlier tests
+    for i in range(8):  # alternately on each worker: each alone would send a 3 of them
+        conns[i % 2].request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        answer = conns[i % 2].getresponse()
+        answer.read()
+        statuses.append(answer.status)
+    assert statuses == [200] * 8
+    sent = [
+        r.json["model"] for r in mock.requests[start:] if r.json and str(r.json.get("model", "")).startswith("mock-")
+    ]
+    assert sent.count("mock-quota-a") == 3 and sent.count("mock-quota-b") == 5, sent
+    for conn in conns:
+        conn.close()
+
+
 @pytest.mark.serial
 def test_a_key_revoked_through_one_worker_is_refused_by_all_within_a_second(group):
     status, key = api(group, "POST", "/api/keys", {"name": "short-lived"})

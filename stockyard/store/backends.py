@@ -79,6 +79,10 @@ class SqliteBackend:
 
         return RateLimiter()
 
+    def shared_rate_limiter(self, store: Any) -> Any:
+        """Windows other processes count in too (deployments' quotas): a group's, else none."""
+        return self.rate_limiter(store) if self.group else None
+
     def group_state(self) -> Any:
         """This worker's connections to the group's shared state (one pool per process)."""
         from ..groupstate import StateClient
@@ -167,6 +171,10 @@ class PostgresBackend:
         from .shared import SharedRateLimiter
 
         return SharedRateLimiter(store)
+
+    def shared_rate_limiter(self, store: Any) -> Any:
+        """Every replica counts in the database's windows."""
+        return self.rate_limiter(store)
 
     def secure_files(self, extra: list[Path]) -> list[str]:
         return []  # no database file here
