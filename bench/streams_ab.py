@@ -3,7 +3,7 @@
     python3 bench/streams_ab.py BASE.pyz NEW.pyz [MORE.pyz ...] [--streams 200] [--rounds 6]
 
 One paced mock (20 events, 5 ms apart), a proxy of each build in front of it (named A, B, …),
-and bursts of `--streams` concurrent streams (the asyncio client of `streams.py`) to direct and
+and bursts of `--streams` concurrent streams (the selector client of `streams.py`) to direct and
 each proxy in a rotating order, round after round. Printed per target: the median over rounds of the burst's
 p50 time to a stream's end (and A/B minus direct), failures, and each proxy's CPU per stream
 (user + system from /proc, over its own bursts only) — ratios within one run, never across runs.
