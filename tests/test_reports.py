@@ -187,6 +187,23 @@ def test_top_n_on_each_store(database):
     conn.close()
 
 
+def test_a_top_group_without_a_name_is_its_own_row_on_each_store(database):
+    """No end user (or no key, no project) is stored as '' (the rollups' columns are NOT NULL), so
+    the top set matches it like any name: it never falls into (other) when it ranks."""
+    conn = database.connect()
+    db.migrate(conn)
+    write_spend(conn, [(0, 0, 0, 1000), (0, 1, 0, 10), (0, 2, 0, 5), (1, 0, 1, 7), (1, 3, 0, 3)])
+    rows = costs.report(conn, "day,user", top=1)["rows"]
+    assert [(r["user"], r["cost_uc"]) for r in rows] == [(None, 7), (costs.OTHER, 3), (None, 1000), (costs.OTHER, 15)]
+    assert [(r["user"], r["other"]) for r in costs.report(conn, "user", top=1)["rows"]] == [
+        (None, False),
+        (costs.OTHER, True),
+    ]
+    for by in ("day,user", "user", "day,project", "project"):
+        check_top(conn, by, 1)
+    conn.close()
+
+
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "reports")
