@@ -204,6 +204,25 @@ def test_a_top_group_without_a_name_is_its_own_row_on_each_store(database):
     conn.close()
 
 
+ROLLUP_DIMENSIONS = {
+    "rollups_daily": {"day", "key_id", "project", "provider", "model"},
+    "rollups_users": {"day", "key_id", "project", "end_user"},
+    "rollups_tags": {"day", "name", "value"},
+}
+
+
+def test_one_list_of_rollup_counts_is_written_and_reported_and_is_each_tables(database):
+    """The writer's upserts and the reports' sums name the same columns: one definition, which is
+    every rollup table's columns besides its dimensions, on each store."""
+    assert costs.COUNTS is trace_store.ROLLUP_COUNTS
+    conn = database.connect()
+    db.migrate(conn)
+    for table, dimensions in ROLLUP_DIMENSIONS.items():
+        columns = [d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
+        assert sorted(columns) == sorted(dimensions | set(costs.COUNTS)), table
+    conn.close()
+
+
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "reports")
