@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from . import files_api, gemini_api, multipart, proxy
 from . import ui as console
 from .app import App
+from .chunked import ChunkError, Dechunker
 from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
@@ -64,8 +65,6 @@ BODY_BLOCK = 64 * 1024  # bodies are read in blocks of this size
 UPLOAD_PROGRESS_BYTES = 256 * 1024  # an upload earns another read deadline per this many bytes
 LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
-# RFC 9112 §7.1: chunk-size (hex digits, bounded) [; extensions] CRLF; no sign, no spaces before it.
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 RouteFn = Callable[[App, Request], Response]  # a route handler: answers with a whole Response
@@ -607,48 +606,32 @@ class Handler(BaseHTTPRequestHandler):
         return upload
 
     def _chunked_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
-        """A chunked body (RFC 9112 §7.1), strictly: hex sizes, CRLF after each chunk, a bounded
-        trailer section, and the limit enforced on the running total before anything is read."""
-        total = 0
-        while True:
-            line = self.rfile.readline(CHUNK_LINE_MAX + 1)
-            if not line.endswith(b"\n") and len(line) <= CHUNK_LINE_MAX:
+        """A chunked body (RFC 9112 §7.1), strictly (``chunked.Dechunker(strict=True)``: hex sizes,
+        CRLF after each chunk, the limit enforced on the running total before a chunk is read),
+        then a bounded trailer section read as strictly as a head. Reads never pass the end of
+        the body: the next request on the connection may follow it."""
+        framing = Dechunker(strict=True, limit=limit, max_line=CHUNK_LINE_MAX)
+        rfile, total = self.rfile, 0
+        while not framing.ended:
+            want = framing.want
+            data = rfile.read(min(BODY_BLOCK, want)) if want else rfile.readline(CHUNK_LINE_MAX + 1)
+            if not data:
                 raise ClientGone()  # the stream ended inside the body
-            match = _CHUNK_SIZE.fullmatch(line)
-            if match is None:
-                raise ProxyError(
-                    400,
-                    "malformed chunked request body: a chunk size must be hex digits, "
-                    "optionally followed by ;extensions, and end with CRLF",
-                    code="bad_chunked_body",
-                )
-            size = int(match.group(1), 16)
-            if size == 0:
-                try:
-                    read_head(self.rfile, strict=True, max_bytes=MAX_REQUEST_HEAD)  # trailers: read, dropped
-                except HeadError as exc:
-                    raise ProxyError(
-                        exc.status, f"malformed chunked request body: trailer: {exc}", code="bad_chunked_body"
-                    ) from None
-                return
-            if total + size > limit:
-                raise ProxyError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
-            while size > 0:
-                data = self.rfile.read(min(BODY_BLOCK, size))
-                if not data:
-                    raise ClientGone()
-                size -= len(data)
-                total += len(data)
+            if piece := framing.feed(data):
+                total += len(piece)
                 if progress:
                     progress(total)
-                yield data
-            end = self.rfile.read(2)
-            if end != b"\r\n":
-                if len(end) < 2:
-                    raise ClientGone()
-                raise ProxyError(
-                    400, "malformed chunked request body: chunk data is not followed by CRLF", code="bad_chunked_body"
-                )
+                yield piece
+            if (broken := framing.broken) is not None:
+                if isinstance(broken, ChunkError) and broken.status == 413:
+                    raise ProxyError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+                raise ProxyError(400, f"malformed chunked request body: {broken}", code="bad_chunked_body")
+        try:
+            read_head(self.rfile, strict=True, max_bytes=MAX_REQUEST_HEAD)  # trailers: read, dropped
+        except HeadError as exc:
+            raise ProxyError(
+                exc.status, f"malformed chunked request body: trailer: {exc}", code="bad_chunked_body"
+            ) from None
 
     # -- dispatch --------------------------------------------------------------------------
     def _dispatch(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
 
+from .chunked import Dechunker
 from .httphead import Response
 
 _STALE = (
@@ -172,7 +173,7 @@ class UpstreamResponse:
         self.status = resp.status
         self.headers = {k.lower(): v for k, v in resp.getheaders()}
         self._done = False
-        self._chunks: _Dechunker | None = None  # the chunked framing state of a stream being read
+        self._chunks: Dechunker | None = None  # the chunked framing state of a stream being read
         self._split: _EventSplit | None = None  # its SSE event state
 
     @property
@@ -223,7 +224,7 @@ class UpstreamResponse:
                 while piece := resp.read1(65536):
                     yield piece
                 return
-            self._chunks = chunks = _Dechunker()
+            self._chunks = chunks = Dechunker()
             while not chunks.ended:
                 data = resp.fp.read1(65536) if resp.fp is not None else b""
                 if not data:
@@ -364,68 +365,8 @@ class Handoff:
     sock: socket.socket  # non-blocking from the handoff on
     timeout: float | None  # its read timeout before (restored when the connection goes back to the pool)
     buffered: bytes  # body bytes read from the socket already, not yet through the framing
-    chunks: _Dechunker
+    chunks: Dechunker
     split: _EventSplit
-
-
-class _Dechunker:
-    """HTTP/1.1 chunked framing off bytes as they come: ``feed`` returns the data of every chunk
-    (or part of one) the bytes complete; ``ended`` once the last chunk and its trailers passed."""
-
-    MAX_LINE = 4096  # a chunk-size or trailer line longer than this is not HTTP
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._left = 0  # data bytes of the current chunk still to come
-        self._crlf = False  # the current chunk's data is done; its CRLF is next
-        self._trailers = False  # the last chunk came: trailer lines until a blank one
-        self.ended = False
-        self.broken: Exception | None = None  # bad framing: raised once the data before it is relayed
-
-    def feed(self, data: bytes) -> bytes:
-        """The chunk data ``data`` completes. Bad framing sets ``broken`` (for the caller to raise)
-        instead of raising here, so the events before it are still relayed."""
-        self._buf += data
-        out: list[bytes] = []
-        try:
-            self._parse(out)
-        except (ValueError, http.client.HTTPException) as exc:
-            self.broken = exc
-        return b"".join(out)
-
-    def _parse(self, out: list[bytes]) -> None:
-        buf, pos = self._buf, 0
-        try:
-            while not self.ended:
-                if self._left:
-                    take = buf[pos : pos + self._left]
-                    out.append(take)
-                    pos += len(take)
-                    self._left -= len(take)
-                    if self._left:
-                        break
-                    self._crlf = True
-                if self._crlf:
-                    if len(buf) - pos < 2:
-                        break
-                    if buf[pos : pos + 2] != b"\r\n":
-                        raise http.client.HTTPException("chunk data not followed by CRLF")
-                    pos, self._crlf = pos + 2, False
-                eol = buf.find(b"\n", pos)
-                if eol < 0:
-                    if len(buf) - pos > self.MAX_LINE:
-                        raise http.client.HTTPException("chunk-size line too long")
-                    break
-                line, pos = buf[pos:eol].strip(), eol + 1
-                if self._trailers:
-                    self.ended = not line
-                else:
-                    size = int(line.split(b";", 1)[0].strip() or b"x", 16)  # ValueError: not a chunk size
-                    if size < 0:
-                        raise ValueError("negative chunk size")
-                    self._left, self._trailers = size, size == 0
-        finally:
-            self._buf = buf[pos:]
 
 
 class Pool:

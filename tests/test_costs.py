@@ -188,7 +188,9 @@ def test_report_totals_equal_the_sum_of_trace_costs(server, by):
     status, from_api = api(server, "GET", f"/api/costs?by={by}")
     assert status == 200 and from_api["total"]["cost_uc"] == expected
     assert from_api["rows"] == report["rows"]
-    traces = server.db_rows("SELECT count(*) AS n, SUM(cost_status = 'unknown') AS u FROM traces")[0]
+    traces = server.db_rows(
+        "SELECT count(*) AS n, SUM(CASE WHEN cost_status = 'unknown' THEN 1 ELSE 0 END) AS u FROM traces"
+    )[0]
     assert report["total"]["requests"] == traces["n"]
     assert report["total"]["unknown_cost"] == traces["u"]
 

@@ -187,6 +187,42 @@ def test_top_n_on_each_store(database):
     conn.close()
 
 
+def test_a_top_group_without_a_name_is_its_own_row_on_each_store(database):
+    """No end user (or no key, no project) is stored as '' (the rollups' columns are NOT NULL), so
+    the top set matches it like any name: it never falls into (other) when it ranks."""
+    conn = database.connect()
+    db.migrate(conn)
+    write_spend(conn, [(0, 0, 0, 1000), (0, 1, 0, 10), (0, 2, 0, 5), (1, 0, 1, 7), (1, 3, 0, 3)])
+    rows = costs.report(conn, "day,user", top=1)["rows"]
+    assert [(r["user"], r["cost_uc"]) for r in rows] == [(None, 7), (costs.OTHER, 3), (None, 1000), (costs.OTHER, 15)]
+    assert [(r["user"], r["other"]) for r in costs.report(conn, "user", top=1)["rows"]] == [
+        (None, False),
+        (costs.OTHER, True),
+    ]
+    for by in ("day,user", "user", "day,project", "project"):
+        check_top(conn, by, 1)
+    conn.close()
+
+
+ROLLUP_DIMENSIONS = {
+    "rollups_daily": {"day", "key_id", "project", "provider", "model"},
+    "rollups_users": {"day", "key_id", "project", "end_user"},
+    "rollups_tags": {"day", "name", "value"},
+}
+
+
+def test_one_list_of_rollup_counts_is_written_and_reported_and_is_each_tables(database):
+    """The writer's upserts and the reports' sums name the same columns: one definition, which is
+    every rollup table's columns besides its dimensions, on each store."""
+    assert costs.COUNTS is trace_store.ROLLUP_COUNTS
+    conn = database.connect()
+    db.migrate(conn)
+    for table, dimensions in ROLLUP_DIMENSIONS.items():
+        columns = [d[0] for d in conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
+        assert sorted(columns) == sorted(dimensions | set(costs.COUNTS)), table
+    conn.close()
+
+
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "reports")

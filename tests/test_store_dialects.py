@@ -55,6 +55,31 @@ def test_migrations_reach_the_code_version_once(database):
         conn.close()
 
 
+REPLICA_TABLES = {"budget_ledger", "budget_leases", "rate_buckets"}
+
+
+def test_the_replicas_shared_state_tables_are_postgresqls_alone(database):
+    """budget_ledger, budget_leases and rate_buckets serve PostgreSQL's replicas (store/shared.py);
+    SQLite keeps budgets and rate windows in memory (a group's in its parent), and 0014 drops them."""
+    database.open_and_migrate()
+    conn = database.connect()
+    try:
+        names = (
+            {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if (database.dialect == "sqlite")
+            else {
+                r[0]
+                for r in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+                )
+            }
+        )
+    finally:
+        conn.close()
+    assert REPLICA_TABLES & names == (REPLICA_TABLES if database.dialect == "postgresql" else set())
+    assert "rollups_daily" in names
+
+
 def test_a_database_newer_than_the_code_is_refused(database):
     """A server older than the schema refuses to start (one line), on either store."""
     database.open_and_migrate()

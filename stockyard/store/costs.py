@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from ..pricing import format_usd
 from ..times import parse_day
+from .traces import ROLLUP_COUNTS
 
 GROUPS = {
     "day": "day",
@@ -26,17 +27,7 @@ GROUPS = {
 }
 TAG_PREFIX = "tag:"  # by=tag:NAME groups by the values of the tag NAME
 BY_HELP = "day, model, provider, key, project, user or tag:NAME"
-COUNTS = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "unknown_cost",
-    "cost_uc",
-)
+COUNTS = ROLLUP_COUNTS  # the rollup tables' count columns: what every report row sums
 
 
 def check_range(since: str | None, until: str | None) -> tuple[date | None, date | None]:

@@ -84,7 +84,8 @@ def available_migrations(dialect: str = "sqlite") -> list[Migration]:
     """The migrations shipped with this code, in order (works inside the zipapp).
 
     PostgreSQL has its own files under ``migrations/postgresql/`` with the same numbers:
-    one schema version means the same tables in both databases.
+    one schema version means the same tables in both databases, but for the PostgreSQL replicas'
+    shared budgets and rate windows (``store/shared.py``), which 0014 drops from SQLite.
     """
     found = []
     folder = importlib.resources.files("stockyard.store.migrations")

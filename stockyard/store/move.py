@@ -34,7 +34,8 @@ PARAMS_MAX = 30_000  # bind parameters in one multi-row INSERT (PostgreSQL allow
 PROGRESS_EVERY = 50_000
 # Not copied: each store records its own migrations (their SQL differs); the replicas' shared
 # budget and rate-limit state is rebuilt from the rollups on first use, and copying live
-# reservations and leases would hold money for servers that are not there.
+# reservations and leases would hold money for servers that are not there (SQLite has no such
+# tables since migration 0014).
 SKIP = ("schema_migrations", "budget_ledger", "budget_leases", "rate_buckets")
 LAST = ("cache_stats",)  # counted by triggers on cache_entries: copied after it, over what they counted
 

@@ -63,23 +63,26 @@ _INSERT_BODY = (
     "VALUES (?, ?, ?, ?, ?)"
 )
 _INSERT_SEARCH = "INSERT INTO trace_search (trace_id, body) VALUES (?, ?)"
+# The count columns of every rollup table (rollups_daily, rollups_users, rollups_tags), summed
+# on write here and on read by the cost reports (store/costs.py), in the order reports print them.
 ROLLUP_COUNTS = (
+    "requests",
     "errors",
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
-    "cost_uc",
     "unknown_cost",
+    "cost_uc",
 )
 
 
 def _upsert(table: str, dims: tuple[str, ...]) -> str:
     """Add traces to a rollup row of ``table`` keyed by ``dims`` (their requests and counts)."""
-    columns = (*dims, "requests", *ROLLUP_COUNTS)
+    columns = (*dims, *ROLLUP_COUNTS)
     # Qualified with the table: PostgreSQL finds a bare column name ambiguous next to excluded.
-    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("requests", *ROLLUP_COUNTS))
+    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_COUNTS)
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['?'] * len(columns))}) "
         f"ON CONFLICT ({', '.join(dims)}) DO UPDATE SET {added}"
@@ -237,7 +240,7 @@ class RollupSums:
 
     def add(self, r: TraceRow) -> None:
         day = r.ts[:10]
-        counts = (
+        counts = (  # in ROLLUP_COUNTS order
             1,  # requests
             int(r.status >= 400 or r.outcome != "ok"),
             r.prompt_tokens or 0,
@@ -245,8 +248,8 @@ class RollupSums:
             r.cached_tokens or 0,
             r.cache_write_tokens or 0,
             r.reasoning_tokens or 0,
-            r.cost_uc or 0,
             int(r.cost_status == "unknown"),
+            r.cost_uc or 0,
         )
         key_id, project = r.key_id or "", r.project or ""
         self.daily.setdefault((day, key_id, project, r.provider or "", r.served_model or r.model or ""), []).append(

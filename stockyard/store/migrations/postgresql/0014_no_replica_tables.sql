@@ -1,0 +1,2 @@
+-- PostgreSQL twin of ../0014_no_replica_tables.sql: nothing to change. Here the replicas share
+-- their budgets and rate-limit windows through budget_ledger, budget_leases and rate_buckets.
