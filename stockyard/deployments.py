@@ -61,10 +61,17 @@ class Deployment:
     rpm: int | None = None
     tpm: int | None = None
     own_key: bool = False
+    row_id: int | None = None  # its row in model_deployments (None: built in a test)
 
     @property
     def key(self) -> str:
         return f"{self.model}/{self.name}"
+
+    @property
+    def window(self) -> str:
+        """Its shared rate window's name: by row, so a deployment removed and added again starts
+        afresh, as its health in each process does (client keys' windows are named by key id)."""
+        return f"deployment:{self.row_id if self.row_id is not None else self.key}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ class Health:
             if self._shared is None or (d.rpm is None and d.tpm is None):
                 return d, entry
             try:
-                entry.append(self._shared.admit(_window(d), d.rpm, d.tpm, tokens, f"deployment {d.key}"))
+                entry.append(self._shared.admit(d.window, d.rpm, d.tpm, tokens, f"deployment {d.key}"))
                 return d, entry
             except RateLimited as full:
                 with self._lock:
@@ -175,7 +182,7 @@ class Health:
 
     def _correct_shared(self, d: Deployment, entry: list, tokens: int) -> None:
         if len(entry) > 2 and self._shared is not None:
-            self._shared.correct(_window(d), entry[2], tokens)
+            self._shared.correct(d.window, entry[2], tokens)
 
     def _choose(self, route: ModelRoute, tokens: int, exclude: frozenset[str], now: float) -> tuple[Deployment, _State]:
         usable: list[tuple[Deployment, _State]] = []
@@ -317,11 +324,6 @@ class Health:
                 "rpm_used": requests,
                 "tpm_used": used,
             }
-
-
-def _window(d: Deployment) -> str:
-    """The name of a deployment's shared rate window (client keys' windows are named by key id)."""
-    return f"deployment:{d.key}"
 
 
 def _forget(s: _State, entry: list) -> None:

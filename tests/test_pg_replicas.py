@@ -320,11 +320,12 @@ def test_a_deployments_rpm_holds_across_3_replicas(replicas, mock):
     ):
         status, view = api(replicas[0], "POST", "/api/models/quota/deployments", fields)
         assert status == 201, view
-    admin = {"Authorization": f"Bearer {ADMIN}"}
-    wait_for(
-        lambda: all(b'"quota"' in s.request("GET", "/v1/models", headers=admin)[2] for s in replicas),
-        what="the model on every replica",
-    )
+
+    def running(server: ServerProcess) -> int:
+        _, models = api(server, "GET", "/api/models")
+        return sum(1 for m in models["data"] if m["name"] == "quota" for d in m["deployments"] if d["health"])
+
+    wait_for(lambda: all(running(s) == 2 for s in replicas), what="both deployments on every replica")
     body = {"model": "quota", "messages": [{"role": "user", "content": "hi"}]}
     start = len(mock.requests)  # the mock is shared with earlier tests
     statuses = [replicas[i % 3].request("POST", "/v1/chat/completions", body)[0] for i in range(9)]

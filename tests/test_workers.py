@@ -327,10 +327,12 @@ def test_a_deployments_rpm_holds_across_2_workers(group, mock):
     body = json.dumps({"model": "quota", "messages": [{"role": "user", "content": "hi"}]})
     for worker, conn in enumerate(conns):
 
-        def knows(conn: http.client.HTTPConnection = conn) -> bool:
-            conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {ADMIN}"})
+        def knows(conn: http.client.HTTPConnection = conn) -> bool:  # both deployments running, not only a
+            conn.request("GET", "/api/models", headers={"Authorization": f"Bearer {ADMIN}"})
             answer = conn.getresponse()
-            return answer.status == 200 and '"quota"' in answer.read().decode()
+            models = json.loads(answer.read())["data"] if answer.status == 200 else []
+            running = [d for m in models if m["name"] == "quota" for d in m["deployments"] if d["health"]]
+            return len(running) == 2
 
         wait_for(knows, what=f"the model on worker {worker}")
     start, statuses = len(mock.requests), []  # the mock is shared with earlier tests

@@ -163,6 +163,7 @@ def load(conn: sqlite3.Connection, secret: str | None, registry: Registry) -> li
         (r["model"], r["name"]): (r["id"], r["key_token"])
         for r in conn.execute("SELECT id, model, name, key_token FROM model_deployments WHERE key_token IS NOT NULL")
     }
+    ids = {(r["model"], r["name"]): r["id"] for r in conn.execute("SELECT id, model, name FROM model_deployments")}
     routes = []
     for m in rows(conn):
         deployments, problems = [], []
@@ -191,6 +192,7 @@ def load(conn: sqlite3.Connection, secret: str | None, registry: Registry) -> li
                     d["rpm"],
                     d["tpm"],
                     own_key=own is not None,
+                    row_id=ids.get((m["name"], d["name"])),
                 )
             )
         for problem in problems:
