@@ -100,7 +100,7 @@ class Reply(Protocol):
     def send(self, status: int, body: bytes, content_type: str = ..., headers: dict | None = ...) -> None: ...
     def start_stream(self, status: int, headers: dict | None = ..., content_type: str = ...) -> None: ...
     def chunk(self, data: bytes) -> None: ...
-    def end_stream(self) -> None: ...
+    def end_stream(self, last: bytes = ...) -> None: ...
     def abort(self) -> None: ...
     def watch_client(self, on_gone: Callable[[], None]) -> ContextManager[None]: ...
     def stream_socket(self) -> socket.socket | None: ...
@@ -746,6 +746,7 @@ def relay_stream(
         ctx.attempt.capture(out, cap)
         return out
 
+    last = b""  # the stream's last bytes, written with its end in one write
     try:
         for batch in events:
             out = convert(batch)
@@ -759,11 +760,13 @@ def relay_stream(
                 resp.set_timeout(left)
             if path.relay is not None and (client := reply.stream_socket()) is not None:
                 if (handoff := resp.handoff()) is not None:
-                    path.relay.carry(Stream(handoff, client, relayed, ctx.deadline))
+                    last = path.relay.carry(Stream(handoff, client, relayed, ctx.deadline))
                     break
         for out in translator.finish():
-            reply.chunk(out)
+            last += out
             ctx.attempt.capture(out, cap)
+        ctx.complete = translator.complete
+        reply.end_stream(last)
     except UpstreamError as exc:
         if client_left(ctx):  # we ended the stream because the client went away
             ctx.attempt.outcome = "client_disconnected"
@@ -790,6 +793,3 @@ def relay_stream(
         resp.close()
         ctx.attempt.outcome = "client_disconnected"
         ctx.attempt.error_message = "client closed the connection mid-stream"
-        return
-    ctx.complete = translator.complete
-    reply.end_stream()

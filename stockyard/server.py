@@ -475,8 +475,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ClientGone() from exc
 
-    def end_stream(self) -> None:
-        payload, self._stream_head = self._stream_head + b"0\r\n\r\n", b""
+    def end_stream(self, last: bytes = b"") -> None:
+        """The end of a stream: ``last`` (its final data, if any) and the terminator in one write."""
+        tail = b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n"
+        payload, self._stream_head = self._stream_head + tail, b""
         try:
             self.wfile.write(payload)
         except _GONE as exc:

@@ -54,6 +54,7 @@ class Stream:
         "read_timeout",
         "write_timeout",
         "out",
+        "last",
         "done",
         "error",
         "read_at",
@@ -78,6 +79,7 @@ class Stream:
         self.read_timeout = handoff.timeout  # seconds without a byte from the provider
         self.write_timeout = client.gettimeout()  # seconds without the client taking a byte
         self.out = bytearray()  # chunk-framed bytes the client has not taken yet
+        self.last = b""  # a clean end's last converted bytes: the request thread writes them with the end
         self.done = threading.Event()
         self.error: BaseException | None = None  # why it ended, when not cleanly
         self.read_at = self.wrote_at = time.perf_counter()
@@ -116,12 +118,14 @@ class StreamRelay:
         """Streams being relayed now."""
         return len(self._live)
 
-    def carry(self, stream: Stream) -> None:
+    def carry(self, stream: Stream) -> bytes:
         """Relay ``stream`` to its end on the relay thread, waiting here (the request thread).
 
-        Returns after a clean end with the connection pooled; raises ``UpstreamError`` (the
-        stream broke, stalled or passed its deadline; the connection is closed) or
-        ``ClientGone``. The bytes the client had not taken yet are written first, from here.
+        Returns after a clean end with the connection pooled: the converted bytes of the last
+        read, not written yet (not chunk-framed), for the caller to write together with the
+        stream's end (one write, not two). Raises ``UpstreamError`` (the stream broke, stalled
+        or passed its deadline; the connection is closed) or ``ClientGone``. The bytes the
+        client had not taken yet are written first, from here.
         """
         stream.client.setblocking(False)
         with self._lock:
@@ -144,6 +148,7 @@ class StreamRelay:
                 raise ClientGone() from exc
         if stream.error is not None:
             raise stream.error
+        return stream.last
 
     # -- the relay thread -----------------------------------------------------------------------
 
@@ -218,8 +223,12 @@ class StreamRelay:
         events = h.split.feed(piece) if piece else []
         if h.chunks.ended:
             events += h.split.tail()
+        clean_end = h.chunks.ended and h.chunks.broken is None
         if events and (out := stream.convert(events)):
-            stream.out += b"%x\r\n%s\r\n" % (len(out), out)
+            if clean_end:
+                stream.last = out  # written by the request thread with the stream's end
+            else:
+                stream.out += b"%x\r\n%s\r\n" % (len(out), out)
         if h.chunks.broken is not None:
             return self._finish(stream, UpstreamError("reset", "provider connection broke mid-stream"))
         if h.chunks.ended:

@@ -87,8 +87,8 @@ class RecordingReply:
     def chunk(self, data: bytes) -> None:
         self.body += data
 
-    def end_stream(self) -> None:
-        pass
+    def end_stream(self, last: bytes = b"") -> None:
+        self.body += last
 
     def abort(self) -> None:
         self.aborted = True

@@ -99,6 +99,7 @@ class Relayed:
     client: socket.socket
     thread: threading.Thread
     ended: list[BaseException | None] = field(default_factory=list)
+    last: list[bytes] = field(default_factory=list)  # what carry() returned: the request thread writes it
 
     def wait(self, timeout: float = 10.0) -> BaseException | None:
         self.thread.join(timeout)
@@ -106,8 +107,9 @@ class Relayed:
         return self.ended[0]
 
     def received(self) -> bytes:
-        """What the client got, read to the end (after ``wait``), chunk framing off."""
-        return unframe(self.rest())
+        """What the client got, read to the end (after ``wait``), chunk framing off, and the last
+        bytes the request thread writes with the stream's end."""
+        return unframe(self.rest()) + b"".join(self.last)
 
     def rest(self) -> bytes:
         """The bytes still unread on the client's socket."""
@@ -155,17 +157,30 @@ def relay_one(
     ours.settimeout(client_timeout)
     stream = Stream(handoff, ours, convert, deadline)
     ended: list[BaseException | None] = []
+    last: list[bytes] = []
 
     def carry() -> None:
         try:
-            relay.carry(stream)
+            last.append(relay.carry(stream))
             ended.append(None)
         except BaseException as exc:  # what the request thread would see
             ended.append(exc)
 
     thread = threading.Thread(target=carry, daemon=True)
     thread.start()
-    return Relayed(stream, upstream, theirs, thread, ended)
+    return Relayed(stream, upstream, theirs, thread, ended, last)
+
+
+def drain(s: Relayed, seconds: float = 30) -> bytes:
+    """Read the client end while the stream is being carried; the raw bytes."""
+    s.client.settimeout(0.2)
+    data, until = b"", time.monotonic() + seconds
+    while s.thread.is_alive() and time.monotonic() < until:
+        try:
+            data += s.client.recv(65536)
+        except TimeoutError:
+            pass
+    return data
 
 
 def closed_by_us(sock: socket.socket) -> bool:
@@ -198,6 +213,20 @@ def test_many_streams_relay_to_their_end_and_their_connections_are_pooled(pool, 
         s.upstream.close()
 
 
+def test_the_last_read_of_a_clean_end_is_left_to_the_request_thread(pool, provider) -> None:
+    """The events that arrive with the end are returned, not written: the request thread writes
+    them with the chunked terminator in one write (one system call per stream less)."""
+    relay = StreamRelay()
+    s = relay_one(relay, pool, provider, convert=lambda batch: b"<" + b"".join(batch) + b">")
+    s.upstream.sendall(chunk(event(1)))
+    assert unframe(read_payload(s.client, len(event(1)) + 2)) == b"<" + event(1) + b">"
+    s.upstream.sendall(chunk(event(2)) + END)
+    assert s.wait() is None
+    assert s.last == [b"<" + event(2) + b">"]
+    assert s.rest() == b"", "the relay wrote nothing of the last read"
+    s.upstream.close()
+
+
 def test_a_slow_client_does_not_stall_the_others_and_its_buffer_stays_bounded(pool, provider) -> None:
     cap = 64 * 1024
     relay = StreamRelay(write_cap=cap)
@@ -211,15 +240,9 @@ def test_a_slow_client_does_not_stall_the_others_and_its_buffer_stays_bounded(po
     assert fast.wait() is None and fast.received() == event(1) + event(2)
     assert not slow.stream.done.is_set() and sender.is_alive(), "the slow stream waits, its provider held back"
     assert len(slow.stream.out) <= cap + READ_SIZE + 64, "buffered for the slow client: bounded by the cap"
-    slow.client.settimeout(0.2)
-    data, until = b"", time.monotonic() + 30
-    while slow.thread.is_alive() and time.monotonic() < until:  # the client reads at last
-        try:
-            data += slow.client.recv(65536)
-        except TimeoutError:
-            pass
+    data = drain(slow)  # the client reads at last
     assert slow.wait() is None
-    assert unframe(data + slow.rest()) == b"".join(big)
+    assert unframe(data + slow.rest()) + b"".join(slow.last) == b"".join(big)
 
 
 def test_a_client_that_leaves_ends_the_upstream_call(pool, provider) -> None:
@@ -297,8 +320,8 @@ def test_a_tls_stream_is_relayed_too(pool, tls_mock) -> None:
     assert isinstance(s.stream.handoff.sock, ssl.SSLSocket)
     big = [event(n, 30_000) for n in range(1, 4)]  # records larger than one read: decrypted bytes wait in pending()
     s.upstream.sendall(b"".join(map(chunk, big)) + END)
-    data = read_payload(s.client, sum(map(len, big)))  # more than the client socket's buffer holds
-    assert s.wait() is None and unframe(data + s.rest()) == b"".join(big)
+    data = drain(s)  # more than the client socket's buffer may hold
+    assert s.wait() is None and unframe(data + s.rest()) + b"".join(s.last) == b"".join(big)
     assert sum(len(idle) for idle in pool._idle.values()) == 1, "pooled after a clean end"
     provider.listener.close()
 
