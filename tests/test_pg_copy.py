@@ -1,10 +1,11 @@
 """The PostgreSQL writer appends traces, bodies and search text with a binary COPY: every value
 must come back exactly as a one-row INSERT stores it, and a batch COPY refuses is redone trace by
-trace like a batch of INSERTs."""
+trace like a batch of INSERTs. Connections send each message at once (TCP_NODELAY)."""
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 import zlib
 
 import pytest
@@ -134,5 +135,20 @@ def test_copy_refuses_a_value_it_has_no_binary_form_for(pg_url):
             ("a", "1"),
             ("b", "2\t\n"),
         ]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_connections_send_each_message_at_once(pg_cluster, sslmode):
+    """TCP_NODELAY, as libpq sets it: with Nagle's algorithm the tail of a large message (a COPY,
+    a multi-row upsert) waited for the server's delayed ACK, ~0.1 ms of idle time per trace."""
+    url = pg_cluster.database().replace("sslmode=disable", f"sslmode={sslmode}")
+    conn = PostgresBackend(parse_postgres(url, {})).connect()
+    assert isinstance(conn, PgConnection)
+    try:
+        assert conn._conn._usock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        conn._reopen()  # a connection opened again after PostgreSQL restarted: the same
+        assert conn._conn._usock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         conn.close()
