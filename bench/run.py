@@ -223,7 +223,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("proxy CPU per request vs a minimal relay (issue 18)", cpu_per_request),
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
     (
-        "PostgreSQL writer: COPY, TCP_NODELAY, the GIN index (issue 18)",
+        "PostgreSQL writer: TCP_NODELAY, the GIN index (issue 18)",
         lambda b: __import__("pg_writer").writer_split(b),
     ),
     ("cost reports on generated traces (issue 18)", store_bench.report_times),

@@ -222,44 +222,11 @@ def _error(exc: BaseException) -> sqlite3.Error:
     return lost
 
 
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
-_COPY_NULL = b"\xff\xff\xff\xff"  # a field length of -1
-_COPY_BIGINT = b"\x00\x00\x00\x08"
-_COPY_TRAILER = b"\xff\xff"
-
-
-def copy_binary(rows: Sequence[Sequence[Any]]) -> bytes:
-    """``rows`` as the data of a binary ``COPY FROM STDIN``: per row its field count, then each
-    field as a length and its bytes (UTF-8 text, raw bytea, 8-byte big-endian bigint)."""
-    out = [_COPY_HEADER]
-    add = out.append
-    for row in rows:
-        add(len(row).to_bytes(2, "big"))
-        for value in row:
-            kind = type(value)
-            if value is None:
-                add(_COPY_NULL)
-            elif kind is str:
-                data = value.encode()
-                add(len(data).to_bytes(4, "big"))
-                add(data)
-            elif kind is bytes:
-                add(len(value).to_bytes(4, "big"))
-                add(value)
-            elif kind is int or kind is bool:
-                add(_COPY_BIGINT)
-                add(int(value).to_bytes(8, "big", signed=True))
-            else:
-                raise TypeError(f"COPY has no binary form here for {kind.__name__} values")
-    add(_COPY_TRAILER)
-    return b"".join(out)
-
-
 def no_delay(conn: Any) -> None:
     """Send each message at once (``TCP_NODELAY``, as libpq does). pg8000 leaves Nagle's algorithm
-    on: the tail of a message bigger than its write buffer (a multi-row upsert, a COPY) then
-    waits for the server's delayed ACK, ~100 µs per trace of idle wall time in the writer
-    (bench/README.md, "COPY in the PostgreSQL writer")."""
+    on: the tail of a message bigger than its write buffer (a multi-row INSERT or upsert) then
+    waits for the server's delayed ACK, ~0.4 ms per trace of idle wall time in the writer
+    (bench/README.md, "The PostgreSQL writer: TCP_NODELAY, COPY, the GIN index")."""
     sock = getattr(conn, "_usock", None)
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -330,22 +297,6 @@ class PgConnection:
             chunk = rows[start : start + n]
             self.execute(f"{head}{', '.join([row] * n)}{tail}", [v for params in chunk for v in params])
             start += n
-
-    def copy_in(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Append ``rows`` to ``table`` with one ``COPY … FROM STDIN`` in PostgreSQL's binary format:
-        no statement per chunk to bind, plan and run, no value to escape (each goes as its bytes).
-        Values are ``None``, ``int`` for BIGINT columns, ``str`` for TEXT, ``bytes`` for BYTEA.
-        Measured in bench/README.md ("COPY in the PostgreSQL writer")."""
-        if not rows:
-            return
-        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
-        data = copy_binary(rows)
-        if self.broken and not self.in_transaction:
-            self._reopen()
-        try:
-            self._conn.execute_unnamed(statement, stream=[data])
-        except Exception as exc:
-            raise self._failed(exc) from None
 
     def executescript(self, script: str) -> None:
         """Run PostgreSQL SQL as it is (migrations are written for PostgreSQL)."""

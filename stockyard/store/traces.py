@@ -57,17 +57,12 @@ _COLUMNS = (
     "tags",
     "key_name",
 )
-_BODY_COLUMNS = ("trace_id", "request", "response", "request_truncated", "response_truncated")
-_SEARCH_COLUMNS = ("trace_id", "body")
-
-
-def insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    """The one-row INSERT of ``columns`` into ``table``."""
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-
-INSERT_TRACE = insert_sql("traces", _COLUMNS)
-_INSERT_SEARCH = insert_sql("trace_search", _SEARCH_COLUMNS)
+INSERT_TRACE = f"INSERT INTO traces ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT_BODY = (
+    "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_SEARCH = "INSERT INTO trace_search (trace_id, body) VALUES (?, ?)"
 # The count columns of every rollup table (rollups_daily, rollups_users, rollups_tags), summed
 # on write here and on read by the cost reports (store/costs.py), in the order reports print them.
 ROLLUP_COUNTS = (
@@ -211,16 +206,16 @@ class TraceRow:
     @staticmethod
     def write_many(conn: sqlite3.Connection, rows: list["TraceRow"], *, v9: bool = True) -> None:
         """Many traces as :meth:`write` would write them one by one, in a few statements: rows,
-        bodies and search index appended at once (:func:`append_rows`), the rollups summed per
-        rollup row first (one upsert per row a batch touches, not one per trace)."""
-        append_rows(conn, "traces", _COLUMNS, [r.values() for r in rows])
+        bodies and search index as multi-row inserts, the rollups summed per rollup row first
+        (one upsert per row a batch touches, not one per trace)."""
+        insert_many(conn, INSERT_TRACE, [r.values() for r in rows])
         stored = [r for r in rows if r.request_body is not None or r.response_body is not None]
         if stored:
-            append_rows(conn, "trace_bodies", _BODY_COLUMNS, [r.body_row() for r in stored])
+            insert_many(conn, _INSERT_BODY, [r.body_row() for r in stored])
             if v9:
                 texts = [(r.id, text) for r in stored if (text := body_text(r.request_body, r.response_body))]
                 if texts:
-                    append_rows(conn, "trace_search", _SEARCH_COLUMNS, texts)
+                    insert_many(conn, _INSERT_SEARCH, texts)
         sums = RollupSums(latency=v9)
         for r in rows:
             sums.add(r)
@@ -289,17 +284,6 @@ def insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
     statement that updates one row twice)."""
     many = getattr(conn, "insert_many", None)
     (many or conn.executemany)(sql, rows)
-
-
-def append_rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """New rows for ``table`` (no conflict to resolve): on PostgreSQL one binary ``COPY`` — the
-    writer's CPU per trace drops by a third and its wall rate rises ~1.5x against multi-row
-    INSERTs (bench/README.md, "COPY in the PostgreSQL writer") — elsewhere ``executemany``."""
-    copy = getattr(conn, "copy_in", None)
-    if copy is not None:
-        copy(table, columns, rows)
-    else:
-        insert_many(conn, insert_sql(table, columns), rows)
 
 
 def body_text(request: bytes | None, response: bytes | None) -> str:
