@@ -222,6 +222,10 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("two replicas on one PostgreSQL (issue 15)", two_replicas),
     ("proxy CPU per request vs a minimal relay (issue 18)", cpu_per_request),
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
+    (
+        "PostgreSQL writer: TCP_NODELAY, the GIN index (issue 18)",
+        lambda b: __import__("pg_writer").writer_split(b),
+    ),
     ("cost reports on generated traces (issue 18)", store_bench.report_times),
     ("--workers 2 vs 1 process (issue 18)", lambda b: __import__("workers").workers_throughput(b)),
     ("streamed TTFT (issue 18)", streams.streamed_ttft),

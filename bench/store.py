@@ -106,8 +106,8 @@ def writer_throughput(b: Bench) -> list[Row]:
         return [*rows, Row("writer, PostgreSQL", "n/a", "", None, str(exc))]
     from stockyard.dburl import parse_postgres
 
-    n = n // 4  # the server's per-row work (the GIN text index) makes it several times slower
-    server = "the database server's own work per trace (indexes, the GIN text index) bounds this: bench/README.md"
+    n = n // 4  # the server's per-row work (the text search parser) makes it several times slower
+    server = "the database server's work per trace bounds this, mostly to_tsvector over the bodies: bench/README.md"
     return rows + _rate_rows("writer, PostgreSQL", writer_rate(backend_for(parse_postgres(url, {})), n), n, server)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import select
+import socket
 import sqlite3
 from collections import OrderedDict
 from decimal import Decimal
@@ -221,6 +222,16 @@ def _error(exc: BaseException) -> sqlite3.Error:
     return lost
 
 
+def no_delay(conn: Any) -> None:
+    """Send each message at once (``TCP_NODELAY``, as libpq does). pg8000 leaves Nagle's algorithm
+    on: the tail of a message bigger than its write buffer (a multi-row INSERT or upsert) then
+    waits for the server's delayed ACK, ~0.4 ms per trace of idle wall time in the writer
+    (bench/README.md, "The PostgreSQL writer: TCP_NODELAY, COPY, the GIN index")."""
+    sock = getattr(conn, "_usock", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class PgConnection:
     """One pg8000 connection in autocommit mode; transactions are opened explicitly, as with SQLite."""
 
@@ -247,6 +258,7 @@ class PgConnection:
             unreachable.database_failed = True
             raise unreachable from None
         conn.autocommit = True
+        no_delay(conn)
         return conn
 
     @property
