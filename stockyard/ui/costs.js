@@ -29,7 +29,9 @@ export const CHART_TOP = 10;
 function groupName(by, row) {
   if (row.other) return "(other)"; // the rest of a top=N report (its name in /api/costs)
   if (by === "key") return row.key_name ? `${row.key_name} (${row.key})` : (row.key || "(none)");
-  return row[by] || "(none)";
+  const name = row[by] || "(none)";
+  // A group really named "(other)" must not be summed into the rest's series.
+  return name === "(other)" ? `(other) (a ${by})` : name;
 }
 
 /** Chart series from a `by=day,<group>` report: each name's cost summed into the time buckets. */

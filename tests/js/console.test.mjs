@@ -133,6 +133,11 @@ test("a top=N chart: the kept groups in the totals' order, then the rest as one 
   assert.deepEqual(names, ["bo", "ana", "(other)"]);
   assert.deepEqual(bucketSeries(names, spans, rows, "user").map((s) => s.values[0]), [4, 5, 4]);
   assert.deepEqual(chartNames(["ana"], rows.slice(0, 1), "user"), ["ana"], "no rest, no (other) series");
+  // A user really named "(other)" keeps a series of its own, apart from the rest's.
+  const named = [...rows, { day: "2026-01-02", user: "(other)", other: false, cost_uc: 7 }];
+  const both = chartNames(["(other) (a user)", "bo"], named, "user");
+  assert.deepEqual(both, ["(other) (a user)", "bo", "(other)"]);
+  assert.deepEqual(bucketSeries(both, spans, named, "user").map((s) => s.values[0]), [7, 4, 4]);
 });
 
 test("CSV cells that a spreadsheet would run as a formula start with a quote", () => {
