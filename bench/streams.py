@@ -27,6 +27,7 @@ from common import (
     STREAM_BODY,
     Client,
     NotAvailable,
+    Procs,
     Target,
     base_env,
     cpu_seconds,
@@ -56,16 +57,20 @@ def raise_file_limit(wanted: int = 16384) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def start_stream_mock(procs: Procs, name: str = "direct") -> Target:
+    """A mock whose default streams have EVENTS events, EVENT_DELAY_MS apart."""
+    raise_file_limit()  # the mock holds a socket per stream too
+    argv = [sys.executable, str(MOCK), "--port", "0", "--stream-events", str(EVENTS)]
+    argv += ["--sse-delay-ms", str(EVENT_DELAY_MS)]
+    proc, match, log = procs.start("mock-streams", argv, base_env(procs.workdir), r"listening (http://\S+)")
+    return Target(name, match.group(1), {"authorization": "Bearer sk-bench"}, log, proc.pid)
+
+
 def stream_mock(b: Bench) -> Target:
-    """A mock whose default streams have EVENTS events, EVENT_DELAY_MS apart (one per run)."""
+    """The paced stream mock of this run (one per run)."""
     key = "mock:streams"
     if key not in b._targets:
-        raise_file_limit()  # the mock holds a socket per stream too
-        argv = [sys.executable, str(MOCK), "--port", "0", "--stream-events", str(EVENTS)]
-        argv += ["--sse-delay-ms", str(EVENT_DELAY_MS)]
-        proc, match, log = b.procs.start("mock-streams", argv, base_env(b.procs.workdir), r"listening (http://\S+)")
-        b._targets[key] = Target("direct (paced streams)", match.group(1), {"authorization": "Bearer sk-bench"}, log)
-        b._targets[key].pid = proc.pid
+        b._targets[key] = start_stream_mock(b.procs, "direct (paced streams)")
     return b._targets[key]
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Procs, base_env, cpu_seconds, median, quantile, start_proxy  # noqa: E402
-from streams import EVENT_DELAY_MS, EVENTS, MOCK, Target, burst, raise_file_limit  # noqa: E402
+from common import Procs, cpu_seconds, median, quantile, start_proxy  # noqa: E402
+from streams import burst, raise_file_limit, start_stream_mock  # noqa: E402
 
 
 def main() -> None:
@@ -30,10 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_file_limit()
     with tempfile.TemporaryDirectory() as tmp, Procs(Path(tmp)) as procs:
-        argv = [sys.executable, str(MOCK), "--port", "0", "--stream-events", str(EVENTS)]
-        argv += ["--sse-delay-ms", str(EVENT_DELAY_MS)]
-        proc, match, log = procs.start("mock", argv, base_env(procs.workdir), r"listening (http://\S+)")
-        mock = Target("direct", match.group(1), {"authorization": "Bearer sk-bench"}, log, proc.pid)
+        mock = start_stream_mock(procs)
         proxies = [start_proxy(procs, pyz.resolve(), chr(ord("A") + i), mock) for i, pyz in enumerate(args.builds)]
         targets = [mock, *proxies]
         for t in proxies:

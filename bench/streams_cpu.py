@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Procs, base_env, median, quantile, start_proxy  # noqa: E402
-from streams import EVENT_DELAY_MS, EVENTS, MOCK, Target, burst, raise_file_limit  # noqa: E402
+from common import Procs, Target, median, quantile, start_proxy  # noqa: E402
+from streams import burst, raise_file_limit, start_stream_mock  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -81,10 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_file_limit()
     with tempfile.TemporaryDirectory() as tmp, Procs(Path(tmp)) as procs:
-        argv = [sys.executable, str(MOCK), "--port", "0", "--stream-events", str(EVENTS)]
-        argv += ["--sse-delay-ms", str(EVENT_DELAY_MS)]
-        proc, match, log = procs.start("mock", argv, base_env(procs.workdir), r"listening (http://\S+)")
-        mock = Target("direct", match.group(1), {"authorization": "Bearer sk-bench"}, log, proc.pid)
+        mock = start_stream_mock(procs)
         for i, pyz in enumerate(args.builds):
             proxy = start_proxy(procs, pyz.resolve(), chr(ord("A") + i), mock)
             print(measure(proxy, args.streams, args.bursts), flush=True)
