@@ -159,11 +159,12 @@ def load(conn: sqlite3.Connection, secret: str | None, registry: Registry) -> li
             box_error = "STOCKYARD_ENCRYPTION_KEY is not set" if not secret else "the vault salt is missing"
     except vault.VaultError as exc:
         box_error = str(exc)
-    tokens = {
-        (r["model"], r["name"]): (r["id"], r["key_token"])
-        for r in conn.execute("SELECT id, model, name, key_token FROM model_deployments WHERE key_token IS NOT NULL")
-    }
-    ids = {(r["model"], r["name"]): r["id"] for r in conn.execute("SELECT id, model, name FROM model_deployments")}
+    ids: dict[tuple[str, str], int] = {}  # (model, deployment) -> its row (its shared rate window)
+    tokens: dict[tuple[str, str], tuple[int, str]] = {}  # ... -> (row, its own key, encrypted)
+    for r in conn.execute("SELECT id, model, name, key_token FROM model_deployments"):
+        ids[(r["model"], r["name"])] = r["id"]
+        if r["key_token"] is not None:
+            tokens[(r["model"], r["name"])] = (r["id"], r["key_token"])
     routes = []
     for m in rows(conn):
         deployments, problems = [], []
