@@ -55,12 +55,13 @@ def test_migrations_reach_the_code_version_once(database):
         conn.close()
 
 
-REPLICA_TABLES = {"budget_ledger", "budget_leases", "rate_buckets"}
+REPLICA_TABLES = {"budget_ledger", "budget_leases", "rate_buckets", "budget_settled"}
 
 
 def test_the_replicas_shared_state_tables_are_postgresqls_alone(database):
-    """budget_ledger, budget_leases and rate_buckets serve PostgreSQL's replicas (store/shared.py);
-    SQLite keeps budgets and rate windows in memory (a group's in its parent), and 0014 drops them."""
+    """budget_ledger, budget_leases, rate_buckets and budget_settled serve PostgreSQL's replicas
+    (store/shared.py); SQLite keeps budgets and rate windows in memory (a group's in its parent):
+    0014 drops the first three, and 0015 makes budget_settled on PostgreSQL only."""
     database.open_and_migrate()
     conn = database.connect()
     try:

@@ -85,7 +85,8 @@ def available_migrations(dialect: str = "sqlite") -> list[Migration]:
 
     PostgreSQL has its own files under ``migrations/postgresql/`` with the same numbers:
     one schema version means the same tables in both databases, but for the PostgreSQL replicas'
-    shared budgets and rate windows (``store/shared.py``), which 0014 drops from SQLite.
+    shared budgets and rate windows (``store/shared.py``), which 0014 drops from SQLite and 0015
+    (``budget_settled``) makes on PostgreSQL only.
     """
     found = []
     folder = importlib.resources.files("stockyard.store.migrations")

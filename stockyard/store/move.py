@@ -34,9 +34,10 @@ PARAMS_MAX = 30_000  # bind parameters in one multi-row INSERT (PostgreSQL allow
 PROGRESS_EVERY = 50_000
 # Not copied: each store records its own migrations (their SQL differs); the replicas' shared
 # budget and rate-limit state is rebuilt from the rollups on first use, and copying live
-# reservations and leases would hold money for servers that are not there (SQLite has no such
-# tables since migration 0014).
-SKIP = ("schema_migrations", "budget_ledger", "budget_leases", "rate_buckets")
+# reservations and leases would hold money for servers that are not there; the ids of applied
+# settlement steps matter only to the replicas that made them (SQLite has no such tables since
+# migration 0014; budget_settled, 0015, is PostgreSQL's alone).
+SKIP = ("schema_migrations", "budget_ledger", "budget_leases", "rate_buckets", "budget_settled")
 LAST = ("cache_stats",)  # counted by triggers on cache_entries: copied after it, over what they counted
 
 

@@ -7,6 +7,11 @@ amount <= limit``), which PostgreSQL applies row by row under the row's lock, so
 requests spread over any number of replicas cannot walk past a budget. Settling is one
 statement too: the hold goes, the real cost is added.
 
+Each step of a settlement is applied exactly once. A step has an id, made with the settlement,
+that its statement inserts into ``budget_settled`` as it changes the ledger (the insert gates the
+change): a step whose commit reached the database but whose answer was lost is kept and
+retried like one that failed, and the retry finds its id and changes nothing.
+
 Each replica also records what it holds in ``budget_leases`` (its random id, an expiry on
 the database clock) and renews the expiry while it lives. A replica killed with requests in
 flight stops renewing; once its lease has expired, any other replica gives its holds back.
@@ -27,8 +32,10 @@ On SQLite the worker processes of ``serve --workers N`` share theirs through the
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -46,6 +53,7 @@ LEASE_S = 30.0  # a dead replica's holds are given back this long after its last
 _NOW_MS = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"  # Unix ms, the database's clock
 UNSETTLED_MAX = 10_000  # settlements kept to retry while the database is lost (oldest dropped beyond)
 KNOWN_MAX = 10_000  # (scope, period) rows remembered as existing before the memory is cleared
+SETTLED_KEEP_S = 86_400  # ids of applied settlement steps kept this long (see SharedLedger._prune_settled)
 
 # A leading comment: the connection never re-runs these after a lost connection (they change data).
 _RESERVE = f"""/* reserve */ WITH held AS (
@@ -60,17 +68,49 @@ RETURNING reserved_uc"""
 
 # The hold leaves the ledger only if this replica's lease still had it (a lease given back
 # as expired already took it out). The ledger row is locked first, as _RESERVE does: two
-# statements that lock the same two rows in opposite orders deadlock under load.
-_SETTLE = """/* settle */ WITH ledger AS (
+# statements that lock the same two rows in opposite orders deadlock under load. The step's id
+# goes into budget_settled next, and nothing changes when it was there already (a retry of a
+# step that committed); the id is contended only by a retry of its own step, which holds nothing
+# else while it waits. No ledger row, no id (and no change).
+_SETTLE = """/* settle */ WITH ledger AS MATERIALIZED (
     SELECT scope FROM budget_ledger WHERE scope = ? AND period_key = ? FOR UPDATE),
+step AS (
+    INSERT INTO budget_settled (id) SELECT CAST(? AS uuid) FROM ledger
+    ON CONFLICT (id) DO NOTHING RETURNING id),
 freed AS (
     UPDATE budget_leases SET reserved_uc = reserved_uc - ?
-    WHERE scope = (SELECT scope FROM ledger) AND period_key = ? AND replica = ?
+    WHERE scope = (SELECT scope FROM ledger) AND period_key = ? AND replica = ? AND EXISTS (SELECT 1 FROM step)
     RETURNING reserved_uc)
 UPDATE budget_ledger
 SET reserved_uc = reserved_uc - (SELECT CASE WHEN count(*) > 0 THEN ? ELSE 0 END FROM freed), spent_uc = spent_uc + ?
-WHERE scope = ? AND period_key = ?
+WHERE scope = ? AND period_key = ? AND EXISTS (SELECT 1 FROM step)
 RETURNING spent_uc"""
+
+# The cost on a scope's other current periods (a budget switched off and on again), once: the
+# rows locked first in one order, then the step's id, which gates the change (none without rows).
+_SPEND = """/* settle */ WITH rows AS MATERIALIZED (
+    SELECT scope, period_key FROM budget_ledger
+    WHERE scope = ? AND period_key IN (?, ?, ?) AND period_key <> ? ORDER BY period_key FOR UPDATE),
+step AS (
+    INSERT INTO budget_settled (id) SELECT CAST(? AS uuid) WHERE EXISTS (SELECT 1 FROM rows)
+    ON CONFLICT (id) DO NOTHING RETURNING id)
+UPDATE budget_ledger SET spent_uc = budget_ledger.spent_uc + ?
+FROM rows WHERE budget_ledger.scope = rows.scope AND budget_ledger.period_key = rows.period_key
+AND EXISTS (SELECT 1 FROM step)"""
+
+# Ids older than the cutoff on the database's clock: a range of the primary key (see step_id).
+_PRUNE = f"""/* prune */ DELETE FROM budget_settled
+WHERE id < CAST(lpad(to_hex({_NOW_MS} - ?), 12, '0') || '00000000000000000000' AS uuid)"""
+
+
+def step_id(ms: int | None = None) -> str:
+    """A settlement step's id: random, ordered by the time it was made (UUIDv7's layout: Unix
+    milliseconds in the first 48 bits), so old ids go by a range of budget_settled's key."""
+    ms = time.time_ns() // 1_000_000 if ms is None else ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 68) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
 
 # The ledger rows of the expired leases are locked first (in one order), as _RESERVE and
 # _SETTLE lock them: a replica whose lease expired during a long pause may still be reserving.
@@ -172,20 +212,24 @@ class SharedLedger(Ledger):
         args = (amount, budget.scope, key, amount, budget.limit_uc, self.replica, amount, lease_ms)
         return conn.execute(_RESERVE, args).fetchone() is not None
 
-    def _settle_one(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, actual_uc: int) -> Any:
+    def _settle_one(
+        self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, actual_uc: int, step: str
+    ) -> Any:
         """Take a hold out of this replica's lease and the row (unless an expiry already gave it
-        back) and add the real cost; the row's spend after, or None when there is no row."""
-        args = (budget.scope, key, amount, key, self.replica, amount, actual_uc, budget.scope, key)
+        back) and add the real cost, unless step ``step`` did already; the row's spend after, or
+        None when nothing changed (no row, or the step was applied before)."""
+        args = (budget.scope, key, step, amount, key, self.replica, amount, actual_uc, budget.scope, key)
         return conn.execute(_SETTLE, args).fetchone()
 
     def _give_back(self, conn: sqlite3.Connection, hold: Hold) -> None:
         for budget, key, amount in hold.parts:
-            self._settle_one(conn, budget, key, amount, 0)
+            self._settle_one(conn, budget, key, amount, 0, step_id())
 
     def settle(self, hold: Hold | None, actual_uc: int, scopes: Iterable[str], ts_ms: int) -> None:
         """The hold becomes the real cost; the cost also lands on the other current periods
         the table holds for the request's scopes (a budget switched off and on again)."""
-        job = _Settlement(list(hold.parts) if hold else [], actual_uc, list(scopes), ts_ms)
+        parts = [(budget, key, amount, step_id()) for budget, key, amount in hold.parts] if hold else []
+        job = _Settlement(parts, actual_uc, [(scope, step_id()) for scope in scopes], ts_ms)
         try:
             self._settle(job)
         except sqlite3.Error as exc:  # kept and retried: the spend must reach the shared ledger
@@ -196,9 +240,8 @@ class SharedLedger(Ledger):
 
     def _retry_unsettled(self) -> None:
         """Apply the settlements a lost database did not take, oldest first; stops at the first
-        that fails again (the next round goes on). A settlement's steps that were applied are
-        not applied again; only a step whose commit reached the database while its answer was
-        lost is applied twice: the ledger then counts more spend, never less."""
+        that fails again (the next round goes on). A step applied before (its answer lost after
+        the commit) finds its id in ``budget_settled`` and changes nothing."""
         while True:
             with self._lock:
                 if not self._unsettled:
@@ -216,8 +259,8 @@ class SharedLedger(Ledger):
         conn = self._conn()
         crossed: list[tuple[Budget, str, int, int]] = []
         while job.parts:
-            budget, key, amount = job.parts[0]
-            row = self._settle_one(conn, budget, key, amount, job.actual_uc)
+            budget, key, amount, step = job.parts[0]
+            row = self._settle_one(conn, budget, key, amount, job.actual_uc, step)
             job.parts.pop(0)
             job.settled[budget.scope] = key
             if row is not None:
@@ -225,12 +268,8 @@ class SharedLedger(Ledger):
                     crossed += self._crossings(budget, key, int(row[0]))
         current = [period_key(p, job.ts_ms) for p in PERIODS]
         while job.actual_uc and job.scopes:
-            scope = job.scopes[0]
-            conn.execute(
-                "UPDATE budget_ledger SET spent_uc = spent_uc + ? WHERE scope = ? "
-                "AND period_key IN (?, ?, ?) AND period_key <> ?",
-                (job.actual_uc, scope, *current, job.settled.get(scope, "")),
-            )
+            scope, step = job.scopes[0]
+            conn.execute(_SPEND, (scope, *current, job.settled.get(scope, ""), step, job.actual_uc))
             job.scopes.pop(0)
         self._tell_warnings(crossed)
 
@@ -272,21 +311,32 @@ class SharedLedger(Ledger):
                 if expired:
                     log.warning("budget holds of a stopped replica given back: %d budget period(s)", len(expired))
                 conn.execute("DELETE FROM budget_leases WHERE reserved_uc = 0 AND replica = ?", (self.replica,))
+                self._prune_settled(conn)
                 self._retry_unsettled()
             except sqlite3.Error as exc:
                 log.warning("budget leases: %s", exc)
         if conn is not None:
             conn.close()
 
+    def _prune_settled(self, conn: sqlite3.Connection) -> None:
+        """Delete the ids of settlement steps older than SETTLED_KEEP_S (a day). An id is read
+        only by a retry of its own step, which the replica that made it runs from ``_unsettled``
+        at its keeper's first round that reaches the database again (every lease_s/3): a day is
+        far longer than any such wait, short of a replica cut off from its database for a day
+        while the others prune; a step retried after its id went would be applied again (more
+        spend, never less). Every replica prunes, on the database's clock (ids carry the clock of
+        the replica that made them: one a day behind the database's would lose its ids early)."""
+        conn.execute(_PRUNE, (SETTLED_KEEP_S * 1000,))
+
 
 @dataclass
 class _Settlement:
-    """A settlement's steps still to apply: the holds to turn into spend, then the spend on the
-    scopes' other current periods (each a statement of its own)."""
+    """A settlement's steps still to apply, each with its id: the holds to turn into spend, then
+    the spend on the scopes' other current periods (each a statement of its own)."""
 
-    parts: list[tuple[Budget, str, int]]
+    parts: list[tuple[Budget, str, int, str]]  # budget, period key, amount held, step id
     actual_uc: int
-    scopes: list[str]
+    scopes: list[tuple[str, str]]  # scope, step id
     ts_ms: int
     settled: dict[str, str] = field(default_factory=dict)  # scope -> the period its hold settled
 

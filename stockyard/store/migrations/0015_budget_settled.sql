@@ -1,0 +1,3 @@
+-- Nothing to change on SQLite: budget_settled (migrations/postgresql/0015_budget_settled.sql)
+-- records the settlement steps of the replicas' shared budget ledger, which only PostgreSQL has.
+-- An SQLite file's ledger is in memory (one server, or a `serve --workers` group's parent).
