@@ -227,6 +227,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
         lambda b: __import__("pg_writer").writer_split(b),
     ),
     ("cost reports on generated traces (issue 18)", store_bench.report_times),
+    ("budget settlement applied exactly once (PostgreSQL)", lambda b: __import__("settle_once").settle_cost(b)),
     ("--workers 2 vs 1 process (issue 18)", lambda b: __import__("workers").workers_throughput(b)),
     ("streamed TTFT (issue 18)", streams.streamed_ttft),
     ("200 concurrent streams, RSS (issue 18)", streams.streams_200),
