@@ -215,3 +215,41 @@ def test_step_ids_sort_by_the_time_they_were_made():
     ids = [step_id(ms) for ms in (1, 2, 10**12, 10**12 + 1)]
     assert ids == sorted(ids) and len(set(step_id(5) for _ in range(100))) == 100
     assert ids[0].startswith("00000000-0001-7")  # UUIDv7's layout: 48 bits of milliseconds, version 7
+
+
+def test_a_retry_racing_its_own_step_still_in_flight_waits_for_it_and_changes_nothing(pg_url):
+    """A step whose connection broke may still be running on the server when its retry comes on
+    a new connection: the retry waits for it (the ledger row's lock, then the id's) and, once it
+    has committed, finds its id and changes nothing."""
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    budget = Budget("key:race", "key 'race'", 10**9, "day")
+    ledger = SharedLedger(store, lambda budget, period: 0, lease_s=3600)
+    first, second, watch = backend.connect(), backend.connect(), backend.connect()
+    try:
+        hold = ledger.reserve([budget], 500, TS)
+        ((_, key, amount),) = hold.parts
+        step = step_id()
+        first.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        assert ledger._settle_one(first, budget, key, amount, 123, step) is not None  # applied, not committed
+        retry: list = []
+        racing = threading.Thread(
+            target=lambda: retry.append(ledger._settle_one(second, budget, key, amount, 123, step))
+        )
+        racing.start()
+        wait_for(
+            lambda: watch.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '/* settle */%'"
+            ).fetchone(),
+            what="the retry waiting for the step in flight",
+        )
+        first.execute("COMMIT")
+        racing.join(timeout=10)
+        assert retry == [None]  # nothing changed
+        assert usage(watch, "key:race", DAY) == (123, 0)
+    finally:
+        ledger.close()
+        for conn in (first, second, watch):
+            conn.close()
+        store.close()
