@@ -232,6 +232,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("streamed TTFT (issue 18)", streams.streamed_ttft),
     ("200 concurrent streams, RSS (issue 18)", streams.streams_200),
     ("1000 concurrent streams (issue 18)", streams.streams_1000),
+    ("200 and 1000 concurrent streams, --workers 2 (issue 18)", streams.streams_workers),
     ("start time (issue 18)", streams.start_time),
 ]
 
