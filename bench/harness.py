@@ -248,3 +248,59 @@ def key_setup(pyz: Path, warm: int = 1) -> Setup:
 
 
 Scenario = Callable[[Bench], list[Row]]
+
+
+# --------------------------------------------------------------------------- in-process variants
+
+Split = tuple[float, float, float | None]  # per unit: wall rate /s, this process's CPU µs, server backend CPU µs
+
+
+def interleaved_splits(variants: tuple[str, ...], rounds: int, run: Callable[[str], Split]) -> dict[str, list[Split]]:
+    """Each variant once a round, in reverse order every other round, so the machine's drift
+    falls on all of them."""
+    got: dict[str, list[Split]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for variant in variants if r % 2 == 0 else variants[::-1]:
+            got[variant].append(run(variant))
+    return got
+
+
+def split_rows(got: dict[str, list[Split]], title: str, own: str, unit: str, what: str) -> list[Row]:
+    """A row per variant: its median wall rate, the ratio to the first variant's, and the median
+    CPU per ``unit`` of this process (``own``) and of its PostgreSQL backend."""
+    variants = list(got)
+    first = median([x[0] for x in got[variants[0]]])
+    rows = []
+    for variant in variants:
+        wall = median([x[0] for x in got[variant]])
+        servers = [x[2] for x in got[variant] if x[2] is not None]
+        server = f"{median(servers):.0f} µs" if servers else "n/a (server not local)"
+        rows.append(
+            Row(
+                f"{title}, {variant}",
+                f"{wall:,.0f} /s",
+                "",
+                None,
+                f"{wall / first:.2f}× {variants[0]}; {own} CPU {median([x[1] for x in got[variant]]):.0f} µs, "
+                f"server backend CPU {server} per {unit}; {what}, median of {len(got[variant])}",
+            )
+        )
+    return rows
+
+
+def run_alone(scenario: Callable[[Bench], list[Row]], doc: str | None, count: str, default: int, rounds: int) -> None:
+    """Command line of an in-process PostgreSQL scenario (no proxy process): ``--COUNT N``,
+    ``--load-rounds N``, ``--postgresql URL`` (default: a throwaway server), ``--quick``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(f"--{count}", type=int, default=default)
+    p.add_argument("--load-rounds", type=int, default=rounds, help="interleaved rounds")
+    p.add_argument("--postgresql", default="", help="a database URL (default: a throwaway server)")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    args.pyz = None  # no proxy process here
+    b = Bench(args, None)  # type: ignore[arg-type]
+    try:
+        for row in scenario(b):
+            print(f"{row.metric:45s} {row.value:>12s}  {row.detail}")
+    finally:
+        b.close()

@@ -20,7 +20,6 @@ CPU per trace of the writer's PostgreSQL backend (from /proc, when the server ru
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -32,9 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import NotAvailable, median  # noqa: E402
+from common import NotAvailable  # noqa: E402
 from gen_traces import trace_rows  # noqa: E402
-from harness import Bench, Row  # noqa: E402
+from harness import Bench, Row, interleaved_splits, run_alone, split_rows  # noqa: E402
 
 from stockyard.dburl import parse_postgres  # noqa: E402
 from stockyard.store import Writer, pg  # noqa: E402
@@ -109,45 +108,9 @@ def writer_split(b: Bench) -> list[Row]:
         fresh()
     except NotAvailable as exc:
         return [Row("PostgreSQL writer, TCP_NODELAY", "n/a", "", None, str(exc))]
-    got: dict[str, list[tuple[float, float, float | None]]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-            got[variant].append(run_variant(fresh(), variant, n))
-    rows = []
-    before = median([x[0] for x in got["before"]])
-    for variant in VARIANTS:
-        wall = median([x[0] for x in got[variant]])
-        writer_us = median([x[1] for x in got[variant]])
-        servers = [x[2] for x in got[variant] if x[2] is not None]
-        server = f"{median(servers):.0f} µs" if servers else "n/a (server not local)"
-        rows.append(
-            Row(
-                f"PostgreSQL writer, {variant}",
-                f"{wall:,.0f} /s",
-                "",
-                None,
-                f"{wall / before:.2f}× before; writer CPU {writer_us:.0f} µs, server backend CPU {server} per trace; "
-                f"{n:,} traces with bodies, median of {rounds}",
-            )
-        )
-    return rows
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--traces", type=int, default=TRACES)
-    p.add_argument("--load-rounds", type=int, default=ROUNDS, help="interleaved rounds")
-    p.add_argument("--postgresql", default="", help="a database URL (default: a throwaway server)")
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    args.pyz = None  # no proxy process here
-    b = Bench(args, None)  # type: ignore[arg-type]
-    try:
-        for row in writer_split(b):
-            print(f"{row.metric:40s} {row.value:>12s}  {row.detail}")
-    finally:
-        b.close()
+    got = interleaved_splits(VARIANTS, rounds, lambda variant: run_variant(fresh(), variant, n))
+    return split_rows(got, "PostgreSQL writer", "writer", "trace", f"{n:,} traces with bodies")
 
 
 if __name__ == "__main__":
-    main()
+    run_alone(writer_split, __doc__, "traces", TRACES, ROUNDS)

@@ -17,7 +17,6 @@ connection's PostgreSQL backend CPU per settlement (from /proc, when the server 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import NotAvailable, cpu_seconds, median  # noqa: E402
-from harness import Bench, Row  # noqa: E402
+from common import NotAvailable, cpu_seconds  # noqa: E402
+from harness import Bench, Row, interleaved_splits, run_alone, split_rows  # noqa: E402
 
 from stockyard.budgets import PERIODS, Budget, period_key  # noqa: E402
 from stockyard.dburl import parse_postgres  # noqa: E402
@@ -106,45 +105,9 @@ def settle_cost(b: Bench) -> list[Row]:
         b.postgresql()
     except NotAvailable as exc:
         return [Row("budget settlement, exactly once", "n/a", "", None, str(exc))]
-    got: dict[str, list[tuple[float, float, float | None]]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-            got[variant].append(run_variant(b.postgresql(), variant, n))
-    rows = []
-    before = median([x[0] for x in got["before"]])
-    for variant in VARIANTS:
-        wall = median([x[0] for x in got[variant]])
-        client_us = median([x[1] for x in got[variant]])
-        servers = [x[2] for x in got[variant] if x[2] is not None]
-        server = f"{median(servers):.0f} µs" if servers else "n/a (server not local)"
-        rows.append(
-            Row(
-                f"budget settlement (key + project), {variant}",
-                f"{wall:,.0f} /s",
-                "",
-                None,
-                f"{wall / before:.2f}× before; client CPU {client_us:.0f} µs, server backend CPU {server} per "
-                f"settlement; {n:,} settlements, median of {rounds}",
-            )
-        )
-    return rows
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settlements", type=int, default=SETTLEMENTS)
-    p.add_argument("--load-rounds", type=int, default=ROUNDS, help="interleaved rounds")
-    p.add_argument("--postgresql", default="", help="a database URL (default: a throwaway server)")
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    args.pyz = None  # no proxy process here
-    b = Bench(args, None)  # type: ignore[arg-type]
-    try:
-        for row in settle_cost(b):
-            print(f"{row.metric:45s} {row.value:>10s}  {row.detail}")
-    finally:
-        b.close()
+    got = interleaved_splits(VARIANTS, rounds, lambda variant: run_variant(b.postgresql(), variant, n))
+    return split_rows(got, "budget settlement (key + project)", "client", "settlement", f"{n:,} settlements")
 
 
 if __name__ == "__main__":
-    main()
+    run_alone(settle_cost, __doc__, "settlements", SETTLEMENTS, ROUNDS)
