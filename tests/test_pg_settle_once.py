@@ -187,6 +187,31 @@ def test_a_settlement_step_whose_answer_was_lost_after_its_commit_is_applied_onc
         ledger.close()
 
 
+def test_a_warning_reached_by_a_step_whose_answer_was_lost_is_told_by_its_retry(through_relay):
+    """The step that crosses 80% commits and loses its answer: the retry changes nothing, and
+    tells the warning that step reached, once."""
+    store, relay, conn = through_relay
+    told: list[tuple[str, int]] = []
+    key = Budget("key:warned", "key 'warned'", 1_000, "day")
+    ledger = SharedLedger(
+        store, lambda budget, period: 0, (80,), lambda b, k, spent, pct: told.append((k, pct)), lease_s=3600
+    )
+    try:
+        hold = ledger.reserve([key], 900, TS)
+        relay.cut(1)
+        ledger.settle(hold, 850, [], TS)
+        assert relay.cuts == 1 and len(ledger._unsettled) == 1 and told == []
+        assert usage(conn, "key:warned", DAY) == (850, 0)  # applied by the server, answer lost
+        ledger._retry_unsettled()
+        assert not ledger._unsettled
+        assert usage(conn, "key:warned", DAY) == (850, 0)
+        assert told == [(DAY, 80)]
+        ledger.settle(ledger.reserve([key], 10, TS), 10, [], TS)
+        assert told == [(DAY, 80)]  # once
+    finally:
+        ledger.close()
+
+
 def test_the_keeper_deletes_settled_ids_older_than_a_day(pg_url):
     """Ids are pruned by age on the database's clock; the newer ones stay (a retry may need them)."""
     backend = PostgresBackend(parse_postgres(pg_url, {}))

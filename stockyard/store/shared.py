@@ -262,9 +262,11 @@ class SharedLedger(Ledger):
             row = self._settle_one(conn, budget, key, amount, job.actual_uc, step)
             job.parts.pop(0)
             job.settled[budget.scope] = key
-            if row is not None:
-                with self._lock:
-                    crossed += self._crossings(budget, key, int(row[0]))
+            # Nothing changed: no row, or the step was applied before and its answer lost (a
+            # retry). Its spend is read then, so a threshold that step reached is still told.
+            spent = int(row[0]) if row is not None else self._row(conn, budget.scope, key)[0]
+            with self._lock:
+                crossed += self._crossings(budget, key, spent)
         current = [period_key(p, job.ts_ms) for p in PERIODS]
         while job.actual_uc and job.scopes:
             scope, step = job.scopes[0]
