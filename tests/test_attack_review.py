@@ -1,0 +1,66 @@
+"""An attacker's review of what a sender without a key (or with one ordinary client key) can do,
+against a real server over raw sockets: each test names the hole it closes."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env
+from rawhttp import connect, read_until_close, statuses
+
+from stockyard.api import FAILED_LOGIN_LIMIT, LoginThrottle
+
+ADMIN = "attack-admin-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    """Behind a trusted load balancer (loopback), with an admin key and two client keys."""
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_ADMIN_KEY": ADMIN,
+        "STOCKYARD_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack") / "s.db", env)
+    made = [srv.cli("keys", "create", "--name", name) for name in ("alice", "bob")]
+    assert all(m.returncode == 0 for m in made), [m.stderr for m in made]
+    srv.start()
+    srv.keys = {"alice": made[0].stdout.strip(), "bob": made[1].stdout.strip()}
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def admin_status(server: ServerProcess, token: str, forwarded_for: str) -> int:
+    sock = connect(server)
+    sock.sendall(
+        (
+            f"GET /api/keys HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"X-Forwarded-For: {forwarded_for}\r\nConnection: close\r\n\r\n"
+        ).encode()
+    )
+    return statuses(read_until_close(sock))[0]
+
+
+def test_admin_login_throttle_counts_an_ipv6_sender_by_its_64(server):
+    """Was: counted per address, so one IPv6 host (a /64 of its own) took a fresh address for
+    every ten guesses of the admin key — unthrottled guessing and an audit row for each."""
+    seen = [admin_status(server, f"wrong-{i}", f"2001:db8:1:2::{i + 1:x}") for i in range(FAILED_LOGIN_LIMIT + 2)]
+    assert seen[:FAILED_LOGIN_LIMIT] == [401] * FAILED_LOGIN_LIMIT
+    assert seen[FAILED_LOGIN_LIMIT:] == [429, 429]
+    assert admin_status(server, "wrong", "2001:db8:1:3::1") == 401  # the next /64 is another sender
+    assert admin_status(server, ADMIN, "2001:db8:1:2::ff") == 200  # the right key always works
+
+
+def test_admin_login_throttle_forgets_senders_whose_window_is_empty(monkeypatch):
+    """Was: every address that ever failed kept an entry for the server's life (a memory leak
+    one wrong guess per address long)."""
+    clock = [1000.0]
+    monkeypatch.setattr("stockyard.api.time.monotonic", lambda: clock[0])
+    throttle = LoginThrottle()
+    for i in range(50):
+        throttle.fail(f"198.51.100.{i}")
+    clock[0] += 61
+    assert all(throttle.blocked_for(f"198.51.100.{i}") == 0.0 for i in range(50))
+    assert throttle._failures == {}
