@@ -113,11 +113,21 @@ def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provide
     ]
 
 
+def restricted(key: KeyRecord | None) -> bool:
+    """A key held to a list of models (which its batch files must keep to)."""
+    return key is not None and key.models is not None and "*" not in key.models
+
+
 MAX_LINE = 16 * 1024 * 1024  # a JSONL line longer than this is skipped, never held
 
 
-def lines_of(stream: IO[bytes] | Iterator[bytes], block: int = 65536) -> Iterator[bytes]:
-    """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time."""
+def lines_of(
+    stream: IO[bytes] | Iterator[bytes], block: int = 65536, too_long: Callable[[], None] | None = None
+) -> Iterator[bytes]:
+    """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time.
+
+    A line longer than ``MAX_LINE`` is skipped, after ``too_long()`` (which may raise: a check
+    that must see every line refuses instead)."""
     reader = getattr(stream, "read", None)  # a reader first: files iterate by lines, unbounded
     chunks = iter(lambda: reader(block), b"") if reader is not None else stream
     buf, skipping = b"", False
@@ -130,6 +140,8 @@ def lines_of(stream: IO[bytes] | Iterator[bytes], block: int = 65536) -> Iterato
             elif line.strip():
                 yield line
         if len(buf) > MAX_LINE:
+            if too_long is not None and not skipping:
+                too_long()
             buf, skipping = b"", True
     if buf.strip() and not skipping:
         yield buf
@@ -455,7 +467,7 @@ class FilesAPI:
                     400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
                 )
             if purpose == "batch":
-                self._check_batch_models(ctx, provider, lines_of(upload.open(parts[0])))
+                self._check_batch_models(ctx, provider, upload.open(parts[0]))
             body = upload.encode()
             answer, doc = self._call(
                 ctx, provider, "POST", "/files", body, content_type=body.content_type, length=body.length
@@ -464,14 +476,27 @@ class FilesAPI:
             self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
         self._send(reply, ctx, answer)
 
-    def _check_batch_models(self, ctx: RequestContext, provider: Provider, lines: Iterator[bytes]) -> None:
+    def _check_batch_models(self, ctx: RequestContext, provider: Provider, source: IO[bytes] | Iterator[bytes]) -> None:
         """A key with a model allow-list may batch only its models: each request line's ``model``
-        is checked as if sent to ``provider`` (a batch must not be a way around the list)."""
+        is checked as if sent to ``provider`` (a batch must not be a way around the list); a line
+        too long to hold is refused, never skipped."""
         key = ctx.key
-        if key is None or key.models is None or "*" in key.models:
+        if not restricted(key):
             return
+        assert key is not None
         route = self._path.registry().routes_to
-        for number, line in enumerate(lines, 1):
+        number = 0
+
+        def too_long() -> None:
+            raise ProxyError(
+                403,
+                f"line {number + 1} of the batch file is longer than {MAX_LINE} bytes: too long to check "
+                f"against the models client key {key.prefix}… may use",
+                param="file",
+                code="model_not_allowed",
+            )
+
+        for number, line in enumerate(lines_of(source, too_long=too_long), 1):
             try:
                 body = json.loads(line).get("body")
                 model = body.get("model") if isinstance(body, dict) else None
@@ -551,11 +576,34 @@ class FilesAPI:
             raise not_found("file", file_id, "input_file_id")
         provider = self._provider_named(owned.provider)
         self._check_budget(ctx)
+        if restricted(ctx.key):
+            self._check_input_file(ctx, provider, file_id)
         answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
             self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name)
             self._see_batch(ctx, provider, doc)
         self._send(reply, ctx, answer)
+
+    def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> None:
+        """The models of a batch's input file, read back from the provider as it streams: the
+        upload was checked only if it said ``purpose=batch``, and not every provider insists."""
+        answer, resp = self._request(ctx, provider, "GET", f"/files/{file_id}/content")
+        if answer.status >= 400:
+            resp.read_all()
+            raise ProxyError(
+                502,
+                f"provider {provider.name!r} answered {answer.status} for input file {file_id!r}, so its "
+                "models could not be checked against this client key's",
+                code="input_file_unreadable",
+            )
+        try:
+            self._check_batch_models(ctx, provider, resp.chunks())
+        except UpstreamError as exc:
+            message = self._path.scrub.text(f"provider {provider.name!r}: {exc}")
+            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
+        except BaseException:
+            resp.close()
+            raise
 
     def look_at_batch(self, ctx: RequestContext, provider: Provider, batch_id: str) -> str | None:
         """Retrieve a batch for its owner without a client (the batch watch): its status, or None

@@ -3,11 +3,16 @@ against a real server over raw sockets: each test names the hole it closes."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env
+from openai import OpenAI, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
 
 from stockyard.api import FAILED_LOGIN_LIMIT, LoginThrottle
+from stockyard.files_api import MAX_LINE
 
 ADMIN = "attack-admin-key-0123456789abcdef"
 
@@ -23,10 +28,13 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "STOCKYARD_TRUSTED_PROXIES": "127.0.0.1",
     }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack") / "s.db", env)
-    made = [srv.cli("keys", "create", "--name", name) for name in ("alice", "bob")]
-    assert all(m.returncode == 0 for m in made), [m.stderr for m in made]
+    made = {
+        name: srv.cli("keys", "create", "--name", name, *extra)
+        for name, extra in (("alice", []), ("bob", []), ("mini", ["--models", "gpt-4o-mini"]))
+    }
+    assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
     srv.start()
-    srv.keys = {"alice": made[0].stdout.strip(), "bob": made[1].stdout.strip()}
+    srv.keys = {name: m.stdout.strip() for name, m in made.items()}
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log
@@ -64,3 +72,37 @@ def test_admin_login_throttle_forgets_senders_whose_window_is_empty(monkeypatch)
     clock[0] += 61
     assert all(throttle.blocked_for(f"198.51.100.{i}") == 0.0 for i in range(50))
     assert throttle._failures == {}
+
+
+# -- a key with a model allow-list and the Batch API --------------------------------------------
+
+
+def batch_line(model: str, padding: int = 0) -> bytes:
+    line = {"custom_id": model, "method": "POST", "url": "/v1/chat/completions"}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    # JSON allows any whitespace between tokens: the provider reads this line as any other
+    return (json.dumps(line)[:-1] + ', "body": ' + " " * padding + json.dumps(body) + "}\n").encode()
+
+
+def test_a_batch_file_uploaded_under_another_purpose_cannot_run_other_models(server):
+    """Was: only ``purpose=batch`` uploads were checked against the key's models, so a key limited
+    to gpt-4o-mini uploaded its gpt-4o batch as ``user_data`` and started a batch over it (a
+    provider that does not insist on the purpose runs it)."""
+    mini = OpenAI(base_url=server.url + "/v1", api_key=server.keys["mini"], max_retries=0)
+    sneaked = mini.files.create(file=("in.jsonl", io.BytesIO(batch_line("gpt-4o"))), purpose="user_data")
+    with pytest.raises(PermissionDeniedError) as err:
+        mini.batches.create(input_file_id=sneaked.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert "'gpt-4o'" in err.value.body["message"]
+    allowed = mini.files.create(file=("ok.jsonl", io.BytesIO(batch_line("gpt-4o-mini"))), purpose="user_data")
+    batch = mini.batches.create(input_file_id=allowed.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.id.startswith("batch")
+
+
+def test_a_batch_line_too_long_to_check_is_refused_not_skipped(server):
+    """Was: a line longer than MAX_LINE was skipped by the model check (it is never held whole)
+    and went to the provider unchecked: padded with whitespace, any model ran."""
+    mini = OpenAI(base_url=server.url + "/v1", api_key=server.keys["mini"], max_retries=0)
+    data = batch_line("gpt-4o-mini") + batch_line("gpt-4o", padding=MAX_LINE + (1 << 20))
+    with pytest.raises(PermissionDeniedError) as err:
+        mini.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    assert "line 2" in err.value.body["message"], err.value.body
