@@ -26,7 +26,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
 
 from .context import RequestContext
-from .errors import ClientGone, ProxyError
+from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import Request, json_object
 from .keys import KeyRecord
 from .providers import AZURE_API_VERSION, Provider, Registry
@@ -113,6 +113,22 @@ def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provide
     ]
 
 
+def referenced_files(body: object) -> set[str]:
+    """Every string under a ``file_id`` key anywhere in a JSON value (walked without recursion)."""
+    found: set[str] = set()
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            named = value.get("file_id")
+            if isinstance(named, str):
+                found.add(named)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
 def restricted(key: KeyRecord | None) -> bool:
     """A key held to a list of models (which its batch files must keep to)."""
     return key is not None and key.models is not None and "*" not in key.models
@@ -182,6 +198,19 @@ class Ownership:
         if row is None or row["key_id"] != owner:
             return None
         return Owned(row["id"], row["kind"], row["key_id"], row["provider"], bool(row["billed"]))
+
+    def check_references(self, ctx: RequestContext) -> None:
+        """A model call naming a file by ``file_id`` (a chat ``file`` part, a Responses
+        ``input_file`` or ``input_image``) may name only this key's files, as on ``/v1/files``:
+        the provider holds every key's files under the one provider key, so another key's id (or
+        one Stockyard never saw) is OpenAI's 404 here, before any module or provider call."""
+        if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
+            return
+        if b"file_id" not in ctx.raw and b"\\u" not in ctx.raw:  # the walk only where the name can be
+            return
+        for file_id in referenced_files(ctx.body):
+            if self.find(file_id, "file", owner_of(ctx)) is None:
+                raise not_found("file", file_id, "file_id")
 
     def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
         """Which of ``ids`` at ``provider`` belong to ``owner``."""

@@ -106,3 +106,36 @@ def test_a_batch_line_too_long_to_check_is_refused_not_skipped(server):
     with pytest.raises(PermissionDeniedError) as err:
         mini.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
     assert "line 2" in err.value.body["message"], err.value.body
+
+
+# -- provider objects named inside a request body ------------------------------------------------
+
+
+def chat_with_file(server: ServerProcess, who: str, file_id: str, key_name: str = "file_id") -> int:
+    part = '{"type": "file", "file": {"%s": "%s"}}' % (key_name, file_id)
+    body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [%s]}]}' % part
+    status, _, _ = server.request(
+        "POST", "/v1/chat/completions", raw=body.encode(), headers={"Authorization": f"Bearer {server.keys[who]}"}
+    )
+    return status
+
+
+def test_another_keys_file_cannot_be_read_through_a_model_call(server):
+    """Was: /v1/files/{id} answered another key's id with a 404, but a chat or Responses body
+    naming that id (a ``file`` or ``input_file`` part) went to the provider, which holds every
+    key's files under the one provider key: the model read the file for the other key."""
+    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
+    secret = alice.files.create(file=("notes.txt", io.BytesIO(b"alice's notes")), purpose="user_data")
+    assert chat_with_file(server, "alice", secret.id) == 200
+    assert chat_with_file(server, "bob", secret.id) == 404
+    assert chat_with_file(server, "bob", secret.id, key_name="file\\u005fid") == 404  # the same key, escaped
+    assert chat_with_file(server, "bob", "file-stockyard-never-saw") == 404
+    responses = {
+        "model": "gpt-4o-mini",
+        "input": [{"role": "user", "content": [{"type": "input_file", "file_id": secret.id}]}],
+    }
+    status, _, raw = server.request(
+        "POST", "/v1/responses", responses, headers={"Authorization": f"Bearer {server.keys['bob']}"}
+    )
+    assert status == 404, raw
+    assert secret.id in json.loads(raw)["error"]["message"]
