@@ -114,15 +114,18 @@ def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provide
 
 
 def referenced_files(body: object) -> set[str]:
-    """Every string under a ``file_id`` key anywhere in a JSON value (walked without recursion)."""
+    """Every string under a ``file_id`` key, or in a ``file_ids`` list (a code interpreter's
+    container), anywhere in a JSON body but its caller's own ``metadata`` (walked without recursion)."""
     found: set[str] = set()
-    stack = [body]
+    stack = [{k: v for k, v in body.items() if k != "metadata"} if isinstance(body, dict) else body]
     while stack:
         value = stack.pop()
         if isinstance(value, dict):
-            named = value.get("file_id")
+            named, listed = value.get("file_id"), value.get("file_ids")
             if isinstance(named, str):
                 found.add(named)
+            if isinstance(listed, list):
+                found.update(v for v in listed if isinstance(v, str))
             stack.extend(value.values())
         elif isinstance(value, list):
             stack.extend(value)
@@ -206,7 +209,7 @@ class Ownership:
         one Stockyard never saw) is OpenAI's 404 here, before any module or provider call."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
-        if b"file_id" not in ctx.raw and b"\\u" not in ctx.raw:  # the walk only where the name can be
+        if b"file_id" not in ctx.raw and b"\\u" not in ctx.raw:  # walk only where the name can be ("file_ids" too)
             return
         for file_id in referenced_files(ctx.body):
             if self.find(file_id, "file", owner_of(ctx)) is None:

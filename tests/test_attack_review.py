@@ -12,7 +12,7 @@ from openai import OpenAI, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
 
 from stockyard.api import FAILED_LOGIN_LIMIT, LoginThrottle
-from stockyard.files_api import MAX_LINE
+from stockyard.files_api import MAX_LINE, referenced_files
 
 ADMIN = "attack-admin-key-0123456789abcdef"
 
@@ -139,3 +139,13 @@ def test_another_keys_file_cannot_be_read_through_a_model_call(server):
     )
     assert status == 404, raw
     assert secret.id in json.loads(raw)["error"]["message"]
+
+
+def test_the_file_references_a_body_holds_are_found_wherever_the_provider_reads_them():
+    body = {
+        "metadata": {"file_id": "the caller's own label"},
+        "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-a"}]}],
+        "messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-b"}}]}],
+        "tools": [{"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["file-c", 5]}}],
+    }
+    assert referenced_files(body) == {"file-a", "file-b", "file-c"}
