@@ -677,6 +677,8 @@ class Handler(BaseHTTPRequestHandler):
         come before a byte of it is read."""
         app = self.server.app
         method = self.command
+        if not self._body_pending():  # the request has arrived whole: its read deadline is met
+            self.server.reaper.disarm(self.connection)  # (a slow provider's answer is not a slow client)
         if path not in OPEN_ROUTES:
             self._check_host_and_origin()
         if path in PROXY_ROUTES:
@@ -720,8 +722,6 @@ class Handler(BaseHTTPRequestHandler):
             return
         for prefix, fn in self.server.prefix_routes:
             if path.startswith(prefix):
-                if not self._body_pending():
-                    self.server.reaper.disarm(self.connection)  # nothing more to arrive
                 req = Request(method, self.path, self._headers_dict(), self._body, self._client_ip(), self.upload)
                 self._respond(fn(app, req))
                 return

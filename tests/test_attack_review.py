@@ -8,6 +8,7 @@ import json
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env
+from mock_upstream import Reply
 from openai import OpenAI, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
 
@@ -26,6 +27,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "OPENAI_BASE_URL": mock.url + "/v1",
         "STOCKYARD_ADMIN_KEY": ADMIN,
         "STOCKYARD_TRUSTED_PROXIES": "127.0.0.1",
+        "STOCKYARD_REQUEST_READ_TIMEOUT": "1",  # for the whole request to arrive, not for the answer
     }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack") / "s.db", env)
     made = {
@@ -149,3 +151,23 @@ def test_the_file_references_a_body_holds_are_found_wherever_the_provider_reads_
         "tools": [{"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["file-c", 5]}}],
     }
     assert referenced_files(body) == {"file-a", "file-b", "file-c"}
+
+
+# -- the read deadline is for the request, not for the provider's answer -----------------------
+
+
+@pytest.mark.parametrize("route", ["file", "response"])
+def test_a_slow_provider_answer_is_not_cut_by_the_request_read_deadline(server, mock, route):
+    """Was: the stored-response routes never read a body, so the read deadline
+    (STOCKYARD_REQUEST_READ_TIMEOUT, against slowloris) stayed armed while the provider worked:
+    an answer slower than it (a background response's event stream) was cut. The file routes
+    escaped only by reading their empty body; the server now ends the deadline for every route
+    once the request has arrived whole."""
+    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
+    if route == "file":
+        made = alice.files.create(file=("notes.txt", io.BytesIO(b"notes")), purpose="user_data").id
+    else:
+        made = alice.responses.create(model="gpt-4o-mini", input="hi").id
+    mock.enqueue(Reply(hang_s=2.5))  # a provider slower than the read deadline (1 s, checked each second)
+    got = alice.files.retrieve(made) if route == "file" else alice.responses.retrieve(made)
+    assert got.id == made
