@@ -499,7 +499,7 @@ class FilesAPI:
                     400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
                 )
             if purpose == "batch":
-                self._check_batch_models(ctx, provider, upload.open(parts[0]))
+                self._check_batch_lines(ctx, provider, upload.open(parts[0]))
             body = upload.encode()
             answer, doc = self._call(
                 ctx, provider, "POST", "/files", body, content_type=body.content_type, length=body.length
@@ -508,39 +508,52 @@ class FilesAPI:
             self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
         self._send(reply, ctx, answer)
 
-    def _check_batch_models(self, ctx: RequestContext, provider: Provider, source: IO[bytes] | Iterator[bytes]) -> None:
-        """A key with a model allow-list may batch only its models: each request line's ``model``
-        is checked as if sent to ``provider`` (a batch must not be a way around the list); a line
-        too long to hold is refused, never skipped."""
+    def _check_batch_lines(self, ctx: RequestContext, provider: Provider, source: IO[bytes] | Iterator[bytes]) -> None:
+        """A batch runs its lines under the one provider key, so each line is held to what the key
+        could send itself: a key with a model allow-list only its models (as if sent to
+        ``provider``), and any key only its own files (``file_id``) and its own responses
+        (``previous_response_id``). A line too long to hold is refused, never skipped."""
         key = ctx.key
-        if not restricted(key):
+        if key is None:  # open mode: one owner
             return
-        assert key is not None
-        route = self._path.registry().routes_to
-        number = 0
+        route, number = self._path.registry().routes_to, 0
 
         def too_long() -> None:
             raise ProxyError(
                 403,
-                f"line {number + 1} of the batch file is longer than {MAX_LINE} bytes: too long to check "
-                f"against the models client key {key.prefix}… may use",
+                f"line {number + 1} of the batch file is longer than {MAX_LINE} bytes: too long to check",
                 param="file",
-                code="model_not_allowed",
+                code="line_too_long",
             )
 
         for number, line in enumerate(lines_of(source, too_long=too_long), 1):
             try:
                 body = json.loads(line).get("body")
-                model = body.get("model") if isinstance(body, dict) else None
             except (ValueError, AttributeError):
-                model = None
-            if not isinstance(model, str) or not key.allows_model(f"{provider.name}/{model}", route):
+                body = None
+            body = body if isinstance(body, dict) else {}
+            model = body.get("model")
+            if restricted(key) and (
+                not isinstance(model, str) or not key.allows_model(f"{provider.name}/{model}", route)
+            ):
                 shown = model[:100] if isinstance(model, str) else None
                 raise ProxyError(
                     403,
                     f"client key {key.prefix}… may not use model {shown!r} (line {number} of the batch file)",
                     param="file",
                     code="model_not_allowed",
+                )
+            named = referenced_files(body) if b"file_id" in line or b"\\u" in line else set()
+            for file_id in named:
+                if self.ownership.find(file_id, "file", key.id) is None:
+                    raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
+            previous = body.get("previous_response_id")
+            if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
+                raise ProxyError(
+                    404,
+                    f"No response found with id '{previous[:100]}' (line {number} of the batch file).",
+                    param="file",
+                    code="not_found",
                 )
 
     # -- lists ---------------------------------------------------------------------------------
@@ -608,8 +621,7 @@ class FilesAPI:
             raise not_found("file", file_id, "input_file_id")
         provider = self._provider_named(owned.provider)
         self._check_budget(ctx)
-        if restricted(ctx.key):
-            self._check_input_file(ctx, provider, file_id)
+        self._check_input_file(ctx, provider, file_id)
         answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
             self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name)
@@ -617,19 +629,22 @@ class FilesAPI:
         self._send(reply, ctx, answer)
 
     def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> None:
-        """The models of a batch's input file, read back from the provider as it streams: the
-        upload was checked only if it said ``purpose=batch``, and not every provider insists."""
+        """A batch's input file, read back from the provider as it streams and checked line by line
+        (``_check_batch_lines``): the upload was checked only if it said ``purpose=batch``, and not
+        every provider insists on that purpose."""
+        if ctx.key is None:
+            return
         answer, resp = self._request(ctx, provider, "GET", f"/files/{file_id}/content")
         if answer.status >= 400:
             resp.read_all()
             raise ProxyError(
                 502,
                 f"provider {provider.name!r} answered {answer.status} for input file {file_id!r}, so its "
-                "models could not be checked against this client key's",
+                "lines could not be checked against what this client key may use",
                 code="input_file_unreadable",
             )
         try:
-            self._check_batch_models(ctx, provider, resp.chunks())
+            self._check_batch_lines(ctx, provider, resp.chunks())
         except UpstreamError as exc:
             message = self._path.scrub.text(f"provider {provider.name!r}: {exc}")
             raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env
 from mock_upstream import Reply
-from openai import OpenAI, PermissionDeniedError
+from openai import NotFoundError, OpenAI, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
 
 from stockyard.api import FAILED_LOGIN_LIMIT, LoginThrottle
@@ -171,3 +171,35 @@ def test_a_slow_provider_answer_is_not_cut_by_the_request_read_deadline(server, 
     mock.enqueue(Reply(hang_s=2.5))  # a provider slower than the read deadline (1 s, checked each second)
     got = alice.files.retrieve(made) if route == "file" else alice.responses.retrieve(made)
     assert got.id == made
+
+
+def responses_line(**body) -> bytes:
+    line = {"custom_id": "r", "method": "POST", "url": "/v1/responses", "body": {"model": "gpt-4o-mini", **body}}
+    return (json.dumps(line) + "\n").encode()
+
+
+@pytest.mark.parametrize("purpose", ["batch", "user_data"])
+def test_a_batch_cannot_name_another_keys_file_or_response(server, purpose):
+    """Was: the batch's lines went to the provider unchecked (but for a limited key's models), so
+    a key read another key's file (``input_file``) or continued its conversation
+    (``previous_response_id``) through a batch run under the one provider key."""
+    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
+    bob = OpenAI(base_url=server.url + "/v1", api_key=server.keys["bob"], max_retries=0)
+    secret = alice.files.create(file=("notes.txt", io.BytesIO(b"alice's notes")), purpose="user_data").id
+    turn = alice.responses.create(model="gpt-4o-mini", input="my secret plan").id
+    mine = bob.files.create(file=("mine.txt", io.BytesIO(b"bob's")), purpose="user_data").id
+    part = [{"role": "user", "content": [{"type": "input_file", "file_id": secret}]}]
+    for line, named in ((responses_line(input=part), secret), (responses_line(previous_response_id=turn), turn)):
+        data = responses_line(input="fine") + line
+        try:
+            uploaded = bob.files.create(file=("in.jsonl", io.BytesIO(data)), purpose=purpose)
+        except NotFoundError as refused:  # at the upload
+            assert purpose == "batch" and named in refused.body["message"] and "line 2" in refused.body["message"]
+            continue
+        assert purpose == "user_data"  # only an upload that says it is not a batch file passes unchecked
+        with pytest.raises(NotFoundError) as err:
+            bob.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h")
+        assert named in err.value.body["message"] and "line 2" in err.value.body["message"]
+    own = [{"role": "user", "content": [{"type": "input_file", "file_id": mine}]}]
+    uploaded = bob.files.create(file=("ok.jsonl", io.BytesIO(responses_line(input=own))), purpose=purpose)
+    assert bob.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h").id
