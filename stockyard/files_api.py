@@ -113,9 +113,14 @@ def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provide
     ]
 
 
+NOT_READ = frozenset({"annotations", "results"})  # citations of earlier output: ids the provider does not open
+
+
 def referenced_files(body: object) -> set[str]:
     """Every string under a ``file_id`` key, or in a ``file_ids`` list (a code interpreter's
-    container), anywhere in a JSON body but its caller's own ``metadata`` (walked without recursion)."""
+    container), anywhere in a JSON body but its caller's own ``metadata`` and the citations of
+    replayed output (``NOT_READ``: a stateless client sends earlier output items back as they
+    came, naming files the provider made). Walked without recursion."""
     found: set[str] = set()
     stack = [{k: v for k, v in body.items() if k != "metadata"} if isinstance(body, dict) else body]
     while stack:
@@ -126,7 +131,7 @@ def referenced_files(body: object) -> set[str]:
                 found.add(named)
             if isinstance(listed, list):
                 found.update(v for v in listed if isinstance(v, str))
-            stack.extend(value.values())
+            stack.extend(v for k, v in value.items() if k not in NOT_READ)
         elif isinstance(value, list):
             stack.extend(value)
     return found

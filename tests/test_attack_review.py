@@ -151,6 +151,25 @@ def test_the_file_references_a_body_holds_are_found_wherever_the_provider_reads_
         "tools": [{"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["file-c", 5]}}],
     }
     assert referenced_files(body) == {"file-a", "file-b", "file-c"}
+    replayed = {  # a stateless client sends earlier output back: its citations name files the provider made
+        "input": [
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "output_text",
+                        "text": "see",
+                        "annotations": [
+                            {"type": "container_file_citation", "container_id": "cntr_1", "file_id": "cfile_1"}
+                        ],
+                    }
+                ],
+            },
+            {"type": "file_search_call", "id": "fs_1", "results": [{"file_id": "file-vs", "text": "…"}]},
+        ]
+    }
+    assert referenced_files(replayed) == set()
 
 
 # -- the read deadline is for the request, not for the provider's answer -----------------------
