@@ -113,6 +113,13 @@ def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provide
     ]
 
 
+def may_name_files(raw: bytes) -> bool:
+    """Whether a JSON text can hold a ``file_id`` (or ``file_ids``) key: it is written out, or
+    escaped (``\\u``), or the text is not UTF-8 (``json.loads`` reads UTF-16 and UTF-32 too).
+    A fast test that spares most bodies the walk."""
+    return b"file_id" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+
+
 NOT_READ = frozenset({"annotations", "results"})  # citations of earlier output: ids the provider does not open
 
 
@@ -214,7 +221,7 @@ class Ownership:
         one Stockyard never saw) is OpenAI's 404 here, before any module or provider call."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
-        if b"file_id" not in ctx.raw and b"\\u" not in ctx.raw:  # walk only where the name can be ("file_ids" too)
+        if not may_name_files(ctx.raw):
             return
         for file_id in referenced_files(ctx.body):
             if self.find(file_id, "file", owner_of(ctx)) is None:
@@ -548,7 +555,7 @@ class FilesAPI:
                     param="file",
                     code="model_not_allowed",
                 )
-            named = referenced_files(body) if b"file_id" in line or b"\\u" in line else set()
+            named = referenced_files(body) if may_name_files(line) else set()
             for file_id in named:
                 if self.ownership.find(file_id, "file", key.id) is None:
                     raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")

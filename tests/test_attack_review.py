@@ -113,11 +113,16 @@ def test_a_batch_line_too_long_to_check_is_refused_not_skipped(server):
 # -- provider objects named inside a request body ------------------------------------------------
 
 
-def chat_with_file(server: ServerProcess, who: str, file_id: str, key_name: str = "file_id") -> int:
+def chat_with_file(
+    server: ServerProcess, who: str, file_id: str, key_name: str = "file_id", encoding: str = "utf-8"
+) -> int:
     part = '{"type": "file", "file": {"%s": "%s"}}' % (key_name, file_id)
     body = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [%s]}]}' % part
     status, _, _ = server.request(
-        "POST", "/v1/chat/completions", raw=body.encode(), headers={"Authorization": f"Bearer {server.keys[who]}"}
+        "POST",
+        "/v1/chat/completions",
+        raw=body.encode(encoding),
+        headers={"Authorization": f"Bearer {server.keys[who]}"},
     )
     return status
 
@@ -131,6 +136,7 @@ def test_another_keys_file_cannot_be_read_through_a_model_call(server):
     assert chat_with_file(server, "alice", secret.id) == 200
     assert chat_with_file(server, "bob", secret.id) == 404
     assert chat_with_file(server, "bob", secret.id, key_name="file\\u005fid") == 404  # the same key, escaped
+    assert chat_with_file(server, "bob", secret.id, encoding="utf-16-le") in (400, 404)  # JSON reads UTF-16 too
     assert chat_with_file(server, "bob", "file-stockyard-never-saw") == 404
     responses = {
         "model": "gpt-4o-mini",
