@@ -137,6 +137,7 @@ class App:
             route=RouteStep(self.registry, self.models),
         )
         self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber, settings.max_body_bytes)
+        ownership = Ownership(self.store)
         self.path = RequestPath(
             settings,
             self.gate,
@@ -148,6 +149,7 @@ class App:
             self.pool,
             self.conversations,
             StreamRelay(),
+            ownership.check_references,
         )
         self.batch_costs = BatchCosts(
             self.path,
@@ -155,7 +157,7 @@ class App:
             self.metrics,
             lambda key, cost, ts_ms: self.ledger.settle(None, cost, scopes_of(key), ts_ms),
         )
-        self.files = FilesAPI(self.path, Ownership(self.store), self.batch_costs.completed, self.check_batch_budget)
+        self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
         self.batch_watch = BatchWatch(self.store, self.files, self.registry, ring, settings.batch_poll_s)
         self._key_errors: dict[str, str] = {}

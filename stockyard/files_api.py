@@ -26,7 +26,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
 
 from .context import RequestContext
-from .errors import ClientGone, ProxyError
+from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import Request, json_object
 from .keys import KeyRecord
 from .providers import AZURE_API_VERSION, Provider, Registry
@@ -113,11 +113,52 @@ def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provide
     ]
 
 
+def may_name_files(raw: bytes) -> bool:
+    """Whether a JSON text can hold a ``file_id`` (or ``file_ids``) key: it is written out, or
+    escaped (``\\u``), or the text is not UTF-8 (``json.loads`` reads UTF-16 and UTF-32 too).
+    A fast test that spares most bodies the walk."""
+    return b"file_id" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+
+
+NOT_READ = frozenset({"annotations", "results"})  # citations of earlier output: ids the provider does not open
+
+
+def referenced_files(body: object) -> set[str]:
+    """Every string under a ``file_id`` key, or in a ``file_ids`` list (a code interpreter's
+    container), anywhere in a JSON body but its caller's own ``metadata`` and the citations of
+    replayed output (``NOT_READ``: a stateless client sends earlier output items back as they
+    came, naming files the provider made). Walked without recursion."""
+    found: set[str] = set()
+    stack = [{k: v for k, v in body.items() if k != "metadata"} if isinstance(body, dict) else body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            named, listed = value.get("file_id"), value.get("file_ids")
+            if isinstance(named, str):
+                found.add(named)
+            if isinstance(listed, list):
+                found.update(v for v in listed if isinstance(v, str))
+            stack.extend(v for k, v in value.items() if k not in NOT_READ)
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
+def restricted(key: KeyRecord | None) -> bool:
+    """A key held to a list of models (which its batch files must keep to)."""
+    return key is not None and key.models is not None and "*" not in key.models
+
+
 MAX_LINE = 16 * 1024 * 1024  # a JSONL line longer than this is skipped, never held
 
 
-def lines_of(stream: IO[bytes] | Iterator[bytes], block: int = 65536) -> Iterator[bytes]:
-    """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time."""
+def lines_of(
+    stream: IO[bytes] | Iterator[bytes], block: int = 65536, too_long: Callable[[], None] | None = None
+) -> Iterator[bytes]:
+    """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time.
+
+    A line longer than ``MAX_LINE`` is skipped, after ``too_long()`` (which may raise: a check
+    that must see every line refuses instead)."""
     reader = getattr(stream, "read", None)  # a reader first: files iterate by lines, unbounded
     chunks = iter(lambda: reader(block), b"") if reader is not None else stream
     buf, skipping = b"", False
@@ -130,6 +171,8 @@ def lines_of(stream: IO[bytes] | Iterator[bytes], block: int = 65536) -> Iterato
             elif line.strip():
                 yield line
         if len(buf) > MAX_LINE:
+            if too_long is not None and not skipping:
+                too_long()
             buf, skipping = b"", True
     if buf.strip() and not skipping:
         yield buf
@@ -170,6 +213,19 @@ class Ownership:
         if row is None or row["key_id"] != owner:
             return None
         return Owned(row["id"], row["kind"], row["key_id"], row["provider"], bool(row["billed"]))
+
+    def check_references(self, ctx: RequestContext) -> None:
+        """A model call naming a file by ``file_id`` (a chat ``file`` part, a Responses
+        ``input_file`` or ``input_image``) may name only this key's files, as on ``/v1/files``:
+        the provider holds every key's files under the one provider key, so another key's id (or
+        one Stockyard never saw) is OpenAI's 404 here, before any module or provider call."""
+        if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
+            return
+        if not may_name_files(ctx.raw):
+            return
+        for file_id in referenced_files(ctx.body):
+            if self.find(file_id, "file", owner_of(ctx)) is None:
+                raise not_found("file", file_id, "file_id")
 
     def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
         """Which of ``ids`` at ``provider`` belong to ``owner``."""
@@ -455,7 +511,7 @@ class FilesAPI:
                     400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
                 )
             if purpose == "batch":
-                self._check_batch_models(ctx, provider, lines_of(upload.open(parts[0])))
+                self._check_batch_lines(ctx, provider, upload.open(parts[0]))
             body = upload.encode()
             answer, doc = self._call(
                 ctx, provider, "POST", "/files", body, content_type=body.content_type, length=body.length
@@ -464,26 +520,52 @@ class FilesAPI:
             self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
         self._send(reply, ctx, answer)
 
-    def _check_batch_models(self, ctx: RequestContext, provider: Provider, lines: Iterator[bytes]) -> None:
-        """A key with a model allow-list may batch only its models: each request line's ``model``
-        is checked as if sent to ``provider`` (a batch must not be a way around the list)."""
+    def _check_batch_lines(self, ctx: RequestContext, provider: Provider, source: IO[bytes] | Iterator[bytes]) -> None:
+        """A batch runs its lines under the one provider key, so each line is held to what the key
+        could send itself: a key with a model allow-list only its models (as if sent to
+        ``provider``), and any key only its own files (``file_id``) and its own responses
+        (``previous_response_id``). A line too long to hold is refused, never skipped."""
         key = ctx.key
-        if key is None or key.models is None or "*" in key.models:
+        if key is None:  # open mode: one owner
             return
-        route = self._path.registry().routes_to
-        for number, line in enumerate(lines, 1):
+        route, number = self._path.registry().routes_to, 0
+
+        def too_long() -> None:
+            raise ProxyError(
+                403,
+                f"line {number + 1} of the batch file is longer than {MAX_LINE} bytes: too long to check",
+                param="file",
+                code="line_too_long",
+            )
+
+        for number, line in enumerate(lines_of(source, too_long=too_long), 1):
             try:
                 body = json.loads(line).get("body")
-                model = body.get("model") if isinstance(body, dict) else None
             except (ValueError, AttributeError):
-                model = None
-            if not isinstance(model, str) or not key.allows_model(f"{provider.name}/{model}", route):
+                body = None
+            body = body if isinstance(body, dict) else {}
+            model = body.get("model")
+            if restricted(key) and (
+                not isinstance(model, str) or not key.allows_model(f"{provider.name}/{model}", route)
+            ):
                 shown = model[:100] if isinstance(model, str) else None
                 raise ProxyError(
                     403,
                     f"client key {key.prefix}… may not use model {shown!r} (line {number} of the batch file)",
                     param="file",
                     code="model_not_allowed",
+                )
+            named = referenced_files(body) if may_name_files(line) else set()
+            for file_id in named:
+                if self.ownership.find(file_id, "file", key.id) is None:
+                    raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
+            previous = body.get("previous_response_id")
+            if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
+                raise ProxyError(
+                    404,
+                    f"No response found with id '{previous[:100]}' (line {number} of the batch file).",
+                    param="file",
+                    code="not_found",
                 )
 
     # -- lists ---------------------------------------------------------------------------------
@@ -551,11 +633,36 @@ class FilesAPI:
             raise not_found("file", file_id, "input_file_id")
         provider = self._provider_named(owned.provider)
         self._check_budget(ctx)
+        self._check_input_file(ctx, provider, file_id)
         answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
             self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name)
             self._see_batch(ctx, provider, doc)
         self._send(reply, ctx, answer)
+
+    def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> None:
+        """A batch's input file, read back from the provider as it streams and checked line by line
+        (``_check_batch_lines``): the upload was checked only if it said ``purpose=batch``, and not
+        every provider insists on that purpose."""
+        if ctx.key is None:
+            return
+        answer, resp = self._request(ctx, provider, "GET", f"/files/{file_id}/content")
+        if answer.status >= 400:
+            resp.read_all()
+            raise ProxyError(
+                502,
+                f"provider {provider.name!r} answered {answer.status} for input file {file_id!r}, so its "
+                "lines could not be checked against what this client key may use",
+                code="input_file_unreadable",
+            )
+        try:
+            self._check_batch_lines(ctx, provider, resp.chunks())
+        except UpstreamError as exc:
+            message = self._path.scrub.text(f"provider {provider.name!r}: {exc}")
+            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
+        except BaseException:
+            resp.close()
+            raise
 
     def look_at_batch(self, ctx: RequestContext, provider: Provider, batch_id: str) -> str | None:
         """Retrieve a batch for its owner without a client (the batch watch): its status, or None

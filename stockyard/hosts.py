@@ -190,3 +190,17 @@ def client_address(peer: str, forwarded_for: list[str] | None, trusted: tuple[Ne
         if not _trusted(found, trusted):
             return found
     return found
+
+
+def sender(addr: str) -> str:
+    """The unit a sender is counted by (refusal traces, admin login throttle): its IPv4 address,
+    or its IPv6 /64 — one host's usual share, so a new address in it is not a new sender."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)

@@ -94,6 +94,7 @@ class RequestPath:
     pool: Pool  # upstream connections
     conversations: Conversations  # the Responses API's stored responses
     relay: StreamRelay | None = None  # one thread moving every established stream (else each request's own)
+    references: Callable[[RequestContext], None] | None = None  # provider files a body names are the key's
 
 
 class Reply(Protocol):
@@ -166,6 +167,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         parse_body(ctx)
         attribute(ctx)  # end user and tags, for the trace, the reports and per-user limits
         path.gate.authenticate(ctx)
+        if path.references is not None:
+            path.references(ctx)  # another key's files, named in the body (files_api.Ownership)
         if ctx.dialect == RESPONSES:
             path.conversations.open(ctx)  # the previous turn (this key's) and its history, before any module
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them

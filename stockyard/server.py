@@ -11,7 +11,6 @@ from __future__ import annotations
 import email.utils
 import functools
 import io
-import ipaddress
 import json
 import logging
 import re
@@ -32,7 +31,7 @@ from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
-from .hosts import client_address, host_allowed, origin_allowed
+from .hosts import client_address, host_allowed, origin_allowed, sender
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
@@ -134,30 +133,15 @@ class RefusalRecorder:
         return (True, (tokens - 1, now)) if tokens >= 1 else (False, (tokens, now))
 
     def allow(self, addr: str) -> bool:
-        sender, now = _sender(addr), time.monotonic()
+        who, now = sender(addr), time.monotonic()
         with self._lock:
-            ok, self._buckets[sender] = self._take(
-                self._buckets.get(sender, (self.burst, now)), self.rate, self.burst, now
-            )
+            ok, self._buckets[who] = self._take(self._buckets.get(who, (self.burst, now)), self.rate, self.burst, now)
             if ok:
                 ok, self._total = self._take(self._total, self.total_rate, self.total_burst, now)
             if len(self._buckets) > self.max_senders:  # forget the senders whose bucket is full again
                 full_after = self.burst / self.rate
                 self._buckets = {k: b for k, b in self._buckets.items() if now - b[1] < full_after}
             return ok
-
-
-def _sender(addr: str) -> str:
-    """The unit a sender is counted by: its IPv4 address, or its IPv6 /64 (one host's usual share)."""
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return addr
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 def raise_file_limit() -> None:
@@ -693,6 +677,8 @@ class Handler(BaseHTTPRequestHandler):
         come before a byte of it is read."""
         app = self.server.app
         method = self.command
+        if not self._body_pending():  # the request has arrived whole: its read deadline is met
+            self.server.reaper.disarm(self.connection)  # (a slow provider's answer is not a slow client)
         if path not in OPEN_ROUTES:
             self._check_host_and_origin()
         if path in PROXY_ROUTES:
@@ -736,8 +722,6 @@ class Handler(BaseHTTPRequestHandler):
             return
         for prefix, fn in self.server.prefix_routes:
             if path.startswith(prefix):
-                if not self._body_pending():
-                    self.server.reaper.disarm(self.connection)  # nothing more to arrive
                 req = Request(method, self.path, self._headers_dict(), self._body, self._client_ip(), self.upload)
                 self._respond(fn(app, req))
                 return

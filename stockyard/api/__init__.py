@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import audit, times
 from ..errors import ProxyError
+from ..hosts import sender
 from ..httphead import bearer_token
 from ..httpio import Request, Response, json_response
 from ..operations import Operations, Refused, invalid
@@ -125,24 +126,32 @@ class ApiRequest:
 
 
 class LoginThrottle:
-    """Counts failed admin logins per address in a sliding window."""
+    """Counts failed admin logins per sender in a sliding window.
+
+    A sender is an IPv4 address or an IPv6 /64 (``hosts.sender``): counted per address, one
+    IPv6 host could take a fresh address for every ten guesses (and audit rows). A sender
+    whose window is empty is forgotten, so the table holds only the last minute's senders.
+    """
 
     def __init__(self) -> None:
         self._failures: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
     def blocked_for(self, addr: str) -> float:
-        now = time.monotonic()
+        now, who = time.monotonic(), sender(addr)
         with self._lock:
-            recent = [t for t in self._failures.get(addr, []) if now - t < FAILED_LOGIN_WINDOW_S]
-            self._failures[addr] = recent
+            recent = [t for t in self._failures.get(who, []) if now - t < FAILED_LOGIN_WINDOW_S]
+            if not recent:
+                self._failures.pop(who, None)
+                return 0.0
+            self._failures[who] = recent
             if len(recent) < FAILED_LOGIN_LIMIT:
                 return 0.0
             return FAILED_LOGIN_WINDOW_S - (now - recent[0])
 
     def fail(self, addr: str) -> None:
         with self._lock:
-            self._failures.setdefault(addr, []).append(time.monotonic())
+            self._failures.setdefault(sender(addr), []).append(time.monotonic())
 
 
 THROTTLE = LoginThrottle()
