@@ -120,3 +120,16 @@ def test_duckdb_reads_the_database_file_and_the_export(database, tmp_path, pyz_p
     out = tmp_path / "traces.jsonl"
     out.write_text(cli(pyz_path, cache_home, database, "--since", iso(NOW_MS - 2 * DAY_MS)).stdout)
     assert con.execute(f"SELECT count(*), sum(cost_uc) FROM read_json('{out}')").fetchone() == (2500, sum(range(2500)))
+
+
+def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote_and_jsonl_keeps_them():
+    """Client-chosen text (here an end user and a model) must not become a formula in a
+    spreadsheet; the JSON lines export keeps the exact values."""
+    row = {"end_user": '=HYPERLINK("http://evil.example","x")', "model": "-2+3", "cost_uc": -5, "tags": None}
+    out = io.StringIO()
+    assert export.write(iter([row]), out, "csv", False) == 1
+    cells = list(csv.reader(io.StringIO(out.getvalue())))[1]
+    assert cells == ['\'=HYPERLINK("http://evil.example","x")', "'-2+3", "-5", ""]
+    out = io.StringIO()
+    export.write(iter([row]), out, "jsonl", False)
+    assert json.loads(out.getvalue()) == row

@@ -13,6 +13,7 @@ import sqlite3
 from typing import Any, Iterator, TextIO
 
 from ..retention import id_before
+from .costs import csv_cell
 from .traces import _COLUMNS, _unpack
 
 PAGE_ROWS = 1000
@@ -49,13 +50,15 @@ def iter_traces(
 
 
 def write(rows: Iterator[dict[str, Any]], out: TextIO, fmt: str, bodies: bool) -> int:
-    """Write ``rows`` as JSON lines or CSV (header first); returns how many."""
+    """Write ``rows`` as JSON lines or CSV (header first); returns how many. In CSV, text a
+    client chose (end user, tags, model) that a spreadsheet would run as a formula gets a leading
+    ``'`` (``costs.csv_cell``); JSON lines keep every value exactly."""
     n = 0
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(export_columns(bodies))
         for row in rows:
-            writer.writerow(["" if v is None else v for v in row.values()])
+            writer.writerow([csv_cell(v) for v in row.values()])
             n += 1
     else:
         for row in rows:
