@@ -62,6 +62,7 @@ class Settings:
     public_hosts: tuple[str, ...] = ()  # Host names served beyond loopback ("*": any)
     trusted_proxies: tuple[Network, ...] = ()  # load balancers whose X-Forwarded-For is believed
     max_connections: int | None = None  # concurrent client connections; None: sized to the machine
+    max_connections_per_client: int | None = None  # of them from one sender; None: a quarter of the whole
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
@@ -243,6 +244,10 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         public_hosts=parse_public_hosts(env.get("STOCKYARD_PUBLIC_HOSTS")),
         trusted_proxies=parse_trusted_proxies(env.get("STOCKYARD_TRUSTED_PROXIES")),
         max_connections=_positive_int(env.get("STOCKYARD_MAX_CONNECTIONS"), "STOCKYARD_MAX_CONNECTIONS", 0) or None,
+        max_connections_per_client=_positive_int(
+            env.get("STOCKYARD_MAX_CONNECTIONS_PER_CLIENT"), "STOCKYARD_MAX_CONNECTIONS_PER_CLIENT", 0
+        )
+        or None,
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),

@@ -160,7 +160,8 @@ def parse_trusted_proxies(value: str | None) -> tuple[Network, ...]:
     return tuple(nets)
 
 
-def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    """``address`` is one of the trusted proxies' (an IPv4-mapped IPv6 address as its IPv4)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -178,7 +179,7 @@ def client_address(peer: str, forwarded_for: list[str] | None, trusted: tuple[Ne
     header, but only the proxies append on the right. A malformed hop ends the walk at the last
     address known good, so a forged value never becomes the client's address.
     """
-    if not trusted or not _trusted(peer, trusted):
+    if not trusted or not is_trusted(peer, trusted):
         return peer
     hops = [hop.strip() for line in (forwarded_for or []) for hop in line.split(",")]
     found = peer
@@ -187,7 +188,7 @@ def client_address(peer: str, forwarded_for: list[str] | None, trusted: tuple[Ne
             found = str(ipaddress.ip_address(hop))
         except ValueError:
             return found
-        if not _trusted(found, trusted):
+        if not is_trusted(found, trusted):
             return found
     return found
 

@@ -238,7 +238,7 @@ HELP = {
     ),
     "connections_refused_total": (
         "counter",
-        "Connections answered 503 at once because STOCKYARD_MAX_CONNECTIONS were open.",
+        "Connections refused at once: 503 at STOCKYARD_MAX_CONNECTIONS, 429 at STOCKYARD_MAX_CONNECTIONS_PER_CLIENT.",
     ),
 }
 

@@ -31,7 +31,7 @@ from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
-from .hosts import client_address, host_allowed, origin_allowed, sender
+from .hosts import client_address, host_allowed, is_loopback, is_trusted, origin_allowed, sender
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
@@ -170,6 +170,40 @@ def default_max_connections() -> int:
     return max(64, min(1024, (soft - 64) // 2))
 
 
+class ConnectionCaps:
+    """Open connections, at most ``total`` in all and ``per_sender`` from one counted sender: one
+    address opening connections (and trickling their heads) cannot take every one there is."""
+
+    def __init__(self, total: int, per_sender: int) -> None:
+        self.total, self.per_sender = total, per_sender
+        self.open = 0
+        self._by_sender: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str | None) -> int | None:
+        """Count a new connection from ``who`` (None: not counted per sender), or the status to
+        refuse it with: 503 when the server is full, 429 when that sender's share is."""
+        with self._lock:
+            if self.open >= self.total:
+                return 503
+            if who is not None:
+                held = self._by_sender.get(who, 0)
+                if held >= self.per_sender:
+                    return 429
+                self._by_sender[who] = held + 1
+            self.open += 1
+            return None
+
+    def give(self, who: str | None) -> None:
+        """A connection ``take`` counted has ended."""
+        with self._lock:
+            self.open -= 1
+            if who is not None:
+                left = self._by_sender.pop(who, 1) - 1
+                if left > 0:
+                    self._by_sender[who] = left
+
+
 class StockyardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -185,9 +219,8 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.reaper = Reaper()
         self.client_watch = ClientWatch()
         self.refusals = RefusalRecorder()
-        self.max_connections = app.settings.max_connections or default_max_connections()
-        self.connections = 0
-        self._connections_lock = threading.Lock()
+        total = app.settings.max_connections or default_max_connections()
+        self.caps = ConnectionCaps(total, app.settings.max_connections_per_client or max(1, total // 4))
         self._full_logged = 0.0
         super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
         if sock is not None:  # a worker of a group (stockyard.workers): the parent bound and listens
@@ -198,43 +231,44 @@ class StockyardHTTPServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:  # noqa: D401 - stdlib hook
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
 
-    # -- the connection cap ------------------------------------------------------------------
+    # -- the connection caps -----------------------------------------------------------------
+    def _counted(self, address: str) -> str | None:
+        """The sender a connection counts for (``hosts.sender``: an IPv4 address or an IPv6 /64),
+        or None for loopback and ``STOCKYARD_TRUSTED_PROXIES`` (a load balancer carries everyone)."""
+        if is_loopback(address) or is_trusted(address, self.app.settings.trusted_proxies):
+            return None
+        return sender(address)
+
     def process_request(self, request, client_address) -> None:
-        """A thread per connection, up to ``max_connections``; beyond, a fast 503 from this thread."""
-        with self._connections_lock:
-            full = self.connections >= self.max_connections
-            if not full:
-                self.connections += 1
-        if full:
-            self._refuse_connection(request)
+        """A thread per connection, within the caps; beyond, a fast refusal from this thread."""
+        who = self._counted(client_address[0])
+        refused = self.caps.take(who)
+        if refused == 503:
+            limit = f"its limit of {self.caps.total} connections (STOCKYARD_MAX_CONNECTIONS)"
+            self._refuse_connection(request, 503, f"the server is at {limit}; retry shortly")
+            return
+        if refused == 429:
+            limit = f"{self.caps.per_sender} connections from one address (STOCKYARD_MAX_CONNECTIONS_PER_CLIENT)"
+            self._refuse_connection(request, 429, f"{limit} are open already; reuse them or retry shortly")
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._connection_done()
+            self.caps.give(who)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connection_done()
+            self.caps.give(self._counted(client_address[0]))
 
-    def _connection_done(self) -> None:
-        with self._connections_lock:
-            self.connections -= 1
-
-    def _refuse_connection(self, request: socket.socket) -> None:
-        """503 without reading the request: never blocks the accept loop (the socket is non-blocking)."""
-        body = error_body(
-            OPENAI,
-            503,
-            f"the server is at its limit of {self.max_connections} connections "
-            "(STOCKYARD_MAX_CONNECTIONS); retry shortly",
-            code="too_many_connections",
-        )
+    def _refuse_connection(self, request: socket.socket, status: int, message: str) -> None:
+        """``status`` without reading the request: never blocks the accept loop (the socket is non-blocking)."""
+        body = error_body(OPENAI, status, message, code="too_many_connections")
+        reason = "Service Unavailable" if status == 503 else "Too Many Requests"
         head = (
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
         ).encode()
         try:
@@ -248,11 +282,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         now = time.monotonic()
         if now - self._full_logged > 60:
             self._full_logged = now
-            log.warning(
-                "connection limit reached: %d connections open (STOCKYARD_MAX_CONNECTIONS); "
-                "new ones get 503 until some close",
-                self.max_connections,
-            )
+            log.warning("connection refused (%d): %s; logged once a minute", status, message)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight (bounded); True if all finished."""

@@ -17,8 +17,9 @@ from mock_upstream import Reply
 from rawhttp import connect, read_response, read_until_close, statuses
 
 from stockyard import config
-from stockyard.hosts import host_allowed
+from stockyard.hosts import host_allowed, sender
 from stockyard.scrub import ScrubLogs
+from stockyard.server import ConnectionCaps
 
 ADMIN = "edge-admin-key-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -379,6 +380,42 @@ def test_connections_beyond_the_cap_get_a_fast_503(pyz_path, cache_home, mock, t
             held.pop().close()
         wait_for(lambda: _healthy(srv), 10, "the held connections to end")
         assert metric(srv, "connections_refused_total") >= 1
+    finally:
+        for sock in held:
+            sock.close()
+        srv.stop()
+
+
+def test_one_sender_gets_its_share_of_the_connections_and_no_more():
+    """The caps as the accept loop uses them: a sender (an IPv6 /64 is one) beyond its share
+    gets 429 while others still get in; a full server 503 for all; loopback and trusted
+    proxies (None) count only towards the whole."""
+    caps = ConnectionCaps(total=5, per_sender=2)
+    a, b = sender("203.0.113.9"), sender("2001:db8:1:2::1")
+    assert [caps.take(a), caps.take(a), caps.take(a)] == [None, None, 429]
+    assert caps.take(b) is None and caps.take(sender("2001:db8:1:2:ffff::7")) is None  # the same /64
+    assert caps.take(b) == 429
+    assert caps.take(None) is None  # loopback: the last free connection
+    assert caps.take(sender("198.51.100.1")) == 503 and caps.take(None) == 503
+    caps.give(a)
+    assert caps.take(a) is None  # its share has room again
+    for who in (a, a, b, b, None):
+        caps.give(who)
+    assert caps.open == 0 and caps._by_sender == {}  # nothing kept for senders gone
+
+
+def test_loopback_is_not_held_to_a_senders_share(pyz_path, cache_home, mock, tmp_path):
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_MAX_CONNECTIONS_PER_CLIENT": "2",
+    }
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    held = [connect(srv) for _ in range(4)]
+    try:
+        assert _healthy(srv)  # the fifth from 127.0.0.1
+        assert metric(srv, "connections_refused_total") == 0
     finally:
         for sock in held:
             sock.close()
