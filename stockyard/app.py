@@ -55,6 +55,8 @@ from .webhooks import Dispatcher
 log = logging.getLogger("stockyard")
 
 WATCH_EVERY_S = 0.5  # the configuration watcher's tick: key usage flushed, server lock kept, changes looked for
+PROBE_FRESH_S = 1.0  # a database probe's answer is reused this long (database_problem)
+PROBE_TIMEOUT_S = 5.0  # a full queue or a stuck disk answers within this, never hangs
 WATCHER_STALE_S = 10.0  # /readyz is 503 when the watcher has not completed a pass for this long
 
 
@@ -90,6 +92,8 @@ class App:
         self.metrics = Metrics(settings.metrics_top_keys)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size)
+        self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)
+        self._probed: tuple[float, str | None] = (-PROBE_FRESH_S, None)  # (when, its answer)
         self.retention = Retention(
             bodies_max_age_s=settings.retention_bodies_s,
             traces_max_age_s=settings.retention_traces_s,
@@ -322,6 +326,31 @@ class App:
         if data_version != last_data_version and read_config_version(conn) != self._config_version:
             self.reload()
         return data_version
+
+    def database_problem(self) -> str | None:
+        """Why the database does not take writes (one tiny write through the writer), or None.
+
+        At most one probe a second, whatever the number of callers (the others wait for the one
+        in flight and share its answer): ``/readyz`` answers anyone, and a flood of probes must
+        not fill the writer's queue, where traces would then be dropped.
+        """
+        with self._probe_lock:
+            at, problem = self._probed
+            if time.monotonic() - at < PROBE_FRESH_S:
+                return problem
+            try:
+                self.writer.call(
+                    lambda conn: conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('readyz', strftime('%s','now')) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+                    ),
+                    timeout=PROBE_TIMEOUT_S,
+                )
+                problem = None
+            except Exception as exc:
+                problem = f"not writable: {str(exc) or type(exc).__name__}"
+            self._probed = (time.monotonic(), problem)
+            return problem
 
     def watcher_problem(self) -> str | None:
         """Why the configuration watcher is unhealthy (no successful pass for a while), or None."""

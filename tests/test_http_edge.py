@@ -8,6 +8,8 @@ import json
 import logging
 import re
 import socket
+import sqlite3
+import threading
 import time
 import zlib
 
@@ -419,6 +421,42 @@ def test_loopback_is_not_held_to_a_senders_share(pyz_path, cache_home, mock, tmp
     finally:
         for sock in held:
             sock.close()
+        srv.stop()
+
+
+def test_a_flood_of_readiness_probes_writes_to_the_database_once_a_second(pyz_path, cache_home, tmp_path):
+    """/readyz answers anyone: 400 probes from 4 connections share one database probe a second
+    (counted by a trigger on its row), instead of 400 round trips through the writer's queue."""
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", base_env(cache_home)).start()
+    try:
+        conn = sqlite3.connect(srv.db)
+        conn.executescript(
+            "CREATE TABLE probes (n INTEGER); INSERT INTO probes VALUES (0);"
+            "CREATE TRIGGER probe_added AFTER INSERT ON meta WHEN NEW.key = 'readyz' "
+            "BEGIN UPDATE probes SET n = n + 1; END;"
+            "CREATE TRIGGER probe_again AFTER UPDATE ON meta WHEN NEW.key = 'readyz' "
+            "BEGIN UPDATE probes SET n = n + 1; END;"
+        )
+        statuses_seen: list[int] = []
+
+        def probe_100() -> None:
+            with connect(srv) as sock:
+                for _ in range(100):
+                    sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    statuses_seen.append(read_response(sock)[0])
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=probe_100) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        took = time.monotonic() - started
+        assert statuses_seen == [200] * 400
+        probes = conn.execute("SELECT n FROM probes").fetchone()[0]
+        assert 1 <= probes <= took + 2, (probes, took)
+        conn.close()
+    finally:
         srv.stop()
 
 

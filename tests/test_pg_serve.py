@@ -133,6 +133,8 @@ def test_postgresql_down_and_back_while_serving(pyz_path, cache_home, mock):
     try:
         assert server.request("GET", "/readyz")[0] == 200
         cluster.stop_server()
+        # A probe's answer is reused for up to a second (App.database_problem)
+        wait_for(lambda: server.request("GET", "/readyz")[0] == 503, what="/readyz to see the loss")
         status, _, data = server.request("GET", "/readyz")
         assert status == 503 and b"not writable" in data and cluster.password.encode() not in data
         status, headers, _ = server.request("POST", "/v1/chat/completions", chat)
