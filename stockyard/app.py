@@ -387,9 +387,8 @@ class App:
             conn.execute("COMMIT")
         # Every key we hold is scrubbed, including env keys a database provider overrides.
         own_keys = [d.provider.api_key for r in routes for d in r.deployments if d.own_key]
-        self.scrubber.use(
-            [p.api_key for p in providers] + own_keys, (self.settings.admin_key, self.settings.encryption_key)
-        )
+        own = (self.settings.admin_key, self.settings.encryption_key, self.settings.metrics_key)
+        self.scrubber.use([p.api_key for p in providers] + own_keys, own)
         self._registry = registry
         self._models = Models(routes, self.health)
         self.gate.use(keys)

@@ -35,6 +35,7 @@ class Settings:
     db_path: Path = Path(DEFAULT_DB).expanduser()
     db_url: PostgresURL | None = None  # a postgresql:// --db: the PostgreSQL store (db_path unused)
     admin_key: str | None = None
+    metrics_key: str | None = None  # a bearer token /metrics requires (None: it answers anyone)
     encryption_key: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024  # a multipart upload (audio, images, files), spooled to disk
@@ -94,14 +95,15 @@ MIN_ADMIN_KEY_CHARS = 16
 
 
 def admin_key_problem(settings: Settings) -> str | None:
-    """Why the admin key is too weak to start with, or None (a short bearer token is guessable)."""
-    key = settings.admin_key
-    if key is None or len(key) >= MIN_ADMIN_KEY_CHARS:
-        return None
-    return (
-        f"STOCKYARD_ADMIN_KEY is {len(key)} characters; it must be at least {MIN_ADMIN_KEY_CHARS} "
-        "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-    )
+    """Why the admin key (or the metrics key) is too weak to start with, or None (a short bearer
+    token is guessable)."""
+    for name, key in (("STOCKYARD_ADMIN_KEY", settings.admin_key), ("STOCKYARD_METRICS_KEY", settings.metrics_key)):
+        if key is not None and len(key) < MIN_ADMIN_KEY_CHARS:
+            return (
+                f"{name} is {len(key)} characters; it must be at least {MIN_ADMIN_KEY_CHARS} "
+                "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+    return None
 
 
 def _env_bool(value: str | None, default: bool) -> bool:
@@ -217,6 +219,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         db_path=database if isinstance(database, Path) else Settings.db_path,
         db_url=database if isinstance(database, PostgresURL) else None,
         admin_key=env.get("STOCKYARD_ADMIN_KEY") or None,
+        metrics_key=env.get("STOCKYARD_METRICS_KEY") or None,
         encryption_key=encryption_secret(env),
         max_body_bytes=int(env.get("STOCKYARD_MAX_BODY_BYTES") or 32 * 1024 * 1024),
         max_upload_bytes=_positive_int(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import hmac
 import io
 import json
 import logging
@@ -32,7 +33,7 @@ from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
 from .hosts import client_address, host_allowed, is_loopback, is_trusted, origin_allowed, sender
-from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, body_framing, read_head
+from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
 from .multipart import Upload
@@ -899,8 +900,15 @@ def models(app: App, req: Request) -> Response:
 
 
 def metrics(app: App, req: Request) -> Response:
+    """The Prometheus text; with ``STOCKYARD_METRICS_KEY`` set, only for ``Authorization: Bearer``
+    that key (the busiest keys' names and costs are in it)."""
     from .metrics import render
 
+    wanted = app.settings.metrics_key
+    if wanted is not None and not hmac.compare_digest((bearer_token(req.headers) or "").encode(), wanted.encode()):
+        message = "missing or wrong metrics key: send Authorization: Bearer $STOCKYARD_METRICS_KEY"
+        body = error_body(OPENAI, 401, message, code="invalid_metrics_key")
+        return Response(401, body, "application/json", {"www-authenticate": "Bearer"})
     worker = {} if app.worker is None else {"x-stockyard-worker": str(app.worker)}  # who answered (a group's)
     return Response(200, render(app).encode(), "text/plain; version=0.0.4; charset=utf-8", worker)
 

@@ -441,3 +441,43 @@ def test_openapi_document_validates_and_lists_every_route(server):
     assert params == {*filters, "limit", "cursor"}
     note = doc["paths"]["/api/audit/note"]["post"]
     assert "requestBody" in note and "201" in note["responses"] and "200" not in note["responses"]
+
+
+METRICS_KEY = "metrics-scrape-token-0123456789"
+
+
+def test_a_metrics_key_guards_metrics_and_only_metrics(pyz_path, cache_home, mock, tmp_path):
+    """With STOCKYARD_METRICS_KEY, /metrics answers only a scraper that sends it (it names the
+    busiest keys and their costs); the health routes stay open, and the key is never logged."""
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_METRICS_KEY": METRICS_KEY,
+    }
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789ab"}, {"Authorization": METRICS_KEY}):
+            status, answer_headers, body = srv.request("GET", "/metrics", headers=headers)
+            assert status == 401 and answer_headers["www-authenticate"] == "Bearer", headers
+            error = json.loads(body)["error"]
+            assert error["code"] == "invalid_metrics_key" and METRICS_KEY not in body.decode()
+        status, _, body = srv.request("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
+        assert status == 200 and b"stockyard_requests_total" in body
+        assert srv.request("GET", "/healthz")[0] == 200 and srv.request("GET", "/readyz")[0] == 200
+    finally:
+        srv.stop()
+    assert METRICS_KEY not in srv.log
+
+
+def test_a_short_metrics_key_refuses_to_start(pyz_path, cache_home, tmp_path):
+    db = tmp_path / "never.db"
+    proc = subprocess.run(
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db)],
+        env={**base_env(cache_home), "STOCKYARD_METRICS_KEY": "short-key-15chr"},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 1 and "STOCKYARD_METRICS_KEY is 15 characters" in proc.stderr
+    assert "short-key-15chr" not in proc.stderr and not db.exists()
