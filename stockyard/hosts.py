@@ -205,3 +205,14 @@ def sender(addr: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+@functools.lru_cache(maxsize=1024)
+def counted_sender(address: str, trusted: tuple[Network, ...]) -> str | None:
+    """The sender a connection counts for (:func:`sender`), or None for loopback and the trusted
+    proxies (a load balancer carries everyone). Asked when a connection opens (on the accept
+    loop's thread) and again when it ends: remembered, so the second time and a client
+    reconnecting cost no parsing (a sender cycling through addresses only evicts)."""
+    if is_loopback(address) or is_trusted(address, trusted):
+        return None
+    return sender(address)

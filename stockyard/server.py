@@ -32,7 +32,7 @@ from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
-from .hosts import client_address, host_allowed, is_loopback, is_trusted, origin_allowed, sender
+from .hosts import client_address, counted_sender, host_allowed, origin_allowed, sender
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
@@ -233,11 +233,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
 
     # -- the connection caps -----------------------------------------------------------------
     def _counted(self, address: str) -> str | None:
-        """The sender a connection counts for (``hosts.sender``: an IPv4 address or an IPv6 /64),
-        or None for loopback and ``STOCKYARD_TRUSTED_PROXIES`` (a load balancer carries everyone)."""
-        if is_loopback(address) or is_trusted(address, self.app.settings.trusted_proxies):
-            return None
-        return sender(address)
+        return counted_sender(address, self.app.settings.trusted_proxies)
 
     def process_request(self, request, client_address) -> None:
         """A thread per connection, within the caps; beyond, a fast refusal from this thread."""
