@@ -324,8 +324,7 @@ class Conversations:
                 return Response(resp.status, content_type=resp.headers["content-type"], stream=self._relay(resp))
             data = resp.read_all()
         except UpstreamError as exc:
-            message = self._scrub.text(f"provider {provider.name!r}: {exc}")
-            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
+            raise exc.answer(provider.name, self._scrub.text) from None
         if req.method == "DELETE" and resp.status < 300:
             self.delete(row.id)
         content_type = resp.headers.get("content-type", "application/json")

@@ -418,8 +418,7 @@ class FilesAPI:
             sent = body if body is None or isinstance(body, bytes) else cast(BinaryIO, body)  # a spooled upload
             resp = self._path.pool.request(provider.base_url, method, target, headers, sent)
         except UpstreamError as exc:
-            message = scrub.text(f"provider {provider.name!r}: {exc}")
-            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
+            raise exc.answer(provider.name, scrub.text) from None
         got = {k: scrub.text(v) for k, v in resp.headers.items()}  # a header may echo the key
         ctx.attempt.upstream_request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
         ctx.attempt.status = resp.status
@@ -431,7 +430,7 @@ class FilesAPI:
             answer.data = self._path.scrub.bytes(resp.read_all())
         except UpstreamError as exc:
             provider = ctx.attempt.provider.name if ctx.attempt.provider else "?"
-            raise ProxyError(exc.status, f"provider {provider!r}: {exc}", code=f"upstream_{exc.kind}") from None
+            raise exc.answer(provider, self._path.scrub.text) from None
         ctx.attempt.mark_first_byte()
         ctx.attempt.response_body.clear()
         ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
@@ -658,8 +657,7 @@ class FilesAPI:
         try:
             self._check_batch_lines(ctx, provider, resp.chunks())
         except UpstreamError as exc:
-            message = self._path.scrub.text(f"provider {provider.name!r}: {exc}")
-            raise ProxyError(exc.status, message, code=f"upstream_{exc.kind}") from None
+            raise exc.answer(provider.name, self._path.scrub.text) from None
         except BaseException:
             resp.close()
             raise

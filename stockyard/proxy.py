@@ -580,9 +580,7 @@ def no_answer(
     if by_deadline and exc.kind == "timeout":
         error, retryable = deadline_error(ctx), False
     else:
-        error = ProxyError(
-            exc.status, path.scrub.text(f"provider {ctx.attempt.provider.name!r}: {exc}"), code=f"upstream_{exc.kind}"
-        )
+        error = exc.answer(ctx.attempt.provider.name, path.scrub.text)
         retryable = True
     fail(ctx, error.status, error.message, "error", error.code)
     return Failure(retryable, started, ts_ms, error=error)

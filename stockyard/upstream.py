@@ -15,10 +15,11 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urlsplit
 
 from .chunked import Dechunker
+from .errors import ProxyError
 from .httphead import Response
 
 _STALE = (
@@ -52,6 +53,11 @@ class UpstreamError(Exception):
     @property
     def status(self) -> int:
         return 504 if self.kind == "timeout" else 502
+
+    def answer(self, provider: str, scrub: Callable[[str], str]) -> ProxyError:
+        """What the client is told: the status, a message naming ``provider`` (scrubbed: keep
+        every secret out, whatever a message holds) and ``upstream_<kind>`` as the code."""
+        return ProxyError(self.status, scrub(f"provider {provider!r}: {self}"), code=f"upstream_{self.kind}")
 
 
 @dataclass(frozen=True)
