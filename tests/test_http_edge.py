@@ -358,14 +358,14 @@ def test_beyond_loopback_only_loopback_names_and_public_hosts_are_answered(pyz_p
 # -- the connection cap ----------------------------------------------------------------------
 
 
+def capped_server(pyz_path, cache_home, mock, tmp_path, **caps: str) -> ServerProcess:
+    """A server in front of the mock with connection caps (STOCKYARD_ names: values)."""
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    return ServerProcess(pyz_path, tmp_path / "s.db", {**env, **caps}).start()
+
+
 def test_connections_beyond_the_cap_get_a_fast_503(pyz_path, cache_home, mock, tmp_path):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_MAX_CONNECTIONS": "3",
-    }
-    srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    srv = capped_server(pyz_path, cache_home, mock, tmp_path, STOCKYARD_MAX_CONNECTIONS="3")
     held = [connect(srv) for _ in range(3)]
     try:
         with connect(srv) as extra:
@@ -407,13 +407,7 @@ def test_one_sender_gets_its_share_of_the_connections_and_no_more():
 
 
 def test_loopback_is_not_held_to_a_senders_share(pyz_path, cache_home, mock, tmp_path):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_MAX_CONNECTIONS_PER_CLIENT": "2",
-    }
-    srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    srv = capped_server(pyz_path, cache_home, mock, tmp_path, STOCKYARD_MAX_CONNECTIONS_PER_CLIENT="2")
     held = [connect(srv) for _ in range(4)]
     try:
         assert _healthy(srv)  # the fifth from 127.0.0.1
