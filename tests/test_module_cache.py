@@ -15,7 +15,17 @@ import pytest
 from conftest import wait_for
 from mock_upstream import Reply
 from module_harness import inproc  # noqa: F401 (fixture)
-from module_helpers import MINI_COST_UC, api, chat, fresh, put_module, raw_stream, server_fixture, stream_text  # noqa: F401
+from module_helpers import (  # noqa: F401
+    MINI_COST_UC,
+    api,
+    chat,
+    fresh,
+    put_module,
+    raw_stream,
+    server_fixture,
+    start_server,
+    stream_text,
+)
 from openai import OpenAI
 
 server = server_fixture("cache")
@@ -258,3 +268,69 @@ def test_an_answer_made_with_fields_dropped_never_answers_a_request_without_the_
     assert plain == request_key(
         h.context(body, headers={"x-stockyard-drop-unsupported": "false"}), "openai", "gpt-4o-mini"
     )
+
+
+# -- scope: whose answers a key is served ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server with client keys (the module's other tests run in open mode)."""
+    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "cache-keyed")
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def key_of(server, name: str, project: str | None = None) -> dict:
+    """A client key's Authorization header."""
+    fields = {"name": name, **({"project": project} if project else {})}
+    status, body = api(server, "POST", "/api/keys", fields)
+    assert status == 201, body
+    return {"Authorization": f"Bearer {body['key']}"}
+
+
+def test_an_answer_is_served_only_to_the_key_or_project_it_was_made_for(keyed, mock):
+    alice, bob = key_of(keyed, "alice", "web"), key_of(keyed, "bob", "web")
+    carol, dave = key_of(keyed, "carol", "data"), key_of(keyed, "dave")
+
+    misses = 0  # each a new entry: every question below is new to its scope
+
+    def ask(messages, who) -> str:
+        nonlocal misses
+        status, headers, _ = chat(keyed, messages=messages, headers=who)
+        assert status == 200
+        misses += headers["x-stockyard-cache"] == "miss"
+        return headers["x-stockyard-cache"]
+
+    def asked_and_stored(messages, who) -> None:
+        assert ask(messages, who) == "miss"
+        wait_for(lambda: entries(keyed) == misses, what="every answer so far to be stored")
+
+    put_module(keyed, "cache")  # scope "key" by default
+    messages = question()
+    asked_and_stored(messages, alice)
+    assert ask(messages, alice) == "hit"
+    calls = len(mock.requests)
+    assert [ask(messages, who) for who in (bob, carol, dave)] == ["miss"] * 3, "another key never sees alice's"
+    assert len(mock.requests) == calls + 3
+
+    put_module(keyed, "cache", {"scope": "project"})
+    messages = question()
+    asked_and_stored(messages, alice)
+    assert ask(messages, bob) == "hit", "the same project shares"
+    assert ask(messages, carol) == "miss" and ask(messages, dave) == "miss"
+    messages = question()
+    asked_and_stored(messages, dave)
+    assert ask(messages, dave) == "hit" and ask(messages, alice) == "miss", "a key without a project keeps its own"
+
+    put_module(keyed, "cache", {"scope": "global"})
+    messages = question()
+    asked_and_stored(messages, carol)
+    assert [ask(messages, who) for who in (alice, dave)] == ["hit", "hit"]
+
+
+def test_scope_is_checked(server):
+    status, body = api(server, "PUT", "/api/modules/cache", {"enabled": True, "config": {"scope": "everyone"}})
+    assert status == 400 and body["error"]["param"] == "cache.scope"
+    assert "key, project, global" in body["error"]["message"]

@@ -3,11 +3,13 @@
 The key is the SHA-256 of the endpoint, dialect, provider, model and the canonical request
 body (sorted keys, no whitespace) without ``model`` (named by the provider and model),
 ``stream``, ``stream_options`` and ``user`` — so the same question hits whether it was
-streamed or not, and whoever asked it. What is stored is exactly what the client got: the
-JSON of a plain answer, or the event stream of a streamed one (with or without its usage
-chunk, as asked). Responses API requests are cached only with ``store: false``. A hit
-replays those bytes unchanged for the same kind of request; a streamed request with only a
-plain answer cached gets it as a stream.
+streamed or not — and, unless ``scope`` is ``global``, the client key (``key``, the default)
+or its project (``project``) that asked: an answer is served only to whom it was made for, so
+one key cannot learn from hit or miss, or from the answer, what another key asked. What is
+stored is exactly what the client got: the JSON of a plain answer, or the event stream of a
+streamed one (with or without its usage chunk, as asked). Responses API requests are cached
+only with ``store: false``. A hit replays those bytes unchanged for the same kind of request;
+a streamed request with only a plain answer cached gets it as a stream.
 
 Only whole, successful answers are stored (status 200, stream complete, not larger than
 the trace body cap ``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged). Entries
@@ -36,6 +38,7 @@ from .schema import Field
 HEADER = "x-stockyard-cache"
 ENDPOINTS = ("chat", "completions", "embeddings", "messages", "responses")
 IGNORED_FIELDS = ("model", "stream", "stream_options", "user")
+SCOPES = ("key", "project", "global")
 JSON, SSE, SSE_USAGE = "json", "sse", "sse+usage"
 CONTENT_TYPES = {JSON: "application/json", SSE: "text/event-stream", SSE_USAGE: "text/event-stream"}
 
@@ -46,6 +49,7 @@ class CacheOptions:
     max_entries: int
     max_bytes: int
     endpoints: frozenset[str]
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,28 @@ class Entry:
     cost_uc: int | None
 
 
-def request_key(ctx: RequestContext, provider: str, model: str) -> str:
-    """The cache key: what was asked, of whom, and whether unsupported fields may be dropped (an
-    answer made with fields dropped must not answer a request that would have been refused)."""
+def owner(ctx: RequestContext, scope: str) -> str | None:
+    """Whose entries a request may read and write under ``scope``: its key, its key's project
+    (a key without one: the key alone), or nobody's in particular (``global``, and every
+    request without a key, in open mode)."""
+    if scope == "global" or ctx.key_id is None:
+        return None
+    if scope == "project" and ctx.project:
+        return f"project:{ctx.project}"
+    return f"key:{ctx.key_id}"
+
+
+def request_key(ctx: RequestContext, provider: str, model: str, scope: str = "key") -> str:
+    """The cache key: what was asked, of whom, by whom (``scope``) and whether unsupported
+    fields may be dropped (an answer made with fields dropped must not answer a request that
+    would have been refused)."""
     body = {k: v for k, v in ctx.body.items() if k not in IGNORED_FIELDS}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     parts = [ctx.endpoint, ctx.dialect, provider, model, canonical]
     if ctx.headers.get(DROP_HEADER, "").strip().lower() == "true":
         parts.append("drop-unsupported")  # keys of ordinary requests stay as they were
+    if (who := owner(ctx, scope)) is not None:
+        parts.append(who)  # open mode and global keep the keys they had before scopes
     material = "\n".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -135,11 +153,22 @@ class Cache(Module):
             "int", 256 * 1024 * 1024, "most bytes of answers kept; the oldest go first", min=1024, max=1 << 44
         ),
         "endpoints": Field("list", list(ENDPOINTS), "which endpoints are cached", choices=ENDPOINTS),
+        "scope": Field(
+            "enum",
+            "key",
+            "who is served an answer: the key that asked for it (key), any key of its project "
+            "(project; a key without one keeps its own), or every client (global)",
+            choices=SCOPES,
+        ),
     }
 
     def compile(self, config: dict) -> CacheOptions:
         return CacheOptions(
-            config["ttl_s"] * 1000, config["max_entries"], config["max_bytes"], frozenset(config["endpoints"])
+            config["ttl_s"] * 1000,
+            config["max_entries"],
+            config["max_bytes"],
+            frozenset(config["endpoints"]),
+            config["scope"],
         )
 
     def before(self, ctx: RequestContext) -> None:
@@ -148,7 +177,7 @@ class Cache(Module):
             return
         route = ctx.route
         assert route is not None  # resolved by the route step before this module
-        digest, kind = request_key(ctx, route.provider.name, route.model), kind_of(ctx)
+        digest, kind = request_key(ctx, route.provider.name, route.model, opts.scope), kind_of(ctx)
         ctx.state["cache"] = (digest, kind, opts)
         if ctx.headers.get(HEADER, "").strip().lower() == "bypass":
             ctx.reply_headers[HEADER] = "bypass"
