@@ -44,6 +44,7 @@ class Settings:
     body_cap_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
     request_read_timeout_s: float = 30.0
+    upload_timeout_s: float = 3600.0  # a whole multipart upload, however steadily it arrives
     upstream_connect_timeout_s: float = 10.0
     upstream_read_timeout_s: float = 600.0
     shutdown_grace_s: float = 20.0
@@ -230,6 +231,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         body_cap_bytes=int(env.get("STOCKYARD_BODY_CAP_BYTES") or 256 * 1024),
         idle_timeout_s=float(env.get("STOCKYARD_IDLE_TIMEOUT") or 30.0),
         request_read_timeout_s=float(env.get("STOCKYARD_REQUEST_READ_TIMEOUT") or 30.0),
+        upload_timeout_s=_env_duration(env, "STOCKYARD_UPLOAD_TIMEOUT") or 3600.0,
         upstream_connect_timeout_s=float(env.get("STOCKYARD_UPSTREAM_CONNECT_TIMEOUT") or 10.0),
         upstream_read_timeout_s=float(env.get("STOCKYARD_UPSTREAM_TIMEOUT") or 600.0),
         log_requests=_env_bool(env.get("STOCKYARD_LOG_REQUESTS"), True),

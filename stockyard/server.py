@@ -586,16 +586,19 @@ class Handler(BaseHTTPRequestHandler):
 
         A big upload takes longer than the read deadline: each ``UPLOAD_PROGRESS_BYTES``
         that arrive grant another deadline, so only a sender slower than that per deadline
-        (a slowloris) is cut off.
+        (a slowloris) is cut off — and never past STOCKYARD_UPLOAD_TIMEOUT from now, so a
+        steady trickle cannot hold the connection (and its thread) for hours.
         """
         settings = self.server.app.settings
         self._continue()
         step = [UPLOAD_PROGRESS_BYTES]
+        until = time.monotonic() + settings.upload_timeout_s
 
         def progress(total: int) -> None:
             if total >= step[0]:
                 step[0] = total + UPLOAD_PROGRESS_BYTES
-                self.server.reaper.arm(self.connection, settings.request_read_timeout_s)
+                left = until - time.monotonic()
+                self.server.reaper.arm(self.connection, min(settings.request_read_timeout_s, left))
 
         try:
             blocks = self._body_blocks(settings.max_upload_bytes, progress)

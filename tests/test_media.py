@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import openai
@@ -345,3 +346,36 @@ def test_big_base64_images_are_stored_only_up_to_the_body_cap(client, server, mo
     status, detail = admin(server, "GET", f"/api/traces/{raw.headers['x-stockyard-trace-id']}")
     assert detail["response_truncated"] is True and len(detail["response_body"]) <= 256 * 1024
     assert detail["cost_uc"] == 2_000_000  # one dall-e-2 1024x1024 image
+
+
+def test_an_upload_arriving_steadily_is_still_cut_off_at_the_upload_timeout(pyz_path, cache_home, mock, tmp_path):
+    """Each 256 KiB that arrive earn another read deadline, but none past STOCKYARD_UPLOAD_TIMEOUT:
+    a key holder trickling a big upload cannot hold its connection (and thread) for hours."""
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_UPLOAD_TIMEOUT": "2s",  # the read deadline stays 30 s: only the cap can cut it before
+    }
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        sock = connect(srv)
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=BB\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        part = b'--BB\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n' + b"a" * 300_000
+        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))  # past one progress step: a new deadline, capped
+        started = time.monotonic()
+        sock.settimeout(25)
+        try:
+            ended = sock.recv(1) == b""
+        except ConnectionResetError:
+            ended = True
+        took = time.monotonic() - started
+        sock.close()
+        assert ended and took < 20, f"the upload was cut off after {took:.1f}s (the read deadline is 30 s)"
+        wait_for(lambda: spool_fds(srv) == [], what="the spool to be gone")
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
