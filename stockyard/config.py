@@ -69,6 +69,7 @@ class Settings:
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
     metrics_top_keys: int = 20  # /metrics: key names with series of their own; the rest are "other"
+    cpu_pin: str = "auto"  # keep each server process on one CPU (stockyard.cpupin), or "off"
     workers: int = 1  # server processes sharing the listening socket (stockyard.workers)
 
     @property
@@ -126,6 +127,13 @@ def _percents(value: str | None) -> tuple[int, ...]:
     if not all(0 < p <= 100 for p in found):
         raise ValueError(f"STOCKYARD_BUDGET_WARN_PERCENT values must be between 1 and 100, got {value!r}")
     return found
+
+
+def _cpu_pin(value: str | None) -> str:
+    text = (value or "auto").strip().lower()
+    if text not in ("auto", "off"):
+        raise ValueError(f"STOCKYARD_CPU_PIN must be auto or off, got {value!r}")
+    return text
 
 
 def _positive_int(value: str | None, name: str, default: int) -> int:
@@ -257,6 +265,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),
         metrics_top_keys=_positive_int(env.get("STOCKYARD_METRICS_TOP_KEYS"), "STOCKYARD_METRICS_TOP_KEYS", 20),
+        cpu_pin=_cpu_pin(env.get("STOCKYARD_CPU_PIN")),
         workers=_workers(flags.get("workers", env.get("STOCKYARD_WORKERS") or "")),
     )
 

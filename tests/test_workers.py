@@ -217,6 +217,15 @@ def wait_for_key(server: ServerProcess, auth: dict) -> list[http.client.HTTPConn
     return conns
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers on two CPUs need two CPUs")
+def test_each_worker_is_kept_on_a_cpu_of_its_own(group):
+    pids = workers_of(group)
+    assert len(pids) == 2
+    cpus = [{frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")} for pid in pids]
+    assert all(len(each) == 1 and len(next(iter(each))) == 1 for each in cpus), cpus
+    assert cpus[0] != cpus[1], "the workers start on different CPUs"
+
+
 def test_a_second_server_on_the_file_of_a_group_is_refused(group):
     refused = group.cli("serve", "--port", "0", "--workers", "2")
     assert refused.returncode == 1

@@ -139,6 +139,7 @@ def serve(
     """One server until SIGTERM/SIGINT: the whole process, or a :class:`~stockyard.workers.Worker`
     of a group (on the socket its parent bound; the parent is told once it serves)."""
     from ..app import App
+    from ..cpupin import keep_on_one_cpu
     from ..metrics import render_own
     from ..server import make_server
 
@@ -180,12 +181,15 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    pin = keep_on_one_cpu(settings.cpu_pin, None if worker is None else worker.index)
     if worker is not None:
         worker.ready()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         stopped.set()
+        if pin is not None:
+            pin.stop()
         if worker is None:  # a worker's socket is its parent's to close
             server.server_close()
         if not server.wait_idle(settings.shutdown_grace_s):

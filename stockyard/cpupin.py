@@ -1,0 +1,168 @@
+"""Keep a server process on one CPU: the GIL is handed between threads far more cheaply there.
+
+CPython runs Python code on one thread at a time, and request threads hand that lock (the GIL)
+to each other at every socket call. Spread over several CPUs, each hand-off wakes a thread on
+another CPU — an inter-processor wake-up and a cold cache — and under load `perf` counted about
+37% of the proxy's CPU in thread switching. With every thread on one CPU the same hand-off is a
+switch on one run queue: in one `make bench` run the proxy's CPU per request fell by a third and
+its throughput rose by half (bench/README.md, "One CPU per process").
+
+A pinned process cannot be moved by the scheduler, so it moves itself: every ``EVERY_S`` it
+reads how busy each CPU was with work other than its own (``/proc/stat`` minus its own CPU
+time) and moves to the least busy one when its own is busier by more than ``MARGIN``. A
+``--workers`` group's workers start on different CPUs. Nothing happens where it cannot help:
+one CPU allowed, no ``sched_setaffinity`` (not Linux), a Python without the GIL, or
+``STOCKYARD_CPU_PIN=off``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+log = logging.getLogger("stockyard")
+
+EVERY_S = 2.0  # how often the CPUs' load is looked at
+MARGIN = 0.3  # move when our CPU's other work exceeds the least busy CPU's by this much of a CPU
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Each CPU's busy and total ticks since boot, and this process's own CPU ticks."""
+
+    cpus: dict[int, tuple[int, int]]
+    own: float
+
+
+def read_sample(stat: str | None = None) -> Sample:
+    """Parse ``/proc/stat`` (``stat``: its text, else read now): busy = user, nice, system, irq,
+    softirq and steal; total = busy plus idle and iowait."""
+    if stat is None:
+        with open("/proc/stat", encoding="ascii") as f:
+            stat = f.read()
+    cpus = {}
+    for line in stat.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in rest.split()[:8])
+        busy = user + nice + system + irq + softirq + steal
+        cpus[int(name[3:])] = (busy, busy + idle + iowait)
+    times = os.times()
+    return Sample(cpus, (times.user + times.system) * _TICKS_PER_S)
+
+
+def others_load(before: Sample, after: Sample, current: int) -> dict[int, float]:
+    """Each CPU's share of the interval (0 to 1) spent on work other than this process's (all
+    of which is counted against ``current``, the CPU it was kept on)."""
+    own = after.own - before.own
+    load: dict[int, float] = {}
+    for cpu, (busy, total) in after.cpus.items():
+        if cpu not in before.cpus:
+            continue
+        spent: float = busy - before.cpus[cpu][0]
+        elapsed = total - before.cpus[cpu][1]
+        if cpu == current:
+            spent -= own
+        load[cpu] = max(0.0, spent / elapsed) if elapsed > 0 else 0.0
+    return load
+
+
+def choose(current: int, load: dict[int, float], allowed: list[int], margin: float = MARGIN) -> int:
+    """Stay on ``current`` unless an allowed CPU had less other work by more than ``margin``."""
+    known = [cpu for cpu in allowed if cpu in load]
+    if current not in load or not known:
+        return current
+    best = min(known, key=lambda cpu: (load[cpu], cpu))
+    return best if load[current] - load[best] > margin else current
+
+
+def pin_threads(cpu: int) -> None:
+    """Put every thread of this process on ``cpu`` (threads started later inherit it from the
+    thread that starts them; one started while this runs is caught by the next round)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
+def usable() -> list[int]:
+    """The CPUs this process may be kept on, or [] where keeping it on one cannot help."""
+    if not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
+        return []
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return []  # free-threaded Python: threads really run in parallel
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed if len(allowed) > 1 else []
+
+
+def running_on() -> int:
+    """The CPU this thread ran on last (``/proc/self/stat``, field 39): where the scheduler
+    found room for it."""
+    with open("/proc/self/stat", encoding="ascii", errors="replace") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[36])  # fields 3 onwards follow the command name in parentheses
+
+
+class CpuPin:
+    """This process kept on one CPU, moved when a neighbour makes that CPU busy."""
+
+    def __init__(self, allowed: list[int], index: int | None = None) -> None:
+        self.allowed = allowed
+        if index is not None:
+            self.cpu = allowed[index % len(allowed)]  # a group's workers start on different CPUs
+        else:
+            here = running_on()
+            self.cpu = here if here in allowed else allowed[0]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        pin_threads(self.cpu)
+        self._thread = threading.Thread(target=self._run, name="stockyard-cpu-pin", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def step(self, before: Sample, after: Sample) -> int:
+        """One look at the CPUs: move if another is clearly less busy; re-pin every thread."""
+        chosen = choose(self.cpu, others_load(before, after, self.cpu), self.allowed)
+        if chosen != self.cpu:
+            log.info("moving to CPU %d: CPU %d is busy with other work", chosen, self.cpu)
+            self.cpu = chosen
+        pin_threads(self.cpu)
+        return self.cpu
+
+    def _run(self) -> None:
+        before = read_sample()
+        while not self._stop.wait(EVERY_S):
+            try:
+                after = read_sample()
+                self.step(before, after)
+                before = after
+            except OSError as exc:
+                log.warning("stopped moving the process between CPUs (%s); it stays on CPU %d", exc, self.cpu)
+                return
+
+
+def keep_on_one_cpu(setting: str, index: int | None = None) -> CpuPin | None:
+    """Start keeping this process on one CPU (``setting``: STOCKYARD_CPU_PIN, ``auto`` or
+    ``off``; ``index``: a group's worker, else the CPU it runs on now); None where it is off
+    or cannot help."""
+    allowed = usable() if setting == "auto" else []
+    if not allowed:
+        return None
+    pin = CpuPin(allowed, index)
+    try:
+        pin.start()
+    except OSError as exc:  # a sandbox that refuses sched_setaffinity
+        log.warning("cannot keep the process on one CPU (%s); it runs on all of them", exc)
+        return None
+    log.info("threads kept on CPU %d of %s, moved when it gets busy (STOCKYARD_CPU_PIN=off: spread)", pin.cpu, allowed)
+    return pin
