@@ -243,6 +243,12 @@ def base_env(cache_home: Path) -> dict[str, str]:
     return {**keep, "XDG_CACHE_HOME": str(cache_home), "PYTHONUNBUFFERED": "1"}
 
 
+def mock_env(cache_home: Path, mock: MockUpstream, **extra: str) -> dict[str, str]:
+    """The environment of a server whose OpenAI provider is the mock: ``base_env``, OPENAI_KEY and the
+    mock's ``/v1`` URL, then ``extra`` (other providers, STOCKYARD_ settings; it may override these)."""
+    return {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1", **extra}
+
+
 @pytest.fixture(scope="session")
 def mock() -> MockUpstream:
     with MockUpstream() as upstream:
@@ -252,8 +258,7 @@ def mock() -> MockUpstream:
 @pytest.fixture(scope="module")
 def openai_server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     """A server routing to the mock as the OpenAI provider (module-scoped: started once)."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
     db = tmp_path_factory.mktemp("srv") / "stockyard.db"
-    server = ServerProcess(pyz_path, db, env).start()
+    server = ServerProcess(pyz_path, db, mock_env(cache_home, mock)).start()
     yield server
     server.stop()

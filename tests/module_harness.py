@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import OPENAI_KEY
-from module_helpers import ADMIN_KEY, GROQ_KEY
+from module_helpers import provider_env
 
 from stockyard import audit, config, proxy
 from stockyard.auth import Gatekeeper
@@ -50,20 +49,6 @@ ENDPOINTS = {
     "/v1/embeddings": ("embeddings", "openai"),
     "/v1/messages": ("messages", "anthropic"),
 }
-
-
-def provider_env(mock, **env: str) -> dict[str, str]:
-    """``openai`` and ``groq`` on the mock, ``mistral`` on a closed port (as module_helpers.start_server)."""
-    return {
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "GROQ_API_KEY": GROQ_KEY,
-        "GROQ_BASE_URL": mock.url + "/v1",
-        "MISTRAL_API_KEY": "mistral-test-key-0123456789",
-        "MISTRAL_BASE_URL": "http://127.0.0.1:9/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-        **env,
-    }
 
 
 class RecordingReply:

@@ -22,9 +22,11 @@ HELLO = [{"role": "user", "content": "Say hello"}]
 MINI_COST_UC = 480
 
 
-def start_server(pyz_path, cache_home, mock, tmp_path_factory, name: str, **env: str) -> ServerProcess:
-    environ = {
-        **base_env(cache_home),
+def provider_env(mock, **env: str) -> dict[str, str]:
+    """``openai`` and ``groq`` on the mock, ``mistral`` on a closed port, the admin key, then ``env``:
+    the one provider setup of the module tests, in a server (``start_server``) or in process
+    (module_harness)."""
+    return {
         "OPENAI_API_KEY": OPENAI_KEY,
         "OPENAI_BASE_URL": mock.url + "/v1",
         "GROQ_API_KEY": GROQ_KEY,
@@ -34,6 +36,10 @@ def start_server(pyz_path, cache_home, mock, tmp_path_factory, name: str, **env:
         "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
         **env,
     }
+
+
+def start_server(pyz_path, cache_home, mock, tmp_path_factory, name: str, **env: str) -> ServerProcess:
+    environ = {**base_env(cache_home), **provider_env(mock, **env)}
     return ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", environ).start()
 
 

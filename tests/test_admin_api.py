@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
 from openapi_spec_validator import validate
 
 from stockyard.api import ROUTES
@@ -62,13 +62,7 @@ def assert_error(status: int, body: dict, expected: int, *words: str) -> dict:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("admin") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -449,12 +443,7 @@ METRICS_KEY = "metrics-scrape-token-0123456789"
 def test_a_metrics_key_guards_metrics_and_only_metrics(pyz_path, cache_home, mock, tmp_path):
     """With STOCKYARD_METRICS_KEY, /metrics answers only a scraper that sends it (it names the
     busiest keys and their costs); the health routes stay open, and the key is never logged."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_METRICS_KEY": METRICS_KEY,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_METRICS_KEY=METRICS_KEY)
     srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
     try:
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789ab"}, {"Authorization": METRICS_KEY}):

@@ -14,7 +14,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, mock_env
 from mock_upstream import MockUpstream, Recorded, Reply, anthropic_stream
 
 
@@ -43,13 +43,9 @@ MOCK_PRICED = ["claude-haiku-4-5-plain", "claude-haiku-4-5-native"]
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {
-        **base_env(cache_home),
-        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
-        "ANTHROPIC_BASE_URL": mock.url,
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-    }
+    env = mock_env(
+        cache_home, mock, OPENAI_API_KEY=OPENAI_KEY, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url
+    )
     db = tmp_path_factory.mktemp("anthropic") / "stockyard.db"
     proc = ServerProcess(pyz_path, db, env)
     for model in MOCK_PRICED:  # the mock's model names are no real model's: priced explicitly, never guessed

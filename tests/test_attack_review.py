@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env
+from conftest import ServerProcess, mock_env
 from mock_upstream import Reply
 from openai import NotFoundError, OpenAI, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
@@ -21,14 +21,13 @@ ADMIN = "attack-admin-key-0123456789abcdef"
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """Behind a trusted load balancer (loopback), with an admin key and two client keys."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        "STOCKYARD_TRUSTED_PROXIES": "127.0.0.1",
-        "STOCKYARD_REQUEST_READ_TIMEOUT": "1",  # for the whole request to arrive, not for the answer
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_TRUSTED_PROXIES="127.0.0.1",
+        STOCKYARD_REQUEST_READ_TIMEOUT="1",  # for the whole request to arrive, not for the answer
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack") / "s.db", env)
     made = {
         name: srv.cli("keys", "create", "--name", name, *extra)

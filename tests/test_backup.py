@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from ops_helpers import Load, assert_same_content, integrity, open_plain, verify_audit
 
 SECRET = "backup-test-encryption-secret-0123456789"
@@ -26,13 +26,13 @@ HEAD = re.compile(r"audit head\s+([0-9a-f]{64}) \((\d+) entries")
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     folder = tmp_path_factory.mktemp("backup")
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-backup-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-        "STOCKYARD_LOG_REQUESTS": "0",
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        OPENAI_API_KEY="sk-test-backup-123456",
+        STOCKYARD_ENCRYPTION_KEY=SECRET,
+        STOCKYARD_LOG_REQUESTS="0",
+    )
     srv = ServerProcess(
         pyz_path,
         folder / "live" / "stockyard.db",
@@ -281,12 +281,7 @@ def test_moving_to_a_new_server_is_copying_two_files(server, pyz_path, tmp_path,
     shutil.copyfile(backup, new_host / "stockyard.db")
     assert sorted(os.listdir(new_host)) == ["stockyard.db", "stockyard.pyz"]
 
-    env = {
-        **base_env(cache_home),
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-        "OPENAI_API_KEY": "sk-test-backup-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-    }
+    env = mock_env(cache_home, mock, OPENAI_API_KEY="sk-test-backup-123456", STOCKYARD_ENCRYPTION_KEY=SECRET)
     moved = ServerProcess(new_host / "stockyard.pyz", new_host / "stockyard.db", env).start()
     try:
         assert moved.request("GET", "/readyz")[0] == 200
@@ -315,7 +310,7 @@ def test_a_moved_database_without_its_secret_still_serves_and_says_why(server, p
     """Forgetting STOCKYARD_ENCRYPTION_KEY on the new host: env providers keep working, the log says what is wrong."""
     backup = tmp_path / "backup.db"
     assert server.cli("backup", str(backup)).returncode == 0
-    env = {**base_env(cache_home), "OPENAI_API_KEY": "sk-test-backup-123456", "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock, OPENAI_API_KEY="sk-test-backup-123456")
     forgot = ServerProcess(pyz_path, backup, env).start()
     try:
         assert "STOCKYARD_ENCRYPTION_KEY" in forgot.log  # the keyed audit log cannot be written without it

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,13 +30,7 @@ BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content":
 
 
 def env_for(cache_home, mock, **extra) -> dict:
-    return {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        **extra,
-    }
+    return mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import OPENAI_KEY, ROOT, ServerProcess, base_env, wait_for
+from conftest import ROOT, ServerProcess, mock_env, wait_for
 
 ADMIN_KEY = "console-test-admin-key-0123456789"
 UI = ROOT / "stockyard" / "ui"
@@ -29,12 +29,7 @@ NODE = shutil.which("node")
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("console") / "stockyard.db", env).start()
     yield srv
     srv.stop()

@@ -15,7 +15,7 @@ import re
 
 import playwright.sync_api as playwright  # noqa: E402  (requirements-test.txt)
 import pytest
-from conftest import OPENAI_KEY, ROOT, ServerProcess, base_env, wait_for
+from conftest import ROOT, ServerProcess, mock_env, wait_for
 from mock_upstream import Reply
 from webhook_receiver import Receiver
 
@@ -53,13 +53,7 @@ def usd(uc: int, places: int = 2) -> str:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("browser") / "stockyard.db", env).start()
     yield srv
     srv.stop()

@@ -12,7 +12,7 @@ import io
 import json
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 
 ADMIN = "admin-key-for-cost-tests-0123456789"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -20,12 +20,7 @@ HELLO = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("costs") / "stockyard.db", env).start()
     yield srv
     srv.stop()

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, open_database, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, open_database, wait_for
 from mock_upstream import MockUpstream, Reply
 from module_helpers import ADMIN_KEY, api, disable_all, put_module
 
@@ -39,15 +39,14 @@ def slow():
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, slow, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "MISTRAL_API_KEY": "mistral-test-key-0123456789",
-        "MISTRAL_BASE_URL": slow.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        MISTRAL_API_KEY="mistral-test-key-0123456789",
+        MISTRAL_BASE_URL=slow.url + "/v1",
+        STOCKYARD_ADMIN_KEY=ADMIN_KEY,
+        STOCKYARD_ENCRYPTION_KEY=SECRET,
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("deployments") / "stockyard.db", env).start()
     yield srv
     srv.stop()

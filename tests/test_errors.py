@@ -7,7 +7,7 @@ import json
 import socket
 
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mock_upstream import Reply
@@ -18,15 +18,15 @@ HELLO = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """Two providers (so routing can be ambiguous), one of them dead; short timeouts and body limit."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-errors-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "GROQ_API_KEY": "gsk-test-errors-123456",
-        "GROQ_BASE_URL": "http://127.0.0.1:9/openai/v1",
-        "STOCKYARD_UPSTREAM_TIMEOUT": "1",
-        "STOCKYARD_MAX_BODY_BYTES": "65536",
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        OPENAI_API_KEY="sk-test-errors-123456",
+        GROQ_API_KEY="gsk-test-errors-123456",
+        GROQ_BASE_URL="http://127.0.0.1:9/openai/v1",
+        STOCKYARD_UPSTREAM_TIMEOUT="1",
+        STOCKYARD_MAX_BODY_BYTES="65536",
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("errors") / "s.db", env).start()
     yield srv
     srv.stop()
@@ -186,12 +186,7 @@ def test_arbitrary_json_never_gives_500(server, body, path):
 
 def test_slow_clients_do_not_block_others(pyz_path, cache_home, mock, tmp_path):
     """Clients that trickle their headers are cut off at the read deadline; others are served meanwhile."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-slow-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_REQUEST_READ_TIMEOUT": "2",
-    }
+    env = mock_env(cache_home, mock, OPENAI_API_KEY="sk-test-slow-123456", STOCKYARD_REQUEST_READ_TIMEOUT="2")
     srv = ServerProcess(pyz_path, tmp_path / "slow.db", env).start()
     try:
         slow = []

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mock_upstream import MockUpstream, Reply
@@ -43,13 +43,13 @@ def metric(srv: ServerProcess, name: str) -> float:
 def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, tmp_path):
     """What a crash may cost is the writer's window: the records queued and the batch being
     committed. Everything committed survives, and the file opens clean."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-kill-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-        "STOCKYARD_LOG_REQUESTS": "0",
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        OPENAI_API_KEY="sk-test-kill-123456",
+        STOCKYARD_ENCRYPTION_KEY=SECRET,
+        STOCKYARD_LOG_REQUESTS="0",
+    )
     path = tmp_path / "stockyard.db"
     srv = ServerProcess(pyz_path, path, env).start()
     with Load(srv.port, threads=16) as load:
@@ -90,12 +90,7 @@ def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, t
 def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cache_home, mock, tmp_path):
     """A file-size limit of 1 byte on the running server: every database write fails (EFBIG),
     exactly as on a full disk, and lifting it is "space returns"."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-full-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_LOG_REQUESTS": "0",
-    }
+    env = mock_env(cache_home, mock, OPENAI_API_KEY="sk-test-full-123456", STOCKYARD_LOG_REQUESTS="0")
     path = tmp_path / "stockyard.db"
     srv = ServerProcess(pyz_path, path, env).start()
     pid = srv.proc.pid
@@ -153,18 +148,18 @@ def bad_mock():
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, bad_mock, tmp_path_factory):
     """openai → the healthy mock; groq → a mock scripted to misbehave. Short deadlines."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-faults-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "GROQ_API_KEY": "gsk-test-faults-123456",
-        "GROQ_BASE_URL": bad_mock.url + "/v1",
-        "STOCKYARD_UPSTREAM_TIMEOUT": "1",
-        "STOCKYARD_REQUEST_READ_TIMEOUT": "2",
-        "STOCKYARD_MAX_BODY_BYTES": "262144",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        "STOCKYARD_LOG_REQUESTS": "0",
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        OPENAI_API_KEY="sk-test-faults-123456",
+        GROQ_API_KEY="gsk-test-faults-123456",
+        GROQ_BASE_URL=bad_mock.url + "/v1",
+        STOCKYARD_UPSTREAM_TIMEOUT="1",
+        STOCKYARD_REQUEST_READ_TIMEOUT="2",
+        STOCKYARD_MAX_BODY_BYTES="262144",
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_LOG_REQUESTS="0",
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("faults") / "stockyard.db", env).start()
     yield srv
     srv.stop()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 
 from stockyard.store import db
 
@@ -35,12 +35,7 @@ def umask_022():
 
 @pytest.fixture
 def env(cache_home, mock) -> dict[str, str]:
-    return {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-modes-0123456789",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-    }
+    return mock_env(cache_home, mock, OPENAI_API_KEY="sk-test-modes-0123456789", STOCKYARD_ENCRYPTION_KEY=SECRET)
 
 
 def chat(server: ServerProcess) -> None:

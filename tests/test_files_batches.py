@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import FILES, PROMPT_TOKENS, Reply
 from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
 from rawhttp import connect, read_response, read_until_close
@@ -25,16 +25,15 @@ MINI_RATES = (15_000_000, 60_000_000)  # gpt-4o-mini, µ¢ per 1M tokens (input,
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",  # not OpenAI-kind: never serves files
-        "ANTHROPIC_BASE_URL": mock.url,
-        "GROQ_API_KEY": "gsk-test-0123456789abcdef",  # a second OpenAI-kind provider, chosen by header
-        "GROQ_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",  # not OpenAI-kind: never serves files
+        ANTHROPIC_BASE_URL=mock.url,
+        GROQ_API_KEY="gsk-test-0123456789abcdef",  # a second OpenAI-kind provider, chosen by header
+        GROQ_BASE_URL=mock.url + "/v1",
+        STOCKYARD_ADMIN_KEY=ADMIN,
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("files") / "stockyard.db", env)
     keys = {}
     for name, extra in (
@@ -433,12 +432,7 @@ def test_the_chain_tells_whether_a_module_runs_for_a_key():
 def test_a_batch_nobody_asks_about_again_is_recorded_by_the_batch_watch(pyz_path, cache_home, mock, tmp_path):
     """A script that starts a batch and never looks again: the watch retrieves it on the owner's
     behalf, and its cost reaches the rollups (and so budgets and reports) all the same."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_BATCH_POLL": "0.2s",
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_BATCH_POLL="0.2s")
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
     secret = srv.cli("keys", "create", "--name", "nightly").stdout.strip()
     srv.start()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env
+from conftest import ServerProcess, mock_env
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -28,16 +28,15 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "GEMINI_API_KEY": "AIza-fuzz-0123456789",
-        "GEMINI_BASE_URL": mock.url,
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        "STOCKYARD_MAX_BODY_BYTES": str(LIMIT),
-        "STOCKYARD_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT_S),
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        GEMINI_API_KEY="AIza-fuzz-0123456789",
+        GEMINI_BASE_URL=mock.url,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_MAX_BODY_BYTES=str(LIMIT),
+        STOCKYARD_REQUEST_READ_TIMEOUT=str(READ_TIMEOUT_S),
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("fuzz") / "s.db", env).start()
     yield srv
     srv.stop()

@@ -13,7 +13,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import CACHED_TOKENS, PROMPT_TOKENS, TEXT, MockUpstream, Recorded, Reply
 from rawhttp import connect, read_response
 
@@ -26,13 +26,7 @@ UC_PER_TOKEN = {"input": 100, "cached": 50, "output": 200}  # $1, $0.50, $2 per 
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {
-        **base_env(cache_home),
-        "GEMINI_API_KEY": GEMINI_KEY,
-        "GEMINI_BASE_URL": mock.url,
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-    }
+    env = mock_env(cache_home, mock, OPENAI_API_KEY=OPENAI_KEY, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("gnative") / "stockyard.db", env)
     for model in PRICED:  # the mock's names are no real model's: priced explicitly
         args = ["--input", "1", "--output", "2", "--cached-input", "0.5", "--reasoning", "2"]

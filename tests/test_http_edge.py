@@ -14,7 +14,7 @@ import time
 import zlib
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import Reply
 from rawhttp import connect, read_response, read_until_close, statuses
 
@@ -60,12 +60,7 @@ def metric(server: ServerProcess, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def keyed(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_MAX_BODY_BYTES": str(1 << 20),
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(1 << 20))
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("keyed") / "s.db", env)
     made = srv.cli("keys", "create", "--name", "full")
     mini = srv.cli("keys", "create", "--name", "mini", "--models", "gpt-4o-mini")
@@ -176,14 +171,13 @@ def test_refusals_are_traced_at_a_bounded_rate_per_address_and_all_counted(keyed
 @pytest.fixture(scope="module")
 def edge(pyz_path, cache_home, mock, tmp_path_factory):
     """Open mode (loopback, no client keys) with a public name and a CORS origin configured."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        "STOCKYARD_PUBLIC_HOSTS": f"{PUBLIC}, other.example.com:8443",
-        "STOCKYARD_CORS_ORIGIN": CORS,
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_PUBLIC_HOSTS=f"{PUBLIC}, other.example.com:8443",
+        STOCKYARD_CORS_ORIGIN=CORS,
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("edge") / "s.db", env).start()
     yield srv
     srv.stop()
@@ -337,13 +331,7 @@ def test_the_cached_host_decision_follows_the_listen_address_and_public_hosts():
 
 
 def test_beyond_loopback_only_loopback_names_and_public_hosts_are_answered(pyz_path, cache_home, mock, tmp_path):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        "STOCKYARD_PUBLIC_HOSTS": PUBLIC,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PUBLIC_HOSTS=PUBLIC)
     srv = ServerProcess(pyz_path, tmp_path / "s.db", env, ["--host", "0.0.0.0"]).start()
     try:
         assert send(srv, "GET", "/api/status", f"127.0.0.1:{srv.port}")[0] == 200
@@ -360,8 +348,7 @@ def test_beyond_loopback_only_loopback_names_and_public_hosts_are_answered(pyz_p
 
 def capped_server(pyz_path, cache_home, mock, tmp_path, **caps: str) -> ServerProcess:
     """A server in front of the mock with connection caps (STOCKYARD_ names: values)."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
-    return ServerProcess(pyz_path, tmp_path / "s.db", {**env, **caps}).start()
+    return ServerProcess(pyz_path, tmp_path / "s.db", mock_env(cache_home, mock, **caps)).start()
 
 
 def test_connections_beyond_the_cap_get_a_fast_503(pyz_path, cache_home, mock, tmp_path):

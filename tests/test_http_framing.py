@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env
+from conftest import ServerProcess, mock_env
 from rawhttp import connect, read_response, read_until_close, statuses
 
 LIMIT = 65536
@@ -18,13 +18,7 @@ SMUGGLED = b"GET /v1/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_MAX_BODY_BYTES": str(LIMIT),
-        "STOCKYARD_REQUEST_READ_TIMEOUT": "5",
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_MAX_BODY_BYTES=str(LIMIT), STOCKYARD_REQUEST_READ_TIMEOUT="5")
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("framing") / "s.db", env).start()
     yield srv
     srv.stop()

@@ -13,7 +13,7 @@ import time
 import anthropic
 import openai
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 
 from stockyard.errors import ProxyError
 from stockyard.keys import KeyRecord, KeyRing, hash_key, new_secret, presented_key
@@ -26,14 +26,9 @@ MESSAGES = {"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role":
 
 
 def server_env(cache_home, mock) -> dict[str, str]:
-    return {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
-        "ANTHROPIC_BASE_URL": mock.url,
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    return mock_env(
+        cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN
+    )
 
 
 @pytest.fixture(scope="module")
@@ -428,12 +423,7 @@ def test_cli_list_update_and_json(server):
 
 
 def test_beyond_loopback_keys_are_required_even_with_none(pyz_path, cache_home, mock, tmp_path):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }  # serve refuses to listen beyond loopback without it
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)  # serve refuses to listen beyond loopback without it
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--host", "0.0.0.0"]).start()
     try:
         wait_for(
@@ -447,7 +437,7 @@ def test_beyond_loopback_keys_are_required_even_with_none(pyz_path, cache_home, 
 
 
 def test_a_key_made_before_the_first_start_means_the_proxy_is_never_open(pyz_path, cache_home, mock, tmp_path):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     srv = ServerProcess(pyz_path, tmp_path / "fresh" / "stockyard.db", env)
     made = srv.cli("keys", "create", "--name", "day-one")  # creates the database
     assert made.returncode == 0, made.stderr

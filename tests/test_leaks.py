@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply
 
 ADMIN_KEY = "admin-leaktest-" + secrets.token_hex(12)
@@ -62,13 +62,9 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session(pyz_path, cache_home, mock, tmp_path_factory) -> Session:
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": KEYS["env"],
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-    }
+    env = mock_env(
+        cache_home, mock, OPENAI_API_KEY=KEYS["env"], STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET
+    )
     server = ServerProcess(pyz_path, tmp_path_factory.mktemp("leaks") / "stockyard.db", env).start()
     s = Session(server)
     try:

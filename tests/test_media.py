@@ -11,7 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import SPEECH_BYTES, TEXT, Reply, multipart_form
 from openai import OpenAI
 from rawhttp import connect, read_response
@@ -24,15 +24,14 @@ AUDIO = b"RIFF" + os.urandom(2000) + UNIQUE + os.urandom(900)  # 3 s at the mock
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "ANTHROPIC_API_KEY": "sk-ant-media-tests-0123456789",
-        "ANTHROPIC_BASE_URL": mock.url,
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        "STOCKYARD_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-media-tests-0123456789",
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("media") / "stockyard.db", env).start()
     yield srv
     srv.stop()
@@ -351,12 +350,11 @@ def test_big_base64_images_are_stored_only_up_to_the_body_cap(client, server, mo
 def test_an_upload_arriving_steadily_is_still_cut_off_at_the_upload_timeout(pyz_path, cache_home, mock, tmp_path):
     """Each 256 KiB that arrive earn another read deadline, but none past STOCKYARD_UPLOAD_TIMEOUT:
     a key holder trickling a big upload cannot hold its connection (and thread) for hours."""
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_UPLOAD_TIMEOUT": "2s",  # the read deadline stays 30 s: only the cap can cut it before
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_UPLOAD_TIMEOUT="2s",  # the read deadline stays 30 s: only the cap can cut it before
+    )
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
         sock = connect(srv)

@@ -8,7 +8,7 @@ import json
 
 import anthropic
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, TOOL_ARGS, Reply
 
 ADMIN = "admin-key-for-messages-tests-0123456789"
@@ -24,14 +24,7 @@ TOOL = {
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "GEMINI_API_KEY": GEMINI_KEY,
-        "GEMINI_BASE_URL": mock.url,
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("messages") / "stockyard.db", env)
     assert proc.cli("prices", "set", MODELS["gemini"], "--input", "1", "--output", "2").returncode == 0
     proc.start()

@@ -15,7 +15,7 @@ import sys
 import tracemalloc
 
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 from ops_helpers import Load, integrity, table_rows
 
 SECRET = "migrate-store-test-secret-0123456789"
@@ -25,12 +25,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture
 def env(cache_home, mock):
-    return {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": "sk-test-migrate-123456",
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-    }
+    return mock_env(cache_home, mock, OPENAI_API_KEY="sk-test-migrate-123456", STOCKYARD_ENCRYPTION_KEY=SECRET)
 
 
 def run(pyz, *args, env: dict) -> subprocess.CompletedProcess:

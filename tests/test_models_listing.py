@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import MockUpstream, Reply
 
 ADMIN = "admin-key-for-models-0123456789"
@@ -117,14 +117,13 @@ def server_admin(server: ServerProcess, method: str, path: str, body=None) -> tu
 
 def test_a_provider_that_starts_failing_keeps_its_last_good_list(pyz_path, cache_home, mock, tmp_path):
     with MockUpstream() as groq:
-        env = {
-            **base_env(cache_home),
-            "OPENAI_API_KEY": OPENAI_KEY,
-            "OPENAI_BASE_URL": mock.url + "/v1",
-            "GROQ_API_KEY": "gsk-models-0123456789",
-            "GROQ_BASE_URL": groq.url + "/v1",
-            "STOCKYARD_MODELS_REFRESH": "1s",
-        }
+        env = mock_env(
+            cache_home,
+            mock,
+            GROQ_API_KEY="gsk-models-0123456789",
+            GROQ_BASE_URL=groq.url + "/v1",
+            STOCKYARD_MODELS_REFRESH="1s",
+        )
         server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
         try:
             assert "groq/gpt-4o" in ids(server)

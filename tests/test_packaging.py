@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, base_env
+from conftest import ROOT, base_env, mock_env
 
 DOCKERFILE = ROOT / "Dockerfile"
 UNIT = ROOT / "docs" / "deploy" / "stockyard.service"
@@ -164,11 +164,11 @@ def free_port() -> int:
 @pytest.fixture
 def replicas(pyz_path, cache_home, mock, tmp_path):
     """Two replicas behind HAProxy started from docs/deploy/haproxy.cfg (its ports swapped for free ones)."""
-    from conftest import OPENAI_KEY, ServerProcess
+    from conftest import ServerProcess
 
     haproxy = shutil.which("haproxy")
     assert haproxy, "make test installs haproxy to check docs/deploy/haproxy.cfg"
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     servers = [ServerProcess(pyz_path, tmp_path / f"r{i}" / "stockyard.db", env).start() for i in (1, 2)]
     front = free_port()
     cfg = (

@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, open_database, wait_for
+from conftest import ServerProcess, mock_env, open_database, wait_for
 
 from stockyard.store.changes import APPLICATION_NAME
 
@@ -19,13 +19,7 @@ ADMIN = "admin-key-for-notify-tests-0123456789"
 
 
 def start(pyz_path, cache_home, mock, url: str, count: int, poll: str | None) -> list[ServerProcess]:
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-        **({"STOCKYARD_CONFIG_POLL": poll} if poll else {}),
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, **({"STOCKYARD_CONFIG_POLL": poll} if poll else {}))
     return [ServerProcess(pyz_path, url, env).start() for _ in range(count)]  # type: ignore[arg-type]
 
 

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 
 from stockyard.budgets import Budget, BudgetExceeded
 from stockyard.dburl import parse_postgres
@@ -232,12 +232,7 @@ def test_quiet_windows_lose_their_old_buckets(pg_store, monkeypatch):
 
 @pytest.fixture
 def replicas(pyz_path, cache_home, mock, pg_url):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
     servers = [ServerProcess(pyz_path, pg_url, env).start() for _ in range(3)]  # type: ignore[arg-type]
     yield servers
     for server in servers:
@@ -414,12 +409,7 @@ def test_postgresql_lost_budgeted_keys_fail_closed_and_the_others_keep_relaying(
     from pgcluster import Cluster
 
     cluster = Cluster().start()  # its own server: this test stops it
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
     server = ServerProcess(pyz_path, cluster.database(), env).start()  # type: ignore[arg-type]
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
     try:

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 
 ADMIN = "admin-key-for-restart-tests-0123456789"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -92,12 +92,7 @@ def test_postgresql_restarted_under_load_with_3_replicas_everything_resumes(pyz_
     from pgcluster import Cluster
 
     cluster = Cluster().start()  # its own server: this test stops it
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
     url = cluster.database()
     servers: list[ServerProcess] = []
     try:

@@ -10,7 +10,7 @@ import json
 
 import pg8000.native
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 
 ADMIN = "admin-key-for-postgresql-tests-0123"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -18,12 +18,7 @@ HELLO = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def pg_server(pyz_path, cache_home, mock, pg_cluster, pg_url):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
     server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
     yield server
     server.stop()
@@ -126,7 +121,7 @@ def test_postgresql_down_and_back_while_serving(pyz_path, cache_home, mock):
     from pgcluster import Cluster
 
     cluster = Cluster().start()  # its own server: this test stops it
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     url = cluster.database()
     server = ServerProcess(pyz_path, url, env).start()  # type: ignore[arg-type]
     chat = {"model": "gpt-4o-mini", "messages": HELLO}

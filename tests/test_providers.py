@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
 
 from stockyard import vault
 from stockyard.operations import Operations, Refused
@@ -32,13 +32,7 @@ def fake_key(label: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-        "STOCKYARD_ENCRYPTION_KEY": SECRET,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("providers") / "stockyard.db", env).start()
     yield srv
     srv.stop()

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import Reply
 
 from stockyard import config
@@ -159,7 +159,7 @@ def sql(db, statement: str) -> None:
 
 
 def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_path, cache_home, mock, tmp_path):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
         made = server.cli("keys", "create", "--name", "first")
@@ -192,7 +192,7 @@ def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_
 
 
 def test_a_second_server_on_the_same_database_refuses_to_start(pyz_path, cache_home, mock, tmp_path):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     db = tmp_path / "stockyard.db"
     first = ServerProcess(pyz_path, db, env).start()
     try:
@@ -319,7 +319,7 @@ def raw_chat(port: int, model: str = "gpt-4o-mini") -> bytes:
 
 @pytest.fixture(scope="module")
 def proxy(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     server = ServerProcess(pyz_path, tmp_path_factory.mktemp("leave") / "stockyard.db", env).start()
     yield server
     server.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, Reply, responses_stream
 from openai import NotFoundError, OpenAI
 from pydantic import BaseModel
@@ -36,14 +36,13 @@ class Weather(BaseModel):
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef",
-        "ANTHROPIC_BASE_URL": mock.url,
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+    )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("responses") / "stockyard.db", env).start()
     yield srv
     srv.stop()

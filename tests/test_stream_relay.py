@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import Reply
 from test_tls import tls_mock
 
@@ -349,7 +349,7 @@ def test_a_stream_that_is_not_chunked_stays_with_the_request_thread(pool) -> Non
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> Iterator[ServerProcess]:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("relay") / "stockyard.db", env).start()
     yield proc
     proc.stop()
@@ -398,7 +398,7 @@ def test_a_break_mid_stream_ends_with_the_error_event(server, mock) -> None:
 
 
 def test_a_deadline_passing_mid_stream_ends_with_the_deadline_error(pyz_path, cache_home, mock, tmp_path) -> None:
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     proc = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
         assert proc.cli("modules", "set", "timeout", "deadline_s=1").returncode == 0

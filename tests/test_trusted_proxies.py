@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env
+from conftest import ServerProcess, mock_env
 
 from stockyard import config
 from stockyard.hosts import client_address, parse_trusted_proxies
@@ -40,12 +40,7 @@ def test_a_bad_setting_is_refused_naming_it():
 
 @pytest.mark.parametrize("trusted", ["127.0.0.1", ""])
 def test_traces_record_the_forwarded_client_only_from_a_trusted_proxy(pyz_path, cache_home, mock, tmp_path, trusted):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_TRUSTED_PROXIES": trusted,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_TRUSTED_PROXIES=trusted)
     server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
     try:
         status, headers, _ = server.request(

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 
 from stockyard import audit, vault
 from stockyard.operations import providers as provider_ops
@@ -27,12 +27,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def env_for(cache_home: Path, mock, secret: str | None) -> dict[str, str]:
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN_KEY,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY)
     if secret:
         env["STOCKYARD_ENCRYPTION_KEY"] = secret
     return env

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from conftest import ServerProcess, mock_env, wait_for
 
 from stockyard.budgets import Budget, BudgetExceeded
 from stockyard.groupstate import RemoteLedger, RemoteRateLimiter, StateClient, StateLost, StateServer
@@ -156,12 +156,7 @@ def test_group_metrics_merge_every_workers_series_under_one_family_each():
 # -- end to end: a pyz with --workers 2 --------------------------------------------------------
 @pytest.fixture
 def group(pyz_path, cache_home, mock, tmp_path):
-    env = {
-        **base_env(cache_home),
-        "OPENAI_API_KEY": OPENAI_KEY,
-        "OPENAI_BASE_URL": mock.url + "/v1",
-        "STOCKYARD_ADMIN_KEY": ADMIN,
-    }
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
     server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--workers", "2"]).start()
     yield server
     server.stop()
@@ -438,7 +433,7 @@ def test_a_killed_worker_is_replaced(group):
 
 
 def test_workers_on_postgresql_are_replicas_of_one_database(pyz_path, cache_home, mock, pg_url):
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = mock_env(cache_home, mock)
     server = ServerProcess(pyz_path, pg_url, env, ["--workers", "2"]).start()  # type: ignore[arg-type]
     try:
         for worker in (0, 1):
