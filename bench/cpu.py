@@ -30,9 +30,13 @@ def relay(b: Bench, upstream: Target) -> Target:
     return Target(name, match.group(1), dict(upstream.headers), log, proc.pid)
 
 
-def all_on(b: Bench, delay_ms: float) -> Target:
-    """A proxy with tracing, a client key with budget + rpm + tpm, and the request log on."""
-    return b.proxy(f"proxy-all-on-{delay_ms:g}ms", delay_ms, log_requests=True, setup=key_setup(b.pyz))
+def all_on(b: Bench, delay_ms: float, pinned: bool = True) -> Target:
+    """A proxy with tracing, a client key with budget + rpm + tpm, and the request log on
+    (``pinned`` False: its threads spread over every CPU, as before stockyard.cpupin)."""
+    name, env = f"proxy-all-on-{delay_ms:g}ms", None
+    if not pinned:
+        name, env = f"{name}-spread", {"STOCKYARD_CPU_PIN": "off"}
+    return b.proxy(name, delay_ms, log_requests=True, extra_env=env, setup=key_setup(b.pyz))
 
 
 def cpu_per_request(b: Bench) -> list[Row]:
@@ -44,15 +48,16 @@ def cpu_per_request(b: Bench) -> list[Row]:
     direct, slow = b.mock(0), b.mock(20)
     proxy, proxy_slow = all_on(b, 0), all_on(b, 20)
     floor, floor_slow = relay(b, direct), relay(b, slow)
+    spread_slow = all_on(b, 20, pinned=False)
 
-    targets = [slow, floor_slow, proxy_slow]
+    targets = [slow, floor_slow, proxy_slow, spread_slow]
     runs, cpu = interleaved_load(b, targets)  # CPU seconds of each server
     answered = {name: max(1, sum(x.answered for x in results)) for name, results in runs.items()}
     cpu_ms = {name: 1000 * cpu[name] / answered[name] for name in runs}
     rps = {name: median([x.rps for x in results]) for name, results in runs.items()}
     errors = {name: sum(x.errors for x in results) for name, results in runs.items()}
     traces = count_traces(b.db(proxy_slow), answered[proxy_slow.name])
-    ms, floor_ms = cpu_ms[proxy_slow.name], cpu_ms[floor_slow.name]
+    ms, floor_ms, spread_ms = cpu_ms[proxy_slow.name], cpu_ms[floor_slow.name], cpu_ms[spread_slow.name]
     ratio = rps[proxy_slow.name] / rps[slow.name]
 
     rounds = interleaved([direct, floor, proxy], Client.chat, a.requests, a.rounds, a.warmup)
@@ -73,6 +78,13 @@ def cpu_per_request(b: Bench) -> list[Row]:
             None,
             f"stdlib ThreadingHTTPServer + http.client pool, no tracing; mock {cpu_ms[slow.name]:.2f} ms"
             + (f"; {errors[floor_slow.name]} errors" if errors[floor_slow.name] else ""),
+        ),
+        Row(
+            "proxy CPU per request, all on, STOCKYARD_CPU_PIN=off (same rounds)",
+            f"{spread_ms:.2f} ms",
+            "",
+            None,
+            f"threads spread over every CPU: {spread_ms / ms:.2f} x kept on one; {rps[spread_slow.name]:.0f} req/s",
         ),
         Row(
             "throughput all on / direct",
