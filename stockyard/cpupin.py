@@ -121,6 +121,7 @@ class CpuPin:
             self.cpu = here if here in allowed else allowed[0]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stragglers = False  # the last round moved: set every thread again
 
     def start(self) -> None:
         pin_threads(self.cpu)
@@ -131,12 +132,19 @@ class CpuPin:
         self._stop.set()
 
     def step(self, before: Sample, after: Sample) -> int:
-        """One look at the CPUs: move if another is clearly less busy; re-pin every thread."""
+        """One look at the CPUs: move every thread if another CPU is clearly less busy.
+
+        New threads inherit their starter's CPU, so only a move needs every thread set — and
+        the round after it, for a thread started while it ran (with 1,000 streams open, setting
+        every thread each round would hold the GIL for milliseconds every round)."""
         chosen = choose(self.cpu, others_load(before, after, self.cpu), self.allowed)
-        if chosen != self.cpu:
+        moved = chosen != self.cpu
+        if moved:
             log.info("moving to CPU %d: CPU %d is busy with other work", chosen, self.cpu)
             self.cpu = chosen
-        pin_threads(self.cpu)
+        if moved or self._stragglers:
+            pin_threads(self.cpu)
+        self._stragglers = moved
         return self.cpu
 
     def _run(self) -> None:

@@ -79,6 +79,14 @@ def test_a_move_puts_every_thread_of_the_process_on_the_new_cpu():
         later = Sample({allowed[0]: (95, 100), **{cpu: (5, 100) for cpu in allowed[1:]}}, own=0)
         assert pin.step(busy, later) == allowed[1]
         assert set(threads_cpus()) == {str(allowed[1])}, "the idle thread moved too"
+        assert helper.native_id is not None
+        calm = Sample({cpu: (50, 100) for cpu in allowed}, own=0)
+        os.sched_setaffinity(helper.native_id, {allowed[0]})  # as if started on the old CPU during the move
+        assert pin.step(busy, calm) == allowed[1]
+        assert os.sched_getaffinity(helper.native_id) == {allowed[1]}, "the round after a move catches stragglers"
+        os.sched_setaffinity(helper.native_id, {allowed[0]})
+        pin.step(busy, calm)
+        assert os.sched_getaffinity(helper.native_id) == {allowed[0]}, "no move: threads are left as they are"
     finally:
         stop.set()
         helper.join()
