@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urlsplit
@@ -375,31 +376,51 @@ class Handoff:
     split: _EventSplit
 
 
+MAX_IDLE_PER_ORIGIN = 256  # a burst of streams finds its connections again (bench/README.md)
+IDLE_MAX_S = 60.0  # a connection idle longer is closed: providers drop theirs after about a minute
+
+
 class Pool:
-    """Idle keep-alive connections per origin, most recently used first."""
+    """Idle keep-alive connections per origin, most recently used first. Those idle longer than
+    ``IDLE_MAX_S`` are closed when a connection to their origin comes back, so the extra ones a
+    burst opened do not stay open while traffic goes on at a lower level (at most
+    ``max_idle_per_origin`` stay while an origin gets no traffic at all)."""
 
     def __init__(
-        self, connect_timeout: float = 10.0, read_timeout: float = 600.0, max_idle_per_origin: int = 64
+        self,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        max_idle_per_origin: int = MAX_IDLE_PER_ORIGIN,
+        idle_max_s: float = IDLE_MAX_S,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle_per_origin
-        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        self.idle_max_s = idle_max_s
+        self._idle: dict[Origin, list[tuple[http.client.HTTPConnection, float]]] = {}  # (conn, idle since)
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
     def _take(self, key: Origin) -> http.client.HTTPConnection | None:
         with self._lock:
             idle = self._idle.get(key)
-            return idle.pop() if idle else None
+            return idle.pop()[0] if idle else None
 
     def _put(self, key: Origin, conn: http.client.HTTPConnection) -> None:
+        now = time.monotonic()
         with self._lock:
             idle = self._idle.setdefault(key, [])
+            old = 0  # the oldest first: those idle too long
+            while old < len(idle) and now - idle[old][1] > self.idle_max_s:
+                old += 1
+            closing = [c for c, _ in idle[:old]]
+            del idle[:old]
             if len(idle) < self.max_idle:
-                idle.append(conn)
-                return
-        conn.close()
+                idle.append((conn, now))
+            else:
+                closing.append(conn)
+        for c in closing:
+            c.close()
 
     def _new(self, key: Origin) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
@@ -513,7 +534,7 @@ class Pool:
 
     def close(self) -> None:
         with self._lock:
-            conns = [c for idle in self._idle.values() for c in idle]
+            conns = [c for idle in self._idle.values() for c, _ in idle]
             self._idle.clear()
         for c in conns:
             c.close()

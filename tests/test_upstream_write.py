@@ -105,3 +105,33 @@ def test_one_write_per_request_and_the_connection_is_reused(mock) -> None:
     assert recorded is not None and recorded.body == body
     assert recorded.headers.get("content-length") == str(len(body))
     pool.close()
+
+
+def connected(pool: Pool, key: Origin) -> http.client.HTTPConnection:
+    conn = pool._new(key)
+    conn.connect()
+    return conn
+
+
+def test_idle_connections_past_their_age_are_closed_when_another_comes_back(mock) -> None:
+    key = Origin.parse(mock.url + "/v1")
+    pool = Pool(idle_max_s=-1.0)  # every idle connection is past its age at the next return
+    first, second = connected(pool, key), connected(pool, key)
+    pool._put(key, first)
+    assert first.sock is not None, "nothing older to close yet"
+    pool._put(key, second)
+    assert first.sock is None, "closed: idle past its age when the second came back"
+    assert pool._take(key) is second and pool._take(key) is None
+    second.close()
+
+
+def test_at_most_max_idle_stay_and_the_most_recent_is_taken_first(mock) -> None:
+    key = Origin.parse(mock.url + "/v1")
+    pool = Pool(max_idle_per_origin=2)
+    conns = [connected(pool, key) for _ in range(3)]
+    for conn in conns:
+        pool._put(key, conn)
+    assert conns[2].sock is None, "the third is closed: two are kept"
+    assert pool._take(key) is conns[1] and pool._take(key) is conns[0] and pool._take(key) is None
+    for conn in conns[:2]:
+        conn.close()
