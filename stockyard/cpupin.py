@@ -91,6 +91,15 @@ def pin_threads(cpu: int) -> None:
             pass  # a thread that ended meanwhile
 
 
+def spread(cpus: list[int]) -> None:
+    """Let every thread run on any of ``cpus`` again (best effort: after a pin that failed)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+
+
 def usable() -> list[int]:
     """The CPUs this process may be kept on, or [] where keeping it on one cannot help."""
     if not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
@@ -148,15 +157,14 @@ class CpuPin:
         return self.cpu
 
     def _run(self) -> None:
-        before = read_sample()
-        while not self._stop.wait(EVERY_S):
-            try:
+        try:
+            before = read_sample()
+            while not self._stop.wait(EVERY_S):
                 after = read_sample()
                 self.step(before, after)
                 before = after
-            except OSError as exc:
-                log.warning("stopped moving the process between CPUs (%s); it stays on CPU %d", exc, self.cpu)
-                return
+        except (OSError, ValueError) as exc:  # /proc unreadable or unexpected, a CPU gone offline
+            log.warning("stopped moving the process between CPUs (%s); it stays on CPU %d", exc, self.cpu)
 
 
 def keep_on_one_cpu(setting: str, index: int | None = None) -> CpuPin | None:
@@ -166,10 +174,11 @@ def keep_on_one_cpu(setting: str, index: int | None = None) -> CpuPin | None:
     allowed = usable() if setting == "auto" else []
     if not allowed:
         return None
-    pin = CpuPin(allowed, index)
     try:
+        pin = CpuPin(allowed, index)
         pin.start()
-    except OSError as exc:  # a sandbox that refuses sched_setaffinity
+    except (OSError, ValueError) as exc:  # a sandbox that refuses sched_setaffinity, or hides /proc
+        spread(allowed)  # threads pinned before the failure run anywhere again
         log.warning("cannot keep the process on one CPU (%s); it runs on all of them", exc)
         return None
     log.info("threads kept on CPU %d of %s, moved when it gets busy (STOCKYARD_CPU_PIN=off: spread)", pin.cpu, allowed)

@@ -90,8 +90,8 @@ def test_a_move_puts_every_thread_of_the_process_on_the_new_cpu():
     finally:
         stop.set()
         helper.join()
-        for tid in os.listdir("/proc/self/task"):
-            os.sched_setaffinity(int(tid), allowed)
+        cpupin.spread(allowed)
+    assert all(os.sched_getaffinity(int(tid)) == set(allowed) for tid in os.listdir("/proc/self/task")), "spread again"
 
 
 def start(pyz_path, cache_home, mock, tmp_path, **env: str) -> ServerProcess:
