@@ -33,7 +33,7 @@ from .auth import Gatekeeper
 from .billing import Pricer
 from .chain import Chain
 from .config import Settings
-from .context import Attempt, RequestContext, RetryPolicy
+from .context import Attempt, RequestContext, RetryPolicy, Route
 from .conversations import Conversations
 from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
@@ -377,18 +377,32 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
     """Where a fallback name goes: a model's deployments, or the provider it routes to."""
     route = ctx.plan.models.get(name) if ctx.plan is not None else None
     try:
+        if ctx.key is not None and not ctx.key.allows_model(name, path.registry().routes_to):
+            raise ProxyError(403, f"key {ctx.key.name!r} may not use it")
         if ctx.plan is not None and route is not None and route.deployments:
             plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
             for d in plan.deployments():
                 adapter_for(d.provider, ctx.dialect, ctx.endpoint)
-                yield d.provider, d.upstream_model, d
+                if counted(path, ctx, d.provider, d.upstream_model, name):
+                    yield d.provider, d.upstream_model, d
             return
         provider, model = path.registry().resolve(name)
         adapter_for(provider, ctx.dialect, ctx.endpoint)
     except ProxyError as exc:
         log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
         return
-    yield provider, model, None
+    if counted(path, ctx, provider, model, name):
+        yield provider, model, None
+
+
+def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
+    """Whether a budget can count a fallback: a request holding a budget reservation never falls
+    back to a model without a price (its cost would be unknown, and never reach the budget)."""
+    held = "budget" in ctx.state or "userlimits.budget" in ctx.state
+    if not held or ctx.endpoint in media.ENDPOINTS or path.pricer.price_of(Route(provider, model), name):
+        return True
+    log.warning("fallback %r for %r skipped: it has no price and the request is under a budget", name, ctx.model)
+    return False
 
 
 def attempt_once(

@@ -9,7 +9,8 @@ any failed attempt a provider billed, all priced before the after hooks run).
 
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
-price with ``stockyard prices set``.
+price with ``stockyard prices set``. For the same reason it is refused background responses
+(403 ``background_not_budgeted``): they run after their answer, whose usage is still empty.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 from .. import estimate
 from ..budgets import BudgetExceeded, budgets_for, scopes_of
 from ..context import RequestContext
-from ..errors import ProxyError
+from ..errors import RESPONSES, ProxyError
 from ..providers.media import ENDPOINTS as MEDIA_ENDPOINTS
 from .base import Module
 
@@ -42,6 +43,14 @@ class BudgetModule(Module):
         budgets = budgets_for(key, services.project_budgets())
         if not budgets:
             return
+        if ctx.dialect == RESPONSES and ctx.body.get("background"):
+            raise ProxyError(
+                403,
+                "a background response runs at the provider after its answer, so its cost is never "
+                "seen here and the budget on this key cannot be enforced; send it without 'background'",
+                param="background",
+                code="background_not_budgeted",
+            )
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         price = services.pricer.price_of(ctx.route, model)

@@ -1,0 +1,134 @@
+"""An attacker's review, part 2: one ordinary client key (a small budget, rpm/tpm, maybe a model
+allow-list) against the money and the other tenants, on a real server. Each test names the hole
+it closes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import Reply
+
+FALLBACK_CHAINS = {"gpt-4o-mini": ["openai/gpt-4o"], "gpt-4.1-nano": ["openai/sy-unpriced-model"]}
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    """OpenAI on the mock, the fallback module on (no retries), and keys of every kind."""
+    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack2") / "s.db", env)
+    keys = {
+        "mini": ["--models", "gpt-4o-mini"],
+        "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
+        "plain": [],
+        "big": ["--models", "big"],
+    }
+    made = {name: srv.cli("keys", "create", "--name", name, *extra) for name, extra in keys.items()}
+    assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
+    for args in (
+        ("modules", "set", "fallback", "retries=0", f"chains={json.dumps(FALLBACK_CHAINS)}"),
+        ("modules", "enable", "fallback"),
+        ("models", "add", "big", "--fallbacks", "gpt-4o"),
+        (
+            "models",
+            "deploy",
+            "big",
+            "--provider",
+            "openai",
+            "--upstream-model",
+            "gpt-4o-mini",
+            "--name",
+            "d1",
+            "--rpm",
+            "1",
+        ),
+    ):
+        done = srv.cli(*args)
+        assert done.returncode == 0, done.stderr
+    srv.start()
+    srv.keys = {name: m.stdout.strip() for name, m in made.items()}
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def post(server: ServerProcess, who: str, path: str, body: dict) -> tuple[int, dict, dict]:
+    status, headers, raw = server.request("POST", path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+    return status, headers, json.loads(raw)
+
+
+def chat(model: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+
+def models_sent(mock) -> list[str]:
+    return [r.json.get("model") for r in mock.requests if isinstance(r.json, dict)]
+
+
+# -- fallbacks are held to the key's allow-list and budget ------------------------------------------
+
+
+def test_a_fallback_never_serves_a_model_the_key_may_not_use(server, mock):
+    """Was: the allow-list was checked against the model the client named only; when that model
+    failed, the fallback chain (or a model's fallbacks or larger-context model) served the request
+    with any model, so a key limited to gpt-4o-mini got gpt-4o answers by sending requests that
+    fail (a prompt too long for the small model moves it to the larger-context one)."""
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    status, _, _ = post(server, "mini", "/v1/chat/completions", chat("gpt-4o-mini"))
+    assert status == 500
+    assert models_sent(mock) == ["gpt-4o-mini"]
+    mock.clear()
+    mock.enqueue(Reply(status=500))  # a key that may use gpt-4o still falls back to it
+    status, headers, _ = post(server, "plain", "/v1/chat/completions", chat("gpt-4o-mini"))
+    assert status == 200 and models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_a_model_whose_deployments_are_full_never_falls_back_to_a_model_the_key_may_not_use(server, mock):
+    """Was: when every deployment of a model was at its limits, the route step sent the request to
+    the model's first fallback whatever the key's allow-list said."""
+    mock.clear()
+    assert post(server, "big", "/v1/chat/completions", chat("big"))[0] == 200  # the deployment's one rpm
+    status, _, answer = post(server, "big", "/v1/chat/completions", chat("big"))
+    assert status == 429, answer
+    assert models_sent(mock) == ["gpt-4o-mini"]
+
+
+def test_a_budgeted_key_never_falls_back_to_a_model_without_a_price(server, mock):
+    """Was: a budgeted key is refused a model without a price (it could not be counted), but a
+    fallback to one served it: its cost was unknown (NULL) and the budget never saw it."""
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    status, _, _ = post(server, "budgeted", "/v1/chat/completions", chat("gpt-4.1-nano"))
+    assert status == 500
+    assert models_sent(mock) == ["gpt-4.1-nano"]
+    mock.clear()
+    mock.enqueue(Reply(status=500))  # a key without a budget keeps its fallback
+    status, _, _ = post(server, "plain", "/v1/chat/completions", chat("gpt-4.1-nano"))
+    assert status == 200 and models_sent(mock) == ["gpt-4.1-nano", "sy-unpriced-model"]
+
+
+# -- background responses --------------------------------------------------------------------------
+
+
+def test_a_budgeted_key_cannot_start_a_background_response(server, mock):
+    """Was: a background response answers at once (``queued``, no usage) and runs at the provider
+    afterwards; its cost was estimated from the few bytes of that first answer, so a budgeted key
+    ran any number of them nearly free."""
+    mock.clear()
+    queued = {
+        "id": "resp_bg1",
+        "object": "response",
+        "status": "queued",
+        "model": "gpt-4o",
+        "output": [],
+        "usage": None,
+    }
+    mock.enqueue(Reply(json=queued))
+    body = {"model": "gpt-4o", "input": "write a novel", "background": True, "max_output_tokens": 100000}
+    status, _, answer = post(server, "budgeted", "/v1/responses", body)
+    assert status == 403, answer
+    assert answer["error"]["code"] == "background_not_budgeted"
+    assert mock.requests == []
+    mock.clear_replies()
