@@ -4,11 +4,13 @@ it closes."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
+from openai import OpenAI, PermissionDeniedError, RateLimitError
 
 FALLBACK_CHAINS = {"gpt-4o-mini": ["openai/gpt-4o"], "gpt-4.1-nano": ["openai/sy-unpriced-model"]}
 
@@ -132,3 +134,33 @@ def test_a_budgeted_key_cannot_start_a_background_response(server, mock):
     assert answer["error"]["code"] == "background_not_budgeted"
     assert mock.requests == []
     mock.clear_replies()
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+def batch_file(model: str, lines: int, max_tokens: int) -> bytes:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": body}
+    return b"".join((json.dumps({"custom_id": str(i), **line}) + "\n").encode() for i in range(lines))
+
+
+def test_a_batch_is_held_to_what_the_budget_has_left_and_to_priced_models(server):
+    """Was: a batch could start whenever some budget was left (its cost is known only when it
+    ends), so a key with $5 a day ran batches of any size; and a batch of a model without a price
+    ran too (a budgeted key is refused such a model in a request), its cost never counted."""
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.keys["budgeted"], max_retries=0)
+
+    def start(data: bytes):
+        uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+        return client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+    with pytest.raises(RateLimitError) as err:  # 20 × 100,000 tokens of gpt-4o at half price: $10
+        start(batch_file("gpt-4o", 20, 100_000))
+    assert err.value.body["code"] == "budget_exceeded"
+    with pytest.raises(PermissionDeniedError) as denied:
+        start(batch_file("sy-unpriced-model", 1, 10))
+    assert denied.value.body["code"] == "model_not_priced"
+    assert start(batch_file("gpt-4o", 2, 100_000)).id.startswith("batch")  # $1: it fits
