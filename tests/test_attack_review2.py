@@ -12,13 +12,19 @@ from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
 from openai import OpenAI, PermissionDeniedError, RateLimitError
 
+BODY_CAP = 1024
 FALLBACK_CHAINS = {"gpt-4o-mini": ["openai/gpt-4o"], "gpt-4.1-nano": ["openai/sy-unpriced-model"]}
 
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     """OpenAI on the mock, the fallback module on (no retries), and keys of every kind."""
-    env = {**base_env(cache_home), "OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": mock.url + "/v1"}
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_BODY_CAP_BYTES": str(BODY_CAP),  # trace bodies kept short
+    }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack2") / "s.db", env)
     keys = {
         "mini": ["--models", "gpt-4o-mini"],
@@ -164,3 +170,28 @@ def test_a_batch_is_held_to_what_the_budget_has_left_and_to_priced_models(server
         start(batch_file("sy-unpriced-model", 1, 10))
     assert denied.value.body["code"] == "model_not_priced"
     assert start(batch_file("gpt-4o", 2, 100_000)).id.startswith("batch")  # $1: it fits
+
+
+# -- answers without usage -------------------------------------------------------------------------
+
+
+def test_a_stream_without_usage_is_estimated_from_all_it_relayed_not_from_the_trace_body(server, mock):
+    """Was: an answer without usage (a provider that ignores ``include_usage``, a stream the client
+    cut before its usage chunk) was estimated from the trace body, which keeps only
+    STOCKYARD_BODY_CAP_BYTES (none at 0): a long answer was billed as a short one."""
+    text = "word " * 4000  # 20,000 bytes relayed
+    delta = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": []}
+    events = [
+        json.dumps({**delta, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}),
+        json.dumps({**delta, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        "[DONE]",
+    ]
+    mock.enqueue(Reply(sse=events))
+    body = {**chat("gpt-4o-mini"), "stream": True, "max_tokens": 10_000}
+    status, headers, raw = server.request(
+        "POST", "/v1/chat/completions", body, headers={"Authorization": f"Bearer {server.keys['budgeted']}"}
+    )
+    assert status == 200 and text.encode() in raw
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["usage_estimated"] == 1 and trace["cost_status"] == "estimate"
+    assert trace["completion_tokens"] >= len(text) // 4 > BODY_CAP
