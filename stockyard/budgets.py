@@ -155,6 +155,17 @@ class BudgetExceeded(Exception):
         return ProxyError(429, text, code="budget_exceeded", type="budget_exceeded", headers=headers)
 
 
+def background_refused(whose: str) -> ProxyError:
+    """The 403 for a background response under a budget: its cost would never be counted."""
+    return ProxyError(
+        403,
+        "a background response runs at the provider after its answer, so its cost is never seen here "
+        f"and the budget on {whose} cannot be enforced; send it without 'background'",
+        param="background",
+        code="background_not_budgeted",
+    )
+
+
 Warn = Callable[[Budget, str, int, int], None]  # budget, period key, spent, threshold percent
 Exhausted = Callable[[BudgetExceeded], None]  # the first refusal of a (budget, period) that is spent
 

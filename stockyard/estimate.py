@@ -16,11 +16,18 @@ edge (``limits.check_request_numbers``): they are whole numbers in range, or abs
 from __future__ import annotations
 
 from .context import RequestContext
+from .errors import RESPONSES
 from .limits import request_numbers
 from .pricing import PER, Price, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
+
+
+def runs_after_answer(ctx: RequestContext) -> bool:
+    """A background Responses request: the provider works after its answer, which carries no
+    usage yet, so its real cost never comes back here (budgets refuse it, tpm keeps its worst case)."""
+    return ctx.dialect == RESPONSES and bool(ctx.body.get("background"))
 
 
 def text_tokens(data: bytes) -> int:

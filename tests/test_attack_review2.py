@@ -31,12 +31,15 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
         "plain": [],
         "big": ["--models", "big"],
+        "tpm": ["--tpm", "20000"],
     }
     made = {name: srv.cli("keys", "create", "--name", name, *extra) for name, extra in keys.items()}
     assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
     for args in (
         ("modules", "set", "fallback", "retries=0", f"chains={json.dumps(FALLBACK_CHAINS)}"),
         ("modules", "enable", "fallback"),
+        ("modules", "set", "userlimits", "budget_usd=1"),  # only requests naming an end user
+        ("modules", "enable", "userlimits"),
         ("models", "add", "big", "--fallbacks", "gpt-4o"),
         (
             "models",
@@ -120,25 +123,33 @@ def test_a_budgeted_key_never_falls_back_to_a_model_without_a_price(server, mock
 # -- background responses --------------------------------------------------------------------------
 
 
-def test_a_budgeted_key_cannot_start_a_background_response(server, mock):
+QUEUED = {"id": "resp_bg1", "object": "response", "status": "queued", "model": "gpt-4o", "output": [], "usage": None}
+BACKGROUND = {"model": "gpt-4o", "input": "write a novel", "background": True, "max_output_tokens": 15000}
+
+
+@pytest.mark.parametrize("who, user", [("budgeted", None), ("plain", "eve")])
+def test_a_budget_refuses_a_background_response(server, mock, who, user):
     """Was: a background response answers at once (``queued``, no usage) and runs at the provider
     afterwards; its cost was estimated from the few bytes of that first answer, so a budgeted key
-    ran any number of them nearly free."""
+    (or end user) ran any number of them nearly free."""
     mock.clear()
-    queued = {
-        "id": "resp_bg1",
-        "object": "response",
-        "status": "queued",
-        "model": "gpt-4o",
-        "output": [],
-        "usage": None,
-    }
-    mock.enqueue(Reply(json=queued))
-    body = {"model": "gpt-4o", "input": "write a novel", "background": True, "max_output_tokens": 100000}
-    status, _, answer = post(server, "budgeted", "/v1/responses", body)
-    assert status == 403, answer
-    assert answer["error"]["code"] == "background_not_budgeted"
+    mock.enqueue(Reply(json=QUEUED))
+    headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
+    status, _, raw = server.request("POST", "/v1/responses", BACKGROUND, headers=headers)
+    assert status == 403, raw
+    assert json.loads(raw)["error"]["code"] == "background_not_budgeted"
     assert mock.requests == []
+    mock.clear_replies()
+
+
+def test_a_background_response_keeps_its_worst_case_in_the_tpm_window(server, mock):
+    """Was: the tpm window was corrected to the usage of the ``queued`` answer (an estimate of a
+    few tokens), so a key with 20,000 tpm started background responses of 15,000 tokens each
+    as fast as it liked."""
+    mock.enqueue(Reply(json=QUEUED), Reply(json=QUEUED))
+    assert post(server, "tpm", "/v1/responses", BACKGROUND)[0] == 200
+    status, _, answer = post(server, "tpm", "/v1/responses", BACKGROUND)
+    assert status == 429, answer
     mock.clear_replies()
 
 

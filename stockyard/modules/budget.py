@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 
 from .. import estimate
-from ..budgets import BudgetExceeded, budgets_for, scopes_of
+from ..budgets import BudgetExceeded, background_refused, budgets_for, scopes_of
 from ..context import RequestContext
-from ..errors import RESPONSES, ProxyError
+from ..errors import ProxyError
 from ..providers.media import ENDPOINTS as MEDIA_ENDPOINTS
 from .base import Module
 
@@ -43,14 +43,8 @@ class BudgetModule(Module):
         budgets = budgets_for(key, services.project_budgets())
         if not budgets:
             return
-        if ctx.dialect == RESPONSES and ctx.body.get("background"):
-            raise ProxyError(
-                403,
-                "a background response runs at the provider after its answer, so its cost is never "
-                "seen here and the budget on this key cannot be enforced; send it without 'background'",
-                param="background",
-                code="background_not_budgeted",
-            )
+        if estimate.runs_after_answer(ctx):
+            raise background_refused("this key")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         price = services.pricer.price_of(ctx.route, model)
