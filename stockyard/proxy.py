@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
+from . import estimate
 from .attribution import attribute
 from .auth import Gatekeeper
 from .billing import Pricer
@@ -363,8 +364,10 @@ def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> I
     assert ctx.route is not None
     plan = ctx.plan
     if plan is not None and plan.first is not None:
-        for d in plan.deployments():
-            yield d.provider, d.upstream_model, d
+        asked = ctx.routed_model or ctx.model or ""
+        for d in plan.deployments():  # the first was priced by the budget; the next may cost more
+            if d is plan.first or counted(path, ctx, d.provider, d.upstream_model, asked):
+                yield d.provider, d.upstream_model, d
     else:
         yield ctx.route.provider, ctx.route.model, None
     for name in plan.route.fallbacks if plan is not None else ():
@@ -397,11 +400,20 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
 
 def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
     """Whether a budget can count a fallback: a request holding a budget reservation never falls
-    back to a model without a price (its cost would be unknown, and never reach the budget)."""
+    back to a model without a price (its cost would be unknown, and never reach the budget), nor
+    to a dearer one whose worst case the key's budgets cannot hold too (``budget.Cover``)."""
     held = "budget" in ctx.state or "userlimits.budget" in ctx.state
-    if not held or ctx.endpoint in media.ENDPOINTS or path.pricer.price_of(Route(provider, model), name):
+    if not held or ctx.endpoint in media.ENDPOINTS:
         return True
-    log.warning("fallback %r for %r skipped: it has no price and the request is under a budget", name, ctx.model)
+    price = path.pricer.price_of(Route(provider, model), name)
+    cover = ctx.state.get("budget.cover")
+    if price is None:
+        why = "it has no price"
+    elif cover is None or cover(estimate.request_cost(ctx, price, path.settings.default_max_tokens)):
+        return True
+    else:
+        why = "its worst case is more than the budget has left"
+    log.warning("fallback %r for %r skipped: %s and the request is under a budget", name, ctx.model, why)
     return False
 
 

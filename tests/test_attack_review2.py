@@ -120,6 +120,23 @@ def test_a_budgeted_key_never_falls_back_to_a_model_without_a_price(server, mock
     assert status == 200 and models_sent(mock) == ["gpt-4.1-nano", "sy-unpriced-model"]
 
 
+def test_a_fallback_to_a_dearer_model_first_holds_its_worst_case(server, mock):
+    """Was: the budget held the worst case at the first model's price only, so a fallback to a
+    dearer model (gpt-4o-mini → gpt-4o: 16× the output price) could cost far more than was held,
+    every request in flight at once."""
+    body = {**chat("gpt-4o-mini"), "max_tokens": 1_000_000}  # $0.60 at gpt-4o-mini, $10 at gpt-4o
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    assert post(server, "budgeted", "/v1/chat/completions", body)[0] == 500  # $10 > the $5 budget
+    assert models_sent(mock) == ["gpt-4o-mini"]
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    body["max_tokens"] = 300_000  # $3 at gpt-4o: it fits, and is held until the request ends
+    assert post(server, "budgeted", "/v1/chat/completions", body)[0] == 200
+    assert models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+    assert post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o"), "max_tokens": 450_000})[0] == 200
+
+
 # -- background responses --------------------------------------------------------------------------
 
 
