@@ -137,6 +137,16 @@ def test_a_fallback_to_a_dearer_model_first_holds_its_worst_case(server, mock):
     assert post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o"), "max_tokens": 450_000})[0] == 200
 
 
+@pytest.mark.parametrize("tier, status", [("priority", 403), ("scale", 403), ("flex", 200), ("default", 200)])
+def test_a_budgeted_key_cannot_ask_for_a_dearer_service_tier(server, tier, status):
+    """Was: ``service_tier: priority`` went to OpenAI as sent and was billed there at about twice
+    the standard rates, while Stockyard counted the standard price against the budget."""
+    got, _, answer = post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o-mini"), "service_tier": tier})
+    assert got == status, answer
+    if status == 403:
+        assert answer["error"]["code"] == "service_tier_not_budgeted"
+
+
 # -- background responses --------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ any failed attempt a provider billed, all priced before the after hooks run).
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
 price with ``stockyard prices set``. For the same reason it is refused background responses
-(403 ``background_not_budgeted``): they run after their answer, whose usage is still empty.
+(403 ``background_not_budgeted``: they run after their answer, whose usage is still empty) and
+OpenAI's dearer service tiers (``service_tier_not_budgeted``; ``budgets.check_countable``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .. import estimate
-from ..budgets import Budget, BudgetExceeded, Hold, Ledger, background_refused, budgets_for, scopes_of
+from ..budgets import Budget, BudgetExceeded, Hold, Ledger, budgets_for, check_countable, scopes_of
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..providers.media import ENDPOINTS as MEDIA_ENDPOINTS
@@ -72,8 +73,7 @@ class BudgetModule(Module):
         budgets = budgets_for(key, services.project_budgets())
         if not budgets:
             return
-        if estimate.runs_after_answer(ctx):
-            raise background_refused("this key")
+        check_countable(ctx, "this key")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         price = services.pricer.price_of(ctx.route, model)

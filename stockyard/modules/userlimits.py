@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import estimate
-from ..budgets import PERIODS, BudgetExceeded, background_refused, user_budget
+from ..budgets import PERIODS, BudgetExceeded, check_countable, user_budget
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..pricing import microcents_from_usd
@@ -101,8 +101,7 @@ class UserLimitsModule(Module):
                 raise exc.error() from None
         if limits.budget_uc is None:
             return
-        if estimate.runs_after_answer(ctx):
-            raise background_refused("this end user")
+        check_countable(ctx, "this end user")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         price = self.services.pricer.price_of(ctx.route, model)
