@@ -12,6 +12,8 @@ from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
 from openai import OpenAI, PermissionDeniedError, RateLimitError
 
+from stockyard.pricing import PriceTable, Usage, cost_microcents
+
 BODY_CAP = 1024
 FALLBACK_CHAINS = {"gpt-4o-mini": ["openai/gpt-4o"], "gpt-4.1-nano": ["openai/sy-unpriced-model"]}
 
@@ -233,3 +235,25 @@ def test_a_stream_without_usage_is_estimated_from_all_it_relayed_not_from_the_tr
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["usage_estimated"] == 1 and trace["cost_status"] == "estimate"
     assert trace["completion_tokens"] >= len(text) // 4 > BODY_CAP
+
+
+def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate():
+    """Was: every cache write was priced at the 5-minute rate (1.25× input), so a client marking
+    its prompt ``cache_control: {"ttl": "1h"}`` (billed 2× input) was under-counted by 37.5 %."""
+    price = PriceTable.load().lookup("claude-sonnet-4-5", "anthropic")
+    assert price is not None
+    reported = {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": 1_000_000,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1_000_000},
+        "output_tokens": 0,
+    }
+    usage = Usage.from_anthropic(reported)
+    assert usage.cache_write_tokens == usage.cache_write_long_tokens == 1_000_000
+    assert cost_microcents(price, usage) == cost_microcents(price, Usage(prompt_tokens=10)) + 600 * 10**6  # $6.00
+    five_minutes = {**reported, "cache_creation": {"ephemeral_5m_input_tokens": 1_000_000}}
+    assert (
+        cost_microcents(price, Usage.from_anthropic(five_minutes))
+        == cost_microcents(price, Usage(prompt_tokens=10)) + 375 * 10**6
+    )  # $3.75
