@@ -9,11 +9,14 @@ over-estimate for English text, and JSON punctuation counts too); the prompt is 
 once, however many choices come back. Output is the request's own cap on output tokens
 (the largest one it sets, ``default_max_tokens`` when it sets none) times the number of
 outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
-generated upstream, Gemini's ``candidateCount``. The proxy checked these fields at the
+generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction`` adds its
+own tokens to each output (what the model does not use of it is billed as output). The proxy checked these fields at the
 edge (``limits.check_request_numbers``): they are whole numbers in range, or absent.
 """
 
 from __future__ import annotations
+
+import json
 
 from .context import RequestContext
 from .errors import RESPONSES
@@ -65,12 +68,24 @@ def choices(body: dict) -> int:
     return _largest(body)[1] or 1
 
 
+def predicted_tokens(body: dict) -> int:
+    """A Chat Completions ``prediction`` (predicted outputs): the tokens of it the model does not
+    use are billed as output, beyond ``max_tokens``, so the worst case counts all of them."""
+    prediction = body.get("prediction")
+    if not isinstance(prediction, dict) or prediction.get("content") is None:
+        return 0
+    return text_tokens(json.dumps(prediction["content"], ensure_ascii=False).encode())
+
+
 def output_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
-    """Every output token the request may be billed for: cap per choice × choices."""
+    """Every output token the request may be billed for: (cap + prediction) per choice × choices."""
     if ctx.endpoint in NO_OUTPUT:
         return 0
     cap, count = _largest(ctx.body)  # one pass over the body's numbers
-    return (default_max_tokens if cap is None else cap) * (count or 1)
+    per_choice = default_max_tokens if cap is None else cap
+    if "prediction" in ctx.body:
+        per_choice += predicted_tokens(ctx.body)
+    return per_choice * (count or 1)
 
 
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:

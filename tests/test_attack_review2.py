@@ -257,3 +257,14 @@ def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate():
         cost_microcents(price, Usage.from_anthropic(five_minutes))
         == cost_microcents(price, Usage(prompt_tokens=10)) + 375 * 10**6
     )  # $3.75
+
+
+def test_a_predicted_output_is_reserved_at_the_output_rate(server, mock):
+    """Was: a ``prediction``'s tokens were reserved as input only, but the ones the model does not
+    use are billed as output (beyond max_tokens): at gpt-4o, 4× the input rate."""
+    prediction = {"type": "content", "content": "x" * 2_000_000}  # 500,000 tokens: $1.25 as input, $6.25 in all
+    body = {**chat("gpt-4o"), "max_tokens": 1, "prediction": prediction}
+    mock.clear()
+    status, _, answer = post(server, "budgeted", "/v1/chat/completions", body)
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
+    assert mock.requests == []
