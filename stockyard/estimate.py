@@ -25,6 +25,7 @@ from .pricing import PER, Price, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
+IMAGE_OUTPUT_TOKENS = 6240  # gpt-image-1's largest image (high quality, 1024x1536): more than the default cap
 
 
 def runs_after_answer(ctx: RequestContext) -> bool:
@@ -119,8 +120,9 @@ def media_request_cost(
 ) -> int | None:
     """The worst case of an audio, images or moderations request; None when it cannot be priced.
 
-    Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs at the
-    default output cap. Speech: its characters (tts-1), or its text and the default output cap.
+    Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs of
+    the default output cap or ``IMAGE_OUTPUT_TOKENS``, whichever is more.
+    Speech: its characters (tts-1), or its text and the default output cap.
     Audio input has no length before the provider answers: nothing is reserved for the audio
     itself (seconds or audio tokens), only for what the request shows (its text, the default
     output cap); the real cost settles the reservation when the answer comes.
@@ -132,7 +134,7 @@ def media_request_cost(
         if image_price is not None:
             return unit_cost(image_price, n)
         if price is not None and price.unit == "token":
-            return worst_case_cost(price, input_tokens(ctx), default_max_tokens * n)
+            return worst_case_cost(price, input_tokens(ctx), max(default_max_tokens, IMAGE_OUTPUT_TOKENS) * n)
         return None
     if price is None:
         return None

@@ -34,6 +34,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "plain": [],
         "big": ["--models", "big"],
         "tpm": ["--tpm", "20000"],
+        "painter": ["--budget-usd", "2", "--budget-period", "day"],
     }
     made = {name: srv.cli("keys", "create", "--name", name, *extra) for name, extra in keys.items()}
     assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
@@ -267,4 +268,16 @@ def test_a_predicted_output_is_reserved_at_the_output_rate(server, mock):
     mock.clear()
     status, _, answer = post(server, "budgeted", "/v1/chat/completions", body)
     assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
+    assert mock.requests == []
+
+
+def test_token_priced_images_are_reserved_at_their_largest_size(server, mock):
+    """Was: a token-priced image model (gpt-image-1) was reserved at the default output cap (4096
+    tokens) per image, but a high-quality 1536x1024 image is 6,240 output tokens: ten of them
+    cost $2.50 at $40/M, and a $2 budget let them through."""
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.keys["painter"], max_retries=0)
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        client.images.generate(model="gpt-image-1", prompt="a cat", n=10, quality="high", size="1536x1024")
+    assert err.value.body["code"] == "budget_exceeded"
     assert mock.requests == []
