@@ -20,7 +20,16 @@ from .auth import Gatekeeper
 from .backup import Snapshotter
 from .batch_costs import BatchCosts, BatchWatch
 from .billing import Pricer
-from .budgets import Budget, BudgetRecords, Ledger, budgets_for, load_project_budgets, scopes_of, seconds_left
+from .budgets import (
+    Budget,
+    BudgetExceeded,
+    BudgetRecords,
+    Ledger,
+    budgets_for,
+    load_project_budgets,
+    scopes_of,
+    seconds_left,
+)
 from .chain import Chain, HookFailures
 from .config import Settings
 from .context import RequestContext
@@ -180,14 +189,31 @@ class App:
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
 
-    def check_batch_budget(self, ctx: RequestContext) -> None:
-        """A key (or its project) whose budget is used up starts no batch (429): a batch's cost is
-        known only when it completes, so it may start while some budget is left. Not when the
-        budget module is off for the key."""
+    def check_batch_budget(self, ctx: RequestContext, worst: int | None) -> None:
+        """A key (or its project) whose budget is used up starts no batch (429), nor one whose
+        worst case (``worst``, µ¢) is more than is left, nor one naming a model without a price
+        (403 ``model_not_priced``; ``worst`` None). A batch's cost is known only when it completes,
+        so its worst case is checked, not held: batches started together may pass the budget.
+        Not when the budget module is off for the key."""
         key = ctx.key
         if key is None or not self._chain.runs("budget", ctx):
             return
         budgets = budgets_for(key, self._project_budgets)
+        if budgets and worst is None:
+            raise ProxyError(
+                403,
+                "the batch names a model with no price, so the budget on this key cannot be enforced; "
+                "an operator can add one with `stockyard prices set`",
+                param="input_file_id",
+                code="model_not_priced",
+            )
+        if budgets and worst:
+            try:
+                hold = self.ledger.reserve(budgets, worst, ctx.ts_ms)
+            except BudgetExceeded as exc:
+                raise exc.error() from None
+            self.ledger.settle(hold, 0, (), ctx.ts_ms)  # a check: the batch is billed when it ends
+            return
         used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
         if used_up is None:
             return

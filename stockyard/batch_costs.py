@@ -29,7 +29,7 @@ from typing import Callable
 
 from .context import RequestContext
 from .errors import OPENAI
-from .files_api import FilesAPI, lines_of, mark_billed, upstream_path
+from .files_api import BATCH_PRICE, FilesAPI, lines_of, mark_billed, upstream_path
 from .keys import KeyRecord, KeyRing
 from .metrics import Metrics
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
@@ -41,7 +41,6 @@ from .store.traces import trace_row_from
 
 log = logging.getLogger("stockyard.batches")
 
-BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
 WATCH_DAYS = 30  # batches older than this are no longer looked at (a batch ends within 24 hours)
 MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
 Settle = Callable[[KeyRecord, int, int], None]  # (owner key, cost µ¢, ts ms): the budget ledger learns it

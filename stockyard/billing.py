@@ -54,7 +54,7 @@ class Pricer:
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
-            a.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=len(a.response_body) // 4)
+            a.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=a.response_bytes // 4)
             a.usage_estimated = True
         if price is None:
             a.cost_status = "unknown"

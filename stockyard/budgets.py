@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
+from .context import RequestContext
 from .errors import ProxyError
+from .estimate import runs_after_answer
 from .pricing import format_usd
 
 if TYPE_CHECKING:
@@ -153,6 +155,32 @@ class BudgetExceeded(Exception):
             if wait is not None:
                 headers["Retry-After"] = str(wait)
         return ProxyError(429, text, code="budget_exceeded", type="budget_exceeded", headers=headers)
+
+
+COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at the price table's rates or less
+
+
+def check_countable(ctx: RequestContext, whose: str) -> None:
+    """The 403 for a request a budget could not count: a background response (it runs after its
+    answer, whose usage is still empty) or a dearer service tier (OpenAI's ``priority`` bills
+    above the price table's rates)."""
+    if runs_after_answer(ctx):
+        raise ProxyError(
+            403,
+            "a background response runs at the provider after its answer, so its cost is never seen here "
+            f"and the budget on {whose} cannot be enforced; send it without 'background'",
+            param="background",
+            code="background_not_budgeted",
+        )
+    tier = ctx.body.get("service_tier")
+    if tier not in COUNTED_TIERS:
+        raise ProxyError(
+            403,
+            f"service_tier {str(tier)[:40]!r} is billed above the prices Stockyard knows, so the budget on "
+            f"{whose} cannot be enforced; use 'auto', 'default' or 'flex'",
+            param="service_tier",
+            code="service_tier_not_budgeted",
+        )
 
 
 Warn = Callable[[Budget, str, int, int], None]  # budget, period key, spent, threshold percent

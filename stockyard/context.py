@@ -184,6 +184,7 @@ class Attempt:
     upstream_request_id: str | None = None
     response_body: bytearray = field(default_factory=bytearray)
     response_truncated: bool = False
+    response_bytes: int = 0  # every byte of the answer, kept or not: what an estimate counts
     cost_uc: int | None = None
     cost_status: str = "none"
     media_seconds: float | None = None  # audio the provider billed by duration (whisper-1)
@@ -209,7 +210,8 @@ class Attempt:
             self.ttfb = time.perf_counter()
 
     def capture(self, data: bytes, cap: int) -> None:
-        """Keep the answer for the trace body, up to ``cap`` bytes."""
+        """Keep the answer for the trace body, up to ``cap`` bytes (counting them all)."""
+        self.response_bytes += len(data)
         room = cap - len(self.response_body)
         if room <= 0:
             if data:

@@ -9,18 +9,29 @@ over-estimate for English text, and JSON punctuation counts too); the prompt is 
 once, however many choices come back. Output is the request's own cap on output tokens
 (the largest one it sets, ``default_max_tokens`` when it sets none) times the number of
 outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
-generated upstream, Gemini's ``candidateCount``. The proxy checked these fields at the
+generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction`` adds its
+own tokens to each output (what the model does not use of it is billed as output). The proxy checked these fields at the
 edge (``limits.check_request_numbers``): they are whole numbers in range, or absent.
 """
 
 from __future__ import annotations
 
+import json
+
 from .context import RequestContext
+from .errors import RESPONSES
 from .limits import request_numbers
 from .pricing import PER, Price, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
+IMAGE_OUTPUT_TOKENS = 6240  # gpt-image-1's largest image (high quality, 1024x1536): more than the default cap
+
+
+def runs_after_answer(ctx: RequestContext) -> bool:
+    """A background Responses request: the provider works after its answer, which carries no
+    usage yet, so its real cost never comes back here (budgets refuse it, tpm keeps its worst case)."""
+    return ctx.dialect == RESPONSES and bool(ctx.body.get("background"))
 
 
 def text_tokens(data: bytes) -> int:
@@ -58,12 +69,24 @@ def choices(body: dict) -> int:
     return _largest(body)[1] or 1
 
 
+def predicted_tokens(body: dict) -> int:
+    """A Chat Completions ``prediction`` (predicted outputs): the tokens of it the model does not
+    use are billed as output, beyond ``max_tokens``, so the worst case counts all of them."""
+    prediction = body.get("prediction")
+    if not isinstance(prediction, dict) or prediction.get("content") is None:
+        return 0
+    return text_tokens(json.dumps(prediction["content"], ensure_ascii=False).encode())
+
+
 def output_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
-    """Every output token the request may be billed for: cap per choice × choices."""
+    """Every output token the request may be billed for: (cap + prediction) per choice × choices."""
     if ctx.endpoint in NO_OUTPUT:
         return 0
     cap, count = _largest(ctx.body)  # one pass over the body's numbers
-    return (default_max_tokens if cap is None else cap) * (count or 1)
+    per_choice = default_max_tokens if cap is None else cap
+    if "prediction" in ctx.body:
+        per_choice += predicted_tokens(ctx.body)
+    return per_choice * (count or 1)
 
 
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
@@ -97,8 +120,9 @@ def media_request_cost(
 ) -> int | None:
     """The worst case of an audio, images or moderations request; None when it cannot be priced.
 
-    Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs at the
-    default output cap. Speech: its characters (tts-1), or its text and the default output cap.
+    Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs of
+    the default output cap or ``IMAGE_OUTPUT_TOKENS``, whichever is more.
+    Speech: its characters (tts-1), or its text and the default output cap.
     Audio input has no length before the provider answers: nothing is reserved for the audio
     itself (seconds or audio tokens), only for what the request shows (its text, the default
     output cap); the real cost settles the reservation when the answer comes.
@@ -110,7 +134,7 @@ def media_request_cost(
         if image_price is not None:
             return unit_cost(image_price, n)
         if price is not None and price.unit == "token":
-            return worst_case_cost(price, input_tokens(ctx), default_max_tokens * n)
+            return worst_case_cost(price, input_tokens(ctx), max(default_max_tokens, IMAGE_OUTPUT_TOKENS) * n)
         return None
     if price is None:
         return None

@@ -25,7 +25,8 @@ from io import RawIOBase
 from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
 
-from .context import RequestContext
+from . import estimate
+from .context import RequestContext, Route
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import Request, json_object
 from .keys import KeyRecord
@@ -142,6 +143,9 @@ def referenced_files(body: object) -> set[str]:
         elif isinstance(value, list):
             stack.extend(value)
     return found
+
+
+BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
 
 
 def restricted(key: KeyRecord | None) -> bool:
@@ -274,15 +278,15 @@ class Answer:
 
 class FilesAPI:
     """The files and batches routes. ``on_completed(ctx, provider, batch)`` is told of each
-    completed batch its owner sees (the batch cost recorder); ``check_budget(ctx)`` refuses a
-    batch to a key whose budget is used up."""
+    completed batch its owner sees (the batch cost recorder); ``check_budget(ctx, worst)`` refuses a
+    batch to a key whose budget is used up or cannot take the batch's worst case (None: unpriced)."""
 
     def __init__(
         self,
         path: RequestPath,
         ownership: Ownership,
         on_completed: Callable[[RequestContext, Provider, dict], None],
-        check_budget: Callable[[RequestContext], None],
+        check_budget: Callable[[RequestContext, int | None], None],
     ) -> None:
         self._path = path
         self.ownership = ownership
@@ -519,15 +523,21 @@ class FilesAPI:
             self.ownership.claim(doc["id"], "file", owner_of(ctx), provider.name)
         self._send(reply, ctx, answer)
 
-    def _check_batch_lines(self, ctx: RequestContext, provider: Provider, source: IO[bytes] | Iterator[bytes]) -> None:
+    def _check_batch_lines(
+        self, ctx: RequestContext, provider: Provider, source: IO[bytes] | Iterator[bytes]
+    ) -> int | None:
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
         ``provider``), and any key only its own files (``file_id``) and its own responses
-        (``previous_response_id``). A line too long to hold is refused, never skipped."""
+        (``previous_response_id``). A line too long to hold is refused, never skipped.
+
+        Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
+        price), or None when a line's model has no price: what a budget holds the batch to."""
         key = ctx.key
         if key is None:  # open mode: one owner
-            return
+            return 0
         route, number = self._path.registry().routes_to, 0
+        worst: int | None = 0
 
         def too_long() -> None:
             raise ProxyError(
@@ -539,9 +549,11 @@ class FilesAPI:
 
         for number, line in enumerate(lines_of(source, too_long=too_long), 1):
             try:
-                body = json.loads(line).get("body")
-            except (ValueError, AttributeError):
-                body = None
+                request = json.loads(line)
+            except ValueError:
+                request = None
+            request = request if isinstance(request, dict) else {}
+            body = request.get("body")
             body = body if isinstance(body, dict) else {}
             model = body.get("model")
             if restricted(key) and (
@@ -566,6 +578,22 @@ class FilesAPI:
                     param="file",
                     code="not_found",
                 )
+            if worst is not None:
+                cost = self._line_cost(provider, model, request.get("url"), body, line)
+                worst = None if cost is None else worst + cost
+        return worst
+
+    def _line_cost(self, provider: Provider, model: object, url: object, body: dict, line: bytes) -> int | None:
+        """The worst case of one batch line at the batch price (None: its model has no price)."""
+        price = self._path.pricer.price_of(Route(provider, model), model) if isinstance(model, str) else None
+        if price is None or price.unit != "token":
+            return None
+        outputs = 0
+        if not (isinstance(url, str) and url.rstrip("/").endswith("/embeddings")):
+            outputs = estimate.output_cap(body, self._path.settings.default_max_tokens) * estimate.choices(body)
+        full = estimate.worst_case_cost(price, estimate.text_tokens(line), outputs)
+        part, whole = BATCH_PRICE
+        return -(-full * part // whole)
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, collection: str, query: dict[str, str]) -> None:
@@ -631,20 +659,20 @@ class FilesAPI:
         if owned is None:
             raise not_found("file", file_id, "input_file_id")
         provider = self._provider_named(owned.provider)
-        self._check_budget(ctx)
-        self._check_input_file(ctx, provider, file_id)
+        self._check_budget(ctx, 0)  # used up: refused before the file is read
+        self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
         answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
             self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name)
             self._see_batch(ctx, provider, doc)
         self._send(reply, ctx, answer)
 
-    def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> None:
+    def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> int | None:
         """A batch's input file, read back from the provider as it streams and checked line by line
         (``_check_batch_lines``): the upload was checked only if it said ``purpose=batch``, and not
-        every provider insists on that purpose."""
+        every provider insists on that purpose. Returns the batch's worst-case cost (None: unpriced)."""
         if ctx.key is None:
-            return
+            return 0
         answer, resp = self._request(ctx, provider, "GET", f"/files/{file_id}/content")
         if answer.status >= 400:
             resp.read_all()
@@ -655,7 +683,7 @@ class FilesAPI:
                 code="input_file_unreadable",
             )
         try:
-            self._check_batch_lines(ctx, provider, resp.chunks())
+            return self._check_batch_lines(ctx, provider, resp.chunks())
         except UpstreamError as exc:
             raise exc.answer(provider.name, self._path.scrub.text) from None
         except BaseException:

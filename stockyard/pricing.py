@@ -200,6 +200,7 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     media_tokens: int = 0  # input tokens that are audio or images (part of prompt_tokens)
+    cache_write_long_tokens: int = 0  # of cache_write_tokens: Anthropic's 1-hour writes, at twice the input rate
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -234,14 +235,17 @@ class Usage:
 
     @classmethod
     def from_anthropic(cls, usage: Mapping[str, Any] | None) -> Usage:
-        """Anthropic reports input_tokens WITHOUT cache reads/writes; add them back."""
+        """Anthropic reports input_tokens WITHOUT cache reads/writes; add them back. Writes to
+        the 1-hour cache (``cache_creation.ephemeral_1h_input_tokens``) cost more than 5-minute ones."""
         read = _count(usage, "cache_read_input_tokens")
         write = _count(usage, "cache_creation_input_tokens")
+        creation = usage.get("cache_creation") if isinstance(usage, Mapping) else None
         return cls(
             prompt_tokens=_count(usage, "input_tokens") + read + write,
             completion_tokens=_count(usage, "output_tokens"),
             cached_tokens=read,
             cache_write_tokens=write,
+            cache_write_long_tokens=min(_count(creation, "ephemeral_1h_input_tokens"), write),
         )
 
     @classmethod
@@ -293,10 +297,16 @@ def cost_numerator(price: Price, usage: Usage) -> int:
         uncached * price.input
         + media * media_rate
         + usage.cached_tokens * price.cached_input
-        + usage.cache_write_tokens * price.cache_write
+        + (usage.cache_write_tokens - usage.cache_write_long_tokens) * price.cache_write
+        + usage.cache_write_long_tokens * long_cache_write_rate(price)
         + plain_output * price.output
         + usage.reasoning_tokens * reasoning_rate
     )
+
+
+def long_cache_write_rate(price: Price) -> int:
+    """A write to Anthropic's 1-hour prompt cache: twice the input rate (a 5-minute write is 1.25×)."""
+    return max(price.cache_write, 2 * price.input)
 
 
 def unit_cost(price: Price, units: int) -> int:

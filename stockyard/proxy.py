@@ -28,12 +28,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
+from . import estimate
 from .attribution import attribute
 from .auth import Gatekeeper
 from .billing import Pricer
 from .chain import Chain
 from .config import Settings
-from .context import Attempt, RequestContext, RetryPolicy
+from .context import Attempt, RequestContext, RetryPolicy, Route
 from .conversations import Conversations
 from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
@@ -363,8 +364,10 @@ def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> I
     assert ctx.route is not None
     plan = ctx.plan
     if plan is not None and plan.first is not None:
-        for d in plan.deployments():
-            yield d.provider, d.upstream_model, d
+        asked = ctx.routed_model or ctx.model or ""
+        for d in plan.deployments():  # the first was priced by the budget; the next may cost more
+            if d is plan.first or counted(path, ctx, d.provider, d.upstream_model, asked):
+                yield d.provider, d.upstream_model, d
     else:
         yield ctx.route.provider, ctx.route.model, None
     for name in plan.route.fallbacks if plan is not None else ():
@@ -377,18 +380,41 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
     """Where a fallback name goes: a model's deployments, or the provider it routes to."""
     route = ctx.plan.models.get(name) if ctx.plan is not None else None
     try:
+        if ctx.key is not None and not ctx.key.allows_model(name, path.registry().routes_to):
+            raise ProxyError(403, f"key {ctx.key.name!r} may not use it")
         if ctx.plan is not None and route is not None and route.deployments:
             plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
             for d in plan.deployments():
                 adapter_for(d.provider, ctx.dialect, ctx.endpoint)
-                yield d.provider, d.upstream_model, d
+                if counted(path, ctx, d.provider, d.upstream_model, name):
+                    yield d.provider, d.upstream_model, d
             return
         provider, model = path.registry().resolve(name)
         adapter_for(provider, ctx.dialect, ctx.endpoint)
     except ProxyError as exc:
         log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
         return
-    yield provider, model, None
+    if counted(path, ctx, provider, model, name):
+        yield provider, model, None
+
+
+def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
+    """Whether a budget can count a fallback: a request holding a budget reservation never falls
+    back to a model without a price (its cost would be unknown, and never reach the budget), nor
+    to a dearer one whose worst case the key's budgets cannot hold too (``budget.Cover``)."""
+    held = "budget" in ctx.state or "userlimits.budget" in ctx.state
+    if not held or ctx.endpoint in media.ENDPOINTS:
+        return True
+    price = path.pricer.price_of(Route(provider, model), name)
+    cover = ctx.state.get("budget.cover")
+    if price is None:
+        why = "it has no price"
+    elif cover is None or cover(estimate.request_cost(ctx, price, path.settings.default_max_tokens)):
+        return True
+    else:
+        why = "its worst case is more than the budget has left"
+    log.warning("fallback %r for %r skipped: %s and the request is under a budget", name, ctx.model, why)
+    return False
 
 
 def attempt_once(

@@ -51,6 +51,8 @@ class RouteStep:
         except ProxyError:
             for name in route.fallbacks:
                 other = models.get(name)
+                if ctx.key is not None and not ctx.key.allows_model(name, self._registry().routes_to):
+                    continue  # never a model the key may not use
                 try:
                     if other is not None and other.deployments:
                         ctx.plan = models.plan(other, tokens)

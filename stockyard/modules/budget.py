@@ -9,15 +9,18 @@ any failed attempt a provider billed, all priced before the after hooks run).
 
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
-price with ``stockyard prices set``.
+price with ``stockyard prices set``. For the same reason it is refused background responses
+(403 ``background_not_budgeted``: they run after their answer, whose usage is still empty) and
+OpenAI's dearer service tiers (``service_tier_not_budgeted``; ``budgets.check_countable``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from .. import estimate
-from ..budgets import BudgetExceeded, budgets_for, scopes_of
+from ..budgets import Budget, BudgetExceeded, Hold, Ledger, budgets_for, check_countable, scopes_of
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..providers.media import ENDPOINTS as MEDIA_ENDPOINTS
@@ -26,6 +29,34 @@ from .base import Module
 log = logging.getLogger("stockyard.budgets")
 
 FREE_ENDPOINTS = ("count_tokens", "input_tokens")
+
+
+@dataclass
+class Cover:
+    """Room for a fallback (``proxy.counted`` calls it with the fallback's worst case): the request
+    holds its worst case at its first model's price, and a dearer fallback first holds the
+    difference too, or is skipped. The extra holds go when the request ends (its cost settles
+    the first hold)."""
+
+    ledger: Ledger
+    budgets: list[Budget]
+    held: int
+    ts_ms: int
+    extra: list[Hold] = field(default_factory=list)
+
+    def __call__(self, worst: int) -> bool:
+        if worst <= self.held:
+            return True
+        try:
+            self.extra.append(self.ledger.reserve(self.budgets, worst - self.held, self.ts_ms))
+        except Exception:  # over the budget, or its spend unreadable: not this fallback
+            return False
+        self.held = worst
+        return True
+
+    def release(self) -> None:
+        for hold in self.extra:
+            self.ledger.settle(hold, 0, (), self.ts_ms)
 
 
 class BudgetModule(Module):
@@ -42,6 +73,7 @@ class BudgetModule(Module):
         budgets = budgets_for(key, services.project_budgets())
         if not budgets:
             return
+        check_countable(ctx, "this key")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         price = services.pricer.price_of(ctx.route, model)
@@ -64,6 +96,7 @@ class BudgetModule(Module):
         amount = found
         try:
             ctx.state["budget"] = services.ledger.reserve(budgets, amount, ctx.ts_ms)
+            ctx.state["budget.cover"] = Cover(services.ledger, budgets, amount, ctx.ts_ms)
         except BudgetExceeded as exc:
             raise exc.error() from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
@@ -77,6 +110,9 @@ class BudgetModule(Module):
     def after(self, ctx: RequestContext) -> None:
         if ctx.key is None:
             return
+        cover = ctx.state.pop("budget.cover", None)
+        if cover is not None:
+            cover.release()
         billed = (ctx.attempt.cost_uc or 0) + sum(
             a.cost_uc or 0 for a in ctx.attempts
         )  # failed attempts a provider billed

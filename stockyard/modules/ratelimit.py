@@ -163,7 +163,7 @@ class RateLimitModule(Module):
 
     def after(self, ctx: RequestContext) -> None:
         entry = ctx.state.pop("ratelimit", None)
-        if entry is None or not ctx.key.tpm:
-            return
+        if entry is None or not ctx.key.tpm or estimate.runs_after_answer(ctx):
+            return  # a background response's usage never comes back: its worst case stays counted
         used = ctx.attempt.usage.prompt_tokens + ctx.attempt.usage.completion_tokens if ctx.attempt.usage else 0
         self.limiter.correct(ctx.key.id, entry, used)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import estimate
-from ..budgets import PERIODS, BudgetExceeded, user_budget
+from ..budgets import PERIODS, BudgetExceeded, check_countable, user_budget
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..pricing import microcents_from_usd
@@ -101,6 +101,7 @@ class UserLimitsModule(Module):
                 raise exc.error() from None
         if limits.budget_uc is None:
             return
+        check_countable(ctx, "this end user")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         price = self.services.pricer.price_of(ctx.route, model)
@@ -133,7 +134,7 @@ class UserLimitsModule(Module):
             billed = (ctx.attempt.cost_uc or 0) + sum(a.cost_uc or 0 for a in ctx.attempts)
             self.services.ledger.settle(hold, billed, (budget.scope,), ctx.ts_ms)
         rate = ctx.state.pop("userlimits.rate", None)
-        if rate is not None:
+        if rate is not None and not estimate.runs_after_answer(ctx):  # else its worst case stays counted
             window, entry = rate
             usage = ctx.attempt.usage
             self.limiter.correct(window, entry, usage.prompt_tokens + usage.completion_tokens if usage else 0)

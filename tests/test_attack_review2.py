@@ -1,0 +1,283 @@
+"""An attacker's review, part 2: one ordinary client key (a small budget, rpm/tpm, maybe a model
+allow-list) against the money and the other tenants, on a real server. Each test names the hole
+it closes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
+from mock_upstream import Reply
+from openai import OpenAI, PermissionDeniedError, RateLimitError
+
+from stockyard.pricing import PriceTable, Usage, cost_microcents
+
+BODY_CAP = 1024
+FALLBACK_CHAINS = {"gpt-4o-mini": ["openai/gpt-4o"], "gpt-4.1-nano": ["openai/sy-unpriced-model"]}
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    """OpenAI on the mock, the fallback module on (no retries), and keys of every kind."""
+    env = {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": mock.url + "/v1",
+        "STOCKYARD_BODY_CAP_BYTES": str(BODY_CAP),  # trace bodies kept short
+    }
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack2") / "s.db", env)
+    keys = {
+        "mini": ["--models", "gpt-4o-mini"],
+        "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
+        "plain": [],
+        "big": ["--models", "big"],
+        "tpm": ["--tpm", "20000"],
+        "painter": ["--budget-usd", "2", "--budget-period", "day"],
+    }
+    made = {name: srv.cli("keys", "create", "--name", name, *extra) for name, extra in keys.items()}
+    assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
+    for args in (
+        ("modules", "set", "fallback", "retries=0", f"chains={json.dumps(FALLBACK_CHAINS)}"),
+        ("modules", "enable", "fallback"),
+        ("modules", "set", "userlimits", "budget_usd=1"),  # only requests naming an end user
+        ("modules", "enable", "userlimits"),
+        ("models", "add", "big", "--fallbacks", "gpt-4o"),
+        (
+            "models",
+            "deploy",
+            "big",
+            "--provider",
+            "openai",
+            "--upstream-model",
+            "gpt-4o-mini",
+            "--name",
+            "d1",
+            "--rpm",
+            "1",
+        ),
+    ):
+        done = srv.cli(*args)
+        assert done.returncode == 0, done.stderr
+    srv.start()
+    srv.keys = {name: m.stdout.strip() for name, m in made.items()}
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def post(server: ServerProcess, who: str, path: str, body: dict) -> tuple[int, dict, dict]:
+    status, headers, raw = server.request("POST", path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+    return status, headers, json.loads(raw)
+
+
+def chat(model: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+
+def models_sent(mock) -> list[str]:
+    return [r.json.get("model") for r in mock.requests if isinstance(r.json, dict)]
+
+
+# -- fallbacks are held to the key's allow-list and budget ------------------------------------------
+
+
+def test_a_fallback_never_serves_a_model_the_key_may_not_use(server, mock):
+    """Was: the allow-list was checked against the model the client named only; when that model
+    failed, the fallback chain (or a model's fallbacks or larger-context model) served the request
+    with any model, so a key limited to gpt-4o-mini got gpt-4o answers by sending requests that
+    fail (a prompt too long for the small model moves it to the larger-context one)."""
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    status, _, _ = post(server, "mini", "/v1/chat/completions", chat("gpt-4o-mini"))
+    assert status == 500
+    assert models_sent(mock) == ["gpt-4o-mini"]
+    mock.clear()
+    mock.enqueue(Reply(status=500))  # a key that may use gpt-4o still falls back to it
+    status, headers, _ = post(server, "plain", "/v1/chat/completions", chat("gpt-4o-mini"))
+    assert status == 200 and models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_a_model_whose_deployments_are_full_never_falls_back_to_a_model_the_key_may_not_use(server, mock):
+    """Was: when every deployment of a model was at its limits, the route step sent the request to
+    the model's first fallback whatever the key's allow-list said."""
+    mock.clear()
+    assert post(server, "big", "/v1/chat/completions", chat("big"))[0] == 200  # the deployment's one rpm
+    status, _, answer = post(server, "big", "/v1/chat/completions", chat("big"))
+    assert status == 429, answer
+    assert models_sent(mock) == ["gpt-4o-mini"]
+
+
+def test_a_budgeted_key_never_falls_back_to_a_model_without_a_price(server, mock):
+    """Was: a budgeted key is refused a model without a price (it could not be counted), but a
+    fallback to one served it: its cost was unknown (NULL) and the budget never saw it."""
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    status, _, _ = post(server, "budgeted", "/v1/chat/completions", chat("gpt-4.1-nano"))
+    assert status == 500
+    assert models_sent(mock) == ["gpt-4.1-nano"]
+    mock.clear()
+    mock.enqueue(Reply(status=500))  # a key without a budget keeps its fallback
+    status, _, _ = post(server, "plain", "/v1/chat/completions", chat("gpt-4.1-nano"))
+    assert status == 200 and models_sent(mock) == ["gpt-4.1-nano", "sy-unpriced-model"]
+
+
+def test_a_fallback_to_a_dearer_model_first_holds_its_worst_case(server, mock):
+    """Was: the budget held the worst case at the first model's price only, so a fallback to a
+    dearer model (gpt-4o-mini → gpt-4o: 16× the output price) could cost far more than was held,
+    every request in flight at once."""
+    body = {**chat("gpt-4o-mini"), "max_tokens": 1_000_000}  # $0.60 at gpt-4o-mini, $10 at gpt-4o
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    assert post(server, "budgeted", "/v1/chat/completions", body)[0] == 500  # $10 > the $5 budget
+    assert models_sent(mock) == ["gpt-4o-mini"]
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    body["max_tokens"] = 300_000  # $3 at gpt-4o: it fits, and is held until the request ends
+    assert post(server, "budgeted", "/v1/chat/completions", body)[0] == 200
+    assert models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+    assert post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o"), "max_tokens": 450_000})[0] == 200
+
+
+@pytest.mark.parametrize("tier, status", [("priority", 403), ("scale", 403), ("flex", 200), ("default", 200)])
+def test_a_budgeted_key_cannot_ask_for_a_dearer_service_tier(server, tier, status):
+    """Was: ``service_tier: priority`` went to OpenAI as sent and was billed there at about twice
+    the standard rates, while Stockyard counted the standard price against the budget."""
+    got, _, answer = post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o-mini"), "service_tier": tier})
+    assert got == status, answer
+    if status == 403:
+        assert answer["error"]["code"] == "service_tier_not_budgeted"
+
+
+# -- background responses --------------------------------------------------------------------------
+
+
+QUEUED = {"id": "resp_bg1", "object": "response", "status": "queued", "model": "gpt-4o", "output": [], "usage": None}
+BACKGROUND = {"model": "gpt-4o", "input": "write a novel", "background": True, "max_output_tokens": 15000}
+
+
+@pytest.mark.parametrize("who, user", [("budgeted", None), ("plain", "eve")])
+def test_a_budget_refuses_a_background_response(server, mock, who, user):
+    """Was: a background response answers at once (``queued``, no usage) and runs at the provider
+    afterwards; its cost was estimated from the few bytes of that first answer, so a budgeted key
+    (or end user) ran any number of them nearly free."""
+    mock.clear()
+    mock.enqueue(Reply(json=QUEUED))
+    headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
+    status, _, raw = server.request("POST", "/v1/responses", BACKGROUND, headers=headers)
+    assert status == 403, raw
+    assert json.loads(raw)["error"]["code"] == "background_not_budgeted"
+    assert mock.requests == []
+    mock.clear_replies()
+
+
+def test_a_background_response_keeps_its_worst_case_in_the_tpm_window(server, mock):
+    """Was: the tpm window was corrected to the usage of the ``queued`` answer (an estimate of a
+    few tokens), so a key with 20,000 tpm started background responses of 15,000 tokens each
+    as fast as it liked."""
+    mock.enqueue(Reply(json=QUEUED), Reply(json=QUEUED))
+    assert post(server, "tpm", "/v1/responses", BACKGROUND)[0] == 200
+    status, _, answer = post(server, "tpm", "/v1/responses", BACKGROUND)
+    assert status == 429, answer
+    mock.clear_replies()
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+def batch_file(model: str, lines: int, max_tokens: int) -> bytes:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": body}
+    return b"".join((json.dumps({"custom_id": str(i), **line}) + "\n").encode() for i in range(lines))
+
+
+def test_a_batch_is_held_to_what_the_budget_has_left_and_to_priced_models(server):
+    """Was: a batch could start whenever some budget was left (its cost is known only when it
+    ends), so a key with $5 a day ran batches of any size; and a batch of a model without a price
+    ran too (a budgeted key is refused such a model in a request), its cost never counted."""
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.keys["budgeted"], max_retries=0)
+
+    def start(data: bytes):
+        uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+        return client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+    with pytest.raises(RateLimitError) as err:  # 20 × 100,000 tokens of gpt-4o at half price: $10
+        start(batch_file("gpt-4o", 20, 100_000))
+    assert err.value.body["code"] == "budget_exceeded"
+    with pytest.raises(PermissionDeniedError) as denied:
+        start(batch_file("sy-unpriced-model", 1, 10))
+    assert denied.value.body["code"] == "model_not_priced"
+    assert start(batch_file("gpt-4o", 2, 100_000)).id.startswith("batch")  # $1: it fits
+
+
+# -- answers without usage -------------------------------------------------------------------------
+
+
+def test_a_stream_without_usage_is_estimated_from_all_it_relayed_not_from_the_trace_body(server, mock):
+    """Was: an answer without usage (a provider that ignores ``include_usage``, a stream the client
+    cut before its usage chunk) was estimated from the trace body, which keeps only
+    STOCKYARD_BODY_CAP_BYTES (none at 0): a long answer was billed as a short one."""
+    text = "word " * 4000  # 20,000 bytes relayed
+    delta = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": []}
+    events = [
+        json.dumps({**delta, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}),
+        json.dumps({**delta, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        "[DONE]",
+    ]
+    mock.enqueue(Reply(sse=events))
+    body = {**chat("gpt-4o-mini"), "stream": True, "max_tokens": 10_000}
+    status, headers, raw = server.request(
+        "POST", "/v1/chat/completions", body, headers={"Authorization": f"Bearer {server.keys['budgeted']}"}
+    )
+    assert status == 200 and text.encode() in raw
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["usage_estimated"] == 1 and trace["cost_status"] == "estimate"
+    assert trace["completion_tokens"] >= len(text) // 4 > BODY_CAP
+
+
+def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate():
+    """Was: every cache write was priced at the 5-minute rate (1.25× input), so a client marking
+    its prompt ``cache_control: {"ttl": "1h"}`` (billed 2× input) was under-counted by 37.5 %."""
+    price = PriceTable.load().lookup("claude-sonnet-4-5", "anthropic")
+    assert price is not None
+    reported = {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": 1_000_000,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1_000_000},
+        "output_tokens": 0,
+    }
+    usage = Usage.from_anthropic(reported)
+    assert usage.cache_write_tokens == usage.cache_write_long_tokens == 1_000_000
+    assert cost_microcents(price, usage) == cost_microcents(price, Usage(prompt_tokens=10)) + 600 * 10**6  # $6.00
+    five_minutes = {**reported, "cache_creation": {"ephemeral_5m_input_tokens": 1_000_000}}
+    assert (
+        cost_microcents(price, Usage.from_anthropic(five_minutes))
+        == cost_microcents(price, Usage(prompt_tokens=10)) + 375 * 10**6
+    )  # $3.75
+
+
+def test_a_predicted_output_is_reserved_at_the_output_rate(server, mock):
+    """Was: a ``prediction``'s tokens were reserved as input only, but the ones the model does not
+    use are billed as output (beyond max_tokens): at gpt-4o, 4× the input rate."""
+    prediction = {"type": "content", "content": "x" * 2_000_000}  # 500,000 tokens: $1.25 as input, $6.25 in all
+    body = {**chat("gpt-4o"), "max_tokens": 1, "prediction": prediction}
+    mock.clear()
+    status, _, answer = post(server, "budgeted", "/v1/chat/completions", body)
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
+    assert mock.requests == []
+
+
+def test_token_priced_images_are_reserved_at_their_largest_size(server, mock):
+    """Was: a token-priced image model (gpt-image-1) was reserved at the default output cap (4096
+    tokens) per image, but a high-quality 1536x1024 image is 6,240 output tokens: ten of them
+    cost $2.50 at $40/M, and a $2 budget let them through."""
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.keys["painter"], max_retries=0)
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        client.images.generate(model="gpt-image-1", prompt="a cat", n=10, quality="high", size="1536x1024")
+    assert err.value.body["code"] == "budget_exceeded"
+    assert mock.requests == []
