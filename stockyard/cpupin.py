@@ -7,10 +7,12 @@ another CPU — an inter-processor wake-up and a cold cache — and under load `
 switch on one run queue: in one `make bench` run the proxy's CPU per request fell by a third and
 its throughput rose by half (bench/README.md, "One CPU per process").
 
-A pinned process cannot be moved by the scheduler, so it moves itself: every ``EVERY_S`` it
-reads how busy each CPU was with work other than its own (``/proc/stat`` minus its own CPU
-time) and moves to the least busy one when its own is busier by more than ``MARGIN``. A
-``--workers`` group's workers start on different CPUs. Nothing happens where it cannot help:
+The kernel moves unpinned neighbours off a pinned process's CPU by itself; what it cannot fix is
+two pinned processes on one CPU (two servers that started there). So a server of its own moves:
+about every ``EVERY_S`` (jittered) it reads how busy each CPU was with work other than its own
+(``/proc/stat`` minus its own CPU time) and moves to the least busy one when two rounds in a row
+found its own busier by more than ``MARGIN``. A ``--workers`` group's workers each stay on a CPU
+of their own (``index``): moving, one could land on a sibling. Nothing happens where it cannot help:
 one CPU allowed, no ``sched_setaffinity`` (not Linux), a Python without the GIL, or
 ``STOCKYARD_CPU_PIN=off``.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 import threading
 from dataclasses import dataclass
@@ -119,10 +122,12 @@ def running_on() -> int:
 
 
 class CpuPin:
-    """This process kept on one CPU, moved when a neighbour makes that CPU busy."""
+    """This process kept on one CPU; a process of its own (not a group's worker) moves when a
+    neighbour keeps that CPU busy."""
 
     def __init__(self, allowed: list[int], index: int | None = None) -> None:
         self.allowed = allowed
+        self.moves = index is None  # a group's workers stay put: moving, one could land on a sibling
         if index is not None:
             self.cpu = allowed[index % len(allowed)]  # a group's workers start on different CPUs
         else:
@@ -131,24 +136,31 @@ class CpuPin:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stragglers = False  # the last round moved: set every thread again
+        self._wanted: int | None = None  # the CPU the last round would have moved to
 
     def start(self) -> None:
         pin_threads(self.cpu)
-        self._thread = threading.Thread(target=self._run, name="stockyard-cpu-pin", daemon=True)
-        self._thread.start()
+        if self.moves:
+            self._thread = threading.Thread(target=self._run, name="stockyard-cpu-pin", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
     def step(self, before: Sample, after: Sample) -> int:
-        """One look at the CPUs: move every thread if another CPU is clearly less busy.
+        """One look at the CPUs: move every thread once two rounds in a row found the same
+        other CPU clearly less busy (two servers crowded onto one CPU, sampling at jittered
+        times, then do not both leave for the same other one).
 
         New threads inherit their starter's CPU, so only a move needs every thread set — and
         the round after it, for a thread started while it ran (with 1,000 streams open, setting
         every thread each round would hold the GIL for milliseconds every round)."""
-        chosen = choose(self.cpu, others_load(before, after, self.cpu), self.allowed)
+        wanted = choose(self.cpu, others_load(before, after, self.cpu), self.allowed)
+        chosen = wanted if wanted == self._wanted else self.cpu
+        self._wanted = wanted if wanted != self.cpu else None
         moved = chosen != self.cpu
         if moved:
+            self._wanted = None
             log.info("moving to CPU %d: CPU %d is busy with other work", chosen, self.cpu)
             self.cpu = chosen
         if moved or self._stragglers:
@@ -159,7 +171,7 @@ class CpuPin:
     def _run(self) -> None:
         try:
             before = read_sample()
-            while not self._stop.wait(EVERY_S):
+            while not self._stop.wait(EVERY_S * random.uniform(0.75, 1.25)):
                 after = read_sample()
                 self.step(before, after)
                 before = after
@@ -181,5 +193,6 @@ def keep_on_one_cpu(setting: str, index: int | None = None) -> CpuPin | None:
         spread(allowed)  # threads pinned before the failure run anywhere again
         log.warning("cannot keep the process on one CPU (%s); it runs on all of them", exc)
         return None
-    log.info("threads kept on CPU %d of %s, moved when it gets busy (STOCKYARD_CPU_PIN=off: spread)", pin.cpu, allowed)
+    how = "moved when another is clearly less busy" if pin.moves else "a CPU of this worker's own"
+    log.info("threads kept on CPU %d of %s, %s (STOCKYARD_CPU_PIN=off: spread)", pin.cpu, allowed, how)
     return pin

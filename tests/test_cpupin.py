@@ -77,7 +77,9 @@ def test_a_move_puts_every_thread_of_the_process_on_the_new_cpu():
         assert set(threads_cpus()) == {str(allowed[0])}
         busy = Sample({cpu: (0, 0) for cpu in allowed}, own=0)
         later = Sample({allowed[0]: (95, 100), **{cpu: (5, 100) for cpu in allowed[1:]}}, own=0)
-        assert pin.step(busy, later) == allowed[1]
+        assert pin.step(busy, later) == allowed[0], "one busy round is not enough"
+        assert set(threads_cpus()) == {str(allowed[0])}
+        assert pin.step(busy, later) == allowed[1], "two in a row: it moves"
         assert set(threads_cpus()) == {str(allowed[1])}, "the idle thread moved too"
         assert helper.native_id is not None
         calm = Sample({cpu: (50, 100) for cpu in allowed}, own=0)
@@ -92,6 +94,18 @@ def test_a_move_puts_every_thread_of_the_process_on_the_new_cpu():
         helper.join()
         cpupin.spread(allowed)
     assert all(os.sched_getaffinity(int(tid)) == set(allowed) for tid in os.listdir("/proc/self/task")), "spread again"
+
+
+@TWO_CPUS
+def test_a_busy_round_between_calm_ones_moves_nothing_and_a_groups_worker_never_moves():
+    allowed = sorted(os.sched_getaffinity(0))
+    pin = CpuPin(allowed, index=0)
+    zero = Sample({cpu: (0, 0) for cpu in allowed}, own=0)
+    busy = Sample({allowed[0]: (95, 100), **{cpu: (5, 100) for cpu in allowed[1:]}}, own=0)
+    calm = Sample({cpu: (50, 100) for cpu in allowed}, own=0)
+    for after in (busy, calm, busy, calm):
+        assert pin.step(zero, after) == allowed[0]
+    assert not pin.moves and CpuPin(allowed).moves, "only a server of its own runs the mover"
 
 
 def start(pyz_path, cache_home, mock, tmp_path, **env: str) -> ServerProcess:

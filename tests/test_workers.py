@@ -219,6 +219,7 @@ def test_each_worker_is_kept_on_a_cpu_of_its_own(group):
     cpus = [{frozenset(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{pid}/task")} for pid in pids]
     assert all(len(each) == 1 and len(next(iter(each))) == 1 for each in cpus), cpus
     assert cpus[0] != cpus[1], "the workers start on different CPUs"
+    wait_for(lambda: group.log.count("a CPU of this worker's own") == 2, what="each worker saying it stays")
 
 
 def test_a_second_server_on_the_file_of_a_group_is_refused(group):
