@@ -18,10 +18,34 @@ if TYPE_CHECKING:
     from .multipart import Upload
 
 
+class _Duplicate(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _members(pairs: list[tuple[str, Any]]) -> dict:
+    """An object's members, a name given twice refused: JSON parsers differ on which one counts
+    (the last here, the first in some others), and a body relayed as sent must mean to the
+    provider what it meant to the checks made on it (model, caps, file ids)."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Duplicate(name)
+            seen.add(name)
+    return members
+
+
 def json_object(raw: bytes, parse_float: Callable[[str], Any] | None = None) -> dict:
     """``raw`` decoded as a JSON object, or the 400 every JSON route answers with."""
     try:
-        value = json.loads(raw, parse_float=parse_float)
+        value = json.loads(raw, parse_float=parse_float, object_pairs_hook=_members)
+    except _Duplicate as exc:
+        raise ProxyError(
+            400, f"request body names {exc.name[:64]!r} twice in one object; send each name once", code="duplicate_key"
+        ) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProxyError(400, "request body is not valid JSON", code="invalid_json") from None
     if not isinstance(value, dict):

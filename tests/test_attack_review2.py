@@ -281,3 +281,36 @@ def test_token_priced_images_are_reserved_at_their_largest_size(server, mock):
         client.images.generate(model="gpt-image-1", prompt="a cat", n=10, quality="high", size="1536x1024")
     assert err.value.body["code"] == "budget_exceeded"
     assert mock.requests == []
+
+
+TWICE_MODEL = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"model":"gpt-4o-mini"}'
+TWICE_NESTED = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a","content":"b"}]}'
+TWICE_CAP = b'{"model":"gpt-4o-mini","max_tokens":10,"max_tokens":100000,"messages":[]}'
+
+
+@pytest.mark.parametrize(
+    "path, raw, shape",
+    [
+        ("/v1/chat/completions", TWICE_MODEL, "openai"),  # the allow-list read the last "model"
+        ("/v1/chat/completions", TWICE_NESTED, "openai"),  # nested: a file id checked as one, relayed as two
+        ("/v1/messages", TWICE_CAP, "anthropic"),  # the budget read one cap, a provider may read the other
+    ],
+)
+def test_a_body_naming_a_member_twice_is_refused_before_any_check(server, mock, path, raw, shape):
+    """Was: the body was relayed as sent while the proxy read the last of two equal names; JSON
+    parsers differ on which counts, so what the allow-list, caps and file checks saw need not be
+    what the provider read."""
+    mock.clear()
+    status, _, data = server.request(
+        "POST",
+        path,
+        raw=raw,
+        headers={"Authorization": f"Bearer {server.keys['mini']}", "content-type": "application/json"},
+    )
+    answer = json.loads(data)
+    assert status == 400 and mock.requests == []
+    if shape == "anthropic":
+        assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+    else:
+        assert answer["error"]["code"] == "duplicate_key"
+    assert "twice" in json.dumps(answer)
