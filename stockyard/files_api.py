@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 from . import estimate
 from .context import RequestContext, Route
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
-from .httpio import Request, json_object
+from .httpio import DuplicateMember, Request, json_object, unique_members
 from .keys import KeyRecord
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
@@ -549,7 +549,14 @@ class FilesAPI:
 
         for number, line in enumerate(lines_of(source, too_long=too_long), 1):
             try:
-                request = json.loads(line)
+                request = json.loads(line, object_pairs_hook=unique_members)
+            except DuplicateMember as exc:  # checked as one value, maybe run as the other
+                raise ProxyError(
+                    400,
+                    f"line {number} of the batch file names {exc.name[:64]!r} twice in one object",
+                    param="file",
+                    code="duplicate_key",
+                ) from None
             except ValueError:
                 request = None
             request = request if isinstance(request, dict) else {}

@@ -18,13 +18,15 @@ if TYPE_CHECKING:
     from .multipart import Upload
 
 
-class _Duplicate(ValueError):
+class DuplicateMember(ValueError):
+    """A JSON object that names a member twice (``name``)."""
+
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
 
 
-def _members(pairs: list[tuple[str, Any]]) -> dict:
+def unique_members(pairs: list[tuple[str, Any]]) -> dict:
     """An object's members, a name given twice refused: JSON parsers differ on which one counts
     (the last here, the first in some others), and a body relayed as sent must mean to the
     provider what it meant to the checks made on it (model, caps, file ids)."""
@@ -33,7 +35,7 @@ def _members(pairs: list[tuple[str, Any]]) -> dict:
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
-                raise _Duplicate(name)
+                raise DuplicateMember(name)
             seen.add(name)
     return members
 
@@ -41,8 +43,8 @@ def _members(pairs: list[tuple[str, Any]]) -> dict:
 def json_object(raw: bytes, parse_float: Callable[[str], Any] | None = None) -> dict:
     """``raw`` decoded as a JSON object, or the 400 every JSON route answers with."""
     try:
-        value = json.loads(raw, parse_float=parse_float, object_pairs_hook=_members)
-    except _Duplicate as exc:
+        value = json.loads(raw, parse_float=parse_float, object_pairs_hook=unique_members)
+    except DuplicateMember as exc:
         raise ProxyError(
             400, f"request body names {exc.name[:64]!r} twice in one object; send each name once", code="duplicate_key"
         ) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import openai
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import Reply
@@ -107,6 +108,16 @@ def test_a_batch_line_too_long_to_check_is_refused_not_skipped(server):
     with pytest.raises(PermissionDeniedError) as err:
         mini.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
     assert "line 2" in err.value.body["message"], err.value.body
+
+
+def test_a_batch_line_naming_its_model_twice_is_refused(server):
+    """The check reads the last of two equal names; the provider's batch runner may read the first."""
+    mini = OpenAI(base_url=server.url + "/v1", api_key=server.keys["mini"], max_retries=0)
+    twice = batch_line("gpt-4o-mini").replace(b'"model": "gpt-4o-mini"', b'"model": "gpt-4o", "model": "gpt-4o-mini"')
+    assert twice.count(b'"model"') == 2
+    with pytest.raises(openai.BadRequestError) as err:
+        mini.files.create(file=("in.jsonl", io.BytesIO(twice)), purpose="batch")
+    assert err.value.body["code"] == "duplicate_key" and "line 1" in err.value.body["message"]
 
 
 # -- provider objects named inside a request body ------------------------------------------------

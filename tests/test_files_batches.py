@@ -89,6 +89,7 @@ def test_no_key_is_refused_before_the_body_arrives(server, path):
 
 
 def test_a_batch_over_a_file_stockyard_never_saw_is_404_even_if_the_provider_has_it(server, mock):
+    mock.clear()  # a batch another file's test made on this shared mock is not this one
     with FILES.lock:
         foreign = FILES.add_file("elsewhere.jsonl", "batch", batch_input("gpt-4o-mini"))["id"]
     with pytest.raises(NotFoundError) as err:
