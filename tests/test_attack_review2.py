@@ -314,3 +314,22 @@ def test_a_body_naming_a_member_twice_is_refused_before_any_check(server, mock, 
     else:
         assert answer["error"]["code"] == "duplicate_key"
     assert "twice" in json.dumps(answer)
+
+
+def test_tpm_counts_the_tokens_of_a_failed_attempt_the_provider_billed(server, mock):
+    """Was: the window was corrected to the last attempt's usage only, so tokens a failed attempt
+    used (and reported) before a fallback answered were never counted against the key's tpm."""
+    made = server.cli("keys", "create", "--name", "tpm-attempts", "--tpm", "20000")
+    assert made.returncode == 0, made.stderr
+    auth = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    wait_for(lambda: server.request("GET", "/v1/models", headers=auth)[0] == 200, what="the new key")
+    body = chat("gpt-4o-mini")  # about 31 tokens at admission; the mock's answers use 17
+    billed = {"prompt_tokens": 19_980, "completion_tokens": 0, "total_tokens": 19_980}
+    mock.enqueue(Reply(status=500, json={"error": {"message": "boom", "type": "server_error"}, "usage": billed}))
+    status, headers, _ = server.request("POST", "/v1/chat/completions", body, headers=auth)
+    assert status == 200, "the fallback answered"
+    traced = server.trace(headers["x-stockyard-trace-id"])  # traced after the window's correction
+    assert traced["attempt"] == 2
+    status, _, data = server.request("POST", "/v1/chat/completions", body, headers=auth)
+    assert status == 429, "19,980 + 17 counted: no room for another 31"
+    mock.clear_replies()
