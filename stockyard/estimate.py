@@ -89,6 +89,13 @@ def output_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
     return per_choice * (count or 1)
 
 
+def used_tokens(ctx: RequestContext) -> int:
+    """Tokens every attempt reported (a failed one the provider billed used tokens too): what a
+    tpm window is corrected to once the request ends."""
+    attempts = (*ctx.attempts, ctx.attempt)
+    return sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in attempts if a.usage is not None)
+
+
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
     """Input estimate + every billable output token: what a rate limit counts at admission."""
     return input_tokens(ctx) + output_tokens(ctx, default_max_tokens)

@@ -401,15 +401,16 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
 def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
     """Whether a budget can count a fallback: a request holding a budget reservation never falls
     back to a model without a price (its cost would be unknown, and never reach the budget), nor
-    to a dearer one whose worst case the key's budgets cannot hold too (``budget.Cover``)."""
+    to a dearer one whose worst case the budgets it holds (key, project, end user) cannot hold too
+    (``budget.Cover``)."""
     held = "budget" in ctx.state or "userlimits.budget" in ctx.state
     if not held or ctx.endpoint in media.ENDPOINTS:
         return True
     price = path.pricer.price_of(Route(provider, model), name)
-    cover = ctx.state.get("budget.cover")
+    covers = [c for c in (ctx.state.get("budget.cover"), ctx.state.get("userlimits.cover")) if c is not None]
     if price is None:
         why = "it has no price"
-    elif cover is None or cover(estimate.request_cost(ctx, price, path.settings.default_max_tokens)):
+    elif all(cover(estimate.request_cost(ctx, price, path.settings.default_max_tokens)) for cover in covers):
         return True
     else:
         why = "its worst case is more than the budget has left"

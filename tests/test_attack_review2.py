@@ -333,3 +333,20 @@ def test_tpm_counts_the_tokens_of_a_failed_attempt_the_provider_billed(server, m
     status, _, data = server.request("POST", "/v1/chat/completions", body, headers=auth)
     assert status == 429, "19,980 + 17 counted: no room for another 31"
     mock.clear_replies()
+
+
+def test_an_end_users_budget_holds_a_dearer_fallback_too(server, mock):
+    """Was: only the key's and project's budgets held a dearer fallback's worst case; under an end
+    user's budget alone a fallback from gpt-4o-mini to gpt-4o could cost 16× what was held."""
+    headers = {"Authorization": f"Bearer {server.keys['plain']}", "x-stockyard-user": "frank"}
+    body = {**chat("gpt-4o-mini"), "max_tokens": 150_000}  # $0.09 at gpt-4o-mini, $1.50 at gpt-4o
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    status, _, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
+    assert status == 500 and models_sent(mock) == ["gpt-4o-mini"], "frank's $1 cannot hold gpt-4o's worst case"
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    body["max_tokens"] = 50_000  # $0.50 at gpt-4o: it fits
+    status, _, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
+    assert status == 200 and models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+    mock.clear_replies()

@@ -165,9 +165,5 @@ class RateLimitModule(Module):
         entry = ctx.state.pop("ratelimit", None)
         if entry is None or not ctx.key.tpm or estimate.runs_after_answer(ctx):
             return  # a background response's usage never comes back: its worst case stays counted
-        used = sum(  # every attempt that reported usage: a failed one the provider billed used tokens too
-            a.usage.prompt_tokens + a.usage.completion_tokens
-            for a in (*ctx.attempts, ctx.attempt)
-            if a.usage is not None
-        )
+        used = estimate.used_tokens(ctx)
         self.limiter.correct(ctx.key.id, entry, used)

@@ -29,6 +29,7 @@ from ..context import RequestContext
 from ..errors import ProxyError
 from ..pricing import microcents_from_usd
 from .base import Module, ModuleServices
+from .budget import Cover
 from .ratelimit import FREE_ENDPOINTS, RateLimited, limiter_for
 from .schema import Field
 
@@ -117,6 +118,7 @@ class UserLimitsModule(Module):
         amount = estimate.request_cost(ctx, price, self.services.settings.default_max_tokens)
         try:
             ctx.state["userlimits.budget"] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
+            ctx.state["userlimits.cover"] = Cover(self.services.ledger, [budget], amount, ctx.ts_ms)
         except BudgetExceeded as exc:
             raise exc.error() from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
@@ -128,6 +130,9 @@ class UserLimitsModule(Module):
             ) from None
 
     def after(self, ctx: RequestContext) -> None:
+        cover = ctx.state.pop("userlimits.cover", None)
+        if cover is not None:
+            cover.release()
         held = ctx.state.pop("userlimits.budget", None)
         if held is not None:
             budget, hold = held
@@ -136,5 +141,4 @@ class UserLimitsModule(Module):
         rate = ctx.state.pop("userlimits.rate", None)
         if rate is not None and not estimate.runs_after_answer(ctx):  # else its worst case stays counted
             window, entry = rate
-            usage = ctx.attempt.usage
-            self.limiter.correct(window, entry, usage.prompt_tokens + usage.completion_tokens if usage else 0)
+            self.limiter.correct(window, entry, estimate.used_tokens(ctx))
