@@ -84,22 +84,14 @@ def choose(current: int, load: dict[int, float], allowed: list[int], margin: flo
     return best if load[current] - load[best] > margin else current
 
 
-def pin_threads(cpu: int) -> None:
-    """Put every thread of this process on ``cpu`` (threads started later inherit it from the
-    thread that starts them; one started while this runs is caught by the next round)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), {cpu})
-        except ProcessLookupError:
-            pass  # a thread that ended meanwhile
-
-
-def spread(cpus: list[int]) -> None:
-    """Let every thread run on any of ``cpus`` again (best effort: after a pin that failed)."""
+def set_threads(cpus: set[int] | list[int], ignored: type[OSError] = ProcessLookupError) -> None:
+    """Let every thread of this process run only on ``cpus`` (threads started later inherit it
+    from the thread that starts them; one started while this runs is caught by the next round).
+    ``ignored``: a thread that ended meanwhile, or (best effort) any error."""
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), cpus)
-        except OSError:
+        except ignored:
             pass
 
 
@@ -134,15 +126,13 @@ class CpuPin:
             here = running_on()
             self.cpu = here if here in allowed else allowed[0]
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._stragglers = False  # the last round moved: set every thread again
         self._wanted: int | None = None  # the CPU the last round would have moved to
 
     def start(self) -> None:
-        pin_threads(self.cpu)
+        set_threads({self.cpu})
         if self.moves:
-            self._thread = threading.Thread(target=self._run, name="stockyard-cpu-pin", daemon=True)
-            self._thread.start()
+            threading.Thread(target=self._run, name="stockyard-cpu-pin", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -156,15 +146,13 @@ class CpuPin:
         the round after it, for a thread started while it ran (with 1,000 streams open, setting
         every thread each round would hold the GIL for milliseconds every round)."""
         wanted = choose(self.cpu, others_load(before, after, self.cpu), self.allowed)
-        chosen = wanted if wanted == self._wanted else self.cpu
-        self._wanted = wanted if wanted != self.cpu else None
-        moved = chosen != self.cpu
+        moved = wanted != self.cpu and wanted == self._wanted  # the second look in a row
+        self._wanted = None if moved or wanted == self.cpu else wanted
         if moved:
-            self._wanted = None
-            log.info("moving to CPU %d: CPU %d is busy with other work", chosen, self.cpu)
-            self.cpu = chosen
+            log.info("moving to CPU %d: CPU %d is busy with other work", wanted, self.cpu)
+            self.cpu = wanted
         if moved or self._stragglers:
-            pin_threads(self.cpu)
+            set_threads({self.cpu})
         self._stragglers = moved
         return self.cpu
 
@@ -190,7 +178,7 @@ def keep_on_one_cpu(setting: str, index: int | None = None) -> CpuPin | None:
         pin = CpuPin(allowed, index)
         pin.start()
     except (OSError, ValueError) as exc:  # a sandbox that refuses sched_setaffinity, or hides /proc
-        spread(allowed)  # threads pinned before the failure run anywhere again
+        set_threads(allowed, OSError)  # best effort: threads pinned before the failure run anywhere again
         log.warning("cannot keep the process on one CPU (%s); it runs on all of them", exc)
         return None
     how = "moved when another is clearly less busy" if pin.moves else "a CPU of this worker's own"

@@ -96,6 +96,11 @@ def used_tokens(ctx: RequestContext) -> int:
     return sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in attempts if a.usage is not None)
 
 
+def billed_uc(ctx: RequestContext) -> int:
+    """What every attempt cost (a failed one a provider billed too): what settles a budget's hold."""
+    return sum(a.cost_uc or 0 for a in (*ctx.attempts, ctx.attempt))
+
+
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
     """Input estimate + every billable output token: what a rate limit counts at admission."""
     return input_tokens(ctx) + output_tokens(ctx, default_max_tokens)

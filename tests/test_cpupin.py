@@ -73,7 +73,7 @@ def test_a_move_puts_every_thread_of_the_process_on_the_new_cpu():
     started.wait()
     pin = CpuPin(allowed, index=0)
     try:
-        cpupin.pin_threads(pin.cpu)
+        cpupin.set_threads({pin.cpu})
         assert set(threads_cpus()) == {str(allowed[0])}
         busy = Sample({cpu: (0, 0) for cpu in allowed}, own=0)
         later = Sample({allowed[0]: (95, 100), **{cpu: (5, 100) for cpu in allowed[1:]}}, own=0)
@@ -92,7 +92,7 @@ def test_a_move_puts_every_thread_of_the_process_on_the_new_cpu():
     finally:
         stop.set()
         helper.join()
-        cpupin.spread(allowed)
+        cpupin.set_threads(allowed, OSError)
     assert all(os.sched_getaffinity(int(tid)) == set(allowed) for tid in os.listdir("/proc/self/task")), "spread again"
 
 

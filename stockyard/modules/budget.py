@@ -113,7 +113,5 @@ class BudgetModule(Module):
         cover = ctx.state.pop("budget.cover", None)
         if cover is not None:
             cover.release()
-        billed = (ctx.attempt.cost_uc or 0) + sum(
-            a.cost_uc or 0 for a in ctx.attempts
-        )  # failed attempts a provider billed
+        billed = estimate.billed_uc(ctx)
         self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)

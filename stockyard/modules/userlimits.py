@@ -136,8 +136,7 @@ class UserLimitsModule(Module):
         held = ctx.state.pop("userlimits.budget", None)
         if held is not None:
             budget, hold = held
-            billed = (ctx.attempt.cost_uc or 0) + sum(a.cost_uc or 0 for a in ctx.attempts)
-            self.services.ledger.settle(hold, billed, (budget.scope,), ctx.ts_ms)
+            self.services.ledger.settle(hold, estimate.billed_uc(ctx), (budget.scope,), ctx.ts_ms)
         rate = ctx.state.pop("userlimits.rate", None)
         if rate is not None and not estimate.runs_after_answer(ctx):  # else its worst case stays counted
             window, entry = rate
