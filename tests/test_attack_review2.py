@@ -76,6 +76,18 @@ def chat(model: str) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
 
 
+def after_a_failure(
+    server: ServerProcess, mock, who: str, body: dict, user: str | None = None
+) -> tuple[int, list[str]]:
+    """A chat whose first attempt the provider answers 500: its status, and the models the
+    provider was asked for (so: where it fell back to, if anywhere)."""
+    mock.clear()
+    mock.enqueue(Reply(status=500))
+    headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
+    status, _, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
+    return status, models_sent(mock)
+
+
 def models_sent(mock) -> list[str]:
     return [r.json.get("model") for r in mock.requests if isinstance(r.json, dict)]
 
@@ -88,15 +100,9 @@ def test_a_fallback_never_serves_a_model_the_key_may_not_use(server, mock):
     failed, the fallback chain (or a model's fallbacks or larger-context model) served the request
     with any model, so a key limited to gpt-4o-mini got gpt-4o answers by sending requests that
     fail (a prompt too long for the small model moves it to the larger-context one)."""
-    mock.clear()
-    mock.enqueue(Reply(status=500))
-    status, _, _ = post(server, "mini", "/v1/chat/completions", chat("gpt-4o-mini"))
-    assert status == 500
-    assert models_sent(mock) == ["gpt-4o-mini"]
-    mock.clear()
-    mock.enqueue(Reply(status=500))  # a key that may use gpt-4o still falls back to it
-    status, headers, _ = post(server, "plain", "/v1/chat/completions", chat("gpt-4o-mini"))
-    assert status == 200 and models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+    assert after_a_failure(server, mock, "mini", chat("gpt-4o-mini")) == (500, ["gpt-4o-mini"])
+    # a key that may use gpt-4o still falls back to it
+    assert after_a_failure(server, mock, "plain", chat("gpt-4o-mini")) == (200, ["gpt-4o-mini", "gpt-4o"])
 
 
 def test_a_model_whose_deployments_are_full_never_falls_back_to_a_model_the_key_may_not_use(server, mock):
@@ -112,15 +118,10 @@ def test_a_model_whose_deployments_are_full_never_falls_back_to_a_model_the_key_
 def test_a_budgeted_key_never_falls_back_to_a_model_without_a_price(server, mock):
     """Was: a budgeted key is refused a model without a price (it could not be counted), but a
     fallback to one served it: its cost was unknown (NULL) and the budget never saw it."""
-    mock.clear()
-    mock.enqueue(Reply(status=500))
-    status, _, _ = post(server, "budgeted", "/v1/chat/completions", chat("gpt-4.1-nano"))
-    assert status == 500
-    assert models_sent(mock) == ["gpt-4.1-nano"]
-    mock.clear()
-    mock.enqueue(Reply(status=500))  # a key without a budget keeps its fallback
-    status, _, _ = post(server, "plain", "/v1/chat/completions", chat("gpt-4.1-nano"))
-    assert status == 200 and models_sent(mock) == ["gpt-4.1-nano", "sy-unpriced-model"]
+    assert after_a_failure(server, mock, "budgeted", chat("gpt-4.1-nano")) == (500, ["gpt-4.1-nano"])
+    # a key without a budget keeps its fallback
+    sent = ["gpt-4.1-nano", "sy-unpriced-model"]
+    assert after_a_failure(server, mock, "plain", chat("gpt-4.1-nano")) == (200, sent)
 
 
 def test_a_fallback_to_a_dearer_model_first_holds_its_worst_case(server, mock):
@@ -128,15 +129,9 @@ def test_a_fallback_to_a_dearer_model_first_holds_its_worst_case(server, mock):
     dearer model (gpt-4o-mini → gpt-4o: 16× the output price) could cost far more than was held,
     every request in flight at once."""
     body = {**chat("gpt-4o-mini"), "max_tokens": 1_000_000}  # $0.60 at gpt-4o-mini, $10 at gpt-4o
-    mock.clear()
-    mock.enqueue(Reply(status=500))
-    assert post(server, "budgeted", "/v1/chat/completions", body)[0] == 500  # $10 > the $5 budget
-    assert models_sent(mock) == ["gpt-4o-mini"]
-    mock.clear()
-    mock.enqueue(Reply(status=500))
+    assert after_a_failure(server, mock, "budgeted", body) == (500, ["gpt-4o-mini"])  # $10 > the $5 budget
     body["max_tokens"] = 300_000  # $3 at gpt-4o: it fits, and is held until the request ends
-    assert post(server, "budgeted", "/v1/chat/completions", body)[0] == 200
-    assert models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+    assert after_a_failure(server, mock, "budgeted", body) == (200, ["gpt-4o-mini", "gpt-4o"])
     assert post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o"), "max_tokens": 450_000})[0] == 200
 
 
@@ -338,15 +333,10 @@ def test_tpm_counts_the_tokens_of_a_failed_attempt_the_provider_billed(server, m
 def test_an_end_users_budget_holds_a_dearer_fallback_too(server, mock):
     """Was: only the key's and project's budgets held a dearer fallback's worst case; under an end
     user's budget alone a fallback from gpt-4o-mini to gpt-4o could cost 16× what was held."""
-    headers = {"Authorization": f"Bearer {server.keys['plain']}", "x-stockyard-user": "frank"}
     body = {**chat("gpt-4o-mini"), "max_tokens": 150_000}  # $0.09 at gpt-4o-mini, $1.50 at gpt-4o
-    mock.clear()
-    mock.enqueue(Reply(status=500))
-    status, _, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
-    assert status == 500 and models_sent(mock) == ["gpt-4o-mini"], "frank's $1 cannot hold gpt-4o's worst case"
-    mock.clear()
-    mock.enqueue(Reply(status=500))
+    assert after_a_failure(server, mock, "plain", body, user="frank") == (500, ["gpt-4o-mini"]), (
+        "frank's $1 cannot hold gpt-4o's worst case"
+    )
     body["max_tokens"] = 50_000  # $0.50 at gpt-4o: it fits
-    status, _, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
-    assert status == 200 and models_sent(mock) == ["gpt-4o-mini", "gpt-4o"]
+    assert after_a_failure(server, mock, "plain", body, user="frank") == (200, ["gpt-4o-mini", "gpt-4o"])
     mock.clear_replies()
