@@ -105,25 +105,26 @@ def report(
         group_by = ", ".join(f"g{i}" for i in range(n))
         order = ", ".join(_order(i, g, n) for i, g in enumerate(groups))
         sql = f"SELECT {names_sql}, {sums} FROM {table}{clause} GROUP BY {group_by} ORDER BY {order}"
-        found = [(r[:n], [int(v or 0) for v in r[n:]]) for r in conn.execute(sql, args)]
+        # SUMs of NOT NULL integer columns over non-empty groups: ints already, on both stores
+        found = [(r[:n], r[n:]) for r in conn.execute(sql, args)]
     # The total is summed from the same rows: a second SELECT would read a later snapshot
     # (the writer commits between statements), and the report would not add up.
     counts = [c for _, c in found]
     total = dict(zip(COUNTS, (sum(column) for column in zip(*counts)))) if counts else dict.fromkeys(COUNTS, 0)
-    key_names = _key_names(conn) if "key" in groups else {}
+    keyed = "key" in groups
+    key_names = _key_names(conn) if keyed else {}
+    cost = COUNTS.index("cost_uc")
     out_rows = []
-    for r, sums_of_row in found:
-        row: dict[str, Any] = {}
-        for i, group in enumerate(groups):
-            row[group] = r[i] or None
-            if group == "key":
-                row["key_name"], row["key_prefix"] = key_names.get(row["key"] or "", (None, None))
+    for r, sums_of_row in found:  # one dict per row, built in one pass: 100k+ rows for by=day,user
+        row: dict[str, Any] = {group: name or None for group, name in zip(groups, r)}
+        if keyed:
+            row["key_name"], row["key_prefix"] = key_names.get(row["key"] or "", (None, None))
         if top:
             row["other"] = r[n - 1] is None
             if row["other"]:
                 row[groups[-1]] = OTHER
         row.update(zip(COUNTS, sums_of_row))
-        row["cost_usd"] = format_usd(row["cost_uc"], 2)
+        row["cost_usd"] = format_usd(sums_of_row[cost], 2)
         out_rows.append(row)
     return {
         "by": ",".join(groups),
