@@ -7,7 +7,8 @@ the worst case, so the two can never disagree.
 Input is estimated from the body length (4 bytes a token, rounded up: a deliberate
 over-estimate for English text, and JSON punctuation counts too); the prompt is billed
 once, however many choices come back. Output is the request's own cap on output tokens
-(the largest one it sets, ``default_max_tokens`` when it sets none) times the number of
+(the largest one it sets; when it sets none, ``default_max_tokens`` for rate limits and,
+for a budget's hold, the model's own ceiling where the price table knows it) times the number of
 outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
 generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction`` adds its
 own tokens to each output (what the model does not use of it is billed as output). The proxy checked these fields at the
@@ -114,9 +115,16 @@ def worst_case_cost(price: Price, inputs: int, outputs: int) -> int:
     return -(-(inputs * input_rate + outputs * output_rate) // PER)
 
 
+def output_ceiling(price: Price, default_max_tokens: int) -> int:
+    """Output tokens one choice may be billed for when the body sets no cap: the model's own
+    ceiling where the price table knows it (OpenAI and Gemini write up to it: gpt-5 128k),
+    else the default (which the Anthropic adapter also sends as the cap it requires)."""
+    return price.max_output_tokens or default_max_tokens
+
+
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
-    return worst_case_cost(price, input_tokens(ctx), output_tokens(ctx, default_max_tokens))
+    return worst_case_cost(price, input_tokens(ctx), output_tokens(ctx, output_ceiling(price, default_max_tokens)))
 
 
 def images_asked(body: dict) -> int:

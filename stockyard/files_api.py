@@ -597,7 +597,8 @@ class FilesAPI:
             return None
         outputs = 0
         if not (isinstance(url, str) and url.rstrip("/").endswith("/embeddings")):
-            outputs = estimate.output_cap(body, self._path.settings.default_max_tokens) * estimate.choices(body)
+            ceiling = estimate.output_ceiling(price, self._path.settings.default_max_tokens)
+            outputs = estimate.output_cap(body, ceiling) * estimate.choices(body)
         full = estimate.worst_case_cost(price, estimate.text_tokens(line), outputs)
         part, whole = BATCH_PRICE
         return -(-full * part // whole)

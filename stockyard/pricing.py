@@ -31,10 +31,12 @@ second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their 
 images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
 audio or image input tokens at ``media_input`` (``Usage.media_tokens``).
 
-Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k),
-Anthropic 1-hour cache writes (billed here at the 5-minute rate), cached image input
-tokens (billed as cached text input), and per-request or per-search fees (Perplexity,
-web search tools).
+A model's entry may also give ``max_output_tokens``: what it writes at most when a request
+sets no output cap (not a rate; budgets hold it, ``estimate.output_ceiling``).
+
+Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k), cached
+image input tokens (billed as cached text input), and per-request or per-search fees
+(Perplexity, web search tools).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import json
 import pkgutil
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
@@ -128,11 +130,12 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
 
 
 UNITS = ("token", "image", "second", "character")
+RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input")
 
 
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name in ("reasoning", "media_input"):
+        if value is None and name in ("reasoning", "media_input", "max_output_tokens"):
             continue
         if name == "unit":
             if value not in UNITS:
@@ -155,16 +158,34 @@ class Price:
     reasoning: int | None = None
     unit: str = "token"
     media_input: int | None = None
+    # Output tokens the model may write when a request sets no cap (OpenAI and Gemini write up
+    # to their model's ceiling): what a budget holds for such a request. None: unknown, and
+    # STOCKYARD_DEFAULT_MAX_TOKENS is held. Not a rate: shipped in prices.json, kept by overrides.
+    max_output_tokens: int | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self)
 
     @classmethod
-    def from_usd(cls, rates: Mapping[str, str]) -> Price:
-        """From decimal strings in USD per 1M; cached/cache_write default to input."""
-        unknown = set(rates) - {"input", "cached_input", "cache_write", "output", "reasoning", "unit", "media_input"}
+    def from_usd(cls, rates: Mapping[str, Any]) -> Price:
+        """From decimal strings in USD per 1M (``max_output_tokens`` a whole number);
+        cached/cache_write default to input."""
+        known = {
+            "input",
+            "cached_input",
+            "cache_write",
+            "output",
+            "reasoning",
+            "unit",
+            "media_input",
+            "max_output_tokens",
+        }
+        unknown = set(rates) - known
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
+        ceiling = rates.get("max_output_tokens")
+        if ceiling is not None and (type(ceiling) is not int or ceiling <= 0):
+            raise ValueError(f"max_output_tokens must be a positive whole number, got {ceiling!r}")
         inp = parse_usd_per_m(rates["input"])
         return cls(
             input=inp,
@@ -174,7 +195,15 @@ class Price:
             reasoning=parse_usd_per_m(rates["reasoning"]) if "reasoning" in rates else None,
             unit=rates.get("unit", "token"),
             media_input=parse_usd_per_m(rates["media_input"]) if "media_input" in rates else None,
+            max_output_tokens=ceiling,
         )
+
+
+def _keep_ceiling(override: Price, shipped: Price | None) -> Price:
+    """An operator's override changes the rates; the model's output ceiling stays the shipped one."""
+    if override.max_output_tokens is None and shipped is not None and shipped.max_output_tokens is not None:
+        return replace(override, max_output_tokens=shipped.max_output_tokens)
+    return override
 
 
 MAX_TOKEN_COUNT = 2**40  # beyond any real answer; keeps a cost within SQLite's integers
@@ -354,7 +383,10 @@ class PriceTable:
                 raise ValueError(f"bad price for {key!r}: {exc}") from None
         table = cls(prices, checked=str(doc.get("checked", "")))
         if overrides:
-            table = cls({**dict(table.entries()), **overrides}, checked=table.checked)
+            shipped = dict(table.entries())
+            table = cls(
+                {**shipped, **{k: _keep_ceiling(p, shipped.get(k)) for k, p in overrides.items()}}, table.checked
+            )
         return table
 
     @classmethod

@@ -340,3 +340,24 @@ def test_an_end_users_budget_holds_a_dearer_fallback_too(server, mock):
     body["max_tokens"] = 50_000  # $0.50 at gpt-4o: it fits
     assert after_a_failure(server, mock, "plain", body, user="frank") == (200, ["gpt-4o-mini", "gpt-4o"])
     mock.clear_replies()
+
+
+@pytest.mark.parametrize(
+    "who, user, model",
+    [
+        ("budgeted", None, "gpt-5-pro"),  # $5: 272,000 output tokens at $120/M is $32.64 (4,096 was $0.49)
+        ("plain", "gina", "gpt-5"),  # an end user's $1: 128,000 at $10/M is $1.28 (4,096 was $0.04)
+    ],
+)
+def test_a_request_without_an_output_cap_holds_the_models_own_ceiling(server, mock, who, user, model):
+    """Was: a request that set no max_tokens held STOCKYARD_DEFAULT_MAX_TOKENS (4,096) of output,
+    but OpenAI writes up to the model's ceiling then, so each request in flight could pass the
+    budget by up to 30× what it held. Now the price table's max_output_tokens is held."""
+    headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    mock.clear()
+    status, _, raw = server.request("POST", "/v1/chat/completions", body, headers=headers)
+    assert status == 429 and json.loads(raw)["error"]["code"] == "budget_exceeded", raw
+    assert mock.requests == []
+    status, _, raw = server.request("POST", "/v1/chat/completions", {**body, "max_tokens": 1000}, headers=headers)
+    assert status == 200, raw  # a cap the budget can hold: served

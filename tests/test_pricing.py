@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -387,10 +388,10 @@ def test_provider_named_in_model_falls_back_to_bare(table: PriceTable) -> None:
 def test_overrides_replace_and_add() -> None:
     mine = Price(input=7, cached_input=7, cache_write=7, output=7)
     t = PriceTable.load({"gpt-4o": mine, "acme/house-model": mine})
-    assert t.lookup("gpt-4o-2024-08-06") == mine
+    assert t.lookup("gpt-4o-2024-08-06") == replace(mine, max_output_tokens=16_384)  # the shipped ceiling kept
     assert t.lookup("gpt-4o-mini") != mine
     assert t.lookup("acme/house-model") == mine
-    assert ("gpt-4o", mine) in t.entries()
+    assert ("acme/house-model", mine) in t.entries()
 
 
 def test_entries_sorted_and_round_trip(table: PriceTable) -> None:
@@ -417,6 +418,8 @@ def test_data_file_shape(table: PriceTable) -> None:
     assert doc["unit"] == "USD per 1M tokens"
     for key, rates in doc["models"].items():
         assert key == key.strip().lower(), key
+        ceiling = rates.pop("max_output_tokens", None)  # a token count, not a rate
+        assert ceiling is None or (type(ceiling) is int and ceiling > 0), key
         assert all(isinstance(v, str) for v in rates.values()), key
         assert {"input", "output"} <= set(rates), key
         if "reasoning" in rates:
@@ -589,3 +592,18 @@ def test_from_openai_is_always_consistent(raw: dict) -> None:
     assert usage.cached_tokens <= usage.prompt_tokens
     assert usage.reasoning_tokens <= usage.completion_tokens
     assert all(type(v) is int for v in vars(usage).values())
+
+
+def test_a_models_output_ceiling_is_parsed_checked_and_kept_by_an_override() -> None:
+    """max_output_tokens (what a request without a cap may be answered with) is a positive whole
+    number; an operator's rate override keeps the shipped ceiling, since it changes only rates."""
+    table = PriceTable.load()
+    assert table.lookup("gpt-5", "openai").max_output_tokens == 128_000
+    assert table.lookup("claude-sonnet-4-5", "anthropic").max_output_tokens is None  # the cap is sent
+    for bad in (0, -1, "128000", 1.5, True):
+        with pytest.raises(ValueError, match="max_output_tokens"):
+            Price.from_usd({"input": "1", "output": "2", "max_output_tokens": bad})
+    override = Price.from_usd({"input": "1", "output": "2"})
+    assert PriceTable.load({"gpt-5": override}).lookup("gpt-5", "openai").max_output_tokens == 128_000
+    mine = Price.from_usd({"input": "1", "output": "2", "max_output_tokens": 500})
+    assert PriceTable.load({"gpt-5": mine}).lookup("gpt-5", "openai").max_output_tokens == 500

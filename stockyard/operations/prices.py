@@ -12,11 +12,10 @@ import sqlite3
 from typing import Any, Mapping
 
 from ..limits import MAX_PRICE_UC
-from ..pricing import UNITS, Price, PriceTable, format_usd, parse_usd_per_m
+from ..pricing import RATE_FIELDS, UNITS, Price, PriceTable, format_usd, parse_usd_per_m
 from ..times import now_iso
 from . import Operations, invalid, not_found
 
-RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input")
 _MODEL = re.compile(r"^[^\s]{1,200}$")
 
 
@@ -108,6 +107,7 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "reasoning_uc": p.reasoning,
             "media_input_uc": p.media_input,
             "unit": p.unit,
+            "max_output_tokens": p.max_output_tokens,
             "usd_per_1m": usd(p),
         }
         for key, p in table.entries()
