@@ -6,7 +6,8 @@ the worst case, so the two can never disagree.
 
 Input is estimated from the body length (4 bytes a token, rounded up: a deliberate
 over-estimate for English text, and JSON punctuation counts too); the prompt is billed
-once, however many choices come back. Output is the request's own cap on output tokens
+once, however many choices come back. For a budget, an image or file the body names by URL or
+file id (its bytes are not in the body) adds the model's largest image. Output is the request's own cap on output tokens
 (the largest one it sets; when it sets none, ``default_max_tokens`` for rate limits and,
 for a budget's hold, the model's own ceiling where the price table knows it) times the number of
 outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
@@ -18,6 +19,7 @@ edge (``limits.check_request_numbers``): they are whole numbers in range, or abs
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .context import RequestContext
 from .errors import RESPONSES
@@ -27,6 +29,10 @@ from .pricing import PER, Price, unit_cost
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
 IMAGE_OUTPUT_TOKENS = 6240  # gpt-image-1's largest image (high quality, 1024x1536): more than the default cap
+# An image named by URL or file id, where the price table gives the model no count of its own:
+# Claude's largest (~1,600 at 1.15 megapixels), above GPT-4o's 1,445 (8 tiles at high detail),
+# GPT-5's and o-series'. gpt-4o-mini (48,169) and the GPT-4.1 minis have entries of their own.
+IMAGE_INPUT_TOKENS = 1600
 
 
 def runs_after_answer(ctx: RequestContext) -> bool:
@@ -122,9 +128,65 @@ def output_ceiling(price: Price, default_max_tokens: int) -> int:
     return price.max_output_tokens or default_max_tokens
 
 
+def referenced_images(body: Any, raw: bytes) -> int:
+    """Images (and files) the body names by URL or file id rather than carrying them: their
+    bytes are not in the body, so the byte count does not see them. Inline ones (a ``data:``
+    URL, base64) are in the body's bytes already. Walked only when ``raw`` shows a mark of one."""
+    if not any(mark in raw for mark in _REFERENCE_MARKS):
+        return 0
+    found, todo = 0, [body]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            found += _by_reference(value)
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return found
+
+
+_REFERENCE_MARKS = (
+    b'"image_url"',
+    b'"input_image"',
+    b'"input_file"',
+    b'"file"',
+    b'"image"',
+    b'"document"',
+    b'"fileData"',
+    b'"file_data"',
+)
+
+
+def _by_reference(part: dict) -> bool:
+    """A content part that points at an image or file: OpenAI chat ``image_url`` / ``file``,
+    Responses ``input_image`` / ``input_file``, Anthropic ``image`` / ``document`` with a url or file
+    source, a Gemini ``fileData`` part."""
+    kind = part.get("type")
+    if kind in ("image_url", "input_image"):
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        return not (isinstance(url, str) and url.startswith("data:"))
+    if kind == "input_file":
+        return "file_data" not in part  # inline base64 is in the body
+    if kind == "file":  # chat: {"file": {"file_id": …}}, or inline {"file": {"file_data": …}}
+        file = part.get("file")
+        return isinstance(file, dict) and "file_data" not in file
+    if kind in ("image", "document"):
+        source = part.get("source")
+        return isinstance(source, dict) and source.get("type") in ("url", "file")
+    return isinstance(part.get("fileData", part.get("file_data")), dict)  # a Gemini part (a URI)
+
+
+def image_tokens(body: Any, raw: bytes, price: Price) -> int:
+    """Input tokens of the images a body names by reference, each at the model's largest
+    (the price table's ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`)."""
+    return referenced_images(body, raw) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
+
+
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
-    return worst_case_cost(price, input_tokens(ctx), output_tokens(ctx, output_ceiling(price, default_max_tokens)))
+    inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price)
+    return worst_case_cost(price, inputs, output_tokens(ctx, output_ceiling(price, default_max_tokens)))
 
 
 def images_asked(body: dict) -> int:

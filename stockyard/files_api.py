@@ -599,7 +599,8 @@ class FilesAPI:
         if not (isinstance(url, str) and url.rstrip("/").endswith("/embeddings")):
             ceiling = estimate.output_ceiling(price, self._path.settings.default_max_tokens)
             outputs = estimate.output_cap(body, ceiling) * estimate.choices(body)
-        full = estimate.worst_case_cost(price, estimate.text_tokens(line), outputs)
+        inputs = estimate.text_tokens(line) + estimate.image_tokens(body, line, price)
+        full = estimate.worst_case_cost(price, inputs, outputs)
         part, whole = BATCH_PRICE
         return -(-full * part // whole)
 

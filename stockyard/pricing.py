@@ -31,8 +31,9 @@ second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their 
 images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
 audio or image input tokens at ``media_input`` (``Usage.media_tokens``).
 
-A model's entry may also give ``max_output_tokens``: what it writes at most when a request
-sets no output cap (not a rate; budgets hold it, ``estimate.output_ceiling``).
+A model's entry may also give token counts (not rates) that budgets hold: ``max_output_tokens``,
+what it writes at most when a request sets no output cap (``estimate.output_ceiling``), and
+``image_input_tokens``, what its largest image costs as input (``estimate.image_tokens``).
 
 Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k), cached
 image input tokens (billed as cached text input), and per-request or per-search fees
@@ -131,11 +132,12 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
 
 UNITS = ("token", "image", "second", "character")
 RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input")
+TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")  # a model's token counts beside its rates
 
 
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name in ("reasoning", "media_input", "max_output_tokens"):
+        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS):
             continue
         if name == "unit":
             if value not in UNITS:
@@ -158,34 +160,28 @@ class Price:
     reasoning: int | None = None
     unit: str = "token"
     media_input: int | None = None
-    # Output tokens the model may write when a request sets no cap (OpenAI and Gemini write up
-    # to their model's ceiling): what a budget holds for such a request. None: unknown, and
-    # STOCKYARD_DEFAULT_MAX_TOKENS is held. Not a rate: shipped in prices.json, kept by overrides.
+    # Token counts of the model, not rates (shipped in prices.json, kept by an operator's rate
+    # override; None: unknown), for the worst case a budget holds (``stockyard.estimate``):
+    # the output it may write when a request sets no cap (OpenAI and Gemini write up to their
+    # model's ceiling; unknown: STOCKYARD_DEFAULT_MAX_TOKENS), and the input tokens of its
+    # largest image (unknown: ``estimate.IMAGE_INPUT_TOKENS``).
     max_output_tokens: int | None = None
+    image_input_tokens: int | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self)
 
     @classmethod
     def from_usd(cls, rates: Mapping[str, Any]) -> Price:
-        """From decimal strings in USD per 1M (``max_output_tokens`` a whole number);
+        """From decimal strings in USD per 1M (the token counts as whole numbers);
         cached/cache_write default to input."""
-        known = {
-            "input",
-            "cached_input",
-            "cache_write",
-            "output",
-            "reasoning",
-            "unit",
-            "media_input",
-            "max_output_tokens",
-        }
-        unknown = set(rates) - known
+        unknown = set(rates) - {*RATE_FIELDS, "unit", *TOKEN_COUNTS}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
-        ceiling = rates.get("max_output_tokens")
-        if ceiling is not None and (type(ceiling) is not int or ceiling <= 0):
-            raise ValueError(f"max_output_tokens must be a positive whole number, got {ceiling!r}")
+        for name in TOKEN_COUNTS:
+            count = rates.get(name)
+            if count is not None and (type(count) is not int or count <= 0):
+                raise ValueError(f"{name} must be a positive whole number, got {count!r}")
         inp = parse_usd_per_m(rates["input"])
         return cls(
             input=inp,
@@ -195,15 +191,16 @@ class Price:
             reasoning=parse_usd_per_m(rates["reasoning"]) if "reasoning" in rates else None,
             unit=rates.get("unit", "token"),
             media_input=parse_usd_per_m(rates["media_input"]) if "media_input" in rates else None,
-            max_output_tokens=ceiling,
+            **{name: rates.get(name) for name in TOKEN_COUNTS},
         )
 
 
-def _keep_ceiling(override: Price, shipped: Price | None) -> Price:
-    """An operator's override changes the rates; the model's output ceiling stays the shipped one."""
-    if override.max_output_tokens is None and shipped is not None and shipped.max_output_tokens is not None:
-        return replace(override, max_output_tokens=shipped.max_output_tokens)
-    return override
+def _keep_counts(override: Price, shipped: Price | None) -> Price:
+    """An operator's override changes the rates; the model's token counts stay the shipped ones."""
+    if shipped is None:
+        return override
+    kept = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
+    return replace(override, **kept)
 
 
 MAX_TOKEN_COUNT = 2**40  # beyond any real answer; keeps a cost within SQLite's integers
@@ -384,9 +381,8 @@ class PriceTable:
         table = cls(prices, checked=str(doc.get("checked", "")))
         if overrides:
             shipped = dict(table.entries())
-            table = cls(
-                {**shipped, **{k: _keep_ceiling(p, shipped.get(k)) for k, p in overrides.items()}}, table.checked
-            )
+            kept = {key: _keep_counts(price, shipped.get(key)) for key, price in overrides.items()}
+            table = cls({**shipped, **kept}, checked=table.checked)
         return table
 
     @classmethod

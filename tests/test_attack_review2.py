@@ -361,3 +361,18 @@ def test_a_request_without_an_output_cap_holds_the_models_own_ceiling(server, mo
     assert mock.requests == []
     status, _, raw = server.request("POST", "/v1/chat/completions", {**body, "max_tokens": 1000}, headers=headers)
     assert status == 200, raw  # a cap the budget can hold: served
+
+
+def test_images_named_by_url_are_held_at_the_models_largest_image(server, mock):
+    """Was: an image by URL counted as its URL's bytes (~15 tokens), but gpt-4o-mini bills an
+    image at up to 48,169 tokens: 800 of them are $5.78 against a $5 budget, held as $0.002."""
+
+    def body(images: int) -> dict:
+        parts = [{"type": "image_url", "image_url": {"url": f"https://example.com/{i}.png"}} for i in range(images)]
+        return {**chat("gpt-4o-mini"), "messages": [{"role": "user", "content": parts}]}
+
+    mock.clear()
+    status, _, answer = post(server, "budgeted", "/v1/chat/completions", body(800))
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
+    assert mock.requests == []
+    assert post(server, "budgeted", "/v1/chat/completions", body(100))[0] == 200  # $0.72: it fits

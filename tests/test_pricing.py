@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stockyard.pricing import (
+    TOKEN_COUNTS,
     Price,
     PriceTable,
     Usage,
@@ -418,8 +419,9 @@ def test_data_file_shape(table: PriceTable) -> None:
     assert doc["unit"] == "USD per 1M tokens"
     for key, rates in doc["models"].items():
         assert key == key.strip().lower(), key
-        ceiling = rates.pop("max_output_tokens", None)  # a token count, not a rate
-        assert ceiling is None or (type(ceiling) is int and ceiling > 0), key
+        for name in TOKEN_COUNTS:  # token counts, not rates
+            count = rates.pop(name, None)
+            assert count is None or (type(count) is int and count > 0), key
         assert all(isinstance(v, str) for v in rates.values()), key
         assert {"input", "output"} <= set(rates), key
         if "reasoning" in rates:
@@ -594,16 +596,20 @@ def test_from_openai_is_always_consistent(raw: dict) -> None:
     assert all(type(v) is int for v in vars(usage).values())
 
 
-def test_a_models_output_ceiling_is_parsed_checked_and_kept_by_an_override() -> None:
-    """max_output_tokens (what a request without a cap may be answered with) is a positive whole
-    number; an operator's rate override keeps the shipped ceiling, since it changes only rates."""
+def test_a_models_token_counts_are_parsed_checked_and_kept_by_an_override() -> None:
+    """max_output_tokens (what a request without a cap may be answered with) and
+    image_input_tokens are positive whole numbers; an operator's rate override keeps the shipped
+    counts, since it changes only rates."""
     table = PriceTable.load()
     assert table.lookup("gpt-5", "openai").max_output_tokens == 128_000
     assert table.lookup("claude-sonnet-4-5", "anthropic").max_output_tokens is None  # the cap is sent
-    for bad in (0, -1, "128000", 1.5, True):
-        with pytest.raises(ValueError, match="max_output_tokens"):
-            Price.from_usd({"input": "1", "output": "2", "max_output_tokens": bad})
+    for name in ("max_output_tokens", "image_input_tokens"):
+        for bad in (0, -1, "128000", 1.5, True):
+            with pytest.raises(ValueError, match=name):
+                Price.from_usd({"input": "1", "output": "2", name: bad})
     override = Price.from_usd({"input": "1", "output": "2"})
     assert PriceTable.load({"gpt-5": override}).lookup("gpt-5", "openai").max_output_tokens == 128_000
+    kept = PriceTable.load({"gpt-4o-mini": override}).lookup("gpt-4o-mini", "openai")
+    assert (kept.max_output_tokens, kept.image_input_tokens, kept.input) == (16_384, 48_169, 100_000_000)
     mine = Price.from_usd({"input": "1", "output": "2", "max_output_tokens": 500})
     assert PriceTable.load({"gpt-5": mine}).lookup("gpt-5", "openai").max_output_tokens == 500

@@ -1,0 +1,55 @@
+"""Images and files a body names by reference (URL, file id): the budget's worst case counts each
+at the model's largest image, since their bytes are not in the body the estimate counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stockyard.estimate import IMAGE_INPUT_TOKENS, image_tokens, referenced_images
+from stockyard.pricing import PriceTable
+
+URL = "https://example.com/cat.png"
+INLINE = "data:image/png;base64,iVBORw0KGgo="
+
+
+def count(body: dict) -> int:
+    return referenced_images(body, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    "parts, expected",
+    [
+        ([{"type": "image_url", "image_url": {"url": URL}}], 1),  # chat
+        ([{"type": "image_url", "image_url": {"url": INLINE}}], 0),  # inline: its bytes are counted
+        ([{"type": "input_image", "image_url": URL}, {"type": "input_image", "file_id": "file-1"}], 2),  # Responses
+        ([{"type": "input_image", "image_url": INLINE}], 0),
+        ([{"type": "input_file", "file_id": "file-1"}, {"type": "input_file", "file_data": "JVBERi0="}], 1),
+        ([{"type": "file", "file": {"file_id": "file-1"}}], 1),  # chat, a PDF
+        ([{"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}}], 0),
+        ([{"type": "image", "source": {"type": "url", "url": URL}}], 1),  # Anthropic
+        ([{"type": "document", "source": {"type": "file", "file_id": "file_1"}}], 1),
+        ([{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}}], 0),
+        ([{"type": "text", "text": "image"}, {"type": "text", "text": "an image_url"}], 0),  # words, not parts
+    ],
+)
+def test_parts_by_reference_are_counted_inline_ones_are_not(parts, expected):
+    assert count({"model": "m", "messages": [{"role": "user", "content": parts}]}) == expected
+
+
+def test_gemini_file_parts_are_counted():
+    body = {
+        "contents": [{"parts": [{"text": "what is this"}, {"fileData": {"fileUri": URL, "mimeType": "image/png"}}]}]
+    }
+    assert count(body) == 1
+    assert count({"contents": [{"parts": [{"file_data": {"file_uri": URL}}]}]}) == 1
+    assert count({"contents": [{"parts": [{"inlineData": {"data": "iVBO", "mimeType": "image/png"}}]}]}) == 0
+
+
+def test_each_image_costs_the_models_largest():
+    table = PriceTable.load()
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": URL}}] * 3}]}
+    raw = json.dumps(body).encode()
+    assert image_tokens(body, raw, table.lookup("gpt-4o-mini", "openai")) == 3 * 48_169  # 8 tiles at 2,833 + 5,667
+    assert image_tokens(body, raw, table.lookup("gpt-4o", "openai")) == 3 * IMAGE_INPUT_TOKENS
