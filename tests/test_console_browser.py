@@ -89,6 +89,14 @@ class Console:
         self.page.fill("#admin-key", key)
         self.page.click("form.signin button[type=submit]")
 
+    def signed_in(self) -> "Console":
+        """This tab signed in with the admin key (once), so each test also runs on its own."""
+        opened = self.page.url.startswith(self.server.url)  # about:blank has no sessionStorage
+        if not (opened and self.page.evaluate("sessionStorage.getItem('stockyard.adminKey')")):
+            self.sign_in()
+            self.page.wait_for_selector("#nav:not([hidden])")
+        return self
+
     def go(self, page: str) -> None:
         self.page.evaluate("(h) => { location.hash = h; }", f"#/{page}")
 
@@ -156,6 +164,8 @@ def test_sign_in_shows_the_overview(console, server):
 
 
 def test_live_tail_shows_a_new_request_and_its_detail(console, server):
+    console.signed_in()
+    server.trace(chat(server)[1]["x-stockyard-trace-id"])  # a table to tail, also when this test runs alone
     page = console.page
     console.go("traces")
     page.wait_for_selector("main h1:text('Traces')")
@@ -178,6 +188,10 @@ def test_live_tail_shows_a_new_request_and_its_detail(console, server):
 
 
 def test_costs_total_matches_the_costs_command(console, server):
+    console.signed_in()
+    status, headers, _ = chat(server)  # something spent, also when this test runs alone
+    assert status == 200
+    server.trace(headers["x-stockyard-trace-id"])
     cli = server.cli("costs", "--json")
     assert cli.returncode == 0, cli.stderr
     total = json.loads(cli.stdout)["total"]
@@ -196,6 +210,7 @@ def test_costs_total_matches_the_costs_command(console, server):
 
 
 def test_toggling_a_module_changes_the_next_request(console, server):
+    console.signed_in()
     assert chat(server, "gpt-4o")[0] == 200
     page = console.page
     console.go("modules")
@@ -216,6 +231,7 @@ def test_toggling_a_module_changes_the_next_request(console, server):
 
 
 def test_models_page_shows_deployments_with_live_health(console, server, mock):
+    console.signed_in()
     page = console.page
     console.go("models")
     page.wait_for_selector("main h1:text('Models')")
@@ -242,6 +258,7 @@ def test_models_page_shows_deployments_with_live_health(console, server, mock):
 
 
 def test_markup_in_model_output_stays_text(console, server, mock):
+    console.signed_in()
     mock.enqueue(
         Reply(
             json={
@@ -275,6 +292,7 @@ def test_markup_in_model_output_stays_text(console, server, mock):
 
 
 def test_trace_search_finds_a_prompt_by_a_word(console, server):
+    console.signed_in()
     page = console.page
     status, headers, _ = server.request(
         "POST",
@@ -306,6 +324,7 @@ def attributed(server: ServerProcess, user: str, tags: str) -> str:
 
 
 def test_traces_show_and_filter_by_user_and_tag(console, server):
+    console.signed_in()
     page = console.page
     ana = attributed(server, "ana-browser", "team=search,feature=summaries")
     ben = attributed(server, "ben-browser", "team=ads")
@@ -332,6 +351,7 @@ def test_traces_show_and_filter_by_user_and_tag(console, server):
 
 
 def test_costs_group_by_user_and_by_tag(console, server):
+    console.signed_in()
     ids = [attributed(server, "cara-browser", "team=costs"), attributed(server, "dan-browser", "team=costs")]
     server.trace(ids[-1])
     by_user = admin(server, "GET", "/api/costs?by=user")
@@ -360,6 +380,7 @@ def test_costs_group_by_user_and_by_tag(console, server):
 
 
 def test_webhooks_page_adds_tests_and_shows_deliveries(console):
+    console.signed_in()
     receiver = Receiver()
     try:
         page = console.page
@@ -386,6 +407,7 @@ def test_webhooks_page_adds_tests_and_shows_deliveries(console):
 
 
 def test_verify_audit_chain(console, server):
+    console.signed_in()
     page = console.page
     console.go("audit")
     page.wait_for_selector("main h1:text('Audit log')")
@@ -399,6 +421,7 @@ def test_verify_audit_chain(console, server):
 
 
 def test_create_and_revoke_a_key(console, server):
+    console.signed_in()
     page = console.page
     console.go("keys")
     page.wait_for_selector("main h1:text('Keys')")
