@@ -255,6 +255,9 @@ def payload(spans: list[dict[str, Any]]) -> bytes:
 # -- the exporter thread ----------------------------------------------------------------------------
 
 
+_WAKE: dict[str, Any] = {}  # put by ``stop``: the export thread looks at its stop flag now
+
+
 class Exporter:
     """Batches spans to the collector on its own thread; drops (and counts) what it cannot send."""
 
@@ -297,6 +300,10 @@ class Exporter:
     def stop(self, timeout: float = 2.0) -> None:
         """Send what is queued (for at most ``timeout`` seconds), then end the thread."""
         self._stop.set()
+        try:
+            self._queue.put_nowait(_WAKE)  # the thread waits on the queue for up to half a second
+        except queue.Full:
+            pass  # then it is not waiting
         self._thread.join(timeout)
 
     def _batch(self) -> list[dict[str, Any]]:
@@ -309,7 +316,7 @@ class Exporter:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        return batch
+        return [span for span in batch if span is not _WAKE]
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):

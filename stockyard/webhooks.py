@@ -168,6 +168,9 @@ def log_delivery(conn, row: tuple) -> None:
     )
 
 
+_WAKE: Any = ({}, None)  # put by ``stop``: the delivery thread looks at its stop flag now
+
+
 class Dispatcher:
     """The delivery thread, its queue and its retry schedule, and the periodic checks."""
 
@@ -203,6 +206,10 @@ class Dispatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        try:
+            self._queue.put_nowait(_WAKE)  # the thread waits on the queue for up to a second
+        except queue.Full:
+            pass  # then it is not waiting
         self._thread.join(timeout)
 
     def emit(self, kind: str, data: dict[str, Any], summary: str, *, only: str | None = None) -> str | None:
@@ -241,9 +248,12 @@ class Dispatcher:
             self._attempt(heapq.heappop(self._waiting))
         wait = min([next_check] + [d.due for d in self._waiting[:1]]) - time.monotonic()
         try:
-            event, only = self._queue.get(timeout=max(0.01, min(wait, 1.0)))
+            item = self._queue.get(timeout=max(0.01, min(wait, 1.0)))
         except queue.Empty:
             return next_check
+        if item is _WAKE:
+            return next_check
+        event, only = item
         for hook in self._hooks:
             if hook.id == only or (only is None and event["type"] in hook.events):
                 self._attempt(_Delivery(0.0, next(self._seq), hook, event))

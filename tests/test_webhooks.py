@@ -4,6 +4,7 @@ a retry after a 500 and nothing more after a 200; the CLI, the API and the deliv
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from conftest import wait_for
@@ -307,3 +308,24 @@ def test_emit_never_blocks_a_full_queue_drops_and_counts():
     ids = [d.emit("breaker.opened", {"provider": "p"}, "x") for _ in range(webhooks.QUEUE_MAX + 5)]
     assert all(ids[: webhooks.QUEUE_MAX]) and ids[webhooks.QUEUE_MAX :] == [None] * 5
     assert d.dropped == 5
+
+
+def test_stop_wakes_the_delivery_thread_instead_of_waiting_out_its_poll():
+    """Was: ``stop`` set a flag the thread saw only when its wait on the queue (up to a second)
+    ran out, so every shutdown of a server took a second longer than it needed."""
+    looked = threading.Event()
+
+    class Store:
+        def submit(self, job) -> None:
+            pass
+
+        def read(self):
+            looked.set()  # the periodic check ran: the thread goes on to wait on its queue
+            raise RuntimeError("no database here")
+
+    d = webhooks.Dispatcher(Store())  # type: ignore[arg-type]
+    d.use([webhooks.Hook("wh_1", "http://127.0.0.1:9/", frozenset({"key.expiring"}), "json", "s")])
+    d.start()
+    assert looked.wait(10)
+    d.stop(timeout=0.5)  # its wait on the queue is a second: only the wake-up ends it in time
+    assert not d._thread.is_alive()
