@@ -7,7 +7,8 @@ the worst case, so the two can never disagree.
 Input is estimated from the body length (4 bytes a token, rounded up: a deliberate
 over-estimate for English text, and JSON punctuation counts too); the prompt is billed
 once, however many choices come back. For a budget, an image or file the body names by URL or
-file id (its bytes are not in the body) adds the model's largest image. Output is the request's own cap on output tokens
+file id (its bytes are not in the body) adds the model's largest image, and a web search tool
+its ``max_uses`` searches at Anthropic's fee per search. Output is the request's own cap on output tokens
 (the largest one it sets; when it sets none, ``default_max_tokens`` for rate limits and,
 for a budget's hold, the model's own ceiling where the price table knows it) times the number of
 outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
@@ -24,7 +25,7 @@ from typing import Any
 from .context import RequestContext
 from .errors import RESPONSES
 from .limits import request_numbers
-from .pricing import PER, Price, unit_cost
+from .pricing import PER, WEB_SEARCH_UC, Price, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
@@ -33,6 +34,9 @@ IMAGE_OUTPUT_TOKENS = 6240  # gpt-image-1's largest image (high quality, 1024x15
 # Claude's largest (~1,600 at 1.15 megapixels), above GPT-4o's 1,445 (8 tiles at high detail),
 # GPT-5's and o-series'. gpt-4o-mini (48,169) and the GPT-4.1 minis have entries of their own.
 IMAGE_INPUT_TOKENS = 1600
+# Searches held for a web search tool without ``max_uses`` (Anthropic sets no limit of its own;
+# the real count settles the hold): a guess, not a bound. Claude Code sets max_uses itself.
+WEB_SEARCHES_UNCAPPED = 10
 
 
 def runs_after_answer(ctx: RequestContext) -> bool:
@@ -183,10 +187,26 @@ def image_tokens(body: Any, raw: bytes, price: Price) -> int:
     return referenced_images(body, raw) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
 
 
+def web_searches(body: dict) -> int:
+    """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
+    ``web_search_*``), else :data:`WEB_SEARCHES_UNCAPPED` (also OpenAI's ``web_search``, whose
+    per-call fee is held but not billed here: only Anthropic reports its searches in usage)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return 0
+    found = 0
+    for tool in tools:
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
+            uses = tool.get("max_uses")
+            found += uses if type(uses) is int and uses > 0 else WEB_SEARCHES_UNCAPPED
+    return found
+
+
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
     inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price)
-    return worst_case_cost(price, inputs, output_tokens(ctx, output_ceiling(price, default_max_tokens)))
+    tokens = worst_case_cost(price, inputs, output_tokens(ctx, output_ceiling(price, default_max_tokens)))
+    return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
 
 
 def images_asked(body: dict) -> int:

@@ -31,13 +31,16 @@ second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their 
 images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
 audio or image input tokens at ``media_input`` (``Usage.media_tokens``).
 
-A model's entry may also give token counts (not rates) that budgets hold: ``max_output_tokens``,
+Anthropic bills each search of its web_search tool ($10 per 1,000, every model):
+``Usage.web_searches`` at :data:`WEB_SEARCH_UC`. A model's entry may also give token counts
+(not rates) that budgets hold: ``max_output_tokens``,
 what it writes at most when a request sets no output cap (``estimate.output_ceiling``), and
 ``image_input_tokens``, what its largest image costs as input (``estimate.image_tokens``).
 
 Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k), cached
-image input tokens (billed as cached text input), and per-request or per-search fees
-(Perplexity, web search tools).
+image input tokens (billed as cached text input), and per-request or per-call fees other than
+Anthropic's web search (Perplexity's request fees, OpenAI's web and file search tools, Gemini's
+grounding, code execution containers).
 """
 
 from __future__ import annotations
@@ -132,12 +135,14 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
 
 UNITS = ("token", "image", "second", "character")
 RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input")
+WEB_SEARCH_UC = USD // 100  # Anthropic's web search: $10 per 1,000 searches, one cent each
 TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")  # a model's token counts beside its rates
+SHIPPED = TOKEN_COUNTS  # in prices.json only (not `prices set`): an override keeps them
 
 
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS):
+        if value is None and name in ("reasoning", "media_input", *SHIPPED):
             continue
         if name == "unit":
             if value not in UNITS:
@@ -175,7 +180,7 @@ class Price:
     def from_usd(cls, rates: Mapping[str, Any]) -> Price:
         """From decimal strings in USD per 1M (the token counts as whole numbers);
         cached/cache_write default to input."""
-        unknown = set(rates) - {*RATE_FIELDS, "unit", *TOKEN_COUNTS}
+        unknown = set(rates) - {*RATE_FIELDS, "unit", *SHIPPED}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
         for name in TOKEN_COUNTS:
@@ -195,11 +200,11 @@ class Price:
         )
 
 
-def _keep_counts(override: Price, shipped: Price | None) -> Price:
+def _keep_shipped(override: Price, shipped: Price | None) -> Price:
     """An operator's override changes the rates; the model's token counts stay the shipped ones."""
     if shipped is None:
         return override
-    kept = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
+    kept = {name: getattr(shipped, name) for name in SHIPPED if getattr(override, name) is None}
     return replace(override, **kept)
 
 
@@ -227,6 +232,7 @@ class Usage:
     reasoning_tokens: int = 0
     media_tokens: int = 0  # input tokens that are audio or images (part of prompt_tokens)
     cache_write_long_tokens: int = 0  # of cache_write_tokens: Anthropic's 1-hour writes, at twice the input rate
+    web_searches: int = 0  # searches the provider ran for the model, billed per call (Anthropic's web_search)
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -262,11 +268,14 @@ class Usage:
     @classmethod
     def from_anthropic(cls, usage: Mapping[str, Any] | None) -> Usage:
         """Anthropic reports input_tokens WITHOUT cache reads/writes; add them back. Writes to
-        the 1-hour cache (``cache_creation.ephemeral_1h_input_tokens``) cost more than 5-minute ones."""
+        the 1-hour cache (``cache_creation.ephemeral_1h_input_tokens``) cost more than 5-minute
+        ones; ``server_tool_use.web_search_requests`` are billed per search."""
         read = _count(usage, "cache_read_input_tokens")
         write = _count(usage, "cache_creation_input_tokens")
         creation = usage.get("cache_creation") if isinstance(usage, Mapping) else None
+        server_tools = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
         return cls(
+            web_searches=_count(server_tools, "web_search_requests"),
             prompt_tokens=_count(usage, "input_tokens") + read + write,
             completion_tokens=_count(usage, "output_tokens"),
             cached_tokens=read,
@@ -327,6 +336,7 @@ def cost_numerator(price: Price, usage: Usage) -> int:
         + usage.cache_write_long_tokens * long_cache_write_rate(price)
         + plain_output * price.output
         + usage.reasoning_tokens * reasoning_rate
+        + usage.web_searches * WEB_SEARCH_UC * PER
     )
 
 
@@ -381,7 +391,7 @@ class PriceTable:
         table = cls(prices, checked=str(doc.get("checked", "")))
         if overrides:
             shipped = dict(table.entries())
-            kept = {key: _keep_counts(price, shipped.get(key)) for key, price in overrides.items()}
+            kept = {key: _keep_shipped(price, shipped.get(key)) for key, price in overrides.items()}
             table = cls({**shipped, **kept}, checked=table.checked)
         return table
 

@@ -17,6 +17,8 @@ import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import MockUpstream, Recorded, Reply, anthropic_stream
 
+from stockyard.pricing import PriceTable, Usage, cost_microcents
+
 
 def native_client_version() -> str:
     """The anthropic-version header the installed Anthropic SDK sends."""
@@ -547,3 +549,53 @@ def test_good_beta_lists_still_pass(server, mock) -> None:
     assert status == 200, body
     req = sent(mock, "claude-haiku-4-5-hdr")
     assert req.headers["anthropic-beta"] == "prompt-caching-2024-07-31, token-efficient-tools-2025-02-19"
+
+
+# --------------------------------------------------------------------------- server tools
+
+
+def searched_message(searches: int) -> dict:
+    usage = {"input_tokens": 12, "output_tokens": 5, "server_tool_use": {"web_search_requests": searches}}
+    return {
+        "id": "msg_searched",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": "Found it."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+SEARCH_TOOL = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_web_searches_are_billed_a_cent_each(server, mock, stream) -> None:
+    """Was: Anthropic's web search tool costs $10 per 1,000 searches on top of the tokens, and
+    the trace's cost counted only the tokens (Claude Code's web searches went unbilled)."""
+    message = searched_message(3)
+    if stream:
+        start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 12, "output_tokens": 1}}
+        events = [
+            f"event: message_start\ndata: {json.dumps({'type': 'message_start', 'message': start})}",
+            'event: content_block_start\ndata: {"type": "content_block_start", "index": 0, '
+            '"content_block": {"type": "text", "text": ""}}',
+            'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+            '"delta": {"type": "text_delta", "text": "Found it."}}',
+            'event: content_block_stop\ndata: {"type": "content_block_stop", "index": 0}',
+            "event: message_delta\ndata: "
+            + json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": message["usage"]}),
+            'event: message_stop\ndata: {"type": "message_stop"}',
+        ]
+        mock.enqueue(Reply(sse=events))
+    else:
+        mock.enqueue(Reply(json=message))
+    body = {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": user(), "tools": [SEARCH_TOOL]}
+    status, headers, _ = server.request("POST", "/v1/messages", {**body, "stream": stream})
+    assert status == 200
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    price = PriceTable.load().lookup("claude-haiku-4-5", "anthropic")
+    tokens = cost_microcents(price, Usage(prompt_tokens=12, completion_tokens=5))
+    assert trace["cost_uc"] == tokens + 3 * 1_000_000  # three searches, $0.01 each

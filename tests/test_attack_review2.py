@@ -15,6 +15,7 @@ from openai import OpenAI, PermissionDeniedError, RateLimitError
 from stockyard.pricing import PriceTable, Usage, cost_microcents
 
 BODY_CAP = 1024
+ANTHROPIC_KEY = "sk-ant-test-review2-0123456789abcdef"
 FALLBACK_CHAINS = {"gpt-4o-mini": ["openai/gpt-4o"], "gpt-4.1-nano": ["openai/sy-unpriced-model"]}
 
 
@@ -25,6 +26,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         **base_env(cache_home),
         "OPENAI_API_KEY": OPENAI_KEY,
         "OPENAI_BASE_URL": mock.url + "/v1",
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": mock.url,
         "STOCKYARD_BODY_CAP_BYTES": str(BODY_CAP),  # trace bodies kept short
     }
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack2") / "s.db", env)
@@ -376,3 +379,15 @@ def test_images_named_by_url_are_held_at_the_models_largest_image(server, mock):
     assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
     assert mock.requests == []
     assert post(server, "budgeted", "/v1/chat/completions", body(100))[0] == 200  # $0.72: it fits
+
+
+def test_a_web_search_tool_holds_its_searches_against_the_budget(server, mock):
+    """Was: Anthropic bills each search of its web_search tool ($0.01) and the budget held only
+    the tokens: a request allowing 600 searches ($6) got past a $5 budget."""
+    tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 600}
+    body = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    mock.clear()
+    status, _, answer = post(server, "budgeted", "/v1/messages", {**body, "tools": [tool]})
+    assert status == 429 and answer["error"]["type"] == "budget_exceeded", answer
+    assert mock.requests == []
+    assert post(server, "budgeted", "/v1/messages", {**body, "tools": [{**tool, "max_uses": 5}]})[0] == 200

@@ -1,5 +1,6 @@
-"""Images and files a body names by reference (URL, file id): the budget's worst case counts each
-at the model's largest image, since their bytes are not in the body the estimate counts."""
+"""The parts of a budget's worst case a body names without carrying them: images and files by
+reference (URL, file id), each at the model's largest image since their bytes are not in the
+body the estimate counts, and the searches a web search tool allows."""
 
 from __future__ import annotations
 
@@ -53,3 +54,15 @@ def test_each_image_costs_the_models_largest():
     raw = json.dumps(body).encode()
     assert image_tokens(body, raw, table.lookup("gpt-4o-mini", "openai")) == 3 * 48_169  # 8 tiles at 2,833 + 5,667
     assert image_tokens(body, raw, table.lookup("gpt-4o", "openai")) == 3 * IMAGE_INPUT_TOKENS
+
+
+def test_web_search_tools_hold_their_max_uses():
+    from stockyard.estimate import WEB_SEARCHES_UNCAPPED, web_searches
+
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    function = {"name": "lookup", "input_schema": {"type": "object"}}
+    assert web_searches({"tools": [function]}) == 0
+    assert web_searches({"tools": [{**search, "max_uses": 3}, function]}) == 3
+    assert web_searches({"tools": [search]}) == WEB_SEARCHES_UNCAPPED  # no limit of its own
+    assert web_searches({"tools": [{**search, "max_uses": "3"}]}) == WEB_SEARCHES_UNCAPPED
+    assert web_searches({"tools": "web_search"}) == 0
