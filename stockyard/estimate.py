@@ -190,7 +190,7 @@ def image_tokens(body: Any, raw: bytes, price: Price) -> int:
 def web_searches(body: dict) -> int:
     """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
     ``web_search_*``), else :data:`WEB_SEARCHES_UNCAPPED` (also OpenAI's ``web_search``, whose
-    per-call fee is held but not billed here: only Anthropic reports its searches in usage)."""
+    per-call fee is held but not billed here: its usage does not report its searches)."""
     tools = body.get("tools")
     if not isinstance(tools, list):
         return 0

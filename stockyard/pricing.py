@@ -31,26 +31,28 @@ second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their 
 images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
 audio or image input tokens at ``media_input`` (``Usage.media_tokens``).
 
-Anthropic bills each search of its web_search tool ($10 per 1,000, every model):
-``Usage.web_searches`` at :data:`WEB_SEARCH_UC`. A model's entry may also give token counts
-(not rates) that budgets hold: ``max_output_tokens``,
+Per-call fees that usage reports join the cost as ``Usage.fees_uc``: Anthropic's web searches
+(``server_tool_use.web_search_requests``, $10 per 1,000 on every model: :data:`WEB_SEARCH_UC`)
+and Perplexity's request and search-query fees (its ``usage.cost`` states them in USD).
+
+A model's entry may also give token counts (not rates) that budgets hold: ``max_output_tokens``,
 what it writes at most when a request sets no output cap (``estimate.output_ceiling``), and
 ``image_input_tokens``, what its largest image costs as input (``estimate.image_tokens``).
 
 Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k), cached
-image input tokens (billed as cached text input), and per-request or per-call fees other than
-Anthropic's web search (Perplexity's request fees, OpenAI's web and file search tools, Gemini's
-grounding, code execution containers).
+image input tokens (billed as cached text input), and per-call fees no usage reports (OpenAI's
+web and file search tools, Gemini's grounding, code execution containers).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pkgutil
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
@@ -232,7 +234,9 @@ class Usage:
     reasoning_tokens: int = 0
     media_tokens: int = 0  # input tokens that are audio or images (part of prompt_tokens)
     cache_write_long_tokens: int = 0  # of cache_write_tokens: Anthropic's 1-hour writes, at twice the input rate
-    web_searches: int = 0  # searches the provider ran for the model, billed per call (Anthropic's web_search)
+    # Per-call fees the usage itself reports, in µ¢ (not tokens): Anthropic's web searches at
+    # WEB_SEARCH_UC each, Perplexity's request and search-query fees as its usage.cost states them.
+    fees_uc: int = 0
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -263,6 +267,7 @@ class Usage:
             cached_tokens=min(cached, prompt),
             reasoning_tokens=min(reasoning, completion),
             media_tokens=min(media, prompt),
+            fees_uc=stated_fees(u.get("cost")),
         )
 
     @classmethod
@@ -275,7 +280,7 @@ class Usage:
         creation = usage.get("cache_creation") if isinstance(usage, Mapping) else None
         server_tools = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
         return cls(
-            web_searches=_count(server_tools, "web_search_requests"),
+            fees_uc=_count(server_tools, "web_search_requests") * WEB_SEARCH_UC,
             prompt_tokens=_count(usage, "input_tokens") + read + write,
             completion_tokens=_count(usage, "output_tokens"),
             cached_tokens=read,
@@ -296,6 +301,27 @@ class Usage:
             cached_tokens=min(_count(meta, "cachedContentTokenCount"), prompt),
             reasoning_tokens=thoughts,
         )
+
+
+STATED_FEES = ("request_cost", "search_queries_cost")  # Perplexity's per-request and per-search fees
+MAX_STATED_FEE_USD = Decimal(1000)  # more than any one request's fees: a wilder number is ignored
+
+
+def stated_fees(cost: Any) -> int:
+    """Perplexity's ``usage.cost`` parts that are fees, not tokens (USD numbers), in µ¢, exactly:
+    each number as written in the JSON (``0.005`` is 500,000 µ¢), rounded half up to 1 µ¢. The
+    token parts are left to the price table, like every other provider's. Anything else: 0."""
+    if not isinstance(cost, Mapping):
+        return 0
+    total = 0
+    for name in STATED_FEES:
+        value = cost.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            continue  # not a number (NaN and Infinity too: Python's json reads them)
+        usd = Decimal(repr(value))  # as written in the JSON, not the float's binary expansion
+        if 0 < usd < MAX_STATED_FEE_USD:
+            total += int((usd * USD).to_integral_value(ROUND_HALF_UP))
+    return total
 
 
 def round_microcents(numerator: int, whole: int = 1) -> int:
@@ -336,7 +362,7 @@ def cost_numerator(price: Price, usage: Usage) -> int:
         + usage.cache_write_long_tokens * long_cache_write_rate(price)
         + plain_output * price.output
         + usage.reasoning_tokens * reasoning_rate
-        + usage.web_searches * WEB_SEARCH_UC * PER
+        + usage.fees_uc * PER
     )
 
 
