@@ -138,13 +138,15 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
 UNITS = ("token", "image", "second", "character")
 RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input")
 WEB_SEARCH_UC = USD // 100  # Anthropic's web search: $10 per 1,000 searches, one cent each
-TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")  # a model's token counts beside its rates
-SHIPPED = TOKEN_COUNTS  # in prices.json only (not `prices set`): an override keeps them
+MAX_SEARCHES = 10**6  # searches one answer is billed for at most (an absurd count stays a sane cost)
+# A model's token counts beside its rates: in prices.json only (not `prices set`), so an
+# operator's rate override keeps the shipped ones.
+TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")
 
 
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name in ("reasoning", "media_input", *SHIPPED):
+        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS):
             continue
         if name == "unit":
             if value not in UNITS:
@@ -182,7 +184,7 @@ class Price:
     def from_usd(cls, rates: Mapping[str, Any]) -> Price:
         """From decimal strings in USD per 1M (the token counts as whole numbers);
         cached/cache_write default to input."""
-        unknown = set(rates) - {*RATE_FIELDS, "unit", *SHIPPED}
+        unknown = set(rates) - {*RATE_FIELDS, "unit", *TOKEN_COUNTS}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
         for name in TOKEN_COUNTS:
@@ -206,7 +208,7 @@ def _keep_shipped(override: Price, shipped: Price | None) -> Price:
     """An operator's override changes the rates; the model's token counts stay the shipped ones."""
     if shipped is None:
         return override
-    kept = {name: getattr(shipped, name) for name in SHIPPED if getattr(override, name) is None}
+    kept = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
     return replace(override, **kept)
 
 
@@ -280,7 +282,7 @@ class Usage:
         creation = usage.get("cache_creation") if isinstance(usage, Mapping) else None
         server_tools = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
         return cls(
-            fees_uc=_count(server_tools, "web_search_requests") * WEB_SEARCH_UC,
+            fees_uc=min(_count(server_tools, "web_search_requests"), MAX_SEARCHES) * WEB_SEARCH_UC,
             prompt_tokens=_count(usage, "input_tokens") + read + write,
             completion_tokens=_count(usage, "output_tokens"),
             cached_tokens=read,
