@@ -167,12 +167,14 @@ class Cluster:
             USER, host="127.0.0.1", port=self.port, password=self.password, database=database
         )
 
-    def database(self) -> str:
-        """A new, empty database; returns its URL (password included)."""
+    def database(self, icu_locale: str | None = None) -> str:
+        """A new, empty database (ordering text by ``icu_locale``, e.g. 'und', instead of the
+        cluster's C locale, as a production database in en_US would); returns its URL."""
         name = f"t{os.getpid()}_{next(self._names)}"
         conn = self.admin()
+        icu = f" LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
         try:
-            conn.run(f"CREATE DATABASE {name} TEMPLATE template0")
+            conn.run(f"CREATE DATABASE {name} TEMPLATE template0{icu}")
         finally:
             conn.close()
         return self.url(name)

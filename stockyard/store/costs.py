@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from ..pricing import format_usd
 from ..times import parse_day
+from .db import dialect_of
 from .traces import ROLLUP_COUNTS
 
 GROUPS = {
@@ -88,7 +89,8 @@ def report(
     top = check_top(top, groups)
     table, columns, where, args = _source(groups)
     first, last = check_range(since, until)
-    names = [f"{c} || ''" if c in _INDEX_FIRST else c for c in columns]
+    collate = _BYTE_ORDER[dialect_of(conn)]
+    names = [_name(c, collate) for c in columns]
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTS)
     if first:
         where.append("day >= ?")
@@ -190,6 +192,19 @@ def _with_top(
         if any(rest):  # nothing but the kept groups: no rest row
             found.append(((*outer_key, None), rest))
     return found
+
+
+def _name(column: str, collate: str) -> str:
+    """A group column as a report selects it: past its index (see _INDEX_FIRST), in byte order."""
+    name = f"{column} || ''" if column in _INDEX_FIRST else column
+    return f"({name}){collate}" if collate else name
+
+
+# Names in one order on both stores, byte order: SQLite compares text as bytes, PostgreSQL by the
+# database's collation (en_US puts 'alice' before 'Bob'), so the same report would list ties —
+# and keep a different group at a tie for top=N — on each. "C" is PostgreSQL's byte order (and
+# UTF-8's byte order is Python's, which sorts a top report's rows).
+_BYTE_ORDER = {"sqlite": "", "postgresql": ' COLLATE "C"'}
 
 
 # Columns an index starts with (key_id, project, end_user: for lookups by one key, project or
