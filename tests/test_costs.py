@@ -151,6 +151,8 @@ def test_cli_price_errors_exit_1(server):
     listed = server.cli("prices", "list", "--json")
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert {"gpt-4o-mini", "mock-reasoning"} <= {r["model"] for r in rows}
+    mini = next(r for r in rows if r["model"] == "gpt-4o-mini")  # the counts a budget holds, listed
+    assert (mini["max_output_tokens"], mini["image_input_tokens"]) == (16_384, 48_169)
 
 
 # -- the report ---------------------------------------------------------------------------------

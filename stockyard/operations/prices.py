@@ -108,6 +108,7 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "media_input_uc": p.media_input,
             "unit": p.unit,
             "max_output_tokens": p.max_output_tokens,
+            "image_input_tokens": p.image_input_tokens,
             "usd_per_1m": usd(p),
         }
         for key, p in table.entries()
