@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any, Mapping
 
 from ..limits import MAX_PRICE_UC
-from ..pricing import RATE_FIELDS, UNITS, Price, PriceTable, format_usd, parse_usd_per_m
+from ..pricing import RATE_FIELDS, TOKEN_COUNTS, UNITS, Price, PriceTable, format_usd, parse_usd_per_m
 from ..times import now_iso
 from . import Operations, invalid, not_found
 
@@ -107,8 +107,7 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "reasoning_uc": p.reasoning,
             "media_input_uc": p.media_input,
             "unit": p.unit,
-            "max_output_tokens": p.max_output_tokens,
-            "image_input_tokens": p.image_input_tokens,
+            **{name: getattr(p, name) for name in TOKEN_COUNTS},  # the model's counts a budget holds
             "usd_per_1m": usd(p),
         }
         for key, p in table.entries()
