@@ -328,7 +328,8 @@ def current(conn: sqlite3.Connection) -> Desired:
         enabled = row.enabled if row is not None else registry.default_enabled(cls)
         out.modules[cls.name] = {"enabled": enabled, "config": stored}
     out.prices = price_ops.load_overrides(conn)
-    for r in conn.execute("SELECT project, budget_uc, period FROM project_budgets ORDER BY project"):
+    budgets = conn.execute("SELECT project, budget_uc, period FROM project_budgets").fetchall()
+    for r in sorted(budgets, key=lambda r: r["project"]):  # byte order on both stores (list_projects)
         out.projects[r["project"]] = {"budget_uc": r["budget_uc"], "period": r["period"]}
     for m in model_ops.rows(conn):
         out.models[m["name"]] = {

@@ -375,12 +375,13 @@ def get_project(conn: sqlite3.Connection, project: str, now_ms: int | None = Non
 
 def list_projects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Projects named by a key or a budget."""
-    names = [
+    # Sorted here, by code point (UTF-8 byte order): PostgreSQL's ORDER BY follows the database's
+    # collation ('a-web' before 'B-web' in en_US), SQLite's bytes, and both stores list alike.
+    names = sorted(
         r[0]
         for r in conn.execute(
-            "SELECT project FROM client_keys WHERE project IS NOT NULL UNION SELECT project FROM project_budgets "
-            "ORDER BY 1"
+            "SELECT project FROM client_keys WHERE project IS NOT NULL UNION SELECT project FROM project_budgets"
         )
-    ]
+    )
     now_ms = int(time.time() * 1000)
     return [get_project(conn, n, now_ms) for n in names]
