@@ -46,6 +46,7 @@ web and file search tools, Gemini's grounding, code execution containers).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pkgutil
@@ -54,6 +55,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
+from types import MappingProxyType
 from typing import Any
 
 USD = 10**8  # µ¢ per US dollar
@@ -378,6 +380,28 @@ def unit_cost(price: Price, units: int) -> int:
     return round_microcents(units * price.input)
 
 
+def _parse_table(data: bytes | str) -> tuple[dict[str, Price], str]:
+    """The prices of a prices.json document, and its ``checked`` date."""
+    doc = json.loads(data)
+    prices: dict[str, Price] = {}
+    for key, rates in doc["models"].items():
+        try:
+            prices[key] = Price.from_usd(rates)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad price for {key!r}: {exc}") from None
+    return prices, str(doc.get("checked", ""))
+
+
+@functools.cache
+def _shipped_table() -> tuple[Mapping[str, Price], str]:
+    """The packaged prices.json, parsed (read-only: a Price is frozen, the mapping a proxy)."""
+    data = pkgutil.get_data("stockyard", "data/prices.json")
+    if data is None:
+        raise FileNotFoundError("stockyard/data/prices.json is missing from the package")
+    prices, checked = _parse_table(data)
+    return MappingProxyType(prices), checked
+
+
 def _split(name: str) -> tuple[str | None, str]:
     """'groq/llama-3.3' → ('groq', 'llama-3.3'); 'meta-llama/x' stays bare."""
     head, sep, rest = name.partition("/")
@@ -409,27 +433,26 @@ class PriceTable:
     @classmethod
     def from_json(cls, data: bytes | str, overrides: Mapping[str, Price] | None = None) -> PriceTable:
         """Parse the prices.json format; every price must be a decimal string."""
-        doc = json.loads(data)
-        prices: dict[str, Price] = {}
-        for key, rates in doc["models"].items():
-            try:
-                prices[key] = Price.from_usd(rates)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"bad price for {key!r}: {exc}") from None
-        table = cls(prices, checked=str(doc.get("checked", "")))
-        if overrides:
-            shipped = dict(table.entries())
-            kept = {key: _keep_shipped(price, shipped.get(key)) for key, price in overrides.items()}
-            table = cls({**shipped, **kept}, checked=table.checked)
-        return table
+        prices, checked = _parse_table(data)
+        return cls._with_overrides(prices, checked, overrides)
 
     @classmethod
     def load(cls, overrides: Mapping[str, Price] | None = None) -> PriceTable:
-        """The packaged table (works inside the zipapp), with overrides on top."""
-        data = pkgutil.get_data("stockyard", "data/prices.json")
-        if data is None:
-            raise FileNotFoundError("stockyard/data/prices.json is missing from the package")
-        return cls.from_json(data, overrides)
+        """The packaged table (works inside the zipapp), with overrides on top. The file is
+        parsed once per process (~8 ms): every configuration reload builds a table."""
+        prices, checked = _shipped_table()
+        return cls._with_overrides(prices, checked, overrides)
+
+    @classmethod
+    def _with_overrides(
+        cls, prices: Mapping[str, Price], checked: str, overrides: Mapping[str, Price] | None
+    ) -> PriceTable:
+        table = cls(prices, checked=checked)
+        if overrides:
+            shipped = dict(table.entries())
+            kept = {key: _keep_shipped(price, shipped.get(key)) for key, price in overrides.items()}
+            table = cls({**shipped, **kept}, checked=checked)
+        return table
 
     def entries(self) -> list[tuple[str, Price]]:
         """All (key, price) pairs, sorted by key, keys as written in the table."""

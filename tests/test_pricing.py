@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pkgutil
 import re
 import subprocess
 import sys
@@ -393,6 +394,12 @@ def test_overrides_replace_and_add() -> None:
     assert t.lookup("gpt-4o-mini") != mine
     assert t.lookup("acme/house-model") == mine
     assert ("acme/house-model", mine) in t.entries()
+    # the packaged table is parsed once per process: an override never leaks into the next load
+    again = PriceTable.load()
+    assert again.lookup("gpt-4o") == PriceTable.from_json(
+        pkgutil.get_data("stockyard", "data/prices.json") or b""
+    ).lookup("gpt-4o")
+    assert again.lookup("gpt-4o") != mine and again.lookup("acme/house-model") is None
 
 
 def test_entries_sorted_and_round_trip(table: PriceTable) -> None:
