@@ -25,7 +25,7 @@ from typing import Any
 from .context import RequestContext
 from .errors import RESPONSES
 from .limits import request_numbers
-from .pricing import PER, WEB_SEARCH_UC, Price, unit_cost
+from .pricing import PER, WEB_SEARCH_UC, Price, rates_for, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
@@ -120,6 +120,7 @@ def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
 def worst_case_cost(price: Price, inputs: int, outputs: int) -> int:
     """µ¢, rounded up: every input token at the dearest input rate (a cache write can cost
     more than plain input), every output token at the dearest output rate (reasoning)."""
+    price = rates_for(price, inputs)  # a prompt above a long-context tier's threshold: its rates
     input_rate = max(price.input, price.cached_input, price.cache_write, price.media_input or 0)
     output_rate = max(price.output, price.reasoning or 0)
     return -(-(inputs * input_rate + outputs * output_rate) // PER)

@@ -39,7 +39,11 @@ A model's entry may also give token counts (not rates) that budgets hold: ``max_
 what it writes at most when a request sets no output cap (``estimate.output_ceiling``), and
 ``image_input_tokens``, what its largest image costs as input (``estimate.image_tokens``).
 
-Not modelled: long-context tiers (Gemini 2.5 Pro and Sonnet >200k, Grok 4 >128k), cached
+A prompt-length tier (``long_context``: Gemini 2.5 Pro above 200k prompt tokens, Claude Haiku
+5.5 above 100k) bills every token of a request whose prompt is above the threshold at the
+tier's rates (:func:`rates_for`); budgets hold the tier's rates when the estimate is above it.
+
+Not modelled: cached
 image input tokens (billed as cached text input), and per-call fees no usage reports (OpenAI's
 web and file search tools, Gemini's grounding, code execution containers).
 """
@@ -148,7 +152,11 @@ TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")
 
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS):
+        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS, "long_context_above"):
+            continue
+        if name == "long_context":
+            if value is not None and not isinstance(value, Price):
+                raise ValueError(f"long_context must be a Price, got {value!r}")
             continue
         if name == "unit":
             if value not in UNITS:
@@ -178,17 +186,27 @@ class Price:
     # largest image (unknown: ``estimate.IMAGE_INPUT_TOKENS``).
     max_output_tokens: int | None = None
     image_input_tokens: int | None = None
+    # A prompt-length tier: a request whose prompt (cache reads and writes included) is above
+    # ``long_context_above`` tokens is billed at ``long_context``'s rates for every token, output
+    # included (Gemini 2.5 Pro above 200k, Claude Haiku 5.5 above 100k). See :func:`rates_for`.
+    long_context_above: int | None = None
+    long_context: Price | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self)
+        if (self.long_context is None) != (self.long_context_above is None):
+            raise ValueError("a long-context tier needs both its threshold and its rates")
+        if self.long_context is not None and self.long_context.long_context is not None:
+            raise ValueError("a long-context tier has no tier of its own")
 
     @classmethod
     def from_usd(cls, rates: Mapping[str, Any]) -> Price:
         """From decimal strings in USD per 1M (the token counts as whole numbers);
         cached/cache_write default to input."""
-        unknown = set(rates) - {*RATE_FIELDS, "unit", *TOKEN_COUNTS}
+        unknown = set(rates) - {*RATE_FIELDS, "unit", *TOKEN_COUNTS, "long_context"}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
+        above, tier = _long_context(rates.get("long_context"))
         for name in TOKEN_COUNTS:
             count = rates.get(name)
             if count is not None and (type(count) is not int or count <= 0):
@@ -203,11 +221,41 @@ class Price:
             unit=rates.get("unit", "token"),
             media_input=parse_usd_per_m(rates["media_input"]) if "media_input" in rates else None,
             **{name: rates.get(name) for name in TOKEN_COUNTS},
+            long_context_above=above,
+            long_context=tier,
         )
 
 
+def _long_context(tier: Any) -> tuple[int | None, Price | None]:
+    """prices.json's ``"long_context": {"above": 200000, "input": "2.50", …}``: the threshold in
+    prompt tokens and the rates above it (token rates only: no unit, counts or tier of its own)."""
+    if tier is None:
+        return None, None
+    if not isinstance(tier, Mapping):
+        raise TypeError("long_context must be an object")
+    above = tier.get("above")
+    if type(above) is not int or above <= 0:
+        raise ValueError(f"long_context.above must be a positive whole number, got {above!r}")
+    rates = {k: v for k, v in tier.items() if k != "above"}
+    unknown = set(rates) - set(RATE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown long_context fields: {sorted(unknown)}")
+    return above, Price.from_usd(rates)
+
+
+def rates_for(price: Price, prompt_tokens: int) -> Price:
+    """The rates one request is billed at: its model's long-context tier when the prompt is
+    above the tier's threshold (every token of the request, as Google and Anthropic bill it),
+    else the model's own."""
+    above = price.long_context_above
+    if price.long_context is not None and above is not None and prompt_tokens > above:
+        return price.long_context
+    return price
+
+
 def _keep_shipped(override: Price, shipped: Price | None) -> Price:
-    """An operator's override changes the rates; the model's token counts stay the shipped ones."""
+    """An operator's override changes the rates; the model's token counts stay the shipped ones.
+    A shipped long-context tier does not: it holds the shipped rates, which the override replaces."""
     if shipped is None:
         return override
     kept = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
@@ -352,6 +400,7 @@ def discounted_microcents(numerator: int, rate: tuple[int, int]) -> int:
 
 def cost_numerator(price: Price, usage: Usage) -> int:
     """The cost of ``usage`` at ``price`` in units of 10⁻⁶ µ¢, not yet rounded (sums of these stay exact)."""
+    price = rates_for(price, usage.prompt_tokens)
     fresh = max(0, usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens)
     media = min(usage.media_tokens, fresh)
     uncached = fresh - media

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stockyard.estimate import worst_case_cost
 from stockyard.pricing import (
     TOKEN_COUNTS,
     Price,
@@ -620,3 +621,67 @@ def test_a_models_token_counts_are_parsed_checked_and_kept_by_an_override() -> N
     assert (kept.max_output_tokens, kept.image_input_tokens, kept.input) == (16_384, 48_169, 100_000_000)
     mine = Price.from_usd({"input": "1", "output": "2", "max_output_tokens": 500})
     assert PriceTable.load({"gpt-5": mine}).lookup("gpt-5", "openai").max_output_tokens == 500
+
+
+# -- prompt-length tiers (long_context) ------------------------------------------------------------
+
+TIERED = {  # Claude Haiku 5.5's shape: 5x every rate above 100k prompt tokens
+    "input": "0.10",
+    "cached_input": "0.01",
+    "cache_write": "0.125",
+    "output": "0.50",
+    "long_context": {
+        "above": 100_000,
+        "input": "0.50",
+        "cached_input": "0.05",
+        "cache_write": "0.625",
+        "output": "2.50",
+    },
+}
+
+
+def test_a_prompt_above_the_tier_bills_every_token_at_the_tier_rates() -> None:
+    """Was: one rate whatever the prompt's length, so a long Gemini 2.5 Pro or Haiku 5.5 prompt
+    cost half or a fifth of what the provider bills."""
+    price = Price.from_usd(TIERED)
+    at = Usage(prompt_tokens=100_000, completion_tokens=1_000)
+    assert cost_microcents(price, at) == 100_000 * 10_000_000 // 10**6 + 1_000 * 50_000_000 // 10**6
+    above = Usage(prompt_tokens=100_001, completion_tokens=1_000)  # output at the tier's rate too
+    assert cost_microcents(price, above) == (100_001 * 50_000_000 + 1_000 * 250_000_000) // 10**6
+    # Anthropic: cache reads and writes are part of the prompt that crosses the threshold
+    usage = Usage.from_anthropic({"input_tokens": 1, "cache_read_input_tokens": 100_000, "output_tokens": 10})
+    assert usage.prompt_tokens == 100_001
+    assert cost_microcents(price, usage) == round_microcents(1 * 50_000_000 + 100_000 * 5_000_000 + 10 * 250_000_000)
+
+
+def test_the_worst_case_holds_the_tier_rates_above_the_threshold() -> None:
+    price = Price.from_usd(TIERED)
+    assert worst_case_cost(price, 100_000, 10) == -(-(100_000 * 12_500_000 + 10 * 50_000_000) // 10**6)
+    assert worst_case_cost(price, 100_001, 10) == -(-(100_001 * 62_500_000 + 10 * 250_000_000) // 10**6)
+
+
+@pytest.mark.parametrize(
+    "tier",
+    [
+        {"input": "1", "output": "2"},  # no threshold
+        {"above": 0, "input": "1", "output": "2"},
+        {"above": "100000", "input": "1", "output": "2"},
+        {"above": True, "input": "1", "output": "2"},
+        {"above": 10, "input": "1", "output": "2", "unit": "image"},
+        {"above": 10, "input": "1", "output": "2", "max_output_tokens": 5},
+        {"above": 10, "input": "1", "output": "2", "long_context": {"above": 20, "input": "1", "output": "2"}},
+        {"above": 10, "output": "2"},  # no input rate
+        [],
+    ],
+)
+def test_a_malformed_tier_is_refused(tier) -> None:
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        Price.from_usd({"input": "1", "output": "2", "long_context": tier})
+
+
+def test_an_override_replaces_a_shipped_tier_with_its_own_flat_rates() -> None:
+    doc = json.dumps({"models": {"tiered-model": TIERED}})
+    mine = Price(input=7, cached_input=7, cache_write=7, output=7)
+    assert PriceTable.from_json(doc).lookup("tiered-model").long_context is not None
+    overridden = PriceTable.from_json(doc, {"tiered-model": mine}).lookup("tiered-model")
+    assert overridden == mine and overridden.long_context is None

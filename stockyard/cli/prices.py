@@ -68,10 +68,15 @@ def list_(args: argparse.Namespace) -> int:
     if args.json:
         print_json_lines(rows)
         return 0
+    shown = []
     for r in rows:
-        r.update({f"{k}_usd": v for k, v in r["usd_per_1m"].items()})
+        shown.append({**r, **{f"{k}_usd": v for k, v in r["usd_per_1m"].items()}})
+        tier = r["long_context"]
+        if tier:  # the rates of a request whose prompt is above the threshold, on a row of their own
+            rates = {f"{k}_usd": v for k, v in tier["usd_per_1m"].items()}
+            shown.append({**r, **rates, "model": f"  prompt > {tier['above']:,} tokens"})
     print_table(
-        rows,
+        shown,
         [
             ("model", "MODEL"),
             ("input_usd", "INPUT"),

@@ -77,6 +77,13 @@ def usd(price: Price) -> dict[str, str | None]:
     }
 
 
+def _tier(price: Price) -> dict[str, Any] | None:
+    """A model's prompt-length tier: above how many prompt tokens, and its rates."""
+    if price.long_context is None:
+        return None
+    return {"above": price.long_context_above, "usd_per_1m": usd(price.long_context)}
+
+
 def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
     return {
         r["model"]: Price(
@@ -109,6 +116,7 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "unit": p.unit,
             **{name: getattr(p, name) for name in TOKEN_COUNTS},  # the model's counts a budget holds
             "usd_per_1m": usd(p),
+            "long_context": _tier(p),
         }
         for key, p in table.entries()
     ]
