@@ -211,3 +211,20 @@ def test_console_csv_and_money_match_the_costs_command(server, mock):
     assert cli.returncode == 0, cli.stderr
     assert console["csv"] == cli.stdout.replace("\r\n", "\n").replace("\n", "\r\n")
     assert console["total"] == data["total"]["cost_usd"]
+
+
+def test_requests_for_unknown_console_files_leave_nothing_behind():
+    """Was: every name that fit the file-name pattern was remembered, found or not, and a name can
+    be nearly as long as the 64 KiB request line: 3,000 such 404s (no key needed) grew the server
+    by 185 MB, never given back. Only the console's own files are kept."""
+    from stockyard import ui
+    from stockyard.httpio import Request
+
+    known = dict(ui.files())
+    for i in range(200):
+        name = f"{'a' * 60_000}{i}.js"
+        assert ui.handle(None, Request("GET", ui.PREFIX + name, {}, b"", "127.0.0.1")).status == 404  # type: ignore[arg-type]
+    assert ui.files() == known
+    assert set(known) == {p.name for p in (ROOT / "stockyard" / "ui").iterdir() if ui._NAME.match(p.name)}
+    grown = [n for n, v in vars(ui).items() if isinstance(v, dict) and len(v) > len(known) and not n.startswith("__")]
+    assert grown == []

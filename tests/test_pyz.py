@@ -285,3 +285,39 @@ def test_server_with_environment_keys_does_not_load_cryptography(pyz_path: Path,
     finally:
         server.stop()
     assert "_cffi_backend" not in maps and "_rust.abi3" not in maps
+
+
+def test_a_pyz_replaced_under_a_running_server_is_never_read(pyz_path: Path, tmp_path: Path) -> None:
+    """Was: the console's files and the price table (on every configuration reload) were read
+    from the pyz when first needed, so an upgrade that replaced it under a running server broke
+    both ('bad local file header'): new keys answered 401 and /readyz 503 until a restart."""
+    from conftest import ServerProcess, base_env, wait_for
+
+    running = tmp_path / "stockyard.pyz"
+    shutil.copy(pyz_path, running)
+    server = ServerProcess(running, tmp_path / "s.db", base_env(tmp_path / "cache")).start()
+    try:
+        # the next version, written over it in place: every member at another offset
+        with zipfile.ZipFile(pyz_path) as old, zipfile.ZipFile(running, "w", zipfile.ZIP_DEFLATED) as new:
+            new.writestr("padding.bin", os.urandom(1 << 20))
+            for info in old.infolist():
+                new.writestr(info, old.read(info))
+        status, _, body = server.request("GET", "/ui/app.js")
+        assert status == 200 and body == (ROOT / "stockyard" / "ui" / "app.js").read_bytes()
+        made = subprocess.run(
+            [sys.executable, str(pyz_path), "keys", "create", "--name", "after-upgrade", "--db", str(server.db)],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        key = re.search(r"sk-sy-[A-Za-z0-9_-]+", made.stdout).group(0)
+        wait_for(
+            lambda: server.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})[0] == 200,
+            20,
+            "the running server to take the new key",
+        )
+        assert server.request("GET", "/readyz")[0] == 200
+    finally:
+        server.stop()

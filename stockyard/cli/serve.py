@@ -68,7 +68,8 @@ def setup_logging(batched: bool = True, tag: str = "") -> None:
 
 def preload() -> None:
     """Import every module now: zipimport reads the pyz lazily by offset, so a pyz replaced
-    on disk during an upgrade would break an import made later by the running server."""
+    on disk during an upgrade would break an import (or a data file read) made later by the
+    running server."""
     import importlib
     import pkgutil
 
@@ -77,6 +78,9 @@ def preload() -> None:
     for info in pkgutil.walk_packages(stockyard.__path__, "stockyard."):
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)
+    from .. import ui
+
+    ui.files()  # and the console's files, for the same reason
 
 
 def run(args: argparse.Namespace) -> int:

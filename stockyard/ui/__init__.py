@@ -1,4 +1,4 @@
-"""The web console: static files under ``/ui/``, read with :func:`pkgutil.get_data` (works inside the pyz).
+"""The web console: static files under ``/ui/``, read once with :mod:`importlib.resources` (works inside the pyz).
 
 The files are public; every piece of data they show comes from ``/api/`` with the admin key,
 which the browser keeps in ``sessionStorage`` and sends as a bearer header. Every answer here
@@ -8,8 +8,9 @@ inline) and the other framing/sniffing/referrer headers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import pkgutil
+import importlib.resources
 import re
 from typing import TYPE_CHECKING
 
@@ -37,18 +38,24 @@ TYPES = {
 }
 # One plain file name: no folders, no dots but the extension, no escapes (so no traversal).
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.(html|css|js|svg)$")
-_cache: dict[str, tuple[bytes, str] | None] = {}
+
+
+@functools.cache
+def files() -> dict[str, tuple[bytes, str]]:
+    """Every console file, (content, etag) by name, read once: the set of names a request can
+    find is fixed (a request for any other name is a 404 that leaves nothing behind), and
+    ``serve`` reads them at start, so a pyz replaced under a running server is never read."""
+    found = {}
+    for entry in importlib.resources.files(__name__).iterdir():
+        if _NAME.match(entry.name):
+            data = entry.read_bytes()
+            found[entry.name] = (data, '"' + hashlib.sha256(data).hexdigest()[:20] + '"')
+    return found
 
 
 def load(name: str) -> tuple[bytes, str] | None:
     """(content, etag) of a console file, or None when there is no such file."""
-    if name not in _cache:
-        try:
-            data = pkgutil.get_data(__name__, name)
-        except OSError:
-            data = None
-        _cache[name] = None if data is None else (data, '"' + hashlib.sha256(data).hexdigest()[:20] + '"')
-    return _cache[name]
+    return files().get(name)
 
 
 def _answer(status: int, body: bytes, content_type: str, extra: dict | None = None) -> Response:
