@@ -746,8 +746,10 @@ class Handler(BaseHTTPRequestHandler):
             methods, fn = fixed
             if method not in methods:
                 self._refuse_method(methods)
-            body = self._body()
-            self._respond(fn(app, Request(method, self.path, self._headers_dict(), body, self._client_ip())))
+            # These take no body: answered without reading one (a body that was sent ends the
+            # connection), so a stalled 32 MiB body cannot hold memory, nor delay a key check.
+            self._end_early()
+            self._respond(fn(app, Request(method, self.path, self._headers_dict(), b"", self._client_ip())))
             return
         for prefix, fn in self.server.prefix_routes:
             if path.startswith(prefix):

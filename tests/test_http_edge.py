@@ -528,3 +528,16 @@ def test_an_admin_answer_that_leaves_the_body_unread_closes_the_connection(edge)
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + smuggled)
         data = read_until_close(sock)
     assert statuses(data) == [200] and b"connection: close" in data.lower()
+
+
+@pytest.mark.parametrize("path, status", [("/healthz", 200), ("/readyz", 200), ("/v1/models", 401), ("/ui", 302)])
+def test_a_route_without_a_body_answers_before_a_sent_body_arrives(keyed, path, status):
+    """Was: /healthz, /readyz, /metrics, /v1/models read a whole body first (here 900 kB that
+    never comes; up to 32 MiB held in memory per connection until the read deadline), and the
+    key of /v1/models was checked only after it. The body is never read: the connection ends."""
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 900000\r\n\r\n"
+    with connect(keyed) as sock:
+        sock.sendall(head.encode() + b"x" * 1000)
+        got, headers, _ = read_response(sock, timeout=5)
+        assert got == status and headers["connection"] == "close"
+        assert read_until_close(sock) == b""
