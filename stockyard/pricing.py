@@ -262,6 +262,7 @@ def _keep_shipped(override: Price, shipped: Price | None) -> Price:
     return replace(override, **kept)
 
 
+MEMO_NAME_MAX = 256  # a longer model name (a batch line's, say) is looked up, not remembered
 MAX_TOKEN_COUNT = 2**40  # beyond any real answer; keeps a cost within SQLite's integers
 
 
@@ -521,7 +522,7 @@ class PriceTable:
         except KeyError:
             pass
         found = self._lookup(model, provider)
-        if len(self._memo) < 10_000:
+        if len(self._memo) < 10_000 and len(model) <= MEMO_NAME_MAX:  # bounded in count and in size
             self._memo[key] = found
         return found
 

@@ -108,6 +108,19 @@ class Reply(Protocol):
     def stream_socket(self) -> socket.socket | None: ...
 
 
+MODEL_NAME_MAX = 256  # characters: far above any provider's model id (traces keep 256 bytes)
+
+
+def checked_model_name(model: str) -> str:
+    """A model name of a sane length, else a 400: every later step (routing, key rules, the price
+    table's memo) would otherwise hold a name as long as the body allows."""
+    if len(model) > MODEL_NAME_MAX:
+        raise ProxyError(
+            400, f"'model' is longer than {MODEL_NAME_MAX} characters", param="model", code="invalid_model"
+        )
+    return model
+
+
 def parse_body(ctx: RequestContext) -> None:
     """Decode the JSON object body, pick out model and stream, check the numbers the proxy reads.
 
@@ -128,7 +141,7 @@ def parse_body(ctx: RequestContext) -> None:
             raise ProxyError(
                 400, "'model' is required and must be a non-empty string", param="model", code="missing_model"
             )
-        ctx.model = model
+        ctx.model = checked_model_name(model)
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise ProxyError(400, "'stream' must be true or false", param="stream", code="invalid_stream")
@@ -147,7 +160,7 @@ def parse_form(ctx: RequestContext) -> None:
     model = upload.get("model") or media.DEFAULT_MODELS.get(ctx.endpoint)
     if not model or not model.strip():
         raise ProxyError(400, "the form field 'model' is required", param="model", code="missing_model")
-    ctx.model = model
+    ctx.model = checked_model_name(model)
     stream = upload.get("stream")
     if stream not in (None, "true", "false"):
         raise ProxyError(400, "'stream' must be true or false", param="stream", code="invalid_stream")

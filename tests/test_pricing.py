@@ -685,3 +685,10 @@ def test_an_override_replaces_a_shipped_tier_with_its_own_flat_rates() -> None:
     assert PriceTable.from_json(doc).lookup("tiered-model").long_context is not None
     overridden = PriceTable.from_json(doc, {"tiered-model": mine}).lookup("tiered-model")
     assert overridden == mine and overridden.long_context is None
+
+
+def test_the_lookup_memo_keeps_no_long_names(table: PriceTable) -> None:
+    """Was: every name looked up was remembered, however long (up to 10,000 of them)."""
+    for i in range(50):
+        assert table.lookup(f"gpt-4o-mini-{'x' * 100_000}{i}") is None
+    assert all(len(model) <= 256 for model, _ in table._memo)
