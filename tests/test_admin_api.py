@@ -107,6 +107,18 @@ def sample_path(pattern: str) -> str:
 # --- authentication ------------------------------------------------------------------------
 
 
+def test_a_failed_login_keeps_only_the_start_of_its_path_in_the_audit_log(server):
+    """Was: the whole path went into the audit log, which is never pruned: a 60,000-character
+    path per failed login (no key needed), ten a minute per sender."""
+    source = "127.0.0.250"
+    path = "/api/" + "a" * 60_000
+    status, _, _ = call(server, "GET", path, key="wrong-key-0123456789", source=source)
+    assert status in (401, 404, 414, 431)
+    rows = server.db_rows("SELECT target FROM audit_log WHERE actor = ?", (f"admin-api:{source}",))
+    assert rows and all(len(r["target"]) <= 201 for r in rows)
+    assert rows[0]["target"].startswith("/api/aaaa")
+
+
 @pytest.mark.parametrize("index", range(len(ROUTES)), ids=[f"{r.method} {r.pattern}" for r in ROUTES])
 def test_every_route_refuses_missing_and_wrong_keys_and_audits_wrong_ones(server, index):
     route = ROUTES[index]

@@ -155,6 +155,7 @@ class LoginThrottle:
 
 
 THROTTLE = LoginThrottle()
+FAILED_PATH_MAX = 200  # characters of a refused admin request's path kept in the audit log (it is the sender's text)
 
 
 def authenticate(app: "App", req: Request) -> None:
@@ -185,7 +186,8 @@ def authenticate(app: "App", req: Request) -> None:
         )
     THROTTLE.fail(req.client)
     try:
-        app.ops(audit.actor_api(req.client)).audit_event("admin.auth_failed", req.path, {"reason": "wrong key"})
+        target = req.path if len(req.path) <= FAILED_PATH_MAX else req.path[:FAILED_PATH_MAX] + "…"
+        app.ops(audit.actor_api(req.client)).audit_event("admin.auth_failed", target, {"reason": "wrong key"})
     except Exception:
         pass  # refusing the login matters more than recording it
     raise refusal
