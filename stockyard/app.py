@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Mapping
 
-from . import __version__, audit
+from . import __version__, audit, message_batches
 from .auth import Gatekeeper
 from .backup import Snapshotter
 from .batch_costs import BatchCosts, BatchWatch
@@ -38,6 +38,7 @@ from .deployments import Health, Models
 from .errors import ProxyError
 from .files_api import FilesAPI, Ownership
 from .keys import KeyRing, load_keys
+from .message_batches import MessageBatches
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
 from .operations import Operations, read_config_version
@@ -171,8 +172,12 @@ class App:
             lambda key, cost, ts_ms: self.ledger.settle(None, cost, scopes_of(key), ts_ms),
         )
         self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
+        self.message_batches = MessageBatches(
+            self.path, ownership, self.models, self.batch_costs, self.check_batch_budget
+        )
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
-        self.batch_watch = BatchWatch(self.store, self.files, self.registry, ring, settings.batch_poll_s)
+        looks = {"batch": self.files.look_at_batch, message_batches.KIND: self.message_batches.look_at_batch}
+        self.batch_watch = BatchWatch(self.store, looks, self.registry, ring, settings.batch_poll_s)
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1

@@ -1,12 +1,14 @@
-"""What a batch cost: its output file's usage at the batch price, recorded once.
+"""What a batch cost: its results' usage at the batch price, recorded once.
 
-OpenAI bills Batch API requests at half the normal price (``BATCH_PRICE``). When a batch's
-owner first sees it ended (``completed``, or ``expired``/``cancelled`` with some requests done;
-retrieve or list), its output file is read from the
-provider as a stream, line by line; each line's ``response.body.usage`` is priced at its
-model's normal price times ``BATCH_PRICE``, and the sum becomes one trace row under the
-owner's key (tokens summed, cost exact; any line of a model without a price makes the cost
-unknown) — so cost reports and budgets see it.
+OpenAI and Anthropic bill batch requests at half the normal price (``BATCH_PRICE``). When a
+batch's owner first sees it ended (OpenAI: ``completed``, or ``expired``/``cancelled`` with some
+requests done; Anthropic: ``processing_status`` ``ended``; retrieve or list), its results are
+read from the provider as a stream, line by line (OpenAI: the output file, each line's
+``response.body.usage``; Anthropic: the batch's results, each ``succeeded`` result's
+``message.usage``: :class:`BatchOutput` says which); each line is priced at its model's normal
+price times ``BATCH_PRICE``, and the sum becomes one trace row under the owner's key
+(``batches.usage`` or ``message_batches.usage``; tokens summed, cost exact; any line of a model
+without a price makes the cost unknown) — so cost reports and budgets see it.
 
 Nobody has to look: :class:`BatchWatch` retrieves the unbilled batches every
 ``STOCKYARD_BATCH_POLL`` (10 minutes by default) on their owners' behalf, so a batch started
@@ -24,16 +26,17 @@ import json
 import logging
 import threading
 import time
-from dataclasses import astuple
-from typing import Callable
+from dataclasses import astuple, dataclass
+from typing import Callable, Mapping
 
 from .context import RequestContext
 from .errors import OPENAI
-from .files_api import BATCH_PRICE, FilesAPI, lines_of, mark_billed, upstream_path
+from .files_api import BATCH_PRICE, lines_of, mark_billed, upstream_path
 from .keys import KeyRecord, KeyRing
 from .metrics import Metrics
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
 from .providers import Provider, Registry
+from .providers.anthropic import thinking_chars, with_thinking
 from .providers.responses_adapters import upstream_headers
 from .proxy import RequestPath
 from .store import Store
@@ -44,33 +47,60 @@ log = logging.getLogger("stockyard.batches")
 WATCH_DAYS = 30  # batches older than this are no longer looked at (a batch ends within 24 hours)
 MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
 Settle = Callable[[KeyRecord, int, int], None]  # (owner key, cost µ¢, ts ms): the budget ledger learns it
+Look = Callable[[RequestContext, Provider, str], "str | None"]  # retrieve a batch for its owner: its status
+
+
+UsageOf = Callable[[dict], "tuple[str, Usage] | None"]  # one result line → (its model, its usage), None: no usage
+
+
+def openai_usage_of(doc: dict) -> tuple[str, Usage] | None:
+    """An OpenAI batch output line: ``response.body`` with its model and usage."""
+    response = doc.get("response")
+    body = response.get("body") if isinstance(response, dict) else None
+    if not isinstance(body, dict) or not isinstance(body.get("usage"), dict):
+        return None
+    named = body.get("model")
+    return (named if isinstance(named, str) else ""), Usage.from_openai(body["usage"])
+
+
+def anthropic_usage_of(doc: dict) -> tuple[str, Usage] | None:
+    """An Anthropic message batch result line: a ``succeeded`` result's message, its model and
+    usage (cache reads and writes, web searches), priced as ``/v1/messages`` prices it. Errored,
+    canceled and expired requests are not billed."""
+    result = doc.get("result")
+    if not isinstance(result, dict) or result.get("type") != "succeeded":
+        return None
+    message = result.get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+        return None
+    named = message.get("model")
+    usage = Usage.from_anthropic(message["usage"])
+    return (named if isinstance(named, str) else ""), with_thinking(usage, thinking_chars(message)) or usage
 
 
 class BatchTotal:
-    """Usage and cost summed over a batch's output lines."""
+    """Usage and cost summed over a batch's result lines (``usage_of`` reads one line)."""
 
-    def __init__(self) -> None:
+    def __init__(self, usage_of: UsageOf = openai_usage_of) -> None:
         self.usage = Usage()
         self.numerator = 0  # the full-price cost, unrounded (pricing.cost_numerator)
         self.unpriced: set[str] = set()
         self.models: list[str] = []
         self.lines = 0
+        self._usage_of = usage_of
 
     def add(self, line: bytes, price_of: Callable[[str], Price | None]) -> None:
         try:
             doc = json.loads(line)
         except ValueError:
             return
-        response = doc.get("response") if isinstance(doc, dict) else None
-        body = response.get("body") if isinstance(response, dict) else None
-        if not isinstance(body, dict) or not isinstance(body.get("usage"), dict):
+        found = self._usage_of(doc) if isinstance(doc, dict) else None
+        if found is None:
             return
+        model, usage = found
         self.lines += 1
-        named = body.get("model")
-        model = named if isinstance(named, str) else ""
         if model not in self.models:
             self.models.append(model)
-        usage = Usage.from_openai(body["usage"])
         self.usage = Usage(*(a + b for a, b in zip(astuple(self.usage), astuple(usage))))
         price = price_of(model)
         if price is None or price.unit != "token":  # a token answer cannot be priced per image or second
@@ -83,8 +113,38 @@ class BatchTotal:
         return None if self.unpriced else discounted_microcents(self.numerator, BATCH_PRICE)
 
 
+@dataclass(frozen=True)
+class BatchOutput:
+    """An ended batch of either API, and how to read what its requests cost."""
+
+    batch_id: str
+    kind: str  # its owned_objects kind: 'batch' (OpenAI) or 'message_batch' (Anthropic)
+    endpoint: str  # the usage trace's endpoint
+    dialect: str
+    path: str | None  # where its per-request results are at the provider; None: it has none (costs 0)
+    headers: Callable[[Provider], dict[str, str]]  # the headers that read them (the provider's key)
+    usage_of: UsageOf
+    note: dict  # what the usage trace's request body says of the batch
+
+
+def openai_output(provider: Provider, batch: dict) -> BatchOutput:
+    """An ended OpenAI batch: its output file holds what it cost."""
+    file_id = batch.get("output_file_id")
+    path = upstream_path(provider, f"/files/{file_id}/content") if isinstance(file_id, str) and file_id else None
+    return BatchOutput(
+        batch["id"],
+        "batch",
+        "batches.usage",
+        OPENAI,
+        path,
+        lambda p: upstream_headers(p, "*/*"),
+        openai_usage_of,
+        {"batch_id": batch["id"], "output_file_id": batch.get("output_file_id")},
+    )
+
+
 class BatchCosts:
-    """Records each completed batch's cost once, reading its output file in the background."""
+    """Records each ended batch's cost once, reading its results in the background."""
 
     def __init__(self, path: RequestPath, store: Store, metrics: Metrics, settle: Settle) -> None:
         self._path = path
@@ -95,59 +155,58 @@ class BatchCosts:
         self._lock = threading.Lock()
 
     def completed(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
-        """A completed batch its owner just saw: start recording it, unless already under way."""
-        batch_id = batch["id"]
+        """An ended OpenAI batch its owner just saw (see :meth:`ended`)."""
+        self.ended(ctx, provider, openai_output(provider, batch))
+
+    def ended(self, ctx: RequestContext, provider: Provider, output: BatchOutput) -> None:
+        """An ended batch its owner just saw: start recording it, unless already under way."""
+        batch_id = output.batch_id
         with self._lock:
             if batch_id in self._busy or len(self._busy) >= MAX_AT_ONCE:  # the rest wait for a later look
                 return
             self._busy.add(batch_id)
         threading.Thread(
-            target=self._record, args=(ctx, provider, batch), name=f"stockyard-batch-{batch_id[:40]}", daemon=True
+            target=self._record, args=(ctx, provider, output), name=f"stockyard-batch-{batch_id[:40]}", daemon=True
         ).start()
 
-    def _record(self, seen: RequestContext, provider: Provider, batch: dict) -> None:
-        batch_id = batch["id"]
+    def record_now(self, ctx: RequestContext, provider: Provider, output: BatchOutput) -> None:
+        """Record an ended batch now, on the caller's thread (before its results go away: a
+        delete); raises when its results cannot be read. Recorded once all the same."""
+        self._write(ctx, provider, output, self.read(provider, output))
+
+    def _record(self, seen: RequestContext, provider: Provider, output: BatchOutput) -> None:
+        batch_id = output.batch_id
         try:
-            total = self.read_output(provider, batch.get("output_file_id"))
-            self._write(seen, provider, batch, total)
+            self.record_now(seen, provider, output)
         except Exception as exc:  # left unbilled: the next look at the batch tries again
             log.warning("batch %s: its cost could not be recorded yet: %s", batch_id, self._path.scrub.text(str(exc)))
         finally:
             with self._lock:
                 self._busy.discard(batch_id)
 
-    def read_output(self, provider: Provider, file_id: object) -> BatchTotal:
-        """Sum the output file's lines as they stream in (a batch with no output file costs 0)."""
-        total = BatchTotal()
-        if not isinstance(file_id, str) or not file_id:
+    def read(self, provider: Provider, output: BatchOutput) -> BatchTotal:
+        """Sum the results' lines as they stream in (a batch with no results costs 0)."""
+        total = BatchTotal(output.usage_of)
+        if output.path is None:
             return total
         table = self._path.pricer.table
-        resp = self._path.pool.request(
-            provider.base_url,
-            "GET",
-            upstream_path(provider, f"/files/{file_id}/content"),
-            upstream_headers(provider, "*/*"),
-            None,
-        )
+        resp = self._path.pool.request(provider.base_url, "GET", output.path, output.headers(provider), None)
         if resp.status >= 400:
             resp.read_all()
-            raise RuntimeError(f"provider {provider.name!r} answered {resp.status} for output file {file_id}")
+            raise RuntimeError(
+                f"provider {provider.name!r} answered {resp.status} for batch {output.batch_id}'s results"
+            )
         for line in lines_of(resp.chunks()):
             total.add(line, lambda model: table.lookup(model, provider.name))
         return total
 
-    def _write(self, seen: RequestContext, provider: Provider, batch: dict, total: BatchTotal) -> None:
+    def _write(self, seen: RequestContext, provider: Provider, output: BatchOutput, total: BatchTotal) -> None:
         """One trace row under the batch's owner, with the batch's billed mark in one transaction."""
-        ctx = RequestContext("batches.usage", OPENAI, seen.client_addr, {})
+        ctx = RequestContext(output.endpoint, output.dialect, seen.client_addr, {})
         ctx.key, ctx.key_id, ctx.project = seen.key, seen.key_id, seen.project
         ctx.model = ",".join(total.models)[:200] or None
         ctx.raw = json.dumps(
-            {
-                "batch_id": batch["id"],
-                "output_file_id": batch.get("output_file_id"),
-                "lines": total.lines,
-                "price": f"{BATCH_PRICE[0]}/{BATCH_PRICE[1]} of the models' rates",
-            }
+            {**output.note, "lines": total.lines, "price": f"{BATCH_PRICE[0]}/{BATCH_PRICE[1]} of the models' rates"}
         ).encode()
         a = ctx.attempt
         a.provider, a.upstream_model, a.status = provider, ctx.model, 200
@@ -161,7 +220,7 @@ class BatchCosts:
         row = trace_row_from(ctx, store_bodies=settings.store_bodies, cap=settings.body_cap_bytes)
 
         def job(conn) -> bool:
-            if not mark_billed(conn, batch["id"]):
+            if not mark_billed(conn, output.batch_id, output.kind):
                 return False
             row.write(conn)
             return True
@@ -173,7 +232,7 @@ class BatchCosts:
             self._settle(ctx.key, a.cost_uc, ctx.ts_ms)
         log.info(
             "batch %s: %d lines, %d+%d tokens, recorded under trace %s",
-            batch["id"],
+            output.batch_id,
             total.lines,
             total.usage.prompt_tokens,
             total.usage.completion_tokens,
@@ -189,13 +248,13 @@ class BatchWatch:
     def __init__(
         self,
         store: Store,
-        files: FilesAPI,
+        looks: Mapping[str, Look],
         registry: Callable[[], Registry],
         keys: Callable[[], KeyRing],
         every_s: float,
     ) -> None:
         self._store = store
-        self._files = files
+        self._looks = looks
         self._registry = registry
         self._keys = keys
         self._every_s = every_s
@@ -223,9 +282,10 @@ class BatchWatch:
         rows = (
             self._store.read()
             .execute(
-                "SELECT id, key_id, provider FROM owned_objects"
-                " WHERE kind = 'batch' AND billed = 0 AND created_at >= ? ORDER BY created_at LIMIT 500",
-                (since,),
+                "SELECT id, kind, key_id, provider FROM owned_objects"
+                f" WHERE kind IN ({', '.join('?' * len(self._looks))}) AND billed = 0 AND created_at >= ?"
+                " ORDER BY created_at LIMIT 500",
+                (*self._looks, since),
             )
             .fetchall()
         )
@@ -241,7 +301,7 @@ class BatchWatch:
             if key is not None:
                 ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
             try:
-                self._files.look_at_batch(ctx, provider, row["id"])
+                self._looks[row["kind"]](ctx, provider, row["id"])
             except Exception as exc:  # this provider is down or its key unusable: the others go on
                 log.warning("batch watch: batch %s: %s: %s", row["id"], type(exc).__name__, exc)
                 continue

@@ -105,12 +105,13 @@ def upstream_path(provider: Provider, rest: str, query: dict[str, str] | None = 
     return rest + (f"?{urlencode(params)}" if params else "")
 
 
-def allowed_providers(registry: Registry, key: KeyRecord | None) -> list[Provider]:
-    """The OpenAI-kind providers this key may use, in the registry's order (the first is the default)."""
+def allowed_providers(registry: Registry, key: KeyRecord | None, kinds: tuple[str, ...] = FILE_KINDS) -> list[Provider]:
+    """The providers of ``kinds`` (OpenAI's by default) this key may use, in the registry's order
+    (the first is the default)."""
     return [
         p
         for p in registry.providers
-        if p.kind in FILE_KINDS and (key is None or key.allows_provider(p.name, registry.routes_to))
+        if p.kind in kinds and (key is None or key.allows_provider(p.name, registry.routes_to))
     ]
 
 
@@ -256,11 +257,9 @@ class Ownership:
         self._store.write(lambda conn: conn.execute("DELETE FROM owned_objects WHERE id = ?", (object_id,)))
 
 
-def mark_billed(conn: sqlite3.Connection, batch_id: str) -> bool:
-    """Inside a writer job: True for the one job that first marks the batch billed."""
-    cur = conn.execute(
-        "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = 'batch' AND billed = 0", (batch_id,)
-    )
+def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> bool:
+    """Inside a writer job: True for the one job that first marks the batch (or message batch) billed."""
+    cur = conn.execute("UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0", (batch_id, kind))
     return cur.rowcount == 1
 
 
@@ -276,22 +275,14 @@ class Answer:
     data: bytes = b""
 
 
-class FilesAPI:
-    """The files and batches routes. ``on_completed(ctx, provider, batch)`` is told of each
-    completed batch its owner sees (the batch cost recorder); ``check_budget(ctx, worst)`` refuses a
-    batch to a key whose budget is used up or cannot take the batch's worst case (None: unpriced)."""
+class ProviderCalls:
+    """Calls to a provider about the objects it keeps (files, batches, message batches): sent,
+    read (or relayed as they arrive), scrubbed, and answered to the client; each leaves its
+    trace row costing 0. Subclasses say where an object lives (``_target``) and with which
+    headers (``_headers``)."""
 
-    def __init__(
-        self,
-        path: RequestPath,
-        ownership: Ownership,
-        on_completed: Callable[[RequestContext, Provider, dict], None],
-        check_budget: Callable[[RequestContext, int | None], None],
-    ) -> None:
+    def __init__(self, path: RequestPath) -> None:
         self._path = path
-        self.ownership = ownership
-        self._on_completed = on_completed
-        self._check_budget = check_budget
 
     def handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         """One call (its key already checked from the headers); always leaves a trace row."""
@@ -307,78 +298,13 @@ class FilesAPI:
             path.tracer.finish(ctx)
 
     def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
-        method, query = req.method, req.query
-        found = route_of(req.path)
-        assert found is not None
-        collection, object_id, action = found
-        allowed = ALLOWED_METHODS[(collection, object_id is not None, action)]
-        if method not in allowed:
-            raise ProxyError(
-                405,
-                f"method {method} is not allowed here; use {', '.join(allowed)}",
-                code="method_not_allowed",
-                headers={"Allow": ", ".join(allowed)},
-            )
-        if collection == "files" and object_id is None and method == "POST":
-            return self._upload(reply, ctx, req)
-        raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
-        kind = KIND[collection]
-        if object_id is None:
-            if method == "GET":
-                return self._list(reply, ctx, collection, query)
-            return self._create_batch(reply, ctx, raw)
-        owned = self.ownership.find(object_id, kind, owner_of(ctx))
-        if owned is None:
-            raise not_found(kind, object_id)
-        provider = self._provider_named(owned.provider)
-        rest = f"/{collection}/{object_id}{action}"
-        if action == "/content":
-            return self._relay(reply, ctx, provider, rest)
-        answer, doc = self._call(ctx, provider, method, rest)
-        if answer.status < 300 and method == "DELETE":
-            self.ownership.forget(object_id)
-        if answer.status < 300 and collection == "batches" and isinstance(doc, dict):
-            self._see_batch(ctx, provider, doc)
-        self._send(reply, ctx, answer)
+        raise NotImplementedError
 
-    # -- providers -----------------------------------------------------------------------------
-    def choose_provider(self, ctx: RequestContext) -> Provider:
-        """For a new object or a list: ``x-stockyard-provider`` if given, else the key's first OpenAI-kind provider."""
-        registry = self._path.registry()
-        allowed = allowed_providers(registry, ctx.key)
-        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
-        if named:
-            provider = registry.by_name.get(named)
-            if provider is None or provider.kind not in FILE_KINDS:
-                serving = [p.name for p in registry.providers if p.kind in FILE_KINDS]
-                raise ProxyError(
-                    400,
-                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured provider that serves files and "
-                    f"batches (openai, azure or openai-compatible); these are: {', '.join(serving) or 'none'}",
-                    param=PROVIDER_HEADER,
-                    code="invalid_provider",
-                )
-            if provider not in allowed:
-                raise ProxyError(
-                    403,
-                    f"this client key may not use provider {named!r}",
-                    param=PROVIDER_HEADER,
-                    code="provider_not_allowed",
-                )
-            return provider
-        if allowed:
-            return allowed[0]
-        if any(p.kind in FILE_KINDS for p in registry.providers):
-            raise ProxyError(
-                403,
-                "this client key may not use any provider that serves files and batches",
-                code="provider_not_allowed",
-            )
-        raise ProxyError(
-            400,
-            "files and batches need an OpenAI-kind provider (openai, azure or openai-compatible); none is configured",
-            code="no_file_provider",
-        )
+    def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
+        return upstream_path(provider, rest, query)
+
+    def _headers(self, ctx: RequestContext, provider: Provider, rest: str) -> dict[str, str]:
+        return upstream_headers(provider, accept="*/*" if rest.endswith("/content") else "application/json")
 
     def _provider_named(self, name: str) -> Provider:
         provider = self._path.registry().by_name.get(name)
@@ -409,7 +335,7 @@ class FilesAPI:
                 code="provider_key_unavailable",
             )
         ctx.attempt.provider = provider
-        headers = upstream_headers(provider, accept="*/*" if rest.endswith("/content") else "application/json")
+        headers = self._headers(ctx, provider, rest)
         if body is None:
             headers.pop("Content-Type", None)
         else:
@@ -417,7 +343,7 @@ class FilesAPI:
             if length is not None:
                 headers["Content-Length"] = str(length)
         scrub = self._path.scrub
-        target = upstream_path(provider, rest, query)
+        target = self._target(provider, rest, query)
         try:
             sent = body if body is None or isinstance(body, bytes) else cast(BinaryIO, body)  # a spooled upload
             resp = self._path.pool.request(provider.base_url, method, target, headers, sent)
@@ -497,6 +423,98 @@ class FilesAPI:
         reply.end_stream()
         ctx.attempt.cost_uc, ctx.attempt.cost_status = 0, "exact"
         ctx.complete = True
+
+
+class FilesAPI(ProviderCalls):
+    """The files and batches routes. ``on_completed(ctx, provider, batch)`` is told of each
+    completed batch its owner sees (the batch cost recorder); ``check_budget(ctx, worst)`` refuses a
+    batch to a key whose budget is used up or cannot take the batch's worst case (None: unpriced)."""
+
+    def __init__(
+        self,
+        path: RequestPath,
+        ownership: Ownership,
+        on_completed: Callable[[RequestContext, Provider, dict], None],
+        check_budget: Callable[[RequestContext, int | None], None],
+    ) -> None:
+        super().__init__(path)
+        self.ownership = ownership
+        self._on_completed = on_completed
+        self._check_budget = check_budget
+
+    def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        method, query = req.method, req.query
+        found = route_of(req.path)
+        assert found is not None
+        collection, object_id, action = found
+        allowed = ALLOWED_METHODS[(collection, object_id is not None, action)]
+        if method not in allowed:
+            raise ProxyError(
+                405,
+                f"method {method} is not allowed here; use {', '.join(allowed)}",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        if collection == "files" and object_id is None and method == "POST":
+            return self._upload(reply, ctx, req)
+        raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
+        kind = KIND[collection]
+        if object_id is None:
+            if method == "GET":
+                return self._list(reply, ctx, collection, query)
+            return self._create_batch(reply, ctx, raw)
+        owned = self.ownership.find(object_id, kind, owner_of(ctx))
+        if owned is None:
+            raise not_found(kind, object_id)
+        provider = self._provider_named(owned.provider)
+        rest = f"/{collection}/{object_id}{action}"
+        if action == "/content":
+            return self._relay(reply, ctx, provider, rest)
+        answer, doc = self._call(ctx, provider, method, rest)
+        if answer.status < 300 and method == "DELETE":
+            self.ownership.forget(object_id)
+        if answer.status < 300 and collection == "batches" and isinstance(doc, dict):
+            self._see_batch(ctx, provider, doc)
+        self._send(reply, ctx, answer)
+
+    # -- providers -----------------------------------------------------------------------------
+    def choose_provider(self, ctx: RequestContext) -> Provider:
+        """For a new object or a list: ``x-stockyard-provider`` if given, else the key's first OpenAI-kind provider."""
+        registry = self._path.registry()
+        allowed = allowed_providers(registry, ctx.key)
+        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
+        if named:
+            provider = registry.by_name.get(named)
+            if provider is None or provider.kind not in FILE_KINDS:
+                serving = [p.name for p in registry.providers if p.kind in FILE_KINDS]
+                raise ProxyError(
+                    400,
+                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured provider that serves files and "
+                    f"batches (openai, azure or openai-compatible); these are: {', '.join(serving) or 'none'}",
+                    param=PROVIDER_HEADER,
+                    code="invalid_provider",
+                )
+            if provider not in allowed:
+                raise ProxyError(
+                    403,
+                    f"this client key may not use provider {named!r}",
+                    param=PROVIDER_HEADER,
+                    code="provider_not_allowed",
+                )
+            return provider
+        if allowed:
+            return allowed[0]
+        if any(p.kind in FILE_KINDS for p in registry.providers):
+            raise ProxyError(
+                403,
+                "this client key may not use any provider that serves files and batches",
+                code="provider_not_allowed",
+            )
+        raise ProxyError(
+            400,
+            "files and batches need an OpenAI-kind provider (openai, azure or openai-compatible); none is configured",
+            code="no_file_provider",
+        )
 
     # -- uploads --------------------------------------------------------------------------------
     def _upload(self, reply: Reply, ctx: RequestContext, req: Request) -> None:

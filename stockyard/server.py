@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import files_api, gemini_api, multipart, proxy
+from . import files_api, gemini_api, message_batches, multipart, proxy
 from . import ui as console
 from .app import App
 from .chunked import ChunkError, Dechunker
@@ -32,7 +32,7 @@ from .clientwatch import ClientWatch
 from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
-from .hosts import client_address, counted_sender, host_allowed, origin_allowed, sender
+from .hosts import client_address, counted_sender, host_allowed, is_trusted, origin_allowed, sender
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
@@ -729,6 +729,16 @@ class Handler(BaseHTTPRequestHandler):
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
             self._gemini_models(method, path, query)
             return
+        if message_batches.route_of(path) is not None:  # /v1/messages/batches…
+            ctx = RequestContext(
+                message_batches.endpoint_name(method, path), ANTHROPIC, self._client_ip(), self._headers_dict()
+            )
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                ctx.state[message_batches.BASE_STATE] = self._public_base()
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr)
+                app.message_batches.handle(self, ctx, req)
+                self._trace_note = f" {ctx.trace_id}"
+            return
         if files_api.route_of(path) is not None:  # /v1/files…, /v1/batches…
             ctx = RequestContext(files_api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())
             if self._key_accepted(ctx):  # before the body, like the proxy routes
@@ -775,6 +785,17 @@ class Handler(BaseHTTPRequestHandler):
             done = ctx.attempt
             self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
             self._trace_note = f" {ctx.trace_id}"
+
+    def _public_base(self) -> str:
+        """Where the client reached this server, as ``scheme://host`` (the Host was checked): a
+        URL Stockyard hands out (a message batch's ``results_url``). https only when a trusted
+        proxy (STOCKYARD_TRUSTED_PROXIES) says so in X-Forwarded-Proto."""
+        target = urlsplit(self.path)
+        host = target.netloc if target.scheme else (self.headers.get("Host") or "")
+        trusted = self.server.app.settings.trusted_proxies
+        forwarded = (self.headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
+        secure = forwarded == "https" and bool(trusted) and is_trusted(self.client_address[0], trusted)
+        return f"{'https' if secure else 'http'}://{host or self.server.app.settings.host}"
 
     def _gemini_models(self, method: str, path: str, query: str) -> None:
         """Google's model list and model; its errors in Google's shape, on /v1/models too."""

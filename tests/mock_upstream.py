@@ -1,9 +1,9 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
-It speaks the wire formats of OpenAI (chat, completions, embeddings, models), Anthropic
-(messages, count_tokens), Gemini (generateContent, streamGenerateContent as SSE or a JSON
-array, countTokens, embedContent, batchEmbedContents, models.list/get) and Azure OpenAI
-(deployments), records every request, and can be scripted with `Reply` objects.
+It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
+Anthropic (messages, count_tokens, message batches), Gemini (generateContent,
+streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
+models.list/get) and Azure OpenAI (deployments), records every request, and can be scripted with `Reply` objects.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
 usage, 5 output tokens each — or, with `bill-max` in the model name, every token the
@@ -1116,6 +1116,135 @@ def _batches(call: Call, batch_id: str | None, action: str | None) -> Reply:
     return Reply(json=dict(batch))
 
 
+# --------------------------------------------------------------------------- Anthropic message batches
+
+
+class MessageBatchesState:
+    """What the mock Message Batches API keeps: each batch with its requests.
+
+    Like the OpenAI batches, a batch moves on when it is retrieved: one GET takes it from
+    ``in_progress`` to ``ended`` — every request then has a result: ``succeeded`` with the mock's
+    Messages answer and its usage, or ``errored`` for a magic error model (``claude-error-400``) —
+    and from ``canceling`` to ``ended`` with every request ``canceled``. Lists never move it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches: dict[str, dict] = {}
+        self.requests: dict[str, list[dict]] = {}
+        self.results: dict[str, list[str]] = {}
+        self.clock = itertools.count(1)
+
+
+MESSAGE_BATCHES = MessageBatchesState()
+MESSAGE_BATCHES_PATH = re.compile(r"^/v1/messages/batches(?:/([A-Za-z0-9_-]+)(/cancel|/results)?)?$")
+
+
+def _rfc3339(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".000000Z"
+
+
+def message_batch_results(requests: list[dict], canceled: bool) -> tuple[list[str], dict]:
+    """The result lines of a batch's requests, and its request counts."""
+    lines, counts = [], {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    for i, request in enumerate(requests):
+        params = request.get("params") or {}
+        model = str(params.get("model") or "")
+        status = _error_status(model)
+        if canceled:
+            result: dict[str, Any] = {"type": "canceled"}
+        elif status:
+            result = {"type": "errored", "error": anthropic_error(status).json}
+        else:
+            result = {"type": "succeeded", "message": anthropic_message(params, i, model)}
+        counts[result["type"]] += 1
+        lines.append(_dumps({"custom_id": request.get("custom_id"), "result": result}))
+    return lines, counts
+
+
+def _message_batch_page(items: list[dict], query: dict[str, str]) -> dict:
+    """A page as Anthropic's lists answer: newest first, ``after_id`` (older) or ``before_id`` (newer)."""
+    ids = [item["id"] for item in items]
+    limit = int(query.get("limit") or 20)
+    if query.get("before_id"):
+        end = ids.index(query["before_id"]) if query["before_id"] in ids else 0
+        page, more = items[max(0, end - limit) : end], end - limit > 0
+    else:
+        after = query.get("after_id")
+        start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
+        page, more = items[start : start + limit], len(items) > start + limit
+    return {
+        "data": page,
+        "has_more": more,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }
+
+
+def _message_batches(call: Call, scripted: Reply | None) -> Reply:
+    """POST/GET /v1/messages/batches, GET/DELETE …/{id}, POST …/cancel, GET …/results."""
+    if scripted is not None and scripted.status >= 400:
+        return anthropic_error(scripted.status)
+    req = call.req
+    batch_id, action = MESSAGE_BATCHES_PATH.match(req.path).groups()
+    state = MESSAGE_BATCHES
+    with state.lock:
+        if batch_id is None and req.method == "POST":
+            requests = call.body.get("requests")
+            if not isinstance(requests, list) or not requests:
+                return anthropic_error(400, "requests: List should have at least 1 item")
+            tick = next(state.clock)
+            now = CREATED + tick
+            batch = {
+                "id": f"msgbatch_mock{tick:06d}",
+                "type": "message_batch",
+                "processing_status": "in_progress",
+                "request_counts": {
+                    "processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0,
+                },
+                "ended_at": None,
+                "created_at": _rfc3339(now),
+                "expires_at": _rfc3339(now + 86400),
+                "archived_at": None,
+                "cancel_initiated_at": None,
+                "results_url": None,
+            }  # fmt: skip
+            state.batches[batch["id"]], state.requests[batch["id"]] = batch, requests
+            return Reply(json=batch)
+        if batch_id is None:
+            items = sorted(state.batches.values(), key=lambda b: b["id"], reverse=True)
+            return Reply(json=_message_batch_page(items, req.query))
+        batch = state.batches.get(batch_id)
+        if batch is None:
+            return anthropic_error(404, f"No message batch with id {batch_id} (mock)")
+        if action == "/results":
+            if batch["processing_status"] != "ended":
+                return anthropic_error(400, f"Message batch {batch_id} has not ended yet (mock)")
+            data = "".join(line + "\n" for line in state.results[batch_id]).encode()
+            return Reply(body=data, headers={"content-type": "application/binary"})
+        if req.method == "DELETE":
+            if batch["processing_status"] != "ended":
+                return anthropic_error(400, "Batches must be ended (or canceled) before they can be deleted (mock)")
+            del state.batches[batch_id], state.requests[batch_id]
+            state.results.pop(batch_id, None)
+            return Reply(json={"id": batch_id, "type": "message_batch_deleted"})
+        if action == "/cancel":
+            if batch["processing_status"] == "in_progress":
+                batch.update(processing_status="canceling", cancel_initiated_at=_rfc3339(CREATED + next(state.clock)))
+            return Reply(json=dict(batch))
+        if batch["processing_status"] in ("in_progress", "canceling"):
+            lines, counts = message_batch_results(state.requests[batch_id], batch["processing_status"] == "canceling")
+            state.results[batch_id] = lines
+            host = req.headers.get("host", "127.0.0.1")
+            batch.update(
+                processing_status="ended",
+                request_counts=counts,
+                ended_at=_rfc3339(CREATED + next(state.clock)),
+                results_url=f"http://{host}/v1/messages/batches/{batch_id}/results",
+            )
+        return Reply(json=dict(batch))
+
+
 # --------------------------------------------------------------------------- Gemini
 
 
@@ -1388,6 +1517,8 @@ def _azure_form(call: Call, scripted: Reply | None) -> Reply:
 
 def find_route(method: str, path: str) -> Route | None:
     """The handler for a request, or None for an unknown route."""
+    if MESSAGE_BATCHES_PATH.match(path):
+        return _message_batches
     if (method, path) in ROUTES:
         return ROUTES[(method, path)]
     if method == "POST" and GEMINI_PATH.match(path):

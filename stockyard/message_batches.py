@@ -1,0 +1,446 @@
+"""Anthropic's Message Batches API: passed through to an Anthropic provider, owned by the key that made it.
+
+``/v1/messages/batches`` (create, list), ``/v1/messages/batches/{id}`` (retrieve, delete),
+``…/cancel`` and ``…/results`` skip the module chain, as OpenAI's files and batches do
+(:mod:`stockyard.files_api`, whose :class:`~stockyard.files_api.ProviderCalls` and
+:class:`~stockyard.files_api.Ownership` this reuses).
+
+A new batch is checked before it goes anywhere: ``requests`` a list of 1 to ``MAX_REQUESTS``
+items, each a unique ``custom_id`` and ``params`` (a Messages API body with ``model`` and
+``max_tokens``, its numbers checked as ``/v1/messages`` checks them). Each request's model is
+held to the key's allow-list and routed as ``/v1/messages`` would route it — the alias module
+(when it runs for the key), a model's deployments (its Anthropic ones without a key of their
+own), ``provider/model`` names, prefixes — and sent under the name routing gives it. Every
+request must reach the same Anthropic-kind provider; one served by another kind is a 400. Under
+a budget, the key must have some left and room for the batch's worst case: each request as a
+budget reserves one ``/v1/messages`` call, at the batch price (``BATCH_PRICE``, half); a model
+without a price is a 403 ``model_not_priced`` (``App.check_batch_budget``).
+
+Each batch belongs to the key that created it (``owned_objects``, kind ``message_batch``);
+another key gets the same 404 as for an id nobody has, and lists are the provider's pages
+filtered to the key's own. Every MessageBatch answered carries a ``results_url`` at Stockyard
+(the client's own host), whose results are relayed from the provider as they arrive. When a
+batch is first seen ended, :class:`~stockyard.batch_costs.BatchCosts` reads its results once
+and records its succeeded requests' usage at the batch price (``message_batches.usage``); a batch
+deleted before that is recorded first, while its results still exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from . import estimate
+from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
+from .context import RequestContext, Route
+from .deployments import Models
+from .errors import ANTHROPIC, ProxyError
+from .files_api import (
+    BATCH_PRICE,
+    LIST_PAGE,
+    MAX_LIST_PAGES,
+    PROVIDER_HEADER,
+    Answer,
+    Ownership,
+    ProviderCalls,
+    allowed_providers,
+    owner_of,
+)
+from .httpio import Request, json_object
+from .limits import check_request_numbers
+from .providers import Provider
+from .providers.anthropic import auth_headers, base_path
+from .providers.anthropic import headers as anthropic_headers
+from .proxy import Reply, RequestPath
+
+PATH = re.compile(r"^/v1/messages/batches(?:/([A-Za-z0-9_-]{1,200})(/cancel|/results)?)?$")
+KIND = "message_batch"  # in owned_objects
+KINDS = ("anthropic",)  # providers that serve message batches
+ENDED = "ended"  # the processing_status of a batch that runs no more requests
+MAX_REQUESTS = 100_000  # Anthropic's limit per batch
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+LIST_LIMITS = (20, 1000)  # (default, largest) page size, as Anthropic's
+UPSTREAM = "/v1/messages/batches"
+BASE_STATE = "public_base"  # ctx.state: the scheme and host the client reached Stockyard at
+ALLOWED_METHODS = {
+    (False, ""): ("GET", "POST"),
+    (True, ""): ("GET", "DELETE"),
+    (True, "/cancel"): ("POST",),
+    (True, "/results"): ("GET",),
+}
+
+
+def route_of(path: str) -> tuple[str | None, str] | None:
+    """(batch id or None, action) for a message batches path, or None."""
+    match = PATH.match(path)
+    if match is None:
+        return None
+    batch_id, action = match.groups()
+    return batch_id, action or ""
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """The trace's endpoint: ``message_batches.create``, ``…results``, ``…cancel``, …"""
+    found = route_of(path)
+    if found is None:
+        return "message_batches"
+    batch_id, action = found
+    if action:
+        return f"message_batches.{action[1:]}"
+    if batch_id is None:
+        return f"message_batches.{'create' if method == 'POST' else 'list'}"
+    return f"message_batches.{'delete' if method == 'DELETE' else 'retrieve'}"
+
+
+def not_found(batch_id: str) -> ProxyError:
+    """The 404 for an id, the same for one that does not exist and for another key's."""
+    return ProxyError(404, f"No message batch found with id '{batch_id[:200]}'.", code="not_found")
+
+
+def invalid(message: str, code: str = "invalid_request") -> ProxyError:
+    return ProxyError(400, message, code=code)
+
+
+def anthropic_output(provider: Provider, batch_id: str) -> BatchOutput:
+    """An ended message batch: its results (at the provider) hold what it cost."""
+    return BatchOutput(
+        batch_id,
+        KIND,
+        "message_batches.usage",
+        ANTHROPIC,
+        base_path(provider, f"{UPSTREAM}/{batch_id}/results"),
+        lambda p: {"Accept": "*/*", **auth_headers(p)},
+        anthropic_usage_of,
+        {"message_batch_id": batch_id},
+    )
+
+
+class MessageBatches(ProviderCalls):
+    """The message batches routes. ``check_budget(ctx, worst)`` refuses a batch to a key whose
+    budget is used up or cannot take its worst case (None: a model without a price)."""
+
+    def __init__(
+        self,
+        path: RequestPath,
+        ownership: Ownership,
+        models: Callable[[], Models],
+        costs: BatchCosts,
+        check_budget: Callable[[RequestContext, int | None], None],
+    ) -> None:
+        super().__init__(path)
+        self.ownership = ownership
+        self._models = models
+        self._costs = costs
+        self._check_budget = check_budget
+
+    # -- where calls go -----------------------------------------------------------------------
+    def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
+        return base_path(provider, rest) + (f"?{urlencode(query)}" if query else "")
+
+    def _headers(self, ctx: RequestContext, provider: Provider, rest: str) -> dict[str, str]:
+        """The provider's key and version (the client's ``anthropic-version`` and ``anthropic-beta``
+        passed on, checked); results are JSONL, not JSON."""
+        sent = anthropic_headers(provider, ctx, native=True)
+        sent["Accept"] = "*/*" if rest.endswith("/results") else "application/json"
+        return sent
+
+    # -- the routes ---------------------------------------------------------------------------
+    def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        method = req.method
+        found = route_of(req.path)
+        assert found is not None
+        batch_id, action = found
+        allowed = ALLOWED_METHODS[(batch_id is not None, action)]
+        if method not in allowed:
+            raise ProxyError(
+                405,
+                f"method {method} is not allowed here; use {', '.join(allowed)}",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
+        if batch_id is None:
+            if method == "GET":
+                return self._list(reply, ctx, req.query)
+            return self._create(reply, ctx, raw)
+        owned = self.ownership.find(batch_id, KIND, owner_of(ctx))
+        if owned is None:
+            raise not_found(batch_id)
+        provider = self._provider_named(owned.provider)
+        rest = f"{UPSTREAM}/{batch_id}{action}"
+        if action == "/results":
+            return self._relay(reply, ctx, provider, rest)
+        if method == "DELETE" and not owned.billed:
+            self._record_before_delete(ctx, provider, batch_id)
+        answer, doc = self._call(ctx, provider, method, rest)
+        if answer.status < 300 and method == "DELETE":
+            self.ownership.forget(batch_id)
+        elif answer.status < 300 and isinstance(doc, dict):
+            self._see(ctx, provider, doc)
+            self._show(ctx, answer, doc)
+        self._send(reply, ctx, answer)
+
+    # -- create ---------------------------------------------------------------------------------
+    def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
+        ctx.raw = raw
+        body = json_object(raw)
+        requests = body.get("requests")
+        if not isinstance(requests, list):
+            raise invalid("requests: must be a list of {custom_id, params} objects")
+        if not requests:
+            raise invalid("requests: must hold at least 1 request")
+        if len(requests) > MAX_REQUESTS:
+            raise invalid(f"requests: a batch holds at most {MAX_REQUESTS:,} requests; this one has {len(requests):,}")
+        provider: Provider | None = None
+        worst: int | None = 0
+        changed = False
+        seen: set[str] = set()
+        models: list[str] = []
+        for i, item in enumerate(requests):
+            params = self._checked(item, i, seen)
+            asked = params["model"]
+            route = self._route(ctx, asked, i, provider)
+            provider = route.provider
+            if route.model != asked:
+                params["model"] = route.model
+                changed = True
+            if check_numbers(params, i):
+                changed = True
+            if asked not in models and len(models) < 20:
+                models.append(asked)
+            if worst is not None:
+                cost = self._request_cost(ctx, route, asked, params)
+                worst = None if cost is None else worst + cost
+        assert provider is not None
+        ctx.model = ",".join(models)[:200]
+        self._check_budget(ctx, 0)  # used up: 429 first, as for OpenAI batches
+        self._check_budget(ctx, worst)
+        sent = json.dumps(body, ensure_ascii=False).encode() if changed else raw
+        answer, doc = self._call(ctx, provider, "POST", UPSTREAM, sent)
+        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name)
+            self._see(ctx, provider, doc)
+            self._show(ctx, answer, doc)
+        self._send(reply, ctx, answer)
+
+    @staticmethod
+    def _checked(item: Any, i: int, seen: set[str]) -> dict:
+        """One request's shape: a unique ``custom_id`` and ``params`` with ``model`` and ``max_tokens``."""
+        if not isinstance(item, dict):
+            raise invalid(f"requests.{i}: must be an object with custom_id and params")
+        custom_id = item.get("custom_id")
+        if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
+            raise invalid(f"requests.{i}.custom_id: must be 1 to 64 letters, digits, '-' or '_'")
+        if custom_id in seen:
+            raise invalid(f"requests.{i}.custom_id: {custom_id!r} is used twice; each request needs its own")
+        seen.add(custom_id)
+        params = item.get("params")
+        if not isinstance(params, dict):
+            raise invalid(f"requests.{i}.params: must be an object (a Messages API request)")
+        model = params.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise invalid(f"requests.{i}.params.model: is required and must be a non-empty string")
+        if "max_tokens" not in params or params["max_tokens"] is None:
+            raise invalid(f"requests.{i}.params.max_tokens: is required")
+        return params
+
+    def _route(self, ctx: RequestContext, asked: str, i: int, batch_provider: Provider | None) -> Route:
+        """Where ``/v1/messages`` would send this model, and under which name: the key's allow-list,
+        the alias module, the model's deployments, the registry. Every request of a batch goes to
+        the same Anthropic-kind provider."""
+        registry = self._path.registry()
+        key = ctx.key
+        if key is not None and not key.allows_model(asked, registry.routes_to):
+            raise ProxyError(
+                403,
+                f"requests.{i}.params.model: client key {key.prefix}… may not use model {asked[:100]!r}",
+                code="model_not_allowed",
+            )
+        name = self._aliased(ctx, asked)
+        route = self._models().get(name)
+        if route is not None and (route.deployments or route.problems):
+            usable = [d for d in route.deployments if d.provider.kind in KINDS and not d.own_key]
+            if not usable:
+                raise invalid(
+                    f"requests.{i}.params.model: {asked[:100]!r} is served by deployments none of which can "
+                    "take a message batch (one at an Anthropic provider, with the provider's own key)",
+                    "model_not_batchable",
+                )
+            here = [d for d in usable if batch_provider is not None and d.provider.name == batch_provider.name]
+            chosen = min(here or usable, key=lambda d: d.priority)
+            found = Route(registry.by_name.get(chosen.provider.name, chosen.provider), chosen.upstream_model)
+        else:
+            try:
+                found = Route(*registry.resolve(name))
+            except ProxyError as exc:
+                raise invalid(f"requests.{i}.params.model: {exc.message}", exc.code or "model_not_routable") from None
+        if found.provider.kind not in KINDS:
+            raise invalid(
+                f"requests.{i}.params.model: {asked[:100]!r} is served by provider {found.provider.name!r} "
+                f"({found.provider.kind}); message batches run at an Anthropic provider only",
+                "provider_not_batchable",
+            )
+        if batch_provider is not None and found.provider.name != batch_provider.name:
+            raise invalid(
+                f"requests.{i}.params.model: {asked[:100]!r} is served by provider {found.provider.name!r}, the "
+                f"batch's earlier requests by {batch_provider.name!r}; a batch goes to one provider",
+                "mixed_providers",
+            )
+        return found
+
+    def _aliased(self, ctx: RequestContext, model: str) -> str:
+        """The model the alias module renames ``model`` to for this key (itself when none)."""
+        for module in self._path.chain().modules:
+            if module.name == "alias":
+                one = RequestContext("messages", ANTHROPIC, ctx.client_addr, {})
+                one.key, one.key_id, one.project, one.model = ctx.key, ctx.key_id, ctx.project, model
+                module.before(one)
+                return one.routed_model or model
+        return model
+
+    def _request_cost(self, ctx: RequestContext, route: Route, asked: str, params: dict) -> int | None:
+        """One request's worst case as a budget reserves a ``/v1/messages`` call, at the batch
+        price, rounded up (None: its model has no price in tokens)."""
+        price = self._path.pricer.price_of(route, asked)
+        if price is None or price.unit != "token":
+            return None
+        one = RequestContext("messages", ANTHROPIC, ctx.client_addr, {})
+        one.body, one.raw = params, json.dumps(params, ensure_ascii=False).encode()
+        full = estimate.request_cost(one, price, self._path.settings.default_max_tokens)
+        part, whole = BATCH_PRICE
+        return -(-full * part // whole)
+
+    # -- list -----------------------------------------------------------------------------------
+    def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
+        """The provider's list, filtered to this key's batches, paged honestly in either direction
+        (``after_id`` older, ``before_id`` newer): ``limit`` of them, ``has_more`` when the
+        provider holds more of the key's that way (or was not read to its end)."""
+        default, largest = LIST_LIMITS
+        try:
+            limit = int(query.get("limit", str(default)))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= largest:
+            raise ProxyError(400, f"limit: must be a whole number from 1 to {largest}", code="invalid_value")
+        before, after = query.get("before_id") or None, query.get("after_id") or None
+        if before and after:
+            raise ProxyError(400, "give before_id or after_id, not both", code="invalid_value")
+        provider = self._list_provider(ctx)
+        owner = owner_of(ctx)
+        cursor = before or after
+        found: list[dict] = []
+        has_more = False
+        answer = Answer(200, {})
+        for _ in range(MAX_LIST_PAGES):
+            asked = {"limit": str(LIST_PAGE), **({"before_id" if before else "after_id": cursor} if cursor else {})}
+            answer, doc = self._call(ctx, provider, "GET", UPSTREAM, query=asked)
+            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+                return self._send(reply, ctx, answer)
+            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
+            mine = self.ownership.owned([d["id"] for d in items], KIND, owner, provider.name)
+            page = [d for d in items if d["id"] in mine]
+            found = page + found if before else found + page
+            if len(found) > limit:
+                found, has_more = (found[-limit:] if before else found[:limit]), True
+                break
+            if not doc.get("has_more") or not items:
+                break
+            cursor = items[0]["id"] if before else items[-1]["id"]
+        else:
+            has_more = True  # not read to its end: the client asks again from the last id
+        for batch in found:
+            self._see(ctx, provider, batch)
+            self._public(ctx, batch)
+        page_doc = {
+            "data": found,
+            "has_more": has_more,
+            "first_id": found[0]["id"] if found else None,
+            "last_id": found[-1]["id"] if found else None,
+        }
+        self._replace(ctx, answer, page_doc)
+        self._send(reply, ctx, answer)
+
+    def _list_provider(self, ctx: RequestContext) -> Provider:
+        """``x-stockyard-provider`` if given, else the key's first Anthropic-kind provider."""
+        registry = self._path.registry()
+        allowed = allowed_providers(registry, ctx.key, KINDS)
+        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
+        if named:
+            provider = registry.by_name.get(named)
+            if provider is None or provider.kind not in KINDS:
+                raise ProxyError(
+                    400,
+                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured Anthropic provider",
+                    code="invalid_provider",
+                )
+            if provider not in allowed:
+                raise ProxyError(403, f"this client key may not use provider {named!r}", code="provider_not_allowed")
+            return provider
+        if allowed:
+            return allowed[0]
+        if any(p.kind in KINDS for p in registry.providers):
+            raise ProxyError(403, "this client key may not use any Anthropic provider", code="provider_not_allowed")
+        raise ProxyError(400, "message batches need an Anthropic provider; none is configured", code="no_provider")
+
+    # -- what a batch looks like, and what it cost ------------------------------------------------
+    def _public(self, ctx: RequestContext, batch: dict) -> None:
+        """Its ``results_url`` at Stockyard, where the client reached it (never the provider's)."""
+        if batch.get("results_url") and isinstance(batch.get("id"), str):
+            base = ctx.state.get(BASE_STATE) or "http://127.0.0.1"
+            batch["results_url"] = f"{base}{UPSTREAM}/{batch['id']}/results"
+
+    def _show(self, ctx: RequestContext, answer: Answer, batch: dict) -> None:
+        self._public(ctx, batch)
+        self._replace(ctx, answer, batch)
+
+    def _replace(self, ctx: RequestContext, answer: Answer, doc: dict) -> None:
+        """The answer's body (and the trace's copy of it) becomes ``doc``."""
+        answer.data = json.dumps(doc, ensure_ascii=False).encode()
+        answer.headers["content-type"] = "application/json"
+        ctx.attempt.response_body.clear()
+        ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
+
+    def _see(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
+        """A batch its owner is looking at: one that ended goes to the cost recorder (once)."""
+        batch_id = batch.get("id")
+        if batch.get("processing_status") != ENDED or not isinstance(batch_id, str):
+            return
+        owned = self.ownership.find(batch_id, KIND, owner_of(ctx))
+        if owned is not None and not owned.billed:
+            self._costs.ended(ctx, provider, anthropic_output(provider, batch_id))
+
+    def _record_before_delete(self, ctx: RequestContext, provider: Provider, batch_id: str) -> None:
+        """A batch deleted before its cost was recorded: record it now, while its results exist
+        (an unended one the provider refuses to delete)."""
+        answer, doc = self._call(ctx, provider, "GET", f"{UPSTREAM}/{batch_id}")
+        if answer.status >= 300 or not isinstance(doc, dict) or doc.get("processing_status") != ENDED:
+            return
+        try:
+            self._costs.record_now(ctx, provider, anthropic_output(provider, batch_id))
+        except Exception as exc:  # the provider did not hand the results over: nothing is deleted
+            raise ProxyError(
+                502,
+                f"the batch's cost could not be recorded before deleting it ({self._path.scrub.text(str(exc))[:200]}); "
+                "try again",
+                code="batch_cost_unrecorded",
+            ) from None
+
+    def look_at_batch(self, ctx: RequestContext, provider: Provider, batch_id: str) -> str | None:
+        """Retrieve a batch for its owner without a client (the batch watch): its processing
+        status, or None when the provider did not answer with it."""
+        answer, doc = self._call(ctx, provider, "GET", f"{UPSTREAM}/{batch_id}")
+        if answer.status >= 300 or not isinstance(doc, dict) or doc.get("id") != batch_id:
+            return None
+        self._see(ctx, provider, doc)
+        status = doc.get("processing_status")
+        return status if isinstance(status, str) else None
+
+
+def check_numbers(params: dict, i: int) -> bool:
+    """A request's token cap and counts, checked as ``/v1/messages`` checks them (True: rewritten)."""
+    try:
+        return check_request_numbers(params)
+    except ProxyError as exc:
+        raise ProxyError(400, f"requests.{i}.params: {exc.message}", code=exc.code) from None

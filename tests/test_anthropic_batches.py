@@ -1,0 +1,387 @@
+"""Anthropic's Message Batches API through Stockyard with the official anthropic SDK, against the mock
+upstream: create/retrieve/list/cancel/delete/results; results_url at Stockyard and results relayed;
+ownership by client key (another key gets 404 and sees none of it in lists); budgets (used up → 429,
+worst case → 429, a model without a price → 403); bad bodies → 400 in Anthropic's shape; a model
+routed elsewhere → 400; the ended batch's cost recorded once at half the models' prices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from anthropic import Anthropic, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS
+
+ADMIN = "admin-key-for-message-batches-0123456789"
+MAX_BODY = 2_000_000
+PLAIN, CACHED = "claude-batch-plain", "claude-batch-cached"  # the mock's names: priced explicitly below
+# µ¢ per 1M tokens, as `prices set` stores USD 3 / 15 / 0.30 / 3.75 per 1M
+RATES = {"input": 300_000_000, "output": 1_500_000_000, "cached": 30_000_000, "cache_write": 375_000_000}
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-test-batches-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+    )
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("msgbatches") / "stockyard.db", env)
+    for model in (PLAIN, CACHED):
+        done = srv.cli(
+            "prices", "set", model, "--input", "3", "--output", "15", "--cached-input", "0.3", "--cache-write", "3.75"
+        )
+        assert done.returncode == 0, done.stderr
+    keys = {}
+    for name, extra in (
+        ("alice", []),
+        ("bob", []),
+        ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
+        ("tight", ["--budget-usd", "1", "--budget-period", "day"]),
+        ("plain-only", ["--models", PLAIN]),
+    ):
+        made = srv.cli("keys", "create", "--name", name, *extra)
+        assert made.returncode == 0, made.stderr
+        keys[name] = made.stdout.strip()
+    srv.start()
+    srv.keys = keys
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+    assert "sk-ant-test-batches" not in srv.log
+
+
+def client(server: ServerProcess, who: str) -> Anthropic:
+    return Anthropic(base_url=server.url, api_key=server.keys[who], max_retries=0)
+
+
+def requests_for(*models: str, max_tokens: int = 16) -> list[dict]:
+    return [
+        {
+            "custom_id": f"req-{i}",
+            "params": {"model": m, "max_tokens": max_tokens, "messages": [{"role": "user", "content": f"hi {i}"}]},
+        }
+        for i, m in enumerate(models)
+    ]
+
+
+def traces(server: ServerProcess, endpoint: str) -> list[dict]:
+    return server.db_rows("SELECT * FROM traces WHERE endpoint = ? ORDER BY ts_ms, id", (endpoint,))
+
+
+def usage_rows(server: ServerProcess, batch_id: str) -> list[dict]:
+    rows = server.db_rows(
+        "SELECT t.*, b.request AS request_body FROM traces t LEFT JOIN trace_bodies b ON b.trace_id = t.id"
+        " WHERE t.endpoint = 'message_batches.usage'"
+    )
+    return [r for r in rows if r["request_body"] is not None and batch_id.encode() in _inflate(r["request_body"])]
+
+
+def _inflate(stored: bytes) -> bytes:
+    import zlib
+
+    try:
+        return zlib.decompress(stored)
+    except zlib.error:
+        return bytes(stored)
+
+
+def post(server: ServerProcess, who: str, body: object = None, raw: bytes | None = None) -> tuple[int, dict]:
+    status, _, data = server.request(
+        "POST",
+        "/v1/messages/batches",
+        body=body,
+        raw=raw,
+        headers={"x-api-key": server.keys[who], "anthropic-version": "2023-06-01"},
+    )
+    return status, json.loads(data)
+
+
+def assert_anthropic_error(doc: dict, kind: str) -> str:
+    assert doc["type"] == "error" and doc["error"]["type"] == kind, doc
+    return doc["error"]["message"]
+
+
+# -- the round trip ----------------------------------------------------------------------------
+
+
+def test_create_retrieve_results_and_the_cost_recorded_once_at_half_price(server, mock):
+    alice = client(server, "alice")
+    mock.clear()
+    batch = alice.messages.batches.create(requests=requests_for(PLAIN, PLAIN, CACHED, "claude-error-400"))
+    assert batch.type == "message_batch" and batch.processing_status == "in_progress"
+    assert batch.results_url is None and batch.id in MESSAGE_BATCHES.batches
+    sent = mock.last("/v1/messages/batches")
+    assert sent.method == "POST" and sent.headers["x-api-key"] == "sk-ant-test-batches-0123456789abcdef"
+    assert [r["params"]["model"] for r in sent.json["requests"]] == [PLAIN, PLAIN, CACHED, "claude-error-400"]
+
+    done = alice.messages.batches.retrieve(batch.id)
+    assert done.processing_status == "ended"
+    assert (done.request_counts.succeeded, done.request_counts.errored) == (3, 1)
+    assert done.results_url == f"{server.url}/v1/messages/batches/{batch.id}/results"  # Stockyard's, not the mock's
+    assert MESSAGE_BATCHES.batches[batch.id]["results_url"].startswith(mock.url)
+
+    results = {r.custom_id: r.result for r in alice.messages.batches.results(batch.id)}
+    assert sorted(results) == ["req-0", "req-1", "req-2", "req-3"]
+    assert results["req-0"].type == "succeeded" and results["req-0"].message.usage.input_tokens == PROMPT_TOKENS
+    assert results["req-3"].type == "errored"
+
+    rows = wait_for(lambda: usage_rows(server, batch.id), timeout=30, what="the batch's usage row")
+    assert len(rows) == 1
+    row = rows[0]
+    # 2 plain answers (12 input, 5 output) and 1 with cache reads (4 input, 8 read, 5 output); the error is free
+    numerator = (
+        2 * (PROMPT_TOKENS * RATES["input"] + COMPLETION_TOKENS * RATES["output"])
+        + 4 * RATES["input"]
+        + 8 * RATES["cached"]
+        + COMPLETION_TOKENS * RATES["output"]
+    )
+    expected = (numerator + 10**6) // (2 * 10**6)  # half, in µ¢ (10⁻⁶ µ¢ units), rounded half up once
+    assert expected == 15_570
+    assert row["cost_uc"] == expected and row["cost_status"] == "exact" and row["provider"] == "anthropic"
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (3 * PROMPT_TOKENS, 15, 8)
+    assert row["dialect"] == "anthropic" and row["model"] == f"{PLAIN},{CACHED}"
+    alice_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    assert row["key_id"] == alice_id
+    assert server.db_rows("SELECT billed, kind FROM owned_objects WHERE id = ?", (batch.id,)) == [
+        {"billed": 1, "kind": "message_batch"}
+    ]
+
+    alice.messages.batches.retrieve(batch.id)  # seen again: never a second row
+    alice.messages.batches.list()
+    list(alice.messages.batches.results(batch.id))
+    wait_for(lambda: traces(server, "message_batches.results")[-1:], what="the results trace")
+    assert len(usage_rows(server, batch.id)) == 1
+
+    deleted = alice.messages.batches.delete(batch.id)
+    assert (deleted.id, deleted.type) == (batch.id, "message_batch_deleted")
+    with pytest.raises(NotFoundError):
+        alice.messages.batches.retrieve(batch.id)
+    assert len(usage_rows(server, batch.id)) == 1
+
+
+def test_every_call_leaves_a_trace_costing_nothing(server):
+    alice = client(server, "alice")
+    batch = alice.messages.batches.create(requests=requests_for(PLAIN))
+    alice.messages.batches.retrieve(batch.id)
+    list(alice.messages.batches.results(batch.id))
+    alice.messages.batches.list()
+    for endpoint in ("create", "retrieve", "results", "list"):
+        rows = wait_for(lambda e=endpoint: traces(server, f"message_batches.{e}"), what=endpoint)
+        assert all(r["cost_uc"] == 0 and r["dialect"] == "anthropic" for r in rows if r["status"] == 200), endpoint
+
+
+def test_results_are_relayed_as_a_stream_and_the_trace_keeps_their_size(server):
+    alice = client(server, "alice")
+    batch = alice.messages.batches.create(requests=requests_for(PLAIN, PLAIN))
+    alice.messages.batches.retrieve(batch.id)
+    status, headers, body = server.request(
+        "GET", f"/v1/messages/batches/{batch.id}/results", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert [line["custom_id"] for line in lines] == ["req-0", "req-1"]
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["endpoint"] == "message_batches.results" and trace["cost_uc"] == 0
+
+
+def test_cancel_then_delete(server):
+    alice = client(server, "alice")
+    batch = alice.messages.batches.create(requests=requests_for(PLAIN))
+    assert alice.messages.batches.cancel(batch.id).processing_status == "canceling"
+    ended = alice.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended" and ended.request_counts.canceled == 1
+    assert [r.result.type for r in alice.messages.batches.results(batch.id)] == ["canceled"]
+    assert alice.messages.batches.delete(batch.id).type == "message_batch_deleted"
+    assert not server.db_rows("SELECT 1 FROM owned_objects WHERE id = ?", (batch.id,))
+
+
+def test_a_batch_deleted_before_anyone_saw_it_end_is_billed_first(server):
+    """Its results go with it: the delete records the cost while they still exist."""
+    alice = client(server, "alice")
+    batch = alice.messages.batches.create(requests=requests_for(PLAIN))
+    alice.messages.batches.delete(batch.id)  # the mock ends it on the retrieve Stockyard makes first
+    rows = usage_rows(server, batch.id)
+    assert len(rows) == 1 and rows[0]["prompt_tokens"] == PROMPT_TOKENS and rows[0]["cost_uc"] > 0
+
+
+def test_list_shows_only_the_keys_own_batches_and_pages_honestly(server):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    mine = []
+    for _ in range(3):  # interleaved with another key's batches, which the pages skip
+        mine.append(alice.messages.batches.create(requests=requests_for(PLAIN)).id)
+        bob.messages.batches.create(requests=requests_for(PLAIN))
+    newest_first = mine[::-1]
+    first = alice.messages.batches.list(limit=2)
+    assert [b.id for b in first.data] == newest_first[:2] and first.has_more
+    every = [b.id for b in alice.messages.batches.list(limit=2)]  # the SDK follows after_id
+    assert every[:3] == newest_first and not set(every) & {b.id for b in bob.messages.batches.list(limit=1000)}
+    newer = alice.messages.batches.list(limit=1, before_id=mine[0])
+    assert [b.id for b in newer.data] == [mine[1]] and newer.has_more
+    status, _, body = server.request(
+        "GET", "/v1/messages/batches?limit=1001", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 400 and assert_anthropic_error(json.loads(body), "invalid_request_error")
+
+
+# -- ownership -----------------------------------------------------------------------------------
+
+
+def test_another_key_gets_404_as_for_an_id_nobody_has(server, mock):
+    alice, bob = client(server, "alice"), client(server, "bob")
+    batch = alice.messages.batches.create(requests=requests_for(PLAIN))
+    mock.clear()
+    messages = []
+    for call in (bob.messages.batches.retrieve, bob.messages.batches.cancel, bob.messages.batches.delete):
+        for batch_id in (batch.id, "msgbatch_nobody_has_this"):
+            with pytest.raises(NotFoundError) as err:
+                call(batch_id)
+            messages.append(assert_anthropic_error(err.value.body, "not_found_error").replace(batch_id, "ID"))
+    for batch_id in (batch.id, "msgbatch_nobody_has_this"):
+        status, _, body = server.request(
+            "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["bob"]}
+        )
+        assert status == 404
+        messages.append(assert_anthropic_error(json.loads(body), "not_found_error").replace(batch_id, "ID"))
+    assert len(set(messages)) == 1  # the same answer: existence does not leak
+    assert not mock.requests  # and the provider was never asked
+    assert batch.id not in [b.id for b in bob.messages.batches.list()]
+    assert alice.messages.batches.retrieve(batch.id).id == batch.id
+
+
+def test_open_mode_has_one_owner(pyz_path, cache_home, mock, tmp_path):
+    env = mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-open-0123456789", ANTHROPIC_BASE_URL=mock.url)
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        sdk = Anthropic(base_url=srv.url, api_key="unused", max_retries=0)
+        batch = sdk.messages.batches.create(requests=requests_for(PLAIN))
+        assert batch.id in [b.id for b in sdk.messages.batches.list()]
+        assert sdk.messages.batches.retrieve(batch.id).results_url.startswith(srv.url)
+        assert srv.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (batch.id,)) == [{"key_id": ""}]
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+# -- routing ---------------------------------------------------------------------------------------
+
+
+def test_a_provider_qualified_model_is_sent_under_the_providers_name(server, mock):
+    mock.clear()
+    client(server, "alice").messages.batches.create(requests=requests_for(f"anthropic/{PLAIN}", PLAIN))
+    sent = mock.last("/v1/messages/batches")
+    assert [r["params"]["model"] for r in sent.json["requests"]] == [PLAIN, PLAIN]
+
+
+def test_a_model_served_by_a_non_anthropic_provider_is_refused(server, mock):
+    mock.clear()
+    with pytest.raises(BadRequestError) as err:
+        client(server, "alice").messages.batches.create(requests=requests_for(PLAIN, "gpt-4o-mini"))
+    message = err.value.body["error"]["message"]
+    assert err.value.body["type"] == "error" and "requests.1.params.model" in message and "'openai'" in message
+    assert not mock.requests
+
+
+def test_a_key_with_a_model_allow_list_batches_only_its_models(server, mock):
+    mock.clear()
+    sdk = client(server, "plain-only")
+    with pytest.raises(PermissionDeniedError) as err:
+        sdk.messages.batches.create(requests=requests_for(PLAIN, CACHED))
+    assert "requests.1.params.model" in err.value.body["error"]["message"]
+    assert not mock.requests
+    assert sdk.messages.batches.create(requests=requests_for(PLAIN)).id
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+
+
+def test_a_used_up_budget_starts_no_batch(server, mock):
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        client(server, "broke").messages.batches.create(requests=requests_for(PLAIN))
+    assert (
+        err.value.body["type"] == "error" and err.value.body["error"]["type"] == "budget_exceeded"
+    )  # as /v1/messages answers
+    assert err.value.response.headers["x-should-retry"] == "false"
+    assert not mock.requests
+
+
+def test_a_batch_whose_worst_case_passes_the_budget_is_refused(server, mock):
+    """$1 left; 10 requests of up to 100,000 output tokens at $15/M, halved: up to $7.50."""
+    mock.clear()
+    tight = client(server, "tight")
+    with pytest.raises(RateLimitError) as err:
+        tight.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=100_000))
+    assert "budget exceeded" in err.value.body["error"]["message"]
+    assert not mock.requests
+    # 10 requests of up to 10,000 output tokens: $1.50, halved $0.75 (and their input): within the budget
+    assert tight.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000)).id
+
+
+def test_a_model_without_a_price_under_a_budget_is_refused(server, mock):
+    mock.clear()
+    with pytest.raises(PermissionDeniedError) as err:
+        client(server, "tight").messages.batches.create(requests=requests_for(PLAIN, "claude-no-price-anywhere"))
+    assert "no price" in err.value.body["error"]["message"]
+    assert not mock.requests
+    status, doc = post(server, "tight", {"requests": requests_for("claude-no-price-anywhere")})
+    assert status == 403 and assert_anthropic_error(doc, "permission_error")
+
+
+# -- bad bodies --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"requests": "not a list"}, "requests: must be a list"),
+        ({"requests": {"custom_id": "a"}}, "requests: must be a list"),
+        ({}, "requests: must be a list"),
+        ({"requests": []}, "at least 1"),
+        ({"requests": [*requests_for(PLAIN), *requests_for(PLAIN)]}, "'req-0' is used twice"),
+        ({"requests": [{"custom_id": "a", "params": {"max_tokens": 5, "messages": []}}]}, "requests.0.params.model"),
+        (
+            {"requests": [{"custom_id": "a", "params": {"model": PLAIN, "messages": []}}]},
+            "requests.0.params.max_tokens",
+        ),
+        ({"requests": [{"custom_id": "a b", "params": {"model": PLAIN, "max_tokens": 5}}]}, "requests.0.custom_id"),
+        ({"requests": [{"custom_id": "x" * 65, "params": {"model": PLAIN, "max_tokens": 5}}]}, "requests.0.custom_id"),
+        ({"requests": [{"custom_id": "a", "params": "no"}]}, "requests.0.params"),
+        ({"requests": ["no"]}, "requests.0"),
+        ({"requests": [{"custom_id": "a", "params": {"model": PLAIN, "max_tokens": -1}}]}, "max_tokens"),
+        ({"requests": [{}] * 100_001}, "at most 100,000"),
+    ],
+)
+def test_bad_bodies_are_400_in_anthropics_shape(server, mock, body, says):
+    mock.clear()
+    status, doc = post(server, "alice", body)
+    assert status == 400 and says in assert_anthropic_error(doc, "invalid_request_error")
+    assert not [r for r in mock.requests if r.path.startswith("/v1/messages/batches")]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"requests": [], "requests": []}'])
+def test_a_body_that_is_no_json_object_is_400(server, raw):
+    status, doc = post(server, "alice", raw=raw)
+    assert status == 400 and assert_anthropic_error(doc, "invalid_request_error")
+
+
+def test_a_body_over_the_size_limit_is_413_in_anthropics_shape(server):
+    filler = "x" * (MAX_BODY + 1000)
+    status, doc = post(server, "alice", {"requests": [{"custom_id": "a", "params": {"model": PLAIN, "pad": filler}}]})
+    assert status == 413 and assert_anthropic_error(doc, "request_too_large")
+
+
+def test_no_key_is_401_in_anthropics_shape(server):
+    status, _, body = server.request("POST", "/v1/messages/batches", body={"requests": requests_for(PLAIN)})
+    assert status == 401 and json.loads(body)["type"] == "error"
+
+
+def test_wrong_method_is_405_with_allow(server):
+    status, headers, body = server.request(
+        "POST", "/v1/messages/batches/msgbatch_x", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 405 and headers["allow"] == "GET, DELETE" and json.loads(body)["type"] == "error"
