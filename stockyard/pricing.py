@@ -148,11 +148,14 @@ MAX_SEARCHES = 10**6  # searches one answer is billed for at most (an absurd cou
 # A model's token counts beside its rates: in prices.json only (not `prices set`), so an
 # operator's rate override keeps the shipped ones.
 TOKEN_COUNTS = ("max_output_tokens", "image_input_tokens")
+# A rate only prices.json gives (an override prices the model without it): a long-lived cache
+# write where its price is not Anthropic's twice the input rate (OpenAI's 12-hour writes).
+SHIPPED_RATES = ("cache_write_long",)
 
 
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS, "long_context_above"):
+        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS, *SHIPPED_RATES, "long_context_above"):
             continue
         if name == "long_context":
             if value is not None and not isinstance(value, Price):
@@ -191,6 +194,7 @@ class Price:
     # included (Gemini 2.5 Pro above 200k, Claude Haiku 5.5 above 100k). See :func:`rates_for`.
     long_context_above: int | None = None
     long_context: Price | None = None
+    cache_write_long: int | None = None  # see long_cache_write_rate
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -203,7 +207,7 @@ class Price:
     def from_usd(cls, rates: Mapping[str, Any]) -> Price:
         """From decimal strings in USD per 1M (the token counts as whole numbers);
         cached/cache_write default to input."""
-        unknown = set(rates) - {*RATE_FIELDS, "unit", *TOKEN_COUNTS, "long_context"}
+        unknown = set(rates) - {*RATE_FIELDS, *SHIPPED_RATES, "unit", *TOKEN_COUNTS, "long_context"}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
         above, tier = _long_context(rates.get("long_context"))
@@ -223,6 +227,7 @@ class Price:
             **{name: rates.get(name) for name in TOKEN_COUNTS},
             long_context_above=above,
             long_context=tier,
+            cache_write_long=parse_usd_per_m(rates["cache_write_long"]) if "cache_write_long" in rates else None,
         )
 
 
@@ -255,7 +260,7 @@ def rates_for(price: Price, prompt_tokens: int) -> Price:
 
 def _keep_shipped(override: Price, shipped: Price | None) -> Price:
     """An operator's override changes the rates; the model's token counts stay the shipped ones.
-    A shipped long-context tier does not: it holds the shipped rates, which the override replaces."""
+    A shipped long-context tier and ``cache_write_long`` do not: they are rates, which it replaces."""
     if shipped is None:
         return override
     kept = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
@@ -286,7 +291,7 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     media_tokens: int = 0  # input tokens that are audio or images (part of prompt_tokens)
-    cache_write_long_tokens: int = 0  # of cache_write_tokens: Anthropic's 1-hour writes, at twice the input rate
+    cache_write_long_tokens: int = 0  # of cache_write_tokens: Anthropic's 1-hour and OpenAI's 12-hour writes
     # Per-call fees the usage itself reports, in µ¢ (not tokens): Anthropic's web searches at
     # WEB_SEARCH_UC each, Perplexity's request and search-query fees as its usage.cost states them.
     fees_uc: int = 0
@@ -296,7 +301,8 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage:
-        """Chat Completions (prompt_/completion_tokens) or Responses API (input_/output_tokens).
+        """Chat Completions (prompt_/completion_tokens) or Responses API (input_/output_tokens),
+        with their cache reads and (GPT-5.6 and later) cache writes, 12-hour ones apart.
 
         Also reads DeepSeek's ``prompt_cache_hit_tokens``, and handles providers
         (xAI) whose ``completion_tokens`` leave reasoning out: detected when
@@ -308,6 +314,8 @@ class Usage:
         in_details = u.get("prompt_tokens_details") or u.get("input_tokens_details")
         out_details = u.get("completion_tokens_details") or u.get("output_tokens_details")
         cached = _count(in_details, "cached_tokens") or _count(u, "prompt_cache_hit_tokens")
+        written = min(_count(in_details, "cache_write_tokens"), max(0, prompt - cached))  # GPT-5.6 and later
+        ttl = in_details.get("cache_write_tokens_details") if isinstance(in_details, Mapping) else None
         media_details = in_details or u.get("input_token_details")  # a transcription's is singular
         media = _count(media_details, "audio_tokens") + _count(media_details, "image_tokens")
         reasoning = _count(out_details, "reasoning_tokens")
@@ -318,6 +326,8 @@ class Usage:
             prompt_tokens=prompt,
             completion_tokens=completion,
             cached_tokens=min(cached, prompt),
+            cache_write_tokens=written,
+            cache_write_long_tokens=min(_count(ttl, "ttl_12h_tokens"), written),
             reasoning_tokens=min(reasoning, completion),
             media_tokens=min(media, prompt),
             fees_uc=stated_fees(u.get("cost")),
@@ -421,7 +431,10 @@ def cost_numerator(price: Price, usage: Usage) -> int:
 
 
 def long_cache_write_rate(price: Price) -> int:
-    """A write to Anthropic's 1-hour prompt cache: twice the input rate (a 5-minute write is 1.25×)."""
+    """A long-lived cache write: the price's own rate for it where the table gives one (OpenAI's
+    12-hour writes), else Anthropic's 1-hour rule, twice the input rate (a 5-minute write is 1.25×)."""
+    if price.cache_write_long is not None:
+        return price.cache_write_long
     return max(price.cache_write, 2 * price.input)
 
 

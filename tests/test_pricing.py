@@ -692,3 +692,36 @@ def test_the_lookup_memo_keeps_no_long_names(table: PriceTable) -> None:
     for i in range(50):
         assert table.lookup(f"gpt-4o-mini-{'x' * 100_000}{i}") is None
     assert all(len(model) <= 256 for model, _ in table._memo)
+
+
+def test_openai_cache_writes_are_billed_at_the_write_rates() -> None:
+    """Was: GPT-5.6 and later report the prompt tokens they wrote to the cache
+    (``input_tokens_details.cache_write_tokens``, 12-hour ones apart) and bill them above the
+    input rate; Stockyard billed them as plain input."""
+    price = Price.from_usd(
+        {"input": "2.00", "cached_input": "0.10", "cache_write": "2.50", "cache_write_long": "5.00", "output": "10.00"}
+    )
+    details = {
+        "cached_tokens": 1_000,
+        "cache_write_tokens": 3_000,
+        "cache_write_tokens_details": {"ttl_12h_tokens": 1_000},
+    }
+    usage = Usage.from_openai(
+        {"input_tokens": 10_000, "input_tokens_details": details, "output_tokens": 100, "total_tokens": 10_100}
+    )
+    assert (usage.cached_tokens, usage.cache_write_tokens, usage.cache_write_long_tokens) == (1_000, 3_000, 1_000)
+    fresh, cached, short, long, out = 6_000, 1_000, 2_000, 1_000, 100
+    expected = (
+        fresh * 200_000_000 + cached * 10_000_000 + short * 250_000_000 + long * 500_000_000 + out * 1_000_000_000
+    )
+    assert cost_microcents(price, usage) == round_microcents(expected)
+    chat = Usage.from_openai(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 1,
+            "prompt_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 9},
+        }
+    )
+    assert chat.cache_write_tokens == 2  # never more than the prompt leaves after its cache reads
+    # without a shipped long-write rate, Anthropic's rule: twice the input rate
+    assert cost_microcents(Price.from_usd({"input": "1", "output": "1"}), Usage(10, 0, 0, 10, 0, 0, 10)) == 2_000
