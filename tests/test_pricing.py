@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import replace
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -430,18 +431,34 @@ def test_data_file_shape(table: PriceTable) -> None:
         for name in TOKEN_COUNTS:  # token counts, not rates
             count = rates.pop(name, None)
             assert count is None or (type(count) is int and count > 0), key
+        tier = rates.pop("long_context", None)
+        if tier is not None:  # a prompt-length tier: a threshold, then rates as strings, each dearer
+            assert type(tier.pop("above")) is int and all(isinstance(v, str) for v in tier.values()), key
+            assert all(Decimal(v) >= Decimal(rates.get(n, rates["input"])) for n, v in tier.items()), key
         assert all(isinstance(v, str) for v in rates.values()), key
         assert {"input", "output"} <= set(rates), key
         if "reasoning" in rates:
             assert rates["reasoning"] != rates["output"], key
 
 
+# Cache reads below Anthropic's usual tenth of the input rate: Opus and Sonnet 5.5 read at 0.05x
+# (Sonnet 5.5's since its cut of 2026-10-07), Fable and Mythos 5.1 and Fable 5.2 at 0.025x.
+CHEAP_CACHE_READS = {
+    "claude-opus-5-5": 20,
+    "claude-sonnet-5-5": 20,
+    "claude-fable-5-1": 40,
+    "claude-mythos-5-1": 40,
+    "claude-fable-5-2": 40,
+}
+
+
 def test_anthropic_cache_multipliers(table: PriceTable) -> None:
     for key, p in table.entries():
         # Haiku 3 predates the rule: Anthropic lists $0.30 write / $0.03 read on $0.25
         if key.startswith("claude-") and key != "claude-3-haiku":
-            assert p.cache_write * 4 == p.input * 5, key  # 1.25 × input
-            assert p.cached_input * 10 == p.input, key  # 0.1 × input
+            for rates in filter(None, (p, p.long_context)):
+                assert rates.cache_write * 4 == rates.input * 5, key  # 1.25 × input
+                assert rates.cached_input * CHEAP_CACHE_READS.get(key, 10) == rates.input, key  # 0.1 × input
 
 
 @pytest.mark.parametrize(
@@ -469,6 +486,17 @@ def test_anthropic_cache_multipliers(table: PriceTable) -> None:
         ("claude-haiku-4-5-20251001", None),
         ("claude-opus-4-1-20250805", None),
         ("claude-opus-4-5-20251101", None),
+        ("claude-opus-5-5", None),
+        ("claude-sonnet-5-5", None),
+        ("claude-haiku-5-5", None),
+        ("claude-fable-5-2", None),
+        ("gpt-5.5-2026-04-23", None),
+        ("gpt-5.4-mini-2026-03-17", None),
+        ("gpt-5.2-2025-12-11", None),
+        ("gpt-6.2-sol", None),
+        ("gpt-6-luna", None),
+        ("gemini-3.1-pro-preview", None),
+        ("gemini-4-argon", None),
         ("gemini-2.0-flash", None),
         ("gemini-2.5-flash", None),
         ("gemini-2.5-pro", None),
@@ -725,3 +753,20 @@ def test_openai_cache_writes_are_billed_at_the_write_rates() -> None:
     assert chat.cache_write_tokens == 2  # never more than the prompt leaves after its cache reads
     # without a shipped long-write rate, Anthropic's rule: twice the input rate
     assert cost_microcents(Price.from_usd({"input": "1", "output": "1"}), Usage(10, 0, 0, 10, 0, 0, 10)) == 2_000
+
+
+@pytest.mark.parametrize(
+    ("model", "prompt", "output", "usd"),
+    [
+        # as each provider states its tier: every token of a request above the threshold at the tier's rates
+        ("claude-haiku-5-5", 100_000, 1_000, "0.0105"),  # $0.10 / $0.50 up to 100k
+        ("claude-haiku-5-5", 100_001, 1_000, "0.0525005"),  # $0.50 / $2.50 above
+        ("gemini-2.5-pro", 200_001, 1_000, "0.5150025"),  # $2.50 / $15 above 200k
+        ("gpt-5.5", 272_001, 1_000, "2.76501"),  # $10 / $45 above 272k
+        ("claude-sonnet-4-5", 200_001, 1_000, "1.222506"),  # the 1M-context beta: $6 / $22.50 above 200k
+    ],
+)
+def test_shipped_long_context_tiers(table: PriceTable, model: str, prompt: int, output: int, usd: str) -> None:
+    price = table.lookup(model)
+    assert price is not None
+    assert cost_microcents(price, Usage(prompt_tokens=prompt, completion_tokens=output)) == microcents_from_usd(usd)
