@@ -32,7 +32,11 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_ADMIN_KEY=ADMIN,
         STOCKYARD_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("media") / "stockyard.db", env).start()
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("media") / "stockyard.db", env)
+    for args in (("modules", "set", "userlimits", "budget_usd=0.05"), ("modules", "enable", "userlimits")):
+        done = srv.cli(*args)  # an end-user budget: only requests naming an end user
+        assert done.returncode == 0, done.stderr
+    srv.start()
     yield srv
     srv.stop()
 
@@ -139,6 +143,85 @@ def test_a_translation_without_usage_costs_unknown(client, server, mock):
     assert multipart_form(mock.last("/v1/audio/translations"))[1][0][1] == "fr.wav"
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert (trace["cost_uc"], trace["cost_status"]) == (None, "unknown")  # never guessed
+
+
+def budgeted(server: ServerProcess, key: str, who: str) -> tuple[OpenAI, str | None]:
+    """A client under a $0.05 day budget: its own key's, or an end user's (on the plain key), and
+    the key id whose traces carry its spend."""
+    if who == "end user":
+        return OpenAI(
+            base_url=server.url + "/v1", api_key=key, max_retries=0, default_headers={"x-stockyard-user": "eve"}
+        ), None
+    status, made = admin(
+        server,
+        "POST",
+        "/api/keys",
+        {"name": f"audio-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"},
+    )
+    assert status == 201, made
+    return OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0), made["id"]
+
+
+NOT_PRICED = [  # (endpoint, model, response_format, what the refusal names instead)
+    ("transcriptions", "whisper-1", "text", "'json' or 'verbose_json'"),
+    ("transcriptions", "whisper-1", "srt", "'json' or 'verbose_json'"),
+    ("transcriptions", "whisper-1", "vtt", "'json' or 'verbose_json'"),
+    ("transcriptions", "gpt-4o-mini-transcribe", "text", "'json' or 'verbose_json'"),
+    ("translations", "whisper-1", None, "'verbose_json'"),  # json, the default: {"text"} and no more
+    ("translations", "whisper-1", "json", "'verbose_json'"),
+    ("translations", "whisper-1", "text", "'verbose_json'"),
+]
+
+
+@pytest.mark.parametrize("who", ["key", "end user"])
+def test_a_budget_refuses_audio_whose_answer_cannot_be_priced(server, key, mock, who):
+    """Was: a whisper translation and a text, srt or vtt transcript come back without usage or
+    duration, and nothing is reserved for audio (its length is known only from the answer), so a
+    budgeted key or end user transcribed any amount of audio with its spend staying $0.00."""
+    client, _ = budgeted(server, key, who)
+    for endpoint, model, form, instead in NOT_PRICED:
+        mock.clear()
+        api = client.audio.transcriptions if endpoint == "transcriptions" else client.audio.translations
+        extra = {"response_format": form} if form else {}
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            api.create(model=model, file=("a.mp3", AUDIO, "audio/mpeg"), **extra)
+        error = err.value.body
+        assert (error["code"], error["param"]) == ("response_format_not_budgeted", "response_format"), error
+        assert instead in error["message"] and "budget" in error["message"], error["message"]
+        assert mock.requests == [], (endpoint, form)  # refused before the provider is called
+
+
+@pytest.mark.parametrize("who", ["key", "end user"])
+def test_a_budget_admits_audio_whose_answer_reports_its_cost_and_counts_it(server, key, mock, who):
+    """json and verbose_json transcripts carry usage (seconds for whisper-1, tokens for the gpt-4o
+    transcribe models), a verbose_json translation its duration: each is priced exactly."""
+    client, key_id = budgeted(server, key, who)
+    seconds = len(AUDIO) // 1000  # the mock's duration; whisper-1: 10,000 µ¢ a second
+    calls = [
+        (client.audio.transcriptions, "whisper-1", None, seconds * 10_000),
+        (client.audio.transcriptions, "whisper-1", "verbose_json", seconds * 10_000),
+        (client.audio.transcriptions, "gpt-4o-mini-transcribe", "json", 6000),
+        (client.audio.translations, "whisper-1", "verbose_json", seconds * 10_000),
+    ]
+    for api, model, form, cost in calls:
+        extra = {"response_format": form} if form else {}
+        raw = api.with_raw_response.create(model=model, file=("a.wav", AUDIO, "audio/wav"), **extra)
+        trace = server.trace(raw.headers["x-stockyard-trace-id"])
+        assert (trace["cost_uc"], trace["cost_status"]) == (cost, "exact"), (model, form)
+    if key_id is not None:  # the key's spend this period
+        wait_for(
+            lambda: admin(server, "GET", f"/api/keys/{key_id}")[1]["spend_uc"] == 3 * seconds * 10_000 + 6000,
+            what="the key's spend",
+        )
+
+
+def test_without_a_budget_unpriced_audio_answers_still_pass_as_unknown(client, server):
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("a.mp3", AUDIO, "audio/mpeg"), response_format="srt"
+    )
+    assert TEXT in raw.text
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["status"], trace["cost_uc"], trace["cost_status"]) == (200, None, "unknown")
 
 
 def test_speech_is_relayed_byte_for_byte_with_its_content_type(client, server):

@@ -10,8 +10,9 @@ any failed attempt a provider billed, all priced before the after hooks run).
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
 price with ``stockyard prices set``. For the same reason it is refused background responses
-(403 ``background_not_budgeted``: they run after their answer, whose usage is still empty) and
-OpenAI's dearer service tiers (``service_tier_not_budgeted``; ``budgets.check_countable``).
+(403 ``background_not_budgeted``: they run after their answer, whose usage is still empty),
+OpenAI's dearer service tiers (``service_tier_not_budgeted``) and audio whose answer reports no
+usage (``response_format_not_budgeted``: text, srt, vtt; ``budgets.check_countable``).
 """
 
 from __future__ import annotations
