@@ -141,8 +141,10 @@ def parse_body(ctx: RequestContext) -> None:
 
 def parse_form(ctx: RequestContext) -> None:
     """A multipart request (``ctx.upload``): its text fields are the body the modules see; model and
-    stream are read from them (``stream=true`` asks a transcription for SSE)."""
+    stream are read from them (``stream=true`` asks a transcription for SSE). A field sent twice is
+    a 400 (``Upload.refuse_repeated``), as a JSON member named twice is: every part is relayed."""
     upload = ctx.upload
+    upload.refuse_repeated()
     ctx.body = {k: v for k, v in upload.fields.items() if isinstance(v, str)}
     model = upload.get("model") or media.DEFAULT_MODELS.get(ctx.endpoint)
     if not model or not model.strip():

@@ -224,6 +224,94 @@ def test_without_a_budget_unpriced_audio_answers_still_pass_as_unknown(client, s
     assert (trace["status"], trace["cost_uc"], trace["cost_status"]) == (200, None, "unknown")
 
 
+FORM_BOUNDARY = "stockyard-media-form-7MA4YWxkTrZu0gW"
+
+
+def raw_form(*parts: tuple[str, bytes, str | None]) -> bytes:
+    """A multipart body as written by hand (an SDK never repeats a field): (name, bytes, filename)."""
+    out = b""
+    for name, data, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{FORM_BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{FORM_BOUNDARY}--\r\n".encode()
+
+
+def post_form(server: ServerProcess, key: str, path: str, *parts: tuple[str, bytes, str | None]) -> tuple[int, dict]:
+    status, _, body = server.request(
+        "POST",
+        path,
+        raw=raw_form(*parts),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={FORM_BOUNDARY}"},
+    )
+    return status, json.loads(body) if body.startswith(b"{") else {"text": body.decode()}
+
+
+PNG = ("image", b"\x89PNG" + b"p" * 500, "in.png")
+
+
+@pytest.mark.parametrize(
+    "path, parts, name",
+    [  # the budget read one value (or none), the provider gets every part
+        (
+            "/v1/images/edits",
+            [("model", b"dall-e-2", None), ("size", b"256x256", None), ("n", b"1", None), ("n", b"10", None), PNG],
+            "n",
+        ),
+        ("/v1/images/edits", [("model", b"dall-e-2", None), ("n", b"1", None), ("n", b"10", "n.txt"), PNG], "n"),
+        (
+            "/v1/audio/transcriptions",
+            [
+                ("model", b"whisper-1", None),
+                ("response_format", b"json", None),
+                ("response_format", b"text", None),
+                ("file", AUDIO, "a.wav"),
+            ],
+            "response_format",
+        ),
+    ],
+)
+def test_a_form_naming_a_field_twice_is_refused_before_any_check(server, mock, path, parts, name):
+    """Was: a repeated field became a list, which the budget's reading of the form skipped (``n``
+    counted as 1, ``response_format`` as json), while every part went upstream: a $0.05 key had
+    ten 256x256 edits (up to $0.16) for the price of one, and text transcripts uncounted."""
+    status, made = admin(
+        server,
+        "POST",
+        "/api/keys",
+        {"name": f"form-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"},
+    )
+    assert status == 201, made
+    mock.clear()
+    status, answer = post_form(server, made["key"], path, *parts)
+    assert status == 400, answer
+    error = answer["error"]
+    assert (error["code"], error["param"]) == ("duplicate_key", name) and "twice" in error["message"], error
+    assert mock.requests == []
+    if path == "/v1/images/edits":  # n=10 alone is more than the budget holds
+        status, answer = post_form(
+            server, made["key"], path, ("model", b"dall-e-2", None), ("size", b"256x256", None), ("n", b"10", None), PNG
+        )
+        assert status == 429 and "up to $0.16" in answer["error"]["message"], answer
+
+
+def test_a_list_field_may_repeat_and_every_value_goes_upstream(server, key, mock):
+    """OpenAI's forms send a list as repeated ``name[]`` parts (``timestamp_granularities[]``,
+    ``include[]``, gpt-image-1's ``image[]``)."""
+    status, answer = post_form(
+        server,
+        key,
+        "/v1/audio/transcriptions",
+        ("model", b"whisper-1", None),
+        ("response_format", b"verbose_json", None),
+        ("timestamp_granularities[]", b"word", None),
+        ("timestamp_granularities[]", b"segment", None),
+        ("file", AUDIO, "a.wav"),
+    )
+    assert status == 200 and answer["text"] == TEXT, answer
+    fields, _ = multipart_form(mock.last("/v1/audio/transcriptions"))
+    assert fields["timestamp_granularities[]"] == ["word", "segment"]
+
+
 def test_speech_is_relayed_byte_for_byte_with_its_content_type(client, server):
     with client.audio.speech.with_streaming_response.create(
         model="tts-1", voice="alloy", input="Hello there", response_format="wav"
