@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
-from . import estimate
 from .attribution import attribute
 from .auth import Gatekeeper
 from .billing import Pricer
@@ -404,15 +403,15 @@ def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: s
     """Whether a budget can count a fallback: a request holding a budget reservation never falls
     back to a model without a price (its cost would be unknown, and never reach the budget), nor
     to a dearer one whose worst case the budgets it holds (key, project, end user) cannot hold too
-    (``budget.Cover``)."""
+    (``budget.Cover``). Media requests alike, in their own units (``Pricer.worst_case``)."""
     held = "budget" in ctx.state or "userlimits.budget" in ctx.state
-    if not held or ctx.endpoint in media.ENDPOINTS:
+    if not held:
         return True
-    price = path.pricer.price_of(Route(provider, model), name)
+    worst = path.pricer.worst_case(ctx, Route(provider, model), name, path.settings.default_max_tokens)
     covers = [c for c in (ctx.state.get("budget.cover"), ctx.state.get("userlimits.cover")) if c is not None]
-    if price is None:
+    if worst is None:
         why = "it has no price"
-    elif all(cover(estimate.request_cost(ctx, price, path.settings.default_max_tokens)) for cover in covers):
+    elif all(cover(worst) for cover in covers):
         return True
     else:
         why = "its worst case is more than the budget has left"

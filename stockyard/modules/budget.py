@@ -24,7 +24,6 @@ from .. import estimate
 from ..budgets import Budget, BudgetExceeded, Hold, Ledger, budgets_for, check_countable, scopes_of
 from ..context import RequestContext
 from ..errors import ProxyError
-from ..providers.media import ENDPOINTS as MEDIA_ENDPOINTS
 from .base import Module
 
 log = logging.getLogger("stockyard.budgets")
@@ -77,14 +76,7 @@ class BudgetModule(Module):
         check_countable(ctx, "this key")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
-        price = services.pricer.price_of(ctx.route, model)
-        cap = services.settings.default_max_tokens
-        found: int | None
-        if ctx.endpoint in MEDIA_ENDPOINTS:  # audio, images, moderations: their own units
-            image_price = services.pricer.image_price(ctx, ctx.route.model, ctx.route.provider.name)
-            found = estimate.media_request_cost(ctx, price, image_price, cap)
-        else:
-            found = None if price is None else estimate.request_cost(ctx, price, cap)
+        found = services.pricer.worst_case(ctx, ctx.route, model, services.settings.default_max_tokens)
         if found is None:
             raise ProxyError(
                 403,
