@@ -215,6 +215,20 @@ def test_a_budget_admits_audio_whose_answer_reports_its_cost_and_counts_it(serve
         )
 
 
+def test_an_end_users_budget_holds_images_at_their_unit_price(server, key, mock):
+    """Was: an end user's budget priced media requests as chat (a flat price and tokens), so every
+    DALL·E request (priced per image, by size and quality) was refused 403 model_not_priced."""
+    client, _ = budgeted(server, key, "end user")
+    image = ("in.png", b"\x89PNG" + b"p" * 500, "image/png")
+    raw = client.images.with_raw_response.edit(model="dall-e-2", image=image, prompt="x", size="256x256")
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["end_user"], trace["cost_uc"]) == ("eve", 1_600_000)  # $0.016 a 256x256 image
+    mock.clear()
+    with pytest.raises(openai.RateLimitError) as err:  # 10 × $0.016 is past eve's $0.05
+        client.images.edit(model="dall-e-2", image=image, prompt="x", size="256x256", n=10)
+    assert "up to $0.16" in err.value.body["message"] and mock.requests == []
+
+
 def test_without_a_budget_unpriced_audio_answers_still_pass_as_unknown(client, server):
     raw = client.audio.transcriptions.with_raw_response.create(
         model="whisper-1", file=("a.mp3", AUDIO, "audio/mpeg"), response_format="srt"

@@ -1,6 +1,6 @@
 """``budget``: reserve a request's worst-case cost against its key's and project's budgets.
 
-Before the request goes upstream its worst case (``estimate.request_cost``: every choice
+Before the request goes upstream its worst case (``Pricer.worst_case``: every choice
 it asks for, at its output cap) is reserved in the server's :class:`~stockyard.budgets.Ledger`;
 a request that would take a budget past its limit gets a 429 ``budget_exceeded`` and never
 reaches the provider.
