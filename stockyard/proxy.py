@@ -38,7 +38,7 @@ from .conversations import Conversations
 from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
-from .limits import check_request_numbers
+from .limits import MAX_CHOICES, check_request_numbers, show
 from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media
@@ -145,6 +145,11 @@ def parse_form(ctx: RequestContext) -> None:
     upload = ctx.upload
     upload.refuse_repeated()
     ctx.body = {k: v for k, v in upload.fields.items() if isinstance(v, str)}
+    n = ctx.body.get("n")  # images: what the budget multiplies by, so it must read as the provider does
+    if n is not None and not (n.isascii() and n.isdigit() and 1 <= int(n) <= MAX_CHOICES):
+        raise ProxyError(
+            400, f"'n' must be a whole number from 1 to {MAX_CHOICES}, got {show(n)}", param="n", code="invalid_value"
+        )
     model = upload.get("model") or media.DEFAULT_MODELS.get(ctx.endpoint)
     if not model or not model.strip():
         raise ProxyError(400, "the form field 'model' is required", param="model", code="missing_model")

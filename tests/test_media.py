@@ -308,6 +308,22 @@ def test_a_form_naming_a_field_twice_is_refused_before_any_check(server, mock, p
         assert status == 429 and "up to $0.16" in answer["error"]["message"], answer
 
 
+@pytest.mark.parametrize("n", ["+10", "10.0", "1e1", "\u00b2", "0", "129", ""])
+def test_a_form_n_that_is_not_plain_digits_in_range_is_a_400(server, mock, n):
+    """Was: the budget counted a form's ``n`` only when it was digits (``+10``, ``10.0`` held one
+    image, which a provider may read as ten), and ``²`` (a digit to Python, not to ``int``) was a 500."""
+    status, made = admin(
+        server, "POST", "/api/keys", {"name": f"n-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"}
+    )
+    assert status == 201, made
+    mock.clear()
+    status, answer = post_form(
+        server, made["key"], "/v1/images/edits", ("model", b"dall-e-2", None), ("n", n.encode(), None), PNG
+    )
+    assert status == 400 and answer["error"]["param"] == "n" and "1 to 128" in answer["error"]["message"], answer
+    assert mock.requests == []
+
+
 def test_a_list_field_may_repeat_and_every_value_goes_upstream(server, key, mock):
     """OpenAI's forms send a list as repeated ``name[]`` parts (``timestamp_granularities[]``,
     ``include[]``, gpt-image-1's ``image[]``)."""
