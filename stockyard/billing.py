@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from fractions import Fraction
 
+from . import estimate
 from .context import Attempt, RequestContext, Route
 from .pricing import Price, PriceTable, Usage, cost_microcents, unit_cost
 from .providers import media
@@ -29,6 +30,16 @@ class Pricer:
         """The price a request for ``asked`` (routed to ``route``) will be charged at."""
         table = self.table
         return table.lookup(route.model, route.provider.name) or table.lookup(asked, route.provider.name)
+
+    def worst_case(self, ctx: RequestContext, route: Route, asked: str, default_max_tokens: int) -> int | None:
+        """What a budget holds for the request on ``ctx`` served by ``route`` (µ¢): its worst case
+        in the units of its endpoint (tokens; images, characters for media), None when it cannot
+        be priced (no price, or a price in a unit the answer will not report)."""
+        price = self.price_of(route, asked)
+        if ctx.endpoint in media.ENDPOINTS:
+            image_price = self.image_price(ctx, route.model, route.provider.name)
+            return estimate.media_request_cost(ctx, price, image_price, default_max_tokens)
+        return None if price is None else estimate.request_cost(ctx, price, default_max_tokens)
 
     def price(self, ctx: RequestContext, attempt: Attempt | None = None) -> None:
         """Cost of the request's current attempt (or of ``attempt``) from the provider's usage,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from .context import RequestContext
 from .errors import ProxyError
-from .estimate import runs_after_answer
+from .estimate import PRICED_AUDIO_FORMATS, runs_after_answer, unpriced_audio_format
 from .pricing import format_usd
 
 if TYPE_CHECKING:
@@ -157,13 +157,15 @@ class BudgetExceeded(Exception):
         return ProxyError(429, text, code="budget_exceeded", type="budget_exceeded", headers=headers)
 
 
+AUDIO_ANSWERS = {"transcriptions": ("transcription", "its usage"), "translations": ("translation", "its duration")}
 COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at the price table's rates or less
 
 
 def check_countable(ctx: RequestContext, whose: str) -> None:
     """The 403 for a request a budget could not count: a background response (it runs after its
-    answer, whose usage is still empty) or a dearer service tier (OpenAI's ``priority`` bills
-    above the price table's rates)."""
+    answer, whose usage is still empty), a transcription or translation whose answer will not
+    report its cost (``response_format`` text, srt, vtt; a translation's json) or a dearer service
+    tier (OpenAI's ``priority`` bills above the price table's rates)."""
     if runs_after_answer(ctx):
         raise ProxyError(
             403,
@@ -171,6 +173,17 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             f"and the budget on {whose} cannot be enforced; send it without 'background'",
             param="background",
             code="background_not_budgeted",
+        )
+    form = unpriced_audio_format(ctx)
+    if form is not None:
+        priced = " or ".join(repr(f) for f in PRICED_AUDIO_FORMATS[ctx.endpoint][:2])  # json, verbose_json
+        request, what = AUDIO_ANSWERS[ctx.endpoint]
+        raise ProxyError(
+            403,
+            f"a {request} in response_format {form[:40]!r} comes back without {what}, so its cost is "
+            f"never seen here and the budget on {whose} cannot be enforced; ask for {priced}, which reports it",
+            param="response_format",
+            code="response_format_not_budgeted",
         )
     tier = ctx.body.get("service_tier")
     if tier not in COUNTED_TIERS:

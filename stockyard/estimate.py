@@ -45,6 +45,26 @@ def runs_after_answer(ctx: RequestContext) -> bool:
     return ctx.dialect == RESPONSES and bool(ctx.body.get("background"))
 
 
+# The response formats whose answer reports what an audio request is billed for, by endpoint:
+# a transcript in json (the default), verbose_json or diarized_json carries ``usage`` (seconds of
+# audio for whisper-1, tokens for the gpt-4o transcribe models); a translation only its verbose_json
+# ``duration`` (its json is ``{"text"}`` alone). A text, srt or vtt answer is the text and nothing else.
+PRICED_AUDIO_FORMATS = {
+    "transcriptions": ("json", "verbose_json", "diarized_json"),
+    "translations": ("verbose_json",),
+}
+
+
+def unpriced_audio_format(ctx: RequestContext) -> str | None:
+    """The ``response_format`` of a transcription or translation whose answer will not say what it
+    cost (so its cost is never known here: budgets refuse it), else None."""
+    priced = PRICED_AUDIO_FORMATS.get(ctx.endpoint)
+    if priced is None:
+        return None
+    form = ctx.body.get("response_format") or "json"
+    return None if form in priced else str(form)
+
+
 def text_tokens(data: bytes) -> int:
     """Tokens in ``data`` at four bytes a token, rounded up (the over-estimate used everywhere here)."""
     return -(-len(data) // 4)

@@ -17,6 +17,7 @@ The API::
     with receive(blocks, content_type, limit=..., folder=...) as upload:  # the spool goes on close
         upload.fields          # {"model": "whisper-1", "timestamp_granularities[]": ["word", "segment"]}
         upload.get("model")    # one field's text (None if absent; a 400 if sent more than once)
+        upload.refuse_repeated()  # a 400 duplicate_key for any text field sent twice (but `name[]`)
         upload.files           # [FilePart(name="file", filename="a.wav", content_type="audio/wav", size=…)]
         upload.size            # bytes the client sent
         upload.metadata()      # JSON-able fields + file metadata: what a trace stores, never file bytes
@@ -316,6 +317,34 @@ class Upload:
         if isinstance(value, list):
             raise ProxyError(400, f"the field {name!r} was sent more than once", param=name, code="invalid_multipart")
         return value
+
+    def repeated(self) -> str | None:
+        """The first name the form sends more than once as a text field (or as a text field and a
+        file), None if none: a list's name ends in ``[]`` (OpenAI's forms send a list as repeated
+        ``name[]`` parts: ``timestamp_granularities[]``, ``include[]``, ``image[]``), and a file
+        field may repeat (images)."""
+        seen: dict[str, bool] = {}  # name → a text part had it
+        for p in self._parts:
+            if p.name.endswith("[]"):
+                continue
+            text = p.file is None
+            if p.name in seen and (text or seen[p.name]):
+                return p.name
+            seen[p.name] = seen.get(p.name, False) or text
+        return None
+
+    def refuse_repeated(self) -> None:
+        """A 400 for a field sent twice: the proxy reads one value and relays every part, so what it
+        checked (``n``, ``response_format``) need not be what the provider reads."""
+        name = self.repeated()
+        if name is not None:
+            raise ProxyError(
+                400,
+                f"request form names {name[:64]!r} twice; send each field once "
+                "(a list's field name ends in '[]', as in 'timestamp_granularities[]')",
+                param=name[:64],
+                code="duplicate_key",
+            )
 
     def metadata(self) -> dict:
         """What a trace stores: the fields and the files' metadata, never a file's bytes."""

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
-from . import estimate
 from .attribution import attribute
 from .auth import Gatekeeper
 from .billing import Pricer
@@ -39,7 +38,7 @@ from .conversations import Conversations
 from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
 from .httpio import json_object
-from .limits import check_request_numbers
+from .limits import MAX_CHOICES, check_request_numbers, show
 from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media
@@ -154,9 +153,16 @@ def parse_body(ctx: RequestContext) -> None:
 
 def parse_form(ctx: RequestContext) -> None:
     """A multipart request (``ctx.upload``): its text fields are the body the modules see; model and
-    stream are read from them (``stream=true`` asks a transcription for SSE)."""
+    stream are read from them (``stream=true`` asks a transcription for SSE). A field sent twice is
+    a 400 (``Upload.refuse_repeated``), as a JSON member named twice is: every part is relayed."""
     upload = ctx.upload
+    upload.refuse_repeated()
     ctx.body = {k: v for k, v in upload.fields.items() if isinstance(v, str)}
+    n = ctx.body.get("n")  # images: what the budget multiplies by, so it must read as the provider does
+    if n is not None and not (n.isascii() and n.isdigit() and 1 <= int(n) <= MAX_CHOICES):
+        raise ProxyError(
+            400, f"'n' must be a whole number from 1 to {MAX_CHOICES}, got {show(n)}", param="n", code="invalid_value"
+        )
     model = upload.get("model") or media.DEFAULT_MODELS.get(ctx.endpoint)
     if not model or not model.strip():
         raise ProxyError(400, "the form field 'model' is required", param="model", code="missing_model")
@@ -415,15 +421,15 @@ def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: s
     """Whether a budget can count a fallback: a request holding a budget reservation never falls
     back to a model without a price (its cost would be unknown, and never reach the budget), nor
     to a dearer one whose worst case the budgets it holds (key, project, end user) cannot hold too
-    (``budget.Cover``)."""
+    (``budget.Cover``). Media requests alike, in their own units (``Pricer.worst_case``)."""
     held = "budget" in ctx.state or "userlimits.budget" in ctx.state
-    if not held or ctx.endpoint in media.ENDPOINTS:
+    if not held:
         return True
-    price = path.pricer.price_of(Route(provider, model), name)
+    worst = path.pricer.worst_case(ctx, Route(provider, model), name, path.settings.default_max_tokens)
     covers = [c for c in (ctx.state.get("budget.cover"), ctx.state.get("userlimits.cover")) if c is not None]
-    if price is None:
+    if worst is None:
         why = "it has no price"
-    elif all(cover(estimate.request_cost(ctx, price, path.settings.default_max_tokens)) for cover in covers):
+    elif all(cover(worst) for cover in covers):
         return True
     else:
         why = "its worst case is more than the budget has left"

@@ -7,16 +7,22 @@ from __future__ import annotations
 import io
 import json
 
+import openai
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
-from mock_upstream import Reply
+from mock_upstream import Reply, multipart_form
 from openai import OpenAI, PermissionDeniedError, RateLimitError
 
 from stockyard.pricing import PriceTable, Usage, cost_microcents
 
 BODY_CAP = 1024
 ANTHROPIC_KEY = "sk-ant-test-review2-0123456789abcdef"
-FALLBACK_CHAINS = {"gpt-4o-mini": ["openai/gpt-4o"], "gpt-4.1-nano": ["openai/sy-unpriced-model"]}
+FALLBACK_CHAINS = {
+    "gpt-4o-mini": ["openai/gpt-4o"],
+    "gpt-4.1-nano": ["openai/sy-unpriced-model"],
+    "whisper-1": ["openai/sy-unpriced-whisper"],
+    "dall-e-2": ["openai/dall-e-3"],  # twice the price an image
+}
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +131,53 @@ def test_a_budgeted_key_never_falls_back_to_a_model_without_a_price(server, mock
     # a key without a budget keeps its fallback
     sent = ["gpt-4.1-nano", "sy-unpriced-model"]
     assert after_a_failure(server, mock, "plain", chat("gpt-4.1-nano")) == (200, sent)
+
+
+def media_models_sent(mock) -> list[str]:
+    """The model of each request the provider got, JSON or multipart."""
+    return [r.json["model"] if isinstance(r.json, dict) else multipart_form(r)[0]["model"] for r in mock.requests]
+
+
+def test_a_budgeted_media_request_falls_back_only_to_what_its_budget_counts(server, mock):
+    """Was: a media request's fallbacks were not held to the budget (``proxy.counted`` let every
+    one through): a budgeted whisper-1 transcription fell back to a model without a price (its
+    cost unknown, never reaching the budget), and dall-e-2 images to dall-e-3 at twice what was held."""
+    made = server.cli("keys", "create", "--name", "media-fallback", "--budget-usd", "3", "--budget-period", "day")
+    assert made.returncode == 0, made.stderr
+    auth = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    wait_for(lambda: server.request("GET", "/v1/models", headers=auth)[0] == 200, what="the new key")
+    client = OpenAI(base_url=server.url + "/v1", api_key=made.stdout.strip(), max_retries=0)
+    audio = ("a.wav", b"RIFF" + b"x" * 3000, "audio/wav")
+
+    def after_a_failure(call) -> tuple[int, list[str]]:
+        mock.clear()
+        mock.enqueue(Reply(status=500))
+        try:
+            call()
+            status = 200
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+        return status, media_models_sent(mock)
+
+    assert after_a_failure(lambda: client.audio.transcriptions.create(model="whisper-1", file=audio)) == (
+        500,
+        ["whisper-1"],
+    )
+    # dall-e-2 1024x1024: $0.02 an image; dall-e-3 $0.04
+    assert after_a_failure(lambda: client.images.generate(model="dall-e-2", prompt="x", n=100)) == (
+        500,
+        ["dall-e-2"],
+    ), "$2 held; dall-e-3's $4 is past the $3 budget"
+    assert after_a_failure(lambda: client.images.generate(model="dall-e-2", prompt="x", n=50)) == (
+        200,
+        ["dall-e-2", "dall-e-3"],
+    ), "$2 at dall-e-3 fits"
+    plain = OpenAI(base_url=server.url + "/v1", api_key=server.keys["plain"], max_retries=0)
+    assert after_a_failure(lambda: plain.audio.transcriptions.create(model="whisper-1", file=audio)) == (
+        200,
+        ["whisper-1", "sy-unpriced-whisper"],
+    ), "a key without a budget keeps its fallback"
+    mock.clear_replies()
 
 
 def test_a_fallback_to_a_dearer_model_first_holds_its_worst_case(server, mock):

@@ -32,7 +32,11 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_ADMIN_KEY=ADMIN,
         STOCKYARD_MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("media") / "stockyard.db", env).start()
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("media") / "stockyard.db", env)
+    for args in (("modules", "set", "userlimits", "budget_usd=0.05"), ("modules", "enable", "userlimits")):
+        done = srv.cli(*args)  # an end-user budget: only requests naming an end user
+        assert done.returncode == 0, done.stderr
+    srv.start()
     yield srv
     srv.stop()
 
@@ -139,6 +143,203 @@ def test_a_translation_without_usage_costs_unknown(client, server, mock):
     assert multipart_form(mock.last("/v1/audio/translations"))[1][0][1] == "fr.wav"
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert (trace["cost_uc"], trace["cost_status"]) == (None, "unknown")  # never guessed
+
+
+def budgeted(server: ServerProcess, key: str, who: str) -> tuple[OpenAI, str | None]:
+    """A client under a $0.05 day budget: its own key's, or an end user's (on the plain key), and
+    the key id whose traces carry its spend."""
+    if who == "end user":
+        return OpenAI(
+            base_url=server.url + "/v1", api_key=key, max_retries=0, default_headers={"x-stockyard-user": "eve"}
+        ), None
+    status, made = admin(
+        server,
+        "POST",
+        "/api/keys",
+        {"name": f"audio-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"},
+    )
+    assert status == 201, made
+    return OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0), made["id"]
+
+
+NOT_PRICED = [  # (endpoint, model, response_format, what the refusal names instead)
+    ("transcriptions", "whisper-1", "text", "'json' or 'verbose_json'"),
+    ("transcriptions", "whisper-1", "srt", "'json' or 'verbose_json'"),
+    ("transcriptions", "whisper-1", "vtt", "'json' or 'verbose_json'"),
+    ("transcriptions", "gpt-4o-mini-transcribe", "text", "'json' or 'verbose_json'"),
+    ("translations", "whisper-1", None, "'verbose_json'"),  # json, the default: {"text"} and no more
+    ("translations", "whisper-1", "json", "'verbose_json'"),
+    ("translations", "whisper-1", "text", "'verbose_json'"),
+]
+
+
+@pytest.mark.parametrize("who", ["key", "end user"])
+def test_a_budget_refuses_audio_whose_answer_cannot_be_priced(server, key, mock, who):
+    """Was: a whisper translation and a text, srt or vtt transcript come back without usage or
+    duration, and nothing is reserved for audio (its length is known only from the answer), so a
+    budgeted key or end user transcribed any amount of audio with its spend staying $0.00."""
+    client, _ = budgeted(server, key, who)
+    for endpoint, model, form, instead in NOT_PRICED:
+        mock.clear()
+        api = client.audio.transcriptions if endpoint == "transcriptions" else client.audio.translations
+        extra = {"response_format": form} if form else {}
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            api.create(model=model, file=("a.mp3", AUDIO, "audio/mpeg"), **extra)
+        error = err.value.body
+        assert (error["code"], error["param"]) == ("response_format_not_budgeted", "response_format"), error
+        assert instead in error["message"] and "budget" in error["message"], error["message"]
+        assert mock.requests == [], (endpoint, form)  # refused before the provider is called
+
+
+@pytest.mark.parametrize("who", ["key", "end user"])
+def test_a_budget_admits_audio_whose_answer_reports_its_cost_and_counts_it(server, key, mock, who):
+    """json and verbose_json transcripts carry usage (seconds for whisper-1, tokens for the gpt-4o
+    transcribe models), a verbose_json translation its duration: each is priced exactly."""
+    client, key_id = budgeted(server, key, who)
+    seconds = len(AUDIO) // 1000  # the mock's duration; whisper-1: 10,000 µ¢ a second
+    calls = [
+        (client.audio.transcriptions, "whisper-1", None, seconds * 10_000),
+        (client.audio.transcriptions, "whisper-1", "verbose_json", seconds * 10_000),
+        (client.audio.transcriptions, "gpt-4o-mini-transcribe", "json", 6000),
+        (client.audio.translations, "whisper-1", "verbose_json", seconds * 10_000),
+    ]
+    for api, model, form, cost in calls:
+        extra = {"response_format": form} if form else {}
+        raw = api.with_raw_response.create(model=model, file=("a.wav", AUDIO, "audio/wav"), **extra)
+        trace = server.trace(raw.headers["x-stockyard-trace-id"])
+        assert (trace["cost_uc"], trace["cost_status"]) == (cost, "exact"), (model, form)
+    if key_id is not None:  # the key's spend this period
+        wait_for(
+            lambda: admin(server, "GET", f"/api/keys/{key_id}")[1]["spend_uc"] == 3 * seconds * 10_000 + 6000,
+            what="the key's spend",
+        )
+
+
+def test_an_end_users_budget_holds_images_at_their_unit_price(server, key, mock):
+    """Was: an end user's budget priced media requests as chat (a flat price and tokens), so every
+    DALL·E request (priced per image, by size and quality) was refused 403 model_not_priced."""
+    client, _ = budgeted(server, key, "end user")
+    image = ("in.png", b"\x89PNG" + b"p" * 500, "image/png")
+    raw = client.images.with_raw_response.edit(model="dall-e-2", image=image, prompt="x", size="256x256")
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["end_user"], trace["cost_uc"]) == ("eve", 1_600_000)  # $0.016 a 256x256 image
+    mock.clear()
+    with pytest.raises(openai.RateLimitError) as err:  # 10 × $0.016 is past eve's $0.05
+        client.images.edit(model="dall-e-2", image=image, prompt="x", size="256x256", n=10)
+    assert "up to $0.16" in err.value.body["message"] and mock.requests == []
+
+
+def test_without_a_budget_unpriced_audio_answers_still_pass_as_unknown(client, server):
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("a.mp3", AUDIO, "audio/mpeg"), response_format="srt"
+    )
+    assert TEXT in raw.text
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["status"], trace["cost_uc"], trace["cost_status"]) == (200, None, "unknown")
+
+
+FORM_BOUNDARY = "stockyard-media-form-7MA4YWxkTrZu0gW"
+
+
+def raw_form(*parts: tuple[str, bytes, str | None]) -> bytes:
+    """A multipart body as written by hand (an SDK never repeats a field): (name, bytes, filename)."""
+    out = b""
+    for name, data, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{FORM_BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{FORM_BOUNDARY}--\r\n".encode()
+
+
+def post_form(server: ServerProcess, key: str, path: str, *parts: tuple[str, bytes, str | None]) -> tuple[int, dict]:
+    status, _, body = server.request(
+        "POST",
+        path,
+        raw=raw_form(*parts),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={FORM_BOUNDARY}"},
+    )
+    return status, json.loads(body) if body.startswith(b"{") else {"text": body.decode()}
+
+
+PNG = ("image", b"\x89PNG" + b"p" * 500, "in.png")
+
+
+@pytest.mark.parametrize(
+    "path, parts, name",
+    [  # the budget read one value (or none), the provider gets every part
+        (
+            "/v1/images/edits",
+            [("model", b"dall-e-2", None), ("size", b"256x256", None), ("n", b"1", None), ("n", b"10", None), PNG],
+            "n",
+        ),
+        ("/v1/images/edits", [("model", b"dall-e-2", None), ("n", b"1", None), ("n", b"10", "n.txt"), PNG], "n"),
+        (
+            "/v1/audio/transcriptions",
+            [
+                ("model", b"whisper-1", None),
+                ("response_format", b"json", None),
+                ("response_format", b"text", None),
+                ("file", AUDIO, "a.wav"),
+            ],
+            "response_format",
+        ),
+    ],
+)
+def test_a_form_naming_a_field_twice_is_refused_before_any_check(server, mock, path, parts, name):
+    """Was: a repeated field became a list, which the budget's reading of the form skipped (``n``
+    counted as 1, ``response_format`` as json), while every part went upstream: a $0.05 key had
+    ten 256x256 edits (up to $0.16) for the price of one, and text transcripts uncounted."""
+    status, made = admin(
+        server,
+        "POST",
+        "/api/keys",
+        {"name": f"form-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"},
+    )
+    assert status == 201, made
+    mock.clear()
+    status, answer = post_form(server, made["key"], path, *parts)
+    assert status == 400, answer
+    error = answer["error"]
+    assert (error["code"], error["param"]) == ("duplicate_key", name) and "twice" in error["message"], error
+    assert mock.requests == []
+    if path == "/v1/images/edits":  # n=10 alone is more than the budget holds
+        status, answer = post_form(
+            server, made["key"], path, ("model", b"dall-e-2", None), ("size", b"256x256", None), ("n", b"10", None), PNG
+        )
+        assert status == 429 and "up to $0.16" in answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize("n", ["+10", "10.0", "1e1", "\u00b2", "0", "129", ""])
+def test_a_form_n_that_is_not_plain_digits_in_range_is_a_400(server, mock, n):
+    """Was: the budget counted a form's ``n`` only when it was digits (``+10``, ``10.0`` held one
+    image, which a provider may read as ten), and ``²`` (a digit to Python, not to ``int``) was a 500."""
+    status, made = admin(
+        server, "POST", "/api/keys", {"name": f"n-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"}
+    )
+    assert status == 201, made
+    mock.clear()
+    status, answer = post_form(
+        server, made["key"], "/v1/images/edits", ("model", b"dall-e-2", None), ("n", n.encode(), None), PNG
+    )
+    assert status == 400 and answer["error"]["param"] == "n" and "1 to 128" in answer["error"]["message"], answer
+    assert mock.requests == []
+
+
+def test_a_list_field_may_repeat_and_every_value_goes_upstream(server, key, mock):
+    """OpenAI's forms send a list as repeated ``name[]`` parts (``timestamp_granularities[]``,
+    ``include[]``, gpt-image-1's ``image[]``)."""
+    status, answer = post_form(
+        server,
+        key,
+        "/v1/audio/transcriptions",
+        ("model", b"whisper-1", None),
+        ("response_format", b"verbose_json", None),
+        ("timestamp_granularities[]", b"word", None),
+        ("timestamp_granularities[]", b"segment", None),
+        ("file", AUDIO, "a.wav"),
+    )
+    assert status == 200 and answer["text"] == TEXT, answer
+    fields, _ = multipart_form(mock.last("/v1/audio/transcriptions"))
+    assert fields["timestamp_granularities[]"] == ["word", "segment"]
 
 
 def test_speech_is_relayed_byte_for_byte_with_its_content_type(client, server):

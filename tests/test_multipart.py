@@ -98,6 +98,29 @@ def test_encode_resends_the_form_with_fields_replaced_and_added():
 
 
 @pytest.mark.parametrize(
+    "parts, repeated",
+    [
+        ([("n", b"1", None), ("n", b"10", None)], "n"),
+        ([("n", b"1", None), ("n", b"10", "n.txt")], "n"),  # a text field and a file of one name
+        ([("n", b"10", "n.txt"), ("n", b"1", None)], "n"),
+        ([("include[]", b"logprobs", None), ("include[]", b"x", None), ("model", b"m", None)], None),
+        ([("image", b"a", "a.png"), ("image", b"b", "b.png")], None),  # files may repeat
+        ([("image[]", b"a", "a.png"), ("image[]", b"b", "b.png"), ("model", b"gpt-image-1", None)], None),
+    ],
+)
+def test_a_text_field_sent_twice_is_a_400_naming_it_and_lists_may_repeat(parts, repeated):
+    with parse(form(*parts)) as up:
+        assert up.repeated() == repeated
+        if repeated is None:
+            up.refuse_repeated()
+            return
+        with pytest.raises(ProxyError) as err:
+            up.refuse_repeated()
+    assert (err.value.status, err.value.code, err.value.param) == (400, "duplicate_key", repeated)
+    assert f"names {repeated!r} twice" in err.value.message
+
+
+@pytest.mark.parametrize(
     "content_type, problem",
     [
         ("application/json", "takes multipart/form-data"),

@@ -1,6 +1,6 @@
 """``budget``: reserve a request's worst-case cost against its key's and project's budgets.
 
-Before the request goes upstream its worst case (``estimate.request_cost``: every choice
+Before the request goes upstream its worst case (``Pricer.worst_case``: every choice
 it asks for, at its output cap) is reserved in the server's :class:`~stockyard.budgets.Ledger`;
 a request that would take a budget past its limit gets a 429 ``budget_exceeded`` and never
 reaches the provider.
@@ -10,8 +10,9 @@ any failed attempt a provider billed, all priced before the after hooks run).
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
 price with ``stockyard prices set``. For the same reason it is refused background responses
-(403 ``background_not_budgeted``: they run after their answer, whose usage is still empty) and
-OpenAI's dearer service tiers (``service_tier_not_budgeted``; ``budgets.check_countable``).
+(403 ``background_not_budgeted``: they run after their answer, whose usage is still empty),
+OpenAI's dearer service tiers (``service_tier_not_budgeted``) and audio whose answer reports no
+usage (``response_format_not_budgeted``: text, srt, vtt; ``budgets.check_countable``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from .. import estimate
 from ..budgets import Budget, BudgetExceeded, Hold, Ledger, budgets_for, check_countable, scopes_of
 from ..context import RequestContext
 from ..errors import ProxyError
-from ..providers.media import ENDPOINTS as MEDIA_ENDPOINTS
 from .base import Module
 
 log = logging.getLogger("stockyard.budgets")
@@ -76,14 +76,7 @@ class BudgetModule(Module):
         check_countable(ctx, "this key")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
-        price = services.pricer.price_of(ctx.route, model)
-        cap = services.settings.default_max_tokens
-        found: int | None
-        if ctx.endpoint in MEDIA_ENDPOINTS:  # audio, images, moderations: their own units
-            image_price = services.pricer.image_price(ctx, ctx.route.model, ctx.route.provider.name)
-            found = estimate.media_request_cost(ctx, price, image_price, cap)
-        else:
-            found = None if price is None else estimate.request_cost(ctx, price, cap)
+        found = services.pricer.worst_case(ctx, ctx.route, model, services.settings.default_max_tokens)
         if found is None:
             raise ProxyError(
                 403,

@@ -105,8 +105,8 @@ class UserLimitsModule(Module):
         check_countable(ctx, "this end user")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
-        price = self.services.pricer.price_of(ctx.route, model)
-        if price is None:
+        amount = self.services.pricer.worst_case(ctx, ctx.route, model, self.services.settings.default_max_tokens)
+        if amount is None:
             raise ProxyError(
                 403,
                 f"model {model!r} has no price, so the budget per end user cannot be enforced; an "
@@ -115,7 +115,6 @@ class UserLimitsModule(Module):
                 code="model_not_priced",
             )
         budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
-        amount = estimate.request_cost(ctx, price, self.services.settings.default_max_tokens)
         try:
             ctx.state["userlimits.budget"] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
             ctx.state["userlimits.cover"] = Cover(self.services.ledger, [budget], amount, ctx.ts_ms)

@@ -30,6 +30,7 @@ PATHS = {
 ENDPOINTS = tuple(PATHS)
 MULTIPART = ("transcriptions", "translations", "image_edits", "image_variations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
+AUDIO_IN = ("transcriptions", "translations")
 # The model OpenAI uses when a request names none (routing needs one).
 DEFAULT_MODELS = {
     "image_generations": "dall-e-2",
@@ -94,19 +95,28 @@ class MediaAdapter(Adapter):
 
 
 def record(ctx: RequestContext, data: dict) -> None:
-    """What one answer (or a stream's final event) says was billed."""
+    """What one answer (or a stream's final event) says was billed: its ``usage`` (seconds of
+    audio for whisper-1, else tokens), or for audio without one the ``duration`` a
+    ``verbose_json`` answer gives (a whisper translation's only mention of its length)."""
     a = ctx.attempt
     a.serve(data.get("model"))
     usage = data.get("usage")
     if isinstance(usage, dict):
         if usage.get("type") == "duration":
-            seconds = usage.get("seconds")
-            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
-                a.media_seconds = seconds
+            a.media_seconds = _seconds(usage.get("seconds"))
         else:
             a.usage = Usage.from_openai(usage)
+    elif ctx.endpoint in AUDIO_IN:
+        a.media_seconds = _seconds(data.get("duration"))
     if ctx.endpoint in IMAGES and isinstance(data.get("data"), list):
         a.media_images = len(data["data"])
+
+
+def _seconds(value: object) -> float | None:
+    """A duration in seconds as an answer states it (a number, not below 0), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 class MediaStream(StreamTranslator):
