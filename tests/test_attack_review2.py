@@ -294,21 +294,21 @@ def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate():
     its prompt ``cache_control: {"ttl": "1h"}`` (billed 2× input) was under-counted by 37.5 %."""
     price = PriceTable.load().lookup("claude-sonnet-4-5", "anthropic")
     assert price is not None
-    reported = {
+    reported = {  # 100k tokens: below the model's 200k long-context tier
         "input_tokens": 10,
-        "cache_creation_input_tokens": 1_000_000,
+        "cache_creation_input_tokens": 100_000,
         "cache_read_input_tokens": 0,
-        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1_000_000},
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 100_000},
         "output_tokens": 0,
     }
     usage = Usage.from_anthropic(reported)
-    assert usage.cache_write_tokens == usage.cache_write_long_tokens == 1_000_000
-    assert cost_microcents(price, usage) == cost_microcents(price, Usage(prompt_tokens=10)) + 600 * 10**6  # $6.00
-    five_minutes = {**reported, "cache_creation": {"ephemeral_5m_input_tokens": 1_000_000}}
+    assert usage.cache_write_tokens == usage.cache_write_long_tokens == 100_000
+    assert cost_microcents(price, usage) == cost_microcents(price, Usage(prompt_tokens=10)) + 60 * 10**6  # $0.60
+    five_minutes = {**reported, "cache_creation": {"ephemeral_5m_input_tokens": 100_000}}
     assert (
         cost_microcents(price, Usage.from_anthropic(five_minutes))
-        == cost_microcents(price, Usage(prompt_tokens=10)) + 375 * 10**6
-    )  # $3.75
+        == cost_microcents(price, Usage(prompt_tokens=10)) + 375 * 10**5
+    )  # $0.375
 
 
 def test_a_predicted_output_is_reserved_at_the_output_rate(server, mock):
