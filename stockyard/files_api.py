@@ -26,7 +26,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
 
 from . import estimate
-from .context import RequestContext, Route
+from .context import REFUSED, RequestContext, Route
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, json_object, unique_members
 from .keys import KeyRecord
@@ -299,7 +299,7 @@ class FilesAPI:
         try:
             self._handle(reply, ctx, req)
         except ProxyError as exc:
-            fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
+            fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
             send_error(path, reply, ctx, exc)
         except ClientGone:
             ctx.attempt.outcome = "client_disconnected"

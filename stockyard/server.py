@@ -29,7 +29,7 @@ from . import ui as console
 from .app import App
 from .chunked import ChunkError, Dechunker
 from .clientwatch import ClientWatch
-from .context import RequestContext
+from .context import REFUSED, RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
 from .hosts import client_address, counted_sender, host_allowed, origin_allowed, sender
@@ -823,7 +823,7 @@ class Handler(BaseHTTPRequestHandler):
             app.gate.authenticate(ctx)
             return True
         except ProxyError as exc:
-            proxy.fail(ctx, exc.status, exc.message, "rejected", exc.code)
+            proxy.fail(ctx, exc.status, exc.message, REFUSED, exc.code)
             self._end_early()
             proxy.send_error(app.path, self, ctx, exc)
         self._trace_note = f" {ctx.trace_id}"
