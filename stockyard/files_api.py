@@ -30,6 +30,7 @@ from .context import REFUSED, RequestContext, Route
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, json_object, unique_members
 from .keys import KeyRecord
+from .modules.ratelimit import RateLimitModule
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
@@ -319,6 +320,7 @@ class FilesAPI:
                 code="method_not_allowed",
                 headers={"Allow": ", ".join(allowed)},
             )
+        self._rate_limit(ctx)  # before the body is read and before any provider call
         if collection == "files" and object_id is None and method == "POST":
             return self._upload(reply, ctx, req)
         raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
@@ -340,6 +342,16 @@ class FilesAPI:
         if answer.status < 300 and collection == "batches" and isinstance(doc, dict):
             self._see_batch(ctx, provider, doc)
         self._send(reply, ctx, answer)
+
+    def _rate_limit(self, ctx: RequestContext) -> None:
+        """Every call is one of the key's requests per minute (429 with Retry-After past its rpm),
+        counted in the window its model calls use — the ``ratelimit`` module's, shared by the
+        workers of a group and by PostgreSQL replicas — where that module runs for the key. A
+        call uses no tokens, so tpm is not asked. End-user limits do not apply: these calls
+        name no end user."""
+        module = self._path.chain().module("ratelimit", ctx)
+        if isinstance(module, RateLimitModule):
+            module.admit_call(ctx)
 
     # -- providers -----------------------------------------------------------------------------
     def choose_provider(self, ctx: RequestContext) -> Provider:

@@ -113,3 +113,64 @@ def test_a_throttled_keys_refusals_write_a_bounded_number_of_rows_and_are_all_co
     assert [(d["provider"], d["model"]) for d in daily] == [("", ""), ("openai", "gpt-4o-mini")]
     assert (daily[0]["requests"], daily[0]["errors"], daily[0]["cost_uc"]) == (len(refusals), len(refusals), 0)
     assert sum(d["requests"] for d in daily) == len(traces)  # the reports still equal the traces
+
+
+# -- files and batches are held to the key's rpm -----------------------------------------------------
+
+
+def call(server: ServerProcess, who: str, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, dict]:
+    status, headers, raw = server.request(
+        method, path, raw=body, headers={"Authorization": f"Bearer {server.keys[who]}"}
+    )
+    return status, headers, json.loads(raw)
+
+
+def test_a_key_past_its_rpm_is_refused_on_the_files_and_batches_routes_too(server, mock):
+    """Was: the files and batches routes skipped the module chain, so a key with rpm 3 whose window
+    was used up (chat: 429) still got 20 × ``GET /v1/files`` → 200, each sent to the provider under
+    the shared provider key: a throttled key could use up the provider's rate limits and storage."""
+    for _ in range(3):
+        assert call(server, "files", "POST", "/v1/chat/completions", CHAT.encode())[0] == 200
+    assert call(server, "files", "POST", "/v1/chat/completions", CHAT.encode())[0] == 429
+    mock.clear()
+    for method, path in [("GET", "/v1/files")] * 10 + [("GET", "/v1/batches"), ("GET", "/v1/files/file-x/content")]:
+        status, headers, body = call(server, "files", method, path)
+        assert status == 429, (path, body)
+        assert body["error"]["code"] == "rate_limit_exceeded" and body["error"]["type"]
+        assert 1 <= int(headers["retry-after"]) <= 60
+    assert not [r for r in mock.requests if "/files" in r.path or "/batches" in r.path], "nothing reached the provider"
+    committed(server)
+    traced = server.db_rows(
+        "SELECT provider, status, error_type FROM traces WHERE key_id = ? AND endpoint LIKE 'files.%' "
+        "OR key_id = ? AND endpoint LIKE 'batches.%'",
+        (server.key_ids["files"], server.key_ids["files"]),
+    )
+    assert len(traced) == 12 and all(
+        (t["provider"], t["status"], t["error_type"]) == (None, 429, "rate_limit_exceeded") for t in traced
+    )
+
+
+def test_files_calls_use_the_same_window_as_the_keys_model_calls(server):
+    """A files call is one of the key's requests per minute: two lists use up an rpm of 2."""
+    assert call(server, "files-first", "GET", "/v1/files")[0] == 200
+    assert call(server, "files-first", "GET", "/v1/batches")[0] == 200
+    status, headers, body = call(server, "files-first", "POST", "/v1/chat/completions", CHAT.encode())
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded" and headers["retry-after"]
+
+
+def test_an_upload_past_the_rpm_is_refused_before_its_body_arrives(server):
+    assert call(server, "upload", "GET", "/v1/files")[0] == 200
+    head = (
+        "POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        f"Authorization: Bearer {server.keys['upload']}\r\nContent-Length: 900000\r\n\r\n"
+    )
+    with connect(server) as sock:
+        sock.sendall(head.encode())
+        status, headers, body = read_response(sock, timeout=5)
+    assert status == 429 and headers["connection"] == "close" and headers["retry-after"]
+    assert json.loads(body)["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_files_calls_use_no_tokens_of_a_tpm(server):
+    for _ in range(10):
+        assert call(server, "tokens-only", "GET", "/v1/files")[0] == 200
