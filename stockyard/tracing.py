@@ -24,6 +24,7 @@ from .store.traces import trace_row_from
 log = logging.getLogger("stockyard")
 
 ERROR_MESSAGE_CAP = 2000
+REFUSAL_BODY_CAP = 4096  # bytes of a refused request's body kept in its trace: enough to see what was refused
 
 
 class RefusalRecorder:
@@ -76,10 +77,11 @@ class Tracer:
         self._metrics = metrics
         self._scrub = scrub
         self._telemetry = telemetry  # OTLP export, when configured
-        # Refusals: of senders without a client key, per address (an IPv6 sender by its /64);
-        # of client keys, per key. Each kind has its own total, so neither crowds out the other.
+        # Refusals: of senders without a client key, per address (an IPv6 sender by its /64: metadata
+        # only, the body unread); of client keys, per key (their rows are larger: a body's start, the
+        # user and tags). Each kind has its own total, so neither crowds out the other.
         self.refusals_by_address = RefusalRecorder()
-        self.refusals_by_key = RefusalRecorder()
+        self.refusals_by_key = RefusalRecorder(rate=1.0, burst=20.0, total_rate=10.0, total_burst=100.0)
 
     def finish(self, ctx: RequestContext) -> None:
         """Trace one request (priced already): its failed attempts first, each a row of its
@@ -87,7 +89,8 @@ class Tracer:
 
         A refusal beyond its sender's rate is not written: it is counted in the metrics (its
         key's requests, ``refusals_unrecorded_total`` or ``key_refusals_unrecorded_total``),
-        and ``ctx.traced`` says so."""
+        and ``ctx.traced`` says so. A refusal that is written keeps its body's first
+        ``REFUSAL_BODY_CAP`` bytes."""
         if ctx.refused and not self._trace_refusal(ctx):
             ctx.traced = False
             try:
@@ -116,7 +119,7 @@ class Tracer:
             ctx,
             attempt,
             store_bodies=settings.store_bodies,
-            cap=settings.body_cap_bytes,
+            cap=min(settings.body_cap_bytes, REFUSAL_BODY_CAP) if ctx.refused else settings.body_cap_bytes,
             parent_id=parent_id,
             number=number,
         )
