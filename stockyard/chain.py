@@ -83,6 +83,15 @@ class Chain:
                 return bool(on(ctx)) if on is not None else True
         return False
 
+    def module(self, name: str, ctx: RequestContext) -> object | None:
+        """The module called ``name`` when it runs for this request (see :meth:`runs`), else None:
+        for a route outside the chain that holds a request to one of its rules (files and batches
+        to the key's rpm)."""
+        for module in self.modules:
+            if module.name == name:
+                return getattr(module, "module", module) if self.runs(name, ctx) else None
+        return None
+
     def before(self, ctx: RequestContext) -> None:
         ran: list[Hooks] = ctx.state.setdefault("_ran", [])
         for module in self.modules:

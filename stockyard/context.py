@@ -163,6 +163,19 @@ class Conversation:
     previous_provider: str | None = None
 
 
+REFUSED = "rejected"  # the outcome of a request Stockyard answered with a 4xx of its own
+
+
+def is_refusal(outcome: str, provider: object) -> bool:
+    """A request Stockyard refused itself (its own 4xx: a bad request, the key, a model the key
+    may not use, the rate limit, the budget, a module's policy) before it was addressed to any
+    provider: no provider was called and it cost nothing. Such a request's end user, tags and
+    model are the client's words only, so they make no rollup rows (``store.traces.RollupSums``),
+    and its trace is written at a bounded rate per key (``tracing.Tracer``). ``provider`` is the
+    last attempt's (a request that fell back has one; a refusal never does)."""
+    return outcome == REFUSED and provider is None
+
+
 @dataclass(slots=True)
 class Attempt:
     """One call to a provider and what it left; priced and traced as one row.
@@ -266,6 +279,7 @@ class RequestContext:
     trace_parent: TraceParent | None = None  # the caller's W3C traceparent, when valid
     otel_trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128) or 1:032x}")  # the caller's, if sent
     span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this request's span
+    traced: bool = True  # False: a refusal past its sender's rate, counted but not written (tracing.Tracer)
 
     def __post_init__(self) -> None:
         if not self.ts_ms:
@@ -279,3 +293,8 @@ class RequestContext:
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)
+
+    @property
+    def refused(self) -> bool:
+        """Stockyard refused this request itself, before any provider (see :func:`is_refusal`)."""
+        return is_refusal(self.attempt.outcome, self.attempt.provider)

@@ -26,10 +26,11 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
 
 from . import estimate
-from .context import RequestContext, Route
+from .context import REFUSED, RequestContext, Route
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, json_object, unique_members
 from .keys import KeyRecord
+from .modules.ratelimit import RateLimitModule
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
@@ -290,7 +291,7 @@ class ProviderCalls:
         try:
             self._handle(reply, ctx, req)
         except ProxyError as exc:
-            fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
+            fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
             send_error(path, reply, ctx, exc)
         except ClientGone:
             ctx.attempt.outcome = "client_disconnected"
@@ -305,6 +306,16 @@ class ProviderCalls:
 
     def _headers(self, ctx: RequestContext, provider: Provider, rest: str) -> dict[str, str]:
         return upstream_headers(provider, accept="*/*" if rest.endswith("/content") else "application/json")
+
+    def _rate_limit(self, ctx: RequestContext) -> None:
+        """Every call is one of the key's requests per minute (429 with Retry-After past its rpm),
+        counted in the window its model calls use — the ``ratelimit`` module's, shared by the
+        workers of a group and by PostgreSQL replicas — where that module runs for the key. A
+        call uses no tokens, so tpm is not asked. End-user limits do not apply: these calls
+        name no end user."""
+        module = self._path.chain().module("ratelimit", ctx)
+        if isinstance(module, RateLimitModule):
+            module.admit_call(ctx)
 
     def _provider_named(self, name: str) -> Provider:
         provider = self._path.registry().by_name.get(name)
@@ -455,6 +466,7 @@ class FilesAPI(ProviderCalls):
                 code="method_not_allowed",
                 headers={"Allow": ", ".join(allowed)},
             )
+        self._rate_limit(ctx)  # before the body is read and before any provider call
         if collection == "files" and object_id is None and method == "POST":
             return self._upload(reply, ctx, req)
         raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut

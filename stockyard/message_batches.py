@@ -160,6 +160,7 @@ class MessageBatches(ProviderCalls):
                 code="method_not_allowed",
                 headers={"Allow": ", ".join(allowed)},
             )
+        self._rate_limit(ctx)  # the key's rpm, as for OpenAI's files and batches
         raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
         if batch_id is None:
             if method == "GET":

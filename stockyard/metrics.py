@@ -36,7 +36,12 @@ OTHER = "_other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 UPSTREAM_ERROR_OUTCOMES = ("upstream_error", "stream_broken")
 # Unlabelled counters shown as 0 before the first event.
-ZERO_WHEN_EMPTY = ("budget_rejections_total", "refusals_unrecorded_total", "connections_refused_total")
+ZERO_WHEN_EMPTY = (
+    "budget_rejections_total",
+    "refusals_unrecorded_total",
+    "key_refusals_unrecorded_total",
+    "connections_refused_total",
+)
 
 Labels = tuple[tuple[str, str], ...]
 NO_KEY = "_none"  # key names start with a letter or digit, so neither of these is one
@@ -234,7 +239,12 @@ HELP = {
     ),
     "refusals_unrecorded_total": (
         "counter",
-        "Requests refused for want of a valid client key and not traced because their address sent too many.",
+        "Requests refused without a valid client key and not traced because their address sent too many.",
+    ),
+    "key_refusals_unrecorded_total": (
+        "counter",
+        "Requests of a client key that Stockyard refused (rate limit, budget, a bad request, ...) and did not "
+        "trace because the key had too many refusals.",
     ),
     "connections_refused_total": (
         "counter",

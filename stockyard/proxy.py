@@ -33,7 +33,7 @@ from .auth import Gatekeeper
 from .billing import Pricer
 from .chain import Chain
 from .config import Settings
-from .context import Attempt, RequestContext, RetryPolicy, Route
+from .context import REFUSED, Attempt, RequestContext, RetryPolicy, Route
 from .conversations import Conversations
 from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, sse_error_event
@@ -213,7 +213,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
                 raise failure.error
             failed = functools.partial(pass_failure, reply, ctx, failure)
     except ProxyError as exc:
-        fail(ctx, exc.status, exc.message, "rejected" if exc.status < 500 else "error", exc.code)
+        fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
         if not started_reply:
             failed = functools.partial(send_error, path, reply, ctx, exc)
     except ClientGone:

@@ -29,10 +29,10 @@ from . import ui as console
 from .app import App
 from .chunked import ChunkError, Dechunker
 from .clientwatch import ClientWatch
-from .context import RequestContext
+from .context import REFUSED, RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
-from .hosts import client_address, counted_sender, host_allowed, is_trusted, origin_allowed, sender
+from .hosts import client_address, counted_sender, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
@@ -105,43 +105,11 @@ class Reaper:
                     pass
 
 
-class RefusalRecorder:
-    """Token buckets deciding which refused (keyless) requests get a trace row.
-
-    A sender without a valid key must not be able to fill the disk: each address (an IPv6
-    sender by its /64) gets ``rate`` traces a second after a burst of ``burst``, and all
-    senders together ``total_rate``; beyond that a refusal is only counted in /metrics.
-    """
-
-    def __init__(
-        self,
-        rate: float = 5.0,
-        burst: float = 20.0,
-        total_rate: float = 50.0,
-        total_burst: float = 200.0,
-        max_senders: int = 4096,
-    ) -> None:
-        self.rate, self.burst, self.max_senders = rate, burst, max_senders
-        self.total_rate, self.total_burst = total_rate, total_burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._total = (total_burst, time.monotonic())
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _take(bucket: tuple[float, float], rate: float, burst: float, now: float) -> tuple[bool, tuple[float, float]]:
-        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
-        return (True, (tokens - 1, now)) if tokens >= 1 else (False, (tokens, now))
-
-    def allow(self, addr: str) -> bool:
-        who, now = sender(addr), time.monotonic()
-        with self._lock:
-            ok, self._buckets[who] = self._take(self._buckets.get(who, (self.burst, now)), self.rate, self.burst, now)
-            if ok:
-                ok, self._total = self._take(self._total, self.total_rate, self.total_burst, now)
-            if len(self._buckets) > self.max_senders:  # forget the senders whose bucket is full again
-                full_after = self.burst / self.rate
-                self._buckets = {k: b for k, b in self._buckets.items() if now - b[1] < full_after}
-            return ok
+def trace_note(ctx: RequestContext) -> str:
+    """What the access log line says of a request's trace: its id, or that it was not written."""
+    if ctx.traced:
+        return f" {ctx.trace_id}"
+    return f" {ctx.trace_id} (not traced: too many refusals from this {'key' if ctx.key_id else 'address'})"
 
 
 def raise_file_limit() -> None:
@@ -218,7 +186,6 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.prefix_routes: list[tuple[str, RouteFn]] = []
         self.reaper = Reaper()
         self.client_watch = ClientWatch()
-        self.refusals = RefusalRecorder()
         total = app.settings.max_connections or default_max_connections()
         self.caps = ConnectionCaps(total, app.settings.max_connections_per_client or max(1, total // 4))
         self._full_logged = 0.0
@@ -744,7 +711,7 @@ class Handler(BaseHTTPRequestHandler):
             if self._key_accepted(ctx):  # before the body, like the proxy routes
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
                 app.files.handle(self, ctx, req)
-                self._trace_note = f" {ctx.trace_id}"
+                self._trace_note = trace_note(ctx)
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
@@ -784,7 +751,7 @@ class Handler(BaseHTTPRequestHandler):
                 ctx.upload.close()
             done = ctx.attempt
             self._model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
-            self._trace_note = f" {ctx.trace_id}"
+            self._trace_note = trace_note(ctx)
 
     def _public_base(self) -> str:
         """Where the client reached this server, as ``scheme://host`` (the Host was checked): a
@@ -846,16 +813,11 @@ class Handler(BaseHTTPRequestHandler):
             app.gate.authenticate(ctx)
             return True
         except ProxyError as exc:
-            proxy.fail(ctx, exc.status, exc.message, "rejected", exc.code)
+            proxy.fail(ctx, exc.status, exc.message, REFUSED, exc.code)
             self._end_early()
             proxy.send_error(app.path, self, ctx, exc)
-        self._trace_note = f" {ctx.trace_id}"
-        if self.server.refusals.allow(ctx.client_addr):
-            app.tracer.finish(ctx)
-        else:
-            app.metrics.observe_request(ctx)
-            app.metrics.count("refusals_unrecorded_total")
-            self._trace_note += " (not traced: too many refusals from this address)"
+        app.tracer.finish(ctx)  # at most a few a second per address (tracing.Tracer)
+        self._trace_note = trace_note(ctx)
         return False
 
     def _refuse_method(self, allowed: list[str]) -> None:

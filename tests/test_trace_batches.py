@@ -4,6 +4,7 @@ the database must end up exactly as if each trace had been written on its own, o
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -135,6 +136,59 @@ def test_a_bad_trace_in_a_batch_leaves_the_others_and_their_rollups(database):
     assert len(got["traces"]) == 40
     assert sum(r[5] for r in got["rollups_daily"]) == 40
     assert sum(r[12] for r in got["rollups_daily"]) == sum(r.cost_uc or 0 for r in rows)
+
+
+def test_refusals_make_no_rollup_rows_of_their_own_model_user_or_tags(database):
+    """Was: every refused request (a rate limit's 429, a spent budget, a bad request) made a
+    ``rollups_users`` row for its end user, a ``rollups_tags`` row per tag and a ``rollups_daily``
+    row for its model — rows kept for ever, named by whatever the client made up. A refusal costs
+    nothing: it is counted in its day, key and project's row alone (no provider, no model)."""
+    database.open_and_migrate()
+    base = mixed(1)[0]
+    day, ms = base.ts[:10], base.ts_ms
+    refusals = [
+        replace(
+            base,
+            id=f"tr_{ms:012x}r{i:03d}",
+            provider=None,
+            served_model=None,
+            model=f"made-up-{i}",
+            status=429,
+            outcome="rejected",
+            error_type="rate_limit_exceeded",
+            prompt_tokens=None,
+            completion_tokens=None,
+            cost_uc=None,
+            cost_status="none",
+            key_id="key_a",
+            project="p1",
+            parent_id=None,
+            end_user=f"user-{i}",
+            tags=json.dumps({f"tag{j}-{i}": "v" * 500 for j in range(16)}),
+        )
+        for i in range(50)
+    ]
+    answered = replace(
+        base, id=f"tr_{ms:012x}a000", provider="openai", served_model="gpt-4o-mini", status=200, outcome="ok",
+        cost_uc=700, cost_status="exact", key_id="key_a", project="p1", parent_id=None, end_user="alice",
+        tags=json.dumps({"team": "search"}),
+    )  # fmt: skip
+    # Refused after a provider was chosen (a batch file's line checked against the key): not a refusal
+    # before any provider, so counted like any request that reached one.
+    checked = replace(answered, id=f"tr_{ms:012x}c000", status=403, outcome="rejected", cost_uc=0, end_user="bob")
+    store = Store(database)
+    for row in (*refusals, answered, checked):
+        store.write(row.write)
+    store.close()
+    got = contents(database)
+    assert len(got["traces"]) == 52  # each refusal written here is a trace (how many are: tracing.Tracer)
+    assert [r[:4] for r in got["rollups_users"]] == [(day, "key_a", "p1", "alice"), (day, "key_a", "p1", "bob")]
+    assert [r[:3] for r in got["rollups_tags"]] == [(day, "team", "search")]
+    daily = {r[:5]: r[5:] for r in got["rollups_daily"]}
+    assert set(daily) == {(day, "key_a", "p1", "", ""), (day, "key_a", "p1", "openai", "gpt-4o-mini")}
+    requests, errors, *_, cost, unknown = daily[day, "key_a", "p1", "", ""]
+    assert (requests, errors, cost, unknown) == (50, 50, 0, 0)
+    assert daily[day, "key_a", "p1", "openai", "gpt-4o-mini"][:2] == (2, 1)
 
 
 def test_postgresql_multi_row_inserts_come_in_power_of_two_chunks(pg_url):

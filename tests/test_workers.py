@@ -319,6 +319,24 @@ def test_an_rpm_limit_holds_across_2_workers(group):
         conn.close()
 
 
+@pytest.mark.serial
+def test_an_rpm_limit_holds_across_2_workers_on_the_files_routes_too(group):
+    """Files and batches calls are counted in the key's window the parent keeps, not per worker:
+    alternating between the workers, a key with rpm 3 lists 3 times, then chats and lists are 429."""
+    status, key = api(group, "POST", "/api/keys", {"name": "limited-files", "rpm": 3})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}", "Content-Type": "application/json"}
+    conns = wait_for_key(group, auth)
+    statuses = [status_on(conns[i % 2], "GET", "/v1/files" if i % 3 else "/v1/batches", auth) for i in range(8)]
+    assert statuses == [200] * 3 + [429] * 5, statuses
+    conns[0].request("POST", "/v1/chat/completions", body=json.dumps(CHAT), headers=auth)
+    answer = conns[0].getresponse()
+    answer.read()
+    assert answer.status == 429 and answer.getheader("retry-after")
+    for conn in conns:
+        conn.close()
+
+
 def test_a_deployments_rpm_holds_across_2_workers(group, mock):
     """A deployment's rpm is its provider's quota: 3 a minute through the group, not 3 per worker;
     the rest spill to the next priority."""

@@ -161,6 +161,17 @@ class RateLimitModule(Module):
         except RateLimited as exc:
             raise exc.error() from None
 
+    def admit_call(self, ctx: RequestContext) -> None:
+        """A call outside the chain that uses no tokens (files and batches: ``files_api``): one of
+        the key's requests per minute, in the same window as its model calls, or a 429."""
+        key = ctx.key
+        if key is None or key.rpm is None:
+            return
+        try:
+            self.limiter.admit(key.id, key.rpm, None, 0)
+        except RateLimited as exc:
+            raise exc.error() from None
+
     def after(self, ctx: RequestContext) -> None:
         entry = ctx.state.pop("ratelimit", None)
         if entry is None or not ctx.key.tpm or estimate.runs_after_answer(ctx):

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..context import Attempt, RequestContext
+from ..context import Attempt, RequestContext, is_refusal
 from .db import dialect_of
 
 _COLUMNS = (
@@ -228,7 +228,9 @@ _VALUES = operator.attrgetter(*_COLUMNS)
 class RollupSums:
     """What traces add to the daily rollups — by key/project/provider/model, by end user, by each
     of their tags — and to the latency histograms, summed per rollup row in memory, then upserted
-    once each. Every rollup row stays the sum of its traces."""
+    once each. Every rollup row stays the sum of its traces; a refusal (``context.is_refusal``)
+    adds to the row of its day, key and project with no provider and no model, and to no
+    end user's or tag's row."""
 
     def __init__(self, latency: bool = True) -> None:
         self.latency = latency
@@ -252,6 +254,12 @@ class RollupSums:
             r.cost_uc or 0,
         )
         key_id, project = r.key_id or "", r.project or ""
+        if r.parent_id is None and is_refusal(r.outcome, r.provider):
+            # Stockyard's own refusal (rate limit, budget, a bad request…): no provider, cost 0. Its
+            # model, end user and tags are the client's words, and rollups are kept for ever, so it
+            # is counted per day, key and project only (under no provider and no model).
+            self.daily.setdefault((day, key_id, project, "", ""), []).append(counts)
+            return
         self.daily.setdefault((day, key_id, project, r.provider or "", r.served_model or r.model or ""), []).append(
             counts
         )

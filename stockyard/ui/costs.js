@@ -88,6 +88,10 @@ export async function costs(view) {
       report.total.requests ? barChart({ labels: spans.map((b) => b.label), series, format: (v) => formatUsd(v) })
         : h("p", { class: "empty" }, "No requests in this range."),
       h("h2", {}, `Totals ${first} to ${last} (UTC)`, group.startsWith("tag:") ? " of the requests carrying the tag" : ""),
+      group === "user" || group.startsWith("tag:")
+        ? h("p", { class: "muted" }, "Requests Stockyard refused itself (rate limit, budget, bad requests) cost nothing "
+          + "and are counted by day, key and project only, under no model.")
+        : null,
       table([
         { label: group.toUpperCase(), value: (r) => r.name },
         { label: "REQUESTS", value: (r) => formatInt(r.requests), class: "num" },
