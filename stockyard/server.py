@@ -704,7 +704,7 @@ class Handler(BaseHTTPRequestHandler):
                 ctx.state[message_batches.BASE_STATE] = self._public_base()
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr)
                 app.message_batches.handle(self, ctx, req)
-                self._trace_note = f" {ctx.trace_id}"
+                self._trace_note = trace_note(ctx)
             return
         if files_api.route_of(path) is not None:  # /v1/files…, /v1/batches…
             ctx = RequestContext(files_api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())
