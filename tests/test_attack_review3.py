@@ -20,7 +20,11 @@ CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "conten
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv = ServerProcess(
-        pyz_path, tmp_path_factory.mktemp("attack3") / "s.db", mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
+        pyz_path,
+        tmp_path_factory.mktemp("attack3") / "s.db",
+        mock_env(
+            cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, ANTHROPIC_API_KEY="sk-ant-mock", ANTHROPIC_BASE_URL=mock.url
+        ),
     )
     keys = {
         "flood": ["--rpm", "3"],
@@ -30,6 +34,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "files-first": ["--rpm", "2"],
         "upload": ["--rpm", "1"],
         "tokens-only": ["--tpm", "100"],
+        "message-batches": ["--rpm", "2"],
     }
     made = {name: srv.cli("keys", "create", "--name", name, *extra) for name, extra in keys.items()}
     assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
@@ -188,3 +193,14 @@ def test_an_upload_past_the_rpm_is_refused_before_its_body_arrives(server):
 def test_files_calls_use_no_tokens_of_a_tpm(server):
     for _ in range(10):
         assert call(server, "tokens-only", "GET", "/v1/files")[0] == 200
+
+
+def test_message_batches_calls_are_held_to_the_keys_rpm_too(server):
+    """Anthropic's Message Batches routes skip the module chain like OpenAI's files and batches:
+    each call is one of the key's requests per minute."""
+    headers = {"x-api-key": server.keys["message-batches"], "anthropic-version": "2023-06-01"}
+    for _ in range(2):
+        assert server.request("GET", "/v1/messages/batches", headers=headers)[0] == 200
+    status, answer_headers, raw = server.request("GET", "/v1/messages/batches", headers=headers)
+    body = json.loads(raw)
+    assert status == 429 and body["type"] == "error" and answer_headers["retry-after"]
