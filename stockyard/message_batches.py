@@ -153,13 +153,7 @@ class MessageBatches(ProviderCalls):
         assert found is not None
         batch_id, action = found
         allowed = ALLOWED_METHODS[(batch_id is not None, action)]
-        if method not in allowed:
-            raise ProxyError(
-                405,
-                f"method {method} is not allowed here; use {', '.join(allowed)}",
-                code="method_not_allowed",
-                headers={"Allow": ", ".join(allowed)},
-            )
+        self._allowed(method, allowed)
         self._rate_limit(ctx)  # the key's rpm, as for OpenAI's files and batches
         raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
         if batch_id is None:
