@@ -50,11 +50,13 @@ web and file search tools, Gemini's grounding, code execution containers).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
 import pkgutil
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -155,11 +157,18 @@ SHIPPED_RATES = ("cache_write_long",)
 
 def _check_counts(obj: object) -> None:
     for name, value in vars(obj).items():
-        if value is None and name in ("reasoning", "media_input", *TOKEN_COUNTS, *SHIPPED_RATES, "long_context_above"):
+        if value is None and name in (
+            "reasoning",
+            "media_input",
+            *TOKEN_COUNTS,
+            *SHIPPED_RATES,
+            "long_context_above",
+            "changes_on_ms",
+        ):
             continue
-        if name == "long_context":
+        if name in ("long_context", "changed"):
             if value is not None and not isinstance(value, Price):
-                raise ValueError(f"long_context must be a Price, got {value!r}")
+                raise ValueError(f"{name} must be a Price, got {value!r}")
             continue
         if name == "unit":
             if value not in UNITS:
@@ -195,6 +204,10 @@ class Price:
     long_context_above: int | None = None
     long_context: Price | None = None
     cache_write_long: int | None = None  # see long_cache_write_rate
+    # A price change announced with its date (an introductory price that ends): from
+    # ``changes_on_ms`` (UTC) on, ``changed`` is the price. See :meth:`current`.
+    changes_on_ms: int | None = None
+    changed: Price | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -202,12 +215,23 @@ class Price:
             raise ValueError("a long-context tier needs both its threshold and its rates")
         if self.long_context is not None and self.long_context.long_context is not None:
             raise ValueError("a long-context tier has no tier of its own")
+        if (self.changed is None) != (self.changes_on_ms is None):
+            raise ValueError("a price change needs both its date and its rates")
+        if self.changed is not None and self.changed.changed is not None:
+            raise ValueError("a price change has no change of its own")
+
+    def current(self, now_ms: int | None = None) -> Price:
+        """The price in effect at ``now_ms`` (now): the changed one from its date on."""
+        if self.changed is None or self.changes_on_ms is None:
+            return self
+        when = int(time.time() * 1000) if now_ms is None else now_ms
+        return self.changed if when >= self.changes_on_ms else self
 
     @classmethod
     def from_usd(cls, rates: Mapping[str, Any]) -> Price:
         """From decimal strings in USD per 1M (the token counts as whole numbers);
         cached/cache_write default to input."""
-        unknown = set(rates) - {*RATE_FIELDS, *SHIPPED_RATES, "unit", *TOKEN_COUNTS, "long_context"}
+        unknown = set(rates) - {*RATE_FIELDS, *SHIPPED_RATES, "unit", *TOKEN_COUNTS, "long_context", "changes"}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
         above, tier = _long_context(rates.get("long_context"))
@@ -228,6 +252,7 @@ class Price:
             long_context_above=above,
             long_context=tier,
             cache_write_long=parse_usd_per_m(rates["cache_write_long"]) if "cache_write_long" in rates else None,
+            **_change(rates),
         )
 
 
@@ -248,6 +273,30 @@ def _long_context(tier: Any) -> tuple[int | None, Price | None]:
     return above, Price.from_usd(rates)
 
 
+def _change(rates: Mapping[str, Any]) -> dict[str, Any]:
+    """prices.json's ``"changes": {"on": "2027-01-01", "input": "1.50", …}``: the date (UTC) and the
+    rates from then on (the model's token counts stay; a tier of its own may be given)."""
+    change = rates.get("changes")
+    if change is None:
+        return {}
+    if not isinstance(change, Mapping):
+        raise TypeError("changes must be an object")
+    on = change.get("on")
+    try:
+        day = datetime.date.fromisoformat(on) if isinstance(on, str) and len(on) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise ValueError(f"changes.on must be a date like 2027-01-01, got {on!r}")
+    new = {k: v for k, v in change.items() if k != "on"}
+    unknown = set(new) - {*RATE_FIELDS, *SHIPPED_RATES, "long_context"}
+    if unknown:
+        raise ValueError(f"unknown changes fields: {sorted(unknown)}")
+    counts = {name: rates[name] for name in TOKEN_COUNTS if name in rates}
+    midnight = datetime.datetime.combine(day, datetime.time(), datetime.timezone.utc)
+    return {"changes_on_ms": int(midnight.timestamp()) * 1000, "changed": Price.from_usd({**counts, **new})}
+
+
 def rates_for(price: Price, prompt_tokens: int) -> Price:
     """The rates one request is billed at: its model's long-context tier when the prompt is
     above the tier's threshold (every token of the request, as Google and Anthropic bill it),
@@ -260,7 +309,8 @@ def rates_for(price: Price, prompt_tokens: int) -> Price:
 
 def _keep_shipped(override: Price, shipped: Price | None) -> Price:
     """An operator's override changes the rates; the model's token counts stay the shipped ones.
-    A shipped long-context tier and ``cache_write_long`` do not: they are rates, which it replaces."""
+    A shipped long-context tier, ``cache_write_long`` and a dated change do not: they are rates,
+    which it replaces."""
     if shipped is None:
         return override
     kept = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
@@ -531,13 +581,14 @@ class PriceTable:
         table never changes after load, and this runs on every request)."""
         key = (model, provider)
         try:
-            return self._memo[key]
+            found = self._memo[key]
+            return None if found is None else found.current()
         except KeyError:
             pass
         found = self._lookup(model, provider)
         if len(self._memo) < 10_000 and len(model) <= MEMO_NAME_MAX:  # bounded in count and in size
             self._memo[key] = found
-        return found
+        return None if found is None else found.current()
 
     def _lookup(self, model: str, provider: str | None = None) -> Price | None:
         """The uncached lookup.

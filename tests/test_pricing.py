@@ -431,6 +431,11 @@ def test_data_file_shape(table: PriceTable) -> None:
         for name in TOKEN_COUNTS:  # token counts, not rates
             count = rates.pop(name, None)
             assert count is None or (type(count) is int and count > 0), key
+        change = rates.pop("changes", None)
+        if change is not None:  # a dated change: a day, then rates as strings
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", change.pop("on")) and all(
+                isinstance(v, str) for v in change.values()
+            )
         tier = rates.pop("long_context", None)
         if tier is not None:  # a prompt-length tier: a threshold, then rates as strings, each dearer
             assert type(tier.pop("above")) is int and all(isinstance(v, str) for v in tier.values()), key
@@ -770,3 +775,56 @@ def test_shipped_long_context_tiers(table: PriceTable, model: str, prompt: int, 
     price = table.lookup(model)
     assert price is not None
     assert cost_microcents(price, Usage(prompt_tokens=prompt, completion_tokens=output)) == microcents_from_usd(usd)
+
+
+# -- dated price changes (an introductory price that ends) ------------------------------------------
+
+DATED = {"input": "0.75", "cached_input": "0.075", "output": "3.75", "max_output_tokens": 65536}
+DATED["changes"] = {"on": "2027-01-01", "input": "1.50", "cached_input": "0.15", "output": "7.50"}
+
+
+def test_a_dated_change_prices_requests_from_its_day_on() -> None:
+    """Gemini 3.8 Flash's introductory price ends on 2027-01-01: a table without dates is wrong on
+    one side of that day."""
+    price = Price.from_usd(DATED)
+    new_year = 1_798_761_600_000  # 2027-01-01T00:00:00Z
+    assert price.changes_on_ms == new_year
+    assert price.current(new_year - 1).input == parse_usd_per_m("0.75")
+    after = price.current(new_year)
+    assert (after.input, after.output, after.max_output_tokens) == (150_000_000, 750_000_000, 65536)
+    doc = json.dumps({"models": {"dated": DATED}})
+    assert PriceTable.from_json(doc).lookup("dated") == price.current()  # today's side of the change
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"input": "1", "output": "2"},  # no day
+        {"on": "2027-1-1", "input": "1", "output": "2"},
+        {"on": "2027-02-30", "input": "1", "output": "2"},
+        {"on": 20270101, "input": "1", "output": "2"},
+        {"on": "2027-01-01", "input": "1", "output": "2", "changes": {"on": "2028-01-01", "input": "3", "output": "4"}},
+        {"on": "2027-01-01", "input": "1", "output": "2", "unit": "image"},
+        {"on": "2027-01-01", "output": "2"},
+        "2027-01-01",
+    ],
+)
+def test_a_malformed_change_is_refused(change) -> None:
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        Price.from_usd({"input": "1", "output": "2", "changes": change})
+
+
+def test_prices_list_shows_a_change_still_to_come(table: PriceTable) -> None:
+    from stockyard.operations.prices import list_prices
+    from stockyard.store import db
+
+    conn = db.connect(":memory:")
+    db.migrate(conn)
+    row = next(r for r in list_prices(conn) if r["model"] == "gemini-3.8-flash")
+    now = table.lookup("gemini-3.8-flash")
+    assert now is not None and row["input_uc"] == now.input
+    if now.changed is not None:  # before 2027-01-01
+        assert row["changes"] == {"on": "2027-01-01", "usd_per_1m": row["changes"]["usd_per_1m"], "long_context": None}
+        assert row["changes"]["usd_per_1m"]["input"] == "$1.50"
+    else:
+        assert row["changes"] is None

@@ -75,6 +75,10 @@ def list_(args: argparse.Namespace) -> int:
         if tier:  # the rates of a request whose prompt is above the threshold, on a row of their own
             rates = {f"{k}_usd": v for k, v in tier["usd_per_1m"].items()}
             shown.append({**r, **rates, "model": f"  prompt > {tier['above']:,} tokens"})
+        change = r["changes"]
+        if change:  # a dated change still to come, on a row of its own
+            rates = {f"{k}_usd": v for k, v in change["usd_per_1m"].items()}
+            shown.append({**r, **rates, "model": f"  from {change['on']}"})
     print_table(
         shown,
         [

@@ -7,6 +7,7 @@ in USD per 1M tokens as decimal text and stored as integer µ¢ per 1M tokens.
 
 from __future__ import annotations
 
+import datetime
 import re
 import sqlite3
 from typing import Any, Mapping
@@ -84,6 +85,14 @@ def _tier(price: Price) -> dict[str, Any] | None:
     return {"above": price.long_context_above, "usd_per_1m": usd(price.long_context)}
 
 
+def _change(price: Price) -> dict[str, Any] | None:
+    """A dated price change: its day (UTC) and the rates from then on."""
+    if price.changed is None or price.changes_on_ms is None:
+        return None
+    day = datetime.datetime.fromtimestamp(price.changes_on_ms / 1000, datetime.timezone.utc).date().isoformat()
+    return {"on": day, "usd_per_1m": usd(price.changed), "long_context": _tier(price.changed)}
+
+
 def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
     return {
         r["model"]: Price(
@@ -103,6 +112,7 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every priced model, rates in µ¢ per 1M and in USD, with where each came from."""
     overrides = load_overrides(conn)
     table = PriceTable.load(overrides)
+    now = [(key, price, price.current()) for key, price in table.entries()]
     return [
         {
             "model": key,
@@ -117,8 +127,9 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             **{name: getattr(p, name) for name in TOKEN_COUNTS},  # the model's counts a budget holds
             "usd_per_1m": usd(p),
             "long_context": _tier(p),
+            "changes": _change(shipped) if p is shipped else None,  # a change still to come
         }
-        for key, p in table.entries()
+        for key, shipped, p in now
     ]
 
 
