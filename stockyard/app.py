@@ -24,6 +24,7 @@ from .budgets import (
     Budget,
     BudgetExceeded,
     BudgetRecords,
+    Hold,
     Ledger,
     budgets_for,
     load_project_budgets,
@@ -36,7 +37,7 @@ from .context import RequestContext
 from .conversations import Conversations
 from .deployments import Health, Models
 from .errors import ProxyError
-from .files_api import FilesAPI, Ownership
+from .files_api import BatchHold, FilesAPI, Ownership
 from .keys import KeyRing, load_keys
 from .message_batches import MessageBatches
 from .metrics import Metrics
@@ -151,7 +152,7 @@ class App:
             route=RouteStep(self.registry, self.models),
         )
         self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber, settings.max_body_bytes)
-        ownership = Ownership(self.store)
+        self.ownership = ownership = Ownership(self.store)
         self.path = RequestPath(
             settings,
             self.gate,
@@ -194,15 +195,17 @@ class App:
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
 
-    def check_batch_budget(self, ctx: RequestContext, worst: int | None) -> None:
-        """A key (or its project) whose budget is used up starts no batch (429), nor one whose
-        worst case (``worst``, µ¢) is more than is left, nor one naming a model without a price
-        (403 ``model_not_priced``; ``worst`` None). A batch's cost is known only when it completes,
-        so its worst case is checked, not held: batches started together may pass the budget.
+    def check_batch_budget(self, ctx: RequestContext, worst: int | None) -> BatchHold:
+        """A key (or its project) whose budget is used up starts no batch (429), nor one naming a
+        model without a price (403 ``model_not_priced``; ``worst`` None), nor one whose worst case
+        (``worst``, µ¢) does not fit beside what is spent, what requests in flight hold and what
+        every unbilled batch of the key (of its project, for the project's budget) holds. The
+        returned hold keeps the worst case reserved until ``release()`` (once the new batch is
+        recorded with ``held_uc``, or refused), so batches started together are counted together.
         Not when the budget module is off for the key."""
         key = ctx.key
         if key is None or not self._chain.runs("budget", ctx):
-            return
+            return BatchHold(0, lambda: None)
         budgets = budgets_for(key, self._project_budgets)
         if budgets and worst is None:
             raise ProxyError(
@@ -213,15 +216,24 @@ class App:
                 code="model_not_priced",
             )
         if budgets and worst:
+            holds: list[Hold] = []
+
+            def release() -> None:
+                for hold in holds:
+                    self.ledger.settle(hold, 0, (), ctx.ts_ms)  # the batch is billed when it ends
+
             try:
-                hold = self.ledger.reserve(budgets, worst, ctx.ts_ms)
+                for budget in budgets:  # each beside its own scope's unbilled batches
+                    holds.append(
+                        self.ledger.reserve([budget], worst + self.ownership.batch_holds(budget.scope), ctx.ts_ms)
+                    )
             except BudgetExceeded as exc:
+                release()
                 raise exc.error() from None
-            self.ledger.settle(hold, 0, (), ctx.ts_ms)  # a check: the batch is billed when it ends
-            return
+            return BatchHold(worst, release)
         used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
         if used_up is None:
-            return
+            return BatchHold(0, lambda: None)
         budget, spent = used_up.budget, used_up.spent
         headers = {"Retry-After": "1"}  # only requests in flight hold the rest
         if spent >= budget.limit_uc:

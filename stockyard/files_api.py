@@ -244,18 +244,44 @@ class Ownership:
         )
         return {r["id"] for r in rows}
 
-    def claim(self, object_id: str, kind: str, owner: str, provider: str) -> None:
-        """Record a new object as ``owner``'s; an id already held keeps its first owner."""
+    def claim(self, object_id: str, kind: str, owner: str, provider: str, held_uc: int = 0) -> None:
+        """Record a new object as ``owner``'s (a batch with what it holds against the owner's
+        budgets until billed); an id already held keeps its first owner."""
         now = int(time.time() * 1000)
         self._store.write(
             lambda conn: conn.execute(
-                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)",
-                (object_id, kind, owner, provider, now),
+                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (object_id, kind, owner, provider, now, held_uc),
             )
         )
 
+    def batch_holds(self, scope: str) -> int:
+        """µ¢ held by the unbilled batches of a budget's scope (``key:<id>``, or ``project:<name>``:
+        every key of the project), each its worst case as recorded when it was created."""
+        kind, _, name = scope.partition(":")
+        owners = "key_id = ?" if kind == "key" else "key_id IN (SELECT id FROM client_keys WHERE project = ?)"
+        row = (
+            self._store.read()
+            .execute(
+                f"SELECT COALESCE(SUM(held_uc), 0) FROM owned_objects WHERE billed = 0 AND held_uc > 0 AND {owners}",
+                (name,),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
     def forget(self, object_id: str) -> None:
         self._store.write(lambda conn: conn.execute("DELETE FROM owned_objects WHERE id = ?", (object_id,)))
+
+
+@dataclass(frozen=True)
+class BatchHold:
+    """A new batch's worst case, reserved against its owner's budgets while it is created: record
+    ``held_uc`` with the batch (``Ownership.claim``), then ``release()`` the reservation."""
+
+    held_uc: int
+    release: Callable[[], None]
 
 
 def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> bool:
@@ -457,7 +483,7 @@ class FilesAPI(ProviderCalls):
         path: RequestPath,
         ownership: Ownership,
         on_completed: Callable[[RequestContext, Provider, dict], None],
-        check_budget: Callable[[RequestContext, int | None], None],
+        check_budget: Callable[[RequestContext, int | None], BatchHold],
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
@@ -704,10 +730,14 @@ class FilesAPI(ProviderCalls):
             raise not_found("file", file_id, "input_file_id")
         provider = self._provider_named(owned.provider)
         self._check_budget(ctx, 0)  # used up: refused before the file is read
-        self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
-        answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
+        hold = self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
+        try:
+            answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
+            if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+                self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name, hold.held_uc)
+        finally:
+            hold.release()  # the batch's own row holds it from here on
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name)
             self._see_batch(ctx, provider, doc)
         self._send(reply, ctx, answer)
 

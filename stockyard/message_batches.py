@@ -43,6 +43,7 @@ from .files_api import (
     MAX_LIST_PAGES,
     PROVIDER_HEADER,
     Answer,
+    BatchHold,
     Ownership,
     ProviderCalls,
     allowed_providers,
@@ -127,7 +128,7 @@ class MessageBatches(ProviderCalls):
         ownership: Ownership,
         models: Callable[[], Models],
         costs: BatchCosts,
-        check_budget: Callable[[RequestContext, int | None], None],
+        check_budget: Callable[[RequestContext, int | None], BatchHold],
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
@@ -211,11 +212,15 @@ class MessageBatches(ProviderCalls):
         assert provider is not None
         ctx.model = ",".join(models)[:200]
         self._check_budget(ctx, 0)  # used up: 429 first, as for OpenAI batches
-        self._check_budget(ctx, worst)
+        hold = self._check_budget(ctx, worst)
         sent = json.dumps(body, ensure_ascii=False).encode() if changed else raw
-        answer, doc = self._call(ctx, provider, "POST", UPSTREAM, sent)
+        try:
+            answer, doc = self._call(ctx, provider, "POST", UPSTREAM, sent)
+            if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+                self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name, hold.held_uc)
+        finally:
+            hold.release()  # the batch's own row holds it from here on
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name)
             self._see(ctx, provider, doc)
             self._show(ctx, answer, doc)
         self._send(reply, ctx, answer)

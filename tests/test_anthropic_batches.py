@@ -42,6 +42,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ("bob", []),
         ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
         ("tight", ["--budget-usd", "1", "--budget-period", "day"]),
+        ("holder", ["--budget-usd", "1", "--budget-period", "day"]),
         ("plain-only", ["--models", PLAIN]),
     ):
         made = srv.cli("keys", "create", "--name", name, *extra)
@@ -320,6 +321,23 @@ def test_a_batch_whose_worst_case_passes_the_budget_is_refused(server, mock):
     assert not mock.requests
     # 10 requests of up to 10,000 output tokens: $1.50, halved $0.75 (and their input): within the budget
     assert tight.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000)).id
+
+
+def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock):
+    """Was: checked, not held: any number of $0.75 batches started under a $1 budget."""
+    holder = client(server, "holder")
+    first = holder.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000))
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        holder.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000))
+    assert "budget exceeded" in err.value.body["error"]["message"] and not mock.requests
+    assert holder.messages.batches.retrieve(first.id).processing_status == "ended"
+    wait_for(
+        lambda: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (first.id,))[0]["billed"] == 1,
+        timeout=30,
+        what="the first batch billed",
+    )
+    assert holder.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000)).id
 
 
 def test_a_model_without_a_price_under_a_budget_is_refused(server, mock):

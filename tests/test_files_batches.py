@@ -42,6 +42,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ("claude-only", ["--models", "claude-*"]),
         ("mini", ["--models", "gpt-4o-mini"]),
         ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
+        ("small", ["--budget-usd", "0.05", "--budget-period", "day"]),
+        ("race", ["--budget-usd", "0.05", "--budget-period", "day"]),
     ):
         made = srv.cli("keys", "create", "--name", name, *extra)
         assert made.returncode == 0, made.stderr
@@ -300,6 +302,59 @@ def test_a_key_whose_budget_is_used_up_starts_no_batch(server, mock):
     assert err.value.code == "budget_exceeded" and err.value.response.headers["x-should-retry"] == "false"
     assert not mock.requests  # the provider never heard of it
     assert broke.files.retrieve(source.id).id == source.id  # files cost nothing: still served
+
+
+def capped_batch_input(max_tokens: int) -> bytes:
+    line = {
+        "custom_id": "req-0",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens},
+    }
+    return (json.dumps(line) + "\n").encode()
+
+
+def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock):
+    """Was: a batch's worst case was checked, not held: ten batches of $0.04 each all started under
+    a $0.05 budget. Each unbilled batch now holds its worst case beside the next one."""
+    small = client(server, "small")
+    source = small.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
+    first = small.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    (row,) = server.db_rows("SELECT held_uc, billed FROM owned_objects WHERE id = ?", (first.id,))
+    assert 3_900_000 < row["held_uc"] < 4_200_000 and row["billed"] == 0  # ~$0.04 at the batch price
+    mock.clear()
+    with pytest.raises(RateLimitError) as err:
+        small.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.code == "budget_exceeded"
+    assert not [r for r in mock.requests if r.method == "POST" and r.path == "/v1/batches"]  # never started
+    assert small.batches.retrieve(first.id).status == "completed"  # billed: its hold becomes its cost
+    wait_for(
+        lambda: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (first.id,))[0]["billed"] == 1,
+        timeout=30,
+        what="the first batch billed",
+    )
+    again = small.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert again.id != first.id
+
+
+def test_batches_started_together_are_held_together(server):
+    race = client(server, "race")
+    source = race.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
+    results: list[object] = []
+
+    def start() -> None:
+        try:
+            race.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+            results.append("started")
+        except RateLimitError as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == ["budget_exceeded"] * 5 + ["started"]
 
 
 def test_a_completed_batch_is_answered_at_once_while_its_cost_is_read_in_the_background(server, mock):
