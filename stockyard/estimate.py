@@ -245,7 +245,7 @@ def media_request_cost(
 
     Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs of
     the default output cap or ``IMAGE_OUTPUT_TOKENS``, whichever is more.
-    Speech: its characters (tts-1), or its text and the default output cap.
+    Speech: its characters (tts-1); a speech model priced per token cannot be counted (None).
     Audio input has no length before the provider answers: nothing is reserved for the audio
     itself (seconds or audio tokens), only for what the request shows (its text, the default
     output cap); the real cost settles the reservation when the answer comes.
@@ -264,9 +264,8 @@ def media_request_cost(
     if ctx.endpoint == "speech":
         text = ctx.body.get("input")
         chars = len(text) if isinstance(text, str) else 0
-        if price.unit == "character":
-            return unit_cost(price, chars)
-        return worst_case_cost(price, -(-chars // 4), default_max_tokens) if price.unit == "token" else None
+        # Only characters: a speech answer is the audio, with no usage to settle a token price by.
+        return unit_cost(price, chars) if price.unit == "character" else None
     if price.unit == "second":
         return 0  # the audio's duration is unknown until the answer
     return worst_case_cost(price, input_tokens(ctx), default_max_tokens) if price.unit == "token" else None

@@ -578,3 +578,20 @@ def test_an_upload_arriving_steadily_is_still_cut_off_at_the_upload_timeout(pyz_
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+@pytest.mark.parametrize("who", ["key", "end user"])
+def test_a_budget_refuses_speech_priced_per_token(server, key, mock, who):
+    """Was: an operator's token price on a speech model (gpt-4o-mini-tts) was reserved, but the
+    speech answer (the audio itself) reports no usage, so it settled at $0.00: unlimited speech
+    under a budget. A budget counts speech by characters only."""
+    reloads = admin(server, "GET", "/api/status")[1]["reloads"]
+    status, body = admin(server, "POST", "/api/prices", {"model": "gpt-4o-mini-tts", "input": "0.60", "output": "12"})
+    assert status == 200, body
+    wait_for(lambda: admin(server, "GET", "/api/status")[1]["reloads"] > reloads, what="the server to take the price")
+    client, _ = budgeted(server, key, who)
+    mock.clear()
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello there")
+    assert err.value.body["code"] == "model_not_priced" and "unit" in err.value.body["message"]
+    assert mock.requests == []

@@ -80,9 +80,9 @@ class BudgetModule(Module):
         if found is None:
             raise ProxyError(
                 403,
-                f"model {model!r} has no price, so the budget on this key cannot be "
-                f"enforced; an operator can add one with `stockyard prices set {model} "
-                "--input … --output …`",
+                f"model {model!r} has no price Stockyard can count for this request (none in the price table, "
+                "or one in a unit its answer does not report), so the budget on this key cannot be "
+                f"enforced; an operator can add one with `stockyard prices set {model} …`",
                 param="model",
                 code="model_not_priced",
             )

@@ -109,8 +109,9 @@ class UserLimitsModule(Module):
         if amount is None:
             raise ProxyError(
                 403,
-                f"model {model!r} has no price, so the budget per end user cannot be enforced; an "
-                f"operator can add one with `stockyard prices set {model} --input … --output …`",
+                f"model {model!r} has no price Stockyard can count for this request (none in the price table, "
+                "or one in a unit its answer does not report), so the budget per end user cannot be "
+                f"enforced; an operator can add one with `stockyard prices set {model} …`",
                 param="model",
                 code="model_not_priced",
             )
