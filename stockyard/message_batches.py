@@ -415,7 +415,17 @@ class MessageBatches(ProviderCalls):
         """A batch deleted before its cost was recorded: record it now, while its results exist
         (an unended one the provider refuses to delete)."""
         answer, doc = self._call(ctx, provider, "GET", f"{UPSTREAM}/{batch_id}")
-        if answer.status >= 300 or not isinstance(doc, dict) or doc.get("processing_status") != ENDED:
+        if answer.status == 404:
+            return  # gone at the provider: nothing to record, and its delete answers the same
+        if answer.status >= 300 or not isinstance(doc, dict) or doc.get("id") != batch_id:
+            # Fail closed: deleting a batch whose state is unknown could delete unbilled results.
+            raise ProxyError(
+                502,
+                f"the batch's state could not be read from the provider (status {answer.status}), so its cost "
+                "might be lost with it; nothing was deleted; try again",
+                code="batch_cost_unrecorded",
+            )
+        if doc.get("processing_status") != ENDED:
             return
         try:
             self._costs.record_now(ctx, provider, anthropic_output(provider, batch_id))

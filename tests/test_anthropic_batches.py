@@ -11,7 +11,7 @@ import json
 import pytest
 from anthropic import Anthropic, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS
+from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
 
 ADMIN = "admin-key-for-message-batches-0123456789"
 MAX_BODY = 2_000_000
@@ -208,6 +208,23 @@ def test_a_batch_deleted_before_anyone_saw_it_end_is_billed_first(server):
     alice.messages.batches.delete(batch.id)  # the mock ends it on the retrieve Stockyard makes first
     rows = usage_rows(server, batch.id)
     assert len(rows) == 1 and rows[0]["prompt_tokens"] == PROMPT_TOKENS and rows[0]["cost_uc"] > 0
+
+
+def test_a_delete_is_refused_while_the_batch_state_cannot_be_read(server, mock):
+    """Was: when the provider's status check failed (a 500, a 529 overload), the delete went ahead
+    unrecorded: an ended batch's results, and its cost, were gone for good."""
+    alice = client(server, "alice")
+    batch = alice.messages.batches.create(requests=requests_for(PLAIN))
+    mock.enqueue(Reply(status=500))  # the status check Stockyard makes before deleting
+    status, _, data = server.request(
+        "DELETE",
+        f"/v1/messages/batches/{batch.id}",
+        headers={"x-api-key": server.keys["alice"], "anthropic-version": "2023-06-01"},
+    )
+    assert status == 502 and "nothing was deleted" in assert_anthropic_error(json.loads(data), "api_error")
+    assert server.db_rows("SELECT id FROM owned_objects WHERE id = ?", (batch.id,))  # still owned, still held
+    alice.messages.batches.delete(batch.id)  # the provider answers again: recorded, then deleted
+    assert len(usage_rows(server, batch.id)) == 1
 
 
 def test_list_shows_only_the_keys_own_batches_and_pages_honestly(server):
