@@ -17,6 +17,7 @@ recorded once by :mod:`stockyard.batch_costs`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -38,6 +39,7 @@ from .store import Store
 from .upstream import UpstreamError, UpstreamResponse
 
 PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]{1,200})(/content|/cancel)?)?$")
+log = logging.getLogger("stockyard.files")
 FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
 PROVIDER_HEADER = "x-stockyard-provider"
 OPEN_OWNER = ""  # the one owner in open mode (no client keys)
@@ -432,6 +434,24 @@ class ProviderCalls:
         except ValueError:
             return answer, None
 
+    def _create_upstream(self, ctx: RequestContext, provider: Provider, rest: str, body: bytes) -> tuple[Answer, Any]:
+        """A batch create: ``_call``, but when no answer came back (a timeout, a broken connection)
+        the batch may exist at the provider, unseen here: the client is told not to retry
+        (``x-should-retry: false``, which the SDKs obey; a retry would start a second batch) and the
+        server log says so."""
+        try:
+            return self._call(ctx, provider, "POST", rest, body)
+        except ProxyError as exc:
+            if exc.status in (502, 504):
+                exc.headers["x-should-retry"] = "false"
+                exc.message += "; the batch may have been created at the provider: do not send it again before checking"
+                log.error(
+                    "a batch create at provider %r got no answer (%s): it may run there unowned and unbilled",
+                    provider.name,
+                    exc.code,
+                )
+            raise
+
     def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
         """The provider's answer to the client (its errors passed through); a success costs 0."""
         if answer.status >= 400:
@@ -732,7 +752,7 @@ class FilesAPI(ProviderCalls):
         self._check_budget(ctx, 0)  # used up: refused before the file is read
         hold = self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
         try:
-            answer, doc = self._call(ctx, provider, "POST", "/batches", raw)
+            answer, doc = self._create_upstream(ctx, provider, "/batches", raw)
             if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
                 self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name, hold.held_uc)
         finally:

@@ -215,7 +215,7 @@ class MessageBatches(ProviderCalls):
         hold = self._check_budget(ctx, worst)
         sent = json.dumps(body, ensure_ascii=False).encode() if changed else raw
         try:
-            answer, doc = self._call(ctx, provider, "POST", UPSTREAM, sent)
+            answer, doc = self._create_upstream(ctx, provider, UPSTREAM, sent)
             if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
                 self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name, hold.held_uc)
         finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from anthropic import Anthropic, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
+from anthropic import Anthropic, APIStatusError, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
 
@@ -29,6 +29,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_ADMIN_KEY=ADMIN,
         STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+        STOCKYARD_BATCH_POLL="off",  # no background retrieves: a scripted reply reaches the call it is for
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("msgbatches") / "stockyard.db", env)
     for model in (PLAIN, CACHED):
@@ -225,6 +226,27 @@ def test_a_delete_is_refused_while_the_batch_state_cannot_be_read(server, mock):
     assert server.db_rows("SELECT id FROM owned_objects WHERE id = ?", (batch.id,))  # still owned, still held
     alice.messages.batches.delete(batch.id)  # the provider answers again: recorded, then deleted
     assert len(usage_rows(server, batch.id)) == 1
+
+
+def test_a_create_that_gets_no_answer_is_not_retried_by_the_sdk(pyz_path, cache_home, mock, tmp_path):
+    """Was: a create whose answer never came (here: the provider takes 3 s, the read timeout is 1 s)
+    answered a plain 504, so the SDK sent the batch again: two batches at the provider, neither
+    owned nor billed. The answer now tells the SDK not to retry, and the log says what happened."""
+    env = mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-slow-0123456789", ANTHROPIC_BASE_URL=mock.url)
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", {**env, "STOCKYARD_UPSTREAM_TIMEOUT": "1"}).start()
+    try:
+        mock.clear()
+        mock.clear_replies()
+        mock.enqueue(Reply(hang_s=3))
+        retrying = Anthropic(base_url=srv.url, api_key="unused", max_retries=2)
+        with pytest.raises(APIStatusError) as err:
+            retrying.messages.batches.create(requests=requests_for(PLAIN))
+        assert err.value.status_code == 504 and err.value.response.headers["x-should-retry"] == "false"
+        assert "may have been created" in err.value.message
+        assert len([r for r in mock.requests if r.method == "POST"]) == 1
+    finally:
+        srv.stop()
+    assert "may run there unowned and unbilled" in srv.log
 
 
 def test_list_shows_only_the_keys_own_batches_and_pages_honestly(server):
