@@ -40,6 +40,7 @@ from .upstream import UpstreamError, UpstreamResponse
 
 PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]{1,200})(/content|/cancel)?)?$")
 log = logging.getLogger("stockyard.files")
+HOLD_DAYS = 30  # a batch holds its worst case this long at most (the batch watch's horizon, WATCH_DAYS)
 FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
 PROVIDER_HEADER = "x-stockyard-provider"
 OPEN_OWNER = ""  # the one owner in open mode (no client keys)
@@ -260,18 +261,17 @@ class Ownership:
 
     def batch_holds(self, scope: str) -> int:
         """µ¢ held by the unbilled batches of a budget's scope (``key:<id>``, or ``project:<name>``:
-        every key of the project), each its worst case as recorded when it was created."""
+        every key of the project), each its worst case as recorded when it was created — those the
+        batch watch still looks at (``HOLD_DAYS``): a batch never seen to end (its provider removed,
+        its results gone) must not hold a budget for ever."""
         kind, _, name = scope.partition(":")
         owners = "key_id = ?" if kind == "key" else "key_id IN (SELECT id FROM client_keys WHERE project = ?)"
-        row = (
-            self._store.read()
-            .execute(
-                f"SELECT COALESCE(SUM(held_uc), 0) FROM owned_objects WHERE billed = 0 AND held_uc > 0 AND {owners}",
-                (name,),
-            )
-            .fetchone()
+        sql = (
+            "SELECT COALESCE(SUM(held_uc), 0) FROM owned_objects "
+            f"WHERE billed = 0 AND held_uc > 0 AND created_at >= ? AND {owners}"
         )
-        return int(row[0])
+        since = int((time.time() - HOLD_DAYS * 86400) * 1000)
+        return int(self._store.read().execute(sql, (since, name)).fetchone()[0])
 
     def forget(self, object_id: str) -> None:
         self._store.write(lambda conn: conn.execute("DELETE FROM owned_objects WHERE id = ?", (object_id,)))

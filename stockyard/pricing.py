@@ -292,6 +292,8 @@ def _change(rates: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(new) - {*RATE_FIELDS, *SHIPPED_RATES, "long_context"}
     if unknown:
         raise ValueError(f"unknown changes fields: {sorted(unknown)}")
+    if "long_context" in rates and "long_context" not in new:  # else long prompts would drop to flat rates
+        raise ValueError("changes must restate the model's long_context tier")
     counts = {name: rates[name] for name in TOKEN_COUNTS if name in rates}
     midnight = datetime.datetime.combine(day, datetime.time(), datetime.timezone.utc)
     return {"changes_on_ms": int(midnight.timestamp()) * 1000, "changed": Price.from_usd({**counts, **new})}

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, open_database, wait_for
 from mock_upstream import FILES, PROMPT_TOKENS, Reply
 from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
 from rawhttp import connect, read_response, read_until_close
@@ -44,6 +44,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
         ("small", ["--budget-usd", "0.05", "--budget-period", "day"]),
         ("race", ["--budget-usd", "0.05", "--budget-period", "day"]),
+        ("aged", ["--budget-usd", "0.05", "--budget-period", "day"]),
     ):
         made = srv.cli("keys", "create", "--name", name, *extra)
         assert made.returncode == 0, made.stderr
@@ -335,6 +336,24 @@ def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock)
     )
     again = small.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert again.id != first.id
+
+
+def test_a_batch_the_watch_no_longer_looks_at_holds_nothing(server):
+    """A batch never seen to end (its provider removed, its results gone) held its worst case for
+    ever; past the batch watch's 30 days it holds nothing."""
+    aged = client(server, "aged")
+    source = aged.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
+    old = aged.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(RateLimitError):
+        aged.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    conn = open_database(server.db)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE owned_objects SET created_at = created_at - ? WHERE id = ?", (31 * 86_400_000, old.id))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    assert aged.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h").id
 
 
 def test_batches_started_together_are_held_together(server):

@@ -828,3 +828,12 @@ def test_prices_list_shows_a_change_still_to_come(table: PriceTable) -> None:
         assert row["changes"]["usd_per_1m"]["input"] == "$1.50"
     else:
         assert row["changes"] is None
+
+
+def test_a_change_must_restate_a_tier() -> None:
+    """Else the tiered model's long prompts would be billed flat from the change's day on."""
+    tiered = {**TIERED, "changes": {"on": "2027-01-01", "input": "0.20", "output": "1.00"}}
+    with pytest.raises(ValueError, match="long_context"):
+        Price.from_usd(tiered)
+    restated = {**tiered, "changes": {**tiered["changes"], "long_context": {**TIERED["long_context"]}}}
+    assert Price.from_usd(restated).changed.long_context is not None
