@@ -174,7 +174,7 @@ class App:
         )
         self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
         self.message_batches = MessageBatches(
-            self.path, ownership, self.models, self.batch_costs, self.check_batch_budget
+            self.path, ownership, self.models, self.batch_costs, self.check_batch_budget, self.budgeted
         )
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
         looks = {"batch": self.files.look_at_batch, message_batches.KIND: self.message_batches.look_at_batch}
@@ -194,6 +194,12 @@ class App:
         self._record_start()
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
+
+    def budgeted(self, ctx: RequestContext) -> bool:
+        """Whether a budget counts this key's batches (the budget module runs for it and a key or
+        project budget applies)."""
+        key = ctx.key
+        return key is not None and self._chain.runs("budget", ctx) and bool(budgets_for(key, self._project_budgets))
 
     def check_batch_budget(self, ctx: RequestContext, worst: int | None) -> BatchHold:
         """A key (or its project) whose budget is used up starts no batch (429), nor one naming a

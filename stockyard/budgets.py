@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from .context import RequestContext
 from .errors import ProxyError
-from .estimate import PRICED_AUDIO_FORMATS, runs_after_answer, unpriced_audio_format
+from .estimate import PRICED_AUDIO_FORMATS, runs_after_answer, unbounded_server_tools, unpriced_audio_format
 from .pricing import format_usd
 
 if TYPE_CHECKING:
@@ -164,8 +164,9 @@ COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at 
 def check_countable(ctx: RequestContext, whose: str) -> None:
     """The 403 for a request a budget could not count: a background response (it runs after its
     answer, whose usage is still empty), a transcription or translation whose answer will not
-    report its cost (``response_format`` text, srt, vtt; a translation's json) or a dearer service
-    tier (OpenAI's ``priority`` bills above the price table's rates)."""
+    report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
+    whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch) or a dearer
+    service tier (OpenAI's ``priority`` bills above the price table's rates)."""
     if runs_after_answer(ctx):
         raise ProxyError(
             403,
@@ -185,6 +186,9 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             param="response_format",
             code="response_format_not_budgeted",
         )
+    unbounded = unbounded_server_tools(ctx.body)
+    if unbounded is not None:
+        raise server_tool_refusal(unbounded, whose)
     tier = ctx.body.get("service_tier")
     if tier not in COUNTED_TIERS:
         raise ProxyError(
@@ -194,6 +198,17 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             param="service_tier",
             code="service_tier_not_budgeted",
         )
+
+
+def server_tool_refusal(why: str, whose: str, where: str = "") -> ProxyError:
+    """The 403 for provider-run tools whose cost a budget cannot bound (``estimate.unbounded_server_tools``)."""
+    param = "mcp_servers" if why.startswith("mcp_servers") else "tools"
+    return ProxyError(
+        403,
+        f"{where}{why}, so the budget on {whose} cannot be enforced; send it without them, or bound the web fetch tool",
+        param=param,
+        code="server_tool_not_budgeted",
+    )
 
 
 Warn = Callable[[Budget, str, int, int], None]  # budget, period key, spent, threshold percent

@@ -37,6 +37,7 @@ IMAGE_INPUT_TOKENS = 1600
 # Searches held for a web search tool without ``max_uses`` (Anthropic sets no limit of its own;
 # the real count settles the hold): a guess, not a bound. Claude Code sets max_uses itself.
 WEB_SEARCHES_UNCAPPED = 10
+MAX_FETCHES, MAX_FETCH_TOKENS = 10**6, 10**7  # bounds on a web fetch tool's numbers (a sane cost)
 
 
 def runs_after_answer(ctx: RequestContext) -> bool:
@@ -208,6 +209,41 @@ def image_tokens(body: Any, raw: bytes, price: Price) -> int:
     return referenced_images(body, raw) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
 
 
+def unbounded_server_tools(body: Any) -> str | None:
+    """Why a body's provider-run tools could cost what no worst case bounds, or None: Anthropic's
+    MCP connector (``mcp_servers``: whatever the servers return is input), code execution (billed
+    per container hour, which no usage reports), a web fetch tool without both ``max_uses`` and
+    ``max_content_tokens`` (each fetched page is input)."""
+    if not isinstance(body, dict):
+        return None
+    if body.get("mcp_servers"):
+        return "mcp_servers: what the MCP servers return is billed as input, and nothing bounds it"
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        kind = str(tool.get("type", "")) if isinstance(tool, dict) else ""
+        if kind.startswith("code_execution"):
+            return f"tools: {kind[:60]!r} is billed per container hour, which no usage reports"
+        if kind.startswith("web_fetch") and not all(
+            type(tool.get(name)) is int and tool[name] > 0 for name in ("max_uses", "max_content_tokens")
+        ):
+            return f"tools: {kind[:60]!r} without max_uses and max_content_tokens fetches pages of any size as input"
+    return None
+
+
+def fetched_tokens(body: dict) -> int:
+    """Input tokens a request's web fetch tools may bring in: ``max_uses`` pages of at most
+    ``max_content_tokens`` each (a tool without both is refused under a budget:
+    :func:`unbounded_server_tools`)."""
+    tools = body.get("tools")
+    found = 0
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_fetch"):
+            uses, size = tool.get("max_uses"), tool.get("max_content_tokens")
+            if type(uses) is int and type(size) is int and uses > 0 and size > 0:
+                found += min(uses, MAX_FETCHES) * min(size, MAX_FETCH_TOKENS)
+    return found
+
+
 def web_searches(body: dict) -> int:
     """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
     ``web_search_*``), else :data:`WEB_SEARCHES_UNCAPPED` (also OpenAI's ``web_search``, whose
@@ -225,7 +261,7 @@ def web_searches(body: dict) -> int:
 
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
-    inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price)
+    inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price) + fetched_tokens(ctx.body)
     tokens = worst_case_cost(price, inputs, output_tokens(ctx, output_ceiling(price, default_max_tokens)))
     return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
 

@@ -34,6 +34,7 @@ from urllib.parse import urlencode
 
 from . import estimate
 from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
+from .budgets import server_tool_refusal
 from .context import RequestContext, Route
 from .deployments import Models
 from .errors import ANTHROPIC, ProxyError
@@ -129,12 +130,14 @@ class MessageBatches(ProviderCalls):
         models: Callable[[], Models],
         costs: BatchCosts,
         check_budget: Callable[[RequestContext, int | None], BatchHold],
+        budgeted: Callable[[RequestContext], bool],
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
         self._models = models
         self._costs = costs
         self._check_budget = check_budget
+        self._budgeted = budgeted
 
     # -- where calls go -----------------------------------------------------------------------
     def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
@@ -194,8 +197,12 @@ class MessageBatches(ProviderCalls):
         changed = False
         seen: set[str] = set()
         models: list[str] = []
+        budgeted = self._budgeted(ctx)
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
+            unbounded = estimate.unbounded_server_tools(params) if budgeted else None
+            if unbounded is not None:  # as /v1/messages refuses it under a budget
+                raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")
             asked = params["model"]
             route = self._route(ctx, asked, i, provider)
             provider = route.provider

@@ -379,6 +379,19 @@ def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock)
     assert holder.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000)).id
 
 
+def test_a_batch_request_with_provider_run_tools_nothing_bounds_is_refused_under_a_budget(server, mock):
+    """As on /v1/messages: the MCP connector (or code execution, or an unbounded web fetch) brings
+    in input no worst case bounds — in a batch, hundreds of requests at once."""
+    mcp = [{"type": "url", "url": "https://mcp.example.com/sse", "name": "x"}]
+    requests = requests_for(PLAIN)
+    requests[0]["params"]["mcp_servers"] = mcp
+    mock.clear()
+    status, doc = post(server, "tight", {"requests": requests})
+    assert status == 403 and "requests.0.params.mcp_servers" in assert_anthropic_error(doc, "permission_error")
+    assert not mock.requests
+    assert post(server, "alice", {"requests": requests})[0] == 200  # no budget: passed through
+
+
 def test_a_model_without_a_price_under_a_budget_is_refused(server, mock):
     mock.clear()
     with pytest.raises(PermissionDeniedError) as err:

@@ -444,3 +444,22 @@ def test_a_web_search_tool_holds_its_searches_against_the_budget(server, mock):
     assert status == 429 and answer["error"]["type"] == "budget_exceeded", answer
     assert mock.requests == []
     assert post(server, "budgeted", "/v1/messages", {**body, "tools": [{**tool, "max_uses": 5}]})[0] == 200
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "x"}]},
+        {"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
+        {"tools": [{"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 3}]},
+    ],
+)
+def test_provider_run_tools_a_budget_cannot_bound_are_refused_under_one(server, mock, extra):
+    """Was: the MCP connector, code execution and a web fetch without bounds held nothing for what
+    the provider fetches or runs: a request holding cents could cost dollars."""
+    body = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], **extra}
+    mock.clear()
+    status, _, answer = post(server, "budgeted", "/v1/messages", body)
+    assert status == 403 and answer["error"]["type"] == "permission_error", answer
+    assert "server_tool" in json.dumps(answer) or "cannot be enforced" in answer["error"]["message"]
+    assert mock.requests == []

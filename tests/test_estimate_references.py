@@ -66,3 +66,37 @@ def test_web_search_tools_hold_their_max_uses():
     assert web_searches({"tools": [search]}) == WEB_SEARCHES_UNCAPPED  # no limit of its own
     assert web_searches({"tools": [{**search, "max_uses": "3"}]}) == WEB_SEARCHES_UNCAPPED
     assert web_searches({"tools": "web_search"}) == 0
+
+
+def test_provider_run_tools_whose_cost_nothing_bounds_are_named():
+    from stockyard.estimate import fetched_tokens, unbounded_server_tools
+
+    fetch = {"type": "web_fetch_20250910", "name": "web_fetch"}
+    assert unbounded_server_tools({"tools": [{"name": "lookup", "input_schema": {}}]}) is None
+    assert "mcp_servers" in unbounded_server_tools({"mcp_servers": [{"type": "url", "url": URL, "name": "x"}]})
+    assert "container hour" in unbounded_server_tools({"tools": [{"type": "code_execution_20250825"}]})
+    assert "max_content_tokens" in unbounded_server_tools({"tools": [{**fetch, "max_uses": 5}]})
+    assert "max_content_tokens" in unbounded_server_tools(
+        {"tools": [{**fetch, "max_uses": "5", "max_content_tokens": 9}]}
+    )
+    bounded = {"tools": [{**fetch, "max_uses": 5, "max_content_tokens": 20_000}]}
+    assert unbounded_server_tools(bounded) is None and fetched_tokens(bounded) == 100_000
+    assert unbounded_server_tools({"mcp_servers": []}) is None  # an empty list calls nothing
+
+
+def test_a_bounded_web_fetch_is_held_as_input():
+    from stockyard.context import RequestContext
+    from stockyard.errors import ANTHROPIC
+    from stockyard.estimate import request_cost
+
+    price = PriceTable.load().lookup("claude-haiku-4-5", "anthropic")
+    body = {"model": "claude-haiku-4-5", "max_tokens": 1, "messages": [{"role": "user", "content": "read"}]}
+    fetch = {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 10, "max_content_tokens": 100_000}
+
+    def cost(b: dict) -> int:
+        ctx = RequestContext("messages", ANTHROPIC, "127.0.0.1", {})
+        ctx.body, ctx.raw = b, json.dumps(b).encode()
+        return request_cost(ctx, price, 4096)
+
+    # a million fetched tokens at Haiku 4.5's dearest input rate ($1.25 a cache write): about $1.25 more
+    assert cost({**body, "tools": [fetch]}) - cost(body) >= 1_000_000 * 125_000_000 // 10**6
