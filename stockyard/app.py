@@ -230,9 +230,12 @@ class App:
 
             try:
                 for budget in budgets:  # each beside its own scope's unbilled batches
-                    holds.append(
-                        self.ledger.reserve([budget], worst + self.ownership.batch_holds(budget.scope), ctx.ts_ms)
-                    )
+                    # Reserved first, read after: a batch another request records meanwhile is in
+                    # the holds read, or its reservation was still in the ledger when ours was made.
+                    holds.append(self.ledger.reserve([budget], worst, ctx.ts_ms))
+                    held = self.ownership.batch_holds(budget.scope)
+                    if held:
+                        self.ledger.settle(self.ledger.reserve([budget], held, ctx.ts_ms), 0, (), ctx.ts_ms)
             except BudgetExceeded as exc:
                 release()
                 raise exc.error() from None
