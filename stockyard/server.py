@@ -762,7 +762,10 @@ class Handler(BaseHTTPRequestHandler):
         trusted = self.server.app.settings.trusted_proxies
         forwarded = (self.headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
         secure = forwarded == "https" and bool(trusted) and is_trusted(self.client_address[0], trusted)
-        return f"{'https' if secure else 'http'}://{host or self.server.app.settings.host}"
+        if not host:  # HTTP/1.0 may send none: the address and port the client reached
+            addr, port = self.connection.getsockname()[:2]
+            host = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+        return f"{'https' if secure else 'http'}://{host}"
 
     def _gemini_models(self, method: str, path: str, query: str) -> None:
         """Google's model list and model; its errors in Google's shape, on /v1/models too."""

@@ -12,6 +12,7 @@ import pytest
 from anthropic import Anthropic, APIStatusError, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
+from rawhttp import connect, read_response
 
 ADMIN = "admin-key-for-message-batches-0123456789"
 MAX_BODY = 2_000_000
@@ -247,6 +248,21 @@ def test_a_create_that_gets_no_answer_is_not_retried_by_the_sdk(pyz_path, cache_
     finally:
         srv.stop()
     assert "may run there unowned and unbilled" in srv.log
+
+
+def test_results_url_without_a_host_header_names_the_address_and_port_reached(server):
+    """HTTP/1.0 may send no Host: results_url was http://127.0.0.1/… (no port), a broken link."""
+    batch = client(server, "alice").messages.batches.create(requests=requests_for(PLAIN))
+    head = (
+        f"GET /v1/messages/batches/{batch.id} HTTP/1.0\r\n"
+        f"x-api-key: {server.keys['alice']}\r\nanthropic-version: 2023-06-01\r\n\r\n"
+    )
+    with connect(server) as sock:
+        sock.sendall(head.encode())
+        status, _, answer = read_response(sock)
+    assert status == 200, answer
+    url = json.loads(answer)["results_url"]  # the mock ends a batch when it is retrieved
+    assert url == f"http://127.0.0.1:{server.port}/v1/messages/batches/{batch.id}/results"
 
 
 def test_list_shows_only_the_keys_own_batches_and_pages_honestly(server):
