@@ -159,7 +159,9 @@ def test_warnings_are_audited_and_logged_once_per_threshold(server):
     wait_for(lambda: len(warnings()) == 2, what="two warnings")
     assert send(server, secret)[0] == 429
     rows = warnings()
-    assert [json.loads(r["details"])["threshold_percent"] for r in rows] == [50, 80]
+    # once each; in either order on PostgreSQL, where the two settlements' warnings are written by
+    # their own request threads and the second can commit first
+    assert sorted(json.loads(r["details"])["threshold_percent"] for r in rows) == [50, 80]
     wait_for(lambda: server.log.count(f"budget warning: key {key['name']!r}") == 2, what="two log lines")
 
     def recorded() -> list[int]:  # 0: the exhausted event (told once), recorded by the writer
