@@ -200,6 +200,19 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
         )
 
 
+def unpriced_refusal(model: str, whose: str) -> ProxyError:
+    """The 403 for a model whose request a budget cannot count: no price, or a price in a unit its
+    answer does not report (``Pricer.worst_case`` None). ``whose``: "on this key", "per end user"."""
+    return ProxyError(
+        403,
+        f"model {model!r} has no price Stockyard can count for this request (none in the price table, "
+        f"or one in a unit its answer does not report), so the budget {whose} cannot be "
+        f"enforced; an operator can add one with `stockyard prices set {model} …`",
+        param="model",
+        code="model_not_priced",
+    )
+
+
 def server_tool_refusal(why: str, whose: str, where: str = "") -> ProxyError:
     """The 403 for provider-run tools whose cost a budget cannot bound (``estimate.unbounded_server_tools``)."""
     param = "mcp_servers" if why.startswith("mcp_servers") else "tools"

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .. import estimate
-from ..budgets import Budget, BudgetExceeded, Hold, Ledger, budgets_for, check_countable, scopes_of
+from ..budgets import Budget, BudgetExceeded, Hold, Ledger, budgets_for, check_countable, scopes_of, unpriced_refusal
 from ..context import RequestContext
 from ..errors import ProxyError
 from .base import Module
@@ -78,14 +78,7 @@ class BudgetModule(Module):
         model = ctx.routed_model or ctx.model or ""
         found = services.pricer.worst_case(ctx, ctx.route, model, services.settings.default_max_tokens)
         if found is None:
-            raise ProxyError(
-                403,
-                f"model {model!r} has no price Stockyard can count for this request (none in the price table, "
-                "or one in a unit its answer does not report), so the budget on this key cannot be "
-                f"enforced; an operator can add one with `stockyard prices set {model} …`",
-                param="model",
-                code="model_not_priced",
-            )
+            raise unpriced_refusal(model, "on this key")
         amount = found
         try:
             ctx.state["budget"] = services.ledger.reserve(budgets, amount, ctx.ts_ms)

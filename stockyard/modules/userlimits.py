@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import estimate
-from ..budgets import PERIODS, BudgetExceeded, check_countable, user_budget
+from ..budgets import PERIODS, BudgetExceeded, check_countable, unpriced_refusal, user_budget
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..pricing import microcents_from_usd
@@ -107,14 +107,7 @@ class UserLimitsModule(Module):
         model = ctx.routed_model or ctx.model or ""
         amount = self.services.pricer.worst_case(ctx, ctx.route, model, self.services.settings.default_max_tokens)
         if amount is None:
-            raise ProxyError(
-                403,
-                f"model {model!r} has no price Stockyard can count for this request (none in the price table, "
-                "or one in a unit its answer does not report), so the budget per end user cannot be "
-                f"enforced; an operator can add one with `stockyard prices set {model} …`",
-                param="model",
-                code="model_not_priced",
-            )
+            raise unpriced_refusal(model, "per end user")
         budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
         try:
             ctx.state["userlimits.budget"] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
