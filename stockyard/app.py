@@ -195,11 +195,17 @@ class App:
         self._watcher = threading.Thread(target=self._watch_config, name="stockyard-config", daemon=True)
         self._watcher.start()
 
-    def budgeted(self, ctx: RequestContext) -> bool:
-        """Whether a budget counts this key's batches (the budget module runs for it and a key or
-        project budget applies)."""
+    def _batch_budgets(self, ctx: RequestContext) -> list[Budget]:
+        """The budgets that count this key's batches: its own and its project's, where the budget
+        module runs for the key (none without a key)."""
         key = ctx.key
-        return key is not None and self._chain.runs("budget", ctx) and bool(budgets_for(key, self._project_budgets))
+        if key is None or not self._chain.runs("budget", ctx):
+            return []
+        return budgets_for(key, self._project_budgets)
+
+    def budgeted(self, ctx: RequestContext) -> bool:
+        """Whether a budget counts this key's batches."""
+        return bool(self._batch_budgets(ctx))
 
     def check_batch_budget(self, ctx: RequestContext, worst: int | None) -> BatchHold:
         """A key (or its project) whose budget is used up starts no batch (429), nor one naming a
@@ -209,10 +215,7 @@ class App:
         returned hold keeps the worst case reserved until ``release()`` (once the new batch is
         recorded with ``held_uc``, or refused), so batches started together are counted together.
         Not when the budget module is off for the key."""
-        key = ctx.key
-        if key is None or not self._chain.runs("budget", ctx):
-            return BatchHold(0, lambda: None)
-        budgets = budgets_for(key, self._project_budgets)
+        budgets = self._batch_budgets(ctx)
         if budgets and worst is None:
             raise ProxyError(
                 403,
