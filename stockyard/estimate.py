@@ -20,7 +20,7 @@ edge (``limits.check_request_numbers``): they are whole numbers in range, or abs
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
@@ -218,15 +218,29 @@ def unbounded_server_tools(body: Any) -> str | None:
         return None
     if body.get("mcp_servers"):
         return "mcp_servers: what the MCP servers return is billed as input, and nothing bounds it"
-    tools = body.get("tools")
-    for tool in tools if isinstance(tools, list) else ():
-        kind = str(tool.get("type", "")) if isinstance(tool, dict) else ""
+    for kind, tool in _server_tools(body, ("code_execution", "web_fetch")):
         if kind.startswith("code_execution"):
             return f"tools: {kind[:60]!r} is billed per container hour, which no usage reports"
-        if kind.startswith("web_fetch") and not all(
-            type(tool.get(name)) is int and tool[name] > 0 for name in ("max_uses", "max_content_tokens")
-        ):
+        if _fetch_bounds(tool) is None:
             return f"tools: {kind[:60]!r} without max_uses and max_content_tokens fetches pages of any size as input"
+    return None
+
+
+def _server_tools(body: dict, prefixes: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    """(type, tool) of each tool in the body whose ``type`` starts with one of ``prefixes``."""
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict):
+            kind = str(tool.get("type", ""))
+            if kind.startswith(prefixes):
+                yield kind, tool
+
+
+def _fetch_bounds(tool: dict) -> tuple[int, int] | None:
+    """A web fetch tool's (``max_uses``, ``max_content_tokens``), each a positive whole number, or None."""
+    uses, size = tool.get("max_uses"), tool.get("max_content_tokens")
+    if type(uses) is int and type(size) is int and uses > 0 and size > 0:
+        return uses, size
     return None
 
 
@@ -234,13 +248,11 @@ def fetched_tokens(body: dict) -> int:
     """Input tokens a request's web fetch tools may bring in: ``max_uses`` pages of at most
     ``max_content_tokens`` each (a tool without both is refused under a budget:
     :func:`unbounded_server_tools`)."""
-    tools = body.get("tools")
     found = 0
-    for tool in tools if isinstance(tools, list) else ():
-        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_fetch"):
-            uses, size = tool.get("max_uses"), tool.get("max_content_tokens")
-            if type(uses) is int and type(size) is int and uses > 0 and size > 0:
-                found += min(uses, MAX_FETCHES) * min(size, MAX_FETCH_TOKENS)
+    for _kind, tool in _server_tools(body, ("web_fetch",)):
+        bounds = _fetch_bounds(tool)
+        if bounds is not None:
+            found += min(bounds[0], MAX_FETCHES) * min(bounds[1], MAX_FETCH_TOKENS)
     return found
 
 
@@ -248,14 +260,10 @@ def web_searches(body: dict) -> int:
     """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
     ``web_search_*``), else :data:`WEB_SEARCHES_UNCAPPED` (also OpenAI's ``web_search``, whose
     per-call fee is held but not billed here: its usage does not report its searches)."""
-    tools = body.get("tools")
-    if not isinstance(tools, list):
-        return 0
     found = 0
-    for tool in tools:
-        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
-            uses = tool.get("max_uses")
-            found += uses if type(uses) is int and uses > 0 else WEB_SEARCHES_UNCAPPED
+    for _kind, tool in _server_tools(body, ("web_search",)):
+        uses = tool.get("max_uses")
+        found += uses if type(uses) is int and uses > 0 else WEB_SEARCHES_UNCAPPED
     return found
 
 
