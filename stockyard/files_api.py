@@ -310,6 +310,8 @@ class ProviderCalls:
     trace row costing 0. Subclasses say where an object lives (``_target``) and with which
     headers (``_headers``)."""
 
+    ownership: Ownership  # set by each subclass: who owns the objects it creates
+
     def __init__(self, path: RequestPath) -> None:
         self._path = path
 
@@ -434,13 +436,22 @@ class ProviderCalls:
         except ValueError:
             return answer, None
 
-    def _create_upstream(self, ctx: RequestContext, provider: Provider, rest: str, body: bytes) -> tuple[Answer, Any]:
-        """A batch create: ``_call``, but when no answer came back (a timeout, a broken connection)
-        the batch may exist at the provider, unseen here: the client is told not to retry
-        (``x-should-retry: false``, which the SDKs obey; a retry would start a second batch) and the
-        server log says so."""
+    def _create_upstream(
+        self, ctx: RequestContext, provider: Provider, rest: str, body: bytes, kind: str, hold: BatchHold
+    ) -> tuple[Answer, dict | None]:
+        """Create a batch at the provider and record it as this key's, with what it holds
+        (``hold.held_uc``), then release the hold's reservation (the batch's row holds it from
+        then on). Returns the answer and the new batch, or None when none was created.
+
+        When no answer came back (a timeout, a broken connection) the batch may exist at the
+        provider, unseen here: the client is told not to retry (``x-should-retry: false``, which
+        the SDKs obey; a retry would start a second batch) and the server log says so."""
         try:
-            return self._call(ctx, provider, "POST", rest, body)
+            answer, doc = self._call(ctx, provider, "POST", rest, body)
+            if answer.status >= 300 or not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+                return answer, None
+            self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold.held_uc)
+            return answer, doc
         except ProxyError as exc:
             if exc.status in (502, 504):
                 exc.headers["x-should-retry"] = "false"
@@ -451,6 +462,8 @@ class ProviderCalls:
                     exc.code,
                 )
             raise
+        finally:
+            hold.release()
 
     def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
         """The provider's answer to the client (its errors passed through); a success costs 0."""
@@ -751,14 +764,9 @@ class FilesAPI(ProviderCalls):
         provider = self._provider_named(owned.provider)
         self._check_budget(ctx, 0)  # used up: refused before the file is read
         hold = self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
-        try:
-            answer, doc = self._create_upstream(ctx, provider, "/batches", raw)
-            if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                self.ownership.claim(doc["id"], "batch", owner_of(ctx), provider.name, hold.held_uc)
-        finally:
-            hold.release()  # the batch's own row holds it from here on
-        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self._see_batch(ctx, provider, doc)
+        answer, batch = self._create_upstream(ctx, provider, "/batches", raw, "batch", hold)
+        if batch is not None:
+            self._see_batch(ctx, provider, batch)
         self._send(reply, ctx, answer)
 
     def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> int | None:

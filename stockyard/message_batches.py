@@ -221,15 +221,10 @@ class MessageBatches(ProviderCalls):
         self._check_budget(ctx, 0)  # used up: 429 first, as for OpenAI batches
         hold = self._check_budget(ctx, worst)
         sent = json.dumps(body, ensure_ascii=False).encode() if changed else raw
-        try:
-            answer, doc = self._create_upstream(ctx, provider, UPSTREAM, sent)
-            if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name, hold.held_uc)
-        finally:
-            hold.release()  # the batch's own row holds it from here on
-        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self._see(ctx, provider, doc)
-            self._show(ctx, answer, doc)
+        answer, batch = self._create_upstream(ctx, provider, UPSTREAM, sent, KIND, hold)
+        if batch is not None:
+            self._see(ctx, provider, batch)
+            self._show(ctx, answer, batch)
         self._send(reply, ctx, answer)
 
     @staticmethod
