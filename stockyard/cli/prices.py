@@ -68,17 +68,19 @@ def list_(args: argparse.Namespace) -> int:
     if args.json:
         print_json_lines(rows)
         return 0
+
+    def columns(rates: dict) -> dict:  # a row's USD columns from a price's usd_per_1m
+        return {f"{k}_usd": v for k, v in rates["usd_per_1m"].items()}
+
     shown = []
     for r in rows:
-        shown.append({**r, **{f"{k}_usd": v for k, v in r["usd_per_1m"].items()}})
+        shown.append({**r, **columns(r)})
         tier = r["long_context"]
         if tier:  # the rates of a request whose prompt is above the threshold, on a row of their own
-            rates = {f"{k}_usd": v for k, v in tier["usd_per_1m"].items()}
-            shown.append({**r, **rates, "model": f"  prompt > {tier['above']:,} tokens"})
+            shown.append({**r, **columns(tier), "model": f"  prompt > {tier['above']:,} tokens"})
         change = r["changes"]
         if change:  # a dated change still to come, on a row of its own
-            rates = {f"{k}_usd": v for k, v in change["usd_per_1m"].items()}
-            shown.append({**r, **rates, "model": f"  from {change['on']}"})
+            shown.append({**r, **columns(change), "model": f"  from {change['on']}"})
     print_table(
         shown,
         [
