@@ -10,6 +10,7 @@ import atexit
 import fcntl
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -106,6 +107,24 @@ def database(request, tmp_path):
     if request.param == "sqlite":
         return SqliteBackend(tmp_path / "stockyard.db")
     return PostgresBackend(parse_postgres(request.getfixturevalue("pg_url"), {}))
+
+
+@pytest.fixture(params=["sqlite", "postgresql in en_US-like order"])
+def collated_conn(request, tmp_path):
+    """A migrated connection on each store, PostgreSQL's database ordering text by ICU ('und',
+    'a-x' before 'B-x'), not by bytes as SQLite does: for tests of what lists in which order."""
+    from stockyard.dburl import parse_postgres
+    from stockyard.store import db
+    from stockyard.store.backends import PostgresBackend
+
+    if request.param == "sqlite":
+        conn = db.connect(tmp_path / "collated.db")
+    else:
+        url = request.getfixturevalue("pg_cluster").database(icu_locale="und")
+        conn = PostgresBackend(parse_postgres(url, {})).connect()
+    db.migrate(conn)
+    yield conn
+    conn.close()
 
 
 # STOCKYARD_TEST_STORE=postgresql runs the server tests on PostgreSQL: each database file a test
@@ -211,6 +230,14 @@ class ServerProcess:
                 return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
         except urllib.error.HTTPError as err:
             return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    def metric(self, name: str) -> float:
+        """The value of the unlabelled metric ``stockyard_<name>`` in /metrics now."""
+        status, _, text = self.request("GET", "/metrics")
+        assert status == 200
+        found = re.search(rb"^stockyard_%s (\S+)$" % name.encode(), text, re.M)
+        assert found, name
+        return float(found.group(1))
 
     def db_rows(self, sql: str, args: tuple = ()) -> list[dict]:
         conn = open_database(self.db)

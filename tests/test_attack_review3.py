@@ -58,14 +58,6 @@ def raw_request(method: str, path: str, key: str, body: bytes = b"", headers: li
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    status, _, text = server.request("GET", "/metrics")
-    assert status == 200
-    found = re.search(rb"^stockyard_%s (\S+)$" % name.encode(), text, re.M)
-    assert found, name
-    return float(found.group(1))
-
-
 def call(server: ServerProcess, who: str, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, dict]:
     status, headers, raw = server.request(
         method, path, raw=body, headers={"Authorization": f"Bearer {server.keys[who]}"}
@@ -94,7 +86,7 @@ def test_a_throttled_keys_refusals_write_a_bounded_number_of_rows_and_are_all_co
     counted), like refusals without a key."""
     key_id = server.key_ids["flood"]
     sent, got = 400, []
-    before = metric(server, "key_refusals_unrecorded_total")
+    before = server.metric("key_refusals_unrecorded_total")
     started = time.monotonic()
     with connect(server) as sock:
         for i in range(sent):
@@ -115,7 +107,7 @@ def test_a_throttled_keys_refusals_write_a_bounded_number_of_rows_and_are_all_co
     # What is traced keeps its audit value: who was refused, why, for which user and tags.
     assert all(t["error_type"] == "rate_limit_exceeded" and t["end_user"] and len(json.loads(t["tags"])) == 16
                for t in refusals)  # fmt: skip
-    assert metric(server, "key_refusals_unrecorded_total") - before == sent - 3 - len(refusals)
+    assert server.metric("key_refusals_unrecorded_total") - before == sent - 3 - len(refusals)
     # Rollups: the three answered requests' users and tags; the refusals counted per day and key only.
     assert len(server.db_rows("SELECT * FROM rollups_tags")) == 3 * 16
     users = server.db_rows("SELECT end_user FROM rollups_users WHERE key_id = ?", (key_id,))

@@ -393,28 +393,17 @@ def test_budget_exhausted_is_told_once_per_period_across_processes_and_restarts(
     assert told == [("budget.exhausted", "2026-12-03"), ("budget.exhausted", "2026-12-04")]
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql in en_US-like order"])
-def test_projects_are_listed_in_byte_order_on_each_store(store, tmp_path, request):
+def test_projects_are_listed_in_byte_order_on_each_store(collated_conn):
     """Was: the project list and the configuration export ordered names with ORDER BY, so by
     the database's collation on PostgreSQL ('a-web' before 'B-web' in ICU or en_US) and by
     bytes on SQLite: the same projects listed in another order on each store."""
     from stockyard import configfile
     from stockyard.operations.keys import list_projects
-    from stockyard.store import db
 
-    if store == "sqlite":
-        conn = db.connect(tmp_path / "p.db")
-    else:
-        from stockyard.dburl import parse_postgres
-        from stockyard.store.backends import PostgresBackend
-
-        url = request.getfixturevalue("pg_cluster").database(icu_locale="und")
-        conn = PostgresBackend(parse_postgres(url, {})).connect()
-    db.migrate(conn)
+    conn = collated_conn
     for name in ("c-web", "a-web", "B-web"):
         conn.execute(
             "INSERT INTO project_budgets (project, budget_uc, period, updated_at) VALUES (?, 100, 'day', 'x')", (name,)
         )
     assert [p["project"] for p in list_projects(conn)] == ["B-web", "a-web", "c-web"]
     assert list(configfile.current(conn).projects) == ["B-web", "a-web", "c-web"]
-    conn.close()

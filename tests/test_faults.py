@@ -31,11 +31,6 @@ def rss_kb(pid: int) -> int:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
-def metric(srv: ServerProcess, name: str) -> float:
-    _, _, body = srv.request("GET", "/metrics")
-    return float(re.search(rf"^stockyard_{name} (\S+)$".encode(), body, re.M).group(1))
-
-
 # -- crash ----------------------------------------------------------------------------------------
 
 
@@ -54,7 +49,7 @@ def test_kill_9_under_load_loses_nothing_committed(pyz_path, cache_home, mock, t
     srv = ServerProcess(pyz_path, path, env).start()
     with Load(srv.port, threads=16) as load:
         wait_for(lambda: len(load.answered) >= 600, 30, "load")
-        answered_then, queued = len(load.answered), metric(srv, "writer_queue_depth")
+        answered_then, queued = len(load.answered), srv.metric("writer_queue_depth")
         committed = {r["id"] for r in srv.db_rows("SELECT id FROM traces")}  # read while the writer writes
         srv.proc.kill()
         srv.proc.wait(10)
@@ -109,10 +104,10 @@ def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cac
             status, _, body = srv.request("GET", "/readyz")
             assert status == 503 and "not writable" in json.loads(body)["database"]
             assert srv.request("GET", "/healthz")[0] == 200
-            assert metric(srv, "database_writable") == 0
-            dropped = metric(srv, "records_dropped_total")
+            assert srv.metric("database_writable") == 0
+            dropped = srv.metric("records_dropped_total")
             assert dropped >= len(load.answered) * 0.9
-            assert metric(srv, "writer_queue_depth") <= metric(srv, "writer_queue_capacity")
+            assert srv.metric("writer_queue_depth") <= srv.metric("writer_queue_capacity")
             growth_mb = (rss_kb(pid) - rss_before) / 1024
             assert growth_mb < 40, f"memory grew {growth_mb:.0f} MB while records were dropped"
             failures_logged = srv.log.count("database write failed")
@@ -123,7 +118,7 @@ def test_unwritable_database_keeps_serving_reports_it_and_recovers(pyz_path, cac
         wait_for(lambda: srv.request("GET", "/readyz")[0] == 200, 15, "ready again once space returns")
         status, headers, _ = srv.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO})
         assert status == 200 and srv.trace(headers["x-stockyard-trace-id"])
-        assert metric(srv, "database_writable") == 1
+        assert srv.metric("database_writable") == 1
         wait_for(lambda: "database writable again" in srv.log, 5, "recovery logged")
         stored_after = len(srv.db_rows("SELECT id FROM traces"))
         print(

@@ -47,14 +47,6 @@ def raw_post(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    status, _, text = server.request("GET", "/metrics")
-    assert status == 200
-    found = re.search(rb"^stockyard_%s (\S+)$" % name.encode(), text, re.M)
-    assert found, name
-    return float(found.group(1))
-
-
 # -- a server that requires client keys --------------------------------------------------------
 
 
@@ -158,7 +150,7 @@ def test_a_model_name_longer_than_any_real_one_is_a_400(keyed):
 def test_refusals_are_traced_at_a_bounded_rate_per_address_and_all_counted(keyed):
     """Was: every refused request wrote a trace row (with its body): a disk filler."""
     sent = 80
-    before = metric(keyed, "refusals_unrecorded_total")
+    before = keyed.metric("refusals_unrecorded_total")
     started = time.monotonic()
     with connect(keyed, source="127.0.0.9") as sock:
         for _ in range(sent):
@@ -172,7 +164,7 @@ def test_refusals_are_traced_at_a_bounded_rate_per_address_and_all_counted(keyed
     keyed.trace(headers["x-stockyard-trace-id"])
     traced = keyed.db_rows("SELECT COUNT(*) AS n FROM traces WHERE client_addr = '127.0.0.9'")[0]["n"]
     assert 1 <= traced <= 20 + 5 * elapsed + 1, (traced, elapsed)
-    assert metric(keyed, "refusals_unrecorded_total") - before == sent - traced
+    assert keyed.metric("refusals_unrecorded_total") - before == sent - traced
 
 
 # -- Host and Origin -------------------------------------------------------------------------
@@ -378,7 +370,7 @@ def test_connections_beyond_the_cap_get_a_fast_503(pyz_path, cache_home, mock, t
         while held:
             held.pop().close()
         wait_for(lambda: _healthy(srv), 10, "the held connections to end")
-        assert metric(srv, "connections_refused_total") >= 1
+        assert srv.metric("connections_refused_total") >= 1
     finally:
         for sock in held:
             sock.close()
@@ -408,7 +400,7 @@ def test_loopback_is_not_held_to_a_senders_share(pyz_path, cache_home, mock, tmp
     held = [connect(srv) for _ in range(4)]
     try:
         assert _healthy(srv)  # the fifth from 127.0.0.1
-        assert metric(srv, "connections_refused_total") == 0
+        assert srv.metric("connections_refused_total") == 0
     finally:
         for sock in held:
             sock.close()

@@ -145,6 +145,18 @@ def test_a_translation_without_usage_costs_unknown(client, server, mock):
     assert (trace["cost_uc"], trace["cost_status"]) == (None, "unknown")  # never guessed
 
 
+def budget_key(server: ServerProcess, prefix: str) -> dict:
+    """A new client key under a $0.05 day budget (the admin API's answer: ``key``, ``id``)."""
+    status, made = admin(
+        server,
+        "POST",
+        "/api/keys",
+        {"name": f"{prefix}-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"},
+    )
+    assert status == 201, made
+    return made
+
+
 def budgeted(server: ServerProcess, key: str, who: str) -> tuple[OpenAI, str | None]:
     """A client under a $0.05 day budget: its own key's, or an end user's (on the plain key), and
     the key id whose traces carry its spend."""
@@ -152,13 +164,7 @@ def budgeted(server: ServerProcess, key: str, who: str) -> tuple[OpenAI, str | N
         return OpenAI(
             base_url=server.url + "/v1", api_key=key, max_retries=0, default_headers={"x-stockyard-user": "eve"}
         ), None
-    status, made = admin(
-        server,
-        "POST",
-        "/api/keys",
-        {"name": f"audio-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"},
-    )
-    assert status == 201, made
+    made = budget_key(server, "audio")
     return OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0), made["id"]
 
 
@@ -288,13 +294,7 @@ def test_a_form_naming_a_field_twice_is_refused_before_any_check(server, mock, p
     """Was: a repeated field became a list, which the budget's reading of the form skipped (``n``
     counted as 1, ``response_format`` as json), while every part went upstream: a $0.05 key had
     ten 256x256 edits (up to $0.16) for the price of one, and text transcripts uncounted."""
-    status, made = admin(
-        server,
-        "POST",
-        "/api/keys",
-        {"name": f"form-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"},
-    )
-    assert status == 201, made
+    made = budget_key(server, "form")
     mock.clear()
     status, answer = post_form(server, made["key"], path, *parts)
     assert status == 400, answer
@@ -312,10 +312,7 @@ def test_a_form_naming_a_field_twice_is_refused_before_any_check(server, mock, p
 def test_a_form_n_that_is_not_plain_digits_in_range_is_a_400(server, mock, n):
     """Was: the budget counted a form's ``n`` only when it was digits (``+10``, ``10.0`` held one
     image, which a provider may read as ten), and ``²`` (a digit to Python, not to ``int``) was a 500."""
-    status, made = admin(
-        server, "POST", "/api/keys", {"name": f"n-{time.monotonic_ns()}", "budget_usd": "0.05", "budget_period": "day"}
-    )
-    assert status == 201, made
+    made = budget_key(server, "n")
     mock.clear()
     status, answer = post_form(
         server, made["key"], "/v1/images/edits", ("model", b"dall-e-2", None), ("n", n.encode(), None), PNG

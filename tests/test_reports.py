@@ -281,20 +281,11 @@ def test_the_api_and_cli_keep_the_top_groups(server):
     assert "(other)" in table and "TOTAL" in table
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql in en_US-like order"])
-def test_ties_are_listed_and_kept_in_byte_order_on_each_store(store, tmp_path, request):
+def test_ties_are_listed_and_kept_in_byte_order_on_each_store(collated_conn):
     """Was: PostgreSQL ordered names by its collation ('a-user' before 'B-user' in ICU or en_US),
     SQLite by bytes ('B-user' first), so the same spend listed its ties in another order and a
     top=1 report kept another user on each store."""
-    if store == "sqlite":
-        conn = db.connect(tmp_path / "r.db")
-    else:
-        from stockyard.dburl import parse_postgres
-        from stockyard.store.backends import PostgresBackend
-
-        url = request.getfixturevalue("pg_cluster").database(icu_locale="und")
-        conn = PostgresBackend(parse_postgres(url, {})).connect()
-    db.migrate(conn)
+    conn = collated_conn
     conn.execute("BEGIN IMMEDIATE")
     for i, (user, cost) in enumerate([("a-user", 50), ("B-user", 50), ("c-user", 10), ("B-user", 0)]):
         sample_trace(NOW_MS - i, body=None, end_user=user, key_id="k", model="m", cost_uc=cost).write(conn)
@@ -302,4 +293,3 @@ def test_ties_are_listed_and_kept_in_byte_order_on_each_store(store, tmp_path, r
     assert [r["user"] for r in costs.report(conn, "user")["rows"]] == ["B-user", "a-user", "c-user"]
     assert [r["user"] for r in costs.report(conn, "user", top=1)["rows"]] == ["B-user", costs.OTHER]
     assert [r["user"] for r in costs.report(conn, "day,user")["rows"]] == ["B-user", "a-user", "c-user"]
-    conn.close()
