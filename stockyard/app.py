@@ -24,10 +24,10 @@ from .budgets import (
     Budget,
     BudgetExceeded,
     BudgetRecords,
-    Hold,
     Ledger,
     budgets_for,
     load_project_budgets,
+    owner_scopes,
     scopes_of,
     seconds_left,
 )
@@ -152,7 +152,7 @@ class App:
             route=RouteStep(self.registry, self.models),
         )
         self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber, settings.max_body_bytes)
-        self.ownership = ownership = Ownership(self.store)
+        self.ownership = ownership = Ownership(self.store, self.batch_spend)
         self.path = RequestPath(
             settings,
             self.gate,
@@ -166,19 +166,16 @@ class App:
             StreamRelay(),
             ownership.check_references,
         )
-        self.batch_costs = BatchCosts(
-            self.path,
-            self.store,
-            self.metrics,
-            lambda key, cost, ts_ms: self.ledger.settle(None, cost, scopes_of(key), ts_ms),
-        )
+        self.batch_costs = BatchCosts(self.path, self.store, self.metrics, self.batch_spend)
         self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
         self.message_batches = MessageBatches(
             self.path, ownership, self.models, self.batch_costs, self.check_batch_budget, self.budgeted
         )
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
         looks = {"batch": self.files.look_at_batch, message_batches.KIND: self.message_batches.look_at_batch}
-        self.batch_watch = BatchWatch(self.store, looks, self.registry, ring, settings.batch_poll_s)
+        self.batch_watch = BatchWatch(
+            self.store, looks, self.registry, ring, settings.batch_poll_s, ownership.expire_holds
+        )
         self._key_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._config_version = -1
@@ -210,11 +207,13 @@ class App:
     def check_batch_budget(self, ctx: RequestContext, worst: int | None) -> BatchHold:
         """A key (or its project) whose budget is used up starts no batch (429), nor one naming a
         model without a price (403 ``model_not_priced``; ``worst`` None), nor one whose worst case
-        (``worst``, µ¢) does not fit beside what is spent, what requests in flight hold and what
-        every unbilled batch of the key (of its project, for the project's budget) holds. The
-        returned hold keeps the worst case reserved until ``release()`` (once the new batch is
-        recorded with ``held_uc``, or refused), so batches started together are counted together.
-        Not when the budget module is off for the key."""
+        (``worst``, µ¢) does not fit beside what is spent and what requests in flight hold.
+
+        The worst case is reserved now; ``end(True)``, once the new batch is recorded with it
+        (``held_uc``), makes it spend — so every request and batch after it sees it, across
+        restarts too (``budgets.ledger_spend_uc``) — until the batch is billed, when its real cost
+        replaces it (:meth:`batch_spend`). ``end(False)`` gives the reservation back. Not when the
+        budget module is off for the key."""
         budgets = self._batch_budgets(ctx)
         if budgets and worst is None:
             raise ProxyError(
@@ -225,27 +224,20 @@ class App:
                 code="model_not_priced",
             )
         if budgets and worst:
-            holds: list[Hold] = []
-
-            def release() -> None:
-                for hold in holds:
-                    self.ledger.settle(hold, 0, (), ctx.ts_ms)  # the batch is billed when it ends
-
             try:
-                for budget in budgets:  # each beside its own scope's unbilled batches
-                    # Reserved first, read after: a batch another request records meanwhile is in
-                    # the holds read, or its reservation was still in the ledger when ours was made.
-                    holds.append(self.ledger.reserve([budget], worst, ctx.ts_ms))
-                    held = self.ownership.batch_holds(budget.scope)
-                    if held:
-                        self.ledger.settle(self.ledger.reserve([budget], held, ctx.ts_ms), 0, (), ctx.ts_ms)
+                hold = self.ledger.reserve(budgets, worst, ctx.ts_ms)
             except BudgetExceeded as exc:
-                release()
                 raise exc.error() from None
-            return BatchHold(worst, release)
+            key = ctx.key
+
+            def end(created: bool) -> None:
+                scopes = scopes_of(key) if created else ()
+                self.ledger.settle(hold, worst if created else 0, scopes, ctx.ts_ms)
+
+            return BatchHold(worst, end)
         used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
         if used_up is None:
-            return BatchHold(0, lambda: None)
+            return BatchHold(0, lambda created: None)
         budget, spent = used_up.budget, used_up.spent
         headers = {"Retry-After": "1"}  # only requests in flight hold the rest
         if spent >= budget.limit_uc:
@@ -259,6 +251,14 @@ class App:
             type="budget_exceeded",
             headers=headers,
         )
+
+    def batch_spend(self, key_id: str, change: int, ts_ms: int) -> None:
+        """A change (µ¢) to what a key's batch counts against its and its project's budgets: its
+        cost minus its hold when it is billed; minus its hold when it is deleted unbilled or the
+        batch watch stops looking at it."""
+        if change and key_id:
+            key = self.gate.ring.by_id(key_id)
+            self.ledger.settle(None, change, scopes_of(key) if key else owner_scopes(key_id, None), ts_ms)
 
     def _record_start(self) -> None:
         """Audit migrations and the start; a log keyed with another secret must not stop serving.

@@ -8,7 +8,8 @@ read from the provider as a stream, line by line (OpenAI: the output file, each 
 ``message.usage``: :class:`BatchOutput` says which); each line is priced at its model's normal
 price times ``BATCH_PRICE``, and the sum becomes one trace row under the owner's key
 (``batches.usage`` or ``message_batches.usage``; tokens summed, cost exact; any line of a model
-without a price makes the cost unknown) — so cost reports and budgets see it.
+without a price makes the cost unknown) — so cost reports and budgets see it. Against its
+owner's budgets that cost replaces the worst case the batch held since it started.
 
 Nobody has to look: :class:`BatchWatch` retrieves the unbilled batches every
 ``STOCKYARD_BATCH_POLL`` (10 minutes by default) on their owners' behalf, so a batch started
@@ -31,8 +32,8 @@ from typing import Callable, Mapping
 
 from .context import RequestContext
 from .errors import OPENAI
-from .files_api import BATCH_PRICE, lines_of, mark_billed, upstream_path
-from .keys import KeyRecord, KeyRing
+from .files_api import BATCH_PRICE, BatchSpend, lines_of, mark_billed, upstream_path
+from .keys import KeyRing
 from .metrics import Metrics
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
 from .providers import Provider, Registry
@@ -46,7 +47,6 @@ log = logging.getLogger("stockyard.batches")
 
 WATCH_DAYS = 30  # batches older than this are no longer looked at (a batch ends within 24 hours)
 MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
-Settle = Callable[[KeyRecord, int, int], None]  # (owner key, cost µ¢, ts ms): the budget ledger learns it
 Look = Callable[[RequestContext, Provider, str], "str | None"]  # retrieve a batch for its owner: its status
 
 
@@ -146,7 +146,7 @@ def openai_output(provider: Provider, batch: dict) -> BatchOutput:
 class BatchCosts:
     """Records each ended batch's cost once, reading its results in the background."""
 
-    def __init__(self, path: RequestPath, store: Store, metrics: Metrics, settle: Settle) -> None:
+    def __init__(self, path: RequestPath, store: Store, metrics: Metrics, settle: BatchSpend) -> None:
         self._path = path
         self._store = store
         self._metrics = metrics
@@ -219,17 +219,18 @@ class BatchCosts:
         settings = self._path.settings
         row = trace_row_from(ctx, store_bodies=settings.store_bodies, cap=settings.body_cap_bytes)
 
-        def job(conn) -> bool:
-            if not mark_billed(conn, output.batch_id, output.kind):
-                return False
-            row.write(conn)
-            return True
+        def job(conn) -> int | None:
+            held = mark_billed(conn, output.batch_id, output.kind)
+            if held is not None:
+                row.write(conn)
+            return held
 
-        if not self._store.write(job):
+        held = self._store.write(job)
+        if held is None:
             return
         self._metrics.observe_request(ctx)
-        if ctx.key is not None and a.cost_uc:
-            self._settle(ctx.key, a.cost_uc, ctx.ts_ms)
+        if ctx.key_id:  # its cost replaces what it held
+            self._settle(ctx.key_id, (a.cost_uc or 0) - held, ctx.ts_ms)
         log.info(
             "batch %s: %d lines, %d+%d tokens, recorded under trace %s",
             output.batch_id,
@@ -252,8 +253,10 @@ class BatchWatch:
         registry: Callable[[], Registry],
         keys: Callable[[], KeyRing],
         every_s: float,
+        expire_holds: Callable[[int], int] = lambda before_ms: 0,
     ) -> None:
         self._store = store
+        self._expire_holds = expire_holds
         self._looks = looks
         self._registry = registry
         self._keys = keys
@@ -277,8 +280,10 @@ class BatchWatch:
                 log.warning("batch watch: a pass failed: %s: %s", type(exc).__name__, exc)
 
     def look(self) -> int:
-        """One pass over the unbilled batches: how many were retrieved."""
+        """One pass over the unbilled batches: how many were retrieved. Those it no longer looks
+        at give back what they held (``Ownership.expire_holds``)."""
         since = int((time.time() - WATCH_DAYS * 86400) * 1000)
+        self._expire_holds(since)
         rows = (
             self._store.read()
             .execute(

@@ -98,6 +98,26 @@ def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -
     return int(conn.execute(sql, args).fetchone()[0])
 
 
+def batch_held_uc(conn: sqlite3.Connection, scope: str) -> int:
+    """µ¢ held by the unbilled batches of a key (``key:<id>``) or of a project's keys
+    (``project:<name>``): each its worst case, from its start until it is billed, deleted or
+    left by the batch watch (``BatchWatch.expire_holds``). An end user's scope holds none."""
+    kind, _, name = scope.partition(":")
+    if kind not in ("key", "project"):
+        return 0
+    owners = "key_id = ?" if kind == "key" else "key_id IN (SELECT id FROM client_keys WHERE project = ?)"
+    sql = f"SELECT COALESCE(SUM(held_uc), 0) FROM owned_objects WHERE billed = 0 AND held_uc > 0 AND {owners}"
+    return int(conn.execute(sql, (name,)).fetchone()[0])
+
+
+def ledger_spend_uc(conn: sqlite3.Connection, budget: "Budget", period_key: str) -> int:
+    """What a ledger counts as spent in a budget period when it first loads it: the rollups'
+    spend plus what the scope's unbilled batches hold. A batch's worst case counts as spent from
+    its start (``App.check_batch_budget``) until it is billed, which settles its cost minus that
+    hold — so requests cannot spend what a running batch may still cost."""
+    return spent_uc(conn, budget.scope, budget.period, period_key) + batch_held_uc(conn, budget.scope)
+
+
 @dataclass(frozen=True)
 class Budget:
     scope: str  # key:<id> or project:<name>
@@ -417,7 +437,12 @@ def load_project_budgets(conn: sqlite3.Connection) -> dict[str, Budget]:
 
 def scopes_of(key) -> tuple[str, ...]:
     """The ledger scopes a request made with ``key`` (a KeyRecord) belongs to."""
-    return (f"key:{key.id}", f"project:{key.project}") if key.project else (f"key:{key.id}",)
+    return owner_scopes(key.id, key.project)
+
+
+def owner_scopes(key_id: str, project: str | None) -> tuple[str, ...]:
+    """The ledger scopes of the key ``key_id`` in ``project``."""
+    return (f"key:{key_id}", f"project:{project}") if project else (f"key:{key_id}",)
 
 
 def budgets_for(key, projects: Mapping[str, Budget]) -> list[Budget]:
@@ -449,7 +474,7 @@ class BudgetRecords:
 
     def load_spend(self, budget: Budget, period_key: str) -> int:
         """A budget period's spend so far, read by the writer so every queued trace counts."""
-        return self._store.write(lambda conn: spent_uc(conn, budget.scope, budget.period, period_key))
+        return self._store.write(lambda conn: ledger_spend_uc(conn, budget, period_key))
 
     def warn(self, budget: Budget, period_key: str, spent: int, percent: int) -> None:
         """Audit entry + log line, once per budget, period and threshold (restarts included)."""

@@ -40,7 +40,6 @@ from .upstream import UpstreamError, UpstreamResponse
 
 PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]{1,200})(/content|/cancel)?)?$")
 log = logging.getLogger("stockyard.files")
-HOLD_DAYS = 30  # a batch holds its worst case this long at most (the batch watch's horizon, WATCH_DAYS)
 FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
 PROVIDER_HEADER = "x-stockyard-provider"
 OPEN_OWNER = ""  # the one owner in open mode (no client keys)
@@ -206,8 +205,9 @@ class Ownership:
     must see its file.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, spend: "BatchSpend" = lambda key_id, change, ts_ms: None) -> None:
         self._store = store
+        self._spend = spend  # what a batch's hold leaving changes on its owner's budgets
 
     def find(self, object_id: str, kind: str, owner: str) -> Owned | None:
         """The object if ``owner`` made it; None for another key's or an unknown id."""
@@ -247,49 +247,70 @@ class Ownership:
         )
         return {r["id"] for r in rows}
 
-    def claim(self, object_id: str, kind: str, owner: str, provider: str, held_uc: int = 0) -> None:
+    def claim(self, object_id: str, kind: str, owner: str, provider: str, held_uc: int = 0) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds against the owner's
-        budgets until billed); an id already held keeps its first owner."""
+        budgets until billed); False when the id was already held (it keeps its first owner)."""
         now = int(time.time() * 1000)
-        self._store.write(
-            lambda conn: conn.execute(
-                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (object_id, kind, owner, provider, now, held_uc),
+        return self._store.write(
+            lambda conn: (
+                conn.execute(
+                    "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (object_id, kind, owner, provider, now, held_uc),
+                ).rowcount
+                == 1
             )
         )
 
-    def batch_holds(self, scope: str) -> int:
-        """µ¢ held by the unbilled batches of a budget's scope (``key:<id>``, or ``project:<name>``:
-        every key of the project), each its worst case as recorded when it was created — those the
-        batch watch still looks at (``HOLD_DAYS``): a batch never seen to end (its provider removed,
-        its results gone) must not hold a budget for ever."""
-        kind, _, name = scope.partition(":")
-        owners = "key_id = ?" if kind == "key" else "key_id IN (SELECT id FROM client_keys WHERE project = ?)"
-        sql = (
-            "SELECT COALESCE(SUM(held_uc), 0) FROM owned_objects "
-            f"WHERE billed = 0 AND held_uc > 0 AND created_at >= ? AND {owners}"
-        )
-        since = int((time.time() - HOLD_DAYS * 86400) * 1000)
-        return int(self._store.read().execute(sql, (since, name)).fetchone()[0])
-
     def forget(self, object_id: str) -> None:
-        self._store.write(lambda conn: conn.execute("DELETE FROM owned_objects WHERE id = ?", (object_id,)))
+        """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""
+        sql = "DELETE FROM owned_objects WHERE id = ? RETURNING key_id, billed, held_uc"
+        row = self._store.write(lambda conn: conn.execute(sql, (object_id,)).fetchone())
+        if row is not None and not row["billed"] and row["held_uc"]:
+            self._spend(row["key_id"], -int(row["held_uc"]), int(time.time() * 1000))
+
+    def expire_holds(self, before_ms: int) -> int:
+        """Give back the holds of unbilled batches started before ``before_ms`` (the batch watch's
+        horizon: one never seen to end must not hold a budget for ever); how many. Each hold goes
+        once, however many replicas expire at the same time."""
+
+        def job(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            aged = "SELECT id, key_id, held_uc FROM owned_objects WHERE billed = 0 AND held_uc > 0 AND created_at < ?"
+            give_back = "UPDATE owned_objects SET held_uc = 0 WHERE id = ? AND billed = 0 AND held_uc = ?"
+            return [
+                (row["key_id"], int(row["held_uc"]))
+                for row in conn.execute(aged, (before_ms,)).fetchall()
+                if conn.execute(give_back, (row["id"], row["held_uc"])).rowcount == 1  # not another's meanwhile
+            ]
+
+        given = self._store.write(job)
+        now = int(time.time() * 1000)
+        for key_id, amount in given:
+            self._spend(key_id, -amount, now)
+        return len(given)
+
+
+BatchSpend = Callable[[str, int, int], None]  # (owner key id, change µ¢, ts ms): a batch's hold or cost on its budgets
 
 
 @dataclass(frozen=True)
 class BatchHold:
     """A new batch's worst case, reserved against its owner's budgets while it is created: record
-    ``held_uc`` with the batch (``Ownership.claim``), then ``release()`` the reservation."""
+    ``held_uc`` with the batch (``Ownership.claim``), then ``end(True)``: the reservation becomes
+    spend until the batch is billed; ``end(False)`` when no batch was recorded gives it back."""
 
     held_uc: int
-    release: Callable[[], None]
+    end: Callable[[bool], None]
 
 
-def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> bool:
-    """Inside a writer job: True for the one job that first marks the batch (or message batch) billed."""
-    cur = conn.execute("UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0", (batch_id, kind))
-    return cur.rowcount == 1
+def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> int | None:
+    """Inside a writer job: for the one job that first marks the batch (or message batch) billed,
+    what it held (µ¢, 0 for none), which its cost replaces; None for every other."""
+    row = conn.execute(
+        "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0 RETURNING held_uc",
+        (batch_id, kind),
+    ).fetchone()
+    return None if row is None else int(row["held_uc"])
 
 
 # -- the routes -----------------------------------------------------------------------------------
@@ -440,17 +461,18 @@ class ProviderCalls:
         self, ctx: RequestContext, provider: Provider, rest: str, body: bytes, kind: str, hold: BatchHold
     ) -> tuple[Answer, dict | None]:
         """Create a batch at the provider and record it as this key's, with what it holds
-        (``hold.held_uc``), then release the hold's reservation (the batch's row holds it from
-        then on). Returns the answer and the new batch, or None when none was created.
+        (``hold.held_uc``), then end the hold (spent until the batch is billed, or given back
+        when none was recorded). Returns the answer and the new batch, or None when none was created.
 
         When no answer came back (a timeout, a broken connection) the batch may exist at the
         provider, unseen here: the client is told not to retry (``x-should-retry: false``, which
         the SDKs obey; a retry would start a second batch) and the server log says so."""
+        claimed = False
         try:
             answer, doc = self._call(ctx, provider, "POST", rest, body)
             if answer.status >= 300 or not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
                 return answer, None
-            self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold.held_uc)
+            claimed = self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold.held_uc)
             return answer, doc
         except ProxyError as exc:
             if exc.status in (502, 504):
@@ -463,7 +485,7 @@ class ProviderCalls:
                 )
             raise
         finally:
-            hold.release()
+            hold.end(claimed)
 
     def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
         """The provider's answer to the client (its errors passed through); a success costs 0."""

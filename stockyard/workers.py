@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .budgets import Budget, spent_uc
+from .budgets import Budget, ledger_spend_uc
 from .config import Settings
 from .groupstate import StateServer
 from .store import backend_for
@@ -364,13 +364,13 @@ def merge(texts: dict[int, str]) -> str:
 
 
 def spend_loader(backend: SqliteBackend) -> Callable[[Budget, str], int]:
-    """A budget period's spend so far, from the database's rollups (the group's ledger loads
-    each period once, as one server's does after a start)."""
+    """A budget period's spend so far, as one server's ledger loads it (``ledger_spend_uc``: the
+    rollups and the unbilled batches' holds); the group's ledger loads each period once."""
 
     def load(budget: Budget, period_key: str) -> int:
         conn = backend.connect(readonly=True)
         try:
-            return spent_uc(conn, budget.scope, budget.period, period_key)
+            return ledger_spend_uc(conn, budget, period_key)
         finally:
             conn.close()
 

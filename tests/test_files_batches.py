@@ -44,7 +44,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
         ("small", ["--budget-usd", "0.05", "--budget-period", "day"]),
         ("race", ["--budget-usd", "0.05", "--budget-period", "day"]),
-        ("aged", ["--budget-usd", "0.05", "--budget-period", "day"]),
+        ("holder", ["--budget-usd", "0.05", "--budget-period", "day"]),
     ):
         made = srv.cli("keys", "create", "--name", name, *extra)
         assert made.returncode == 0, made.stderr
@@ -338,22 +338,25 @@ def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock)
     assert again.id != first.id
 
 
-def test_a_batch_the_watch_no_longer_looks_at_holds_nothing(server):
-    """A batch never seen to end (its provider removed, its results gone) held its worst case for
-    ever; past the batch watch's 30 days it holds nothing."""
-    aged = client(server, "aged")
-    source = aged.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
-    old = aged.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
-    with pytest.raises(RateLimitError):
-        aged.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
-    conn = open_database(server.db)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE owned_objects SET created_at = created_at - ? WHERE id = ?", (31 * 86_400_000, old.id))
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-    assert aged.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h").id
+def test_a_running_batch_holds_its_worst_case_against_model_calls_too(server, mock):
+    """Was: a batch's hold counted against new batches only: while it ran, the key's model calls
+    could spend the whole budget, and the batch's cost came on top of it."""
+    holder = client(server, "holder")
+    source = holder.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
+    batch = holder.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    hello = [{"role": "user", "content": "hi"}]
+    # ~$0.012 at gpt-4o-mini's output rate: more than the ~$0.01 the ~$0.04 batch leaves of $0.05
+    with pytest.raises(RateLimitError) as err:
+        holder.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=20_000)
+    assert err.value.code == "budget_exceeded"
+    assert holder.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=100).choices
+    assert holder.batches.retrieve(batch.id).status == "completed"  # billed: its cost replaces its hold
+    wait_for(
+        lambda: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (batch.id,))[0]["billed"] == 1,
+        timeout=30,
+        what="the batch billed",
+    )
+    assert holder.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=20_000).choices
 
 
 def test_batches_started_together_are_held_together(server):
