@@ -1,9 +1,9 @@
 """Talking to providers: a keep-alive connection pool per host, timeouts, SSE reading.
 
-A pooled connection can turn out to be stale (the provider closed it while it sat idle);
-that shows as a failure before any byte of the answer arrives, and only then is the
-request sent once more on a fresh connection. Connections go back to the pool only
-when their response was read to the end.
+An idle connection the provider closed is seen before it is used (its end of stream is
+readable) and dropped. One closed in the instant between still fails before any byte of the
+answer arrives, and only then is the request sent once more on a fresh connection.
+Connections go back to the pool only when their response was read to the end.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import http.client
 import re
+import select
 import socket
 import ssl
 import threading
@@ -22,6 +23,15 @@ from urllib.parse import urlsplit
 from .chunked import Dechunker
 from .errors import ProxyError
 from .httphead import Response
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read (its peer closed it, or broke the
+    protocol by sending unasked): not usable for the next request either way."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
 
 _STALE = (
     http.client.RemoteDisconnected,
@@ -402,9 +412,20 @@ class Pool:
         self._tls: ssl.SSLContext | None = None
 
     def _take(self, key: Origin) -> http.client.HTTPConnection | None:
-        with self._lock:
-            idle = self._idle.get(key)
-            return idle.pop()[0] if idle else None
+        """The most recently used idle connection to ``key`` that is still open. One the provider
+        closed meanwhile (idle too long for it) is readable — its end of stream waits there —
+        and is closed here, before a request is written into it (which the provider might read,
+        half-closed, or never: then the request would be sent again on a new connection)."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                if not idle:
+                    return None
+                conn, since = idle.pop()
+            if now - since <= self.idle_max_s and conn.sock is not None and not _readable(conn.sock):
+                return conn
+            conn.close()
 
     def _put(self, key: Origin, conn: http.client.HTTPConnection) -> None:
         now = time.monotonic()

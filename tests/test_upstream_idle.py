@@ -1,0 +1,72 @@
+"""An idle pooled connection the provider closed is not written into: the next request goes on a
+new connection, and the provider never sees it twice (real sockets, a provider of raw HTTP)."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+
+from stockyard.upstream import Pool
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class ClosingProvider:
+    """Answers one request per connection with keep-alive, then closes its sending side (FIN) as
+    a provider does with an idle connection — and keeps reading, to see what comes after."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.after_close: list[bytes] = []  # per connection: bytes received after its FIN was sent
+        self.requests = 0
+        self.closed = threading.Event()  # the first connection's FIN was sent
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.requests += 1
+            conn.sendall(ANSWER)
+            conn.shutdown(socket.SHUT_WR)
+            self.closed.set()
+            rest = b""
+            while chunk := conn.recv(65536):
+                rest += chunk
+            self.after_close.append(rest)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_connection_the_provider_closed_while_idle_is_not_reused() -> None:
+    provider = ClosingProvider()
+    pool = Pool(connect_timeout=5, read_timeout=5)
+    url = f"http://127.0.0.1:{provider.port}"
+    try:
+        first = pool.request(url, "POST", "/v1/chat/completions", {"content-type": "application/json"}, b"{}")
+        assert first.read_all() == b"{}"  # read to the end: back in the pool
+        assert provider.closed.wait(5)
+        ((idle, _),) = pool._idle[next(iter(pool._idle))]
+        assert select.select([idle.sock], [], [], 5)[0], "the FIN reached this side"
+        second = pool.request(url, "POST", "/v1/chat/completions", {"content-type": "application/json"}, b"{}")
+        assert second.read_all() == b"{}"
+        pool.close()
+        assert provider.requests == 2
+        assert provider.after_close[0] == b"", "the second request was written into the closed connection"
+    finally:
+        provider.close()
