@@ -31,7 +31,7 @@ from stockyard.groupstate import RemoteLedger, RemoteRateLimiter, StateClient, S
 from stockyard.modules.ratelimit import RateLimited
 from stockyard.store import Store
 from stockyard.store.backends import SqliteBackend
-from stockyard.workers import merge
+from stockyard.workers import merge, spend_loader
 
 ADMIN = "admin-key-for-worker-tests-0123456789"
 BUDGET_MODEL = {"model": "mock-budget", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -109,6 +109,31 @@ def test_a_dead_workers_holds_go_back_when_the_parent_reaps_it(state, tmp_path):
     assert ledger.usage(budget, TS) == (0, 0)
     ledger.settle(ledger.reserve([budget], 60, TS), 10, ["key:k2"], TS)
     assert ledger.usage(budget, TS) == (10, 0)
+
+
+def test_a_batchs_hold_reaches_the_group_from_its_start_to_its_bill(state, tmp_path):
+    """A batch's worst case is spend from its start (one worker) until it is billed (perhaps by
+    another, as its cost minus the hold); the group's loader counts unbilled holds after a restart."""
+    budget = Budget("key:k4", "key 'k4'", 100, "day")
+    started, billing = (RemoteLedger(StateClient(tmp_path), lambda b, k: 0) for _ in range(2))
+    started.settle(started.reserve([budget], 90, TS), 90, ["key:k4"], TS)
+    with pytest.raises(BudgetExceeded):
+        billing.reserve([budget], 20, TS)
+    billing.settle(None, 5 - 90, ["key:k4"], TS)
+    assert started.usage(budget, TS) == (5, 0)
+    backend = SqliteBackend(tmp_path / "holds.db")
+    backend.open_and_migrate()
+    conn = backend.connect()
+    rows = [("batch_a", "k4", 0, 90), ("batch_b", "k4", 1, 40), ("batch_c", "other", 0, 70)]
+    for batch_id, key_id, billed, held in rows:
+        conn.execute(
+            "INSERT INTO owned_objects (id, kind, key_id, provider, created_at, billed, held_uc) "
+            "VALUES (?, 'batch', ?, 'openai', 0, ?, ?)",
+            (batch_id, key_id, billed, held),
+        )
+    conn.commit()
+    conn.close()
+    assert spend_loader(backend)(budget, "2026-05-28") == 90  # the unbilled one of this key only
 
 
 def test_workers_share_the_parents_rate_windows(state, tmp_path):
