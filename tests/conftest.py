@@ -47,6 +47,25 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         delay = min(delay * 2, 0.1)
 
 
+def admitted_once_billed(server: "ServerProcess", batch_id: str, call: Callable[[], Any], refused: type) -> Any:
+    """``call``'s answer once the batch is billed. The bill is written first and the budget ledger
+    learns it after (on PostgreSQL a statement later), so a call right then may still be refused
+    with ``refused`` (the SDK's RateLimitError): it is made again until admitted."""
+    wait_for(
+        lambda: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (batch_id,))[0]["billed"] == 1,
+        timeout=30,
+        what="the batch billed",
+    )
+
+    def admitted() -> Any:
+        try:
+            return call()
+        except refused:
+            return None
+
+    return wait_for(admitted, timeout=10, what="the call admitted once the bill reached the ledger")
+
+
 def run_folder(tmp_path_factory) -> Path:
     """The temp folder of this test run, shared by all its pytest-xdist workers (each worker's
     own base folder is a child of it); without xdist, the session's base folder."""

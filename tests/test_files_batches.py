@@ -9,10 +9,9 @@ import io
 import json
 import threading
 import time
-from typing import Any, Callable
 
 import pytest
-from conftest import ServerProcess, mock_env, open_database, wait_for
+from conftest import ServerProcess, admitted_once_billed, mock_env, open_database, wait_for
 from mock_upstream import FILES, PROMPT_TOKENS, Reply
 from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
 from rawhttp import connect, read_response, read_until_close
@@ -316,24 +315,6 @@ def capped_batch_input(max_tokens: int) -> bytes:
     return (json.dumps(line) + "\n").encode()
 
 
-def admitted_once_billed(server: ServerProcess, batch_id: str, call: Callable[[], Any]) -> Any:
-    """``call``'s answer once the batch is billed: the bill is written first, then the budget
-    ledger learns it (on PostgreSQL a statement later), so a call right after may still be refused."""
-    wait_for(
-        lambda: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (batch_id,))[0]["billed"] == 1,
-        timeout=30,
-        what="the batch billed",
-    )
-
-    def admitted() -> Any:
-        try:
-            return call()
-        except RateLimitError:
-            return None
-
-    return wait_for(admitted, timeout=10, what="the call admitted once the bill reached the ledger")
-
-
 def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock):
     """Was: a batch's worst case was checked, not held: ten batches of $0.04 each all started under
     a $0.05 budget. Each unbilled batch now holds its worst case beside the next one."""
@@ -352,6 +333,7 @@ def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock)
         server,
         first.id,
         lambda: small.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"),
+        RateLimitError,
     )
     assert again.id != first.id
 
@@ -370,7 +352,10 @@ def test_a_running_batch_holds_its_worst_case_against_model_calls_too(server, mo
     assert holder.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=100).choices
     assert holder.batches.retrieve(batch.id).status == "completed"  # billed: its cost replaces its hold
     answer = admitted_once_billed(
-        server, batch.id, lambda: holder.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=20_000)
+        server,
+        batch.id,
+        lambda: holder.chat.completions.create(model="gpt-4o-mini", messages=hello, max_tokens=20_000),
+        RateLimitError,
     )
     assert answer.choices
 
