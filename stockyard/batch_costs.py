@@ -253,7 +253,7 @@ class BatchWatch:
         registry: Callable[[], Registry],
         keys: Callable[[], KeyRing],
         every_s: float,
-        expire_holds: Callable[[int], int] = lambda before_ms: 0,
+        expire_holds: Callable[[int], int],
     ) -> None:
         self._store = store
         self._expire_holds = expire_holds

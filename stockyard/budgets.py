@@ -101,7 +101,7 @@ def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -
 def batch_held_uc(conn: sqlite3.Connection, scope: str) -> int:
     """µ¢ held by the unbilled batches of a key (``key:<id>``) or of a project's keys
     (``project:<name>``): each its worst case, from its start until it is billed, deleted or
-    left by the batch watch (``BatchWatch.expire_holds``). An end user's scope holds none."""
+    left by the batch watch (``Ownership.expire_holds``). An end user's scope holds none."""
     kind, _, name = scope.partition(":")
     if kind not in ("key", "project"):
         return 0
@@ -110,7 +110,7 @@ def batch_held_uc(conn: sqlite3.Connection, scope: str) -> int:
     return int(conn.execute(sql, (name,)).fetchone()[0])
 
 
-def ledger_spend_uc(conn: sqlite3.Connection, budget: "Budget", period_key: str) -> int:
+def ledger_spend_uc(conn: sqlite3.Connection, budget: Budget, period_key: str) -> int:
     """What a ledger counts as spent in a budget period when it first loads it: the rollups'
     spend plus what the scope's unbilled batches hold. A batch's worst case counts as spent from
     its start (``App.check_batch_budget``) until it is billed, which settles its cost minus that

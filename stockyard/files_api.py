@@ -205,7 +205,7 @@ class Ownership:
     must see its file.
     """
 
-    def __init__(self, store: Store, spend: "BatchSpend" = lambda key_id, change, ts_ms: None) -> None:
+    def __init__(self, store: Store, spend: "BatchSpend") -> None:
         self._store = store
         self._spend = spend  # what a batch's hold leaving changes on its owner's budgets
 

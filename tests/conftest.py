@@ -282,6 +282,12 @@ class ServerProcess:
             timeout=60,
         )
 
+    def create_keys(self, specs: dict[str, list[str]]) -> dict[str, str]:
+        """``keys create --name NAME *ARGS`` for each of ``specs``: each key's secret by name."""
+        made = {name: self.cli("keys", "create", "--name", name, *extra) for name, extra in specs.items()}
+        assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
+        return {name: m.stdout.strip() for name, m in made.items()}
+
 
 def base_env(cache_home: Path) -> dict[str, str]:
     """A clean environment: no provider variables from the developer's shell leak in."""

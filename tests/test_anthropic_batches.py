@@ -38,18 +38,16 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "prices", "set", model, "--input", "3", "--output", "15", "--cached-input", "0.3", "--cache-write", "3.75"
         )
         assert done.returncode == 0, done.stderr
-    keys = {}
-    for name, extra in (
-        ("alice", []),
-        ("bob", []),
-        ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
-        ("tight", ["--budget-usd", "1", "--budget-period", "day"]),
-        ("holder", ["--budget-usd", "1", "--budget-period", "day"]),
-        ("plain-only", ["--models", PLAIN]),
-    ):
-        made = srv.cli("keys", "create", "--name", name, *extra)
-        assert made.returncode == 0, made.stderr
-        keys[name] = made.stdout.strip()
+    keys = srv.create_keys(
+        {
+            "alice": [],
+            "bob": [],
+            "broke": ["--budget-usd", "0", "--budget-period", "day"],
+            "tight": ["--budget-usd", "1", "--budget-period", "day"],
+            "holder": ["--budget-usd", "1", "--budget-period", "day"],
+            "plain-only": ["--models", PLAIN],
+        }
+    )
     srv.start()
     srv.keys = keys
     yield srv

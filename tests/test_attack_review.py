@@ -30,13 +30,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_REQUEST_READ_TIMEOUT="1",  # for the whole request to arrive, not for the answer
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack") / "s.db", env)
-    made = {
-        name: srv.cli("keys", "create", "--name", name, *extra)
-        for name, extra in (("alice", []), ("bob", []), ("mini", ["--models", "gpt-4o-mini"]))
-    }
-    assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
+    keys = srv.create_keys({"alice": [], "bob": [], "mini": ["--models", "gpt-4o-mini"]})
     srv.start()
-    srv.keys = {name: m.stdout.strip() for name, m in made.items()}
+    srv.keys = keys
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log

@@ -45,8 +45,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "tpm": ["--tpm", "20000"],
         "painter": ["--budget-usd", "2", "--budget-period", "day"],
     }
-    made = {name: srv.cli("keys", "create", "--name", name, *extra) for name, extra in keys.items()}
-    assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
+    secrets = srv.create_keys(keys)
     for args in (
         ("modules", "set", "fallback", "retries=0", f"chains={json.dumps(FALLBACK_CHAINS)}"),
         ("modules", "enable", "fallback"),
@@ -70,7 +69,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         done = srv.cli(*args)
         assert done.returncode == 0, done.stderr
     srv.start()
-    srv.keys = {name: m.stdout.strip() for name, m in made.items()}
+    srv.keys = secrets
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log

@@ -36,10 +36,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "tokens-only": ["--tpm", "100"],
         "message-batches": ["--rpm", "2"],
     }
-    made = {name: srv.cli("keys", "create", "--name", name, *extra) for name, extra in keys.items()}
-    assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
+    secrets = srv.create_keys(keys)
     srv.start()
-    srv.keys = {name: m.stdout.strip() for name, m in made.items()}
+    srv.keys = secrets
     srv.key_ids = {r["name"]: r["id"] for r in srv.db_rows("SELECT id, name FROM client_keys")}
     yield srv
     srv.stop()

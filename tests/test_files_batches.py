@@ -35,20 +35,18 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("files") / "stockyard.db", env)
-    keys = {}
-    for name, extra in (
-        ("alice", []),
-        ("bob", []),
-        ("claude-only", ["--models", "claude-*"]),
-        ("mini", ["--models", "gpt-4o-mini"]),
-        ("broke", ["--budget-usd", "0", "--budget-period", "day"]),
-        ("small", ["--budget-usd", "0.05", "--budget-period", "day"]),
-        ("race", ["--budget-usd", "0.05", "--budget-period", "day"]),
-        ("holder", ["--budget-usd", "0.05", "--budget-period", "day"]),
-    ):
-        made = srv.cli("keys", "create", "--name", name, *extra)
-        assert made.returncode == 0, made.stderr
-        keys[name] = made.stdout.strip()
+    keys = srv.create_keys(
+        {
+            "alice": [],
+            "bob": [],
+            "claude-only": ["--models", "claude-*"],
+            "mini": ["--models", "gpt-4o-mini"],
+            "broke": ["--budget-usd", "0", "--budget-period", "day"],
+            "small": ["--budget-usd", "0.05", "--budget-period", "day"],
+            "race": ["--budget-usd", "0.05", "--budget-period", "day"],
+            "holder": ["--budget-usd", "0.05", "--budget-period", "day"],
+        }
+    )
     srv.start()
     srv.keys = keys
     yield srv
