@@ -171,6 +171,18 @@ def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     return any(ip in net for net in trusted)
 
 
+# A path prefix as a reverse proxy names it: segments of RFC 3986 path characters, no dot segments.
+_PREFIX = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
+
+
+def forwarded_prefix(value: str | None) -> str:
+    """The path prefix a trusted reverse proxy serves Stockyard under (``X-Forwarded-Prefix:
+    /llm``), without its trailing slash, for the URLs Stockyard hands out; "" when there is
+    none or it is not a plain path (never a scheme, host, query or dot segment)."""
+    prefix = (value or "").split(",")[0].strip().rstrip("/")
+    return prefix if _PREFIX.fullmatch(prefix) else ""
+
+
 def client_address(peer: str, forwarded_for: list[str] | None, trusted: tuple[Network, ...]) -> str:
     """The address a request came from: the peer's own, unless the peer is a trusted proxy.
 

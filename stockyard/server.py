@@ -32,7 +32,7 @@ from .clientwatch import ClientWatch
 from .context import REFUSED, RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
-from .hosts import client_address, counted_sender, host_allowed, is_trusted, origin_allowed
+from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
@@ -754,18 +754,21 @@ class Handler(BaseHTTPRequestHandler):
             self._trace_note = trace_note(ctx)
 
     def _public_base(self) -> str:
-        """Where the client reached this server, as ``scheme://host`` (the Host was checked): a
-        URL Stockyard hands out (a message batch's ``results_url``). https only when a trusted
-        proxy (STOCKYARD_TRUSTED_PROXIES) says so in X-Forwarded-Proto."""
+        """Where the client reached this server, as ``scheme://host[/prefix]`` (the Host was
+        checked): a URL Stockyard hands out (a message batch's ``results_url``). https and a path
+        prefix only when a trusted proxy (STOCKYARD_TRUSTED_PROXIES) says so in X-Forwarded-Proto
+        and X-Forwarded-Prefix (Stockyard served under ``https://example.com/llm/``)."""
         target = urlsplit(self.path)
         host = target.netloc if target.scheme else (self.headers.get("Host") or "")
         trusted = self.server.app.settings.trusted_proxies
+        believed = bool(trusted) and is_trusted(self.client_address[0], trusted)
         forwarded = (self.headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
-        secure = forwarded == "https" and bool(trusted) and is_trusted(self.client_address[0], trusted)
+        secure = believed and forwarded == "https"
+        prefix = forwarded_prefix(self.headers.get("X-Forwarded-Prefix")) if believed else ""
         if not host:  # HTTP/1.0 may send none: the address and port the client reached
             addr, port = self.connection.getsockname()[:2]
             host = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-        return f"{'https' if secure else 'http'}://{host}"
+        return f"{'https' if secure else 'http'}://{host}{prefix}"
 
     def _gemini_models(self, method: str, path: str, query: str) -> None:
         """Google's model list and model; its errors in Google's shape, on /v1/models too."""

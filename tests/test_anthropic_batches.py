@@ -263,6 +263,44 @@ def test_results_url_without_a_host_header_names_the_address_and_port_reached(se
     assert url == f"http://127.0.0.1:{server.port}/v1/messages/batches/{batch.id}/results"
 
 
+FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/llm/", "X-Forwarded-For": "203.0.113.9"}
+
+
+def results_url_of(srv: ServerProcess, key: str, batch_id: str, headers: dict[str, str]) -> str:
+    """The results_url a retrieve answers (the mock ends a batch when it is retrieved)."""
+    status, _, body = srv.request(
+        "GET", f"/v1/messages/batches/{batch_id}", headers={"x-api-key": key, "anthropic-version": "2023-06-01", **headers}
+    )
+    assert status == 200, body
+    return json.loads(body)["results_url"]
+
+
+def test_results_url_follows_a_trusted_reverse_proxys_scheme_and_path_prefix(pyz_path, cache_home, mock, tmp_path):
+    """Was: behind a proxy serving Stockyard under https://host/llm/, results_url lost the /llm
+    prefix (the SDK's results() follows it: a 404). A trusted proxy's X-Forwarded-Prefix now
+    counts; a prefix that is not a plain path is ignored."""
+    env = mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-prefix-0123456789", ANTHROPIC_BASE_URL=mock.url)
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", {**env, "STOCKYARD_TRUSTED_PROXIES": "127.0.0.1"})
+    srv.start()
+    try:
+        batch = Anthropic(base_url=srv.url, api_key="unused", max_retries=0).messages.batches.create(
+            requests=requests_for(PLAIN)
+        )
+        path = f"/v1/messages/batches/{batch.id}/results"
+        assert results_url_of(srv, "unused", batch.id, FORWARDED) == f"https://127.0.0.1:{srv.port}/llm{path}"
+        for bad in ("//evil.example", "/a/../b", "https://evil.example", "/llm?x=1"):
+            url = results_url_of(srv, "unused", batch.id, {**FORWARDED, "X-Forwarded-Prefix": bad})
+            assert url == f"https://127.0.0.1:{srv.port}{path}", bad
+    finally:
+        srv.stop()
+
+
+def test_results_url_ignores_forwarded_headers_from_an_untrusted_sender(server):
+    batch = client(server, "alice").messages.batches.create(requests=requests_for(PLAIN))
+    url = results_url_of(server, server.keys["alice"], batch.id, FORWARDED)
+    assert url == f"{server.url}/v1/messages/batches/{batch.id}/results"
+
+
 def test_list_shows_only_the_keys_own_batches_and_pages_honestly(server):
     alice, bob = client(server, "alice"), client(server, "bob")
     mine = []
