@@ -268,9 +268,8 @@ FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/llm/", "X-For
 
 def results_url_of(srv: ServerProcess, key: str, batch_id: str, headers: dict[str, str]) -> str:
     """The results_url a retrieve answers (the mock ends a batch when it is retrieved)."""
-    status, _, body = srv.request(
-        "GET", f"/v1/messages/batches/{batch_id}", headers={"x-api-key": key, "anthropic-version": "2023-06-01", **headers}
-    )
+    asked = {"x-api-key": key, "anthropic-version": "2023-06-01", **headers}
+    status, _, body = srv.request("GET", f"/v1/messages/batches/{batch_id}", headers=asked)
     assert status == 200, body
     return json.loads(body)["results_url"]
 
