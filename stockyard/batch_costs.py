@@ -46,6 +46,7 @@ from .store.traces import trace_row_from
 log = logging.getLogger("stockyard.batches")
 
 WATCH_DAYS = 30  # batches older than this are no longer looked at (a batch ends within 24 hours)
+PASS_ROWS = 500  # batches one pass of the watch looks at; the next pass goes on from the last
 MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
 Look = Callable[[RequestContext, Provider, str], "str | None"]  # retrieve a batch for its owner: its status
 
@@ -263,6 +264,7 @@ class BatchWatch:
         self._every_s = every_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._after: tuple[int, str] = (0, "")  # (created_at, id) the last full pass ended at
 
     def start(self) -> None:
         if self._every_s > 0:
@@ -280,20 +282,25 @@ class BatchWatch:
                 log.warning("batch watch: a pass failed: %s: %s", type(exc).__name__, exc)
 
     def look(self) -> int:
-        """One pass over the unbilled batches: how many were retrieved. Those it no longer looks
-        at give back what they held (``Ownership.expire_holds``)."""
+        """One pass over up to ``PASS_ROWS`` unbilled batches, oldest first, going on where the
+        last pass stopped (so batches that are skipped, or never end, cannot keep newer ones from
+        being looked at): how many were retrieved. Those it no longer looks at give back what
+        they held (``Ownership.expire_holds``)."""
         since = int((time.time() - WATCH_DAYS * 86400) * 1000)
         self._expire_holds(since)
+        after_ms, after_id = self._after
         rows = (
             self._store.read()
             .execute(
-                "SELECT id, kind, key_id, provider FROM owned_objects"
+                "SELECT id, kind, key_id, provider, created_at FROM owned_objects"
                 f" WHERE kind IN ({', '.join('?' * len(self._looks))}) AND billed = 0 AND created_at >= ?"
-                " ORDER BY created_at LIMIT 500",
-                (*self._looks, since),
+                " AND (created_at > ? OR (created_at = ? AND id > ?))"
+                f" ORDER BY created_at, id LIMIT {PASS_ROWS}",
+                (*self._looks, since, after_ms, after_ms, after_id),
             )
             .fetchall()
         )
+        self._after = (rows[-1]["created_at"], rows[-1]["id"]) if len(rows) == PASS_ROWS else (0, "")
         seen = 0
         for row in rows:
             if self._stopping.is_set():

@@ -9,6 +9,7 @@ watch; a restart loads it again. In process (the real App, ledger and writer) on
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import OPENAI_KEY
@@ -16,7 +17,7 @@ from mock_upstream import FILES
 
 from stockyard import config
 from stockyard.app import App
-from stockyard.batch_costs import BATCH_PRICE, openai_output
+from stockyard.batch_costs import BATCH_PRICE, PASS_ROWS, openai_output
 from stockyard.budgets import BudgetExceeded, budgets_for
 from stockyard.context import RequestContext
 from stockyard.operations import keys as key_ops
@@ -163,3 +164,17 @@ def test_a_batch_not_created_holds_nothing(app):
     assert not fits(app, 2 * DOLLAR), "held while the provider is asked"
     hold.end(False)  # the provider refused it, or its answer was lost
     assert spent(app) == 0 and fits(app, 2 * DOLLAR)
+
+
+def test_the_watch_goes_on_past_batches_it_cannot_ask_about(app, mock):
+    """Was: each pass took the 500 oldest unbilled batches; 500 of a deleted key (skipped: nobody
+    to bill) or 500 still running kept every newer batch from ever being looked at (for 30 days)."""
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    rows = [(f"batch_gone_{n:03}", "batch", "key-deleted", "openai", hour_ago + n, 0) for n in range(PASS_ROWS)]
+    sql = "INSERT INTO owned_objects (id, kind, key_id, provider, created_at, held_uc) VALUES (?, ?, ?, ?, ?, ?)"
+    app.store.write(lambda conn: conn.executemany(sql, rows))
+    start_batch(app, "batch_live")
+    mock.clear()
+    app.batch_watch.look()
+    app.batch_watch.look()
+    assert any(r.path.endswith("/batches/batch_live") for r in mock.requests), "never looked at"
