@@ -57,9 +57,7 @@ class Pricer:
             return
         if ctx.endpoint in ("count_tokens", "input_tokens"):  # free upstream: nothing to bill
             return
-        table = self.table
-        model = a.served_model or a.upstream_model or ""
-        price = table.lookup(model, a.provider.name) or table.lookup(a.upstream_model or "", a.provider.name)
+        price = self.billed_price(ctx, a)
         if ctx.endpoint in media.ENDPOINTS:
             return self._price_media(ctx, a, price)
         if a.usage is None:
@@ -72,6 +70,18 @@ class Pricer:
             return
         a.cost_uc = cost_microcents(price, a.usage)
         a.cost_status = "estimate" if a.usage_estimated else "exact"
+
+    def billed_price(self, ctx: RequestContext, a: Attempt) -> Price | None:
+        """The price an answer is billed at: the served model's, the upstream model's, else the
+        name the budget held it by (``price_of``'s fallback: a price set as ``local/my-model``
+        or under a deployment group's name), so what is held is what is billed."""
+        table, provider = self.table, a.provider.name if a.provider else None
+        asked = a.asked_model or ctx.routed_model or ctx.model or ""
+        return (
+            table.lookup(a.served_model or a.upstream_model or "", provider)
+            or table.lookup(a.upstream_model or "", provider)
+            or table.lookup(asked, provider)
+        )
 
     def _price_media(self, ctx: RequestContext, a: Attempt, price: Price | None) -> None:
         """Audio, images, moderations: billed in the unit the answer reports, never estimated

@@ -187,6 +187,7 @@ class Attempt:
     provider: Provider | None = None
     upstream_model: str | None = None
     served_model: str | None = None
+    asked_model: str | None = None  # the name a budget priced this attempt by (a fallback's own)
     status: int = 0
     outcome: str = "ok"
     error_type: str | None = None

@@ -319,7 +319,7 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     todo = candidates(path, ctx, policy)
     larger_tried = False
     while (candidate := next(todo, None)) is not None:
-        provider, model, deployment = candidate
+        provider, model, deployment, asked = candidate
         breaker = f"{provider.name}/{model}"  # per model: gpt-4o failing does not block gpt-4o-mini
         for retry in range(1 if deployment is not None else policy.retries + 1):
             wait = 0.0
@@ -346,7 +346,7 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
                 )
                 if wait:
                     time.sleep(wait)
-            ctx.attempt.provider, ctx.attempt.upstream_model = provider, model
+            ctx.attempt.provider, ctx.attempt.upstream_model, ctx.attempt.asked_model = provider, model, asked
             if deployment is not None:  # which deployment answered, for the client and its logs
                 ctx.reply_headers[DEPLOYMENT_HEADER] = deployment.key
             else:
@@ -374,7 +374,7 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     return failure
 
 
-Candidate = tuple[Provider, str, Deployment | None]
+Candidate = tuple[Provider, str, Deployment | None, str]  # (provider, model, deployment, the name asked)
 
 
 def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> Iterator[Candidate]:
@@ -382,13 +382,13 @@ def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> I
     fallbacks and the policy's that this server can serve (worked out as they are reached)."""
     assert ctx.route is not None
     plan = ctx.plan
+    asked = ctx.routed_model or ctx.model or ""
     if plan is not None and plan.first is not None:
-        asked = ctx.routed_model or ctx.model or ""
         for d in plan.deployments():  # the first was priced by the budget; the next may cost more
             if d is plan.first or counted(path, ctx, d.provider, d.upstream_model, asked):
-                yield d.provider, d.upstream_model, d
+                yield d.provider, d.upstream_model, d, asked
     else:
-        yield ctx.route.provider, ctx.route.model, None
+        yield ctx.route.provider, ctx.route.model, None, asked
     for name in plan.route.fallbacks if plan is not None else ():
         yield from model_candidates(path, ctx, name)
     for name in policy.fallbacks(ctx):
@@ -406,7 +406,7 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
             for d in plan.deployments():
                 adapter_for(d.provider, ctx.dialect, ctx.endpoint)
                 if counted(path, ctx, d.provider, d.upstream_model, name):
-                    yield d.provider, d.upstream_model, d
+                    yield d.provider, d.upstream_model, d, name
             return
         provider, model = path.registry().resolve(name)
         adapter_for(provider, ctx.dialect, ctx.endpoint)
@@ -414,7 +414,7 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
         log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
         return
     if counted(path, ctx, provider, model, name):
-        yield provider, model, None
+        yield provider, model, None, name
 
 
 def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
