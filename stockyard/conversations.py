@@ -101,6 +101,13 @@ class StoredResponse:
         )
 
 
+def kept_history_tokens(row: StoredResponse) -> int:
+    """Input a provider that keeps the conversation (a passed-through response) bills for
+    continuing it: as much as its last turn used, prompt and answer."""
+    usage = Usage.from_openai((row.response or {}).get("usage"))
+    return usage.prompt_tokens + usage.completion_tokens
+
+
 def _pack(value: Any) -> bytes | None:
     return None if value is None else zlib.compress(json.dumps(value, ensure_ascii=False).encode(), 3)
 
@@ -165,10 +172,9 @@ class Conversations:
         row = self.find(previous, ctx.key_id)
         if row is None:  # another key's, or one Stockyard never issued: as if unknown
             raise not_found(previous, "previous_response_id")
-        if row.passthrough:  # the provider bills the conversation it keeps: as much as the last turn used
+        if row.passthrough:
             conv.previous_provider = row.provider
-            usage = Usage.from_openai((row.response or {}).get("usage"))
-            conv.history_tokens = usage.prompt_tokens + usage.completion_tokens
+            conv.history_tokens = kept_history_tokens(row)
         else:
             conv.history = self.history(row, ctx.key_id, self._max_bytes - len(ctx.raw))
             conv.history_tokens = -(-len(json.dumps(conv.history, ensure_ascii=False).encode()) // 4)

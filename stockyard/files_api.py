@@ -27,10 +27,12 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
 
 from . import estimate
-from .context import REFUSED, RequestContext, Route
+from .context import REFUSED, Conversation, RequestContext, Route
+from .conversations import kept_history_tokens
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, json_object, unique_members
 from .keys import KeyRecord
+from .limits import check_request_numbers
 from .modules.ratelimit import RateLimitModule
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
@@ -118,6 +120,10 @@ def allowed_providers(registry: Registry, key: KeyRecord | None, kinds: tuple[st
     ]
 
 
+def _keeps_nothing(provider: Provider, response: dict) -> None:
+    """A batch line's conversation is only counted here, never kept."""
+
+
 def may_name_files(raw: bytes) -> bool:
     """Whether a JSON text can hold a ``file_id`` (or ``file_ids``) key: it is written out, or
     escaped (``\\u``), or the text is not UTF-8 (``json.loads`` reads UTF-16 and UTF-32 too).
@@ -149,6 +155,14 @@ def referenced_files(body: object) -> set[str]:
     return found
 
 
+# The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).
+LINE_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/moderations": "moderations",
+}
 BATCH_PRICE = (1, 2)  # the Batch API's price: half the model's normal rates (OpenAI's rule)
 
 
@@ -701,22 +715,33 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="not_found",
                 )
+            try:  # as the endpoint checks them: a cap the budget cannot read is refused
+                check_request_numbers(body)  # (an integral float is read as its int, as the provider reads it)
+            except ProxyError as exc:
+                raise ProxyError(
+                    400, f"line {number} of the batch file: {exc.message}", param="file", code=exc.code
+                ) from None
             if worst is not None:
-                cost = self._line_cost(provider, model, request.get("url"), body, line)
+                cost = self._line_cost(ctx, provider, request.get("url"), body, line)
                 worst = None if cost is None else worst + cost
         return worst
 
-    def _line_cost(self, provider: Provider, model: object, url: object, body: dict, line: bytes) -> int | None:
-        """The worst case of one batch line at the batch price (None: its model has no price)."""
+    def _line_cost(self, ctx: RequestContext, provider: Provider, url: object, body: dict, line: bytes) -> int | None:
+        """The worst case of one batch line as a budget reserves the call it makes (outputs,
+        predictions, images, tools, the conversation it continues), at the batch price, rounded
+        up; None when its model has no price in tokens."""
+        model = body.get("model")
         price = self._path.pricer.price_of(Route(provider, model), model) if isinstance(model, str) else None
         if price is None or price.unit != "token":
             return None
-        outputs = 0
-        if not (isinstance(url, str) and url.rstrip("/").endswith("/embeddings")):
-            ceiling = estimate.output_ceiling(price, self._path.settings.default_max_tokens)
-            outputs = estimate.output_cap(body, ceiling) * estimate.choices(body)
-        inputs = estimate.text_tokens(line) + estimate.image_tokens(body, line, price)
-        full = estimate.worst_case_cost(price, inputs, outputs)
+        path = url.split("?", 1)[0].rstrip("/") if isinstance(url, str) else ""
+        one = RequestContext(LINE_ENDPOINTS.get(path, "chat"), OPENAI, ctx.client_addr, {})
+        one.body, one.raw = body, line
+        previous = body.get("previous_response_id")
+        row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
+        if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input
+            one.conversation = Conversation("", 0, _keeps_nothing, previous, history_tokens=kept_history_tokens(row))
+        full = estimate.request_cost(one, price, self._path.settings.default_max_tokens)
         part, whole = BATCH_PRICE
         return -(-full * part // whole)
 

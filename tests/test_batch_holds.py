@@ -19,7 +19,9 @@ from stockyard import config
 from stockyard.app import App
 from stockyard.batch_costs import BATCH_PRICE, PASS_ROWS, openai_output
 from stockyard.budgets import BudgetExceeded, budgets_for
-from stockyard.context import RequestContext
+from stockyard.context import RequestContext, Route
+from stockyard.conversations import StoredResponse
+from stockyard.errors import ProxyError
 from stockyard.operations import keys as key_ops
 from stockyard.operations import prices as price_ops
 
@@ -178,3 +180,70 @@ def test_the_watch_goes_on_past_batches_it_cannot_ask_about(app, mock):
     app.batch_watch.look()
     app.batch_watch.look()
     assert any(r.path.endswith("/batches/batch_live") for r in mock.requests), "never looked at"
+
+
+# -- a batch line's worst case is what the same call would hold ----------------------------------
+
+
+def line_worst(app: App, body: dict, url: str = "/v1/chat/completions") -> int | None:
+    """A one-line batch file's worst case (µ¢ at the batch price), as the create checks it."""
+    line = json.dumps({"custom_id": "r0", "method": "POST", "url": url, "body": body}).encode() + b"\n"
+    return app.files._check_batch_lines(request_of(app), app.registry().by_name["openai"], iter([line]))
+
+
+def direct_worst(app: App, body: dict, endpoint: str = "chat") -> int:
+    """What a budget holds for the same call sent to its endpoint (full price)."""
+    one = RequestContext(endpoint, "openai", "127.0.0.1", {})
+    one.body, one.raw = body, json.dumps(body).encode()
+    found = app.path.pricer.worst_case(one, Route(app.registry().by_name["openai"], "gpt-4o-mini"), "gpt-4o-mini", 4096)
+    assert found is not None
+    return found
+
+
+HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+WRAPPER_UC = 64 * 100  # the line around the body (custom_id, method, url): at most 64 more input tokens at $1/1M
+
+
+def held_as_the_call(app: App, body: dict) -> bool:
+    """The line holds what the same call would, at the batch price (plus its wrapper's tokens)."""
+    line, half = line_worst(app, body), -(-direct_worst(app, body) // 2)
+    assert line is not None
+    return half <= line <= half + WRAPPER_UC
+
+
+def test_a_batch_lines_prediction_is_held_as_output(app):
+    """Was: a line's worst case counted its output cap only; a ``prediction``'s rejected tokens are
+    billed as output beyond it: a $1 budget started a batch that could cost $5."""
+    assert held_as_the_call(
+        app, {**HELLO, "max_tokens": 16, "prediction": {"type": "content", "content": "x" * 400_000}}
+    )
+
+
+def test_a_batch_lines_integral_floats_count_as_their_numbers(app):
+    """Was: ``n: 8.0`` and ``max_tokens: 16000.0`` (the provider reads them as 8 and 16,000) were
+    not numbers to the estimate: the line was held as one choice at the default cap."""
+    ints = {**HELLO, "n": 8, "max_tokens": 16000}
+    assert held_as_the_call(app, ints)
+    floats = line_worst(app, {**HELLO, "n": 8.0, "max_tokens": 16000.0})
+    assert floats is not None and 0 <= floats - (line_worst(app, ints) or 0) <= WRAPPER_UC  # ".0" twice: input
+
+
+@pytest.mark.parametrize("bad", [{"max_tokens": "5000"}, {"max_tokens": 5000.5}, {"n": 0}])
+def test_a_batch_line_whose_numbers_a_budget_cannot_read_is_refused(app, bad):
+    with pytest.raises(ProxyError) as refused:
+        line_worst(app, {**HELLO, **bad})
+    assert refused.value.status == 400 and "line 1 of the batch file" in refused.value.message
+
+
+def test_a_batch_line_continuing_a_conversation_holds_its_history(app):
+    """Was: a line's ``previous_response_id`` was only checked to be the key's own; the
+    conversation the provider keeps (billed as input) was not in the line's worst case."""
+    ctx = request_of(app)
+    usage = {"input_tokens": 900_000, "output_tokens": 100_000, "total_tokens": 1_000_000}
+    kept = StoredResponse("resp_kept", ctx.key_id, "openai", "gpt-4o-mini", 0, True, response={"usage": usage})
+    app.store.write(kept.write)
+    body = {"model": "gpt-4o-mini", "input": "and then?", "max_output_tokens": 16}
+    alone = line_worst(app, body, "/v1/responses")
+    continued = line_worst(app, {**body, "previous_response_id": "resp_kept"}, "/v1/responses")
+    assert alone is not None and continued is not None
+    assert continued - alone >= DOLLAR // 2  # a million tokens of history at $1/1M, at the batch price
