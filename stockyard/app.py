@@ -234,7 +234,7 @@ class App:
                 scopes = scopes_of(key) if created else ()
                 self.ledger.settle(hold, worst if created else 0, scopes, ctx.ts_ms)
 
-            return BatchHold(worst, end)
+            return BatchHold(worst, end, key.project if key is not None else None)
         used_up = self.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
         if used_up is None:
             return BatchHold(0, lambda created: None)
@@ -252,13 +252,12 @@ class App:
             headers=headers,
         )
 
-    def batch_spend(self, key_id: str, change: int, ts_ms: int) -> None:
-        """A change (µ¢) to what a key's batch counts against its and its project's budgets: its
-        cost minus its hold when it is billed; minus its hold when it is deleted unbilled or the
-        batch watch stops looking at it."""
+    def batch_spend(self, key_id: str, project: str | None, change: int, ts_ms: int) -> None:
+        """A change (µ¢) to what a key's batch counts against the budgets of the key and of
+        ``project``: its cost minus its hold when it is billed; minus its hold when it is deleted
+        unbilled or the batch watch stops looking at it."""
         if change and key_id:
-            key = self.gate.ring.by_id(key_id)
-            self.ledger.settle(None, change, scopes_of(key) if key else owner_scopes(key_id, None), ts_ms)
+            self.ledger.settle(None, change, owner_scopes(key_id, project), ts_ms)
 
     def _record_start(self) -> None:
         """Audit migrations and the start; a log keyed with another secret must not stop serving.

@@ -32,7 +32,7 @@ from typing import Callable, Mapping
 
 from .context import RequestContext
 from .errors import OPENAI
-from .files_api import BATCH_PRICE, BatchSpend, lines_of, mark_billed, upstream_path
+from .files_api import BATCH_PRICE, BatchSpend, Billed, lines_of, mark_billed, upstream_path
 from .keys import KeyRing
 from .metrics import Metrics
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
@@ -220,18 +220,23 @@ class BatchCosts:
         settings = self._path.settings
         row = trace_row_from(ctx, store_bodies=settings.store_bodies, cap=settings.body_cap_bytes)
 
-        def job(conn) -> int | None:
-            held = mark_billed(conn, output.batch_id, output.kind)
-            if held is not None:
+        def job(conn) -> Billed | None:
+            billed = mark_billed(conn, output.batch_id, output.kind)
+            if billed is not None:
                 row.write(conn)
-            return held
+            return billed
 
-        held = self._store.write(job)
-        if held is None:
+        billed = self._store.write(job)
+        if billed is None:
             return
         self._metrics.observe_request(ctx)
-        if ctx.key_id:  # its cost replaces what it held
-            self._settle(ctx.key_id, (a.cost_uc or 0) - held, ctx.ts_ms)
+        if ctx.key_id:  # its cost (where its trace counts it) replaces what it held (where that was counted)
+            cost = a.cost_uc or 0
+            if billed.project == ctx.project:
+                self._settle(ctx.key_id, ctx.project, cost - billed.held_uc, ctx.ts_ms)
+            else:  # its key moved to another project while it ran
+                self._settle(ctx.key_id, billed.project, -billed.held_uc, ctx.ts_ms)
+                self._settle(ctx.key_id, ctx.project, cost, ctx.ts_ms)
         log.info(
             "batch %s: %d lines, %d+%d tokens, recorded under trace %s",
             output.batch_id,

@@ -99,13 +99,13 @@ def _user_spent_uc(conn: sqlite3.Connection, name: str, period: str, key: str) -
 
 
 def batch_held_uc(conn: sqlite3.Connection, scope: str) -> int:
-    """µ¢ held by the unbilled batches of a key (``key:<id>``) or of a project's keys
-    (``project:<name>``): each its worst case, from its start until it is billed, deleted or
+    """µ¢ held by the unbilled batches of a key (``key:<id>``) or of a project's keys when they
+    started (``project:<name>``): each its worst case, from its start until it is billed, deleted or
     left by the batch watch (``Ownership.expire_holds``). An end user's scope holds none."""
     kind, _, name = scope.partition(":")
     if kind not in ("key", "project"):
         return 0
-    owners = "key_id = ?" if kind == "key" else "key_id IN (SELECT id FROM client_keys WHERE project = ?)"
+    owners = "key_id = ?" if kind == "key" else "held_project = ?"  # the project when the batch started
     sql = f"SELECT COALESCE(SUM(held_uc), 0) FROM owned_objects WHERE billed = 0 AND held_uc > 0 AND {owners}"
     return int(conn.execute(sql, (name,)).fetchone()[0])
 

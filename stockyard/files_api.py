@@ -261,16 +261,18 @@ class Ownership:
         )
         return {r["id"] for r in rows}
 
-    def claim(self, object_id: str, kind: str, owner: str, provider: str, held_uc: int = 0) -> bool:
-        """Record a new object as ``owner``'s (a batch with what it holds against the owner's
-        budgets until billed); False when the id was already held (it keeps its first owner)."""
+    def claim(self, object_id: str, kind: str, owner: str, provider: str, hold: BatchHold | None = None) -> bool:
+        """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
+        it against, until billed); False when the id was already held (it keeps its first owner)."""
         now = int(time.time() * 1000)
+        held_uc = hold.held_uc if hold is not None else 0
+        held_project = hold.project if hold is not None and held_uc else None
         return self._store.write(
             lambda conn: (
                 conn.execute(
-                    "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (object_id, kind, owner, provider, now, held_uc),
+                    "INSERT OR IGNORE INTO owned_objects"
+                    " (id, kind, key_id, provider, created_at, held_uc, held_project) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (object_id, kind, owner, provider, now, held_uc, held_project),
                 ).rowcount
                 == 1
             )
@@ -278,33 +280,45 @@ class Ownership:
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""
-        sql = "DELETE FROM owned_objects WHERE id = ? RETURNING key_id, billed, held_uc"
+        sql = "DELETE FROM owned_objects WHERE id = ? RETURNING key_id, billed, held_uc, held_project"
         row = self._store.write(lambda conn: conn.execute(sql, (object_id,)).fetchone())
         if row is not None and not row["billed"] and row["held_uc"]:
-            self._spend(row["key_id"], -int(row["held_uc"]), int(time.time() * 1000))
+            self._spend(row["key_id"], row["held_project"], -int(row["held_uc"]), int(time.time() * 1000))
 
     def expire_holds(self, before_ms: int) -> int:
         """Give back the holds of unbilled batches started before ``before_ms`` (the batch watch's
         horizon: one never seen to end must not hold a budget for ever); how many. Each hold goes
         once, however many replicas expire at the same time."""
 
-        def job(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-            aged = "SELECT id, key_id, held_uc FROM owned_objects WHERE billed = 0 AND held_uc > 0 AND created_at < ?"
+        def job(conn: sqlite3.Connection) -> list[tuple[str, str | None, int]]:
+            aged = (
+                "SELECT id, key_id, held_uc, held_project FROM owned_objects"
+                " WHERE billed = 0 AND held_uc > 0 AND created_at < ?"
+            )
             give_back = "UPDATE owned_objects SET held_uc = 0 WHERE id = ? AND billed = 0 AND held_uc = ?"
             return [
-                (row["key_id"], int(row["held_uc"]))
+                (row["key_id"], row["held_project"], int(row["held_uc"]))
                 for row in conn.execute(aged, (before_ms,)).fetchall()
                 if conn.execute(give_back, (row["id"], row["held_uc"])).rowcount == 1  # not another's meanwhile
             ]
 
         given = self._store.write(job)
         now = int(time.time() * 1000)
-        for key_id, amount in given:
-            self._spend(key_id, -amount, now)
+        for key_id, project, amount in given:
+            self._spend(key_id, project, -amount, now)
         return len(given)
 
 
-BatchSpend = Callable[[str, int, int], None]  # (owner key id, change µ¢, ts ms): a batch's hold or cost on its budgets
+# (owner key id, project, change µ¢, ts ms): a batch's hold or cost on the budgets of its key and that project
+BatchSpend = Callable[[str, str | None, int, int], None]
+
+
+@dataclass(frozen=True)
+class Billed:
+    """What the one job that marked a batch billed learned: what it held, and against which project."""
+
+    held_uc: int
+    project: str | None
 
 
 @dataclass(frozen=True)
@@ -315,16 +329,17 @@ class BatchHold:
 
     held_uc: int
     end: Callable[[bool], None]
+    project: str | None = None  # the project whose budget it is held against too (its key's, now)
 
 
-def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> int | None:
+def mark_billed(conn: sqlite3.Connection, batch_id: str, kind: str = "batch") -> Billed | None:
     """Inside a writer job: for the one job that first marks the batch (or message batch) billed,
     what it held (µ¢, 0 for none), which its cost replaces; None for every other."""
     row = conn.execute(
-        "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0 RETURNING held_uc",
+        "UPDATE owned_objects SET billed = 1 WHERE id = ? AND kind = ? AND billed = 0 RETURNING held_uc, held_project",
         (batch_id, kind),
     ).fetchone()
-    return None if row is None else int(row["held_uc"])
+    return None if row is None else Billed(int(row["held_uc"]), row["held_project"])
 
 
 # -- the routes -----------------------------------------------------------------------------------
@@ -486,7 +501,7 @@ class ProviderCalls:
             answer, doc = self._call(ctx, provider, "POST", rest, body)
             if answer.status >= 300 or not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
                 return answer, None
-            claimed = self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold.held_uc)
+            claimed = self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold)
             return answer, doc
         except ProxyError as exc:
             if exc.status in (502, 504):

@@ -18,7 +18,7 @@ from mock_upstream import FILES
 from stockyard import config
 from stockyard.app import App
 from stockyard.batch_costs import BATCH_PRICE, PASS_ROWS, openai_output
-from stockyard.budgets import BudgetExceeded, budgets_for
+from stockyard.budgets import BudgetExceeded, budgets_for, ledger_spend_uc, period_key, project_budget
 from stockyard.context import RequestContext, Route
 from stockyard.conversations import StoredResponse
 from stockyard.errors import ProxyError
@@ -95,7 +95,7 @@ def start_batch(app: App, batch_id: str, worst: int = WORST) -> None:
     ctx = request_of(app)
     hold = app.check_batch_budget(ctx, worst)
     assert hold.held_uc == worst
-    hold.end(app.ownership.claim(batch_id, "batch", ctx.key_id, "openai", hold.held_uc))
+    hold.end(app.ownership.claim(batch_id, "batch", ctx.key_id, "openai", hold))
 
 
 def held(app: App, batch_id: str) -> int:
@@ -122,20 +122,26 @@ def test_a_restart_counts_the_running_batch_again(app, opened):
     assert not fits(again, 2 * DOLLAR)
 
 
-def test_billing_replaces_the_hold_with_the_batch_cost(app):
-    start_batch(app, "batch_billed")
+BILLED = 2 * DOLLAR * BATCH_PRICE[0] // BATCH_PRICE[1]  # what bill() costs: 2M tokens at $1 per 1M, at the batch price
+
+
+def bill(app: App, batch_id: str) -> None:
+    """The batch ended with one request of 1M prompt and 1M completion tokens: its owner sees it."""
     usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000, "total_tokens": 2_000_000}
     line = {"custom_id": "r0", "response": {"status_code": 200, "body": {"model": "gpt-4o-mini", "usage": usage}}}
     with FILES.lock:
         output = FILES.add_file("out.jsonl", "batch_output", json.dumps(line).encode() + b"\n")
-    ctx = request_of(app)
     provider = app.registry().by_name["openai"]
-    batch = {"id": "batch_billed", "output_file_id": output["id"]}
-    app.batch_costs.record_now(ctx, provider, openai_output(provider, batch))
-    cost = 2 * DOLLAR * BATCH_PRICE[0] // BATCH_PRICE[1]  # 2M tokens at $1 per 1M, at the batch price
-    assert spent(app) == cost
-    app.batch_costs.record_now(ctx, provider, openai_output(provider, batch))  # recorded once: no change
-    assert spent(app) == cost
+    batch = {"id": batch_id, "output_file_id": output["id"]}
+    app.batch_costs.record_now(request_of(app), provider, openai_output(provider, batch))
+
+
+def test_billing_replaces_the_hold_with_the_batch_cost(app):
+    start_batch(app, "batch_billed")
+    bill(app, "batch_billed")
+    assert spent(app) == BILLED
+    bill(app, "batch_billed")  # recorded once: no change
+    assert spent(app) == BILLED
 
 
 def test_a_batch_deleted_unbilled_gives_its_hold_back(app):
@@ -247,3 +253,37 @@ def test_a_batch_line_continuing_a_conversation_holds_its_history(app):
     continued = line_worst(app, {**body, "previous_response_id": "resp_kept"}, "/v1/responses")
     assert alone is not None and continued is not None
     assert continued - alone >= DOLLAR // 2  # a million tokens of history at $1/1M, at the batch price
+
+
+def test_a_key_moved_to_another_project_while_its_batch_runs(opened):
+    """Was: the hold counted against the project the key had when the batch started, but its
+    bill (cost minus hold) and a restart's load counted the key's project of the moment: moved
+    from alpha to beta, alpha kept the $9 hold for good and beta got $1 − $9."""
+    app = opened()
+    ops = app.ops("test")
+    price_ops.set_price(ops, "gpt-4o-mini", {"input": "1", "output": "1"})
+    for name in ("alpha", "beta"):
+        key_ops.set_project_budget(ops, name, "10", "day")
+    _, app.test_key = key_ops.create_key(ops, {"name": "mover", "project": "alpha"})
+    app.reload()
+    alpha, beta = (project_budget(name, BUDGET, "day") for name in ("alpha", "beta"))
+
+    def spent_on(budget) -> int:
+        now = request_of(app).ts_ms
+        app.ledger.reserve([budget], 0, now)  # loads the period if this ledger has not yet
+        usage = app.ledger.usage(budget, now)
+        assert usage is not None
+        return usage[0]
+
+    def loaded(budget) -> int:  # what a restart counts
+        return app.store.write(lambda conn: ledger_spend_uc(conn, budget, period_key("day", request_of(app).ts_ms)))
+
+    assert spent_on(beta) == 0
+    start_batch(app, "batch_mover")
+    assert spent_on(alpha) == loaded(alpha) == WORST
+    key_ops.update_key(ops, request_of(app).key_id, {"project": "beta"})
+    app.reload()
+    assert spent_on(alpha) == loaded(alpha) == WORST and spent_on(beta) == loaded(beta) == 0  # held where counted
+    bill(app, "batch_mover")
+    assert spent_on(alpha) == loaded(alpha) == 0
+    assert spent_on(beta) == loaded(beta) == BILLED  # the cost counts where its key (and its trace) is now
