@@ -177,27 +177,45 @@ MAX_LINE = 16 * 1024 * 1024  # a JSONL line longer than this is skipped, never h
 def lines_of(
     stream: IO[bytes] | Iterator[bytes], block: int = 65536, too_long: Callable[[], None] | None = None
 ) -> Iterator[bytes]:
-    """The non-empty lines of a JSONL stream (a reader or an iterator of chunks), one line held at a time.
+    """The non-blank lines of a JSONL stream (a reader or an iterator of chunks), stripped, one
+    line held at a time, in time linear in the stream's size.
 
     A line longer than ``MAX_LINE`` is skipped, after ``too_long()`` (which may raise: a check
     that must see every line refuses instead)."""
     reader = getattr(stream, "read", None)  # a reader first: files iterate by lines, unbounded
     chunks = iter(lambda: reader(block), b"") if reader is not None else stream
-    buf, skipping = b"", False
+    head: list[bytes] = []  # the pieces of the line not ended yet
+    held, skipping = 0, False  # their size; the rest of a line too long to hold is being passed over
+
+    def refused() -> None:
+        if too_long is not None:
+            too_long()
+
     for chunk in chunks:
-        buf += chunk
-        while (end := buf.find(b"\n")) >= 0:
-            line, buf = buf[:end], buf[end + 1 :]
+        parts = bytes(chunk).split(b"\n")  # split and stripped in C: a chunk of blank lines costs little
+        tail = parts.pop()
+        if parts:
             if skipping:
-                skipping = False
-            elif line.strip():
-                yield line
-        if len(buf) > MAX_LINE:
-            if too_long is not None and not skipping:
-                too_long()
-            buf, skipping = b"", True
-    if buf.strip() and not skipping:
-        yield buf
+                parts[0], skipping = b"", False
+            elif head:
+                parts[0] = b"".join([*head, parts[0]])
+                if len(parts[0]) > MAX_LINE:
+                    refused()
+                    parts[0] = b""
+            head, held = [], 0
+            if len(chunk) > MAX_LINE and any(len(part) > MAX_LINE for part in parts):  # a huge chunk
+                refused()
+                parts = [part for part in parts if len(part) <= MAX_LINE]
+            yield from filter(None, map(bytes.strip, parts))
+        if tail and not skipping:
+            head.append(tail)
+            held += len(tail)
+            if held > MAX_LINE:
+                refused()
+                head, held, skipping = [], 0, True
+    last = b"".join(head).strip()
+    if last:
+        yield last
 
 
 # -- ownership ------------------------------------------------------------------------------------
