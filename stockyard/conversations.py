@@ -43,6 +43,18 @@ from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.conversations")
 PATH = re.compile(r"^/v1/responses/([A-Za-z0-9_-]{1,200})(/cancel|/input_items)?$")
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """The trace's endpoint for a call on a stored response: ``responses.retrieve``, ``.delete``,
+    ``.cancel`` or ``.input_items``."""
+    match = PATH.match(path)
+    action = match.group(2) if match is not None else None
+    if action:
+        return f"responses.{action[1:]}"
+    return "responses.delete" if method == "DELETE" else "responses.retrieve"
+
+
 MAX_CHAIN = 1000  # previous responses walked to rebuild one conversation
 PENDING_S = 60.0  # an uncommitted row is long committed after this
 ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}

@@ -69,6 +69,14 @@ class ProxyError(Exception):
         return error_body(dialect, self.status, self.message, code=self.code, param=self.param, type_=self.type)
 
 
+def refusal_of(exc: ProxyError | RecursionError) -> ProxyError:
+    """A ProxyError as it is; a RecursionError as the 400 it stands for: only JSON nested near
+    the parser's limit (which it accepts) recurses that deep when it is translated or re-encoded."""
+    if isinstance(exc, ProxyError):
+        return exc
+    return ProxyError(400, "request body nests arrays or objects too deeply to be handled", code="invalid_json")
+
+
 def error_type(dialect: str, status: int) -> str:
     openai_type, anthropic_type = _TYPES.get(
         status, ("server_error", "api_error") if status >= 500 else ("invalid_request_error",) * 2

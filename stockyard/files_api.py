@@ -33,7 +33,7 @@ from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, json_object, unique_members
 from .keys import KeyRecord
 from .limits import check_request_numbers
-from .modules.ratelimit import RateLimitModule
+from .modules.ratelimit import admit_call
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
@@ -422,9 +422,7 @@ class ProviderCalls:
         workers of a group and by PostgreSQL replicas — where that module runs for the key. A
         call uses no tokens, so tpm is not asked. End-user limits do not apply: these calls
         name no end user."""
-        module = self._path.chain().module("ratelimit", ctx)
-        if isinstance(module, RateLimitModule):
-            module.admit_call(ctx)
+        admit_call(self._path.chain(), ctx)
 
     def _provider_named(self, name: str) -> Provider:
         provider = self._path.registry().by_name.get(name)

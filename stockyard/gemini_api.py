@@ -161,7 +161,7 @@ def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response
     ]
     params = parse_qs(query)
     size, token = page_size(params), (params.get("pageToken") or ["0"])[0]
-    if not token.isdigit() or int(token) > len(entries):
+    if not (token.isascii() and token.isdigit() and len(token) <= 9) or int(token) > len(entries):
         raise ProxyError(400, "pageToken is not one this server gave", param="pageToken", code="invalid_value")
     start = int(token)
     doc: dict = {"models": entries[start : start + size]}

@@ -370,10 +370,11 @@ class Upload:
         return Encoded(f"multipart/form-data; boundary={self.boundary.decode()}", segments, self._spool)
 
     def _checked(self, value: str) -> bytes:
-        """A field value of ours, refused if it would end its part early (it holds a delimiter)."""
+        """A field value to write into the form (a module's change, the routed model name), refused
+        with a 400 if it would end its part early (it holds the form's delimiter)."""
         data = value.encode()
         if b"\r\n--" + self.boundary in b"\r\n" + data:
-            raise ValueError("a replaced field value contains the form's boundary")
+            raise _bad("a form field's value (as routed or changed) contains the form's boundary; use another boundary")
         return data
 
     def open(self, part: FilePart) -> "Encoded":

@@ -31,11 +31,13 @@ from .chunked import ChunkError, Dechunker
 from .clientwatch import ClientWatch
 from .context import REFUSED, RequestContext
 from .conversations import PATH as RESPONSE_PATH
-from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body
+from .conversations import endpoint_name as stored_endpoint
+from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body, refusal_of
 from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, json_response
 from .logbuffer import access, printable
+from .modules.ratelimit import admit_call
 from .multipart import Upload
 
 log = logging.getLogger("stockyard.server")
@@ -632,7 +634,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise ProxyError(503, "server is shutting down", code="shutting_down")
             self._route(path, dialect)
-        except ProxyError as exc:
+        except (ProxyError, RecursionError) as caught:
+            exc = refusal_of(caught)
             self._end_early()
             try:
                 self._write(exc.status, exc.body(dialect), "application/json", exc.headers)
@@ -714,9 +717,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._trace_note = trace_note(ctx)
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
-            key = app.gate.client_key(self._headers_dict())  # before the body, like the proxy routes
-            req = Request(method, self.path, self._headers_dict(), self._body, self._client_ip(), self.upload)
-            self._respond(app.conversations.answer(req, key.id if key else None))
+            ctx = RequestContext(stored_endpoint(method, path), RESPONSES, self._client_ip(), self._headers_dict())
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                self._stored_response(ctx)
             return
         fixed = FIXED_ROUTES.get(path)
         if fixed is not None:
@@ -806,6 +809,29 @@ class Handler(BaseHTTPRequestHandler):
                 "from a browser",
                 code="origin_not_allowed",
             )
+
+    def _stored_response(self, ctx: RequestContext) -> None:
+        """A call on a response the key made (``Conversations.answer``): one of the key's requests
+        per minute, as files and batches are (it may reach the provider under the shared key),
+        traced at cost 0."""
+        app = self.server.app
+        try:
+            admit_call(app.path.chain(), ctx)
+            req = Request(self.command, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+            response = app.conversations.answer(req, ctx.key_id)
+            ctx.attempt.status, ctx.attempt.cost_uc, ctx.attempt.cost_status = response.status, 0, "exact"
+            ctx.complete = response.status < 400
+            response.headers["x-stockyard-trace-id"] = ctx.trace_id
+            self._respond(response)
+        except ProxyError as exc:
+            proxy.fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
+            raise  # answered by the dispatch, in the Responses API's shape
+        except ClientGone:
+            ctx.attempt.outcome = "client_disconnected"
+            raise
+        finally:
+            app.tracer.finish(ctx)
+            self._trace_note = trace_note(ctx)
 
     def _key_accepted(self, ctx: RequestContext) -> bool:
         """The client key, from the headers alone, before the body is read (when keys are required).

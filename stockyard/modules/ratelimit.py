@@ -14,11 +14,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import estimate
 from ..context import RequestContext
 from ..errors import ProxyError
 from .base import Module, ModuleServices
+
+if TYPE_CHECKING:
+    from ..chain import Chain
 
 WINDOW_S = 60.0
 PRUNE_FROM = 1024  # windows held before idle ones are looked for
@@ -178,3 +182,11 @@ class RateLimitModule(Module):
             return  # a background response's usage never comes back: its worst case stays counted
         used = estimate.used_tokens(ctx)
         self.limiter.correct(ctx.key.id, entry, used)
+
+
+def admit_call(chain: Chain, ctx: RequestContext) -> None:
+    """A call outside the chain (files, batches, stored responses) counted as one of the key's
+    requests per minute, where the ``ratelimit`` module runs for the key (429 past its rpm)."""
+    module = chain.module("ratelimit", ctx)
+    if isinstance(module, RateLimitModule):
+        module.admit_call(ctx)

@@ -1,0 +1,148 @@
+"""An attacker's review, part 4 (any key): Gemini-native listing, multipart re-encoding, the
+stored Responses routes, bodies nested near the parser's limit. Each test failed on the code it
+was written against (a 500 and a traceback, or a provider call past the key's rpm); the quadratic
+JSONL split it also found is tested in process (test_files_batches.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ServerProcess, mock_env
+
+ADMIN = "review4-admin-key-0123456789abcdef"
+GEMINI_KEY = "AIza-review4-0123456789abcdefPROVIDERSECRET"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = ServerProcess(
+        pyz_path,
+        tmp_path_factory.mktemp("attack4") / "s.db",
+        mock_env(
+            cache_home,
+            mock,
+            STOCKYARD_ADMIN_KEY=ADMIN,
+            GEMINI_API_KEY=GEMINI_KEY,
+            GEMINI_BASE_URL=mock.url,
+            ANTHROPIC_API_KEY="sk-ant-review4",
+            ANTHROPIC_BASE_URL=mock.url,
+        ),
+    )
+    srv.keys = srv.create_keys({"plain": [], "slow": ["--rpm", "2"]})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def as_key(server: ServerProcess, who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.keys[who]}"}
+
+
+# -- 1. GET /v1beta/models?pageToken=… -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["%C2%B2", "1" * 5000], ids=["superscript-two", "5000-digits"])  # isdigit, not int()
+def test_a_gemini_model_list_page_token_that_is_not_an_int_is_a_400_not_a_500(server, token):
+    status, _, raw = server.request(
+        "GET", f"/v1beta/models?pageToken={token}", headers={"x-goog-api-key": server.keys["plain"]}
+    )
+    assert status == 400, (status, raw)
+
+
+# -- 2. multipart: the routed model written into the form ------------------------------------------
+
+
+def test_a_form_model_whose_routed_name_starts_with_the_boundary_is_a_400_not_a_500(server):
+    """The client's ``model`` field ``openai/--XYZ`` routes to model ``--XYZ`` at provider openai;
+    writing it back into a form whose boundary is ``XYZ`` raises ValueError in Upload._checked."""
+    body = (
+        b"--XYZ\r\n"
+        b'Content-Disposition: form-data; name="model"\r\n\r\n'
+        b"openai/--XYZ\r\n"
+        b"--XYZ\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n"
+        b"RIFF....\r\n"
+        b"--XYZ--\r\n"
+    )
+    status, _, raw = server.request(
+        "POST",
+        "/v1/audio/transcriptions",
+        raw=body,
+        headers={**as_key(server, "plain"), "Content-Type": "multipart/form-data; boundary=XYZ"},
+    )
+    assert status == 400, (status, raw)
+
+
+# -- 3. the stored-response routes skip the key's rpm ---------------------------------------------
+
+
+def test_the_stored_response_routes_are_held_to_the_keys_rpm(server, mock):
+    """README: 'A key past its rpm is refused on the files and batches routes too, so it cannot
+    spend the shared provider key's own rate limits'. GET/DELETE /v1/responses/{id}, …/cancel and
+    …/input_items of a passed-through response are provider calls under the shared key too."""
+    headers = as_key(server, "slow")
+    status, _, raw = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"}, headers=headers)
+    assert status == 200, raw
+    response_id = json.loads(raw)["id"]
+    # the rest of this minute's rpm (2) is used up by model calls / files calls
+    while server.request("GET", "/v1/files", headers=headers)[0] != 429:
+        pass
+    assert server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"}, headers=headers)[0] == 429
+    before = len([r for r in mock.requests if r.path.startswith(f"/v1/responses/{response_id}")])
+    statuses = [server.request("GET", f"/v1/responses/{response_id}", headers=headers)[0] for _ in range(20)]
+    after = len([r for r in mock.requests if r.path.startswith(f"/v1/responses/{response_id}")])
+    assert after - before == 0 and set(statuses) == {429}, (statuses, after - before)
+
+
+def test_a_stored_response_call_is_traced_at_cost_zero(server):
+    """Was: these calls left no trace at all (who read or deleted what, when)."""
+    headers = as_key(server, "plain")
+    status, _, raw = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"}, headers=headers)
+    response_id = json.loads(raw)["id"]
+    status, answer_headers, body = server.request("GET", f"/v1/responses/{response_id}", headers=headers)
+    assert status == 200, body
+    trace = server.trace(answer_headers["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["status"], trace["cost_uc"]) == ("responses.retrieve", 200, 0)
+
+
+# -- 4. bodies nested just under the JSON parser's limit: re-encoded upstream, a RecursionError ------
+
+DEEP = {
+    # the Anthropic Messages API over a chat provider (messages_adapters.MessagesOverChat.chat_ctx)
+    "messages-over-chat": (
+        "/v1/messages",
+        '{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"x"}],'
+        '"tools":[{"name":"f","input_schema":%s}]}',
+    ),
+    # the Responses API over a chat-only provider (responses_adapters.ResponsesOverChat.chat_ctx)
+    "responses-over-chat": (
+        "/v1/responses",
+        '{"model":"claude-3-5-haiku-20241022","input":"x","tools":[{"type":"function","name":"f","parameters":%s}]}',
+    ),
+    # plain chat to OpenAI, re-encoded because routing renamed the model (openai.request_body)
+    "chat-provider-prefix": (
+        "/v1/chat/completions",
+        '{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"x"}],"x":%s}',
+    ),
+    # Gemini-native, re-encoded because a number was normalised (gemini_native.GeminiNativeAdapter.prepare)
+    "gemini-native": (
+        "/v1beta/models/gemini-1.5-flash:generateContent",
+        '{"contents":[{"parts":[{"text":"x"}]}],"generationConfig":{"maxOutputTokens":5.0},"x":%s}',
+    ),
+}
+
+
+@pytest.mark.parametrize("route", list(DEEP))
+def test_a_body_nested_near_the_parsers_limit_is_a_4xx_not_a_500(server, route):
+    """README: 'huge or deeply nested bodies get a 4xx JSON error, never a 500 or a traceback'.
+    A body the parser accepts (its depth just under the recursion limit) is re-encoded with
+    json.dumps deeper in the stack, which raises RecursionError: a 500 and a traceback."""
+    path, template = DEEP[route]
+    got = {}
+    for depth in range(956, 1001, 4):
+        raw = (template % ("[" * depth + "]" * depth)).encode()
+        status, _, body = server.request("POST", path, raw=raw, headers=as_key(server, "plain"))
+        got[depth] = status
+    assert not [d for d, s in got.items() if s >= 500], got
