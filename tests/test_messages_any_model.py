@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import anthropic
+import pydantic
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, TOOL_ARGS, Reply
@@ -192,6 +193,31 @@ def test_broken_stream_ends_with_error_event(server, key, mock):
     events = raw.decode().strip().split("\n\n")
     assert events[-1].startswith("event: error\n")
     assert "message_stop" not in raw.decode()
+
+
+class City(pydantic.BaseModel):
+    city: str
+
+
+def test_parse_with_an_output_format(client, model, mock):
+    """``messages.parse(output_format=…)`` (structured outputs) was a 400 on GPT and Gemini models:
+    ``output_config`` is now the chat's ``response_format`` json_schema."""
+    if model == MODELS["gemini"]:
+        part = {"content": {"role": "model", "parts": [{"text": '{"city": "Paris"}'}]}, "finishReason": "STOP"}
+        mock.enqueue(Reply(json={"candidates": [part], "usageMetadata": {"promptTokenCount": 3}}))
+    else:
+        answer = {"role": "assistant", "content": '{"city": "Paris"}'}
+        chat = {"id": "c1", "object": "chat.completion", "model": model, "created": 1}
+        mock.enqueue(Reply(json={**chat, "choices": [{"index": 0, "message": answer, "finish_reason": "stop"}]}))
+    parsed = client.messages.parse(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "city?"}], output_format=City
+    )
+    assert parsed.parsed_output == City(city="Paris")
+    sent = upstream_body(mock, model)
+    if model == MODELS["gemini"]:
+        assert sent["generationConfig"]["responseMimeType"] == "application/json"
+    else:
+        assert sent["response_format"]["json_schema"]["schema"]["required"] == ["city"]
 
 
 def test_top_k_refused_by_name(client):

@@ -158,9 +158,31 @@ def test_thinking_budget_to_effort(budget, effort):
     assert "reasoning_effort" not in messages.to_chat(body(thinking={"type": "disabled"}))
 
 
+@pytest.mark.parametrize("kind", ["adaptive", "between_tools", "disabled"])
+def test_thinking_the_model_decides_sends_no_effort(kind):
+    """anthropic 2.17's adaptive and between-tools thinking were a 400 on GPT and Gemini models."""
+    assert "reasoning_effort" not in messages.to_chat(body(thinking={"type": kind, "display": "omitted"}))
+
+
+def test_output_config_becomes_a_json_schema_and_an_effort():
+    """``messages.parse(output_format=Model)`` sends ``output_config.format``: was a 400."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    chat = messages.to_chat(body(output_config={"format": {"type": "json_schema", "schema": schema}, "effort": "max"}))
+    assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    assert chat["reasoning_effort"] == "xhigh"
+
+
+def test_anthropics_cache_and_tier_hints_are_dropped():
+    chat = messages.to_chat(body(cache_control={"type": "ephemeral"}, service_tier="auto"))
+    assert "cache_control" not in chat and "service_tier" not in chat
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
+        ({"output_config": {"format": {"type": "text"}}}, "output_config.format"),
+        ({"output_config": {"effort": "extreme"}}, "output_config.effort"),
+        ({"output_config": {"task_budget": 5}}, "output_config.task_budget"),
         ({"top_k": 5}, "top_k"),
         ({"container": "c"}, "container"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
@@ -229,7 +251,7 @@ def test_answer_tool_use():
         ("length", {}, "max_tokens", None),
         ("stop", {"stop_reason": "END"}, "stop_sequence", "END"),
         ("stop", {}, "end_turn", None),
-        ("content_filter", {}, "end_turn", None),
+        ("content_filter", {}, "refusal", None),  # was end_turn: a safety stop looked like a normal end
     ],
 )
 def test_stop_reasons(finish, extra, reason, sequence):

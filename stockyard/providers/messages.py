@@ -16,8 +16,11 @@ Field table (Messages → chat):
 - ``tools`` (``input_schema``) → function tools; ``tool_choice`` auto/any/tool/none →
   auto/required/function/none, ``disable_parallel_tool_use`` → ``parallel_tool_calls``.
 - ``max_tokens``, ``stop_sequences`` → ``stop``, ``temperature``, ``top_p``,
-  ``metadata.user_id`` → ``user``, ``thinking.budget_tokens`` → ``reasoning_effort``.
-- ``cache_control`` marks are hints for Anthropic's cache and are ignored.
+  ``metadata.user_id`` → ``user``, ``thinking.budget_tokens`` → ``reasoning_effort`` (``adaptive``
+  and ``between_tools`` thinking leave the effort to the model: none is sent), ``output_config``:
+  ``format`` (a JSON schema) → ``response_format`` ``json_schema``, ``effort`` → ``reasoning_effort``.
+- ``cache_control`` marks (on blocks, or the top-level one) are hints for Anthropic's cache and
+  are ignored, as is ``service_tier`` (Anthropic's priority tier; ``auto`` is its default).
 - refused: ``top_k`` (no chat field for it), any other field, block or tool type.
 """
 
@@ -41,12 +44,22 @@ KNOWN_FIELDS = {
     "tool_choice",
     "thinking",
     "metadata",
+    "output_config",
     *CHAT_FIELDS,
 }
+IGNORED_FIELDS = {"cache_control", "service_tier"}  # hints for Anthropic's cache and capacity: nothing to send
+# output_config.effort → reasoning_effort
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 # Providers whose chat API wants ``max_completion_tokens`` (their reasoning models refuse ``max_tokens``).
 COMPLETION_TOKENS_KINDS = {"openai", "azure"}
 # chat finish_reason → Messages stop_reason
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use"}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",  # a provider's safety stop (Gemini SAFETY, OpenAI's filter)
+}
 ERROR_TYPES = {"rate_limit_exceeded": "rate_limit_error", "server_error": "api_error"}
 
 
@@ -72,7 +85,7 @@ def to_chat(body: dict, kind: str = "openai") -> dict:
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
     for key in body:
-        if key not in KNOWN_FIELDS and present(body, key):
+        if key not in KNOWN_FIELDS and key not in IGNORED_FIELDS and present(body, key):
             raise unsupported(key, f"the field '{key}'")
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -97,6 +110,8 @@ def to_chat(body: dict, kind: str = "openai") -> dict:
         chat.update(chat_tool_choice(body["tool_choice"]))
     if present(body, "thinking"):
         chat.update(chat_thinking(body["thinking"]))
+    if present(body, "output_config"):
+        chat.update(chat_output_config(body["output_config"]))
     if present(body, "metadata"):
         chat.update(chat_metadata(body["metadata"]))
     if body.get("stream"):
@@ -271,7 +286,7 @@ def reasoning_effort(budget: int) -> str:
 
 def chat_thinking(thinking: Any) -> dict:
     kind = thinking.get("type") if isinstance(thinking, dict) else None
-    if kind == "disabled":
+    if kind in ("disabled", "adaptive", "between_tools"):  # the model decides how much it thinks
         return {}
     if kind != "enabled":
         raise unsupported("thinking.type", f"thinking type {kind!r}")
@@ -279,6 +294,28 @@ def chat_thinking(thinking: Any) -> dict:
     if type(budget) is not int or budget < 1:
         raise invalid("thinking.budget_tokens", "thinking.budget_tokens must be a positive integer")
     return {"reasoning_effort": reasoning_effort(budget)}
+
+
+def chat_output_config(config: Any) -> dict:
+    """``output_config``: a JSON schema the answer must follow, and how much effort to spend."""
+    if not isinstance(config, dict):
+        raise invalid("output_config", "'output_config' must be an object")
+    out: dict = {}
+    for key, value in config.items():
+        if value is None:
+            continue
+        if key == "effort":
+            if value not in EFFORTS:
+                raise invalid("output_config.effort", f"output_config.effort must be one of {', '.join(EFFORTS)}")
+            out["reasoning_effort"] = EFFORTS[value]
+        elif key == "format":
+            schema = value.get("schema") if isinstance(value, dict) else None
+            if not isinstance(value, dict) or value.get("type") != "json_schema" or not isinstance(schema, dict):
+                raise invalid("output_config.format", "output_config.format must be {type: json_schema, schema: {…}}")
+            out["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+        else:
+            raise unsupported(f"output_config.{key}", f"the field output_config.{key}")
+    return out
 
 
 def chat_metadata(metadata: Any) -> dict:
