@@ -666,6 +666,7 @@ class FilesAPI(ProviderCalls):
         provider = self.choose_provider(ctx)  # refused before the body is read
         with req.upload() as upload:
             ctx.raw = json.dumps(upload.metadata()).encode()
+            upload.refuse_stray_files(("file",))
             purpose = upload.get("purpose")
             parts = [f for f in upload.files if f.name == "file"]
             if not purpose:

@@ -18,6 +18,7 @@ The API::
         upload.fields          # {"model": "whisper-1", "timestamp_granularities[]": ["word", "segment"]}
         upload.get("model")    # one field's text (None if absent; a 400 if sent more than once)
         upload.refuse_repeated()  # a 400 duplicate_key for any text field sent twice (but `name[]`)
+        upload.refuse_stray_files()  # a 400 for a file part under a text field's name (`model`)
         upload.files           # [FilePart(name="file", filename="a.wav", content_type="audio/wav", size=…)]
         upload.size            # bytes the client sent
         upload.metadata()      # JSON-able fields + file metadata: what a trace stores, never file bytes
@@ -60,6 +61,11 @@ _HEADER_NAME = re.compile(_TOKEN)
 _PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})\s*')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _EXT_VALUE = re.compile(r"(?i)utf-8'[^']*'(.*)")
+
+
+# The form fields that carry files in OpenAI's APIs (audio ``file``; images ``image``, ``image[]``,
+# ``mask``; ``/v1/files``' ``file``): a part with a filename under any other name is refused.
+FILE_FIELDS = ("file", "image", "image[]", "mask")
 
 
 def _bad(message: str) -> ProxyError:
@@ -345,6 +351,20 @@ class Upload:
                 param=name[:64],
                 code="duplicate_key",
             )
+
+    def refuse_stray_files(self, names: tuple[str, ...] = FILE_FIELDS) -> None:
+        """A 400 for a file part under a name that is not a file field (a ``model`` or ``n`` sent
+        with a filename): the checks read text fields only, and a provider's parser may read that
+        part as the field, so what was checked (the model a key may use, its budget) would not be
+        what runs."""
+        for f in self.files:
+            if f.name not in names:
+                raise ProxyError(
+                    400,
+                    f"the form sends a file under {f.name[:64]!r}; files go only under {', '.join(names)}",
+                    param=f.name[:64],
+                    code="invalid_multipart",
+                )
 
     def metadata(self) -> dict:
         """What a trace stores: the fields and the files' metadata, never a file's bytes."""

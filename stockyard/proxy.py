@@ -157,6 +157,7 @@ def parse_form(ctx: RequestContext) -> None:
     a 400 (``Upload.refuse_repeated``), as a JSON member named twice is: every part is relayed."""
     upload = ctx.upload
     upload.refuse_repeated()
+    upload.refuse_stray_files()
     ctx.body = {k: v for k, v in upload.fields.items() if isinstance(v, str)}
     n = ctx.body.get("n")  # images: what the budget multiplies by, so it must read as the provider does
     if n is not None and not (n.isascii() and n.isdigit() and 1 <= int(n) <= MAX_CHOICES):

@@ -146,3 +146,30 @@ def test_a_body_nested_near_the_parsers_limit_is_a_4xx_not_a_500(server, route):
         status, _, body = server.request("POST", path, raw=raw, headers=as_key(server, "plain"))
         got[depth] = status
     assert not [d for d, s in got.items() if s >= 500], got
+
+
+# -- 5. a field sent as a file part ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/files"])
+def test_a_text_field_sent_as_a_file_part_is_refused(server, mock, path):
+    """Was: a ``model`` part with a filename is no text field, so the checks saw none (the default
+    model passed the allow-list and the budget) while the form went upstream with it, for a
+    provider's parser to read as the model. Files go only under the file fields now."""
+    body = (
+        b"--XYZ\r\n"
+        b'Content-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
+        b"--XYZ\r\n"
+        b'Content-Disposition: form-data; name="model"; filename="m.txt"\r\n\r\n'
+        b"gpt-4o-transcribe\r\n"
+        b"--XYZ\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n"
+        b"RIFF....\r\n"
+        b"--XYZ--\r\n"
+    )
+    mock.clear()
+    headers = {**as_key(server, "plain"), "Content-Type": "multipart/form-data; boundary=XYZ"}
+    status, _, raw = server.request("POST", path, raw=body, headers=headers)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "model", raw
+    assert not mock.requests

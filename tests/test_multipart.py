@@ -93,8 +93,9 @@ def test_encode_resends_the_form_with_fields_replaced_and_added():
         assert again.open(again.files[0]).read() == AUDIO
         enc.seek(0)
         assert enc.read() == sent
-        with pytest.raises(ValueError):
+        with pytest.raises(ProxyError) as refused:  # a 400 for the client, never a 500
             up.encode({"model": f"x\r\n--{B}"})
+        assert refused.value.status == 400
 
 
 @pytest.mark.parametrize(
