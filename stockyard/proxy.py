@@ -55,7 +55,15 @@ from .upstream import Cancel, Pool, UpstreamError, UpstreamResponse
 log = logging.getLogger("stockyard.proxy")
 
 # Upstream response headers worth passing on to the client.
-PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms", "retry-after", "openai-organization")
+PASS_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "openai-processing-ms",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",  # the provider's advice to the SDKs (false: a quota, not a pause)
+    "openai-organization",
+)
 PASS_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-goog-request-id")
 NEEDS_MODEL = (
@@ -305,6 +313,7 @@ class Failure:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     context_overflow: bool = False  # the provider says the input is too long for the model
+    retry_same: bool = True  # False: the provider said x-should-retry: false (its fallbacks may still run)
 
 
 def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | None:
@@ -363,6 +372,8 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
                 break
             if not failure.retryable:
                 return failure
+            if not failure.retry_same:
+                break  # a quota, not a pause: the next candidate, if any
     if failure is None:
         wait_s = max(1, math.ceil(min(policy.retry_in(name) for name in skipped)))
         raise ProxyError(
@@ -683,6 +694,7 @@ def error_answer(
         body=body,
         headers=headers,
         context_overflow=resp.status in (400, 413) and CONTEXT_OVERFLOW.search(scrubbed) is not None,
+        retry_same=resp.headers.get("x-should-retry", "").strip().lower() != "false",
     )
 
 

@@ -86,6 +86,13 @@ def test_retry_after_beyond_the_cap_falls_back_at_once(h, mock):
     assert h.trace(trace_id(headers))["provider"] == "groq"
 
 
+def test_a_429_the_provider_says_not_to_retry_falls_back_at_once(h, mock):
+    """``x-should-retry: false`` (a used-up quota): retrying the same provider only fails again."""
+    mock.enqueue(Reply(status=429, headers={"x-should-retry": "false"}))
+    status, _, _ = chat(h)
+    assert status == 200 and providers_called(mock) == ["openai", "groq"]
+
+
 @pytest.mark.parametrize("fault", [500, 503])
 def test_5xx_is_retried_then_falls_back(h, mock, fault):
     mock.enqueue(Reply(status=fault), Reply(status=fault))

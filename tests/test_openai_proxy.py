@@ -219,6 +219,19 @@ def test_no_usage_is_estimated_and_marked(client, openai_server, mock):
     assert trace["usage_estimated"] == 1 and trace["cost_status"] == "estimate" and trace["cost_uc"] > 0
 
 
+def test_the_providers_retry_advice_reaches_the_sdk(client, mock):
+    """Was: ``x-should-retry: false`` (a quota the SDK must not retry into) and ``retry-after-ms``
+    were dropped: the SDK retried what the provider said not to."""
+    error = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": None}}
+    advice = {"x-should-retry": "false", "retry-after-ms": "1500"}
+    mock.clear()
+    mock.enqueue(Reply(status=429, json=error, headers=advice))
+    with pytest.raises(openai.RateLimitError) as err:
+        client.with_options(max_retries=2).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert {k: err.value.response.headers.get(k) for k in advice} == advice
+    assert len([r for r in mock.requests if r.path.endswith("/chat/completions")]) == 1  # the SDK obeyed
+
+
 def test_upstream_error_passes_through_with_status_and_body(client, openai_server):
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model="mock-error-429", messages=HELLO)
