@@ -707,18 +707,6 @@ def test_thinking_is_left_off_when_the_loop_came_back_without_it(server, client,
     assert sent(mock, model).json["thinking"]["type"] == "enabled"
 
 
-def test_thinking_blocks_are_not_sent_with_thinking_off(client, mock) -> None:
-    """Without reasoning_effort the thinking blocks stay behind (Anthropic refuses them in a final
-    assistant message when thinking is off, and ignores them elsewhere)."""
-    model = "claude-sonnet-4-5-think-off"
-    blocks = [{"type": "thinking", "thinking": "hm", "signature": THINK_SIG}]
-    messages = [*user("Hi"), {"role": "assistant", "content": "Hel", "thinking_blocks": blocks}]
-    client.chat.completions.create(model=model, messages=messages)
-    body = sent(mock, model).json
-    assert "thinking" not in body
-    assert body["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "Hel"}]}
-
-
 def test_native_requests_lose_only_the_thinking_blocks_stockyard_made_for_gemini(native, mock) -> None:
     """A conversation Claude Code had on a Gemini model, continued on Claude: the thinking block
     that carried Gemini's thought signature is Stockyard's, not Anthropic's, and is not sent."""
@@ -767,6 +755,10 @@ def test_translator_puts_thinking_blocks_first_and_checks_the_loop() -> None:
     dropped = [loop[0], {**loop[1], "thinking_blocks": None}, *loop[2:]]
     body = messages_request({"messages": dropped, "reasoning_effort": "low"}, "claude", False, 8000, notes)
     assert "thinking" not in body and len(notes) == 1 and notes[0].startswith("thinking left off")
+    # thinking off: the blocks stay behind (Anthropic refuses them in a final assistant message then)
+    prefill = [*user("Hi"), {"role": "assistant", "content": "Hel", "thinking_blocks": [think]}]
+    body = messages_request({"messages": prefill}, "claude", False, 8000)
+    assert "thinking" not in body and body["messages"][-1]["content"] == [{"type": "text", "text": "Hel"}]
 
 
 def stream_chunks(events: list[str]) -> list[dict]:

@@ -857,9 +857,7 @@ def test_thinking_blocks_and_signatures_ride_in_a_reasoning_item():
     bare = from_chat(completion({"content": None, "tool_calls": [signed("call_a", "S1")]}, "tool_calls"), {}, RID, 1)
     strict(RESPONSE, bare)
     assert bare["output"][0]["summary"] == [] and bare["output"][0]["encrypted_content"]
-
-
-def test_foreign_encrypted_content_and_plain_reasoning_items_stay_behind():
+    # another provider's encrypted_content (OpenAI's) is not Stockyard's: nothing is restored
     items = [
         {"id": "rs_1", "type": "reasoning", "summary": [], "encrypted_content": "gAAAAABopenai-fernet"},
         {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
