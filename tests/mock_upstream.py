@@ -54,6 +54,9 @@ PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 5
 CACHED_TOKENS = 8
 REASONING_TOKENS = 3
+THINKING_TEXT = "Let me think about the weather."  # Anthropic's thinking block when thinking is on
+THINKING_SIGNATURE = "EqQBCkYIBxgCKkBmockSignatureOfTheThinkingBlock=="
+THOUGHT_SIGNATURE = "CiQBmockThoughtSignatureFromGemini3=="  # on gemini-3* function calls
 EMBEDDING_DIMS = 8
 MODEL_IDS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 ERROR_MODEL = re.compile(r"^(?:mock|claude|gemini)-error-(\d{3})$")
@@ -647,9 +650,56 @@ def _anthropic_content(body: dict) -> tuple[list[dict], str]:
     return [{"type": "text", "text": TEXT}], "end_turn"
 
 
+def _thinking_on(body: dict) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _has_tool_result(message: Any) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def anthropic_thinking_refusal(body: dict) -> Reply | None:
+    """Anthropic's 400 for a tool loop sent back without its thinking: with thinking on, the
+    assistant turn that called the tools (the first assistant message after the last user
+    message that is not tool results) must start with a thinking or redacted_thinking block."""
+    messages = body.get("messages")
+    if not _thinking_on(body) or not isinstance(messages, list) or not messages or not _has_tool_result(messages[-1]):
+        return None
+    first = None
+    for i in range(len(messages) - 2, -1, -1):
+        msg = messages[i]
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("role") == "user" and not _has_tool_result(msg):
+            break
+        if msg.get("role") == "assistant":
+            first = i
+    if first is None:
+        return None
+    content = messages[first].get("content")
+    head = content[0] if isinstance(content, list) and content else {"type": "text"}
+    kind = head.get("type") if isinstance(head, dict) else "text"
+    if kind in ("thinking", "redacted_thinking"):
+        if kind == "thinking" and not (isinstance(head.get("signature"), str) and head["signature"]):
+            return anthropic_error(400, f"messages.{first}.content.0.thinking.signature: Field required")
+        return None
+    return anthropic_error(
+        400,
+        f"messages.{first}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{kind}`. "
+        "When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding "
+        "the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks "
+        "from previous turns. To avoid this requirement, disable `thinking`. Please consult our documentation "
+        "at https://docs.claude.com/en/docs/build-with-claude/extended-thinking",
+    )
+
+
 def anthropic_message(body: dict, n: int, model: str) -> dict:
-    """A non-streamed Messages API reply."""
+    """A non-streamed Messages API reply (with thinking on, a signed thinking block first)."""
     content, stop = _anthropic_content(body)
+    if _thinking_on(body):
+        content = [{"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE}, *content]
     reply = {
         "id": f"msg_mock{n}",
         "type": "message",
@@ -691,13 +741,28 @@ def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
     else:
         start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
         deltas = [{"type": "input_json_delta", "partial_json": p} for p in [""] + TOOL_ARG_PIECES]
-    events = [
-        _event("message_start", {"type": "message_start", "message": message}),
-        _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": start}),
+    events = [_event("message_start", {"type": "message_start", "message": message})]
+    index = 0
+    if _thinking_on(body):  # a thinking block first, its signature just before it stops (as Anthropic streams it)
+        thinking = {"type": "thinking", "thinking": "", "signature": ""}
+        events.append(
+            _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": thinking})
+        )
+        for d in (
+            {"type": "thinking_delta", "thinking": THINKING_TEXT},
+            {"type": "signature_delta", "signature": THINKING_SIGNATURE},
+        ):
+            events.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}))
+        events.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        index = 1
+    events += [
+        _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}),
         _event("ping", {"type": "ping"}),
     ]
-    events += [_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
-    events.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    events += [
+        _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas
+    ]
+    events.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
     events.append(
         _event(
             "message_delta",
@@ -1274,10 +1339,70 @@ def _gemini_response(parts: list[dict], model: str, n: int, finish: str | None, 
     return reply
 
 
+def _gemini_call_part(fn: str, model: str) -> dict:
+    """A functionCall part; Gemini 3 signs the first one of each step with a thoughtSignature."""
+    part: dict = {"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}
+    if model.removeprefix("models/").startswith("gemini-3"):
+        part["thoughtSignature"] = THOUGHT_SIGNATURE
+    return part
+
+
+def _signed_call(part: Any) -> tuple[str, str] | None:
+    """(name, args) of a functionCall part, the key the mock remembers signatures under."""
+    fn = part.get("functionCall") if isinstance(part, dict) else None
+    if not isinstance(fn, dict):
+        return None
+    return str(fn.get("name")), _dumps(fn.get("args") or {})
+
+
+def gemini_signatures(reply: Reply) -> dict[tuple[str, str], str]:
+    """The thought signatures a Gemini reply hands out, by the function call they sign."""
+    docs: list = []
+    if reply.json is not None:
+        docs.append(reply.json)
+    for item in reply.sse or []:
+        data = item.split("data:", 1)[1] if item.lstrip().startswith(("data:", "event:")) else item
+        try:
+            docs.append(jsonlib.loads(data))
+        except ValueError:
+            continue
+    found: dict[tuple[str, str], str] = {}
+    for doc in docs:
+        for candidate in doc.get("candidates") or [] if isinstance(doc, dict) else []:
+            for part in ((candidate or {}).get("content") or {}).get("parts") or []:
+                key = _signed_call(part)
+                if key and isinstance(part.get("thoughtSignature"), str):
+                    found[key] = part["thoughtSignature"]
+    return found
+
+
+def gemini_signature_refusal(body: dict, model: str, signed: dict[tuple[str, str], str]) -> Reply | None:
+    """Gemini 3's 400 for a functionCall sent back without the thoughtSignature the model gave it."""
+    if not model.removeprefix("models/").startswith("gemini-3"):
+        return None
+    for position, content in enumerate(body.get("contents") or []):
+        if not isinstance(content, dict) or content.get("role") != "model":
+            continue
+        for part in content.get("parts") or []:
+            key = _signed_call(part)
+            if key in signed and part.get("thoughtSignature") != signed[key]:
+                if part.get("thoughtSignature"):
+                    return gemini_error(400, "Unable to submit request because Thought signature is not valid.")
+                return gemini_error(
+                    400,
+                    "Function call is missing a thought_signature in functionCall parts. This is required for "
+                    "tools to work correctly, and missing thought_signature may lead to degraded model "
+                    f"performance. Additional data, function call `default_api:{key[0]}` , position "
+                    f"{position + 1}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures "
+                    "for more details.",
+                )
+    return None
+
+
 def gemini_generate(body: dict, n: int, model: str) -> dict:
     """A non-streamed GenerateContentResponse."""
     fn = _first_gemini_function(body)
-    parts = [{"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}] if fn else [{"text": TEXT}]
+    parts = [_gemini_call_part(fn, model)] if fn else [{"text": TEXT}]
     return _gemini_response(
         parts, model, n, "STOP", gemini_usage(model, per_choice_tokens(body, model) * billed_choices(body))
     )
@@ -1289,7 +1414,7 @@ def gemini_stream(body: dict, n: int, model: str) -> list[str]:
     fn = _first_gemini_function(body)
     total = per_choice_tokens(body, model) * billed_choices(body)
     if fn:
-        parts = [{"functionCall": {"name": fn, "args": dict(TOOL_ARGS)}}]
+        parts = [_gemini_call_part(fn, model)]
         return [_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model, total)))]
     events = []
     for i, piece in enumerate(TEXT_PIECES):
@@ -1671,7 +1796,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return stopping.is_set()
 
     def _resolve(self, req: Recorded, n: int, scripted: Reply | None) -> Reply:
-        """The reply to send: scripted content, else the route's default (or its error)."""
+        """The reply to send: the provider's refusal of a request it would refuse whatever it
+        answers (reasoning state not sent back), scripted content, else the route's default."""
+        refusal = self._refusal(req)
+        if refusal is not None:
+            return refusal
+        reply = self._reply(req, n, scripted)
+        if GEMINI_PATH.match(req.path) and reply.status == 200:
+            self.server.mock._note_signatures(gemini_signatures(reply))
+        return reply
+
+    def _refusal(self, req: Recorded) -> Reply | None:
+        body = req.json if isinstance(req.json, dict) else None
+        if body is None or req.method != "POST":
+            return None
+        if req.path.rstrip("/").endswith("/v1/messages"):
+            return anthropic_thinking_refusal(body)
+        match = GEMINI_PATH.match(req.path)
+        if match and "Content" in (match.group(3) or ""):
+            return gemini_signature_refusal(body, _gemini_model(Call(req, 0)), self.server.mock._signatures())
+        return None
+
+    def _reply(self, req: Recorded, n: int, scripted: Reply | None) -> Reply:
         if scripted is not None and scripted.has_content():
             return scripted
         route = find_route(req.method, req.path)
@@ -1798,6 +1944,7 @@ class MockUpstream:
         self._requests: list[Recorded] = []
         self._replies: collections.deque[Reply] = collections.deque()
         self._counter = itertools.count(1)
+        self._signed: dict[tuple[str, str], str] = {}  # Gemini 3 function calls answered, and their signatures
 
     # -- lifecycle
 
@@ -1874,6 +2021,14 @@ class MockUpstream:
             return next(self._counter)
 
     # -- scripting
+
+    def _note_signatures(self, found: dict[tuple[str, str], str]) -> None:
+        with self._lock:
+            self._signed.update(found)
+
+    def _signatures(self) -> dict[tuple[str, str], str]:
+        with self._lock:
+            return dict(self._signed)
 
     def enqueue(self, *replies: Reply) -> None:
         """Queue scripted replies; each request takes the oldest one before defaults apply."""

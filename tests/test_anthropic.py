@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 from conftest import ServerProcess, mock_env
-from mock_upstream import MockUpstream, Recorded, Reply, anthropic_stream
+from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, MockUpstream, Recorded, Reply, anthropic_stream
 
 from stockyard.pricing import PriceTable, Usage, cost_microcents
 
@@ -599,3 +599,203 @@ def test_web_searches_are_billed_a_cent_each(server, mock, stream) -> None:
     price = PriceTable.load().lookup("claude-haiku-4-5", "anthropic")
     tokens = cost_microcents(price, Usage(prompt_tokens=12, completion_tokens=5))
     assert trace["cost_uc"] == tokens + 3 * 1_000_000  # three searches, $0.01 each
+
+
+# --------------------------------------------------------------------------- thinking in tool loops
+
+THINK_SIG = "EqQBCkYIBRgCKkBsig-from-anthropic"
+
+
+def anthropic_thinking_call(model: str) -> dict:
+    """A Claude answer with thinking on: a signed thinking block, a redacted one, then the call."""
+    return {
+        "id": "msg_t1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [
+            {"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG},
+            {"type": "redacted_thinking", "data": "RURBQ1RFRA=="},
+            {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 30},
+    }
+
+
+def last_assistant(mock: MockUpstream, model: str) -> list[dict]:
+    body = sent(mock, model).json
+    assert body.get("thinking"), body  # thinking is on for this request
+    return [m for m in body["messages"] if m["role"] == "assistant"][-1]["content"]
+
+
+def test_chat_to_anthropic_thinking_tool_loop(client, mock) -> None:
+    """The review's reproduction: reasoning_effort + tools on a Claude model; on the tool-result
+    turn Anthropic wants the assistant turn to start with its thinking blocks, signature intact
+    (the mock refuses it otherwise, as Anthropic does)."""
+    model = "claude-sonnet-4-5-think-scripted"
+    mock.enqueue(Reply(json=anthropic_thinking_call(model)))
+    ask = dict(model=model, max_completion_tokens=8000, reasoning_effort="low", tools=TOOLS)
+    first = client.chat.completions.create(**ask, messages=user("weather?"))
+    msg = first.choices[0].message
+    assert msg.reasoning_content == "I should call the tool."
+    assert msg.thinking_blocks == [
+        {"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG},
+        {"type": "redacted_thinking", "data": "RURBQ1RFRA=="},
+    ]
+    answer = client.chat.completions.create(
+        **ask,
+        messages=[
+            *user("weather?"),
+            msg.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "sunny"},
+        ],
+    )
+    assert answer.choices[0].message.content == "Hello from mock"
+    blocks = last_assistant(mock, model)
+    assert blocks[0] == {"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG}
+    assert [b["type"] for b in blocks] == ["thinking", "redacted_thinking", "tool_use"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_thinking_blocks_round_trip_plain_and_streamed(client, mock, stream) -> None:
+    """Streams carry each thinking block, whole, in a ``thinking_blocks`` delta (with an index, so
+    the SDK's stream helper collects them) and its text as ``reasoning_content``."""
+    model = f"claude-sonnet-4-5-think-{stream}"
+    ask = dict(model=model, max_completion_tokens=8000, reasoning_effort="low", tools=TOOLS)
+    if stream:
+        with client.chat.completions.stream(**ask, messages=user("weather?")) as s:
+            msg = s.get_final_completion().choices[0].message
+    else:
+        msg = client.chat.completions.create(**ask, messages=user("weather?")).choices[0].message
+    assert msg.reasoning_content == THINKING_TEXT
+    assert [{k: v for k, v in b.items() if k != "index"} for b in msg.thinking_blocks] == [
+        {"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE}
+    ]
+    follow = [
+        *user("weather?"),
+        msg.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "sunny"},
+    ]
+    answer = client.chat.completions.create(**ask, messages=follow)
+    assert answer.choices[0].message.content == "Hello from mock"
+    assert last_assistant(mock, model)[0] == {
+        "type": "thinking",
+        "thinking": THINKING_TEXT,
+        "signature": THINKING_SIGNATURE,
+    }
+
+
+def test_thinking_is_left_off_when_the_loop_came_back_without_it(server, client, mock) -> None:
+    """A client that dropped the thinking blocks (or history from another model): Anthropic would
+    refuse the request with thinking on, so it goes without thinking, and the trace says so."""
+    model = "claude-sonnet-4-5-think-dropped"
+    ask = dict(model=model, max_completion_tokens=8000, reasoning_effort="low", tools=TOOLS)
+    msg = client.chat.completions.create(**ask, messages=user("weather?")).choices[0].message
+    bare = {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in msg.tool_calls]}
+    follow = [*user("weather?"), bare, {"role": "tool", "tool_call_id": msg.tool_calls[0].id, "content": "sunny"}]
+    raw = client.chat.completions.with_raw_response.create(**ask, messages=follow)
+    assert raw.parse().choices[0].message.content == "Hello from mock"
+    body = sent(mock, model).json
+    assert "thinking" not in body and body["max_tokens"] == 8000
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert trace["status"] == 200 and "thinking left off" in trace["error_message"]
+    # a new user turn needs no thinking back: thinking stays on, the old blocks are not required
+    fresh = [*follow, {"role": "assistant", "content": "Sunny."}, *user("And tomorrow?")]
+    client.chat.completions.create(**ask, messages=fresh)
+    assert sent(mock, model).json["thinking"]["type"] == "enabled"
+
+
+def test_native_requests_lose_only_the_thinking_blocks_stockyard_made_for_gemini(native, mock) -> None:
+    """A conversation Claude Code had on a Gemini model, continued on Claude: the thinking block
+    that carried Gemini's thought signature is Stockyard's, not Anthropic's, and is not sent."""
+    from stockyard.providers.reasoning import pack
+
+    ours = {"type": "thinking", "thinking": "", "signature": pack({"thought_signatures": {"call_1": "c2ln"}})}
+    theirs = {"type": "thinking", "thinking": "hm", "signature": THINK_SIG}
+    call = {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+    result = {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"}
+    native.messages.create(
+        model="claude-haiku-4-5-from-gemini",
+        max_tokens=100,
+        messages=[
+            *user("weather?"),
+            {"role": "assistant", "content": [theirs, ours, call]},
+            {"role": "user", "content": [result]},
+        ],
+    )
+    body = sent(mock, "claude-haiku-4-5-from-gemini").json
+    assert body["messages"][1]["content"] == [theirs, call]
+
+
+# --------------------------------------------------------------------------- thinking: the translator alone
+
+
+def test_translator_puts_thinking_blocks_first_and_checks_the_loop() -> None:
+    from stockyard.providers.anthropic import messages_request
+
+    think = {"type": "thinking", "thinking": "t", "signature": "s", "index": 0}
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    loop = [
+        *user("w?"),
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [call], "thinking_blocks": [think, {"x": 1}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sun"},
+        # a second step without thinking (no interleaved thinking): the turn started with it, that counts
+        {"role": "assistant", "content": None, "tool_calls": [{**call, "id": "toolu_2"}]},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "rain"},
+    ]
+    notes: list[str] = []
+    body = messages_request({"messages": loop, "reasoning_effort": "low"}, "claude", False, 8000, notes)
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048} and notes == []
+    assert body["messages"][1]["content"][:2] == [
+        {"type": "thinking", "thinking": "t", "signature": "s"},  # the stream's index stays behind
+        {"type": "text", "text": "Let me look."},
+    ]
+    dropped = [loop[0], {**loop[1], "thinking_blocks": None}, *loop[2:]]
+    body = messages_request({"messages": dropped, "reasoning_effort": "low"}, "claude", False, 8000, notes)
+    assert "thinking" not in body and len(notes) == 1 and notes[0].startswith("thinking left off")
+    # thinking off: the blocks stay behind (Anthropic refuses them in a final assistant message then)
+    prefill = [*user("Hi"), {"role": "assistant", "content": "Hel", "thinking_blocks": [think]}]
+    body = messages_request({"messages": prefill}, "claude", False, 8000)
+    assert "thinking" not in body and body["messages"][-1]["content"] == [{"type": "text", "text": "Hel"}]
+
+
+def stream_chunks(events: list[str]) -> list[dict]:
+    from stockyard.context import RequestContext
+    from stockyard.providers.anthropic import AnthropicToOpenAIStream
+
+    translator = AnthropicToOpenAIStream(RequestContext("chat", "openai", "127.0.0.1", {}))
+    out: list[bytes] = []
+    for event in events:
+        out += translator.feed(event.encode())
+    return [json.loads(p) for p in sse_payloads(b"".join(out)) if p != "[DONE]"]
+
+
+def test_stream_sends_each_thinking_block_whole_once_signed() -> None:
+    def ev(index: int, delta: dict) -> str:
+        return f"data: {json.dumps({'type': 'content_block_delta', 'index': index, 'delta': delta})}\n\n"
+
+    def block(kind: str, index: int, content: dict | None = None) -> str:
+        payload = {"type": kind, "index": index, **({"content_block": content} if content else {})}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    events = [
+        'data: {"type":"message_start","message":{"id":"m","model":"claude","usage":{"input_tokens":1}}}\n\n',
+        block("content_block_start", 0, {"type": "thinking", "thinking": "", "signature": ""}),
+        ev(0, {"type": "thinking_delta", "thinking": "Let me "}),
+        ev(0, {"type": "thinking_delta", "thinking": "see."}),
+        ev(0, {"type": "signature_delta", "signature": "sig-1"}),
+        block("content_block_stop", 0),
+        block("content_block_start", 1, {"type": "redacted_thinking", "data": "opaque"}),
+        block("content_block_stop", 1),
+        block("content_block_start", 2, {"type": "text", "text": ""}),
+        ev(2, {"type": "text_delta", "text": "Hi"}),
+        block("content_block_stop", 2),
+    ]
+    deltas = [c["choices"][0]["delta"] for c in stream_chunks(events)]
+    assert [d.get("reasoning_content") for d in deltas if "reasoning_content" in d] == ["Let me ", "see."]
+    assert [d["thinking_blocks"] for d in deltas if "thinking_blocks" in d] == [
+        [{"index": 0, "type": "thinking", "thinking": "Let me see.", "signature": "sig-1"}],
+        [{"index": 1, "type": "redacted_thinking", "data": "opaque"}],
+    ]

@@ -293,3 +293,103 @@ def test_budget_spend_is_the_translated_cost(server):
     zero, _ = new_key(server, name="msgs-broke", budget_usd="0", budget_period="day")
     status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": zero})
     assert status == 429 and json.loads(raw)["error"]["type"] == "budget_exceeded"
+
+
+# --------------------------------------------------------------------------- Gemini 3 thought signatures
+
+SIG = "CiQBVKhc7sig-from-gemini=="
+GEMINI3 = "gemini-3-pro-preview"
+
+
+def gemini_call_reply(sse: bool) -> Reply:
+    doc = {
+        "candidates": [
+            {
+                "content": {
+                    "role": "model",
+                    "parts": [
+                        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": SIG}
+                    ],
+                },
+                "finishReason": "STOP",
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 5, "totalTokenCount": 17},
+        "modelVersion": GEMINI3,
+        "responseId": "r1",
+    }
+    return Reply(sse=[json.dumps(doc)]) if sse else Reply(json=doc)
+
+
+def function_calls_sent(mock, model: str) -> list[dict]:
+    body = upstream_body(mock, model)
+    return [p for c in body["contents"] for p in c["parts"] if "functionCall" in p]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_to_gemini_keeps_thought_signature(client, mock, stream):
+    """The review's reproduction (Claude Code on Gemini 3): the functionCall's thoughtSignature comes
+    back on the next turn, or Gemini 3 answers 400 'Function call is missing a thought_signature'."""
+    mock.enqueue(gemini_call_reply(stream))
+    kwargs = dict(model=GEMINI3, max_tokens=200, tools=[TOOL], messages=[{"role": "user", "content": "weather?"}])
+    if stream:
+        with client.messages.stream(**kwargs) as s:
+            first = s.get_final_message()
+    else:
+        first = client.messages.create(**kwargs)
+    assert [b.type for b in first.content] == ["thinking", "tool_use"]
+    call = first.content[1]
+    # the client echoes the assistant turn back as it got it (what Claude Code does)
+    answer = client.messages.create(
+        model=GEMINI3,
+        max_tokens=200,
+        tools=[TOOL],
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]},
+        ],
+    )
+    assert answer.content[-1].text == TEXT
+    calls = function_calls_sent(mock, GEMINI3)
+    assert calls and calls[0].get("thoughtSignature") == SIG, calls
+
+
+def test_gemini_3_tool_loop_with_the_mock_signing_and_a_dropped_block(client, mock):
+    """The mock signs Gemini 3 calls and refuses them back unsigned: a client that keeps the
+    thinking block gets its answer; one that drops it gets Gemini's 400, as it would for real."""
+    model = "gemini-3-flash-msgs"
+    ask = dict(model=model, max_tokens=200, tools=[TOOL])
+    with client.messages.stream(**ask, messages=[{"role": "user", "content": "weather?"}]) as s:
+        first = s.get_final_message()
+    turn = [b.model_dump(exclude_none=True) for b in first.content]
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": turn[-1]["id"], "content": "sun"}]}
+    loop = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": turn}, result]
+    assert client.messages.create(**ask, messages=loop).content[-1].text == TEXT
+    dropped = [loop[0], {"role": "assistant", "content": turn[1:]}, result]
+    with pytest.raises(anthropic.BadRequestError, match="thought_signature"):
+        client.messages.create(**ask, messages=dropped)
+
+
+def test_a_signature_block_never_reaches_a_gpt_model(client, mock):
+    """The same history moved to a GPT model: the tool call goes without Gemini's extra_content."""
+    from stockyard.providers.reasoning import pack
+
+    block = {"type": "thinking", "thinking": "", "signature": pack({"thought_signatures": {"call_1": SIG}})}
+    call = {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"}]}
+    client.messages.create(
+        model=MODELS["gpt"],
+        max_tokens=100,
+        tools=[TOOL],
+        messages=[{"role": "user", "content": "weather?"}, {"role": "assistant", "content": [block, call]}, result],
+    )
+    sent = upstream_body(mock, MODELS["gpt"])["messages"]
+    assert sent[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    }

@@ -356,3 +356,84 @@ def test_stream_failure_is_an_error_event():
     assert name == "event: error"
     assert json.loads(data[6:]) == {"type": "error", "error": {"type": "api_error", "message": "upstream broke"}}
     assert stream.finish() == [] and not stream.complete
+
+
+# --------------------------------------------------------------------------- Gemini thought signatures
+
+
+def signed_call(call_id: str, signature: str, arguments: str = "{}") -> dict:
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "w", "arguments": arguments},
+        "extra_content": {"google": {"thought_signature": signature}},
+    }
+
+
+def history(content: list[dict]) -> dict:
+    """A request that sends ``content`` back as the assistant turn, then the tool results."""
+    results = [
+        {"type": "tool_result", "tool_use_id": b["id"], "content": "ok"} for b in content if b["type"] == "tool_use"
+    ]
+    return body(
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": results},
+        ]
+    )
+
+
+def test_a_thought_signature_rides_in_a_thinking_block_and_comes_back_for_gemini_only():
+    message = messages.from_chat(
+        chat_answer({"role": "assistant", "content": None, "tool_calls": [signed_call("call_1", "SIG")]}, "tool_calls"),
+        body(),
+        "msg_1",
+    )
+    Message.model_validate(message)
+    thinking, tool_use = message["content"]
+    assert thinking["type"] == "thinking" and thinking["thinking"] == "" and thinking["signature"] not in ("", "SIG")
+    assert tool_use["id"] == "call_1"
+    gemini = messages.to_chat(history(message["content"]), "gemini")["messages"][1]
+    assert gemini["tool_calls"][0]["extra_content"] == {"google": {"thought_signature": "SIG"}}
+    for kind in ("openai", "groq", "azure"):  # no field another provider does not know
+        assert (
+            "extra_content" not in messages.to_chat(history(message["content"]), kind)["messages"][1]["tool_calls"][0]
+        )
+    # Anthropic's own signatures (a conversation begun on Claude) stay behind, as before
+    theirs = [{"type": "thinking", "thinking": "hm", "signature": "EqQBCkYIBRgC"}, tool_use]
+    assert "extra_content" not in messages.to_chat(history(theirs), "gemini")["messages"][1]["tool_calls"][0]
+
+
+def test_the_signature_goes_on_the_reasoning_block_or_just_before_the_call():
+    calls = [signed_call("call_1", "S1"), signed_call("call_2", "S2")]
+    with_reasoning = {"role": "assistant", "content": None, "reasoning_content": "Hmm.", "tool_calls": calls}
+    content = messages.from_chat(chat_answer(with_reasoning, "tool_calls"), body(), "msg_1")["content"]
+    assert [b["type"] for b in content] == ["thinking", "tool_use", "thinking", "tool_use"]
+    assert content[0]["thinking"] == "Hmm." and content[0]["signature"]
+    chat = messages.to_chat(history(content), "gemini")["messages"][1]
+    assert [c["extra_content"]["google"]["thought_signature"] for c in chat["tool_calls"]] == ["S1", "S2"]
+
+    after_text = {"role": "assistant", "content": "Checking", "reasoning_content": "Hmm.", "tool_calls": calls[:1]}
+    content = messages.from_chat(chat_answer(after_text, "tool_calls"), body(), "msg_1")["content"]
+    assert [b["type"] for b in content] == ["thinking", "text", "thinking", "tool_use"]
+    assert content[0]["signature"] == "" and content[2]["thinking"] == ""
+
+
+def test_stream_sends_the_signature_as_a_signature_delta():
+    events, final = run(
+        [
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"reasoning_content": "Hmm."}),
+            chunk({"tool_calls": [{"index": 0, **signed_call("call_1", "S1", '{"city": "Paris"}')}]}),
+            chunk({"content": "and"}),
+            chunk({"tool_calls": [{"index": 1, **signed_call("call_2", "S2")}]}),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    assert [b.type for b in final.content] == ["thinking", "tool_use", "text", "thinking", "tool_use"]
+    assert [e.delta.type for e in events if e.type == "content_block_delta"].count("signature_delta") == 2
+    assert final.content[0].thinking == "Hmm." and final.content[3].thinking == ""
+    echoed = [b.model_dump() for b in final.content]
+    chat = messages.to_chat(history(echoed), "gemini")["messages"][1]
+    assert [c["extra_content"]["google"]["thought_signature"] for c in chat["tool_calls"]] == ["S1", "S2"]

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import wait_for  # noqa: E402
-from mock_upstream import MockUpstream, Reply  # noqa: E402
+from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, THOUGHT_SIGNATURE, MockUpstream, Reply  # noqa: E402
 
 
 @pytest.fixture
@@ -325,6 +325,75 @@ def test_gemini_json_sse_and_errors(mock: MockUpstream) -> None:
 
     resp, raw, _ = call(mock, "POST", "/v1beta/models/gemini-error-429:generateContent", {"contents": []})
     assert resp.status == 429 and json.loads(raw)["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+def test_anthropic_thinks_and_wants_its_thinking_back(mock: MockUpstream) -> None:
+    """With thinking on, answers start with a signed thinking block (streamed: thinking_delta, then
+    signature_delta); a tool loop sent back without it is Anthropic's 400."""
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    ask = {"model": "claude-x", "max_tokens": 2000, "thinking": thinking, "tools": [{"name": "get_weather"}]}
+    _, raw, _ = call(mock, "POST", "/v1/messages", {**ask, "messages": [{"role": "user", "content": "w?"}]})
+    content = json.loads(raw)["content"]
+    assert [b["type"] for b in content] == ["thinking", "tool_use"]
+    assert content[0] == {"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE}
+
+    _, raw, _ = call(
+        mock, "POST", "/v1/messages", {**ask, "stream": True, "messages": [{"role": "user", "content": "w"}]}
+    )
+    deltas = [json.loads(p)["delta"] for p in sse_data(raw) if '"content_block_delta"' in p]
+    assert deltas[:2] == [
+        {"type": "thinking_delta", "thinking": THINKING_TEXT},
+        {"type": "signature_delta", "signature": THINKING_SIGNATURE},
+    ]
+
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_mock1", "content": "sun"}]}
+    history = [{"role": "user", "content": "w?"}, {"role": "assistant", "content": content}, result]
+    resp, raw, _ = call(mock, "POST", "/v1/messages", {**ask, "messages": history})
+    assert resp.status == 200 and json.loads(raw)["content"][-1]["type"] == "text"
+
+    dropped = [history[0], {"role": "assistant", "content": content[1:]}, result]
+    for body in ({**ask, "messages": dropped}, {**ask, "stream": True, "messages": dropped}):
+        mock.enqueue(Reply(json={"scripted": "never sent: the request is refused first"}))
+        resp, raw, _ = call(mock, "POST", "/v1/messages", body)
+        error = json.loads(raw)
+        assert resp.status == 400 and error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert error["error"]["message"].startswith(
+            "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`."
+        )
+    # thinking off, or a new user turn: nothing is required
+    off = {k: v for k, v in ask.items() if k != "thinking"}
+    assert call(mock, "POST", "/v1/messages", {**off, "messages": dropped})[0].status == 200
+    fresh = [*dropped, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "Thanks"}]
+    assert call(mock, "POST", "/v1/messages", {**ask, "messages": fresh})[0].status == 200
+
+
+def test_gemini_3_signs_function_calls_and_wants_the_signature_back(mock: MockUpstream) -> None:
+    """A gemini-3* functionCall carries a thoughtSignature (scripted ones are remembered too);
+    the same call sent back without it is Google's 400 INVALID_ARGUMENT."""
+    path = "/v1beta/models/gemini-3-pro-preview:generateContent"
+    tools = [{"functionDeclarations": [{"name": "get_weather"}]}]
+    ask = {"role": "user", "parts": [{"text": "w?"}]}
+    _, raw, _ = call(mock, "POST", path, {"contents": [ask], "tools": tools})
+    part = json.loads(raw)["candidates"][0]["content"]["parts"][0]
+    assert part["thoughtSignature"] == THOUGHT_SIGNATURE
+
+    result = {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"content": "sun"}}}]}
+    signed = {"contents": [ask, {"role": "model", "parts": [part]}, result], "tools": tools}
+    assert call(mock, "POST", path, signed)[0].status == 200
+    bare = {"functionCall": part["functionCall"]}
+    resp, raw, _ = call(mock, "POST", path, {"contents": [ask, {"role": "model", "parts": [bare]}, result]})
+    error = json.loads(raw)["error"]
+    assert resp.status == 400 and (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
+    assert error["message"].startswith("Function call is missing a thought_signature in functionCall parts.")
+    # a model before Gemini 3 never asks for one
+    old = "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert call(mock, "POST", old, {"contents": [ask, {"role": "model", "parts": [bare]}, result]})[0].status == 200
+
+    scripted = {"functionCall": {"name": "lookup", "args": {"q": 1}}, "thoughtSignature": "c2NyaXB0ZWQ="}
+    mock.enqueue(Reply(json={"candidates": [{"content": {"role": "model", "parts": [scripted]}, "index": 0}]}))
+    call(mock, "POST", path, {"contents": [ask]})
+    history = [ask, {"role": "model", "parts": [{"functionCall": scripted["functionCall"]}]}, result]
+    assert call(mock, "POST", path, {"contents": history})[0].status == 400
 
 
 def test_gemini_native_methods_and_models(mock: MockUpstream) -> None:

@@ -8,8 +8,8 @@ import json
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
-from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, Reply, responses_stream
-from openai import NotFoundError, OpenAI
+from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, THINKING_SIGNATURE, Reply, responses_stream
+from openai import BadRequestError, NotFoundError, OpenAI
 from pydantic import BaseModel
 
 ADMIN = "admin-key-for-responses-tests-0123456789"
@@ -41,6 +41,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         mock,
         ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY="AIza-test-0123456789abcdefGEMINI",
+        GEMINI_BASE_URL=mock.url,
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("responses") / "stockyard.db", env).start()
@@ -330,3 +332,129 @@ def test_a_stored_responses_stream_that_breaks_ends_with_an_error_event(server, 
     assert status == 200 and [e.get("type") for e in lines[:2]] == ["response.created", "response.in_progress"]
     assert lines[-1]["error"]["code"] == "upstream_reset", lines[-1]  # never a made-up completion
     assert OPENAI_KEY not in data.decode()
+
+
+# --------------------------------------------------------------------------- reasoning state in tool loops
+
+SIG = "CiQBVKhc7sig-from-gemini=="
+GEMINI3 = "gemini-3-pro-preview"
+THINK_SIG = "EqQBCkYIBRgCKkBsig-from-anthropic"
+FUNCTION_TOOL = {**WEATHER_TOOL, "strict": False}
+
+
+def gemini_call_reply(sse: bool) -> Reply:
+    part = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": SIG}
+    doc = {
+        "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 5, "totalTokenCount": 17},
+        "modelVersion": GEMINI3,
+        "responseId": "r1",
+    }
+    return Reply(sse=[json.dumps(doc)]) if sse else Reply(json=doc)
+
+
+def first_turn(client: OpenAI, stream: bool, **kwargs):
+    if stream:
+        with client.responses.stream(**kwargs) as s:
+            check_sequence(list(s))
+            return s.get_final_response()
+    return client.responses.create(**kwargs)
+
+
+def gemini_calls_sent(mock, model: str) -> list[dict]:
+    req = next(r for r in reversed(mock.requests) if r.path.startswith(f"/v1beta/models/{model}:"))
+    return [p for c in req.json["contents"] for p in c["parts"] if "functionCall" in p]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_to_gemini_keeps_thought_signature(client, mock, stream):
+    """The review's reproduction (Codex, the Agents SDK on Gemini 3): the thought signature comes
+    back as a reasoning item's encrypted_content before the call, and on to Gemini with the call
+    when the conversation continues by previous_response_id."""
+    mock.enqueue(gemini_call_reply(stream))
+    first = first_turn(client, stream, model=GEMINI3, input="weather?", tools=[FUNCTION_TOOL])
+    assert [o.type for o in first.output] == ["reasoning", "function_call"]
+    assert first.output[0].encrypted_content and SIG not in first.output[0].encrypted_content
+    call = first.output[1]
+    second = client.responses.create(
+        model=GEMINI3,
+        previous_response_id=first.id,
+        tools=[FUNCTION_TOOL],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
+    assert second.output_text == TEXT
+    calls = gemini_calls_sent(mock, GEMINI3)
+    assert calls and calls[0].get("thoughtSignature") == SIG, calls
+
+
+def test_gemini_items_sent_back_by_the_client_without_store(client, mock):
+    """store=False: the client sends the output items back in input (the Agents SDK's way); the
+    mock signs Gemini 3 calls and refuses them back unsigned, as Gemini 3 does."""
+    model = "gemini-3-flash-resp"
+    first = client.responses.create(model=model, input="weather?", tools=[FUNCTION_TOOL], store=False)
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    result = {"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "sunny"}
+    ask = dict(model=model, tools=[FUNCTION_TOOL], store=False)
+    assert (
+        client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items, result]).output_text
+        == TEXT
+    )
+    with pytest.raises(BadRequestError, match="thought_signature"):
+        client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items[1:], result])
+
+
+def anthropic_thinking_call(model: str) -> dict:
+    return {
+        "id": "msg_t1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [
+            {"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG},
+            {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 30},
+    }
+
+
+def last_anthropic_assistant(mock) -> list[dict]:
+    body = mock.last("/v1/messages").json
+    assert body.get("thinking"), body  # thinking is on for this request
+    return [m for m in body["messages"] if m["role"] == "assistant"][-1]["content"]
+
+
+def test_responses_to_anthropic_thinking_tool_loop(client, mock):
+    """The review's reproduction (Codex on Claude, reasoning.effort + tools, previous_response_id):
+    the thinking comes back as a reasoning item (its text the summary, the block its encrypted
+    content) and goes first in the assistant turn, signature intact."""
+    model = "claude-sonnet-4-5"
+    mock.enqueue(Reply(json=anthropic_thinking_call(model)))
+    ask = dict(model=model, tools=[FUNCTION_TOOL], reasoning={"effort": "low"}, max_output_tokens=8000)
+    first = client.responses.create(**ask, input="weather?")
+    assert [o.type for o in first.output] == ["reasoning", "function_call"]
+    assert first.output[0].summary[0].text == "I should call the tool." and first.output[0].encrypted_content
+    call = first.output[1]
+    client.responses.create(
+        **ask,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
+    blocks = last_anthropic_assistant(mock)
+    assert blocks[0] == {"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_claude_thinking_round_trips_through_items_sent_back(client, mock, stream):
+    """Streamed too, and with store=False: the reasoning item the client sends back in input carries
+    the thinking block to Anthropic (the mock refuses the tool loop without it, as Anthropic does)."""
+    model = f"claude-sonnet-4-5-resp-think-{stream}"
+    ask = dict(model=model, tools=[FUNCTION_TOOL], reasoning={"effort": "low"}, max_output_tokens=8000, store=False)
+    first = first_turn(client, stream, **ask, input="weather?")
+    assert [o.type for o in first.output] == ["reasoning", "function_call"]
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    result = {"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "sunny"}
+    answer = client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items, result])
+    assert answer.output_text == TEXT
+    assert last_anthropic_assistant(mock)[0]["signature"] == THINKING_SIGNATURE

@@ -810,3 +810,108 @@ def test_any_chunk_split_gives_the_plain_answer(data):
     plain = from_chat(aggregate(answer), request, RID, 1700000000)
     assert finals[0] == without_time(plain)
     strict(RESPONSE, plain)
+
+
+# --------------------------------------------------------------------------- the provider's reasoning state
+
+THINK = {"type": "thinking", "thinking": "Plan.", "signature": "EqQBsig"}
+REDACTED = {"type": "redacted_thinking", "data": "RURBQw=="}
+
+
+def signed(call_id: str, signature: str) -> dict:
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+        "extra_content": {"google": {"thought_signature": signature}},
+    }
+
+
+def continued(output: list[dict]) -> list[dict]:
+    """The chat messages for a turn that continues ``output`` with the tool results."""
+    results = [
+        {"type": "function_call_output", "call_id": o["call_id"], "output": "sun"}
+        for o in output
+        if o["type"] == "function_call"
+    ]
+    body = {"model": "m", "input": [{"role": "user", "content": "Weather?"}, *output, *results]}
+    return to_chat(body)["messages"]
+
+
+def test_thinking_blocks_and_signatures_ride_in_a_reasoning_item():
+    message = {
+        "content": "Looking.",
+        "reasoning_content": "Plan.",
+        "thinking_blocks": [THINK, REDACTED],
+        "tool_calls": [signed("call_a", "S1")],
+    }
+    out = from_chat(completion(message, "tool_calls"), {"model": "m"}, RID, 1)
+    strict(RESPONSE, out)
+    assert [o["type"] for o in out["output"]] == ["reasoning", "message", "function_call"]
+    item = out["output"][0]
+    assert item["summary"] == [{"type": "summary_text", "text": "Plan."}] and "S1" not in item["encrypted_content"]
+    messages = continued(out["output"])
+    assert messages[1]["thinking_blocks"] == [THINK, REDACTED] and messages[1]["content"] == "Looking."
+    assert messages[1]["tool_calls"][0]["extra_content"] == {"google": {"thought_signature": "S1"}}
+    # state without text: an empty summary
+    bare = from_chat(completion({"content": None, "tool_calls": [signed("call_a", "S1")]}, "tool_calls"), {}, RID, 1)
+    strict(RESPONSE, bare)
+    assert bare["output"][0]["summary"] == [] and bare["output"][0]["encrypted_content"]
+    # another provider's encrypted_content (OpenAI's) is not Stockyard's: nothing is restored
+    items = [
+        {"id": "rs_1", "type": "reasoning", "summary": [], "encrypted_content": "gAAAAABopenai-fernet"},
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+    ]
+    assert continued(items)[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+    }
+
+
+def test_the_state_reaches_only_the_provider_that_reads_it():
+    from stockyard.providers.reasoning import for_provider
+
+    message = {"content": None, "thinking_blocks": [THINK], "tool_calls": [signed("call_a", "S1")]}
+    out = from_chat(completion(message, "tool_calls"), {}, RID, 1)
+    chat = {"model": "m", "messages": continued(out["output"])}
+    anthropic, gemini, plain = (for_provider(chat, kind)["messages"][1] for kind in ("anthropic", "gemini", "openai"))
+    assert "thinking_blocks" in anthropic and "extra_content" not in anthropic["tool_calls"][0]
+    assert "thinking_blocks" not in gemini and "extra_content" in gemini["tool_calls"][0]
+    assert "thinking_blocks" not in plain and "extra_content" not in plain["tool_calls"][0]
+    assert "thinking_blocks" in chat["messages"][1]  # the body kept for a fallback is untouched
+
+
+def test_claude_stream_keeps_its_thinking_in_the_reasoning_item():
+    chunks = [
+        chunk({"role": "assistant", "content": "", "reasoning_content": "Pl"}),
+        chunk({"reasoning_content": "an."}),
+        chunk({"thinking_blocks": [{"index": 0, **THINK}]}),
+        chunk(call_delta(0, "toolu_1", "weather", '{"city":"Oslo"}')),
+        chunk({}, "tool_calls"),
+    ]
+    _, raw = run_stream({"model": "m", "input": "?"}, chunks)
+    final = check_events(parse_sse(raw))
+    assert [o["type"] for o in final["output"]] == ["reasoning", "function_call"]
+    assert final["output"][0]["summary"][0]["text"] == "Plan."
+    assert continued(final["output"])[1]["thinking_blocks"] == [THINK]
+
+
+def test_gemini_stream_puts_the_signature_in_a_reasoning_item_before_the_call():
+    first = call_delta(0, "call_a", "weather", '{"city":"Oslo"}')
+    first["tool_calls"][0]["extra_content"] = {"google": {"thought_signature": "S1"}}
+    chunks = [chunk({"role": "assistant", "content": "Checking"}), chunk(first), chunk({}, "tool_calls")]
+    _, raw = run_stream({"model": "m", "input": "?"}, chunks)
+    events = parse_sse(raw)
+    final = check_events(events)
+    assert [o["type"] for o in final["output"]] == ["message", "reasoning", "function_call"]
+    assert final["output"][1]["summary"] == [] and final["output"][1]["encrypted_content"]
+    assert not any(e["type"].startswith("response.reasoning_summary") for e in events)
+    messages = continued(final["output"])
+    assert messages[1]["content"] == "Checking"
+    assert messages[1]["tool_calls"][0]["extra_content"] == {"google": {"thought_signature": "S1"}}
+    # through the SDK's stream helper, as a client sees it
+    client = sdk_client(b"".join(raw), "text/event-stream")
+    with client.responses.stream(model="m", input="?") as stream:
+        response = stream.get_final_response()
+    assert response.output[1].encrypted_content == final["output"][1]["encrypted_content"]

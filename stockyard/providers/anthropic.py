@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import time
 from typing import Any
@@ -44,6 +45,9 @@ from .chatshape import (
     unsupported_role,
     upstream_error,
 )
+from .reasoning import THINKING_TYPES, thinking_blocks, unpack
+
+log = logging.getLogger("stockyard.proxy")
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
@@ -242,7 +246,13 @@ def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]
         elif role == "user":
             append_turn(out, "user", content_blocks(msg.get("content")), "content")
         elif role == "assistant":
-            blocks = content_blocks(msg.get("content")) + tool_use_blocks(msg.get("tool_calls"))
+            # its thinking blocks first (``thinking_blocks``, LiteLLM's field): Anthropic wants them
+            # back, signature intact, at the start of a turn that called tools with thinking on
+            blocks = (
+                thinking_blocks(msg.get("thinking_blocks"))
+                + content_blocks(msg.get("content"))
+                + tool_use_blocks(msg.get("tool_calls"))
+            )
             append_turn(out, "assistant", blocks, "content")
         elif role == "tool":
             result = {
@@ -254,6 +264,39 @@ def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]
         else:
             raise unsupported_role(role, "Anthropic")
     return system_value(system), out
+
+
+def is_thinking(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") in THINKING_TYPES
+
+
+def thinking_missing(messages: list[dict]) -> bool:
+    """True when Anthropic would refuse these messages with thinking on: they end in tool results,
+    and the assistant turn that called the tools does not start with a thinking block.
+
+    A tool loop is one assistant turn: it begins after the last user message that is not tool
+    results, and its first assistant message must start with ``thinking`` or ``redacted_thinking``
+    (Anthropic: "a final `assistant` message must start with a thinking block")."""
+    last = messages[-1] if messages else None
+    if last is None or last["role"] != "user" or not any(b.get("type") == "tool_result" for b in last["content"]):
+        return False
+    first = None
+    for msg in reversed(messages[:-1]):
+        if msg["role"] == "user" and not any(b.get("type") == "tool_result" for b in msg["content"]):
+            break
+        if msg["role"] == "assistant":
+            first = msg
+    return first is not None and not (first["content"] and is_thinking(first["content"][0]))
+
+
+def without_thinking(messages: list[dict]) -> list[dict]:
+    """The messages with no thinking blocks (thinking off: Anthropic refuses them in a final
+    assistant message, and ignores them elsewhere); a turn left empty goes, its neighbours merge."""
+    out: list[dict] = []
+    for msg in messages:
+        blocks = [b for b in msg["content"] if not (msg["role"] == "assistant" and is_thinking(b))]
+        append_turn(out, msg["role"], blocks, "content")
+    return out
 
 
 def translate_tools(tools: Any) -> list[dict]:
@@ -284,11 +327,17 @@ def translate_tool_choice(choice: Any, parallel: Any) -> dict | None:
     return result
 
 
-def messages_request(body: dict, model: str, stream: bool, default_cap: int = DEFAULT_MAX_TOKENS) -> dict:
+def messages_request(
+    body: dict, model: str, stream: bool, default_cap: int = DEFAULT_MAX_TOKENS, notes: list[str] | None = None
+) -> dict:
     """The whole Messages API request for an OpenAI chat request.
 
     Anthropic requires ``max_tokens``; a request that sets none gets ``default_cap``, the same
     STOCKYARD_DEFAULT_MAX_TOKENS that budgets and rate limits reserved for it.
+
+    Thinking asked for (``reasoning_effort``) is left off when the tool loop's assistant turn
+    came back without its thinking blocks (a client that dropped them, or history made on another
+    model): Anthropic would refuse the request. ``notes`` gets a line saying so (the trace's).
     """
     system, messages = translate_messages(body.get("messages"))
     limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), default_cap)
@@ -310,8 +359,17 @@ def messages_request(body: dict, model: str, stream: bool, default_cap: int = DE
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
     budget = thinking_budget(body.get("reasoning_effort"), limit)
+    if budget and thinking_missing(messages):
+        budget = 0
+        if notes is not None:
+            notes.append(
+                "thinking left off: the assistant turn that called the tools came back without its "
+                "thinking blocks, which Anthropic requires with thinking on"
+            )
     if budget:
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    else:
+        out["messages"] = without_thinking(messages)
     output_format = structured_output(body.get("response_format"))
     if output_format:
         out["output_format"] = output_format
@@ -344,9 +402,12 @@ def message_to_choice(message: dict) -> dict:
     """An Anthropic message's content → one OpenAI choice."""
     texts: list[str] = []
     calls: list[dict] = []
+    thoughts: list[str] = []
     for block in message.get("content") or []:
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
+        elif block.get("type") == "thinking":
+            thoughts.append(block.get("thinking") or "")
         elif block.get("type") == "tool_use":
             calls.append(
                 {
@@ -358,6 +419,11 @@ def message_to_choice(message: dict) -> dict:
     out: dict = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
     if calls:
         out["tool_calls"] = calls
+    if any(thoughts):
+        out["reasoning_content"] = "".join(thoughts)
+    blocks = thinking_blocks(message.get("content"))
+    if blocks:  # the client sends them back on the assistant message (LiteLLM's field)
+        out["thinking_blocks"] = blocks
     finish = STOP_REASONS.get(message.get("stop_reason") or "", "stop")
     return {"index": 0, "message": out, "logprobs": None, "finish_reason": finish}
 
@@ -390,10 +456,14 @@ class AnthropicChatAdapter(Adapter):
 
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
         endpoint_check(ctx, provider)
+        notes: list[str] = []
         with shape_errors(400, "the chat request"):
             body = messages_request(
-                honoured_body(ctx, CHAT_FIELDS, "Anthropic"), model, ctx.stream, ctx.default_output_cap
+                honoured_body(ctx, CHAT_FIELDS, "Anthropic"), model, ctx.stream, ctx.default_output_cap, notes
             )
+        for note in notes:
+            log.info("request %s to %s/%s: %s", ctx.trace_id, provider.name, model, note)
+            ctx.attempt.error_message = "; ".join(filter(None, [ctx.attempt.error_message, note]))
         sent = headers(provider, ctx, native=False)
         if "output_format" in body:
             sent["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
@@ -440,6 +510,8 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.usage: dict = {}
         self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
         self.thinking = 0  # characters of thinking text so far (reasoning tokens are estimated from them)
+        self.thoughts: dict[int, dict] = {}  # Anthropic block index → the thinking block being read
+        self.thought_count = 0  # thinking blocks sent (each delta's thinking_blocks entry has its index)
 
     def translate(self, payload: Any) -> list[bytes]:
         """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
@@ -458,6 +530,13 @@ class AnthropicToOpenAIStream(ChunkStream):
         block = payload.get("content_block") or {}
         if block.get("type") == "text" and block.get("text"):
             return [self.out({"content": block["text"]})]
+        if block.get("type") in THINKING_TYPES:
+            self.thoughts[payload.get("index", -1)] = dict(block)
+            text = block.get("thinking")
+            if isinstance(text, str) and text:
+                self.thinking += len(text)
+                return [self.out({"reasoning_content": text})]
+            return []
         if block.get("type") != "tool_use":
             return []
         index = self.tools[payload.get("index", -1)] = len(self.tools)
@@ -471,8 +550,15 @@ class AnthropicToOpenAIStream(ChunkStream):
 
     def on_content_block_delta(self, payload: dict) -> list[bytes]:
         delta = payload.get("delta") or {}
-        if delta.get("type") == "thinking_delta":
-            self.thinking += len(delta.get("thinking") or "")
+        thought = self.thoughts.get(payload.get("index", -1))
+        if delta.get("type") == "thinking_delta" and isinstance(delta.get("thinking"), str) and delta["thinking"]:
+            self.thinking += len(delta["thinking"])
+            if thought is not None:
+                thought["thinking"] = (thought.get("thinking") or "") + delta["thinking"]
+            return [self.out({"reasoning_content": delta["thinking"]})]
+        if delta.get("type") == "signature_delta" and thought is not None:
+            thought["signature"] = (thought.get("signature") or "") + str(delta.get("signature") or "")
+            return []
         if delta.get("type") == "text_delta" and delta.get("text"):
             return [self.out({"content": delta["text"]})]
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
@@ -480,6 +566,16 @@ class AnthropicToOpenAIStream(ChunkStream):
             if index is not None:
                 return [self.out({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]})]
         return []
+
+    def on_content_block_stop(self, payload: dict) -> list[bytes]:
+        """A thinking block is whole once it stops (its signature known): it goes out as one
+        ``thinking_blocks`` entry, with an ``index`` so the SDKs' stream helpers collect them."""
+        blocks = thinking_blocks([self.thoughts.pop(payload.get("index", -1), None)])
+        if not blocks:
+            return []
+        entry = {"index": self.thought_count, **blocks[0]}
+        self.thought_count += 1
+        return [self.out({"thinking_blocks": [entry]})]
 
     def on_message_delta(self, payload: dict) -> list[bytes]:
         take_usage(self.ctx, self.usage, payload.get("usage"))
@@ -496,13 +592,36 @@ class AnthropicToOpenAIStream(ChunkStream):
         return self.fail(ERROR_STATUS.get(kind, 500), kind, message)
 
 
+def foreign_thinking_removed(messages: Any) -> list | None:
+    """The messages without the thinking blocks Stockyard made for a Gemini model (their
+    ``signature`` holds its packed thought signatures: Anthropic would refuse it as invalid),
+    or None when there are none — a conversation that moved to Claude from a Gemini model."""
+    if not isinstance(messages, list):
+        return None
+    out: list = []
+    changed = False
+    for msg in messages:
+        content = msg.get("content") if isinstance(msg, dict) and msg.get("role") == "assistant" else None
+        if isinstance(content, list):
+            kept = [b for b in content if not (is_thinking(b) and unpack(b.get("signature")) is not None)]
+            if len(kept) != len(content):
+                changed = True
+                msg = {**msg, "content": kept}  # never empty: the block came before a tool_use
+        out.append(msg)
+    return out if changed else None
+
+
 class AnthropicNativeAdapter(Adapter):
     """Anthropic-dialect clients to an Anthropic provider: bytes pass through untouched."""
 
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
         body = ctx.raw
-        if ctx.body.get("model") != model or ctx.body_changed:
-            body = json.dumps({**ctx.body, "model": model}, ensure_ascii=False).encode()
+        messages = foreign_thinking_removed(ctx.body.get("messages")) if b"thinking" in ctx.raw else None
+        if ctx.body.get("model") != model or ctx.body_changed or messages is not None:
+            changed = {**ctx.body, "model": model}
+            if messages is not None:
+                changed["messages"] = messages
+            body = json.dumps(changed, ensure_ascii=False).encode()
         return UpstreamCall(
             "POST", base_path(provider, NATIVE_PATHS[ctx.endpoint]), headers(provider, ctx, native=True), body
         )

@@ -12,7 +12,9 @@ Field table (Messages → chat):
   and url sources), ``tool_use`` and ``tool_result`` blocks → user/assistant/tool messages
   (a ``tool_result`` with ``is_error`` is sent as ``"Error: …"``; its images, which a chat
   tool message cannot hold, follow in the user message); ``thinking`` and
-  ``redacted_thinking`` blocks of earlier turns stay behind (they belong to Anthropic).
+  ``redacted_thinking`` blocks of earlier turns stay behind (they belong to Anthropic), except
+  the Gemini thought signatures Stockyard packed into a thinking block's ``signature`` (see
+  below), which go back onto their tool calls' ``extra_content`` — for a Gemini provider only.
 - ``tools`` (``input_schema``) → function tools; ``tool_choice`` auto/any/tool/none →
   auto/required/function/none, ``disable_parallel_tool_use`` → ``parallel_tool_calls``.
 - ``max_tokens``, ``stop_sequences`` → ``stop``, ``temperature``, ``top_p``,
@@ -22,6 +24,12 @@ Field table (Messages → chat):
 - ``cache_control`` marks (on blocks, or the top-level one) are hints for Anthropic's cache and
   are ignored, as is ``service_tier`` (Anthropic's priority tier; ``auto`` is its default).
 - refused: ``top_k`` (no chat field for it), any other field, block or tool type.
+
+Answers: reasoning text (``reasoning_content``) becomes a ``thinking`` block; a tool call's Gemini
+thought signature (``extra_content.google.thought_signature``), which Gemini 3 needs back on the
+next request, travels in a ``thinking`` block's ``signature`` (``reasoning.pack``: Stockyard's
+own, never a signature Anthropic made) just before the ``tool_use`` — in a stream as a
+``signature_delta``, as Anthropic sends it. Anthropic clients echo thinking blocks verbatim.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any
 
 from ..errors import ANTHROPIC, ProxyError, error_type
 from ..pricing import Usage
+from .reasoning import pack, sign_call, thought_signature, unpack
 from .responses import reasoning_text
 
 CHAT_FIELDS = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
@@ -95,7 +104,7 @@ def to_chat(body: dict, kind: str = "openai") -> dict:
     if not isinstance(items, list) or not items:
         raise invalid("messages", "'messages' must be a non-empty array")
     for i, item in enumerate(items):
-        messages += chat_messages(item, f"messages[{i}]")
+        messages += chat_messages(item, f"messages[{i}]", kind)
     chat: dict = {"model": model, "messages": messages}
     if present(body, "max_tokens"):
         chat["max_completion_tokens" if kind in COMPLETION_TOKENS_KINDS else "max_tokens"] = body["max_tokens"]
@@ -135,7 +144,7 @@ def system_messages(system: Any) -> list[dict]:
     return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
 
 
-def chat_messages(item: Any, path: str) -> list[dict]:
+def chat_messages(item: Any, path: str, provider_kind: str = "openai") -> list[dict]:
     """One Messages turn → chat messages: tool results become ``tool`` messages, placed
     first (chat wants them right after the assistant's calls), the rest one user message."""
     if not isinstance(item, dict):
@@ -148,7 +157,7 @@ def chat_messages(item: Any, path: str) -> list[dict]:
     if not isinstance(content, list):
         raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content blocks")
     if role == "assistant":
-        return [assistant_message(content, path)]
+        return [assistant_message(content, path, provider_kind)]
     tools: list[dict] = []
     parts: list[dict] = []
     for j, block in enumerate(content):
@@ -189,9 +198,13 @@ def content_part(block: Any, path: str) -> dict:
     raise unsupported(f"{path}.type", f"content block type {kind!r}")
 
 
-def assistant_message(content: list, path: str) -> dict:
+def assistant_message(content: list, path: str, provider_kind: str = "openai") -> dict:
+    """An assistant turn → one chat assistant message. A thinking block whose signature Stockyard
+    packed holds Gemini thought signatures: for a Gemini provider they go back onto the tool
+    calls they came with (``extra_content``); any other thinking stays behind."""
     texts: list[str] = []
     calls: list[dict] = []
+    signatures: dict[str, str] = {}
     for j, block in enumerate(content):
         where = f"{path}.content[{j}]"
         kind = block.get("type") if isinstance(block, dict) else None
@@ -201,10 +214,15 @@ def assistant_message(content: list, path: str) -> dict:
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise invalid(where, f"{where} needs an 'id' and a 'name'")
             arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
-            calls.append(
-                {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
-            )
-        elif kind in ("thinking", "redacted_thinking"):
+            call = {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
+            if provider_kind == "gemini" and block["id"] in signatures:
+                sign_call(call, signatures[block["id"]])
+            calls.append(call)
+        elif kind == "thinking":
+            state = unpack(block.get("signature"))
+            if state is not None:
+                signatures.update(state["thought_signatures"])
+        elif kind == "redacted_thinking":
             continue
         else:
             raise unsupported(f"{where}.type", f"assistant content block type {kind!r}")
@@ -381,6 +399,21 @@ def message_object(message_id: str, model: str, content: list[dict], usage: dict
     }
 
 
+def signature_block(call_id: str, signature: str) -> dict:
+    """A thinking block carrying a Gemini thought signature for the tool call ``call_id``."""
+    return {"type": "thinking", "thinking": "", "signature": pack({"thought_signatures": {call_id: signature}})}
+
+
+def carry_signature(content: list[dict], call_id: str, signature: str) -> None:
+    """Put a tool call's thought signature in the thinking block just before its ``tool_use``:
+    the reasoning's own when it is the last block and unsigned, else a new one."""
+    last = content[-1] if content else None
+    if last is not None and last["type"] == "thinking" and not last["signature"]:
+        last["signature"] = signature_block(call_id, signature)["signature"]
+    else:
+        content.append(signature_block(call_id, signature))
+
+
 def from_chat(chat: dict, request: dict, message_id: str) -> dict:
     """A ``chat.completion`` → the Messages ``message`` for the same turn."""
     choices = chat.get("choices")
@@ -398,6 +431,9 @@ def from_chat(chat: dict, request: dict, message_id: str) -> dict:
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         ident = obj(call).get("id") or f"toolu_{message_id.removeprefix('msg_')}_{len(content)}"
+        signature = thought_signature(call)
+        if signature:
+            carry_signature(content, ident, signature)
         content.append(
             {"type": "tool_use", "id": ident, "name": fn.get("name") or "", "input": tool_input(fn.get("arguments"))}
         )
@@ -437,6 +473,7 @@ class ChatToMessagesStream:
         self.index = -1  # the open block's index (-1: none)
         self.open_kind: str | None = None  # "thinking", "text" or "tool"
         self.open_tool: Any = None  # the open tool block's chat tool_calls index
+        self.signed = False  # the open thinking block has its signature
         self.choice: dict = {}
         self.usage: Any = None
         self.complete = False
@@ -458,7 +495,7 @@ class ChatToMessagesStream:
     def open_block(self, kind: str, block: dict) -> list[bytes]:
         out = self.close_block()
         self.index += 1
-        self.open_kind = kind
+        self.open_kind, self.signed = kind, False
         return out + [event("content_block_start", {"index": self.index, "content_block": block})]
 
     def delta(self, delta: dict) -> bytes:
@@ -499,7 +536,10 @@ class ChatToMessagesStream:
             fn = obj(call.get("function"))
             position = call.get("index", 0)
             if self.open_kind != "tool" or self.open_tool != position:
+                signature = thought_signature(call)
                 ident = call.get("id") or f"toolu_{self.message_id.removeprefix('msg_')}_{self.index + 1}"
+                if signature:
+                    out += self.signature(ident, signature)
                 block: dict = {"type": "tool_use", "id": ident, "name": fn.get("name") or "", "input": {}}
                 out += self.open_block("tool", block)
                 self.open_tool = position
@@ -507,6 +547,16 @@ class ChatToMessagesStream:
             if isinstance(arguments, str) and arguments:
                 out.append(self.delta({"type": "input_json_delta", "partial_json": arguments}))
         return out
+
+    def signature(self, call_id: str, signature: str) -> list[bytes]:
+        """A tool call's thought signature, as a ``signature_delta`` on the thinking block just
+        before its ``tool_use``: the open one (the reasoning), else a new empty one."""
+        out: list[bytes] = []
+        if self.open_kind != "thinking" or self.signed:
+            out += self.open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        self.signed = True
+        packed = signature_block(call_id, signature)["signature"]
+        return out + [self.delta({"type": "signature_delta", "signature": packed})]
 
     def finish(self) -> list[bytes]:
         """After the chat stream's end: close the open block, the stop reason and usage, message_stop."""

@@ -5,6 +5,12 @@ provider's OpenAI-dialect chat adapter then carries to its native API; the chat 
 comes back as a Responses ``response`` object (:func:`from_chat`) and a chat stream as
 the Responses event stream (:class:`ChatToResponsesStream`). What the chat shape cannot
 carry is refused with a 400 naming the field, never dropped.
+
+The provider's opaque reasoning state (Anthropic's thinking blocks, Gemini's thought signatures:
+``reasoning.py``) comes back in a ``reasoning`` item's ``encrypted_content``, before the
+``function_call`` items; a reasoning item that holds Stockyard's state, in ``input`` or in a
+stored conversation, puts it back on the chat messages (``thinking_blocks``, a tool call's
+``extra_content``), which :func:`reasoning.for_provider` keeps for the provider that reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 from ..errors import ProxyError
 from ..pricing import Usage
+from .reasoning import pack, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
 CALLER_FIELDS = {"store", "previous_response_id", "include", "truncation", "metadata", "stream_options", "background"}
@@ -143,19 +150,32 @@ def chat_messages(items: Any, where: str) -> list[dict]:
     if not isinstance(items, list):
         raise invalid(where, f"'{where}' must be a string or an array of items")
     out: list[dict] = []
+    state: dict | None = None  # reasoning state of a reasoning item, for the assistant items after it
     for i, item in enumerate(items):
         path = f"{where}[{i}]"
         if not isinstance(item, dict):
             raise invalid(path, f"{path} must be an object")
         kind = item.get("type") or "message"
         if kind == "message":
-            out.append(chat_message(item, path))
+            message = chat_message(item, path)
+            if message["role"] == "assistant":
+                restore_thinking(message, state)
+            else:
+                state = None
+            out.append(message)
         elif kind == "function_call":
-            add_tool_call(out, item, path)
+            add_tool_call(out, item, path, state)
         elif kind == "function_call_output":
+            state = None
             out.append(tool_message(item, path))
         elif kind == "reasoning":
-            continue  # the provider's own reasoning is not sent back upstream
+            # the reasoning text is not sent back upstream; the state Stockyard packed is
+            found = unpack(item.get("encrypted_content"))
+            if found is not None:
+                if state is not None:
+                    found["thinking_blocks"] = state["thinking_blocks"] + found["thinking_blocks"]
+                    found["thought_signatures"] = {**state["thought_signatures"], **found["thought_signatures"]}
+                state = found
         else:
             raise unsupported(f"{path}.type", f"input item type {kind!r}")
     return out
@@ -222,8 +242,16 @@ def file_part(part: dict, path: str) -> dict:
     return {"type": "file", "file": file}
 
 
-def add_tool_call(out: list[dict], item: dict, path: str) -> None:
-    """A ``function_call`` item joins the assistant message before it (one chat turn)."""
+def restore_thinking(message: dict, state: dict | None) -> None:
+    """The thinking blocks of a reasoning item onto the assistant message after it (once)."""
+    if state is not None and state["thinking_blocks"]:
+        message.setdefault("thinking_blocks", []).extend(state["thinking_blocks"])
+        state["thinking_blocks"] = []
+
+
+def add_tool_call(out: list[dict], item: dict, path: str, state: dict | None = None) -> None:
+    """A ``function_call`` item joins the assistant message before it (one chat turn); the
+    reasoning state before it goes back on it (its thought signature) and on that message."""
     for key in ("call_id", "name", "arguments"):
         if not isinstance(item.get(key), str):
             raise invalid(f"{path}.{key}", f"{path}.{key} must be a string")
@@ -232,10 +260,14 @@ def add_tool_call(out: list[dict], item: dict, path: str) -> None:
         "type": "function",
         "function": {"name": item["name"], "arguments": item["arguments"]},
     }
+    signature = (state or {}).get("thought_signatures", {}).get(item["call_id"])
+    if signature:
+        sign_call(call, signature)
     if out and out[-1]["role"] == "assistant":
         out[-1].setdefault("tool_calls", []).append(call)
     else:
         out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    restore_thinking(out[-1], state)
 
 
 def tool_message(item: dict, path: str) -> dict:
@@ -333,8 +365,26 @@ def refusal_part(text: str) -> dict:
     return {"type": "refusal", "refusal": text}
 
 
-def reasoning_item(ident: str, text: str) -> dict:
-    return {"id": ident, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]}
+def reasoning_item(ident: str, text: str, state: dict | None = None) -> dict:
+    """A reasoning item: the reasoning text as its summary, the provider's opaque state (if any)
+    packed as its ``encrypted_content``."""
+    item: dict = {"id": ident, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}] if text else []}
+    if state:
+        item["encrypted_content"] = pack(state)
+    return item
+
+
+def reasoning_state(message: dict) -> dict:
+    """The opaque reasoning state a chat message carries: its thinking blocks (Anthropic), its
+    tool calls' thought signatures (Gemini); empty when none."""
+    state: dict = {}
+    blocks = thinking_blocks(message.get("thinking_blocks"))
+    if blocks:
+        state["thinking_blocks"] = blocks
+    signatures = signatures_of(message.get("tool_calls"))
+    if signatures:
+        state["thought_signatures"] = signatures
+    return state
 
 
 def message_item(ident: str, content: list[dict], status: str) -> dict:
@@ -442,8 +492,9 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> d
     status = status_of(finish)
     output: list[dict] = []
     reasoning = reasoning_text(message)
-    if reasoning:
-        output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning))
+    state = reasoning_state(message)
+    if reasoning or state:
+        output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning, state))
     content = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append(text_part(message["content"]))
@@ -489,6 +540,7 @@ class ChatToResponsesStream:
         self.open: list[int] = []  # output index of the open item (none or one)
         self.calls: dict[int, int] = {}  # chat tool_call index → output index
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
+        self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.started = False
@@ -549,6 +601,9 @@ class ChatToResponsesStream:
             reasoning = reasoning_text(delta)
             if reasoning:
                 out += self.reasoning(reasoning)
+            blocks = thinking_blocks(delta.get("thinking_blocks"))
+            if blocks:
+                out += self.keep_state({"thinking_blocks": blocks})
             for kind in ("content", "refusal"):
                 if isinstance(delta.get(kind), str) and delta[kind]:
                     out += self.text(kind, delta[kind])
@@ -592,20 +647,37 @@ class ChatToResponsesStream:
         self.open.append(index)
         return index, self.event("response.output_item.added", output_index=index, item=item)
 
+    def open_reasoning(self) -> list[bytes]:
+        """A reasoning item open for text or state: the open one, else a new one."""
+        if self.is_open("reasoning"):
+            return []
+        out = self.close()
+        ident = item_id("rs", self.response_id, len(self.output))
+        return out + [self.add_item({"id": ident, "type": "reasoning", "summary": []})[1]]
+
     def reasoning(self, text: str) -> list[bytes]:
-        out: list[bytes] = []
-        if not self.is_open("reasoning"):
-            out += self.close()
-            ident = item_id("rs", self.response_id, len(self.output))
-            index, added = self.add_item({"id": ident, "type": "reasoning", "summary": []})
-            part = {"type": "summary_text", "text": ""}
-            out += [added, self.event("response.reasoning_summary_part.added", **self.at(index, 0), part=part)]
+        out = self.open_reasoning()
         index = self.open[-1]
         item = self.output[index]
         if not item["summary"]:
-            item["summary"].append({"type": "summary_text", "text": ""})
+            part = {"type": "summary_text", "text": ""}
+            item["summary"].append(part)
+            out.append(self.event("response.reasoning_summary_part.added", **self.at(index, 0), part=dict(part)))
         item["summary"][0]["text"] += text
         return out + [self.event("response.reasoning_summary_text.delta", **self.at(index, 0), delta=text)]
+
+    def keep_state(self, found: dict) -> list[bytes]:
+        """Opaque reasoning state (thinking blocks, a thought signature) into the open reasoning
+        item's ``encrypted_content``, or a new reasoning item's."""
+        out = self.open_reasoning()
+        index = self.open[-1]
+        state = self.states.setdefault(index, {})
+        if found.get("thinking_blocks"):
+            state["thinking_blocks"] = state.get("thinking_blocks", []) + found["thinking_blocks"]
+        if found.get("thought_signatures"):
+            state["thought_signatures"] = {**state.get("thought_signatures", {}), **found["thought_signatures"]}
+        self.output[index]["encrypted_content"] = pack(state)
+        return out
 
     def text(self, kind: str, text: str) -> list[bytes]:
         """Message text (``content``) or a refusal, each its own content part."""
@@ -641,16 +713,24 @@ class ChatToResponsesStream:
                 return []  # arguments after the call closed: upstream broke its own order
             self.output[index]["arguments"] += fragment
             return [self.event("response.function_call_arguments.delta", **self.at(index), delta=fragment)]
-        waiting = self.pending.setdefault(chat_index, {"id": None, "name": None, "arguments": ""})
+        waiting = self.pending.setdefault(chat_index, {"id": None, "name": None, "arguments": "", "signature": None})
         waiting["id"] = call.get("id") or waiting["id"]
         waiting["name"] = fn.get("name") or waiting["name"]
         waiting["arguments"] += fragment
+        waiting["signature"] = thought_signature(call) or waiting["signature"]
         if not waiting["name"]:
             return []
         del self.pending[chat_index]
-        out = self.close()  # one item at a time, as OpenAI streams them
+        out: list[bytes] = []
+        call_id = waiting["id"]
+        if waiting["signature"]:  # Gemini's, in the reasoning item before the call
+            call_id = call_id or item_id(
+                "call", self.response_id, len(self.output) + int(not self.is_open("reasoning"))
+            )
+            out += self.keep_state({"thought_signatures": {call_id: waiting["signature"]}})
+        out += self.close()  # one item at a time, as OpenAI streams them
         position = len(self.output)
-        call_id = waiting["id"] or item_id("call", self.response_id, position)
+        call_id = call_id or item_id("call", self.response_id, position)
         item = call_item(item_id("fc", self.response_id, position), call_id, waiting["name"], "", "in_progress")
         index, added = self.add_item(item)
         self.calls[chat_index] = index
@@ -688,10 +768,11 @@ class ChatToResponsesStream:
         for index in self.open:
             item = self.output[index]
             if item["type"] == "reasoning":
-                part = item["summary"][0]
-                where = self.at(index, 0)
-                out.append(self.event("response.reasoning_summary_text.done", **where, text=part["text"]))
-                out.append(self.event("response.reasoning_summary_part.done", **where, part=part))
+                if item["summary"]:
+                    part = item["summary"][0]
+                    where = self.at(index, 0)
+                    out.append(self.event("response.reasoning_summary_text.done", **where, text=part["text"]))
+                    out.append(self.event("response.reasoning_summary_part.done", **where, part=part))
             elif item["type"] == "message":
                 out += self.close_part(index) if item["content"] else []
                 item["status"] = status

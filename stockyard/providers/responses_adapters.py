@@ -28,6 +28,7 @@ from . import Provider, responses
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import chat_chunks, chunk_error
 from .openai import auth_headers, request_body
+from .reasoning import for_provider
 
 PATHS = {"responses": "/responses", "input_tokens": "/responses/input_tokens"}
 AZURE_RESPONSES_VERSION = "2025-04-01-preview"  # the first api-version with /openai/responses
@@ -159,6 +160,8 @@ class ResponsesOverChat(Adapter):
             conv = ctx.conversation
             chat = responses.to_chat(ctx.body, conv.history if conv is not None else None)
             ctx.state[_CHAT_BODY] = chat
+        provider = ctx.attempt.provider  # the reasoning state this provider reads, and no other
+        chat = for_provider(chat, provider.kind if provider is not None else "openai")
         raw = json.dumps(chat, ensure_ascii=False).encode()
         return dataclasses.replace(
             ctx, endpoint="chat", dialect=OPENAI, body=chat, raw=raw, body_changed=True, client_wants_usage=True
