@@ -2078,3 +2078,25 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+THINK_SIG = "EqQBCkYIBRgCKkBsig-from-anthropic"  # a Claude thinking block's signature, as the tests script it
+
+
+def anthropic_thinking_call(model: str, redacted: bool = False) -> dict:
+    """A scripted Claude answer with thinking on: a signed thinking block (and a redacted one),
+    then a ``get_weather`` tool call: what a tool loop must send back first in its assistant turn."""
+    blocks: list[dict] = [{"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG}]
+    if redacted:
+        blocks.append({"type": "redacted_thinking", "data": "RURBQ1RFRA=="})
+    blocks.append({"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}})
+    return {
+        "id": "msg_t1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks,
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 30},
+    }

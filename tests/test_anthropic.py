@@ -15,7 +15,16 @@ import anthropic
 import openai
 import pytest
 from conftest import ServerProcess, mock_env
-from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, MockUpstream, Recorded, Reply, anthropic_stream
+from mock_upstream import (
+    THINK_SIG,
+    THINKING_SIGNATURE,
+    THINKING_TEXT,
+    MockUpstream,
+    Recorded,
+    Reply,
+    anthropic_stream,
+    anthropic_thinking_call,
+)
 
 from stockyard.pricing import PriceTable, Usage, cost_microcents
 
@@ -603,26 +612,6 @@ def test_web_searches_are_billed_a_cent_each(server, mock, stream) -> None:
 
 # --------------------------------------------------------------------------- thinking in tool loops
 
-THINK_SIG = "EqQBCkYIBRgCKkBsig-from-anthropic"
-
-
-def anthropic_thinking_call(model: str) -> dict:
-    """A Claude answer with thinking on: a signed thinking block, a redacted one, then the call."""
-    return {
-        "id": "msg_t1",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [
-            {"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG},
-            {"type": "redacted_thinking", "data": "RURBQ1RFRA=="},
-            {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
-        ],
-        "stop_reason": "tool_use",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 30},
-    }
-
 
 def last_assistant(mock: MockUpstream, model: str) -> list[dict]:
     body = sent(mock, model).json
@@ -635,7 +624,7 @@ def test_chat_to_anthropic_thinking_tool_loop(client, mock) -> None:
     turn Anthropic wants the assistant turn to start with its thinking blocks, signature intact
     (the mock refuses it otherwise, as Anthropic does)."""
     model = "claude-sonnet-4-5-think-scripted"
-    mock.enqueue(Reply(json=anthropic_thinking_call(model)))
+    mock.enqueue(Reply(json=anthropic_thinking_call(model, redacted=True)))
     ask = dict(model=model, max_completion_tokens=8000, reasoning_effort="low", tools=TOOLS)
     first = client.chat.completions.create(**ask, messages=user("weather?"))
     msg = first.choices[0].message

@@ -8,7 +8,16 @@ import json
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
-from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, THINKING_SIGNATURE, Reply, responses_stream
+from mock_upstream import (
+    COMPLETION_TOKENS,
+    PROMPT_TOKENS,
+    TEXT,
+    THINK_SIG,
+    THINKING_SIGNATURE,
+    Reply,
+    anthropic_thinking_call,
+    responses_stream,
+)
 from openai import BadRequestError, NotFoundError, OpenAI
 from pydantic import BaseModel
 
@@ -338,7 +347,6 @@ def test_a_stored_responses_stream_that_breaks_ends_with_an_error_event(server, 
 
 SIG = "CiQBVKhc7sig-from-gemini=="
 GEMINI3 = "gemini-3-pro-preview"
-THINK_SIG = "EqQBCkYIBRgCKkBsig-from-anthropic"
 FUNCTION_TOOL = {**WEATHER_TOOL, "strict": False}
 
 
@@ -401,22 +409,6 @@ def test_gemini_items_sent_back_by_the_client_without_store(client, mock):
     )
     with pytest.raises(BadRequestError, match="thought_signature"):
         client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items[1:], result])
-
-
-def anthropic_thinking_call(model: str) -> dict:
-    return {
-        "id": "msg_t1",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [
-            {"type": "thinking", "thinking": "I should call the tool.", "signature": THINK_SIG},
-            {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
-        ],
-        "stop_reason": "tool_use",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 30},
-    }
 
 
 def last_anthropic_assistant(mock) -> list[dict]:
