@@ -80,6 +80,19 @@ def test_three_shared_ledgers_admit_exactly_what_the_budget_holds(shared_stores)
         ledger.close()
 
 
+def test_a_ledger_row_the_database_lost_is_made_again(pg_store):
+    """Was: a database that lost its last commits (here: the row deleted; in the suite, PostgreSQL
+    stopped at once with asynchronous commit) left the row remembered as existing: every request of
+    the key was refused ("$0.00 spent") until a restart."""
+    budget = Budget("key:k-lost", "key 'k-lost'", 100, "day")
+    (ledger,) = ledgers(pg_store, 1)
+    ledger.settle(ledger.reserve([budget], 10, TS), 10, [], TS)
+    pg_store.read().execute("DELETE FROM budget_ledger WHERE scope = ?", (budget.scope,))
+    ledger.reserve([budget], 30, TS)  # made again from the load (0 here), then held
+    assert ledger.usage(budget, TS) == (0, 30)
+    ledger.close()
+
+
 def test_a_refusal_of_the_second_budget_gives_back_the_first(pg_store):
     key = Budget("key:k2", "key 'k2'", 100, "month")
     project = Budget("project:p", "project 'p'", 10, "total")

@@ -191,7 +191,9 @@ class SharedLedger(Ledger):
         lease_ms = int(self.lease_s * 1000)
         hold = Hold()
         for budget, key in keyed:
-            if self._hold(conn, budget, key, amount, lease_ms):
+            if self._hold(conn, budget, key, amount, lease_ms) or (
+                self._lost(conn, budget, key, ts_ms) and self._hold(conn, budget, key, amount, lease_ms)
+            ):
                 hold.parts.append((budget, key, amount))
                 continue
             self._give_back(conn, hold)
@@ -205,6 +207,19 @@ class SharedLedger(Ledger):
                 self._tell_exhausted(refused)
             raise refused
         return hold
+
+    def _lost(self, conn: sqlite3.Connection, budget: Budget, key: str, ts_ms: int) -> bool:
+        """Whether the period's row, known to exist, is gone — a database that lost its last commits
+        (a crash with asynchronous commit, a failover to a standby behind, a restore) — and was
+        made again (spend loaded anew). Without this, the key's every request was refused, with
+        nothing spent, until a restart."""
+        sql = "SELECT 1 FROM budget_ledger WHERE scope = ? AND period_key = ?"
+        if conn.execute(sql, (budget.scope, key)).fetchone() is not None:
+            return False
+        self._known.discard((budget.scope, key))
+        self._ensure([budget], ts_ms)
+        log.warning("budget ledger: the row of %s for %s was gone from the database; made again", budget.scope, key)
+        return True
 
     def _hold(self, conn: sqlite3.Connection, budget: Budget, key: str, amount: int, lease_ms: int) -> bool:
         """Reserve ``amount`` in one budget's row if it fits, and record it in this replica's lease."""
