@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
+import secrets
 import struct
 import time
 from typing import Any
@@ -385,8 +386,16 @@ def embeddings_answer(doc: dict, body: dict, model: str, usage: Usage) -> bytes:
 # --------------------------------------------------------------------------- answer translation
 
 
-def candidate_message(candidate: dict, calls_seen: int) -> tuple[str | None, list[dict]]:
-    """(text, tool_calls) of one candidate; call ids continue from ``calls_seen``."""
+def call_id(fn: dict) -> str:
+    """A tool call's id: Gemini's own when it gives one, else a new random one — unique across the
+    conversation, as the other providers' are (a history carried on to Claude must not name one
+    tool call twice, and a client may key results by id)."""
+    given = fn.get("id")
+    return given if isinstance(given, str) and given else f"call_{secrets.token_hex(12)}"
+
+
+def candidate_message(candidate: dict) -> tuple[str | None, list[dict]]:
+    """(text, tool_calls) of one candidate."""
     texts: list[str] = []
     calls: list[dict] = []
     for part in (candidate.get("content") or {}).get("parts") or []:
@@ -397,7 +406,7 @@ def candidate_message(candidate: dict, calls_seen: int) -> tuple[str | None, lis
         elif isinstance(part.get("functionCall"), dict):
             fn = part["functionCall"]
             call = {
-                "id": f"call_{calls_seen + len(calls) + 1}",
+                "id": call_id(fn),
                 "type": "function",
                 "function": {"name": fn.get("name"), "arguments": json.dumps(fn.get("args") or {})},
             }
@@ -418,7 +427,7 @@ def finish_reason(reason: str | None, has_calls: bool) -> str | None:
 def response_choices(doc: dict) -> list[dict]:
     choices = []
     for position, candidate in enumerate(doc.get("candidates") or []):
-        text, calls = candidate_message(candidate, 0)
+        text, calls = candidate_message(candidate)
         message: dict = {"role": "assistant", "content": text, "refusal": None}
         if calls:
             message["tool_calls"] = calls
@@ -539,7 +548,7 @@ class GeminiStream(ChunkStream):
         if index not in self.started:
             self.started.add(index)
             out.append(self.out({"role": "assistant", "content": ""}, index=index))
-        text, calls = candidate_message(candidate, self.calls)
+        text, calls = candidate_message(candidate)
         if text:
             out.append(self.out({"content": text}, index=index))
         if calls:
