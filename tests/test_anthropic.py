@@ -718,6 +718,86 @@ def test_native_requests_lose_only_the_thinking_blocks_stockyard_made_for_gemini
     assert body["messages"][1]["content"] == [theirs, call]
 
 
+@pytest.mark.parametrize(
+    "made_by",
+    [
+        "gemini-signature",  # Messages on gemini-3: Stockyard's packed thought signature
+        "reasoning-text",  # Messages on a reasoning model: thinking text, empty signature (Stockyard's)
+    ],
+)
+def test_native_loop_moved_to_claude_with_thinking_on_leaves_thinking_off(native, mock, made_by) -> None:
+    """Claude Code (thinking on) on a Gemini or reasoning-text model switches to Claude mid tool
+    loop: the thinking block Stockyard made goes, and with it the turn no longer starts with a
+    thinking block, so thinking is left off for that request (Anthropic would refuse it: 'a final
+    assistant message must start with a thinking block'), as on the chat path."""
+    from stockyard.providers.reasoning import pack
+
+    model = f"claude-haiku-4-5-moved-{made_by}"
+    if made_by == "gemini-signature":
+        ours = {"type": "thinking", "thinking": "", "signature": pack({"thought_signatures": {"call_a1": "c2ln"}})}
+    else:
+        ours = {"type": "thinking", "thinking": "I should look it up.", "signature": ""}
+    call = {"type": "tool_use", "id": "call_a1", "name": "get_weather", "input": {"city": "Paris"}}
+    answer = native.messages.create(
+        model=model,
+        max_tokens=4000,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        tools=[{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}],
+        messages=[
+            *user("weather?"),
+            {"role": "assistant", "content": [ours, call]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_a1", "content": "sunny"}]},
+        ],
+    )
+    assert answer.content[-1].type == "text"
+    body = sent(mock, model).json
+    assert body["messages"][1]["content"] == [call] and "thinking" not in body
+
+
+def test_native_packed_block_filter_is_not_fooled_by_a_json_escape(server, mock) -> None:
+    """The same JSON written with an escape ("th\\u0069nking") still loses Stockyard's block."""
+    from stockyard.providers.reasoning import pack
+
+    model = "claude-haiku-4-5-escaped"
+    signature = pack({"thought_signatures": {"call_1": "c2ln"}})
+    raw = (
+        '{"model": "%s", "max_tokens": 100, "messages": ['
+        '{"role": "user", "content": "weather?"},'
+        '{"role": "assistant", "content": [{"type": "th\\u0069nking", "th\\u0069nking": "", "signature": "%s"},'
+        '{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}]},'
+        '{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"}]}]}'
+    ) % (model, signature)
+    assert "\\u0069" in raw
+    status, _, data = server.request(
+        "POST", "/v1/messages", raw=raw.encode(), headers={"x-api-key": "x", "anthropic-version": "2023-06-01"}
+    )
+    assert status == 200, data
+    assert signature not in json.dumps(sent(mock, model).json), "Stockyard's packed block went to Anthropic"
+
+
+def test_chat_thinking_blocks_with_stockyards_packing_never_reach_anthropic(client, mock) -> None:
+    """A chat ``thinking_blocks`` entry whose signature is Stockyard's packing is not Anthropic's:
+    it stays behind (and thinking is left off, the turn having no thinking of its own)."""
+    from stockyard.providers.reasoning import pack
+
+    model = "claude-haiku-4-5-chat-packed"
+    packed = {"type": "thinking", "thinking": "", "signature": pack({"thought_signatures": {"toolu_1": "c2ln"}})}
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    client.chat.completions.create(
+        model=model,
+        max_completion_tokens=8000,
+        reasoning_effort="low",
+        tools=TOOLS,
+        messages=[
+            *user("weather?"),
+            {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": [packed]},  # type: ignore[typeddict-unknown-key]
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+        ],
+    )
+    body = sent(mock, model).json
+    assert packed["signature"] not in json.dumps(body) and "thinking" not in body
+
+
 # --------------------------------------------------------------------------- thinking: the translator alone
 
 

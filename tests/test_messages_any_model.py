@@ -25,7 +25,14 @@ TOOL = {
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
+    env = mock_env(
+        cache_home,
+        mock,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
+        OLLAMA_BASE_URL=mock.url,  # an openai-compatible provider: Gemini's own OpenAI endpoint, say
+        STOCKYARD_ADMIN_KEY=ADMIN,
+    )
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("messages") / "stockyard.db", env)
     assert proc.cli("prices", "set", MODELS["gemini"], "--input", "1", "--output", "2").returncode == 0
     proc.start()
@@ -393,3 +400,51 @@ def test_a_signature_block_never_reaches_a_gpt_model(client, mock):
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
         ],
     }
+
+
+def signed_chat_call(model: str) -> dict:
+    """A chat answer as Gemini's own OpenAI-compatible endpoint gives it for gemini-3: the tool
+    call's thought signature in extra_content.google."""
+    call = {
+        "id": "call_g1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        "extra_content": {"google": {"thought_signature": "c2lnLWZyb20tZ2VtaW5p"}},
+    }
+    return {
+        "id": "chatcmpl-g3",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+    }
+
+
+def test_openai_compatible_gemini_gets_its_thought_signature_back(client, mock):
+    """Gemini through its OpenAI-compatible endpoint (an openai-compatible provider): the thought
+    signature handed to the client in a thinking block goes back onto the call, to the provider
+    that made it (Gemini 3: 400 'Function call is missing a thought_signature' without it)."""
+    model = "ollama/gemini-3-pro-preview"
+    mock.enqueue(Reply(json=signed_chat_call("gemini-3-pro-preview")))
+    first = client.messages.create(
+        model=model, max_tokens=200, tools=[TOOL], messages=[{"role": "user", "content": "weather?"}]
+    )
+    assert [b.type for b in first.content] == ["thinking", "tool_use"]  # the signature was handed out
+    history = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_g1", "content": "sunny"}]},
+    ]
+    client.messages.create(model=model, max_tokens=200, tools=[TOOL], messages=history)
+    call = upstream_body(mock, "gemini-3-pro-preview")["messages"][1]["tool_calls"][0]
+    assert call.get("extra_content") == {"google": {"thought_signature": "c2lnLWZyb20tZ2VtaW5p"}}
+    # the same history on another provider: the signature is not its own, and stays behind
+    client.messages.create(model="gpt-4o-mini", max_tokens=200, tools=[TOOL], messages=history)
+    assert "extra_content" not in upstream_body(mock, "gpt-4o-mini")["messages"][1]["tool_calls"][0]

@@ -13,7 +13,17 @@ import pytest
 from conftest import wait_for
 from mock_upstream import Reply
 from module_harness import inproc  # noqa: F401 (fixture)
-from module_helpers import api, chat, fresh, put_module, raw_stream, server_fixture, stream_text, trace_body  # noqa: F401
+from module_helpers import (  # noqa: F401
+    api,
+    chat,
+    fresh,
+    put_module,
+    raw_stream,
+    server_fixture,
+    start_server,
+    stream_text,
+    trace_body,
+)
 
 from stockyard.modules.redact import Detector, luhn_ok
 
@@ -185,3 +195,69 @@ def test_detector_leaves_ordinary_text_alone():
 
 def test_luhn():
     assert luhn_ok("4111111111111111") and luhn_ok("5500005555555559") and not luhn_ok("4111111111111112")
+
+
+# --------------------------------------------------------------------------- providers' reasoning state
+
+
+@pytest.fixture(scope="module")
+def claude_server(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server with Anthropic on the mock too (thinking blocks, Responses translated to Claude)."""
+    env = {"ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef", "ANTHROPIC_BASE_URL": mock.url}
+    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "redact-claude", **env)
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log and OPENAI_SECRET not in srv.log
+
+
+@pytest.fixture
+def claude(claude_server, mock):
+    mock.clear()
+    yield claude_server
+    put_module(claude_server, "redact", {}, enabled=False)
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_redact_upstream_never_sends_an_edited_thinking_block(claude, mock):
+    """upstream mode rewrites the request, but not a provider's signed thinking: Anthropic refuses
+    a signed block whose text was edited (400 'Invalid signature in thinking block'), so every
+    later turn of the tool loop would fail. The block goes as it came; the rest is redacted."""
+    put_module(claude, "redact", {"mode": "upstream", "pii": ["email"]})
+    model = "claude-haiku-4-5-redact-up"
+    think = {"type": "thinking", "thinking": f"Example fixture: write to {EMAIL}.", "signature": "sig-1"}
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": f"weather? mail {EMAIL}"},
+        {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": [think]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+    ]
+    status, _, body = chat(
+        claude, model=model, messages=messages, tools=[WEATHER], max_completion_tokens=8000, reasoning_effort="low"
+    )
+    assert status == 200, body
+    sent = mock.last("/v1/messages").json
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "weather? mail [REDACTED:email]"}]
+    assert sent["messages"][1]["content"][0] == think
+
+
+def test_redact_block_and_a_key_smuggled_in_encrypted_content(claude, mock):
+    """encrypted_content is opaque to redact. A client can write Stockyard's packing itself (base64
+    JSON) with a key inside; Stockyard restores a packing only onto a request to the provider
+    that made it, and this one names none, so the text never goes upstream."""
+    from stockyard.providers.reasoning import pack
+
+    put_module(claude, "redact", {"mode": "block"})
+    smuggled = pack({"thinking_blocks": [{"type": "thinking", "thinking": f"key {OPENAI_SECRET}", "signature": "x"}]})
+    items = [
+        {"role": "user", "content": "weather?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": smuggled},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ]
+    body = {"model": "claude-haiku-4-5-redact", "input": items, "reasoning": {"effort": "low"}, "store": False}
+    status, _, data = claude.request("POST", "/v1/responses", {**body, "max_output_tokens": 8000})
+    assert status == 200, data
+    upstream = [r for r in mock.requests if r.path.endswith("/messages")]
+    assert upstream and not any(OPENAI_SECRET.encode() in r.body for r in upstream)

@@ -450,3 +450,30 @@ def test_claude_thinking_round_trips_through_items_sent_back(client, mock, strea
     answer = client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items, result])
     assert answer.output_text == TEXT
     assert last_anthropic_assistant(mock)[0]["signature"] == THINKING_SIGNATURE
+
+
+def test_stockyards_reasoning_items_never_reach_a_responses_passthrough_provider(client, mock):
+    """Codex / the Agents SDK (store=false) resend every output item: a session that ran on Claude
+    (translated) and continues on a GPT model (passed through) must not send OpenAI the reasoning
+    items Stockyard made (their encrypted_content is Stockyard's packing, which OpenAI cannot
+    decrypt: 400 invalid_encrypted_content), with or without a packing; OpenAI's own go as sent."""
+    from stockyard.providers.reasoning import unpack
+
+    ask = dict(tools=[FUNCTION_TOOL], reasoning={"effort": "low"}, max_output_tokens=8000, store=False)
+    first = client.responses.create(model="claude-sonnet-4-5-moved-to-gpt", input="weather?", **ask)
+    assert [o.type for o in first.output] == ["reasoning", "function_call"]
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    assert unpack(items[0]["encrypted_content"]) is not None  # Stockyard's, not OpenAI's
+    summary_only = {k: v for k, v in items[0].items() if k != "encrypted_content"}  # made by Stockyard too
+    openais = {"type": "reasoning", "id": "rs_openai_own", "summary": [], "encrypted_content": "gAAAAB-opaque"}
+    result = {"type": "function_call_output", "call_id": first.output[-1].call_id, "output": "sunny"}
+    sent_items = [{"role": "user", "content": "weather?"}, summary_only, openais, *items, result]
+    client.responses.create(model="gpt-4o-mini", input=sent_items, **ask)
+    upstream = mock.last("/v1/responses").json["input"]
+    assert [i.get("type", "message") for i in upstream] == [
+        "message",
+        "reasoning",
+        "function_call",
+        "function_call_output",
+    ]
+    assert upstream[1] == openais

@@ -115,7 +115,7 @@ def check_events(events: list[dict]) -> dict:
 
 
 def run_stream(request: dict, chunks: list[dict], model: str = "m") -> tuple[ChatToResponsesStream, list[bytes]]:
-    stream = ChatToResponsesStream(request, RID, 1700000000, model)
+    stream = ChatToResponsesStream(request, RID, 1700000000, model, MAKER)
     raw: list[bytes] = []
     for chunk in chunks:
         raw += stream.feed(chunk)
@@ -827,15 +827,18 @@ def signed(call_id: str, signature: str) -> dict:
     }
 
 
-def continued(output: list[dict]) -> list[dict]:
-    """The chat messages for a turn that continues ``output`` with the tool results."""
+MAKER = "maker"  # the provider (by name) that made the reasoning state in these tests
+
+
+def continued(output: list[dict], provider: str = MAKER, kind: str = "openai-compatible") -> list[dict]:
+    """The chat messages for a turn that continues ``output`` with the tool results, for ``provider``."""
     results = [
         {"type": "function_call_output", "call_id": o["call_id"], "output": "sun"}
         for o in output
         if o["type"] == "function_call"
     ]
     body = {"model": "m", "input": [{"role": "user", "content": "Weather?"}, *output, *results]}
-    return to_chat(body)["messages"]
+    return to_chat(body, None, provider, kind)["messages"]
 
 
 def test_thinking_blocks_and_signatures_ride_in_a_reasoning_item():
@@ -845,7 +848,7 @@ def test_thinking_blocks_and_signatures_ride_in_a_reasoning_item():
         "thinking_blocks": [THINK, REDACTED],
         "tool_calls": [signed("call_a", "S1")],
     }
-    out = from_chat(completion(message, "tool_calls"), {"model": "m"}, RID, 1)
+    out = from_chat(completion(message, "tool_calls"), {"model": "m"}, RID, 1, MAKER)
     strict(RESPONSE, out)
     assert [o["type"] for o in out["output"]] == ["reasoning", "message", "function_call"]
     item = out["output"][0]
@@ -869,17 +872,57 @@ def test_thinking_blocks_and_signatures_ride_in_a_reasoning_item():
     }
 
 
-def test_the_state_reaches_only_the_provider_that_reads_it():
-    from stockyard.providers.reasoning import for_provider
+def test_the_state_reaches_only_the_provider_that_made_it():
+    """The packed state names its provider: restored onto a request to that provider whatever its
+    kind (Gemini behind an openai-compatible endpoint), to no other; a packing that names none
+    (made before names were kept) goes to gemini-kind providers only."""
+    from stockyard.providers.reasoning import pack
 
     message = {"content": None, "thinking_blocks": [THINK], "tool_calls": [signed("call_a", "S1")]}
-    out = from_chat(completion(message, "tool_calls"), {}, RID, 1)
-    chat = {"model": "m", "messages": continued(out["output"])}
-    anthropic, gemini, plain = (for_provider(chat, kind)["messages"][1] for kind in ("anthropic", "gemini", "openai"))
-    assert "thinking_blocks" in anthropic and "extra_content" not in anthropic["tool_calls"][0]
-    assert "thinking_blocks" not in gemini and "extra_content" in gemini["tool_calls"][0]
-    assert "thinking_blocks" not in plain and "extra_content" not in plain["tool_calls"][0]
-    assert "thinking_blocks" in chat["messages"][1]  # the body kept for a fallback is untouched
+    out = from_chat(completion(message, "tool_calls"), {}, RID, 1, MAKER)
+    own = continued(out["output"], MAKER, "openai-compatible")[1]
+    assert own["thinking_blocks"] == [THINK] and own["tool_calls"][0]["extra_content"]["google"]["thought_signature"]
+    for provider, kind in (("other", "anthropic"), ("gemini", "gemini"), ("openai", "openai")):
+        other = continued(out["output"], provider, kind)[1]
+        assert "thinking_blocks" not in other and "extra_content" not in other["tool_calls"][0], provider
+    old = [{**out["output"][0], "encrypted_content": pack({"thought_signatures": {"call_a": "S1"}})}, out["output"][1]]
+    assert continued(old, "gemini", "gemini")[1]["tool_calls"][0]["extra_content"]
+    assert "extra_content" not in continued(old, "anthropic", "anthropic")[1]["tool_calls"][0]
+
+
+def test_stockyards_reasoning_items_are_told_apart():
+    """The pass-through drops the reasoning items Stockyard made: by their id (``item_id``'s, for a
+    ``new_response_id``) or their packing; a provider's own items are not Stockyard's."""
+    from stockyard.conversations import new_response_id
+    from stockyard.providers.reasoning import pack
+    from stockyard.providers.responses import item_id
+    from stockyard.providers.responses_adapters import ours
+
+    assert ours({"type": "reasoning", "id": item_id("rs", new_response_id(), 0), "summary": []})
+    assert ours({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": pack({}, "x")})
+    openai_id = "rs_" + "0" * 48  # OpenAI's ids: no output index after them
+    assert not ours({"type": "reasoning", "id": openai_id, "summary": [], "encrypted_content": "gAAAAB"})
+    assert not ours({"type": "message", "id": item_id("msg", new_response_id(), 0)})
+
+
+def test_openai_chat_loses_the_state_fields_it_does_not_know():
+    """OpenAI's chat API refuses unknown message properties: a conversation moved from Claude or
+    Gemini loses ``thinking_blocks`` and ``extra_content`` on the way to it; others stay as sent."""
+    from stockyard.providers.reasoning import plain_messages
+
+    calls = [signed("call_a", "S1")]
+    messages = [
+        {"role": "user", "content": "?"},
+        {"role": "assistant", "content": None, "tool_calls": calls, "thinking_blocks": [THINK]},
+    ]
+    plain = plain_messages(messages)
+    assert plain is not None and plain[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{k: v for k, v in calls[0].items() if k != "extra_content"}],
+    }
+    assert "thinking_blocks" in messages[1] and "extra_content" in calls[0]  # the client's body is untouched
+    assert plain_messages([{"role": "user", "content": "?"}, {"role": "assistant", "content": "hi"}]) is None
 
 
 def test_claude_stream_keeps_its_thinking_in_the_reasoning_item():

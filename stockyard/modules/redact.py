@@ -14,6 +14,13 @@ card numbers (Luhn-checked, so an order number is not a card).
   data found — never the data itself.
 
 Each finding is replaced by ``[REDACTED:<kind>]``.
+
+Providers' opaque reasoning state is not looked inside: a Responses reasoning item's
+``encrypted_content`` and a thinking block's ``signature`` are opaque strings, and the thinking
+blocks a provider produced (Anthropic ``thinking``/``redacted_thinking``, a chat message's
+``thinking_blocks``) go upstream as they came in ``upstream`` and ``block`` modes (the provider
+refuses an edited signed block); they are still redacted where Stockyard stores them. The module
+guards against accidental leaks; a client can always obfuscate text on purpose.
 """
 
 from __future__ import annotations
@@ -176,27 +183,43 @@ class Detector:
         return f"[REDACTED:{kind}]"
 
     # -- JSON: string values only (keys are API field names), none shorter than any finding --
-    def find_json(self, value: Any, found: dict[str, None] | None = None) -> dict[str, None]:
+    # A provider's signed thinking (Anthropic ``thinking``/``redacted_thinking`` blocks, a chat
+    # message's ``thinking_blocks``) goes upstream as it came: the provider refuses an edited one.
+    def find_json(
+        self, value: Any, found: dict[str, None] | None = None, signed: dict[str, None] | None = None
+    ) -> dict[str, None]:
+        """The kinds found in a JSON value; with ``signed``, those inside signed thinking go there."""
         found = {} if found is None else found
         if isinstance(value, str):
             if len(value) >= SHORTEST:
                 self.find(value, found)
         elif isinstance(value, list):
             for item in value:
-                self.find_json(item, found)
+                self.find_json(item, found, signed)
         elif isinstance(value, dict):
-            for item in value.values():
-                self.find_json(item, found)
+            if signed is not None and signed_thinking(value):
+                self.find_json(value, signed)
+                return found
+            for key, item in value.items():
+                if signed is not None and key == "thinking_blocks":
+                    self.find_json(item, signed)
+                else:
+                    self.find_json(item, found, signed)
         return found
 
-    def sub_json(self, value: Any) -> Any:
-        """A copy of a JSON value with every string value redacted."""
+    def sub_json(self, value: Any, keep_signed: bool = False) -> Any:
+        """A copy of a JSON value with every string value redacted (but signed thinking, with ``keep_signed``)."""
         if isinstance(value, str):
             return self.sub(value) if len(value) >= SHORTEST else value
         if isinstance(value, list):
-            return [self.sub_json(v) for v in value]
+            return [self.sub_json(v, keep_signed) for v in value]
         if isinstance(value, dict):
-            return {k: self.sub_json(v) for k, v in value.items()}
+            if keep_signed and signed_thinking(value):
+                return value
+            return {
+                k: v if keep_signed and k == "thinking_blocks" else self.sub_json(v, keep_signed)
+                for k, v in value.items()
+            }
         return value
 
     # -- stored bodies ---------------------------------------------------------------------
@@ -232,6 +255,11 @@ class Detector:
         if not self.find_json(value):
             return line
         return "data: " + json.dumps(self.sub_json(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def signed_thinking(value: dict) -> bool:
+    """An Anthropic thinking block (content block or chat ``thinking_blocks`` entry)."""
+    return value.get("type") in ("thinking", "redacted_thinking")
 
 
 @dataclass(frozen=True)
@@ -272,9 +300,11 @@ class Redact(Module):
         opts: RedactOptions = self.options(ctx)
         if not opts.detector:
             return
-        kinds = list(opts.detector.find_json(ctx.body))
-        ctx.state["redact"] = (opts.detector, bool(kinds))
+        signed: dict[str, None] = {}  # found in signed thinking: sent as it came, stored redacted
+        kinds = list(opts.detector.find_json(ctx.body, signed=signed))
+        ctx.state["redact"] = (opts.detector, bool(kinds or signed))
         if not kinds:
+            ctx.sensitive = ctx.sensitive or bool(signed)
             return
         if opts.mode == "block":
             raise ProxyError(
@@ -283,7 +313,7 @@ class Redact(Module):
                 code="sensitive_data",
             )
         if opts.mode == "upstream":
-            ctx.body = opts.detector.sub_json(ctx.body)
+            ctx.body = opts.detector.sub_json(ctx.body, keep_signed=True)
             ctx.raw = json.dumps(ctx.body, ensure_ascii=False).encode()
             ctx.body_changed = True
         else:

@@ -270,7 +270,13 @@ def is_thinking(block: Any) -> bool:
     return isinstance(block, dict) and block.get("type") in THINKING_TYPES
 
 
-def thinking_missing(messages: list[dict]) -> bool:
+def blocks_of(msg: Any) -> list[dict]:
+    """A message's content blocks (none for string content or a malformed message)."""
+    content = msg.get("content") if isinstance(msg, dict) else None
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+def thinking_missing(messages: list) -> bool:
     """True when Anthropic would refuse these messages with thinking on: they end in tool results,
     and the assistant turn that called the tools does not start with a thinking block.
 
@@ -278,15 +284,33 @@ def thinking_missing(messages: list[dict]) -> bool:
     results, and its first assistant message must start with ``thinking`` or ``redacted_thinking``
     (Anthropic: "a final `assistant` message must start with a thinking block")."""
     last = messages[-1] if messages else None
-    if last is None or last["role"] != "user" or not any(b.get("type") == "tool_result" for b in last["content"]):
+    role = last.get("role") if isinstance(last, dict) else None
+    if role != "user" or not any(b.get("type") == "tool_result" for b in blocks_of(last)):
         return False
     first = None
     for msg in reversed(messages[:-1]):
-        if msg["role"] == "user" and not any(b.get("type") == "tool_result" for b in msg["content"]):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role == "user" and not any(b.get("type") == "tool_result" for b in blocks_of(msg)):
             break
-        if msg["role"] == "assistant":
+        if role == "assistant":
             first = msg
-    return first is not None and not (first["content"] and is_thinking(first["content"][0]))
+    if first is None:
+        return False
+    content = first.get("content")
+    return not (isinstance(content, list) and content and is_thinking(content[0]))
+
+
+THINKING_LEFT_OFF = (
+    "thinking left off: the assistant turn that called the tools came back without its "
+    "thinking blocks, which Anthropic requires with thinking on"
+)
+
+
+def note_thinking_off(ctx: RequestContext, provider: Provider, model: str, note: str = THINKING_LEFT_OFF) -> None:
+    """Say in the log and the trace's error message that a request went with thinking off (or
+    any other note on how it was sent)."""
+    log.info("request %s to %s/%s: %s", ctx.trace_id, provider.name, model, note)
+    ctx.attempt.error_message = "; ".join(filter(None, [ctx.attempt.error_message, note]))
 
 
 def without_thinking(messages: list[dict]) -> list[dict]:
@@ -362,10 +386,7 @@ def messages_request(
     if budget and thinking_missing(messages):
         budget = 0
         if notes is not None:
-            notes.append(
-                "thinking left off: the assistant turn that called the tools came back without its "
-                "thinking blocks, which Anthropic requires with thinking on"
-            )
+            notes.append(THINKING_LEFT_OFF)
     if budget:
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}
     else:
@@ -462,8 +483,7 @@ class AnthropicChatAdapter(Adapter):
                 honoured_body(ctx, CHAT_FIELDS, "Anthropic"), model, ctx.stream, ctx.default_output_cap, notes
             )
         for note in notes:
-            log.info("request %s to %s/%s: %s", ctx.trace_id, provider.name, model, note)
-            ctx.attempt.error_message = "; ".join(filter(None, [ctx.attempt.error_message, note]))
+            note_thinking_off(ctx, provider, model, note)
         sent = headers(provider, ctx, native=False)
         if "output_format" in body:
             sent["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
@@ -592,35 +612,72 @@ class AnthropicToOpenAIStream(ChunkStream):
         return self.fail(ERROR_STATUS.get(kind, 500), kind, message)
 
 
-def foreign_thinking_removed(messages: Any) -> list | None:
-    """The messages without the thinking blocks Stockyard made for a Gemini model (their
-    ``signature`` holds its packed thought signatures: Anthropic would refuse it as invalid),
-    or None when there are none — a conversation that moved to Claude from a Gemini model."""
+def stockyards(block: Any) -> bool:
+    """A thinking block Stockyard made, which Anthropic would refuse: one carrying Gemini's thought
+    signatures packed (``reasoning.pack``), or one made from another model's reasoning text, with
+    an empty (or no) signature."""
+    if not isinstance(block, dict) or block.get("type") != "thinking":
+        return False
+    signature = block.get("signature")
+    return not isinstance(signature, str) or not signature or unpack(signature) is not None
+
+
+def foreign_thinking_removed(messages: Any, thinking_on: bool = False) -> tuple[list | None, bool]:
+    """(The messages without the thinking blocks Stockyard made, or None when there are none;
+    whether thinking must be left off). With ``thinking_on``, a tool loop whose assistant turn no
+    longer starts with a thinking block once they are gone (a conversation that moved to Claude
+    from another model) goes with thinking off, and then without any thinking block, as
+    ``messages_request`` sends it (Anthropic refuses them in a final assistant turn then)."""
     if not isinstance(messages, list):
-        return None
+        return None, False
     out: list = []
     changed = False
     for msg in messages:
         content = msg.get("content") if isinstance(msg, dict) and msg.get("role") == "assistant" else None
-        if isinstance(content, list):
-            kept = [b for b in content if not (is_thinking(b) and unpack(b.get("signature")) is not None)]
-            if len(kept) != len(content):
-                changed = True
-                msg = {**msg, "content": kept}  # never empty: the block came before a tool_use
+        if isinstance(content, list) and any(stockyards(b) for b in content):
+            changed = True
+            msg = {**msg, "content": [b for b in content if not stockyards(b)]}
         out.append(msg)
-    return out if changed else None
+    off = changed and thinking_on and thinking_missing(out)
+    if off:
+        out = [
+            {**m, "content": [b for b in m["content"] if not is_thinking(b)]}
+            if isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("content"), list)
+            else m
+            for m in out
+        ]
+        changed = True
+    # a turn left empty goes (Anthropic refuses one)
+    out = [m for m in out if not (isinstance(m, dict) and m.get("content") == [])] if changed else out
+    return (out if changed else None), off
+
+
+def thinking_enabled(thinking: Any) -> bool:
+    return isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled")
+
+
+# Bytes that hold a thinking block hold "thinking", or a JSON escape spelling it ("th\\u0069nking"):
+# without either, the parsed body is not walked (the hot path of a native request)
+THINKING_HINTS = (b"thinking", b"\\u")
 
 
 class AnthropicNativeAdapter(Adapter):
-    """Anthropic-dialect clients to an Anthropic provider: bytes pass through untouched."""
+    """Anthropic-dialect clients to an Anthropic provider: bytes pass through untouched, but for
+    the thinking blocks Stockyard made (and thinking, when the tool loop is left without one)."""
 
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
         body = ctx.raw
-        messages = foreign_thinking_removed(ctx.body.get("messages")) if b"thinking" in ctx.raw else None
+        messages, off = None, False
+        if any(hint in ctx.raw for hint in THINKING_HINTS):
+            thinking_on = thinking_enabled(ctx.body.get("thinking"))
+            messages, off = foreign_thinking_removed(ctx.body.get("messages"), thinking_on)
         if ctx.body.get("model") != model or ctx.body_changed or messages is not None:
             changed = {**ctx.body, "model": model}
             if messages is not None:
                 changed["messages"] = messages
+            if off:
+                changed.pop("thinking", None)
+                note_thinking_off(ctx, provider, model)
             body = json.dumps(changed, ensure_ascii=False).encode()
         return UpstreamCall(
             "POST", base_path(provider, NATIVE_PATHS[ctx.endpoint]), headers(provider, ctx, native=True), body

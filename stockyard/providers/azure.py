@@ -36,5 +36,8 @@ class AzureAdapter(OpenAIAdapter):
         if provider.api_key:
             headers["api-key"] = provider.api_key
         return UpstreamCall(
-            "POST", deployment_path(provider, model, ctx.endpoint), headers, request_body(ctx, model, force_usage=True)
+            "POST",
+            deployment_path(provider, model, ctx.endpoint),
+            headers,
+            request_body(ctx, model, force_usage=True, plain=True),
         )

@@ -39,7 +39,7 @@ from typing import Any
 
 from ..errors import ANTHROPIC, ProxyError, error_type
 from ..pricing import Usage
-from .reasoning import pack, sign_call, thought_signature, unpack
+from .reasoning import pack, restorable, sign_call, thought_signature, unpack
 from .responses import reasoning_text
 
 CHAT_FIELDS = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
@@ -89,8 +89,8 @@ def present(body: dict, key: str) -> bool:
 # --------------------------------------------------------------------------- request
 
 
-def to_chat(body: dict, kind: str = "openai") -> dict:
-    """A Messages request body → the Chat Completions body for provider ``kind``."""
+def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> dict:
+    """A Messages request body → the Chat Completions body for provider ``provider`` (a name) of ``kind``."""
     if not isinstance(body, dict):
         raise invalid("body", "the request body must be a JSON object")
     for key in body:
@@ -104,7 +104,7 @@ def to_chat(body: dict, kind: str = "openai") -> dict:
     if not isinstance(items, list) or not items:
         raise invalid("messages", "'messages' must be a non-empty array")
     for i, item in enumerate(items):
-        messages += chat_messages(item, f"messages[{i}]", kind)
+        messages += chat_messages(item, f"messages[{i}]", kind, provider)
     chat: dict = {"model": model, "messages": messages}
     if present(body, "max_tokens"):
         chat["max_completion_tokens" if kind in COMPLETION_TOKENS_KINDS else "max_tokens"] = body["max_tokens"]
@@ -144,7 +144,7 @@ def system_messages(system: Any) -> list[dict]:
     return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
 
 
-def chat_messages(item: Any, path: str, provider_kind: str = "openai") -> list[dict]:
+def chat_messages(item: Any, path: str, provider_kind: str = "openai", provider: str | None = None) -> list[dict]:
     """One Messages turn → chat messages: tool results become ``tool`` messages, placed
     first (chat wants them right after the assistant's calls), the rest one user message."""
     if not isinstance(item, dict):
@@ -157,7 +157,7 @@ def chat_messages(item: Any, path: str, provider_kind: str = "openai") -> list[d
     if not isinstance(content, list):
         raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content blocks")
     if role == "assistant":
-        return [assistant_message(content, path, provider_kind)]
+        return [assistant_message(content, path, provider_kind, provider)]
     tools: list[dict] = []
     parts: list[dict] = []
     for j, block in enumerate(content):
@@ -198,10 +198,10 @@ def content_part(block: Any, path: str) -> dict:
     raise unsupported(f"{path}.type", f"content block type {kind!r}")
 
 
-def assistant_message(content: list, path: str, provider_kind: str = "openai") -> dict:
+def assistant_message(content: list, path: str, provider_kind: str = "openai", provider: str | None = None) -> dict:
     """An assistant turn → one chat assistant message. A thinking block whose signature Stockyard
-    packed holds Gemini thought signatures: for a Gemini provider they go back onto the tool
-    calls they came with (``extra_content``); any other thinking stays behind."""
+    packed holds Gemini thought signatures: for the provider that made them (``reasoning.restorable``)
+    they go back onto the tool calls they came with (``extra_content``); any other thinking stays behind."""
     texts: list[str] = []
     calls: list[dict] = []
     signatures: dict[str, str] = {}
@@ -215,12 +215,12 @@ def assistant_message(content: list, path: str, provider_kind: str = "openai") -
                 raise invalid(where, f"{where} needs an 'id' and a 'name'")
             arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
             call = {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
-            if provider_kind == "gemini" and block["id"] in signatures:
+            if block["id"] in signatures:
                 sign_call(call, signatures[block["id"]])
             calls.append(call)
         elif kind == "thinking":
             state = unpack(block.get("signature"))
-            if state is not None:
+            if state is not None and restorable(state, provider, provider_kind):
                 signatures.update(state["thought_signatures"])
         elif kind == "redacted_thinking":
             continue
@@ -399,23 +399,24 @@ def message_object(message_id: str, model: str, content: list[dict], usage: dict
     }
 
 
-def signature_block(call_id: str, signature: str) -> dict:
-    """A thinking block carrying a Gemini thought signature for the tool call ``call_id``."""
-    return {"type": "thinking", "thinking": "", "signature": pack({"thought_signatures": {call_id: signature}})}
+def signature_block(call_id: str, signature: str, provider: str | None = None) -> dict:
+    """A thinking block carrying a Gemini thought signature for the tool call ``call_id``, made by ``provider``."""
+    packed = pack({"thought_signatures": {call_id: signature}}, provider)
+    return {"type": "thinking", "thinking": "", "signature": packed}
 
 
-def carry_signature(content: list[dict], call_id: str, signature: str) -> None:
+def carry_signature(content: list[dict], call_id: str, signature: str, provider: str | None = None) -> None:
     """Put a tool call's thought signature in the thinking block just before its ``tool_use``:
     the reasoning's own when it is the last block and unsigned, else a new one."""
     last = content[-1] if content else None
     if last is not None and last["type"] == "thinking" and not last["signature"]:
-        last["signature"] = signature_block(call_id, signature)["signature"]
+        last["signature"] = signature_block(call_id, signature, provider)["signature"]
     else:
-        content.append(signature_block(call_id, signature))
+        content.append(signature_block(call_id, signature, provider))
 
 
-def from_chat(chat: dict, request: dict, message_id: str) -> dict:
-    """A ``chat.completion`` → the Messages ``message`` for the same turn."""
+def from_chat(chat: dict, request: dict, message_id: str, provider: str | None = None) -> dict:
+    """A ``chat.completion`` (from ``provider``, a name) → the Messages ``message`` for the same turn."""
     choices = chat.get("choices")
     choice = obj(choices[0]) if isinstance(choices, list) and choices else {}
     message = obj(choice.get("message"))
@@ -433,7 +434,7 @@ def from_chat(chat: dict, request: dict, message_id: str) -> dict:
         ident = obj(call).get("id") or f"toolu_{message_id.removeprefix('msg_')}_{len(content)}"
         signature = thought_signature(call)
         if signature:
-            carry_signature(content, ident, signature)
+            carry_signature(content, ident, signature, provider)
         content.append(
             {"type": "tool_use", "id": ident, "name": fn.get("name") or "", "input": tool_input(fn.get("arguments"))}
         )
@@ -467,8 +468,9 @@ class ChatToMessagesStream:
     """``chat.completion.chunk`` objects → the Messages event stream, one block open at a time:
     thinking, text and each tool call get a block of their own, in the order they arrive."""
 
-    def __init__(self, request: dict, message_id: str, model: str) -> None:
+    def __init__(self, request: dict, message_id: str, model: str, provider: str | None = None) -> None:
         self.request, self.message_id, self.model = request, message_id, model
+        self.provider = provider  # the provider's name, in the thought signatures packed
         self.started = False
         self.index = -1  # the open block's index (-1: none)
         self.open_kind: str | None = None  # "thinking", "text" or "tool"
@@ -555,7 +557,7 @@ class ChatToMessagesStream:
         if self.open_kind != "thinking" or self.signed:
             out += self.open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
         self.signed = True
-        packed = signature_block(call_id, signature)["signature"]
+        packed = signature_block(call_id, signature, self.provider)["signature"]
         return out + [self.delta({"type": "signature_delta", "signature": packed})]
 
     def finish(self) -> list[bytes]:

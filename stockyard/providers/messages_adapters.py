@@ -29,10 +29,15 @@ def message_id(ctx: RequestContext) -> str:
     return f"msg_{ctx.trace_id}"
 
 
+def provider_name(ctx: RequestContext) -> str | None:
+    """The name of the provider this attempt goes to (it makes the reasoning state packed)."""
+    return ctx.attempt.provider.name if ctx.attempt.provider is not None else None
+
+
 def count_estimate(ctx: RequestContext, provider: Provider) -> None:
     """Answer ``count_tokens`` for a non-Anthropic model: the translated prompt and tools at
     four bytes a token (``estimate.text_tokens``), marked as an estimate in a header."""
-    chat = messages.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, provider.kind)
+    chat = messages.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, provider.kind, provider.name)
     counted = {"messages": chat["messages"], "tools": chat.get("tools", [])}
     tokens = text_tokens(json.dumps(counted, ensure_ascii=False).encode())
     ctx.answer = Answer(200, json.dumps({"input_tokens": tokens}).encode(), headers={ESTIMATE_HEADER: "estimate"})
@@ -49,8 +54,9 @@ class MessagesOverChat(Adapter):
         chat = ctx.state.get(_CHAT_BODY)
         provider = ctx.attempt.provider
         kind = provider.kind if provider is not None else "openai"
-        if chat is None or chat[0] != kind:
-            chat = ctx.state[_CHAT_BODY] = (kind, messages.to_chat(ctx.body, kind))
+        name = provider.name if provider is not None else None
+        if chat is None or chat[0] != (kind, name):  # the reasoning state restored is the provider's own
+            chat = ctx.state[_CHAT_BODY] = ((kind, name), messages.to_chat(ctx.body, kind, name))
         body = chat[1]
         raw = json.dumps(body, ensure_ascii=False).encode()
         return dataclasses.replace(
@@ -62,11 +68,12 @@ class MessagesOverChat(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
-        return json.dumps(messages.from_chat(chat, ctx.body, message_id(ctx)), ensure_ascii=False).encode()
+        answer = messages.from_chat(chat, ctx.body, message_id(ctx), provider_name(ctx))
+        return json.dumps(answer, ensure_ascii=False).encode()
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         model = ctx.attempt.upstream_model or ctx.model or ""
-        outer = messages.ChatToMessagesStream(ctx.body, message_id(ctx), model)
+        outer = messages.ChatToMessagesStream(ctx.body, message_id(ctx), model, provider_name(ctx))
         return MessagesStream(ctx, self.inner.stream(self.chat_ctx(ctx)), outer)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:

@@ -13,14 +13,22 @@ from ..context import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .reasoning import plain_messages
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
-def request_body(ctx: RequestContext, model: str, *, force_usage: bool) -> bytes:
-    """The body to send: the client's own bytes when nothing had to change."""
+def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: bool = False) -> bytes:
+    """The body to send: the client's own bytes when nothing had to change. ``plain``: OpenAI's
+    own chat API (openai, azure), which refuses message fields it does not know ("Additional
+    properties are not allowed"): the reasoning state Claude and Gemini answers carry on the chat
+    shape (``thinking_blocks``, ``extra_content``) stays behind."""
     body = ctx.body
     changes: dict = {}
+    if plain and ctx.endpoint == "chat":
+        messages = plain_messages(body.get("messages"))
+        if messages is not None:
+            changes["messages"] = messages
     if body.get("model") != model:
         changes["model"] = model
     if force_usage and ctx.stream and ctx.endpoint in ("chat", "completions"):
@@ -43,7 +51,10 @@ class OpenAIAdapter(Adapter):
             "Accept": "text/event-stream" if ctx.stream else "application/json",
             **auth_headers(provider),
         }
-        return UpstreamCall("POST", PATHS[ctx.endpoint], headers, request_body(ctx, model, force_usage=True))
+        plain = provider.kind in ("openai", "azure")
+        return UpstreamCall(
+            "POST", PATHS[ctx.endpoint], headers, request_body(ctx, model, force_usage=True, plain=plain)
+        )
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)

@@ -15,8 +15,12 @@ Where the client's API has no such field, Stockyard packs the state into one it 
 a Responses ``reasoning`` item's ``encrypted_content``, an Anthropic ``thinking`` block's
 ``signature`` (Gemini's signatures, for Anthropic-SDK clients). The packing (:func:`pack`) is
 base64 of a JSON object marked ``{"stockyard": 1}``, so Stockyard can tell its own from a
-provider's opaque string (:func:`unpack` returns None for anything else), which it never sends
-to a provider that did not make it.
+provider's opaque string (:func:`unpack` returns None for anything else). It also names the
+provider (by its name) that made the state, and the state is restored only onto a request to
+that same provider, whatever its kind (:func:`restorable`; a packing from before names were
+kept goes to gemini-kind providers only). The packing itself never goes to any provider:
+:func:`thinking_blocks` drops a block it signs, the Anthropic native adapter drops such blocks
+from a Messages body, and the Responses pass-through drops the reasoning items Stockyard made.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ THINKING_TYPES = ("thinking", "redacted_thinking")
 def thinking_blocks(value: Any) -> list[dict]:
     """Anthropic thinking blocks out of a chat message's ``thinking_blocks`` (or Messages content):
     only whole ones — a ``thinking`` block with its signature, a ``redacted_thinking`` with its
-    data — and only their own fields (a stream's ``index`` stays behind)."""
+    data — and only their own fields (a stream's ``index`` stays behind). A block whose signature
+    is Stockyard's packing is not a provider's, and stays behind too."""
     out: list[dict] = []
     for block in value if isinstance(value, list) else []:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "thinking" and isinstance(block.get("signature"), str) and block["signature"]:
+            if unpack(block["signature"]) is not None:
+                continue  # Stockyard's packing (Gemini's signatures), which no provider can verify
             text = block.get("thinking")
             out.append(
                 {"type": "thinking", "thinking": text if isinstance(text, str) else "", "signature": block["signature"]}
@@ -70,14 +77,17 @@ def signatures_of(calls: Any) -> dict[str, str]:
     return out
 
 
-def pack(state: dict) -> str:
-    """Reasoning state (``thinking_blocks``, ``thought_signatures``) as one opaque string."""
-    raw = json.dumps({"stockyard": VERSION, **state}, ensure_ascii=False, separators=(",", ":"))
+def pack(state: dict, provider: str | None = None) -> str:
+    """Reasoning state (``thinking_blocks``, ``thought_signatures``) as one opaque string, naming
+    the provider that made it."""
+    named = {"provider": provider} if provider else {}
+    raw = json.dumps({"stockyard": VERSION, **named, **state}, ensure_ascii=False, separators=(",", ":"))
     return base64.b64encode(raw.encode()).decode()
 
 
 def unpack(text: Any) -> dict | None:
-    """The state :func:`pack` made, or None for any other string (a provider's own)."""
+    """The state :func:`pack` made (``provider`` None when it names none), or None for any other
+    string (a provider's own)."""
     if not isinstance(text, str) or not text:
         return None
     try:
@@ -86,7 +96,9 @@ def unpack(text: Any) -> dict | None:
         return None
     if not isinstance(state, dict) or state.get("stockyard") != VERSION:
         return None
+    provider = state.get("provider")
     return {
+        "provider": provider if isinstance(provider, str) and provider else None,
         "thinking_blocks": thinking_blocks(state.get("thinking_blocks")),
         "thought_signatures": {
             k: v for k, v in (state.get("thought_signatures") or {}).items() if isinstance(v, str) and v
@@ -96,31 +108,41 @@ def unpack(text: Any) -> dict | None:
     }
 
 
-def for_provider(chat: dict, kind: str) -> dict:
-    """A translated chat body with only the reasoning state provider ``kind`` reads: thinking
-    blocks for Anthropic, thought signatures for Gemini; an OpenAI-kind provider (its chat
-    passed through) gets neither field, which it does not know."""
-    messages = chat.get("messages")
-    if not isinstance(messages, list):
-        return chat
+def restorable(state: dict, provider: str | None, kind: str) -> bool:
+    """Whether unpacked ``state`` goes back onto a request to ``provider`` (a name) of ``kind``:
+    only to the provider that made it; a packing that names none (made before names were kept)
+    to a gemini-kind provider, the only one that had its state packed then."""
+    return state["provider"] == provider if state["provider"] else kind == "gemini"
+
+
+def plain_messages(messages: Any) -> list | None:
+    """Chat messages without the reasoning state fields OpenAI's chat API does not know (an
+    assistant message's ``thinking_blocks``, a tool call's ``extra_content``), or None when none
+    carries them — a conversation that moved to an OpenAI model from Claude or Gemini."""
+    if not isinstance(messages, list) or not any(carries_state(msg) for msg in messages):
+        return None
     out: list = []
-    changed = False
     for msg in messages:
-        if isinstance(msg, dict) and msg.get("role") == "assistant":
+        if carries_state(msg):
             kept = msg
-            if "thinking_blocks" in kept and kind != "anthropic":
+            if "thinking_blocks" in kept:
                 kept = {k: v for k, v in kept.items() if k != "thinking_blocks"}
             calls = kept.get("tool_calls")
-            if (
-                kind != "gemini"
-                and isinstance(calls, list)
-                and any(isinstance(c, dict) and "extra_content" in c for c in calls)
-            ):
+            if isinstance(calls, list) and any(isinstance(c, dict) and "extra_content" in c for c in calls):
                 plain = [
                     {k: v for k, v in c.items() if k != "extra_content"} if isinstance(c, dict) else c for c in calls
                 ]
                 kept = {**kept, "tool_calls": plain}
-            changed = changed or kept is not msg
             msg = kept
         out.append(msg)
-    return {**chat, "messages": out} if changed else chat
+    return out
+
+
+def carries_state(msg: Any) -> bool:
+    """An assistant chat message with ``thinking_blocks``, or a tool call with ``extra_content``."""
+    if not isinstance(msg, dict) or msg.get("role") != "assistant":
+        return False
+    calls = msg.get("tool_calls")
+    return "thinking_blocks" in msg or (
+        isinstance(calls, list) and any(isinstance(c, dict) and "extra_content" in c for c in calls)
+    )

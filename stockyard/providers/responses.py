@@ -10,18 +10,19 @@ The provider's opaque reasoning state (Anthropic's thinking blocks, Gemini's tho
 ``reasoning.py``) comes back in a ``reasoning`` item's ``encrypted_content``, before the
 ``function_call`` items; a reasoning item that holds Stockyard's state, in ``input`` or in a
 stored conversation, puts it back on the chat messages (``thinking_blocks``, a tool call's
-``extra_content``), which :func:`reasoning.for_provider` keeps for the provider that reads it.
+``extra_content``) of a request to the provider that made it (:func:`reasoning.restorable`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
 from ..errors import ProxyError
 from ..pricing import Usage
-from .reasoning import pack, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
+from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
 CALLER_FIELDS = {"store", "previous_response_id", "include", "truncation", "metadata", "stream_options", "background"}
@@ -82,8 +83,10 @@ def present(body: dict, key: str) -> bool:
 # --------------------------------------------------------------------------- request
 
 
-def to_chat(body: dict, history: list[dict] | None = None) -> dict:
-    """A Responses request body → the Chat Completions body for the same turn.
+def to_chat(body: dict, history: list[dict] | None = None, provider: str | None = None, kind: str = "openai") -> dict:
+    """A Responses request body → the Chat Completions body for the same turn, for provider
+    ``provider`` (a name) of ``kind``: the reasoning state packed in reasoning items goes back
+    only to the provider that made it (``reasoning.restorable``).
 
     ``history`` holds the stored conversation (input and output items of earlier turns),
     placed before this turn's ``input``. ``store``, ``previous_response_id``, ``include``,
@@ -105,10 +108,10 @@ def to_chat(body: dict, history: list[dict] | None = None) -> dict:
     if not isinstance(model, str) or not model:
         raise invalid("model", "'model' must be a non-empty string")
     messages = instructions_messages(body.get("instructions"))
-    messages += chat_messages(history or [], "previous_response_id")
+    messages += chat_messages(history or [], "previous_response_id", provider, kind)
     if not present(body, "input") and not history:
         raise invalid("input", "'input' is required")
-    messages += chat_messages(body.get("input") or [], "input")
+    messages += chat_messages(body.get("input") or [], "input", provider, kind)
     if not messages:
         raise invalid("input", "'input' must not be empty")
     chat: dict = {"model": model, "messages": messages}
@@ -143,7 +146,7 @@ def instructions_messages(instructions: Any) -> list[dict]:
     return [{"role": "system", "content": instructions}]
 
 
-def chat_messages(items: Any, where: str) -> list[dict]:
+def chat_messages(items: Any, where: str, provider: str | None = None, provider_kind: str = "openai") -> list[dict]:
     """Responses input (a string or a list of items) → chat messages."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
@@ -169,9 +172,10 @@ def chat_messages(items: Any, where: str) -> list[dict]:
             state = None
             out.append(tool_message(item, path))
         elif kind == "reasoning":
-            # the reasoning text is not sent back upstream; the state Stockyard packed is
+            # the reasoning text is not sent back upstream; the state Stockyard packed is, to
+            # the provider that made it
             found = unpack(item.get("encrypted_content"))
-            if found is not None:
+            if found is not None and restorable(found, provider, provider_kind):
                 if state is not None:
                     found["thinking_blocks"] = state["thinking_blocks"] + found["thinking_blocks"]
                     found["thought_signatures"] = {**state["thought_signatures"], **found["thought_signatures"]}
@@ -357,6 +361,15 @@ def item_id(prefix: str, response_id: str, output_index: int) -> str:
     return f"{prefix}_{response_id.removeprefix('resp_')}_{output_index}"
 
 
+MINTED = re.compile(r"[a-z]+_[0-9a-f]{48}_[0-9]+")  # item_id of a conversations.new_response_id()
+
+
+def minted(item: Any) -> bool:
+    """True for an output item Stockyard made (its id is :func:`item_id`'s), not a provider."""
+    ident = item.get("id") if isinstance(item, dict) else None
+    return isinstance(ident, str) and MINTED.fullmatch(ident) is not None
+
+
 def text_part(text: str) -> dict:
     return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
 
@@ -365,12 +378,12 @@ def refusal_part(text: str) -> dict:
     return {"type": "refusal", "refusal": text}
 
 
-def reasoning_item(ident: str, text: str, state: dict | None = None) -> dict:
-    """A reasoning item: the reasoning text as its summary, the provider's opaque state (if any)
-    packed as its ``encrypted_content``."""
+def reasoning_item(ident: str, text: str, state: dict | None = None, provider: str | None = None) -> dict:
+    """A reasoning item: the reasoning text as its summary, the opaque state (if any) of
+    ``provider`` (a name) packed as its ``encrypted_content``."""
     item: dict = {"id": ident, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}] if text else []}
     if state:
-        item["encrypted_content"] = pack(state)
+        item["encrypted_content"] = pack(state, provider)
     return item
 
 
@@ -483,8 +496,8 @@ def status_of(finish_reason: str | None) -> str:
     return "incomplete" if finish_reason in INCOMPLETE else "completed"
 
 
-def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> dict:
-    """A ``chat.completion`` → the Responses ``response`` object for it."""
+def from_chat(chat: dict, request: dict, response_id: str, created_at: int, provider: str | None = None) -> dict:
+    """A ``chat.completion`` (from ``provider``, a name) → the Responses ``response`` object for it."""
     choices = chat.get("choices") or [{}]
     choice = obj(choices[0])
     message = obj(choice.get("message"))
@@ -494,7 +507,7 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int) -> d
     reasoning = reasoning_text(message)
     state = reasoning_state(message)
     if reasoning or state:
-        output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning, state))
+        output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning, state, provider))
     content = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append(text_part(message["content"]))
@@ -530,8 +543,11 @@ class ChatToResponsesStream:
     call) and one at a time: a delta for a new item closes the open one first.
     """
 
-    def __init__(self, request: dict, response_id: str, created_at: int, model: str) -> None:
+    def __init__(
+        self, request: dict, response_id: str, created_at: int, model: str, provider: str | None = None
+    ) -> None:
         self.request = request
+        self.provider = provider  # the provider's name, in the reasoning state packed
         self.response_id = response_id
         self.created_at = created_at
         self.model = model
@@ -676,7 +692,7 @@ class ChatToResponsesStream:
             state["thinking_blocks"] = state.get("thinking_blocks", []) + found["thinking_blocks"]
         if found.get("thought_signatures"):
             state["thought_signatures"] = {**state.get("thought_signatures", {}), **found["thought_signatures"]}
-        self.output[index]["encrypted_content"] = pack(state)
+        self.output[index]["encrypted_content"] = pack(state, self.provider)
         return out
 
     def text(self, kind: str, text: str) -> list[bytes]:

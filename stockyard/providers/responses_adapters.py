@@ -27,8 +27,9 @@ from ..pricing import Usage
 from . import Provider, responses
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import chat_chunks, chunk_error
+from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
-from .reasoning import for_provider
+from .reasoning import unpack
 
 PATHS = {"responses": "/responses", "input_tokens": "/responses/input_tokens"}
 AZURE_RESPONSES_VERSION = "2025-04-01-preview"  # the first api-version with /openai/responses
@@ -55,6 +56,14 @@ def upstream_headers(provider: Provider, accept: str = "application/json") -> di
             headers["api-key"] = provider.api_key
         return headers
     return {**headers, **auth_headers(provider)}
+
+
+def ours(item: object) -> bool:
+    """A reasoning input item Stockyard made: minted by it (``responses.minted``), or holding its
+    packing as ``encrypted_content``. No provider can read one; it never goes to one."""
+    if not isinstance(item, dict) or item.get("type") != "reasoning":
+        return False
+    return responses.minted(item) or unpack(item.get("encrypted_content")) is not None
 
 
 def keep(ctx: RequestContext, response: object) -> None:
@@ -91,6 +100,11 @@ class ResponsesPassThrough(Adapter):
                 )
         accept = "text/event-stream" if ctx.stream else "application/json"
         path = upstream_path(provider, PATHS[ctx.endpoint])
+        items = ctx.body.get("input")
+        if isinstance(items, list) and any(ours(item) for item in items):
+            # Stockyard's own reasoning items (a conversation that ran on a translated provider)
+            kept = [item for item in items if not ours(item)]
+            ctx = dataclasses.replace(ctx, body={**ctx.body, "input": kept}, body_changed=True)
         body = request_body(ctx, model, force_usage=False)
         return UpstreamCall("POST", path, upstream_headers(provider, accept), body)
 
@@ -155,13 +169,16 @@ class ResponsesOverChat(Adapter):
 
     def chat_ctx(self, ctx: RequestContext) -> RequestContext:
         """The request as a Chat Completions request, for the inner adapter (same attempt and state)."""
-        chat = ctx.state.get(_CHAT_BODY)
-        if chat is None:
+        provider = ctx.attempt.provider  # the reasoning state restored is this provider's own
+        name, kind = (provider.name, provider.kind) if provider is not None else (None, "openai")
+        made = ctx.state.get(_CHAT_BODY)
+        if made is None or made[0] != name:
             conv = ctx.conversation
-            chat = responses.to_chat(ctx.body, conv.history if conv is not None else None)
-            ctx.state[_CHAT_BODY] = chat
-        provider = ctx.attempt.provider  # the reasoning state this provider reads, and no other
-        chat = for_provider(chat, provider.kind if provider is not None else "openai")
+            made = ctx.state[_CHAT_BODY] = (
+                name,
+                responses.to_chat(ctx.body, conv.history if conv else None, name, kind),
+            )
+        chat = made[1]
         raw = json.dumps(chat, ensure_ascii=False).encode()
         return dataclasses.replace(
             ctx, endpoint="chat", dialect=OPENAI, body=chat, raw=raw, body_changed=True, client_wants_usage=True
@@ -183,7 +200,7 @@ class ResponsesOverChat(Adapter):
         chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
         conv = ctx.conversation
         assert conv is not None  # set for every /v1/responses request (stockyard.conversations)
-        response = responses.from_chat(chat, ctx.body, conv.response_id, conv.created_at)
+        response = responses.from_chat(chat, ctx.body, conv.response_id, conv.created_at, provider_name(ctx))
         keep(ctx, response)
         return json.dumps(response, ensure_ascii=False).encode()
 
@@ -191,7 +208,7 @@ class ResponsesOverChat(Adapter):
         conv = ctx.conversation
         assert conv is not None
         model = ctx.attempt.upstream_model or ctx.model or ""
-        outer = responses.ChatToResponsesStream(ctx.body, conv.response_id, conv.created_at, model)
+        outer = responses.ChatToResponsesStream(ctx.body, conv.response_id, conv.created_at, model, provider_name(ctx))
         return OverChatStream(ctx, self.inner.stream(self.chat_ctx(ctx)), outer)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
