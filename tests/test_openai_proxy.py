@@ -177,6 +177,22 @@ def test_explicit_provider_prefix_is_stripped(client, mock, openai_server):
     assert openai_server.trace(trace_id)["provider"] == "openai"
 
 
+def test_a_conversation_moved_from_claude_or_gemini_reaches_openai_without_their_state(client, mock):
+    """Older OpenAI models refuse message fields they do not know: the ``thinking_blocks`` of a Claude
+    answer and a Gemini call's ``extra_content`` stay behind; a body without them goes as sent."""
+    call = {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    signed = {**call, "extra_content": {"google": {"thought_signature": "S1"}}}
+    think = {"type": "thinking", "thinking": "hm", "signature": "EqQB"}
+    moved = [
+        *HELLO,
+        {"role": "assistant", "content": None, "tool_calls": [signed], "thinking_blocks": [think]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "ok"},
+    ]
+    chat(client, model="gpt-4o-mini", messages=moved)
+    assistant = mock.last("/v1/chat/completions").json["messages"][1]
+    assert assistant == {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
 def test_cached_and_reasoning_tokens_are_priced_at_their_rates(client, openai_server):
     # gpt-4o-mini cached input is $0.075/1M → 7,500,000 µ¢ per 1M. The mock reports 12 prompt tokens,
     # 8 of them cached: (4 * 15e6 + 8 * 7.5e6 + 5 * 60e6) / 1e6 = 60 + 60 + 300 = 420 µ¢.

@@ -25,8 +25,8 @@ def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: b
     shape (``thinking_blocks``, ``extra_content``) stays behind."""
     body = ctx.body
     changes: dict = {}
-    if plain and ctx.endpoint == "chat":
-        messages = plain_messages(body.get("messages"))
+    if plain and ctx.endpoint == "chat" and (b"thinking_blocks" in ctx.raw or b"extra_content" in ctx.raw):
+        messages = plain_messages(body.get("messages"))  # looked for only when named: the hot path
         if messages is not None:
             changes["messages"] = messages
     if body.get("model") != model:
