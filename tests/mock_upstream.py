@@ -642,7 +642,8 @@ def _answered_tool(body: dict) -> bool:
 
 
 def _anthropic_content(body: dict) -> tuple[list[dict], str]:
-    if isinstance(body.get("output_format"), dict):  # structured outputs: JSON text
+    config = body.get("output_config")
+    if isinstance(config, dict) and isinstance(config.get("format"), dict):  # structured outputs: JSON text
         return [{"type": "text", "text": _dumps(TOOL_ARGS)}], "end_turn"
     tool = _first_anthropic_tool(body)
     if tool and not _answered_tool(body):
@@ -737,7 +738,8 @@ def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
         delta_usage = {"usage": {"output_tokens": per_choice_tokens(body, model)}}
     if block["type"] == "text":
         start = {"type": "text", "text": ""}
-        deltas = [{"type": "text_delta", "text": p} for p in TEXT_PIECES]
+        pieces = TEXT_PIECES if block["text"] == TEXT else [block["text"][:5], block["text"][5:]]  # JSON too
+        deltas = [{"type": "text_delta", "text": p} for p in pieces]
     else:
         start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
         deltas = [{"type": "input_json_delta", "partial_json": p} for p in [""] + TOOL_ARG_PIECES]

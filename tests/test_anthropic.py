@@ -13,6 +13,7 @@ from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import (
@@ -868,3 +869,25 @@ def test_stream_sends_each_thinking_block_whole_once_signed() -> None:
         [{"index": 0, "type": "thinking", "thinking": "Let me see.", "signature": "sig-1"}],
         [{"index": 1, "type": "redacted_thinking", "data": "opaque"}],
     ]
+
+
+class City(pydantic.BaseModel):
+    city: str
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_structured_outputs_go_as_output_config_and_parse(client, mock, stream) -> None:
+    """``response_format`` json_schema is Anthropic's GA ``output_config.format`` (was the beta
+    ``output_format`` with its header); the SDK's parse helpers read the JSON answer, streamed too."""
+    model, ask = "claude-haiku-4-5-structured", [{"role": "user", "content": "Which city?"}]
+    if stream:
+        with client.chat.completions.stream(model=model, messages=ask, response_format=City) as events:
+            parsed = events.get_final_completion().choices[0].message.parsed
+    else:
+        parsed = (
+            client.chat.completions.parse(model=model, messages=ask, response_format=City).choices[0].message.parsed
+        )
+    assert parsed == City(city="Paris")
+    body = sent(mock, model)
+    assert body.json["output_config"]["format"]["type"] == "json_schema" and "output_format" not in body.json
+    assert "structured-outputs" not in body.headers.get("anthropic-beta", "")

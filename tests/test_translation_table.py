@@ -158,8 +158,9 @@ def test_anthropic_thinking_never_raises_the_output_cap(server, mock, effort, ca
 
 
 def anthropic_structured(req: Recorded) -> None:
-    assert req.json["output_format"] == {"type": "json_schema", "schema": SCHEMA_FORMAT["json_schema"]["schema"]}
-    assert "structured-outputs" in req.headers["anthropic-beta"]
+    schema = SCHEMA_FORMAT["json_schema"]["schema"]
+    assert req.json["output_config"] == {"format": {"type": "json_schema", "schema": schema}}  # GA: was the beta
+    assert "output_format" not in req.json and "structured-outputs" not in req.headers.get("anthropic-beta", "")
 
 
 def gemini_schema(req: Recorded) -> None:
@@ -344,7 +345,7 @@ def test_refused_field_is_dropped_and_recorded_on_request(server, mock, kind, na
     assert status == 200, answer
     assert head["x-stockyard-dropped"] == name
     sent = upstream(mock, kind, model).json
-    assert name not in sent and "output_format" not in sent and "thinking" not in sent
+    assert name not in sent and "output_config" not in sent and "thinking" not in sent
     assert "candidateCount" not in sent.get("generationConfig", {})
     assert "responseMimeType" not in sent.get("generationConfig", {})
     trace = server.trace(head["x-stockyard-trace-id"])

@@ -117,7 +117,7 @@ CHAT_FIELDS: dict[str, Field] = {
     "user": Field(TRANSLATED, "metadata.user_id"),
     "safety_identifier": Field(TRANSLATED, "metadata.user_id (when user is absent)"),
     "response_format": Field(
-        TRANSLATED, "json_schema → output_format (structured outputs); json_object refused", _structured
+        TRANSLATED, "json_schema → output_config.format (structured outputs); json_object refused", _structured
     ),
     "reasoning_effort": Field(
         TRANSLATED,
@@ -135,9 +135,6 @@ CHAT_FIELDS: dict[str, Field] = {
 
 
 # --------------------------------------------------------------------------- common headers
-
-
-STRUCTURED_OUTPUTS_BETA = "structured-outputs-2025-11-13"
 
 
 def base_path(provider: Provider, path: str) -> str:
@@ -393,14 +390,15 @@ def messages_request(
         out["messages"] = without_thinking(messages)
     output_format = structured_output(body.get("response_format"))
     if output_format:
-        out["output_format"] = output_format
+        out["output_config"] = {"format": output_format}
     if stream:
         out["stream"] = True
     return out
 
 
 def structured_output(fmt: Any) -> dict | None:
-    """``response_format`` json_schema → Anthropic's ``output_format`` (structured outputs beta);
+    """``response_format`` json_schema → Anthropic's ``output_config.format`` (structured outputs, GA:
+    no beta header);
     json_object has no Anthropic counterpart: a 400 rather than a silently free-form answer."""
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
@@ -485,8 +483,6 @@ class AnthropicChatAdapter(Adapter):
         for note in notes:
             note_thinking_off(ctx, provider, model, note)
         sent = headers(provider, ctx, native=False)
-        if "output_format" in body:
-            sent["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
         return UpstreamCall(
             "POST", base_path(provider, "/v1/messages"), sent, json.dumps(body, ensure_ascii=False).encode()
         )
