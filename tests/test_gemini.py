@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import openai
+import pydantic
 import pytest
 from conftest import ServerProcess, base_env
 from mock_upstream import TEXT, MockUpstream, Recorded, Reply, gemini_stream
@@ -501,3 +502,34 @@ def test_deeply_nested_tool_results_are_400_not_500(server) -> None:
     status, body = post_raw(server, json.dumps({"model": "gemini-2.5-flash", "messages": messages}))
     assert status in (200, 400), body
     assert "Traceback" not in server.log
+
+
+class Address(pydantic.BaseModel):
+    city: str
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    home: Address
+    past: list[Address]
+
+
+def test_a_nested_pydantic_response_format_is_inlined_for_gemini(client, mock) -> None:
+    """A nested model's schema names its parts by ``$ref`` into ``$defs``, which Gemini's Schema
+    cannot take (Gemini answered 400): the parts are inlined; a recursive schema is a clear 400."""
+    model = "gemini-2.5-flash-nested"
+    answer = {"name": "Ada", "home": {"city": "Paris"}, "past": [{"city": "Oslo"}]}
+    part = {"content": {"role": "model", "parts": [{"text": json.dumps(answer)}]}, "finishReason": "STOP"}
+    mock.enqueue(Reply(json={"candidates": [part], "usageMetadata": {"promptTokenCount": 3}}))
+    parsed = client.chat.completions.parse(model=model, messages=user("Who?"), response_format=Person)
+    assert parsed.choices[0].message.parsed == Person.model_validate(answer)
+    schema = sent(mock, model).json["generationConfig"]["responseSchema"]
+    assert "$ref" not in json.dumps(schema) and "$defs" not in schema
+    assert schema["properties"]["past"]["items"]["properties"]["city"]["type"] == "string"
+
+    class Node(pydantic.BaseModel):
+        value: int
+        children: list[Node]
+
+    with pytest.raises(openai.BadRequestError, match="recursive"):
+        client.chat.completions.parse(model=model, messages=user("Tree?"), response_format=Node)

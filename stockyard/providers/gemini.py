@@ -70,9 +70,12 @@ DROPPED_SCHEMA_KEYS = frozenset(
         "default",
         "const",
         "unevaluatedProperties",
+        "$defs",  # inlined where they are referenced (clean_schema): Gemini's Schema has no $ref
+        "definitions",
     }
 )
 MAX_SCHEMA_DEPTH = 64  # levels of nesting in a tool or response schema
+MAX_SCHEMA_REFS = 500  # $refs inlined in one schema (Gemini's Schema has no $ref)
 GENERATION_FIELDS = (
     ("temperature", "temperature"),
     ("top_p", "topP"),
@@ -161,39 +164,69 @@ def auth_headers(provider: Provider) -> dict[str, str]:
 # --------------------------------------------------------------------------- request translation
 
 
-def clean_schema(schema: Any, param: str = "tools", depth: int = 0) -> Any:
-    """A JSON schema with the keywords Gemini refuses removed (property names kept).
+def clean_schema(schema: Any, param: str = "tools") -> Any:
+    """A JSON schema with the keywords Gemini refuses removed (property names kept), and each
+    ``$ref`` to the schema's own ``$defs`` (or ``definitions``) inlined: a nested pydantic model's
+    schema refers to its parts, which Gemini's Schema object cannot (a 400 from Gemini before).
 
-    Nesting deeper than MAX_SCHEMA_DEPTH is the client's error (a 400 naming ``param``),
-    never a RecursionError.
+    Nesting deeper than MAX_SCHEMA_DEPTH, a ``$ref`` to anything else, a recursive one and more
+    than MAX_SCHEMA_REFS of them inlined (parts that refer to parts twice over double at each level)
+    are the client's error (a 400 naming ``param``), never a RecursionError or a blow-up.
     """
-    if depth > MAX_SCHEMA_DEPTH:
-        raise ProxyError(
-            400,
-            f"the JSON schema in {param!r} is nested deeper than {MAX_SCHEMA_DEPTH} levels",
-            param=param,
-            code="schema_too_deep",
-        )
-    if isinstance(schema, list):
-        return [clean_schema(item, param, depth + 1) for item in schema]
+    defs = schema_defs(schema)
+    inlined = 0
+
+    def refused(what: str, code: str = "unsupported_schema") -> ProxyError:
+        return ProxyError(400, f"the JSON schema in {param!r} {what}", param=param, code=code)
+
+    def clean(node: Any, depth: int, inlining: tuple[str, ...]) -> Any:
+        nonlocal inlined
+        if depth > MAX_SCHEMA_DEPTH:
+            raise refused(f"is nested deeper than {MAX_SCHEMA_DEPTH} levels", "schema_too_deep")
+        if isinstance(node, list):
+            return [clean(item, depth + 1, inlining) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            name = ref.rsplit("/", 1)[-1] if ref.startswith(("#/$defs/", "#/definitions/")) else None
+            if name is None or name not in defs:
+                raise refused(f"has a $ref Gemini cannot follow: {ref[:100]!r}")
+            if name in inlining:
+                raise refused(f"is recursive ({name[:100]!r} refers to itself): Gemini cannot take it")
+            inlined += 1
+            if inlined > MAX_SCHEMA_REFS:
+                raise refused(f"has more than {MAX_SCHEMA_REFS} $refs to inline")
+            return clean({**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}, depth + 1, (*inlining, name))
+        out: dict = {}
+        for key, value in node.items():
+            if key in DROPPED_SCHEMA_KEYS:
+                continue
+            if key == "properties" and isinstance(value, dict):
+                out[key] = {name: clean(sub, depth + 1, inlining) for name, sub in value.items()}
+            elif key == "enum" and isinstance(value, list):  # Gemini enums are strings; null means nullable
+                out[key] = [item for item in value if item is not None]
+            elif key == "type" and isinstance(value, list):  # ["string", "null"] → string, nullable
+                kinds = [k for k in value if k != "null"]
+                out[key] = kinds[0] if len(kinds) == 1 else value
+                if "null" in value:
+                    out["nullable"] = True
+            else:
+                out[key] = clean(value, depth + 1, inlining) if isinstance(value, (dict, list)) else value
+        return out
+
+    return clean(schema, 0, ())
+
+
+def schema_defs(schema: Any) -> dict:
+    """The named parts a schema's ``$ref`` may point at: its ``$defs`` and ``definitions``."""
     if not isinstance(schema, dict):
-        return schema
-    out: dict = {}
-    for key, value in schema.items():
-        if key in DROPPED_SCHEMA_KEYS:
-            continue
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {name: clean_schema(sub, param, depth + 1) for name, sub in value.items()}
-        elif key == "enum" and isinstance(value, list):  # Gemini enums are strings; null means nullable
-            out[key] = [item for item in value if item is not None]
-        elif key == "type" and isinstance(value, list):  # ["string", "null"] → string, nullable
-            kinds = [k for k in value if k != "null"]
-            out[key] = kinds[0] if len(kinds) == 1 else value
-            if "null" in value:
-                out["nullable"] = True
-        else:
-            out[key] = clean_schema(value, param, depth + 1) if isinstance(value, (dict, list)) else value
-    return out
+        return {}
+    found: dict = {}
+    for key in ("definitions", "$defs"):
+        if isinstance(schema.get(key), dict):
+            found.update(schema[key])
+    return found
 
 
 def image_part(url: str) -> dict:
