@@ -314,8 +314,10 @@ class Ledger:
                     assert entry is not None
                     if entry.spent + entry.reserved + amount > budget.limit_uc:
                         refused = BudgetExceeded(budget, key, entry.spent, entry.reserved, amount, ts_ms)
-                        # Spent, not just held by requests in flight: tell once per period.
-                        first = entry.spent + amount > budget.limit_uc and (budget.scope, key) not in self._exhausted
+                        # Used up — spent, not held by requests in flight, nor one request too large
+                        # for what is left (that said "exhausted" with nothing spent, and then never
+                        # again that period): tell once per period.
+                        first = entry.spent >= budget.limit_uc and (budget.scope, key) not in self._exhausted
                         if first:
                             self._exhausted.add((budget.scope, key))
                         break

@@ -20,6 +20,7 @@ counts between its series and ``_other``.
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -253,7 +254,13 @@ HELP = {
 }
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _escape(value: str) -> str:
+    """A label value as the text format wants it; characters that end a line for some readers
+    (``\r``, U+2028, …) become ``?``: a client-chosen model name must not split a sample."""
+    value = _UNPRINTABLE.sub("?", value)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -41,6 +41,7 @@ SPAN_KIND_SERVER, SPAN_KIND_CLIENT = 2, 3
 STATUS_OK, STATUS_ERROR = 1, 2
 OPERATIONS = {
     "chat": "chat",
+    "generate": "generate_content",  # Gemini's own generateContent (the conventions' value for it)
     "messages": "chat",
     "responses": "chat",
     "completions": "text_completion",
@@ -60,7 +61,7 @@ PROVIDER_NAMES = {
     "perplexity": "perplexity",
     "xai": "x_ai",
 }
-_FINISH = re.compile(rb'"(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z_]{1,40})"')
+_FINISH = re.compile(rb'"(?:finish_reason|stop_reason|finishReason)"\s*:\s*"([A-Za-z_]{1,40})"')
 
 
 def parse_headers(text: str | None) -> dict[str, str]:

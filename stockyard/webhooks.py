@@ -46,7 +46,7 @@ SIGNATURE_HEADER = "X-Stockyard-Signature"
 REPLAY_WINDOW_S = 300  # receivers refuse signatures older than this (README)
 BACKOFF_S = (1.0, 5.0, 30.0, 120.0, 600.0)  # waits before retries 1..5: six attempts in all
 TIMEOUT_S = 10.0
-QUEUE_MAX = 1000  # events waiting for the thread; more are dropped and counted
+QUEUE_MAX = 1000  # events waiting for the thread (and deliveries waiting to retry); more are dropped and counted
 CHECK_EVERY_S = 5.0  # key expiry and error rate
 ERROR_OUTCOMES = ("upstream_error", "error", "stream_broken")  # what counts toward the error rate
 
@@ -101,8 +101,9 @@ def stable_id(*parts: Any) -> str:
 
 def payload(hook: Hook, event: dict[str, Any]) -> bytes:
     """The body sent: the event itself, or Slack's ``{"text": …}``."""
-    if hook.format == "slack":
-        return json.dumps({"text": f"Stockyard: {event['summary']}"}, ensure_ascii=False).encode()
+    if hook.format == "slack":  # Slack reads <…> as links and @-mentions: a client-chosen end user id is text
+        text = event["summary"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return json.dumps({"text": f"Stockyard: {text}"}, ensure_ascii=False).encode()
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -264,6 +265,10 @@ class Dispatcher:
         if status is not None and 200 <= status < 300:
             outcome = "delivered"
             self.delivered += 1
+        elif d.attempt <= len(BACKOFF_S) and len(self._waiting) >= QUEUE_MAX:  # a receiver down under a flood
+            outcome = "dropped"
+            self.dropped += 1
+            log.warning("webhooks: %d deliveries wait for a retry already; %s dropped", QUEUE_MAX, d.event["type"])
         elif d.attempt <= len(BACKOFF_S):
             outcome = "retrying"
             heapq.heappush(

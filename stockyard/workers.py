@@ -347,7 +347,7 @@ def merge(texts: dict[int, str]) -> str:
     families: dict[str, tuple[list[str], list[str]]] = {}
     for worker, text in sorted(texts.items()):
         family = ""
-        for line in text.splitlines():
+        for line in text.split("\n"):  # only \n ends a line in the text format (splitlines also splits at U+2028)
             if line.startswith("# "):
                 family = line.split(" ", 3)[2]
                 head, _ = families.setdefault(family, ([], []))

@@ -200,7 +200,7 @@ class SharedLedger(Ledger):
             spent, reserved = self._row(conn, budget.scope, key)
             refused = BudgetExceeded(budget, key, spent, reserved, amount, ts_ms)
             with self._lock:
-                first = spent + amount > budget.limit_uc and (budget.scope, key) not in self._exhausted
+                first = spent >= budget.limit_uc and (budget.scope, key) not in self._exhausted  # used up
                 if first:
                     self._exhausted.add((budget.scope, key))
             if first:
