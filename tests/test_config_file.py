@@ -317,3 +317,24 @@ def test_models_and_deployments_export_apply_and_plan_without_difference(pyz_pat
 def test_a_bad_models_section_is_refused_with_its_line_and_field(pyz_path, env, tmp_path, text, line, message):
     result = cli(pyz_path, tmp_path / "s.db", env, "config", "plan", str(write(tmp_path, text)))
     assert result.returncode == 1 and f":{line}:" in result.stderr and message in result.stderr, result.stderr
+
+
+def test_exported_strings_are_toml_whatever_they_hold():
+    """Was: a DEL (U+007F) was written raw inside a TOML string, where TOML forbids it: `config
+    export` wrote a file `config apply` (and any TOML parser) refused."""
+    import tomllib
+
+    from stockyard.configfile import _value
+
+    odd = 'odd\x7fname\x01"quoted"\\ café'
+    assert tomllib.loads(f"a = {_value(odd)}") == {"a": odd}
+
+
+def test_a_providers_model_names_are_printable():
+    from stockyard.operations import Refused
+    from stockyard.operations.providers import check_models
+
+    assert check_models(["gpt-4o", "café*"], "openai-compatible") == ("gpt-4o", "café*")
+    for bad in ("odd\x7fname", "a\u2028b", "tab\there"):
+        with pytest.raises(Refused, match="printable"):
+            check_models([bad], "openai-compatible")

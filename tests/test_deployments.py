@@ -13,6 +13,7 @@ import json
 import secrets
 import threading
 from collections import Counter
+from urllib.parse import quote
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, open_database, wait_for
@@ -90,6 +91,16 @@ def health(server, model: str) -> dict[str, dict]:
     _, listing = api(server, "GET", "/api/models")
     [found] = [m for m in listing["data"] if m["name"] == model]
     return {d["name"]: d["health"] for d in found["deployments"]}
+
+
+@pytest.mark.parametrize("name", ["caf\u00e9", "50%off"])
+def test_a_model_whose_name_needs_percent_encoding_can_be_changed_and_removed(server, name):
+    """Was: the models routes did not decode their path (keys and prices did): a model named café
+    or 50%off could be made but never changed or removed, from the API or the console."""
+    status, body = api(server, "POST", "/api/models", {"name": name})
+    assert status == 201, body
+    assert api(server, "PATCH", f"/api/models/{quote(name, safe='')}", {"strategy": "latency"})[0] == 200
+    assert api(server, "DELETE", f"/api/models/{quote(name, safe='')}")[0] == 200
 
 
 # -- strategies --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import unquote
 
 from .. import audit, times
 from ..errors import ProxyError
@@ -212,8 +213,8 @@ def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
     for r in ROUTES:
         match = r.regex.match(path)
         if match:
-            if r.method == method:
-                return r, match.groupdict()
+            if r.method == method:  # path values decoded once, here: a model named café or 50%off
+                return r, {name: unquote(value) for name, value in match.groupdict().items()}
             allowed.append(r.method)
     if allowed:
         raise ProxyError(

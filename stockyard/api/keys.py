@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from ..operations import keys as key_ops
 from . import ApiRequest, Param, route
 from .body import exact_json
@@ -50,17 +48,17 @@ def create_key(r: ApiRequest) -> dict:
 
 @route("GET", "/api/keys/{key}", "One client key, by id or name")
 def get_key(r: ApiRequest) -> dict:
-    return key_ops.get_key(r.app.store.read(), unquote(r.params["key"]))
+    return key_ops.get_key(r.app.store.read(), r.params["key"])
 
 
 @route("PATCH", "/api/keys/{key}", "Change a key's settings; null removes a limit", body=_KEY_BODY)
 def update_key(r: ApiRequest) -> dict:
-    return key_ops.update_key(r.ops(), unquote(r.params["key"]), exact_json(r.req.body))
+    return key_ops.update_key(r.ops(), r.params["key"], exact_json(r.req.body))
 
 
 @route("POST", "/api/keys/{key}/revoke", "Revoke a key for good (its next request gets a 401)")
 def revoke_key(r: ApiRequest) -> dict:
-    return key_ops.revoke_key(r.ops(), unquote(r.params["key"]))
+    return key_ops.revoke_key(r.ops(), r.params["key"])
 
 
 @route("GET", "/api/projects", "Projects with their budgets and spend in the current period")
@@ -71,15 +69,15 @@ def list_projects(r: ApiRequest) -> dict:
 @route("GET", "/api/projects/{project}/budget", "A project's budget and spend")
 def get_project_budget(r: ApiRequest) -> dict:
     conn = r.app.store.read()
-    return key_ops.get_project(conn, key_ops.check_name(unquote(r.params["project"]), "project"))
+    return key_ops.get_project(conn, key_ops.check_name(r.params["project"], "project"))
 
 
 @route("PUT", "/api/projects/{project}/budget", "Set a project's budget (all its keys together)", body=_BUDGET_BODY)
 def set_project_budget(r: ApiRequest) -> dict:
     body = exact_json(r.req.body)
-    return key_ops.set_project_budget(r.ops(), unquote(r.params["project"]), body.get("budget_usd"), body.get("period"))
+    return key_ops.set_project_budget(r.ops(), r.params["project"], body.get("budget_usd"), body.get("period"))
 
 
 @route("DELETE", "/api/projects/{project}/budget", "Remove a project's budget")
 def clear_project_budget(r: ApiRequest) -> dict:
-    return key_ops.clear_project_budget(r.ops(), unquote(r.params["project"]))
+    return key_ops.clear_project_budget(r.ops(), r.params["project"])

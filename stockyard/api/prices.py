@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from ..operations import prices as price_ops
 from ..pricing import UNITS
 from . import ApiRequest, Param, route
@@ -46,4 +44,4 @@ def set_price(r: ApiRequest) -> dict:
 
 @route("DELETE", "/api/prices/{model}", "Remove a price override (URL-encode a '/' in the model as %2F)")
 def unset_price(r: ApiRequest) -> dict:
-    return price_ops.unset_price(r.ops(), unquote(r.params["model"]))
+    return price_ops.unset_price(r.ops(), r.params["model"])

@@ -113,9 +113,10 @@ def check_models(models: Any, kind: str) -> tuple[str, ...]:
         raise invalid(f"at most {MAX_MODELS} models per provider", "models")
     out: list[str] = []
     for m in models:
-        if not isinstance(m, str) or not m.strip() or len(m) > MAX_MODEL_CHARS:
+        if not isinstance(m, str) or not m.strip() or len(m) > MAX_MODEL_CHARS or not m.isprintable():
             raise invalid(
-                f"model {m!r} is not valid: each must be a non-empty name of at most {MAX_MODEL_CHARS} characters",
+                f"model {m!r} is not valid: each must be a non-empty name of at most {MAX_MODEL_CHARS} "
+                "printable characters",
                 "models",
             )
         if m.strip() not in out:
