@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -120,7 +121,8 @@ Post = Callable[[Hook, bytes, dict[str, str]], tuple[int | None, str | None]]
 
 
 def post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
-    """One POST, no redirects followed: (status, None) or (None, why it failed)."""
+    """One POST, no redirects followed, within TIMEOUT_S in all (a receiver sending its answer a
+    byte at a time must not hold the one delivery thread): (status, None) or (None, why it failed)."""
     parts = urlsplit(hook.url)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
@@ -129,16 +131,34 @@ def post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int | None, 
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=TIMEOUT_S)
+    deadline = threading.Timer(TIMEOUT_S, _cut, (conn,))
+    deadline.daemon = True
+    deadline.start()
     try:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("POST", target, body, headers)
         resp = conn.getresponse()
         resp.read(65536)
+        if not deadline.is_alive():
+            return None, f"TimeoutError: no whole answer within {TIMEOUT_S:g} s"
         return resp.status, None
     except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a host IDNA refuses
+        if not deadline.is_alive():
+            return None, f"TimeoutError: no whole answer within {TIMEOUT_S:g} s"
         return None, f"{type(exc).__name__}: {exc}"[:300]
     finally:
+        deadline.cancel()
         conn.close()
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    """The delivery's time is up: end its socket, which wakes the read waiting on it."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def send_signed(

@@ -329,3 +329,37 @@ def test_stop_wakes_the_delivery_thread_instead_of_waiting_out_its_poll():
     assert looked.wait(10)
     d.stop(timeout=0.5)  # its wait on the queue is a second: only the wake-up ends it in time
     assert not d._thread.is_alive()
+
+
+def test_a_receiver_answering_a_byte_at_a_time_cannot_hold_the_delivery_thread(monkeypatch):
+    """Was: the 10 s timeout was per read, so a receiver sending its answer a byte every few
+    seconds held the one delivery thread (every webhook behind it) for as long as it liked. Now a
+    delivery has TIMEOUT_S in all (0.5 s here), and the answer that comes after is not taken."""
+    import socket
+
+    monkeypatch.setattr(webhooks, "TIMEOUT_S", 0.5)
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: yes\r\nContent-Length: 0\r\n\r\n":
+                if done.wait(0.1):  # one byte every 0.1 s: each read is quick, the whole takes ~5 s
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    hook = webhooks.Hook("wh_1", f"http://127.0.0.1:{listener.getsockname()[1]}/", frozenset({"all"}), "json", "s")
+    try:
+        status, error = webhooks.post(hook, b"{}", {"Content-Type": "application/json"})
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+    assert status is None and error is not None and "within 0.5 s" in error
