@@ -53,6 +53,18 @@ def _reseller(server: ServerProcess, name: str) -> dict:
     return key
 
 
+def refused_until(server: ServerProcess, headers: dict, told, what: str):
+    """Send refused requests until ``told()`` has something: the budget is told exhausted at a
+    refusal once its spend reached it, and the last answer's spend may settle just after the
+    client has it (the after hooks run once the answer is out)."""
+
+    def poll():
+        assert server.request("POST", "/v1/chat/completions", BODY, headers=headers)[0] == 429
+        return told()
+
+    return wait_for(poll, what=what)
+
+
 # -- 1. budget.exhausted told for a budget with nothing spent -------------------------------------
 
 
@@ -62,14 +74,12 @@ def test_an_oversized_request_is_not_a_spent_budget_and_does_not_swallow_the_rea
         headers = {"Authorization": f"Bearer {key['key']}", "x-stockyard-user": "dave"}
         big = {**BODY, "max_tokens": 50}  # worst case 5,000 µ¢ > 1,000: refused, nothing spent
         assert server.request("POST", "/v1/chat/completions", big, headers=headers)[0] == 429
-        statuses = [server.request("POST", "/v1/chat/completions", BODY, headers=headers)[0] for _ in range(3)]
-        assert statuses == [200, 200, 429]  # now really spent: 1,000 of 1,000 µ¢
+        statuses = [server.request("POST", "/v1/chat/completions", BODY, headers=headers)[0] for _ in range(2)]
+        assert statuses == [200, 200]  # now really spent: 1,000 of 1,000 µ¢
+        told = lambda: [e for e in receiver.events("budget.exhausted") if e[2]["data"].get("user") == "dave"]  # noqa: E731
+        refused_until(server, headers, told, "dave's budget.exhausted")
     finally:
         put_module(server, "userlimits", {}, enabled=False)
-    wait_for(
-        lambda: [e for e in receiver.events("budget.exhausted") if e[2]["data"].get("user") == "dave"],
-        what="dave's budget.exhausted",
-    )
     daves = [e[2]["data"] for e in receiver.events("budget.exhausted") if e[2]["data"].get("user") == "dave"]
     assert [d["spent_uc"] for d in daves] == [1000], (
         "budget.exhausted must be told when the budget is spent, not when one request is larger than "
@@ -113,18 +123,19 @@ def test_a_slack_webhook_gets_the_end_user_id_escaped(server, receiver):
             "Authorization": f"Bearer {key['key']}",
             "x-stockyard-user": "<!channel> <https://evil.example|login>",
         }
-        statuses = [server.request("POST", "/v1/chat/completions", BODY, headers=headers)[0] for _ in range(3)]
-        assert statuses == [200, 200, 429]
+        statuses = [server.request("POST", "/v1/chat/completions", BODY, headers=headers)[0] for _ in range(2)]
+        assert statuses == [200, 200]
+
+        def slack_texts() -> list[str]:
+            with receiver.lock:
+                got = list(receiver.got)
+            texts = [json.loads(b).get("text") for _, b in got]
+            return [t for t in texts if isinstance(t, str) and "channel" in t]
+
+        [text] = refused_until(server, headers, slack_texts, "the slack message")
     finally:
         put_module(server, "userlimits", {}, enabled=False)
         api(server, "DELETE", f"/api/webhooks/{body['id']}")
-
-    def slack_texts() -> list[str]:
-        with receiver.lock:
-            got = list(receiver.got)
-        return [json.loads(b)["text"] for h, b in got if "text" in json.loads(b) and "channel" in json.loads(b)["text"]]
-
-    [text] = wait_for(slack_texts, what="the slack message")
     assert "<!channel>" not in text and "<https://" not in text, (
         f"Slack reads <!channel> and <url|label> as a mention and a link: escape & < > ({text!r})"
     )
