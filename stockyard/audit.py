@@ -201,18 +201,31 @@ def append(
     return AuditEntry(seq, ts, actor, action, target, json.loads(details_json), prev_hash, hash_, mac)
 
 
-def ensure_keyed_tail(conn: sqlite3.Connection, *, actor: str, key: bytes | None) -> AuditEntry | None:
+def ensure_keyed_tail(
+    conn: sqlite3.Connection, *, actor: str, key: bytes | None, salt_is_new: bool
+) -> AuditEntry | None:
     """When a secret is first set on a log begun without one, mark the switch with a keyed entry.
 
     ``verify`` with a key rejects an unkeyed tail (that is what a chain rewritten without
     the secret looks like), so the first keyed run appends ``audit.keyed``. Call inside
     a write transaction; does nothing when there is no key, no entry, or the tail is keyed.
+
+    ``salt_is_new`` says the vault salt did not exist before this transaction: only then
+    is the secret genuinely new to this database. An unkeyed tail on a database that
+    already has a salt is a chain rewritten without the secret; sealing it with a keyed
+    entry would make the forgery verify, so that is refused (AuditError).
     """
     if key is None:
         return None
     last_seq, _, last_mac = _head_row(conn)
     if last_seq == 0 or _MAC_KEYED.match(last_mac):
         return None
+    if not salt_is_new:
+        raise AuditError(
+            f"the audit log ends in an unkeyed entry (seq {last_seq}) although this database already "
+            "has a secret (vault salt): the chain was rewritten without STOCKYARD_ENCRYPTION_KEY; "
+            "run `stockyard audit verify` and restore a good backup"
+        )
     return append(
         conn,
         actor=actor,
