@@ -279,7 +279,8 @@ def verify(
                         prev,
                         seq,
                         f"entry {seq} is keyed with a different STOCKYARD_ENCRYPTION_KEY "
-                        f"(chain key id {keyed.group(1)}, current {current})",
+                        f"(chain key id {keyed.group(1)}, current {current}); after "
+                        "`providers rotate-secret`, give the old secret in STOCKYARD_PREVIOUS_ENCRYPTION_KEYS",
                     )
         elif mac != MAC_PLAIN:
             return _fail(count, prev, seq, f"entry {seq} has an unknown mac label")
@@ -315,12 +316,22 @@ def verify(
     return VerifyResult(True, count, prev, None, reason)
 
 
-def verify_with_secret(conn: sqlite3.Connection, secret: str | None, expect_head: str | None = None) -> VerifyResult:
+def verify_with_secret(
+    conn: sqlite3.Connection,
+    secret: str | None,
+    expect_head: str | None = None,
+    *,
+    previous: Iterable[str] | None = None,
+) -> VerifyResult:
     """``verify`` with the chain key derived from the encryption secret and this file's salt.
 
     The one way the admin API, the CLI and doctor check the chain. With the secret set,
     a non-empty log must be keyed; a missing salt means it never was, or the salt row was
     deleted to pass off a chain recomputed without the secret.
+
+    ``previous`` are secrets retired by ``providers rotate-secret`` (None: read from
+    STOCKYARD_PREVIOUS_ENCRYPTION_KEYS): entries keyed before a rotation verify with
+    their chain keys; the tail must still be keyed with ``secret``.
     """
     salt = vault.read_salt(conn)
     if secret and salt is None and head(conn)[0] > 0:
@@ -331,7 +342,9 @@ def verify_with_secret(conn: sqlite3.Connection, secret: str | None, expect_head
             "STOCKYARD_ENCRYPTION_KEY is set but the database has no vault salt: "
             "the chain was never keyed with a secret, or the salt was deleted",
         )
-    return verify(conn, chain_key(secret, salt), expect_head)
+    retired = vault.previous_secrets() if previous is None else tuple(previous)
+    old_keys = [k for k in (chain_key(p, salt) for p in retired if p != secret) if k is not None]
+    return verify(conn, chain_key(secret, salt), expect_head, old_keys=old_keys)
 
 
 def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
