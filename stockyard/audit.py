@@ -201,18 +201,31 @@ def append(
     return AuditEntry(seq, ts, actor, action, target, json.loads(details_json), prev_hash, hash_, mac)
 
 
-def ensure_keyed_tail(conn: sqlite3.Connection, *, actor: str, key: bytes | None) -> AuditEntry | None:
+def ensure_keyed_tail(
+    conn: sqlite3.Connection, *, actor: str, key: bytes | None, salt_is_new: bool
+) -> AuditEntry | None:
     """When a secret is first set on a log begun without one, mark the switch with a keyed entry.
 
     ``verify`` with a key rejects an unkeyed tail (that is what a chain rewritten without
     the secret looks like), so the first keyed run appends ``audit.keyed``. Call inside
     a write transaction; does nothing when there is no key, no entry, or the tail is keyed.
+
+    ``salt_is_new`` says the vault salt did not exist before this transaction: only then
+    is the secret genuinely new to this database. An unkeyed tail on a database that
+    already has a salt is a chain rewritten without the secret; sealing it with a keyed
+    entry would make the forgery verify, so that is refused (AuditError).
     """
     if key is None:
         return None
     last_seq, _, last_mac = _head_row(conn)
     if last_seq == 0 or _MAC_KEYED.match(last_mac):
         return None
+    if not salt_is_new:
+        raise AuditError(
+            f"the audit log ends in an unkeyed entry (seq {last_seq}) although this database already "
+            "has a secret (vault salt): the chain was rewritten without STOCKYARD_ENCRYPTION_KEY; "
+            "run `stockyard audit verify` and restore a good backup"
+        )
     return append(
         conn,
         actor=actor,
@@ -266,7 +279,8 @@ def verify(
                         prev,
                         seq,
                         f"entry {seq} is keyed with a different STOCKYARD_ENCRYPTION_KEY "
-                        f"(chain key id {keyed.group(1)}, current {current})",
+                        f"(chain key id {keyed.group(1)}, current {current}); after "
+                        "`providers rotate-secret`, give the old secret in STOCKYARD_PREVIOUS_ENCRYPTION_KEYS",
                     )
         elif mac != MAC_PLAIN:
             return _fail(count, prev, seq, f"entry {seq} has an unknown mac label")
@@ -302,12 +316,22 @@ def verify(
     return VerifyResult(True, count, prev, None, reason)
 
 
-def verify_with_secret(conn: sqlite3.Connection, secret: str | None, expect_head: str | None = None) -> VerifyResult:
+def verify_with_secret(
+    conn: sqlite3.Connection,
+    secret: str | None,
+    expect_head: str | None = None,
+    *,
+    previous: Iterable[str] | None = None,
+) -> VerifyResult:
     """``verify`` with the chain key derived from the encryption secret and this file's salt.
 
     The one way the admin API, the CLI and doctor check the chain. With the secret set,
     a non-empty log must be keyed; a missing salt means it never was, or the salt row was
     deleted to pass off a chain recomputed without the secret.
+
+    ``previous`` are secrets retired by ``providers rotate-secret`` (None: read from
+    STOCKYARD_PREVIOUS_ENCRYPTION_KEYS): entries keyed before a rotation verify with
+    their chain keys; the tail must still be keyed with ``secret``.
     """
     salt = vault.read_salt(conn)
     if secret and salt is None and head(conn)[0] > 0:
@@ -318,7 +342,9 @@ def verify_with_secret(conn: sqlite3.Connection, secret: str | None, expect_head
             "STOCKYARD_ENCRYPTION_KEY is set but the database has no vault salt: "
             "the chain was never keyed with a secret, or the salt was deleted",
         )
-    return verify(conn, chain_key(secret, salt), expect_head)
+    retired = vault.previous_secrets() if previous is None else tuple(previous)
+    old_keys = [k for k in (chain_key(p, salt) for p in retired if p != secret) if k is not None]
+    return verify(conn, chain_key(secret, salt), expect_head, old_keys=old_keys)
 
 
 def _row_dict(row: sqlite3.Row) -> dict[str, Any]:

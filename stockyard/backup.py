@@ -96,6 +96,13 @@ def check_restorable(path: Path | str) -> Inspection:
         if not has_schema:
             raise BackupError(f"{path} is not a Stockyard database (no schema_migrations table)")
         db.pending_migrations(conn)  # raises SchemaError for a newer or differently-built schema
+        odd = db.unexpected_schema(conn)
+        if odd:
+            shown = "; ".join(odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
+            raise BackupError(
+                f"{path} carries schema objects Stockyard's migrations do not make, so it is refused "
+                f"and nothing was changed: {shown}"
+            )
     finally:
         conn.close()
     return info

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sqlite3
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ MISSING_SECRET_HELP = (
     "Use the same value every time Stockyard runs against this database."
 )
 
+PREVIOUS_SECRETS_VAR = "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS"
 SALT_META_KEY = "vault_salt"
 SALT_BYTES = 16
 NONCE_BYTES = 12
@@ -56,6 +58,13 @@ def derive_subkey(secret: str, salt: bytes, purpose: bytes) -> bytes:
 
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=purpose)
     return hkdf.derive(secret.encode("utf-8"))
+
+
+def previous_secrets(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Secrets retired by ``providers rotate-secret``, from STOCKYARD_PREVIOUS_ENCRYPTION_KEYS
+    (comma-separated): only to verify the audit entries keyed before a rotation. Never logged."""
+    raw = (os.environ if env is None else env).get(PREVIOUS_SECRETS_VAR) or ""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 def read_salt(conn: sqlite3.Connection) -> bytes | None:

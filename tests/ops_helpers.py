@@ -236,8 +236,9 @@ def write_known_rows(conn: sqlite3.Connection, secret: str | None, now_ms: int |
     v9 = "trace_search" in user_tables(conn)  # the search index and latency histograms: schema 0009 on
     for i in range(5):
         write_trace(conn, sample_trace(now_ms - i * 60_000, end_user="sample-user", tags='{"team": "a"}'), v9=v9)
+    salt_is_new = vault.read_salt(conn) is None
     key = audit.chain_key(secret, vault.get_or_create_salt(conn)) if secret else None
-    audit.ensure_keyed_tail(conn, actor="cli:test", key=key)
+    audit.ensure_keyed_tail(conn, actor="cli:test", key=key, salt_is_new=salt_is_new)
     audit.append(conn, actor="cli:test", action="test.sample", target="upgrade", details={"n": 1}, key=key)
     conn.execute("COMMIT")
 

@@ -145,8 +145,8 @@ def test_unkeyed_prefix_then_keyed(conn):
     # a secret set later: unkeyed tail with a key looks like a rewrite until marked
     assert not audit.verify(conn, KEY).ok
     conn.execute("BEGIN IMMEDIATE")
-    marked = audit.ensure_keyed_tail(conn, actor="server", key=KEY)
-    assert audit.ensure_keyed_tail(conn, actor="server", key=KEY) is None
+    marked = audit.ensure_keyed_tail(conn, actor="server", key=KEY, salt_is_new=True)
+    assert audit.ensure_keyed_tail(conn, actor="server", key=KEY, salt_is_new=False) is None
     conn.execute("COMMIT")
     assert marked is not None and marked.action == "audit.keyed" and marked.seq == 4
     add(conn, 2, KEY, start=3)
@@ -288,6 +288,21 @@ def test_suffix_recomputed_without_key_detected(conn):
     for key in (KEY, None):
         result = audit.verify(conn, key)
         assert not result.ok and result.broken_seq == 3 and "unkeyed after keyed" in result.reason
+
+
+def test_a_chain_rewritten_without_the_key_is_never_sealed(conn):
+    """A database that already had a secret (its vault salt existed before the transaction)
+    whose tail is unkeyed was rewritten without the secret: the next append must not seal
+    the forgery with a keyed ``audit.keyed`` entry (the review's finding 1)."""
+    add(conn, 6, KEY)
+    _rewrite_unkeyed(conn, 1)
+    conn.execute("BEGIN IMMEDIATE")
+    with pytest.raises(audit.AuditError, match="rewritten without"):
+        audit.ensure_keyed_tail(conn, actor="server", key=KEY, salt_is_new=False)
+    conn.execute("ROLLBACK")
+    result = audit.verify(conn, KEY)
+    assert not result.ok and "not keyed" in result.reason
+    assert audit.head(conn)[0] == 6
 
 
 def test_odd_stored_values_reported_not_raised(conn, key):

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, base_env, database_arg, wait_for
+from conftest import ServerProcess, base_env, database_arg, open_database, wait_for
 
 from stockyard import audit
 from stockyard.cli import build_parser, main
@@ -360,3 +360,52 @@ def test_stockyard_db_variable_works_like_db(cli, chain):
     by_env = cli("audit", "head", db_path=None, env={"STOCKYARD_DB": str(chain)})
     by_flag = cli("audit", "head")
     assert by_env.returncode == 0 and by_env.stdout == by_flag.stdout and len(by_env.stdout.strip()) == 64
+
+
+def _recompute_live_unkeyed(db_path: Path) -> None:
+    """``_recompute_unkeyed`` on a live database, whichever store it is on."""
+    conn = open_database(db_path)
+    try:
+        conn.execute("BEGIN")
+        found = conn.execute("SELECT seq, ts, actor, action, target, details FROM audit_log ORDER BY seq").fetchall()
+        prev = audit.GENESIS
+        for seq, ts, actor, action, target, details in (tuple(r) for r in found):
+            actor = "cli:innocent" if seq == 3 else actor
+            h = audit.entry_hash(seq, ts, actor, action, target, details, prev, audit.MAC_PLAIN, None)
+            conn.execute(
+                "UPDATE audit_log SET actor = ?, prev_hash = ?, hash = ?, mac = ? WHERE seq = ?",
+                (actor, prev, h, audit.MAC_PLAIN, seq),
+            )
+            prev = h
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_a_chain_rewritten_without_the_secret_stays_broken_after_the_next_audited_event(pyz_path, cache_home, tmp_path):
+    """A chain recomputed without the secret is caught, and must stay caught: the next audited event
+    (here one anonymous request with a wrong admin key, audited as ``admin.auth_failed``) must not
+    seal it with a keyed ``audit.keyed`` entry on a database that already had the secret."""
+    env = {**base_env(cache_home), "STOCKYARD_ADMIN_KEY": ADMIN_KEY, "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+
+        def verify_api() -> dict:
+            status, _, body = srv.request("GET", "/api/audit/verify", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            assert status == 200, body
+            return json.loads(body)
+
+        api_note(srv, "before the rewrite")
+        assert verify_api()["ok"]
+        _recompute_live_unkeyed(srv.db)
+        assert not verify_api()["ok"]  # caught here...
+        status, _, _ = srv.request("GET", "/api/status", headers={"Authorization": "Bearer not-the-admin-key"})
+        assert status == 401
+        result = verify_api()
+        assert not result["ok"], f"the forged chain now verifies: {result['reason']}"
+        assert "not keyed" in result["reason"]
+        refused = srv.cli("audit", "note", "after the rewrite")
+        assert refused.returncode == 1 and "rewritten without" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        srv.stop()

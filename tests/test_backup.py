@@ -19,6 +19,8 @@ import pytest
 from conftest import ServerProcess, base_env, mock_env, wait_for
 from ops_helpers import Load, assert_same_content, integrity, open_plain, verify_audit
 
+from stockyard import audit
+
 SECRET = "backup-test-encryption-secret-0123456789"
 HEAD = re.compile(r"audit head\s+([0-9a-f]{64}) \((\d+) entries")
 
@@ -194,6 +196,57 @@ def foreign(src, dst):
     return dst
 
 
+def with_trigger(src, dst):
+    """A trigger that undoes every key revocation once it is in the live database."""
+    shutil.copyfile(src, dst)
+    with sqlite3.connect(dst) as conn:
+        conn.execute(
+            "CREATE TRIGGER keep_keys AFTER UPDATE OF revoked_at ON client_keys WHEN NEW.revoked_at IS NOT NULL "
+            "BEGIN UPDATE client_keys SET revoked_at = NULL WHERE id = NEW.id; END"
+        )
+    conn.close()
+    return dst
+
+
+def with_view(src, dst):
+    shutil.copyfile(src, dst)
+    with sqlite3.connect(dst) as conn:
+        conn.execute("CREATE VIEW keys_view AS SELECT * FROM client_keys")
+    conn.close()
+    return dst
+
+
+def with_changed_index(src, dst):
+    """An index of Stockyard's name, rebuilt with other SQL."""
+    shutil.copyfile(src, dst)
+    with sqlite3.connect(dst) as conn:
+        name, table = conn.execute(
+            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name LIMIT 1"
+        ).fetchone()
+        conn.execute(f'DROP INDEX "{name}"')
+        column = conn.execute(f'PRAGMA table_info("{table}")').fetchall()[0][1]
+        conn.execute(f'CREATE INDEX "{name}" ON "{table}" ("{column}") WHERE "{column}" IS NOT NULL')
+    conn.close()
+    return dst
+
+
+def forged_chain(src, dst):
+    """The audit chain rewritten without the secret (all one can do with the file alone)."""
+    shutil.copyfile(src, dst)
+    conn = sqlite3.connect(dst, isolation_level=None)
+    prev = audit.GENESIS
+    for seq, ts, actor, action, target, details in conn.execute(
+        "SELECT seq, ts, actor, action, target, details FROM audit_log ORDER BY seq"
+    ).fetchall():
+        h = audit.entry_hash(seq, ts, actor, action, target, details, prev, audit.MAC_PLAIN, None)
+        conn.execute(
+            "UPDATE audit_log SET prev_hash = ?, hash = ?, mac = ? WHERE seq = ?", (prev, h, audit.MAC_PLAIN, seq)
+        )
+        prev = h
+    conn.close()
+    return dst
+
+
 def live_with_wal(src, dst):
     shutil.copyfile(src, dst)
     open(f"{dst}-wal", "wb").write(b"\x00" * 100)
@@ -205,6 +258,10 @@ REFUSALS = [
     (newer, "is newer than this Stockyard"),
     (foreign, "is not a Stockyard database"),
     (live_with_wal, "has a -wal file beside it"),
+    (with_trigger, "trigger 'keep_keys' (not made by Stockyard)"),
+    (with_view, "view 'keys_view' (not made by Stockyard)"),
+    (with_changed_index, "(its SQL differs from Stockyard's)"),
+    (forged_chain, "rewritten without STOCKYARD_ENCRYPTION_KEY"),
 ]
 
 

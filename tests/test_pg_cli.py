@@ -4,6 +4,7 @@ and serve --snapshot's refusal (the pyz as a subprocess, a fresh database per te
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -124,6 +125,35 @@ def test_restore_a_backup_into_an_empty_postgresql_database(pyz_path, env, pg_ur
     assert again.returncode == 1
     assert "is not empty" in again.stderr and "EMPTY database" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_restore_into_postgresql_refuses_a_backup_carrying_its_own_trigger(pyz_path, env, pg_url, tmp_path):
+    """The same schema check as an SQLite restore: a trigger the migrations do not make is refused,
+    and the PostgreSQL database stays empty."""
+    lite = tmp_path / "stockyard.db"
+    assert cli(pyz_path, env, "keys", "create", "--name", "leaver", "--db", str(lite)).returncode == 0
+    backup = tmp_path / "backup.db"
+    assert cli(pyz_path, env, "backup", str(backup), "--db", str(lite)).returncode == 0
+    conn = sqlite3.connect(backup)
+    with conn:
+        conn.execute(
+            "CREATE TRIGGER keep_keys AFTER UPDATE OF revoked_at ON client_keys WHEN NEW.revoked_at IS NOT NULL "
+            "BEGIN UPDATE client_keys SET revoked_at = NULL WHERE id = NEW.id; END"
+        )
+    conn.close()
+
+    refused = cli(pyz_path, env, "restore", str(backup), "--db", pg_url)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "trigger 'keep_keys' (not made by Stockyard)" in refused.stderr and "Traceback" not in refused.stderr
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    pg = backend.connect()
+    try:
+        tables = pg.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchone()[0]
+    finally:
+        pg.close()
+    assert tables == 0, "nothing was loaded"
 
 
 def test_serve_snapshot_on_postgresql_is_refused_naming_backup(pyz_path, env, pg_url, tmp_path):

@@ -8,12 +8,13 @@ database, so "other providers keep working" is checked against it as well.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
 
 from stockyard import audit, vault
 from stockyard.operations import providers as provider_ops
@@ -257,3 +258,27 @@ def test_rotate_secret_then_restart(pyz_path, cache_home, mock, db_copy):
     finally:
         server.stop()
     assert verify(db_copy, new_chain, [old_chain]).ok
+
+
+def test_the_audit_log_verifies_after_the_documented_secret_rotation(pyz_path, cache_home, tmp_path):
+    """README: `providers rotate-secret`, then run with the new secret. The entries keyed before the
+    rotation verify once the old secret is given in STOCKYARD_PREVIOUS_ENCRYPTION_KEYS; without it
+    the log says which variable to set."""
+    cli = ServerProcess(
+        pyz_path, tmp_path / "stockyard.db", {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET}
+    )
+    made = cli.cli("keys", "create", "--name", "ci")
+    assert made.returncode == 0, made.stderr
+    assert cli.cli("audit", "verify").returncode == 0
+    rotated = cli.cli("providers", "rotate-secret", input=NEW_SECRET + "\n")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS" in rotated.stdout
+    alone = cli.cli("audit", "verify", env={"STOCKYARD_ENCRYPTION_KEY": NEW_SECRET})
+    assert alone.returncode == 1 and "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS" in alone.stdout, alone.stdout
+    env = {"STOCKYARD_ENCRYPTION_KEY": NEW_SECRET, "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS": f" other-old-one , {SECRET}"}
+    verified = cli.cli("audit", "verify", env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    doctor = cli.cli("doctor", env=env)
+    assert re.search(r"^ok\s+audit chain\s+ok, ", doctor.stdout, re.M), doctor.stdout
+    assert SECRET not in doctor.stdout + doctor.stderr + verified.stdout + verified.stderr
+    assert cli.cli("audit", "note", "after the rotation", env=env).returncode == 0

@@ -219,6 +219,7 @@ def run_rotate(args: argparse.Namespace) -> int:
     print(
         f"From now on run Stockyard — server and CLI — with the NEW {ENCRYPTION_KEY_VAR}; restart a running "
         "server with it now (until then it keeps serving the keys it already holds, but cannot "
-        "record changes)."
+        "record changes). To verify the audit entries written before the rotation, give the OLD secret in "
+        "STOCKYARD_PREVIOUS_ENCRYPTION_KEYS (comma-separated) to `audit verify`, `doctor` and the server."
     )
     return 0

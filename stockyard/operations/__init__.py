@@ -83,10 +83,29 @@ class Operations:
             return None
         return audit.chain_key(self.secret, vault.get_or_create_salt(conn))
 
-    def audit(self, conn: sqlite3.Connection, action: str, target: str, details: dict[str, Any]) -> AuditEntry:
-        """Append an audit entry inside an open transaction (for jobs that do their own writes)."""
+    def salt_is_new(self, conn: sqlite3.Connection) -> bool:
+        """True while this database has no vault salt yet: the secret would be new to it.
+
+        Read at the start of a transaction, before anything in it may create the salt."""
+        return vault.read_salt(conn) is None
+
+    def audit(
+        self,
+        conn: sqlite3.Connection,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+        *,
+        salt_is_new: bool | None = None,
+    ) -> AuditEntry:
+        """Append an audit entry inside an open transaction (for jobs that do their own writes).
+
+        ``salt_is_new``: whether the vault salt was missing when the transaction began (read
+        here when not given, so a job that may create the salt must read it first)."""
+        if salt_is_new is None:
+            salt_is_new = self.salt_is_new(conn)
         key = self.chain_key(conn)
-        audit.ensure_keyed_tail(conn, actor=self.actor, key=key)
+        audit.ensure_keyed_tail(conn, actor=self.actor, key=key, salt_is_new=salt_is_new)
         return audit.append(conn, actor=self.actor, action=action, target=target, details=details, key=key)
 
     def change(
@@ -101,8 +120,9 @@ class Operations:
         """Run ``apply(conn)`` and its audit entry in one transaction; wait for the commit."""
 
         def job(conn: sqlite3.Connection) -> T:
+            salt_is_new = self.salt_is_new(conn)  # before apply, which may create the salt
             result = apply(conn)
-            self.audit(conn, action, target, details)
+            self.audit(conn, action, target, details, salt_is_new=salt_is_new)
             if config:
                 bump_config_version(conn)
             return result

@@ -412,10 +412,14 @@ def rotate_secret(store: Store, actor: str, old_secret: str | None, new_secret: 
         raise invalid("the new secret is the same as STOCKYARD_ENCRYPTION_KEY")
 
     def job(conn: sqlite3.Connection) -> Rotation:
+        salt_is_new = vault.read_salt(conn) is None
         salt = vault.get_or_create_salt(conn)
         old, new = vault.Vault(old_secret, salt), vault.Vault(new_secret, salt)
         old_chain, new_chain = audit.chain_key(old_secret, salt), audit.chain_key(new_secret, salt)
         assert old_chain is not None and new_chain is not None  # both secrets are set here
+        # A log begun without a secret is marked keyed (old key) first; an unkeyed tail on a
+        # database that already had a salt is refused here like anywhere else.
+        audit.ensure_keyed_tail(conn, actor=actor, key=old_chain, salt_is_new=salt_is_new)
         tail = conn.execute("SELECT mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
         if tail and tail[0].startswith("hmac-sha256:") and tail[0] != f"hmac-sha256:{audit.key_id(old_chain)}":
             raise vault.VaultError(

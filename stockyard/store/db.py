@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -242,7 +243,52 @@ def open_copy(path: Path | str) -> sqlite3.Connection:
         f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
     )
     conn.row_factory = sqlite3.Row
+    # A copy may come from anyone: never run SQL functions its own views or triggers name.
+    conn.execute("PRAGMA trusted_schema = OFF")
     return conn
+
+
+def schema_objects(conn: sqlite3.Connection) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(type, name) → (table, SQL) of every table, index, view and trigger in ``sqlite_master``.
+
+    SQLite's own statistics tables (``ANALYZE``, ``PRAGMA optimize``) are left out."""
+    found: dict[tuple[str, str], tuple[str, str | None]] = {}
+    for type_, name, table, sql in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"):
+        if type_ == "table" and name in ("sqlite_stat1", "sqlite_stat2", "sqlite_stat3", "sqlite_stat4"):
+            continue
+        found[(type_, name)] = (table, sql)
+    return found
+
+
+def migrated_schema(versions: Iterable[int]) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """``schema_objects`` of a fresh in-memory database given exactly these shipped migrations."""
+    wanted = set(versions)
+    ref = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for m in available_migrations("sqlite"):
+            if m.version in wanted:
+                apply_migration(ref, m)
+        return schema_objects(ref)
+    finally:
+        ref.close()
+
+
+def unexpected_schema(conn: sqlite3.Connection) -> list[str]:
+    """Schema objects in ``conn`` that its migrations do not make, or make differently.
+
+    The answer for a file to be trusted (a backup to restore): a trigger, view, table or
+    index someone added, or one whose SQL was changed, would be carried into the live
+    database. Empty when the schema is exactly what a fresh migration makes."""
+    expected = migrated_schema(applied_migrations(conn))
+    found = schema_objects(conn)
+    odd = []
+    for (type_, name), (table, sql) in sorted(found.items()):
+        if (type_, name) not in expected:
+            odd.append(f"{type_} {name!r} (not made by Stockyard)")
+        elif expected[(type_, name)] != (table, sql):
+            odd.append(f"{type_} {name!r} (its SQL differs from Stockyard's)")
+    odd.extend(f"{type_} {name!r} (missing)" for type_, name in sorted(set(expected) - set(found)))
+    return odd
 
 
 def open_and_migrate(path: Path | str, keep_backups: int = 3) -> tuple[sqlite3.Connection, list[Migration]]:
