@@ -366,7 +366,7 @@ def _recompute_live_unkeyed(db_path: Path) -> None:
     """``_recompute_unkeyed`` on a live database, whichever store it is on."""
     conn = open_database(db_path)
     try:
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE")  # a write transaction on either store (PostgreSQL's BEGIN here is read-only)
         found = conn.execute("SELECT seq, ts, actor, action, target, details FROM audit_log ORDER BY seq").fetchall()
         prev = audit.GENESIS
         for seq, ts, actor, action, target, details in (tuple(r) for r in found):

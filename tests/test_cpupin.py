@@ -30,7 +30,11 @@ def threads_cpus(pid: int | str = "self") -> list[str]:
     """Every thread's allowed CPUs, as /proc says them (``0``, ``0-1``, …)."""
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # the thread ended (a request's) between the listing and the read
+            continue
+        for line in status.splitlines():
             if line.startswith("Cpus_allowed_list:"):
                 out.append(line.split(":", 1)[1].strip())
     return out
