@@ -259,6 +259,17 @@ def payload(spans: list[dict[str, Any]]) -> bytes:
 _WAKE: dict[str, Any] = {}  # put by ``stop``: the export thread looks at its stop flag now
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A collector's redirect is an error: following it would send the OTLP headers (often a
+    vendor's API key) to another host, as a GET without the spans, counted as exported."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 class Exporter:
     """Batches spans to the collector on its own thread; drops (and counts) what it cannot send."""
 
@@ -349,7 +360,7 @@ class Exporter:
         """None when the collector took the batch, else (retryable, why)."""
         req = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
         try:
-            with urllib.request.urlopen(req, timeout=POST_TIMEOUT_S) as resp:
+            with _OPENER.open(req, timeout=POST_TIMEOUT_S) as resp:
                 resp.read()
             return None
         except urllib.error.HTTPError as err:

@@ -307,3 +307,30 @@ def test_otlp_settings_are_checked():
 )
 def test_traceparent_parsing(value, ok):
     assert (parse_traceparent(value) is not None) == ok
+
+
+def test_a_collector_redirect_is_not_followed():
+    """Was: urllib followed a collector's 302 — the OTLP headers (a vendor's API key) went to the
+    other host, as a GET without the spans, and the batch counted as exported."""
+    other = Receiver()  # where the redirect points: a GET there would be its 501, a POST counted
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(302)
+            self.send_header("Location", other.url + "/v1/traces")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    redirecting = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirecting.serve_forever, daemon=True).start()
+    try:
+        exporter = Exporter(f"http://127.0.0.1:{redirecting.server_address[1]}", {"Authorization": "Bearer vendor"})
+        assert exporter._post(b'{"resourceSpans": []}') == (False, "HTTP 302")  # refused, not retried
+        assert other.posts == 0 and not other.headers
+    finally:
+        redirecting.shutdown()
+        other.server.shutdown()
