@@ -363,3 +363,11 @@ def test_a_receiver_answering_a_byte_at_a_time_cannot_hold_the_delivery_thread(m
         thread.join()
         listener.close()
     assert status is None and error is not None and "within 0.5 s" in error
+
+
+def test_a_refused_webhook_url_is_not_echoed(server):
+    """A webhook URL may be a credential (Slack's): one refused for its scheme was repeated in the
+    error, which reaches the admin's terminal and CI logs."""
+    secret_url = "ftp://hooks.slack.example/services/T000/B000/XXXXsecretXXXX"
+    status, body = api(server, "POST", "/api/webhooks", {"url": secret_url, "events": ["all"]})
+    assert status == 400 and "XXXXsecretXXXX" not in json.dumps(body), body

@@ -60,7 +60,8 @@ def check_url(url: Any) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise invalid(f"url {url[:200]!r} is not valid: use http(s)://host[:port]/path", "url")
+        # not echoed: a webhook URL may itself be a credential (Slack's), and errors reach CI logs
+        raise invalid("url is not valid: use http(s)://host[:port]/path", "url")
     if parts.username or parts.password or parts.fragment:
         raise invalid("url must not carry credentials or a fragment", "url")
     return url
