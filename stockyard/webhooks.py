@@ -131,7 +131,8 @@ def post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int | None, 
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=TIMEOUT_S)
-    deadline = threading.Timer(TIMEOUT_S, _cut, (conn,))
+    late = threading.Event()  # set before the socket is cut: whatever the read then raises, it was the time
+    deadline = threading.Timer(TIMEOUT_S, _cut, (conn, late))
     deadline.daemon = True
     deadline.start()
     try:
@@ -139,11 +140,11 @@ def post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int | None, 
         conn.request("POST", target, body, headers)
         resp = conn.getresponse()
         resp.read(65536)
-        if not deadline.is_alive():
+        if late.is_set():
             return None, f"TimeoutError: no whole answer within {TIMEOUT_S:g} s"
         return resp.status, None
     except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a host IDNA refuses
-        if not deadline.is_alive():
+        if late.is_set():
             return None, f"TimeoutError: no whole answer within {TIMEOUT_S:g} s"
         return None, f"{type(exc).__name__}: {exc}"[:300]
     finally:
@@ -151,8 +152,9 @@ def post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int | None, 
         conn.close()
 
 
-def _cut(conn: http.client.HTTPConnection) -> None:
+def _cut(conn: http.client.HTTPConnection, late: threading.Event) -> None:
     """The delivery's time is up: end its socket, which wakes the read waiting on it."""
+    late.set()
     sock = conn.sock
     if sock is not None:
         try:
