@@ -218,7 +218,10 @@ def test_a_postgresql_server_lock_lost_with_its_connection_is_taken_again(pg_clu
     admin = pg_cluster.admin(backend.url.database)
     admin.run(KILL_OTHERS)
     lock.keep()  # the watcher's pass: held again
-    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
+    held = (  # this test's database only: pg_locks is the whole cluster's, shared with other tests
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
     assert admin.run(held) == [[1]]
     lock.release()
     admin.close()
