@@ -273,6 +273,12 @@ def blocks_of(msg: Any) -> list[dict]:
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
+def tool_results(msg: Any) -> bool:
+    """A user message carrying tool results (one step of a tool loop, not a new question)."""
+    role = msg.get("role") if isinstance(msg, dict) else None
+    return role == "user" and any(b.get("type") == "tool_result" for b in blocks_of(msg))
+
+
 def thinking_missing(messages: list) -> bool:
     """True when Anthropic would refuse these messages with thinking on: they end in tool results,
     and the assistant turn that called the tools does not start with a thinking block.
@@ -281,13 +287,12 @@ def thinking_missing(messages: list) -> bool:
     results, and its first assistant message must start with ``thinking`` or ``redacted_thinking``
     (Anthropic: "a final `assistant` message must start with a thinking block")."""
     last = messages[-1] if messages else None
-    role = last.get("role") if isinstance(last, dict) else None
-    if role != "user" or not any(b.get("type") == "tool_result" for b in blocks_of(last)):
+    if not tool_results(last):
         return False
     first = None
     for msg in reversed(messages[:-1]):
         role = msg.get("role") if isinstance(msg, dict) else None
-        if role == "user" and not any(b.get("type") == "tool_result" for b in blocks_of(msg)):
+        if role == "user" and not tool_results(msg):
             break
         if role == "assistant":
             first = msg

@@ -165,8 +165,7 @@ class SharedLedger(Ledger):
         for budget, key in keyed:
             if (budget.scope, key) in self._known:
                 continue
-            sql = "SELECT 1 FROM budget_ledger WHERE scope = ? AND period_key = ?"
-            if conn.execute(sql, (budget.scope, key)).fetchone() is None:
+            if not self._exists(conn, budget.scope, key):
                 spent = self._load(budget, key)
                 conn.execute(
                     "INSERT INTO budget_ledger (scope, period_key, spent_uc) VALUES (?, ?, ?) "
@@ -208,13 +207,18 @@ class SharedLedger(Ledger):
             raise refused
         return hold
 
+    @staticmethod
+    def _exists(conn: sqlite3.Connection, scope: str, key: str) -> bool:
+        """Whether the period's row is in the table."""
+        sql = "SELECT 1 FROM budget_ledger WHERE scope = ? AND period_key = ?"
+        return conn.execute(sql, (scope, key)).fetchone() is not None
+
     def _lost(self, conn: sqlite3.Connection, budget: Budget, key: str, ts_ms: int) -> bool:
         """Whether the period's row, known to exist, is gone — a database that lost its last commits
         (a crash with asynchronous commit, a failover to a standby behind, a restore) — and was
         made again (spend loaded anew). Without this, the key's every request was refused, with
         nothing spent, until a restart."""
-        sql = "SELECT 1 FROM budget_ledger WHERE scope = ? AND period_key = ?"
-        if conn.execute(sql, (budget.scope, key)).fetchone() is not None:
+        if self._exists(conn, budget.scope, key):
             return False
         self._known.discard((budget.scope, key))
         self._ensure([budget], ts_ms)
