@@ -22,6 +22,7 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass
+from functools import partial
 from io import RawIOBase
 from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
@@ -50,6 +51,7 @@ LIST_PAGE = 100  # objects asked of the provider per page while filtering a list
 MAX_LIST_PAGES = 20  # provider pages one list request reads at most; past that, has_more says "ask again"
 LIST_LIMITS = {"files": (10000, 10000), "batches": (20, 100)}  # (default, largest) page size, as OpenAI's
 KIND = {"files": "file", "batches": "batch"}
+LOST_BATCH_LOOK = 20  # the provider's newest batches searched for one whose create answer was lost
 # A batch in one of these states runs no more requests: what its output file holds is what it cost
 # (an expired or cancelled batch's finished requests are billed too; a failed one has none).
 ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
@@ -503,34 +505,77 @@ class ProviderCalls:
             return answer, None
 
     def _create_upstream(
-        self, ctx: RequestContext, provider: Provider, rest: str, body: bytes, kind: str, hold: BatchHold
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        body: bytes,
+        kind: str,
+        hold: BatchHold,
+        made: Callable[[], list[dict]] | None = None,
     ) -> tuple[Answer, dict | None]:
         """Create a batch at the provider and record it as this key's, with what it holds
         (``hold.held_uc``), then end the hold (spent until the batch is billed, or given back
         when none was recorded). Returns the answer and the new batch, or None when none was created.
 
         When no answer came back (a timeout, a broken connection) the batch may exist at the
-        provider, unseen here: the client is told not to retry (``x-should-retry: false``, which
-        the SDKs obey; a retry would start a second batch) and the server log says so."""
+        provider, unseen here: ``made()`` lists the provider's batches that could be it (newest
+        first) and the first no one owns is taken as this one (:meth:`_adopt`)."""
         claimed = False
         try:
-            answer, doc = self._call(ctx, provider, "POST", rest, body)
+            try:
+                answer, doc = self._call(ctx, provider, "POST", rest, body)
+            except ProxyError as exc:
+                if exc.status not in (502, 504):
+                    raise
+                answer, doc = self._adopt(ctx, provider, kind, hold, made, exc)
+                claimed = True
+                return answer, doc
             if answer.status >= 300 or not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
                 return answer, None
             claimed = self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold)
             return answer, doc
-        except ProxyError as exc:
-            if exc.status in (502, 504):
-                exc.headers["x-should-retry"] = "false"
-                exc.message += "; the batch may have been created at the provider: do not send it again before checking"
-                log.error(
-                    "a batch create at provider %r got no answer (%s): it may run there unowned and unbilled",
-                    provider.name,
-                    exc.code,
-                )
-            raise
         finally:
             hold.end(claimed)
+
+    def _adopt(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        kind: str,
+        hold: BatchHold,
+        made: Callable[[], list[dict]] | None,
+        failure: ProxyError,
+    ) -> tuple[Answer, dict]:
+        """A create whose answer was lost: the first batch ``made()`` finds that no one owns
+        becomes this key's (with the hold) and is the answer. None found (the provider is still
+        making it, or made none, or cannot be asked): ``failure``, telling the client not to retry
+        (``x-should-retry: false``, which the SDKs obey; a retry would start a second batch)."""
+        try:
+            found = made() if made is not None else []
+        except ProxyError:
+            found = []
+        for doc in found:
+            if self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold):
+                log.warning(
+                    "a batch create at provider %r was lost (%s); found it there: %s",
+                    provider.name,
+                    failure.code,
+                    doc["id"],
+                )
+                answer = Answer(200, {"content-type": "application/json"}, json.dumps(doc).encode())
+                ctx.attempt.status = 200
+                ctx.attempt.response_body.clear()
+                ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
+                return answer, doc
+        failure.headers["x-should-retry"] = "false"
+        failure.message += "; the batch may have been created at the provider: do not send it again before checking"
+        log.error(
+            "a batch create at provider %r got no answer (%s): it may run there unowned and unbilled",
+            provider.name,
+            failure.code,
+        )
+        raise failure
 
     def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
         """The provider's answer to the client (its errors passed through); a success costs 0."""
@@ -843,10 +888,25 @@ class FilesAPI(ProviderCalls):
         provider = self._provider_named(owned.provider)
         self._check_budget(ctx, 0)  # used up: refused before the file is read
         hold = self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
-        answer, batch = self._create_upstream(ctx, provider, "/batches", raw, "batch", hold)
+        made = partial(self._batches_of_file, ctx, provider, file_id, body.get("endpoint"))
+        answer, batch = self._create_upstream(ctx, provider, "/batches", raw, "batch", hold, made)
         if batch is not None:
             self._see_batch(ctx, provider, batch)
         self._send(reply, ctx, answer)
+
+    def _batches_of_file(self, ctx: RequestContext, provider: Provider, file_id: str, endpoint: Any) -> list[dict]:
+        """The provider's newest batches over ``file_id`` for ``endpoint``, newest first: the
+        candidates for a create whose answer was lost (a file is one key's: no one else's batch)."""
+        answer, page = self._call(ctx, provider, "GET", "/batches", query={"limit": str(LOST_BATCH_LOOK)})
+        data = page.get("data") if answer.status < 300 and isinstance(page, dict) else None
+        return [
+            b
+            for b in (data if isinstance(data, list) else [])
+            if isinstance(b, dict)
+            and isinstance(b.get("id"), str)
+            and b.get("input_file_id") == file_id
+            and b.get("endpoint") == endpoint
+        ]
 
     def _check_input_file(self, ctx: RequestContext, provider: Provider, file_id: str) -> int | None:
         """A batch's input file, read back from the provider as it streams and checked line by line

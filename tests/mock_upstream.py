@@ -86,6 +86,7 @@ class Reply:
     cut_after: int | None = None  # SSE: events sent before an abrupt close; JSON: body bytes
     hang_s: float | None = None
     reset: bool = False
+    lost: bool = False  # the provider does the work, then the connection closes before its answer
     hang_started: threading.Event | None = None  # set when the request arrived and the hang began
     hung_up: threading.Event | None = None  # set when the caller closed the connection during the hang
 
@@ -1760,6 +1761,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if mock.delay_ms and mock._stopping.wait(mock.delay_ms / 1000.0):
             return self._drop()
         if scripted is not None and scripted.reset:
+            return self._drop()
+        if scripted is not None and scripted.lost:
+            self._resolve(req, n, None)
             return self._drop()
         reply = self._resolve(req, n, scripted)
         headers = {"x-request-id": f"req_mock_{n}", "request-id": f"req_mock_{n}"}

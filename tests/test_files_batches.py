@@ -15,7 +15,7 @@ from conftest import ServerProcess, admitted_once_billed, mock_env, open_databas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mock_upstream import FILES, PROMPT_TOKENS, Reply
-from openai import APIConnectionError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
+from openai import APIConnectionError, APIStatusError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
 from rawhttp import connect, read_response, read_until_close
 
 from stockyard.batch_costs import BATCH_PRICE
@@ -282,6 +282,39 @@ def test_batch_lifecycle_ownership_and_its_cost_at_the_batch_price(server):
     alice.batches.retrieve(batch.id)
     alice.batches.list()
     assert len(traces(server, "batches.usage")) == 1  # seen again: already billed, never a second row
+
+
+def test_a_batch_whose_create_answer_was_lost_is_found_owned_and_answered(server, mock):
+    """Was: the provider made the batch but its answer never came back (the connection closed):
+    the client got a 502 and the batch ran at the provider unowned and unbilled. The batch is now
+    found among the provider's newest (same input file and endpoint, owned by no one), owned, and
+    answered; a batch of that file owned already is not taken for it."""
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    first = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    mock.clear()
+    mock.enqueue(Reply(), Reply(lost=True))  # the input file read back, then the lost create
+    batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    made = [b for b in FILES.batches.values() if b["input_file_id"] == source.id]
+    assert len(made) == 2 and batch.id in {b["id"] for b in made} and batch.id != first.id
+    assert [r.method for r in mock.requests if r.path == "/v1/batches"] == ["POST", "GET"]  # never sent twice
+    alice_id = server.db_rows("SELECT id FROM client_keys WHERE name = 'alice'")[0]["id"]
+    assert server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (batch.id,)) == [{"key_id": alice_id}]
+    assert alice.batches.retrieve(batch.id).status == "completed"
+    assert "was lost" in server.log and "Traceback" not in server.log
+
+
+def test_a_batch_create_without_an_answer_and_no_batch_found_is_not_retried(server, mock):
+    """The provider closed the connection and made no batch: the client is told so and not to retry."""
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    mock.clear()
+    mock.enqueue(Reply(), Reply(reset=True))
+    with pytest.raises(APIStatusError) as err:
+        alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.status_code == 502 and err.value.response.headers["x-should-retry"] == "false"
+    assert "may have been created" in err.value.message
+    assert not [b for b in FILES.batches.values() if b["input_file_id"] == source.id]
 
 
 def test_a_cancelled_batch(server):
