@@ -63,14 +63,15 @@ def raw_text(data: bytes | bytearray, scrub: Scrub) -> str:
 
 def request_content(ctx: RequestContext, scrub: Scrub) -> dict[str, str | None]:
     """``gen_ai.system_instructions`` and ``gen_ai.input.messages`` of the request."""
-    parts = Parts(scrub)
+    p = Parts(scrub)
     try:
-        found = _request(ctx.endpoint, _loads(ctx.raw), parts) if ctx.endpoint in ENDPOINTS else None
+        found = _request(ctx.endpoint, _loads(ctx.raw), p) if ctx.endpoint in ENDPOINTS else None
     except Exception:  # an odd body is exported as text: telemetry never fails a request
         found = None
     if found is None:
         return {"gen_ai.input.messages": raw_text(ctx.raw, scrub) or None}
     system, messages = found
+    p.labels(messages)
     return {
         "gen_ai.system_instructions": fit_parts(system, ATTRIBUTE_CAP) if system else None,
         "gen_ai.input.messages": fit(messages, ATTRIBUTE_CAP),
@@ -79,15 +80,16 @@ def request_content(ctx: RequestContext, scrub: Scrub) -> dict[str, str | None]:
 
 def answer_content(ctx: RequestContext, attempt: Attempt, scrub: Scrub) -> dict[str, str | None]:
     """``gen_ai.output.messages`` and ``gen_ai.response.id`` of one attempt's answer."""
-    body = attempt.response_body
+    body, p = attempt.response_body, Parts(scrub)
     try:
         doc = assembled(ctx.endpoint, bytes(body)) if ctx.endpoint in ENDPOINTS and len(body) <= PARSE_CAP else None
-        found = _answer(ctx.endpoint, doc, Parts(scrub)) if doc is not None else None
+        found = _answer(ctx.endpoint, doc, p) if doc is not None else None
     except Exception:  # an odd body is exported as text: telemetry never fails a request
         found = None
     if found is None:
         return {"gen_ai.output.messages": raw_text(body, scrub) or None}
     ident, messages = found
+    p.labels(messages)
     if attempt.response_truncated:  # the trace kept the answer's start only
         for message in messages:
             message["parts"].append(Parts.text_part("[the answer was cut here: the trace keeps its start only]"))
@@ -129,6 +131,13 @@ class Parts:
             text = json.dumps(value, ensure_ascii=False)
             return self.cut(text) if len(text) > PART_CAP else self._each(value)
         return value if isinstance(value, (int, float, bool)) or value is None else self.cut(str(value))
+
+    def labels(self, messages: list[dict]) -> None:
+        """Roles and finish reasons are the client's or the provider's words too: scrubbed and cut."""
+        for message in messages:
+            for key in ("role", "finish_reason"):
+                if key in message:
+                    message[key] = self.cut(str(message[key]), 64)
 
     def _each(self, value: Any) -> Any:
         if isinstance(value, str):

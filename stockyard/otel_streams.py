@@ -45,7 +45,7 @@ def _chat(events: list[dict]) -> dict:
             for choice in choices.values():
                 choice["finish_reason"] = "error"
             break
-        doc.setdefault("id", event.get("id"))
+        doc["id"] = doc.get("id") or event.get("id")
         for delta_choice in event.get("choices") or ():
             index = delta_choice.get("index", 0)
             choice = choices.setdefault(index, {"index": index, "message": {}, "finish_reason": None})
