@@ -13,6 +13,18 @@ the caller's trace; each upstream attempt sends its own span as the provider's p
 (:func:`upstream_headers`). Prompt and completion text is exported only with
 ``STOCKYARD_OTLP_CONTENT=true``. Header values (``STOCKYARD_OTLP_HEADERS``) are secrets: they are
 sent, never logged.
+
+With content export on, the prompt and the answer go as the conventions' structured messages
+(``gen_ai.system_instructions``, ``gen_ai.input.messages``, ``gen_ai.output.messages``: see
+:mod:`stockyard.otel_messages`); the request's sampling settings (``gen_ai.request.*``) and the
+provider's cache and reasoning token counts are sent either way, read from what Stockyard has
+already parsed.
+
+``gen_ai.system`` is not sent: the conventions replaced it with ``gen_ai.provider.name``
+(v1.37), which the backends that read GenAI spans take — Datadog LLM Observability ingests
+v1.37 and later only, Langfuse recognises a generation by its model attributes, and Arize's
+OpenInference and Sentry dropped their ``gen_ai.system`` fallbacks — so a second copy of the
+provider on every span would be bytes for nobody.
 """
 
 from __future__ import annotations
@@ -26,9 +38,11 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from . import __version__
 from .context import Attempt, RequestContext
+from .otel_messages import answer_content, request_content
 
 log = logging.getLogger("stockyard.otel")
 
@@ -36,7 +50,6 @@ QUEUE_SPANS = 4096  # spans waiting for the exporter; beyond that they are dropp
 BATCH_SPANS = 256
 RETRY_DELAYS_S = (0.25, 1.0, 4.0)  # between the tries of one batch
 POST_TIMEOUT_S = 5.0
-CONTENT_CAP = 16 * 1024  # characters of prompt or completion text per span
 SPAN_KIND_SERVER, SPAN_KIND_CLIENT = 2, 3
 STATUS_OK, STATUS_ERROR = 1, 2
 OPERATIONS = {
@@ -128,16 +141,18 @@ def provider_name(attempt: Attempt) -> str | None:
 
 def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
     """Attributes both a request span and an attempt span carry."""
-    system = provider_name(a)
     u = a.usage
     return {
         "gen_ai.operation.name": OPERATIONS.get(ctx.endpoint, ctx.endpoint),
-        "gen_ai.provider.name": system,
-        "gen_ai.system": system,
+        "gen_ai.provider.name": provider_name(a),
         "gen_ai.request.model": ctx.model,
         "gen_ai.response.model": a.served_model or a.upstream_model,
         "gen_ai.usage.input_tokens": u.prompt_tokens if u else None,
         "gen_ai.usage.output_tokens": u.completion_tokens if u else None,
+        # parts of the two above, as the provider reported them (zero: not reported, or none)
+        "gen_ai.usage.cache_read.input_tokens": (u.cached_tokens or None) if u else None,
+        "gen_ai.usage.cache_creation.input_tokens": (u.cache_write_tokens or None) if u else None,
+        "gen_ai.usage.reasoning.output_tokens": (u.reasoning_tokens or None) if u else None,
         "gen_ai.response.finish_reasons": finish_reasons(a.response_body) or None,
         "error.type": a.error_type or (str(a.status) if a.status >= 400 else None),
         "http.response.status_code": a.status or None,
@@ -180,8 +195,89 @@ def _span(
     return span
 
 
-def _text(data: bytes | bytearray, scrub: Callable[[str], str]) -> str:
-    return scrub(bytes(data[: CONTENT_CAP * 4]).decode("utf-8", "replace"))[:CONTENT_CAP]
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _stops(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        return [value[:256]]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value[:16]):
+        return [v[:256] for v in value[:16]]
+    return None
+
+
+def request_parameters(ctx: RequestContext) -> dict[str, Any]:
+    """The sampling settings of the request (``gen_ai.request.*``, ``gen_ai.output.type``), as the
+    client set them, from the body Stockyard has already parsed; what it did not set is left out."""
+    body = ctx.body if isinstance(ctx.body, dict) else {}
+    if ctx.dialect == "gemini":
+        config = body.get("generationConfig") or body.get("generation_config")
+        g = config if isinstance(config, dict) else {}
+        mime = g.get("responseMimeType")
+        values = {
+            "max_tokens": g.get("maxOutputTokens"),
+            "temperature": g.get("temperature"),
+            "top_p": g.get("topP"),
+            "top_k": g.get("topK"),
+            "frequency_penalty": g.get("frequencyPenalty"),
+            "presence_penalty": g.get("presencePenalty"),
+            "seed": g.get("seed"),
+            "stop": g.get("stopSequences"),
+            "n": g.get("candidateCount"),
+            "output": "json" if mime == "application/json" else "text" if mime == "text/plain" else None,
+        }
+    else:
+        fmt = body.get("response_format")  # chat
+        text = body.get("text")  # Responses
+        if isinstance(text, dict):
+            fmt = text.get("format")
+        config = body.get("output_config")  # Anthropic
+        if isinstance(config, dict):
+            fmt = config.get("format")
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        values = {
+            "max_tokens": body.get("max_completion_tokens", body.get("max_tokens", body.get("max_output_tokens"))),
+            "temperature": body.get("temperature"),
+            "top_p": body.get("top_p"),
+            "top_k": body.get("top_k"),
+            "frequency_penalty": body.get("frequency_penalty"),
+            "presence_penalty": body.get("presence_penalty"),
+            "seed": body.get("seed"),
+            "stop": body.get("stop", body.get("stop_sequences")),
+            "n": body.get("n"),
+            "output": "json" if kind in ("json_object", "json_schema") else "text" if kind == "text" else None,
+        }
+    n = _count(values["n"])
+    return {
+        "gen_ai.request.max_tokens": _count(values["max_tokens"]),
+        "gen_ai.request.temperature": _number(values["temperature"]),
+        "gen_ai.request.top_p": _number(values["top_p"]),
+        "gen_ai.request.top_k": _number(values["top_k"]),
+        "gen_ai.request.frequency_penalty": _number(values["frequency_penalty"]),
+        "gen_ai.request.presence_penalty": _number(values["presence_penalty"]),
+        "gen_ai.request.seed": _count(values["seed"]),
+        "gen_ai.request.stop_sequences": _stops(values["stop"]),
+        "gen_ai.request.choice.count": n if n is not None and n != 1 else None,
+        "gen_ai.request.stream": True if ctx.stream else None,  # unset means not streamed
+        "gen_ai.output.type": values["output"],
+    }
+
+
+def server_address(a: Attempt) -> dict[str, Any]:
+    """The provider's host and port (``server.*``) for an attempt's span."""
+    try:
+        url = urlsplit(a.provider.base_url) if a.provider is not None else None
+        port = url.port if url else None
+    except ValueError:
+        return {}
+    if url is None or not url.hostname:
+        return {}
+    return {"server.address": url.hostname, "server.port": port or (443 if url.scheme == "https" else 80)}
 
 
 def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]) -> list[dict[str, Any]]:
@@ -206,9 +302,13 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
     if billed:  # the request's cost is every billed attempt's
         request_extra["stockyard.cost_uc"] = sum(billed)
         request_extra["stockyard.cost_usd"] = sum(billed) / 100_000_000
-    if content:
-        request_extra["gen_ai.input.messages"] = _text(ctx.raw, scrub) or None
-        request_extra["gen_ai.output.messages"] = _text(ctx.attempt.response_body, scrub) or None
+    parameters = request_parameters(ctx)
+    request_extra.update(parameters)
+    answer: dict[str, Any] = {}
+    if content:  # only then is any body read
+        request_extra.update(request_content(ctx, scrub))
+        answer = answer_content(ctx, ctx.attempt, scrub)
+        request_extra.update(answer)
     parent = ctx.trace_parent.span_id if ctx.trace_parent else None
     spans = [
         _span(
@@ -227,9 +327,16 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
             continue
         start_ns = a.ts_ms * 1_000_000
         took_ns = int(((a.ended or time.perf_counter()) - a.started) * 1e9) if a.started else 0
-        extra = {"stockyard.trace_id": a.trace_id or ctx.trace_id, "stockyard.attempt": number}
-        if content and a is not ctx.attempt:
-            extra["gen_ai.output.messages"] = _text(a.response_body, scrub) or None
+        extra = {
+            "stockyard.trace_id": a.trace_id or ctx.trace_id,
+            "stockyard.attempt": number,
+            **parameters,
+            **server_address(a),
+        }
+        if content and a is not ctx.attempt:  # the last attempt's answer is on the request's span
+            extra.update(answer_content(ctx, a, scrub))
+        elif content:
+            extra["gen_ai.response.id"] = answer.get("gen_ai.response.id")
         spans.append(
             _span(
                 ctx,

@@ -11,7 +11,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import wait_for
+from conftest import OPENAI_KEY, wait_for
+from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, chat, put_module, start_server
 
 from stockyard.config import load
@@ -132,6 +133,11 @@ def test_one_span_per_request_with_genai_and_stockyard_attributes(server, mock, 
         server,
         headers=bearer(key, **{"x-stockyard-tags": "team=search"}),
         user="alice",
+        temperature=0,
+        top_p=0.5,
+        seed=7,
+        stop="END",
+        response_format={"type": "json_object"},
     )
     assert status == 200
     trace_id = headers["x-stockyard-trace-id"]
@@ -141,7 +147,11 @@ def test_one_span_per_request_with_genai_and_stockyard_attributes(server, mock, 
     top = request_span(spans)
     a = attrs(top)
     assert top["name"] == "chat gpt-4o-mini" and "parentSpanId" not in top
-    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.system"] == a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "openai"
+    assert "gen_ai.system" not in a, "deprecated: gen_ai.provider.name replaced it"
+    assert (a["gen_ai.request.temperature"], a["gen_ai.request.top_p"], a["gen_ai.request.seed"]) == (0.0, 0.5, 7)
+    assert a["gen_ai.request.stop_sequences"] == ["END"] and "gen_ai.request.choice.count" not in a
+    assert a["gen_ai.output.type"] == "json" and "gen_ai.request.stream" not in a
     assert a["gen_ai.request.model"] == "gpt-4o-mini" and a["gen_ai.response.model"]
     assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (12, 5)
     assert a["gen_ai.response.finish_reasons"] == ["stop"]
@@ -334,3 +344,336 @@ def test_a_collector_redirect_is_not_followed():
     finally:
         redirecting.shutdown()
         other.server.shutdown()
+
+
+# -- content: the prompt and the answer as the GenAI conventions' messages ----------------------------
+
+PNG_DATA = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+IMAGE_URL = "https://example.com/cat.png"
+PARIS, CITY = '{"city":"Paris"}', {"city": "Paris"}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+ANTHROPIC_KEY = "sk-ant-otel-content-0123456789abcdef"
+GEMINI_KEY = "AIza-otel-content-0123456789abcdefSECRET"
+# Part types of the conventions' schemas (gen-ai-input-messages.json, gen-ai-output-messages.json)
+# and the fields each requires beside ``type``.
+REQUIRED = {
+    "text": ("content",),
+    "reasoning": ("content",),
+    "tool_call": ("name",),
+    "tool_call_response": ("response",),
+    "blob": ("modality", "content"),
+    "uri": ("modality", "uri"),
+    "file": ("modality", "file_id"),
+}
+
+
+@pytest.fixture(scope="module")
+def content_server(pyz_path, cache_home, mock, tmp_path_factory, receiver):
+    srv = start_server(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "otel-messages",
+        STOCKYARD_OTLP_ENDPOINT=receiver.url,
+        STOCKYARD_OTLP_CONTENT="true",
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
+    )
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+    assert "could not build spans" not in srv.log
+
+
+def exported(receiver: Receiver, headers: dict, spans: int = 2) -> tuple[dict, list[dict]]:
+    """The attributes of a request's span, and of its attempts' spans, once the collector has them."""
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == spans, 15, f"{spans} spans")
+    found = receiver.of_request(trace_id)
+    return attrs(request_span(found)), [attrs(s) for s in found if s["kind"] == 3]
+
+
+def check_parts(parts: list) -> list[dict]:
+    """Each part as the schemas require it: a type, and the fields its type requires."""
+    assert isinstance(parts, list)
+    for part in parts:
+        assert isinstance(part, dict) and isinstance(part.get("type"), str), part
+        for name in REQUIRED.get(part["type"], ()):
+            assert name in part, (part, name)
+        if part["type"] in ("text", "reasoning"):
+            assert isinstance(part["content"], str)
+        if part["type"] == "blob":
+            assert part["content"] == "", "inline data is never exported"
+    return parts
+
+
+def messages_of(value: str, output: bool = False) -> list[dict]:
+    """An input or output messages attribute, parsed and checked against the schema's required fields."""
+    messages = json.loads(value)
+    assert isinstance(messages, list) and messages
+    for message in messages:
+        assert isinstance(message.get("role"), str), message
+        check_parts(message["parts"])
+        if output:
+            assert isinstance(message.get("finish_reason"), str), message
+    return messages
+
+
+def text(content: str) -> dict:
+    return {"type": "text", "content": content}
+
+
+def parts_of(messages: list[dict], kind: str) -> list[dict]:
+    return [p for m in messages for p in m["parts"] if p["type"] == kind]
+
+
+def test_chat_messages_follow_the_conventions(content_server, mock, receiver):
+    messages = [
+        {"role": "system", "content": "You answer about the weather."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": f"Weather in Paris? my key {OPENAI_KEY}"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_DATA}"}},
+                {"type": "image_url", "image_url": {"url": IMAGE_URL}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": PARIS}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "rainy, 57F"},
+    ]
+    status, headers, raw = chat(content_server, messages=messages, tools=TOOLS, temperature=0.25, max_tokens=77, n=2)
+    assert status == 200, raw
+    a, [child] = exported(receiver, headers)
+    sent = messages_of(a["gen_ai.input.messages"])
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool"]
+    assert sent[1]["parts"][0]["content"] == "Weather in Paris? my key [redacted]", "scrubbed"
+    blob, uri = sent[1]["parts"][1:]
+    assert (blob["type"], blob["modality"], blob["mime_type"]) == ("blob", "image", "image/png")
+    assert (uri["type"], uri["uri"]) == ("uri", IMAGE_URL)
+    assert parts_of(sent, "tool_call") == [
+        {"type": "tool_call", "id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}
+    ]
+    assert parts_of(sent, "tool_call_response") == [
+        {"type": "tool_call_response", "id": "call_1", "response": "rainy, 57F"}
+    ]
+    assert "gen_ai.system_instructions" not in a, "chat's system message is part of the history"
+    out = messages_of(a["gen_ai.output.messages"], output=True)
+    answer = {"role": "assistant", "parts": [{"type": "text", "content": "Hello from mock"}], "finish_reason": "stop"}
+    assert out == [answer, answer], "one output message per choice"
+    assert a["gen_ai.request.choice.count"] == 2
+    assert a["gen_ai.response.id"].startswith("chatcmpl-mock")
+    assert child["gen_ai.response.id"] == a["gen_ai.response.id"]
+    assert (a["gen_ai.request.temperature"], a["gen_ai.request.max_tokens"]) == (0.25, 77)
+    assert child["gen_ai.request.max_tokens"] == 77 and child["server.address"] == "127.0.0.1"
+    everything = json.dumps(receiver.of_request(headers["x-stockyard-trace-id"]))
+    assert PNG_DATA not in everything and OPENAI_KEY not in everything
+
+
+def test_a_streamed_chat_answer_is_assembled(content_server, receiver):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Weather?"}], "tools": TOOLS}
+    status, headers, raw = content_server.request("POST", "/v1/chat/completions", {**body, "stream": True})
+    assert status == 200 and raw.startswith(b"data:")
+    a, _ = exported(receiver, headers)
+    assert a["gen_ai.request.stream"] is True
+    [out] = messages_of(a["gen_ai.output.messages"], output=True)
+    assert out["finish_reason"] == "tool_call"
+    assert out["parts"] == [{"type": "tool_call", "id": "call_mock1", "name": "get_weather", "arguments": CITY}]
+    assert messages_of(a["gen_ai.input.messages"]) == [{"role": "user", "parts": [text("Weather?")]}]
+
+
+ANTHROPIC_HISTORY = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_DATA}},
+            {"type": "text", "text": "Weather here?"},
+        ],
+    },
+    {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+    },
+    {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "rainy"}]},
+            {"type": "text", "text": f"and my key is {ANTHROPIC_KEY}"},
+        ],
+    },
+]
+ANTHROPIC_TOOLS = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_messages_follow_the_conventions(content_server, receiver, stream):
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1024,
+        "system": [{"type": "text", "text": "You answer about the weather."}],
+        "messages": ANTHROPIC_HISTORY if not stream else ANTHROPIC_HISTORY[:1],
+        "tools": ANTHROPIC_TOOLS,
+        "top_k": 5,
+    }
+    if stream:
+        body.update(stream=True, thinking={"type": "enabled", "budget_tokens": 1024})
+    status, headers, raw = content_server.request("POST", "/v1/messages", body, {"anthropic-version": "2023-06-01"})
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    system = check_parts(json.loads(a["gen_ai.system_instructions"]))
+    assert system == [{"type": "text", "content": "You answer about the weather."}]
+    sent = messages_of(a["gen_ai.input.messages"])
+    assert sent[0]["parts"][0] == {"type": "blob", "modality": "image", "mime_type": "image/png", "content": ""}
+    assert a["gen_ai.request.top_k"] == 5.0 and a["gen_ai.provider.name"] == "anthropic"
+    [out] = messages_of(a["gen_ai.output.messages"], output=True)
+    assert a["gen_ai.response.id"].startswith("msg_mock")
+    if not stream:
+        assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user"]
+        assert sent[2]["parts"] == [{"type": "tool_call_response", "id": "toolu_1", "response": "rainy"}]
+        assert sent[3]["parts"] == [{"type": "text", "content": "and my key is [redacted]"}]
+        assert out == {"role": "assistant", "parts": [text("Hello from mock")], "finish_reason": "stop"}
+    else:
+        assert a["gen_ai.request.stream"] is True
+        assert out["finish_reason"] == "tool_call"
+        assert out["parts"] == [
+            {"type": "reasoning", "content": "Let me think about the weather."},
+            {"type": "tool_call", "id": "toolu_mock1", "name": "get_weather", "arguments": {"city": "Paris"}},
+        ]
+    assert PNG_DATA not in json.dumps(a) and ANTHROPIC_KEY not in json.dumps(a)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_items_follow_the_conventions(content_server, receiver, stream):
+    items = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Weather here?"},
+                {"type": "input_image", "image_url": f"data:image/jpeg;base64,{PNG_DATA}"},
+            ],
+        },
+        {"type": "function_call", "call_id": "call_9", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call_output", "call_id": "call_9", "output": "rainy"},
+    ]
+    body = {
+        "model": "gpt-4o-mini",
+        "instructions": "You answer about the weather.",
+        "input": items if not stream else items[:1],
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+        "max_output_tokens": 300,
+        "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}}},
+        "stream": stream,
+    }
+    status, headers, raw = content_server.request("POST", "/v1/responses", body)
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert json.loads(a["gen_ai.system_instructions"]) == [{"type": "text", "content": "You answer about the weather."}]
+    sent = messages_of(a["gen_ai.input.messages"])
+    assert sent[0]["parts"][1] == {"type": "blob", "modality": "image", "mime_type": "image/jpeg", "content": ""}
+    assert (a["gen_ai.request.max_tokens"], a["gen_ai.output.type"]) == (300, "json")
+    [out] = messages_of(a["gen_ai.output.messages"], output=True)
+    assert a["gen_ai.response.id"].startswith("resp_")
+    if not stream:
+        assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+        assert parts_of(sent, "tool_call")[0]["arguments"] == {"city": "Paris"}
+        assert sent[2]["parts"] == [{"type": "tool_call_response", "id": "call_9", "response": "rainy"}]
+        assert out["finish_reason"] == "stop" and out["parts"] == [text(PARIS)]
+    else:
+        assert out["finish_reason"] == "tool_call"
+        assert [p["type"] for p in out["parts"]] == ["tool_call"] and out["parts"][0]["name"] == "get_weather"
+
+
+GEMINI_CONTENTS = [
+    {"role": "user", "parts": [{"text": "Weather here?"}, {"inlineData": {"mimeType": "image/png", "data": PNG_DATA}}]},
+    {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+    {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"sky": "rainy"}}}]},
+]
+
+
+@pytest.mark.parametrize("how", ["generateContent", "streamGenerateContent?alt=sse", "streamGenerateContent"])
+def test_gemini_contents_follow_the_conventions(content_server, receiver, how):
+    answered = how == "generateContent"
+    body = {
+        "systemInstruction": {"parts": [{"text": "You answer about the weather."}]},
+        "contents": GEMINI_CONTENTS if answered else GEMINI_CONTENTS[:1],
+        "tools": [{"functionDeclarations": [{"name": "get_weather"}]}] if not answered else [],
+        "generationConfig": {"temperature": 0.5, "maxOutputTokens": 64, "candidateCount": 1},
+    }
+    path = f"/v1beta/models/gemini-2.5-flash:{how}"
+    status, headers, raw = content_server.request("POST", path, body, {"x-goog-api-key": "client"})
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert json.loads(a["gen_ai.system_instructions"]) == [{"type": "text", "content": "You answer about the weather."}]
+    sent = messages_of(a["gen_ai.input.messages"])
+    assert sent[0]["parts"][1] == {"type": "blob", "modality": "image", "mime_type": "image/png", "content": ""}
+    assert (a["gen_ai.request.temperature"], a["gen_ai.request.max_tokens"]) == (0.5, 64)
+    assert "gen_ai.request.choice.count" not in a, "only when it is not 1"
+    [out] = messages_of(a["gen_ai.output.messages"], output=True)
+    assert a["gen_ai.response.id"].startswith("resp_mock")
+    if answered:
+        assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+        assert parts_of(sent, "tool_call")[0]["arguments"] == {"city": "Paris"}
+        assert sent[2]["parts"] == [{"type": "tool_call_response", "id": None, "response": {"sky": "rainy"}}]
+        assert out == {"role": "assistant", "parts": [text("Hello from mock")], "finish_reason": "stop"}
+    else:
+        assert out["finish_reason"] == "tool_call"
+        assert out["parts"] == [{"type": "tool_call", "id": None, "name": "get_weather", "arguments": CITY}]
+    assert PNG_DATA not in json.dumps(a)
+
+
+def test_a_huge_conversation_is_capped_and_says_so(content_server, receiver):
+    from stockyard.otel_messages import ATTRIBUTE_CAP, PART_CAP
+
+    long_text = "word " * 20_000  # 100,000 characters in one message
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": long_text}]
+    messages += [{"role": "user", "content": f"turn {i} " + "x" * 3000} for i in range(40)]
+    status, headers, _ = chat(content_server, messages=messages)
+    assert status == 200
+    a, _ = exported(receiver, headers)
+    value = a["gen_ai.input.messages"]
+    assert len(value) <= ATTRIBUTE_CAP
+    sent = messages_of(value)
+    assert sent[0]["parts"] == [{"type": "text", "content": "Be brief."}], "the first message is kept"
+    assert sent[-1]["parts"][0]["content"].startswith("turn 39 "), "the newest message is kept"
+    notes = [p["content"] for m in sent for p in m["parts"] if "left out here" in p["content"]]
+    assert len(notes) == 1 and "messages (" in notes[0]
+    kept = [p["content"] for m in sent for p in m["parts"]]
+    assert all(len(text) <= PART_CAP + 64 for text in kept)
+    assert len(sent) < len(messages)
+
+
+def test_one_huge_text_is_cut_and_says_so(content_server, receiver):
+    from stockyard.otel_messages import PART_CAP
+
+    status, headers, _ = chat(content_server, messages=[{"role": "user", "content": "a" * 50_000}])
+    assert status == 200
+    a, _ = exported(receiver, headers)
+    [message] = messages_of(a["gen_ai.input.messages"])
+    text = message["parts"][0]["content"]
+    assert text.startswith("a" * PART_CAP) and text.endswith(f"…[cut: {50_000 - PART_CAP} more characters]")
+
+
+def test_a_body_of_another_shape_is_exported_as_text(content_server, mock, receiver):
+    status, headers, _ = content_server.request(
+        "POST", "/v1/chat/completions", raw=b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi'
+    )
+    assert status == 400
+    a, _ = exported(receiver, headers, spans=1)
+    assert a["gen_ai.input.messages"].startswith('{"model": "gpt-4o-mini", "messages": [{"role"')
+    with pytest.raises(ValueError):
+        json.loads(a["gen_ai.input.messages"])
+    mock.enqueue(Reply(json={"not": "a completion"}))
+    status, headers, raw = chat(content_server)
+    assert status == 200 and json.loads(raw) == {"not": "a completion"}
+    a, _ = exported(receiver, headers)
+    assert json.loads(a["gen_ai.output.messages"]) == {"not": "a completion"}, "the answer as text, as before"
+    assert messages_of(a["gen_ai.input.messages"]), "the request still follows the conventions"
+    assert "gen_ai.response.id" not in a
