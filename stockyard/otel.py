@@ -20,11 +20,8 @@ With content export on, the prompt and the answer go as the conventions' structu
 provider's cache and reasoning token counts are sent either way, read from what Stockyard has
 already parsed.
 
-``gen_ai.system`` is not sent: the conventions replaced it with ``gen_ai.provider.name``
-(v1.37), which the backends that read GenAI spans take — Datadog LLM Observability ingests
-v1.37 and later only, Langfuse recognises a generation by its model attributes, and Arize's
-OpenInference and Sentry dropped their ``gen_ai.system`` fallbacks — so a second copy of the
-provider on every span would be bytes for nobody.
+``gen_ai.system`` is still sent beside ``gen_ai.provider.name``, which replaced it (v1.37): the
+same value, for the collectors' rules and dashboards written against the conventions before it.
 """
 
 from __future__ import annotations
@@ -141,10 +138,11 @@ def provider_name(attempt: Attempt) -> str | None:
 
 def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
     """Attributes both a request span and an attempt span carry."""
-    u = a.usage
+    u, system = a.usage, provider_name(a)
     return {
         "gen_ai.operation.name": OPERATIONS.get(ctx.endpoint, ctx.endpoint),
-        "gen_ai.provider.name": provider_name(a),
+        "gen_ai.provider.name": system,
+        "gen_ai.system": system,  # deprecated (v1.37), still read by older rules and dashboards
         "gen_ai.request.model": ctx.model,
         "gen_ai.response.model": a.served_model or a.upstream_model,
         "gen_ai.usage.input_tokens": u.prompt_tokens if u else None,
