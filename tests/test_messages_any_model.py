@@ -265,6 +265,35 @@ def test_claude_code_shaped_request(server, key, mock):
     assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
 
 
+CLAUDE_CODE_BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
+
+
+def test_claude_code_context_management_is_a_hint(client, model, mock, server):
+    """Claude Code (beta client: ``?beta=true``, ``anthropic-beta``) sends ``context_management``:
+    edits Anthropic makes to the context it keeps. Another provider keeps nothing to edit, so the
+    field is dropped, as cache marks are, rather than refusing every turn; usage is still traced."""
+    raw = client.beta.messages.with_raw_response.create(
+        model=model,
+        max_tokens=32000,
+        stream=True,
+        betas=CLAUDE_CODE_BETAS,
+        system=[{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[{**TOOL, "cache_control": {"type": "ephemeral"}}],
+        thinking={"type": "enabled", "budget_tokens": 31999},
+        context_management={"edits": [{"type": "clear_tool_uses_20250919"}]},
+        metadata={"user_id": "user_abc_account__session_1"},
+    )
+    events = list(raw.parse())
+    assert [e.type for e in events][0] == "message_start" and events[-1].type == "message_stop"
+    tool = next(e.content_block for e in events if e.type == "content_block_start")
+    assert tool.type == "tool_use" and tool.name == "get_weather"
+    assert "context_management" not in json.dumps(upstream_body(mock, model))
+    trace_id = raw.headers["x-stockyard-trace-id"]
+    trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
 def new_key(server: ServerProcess, **fields) -> tuple[str, str]:
     status, _, data = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
     assert status == 201, data

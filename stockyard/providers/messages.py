@@ -22,7 +22,9 @@ Field table (Messages → chat):
   and ``between_tools`` thinking leave the effort to the model: none is sent), ``output_config``:
   ``format`` (a JSON schema) → ``response_format`` ``json_schema``, ``effort`` → ``reasoning_effort``.
 - ``cache_control`` marks (on blocks, or the top-level one) are hints for Anthropic's cache and
-  are ignored, as is ``service_tier`` (Anthropic's priority tier; ``auto`` is its default).
+  are ignored, as are ``service_tier`` (Anthropic's priority tier; ``auto`` is its default) and
+  ``context_management`` (edits Anthropic makes to the context it keeps between turns; Claude Code
+  sends it, and a chat provider has no such context: the conversation goes as the client sent it).
 - refused: ``top_k`` (no chat field for it), any other field, block or tool type.
 
 Answers: reasoning text (``reasoning_content``) becomes a ``thinking`` block; a tool call's Gemini
@@ -56,7 +58,9 @@ KNOWN_FIELDS = {
     "output_config",
     *CHAT_FIELDS,
 }
-IGNORED_FIELDS = {"cache_control", "service_tier"}  # hints for Anthropic's cache and capacity: nothing to send
+# Hints for Anthropic's cache, capacity and the context it keeps (``context_management``, which
+# Claude Code sends with its beta): the chat providers keep no context to edit, nothing to send.
+IGNORED_FIELDS = {"cache_control", "service_tier", "context_management"}
 # output_config.effort → reasoning_effort
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 # Providers whose chat API wants ``max_completion_tokens`` (their reasoning models refuse ``max_tokens``).
