@@ -477,3 +477,87 @@ def test_stockyards_reasoning_items_never_reach_a_responses_passthrough_provider
         "function_call_output",
     ]
     assert upstream[1] == openais
+
+
+# Codex CLI's freeform tool: the model writes the patch as free text, in the grammar's language.
+APPLY_PATCH = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Use the `apply_patch` tool to edit files.",
+    "format": {
+        "type": "grammar",
+        "syntax": "lark",
+        "definition": 'start: begin_patch hunk+ end_patch\nbegin_patch: "*** Begin Patch" LF',
+    },
+}
+PATCH = '*** Begin Patch\n*** Update File: a.py\n@@\n-print("hi")\n+print("h\\u00e9 \\\\ \\"quoted\\"")\n*** End Patch'
+
+
+def anthropic_patch_call(model: str, stream: bool) -> Reply:
+    """Claude calling the custom tool as the function it was given: its text in ``input``."""
+    args = json.dumps({"input": PATCH})
+    usage = {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS}
+    block = {"type": "tool_use", "id": "toolu_patch1", "name": "apply_patch", "input": json.loads(args)}
+    message = {"id": "msg_p", "type": "message", "role": "assistant", "model": model, "stop_sequence": None}
+    if not stream:
+        return Reply(json={**message, "content": [block], "stop_reason": "tool_use", "usage": usage})
+
+    def event(data: dict) -> str:
+        return f"event: {data['type']}\ndata: {json.dumps(data)}"
+
+    start = {**block, "input": {}}
+    pieces = [args[:20], args[20:45], args[45:]]  # cut inside the string and its escapes
+    deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+    return Reply(
+        sse=[
+            event({"type": "message_start", "message": {**message, "content": [], "usage": usage}}),
+            event({"type": "content_block_start", "index": 0, "content_block": start}),
+            *[event({"type": "content_block_delta", "index": 0, "delta": delta}) for delta in deltas],
+            event({"type": "content_block_stop", "index": 0}),
+            event({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}}),
+            event({"type": "message_stop"}),
+        ]
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_codex_custom_tool_round_trips_on_a_translated_provider(client, mock, stream):
+    """Codex CLI's ``apply_patch`` is a custom (freeform) tool. On a chat-only provider it goes as a
+    function taking one string, ``input`` (the grammar in its description); the call comes back as a
+    ``custom_tool_call`` with the text intact, and its output goes back as the tool's result."""
+    model = "claude-sonnet-4-5"
+    mock.enqueue(anthropic_patch_call(model, stream))
+    ask = dict(model=model, tools=[WEATHER_TOOL, APPLY_PATCH], tool_choice="auto", parallel_tool_calls=False)
+    ask.update(store=False, include=["reasoning.encrypted_content"], prompt_cache_key="codex-session-1")
+    if stream:
+        events = list(client.responses.create(**ask, input="fix the bug", stream=True))
+        check_sequence(events)
+        done = [e for e in events if e.type == "response.custom_tool_call_input.done"]
+        assert [e.input for e in done] == [PATCH]
+        assert "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta") == PATCH
+        first = events[-1].response
+    else:
+        first = client.responses.create(**ask, input="fix the bug")
+    call = first.output[-1]
+    assert (call.type, call.call_id, call.name, call.input) == (
+        "custom_tool_call",
+        "toolu_patch1",
+        "apply_patch",
+        PATCH,
+    )
+    sent = mock.last("/v1/messages").json["tools"][1]
+    assert sent["name"] == "apply_patch" and sent["input_schema"]["required"] == ["input"]
+    assert APPLY_PATCH["format"]["definition"] in sent["description"]
+    done_call = {k: v for k, v in call.model_dump(exclude_none=True).items() if k != "id"}  # as Codex resends it
+    output = {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Success. Updated a.py"}
+    second = client.responses.create(**ask, input=[{"role": "user", "content": "fix the bug"}, done_call, output])
+    assert second.status == "completed"
+    messages = mock.last("/v1/messages").json["messages"]
+    assert messages[1]["content"] == [
+        {"type": "tool_use", "id": "toolu_patch1", "name": "apply_patch", "input": {"input": PATCH}}
+    ]
+    assert messages[2]["content"][0] == {
+        "type": "tool_result",
+        "tool_use_id": "toolu_patch1",
+        "content": "Success. Updated a.py",
+    }
