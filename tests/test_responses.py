@@ -561,3 +561,65 @@ def test_codex_custom_tool_round_trips_on_a_translated_provider(client, mock, st
         "tool_use_id": "toolu_patch1",
         "content": "Success. Updated a.py",
     }
+
+
+CODEX_SHELL = {
+    "type": "function",
+    "name": "shell",
+    "description": "Runs a shell command and returns its output.",
+    "strict": False,
+    "parameters": {
+        "type": "object",
+        "properties": {"command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}},
+        "required": ["command"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-pro"])
+def test_a_codex_turn_as_codex_sends_it(server, keys, mock, model):
+    """Codex CLI's request for a GPT-5 model, as it builds it (codex-rs ResponsesApiRequest), with its
+    headers — passed through to OpenAI, translated to Claude or Gemini (a fallback or an alias): taken
+    by each; the events end in response.completed with the usage Codex reads; usage and cost traced."""
+    body = {
+        "model": model,
+        "instructions": "You are Codex, based on GPT-5.",
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "<permissions>"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<environment_context>"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix the bug"}]},
+        ],
+        "tools": [CODEX_SHELL, APPLY_PATCH],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "store": False,
+        "stream": True,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "0199a213-81c0-7800-8aa1-bbab2a035a53",
+        "text": {"verbosity": "low"},
+    }
+    headers = {
+        "Authorization": f"Bearer {keys[0]}",
+        "OpenAI-Beta": "responses=experimental",
+        "originator": "codex_cli_rs",
+        "session_id": "0199a213-81c0-7800-8aa1-bbab2a035a53",
+        "conversation_id": "0199a213-81c0-7800-8aa1-bbab2a035a53",
+        "version": "0.58.0",
+        "Accept": "text/event-stream",
+    }
+    status, head, raw = server.request("POST", "/v1/responses", body, headers=headers)
+    assert status == 200, raw
+    sent = mock.requests[-1].json
+    assert ("verbosity" in json.dumps(sent)) == model.startswith("gpt")  # a hint the others have no control for
+    events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: ")]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    usage = events[-1]["response"]["usage"]
+    assert (usage["input_tokens"], usage["total_tokens"]) == (PROMPT_TOKENS, PROMPT_TOKENS + usage["output_tokens"])
+    assert "cached_tokens" in usage["input_tokens_details"] and "reasoning_tokens" in usage["output_tokens_details"]
+    for item in (e["item"] for e in events if e["type"] == "response.output_item.done"):
+        if item["type"] == "function_call":
+            assert item["name"] == "shell" and item["call_id"] and json.loads(item["arguments"])
+    trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    assert trace["prompt_tokens"] == PROMPT_TOKENS and trace["cost_uc"] > 0
