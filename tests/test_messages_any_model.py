@@ -294,6 +294,47 @@ def test_claude_code_context_management_is_a_hint(client, model, mock, server):
     assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
 
 
+PDF = "JVBERi0xLjQKJSVFT0YK"  # "%PDF-1.4\n%%EOF\n", base64
+ATTACHED = "(the result is the attachment that follows)"
+
+
+def test_claude_code_reads_a_pdf_on_a_gpt_model(client, mock):
+    """Claude Code's Read tool returns a PDF as a ``document`` block in the tool result (and a user
+    can attach one): on a GPT model it goes as a chat ``file`` part (following the tool message, as
+    images do), a text document as text. Gemini's chat translation takes no files: a clear 400."""
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "Summarise a.pdf"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_r1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_r1", "content": [document]}]},
+        {"role": "assistant", "content": "Read it."},
+        {
+            "role": "user",
+            "content": [
+                {**document, "title": "b.pdf", "cache_control": {"type": "ephemeral"}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
+            ],
+        },
+    ]
+    answer = client.messages.create(model=MODELS["gpt"], max_tokens=100, messages=history)
+    assert answer.content[0].text == TEXT
+    sent = upstream_body(mock, MODELS["gpt"])["messages"]
+    pdf = {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF}"}}
+    assert sent[2] == {
+        "role": "tool",
+        "tool_call_id": "toolu_r1",
+        "content": "(the result is the attachment that follows)",
+    }
+    assert sent[3] == {"role": "user", "content": [pdf]}
+    assert sent[5]["content"] == [
+        {"type": "file", "file": {**pdf["file"], "filename": "b.pdf"}},
+        {"type": "text", "text": "notes"},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model=MODELS["gemini"], max_tokens=100, messages=history)
+    assert refused.value.body["type"] == "error" and "file" in refused.value.body["error"]["message"]
+
+
 def new_key(server: ServerProcess, **fields) -> tuple[str, str]:
     status, _, data = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
     assert status == 201, data
