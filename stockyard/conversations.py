@@ -57,7 +57,14 @@ def endpoint_name(method: str, path: str) -> str:
 
 MAX_CHAIN = 1000  # previous responses walked to rebuild one conversation
 PENDING_S = 60.0  # an uncommitted row is long committed after this
-ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+ITEM_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+    "reasoning": "rs",
+}
 
 
 def new_response_id() -> str:

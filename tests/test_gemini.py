@@ -283,6 +283,42 @@ def test_streamed_tool_call(client) -> None:
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def two_calls(model: str) -> dict:
+    """A Gemini answer calling two functions in one step (a parallel call)."""
+    parts = [
+        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
+        {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}},
+    ]
+    usage = {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21}
+    return {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": usage,
+        "modelVersion": model,
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_tool_calls_false_keeps_one_call(server, client, mock, stream) -> None:
+    """Gemini has no switch for parallel calls; Codex CLI sends ``parallel_tool_calls: false`` on
+    every request. The request is taken, and the answer holds at most the first call (as asked)."""
+    model = "gemini-2.5-flash-one-call"
+    answer = json.dumps(two_calls(model))
+    mock.enqueue(Reply(sse=[answer]) if stream else Reply(json=json.loads(answer)))
+    kwargs = {"model": model, "messages": user("Weather in Paris and Rome?"), "tools": TOOLS}
+    if stream:
+        chunks = list(client.chat.completions.create(**kwargs, parallel_tool_calls=False, stream=True))
+        calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    else:
+        message = client.chat.completions.create(**kwargs, parallel_tool_calls=False).choices[0].message
+        calls = message.tool_calls or []
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}]
+    assert "parallel_tool_calls" not in json.dumps(sent(mock, model).json)
+    mock.enqueue(Reply(json=two_calls(model)))  # asked for nothing: both calls come back
+    both = client.chat.completions.create(**kwargs).choices[0].message.tool_calls or []
+    assert [json.loads(c.function.arguments)["city"] for c in both] == ["Paris", "Rome"]
+
+
 # --------------------------------------------------------------------------- images
 
 

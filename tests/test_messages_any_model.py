@@ -265,6 +265,76 @@ def test_claude_code_shaped_request(server, key, mock):
     assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
 
 
+CLAUDE_CODE_BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
+
+
+def test_claude_code_context_management_is_a_hint(client, model, mock, server):
+    """Claude Code (beta client: ``?beta=true``, ``anthropic-beta``) sends ``context_management``:
+    edits Anthropic makes to the context it keeps. Another provider keeps nothing to edit, so the
+    field is dropped, as cache marks are, rather than refusing every turn; usage is still traced."""
+    raw = client.beta.messages.with_raw_response.create(
+        model=model,
+        max_tokens=32000,
+        stream=True,
+        betas=CLAUDE_CODE_BETAS,
+        system=[{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[{**TOOL, "cache_control": {"type": "ephemeral"}}],
+        thinking={"type": "enabled", "budget_tokens": 31999},
+        context_management={"edits": [{"type": "clear_tool_uses_20250919"}]},
+        metadata={"user_id": "user_abc_account__session_1"},
+    )
+    events = list(raw.parse())
+    assert [e.type for e in events][0] == "message_start" and events[-1].type == "message_stop"
+    tool = next(e.content_block for e in events if e.type == "content_block_start")
+    assert tool.type == "tool_use" and tool.name == "get_weather"
+    assert "context_management" not in json.dumps(upstream_body(mock, model))
+    trace_id = raw.headers["x-stockyard-trace-id"]
+    trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
+PDF = "JVBERi0xLjQKJSVFT0YK"  # "%PDF-1.4\n%%EOF\n", base64
+ATTACHED = "(the result is the attachment that follows)"
+
+
+def test_claude_code_reads_a_pdf_on_a_gpt_model(client, mock):
+    """Claude Code's Read tool returns a PDF as a ``document`` block in the tool result (and a user
+    can attach one): on a GPT model it goes as a chat ``file`` part (following the tool message, as
+    images do), a text document as text. Gemini's chat translation takes no files: a clear 400."""
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "Summarise a.pdf"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_r1", "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_r1", "content": [document]}]},
+        {"role": "assistant", "content": "Read it."},
+        {
+            "role": "user",
+            "content": [
+                {**document, "title": "b.pdf", "cache_control": {"type": "ephemeral"}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
+            ],
+        },
+    ]
+    answer = client.messages.create(model=MODELS["gpt"], max_tokens=100, messages=history)
+    assert answer.content[0].text == TEXT
+    sent = upstream_body(mock, MODELS["gpt"])["messages"]
+    pdf = {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{PDF}"}}
+    assert sent[2] == {
+        "role": "tool",
+        "tool_call_id": "toolu_r1",
+        "content": "(the result is the attachment that follows)",
+    }
+    assert sent[3] == {"role": "user", "content": [pdf]}
+    assert sent[5]["content"] == [
+        {"type": "file", "file": {**pdf["file"], "filename": "b.pdf"}},
+        {"type": "text", "text": "notes"},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model=MODELS["gemini"], max_tokens=100, messages=history)
+    assert refused.value.body["type"] == "error" and "file" in refused.value.body["error"]["message"]
+
+
 def new_key(server: ServerProcess, **fields) -> tuple[str, str]:
     status, _, data = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
     assert status == 201, data

@@ -187,7 +187,11 @@ def test_anthropics_cache_and_tier_hints_are_dropped():
         ({"container": "c"}, "container"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "x"}}]}]},
+            "messages[0].content[0].source",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "search_result", "source": "x"}]}]},
             "messages[0].content[0].type",
         ),
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice"),

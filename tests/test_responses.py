@@ -477,3 +477,149 @@ def test_stockyards_reasoning_items_never_reach_a_responses_passthrough_provider
         "function_call_output",
     ]
     assert upstream[1] == openais
+
+
+# Codex CLI's freeform tool: the model writes the patch as free text, in the grammar's language.
+APPLY_PATCH = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Use the `apply_patch` tool to edit files.",
+    "format": {
+        "type": "grammar",
+        "syntax": "lark",
+        "definition": 'start: begin_patch hunk+ end_patch\nbegin_patch: "*** Begin Patch" LF',
+    },
+}
+PATCH = '*** Begin Patch\n*** Update File: a.py\n@@\n-print("hi")\n+print("h\\u00e9 \\\\ \\"quoted\\"")\n*** End Patch'
+
+
+def anthropic_patch_call(model: str, stream: bool) -> Reply:
+    """Claude calling the custom tool as the function it was given: its text in ``input``."""
+    args = json.dumps({"input": PATCH})
+    usage = {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS}
+    block = {"type": "tool_use", "id": "toolu_patch1", "name": "apply_patch", "input": json.loads(args)}
+    message = {"id": "msg_p", "type": "message", "role": "assistant", "model": model, "stop_sequence": None}
+    if not stream:
+        return Reply(json={**message, "content": [block], "stop_reason": "tool_use", "usage": usage})
+
+    def event(data: dict) -> str:
+        return f"event: {data['type']}\ndata: {json.dumps(data)}"
+
+    start = {**block, "input": {}}
+    pieces = [args[:20], args[20:45], args[45:]]  # cut inside the string and its escapes
+    deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+    return Reply(
+        sse=[
+            event({"type": "message_start", "message": {**message, "content": [], "usage": usage}}),
+            event({"type": "content_block_start", "index": 0, "content_block": start}),
+            *[event({"type": "content_block_delta", "index": 0, "delta": delta}) for delta in deltas],
+            event({"type": "content_block_stop", "index": 0}),
+            event({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}}),
+            event({"type": "message_stop"}),
+        ]
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_codex_custom_tool_round_trips_on_a_translated_provider(client, mock, stream):
+    """Codex CLI's ``apply_patch`` is a custom (freeform) tool. On a chat-only provider it goes as a
+    function taking one string, ``input`` (the grammar in its description); the call comes back as a
+    ``custom_tool_call`` with the text intact, and its output goes back as the tool's result."""
+    model = "claude-sonnet-4-5"
+    mock.enqueue(anthropic_patch_call(model, stream))
+    ask = dict(model=model, tools=[WEATHER_TOOL, APPLY_PATCH], tool_choice="auto", parallel_tool_calls=False)
+    ask.update(store=False, include=["reasoning.encrypted_content"], prompt_cache_key="codex-session-1")
+    if stream:
+        events = list(client.responses.create(**ask, input="fix the bug", stream=True))
+        check_sequence(events)
+        done = [e for e in events if e.type == "response.custom_tool_call_input.done"]
+        assert [e.input for e in done] == [PATCH]
+        assert "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta") == PATCH
+        first = events[-1].response
+    else:
+        first = client.responses.create(**ask, input="fix the bug")
+    call = first.output[-1]
+    assert (call.type, call.call_id, call.name, call.input) == (
+        "custom_tool_call",
+        "toolu_patch1",
+        "apply_patch",
+        PATCH,
+    )
+    sent = mock.last("/v1/messages").json["tools"][1]
+    assert sent["name"] == "apply_patch" and sent["input_schema"]["required"] == ["input"]
+    assert APPLY_PATCH["format"]["definition"] in sent["description"]
+    done_call = {k: v for k, v in call.model_dump(exclude_none=True).items() if k != "id"}  # as Codex resends it
+    output = {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Success. Updated a.py"}
+    second = client.responses.create(**ask, input=[{"role": "user", "content": "fix the bug"}, done_call, output])
+    assert second.status == "completed"
+    messages = mock.last("/v1/messages").json["messages"]
+    assert messages[1]["content"] == [
+        {"type": "tool_use", "id": "toolu_patch1", "name": "apply_patch", "input": {"input": PATCH}}
+    ]
+    assert messages[2]["content"][0] == {
+        "type": "tool_result",
+        "tool_use_id": "toolu_patch1",
+        "content": "Success. Updated a.py",
+    }
+
+
+CODEX_SHELL = {
+    "type": "function",
+    "name": "shell",
+    "description": "Runs a shell command and returns its output.",
+    "strict": False,
+    "parameters": {
+        "type": "object",
+        "properties": {"command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}},
+        "required": ["command"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-pro"])
+def test_a_codex_turn_as_codex_sends_it(server, keys, mock, model):
+    """Codex CLI's request for a GPT-5 model, as it builds it (codex-rs ResponsesApiRequest), with its
+    headers — passed through to OpenAI, translated to Claude or Gemini (a fallback or an alias): taken
+    by each; the events end in response.completed with the usage Codex reads; usage and cost traced."""
+    body = {
+        "model": model,
+        "instructions": "You are Codex, based on GPT-5.",
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "<permissions>"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<environment_context>"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix the bug"}]},
+        ],
+        "tools": [CODEX_SHELL, APPLY_PATCH],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "store": False,
+        "stream": True,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "0199a213-81c0-7800-8aa1-bbab2a035a53",
+        "text": {"verbosity": "low"},
+    }
+    headers = {
+        "Authorization": f"Bearer {keys[0]}",
+        "OpenAI-Beta": "responses=experimental",
+        "originator": "codex_cli_rs",
+        "session_id": "0199a213-81c0-7800-8aa1-bbab2a035a53",
+        "conversation_id": "0199a213-81c0-7800-8aa1-bbab2a035a53",
+        "version": "0.58.0",
+        "Accept": "text/event-stream",
+    }
+    status, head, raw = server.request("POST", "/v1/responses", body, headers=headers)
+    assert status == 200, raw
+    sent = mock.requests[-1].json
+    assert ("verbosity" in json.dumps(sent)) == model.startswith("gpt")  # a hint the others have no control for
+    events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: ")]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    usage = events[-1]["response"]["usage"]
+    assert (usage["input_tokens"], usage["total_tokens"]) == (PROMPT_TOKENS, PROMPT_TOKENS + usage["output_tokens"])
+    assert "cached_tokens" in usage["input_tokens_details"] and "reasoning_tokens" in usage["output_tokens_details"]
+    for item in (e["item"] for e in events if e["type"] == "response.output_item.done"):
+        if item["type"] == "function_call":
+            assert item["name"] == "shell" and item["call_id"] and json.loads(item["arguments"])
+    trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    assert trace["prompt_tokens"] == PROMPT_TOKENS and trace["cost_uc"] > 0

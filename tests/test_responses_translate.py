@@ -363,7 +363,11 @@ REFUSALS = [
     ({"model": "m", "input": "x", "tools": [{"type": "code_interpreter", "container": {}}]}, "tools[0].type", ""),
     ({"model": "m", "input": "x", "tools": [{"type": "image_generation"}]}, "tools[0].type", "image_generation"),
     ({"model": "m", "input": "x", "tools": [{"type": "mcp", "server_label": "s"}]}, "tools[0].type", "mcp"),
-    ({"model": "m", "input": "x", "tools": [{"type": "custom", "name": "c"}]}, "tools[0].type", "custom"),
+    (
+        {"model": "m", "input": "x", "tools": [{"type": "custom", "name": "c", "format": {"type": "xml"}}]},
+        "tools[0].format.type",
+        "xml",
+    ),
     ({"model": "m", "input": "x", "tools": [{**WEATHER, "defer_loading": True}]}, "tools[0].defer_loading", ""),
     ({"model": "m", "input": "x", "tool_choice": {"type": "web_search_preview"}}, "tool_choice", ""),
     (
@@ -644,6 +648,78 @@ def test_tool_calls_stream_through_the_sdk_helper():
     calls = [(o.call_id, o.name, json.loads(o.arguments)) for o in sdk_final.output if o.type == "function_call"]
     assert calls == [("call_a", "weather", {"city": "Oslo"}), ("call_b", "weather", {"city": "Rome"})]
     assert final["output"][1]["id"] == "fc_0123abcd_1"
+
+
+PATCH_TOOL = {
+    "type": "custom",
+    "name": "apply_patch",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "s"},
+}
+
+
+def test_custom_tool_calls_stream_as_custom_items_through_the_sdk_helper():
+    """A custom tool's call (made as a function with one string, ``input``) streams as a
+    ``custom_tool_call`` item, its text whole once the arguments have come; a function call beside it
+    is unchanged. Every event is the SDK's type, and its stream helper ends with the same items."""
+    patch = '*** Begin Patch\n+print("é")\n*** End Patch'
+    args = json.dumps({"input": patch})
+    request = {"model": "m", "input": "Fix it", "tools": [WEATHER, PATCH_TOOL]}
+    chunks = [
+        chunk(call_delta(0, "call_p", "apply_patch", args[:9])),
+        chunk(call_delta(0, args=args[9:])),
+        chunk(call_delta(1, "call_w", "weather", '{"city": "Oslo"}')),
+        chunk({}, "tool_calls"),
+        chunk(usage=USAGE),
+    ]
+    _, raw = run_stream(request, chunks)
+    events = parse_sse(raw)
+    final = check_events(events)
+    assert [e["type"] for e in events if "custom_tool_call" in e["type"]] == [
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+    ]
+    assert final["output"][0] == {
+        "id": "ctc_0123abcd_0",
+        "type": "custom_tool_call",
+        "call_id": "call_p",
+        "name": "apply_patch",
+        "input": patch,
+    }
+    assert final["output"][1]["type"] == "function_call"
+    client = sdk_client(b"".join(raw), "text/event-stream")
+    with client.responses.stream(model="m", input="Fix it", tools=[WEATHER, PATCH_TOOL]) as stream:
+        sdk_final = stream.get_final_response()
+    assert [(o.type, o.call_id) for o in sdk_final.output] == [
+        ("custom_tool_call", "call_p"),
+        ("function_call", "call_w"),
+    ]
+    assert sdk_final.output[0].input == patch
+    plain = {
+        "choices": [
+            {"message": {"tool_calls": [{"id": "call_p", "function": {"name": "apply_patch", "arguments": args}}]}}
+        ]
+    }
+    assert from_chat(plain, request, RID, 1)["output"][0]["input"] == patch
+
+
+def test_custom_tools_and_their_items_become_functions_and_calls():
+    request = {
+        "model": "m",
+        "tools": [{**PATCH_TOOL, "description": "Edit files."}],
+        "tool_choice": {"type": "custom", "name": "apply_patch"},
+        "input": [
+            {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "*** Begin"},
+            {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done"},
+        ],
+    }
+    chat = to_chat(request)
+    fn = chat["tools"][0]["function"]
+    assert fn["parameters"]["required"] == ["input"] and fn["description"].startswith("Edit files.\n\n")
+    assert "lark grammar:\ns" in fn["description"]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    call = chat["messages"][0]["tool_calls"][0]
+    assert (call["id"], json.loads(call["function"]["arguments"])) == ("c1", {"input": "*** Begin"})
+    assert chat["messages"][1] == {"role": "tool", "tool_call_id": "c1", "content": "Done"}
 
 
 def test_tool_call_name_arriving_after_arguments():

@@ -98,7 +98,7 @@ COMMON_FIELDS: dict[str, Field] = {
     "store": Field(EMULATED, "OpenAI's stored completions: not sent; Stockyard traces every request"),
     "metadata": Field(EMULATED, "stored-completion metadata: not sent"),
     "service_tier": refused("only the default tier", lambda v: v in (None, "auto", "default")),
-    "verbosity": refused("no verbosity control"),
+    "verbosity": Field(EMULATED, "a hint on how long the answer should be (Codex CLI sends it): not sent"),
     "moderation": refused("no OpenAI moderation"),
     "prompt_cache_key": Field(EMULATED, "OpenAI's prompt cache routing hint: not sent"),
     "prompt_cache_retention": Field(EMULATED, "OpenAI's prompt cache retention hint: not sent"),

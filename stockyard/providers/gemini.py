@@ -36,7 +36,6 @@ from .chatshape import (
     endpoint_check,
     honoured_body,
     message_list,
-    refused,
     shape_errors,
     text_of,
     tool_arguments,
@@ -127,7 +126,7 @@ CHAT_FIELDS: dict[str, Field] = {
         + ", ".join(f"{k} {v}" for k, v in THINKING_BUDGETS.items()),
         lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
     ),
-    "parallel_tool_calls": refused("no switch for parallel calls", lambda v: v is None or v is True),
+    "parallel_tool_calls": Field(EMULATED, "false: an answer keeps its first tool call only (Gemini has no switch)"),
     "user": Field(EMULATED, "an end-user id for abuse monitoring; Gemini has none: not sent"),
     "safety_identifier": Field(EMULATED, "an end-user id for abuse monitoring; Gemini has none: not sent"),
 }
@@ -427,6 +426,12 @@ def call_id(fn: dict) -> str:
     return given if isinstance(given, str) and given else f"call_{secrets.token_hex(12)}"
 
 
+def one_call_only(body: dict) -> bool:
+    """The client allows one tool call per answer (``parallel_tool_calls: false``, which Codex CLI
+    sends): Gemini cannot be told, so the answer keeps its first call — as OpenAI's would hold one."""
+    return body.get("parallel_tool_calls") is False
+
+
 def candidate_message(candidate: dict) -> tuple[str | None, list[dict]]:
     """(text, tool_calls) of one candidate."""
     texts: list[str] = []
@@ -457,10 +462,12 @@ def finish_reason(reason: str | None, has_calls: bool) -> str | None:
     return FINISH_REASONS.get(reason, "stop")
 
 
-def response_choices(doc: dict) -> list[dict]:
+def response_choices(doc: dict, one_call: bool = False) -> list[dict]:
+    """The chat choices of a GenerateContentResponse (each with its first tool call only when ``one_call``)."""
     choices = []
     for position, candidate in enumerate(doc.get("candidates") or []):
         text, calls = candidate_message(candidate)
+        calls = calls[:1] if one_call else calls
         message: dict = {"role": "assistant", "content": text, "refusal": None}
         if calls:
             message["tool_calls"] = calls
@@ -532,7 +539,11 @@ class GeminiAdapter(Adapter):
             ctx.attempt.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
             ident = doc.get("responseId") or ctx.trace_id
             return completion(
-                ident, int(time.time()), ctx.attempt.served_model or "", response_choices(doc), ctx.attempt.usage
+                ident,
+                int(time.time()),
+                ctx.attempt.served_model or "",
+                response_choices(doc, one_call_only(ctx.body)),
+                ctx.attempt.usage,
             )
 
     def parse_embeddings(self, ctx: RequestContext, doc: dict) -> bytes:
@@ -558,6 +569,8 @@ class GeminiStream(ChunkStream):
         super().__init__(ctx)
         self.started: set[int] = set()  # choices whose role chunk went out
         self.calls = 0  # tool calls so far (ids and indices continue)
+        self.one_call = one_call_only(ctx.body)
+        self.called: set[int] = set()  # choices that made their one call (with one_call)
 
     def translate(self, doc: Any) -> list[bytes]:
         fields = error_fields(doc)
@@ -582,6 +595,9 @@ class GeminiStream(ChunkStream):
             self.started.add(index)
             out.append(self.out({"role": "assistant", "content": ""}, index=index))
         text, calls = candidate_message(candidate)
+        if self.one_call:
+            calls = [] if index in self.called else calls[:1]
+            self.called.update([index] if calls else [])
         if text:
             out.append(self.out({"content": text}, index=index))
         if calls:

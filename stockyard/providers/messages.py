@@ -9,9 +9,10 @@ chat shape cannot carry is refused with a 400 naming the field, never dropped.
 Field table (Messages → chat):
 
 - ``system`` (string or text blocks) → a system message; ``messages`` text, image (base64
-  and url sources), ``tool_use`` and ``tool_result`` blocks → user/assistant/tool messages
-  (a ``tool_result`` with ``is_error`` is sent as ``"Error: …"``; its images, which a chat
-  tool message cannot hold, follow in the user message); ``thinking`` and
+  and url sources), ``document`` (base64 → a chat ``file`` part, text → text), ``tool_use`` and
+  ``tool_result`` blocks → user/assistant/tool messages (a ``tool_result`` with ``is_error`` is sent
+  as ``"Error: …"``; its images and documents, which a chat tool message cannot hold, follow in the
+  user message); ``thinking`` and
   ``redacted_thinking`` blocks of earlier turns stay behind (they belong to Anthropic), except
   the Gemini thought signatures Stockyard packed into a thinking block's ``signature`` (see
   below), which go back onto their tool calls' ``extra_content`` — for a Gemini provider only.
@@ -22,7 +23,9 @@ Field table (Messages → chat):
   and ``between_tools`` thinking leave the effort to the model: none is sent), ``output_config``:
   ``format`` (a JSON schema) → ``response_format`` ``json_schema``, ``effort`` → ``reasoning_effort``.
 - ``cache_control`` marks (on blocks, or the top-level one) are hints for Anthropic's cache and
-  are ignored, as is ``service_tier`` (Anthropic's priority tier; ``auto`` is its default).
+  are ignored, as are ``service_tier`` (Anthropic's priority tier; ``auto`` is its default) and
+  ``context_management`` (edits Anthropic makes to the context it keeps between turns; Claude Code
+  sends it, and a chat provider has no such context: the conversation goes as the client sent it).
 - refused: ``top_k`` (no chat field for it), any other field, block or tool type.
 
 Answers: reasoning text (``reasoning_content``) becomes a ``thinking`` block; a tool call's Gemini
@@ -56,7 +59,9 @@ KNOWN_FIELDS = {
     "output_config",
     *CHAT_FIELDS,
 }
-IGNORED_FIELDS = {"cache_control", "service_tier"}  # hints for Anthropic's cache and capacity: nothing to send
+# Hints for Anthropic's cache, capacity and the context it keeps (``context_management``, which
+# Claude Code sends with its beta): the chat providers keep no context to edit, nothing to send.
+IGNORED_FIELDS = {"cache_control", "service_tier", "context_management"}
 # output_config.effort → reasoning_effort
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 # Providers whose chat API wants ``max_completion_tokens`` (their reasoning models refuse ``max_tokens``).
@@ -195,7 +200,24 @@ def content_part(block: Any, path: str) -> dict:
         if source.get("type") == "url" and isinstance(source.get("url"), str):
             return {"type": "image_url", "image_url": {"url": source["url"]}}
         raise unsupported(f"{path}.source", f"image source type {source.get('type')!r}")
+    if kind == "document":
+        return document_part(block, path)
     raise unsupported(f"{path}.type", f"content block type {kind!r}")
+
+
+def document_part(block: dict, path: str) -> dict:
+    """A ``document`` block (Claude Code reads a PDF into one): base64 data → a chat ``file`` part
+    (its data URL), plain text → a text part; a document by URL or file id has no chat form."""
+    source = obj(block.get("source"))
+    kind, data = source.get("type"), source.get("data")
+    if kind == "text" and isinstance(data, str):
+        return {"type": "text", "text": data}
+    if kind == "base64" and isinstance(data, str) and isinstance(source.get("media_type"), str):
+        file = {"file_data": f"data:{source['media_type']};base64,{data}"}
+        if isinstance(block.get("title"), str):
+            file["filename"] = block["title"]
+        return {"type": "file", "file": file}
+    raise unsupported(f"{path}.source", f"document source type {kind!r} (send base64 data or text)")
 
 
 def assistant_message(content: list, path: str, provider_kind: str = "openai", provider: str | None = None) -> dict:
@@ -233,8 +255,8 @@ def assistant_message(content: list, path: str, provider_kind: str = "openai", p
 
 
 def tool_message(block: dict, path: str) -> tuple[dict, list[dict]]:
-    """A ``tool_result`` → the chat ``tool`` message, and its images as user content parts
-    (a chat tool message carries text only, so its images follow in the user message)."""
+    """A ``tool_result`` → the chat ``tool`` message, and its images and documents as user content
+    parts (a chat tool message carries text only, so they follow in the user message)."""
     if not isinstance(block.get("tool_use_id"), str):
         raise invalid(f"{path}.tool_use_id", f"{path}.tool_use_id must be a string")
     content = block.get("content")
@@ -247,13 +269,14 @@ def tool_message(block: dict, path: str) -> tuple[dict, list[dict]]:
         pieces = []
         for k, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "image":
+            if kind in ("image", "document"):
                 images.append(content_part(part, f"{path}.content[{k}]"))
             elif kind == "text":
                 pieces.append(str(part.get("text") or ""))
             else:
                 raise unsupported(f"{path}.content[{k}].type", f"tool_result block type {kind!r}")
-        text = "\n".join(pieces) or ("(the result is the image that follows)" if images else "")
+        follows = "image" if all(p["type"] == "image_url" for p in images) else "attachment"
+        text = "\n".join(pieces) or (f"(the result is the {follows} that follows)" if images else "")
     else:
         raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content blocks")
     if block.get("is_error"):

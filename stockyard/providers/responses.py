@@ -6,6 +6,11 @@ comes back as a Responses ``response`` object (:func:`from_chat`) and a chat str
 the Responses event stream (:class:`ChatToResponsesStream`). What the chat shape cannot
 carry is refused with a 400 naming the field, never dropped.
 
+A custom (freeform) tool — Codex CLI's ``apply_patch`` — goes as a function taking its text as one
+string, ``input`` (its grammar in the description, for the model to follow); a call of it comes back
+as a ``custom_tool_call`` item with that text, and ``custom_tool_call`` / ``custom_tool_call_output``
+items in ``input`` go back as the function call and its result.
+
 The provider's opaque reasoning state (Anthropic's thinking blocks, Gemini's thought signatures:
 ``reasoning.py``) comes back in a ``reasoning`` item's ``encrypted_content``, before the
 ``function_call`` items; a reasoning item that holds Stockyard's state, in ``input`` or in a
@@ -52,6 +57,14 @@ KNOWN_FIELDS = CALLER_FIELDS | TRANSLATED_FIELDS | set(SAME_FIELDS)
 # ``include`` values a translated answer cannot honour.
 REFUSED_INCLUDES = {"message.output_text.logprobs"}
 FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
+CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
+CUSTOM_INPUT = "input"  # the one string parameter a custom tool's function takes
+CUSTOM_PARAMETERS = {
+    "type": "object",
+    "properties": {CUSTOM_INPUT: {"type": "string", "description": "the tool's input, as free text"}},
+    "required": [CUSTOM_INPUT],
+    "additionalProperties": False,
+}
 MESSAGE_ROLES = {"user", "assistant", "system", "developer"}
 IMAGE_DETAILS = {"auto", "low", "high"}
 # chat finish_reason → Responses incomplete_details.reason
@@ -168,7 +181,9 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
             out.append(message)
         elif kind == "function_call":
             add_tool_call(out, item, path, state)
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            add_tool_call(out, custom_as_function(item, path), path, state)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             state = None
             out.append(tool_message(item, path))
         elif kind == "reasoning":
@@ -274,6 +289,13 @@ def add_tool_call(out: list[dict], item: dict, path: str, state: dict | None = N
     restore_thinking(out[-1], state)
 
 
+def custom_as_function(item: dict, path: str) -> dict:
+    """A ``custom_tool_call`` item as the ``function_call`` the provider made: its text as ``input``."""
+    if not isinstance(item.get("input"), str):
+        raise invalid(f"{path}.input", f"{path}.input must be a string")
+    return {**item, "arguments": json.dumps({CUSTOM_INPUT: item["input"]}, ensure_ascii=False)}
+
+
 def tool_message(item: dict, path: str) -> dict:
     if not isinstance(item.get("call_id"), str):
         raise invalid(f"{path}.call_id", f"{path}.call_id must be a string")
@@ -295,22 +317,66 @@ def chat_tools(tools: Any) -> list[dict]:
     out = []
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function":
-            raise unsupported(f"tools[{i}].type", f"tool type {kind!r} (only function tools are)")
+        if kind not in ("function", "custom"):
+            raise unsupported(f"tools[{i}].type", f"tool type {kind!r} (only function and custom tools are)")
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise invalid(f"tools[{i}].name", f"tools[{i}].name must be a non-empty string")
+        fields = FUNCTION_TOOL_FIELDS if kind == "function" else CUSTOM_TOOL_FIELDS
         for key in tool:
-            if key not in FUNCTION_TOOL_FIELDS and present(tool, key):
-                raise unsupported(f"tools[{i}].{key}", f"function tool field {key!r}")
+            if key not in fields and present(tool, key):
+                raise unsupported(f"tools[{i}].{key}", f"{kind} tool field {key!r}")
+        if kind == "custom":
+            out.append({"type": "function", "function": custom_function(tool, f"tools[{i}]")})
+            continue
         fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
         out.append({"type": "function", "function": fn})
     return out
 
 
+def custom_function(tool: dict, path: str) -> dict:
+    """A custom tool as a chat function: chat has no freeform tools, so the text is one string
+    argument, and the format's grammar goes in the description for the model to follow."""
+    description = tool.get("description") if isinstance(tool.get("description"), str) else ""
+    fmt = obj(tool.get("format"))
+    kind = fmt.get("type")
+    if kind == "grammar":
+        if not isinstance(fmt.get("definition"), str) or fmt.get("syntax") not in ("lark", "regex"):
+            raise invalid(f"{path}.format", f"{path}.format needs a 'syntax' (lark or regex) and a 'definition'")
+        grammar = f"The input must follow this {fmt['syntax']} grammar:\n{fmt['definition']}"
+        description = f"{description}\n\n{grammar}" if description else grammar
+    elif present(tool, "format") and kind != "text":
+        raise unsupported(f"{path}.format.type", f"custom tool format {kind!r}")
+    fn: dict = {"name": tool["name"], "parameters": CUSTOM_PARAMETERS}
+    if description:
+        fn["description"] = description
+    return fn
+
+
+def custom_names(request: dict) -> set[str]:
+    """The names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
+    tools = request.get("tools")
+    found = tools if isinstance(tools, list) else []
+    return {
+        t["name"] for t in found if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str)
+    }
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool's text from the function arguments the provider wrote (as written when they
+    are not the one-string object the tool was given as)."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    text = value.get(CUSTOM_INPUT) if isinstance(value, dict) else None
+    return text if isinstance(text, str) else arguments
+
+
 def chat_tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+    named = isinstance(choice, dict) and isinstance(choice.get("name"), str)
+    if named and choice.get("type") in ("function", "custom"):
         return {"type": "function", "function": {"name": choice["name"]}}
     kind = choice.get("type") if isinstance(choice, dict) else choice
     raise unsupported("tool_choice", f"tool_choice {kind!r}")
@@ -415,6 +481,11 @@ def call_item(ident: str, call_id: str, name: str, arguments: str, status: str) 
     }
 
 
+def custom_item(ident: str, call_id: str, name: str, text: str) -> dict:
+    """A ``custom_tool_call`` output item (the SDK's type has no status)."""
+    return {"id": ident, "type": "custom_tool_call", "call_id": call_id, "name": name, "input": text}
+
+
 def reasoning_text(message: dict) -> str:
     """The reasoning a chat message or delta carries (``reasoning_content`` as DeepSeek
     sends it, ``reasoning`` as vLLM, Groq and OpenRouter do)."""
@@ -515,13 +586,18 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
         content.append(refusal_part(message["refusal"]))
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
+    custom = custom_names(request)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         index = len(output)
         call_id = obj(call).get("id") or item_id("call", response_id, index)
         args = fn.get("arguments")
         args = args if isinstance(args, str) else json.dumps(args or {})
-        output.append(call_item(item_id("fc", response_id, index), call_id, fn.get("name") or "", args, "completed"))
+        name = fn.get("name") or ""
+        if name in custom:
+            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args)))
+        else:
+            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed"))
     if output and "status" in output[-1]:
         output[-1]["status"] = status  # only the last item can have been cut short
     model = chat.get("model") or request.get("model") or ""
@@ -557,6 +633,8 @@ class ChatToResponsesStream:
         self.calls: dict[int, int] = {}  # chat tool_call index → output index
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
+        self.custom = custom_names(request)
+        self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.started = False
@@ -727,6 +805,9 @@ class ChatToResponsesStream:
             index = self.calls[chat_index]
             if index not in self.open or not fragment:
                 return []  # arguments after the call closed: upstream broke its own order
+            if index in self.custom_args:  # its text is read from the whole arguments at the end
+                self.custom_args[index] += fragment
+                return []
             self.output[index]["arguments"] += fragment
             return [self.event("response.function_call_arguments.delta", **self.at(index), delta=fragment)]
         waiting = self.pending.setdefault(chat_index, {"id": None, "name": None, "arguments": "", "signature": None})
@@ -747,6 +828,12 @@ class ChatToResponsesStream:
         out += self.close()  # one item at a time, as OpenAI streams them
         position = len(self.output)
         call_id = call_id or item_id("call", self.response_id, position)
+        if waiting["name"] in self.custom:
+            ident = item_id("ctc", self.response_id, position)
+            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], ""))
+            self.calls[chat_index] = index
+            self.custom_args[index] = waiting["arguments"]
+            return out + [added]
         item = call_item(item_id("fc", self.response_id, position), call_id, waiting["name"], "", "in_progress")
         index, added = self.add_item(item)
         self.calls[chat_index] = index
@@ -777,6 +864,15 @@ class ChatToResponsesStream:
             done = self.event("response.refusal.done", **where, refusal=part["refusal"])
         return [done, self.event("response.content_part.done", **where, part=part)]
 
+    def close_custom(self, index: int) -> list[bytes]:
+        """A custom tool call's text, whole: it is inside the JSON arguments the provider streamed,
+        so it is told once they have all come (one delta, then done)."""
+        item = self.output[index]
+        item["input"] = custom_input(self.custom_args.pop(index))
+        delta = [self.event("response.custom_tool_call_input.delta", **self.at(index), delta=item["input"])]
+        done = self.event("response.custom_tool_call_input.done", **self.at(index), input=item["input"])
+        return (delta if item["input"] else []) + [done]
+
     def close(self) -> list[bytes]:
         """The done events of the open items; their status follows the finish reason."""
         out: list[bytes] = []
@@ -792,6 +888,8 @@ class ChatToResponsesStream:
             elif item["type"] == "message":
                 out += self.close_part(index) if item["content"] else []
                 item["status"] = status
+            elif item["type"] == "custom_tool_call":
+                out += self.close_custom(index)
             else:
                 args = item["arguments"]
                 out.append(self.event("response.function_call_arguments.done", **self.at(index), arguments=args))
