@@ -239,6 +239,26 @@ def test_gemini_3_gets_a_thinking_level(server, mock) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "model, effort, level",
+    [
+        ("gemini-3-pro-table", "medium", "high"),  # Codex CLI's default effort; 3 Pro takes low and high only
+        ("gemini-3-pro-table", "minimal", "low"),
+        ("gemini-3.1-pro-table", "minimal", "low"),  # no minimal on 3.1 Pro
+        ("gemini-3.1-pro-table", "medium", "medium"),
+        ("gemini-3-flash-table", "minimal", "minimal"),
+        ("gemini-3-flash-table", "medium", "medium"),
+    ],
+)
+def test_a_thinking_level_the_model_takes(server, mock, model, effort, level) -> None:
+    """Was: Codex's default reasoning_effort "medium" went to Gemini 3 Pro as thinkingLevel "medium",
+    which it refuses (it takes low and high); the nearest level the model takes goes instead."""
+    status, _, answer = chat(server, {"model": model, "reasoning_effort": effort})
+    assert status == 200, answer
+    sent = upstream(mock, "gemini", model).json["generationConfig"]["thinkingConfig"]
+    assert sent == {"thinkingLevel": level}
+
+
 @pytest.mark.parametrize("kind", ["anthropic", "gemini"])
 def test_stream_and_its_usage_option(server, mock, kind) -> None:
     model = MODELS[kind]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
+import re
 import secrets
 import struct
 import time
@@ -87,6 +88,7 @@ GENERATION_FIELDS = (
 # reasoning_effort → thinkingConfig: a token budget for Gemini 2.5, a level for Gemini 3 (which
 # cannot turn thinking off: "none" asks for the least it has).
 THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
+PRO_HIGH_FOR_MEDIUM = re.compile(r"gemini-3-pro(?:-|$)")  # 3 Pro: low and high only (3.1 Pro adds medium)
 THINKING_LEVELS = {
     "none": "minimal",
     "minimal": "minimal",
@@ -321,12 +323,26 @@ def translate_tool_choice(choice: Any) -> dict | None:
     return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
 
 
+def level_for(model: str, level: str) -> str:
+    """The nearest thinking level ``model`` takes: Gemini's Pro models have no ``minimal`` (the
+    least is ``low``), and Gemini 3 Pro no ``medium`` either (``high``, its default); the others
+    take all four. Gemini refuses a level its model lacks."""
+    if "-pro" not in model:
+        return level
+    if level == "minimal":
+        return "low"
+    if level == "medium" and PRO_HIGH_FOR_MEDIUM.match(model):
+        return "high"
+    return level
+
+
 def thinking_config(effort: Any, model: str) -> dict | None:
     """reasoning_effort → thinkingConfig for this model (None when the request asks nothing)."""
     if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         return None
-    if model.removeprefix("models/").startswith("gemini-3"):
-        return {"thinkingLevel": THINKING_LEVELS[effort]}
+    name = model.removeprefix("models/")
+    if name.startswith("gemini-3"):
+        return {"thinkingLevel": level_for(name, THINKING_LEVELS[effort])}
     return {"thinkingBudget": THINKING_BUDGETS[effort]}
 
 
