@@ -165,3 +165,21 @@ def test_the_stored_responses_age_setting(value, seconds, tmp_path):
 
     env = {"STOCKYARD_DB": str(tmp_path / "s.db"), **({"STOCKYARD_RETENTION_RESPONSES": value} if value else {})}
     assert load({}, env).retention_responses_s == seconds
+
+
+def test_an_age_beyond_any_trace_deletes_no_trace_and_the_other_limits_still_apply(tmp_path):
+    """``STOCKYARD_RETENTION_TRACES=99999999999999999999d`` is a valid duration: its cutoff, far
+    before the epoch, did not fit an SQLite integer, so every idle step raised OverflowError (a
+    log line each time) before the body and response limits were reached: they never ran."""
+    path = tmp_path / "far.db"
+    populate(path, old=30, middle=30, fresh=10)
+    conn = db.connect(path)
+    rollups = table_rows(conn, "rollups_daily")
+    r = Retention(
+        bodies_max_age_s=7 * 86400, traces_max_age_s=99999999999999999999 * 86400.0, clock=lambda: NOW_MS / 1000
+    )
+    run_to_the_end(conn, r)
+    assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 70
+    assert conn.execute("SELECT count(*) FROM trace_bodies").fetchone()[0] == 10
+    assert table_rows(conn, "rollups_daily") == rollups
+    conn.close()
