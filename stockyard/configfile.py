@@ -203,6 +203,10 @@ def _validate(data: dict[str, Any], loc: _Locator) -> Desired:
             raise loc.error(where, exc.param, exc.message) from None
     for name, table in data.get("models", {}).items():
         _model(out, loc, name, table)
+    claimed = {name: provider["models"] for name, provider in out.providers.items()}
+    for model, field_name, problem in model_ops.dangling(out.models, claimed):
+        at = ("models", model) if field_name != "provider" else ("models", model, "deployments")
+        raise loc.error(at, field_name, problem)
     return out
 
 

@@ -33,6 +33,12 @@ RESPONSES_MAX_AGE_S = 30 * 86400.0  # stored responses, by default (OpenAI keeps
 CAP_CHECK_EVERY_S = 300.0  # measuring stored bodies reads the whole table: not too often
 
 
+def cutoff_ms(now_ms: int, max_age_s: float) -> int:
+    """The time (ms since the epoch) before which rows are older than ``max_age_s``; never before
+    the epoch, so an age beyond any row (``99999999999999999999d``) still fits an SQL integer."""
+    return max(now_ms - int(max_age_s * 1000), 0)
+
+
 def id_before(ms: int) -> str:
     """The smallest trace id at ``ms``: every id made earlier sorts below it."""
     return f"tr_{max(ms, 0):012x}"
@@ -79,7 +85,7 @@ class Retention:
         """One step of work; True while there is more to do."""
         now_ms = int(self.clock() * 1000)
         if self.traces_max_age_s is not None:
-            cutoff = now_ms - int(self.traces_max_age_s * 1000)
+            cutoff = cutoff_ms(now_ms, self.traces_max_age_s)
             deleted = conn.execute(
                 "DELETE FROM traces WHERE rowid IN (SELECT rowid FROM traces WHERE ts_ms < ? ORDER BY ts_ms LIMIT ?)",
                 (cutoff, self.batch_rows),
@@ -103,13 +109,13 @@ class Retention:
             gone = conn.execute(
                 "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses WHERE created_at < ? "
                 "ORDER BY created_at LIMIT ?)",
-                (now_ms - int(self.responses_max_age_s * 1000), self.batch_rows),
+                (cutoff_ms(now_ms, self.responses_max_age_s), self.batch_rows),
             ).rowcount
             self.stats.responses_deleted += gone
             if gone:
                 return True
         if self.bodies_max_age_s is not None:
-            cutoff_id = id_before(now_ms - int(self.bodies_max_age_s * 1000))
+            cutoff_id = id_before(cutoff_ms(now_ms, self.bodies_max_age_s))
             if self._delete_bodies(conn, "trace_id < ?", cutoff_id):
                 return True
         if self.bodies_max_bytes is not None:

@@ -13,7 +13,8 @@ The parent owns what a single server owned: the database lock (``store/lock.py``
 ``serve`` on the file is still refused; the workers share the lock through the parent), the
 migrations (run before any worker starts), and signals: SIGTERM/SIGINT go to every worker,
 which finishes its requests in flight and flushes its writer, and the parent exits when all
-have (0 when they all did cleanly). A worker that dies is replaced (within a second; at once
+have (0 when they all did cleanly; a stop during start-up starts no more workers, and a worker
+ended by it before it served counts as clean). A worker that dies is replaced (within a second; at once
 unless it had just started); one that cannot start stops the group.
 
 State the workers must agree on, and where it lives (the database is read and written by every
@@ -228,9 +229,10 @@ class Group:
             if self.state is not None:
                 self.state.forget(pid)  # the holds of its requests in flight go back
             code = os.waitstatus_to_exitcode(status)
+            served = index in self.ready
             self.ready.discard(index)
             if self.stopping:
-                self.failed = self.failed or code != 0
+                self.failed = self.failed or not _stopped_cleanly(code, served)
                 continue
             if not self.up:  # the group never started: stop the others, exit 1
                 self.failed = True
@@ -247,6 +249,8 @@ class Group:
         except BlockingIOError:
             return
         self.ready.update(data)
+        if self.stopping:  # a stop came first: start no one it was not passed on to
+            return
         if 0 in self.ready and len(self.started) == 1:  # worker 0 applied --config: start the rest
             for index in range(1, self.settings.workers):
                 self._start(index)
@@ -386,6 +390,13 @@ def _watch_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stockyard-parent", daemon=True).start()
+
+
+def _stopped_cleanly(code: int, served: bool) -> bool:
+    """Whether a worker that exited during the group's stop ended as it should: with 0, or ended
+    by the stop signal itself before it served (a worker still starting has the default SIGTERM
+    disposition; it had no request in flight and no trace queued)."""
+    return code == 0 or (not served and code in (-signal.SIGTERM, -signal.SIGINT))
 
 
 def _signal(pid: int, sig: int) -> None:

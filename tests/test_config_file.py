@@ -312,6 +312,10 @@ def test_models_and_deployments_export_apply_and_plan_without_difference(pyz_pat
             "never",
         ),
         ('[models.chat]\n[[models.chat.deployments]]\nprovider = "openai"\nmodel = "m"\nweight = 0\n', 5, "weight"),
+        # references that lead nowhere (were accepted, then skipped at every request)
+        ('[models.chat]\nfallbacks = ["backup-pool"]\n', 2, "fallbacks 'backup-pool' is neither a model"),
+        ('[models.chat]\ncontext_fallback = "org9/big"\n', 2, "context_fallback 'org9/big' is neither"),
+        ('[models.chat]\n[[models.chat.deployments]]\nprovider = "opnai"\nmodel = "m"\n', 3, "provider 'opnai'"),
     ],
 )
 def test_a_bad_models_section_is_refused_with_its_line_and_field(pyz_path, env, tmp_path, text, line, message):
@@ -338,3 +342,29 @@ def test_a_providers_model_names_are_printable():
     for bad in ("odd\x7fname", "a\u2028b", "tab\there"):
         with pytest.raises(Refused, match="printable"):
             check_models([bad], "openai-compatible")
+
+
+def test_a_file_naming_a_model_or_provider_that_does_not_exist_changes_nothing(pyz_path, mock, env, tmp_path):
+    """``config apply`` (and ``serve --config``) refuse a model whose deployment, fallback or
+    context fallback leads nowhere, naming it; the configuration in the database stays."""
+    db = tmp_path / "s.db"
+    good = write(tmp_path, models_text(mock.url))
+    assert cli(pyz_path, db, {**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY}, "config", "apply", str(good)).returncode == 0
+    before = cli(pyz_path, db, env, "config", "export").stdout
+    dangling = models_text(mock.url).replace('context_fallback = "big"', 'context_fallback = "bigger"')
+    bad = write(tmp_path, dangling, "bad.toml")
+    result = cli(pyz_path, db, {**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY}, "config", "apply", str(bad))
+    assert result.returncode == 1 and f"{bad}:11: models.chat.context_fallback:" in result.stderr, result.stderr
+    assert "'bigger'" in result.stderr
+    gone = write(tmp_path, models_text(mock.url).replace("[providers.org2]", "[providers.org3]"), "gone.toml")
+    result = cli(pyz_path, db, {**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY}, "config", "apply", str(gone))
+    assert result.returncode == 1 and "provider 'org2', which does not exist" in result.stderr, result.stderr
+    result = subprocess.run(
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db), "--config", str(bad)],
+        env={**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "'bigger'" in result.stderr and "listening" not in result.stderr
+    assert cli(pyz_path, db, env, "config", "export").stdout == before

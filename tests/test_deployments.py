@@ -235,8 +235,8 @@ CONTEXT_ERROR = {
 
 def test_a_context_length_error_moves_to_the_larger_model(server, mock):
     deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
+    deploy(server, "big", name="b", provider="openai", model="gpt-4o", api_key=KEYS["b"])  # first: it is named
     assert api(server, "PATCH", "/api/models/chat", {"context_fallback": "big"})[0] == 200
-    deploy(server, "big", name="b", provider="openai", model="gpt-4o", api_key=KEYS["b"])
     mock.enqueue(Reply(status=400, json=CONTEXT_ERROR))
     status, headers, _ = chat(server, "chat")
     assert status == 200 and who(mock) == ["a", "b"]
@@ -321,6 +321,42 @@ def test_api_refuses_bad_deployments_and_documents_the_routes(server):
     assert status == 400 and body["error"]["param"] == "weight"
     _, doc = api(server, "GET", "/api/openapi.json")
     assert {"/api/models", "/api/models/{name}/deployments/{deployment}"} <= set(doc["paths"])
+
+
+def test_a_change_that_leaves_a_model_pointing_nowhere_is_refused_naming_it(server):
+    """Was accepted: a deployment on a provider that does not exist was left out, and a fallback
+    to a model that does not exist skipped, silently, at every request."""
+    status, body = api(server, "POST", "/api/models/chat/deployments", {"provider": "opnai", "model": "gpt-4o-mini"})
+    assert status == 400 and body["error"]["param"] == "provider" and "'opnai'" in body["error"]["message"], body
+    assert api(server, "GET", "/api/models")[1]["data"] == []  # nothing was made, not even the model
+    deploy(server, "chat", provider="openai", model="gpt-4o-mini")
+    status, body = api(server, "PATCH", "/api/models/chat", {"fallbacks": ["openai/gpt-4o", "backup-pool"]})
+    assert status == 400 and body["error"]["param"] == "fallbacks" and "'backup-pool'" in body["error"]["message"]
+    status, body = api(server, "PATCH", "/api/models/chat", {"context_fallback": "org9/big"})
+    assert status == 400 and "'org9/big'" in body["error"]["message"], body
+    deploy(server, "backup-pool", provider="openai", model="gpt-4o")  # once the model exists, it may be named
+    assert api(server, "PATCH", "/api/models/chat", {"fallbacks": ["backup-pool"]})[0] == 200
+    status, body = api(server, "DELETE", "/api/models/backup-pool")  # and it cannot go while named
+    assert status == 400 and "'backup-pool'" in body["error"]["message"], body
+    cli = server.cli("models", "set", "chat", "--context-fallback", "huge-pool")
+    assert cli.returncode == 1 and "'huge-pool'" in cli.stderr, cli.stderr
+    assert api(server, "PATCH", "/api/models/chat", {"fallbacks": []})[0] == 200
+    assert api(server, "DELETE", "/api/models/backup-pool")[0] == 200
+
+
+def test_a_provider_that_deployments_use_cannot_be_removed_under_them(server):
+    status, body = api(
+        server,
+        "POST",
+        "/api/providers",
+        {"name": "org2", "kind": "openai", "base_url": "https://api.openai.com/v1", "api_key": KEYS["a"]},
+    )
+    assert status == 201, body
+    deploy(server, "chat", provider="org2", model="gpt-4o-mini")
+    status, body = api(server, "DELETE", "/api/providers/org2")
+    assert status == 400 and "'org2', which does not exist" in body["error"]["message"], body
+    api(server, "DELETE", "/api/models/chat")
+    assert api(server, "DELETE", "/api/providers/org2")[0] == 200
 
 
 # -- the clock-exact parts, in process -------------------------------------------------------------

@@ -165,3 +165,48 @@ def test_the_stored_responses_age_setting(value, seconds, tmp_path):
 
     env = {"STOCKYARD_DB": str(tmp_path / "s.db"), **({"STOCKYARD_RETENTION_RESPONSES": value} if value else {})}
     assert load({}, env).retention_responses_s == seconds
+
+
+def test_an_age_beyond_any_trace_deletes_no_trace_and_the_other_limits_still_apply(tmp_path):
+    """``STOCKYARD_RETENTION_TRACES=99999999999999999999d`` is a valid duration: its cutoff, far
+    before the epoch, did not fit an SQLite integer, so every idle step raised OverflowError (a
+    log line each time) before the body and response limits were reached: they never ran."""
+    path = tmp_path / "far.db"
+    populate(path, old=30, middle=30, fresh=10)
+    conn = db.connect(path)
+    rollups = table_rows(conn, "rollups_daily")
+    r = Retention(
+        bodies_max_age_s=7 * 86400, traces_max_age_s=99999999999999999999 * 86400.0, clock=lambda: NOW_MS / 1000
+    )
+    run_to_the_end(conn, r)
+    assert conn.execute("SELECT count(*) FROM traces").fetchone()[0] == 70
+    assert conn.execute("SELECT count(*) FROM trace_bodies").fetchone()[0] == 10
+    assert table_rows(conn, "rollups_daily") == rollups
+    conn.close()
+
+
+def test_retention_on_either_store_keeps_rollups_audit_and_batch_holds_and_empties_the_index(database):
+    """On SQLite and PostgreSQL alike: old traces and bodies go (their search rows with them), and
+    what must stay stays: the rollups (cost reports), the audit chain, batch ownership and holds."""
+    database.open_and_migrate()
+    conn = database.connect()
+    conn.execute("BEGIN IMMEDIATE")
+    for i in range(40):
+        sample_trace(NOW_MS - 100 * DAY_MS - i * 1000, body=b'{"messages": "ancient words"}').write(conn)
+    for i in range(5):
+        sample_trace(NOW_MS - i * 1000, body=b'{"messages": "fresh words"}').write(conn)
+    conn.execute(
+        "INSERT INTO owned_objects (id, kind, key_id, provider, created_at, held_uc) VALUES (?, ?, ?, ?, ?, ?)",
+        ("batch_old", "batch", "key_1", "openai", NOW_MS - 100 * DAY_MS, 5_000),
+    )
+    conn.execute("COMMIT")
+    picture = lambda table: sorted(map(tuple, conn.execute(f"SELECT * FROM {table}")), key=repr)  # noqa: E731
+    rollups, audit_rows = picture("rollups_daily"), picture("audit_log")
+    r = Retention(bodies_max_age_s=7 * 86400, traces_max_age_s=90 * 86400, clock=lambda: NOW_MS / 1000)
+    while r.run(conn):
+        pass
+    count = lambda table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731
+    assert (count("traces"), count("trace_bodies"), count("trace_search")) == (5, 5, 5)
+    assert picture("rollups_daily") == rollups and picture("audit_log") == audit_rows
+    assert conn.execute("SELECT held_uc FROM owned_objects WHERE id = 'batch_old'").fetchone()[0] == 5_000
+    conn.close()

@@ -507,3 +507,101 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+# -- SIGTERM while the group starts ----------------------------------------------------------------
+def starting_group(pyz_path, cache_home, mock, tmp_path) -> ServerProcess:
+    """A ``--workers 2`` group started without waiting for its banner, with worker 0 forked."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
+    server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--workers", "2"])
+    cmd = [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(server.db), "--workers", "2"]
+    server.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    threading.Thread(target=server._read_log, daemon=True).start()
+    return server
+
+
+def answered_by_a_worker(port: int) -> bool:
+    """True once a GET /healthz on the group's port is answered (a connection the kernel gave to
+    a socket no worker serves yet waits: give up on it and try a new one)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+        conn.request("GET", "/healthz")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def test_sigterm_before_worker_0_said_it_serves_starts_no_more_workers(pyz_path, cache_home, mock, tmp_path):
+    """The parent starts workers 1..N-1 when worker 0 says it serves. A SIGTERM that came first
+    must win: a worker started after the stop was never told to stop, and the group hung until
+    its 80 s kill timer. Worker 0 is paused once its SIGTERM handler is in place (it handles the
+    stop) and before it tells the parent it serves; when the pause came too late (the parent had
+    already started worker 1), the test tries again."""
+    for _ in range(5):
+        server = starting_group(pyz_path, cache_home, mock, tmp_path)
+        proc = server.proc
+        assert proc is not None
+        try:
+            worker = next(iter(wait_for(lambda s=server: workers_of(s), what="worker 0 forked")))
+            while not _catches_sigterm(worker):
+                pass
+            os.kill(worker, signal.SIGSTOP)
+            if len(workers_of(server)) > 1:  # too late: worker 0 had told the parent
+                continue
+            proc.send_signal(signal.SIGTERM)
+            wait_for(lambda s=server: "stopping 1 workers" in s.log, what="the parent passing the stop on")
+            os.kill(worker, signal.SIGCONT)
+            assert proc.wait(30) == 0, server.log
+            assert "[w1]" not in server.log, server.log
+            assert server.log.count("stopped; database closed") == 1, server.log
+            return
+        finally:
+            server.stop(signal.SIGKILL)
+            for path in tmp_path.glob("stockyard.db*"):
+                path.unlink()
+    pytest.skip("worker 0 was never caught between its SIGTERM handler and its ready message")
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """True once the process has a handler for SIGTERM (SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def test_sigterm_while_worker_0_starts_stops_the_group_cleanly(pyz_path, cache_home, mock, tmp_path):
+    """A stop asked for before any worker served ends the group with 0, not 1: a worker that
+    was still starting (its default SIGTERM disposition ends it) had nothing in flight."""
+    server = starting_group(pyz_path, cache_home, mock, tmp_path)
+    proc = server.proc
+    assert proc is not None
+    try:
+        worker = next(iter(wait_for(lambda: workers_of(server), what="worker 0 forked")))
+        os.kill(worker, signal.SIGSTOP)  # still starting: its SIGTERM handler is not installed yet
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "stopping 1 workers" in server.log, what="the parent passing the stop on")
+        os.kill(worker, signal.SIGCONT)
+        assert proc.wait(30) == 0, server.log
+    finally:
+        server.stop(signal.SIGKILL)
+    assert "[w1]" not in server.log, server.log
+
+
+def _listening_port(pid: int) -> int | None:
+    """The TCP port a process listens on (from /proc), or None yet."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return None

@@ -67,6 +67,21 @@ def read_config_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def keeping_references(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Run a configuration change, refused (400, nothing changed) when it leaves a model pointing
+    at a provider or model that does not exist (``models.dangling``). Checked once per
+    transaction, so a batch (a configuration file) may add a model after the one that names it;
+    references that were already dangling (an older database, a hand edit) do not block changes."""
+    from .models import dangling_now
+
+    before = set(dangling_now(conn))
+    result = job(conn)
+    made = [problem for problem in dangling_now(conn) if problem not in before]
+    if made:
+        raise invalid("; ".join(text for _, _, text in made), made[0][1])
+    return result
+
+
 @dataclass
 class Operations:
     """Changes to one database, attributed to ``actor`` (``cli:<user>`` or ``admin-api:<addr>``)."""
@@ -130,7 +145,7 @@ class Operations:
         if self._pending is not None:
             self._pending.append(job)
             return None  # type: ignore[return-value]  # made when the batch commits
-        result = self.store.write(job)
+        result = self.store.write(lambda conn: keeping_references(conn, job) if config else job(conn))
         if config and self.on_change is not None:
             self.on_change()
         return result
@@ -157,7 +172,7 @@ class Operations:
             for one in jobs:
                 one(conn)
 
-        self.store.write(job)
+        self.store.write(lambda conn: keeping_references(conn, job))
         if self.on_change is not None:
             self.on_change()
 

@@ -13,11 +13,11 @@ import logging
 import re
 import sqlite3
 from dataclasses import replace
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from .. import vault
 from ..deployments import STRATEGIES, Deployment, ModelRoute
-from ..providers import Registry
+from ..providers import ENV_SPECS, Registry
 from ..times import now_iso
 from . import Operations, Refused, conflict, invalid
 from .providers import NAME, _no_secret, _vault_and_audit_refusals, _vault_for, check_key
@@ -105,6 +105,81 @@ def deployment_fields(given: dict[str, Any]) -> dict[str, Any]:
 
 def _aad(row_id: int, model: str, name: str) -> bytes:
     return vault.aad_for(row_id, f"deployment:{model}/{name}")
+
+
+# -- references between models and providers --------------------------------------------------
+
+# Provider names a server may have from its environment (whether this process has them set or
+# not: the CLI applying a change need not share the server's environment), and the model-name
+# prefixes they claim.
+ENV_PROVIDERS = frozenset(spec.name for spec in ENV_SPECS) | {"azure"}
+ENV_PREFIXES = tuple(prefix for spec in ENV_SPECS for prefix in spec.models)
+
+
+def _leads_somewhere(target: str, models: Mapping[str, Any], providers: Mapping[str, Sequence[str]]) -> bool:
+    """A fallback target routes: a model here, ``provider/model`` of a known provider, or a name a
+    provider claims by its model prefixes (as ``Registry.resolve`` routes a bare name)."""
+    head, sep, rest = target.partition("/")
+    if target in models or (sep and rest and (head in providers or head in ENV_PROVIDERS)):
+        return True
+    lowered = target.lower()
+    prefixes = (*ENV_PREFIXES, *(p for claimed in providers.values() for p in claimed))
+    return any(lowered.startswith(prefix.lower()) for prefix in prefixes)
+
+
+def dangling(
+    models: Mapping[str, Mapping[str, Any]], providers: Mapping[str, Sequence[str]]
+) -> list[tuple[str, str, str]]:
+    """Each reference of ``models`` that leads nowhere, as (model, field, problem): a deployment on a
+    provider that does not exist, a fallback or context fallback that names no model and no
+    provider. ``models`` as a configuration file holds them (``configfile.Desired.models``),
+    ``providers`` the database providers with the model prefixes each claims. Without this check
+    such a deployment was left out and such a fallback skipped, silently, at every request."""
+    problems: list[tuple[str, str, str]] = []
+    for name, model in models.items():
+        for dep, fields in model.get("deployments", {}).items():
+            provider = fields["provider"]
+            if provider not in providers and provider not in ENV_PROVIDERS:
+                problems.append(
+                    (
+                        name,
+                        "provider",
+                        f"model {name!r}: deployment {dep!r} is on provider {provider!r}, which does not exist",
+                    )
+                )
+        targets = [("fallbacks", t) for t in model.get("fallbacks", ())]
+        if model.get("context_fallback"):
+            targets.append(("context_fallback", model["context_fallback"]))
+        for field_name, target in targets:
+            if not _leads_somewhere(target, models, providers):
+                problems.append(
+                    (
+                        name,
+                        field_name,
+                        f"model {name!r}: {field_name} {target!r} is neither a model nor a provider's model "
+                        "(name it as provider/model, or add the model first)",
+                    )
+                )
+    return problems
+
+
+def dangling_now(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """:func:`dangling` for what the database holds (inside a change's transaction)."""
+    providers: dict[str, list[str]] = {}
+    for r in conn.execute("SELECT name, models FROM providers"):
+        try:
+            providers[r["name"]] = [str(m) for m in json.loads(r["models"])]
+        except (TypeError, ValueError):
+            providers[r["name"]] = []
+    models = {
+        m["name"]: {
+            "fallbacks": m["fallbacks"],
+            "context_fallback": m["context_fallback"],
+            "deployments": {d["name"]: d for d in m["deployments"]},
+        }
+        for m in rows(conn)
+    }
+    return dangling(models, providers)
 
 
 # -- reading ---------------------------------------------------------------------------------
