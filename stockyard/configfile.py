@@ -24,6 +24,7 @@ running server reloads once. :func:`export` writes the database's configuration 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import tomllib
@@ -204,7 +205,7 @@ def _validate(data: dict[str, Any], loc: _Locator) -> Desired:
     for name, table in data.get("models", {}).items():
         _model(out, loc, name, table)
     claimed = {name: provider["models"] for name, provider in out.providers.items()}
-    for model, field_name, problem in model_ops.dangling(out.models, claimed):
+    for model, field_name, problem in model_ops.dangling(out.models, claimed, os.environ):
         at = ("models", model) if field_name != "provider" else ("models", model, "deployments")
         raise loc.error(at, field_name, problem)
     return out

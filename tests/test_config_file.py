@@ -319,8 +319,23 @@ def test_models_and_deployments_export_apply_and_plan_without_difference(pyz_pat
     ],
 )
 def test_a_bad_models_section_is_refused_with_its_line_and_field(pyz_path, env, tmp_path, text, line, message):
-    result = cli(pyz_path, tmp_path / "s.db", env, "config", "plan", str(write(tmp_path, text)))
+    two = {**env, "OPENAI_API_KEY": "sk-test-0123456789", "ANTHROPIC_API_KEY": "sk-ant-test-0123456789"}
+    result = cli(pyz_path, tmp_path / "s.db", two, "config", "plan", str(write(tmp_path, text)))
     assert result.returncode == 1 and f":{line}:" in result.stderr and message in result.stderr, result.stderr
+
+
+def test_with_one_provider_a_bare_fallback_name_is_its_model(pyz_path, env, tmp_path):
+    """With one provider every name routes to it (an Ollama-only setup names its models bare):
+    a fallback no model prefix claims is not refused there, only beside a second provider."""
+    text = (
+        '[models.chat]\nfallbacks = ["llama3.2"]\n[[models.chat.deployments]]\nprovider = "ollama"\nmodel = "qwen3"\n'
+    )
+    file = write(tmp_path, text)
+    ollama = {**env, "OLLAMA_BASE_URL": "http://127.0.0.1:9"}
+    assert cli(pyz_path, tmp_path / "s.db", ollama, "config", "apply", str(file)).returncode == 0
+    two = {**ollama, "OPENAI_API_KEY": "sk-test-0123456789"}
+    result = cli(pyz_path, tmp_path / "t.db", two, "config", "apply", str(file))
+    assert result.returncode == 1 and "'llama3.2' is neither a model" in result.stderr, result.stderr
 
 
 def test_exported_strings_are_toml_whatever_they_hold():
@@ -348,6 +363,7 @@ def test_a_file_naming_a_model_or_provider_that_does_not_exist_changes_nothing(p
     """``config apply`` (and ``serve --config``) refuse a model whose deployment, fallback or
     context fallback leads nowhere, naming it; the configuration in the database stays."""
     db = tmp_path / "s.db"
+    env = {**env, "OPENAI_API_KEY": "sk-test-0123456789"}  # a second provider: bare names must be claimed
     good = write(tmp_path, models_text(mock.url))
     assert cli(pyz_path, db, {**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY}, "config", "apply", str(good)).returncode == 0
     before = cli(pyz_path, db, env, "config", "export").stdout

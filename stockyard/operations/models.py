@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
 from dataclasses import replace
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from .. import vault
 from ..deployments import STRATEGIES, Deployment, ModelRoute
-from ..providers import ENV_SPECS, Registry
+from ..providers import ENV_SPECS, Registry, from_env
 from ..times import now_iso
 from . import Operations, Refused, conflict, invalid
 from .providers import NAME, _no_secret, _vault_and_audit_refusals, _vault_for, check_key
@@ -128,14 +129,19 @@ def _leads_somewhere(target: str, models: Mapping[str, Any], providers: Mapping[
 
 
 def dangling(
-    models: Mapping[str, Mapping[str, Any]], providers: Mapping[str, Sequence[str]]
+    models: Mapping[str, Mapping[str, Any]], providers: Mapping[str, Sequence[str]], env: Mapping[str, str]
 ) -> list[tuple[str, str, str]]:
     """Each reference of ``models`` that leads nowhere, as (model, field, problem): a deployment on a
     provider that does not exist, a fallback or context fallback that names no model and no
     provider. ``models`` as a configuration file holds them (``configfile.Desired.models``),
     ``providers`` the database providers with the model prefixes each claims. Without this check
-    such a deployment was left out and such a fallback skipped, silently, at every request."""
+    such a deployment was left out and such a fallback skipped, silently, at every request.
+
+    With one provider at most (those of ``providers`` and those ``env`` sets up) every name
+    routes — ``Registry.resolve`` sends a name no prefix claims to the only provider — so a
+    fallback is then never refused (an Ollama-only setup names its models bare)."""
     problems: list[tuple[str, str, str]] = []
+    single = len(set(providers) | {p.name for p in from_env(env)}) <= 1
     for name, model in models.items():
         for dep, fields in model.get("deployments", {}).items():
             provider = fields["provider"]
@@ -151,7 +157,7 @@ def dangling(
         if model.get("context_fallback"):
             targets.append(("context_fallback", model["context_fallback"]))
         for field_name, target in targets:
-            if not _leads_somewhere(target, models, providers):
+            if not single and not _leads_somewhere(target, models, providers):
                 problems.append(
                     (
                         name,
@@ -179,7 +185,7 @@ def dangling_now(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
         }
         for m in rows(conn)
     }
-    return dangling(models, providers)
+    return dangling(models, providers, os.environ)
 
 
 # -- reading ---------------------------------------------------------------------------------
