@@ -214,7 +214,8 @@ def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', 
 def write_trace(conn: sqlite3.Connection, row: TraceRow, v9: bool = True) -> None:
     """``row.write``, on a database of any schema version: columns and rollups it does not have yet are left out."""
     if "end_user" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}:
-        row.write(conn, v9=v9)
+        v18 = "search_rowid" in {r[1] for r in conn.execute("PRAGMA table_info(trace_bodies)")}
+        row.write(conn, v9=v9, v18=v18)
         return
     present = [c for c in traces_module._COLUMNS if c not in ("end_user", "tags", "key_name")]
     conn.execute(

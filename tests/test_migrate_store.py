@@ -16,7 +16,7 @@ import tracemalloc
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
-from ops_helpers import Load, integrity, table_rows
+from ops_helpers import Load, columns, integrity, table_rows
 
 SECRET = "migrate-store-test-secret-0123456789"
 PROVIDER_KEY = "sk-moved-provider-key-0123456789"
@@ -66,12 +66,22 @@ def report(pyz, db, env) -> dict:
 
 
 def content(path) -> dict[str, list[tuple]]:
-    """Every table of an SQLite file, rows sorted; the search index by its rows, not FTS5's pages."""
+    """Every table of an SQLite file, rows sorted; the search index by its rows, not FTS5's pages,
+    and a body's link to its search row (``search_rowid``) as whether it has one and that row's
+    trace: its number is the file's own."""
     conn = sqlite3.connect(path)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         keep = [n for n in names if not n.startswith(("sqlite_", "trace_search_")) and n != "schema_migrations"]
-        return {n: table_rows(conn, n) for n in keep}
+        picture = {n: table_rows(conn, n) for n in keep if n != "trace_bodies"}
+        cols = [c for c in columns(conn, "trace_bodies") if c != "search_rowid"]
+        picture["trace_bodies"] = table_rows(conn, "trace_bodies", cols)
+        picture["search links"] = sorted(
+            conn.execute(
+                "SELECT b.trace_id, s.trace_id FROM trace_bodies b LEFT JOIN trace_search s ON s.rowid = b.search_rowid"
+            ).fetchall()
+        )
+        return picture
     finally:
         conn.close()
 

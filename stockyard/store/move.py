@@ -26,6 +26,7 @@ from .. import audit
 from . import db
 from .backends import PostgresBackend
 from .pg import MIGRATE_LOCK_KEY
+from .traces import link_search_rows
 
 Progress = Callable[[str], None]
 BATCH_ROWS = 500
@@ -274,6 +275,7 @@ def postgres_to_sqlite(
         lite.execute("BEGIN IMMEDIATE")
         counts = _copy(conn, lite, tables(conn, lite), _read_postgres, _write_sqlite, progress)
         _check(conn, lite, counts, secret, progress)
+        link_search_rows(lite)  # PostgreSQL keeps no links: without them no search row would leave
         lite.execute("COMMIT")
         lite.execute("PRAGMA journal_mode=DELETE")
         lite.close()

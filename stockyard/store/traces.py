@@ -63,6 +63,13 @@ _INSERT_BODY = (
     "VALUES (?, ?, ?, ?, ?)"
 )
 _INSERT_SEARCH = "INSERT INTO trace_search (trace_id, body) VALUES (?, ?)"
+# SQLite (schema 0018): each indexed body names its search row, so the delete trigger finds that
+# row by its rowid (FTS5 cannot look its trace_id column up: by trace_id a delete read the whole index).
+_INSERT_BODY_LINKED = (
+    "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated, search_rowid) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SEARCH_LINKED = "INSERT INTO trace_search (rowid, trace_id, body) VALUES (?, ?, ?)"
 # The count columns of every rollup table (rollups_daily, rollups_users, rollups_tags), summed
 # on write here and on read by the cost reports (store/costs.py), in the order reports print them.
 ROLLUP_COUNTS = (
@@ -195,25 +202,29 @@ class TraceRow:
         request, response = self.packed
         return (self.id, request, response, int(self.request_truncated), int(self.response_truncated))
 
-    def write(self, conn: sqlite3.Connection, *, v9: bool = True) -> None:
+    def write(self, conn: sqlite3.Connection, *, v9: bool = True, v18: bool = True) -> None:
         """The writer job: trace, bodies, their search index, rollup and latency histogram in the
         caller's transaction. The writer hands a batch of these to :meth:`write_many` at once.
 
-        ``v9=False`` only for a database older than schema 0009 (search, latency): upgrade tests.
+        ``v9=False`` only for a database older than schema 0009 (search, latency), ``v18=False``
+        older than 0018 (bodies linked to their search rows): upgrade tests.
         """
-        TraceRow.write_many(conn, [self], v9=v9)
+        TraceRow.write_many(conn, [self], v9=v9, v18=v18)
 
     @staticmethod
-    def write_many(conn: sqlite3.Connection, rows: list["TraceRow"], *, v9: bool = True) -> None:
+    def write_many(conn: sqlite3.Connection, rows: list["TraceRow"], *, v9: bool = True, v18: bool = True) -> None:
         """Many traces as :meth:`write` would write them one by one, in a few statements: rows,
         bodies and search index as multi-row inserts, the rollups summed per rollup row first
         (one upsert per row a batch touches, not one per trace)."""
         insert_many(conn, INSERT_TRACE, [r.values() for r in rows])
         stored = [r for r in rows if r.request_body is not None or r.response_body is not None]
         if stored:
-            insert_many(conn, _INSERT_BODY, [r.body_row() for r in stored])
-            if v9:
-                texts = [(r.id, text) for r in stored if (text := body_text(r.request_body, r.response_body))]
+            texts = [(r.id, text) for r in stored if (text := body_text(r.request_body, r.response_body))] if v9 else []
+            if v9 and v18 and dialect_of(conn) == "sqlite":
+                linked = dict(_index_linked(conn, texts))
+                insert_many(conn, _INSERT_BODY_LINKED, [(*r.body_row(), linked.get(r.id)) for r in stored])
+            else:
+                insert_many(conn, _INSERT_BODY, [r.body_row() for r in stored])
                 if texts:
                     insert_many(conn, _INSERT_SEARCH, texts)
         sums = RollupSums(latency=v9)
@@ -306,8 +317,38 @@ def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, r
     never find text the redact module removed; a trigger takes it out when the body leaves.
     """
     text = body_text(request, response)
-    if text:
+    if not text:
+        return
+    if dialect_of(conn) == "sqlite":
+        ((_, rowid),) = _index_linked(conn, [(trace_id, text)])
+        conn.execute("UPDATE trace_bodies SET search_rowid = ? WHERE trace_id = ?", (rowid, trace_id))
+    else:
         conn.execute(_INSERT_SEARCH, (trace_id, text))
+
+
+def link_search_rows(conn: sqlite3.Connection) -> None:
+    """SQLite: link every body to its search row and drop the search rows no body names (a
+    duplicate, or a row whose body left without it). Run after a move into SQLite (a PostgreSQL
+    store keeps no links); migration 0018 runs the same two statements."""
+    conn.execute(
+        "UPDATE trace_bodies SET search_rowid = s.rowid FROM (SELECT rowid, trace_id FROM trace_search) AS s "
+        "WHERE s.trace_id = trace_bodies.trace_id"
+    )
+    conn.execute(
+        "DELETE FROM trace_search WHERE rowid NOT IN "
+        "(SELECT search_rowid FROM trace_bodies WHERE search_rowid IS NOT NULL)"
+    )
+
+
+def _index_linked(conn: sqlite3.Connection, texts: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """SQLite: add ``(trace_id, text)`` pairs to the search index under rowids chosen here (after
+    the last one: the writer's transaction is ``BEGIN IMMEDIATE``, so no one else adds any), and
+    return each trace id with its rowid, for its body's ``search_rowid``."""
+    if not texts:
+        return []
+    first = (conn.execute("SELECT max(rowid) FROM trace_search").fetchone()[0] or 0) + 1
+    conn.executemany(_INSERT_SEARCH_LINKED, [(first + i, trace_id, text) for i, (trace_id, text) in enumerate(texts)])
+    return [(trace_id, first + i) for i, (trace_id, _) in enumerate(texts)]
 
 
 BACKFILL_ROWS = 200

@@ -1,0 +1,2 @@
+-- PostgreSQL twin of ../0018_search_rows.sql: nothing to change. trace_search is a plain table
+-- here, and its delete trigger finds a body's rows through the index on trace_id.
