@@ -468,6 +468,14 @@ class App:
                 )
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def cut_in_flight(self) -> None:
+        """The drain's time is up: end what is still in flight — relayed streams with an error
+        event, calls waiting for a provider with a 503 — so each request records its trace
+        before :meth:`close` stops the writer (``server_shutting_down``)."""
+        if self.path.relay is not None:
+            self.path.relay.stop()  # first: its streams' sockets are shut down next
+        self.pool.stop_calls()
+
     def close(self) -> None:
         self._stopping.set()
         self.webhooks.stop()

@@ -240,6 +240,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         idle_timeout_s=float(env.get("STOCKYARD_IDLE_TIMEOUT") or 30.0),
         request_read_timeout_s=float(env.get("STOCKYARD_REQUEST_READ_TIMEOUT") or 30.0),
         upload_timeout_s=_env_duration(env, "STOCKYARD_UPLOAD_TIMEOUT") or 3600.0,
+        shutdown_grace_s=_env_duration(env, "STOCKYARD_SHUTDOWN_GRACE") or 20.0,
         upstream_connect_timeout_s=float(env.get("STOCKYARD_UPSTREAM_CONNECT_TIMEOUT") or 10.0),
         upstream_read_timeout_s=float(env.get("STOCKYARD_UPSTREAM_TIMEOUT") or 600.0),
         log_requests=_env_bool(env.get("STOCKYARD_LOG_REQUESTS"), True),

@@ -50,7 +50,7 @@ from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
 from .streamrelay import Stream, StreamRelay
 from .tracing import Tracer
-from .upstream import Cancel, Pool, UpstreamError, UpstreamResponse
+from .upstream import SHUTDOWN_CODE, Cancel, Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.proxy")
 
@@ -638,6 +638,8 @@ def no_answer(
     assert ctx.attempt.provider is not None
     if by_deadline and exc.kind == "timeout":
         error, retryable = deadline_error(ctx), False
+    elif exc.kind == "shutdown":  # the server is stopping: no other provider either
+        error, retryable = exc.answer("", path.scrub.text), False
     else:
         error = exc.answer(ctx.attempt.provider.name, path.scrub.text)
         retryable = True
@@ -836,7 +838,9 @@ def relay_stream(
         code = f"upstream_{exc.kind}"
         provider = ctx.attempt.provider
         message = f"provider {provider.name if provider else '?'!r} stream broke: {exc}"
-        if ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:
+        if exc.kind == "shutdown":
+            code, message = SHUTDOWN_CODE, str(exc)
+        elif ctx.deadline is not None and time.perf_counter() >= ctx.deadline - 0.01:
             code, message = "deadline_exceeded", deadline_error(ctx).message
         fail(ctx, ctx.attempt.status, path.scrub.text(message), "stream_broken", code)
         text = ctx.attempt.error_message or message

@@ -31,7 +31,7 @@ import time
 from typing import Callable
 
 from .errors import ClientGone
-from .upstream import Handoff, UpstreamError
+from .upstream import Handoff, UpstreamError, shutdown_error
 
 log = logging.getLogger("stockyard.proxy")
 
@@ -112,6 +112,7 @@ class StreamRelay:
         self._timers: list[tuple[float, int, Stream]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._stopping = False  # shutting down: every stream ends with shutdown_error()
 
     @property
     def streams(self) -> int:
@@ -135,10 +136,7 @@ class StreamRelay:
             wake = not self._arrivals  # else a wake-up is on its way (the thread drains, then takes the list)
             self._arrivals.append(stream)
         if wake:
-            try:
-                self._wake_w.send(b"x")
-            except BlockingIOError:
-                pass  # a wake-up is pending already
+            self._wake()
         stream.done.wait()
         out, stream.out = stream.out, bytearray()
         if out and not isinstance(stream.error, ClientGone):
@@ -149,6 +147,21 @@ class StreamRelay:
         if stream.error is not None:
             raise stream.error
         return stream.last
+
+    def stop(self) -> None:
+        """Shutting down (the drain's time is up): end every stream, now and arriving, with an
+        error event that says so; each request thread then writes it and records its trace."""
+        with self._lock:
+            self._stopping = True
+            running = self._thread is not None
+        if running:
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except BlockingIOError:
+            pass  # a wake-up is pending already
 
     # -- the relay thread -----------------------------------------------------------------------
 
@@ -188,6 +201,11 @@ class StreamRelay:
             pass
         with self._lock:
             arrivals, self._arrivals = self._arrivals, []
+            stopping = self._stopping
+        if stopping:
+            for stream in [*self._live, *arrivals]:
+                self._finish(stream, shutdown_error())
+            return
         for stream in arrivals:
             self._live.add(stream)
             try:
@@ -278,6 +296,8 @@ class StreamRelay:
         connection pooled or closed, the client socket blocking again, the request thread woken."""
         if stream.done.is_set():
             return
+        if self._stopping and isinstance(error, UpstreamError):  # its socket was shut down by Pool.stop_calls
+            error = shutdown_error()
         stream.error = error
         stream.convert = _ended  # a timer entry may outlive the request: let go of its context
         self._live.discard(stream)

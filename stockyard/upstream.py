@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urlsplit
@@ -53,8 +54,9 @@ _BODY_METHODS = ("PATCH", "POST", "PUT")  # http.client sends Content-Length: 0 
 class UpstreamError(Exception):
     """The provider could not be reached or did not answer properly.
 
-    ``kind`` is one of ``connect``, ``timeout``, ``reset``, ``protocol``, ``cancelled``; the message never
-    contains request headers (which hold the provider key).
+    ``kind`` is one of ``connect``, ``timeout``, ``reset``, ``protocol``, ``cancelled``, ``shutdown``
+    (the server ended the call: :meth:`Pool.stop_calls`); the message never contains request
+    headers (which hold the provider key).
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -63,12 +65,23 @@ class UpstreamError(Exception):
 
     @property
     def status(self) -> int:
-        return 504 if self.kind == "timeout" else 502
+        return {"timeout": 504, "shutdown": 503}.get(self.kind, 502)
 
     def answer(self, provider: str, scrub: Callable[[str], str]) -> ProxyError:
         """What the client is told: the status, a message naming ``provider`` (scrubbed: keep
-        every secret out, whatever a message holds) and ``upstream_<kind>`` as the code."""
+        every secret out, whatever a message holds) and ``upstream_<kind>`` as the code; the
+        server's own shutdown is not the provider's doing and says so."""
+        if self.kind == "shutdown":
+            return ProxyError(503, str(self), code=SHUTDOWN_CODE)
         return ProxyError(self.status, scrub(f"provider {provider!r}: {self}"), code=f"upstream_{self.kind}")
+
+
+SHUTDOWN_CODE = "server_shutting_down"
+
+
+def shutdown_error() -> UpstreamError:
+    """What a call or stream the server ended at the end of its drain raises."""
+    return UpstreamError("shutdown", "the server shut down before the answer was complete; send the request again")
 
 
 @dataclass(frozen=True)
@@ -145,11 +158,15 @@ class Cancel:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self.cancelled = False
+        self.cancelled = False  # the client went away
+        self.stopping = False  # the server is shutting down (``Pool.stop_calls``)
 
-    def cancel(self) -> None:
+    def cancel(self, stopping: bool = False) -> None:
         with self._lock:
-            self.cancelled = True
+            if stopping:
+                self.stopping = True
+            else:
+                self.cancelled = True
             if self._sock is not None:
                 try:  # the plain socket's shutdown, also for TLS: the TLS layer then sees EOF
                     socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
@@ -158,15 +175,17 @@ class Cancel:
 
     def attach(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
+            if self.stopping:
+                raise shutdown_error()
             if self.cancelled:
                 raise UpstreamError("cancelled", "the client went away before the provider answered")
             self._sock = conn.sock
 
     def detach(self) -> bool:
-        """Stop watching the connection; True if the call was cancelled (do not reuse it)."""
+        """Stop watching the connection; True if the call was ended (do not reuse it)."""
         with self._lock:
             self._sock = None
-            return self.cancelled
+            return self.cancelled or self.stopping
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -193,6 +212,11 @@ class UpstreamResponse:
         self._chunks: Dechunker | None = None  # the chunked framing state of a stream being read
         self._split: _EventSplit | None = None  # its SSE event state
 
+    def _broke(self, kind: str, message: str) -> UpstreamError:
+        """The answer broke off (the connection is closed): why, unless the server ended it."""
+        self.close()
+        return shutdown_error() if self._cancel is not None and self._cancel.stopping else UpstreamError(kind, message)
+
     @property
     def is_sse(self) -> bool:
         return self.headers.get("content-type", "").startswith("text/event-stream")
@@ -202,11 +226,9 @@ class UpstreamResponse:
         try:
             data = self._resp.read(limit + 1)
         except socket.timeout as exc:
-            self.close()
-            raise UpstreamError("timeout", "provider timed out while sending its answer") from exc
+            raise self._broke("timeout", "provider timed out while sending its answer") from exc
         except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise UpstreamError("reset", "provider connection broke while sending its answer") from exc
+            raise self._broke("reset", "provider connection broke while sending its answer") from exc
         if len(data) > limit:
             self.close()
             raise UpstreamError("protocol", "provider answer is larger than the limit")
@@ -252,11 +274,9 @@ class UpstreamResponse:
                     raise chunks.broken
             resp.close()  # the body was read to its end: the connection can serve the next request
         except socket.timeout as exc:
-            self.close()
-            raise UpstreamError("timeout", "provider stopped sending mid-stream") from exc
+            raise self._broke("timeout", "provider stopped sending mid-stream") from exc
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            self.close()
-            raise UpstreamError("reset", "provider connection broke mid-stream") from exc
+            raise self._broke("reset", "provider connection broke mid-stream") from exc
 
     def handoff(self) -> Handoff | None:
         """The rest of this SSE stream for a relay thread (``streamrelay``): the plain socket, made
@@ -276,7 +296,7 @@ class UpstreamResponse:
             or self._split is None
             or fp is None
             or self._done
-            or (self._cancel is not None and self._cancel.cancelled)
+            or (self._cancel is not None and (self._cancel.cancelled or self._cancel.stopping))
         ):
             return None
         timeout = sock.gettimeout()
@@ -308,11 +328,9 @@ class UpstreamResponse:
             try:
                 chunk = self._resp.read1(65536)
             except socket.timeout as exc:
-                self.close()
-                raise UpstreamError("timeout", "provider stopped sending mid-answer") from exc
+                raise self._broke("timeout", "provider stopped sending mid-answer") from exc
             except (http.client.IncompleteRead, OSError, http.client.HTTPException, ValueError) as exc:
-                self.close()
-                raise UpstreamError("reset", "provider connection broke mid-answer") from exc
+                raise self._broke("reset", "provider connection broke mid-answer") from exc
             if not chunk:
                 if self._resp.length:  # Content-Length promised more: read1 just returns b"" at EOF
                     self.close()
@@ -410,6 +428,8 @@ class Pool:
         self._idle: dict[Origin, list[tuple[http.client.HTTPConnection, float]]] = {}  # (conn, idle since)
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
+        self._calls: weakref.WeakSet[Cancel] = weakref.WeakSet()  # every call's, for stop_calls
+        self.stopping = False
 
     def _take(self, key: Origin) -> http.client.HTTPConnection | None:
         """The most recently used idle connection to ``key`` that is still open. One the provider
@@ -487,6 +507,11 @@ class Pool:
         ``cancel`` lets another thread end the call (the client left): the connection is
         shut down and the call raises ``UpstreamError("cancelled")``.
         """
+        cancel = cancel if cancel is not None else Cancel()
+        with self._lock:
+            self._calls.add(cancel)
+        if self.stopping:
+            cancel.cancel(stopping=True)
         key = Origin.parse(base_url)
         timeout = self.read_timeout if read_timeout is None else read_timeout
         full_path = key.prefix + path
@@ -551,7 +576,18 @@ class Pool:
     def _check_cancelled(cancel: Cancel | None, exc: BaseException) -> None:
         """A call we shut down ourselves failed because of that: say so, never retry it."""
         if cancel is not None and cancel.detach():
+            if cancel.stopping:
+                raise shutdown_error() from exc
             raise UpstreamError("cancelled", "the client went away; the upstream call was ended") from exc
+
+    def stop_calls(self) -> None:
+        """Shutting down: end every call in progress (its socket shut down: the request thread
+        wakes and answers ``server_shutting_down``) and refuse new ones the same way."""
+        with self._lock:
+            self.stopping = True
+            calls = list(self._calls)
+        for cancel in calls:
+            cancel.cancel(stopping=True)
 
     def close(self) -> None:
         with self._lock:

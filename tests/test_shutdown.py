@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
-from mock_upstream import MockUpstream
+from mock_upstream import MockUpstream, Reply
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -52,3 +52,51 @@ def test_sigterm_under_load_keeps_every_answered_trace(pyz_path, cache_home, tmp
         assert "finishing in-flight requests" in server.log and "database closed" in server.log
         actions = [r["action"] for r in server.db_rows("SELECT action FROM audit_log ORDER BY seq")]
         assert actions[-1] == "server.stop"
+
+
+def test_requests_still_running_when_the_drain_ends_get_an_error_and_keep_their_traces(pyz_path, cache_home, tmp_path):
+    """Was: a stream (or a call waiting for its provider) still running when the drain's time was
+    up was cut without an error, and its trace was lost (the writer stopped first). Now each ends
+    with `server_shutting_down` in its client's own shape, and its trace is written."""
+    with MockUpstream(stream_events=400, sse_delay_ms=50) as slow:  # a stream of ~20 s
+        env = {
+            **base_env(cache_home),
+            "OPENAI_API_KEY": "sk-test-shutdown-1234",
+            "OPENAI_BASE_URL": slow.url + "/v1",
+            "STOCKYARD_SHUTDOWN_GRACE": "1s",
+        }
+        server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+        stream = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        streamed = json.dumps({**json.loads(BODY), "stream": True})
+        stream.request("POST", "/v1/chat/completions", streamed, {"Content-Type": "application/json"})
+        resp = stream.getresponse()
+        assert resp.status == 200
+        seen = b""
+        while b"data:" not in seen:
+            seen += resp.read1(65536)
+        hanging = threading.Event()
+        slow.enqueue(Reply(hang_s=60, hang_started=hanging))
+        answers: list[tuple[int, dict]] = []
+
+        def waiting_call() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("POST", "/v1/chat/completions", BODY, {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            answers.append((answer.status, json.loads(answer.read())))
+
+        caller = threading.Thread(target=waiting_call)
+        caller.start()
+        assert hanging.wait(30), "the second call reached the provider"
+        assert server.stop(signal.SIGTERM) == 0
+        rest = resp.read()  # to the stream's chunked end: read() raises on a cut stream
+        last = [line for line in rest.decode().splitlines() if line.startswith("data: {")][-1]
+        assert json.loads(last[6:])["error"]["code"] == "server_shutting_down"
+        caller.join(30)
+        assert answers and answers[0][0] == 503 and answers[0][1]["error"]["code"] == "server_shutting_down"
+        rows = server.db_rows("SELECT stream, status, outcome, error_type FROM traces ORDER BY stream")
+        assert [(r["stream"], r["error_type"]) for r in rows] == [
+            (0, "server_shutting_down"),
+            (1, "server_shutting_down"),
+        ]
+        assert rows[1]["outcome"] == "stream_broken" and rows[0]["status"] == 503
+        assert "ending them" in server.log and "Traceback" not in server.log

@@ -16,6 +16,8 @@ from ..operations import providers as provider_ops
 from ..store.lock import DatabaseBusy
 from .common import CommandError, runs
 
+CUT_WAIT_S = 5.0  # after the drain: how long requests ended by App.cut_in_flight get to record their traces
+
 if TYPE_CHECKING:
     from ..workers import Worker
 
@@ -197,7 +199,14 @@ def serve(
         if worker is None:  # a worker's socket is its parent's to close
             server.server_close()
         if not server.wait_idle(settings.shutdown_grace_s):
-            log.warning("gave up waiting for %d in-flight requests", server.active)
+            log.warning(
+                "%d requests still in flight after %gs: ending them (their clients get an error; traces kept)",
+                server.active,
+                settings.shutdown_grace_s,
+            )
+            app.cut_in_flight()
+            if not server.wait_idle(CUT_WAIT_S):
+                log.warning("gave up waiting for %d in-flight requests", server.active)
         app.close()
         log.info("stopped; database closed")
         for handler in logging.getLogger("stockyard").handlers:
