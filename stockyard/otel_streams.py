@@ -54,8 +54,17 @@ def _chat(events: list[dict]) -> dict:
                 choice.pop("message", None)
             _delta(choice.get("message"), delta_choice.get("delta"))
             choice["finish_reason"] = delta_choice.get("finish_reason") or choice["finish_reason"]
+    for choice in choices.values():
+        _order_calls(choice.get("message"))
     doc["choices"] = [choices[i] for i in sorted(choices)]
     return doc
+
+
+def _order_calls(message: dict | None) -> None:
+    """A message's tool calls, gathered by their delta ``index``, as the list in index order."""
+    if message is not None and isinstance(message.get("tool_calls"), dict):
+        calls = message["tool_calls"]
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
 
 
 def _delta(message: dict | None, delta: Any) -> None:
@@ -64,12 +73,13 @@ def _delta(message: dict | None, delta: Any) -> None:
     for key in ("content", "refusal", "reasoning_content", "reasoning"):
         if isinstance(delta.get(key), str):
             message[key] = message.get(key, "") + delta[key]
-    calls = message.setdefault("tool_calls", [])
+    # By index, not a list as long as the largest index: a stream naming index 10**9 costs nothing
+    calls: dict[int, dict] = message.setdefault("tool_calls", {})
     for piece in delta.get("tool_calls") or ():
-        index = piece.get("index", len(calls))
-        while len(calls) <= index:
-            calls.append({"id": None, "function": {"name": "", "arguments": ""}})
-        call, fn = calls[index], piece.get("function") or {}
+        index = piece.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else len(calls)
+        call = calls.setdefault(index, {"id": None, "function": {"name": "", "arguments": ""}})
+        fn = piece.get("function") or {}
         call["id"] = piece.get("id") or call["id"]
         call["function"]["name"] += fn.get("name") or ""
         call["function"]["arguments"] += fn.get("arguments") or ""

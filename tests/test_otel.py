@@ -490,6 +490,22 @@ def test_a_streamed_chat_answer_is_assembled(content_server, receiver):
     assert messages_of(a["gen_ai.input.messages"]) == [{"role": "user", "parts": [text("Weather?")]}]
 
 
+def test_a_streamed_tool_call_with_a_huge_index_costs_no_memory(content_server, mock, receiver):
+    """Was: folding a chat stream made every tool call up to a delta's ``index``, so one 150-byte
+    event naming index 1,000,000 (an odd OpenAI-compatible server) took ~400 MB and over a second
+    on the request thread, and 10**12 took the process down; the index only orders the calls."""
+    call = {"index": 1_000_000, "id": "call_far", "function": {"name": "get_weather", "arguments": PARIS}}
+    chunk = {"id": "chatcmpl-far", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+    end = {"id": "chatcmpl-far", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+    mock.enqueue(Reply(sse=[json.dumps(chunk), json.dumps(end), "[DONE]"]))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Weather?"}], "stream": True}
+    status, headers, raw = content_server.request("POST", "/v1/chat/completions", body)
+    assert status == 200 and b"call_far" in raw
+    a, _ = exported(receiver, headers)
+    [out] = messages_of(a["gen_ai.output.messages"], output=True)
+    assert out["parts"] == [{"type": "tool_call", "id": "call_far", "name": "get_weather", "arguments": CITY}]
+
+
 ANTHROPIC_HISTORY = [
     {
         "role": "user",
