@@ -555,6 +555,7 @@ class ProviderCalls:
             found = made() if made is not None else []
         except ProxyError:
             found = []
+        ctx.attempt.response_body.clear()  # the provider's list holds other keys' batches: not this trace's
         for doc in found:
             if self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold):
                 log.warning(

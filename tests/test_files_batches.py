@@ -317,6 +317,25 @@ def test_a_batch_create_without_an_answer_and_no_batch_found_is_not_retried(serv
     assert not [b for b in FILES.batches.values() if b["input_file_id"] == source.id]
 
 
+def test_a_lost_create_keeps_no_other_keys_batches_in_its_trace(server, mock):
+    """Was: when no batch was found, the trace of the failed create kept the provider's whole
+    list of batches (other keys' ids, files and metadata) before the error; a key's traces hold
+    its own objects only, as its lists do."""
+    bob = client(server, "bob")
+    theirs = bob.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    bobs = bob.batches.create(input_file_id=theirs.id, endpoint="/v1/chat/completions", completion_window="24h")
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    mock.clear()
+    mock.enqueue(Reply(), Reply(reset=True))
+    with pytest.raises(APIStatusError) as err:
+        alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.status_code == 502
+    assert [r.method for r in mock.requests if r.path == "/v1/batches"] == ["POST", "GET"]
+    trace = trace_of(server, err.value.response.headers)
+    assert bobs.id not in json.dumps(trace) and theirs.id not in json.dumps(trace)
+
+
 def test_a_cancelled_batch(server):
     alice = client(server, "alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
