@@ -281,6 +281,14 @@ class Ownership:
         )
         return {r["id"] for r in rows}
 
+    def taken(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` someone owns already (any key, any kind)."""
+        if not ids:
+            return set()
+        marks = ", ".join("?" * len(ids))
+        rows = self._store.read().execute(f"SELECT id FROM owned_objects WHERE id IN ({marks})", ids)
+        return {r["id"] for r in rows}
+
     def claim(self, object_id: str, kind: str, owner: str, provider: str, hold: BatchHold | None = None) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
         it against, until billed); False when the id was already held (it keeps its first owner)."""
@@ -547,16 +555,20 @@ class ProviderCalls:
         made: Callable[[], list[dict]] | None,
         failure: ProxyError,
     ) -> tuple[Answer, dict]:
-        """A create whose answer was lost: the first batch ``made()`` finds that no one owns
-        becomes this key's (with the hold) and is the answer. None found (the provider is still
-        making it, or made none, or cannot be asked): ``failure``, telling the client not to retry
-        (``x-should-retry: false``, which the SDKs obey; a retry would start a second batch)."""
+        """A create whose answer was lost: the one batch ``made()`` finds that no one owns becomes
+        this key's (with the hold) and is the answer. None found (the provider is still making it,
+        or made none, or cannot be asked) or more than one (another create of the same file is on
+        its way back: taking its batch would answer two creates with one batch and leave this one
+        unowned): ``failure``, telling the client not to retry (``x-should-retry: false``, which
+        the SDKs obey; a retry would start a second batch)."""
         try:
             found = made() if made is not None else []
         except ProxyError:
             found = []
         ctx.attempt.response_body.clear()  # the provider's list holds other keys' batches: not this trace's
-        for doc in found:
+        taken = self.ownership.taken([doc["id"] for doc in found])
+        free = [doc for doc in found if doc["id"] not in taken]
+        for doc in free if len(free) == 1 else []:
             if self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold):
                 log.warning(
                     "a batch create at provider %r was lost (%s); found it there: %s",

@@ -87,6 +87,8 @@ class Reply:
     hang_s: float | None = None
     reset: bool = False
     lost: bool = False  # the provider does the work, then the connection closes before its answer
+    wait: threading.Event | None = None  # the provider starts once it is set (hang_started: waiting)
+    held: threading.Event | None = None  # the provider does the work, then answers once it is set (hang_started: done)
     hang_started: threading.Event | None = None  # set when the request arrived and the hang began
     hung_up: threading.Event | None = None  # set when the caller closed the connection during the hang
 
@@ -1762,10 +1764,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._drop()
         if scripted is not None and scripted.reset:
             return self._drop()
+        if scripted is not None and scripted.wait is not None:
+            self._gate(scripted, scripted.wait)
         if scripted is not None and scripted.lost:
             self._resolve(req, n, None)
             return self._drop()
         reply = self._resolve(req, n, scripted)
+        if scripted is not None and scripted.held is not None:
+            self._gate(scripted, scripted.held)
         headers = {"x-request-id": f"req_mock_{n}", "request-id": f"req_mock_{n}"}
         for extra in (reply.headers, scripted.headers if scripted else {}):
             headers.update({name.lower(): value for name, value in extra.items()})
@@ -1776,6 +1782,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_sse(reply.status, headers, events, sse_delay, cut)
         else:
             self._send_body(reply, headers, cut)
+
+    def _gate(self, scripted: Reply, gate: threading.Event) -> None:
+        """Wait for the test to open ``gate`` (``hang_started`` says the wait began); a stopping mock goes on."""
+        if scripted.hang_started is not None:
+            scripted.hang_started.set()
+        stopping = self.server.mock._stopping
+        while not gate.wait(0.05) and not stopping.is_set():
+            pass
 
     def _hang(self, scripted: Reply) -> bool:
         """Think for ``hang_s`` like a slow provider; True when cut short (stopping, or the caller

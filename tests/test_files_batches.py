@@ -317,6 +317,48 @@ def test_a_batch_create_without_an_answer_and_no_batch_found_is_not_retried(serv
     assert not [b for b in FILES.batches.values() if b["input_file_id"] == source.id]
 
 
+def test_a_lost_create_never_takes_the_batch_of_a_create_running_beside_it(server, mock):
+    """Was: a create whose answer was lost took the newest batch over its file that no one owned
+    yet — which could be the batch of a second create of the same file still on its way back: both
+    clients were answered with that one batch (the second's hold given back) and the lost batch ran
+    unowned and unbilled. Two candidates are two batches: neither is taken, the first create is a
+    502 as before and the second keeps its own batch."""
+    alice = client(server, "alice")
+    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
+    listing, list_waits, second_made, second_answer = (threading.Event() for _ in range(4))
+    mock.clear()
+    mock.enqueue(Reply(), Reply(lost=True), Reply(wait=listing, hang_started=list_waits))
+    results: dict[str, object] = {}
+
+    def create(name: str) -> None:
+        try:
+            results[name] = alice.batches.create(
+                input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        except APIStatusError as exc:
+            results[name] = exc
+
+    first = threading.Thread(target=create, args=("first",))
+    first.start()
+    assert list_waits.wait(10), "the lost create looks for its batch"
+    mock.enqueue(Reply(), Reply(held=second_answer, hang_started=second_made))
+    second = threading.Thread(target=create, args=("second",))
+    second.start()
+    assert second_made.wait(10), "the second batch is made, its answer not back yet"
+    listing.set()
+    first.join(10)
+    second_answer.set()
+    second.join(10)
+    made = sorted(b["id"] for b in FILES.batches.values() if b["input_file_id"] == source.id)
+    assert len(made) == 2
+    answered = [r.id for r in results.values() if not isinstance(r, APIStatusError)]
+    assert len(answered) == len(set(answered)), f"one batch answered to two creates: {results}"
+    assert isinstance(results["first"], APIStatusError) and results["first"].status_code == 502
+    assert results["second"].id == made[1]
+    owned = server.db_rows("SELECT id FROM owned_objects WHERE kind = 'batch' AND id IN (?, ?)", tuple(made))
+    assert [r["id"] for r in owned] == [made[1]]
+
+
 def test_a_lost_create_keeps_no_other_keys_batches_in_its_trace(server, mock):
     """Was: when no batch was found, the trace of the failed create kept the provider's whole
     list of batches (other keys' ids, files and metadata) before the error; a key's traces hold
