@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 
 from stockyard.budgets import Budget, BudgetExceeded
 from stockyard.groupstate import RemoteLedger, RemoteRateLimiter, StateClient, StateLost, StateServer
@@ -510,16 +510,6 @@ def _zombie(pid: int) -> bool:
 
 
 # -- SIGTERM while the group starts ----------------------------------------------------------------
-def starting_group(pyz_path, cache_home, mock, tmp_path) -> ServerProcess:
-    """A ``--workers 2`` group started without waiting for its banner, with worker 0 forked."""
-    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env, ["--workers", "2"])
-    cmd = [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(server.db), "--workers", "2"]
-    server.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    threading.Thread(target=server._read_log, daemon=True).start()
-    return server
-
-
 def answered_by_a_worker(port: int) -> bool:
     """True once a GET /healthz on the group's port is answered (a connection the kernel gave to
     a socket no worker serves yet waits: give up on it and try a new one)."""
@@ -533,60 +523,60 @@ def answered_by_a_worker(port: int) -> bool:
         return False
 
 
-def test_sigterm_before_worker_0_said_it_serves_starts_no_more_workers(pyz_path, cache_home, mock, tmp_path):
-    """The parent starts workers 1..N-1 when worker 0 says it serves. A SIGTERM that came first
-    must win: a worker started after the stop was never told to stop, and the group hung until
-    its 80 s kill timer. Worker 0 is paused once its SIGTERM handler is in place (it handles the
-    stop) and before it tells the parent it serves; when the pause came too late (the parent had
-    already started worker 1), the test tries again."""
-    for _ in range(5):
-        server = starting_group(pyz_path, cache_home, mock, tmp_path)
-        proc = server.proc
-        assert proc is not None
-        try:
-            worker = next(iter(wait_for(lambda s=server: workers_of(s), what="worker 0 forked")))
-            while not _catches_sigterm(worker):
-                pass
-            os.kill(worker, signal.SIGSTOP)
-            if len(workers_of(server)) > 1:  # too late: worker 0 had told the parent
-                continue
-            proc.send_signal(signal.SIGTERM)
-            wait_for(lambda s=server: "stopping 1 workers" in s.log, what="the parent passing the stop on")
-            os.kill(worker, signal.SIGCONT)
-            assert proc.wait(30) == 0, server.log
-            assert "[w1]" not in server.log, server.log
-            assert server.log.count("stopped; database closed") == 1, server.log
-            return
-        finally:
-            server.stop(signal.SIGKILL)
-            for path in tmp_path.glob("stockyard.db*"):
-                path.unlink()
-    pytest.skip("worker 0 was never caught between its SIGTERM handler and its ready message")
+GROUP_HARNESS = """
+import logging, os, signal, sys
+from stockyard import config
+from stockyard.workers import Group
+
+gate, db, catch = sys.argv[1], sys.argv[2], sys.argv[3] == "catch"
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 
 
-def _catches_sigterm(pid: int) -> bool:
-    """True once the process has a handler for SIGTERM (SigCgt in /proc/PID/status)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
-    return bool(caught >> (signal.SIGTERM - 1) & 1)
+def main(worker):
+    print(f"worker {worker.index} starting", flush=True)
+    if worker.index == 0:
+        if catch:  # its SIGTERM handler is in place (as serve's is, just before it says it serves)
+            signal.signal(signal.SIGTERM, lambda *_: print("worker 0 told to stop", flush=True))
+        with open(gate) as held:  # starting until the test opens the pipe
+            held.read()
+    worker.ready()
+    print(f"worker {worker.index} serves", flush=True)
+    return 0
 
 
-def test_sigterm_while_worker_0_starts_stops_the_group_cleanly(pyz_path, cache_home, mock, tmp_path):
-    """A stop asked for before any worker served ends the group with 0, not 1: a worker that
-    was still starting (its default SIGTERM disposition ends it) had nothing in flight."""
-    server = starting_group(pyz_path, cache_home, mock, tmp_path)
-    proc = server.proc
-    assert proc is not None
+settings = config.load({"port": 0, "db": db, "workers": 2})
+sys.exit(Group(settings, main).run())
+"""
+
+
+@pytest.mark.parametrize("catch", [False, True], ids=["still-starting", "says-it-serves-after-the-stop"])
+def test_a_stop_during_start_up_starts_no_more_workers_and_ends_cleanly(cache_home, tmp_path, catch):
+    """The real group supervisor with a worker whose start-up the test holds (a named pipe): a
+    SIGTERM while worker 0 is starting. Was: the parent still started worker 1 once worker 0 said
+    it served, and never stopped it (the group hung, then was killed: exit 1); a worker the stop
+    ended before it served (its default SIGTERM disposition) made the group exit 1."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    cmd = [sys.executable, "-c", GROUP_HARNESS, str(gate), str(tmp_path / "s.db"), "catch" if catch else "-"]
+    env = {**base_env(cache_home), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True).start()
     try:
-        worker = next(iter(wait_for(lambda: workers_of(server), what="worker 0 forked")))
-        os.kill(worker, signal.SIGSTOP)  # still starting: its SIGTERM handler is not installed yet
+        wait_for(lambda: "worker 0 starting\n" in lines, 30, "worker 0 starting")
         proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: "stopping 1 workers" in server.log, what="the parent passing the stop on")
-        os.kill(worker, signal.SIGCONT)
-        assert proc.wait(30) == 0, server.log
+        wait_for(lambda: any("stopping 1 workers" in line for line in lines), what="the stop passed on")
+        if catch:
+            wait_for(lambda: "worker 0 told to stop\n" in lines, what="worker 0 told")
+            with open(gate, "w"):  # worker 0 goes on and says it serves: after the stop
+                pass
+        assert proc.wait(30) == 0, "".join(lines)
     finally:
-        server.stop(signal.SIGKILL)
-    assert "[w1]" not in server.log, server.log
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "worker 1 starting\n" not in lines, "".join(lines)
+    assert ("worker 0 serves\n" in lines) == catch
 
 
 def _listening_port(pid: int) -> int | None:
