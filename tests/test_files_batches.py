@@ -144,11 +144,15 @@ def test_wrong_method_is_405_with_allow(server):
 
 
 def trace_of(server: ServerProcess, headers) -> dict:
-    status, _, body = server.request(
-        "GET", f"/api/traces/{headers['x-stockyard-trace-id']}", headers={"Authorization": f"Bearer {ADMIN}"}
+    """The request's trace, once the writer has committed it (it is written after the answer)."""
+    path = f"/api/traces/{headers['x-stockyard-trace-id']}"
+    found = wait_for(
+        lambda: (
+            (answer := server.request("GET", path, headers={"Authorization": f"Bearer {ADMIN}"}))[0] == 200 and answer
+        ),
+        what="the trace written",
     )
-    assert status == 200, body
-    return json.loads(body)
+    return json.loads(found[2])
 
 
 def test_upload_list_retrieve_content_delete_and_another_key_sees_none_of_it(server):
