@@ -351,7 +351,7 @@ class App:
                         WATCHER_STALE_S,
                         exc_info=exc,
                     )
-                self.watcher_error = f"{type(exc).__name__}: {exc}"
+                self.watcher_error = type(exc).__name__  # for /readyz, which answers anyone: the log has the rest
                 next_check = 0.0  # the next pass checks again
                 if conn is not None:
                     conn.close()
@@ -402,7 +402,11 @@ class App:
                 )
                 problem = None
             except Exception as exc:
-                problem = f"not writable: {str(exc) or type(exc).__name__}"
+                # /readyz answers anyone: the kind of failure only; its text (a database host,
+                # user or path) goes to the log, once per change
+                problem = f"not writable: {type(exc).__name__}"
+                if problem != self._probed[1]:
+                    log.warning("/readyz: the database takes no writes: %s", self.scrubber.text(str(exc))[:300])
             self._probed = (time.monotonic(), problem)
             return problem
 
@@ -412,7 +416,7 @@ class App:
         if idle <= WATCHER_STALE_S:
             return None
         return f"no successful pass for {idle:.0f}s; configuration changes are not being picked up" + (
-            f" (last error: {self.scrubber.text(self.watcher_error)[:300]})" if self.watcher_error else ""
+            f" (last error: {self.watcher_error}; the server log has its details)" if self.watcher_error else ""
         )
 
     def reload(self) -> None:
