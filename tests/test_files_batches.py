@@ -308,19 +308,6 @@ def test_a_batch_whose_create_answer_was_lost_is_found_owned_and_answered(server
     assert "was lost" in server.log and "Traceback" not in server.log
 
 
-def test_a_batch_create_without_an_answer_and_no_batch_found_is_not_retried(server, mock):
-    """The provider closed the connection and made no batch: the client is told so and not to retry."""
-    alice = client(server, "alice")
-    source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
-    mock.clear()
-    mock.enqueue(Reply(), Reply(reset=True))
-    with pytest.raises(APIStatusError) as err:
-        alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
-    assert err.value.status_code == 502 and err.value.response.headers["x-should-retry"] == "false"
-    assert "may have been created" in err.value.message
-    assert not [b for b in FILES.batches.values() if b["input_file_id"] == source.id]
-
-
 def test_a_lost_create_never_takes_the_batch_of_a_create_running_beside_it(server, mock):
     """Was: a create whose answer was lost took the newest batch over its file that no one owned
     yet — which could be the batch of a second create of the same file still on its way back: both
@@ -376,7 +363,9 @@ def test_a_lost_create_keeps_no_other_keys_batches_in_its_trace(server, mock):
     mock.enqueue(Reply(), Reply(reset=True))
     with pytest.raises(APIStatusError) as err:
         alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
-    assert err.value.status_code == 502
+    assert err.value.status_code == 502 and err.value.response.headers["x-should-retry"] == "false"
+    assert "may have been created" in err.value.message  # none was found: the client is told not to retry
+    assert not [b for b in FILES.batches.values() if b["input_file_id"] == source.id]
     assert [r.method for r in mock.requests if r.path == "/v1/batches"] == ["POST", "GET"]
     trace = trace_of(server, err.value.response.headers)
     assert bobs.id not in json.dumps(trace) and theirs.id not in json.dumps(trace)
