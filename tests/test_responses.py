@@ -563,6 +563,32 @@ def test_codex_custom_tool_round_trips_on_a_translated_provider(client, mock, st
     }
 
 
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+def test_an_image_a_tool_returned_reaches_a_translated_provider(client, mock, model):
+    """Was a 400: Codex's view_image tool answers with an input_image in its function_call_output.
+    On Claude and Gemini the image goes in the same user turn as the tool's result."""
+    dot = "data:image/png;base64,iVBORw0KGgo="
+    call = {"type": "function_call", "call_id": "call_img", "name": "view_image", "arguments": '{"path":"a.png"}'}
+    output = {
+        "type": "function_call_output",
+        "call_id": "call_img",
+        "output": [{"type": "input_text", "text": "a.png"}, {"type": "input_image", "image_url": dot}],
+    }
+    answer = client.responses.create(model=model, input=[{"role": "user", "content": "look"}, call, output])
+    assert answer.status == "completed"
+    if model.startswith("claude"):
+        turn = mock.last("/v1/messages").json["messages"][-1]
+        assert turn["role"] == "user" and turn["content"][0]["type"] == "tool_result"
+        assert turn["content"][1] == {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+        }
+    else:
+        turn = mock.last(":generateContent").json["contents"][-1]
+        assert turn["role"] == "user" and "functionResponse" in turn["parts"][0]
+        assert turn["parts"][1] == {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}
+
+
 CODEX_SHELL = {
     "type": "function",
     "name": "shell",

@@ -229,6 +229,32 @@ def test_item_list_with_tool_round_trip_and_history():
     ]
 
 
+def test_images_in_tool_outputs_follow_the_run_of_tool_messages():
+    """Was a 400: Codex's view_image answers with an input_image. A chat tool message carries text
+    only, so the images follow the tool messages of the turn, in one user message."""
+    dot = "data:image/png;base64,iVBORw0KGgo="
+    history = [
+        {"type": "function_call", "call_id": "a", "name": "view_image", "arguments": '{"path":"a.png"}'},
+        {"type": "function_call", "call_id": "b", "name": "view_image", "arguments": '{"path":"b.png"}'},
+    ]
+    outputs = [
+        {"type": "function_call_output", "call_id": "a", "output": [{"type": "input_image", "image_url": dot}]},
+        {
+            "type": "function_call_output",
+            "call_id": "b",
+            "output": [{"type": "input_text", "text": "b.png:"}, {"type": "input_image", "image_url": dot}],
+        },
+    ]
+    messages = to_chat({"model": "m", "input": [*history, *outputs, {"role": "user", "content": "and?"}]})["messages"]
+    image = {"type": "image_url", "image_url": {"url": dot}}
+    assert [m["role"] for m in messages] == ["assistant", "tool", "tool", "user", "user"]
+    assert messages[1]["content"] == [{"type": "text", "text": "(the result is the image that follows)"}]
+    assert messages[2]["content"] == [{"type": "text", "text": "b.png:"}]
+    assert messages[3] == {"role": "user", "content": [image, image]} and messages[4]["content"] == "and?"
+    last = to_chat({"model": "m", "input": [*history, *outputs]})["messages"]  # the turn ends with them
+    assert last[-1] == {"role": "user", "content": [image, image]}
+
+
 def test_function_call_without_assistant_text_opens_an_assistant_turn():
     body = {
         "model": "m",
@@ -395,10 +421,10 @@ REFUSALS = [
     (
         {
             "model": "m",
-            "input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image"}]}],
+            "input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_audio"}]}],
         },
         "input[0].output[0].type",
-        "input_image",
+        "input_audio",
     ),
 ]
 

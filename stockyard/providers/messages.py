@@ -43,7 +43,7 @@ from typing import Any
 from ..errors import ANTHROPIC, ProxyError, error_type
 from ..pricing import Usage
 from .reasoning import pack, restorable, sign_call, thought_signature, unpack
-from .responses import reasoning_text
+from .responses import attached_note, reasoning_text
 
 CHAT_FIELDS = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
 KNOWN_FIELDS = {
@@ -275,8 +275,7 @@ def tool_message(block: dict, path: str) -> tuple[dict, list[dict]]:
                 pieces.append(str(part.get("text") or ""))
             else:
                 raise unsupported(f"{path}.content[{k}].type", f"tool_result block type {kind!r}")
-        follows = "image" if all(p["type"] == "image_url" for p in images) else "attachment"
-        text = "\n".join(pieces) or (f"(the result is the {follows} that follows)" if images else "")
+        text = "\n".join(pieces) or (attached_note(images) if images else "")
     else:
         raise invalid(f"{path}.content", f"{path}.content must be a string or an array of content blocks")
     if block.get("is_error"):

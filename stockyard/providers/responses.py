@@ -66,6 +66,7 @@ CUSTOM_PARAMETERS = {
     "additionalProperties": False,
 }
 MESSAGE_ROLES = {"user", "assistant", "system", "developer"}
+TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 IMAGE_DETAILS = {"auto", "low", "high"}
 # chat finish_reason → Responses incomplete_details.reason
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -167,11 +168,15 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
         raise invalid(where, f"'{where}' must be a string or an array of items")
     out: list[dict] = []
     state: dict | None = None  # reasoning state of a reasoning item, for the assistant items after it
+    attached: list[dict] = []  # images and files of the tool outputs just read (chat_messages: after them)
     for i, item in enumerate(items):
         path = f"{where}[{i}]"
         if not isinstance(item, dict):
             raise invalid(path, f"{path} must be an object")
         kind = item.get("type") or "message"
+        if attached and kind not in TOOL_OUTPUTS:
+            out.append({"role": "user", "content": attached})
+            attached = []
         if kind == "message":
             message = chat_message(item, path)
             if message["role"] == "assistant":
@@ -183,9 +188,11 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
             add_tool_call(out, item, path, state)
         elif kind == "custom_tool_call":
             add_tool_call(out, custom_as_function(item, path), path, state)
-        elif kind in ("function_call_output", "custom_tool_call_output"):
+        elif kind in TOOL_OUTPUTS:
             state = None
-            out.append(tool_message(item, path))
+            message, parts = tool_message(item, path)
+            out.append(message)
+            attached += parts
         elif kind == "reasoning":
             # the reasoning text is not sent back upstream; the state Stockyard packed is, to
             # the provider that made it
@@ -197,6 +204,8 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
                 state = found
         else:
             raise unsupported(f"{path}.type", f"input item type {kind!r}")
+    if attached:
+        out.append({"role": "user", "content": attached})
     return out
 
 
@@ -296,19 +305,34 @@ def custom_as_function(item: dict, path: str) -> dict:
     return {**item, "arguments": json.dumps({CUSTOM_INPUT: item["input"]}, ensure_ascii=False)}
 
 
-def tool_message(item: dict, path: str) -> dict:
+def attached_note(attached: list[dict]) -> str:
+    """A tool result's text when all it holds is what follows it (chat tool messages are text)."""
+    follows = "image" if all(p["type"] == "image_url" for p in attached) else "attachment"
+    return f"(the result is the {follows} that follows)"
+
+
+def tool_message(item: dict, path: str) -> tuple[dict, list[dict]]:
+    """A tool output item → the chat ``tool`` message, and its images and files as user content
+    parts: a chat tool message carries text only, so they follow the run of tool messages in one
+    user message (Codex's ``view_image`` answers with an ``input_image``)."""
     if not isinstance(item.get("call_id"), str):
         raise invalid(f"{path}.call_id", f"{path}.call_id must be a string")
     output = item.get("output")
+    attached: list[dict] = []
     if isinstance(output, list):
+        texts = []
         for j, part in enumerate(output):
-            if not isinstance(part, dict) or part.get("type") != "input_text":
-                kind = part.get("type") if isinstance(part, dict) else None
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "input_text":
+                texts.append({"type": "text", "text": str(part.get("text") or "")})
+            elif kind in ("input_image", "input_file"):
+                attached.append(chat_part(part, f"{path}.output[{j}]"))
+            else:
                 raise unsupported(f"{path}.output[{j}].type", f"function_call_output part type {kind!r}")
-        output = [{"type": "text", "text": str(p.get("text") or "")} for p in output]
+        output = texts or [{"type": "text", "text": attached_note(attached)}]
     elif not isinstance(output, str):
-        raise invalid(f"{path}.output", f"{path}.output must be a string or an array of input_text parts")
-    return {"role": "tool", "tool_call_id": item["call_id"], "content": output}
+        raise invalid(f"{path}.output", f"{path}.output must be a string or an array of content parts")
+    return {"role": "tool", "tool_call_id": item["call_id"], "content": output}, attached
 
 
 def chat_tools(tools: Any) -> list[dict]:
