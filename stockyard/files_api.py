@@ -39,7 +39,7 @@ from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
 from .store import Store
-from .upstream import UpstreamError, UpstreamResponse
+from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
 
 PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]{1,200})(/content|/cancel)?)?$")
 log = logging.getLogger("stockyard.files")
@@ -534,7 +534,7 @@ class ProviderCalls:
             try:
                 answer, doc = self._call(ctx, provider, "POST", rest, body)
             except ProxyError as exc:
-                if exc.status not in (502, 504):
+                if exc.status not in (502, 504) and exc.code != SHUTDOWN_CODE:  # answered: no batch was made
                     raise
                 answer, doc = self._adopt(ctx, provider, kind, hold, made, exc)
                 claimed = True

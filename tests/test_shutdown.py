@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import signal
 import threading
@@ -10,6 +11,7 @@ import threading
 import pytest
 from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import MockUpstream, Reply
+from openai import APIStatusError, OpenAI
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -100,3 +102,38 @@ def test_requests_still_running_when_the_drain_ends_get_an_error_and_keep_their_
         ]
         assert rows[1]["outcome"] == "stream_broken" and rows[0]["status"] == 503
         assert "ending them" in server.log and "Traceback" not in server.log
+
+
+def test_a_batch_create_ended_by_the_drain_tells_the_client_not_to_send_it_again(pyz_path, cache_home, tmp_path):
+    """A batch create still waiting for its provider when the drain ends may have made the batch
+    there: like a create whose answer was lost, the client is told not to retry."""
+    with MockUpstream() as upstream:
+        env = {
+            **base_env(cache_home),
+            "OPENAI_API_KEY": "sk-test-shutdown-1234",
+            "OPENAI_BASE_URL": upstream.url + "/v1",
+            "STOCKYARD_SHUTDOWN_GRACE": "1s",
+        }
+        server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": json.loads(BODY)}
+        source = client.files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
+        hanging = threading.Event()
+        upstream.enqueue(Reply(hang_s=60, hang_started=hanging))
+        failures: list[APIStatusError] = []
+
+        def create() -> None:
+            try:
+                client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+            except APIStatusError as exc:
+                failures.append(exc)
+
+        creating = threading.Thread(target=create)
+        creating.start()
+        assert hanging.wait(30), "the create reached the provider"
+        assert server.stop(signal.SIGTERM) == 0
+        creating.join(30)
+        assert failures and failures[0].status_code == 503
+        assert (
+            failures[0].response.headers["x-should-retry"] == "false" and "may have been created" in failures[0].message
+        )
