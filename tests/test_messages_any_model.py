@@ -301,7 +301,7 @@ ATTACHED = "(the result is the attachment that follows)"
 def test_claude_code_reads_a_pdf_on_a_gpt_model(client, mock):
     """Claude Code's Read tool returns a PDF as a ``document`` block in the tool result (and a user
     can attach one): on a GPT model it goes as a chat ``file`` part (following the tool message, as
-    images do), a text document as text. Gemini's chat translation takes no files: a clear 400."""
+    images do), a text document as text. On Gemini it goes as inlineData (was a 400)."""
     document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
     history = [
         {"role": "user", "content": [{"type": "text", "text": "Summarise a.pdf"}]},
@@ -330,9 +330,12 @@ def test_claude_code_reads_a_pdf_on_a_gpt_model(client, mock):
         {"type": "file", "file": {**pdf["file"], "filename": "b.pdf"}},
         {"type": "text", "text": "notes"},
     ]
-    with pytest.raises(anthropic.BadRequestError) as refused:
-        client.messages.create(model=MODELS["gemini"], max_tokens=100, messages=history)
-    assert refused.value.body["type"] == "error" and "file" in refused.value.body["error"]["message"]
+    answer = client.messages.create(model=MODELS["gemini"], max_tokens=100, messages=history)
+    assert answer.content[0].type == "text"
+    contents = upstream_body(mock, MODELS["gemini"])["contents"]
+    inline = {"inlineData": {"mimeType": "application/pdf", "data": PDF}}
+    assert contents[2]["parts"][0]["functionResponse"]["response"] == {"content": ATTACHED}
+    assert contents[2]["parts"][1] == inline and contents[4]["parts"][0] == inline
 
 
 def new_key(server: ServerProcess, **fields) -> tuple[str, str]:

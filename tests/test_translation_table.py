@@ -457,3 +457,38 @@ def test_capabilities_command_prints_the_tables(server) -> None:
     text = server.cli("providers", "capabilities").stdout
     assert "anthropic (chat):" in text and "gemini (embeddings):" in text
     assert any(line.split()[:2] == ["logprobs", "refused"] for line in text.splitlines())
+
+
+PDF_DATA = "JVBERi0xLjQKJSVFT0YK"  # "%PDF-1.4\n%%EOF\n", base64
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+def test_a_pdf_file_part_reaches_claude_and_gemini(server, mock, kind) -> None:
+    """Was a 400: a chat ``file`` part (a PDF as a data URL, as the OpenAI SDK sends it) goes to
+    Claude as a ``document`` block and to Gemini as ``inlineData``; a plain-text file to Claude
+    as a text document."""
+    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{PDF_DATA}"}}
+    text = {"type": "file", "file": {"file_data": "data:text/plain;base64,bm90ZXM="}}  # "notes"
+    parts = [{"type": "text", "text": "Summarise"}, pdf, *([text] if kind == "anthropic" else [])]
+    status, _, answer = chat(server, {"model": MODELS[kind], "messages": [{"role": "user", "content": parts}]})
+    assert status == 200, answer
+    sent = upstream(mock, kind, MODELS[kind]).json
+    if kind == "anthropic":
+        assert sent["messages"][0]["content"][1:] == [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF_DATA}},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
+        ]
+    else:
+        assert sent["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "application/pdf", "data": PDF_DATA}}
+
+
+@pytest.mark.parametrize(
+    "part, word",
+    [
+        ({"type": "file", "file": {"file_id": "file-abc"}}, "file_id"),
+        ({"type": "file", "file": {"file_data": "data:application/zip;base64,UEs="}}, "application/zip"),
+    ],
+)
+def test_a_file_claude_cannot_read_is_a_400_naming_why(server, mock, part, word) -> None:
+    status, _, answer = chat(server, {"model": MODELS["anthropic"], "messages": [{"role": "user", "content": [part]}]})
+    assert status == 400 and word in answer["error"]["message"], answer

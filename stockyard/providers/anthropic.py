@@ -11,6 +11,8 @@ The OpenAI-shaped output helpers live in ``chatshape.py``, shared with the Gemin
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import logging
@@ -189,8 +191,8 @@ def headers(provider: Provider, ctx: RequestContext, native: bool) -> dict[str, 
 
 
 def content_blocks(content: Any) -> list[dict]:
-    """OpenAI user/assistant content → Anthropic content blocks (text and images)."""
-    return translate_content(content, text_block, image_block, "Anthropic")
+    """OpenAI user/assistant content → Anthropic content blocks (text, images, inline PDFs and text files)."""
+    return translate_content(content, text_block, image_block, "Anthropic", document_block)
 
 
 def text_block(part: dict, text: str) -> dict:
@@ -208,6 +210,31 @@ def image_block(url: str) -> dict:
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages", code="invalid_image_url")
+
+
+def document_block(url: str) -> dict:
+    """An inline file (a data URL) → a ``document`` block: a PDF as base64, plain text as text;
+    an image file as an image block. Other types Claude does not read: 400."""
+    inline = data_url(url)
+    assert inline is not None  # chatshape.file_data_of gives data URLs only
+    media_type, data = inline
+    if media_type == "application/pdf":
+        return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if media_type.startswith("image/"):
+        return image_block(url)
+    if media_type == "text/plain":
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            message = "a text/plain file must be UTF-8 in base64"
+            raise ProxyError(400, message, param="messages", code="invalid_file") from None
+        return {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    raise ProxyError(
+        400,
+        f"a file of type {media_type!r} cannot go to Anthropic models (PDF, plain text and images can)",
+        param="messages",
+        code="unsupported_content",
+    )
 
 
 def tool_use_blocks(calls: Any) -> list[dict]:

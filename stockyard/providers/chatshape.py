@@ -174,6 +174,21 @@ def image_url_of(part: dict) -> str:
     return url
 
 
+def file_data_of(part: dict, models: str) -> str:
+    """The data URL of a chat ``file`` content part; a file by id is the provider's own (400)."""
+    file = part.get("file")
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if isinstance(data, str) and data.startswith("data:"):
+        return data
+    raise ProxyError(
+        400,
+        f"a file content part for {models} models needs file_data as a base64 data URL "
+        "(data:<type>;base64,<data>); a file_id names a file only its own provider has",
+        param="messages",
+        code="unsupported_content",
+    )
+
+
 def _invalid_content() -> ProxyError:
     return ProxyError(
         400, "message content must be a string or an array of content parts", param="messages", code="invalid_content"
@@ -192,11 +207,16 @@ def text_of(content: Any) -> str:
 
 
 def translate_content(
-    content: Any, text: Callable[[dict, str], dict], image: Callable[[str], dict], models: str
+    content: Any,
+    text: Callable[[dict, str], dict],
+    image: Callable[[str], dict],
+    models: str,
+    file: Callable[[str], dict] | None = None,
 ) -> list[dict]:
     """OpenAI message content → a provider's content parts: ``text(part, text)`` for each
     non-empty text or refusal (``part`` is ``{}`` for string content), ``image(url)`` for each
-    image; any other part type is a 400 naming the ``models`` it cannot go to."""
+    image, ``file(data_url)`` for each inline file (a PDF); any other part type is a 400 naming
+    the ``models`` it cannot go to."""
     if content is None:
         return []
     if isinstance(content, str):
@@ -211,6 +231,8 @@ def translate_content(
                 out.append(text(part, part[kind]))
         elif kind == "image_url":
             out.append(image(image_url_of(part)))
+        elif kind == "file" and file is not None:
+            out.append(file(file_data_of(part, models)))
         else:
             raise ProxyError(
                 400,
