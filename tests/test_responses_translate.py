@@ -255,6 +255,34 @@ def test_images_in_tool_outputs_follow_the_run_of_tool_messages():
     assert last[-1] == {"role": "user", "content": [image, image]}
 
 
+def test_a_reasoning_item_between_tool_outputs_does_not_split_them_from_their_images():
+    """A reasoning item adds no message: the images of the outputs before it still follow the
+    whole run of tool messages (a user message between two tool messages is refused by chat
+    providers, and on Claude puts a tool_result after an image in the user turn)."""
+    dot = "data:image/png;base64,iVBORw0KGgo="
+    items = [
+        {"type": "function_call", "call_id": "a", "name": "view_image", "arguments": "{}"},
+        {"type": "function_call", "call_id": "b", "name": "shell", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "a", "output": [{"type": "input_image", "image_url": dot}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "function_call_output", "call_id": "b", "output": "ok"},
+    ]
+    messages = to_chat({"model": "m", "input": items})["messages"]
+    assert [m["role"] for m in messages] == ["assistant", "tool", "tool", "user"]
+    assert messages[-1] == {"role": "user", "content": [{"type": "image_url", "image_url": {"url": dot}}]}
+
+
+def test_an_empty_tool_output_list_says_nothing_follows():
+    """An output of no parts has nothing after it: its tool message must not say an image follows."""
+    items = [
+        {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "a", "output": []},
+    ]
+    messages = to_chat({"model": "m", "input": items})["messages"]
+    assert [m["role"] for m in messages] == ["assistant", "tool"]
+    assert "follows" not in json.dumps(messages[-1]["content"])
+
+
 def test_function_call_without_assistant_text_opens_an_assistant_turn():
     body = {
         "model": "m",

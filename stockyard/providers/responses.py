@@ -174,7 +174,7 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
         if not isinstance(item, dict):
             raise invalid(path, f"{path} must be an object")
         kind = item.get("type") or "message"
-        if attached and kind not in TOOL_OUTPUTS:
+        if attached and kind not in (*TOOL_OUTPUTS, "reasoning"):  # a reasoning item adds no message
             out.append({"role": "user", "content": attached})
             attached = []
         if kind == "message":
@@ -329,7 +329,7 @@ def tool_message(item: dict, path: str) -> tuple[dict, list[dict]]:
                 attached.append(chat_part(part, f"{path}.output[{j}]"))
             else:
                 raise unsupported(f"{path}.output[{j}].type", f"function_call_output part type {kind!r}")
-        output = texts or [{"type": "text", "text": attached_note(attached)}]
+        output = texts or ([{"type": "text", "text": attached_note(attached)}] if attached else [])
     elif not isinstance(output, str):
         raise invalid(f"{path}.output", f"{path}.output must be a string or an array of content parts")
     return {"role": "tool", "tool_call_id": item["call_id"], "content": output}, attached
