@@ -492,3 +492,19 @@ def test_a_pdf_file_part_reaches_claude_and_gemini(server, mock, kind) -> None:
 def test_a_file_claude_cannot_read_is_a_400_naming_why(server, mock, part, word) -> None:
     status, _, answer = chat(server, {"model": MODELS["anthropic"], "messages": [{"role": "user", "content": [part]}]})
     assert status == 400 and word in answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+def test_a_file_data_url_with_a_charset_reaches_claude_and_gemini(server, mock, kind) -> None:
+    """``data:text/plain;charset=utf-8;base64,…`` is a base64 data URL (RFC 2397 parameters before
+    ``;base64``): it was a 400 saying the data was not base64."""
+    part = {"type": "file", "file": {"file_data": "data:text/plain;charset=utf-8;base64,bm90ZXM="}}  # "notes"
+    status, _, answer = chat(server, {"model": MODELS[kind], "messages": [{"role": "user", "content": [part]}]})
+    assert status == 200, answer
+    sent = upstream(mock, kind, MODELS[kind]).json
+    if kind == "anthropic":
+        assert sent["messages"][0]["content"] == [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}
+        ]
+    else:
+        assert sent["contents"][0]["parts"] == [{"inlineData": {"mimeType": "text/plain", "data": "bm90ZXM="}}]

@@ -150,15 +150,16 @@ def completion(ident: str, created: int, model: str, choices: list[dict], usage:
 
 
 def data_url(url: str) -> tuple[str, str] | None:
-    """(media type, base64 data) of a ``data:`` URL, None for other URLs; 400 if not base64."""
+    """(media type, base64 data) of a ``data:`` URL, None for other URLs; 400 if not base64.
+    Parameters before ``;base64`` (``;charset=utf-8``) are allowed and left out of the type."""
     if not url.startswith("data:"):
         return None
     head, sep, data = url[5:].partition(",")
-    media_type, _, encoding = head.partition(";")
-    if not sep or encoding.lower() != "base64":
+    media_type, *params = head.split(";")
+    if not sep or not params or params[-1].lower() != "base64":
         raise ProxyError(
             400,
-            "image data URLs must be base64-encoded (data:<type>;base64,<data>)",
+            "data URLs must be base64-encoded (data:<type>;base64,<data>)",
             param="messages",
             code="invalid_image_url",
         )
