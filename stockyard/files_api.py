@@ -582,6 +582,8 @@ class ProviderCalls:
                 ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
                 return answer, doc
         failure.headers["x-should-retry"] = "false"
+        if failure.code == SHUTDOWN_CODE:  # its own text says to send the request again
+            failure.message = "the server shut down before the provider answered"
         failure.message += "; the batch may have been created at the provider: do not send it again before checking"
         log.error(
             "a batch create at provider %r got no answer (%s): it may run there unowned and unbilled",

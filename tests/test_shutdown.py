@@ -137,3 +137,4 @@ def test_a_batch_create_ended_by_the_drain_tells_the_client_not_to_send_it_again
         assert (
             failures[0].response.headers["x-should-retry"] == "false" and "may have been created" in failures[0].message
         )
+        assert "send the request again" not in failures[0].message  # it says the opposite too
