@@ -465,10 +465,10 @@ PDF_DATA = "JVBERi0xLjQKJSVFT0YK"  # "%PDF-1.4\n%%EOF\n", base64
 @pytest.mark.parametrize("kind", ["anthropic", "gemini"])
 def test_a_pdf_file_part_reaches_claude_and_gemini(server, mock, kind) -> None:
     """Was a 400: a chat ``file`` part (a PDF as a data URL, as the OpenAI SDK sends it) goes to
-    Claude as a ``document`` block and to Gemini as ``inlineData``; a plain-text file to Claude
-    as a text document."""
-    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{PDF_DATA}"}}
-    text = {"type": "file", "file": {"file_data": "data:text/plain;base64,bm90ZXM="}}  # "notes"
+    Claude as a ``document`` block and to Gemini as ``inlineData``; a text file (Markdown here,
+    its media type in any case) to Claude as a plain-text document."""
+    pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:Application/PDF;base64,{PDF_DATA}"}}
+    text = {"type": "file", "file": {"file_data": "data:Text/Markdown;base64,bm90ZXM="}}  # "notes", any text type
     parts = [{"type": "text", "text": "Summarise"}, pdf, *([text] if kind == "anthropic" else [])]
     status, _, answer = chat(server, {"model": MODELS[kind], "messages": [{"role": "user", "content": parts}]})
     assert status == 200, answer

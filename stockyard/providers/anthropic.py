@@ -213,8 +213,9 @@ def image_block(url: str) -> dict:
 
 
 def document_block(url: str) -> dict:
-    """An inline file (a data URL) → a ``document`` block: a PDF as base64, plain text as text;
-    an image file as an image block. Other types Claude does not read: 400."""
+    """An inline file (a data URL) → a ``document`` block: a PDF as base64, any text type
+    (plain, Markdown, CSV…) as a plain-text document (the one text source Claude takes); an
+    image file as an image block. Other types Claude does not read: 400."""
     inline = data_url(url)
     assert inline is not None  # chatshape.file_data_of gives data URLs only
     media_type, data = inline
@@ -222,16 +223,16 @@ def document_block(url: str) -> dict:
         return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
     if media_type.startswith("image/"):
         return image_block(url)
-    if media_type == "text/plain":
+    if media_type.startswith("text/"):
         try:
             text = base64.b64decode(data, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            message = "a text/plain file must be UTF-8 in base64"
+            message = f"a {media_type} file must be UTF-8 in base64"
             raise ProxyError(400, message, param="messages", code="invalid_file") from None
         return {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
     raise ProxyError(
         400,
-        f"a file of type {media_type!r} cannot go to Anthropic models (PDF, plain text and images can)",
+        f"a file of type {media_type!r} cannot go to Anthropic models (PDF, text and images can)",
         param="messages",
         code="unsupported_content",
     )
