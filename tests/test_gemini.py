@@ -11,7 +11,7 @@ import json
 import openai
 import pydantic
 import pytest
-from conftest import ServerProcess, base_env
+from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import TEXT, MockUpstream, Recorded, Reply, gemini_stream
 
 GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
@@ -314,6 +314,9 @@ def test_parallel_tool_calls_false_keeps_one_call(server, client, mock, stream) 
         calls = message.tool_calls or []
     assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}]
     assert "parallel_tool_calls" not in json.dumps(sent(mock, model).json)
+    noted = "SELECT error_message FROM traces WHERE model = ? AND stream = ? ORDER BY id DESC LIMIT 1"
+    said = wait_for(lambda: server.db_rows(noted, (model, int(stream))), what="the trace")[0]["error_message"]
+    assert "1 more tool call(s) left out (parallel_tool_calls: false)" in said  # made and billed, so said
     mock.enqueue(Reply(json=two_calls(model)))  # asked for nothing: both calls come back
     both = client.chat.completions.create(**kwargs).choices[0].message.tool_calls or []
     assert [json.loads(c.function.arguments)["city"] for c in both] == ["Paris", "Rome"]

@@ -47,6 +47,9 @@ from .chatshape import (
     unsupported_role,
     upstream_error,
 )
+from .chatshape import (
+    note as add_note,
+)
 from .reasoning import THINKING_TYPES, thinking_blocks, unpack
 
 log = logging.getLogger("stockyard.proxy")
@@ -340,7 +343,7 @@ def note_thinking_off(ctx: RequestContext, provider: Provider, model: str, note:
     """Say in the log and the trace's error message that a request went with thinking off (or
     any other note on how it was sent)."""
     log.info("request %s to %s/%s: %s", ctx.trace_id, provider.name, model, note)
-    ctx.attempt.error_message = "; ".join(filter(None, [ctx.attempt.error_message, note]))
+    add_note(ctx, note)
 
 
 def without_thinking(messages: list[dict]) -> list[dict]:

@@ -53,6 +53,12 @@ def refused(note: str, accepts: Callable[[Any], bool] | None = None) -> Field:
     return Field(REFUSED, note, accepts)
 
 
+def note(ctx: RequestContext, text: str) -> None:
+    """Add ``text`` to the trace's error message: how a request was sent or answered that the
+    client did not ask for (thinking left off, tool calls left out)."""
+    ctx.attempt.error_message = "; ".join(filter(None, [ctx.attempt.error_message, text]))
+
+
 def honoured_body(ctx: RequestContext, table: Mapping[str, Field], models: str) -> dict:
     """The request body with nothing the target cannot honour: a 400 naming the first field it
     cannot (a field with no row included), or — when the client sent ``x-stockyard-drop-unsupported:

@@ -37,6 +37,7 @@ from .chatshape import (
     endpoint_check,
     honoured_body,
     message_list,
+    note,
     shape_errors,
     text_of,
     tool_arguments,
@@ -449,6 +450,15 @@ def one_call_only(body: dict) -> bool:
     return body.get("parallel_tool_calls") is False
 
 
+def first_call_only(ctx: RequestContext, calls: list[dict], made: bool = False) -> list[dict]:
+    """With ``parallel_tool_calls: false``: a choice's first call (none once it ``made`` one); the
+    trace says how many were left out (the model made them, and they are billed)."""
+    kept = [] if made else calls[:1]
+    if len(calls) > len(kept):
+        note(ctx, f"{len(calls) - len(kept)} more tool call(s) left out (parallel_tool_calls: false)")
+    return kept
+
+
 def candidate_message(candidate: dict) -> tuple[str | None, list[dict]]:
     """(text, tool_calls) of one candidate."""
     texts: list[str] = []
@@ -479,12 +489,16 @@ def finish_reason(reason: str | None, has_calls: bool) -> str | None:
     return FINISH_REASONS.get(reason, "stop")
 
 
-def response_choices(doc: dict, one_call: bool = False) -> list[dict]:
-    """The chat choices of a GenerateContentResponse (each with its first tool call only when ``one_call``)."""
+def response_choices(doc: dict, ctx: RequestContext | None = None) -> list[dict]:
+    """The chat choices of a GenerateContentResponse (each with its first tool call only when the
+    request on ``ctx`` allows one: :func:`one_call_only`)."""
+    one_call = ctx is not None and one_call_only(ctx.body)
     choices = []
     for position, candidate in enumerate(doc.get("candidates") or []):
         text, calls = candidate_message(candidate)
-        calls = calls[:1] if one_call else calls
+        if one_call:
+            assert ctx is not None
+            calls = first_call_only(ctx, calls)
         message: dict = {"role": "assistant", "content": text, "refusal": None}
         if calls:
             message["tool_calls"] = calls
@@ -559,7 +573,7 @@ class GeminiAdapter(Adapter):
                 ident,
                 int(time.time()),
                 ctx.attempt.served_model or "",
-                response_choices(doc, one_call_only(ctx.body)),
+                response_choices(doc, ctx),
                 ctx.attempt.usage,
             )
 
@@ -613,7 +627,7 @@ class GeminiStream(ChunkStream):
             out.append(self.out({"role": "assistant", "content": ""}, index=index))
         text, calls = candidate_message(candidate)
         if self.one_call:
-            calls = [] if index in self.called else calls[:1]
+            calls = first_call_only(self.ctx, calls, made=index in self.called)
             self.called.update([index] if calls else [])
         if text:
             out.append(self.out({"content": text}, index=index))
