@@ -490,9 +490,13 @@ class ProviderCalls:
             provider = ctx.attempt.provider.name if ctx.attempt.provider else "?"
             raise exc.answer(provider, self._path.scrub.text) from None
         ctx.attempt.mark_first_byte()
+        self._keep(ctx, answer)
+        return answer
+
+    def _keep(self, ctx: RequestContext, answer: Answer) -> None:
+        """The trace keeps ``answer``'s body — what the client gets — instead of what was read before."""
         ctx.attempt.response_body.clear()
         ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
-        return answer
 
     def _call(
         self,
@@ -527,8 +531,8 @@ class ProviderCalls:
         when none was recorded). Returns the answer and the new batch, or None when none was created.
 
         When no answer came back (a timeout, a broken connection) the batch may exist at the
-        provider, unseen here: ``made()`` lists the provider's batches that could be it (newest
-        first) and the first no one owns is taken as this one (:meth:`_adopt`)."""
+        provider, unseen here: ``made()`` lists the provider's batches that could be it, and the
+        one no one owns is taken as this one (:meth:`_adopt`)."""
         claimed = False
         try:
             try:
@@ -568,19 +572,18 @@ class ProviderCalls:
         ctx.attempt.response_body.clear()  # the provider's list holds other keys' batches: not this trace's
         taken = self.ownership.taken([doc["id"] for doc in found])
         free = [doc for doc in found if doc["id"] not in taken]
-        for doc in free if len(free) == 1 else []:
-            if self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name, hold):
-                log.warning(
-                    "a batch create at provider %r was lost (%s); found it there: %s",
-                    provider.name,
-                    failure.code,
-                    doc["id"],
-                )
-                answer = Answer(200, {"content-type": "application/json"}, json.dumps(doc).encode())
-                ctx.attempt.status = 200
-                ctx.attempt.response_body.clear()
-                ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
-                return answer, doc
+        if len(free) == 1 and self.ownership.claim(free[0]["id"], kind, owner_of(ctx), provider.name, hold):
+            doc = free[0]
+            log.warning(
+                "a batch create at provider %r was lost (%s); found it there: %s",
+                provider.name,
+                failure.code,
+                doc["id"],
+            )
+            answer = Answer(200, {"content-type": "application/json"}, json.dumps(doc).encode())
+            ctx.attempt.status = 200
+            self._keep(ctx, answer)
+            return answer, doc
         failure.headers["x-should-retry"] = "false"
         if failure.code == SHUTDOWN_CODE:  # its own text says to send the request again
             failure.message = "the server shut down before the provider answered"
@@ -883,8 +886,7 @@ class FilesAPI(ProviderCalls):
             "has_more": has_more,
         }
         answer.data = json.dumps(page_doc).encode()
-        ctx.attempt.response_body.clear()
-        ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
+        self._keep(ctx, answer)
         self._send(reply, ctx, answer)
 
     # -- batches -------------------------------------------------------------------------------

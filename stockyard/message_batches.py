@@ -401,8 +401,7 @@ class MessageBatches(ProviderCalls):
         """The answer's body (and the trace's copy of it) becomes ``doc``."""
         answer.data = json.dumps(doc, ensure_ascii=False).encode()
         answer.headers["content-type"] = "application/json"
-        ctx.attempt.response_body.clear()
-        ctx.attempt.capture(answer.data, self._path.settings.body_cap_bytes)
+        self._keep(ctx, answer)
 
     def _see(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
         """A batch its owner is looking at: one that ended goes to the cost recorder (once)."""

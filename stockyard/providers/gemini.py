@@ -492,12 +492,10 @@ def finish_reason(reason: str | None, has_calls: bool) -> str | None:
 def response_choices(doc: dict, ctx: RequestContext | None = None) -> list[dict]:
     """The chat choices of a GenerateContentResponse (each with its first tool call only when the
     request on ``ctx`` allows one: :func:`one_call_only`)."""
-    one_call = ctx is not None and one_call_only(ctx.body)
     choices = []
     for position, candidate in enumerate(doc.get("candidates") or []):
         text, calls = candidate_message(candidate)
-        if one_call:
-            assert ctx is not None
+        if ctx is not None and one_call_only(ctx.body):
             calls = first_call_only(ctx, calls)
         message: dict = {"role": "assistant", "content": text, "refusal": None}
         if calls:
