@@ -168,7 +168,7 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
         raise invalid(where, f"'{where}' must be a string or an array of items")
     out: list[dict] = []
     state: dict | None = None  # reasoning state of a reasoning item, for the assistant items after it
-    attached: list[dict] = []  # images and files of the tool outputs just read (chat_messages: after them)
+    attached: list[dict] = []  # images and files of the tool outputs just read: one user message after them
     for i, item in enumerate(items):
         path = f"{where}[{i}]"
         if not isinstance(item, dict):

@@ -221,7 +221,7 @@ class TraceRow:
         if stored:
             texts = [(r.id, text) for r in stored if (text := body_text(r.request_body, r.response_body))] if v9 else []
             if v9 and v18 and dialect_of(conn) == "sqlite":
-                linked = dict(_index_linked(conn, texts))
+                linked = _index_linked(conn, texts)
                 insert_many(conn, _INSERT_BODY_LINKED, [(*r.body_row(), linked.get(r.id)) for r in stored])
             else:
                 insert_many(conn, _INSERT_BODY, [r.body_row() for r in stored])
@@ -320,7 +320,7 @@ def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, r
     if not text:
         return
     if dialect_of(conn) == "sqlite":
-        ((_, rowid),) = _index_linked(conn, [(trace_id, text)])
+        rowid = _index_linked(conn, [(trace_id, text)])[trace_id]
         conn.execute("UPDATE trace_bodies SET search_rowid = ? WHERE trace_id = ?", (rowid, trace_id))
     else:
         conn.execute(_INSERT_SEARCH, (trace_id, text))
@@ -340,15 +340,15 @@ def link_search_rows(conn: sqlite3.Connection) -> None:
     )
 
 
-def _index_linked(conn: sqlite3.Connection, texts: list[tuple[str, str]]) -> list[tuple[str, int]]:
+def _index_linked(conn: sqlite3.Connection, texts: list[tuple[str, str]]) -> dict[str, int]:
     """SQLite: add ``(trace_id, text)`` pairs to the search index under rowids chosen here (after
     the last one: the writer's transaction is ``BEGIN IMMEDIATE``, so no one else adds any), and
-    return each trace id with its rowid, for its body's ``search_rowid``."""
+    return each trace id's rowid, for its body's ``search_rowid``."""
     if not texts:
-        return []
+        return {}
     first = (conn.execute("SELECT max(rowid) FROM trace_search").fetchone()[0] or 0) + 1
     conn.executemany(_INSERT_SEARCH_LINKED, [(first + i, trace_id, text) for i, (trace_id, text) in enumerate(texts)])
-    return [(trace_id, first + i) for i, (trace_id, _) in enumerate(texts)]
+    return {trace_id: first + i for i, (trace_id, _) in enumerate(texts)}
 
 
 BACKFILL_ROWS = 200
