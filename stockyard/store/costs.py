@@ -153,10 +153,9 @@ def _with_top(
     each outer group as a row whose last name is None.
 
     One statement (one snapshot): the ``top`` largest of the last group over the range; their
-    rows, read through the index on that column where there is one (a few hundred rows, not a
-    sort of the whole range); and each outer group's totals, which the rows of ``day`` stream
-    in primary-key order. The rest is those totals minus the kept rows, in integers, so the
-    report adds up exactly.
+    rows, read through the key or an index on that column where there is one (a few hundred
+    rows, not a sort of the whole range); and each outer group's totals. The rest is those
+    totals minus the kept rows, in integers, so the report adds up exactly.
     """
     outer, last = names[:-1], columns[-1]
     outer_sql = "".join(f"{o}, " for o in outer)
@@ -207,12 +206,13 @@ def _name(column: str, collate: str) -> str:
 _BYTE_ORDER = {"sqlite": "", "postgresql": ' COLLATE "C"'}
 
 
-# Columns an index starts with (key_id, project, end_user: for lookups by one key, project or
-# user). Grouped by such a column, SQLite reads the whole table through that index, a row lookup
+# Columns an index of rollups_daily starts with (key_id, project: for a key's or a project's
+# budget). Grouped by such a column, SQLite reads the whole table through that index, a row lookup
 # each and the day range ignored, to get the groups in order; grouped by `column || ''` (the same
 # text) it reads the days asked for by the primary key (day first) and sorts the groups itself:
-# half the time for a report by user over 90 days (issue 18, bench/README.md).
-_INDEX_FIRST = {"key_id", "project", "end_user"}
+# a third less for a report by key over 90 days (issue 18, bench/README.md). rollups_users is
+# keyed by end_user first (schema 0019), so a report by user groups it as it reads, unsorted.
+_INDEX_FIRST = {"key_id", "project"}
 
 
 def _source(groups: list[str]) -> tuple[str, list[str], list[str], list[Any]]:

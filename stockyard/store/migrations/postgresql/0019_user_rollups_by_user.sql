@@ -1,0 +1,3 @@
+-- PostgreSQL twin of ../0019_user_rollups_by_user.sql: nothing to change. PostgreSQL sums a
+-- report's groups in a hash table, not by sorting the range, so the key's order does not matter
+-- here, and an end user's budget reads its days through the (end_user, day) index.
