@@ -27,8 +27,9 @@ from .store.traces import iso_utc
 log = logging.getLogger("stockyard.retention")
 
 BATCH_ROWS = 500
-VACUUM_PAGES = 1000  # pages handed back to the file system per step
-VACUUM_MIN_FREE_PAGES = 64  # fewer free pages than this are left for new rows to reuse
+# Pages of a new database are 16 KB (store/db.PAGE_SIZE_BYTES; 4 KB in files made before it).
+VACUUM_PAGES = 256  # pages handed back to the file system per step: 4 MB
+VACUUM_MIN_FREE_PAGES = 16  # fewer free pages than this (256 KB) are left for new rows to reuse
 RESPONSES_MAX_AGE_S = 30 * 86400.0  # stored responses, by default (OpenAI keeps them 30 days)
 CAP_CHECK_EVERY_S = 300.0  # measuring stored bodies reads the whole table: not too often
 

@@ -183,6 +183,24 @@ def test_an_old_file_is_converted_to_incremental_vacuum_once(pyz_path, cache_hom
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
+def test_a_new_database_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path):
+    """Trace rows with bodies fit 16 KB pages better (bench/README.md, "Page size"); an existing
+    file cannot change its page size in WAL mode, and upgrading it must not try."""
+    conn, _ = db.open_and_migrate(tmp_path / "new.db")
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == db.PAGE_SIZE_BYTES == 16384
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # still chosen too
+    conn.close()
+    old = tmp_path / "old.db"
+    raw = sqlite3.connect(old, isolation_level=None)
+    raw.execute("PRAGMA page_size=4096")
+    raw.execute("PRAGMA journal_mode=WAL")
+    db.apply_migration(raw, db.available_migrations()[0])
+    raw.close()
+    conn, applied = db.open_and_migrate(old)
+    assert applied and conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    conn.close()
+
+
 def test_a_database_newer_than_the_code_is_refused_clearly(pyz_path, cache_home, tmp_path):
     path = tmp_path / "stockyard.db"
     build_at(path, VERSIONS[-1])
