@@ -61,7 +61,7 @@ def test_full_queue_drops_and_counts(tmp_path):
 def test_database_failure_fails_the_batch_and_marks_unhealthy(tmp_path):
     writer = sqlite_writer(tmp_path)  # PRAGMA max_page_count: an SQLite way to fill the disk
     writer.call(lambda conn: conn.execute("PRAGMA max_page_count = 1"))  # this connection can no longer grow
-    writer.submit(lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES ('big', ?)", ("x" * 100000,)))
+    writer.submit(lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES ('big', ?)", ("x" * 4_000_000,)))
     with pytest.raises(sqlite3.Error):
         writer.call(put("after"))
     assert not writer.healthy and writer.stats.dropped >= 1
