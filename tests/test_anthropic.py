@@ -311,6 +311,28 @@ def test_image_parts_base64_and_url(client, mock) -> None:
     ]
 
 
+def test_a_jpg_data_url_goes_as_image_jpeg(client, mock) -> None:
+    """``image/jpg`` is not a media type Anthropic takes; clients write it for JPEG."""
+    model = "claude-haiku-4-5-vision"
+    part = {"type": "image_url", "image_url": {"url": f"data:image/JPG;base64,{PIXEL}"}}
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": [part]}])
+    block = sent(mock, model).json["messages"][0]["content"][0]
+    assert block["source"] == {"type": "base64", "media_type": "image/jpeg", "data": PIXEL}
+
+
+@pytest.mark.parametrize("kind", ["image/svg+xml", "image/bmp", "image/heic"])
+def test_an_image_type_claude_cannot_read_is_refused_naming_it(server, client, mock, kind) -> None:
+    model = "claude-haiku-4-5-vision"
+    before = len(mock.requests)
+    part = {"type": "image_url", "image_url": {"url": f"data:{kind};base64,{PIXEL}"}}
+    with pytest.raises(openai.BadRequestError) as failure:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": [part]}])
+    body = failure.value.body
+    assert body["code"] == "unsupported_content" and body["param"] == "messages"
+    assert repr(kind) in body["message"] and "JPEG, PNG, GIF and WebP" in body["message"]
+    assert len(mock.requests) == before  # never sent
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -206,9 +206,21 @@ def text_block(part: dict, text: str) -> dict:
     return block
 
 
+# The image types Claude reads; another (SVG, BMP, TIFF, HEIC…) is refused by Anthropic with a 400
+# that names no message part, so it is refused here first, naming the type.
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
 def image_block(url: str) -> dict:
     inline = data_url(url)
     if inline:
+        if inline[0] not in IMAGE_TYPES:
+            raise ProxyError(
+                400,
+                f"an image of type {inline[0]!r} cannot go to Anthropic models (JPEG, PNG, GIF and WebP can)",
+                param="messages",
+                code="unsupported_content",
+            )
         return {"type": "image", "source": {"type": "base64", "media_type": inline[0], "data": inline[1]}}
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}

@@ -158,7 +158,8 @@ def completion(ident: str, created: int, model: str, choices: list[dict], usage:
 def data_url(url: str) -> tuple[str, str] | None:
     """(media type, base64 data) of a ``data:`` URL, None for other URLs; 400 if not base64.
     Parameters before ``;base64`` (``;charset=utf-8``) are allowed and left out of the type,
-    which is lower-cased (media types are case-insensitive; providers want them lower-case)."""
+    which is lower-cased (media types are case-insensitive; providers want them lower-case), and
+    ``image/jpg`` is ``image/jpeg``."""
     if not url.startswith("data:"):
         return None
     head, sep, data = url[5:].partition(",")
@@ -170,7 +171,12 @@ def data_url(url: str) -> tuple[str, str] | None:
             param="messages",
             code="invalid_image_url",
         )
-    return media_type.strip().lower() or "application/octet-stream", data
+    media_type = media_type.strip().lower() or "application/octet-stream"
+    return _MEDIA_ALIASES.get(media_type, media_type), data
+
+
+# Names clients write that are not registered media types; providers take only the registered one.
+_MEDIA_ALIASES = {"image/jpg": "image/jpeg"}
 
 
 def image_url_of(part: dict) -> str:
