@@ -1061,6 +1061,8 @@ def test_openai_chat_loses_the_state_fields_it_does_not_know():
     }
     assert "thinking_blocks" in messages[1] and "extra_content" in calls[0]  # the client's body is untouched
     assert plain_messages([{"role": "user", "content": "?"}, {"role": "assistant", "content": "hi"}]) is None
+    searched = {"role": "assistant", "content": "sunny", "web_search_calls": [{"id": "srvtoolu_1", "query": "q"}]}
+    assert plain_messages([searched]) == [{"role": "assistant", "content": "sunny"}]  # Claude's searches too
 
 
 def test_claude_stream_keeps_its_thinking_in_the_reasoning_item():

@@ -125,6 +125,17 @@ def test_chat_web_search_answers_with_url_citations_and_bills_each_search(server
     assert trace["cost_uc"] == token_cost() + len(SEARCH_QUERIES) * WEB_SEARCH_UC  # a cent a search
 
 
+def test_an_answer_sent_back_to_an_openai_model_loses_the_searches(client, mock):
+    """The message as the SDK gives it (``model_dump``) goes on to GPT: OpenAI's chat API refuses
+    message fields it does not know, so ``web_search_calls`` stays behind; to Claude it is not sent."""
+    message = client.chat.completions.create(model=f"{MODEL}-7", messages=ask(), web_search_options={})
+    history = [*ask(), message.choices[0].message.model_dump(exclude_none=True), *ask("and tomorrow?")]
+    client.chat.completions.create(model="gpt-4o-mini", messages=history)
+    assert "web_search_calls" not in json.dumps(mock.last("/v1/chat/completions").json["messages"])
+    client.chat.completions.create(model=f"{MODEL}-7", messages=history)
+    assert "web_search_calls" not in json.dumps(sent(mock, f"{MODEL}-7")["messages"])
+
+
 @pytest.mark.parametrize(
     "options, uses",
     [({}, 5), ({"search_context_size": "medium"}, 5), ({"search_context_size": "high"}, 10)],
