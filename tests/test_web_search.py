@@ -272,14 +272,16 @@ def test_responses_web_search_stream_through_the_sdk_helper(server, client, mock
     assert sent(mock, model)["tools"][0]["max_uses"] == 5  # medium, OpenAI's default size
 
 
-def test_responses_web_search_raw_stream_events_parse(client):
-    events = list(
-        client.responses.create(model=f"{MODEL}-4", input="weather?", tools=[{"type": "web_search"}], stream=True)
-    )
+def test_responses_web_search_raw_stream_events_parse(server, client):
+    tools = [{"type": "web_search"}]
+    raw = client.responses.with_raw_response.create(model=f"{MODEL}-4", input="weather?", tools=tools, stream=True)
+    events = list(raw.parse())
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[-1].type == "response.completed"
     assert all(type(e).__name__ != "BaseModel" for e in events)  # every event one of the SDK's types
     check_responses_output(events[-1].response, streamed=True)
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert trace["cost_uc"] == token_cost() + len(SEARCH_QUERIES) * WEB_SEARCH_UC  # the count from message_delta
 
 
 def test_web_search_call_items_sent_back_are_accepted_and_left_out(client, mock):
