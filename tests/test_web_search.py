@@ -96,6 +96,7 @@ def test_chat_web_search_answers_with_url_citations_and_bills_each_search(server
         deltas = [c.choices[0].delta for c in chunks if c.choices]
         content = "".join(d.content or "" for d in deltas)
         annotations = [a for d in deltas for a in (d.model_extra or {}).get("annotations") or []]
+        assert [a.pop("index") for a in annotations] == [0, 1]  # so the SDK's stream helper collects them
         searches = [s for d in deltas for s in (d.model_extra or {}).get("web_search_calls") or []]
         assert [s["index"] for s in searches] == [0, 1]
         assert chunks[-1].choices == [] or chunks[-1].choices[0].finish_reason == "stop"
@@ -134,6 +135,18 @@ def test_an_answer_sent_back_to_an_openai_model_loses_the_searches(client, mock)
     assert "web_search_calls" not in json.dumps(mock.last("/v1/chat/completions").json["messages"])
     client.chat.completions.create(model=f"{MODEL}-7", messages=history)
     assert "web_search_calls" not in json.dumps(sent(mock, f"{MODEL}-7")["messages"])
+
+
+def test_the_sdks_chat_stream_helper_collects_the_annotations(client):
+    with client.chat.completions.stream(model=f"{MODEL}-1", messages=ask(), web_search_options={}) as stream:
+        message = stream.get_final_completion().choices[0].message
+    assert message.content == TEXT
+    cited = [
+        (a.url_citation.url, message.content[a.url_citation.start_index : a.url_citation.end_index])
+        for a in message.annotations
+    ]
+    assert cited == [(r["url"], text) for r, text in zip(SEARCH_RESULTS, CITED)]
+    assert [s["query"] for s in message.model_extra["web_search_calls"]] == SEARCH_QUERIES
 
 
 @pytest.mark.parametrize(

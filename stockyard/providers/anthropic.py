@@ -679,6 +679,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.texts: dict[int, tuple[int, list]] = {}  # Anthropic block index → (its start, its citations)
         self.searches: dict[int, dict] = {}  # Anthropic block index → a server_tool_use block being read
         self.search_count = 0  # web_search_calls entries sent (each has its index)
+        self.annotation_count = 0  # annotations sent (each has its index)
 
     def translate(self, payload: Any) -> list[bytes]:
         """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
@@ -762,7 +763,9 @@ class AnthropicToOpenAIStream(ChunkStream):
         if index in self.texts:
             start, citations = self.texts.pop(index)
             annotations = url_citations(citations, start, self.chars)
-            return [self.out({"annotations": annotations})] if annotations else []
+            numbered = [{"index": self.annotation_count + i, **a} for i, a in enumerate(annotations)]
+            self.annotation_count += len(numbered)
+            return [self.out({"annotations": numbered})] if numbered else []
         if index in self.searches:
             block = self.searches.pop(index)
             raw = block.pop("partial_json")
