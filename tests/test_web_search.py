@@ -312,6 +312,17 @@ def test_web_search_call_items_sent_back_are_accepted_and_left_out(client, mock)
     assert "web_search" not in json.dumps(messages)
 
 
+def test_a_stored_conversation_with_searches_continues(client, mock):
+    """previous_response_id: the stored web_search_call items are history Claude does not get."""
+    model = f"{MODEL}-8"
+    first = client.responses.create(model=model, input="weather?", tools=[{"type": "web_search"}])
+    answer = client.responses.create(model=model, previous_response_id=first.id, input="thanks")
+    assert answer.status == "completed"
+    messages = sent(mock, model)["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[1]["content"] == [{"type": "text", "text": TEXT}]
+
+
 def test_a_responses_web_search_filter_is_400_naming_it(client, mock):
     before = len(mock.requests)
     tool = {"type": "web_search", "filters": {"allowed_domains": ["example.com"]}}
