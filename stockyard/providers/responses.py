@@ -500,24 +500,23 @@ def text_part(text: str, annotations: list[dict] | None = None) -> dict:
     return {"type": "output_text", "annotations": annotations or [], "logprobs": [], "text": text}
 
 
-def url_citation(annotation: Any, offset: int = 0) -> dict | None:
-    """A chat ``url_citation`` annotation → the Responses one, its indices ``offset`` earlier
-    (into its own output_text part); None for another kind."""
+def url_citation(annotation: Any) -> dict | None:
+    """A chat ``url_citation`` annotation → the Responses one; None for another kind."""
     cited = obj(obj(annotation).get("url_citation"))
     if obj(annotation).get("type") != "url_citation" or not isinstance(cited.get("url"), str):
         return None
     start, end = cited.get("start_index"), cited.get("end_index")
     return {
         "type": "url_citation",
-        "start_index": max(0, start - offset) if type(start) is int else 0,
-        "end_index": max(0, end - offset) if type(end) is int else 0,
+        "start_index": start if type(start) is int else 0,
+        "end_index": end if type(end) is int else 0,
         "url": cited["url"],
         "title": cited.get("title") if isinstance(cited.get("title"), str) else "",
     }
 
 
-def url_citations(annotations: Any, offset: int = 0) -> list[dict]:
-    found = (url_citation(a, offset) for a in (annotations if isinstance(annotations, list) else []))
+def url_citations(annotations: Any) -> list[dict]:
+    found = (url_citation(a) for a in (annotations if isinstance(annotations, list) else []))
     return [a for a in found if a is not None]
 
 
