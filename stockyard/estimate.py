@@ -20,12 +20,14 @@ edge (``limits.check_request_numbers``): they are whole numbers in range, or abs
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, rates_for, unit_cost
+from .providers.anthropic import web_search_uses
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
@@ -37,6 +39,7 @@ IMAGE_INPUT_TOKENS = 1600
 # Searches held for a web search tool without ``max_uses`` (Anthropic sets no limit of its own;
 # the real count settles the hold): a guess, not a bound. Claude Code sets max_uses itself.
 WEB_SEARCHES_UNCAPPED = 10
+ANTHROPIC_SEARCH = re.compile(r"web_search_\d{8}")  # Anthropic's dated tool types (OpenAI's: web_search_2025_08_26)
 MAX_FETCHES, MAX_FETCH_TOKENS = 10**6, 10**7  # bounds on a web fetch tool's numbers (a sane cost)
 
 
@@ -258,12 +261,22 @@ def fetched_tokens(body: dict) -> int:
 
 def web_searches(body: dict) -> int:
     """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
-    ``web_search_*``), else :data:`WEB_SEARCHES_UNCAPPED` (also OpenAI's ``web_search``, whose
-    per-call fee is held but not billed here: its usage does not report its searches)."""
+    ``web_search_YYYYMMDD``), else :data:`WEB_SEARCHES_UNCAPPED`; for OpenAI's shapes — a Responses
+    ``web_search`` tool, chat ``web_search_options`` — the ``max_uses`` their ``search_context_size``
+    gets on Claude (``anthropic.web_search_uses``; on OpenAI the per-call fee is held but not
+    billed here: its usage does not report its searches)."""
     found = 0
-    for _kind, tool in _server_tools(body, ("web_search",)):
+    for kind, tool in _server_tools(body, ("web_search",)):
         uses = tool.get("max_uses")
-        found += uses if type(uses) is int and uses > 0 else WEB_SEARCHES_UNCAPPED
+        if type(uses) is int and uses > 0:
+            found += uses
+        elif ANTHROPIC_SEARCH.fullmatch(kind):
+            found += WEB_SEARCHES_UNCAPPED
+        else:
+            found += web_search_uses(tool.get("search_context_size")) or WEB_SEARCHES_UNCAPPED
+    options = body.get("web_search_options")
+    if isinstance(options, dict):
+        found += web_search_uses(options.get("search_context_size")) or WEB_SEARCHES_UNCAPPED
     return found
 
 

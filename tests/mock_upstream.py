@@ -223,10 +223,9 @@ def _first_openai_tool(body: dict) -> str | None:
 
 
 def _first_anthropic_tool(body: dict) -> str | None:
-    tools = body.get("tools") or []
-    if tools and isinstance(tools[0], dict):
-        return tools[0].get("name") or "tool"
-    return None
+    """The first tool the client runs (server tools, typed ``web_search_…`` and the like, are Anthropic's)."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") in (None, "custom")]
+    return (tools[0].get("name") or "tool") if tools else None
 
 
 def _first_gemini_function(body: dict) -> str | None:
@@ -644,7 +643,65 @@ def _answered_tool(body: dict) -> bool:
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
-def _anthropic_content(body: dict) -> tuple[list[dict], str]:
+# `websearch` in a Claude model's name, with a web search tool in the request: Claude searches
+# twice (server_tool_use, web_search_tool_result) and cites what it found, as Anthropic answers.
+SEARCH_QUERIES = ["weather in Paris", "Paris forecast tomorrow"]
+SEARCH_RESULTS = [
+    {
+        "type": "web_search_result",
+        "url": "https://weather.example.com/paris",
+        "title": "Paris weather",
+        "encrypted_content": "EqgfCioIARgBIiQ3YTAwMjY1Mi1mZjM5LTQ1NGUtODgxNC1kNjNjNTk1ZWI3YjYSDMockEncryptedPage",
+        "page_age": "December 5, 2026",
+    },
+    {
+        "type": "web_search_result",
+        "url": "https://news.example.org/forecast",
+        "title": "Forecast: rain",
+        "encrypted_content": "EpMCCioIARgBIiQ0ZDk3ZTQ1Yi1jNjQ2LTRkMTItOTk3Zi1mNWRlYmYwMmMockEncryptedPage",
+        "page_age": None,
+    },
+]
+SEARCH_TEXTS = ["Let me search.", "Here it is: ", "Paris is sunny today.", " It will rain tomorrow.", " Enjoy."]
+
+
+def _cite(result: dict, cited: str) -> dict:
+    return {
+        "type": "web_search_result_location",
+        "url": result["url"],
+        "title": result["title"],
+        "encrypted_index": "Eo8BCioIAhgBIiQyYjQ0OWJmZi1lNmMockIndex",
+        "cited_text": cited,
+    }
+
+
+def _searching(body: dict, model: str) -> bool:
+    tools = body.get("tools") or []
+    has_tool = any(isinstance(t, dict) and str(t.get("type", "")).startswith("web_search_") for t in tools)
+    return _has_flag(model, "websearch") and has_tool
+
+
+def anthropic_search_content() -> list[dict]:
+    content: list[dict] = [{"type": "text", "text": SEARCH_TEXTS[0]}]
+    for i, (query, result) in enumerate(zip(SEARCH_QUERIES, SEARCH_RESULTS)):
+        ident = f"srvtoolu_mock{i + 1}"
+        content.append({"type": "server_tool_use", "id": ident, "name": "web_search", "input": {"query": query}})
+        content.append({"type": "web_search_tool_result", "tool_use_id": ident, "content": [result]})
+    content.append({"type": "text", "text": SEARCH_TEXTS[1]})
+    for text, result in zip(SEARCH_TEXTS[2:4], SEARCH_RESULTS):
+        content.append({"type": "text", "text": text, "citations": [_cite(result, text.strip())]})
+    content.append({"type": "text", "text": SEARCH_TEXTS[4]})
+    return content
+
+
+def _anthropic_content(body: dict, model: str = "") -> tuple[list[dict], str]:
+    if _searching(body, model):
+        content = anthropic_search_content()
+        tool = _first_anthropic_tool(body)
+        if tool and not _answered_tool(body):
+            content.append({"type": "tool_use", "id": "toolu_mock1", "name": tool, "input": dict(TOOL_ARGS)})
+            return content, "tool_use"
+        return content, "end_turn"
     config = body.get("output_config")
     if isinstance(config, dict) and isinstance(config.get("format"), dict):  # structured outputs: JSON text
         return [{"type": "text", "text": _dumps(TOOL_ARGS)}], "end_turn"
@@ -701,7 +758,7 @@ def anthropic_thinking_refusal(body: dict) -> Reply | None:
 
 def anthropic_message(body: dict, n: int, model: str) -> dict:
     """A non-streamed Messages API reply (with thinking on, a signed thinking block first)."""
-    content, stop = _anthropic_content(body)
+    content, stop = _anthropic_content(body, model)
     if _thinking_on(body):
         content = [{"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE}, *content]
     reply = {
@@ -715,6 +772,8 @@ def anthropic_message(body: dict, n: int, model: str) -> dict:
     }
     if not _no_usage(model):
         reply["usage"] = anthropic_usage(model, per_choice_tokens(body, model))
+        if _searching(body, model):
+            reply["usage"]["server_tool_use"] = {"web_search_requests": len(SEARCH_QUERIES)}
     return reply
 
 
@@ -722,8 +781,47 @@ def _event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {_dumps(data)}\n\n"
 
 
+def _block_events(index: int, block: dict) -> list[str]:
+    """One content block as Anthropic streams it: text in deltas (citations before the text in
+    odd blocks, after it in even ones), a tool's input as JSON deltas, a search result whole."""
+    kind = block["type"]
+    if kind == "text":
+        start: dict = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": block["text"]}]
+        cites = [{"type": "citations_delta", "citation": c} for c in block.get("citations") or []]
+        deltas = cites + deltas if index % 2 else deltas + cites  # both orders: Anthropic keeps none
+    elif kind in ("server_tool_use", "tool_use"):
+        start = {**block, "input": {}}
+        raw = _dumps(block["input"])
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in ("", raw[:7], raw[7:])]
+    else:
+        start, deltas = block, []
+    return [
+        _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}),
+        *(_event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}) for d in deltas),
+        _event("content_block_stop", {"type": "content_block_stop", "index": index}),
+    ]
+
+
+def anthropic_search_stream(body: dict, n: int, model: str) -> list[str]:
+    """The web search answer streamed; the searches' count arrives in message_delta's usage."""
+    content, stop = _anthropic_content(body, model)
+    message = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model, "content": []}
+    message.update({"stop_reason": None, "stop_sequence": None, "usage": anthropic_usage(model, output_tokens=1)})
+    searched = {"web_search_requests": len(SEARCH_QUERIES)}
+    usage = {"output_tokens": per_choice_tokens(body, model), "server_tool_use": searched}
+    events = [_event("message_start", {"type": "message_start", "message": message})]
+    for index, block in enumerate(content):
+        events += _block_events(index, block)
+    delta = {"stop_reason": stop, "stop_sequence": None}
+    events.append(_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+    return events + [_event("message_stop", {"type": "message_stop"})]
+
+
 def anthropic_stream(body: dict, n: int, model: str) -> list[str]:
     """The full Messages SSE event sequence, `message_start` … `message_stop`."""
+    if _searching(body, model):
+        return anthropic_search_stream(body, n, model)
     content, stop = _anthropic_content(body)
     block = content[0]
     message = {

@@ -231,7 +231,9 @@ def test_costs_are_usage_times_price(server, keys, model, stream):
 
 def test_builtin_tool_on_a_translated_provider_is_refused_by_name(client):
     with pytest.raises(Exception) as caught:
-        client.responses.create(model=MODELS["translated"], input="news?", tools=[{"type": "web_search"}])
+        client.responses.create(
+            model=MODELS["translated"], input="news?", tools=[{"type": "file_search", "vector_store_ids": ["v"]}]
+        )
     assert caught.value.status_code == 400 and "tools" in (caught.value.body or {}).get("param", "")
 
 

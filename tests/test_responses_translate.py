@@ -410,8 +410,17 @@ def user(*parts: dict) -> dict:
 
 
 REFUSALS = [
-    ({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", "web_search"),
-    ({"model": "m", "input": "x", "tools": [WEATHER, {"type": "web_search_preview"}]}, "tools[1].type", "web_search"),
+    ({"model": "m", "input": "x", "tools": [{"type": "web_search", "filters": {}}]}, "tools[0].filters", "filters"),
+    (
+        {"model": "m", "input": "x", "tools": [{"type": "web_search"}, WEATHER, {"type": "web_search_preview"}]},
+        "tools[2]",
+        "second web search",
+    ),
+    (
+        {"model": "m", "input": "x", "tools": [{"type": "web_search", "user_location": {"type": "exact"}}]},
+        "tools[0].user_location",
+        "approximate",
+    ),
     ({"model": "m", "input": "x", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, "tools[0].type", ""),
     ({"model": "m", "input": "x", "tools": [{"type": "computer_use_preview"}]}, "tools[0].type", "computer_use"),
     ({"model": "m", "input": "x", "tools": [{"type": "code_interpreter", "container": {}}]}, "tools[0].type", ""),
@@ -439,7 +448,6 @@ REFUSALS = [
     ({"model": "m", "input": "x", "include": ["message.output_text.logprobs"]}, "include", "logprobs"),
     ({"model": "m", "input": "x", "text": {"format": {"type": "grammar"}}}, "text.format.type", "grammar"),
     ({"model": "m", "input": "x", "reasoning": {"effort": "low", "mode": "x"}}, "reasoning.mode", ""),
-    ({"model": "m", "input": [{"type": "web_search_call", "id": "ws"}]}, "input[0].type", "web_search_call"),
     ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "item_reference"),
     ({"model": "m", "input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type", "computer_call"),
     (user({"type": "input_image", "file_id": "file-1", "detail": "auto"}), "input[0].content[0].file_id", "file_id"),
@@ -1053,6 +1061,8 @@ def test_openai_chat_loses_the_state_fields_it_does_not_know():
     }
     assert "thinking_blocks" in messages[1] and "extra_content" in calls[0]  # the client's body is untouched
     assert plain_messages([{"role": "user", "content": "?"}, {"role": "assistant", "content": "hi"}]) is None
+    searched = {"role": "assistant", "content": "sunny", "web_search_calls": [{"id": "srvtoolu_1", "query": "q"}]}
+    assert plain_messages([searched]) == [{"role": "assistant", "content": "sunny"}]  # Claude's searches too
 
 
 def test_claude_stream_keeps_its_thinking_in_the_reasoning_item():
@@ -1088,3 +1098,77 @@ def test_gemini_stream_puts_the_signature_in_a_reasoning_item_before_the_call():
     with client.responses.stream(model="m", input="?") as stream:
         response = stream.get_final_response()
     assert response.output[1].encrypted_content == final["output"][1]["encrypted_content"]
+
+
+# --------------------------------------------------------------------------- web search
+
+
+def test_a_web_search_tool_becomes_web_search_options_and_its_items_stay_home():
+    location = {"type": "approximate", "city": "Paris", "country": "FR", "region": None}
+    tools = [WEATHER, {"type": "web_search_preview", "search_context_size": "low", "user_location": location}]
+    searched = {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search"}}
+    body = {"model": "m", "input": [{"role": "user", "content": "x"}, searched], "tools": tools}
+    chat = to_chat(body)
+    assert chat["web_search_options"] == {
+        "search_context_size": "low",
+        "user_location": {"type": "approximate", "approximate": {"city": "Paris", "country": "FR"}},
+    }
+    assert [t["function"]["name"] for t in chat["tools"]] == ["weather"]
+    assert chat["messages"] == [{"role": "user", "content": "x"}]
+    assert "tools" not in to_chat({**body, "tools": [{"type": "web_search"}]})
+
+
+SEARCHES = [{"id": "srvtoolu_1", "query": "paris weather"}]
+CITATION = {"type": "url_citation", "url_citation": {"url": "https://w.example", "title": "W", "start_index": 6}}
+
+
+def test_web_searches_and_citations_answer_plain():
+    message = {"role": "assistant", "content": "Look: sunny.", "web_search_calls": SEARCHES}
+    message["annotations"] = [{**CITATION, "url_citation": {**CITATION["url_citation"], "end_index": 12}}]
+    chat = {"model": "m", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    response = strict(RESPONSE, from_chat(chat, {"model": "m"}, RID, 1700000000, MAKER))
+    search, answer = response.output
+    assert (search.type, search.id, search.status, search.action.query) == (
+        "web_search_call",
+        "ws_0123abcd_0",
+        "completed",
+        "paris weather",
+    )
+    (annotation,) = answer.content[0].annotations
+    assert (annotation.url, annotation.title, annotation.start_index, annotation.end_index) == (
+        "https://w.example",
+        "W",
+        6,
+        12,
+    )
+
+
+def test_web_searches_and_citations_stream_in_order():
+    """Text before the search is a message of its own; a citation's indices are into its own part."""
+    cited = {**CITATION, "url_citation": {**CITATION["url_citation"], "start_index": 12, "end_index": 18}}
+    chunks = [
+        chunk({"role": "assistant", "content": "Look: "}),
+        chunk({"web_search_calls": [{"index": 0, **SEARCHES[0]}]}),
+        chunk({"content": "Found "}),
+        chunk({"content": "sunny."}),
+        chunk({"annotations": [cited]}),
+        chunk({}, "stop"),
+    ]
+    stream, raw = run_stream({"model": "m"}, chunks)
+    events = parse_sse(raw)
+    final = check_events(events)
+    assert [o["type"] for o in final["output"]] == ["message", "web_search_call", "message"]
+    kinds = [e["type"] for e in events]
+    start = kinds.index("response.web_search_call.in_progress")
+    assert kinds[start - 1 : start + 4] == [
+        "response.output_item.added",
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+        "response.web_search_call.completed",
+        "response.output_item.done",
+    ]
+    (added,) = [e for e in events if e["type"] == "response.output_text.annotation.added"]
+    part = final["output"][2]["content"][0]
+    assert part["annotations"] == [added["annotation"]] and added["annotation_index"] == 0
+    assert part["text"][added["annotation"]["start_index"] : added["annotation"]["end_index"]] == "sunny."
+    assert final["output"][1]["action"] == {"type": "search", "query": "paris weather"}

@@ -100,6 +100,22 @@ def thinking_budget(effort: Any, limit: int) -> int:
     return budget if wanted and budget >= MIN_THINKING else 0
 
 
+# Chat ``web_search_options.search_context_size`` → the ``max_uses`` of Anthropic's web search tool:
+# OpenAI's size says how much the model may look up; Claude counts searches, each billed
+# (``pricing.WEB_SEARCH_UC``), so the size caps them and budgets hold that many (``estimate.web_searches``).
+WEB_SEARCH_USES = {"low": 3, "medium": 5, "high": 10}
+WEB_SEARCH_TOOL = "web_search_20250305"
+LOCATION_FIELDS = ("city", "region", "country", "timezone")
+
+
+def web_search_uses(size: Any) -> int:
+    """Searches Claude may run for a ``search_context_size`` (OpenAI's default: medium); 0 for
+    a size that is none of them."""
+    if size is None:
+        return WEB_SEARCH_USES["medium"]
+    return WEB_SEARCH_USES.get(size, 0) if isinstance(size, str) else 0
+
+
 def _structured(fmt: Any) -> bool:
     return not isinstance(fmt, dict) or fmt.get("type") in (None, "text", "json_schema")
 
@@ -132,6 +148,13 @@ CHAT_FIELDS: dict[str, Field] = {
         lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
     ),
     "stream_options": Field(EMULATED, "include_usage: a usage chunk built from message_start/message_delta usage"),
+    "web_search_options": Field(
+        TRANSLATED,
+        "the web_search server tool: search_context_size → max_uses "
+        + ", ".join(f"{k} {v}" for k, v in WEB_SEARCH_USES.items())
+        + " (medium when absent); user_location (approximate) → user_location; citations → annotations",
+        lambda v: v is None or isinstance(v, dict),
+    ),
     "n": refused("one choice per request", lambda v: v in (None, 1)),
     "seed": refused("no sampling seed"),
     "presence_penalty": refused("no presence penalty"),
@@ -379,6 +402,41 @@ def translate_tools(tools: Any) -> list[dict]:
     return out
 
 
+def search_refused(field: str, what: str) -> ProxyError:
+    return ProxyError(
+        400,
+        f"web_search_options.{field}: {what} for Anthropic models",
+        param=f"web_search_options.{field}",
+        code="unsupported_field",
+    )
+
+
+def web_search_tool(options: dict) -> dict:
+    """Chat ``web_search_options`` → Anthropic's web search server tool: ``search_context_size``
+    caps its searches (:data:`WEB_SEARCH_USES`), ``user_location`` localises them; any other
+    field is a 400 naming it."""
+    for key in options:
+        if key not in ("search_context_size", "user_location") and options[key] is not None:
+            raise search_refused(key, "not supported")
+    uses = web_search_uses(options.get("search_context_size"))
+    if not uses:
+        raise search_refused("search_context_size", f"must be one of {', '.join(WEB_SEARCH_USES)}")
+    tool: dict = {"type": WEB_SEARCH_TOOL, "name": "web_search", "max_uses": uses}
+    location = options.get("user_location")
+    if location is not None:
+        if not isinstance(location, dict) or location.get("type") != "approximate":
+            raise search_refused("user_location", "only an approximate location is supported")
+        place = location.get("approximate") or {}
+        if not isinstance(place, dict):
+            raise search_refused("user_location.approximate", "must be an object")
+        place = {k: v for k, v in place.items() if v is not None}
+        for key, value in place.items():
+            if key not in LOCATION_FIELDS or not isinstance(value, str):
+                raise search_refused(f"user_location.approximate.{key}", "not a city, region, country or timezone")
+        tool["user_location"] = {"type": "approximate", **place}
+    return tool
+
+
 def translate_tool_choice(choice: Any, parallel: Any) -> dict | None:
     """OpenAI tool_choice (and parallel_tool_calls) → Anthropic tool_choice."""
     if choice is None:
@@ -421,6 +479,8 @@ def messages_request(
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     if body.get("tools"):
         out["tools"] = translate_tools(body["tools"])
+    if isinstance(body.get("web_search_options"), dict):
+        out["tools"] = out.get("tools", []) + [web_search_tool(body["web_search_options"])]
     choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice and out.get("tools"):
         out["tool_choice"] = choice
@@ -465,14 +525,49 @@ def structured_output(fmt: Any) -> dict | None:
 # --------------------------------------------------------------------------- answer translation
 
 
+def url_citations(citations: Any, start: int, end: int) -> list[dict]:
+    """A text block's web search citations → chat ``annotations`` over the block's characters
+    (``start``..``end`` of the message content): the cited text is the block itself."""
+    return [
+        {
+            "type": "url_citation",
+            "url_citation": {"url": c["url"], "title": c.get("title") or "", "start_index": start, "end_index": end},
+        }
+        for c in (citations if isinstance(citations, list) else [])
+        if isinstance(c, dict) and c.get("type") == "web_search_result_location" and isinstance(c.get("url"), str)
+    ]
+
+
+def web_search_call(block: dict, arguments: Any) -> dict | None:
+    """A ``server_tool_use`` block of the web search tool → Stockyard's ``web_search_calls`` entry
+    on the chat message (the Responses API makes its ``web_search_call`` items of them); None for
+    another server tool."""
+    if block.get("name") != "web_search":
+        return None
+    query = arguments.get("query") if isinstance(arguments, dict) else None
+    return {"id": block.get("id"), "query": query if isinstance(query, str) else ""}
+
+
 def message_to_choice(message: dict) -> dict:
-    """An Anthropic message's content → one OpenAI choice."""
+    """An Anthropic message's content → one OpenAI choice. Server tool blocks (Claude's web
+    searches and their results) are not text: the searches go in ``web_search_calls``, the
+    citations of the text in ``annotations``."""
     texts: list[str] = []
     calls: list[dict] = []
     thoughts: list[str] = []
+    annotations: list[dict] = []
+    searches: list[dict] = []
+    chars = 0
     for block in message.get("content") or []:
         if block.get("type") == "text":
-            texts.append(block.get("text", ""))
+            text = block.get("text", "")
+            texts.append(text)
+            annotations += url_citations(block.get("citations"), chars, chars + len(text))
+            chars += len(text)
+        elif block.get("type") == "server_tool_use":
+            search = web_search_call(block, block.get("input"))
+            if search is not None:
+                searches.append(search)
         elif block.get("type") == "thinking":
             thoughts.append(block.get("thinking") or "")
         elif block.get("type") == "tool_use":
@@ -486,6 +581,10 @@ def message_to_choice(message: dict) -> dict:
     out: dict = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
     if calls:
         out["tool_calls"] = calls
+    if annotations:
+        out["annotations"] = annotations
+    if searches:
+        out["web_search_calls"] = searches
     if any(thoughts):
         out["reasoning_content"] = "".join(thoughts)
     blocks = thinking_blocks(message.get("content"))
@@ -576,6 +675,11 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.thinking = 0  # characters of thinking text so far (reasoning tokens are estimated from them)
         self.thoughts: dict[int, dict] = {}  # Anthropic block index → the thinking block being read
         self.thought_count = 0  # thinking blocks sent (each delta's thinking_blocks entry has its index)
+        self.chars = 0  # characters of content sent: where a text block's citations start and end
+        self.texts: dict[int, tuple[int, list]] = {}  # Anthropic block index → (its start, its citations)
+        self.searches: dict[int, dict] = {}  # Anthropic block index → a server_tool_use block being read
+        self.search_count = 0  # web_search_calls entries sent (each has its index)
+        self.annotation_count = 0  # annotations sent (each has its index)
 
     def translate(self, payload: Any) -> list[bytes]:
         """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
@@ -592,8 +696,12 @@ class AnthropicToOpenAIStream(ChunkStream):
 
     def on_content_block_start(self, payload: dict) -> list[bytes]:
         block = payload.get("content_block") or {}
-        if block.get("type") == "text" and block.get("text"):
-            return [self.out({"content": block["text"]})]
+        if block.get("type") == "text":
+            self.texts[payload.get("index", -1)] = (self.chars, list(block.get("citations") or []))
+            return self.content(block.get("text"))
+        if block.get("type") == "server_tool_use":
+            self.searches[payload.get("index", -1)] = {**block, "partial_json": ""}
+            return []
         if block.get("type") in THINKING_TYPES:
             self.thoughts[payload.get("index", -1)] = dict(block)
             text = block.get("thinking")
@@ -623,18 +731,50 @@ class AnthropicToOpenAIStream(ChunkStream):
         if delta.get("type") == "signature_delta" and thought is not None:
             thought["signature"] = (thought.get("signature") or "") + str(delta.get("signature") or "")
             return []
-        if delta.get("type") == "text_delta" and delta.get("text"):
-            return [self.out({"content": delta["text"]})]
+        if delta.get("type") == "text_delta":
+            return self.content(delta.get("text"))
+        text = self.texts.get(payload.get("index", -1))
+        if delta.get("type") == "citations_delta" and text is not None:
+            text[1].append(delta.get("citation"))
+            return []
+        search = self.searches.get(payload.get("index", -1))
+        if delta.get("type") == "input_json_delta" and search is not None:
+            search["partial_json"] += str(delta.get("partial_json") or "")
+            return []
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
             index = self.tools.get(payload.get("index", -1))
             if index is not None:
                 return [self.out({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]})]
         return []
 
+    def content(self, text: Any) -> list[bytes]:
+        if not isinstance(text, str) or not text:
+            return []
+        self.chars += len(text)
+        return [self.out({"content": text})]
+
     def on_content_block_stop(self, payload: dict) -> list[bytes]:
-        """A thinking block is whole once it stops (its signature known): it goes out as one
-        ``thinking_blocks`` entry, with an ``index`` so the SDKs' stream helpers collect them."""
-        blocks = thinking_blocks([self.thoughts.pop(payload.get("index", -1), None)])
+        """A block is whole once it stops. A text block's citations (``citations_delta``, before
+        or after its text) go out as ``annotations`` over its characters; a web search's query
+        (its input streamed as JSON) as one ``web_search_calls`` entry; a thinking block (its
+        signature known) as one ``thinking_blocks`` entry. Entries carry an ``index`` so the
+        SDKs' stream helpers collect them."""
+        index = payload.get("index", -1)
+        if index in self.texts:
+            start, citations = self.texts.pop(index)
+            annotations = url_citations(citations, start, self.chars)
+            numbered = [{"index": self.annotation_count + i, **a} for i, a in enumerate(annotations)]
+            self.annotation_count += len(numbered)
+            return [self.out({"annotations": numbered})] if numbered else []
+        if index in self.searches:
+            block = self.searches.pop(index)
+            raw = block.pop("partial_json")
+            search = web_search_call(block, json.loads(raw) if raw else block.get("input"))
+            if search is None:
+                return []
+            self.search_count += 1
+            return [self.out({"web_search_calls": [{"index": self.search_count - 1, **search}]})]
+        blocks = thinking_blocks([self.thoughts.pop(index, None)])
         if not blocks:
             return []
         entry = {"index": self.thought_count, **blocks[0]}

@@ -99,7 +99,9 @@ COMMON_FIELDS: dict[str, Field] = {
     "modalities": refused("text only", lambda v: v is None or v == ["text"]),
     "audio": refused("no audio output"),
     "prediction": refused("no predicted outputs"),
-    "web_search_options": refused("no web search through chat translation", lambda v: v is None),
+    "web_search_options": refused(
+        "no web search through translation (a Responses web_search tool arrives as this field)", lambda v: v is None
+    ),
     # Hints that change nothing in the answer (coding agents send them on every request): not sent.
     "store": Field(EMULATED, "OpenAI's stored completions: not sent; Stockyard traces every request"),
     "metadata": Field(EMULATED, "stored-completion metadata: not sent"),

@@ -15,6 +15,7 @@ from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .reasoning import plain_messages
 
+PROVIDER_FIELDS = (b"thinking_blocks", b"web_search_calls", b"extra_content")  # what plain_messages takes off
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
@@ -22,10 +23,10 @@ def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: b
     """The body to send: the client's own bytes when nothing had to change. ``plain``: OpenAI's
     own chat API (openai, azure), which refuses message fields it does not know ("Additional
     properties are not allowed"): the reasoning state Claude and Gemini answers carry on the chat
-    shape (``thinking_blocks``, ``extra_content``) stays behind."""
+    shape (``thinking_blocks``, ``extra_content``) and Claude's searches (``web_search_calls``) stay behind."""
     body = ctx.body
     changes: dict = {}
-    if plain and ctx.endpoint == "chat" and (b"thinking_blocks" in ctx.raw or b"extra_content" in ctx.raw):
+    if plain and ctx.endpoint == "chat" and any(name in ctx.raw for name in PROVIDER_FIELDS):
         messages = plain_messages(body.get("messages"))  # looked for only when named: the hot path
         if messages is not None:
             changes["messages"] = messages

@@ -32,6 +32,10 @@ from typing import Any
 
 VERSION = 1
 THINKING_TYPES = ("thinking", "redacted_thinking")
+# Fields of an assistant chat message that Claude's answers carry and OpenAI's chat API refuses:
+# the thinking blocks, and the web searches Claude ran (``anthropic.web_search_call``), which
+# the Responses translation turns into ``web_search_call`` items.
+STATE_FIELDS = ("thinking_blocks", "web_search_calls")
 
 
 def thinking_blocks(value: Any) -> list[dict]:
@@ -116,17 +120,15 @@ def restorable(state: dict, provider: str | None, kind: str) -> bool:
 
 
 def plain_messages(messages: Any) -> list | None:
-    """Chat messages without the reasoning state fields OpenAI's chat API does not know (an
-    assistant message's ``thinking_blocks``, a tool call's ``extra_content``), or None when none
+    """Chat messages without the provider fields OpenAI's chat API does not know (an assistant
+    message's ``thinking_blocks`` and ``web_search_calls``, a tool call's ``extra_content``), or None when none
     carries them — a conversation that moved to an OpenAI model from Claude or Gemini."""
     if not isinstance(messages, list) or not any(carries_state(msg) for msg in messages):
         return None
     out: list = []
     for msg in messages:
         if carries_state(msg):
-            kept = msg
-            if "thinking_blocks" in kept:
-                kept = {k: v for k, v in kept.items() if k != "thinking_blocks"}
+            kept = {k: v for k, v in msg.items() if k not in STATE_FIELDS}
             calls = kept.get("tool_calls")
             if isinstance(calls, list) and any(isinstance(c, dict) and "extra_content" in c for c in calls):
                 plain = [
@@ -139,10 +141,11 @@ def plain_messages(messages: Any) -> list | None:
 
 
 def carries_state(msg: Any) -> bool:
-    """An assistant chat message with ``thinking_blocks``, or a tool call with ``extra_content``."""
+    """An assistant chat message with ``thinking_blocks`` or ``web_search_calls``, or a tool call
+    with ``extra_content``."""
     if not isinstance(msg, dict) or msg.get("role") != "assistant":
         return False
     calls = msg.get("tool_calls")
-    return "thinking_blocks" in msg or (
+    return any(key in msg for key in STATE_FIELDS) or (
         isinstance(calls, list) and any(isinstance(c, dict) and "extra_content" in c for c in calls)
     )

@@ -57,6 +57,10 @@ KNOWN_FIELDS = CALLER_FIELDS | TRANSLATED_FIELDS | set(SAME_FIELDS)
 # ``include`` values a translated answer cannot honour.
 REFUSED_INCLUDES = {"message.output_text.logprobs"}
 FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
+# OpenAI's web search tools: they become the chat body's ``web_search_options`` (Anthropic's web
+# search tool, for Claude), and the searches come back as ``web_search_call`` items.
+WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
+WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location"}
 CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
 CUSTOM_INPUT = "input"  # the one string parameter a custom tool's function takes
 CUSTOM_PARAMETERS = {
@@ -135,6 +139,9 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
             chat["tools"] = tools
             if present(body, "parallel_tool_calls"):
                 chat["parallel_tool_calls"] = body["parallel_tool_calls"]
+        search = web_search_options(body["tools"])
+        if search is not None:
+            chat["web_search_options"] = search
     if present(body, "tool_choice"):
         chat["tool_choice"] = chat_tool_choice(body["tool_choice"])
     if present(body, "text"):
@@ -174,6 +181,8 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
         if not isinstance(item, dict):
             raise invalid(path, f"{path} must be an object")
         kind = item.get("type") or "message"
+        if kind == "web_search_call":
+            continue  # what the search found is in the answer's text; the chat shape has no place for it
         if attached and kind not in (*TOOL_OUTPUTS, "reasoning"):  # a reasoning item adds no message
             out.append({"role": "user", "content": attached})
             attached = []
@@ -341,8 +350,10 @@ def chat_tools(tools: Any) -> list[dict]:
     out = []
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind in WEB_SEARCH_TOOLS:
+            continue  # web_search_options (:func:`web_search_options`)
         if kind not in ("function", "custom"):
-            raise unsupported(f"tools[{i}].type", f"tool type {kind!r} (only function and custom tools are)")
+            raise unsupported(f"tools[{i}].type", f"tool type {kind!r} (function, custom and web search tools are)")
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise invalid(f"tools[{i}].name", f"tools[{i}].name must be a non-empty string")
         fields = FUNCTION_TOOL_FIELDS if kind == "function" else CUSTOM_TOOL_FIELDS
@@ -355,6 +366,31 @@ def chat_tools(tools: Any) -> list[dict]:
         fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
         out.append({"type": "function", "function": fn})
     return out
+
+
+def web_search_options(tools: list) -> dict | None:
+    """A web search tool → chat ``web_search_options`` (None without one): its
+    ``search_context_size``, and its ``user_location`` as chat nests it; ``filters`` and any
+    other field are a 400 naming them, as is a second web search tool."""
+    found = [(i, t) for i, t in enumerate(tools) if isinstance(t, dict) and t.get("type") in WEB_SEARCH_TOOLS]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise unsupported(f"tools[{found[1][0]}]", "a second web search tool")
+    i, tool = found[0]
+    for key in tool:
+        if key not in WEB_SEARCH_FIELDS and present(tool, key):
+            raise unsupported(f"tools[{i}].{key}", f"web search tool field {key!r}")
+    options: dict = {}
+    if present(tool, "search_context_size"):
+        options["search_context_size"] = tool["search_context_size"]
+    location = tool.get("user_location")
+    if location is not None:
+        if not isinstance(location, dict) or location.get("type") != "approximate":
+            raise unsupported(f"tools[{i}].user_location", "a user_location that is not approximate")
+        place = {k: v for k, v in location.items() if k != "type" and v is not None}
+        options["user_location"] = {"type": "approximate", "approximate": place}
+    return options
 
 
 def custom_function(tool: dict, path: str) -> dict:
@@ -460,8 +496,36 @@ def minted(item: Any) -> bool:
     return isinstance(ident, str) and MINTED.fullmatch(ident) is not None
 
 
-def text_part(text: str) -> dict:
-    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+def text_part(text: str, annotations: list[dict] | None = None) -> dict:
+    return {"type": "output_text", "annotations": annotations or [], "logprobs": [], "text": text}
+
+
+def url_citation(annotation: Any) -> dict | None:
+    """A chat ``url_citation`` annotation → the Responses one; None for another kind."""
+    cited = obj(obj(annotation).get("url_citation"))
+    if obj(annotation).get("type") != "url_citation" or not isinstance(cited.get("url"), str):
+        return None
+    start, end = cited.get("start_index"), cited.get("end_index")
+    return {
+        "type": "url_citation",
+        "start_index": start if type(start) is int else 0,
+        "end_index": end if type(end) is int else 0,
+        "url": cited["url"],
+        "title": cited.get("title") if isinstance(cited.get("title"), str) else "",
+    }
+
+
+def url_citations(annotations: Any) -> list[dict]:
+    found = (url_citation(a) for a in (annotations if isinstance(annotations, list) else []))
+    return [a for a in found if a is not None]
+
+
+def web_search_item(ident: str, search: Any) -> dict:
+    """A ``web_search_call`` item for a search the provider ran (a chat message's
+    ``web_search_calls`` entry: Claude's query)."""
+    query = obj(search).get("query")
+    action = {"type": "search", "query": query if isinstance(query, str) else ""}
+    return {"id": ident, "type": "web_search_call", "status": "completed", "action": action}
 
 
 def refusal_part(text: str) -> dict:
@@ -603,9 +667,11 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
     state = reasoning_state(message)
     if reasoning or state:
         output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning, state, provider))
+    for search in message.get("web_search_calls") or []:
+        output.append(web_search_item(item_id("ws", response_id, len(output)), search))
     content = []
     if isinstance(message.get("content"), str) and message["content"]:
-        content.append(text_part(message["content"]))
+        content.append(text_part(message["content"], url_citations(message.get("annotations"))))
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         content.append(refusal_part(message["refusal"]))
     if content:
@@ -659,6 +725,8 @@ class ChatToResponsesStream:
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
         self.custom = custom_names(request)
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
+        self.chars = 0  # characters of chat content so far: where its annotations point
+        self.part_start = 0  # where the open output_text part starts in the chat content
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.started = False
@@ -722,9 +790,13 @@ class ChatToResponsesStream:
             blocks = thinking_blocks(delta.get("thinking_blocks"))
             if blocks:
                 out += self.keep_state({"thinking_blocks": blocks})
+            for search in delta.get("web_search_calls") or []:
+                out += self.web_search(search)
             for kind in ("content", "refusal"):
                 if isinstance(delta.get(kind), str) and delta[kind]:
                     out += self.text(kind, delta[kind])
+            for annotation in url_citations(delta.get("annotations")):
+                out += self.annotate(annotation)
             for call in delta.get("tool_calls") or []:
                 if isinstance(call, dict):
                     out += self.tool_call(call)
@@ -811,13 +883,43 @@ class ChatToResponsesStream:
             if parts:
                 out += self.close_part(index)
             parts.append(text_part("") if kind == "content" else refusal_part(""))
+            self.part_start = self.chars
             out.append(self.event("response.content_part.added", **self.part_at(index), part=parts[-1]))
         where = self.part_at(index)
         if kind == "content":
+            self.chars += len(text)
             parts[-1]["text"] += text
             return out + [self.event("response.output_text.delta", **where, delta=text, logprobs=[])]
         parts[-1]["refusal"] += text
         return out + [self.event("response.refusal.delta", **where, delta=text)]
+
+    def web_search(self, search: dict) -> list[bytes]:
+        """A search the provider ran, whole (its query known): a ``web_search_call`` item with
+        the events OpenAI streams for one, from added to done."""
+        out = self.close()
+        item = web_search_item(item_id("ws", self.response_id, len(self.output)), search)
+        index, added = self.add_item({**item, "status": "in_progress"})
+        out.append(added)
+        for step in ("in_progress", "searching", "completed"):
+            out.append(self.event(f"response.web_search_call.{step}", **self.at(index)))
+        self.output[index] = item
+        self.open.remove(index)
+        return out + [self.event("response.output_item.done", output_index=index, item=item)]
+
+    def annotate(self, annotation: dict) -> list[bytes]:
+        """A citation of the text just sent, onto the open output_text part (its indices into
+        that part); none open (the cited text was empty), it is left out."""
+        if not self.is_open("message"):
+            return []
+        index = self.open[-1]
+        parts = self.output[index]["content"]
+        if not parts or parts[-1]["type"] != "output_text":
+            return []
+        for key in ("start_index", "end_index"):
+            annotation[key] = max(0, annotation[key] - self.part_start)
+        parts[-1]["annotations"].append(annotation)
+        where = {**self.part_at(index), "annotation_index": len(parts[-1]["annotations"]) - 1}
+        return [self.event("response.output_text.annotation.added", **where, annotation=annotation)]
 
     def tool_call(self, call: dict) -> list[bytes]:
         """A tool-call delta: the first for an index carries id and name, later ones

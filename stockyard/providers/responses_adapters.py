@@ -59,9 +59,9 @@ def upstream_headers(provider: Provider, accept: str = "application/json") -> di
 
 
 def ours(item: object) -> bool:
-    """A reasoning input item Stockyard made: minted by it (``responses.minted``), or holding its
-    packing as ``encrypted_content``. No provider can read one; it never goes to one."""
-    if not isinstance(item, dict) or item.get("type") != "reasoning":
+    """A reasoning or web_search_call input item Stockyard made: minted by it (``responses.minted``),
+    or holding its packing as ``encrypted_content``. No provider can read one; it never goes to one."""
+    if not isinstance(item, dict) or item.get("type") not in ("reasoning", "web_search_call"):
         return False
     return responses.minted(item) or unpack(item.get("encrypted_content")) is not None
 
