@@ -27,7 +27,6 @@ from .context import RequestContext
 from .errors import RESPONSES
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, rates_for, unit_cost
-from .providers.anthropic import web_search_uses
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
@@ -39,6 +38,10 @@ IMAGE_INPUT_TOKENS = 1600
 # Searches held for a web search tool without ``max_uses`` (Anthropic sets no limit of its own;
 # the real count settles the hold): a guess, not a bound. Claude Code sets max_uses itself.
 WEB_SEARCHES_UNCAPPED = 10
+# Chat ``web_search_options.search_context_size`` → the ``max_uses`` of Anthropic's web search tool
+# (``anthropic.web_search_tool``): OpenAI's size says how much the model may look up; Claude counts
+# searches, each billed (``pricing.WEB_SEARCH_UC``), so the size caps them and budgets hold that many.
+WEB_SEARCH_USES = {"low": 3, "medium": 5, "high": 10}
 ANTHROPIC_SEARCH = re.compile(r"web_search_\d{8}")  # Anthropic's dated tool types (OpenAI's: web_search_2025_08_26)
 MAX_FETCHES, MAX_FETCH_TOKENS = 10**6, 10**7  # bounds on a web fetch tool's numbers (a sane cost)
 
@@ -259,11 +262,19 @@ def fetched_tokens(body: dict) -> int:
     return found
 
 
+def web_search_uses(size: Any) -> int:
+    """Searches Claude may run for a ``search_context_size`` (OpenAI's default: medium); 0 for
+    a size that is none of them."""
+    if size is None:
+        return WEB_SEARCH_USES["medium"]
+    return WEB_SEARCH_USES.get(size, 0) if isinstance(size, str) else 0
+
+
 def web_searches(body: dict) -> int:
     """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
     ``web_search_YYYYMMDD``), else :data:`WEB_SEARCHES_UNCAPPED`; for OpenAI's shapes — a Responses
     ``web_search`` tool, chat ``web_search_options`` — the ``max_uses`` their ``search_context_size``
-    gets on Claude (``anthropic.web_search_uses``; on OpenAI the per-call fee is held but not
+    gets on Claude (:func:`web_search_uses`; on OpenAI the per-call fee is held but not
     billed here: its usage does not report its searches)."""
     found = 0
     for kind, tool in _server_tools(body, ("web_search",)):

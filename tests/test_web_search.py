@@ -363,3 +363,40 @@ def test_the_estimate_counts_the_searches_each_shape_allows():
     assert web_searches({"tools": [{"type": "web_search_preview_2025_03_11"}]}) == 5
     assert web_searches({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}) == WEB_SEARCHES_UNCAPPED
     assert web_searches({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]}) == 2
+
+
+def test_a_garbled_streamed_search_query_leaves_the_answer_whole() -> None:
+    """A search whose streamed input is not JSON (cut or garbled by the provider) has no query;
+    the stream goes on to its text and its end instead of failing mid-answer."""
+    from test_anthropic import stream_chunks
+
+    def event(payload: dict) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+    search = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+    chunks = stream_chunks(
+        [
+            event({"type": "message_start", "message": {"id": "m", "model": "claude", "usage": {"input_tokens": 1}}}),
+            event({"type": "content_block_start", "index": 0, "content_block": search}),
+            event(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": '{"query": "par'},
+                }
+            ),
+            event({"type": "content_block_stop", "index": 0}),
+            event({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+            event({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Sunny."}}),
+            event({"type": "content_block_stop", "index": 1}),
+            event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
+            event({"type": "message_stop"}),
+        ]
+    )
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    assert [d["web_search_calls"] for d in deltas if "web_search_calls" in d] == [
+        [{"index": 0, "id": "srvtoolu_1", "query": ""}]
+    ]
+    assert "".join(d.get("content") or "" for d in deltas) == "Sunny."
+    ends = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0]["finish_reason"]]
+    assert ends == ["stop"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..estimate import WEB_SEARCH_USES, web_search_uses
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -100,20 +101,8 @@ def thinking_budget(effort: Any, limit: int) -> int:
     return budget if wanted and budget >= MIN_THINKING else 0
 
 
-# Chat ``web_search_options.search_context_size`` → the ``max_uses`` of Anthropic's web search tool:
-# OpenAI's size says how much the model may look up; Claude counts searches, each billed
-# (``pricing.WEB_SEARCH_UC``), so the size caps them and budgets hold that many (``estimate.web_searches``).
-WEB_SEARCH_USES = {"low": 3, "medium": 5, "high": 10}
 WEB_SEARCH_TOOL = "web_search_20250305"
 LOCATION_FIELDS = ("city", "region", "country", "timezone")
-
-
-def web_search_uses(size: Any) -> int:
-    """Searches Claude may run for a ``search_context_size`` (OpenAI's default: medium); 0 for
-    a size that is none of them."""
-    if size is None:
-        return WEB_SEARCH_USES["medium"]
-    return WEB_SEARCH_USES.get(size, 0) if isinstance(size, str) else 0
 
 
 def _structured(fmt: Any) -> bool:
@@ -548,6 +537,17 @@ def web_search_call(block: dict, arguments: Any) -> dict | None:
     return {"id": block.get("id"), "query": query if isinstance(query, str) else ""}
 
 
+def _arguments(streamed: str, start: Any) -> Any:
+    """A server tool's input: its streamed JSON, or the input its block started with; JSON the
+    provider cut or garbled is no input (the search's query is then unknown, the answer goes on)."""
+    if not streamed:
+        return start
+    try:
+        return json.loads(streamed)
+    except ValueError:
+        return None
+
+
 def message_to_choice(message: dict) -> dict:
     """An Anthropic message's content → one OpenAI choice. Server tool blocks (Claude's web
     searches and their results) are not text: the searches go in ``web_search_calls``, the
@@ -768,8 +768,7 @@ class AnthropicToOpenAIStream(ChunkStream):
             return [self.out({"annotations": numbered})] if numbered else []
         if index in self.searches:
             block = self.searches.pop(index)
-            raw = block.pop("partial_json")
-            search = web_search_call(block, json.loads(raw) if raw else block.get("input"))
+            search = web_search_call(block, _arguments(block.pop("partial_json"), block.get("input")))
             if search is None:
                 return []
             self.search_count += 1
