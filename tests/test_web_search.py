@@ -400,3 +400,78 @@ def test_a_garbled_streamed_search_query_leaves_the_answer_whole() -> None:
     assert "".join(d.get("content") or "" for d in deltas) == "Sunny."
     ends = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0]["finish_reason"]]
     assert ends == ["stop"]
+
+
+def search_stream(cut: bool) -> list[bytes]:
+    """Claude searches twice, a third search fails (not billed), then it answers; ``cut``: the
+    stream ends before its message_delta, whose usage holds the count."""
+
+    def event(payload: dict) -> bytes:
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    start = {"id": "m", "model": "claude", "usage": {"input_tokens": 10, "output_tokens": 1}}
+    events = [event({"type": "message_start", "message": start})]
+    for i, query in enumerate(["paris weather", "paris forecast"]):
+        use = {"type": "server_tool_use", "id": f"srvtoolu_{i}", "name": "web_search", "input": {"query": query}}
+        found = {"type": "web_search_tool_result", "tool_use_id": f"srvtoolu_{i}", "content": SEARCH_RESULTS[:1]}
+        for j, block in enumerate((use, found)):
+            events.append(event({"type": "content_block_start", "index": 2 * i + j, "content_block": block}))
+            events.append(event({"type": "content_block_stop", "index": 2 * i + j}))
+    failed = {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"}
+    events.append(
+        event(
+            {
+                "type": "content_block_start",
+                "index": 4,
+                "content_block": {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_x", "content": failed},
+            }
+        )
+    )
+    events.append(event({"type": "content_block_stop", "index": 4}))
+    text = {"type": "text", "text": "Sunny."}
+    events += [
+        event({"type": "content_block_start", "index": 5, "content_block": text}),
+        event({"type": "content_block_stop", "index": 5}),
+    ]
+    if not cut:
+        usage = {"output_tokens": 9}  # a usage without its server_tool_use count
+        events.append(event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}))
+        events.append(event({"type": "message_stop"}))
+    return events
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("cut", [False, True])
+def test_searches_that_ran_are_billed_when_the_usage_does_not_count_them(native, cut) -> None:
+    """A stream cut before its message_delta (a client that leaves once the text is out) or a
+    usage without ``server_tool_use`` still bills each search that returned results (an error
+    result is not billed), through translation and pass-through alike."""
+    from stockyard.context import RequestContext
+    from stockyard.providers.anthropic import AnthropicNativeStream, AnthropicToOpenAIStream
+
+    ctx = RequestContext("messages" if native else "chat", "anthropic" if native else "openai", "127.0.0.1", {})
+    translator = (AnthropicNativeStream if native else AnthropicToOpenAIStream)(ctx)
+    for event in search_stream(cut):
+        translator.feed(event)
+    assert ctx.attempt.usage.fees_uc == 2 * WEB_SEARCH_UC
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_plain_answer_without_its_search_count_bills_each_search(native) -> None:
+    from stockyard.context import RequestContext
+    from stockyard.providers.anthropic import AnthropicChatAdapter, AnthropicNativeAdapter
+
+    found = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": SEARCH_RESULTS[:1]}
+    use = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}}
+    message = {
+        "id": "m",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [use, found, {"type": "text", "text": "Sunny."}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 10, "output_tokens": 9},
+    }
+    ctx = RequestContext("messages" if native else "chat", "anthropic" if native else "openai", "127.0.0.1", {})
+    (AnthropicNativeAdapter() if native else AnthropicChatAdapter()).parse(ctx, json.dumps(message).encode())
+    assert ctx.attempt.usage.fees_uc == WEB_SEARCH_UC

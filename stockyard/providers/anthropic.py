@@ -23,7 +23,7 @@ from typing import Any
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..estimate import WEB_SEARCH_USES, web_search_uses
-from ..pricing import Usage
+from ..pricing import MAX_SEARCHES, WEB_SEARCH_UC, Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import (
@@ -602,6 +602,29 @@ def with_thinking(usage: Usage | None, chars: int) -> Usage | None:
     return dataclasses.replace(usage, reasoning_tokens=min(usage.completion_tokens, -(-chars // 4)))
 
 
+def search_ran(block: Any) -> bool:
+    """A web search that returned results (Anthropic bills it; an error result it does not)."""
+    return (
+        isinstance(block, dict)
+        and block.get("type") == "web_search_tool_result"
+        and isinstance(block.get("content"), list)
+    )
+
+
+def with_searches(usage: Usage | None, searches: int) -> Usage | None:
+    """Each search that ran billed, when the usage counts fewer: a stream cut before its
+    message_delta (whose usage holds the count: a client that leaves once the text is out), or a
+    usage without ``server_tool_use``."""
+    if usage is None or searches <= 0:
+        return usage
+    return dataclasses.replace(usage, fees_uc=max(usage.fees_uc, min(searches, MAX_SEARCHES) * WEB_SEARCH_UC))
+
+
+def searches_in(message: dict) -> int:
+    content = message.get("content")
+    return sum(map(search_ran, content)) if isinstance(content, list) else 0
+
+
 def thinking_chars(message: dict) -> int:
     return sum(len(b.get("thinking") or "") for b in message.get("content") or [] if b.get("type") == "thinking")
 
@@ -638,9 +661,12 @@ class AnthropicChatAdapter(Adapter):
         message = loads_object(body)
         with shape_errors(502, "the provider answer"):
             ctx.attempt.serve(message.get("model"))
-            ctx.attempt.usage = with_thinking(
-                Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None,
-                thinking_chars(message),
+            ctx.attempt.usage = with_searches(
+                with_thinking(
+                    Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None,
+                    thinking_chars(message),
+                ),
+                searches_in(message),
             )
             return completion(
                 message.get("id") or ctx.trace_id,
@@ -657,12 +683,13 @@ class AnthropicChatAdapter(Adapter):
         return upstream_error(ctx, status, body, error_fields)
 
 
-def take_usage(ctx: RequestContext, seen: dict, usage: Any) -> None:
+def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0) -> None:
     """Merge a stream's usage into ``seen`` (message_start and message_delta each carry
-    part; message_delta's counts are cumulative) and keep the trace current."""
-    if isinstance(usage, dict):
+    part; message_delta's counts are cumulative) and keep the trace current, with at least the
+    ``searches`` that ran so far billed (:func:`with_searches`)."""
+    if isinstance(usage, dict) and (usage or seen):  # no usage yet: the answer's bytes estimate it
         seen.update({k: v for k, v in usage.items() if v is not None})
-        ctx.attempt.usage = Usage.from_anthropic(seen)
+        ctx.attempt.usage = with_searches(Usage.from_anthropic(seen), searches)
 
 
 class AnthropicToOpenAIStream(ChunkStream):
@@ -680,6 +707,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.searches: dict[int, dict] = {}  # Anthropic block index → a server_tool_use block being read
         self.search_count = 0  # web_search_calls entries sent (each has its index)
         self.annotation_count = 0  # annotations sent (each has its index)
+        self.searched = 0  # web searches that returned results (each billed, whatever the usage says)
 
     def translate(self, payload: Any) -> list[bytes]:
         """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
@@ -691,7 +719,7 @@ class AnthropicToOpenAIStream(ChunkStream):
     def on_message_start(self, payload: dict) -> list[bytes]:
         message = payload.get("message") or {}
         self.identify(message.get("id"), message.get("model"))
-        take_usage(self.ctx, self.usage, message.get("usage"))
+        take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
         return [self.out({"role": "assistant", "content": ""})]
 
     def on_content_block_start(self, payload: dict) -> list[bytes]:
@@ -701,6 +729,10 @@ class AnthropicToOpenAIStream(ChunkStream):
             return self.content(block.get("text"))
         if block.get("type") == "server_tool_use":
             self.searches[payload.get("index", -1)] = {**block, "partial_json": ""}
+            return []
+        if search_ran(block):
+            self.searched += 1
+            take_usage(self.ctx, self.usage, {}, self.searched)
             return []
         if block.get("type") in THINKING_TYPES:
             self.thoughts[payload.get("index", -1)] = dict(block)
@@ -781,7 +813,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         return [self.out({"thinking_blocks": [entry]})]
 
     def on_message_delta(self, payload: dict) -> list[bytes]:
-        take_usage(self.ctx, self.usage, payload.get("usage"))
+        take_usage(self.ctx, self.usage, payload.get("usage"), self.searched)
         self.ctx.attempt.usage = with_thinking(self.ctx.attempt.usage, self.thinking)
         reason = (payload.get("delta") or {}).get("stop_reason")
         return [self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else []
@@ -877,7 +909,7 @@ class AnthropicNativeAdapter(Adapter):
         if isinstance(message, dict):
             ctx.attempt.serve(message.get("model"))
             if isinstance(message.get("usage"), dict):
-                ctx.attempt.usage = Usage.from_anthropic(message["usage"])
+                ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
         return body
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -890,6 +922,7 @@ class AnthropicNativeStream(StreamTranslator):
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
         self.usage: dict = {}
+        self.searched = 0  # web searches that returned results (each billed, whatever the usage says)
 
     def feed(self, event: bytes) -> list[bytes]:
         data = sse_data(event)
@@ -903,9 +936,12 @@ class AnthropicNativeStream(StreamTranslator):
         if kind == "message_start":
             message = payload.get("message") or {}
             self.ctx.attempt.serve(message.get("model"))
-            take_usage(self.ctx, self.usage, message.get("usage"))
+            take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
+        elif kind == "content_block_start" and search_ran(payload.get("content_block")):
+            self.searched += 1
+            take_usage(self.ctx, self.usage, {}, self.searched)
         elif kind == "message_delta":
-            take_usage(self.ctx, self.usage, payload.get("usage"))
+            take_usage(self.ctx, self.usage, payload.get("usage"), self.searched)
         elif kind == "message_stop":
             self.complete = True
         elif kind == "error":
