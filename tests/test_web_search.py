@@ -475,3 +475,32 @@ def test_a_plain_answer_without_its_search_count_bills_each_search(native) -> No
     ctx = RequestContext("messages" if native else "chat", "anthropic" if native else "openai", "127.0.0.1", {})
     (AnthropicNativeAdapter() if native else AnthropicChatAdapter()).parse(ctx, json.dumps(message).encode())
     assert ctx.attempt.usage.fees_uc == WEB_SEARCH_UC
+
+
+def test_odd_citations_from_a_provider_stay_inside_the_text() -> None:
+    """A citation's title that is not a string is left empty (chat's url_citation title is one);
+    indices a chat provider wrote outside its text (negative, past the end) are brought inside
+    it on the Responses API, plain and streamed; a ``web_search_calls`` that is not a list is none."""
+    from stockyard.providers import responses
+    from stockyard.providers.anthropic import message_to_choice
+
+    cited = {"type": "web_search_result_location", "url": "https://a.example", "title": {"nested": 1}}
+    choice = message_to_choice({"content": [{"type": "text", "text": "Sunny.", "citations": [cited]}]})
+    assert choice["message"]["annotations"][0]["url_citation"]["title"] == ""
+
+    where = {"url": "https://a.example", "title": "A", "start_index": -5, "end_index": 10**30}
+    annotation = {"type": "url_citation", "url_citation": where}
+    message = {"role": "assistant", "content": "Sunny.", "annotations": [annotation], "web_search_calls": 7}
+    chat = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    response = responses.from_chat(chat, {"model": "m"}, "resp_x", 1)
+    assert [o["type"] for o in response["output"]] == ["message"]
+    part = response["output"][0]["content"][0]
+    assert (part["annotations"][0]["start_index"], part["annotations"][0]["end_index"]) == (0, len("Sunny."))
+
+    stream = responses.ChatToResponsesStream({"model": "m"}, "resp_x", 1, "m")
+    delta = {"content": "Sunny.", "web_search_calls": 7}
+    stream.feed({"choices": [{"index": 0, "delta": delta}]})
+    stream.feed({"choices": [{"index": 0, "delta": {"annotations": [annotation]}, "finish_reason": "stop"}]})
+    stream.finish()
+    part = stream.response["output"][0]["content"][0]
+    assert (part["annotations"][0]["start_index"], part["annotations"][0]["end_index"]) == (0, len("Sunny."))

@@ -520,7 +520,12 @@ def url_citations(citations: Any, start: int, end: int) -> list[dict]:
     return [
         {
             "type": "url_citation",
-            "url_citation": {"url": c["url"], "title": c.get("title") or "", "start_index": start, "end_index": end},
+            "url_citation": {
+                "url": c["url"],
+                "title": c["title"] if isinstance(c.get("title"), str) else "",
+                "start_index": start,
+                "end_index": end,
+            },
         }
         for c in (citations if isinstance(citations, list) else [])
         if isinstance(c, dict) and c.get("type") == "web_search_result_location" and isinstance(c.get("url"), str)

@@ -520,6 +520,18 @@ def url_citations(annotations: Any) -> list[dict]:
     return [a for a in found if a is not None]
 
 
+def inside(annotation: dict, offset: int, length: int) -> dict:
+    """A citation's indices less ``offset`` (where its part starts), inside the part's ``length``
+    characters: a provider's indices before or past its text are not passed on."""
+    start = min(max(0, annotation["start_index"] - offset), length)
+    end = min(max(start, annotation["end_index"] - offset), length)
+    return {**annotation, "start_index": start, "end_index": end}
+
+
+def listed(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
 def web_search_item(ident: str, search: Any) -> dict:
     """A ``web_search_call`` item for a search the provider ran (a chat message's
     ``web_search_calls`` entry: Claude's query)."""
@@ -667,11 +679,13 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
     state = reasoning_state(message)
     if reasoning or state:
         output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning, state, provider))
-    for search in message.get("web_search_calls") or []:
+    for search in listed(message.get("web_search_calls")):
         output.append(web_search_item(item_id("ws", response_id, len(output)), search))
     content = []
     if isinstance(message.get("content"), str) and message["content"]:
-        content.append(text_part(message["content"], url_citations(message.get("annotations"))))
+        text = message["content"]
+        cited = [inside(a, 0, len(text)) for a in url_citations(message.get("annotations"))]
+        content.append(text_part(text, cited))
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         content.append(refusal_part(message["refusal"]))
     if content:
@@ -790,7 +804,7 @@ class ChatToResponsesStream:
             blocks = thinking_blocks(delta.get("thinking_blocks"))
             if blocks:
                 out += self.keep_state({"thinking_blocks": blocks})
-            for search in delta.get("web_search_calls") or []:
+            for search in listed(delta.get("web_search_calls")):
                 out += self.web_search(search)
             for kind in ("content", "refusal"):
                 if isinstance(delta.get(kind), str) and delta[kind]:
@@ -915,8 +929,7 @@ class ChatToResponsesStream:
         parts = self.output[index]["content"]
         if not parts or parts[-1]["type"] != "output_text":
             return []
-        for key in ("start_index", "end_index"):
-            annotation[key] = max(0, annotation[key] - self.part_start)
+        annotation = inside(annotation, self.part_start, len(parts[-1]["text"]))
         parts[-1]["annotations"].append(annotation)
         where = {**self.part_at(index), "annotation_index": len(parts[-1]["annotations"]) - 1}
         return [self.event("response.output_text.annotation.added", **where, annotation=annotation)]
