@@ -6,6 +6,7 @@ overrides; swapped whole on reload). Costs are integer micro-cents (``pricing``)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from fractions import Fraction
 
@@ -50,7 +51,8 @@ class Pricer:
             log.error("pricing failed for %s: %s", ctx.trace_id, exc)
 
     def _price(self, ctx: RequestContext, a: Attempt) -> None:
-        """An estimate only when no usage came back; a failed attempt is billed only if usage came back."""
+        """An estimate when no usage came back, or only a stream's start's (cut before its output
+        count: ``Attempt.usage_partial``); a failed attempt is billed only if usage came back."""
         if ctx.cache_hit or a.provider is None or a.status == 0:
             return
         if a.status >= 400 and a.usage is None:
@@ -64,6 +66,10 @@ class Pricer:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
             a.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=a.response_bytes // 4)
+            a.usage_estimated = True
+        elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
+            relayed = a.response_bytes // 4
+            a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
         if price is None:
             a.cost_status = "unknown"

@@ -195,6 +195,9 @@ class Attempt:
     ttfb: float | None = None  # perf_counter() time of the first byte towards the client
     usage: Usage | None = None
     usage_estimated: bool = False
+    # The usage so far is a stream's start (Anthropic's message_start: input counted, output 1); the
+    # output count comes with message_delta. Still set when the answer ended: it was cut before that.
+    usage_partial: bool = False
     upstream_request_id: str | None = None
     response_body: bytearray = field(default_factory=bytearray)
     response_truncated: bool = False

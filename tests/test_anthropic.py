@@ -913,3 +913,29 @@ def test_structured_outputs_go_as_output_config_and_parse(client, mock, stream) 
     body = sent(mock, model)
     assert body.json["output_config"]["format"]["type"] == "json_schema" and "output_format" not in body.json
     assert "structured-outputs" not in body.headers.get("anthropic-beta", "")
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_stream_cut_before_its_output_count_is_billed_from_what_was_relayed(server, mock, path) -> None:
+    """Claude's message_start counts the input and 1 output token; the output count comes in
+    message_delta. A stream cut before it (here the provider's; a client leaving is the same) was
+    billed one output token whatever it had relayed: now its output is estimated from the bytes
+    relayed, as an answer without usage is, its input still the exact count."""
+    model = "claude-haiku-4-5"  # priced: the estimate is a cost
+    body = {"model": model, "max_tokens": 100, "stream": True, "messages": user("Say it")}
+    events = anthropic_stream(body, 1, model)
+    mock.enqueue(Reply(sse=events, cut_after=len(events) - 3))  # every text delta, no message_delta
+    status, headers, answer = server.request("POST", path, body)
+    assert status == 200
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and trace["prompt_tokens"] == 12  # message_start's, exact
+    assert trace["completion_tokens"] >= len(answer) // 4 > 1
+    assert (trace["usage_estimated"], trace["cost_status"]) == (1, "estimate")
+
+
+def test_a_whole_stream_is_billed_its_own_output_count(server, mock) -> None:
+    model = "claude-haiku-4-5"
+    body = {"model": model, "stream": True, "messages": user("Say it")}
+    status, headers, _ = server.request("POST", "/v1/chat/completions", body)
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert status == 200 and (trace["usage_estimated"], trace["cost_status"]) == (0, "exact")

@@ -688,13 +688,16 @@ class AnthropicChatAdapter(Adapter):
         return upstream_error(ctx, status, body, error_fields)
 
 
-def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0) -> None:
+def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, final: bool = False) -> None:
     """Merge a stream's usage into ``seen`` (message_start and message_delta each carry
     part; message_delta's counts are cumulative) and keep the trace current, with at least the
-    ``searches`` that ran so far billed (:func:`with_searches`)."""
+    ``searches`` that ran so far billed (:func:`with_searches`). Until the ``final`` one
+    (message_delta's) the output count is the start's: a stream cut before it is billed its
+    output from the bytes relayed (``billing.Pricer``), not one token."""
     if isinstance(usage, dict) and (usage or seen):  # no usage yet: the answer's bytes estimate it
         seen.update({k: v for k, v in usage.items() if v is not None})
         ctx.attempt.usage = with_searches(Usage.from_anthropic(seen), searches)
+        ctx.attempt.usage_partial = not final
 
 
 class AnthropicToOpenAIStream(ChunkStream):
@@ -818,7 +821,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         return [self.out({"thinking_blocks": [entry]})]
 
     def on_message_delta(self, payload: dict) -> list[bytes]:
-        take_usage(self.ctx, self.usage, payload.get("usage"), self.searched)
+        take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
         self.ctx.attempt.usage = with_thinking(self.ctx.attempt.usage, self.thinking)
         reason = (payload.get("delta") or {}).get("stop_reason")
         return [self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else []
@@ -946,7 +949,7 @@ class AnthropicNativeStream(StreamTranslator):
             self.searched += 1
             take_usage(self.ctx, self.usage, {}, self.searched)
         elif kind == "message_delta":
-            take_usage(self.ctx, self.usage, payload.get("usage"), self.searched)
+            take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
         elif kind == "message_stop":
             self.complete = True
         elif kind == "error":
