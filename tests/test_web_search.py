@@ -204,6 +204,17 @@ def test_what_claude_cannot_search_with_is_400_naming_it(server, mock, options, 
     assert len(mock.requests) == before
 
 
+def test_a_function_named_web_search_beside_claudes_search_is_400_naming_tools(client, mock):
+    """Claude's search tool is named web_search: a client function of that name would make two
+    tools of one name, which Anthropic refuses without saying which."""
+    before = len(mock.requests)
+    named = {**FUNCTION, "function": {**FUNCTION["function"], "name": "web_search"}}
+    with pytest.raises(openai.BadRequestError) as failure:
+        client.chat.completions.create(model=MODEL, messages=ask(), tools=[named], web_search_options={})
+    assert failure.value.body["param"] == "tools" and "'web_search'" in failure.value.body["message"]
+    assert len(mock.requests) == before
+
+
 def test_gemini_still_refuses_web_search_naming_the_field(client, mock):
     before = len(mock.requests)
     with pytest.raises(openai.BadRequestError) as chat:

@@ -469,7 +469,16 @@ def messages_request(
     if body.get("tools"):
         out["tools"] = translate_tools(body["tools"])
     if isinstance(body.get("web_search_options"), dict):
-        out["tools"] = out.get("tools", []) + [web_search_tool(body["web_search_options"])]
+        search = web_search_tool(body["web_search_options"])
+        if any(tool.get("name") == search["name"] for tool in out.get("tools", [])):  # Anthropic: 400 naming nothing
+            raise ProxyError(
+                400,
+                f"a function named {search['name']!r} cannot be sent with web_search_options: Claude's web "
+                "search tool has that name",
+                param="tools",
+                code="unsupported_field",
+            )
+        out["tools"] = out.get("tools", []) + [search]
     choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice and out.get("tools"):
         out["tool_choice"] = choice
