@@ -65,10 +65,11 @@ class Pricer:
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
-            a.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=a.response_bytes // 4)
+            relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)
+            a.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
-            relayed = a.response_bytes // 4
+            relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
         if price is None:

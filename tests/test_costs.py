@@ -293,3 +293,42 @@ def test_report_adds_up_while_the_writer_commits(database):
     finally:
         stop.set()
         thread.join()
+
+
+def _sse(*payloads: dict) -> bytes:
+    return b"".join(b"data: " + json.dumps(p).encode() + b"\n\n" for p in payloads)
+
+
+@pytest.mark.parametrize(
+    ("answer", "tokens"),
+    [
+        # Responses: the deltas count; the .done events and response.completed repeat them
+        (
+            _sse(
+                {"type": "response.created", "response": {"instructions": "be brief" * 50, "output": []}},
+                {"type": "response.output_text.delta", "delta": "Hello there"},
+                {"type": "response.output_text.done", "text": "Hello there"},
+                {"type": "response.completed", "response": {"output": [{"content": [{"text": "Hello there"}]}]}},
+            ),
+            3,
+        ),
+        # Gemini: each chunk's text
+        (_sse({"candidates": [{"content": {"parts": [{"text": "12345678"}], "role": "model"}}]}), 2),
+        # a tool call's arguments, in a chat chunk
+        (_sse({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": '{"city":"Paris"}'}}]}}]}), 4),
+        # a whole JSON answer
+        (json.dumps({"choices": [{"message": {"role": "assistant", "content": "x" * 40}}]}).encode(), 10),
+    ],
+)
+def test_an_answer_without_usage_is_counted_by_the_text_it_carried(answer, tokens):
+    from stockyard.estimate import relayed_tokens
+
+    assert relayed_tokens(answer, len(answer)) == tokens
+
+
+def test_a_relayed_answer_past_its_capture_or_unreadable_is_counted_by_its_bytes():
+    from stockyard.estimate import relayed_tokens
+
+    chunk = _sse({"choices": [{"delta": {"content": "abcdefgh"}}]})  # 8 characters: 2 tokens
+    assert relayed_tokens(chunk, 10 * len(chunk)) == 20  # the capture kept a tenth: scaled
+    assert relayed_tokens(b'data: {"choices": [{"del', 4000) == 1000  # nothing readable

@@ -284,6 +284,21 @@ def test_broken_stream_ends_with_error_event_not_done(openai_server, mock):
     assert trace["outcome"] == "stream_broken" and "stream broke" in trace["error_message"]
 
 
+def test_a_stream_cut_before_its_usage_is_billed_the_text_it_relayed(openai_server, mock):
+    """Without its usage chunk a stream's output is estimated from the text it carried, four
+    characters a token — not from its bytes, which are mostly each chunk's JSON (a chat chunk is
+    ~150 bytes for a word here: bytes / 4 billed ~40 tokens per word a client saw)."""
+    mock.enqueue(Reply(cut_after=4))
+    status, data, trace_id = raw_stream(openai_server, {"model": "gpt-4o-mini", "messages": HELLO, "stream": True})
+    chunks = [json.loads(e[len("data: ") :]) for e in data.decode().split("\n\n") if e.startswith("data: ")]
+    text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
+    assert status == 200 and text  # some words went out before the cut
+    trace = openai_server.trace(trace_id)
+    assert trace["outcome"] == "stream_broken" and trace["usage_estimated"] == 1
+    assert trace["completion_tokens"] == -(-len(text) // 4) < len(data) // 40
+    assert trace["cost_status"] == "estimate" and trace["cost_uc"] > 0
+
+
 def test_client_disconnect_mid_stream_is_traced(openai_server, mock):
     mock.enqueue(Reply(sse_delay_ms=300))
     conn = http.client.HTTPConnection("127.0.0.1", openai_server.port, timeout=10)

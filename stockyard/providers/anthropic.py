@@ -702,8 +702,8 @@ def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, f
     part; message_delta's counts are cumulative) and keep the trace current, with at least the
     ``searches`` that ran so far billed (:func:`with_searches`). Until the ``final`` one
     (message_delta's) the output count is the start's: a stream cut before it is billed its
-    output from the bytes relayed (``billing.Pricer``), not one token."""
-    if isinstance(usage, dict) and (usage or seen):  # no usage yet: the answer's bytes estimate it
+    output from the text relayed (``billing.Pricer``), not one token."""
+    if isinstance(usage, dict) and (usage or seen):  # no usage yet: the text relayed estimates it
         seen.update({k: v for k, v in usage.items() if v is not None})
         ctx.attempt.usage = with_searches(Usage.from_anthropic(seen), searches)
         ctx.attempt.usage_partial = not final
