@@ -88,11 +88,13 @@ def after_a_failure(
     server: ServerProcess, mock, who: str, body: dict, user: str | None = None
 ) -> tuple[int, list[str]]:
     """A chat whose first attempt the provider answers 500: its status, and the models the
-    provider was asked for (so: where it fell back to, if anywhere)."""
+    provider was asked for (so: where it fell back to, if anywhere). Returns once its trace is
+    written: a success is answered before its budget hold is settled, and the trace after."""
     mock.clear()
     mock.enqueue(Reply(status=500))
     headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
-    status, _, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
+    status, answered, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
+    server.trace(answered["x-stockyard-trace-id"])
     return status, models_sent(mock)
 
 
