@@ -95,7 +95,7 @@ def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
     SSE framing are most of a stream (a chat chunk is ~150 bytes for a word). Bytes / 4 when none
     of it reads as an answer (no text value: not JSON, or a stream cut inside its first event)."""
     data = bytes(captured)
-    if any(repeat in data for repeat in _REPEATS):  # a Responses stream: its deltas only
+    if _repeats(data):  # a Responses stream: its deltas only
         texts = [t for event in data.split(b"\n\n") if not _repeats(event) for t in _GENERATED.findall(event)]
     else:
         texts = _GENERATED.findall(data)

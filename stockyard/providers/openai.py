@@ -13,9 +13,9 @@ from ..context import RequestContext
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
-from .reasoning import plain_messages
+from .reasoning import STATE_FIELDS, plain_messages
 
-PROVIDER_FIELDS = (b"thinking_blocks", b"web_search_calls", b"extra_content")  # what plain_messages takes off
+PROVIDER_FIELDS = tuple(f.encode() for f in (*STATE_FIELDS, "extra_content"))  # what plain_messages takes off
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 

@@ -516,7 +516,7 @@ def url_citation(annotation: Any) -> dict | None:
 
 
 def url_citations(annotations: Any) -> list[dict]:
-    found = (url_citation(a) for a in (annotations if isinstance(annotations, list) else []))
+    found = (url_citation(a) for a in listed(annotations))
     return [a for a in found if a is not None]
 
 
