@@ -706,7 +706,8 @@ def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, f
     if isinstance(usage, dict) and (usage or seen):  # no usage yet: the text relayed estimates it
         seen.update({k: v for k, v in usage.items() if v is not None})
         ctx.attempt.usage = with_searches(Usage.from_anthropic(seen), searches)
-        ctx.attempt.usage_partial = not final
+        if usage:  # a search counted ({}) says nothing of whether the output count came
+            ctx.attempt.usage_partial = not final
 
 
 class AnthropicToOpenAIStream(ChunkStream):
