@@ -10,6 +10,7 @@ whose constraints defeat the generic row gets a builder in ROW_BUILDERS.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from conftest import base_env
 from ops_helpers import (
     columns,
+    database_picture,
     fill_generic,
     integrity,
     open_plain,
@@ -158,6 +160,19 @@ def test_pre_migration_backups_are_named_by_version_and_only_the_last_three_kept
     assert_rows_survive(before, before_cols, path, VERSIONS[-1] + 4)
 
 
+def content_but_audit(path: Path) -> dict[str, list[tuple]]:
+    """Every table's rows but the audit log's (migrate appends to it), read on a closed connection."""
+    return {t: rows for t, rows in database_picture(path).items() if t != "audit_log"}
+
+
+def page_size(path: Path) -> int:
+    conn = open_plain(path)
+    try:
+        return db.layout(conn)[0]
+    finally:
+        conn.close()
+
+
 def test_an_old_file_is_converted_to_incremental_vacuum_once(pyz_path, cache_home, tmp_path):
     """Files made before auto_vacuum was set cannot shrink; `stockyard migrate` converts them."""
     path = tmp_path / "old.db"
@@ -169,14 +184,14 @@ def test_an_old_file_is_converted_to_incremental_vacuum_once(pyz_path, cache_hom
     conn = db.connect(path)
     write_known_rows(conn, SECRET)
     conn.close()
-    before = {t: table_rows(open_plain(path), t) for t in ("traces", "trace_bodies", "rollups_daily")}
+    before = content_but_audit(path)  # every connection closed: a rewrite needs the file to itself
     check = pyz(pyz_path, cache_home, "migrate", "--check", "--db", path)
-    assert check.returncode == 1 and "would convert the file to incremental vacuum" in check.stdout
+    assert check.returncode == 1 and "would rewrite the file with incremental vacuum" in check.stdout
     done = pyz(pyz_path, cache_home, "migrate", "--db", path)
-    assert done.returncode == 0 and "converted to incremental vacuum" in done.stdout, done.stderr
+    assert done.returncode == 0 and "rewrote the file with incremental vacuum" in done.stdout, done.stderr
+    assert content_but_audit(path) == before
     conn = open_plain(path)
-    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
-    assert {t: table_rows(conn, t) for t in before} == before
+    assert db.layout(conn) == (db.PAGE_SIZE_BYTES, True)  # the same VACUUM takes the bigger pages
     assert conn.execute("SELECT action FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()[0] == "database.vacuum"
     conn.close()
     again = pyz(pyz_path, cache_home, "migrate", "--check", "--db", path)
@@ -199,6 +214,51 @@ def test_a_new_database_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path):
     conn, applied = db.open_and_migrate(old)
     assert applied and conn.execute("PRAGMA page_size").fetchone()[0] == 4096
     conn.close()
+
+
+def test_migrate_repack_gives_an_old_file_16_kb_pages_only_when_asked(pyz_path, cache_home, tmp_path):
+    """An existing 4 KB file keeps its pages through upgrades (a full rewrite is the operator's
+    call); `migrate --check` mentions it without counting it as pending, `--repack` rewrites it."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("PRAGMA page_size=4096")
+    raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    raw.execute("PRAGMA journal_mode=WAL")
+    for m in db.available_migrations():
+        db.apply_migration(raw, m)
+    raw.close()
+    conn = db.connect(path)
+    write_known_rows(conn, SECRET)
+    conn.close()
+    before = content_but_audit(path)
+    check = pyz(pyz_path, cache_home, "migrate", "--check", "--db", path)
+    assert check.returncode == 0 and "`stockyard migrate --repack` rewrites it" in check.stdout
+    assert "up to date" in check.stdout
+    plain = pyz(pyz_path, cache_home, "migrate", "--db", path)
+    assert plain.returncode == 0 and "up to date" in plain.stdout and page_size(path) == 4096
+    reader = open_plain(path)  # another program reading the file: the rewrite waits for it, then says so
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM traces").fetchone()
+    busy = pyz(pyz_path, cache_home, "migrate", "--repack", "--db", path)
+    reader.close()
+    assert busy.returncode == 1 and "another process has it open" in busy.stderr, busy.stderr
+    assert page_size(path) == 4096
+    asked = pyz(pyz_path, cache_home, "migrate", "--check", "--repack", "--db", path)
+    assert asked.returncode == 1 and "would rewrite the file" in asked.stdout
+    done = pyz(pyz_path, cache_home, "migrate", "--repack", "--db", path)
+    assert done.returncode == 0 and "16 KB pages" in done.stdout, done.stderr
+    assert content_but_audit(path) == before
+    conn = open_plain(path)
+    assert db.layout(conn) == (db.PAGE_SIZE_BYTES, True)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    last = conn.execute("SELECT action, details FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    assert last[0] == "database.vacuum" and json.loads(last[1])["page_size"] == 16384
+    conn.close()
+    chain = verify_audit(path, SECRET)
+    assert chain.ok, chain.reason
+    again = pyz(pyz_path, cache_home, "migrate", "--check", "--repack", "--db", path)
+    assert again.returncode == 0 and "up to date" in again.stdout
 
 
 def test_a_database_newer_than_the_code_is_refused_clearly(pyz_path, cache_home, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import audit
@@ -21,88 +23,129 @@ def register(sub) -> None:
         help="show or apply pending schema upgrades",
         description="Bring the database up to this Stockyard's schema (the server also does this "
         "when it starts). A backup named <db>.pre-vNNNN.bak is written first. A database "
-        "created by an old version without incremental vacuum is converted once (a full "
+        "created by an old version without incremental vacuum is rewritten once (a full "
         "VACUUM), so retention can shrink the file. Needs the server stopped. On PostgreSQL: "
         "under the migration lock (servers starting meanwhile wait, then find nothing to do); no "
         "backup is written there: take one first with `stockyard backup DEST`.",
     )
     p.add_argument("--check", action="store_true", help="only say what would change; exit status 1 if anything would")
+    p.add_argument(
+        "--repack",
+        action="store_true",
+        help=f"also rewrite the file with {db.PAGE_SIZE_BYTES // 1024} KB pages if its pages are smaller "
+        "(one VACUUM; the writer commits ~25%% more traces per CPU second; SQLite only)",
+    )
     runs(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
     found = database(args)
     if isinstance(found, PostgresURL):
+        if args.repack:
+            raise CommandError("--repack rewrites an SQLite file; PostgreSQL keeps its own pages")
         return run_postgres(PostgresBackend(found), args.check)
     path = found
     if not path.exists():
         raise nothing_yet(path)
     if args.check:
-        return check(path)
+        return check(path, args.repack)
     try:
         with DatabaseLock(path, MIGRATE):
-            return apply(path)
+            return apply(path, args.repack)
     except DatabaseBusy as exc:
         raise CommandError(f"{exc} (a starting server applies migrations itself)") from None
 
 
-def _plan(path: Path) -> tuple[int, list[db.Migration], bool]:
+@dataclass(frozen=True)
+class Plan:
+    """What ``migrate`` would do to an SQLite file."""
+
+    current: int
+    pending: list[db.Migration]
+    page_size: int
+    incremental: bool
+
+    def rewrite(self, repack: bool) -> bool:
+        """A file that cannot shrink is always rewritten; one with small pages when asked."""
+        return not self.incremental or (repack and self.page_size < db.PAGE_SIZE_BYTES)
+
+
+def _plan(path: Path) -> Plan:
     conn = db.connect(path, readonly=True)
     try:
-        pending = db.pending_migrations(conn)
-        return db.schema_version(conn), pending, conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2
+        return Plan(db.schema_version(conn), db.pending_migrations(conn), *db.layout(conn))
     finally:
         conn.close()
 
 
-def check(path: Path) -> int:
-    current, pending, needs_vacuum = _plan(path)
+def check(path: Path, repack: bool) -> int:
+    plan = _plan(path)
     code = db.code_schema_version()
-    print(f"database {path}: schema v{current}, this Stockyard knows v{code}")
-    for m in pending:
+    print(f"database {path}: schema v{plan.current}, this Stockyard knows v{code}")
+    for m in plan.pending:
         print(f"  would apply {m.version:04d}_{m.name}")
-    if pending and current > 0:
-        print(f"  a backup would be written first: {path.name}.pre-v{current:04d}.bak")
-    if needs_vacuum:
+    if plan.pending and plan.current > 0:
+        print(f"  a backup would be written first: {path.name}.pre-v{plan.current:04d}.bak")
+    rewrite = plan.rewrite(repack)
+    if rewrite:
         size = path.stat().st_size // (1024 * 1024)
         print(
-            f"  would convert the file to incremental vacuum (one VACUUM, rewrites about {size} MB; "
-            "needs that much free space)"
+            f"  would rewrite the file with incremental vacuum and {_kb(db.PAGE_SIZE_BYTES)} pages "
+            f"(one VACUUM, rewrites about {size} MB; needs that much free space twice)"
         )
-    if not pending and not needs_vacuum:
+    elif plan.page_size < db.PAGE_SIZE_BYTES:
+        print(
+            f"  its pages are {_kb(plan.page_size)} ({_kb(db.PAGE_SIZE_BYTES)} in a new database): "
+            "`stockyard migrate --repack` rewrites it, optional"
+        )
+    if not plan.pending and not rewrite:
         print("  up to date")
         return 0
     return 1
 
 
-def apply(path: Path) -> int:
+def _kb(size: int) -> str:
+    return f"{size // 1024} KB"
+
+
+def apply(path: Path, repack: bool) -> int:
     for line in files.secure_existing(path):
         print(f"file permissions: {line}")
-    current, _, needs_vacuum = _plan(path)
+    plan = _plan(path)
+    rewrite = plan.rewrite(repack)
     conn, applied = db.open_and_migrate(path)
     try:
-        if needs_vacuum:
+        if rewrite:
             before = path.stat().st_size
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("VACUUM")
-            print(f"converted to incremental vacuum: {before} → {path.stat().st_size} bytes")
+            try:
+                db.repack(conn)
+            except sqlite3.OperationalError as exc:  # another program's connection (a reader counts)
+                raise CommandError(
+                    f"could not rewrite {path}: another process has it open ({exc}); close it and "
+                    "run `stockyard migrate` again" + (" (the schema upgrade is done)" if applied else "")
+                ) from None
+            print(
+                f"rewrote the file with incremental vacuum and {_kb(db.PAGE_SIZE_BYTES)} pages: "
+                f"{before} → {path.stat().st_size} bytes"
+            )
     finally:
         conn.close()
     ops = Operations(Store(path), audit.actor_cli(), encryption_secret())
     try:
         for m in applied:
             ops.audit_event("migration.apply", f"schema:{m.version:04d}", {"name": m.name})
-        if needs_vacuum:
-            ops.audit_event("database.vacuum", "database", {"auto_vacuum": "incremental"})
+        if rewrite:
+            details = {"auto_vacuum": "incremental", "page_size": db.PAGE_SIZE_BYTES}
+            ops.audit_event("database.vacuum", "database", details)
     finally:
         ops.store.close()
     if applied:
         print(
             f"applied {', '.join(f'{m.version:04d}_{m.name}' for m in applied)}; "
-            f"backup of schema v{current} at {path.name}.pre-v{current:04d}.bak"
+            f"backup of schema v{plan.current} at {path.name}.pre-v{plan.current:04d}.bak"
         )
-    elif not needs_vacuum:
-        print(f"database {path}: schema v{current}, up to date")
+    elif not rewrite:
+        print(f"database {path}: schema v{plan.current}, up to date")
     return 0
 
 

@@ -27,7 +27,8 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # A new database's page size. Trace rows with their bodies and search text are a few KB each:
 # with 16 KB pages the writer commits ~25% more traces per CPU second than with SQLite's 4 KB
 # default (fewer pages and overflow chains to write, the file a third smaller), reports read the
-# same, a lookup by id costs ~2 us more (bench/README.md, "Page size"). An existing file keeps its size.
+# same, a lookup by id costs ~2 us more (bench/README.md, "Page size"). An existing file keeps its
+# size until ``stockyard migrate --repack`` rewrites it (:func:`repack`).
 PAGE_SIZE_BYTES = 16384
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -70,6 +71,26 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def layout(conn: sqlite3.Connection) -> tuple[int, bool]:
+    """The file's page size, and whether retention can shrink it (incremental auto_vacuum)."""
+    return conn.execute("PRAGMA page_size").fetchone()[0], conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+
+def repack(conn: sqlite3.Connection) -> None:
+    """Rewrite the whole file as a new one is made: :data:`PAGE_SIZE_BYTES` pages, incremental vacuum.
+
+    One VACUUM, with the server stopped. WAL mode cannot change its page size, so the VACUUM runs
+    with a rollback journal (a crash midway leaves the old file whole) and WAL is set back after.
+    """
+    conn.execute("PRAGMA journal_mode=DELETE")
+    try:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+    finally:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 @dataclass(frozen=True)
