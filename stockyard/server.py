@@ -191,6 +191,8 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         total = app.settings.max_connections or default_max_connections()
         self.caps = ConnectionCaps(total, app.settings.max_connections_per_client or max(1, total // 4))
         self._full_logged = 0.0
+        self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
+        self._open_lock = threading.Lock()
         super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
         if sock is not None:  # a worker of a group (stockyard.workers): the parent bound and listens
             self.socket.close()
@@ -216,9 +218,12 @@ class StockyardHTTPServer(ThreadingHTTPServer):
             limit = f"{self.caps.per_sender} connections from one address (STOCKYARD_MAX_CONNECTIONS_PER_CLIENT)"
             self._refuse_connection(request, 429, f"{limit} are open already; reuse them or retry shortly")
             return
+        with self._open_lock:
+            self._open.add(request)
         try:
             super().process_request(request, client_address)
         except BaseException:
+            self._forget(request)
             self.caps.give(who)
             raise
 
@@ -226,7 +231,24 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._forget(request)
             self.caps.give(self._counted(client_address[0]))
+
+    def _forget(self, request: socket.socket) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+
+    def cut_connections(self) -> None:
+        """The end of a shutdown: shut every connection down, so a request still blocked writing
+        to a client that stopped reading (up to the idle timeout per write) fails its write now,
+        ends as ``client_disconnected`` and records its trace before the database closes."""
+        with self._open_lock:
+            connections = list(self._open)
+        for sock in connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _refuse_connection(self, request: socket.socket, status: int, message: str) -> None:
         """``status`` without reading the request: never blocks the accept loop (the socket is non-blocking)."""

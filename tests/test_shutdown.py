@@ -6,7 +6,9 @@ import http.client
 import io
 import json
 import signal
+import socket
 import threading
+import time
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
@@ -138,3 +140,43 @@ def test_a_batch_create_ended_by_the_drain_tells_the_client_not_to_send_it_again
             failures[0].response.headers["x-should-retry"] == "false" and "may have been created" in failures[0].message
         )
         assert "send the request again" not in failures[0].message  # it says the opposite too
+
+
+def test_a_request_writing_to_a_client_that_stopped_reading_still_records_its_trace(pyz_path, cache_home, tmp_path):
+    """Was: an answer blocked on a client that stopped reading (each write may wait the idle
+    timeout, 30 s) outlasted the drain and its 5 s cut, and its trace was lost when the database
+    closed. Now the cut's second half shuts such connections down: the write fails at once."""
+    big = "x" * (40 << 20)  # more than the loopback buffers of both ends hold
+    answer = {
+        "id": "chatcmpl-big",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": big}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    }
+    with MockUpstream() as upstream:
+        upstream.enqueue(Reply(json=answer))
+        env = {
+            **base_env(cache_home),
+            "OPENAI_API_KEY": "sk-test-shutdown-1234",
+            "OPENAI_BASE_URL": upstream.url + "/v1",
+            "STOCKYARD_SHUTDOWN_GRACE": "1s",
+        }
+        server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+        )
+        stalled.sendall(head.encode() + BODY.encode())
+        assert stalled.recv(12) == b"HTTP/1.1 200"  # the answer is under way; the client reads no more
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM) == 0
+        took = time.monotonic() - started
+        stalled.close()
+        rows = server.db_rows("SELECT outcome FROM traces")
+        assert rows == [{"outcome": "client_disconnected"}], server.log
+        assert "gave up waiting" not in server.log and "Traceback" not in server.log
+        assert took < 1 + 5, f"the stop took {took:.1f} s"  # the grace and the cut, not the idle timeout

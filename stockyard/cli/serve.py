@@ -205,8 +205,10 @@ def serve(
                 settings.shutdown_grace_s,
             )
             app.cut_in_flight()
-            if not server.wait_idle(CUT_WAIT_S):
-                log.warning("gave up waiting for %d in-flight requests", server.active)
+            if not server.wait_idle(CUT_WAIT_S / 2):  # the cut ones write their error events, then
+                server.cut_connections()  # any still writing to a client that stopped reading
+                if not server.wait_idle(CUT_WAIT_S / 2):
+                    log.warning("gave up waiting for %d in-flight requests", server.active)
         app.close()
         log.info("stopped; database closed")
         for handler in logging.getLogger("stockyard").handlers:
