@@ -294,6 +294,29 @@ def test_claude_code_context_management_is_a_hint(client, model, mock, server):
     assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
 
 
+def test_a_system_message_inside_messages(client, model, mock):
+    """Claude Code (2.1.197) sends a model it does not know, as a GPT or Gemini model is to it, a
+    ``role: "system"`` message inside ``messages`` (beta ``mid-conversation-system-2026-04-07``: its
+    agent and skill lists) on every turn: it becomes a chat system message where it stands (Gemini,
+    which has only one, adds it to ``systemInstruction``) instead of a 400 on every request."""
+    messages: list = [
+        {"role": "user", "content": [{"type": "text", "text": "Say hi.", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "system", "content": "Available agent types for the Agent tool: Explore"},
+    ]
+    message = client.messages.create(model=model, max_tokens=100, system="Be brief", messages=messages)
+    assert message.content[0].text == TEXT
+    sent = upstream_body(mock, model)
+    if model.startswith("gpt"):
+        assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]
+        assert sent["messages"][2]["content"] == "Available agent types for the Agent tool: Explore"
+    else:
+        text = "Be brief\n\nAvailable agent types for the Agent tool: Explore"
+        assert sent["systemInstruction"] == {"parts": [{"text": text}]}
+    blocks = [{"type": "text", "text": "Agents: Explore"}, {"type": "text", "text": "Skills: loop"}]
+    count = client.messages.count_tokens(model=model, messages=[messages[0], {"role": "system", "content": blocks}])
+    assert count.input_tokens > 0
+
+
 PDF = "JVBERi0xLjQKJSVFT0YK"  # "%PDF-1.4\n%%EOF\n", base64
 ATTACHED = "(the result is the attachment that follows)"
 

@@ -134,17 +134,18 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
     return chat
 
 
-def system_messages(system: Any) -> list[dict]:
+def system_messages(system: Any, path: str = "system") -> list[dict]:
+    """The top-level ``system`` (or a mid-conversation system message's content at ``path``) → a chat system message."""
     if system is None or system == "":
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
     if not isinstance(system, list):
-        raise invalid("system", "'system' must be a string or an array of text blocks")
+        raise invalid(path, f"'{path}' must be a string or an array of text blocks")
     texts = []
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-            raise invalid(f"system[{i}]", f"system[{i}] must be a text block")
+            raise invalid(f"{path}[{i}]", f"{path}[{i}] must be a text block")
         texts.append(block["text"])
     return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
 
@@ -155,8 +156,10 @@ def chat_messages(item: Any, path: str, provider_kind: str = "openai", provider:
     if not isinstance(item, dict):
         raise invalid(path, f"{path} must be an object")
     role, content = item.get("role"), item.get("content")
+    if role == "system":  # a mid-conversation system message: Claude Code sends one to a model it does not know
+        return system_messages(content, f"{path}.content")
     if role not in ("user", "assistant"):
-        raise invalid(f"{path}.role", f"{path}.role must be 'user' or 'assistant'")
+        raise invalid(f"{path}.role", f"{path}.role must be 'user', 'assistant' or 'system'")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
