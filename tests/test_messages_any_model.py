@@ -1,10 +1,12 @@
 """The Anthropic Messages API for non-Anthropic models, with the official anthropic SDK:
 the same client code against a GPT model (OpenAI-kind provider) and a Gemini model
-(Gemini-kind provider), both the mock upstream, translated over Chat Completions."""
+(Gemini-kind provider), both the mock upstream, translated over Chat Completions; and the real
+Claude Code's captured requests replayed against all three kinds (a Claude model passed through)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anthropic
 import pydantic
@@ -13,6 +15,7 @@ from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, TOOL_ARGS, Reply
 
 ADMIN = "admin-key-for-messages-tests-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-0123456789ANTHROPICSECRET"
 GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
 MODELS = {"gpt": "gpt-4o-mini", "gemini": "gemini-2.5-flash-msgs"}
 RATES = {"gpt-4o-mini": (15_000_000, 60_000_000), "gemini-2.5-flash-msgs": (100_000_000, 200_000_000)}  # µ¢ per 1M
@@ -30,6 +33,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         mock,
         GEMINI_API_KEY=GEMINI_KEY,
         GEMINI_BASE_URL=mock.url,
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,  # the Claude Code replay's pass-through
+        ANTHROPIC_BASE_URL=mock.url,
         OLLAMA_BASE_URL=mock.url,  # an openai-compatible provider: Gemini's own OpenAI endpoint, say
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
@@ -544,3 +549,52 @@ def test_openai_compatible_gemini_gets_its_thought_signature_back(client, mock):
     # the same history on another provider: the signature is not its own, and stays behind
     client.messages.create(model="gpt-4o-mini", max_tokens=200, tools=[TOOL], messages=history)
     assert "extra_content" not in upstream_body(mock, "gpt-4o-mini")["messages"][1]["tool_calls"][0]
+
+
+CLAUDE_CODE = json.loads((Path(__file__).parent / "claude_code_requests.json").read_text())
+REPLAY_MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-5", "gemini": "gemini-2.5-pro"}
+
+
+def sse_events(raw: bytes) -> list[tuple[str, dict]]:
+    """(event name, data) of each event in an Anthropic SSE answer."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+@pytest.mark.parametrize("kind", list(REPLAY_MODELS))
+def test_claude_code_replay(server, key, mock, kind):
+    """Claude Code's own requests, captured from the real CLI (2.1.197, print mode, through Stockyard):
+    its first turn and the follow-up carrying its Bash tool's result, with headers and ``?beta=true``
+    as sent (tests/claude_code_requests.json: long strings cut, ids scrubbed). A Claude model's
+    request goes through untouched; to any other model Claude Code sends adaptive thinking, an
+    ``output_config`` effort and a system message inside ``messages``. Each turn answers a stream
+    the CLI reads — a tool call first, then text — and is traced with its usage and exact cost."""
+    family = "claude" if kind == "anthropic" else "other"
+    headers = {**CLAUDE_CODE["headers"], "x-api-key": key}
+    if family == "claude":
+        headers["anthropic-beta"] = CLAUDE_CODE["betas_for_claude"]
+    model = REPLAY_MODELS[kind]
+    for turn, stop in (("first", "tool_use"), ("follow_up", "end_turn")):
+        body = {**CLAUDE_CODE[family][turn], "tools": CLAUDE_CODE["tools"], "model": model}
+        status, answer_headers, raw = server.request("POST", CLAUDE_CODE["path"], body, headers=headers)
+        assert status == 200, raw[:500]
+        events = sse_events(raw)
+        names = [name for name, _ in events if name != "ping"]
+        assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+        assert events[-2][1]["delta"]["stop_reason"] == stop
+        blocks = [data["content_block"] for name, data in events if name == "content_block_start"]
+        if stop == "tool_use":
+            assert blocks[-1]["type"] == "tool_use" and blocks[-1]["name"] == body["tools"][0]["name"]
+        else:
+            assert blocks[-1]["type"] == "text"
+        if kind == "anthropic":
+            sent = mock.last("/v1/messages")
+            assert sent is not None and sent.json == body
+            assert sent.headers["anthropic-beta"] == headers["anthropic-beta"]
+        trace_id = answer_headers["x-stockyard-trace-id"]
+        trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
+        assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
