@@ -108,6 +108,8 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
     items = body.get("messages")
     if not isinstance(items, list) or not items:
         raise invalid("messages", "'messages' must be a non-empty array")
+    if isinstance(items[0], dict) and items[0].get("role") == "system":  # a system message follows a turn
+        raise invalid("messages[0].role", "messages[0].role must be 'user' or 'assistant' (system prompt: 'system')")
     for i, item in enumerate(items):
         messages += chat_messages(item, f"messages[{i}]", kind, provider)
     chat: dict = {"model": model, "messages": messages}
