@@ -58,6 +58,7 @@ THINKING_TEXT = "Let me think about the weather."  # Anthropic's thinking block 
 THINKING_SIGNATURE = "EqQBCkYIBxgCKkBmockSignatureOfTheThinkingBlock=="
 THOUGHT_SIGNATURE = "CiQBmockThoughtSignatureFromGemini3=="  # on gemini-3* function calls
 EMBEDDING_DIMS = 8
+OPENAI_USER_CAP = 64  # chat's `user`: a longer one is a 400
 MODEL_IDS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 ERROR_MODEL = re.compile(r"^(?:mock|claude|gemini)-error-(\d{3})$")
 SSE_PREFIXES = ("data:", "event:", "id:", "retry:", ":")
@@ -1586,6 +1587,13 @@ def _json_or_sse(call: Call, model: str, plain: Callable, stream: Callable) -> R
 
 
 def _chat(call: Call, model: str) -> Reply:
+    user = call.body.get("user")
+    if isinstance(user, str) and len(user) > OPENAI_USER_CAP:  # OpenAI's 400 (code string_above_max_length)
+        return openai_error(
+            400,
+            f"Invalid 'user': string too long. Expected a string with maximum length {OPENAI_USER_CAP}, "
+            f"but got a string with length {len(user)} instead.",
+        )
     return _json_or_sse(call, model, openai_chat, openai_chat_stream)
 
 

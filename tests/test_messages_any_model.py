@@ -5,6 +5,7 @@ Claude Code's captured requests replayed against all three kinds (a Claude model
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -595,6 +596,10 @@ def test_claude_code_replay(server, key, mock, kind):
             sent = mock.last("/v1/messages")
             assert sent is not None and sent.json == body
             assert sent.headers["anthropic-beta"] == headers["anthropic-beta"]
+        user_id = body["metadata"]["user_id"]  # a JSON object of ~150 characters; OpenAI takes 64
+        if kind == "openai":
+            assert upstream_body(mock, model)["user"] == hashlib.sha256(user_id.encode()).hexdigest()
         trace_id = answer_headers["x-stockyard-trace-id"]
         trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
         assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+        assert trace["end_user"] == user_id

@@ -37,6 +37,7 @@ own, never a signature Anthropic made) just before the ``tool_use`` — in a str
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -64,6 +65,8 @@ KNOWN_FIELDS = {
 IGNORED_FIELDS = {"cache_control", "service_tier", "context_management"}
 # output_config.effort → reasoning_effort
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+# The longest ``user`` OpenAI's chat API takes (Anthropic's ``metadata.user_id`` may have 256 characters).
+CHAT_USER_CAP = 64
 # Providers whose chat API wants ``max_completion_tokens`` (their reasoning models refuse ``max_tokens``).
 COMPLETION_TOKENS_KINDS = {"openai", "azure"}
 # chat finish_reason → Messages stop_reason
@@ -370,7 +373,14 @@ def chat_metadata(metadata: Any) -> dict:
         if key != "user_id" and present(metadata, key):
             raise unsupported(f"metadata.{key}", f"the field metadata.{key}")
     user = metadata.get("user_id")
-    return {"user": user} if isinstance(user, str) and user else {}
+    return {"user": chat_user(user)} if isinstance(user, str) and user else {}
+
+
+def chat_user(user_id: str) -> str:
+    """``metadata.user_id`` as chat's ``user``: as it is up to ``CHAT_USER_CAP`` characters, else its
+    SHA-256 in hex (64 characters: still one id per end user). Claude Code's is a JSON object of about
+    150 characters, which OpenAI refuses (400 "Invalid 'user': string too long")."""
+    return user_id if len(user_id) <= CHAT_USER_CAP else hashlib.sha256(user_id.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- answer
