@@ -242,9 +242,10 @@ def test_top_k_refused_by_name(client):
 
 
 def test_claude_code_shaped_request(server, key, mock):
-    """What Claude Code sends: ``?beta=true``, beta headers, cache marks, thinking, a user id, a stream."""
+    """What Claude Code sends: ``?beta=true``, beta headers, cache marks, thinking, a user id, a stream
+    (to a GPT model that reasons: the others refuse ``reasoning_effort``)."""
     body = {
-        "model": MODELS["gpt"],
+        "model": "gpt-5-mini",
         "max_tokens": 32000,
         "stream": True,
         "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
@@ -262,13 +263,30 @@ def test_claude_code_shaped_request(server, key, mock):
     }
     status, _, raw = server.request("POST", "/v1/messages?beta=true", body, headers=headers)
     assert status == 200 and b"event: message_stop" in raw
-    sent = upstream_body(mock, MODELS["gpt"])
+    sent = upstream_body(mock, "gpt-5-mini")
     assert (sent["reasoning_effort"], sent["user"], sent["max_completion_tokens"]) == (
         "high",
         "user_abc_session_1",
         32000,
     )
     assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
+
+
+@pytest.mark.parametrize(("model", "effort"), [("gpt-4.1", None), ("gpt-4o", None), ("gpt-5", "high"), ("o3", "high")])
+def test_claude_code_effort_goes_only_to_a_gpt_model_that_reasons(server, key, mock, model, effort):
+    """Claude Code (2.1.197) sends a model it does not know adaptive thinking and ``output_config``
+    effort "high". OpenAI's chat models that do not reason refuse ``reasoning_effort`` (400
+    "Unsupported parameter: 'reasoning_effort' is not supported with this model"): they get none."""
+    body = {
+        "model": model,
+        "max_tokens": 1000,
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high"},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": key})
+    assert status == 200, raw
+    assert upstream_body(mock, model).get("reasoning_effort") == effort
 
 
 CLAUDE_CODE_BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27"]

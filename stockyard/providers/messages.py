@@ -67,6 +67,10 @@ IGNORED_FIELDS = {"cache_control", "service_tier", "context_management"}
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 # The longest ``user`` OpenAI's chat API takes (Anthropic's ``metadata.user_id`` may have 256 characters).
 CHAT_USER_CAP = 64
+# OpenAI's models that take ``reasoning_effort``: its others (gpt-4.1, gpt-4o…) refuse the field
+# (400 "Unsupported parameter"), and Claude Code sends every model it does not know an effort.
+EFFORT_MODELS = ("o1", "o3", "o4", "gpt-5", "codex", "gpt-oss")
+NO_EFFORT_MODELS = ("o1-mini", "o1-preview", "gpt-5-chat")
 # Providers whose chat API wants ``max_completion_tokens`` (their reasoning models refuse ``max_tokens``).
 COMPLETION_TOKENS_KINDS = {"openai", "azure"}
 # chat finish_reason → Messages stop_reason
@@ -364,6 +368,13 @@ def chat_output_config(config: Any) -> dict:
         else:
             raise unsupported(f"output_config.{key}", f"the field output_config.{key}")
     return out
+
+
+def takes_effort(kind: str, model: str) -> bool:
+    """Whether ``model`` at a provider of ``kind`` is sent the ``reasoning_effort`` that ``thinking`` or
+    ``output_config.effort`` became: at an ``openai`` provider only its reasoning models (a name not
+    known goes without: the effort is a hint, the answer comes either way); elsewhere always."""
+    return kind != "openai" or (model.startswith(EFFORT_MODELS) and not model.startswith(NO_EFFORT_MODELS))
 
 
 def chat_metadata(metadata: Any) -> dict:
