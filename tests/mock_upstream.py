@@ -58,6 +58,7 @@ THINKING_TEXT = "Let me think about the weather."  # Anthropic's thinking block 
 THINKING_SIGNATURE = "EqQBCkYIBxgCKkBmockSignatureOfTheThinkingBlock=="
 THOUGHT_SIGNATURE = "CiQBmockThoughtSignatureFromGemini3=="  # on gemini-3* function calls
 EMBEDDING_DIMS = 8
+OPENAI_USER_CAP = 64  # chat's `user`: a longer one is a 400
 MODEL_IDS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 ERROR_MODEL = re.compile(r"^(?:mock|claude|gemini)-error-(\d{3})$")
 SSE_PREFIXES = ("data:", "event:", "id:", "retry:", ":")
@@ -1586,6 +1587,13 @@ def _json_or_sse(call: Call, model: str, plain: Callable, stream: Callable) -> R
 
 
 def _chat(call: Call, model: str) -> Reply:
+    user = call.body.get("user")
+    if isinstance(user, str) and len(user) > OPENAI_USER_CAP:  # OpenAI's 400 (code string_above_max_length)
+        return openai_error(
+            400,
+            f"Invalid 'user': string too long. Expected a string with maximum length {OPENAI_USER_CAP}, "
+            f"but got a string with length {len(user)} instead.",
+        )
     return _json_or_sse(call, model, openai_chat, openai_chat_stream)
 
 
@@ -1672,8 +1680,48 @@ def _gemini_models(call: Call, scripted: Reply | None) -> Reply:
     return Reply(json=reply)
 
 
+# The fields of Gemini's Schema object: any other keyword in a function's `parameters` is a 400.
+GEMINI_SCHEMA_FIELDS = {
+    *("type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties"),
+    *("required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example"),
+    *("anyOf", "propertyOrdering", "default", "items", "minimum", "maximum"),
+}
+
+
+def _unknown_schema_fields(schema: Any, where: str) -> list[str]:
+    """Gemini's complaints about a Schema: one per keyword it does not have (property names are free)."""
+    if isinstance(schema, list):
+        return [m for i, item in enumerate(schema) for m in _unknown_schema_fields(item, f"{where}[{i}]")]
+    if not isinstance(schema, dict):
+        return []
+    found = []
+    for key, value in schema.items():
+        if key not in GEMINI_SCHEMA_FIELDS:
+            found.append(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field.")
+        elif key == "properties" and isinstance(value, dict):
+            found += [m for name, sub in value.items() for m in _unknown_schema_fields(sub, f"{where}.{name}")]
+        elif key in ("items", "anyOf"):
+            found += _unknown_schema_fields(value, f"{where}.{key}")
+    return found
+
+
+def _gemini_schema_errors(body: dict) -> list[str]:
+    found = []
+    for i, tool in enumerate(body.get("tools") or []):
+        decls = (
+            (tool.get("functionDeclarations") or tool.get("function_declarations")) if isinstance(tool, dict) else []
+        )
+        for j, decl in enumerate(decls if isinstance(decls, list) else []):
+            if isinstance(decl, dict) and "parameters" in decl:
+                found += _unknown_schema_fields(decl["parameters"], f"tools[{i}].function_declarations[{j}].parameters")
+    return found
+
+
 def _gemini(call: Call, model: str) -> Reply:
     action = GEMINI_PATH.match(call.req.path).group(3)
+    unknown = _gemini_schema_errors(call.body) if action != "countTokens" else []
+    if unknown:
+        return gemini_error(400, "\n".join(unknown))
     if action == "batchEmbedContents":
         return Reply(json=gemini_embeddings(call.body))
     if action == "embedContent":

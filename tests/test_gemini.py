@@ -28,6 +28,9 @@ TOOLS = [
                     "city": {"type": "string"},
                     "unit": {"type": ["string", "null"], "enum": ["C", "F", None]},
                     "additionalProperties": {"type": "boolean"},
+                    # keywords Claude Code's tools carry that Gemini's Schema has not (a 400 from Gemini)
+                    "days": {"type": "integer", "exclusiveMinimum": 0, "maximum": 9007199254740991},
+                    "labels": {"type": "object", "propertyNames": {"type": "string"}},
                 },
                 "required": ["city"],
                 "additionalProperties": False,
@@ -213,6 +216,8 @@ def test_tool_round_trip(server, client, mock) -> None:
                             "city": {"type": "string"},
                             "unit": {"type": "string", "nullable": True, "enum": ["C", "F"]},
                             "additionalProperties": {"type": "boolean"},
+                            "days": {"type": "integer", "maximum": 9007199254740991},
+                            "labels": {"type": "object"},
                         },
                     },
                 }

@@ -1,10 +1,13 @@
 """The Anthropic Messages API for non-Anthropic models, with the official anthropic SDK:
 the same client code against a GPT model (OpenAI-kind provider) and a Gemini model
-(Gemini-kind provider), both the mock upstream, translated over Chat Completions."""
+(Gemini-kind provider), both the mock upstream, translated over Chat Completions; and the real
+Claude Code's captured requests replayed against all three kinds (a Claude model passed through)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import anthropic
 import pydantic
@@ -13,6 +16,7 @@ from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, TOOL_ARGS, Reply
 
 ADMIN = "admin-key-for-messages-tests-0123456789"
+ANTHROPIC_KEY = "sk-ant-test-0123456789ANTHROPICSECRET"
 GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
 MODELS = {"gpt": "gpt-4o-mini", "gemini": "gemini-2.5-flash-msgs"}
 RATES = {"gpt-4o-mini": (15_000_000, 60_000_000), "gemini-2.5-flash-msgs": (100_000_000, 200_000_000)}  # µ¢ per 1M
@@ -30,6 +34,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         mock,
         GEMINI_API_KEY=GEMINI_KEY,
         GEMINI_BASE_URL=mock.url,
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,  # the Claude Code replay's pass-through
+        ANTHROPIC_BASE_URL=mock.url,
         OLLAMA_BASE_URL=mock.url,  # an openai-compatible provider: Gemini's own OpenAI endpoint, say
         STOCKYARD_ADMIN_KEY=ADMIN,
     )
@@ -236,9 +242,10 @@ def test_top_k_refused_by_name(client):
 
 
 def test_claude_code_shaped_request(server, key, mock):
-    """What Claude Code sends: ``?beta=true``, beta headers, cache marks, thinking, a user id, a stream."""
+    """What Claude Code sends: ``?beta=true``, beta headers, cache marks, thinking, a user id, a stream
+    (to a GPT model that reasons: the others refuse ``reasoning_effort``)."""
     body = {
-        "model": MODELS["gpt"],
+        "model": "gpt-5-mini",
         "max_tokens": 32000,
         "stream": True,
         "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
@@ -256,13 +263,30 @@ def test_claude_code_shaped_request(server, key, mock):
     }
     status, _, raw = server.request("POST", "/v1/messages?beta=true", body, headers=headers)
     assert status == 200 and b"event: message_stop" in raw
-    sent = upstream_body(mock, MODELS["gpt"])
+    sent = upstream_body(mock, "gpt-5-mini")
     assert (sent["reasoning_effort"], sent["user"], sent["max_completion_tokens"]) == (
         "high",
         "user_abc_session_1",
         32000,
     )
     assert sent["messages"][0] == {"role": "system", "content": "You are Claude Code."}
+
+
+@pytest.mark.parametrize(("model", "effort"), [("gpt-4.1", None), ("gpt-4o", None), ("gpt-5", "high"), ("o3", "high")])
+def test_claude_code_effort_goes_only_to_a_gpt_model_that_reasons(server, key, mock, model, effort):
+    """Claude Code (2.1.197) sends a model it does not know adaptive thinking and ``output_config``
+    effort "high". OpenAI's chat models that do not reason refuse ``reasoning_effort`` (400
+    "Unsupported parameter: 'reasoning_effort' is not supported with this model"): they get none."""
+    body = {
+        "model": model,
+        "max_tokens": 1000,
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high"},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": key})
+    assert status == 200, raw
+    assert upstream_body(mock, model).get("reasoning_effort") == effort
 
 
 CLAUDE_CODE_BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
@@ -292,6 +316,29 @@ def test_claude_code_context_management_is_a_hint(client, model, mock, server):
     trace_id = raw.headers["x-stockyard-trace-id"]
     trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)
     assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+
+
+def test_a_system_message_inside_messages(client, model, mock):
+    """Claude Code (2.1.197) sends a model it does not know, as a GPT or Gemini model is to it, a
+    ``role: "system"`` message inside ``messages`` (beta ``mid-conversation-system-2026-04-07``: its
+    agent and skill lists) on every turn: it becomes a chat system message where it stands (Gemini,
+    which has only one, adds it to ``systemInstruction``) instead of a 400 on every request."""
+    messages: list = [
+        {"role": "user", "content": [{"type": "text", "text": "Say hi.", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "system", "content": "Available agent types for the Agent tool: Explore"},
+    ]
+    message = client.messages.create(model=model, max_tokens=100, system="Be brief", messages=messages)
+    assert message.content[0].text == TEXT
+    sent = upstream_body(mock, model)
+    if model.startswith("gpt"):
+        assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]
+        assert sent["messages"][2]["content"] == "Available agent types for the Agent tool: Explore"
+    else:
+        text = "Be brief\n\nAvailable agent types for the Agent tool: Explore"
+        assert sent["systemInstruction"] == {"parts": [{"text": text}]}
+    blocks = [{"type": "text", "text": "Agents: Explore"}, {"type": "text", "text": "Skills: loop"}]
+    count = client.messages.count_tokens(model=model, messages=[messages[0], {"role": "system", "content": blocks}])
+    assert count.input_tokens > 0
 
 
 PDF = "JVBERi0xLjQKJSVFT0YK"  # "%PDF-1.4\n%%EOF\n", base64
@@ -521,3 +568,56 @@ def test_openai_compatible_gemini_gets_its_thought_signature_back(client, mock):
     # the same history on another provider: the signature is not its own, and stays behind
     client.messages.create(model="gpt-4o-mini", max_tokens=200, tools=[TOOL], messages=history)
     assert "extra_content" not in upstream_body(mock, "gpt-4o-mini")["messages"][1]["tool_calls"][0]
+
+
+CLAUDE_CODE = json.loads((Path(__file__).parent / "claude_code_requests.json").read_text())
+REPLAY_MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-5", "gemini": "gemini-2.5-pro"}
+
+
+def sse_events(raw: bytes) -> list[tuple[str, dict]]:
+    """(event name, data) of each event in an Anthropic SSE answer."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+@pytest.mark.parametrize("kind", list(REPLAY_MODELS))
+def test_claude_code_replay(server, key, mock, kind):
+    """Claude Code's own requests, captured from the real CLI (2.1.197, print mode, through Stockyard):
+    its first turn and the follow-up carrying its Bash tool's result, with headers and ``?beta=true``
+    as sent (tests/claude_code_requests.json: long strings cut, ids scrubbed). A Claude model's
+    request goes through untouched; to any other model Claude Code sends adaptive thinking, an
+    ``output_config`` effort and a system message inside ``messages``. Each turn answers a stream
+    the CLI reads — a tool call first, then text — and is traced with its usage and exact cost."""
+    family = "claude" if kind == "anthropic" else "other"
+    headers = {**CLAUDE_CODE["headers"], "x-api-key": key}
+    if family == "claude":
+        headers["anthropic-beta"] = CLAUDE_CODE["betas_for_claude"]
+    model = REPLAY_MODELS[kind]
+    for turn, stop in (("first", "tool_use"), ("follow_up", "end_turn")):
+        body = {**CLAUDE_CODE[family][turn], "tools": CLAUDE_CODE["tools"], "model": model}
+        status, answer_headers, raw = server.request("POST", CLAUDE_CODE["path"], body, headers=headers)
+        assert status == 200, raw[:500]
+        events = sse_events(raw)
+        names = [name for name, _ in events if name != "ping"]
+        assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+        assert events[-2][1]["delta"]["stop_reason"] == stop
+        blocks = [data["content_block"] for name, data in events if name == "content_block_start"]
+        if stop == "tool_use":
+            assert blocks[-1]["type"] == "tool_use" and blocks[-1]["name"] == body["tools"][0]["name"]
+        else:
+            assert blocks[-1]["type"] == "text"
+        if kind == "anthropic":
+            sent = mock.last("/v1/messages")
+            assert sent is not None and sent.json == body
+            assert sent.headers["anthropic-beta"] == headers["anthropic-beta"]
+        user_id = body["metadata"]["user_id"]  # a JSON object of ~150 characters; OpenAI takes 64
+        if kind == "openai":
+            assert upstream_body(mock, model)["user"] == hashlib.sha256(user_id.encode()).hexdigest()
+        trace_id = answer_headers["x-stockyard-trace-id"]
+        trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
+        assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
+        assert trace["end_user"] == user_id

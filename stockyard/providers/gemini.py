@@ -59,20 +59,32 @@ FINISH_REASONS = {
     "MALFORMED_FUNCTION_CALL": "stop",
 }
 TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
-# JSON-schema keywords Gemini's Schema object rejects.
-DROPPED_SCHEMA_KEYS = frozenset(
+# The fields of Gemini's Schema object (an OpenAPI subset): any other JSON-schema keyword is a 400
+# from Gemini ("Unknown name ... Cannot find field": Claude Code's tools carry ``propertyNames`` and
+# ``exclusiveMinimum``), so clean_schema keeps only these. ``$ref``s are inlined, ``default`` dropped.
+GEMINI_SCHEMA_FIELDS = frozenset(
     {
-        "additionalProperties",
-        "$schema",
-        "$id",
-        "$comment",
-        "strict",
-        "examples",
-        "default",
-        "const",
-        "unevaluatedProperties",
-        "$defs",  # inlined where they are referenced (clean_schema): Gemini's Schema has no $ref
-        "definitions",
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "items",
+        "minimum",
+        "maximum",
     }
 )
 MAX_SCHEMA_DEPTH = 64  # levels of nesting in a tool or response schema
@@ -118,7 +130,7 @@ CHAT_FIELDS: dict[str, Field] = {
     "presence_penalty": Field(TRANSLATED, "generationConfig.presencePenalty"),
     "frequency_penalty": Field(TRANSLATED, "generationConfig.frequencyPenalty"),
     "stop": Field(TRANSLATED, "generationConfig.stopSequences"),
-    "tools": Field(TRANSLATED, "functionDeclarations (schema keywords Gemini refuses removed)"),
+    "tools": Field(TRANSLATED, "functionDeclarations (only the schema keywords Gemini's Schema has)"),
     "tool_choice": Field(TRANSLATED, "toolConfig.functionCallingConfig"),
     "response_format": Field(
         TRANSLATED, "json_object → responseMimeType application/json; json_schema → + responseSchema", _json_format
@@ -167,7 +179,7 @@ def auth_headers(provider: Provider) -> dict[str, str]:
 
 
 def clean_schema(schema: Any, param: str = "tools") -> Any:
-    """A JSON schema with the keywords Gemini refuses removed (property names kept), and each
+    """A JSON schema with only the keywords Gemini's Schema has (property names kept), and each
     ``$ref`` to the schema's own ``$defs`` (or ``definitions``) inlined: a nested pydantic model's
     schema refers to its parts, which Gemini's Schema object cannot (a 400 from Gemini before).
 
@@ -202,7 +214,7 @@ def clean_schema(schema: Any, param: str = "tools") -> Any:
             return clean({**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}, depth + 1, (*inlining, name))
         out: dict = {}
         for key, value in node.items():
-            if key in DROPPED_SCHEMA_KEYS:
+            if key not in GEMINI_SCHEMA_FIELDS:
                 continue
             if key == "properties" and isinstance(value, dict):
                 out[key] = {name: clean(sub, depth + 1, inlining) for name, sub in value.items()}

@@ -37,6 +37,7 @@ own, never a signature Anthropic made) just before the ``tool_use`` — in a str
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -64,6 +65,12 @@ KNOWN_FIELDS = {
 IGNORED_FIELDS = {"cache_control", "service_tier", "context_management"}
 # output_config.effort → reasoning_effort
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+# The longest ``user`` OpenAI's chat API takes (Anthropic's ``metadata.user_id`` may have 256 characters).
+CHAT_USER_CAP = 64
+# OpenAI's models that take ``reasoning_effort``: its others (gpt-4.1, gpt-4o…) refuse the field
+# (400 "Unsupported parameter"), and Claude Code sends every model it does not know an effort.
+EFFORT_MODELS = ("o1", "o3", "o4", "gpt-5", "codex", "gpt-oss")
+NO_EFFORT_MODELS = ("o1-mini", "o1-preview", "gpt-5-chat")
 # Providers whose chat API wants ``max_completion_tokens`` (their reasoning models refuse ``max_tokens``).
 COMPLETION_TOKENS_KINDS = {"openai", "azure"}
 # chat finish_reason → Messages stop_reason
@@ -108,6 +115,8 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
     items = body.get("messages")
     if not isinstance(items, list) or not items:
         raise invalid("messages", "'messages' must be a non-empty array")
+    if isinstance(items[0], dict) and items[0].get("role") == "system":  # a system message follows a turn
+        raise invalid("messages[0].role", "messages[0].role must be 'user' or 'assistant' (system prompt: 'system')")
     for i, item in enumerate(items):
         messages += chat_messages(item, f"messages[{i}]", kind, provider)
     chat: dict = {"model": model, "messages": messages}
@@ -134,17 +143,18 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
     return chat
 
 
-def system_messages(system: Any) -> list[dict]:
+def system_messages(system: Any, path: str = "system") -> list[dict]:
+    """The top-level ``system`` (or a mid-conversation system message's content at ``path``) → a chat system message."""
     if system is None or system == "":
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
     if not isinstance(system, list):
-        raise invalid("system", "'system' must be a string or an array of text blocks")
+        raise invalid(path, f"'{path}' must be a string or an array of text blocks")
     texts = []
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-            raise invalid(f"system[{i}]", f"system[{i}] must be a text block")
+            raise invalid(f"{path}[{i}]", f"{path}[{i}] must be a text block")
         texts.append(block["text"])
     return [{"role": "system", "content": "\n\n".join(texts)}] if texts else []
 
@@ -155,8 +165,10 @@ def chat_messages(item: Any, path: str, provider_kind: str = "openai", provider:
     if not isinstance(item, dict):
         raise invalid(path, f"{path} must be an object")
     role, content = item.get("role"), item.get("content")
+    if role == "system":  # a mid-conversation system message: Claude Code sends one to a model it does not know
+        return system_messages(content, f"{path}.content")
     if role not in ("user", "assistant"):
-        raise invalid(f"{path}.role", f"{path}.role must be 'user' or 'assistant'")
+        raise invalid(f"{path}.role", f"{path}.role must be 'user', 'assistant' or 'system'")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
@@ -358,6 +370,13 @@ def chat_output_config(config: Any) -> dict:
     return out
 
 
+def takes_effort(kind: str, model: str) -> bool:
+    """Whether ``model`` at a provider of ``kind`` is sent the ``reasoning_effort`` that ``thinking`` or
+    ``output_config.effort`` became: at an ``openai`` provider only its reasoning models (a name not
+    known goes without: the effort is a hint, the answer comes either way); elsewhere always."""
+    return kind != "openai" or (model.startswith(EFFORT_MODELS) and not model.startswith(NO_EFFORT_MODELS))
+
+
 def chat_metadata(metadata: Any) -> dict:
     if not isinstance(metadata, dict):
         raise invalid("metadata", "'metadata' must be an object")
@@ -365,7 +384,14 @@ def chat_metadata(metadata: Any) -> dict:
         if key != "user_id" and present(metadata, key):
             raise unsupported(f"metadata.{key}", f"the field metadata.{key}")
     user = metadata.get("user_id")
-    return {"user": user} if isinstance(user, str) and user else {}
+    return {"user": chat_user(user)} if isinstance(user, str) and user else {}
+
+
+def chat_user(user_id: str) -> str:
+    """``metadata.user_id`` as chat's ``user``: as it is up to ``CHAT_USER_CAP`` characters, else its
+    SHA-256 in hex (64 characters: still one id per end user). Claude Code's is a JSON object of about
+    150 characters, which OpenAI refuses (400 "Invalid 'user': string too long")."""
+    return user_id if len(user_id) <= CHAT_USER_CAP else hashlib.sha256(user_id.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- answer

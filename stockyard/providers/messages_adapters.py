@@ -64,7 +64,11 @@ class MessagesOverChat(Adapter):
         )
 
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
-        return self.inner.prepare(self.chat_ctx(ctx), provider, model)
+        chat = self.chat_ctx(ctx)
+        if "reasoning_effort" in chat.body and not messages.takes_effort(provider.kind, model):
+            body = {k: v for k, v in chat.body.items() if k != "reasoning_effort"}
+            chat = dataclasses.replace(chat, body=body)
+        return self.inner.prepare(chat, provider, model)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
