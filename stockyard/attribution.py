@@ -2,15 +2,20 @@
 
 The end user comes from the ``x-stockyard-user`` header, which wins, else from the body:
 OpenAI's ``user`` (chat, completions, embeddings, Responses) or Anthropic's
-``metadata.user_id``. Tags come from ``x-stockyard-tags: team=search,feature=x`` and, where the
-API has one, the body's ``metadata`` object of strings (OpenAI chat and Responses); a header
-tag wins over a body tag of the same name. The trace carries both, and reports group by them
-(``stockyard costs --by user|tag:NAME``), so they are bounded: a user of at most
-``USER_CAP`` printable characters, at most ``MAX_TAGS`` tags with printable names and values.
-Bad values are a 400 naming the header or field — never silently cut, which would merge users.
+``metadata.user_id`` (Claude Code's names its session too: the end user is its account, or its
+device, without the session, see :func:`claude_code_user`). Tags come from
+``x-stockyard-tags: team=search,feature=x`` and, where the API has one, the body's ``metadata``
+object of strings (OpenAI chat and Responses); a header tag wins over a body tag of the same
+name. The trace carries both, and reports group by them (``stockyard costs --by user|tag:NAME``),
+so they are bounded: a user of at most ``USER_CAP`` printable characters, at most ``MAX_TAGS``
+tags with printable names and values. Bad values are a 400 naming the header or field — never
+silently cut, which would merge users.
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 from .context import RequestContext
 from .errors import ProxyError
@@ -22,6 +27,8 @@ MAX_TAGS = 16
 TAG_NAME_CAP = 64
 TAG_VALUE_CAP = 512  # OpenAI's own limit for a metadata value
 METADATA_ENDPOINTS = ("chat", "responses")  # OpenAI endpoints whose body has ``metadata`` of strings
+# Claude Code's metadata.user_id before 2.1: user_<device hash>_account_<uuid or nothing>_session_<uuid>
+_CLAUDE_CODE_SESSION = re.compile(r"^(user_[0-9a-f]+_account_[0-9a-f-]*)_session_[0-9a-f-]+$")
 
 
 def _printable(text: str, cap: int) -> bool:
@@ -71,8 +78,29 @@ def body_user(ctx: RequestContext) -> object:
     body = ctx.body
     if ctx.dialect == "anthropic":
         metadata = body.get("metadata")
-        return metadata.get("user_id") if isinstance(metadata, dict) else None
+        user = metadata.get("user_id") if isinstance(metadata, dict) else None
+        return claude_code_user(user) if isinstance(user, str) else user
     return body.get("user")
+
+
+def claude_code_user(user_id: str) -> str:
+    """Claude Code's ``metadata.user_id`` without its session: every session would otherwise be an
+    end user of its own (reports by user split by session, and ``userlimits`` would start afresh
+    with each). Its JSON form ``{"device_id", "account_uuid", "session_id"}`` gives the account, or
+    the device when signed in with an API key; the older ``user_…_account_…_session_…`` loses its
+    session part. Any other value is the end user as it is."""
+    if user_id.startswith("{"):
+        try:
+            fields = json.loads(user_id)
+        except ValueError:
+            return user_id
+        if isinstance(fields, dict) and "session_id" in fields:
+            who = fields.get("account_uuid") or fields.get("device_id")
+            if isinstance(who, str) and who:
+                return who
+        return user_id
+    found = _CLAUDE_CODE_SESSION.match(user_id)
+    return found.group(1) if found else user_id
 
 
 def body_tags(ctx: RequestContext) -> dict[str, str]:

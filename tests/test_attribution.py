@@ -57,6 +57,26 @@ def test_user_and_tags_reach_the_trace_from_headers_and_bodies(server, key):
     assert {r["key_name"] for r in rows} == {"reseller"}
 
 
+@pytest.mark.parametrize(
+    "user_id, end_user",
+    [
+        # Claude Code 2.1's form (tests/claude_code_requests.json): signed in, then with an API key
+        ('{"device_id":"d1e2","account_uuid":"acc-7","session_id":"5e55-1"}', "acc-7"),
+        ('{"device_id":"d1e2","account_uuid":"","session_id":"5e55-2"}', "d1e2"),
+        ("user_d1e2_account_acc-7_session_5e55-3", "user_d1e2_account_acc-7"),  # before 2.1
+        ("user_d1e2_account__session_5e55-4", "user_d1e2_account_"),
+        ('{"session_id": 1, "team": "x"}', '{"session_id": 1, "team": "x"}'),  # not Claude Code's: as it is
+        ("u-claude_session_x", "u-claude_session_x"),
+    ],
+)
+def test_claude_code_sessions_of_one_user_are_one_end_user(server, key, user_id, end_user):
+    """Was: each Claude Code session was an end user of its own (its user_id names the session)."""
+    body = {"model": "openai/mock-budget", "max_tokens": 5, "messages": HELLO, "metadata": {"user_id": user_id}}
+    status, headers, _ = send(server, key, body, path="/v1/messages")
+    assert status == 200
+    assert server.trace(headers["x-stockyard-trace-id"])["end_user"] == end_user
+
+
 def test_traces_are_listed_by_user_and_by_tag(server, key):
     _, headers, _ = send(server, key, {**BUDGET_MODEL, "user": "finder"}, **{"x-stockyard-tags": "team=find"})
     trace_id = headers["x-stockyard-trace-id"]

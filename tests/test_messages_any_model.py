@@ -620,4 +620,4 @@ def test_claude_code_replay(server, key, mock, kind):
         trace_id = answer_headers["x-stockyard-trace-id"]
         trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
         assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
-        assert trace["end_user"] == user_id
+        assert trace["end_user"] == json.loads(user_id)["device_id"]  # signed in with a key: its device
