@@ -14,6 +14,7 @@ from mock_upstream import (
     TEXT,
     THINK_SIG,
     THINKING_SIGNATURE,
+    THOUGHT_SIGNATURE,
     Reply,
     anthropic_thinking_call,
     responses_stream,
@@ -399,7 +400,8 @@ def test_responses_to_gemini_keeps_thought_signature(client, mock, stream):
 
 def test_gemini_items_sent_back_by_the_client_without_store(client, mock):
     """store=False: the client sends the output items back in input (the Agents SDK's way); the
-    mock signs Gemini 3 calls and refuses them back unsigned, as Gemini 3 does."""
+    mock signs Gemini 3 calls and refuses them back unsigned, as Gemini 3 does: without the
+    reasoning item the call goes with Google's stand-in signature instead."""
     model = "gemini-3-flash-resp"
     first = client.responses.create(model=model, input="weather?", tools=[FUNCTION_TOOL], store=False)
     items = [o.model_dump(exclude_none=True) for o in first.output]
@@ -409,8 +411,10 @@ def test_gemini_items_sent_back_by_the_client_without_store(client, mock):
         client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items, result]).output_text
         == TEXT
     )
-    with pytest.raises(BadRequestError, match="thought_signature"):
-        client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items[1:], result])
+    assert gemini_calls_sent(mock, model)[0]["thoughtSignature"] == THOUGHT_SIGNATURE
+    dropped = client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items[1:], result])
+    assert dropped.output_text == TEXT
+    assert gemini_calls_sent(mock, model)[0]["thoughtSignature"] == "skip_thought_signature_validator"
 
 
 def last_anthropic_assistant(mock) -> list[dict]:
