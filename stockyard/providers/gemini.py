@@ -244,7 +244,9 @@ def image_part(url: str) -> dict:
 def content_parts(content: Any) -> list[dict]:
     """OpenAI message content → Gemini parts (text, images, and inline files as ``inlineData``:
     Gemini reads PDFs, text, audio and video the same way as images)."""
-    return translate_content(content, lambda part, text: {"text": text}, image_part, "Gemini", image_part)
+    return translate_content(
+        content, lambda part, text: {"text": text}, image_part, "Gemini", lambda url, name: image_part(url)
+    )
 
 
 def tool_result(content: Any) -> Any:
