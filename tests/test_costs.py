@@ -332,3 +332,7 @@ def test_a_relayed_answer_past_its_capture_or_unreadable_is_counted_by_its_bytes
     chunk = _sse({"choices": [{"delta": {"content": "abcdefgh"}}]})  # 8 characters: 2 tokens
     assert relayed_tokens(chunk, 10 * len(chunk)) == 20  # the capture kept a tenth: scaled
     assert relayed_tokens(b'data: {"choices": [{"del', 4000) == 1000  # nothing readable
+    # whole events with no text (a translated stream that broke before the model wrote): nothing
+    said_nothing = b"event: response.created\n" + _sse({"type": "response.created", "response": {"output": []}})
+    assert relayed_tokens(said_nothing, len(said_nothing)) == 0
+    assert relayed_tokens(said_nothing, len(said_nothing) + 400) == 100  # past the capture: its bytes

@@ -719,3 +719,17 @@ def test_ai_sdk_tool_loop_on_gemini3_references_its_reasoning_item(server, keys,
     status, second = post_response(server, keys[0], {**ask, "input": items})
     assert status == 200, second
     assert gemini_calls_sent(mock, GEMINI3)[0].get("thoughtSignature") == SIG
+
+
+def test_a_translated_stream_broken_before_any_text_is_billed_for_none(server, keys, mock):
+    """The AI SDK's `streamText` body on Claude; the provider breaks after `message_start`. The
+    client got `response.created`, `.in_progress` and `.failed` (~2 KB of JSON, no text): the output
+    is message_start's count, not those bytes / 4 (~500 tokens, as it was)."""
+    mock.enqueue(Reply(cut_after=1))
+    body = {"model": MODELS["translated"], "input": [ai_sdk_user("Say hello")], "stream": True}
+    status, headers, data = server.request(
+        "POST", "/v1/responses", body, headers={"Authorization": f"Bearer {keys[0]}"}
+    )
+    assert status == 200 and b"response.failed" in data and b"output_text.delta" not in data
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["outcome"], trace["prompt_tokens"], trace["completion_tokens"]) == ("stream_broken", 12, 1)
