@@ -78,11 +78,12 @@ def text_tokens(data: bytes) -> int:
 
 
 # A text value a model wrote, in every dialect's answer and stream events: chat's content,
-# reasoning_content, refusal and tool arguments; Messages' text, thinking and partial_json;
-# Responses' delta; Gemini's text. Read from the bytes, not parsed: a stream's pricing runs on
-# its request's thread, and parsing each event costs ~6 us (~116 us for 20 events; this, ~23).
+# reasoning_content, refusal, tool arguments and an audio answer's transcript; Messages' text,
+# thinking and partial_json; Responses' delta; Gemini's text. Read from the bytes, not parsed: a
+# stream's pricing runs on its request's thread, and parsing each event costs ~6 us (~116 us for
+# 20 events; this, ~23).
 _GENERATED = re.compile(
-    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript)"\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
 # Responses events that repeat the text their deltas carried (a part's, an item's, the whole response's).
 _REPEATS = (b'.done"', b'"response.completed"', b'"response.incomplete"', b'"response.failed"')

@@ -314,6 +314,8 @@ def _sse(*payloads: dict) -> bytes:
         ),
         # Gemini: each chunk's text
         (_sse({"candidates": [{"content": {"parts": [{"text": "12345678"}], "role": "model"}}]}), 2),
+        # an audio answer's transcript (its base64 audio is no text)
+        (_sse({"choices": [{"delta": {"audio": {"id": "au_1", "data": "UklGRg==", "transcript": "12345678"}}}]}), 2),
         # a tool call's arguments, in a chat chunk
         (_sse({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": '{"city":"Paris"}'}}]}}]}), 4),
         # a whole JSON answer
