@@ -154,6 +154,15 @@ def input_items(body: dict) -> list[dict]:
     return items
 
 
+def json_tokens(items: list[dict]) -> int:
+    """The input tokens stored items add upstream, at four bytes a token of their JSON."""
+    return -(-len(json.dumps(items, ensure_ascii=False).encode()) // 4)
+
+
+def is_reference(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "item_reference"
+
+
 def not_found(response_id: str, param: str | None = None) -> ProxyError:
     return ProxyError(404, f"No response found with id '{response_id}'.", param=param, code="not_found")
 
@@ -180,6 +189,7 @@ class Conversations:
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
+        conv.history_tokens = self.resolve_references(ctx)  # items the body names, not holds
         previous = body.get("previous_response_id")
         if previous is None:
             return
@@ -193,10 +203,32 @@ class Conversations:
             raise not_found(previous, "previous_response_id")
         if row.passthrough:
             conv.previous_provider = row.provider
-            conv.history_tokens = kept_history_tokens(row)
+            conv.history_tokens += kept_history_tokens(row)
         else:
             conv.history = self.history(row, ctx.key_id, self._max_bytes - len(ctx.raw))
-            conv.history_tokens = -(-len(json.dumps(conv.history, ensure_ascii=False).encode()) // 4)
+            conv.history_tokens += json_tokens(conv.history)
+
+    def resolve_references(self, ctx: RequestContext) -> int:
+        """``item_reference`` input items naming an output item of a response this key stored
+        translated (Stockyard holds its items) are replaced by that item, as OpenAI resolves
+        them: the Vercel AI SDK sends earlier turns so while ``store`` is on. Others stay as
+        sent (a provider that speaks Responses resolves its own; translation refuses them).
+        Returns the tokens the items put in add to the input (budgets and tpm count them)."""
+        items = ctx.body.get("input")
+        if not isinstance(items, list) or not any(is_reference(item) for item in items):
+            return 0
+        found = [self.referenced(item, ctx.key_id) for item in items]
+        ctx.body = {**ctx.body, "input": [stored or item for stored, item in zip(found, items)]}
+        ctx.body_changed = True
+        return json_tokens([stored for stored in found if stored is not None])
+
+    def referenced(self, item: Any, key_id: str | None) -> dict | None:
+        """The stored output item an ``item_reference`` names, if this key's translated response holds it."""
+        response_id = translate.minted_in(item.get("id")) if is_reference(item) else None
+        row = self.find(response_id, key_id) if response_id else None
+        if row is None or row.passthrough:
+            return None
+        return next((o for o in row.output_items or [] if isinstance(o, dict) and o.get("id") == item["id"]), None)
 
     def count_input(self, ctx: RequestContext) -> None:
         """``input_tokens`` on a translated provider: the count, answered here."""

@@ -78,11 +78,12 @@ def text_tokens(data: bytes) -> int:
 
 
 # A text value a model wrote, in every dialect's answer and stream events: chat's content,
-# reasoning_content, refusal and tool arguments; Messages' text, thinking and partial_json;
-# Responses' delta; Gemini's text. Read from the bytes, not parsed: a stream's pricing runs on
-# its request's thread, and parsing each event costs ~6 us (~116 us for 20 events; this, ~23).
+# reasoning_content, refusal, tool arguments and an audio answer's transcript; Messages' text,
+# thinking and partial_json; Responses' delta; Gemini's text. Read from the bytes, not parsed: a
+# stream's pricing runs on its request's thread, and parsing each event costs ~6 us (~116 us for
+# 20 events; this, ~23).
 _GENERATED = re.compile(
-    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript)"\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
 # Responses events that repeat the text their deltas carried (a part's, an item's, the whole response's).
 _REPEATS = (b'.done"', b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
@@ -93,17 +94,31 @@ def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
     chunk): the text it carried at about four bytes a token (escapes counted once), scaled up to the
     bytes past the capture (``total`` is every byte relayed). Not the bytes themselves: JSON and
     SSE framing are most of a stream (a chat chunk is ~150 bytes for a word). Bytes / 4 when none
-    of it reads as an answer (no text value: not JSON, or a stream cut inside its first event)."""
+    of it reads as an answer (no text value: not JSON, or a stream cut inside its first event);
+    a stream of whole events that carried no text yet (``response.created``, ``message_start``,
+    then the break) wrote nothing in the bytes captured."""
     data = bytes(captured)
     if _repeats(data):  # a Responses stream: its deltas only
         texts = [t for event in data.split(b"\n\n") if not _repeats(event) for t in _GENERATED.findall(event)]
     else:
         texts = _GENERATED.findall(data)
     if not texts:
-        return total // 4
+        return (total - len(data)) // 4 if _whole_events(data) else total // 4
     chars = sum(len(text) - text.count(b"\\") for text in texts)
     scale = total / len(data) if len(data) < total else 1.0
     return -(-int(chars * scale) // 4)
+
+
+def _whole_events(data: bytes) -> bool:
+    """``data`` starts with a whole SSE event whose data is a JSON object: a stream, read."""
+    event, ended, _ = data.partition(b"\n\n")
+    lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not ended or not lines:
+        return False
+    try:
+        return isinstance(json.loads(b"\n".join(lines)), dict)
+    except ValueError:
+        return False
 
 
 def _repeats(event: bytes) -> bool:

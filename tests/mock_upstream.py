@@ -57,6 +57,8 @@ REASONING_TOKENS = 3
 THINKING_TEXT = "Let me think about the weather."  # Anthropic's thinking block when thinking is on
 THINKING_SIGNATURE = "EqQBCkYIBxgCKkBmockSignatureOfTheThinkingBlock=="
 THOUGHT_SIGNATURE = "CiQBmockThoughtSignatureFromGemini3=="  # on gemini-3* function calls
+# Google's stand-ins for a lost thought signature, which Gemini 3 takes on any call
+SKIP_SIGNATURES = ("skip_thought_signature_validator", "context_engineering_is_the_way_to_go")
 EMBEDDING_DIMS = 8
 OPENAI_USER_CAP = 64  # chat's `user`: a longer one is a 400
 MODEL_IDS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
@@ -1489,6 +1491,8 @@ def gemini_signature_refusal(body: dict, model: str, signed: dict[tuple[str, str
             continue
         for part in content.get("parts") or []:
             key = _signed_call(part)
+            if part.get("thoughtSignature") in SKIP_SIGNATURES:
+                continue
             if key in signed and part.get("thoughtSignature") != signed[key]:
                 if part.get("thoughtSignature"):
                     return gemini_error(400, "Unable to submit request because Thought signature is not valid.")

@@ -314,6 +314,8 @@ def _sse(*payloads: dict) -> bytes:
         ),
         # Gemini: each chunk's text
         (_sse({"candidates": [{"content": {"parts": [{"text": "12345678"}], "role": "model"}}]}), 2),
+        # an audio answer's transcript (its base64 audio is no text)
+        (_sse({"choices": [{"delta": {"audio": {"id": "au_1", "data": "UklGRg==", "transcript": "12345678"}}}]}), 2),
         # a tool call's arguments, in a chat chunk
         (_sse({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": '{"city":"Paris"}'}}]}}]}), 4),
         # a whole JSON answer
@@ -332,3 +334,7 @@ def test_a_relayed_answer_past_its_capture_or_unreadable_is_counted_by_its_bytes
     chunk = _sse({"choices": [{"delta": {"content": "abcdefgh"}}]})  # 8 characters: 2 tokens
     assert relayed_tokens(chunk, 10 * len(chunk)) == 20  # the capture kept a tenth: scaled
     assert relayed_tokens(b'data: {"choices": [{"del', 4000) == 1000  # nothing readable
+    # whole events with no text (a translated stream that broke before the model wrote): nothing
+    said_nothing = b"event: response.created\n" + _sse({"type": "response.created", "response": {"output": []}})
+    assert relayed_tokens(said_nothing, len(said_nothing)) == 0
+    assert relayed_tokens(said_nothing, len(said_nothing) + 400) == 100  # past the capture: its bytes

@@ -577,3 +577,44 @@ def test_a_nested_pydantic_response_format_is_inlined_for_gemini(client, mock) -
 
     with pytest.raises(openai.BadRequestError, match="recursive"):
         client.chat.completions.parse(model=model, messages=user("Tree?"), response_format=Node)
+
+
+AI_SDK_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_a_gemini_3_tool_loop_whose_client_dropped_the_signature(server, mock) -> None:
+    """The Vercel AI SDK's chat provider (ai 6.0.333, @ai-sdk/openai 3.0.141, `.chat(model)`)
+    sends the tool call back without its `extra_content`: the exact bodies of its two steps. The
+    mock, like Gemini 3, refuses a signed call sent back unsigned; Stockyard gives the call Google's
+    stand-in signature (as Gemini CLI does) and says so in the trace."""
+    model = "gemini-3-flash-ai-sdk"
+    ask = {"model": model, "tools": [AI_SDK_WEATHER], "tool_choice": "auto"}
+    status, _, data = server.request("POST", "/v1/chat/completions", {**ask, "messages": user("Weather in Paris?")})
+    call = json.loads(data)["choices"][0]["message"]["tool_calls"][0]
+    assert status == 200 and call["extra_content"]["google"]["thought_signature"]
+    echoed = {"id": call["id"], "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [echoed]},
+        {"role": "tool", "tool_call_id": call["id"], "content": '{"city":"Paris","tempC":21}'},
+    ]
+    status, headers, data = server.request("POST", "/v1/chat/completions", {**ask, "messages": messages})
+    assert status == 200, data
+    assert json.loads(data)["choices"][0]["message"]["content"] == TEXT
+    parts = [p for c in sent(mock, model).json["contents"] for p in c["parts"] if "functionCall" in p]
+    assert parts[0]["thoughtSignature"] == "skip_thought_signature_validator"
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["status"] == 200 and "thought signature skipped" in trace["error_message"]

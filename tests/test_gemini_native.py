@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
@@ -131,11 +132,14 @@ def test_v1_paths_and_provider_prefixed_models_work_too(server, key, mock) -> No
 # --------------------------------------------------------------------------- streams
 
 
-def stream(server: ServerProcess, path: str, key: str, body: dict) -> tuple[int, dict, list[bytes]]:
+def stream(
+    server: ServerProcess, path: str, key: str, body: dict, headers: dict | None = None
+) -> tuple[int, dict, list[bytes]]:
     """A streamed answer read with http.client, chunk by chunk as the server sends them."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        conn.request("POST", path, json.dumps(body), {"x-goog-api-key": key, "Content-Type": "application/json"})
+        sent_headers = {"x-goog-api-key": key, "Content-Type": "application/json", **(headers or {})}
+        conn.request("POST", path, json.dumps(body), sent_headers)
         resp = conn.getresponse()
         chunks = []
         while piece := resp.read1(65536):
@@ -422,3 +426,61 @@ def test_embeddings_are_cached_when_the_cache_is_on(server, key, mock) -> None:
     status, headers, raw = gemini(server, "POST", path, body, key)
     assert status == 200 and headers["x-stockyard-cache"] == "hit" and json.loads(raw)["embedding"]["values"]
     assert len(mock.requests) == before
+
+
+# --------------------------------------------------------------------------- Gemini CLI
+
+GEMINI_CLI = json.loads((Path(__file__).parent / "gemini_cli_turns.json").read_text())
+
+
+def cli_chunk(parts: list[dict], finish: str | None = None, usage: dict | None = None) -> str:
+    candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    chunk: dict = {"candidates": [candidate], "modelVersion": "gemini-2.5-flash", "responseId": "cli1"}
+    if usage:
+        chunk["usageMetadata"] = usage
+    return json.dumps(chunk)
+
+
+def sse_events(chunks: list[bytes]) -> list[dict]:
+    return [json.loads(line[6:]) for line in b"".join(chunks).decode().split("\n") if line.startswith("data: ")]
+
+
+TURN_USAGE = [
+    {"promptTokenCount": 100, "candidatesTokenCount": 10, "thoughtsTokenCount": 4, "totalTokenCount": 114},
+    {"promptTokenCount": 150, "candidatesTokenCount": 8, "cachedContentTokenCount": 64, "totalTokenCount": 158},
+]
+
+
+def test_gemini_cli_tool_loop_replayed(server, key, mock) -> None:
+    """Gemini CLI 0.61.0's two requests of a read_file loop (tests/gemini_cli_turns.json, captured
+    through Stockyard): the first with its 16 tools and thinking config, then the tool result with
+    the call echoed under Google's stand-in signature. Both pass through as sent, their SSE answers
+    come back event by event (a thought part, the call, the text), and each turn is priced."""
+    model, path = "gemini-2.5-flash", "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    thought = {"text": "Reading it.", "thought": True}
+    call = {"functionCall": {"name": "read_file", "args": {"file_path": "notes.txt"}}}
+    answer = [{"text": "The secret word"}, {"text": " is pumpkin."}]
+    mock.enqueue(
+        Reply(sse=[cli_chunk([thought]), cli_chunk([call], "STOP", TURN_USAGE[0])]),
+        Reply(sse=[cli_chunk(answer[:1]), cli_chunk(answer[1:], "STOP", TURN_USAGE[1])]),
+    )
+    request = GEMINI_CLI["request"]
+    replies, traces = [], []
+    for contents in [request["contents"][:1], request["contents"]]:
+        body = {**request, "contents": contents}
+        status, headers, chunks = stream(server, path, key, body, GEMINI_CLI["headers"])
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        replies.append(sse_events(chunks))
+        assert sent(mock, model).json == body  # tools, thinking config, call ids and signatures as sent
+        traces.append(server.trace(headers["x-stockyard-trace-id"]))
+    assert [[p for e in events for p in e["candidates"][0]["content"]["parts"]] for events in replies] == [
+        [thought, call],
+        answer,
+    ]
+    assert [events[-1]["usageMetadata"] for events in replies] == TURN_USAGE
+    counted = [(t["prompt_tokens"], t["completion_tokens"], t["reasoning_tokens"]) for t in traces]
+    assert counted == [(100, 14, 4), (150, 8, 0)]
+    # gemini-2.5-flash: $0.30 in, $0.03 cached, $2.50 out per 1M = 30, 3, 250 µ¢ a token; thoughts are output
+    assert [t["cost_uc"] for t in traces] == [100 * 30 + 14 * 250, 86 * 30 + 64 * 3 + 8 * 250]

@@ -485,7 +485,8 @@ def test_messages_to_gemini_keeps_thought_signature(client, mock, stream):
 
 def test_gemini_3_tool_loop_with_the_mock_signing_and_a_dropped_block(client, mock):
     """The mock signs Gemini 3 calls and refuses them back unsigned: a client that keeps the
-    thinking block gets its answer; one that drops it gets Gemini's 400, as it would for real."""
+    thinking block gets its answer; one that drops it too, its call sent with Google's stand-in
+    signature (as Gemini CLI sends it) instead of Gemini's 400."""
     model = "gemini-3-flash-msgs"
     ask = dict(model=model, max_tokens=200, tools=[TOOL])
     with client.messages.stream(**ask, messages=[{"role": "user", "content": "weather?"}]) as s:
@@ -495,8 +496,8 @@ def test_gemini_3_tool_loop_with_the_mock_signing_and_a_dropped_block(client, mo
     loop = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": turn}, result]
     assert client.messages.create(**ask, messages=loop).content[-1].text == TEXT
     dropped = [loop[0], {"role": "assistant", "content": turn[1:]}, result]
-    with pytest.raises(anthropic.BadRequestError, match="thought_signature"):
-        client.messages.create(**ask, messages=dropped)
+    assert client.messages.create(**ask, messages=dropped).content[-1].text == TEXT
+    assert function_calls_sent(mock, model)[0]["thoughtSignature"] == "skip_thought_signature_validator"
 
 
 def test_a_signature_block_never_reaches_a_gpt_model(client, mock):

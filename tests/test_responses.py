@@ -14,6 +14,7 @@ from mock_upstream import (
     TEXT,
     THINK_SIG,
     THINKING_SIGNATURE,
+    THOUGHT_SIGNATURE,
     Reply,
     anthropic_thinking_call,
     responses_stream,
@@ -399,7 +400,8 @@ def test_responses_to_gemini_keeps_thought_signature(client, mock, stream):
 
 def test_gemini_items_sent_back_by_the_client_without_store(client, mock):
     """store=False: the client sends the output items back in input (the Agents SDK's way); the
-    mock signs Gemini 3 calls and refuses them back unsigned, as Gemini 3 does."""
+    mock signs Gemini 3 calls and refuses them back unsigned, as Gemini 3 does: without the
+    reasoning item the call goes with Google's stand-in signature instead."""
     model = "gemini-3-flash-resp"
     first = client.responses.create(model=model, input="weather?", tools=[FUNCTION_TOOL], store=False)
     items = [o.model_dump(exclude_none=True) for o in first.output]
@@ -409,8 +411,10 @@ def test_gemini_items_sent_back_by_the_client_without_store(client, mock):
         client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items, result]).output_text
         == TEXT
     )
-    with pytest.raises(BadRequestError, match="thought_signature"):
-        client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items[1:], result])
+    assert gemini_calls_sent(mock, model)[0]["thoughtSignature"] == THOUGHT_SIGNATURE
+    dropped = client.responses.create(**ask, input=[{"role": "user", "content": "weather?"}, *items[1:], result])
+    assert dropped.output_text == TEXT
+    assert gemini_calls_sent(mock, model)[0]["thoughtSignature"] == "skip_thought_signature_validator"
 
 
 def last_anthropic_assistant(mock) -> list[dict]:
@@ -651,3 +655,81 @@ def test_a_codex_turn_as_codex_sends_it(server, keys, mock, model):
             assert item["name"] == "shell" and item["call_id"] and json.loads(item["arguments"])
     trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
     assert trace["prompt_tokens"] == PROMPT_TOKENS and trace["cost_uc"] > 0
+
+
+# The Vercel AI SDK (ai 6.0.333, @ai-sdk/openai 3.0.141) sends the earlier turns of a
+# conversation as `item_reference` items while `store` is on (its default): these are its exact
+# bodies, only the ids Stockyard issued put in.
+AI_SDK_WEATHER = {
+    "type": "function",
+    "name": "weather",
+    "description": "Weather in a city",
+    "parameters": {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+
+
+def ai_sdk_user(text: str) -> dict:
+    return {"role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def post_response(server: ServerProcess, key: str, body: dict) -> tuple[int, dict]:
+    status, _, data = server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {key}"})
+    return status, json.loads(data)
+
+
+@pytest.mark.parametrize("model", [MODELS["translated"], "gemini-2.5-flash"])
+def test_ai_sdk_item_references_to_a_translated_answer(server, keys, mock, model):
+    """`messages: [...first.response.messages, next]`: the assistant turn comes back as an
+    item_reference to the message Stockyard issued, resolved from this key's stored response."""
+    status, first = post_response(server, keys[0], {"model": model, "input": [ai_sdk_user("Say hello")]})
+    assert status == 200, first
+    reference = {"type": "item_reference", "id": first["output"][0]["id"]}
+    body = {"model": model, "input": [ai_sdk_user("Say hello"), reference, ai_sdk_user("Again")]}
+    status, second = post_response(server, keys[0], body)
+    assert status == 200, second
+    assert second["output"][0]["content"][0]["text"] == TEXT
+    sent = mock.last("/v1/messages" if model.startswith("claude") else ":generateContent").json
+    turns = sent.get("messages") or sent["contents"]
+    assert [t["role"] for t in turns] == ["user", "assistant" if "messages" in sent else "model", "user"]
+    assert TEXT in json.dumps(turns[1])
+    status, refused = post_response(server, keys[1], body)  # another key's item is no one's
+    assert status == 400 and refused["error"]["param"] == "input[1].id", refused
+
+
+def test_ai_sdk_tool_loop_on_gemini3_references_its_reasoning_item(server, keys, mock):
+    """A tool step on Gemini 3: the reasoning item holding the thought signature comes back as an
+    item_reference, and the signature reaches Gemini with the call (the mock refuses it unsigned)."""
+    mock.enqueue(gemini_call_reply(False))
+    ask = {"model": GEMINI3, "tools": [AI_SDK_WEATHER], "tool_choice": "auto"}
+    status, first = post_response(server, keys[0], {**ask, "input": [ai_sdk_user("Weather in Paris?")]})
+    assert status == 200 and [o["type"] for o in first["output"]] == ["reasoning", "function_call"], first
+    reasoning, call = first["output"]
+    items = [
+        ai_sdk_user("Weather in Paris?"),
+        {"type": "item_reference", "id": reasoning["id"]},
+        {"type": "function_call", "call_id": call["call_id"], "name": call["name"], "arguments": '{"city":"Paris"}'},
+        {"type": "function_call_output", "call_id": call["call_id"], "output": '{"city":"Paris","tempC":21}'},
+    ]
+    status, second = post_response(server, keys[0], {**ask, "input": items})
+    assert status == 200, second
+    assert gemini_calls_sent(mock, GEMINI3)[0].get("thoughtSignature") == SIG
+
+
+def test_a_translated_stream_broken_before_any_text_is_billed_for_none(server, keys, mock):
+    """The AI SDK's `streamText` body on Claude; the provider breaks after `message_start`. The
+    client got `response.created`, `.in_progress` and `.failed` (~2 KB of JSON, no text): the output
+    is message_start's count, not those bytes / 4 (~500 tokens, as it was)."""
+    mock.enqueue(Reply(cut_after=1))
+    body = {"model": MODELS["translated"], "input": [ai_sdk_user("Say hello")], "stream": True}
+    status, headers, data = server.request(
+        "POST", "/v1/responses", body, headers={"Authorization": f"Bearer {keys[0]}"}
+    )
+    assert status == 200 and b"response.failed" in data and b"output_text.delta" not in data
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["outcome"], trace["prompt_tokens"], trace["completion_tokens"]) == ("stream_broken", 12, 1)

@@ -448,7 +448,6 @@ REFUSALS = [
     ({"model": "m", "input": "x", "include": ["message.output_text.logprobs"]}, "include", "logprobs"),
     ({"model": "m", "input": "x", "text": {"format": {"type": "grammar"}}}, "text.format.type", "grammar"),
     ({"model": "m", "input": "x", "reasoning": {"effort": "low", "mode": "x"}}, "reasoning.mode", ""),
-    ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "item_reference"),
     ({"model": "m", "input": [{"type": "computer_call_output", "call_id": "c"}]}, "input[0].type", "computer_call"),
     (user({"type": "input_image", "file_id": "file-1", "detail": "auto"}), "input[0].content[0].file_id", "file_id"),
     (user({"type": "input_file", "file_id": "file-1"}), "input[0].content[0].file_id", "file_id"),
@@ -484,6 +483,7 @@ def test_what_chat_cannot_carry_is_refused_naming_the_field(body, param, word):
         ({"model": "m", "input": [{"role": "user", "content": 3}]}, "input[0].content"),
         ({"model": "m", "input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0].arguments"),
         ({"model": "m", "input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id"),  # none stored
         (user({"type": "input_file", "file_data": "JVBERi0="}), "input[0].content[0].file_data"),
         ({"model": "m", "input": "x", "instructions": ["a"]}, "instructions"),
         ({"model": "m", "input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),

@@ -466,7 +466,8 @@ PDF_DATA = "JVBERi0xLjQKJSVFT0YK"  # "%PDF-1.4\n%%EOF\n", base64
 def test_a_pdf_file_part_reaches_claude_and_gemini(server, mock, kind) -> None:
     """Was a 400: a chat ``file`` part (a PDF as a data URL, as the OpenAI SDK sends it) goes to
     Claude as a ``document`` block and to Gemini as ``inlineData``; a text file (Markdown here,
-    its media type in any case) to Claude as a plain-text document."""
+    its media type in any case) to Claude as a plain-text document. The file's name is the
+    document's ``title`` (it was lost: the Vercel AI SDK's chat and Responses providers send it)."""
     pdf = {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:Application/PDF;base64,{PDF_DATA}"}}
     text = {"type": "file", "file": {"file_data": "data:Text/Markdown;base64,bm90ZXM="}}  # "notes", any text type
     parts = [{"type": "text", "text": "Summarise"}, pdf, *([text] if kind == "anthropic" else [])]
@@ -475,7 +476,11 @@ def test_a_pdf_file_part_reaches_claude_and_gemini(server, mock, kind) -> None:
     sent = upstream(mock, kind, MODELS[kind]).json
     if kind == "anthropic":
         assert sent["messages"][0]["content"][1:] == [
-            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF_DATA}},
+            {
+                "type": "document",
+                "source": {"type": "base64", "media_type": "application/pdf", "data": PDF_DATA},
+                "title": "a.pdf",
+            },
             {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}},
         ]
     else:

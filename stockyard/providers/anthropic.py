@@ -239,15 +239,16 @@ def image_block(url: str) -> dict:
     raise ProxyError(400, "image URLs must be http(s) or base64 data URLs", param="messages", code="invalid_image_url")
 
 
-def document_block(url: str) -> dict:
-    """An inline file (a data URL) → a ``document`` block: a PDF as base64, any text type
-    (plain, Markdown, CSV…) as a plain-text document (the one text source Claude takes); an
-    image file as an image block. Other types Claude does not read: 400."""
+def document_block(url: str, filename: str | None = None) -> dict:
+    """An inline file (a data URL) → a ``document`` block titled with its ``filename``: a PDF as
+    base64, any text type (plain, Markdown, CSV…) as a plain-text document (the one text source
+    Claude takes); an image file as an image block. Other types Claude does not read: 400."""
     inline = data_url(url)
     assert inline is not None  # chatshape.file_data_of gives data URLs only
     media_type, data = inline
+    title = {"title": filename} if filename else {}
     if media_type == "application/pdf":
-        return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}, **title}
     if media_type.startswith("image/"):
         return image_block(url)
     if media_type.startswith("text/"):
@@ -256,7 +257,8 @@ def document_block(url: str) -> dict:
         except (binascii.Error, UnicodeDecodeError):
             message = f"a {media_type} file must be UTF-8 in base64"
             raise ProxyError(400, message, param="messages", code="invalid_file") from None
-        return {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+        source = {"type": "text", "media_type": "text/plain", "data": text}
+        return {"type": "document", "source": source, **title}
     raise ProxyError(
         400,
         f"a file of type {media_type!r} cannot go to Anthropic models (PDF, text and images can)",

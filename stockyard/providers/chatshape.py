@@ -227,12 +227,12 @@ def translate_content(
     text: Callable[[dict, str], dict],
     image: Callable[[str], dict],
     models: str,
-    file: Callable[[str], dict] | None = None,
+    file: Callable[[str, str | None], dict] | None = None,
 ) -> list[dict]:
     """OpenAI message content → a provider's content parts: ``text(part, text)`` for each
     non-empty text or refusal (``part`` is ``{}`` for string content), ``image(url)`` for each
-    image, ``file(data_url)`` for each inline file (a PDF); any other part type is a 400 naming
-    the ``models`` it cannot go to."""
+    image, ``file(data_url, filename)`` for each inline file (a PDF); any other part type is a
+    400 naming the ``models`` it cannot go to."""
     if content is None:
         return []
     if isinstance(content, str):
@@ -248,7 +248,9 @@ def translate_content(
         elif kind == "image_url":
             out.append(image(image_url_of(part)))
         elif kind == "file" and file is not None:
-            out.append(file(file_data_of(part, models)))
+            data = file_data_of(part, models)  # a 400 unless "file" is an object with a data URL
+            name = part["file"].get("filename")
+            out.append(file(data, name if isinstance(name, str) and name else None))
         else:
             raise ProxyError(
                 400,

@@ -256,7 +256,9 @@ def image_part(url: str) -> dict:
 def content_parts(content: Any) -> list[dict]:
     """OpenAI message content → Gemini parts (text, images, and inline files as ``inlineData``:
     Gemini reads PDFs, text, audio and video the same way as images)."""
-    return translate_content(content, lambda part, text: {"text": text}, image_part, "Gemini", image_part)
+    return translate_content(
+        content, lambda part, text: {"text": text}, image_part, "Gemini", lambda url, name: image_part(url)
+    )
 
 
 def tool_result(content: Any) -> Any:
@@ -350,14 +352,41 @@ def level_for(model: str, level: str) -> str:
     return level
 
 
+def gemini3(model: str) -> bool:
+    return model.removeprefix("models/").startswith("gemini-3")
+
+
 def thinking_config(effort: Any, model: str) -> dict | None:
     """reasoning_effort → thinkingConfig for this model (None when the request asks nothing)."""
     if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         return None
-    name = model.removeprefix("models/")
-    if name.startswith("gemini-3"):
-        return {"thinkingLevel": level_for(name, THINKING_LEVELS[effort])}
+    if gemini3(model):
+        return {"thinkingLevel": level_for(model.removeprefix("models/"), THINKING_LEVELS[effort])}
     return {"thinkingBudget": THINKING_BUDGETS[effort]}
+
+
+def user_text_turn(content: dict) -> bool:
+    """A user turn that starts a tool loop: text, no function responses."""
+    parts = content.get("parts") or []
+    return (
+        content.get("role") == "user"
+        and any("text" in p for p in parts)
+        and not any("functionResponse" in p for p in parts)
+    )
+
+
+def sign_active_loop(contents: list[dict]) -> bool:
+    """Give the first function call of each model turn since the last user text a thought
+    signature where it has none (``SKIP_SIGNATURE``), as Gemini 3 requires and Gemini CLI does;
+    True when one was added."""
+    start = next((i for i in range(len(contents) - 1, -1, -1) if user_text_turn(contents[i])), None)
+    added = False
+    for content in contents[start:] if start is not None else []:
+        call = next((p for p in content.get("parts") or [] if "functionCall" in p), None)
+        if content.get("role") == "model" and call is not None and not call.get("thoughtSignature"):
+            call["thoughtSignature"] = SKIP_SIGNATURE
+            added = True
+    return added
 
 
 def generation_config(body: dict, model: str = "") -> dict:
@@ -378,6 +407,15 @@ def generation_config(body: dict, model: str = "") -> dict:
     if thinking:
         config["thinkingConfig"] = thinking
     return config
+
+
+# Google's stand-in for a thought signature a tool loop lost (a client that drops the tool call's
+# ``extra_content``, or history made on another model): Gemini 3 takes it instead of a 400.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+SIGNATURE_SKIPPED = (
+    "thought signature skipped: a function call of the tool loop came back without the one Gemini "
+    f"gave it; sent with Google's {SKIP_SIGNATURE}"
+)
 
 
 def generate_request(body: dict, model: str = "") -> dict:
@@ -565,9 +603,10 @@ class GeminiAdapter(Adapter):
             path = api_path(provider, model, False, "batchEmbedContents")
             return UpstreamCall("POST", path, headers, json.dumps(request, ensure_ascii=False).encode())
         with shape_errors(400, "the chat request"):
-            body = json.dumps(
-                generate_request(honoured_body(ctx, CHAT_FIELDS, "Gemini"), model), ensure_ascii=False
-            ).encode()
+            request = generate_request(honoured_body(ctx, CHAT_FIELDS, "Gemini"), model)
+        if gemini3(model) and sign_active_loop(request["contents"]):
+            note(ctx, SIGNATURE_SKIPPED)
+        body = json.dumps(request, ensure_ascii=False).encode()
         return UpstreamCall("POST", api_path(provider, model, ctx.stream), headers, body)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:

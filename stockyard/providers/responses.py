@@ -202,6 +202,8 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
             message, parts = tool_message(item, path)
             out.append(message)
             attached += parts
+        elif kind == "item_reference":  # one Stockyard keeps was put in its place (conversations.py)
+            raise invalid(f"{path}.id", f"no item with id {item.get('id')!r} is stored for this key")
         elif kind == "reasoning":
             # the reasoning text is not sent back upstream; the state Stockyard packed is, to
             # the provider that made it
@@ -492,8 +494,14 @@ MINTED = re.compile(r"[a-z]+_[0-9a-f]{48}_[0-9]+")  # item_id of a conversations
 
 def minted(item: Any) -> bool:
     """True for an output item Stockyard made (its id is :func:`item_id`'s), not a provider."""
-    ident = item.get("id") if isinstance(item, dict) else None
-    return isinstance(ident, str) and MINTED.fullmatch(ident) is not None
+    return minted_in(item.get("id") if isinstance(item, dict) else None) is not None
+
+
+def minted_in(ident: Any) -> str | None:
+    """The response an item id of :func:`item_id`'s was made for (``resp_…``), else None."""
+    if not isinstance(ident, str) or MINTED.fullmatch(ident) is None:
+        return None
+    return "resp_" + ident.split("_")[1]
 
 
 def text_part(text: str, annotations: list[dict] | None = None) -> dict:
