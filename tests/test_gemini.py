@@ -31,6 +31,7 @@ TOOLS = [
                     # keywords Claude Code's tools carry that Gemini's Schema has not (a 400 from Gemini)
                     "days": {"type": "integer", "exclusiveMinimum": 0, "maximum": 9007199254740991},
                     "labels": {"type": "object", "propertyNames": {"type": "string"}},
+                    "kind": {"const": "forecast"},  # a pydantic Literal["forecast"]: a one-value enum
                 },
                 "required": ["city"],
                 "additionalProperties": False,
@@ -218,6 +219,7 @@ def test_tool_round_trip(server, client, mock) -> None:
                             "additionalProperties": {"type": "boolean"},
                             "days": {"type": "integer", "maximum": 9007199254740991},
                             "labels": {"type": "object"},
+                            "kind": {"type": "string", "enum": ["forecast"]},
                         },
                     },
                 }

@@ -61,7 +61,8 @@ FINISH_REASONS = {
 TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 # The fields of Gemini's Schema object (an OpenAPI subset): any other JSON-schema keyword is a 400
 # from Gemini ("Unknown name ... Cannot find field": Claude Code's tools carry ``propertyNames`` and
-# ``exclusiveMinimum``), so clean_schema keeps only these. ``$ref``s are inlined, ``default`` dropped.
+# ``exclusiveMinimum``), so clean_schema keeps only these. ``$ref``s are inlined, ``default`` dropped,
+# a string ``const`` becomes a one-value ``enum``.
 GEMINI_SCHEMA_FIELDS = frozenset(
     {
         "type",
@@ -213,6 +214,9 @@ def clean_schema(schema: Any, param: str = "tools") -> Any:
                 raise refused(f"has more than {MAX_SCHEMA_REFS} $refs to inline")
             return clean({**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}, depth + 1, (*inlining, name))
         out: dict = {}
+        const = node.get("const")
+        if isinstance(const, str) and "enum" not in node:  # Gemini has no const: its one-value enum
+            out.update(type="string", enum=[const])
         for key, value in node.items():
             if key not in GEMINI_SCHEMA_FIELDS:
                 continue
