@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
@@ -651,3 +652,48 @@ def test_a_codex_turn_as_codex_sends_it(server, keys, mock, model):
             assert item["name"] == "shell" and item["call_id"] and json.loads(item["arguments"])
     trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
     assert trace["prompt_tokens"] == PROMPT_TOKENS and trace["cost_uc"] > 0
+
+
+# --------------------------------------------------------------------------- Codex CLI 0.171.0, captured
+
+# Codex CLI 0.171.0's first request of a turn and what its follow-up adds, captured from `codex exec`
+# (a custom model provider with wire_api "responses", reasoning effort high) through Stockyard; long
+# texts and descriptions trimmed, the model a placeholder. Its headers are Codex's, Authorization aside.
+CODEX = json.loads((Path(__file__).parent / "codex_requests.json").read_text())
+CODEX_MODELS = {"openai": "gpt-5", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-pro"}
+
+
+def codex_body(kind: str) -> dict:
+    """Codex's first request for a model of ``kind``; on Gemini without its web search tool (Codex's
+    ``web_search = "disabled"``: Gemini has no web search through translation)."""
+    body = {**CODEX["first"], "model": CODEX_MODELS[kind]}
+    if kind == "gemini":
+        body["tools"] = [t for t in body["tools"] if t["type"] != "web_search"]
+    return body
+
+
+def codex_post(server: ServerProcess, key: str, body: dict) -> tuple[int, dict, list[dict]]:
+    """POST /v1/responses with Codex's headers; the SSE events of the answer."""
+    status, head, raw = server.request(
+        "POST", "/v1/responses", body, headers={**CODEX["headers"], "Authorization": f"Bearer {key}"}
+    )
+    events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: ")]
+    return status, head, events if status == 200 else [json.loads(raw)]
+
+
+def codex_echo(item: dict) -> dict:
+    """An output item as Codex sends it back (store false): the fields its captured follow-up has."""
+    shape = next((t for t in CODEX["follow_up"]["echoed"] if t["type"] == item["type"]), None)
+    return {k: item.get(k) for k in shape} if shape else item
+
+
+def test_codex_client_metadata_is_accepted(server, keys, mock, model):
+    """Codex 0.171.0 sends ``client_metadata`` (its session and turn ids) in every request: OpenAI
+    takes it, so it goes to a Responses provider as sent; for a translated provider it is the
+    caller's, kept from the chat request (it was a 400 naming the field)."""
+    metadata = CODEX["first"]["client_metadata"]
+    body = {"model": model, "input": "hi", "stream": True, "store": False, "client_metadata": metadata}
+    status, _, events = codex_post(server, keys[0], body)
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    sent = mock.requests[-1].json
+    assert sent.get("client_metadata") == (metadata if model == MODELS["passthrough"] else None)

@@ -30,7 +30,16 @@ from ..pricing import Usage
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
-CALLER_FIELDS = {"store", "previous_response_id", "include", "truncation", "metadata", "stream_options", "background"}
+CALLER_FIELDS = {
+    "store",
+    "previous_response_id",
+    "include",
+    "truncation",
+    "metadata",
+    "client_metadata",
+    "stream_options",
+    "background",
+}
 # Request fields copied into the chat request unchanged (both APIs spell them alike).
 SAME_FIELDS = (
     "temperature",
