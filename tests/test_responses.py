@@ -697,3 +697,28 @@ def test_codex_client_metadata_is_accepted(server, keys, mock, model):
     assert status == 200 and events[-1]["type"] == "response.completed", events
     sent = mock.requests[-1].json
     assert sent.get("client_metadata") == (metadata if model == MODELS["passthrough"] else None)
+
+
+def codex_namespace() -> dict:
+    return next(t for t in CODEX["first"]["tools"] if t["type"] == "namespace")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+def test_codex_namespace_tool_round_trips_on_a_translated_provider(client, mock, model, stream):
+    """Codex 0.171.0's ``multi_agent_v1`` namespace tool (its sub-agent tools), which was a 400 on
+    Claude and Gemini: each of its tools goes as a chat function ``multi_agent_v1__<name>``, a call
+    comes back as OpenAI makes it (``name`` and ``namespace`` apart, the SDK's type), and goes back
+    to the provider under the joined name."""
+    tools = [codex_namespace()]
+    first = first_turn(client, stream, model=model, input="spawn a helper", tools=tools, store=False)
+    call = first.output[-1]
+    assert (call.type, call.namespace, call.name) == ("function_call", "multi_agent_v1", "close_agent")
+    assert "multi_agent_v1__close_agent" in json.dumps(mock.requests[-1].json["tools"])
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "closed"}
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    answer = client.responses.create(
+        model=model, input=[{"role": "user", "content": "spawn a helper"}, *items, result], tools=tools, store=False
+    )
+    assert answer.output_text == TEXT
+    assert '"multi_agent_v1__close_agent"' in json.dumps(mock.requests[-1].json)  # the call, sent back joined

@@ -71,6 +71,11 @@ FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
 WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
 WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location"}
 CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
+# A namespace tool (Codex CLI's ``multi_agent_v1``) groups function and custom tools: chat has no
+# namespaces, so each becomes a chat function named ``<namespace>__<name>``, and a call of one comes
+# back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
+NAMESPACE_TOOL_FIELDS = {"type", "name", "description", "tools"}
+NAMESPACE_JOIN = "__"
 CUSTOM_INPUT = "input"  # the one string parameter a custom tool's function takes
 CUSTOM_PARAMETERS = {
     "type": "object",
@@ -301,11 +306,11 @@ def add_tool_call(out: list[dict], item: dict, path: str, state: dict | None = N
     for key in ("call_id", "name", "arguments"):
         if not isinstance(item.get(key), str):
             raise invalid(f"{path}.{key}", f"{path}.{key} must be a string")
-    call = {
-        "id": item["call_id"],
-        "type": "function",
-        "function": {"name": item["name"], "arguments": item["arguments"]},
-    }
+    namespace = item.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise invalid(f"{path}.namespace", f"{path}.namespace must be a string")
+    name = f"{namespace}{NAMESPACE_JOIN}{item['name']}" if namespace else item["name"]
+    call = {"id": item["call_id"], "type": "function", "function": {"name": name, "arguments": item["arguments"]}}
     signature = (state or {}).get("thought_signatures", {}).get(item["call_id"])
     if signature:
         sign_call(call, signature)
@@ -361,18 +366,54 @@ def chat_tools(tools: Any) -> list[dict]:
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind in WEB_SEARCH_TOOLS:
             continue  # web_search_options (:func:`web_search_options`)
-        if kind not in ("function", "custom"):
-            raise unsupported(f"tools[{i}].type", f"tool type {kind!r} (function, custom and web search tools are)")
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise invalid(f"tools[{i}].name", f"tools[{i}].name must be a non-empty string")
-        fields = FUNCTION_TOOL_FIELDS if kind == "function" else CUSTOM_TOOL_FIELDS
-        for key in tool:
-            if key not in fields and present(tool, key):
-                raise unsupported(f"tools[{i}].{key}", f"{kind} tool field {key!r}")
-        if kind == "custom":
-            out.append({"type": "function", "function": custom_function(tool, f"tools[{i}]")})
-            continue
-        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
+        if kind == "namespace":
+            out += namespace_functions(tool, f"tools[{i}]")
+        elif kind in ("function", "custom"):
+            out.append({"type": "function", "function": chat_function(tool, f"tools[{i}]")})
+        else:
+            raise unsupported(
+                f"tools[{i}].type", f"tool type {kind!r} (function, custom, namespace and web search tools are)"
+            )
+    return out
+
+
+def chat_function(tool: dict, path: str) -> dict:
+    """A function or custom tool → the chat ``function`` for it."""
+    kind = tool["type"]
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise invalid(f"{path}.name", f"{path}.name must be a non-empty string")
+    fields = FUNCTION_TOOL_FIELDS if kind == "function" else CUSTOM_TOOL_FIELDS
+    for key in tool:
+        if key not in fields and present(tool, key):
+            raise unsupported(f"{path}.{key}", f"{kind} tool field {key!r}")
+    if kind == "custom":
+        return custom_function(tool, path)
+    return {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
+
+
+def namespace_functions(tool: dict, path: str) -> list[dict]:
+    """A namespace tool → a chat function for each of its tools, named ``<namespace>__<name>``,
+    the namespace's description before each one's own."""
+    for key in tool:
+        if key not in NAMESPACE_TOOL_FIELDS and present(tool, key):
+            raise unsupported(f"{path}.{key}", f"namespace tool field {key!r}")
+    namespace, inner = tool.get("name"), tool.get("tools")
+    if not isinstance(namespace, str) or not namespace:
+        raise invalid(f"{path}.name", f"{path}.name must be a non-empty string")
+    if not isinstance(inner, list):
+        raise invalid(f"{path}.tools", f"{path}.tools must be an array")
+    about = tool.get("description") if isinstance(tool.get("description"), str) else ""
+    out = []
+    for j, member in enumerate(inner):
+        where = f"{path}.tools[{j}]"
+        if not isinstance(member, dict) or member.get("type") not in ("function", "custom"):
+            kind = member.get("type") if isinstance(member, dict) else None
+            raise unsupported(f"{where}.type", f"namespace member type {kind!r} (function and custom tools are)")
+        fn = chat_function(member, where)
+        fn["name"] = f"{namespace}{NAMESPACE_JOIN}{fn['name']}"
+        described = [text for text in (about, fn.get("description")) if text]
+        if described:
+            fn["description"] = "\n\n".join(described)
         out.append({"type": "function", "function": fn})
     return out
 
@@ -421,13 +462,35 @@ def custom_function(tool: dict, path: str) -> dict:
     return fn
 
 
-def custom_names(request: dict) -> set[str]:
-    """The names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
+def request_tools(request: dict) -> list[tuple[str, str, dict]]:
+    """The request's function and custom tools as (chat function name, namespace, tool): a
+    namespace's tools under their joined name, the others under their own (namespace "")."""
     tools = request.get("tools")
-    found = tools if isinstance(tools, list) else []
-    return {
-        t["name"] for t in found if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str)
-    }
+    out = []
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            continue
+        if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+            ns = tool["name"]
+            out += [
+                (f"{ns}{NAMESPACE_JOIN}{t['name']}", ns, t)
+                for t in tool["tools"]
+                if isinstance(t, dict) and isinstance(t.get("name"), str)
+            ]
+        else:
+            out.append((tool["name"], "", tool))
+    return out
+
+
+def custom_names(request: dict) -> set[str]:
+    """The chat names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
+    return {name for name, _, tool in request_tools(request) if tool.get("type") == "custom"}
+
+
+def namespaces(request: dict) -> dict[str, tuple[str, str]]:
+    """The chat names of the request's namespaced tools → (namespace, name): their calls come
+    back with the two apart, as OpenAI answers."""
+    return {name: (ns, tool["name"]) for name, ns, tool in request_tools(request) if ns}
 
 
 def custom_input(arguments: str) -> str:
@@ -579,20 +642,25 @@ def message_item(ident: str, content: list[dict], status: str) -> dict:
     return {"id": ident, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
-def call_item(ident: str, call_id: str, name: str, arguments: str, status: str) -> dict:
-    return {
-        "id": ident,
-        "type": "function_call",
-        "status": status,
-        "arguments": arguments,
-        "call_id": call_id,
-        "name": name,
-    }
+def call_item(
+    ident: str, call_id: str, name: str, arguments: str, status: str, spaces: dict[str, tuple[str, str]] | None = None
+) -> dict:
+    """A ``function_call`` output item; ``spaces`` (:func:`namespaces`) parts a namespaced name."""
+    item = {"id": ident, "type": "function_call", "status": status, "arguments": arguments, "call_id": call_id}
+    return {**item, **named(name, spaces)}
 
 
-def custom_item(ident: str, call_id: str, name: str, text: str) -> dict:
+def custom_item(
+    ident: str, call_id: str, name: str, text: str, spaces: dict[str, tuple[str, str]] | None = None
+) -> dict:
     """A ``custom_tool_call`` output item (the SDK's type has no status)."""
-    return {"id": ident, "type": "custom_tool_call", "call_id": call_id, "name": name, "input": text}
+    return {"id": ident, "type": "custom_tool_call", "call_id": call_id, **named(name, spaces), "input": text}
+
+
+def named(name: str, spaces: dict[str, tuple[str, str]] | None) -> dict:
+    """A call's ``name``, and its ``namespace`` when the chat name is a namespaced tool's."""
+    found = (spaces or {}).get(name)
+    return {"name": found[1], "namespace": found[0]} if found else {"name": name}
 
 
 def reasoning_text(message: dict) -> str:
@@ -699,7 +767,7 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
         content.append(refusal_part(message["refusal"]))
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
-    custom = custom_names(request)
+    custom, spaces = custom_names(request), namespaces(request)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         index = len(output)
@@ -708,9 +776,9 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
         args = args if isinstance(args, str) else json.dumps(args or {})
         name = fn.get("name") or ""
         if name in custom:
-            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args)))
+            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args), spaces))
         else:
-            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed"))
+            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed", spaces))
     if output and "status" in output[-1]:
         output[-1]["status"] = status  # only the last item can have been cut short
     model = chat.get("model") or request.get("model") or ""
@@ -747,6 +815,7 @@ class ChatToResponsesStream:
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
         self.custom = custom_names(request)
+        self.spaces = namespaces(request)
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
         self.chars = 0  # characters of chat content so far: where its annotations point
         self.part_start = 0  # where the open output_text part starts in the chat content
@@ -978,11 +1047,12 @@ class ChatToResponsesStream:
         call_id = call_id or item_id("call", self.response_id, position)
         if waiting["name"] in self.custom:
             ident = item_id("ctc", self.response_id, position)
-            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], ""))
+            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], "", self.spaces))
             self.calls[chat_index] = index
             self.custom_args[index] = waiting["arguments"]
             return out + [added]
-        item = call_item(item_id("fc", self.response_id, position), call_id, waiting["name"], "", "in_progress")
+        ident = item_id("fc", self.response_id, position)
+        item = call_item(ident, call_id, waiting["name"], "", "in_progress", self.spaces)
         index, added = self.add_item(item)
         self.calls[chat_index] = index
         out.append(added)
