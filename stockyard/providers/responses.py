@@ -69,7 +69,7 @@ FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
 # OpenAI's web search tools: they become the chat body's ``web_search_options`` (Anthropic's web
 # search tool, for Claude), and the searches come back as ``web_search_call`` items.
 WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
-WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location"}
+WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location", "external_web_access"}
 CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
 # A namespace tool (Codex CLI's ``multi_agent_v1``) groups function and custom tools: chat has no
 # namespaces, so each becomes a chat function named ``<namespace>__<name>``, and a call of one comes
@@ -431,6 +431,11 @@ def web_search_options(tools: list) -> dict | None:
     for key in tool:
         if key not in WEB_SEARCH_FIELDS and present(tool, key):
             raise unsupported(f"tools[{i}].{key}", f"web search tool field {key!r}")
+    if tool.get("external_web_access") is False:  # Codex CLI's cached search: the provider's searches are live
+        raise unsupported(
+            f"tools[{i}].external_web_access",
+            'a web search without live web access (Codex CLI: web_search = "live" or "disabled")',
+        )
     options: dict = {}
     if present(tool, "search_context_size"):
         options["search_context_size"] = tool["search_context_size"]
