@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import rawhttp
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 from mock_upstream import (
     COMPLETION_TOKENS,
@@ -722,3 +723,22 @@ def test_codex_namespace_tool_round_trips_on_a_translated_provider(client, mock,
     )
     assert answer.output_text == TEXT
     assert '"multi_agent_v1__close_agent"' in json.dumps(mock.requests[-1].json)  # the call, sent back joined
+
+
+def test_codex_websocket_handshake_is_426_so_it_goes_to_http_at_once(server, keys):
+    """Codex 0.171.0 with the built-in OpenAI provider (``openai_base_url`` set to Stockyard) opens
+    ``ws://…/v1/responses`` first, with this handshake. After a 405 it retried five times, backing
+    off (~6 s and five "Reconnecting…" errors a session); a 426 is what makes it use HTTP at once.
+    A plain GET stays a 405."""
+    handshake = (
+        "GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: +OzqYEkWPkCauktrisZ8vQ==\r\n"
+        f"authorization: Bearer {keys[0]}\r\nopenai-beta: responses_websockets=2026-02-06\r\n"
+        "originator: codex_exec\r\nsec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    with rawhttp.connect(server) as sock:
+        sock.sendall(handshake.encode())
+        status, _, body = rawhttp.read_response(sock)
+    assert status == 426 and json.loads(body)["error"]["code"] == "websocket_not_supported"
+    status, head, _ = server.request("GET", "/v1/responses", headers={"Authorization": f"Bearer {keys[0]}"})
+    assert status == 405 and head["allow"] == "POST"
