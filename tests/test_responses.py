@@ -742,3 +742,26 @@ def test_codex_websocket_handshake_is_426_so_it_goes_to_http_at_once(server, key
     assert status == 426 and json.loads(body)["error"]["code"] == "websocket_not_supported"
     status, head, _ = server.request("GET", "/v1/responses", headers={"Authorization": f"Bearer {keys[0]}"})
     assert status == 405 and head["allow"] == "POST"
+
+
+@pytest.mark.parametrize("kind", list(CODEX_MODELS))
+def test_codex_0_171_turn_replayed(server, keys, mock, kind):
+    """Codex CLI 0.171.0's real tool loop: its first request (client_metadata, a namespace tool, web
+    search, store false, encrypted reasoning asked for) and its follow-up carrying the items it got and
+    the tool's output, passed through to OpenAI or translated to Claude and Gemini: each turn streams to
+    response.completed, the call comes back as Codex can run it, the answer is text, the usage costed."""
+    status, _, events = codex_post(server, keys[0], codex_body(kind))
+    assert status == 200, events
+    assert (events[0]["type"], events[-1]["type"]) == ("response.created", "response.completed")
+    items = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    call = items[-1]
+    assert (call["type"], call["name"], "namespace" in call) == ("function_call", "exec_command", False)
+    sent = [codex_echo(item) for item in items] + [{**CODEX["follow_up"]["tool_output"], "call_id": call["call_id"]}]
+    follow = {**codex_body(kind), "input": codex_body(kind)["input"] + sent}
+    status, head, events = codex_post(server, keys[0], follow)
+    assert status == 200, events
+    done = events[-1]["response"]
+    assert done["status"] == "completed" and done["output"][-1]["content"][0]["text"] == TEXT
+    assert done["usage"]["output_tokens"] > 0
+    trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    assert trace["provider"] == kind and trace["cost_uc"] > 0
