@@ -765,3 +765,68 @@ def test_codex_0_171_turn_replayed(server, keys, mock, kind):
     assert done["usage"]["output_tokens"] > 0
     trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
     assert trace["provider"] == kind and trace["cost_uc"] > 0
+
+
+def claude_calls_stream(name: str, arguments: dict) -> Reply:
+    """Claude's streamed answer with thinking on: a signed thinking block, then a call of ``name``."""
+    blocks = [
+        ({"type": "thinking", "thinking": "", "signature": ""}, {"type": "thinking_delta", "thinking": "I search."}),
+        ({"type": "tool_use", "id": "toolu_ts1", "name": name, "input": {}}, None),
+    ]
+    events = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_ts1",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": "claude-sonnet-4-5",
+                "usage": {"input_tokens": 12, "output_tokens": 1},
+            },
+        }
+    ]
+    for index, (start, delta) in enumerate(blocks):
+        events.append({"type": "content_block_start", "index": index, "content_block": start})
+        deltas = (
+            [delta, {"type": "signature_delta", "signature": THINK_SIG}]
+            if delta
+            else [{"type": "input_json_delta", "partial_json": json.dumps(arguments)}]
+        )
+        events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": index})
+    events += [
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ]
+    return Reply(sse=[f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events])
+
+
+def test_codex_tool_search_round_trips_on_a_translated_provider(server, keys, mock):
+    """Codex 0.171.0 for a model its catalog knows (gpt-5.5, here served by Claude: an alias or a
+    fallback) sends a client-run ``tool_search`` tool, ``apply_patch`` and a web search with
+    ``search_content_types`` (a 400 on Claude before): the search tool is a chat function, Claude's call
+    of it comes back as a ``tool_search_call`` item, and the tools Codex's ``tool_search_output`` loads
+    (its ``multi_agent_v1`` namespace) are Claude's to call in the next request."""
+    catalog = CODEX["catalog_model"]
+    body = {**CODEX["first"], "model": "claude-sonnet-4-5", "tools": catalog["tools"], "text": catalog["text"]}
+    mock.enqueue(claude_calls_stream("tool_search", {"query": "spawn agent"}))
+    status, _, events = codex_post(server, keys[0], body)
+    assert status == 200, events
+    offered = [t["name"] for t in mock.last("/v1/messages").json["tools"]]
+    assert {"tool_search", "apply_patch", "web_search"} <= set(offered)
+    items = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    call = items[-1]
+    assert (call["type"], call["arguments"], call["execution"]) == (
+        "tool_search_call",
+        {"query": "spawn agent"},
+        "client",
+    )
+    loaded = {**catalog["tool_search_output"], "call_id": call["call_id"]}
+    follow = {**body, "input": body["input"] + [codex_echo(i) for i in items] + [loaded]}
+    status, _, events = codex_post(server, keys[0], follow)
+    assert status == 200 and events[-1]["response"]["output"][-1]["content"][0]["text"] == TEXT, events
+    sent = mock.last("/v1/messages").json
+    assert "multi_agent_v1__spawn_agent" in [t["name"] for t in sent["tools"]]
+    result = sent["messages"][-1]["content"][0]
+    assert result["tool_use_id"] == "toolu_ts1" and "multi_agent_v1__spawn_agent" in result["content"]
