@@ -704,6 +704,7 @@ class Handler(BaseHTTPRequestHandler):
             self._check_host_and_origin()
         if path in PROXY_ROUTES:
             if method != "POST":
+                self._refuse_websocket()
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
             self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict()))
@@ -873,6 +874,17 @@ class Handler(BaseHTTPRequestHandler):
         app.tracer.finish(ctx)  # at most a few a second per address (tracing.Tracer)
         self._trace_note = trace_note(ctx)
         return False
+
+    def _refuse_websocket(self) -> None:
+        """A WebSocket handshake (Codex CLI opens ``ws://…/v1/responses`` first) is a 426: the one
+        refusal after which Codex goes straight to HTTP; after a 405 it retries five times first."""
+        if "websocket" in (self.headers.get("Upgrade") or "").lower():
+            raise ProxyError(
+                426,
+                f"WebSocket is not served on {urlsplit(self.path).path}; send the request as HTTP POST "
+                "(streams come as server-sent events)",
+                code="websocket_not_supported",
+            )
 
     def _refuse_method(self, allowed: list[str]) -> None:
         raise ProxyError(

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import rawhttp
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 from mock_upstream import (
     COMPLETION_TOKENS,
@@ -733,3 +735,180 @@ def test_a_translated_stream_broken_before_any_text_is_billed_for_none(server, k
     assert status == 200 and b"response.failed" in data and b"output_text.delta" not in data
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert (trace["outcome"], trace["prompt_tokens"], trace["completion_tokens"]) == ("stream_broken", 12, 1)
+
+
+# --------------------------------------------------------------------------- Codex CLI 0.171.0, captured
+
+# Codex CLI 0.171.0's first request of a turn and what its follow-up adds, captured from `codex exec`
+# (a custom model provider with wire_api "responses", reasoning effort high) through Stockyard; long
+# texts and descriptions trimmed, the model a placeholder. Its headers are Codex's, Authorization aside.
+CODEX = json.loads((Path(__file__).parent / "codex_requests.json").read_text())
+CODEX_MODELS = {"openai": "gpt-5", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-pro"}
+
+
+def codex_body(kind: str) -> dict:
+    """Codex's first request for a model of ``kind``; on Gemini without its web search tool (Codex's
+    ``web_search = "disabled"``: Gemini has no web search through translation)."""
+    body = {**CODEX["first"], "model": CODEX_MODELS[kind]}
+    if kind == "gemini":
+        body["tools"] = [t for t in body["tools"] if t["type"] != "web_search"]
+    return body
+
+
+def codex_post(server: ServerProcess, key: str, body: dict) -> tuple[int, dict, list[dict]]:
+    """POST /v1/responses with Codex's headers; the SSE events of the answer."""
+    status, head, raw = server.request(
+        "POST", "/v1/responses", body, headers={**CODEX["headers"], "Authorization": f"Bearer {key}"}
+    )
+    events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: ")]
+    return status, head, events if status == 200 else [json.loads(raw)]
+
+
+def codex_echo(item: dict) -> dict:
+    """An output item as Codex sends it back (store false): the fields its captured follow-up has."""
+    shape = next((t for t in CODEX["follow_up"]["echoed"] if t["type"] == item["type"]), None)
+    return {k: item.get(k) for k in shape} if shape else item
+
+
+def test_codex_client_metadata_is_accepted(server, keys, mock, model):
+    """Codex 0.171.0 sends ``client_metadata`` (its session and turn ids) in every request: OpenAI
+    takes it, so it goes to a Responses provider as sent; for a translated provider it is the
+    caller's, kept from the chat request (it was a 400 naming the field)."""
+    metadata = CODEX["first"]["client_metadata"]
+    body = {"model": model, "input": "hi", "stream": True, "store": False, "client_metadata": metadata}
+    status, _, events = codex_post(server, keys[0], body)
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    sent = mock.requests[-1].json
+    assert sent.get("client_metadata") == (metadata if model == MODELS["passthrough"] else None)
+
+
+def codex_namespace() -> dict:
+    return next(t for t in CODEX["first"]["tools"] if t["type"] == "namespace")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+def test_codex_namespace_tool_round_trips_on_a_translated_provider(client, mock, model, stream):
+    """Codex 0.171.0's ``multi_agent_v1`` namespace tool (its sub-agent tools), which was a 400 on
+    Claude and Gemini: each of its tools goes as a chat function ``multi_agent_v1__<name>``, a call
+    comes back as OpenAI makes it (``name`` and ``namespace`` apart, the SDK's type), and goes back
+    to the provider under the joined name."""
+    tools = [codex_namespace()]
+    first = first_turn(client, stream, model=model, input="spawn a helper", tools=tools, store=False)
+    call = first.output[-1]
+    assert (call.type, call.namespace, call.name) == ("function_call", "multi_agent_v1", "close_agent")
+    assert "multi_agent_v1__close_agent" in json.dumps(mock.requests[-1].json["tools"])
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "closed"}
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    answer = client.responses.create(
+        model=model, input=[{"role": "user", "content": "spawn a helper"}, *items, result], tools=tools, store=False
+    )
+    assert answer.output_text == TEXT
+    assert '"multi_agent_v1__close_agent"' in json.dumps(mock.requests[-1].json)  # the call, sent back joined
+
+
+def test_codex_websocket_handshake_is_426_so_it_goes_to_http_at_once(server, keys):
+    """Codex 0.171.0 with the built-in OpenAI provider (``openai_base_url`` set to Stockyard) opens
+    ``ws://…/v1/responses`` first, with this handshake. After a 405 it retried five times, backing
+    off (~6 s and five "Reconnecting…" errors a session); a 426 is what makes it use HTTP at once.
+    A plain GET stays a 405."""
+    handshake = (
+        "GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: +OzqYEkWPkCauktrisZ8vQ==\r\n"
+        f"authorization: Bearer {keys[0]}\r\nopenai-beta: responses_websockets=2026-02-06\r\n"
+        "originator: codex_exec\r\nsec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    )
+    with rawhttp.connect(server) as sock:
+        sock.sendall(handshake.encode())
+        status, _, body = rawhttp.read_response(sock)
+    assert status == 426 and json.loads(body)["error"]["code"] == "websocket_not_supported"
+    status, head, _ = server.request("GET", "/v1/responses", headers={"Authorization": f"Bearer {keys[0]}"})
+    assert status == 405 and head["allow"] == "POST"
+
+
+@pytest.mark.parametrize("kind", list(CODEX_MODELS))
+def test_codex_0_171_turn_replayed(server, keys, mock, kind):
+    """Codex CLI 0.171.0's real tool loop: its first request (client_metadata, a namespace tool, web
+    search, store false, encrypted reasoning asked for) and its follow-up carrying the items it got and
+    the tool's output, passed through to OpenAI or translated to Claude and Gemini: each turn streams to
+    response.completed, the call comes back as Codex can run it, the answer is text, the usage costed."""
+    status, _, events = codex_post(server, keys[0], codex_body(kind))
+    assert status == 200, events
+    assert (events[0]["type"], events[-1]["type"]) == ("response.created", "response.completed")
+    items = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    call = items[-1]
+    assert (call["type"], call["name"], "namespace" in call) == ("function_call", "exec_command", False)
+    sent = [codex_echo(item) for item in items] + [{**CODEX["follow_up"]["tool_output"], "call_id": call["call_id"]}]
+    follow = {**codex_body(kind), "input": codex_body(kind)["input"] + sent}
+    status, head, events = codex_post(server, keys[0], follow)
+    assert status == 200, events
+    done = events[-1]["response"]
+    assert done["status"] == "completed" and done["output"][-1]["content"][0]["text"] == TEXT
+    assert done["usage"]["output_tokens"] > 0
+    trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    assert trace["provider"] == kind and trace["cost_uc"] > 0
+
+
+def claude_calls_stream(name: str, arguments: dict) -> Reply:
+    """Claude's streamed answer with thinking on: a signed thinking block, then a call of ``name``."""
+    blocks = [
+        ({"type": "thinking", "thinking": "", "signature": ""}, {"type": "thinking_delta", "thinking": "I search."}),
+        ({"type": "tool_use", "id": "toolu_ts1", "name": name, "input": {}}, None),
+    ]
+    events = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_ts1",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": "claude-sonnet-4-5",
+                "usage": {"input_tokens": 12, "output_tokens": 1},
+            },
+        }
+    ]
+    for index, (start, delta) in enumerate(blocks):
+        events.append({"type": "content_block_start", "index": index, "content_block": start})
+        deltas = (
+            [delta, {"type": "signature_delta", "signature": THINK_SIG}]
+            if delta
+            else [{"type": "input_json_delta", "partial_json": json.dumps(arguments)}]
+        )
+        events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": index})
+    events += [
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}},
+        {"type": "message_stop"},
+    ]
+    return Reply(sse=[f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events])
+
+
+def test_codex_tool_search_round_trips_on_a_translated_provider(server, keys, mock):
+    """Codex 0.171.0 for a model its catalog knows (gpt-5.5, here served by Claude: an alias or a
+    fallback) sends a client-run ``tool_search`` tool, ``apply_patch`` and a web search with
+    ``search_content_types`` (a 400 on Claude before): the search tool is a chat function, Claude's call
+    of it comes back as a ``tool_search_call`` item, and the tools Codex's ``tool_search_output`` loads
+    (its ``multi_agent_v1`` namespace) are Claude's to call in the next request."""
+    catalog = CODEX["catalog_model"]
+    body = {**CODEX["first"], "model": "claude-sonnet-4-5", "tools": catalog["tools"], "text": catalog["text"]}
+    mock.enqueue(claude_calls_stream("tool_search", {"query": "spawn agent"}))
+    status, _, events = codex_post(server, keys[0], body)
+    assert status == 200, events
+    offered = [t["name"] for t in mock.last("/v1/messages").json["tools"]]
+    assert {"tool_search", "apply_patch", "web_search"} <= set(offered)
+    items = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    call = items[-1]
+    assert (call["type"], call["arguments"], call["execution"]) == (
+        "tool_search_call",
+        {"query": "spawn agent"},
+        "client",
+    )
+    loaded = {**catalog["tool_search_output"], "call_id": call["call_id"]}
+    follow = {**body, "input": body["input"] + [codex_echo(i) for i in items] + [loaded]}
+    status, _, events = codex_post(server, keys[0], follow)
+    assert status == 200 and events[-1]["response"]["output"][-1]["content"][0]["text"] == TEXT, events
+    sent = mock.last("/v1/messages").json
+    assert "multi_agent_v1__spawn_agent" in [t["name"] for t in sent["tools"]]
+    result = sent["messages"][-1]["content"][0]
+    assert result["tool_use_id"] == "toolu_ts1" and "multi_agent_v1__spawn_agent" in result["content"]

@@ -515,3 +515,22 @@ def test_odd_citations_from_a_provider_stay_inside_the_text() -> None:
     stream.finish()
     part = stream.response["output"][0]["content"][0]
     assert (part["annotations"][0]["start_index"], part["annotations"][0]["end_index"]) == (0, len("Sunny."))
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_codex_web_search_tool_with_external_web_access(client, mock, live):
+    """Codex CLI 0.171.0's search tool, ``{"type": "web_search", "external_web_access": …}`` (true with
+    ``web_search = "live"`` or full access, false for its default cached search in a sandbox): true is
+    what Claude's search does, live, and goes as its web search tool (it was a 400 naming the field);
+    false asks for searches without the live web, which Claude's cannot do: a 400 naming it, and
+    nothing sent."""
+    model, before = f"{MODEL}-codex-{live}", len(mock.requests)
+    tool = {"type": "web_search", "external_web_access": live}
+    if not live:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model=model, input="weather in Paris?", tools=[tool])
+        assert caught.value.body["param"] == "tools[0].external_web_access"
+        assert 'web_search = "live"' in caught.value.body["message"] and len(mock.requests) == before
+        return
+    client.responses.create(model=model, input="weather in Paris?", tools=[tool])
+    assert sent(mock, model)["tools"] == [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]

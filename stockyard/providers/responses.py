@@ -30,7 +30,16 @@ from ..pricing import Usage
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
-CALLER_FIELDS = {"store", "previous_response_id", "include", "truncation", "metadata", "stream_options", "background"}
+CALLER_FIELDS = {
+    "store",
+    "previous_response_id",
+    "include",
+    "truncation",
+    "metadata",
+    "client_metadata",
+    "stream_options",
+    "background",
+}
 # Request fields copied into the chat request unchanged (both APIs spell them alike).
 SAME_FIELDS = (
     "temperature",
@@ -60,8 +69,18 @@ FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
 # OpenAI's web search tools: they become the chat body's ``web_search_options`` (Anthropic's web
 # search tool, for Claude), and the searches come back as ``web_search_call`` items.
 WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
-WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location"}
+WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location", "external_web_access", "search_content_types"}
 CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
+# A namespace tool (Codex CLI's ``multi_agent_v1``) groups function and custom tools: chat has no
+# namespaces, so each becomes a chat function named ``<namespace>__<name>``, and a call of one comes
+# back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
+NAMESPACE_TOOL_FIELDS = {"type", "name", "description", "tools"}
+NAMESPACE_JOIN = "__"
+# A tool search the client runs (Codex CLI's ``tool_search``, for a model its catalog knows) is a chat
+# function of that name; a call of it comes back as a ``tool_search_call`` item, and the tools a
+# ``tool_search_output`` item loads join the chat tools of the requests that carry it.
+TOOL_SEARCH = "tool_search"
+TOOL_SEARCH_FIELDS = {"type", "execution", "description", "parameters"}
 CUSTOM_INPUT = "input"  # the one string parameter a custom tool's function takes
 CUSTOM_PARAMETERS = {
     "type": "object",
@@ -133,13 +152,14 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
     if not messages:
         raise invalid("input", "'input' must not be empty")
     chat: dict = {"model": model, "messages": messages}
-    if present(body, "tools"):
-        tools = chat_tools(body["tools"])
+    loaded = searched_tools(history, body.get("input"))
+    if present(body, "tools") or loaded:
+        tools = chat_tools(body.get("tools") or []) + chat_tools(loaded, "tool_search_output.tools")
         if tools:
             chat["tools"] = tools
             if present(body, "parallel_tool_calls"):
                 chat["parallel_tool_calls"] = body["parallel_tool_calls"]
-        search = web_search_options(body["tools"])
+        search = web_search_options(body.get("tools") or [])
         if search is not None:
             chat["web_search_options"] = search
     if present(body, "tool_choice"):
@@ -197,6 +217,11 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
             add_tool_call(out, item, path, state)
         elif kind == "custom_tool_call":
             add_tool_call(out, custom_as_function(item, path), path, state)
+        elif kind == "tool_search_call":
+            add_tool_call(out, search_as_function(item), path, state)
+        elif kind == "tool_search_output":
+            state = None
+            out.append(search_message(item, path))
         elif kind in TOOL_OUTPUTS:
             state = None
             message, parts = tool_message(item, path)
@@ -294,11 +319,11 @@ def add_tool_call(out: list[dict], item: dict, path: str, state: dict | None = N
     for key in ("call_id", "name", "arguments"):
         if not isinstance(item.get(key), str):
             raise invalid(f"{path}.{key}", f"{path}.{key} must be a string")
-    call = {
-        "id": item["call_id"],
-        "type": "function",
-        "function": {"name": item["name"], "arguments": item["arguments"]},
-    }
+    namespace = item.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise invalid(f"{path}.namespace", f"{path}.namespace must be a string")
+    name = f"{namespace}{NAMESPACE_JOIN}{item['name']}" if namespace else item["name"]
+    call = {"id": item["call_id"], "type": "function", "function": {"name": name, "arguments": item["arguments"]}}
     signature = (state or {}).get("thought_signatures", {}).get(item["call_id"])
     if signature:
         sign_call(call, signature)
@@ -314,6 +339,44 @@ def custom_as_function(item: dict, path: str) -> dict:
     if not isinstance(item.get("input"), str):
         raise invalid(f"{path}.input", f"{path}.input must be a string")
     return {**item, "arguments": json.dumps({CUSTOM_INPUT: item["input"]}, ensure_ascii=False)}
+
+
+def search_as_function(item: dict) -> dict:
+    """A ``tool_search_call`` item as the ``tool_search`` function call the provider made."""
+    arguments = item.get("arguments")
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
+    return {**item, "name": TOOL_SEARCH, "arguments": text}
+
+
+def search_message(item: dict, path: str) -> dict:
+    """A ``tool_search_output`` item → the ``tool`` message answering the call: the names of the tools
+    it loaded (the tools themselves join the request's chat tools: :func:`searched_tools`)."""
+    if not isinstance(item.get("call_id"), str):
+        raise invalid(f"{path}.call_id", f"{path}.call_id must be a string")
+    names = [name for name, _, _ in request_tools({"tools": item.get("tools")})]
+    found = ", ".join(names) if names else "none"
+    return {"role": "tool", "tool_call_id": item["call_id"], "content": f"tools loaded: {found}"}
+
+
+def searched_tools(*item_lists: Any) -> list:
+    """The tools the ``tool_search_output`` items among these loaded: deferred no more (a deferred
+    tool in the request's own tools stays a 400: chat would show it to the model from the start)."""
+    out: list = []
+    for items in item_lists:
+        for item in items if isinstance(items, list) else []:
+            found = item.get("tools") if isinstance(item, dict) and item.get("type") == "tool_search_output" else None
+            out += [undeferred(tool) for tool in found] if isinstance(found, list) else []
+    return out
+
+
+def undeferred(tool: Any) -> Any:
+    """A loaded tool without its ``defer_loading`` (its namespace's tools too)."""
+    if not isinstance(tool, dict):
+        return tool
+    out = {k: v for k, v in tool.items() if k != "defer_loading"}
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [undeferred(member) for member in out["tools"]]
+    return out
 
 
 def attached_note(attached: list[dict]) -> str:
@@ -346,26 +409,79 @@ def tool_message(item: dict, path: str) -> tuple[dict, list[dict]]:
     return {"role": "tool", "tool_call_id": item["call_id"], "content": output}, attached
 
 
-def chat_tools(tools: Any) -> list[dict]:
+def chat_tools(tools: Any, where: str = "tools") -> list[dict]:
     if not isinstance(tools, list):
-        raise invalid("tools", "'tools' must be an array")
+        raise invalid(where, f"'{where}' must be an array")
     out = []
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind in WEB_SEARCH_TOOLS:
             continue  # web_search_options (:func:`web_search_options`)
-        if kind not in ("function", "custom"):
-            raise unsupported(f"tools[{i}].type", f"tool type {kind!r} (function, custom and web search tools are)")
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise invalid(f"tools[{i}].name", f"tools[{i}].name must be a non-empty string")
-        fields = FUNCTION_TOOL_FIELDS if kind == "function" else CUSTOM_TOOL_FIELDS
-        for key in tool:
-            if key not in fields and present(tool, key):
-                raise unsupported(f"tools[{i}].{key}", f"{kind} tool field {key!r}")
-        if kind == "custom":
-            out.append({"type": "function", "function": custom_function(tool, f"tools[{i}]")})
-            continue
-        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
+        if kind == "namespace":
+            out += namespace_functions(tool, f"{where}[{i}]")
+        elif kind in ("function", "custom"):
+            out.append({"type": "function", "function": chat_function(tool, f"{where}[{i}]")})
+        elif kind == TOOL_SEARCH:
+            out.append({"type": "function", "function": search_function(tool, f"{where}[{i}]")})
+        else:
+            raise unsupported(
+                f"{where}[{i}].type",
+                f"tool type {kind!r} (function, custom, namespace, client tool_search and web search tools are)",
+            )
+    return out
+
+
+def search_function(tool: dict, path: str) -> dict:
+    """A tool search the client runs → the chat function ``tool_search`` (a search the server would
+    run has no provider to run it: a 400)."""
+    if tool.get("execution") != "client":
+        raise unsupported(f"{path}.execution", f"a tool search run by the server ({tool.get('execution')!r})")
+    for key in tool:
+        if key not in TOOL_SEARCH_FIELDS and present(tool, key):
+            raise unsupported(f"{path}.{key}", f"tool_search field {key!r}")
+    fn: dict = {"name": TOOL_SEARCH, "parameters": obj(tool.get("parameters")) or {"type": "object", "properties": {}}}
+    if isinstance(tool.get("description"), str) and tool["description"]:
+        fn["description"] = tool["description"]
+    return fn
+
+
+def chat_function(tool: dict, path: str) -> dict:
+    """A function or custom tool → the chat ``function`` for it."""
+    kind = tool["type"]
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise invalid(f"{path}.name", f"{path}.name must be a non-empty string")
+    fields = FUNCTION_TOOL_FIELDS if kind == "function" else CUSTOM_TOOL_FIELDS
+    for key in tool:
+        if key not in fields and present(tool, key):
+            raise unsupported(f"{path}.{key}", f"{kind} tool field {key!r}")
+    if kind == "custom":
+        return custom_function(tool, path)
+    return {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
+
+
+def namespace_functions(tool: dict, path: str) -> list[dict]:
+    """A namespace tool → a chat function for each of its tools, named ``<namespace>__<name>``,
+    the namespace's description before each one's own."""
+    for key in tool:
+        if key not in NAMESPACE_TOOL_FIELDS and present(tool, key):
+            raise unsupported(f"{path}.{key}", f"namespace tool field {key!r}")
+    namespace, inner = tool.get("name"), tool.get("tools")
+    if not isinstance(namespace, str) or not namespace:
+        raise invalid(f"{path}.name", f"{path}.name must be a non-empty string")
+    if not isinstance(inner, list):
+        raise invalid(f"{path}.tools", f"{path}.tools must be an array")
+    about = tool.get("description") if isinstance(tool.get("description"), str) else ""
+    out = []
+    for j, member in enumerate(inner):
+        where = f"{path}.tools[{j}]"
+        if not isinstance(member, dict) or member.get("type") not in ("function", "custom"):
+            kind = member.get("type") if isinstance(member, dict) else None
+            raise unsupported(f"{where}.type", f"namespace member type {kind!r} (function and custom tools are)")
+        fn = chat_function(member, where)
+        fn["name"] = f"{namespace}{NAMESPACE_JOIN}{fn['name']}"
+        described = [text for text in (about, fn.get("description")) if text]
+        if described:
+            fn["description"] = "\n\n".join(described)
         out.append({"type": "function", "function": fn})
     return out
 
@@ -383,6 +499,14 @@ def web_search_options(tools: list) -> dict | None:
     for key in tool:
         if key not in WEB_SEARCH_FIELDS and present(tool, key):
             raise unsupported(f"tools[{i}].{key}", f"web search tool field {key!r}")
+    if tool.get("external_web_access") is False:  # Codex CLI's cached search: the provider's searches are live
+        raise unsupported(
+            f"tools[{i}].external_web_access",
+            'a web search without live web access (Codex CLI: web_search = "live" or "disabled")',
+        )
+    kinds = tool.get("search_content_types")
+    if kinds is not None and (not isinstance(kinds, list) or "text" not in kinds):  # results may be text: Claude's are
+        raise unsupported(f"tools[{i}].search_content_types", "a web search whose results may not be text")
     options: dict = {}
     if present(tool, "search_context_size"):
         options["search_context_size"] = tool["search_context_size"]
@@ -414,13 +538,42 @@ def custom_function(tool: dict, path: str) -> dict:
     return fn
 
 
+def request_tools(request: dict) -> list[tuple[str, str, dict]]:
+    """The request's function and custom tools as (chat function name, namespace, tool): a
+    namespace's tools under their joined name, the others under their own (namespace "")."""
+    tools = request.get("tools")
+    out = []
+    for tool in [*(tools if isinstance(tools, list) else []), *searched_tools(request.get("input"))]:
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            continue
+        if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+            ns = tool["name"]
+            out += [
+                (f"{ns}{NAMESPACE_JOIN}{t['name']}", ns, t)
+                for t in tool["tools"]
+                if isinstance(t, dict) and isinstance(t.get("name"), str)
+            ]
+        else:
+            out.append((tool["name"], "", tool))
+    return out
+
+
 def custom_names(request: dict) -> set[str]:
-    """The names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
+    """The chat names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
+    return {name for name, _, tool in request_tools(request) if tool.get("type") == "custom"}
+
+
+def searches(request: dict) -> bool:
+    """Whether the request offers a tool search the client runs: a ``tool_search`` call is its."""
     tools = request.get("tools")
     found = tools if isinstance(tools, list) else []
-    return {
-        t["name"] for t in found if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str)
-    }
+    return any(isinstance(t, dict) and t.get("type") == TOOL_SEARCH and t.get("execution") == "client" for t in found)
+
+
+def namespaces(request: dict) -> dict[str, tuple[str, str]]:
+    """The chat names of the request's namespaced tools → (namespace, name): their calls come
+    back with the two apart, as OpenAI answers."""
+    return {name: (ns, tool["name"]) for name, ns, tool in request_tools(request) if ns}
 
 
 def custom_input(arguments: str) -> str:
@@ -578,20 +731,41 @@ def message_item(ident: str, content: list[dict], status: str) -> dict:
     return {"id": ident, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
-def call_item(ident: str, call_id: str, name: str, arguments: str, status: str) -> dict:
+def call_item(
+    ident: str, call_id: str, name: str, arguments: str, status: str, spaces: dict[str, tuple[str, str]] | None = None
+) -> dict:
+    """A ``function_call`` output item; ``spaces`` (:func:`namespaces`) parts a namespaced name."""
+    item = {"id": ident, "type": "function_call", "status": status, "arguments": arguments, "call_id": call_id}
+    return {**item, **named(name, spaces)}
+
+
+def custom_item(
+    ident: str, call_id: str, name: str, text: str, spaces: dict[str, tuple[str, str]] | None = None
+) -> dict:
+    """A ``custom_tool_call`` output item (the SDK's type has no status)."""
+    return {"id": ident, "type": "custom_tool_call", "call_id": call_id, **named(name, spaces), "input": text}
+
+
+def search_item(ident: str, call_id: str, arguments: str, status: str) -> dict:
+    """A ``tool_search_call`` output item: its arguments an object, as OpenAI gives them."""
+    try:
+        value = json.loads(arguments) if arguments else {}
+    except ValueError:
+        value = {}
     return {
         "id": ident,
-        "type": "function_call",
-        "status": status,
-        "arguments": arguments,
+        "type": "tool_search_call",
         "call_id": call_id,
-        "name": name,
+        "arguments": value if isinstance(value, dict) else {},
+        "execution": "client",
+        "status": status,
     }
 
 
-def custom_item(ident: str, call_id: str, name: str, text: str) -> dict:
-    """A ``custom_tool_call`` output item (the SDK's type has no status)."""
-    return {"id": ident, "type": "custom_tool_call", "call_id": call_id, "name": name, "input": text}
+def named(name: str, spaces: dict[str, tuple[str, str]] | None) -> dict:
+    """A call's ``name``, and its ``namespace`` when the chat name is a namespaced tool's."""
+    found = (spaces or {}).get(name)
+    return {"name": found[1], "namespace": found[0]} if found else {"name": name}
 
 
 def reasoning_text(message: dict) -> str:
@@ -698,7 +872,7 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
         content.append(refusal_part(message["refusal"]))
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
-    custom = custom_names(request)
+    custom, spaces, search = custom_names(request), namespaces(request), searches(request)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         index = len(output)
@@ -706,10 +880,12 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
         args = fn.get("arguments")
         args = args if isinstance(args, str) else json.dumps(args or {})
         name = fn.get("name") or ""
-        if name in custom:
-            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args)))
+        if search and name == TOOL_SEARCH:
+            output.append(search_item(item_id("ts", response_id, index), call_id, args, "completed"))
+        elif name in custom:
+            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args), spaces))
         else:
-            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed"))
+            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed", spaces))
     if output and "status" in output[-1]:
         output[-1]["status"] = status  # only the last item can have been cut short
     model = chat.get("model") or request.get("model") or ""
@@ -746,6 +922,8 @@ class ChatToResponsesStream:
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
         self.custom = custom_names(request)
+        self.spaces = namespaces(request)
+        self.search = searches(request)
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
         self.chars = 0  # characters of chat content so far: where its annotations point
         self.part_start = 0  # where the open output_text part starts in the chat content
@@ -975,13 +1153,20 @@ class ChatToResponsesStream:
         out += self.close()  # one item at a time, as OpenAI streams them
         position = len(self.output)
         call_id = call_id or item_id("call", self.response_id, position)
-        if waiting["name"] in self.custom:
-            ident = item_id("ctc", self.response_id, position)
-            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], ""))
+        if self.search and waiting["name"] == TOOL_SEARCH:  # its arguments an object: told whole at the end
+            ident = item_id("ts", self.response_id, position)
+            index, added = self.add_item(search_item(ident, call_id, "", "in_progress"))
             self.calls[chat_index] = index
             self.custom_args[index] = waiting["arguments"]
             return out + [added]
-        item = call_item(item_id("fc", self.response_id, position), call_id, waiting["name"], "", "in_progress")
+        if waiting["name"] in self.custom:
+            ident = item_id("ctc", self.response_id, position)
+            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], "", self.spaces))
+            self.calls[chat_index] = index
+            self.custom_args[index] = waiting["arguments"]
+            return out + [added]
+        ident = item_id("fc", self.response_id, position)
+        item = call_item(ident, call_id, waiting["name"], "", "in_progress", self.spaces)
         index, added = self.add_item(item)
         self.calls[chat_index] = index
         out.append(added)
@@ -1037,6 +1222,8 @@ class ChatToResponsesStream:
                 item["status"] = status
             elif item["type"] == "custom_tool_call":
                 out += self.close_custom(index)
+            elif item["type"] == "tool_search_call":
+                item.update(search_item(item["id"], item["call_id"], self.custom_args.pop(index), status))
             else:
                 args = item["arguments"]
                 out.append(self.event("response.function_call_arguments.done", **self.at(index), arguments=args))
