@@ -164,6 +164,51 @@ def test_cached_system_parts_stay_blocks(client, mock) -> None:
     assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
 
 
+TOOL_LOOP = [
+    {"role": "system", "content": "Long rules"},
+    {"role": "user", "content": "List the files"},
+    {
+        "role": "assistant",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "a.py b.py"},
+]
+
+
+@pytest.mark.parametrize(
+    "extra, mark",
+    [
+        ({"prompt_cache_key": "session-1"}, {"type": "ephemeral"}),
+        ({"prompt_cache_key": "session-1", "prompt_cache_retention": "24h"}, {"type": "ephemeral", "ttl": "1h"}),
+    ],
+)
+def test_a_prompt_cache_key_caches_the_prefix_on_claude(client, mock, extra, mark) -> None:
+    """OpenAI caches a prompt by itself; Claude only up to a cache_control mark. A client that asks
+    for caching (Codex CLI sends its session as prompt_cache_key) got none on Claude: every turn
+    of a tool loop paid its whole history at the full input price."""
+    model = f"claude-haiku-4-5-auto-cache-{len(extra)}"
+    client.chat.completions.create(model=model, messages=TOOL_LOOP, extra_body=extra)
+    body = sent(mock, model).json
+    assert body["system"] == [{"type": "text", "text": "Long rules", "cache_control": mark}]
+    last = body["messages"][-1]["content"]
+    assert last == [{"type": "tool_result", "tool_use_id": "c1", "content": "a.py b.py", "cache_control": mark}]
+    assert [b for m in body["messages"][:-1] for b in m["content"] if "cache_control" in b] == []
+
+
+def test_no_cache_marks_without_a_key_or_beside_the_clients_own(client, mock) -> None:
+    client.chat.completions.create(model="claude-haiku-4-5-no-key", messages=TOOL_LOOP)
+    body = sent(mock, "claude-haiku-4-5-no-key").json
+    assert body["system"] == "Long rules" and "cache_control" not in json.dumps(body)
+    own = {"type": "ephemeral", "ttl": "1h"}
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Long rules", "cache_control": own}]}, *user()]
+    client.chat.completions.create(
+        model="claude-haiku-4-5-own", messages=messages, extra_body={"prompt_cache_key": "k"}
+    )
+    body = sent(mock, "claude-haiku-4-5-own").json
+    assert body["system"] == [{"type": "text", "text": "Long rules", "cache_control": own}]
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+
+
 def test_max_tokens_default_and_provider_prefix(client, mock) -> None:
     client.chat.completions.create(model="anthropic/claude-haiku-4-5-default", messages=user())
     body = sent(mock, "claude-haiku-4-5-default").json

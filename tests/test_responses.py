@@ -568,6 +568,7 @@ def test_codex_custom_tool_round_trips_on_a_translated_provider(client, mock, st
         "type": "tool_result",
         "tool_use_id": "toolu_patch1",
         "content": "Success. Updated a.py",
+        "cache_control": {"type": "ephemeral"},  # Codex's prompt_cache_key: the loop so far cached
     }
 
 

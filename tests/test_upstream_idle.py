@@ -22,6 +22,7 @@ class ClosingProvider:
         self.after_close: list[bytes] = []  # per connection: bytes received after its FIN was sent
         self.requests = 0
         self.closed = threading.Event()  # the first connection's FIN was sent
+        self.read_out = threading.Semaphore(0)  # released as each connection's after-FIN bytes are all read
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -48,6 +49,7 @@ class ClosingProvider:
             while chunk := conn.recv(65536):
                 rest += chunk
             self.after_close.append(rest)
+            self.read_out.release()
 
     def close(self) -> None:
         self.listener.close()
@@ -67,6 +69,7 @@ def test_a_connection_the_provider_closed_while_idle_is_not_reused() -> None:
         assert second.read_all() == b"{}"
         pool.close()
         assert provider.requests == 2
-        assert provider.after_close[0] == b"", "the second request was written into the closed connection"
+        assert provider.read_out.acquire(timeout=5) and provider.read_out.acquire(timeout=5), "both closed"
+        assert provider.after_close == [b"", b""], "the second request was written into the closed connection"
     finally:
         provider.close()

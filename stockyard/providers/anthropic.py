@@ -126,6 +126,12 @@ CHAT_FIELDS: dict[str, Field] = {
     "parallel_tool_calls": Field(TRANSLATED, "false → tool_choice.disable_parallel_tool_use"),
     "user": Field(TRANSLATED, "metadata.user_id"),
     "safety_identifier": Field(TRANSLATED, "metadata.user_id (when user is absent)"),
+    "prompt_cache_key": Field(
+        TRANSLATED,
+        "prompt caching: cache_control marks on the system prompt and the last message (none added "
+        "when the request has its own)",
+    ),
+    "prompt_cache_retention": Field(TRANSLATED, "24h → the marks' ttl 1h (else Anthropic's 5 minutes)"),
     "response_format": Field(
         TRANSLATED, "json_schema → output_config.format (structured outputs); json_object refused", _structured
     ),
@@ -499,9 +505,42 @@ def messages_request(
     output_format = structured_output(body.get("response_format"))
     if output_format:
         out["output_config"] = {"format": output_format}
+    if isinstance(body.get("prompt_cache_key"), str) and body["prompt_cache_key"]:
+        mark_cache(out, {"type": "ephemeral", "ttl": "1h"} if body.get("prompt_cache_retention") == "24h" else None)
     if stream:
         out["stream"] = True
     return out
+
+
+MARKABLE = ("text", "image", "document", "tool_use", "tool_result")  # blocks a cache_control may go on
+
+
+def mark_cache(request: dict, mark: dict | None = None) -> None:
+    """Cache the request's prefix as OpenAI caches a prompt by itself, for a client that asks
+    (``prompt_cache_key``: Codex CLI sends its session's): Claude caches only up to a
+    ``cache_control`` mark, so one goes on the system prompt (its tools and system, shared by a
+    client's conversations) and one on the last message's last block (the conversation so far:
+    the next turn reads it at a tenth of the input price, after writing it at 1.25x). A request
+    with marks of its own is left as it is; a prefix below Claude's minimum is not cached, unbilled."""
+    mark = mark or {"type": "ephemeral"}
+    system, messages = request.get("system"), request.get("messages") or []
+    if _has_marks(system) or any(_has_marks(m.get("content")) for m in messages):
+        return
+    if isinstance(system, str) and system:
+        request["system"] = [{"type": "text", "text": system, "cache_control": mark}]
+    elif isinstance(system, list) and system:
+        request["system"] = [*system[:-1], {**system[-1], "cache_control": mark}]
+    if not messages:
+        return
+    last = messages[-1]
+    content = last.get("content")
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+    if blocks and blocks[-1].get("type") in MARKABLE and blocks[-1].get("text", True):
+        messages[-1] = {**last, "content": [*blocks[:-1], {**blocks[-1], "cache_control": mark}]}
+
+
+def _has_marks(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(b, dict) and "cache_control" in b for b in content)
 
 
 def structured_output(fmt: Any) -> dict | None:
