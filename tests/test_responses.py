@@ -257,6 +257,22 @@ def test_input_tokens(client, model):
     assert counted.input_tokens > 0
 
 
+# ModelSettings(context_management=[…]) and (prompt_cache_options=…) of the OpenAI Agents SDK 0.24, as it
+# sends them: OpenAI's compaction threshold and cache options, hints a chat provider has no use for.
+AGENTS_HINTS = {
+    "context_management": [{"type": "compaction", "compact_threshold": 200000}],
+    "prompt_cache_options": {"mode": "implicit", "ttl": "30m"},
+}
+
+
+@pytest.mark.parametrize("field", list(AGENTS_HINTS))
+def test_agents_sdk_cache_and_compaction_hints_are_accepted_translated(mock, client, field):
+    body = {"model": "claude-haiku-4-5", "include": [], "input": [{"content": "Hi", "role": "user"}], "tools": []}
+    response = client.responses.create(**body, extra_body={field: AGENTS_HINTS[field]})
+    assert response.output_text == TEXT
+    assert field not in mock.last("/v1/messages").json
+
+
 def test_keys_are_required(server):
     status, _, data = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"})
     assert status == 401 and json.loads(data)["error"]["type"] == "authentication_error"

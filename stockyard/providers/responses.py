@@ -48,8 +48,13 @@ SAME_FIELDS = (
     "safety_identifier",
     "prompt_cache_key",
     "prompt_cache_retention",
+    "prompt_cache_options",
     "service_tier",
 )
+# Hints a chat provider has nothing to do with: ``context_management`` asks OpenAI to compact the
+# context it keeps once it passes a threshold (the OpenAI Agents SDK's ModelSettings); the
+# conversation goes whole, as sent, as under that threshold.
+IGNORED_FIELDS = {"context_management"}
 TRANSLATED_FIELDS = {
     "model",
     "input",
@@ -62,7 +67,7 @@ TRANSLATED_FIELDS = {
     "parallel_tool_calls",
     "stream",
 }
-KNOWN_FIELDS = CALLER_FIELDS | TRANSLATED_FIELDS | set(SAME_FIELDS)
+KNOWN_FIELDS = CALLER_FIELDS | TRANSLATED_FIELDS | IGNORED_FIELDS | set(SAME_FIELDS)
 # ``include`` values a translated answer cannot honour.
 REFUSED_INCLUDES = {"message.output_text.logprobs"}
 FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
