@@ -257,6 +257,38 @@ def test_input_tokens(client, model):
     assert counted.input_tokens > 0
 
 
+# The OpenAI Agents SDK 0.24's OpenAIResponsesCompactionSession calls ``responses.compact`` after a
+# turn, with the previous response's id (or its stored items as ``input`` when store is off).
+AGENTS_COMPACT = {"model": "gpt-4o-mini", "previous_response_id": None}
+
+
+def test_compact_passes_through(server, mock, client):
+    first = client.responses.create(model="gpt-4o-mini", input="Say hello")
+    raw = client.responses.with_raw_response.compact(**{**AGENTS_COMPACT, "previous_response_id": first.id})
+    compacted = raw.parse()
+    assert compacted.object == "response.compaction" and compacted.output[-1].type == "compaction"
+    assert mock.last("/v1/responses/compact").json == {**AGENTS_COMPACT, "previous_response_id": first.id}
+    trace = wait_for(lambda: (t := server.trace(raw.headers["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    input_rate, output_rate = RATES["gpt-4o-mini"]
+    assert (trace["endpoint"], trace["prompt_tokens"], trace["completion_tokens"]) == (
+        "compact",
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    assert trace["cost_uc"] == -(-(PROMPT_TOKENS * input_rate + COMPLETION_TOKENS * output_rate) // 1_000_000)
+    # the compacted items are the next turn's input, the compaction item among them as OpenAI made it
+    items = [item.model_dump(exclude_none=True) for item in compacted.output]
+    client.responses.create(model="gpt-4o-mini", input=[*items, {"role": "user", "content": "And now?"}])
+    assert mock.last("/v1/responses").json["input"][: len(items)] == items
+
+
+def test_compact_on_a_translated_provider_is_refused_naming_it(client):
+    with pytest.raises(BadRequestError) as caught:
+        client.responses.compact(model="claude-haiku-4-5", input=[{"role": "user", "content": "Say hello"}])
+    error = caught.value.body
+    assert error["code"] == "unsupported_provider" and "/v1/responses/compact" in error["message"]
+
+
 # ModelSettings(context_management=[…]) and (prompt_cache_options=…) of the OpenAI Agents SDK 0.24, as it
 # sends them: OpenAI's compaction threshold and cache options, hints a chat provider has no use for.
 AGENTS_HINTS = {
