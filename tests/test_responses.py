@@ -257,6 +257,37 @@ def test_input_tokens(client, model):
     assert counted.input_tokens > 0
 
 
+# pydantic-ai 2.62's count before a request (UsageLimits(count_tokens_before_request=True)), as it sends it.
+PYDANTIC_AI_COUNT = {
+    "model": "claude-haiku-4-5",
+    "input": [{"role": "user", "content": "Weather?"}],
+    "tool_choice": "auto",
+    "tools": [
+        {
+            "name": "weather",
+            "parameters": {
+                "additionalProperties": False,
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "type": "object",
+            },
+            "type": "function",
+            "description": "Weather.",
+            "strict": True,
+        }
+    ],
+}
+
+
+def test_input_tokens_estimate_counts_the_tools(client):
+    bare = {k: v for k, v in PYDANTIC_AI_COUNT.items() if k not in ("tools", "tool_choice")}
+    without = client.responses.input_tokens.count(**bare).input_tokens
+    raw = client.responses.input_tokens.with_raw_response.count(**PYDANTIC_AI_COUNT)
+    tools_bytes = len(json.dumps(PYDANTIC_AI_COUNT["tools"][0]["parameters"]))
+    assert raw.parse().input_tokens >= without + tools_bytes // 4  # the tool definitions are input too
+    assert raw.headers["x-stockyard-token-count"] == "estimate"
+
+
 # The OpenAI Agents SDK 0.24's OpenAIResponsesCompactionSession calls ``responses.compact`` after a
 # turn, with the previous response's id (or its stored items as ``input`` when store is off).
 AGENTS_COMPACT = {"model": "gpt-4o-mini", "previous_response_id": None}
