@@ -1724,7 +1724,8 @@ GEMINI_SCHEMA_FIELDS = {
 
 
 def _unknown_schema_fields(schema: Any, where: str) -> list[str]:
-    """Gemini's complaints about a Schema: one per keyword it does not have (property names are free)."""
+    """Gemini's complaints about a Schema: one per keyword it does not have (property names are free),
+    and one per object whose ``properties`` are empty (a tool that takes no arguments, sent as OpenAI's)."""
     if isinstance(schema, list):
         return [m for i, item in enumerate(schema) for m in _unknown_schema_fields(item, f"{where}[{i}]")]
     if not isinstance(schema, dict):
@@ -1733,6 +1734,8 @@ def _unknown_schema_fields(schema: Any, where: str) -> list[str]:
     for key, value in schema.items():
         if key not in GEMINI_SCHEMA_FIELDS:
             found.append(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field.")
+        elif key == "properties" and value == {}:
+            found.append(f"* GenerateContentRequest.{where}.properties: should be non-empty for OBJECT type")
         elif key == "properties" and isinstance(value, dict):
             found += [m for name, sub in value.items() for m in _unknown_schema_fields(sub, f"{where}.{name}")]
         elif key in ("items", "anyOf"):
