@@ -32,10 +32,12 @@ from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
 from .errors import RESPONSES, ProxyError, sse_error_event
+from .estimate import text_tokens
 from .httpio import Request, Response, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
+from .providers.messages_adapters import ESTIMATE_HEADER
 from .providers.responses_adapters import upstream_headers, upstream_path
 from .scrub import Scrubber
 from .store import Store
@@ -231,14 +233,16 @@ class Conversations:
         return next((o for o in row.output_items or [] if isinstance(o, dict) and o.get("id") == item["id"]), None)
 
     def count_input(self, ctx: RequestContext) -> None:
-        """``input_tokens`` on a translated provider: the count, answered here."""
+        """``input_tokens`` on a translated provider: the translated prompt and tools counted here
+        (``estimate.text_tokens``, as ``count_tokens`` counts a Messages request), marked as an estimate."""
         conv = ctx.conversation
         if ctx.endpoint == "input_tokens" and ctx.route is not None and not ctx.route.provider.speaks_responses:
             history = conv.history if conv is not None else None
             chat = translate.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, history)
-            tokens = -(-len(json.dumps(chat.get("messages", []), ensure_ascii=False).encode()) // 4)
+            counted = {"messages": chat.get("messages", []), "tools": chat.get("tools", [])}
+            tokens = text_tokens(json.dumps(counted, ensure_ascii=False).encode())
             answer = {"object": "response.input_tokens", "input_tokens": tokens}
-            ctx.answer = Answer(200, json.dumps(answer).encode())
+            ctx.answer = Answer(200, json.dumps(answer).encode(), headers={ESTIMATE_HEADER: "estimate"})
 
     def _keep(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
         """Record a finished response (unless ``store`` is false); visible to lookups at once."""

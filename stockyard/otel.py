@@ -58,6 +58,7 @@ OPERATIONS = {
     "embeddings": "embeddings",
     "count_tokens": "count_tokens",
     "input_tokens": "count_tokens",
+    "compact": "chat",
 }
 # Well-known gen_ai.provider.name values, by provider name, then by kind.
 PROVIDER_NAMES = {

@@ -74,11 +74,12 @@ NEEDS_MODEL = (
     "count_tokens",
     "responses",
     "input_tokens",
+    "compact",
     "transcriptions",
     "translations",
     "speech",
 )
-NO_STREAM = ("embeddings", "count_tokens", "input_tokens", *media.ENDPOINTS)
+NO_STREAM = ("embeddings", "count_tokens", "input_tokens", "compact", *media.ENDPOINTS)
 DEPLOYMENT_HEADER = "x-stockyard-deployment"
 # A provider's "the input is longer than the model's context window" (OpenAI, Anthropic, Gemini, others).
 CONTEXT_OVERFLOW = re.compile(

@@ -50,6 +50,7 @@ PROXY_ROUTES: dict[str, tuple[str, str]] = {
     "/v1/messages/count_tokens": ("count_tokens", ANTHROPIC),
     "/v1/responses": ("responses", RESPONSES),
     "/v1/responses/input_tokens": ("input_tokens", RESPONSES),
+    "/v1/responses/compact": ("compact", RESPONSES),
     "/v1/audio/transcriptions": ("transcriptions", OPENAI),
     "/v1/audio/translations": ("translations", OPENAI),
     "/v1/audio/speech": ("speech", OPENAI),

@@ -1068,6 +1068,37 @@ def _input_tokens(call: Call, model: str) -> Reply:
     return Reply(json={"object": "response.input_tokens", "input_tokens": PROMPT_TOKENS})
 
 
+COMPACTED = "gAAAAABmockCompactedConversation=="  # the opaque compaction item OpenAI makes
+
+
+def _compact(call: Call, model: str) -> Reply:
+    """`responses.compact`: the input's user messages, then one compaction item, and the usage."""
+    previous = call.body.get("previous_response_id")
+    if previous and previous not in RESPONSES_STATE.responses:
+        return openai_error(404, f"Previous response with id '{previous}' not found.")
+    said = [i.get("content") for i in _responses_items(call.body) if isinstance(i, dict) and i.get("role") == "user"]
+    users = [
+        {
+            "type": "message",
+            "id": f"msg_mockc{i}",
+            "role": "user",
+            "status": "completed",
+            "content": content if isinstance(content, list) else [{"type": "input_text", "text": str(content)}],
+        }
+        for i, content in enumerate(said)
+    ]
+    item = {"type": "compaction", "id": f"cmp_mock{call.n}", "encrypted_content": COMPACTED}
+    return Reply(
+        json={
+            "id": f"resp_mockc{call.n}",
+            "object": "response.compaction",
+            "created_at": CREATED,
+            "output": [*users, item],
+            "usage": responses_usage(model),
+        }
+    )
+
+
 def _stored_response(call: Call, scripted: Reply | None) -> Reply:
     """GET/DELETE /v1/responses/{id}, POST …/cancel, GET …/input_items."""
     if scripted is not None and scripted.status >= 400:
@@ -1693,7 +1724,8 @@ GEMINI_SCHEMA_FIELDS = {
 
 
 def _unknown_schema_fields(schema: Any, where: str) -> list[str]:
-    """Gemini's complaints about a Schema: one per keyword it does not have (property names are free)."""
+    """Gemini's complaints about a Schema: one per keyword it does not have (property names are free),
+    and one per object whose ``properties`` are empty (a tool that takes no arguments, sent as OpenAI's)."""
     if isinstance(schema, list):
         return [m for i, item in enumerate(schema) for m in _unknown_schema_fields(item, f"{where}[{i}]")]
     if not isinstance(schema, dict):
@@ -1702,6 +1734,8 @@ def _unknown_schema_fields(schema: Any, where: str) -> list[str]:
     for key, value in schema.items():
         if key not in GEMINI_SCHEMA_FIELDS:
             found.append(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field.")
+        elif key == "properties" and value == {}:
+            found.append(f"* GenerateContentRequest.{where}.properties: should be non-empty for OBJECT type")
         elif key == "properties" and isinstance(value, dict):
             found += [m for name, sub in value.items() for m in _unknown_schema_fields(sub, f"{where}.{name}")]
         elif key in ("items", "anyOf"):
@@ -1778,6 +1812,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/messages/count_tokens"): _api_route(_count_tokens, anthropic_error),
     ("POST", "/v1/responses"): _api_route(_responses),
     ("POST", "/v1/responses/input_tokens"): _api_route(_input_tokens),
+    ("POST", "/v1/responses/compact"): _api_route(_compact),
     ("POST", "/v1/audio/transcriptions"): _form_route(_transcript),
     ("POST", "/v1/audio/translations"): _form_route(lambda call, fields, files: _transcript(call, fields, files, True)),
     ("POST", "/v1/audio/speech"): _api_route(_speech),

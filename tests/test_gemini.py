@@ -535,6 +535,48 @@ def test_a_schema_nested_within_the_limit_still_translates(server, mock) -> None
     assert mock.last("gemini-2.5-flash-deep").json["tools"][0]["functionDeclarations"][0]["name"] == "f"
 
 
+# The OpenAI Agents SDK 0.24's handoff (OpenAIChatCompletionsModel), exactly as it sends it: a tool that
+# takes no arguments, its parameters an object with empty properties, which Gemini refuses
+# ("parameters.properties: should be non-empty for OBJECT type"); an empty model nested in a tool's
+# arguments or a structured answer (a pydantic ``class GoBack(BaseModel): pass`` field) is refused alike.
+AGENTS_HANDOFF = {
+    "model": "gemini-2.5-flash-handoff",
+    "messages": [{"content": "Hand off to spanish.", "role": "system"}, {"role": "user", "content": "Hola"}],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "transfer_to_spanish",
+                "description": "Handoff to the spanish agent to handle the request. Spanish speaker",
+                "parameters": {"additionalProperties": False, "type": "object", "properties": {}, "required": []},
+                "strict": True,
+            },
+        }
+    ],
+}
+EMPTY_INSIDE = {
+    "type": "object",
+    "properties": {"go_back": {"type": "object", "properties": {}, "required": []}, "url": {"type": "string"}},
+    "required": ["go_back"],
+}
+
+
+def test_objects_without_properties_go_without_them(client, mock) -> None:
+    answer = client.chat.completions.create(**AGENTS_HANDOFF)
+    assert answer.choices[0].message.tool_calls[0].function.name == "transfer_to_spanish"
+    declared = sent(mock, AGENTS_HANDOFF["model"]).json["tools"][0]["functionDeclarations"][0]
+    assert "parameters" not in declared  # a function that takes nothing
+    tools = [{"type": "function", "function": {"name": "act", "parameters": EMPTY_INSIDE}}]
+    answer = client.chat.completions.create(model="gemini-2.5-flash-handoff", messages=user(), tools=tools)
+    assert answer.choices[0].message.tool_calls[0].function.name == "act"
+    declared = sent(mock, "gemini-2.5-flash-handoff").json["tools"][0]["functionDeclarations"][0]
+    bare = {**EMPTY_INSIDE, "properties": {**EMPTY_INSIDE["properties"], "go_back": {"type": "object"}}}
+    assert declared["parameters"] == bare
+    schema = {"type": "json_schema", "json_schema": {"name": "act", "schema": EMPTY_INSIDE}}
+    client.chat.completions.create(model="gemini-2.5-flash-handoff", messages=user(), response_format=schema)
+    assert sent(mock, "gemini-2.5-flash-handoff").json["generationConfig"]["responseSchema"] == bare
+
+
 def test_deeply_nested_tool_results_are_400_not_500(server) -> None:
     deep = "[" * 950 + '"x"' + "]" * 950  # parsed by the translation (a tool result may be JSON)
     messages = [

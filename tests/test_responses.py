@@ -257,6 +257,85 @@ def test_input_tokens(client, model):
     assert counted.input_tokens > 0
 
 
+# pydantic-ai 2.62's count before a request (UsageLimits(count_tokens_before_request=True)), as it sends it.
+PYDANTIC_AI_COUNT = {
+    "model": "claude-haiku-4-5",
+    "input": [{"role": "user", "content": "Weather?"}],
+    "tool_choice": "auto",
+    "tools": [
+        {
+            "name": "weather",
+            "parameters": {
+                "additionalProperties": False,
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "type": "object",
+            },
+            "type": "function",
+            "description": "Weather.",
+            "strict": True,
+        }
+    ],
+}
+
+
+def test_input_tokens_estimate_counts_the_tools(client):
+    bare = {k: v for k, v in PYDANTIC_AI_COUNT.items() if k not in ("tools", "tool_choice")}
+    without = client.responses.input_tokens.count(**bare).input_tokens
+    raw = client.responses.input_tokens.with_raw_response.count(**PYDANTIC_AI_COUNT)
+    tools_bytes = len(json.dumps(PYDANTIC_AI_COUNT["tools"][0]["parameters"]))
+    assert raw.parse().input_tokens >= without + tools_bytes // 4  # the tool definitions are input too
+    assert raw.headers["x-stockyard-token-count"] == "estimate"
+
+
+# The OpenAI Agents SDK 0.24's OpenAIResponsesCompactionSession calls ``responses.compact`` after a
+# turn, with the previous response's id (or its stored items as ``input`` when store is off).
+AGENTS_COMPACT = {"model": "gpt-4o-mini", "previous_response_id": None}
+
+
+def test_compact_passes_through(server, mock, client):
+    first = client.responses.create(model="gpt-4o-mini", input="Say hello")
+    raw = client.responses.with_raw_response.compact(**{**AGENTS_COMPACT, "previous_response_id": first.id})
+    compacted = raw.parse()
+    assert compacted.object == "response.compaction" and compacted.output[-1].type == "compaction"
+    assert mock.last("/v1/responses/compact").json == {**AGENTS_COMPACT, "previous_response_id": first.id}
+    trace = wait_for(lambda: (t := server.trace(raw.headers["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    input_rate, output_rate = RATES["gpt-4o-mini"]
+    assert (trace["endpoint"], trace["prompt_tokens"], trace["completion_tokens"]) == (
+        "compact",
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    assert trace["cost_uc"] == -(-(PROMPT_TOKENS * input_rate + COMPLETION_TOKENS * output_rate) // 1_000_000)
+    # the compacted items are the next turn's input, the compaction item among them as OpenAI made it
+    items = [item.model_dump(exclude_none=True) for item in compacted.output]
+    client.responses.create(model="gpt-4o-mini", input=[*items, {"role": "user", "content": "And now?"}])
+    assert mock.last("/v1/responses").json["input"][: len(items)] == items
+
+
+def test_compact_on_a_translated_provider_is_refused_naming_it(client):
+    with pytest.raises(BadRequestError) as caught:
+        client.responses.compact(model="claude-haiku-4-5", input=[{"role": "user", "content": "Say hello"}])
+    error = caught.value.body
+    assert error["code"] == "unsupported_provider" and "/v1/responses/compact" in error["message"]
+
+
+# ModelSettings(context_management=[…]) and (prompt_cache_options=…) of the OpenAI Agents SDK 0.24, as it
+# sends them: OpenAI's compaction threshold and cache options, hints a chat provider has no use for.
+AGENTS_HINTS = {
+    "context_management": [{"type": "compaction", "compact_threshold": 200000}],
+    "prompt_cache_options": {"mode": "implicit", "ttl": "30m"},
+}
+
+
+@pytest.mark.parametrize("field", list(AGENTS_HINTS))
+def test_agents_sdk_cache_and_compaction_hints_are_accepted_translated(mock, client, field):
+    body = {"model": "claude-haiku-4-5", "include": [], "input": [{"content": "Hi", "role": "user"}], "tools": []}
+    response = client.responses.create(**body, extra_body={field: AGENTS_HINTS[field]})
+    assert response.output_text == TEXT
+    assert field not in mock.last("/v1/messages").json
+
+
 def test_keys_are_required(server):
     status, _, data = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"})
     assert status == 401 and json.loads(data)["error"]["type"] == "authentication_error"

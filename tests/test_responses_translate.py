@@ -443,7 +443,7 @@ REFUSALS = [
     ({"model": "m", "input": "x", "prompt": {"id": "pmpt_1"}}, "prompt", "prompt"),
     ({"model": "m", "input": "x", "top_logprobs": 3}, "top_logprobs", "top_logprobs"),
     ({"model": "m", "input": "x", "max_tool_calls": 2}, "max_tool_calls", "max_tool_calls"),
-    ({"model": "m", "input": "x", "context_management": [{}]}, "context_management", "context_management"),
+    ({"model": "m", "input": "x", "context_management": [{}]}, "context_management[0].type", "compaction"),
     ({"model": "m", "input": "x", "frobnicate": 1}, "frobnicate", "frobnicate"),
     ({"model": "m", "input": "x", "include": ["message.output_text.logprobs"]}, "include", "logprobs"),
     ({"model": "m", "input": "x", "text": {"format": {"type": "grammar"}}}, "text.format.type", "grammar"),

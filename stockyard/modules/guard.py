@@ -18,7 +18,7 @@ from .base import Module
 from .schema import Field
 
 # Where each endpoint's body keeps its conversation turns (max_messages counts them).
-MESSAGE_FIELDS = {"responses": "input", "generate": "contents"}
+MESSAGE_FIELDS = {"responses": "input", "compact": "input", "generate": "contents"}
 
 
 def _globs(value: list) -> list:

@@ -57,6 +57,19 @@ def media_adapter(provider: Provider, endpoint: str) -> Adapter:
     )
 
 
+def no_compaction(provider: Provider) -> ProxyError:
+    """``/v1/responses/compact`` makes a ``compaction`` item only OpenAI's models read: a chat-only
+    provider has no such call, and Stockyard cannot make an item its next request would understand."""
+    return ProxyError(
+        400,
+        f"provider {provider.name!r} is of kind {provider.kind!r}, which does not speak the Responses API: "
+        "/v1/responses/compact (OpenAI's compaction) reaches only providers that speak it; compact the "
+        "conversation in the client instead (an ordinary request asking for a summary)",
+        param="model",
+        code="unsupported_provider",
+    )
+
+
 def adapter_for(provider: Provider, dialect: str, endpoint: str = "") -> Adapter:
     """The adapter for this provider, client dialect and endpoint, or a 400 saying why there is none."""
     if endpoint in MEDIA_ENDPOINTS:
@@ -64,6 +77,8 @@ def adapter_for(provider: Provider, dialect: str, endpoint: str = "") -> Adapter
     if dialect == RESPONSES:
         if provider.speaks_responses:
             return _RESPONSES_PASS_THROUGH
+        if endpoint == "compact":
+            raise no_compaction(provider)
         table = _RESPONSES_OVER_CHAT  # its OpenAI-dialect chat adapter, wrapped
     elif dialect == GEMINI:
         table = _FOR_GEMINI_CLIENTS

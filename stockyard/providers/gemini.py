@@ -62,7 +62,10 @@ TOOL_CHOICE = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 # The fields of Gemini's Schema object (an OpenAPI subset): any other JSON-schema keyword is a 400
 # from Gemini ("Unknown name ... Cannot find field": Claude Code's tools carry ``propertyNames`` and
 # ``exclusiveMinimum``), so clean_schema keeps only these. ``$ref``s are inlined, ``default`` dropped,
-# a string ``const`` becomes a one-value ``enum``.
+# a string ``const`` becomes a one-value ``enum``, and an empty ``properties`` (an empty pydantic model
+# inside a tool's arguments or a structured answer) is left out, with an empty ``required``: Gemini
+# refuses an object whose properties are empty, and takes ``{"type": "object"}``. A tool that takes
+# no arguments (every OpenAI Agents SDK handoff) goes without ``parameters`` (``translate_tools``).
 GEMINI_SCHEMA_FIELDS = frozenset(
     {
         "type",
@@ -231,6 +234,10 @@ def clean_schema(schema: Any, param: str = "tools") -> Any:
                     out["nullable"] = True
             else:
                 out[key] = clean(value, depth + 1, inlining) if isinstance(value, (dict, list)) else value
+        if out.get("properties") == {}:  # Gemini: "properties: should be non-empty for OBJECT type"
+            out.pop("properties")
+            if out.get("required") == []:
+                out.pop("required")
         return out
 
     return clean(schema, 0, ())

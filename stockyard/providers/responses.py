@@ -48,8 +48,13 @@ SAME_FIELDS = (
     "safety_identifier",
     "prompt_cache_key",
     "prompt_cache_retention",
+    "prompt_cache_options",
     "service_tier",
 )
+# Hints a chat provider has nothing to do with: ``context_management``'s compaction entries ask OpenAI
+# to compact the context once it passes a threshold (the OpenAI Agents SDK's ModelSettings); the
+# conversation goes whole, as sent, as under that threshold (``check_context_management``).
+IGNORED_FIELDS = {"context_management"}
 TRANSLATED_FIELDS = {
     "model",
     "input",
@@ -62,7 +67,7 @@ TRANSLATED_FIELDS = {
     "parallel_tool_calls",
     "stream",
 }
-KNOWN_FIELDS = CALLER_FIELDS | TRANSLATED_FIELDS | set(SAME_FIELDS)
+KNOWN_FIELDS = CALLER_FIELDS | TRANSLATED_FIELDS | IGNORED_FIELDS | set(SAME_FIELDS)
 # ``include`` values a translated answer cannot honour.
 REFUSED_INCLUDES = {"message.output_text.logprobs"}
 FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
@@ -107,6 +112,15 @@ def invalid(param: str, message: str) -> ProxyError:
     return ProxyError(400, message, param=param, code="invalid_request")
 
 
+def check_context_management(value: Any) -> None:
+    """Compaction entries are hints, not sent; any other kind of context management is refused by name."""
+    if not isinstance(value, list):
+        raise invalid("context_management", "'context_management' must be an array")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or entry.get("type") != "compaction":
+            raise unsupported(f"context_management[{i}].type", "context management other than compaction")
+
+
 def obj(value: Any) -> dict:
     """``value`` if it is a JSON object, else an empty one (provider output of an odd shape)."""
     return value if isinstance(value, dict) else {}
@@ -133,6 +147,8 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
     for key in body:
         if key not in KNOWN_FIELDS and present(body, key):
             raise unsupported(key, f"the field '{key}'")
+    if present(body, "context_management"):
+        check_context_management(body["context_management"])
     if body.get("background"):
         raise unsupported("background", "background mode")
     include = body.get("include") or []

@@ -31,7 +31,7 @@ from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
 from .reasoning import unpack
 
-PATHS = {"responses": "/responses", "input_tokens": "/responses/input_tokens"}
+PATHS = {"responses": "/responses", "input_tokens": "/responses/input_tokens", "compact": "/responses/compact"}
 AZURE_RESPONSES_VERSION = "2025-04-01-preview"  # the first api-version with /openai/responses
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 _CHAT_BODY = "responses.chat_body"  # ctx.state: the translated body, made once per request
