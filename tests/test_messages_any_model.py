@@ -622,3 +622,41 @@ def test_claude_code_replay(server, key, mock, kind):
         trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
         assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
         assert trace["end_user"] == json.loads(user_id)["device_id"]  # signed in with a key: its device
+
+
+# OpenCode 1.18.33's requests, captured through Stockyard (see the file's _about).
+OPENCODE = json.loads((Path(__file__).parent / "opencode_requests.json").read_text())
+
+
+@pytest.mark.parametrize("kind", list(REPLAY_MODELS))
+def test_opencode_1_18_turn_replayed_on_messages(server, key, mock, kind):
+    """OpenCode 1.18.33 with its ``@ai-sdk/anthropic`` provider (``options.baseURL`` at Stockyard): the
+    first request of a read/edit/bash tool loop and the follow-up carrying the read tool's result. For a
+    Gemini model OpenCode adds ``top_k`` 64 and ``top_p`` 0.95 (as captured), which was a 400 naming
+    ``top_k`` on every request: it is Gemini's ``topK``. Other models get neither from OpenCode."""
+    model = REPLAY_MODELS[kind]
+    section = OPENCODE["messages"]
+    headers = {**section["headers"], "x-api-key": key}
+    for turn, stop in (("first", "tool_use"), ("follow_up", "end_turn")):
+        body = {**section[turn], "tools": section["tools"], "model": model}
+        if kind != "gemini":
+            body = {k: v for k, v in body.items() if k not in ("top_k", "top_p")}
+        status, answer_headers, raw = server.request("POST", section["path"], body, headers=headers)
+        assert status == 200, raw[:500]
+        events = sse_events(raw)
+        assert events[-2][1]["delta"]["stop_reason"] == stop
+        blocks = [data["content_block"] for name, data in events if name == "content_block_start"]
+        assert blocks[-1]["type"] == ("tool_use" if stop == "tool_use" else "text")
+        if kind == "gemini":
+            config = upstream_body(mock, model)["generationConfig"]
+            assert (config["topK"], config["topP"], config["maxOutputTokens"]) == (64, 0.95, 32000)
+        trace_id = answer_headers["x-stockyard-trace-id"]
+        trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
+        assert trace["provider"] == kind and trace["completion_tokens"] == COMPLETION_TOKENS
+
+
+def test_top_k_refused_for_a_gpt_model_named_in_the_error(server, key):
+    """``top_k`` reaches Gemini only: OpenAI's chat API has no such field, so it stays a 400 naming it."""
+    body = {**OPENCODE["messages"]["first"], "tools": OPENCODE["messages"]["tools"], "model": "gpt-5"}
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": key})
+    assert status == 400 and json.loads(raw)["error"]["message"].startswith("top_k:")
