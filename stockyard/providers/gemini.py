@@ -128,7 +128,7 @@ CHAT_FIELDS: dict[str, Field] = {
     "temperature": Field(TRANSLATED, "generationConfig.temperature"),
     "top_p": Field(TRANSLATED, "generationConfig.topP"),
     # Not OpenAI's, but Gemini samples with it: the Messages API's top_k arrives here (OpenCode sends
-    # Gemini models top_k 64), as does LiteLLM's and vLLM's chat field of that name.
+    # Gemini models top_k 64).
     "top_k": Field(TRANSLATED, "generationConfig.topK"),
     "n": Field(TRANSLATED, "generationConfig.candidateCount"),
     "seed": Field(TRANSLATED, "generationConfig.seed"),
