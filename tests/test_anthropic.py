@@ -9,6 +9,7 @@ Each test uses its own model name so it can find its request among the mock's re
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -985,3 +986,32 @@ def test_a_whole_stream_is_billed_its_own_output_count(server, mock) -> None:
     status, headers, _ = server.request("POST", "/v1/chat/completions", body)
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert status == 200 and (trace["usage_estimated"], trace["cost_status"]) == (0, "exact")
+
+
+# --------------------------------------------------------------------------- OpenCode's prompt-caching marks
+
+OPENCODE_CHAT = json.loads((Path(__file__).parent / "opencode_requests.json").read_text())["chat"]
+
+
+@pytest.mark.parametrize("turn", ["first", "follow_up"])
+def test_opencode_message_level_cache_marks_reach_claude(server, mock, turn) -> None:
+    """OpenCode 1.18.33's ``@ai-sdk/openai-compatible`` provider marks a Claude model's prompt for
+    caching LiteLLM's way: ``cache_control`` on the system message and the last two messages — on a
+    tool message, and on an assistant message's tool call (tests/opencode_requests.json, as captured).
+    Each mark goes on its message's last block (they were dropped: no prompt caching, every turn
+    billed its whole ~10k-token prompt at the full input price)."""
+    model = "claude-haiku-4-5-plain"
+    body = {**OPENCODE_CHAT[turn], "tools": OPENCODE_CHAT["tools"], "model": model}
+    headers = {**OPENCODE_CHAT["headers"], "Authorization": "Bearer x"}
+    status, _, raw = server.request("POST", OPENCODE_CHAT["path"], body, headers=headers)
+    assert status == 200, raw[:300]
+    up = sent(mock, model).json
+    mark = {"type": "ephemeral"}
+    assert up["system"][-1]["cache_control"] == mark
+    marked = [m["content"][-1].get("cache_control") for m in up["messages"]]
+    if turn == "first":
+        assert marked == [mark]  # the user's message
+    else:  # the user's message (unmarked), the read call, its result
+        assert marked == [None, mark, mark] and up["messages"][1]["content"][-1]["type"] == "tool_use"
+        assert up["messages"][2]["content"][-1]["type"] == "tool_result"
+    assert json.dumps(up).count("cache_control") == json.dumps(body).count("cache_control")

@@ -1,7 +1,8 @@
 """The Anthropic Messages API for non-Anthropic models, with the official anthropic SDK:
 the same client code against a GPT model (OpenAI-kind provider) and a Gemini model
 (Gemini-kind provider), both the mock upstream, translated over Chat Completions; and the real
-Claude Code's captured requests replayed against all three kinds (a Claude model passed through)."""
+Claude Code's captured requests replayed against all three kinds (a Claude model passed through),
+as are OpenCode's and aider's (these also on the chat and Gemini endpoints they use)."""
 
 from __future__ import annotations
 
@@ -622,3 +623,106 @@ def test_claude_code_replay(server, key, mock, kind):
         trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
         assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
         assert trace["end_user"] == json.loads(user_id)["device_id"]  # signed in with a key: its device
+
+
+# OpenCode 1.18.33's and aider 0.86.2's requests, captured through Stockyard (see each file's _about).
+OPENCODE = json.loads((Path(__file__).parent / "opencode_requests.json").read_text())
+AIDER = json.loads((Path(__file__).parent / "aider_requests.json").read_text())
+
+
+@pytest.mark.parametrize("kind", list(REPLAY_MODELS))
+def test_opencode_1_18_turn_replayed_on_messages(server, key, mock, kind):
+    """OpenCode 1.18.33 with its ``@ai-sdk/anthropic`` provider (``options.baseURL`` at Stockyard): the
+    first request of a read/edit/bash tool loop and the follow-up carrying the read tool's result. For a
+    Gemini model OpenCode adds ``top_k`` 64 and ``top_p`` 0.95 (as captured), which was a 400 naming
+    ``top_k`` on every request: it is Gemini's ``topK``. Other models get neither from OpenCode."""
+    model = REPLAY_MODELS[kind]
+    section = OPENCODE["messages"]
+    headers = {**section["headers"], "x-api-key": key}
+    for turn, stop in (("first", "tool_use"), ("follow_up", "end_turn")):
+        body = {**section[turn], "tools": section["tools"], "model": model}
+        if kind != "gemini":
+            body = {k: v for k, v in body.items() if k not in ("top_k", "top_p")}
+        status, answer_headers, raw = server.request("POST", section["path"], body, headers=headers)
+        assert status == 200, raw[:500]
+        events = sse_events(raw)
+        assert events[-2][1]["delta"]["stop_reason"] == stop
+        blocks = [data["content_block"] for name, data in events if name == "content_block_start"]
+        assert blocks[-1]["type"] == ("tool_use" if stop == "tool_use" else "text")
+        if kind == "gemini":
+            config = upstream_body(mock, model)["generationConfig"]
+            assert (config["topK"], config["topP"], config["maxOutputTokens"]) == (64, 0.95, 32000)
+        trace_id = answer_headers["x-stockyard-trace-id"]
+        trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
+        assert trace["provider"] == kind and trace["completion_tokens"] == COMPLETION_TOKENS
+
+
+def test_top_k_refused_for_a_gpt_model_named_in_the_error(server, key):
+    """``top_k`` reaches Gemini only: OpenAI's chat API has no such field, so it stays a 400 naming it."""
+    body = {**OPENCODE["messages"]["first"], "tools": OPENCODE["messages"]["tools"], "model": "gpt-5"}
+    status, _, raw = server.request("POST", "/v1/messages", body, headers={"x-api-key": key})
+    assert status == 400 and json.loads(raw)["error"]["message"].startswith("top_k:")
+
+
+@pytest.mark.parametrize("kind", list(REPLAY_MODELS))
+def test_opencode_1_18_turn_replayed_on_chat(server, key, mock, kind):
+    """OpenCode 1.18.33 with an ``@ai-sdk/openai-compatible`` provider at Stockyard: its tool loop's first
+    request and the follow-up with the read tool's result (``stream_options`` asking for usage, the
+    tool's ``call_…`` id from the answer), passed through for GPT, translated for Claude and Gemini:
+    a streamed tool call the SDK assembles, then text, each traced with its exact cost."""
+    model = REPLAY_MODELS[kind]
+    section = OPENCODE["chat"]
+    headers = {**section["headers"], "Authorization": f"Bearer {key}"}
+    for turn, finish in (("first", "tool_calls"), ("follow_up", "stop")):
+        body = {**section[turn], "tools": section["tools"], "model": model}
+        status, head, raw = server.request("POST", section["path"], body, headers=headers)
+        assert status == 200, raw[:500]
+        chunks = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        assert choices[-1]["finish_reason"] == finish and chunks[-1]["usage"]["completion_tokens"] == COMPLETION_TOKENS
+        if finish == "tool_calls":
+            call = next(c["delta"]["tool_calls"][0] for c in choices if c["delta"].get("tool_calls"))
+            assert call["function"]["name"] == section["tools"][0]["function"]["name"] and call["id"]
+        trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)  # noqa: B023
+        assert trace["provider"] == kind
+
+
+def aider_post(server: ServerProcess, key: str, prefix: str, turn: str, model: str) -> tuple[int, dict, bytes]:
+    """aider's captured ``turn`` for LiteLLM's ``prefix`` (openai, anthropic, gemini), sent for ``model``."""
+    section = AIDER[prefix]
+    auth = {"openai": "Authorization", "anthropic": "x-api-key", "gemini": "x-goog-api-key"}[prefix]
+    headers = {**section["headers"], auth: f"Bearer {key}" if auth == "Authorization" else key}
+    path = section.get(f"{turn}_path", section["path"]).replace("MODEL", model)
+    body = {**section[turn], "model": model} if "model" in section[turn] else section[turn]
+    return server.request("POST", path, body, headers=headers)
+
+
+AIDER_CASES = [("openai", kind) for kind in REPLAY_MODELS] + [("anthropic", "anthropic"), ("gemini", "gemini")]
+
+
+@pytest.mark.parametrize(("prefix", "kind"), AIDER_CASES, ids=[f"{p}-{k}" for p, k in AIDER_CASES])
+def test_aider_0_86_edit_session_replayed(server, key, mock, prefix, kind):
+    """aider 0.86.2 (LiteLLM 1.81.10) in a diff-format edit session: the main model's streamed request
+    (``openai/…`` models: the openai SDK's chat, ``stream`` with no ``stream_options``; ``anthropic/…``:
+    LiteLLM's Messages client; ``gemini/…``: its generateContent client, snake_case
+    ``system_instruction``) and the weak model's plain commit-message request. Each is answered as
+    the client reads it, and traced with the provider's usage, exactly costed; a stream's usage,
+    asked of the provider, is not sent to a client that did not ask for it."""
+    model = REPLAY_MODELS[kind]
+    for turn in ("first", "follow_up"):
+        status, head, raw = aider_post(server, key, prefix, turn, model)
+        assert status == 200, raw[:500]
+        text = raw.decode()
+        if prefix == "openai" and turn == "first":
+            chunks = [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+            assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == TEXT
+            assert all("usage" not in c or c["usage"] is None for c in chunks) and text.rstrip().endswith("[DONE]")
+        elif prefix == "openai":
+            assert json.loads(raw)["choices"][0]["message"]["content"] == TEXT
+        elif prefix == "anthropic" and turn == "first":
+            assert [name for name, _ in sse_events(raw)][-1] == "message_stop"
+        elif prefix == "gemini" and turn == "first":
+            chunks = [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: ")]
+            assert "".join(p.get("text", "") for c in chunks for p in c["candidates"][0]["content"]["parts"]) == TEXT
+        trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)  # noqa: B023
+        assert trace["provider"] == kind and trace["completion_tokens"] == COMPLETION_TOKENS

@@ -992,3 +992,40 @@ def test_codex_tool_search_round_trips_on_a_translated_provider(server, keys, mo
     assert "multi_agent_v1__spawn_agent" in [t["name"] for t in sent["tools"]]
     result = sent["messages"][-1]["content"][0]
     assert result["tool_use_id"] == "toolu_ts1" and "multi_agent_v1__spawn_agent" in result["content"]
+
+
+# --------------------------------------------------------------------------- OpenCode 1.18.33, captured
+
+OPENCODE = json.loads((Path(__file__).parent / "opencode_requests.json").read_text())["responses"]
+
+
+def opencode_echo(item: dict) -> dict:
+    """An output item as OpenCode sends it back (store false): the fields of its captured echo."""
+    shape = next((t for t in OPENCODE["echoed"] if t["type"] == item["type"]), None)
+    return {k: item[k] for k in shape if k in item} if shape else item
+
+
+@pytest.mark.parametrize("kind", list(CODEX_MODELS))
+def test_opencode_1_18_turn_replayed(server, keys, mock, kind):
+    """OpenCode 1.18.33 with its ``@ai-sdk/openai`` provider (``options.baseURL`` at Stockyard): the first
+    request of its tool loop (store false, encrypted reasoning asked for, ``prompt_cache_key``, its
+    session headers) and the follow-up with the items it got back — a reasoning item by its
+    ``encrypted_content`` alone, the call without ids — and the read tool's output, passed through to
+    OpenAI or translated to Claude and Gemini: each streams to response.completed, exactly costed."""
+    body = {**OPENCODE["first"], "tools": OPENCODE["tools"], "model": CODEX_MODELS[kind]}
+    headers = {**OPENCODE["headers"], "Authorization": f"Bearer {keys[0]}"}
+    status, _, raw = server.request("POST", OPENCODE["path"], body, headers=headers)
+    assert status == 200, raw[:500]
+    events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: ")]
+    assert events[-1]["type"] == "response.completed"
+    items = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    call = items[-1]
+    assert (call["type"], call["name"]) == ("function_call", OPENCODE["tools"][0]["name"])
+    output = {**OPENCODE["follow_up"]["input"][-1], "call_id": call["call_id"]}
+    follow = {**body, "input": body["input"] + [opencode_echo(item) for item in items] + [output]}
+    status, head, raw = server.request("POST", OPENCODE["path"], follow, headers=headers)
+    assert status == 200, raw[:500]
+    done = json.loads(raw.decode().rstrip().split("\n")[-1][6:])["response"]
+    assert done["status"] == "completed" and done["output"][-1]["content"][0]["text"] == TEXT
+    trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)
+    assert trace["provider"] == kind and not trace["error_message"]

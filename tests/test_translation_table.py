@@ -76,8 +76,8 @@ PARTLY: list[tuple[str, str, Any]] = [
     ("anthropic", "reasoning_effort", "maximal"),
     ("gemini", "reasoning_effort", "maximal"),
     ("gemini", "response_format", {"type": "xml"}),
-    ("anthropic", "top_k", 5),  # a field no table knows
-    ("gemini", "top_k", 5),
+    ("anthropic", "top_k", 5),  # not OpenAI's: Gemini's table takes it, Claude's does not
+    ("gemini", "min_p", 0.1),  # a field no table knows
 ]
 REFUSED_ROWS = [(kind, name) for kind, table in TABLES.items() for name, row in table.items() if row.how == REFUSED]
 
@@ -190,6 +190,7 @@ TRANSLATED: list[tuple[str, str, dict, Check]] = [
     ("anthropic", "reasoning_effort none", {"reasoning_effort": "none"}, lambda r: "thinking" not in r.json),
     ("gemini", "temperature", {"temperature": 0.3}, gen("temperature", 0.3)),
     ("gemini", "top_p", {"top_p": 0.9}, gen("topP", 0.9)),
+    ("gemini", "top_k", {"top_k": 64}, gen("topK", 64)),
     ("gemini", "max_tokens", {"max_tokens": 50}, gen("maxOutputTokens", 50)),
     ("gemini", "max_completion_tokens", {"max_completion_tokens": 60}, gen("maxOutputTokens", 60)),
     ("gemini", "n", {"n": 2}, gen("candidateCount", 2)),

@@ -113,7 +113,11 @@ def _structured(fmt: Any) -> bool:
 # the README and the refusals all read this table).
 CHAT_FIELDS: dict[str, Field] = {
     **COMMON_FIELDS,
-    "messages": Field(TRANSLATED, "system/developer → system; tool results → tool_result blocks; images"),
+    "messages": Field(
+        TRANSLATED,
+        "system/developer → system; tool results → tool_result blocks; images; cache_control on a part,"
+        " a message or a tool call → on its block",
+    ),
     "max_tokens": Field(TRANSLATED, "max_tokens (STOCKYARD_DEFAULT_MAX_TOKENS when absent; thinking fits inside)"),
     "max_completion_tokens": Field(
         TRANSLATED, "max_tokens (STOCKYARD_DEFAULT_MAX_TOKENS when absent; thinking fits inside)"
@@ -288,6 +292,20 @@ def tool_use_blocks(calls: Any) -> list[dict]:
     ]
 
 
+def marked(blocks: list[dict], msg: dict) -> list[dict]:
+    """``blocks`` with the ``cache_control`` mark of their message on the last one. A mark on the
+    message itself, or on one of its tool calls, is LiteLLM's form, which OpenCode's chat provider
+    sends Claude models: it caches the prompt up to the end of that message, as a mark on the
+    message's last block does. One mark per message, however many of its calls carry it."""
+    calls = msg.get("tool_calls")
+    calls = calls if isinstance(calls, list) else []
+    marks = [msg.get("cache_control")] + [c.get("cache_control") for c in calls if isinstance(c, dict)]
+    mark = next((m for m in marks if isinstance(m, dict)), None)
+    if mark is None or not blocks or is_thinking(blocks[-1]):  # a thinking block cannot be marked
+        return blocks
+    return blocks[:-1] + [{**blocks[-1], "cache_control": mark}]
+
+
 def system_value(blocks: list[dict]) -> str | list[dict] | None:
     """Top-level ``system``: one string, or text blocks when some carry ``cache_control``."""
     if any("cache_control" in b for b in blocks):
@@ -302,9 +320,9 @@ def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]
     for msg in message_list(items):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
-            system += [b for b in content_blocks(msg.get("content")) if b["type"] == "text"]
+            system += marked([b for b in content_blocks(msg.get("content")) if b["type"] == "text"], msg)
         elif role == "user":
-            append_turn(out, "user", content_blocks(msg.get("content")), "content")
+            append_turn(out, "user", marked(content_blocks(msg.get("content")), msg), "content")
         elif role == "assistant":
             # its thinking blocks first (``thinking_blocks``, LiteLLM's field): Anthropic wants them
             # back, signature intact, at the start of a turn that called tools with thinking on
@@ -313,14 +331,14 @@ def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]
                 + content_blocks(msg.get("content"))
                 + tool_use_blocks(msg.get("tool_calls"))
             )
-            append_turn(out, "assistant", blocks, "content")
+            append_turn(out, "assistant", marked(blocks, msg), "content")
         elif role == "tool":
             result = {
                 "type": "tool_result",
                 "tool_use_id": msg.get("tool_call_id"),
                 "content": text_of(msg.get("content")),
             }
-            append_turn(out, "user", [result], "content")
+            append_turn(out, "user", marked([result], msg), "content")
         else:
             raise unsupported_role(role, "Anthropic")
     return system_value(system), out

@@ -96,6 +96,7 @@ MAX_SCHEMA_REFS = 500  # $refs inlined in one schema (Gemini's Schema has no $re
 GENERATION_FIELDS = (
     ("temperature", "temperature"),
     ("top_p", "topP"),
+    ("top_k", "topK"),
     ("n", "candidateCount"),
     ("seed", "seed"),
     ("presence_penalty", "presencePenalty"),
@@ -129,6 +130,9 @@ CHAT_FIELDS: dict[str, Field] = {
     "max_completion_tokens": Field(TRANSLATED, "generationConfig.maxOutputTokens"),
     "temperature": Field(TRANSLATED, "generationConfig.temperature"),
     "top_p": Field(TRANSLATED, "generationConfig.topP"),
+    # Not OpenAI's, but Gemini samples with it: the Messages API's top_k arrives here (OpenCode sends
+    # Gemini models top_k 64).
+    "top_k": Field(TRANSLATED, "generationConfig.topK"),
     "n": Field(TRANSLATED, "generationConfig.candidateCount"),
     "seed": Field(TRANSLATED, "generationConfig.seed"),
     "presence_penalty": Field(TRANSLATED, "generationConfig.presencePenalty"),

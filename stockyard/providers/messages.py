@@ -26,7 +26,9 @@ Field table (Messages → chat):
   are ignored, as are ``service_tier`` (Anthropic's priority tier; ``auto`` is its default) and
   ``context_management`` (edits Anthropic makes to the context it keeps between turns; Claude Code
   sends it, and a chat provider has no such context: the conversation goes as the client sent it).
-- refused: ``top_k`` (no chat field for it), any other field, block or tool type.
+- ``top_k`` → the chat ``top_k`` a Gemini provider takes (``generationConfig.topK``; OpenCode sends
+  Gemini models 64); refused for the other kinds, whose chat APIs have no such field.
+- refused: any other field, block or tool type.
 
 Answers: reasoning text (``reasoning_content``) becomes a ``thinking`` block; a tool call's Gemini
 thought signature (``extra_content.google.thought_signature``), which Gemini 3 needs back on the
@@ -60,6 +62,8 @@ KNOWN_FIELDS = {
     "output_config",
     *CHAT_FIELDS,
 }
+# Fields a provider kind's chat API takes beyond OpenAI's (Gemini samples with top_k too).
+KIND_FIELDS = {"gemini": {"top_k"}}
 # Hints for Anthropic's cache, capacity and the context it keeps (``context_management``, which
 # Claude Code sends with its beta): the chat providers keep no context to edit, nothing to send.
 IGNORED_FIELDS = {"cache_control", "service_tier", "context_management"}
@@ -107,7 +111,8 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
         raise invalid("body", "the request body must be a JSON object")
     for key in body:
         if key not in KNOWN_FIELDS and key not in IGNORED_FIELDS and present(body, key):
-            raise unsupported(key, f"the field '{key}'")
+            if key not in KIND_FIELDS.get(kind, ()):
+                raise unsupported(key, f"the field '{key}'")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("model", "'model' must be a non-empty string")
@@ -125,6 +130,7 @@ def to_chat(body: dict, kind: str = "openai", provider: str | None = None) -> di
     for ours, theirs in CHAT_FIELDS.items():
         if present(body, ours):
             chat[theirs] = body[ours]
+    chat.update({key: body[key] for key in KIND_FIELDS.get(kind, ()) if present(body, key)})
     if present(body, "tools"):
         tools = chat_tools(body["tools"])
         if tools:
