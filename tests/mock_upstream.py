@@ -1538,10 +1538,16 @@ def gemini_signature_refusal(body: dict, model: str, signed: dict[tuple[str, str
     return None
 
 
+def _gemini_thoughts(body: dict) -> list[dict]:
+    """The thought summary Gemini puts first when asked (thinkingConfig.includeThoughts)."""
+    thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    return [{"text": THINKING_TEXT, "thought": True}] if thinking.get("includeThoughts") else []
+
+
 def gemini_generate(body: dict, n: int, model: str) -> dict:
     """A non-streamed GenerateContentResponse."""
     fn = _first_gemini_function(body)
-    parts = [_gemini_call_part(fn, model)] if fn else [{"text": TEXT}]
+    parts = _gemini_thoughts(body) + ([_gemini_call_part(fn, model)] if fn else [{"text": TEXT}])
     return _gemini_response(
         parts, model, n, "STOP", gemini_usage(model, per_choice_tokens(body, model) * billed_choices(body))
     )
@@ -1552,10 +1558,13 @@ def gemini_stream(body: dict, n: int, model: str) -> list[str]:
     the last chunk has finishReason STOP and the final counts. No `[DONE]` (Gemini has none)."""
     fn = _first_gemini_function(body)
     total = per_choice_tokens(body, model) * billed_choices(body)
+    thoughts = (
+        [_dumps(_gemini_response(_gemini_thoughts(body), model, n, None, None))] if _gemini_thoughts(body) else []
+    )
     if fn:
         parts = [_gemini_call_part(fn, model)]
-        return [_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model, total)))]
-    events = []
+        return thoughts + [_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model, total)))]
+    events = thoughts
     for i, piece in enumerate(TEXT_PIECES):
         last = i == len(TEXT_PIECES) - 1
         tokens = total if last else i + 1

@@ -12,7 +12,7 @@ import openai
 import pydantic
 import pytest
 from conftest import ServerProcess, base_env, wait_for
-from mock_upstream import TEXT, MockUpstream, Recorded, Reply, gemini_stream
+from mock_upstream import TEXT, THINKING_TEXT, MockUpstream, Recorded, Reply, gemini_stream
 
 GEMINI_KEY = "AIza-test-0123456789abcdefGEMINISECRET"
 TOOLS = [
@@ -128,6 +128,27 @@ def test_plain_chat_translates_both_ways(server, client, mock) -> None:
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
     assert (trace["provider"], trace["status"], trace["served_model"]) == ("gemini", 200, model)
     assert (trace["prompt_tokens"], trace["completion_tokens"], trace["cost_status"]) == (12, 5, "exact")
+
+
+def test_thought_summaries_come_back_as_reasoning_content(server, client, mock) -> None:
+    """Was: Gemini was never asked for its thoughts, so a client asking for reasoning (Codex's
+    reasoning summary, a chat client reading reasoning_content) saw none, as it does from Claude."""
+    model = "gemini-2.5-flash-thoughts"
+    answer = client.chat.completions.create(model=model, messages=user(), reasoning_effort="low")
+    assert sent(mock, model).json["generationConfig"]["thinkingConfig"] == {
+        "thinkingBudget": 1024,
+        "includeThoughts": True,
+    }
+    message = answer.choices[0].message
+    assert (message.content, message.model_extra["reasoning_content"]) == (TEXT, THINKING_TEXT)
+    stream = client.chat.completions.create(model=model, messages=user(), reasoning_effort="low", stream=True)
+    deltas = [chunk.choices[0].delta for chunk in stream if chunk.choices]
+    thought = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert thought == THINKING_TEXT and "".join(d.content or "" for d in deltas) == TEXT
+    client.chat.completions.create(model=model, messages=user(), reasoning_effort="none")
+    assert sent(mock, model).json["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 0}
+    client.chat.completions.create(model=model, messages=user())
+    assert "thinkingConfig" not in sent(mock, model).json.get("generationConfig", {})
 
 
 def test_reasoning_and_cached_usage(server, client) -> None:

@@ -217,7 +217,12 @@ TRANSLATED: list[tuple[str, str, dict, Check]] = [
         gen("responseMimeType", "application/json"),
     ),
     ("gemini", "response_format", {"response_format": SCHEMA_FORMAT}, gemini_schema),
-    ("gemini", "reasoning_effort", {"reasoning_effort": "low"}, gen("thinkingConfig", {"thinkingBudget": 1024})),
+    (
+        "gemini",
+        "reasoning_effort",
+        {"reasoning_effort": "low"},
+        gen("thinkingConfig", {"thinkingBudget": 1024, "includeThoughts": True}),
+    ),
     ("gemini", "reasoning_effort none", {"reasoning_effort": "none"}, gen("thinkingConfig", {"thinkingBudget": 0})),
 ]
 
@@ -236,7 +241,8 @@ def test_gemini_3_gets_a_thinking_level(server, mock) -> None:
     status, _, answer = chat(server, {"model": "gemini-3-pro-table", "reasoning_effort": "xhigh"})
     assert status == 200, answer
     assert upstream(mock, "gemini", "gemini-3-pro-table").json["generationConfig"]["thinkingConfig"] == {
-        "thinkingLevel": "high"
+        "thinkingLevel": "high",
+        "includeThoughts": True,
     }
 
 
@@ -257,7 +263,7 @@ def test_a_thinking_level_the_model_takes(server, mock, model, effort, level) ->
     status, _, answer = chat(server, {"model": model, "reasoning_effort": effort})
     assert status == 200, answer
     sent = upstream(mock, "gemini", model).json["generationConfig"]["thinkingConfig"]
-    assert sent == {"thinkingLevel": level}
+    assert sent == {"thinkingLevel": level, "includeThoughts": True}
 
 
 @pytest.mark.parametrize("kind", ["anthropic", "gemini"])

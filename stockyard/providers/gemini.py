@@ -146,7 +146,8 @@ CHAT_FIELDS: dict[str, Field] = {
     "reasoning_effort": Field(
         TRANSLATED,
         "thinkingConfig: thinkingLevel for gemini-3*, else thinkingBudget "
-        + ", ".join(f"{k} {v}" for k, v in THINKING_BUDGETS.items()),
+        + ", ".join(f"{k} {v}" for k, v in THINKING_BUDGETS.items())
+        + "; with includeThoughts (except none): the thought summaries come back as reasoning_content",
         lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
     ),
     "parallel_tool_calls": Field(EMULATED, "false: an answer keeps its first tool call only (Gemini has no switch)"),
@@ -376,8 +377,12 @@ def thinking_config(effort: Any, model: str) -> dict | None:
     if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         return None
     if gemini3(model):
-        return {"thinkingLevel": level_for(model.removeprefix("models/"), THINKING_LEVELS[effort])}
-    return {"thinkingBudget": THINKING_BUDGETS[effort]}
+        config: dict = {"thinkingLevel": level_for(model.removeprefix("models/"), THINKING_LEVELS[effort])}
+    else:
+        config = {"thinkingBudget": THINKING_BUDGETS[effort]}
+    if effort != "none":  # the thoughts' summaries, as Claude's thinking comes back (billed either way)
+        config["includeThoughts"] = True
+    return config
 
 
 def user_text_turn(content: dict) -> bool:
@@ -524,14 +529,15 @@ def first_call_only(ctx: RequestContext, calls: list[dict], made: bool = False) 
     return kept
 
 
-def candidate_message(candidate: dict) -> tuple[str | None, list[dict]]:
-    """(text, tool_calls) of one candidate."""
+def candidate_message(candidate: dict) -> tuple[str | None, list[dict], str]:
+    """(text, tool_calls, thought summaries) of one candidate."""
     texts: list[str] = []
     calls: list[dict] = []
+    thoughts: list[str] = []
     for part in (candidate.get("content") or {}).get("parts") or []:
         if part.get("thought"):
-            continue
-        if isinstance(part.get("text"), str):
+            thoughts.append(part["text"] if isinstance(part.get("text"), str) else "")
+        elif isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif isinstance(part.get("functionCall"), dict):
             fn = part["functionCall"]
@@ -543,7 +549,7 @@ def candidate_message(candidate: dict) -> tuple[str | None, list[dict]]:
             if part.get("thoughtSignature"):  # Gemini wants it back with the call (as its OpenAI API does)
                 call["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
             calls.append(call)
-    return ("".join(texts) if texts else None), calls
+    return ("".join(texts) if texts else None), calls, "".join(thoughts)
 
 
 def finish_reason(reason: str | None, has_calls: bool) -> str | None:
@@ -559,12 +565,14 @@ def response_choices(doc: dict, ctx: RequestContext | None = None) -> list[dict]
     request on ``ctx`` allows one: :func:`one_call_only`)."""
     choices = []
     for position, candidate in enumerate(doc.get("candidates") or []):
-        text, calls = candidate_message(candidate)
+        text, calls, thoughts = candidate_message(candidate)
         if ctx is not None and one_call_only(ctx.body):
             calls = first_call_only(ctx, calls)
         message: dict = {"role": "assistant", "content": text, "refusal": None}
         if calls:
             message["tool_calls"] = calls
+        if thoughts:
+            message["reasoning_content"] = thoughts
         reason = finish_reason(candidate.get("finishReason") or "STOP", bool(calls))
         choices.append(
             {"index": candidate.get("index", position), "message": message, "logprobs": None, "finish_reason": reason}
@@ -689,10 +697,12 @@ class GeminiStream(ChunkStream):
         if index not in self.started:
             self.started.add(index)
             out.append(self.out({"role": "assistant", "content": ""}, index=index))
-        text, calls = candidate_message(candidate)
+        text, calls, thoughts = candidate_message(candidate)
         if self.one_call:
             calls = first_call_only(self.ctx, calls, made=index in self.called)
             self.called.update([index] if calls else [])
+        if thoughts:
+            out.append(self.out({"reasoning_content": thoughts}, index=index))
         if text:
             out.append(self.out({"content": text}, index=index))
         if calls:
