@@ -160,6 +160,20 @@ def test_pre_migration_backups_are_named_by_version_and_only_the_last_three_kept
     assert_rows_survive(before, before_cols, path, VERSIONS[-1] + 4)
 
 
+def old_file(path: Path, *pragmas: str) -> Path:
+    """A database at today's schema made as an older Stockyard made it (``pragmas`` first), with rows."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    for pragma in (*pragmas, "PRAGMA journal_mode=WAL"):
+        raw.execute(pragma)
+    for m in db.available_migrations():
+        db.apply_migration(raw, m)
+    raw.close()
+    conn = db.connect(path)
+    write_known_rows(conn, SECRET)
+    conn.close()
+    return path
+
+
 def content_but_audit(path: Path) -> dict[str, list[tuple]]:
     """Every table's rows but the audit log's (migrate appends to it), read on a closed connection."""
     return {t: rows for t, rows in database_picture(path).items() if t != "audit_log"}
@@ -175,15 +189,7 @@ def page_size(path: Path) -> int:
 
 def test_an_old_file_is_converted_to_incremental_vacuum_once(pyz_path, cache_home, tmp_path):
     """Files made before auto_vacuum was set cannot shrink; `stockyard migrate` converts them."""
-    path = tmp_path / "old.db"
-    raw = sqlite3.connect(path, isolation_level=None)
-    raw.execute("PRAGMA journal_mode=WAL")  # what an old Stockyard made: auto_vacuum off
-    for m in db.available_migrations():
-        db.apply_migration(raw, m)
-    raw.close()
-    conn = db.connect(path)
-    write_known_rows(conn, SECRET)
-    conn.close()
+    path = old_file(tmp_path / "old.db")  # what an old Stockyard made: auto_vacuum off
     before = content_but_audit(path)  # every connection closed: a rewrite needs the file to itself
     check = pyz(pyz_path, cache_home, "migrate", "--check", "--db", path)
     assert check.returncode == 1 and "would rewrite the file with incremental vacuum" in check.stdout
@@ -219,17 +225,7 @@ def test_a_new_database_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path):
 def test_migrate_repack_gives_an_old_file_16_kb_pages_only_when_asked(pyz_path, cache_home, tmp_path):
     """An existing 4 KB file keeps its pages through upgrades (a full rewrite is the operator's
     call); `migrate --check` mentions it without counting it as pending, `--repack` rewrites it."""
-    path = tmp_path / "old.db"
-    raw = sqlite3.connect(path, isolation_level=None)
-    raw.execute("PRAGMA page_size=4096")
-    raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    raw.execute("PRAGMA journal_mode=WAL")
-    for m in db.available_migrations():
-        db.apply_migration(raw, m)
-    raw.close()
-    conn = db.connect(path)
-    write_known_rows(conn, SECRET)
-    conn.close()
+    path = old_file(tmp_path / "old.db", "PRAGMA page_size=4096", "PRAGMA auto_vacuum=INCREMENTAL")
     before = content_but_audit(path)
     check = pyz(pyz_path, cache_home, "migrate", "--check", "--db", path)
     assert check.returncode == 0 and "`stockyard migrate --repack` rewrites it" in check.stdout
