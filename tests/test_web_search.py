@@ -518,19 +518,34 @@ def test_odd_citations_from_a_provider_stay_inside_the_text() -> None:
 
 
 @pytest.mark.parametrize("live", [True, False])
-def test_codex_web_search_tool_with_external_web_access(client, mock, live):
+def test_codex_web_search_tool_with_external_web_access(server, client, mock, live):
     """Codex CLI 0.171.0's search tool, ``{"type": "web_search", "external_web_access": …}`` (true with
     ``web_search = "live"`` or full access, false for its default cached search in a sandbox): true is
-    what Claude's search does, live, and goes as its web search tool (it was a 400 naming the field);
-    false asks for searches without the live web, which Claude's cannot do: a 400 naming it, and
-    nothing sent."""
-    model, before = f"{MODEL}-codex-{live}", len(mock.requests)
+    what Claude's search does, live, and goes as its web search tool (it was a 400 naming the field).
+    False asks for searches without the live web, which Claude's cannot do: the tool is left out and
+    the trace says so (it was a 400, so Codex's default configuration failed every request)."""
+    model = f"{MODEL}-codex-{live}"
     tool = {"type": "web_search", "external_web_access": live}
+    raw = client.responses.with_raw_response.create(model=model, input="weather in Paris?", tools=[tool])
+    assert raw.parse().status == "completed"
+    note = server.trace(raw.headers["x-stockyard-trace-id"])["error_message"] or ""
     if not live:
-        with pytest.raises(openai.BadRequestError) as caught:
-            client.responses.create(model=model, input="weather in Paris?", tools=[tool])
-        assert caught.value.body["param"] == "tools[0].external_web_access"
-        assert 'web_search = "live"' in caught.value.body["message"] and len(mock.requests) == before
+        assert "tools" not in sent(mock, model) and "web search left out" in note and 'web_search = "live"' in note
         return
-    client.responses.create(model=model, input="weather in Paris?", tools=[tool])
+    assert "web search left out" not in note
     assert sent(mock, model)["tools"] == [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]
+
+
+def test_codex_default_cached_search_on_gemini_is_left_out(server, client, mock):
+    """Codex CLI's default configuration (cached search) on a Gemini model: the search is left out
+    and noted, not a 400 on every request (Gemini has no web search through translation; a live
+    search asked for is still a 400 naming web_search_options)."""
+    model = "gemini-2.5-flash-codex-cached"
+    tool = {"type": "web_search", "external_web_access": False}
+    raw = client.responses.with_raw_response.create(model=model, input="weather in Paris?", tools=[tool])
+    assert raw.parse().status == "completed"
+    assert "tools" not in mock.last(model).json
+    assert "web search left out" in server.trace(raw.headers["x-stockyard-trace-id"])["error_message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=model, input="weather in Paris?", tools=[{"type": "web_search"}])
+    assert caught.value.body["param"] == "web_search_options"

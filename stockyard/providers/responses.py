@@ -502,6 +502,25 @@ def namespace_functions(tool: dict, path: str) -> list[dict]:
     return out
 
 
+# A trace note for a request whose cached-only web search was left out.
+CACHED_SEARCH_LEFT_OUT = (
+    "web search left out: the tool asks for cached results only (external_web_access: false, Codex CLI's "
+    'default), which no translated provider can keep to (Claude searches live); Codex: web_search = "live"'
+)
+
+
+def cached_search_only(tools: Any) -> bool:
+    """A web search tool that may not reach the live web (Codex CLI's default ``web_search =
+    "cached"``: OpenAI's index only). Claude's search is live and Gemini has none here, so on a
+    translated provider it is left out, noted in the trace: the model answers without searching,
+    which keeps to what the client allowed, instead of a 400 on every request of Codex's default
+    configuration."""
+    return isinstance(tools, list) and any(
+        isinstance(t, dict) and t.get("type") in WEB_SEARCH_TOOLS and t.get("external_web_access") is False
+        for t in tools
+    )
+
+
 def web_search_options(tools: list) -> dict | None:
     """A web search tool → chat ``web_search_options`` (None without one): its
     ``search_context_size``, and its ``user_location`` as chat nests it; ``filters`` and any
@@ -515,11 +534,8 @@ def web_search_options(tools: list) -> dict | None:
     for key in tool:
         if key not in WEB_SEARCH_FIELDS and present(tool, key):
             raise unsupported(f"tools[{i}].{key}", f"web search tool field {key!r}")
-    if tool.get("external_web_access") is False:  # Codex CLI's cached search: the provider's searches are live
-        raise unsupported(
-            f"tools[{i}].external_web_access",
-            'a web search without live web access (Codex CLI: web_search = "live" or "disabled")',
-        )
+    if tool.get("external_web_access") is False:  # left out: see cached_search_only
+        return None
     kinds = tool.get("search_content_types")
     if kinds is not None and (not isinstance(kinds, list) or "text" not in kinds):  # results may be text: Claude's are
         raise unsupported(f"tools[{i}].search_content_types", "a web search whose results may not be text")

@@ -26,7 +26,7 @@ from ..errors import OPENAI, ProxyError
 from ..pricing import Usage
 from . import Provider, responses
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
-from .chatshape import chat_chunks, chunk_error
+from .chatshape import chat_chunks, chunk_error, note
 from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
 from .reasoning import unpack
@@ -194,6 +194,8 @@ class ResponsesOverChat(Adapter):
                 param="previous_response_id",
                 code="previous_response_elsewhere",
             )
+        if responses.cached_search_only(ctx.body.get("tools")):
+            note(ctx, responses.CACHED_SEARCH_LEFT_OUT)
         return self.inner.prepare(self.chat_ctx(ctx), provider, model)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
