@@ -108,6 +108,7 @@ def test_chat_web_search_answers_with_url_citations_and_bills_each_search(server
     assert content == TEXT  # the search blocks are not text
     assert [s["query"] for s in searches] == SEARCH_QUERIES
     assert [s["id"] for s in searches] == ["srvtoolu_mock1", "srvtoolu_mock2"]
+    assert [s["sources"] for s in searches] == [[{"type": "url", "url": r["url"]}] for r in SEARCH_RESULTS]
     assert annotations == [
         {
             "type": "url_citation",
@@ -239,6 +240,7 @@ def check_responses_output(response, streamed: bool = False) -> None:
     assert [(s.status, s.action.type, s.action.query) for s in searches] == [
         ("completed", "search", q) for q in SEARCH_QUERIES
     ]
+    assert [s.action.sources for s in searches] == [None] * len(SEARCH_QUERIES)  # not asked for
     assert all(s.id.startswith("ws_") for s in searches)
     assert response.output_text == TEXT
     parts = [p for o in response.output if o.type == "message" for p in o.content]
@@ -549,3 +551,53 @@ def test_codex_default_cached_search_on_gemini_is_left_out(server, client, mock)
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model=model, input="weather in Paris?", tools=[{"type": "web_search"}])
     assert caught.value.body["param"] == "web_search_options"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_sources_when_include_asks_for_them(client, stream):
+    """Was: include ["web_search_call.action.sources"] was accepted and no sources came back."""
+    ask = {"model": f"{MODEL}-4", "input": "weather?", "tools": [{"type": "web_search"}]}
+    ask["include"] = ["web_search_call.action.sources"]
+    if stream:
+        with client.responses.stream(**ask) as events:
+            response = events.get_final_response()
+    else:
+        response = client.responses.create(**ask)
+    searches = [o for o in response.output if o.type == "web_search_call"]
+    assert [[src.url for src in s.action.sources] for s in searches] == [[r["url"]] for r in SEARCH_RESULTS]
+
+
+def failed_search_events() -> list[bytes]:
+    """Claude's search answered an error (no results; not billed), then Claude answers."""
+
+    def event(payload: dict) -> bytes:
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    use = {"type": "server_tool_use", "id": "srvtoolu_9", "name": "web_search", "input": {"query": "paris"}}
+    error = {"type": "web_search_tool_result_error", "error_code": "too_many_requests"}
+    failed = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_9", "content": error}
+    blocks = [use, failed, {"type": "text", "text": "I could not search."}]
+    start = {"id": "m", "model": "claude", "usage": {"input_tokens": 10, "output_tokens": 1}}
+    events = [event({"type": "message_start", "message": start})]
+    for i, block in enumerate(blocks):
+        events.append(event({"type": "content_block_start", "index": i, "content_block": block}))
+        events.append(event({"type": "content_block_stop", "index": i}))
+    events.append(event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 5}}))
+    return [*events, event({"type": "message_stop"})]
+
+
+def test_a_failed_search_is_failed_not_completed() -> None:
+    """Was: a search Claude's tool answered with an error came back as a completed search."""
+    from test_anthropic import stream_chunks
+
+    from stockyard.providers import responses
+    from stockyard.providers.anthropic import message_to_choice
+
+    chunks = stream_chunks([e.decode() for e in failed_search_events()])
+    entries = [s for c in chunks if c.get("choices") for s in c["choices"][0]["delta"].get("web_search_calls") or []]
+    assert entries == [{"index": 0, "id": "srvtoolu_9", "query": "paris", "status": "failed"}]
+    blocks = [json.loads(e[6:])["content_block"] for e in failed_search_events() if b"content_block_start" in e]
+    message = message_to_choice({"content": blocks, "stop_reason": "end_turn"})["message"]
+    assert message["web_search_calls"] == [{"id": "srvtoolu_9", "query": "paris", "status": "failed"}]
+    response = responses.from_chat({"choices": [{"message": message, "finish_reason": "stop"}]}, {}, "resp_x", 1)
+    assert [(o["type"], o["status"]) for o in response["output"]][0] == ("web_search_call", "failed")

@@ -610,6 +610,28 @@ def web_search_call(block: dict, arguments: Any) -> dict | None:
     return {"id": block.get("id"), "query": query if isinstance(query, str) else ""}
 
 
+def with_result(search: dict, result: Any) -> dict:
+    """A ``web_search_calls`` entry with what its search found: the result pages' URLs as its
+    ``sources`` (what the Responses API's ``web_search_call.action.sources`` lists), or
+    ``"status": "failed"`` when Claude's search answered an error (no results, not billed)."""
+    content = result.get("content") if isinstance(result, dict) else None
+    if isinstance(content, list):
+        urls = [r["url"] for r in content if isinstance(r, dict) and isinstance(r.get("url"), str)]
+        return {**search, "sources": [{"type": "url", "url": url} for url in urls]}
+    if isinstance(content, dict):  # web_search_tool_result_error
+        return {**search, "status": "failed"}
+    return search
+
+
+def search_results(content: Any) -> dict[str, dict]:
+    """A message's ``web_search_tool_result`` blocks by the search they answer."""
+    return {
+        b["tool_use_id"]: b
+        for b in (content if isinstance(content, list) else [])
+        if isinstance(b, dict) and b.get("type") == "web_search_tool_result" and isinstance(b.get("tool_use_id"), str)
+    }
+
+
 def _arguments(streamed: str, start: Any) -> Any:
     """A server tool's input: its streamed JSON, or the input its block started with; JSON the
     provider cut or garbled is no input (the search's query is then unknown, the answer goes on)."""
@@ -657,7 +679,8 @@ def message_to_choice(message: dict) -> dict:
     if annotations:
         out["annotations"] = annotations
     if searches:
-        out["web_search_calls"] = searches
+        results = search_results(message.get("content"))
+        out["web_search_calls"] = [with_result(search, results.get(search["id"])) for search in searches]
     if any(thoughts):
         out["reasoning_content"] = "".join(thoughts)
     blocks = thinking_blocks(message.get("content"))
@@ -783,6 +806,7 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.texts: dict[int, tuple[int, list]] = {}  # Anthropic block index → (its start, its citations)
         self.searches: dict[int, dict] = {}  # Anthropic block index → a server_tool_use block being read
         self.search_count = 0  # web_search_calls entries sent (each has its index)
+        self.asked: dict[str, dict] = {}  # a search whose query is known, by id, until its result block comes
         self.annotation_count = 0  # annotations sent (each has its index)
         self.searched = 0  # web searches that returned results (each billed, whatever the usage says)
 
@@ -807,10 +831,12 @@ class AnthropicToOpenAIStream(ChunkStream):
         if block.get("type") == "server_tool_use":
             self.searches[payload.get("index", -1)] = {**block, "partial_json": ""}
             return []
-        if search_ran(block):
-            self.searched += 1
-            take_usage(self.ctx, self.usage, {}, self.searched)
-            return []
+        if block.get("type") == "web_search_tool_result":
+            if search_ran(block):
+                self.searched += 1
+                take_usage(self.ctx, self.usage, {}, self.searched)
+            search = self.asked.pop(block.get("tool_use_id"), None)
+            return self.search_entry(with_result(search, block)) if search is not None else []
         if block.get("type") in THINKING_TYPES:
             self.thoughts[payload.get("index", -1)] = dict(block)
             text = block.get("thinking")
@@ -878,10 +904,9 @@ class AnthropicToOpenAIStream(ChunkStream):
         if index in self.searches:
             block = self.searches.pop(index)
             search = web_search_call(block, _arguments(block.pop("partial_json"), block.get("input")))
-            if search is None:
-                return []
-            self.search_count += 1
-            return [self.out({"web_search_calls": [{"index": self.search_count - 1, **search}]})]
+            if search is not None:  # sent once its result block says what it found
+                self.asked[search["id"]] = search
+            return []
         blocks = thinking_blocks([self.thoughts.pop(index, None)])
         if not blocks:
             return []
@@ -889,11 +914,17 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.thought_count += 1
         return [self.out({"thinking_blocks": [entry]})]
 
+    def search_entry(self, search: dict) -> list[bytes]:
+        self.search_count += 1
+        return [self.out({"web_search_calls": [{"index": self.search_count - 1, **search}]})]
+
     def on_message_delta(self, payload: dict) -> list[bytes]:
         take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
         self.ctx.attempt.usage = with_thinking(self.ctx.attempt.usage, self.thinking)
         reason = (payload.get("delta") or {}).get("stop_reason")
-        return [self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else []
+        unanswered = [entry for search in self.asked.values() for entry in self.search_entry(search)]
+        self.asked.clear()  # searches whose results never came (a paused turn): as they were asked
+        return unanswered + ([self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else [])
 
     def on_message_stop(self, payload: dict) -> list[bytes]:
         self.complete = True

@@ -725,12 +725,20 @@ def listed(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
-def web_search_item(ident: str, search: Any) -> dict:
+SOURCES_INCLUDE = "web_search_call.action.sources"
+
+
+def web_search_item(ident: str, search: Any, request: dict) -> dict:
     """A ``web_search_call`` item for a search the provider ran (a chat message's
-    ``web_search_calls`` entry: Claude's query)."""
-    query = obj(search).get("query")
-    action = {"type": "search", "query": query if isinstance(query, str) else ""}
-    return {"id": ident, "type": "web_search_call", "status": "completed", "action": action}
+    ``web_search_calls`` entry: Claude's query, what it found, whether it failed); its result
+    pages as ``action.sources`` when the request's ``include`` asks for them, as OpenAI does."""
+    entry = obj(search)
+    query = entry.get("query")
+    action: dict = {"type": "search", "query": query if isinstance(query, str) else ""}
+    if SOURCES_INCLUDE in listed(request.get("include")):
+        action["sources"] = [s for s in listed(entry.get("sources")) if isinstance(obj(s).get("url"), str)]
+    status = "failed" if entry.get("status") == "failed" else "completed"
+    return {"id": ident, "type": "web_search_call", "status": status, "action": action}
 
 
 def refusal_part(text: str) -> dict:
@@ -894,7 +902,7 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
     if reasoning or state:
         output.append(reasoning_item(item_id("rs", response_id, len(output)), reasoning, state, provider))
     for search in listed(message.get("web_search_calls")):
-        output.append(web_search_item(item_id("ws", response_id, len(output)), search))
+        output.append(web_search_item(item_id("ws", response_id, len(output)), search, request))
     content = []
     if isinstance(message.get("content"), str) and message["content"]:
         text = message["content"]
@@ -1129,7 +1137,7 @@ class ChatToResponsesStream:
         """A search the provider ran, whole (its query known): a ``web_search_call`` item with
         the events OpenAI streams for one, from added to done."""
         out = self.close()
-        item = web_search_item(item_id("ws", self.response_id, len(self.output)), search)
+        item = web_search_item(item_id("ws", self.response_id, len(self.output)), search, self.request)
         index, added = self.add_item({**item, "status": "in_progress"})
         out.append(added)
         for step in ("in_progress", "searching", "completed"):
