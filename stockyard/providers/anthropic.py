@@ -835,7 +835,7 @@ class AnthropicToOpenAIStream(ChunkStream):
             if search_ran(block):
                 self.searched += 1
                 take_usage(self.ctx, self.usage, {}, self.searched)
-            search = self.asked.pop(block.get("tool_use_id"), None)
+            search = self.asked.pop(str(block.get("tool_use_id")), None)
             return self.search_entry(with_result(search, block)) if search is not None else []
         if block.get("type") in THINKING_TYPES:
             self.thoughts[payload.get("index", -1)] = dict(block)
@@ -905,7 +905,7 @@ class AnthropicToOpenAIStream(ChunkStream):
             block = self.searches.pop(index)
             search = web_search_call(block, _arguments(block.pop("partial_json"), block.get("input")))
             if search is not None:  # sent once its result block says what it found
-                self.asked[search["id"]] = search
+                self.asked[str(search["id"])] = search
             return []
         blocks = thinking_blocks([self.thoughts.pop(index, None)])
         if not blocks:
