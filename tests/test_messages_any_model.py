@@ -737,8 +737,8 @@ AGENT_REPLAYS = {
 AGENT_CASES = [
     (agent, route, kind)
     for agent, sections in AGENT_REPLAYS.items()
-    for route in sections
-    if route != "_about"
+    for route, section in sections.items()
+    if isinstance(section, dict) and "first" in section
     for kind in (["gemini"] if route == "gemini" else list(REPLAY_MODELS))
 ]
 AGENT_AUTH = {
