@@ -1015,3 +1015,31 @@ def test_opencode_message_level_cache_marks_reach_claude(server, mock, turn) -> 
         assert marked == [None, mark, mark] and up["messages"][1]["content"][-1]["type"] == "tool_use"
         assert up["messages"][2]["content"][-1]["type"] == "tool_result"
     assert json.dumps(up).count("cache_control") == json.dumps(body).count("cache_control")
+
+
+# --------------------------------------------------------------------------- a tool result's images and files
+
+QWEN_MEDIA = json.loads((Path(__file__).parent / "qwen_code_requests.json").read_text())["chat_media"]
+
+
+def test_qwen_code_tool_result_image_and_pdf_reach_claude(server, mock) -> None:
+    """Qwen Code 0.15.10's chat request after ``read_file`` of a PNG, then of a PDF (tests/qwen_code_requests.json,
+    as captured): each ``tool`` message's content is an ``image_url`` or a ``file`` part. They went to Claude
+    as empty ``tool_result``s — the image and the PDF lost without a word. Each result now says what follows
+    it, and the image and the document follow it in the same user turn."""
+    model = "claude-haiku-4-5-plain"
+    body = {**QWEN_MEDIA["body"], "model": model}
+    headers = {**QWEN_MEDIA["headers"], "Authorization": "Bearer x"}
+    status, _, raw = server.request("POST", QWEN_MEDIA["path"], body, headers=headers)
+    assert status == 200, raw[:300]
+    turns = sent(mock, model).json["messages"]
+    image_turn, pdf_turn = turns[-3], turns[-1]
+    assert [b["type"] for b in image_turn["content"]] == ["tool_result", "image"]
+    assert image_turn["content"][0]["content"] == "(the result is the image that follows)"
+    assert image_turn["content"][1]["source"]["media_type"] == "image/png"
+    assert [b["type"] for b in pdf_turn["content"]] == ["tool_result", "document"]
+    assert pdf_turn["content"][0]["content"] == "(the result is the attachment that follows)"
+    assert (pdf_turn["content"][1]["source"]["media_type"], pdf_turn["content"][1]["title"]) == (
+        "application/pdf",
+        "doc.pdf",
+    )

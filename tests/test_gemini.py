@@ -7,6 +7,7 @@ Each test uses its own model name; the mock takes the model from the URL path.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import openai
 import pydantic
@@ -683,3 +684,26 @@ def test_a_gemini_3_tool_loop_whose_client_dropped_the_signature(server, mock) -
     assert parts[0]["thoughtSignature"] == "skip_thought_signature_validator"
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["status"] == 200 and "thought signature skipped" in trace["error_message"]
+
+
+# --------------------------------------------------------------------------- a tool result's images and files
+
+QWEN_MEDIA = json.loads((Path(__file__).parent / "qwen_code_requests.json").read_text())["chat_media"]
+
+
+def test_qwen_code_tool_result_image_and_pdf_reach_gemini(server, mock) -> None:
+    """Qwen Code 0.15.10's chat request after ``read_file`` of a PNG, then of a PDF (tests/qwen_code_requests.json,
+    as captured): each ``tool`` message's content is an ``image_url`` or a ``file`` part. They went to Gemini
+    as ``functionResponse``s with empty content — the image and the PDF lost without a word. Each response now
+    says what follows it, and the image and the PDF follow it as ``inlineData`` in the same user turn."""
+    model = "gemini-2.5-flash-plain"
+    body = {**QWEN_MEDIA["body"], "model": model}
+    headers = {**QWEN_MEDIA["headers"], "Authorization": "Bearer x"}
+    status, _, raw = server.request("POST", QWEN_MEDIA["path"], body, headers=headers)
+    assert status == 200, raw[:300]
+    contents = sent(mock, model).json["contents"]
+    image_turn, pdf_turn = contents[-3], contents[-1]
+    said = [turn["parts"][0]["functionResponse"]["response"]["content"] for turn in (image_turn, pdf_turn)]
+    assert said == ["(the result is the image that follows)", "(the result is the attachment that follows)"]
+    assert image_turn["parts"][1]["inlineData"]["mimeType"] == "image/png"
+    assert pdf_turn["parts"][1]["inlineData"]["mimeType"] == "application/pdf"

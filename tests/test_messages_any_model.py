@@ -727,3 +727,64 @@ def test_aider_0_86_edit_session_replayed(server, key, mock, prefix, kind):
             assert "".join(p.get("text", "") for c in chunks for p in c["candidates"][0]["content"]["parts"]) == TEXT
         trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)  # noqa: B023
         assert trace["provider"] == kind and trace["completion_tokens"] == COMPLETION_TOKENS
+
+
+# Qwen Code 0.15.10's, Continue CLI 1.5.47's and Kilo Code CLI 7.7.7's requests, captured through Stockyard
+# (see each file's _about): each section is one route the agent speaks, replayed for every model it can name.
+AGENT_REPLAYS = {
+    name: json.loads((Path(__file__).parent / f"{name}_requests.json").read_text())
+    for name in ("qwen_code", "continue_cli", "kilo_cli")
+}
+AGENT_CASES = [
+    (agent, route, kind)
+    for agent, sections in AGENT_REPLAYS.items()
+    for route, section in sections.items()
+    if isinstance(section, dict) and "first" in section
+    for kind in (["gemini"] if route == "gemini" else list(REPLAY_MODELS))
+]
+AGENT_AUTH = {
+    "chat": "Authorization",
+    "responses": "Authorization",
+    "messages": "x-api-key",
+    "gemini": "x-goog-api-key",
+}
+
+
+def tool_loop_turn(route: str, raw: bytes) -> str:
+    """What a streamed answer of ``route`` ends with: ``tool`` (a call to run) or ``text``."""
+    text = raw.decode()
+    if route == "messages":
+        return "tool" if sse_events(raw)[-2][1]["delta"]["stop_reason"] == "tool_use" else "text"
+    data = [json.loads(line[6:]) for line in text.split("\n") if line.startswith("data: {")]
+    if route == "chat":
+        choices = [c["choices"][0] for c in data if c["choices"]]
+        return "tool" if choices[-1]["finish_reason"] == "tool_calls" else "text"
+    if route == "responses":
+        output = data[-1]["response"]["output"]
+        return "tool" if output[-1]["type"] == "function_call" else "text"
+    parts = [p for c in data for p in c["candidates"][0]["content"]["parts"]]
+    return "tool" if any("functionCall" in p for p in parts) else "text"
+
+
+@pytest.mark.parametrize(("agent", "route", "kind"), AGENT_CASES, ids=["-".join(c) for c in AGENT_CASES])
+def test_terminal_agent_tool_loop_replayed(server, key, mock, agent, route, kind):
+    """Qwen Code 0.15.10 (``--auth-type`` openai, anthropic, gemini), Continue CLI 1.5.47 (a config.yaml
+    model of provider openai — the Responses API for GPT-5, chat for other names —, anthropic or gemini)
+    and Kilo Code CLI 7.7.7 (``@ai-sdk/openai-compatible`` and ``@ai-sdk/anthropic`` providers): the first
+    streamed request of a read/edit/shell tool loop and the follow-up carrying the read tool's result, as
+    captured, for a GPT (passed through or translated), Claude and Gemini model: a tool call the client
+    runs, then text, each traced with its provider's usage at an exact cost."""
+    section = AGENT_REPLAYS[agent][route]
+    model = REPLAY_MODELS[kind]
+    auth = AGENT_AUTH[route]
+    headers = {**section["headers"], auth: f"Bearer {key}" if auth == "Authorization" else key}
+    path = section["path"].replace("MODEL", model)
+    for turn, ends in (("first", "tool"), ("follow_up", "text")):
+        body = {**section[turn], "tools": section["tools"]}
+        if "model" in body:
+            body["model"] = model
+        status, head, raw = server.request("POST", path, body, headers=headers)
+        assert status == 200, raw[:500]
+        assert tool_loop_turn(route, raw) == ends
+        trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)  # noqa: B023
+        assert trace["provider"] == kind and trace["completion_tokens"] > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+from pathlib import Path
 
 import openai
 import pytest
@@ -81,6 +82,25 @@ def test_request_body_passes_through_untouched(client, mock):
     assert sent["tools"] == tools and sent["response_format"] == {"type": "json_object"}
     assert (sent["logprobs"], sent["top_logprobs"], sent["n"], sent["seed"]) == (True, 2, 2, 7)
     assert sent["brand_new_field"] == {"x": [1, 2]}
+
+
+QWEN_CHAT = json.loads((Path(__file__).parent / "qwen_code_requests.json").read_text())["chat"]
+
+
+@pytest.mark.parametrize(("model", "cap_field"), [("gpt-5", "max_completion_tokens"), ("gpt-4o", "max_tokens")])
+def test_qwen_code_max_tokens_reaches_a_reasoning_model_as_max_completion_tokens(openai_server, mock, model, cap_field):
+    """Qwen Code 0.15.10 sends every chat request ``max_tokens`` (8000: tests/qwen_code_requests.json, as
+    captured), which OpenAI's reasoning models refuse ("Unsupported parameter: 'max_tokens' is not supported
+    with this model. Use 'max_completion_tokens' instead."): every request to gpt-5 was a 400. At OpenAI's
+    own chat API a reasoning model gets the same cap as ``max_completion_tokens``; other models as sent."""
+    body = {**QWEN_CHAT["first"], "tools": QWEN_CHAT["tools"], "model": model}
+    headers = {**QWEN_CHAT["headers"], "Authorization": "Bearer unused"}
+    status, _, raw = openai_server.request("POST", QWEN_CHAT["path"], body, headers=headers)
+    assert status == 200, raw[:300]
+    sent = mock.last("/v1/chat/completions").json
+    other = "max_tokens" if cap_field == "max_completion_tokens" else "max_completion_tokens"
+    assert sent[cap_field] == 8000 and other not in sent
+    assert sent["messages"] == body["messages"] and sent["tools"] == body["tools"]
 
 
 def test_tool_call_answer(client, openai_server):

@@ -44,6 +44,7 @@ from .chatshape import (
     text_of,
     tool_arguments,
     tool_function,
+    tool_media_after,
     translate_content,
     unsupported_role,
     upstream_error,
@@ -317,7 +318,7 @@ def translate_messages(items: Any) -> tuple[str | list[dict] | None, list[dict]]
     """OpenAI ``messages`` → (Anthropic ``system``, Anthropic ``messages``)."""
     system: list[dict] = []
     out: list[dict] = []
-    for msg in message_list(items):
+    for msg in tool_media_after(message_list(items)):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
             system += marked([b for b in content_blocks(msg.get("content")) if b["type"] == "text"], msg)

@@ -268,6 +268,41 @@ def message_list(items: Any) -> list:
     return items
 
 
+MEDIA_PARTS = ("image_url", "file")  # the chat content parts a tool message cannot hand a provider as text
+
+
+def attached_note(attached: list[dict]) -> str:
+    """A tool result's text when all it holds is what follows it (chat tool messages are text)."""
+    follows = "image" if all(p["type"] == "image_url" for p in attached) else "attachment"
+    return f"(the result is the {follows} that follows)"
+
+
+def tool_media_after(messages: list) -> list:
+    """Chat ``messages`` with the images and files of each ``tool`` message (Qwen Code's ``read_file``
+    of a PNG or a PDF answers with them) moved into one user message after that run of tool
+    messages, the tool message keeping its text (or a note that the result follows): the shape the
+    Responses and Messages translations make, which Anthropic and Gemini read as one user turn —
+    the tool results, then the media."""
+    out: list = []
+    attached: list[dict] = []
+    for msg in messages:
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if attached and role != "tool":
+            out.append({"role": "user", "content": attached})
+            attached = []
+        content = msg.get("content") if role == "tool" else None
+        parts = content if isinstance(content, list) else []
+        media = [p for p in parts if isinstance(p, dict) and p.get("type") in MEDIA_PARTS]
+        if media:
+            texts = [p for p in parts if p not in media] or [{"type": "text", "text": attached_note(media)}]
+            msg = {**msg, "content": texts}
+            attached += media
+        out.append(msg)
+    if attached:
+        out.append({"role": "user", "content": attached})
+    return out
+
+
 def unsupported_role(role: Any, models: str) -> ProxyError:
     return ProxyError(
         400, f"message role {role!r} is not supported for {models} models", param="messages", code="invalid_role"

@@ -42,6 +42,7 @@ from .chatshape import (
     text_of,
     tool_arguments,
     tool_function,
+    tool_media_after,
     translate_content,
     unsupported_role,
     upstream_error,
@@ -300,7 +301,7 @@ def translate_messages(items: Any) -> tuple[dict | None, list[dict]]:
     system: list[str] = []
     contents: list[dict] = []
     names: dict[Any, Any] = {}  # tool call id → function name, for the tool results
-    for msg in message_list(items):
+    for msg in tool_media_after(message_list(items)):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role in ("system", "developer"):
             system.append(text_of(msg.get("content")))

@@ -45,8 +45,9 @@ from typing import Any
 
 from ..errors import ANTHROPIC, ProxyError, error_type
 from ..pricing import Usage
+from .chatshape import attached_note
 from .reasoning import pack, restorable, sign_call, thought_signature, unpack
-from .responses import attached_note, reasoning_text
+from .responses import reasoning_text
 
 CHAT_FIELDS = {"temperature": "temperature", "top_p": "top_p", "stop_sequences": "stop"}
 KNOWN_FIELDS = {

@@ -1,8 +1,10 @@
 """OpenAI-compatible providers (OpenAI, Groq, Mistral, Ollama, …) for OpenAI-dialect clients.
 
 Bodies pass through untouched unless routing must change them: the model name when the
-client wrote ``provider/model``, and ``stream_options.include_usage`` on streams, which
-Stockyard always asks for (to cost the stream) and hides again if the client did not.
+client wrote ``provider/model``, ``stream_options.include_usage`` on streams, which
+Stockyard always asks for (to cost the stream) and hides again if the client did not, and at
+OpenAI's own chat API what it refuses (other providers' reasoning state, ``max_tokens`` for its
+reasoning models).
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from .reasoning import STATE_FIELDS, plain_messages
 
 PROVIDER_FIELDS = tuple(f.encode() for f in (*STATE_FIELDS, "extra_content"))  # what plain_messages takes off
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+# OpenAI's reasoning models refuse chat's ``max_tokens`` (400 "Use 'max_completion_tokens' instead"),
+# which clients written for any OpenAI-compatible server send: Qwen Code 0.15 on every request.
+COMPLETION_CAP_MODELS = ("o1", "o3", "o4", "gpt-5")
+
+
+def renames_cap(body: dict, model: str) -> bool:
+    """Whether ``max_tokens`` goes as ``max_completion_tokens`` (the same cap: for a reasoning model
+    both count reasoning too): for an OpenAI reasoning model, unless the client named both."""
+    named = body.get("max_tokens") is not None and "max_completion_tokens" not in body
+    return named and model.startswith(COMPLETION_CAP_MODELS)
 
 
 def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: bool = False) -> bytes:
@@ -26,10 +38,13 @@ def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: b
     shape (``thinking_blocks``, ``extra_content``) and Claude's searches (``web_search_calls``) stay behind."""
     body = ctx.body
     changes: dict = {}
+    dropped: tuple[str, ...] = ()
     if plain and ctx.endpoint == "chat" and any(name in ctx.raw for name in PROVIDER_FIELDS):
         messages = plain_messages(body.get("messages"))  # looked for only when named: the hot path
         if messages is not None:
             changes["messages"] = messages
+    if plain and ctx.endpoint == "chat" and renames_cap(body, model):
+        changes["max_completion_tokens"], dropped = body["max_tokens"], ("max_tokens",)
     if body.get("model") != model:
         changes["model"] = model
     if force_usage and ctx.stream and ctx.endpoint in ("chat", "completions"):
@@ -38,7 +53,8 @@ def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: b
             changes["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     if not changes and not ctx.body_changed:
         return ctx.raw
-    return json.dumps({**body, **changes}, ensure_ascii=False).encode()
+    sent = {key: value for key, value in {**body, **changes}.items() if key not in dropped}
+    return json.dumps(sent, ensure_ascii=False).encode()
 
 
 def auth_headers(provider: Provider) -> dict[str, str]:

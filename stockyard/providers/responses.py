@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ProxyError
 from ..pricing import Usage
+from .chatshape import attached_note
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
@@ -393,12 +394,6 @@ def undeferred(tool: Any) -> Any:
     if isinstance(out.get("tools"), list):
         out["tools"] = [undeferred(member) for member in out["tools"]]
     return out
-
-
-def attached_note(attached: list[dict]) -> str:
-    """A tool result's text when all it holds is what follows it (chat tool messages are text)."""
-    follows = "image" if all(p["type"] == "image_url" for p in attached) else "attachment"
-    return f"(the result is the {follows} that follows)"
 
 
 def tool_message(item: dict, path: str) -> tuple[dict, list[dict]]:
