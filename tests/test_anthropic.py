@@ -1043,3 +1043,30 @@ def test_qwen_code_tool_result_image_and_pdf_reach_claude(server, mock) -> None:
         "application/pdf",
         "doc.pdf",
     )
+
+
+LITELLM_TOOL_MARKS = json.loads((Path(__file__).parent / "agent_library_requests.json").read_text())[
+    "litellm_tool_marks"
+]
+
+
+def test_litellm_tool_definition_cache_marks_reach_claude(server, mock) -> None:
+    """LiteLLM as a client (``openai/claude-…`` with Stockyard's ``/v1``) marks tool definitions for
+    Claude's prompt caching, on the tool entry or on its function (as captured from LiteLLM 1.110.2,
+    tests/agent_library_requests.json): the marks were dropped, so the tools were never cached. Each
+    goes on its Claude tool; with marks of the client's own, a prompt_cache_key adds none."""
+    model = "claude-haiku-4-5-tool-marks"
+    body = {**LITELLM_TOOL_MARKS["body"], "model": model}
+    headers = {**LITELLM_TOOL_MARKS["headers"], "Authorization": "Bearer x"}
+    status, _, raw = server.request("POST", LITELLM_TOOL_MARKS["path"], body, headers=headers)
+    assert status == 200, raw[:300]
+    tools = sent(mock, model).json["tools"]
+    assert [(t["name"], t.get("cache_control")) for t in tools] == [
+        ("weather", {"type": "ephemeral"}),
+        ("time", {"type": "ephemeral"}),
+    ]
+    status, _, raw = server.request(
+        "POST", LITELLM_TOOL_MARKS["path"], {**body, "prompt_cache_key": "k"}, headers=headers
+    )
+    assert status == 200, raw[:300]
+    assert json.dumps(sent(mock, model).json).count("cache_control") == 2

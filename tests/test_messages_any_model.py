@@ -788,3 +788,32 @@ def test_terminal_agent_tool_loop_replayed(server, key, mock, agent, route, kind
         assert tool_loop_turn(route, raw) == ends
         trace = wait_for(lambda: (t := server.trace(head["x-stockyard-trace-id"]))["cost_status"] == "exact" and t)  # noqa: B023
         assert trace["provider"] == kind and trace["completion_tokens"] > 0
+
+
+LIBRARIES = json.loads((Path(__file__).parent / "agent_library_requests.json").read_text())
+STREAM_CLIENTS = ["langchain_js", "ai_sdk_5"]
+
+
+@pytest.mark.parametrize("kind", list(REPLAY_MODELS))
+@pytest.mark.parametrize("client_name", STREAM_CLIENTS)
+def test_js_library_stream_reports_input_tokens_at_message_start(server, key, mock, client_name, kind):
+    """LangChain JS's ChatAnthropic and Mastra's AI SDK 5 Anthropic provider read a stream's input
+    tokens from ``message_start`` alone (``message_delta`` gives them the output count): a translated
+    stream's ``message_start`` said 0, so both reported no input tokens for every GPT or Gemini turn.
+    It now says Stockyard's estimate of the translated prompt; ``message_delta`` and the trace keep the
+    provider's own count. Their captured tool loops (tests/agent_library_requests.json) replayed."""
+    model = REPLAY_MODELS[kind]
+    section = LIBRARIES[client_name]
+    headers = {**section["headers"], "x-api-key": key}
+    for turn, stop in (("first", "tool_use"), ("follow_up", "end_turn")):
+        body = {**section[turn], "model": model}
+        status, answer_headers, raw = server.request("POST", section["path"], body, headers=headers)
+        assert status == 200, raw[:500]
+        events = dict(sse_events(raw))  # the last event of each name
+        assert events["message_start"]["message"]["usage"]["input_tokens"] > 0
+        assert events["message_delta"]["delta"]["stop_reason"] == stop
+        if kind != "anthropic":  # passed through as Claude answers
+            assert events["message_delta"]["usage"]["input_tokens"] == PROMPT_TOKENS
+        trace_id = answer_headers["x-stockyard-trace-id"]
+        trace = wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)  # noqa: B023
+        assert (trace["prompt_tokens"], trace["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)

@@ -126,7 +126,7 @@ CHAT_FIELDS: dict[str, Field] = {
     "temperature": Field(TRANSLATED, "temperature"),
     "top_p": Field(TRANSLATED, "top_p"),
     "stop": Field(TRANSLATED, "stop_sequences"),
-    "tools": Field(TRANSLATED, "tools with input_schema"),
+    "tools": Field(TRANSLATED, "tools with input_schema; a tool's cache_control (on it or its function) → on the tool"),
     "tool_choice": Field(TRANSLATED, "tool_choice auto/none/any/tool"),
     "parallel_tool_calls": Field(TRANSLATED, "false → tool_choice.disable_parallel_tool_use"),
     "user": Field(TRANSLATED, "metadata.user_id"),
@@ -414,8 +414,18 @@ def translate_tools(tools: Any) -> list[dict]:
         entry = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
         if fn.get("description"):
             entry["description"] = fn["description"]
+        mark = tool_mark(tool, fn)
+        if mark is not None:
+            entry["cache_control"] = mark
         out.append(entry)
     return out
+
+
+def tool_mark(tool: dict, fn: dict) -> dict | None:
+    """A tool's ``cache_control`` (prompt caching up to the tools), in either place LiteLLM's
+    clients put it: on the tool entry or on its ``function``."""
+    mark = tool.get("cache_control", fn.get("cache_control"))
+    return mark if isinstance(mark, dict) else None
 
 
 def search_refused(field: str, what: str) -> ProxyError:
@@ -543,7 +553,7 @@ def mark_cache(request: dict, mark: dict | None = None) -> None:
     with marks of its own is left as it is; a prefix below Claude's minimum is not cached, unbilled."""
     mark = mark or {"type": "ephemeral"}
     system, messages = request.get("system"), request.get("messages") or []
-    if _has_marks(system) or any(_has_marks(m.get("content")) for m in messages):
+    if _has_marks(request.get("tools")) or _has_marks(system) or any(_has_marks(m.get("content")) for m in messages):
         return
     if isinstance(system, str) and system:
         request["system"] = [{"type": "text", "text": system, "cache_control": mark}]

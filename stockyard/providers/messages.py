@@ -533,6 +533,7 @@ class ChatToMessagesStream:
         self.signed = False  # the open thinking block has its signature
         self.choice: dict = {}
         self.usage: Any = None
+        self.input_estimate = 0  # message_start's input_tokens, before the provider's count
         self.complete = False
         self.ended = False
 
@@ -540,7 +541,8 @@ class ChatToMessagesStream:
         if self.started:
             return []
         self.started = True
-        message = message_object(self.message_id, self.model, [], messages_usage(None))
+        usage = {**messages_usage(None), "input_tokens": self.input_estimate}
+        message = message_object(self.message_id, self.model, [], usage)
         return [event("message_start", {"message": message})]
 
     def close_block(self) -> list[bytes]:

@@ -34,12 +34,18 @@ def provider_name(ctx: RequestContext) -> str | None:
     return ctx.attempt.provider.name if ctx.attempt.provider is not None else None
 
 
+def prompt_estimate(chat: dict) -> int:
+    """The input tokens of a translated chat request: its messages and tools at four bytes a
+    token (``estimate.text_tokens``)."""
+    counted = {"messages": chat.get("messages", []), "tools": chat.get("tools", [])}
+    return text_tokens(json.dumps(counted, ensure_ascii=False).encode())
+
+
 def count_estimate(ctx: RequestContext, provider: Provider) -> None:
-    """Answer ``count_tokens`` for a non-Anthropic model: the translated prompt and tools at
-    four bytes a token (``estimate.text_tokens``), marked as an estimate in a header."""
+    """Answer ``count_tokens`` for a non-Anthropic model: :func:`prompt_estimate` of the
+    translated request, marked as an estimate in a header."""
     chat = messages.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, provider.kind, provider.name)
-    counted = {"messages": chat["messages"], "tools": chat.get("tools", [])}
-    tokens = text_tokens(json.dumps(counted, ensure_ascii=False).encode())
+    tokens = prompt_estimate(chat)
     ctx.answer = Answer(200, json.dumps({"input_tokens": tokens}).encode(), headers={ESTIMATE_HEADER: "estimate"})
 
 
@@ -77,8 +83,13 @@ class MessagesOverChat(Adapter):
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         model = ctx.attempt.upstream_model or ctx.model or ""
+        chat = self.chat_ctx(ctx)
         outer = messages.ChatToMessagesStream(ctx.body, message_id(ctx), model, provider_name(ctx))
-        return MessagesStream(ctx, self.inner.stream(self.chat_ctx(ctx)), outer)
+        # The provider counts the prompt only at the stream's end, but clients that read input
+        # tokens from message_start alone (the AI SDK 5's Anthropic provider, LangChain JS) would
+        # report none: message_start says the estimate, message_delta the provider's count.
+        outer.input_estimate = prompt_estimate(chat.body)
+        return MessagesStream(ctx, self.inner.stream(chat), outer)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
         chat_error = self.inner.error(self.chat_ctx(ctx), status, body)  # OpenAI's error shape
