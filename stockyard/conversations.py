@@ -37,7 +37,7 @@ from .httpio import Request, Response, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
-from .providers.messages_adapters import ESTIMATE_HEADER
+from .providers.messages_adapters import ESTIMATE_HEADER, prompt_estimate
 from .providers.responses_adapters import upstream_headers, upstream_path
 from .scrub import Scrubber
 from .store import Store
@@ -157,8 +157,8 @@ def input_items(body: dict) -> list[dict]:
 
 
 def json_tokens(items: list[dict]) -> int:
-    """The input tokens stored items add upstream, at four bytes a token of their JSON."""
-    return -(-len(json.dumps(items, ensure_ascii=False).encode()) // 4)
+    """The input tokens stored items add upstream: their JSON at four bytes a token."""
+    return text_tokens(json.dumps(items, ensure_ascii=False).encode())
 
 
 def is_reference(item: Any) -> bool:
@@ -234,14 +234,12 @@ class Conversations:
 
     def count_input(self, ctx: RequestContext) -> None:
         """``input_tokens`` on a translated provider: the translated prompt and tools counted here
-        (``estimate.text_tokens``, as ``count_tokens`` counts a Messages request), marked as an estimate."""
+        (``prompt_estimate``, as ``count_tokens`` counts a Messages request), marked as an estimate."""
         conv = ctx.conversation
         if ctx.endpoint == "input_tokens" and ctx.route is not None and not ctx.route.provider.speaks_responses:
             history = conv.history if conv is not None else None
             chat = translate.to_chat({k: v for k, v in ctx.body.items() if k != "stream"}, history)
-            counted = {"messages": chat.get("messages", []), "tools": chat.get("tools", [])}
-            tokens = text_tokens(json.dumps(counted, ensure_ascii=False).encode())
-            answer = {"object": "response.input_tokens", "input_tokens": tokens}
+            answer = {"object": "response.input_tokens", "input_tokens": prompt_estimate(chat)}
             ctx.answer = Answer(200, json.dumps(answer).encode(), headers={ESTIMATE_HEADER: "estimate"})
 
     def _keep(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
