@@ -60,10 +60,8 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
                 # Only a brand-new file can choose its page size and auto_vacuum without a full
-                # VACUUM (page size first: auto_vacuum writes the header). With INCREMENTAL,
-                # retention can hand freed pages back to the file system.
-                conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")
-                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                # VACUUM (repack does that for an old one).
+                _choose_layout(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
     conn.row_factory = sqlite3.Row
@@ -71,6 +69,13 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _choose_layout(conn: sqlite3.Connection) -> None:
+    """What a file is made with (page size first: auto_vacuum writes the header). With
+    INCREMENTAL, retention can hand freed pages back to the file system."""
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
 
 
 def layout(conn: sqlite3.Connection) -> tuple[int, bool]:
@@ -86,8 +91,7 @@ def repack(conn: sqlite3.Connection) -> None:
     """
     conn.execute("PRAGMA journal_mode=DELETE")
     try:
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")
-        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        _choose_layout(conn)
         conn.execute("VACUUM")
     finally:
         conn.execute("PRAGMA journal_mode=WAL")
