@@ -302,14 +302,12 @@ def marked(blocks: list[dict], msg: dict) -> list[dict]:
     calls = calls if isinstance(calls, list) else []
     marks = [msg.get("cache_control")] + [c.get("cache_control") for c in calls if isinstance(c, dict)]
     mark = next((m for m in marks if isinstance(m, dict)), None)
-    if mark is None or not blocks or is_thinking(blocks[-1]):  # a thinking block cannot be marked
-        return blocks
-    return blocks[:-1] + [{**blocks[-1], "cache_control": mark}]
+    return blocks if mark is None else mark_last(blocks, mark)
 
 
 def system_value(blocks: list[dict]) -> str | list[dict] | None:
     """Top-level ``system``: one string, or text blocks when some carry ``cache_control``."""
-    if any("cache_control" in b for b in blocks):
+    if _has_marks(blocks):
         return blocks
     return "\n\n".join(b["text"] for b in blocks) or None
 
@@ -557,15 +555,24 @@ def mark_cache(request: dict, mark: dict | None = None) -> None:
         return
     if isinstance(system, str) and system:
         request["system"] = [{"type": "text", "text": system, "cache_control": mark}]
-    elif isinstance(system, list) and system:
-        request["system"] = [*system[:-1], {**system[-1], "cache_control": mark}]
+    elif isinstance(system, list):
+        request["system"] = mark_last(system, mark)
     if not messages:
         return
     last = messages[-1]
     content = last.get("content")
     blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+    marked_blocks = mark_last(blocks, mark)
+    if marked_blocks is not blocks:
+        messages[-1] = {**last, "content": marked_blocks}
+
+
+def mark_last(blocks: list[dict], mark: dict) -> list[dict]:
+    """``blocks`` with ``mark`` on the last one, where Claude takes a mark (not on a thinking block
+    or an empty text); else ``blocks`` themselves."""
     if blocks and blocks[-1].get("type") in MARKABLE and blocks[-1].get("text", True):
-        messages[-1] = {**last, "content": [*blocks[:-1], {**blocks[-1], "cache_control": mark}]}
+        return [*blocks[:-1], {**blocks[-1], "cache_control": mark}]
+    return blocks
 
 
 def _has_marks(content: Any) -> bool:
