@@ -82,6 +82,13 @@ CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
 # back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
 NAMESPACE_TOOL_FIELDS = {"type", "name", "description", "tools"}
 NAMESPACE_JOIN = "__"
+
+
+def joined(namespace: str, name: str) -> str:
+    """The chat function name of a namespace's tool."""
+    return f"{namespace}{NAMESPACE_JOIN}{name}"
+
+
 # A tool search the client runs (Codex CLI's ``tool_search``, for a model its catalog knows) is a chat
 # function of that name; a call of it comes back as a ``tool_search_call`` item, and the tools a
 # ``tool_search_output`` item loads join the chat tools of the requests that carry it.
@@ -339,7 +346,7 @@ def add_tool_call(out: list[dict], item: dict, path: str, state: dict | None = N
     namespace = item.get("namespace")
     if namespace is not None and not isinstance(namespace, str):
         raise invalid(f"{path}.namespace", f"{path}.namespace must be a string")
-    name = f"{namespace}{NAMESPACE_JOIN}{item['name']}" if namespace else item["name"]
+    name = joined(namespace, item["name"]) if namespace else item["name"]
     call = {"id": item["call_id"], "type": "function", "function": {"name": name, "arguments": item["arguments"]}}
     signature = (state or {}).get("thought_signatures", {}).get(item["call_id"])
     if signature:
@@ -489,7 +496,7 @@ def namespace_functions(tool: dict, path: str) -> list[dict]:
             kind = member.get("type") if isinstance(member, dict) else None
             raise unsupported(f"{where}.type", f"namespace member type {kind!r} (function and custom tools are)")
         fn = chat_function(member, where)
-        fn["name"] = f"{namespace}{NAMESPACE_JOIN}{fn['name']}"
+        fn["name"] = joined(namespace, fn["name"])
         described = [text for text in (about, fn.get("description")) if text]
         if described:
             fn["description"] = "\n\n".join(described)
@@ -510,17 +517,19 @@ def cached_search_only(tools: Any) -> bool:
     translated provider it is left out, noted in the trace: the model answers without searching,
     which keeps to what the client allowed, instead of a 400 on every request of Codex's default
     configuration."""
-    return isinstance(tools, list) and any(
-        isinstance(t, dict) and t.get("type") in WEB_SEARCH_TOOLS and t.get("external_web_access") is False
-        for t in tools
-    )
+    return any(tool.get("external_web_access") is False for _, tool in web_search_tools(tools))
+
+
+def web_search_tools(tools: Any) -> list[tuple[int, dict]]:
+    """The request's web search tools, with their places in ``tools``."""
+    return [(i, t) for i, t in enumerate(listed(tools)) if isinstance(t, dict) and t.get("type") in WEB_SEARCH_TOOLS]
 
 
 def web_search_options(tools: list) -> dict | None:
     """A web search tool → chat ``web_search_options`` (None without one): its
     ``search_context_size``, and its ``user_location`` as chat nests it; ``filters`` and any
     other field are a 400 naming them, as is a second web search tool."""
-    found = [(i, t) for i, t in enumerate(tools) if isinstance(t, dict) and t.get("type") in WEB_SEARCH_TOOLS]
+    found = web_search_tools(tools)
     if not found:
         return None
     if len(found) > 1:
@@ -576,7 +585,7 @@ def request_tools(request: dict) -> list[tuple[str, str, dict]]:
         if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
             ns = tool["name"]
             out += [
-                (f"{ns}{NAMESPACE_JOIN}{t['name']}", ns, t)
+                (joined(ns, t["name"]), ns, t)
                 for t in tool["tools"]
                 if isinstance(t, dict) and isinstance(t.get("name"), str)
             ]
