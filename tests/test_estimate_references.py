@@ -100,3 +100,30 @@ def test_a_bounded_web_fetch_is_held_as_input():
 
     # a million fetched tokens at Haiku 4.5's dearest input rate ($1.25 a cache write): about $1.25 more
     assert cost({**body, "tools": [fetch]}) - cost(body) >= 1_000_000 * 125_000_000 // 10**6
+
+
+@pytest.mark.parametrize(
+    ("dialect", "endpoint", "marks"),
+    [
+        ("anthropic", "messages", {"cache_control": {"type": "ephemeral", "ttl": "1h"}}),
+        ("openai", "chat", {"prompt_cache_retention": "24h"}),
+    ],
+)
+def test_a_long_lived_cache_write_is_held_at_its_rate(dialect: str, endpoint: str, marks: dict) -> None:
+    """Was: the hold took a 5-minute write (1.25× input) as the dearest input, while a 1-hour write
+    (asked by ``ttl: 1h``, or by ``prompt_cache_retention: 24h``, which Stockyard turns into 1-hour
+    marks) bills 2×: a budget could be overrun by the difference on every request in flight."""
+    from stockyard.context import RequestContext
+    from stockyard.estimate import request_cost
+
+    price = PriceTable.load().lookup("claude-haiku-4-5", "anthropic")  # $1 input, $1.25 5-minute write
+    prompt = "word " * 20_000
+    body = {"model": "claude-haiku-4-5", "max_tokens": 1, "messages": [{"role": "user", "content": prompt}]}
+
+    def cost(b: dict) -> int:
+        ctx = RequestContext(endpoint, dialect, "127.0.0.1", {})
+        ctx.body, ctx.raw = b, json.dumps(b).encode()
+        return request_cost(ctx, price, 4096)
+
+    short, long = cost(body), cost({**body, **marks})
+    assert long >= short * 1.55  # the input part at 2× instead of 1.25× (1.6× but for the one output token)
