@@ -21,7 +21,7 @@ from mock_upstream import (
     anthropic_thinking_call,
     responses_stream,
 )
-from openai import BadRequestError, NotFoundError, OpenAI
+from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 from pydantic import BaseModel
 
 from stockyard.providers import compaction
@@ -423,6 +423,32 @@ def test_codex_remote_compaction_on_a_translated_provider(server, keys, mock, ki
     assert status == 200 and events[-1]["type"] == "response.completed", events  # (the mock calls a tool)
     sent = sent_to(mock, model)
     assert json.dumps(compaction.SUMMARY_HEADING + TEXT)[1:-1] in sent and "Two files." not in sent
+
+
+def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, mock):
+    """``/v1/responses/compact`` on Claude is a provider call like any other: admitted against the key's
+    budget, settled at its real cost (the summary's tokens), and refused before the provider is asked
+    when it does not fit."""
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    keys = {}
+    for usd in ("1", "0"):
+        status, _, data = server.request(
+            "POST", "/api/keys", {"name": f"compact-{usd}", "budget_usd": usd, "budget_period": "day"}, admin
+        )
+        assert status == 201, data
+        keys[usd] = json.loads(data)
+    body = {"model": "claude-haiku-4-5", "input": "Plan a trip to Lisbon"}
+    rich = OpenAI(base_url=server.url + "/v1", api_key=keys["1"]["key"], max_retries=0)
+    raw = rich.responses.with_raw_response.compact(**body)
+    assert raw.parse().output[-1].type == "compaction"
+    cost = costed(server, raw.headers["x-stockyard-trace-id"])["cost_uc"]
+    assert cost > 0
+    spend = lambda: json.loads(server.request("GET", f"/api/keys/{keys['1']['id']}", headers=admin)[2])["spend_uc"]  # noqa: E731
+    wait_for(lambda: spend() == cost)
+    calls = len(mock.requests)
+    with pytest.raises(RateLimitError) as caught:
+        OpenAI(base_url=server.url + "/v1", api_key=keys["0"]["key"], max_retries=0).responses.compact(**body)
+    assert caught.value.code == "budget_exceeded" and len(mock.requests) == calls  # the provider never asked
 
 
 def test_openai_compaction_on_a_translated_provider_is_refused_naming_it(client):
