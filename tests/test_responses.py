@@ -425,6 +425,16 @@ def test_codex_remote_compaction_on_a_translated_provider(server, keys, mock, ki
     assert json.dumps(compaction.SUMMARY_HEADING + TEXT)[1:-1] in sent and "Two files." not in sent
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_compaction_trigger_through_the_sdk_on_a_translated_provider(client, mock, stream):
+    """The trigger from the SDK, plain and through its stream helper: one compaction item, no text."""
+    trigger = {"type": "compaction_trigger"}
+    response = first_turn(client, stream, model="gemini-2.5-pro", input=[*TRIP, trigger], store=False)
+    assert [o.type for o in response.output] == ["compaction"] and response.output_text == ""
+    assert response.status == "completed" and response.usage.output_tokens == COMPLETION_TOKENS
+    assert compaction.INSTRUCTION in sent_to(mock, "gemini-2.5-pro")
+
+
 def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, mock):
     """``/v1/responses/compact`` on Claude is a provider call like any other: admitted against the key's
     budget, settled at its real cost (the summary's tokens), and refused before the provider is asked
