@@ -479,6 +479,10 @@ def test_stockyards_compaction_goes_to_openai_as_its_summary(client, mock):
     sent = mock.last("/v1/responses").json["input"]
     summary = [{"type": "input_text", "text": compaction.SUMMARY_HEADING + TEXT}]
     assert sent[2] == {"type": "message", "role": "user", "content": summary} and "compaction" not in json.dumps(sent)
+    changed = {**items[2], "encrypted_content": items[2]["encrypted_content"][:-4]}  # cut short: a clean 400
+    with pytest.raises(BadRequestError) as caught:
+        client.responses.create(model="gpt-4o-mini", input=[changed])
+    assert (caught.value.body["param"], caught.value.code) == ("input[0].encrypted_content", "invalid_compaction")
 
 
 # ModelSettings(context_management=[…]) and (prompt_cache_options=…) of the OpenAI Agents SDK 0.24, as it

@@ -111,7 +111,7 @@ class ResponsesPassThrough(Adapter):
         if isinstance(items, list) and any(ours(item) or summarised(item) for item in items):
             # Stockyard's own reasoning items (a conversation that ran on a translated provider) stay
             # behind; its compaction items go as the user message holding their summary
-            kept = [compaction.as_input_message(item) for item in items if not ours(item)]
+            kept = [compaction.as_input_message(item, f"input[{i}]") for i, item in enumerate(items) if not ours(item)]
             ctx = dataclasses.replace(ctx, body={**ctx.body, "input": kept}, body_changed=True)
         body = request_body(ctx, model, force_usage=False)
         return UpstreamCall("POST", path, upstream_headers(provider, accept), body)
