@@ -219,6 +219,8 @@ def _first_openai_tool(body: dict) -> str | None:
     ):
         return None
     tools = body.get("tools") or []
+    if body.get("tool_choice") == "none":  # the model may not call one
+        return None
     if tools and isinstance(tools[0], dict):
         fn = tools[0].get("function") or {}
         return fn.get("name") or tools[0].get("name") or "tool"
@@ -228,6 +230,8 @@ def _first_openai_tool(body: dict) -> str | None:
 def _first_anthropic_tool(body: dict) -> str | None:
     """The first tool the client runs (server tools, typed ``web_search_…`` and the like, are Anthropic's)."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") in (None, "custom")]
+    if (body.get("tool_choice") or {}).get("type") == "none":  # the model may not call one
+        return None
     return (tools[0].get("name") or "tool") if tools else None
 
 
@@ -240,6 +244,10 @@ def _first_gemini_function(body: dict) -> str | None:
         else None
     )
     if isinstance(parts, list) and parts and all(isinstance(p, dict) and "functionResponse" in p for p in parts):
+        return None
+    config = body.get("toolConfig") or body.get("tool_config") or {}
+    calling = config.get("functionCallingConfig") or config.get("function_calling_config") or {}
+    if calling.get("mode") == "NONE":  # the model may not call one
         return None
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):

@@ -161,6 +161,20 @@ def test_tool_calls_plain_and_streamed(mock: MockUpstream) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+def test_tool_choice_none_answers_in_text(mock: MockUpstream) -> None:
+    """As the providers do: with tools defined but calls forbidden (each API's spelling), the model writes text."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    _, raw, _ = call(mock, "POST", "/v1/chat/completions", {"model": "m", "tools": tools, "tool_choice": "none"})
+    assert json.loads(raw)["choices"][0]["message"]["content"] == "Hello from mock"
+    claude = {"model": "claude-x", "max_tokens": 10, "tools": [{"name": "w", "input_schema": {}}]}
+    _, raw, _ = call(mock, "POST", "/v1/messages", {**claude, "tool_choice": {"type": "none"}})
+    assert [b["type"] for b in json.loads(raw)["content"]] == ["text"]
+    gemini = {"contents": [], "tools": [{"functionDeclarations": [{"name": "w"}]}]}
+    none = {"functionCallingConfig": {"mode": "NONE"}}
+    _, raw, _ = call(mock, "POST", "/v1beta/models/g:generateContent", {**gemini, "toolConfig": none})
+    assert json.loads(raw)["candidates"][0]["content"]["parts"] == [{"text": "Hello from mock"}]
+
+
 def test_completions_embeddings_models(mock: MockUpstream) -> None:
     _, raw, _ = call(mock, "POST", "/v1/completions", {"model": "m", "prompt": "x"})
     assert json.loads(raw)["choices"][0]["text"] == "Hello from mock"

@@ -261,3 +261,52 @@ def test_redact_block_and_a_key_smuggled_in_encrypted_content(claude, mock):
     assert status == 200, data
     upstream = [r for r in mock.requests if r.path.endswith("/messages")]
     assert upstream and not any(OPENAI_SECRET.encode() in r.body for r in upstream)
+
+
+def compacted_with(text: str) -> dict:
+    """A compaction item as Stockyard makes it, its summary ``text`` (a client can write one itself)."""
+    from stockyard.providers.compaction import mint
+
+    return {"type": "compaction", "encrypted_content": mint(text)}
+
+
+def test_redact_looks_inside_a_compaction_token(claude, mock):
+    """A compaction token's summary reaches the model as text (unlike reasoning state), so redact reads
+    it as text: block refuses it, upstream sends it redacted."""
+    from stockyard.providers.compaction import peek
+
+    body = {"model": "claude-haiku-4-5", "input": [compacted_with(f"the key is {OPENAI_SECRET}"), *ask("go on")]}
+    put_module(claude, "redact", {"mode": "block"})
+    status, _, data = claude.request("POST", "/v1/responses", body)
+    assert status == 400 and json.loads(data)["error"]["code"] == "sensitive_data" and mock.requests == []
+    put_module(claude, "redact", {"mode": "upstream"})
+    status, headers, data = claude.request("POST", "/v1/responses", body)
+    assert status == 200, data
+    sent = json.dumps(mock.last("/v1/messages").json)
+    assert OPENAI_SECRET not in sent and "the key is [REDACTED:openai_key]" in sent
+    request, _ = trace_body(claude, headers["x-stockyard-trace-id"])
+    assert peek(json.loads(request)["input"][0]["encrypted_content"]) == "the key is [REDACTED:openai_key]"
+
+
+def test_redact_store_keeps_a_secret_out_of_a_stored_compaction(claude, mock):
+    """The model's summary may repeat a secret of the conversation: the stored answer holds the token
+    minted again with the summary redacted (the client gets it as made)."""
+    from stockyard.providers.compaction import peek
+
+    put_module(claude, "redact", {"mode": "store"})
+    said = f"The user's key is {OPENAI_SECRET}."
+    answer = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": said}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 12, "output_tokens": 5},
+    }
+    mock.enqueue(Reply(json=answer))
+    body = {"model": "claude-haiku-4-5", "input": ask("remember my key")}
+    status, headers, data = claude.request("POST", "/v1/responses/compact", body)
+    assert status == 200 and peek(json.loads(data)["output"][-1]["encrypted_content"]) == said
+    _, response = trace_body(claude, headers["x-stockyard-trace-id"])
+    assert peek(json.loads(response)["output"][-1]["encrypted_content"]) == "The user's key is [REDACTED:openai_key]."

@@ -21,8 +21,10 @@ from mock_upstream import (
     anthropic_thinking_call,
     responses_stream,
 )
-from openai import BadRequestError, NotFoundError, OpenAI
+from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 from pydantic import BaseModel
+
+from stockyard.providers import compaction
 
 ADMIN = "admin-key-for-responses-tests-0123456789"
 MODELS = {"passthrough": "gpt-4o-mini", "translated": "claude-haiku-4-5"}
@@ -313,11 +315,174 @@ def test_compact_passes_through(server, mock, client):
     assert mock.last("/v1/responses").json["input"][: len(items)] == items
 
 
-def test_compact_on_a_translated_provider_is_refused_naming_it(client):
+# --------------------------------------------------------------------------- compaction, translated
+
+COMPACTING = {"claude-haiku-4-5": "anthropic", "gemini-2.5-pro": "gemini"}  # model → provider
+TRIP = [
+    {"role": "user", "content": "Plan a trip to Lisbon"},
+    {"role": "assistant", "content": "Three days, by train?"},
+    {"role": "user", "content": "Yes"},
+]
+
+
+def sent_to(mock, model: str) -> str:
+    """The newest request the provider of ``model`` got, as JSON text."""
+    path = "/v1/messages" if model.startswith("claude") else f"/v1beta/models/{model}:"
+    return json.dumps(mock.last(path).json, ensure_ascii=False)
+
+
+def costed(server: ServerProcess, trace_id: str) -> dict:
+    return wait_for(lambda: (t := server.trace(trace_id))["cost_status"] == "exact" and t)
+
+
+@pytest.mark.parametrize("model", list(COMPACTING))
+def test_compact_on_a_translated_provider_is_the_models_summary(server, mock, client, model):
+    """``client.responses.compact`` (the SDK's; the Agents SDK's compaction session calls it) on Claude and
+    Gemini, a 400 before: the model writes the summary (Stockyard's instruction as the last user message),
+    the answer is OpenAI's — the user messages, then one compaction item — traced as ``compact`` with the
+    call's own tokens and cost; the next turn, carrying those items, gives the model the summary as a user
+    message in place of the turns it replaced."""
+    raw = client.responses.with_raw_response.compact(model=model, input=TRIP, instructions="Be brief")
+    compacted = raw.parse()
+    assert compacted.object == "response.compaction" and compacted.usage.output_tokens == COMPLETION_TOKENS
+    *kept, item = compacted.output
+    assert [m.content[0].text for m in kept] == ["Plan a trip to Lisbon", "Yes"]
+    assert item.type == "compaction" and item.encrypted_content.startswith(compaction.PREFIX)
+    asked = sent_to(mock, model)
+    assert compaction.INSTRUCTION in asked and "Three days, by train?" in asked and "Be brief" in asked
+    trace = costed(server, raw.headers["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["provider"], trace["prompt_tokens"], trace["completion_tokens"]) == (
+        "compact",
+        COMPACTING[model],
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    assert trace["cost_uc"] > 0
+    items = [o.model_dump(exclude_none=True) for o in compacted.output]
+    answer = client.responses.create(model=model, input=[*items, {"role": "user", "content": "And the hotel?"}])
+    assert answer.output_text == TEXT
+    sent = sent_to(mock, model)
+    assert json.dumps(compaction.SUMMARY_HEADING + TEXT)[1:-1] in sent and "And the hotel?" in sent
+    assert "Three days, by train?" not in sent and compaction.INSTRUCTION not in sent
+
+
+def test_compact_a_translated_conversation_by_its_id(client, mock):
+    """The Agents SDK's session compacts by ``previous_response_id`` when store is on: the stored turns
+    are summarised."""
+    first = client.responses.create(model="claude-haiku-4-5", input="Plan a trip to Lisbon")
+    compacted = client.responses.compact(model="claude-haiku-4-5", previous_response_id=first.id)
+    assert [o.type for o in compacted.output] == ["message", "compaction"]
+    asked = sent_to(mock, "claude-haiku-4-5")
+    assert "Plan a trip to Lisbon" in asked and TEXT in asked and compaction.INSTRUCTION in asked
+
+
+# Codex CLI's /responses/compact body (codex-rs codex-api ``CompactionInput``), for its first remote compaction.
+CODEX_COMPACT_FIELDS = ("instructions", "tools", "parallel_tool_calls", "reasoning", "prompt_cache_key")
+
+
+def test_codex_compact_endpoint_body_on_a_translated_provider(server, keys, mock):
+    """Codex's ``POST /v1/responses/compact`` (not streamed): its tools stay defined for the history's calls
+    but may not be called while the model summarises."""
+    body = {**{k: codex_body("anthropic").get(k) for k in CODEX_COMPACT_FIELDS}, "instructions": "You are Codex."}
+    body |= {"model": "claude-sonnet-4-5", "input": codex_body("anthropic")["input"]}
+    status, _, raw = server.request(
+        "POST", "/v1/responses/compact", body, headers={**CODEX["headers"], "Authorization": f"Bearer {keys[0]}"}
+    )
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert [o["type"] for o in answer["output"]] == ["message", "message", "compaction"]
+    sent = mock.last("/v1/messages").json
+    assert sent["tool_choice"] == {"type": "none"} and sent["tools"]
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+def test_codex_remote_compaction_on_a_translated_provider(server, keys, mock, kind):
+    """Codex 0.171.0's built-in OpenAI provider compacts with its ordinary streamed request whose input ends
+    with ``{"type": "compaction_trigger"}`` (remote compaction v2: codex-rs core/src/compact_remote_v2.rs), a
+    400 naming ``input[i].type`` on Claude and Gemini before. Codex reads the ``response.output_item.done``
+    events, wants exactly one compaction item and ``response.completed``, keeps the user messages itself and
+    sends the item back in the next turn's input."""
+    body = codex_body(kind)
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Two files."}]}
+    compacting = {**body, "input": [*body["input"], said, {"type": "compaction_trigger"}]}
+    status, head, events = codex_post(server, keys[0], compacting)
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [i["type"] for i in done] == ["compaction"] and done[0]["encrypted_content"].startswith(compaction.PREFIX)
+    assert not any(e["type"].startswith("response.output_text") for e in events)
+    model = body["model"]
+    asked = sent_to(mock, model)
+    assert compaction.INSTRUCTION in asked and "Two files." in asked
+    trace = costed(server, head["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["provider"]) == ("responses", kind)
+    assert trace["completion_tokens"] > 0 and trace["cost_uc"] > 0
+    kept = [i for i in body["input"] if i.get("role") == "user"]
+    echoed = {"type": "compaction", "encrypted_content": done[0]["encrypted_content"]}
+    asking = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Now count them."}]}
+    status, _, events = codex_post(server, keys[0], {**body, "input": [*kept, echoed, asking]})
+    assert status == 200 and events[-1]["type"] == "response.completed", events  # (the mock calls a tool)
+    sent = sent_to(mock, model)
+    assert json.dumps(compaction.SUMMARY_HEADING + TEXT)[1:-1] in sent and "Two files." not in sent
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_compaction_trigger_through_the_sdk_on_a_translated_provider(client, mock, stream):
+    """The trigger from the SDK, plain and through its stream helper: one compaction item, no text."""
+    trigger = {"type": "compaction_trigger"}
+    response = first_turn(client, stream, model="gemini-2.5-pro", input=[*TRIP, trigger], store=False)
+    assert [o.type for o in response.output] == ["compaction"] and response.output_text == ""
+    assert response.status == "completed" and response.usage.output_tokens == COMPLETION_TOKENS
+    assert compaction.INSTRUCTION in sent_to(mock, "gemini-2.5-pro")
+
+
+def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, mock):
+    """``/v1/responses/compact`` on Claude is a provider call like any other: admitted against the key's
+    budget, settled at its real cost (the summary's tokens), and refused before the provider is asked
+    when it does not fit."""
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    keys = {}
+    for usd in ("1", "0"):
+        status, _, data = server.request(
+            "POST", "/api/keys", {"name": f"compact-{usd}", "budget_usd": usd, "budget_period": "day"}, admin
+        )
+        assert status == 201, data
+        keys[usd] = json.loads(data)
+    body = {"model": "claude-haiku-4-5", "input": "Plan a trip to Lisbon"}
+    rich = OpenAI(base_url=server.url + "/v1", api_key=keys["1"]["key"], max_retries=0)
+    raw = rich.responses.with_raw_response.compact(**body)
+    assert raw.parse().output[-1].type == "compaction"
+    cost = costed(server, raw.headers["x-stockyard-trace-id"])["cost_uc"]
+    assert cost > 0
+    spend = lambda: json.loads(server.request("GET", f"/api/keys/{keys['1']['id']}", headers=admin)[2])["spend_uc"]  # noqa: E731
+    wait_for(lambda: spend() == cost)
+    calls = len(mock.requests)
+    with pytest.raises(RateLimitError) as caught:
+        OpenAI(base_url=server.url + "/v1", api_key=keys["0"]["key"], max_retries=0).responses.compact(**body)
+    assert caught.value.code == "budget_exceeded" and len(mock.requests) == calls  # the provider never asked
+
+
+def test_openai_compaction_on_a_translated_provider_is_refused_naming_it(client):
+    """A compaction OpenAI made holds what only its models read: a 400 naming the item."""
+    item = {"type": "compaction", "encrypted_content": "gAAAAABmockCompactedConversation=="}
     with pytest.raises(BadRequestError) as caught:
-        client.responses.compact(model="claude-haiku-4-5", input=[{"role": "user", "content": "Say hello"}])
+        client.responses.create(model="claude-haiku-4-5", input=[item, {"role": "user", "content": "Go on"}])
     error = caught.value.body
-    assert error["code"] == "unsupported_provider" and "/v1/responses/compact" in error["message"]
+    assert (error["param"], error["code"]) == ("input[0].encrypted_content", "unsupported_parameter")
+
+
+def test_stockyards_compaction_goes_to_openai_as_its_summary(client, mock):
+    """A conversation compacted on Claude goes on on GPT: OpenAI cannot read Stockyard's token, so the
+    item goes as the user message holding its summary."""
+    compacted = client.responses.compact(model="claude-haiku-4-5", input=TRIP)
+    items = [o.model_dump(exclude_none=True) for o in compacted.output]
+    client.responses.create(model="gpt-4o-mini", input=[*items, {"role": "user", "content": "And the hotel?"}])
+    sent = mock.last("/v1/responses").json["input"]
+    summary = [{"type": "input_text", "text": compaction.SUMMARY_HEADING + TEXT}]
+    assert sent[2] == {"type": "message", "role": "user", "content": summary} and "compaction" not in json.dumps(sent)
+    changed = {**items[2], "encrypted_content": items[2]["encrypted_content"][:-4]}  # cut short: a clean 400
+    with pytest.raises(BadRequestError) as caught:
+        client.responses.create(model="gpt-4o-mini", input=[changed])
+    assert (caught.value.body["param"], caught.value.code) == ("input[0].encrypted_content", "invalid_compaction")
 
 
 # ModelSettings(context_management=[…]) and (prompt_cache_options=…) of the OpenAI Agents SDK 0.24, as it

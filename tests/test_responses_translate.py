@@ -8,6 +8,7 @@ its accumulator, ``get_final_response()`` and ``output_text`` are what a client 
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
 
 from stockyard.errors import ProxyError
-from stockyard.providers.responses import ChatToResponsesStream, from_chat, to_chat
+from stockyard.providers import compaction
+from stockyard.providers.responses import ChatToResponsesStream, CompactionStream, from_chat, to_chat
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 RESPONSE = pydantic.TypeAdapter(Response)
@@ -1172,3 +1174,113 @@ def test_web_searches_and_citations_stream_in_order():
     assert part["annotations"] == [added["annotation"]] and added["annotation_index"] == 0
     assert part["text"][added["annotation"]["start_index"] : added["annotation"]["end_index"]] == "sunny."
     assert final["output"][1]["action"] == {"type": "search", "query": "paris weather"}
+
+
+# --------------------------------------------------------------------------- compaction (compaction.py)
+
+TRIGGER = {"type": "compaction_trigger"}
+CODEX_TURN = [
+    {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
+    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "List the files."}]},
+    {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "c1", "output": "a.txt"},
+    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "One file."}]},
+]
+
+
+def compaction_of(summary: str) -> dict:
+    """The compaction item a translated provider answers for ``summary``."""
+    request = {"model": "m", "input": [*CODEX_TURN, TRIGGER]}
+    return from_chat(completion({"role": "assistant", "content": summary}), request, RID, 1700000000)["output"][0]
+
+
+def test_a_compaction_trigger_asks_the_model_for_a_summary():
+    """Codex's trigger (the last input item) becomes our summarization instruction as the last user
+    message; the tools stay defined for the calls in the history but may not be called; no output format."""
+    body = {"model": "m", "input": [*CODEX_TURN, TRIGGER], "tools": [WEATHER], "text": {"format": {"type": "text"}}}
+    chat = to_chat({**body, "text": {"format": {"type": "json_object"}, "verbosity": "low"}})
+    assert chat["messages"][:-1] == to_chat({**body, "input": CODEX_TURN})["messages"]
+    assert chat["messages"][-1] == {"role": "user", "content": compaction.INSTRUCTION}
+    assert chat["tool_choice"] == "none" and chat["tools"][0]["function"]["name"] == "weather"
+    assert "response_format" not in chat and "verbosity" not in chat
+    assert "tool_choice" not in to_chat({"model": "m", "input": [CODEX_TURN[1], TRIGGER], "tool_choice": "auto"})
+
+
+def test_a_compaction_answer_is_one_compaction_item_whose_summary_comes_back_as_a_user_message():
+    request = {"model": "m", "input": [*CODEX_TURN, TRIGGER]}
+    response = from_chat(completion({"role": "assistant", "content": "The user wants files listed."}), request, RID, 1)
+    strict(RESPONSE, response)
+    item = response["output"][0]
+    assert [o["type"] for o in response["output"]] == ["compaction"] and response["status"] == "completed"
+    assert item["encrypted_content"].startswith(compaction.PREFIX) and response["usage"] == RESPONSES_USAGE
+    echoed = {"type": "compaction", "encrypted_content": item["encrypted_content"]}  # as Codex sends it back
+    following = {"model": "m", "input": [CODEX_TURN[1], echoed]}
+    messages = to_chat(following)["messages"]
+    assert messages[-1] == {"role": "user", "content": compaction.SUMMARY_HEADING + "The user wants files listed."}
+    # stored with the turn it answered (previous_response_id), the trigger is skipped and the item read
+    history = [*request["input"], item]
+    assert to_chat({"model": "m", "input": "go on"}, history)["messages"][-2:] == [
+        messages[-1],
+        {"role": "user", "content": "go on"},
+    ]
+
+
+def test_a_compaction_without_a_summary_fails():
+    request = {"model": "m", "input": [*CODEX_TURN, TRIGGER]}
+    response = from_chat(completion({"role": "assistant", "content": ""}), request, RID, 1)
+    assert response["status"] == "failed" and response["output"] == [] and response["error"]["code"] == "server_error"
+
+
+def test_a_compaction_stream_says_compacting_and_ends_with_the_item():
+    """Streamed (Codex's ``stream: true``): no text events, a ``response.compaction.compacting`` per piece,
+    the one compaction item done before ``response.completed``, through the SDK's stream helper."""
+    request = {"model": "m", "input": [*CODEX_TURN, TRIGGER], "stream": True}
+    stream = CompactionStream(request, RID, 1700000000, "m", MAKER)
+    raw = [event for piece in text_chunks("The user ", "wants files.") for event in stream.feed(piece)]
+    raw += stream.finish()
+    events = parse_sse(raw)
+    final = check_events(events)
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.compaction.compacting",
+        "response.compaction.compacting",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert final["output"] == [compaction_of("The user wants files.")] and final["usage"] == RESPONSES_USAGE
+    client = sdk_client(b"".join(raw), "text/event-stream")
+    with client.responses.stream(model="m", input=[*CODEX_TURN, TRIGGER]) as sdk:
+        done = sdk.get_final_response()
+    assert done.output[0].model_dump(exclude_none=True) == final["output"][0]
+
+
+def test_a_compaction_stream_without_a_summary_fails():
+    stream = CompactionStream({"model": "m", "input": [TRIGGER]}, RID, 1700000000, "m", MAKER)
+    raw = [event for piece in text_chunks() for event in stream.feed(piece)] + stream.finish()
+    final = check_events(parse_sse(raw))
+    assert final["status"] == "failed" and final["output"] == [] and not stream.complete
+
+
+FORGED = compaction.PREFIX + base64.urlsafe_b64encode(b'{"summary": "x", "role": "system"}').decode()
+COMPACTION_REFUSALS = [
+    ("gAAAAABmockCompactedConversation==", "unsupported_parameter"),  # OpenAI's: only its models read it
+    (compaction.PREFIX + "not base64!", "invalid_compaction"),
+    (compaction.PREFIX + base64.urlsafe_b64encode(b"[1]").decode(), "invalid_compaction"),
+    (compaction.PREFIX + base64.urlsafe_b64encode(b'{"summary": 3}').decode(), "invalid_compaction"),
+    (FORGED, "invalid_compaction"),  # a field Stockyard never writes
+    (compaction_of("cut")["encrypted_content"][:-3], "invalid_compaction"),
+    ("", "invalid_request"),
+]
+
+
+@pytest.mark.parametrize("token,code", COMPACTION_REFUSALS)
+def test_a_compaction_item_not_stockyards_is_a_400_naming_it(token, code):
+    error = refused({"model": "m", "input": [{"type": "compaction", "encrypted_content": token}]})
+    assert (error.param, error.code) == ("input[0].encrypted_content", code)
+
+
+def test_a_compaction_trigger_only_ends_the_input():
+    error = refused({"model": "m", "input": [TRIGGER, {"role": "user", "content": "hi"}]})
+    assert error.param == "input[0].type" and "last input item" in error.message

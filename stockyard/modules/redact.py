@@ -19,7 +19,9 @@ Providers' opaque reasoning state is not looked inside: a Responses reasoning it
 ``encrypted_content`` and a thinking block's ``signature`` are opaque strings, and the thinking
 blocks a provider produced (Anthropic ``thinking``/``redacted_thinking``, a chat message's
 ``thinking_blocks``) go upstream as they came in ``upstream`` and ``block`` modes (the provider
-refuses an edited signed block); they are still redacted where Stockyard stores them. The module
+refuses an edited signed block); they are still redacted where Stockyard stores them. A compaction
+token Stockyard made (``providers/compaction.py``) is looked inside: its summary reaches the model
+as text, so it is searched, and redacted by minting the token again. The module
 guards against accidental leaks; a client can always obfuscate text on purpose.
 """
 
@@ -33,6 +35,7 @@ from typing import Any, Callable
 
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..providers import compaction
 from .base import Module
 from .schema import Field
 
@@ -191,8 +194,9 @@ class Detector:
         """The kinds found in a JSON value; with ``signed``, those inside signed thinking go there."""
         found = {} if found is None else found
         if isinstance(value, str):
-            if len(value) >= SHORTEST:
-                self.find(value, found)
+            text = compaction.peek(value) or value  # a compaction token's summary goes upstream as text
+            if len(text) >= SHORTEST:
+                self.find(text, found)
         elif isinstance(value, list):
             for item in value:
                 self.find_json(item, found, signed)
@@ -210,6 +214,10 @@ class Detector:
     def sub_json(self, value: Any, keep_signed: bool = False) -> Any:
         """A copy of a JSON value with every string value redacted (but signed thinking, with ``keep_signed``)."""
         if isinstance(value, str):
+            summary = compaction.peek(value)
+            if summary is not None:  # the token again, its summary redacted
+                redacted = self.sub(summary)
+                return value if redacted == summary else compaction.mint(redacted)
             return self.sub(value) if len(value) >= SHORTEST else value
         if isinstance(value, list):
             return [self.sub_json(v, keep_signed) for v in value]

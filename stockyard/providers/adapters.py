@@ -15,7 +15,7 @@ from .media import ENDPOINTS as MEDIA_ENDPOINTS
 from .media import PATHS as MEDIA_PATHS
 from .messages_adapters import MessagesOverChat
 from .openai import OpenAIAdapter
-from .responses_adapters import ResponsesOverChat, ResponsesPassThrough
+from .responses_adapters import CompactOverChat, ResponsesOverChat, ResponsesPassThrough
 
 _OPENAI = OpenAIAdapter()
 # OpenAI-dialect clients (chat, completions, embeddings) by provider kind.
@@ -33,6 +33,7 @@ _FOR_ANTHROPIC_CLIENTS: dict[str, Adapter] = {
 # Responses API clients (/v1/responses): passed through where the provider speaks it, else over its chat adapter.
 _RESPONSES_PASS_THROUGH = ResponsesPassThrough()
 _RESPONSES_OVER_CHAT: dict[str, Adapter] = {kind: ResponsesOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items()}
+_COMPACT_OVER_CHAT: dict[str, Adapter] = {kind: CompactOverChat(a) for kind, a in _FOR_OPENAI_CLIENTS.items()}
 # Gemini-native clients (/v1beta/models/…): passed through to Gemini providers only.
 _FOR_GEMINI_CLIENTS: dict[str, Adapter] = {"gemini": GeminiNativeAdapter()}
 
@@ -57,19 +58,6 @@ def media_adapter(provider: Provider, endpoint: str) -> Adapter:
     )
 
 
-def no_compaction(provider: Provider) -> ProxyError:
-    """``/v1/responses/compact`` makes a ``compaction`` item only OpenAI's models read: a chat-only
-    provider has no such call, and Stockyard cannot make an item its next request would understand."""
-    return ProxyError(
-        400,
-        f"provider {provider.name!r} is of kind {provider.kind!r}, which does not speak the Responses API: "
-        "/v1/responses/compact (OpenAI's compaction) reaches only providers that speak it; compact the "
-        "conversation in the client instead (an ordinary request asking for a summary)",
-        param="model",
-        code="unsupported_provider",
-    )
-
-
 def adapter_for(provider: Provider, dialect: str, endpoint: str = "") -> Adapter:
     """The adapter for this provider, client dialect and endpoint, or a 400 saying why there is none."""
     if endpoint in MEDIA_ENDPOINTS:
@@ -77,9 +65,8 @@ def adapter_for(provider: Provider, dialect: str, endpoint: str = "") -> Adapter
     if dialect == RESPONSES:
         if provider.speaks_responses:
             return _RESPONSES_PASS_THROUGH
-        if endpoint == "compact":
-            raise no_compaction(provider)
-        table = _RESPONSES_OVER_CHAT  # its OpenAI-dialect chat adapter, wrapped
+        # its OpenAI-dialect chat adapter, wrapped (compaction: the model writes the summary)
+        table = _COMPACT_OVER_CHAT if endpoint == "compact" else _RESPONSES_OVER_CHAT
     elif dialect == GEMINI:
         table = _FOR_GEMINI_CLIENTS
     else:

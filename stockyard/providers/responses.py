@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ProxyError
 from ..pricing import Usage
+from . import compaction
 from .chatshape import attached_note
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
@@ -172,7 +173,8 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
     messages += chat_messages(history or [], "previous_response_id", provider, kind)
     if not present(body, "input") and not history:
         raise invalid("input", "'input' is required")
-    messages += chat_messages(body.get("input") or [], "input", provider, kind)
+    trigger = compaction.triggered(body)  # the trigger is the summarization instruction (ask_summary)
+    messages += chat_messages(body["input"][:-1] if trigger else body.get("input") or [], "input", provider, kind)
     if not messages:
         raise invalid("input", "'input' must not be empty")
     chat: dict = {"model": model, "messages": messages}
@@ -200,7 +202,7 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    return chat
+    return compaction.ask_summary(chat) if trigger else chat
 
 
 def instructions_messages(instructions: Any) -> list[dict]:
@@ -251,6 +253,12 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
             message, parts = tool_message(item, path)
             out.append(message)
             attached += parts
+        elif kind == compaction.ITEM:  # a summary Stockyard made, read as a user message (compaction.py)
+            state = None
+            out.append(compaction.summary_message(item, path))
+        elif kind == compaction.TRIGGER:  # a stored turn's own trigger; in this input, only the last item is one
+            if where == "input":
+                raise invalid(f"{path}.type", f"{path}: a compaction_trigger item must be the last input item")
         elif kind == "item_reference":  # one Stockyard keeps was put in its place (conversations.py)
             raise invalid(f"{path}.id", f"no item with id {item.get('id')!r} is stored for this key")
         elif kind == "reasoning":
@@ -893,8 +901,35 @@ def status_of(finish_reason: str | None) -> str:
     return "incomplete" if finish_reason in INCOMPLETE else "completed"
 
 
+# Why a compaction failed when the model's answer held no text to summarise with.
+NO_SUMMARY = "the model answered the compaction request without a summary"
+
+
+def summary_of(chat: dict) -> str:
+    """The text of a chat answer to a compaction request (``compaction.ask_summary``): the summary."""
+    message = obj(obj((chat.get("choices") or [{}])[0]).get("message"))
+    return message["content"] if isinstance(message.get("content"), str) else ""
+
+
+def compaction_response(chat: dict, request: dict, response_id: str, created_at: int) -> dict:
+    """The answer to a ``/v1/responses`` request ending with a compaction trigger: one ``compaction``
+    item holding the model's summary (failed when it wrote none: an empty one would lose the conversation)."""
+    finish = obj((chat.get("choices") or [{}])[0]).get("finish_reason")
+    status, output, error = status_of(finish), [], None
+    summary = summary_of(chat)
+    if summary:
+        output.append(compaction.compaction_item(item_id("cmp", response_id, 0), summary))
+    else:
+        status, error = "failed", {"code": "server_error", "message": NO_SUMMARY}
+    model = chat.get("model") or request.get("model") or ""
+    usage = responses_usage(chat.get("usage"))
+    return response_object(request, response_id, created_at, model, status, output, usage, finish, error)
+
+
 def from_chat(chat: dict, request: dict, response_id: str, created_at: int, provider: str | None = None) -> dict:
     """A ``chat.completion`` (from ``provider``, a name) → the Responses ``response`` object for it."""
+    if compaction.triggered(request):
+        return compaction_response(chat, request, response_id, created_at)
     choices = chat.get("choices") or [{}]
     choice = obj(choices[0])
     message = obj(choice.get("message"))
@@ -1025,28 +1060,33 @@ class ChatToResponsesStream:
         if isinstance(chunk.get("usage"), dict):
             self.usage = responses_usage(chunk["usage"])
         for choice in chunk.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = obj(choice.get("delta"))
-            reasoning = reasoning_text(delta)
-            if reasoning:
-                out += self.reasoning(reasoning)
-            blocks = thinking_blocks(delta.get("thinking_blocks"))
-            if blocks:
-                out += self.keep_state({"thinking_blocks": blocks})
-            for search in listed(delta.get("web_search_calls")):
-                out += self.web_search(search)
-            for kind in ("content", "refusal"):
-                if isinstance(delta.get(kind), str) and delta[kind]:
-                    out += self.text(kind, delta[kind])
-            for annotation in url_citations(delta.get("annotations")):
-                out += self.annotate(annotation)
-            for call in delta.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    out += self.tool_call(call)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-                out += self.close()
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                out += self.choice(choice)
+        return out
+
+    def choice(self, choice: dict) -> list[bytes]:
+        """The events of one chunk's first choice: its delta, and its finish reason."""
+        out: list[bytes] = []
+        delta = obj(choice.get("delta"))
+        reasoning = reasoning_text(delta)
+        if reasoning:
+            out += self.reasoning(reasoning)
+        blocks = thinking_blocks(delta.get("thinking_blocks"))
+        if blocks:
+            out += self.keep_state({"thinking_blocks": blocks})
+        for search in listed(delta.get("web_search_calls")):
+            out += self.web_search(search)
+        for kind in ("content", "refusal"):
+            if isinstance(delta.get(kind), str) and delta[kind]:
+                out += self.text(kind, delta[kind])
+        for annotation in url_citations(delta.get("annotations")):
+            out += self.annotate(annotation)
+        for call in delta.get("tool_calls") or []:
+            if isinstance(call, dict):
+                out += self.tool_call(call)
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+            out += self.close()
         return out
 
     def finish(self) -> list[bytes]:
@@ -1275,3 +1315,51 @@ class ChatToResponsesStream:
             out.append(self.event("response.output_item.done", output_index=index, item=item))
         self.open = []
         return out
+
+
+class CompactionStream(ChatToResponsesStream):
+    """The stream of a request ending with a compaction trigger (Codex CLI's, ``stream: true``): the
+    summary's text is collected, not streamed (the client gets it only inside the token), each piece
+    of it a ``response.compaction.compacting`` event (progress without content, the SDK's event), and
+    the one ``compaction`` item is done at the end, before ``response.completed``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pieces: list[str] = []
+
+    def choice(self, choice: dict) -> list[bytes]:
+        """Only the text is read (the summary); tools could not be called."""
+        out: list[bytes] = []
+        text = obj(choice.get("delta")).get("content")
+        if isinstance(text, str) and text:
+            self.pieces.append(text)
+            out += self.open_item() + [self.event("response.compaction.compacting", **self.at(0))]
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        return out
+
+    def open_item(self) -> list[bytes]:
+        """The compaction item, added once (its token is known only at the end)."""
+        if self.output:
+            return []
+        item = {"id": item_id("cmp", self.response_id, 0), "type": compaction.ITEM, "encrypted_content": ""}
+        return [self.add_item(item)[1]]
+
+    def finish(self) -> list[bytes]:
+        if self.ended:
+            return []
+        summary = "".join(self.pieces)
+        if not summary:
+            return self.fail(NO_SUMMARY, "server_error")
+        out = self.start() + self.open_item()
+        self.output[0]["encrypted_content"] = compaction.mint(summary)
+        out.append(self.event("response.output_item.done", output_index=0, item=self.output[0]))
+        self.open = []
+        status = status_of(self.finish_reason)
+        self._response = self.snapshot(status)
+        self.ended = self._complete = True
+        return out + [self.event(f"response.{status}", response=self._response)]
+
+    def fail(self, message: str, code: str) -> list[bytes]:
+        self.output, self.open = [], []  # an unfinished compaction item holds nothing the client can use
+        return super().fail(message, code)

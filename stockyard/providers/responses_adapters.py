@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 from ..context import RequestContext
 from ..errors import OPENAI, ProxyError
 from ..pricing import Usage
-from . import Provider, responses
+from . import Provider, compaction, responses
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import chat_chunks, chunk_error, note
 from .messages_adapters import provider_name
@@ -66,6 +66,13 @@ def ours(item: object) -> bool:
     return responses.minted(item) or unpack(item.get("encrypted_content")) is not None
 
 
+def summarised(item: object) -> bool:
+    """A compaction item Stockyard made (its token), which no provider's Responses API can read."""
+    if not isinstance(item, dict) or item.get("type") != compaction.ITEM:
+        return False
+    return compaction.ours(item.get("encrypted_content"))
+
+
 def keep(ctx: RequestContext, response: object) -> None:
     """Hand a finished response object to the conversation store (see ``stockyard.conversations``)."""
     conv, provider = ctx.conversation, ctx.attempt.provider
@@ -101,9 +108,10 @@ class ResponsesPassThrough(Adapter):
         accept = "text/event-stream" if ctx.stream else "application/json"
         path = upstream_path(provider, PATHS[ctx.endpoint])
         items = ctx.body.get("input")
-        if isinstance(items, list) and any(ours(item) for item in items):
-            # Stockyard's own reasoning items (a conversation that ran on a translated provider)
-            kept = [item for item in items if not ours(item)]
+        if isinstance(items, list) and any(ours(item) or summarised(item) for item in items):
+            # Stockyard's own reasoning items (a conversation that ran on a translated provider) stay
+            # behind; its compaction items go as the user message holding their summary
+            kept = [compaction.as_input_message(item, f"input[{i}]") for i, item in enumerate(items) if not ours(item)]
             ctx = dataclasses.replace(ctx, body={**ctx.body, "input": kept}, body_changed=True)
         body = request_body(ctx, model, force_usage=False)
         return UpstreamCall("POST", path, upstream_headers(provider, accept), body)
@@ -210,11 +218,35 @@ class ResponsesOverChat(Adapter):
         conv = ctx.conversation
         assert conv is not None
         model = ctx.attempt.upstream_model or ctx.model or ""
-        outer = responses.ChatToResponsesStream(ctx.body, conv.response_id, conv.created_at, model, provider_name(ctx))
+        kind = responses.CompactionStream if compaction.triggered(ctx.body) else responses.ChatToResponsesStream
+        outer = kind(ctx.body, conv.response_id, conv.created_at, model, provider_name(ctx))
         return OverChatStream(ctx, self.inner.stream(self.chat_ctx(ctx)), outer)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
         return self.inner.error(self.chat_ctx(ctx), status, body)  # a chat error is OpenAI's error shape
+
+
+class CompactOverChat(ResponsesOverChat):
+    """``/v1/responses/compact`` for a chat-only provider: the model summarises the conversation (the
+    request with a compaction trigger after its input: ``compaction.with_trigger``), and the answer is
+    OpenAI's ``response.compaction`` object: the conversation's user messages, then one compaction item
+    whose token carries the summary (``compaction.py``). Not streamed, as OpenAI's is not."""
+
+    def chat_ctx(self, ctx: RequestContext) -> RequestContext:
+        return super().chat_ctx(dataclasses.replace(ctx, body=compaction.with_trigger(ctx.body)))
+
+    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
+        chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
+        conv = ctx.conversation
+        assert conv is not None  # set for every Responses API request (stockyard.conversations)
+        summary = responses.summary_of(chat)
+        if not summary:
+            raise ProxyError(502, responses.NO_SUMMARY, code="bad_upstream_response")
+        kept = compaction.kept_messages(conv.history, ctx.body.get("input"))
+        item = compaction.compaction_item(responses.item_id("cmp", conv.response_id, len(kept)), summary)
+        usage = responses.responses_usage(chat.get("usage"))
+        answer = compaction.compacted(conv.response_id, conv.created_at, [*kept, item], usage)
+        return json.dumps(answer, ensure_ascii=False).encode()
 
 
 class OverChatStream(StreamTranslator):
