@@ -708,7 +708,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._refuse_websocket()
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict()))
+            query = urlsplit(self.path).query
+            self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict(), query))
             return
         query = urlsplit(self.path).query
         native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
