@@ -615,11 +615,15 @@ class ProviderCalls:
         headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}
         if "content-disposition" in answer.headers:
             headers["content-disposition"] = answer.headers["content-disposition"]
-        reply.start_stream(answer.status, headers, answer.headers.get("content-type", "application/octet-stream"))
+        wanted = reply.start_stream(
+            answer.status, headers, answer.headers.get("content-type", "application/octet-stream")
+        )
+        if not wanted:
+            resp.close()  # a HEAD: the head only, the provider's bytes left unread
         ctx.attempt.mark_first_byte()
         size = 0
         try:
-            for chunk in resp.chunks():
+            for chunk in resp.chunks() if wanted else ():
                 reply.chunk(chunk)
                 size += len(chunk)
         except UpstreamError as exc:

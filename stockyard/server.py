@@ -448,8 +448,7 @@ class Handler(BaseHTTPRequestHandler):
             self._write(response.status, response.body, response.content_type, response.headers)
             return
         try:
-            self.start_stream(response.status, response.headers, response.content_type)
-            if self.command != "HEAD":
+            if self.start_stream(response.status, response.headers, response.content_type):
                 for piece in response.stream:
                     self.chunk(piece)
             self.end_stream()
@@ -462,10 +461,13 @@ class Handler(BaseHTTPRequestHandler):
     ) -> None:
         self._write(status, body, content_type, headers or {})
 
-    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> None:
+    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
+        """Begin a chunked answer (its head goes with the first chunk); False when the client wants
+        no body (HEAD), so a caller relaying bytes can stop reading them."""
         self._status = status
         head = self._head(status, {"Content-Type": content_type, "Transfer-Encoding": "chunked", **(headers or {})})
         self._stream_head = head
+        return self.command != "HEAD"
 
     def chunk(self, data: bytes) -> None:
         if not data or self.command == "HEAD":  # a HEAD's answer is its head: end_stream writes it

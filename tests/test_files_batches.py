@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 
@@ -197,7 +198,7 @@ def test_file_content_is_relayed_as_a_stream_and_its_trace_keeps_only_the_size(s
 
 
 def test_head_on_file_content_is_the_streamed_gets_head_without_its_bytes(server):
-    """HEAD on a route whose GET streams: its head (chunked, as the GET), no chunk of the body,
+    """HEAD on a route whose GET streams: its head (chunked, as the GET), no chunk of the body (nor read),
     and the connection stays usable for the next request."""
     made = client(server, "alice").files.create(file=("head.bin", io.BytesIO(b"x" * 70_000)), purpose="user_data")
     key = server.keys["alice"]
@@ -210,6 +211,9 @@ def test_head_on_file_content_is_the_streamed_gets_head_without_its_bytes(server
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head, head
     assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status": "ok"}'), rest[:200]
+    trace_id = re.search(rb"x-stockyard-trace-id: (\S+)", head).group(1).decode()
+    trace = trace_of(server, {"x-stockyard-trace-id": trace_id})
+    assert json.loads(trace["response_body"]) == {"content_bytes": 0}  # not one byte read from the provider
 
 
 def test_lists_page_honestly_over_the_keys_own_files(server):
