@@ -6,9 +6,11 @@ OpenAI's ``user`` (chat, completions, embeddings, Responses) or Anthropic's
 device, without the session, see :func:`claude_code_user`). Tags come from
 ``x-stockyard-tags: team=search,feature=x`` and, where the API has one, the body's ``metadata``
 object of strings (OpenAI chat and Responses); a header tag wins over a body tag of the same
-name. The trace carries both, and reports group by them (``stockyard costs --by user|tag:NAME``),
-so they are bounded: a user of at most ``USER_CAP`` printable characters, at most ``MAX_TAGS``
-tags with printable names and values. Bad values are a 400 naming the header or field — never
+name. A Codex request is also tagged ``session=<its session id>`` unless the client set a
+``session`` tag or already has ``MAX_TAGS`` (see :func:`codex_session`). The trace carries
+both, and reports group by them (``stockyard costs --by user|tag:NAME``), so they are bounded:
+a user of at most ``USER_CAP`` printable characters, at most ``MAX_TAGS`` tags with printable
+names and values. Bad values are a 400 naming the header or field — never
 silently cut, which would merge users.
 """
 
@@ -27,6 +29,9 @@ MAX_TAGS = 16
 TAG_NAME_CAP = 64
 TAG_VALUE_CAP = 512  # OpenAI's own limit for a metadata value
 METADATA_ENDPOINTS = ("chat", "responses")  # OpenAI endpoints whose body has ``metadata`` of strings
+SESSION_TAG = "session"
+# The header Codex names its session in on every request: ``session-id`` (0.171), ``session_id`` (0.58)
+CODEX_SESSION_HEADERS = ("session-id", "session_id")
 # Claude Code's metadata.user_id before 2.1: user_<device hash>_account_<uuid or nothing>_session_<uuid>
 _CLAUDE_CODE_SESSION = re.compile(r"^(user_[0-9a-f]+_account_[0-9a-f-]*)_session_[0-9a-f-]+$")
 
@@ -114,6 +119,19 @@ def body_tags(ctx: RequestContext) -> dict[str, str]:
     return tags
 
 
+def codex_session(headers: dict[str, str]) -> str | None:
+    """The session a Codex request belongs to (Codex says so in ``originator``: codex_exec,
+    codex_cli_rs, …), so that ``costs --by tag:session`` answers what one session cost. A value
+    that would not pass as a tag is left out: the client asked for no tag, so it gets no 400."""
+    if not headers.get("originator", "").startswith("codex"):
+        return None
+    for name in CODEX_SESSION_HEADERS:
+        value = headers.get(name, "").strip()
+        if _printable(value, TAG_VALUE_CAP):
+            return value
+    return None
+
+
 def attribute(ctx: RequestContext) -> None:
     """Set ``ctx.end_user`` and ``ctx.tags`` from the headers and the parsed body (400 when bad)."""
     header = ctx.headers.get(USER_HEADER)
@@ -124,4 +142,7 @@ def attribute(ctx: RequestContext) -> None:
     tags.update(header_tags(ctx.headers.get(TAGS_HEADER, "")))
     if len(tags) > MAX_TAGS:
         raise ProxyError(400, f"at most {MAX_TAGS} tags per request, got {len(tags)}", code="invalid_tags")
+    session = codex_session(ctx.headers)
+    if session is not None and SESSION_TAG not in tags and len(tags) < MAX_TAGS:
+        tags[SESSION_TAG] = session
     ctx.tags = tags

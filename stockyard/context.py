@@ -245,6 +245,7 @@ class RequestContext:
     dialect: str  # openai, anthropic, responses or gemini: what the client spoke
     client_addr: str
     headers: dict[str, str]  # client request headers, lower-case names
+    query: str = ""  # the URL's query as the client sent it; an adapter passes on only what it allows
     raw: bytes = b""
     body: dict[str, Any] = field(default_factory=dict)
     trace_id: str = ""

@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 from .context import Answer, Conversation, RequestContext
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import text_tokens
-from .httpio import Request, Response, json_response
+from .httpio import Request, Response, allow, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
@@ -348,7 +348,7 @@ class Conversations:
                 405,
                 f"method {req.method} is not allowed here; use {', '.join(allowed)}",
                 code="method_not_allowed",
-                headers={"Allow": ", ".join(allowed)},
+                headers={"Allow": allow(allowed)},
             )
         row = self.find(response_id, key_id)
         if row is None:

@@ -31,7 +31,7 @@ from . import estimate
 from .context import REFUSED, Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
-from .httpio import DuplicateMember, Request, json_object, unique_members
+from .httpio import DuplicateMember, Request, allow, json_object, unique_members
 from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
@@ -423,7 +423,7 @@ class ProviderCalls:
                 405,
                 f"method {method} is not allowed here; use {', '.join(allowed)}",
                 code="method_not_allowed",
-                headers={"Allow": ", ".join(allowed)},
+                headers={"Allow": allow(allowed)},
             )
 
     def _rate_limit(self, ctx: RequestContext) -> None:
@@ -615,11 +615,15 @@ class ProviderCalls:
         headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}
         if "content-disposition" in answer.headers:
             headers["content-disposition"] = answer.headers["content-disposition"]
-        reply.start_stream(answer.status, headers, answer.headers.get("content-type", "application/octet-stream"))
+        wanted = reply.start_stream(
+            answer.status, headers, answer.headers.get("content-type", "application/octet-stream")
+        )
+        if not wanted:
+            resp.close()  # a HEAD: the head only, the provider's bytes left unread
         ctx.attempt.mark_first_byte()
         size = 0
         try:
-            for chunk in resp.chunks():
+            for chunk in resp.chunks() if wanted else ():
                 reply.chunk(chunk)
                 size += len(chunk)
         except UpstreamError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ProxyError
@@ -96,6 +96,15 @@ class Request:
     def json(self) -> dict:
         """The body as a JSON object (an empty body is ``{}``), or a 400."""
         return json_object(self.body or b"{}")
+
+
+def allow(methods: Iterable[str]) -> str:
+    """An ``Allow`` value: the methods a route takes, and HEAD beside GET (the server answers a
+    HEAD as the route's GET, without the body: RFC 9110 §9.3.2)."""
+    listed = list(dict.fromkeys(methods))
+    if "GET" in listed and "HEAD" not in listed:
+        listed.insert(listed.index("GET") + 1, "HEAD")
+    return ", ".join(listed)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Mapping
 from urllib.parse import unquote
 
 from .errors import ProxyError
-from .httpio import Request, Response, json_response
+from .httpio import Request, Response, allow, json_response
 from .keys import KeyRecord
 from .pricing import PROVIDERS
 from .providers import OPENAI_KINDS, Provider, Registry
@@ -175,7 +175,7 @@ def retrieve(app: "App", req: Request) -> Response:
             405,
             f"method {req.method} is not allowed here; use GET",
             code="method_not_allowed",
-            headers={"Allow": "GET"},
+            headers={"Allow": allow(["GET"])},
         )
     key = app.gate.client_key(req.headers)  # 401 before anything else when keys are required
     wanted = unquote(req.path.removeprefix(MODEL_PREFIX))

@@ -35,7 +35,7 @@ from .conversations import endpoint_name as stored_endpoint
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body, refusal_of
 from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
-from .httpio import Request, Response, json_response
+from .httpio import Request, Response, allow, json_response
 from .logbuffer import access, printable
 from .modules.ratelimit import admit_call
 from .multipart import Upload
@@ -442,14 +442,15 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientGone() from exc
 
     def _respond(self, response: Response) -> None:
-        """Write a route handler's answer (a streamed one piece by piece, as it comes)."""
+        """Write a route handler's answer (a streamed one piece by piece, as it comes; to a HEAD
+        its head only, the stream closed unread)."""
         if response.stream is None:
             self._write(response.status, response.body, response.content_type, response.headers)
             return
         try:
-            self.start_stream(response.status, response.headers, response.content_type)
-            for piece in response.stream:
-                self.chunk(piece)
+            if self.start_stream(response.status, response.headers, response.content_type):
+                for piece in response.stream:
+                    self.chunk(piece)
             self.end_stream()
         finally:
             response.stream.close()  # the client left: the provider's answer is closed too
@@ -460,13 +461,16 @@ class Handler(BaseHTTPRequestHandler):
     ) -> None:
         self._write(status, body, content_type, headers or {})
 
-    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> None:
+    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
+        """Begin a chunked answer (its head goes with the first chunk); False when the client wants
+        no body (HEAD), so a caller relaying bytes can stop reading them."""
         self._status = status
         head = self._head(status, {"Content-Type": content_type, "Transfer-Encoding": "chunked", **(headers or {})})
         self._stream_head = head
+        return self.command != "HEAD"
 
     def chunk(self, data: bytes) -> None:
-        if not data:
+        if not data or self.command == "HEAD":  # a HEAD's answer is its head: end_stream writes it
             return
         payload = b"%x\r\n%s\r\n" % (len(data), data)
         if self._stream_head:
@@ -478,8 +482,11 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientGone() from exc
 
     def end_stream(self, last: bytes = b"") -> None:
-        """The end of a stream: ``last`` (its final data, if any) and the terminator in one write."""
+        """The end of a stream: ``last`` (its final data, if any) and the terminator in one write
+        (to a HEAD: the head alone)."""
         tail = b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n"
+        if self.command == "HEAD":
+            tail = b""
         payload, self._stream_head = self._stream_head + tail, b""
         try:
             self.wfile.write(payload)
@@ -694,11 +701,17 @@ class Handler(BaseHTTPRequestHandler):
     def _headers_dict(self) -> dict[str, str]:
         return {k.lower(): v for k, v in self.headers.items()}
 
+    def _route_method(self) -> str:
+        """The method the routes see: HEAD is the GET (RFC 9110 §9.3.2: its status and head, the
+        handler run once, ``_write`` and the stream methods leaving the body out); a route that
+        takes no GET refuses it with a 405 naming what it takes."""
+        return "GET" if self.command == "HEAD" else self.command
+
     def _route(self, path: str, dialect: str) -> None:
         """Find the handler; refusals that need no body (host, origin, method, key, no route)
         come before a byte of it is read."""
         app = self.server.app
-        method = self.command
+        method = self._route_method()
         if not self._body_pending():  # the request has arrived whole: its read deadline is met
             self.server.reaper.disarm(self.connection)  # (a slow provider's answer is not a slow client)
         if path not in OPEN_ROUTES:
@@ -708,7 +721,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._refuse_websocket()
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict()))
+            query = urlsplit(self.path).query
+            self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict(), query))
             return
         query = urlsplit(self.path).query
         native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
@@ -841,7 +855,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         try:
             admit_call(app.path.chain(), ctx)
-            req = Request(self.command, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+            req = Request(self._route_method(), self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
             response = app.conversations.answer(req, ctx.key_id)
             ctx.attempt.status, ctx.attempt.cost_uc, ctx.attempt.cost_status = response.status, 0, "exact"
             ctx.complete = response.status < 400
@@ -892,7 +906,7 @@ class Handler(BaseHTTPRequestHandler):
             405,
             f"method {self.command} is not allowed here; use {', '.join(allowed)}",
             code="method_not_allowed",
-            headers={"Allow": ", ".join(allowed)},
+            headers={"Allow": allow(allowed)},
         )
 
 
@@ -965,7 +979,7 @@ def metrics(app: App, req: Request) -> Response:
 
 
 FIXED_ROUTES: dict[str, tuple[list[str], RouteFn]] = {
-    "/healthz": (["GET", "HEAD"], healthz),
+    "/healthz": (["GET"], healthz),
     "/readyz": (["GET"], readyz),
     "/metrics": (["GET"], metrics),
     "/v1/models": (["GET"], models),

@@ -65,9 +65,10 @@ class RecordingReply:
         self.status, self.body = status, body
         self.headers = {"content-type": content_type, **{k.lower(): v for k, v in (headers or {}).items()}}
 
-    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> None:
+    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
         self.status = status
         self.headers = {"content-type": content_type, **{k.lower(): v for k, v in (headers or {}).items()}}
+        return True
 
     def chunk(self, data: bytes) -> None:
         self.body += data

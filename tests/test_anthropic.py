@@ -543,6 +543,32 @@ def test_native_count_tokens_is_free(server, native, mock) -> None:
     assert trace["endpoint"] == "count_tokens" and not trace["cost_uc"] and not trace["prompt_tokens"]
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_the_beta_clients_query_goes_upstream(server, mock, path) -> None:
+    """Claude Code (the TypeScript SDK's beta client) sends ``?beta=true`` (tests/claude_code_requests.json):
+    Anthropic gets it too, as the client asked (it went nowhere before); without it, no query."""
+    model = f"claude-haiku-4-5-beta{path.count('/')}"
+    body = {"model": model, "max_tokens": 5, "messages": user()}
+    status, _, raw = server.request("POST", f"{path}?beta=true", body)
+    assert status == 200, raw
+    assert sent(mock, model, path).query == {"beta": "true"}
+    status, _, raw = server.request("POST", path, body)
+    assert status == 200, raw
+    assert sent(mock, model, path).query == {}
+
+
+def test_only_beta_true_of_a_query_reaches_the_provider(server, mock) -> None:
+    """An allow-list: whatever else a client writes in its URL never becomes the provider's."""
+    body = {"model": "anthropic/claude-haiku-4-5-query", "max_tokens": 5, "messages": user()}
+    path = "/v1/messages?beta=true&key=stolen&anthropic-version=x&beta=false"
+    status, _, raw = server.request("POST", path, body)
+    assert status == 200, raw
+    assert sent(mock, "claude-haiku-4-5-query").query == {}  # beta named twice: not the SDK's flag
+    status, _, raw = server.request("POST", "/v1/messages?key=stolen&beta=true", body)
+    assert status == 200, raw
+    assert sent(mock, "claude-haiku-4-5-query").query == {"beta": "true"}
+
+
 def test_native_error_passes_through(server, native) -> None:
     with pytest.raises(anthropic.RateLimitError) as failure:
         native.messages.create(model="claude-error-429", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])

@@ -506,4 +506,4 @@ def test_wrong_method_is_405_with_allow(server):
     status, headers, body = server.request(
         "POST", "/v1/messages/batches/msgbatch_x", headers={"x-api-key": server.keys["alice"]}
     )
-    assert status == 405 and headers["allow"] == "GET, DELETE" and json.loads(body)["type"] == "error"
+    assert status == 405 and headers["allow"] == "GET, HEAD, DELETE" and json.loads(body)["type"] == "error"

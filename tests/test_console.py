@@ -117,7 +117,7 @@ def test_root_and_bare_ui_redirect_to_the_console(server):
 
 def test_only_get_is_allowed(server):
     status, headers, _ = raw_get(server, "/ui/app.js", method="POST")
-    assert status == 405 and headers["allow"] == "GET"
+    assert status == 405 and headers["allow"] == "GET, HEAD"
 
 
 def test_console_files_need_no_key_but_its_data_does(server):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 
@@ -137,7 +138,7 @@ def test_wrong_method_is_405_with_allow(server):
     status, headers, _ = server.request(
         "DELETE", "/v1/batches/batch_x", headers={"Authorization": f"Bearer {server.keys['alice']}"}
     )
-    assert status == 405 and headers["allow"] == "GET"
+    assert status == 405 and headers["allow"] == "GET, HEAD"
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -194,6 +195,25 @@ def test_file_content_is_relayed_as_a_stream_and_its_trace_keeps_only_the_size(s
     wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (raw.headers["x-stockyard-trace-id"],)))
     trace = trace_of(server, raw.headers)
     assert trace["endpoint"] == "files.content" and json.loads(trace["response_body"]) == {"content_bytes": len(data)}
+
+
+def test_head_on_file_content_is_the_streamed_gets_head_without_its_bytes(server):
+    """HEAD on a route whose GET streams: its head (chunked, as the GET), no chunk of the body (nor read),
+    and the connection stays usable for the next request."""
+    made = client(server, "alice").files.create(file=("head.bin", io.BytesIO(b"x" * 70_000)), purpose="user_data")
+    key = server.keys["alice"]
+    with connect(server) as sock:
+        sock.sendall(
+            f"HEAD /v1/files/{made.id}/content HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = read_until_close(sock)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head, head
+    assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status": "ok"}'), rest[:200]
+    trace_id = re.search(rb"x-stockyard-trace-id: (\S+)", head).group(1).decode()
+    trace = trace_of(server, {"x-stockyard-trace-id": trace_id})
+    assert json.loads(trace["response_body"]) == {"content_bytes": 0}  # not one byte read from the provider
 
 
 def test_lists_page_honestly_over_the_keys_own_files(server):

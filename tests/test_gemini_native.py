@@ -115,6 +115,17 @@ def test_reasoning_and_cached_tokens_are_priced(server, key) -> None:
     assert trace["cost_uc"] == cost(PROMPT_TOKENS, 8, CACHED_TOKENS)
 
 
+def test_gemini_3_pro_preview_is_priced_from_the_shipped_table(server, key) -> None:
+    # its shipped price, not an override: $2 input, $12 output per 1M → 200 and 1,200 µ¢ a token
+    model = "gemini-3-pro-preview"
+    status, headers, raw = gemini(
+        server, "POST", f"/v1beta/models/{model}:generateContent", {"contents": CONTENTS}, key
+    )
+    assert status == 200, raw
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["cost_uc"], trace["cost_status"]) == (PROMPT_TOKENS * 200 + 5 * 1_200, "exact")
+
+
 def test_v1_paths_and_provider_prefixed_models_work_too(server, key, mock) -> None:
     status, _, raw = gemini(server, "POST", "/v1/models/gemini-native-v1:generateContent", {"contents": CONTENTS}, key)
     assert status == 200, raw

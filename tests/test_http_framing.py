@@ -184,7 +184,7 @@ def test_any_method_reaches_the_routes_which_refuse_it_never_501(server):
         assert json.loads(body)["error"]["code"] == "method_not_allowed"
         sock.sendall(b"BREW /ui/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         status, headers, _ = read_response(sock)
-        assert status == 405 and headers["allow"] == "GET"
+        assert status == 405 and headers["allow"] == "GET, HEAD"
         sock.sendall(b"BREW /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         status, _, body = read_response(sock)
         assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
@@ -252,3 +252,41 @@ def test_answers_to_head_carry_no_body(server):
     assert parts[1].startswith(b"HTTP/1.1 405"), "the first HEAD answer had a body"
     assert parts[2].startswith(b"HTTP/1.1 200"), "the second HEAD answer had a body"
     assert parts[3] == b'{"status": "ok"}'
+
+
+def head_then_get(server: ServerProcess, path: str) -> tuple[bytes, bytes]:
+    """HEAD then GET of ``path`` on one connection: (the HEAD's answer, all that came after it).
+    A HEAD answer carrying a body would put that body before the GET's status line."""
+    with connect(server) as sock:
+        sock.sendall(
+            f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = read_until_close(sock)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def fields(head: bytes) -> dict[str, str]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+@pytest.mark.parametrize("path", ["/", "/ui", "/ui/app.js", "/healthz", "/readyz", "/metrics", "/v1/models"])
+def test_head_on_a_get_route_answers_as_the_get_without_the_body(server, path):
+    """Uptime monitors and load balancers send HEAD: was a 405 on every GET route but /healthz.
+    RFC 9110 §9.3.2: the GET's status and head, its Content-Length, no body."""
+    head, rest = head_then_get(server, path)
+    assert rest.startswith(b"HTTP/1.1 "), f"the HEAD answer carried a body: {rest[:200]!r}"
+    get_head, _, get_body = rest.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == get_head.split(b"\r\n")[0]  # the same status
+    got, sent = fields(head), fields(get_head)
+    assert got["content-type"] == sent["content-type"] and got.get("location") == sent.get("location")
+    if path != "/metrics":  # its counters move between the two requests
+        assert int(got["content-length"]) == len(get_body) == int(sent["content-length"])
+
+
+def test_head_on_a_post_only_route_is_a_405_naming_post(server):
+    head, rest = head_then_get(server, "/v1/chat/completions")
+    assert head.startswith(b"HTTP/1.1 405") and fields(head)["allow"] == "POST"
+    assert rest.startswith(b"HTTP/1.1 405"), rest[:200]  # the 405 to HEAD carried no body either

@@ -617,6 +617,7 @@ def test_claude_code_replay(server, key, mock, kind):
             sent = mock.last("/v1/messages")
             assert sent is not None and sent.json == body
             assert sent.headers["anthropic-beta"] == headers["anthropic-beta"]
+            assert sent.query == {"beta": "true"}  # the client key checked, the query passed on
         user_id = body["metadata"]["user_id"]  # a JSON object of ~150 characters; OpenAI takes 64
         if kind == "openai":
             assert upstream_body(mock, model)["user"] == hashlib.sha256(user_id.encode()).hexdigest()

@@ -500,6 +500,7 @@ def test_anthropic_cache_multipliers(table: PriceTable) -> None:
         ("gpt-5.2-2025-12-11", None),
         ("gpt-6.2-sol", None),
         ("gpt-6-luna", None),
+        ("gemini-3-pro-preview", None),
         ("gemini-3.1-pro-preview", None),
         ("gemini-4-argon", None),
         ("gemini-2.0-flash", None),
@@ -767,6 +768,8 @@ def test_openai_cache_writes_are_billed_at_the_write_rates() -> None:
         ("claude-haiku-5-5", 100_000, 1_000, "0.0105"),  # $0.10 / $0.50 up to 100k
         ("claude-haiku-5-5", 100_001, 1_000, "0.0525005"),  # $0.50 / $2.50 above
         ("gemini-2.5-pro", 200_001, 1_000, "0.5150025"),  # $2.50 / $15 above 200k
+        ("gemini-3-pro-preview", 200_000, 1_000, "0.412"),  # $2 / $12 up to 200k
+        ("gemini-3-pro-preview", 200_001, 1_000, "0.818004"),  # $4 / $18 above 200k
         ("gpt-5.5", 272_001, 1_000, "2.76501"),  # $10 / $45 above 272k
         ("claude-sonnet-4-5", 200_001, 1_000, "1.222506"),  # the 1M-context beta: $6 / $22.50 above 200k
     ],

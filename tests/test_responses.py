@@ -1094,6 +1094,31 @@ def test_codex_0_171_turn_replayed(server, keys, mock, kind):
     assert trace["provider"] == kind and trace["cost_uc"] > 0
 
 
+def test_a_codex_sessions_cost_is_one_tag_row(server, keys):
+    """Codex names its session in a header on every turn (``session-id``, 0.171): its requests are
+    tagged ``session=<id>``, so ``costs --by tag:session`` answers what the session cost. A session
+    tag the client set wins, and the tag never takes a client's 16th place nor makes a 400."""
+    session = "5e55-" + CODEX["headers"]["session-id"][5:]  # this test's own session
+    headers = {**CODEX["headers"], "session-id": session, "Authorization": f"Bearer {keys[0]}"}
+    body = {"model": "gpt-5", "input": "hi", "store": False}
+
+    def turn(extra: dict[str, str]) -> dict:
+        status, head, raw = server.request("POST", "/v1/responses", body, headers={**headers, **extra})
+        assert status == 200, raw
+        return server.trace(head["x-stockyard-trace-id"])
+
+    traces = [turn({}), turn({})]
+    assert [json.loads(t["tags"]) for t in traces] == [{"session": session}] * 2
+    status, _, raw = server.request("GET", "/api/costs?by=tag:session", headers={"Authorization": f"Bearer {ADMIN}"})
+    row = next(r for r in json.loads(raw)["rows"] if r["tag:session"] == session)
+    assert (row["requests"], row["cost_uc"]) == (2, sum(t["cost_uc"] for t in traces))
+
+    full = ",".join(f"t{i}=v" for i in range(16))
+    extras = [{"x-stockyard-tags": "session=mine,team=a"}, {"x-stockyard-tags": full}, {"originator": "other"}]
+    got = [json.loads(turn(extra)["tags"] or "null") for extra in extras]
+    assert got == [{"session": "mine", "team": "a"}, {f"t{i}": "v" for i in range(16)}, None]
+
+
 def claude_calls_stream(name: str, arguments: dict) -> Reply:
     """Claude's streamed answer with thinking on: a signed thinking block, then a call of ``name``."""
     blocks = [

@@ -22,7 +22,7 @@ from .. import audit, times
 from ..errors import ProxyError
 from ..hosts import sender
 from ..httphead import bearer_token
-from ..httpio import Request, Response, json_response
+from ..httpio import Request, Response, allow, json_response
 from ..operations import Operations, Refused, invalid
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
             405,
             f"method {method} is not allowed here; use {', '.join(sorted(set(allowed)))}",
             code="method_not_allowed",
-            headers={"Allow": ", ".join(sorted(set(allowed)))},
+            headers={"Allow": allow(sorted(set(allowed)))},
         )
     raise ProxyError(404, f"no admin route for {method} {path}", code="not_found")
 

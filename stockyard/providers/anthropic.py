@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from ..context import RequestContext
 from ..errors import ProxyError
@@ -168,6 +169,14 @@ CHAT_FIELDS: dict[str, Field] = {
 def base_path(provider: Provider, path: str) -> str:
     """``path`` under the base URL, which may or may not already end in ``/v1``."""
     return path[3:] if provider.base_url.rstrip("/").endswith("/v1") and path.startswith("/v1/") else path
+
+
+def native_path(provider: Provider, ctx: RequestContext) -> str:
+    """The endpoint's path, with ``?beta=true`` when the client sent it (the Anthropic SDKs' beta
+    client does: Claude Code on every request). An allow-list: the Messages API takes no other
+    query parameter, and nothing else a client puts in its URL reaches the provider's."""
+    path = base_path(provider, NATIVE_PATHS[ctx.endpoint])
+    return f"{path}?beta=true" if parse_qs(ctx.query).get("beta") == ["true"] else path
 
 
 def auth_headers(provider: Provider, version: str | None = None) -> dict[str, str]:
@@ -1020,9 +1029,7 @@ class AnthropicNativeAdapter(Adapter):
                 changed.pop("thinking", None)
                 note_thinking_off(ctx, provider, model)
             body = json.dumps(changed, ensure_ascii=False).encode()
-        return UpstreamCall(
-            "POST", base_path(provider, NATIVE_PATHS[ctx.endpoint]), headers(provider, ctx, native=True), body
-        )
+        return UpstreamCall("POST", native_path(provider, ctx), headers(provider, ctx, native=True), body)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         if ctx.endpoint == "count_tokens":

@@ -14,7 +14,7 @@ import importlib.resources
 import re
 from typing import TYPE_CHECKING
 
-from ..httpio import Request, Response
+from ..httpio import Request, Response, allow
 
 if TYPE_CHECKING:
     from ..app import App
@@ -65,7 +65,7 @@ def _answer(status: int, body: bytes, content_type: str, extra: dict | None = No
 def handle(app: "App", req: Request) -> Response:
     """GET /ui/<file>: the file with its content type; anything else 404 (or 405 for other methods)."""
     if req.method != "GET":
-        return _answer(405, b"method not allowed\n", "text/plain; charset=utf-8", {"Allow": "GET"})
+        return _answer(405, b"method not allowed\n", "text/plain; charset=utf-8", {"Allow": allow(["GET"])})
     name = req.path[len(PREFIX) :] or "index.html"
     match = _NAME.match(name)
     found = load(name) if match else None
