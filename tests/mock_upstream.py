@@ -729,12 +729,13 @@ def pauses_sent_back(body: dict) -> int:
 
 def anthropic_pause_refusal(body: dict) -> Reply | None:
     """Anthropic's 400 for a paused turn not sent back as it came: the last (assistant) message
-    must end with every paused answer's content, unchanged and in order."""
+    must end with every paused answer's content, unchanged and in order (each answer's thinking
+    block, with thinking on, between them)."""
     k = pauses_sent_back(body)
     if not k:
         return None
     messages = body["messages"]
-    content = messages[-1]["content"]
+    content = [b for b in messages[-1]["content"] if not (isinstance(b, dict) and b.get("type") == "thinking")]
     expected = [block for i in range(1, k + 1) for block in paused_content(i)]
     if content[-len(expected) :] != expected:
         return anthropic_error(

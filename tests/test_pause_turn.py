@@ -27,6 +27,8 @@ from mock_upstream import (
     PROMPT_TOKENS,
     SEARCH_QUERIES,
     SEARCH_TEXTS,
+    THINKING_SIGNATURE,
+    THINKING_TEXT,
     MockUpstream,
     Reply,
     anthropic_message,
@@ -43,6 +45,7 @@ BOUND_MODEL = f"{BASE}-pause9"  # pauses past the bound
 SCRIPTED_MODEL = f"{BASE}-pause1-scripted"  # answered by the replies a test queues
 MODELS = [*(f"{BASE}-pause2-{i}" for i in range(8)), *(f"{BOUND_MODEL}-{i}" for i in range(4)), SCRIPTED_MODEL]
 BUDGETED = "budgeted-pauses"
+LIMITED = "two-a-minute"
 SEARCH = {"search_context_size": "low"}  # 3 searches a call: what a budget holds for each
 
 
@@ -55,7 +58,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     for model in MODELS:
         assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
     assert proc.cli("prices", "set", COST_MODEL, "--input", "0.001", "--output", "1").returncode == 0
-    proc.keys = proc.create_keys({"plain": [], BUDGETED: ["--budget-usd", "0.045", "--budget-period", "day"]})
+    proc.keys = proc.create_keys(
+        {"plain": [], BUDGETED: ["--budget-usd", "0.045", "--budget-period", "day"], LIMITED: ["--rpm", "2"]}
+    )
     proc.start()
     yield proc
     proc.stop()
@@ -153,6 +158,28 @@ def test_chat_gets_one_answer_of_every_call_of_a_paused_turn(server, client, moc
     assert trace["status"] == 200
 
 
+def test_thinking_blocks_go_back_with_the_paused_answers(client, mock):
+    """With thinking on each answer starts with its signed thinking block: sent back where it was."""
+    model = f"{BASE}-pause2-thinking"
+    completion = client.chat.completions.create(
+        model=model,
+        max_tokens=4096,
+        reasoning_effort="low",
+        messages=[{"role": "user", "content": "weather?"}],
+        web_search_options={},
+    )
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "stop"
+    thinking = {"type": "thinking", "thinking": THINKING_TEXT, "signature": THINKING_SIGNATURE}
+    assert message.model_extra["thinking_blocks"] == [thinking] * 3
+    sent = calls(mock, model)
+    assert len(sent) == 3
+    assert sent[2]["messages"][-1] == {
+        "role": "assistant",
+        "content": [thinking, *paused_content(1), thinking, *paused_content(2)],
+    }
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_the_cost_is_each_calls_cost_summed(server, client, mock, stream):
     """At $0.001/$1 per 1M tokens the three calls cost 501.2, 511.2 and 521.2 µ¢: each rounded,
@@ -245,6 +272,19 @@ def test_a_budget_holds_each_follow_up_or_the_turn_ends_there(server, mock):
     assert status == 429 and json.loads(body)["error"]["code"] == "budget_exceeded", body
     status, _, body = server.request("POST", "/v1/chat/completions", plain, headers)
     assert status == 200, body
+
+
+def test_a_continued_turn_is_one_request_to_the_rate_limit(server, mock):
+    """Two requests a minute: two turns of three calls each go through, the third request is the 429."""
+    model = f"{BASE}-pause2-4"
+    limited = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys[LIMITED], max_retries=0)
+    ask = {"model": model, "messages": [{"role": "user", "content": "weather?"}], "web_search_options": {}}
+    for _ in range(2):
+        assert limited.chat.completions.create(**ask).choices[0].finish_reason == "stop"
+    assert len(calls(mock, model)) == 6
+    with pytest.raises(openai.RateLimitError) as refused:
+        limited.chat.completions.create(**ask)
+    assert refused.value.body["code"] == "rate_limit_exceeded"
 
 
 # --------------------------------------------------------------------------- Responses API
