@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from typing import Any
 
 import anthropic
 import openai
@@ -96,6 +97,19 @@ def cost_at(rates: tuple[int, int], calls_made: int, searches: int) -> int:
         for k in range(calls_made)
     ]
     return sum(int(c + Fraction(1, 2)) for c in each) + searches * WEB_SEARCH_UC
+
+
+def searched(client: openai.OpenAI, model: str, stream: bool) -> tuple[Any, list[str | None], str | None]:
+    """A chat request with web search: the raw answer, its finish reasons and its text."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "weather?"}], web_search_options={}, stream=stream
+    )
+    if not stream:
+        choice = raw.parse().choices[0]
+        return raw, [choice.finish_reason], choice.message.content
+    chunks = list(raw.parse())
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    return raw, finishes, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
 def check_sent_back_as_documented(sent: list[dict]) -> None:
@@ -196,22 +210,12 @@ def test_the_cost_is_each_calls_cost_summed(server, client, mock, stream):
     assert cost_at(rates, 3, searches=0) == 1533
     assert trace["cost_status"] == "exact"
     assert trace["cost_uc"] == cost_at(rates, 3, searches=4)
-    mock.clear()
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_chat_past_the_bound_ends_incomplete(server, client, mock, stream):
     model = f"{BOUND_MODEL}-{int(stream)}"
-    raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "weather?"}], web_search_options={}, stream=stream
-    )
-    if stream:
-        chunks = list(raw.parse())
-        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        choice = raw.parse().choices[0]
-        finishes, content = [choice.finish_reason], choice.message.content
+    raw, finishes, content = searched(client, model, stream)
     assert finishes == ["length"]
     assert content == paused_text(MAX_CONTINUATIONS + 1)
     sent = calls(mock, model)
@@ -232,16 +236,7 @@ def test_a_follow_up_the_provider_refuses_ends_the_answer_incomplete(server, cli
     asked = {"tools": [{"type": "web_search_20250305", "name": "web_search"}], "messages": []}
     first = Reply(sse=anthropic_stream(asked, 1, model)) if stream else Reply(json=anthropic_message(asked, 1, model))
     mock.enqueue(first, Reply(status=529))
-    raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "weather?"}], web_search_options={}, stream=stream
-    )
-    if stream:
-        chunks = list(raw.parse())
-        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        choice = raw.parse().choices[0]
-        finishes, content = [choice.finish_reason], choice.message.content
+    raw, finishes, content = searched(client, model, stream)
     assert (finishes, content) == (["length"], paused_text(1))
     assert mock.pending() == 0  # both calls made
     trace = server.trace(raw.headers["x-stockyard-trace-id"])
