@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from .context import RequestContext
@@ -102,7 +102,7 @@ class BatchTotal:
         self.lines += 1
         if model not in self.models:
             self.models.append(model)
-        self.usage = Usage(*(a + b for a, b in zip(astuple(self.usage), astuple(usage))))
+        self.usage = self.usage.plus(usage)
         price = price_of(model)
         if price is None or price.unit != "token":  # a token answer cannot be priced per image or second
             self.unpriced.add(model)

@@ -32,15 +32,18 @@ class Pricer:
         table = self.table
         return table.lookup(route.model, route.provider.name) or table.lookup(asked, route.provider.name)
 
-    def worst_case(self, ctx: RequestContext, route: Route, asked: str, default_max_tokens: int) -> int | None:
+    def worst_case(
+        self, ctx: RequestContext, route: Route, asked: str, default_max_tokens: int, sent_back: int = 0
+    ) -> int | None:
         """What a budget holds for the request on ``ctx`` served by ``route`` (µ¢): its worst case
         in the units of its endpoint (tokens; images, characters for media), None when it cannot
-        be priced (no price, or a price in a unit the answer will not report)."""
+        be priced (no price, or a price in a unit the answer will not report). ``sent_back``: the
+        input tokens a follow-up call adds (the answer so far of a paused turn)."""
         price = self.price_of(route, asked)
         if ctx.endpoint in media.ENDPOINTS:
             image_price = self.image_price(ctx, route.model, route.provider.name)
             return estimate.media_request_cost(ctx, price, image_price, default_max_tokens)
-        return None if price is None else estimate.request_cost(ctx, price, default_max_tokens)
+        return None if price is None else estimate.request_cost(ctx, price, default_max_tokens, sent_back)
 
     def price(self, ctx: RequestContext, attempt: Attempt | None = None) -> None:
         """Cost of the request's current attempt (or of ``attempt``) from the provider's usage,
@@ -62,6 +65,8 @@ class Pricer:
         price = self.billed_price(ctx, a)
         if ctx.endpoint in media.ENDPOINTS:
             return self._price_media(ctx, a, price)
+        if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing sent nothing
+            a.usage = Usage()
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
@@ -72,11 +77,19 @@ class Pricer:
             relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
+        earlier, a.paused_usage = a.paused_usage, []  # a continued turn: each call priced on its own
         if price is None:
             a.cost_status = "unknown"
-            return
-        a.cost_uc = cost_microcents(price, a.usage)
-        a.cost_status = "estimate" if a.usage_estimated else "exact"
+        else:
+            a.cost_uc = cost_microcents(price, a.usage) + sum(cost_microcents(price, u) for u in earlier)
+            a.cost_status = "estimate" if a.usage_estimated else "exact"
+        for usage in earlier:  # and the usage reported whole
+            a.usage = usage.plus(a.usage)
+
+    def call_cost(self, ctx: RequestContext, a: Attempt, usage: Usage) -> int | None:
+        """What one call of ``a`` that used ``usage`` costs (µ¢), None without a price."""
+        price = self.billed_price(ctx, a)
+        return None if price is None else cost_microcents(price, usage)
 
     def billed_price(self, ctx: RequestContext, a: Attempt) -> Price | None:
         """The price an answer is billed at: the served model's, the upstream model's, else the

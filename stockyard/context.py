@@ -198,6 +198,10 @@ class Attempt:
     # The usage so far is a stream's start (Anthropic's message_start: input counted, output 1); the
     # output count comes with message_delta. Still set when the answer ended: it was cut before that.
     usage_partial: bool = False
+    # A turn the provider paused (Anthropic's pause_turn) and Stockyard continued: the usage of each
+    # call before the current one, whose own is ``usage``. The Pricer prices each call on its own and
+    # then folds them into ``usage`` (the whole answer's), emptying this.
+    paused_usage: list[Usage] = field(default_factory=list)
     upstream_request_id: str | None = None
     response_body: bytearray = field(default_factory=bytearray)
     response_truncated: bool = False
@@ -216,6 +220,13 @@ class Attempt:
         """End a failed attempt that another follows: it becomes a trace row of its own."""
         self.trace_id, self.ts_ms, self.started = new_trace_id(ts_ms), ts_ms, started
         self.ended = time.perf_counter()
+
+    def total_usage(self) -> Usage | None:
+        """What the answer used so far: every call of a continued turn (:attr:`paused_usage`) and the current one."""
+        total = self.usage
+        for usage in self.paused_usage:
+            total = usage if total is None else usage.plus(total)
+        return total
 
     def serve(self, model: object) -> None:
         """The model the provider says it served, when it names one as text (its answer may be odd)."""

@@ -342,9 +342,10 @@ def web_searches(body: dict) -> int:
     return found
 
 
-def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
-    """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
-    inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price) + fetched_tokens(ctx.body)
+def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0) -> int:
+    """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves. A
+    follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far)."""
+    inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price) + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.raw))
     return tokens + web_searches(ctx.body) * WEB_SEARCH_UC

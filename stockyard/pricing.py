@@ -58,7 +58,7 @@ import pkgutil
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
 from types import MappingProxyType
@@ -350,6 +350,11 @@ class Usage:
 
     def __post_init__(self) -> None:
         _check_counts(self)
+
+    def plus(self, other: Usage) -> Usage:
+        """Both usages' counts and fees added: what several calls used together (a batch's lines,
+        the calls of a turn Stockyard continued), for reports; each call is priced on its own."""
+        return Usage(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage:

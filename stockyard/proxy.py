@@ -43,8 +43,8 @@ from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media
 from .providers.adapters import adapter_for
-from .providers.base import Adapter
-from .providers.chatshape import DROPPED_HEADER
+from .providers.base import Adapter, FollowUp, UpstreamCall
+from .providers.chatshape import DROPPED_HEADER, note
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
@@ -436,19 +436,29 @@ def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: s
     back to a model without a price (its cost would be unknown, and never reach the budget), nor
     to a dearer one whose worst case the budgets it holds (key, project, end user) cannot hold too
     (``budget.Cover``). Media requests alike, in their own units (``Pricer.worst_case``)."""
-    held = "budget" in ctx.state or "userlimits.budget" in ctx.state
-    if not held:
+    if not budgeted(ctx):
         return True
-    worst = path.pricer.worst_case(ctx, Route(provider, model), name, path.settings.default_max_tokens)
-    covers = [c for c in (ctx.state.get("budget.cover"), ctx.state.get("userlimits.cover")) if c is not None]
-    if worst is None:
-        why = "it has no price"
-    elif all(cover(worst) for cover in covers):
+    why = uncovered(ctx, path.pricer.worst_case(ctx, Route(provider, model), name, path.settings.default_max_tokens))
+    if why is None:
         return True
-    else:
-        why = "its worst case is more than the budget has left"
     log.warning("fallback %r for %r skipped: %s and the request is under a budget", name, ctx.model, why)
     return False
+
+
+def budgeted(ctx: RequestContext) -> bool:
+    """The request holds a budget reservation (its key's or project's, or its end user's)."""
+    return "budget" in ctx.state or "userlimits.budget" in ctx.state
+
+
+def uncovered(ctx: RequestContext, worst: int | None) -> str | None:
+    """Why the budgets the request holds cannot hold ``worst`` µ¢ in all (each ``budget.Cover``
+    reserves what it lacks of it), None when they can."""
+    covers = [c for c in (ctx.state.get("budget.cover"), ctx.state.get("userlimits.cover")) if c is not None]
+    if worst is None:
+        return "it has no price"
+    if all(cover(worst) for cover in covers):
+        return None
+    return "its worst case is more than the budget has left"
 
 
 def attempt_once(
@@ -526,8 +536,9 @@ class ReportFirst:
 def spent_tokens(attempt: Attempt, failure: Failure | None) -> int | None:
     """Tokens an attempt used, for its deployment's tpm: as reported; none for a failure that
     reported none (a 429 uses no quota); None keeps the estimate (a stream without usage)."""
-    if attempt.usage is not None:
-        return attempt.usage.prompt_tokens + attempt.usage.completion_tokens
+    usage = attempt.total_usage()
+    if usage is not None:
+        return usage.prompt_tokens + usage.completion_tokens
     return 0 if failure is not None else None
 
 
@@ -568,13 +579,110 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
         raw = resp.read_all()
     except UpstreamError as exc:
         return no_answer(path, ctx, exc, by_deadline, started, ts_ms)
+    answers = whole_turn(path, ctx, adapter, raw)
     ctx.attempt.mark_first_byte()
-    body = path.scrub.bytes(adapter.parse(ctx, raw))
+    body = path.scrub.bytes(adapter.parse_turn(ctx, answers))
     ctx.attempt.status = resp.status
     ctx.complete = True
     ctx.attempt.capture(body, path.settings.body_cap_bytes)
     reply.send(resp.status, body, adapter.content_type(resp.headers.get("content-type")), headers)
     return None
+
+
+# -- a turn the provider paused (Anthropic's pause_turn), continued for a translated client ----------
+
+MAX_CONTINUATIONS = 5  # follow-up calls one turn may take; past them the answer ends incomplete
+
+
+def whole_turn(path: RequestPath, ctx: RequestContext, adapter: Adapter, raw: bytes) -> list[bytes]:
+    """The answers of the turn's calls: the first (``raw``), then each follow-up's while the
+    provider pauses the turn and it may go on (:func:`continue_turn`)."""
+    answers = [raw]
+    while (resp := continue_turn(path, ctx, adapter, answers)) is not None:
+        try:
+            answers.append(resp.read_all())
+        except UpstreamError as exc:
+            end_turn(ctx, f"the follow-up call broke: {path.scrub.text(str(exc))}", gave_up=True)
+            break
+    return answers
+
+
+def continue_turn(
+    path: RequestPath, ctx: RequestContext, adapter: Adapter, answers: list[bytes]
+) -> UpstreamResponse | None:
+    """Send the call that continues the turn when the provider paused it (``Adapter.follow_up``)
+    and the bound and the request's budgets let it go on: its answer (as the client's: a stream
+    for a stream). None once the turn is over, or when it ends here incomplete (the trace says why)."""
+    follow = adapter.follow_up(ctx, answers)
+    if follow is None:
+        end_turn(ctx)
+        return None
+    why = continuation_refused(path, ctx, follow, len(answers) - 1)
+    if why is not None:
+        end_turn(ctx, why)
+        return None
+    a = ctx.attempt
+    a.paused_usage.append(follow.usage or Usage())  # the paused call's, priced on its own
+    a.usage, a.usage_partial = None, False
+    try:
+        timeout, _ = read_timeout(ctx, a.provider.name if a.provider else "", a.upstream_model or "")
+        resp = send(path, ctx, follow.call, timeout)
+    except ProxyError as exc:  # the request's deadline passed
+        end_turn(ctx, exc.message, gave_up=True)
+        return None
+    except UpstreamError as exc:
+        if client_left(ctx):
+            raise ClientGone() from None
+        end_turn(ctx, f"the follow-up call failed: {path.scrub.text(str(exc))}", gave_up=True)
+        return None
+    if resp.status >= 400 or (ctx.stream and not resp.is_sse):
+        try:
+            detail = path.scrub.text(resp.read_all()[:300].decode("utf-8", "replace"))
+        except UpstreamError:
+            detail = ""
+        end_turn(ctx, f"the follow-up call was answered {resp.status}: {detail}", gave_up=True)
+        return None
+    return resp
+
+
+def continuation_refused(path: RequestPath, ctx: RequestContext, follow: FollowUp, sent: int) -> str | None:
+    """Why the turn may not take another follow-up call: the bound reached, or a budget the request
+    holds that cannot hold what the turn cost so far and the next call's worst case (the input so far
+    sent back, the output cap, the searches); None when it may."""
+    if sent >= MAX_CONTINUATIONS:
+        return f"it paused again after {MAX_CONTINUATIONS} follow-up calls, the most Stockyard sends"
+    if not budgeted(ctx):
+        return None
+    a, price = ctx.attempt, path.pricer
+    assert a.provider is not None and a.upstream_model is not None
+    calls = [*a.paused_usage, follow.usage or Usage()]
+    spent = sum(x.cost_uc or 0 for x in ctx.attempts) + sum(price.call_cost(ctx, a, u) or 0 for u in calls)
+    asked = a.asked_model or ctx.routed_model or ctx.model or ""
+    route = Route(a.provider, a.upstream_model)
+    worst = price.worst_case(ctx, route, asked, path.settings.default_max_tokens, follow.sent_back)
+    why = uncovered(ctx, None if worst is None else spent + worst)
+    return None if why is None else f"the budget cannot hold another call: {why}"
+
+
+def end_turn(ctx: RequestContext, stopped: str | None = None, gave_up: bool = False) -> None:
+    """Say in the trace how a paused turn went: continued with how many follow-up calls, and why
+    it ended incomplete when it did. ``gave_up``: the last follow-up gave nothing (its call is not
+    one of the turn's: the paused call's usage is the current one again)."""
+    a = ctx.attempt
+    if gave_up:
+        a.usage = a.paused_usage.pop()
+    calls = len(a.paused_usage)
+    if not calls and stopped is None:
+        return
+    said = "the provider paused the turn (pause_turn)"
+    if calls:
+        said += (
+            f"; Stockyard continued it with {calls} follow-up call(s), usage and cost summed over the {calls + 1} calls"
+        )
+    if stopped is not None:
+        said += f"; the answer ends incomplete (finish_reason length) because {stopped}"
+        log.info("request %s: paused turn not continued: %s", ctx.trace_id, stopped)
+    note(ctx, said)
 
 
 def read_timeout(ctx: RequestContext, provider: str, model: str) -> tuple[float | None, bool]:
@@ -612,7 +720,13 @@ def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | 
         )
     adapter = adapter_for(provider, ctx.dialect, ctx.endpoint)
     ctx.reply_headers.pop(DROPPED_HEADER, None)  # what an earlier attempt's adapter dropped is not this one's
-    call = adapter.prepare(ctx, provider, model)
+    return send(path, ctx, adapter.prepare(ctx, provider, model), read_timeout)
+
+
+def send(path: RequestPath, ctx: RequestContext, call: UpstreamCall, read_timeout: float | None) -> UpstreamResponse:
+    """Send ``call`` to the attempt's provider (UpstreamError when it cannot be reached)."""
+    provider = ctx.attempt.provider
+    assert provider is not None
     call.headers.update(upstream_headers(ctx, ctx.attempt, path.settings.otlp_endpoint is not None))
     timeouts = [t for t in (call.read_timeout, read_timeout) if t]
     return path.pool.request(
@@ -810,8 +924,8 @@ def relay_stream(
         ctx.attempt.capture(out, cap)
         return out
 
-    last = b""  # the stream's last bytes, written with its end in one write
-    try:
+    def pump(resp: UpstreamResponse, events: Iterator[list[bytes]]) -> bytes:
+        """Relay one upstream stream to its end: its last bytes, not written yet."""
         for batch in events:
             out = convert(batch)
             reply.chunk(out)
@@ -824,8 +938,25 @@ def relay_stream(
                 resp.set_timeout(left)
             if path.relay is not None and (client := reply.stream_socket()) is not None:
                 if (handoff := resp.handoff()) is not None:
-                    last = path.relay.carry(Stream(handoff, client, relayed, ctx.deadline))
-                    break
+                    return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline))
+        return b""
+
+    answers: list[bytes] = []  # a paused turn's answers so far (the provider's, whole)
+    try:
+        while True:
+            last = pump(resp, events)  # the stream's last bytes, written with its end in one write
+            paused = translator.paused_answer()
+            if paused is None:
+                if answers:
+                    end_turn(ctx)  # a follow-up call finished the turn
+                break
+            answers.append(paused)
+            follow = continue_turn(path, ctx, adapter, answers)
+            if follow is None:
+                break  # the translator's finish ends the paused answer, incomplete
+            if last:
+                reply.chunk(last)  # the same client stream goes on with the follow-up call's events
+            resp, events = follow, follow.events()
         for out in translator.finish():
             last += out
             ctx.attempt.capture(out, cap)

@@ -705,7 +705,75 @@ def anthropic_search_content() -> list[dict]:
     return content
 
 
+# `pauseN` in a searching Claude model's name: its server-side loop hits its limit N times, as
+# Anthropic's does on a long turn — each answer searches once and ends `stop_reason: pause_turn`;
+# the request that continues it is the same request with the paused content sent back unchanged as
+# the last (assistant) turn (each pause's content after the last's), and the turn finishes after N.
+PAUSES = re.compile(r"pause(\d+)")
+PAUSED_INPUT_TOKENS = 100  # input tokens each paused answer sent back adds to the next call's
+
+
+def paused_content(k: int) -> list[dict]:
+    """What the turn's ``k``-th paused answer holds (1-based): a search, its result, cited text."""
+    ident, result = f"srvtoolu_pause{k}", SEARCH_RESULTS[(k - 1) % len(SEARCH_RESULTS)]
+    cited = f"Found part {k}."
+    return [
+        {"type": "text", "text": f"Searching, part {k}."},
+        {"type": "server_tool_use", "id": ident, "name": "web_search", "input": {"query": f"Paris weather, part {k}"}},
+        {"type": "web_search_tool_result", "tool_use_id": ident, "content": [result]},
+        {"type": "text", "text": cited, "citations": [_cite(result, cited)]},
+    ]
+
+
+def pauses_sent_back(body: dict) -> int:
+    """How many paused answers the request sends back: the ``srvtoolu_pause`` searches of its last
+    message, when that is the assistant's."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    content = last.get("content") if last.get("role") == "assistant" else None
+    blocks = content if isinstance(content, list) else []
+    return sum(1 for b in blocks if isinstance(b, dict) and str(b.get("id", "")).startswith("srvtoolu_pause"))
+
+
+def anthropic_pause_refusal(body: dict) -> Reply | None:
+    """Anthropic's 400 for a paused turn not sent back as it came: the last (assistant) message
+    must end with every paused answer's content, unchanged and in order (each answer's thinking
+    block, with thinking on, between them)."""
+    k = pauses_sent_back(body)
+    if not k:
+        return None
+    messages = body["messages"]
+    content = [b for b in messages[-1]["content"] if not (isinstance(b, dict) and b.get("type") == "thinking")]
+    expected = [block for i in range(1, k + 1) for block in paused_content(i)]
+    if content[-len(expected) :] != expected:
+        return anthropic_error(
+            400, f"messages.{len(messages) - 1}: the paused turn must be sent back as it was returned"
+        )
+    return None
+
+
+def _paused(body: dict, model: str) -> int | None:
+    """The paused answer this request gets (its number), or None when the turn goes on to its end."""
+    match = PAUSES.search(model)
+    if not match or not _searching(body, model):
+        return None
+    k = pauses_sent_back(body) + 1
+    return k if k <= int(match.group(1)) else None
+
+
+def _search_usage(body: dict, model: str, content: list[dict]) -> dict:
+    """A searching answer's usage: its searches counted, and the input the paused answers sent back add."""
+    usage = anthropic_usage(model, per_choice_tokens(body, model))
+    usage["input_tokens"] += PAUSED_INPUT_TOKENS * pauses_sent_back(body)
+    searched = sum(1 for b in content if b.get("type") == "web_search_tool_result")
+    usage["server_tool_use"] = {"web_search_requests": searched}
+    return usage
+
+
 def _anthropic_content(body: dict, model: str = "") -> tuple[list[dict], str]:
+    k = _paused(body, model)
+    if k is not None:
+        return paused_content(k), "pause_turn"
     if _searching(body, model):
         content = anthropic_search_content()
         tool = _first_anthropic_tool(body)
@@ -784,7 +852,7 @@ def anthropic_message(body: dict, n: int, model: str) -> dict:
     if not _no_usage(model):
         reply["usage"] = anthropic_usage(model, per_choice_tokens(body, model))
         if _searching(body, model):
-            reply["usage"]["server_tool_use"] = {"web_search_requests": len(SEARCH_QUERIES)}
+            reply["usage"] = _search_usage(body, model, content)
     return reply
 
 
@@ -818,9 +886,10 @@ def anthropic_search_stream(body: dict, n: int, model: str) -> list[str]:
     """The web search answer streamed; the searches' count arrives in message_delta's usage."""
     content, stop = _anthropic_content(body, model)
     message = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model, "content": []}
-    message.update({"stop_reason": None, "stop_sequence": None, "usage": anthropic_usage(model, output_tokens=1)})
-    searched = {"web_search_requests": len(SEARCH_QUERIES)}
-    usage = {"output_tokens": per_choice_tokens(body, model), "server_tool_use": searched}
+    whole = _search_usage(body, model, content)
+    message.update({"stop_reason": None, "stop_sequence": None, "usage": {**whole, "output_tokens": 1}})
+    message["usage"].pop("server_tool_use")
+    usage = {"output_tokens": whole["output_tokens"], "server_tool_use": whole["server_tool_use"]}
     events = [_event("message_start", {"type": "message_start", "message": message})]
     for index, block in enumerate(content):
         events += _block_events(index, block)
@@ -2033,7 +2102,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body is None or req.method != "POST":
             return None
         if req.path.rstrip("/").endswith("/v1/messages"):
-            return anthropic_thinking_refusal(body)
+            return anthropic_thinking_refusal(body) or anthropic_pause_refusal(body)
         match = GEMINI_PATH.match(req.path)
         if match and "Content" in (match.group(3) or ""):
             return gemini_signature_refusal(body, _gemini_model(Call(req, 0)), self.server.mock._signatures())

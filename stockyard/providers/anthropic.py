@@ -23,10 +23,10 @@ from urllib.parse import parse_qs
 
 from ..context import RequestContext
 from ..errors import ProxyError
-from ..estimate import WEB_SEARCH_USES, web_search_uses
+from ..estimate import WEB_SEARCH_USES, text_tokens, web_search_uses
 from ..pricing import MAX_SEARCHES, WEB_SEARCH_UC, Usage
-from . import Provider
-from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from . import Provider, paused
+from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import (
     COMMON_FIELDS,
     EMULATED,
@@ -63,7 +63,7 @@ NATIVE_PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_
 STOP_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
-    "pause_turn": "stop",
+    "pause_turn": "length",  # a paused turn Stockyard did not continue (proxy.continue_turn): incomplete
     "max_tokens": "length",
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
@@ -775,35 +775,62 @@ class AnthropicChatAdapter(Adapter):
             )
         for note in notes:
             note_thinking_off(ctx, provider, model, note)
-        sent = headers(provider, ctx, native=False)
-        return UpstreamCall(
-            "POST", base_path(provider, "/v1/messages"), sent, json.dumps(body, ensure_ascii=False).encode()
-        )
+        ctx.state[paused.SENT] = body  # what a follow-up call repeats, should Claude pause the turn
+        return messages_call(provider, ctx, body)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
-        message = loads_object(body)
+        return self.parse_turn(ctx, [body])
+
+    def parse_turn(self, ctx: RequestContext, answers: list[bytes]) -> bytes:
+        """The answer of every call of the turn (one, unless Claude paused it) as one completion;
+        the usage in it is the whole turn's."""
+        messages = [loads_object(answer) for answer in answers]
         with shape_errors(502, "the provider answer"):
-            ctx.attempt.serve(message.get("model"))
-            ctx.attempt.usage = with_searches(
-                with_thinking(
-                    Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None,
-                    thinking_chars(message),
-                ),
-                searches_in(message),
-            )
+            last = messages[-1]
+            ctx.attempt.serve(last.get("model"))
+            ctx.attempt.usage = message_usage(last)
             return completion(
-                message.get("id") or ctx.trace_id,
+                messages[0].get("id") or ctx.trace_id,
                 int(time.time()),
                 ctx.attempt.served_model or ctx.attempt.upstream_model or "",
-                [message_to_choice(message)],
-                ctx.attempt.usage,
+                [message_to_choice(paused.joined(messages))],
+                ctx.attempt.total_usage(),
             )
+
+    def follow_up(self, ctx: RequestContext, answers: list[bytes]) -> FollowUp | None:
+        """The call that continues a turn Claude paused: the request as sent, the answers so far
+        sent back as the assistant's turn (:func:`paused.follow_up_request`)."""
+        request, provider = ctx.state.get(paused.SENT), ctx.attempt.provider
+        if paused.PAUSE_TURN.encode() not in answers[-1]:  # the usual answer, not parsed twice
+            return None
+        messages = [loads_object(answer) for answer in answers]
+        if not paused.paused(messages[-1]) or not isinstance(request, dict) or provider is None:
+            return None
+        with shape_errors(502, "the provider answer"):
+            body = paused.follow_up_request(request, messages)
+            sent_back = text_tokens(json.dumps(paused.content_of(messages), ensure_ascii=False).encode())
+            return FollowUp(messages_call(provider, ctx, body), message_usage(messages[-1]), sent_back)
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         return AnthropicToOpenAIStream(ctx)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
         return upstream_error(ctx, status, body, error_fields)
+
+
+def messages_call(provider: Provider, ctx: RequestContext, body: dict) -> UpstreamCall:
+    """A translated request's Messages API call."""
+    sent = headers(provider, ctx, native=False)
+    return UpstreamCall(
+        "POST", base_path(provider, "/v1/messages"), sent, json.dumps(body, ensure_ascii=False).encode()
+    )
+
+
+def message_usage(message: dict) -> Usage | None:
+    """What one whole answer used: its usage, its thinking estimated (:func:`with_thinking`), each
+    search that ran billed (:func:`with_searches`)."""
+    usage = Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+    return with_searches(with_thinking(usage, thinking_chars(message)), searches_in(message))
 
 
 def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, final: bool = False) -> None:
@@ -825,7 +852,8 @@ class AnthropicToOpenAIStream(ChunkStream):
     def __init__(self, ctx: RequestContext) -> None:
         super().__init__(ctx)
         self.usage: dict = {}
-        self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index
+        self.tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool_calls index (this call's blocks)
+        self.tool_count = 0  # tool calls sent (a continued turn's calls number them on)
         self.thinking = 0  # characters of thinking text so far (reasoning tokens are estimated from them)
         self.thoughts: dict[int, dict] = {}  # Anthropic block index → the thinking block being read
         self.thought_count = 0  # thinking blocks sent (each delta's thinking_blocks entry has its index)
@@ -836,16 +864,24 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.asked: dict[str, dict] = {}  # a search whose query is known, by id, until its result block comes
         self.annotation_count = 0  # annotations sent (each has its index)
         self.searched = 0  # web searches that returned results (each billed, whatever the usage says)
+        self.received = paused.MessageBuilder()  # this call's message, sent back should Claude pause the turn
+        self.pausing = False  # this call's message_delta said pause_turn: its end is held back
+        self.paused = False  # the call ended paused: a follow-up's events continue the same client stream
 
     def translate(self, payload: Any) -> list[bytes]:
         """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
         if not isinstance(payload, dict):
             return []
+        self.received.add(payload)
         handler = getattr(self, "on_" + str(payload.get("type")), None)
         return handler(payload) if handler else []
 
     def on_message_start(self, payload: dict) -> list[bytes]:
         message = payload.get("message") or {}
+        if self.paused:  # a follow-up call's answer: the same message to the client, its usage counted anew
+            self.paused, self.usage, self.searched, self.thinking, self.tools = False, {}, 0, 0, {}
+            take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
+            return []
         self.identify(message.get("id"), message.get("model"))
         take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
         return [self.out({"role": "assistant", "content": ""})]
@@ -873,7 +909,8 @@ class AnthropicToOpenAIStream(ChunkStream):
             return []
         if block.get("type") != "tool_use":
             return []
-        index = self.tools[payload.get("index", -1)] = len(self.tools)
+        index = self.tools[payload.get("index", -1)] = self.tool_count
+        self.tool_count += 1
         call = {
             "index": index,
             "id": block.get("id"),
@@ -949,13 +986,32 @@ class AnthropicToOpenAIStream(ChunkStream):
         take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
         self.ctx.attempt.usage = with_thinking(self.ctx.attempt.usage, self.thinking)
         reason = (payload.get("delta") or {}).get("stop_reason")
+        if reason == paused.PAUSE_TURN:  # a follow-up may continue it: the end waits (see finish)
+            self.pausing = True
+            return []
+        return self.ending(reason)
+
+    def ending(self, reason: Any) -> list[bytes]:
         unanswered = [entry for search in self.asked.values() for entry in self.search_entry(search)]
-        self.asked.clear()  # searches whose results never came (a paused turn): as they were asked
+        self.asked.clear()  # searches whose results never came (a turn paused for good): as they were asked
         return unanswered + ([self.out({}, STOP_REASONS.get(reason, "stop"))] if reason else [])
 
     def on_message_stop(self, payload: dict) -> list[bytes]:
+        if self.pausing:
+            self.pausing, self.paused = False, True
+            return []
         self.complete = True
         return self.done()
+
+    def paused_answer(self) -> bytes | None:
+        return json.dumps(self.received.answer(), ensure_ascii=False).encode() if self.paused else None
+
+    def finish(self) -> list[bytes]:
+        """A paused turn that no follow-up continues ends here, incomplete (``length``)."""
+        if not self.paused or self.failed:
+            return []
+        self.paused, self.complete = False, True
+        return self.ending(paused.PAUSE_TURN) + self.done()
 
     def on_error(self, payload: dict) -> list[bytes]:
         kind, message = error_fields(payload) or ("api_error", "provider stream failed")

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..pricing import Usage
 from . import Provider
 
 
@@ -25,6 +26,16 @@ class UpstreamCall:
     body: bytes | BinaryIO | None  # a file-like body (a spooled upload) is sent in blocks
     read_timeout: float | None = None
     base_url: str | None = None  # only when the adapter needs another base than the provider's
+
+
+@dataclass
+class FollowUp:
+    """The call that continues a turn the provider paused (Anthropic's ``pause_turn``): the same
+    request with the answer so far sent back as the assistant's turn."""
+
+    call: UpstreamCall
+    usage: Usage | None  # what the paused call used (each call is priced on its own)
+    sent_back: int  # input tokens the answer so far adds (estimated): what a budget must hold more
 
 
 class StreamTranslator:
@@ -44,6 +55,13 @@ class StreamTranslator:
         """The events that end this stream when the upstream broke; None: the dialect's error event."""
         return None
 
+    def paused_answer(self) -> bytes | None:
+        """The provider's whole answer when it paused the turn (``pause_turn``) and this translator
+        held the stream's end back, so a follow-up call can go on in the same client stream (the
+        next call's events are fed here too); :meth:`finish` ends it as incomplete instead. None
+        when the stream ended otherwise."""
+        return None
+
 
 class Adapter:
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
@@ -58,6 +76,16 @@ class Adapter:
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
         """Upstream error body for the client; same-dialect adapters pass it through."""
         return body
+
+    def follow_up(self, ctx: RequestContext, answers: list[bytes]) -> FollowUp | None:
+        """The call that continues the turn when the last of ``answers`` (the whole answers of this
+        request's calls so far, in order) is one the provider paused; None when it is not. Only
+        translating adapters continue: a client of the provider's own API gets its pause."""
+        return None
+
+    def parse_turn(self, ctx: RequestContext, answers: list[bytes]) -> bytes:
+        """:meth:`parse` for a turn of several calls (a paused one continued): one answer of them all."""
+        return self.parse(ctx, answers[-1])
 
     def relays_bytes(self, ctx: RequestContext) -> bool:
         """True when the answer is relayed as raw bytes as they arrive (audio), never parsed."""

@@ -479,16 +479,9 @@ class ChunkStream(StreamTranslator):
     def done(self) -> list[bytes]:
         """The end of a complete answer: the usage chunk when the client asked for usage, then [DONE]."""
         out = []
-        if self.ctx.client_wants_usage and self.ctx.attempt.usage is not None:
-            out.append(
-                chunk(
-                    self.ident,
-                    self.created,
-                    self.ctx.attempt.served_model or "",
-                    [],
-                    openai_usage(self.ctx.attempt.usage),
-                )
-            )
+        usage = self.ctx.attempt.total_usage()  # every call's, when the provider paused the turn
+        if self.ctx.client_wants_usage and usage is not None:
+            out.append(chunk(self.ident, self.created, self.ctx.attempt.served_model or "", [], openai_usage(usage)))
         return out + [done_event()]
 
     def fail(self, status: int, kind: str, message: str) -> list[bytes]:

@@ -25,7 +25,7 @@ from ..context import RequestContext
 from ..errors import OPENAI, ProxyError
 from ..pricing import Usage
 from . import Provider, compaction, responses
-from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .chatshape import chat_chunks, chunk_error, note
 from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
@@ -207,7 +207,13 @@ class ResponsesOverChat(Adapter):
         return self.inner.prepare(self.chat_ctx(ctx), provider, model)
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
-        chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
+        return self.parse_turn(ctx, [body])
+
+    def follow_up(self, ctx: RequestContext, answers: list[bytes]) -> FollowUp | None:
+        return self.inner.follow_up(self.chat_ctx(ctx), answers)  # Claude paused the turn: its chat adapter goes on
+
+    def parse_turn(self, ctx: RequestContext, answers: list[bytes]) -> bytes:
+        chat = loads_object(self.inner.parse_turn(self.chat_ctx(ctx), answers))
         conv = ctx.conversation
         assert conv is not None  # set for every /v1/responses request (stockyard.conversations)
         response = responses.from_chat(chat, ctx.body, conv.response_id, conv.created_at, provider_name(ctx))
@@ -261,6 +267,9 @@ class OverChatStream(StreamTranslator):
 
     def finish(self) -> list[bytes]:
         return self._convert(self.inner.finish())
+
+    def paused_answer(self) -> bytes | None:
+        return self.inner.paused_answer()
 
     def failure(self, message: str, code: str) -> list[bytes]:
         return self.outer.fail(message, code)
