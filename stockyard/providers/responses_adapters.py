@@ -241,8 +241,8 @@ class CompactOverChat(ResponsesOverChat):
     def chat_ctx(self, ctx: RequestContext) -> RequestContext:
         return super().chat_ctx(dataclasses.replace(ctx, body=compaction.with_trigger(ctx.body)))
 
-    def parse(self, ctx: RequestContext, body: bytes) -> bytes:
-        chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
+    def parse_turn(self, ctx: RequestContext, answers: list[bytes]) -> bytes:
+        chat = loads_object(self.inner.parse_turn(self.chat_ctx(ctx), answers))
         conv = ctx.conversation
         assert conv is not None  # set for every Responses API request (stockyard.conversations)
         summary = responses.summary_of(chat)
