@@ -1,0 +1,105 @@
+"""An attacker's review, part 5 (any key): what c24222e..6c78489 and after added — Responses
+``item_reference`` resolution, Gemini's schema cleaning, Claude Code's ``user_id`` and the
+Responses translation's new tool fields, and what a stream cut before its usage is billed. Each
+test failed on the code it was written against (an answer many times the body limit, a 500 and a
+traceback, or a conversation's history billed as a few tokens)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import Reply
+
+MAX_BODY = 1024 * 1024  # STOCKYARD_MAX_BODY_BYTES of this server: what a request may carry whole
+CLAUDE = "claude-haiku-4-5"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = ServerProcess(
+        pyz_path,
+        tmp_path_factory.mktemp("attack5") / "s.db",
+        mock_env(
+            cache_home,
+            mock,
+            ANTHROPIC_API_KEY="sk-ant-review5",
+            ANTHROPIC_BASE_URL=mock.url,
+            GEMINI_API_KEY="AIza-review5-0123456789abcdef",
+            GEMINI_BASE_URL=mock.url,
+            STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+            STOCKYARD_ENCRYPTION_KEY="review5-encryption-secret-0123456789abcdef",
+        ),
+    )
+    added = srv.cli(
+        "providers", "add", "local", "--kind", "openai-compatible", "--base-url", mock.url + "/v1",
+        "--models", "local-", "--key-stdin", input="sk-local-review5",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    srv.keys = srv.create_keys({"alice": [], "bob": []})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def post(server: ServerProcess, who: str, path: str, body: dict) -> tuple[int, dict, bytes]:
+    return server.request("POST", path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+
+
+def claude_says(text: str) -> Reply:
+    """An Anthropic answer of ``text``, as the Messages API returns one."""
+    return Reply(
+        json={
+            "id": "msg_review5",
+            "type": "message",
+            "role": "assistant",
+            "model": CLAUDE,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 5},
+        }
+    )
+
+
+def stored_answer(server: ServerProcess, mock, items: list | str, text: str = "ok") -> dict:
+    """A translated response of alice's, kept by Stockyard (its output items can be referenced)."""
+    mock.enqueue(claude_says(text))
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": CLAUDE, "input": items})
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+# -- 1. item_reference: what the references put in is bounded, and each stored response read once ---
+
+
+def test_item_references_put_in_no_more_than_a_body_could_carry(server, mock):
+    """Each reference to a stored output item was replaced by the item, however many times the
+    body named it: 60 references (~6 KB) to a 200 KB answer made a 12 MB request in memory and
+    upstream, past STOCKYARD_MAX_BODY_BYTES (1 MiB here), as a previous_response_id history may not."""
+    first = stored_answer(server, mock, "write a long text", "x" * 200_000)
+    reference = {"type": "item_reference", "id": first["output"][0]["id"]}
+    before = len(mock.requests)
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": CLAUDE, "input": [reference] * 60})
+    assert status == 400, raw[:300]
+    error = json.loads(raw)["error"]
+    assert (error["code"], error["param"]) == ("conversation_too_large", "input"), error
+    assert len(mock.requests) == before  # nothing went upstream
+
+
+def test_many_references_to_one_stored_response_are_resolved_in_linear_time(server, mock):
+    """Each reference read and unpacked its stored response's whole row again (its input too):
+    3,000 references to the answer of a 700 KB conversation parsed ~2 GB of JSON on one request."""
+    turns = [{"role": "user", "content": f"turn {i}"} for i in range(14_000)]  # ~700 KB of input items
+    first = stored_answer(server, mock, turns)
+    wait_for(lambda: server.db_rows("SELECT id FROM responses WHERE id = ?", (first["id"],)), what="the row committed")
+    reference = {"type": "item_reference", "id": first["output"][0]["id"]}
+    body = {"model": CLAUDE, "input": [{"role": "user", "content": "again"}, *[reference] * 3000]}
+    started = time.monotonic()
+    status, _, raw = post(server, "alice", "/v1/responses", body)
+    elapsed = time.monotonic() - started
+    assert status == 200, raw[:300]
+    print(f"ELAPSED {elapsed:.2f}")
+    assert elapsed < 5, f"{elapsed:.1f} s"
