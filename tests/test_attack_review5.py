@@ -103,3 +103,41 @@ def test_many_references_to_one_stored_response_are_resolved_in_linear_time(serv
     assert status == 200, raw[:300]
     print(f"ELAPSED {elapsed:.2f}")
     assert elapsed < 5, f"{elapsed:.1f} s"
+
+
+# -- 2. Gemini's schema cleaning: $refs inlined without bound on what they expand to ----------------
+
+
+def test_a_tool_schema_whose_refs_expand_past_a_bound_is_a_400(server, mock):
+    """MAX_SCHEMA_REFS capped the $refs inlined (500), not what they expand to: one definition of
+    1,000 properties referenced 100 times is a 40 KB body that became a 100,000-node schema (with
+    20,000 properties and 500 refs, 600 KB became 295 MB of JSON, 2.6 GB of memory and ~30 s of CPU)."""
+    big = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1000)}}
+    schema = {
+        "type": "object",
+        "$defs": {"Big": big},
+        "properties": {f"r{i}": {"$ref": "#/$defs/Big"} for i in range(100)},
+    }
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    body = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    before = len(mock.requests)
+    status, _, raw = post(server, "alice", "/v1/chat/completions", body)
+    assert status == 400, raw[:300]
+    assert json.loads(raw)["error"]["code"] == "unsupported_schema"
+    assert len(mock.requests) == before
+
+
+def test_a_nested_pydantic_schema_still_reaches_gemini(server, mock):
+    """The bound leaves ordinary nested models alone: a definition used in several places."""
+    address = {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "$defs": {"Address": address},
+        "properties": {name: {"$ref": "#/$defs/Address"} for name in ("home", "work", "billing", "shipping")},
+    }
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    body = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    status, _, raw = post(server, "alice", "/v1/chat/completions", body)
+    assert status == 200, raw[:300]
+    sent = mock.last(":generateContent").json["tools"][0]["functionDeclarations"][0]["parameters"]
+    assert sent["properties"]["work"] == address
