@@ -141,3 +141,56 @@ def test_a_nested_pydantic_schema_still_reaches_gemini(server, mock):
     assert status == 200, raw[:300]
     sent = mock.last(":generateContent").json["tools"][0]["functionDeclarations"][0]["parameters"]
     assert sent["properties"]["work"] == address
+
+
+# -- 3. a lone UTF-16 surrogate in a field that is re-encoded: a 500 and a traceback -----------------
+
+LONE = "\ud800"
+SURROGATES = {
+    # Claude Code's JSON user_id, over 64 characters: its SHA-256 for a chat provider (messages.chat_user)
+    "messages-user-id-hashed": (
+        "/v1/messages",
+        {
+            "model": "gpt-4o-mini",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"user_id": '{"device_id": "%s", "account_uuid": "a", "session_id": "s"}' % ("d" * 64 + LONE)},
+        },
+    ),
+    # a namespaced call's namespace, a tool_search's description, a tool output (the Responses translation)
+    "responses-namespace": (
+        "/v1/responses",
+        {
+            "model": CLAUDE,
+            "input": [
+                {"role": "user", "content": "hi"},
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "namespace": LONE},
+                {"type": "function_call_output", "call_id": "c", "output": "x"},
+            ],
+        },
+    ),
+    "responses-tool-search": (
+        "/v1/responses",
+        {
+            "model": CLAUDE,
+            "input": "hi",
+            "tools": [{"type": "tool_search", "execution": "client", "description": LONE}],
+        },
+    ),
+    "responses-prompt-cache-options-gemini": (
+        "/v1/responses",
+        {"model": "gemini-2.5-flash", "input": "hi", "prompt_cache_options": LONE},
+    ),
+}
+
+
+@pytest.mark.parametrize("route", list(SURROGATES))
+def test_a_lone_surrogate_in_a_translated_field_is_a_400_not_a_500(server, route):
+    """JSON may carry a lone \\ud800 escape; Python reads it, but cannot encode it as UTF-8 for
+    the provider (UnicodeEncodeError): the client's malformed text, a 400 like a malformed body."""
+    path, body = SURROGATES[route]
+    mark = len(server.log_lines)
+    status, _, raw = post(server, "alice", path, body)
+    assert status == 400, (status, raw[:300])
+    assert "surrogate" in raw.decode()
+    assert "Traceback" not in "".join(server.log_lines[mark:])
