@@ -194,3 +194,27 @@ def test_a_lone_surrogate_in_a_translated_field_is_a_400_not_a_500(server, route
     assert status == 400, (status, raw[:300])
     assert "surrogate" in raw.decode()
     assert "Traceback" not in "".join(server.log_lines[mark:])
+
+
+# -- 4. a stream cut before its usage: the conversation it continued counts as input ----------------
+
+
+def test_a_cut_stream_continuing_a_conversation_bills_its_history_as_input(server, mock):
+    """A chat-only provider counts the prompt only at the stream's end. Cut before that (the
+    client leaves after the first words, or the provider breaks), the input was billed as the
+    body's bytes / 4 (a previous_response_id body: ~20 tokens), though the provider was sent, and
+    bills, the whole conversation (~100,000 tokens here): a key could ask about a long
+    conversation again and again for almost nothing. Budgets and tpm held the history already
+    (estimate.input_tokens); the bill now counts it too."""
+    model = "local-model"
+    long_turn = [{"role": "user", "content": "y" * 400_000}]
+    status, _, raw = post(server, "alice", "/v1/responses", {"model": model, "input": long_turn})
+    assert status == 200, raw[:300]
+    previous = json.loads(raw)["id"]
+    mock.enqueue(Reply(cut_after=2))  # the answer's first chunks, then the connection drops: no usage
+    body = {"model": model, "input": "and then?", "previous_response_id": previous, "stream": True}
+    status, headers, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 200 and b"output_text.delta" in raw, raw[:300]
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken", trace["outcome"]
+    assert trace["prompt_tokens"] >= 100_000, trace["prompt_tokens"]
