@@ -218,3 +218,20 @@ def test_a_cut_stream_continuing_a_conversation_bills_its_history_as_input(serve
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["outcome"] == "stream_broken", trace["outcome"]
     assert trace["prompt_tokens"] >= 100_000, trace["prompt_tokens"]
+
+
+# -- 5. output_config.effort of another type on a Gemini model: a 500 --------------------------------
+
+
+@pytest.mark.parametrize("effort", [[], {}, ["high"]], ids=["list", "object", "list-of-one"])
+def test_a_messages_effort_that_is_not_a_string_is_a_400(server, effort):
+    """``value not in EFFORTS`` raised TypeError (unhashable) for a list or an object."""
+    body = {
+        "model": "gemini-2.5-flash",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        "output_config": {"effort": effort},
+    }
+    status, _, raw = post(server, "alice", "/v1/messages", body)
+    assert status == 400, (status, raw[:300])
+    assert json.loads(raw)["error"]["type"] == "invalid_request_error"
