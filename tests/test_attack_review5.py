@@ -13,7 +13,7 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply
 
-MAX_BODY = 1024 * 1024  # STOCKYARD_MAX_BODY_BYTES of this server: what a request may carry whole
+MAX_BODY = 4 * 1024 * 1024  # STOCKYARD_MAX_BODY_BYTES of this server: what a request may carry whole
 CLAUDE = "claude-haiku-4-5"
 
 
@@ -78,7 +78,7 @@ def stored_answer(server: ServerProcess, mock, items: list | str, text: str = "o
 def test_item_references_put_in_no_more_than_a_body_could_carry(server, mock):
     """Each reference to a stored output item was replaced by the item, however many times the
     body named it: 60 references (~6 KB) to a 200 KB answer made a 12 MB request in memory and
-    upstream, past STOCKYARD_MAX_BODY_BYTES (1 MiB here), as a previous_response_id history may not."""
+    upstream, past STOCKYARD_MAX_BODY_BYTES (4 MiB here), as a previous_response_id history may not."""
     first = stored_answer(server, mock, "write a long text", "x" * 200_000)
     reference = {"type": "item_reference", "id": first["output"][0]["id"]}
     before = len(mock.requests)
@@ -235,3 +235,26 @@ def test_a_messages_effort_that_is_not_a_string_is_a_400(server, effort):
     status, _, raw = post(server, "alice", "/v1/messages", body)
     assert status == 400, (status, raw[:300])
     assert json.loads(raw)["error"]["type"] == "invalid_request_error"
+
+
+# -- 6. a tool message's media moved after the tool results: quadratic in its parts -------------------
+
+
+def test_a_tool_message_with_many_parts_is_translated_in_linear_time(server, mock):
+    """chatshape.tool_media_after kept a tool message's other parts with ``p not in media``: each
+    text part compared with every image part. 20,000 of each (a 2 MB body) took ~15 s of CPU on
+    the request thread (a 32 MB body: about an hour)."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+    parts = [image] * 20_000 + [{"type": "text", "text": "a"}] * 20_000
+    call = {"id": "c", "type": "function", "function": {"name": "look", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c", "content": parts},
+    ]
+    mock.enqueue(claude_says("seen"))
+    started = time.monotonic()
+    status, _, raw = post(server, "alice", "/v1/chat/completions", {"model": CLAUDE, "messages": messages})
+    elapsed = time.monotonic() - started
+    assert status == 200, raw[:300]
+    assert elapsed < 5, f"{elapsed:.1f} s"
