@@ -26,7 +26,7 @@ from typing import Any, Iterator
 from .context import RequestContext
 from .errors import RESPONSES
 from .limits import request_numbers
-from .pricing import PER, WEB_SEARCH_UC, Price, rates_for, unit_cost
+from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
@@ -192,11 +192,25 @@ def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
     return input_tokens(ctx) + output_tokens(ctx, default_max_tokens)
 
 
-def worst_case_cost(price: Price, inputs: int, outputs: int) -> int:
+# A body that may write a long-lived prompt cache: Anthropic's 1-hour ``cache_control`` ttl, or
+# ``prompt_cache_retention`` 24h (OpenAI's long retention; Claude's 1-hour marks, anthropic.mark_cache).
+LONG_CACHE_MARKS = (b'"1h"', b'"24h"')
+
+
+def asks_long_cache(raw: bytes) -> bool:
+    """Whether the body may write a long-lived cache (read from its bytes: a stray match only
+    holds more, never less)."""
+    return any(mark in raw for mark in LONG_CACHE_MARKS)
+
+
+def worst_case_cost(price: Price, inputs: int, outputs: int, long_cache: bool = False) -> int:
     """µ¢, rounded up: every input token at the dearest input rate (a cache write can cost
-    more than plain input), every output token at the dearest output rate (reasoning)."""
+    more than plain input; a long-lived one, which ``long_cache`` requests may write, twice the
+    input on Claude), every output token at the dearest output rate (reasoning)."""
     price = rates_for(price, inputs)  # a prompt above a long-context tier's threshold: its rates
     input_rate = max(price.input, price.cached_input, price.cache_write, price.media_input or 0)
+    if long_cache:
+        input_rate = max(input_rate, long_cache_write_rate(price))
     output_rate = max(price.output, price.reasoning or 0)
     return -(-(inputs * input_rate + outputs * output_rate) // PER)
 
@@ -342,7 +356,8 @@ def web_searches(body: dict) -> int:
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves."""
     inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price) + fetched_tokens(ctx.body)
-    tokens = worst_case_cost(price, inputs, output_tokens(ctx, output_ceiling(price, default_max_tokens)))
+    outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
+    tokens = worst_case_cost(price, inputs, outputs, asks_long_cache(ctx.raw))
     return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
 
 

@@ -38,7 +38,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         "--models", "local-", "--key-stdin", input="sk-local-review5",
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
+    srv.keys = srv.create_keys({"alice": [], "bob": [], "budgeted": ["--budget-usd", "0.15", "--budget-period", "day"]})
     srv.start()
     yield srv
     srv.stop()
@@ -258,3 +258,28 @@ def test_a_tool_message_with_many_parts_is_translated_in_linear_time(server, moc
     elapsed = time.monotonic() - started
     assert status == 200, raw[:300]
     assert elapsed < 5, f"{elapsed:.1f} s"
+
+
+# -- 7. a one-hour prompt cache write: dearer than the input rate the worst case held ----------------
+
+
+def test_a_request_asking_a_one_hour_cache_holds_its_write_rate(server, mock):
+    """A 1-hour cache write costs twice the input rate on Claude (a 5-minute one 1.25x), and a
+    chat or Responses request's prompt_cache_retention "24h" asks for one since c24222e..; the
+    worst case held the 1.25x rate: this ~100,000-token prompt (at most $0.20 once written for an
+    hour) was let through a $0.15 budget, held at $0.125."""
+    body = {
+        "model": CLAUDE,
+        "max_tokens": 1,
+        "system": [{"type": "text", "text": "z" * 400_000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    before = len(mock.requests)
+    status, _, raw = post(server, "budgeted", "/v1/messages", body)
+    assert status == 429, raw[:300]
+    assert b"budget_exceeded" in raw, raw
+    assert len(mock.requests) == before
+    del body["system"][0]["cache_control"]["ttl"]  # a 5-minute write: 1.25x, held at $0.125, fits
+    mock.enqueue(claude_says("ok"))
+    status, _, raw = post(server, "budgeted", "/v1/messages", body)
+    assert status == 200, raw[:300]
