@@ -283,3 +283,49 @@ def test_a_request_asking_a_one_hour_cache_holds_its_write_rate(server, mock):
     mock.enqueue(claude_says("ok"))
     status, _, raw = post(server, "budgeted", "/v1/messages", body)
     assert status == 200, raw[:300]
+
+
+# -- 8. a cut stream whose output is not text: an image billed nothing -------------------------------
+
+
+def image_events(b64: str) -> list[str]:
+    """An OpenAI Responses stream with the image_generation tool, up to its first partial image."""
+
+    def block(kind: str, **fields) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}"
+
+    response = {"id": "resp_img", "object": "response", "status": "in_progress", "model": "gpt-4o-mini", "output": []}
+    item = {"id": "ig_1", "type": "image_generation_call", "status": "in_progress"}
+    return [
+        block("response.created", sequence_number=0, response=response),
+        block("response.in_progress", sequence_number=1, response=response),
+        block("response.output_item.added", sequence_number=2, output_index=0, item=item),
+        block(
+            "response.image_generation_call.partial_image",
+            sequence_number=3,
+            output_index=0,
+            item_id="ig_1",
+            partial_image_index=0,
+            partial_image_b64=b64,
+        ),
+    ]
+
+
+def test_a_stream_cut_after_a_partial_image_is_not_billed_as_having_made_nothing(server, mock):
+    """b30c4f4 bills a stream of whole events without text as having written nothing (right for
+    response.created / message_start then a break). An image carries no text: a client that left
+    after a partial image (or a small final one, before response.completed and its usage) got the
+    picture for its input alone. Only the events that frame a stream count as nothing now."""
+    b64 = "iVBORw0KGgo" + "A" * 100_000  # a ~100 KB partial image, under the trace's 256 KB capture
+    mock.enqueue(Reply(sse=image_events(b64), cut_after=4))
+    body = {
+        "model": "gpt-4o-mini",
+        "input": "draw a cat",
+        "tools": [{"type": "image_generation", "partial_images": 1}],
+        "stream": True,
+    }
+    status, headers, raw = post(server, "alice", "/v1/responses", body)
+    assert status == 200 and b"partial_image_b64" in raw, raw[:300]
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken", trace["outcome"]
+    assert trace["completion_tokens"] >= len(b64) // 4, trace["completion_tokens"]
