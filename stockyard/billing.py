@@ -71,7 +71,9 @@ class Pricer:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
             relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)
-            a.usage = Usage(prompt_tokens=max(1, len(ctx.raw) // 4), completion_tokens=relayed)
+            # the body and the conversation it continues (a previous_response_id's history, the
+            # items its item_references put in), all of which the provider was sent
+            a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
             relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)

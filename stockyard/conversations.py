@@ -165,6 +165,17 @@ def is_reference(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") == "item_reference"
 
 
+def too_large(max_bytes: int, param: str, what: str) -> ProxyError:
+    """Stored items a request puts in past what its client could have sent whole: compressed in
+    the database, they must not grow without bound in memory and upstream."""
+    return ProxyError(
+        400,
+        f"{what} larger than {max_bytes} bytes (STOCKYARD_MAX_BODY_BYTES less this request); start a new conversation",
+        param=param,
+        code="conversation_too_large",
+    )
+
+
 def not_found(response_id: str, param: str | None = None) -> ProxyError:
     return ProxyError(404, f"No response found with id '{response_id}'.", param=param, code="not_found")
 
@@ -191,7 +202,10 @@ class Conversations:
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
-        conv.history_tokens = self.resolve_references(ctx)  # items the body names, not holds
+        room = self._max_bytes - len(ctx.raw)  # the conversation a client could have sent whole
+        put_in = self.resolve_references(ctx, room)  # items the body names, not holds
+        data = json.dumps(put_in, ensure_ascii=False).encode() if put_in else b""
+        conv.history_tokens = text_tokens(data)
         previous = body.get("previous_response_id")
         if previous is None:
             return
@@ -207,30 +221,66 @@ class Conversations:
             conv.previous_provider = row.provider
             conv.history_tokens += kept_history_tokens(row)
         else:
-            conv.history = self.history(row, ctx.key_id, self._max_bytes - len(ctx.raw))
+            conv.history = self.history(row, ctx.key_id, room - len(data))
             conv.history_tokens += json_tokens(conv.history)
 
-    def resolve_references(self, ctx: RequestContext) -> int:
+    def resolve_references(self, ctx: RequestContext, room: int) -> list[dict]:
         """``item_reference`` input items naming an output item of a response this key stored
         translated (Stockyard holds its items) are replaced by that item, as OpenAI resolves
         them: the Vercel AI SDK sends earlier turns so while ``store`` is on. Others stay as
         sent (a provider that speaks Responses resolves its own; translation refuses them).
-        Returns the tokens the items put in add to the input (budgets and tpm count them)."""
+        Returns the items put in (budgets and tpm count them). Each stored response is read
+        once however often the body names it, and what the items put in may not pass ``room``
+        (a body naming one large item many times would otherwise grow without bound)."""
         items = ctx.body.get("input")
         if not isinstance(items, list) or not any(is_reference(item) for item in items):
-            return 0
-        found = [self.referenced(item, ctx.key_id) for item in items]
-        ctx.body = {**ctx.body, "input": [stored or item for stored, item in zip(found, items)]}
+            return []
+        outputs: dict[str, dict[str, dict]] = {}  # response id → its output items by id
+        sizes: dict[int, int] = {}  # bytes of each item put in, by identity
+        resolved, put_in, size = [], [], 0
+        for item in items:
+            stored = self.referenced(item, ctx.key_id, outputs)
+            if stored is not None:
+                if id(stored) not in sizes:
+                    sizes[id(stored)] = len(json.dumps(stored, ensure_ascii=False).encode())
+                size += sizes[id(stored)]
+                if size > room:
+                    raise too_large(room, "input", "the stored items input names by item_reference are")
+                put_in.append(stored)
+            resolved.append(stored or item)
+        ctx.body = {**ctx.body, "input": resolved}
         ctx.body_changed = True
-        return json_tokens([stored for stored in found if stored is not None])
+        return put_in
 
-    def referenced(self, item: Any, key_id: str | None) -> dict | None:
-        """The stored output item an ``item_reference`` names, if this key's translated response holds it."""
+    def referenced(self, item: Any, key_id: str | None, outputs: dict[str, dict[str, dict]]) -> dict | None:
+        """The stored output item an ``item_reference`` names, if this key's translated response
+        holds it (``outputs``: the responses read so far for this request)."""
         response_id = translate.minted_in(item.get("id")) if is_reference(item) else None
-        row = self.find(response_id, key_id) if response_id else None
-        if row is None or row.passthrough:
+        if response_id is None:
             return None
-        return next((o for o in row.output_items or [] if isinstance(o, dict) and o.get("id") == item["id"]), None)
+        if response_id not in outputs:
+            found = self.output_items(response_id, key_id)
+            outputs[response_id] = {o["id"]: o for o in found if isinstance(o, dict) and isinstance(o.get("id"), str)}
+        return outputs[response_id].get(item["id"])
+
+    def output_items(self, response_id: str, key_id: str | None) -> list:
+        """The output items of this key's translated response with this id (none for another
+        key's or a passed-through one): its one column, not the whole row with its input."""
+        with self._lock:
+            pending = self._pending.get(response_id)
+        if pending is not None:
+            owner, passthrough, packed = pending[0].key_id, pending[0].passthrough, None
+            items = pending[0].output_items
+        else:
+            sql = "SELECT key_id, passthrough, output_items FROM responses WHERE id = ?"
+            row = self._store.read().execute(sql, (response_id,)).fetchone()
+            if row is None:
+                return []
+            owner, passthrough, packed, items = row["key_id"], bool(row["passthrough"]), row["output_items"], None
+        if owner != key_id or passthrough:
+            return []
+        items = _unpack(packed) if packed is not None else items
+        return items if isinstance(items, list) else []
 
     def count_input(self, ctx: RequestContext) -> None:
         """``input_tokens`` on a translated provider: the translated prompt and tools counted here
@@ -313,13 +363,7 @@ class Conversations:
             turn = chain[-1]
             size += len(json.dumps((turn.input_items or []) + (turn.output_items or []), ensure_ascii=False).encode())
             if size > max_bytes:
-                raise ProxyError(
-                    400,
-                    f"the conversation before previous_response_id is larger than {max_bytes} bytes "
-                    "(STOCKYARD_MAX_BODY_BYTES less this request); start a new one",
-                    param="previous_response_id",
-                    code="conversation_too_large",
-                )
+                raise too_large(max_bytes, "previous_response_id", "the conversation before previous_response_id is")
             if not turn.previous_id or len(chain) >= MAX_CHAIN:
                 break
             earlier = self.find(turn.previous_id, key_id)

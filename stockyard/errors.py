@@ -69,11 +69,22 @@ class ProxyError(Exception):
         return error_body(dialect, self.status, self.message, code=self.code, param=self.param, type_=self.type)
 
 
-def refusal_of(exc: ProxyError | RecursionError) -> ProxyError:
-    """A ProxyError as it is; a RecursionError as the 400 it stands for: only JSON nested near
-    the parser's limit (which it accepts) recurses that deep when it is translated or re-encoded."""
+# What a request's own text can raise deep in a translation, as well as a ProxyError: refusal_of's 400s.
+REFUSALS = (ProxyError, RecursionError, UnicodeEncodeError)
+
+
+def refusal_of(exc: ProxyError | RecursionError | UnicodeEncodeError) -> ProxyError:
+    """A ProxyError as it is; a RecursionError or UnicodeEncodeError as the 400 it stands for:
+    only JSON nested near the parser's limit (which it accepts) recurses that deep when it is
+    translated or re-encoded, and only a lone UTF-16 surrogate escape (valid JSON, ``"\\ud800"``)
+    makes text UTF-8 cannot encode when a translated body is written out."""
     if isinstance(exc, ProxyError):
         return exc
+    if isinstance(exc, UnicodeEncodeError):
+        why = " (a lone UTF-16 surrogate, \\ud800-\\udfff without its pair)" if exc.encoding.startswith("utf") else ""
+        return ProxyError(
+            400, f"request body holds text that cannot be encoded as {exc.encoding}{why}", code="invalid_json"
+        )
     return ProxyError(400, "request body nests arrays or objects too deeply to be handled", code="invalid_json")
 
 

@@ -79,14 +79,29 @@ def text_tokens(data: bytes) -> int:
 
 # A text value a model wrote, in every dialect's answer and stream events: chat's content,
 # reasoning_content, refusal, tool arguments and an audio answer's transcript; Messages' text,
-# thinking and partial_json; Responses' delta; Gemini's text. Read from the bytes, not parsed: a
+# thinking and partial_json; Responses' delta and partial images (base64: their bytes / 4, for
+# want of their count); Gemini's text. Read from the bytes, not parsed: a
 # stream's pricing runs on its request's thread, and parsing each event costs ~6 us (~116 us for
 # 20 events; this, ~23).
 _GENERATED = re.compile(
-    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript|partial_image_b64)"\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
 # Responses events that repeat the text their deltas carried (a part's, an item's, the whole response's).
 _REPEATS = (b'.done"', b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+# The events that frame a stream and hold nothing the model made (a response.created echoes the
+# client's own instructions): a stream cut after these alone wrote nothing. Told by an event's first
+# "type", which is its own in every dialect's events.
+_TYPE = re.compile(rb'"type"\s*:\s*"([^"\\]*)"')
+_FRAMES = {
+    b"response.created",
+    b"response.in_progress",
+    b"response.queued",
+    b"response.failed",
+    b"response.incomplete",
+    b"message_start",
+    b"ping",
+    b"error",
+}
 
 
 def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
@@ -95,15 +110,16 @@ def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
     bytes past the capture (``total`` is every byte relayed). Not the bytes themselves: JSON and
     SSE framing are most of a stream (a chat chunk is ~150 bytes for a word). Bytes / 4 when none
     of it reads as an answer (no text value: not JSON, or a stream cut inside its first event);
-    a stream of whole events that carried no text yet (``response.created``, ``message_start``,
-    then the break) wrote nothing in the bytes captured."""
+    in a stream of whole events that carried no text yet, the events that only frame it
+    (``response.created``, ``message_start``, then the break) wrote nothing, the others (an
+    image's, a final item's) their bytes / 4."""
     data = bytes(captured)
     if _repeats(data):  # a Responses stream: its deltas only
         texts = [t for event in data.split(b"\n\n") if not _repeats(event) for t in _GENERATED.findall(event)]
     else:
         texts = _GENERATED.findall(data)
     if not texts:
-        return (total - len(data)) // 4 if _whole_events(data) else total // 4
+        return (total - _framing(data)) // 4 if _whole_events(data) else total // 4
     chars = sum(len(text) - text.count(b"\\") for text in texts)
     scale = total / len(data) if len(data) < total else 1.0
     return -(-int(chars * scale) // 4)
@@ -119,6 +135,16 @@ def _whole_events(data: bytes) -> bool:
         return isinstance(json.loads(b"\n".join(lines)), dict)
     except ValueError:
         return False
+
+
+def _framing(data: bytes) -> int:
+    """The bytes of ``data``'s events that only frame its stream (:data:`_FRAMES`)."""
+    framing = 0
+    for event in data.split(b"\n\n"):
+        found = _TYPE.search(event)
+        if found is not None and found.group(1) in _FRAMES:
+            framing += len(event) + 2
+    return min(framing, len(data))
 
 
 def _repeats(event: bytes) -> bool:

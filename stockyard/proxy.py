@@ -36,7 +36,7 @@ from .config import Settings
 from .context import REFUSED, Attempt, RequestContext, RetryPolicy, Route
 from .conversations import Conversations
 from .deployments import Deployment
-from .errors import ANTHROPIC, GEMINI, RESPONSES, ClientGone, ProxyError, refusal_of, sse_error_event
+from .errors import ANTHROPIC, GEMINI, REFUSALS, RESPONSES, ClientGone, ProxyError, refusal_of, sse_error_event
 from .httpio import json_object
 from .limits import MAX_CHOICES, check_request_numbers, show
 from .otel import upstream_headers
@@ -222,7 +222,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             if failure.error is not None:
                 raise failure.error
             failed = functools.partial(pass_failure, reply, ctx, failure)
-    except (ProxyError, RecursionError) as caught:
+    except REFUSALS as caught:
         exc = refusal_of(caught)
         fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
         if not started_reply:

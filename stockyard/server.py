@@ -32,7 +32,7 @@ from .clientwatch import ClientWatch
 from .context import REFUSED, RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .conversations import endpoint_name as stored_endpoint
-from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError, error_body, refusal_of
+from .errors import ANTHROPIC, GEMINI, OPENAI, REFUSALS, RESPONSES, ClientGone, ProxyError, error_body, refusal_of
 from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, allow, json_response
@@ -664,7 +664,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise ProxyError(503, "server is shutting down", code="shutting_down")
             self._route(path, dialect)
-        except (ProxyError, RecursionError) as caught:
+        except REFUSALS as caught:
             exc = refusal_of(caught)
             self._end_early()
             try:

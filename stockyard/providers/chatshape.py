@@ -277,6 +277,12 @@ def attached_note(attached: list[dict]) -> str:
     return f"(the result is the {follows} that follows)"
 
 
+def is_media(part: Any) -> bool:
+    """A content part a tool message cannot hand a provider as text (told by its type: comparing
+    parts with each other costs the product of their counts)."""
+    return isinstance(part, dict) and part.get("type") in MEDIA_PARTS
+
+
 def tool_media_after(messages: list) -> list:
     """Chat ``messages`` with the images and files of each ``tool`` message (Qwen Code's ``read_file``
     of a PNG or a PDF answers with them) moved into one user message after that run of tool
@@ -292,9 +298,9 @@ def tool_media_after(messages: list) -> list:
             attached = []
         content = msg.get("content") if role == "tool" else None
         parts = content if isinstance(content, list) else []
-        media = [p for p in parts if isinstance(p, dict) and p.get("type") in MEDIA_PARTS]
+        media = [p for p in parts if is_media(p)]
         if media:
-            texts = [p for p in parts if p not in media] or [{"type": "text", "text": attached_note(media)}]
+            texts = [p for p in parts if not is_media(p)] or [{"type": "text", "text": attached_note(media)}]
             msg = {**msg, "content": texts}
             attached += media
         out.append(msg)

@@ -94,6 +94,9 @@ GEMINI_SCHEMA_FIELDS = frozenset(
 )
 MAX_SCHEMA_DEPTH = 64  # levels of nesting in a tool or response schema
 MAX_SCHEMA_REFS = 500  # $refs inlined in one schema (Gemini's Schema has no $ref)
+# Parts of a schema made by inlining its $refs: each inlined copy counts its parts, so a large
+# definition referenced many times (a small body) cannot expand into a schema of millions of parts.
+MAX_SCHEMA_INLINED = 10_000
 GENERATION_FIELDS = (
     ("temperature", "temperature"),
     ("top_p", "topP"),
@@ -193,20 +196,25 @@ def clean_schema(schema: Any, param: str = "tools") -> Any:
     ``$ref`` to the schema's own ``$defs`` (or ``definitions``) inlined: a nested pydantic model's
     schema refers to its parts, which Gemini's Schema object cannot (a 400 from Gemini before).
 
-    Nesting deeper than MAX_SCHEMA_DEPTH, a ``$ref`` to anything else, a recursive one and more
+    Nesting deeper than MAX_SCHEMA_DEPTH, a ``$ref`` to anything else, a recursive one, more
     than MAX_SCHEMA_REFS of them inlined (parts that refer to parts twice over double at each level)
-    are the client's error (a 400 naming ``param``), never a RecursionError or a blow-up.
+    and more than MAX_SCHEMA_INLINED parts made by inlining them are the client's error (a 400
+    naming ``param``), never a RecursionError or a blow-up.
     """
     defs = schema_defs(schema)
-    inlined = 0
+    inlined = copied = 0
 
     def refused(what: str, code: str = "unsupported_schema") -> ProxyError:
         return ProxyError(400, f"the JSON schema in {param!r} {what}", param=param, code=code)
 
     def clean(node: Any, depth: int, inlining: tuple[str, ...]) -> Any:
-        nonlocal inlined
+        nonlocal inlined, copied
         if depth > MAX_SCHEMA_DEPTH:
             raise refused(f"is nested deeper than {MAX_SCHEMA_DEPTH} levels", "schema_too_deep")
+        if inlining and isinstance(node, (dict, list)):
+            copied += 1
+            if copied > MAX_SCHEMA_INLINED:
+                raise refused(f"expands to more than {MAX_SCHEMA_INLINED} parts once its $refs are inlined")
         if isinstance(node, list):
             return [clean(item, depth + 1, inlining) for item in node]
         if not isinstance(node, dict):

@@ -364,7 +364,7 @@ def chat_output_config(config: Any) -> dict:
         if value is None:
             continue
         if key == "effort":
-            if value not in EFFORTS:
+            if not isinstance(value, str) or value not in EFFORTS:  # a list or object is no effort (unhashable)
                 raise invalid("output_config.effort", f"output_config.effort must be one of {', '.join(EFFORTS)}")
             out["reasoning_effort"] = EFFORTS[value]
         elif key == "format":
