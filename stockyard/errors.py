@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Sequence
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
@@ -67,6 +68,17 @@ class ProxyError(Exception):
 
     def body(self, dialect: str) -> bytes:
         return error_body(dialect, self.status, self.message, code=self.code, param=self.param, type_=self.type)
+
+
+def check_method(method: str, allowed: Sequence[str]) -> None:
+    """A method the route does not take: 405 naming the ones it does (``Allow``)."""
+    if method not in allowed:
+        raise ProxyError(
+            405,
+            f"method {method} is not allowed here; use {', '.join(allowed)}",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(allowed)},
+        )
 
 
 def refusal_of(exc: ProxyError | RecursionError) -> ProxyError:
