@@ -164,7 +164,7 @@ class Conversation:
     history_tokens: int = 0  # input the conversation adds upstream: the worst case counts it (budgets, tpm)
     previous_provider: str | None = None
     conversation_id: str | None = None  # a Conversations API conversation this turn joins
-    turn_items: list[tuple[dict, bool]] | None = None  # its input as appended there (item, id minted)
+    turn_items: list[dict] | None = None  # its input, as appended there
     appended: bool = False  # the turn is in the conversation (once per request, whatever falls back)
 
 

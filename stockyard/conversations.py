@@ -138,7 +138,7 @@ def _unpack(data: bytes | None) -> Any:
 
 def input_items(body: dict) -> list[dict]:
     """This turn's ``input`` as Responses items with ids, as ``input_items`` lists them."""
-    return [item for item, _ in normalized(body.get("input"))]
+    return normalized(body.get("input"))
 
 
 def json_tokens(items: list[dict]) -> int:
@@ -289,7 +289,7 @@ class Conversations:
             record.response = {"usage": usage} if isinstance(usage, dict) else None
         else:
             turn = ctx.conversation.turn_items if ctx.conversation else None  # not the conversation before it
-            record.input_items = [item for item, _ in turn] if turn is not None else input_items(ctx.body)
+            record.input_items = turn if turn is not None else input_items(ctx.body)
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []
             record.response = response

@@ -42,6 +42,7 @@ ITEM_PREFIXES = {
     "custom_tool_call_output": "ctco",
     "reasoning": "rs",
 }
+MINTED_ITEM = re.compile(r"^[a-z]+_sy[0-9a-f]{32}$")
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 
@@ -65,7 +66,20 @@ def new_conversation_id() -> str:
 
 
 def new_item_id(kind: str) -> str:
-    return f"{ITEM_PREFIXES.get(kind, 'item')}_{secrets.token_hex(16)}"
+    """An item id Stockyard makes: ``msg_sy…`` (``sy`` is no hex digit, so no OpenAI id looks like it)."""
+    return f"{ITEM_PREFIXES.get(kind, 'item')}_sy{secrets.token_hex(16)}"
+
+
+def minted_here(item: Any) -> bool:
+    """An item whose id Stockyard made (``new_item_id``): no provider knows that id."""
+    return isinstance(item, dict) and isinstance(item.get("id"), str) and MINTED_ITEM.match(item["id"]) is not None
+
+
+def without_minted_id(item: Any) -> Any:
+    """``item`` as it may go to a provider that reads item ids (the Responses API): without an id
+    Stockyard made, which that provider would look for in vain (OpenAI's input messages have no
+    id of their own; a turn's items listed from a Stockyard conversation carry one)."""
+    return {k: v for k, v in item.items() if k != "id"} if minted_here(item) else item
 
 
 def not_found(conversation_id: str, param: str | None = None) -> ProxyError:
@@ -86,11 +100,11 @@ def too_large(max_bytes: int, param: str) -> ProxyError:
     )
 
 
-def normalized(raw: Any) -> list[tuple[dict, bool]]:
-    """Items as a conversation (and ``input_items``) lists them, each with whether its id is
-    Stockyard's: text input is a user message, a message's text content an ``input_text``
-    (``output_text`` for the assistant) part, a missing ``type`` is ``message``, a missing id
-    is minted. Anything not an object is skipped (validated elsewhere)."""
+def normalized(raw: Any) -> list[dict]:
+    """Items as a conversation (and ``input_items``) lists them: text input is a user message, a
+    message's text content an ``input_text`` (``output_text`` for the assistant) part, a missing
+    ``type`` is ``message``, a missing id is minted. Anything not an object is skipped (validated
+    elsewhere)."""
     raw = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
     out = []
     for item in raw if isinstance(raw, list) else []:
@@ -101,20 +115,13 @@ def normalized(raw: Any) -> list[tuple[dict, bool]]:
         if kind == "message" and isinstance(item.get("content"), str):
             part = "output_text" if item.get("role") == "assistant" else "input_text"
             item["content"] = [{"type": part, "text": item["content"]}]
-        minted = not (isinstance(item.get("id"), str) and item["id"])
-        if minted:
+        if not (isinstance(item.get("id"), str) and item["id"]):
             item["id"] = new_item_id(kind)
-        out.append((item, minted))
+        out.append(item)
     return out
 
 
-def upstream(item: dict, minted: bool) -> dict:
-    """A stored item as it goes in front of a request's ``input``: without an id Stockyard
-    minted (no provider knows it; OpenAI refuses ids it did not issue)."""
-    return {k: v for k, v in item.items() if k != "id"} if minted else item
-
-
-def check_items(value: Any, param: str = "items") -> list[tuple[dict, bool]]:
+def check_items(value: Any, param: str = "items") -> list[dict]:
     """The ``items`` of a create call: objects, each a known item shape at its least (a message
     has a role and content; a reference to another item is not kept, as it would name nothing
     once that item is gone); normalized."""
@@ -230,19 +237,15 @@ class ConversationStore:
             raise not_found(conversation_id, param)
         return found
 
-    def items(self, conversation: Conversation) -> list[tuple[dict, bool]]:
-        """All its items, oldest first, each with whether Stockyard minted its id."""
-        rows = self._store.read().execute(
-            "SELECT item, minted FROM conversation_items WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
-        )
-        return [(_unpack(row[0]), bool(row[1])) for row in rows]
-
     def context(self, conversation: Conversation, room: int) -> list[dict]:
-        """Its items as they go in front of a request's ``input`` (``upstream``), or a 400 when they
+        """All its items, oldest first, to go in front of a request's ``input``; a 400 when they
         would not fit in ``room`` bytes (what the request leaves of STOCKYARD_MAX_BODY_BYTES)."""
         if conversation.bytes > room:
             raise too_large(self._max_bytes, "conversation")
-        return [upstream(item, minted) for item, minted in self.items(conversation)]
+        rows = self._store.read().execute(
+            "SELECT item FROM conversation_items WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
+        )
+        return [_unpack(row[0]) for row in rows]
 
     def page(self, conversation: Conversation, query: dict[str, str]) -> dict:
         """A page of its items (``order``, ``limit``, ``after``), read from the database a page at a time."""
@@ -278,9 +281,9 @@ class ConversationStore:
         return _unpack(row[0])
 
     # -- writes (each waits for its commit) ----------------------------------------------------
-    def create(self, key_id: str | None, metadata: dict, items: list[tuple[dict, bool]]) -> Conversation:
+    def create(self, key_id: str | None, metadata: dict, items: list[dict]) -> Conversation:
         conversation = Conversation(new_conversation_id(), key_id, _now_ms(), metadata)
-        if sum(_pack(item)[1] for item, _ in items) > self._max_bytes:
+        if sum(_pack(item)[1] for item in items) > self._max_bytes:
             raise too_large(self._max_bytes, "items")
 
         def job(conn: sqlite3.Connection) -> None:
@@ -293,12 +296,12 @@ class ConversationStore:
         self._store.write(job)
         return conversation
 
-    def add(self, conversation_id: str, items: list[tuple[dict, bool]], bounded: bool = True) -> list[dict] | None:
+    def add(self, conversation_id: str, items: list[dict], bounded: bool = True) -> list[dict] | None:
         """Append ``items`` (an id the conversation already holds is minted anew); the items as
         kept, or None if the conversation is gone. ``bounded``: refuse to grow it past the limit
         (a create call does; a response's turn is appended whole, and the next turn that
         would not fit is refused instead)."""
-        size = sum(_pack(item)[1] for item, _ in items)
+        size = sum(_pack(item)[1] for item in items)
         limit = self._max_bytes if bounded else None
 
         def job(conn: sqlite3.Connection) -> list[dict] | str | None:
@@ -393,19 +396,20 @@ class ConversationStore:
         return json_response(conversation.public())
 
 
-def _append(conn: sqlite3.Connection, conversation_id: str, items: list[tuple[dict, bool]], now: int) -> list[dict]:
+def _append(conn: sqlite3.Connection, conversation_id: str, items: list[dict], now: int) -> list[dict]:
     """Insert ``items`` at the conversation's end, in one write transaction; returns them as kept.
     The positions come from the conversation's row (``next_seq``), which the update locks, so
     two turns appending at once never take the same place (nor, on PostgreSQL, two workers)."""
-    kept, seen = [], set()
-    for item, minted in items:
+    kept: list[dict] = []
+    seen: set[str] = set()
+    for item in items:
         sql = "SELECT 1 FROM conversation_items WHERE conversation_id = ? AND id = ? LIMIT 1"
         held = conn.execute(sql, (conversation_id, item["id"])).fetchone()
         if held is not None or item["id"] in seen:  # ids stay unique within a conversation
-            item, minted = {**item, "id": new_item_id(str(item.get("type")))}, True
+            item = {**item, "id": new_item_id(str(item.get("type")))}
         seen.add(item["id"])
-        kept.append((item, minted))
-    packed = [_pack(item) for item, _ in kept]
+        kept.append(item)
+    packed = [_pack(item) for item in kept]
     row = conn.execute(
         "UPDATE conversations SET next_seq = next_seq + ?, bytes = bytes + ?, updated_at = ? WHERE id = ? "
         "RETURNING next_seq",
@@ -413,10 +417,7 @@ def _append(conn: sqlite3.Connection, conversation_id: str, items: list[tuple[di
     ).fetchone()
     first = row[0] - len(kept)
     conn.executemany(
-        "INSERT INTO conversation_items (conversation_id, seq, id, minted, bytes, item) VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (conversation_id, first + i, item["id"], int(minted), size, data)
-            for i, ((item, minted), (data, size)) in enumerate(zip(kept, packed))
-        ],
+        "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item) VALUES (?, ?, ?, ?, ?)",
+        [(conversation_id, first + i, kept[i]["id"], size, data) for i, (data, size) in enumerate(packed)],
     )
-    return [item for item, _ in kept]
+    return kept

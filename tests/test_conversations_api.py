@@ -147,6 +147,18 @@ def test_a_second_turn_reaches_the_provider_after_the_first(server, mock, model,
     ]
 
 
+def test_items_listed_and_sent_back_reach_a_responses_provider_without_stockyards_ids(server, mock):
+    """The OpenAI Agents SDK's OpenAIConversationsSession lists the items and sends them back in
+    ``input``, a user message with its id: an id Stockyard made is no provider's to look up."""
+    client = sdk(server)
+    conversation = client.conversations.create(items=[{"role": "user", "content": "Remember 42."}])
+    history = [item.model_dump(exclude_unset=True) for item in client.conversations.items.list(conversation.id)]
+    assert history[0]["id"].startswith("msg_")
+    client.responses.create(model=PASSED, input=[*history, {"role": "user", "content": "What number?"}])
+    sent = mock.last("/v1/responses").json["input"]
+    assert sent[0] == {k: v for k, v in history[0].items() if k != "id"} and len(sent) == 2
+
+
 def test_a_conversation_moves_between_providers(server, mock):
     """Stockyard holds the items, so the next turn may go to another provider's model."""
     client = sdk(server)

@@ -22,6 +22,7 @@ import json
 from urllib.parse import urlencode
 
 from ..context import RequestContext
+from ..conversations_api import minted_here, without_minted_id
 from ..errors import OPENAI, ProxyError
 from ..pricing import Usage
 from . import Provider, responses
@@ -101,9 +102,10 @@ class ResponsesPassThrough(Adapter):
         accept = "text/event-stream" if ctx.stream else "application/json"
         path = upstream_path(provider, PATHS[ctx.endpoint])
         items = ctx.body.get("input")
-        if isinstance(items, list) and any(ours(item) for item in items):
-            # Stockyard's own reasoning items (a conversation that ran on a translated provider)
-            kept = [item for item in items if not ours(item)]
+        if isinstance(items, list) and any(ours(item) or minted_here(item) for item in items):
+            # Stockyard's own reasoning items (a conversation that ran on a translated provider),
+            # and the ids it gave items (a Stockyard conversation's, as listed or put in front)
+            kept = [without_minted_id(item) for item in items if not ours(item)]
             ctx = dataclasses.replace(ctx, body={**ctx.body, "input": kept}, body_changed=True)
         body = request_body(ctx, model, force_usage=False)
         return UpstreamCall("POST", path, upstream_headers(provider, accept), body)

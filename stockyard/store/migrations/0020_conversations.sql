@@ -15,13 +15,11 @@ CREATE TABLE conversations (
 );
 CREATE INDEX conversations_updated ON conversations (updated_at);
 
--- A conversation's items in order (seq), each its JSON (zlib-compressed). ``minted``: the id
--- is Stockyard's (the item came without one), so it is left off when the item goes to a provider.
+-- A conversation's items in order (seq), each its JSON (zlib-compressed); ids are unique within it.
 CREATE TABLE conversation_items (
     conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
     seq             INTEGER NOT NULL,
     id              TEXT NOT NULL,
-    minted          INTEGER NOT NULL DEFAULT 0,
     bytes           INTEGER NOT NULL,
     item            BLOB NOT NULL,
     PRIMARY KEY (conversation_id, seq)

@@ -16,13 +16,11 @@ CREATE TABLE conversations (
 );
 CREATE INDEX conversations_updated ON conversations (updated_at);
 
--- A conversation's items in order (seq), each its JSON (zlib-compressed). ``minted``: the id
--- is Stockyard's (the item came without one), so it is left off when the item goes to a provider.
+-- A conversation's items in order (seq), each its JSON (zlib-compressed); ids are unique within it.
 CREATE TABLE conversation_items (
     conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
     seq             BIGINT NOT NULL,
     id              TEXT NOT NULL,
-    minted          BIGINT NOT NULL DEFAULT 0,
     bytes           BIGINT NOT NULL,
     item            BYTEA NOT NULL,
     PRIMARY KEY (conversation_id, seq)
