@@ -2,7 +2,8 @@
 
 Providers that speak the Responses API (``Provider.speaks_responses``: openai, azure, and
 openai-compatible ones marked so) get the client's body untouched — only ``model`` is
-rewritten when routing changed it — and their event stream relayed event by event; usage
+rewritten when routing changed it, and Stockyard's own input items (its reasoning items) and
+item ids (``conversations_api.minted_here``) are left out — and their event stream relayed event by event; usage
 comes from ``response.completed`` / ``response.incomplete`` / ``response.failed``.
 
 Every other provider is reached through :class:`ResponsesOverChat`: the request becomes a
