@@ -214,6 +214,14 @@ class Conversations:
                 param="conversation",
                 code="mutually_exclusive_parameters",
             )
+        if body.get("background"):  # it completes at the provider later, where Stockyard never sees it
+            raise ProxyError(
+                400,
+                "a background response cannot join a conversation: Stockyard appends a turn when it sees "
+                "the response complete; send it without background",
+                param="background",
+                code="unsupported_parameter",
+            )
         value = body["conversation"]
         conversation_id = value.get("id") if isinstance(value, dict) else value
         if not isinstance(conversation_id, str) or not conversation_id:

@@ -304,6 +304,13 @@ def test_bad_input_is_an_openai_shaped_4xx(server, mock):
         (
             "POST",
             "/v1/responses",
+            {"model": PASSED, "input": "x", "conversation": conversation.id, "background": True},
+            400,
+            "background",
+        ),
+        (
+            "POST",
+            "/v1/responses",
             {"model": PASSED, "input": "x", "conversation": conversation.id, "previous_response_id": first.id},
             400,
             "conversation",
