@@ -358,3 +358,15 @@ def test_a_batch_line_naming_a_conversation_is_refused(server, mock):
     with pytest.raises(BadRequestError) as refused:
         client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
     assert refused.value.body["code"] == "conversation_in_batch" and "line 1" in refused.value.body["message"]
+
+
+def test_in_open_mode_every_caller_is_the_one_owner(openai_server, mock):
+    """Without client keys (open mode) there is one owner, as for stored responses."""
+    one, two = (OpenAI(base_url=openai_server.url + "/v1", api_key="anything", max_retries=0) for _ in range(2))
+    conversation = one.conversations.create(items=[{"role": "user", "content": "shared"}])
+    two.responses.create(model=PASSED, conversation=conversation.id, input="and more")
+    assert texts(two.conversations.items.list(conversation.id, order="asc")) == [
+        ("user", "shared"),
+        ("user", "and more"),
+        ("assistant", TEXT),
+    ]
