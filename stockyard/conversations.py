@@ -200,10 +200,11 @@ class Conversations:
 
     def join(self, ctx: RequestContext) -> None:
         """``conversation`` (its id, or ``{"id": …}``): the items of this key's conversation go in
-        front of ``input`` here, for every provider, so the body sent on carries no
-        ``conversation`` (a provider that speaks Responses would look for one of its own) and the
-        modules (budgets, tpm, guard, redact) see the whole prompt; its size is bounded like a
-        rebuilt ``previous_response_id`` chain. The turn is appended once it completes (``_append``)."""
+        front of ``input`` here, for every provider, so the modules (budgets, tpm, guard, redact)
+        see the whole prompt, and ``conversation`` stays as ``{"id": …}`` only for the answer to
+        echo (the pass-through leaves it out of the body: a provider that speaks Responses would
+        look for one of its own); its size is bounded like a rebuilt ``previous_response_id``
+        chain. The turn is appended once it completes (``_append``)."""
         body, conv = ctx.body, ctx.conversation
         assert conv is not None
         if body.get("previous_response_id") is not None:  # OpenAI refuses the pair the same way
@@ -239,7 +240,7 @@ class Conversations:
             raise conversation_not_found(conversation_id, "conversation")
         history = self.threads.context(found, self._max_bytes - len(ctx.raw))
         sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
-        ctx.body = {**{k: v for k, v in body.items() if k != "conversation"}, "input": history + sent}
+        ctx.body = {**body, "conversation": {"id": found.id}, "input": history + sent}
         ctx.body_changed = True
         conv.conversation_id, conv.turn_items = found.id, normalized(sent)
         conv.history_tokens += json_tokens(history)

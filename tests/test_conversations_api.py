@@ -120,10 +120,11 @@ def test_a_second_turn_reaches_the_provider_after_the_first(server, mock, model,
         if stream:
             events = list(client.responses.create(model=model, conversation=ref, input=asked, stream=True))
             assert events[-1].type == "response.completed"
+            assert {e.response.conversation.id for e in events if hasattr(e, "response")} == {conversation.id}
             response = events[-1].response
         else:
             response = client.responses.create(model=model, conversation=ref, input=asked)
-        assert response.output_text == TEXT
+        assert response.output_text == TEXT and response.conversation.id == conversation.id
     if model == PASSED:
         sent = mock.last("/v1/responses").json
         assert "conversation" not in sent

@@ -75,6 +75,18 @@ def keep(ctx: RequestContext, response: object) -> None:
         conv.keep(provider, response)
 
 
+def joined(ctx: RequestContext) -> dict | None:
+    """``{"id": …}`` of the Stockyard conversation this turn joined (the answer's ``conversation``)."""
+    conv = ctx.conversation
+    return {"id": conv.conversation_id} if conv is not None and conv.conversation_id else None
+
+
+def with_data(event: bytes, obj: dict) -> bytes:
+    """An SSE event with its data replaced by ``obj``'s JSON (its other lines, ``event:``, kept)."""
+    head = [line for line in event.split(b"\n") if line and not line.startswith(b"data:")]
+    return b"\n".join([*head, b"data: " + json.dumps(obj, ensure_ascii=False).encode()]) + b"\n\n"
+
+
 def response_failed(response: dict, sequence_number: int, message: str) -> bytes:
     """A ``response.failed`` event for a stream that broke: the response so far, failed, with why."""
     failed = {**response, "status": "failed", "error": {"code": "server_error", "message": message}}
@@ -102,6 +114,9 @@ class ResponsesPassThrough(Adapter):
                 )
         accept = "text/event-stream" if ctx.stream else "application/json"
         path = upstream_path(provider, PATHS[ctx.endpoint])
+        if "conversation" in ctx.body:  # Stockyard's, its items already in input (conversations.join)
+            unnamed = {k: v for k, v in ctx.body.items() if k != "conversation"}
+            ctx = dataclasses.replace(ctx, body=unnamed, body_changed=True)
         items = ctx.body.get("input")
         if isinstance(items, list) and any(ours(item) or minted_here(item) for item in items):
             # Stockyard's own reasoning items (a conversation that ran on a translated provider),
@@ -118,6 +133,9 @@ class ResponsesPassThrough(Adapter):
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
         if ctx.endpoint == "responses" and data.get("object") == "response":
+            if joined(ctx) is not None:  # the provider heard of no conversation: the answer names it
+                data["conversation"] = joined(ctx)
+                body = json.dumps(data, ensure_ascii=False).encode()
             keep(ctx, data)
         return body
 
@@ -144,6 +162,9 @@ class PassThroughStream(StreamTranslator):
         if isinstance(obj.get("sequence_number"), int):
             self.sequence_number = obj["sequence_number"]
         response = obj.get("response")
+        if isinstance(response, dict) and joined(self.ctx) is not None:  # as parse names it
+            response["conversation"] = joined(self.ctx)
+            event = with_data(event, obj)
         if isinstance(response, dict):
             self.response = response
             self.ctx.attempt.serve(response.get("model"))
