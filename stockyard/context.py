@@ -151,7 +151,9 @@ class Conversation:
     across retries and fallbacks); ``history`` the items rebuilt from a previous response
     Stockyard keeps, ``previous_provider`` the provider holding a passed-through one. The
     adapter calls ``keep(provider, response)`` with the finished response object before the
-    client sees its end, so the next turn can always find it.
+    client sees its end, so the next turn can always find it. ``conversation_id`` names the
+    Conversations API conversation (``stockyard.conversations_api``) whose items were put in
+    front of the input; the turn is appended to it once the response has completed.
     """
 
     response_id: str
@@ -161,6 +163,9 @@ class Conversation:
     history: list[dict] | None = None
     history_tokens: int = 0  # input the conversation adds upstream: the worst case counts it (budgets, tpm)
     previous_provider: str | None = None
+    conversation_id: str | None = None  # a Conversations API conversation this turn joins
+    turn_items: list[dict] | None = None  # its input, as appended there
+    appended: bool = False  # the turn is in the conversation (once per request, whatever falls back)
 
 
 REFUSED = "rejected"  # the outcome of a request Stockyard answered with a 4xx of its own

@@ -10,6 +10,10 @@ the client key that made it (another key gets 404, as if it did not exist):
   response object, so the next turn's ``previous_response_id`` rebuilds the conversation
   (the chain of previous rows, oldest first) and GET/DELETE/input_items are served from here.
 
+A ``conversation`` (OpenAI's Conversations API, which ``stockyard.conversations_api`` serves)
+is joined here too (``Conversations.join``): its items go in front of ``input`` for every
+provider, and the turn is appended to it once its response has completed (``_append``).
+
 A row is visible to lookups from the moment the adapter hands the response over (before
 the client sees its end), through a small in-memory table of rows the writer has not yet
 committed; so a client's next turn never races the write. Retention deletes rows with the
@@ -31,9 +35,11 @@ from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
+from .conversations_api import ConversationStore, item_list, normalized, page_params
+from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import text_tokens
-from .httpio import Request, Response, allow, json_response
+from .httpio import Request, Response, check_method, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
@@ -59,14 +65,7 @@ def endpoint_name(method: str, path: str) -> str:
 
 MAX_CHAIN = 1000  # previous responses walked to rebuild one conversation
 PENDING_S = 60.0  # an uncommitted row is long committed after this
-ITEM_PREFIXES = {
-    "message": "msg",
-    "function_call": "fc",
-    "function_call_output": "fco",
-    "custom_tool_call": "ctc",
-    "custom_tool_call_output": "ctco",
-    "reasoning": "rs",
-}
+APPENDED = ("completed", "incomplete")  # a response whose turn joins its conversation
 
 
 def new_response_id() -> str:
@@ -139,21 +138,7 @@ def _unpack(data: bytes | None) -> Any:
 
 def input_items(body: dict) -> list[dict]:
     """This turn's ``input`` as Responses items with ids, as ``input_items`` lists them."""
-    value = body.get("input")
-    raw = [{"role": "user", "content": value}] if isinstance(value, str) else value
-    items = []
-    for item in raw if isinstance(raw, list) else []:
-        if not isinstance(item, dict):
-            continue
-        item = dict(item)
-        kind = item.setdefault("type", "message")
-        if kind == "message" and isinstance(item.get("content"), str):
-            part = "output_text" if item.get("role") == "assistant" else "input_text"
-            item["content"] = [{"type": part, "text": item["content"]}]
-        if not item.get("id"):
-            item["id"] = f"{ITEM_PREFIXES.get(kind, 'item')}_{secrets.token_hex(16)}"
-        items.append(item)
-    return items
+    return normalized(body.get("input"))
 
 
 def json_tokens(items: list[dict]) -> int:
@@ -192,6 +177,7 @@ class Conversations:
         self._pool = pool
         self._scrub = scrub
         self._pending: dict[str, tuple[StoredResponse, float]] = {}
+        self.threads = ConversationStore(store, max_bytes)  # the Conversations API's conversations
         self._lock = threading.Lock()
 
     # -- the request path ---------------------------------------------------------------------
@@ -203,9 +189,11 @@ class Conversations:
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
         room = self._max_bytes - len(ctx.raw)  # the conversation a client could have sent whole
+        if body.get("conversation") is not None:
+            room -= self.join(ctx, room)
         put_in = self.resolve_references(ctx, room)  # items the body names, not holds
         data = json.dumps(put_in, ensure_ascii=False).encode() if put_in else b""
-        conv.history_tokens = text_tokens(data)
+        conv.history_tokens += text_tokens(data)
         previous = body.get("previous_response_id")
         if previous is None:
             return
@@ -223,6 +211,56 @@ class Conversations:
         else:
             conv.history = self.history(row, ctx.key_id, room - len(data))
             conv.history_tokens += json_tokens(conv.history)
+
+    def join(self, ctx: RequestContext, room: int) -> int:
+        """``conversation`` (its id, or ``{"id": …}``): the items of this key's conversation go in
+        front of ``input`` here, for every provider, so the modules (budgets, tpm, guard, redact)
+        see the whole prompt, and ``conversation`` stays as ``{"id": …}`` only for the answer to
+        echo (the pass-through leaves it out of the body: a provider that speaks Responses would
+        look for one of its own); its size is bounded like a rebuilt ``previous_response_id``
+        chain (``room``: the bytes it may add). The turn is appended once it completes
+        (``_append``). Returns the bytes of the items it put in."""
+        body, conv = ctx.body, ctx.conversation
+        assert conv is not None
+        if body.get("previous_response_id") is not None:  # OpenAI refuses the pair the same way
+            raise ProxyError(
+                400,
+                "Mutually exclusive parameters: Ensure you are only providing one of: 'previous_response_id' or "
+                "'conversation'.",
+                param="conversation",
+                code="mutually_exclusive_parameters",
+            )
+        if body.get("background"):  # it completes at the provider later, where Stockyard never sees it
+            raise ProxyError(
+                400,
+                "a background response cannot join a conversation: Stockyard appends a turn when it sees "
+                "the response complete; send it without background",
+                param="background",
+                code="unsupported_parameter",
+            )
+        value = body["conversation"]
+        conversation_id = value.get("id") if isinstance(value, dict) else value
+        if not isinstance(conversation_id, str) or not conversation_id:
+            raise ProxyError(
+                400,
+                "'conversation' must be a conversation id or an object with its 'id'",
+                param="conversation",
+                code="invalid_type",
+            )
+        sent = body.get("input")
+        if sent is not None and not isinstance(sent, (str, list)):
+            raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
+        found = self.threads.find(conversation_id, ctx.key_id)
+        if found is None:  # another key's, or none Stockyard holds: as if unknown
+            raise conversation_not_found(conversation_id, "conversation")
+        history = self.threads.context(found, room)
+        sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
+        ctx.body = {**body, "conversation": {"id": found.id}, "input": history + sent}
+        ctx.body_changed = True
+        conv.conversation_id, conv.turn_items = found.id, normalized(sent)
+        data = json.dumps(history, ensure_ascii=False).encode()
+        conv.history_tokens += text_tokens(data)
+        return len(data)
 
     def resolve_references(self, ctx: RequestContext, room: int) -> list[dict]:
         """``item_reference`` input items naming an output item of a response this key stored
@@ -294,6 +332,7 @@ class Conversations:
 
     def _keep(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
         """Record a finished response (unless ``store`` is false); visible to lookups at once."""
+        self._append(ctx, response)
         response_id = response.get("id")
         if ctx.endpoint != "responses" or ctx.body.get("store") is False or not isinstance(response_id, str):
             return
@@ -311,7 +350,8 @@ class Conversations:
             usage = response.get("usage")
             record.response = {"usage": usage} if isinstance(usage, dict) else None
         else:
-            record.input_items = input_items(ctx.body)
+            turn = ctx.conversation.turn_items if ctx.conversation else None  # not the conversation before it
+            record.input_items = turn if turn is not None else input_items(ctx.body)
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []
             record.response = response
@@ -327,6 +367,24 @@ class Conversations:
             self._pending[response_id] = (record, now)
         if not self._store.submit(record.write, lambda: self._committed(record)):  # the queue is full
             self._committed(record)
+
+    def _append(self, ctx: RequestContext, response: dict) -> None:
+        """A turn that joined a conversation, once its response has completed (or ended
+        ``incomplete`` at its output cap: an answer, if a short one): its input items, then the
+        response's output items, appended before the client sees the end, so its next turn
+        reads them; ``store`` does not matter (the conversation is where the client keeps
+        them). A response that failed, or a stream that broke, appends nothing."""
+        conv = ctx.conversation
+        if ctx.endpoint != "responses" or conv is None or conv.conversation_id is None or conv.appended:
+            return
+        if response.get("status") not in APPENDED:  # in_progress (a stream's start), failed, cancelled
+            return
+        conv.appended = True
+        turn = (conv.turn_items or []) + normalized(response.get("output"))
+        try:
+            self.threads.add(conv.conversation_id, turn, bounded=False)
+        except Exception:  # the answer stands; the client sees the gap in the conversation
+            log.exception("response %s: its turn was not appended to its conversation", response.get("id"))
 
     def _committed(self, record: StoredResponse) -> None:
         """The row is in the database (or will never be): lookups read it there from now on,
@@ -387,13 +445,7 @@ class Conversations:
         assert match is not None
         response_id, action = match.group(1), match.group(2) or ""
         allowed = {"": ("GET", "DELETE"), "/cancel": ("POST",), "/input_items": ("GET",)}[action]
-        if req.method not in allowed:
-            raise ProxyError(
-                405,
-                f"method {req.method} is not allowed here; use {', '.join(allowed)}",
-                code="method_not_allowed",
-                headers={"Allow": allow(allowed)},
-            )
+        check_method(req.method, allowed)
         row = self.find(response_id, key_id)
         if row is None:
             raise not_found(response_id)
@@ -448,25 +500,9 @@ class Conversations:
 
 def list_items(items: list[dict], query: dict[str, str]) -> dict:
     """An ``input_items`` page: ``order`` (desc by default), ``after`` an item id, ``limit`` (1-100, 20)."""
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise ProxyError(400, "'order' must be asc or desc", param="order", code="invalid_value")
-    try:
-        limit = int(query.get("limit", "20"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise ProxyError(400, "'limit' must be a whole number from 1 to 100", param="limit", code="invalid_value")
+    order, limit, after = page_params(query)
     ordered = items if order == "asc" else list(reversed(items))
-    after = query.get("after")
     if after:
         ids = [item.get("id") for item in ordered]
         ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-    page = ordered[:limit]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0].get("id") if page else None,
-        "last_id": page[-1].get("id") if page else None,
-        "has_more": len(ordered) > limit,
-    }
+    return item_list(ordered[:limit], len(ordered) > limit)

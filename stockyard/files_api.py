@@ -31,7 +31,7 @@ from . import estimate
 from .context import REFUSED, Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
-from .httpio import DuplicateMember, Request, allow, json_object, unique_members
+from .httpio import DuplicateMember, Request, check_method, json_object, unique_members
 from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
@@ -418,13 +418,7 @@ class ProviderCalls:
     @staticmethod
     def _allowed(method: str, allowed: tuple[str, ...]) -> None:
         """A method the route does not take: 405 with Allow."""
-        if method not in allowed:
-            raise ProxyError(
-                405,
-                f"method {method} is not allowed here; use {', '.join(allowed)}",
-                code="method_not_allowed",
-                headers={"Allow": allow(allowed)},
-            )
+        check_method(method, allowed)
 
     def _rate_limit(self, ctx: RequestContext) -> None:
         """Every call is one of the key's requests per minute (429 with Retry-After past its rpm),
@@ -758,7 +752,8 @@ class FilesAPI(ProviderCalls):
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
         ``provider``), and any key only its own files (``file_id``) and its own responses
-        (``previous_response_id``). A line too long to hold is refused, never skipped.
+        (``previous_response_id``); a ``conversation`` (Stockyard's, which it cannot put in front
+        of a line the provider runs) is refused. A line too long to hold is refused, never skipped.
 
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
         price), or None when a line's model has no price: what a budget holds the batch to."""
@@ -813,6 +808,14 @@ class FilesAPI(ProviderCalls):
                     f"No response found with id '{previous[:100]}' (line {number} of the batch file).",
                     param="file",
                     code="not_found",
+                )
+            if body.get("conversation") is not None:  # Stockyard's (conversations_api), which no provider holds
+                raise ProxyError(
+                    400,
+                    f"line {number} of the batch file names a conversation: conversations are kept by Stockyard, "
+                    "which does not run batch lines; send the conversation's items in 'input'",
+                    param="file",
+                    code="conversation_in_batch",
                 )
             try:  # as the endpoint checks them: a cap the budget cannot read is refused
                 check_request_numbers(body)  # (an integral float is read as its int, as the provider reads it)

@@ -107,6 +107,18 @@ def allow(methods: Iterable[str]) -> str:
     return ", ".join(listed)
 
 
+def check_method(method: str, allowed: Iterable[str]) -> None:
+    """A method the route does not take: 405 naming the ones it does (``Allow``)."""
+    if method not in allowed:
+        listed = allow(allowed)
+        raise ProxyError(
+            405,
+            f"method {method} is not allowed here; use {listed}",
+            code="method_not_allowed",
+            headers={"Allow": listed},
+        )
+
+
 @dataclass
 class Response:
     """A whole answer: status, body and headers; the server adds Date, Server, length and Connection.

@@ -8,7 +8,10 @@ cost reports stay whole after the traces behind them are gone. The per-minute la
 histograms and the webhook delivery log leave with the traces' age limit. Responses kept for the
 Responses API (``stockyard.conversations``) leave after 30 days (OpenAI's own rule for stored
 responses; ``STOCKYARD_RETENTION_RESPONSES``) or with the traces, whichever comes first: a key
-storing responses cannot grow the file for ever.
+storing responses cannot grow the file for ever. Conversations of the Conversations API
+(``stockyard.conversations_api``) leave, with their items, once unchanged for as long (OpenAI
+keeps its own until deleted; here a key's conversations are bounded the same way its stored
+responses are, yet one in use is never cut short, since each turn changes it).
 
 Trace ids are time-sortable (``tr_<ms hex>…``), so "bodies older than" is a range on the
 ``trace_bodies`` primary key and each batch reads only the rows it deletes.
@@ -50,6 +53,7 @@ class RetentionStats:
     bodies_deleted: int = 0
     traces_deleted: int = 0
     responses_deleted: int = 0
+    conversations_deleted: int = 0
     pages_vacuumed: int = 0
 
 
@@ -113,6 +117,14 @@ class Retention:
                 (cutoff_ms(now_ms, self.responses_max_age_s), self.batch_rows),
             ).rowcount
             self.stats.responses_deleted += gone
+            if gone:
+                return True
+            gone = conn.execute(  # their items go with them (ON DELETE CASCADE)
+                "DELETE FROM conversations WHERE id IN (SELECT id FROM conversations WHERE updated_at < ? "
+                "ORDER BY updated_at LIMIT ?)",
+                (cutoff_ms(now_ms, self.responses_max_age_s), max(self.batch_rows // 10, 1)),
+            ).rowcount
+            self.stats.conversations_deleted += gone
             if gone:
                 return True
         if self.bodies_max_age_s is not None:

@@ -32,6 +32,8 @@ from .clientwatch import ClientWatch
 from .context import REFUSED, RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .conversations import endpoint_name as stored_endpoint
+from .conversations_api import PATH as CONVERSATION_PATH
+from .conversations_api import endpoint_name as conversation_endpoint
 from .errors import ANTHROPIC, GEMINI, OPENAI, REFUSALS, RESPONSES, ClientGone, ProxyError, error_body, refusal_of
 from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
@@ -757,7 +759,12 @@ class Handler(BaseHTTPRequestHandler):
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             ctx = RequestContext(stored_endpoint(method, path), RESPONSES, self._client_ip(), self._headers_dict())
             if self._key_accepted(ctx):  # before the body, like the proxy routes
-                self._stored_response(ctx)
+                self._stored_response(ctx, app.conversations.answer)
+            return
+        if CONVERSATION_PATH.match(path):  # /v1/conversations[/{id}[/items[/{item_id}]]]
+            ctx = RequestContext(conversation_endpoint(method, path), OPENAI, self._client_ip(), self._headers_dict())
+            if self._key_accepted(ctx):
+                self._stored_response(ctx, app.conversations.threads.answer)
             return
         fixed = FIXED_ROUTES.get(path)
         if fixed is not None:
@@ -848,15 +855,15 @@ class Handler(BaseHTTPRequestHandler):
                 code="origin_not_allowed",
             )
 
-    def _stored_response(self, ctx: RequestContext) -> None:
-        """A call on a response the key made (``Conversations.answer``): one of the key's requests
-        per minute, as files and batches are (it may reach the provider under the shared key),
-        traced at cost 0."""
+    def _stored_response(self, ctx: RequestContext, answer: Callable[[Request, str | None], Response]) -> None:
+        """A call on a response the key made (``Conversations.answer``) or on its conversations
+        (``ConversationStore.answer``): one of the key's requests per minute, as files and batches
+        are (a stored response's may reach the provider under the shared key), traced at cost 0."""
         app = self.server.app
         try:
             admit_call(app.path.chain(), ctx)
             req = Request(self._route_method(), self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
-            response = app.conversations.answer(req, ctx.key_id)
+            response = answer(req, ctx.key_id)
             ctx.attempt.status, ctx.attempt.cost_uc, ctx.attempt.cost_status = response.status, 0, "exact"
             ctx.complete = response.status < 400
             response.headers["x-stockyard-trace-id"] = ctx.trace_id

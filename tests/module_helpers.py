@@ -75,6 +75,17 @@ def api(server: ServerProcess, method: str, path: str, body: Any = None) -> tupl
     return status, json.loads(raw) if raw else None
 
 
+_names = iter(range(1_000_000))
+
+
+def client_key(server: ServerProcess, **fields: Any) -> str:
+    """A new client key with ``fields`` (a name of its own unless given), made through the admin API."""
+    fields.setdefault("name", f"key-{next(_names)}")
+    status, body = api(server, "POST", "/api/keys", fields)
+    assert status == 201, body
+    return body["key"]
+
+
 def put_module(server: ServerProcess, name: str, config: dict | None = None, enabled: bool = True) -> dict:
     """Replace a module's options and switch it, through the admin API (in effect on return)."""
     status, view = api(server, "PUT", f"/api/modules/{name}", {"enabled": enabled, "config": config or {}})

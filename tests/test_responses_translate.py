@@ -441,7 +441,6 @@ REFUSALS = [
         "",
     ),
     ({"model": "m", "input": "x", "background": True}, "background", "background"),
-    ({"model": "m", "input": "x", "conversation": "conv_1"}, "conversation", "conversation"),
     ({"model": "m", "input": "x", "prompt": {"id": "pmpt_1"}}, "prompt", "prompt"),
     ({"model": "m", "input": "x", "top_logprobs": 3}, "top_logprobs", "top_logprobs"),
     ({"model": "m", "input": "x", "max_tool_calls": 2}, "max_tool_calls", "max_tool_calls"),

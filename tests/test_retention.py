@@ -162,6 +162,32 @@ def test_stored_responses_leave_after_their_own_age_or_the_traces_whichever_is_s
     conn.close()
 
 
+def test_conversations_leave_with_their_items_once_unchanged_for_the_responses_age(database):
+    """The Conversations API's conversations: bounded like stored responses, by their last change
+    (a conversation still in use is never cut short), and their items go with them."""
+    database.open_and_migrate()
+    conn = database.connect()
+    conn.execute("BEGIN IMMEDIATE")
+    for i, days in enumerate((40, 20, 1)):
+        changed = NOW_MS - days * DAY_MS
+        conn.execute(
+            "INSERT INTO conversations (id, key_id, created_at, updated_at) VALUES (?, 'k', ?, ?)",
+            (f"conv_{i}", NOW_MS - 90 * DAY_MS, changed),
+        )
+        conn.execute(
+            "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item) VALUES (?, 0, 'msg_1', 2, ?)",
+            (f"conv_{i}", b"{}"),
+        )
+    conn.execute("COMMIT")
+    r = Retention(responses_max_age_s=retention.RESPONSES_MAX_AGE_S, clock=lambda: NOW_MS / 1000)
+    while r.run(conn):
+        pass
+    assert [row[0] for row in conn.execute("SELECT id FROM conversations ORDER BY id")] == ["conv_1", "conv_2"]
+    items = conn.execute("SELECT conversation_id FROM conversation_items ORDER BY conversation_id").fetchall()
+    assert [row[0] for row in items] == ["conv_1", "conv_2"] and r.stats.conversations_deleted == 1
+    conn.close()
+
+
 @pytest.mark.parametrize(("value", "seconds"), [(None, 30 * 86400.0), ("off", None), ("7d", 7 * 86400.0)])
 def test_the_stored_responses_age_setting(value, seconds, tmp_path):
     from stockyard.config import load

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import ServerProcess, wait_for
 from mock_upstream import RESPONSES_STATE, Reply, openai_chat, responses_object
-from module_helpers import api, disable_all, put_module, start_server
+from module_helpers import api, client_key, disable_all, put_module, start_server
 
 from stockyard.context import RequestContext
 from stockyard.conversations import Conversations
@@ -49,16 +49,6 @@ def fresh(server, mock):
     mock.clear()
 
 
-_names = iter(range(1_000_000))
-
-
-def make_key(server: ServerProcess, **fields) -> str:
-    fields.setdefault("name", f"review-{next(_names)}")
-    status, body = api(server, "POST", "/api/keys", fields)
-    assert status == 201, body
-    return body["key"]
-
-
 def respond(server: ServerProcess, key: str, path: str = "/v1/responses", **body) -> tuple[int, dict]:
     status, _, raw = server.request("POST", path, body, headers={"Authorization": f"Bearer {key}"})
     return status, json.loads(raw)
@@ -69,7 +59,7 @@ def test_a_provider_response_stockyard_did_not_issue_cannot_be_continued(server,
     app on the same account, or a row retention deleted) is not this key's to continue."""
     RESPONSES_STATE.keep({}, {"id": "resp_madeelsewhere0001", "object": "response", "output": []})
     status, reply = respond(
-        server, make_key(server), model=PASSED, input="and then?", previous_response_id="resp_madeelsewhere0001"
+        server, client_key(server), model=PASSED, input="and then?", previous_response_id="resp_madeelsewhere0001"
     )
     assert status == 404 and reply["error"]["param"] == "previous_response_id", reply
     assert mock.last("/v1/responses") is None  # the provider was never asked
@@ -79,7 +69,7 @@ def test_a_provider_response_stockyard_did_not_issue_cannot_be_continued(server,
 def test_the_cache_does_not_answer_another_keys_conversation(server, mock, model):
     """A ``store: false`` continuation is cacheable; a cache hit must not skip the key check."""
     put_module(server, "cache", {}, enabled=True)
-    alice, bob = make_key(server), make_key(server)
+    alice, bob = client_key(server), client_key(server)
     status, first = respond(server, alice, model=model, input="secret plan")
     assert status == 200, first
     turn = {"model": model, "input": "go on", "previous_response_id": first["id"], "store": False}
@@ -91,7 +81,7 @@ def test_the_cache_does_not_answer_another_keys_conversation(server, mock, model
 def test_the_budget_counts_the_conversation_stockyard_rebuilds(server, mock):
     """A tiny body naming a long stored conversation sends all of it upstream: the worst case
     must count it, or a budgeted key spends past its budget one long conversation at a time."""
-    key = make_key(server, budget_usd="0.05", budget_period="day")  # 5_000 estimated input tokens
+    key = client_key(server, budget_usd="0.05", budget_period="day")  # 5_000 estimated input tokens
     text = "x" * 14_000  # 3_500 tokens: one such body fits, two do not
     status, first = respond(server, key, model=TRANSLATED, input=text, max_output_tokens=16)
     assert status == 200, first
@@ -104,7 +94,7 @@ def test_the_budget_counts_the_conversation_stockyard_rebuilds(server, mock):
 def test_a_rebuilt_conversation_is_bounded_by_the_body_limit(server, mock):
     """Stored turns are compressed: a long chain of repetitive turns would expand without bound
     in memory when a request names its last turn. Past the body limit it is a 400."""
-    key = make_key(server)
+    key = client_key(server)
     text = "y" * (MAX_BODY // 3)
     previous = None
     for _ in range(2):
@@ -121,7 +111,7 @@ def test_a_rebuilt_conversation_is_bounded_by_the_body_limit(server, mock):
 def test_a_repeated_provider_id_stays_with_the_key_that_got_it_first(server, mock):
     """A careless compatible provider answering two requests with the same id: the second key
     must not take the first key's response over (read, delete, continue)."""
-    alice, bob = make_key(server), make_key(server)
+    alice, bob = client_key(server), client_key(server)
     same = responses_object({}, 4242, PASSED)
     mock.enqueue(Reply(json=same), Reply(json=same))
     RESPONSES_STATE.keep({}, same)  # the provider keeps it (a scripted reply skips that)
@@ -138,7 +128,7 @@ def test_a_repeated_provider_id_stays_with_the_key_that_got_it_first(server, moc
 
 
 def test_include_of_the_wrong_type_is_a_400(server):
-    key = make_key(server)
+    key = client_key(server)
     for include in (5, [5], [{"a": 1}], "reasoning.encrypted_content"):
         status, reply = respond(server, key, model=TRANSLATED, input="hi", include=include)
         assert status == 400 and reply["error"]["param"] == "include", reply
@@ -148,7 +138,7 @@ def test_include_of_the_wrong_type_is_a_400(server):
 @pytest.mark.parametrize("served", [5, ["x"], {"a": 1}])
 def test_a_provider_model_name_of_the_wrong_type_is_ignored(server, mock, stream, served):
     """An odd provider answer (``"model": 5``) must not break pricing and tracing into a 500."""
-    key = make_key(server)
+    key = client_key(server)
     response = {**responses_object({}, 1, PASSED), "model": served}
     event = {"type": "response.completed", "sequence_number": 0, "response": response}
     mock.enqueue(Reply(sse=[json.dumps(event)]) if stream else Reply(json=response))
@@ -174,7 +164,7 @@ def test_a_provider_model_name_of_the_wrong_type_is_ignored(server, mock, stream
 def test_an_absurd_provider_token_count_is_capped_not_dropped(server, mock):
     """``input_tokens: 10**40`` made the trace row overflow SQLite: the request vanished from
     the costs. The count is capped; the request is traced and charged."""
-    key = make_key(server)
+    key = client_key(server)
     response = {**responses_object({}, 1, PASSED), "usage": {"input_tokens": 10**40, "output_tokens": 1}}
     mock.enqueue(Reply(json=response))
     status, headers, raw = server.request(
@@ -189,7 +179,7 @@ def test_the_budget_counts_the_conversation_a_provider_keeps(server, mock):
     """Passed through, the provider bills the whole stored conversation as input of the next
     turn: the worst case counts what the previous turn used, not only the tiny new body."""
     assert api(server, "POST", "/api/prices", {"model": PASSED, "input": "10", "output": "0"})[0] == 200
-    key = make_key(server, budget_usd="0.05", budget_period="day")  # 5_000 input tokens at $10/1M
+    key = client_key(server, budget_usd="0.05", budget_period="day")  # 5_000 input tokens at $10/1M
     first = {**responses_object({}, 6161, PASSED), "usage": {"input_tokens": 4_000, "output_tokens": 2_000}}
     mock.enqueue(Reply(json=first))
     RESPONSES_STATE.keep({}, first)
@@ -204,7 +194,7 @@ def test_the_budget_counts_the_conversation_a_provider_keeps(server, mock):
 def test_a_broken_pass_through_stream_still_leaves_its_id_with_its_key(server, mock):
     """The client has the id from ``response.created`` on; the provider keeps the response even
     if the stream breaks. Stockyard records whose it is from then, so only that key can use it."""
-    key = make_key(server)
+    key = client_key(server)
     created = {**responses_object({}, 7171, PASSED), "status": "in_progress"}
     mock.enqueue(Reply(sse=[json.dumps({"type": "response.created", "sequence_number": 0, "response": created})]))
     status, _, raw = server.request(

@@ -87,8 +87,12 @@ def request_key(ctx: RequestContext, provider: str, model: str, scope: str = "ke
 
 def cacheable(ctx: RequestContext) -> bool:
     """A Responses API request only with ``store: false``: a stored response is a new, named
-    turn of its key's conversation (its id is fetched and continued later), never a replay."""
-    return ctx.endpoint != "responses" or ctx.body.get("store") is False
+    turn of its key's conversation (its id is fetched and continued later), never a replay;
+    nor is a turn of a Conversations API conversation, which it is appended to."""
+    if ctx.endpoint != "responses":
+        return True
+    joined = ctx.conversation is not None and ctx.conversation.conversation_id is not None
+    return ctx.body.get("store") is False and not joined
 
 
 def kind_of(ctx: RequestContext) -> str:

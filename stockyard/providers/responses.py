@@ -41,6 +41,7 @@ CALLER_FIELDS = {
     "client_metadata",
     "stream_options",
     "background",
+    "conversation",  # Stockyard's: its items are already in ``input`` (conversations.Conversations.join)
 }
 # Request fields copied into the chat request unchanged (both APIs spell them alike).
 SAME_FIELDS = (
@@ -884,6 +885,7 @@ def response_object(
         "usage": usage,
         "user": request.get("user"),
         "metadata": request.get("metadata") or {},
+        "conversation": request.get("conversation"),  # {"id": …} when the turn joined one
     }
     for key in ("safety_identifier", "prompt_cache_key", "service_tier"):
         if present(request, key):

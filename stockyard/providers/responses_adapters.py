@@ -2,7 +2,8 @@
 
 Providers that speak the Responses API (``Provider.speaks_responses``: openai, azure, and
 openai-compatible ones marked so) get the client's body untouched — only ``model`` is
-rewritten when routing changed it — and their event stream relayed event by event; usage
+rewritten when routing changed it, and Stockyard's own input items (its reasoning items) and
+item ids (``conversations_api.minted_here``) are left out — and their event stream relayed event by event; usage
 comes from ``response.completed`` / ``response.incomplete`` / ``response.failed``.
 
 Every other provider is reached through :class:`ResponsesOverChat`: the request becomes a
@@ -22,6 +23,7 @@ import json
 from urllib.parse import urlencode
 
 from ..context import RequestContext
+from ..conversations_api import minted_here, without_minted_id
 from ..errors import OPENAI, ProxyError
 from ..pricing import Usage
 from . import Provider, compaction, responses
@@ -80,6 +82,18 @@ def keep(ctx: RequestContext, response: object) -> None:
         conv.keep(provider, response)
 
 
+def joined(ctx: RequestContext) -> dict | None:
+    """``{"id": …}`` of the Stockyard conversation this turn joined (the answer's ``conversation``)."""
+    conv = ctx.conversation
+    return {"id": conv.conversation_id} if conv is not None and conv.conversation_id else None
+
+
+def with_data(event: bytes, obj: dict) -> bytes:
+    """An SSE event with its data replaced by ``obj``'s JSON (its other lines, ``event:``, kept)."""
+    head = [line for line in event.split(b"\n") if line and not line.startswith(b"data:")]
+    return b"\n".join([*head, b"data: " + json.dumps(obj, ensure_ascii=False).encode()]) + b"\n\n"
+
+
 def response_failed(response: dict, sequence_number: int, message: str) -> bytes:
     """A ``response.failed`` event for a stream that broke: the response so far, failed, with why."""
     failed = {**response, "status": "failed", "error": {"code": "server_error", "message": message}}
@@ -107,11 +121,19 @@ class ResponsesPassThrough(Adapter):
                 )
         accept = "text/event-stream" if ctx.stream else "application/json"
         path = upstream_path(provider, PATHS[ctx.endpoint])
+        if "conversation" in ctx.body:  # Stockyard's, its items already in input (conversations.join)
+            unnamed = {k: v for k, v in ctx.body.items() if k != "conversation"}
+            ctx = dataclasses.replace(ctx, body=unnamed, body_changed=True)
         items = ctx.body.get("input")
-        if isinstance(items, list) and any(ours(item) or summarised(item) for item in items):
+        if isinstance(items, list) and any(ours(item) or summarised(item) or minted_here(item) for item in items):
             # Stockyard's own reasoning items (a conversation that ran on a translated provider) stay
-            # behind; its compaction items go as the user message holding their summary
-            kept = [compaction.as_input_message(item, f"input[{i}]") for i, item in enumerate(items) if not ours(item)]
+            # behind; its compaction items go as the user message holding their summary; the ids it
+            # gave items (a Stockyard conversation's, as listed or put in front) are left off
+            kept = [
+                without_minted_id(compaction.as_input_message(item, f"input[{i}]"))
+                for i, item in enumerate(items)
+                if not ours(item)
+            ]
             ctx = dataclasses.replace(ctx, body={**ctx.body, "input": kept}, body_changed=True)
         body = request_body(ctx, model, force_usage=False)
         return UpstreamCall("POST", path, upstream_headers(provider, accept), body)
@@ -123,6 +145,9 @@ class ResponsesPassThrough(Adapter):
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
         if ctx.endpoint == "responses" and data.get("object") == "response":
+            if joined(ctx) is not None:  # the provider heard of no conversation: the answer names it
+                data["conversation"] = joined(ctx)
+                body = json.dumps(data, ensure_ascii=False).encode()
             keep(ctx, data)
         return body
 
@@ -149,6 +174,9 @@ class PassThroughStream(StreamTranslator):
         if isinstance(obj.get("sequence_number"), int):
             self.sequence_number = obj["sequence_number"]
         response = obj.get("response")
+        if isinstance(response, dict) and joined(self.ctx) is not None:  # as parse names it
+            response["conversation"] = joined(self.ctx)
+            event = with_data(event, obj)
         if isinstance(response, dict):
             self.response = response
             self.ctx.attempt.serve(response.get("model"))

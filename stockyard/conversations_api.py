@@ -1,0 +1,423 @@
+"""OpenAI's Conversations API, served by Stockyard itself for every provider.
+
+A conversation is an ordered list of Responses items (``/v1/conversations…``: create, retrieve,
+update its metadata, delete; add, list, retrieve and delete items). A ``/v1/responses``
+request naming it (``conversation``) gets its items in front of ``input``, whichever provider
+answers (``stockyard.conversations`` puts them there, so the provider's body carries no
+``conversation``: a conversation works on any model and may change model between turns), and
+once the response has completed, that turn's input items and the response's output items
+are appended to it.
+
+Stockyard owns them: ids are minted here (``conv_…``; an item sent without an id gets one),
+rows live in the database (``conversations``, ``conversation_items``), scoped to the client
+key that made them exactly as stored responses are (another key gets 404, as if absent; in
+open mode everyone is the one owner). Every write waits for its commit, so the next call, or
+the next turn, reads what the last one wrote. A conversation's size is bounded like a body
+(``STOCKYARD_MAX_BODY_BYTES``): adding past it, or using one larger than the room a request
+leaves, is a 400 ``conversation_too_large``. Retention deletes a conversation unchanged for
+as long as stored responses are kept (``stockyard.retention``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProxyError
+from .httpio import Request, Response, check_method, json_response
+from .store import Store
+
+PATH = re.compile(r"^/v1/conversations(?:/([A-Za-z0-9_-]{1,200})(/items(?:/([A-Za-z0-9_-]{1,200}))?)?)?$")
+ITEM_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+    "reasoning": "rs",
+}
+MINTED_ITEM = re.compile(r"^[a-z]+_sy[0-9a-f]{32}$")
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """The trace's endpoint for a Conversations API call: ``conversations.create``, ``.retrieve``,
+    ``.update``, ``.delete``, ``conversations.items.create``, ``.list``, ``.retrieve``, ``.delete``."""
+    match = PATH.match(path)
+    conversation, items, item = match.groups() if match is not None else (None, None, None)
+    if item:
+        return "conversations.items." + ("delete" if method == "DELETE" else "retrieve")
+    if items:
+        return "conversations.items." + ("create" if method == "POST" else "list")
+    if conversation:
+        return "conversations." + {"POST": "update", "DELETE": "delete"}.get(method, "retrieve")
+    return "conversations.create"
+
+
+def new_conversation_id() -> str:
+    return "conv_" + secrets.token_hex(24)
+
+
+def new_item_id(kind: str) -> str:
+    """An item id Stockyard makes: ``msg_sy…`` (``sy`` is no hex digit, so no OpenAI id looks like it)."""
+    return f"{ITEM_PREFIXES.get(kind, 'item')}_sy{secrets.token_hex(16)}"
+
+
+def minted_here(item: Any) -> bool:
+    """An item whose id Stockyard made (``new_item_id``): no provider knows that id."""
+    return isinstance(item, dict) and isinstance(item.get("id"), str) and MINTED_ITEM.match(item["id"]) is not None
+
+
+def without_minted_id(item: Any) -> Any:
+    """``item`` as it may go to a provider that reads item ids (the Responses API): without an id
+    Stockyard made, which that provider would look for in vain (OpenAI's input messages have no
+    id of their own; a turn's items listed from a Stockyard conversation carry one)."""
+    return {k: v for k, v in item.items() if k != "id"} if minted_here(item) else item
+
+
+def not_found(conversation_id: str, param: str | None = None) -> ProxyError:
+    return ProxyError(404, f"Conversation with id '{conversation_id}' not found.", param=param, code="not_found")
+
+
+def invalid(param: str, message: str, code: str = "invalid_value") -> ProxyError:
+    return ProxyError(400, message, param=param, code=code)
+
+
+def too_large(max_bytes: int, param: str) -> ProxyError:
+    return ProxyError(
+        400,
+        f"the conversation would be larger than {max_bytes} bytes (STOCKYARD_MAX_BODY_BYTES, less the request "
+        "that uses it); start a new one",
+        param=param,
+        code="conversation_too_large",
+    )
+
+
+def normalized(raw: Any) -> list[dict]:
+    """Items as a conversation (and ``input_items``) lists them: text input is a user message, a
+    message's text content an ``input_text`` (``output_text`` for the assistant) part, a missing
+    ``type`` is ``message``, a missing id is minted. Anything not an object is skipped (validated
+    elsewhere)."""
+    raw = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
+    out = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict):
+            continue
+        item = dict(item)
+        kind = item.setdefault("type", "message")
+        if kind == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
+        if not (isinstance(item.get("id"), str) and item["id"]):
+            item["id"] = new_item_id(kind)
+        out.append(item)
+    return out
+
+
+def check_items(value: Any, param: str = "items") -> list[dict]:
+    """The ``items`` of a create call: objects, each a known item shape at its least (a message
+    has a role and content; a reference to another item is not kept, as it would name nothing
+    once that item is gone); normalized."""
+    if not isinstance(value, list):
+        raise invalid(param, f"'{param}' must be an array of items", "invalid_type")
+    for i, item in enumerate(value):
+        where = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(where, f"'{where}' must be an object", "invalid_type")
+        kind = item.get("type", "message")
+        if not isinstance(kind, str) or not kind:
+            raise invalid(f"{where}.type", f"'{where}.type' must be a string", "invalid_type")
+        if kind == "item_reference":
+            raise invalid(f"{where}.type", "item references are not kept in a conversation: add the item itself")
+        if kind == "message":
+            if item.get("role") not in MESSAGE_ROLES:
+                raise invalid(f"{where}.role", f"'{where}.role' must be one of {', '.join(MESSAGE_ROLES)}")
+            if not isinstance(item.get("content"), (str, list)):
+                raise invalid(f"{where}.content", f"'{where}.content' must be a string or an array", "invalid_type")
+        if "id" in item and not (isinstance(item["id"], str) and 0 < len(item["id"]) <= 200):
+            raise invalid(f"{where}.id", f"'{where}.id' must be a string of 1 to 200 characters", "invalid_type")
+    return normalized(value)
+
+
+def check_metadata(value: Any) -> dict[str, str]:
+    """OpenAI's metadata rule: up to 16 string values, keys up to 64 characters, values up to 512."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("metadata", "'metadata' must be an object of strings", "invalid_type")
+    if len(value) > METADATA_KEYS:
+        raise invalid("metadata", f"'metadata' may hold at most {METADATA_KEYS} pairs")
+    for key, text in value.items():
+        if len(key) > METADATA_KEY_CHARS:
+            raise invalid("metadata", f"metadata keys may be at most {METADATA_KEY_CHARS} characters")
+        if not isinstance(text, str) or len(text) > METADATA_VALUE_CHARS:
+            raise invalid("metadata", f"metadata values must be strings of at most {METADATA_VALUE_CHARS} characters")
+    return dict(value)
+
+
+def page_params(query: dict[str, str]) -> tuple[str, int, str | None]:
+    """A list call's ``order`` (desc by default), ``limit`` (1-100, 20) and ``after`` (an item id)."""
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise invalid("order", "'order' must be asc or desc")
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise invalid("limit", "'limit' must be a whole number from 1 to 100")
+    return order, limit, query.get("after") or None
+
+
+def item_list(page: list[dict], has_more: bool) -> dict:
+    """A page of items in OpenAI's list shape."""
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0].get("id") if page else None,
+        "last_id": page[-1].get("id") if page else None,
+        "has_more": has_more,
+    }
+
+
+def _pack(item: dict) -> tuple[bytes, int]:
+    data = json.dumps(item, ensure_ascii=False).encode()
+    return zlib.compress(data, 3), len(data)
+
+
+def _unpack(data: bytes) -> dict:
+    return json.loads(zlib.decompress(data))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Conversation:
+    """A conversation's row: whose it is, and what its object shows."""
+
+    id: str
+    key_id: str | None
+    created_at: int  # ms
+    metadata: dict
+    bytes: int = 0
+
+    def public(self) -> dict:
+        created = self.created_at // 1000
+        return {"id": self.id, "object": "conversation", "created_at": created, "metadata": self.metadata}
+
+
+class ConversationStore:
+    """The conversations in the database, each visible only to the key that made it."""
+
+    def __init__(self, store: Store, max_bytes: int) -> None:
+        self._store = store
+        self._max_bytes = max_bytes  # the largest conversation kept (and the largest sent whole)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def find(self, conversation_id: str, key_id: str | None) -> Conversation | None:
+        """The conversation if ``key_id`` made it (None otherwise: another key's is unknown)."""
+        sql = "SELECT id, key_id, created_at, metadata, bytes FROM conversations WHERE id = ?"
+        row = self._store.read().execute(sql, (conversation_id,)).fetchone()
+        if row is None or row[1] != key_id:
+            return None
+        return Conversation(row[0], row[1], row[2], json.loads(row[3]), row[4])
+
+    def owned(self, conversation_id: str, key_id: str | None, param: str | None = None) -> Conversation:
+        found = self.find(conversation_id, key_id)
+        if found is None:
+            raise not_found(conversation_id, param)
+        return found
+
+    def context(self, conversation: Conversation, room: int) -> list[dict]:
+        """All its items, oldest first, to go in front of a request's ``input``; a 400 when they
+        would not fit in ``room`` bytes (what the request leaves of STOCKYARD_MAX_BODY_BYTES)."""
+        if conversation.bytes > room:
+            raise too_large(self._max_bytes, "conversation")
+        rows = self._store.read().execute(
+            "SELECT item FROM conversation_items WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
+        )
+        return [_unpack(row[0]) for row in rows]
+
+    def page(self, conversation: Conversation, query: dict[str, str]) -> dict:
+        """A page of its items (``order``, ``limit``, ``after``), read from the database a page at a time."""
+        order, limit, after = page_params(query)
+        conn = self._store.read()
+        where, args = "conversation_id = ?", [conversation.id]
+        if after is not None:
+            row = conn.execute(
+                "SELECT seq FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
+                (conversation.id, after),
+            ).fetchone()
+            if row is None:
+                raise invalid("after", f"No item found with id '{after}' in this conversation.")
+            where += f" AND seq {'>' if order == 'asc' else '<'} ?"
+            args.append(row[0])
+        rows = conn.execute(
+            f"SELECT item FROM conversation_items WHERE {where} ORDER BY seq {order.upper()} LIMIT ?",
+            [*args, limit + 1],
+        ).fetchall()
+        return item_list([_unpack(row[0]) for row in rows[:limit]], len(rows) > limit)
+
+    def item(self, conversation: Conversation, item_id: str) -> dict:
+        row = (
+            self._store.read()
+            .execute(
+                "SELECT item FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
+                (conversation.id, item_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
+        return _unpack(row[0])
+
+    # -- writes (each waits for its commit) ----------------------------------------------------
+    def create(self, key_id: str | None, metadata: dict, items: list[dict]) -> Conversation:
+        conversation = Conversation(new_conversation_id(), key_id, _now_ms(), metadata)
+        if sum(_pack(item)[1] for item in items) > self._max_bytes:
+            raise too_large(self._max_bytes, "items")
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO conversations (id, key_id, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
+                (conversation.id, key_id, conversation.created_at, conversation.created_at, json.dumps(metadata)),
+            )
+            _append(conn, conversation.id, items, conversation.created_at)
+
+        self._store.write(job)
+        return conversation
+
+    def add(self, conversation_id: str, items: list[dict], bounded: bool = True) -> list[dict] | None:
+        """Append ``items`` (an id the conversation already holds is minted anew); the items as
+        kept, or None if the conversation is gone. ``bounded``: refuse to grow it past the limit
+        (a create call does; a response's turn is appended whole, and the next turn that
+        would not fit is refused instead)."""
+        size = sum(_pack(item)[1] for item in items)
+        limit = self._max_bytes if bounded else None
+
+        def job(conn: sqlite3.Connection) -> list[dict] | str | None:
+            row = conn.execute("SELECT bytes FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if row is None:
+                return None
+            if limit is not None and row[0] + size > limit:
+                return "too_large"
+            return _append(conn, conversation_id, items, _now_ms())
+
+        kept = self._store.write(job)
+        if kept == "too_large":
+            raise too_large(self._max_bytes, "items")
+        return kept
+
+    def update(self, conversation: Conversation, metadata: dict) -> Conversation:
+        conversation.metadata = metadata
+        self._store.write(
+            lambda conn: conn.execute(
+                "UPDATE conversations SET metadata = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(metadata), _now_ms(), conversation.id),
+            )
+        )
+        return conversation
+
+    def delete(self, conversation: Conversation) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation.id,))
+            conn.execute("DELETE FROM conversations WHERE id = ?", (conversation.id,))
+
+        self._store.write(job)
+
+    def delete_item(self, conversation: Conversation, item_id: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT seq, bytes FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
+                (conversation.id, item_id),
+            ).fetchone()
+            if row is None:
+                return False
+            sql = "DELETE FROM conversation_items WHERE conversation_id = ? AND seq = ?"
+            conn.execute(sql, (conversation.id, row[0]))
+            conn.execute(
+                "UPDATE conversations SET bytes = bytes - ?, updated_at = ? WHERE id = ?",
+                (row[1], _now_ms(), conversation.id),
+            )
+            return True
+
+        return bool(self._store.write(job))
+
+    # -- the routes ----------------------------------------------------------------------------
+    def answer(self, req: Request, key_id: str | None) -> Response:
+        """One Conversations API call by the key ``key_id``."""
+        match = PATH.match(req.path)
+        assert match is not None
+        conversation_id, items, item_id = match.groups()
+        allowed: tuple[str, ...] = (
+            ("GET", "DELETE") if item_id else ("GET", "POST") if items else ("GET", "POST", "DELETE")
+        )
+        if not conversation_id:
+            allowed = ("POST",)
+        check_method(req.method, allowed)
+        if not conversation_id:
+            body = req.json()
+            made = self.create(key_id, check_metadata(body.get("metadata")), check_items(body.get("items") or []))
+            return json_response(made.public())
+        conversation = self.owned(conversation_id, key_id)
+        if item_id:
+            if req.method == "GET":
+                return json_response(self.item(conversation, item_id))
+            if not self.delete_item(conversation, item_id):
+                raise ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
+            return json_response(conversation.public())
+        if items:
+            if req.method == "GET":
+                return json_response(self.page(conversation, req.query))
+            body = req.json()
+            if "items" not in body:
+                raise invalid("items", "'items' is required", "missing_required_parameter")
+            kept = self.add(conversation.id, check_items(body["items"]))
+            if kept is None:
+                raise not_found(conversation.id)
+            return json_response(item_list(kept, False))
+        if req.method == "POST":
+            body = req.json()
+            if "metadata" not in body:
+                raise invalid("metadata", "'metadata' is required", "missing_required_parameter")
+            return json_response(self.update(conversation, check_metadata(body["metadata"])).public())
+        if req.method == "DELETE":
+            self.delete(conversation)
+            return json_response({"id": conversation.id, "object": "conversation.deleted", "deleted": True})
+        return json_response(conversation.public())
+
+
+def _append(conn: sqlite3.Connection, conversation_id: str, items: list[dict], now: int) -> list[dict]:
+    """Insert ``items`` at the conversation's end, in one write transaction; returns them as kept.
+    The positions come from the conversation's row (``next_seq``), which the update locks, so
+    two turns appending at once never take the same place (nor, on PostgreSQL, two workers)."""
+    kept: list[dict] = []
+    seen: set[str] = set()
+    for item in items:
+        sql = "SELECT 1 FROM conversation_items WHERE conversation_id = ? AND id = ? LIMIT 1"
+        held = conn.execute(sql, (conversation_id, item["id"])).fetchone()
+        if held is not None or item["id"] in seen:  # ids stay unique within a conversation
+            item = {**item, "id": new_item_id(str(item.get("type")))}
+        seen.add(item["id"])
+        kept.append(item)
+    packed = [_pack(item) for item in kept]
+    row = conn.execute(
+        "UPDATE conversations SET next_seq = next_seq + ?, bytes = bytes + ?, updated_at = ? WHERE id = ? "
+        "RETURNING next_seq",
+        (len(kept), sum(size for _, size in packed), now, conversation_id),
+    ).fetchone()
+    first = row[0] - len(kept)
+    conn.executemany(
+        "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item) VALUES (?, ?, ?, ?, ?)",
+        [(conversation_id, first + i, kept[i]["id"], size, data) for i, (data, size) in enumerate(packed)],
+    )
+    return kept
