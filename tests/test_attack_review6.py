@@ -5,14 +5,16 @@ tag, budget holds at the long cache-write rate. Each test failed on the code it 
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
 from conftest import ServerProcess, mock_env
-from module_helpers import ADMIN_KEY
+from module_helpers import ADMIN_KEY, put_module
 
 MAX_BODY = 4 * 1024 * 1024
 CLAUDE = "claude-haiku-4-5"
+OPENAI_SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 2
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +93,31 @@ def test_escaped_image_references_are_held_as_images(server, mock):
     status, _, raw = post(server, "budgeted", "/v1/chat/completions", raw=data)
     assert status == 429 and b"budget_exceeded" in raw, (status, raw[:300])
     assert len(mock.requests) == before
+
+
+# -- 2. a compaction token spelling a lone surrogate, read by the redact module: a 500 ----------------
+
+
+def forged_token(summary_json: str) -> str:
+    """A compaction token as Stockyard writes one (compaction.mint), around any JSON a client chooses."""
+    return "stockyard-compaction-v1." + base64.urlsafe_b64encode(summary_json.encode()).decode()
+
+
+@pytest.mark.parametrize("mode", ["upstream", "block", "store"])
+def test_a_token_with_a_lone_surrogate_is_a_400_under_redact(server, mock, mode):
+    """The token's JSON may spell ``\\ud800``; compaction.peek read it, and redact minted the token
+    again with the secret beside it redacted: UnicodeEncodeError, a 500 ('the redact module failed')
+    with a traceback in upstream mode, and in the others a traceback in its after hook (which left
+    the request unredacted for the trace). Such a token is not one Stockyard made: a 400 naming it."""
+    token = forged_token('{"summary":"key ' + OPENAI_SECRET + ' \\ud800"}')
+    items = [{"type": "compaction", "encrypted_content": token}, {"role": "user", "content": "go"}]
+    body = {"model": CLAUDE, "input": items}
+    put_module(server, "redact", {"mode": mode})
+    mark = len(server.log_lines)
+    try:
+        status, _, raw = post(server, "alice", "/v1/responses", body)
+    finally:
+        put_module(server, "redact", {}, enabled=False)
+    assert status == 400, (status, raw[:300])
+    assert json.loads(raw)["error"]["param"] == "input[0].encrypted_content", raw
+    assert "Traceback" not in "".join(server.log_lines[mark:])
