@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 from conftest import ServerProcess, mock_env
+from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, put_module
 
 MAX_BODY = 4 * 1024 * 1024
@@ -121,3 +123,37 @@ def test_a_token_with_a_lone_surrogate_is_a_400_under_redact(server, mock, mode)
     assert status == 400, (status, raw[:300])
     assert json.loads(raw)["error"]["param"] == "input[0].encrypted_content", raw
     assert "Traceback" not in "".join(server.log_lines[mark:])
+
+
+# -- 3. a streamed Claude answer kept for a follow-up call: quadratic in its deltas --------------------
+
+
+def claude_stream(deltas: int, piece: str) -> list[str]:
+    """A Messages API stream of one text block written in ``deltas`` pieces, as Anthropic sends one."""
+
+    def event(kind: str, **fields) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}"
+
+    message = {"id": "msg_review6", "type": "message", "role": "assistant", "model": CLAUDE, "content": []}
+    text_delta = event("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
+    return [
+        event("message_start", message={**message, "usage": {"input_tokens": 12, "output_tokens": 1}}),
+        event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        *[text_delta] * deltas,
+        event("content_block_stop", index=0),
+        event("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": deltas * 3}),
+        event("message_stop"),
+    ]
+
+
+def test_a_long_streamed_answer_is_kept_in_linear_time(server, mock):
+    """Every streamed Claude answer is put back together (paused.MessageBuilder), should Claude pause
+    the turn: each text delta made the text so far anew (``text + delta``): 160,000 deltas (a long
+    answer or thinking written a few characters at a time) took ~15 s on the request thread, ~2 s now."""
+    mock.enqueue(Reply(sse=claude_stream(160_000, "abcdefghijkl")))
+    body = {"model": CLAUDE, "max_tokens": 64_000, "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    started = time.monotonic()
+    status, _, raw = post(server, "alice", "/v1/chat/completions", body)
+    elapsed = time.monotonic() - started
+    assert status == 200 and raw.count(b"abcdefghijkl") == 160_000, raw[-300:]
+    assert elapsed < 8, f"{elapsed:.1f} s"
