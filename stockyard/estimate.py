@@ -246,11 +246,15 @@ def referenced_images(body: Any, raw: bytes) -> int:
     return sum(_by_reference(value) for value in _values(body) if isinstance(value, dict))
 
 
+# A JSON escape of an ASCII character (``\\u0031`` is "1"): what could spell a mark otherwise.
+_ASCII_ESCAPE = re.compile(rb"\\u00[0-7][0-9A-Fa-f]")
+
+
 def may_hold(raw: bytes, marks: tuple[bytes, ...]) -> bool:
-    """Whether a JSON body may hold one of ``marks`` (quoted names or values): seen in its bytes, or
-    it has a ``\\u`` escape, which can spell any of them (``"\\u0031h"`` is ``"1h"``) — the
-    parsed body decides then. A test on the bytes alone would let an escaped mark hold less."""
-    return b"\\u" in raw or any(mark in raw for mark in marks)
+    """Whether a JSON body may hold one of ``marks`` (quoted ASCII names or values): seen in its
+    bytes, or it escapes an ASCII character, which can spell any of them (``"\\u0031h"`` is
+    ``"1h"``) — the parsed body decides then. A test on the bytes alone let an escaped mark hold less."""
+    return any(mark in raw for mark in marks) or _ASCII_ESCAPE.search(raw) is not None
 
 
 def _values(body: Any) -> Iterator[Any]:
