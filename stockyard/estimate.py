@@ -240,18 +240,33 @@ def output_ceiling(price: Price, default_max_tokens: int) -> int:
 def referenced_images(body: Any, raw: bytes) -> int:
     """Images (and files) the body names by URL or file id rather than carrying them: their
     bytes are not in the body, so the byte count does not see them. Inline ones (a ``data:``
-    URL, base64) are in the body's bytes already. Walked only when ``raw`` shows a mark of one."""
-    if not any(mark in raw for mark in _REFERENCE_MARKS):
+    URL, base64) are in the body's bytes already. Walked only when ``raw`` may show one (:func:`may_hold`)."""
+    if not may_hold(raw, _REFERENCE_MARKS):
         return 0
-    found, todo = 0, [body]
+    return sum(_by_reference(value) for value in _values(body) if isinstance(value, dict))
+
+
+# A JSON escape of an ASCII character (``\\u0031`` is "1"): what could spell a mark otherwise.
+_ASCII_ESCAPE = re.compile(rb"\\u00[0-7][0-9A-Fa-f]")
+
+
+def may_hold(raw: bytes, marks: tuple[bytes, ...]) -> bool:
+    """Whether a JSON body may hold one of ``marks`` (quoted ASCII names or values): seen in its
+    bytes, or it escapes an ASCII character, which can spell any of them (``"\\u0031h"`` is
+    ``"1h"``) — the parsed body decides then. A test on the bytes alone let an escaped mark hold less."""
+    return any(mark in raw for mark in marks) or _ASCII_ESCAPE.search(raw) is not None
+
+
+def _values(body: Any) -> Iterator[Any]:
+    """Every value in a parsed JSON body, objects and lists included (iteratively: any depth)."""
+    todo = [body]
     while todo:
         value = todo.pop()
+        yield value
         if isinstance(value, dict):
-            found += _by_reference(value)
             todo.extend(value.values())
         elif isinstance(value, list):
             todo.extend(value)
-    return found
 
 
 _REFERENCE_MARKS = (
@@ -373,19 +388,24 @@ def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sen
     follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far)."""
     inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price) + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
-    tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.raw))
+    tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw))
     return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
 
 
 # A long-lived cache write is asked for by value: Anthropic's ``"ttl": "1h"`` on a cache mark,
 # OpenAI's ``"prompt_cache_retention": "24h"`` (Stockyard turns it into 1-hour marks on Claude).
 _LONG_CACHE_MARKS = (b'"1h"', b'"24h"')
+_LONG_CACHE_VALUES = ("1h", "24h")
 
 
-def asks_long_cache(raw: bytes) -> bool:
+def asks_long_cache(body: Any, raw: bytes) -> bool:
     """Whether the body may ask for long-lived cache writes, which cost up to twice the input
-    rate: seen in the bytes, so a stray "1h" elsewhere only holds more, never less."""
-    return any(mark in raw for mark in _LONG_CACHE_MARKS)
+    rate: any value "1h" or "24h", so a stray one elsewhere only holds more, never less. Seen in
+    the bytes; the parsed body is walked only when they hold an escape (:func:`may_hold`)."""
+    if not may_hold(raw, _LONG_CACHE_MARKS):
+        return False
+    seen = any(mark in raw for mark in _LONG_CACHE_MARKS)
+    return seen or any(v in _LONG_CACHE_VALUES for v in _values(body) if isinstance(v, str))
 
 
 def images_asked(body: dict) -> int:

@@ -100,7 +100,17 @@ def peek(token: Any) -> str | None:
     except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         return None
     summary = value.get("summary") if isinstance(value, dict) and set(value) == {"summary"} else None
-    return summary if isinstance(summary, str) else None
+    return summary if isinstance(summary, str) and _encodable(summary) else None
+
+
+def _encodable(text: str) -> bool:
+    """Text a provider can be sent (and a token minted of): no lone UTF-16 surrogate, which JSON's
+    ``\\ud800`` escapes can spell but UTF-8 cannot hold. A token written with one is not Stockyard's."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def summary_text(summary: str) -> str:

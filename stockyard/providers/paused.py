@@ -52,6 +52,10 @@ def joined(answers: list[dict]) -> dict:
     return {**answers[-1], "id": answers[0].get("id") or answers[-1].get("id"), "content": content_of(answers)}
 
 
+# The deltas that add to a block's text field: (the delta's type, the field)
+_TEXT_DELTAS = (("text_delta", "text"), ("thinking_delta", "thinking"), ("signature_delta", "signature"))
+
+
 class MessageBuilder:
     """A streamed Messages API answer put back together from its events, as Anthropic's SDKs
     accumulate one: text with its citations, thinking with its signature, a tool's input from its
@@ -60,34 +64,33 @@ class MessageBuilder:
     def __init__(self) -> None:
         self.message: dict = {}
         self.blocks: dict[int, dict] = {}  # by the stream's block index
-        self.partial: dict[int, str] = {}  # a tool's input JSON so far, by block index
+        # A block's text, thinking, signature, citations and a tool's input JSON as their deltas
+        # came, by block index and field: joined when read (adding each delta to the whole so far
+        # made a long answer's every delta copy it: 160,000 deltas took ~40 s of CPU)
+        self.pieces: dict[int, dict[str, list]] = {}
 
     def add(self, payload: dict) -> None:
         kind, index = payload.get("type"), payload.get("index")
         index = index if isinstance(index, int) else -1
         if kind == "message_start" and isinstance(payload.get("message"), dict):
-            self.message, self.blocks, self.partial = dict(payload["message"]), {}, {}
+            self.message, self.blocks, self.pieces = dict(payload["message"]), {}, {}
         elif kind == "content_block_start" and isinstance(payload.get("content_block"), dict):
-            self.blocks[index] = dict(payload["content_block"])
+            self.blocks[index], self.pieces[index] = dict(payload["content_block"]), {}
         elif kind == "content_block_delta" and index in self.blocks and isinstance(payload.get("delta"), dict):
-            self._delta(self.blocks[index], index, payload["delta"])
-        elif kind == "content_block_stop" and self.partial.get(index):
-            try:
-                self.blocks[index]["input"] = json.loads(self.partial.pop(index))
-            except ValueError:
-                pass  # JSON the provider cut or garbled: the input the block started with
+            self._delta(self.pieces[index], payload["delta"])
         elif kind == "message_delta":
             self._end(payload)
 
-    def _delta(self, block: dict, index: int, delta: dict) -> None:
+    @staticmethod
+    def _delta(pieces: dict[str, list], delta: dict) -> None:
         kind = delta.get("type")
-        for ours, field in (("text_delta", "text"), ("thinking_delta", "thinking"), ("signature_delta", "signature")):
+        for ours, field in _TEXT_DELTAS:
             if kind == ours and isinstance(delta.get(field), str):
-                block[field] = str(block.get(field) or "") + delta[field]
+                pieces.setdefault(field, []).append(delta[field])
         if kind == "citations_delta":
-            block["citations"] = [*(block.get("citations") or []), delta.get("citation")]
+            pieces.setdefault("citations", []).append(delta.get("citation"))
         elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
-            self.partial[index] = self.partial.get(index, "") + delta["partial_json"]
+            pieces.setdefault("partial_json", []).append(delta["partial_json"])
 
     def _end(self, payload: dict) -> None:
         delta, usage, start = payload.get("delta"), payload.get("usage"), self.message.get("usage")
@@ -99,4 +102,21 @@ class MessageBuilder:
 
     def answer(self) -> dict:
         """The message as it stands, its blocks in the stream's order."""
-        return {**self.message, "content": [self.blocks[i] for i in sorted(self.blocks)]}
+        return {**self.message, "content": [self._block(i) for i in sorted(self.blocks)]}
+
+    def _block(self, index: int) -> dict:
+        """A block as it started, with what its deltas added: text joined, citations after its own,
+        a tool's input parsed from its JSON (left as it started when the provider cut or garbled it)."""
+        block, pieces = dict(self.blocks[index]), self.pieces.get(index, {})
+        for _, field in _TEXT_DELTAS:
+            if field in pieces:
+                block[field] = str(block.get(field) or "") + "".join(pieces[field])
+        if "citations" in pieces:
+            own = block.get("citations")
+            block["citations"] = [*(own if isinstance(own, list) else []), *pieces["citations"]]
+        if pieces.get("partial_json"):
+            try:
+                block["input"] = json.loads("".join(pieces["partial_json"]))
+            except (ValueError, RecursionError):
+                pass
+        return block
