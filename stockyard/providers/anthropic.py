@@ -864,7 +864,10 @@ class AnthropicToOpenAIStream(ChunkStream):
         self.asked: dict[str, dict] = {}  # a search whose query is known, by id, until its result block comes
         self.annotation_count = 0  # annotations sent (each has its index)
         self.searched = 0  # web searches that returned results (each billed, whatever the usage says)
-        self.received = paused.MessageBuilder()  # this call's message, sent back should Claude pause the turn
+        # this call's message, sent back should Claude pause the turn: only a turn with web search
+        # (the one server tool the chat translation sends) pauses, so only its stream is kept whole
+        searching = isinstance(ctx.body.get("web_search_options"), dict)
+        self.received = paused.MessageBuilder() if searching else None
         self.pausing = False  # this call's message_delta said pause_turn: its end is held back
         self.paused = False  # the call ended paused: a follow-up's events continue the same client stream
 
@@ -872,7 +875,8 @@ class AnthropicToOpenAIStream(ChunkStream):
         """Each event type has its ``on_<type>`` method; other types carry nothing for the client."""
         if not isinstance(payload, dict):
             return []
-        self.received.add(payload)
+        if self.received is not None:
+            self.received.add(payload)
         handler = getattr(self, "on_" + str(payload.get("type")), None)
         return handler(payload) if handler else []
 
@@ -1004,7 +1008,9 @@ class AnthropicToOpenAIStream(ChunkStream):
         return self.done()
 
     def paused_answer(self) -> bytes | None:
-        return json.dumps(self.received.answer(), ensure_ascii=False).encode() if self.paused else None
+        if not self.paused or self.received is None:
+            return None
+        return json.dumps(self.received.answer(), ensure_ascii=False).encode()
 
     def finish(self) -> list[bytes]:
         """A paused turn that no follow-up continues ends here, incomplete (``length``)."""
