@@ -977,9 +977,19 @@ def _responses_items(body: dict) -> list[dict]:
     return value if isinstance(value, list) else []
 
 
+def _compacting(body: dict) -> bool:
+    """The input ends with ``{"type": "compaction_trigger"}`` (Codex CLI's remote compaction): OpenAI
+    answers the one compaction item, no text and no tool call."""
+    items = _responses_items(body)
+    return bool(items) and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger"
+
+
 def _responses_output(body: dict, n: int) -> list[dict]:
     """A function call when tools are given and no tool output came back yet; else a message
-    (the JSON `{"city": "Paris"}` when `text.format` asks for a json_schema)."""
+    (the JSON `{"city": "Paris"}` when `text.format` asks for a json_schema); the compaction item
+    when the input ends with a compaction trigger."""
+    if _compacting(body):
+        return [{"type": "compaction", "id": f"cmp_mock{n}", "encrypted_content": COMPACTED}]
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
     answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in _responses_items(body))
     if tools and not answered:
@@ -1082,6 +1092,9 @@ def responses_stream(body: dict, n: int, model: str) -> list[str]:
                 content_index=0,
                 part={**part, "text": text},
             )
+        elif item["type"] == "compaction":  # its token is known at the end: added empty, then compacting
+            emit("response.output_item.added", output_index=index, item={**item, "encrypted_content": ""})
+            emit("response.compaction.compacting", item_id=item["id"], output_index=index)
         else:
             emit(
                 "response.output_item.added",

@@ -11,6 +11,7 @@ import pytest
 import rawhttp
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 from mock_upstream import (
+    COMPACTED,
     COMPLETION_TOKENS,
     PROMPT_TOKENS,
     TEXT,
@@ -423,6 +424,34 @@ def test_codex_remote_compaction_on_a_translated_provider(server, keys, mock, ki
     assert status == 200 and events[-1]["type"] == "response.completed", events  # (the mock calls a tool)
     sent = sent_to(mock, model)
     assert json.dumps(compaction.SUMMARY_HEADING + TEXT)[1:-1] in sent and "Two files." not in sent
+
+
+def test_codex_remote_compaction_passes_through_to_openai(server, keys, mock):
+    """Codex 0.171.0's compaction request on a GPT model (its built-in OpenAI provider pointed at Stockyard,
+    as run against the mock with ``model_auto_compact_token_limit`` low) goes to OpenAI as sent, trigger and
+    all; OpenAI's streamed compaction item comes back whole, billed by its usage, and goes back to OpenAI in
+    the next turn's input as it came."""
+    body = codex_body("openai")
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Two files."}]}
+    compacting = {**body, "input": [*body["input"], said, {"type": "compaction_trigger"}]}
+    status, head, events = codex_post(server, keys[0], compacting)
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    assert mock.last("/v1/responses").json["input"] == compacting["input"]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [(i["type"], i["encrypted_content"]) for i in done] == [("compaction", COMPACTED)]
+    trace = costed(server, head["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["provider"], trace["prompt_tokens"], trace["completion_tokens"]) == (
+        "responses",
+        "openai",
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    kept = [i for i in body["input"] if i.get("role") == "user"]
+    asking = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Now count them."}]}
+    echoed = {"type": "compaction", "encrypted_content": COMPACTED}
+    status, _, events = codex_post(server, keys[0], {**body, "input": [*kept, echoed, asking]})
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    assert mock.last("/v1/responses").json["input"] == [*kept, echoed, asking]
 
 
 @pytest.mark.parametrize("stream", [False, True])
