@@ -648,9 +648,12 @@ def anthropic_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
 
 
 def _answered_tool(body: dict) -> bool:
-    """The last message carries a tool result: the model answers in text now."""
-    messages = body.get("messages") or []
-    content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    """The last user message carries a tool result: the model answers in text now. A paused turn sent
+    back to be continued ends with the assistant's part of it, after the user message that counts."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    if pauses_sent_back(body):
+        messages = messages[:-1]
+    content = messages[-1].get("content") if messages else None
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
