@@ -490,6 +490,18 @@ def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, 
     assert caught.value.code == "budget_exceeded" and len(mock.requests) == calls  # the provider never asked
 
 
+def test_compacting_a_translated_turn_on_openai_is_refused_saying_why(client):
+    """The Agents SDK's compaction session compacts with its own ``model`` (gpt-4.1 unless named) and the
+    agent's last response id: after a Claude turn that reached OpenAI's pass-through, whose message read
+    "answered by provider 'a translated provider'"."""
+    first = client.responses.create(model="claude-haiku-4-5", input="Say hello")
+    with pytest.raises(BadRequestError) as caught:
+        client.responses.compact(model="gpt-4o-mini", previous_response_id=first.id)
+    error = caught.value.body
+    assert (error["param"], error["code"]) == ("previous_response_id", "previous_response_elsewhere")
+    assert "a model Stockyard translates for" in error["message"] and "provider 'a" not in error["message"]
+
+
 def test_openai_compaction_on_a_translated_provider_is_refused_naming_it(client):
     """A compaction OpenAI made holds what only its models read: a 400 naming the item."""
     item = {"type": "compaction", "encrypted_content": "gAAAAABmockCompactedConversation=="}
