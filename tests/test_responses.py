@@ -490,6 +490,29 @@ def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, 
     assert caught.value.code == "budget_exceeded" and len(mock.requests) == calls  # the provider never asked
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_compaction_searches_nothing(server, client, mock, stream):
+    """Codex CLI with ``web_search = "live"`` keeps its web search tool in the request that asks for the
+    summary: the summary request went to Claude with its web search tool (and, without function tools,
+    no tool_choice at all), so Claude could search, billed per search and paused, and summarise what it
+    found instead of the conversation. A summary needs no search: the tool is left out of that request."""
+    model = "claude-haiku-4-5-websearch"  # the mock searches whenever the request has a web search tool
+    trigger = {"type": "compaction_trigger"}
+    tools = [{"type": "web_search", "external_web_access": True}]
+    if stream:
+        with client.responses.stream(model=model, input=[*TRIP, trigger], tools=tools, store=False) as s:
+            kinds = [e.type for e in s]
+            response = s.get_final_response()
+        assert not any(k.startswith("response.web_search_call") for k in kinds)
+    else:
+        response = client.responses.create(model=model, input=[*TRIP, trigger], tools=tools, store=False)
+    assert [o.type for o in response.output] == ["compaction"]
+    assert compaction.peek(response.output[0].encrypted_content) == TEXT  # the model's summary, no search text
+    sent = mock.last("/v1/messages").json
+    assert not [t for t in sent.get("tools") or [] if str(t.get("type", "")).startswith("web_search")]
+    assert compaction.INSTRUCTION in json.dumps(sent)
+
+
 def test_compacting_a_translated_turn_on_openai_is_refused_saying_why(client):
     """The Agents SDK's compaction session compacts with its own ``model`` (gpt-4.1 unless named) and the
     agent's last response id: after a Claude turn that reached OpenAI's pass-through, whose message read
