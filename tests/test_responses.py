@@ -513,6 +513,19 @@ def test_a_compaction_searches_nothing(server, client, mock, stream):
     assert compaction.INSTRUCTION in json.dumps(sent)
 
 
+def test_codex_compaction_with_live_search_searches_nothing(server, keys, mock):
+    """The same with Codex 0.171.0's own request (its tools, the web search ``external_web_access: true``,
+    tool_choice auto), as it compacted on a searching Claude model: the summary request carried the search."""
+    body = {**codex_body("anthropic"), "model": "claude-haiku-4-5-websearch"}
+    status, _, events = codex_post(server, keys[0], {**body, "input": [*body["input"], {"type": "compaction_trigger"}]})
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [compaction.peek(i["encrypted_content"]) for i in done] == [TEXT]
+    sent = mock.last("/v1/messages").json
+    assert sent["tool_choice"] == {"type": "none"} and sent["tools"]
+    assert not [t for t in sent["tools"] if str(t.get("type", "")).startswith("web_search")]
+
+
 def test_compacting_a_translated_turn_on_openai_is_refused_saying_why(client):
     """The Agents SDK's compaction session compacts with its own ``model`` (gpt-4.1 unless named) and the
     agent's last response id: after a Claude turn that reached OpenAI's pass-through, whose message read
