@@ -648,9 +648,12 @@ def anthropic_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
 
 
 def _answered_tool(body: dict) -> bool:
-    """The last message carries a tool result: the model answers in text now."""
-    messages = body.get("messages") or []
-    content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    """The last user message carries a tool result: the model answers in text now. A paused turn sent
+    back to be continued ends with the assistant's part of it, after the user message that counts."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    if pauses_sent_back(body):
+        messages = messages[:-1]
+    content = messages[-1].get("content") if messages else None
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
@@ -977,9 +980,19 @@ def _responses_items(body: dict) -> list[dict]:
     return value if isinstance(value, list) else []
 
 
+def _compacting(body: dict) -> bool:
+    """The input ends with ``{"type": "compaction_trigger"}`` (Codex CLI's remote compaction): OpenAI
+    answers the one compaction item, no text and no tool call."""
+    items = _responses_items(body)
+    return bool(items) and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger"
+
+
 def _responses_output(body: dict, n: int) -> list[dict]:
     """A function call when tools are given and no tool output came back yet; else a message
-    (the JSON `{"city": "Paris"}` when `text.format` asks for a json_schema)."""
+    (the JSON `{"city": "Paris"}` when `text.format` asks for a json_schema); the compaction item
+    when the input ends with a compaction trigger."""
+    if _compacting(body):
+        return [{"type": "compaction", "id": f"cmp_mock{n}", "encrypted_content": COMPACTED}]
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
     answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in _responses_items(body))
     if tools and not answered:
@@ -1082,6 +1095,9 @@ def responses_stream(body: dict, n: int, model: str) -> list[str]:
                 content_index=0,
                 part={**part, "text": text},
             )
+        elif item["type"] == "compaction":  # its token is known at the end: added empty, then compacting
+            emit("response.output_item.added", output_index=index, item={**item, "encrypted_content": ""})
+            emit("response.compaction.compacting", item_id=item["id"], output_index=index)
         else:
             emit(
                 "response.output_item.added",

@@ -44,7 +44,13 @@ BASE = "claude-haiku-4-5-websearch"
 COST_MODEL = f"{BASE}-pause2-cost"  # priced so that each call rounds apart from the sum (see test)
 BOUND_MODEL = f"{BASE}-pause9"  # pauses past the bound
 SCRIPTED_MODEL = f"{BASE}-pause1-scripted"  # answered by the replies a test queues
-MODELS = [*(f"{BASE}-pause2-{i}" for i in range(8)), *(f"{BOUND_MODEL}-{i}" for i in range(4)), SCRIPTED_MODEL]
+TOOLS_MODEL = f"{BASE}-pause2-tools"  # a paused turn in a tool loop
+MODELS = [
+    *(f"{BASE}-pause2-{i}" for i in range(8)),
+    TOOLS_MODEL,
+    *(f"{BOUND_MODEL}-{i}" for i in range(4)),
+    SCRIPTED_MODEL,
+]
 BUDGETED = "budgeted-pauses"
 LIMITED = "two-a-minute"
 SEARCH = {"search_context_size": "low"}  # 3 searches a call: what a budget holds for each
@@ -333,6 +339,33 @@ def test_responses_past_the_bound_is_incomplete(server, client, mock, stream):
     check_responses(response, MAX_CONTINUATIONS + 1, finished=False)
     assert len(calls(mock, model)) == MAX_CONTINUATIONS + 1
     assert "finish_reason length" in note_of(server, raw.headers["x-stockyard-trace-id"])
+
+
+# Codex CLI 0.171's tool loop with ``web_search = "live"`` on a pausing Claude model: after its shell tool's
+# output, the turn is paused and continued; each follow-up still carries that output before the paused answer,
+# so the model answers it (the mock called the tool again, for ever, when it looked only at the last message).
+CODEX_TOOL_LOOP = [
+    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+    {"type": "function_call", "call_id": "call_1", "name": "exec_command", "arguments": '{"cmd": "date"}'},
+    {"type": "function_call_output", "call_id": "call_1", "output": "Sat Dec  5"},
+]
+CODEX_TOOLS = [
+    {"type": "function", "name": "exec_command", "description": "Run a command", "strict": False,
+     "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}},
+    {"type": "web_search", "external_web_access": True},
+]  # fmt: skip
+
+
+def test_a_paused_turn_after_a_tool_output_answers_it(client, mock):
+    model = TOOLS_MODEL
+    with client.responses.stream(model=model, input=CODEX_TOOL_LOOP, tools=CODEX_TOOLS, store=False) as events:
+        response = events.get_final_response()
+    assert response.status == "completed"
+    assert [o.type for o in response.output if o.type not in ("web_search_call", "message")] == []
+    assert response.output_text.endswith("".join(SEARCH_TEXTS))
+    sent = calls(mock, model)
+    assert len(sent) == 3 and all(s["messages"][2]["content"][-1]["type"] == "tool_result" for s in sent)
+    check_sent_back_as_documented(sent)
 
 
 # --------------------------------------------------------------------------- the Messages API: passed through

@@ -11,6 +11,7 @@ import pytest
 import rawhttp
 from conftest import OPENAI_KEY, ServerProcess, mock_env, wait_for
 from mock_upstream import (
+    COMPACTED,
     COMPLETION_TOKENS,
     PROMPT_TOKENS,
     TEXT,
@@ -425,6 +426,34 @@ def test_codex_remote_compaction_on_a_translated_provider(server, keys, mock, ki
     assert json.dumps(compaction.SUMMARY_HEADING + TEXT)[1:-1] in sent and "Two files." not in sent
 
 
+def test_codex_remote_compaction_passes_through_to_openai(server, keys, mock):
+    """Codex 0.171.0's compaction request on a GPT model (its built-in OpenAI provider pointed at Stockyard,
+    as run against the mock with ``model_auto_compact_token_limit`` low) goes to OpenAI as sent, trigger and
+    all; OpenAI's streamed compaction item comes back whole, billed by its usage, and goes back to OpenAI in
+    the next turn's input as it came."""
+    body = codex_body("openai")
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Two files."}]}
+    compacting = {**body, "input": [*body["input"], said, {"type": "compaction_trigger"}]}
+    status, head, events = codex_post(server, keys[0], compacting)
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    assert mock.last("/v1/responses").json["input"] == compacting["input"]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [(i["type"], i["encrypted_content"]) for i in done] == [("compaction", COMPACTED)]
+    trace = costed(server, head["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["provider"], trace["prompt_tokens"], trace["completion_tokens"]) == (
+        "responses",
+        "openai",
+        PROMPT_TOKENS,
+        COMPLETION_TOKENS,
+    )
+    kept = [i for i in body["input"] if i.get("role") == "user"]
+    asking = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Now count them."}]}
+    echoed = {"type": "compaction", "encrypted_content": COMPACTED}
+    status, _, events = codex_post(server, keys[0], {**body, "input": [*kept, echoed, asking]})
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    assert mock.last("/v1/responses").json["input"] == [*kept, echoed, asking]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_compaction_trigger_through_the_sdk_on_a_translated_provider(client, mock, stream):
     """The trigger from the SDK, plain and through its stream helper: one compaction item, no text."""
@@ -459,6 +488,54 @@ def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, 
     with pytest.raises(RateLimitError) as caught:
         OpenAI(base_url=server.url + "/v1", api_key=keys["0"]["key"], max_retries=0).responses.compact(**body)
     assert caught.value.code == "budget_exceeded" and len(mock.requests) == calls  # the provider never asked
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_compaction_searches_nothing(server, client, mock, stream):
+    """Codex CLI with ``web_search = "live"`` keeps its web search tool in the request that asks for the
+    summary: the summary request went to Claude with its web search tool (and, without function tools,
+    no tool_choice at all), so Claude could search, billed per search and paused, and summarise what it
+    found instead of the conversation. A summary needs no search: the tool is left out of that request."""
+    model = "claude-haiku-4-5-websearch"  # the mock searches whenever the request has a web search tool
+    trigger = {"type": "compaction_trigger"}
+    tools = [{"type": "web_search", "external_web_access": True}]
+    if stream:
+        with client.responses.stream(model=model, input=[*TRIP, trigger], tools=tools, store=False) as s:
+            kinds = [e.type for e in s]
+            response = s.get_final_response()
+        assert not any(k.startswith("response.web_search_call") for k in kinds)
+    else:
+        response = client.responses.create(model=model, input=[*TRIP, trigger], tools=tools, store=False)
+    assert [o.type for o in response.output] == ["compaction"]
+    assert compaction.peek(response.output[0].encrypted_content) == TEXT  # the model's summary, no search text
+    sent = mock.last("/v1/messages").json
+    assert not [t for t in sent.get("tools") or [] if str(t.get("type", "")).startswith("web_search")]
+    assert compaction.INSTRUCTION in json.dumps(sent)
+
+
+def test_codex_compaction_with_live_search_searches_nothing(server, keys, mock):
+    """The same with Codex 0.171.0's own request (its tools, the web search ``external_web_access: true``,
+    tool_choice auto), as it compacted on a searching Claude model: the summary request carried the search."""
+    body = {**codex_body("anthropic"), "model": "claude-haiku-4-5-websearch"}
+    status, _, events = codex_post(server, keys[0], {**body, "input": [*body["input"], {"type": "compaction_trigger"}]})
+    assert status == 200 and events[-1]["type"] == "response.completed", events
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [compaction.peek(i["encrypted_content"]) for i in done] == [TEXT]
+    sent = mock.last("/v1/messages").json
+    assert sent["tool_choice"] == {"type": "none"} and sent["tools"]
+    assert not [t for t in sent["tools"] if str(t.get("type", "")).startswith("web_search")]
+
+
+def test_compacting_a_translated_turn_on_openai_is_refused_saying_why(client):
+    """The Agents SDK's compaction session compacts with its own ``model`` (gpt-4.1 unless named) and the
+    agent's last response id: after a Claude turn that reached OpenAI's pass-through, whose message read
+    "answered by provider 'a translated provider'"."""
+    first = client.responses.create(model="claude-haiku-4-5", input="Say hello")
+    with pytest.raises(BadRequestError) as caught:
+        client.responses.compact(model="gpt-4o-mini", previous_response_id=first.id)
+    error = caught.value.body
+    assert (error["param"], error["code"]) == ("previous_response_id", "previous_response_elsewhere")
+    assert "a model Stockyard translates for" in error["message"] and "provider 'a" not in error["message"]
 
 
 def test_openai_compaction_on_a_translated_provider_is_refused_naming_it(client):

@@ -157,13 +157,15 @@ def with_trigger(body: dict) -> dict:
 
 def ask_summary(chat: dict) -> dict:
     """The chat request for a compaction: the summarization instruction as the last user message; the
-    tools stay (the history may call them) with ``tool_choice`` none; no output format (a summary is text)."""
+    tools stay (the history may call them) with ``tool_choice`` none; no web search (a summary of the
+    conversation needs none: a search is billed, may pause the turn, and what it finds would be summarised
+    in the conversation's place); no output format (a summary is text)."""
     chat["messages"].append({"role": "user", "content": INSTRUCTION})
     if chat.get("tools"):
         chat["tool_choice"] = "none"
     else:
         chat.pop("tool_choice", None)
-    for key in ("response_format", "verbosity"):
+    for key in ("response_format", "verbosity", "web_search_options"):
         chat.pop(key, None)
     return chat
 

@@ -111,11 +111,16 @@ class ResponsesPassThrough(Adapter):
         conv = ctx.conversation
         if conv is not None and conv.previous_id and conv.previous_provider != provider.name:
             if conv.history is not None or conv.previous_provider is not None:
+                answered = (
+                    f"provider {conv.previous_provider!r}"
+                    if conv.previous_provider
+                    else "a model Stockyard translates for (its conversation is kept by Stockyard)"
+                )
                 raise ProxyError(
                     400,
-                    f"previous_response_id {conv.previous_id!r} was answered by provider "
-                    f"{conv.previous_provider or 'a translated provider'!r}; provider {provider.name!r} keeps its "
-                    "own conversation state and cannot continue it",
+                    f"previous_response_id {conv.previous_id!r} was answered by {answered}; provider "
+                    f"{provider.name!r} keeps its own conversation state and cannot continue it: send the "
+                    "conversation as input instead",
                     param="previous_response_id",
                     code="previous_response_elsewhere",
                 )
