@@ -27,7 +27,7 @@ import sqlite3
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ProxyError
 from .httpio import Request, Response, check_method, json_response
@@ -200,6 +200,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+Screen = Callable[[list[dict]], list[dict]]  # items as they may be kept (redact.screen)
+
+
+def as_sent(items: list[dict]) -> list[dict]:
+    return items
+
+
 @dataclass
 class Conversation:
     """A conversation's row: whose it is, and what its object shows."""
@@ -353,8 +360,9 @@ class ConversationStore:
         return bool(self._store.write(job))
 
     # -- the routes ----------------------------------------------------------------------------
-    def answer(self, req: Request, key_id: str | None) -> Response:
-        """One Conversations API call by the key ``key_id``."""
+    def answer(self, req: Request, key_id: str | None, screen: Screen = as_sent) -> Response:
+        """One Conversations API call by the key ``key_id``; ``screen`` passes on the items it
+        adds as the ``redact`` module would a turn's input (``redact.screen``)."""
         match = PATH.match(req.path)
         assert match is not None
         conversation_id, items, item_id = match.groups()
@@ -366,7 +374,8 @@ class ConversationStore:
         check_method(req.method, allowed)
         if not conversation_id:
             body = req.json()
-            made = self.create(key_id, check_metadata(body.get("metadata")), check_items(body.get("items") or []))
+            metadata, items = check_metadata(body.get("metadata")), check_items(body.get("items") or [])
+            made = self.create(key_id, metadata, screen(items))
             return json_response(made.public())
         conversation = self.owned(conversation_id, key_id)
         if item_id:
@@ -381,7 +390,7 @@ class ConversationStore:
             body = req.json()
             if "items" not in body:
                 raise invalid("items", "'items' is required", "missing_required_parameter")
-            kept = self.add(conversation.id, check_items(body["items"]))
+            kept = self.add(conversation.id, screen(check_items(body["items"])))
             if kept is None:
                 raise not_found(conversation.id)
             return json_response(item_list(kept, False))

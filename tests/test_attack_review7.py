@@ -1,0 +1,108 @@
+"""An attacker's review, part 7: OpenAI's Conversations API that Stockyard serves
+(``stockyard.conversations_api``, ``Conversations.join``/``_append``) — another key's conversation,
+a turn costing less than it should, growth, amplification, malformed input, and what the ``redact``
+module keeps out of a conversation. Each test failed on the code it was written against."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ServerProcess, mock_env
+from module_helpers import ADMIN_KEY, put_module
+
+MAX_BODY = 1024 * 1024
+CLAUDE = "claude-haiku-4-5"
+OPENAI_SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 2
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = ServerProcess(
+        pyz_path,
+        tmp_path_factory.mktemp("attack7") / "s.db",
+        mock_env(
+            cache_home,
+            mock,
+            ANTHROPIC_API_KEY="sk-ant-review7",
+            ANTHROPIC_BASE_URL=mock.url,
+            STOCKYARD_MAX_BODY_BYTES=str(MAX_BODY),
+            STOCKYARD_ADMIN_KEY=ADMIN_KEY,
+        ),
+    )
+    srv.keys = srv.create_keys({"alice": [], "bob": [], "budgeted": ["--budget-usd", "0.15", "--budget-period", "day"]})
+    srv.start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def call(server: ServerProcess, who: str, method: str, path: str, body=None) -> tuple[int, dict]:
+    status, _, raw = server.request(method, path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+    return status, json.loads(raw) if raw else {}
+
+
+def new_conversation(server: ServerProcess, who: str, items: list | None = None) -> str:
+    status, made = call(server, who, "POST", "/v1/conversations", {"items": items or []})
+    assert status == 200, made
+    return made["id"]
+
+
+def listed(server: ServerProcess, who: str, conversation: str) -> list[dict]:
+    status, page = call(server, who, "GET", f"/v1/conversations/{conversation}/items?order=asc&limit=100")
+    assert status == 200, page
+    return page["data"]
+
+
+# -- 2. the redact module and a conversation --------------------------------------------------------
+
+
+def test_upstream_redaction_keeps_the_secret_out_of_the_conversation(server, mock):
+    """``mode=upstream`` promises the finding is "stored and cached redacted too": a stored
+    response keeps the redacted input, yet a conversation kept this turn's input as the client
+    sent it (and listed it back), and the turn's stored response kept it the same way."""
+    put_module(server, "redact", {"mode": "upstream"})
+    try:
+        conversation = new_conversation(server, "alice")
+        body = {"model": CLAUDE, "conversation": conversation, "input": f"my key is {OPENAI_SECRET}"}
+        status, answer = call(server, "alice", "POST", "/v1/responses", body)
+        assert status == 200, answer
+        assert OPENAI_SECRET not in json.dumps(mock.last("/v1/messages").json)  # as before: never upstream
+        kept = listed(server, "alice", conversation)
+        status, stored = call(server, "alice", "GET", f"/v1/responses/{answer['id']}/input_items")
+    finally:
+        put_module(server, "redact", {}, enabled=False)
+    assert OPENAI_SECRET not in json.dumps(kept) and "[REDACTED:openai_key]" in json.dumps(kept[0]), kept
+    assert status == 200 and OPENAI_SECRET not in json.dumps(stored), stored
+
+
+@pytest.mark.parametrize("route", ["create", "items.create"])
+def test_items_added_directly_are_redacted_as_a_turns_input(server, mock, route):
+    """conversations.create and items.create store items without the module chain: under
+    ``mode=upstream`` a secret was stored as sent (what a turn's input never is), under
+    ``mode=block`` it was stored where a turn holding it is refused."""
+    item = {"role": "user", "content": f"my key is {OPENAI_SECRET}"}
+
+    def add(mode: str) -> tuple[int, dict, str | None]:
+        put_module(server, "redact", {"mode": mode})
+        try:
+            if route == "create":
+                status, made = call(server, "alice", "POST", "/v1/conversations", {"items": [item]})
+                return status, made, made.get("id")
+            conversation = new_conversation(server, "alice")
+            status, added = call(server, "alice", "POST", f"/v1/conversations/{conversation}/items", {"items": [item]})
+            return status, added, conversation
+        finally:
+            put_module(server, "redact", {}, enabled=False)
+
+    status, answer, conversation = add("upstream")
+    assert status == 200, answer
+    kept = listed(server, "alice", conversation)
+    assert OPENAI_SECRET not in json.dumps([answer, kept]) and "[REDACTED:openai_key]" in json.dumps(kept), kept
+    status, answer, conversation = add("block")
+    assert status == 400 and answer["error"]["code"] == "sensitive_data", answer
+    assert OPENAI_SECRET not in json.dumps(answer)
+    if route == "items.create":
+        assert listed(server, "alice", conversation) == []
+    status, kept_as_sent, conversation = add("store")  # as a turn's input (and a stored response's) is
+    assert status == 200 and OPENAI_SECRET in json.dumps(listed(server, "alice", conversation))
