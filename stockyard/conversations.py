@@ -38,7 +38,7 @@ from .context import Answer, Conversation, RequestContext
 from .conversations_api import ConversationStore, item_list, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
-from .estimate import text_tokens
+from .estimate import referenced_images, text_tokens
 from .httpio import Request, Response, check_method, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
@@ -194,6 +194,7 @@ class Conversations:
         put_in = self.resolve_references(ctx, room)  # items the body names, not holds
         data = json.dumps(put_in, ensure_ascii=False).encode() if put_in else b""
         conv.history_tokens += text_tokens(data)
+        conv.put_in = conv.put_in or bool(put_in)
         previous = body.get("previous_response_id")
         if previous is None:
             return
@@ -211,6 +212,7 @@ class Conversations:
         else:
             conv.history = self.history(row, ctx.key_id, room - len(data))
             conv.history_tokens += json_tokens(conv.history)
+            conv.history_images = referenced_images(conv.history, b"", walk=True)
 
     def join(self, ctx: RequestContext, room: int) -> int:
         """``conversation`` (its id, or ``{"id": …}``): the items of this key's conversation go in
@@ -258,6 +260,7 @@ class Conversations:
         ctx.body = {**body, "conversation": {"id": found.id}, "input": history + sent}
         ctx.body_changed = True
         conv.conversation_id, conv.turn_items = found.id, normalized(sent)
+        conv.put_in = bool(history)  # the budget walks the body for what they name (estimate.request_cost)
         data = json.dumps(history, ensure_ascii=False).encode()
         conv.history_tokens += text_tokens(data)
         return len(data)

@@ -30,7 +30,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             STOCKYARD_ADMIN_KEY=ADMIN_KEY,
         ),
     )
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "budgeted": ["--budget-usd", "0.15", "--budget-period", "day"]})
+    budget = ["--budget-usd", "0.15", "--budget-period", "day"]
+    srv.keys = srv.create_keys({"alice": [], "bob": [], "budgeted": budget, "budgeted2": budget})
     srv.start()
     yield srv
     srv.stop()
@@ -52,6 +53,42 @@ def listed(server: ServerProcess, who: str, conversation: str) -> list[dict]:
     status, page = call(server, who, "GET", f"/v1/conversations/{conversation}/items?order=asc&limit=100")
     assert status == 200, page
     return page["data"]
+
+
+# -- 1. a turn costs less than it should -----------------------------------------------------------
+
+
+def test_images_a_conversation_names_are_held_as_images(server, mock):
+    """The budget walks a body for images named by URL only when the client's bytes show a part's
+    type: a conversation's items are put in front of the input by Stockyard, so a turn of a few
+    bytes ("hi") naming a conversation of 200 image URLs (added free with items.create, ~320,000
+    input tokens on Claude, $0.32) passed a $0.15 budget held as ~5,000 tokens."""
+    image = {"type": "input_image", "image_url": "https://example.com/cat.png"}
+    conversation = new_conversation(server, "budgeted", [{"role": "user", "content": [image] * 200}])
+    before = len(mock.requests)
+    body = {"model": CLAUDE, "conversation": conversation, "input": "hi", "max_output_tokens": 1}
+    status, answer = call(server, "budgeted", "POST", "/v1/responses", body)
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", (status, answer)
+    assert len(mock.requests) == before
+
+
+def test_images_a_previous_response_names_are_held_as_images(server, mock):
+    """The same for a translated ``previous_response_id``: each turn's 40 image URLs were held
+    when sent, but the history rebuilt for every later turn sends them all again (the provider
+    bills them each time) and was held as its bytes: six turns sent 200 images in their last
+    one, 600 in all (~960,000 input tokens, ~$0.96), each passing a $0.15 budget."""
+    image = {"type": "input_image", "image_url": "https://example.com/dog.png"}
+    previous, refused = None, None
+    for turn in range(6):
+        content = [image] * 40 if turn < 5 else "hi"
+        body = {"model": CLAUDE, "input": [{"role": "user", "content": content}], "max_output_tokens": 1}
+        status, answer = call(server, "budgeted2", "POST", "/v1/responses", {**body, "previous_response_id": previous})
+        if status != 200:
+            refused = (turn, status, answer["error"]["code"])
+            break
+        previous = answer["id"]
+    assert refused is not None and refused[1:] == (429, "budget_exceeded"), refused
+    assert refused[0] < 5  # held as its images before the history reached 200 of them
 
 
 # -- 2. the redact module and a conversation --------------------------------------------------------
