@@ -181,16 +181,19 @@ class Conversations:
         self._lock = threading.Lock()
 
     # -- the request path ---------------------------------------------------------------------
-    def open(self, ctx: RequestContext) -> None:
+    def open(self, ctx: RequestContext, admissible: Callable[[], None] = lambda: None) -> None:
         """Before the modules: the previous turn, which this key must have made through Stockyard
         (404 otherwise, whatever the provider keeps), and the history rebuilt from it, so budgets,
-        rate limits and the cache see the whole conversation before they decide."""
+        rate limits and the cache see the whole conversation before they decide. ``admissible``
+        raises the rate limit's 429 before what the body names is read (``ratelimit.check_early``)."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
         room = self._max_bytes - len(ctx.raw)  # the conversation a client could have sent whole
         if body.get("conversation") is not None:
-            room -= self.join(ctx, room)
+            room -= self.join(ctx, room, admissible)
+        elif body.get("previous_response_id") is not None:
+            admissible()
         put_in = self.resolve_references(ctx, room)  # items the body names, not holds
         data = json.dumps(put_in, ensure_ascii=False).encode() if put_in else b""
         conv.history_tokens += text_tokens(data)
@@ -214,13 +217,14 @@ class Conversations:
             conv.history_tokens += json_tokens(conv.history)
             conv.history_images = referenced_images(conv.history, b"", walk=True)
 
-    def join(self, ctx: RequestContext, room: int) -> int:
+    def join(self, ctx: RequestContext, room: int, admissible: Callable[[], None]) -> int:
         """``conversation`` (its id, or ``{"id": …}``): the items of this key's conversation go in
         front of ``input`` here, for every provider, so the modules (budgets, tpm, guard, redact)
         see the whole prompt, and ``conversation`` stays as ``{"id": …}`` only for the answer to
         echo (the pass-through leaves it out of the body: a provider that speaks Responses would
         look for one of its own); its size is bounded like a rebuilt ``previous_response_id``
-        chain (``room``: the bytes it may add). The turn is appended once it completes
+        chain (``room``: the bytes it may add), and it is read only once the rate limit would
+        admit a request that large (``admissible``). The turn is appended once it completes
         (``_append``). Returns the bytes of the items it put in."""
         body, conv = ctx.body, ctx.conversation
         assert conv is not None
@@ -255,15 +259,17 @@ class Conversations:
         found = self.threads.find(conversation_id, ctx.key_id)
         if found is None:  # another key's, or none Stockyard holds: as if unknown
             raise conversation_not_found(conversation_id, "conversation")
-        history = self.threads.context(found, room)
+        counted = conv.history_tokens
+        conv.history_tokens += -(-found.bytes // 4)  # its items, as the row counts them
+        admissible()
+        history, size = self.threads.context(found, room)
         sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
         ctx.body = {**body, "conversation": {"id": found.id}, "input": history + sent}
         ctx.body_changed = True
         conv.conversation_id, conv.turn_items = found.id, normalized(sent)
         conv.put_in = bool(history)  # the budget walks the body for what they name (estimate.request_cost)
-        data = json.dumps(history, ensure_ascii=False).encode()
-        conv.history_tokens += text_tokens(data)
-        return len(data)
+        conv.history_tokens = counted + -(-size // 4)
+        return size
 
     def resolve_references(self, ctx: RequestContext, room: int) -> list[dict]:
         """``item_reference`` input items naming an output item of a response this key stored

@@ -244,15 +244,21 @@ class ConversationStore:
             raise not_found(conversation_id, param)
         return found
 
-    def context(self, conversation: Conversation, room: int) -> list[dict]:
-        """All its items, oldest first, to go in front of a request's ``input``; a 400 when they
-        would not fit in ``room`` bytes (what the request leaves of STOCKYARD_MAX_BODY_BYTES)."""
+    def context(self, conversation: Conversation, room: int) -> tuple[list[dict], int]:
+        """All its items, oldest first, to go in front of a request's ``input``, and their size as
+        one JSON array (the items' sizes kept beside them, and ", " between: not encoded again);
+        a 400 when they would not fit in ``room`` bytes (what the request leaves of
+        STOCKYARD_MAX_BODY_BYTES)."""
         if conversation.bytes > room:
             raise too_large(self._max_bytes, "conversation")
         rows = self._store.read().execute(
-            "SELECT item FROM conversation_items WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
+            "SELECT item, bytes FROM conversation_items WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
         )
-        return [_unpack(row[0]) for row in rows]
+        items, size = [], 0
+        for data, item_bytes in rows:
+            items.append(_unpack(data))
+            size += item_bytes + 2
+        return items, size
 
     def page(self, conversation: Conversation, query: dict[str, str]) -> dict:
         """A page of its items (``order``, ``limit``, ``after``), read from the database a page at a time."""

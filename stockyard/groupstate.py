@@ -190,6 +190,13 @@ class StateServer:
             entry_id = self._id()
             self._entries[entry_id] = (window, entry)
             return {"entry": entry_id}
+        if op == "check":
+            _, window, rpm, tpm, tokens, who = call
+            try:
+                self.limiter.check(window, rpm, tpm, int(tokens), who)
+            except RateLimited as exc:
+                return {"limited": [exc.message, exc.retry_after]}
+            return {}
         if op == "correct":
             _, entry_id, tokens = call
             pending = self._entries.pop(entry_id, None)
@@ -333,6 +340,19 @@ class RemoteRateLimiter:
             message, retry_after = reply["limited"]
             raise RateLimited(message, retry_after)
         return _RemoteEntry(reply["entry"])
+
+    def check(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> None:
+        """Raise RateLimited if ``admit`` would now, counting nothing; the parent gone: no refusal."""
+        if tpm is not None and tokens > tpm:
+            raise too_large(who, tpm, tokens)
+        try:
+            reply = self._client.call(["check", key_id, rpm, tpm, tokens, who])
+        except StateLost as exc:
+            log.warning("rate limit of %s not checked: %s", who, exc)
+            return
+        if "limited" in reply:
+            message, retry_after = reply["limited"]
+            raise RateLimited(message, retry_after)
 
     def correct(self, key_id: str, entry: Any, tokens: int) -> None:
         if entry.id is None:

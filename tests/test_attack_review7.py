@@ -6,12 +6,13 @@ module keeps out of a conversation. Each test failed on the code it was written 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import ServerProcess, mock_env
 from module_helpers import ADMIN_KEY, put_module
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = 32 * 1024 * 1024  # the default: a conversation as large as Stockyard keeps one
 CLAUDE = "claude-haiku-4-5"
 OPENAI_SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8I9j0" * 2
 
@@ -31,7 +32,16 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ),
     )
     budget = ["--budget-usd", "0.15", "--budget-period", "day"]
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "budgeted": budget, "budgeted2": budget})
+    srv.keys = srv.create_keys(
+        {
+            "alice": [],
+            "bob": [],
+            "budgeted": budget,
+            "budgeted2": budget,
+            "rpm": ["--rpm", "1"],
+            "tpm": ["--tpm", "100000"],
+        }
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -91,7 +101,29 @@ def test_images_a_previous_response_names_are_held_as_images(server, mock):
     assert refused[0] < 5  # held as its images before the history reached 200 of them
 
 
-# -- 2. the redact module and a conversation --------------------------------------------------------
+# -- 2. amplification ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", ["rpm", "tpm"])
+def test_a_refused_turn_does_not_read_its_conversation(server, mock, who):
+    """The conversation was read (decoded, encoded again to count it) before the rate limit ran,
+    and a refusal counts nothing: a key past its rpm (or a turn past its tpm) sending "hi" naming
+    a 28 MB conversation cost the server ~0.4 s of CPU per 100-byte request, for ever. The rate
+    limit's refusal now comes before the read."""
+    items = [{"role": "user", "content": "w" * 1000} for _ in range(28_000)]
+    conversation = new_conversation(server, who, items)  # rpm: this call is the minute's one request
+    body = {"model": CLAUDE, "conversation": conversation, "input": "hi", "max_output_tokens": 1}
+    before = len(mock.requests)
+    started = time.monotonic()
+    for _ in range(8):
+        status, answer = call(server, who, "POST", "/v1/responses", body)
+        assert status == 429 and answer["error"]["code"] == "rate_limit_exceeded", (status, answer)
+    elapsed = time.monotonic() - started
+    assert len(mock.requests) == before
+    assert elapsed < 1.0, f"8 refusals took {elapsed:.2f} s"
+
+
+# -- 3. the redact module and a conversation --------------------------------------------------------
 
 
 def test_upstream_redaction_keeps_the_secret_out_of_the_conversation(server, mock):
