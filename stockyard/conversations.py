@@ -297,6 +297,10 @@ class Conversations:
             resolved.append(stored or item)
         ctx.body = {**ctx.body, "input": resolved}
         ctx.body_changed = True
+        conv = ctx.conversation
+        if conv is not None and conv.turn_items:  # a conversation keeps the item, not a name it may outlive
+            named = {stored["id"]: stored for stored in put_in}
+            conv.turn_items = [named.get(t["id"], t) if is_reference(t) else t for t in conv.turn_items]
         return put_in
 
     def referenced(self, item: Any, key_id: str | None, outputs: dict[str, dict[str, dict]]) -> dict | None:

@@ -123,7 +123,28 @@ def test_a_refused_turn_does_not_read_its_conversation(server, mock, who):
     assert elapsed < 1.0, f"8 refusals took {elapsed:.2f} s"
 
 
-# -- 3. the redact module and a conversation --------------------------------------------------------
+# -- 3. what a conversation keeps ----------------------------------------------------------------------
+
+
+def test_a_turns_item_reference_is_kept_as_the_item_it_names(server, mock):
+    """A turn's ``item_reference`` to a stored answer's item was resolved for the provider but kept
+    in the conversation as the reference (what items.create refuses): once that response was
+    deleted, every later turn on a translated model was a 400 (a reference no provider resolves)."""
+    status, first = call(server, "alice", "POST", "/v1/responses", {"model": CLAUDE, "input": "remember 42"})
+    assert status == 200, first
+    named = first["output"][0]["id"]
+    conversation = new_conversation(server, "alice")
+    turn = {"model": CLAUDE, "conversation": conversation, "input": [{"type": "item_reference", "id": named}]}
+    status, answer = call(server, "alice", "POST", "/v1/responses", turn)
+    assert status == 200, answer
+    assert [item["type"] for item in listed(server, "alice", conversation)] == ["message", "message"]
+    assert call(server, "alice", "DELETE", f"/v1/responses/{first['id']}")[0] == 200
+    later = {"model": CLAUDE, "conversation": conversation, "input": "and now?"}
+    status, answer = call(server, "alice", "POST", "/v1/responses", later)
+    assert status == 200, answer
+
+
+# -- 4. the redact module and a conversation --------------------------------------------------------
 
 
 def test_upstream_redaction_keeps_the_secret_out_of_the_conversation(server, mock):
