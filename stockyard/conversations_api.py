@@ -45,6 +45,7 @@ ITEM_PREFIXES = {
 MINTED_ITEM = re.compile(r"^[a-z]+_sy[0-9a-f]{32}$")
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+MAX_ITEMS_PER_CALL = 1000  # OpenAI takes 20; each item is work here and a row the writer inserts
 
 
 def endpoint_name(method: str, path: str) -> str:
@@ -127,6 +128,10 @@ def check_items(value: Any, param: str = "items") -> list[dict]:
     once that item is gone); normalized."""
     if not isinstance(value, list):
         raise invalid(param, f"'{param}' must be an array of items", "invalid_type")
+    if len(value) > MAX_ITEMS_PER_CALL:
+        raise invalid(
+            param, f"'{param}' may hold at most {MAX_ITEMS_PER_CALL} items a call; add the rest in more calls"
+        )
     for i, item in enumerate(value):
         where = f"{param}[{i}]"
         if not isinstance(item, dict):
@@ -296,7 +301,8 @@ class ConversationStore:
     # -- writes (each waits for its commit) ----------------------------------------------------
     def create(self, key_id: str | None, metadata: dict, items: list[dict]) -> Conversation:
         conversation = Conversation(new_conversation_id(), key_id, _now_ms(), metadata)
-        if sum(_pack(item)[1] for item in items) > self._max_bytes:
+        packed = [_pack(item) for item in items]
+        if sum(size for _, size in packed) > self._max_bytes:
             raise too_large(self._max_bytes, "items")
 
         def job(conn: sqlite3.Connection) -> None:
@@ -304,7 +310,7 @@ class ConversationStore:
                 "INSERT INTO conversations (id, key_id, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
                 (conversation.id, key_id, conversation.created_at, conversation.created_at, json.dumps(metadata)),
             )
-            _append(conn, conversation.id, items, conversation.created_at)
+            _append(conn, conversation.id, items, packed, conversation.created_at)
 
         self._store.write(job)
         return conversation
@@ -314,7 +320,8 @@ class ConversationStore:
         kept, or None if the conversation is gone. ``bounded``: refuse to grow it past the limit
         (a create call does; a response's turn is appended whole, and the next turn that
         would not fit is refused instead)."""
-        size = sum(_pack(item)[1] for item in items)
+        packed = [_pack(item) for item in items]  # here, not on the writer's thread
+        size = sum(item_bytes for _, item_bytes in packed)
         limit = self._max_bytes if bounded else None
 
         def job(conn: sqlite3.Connection) -> list[dict] | str | None:
@@ -323,7 +330,7 @@ class ConversationStore:
                 return None
             if limit is not None and row[0] + size > limit:
                 return "too_large"
-            return _append(conn, conversation_id, items, _now_ms())
+            return _append(conn, conversation_id, items, packed, _now_ms())
 
         kept = self._store.write(job)
         if kept == "too_large":
@@ -411,20 +418,24 @@ class ConversationStore:
         return json_response(conversation.public())
 
 
-def _append(conn: sqlite3.Connection, conversation_id: str, items: list[dict], now: int) -> list[dict]:
-    """Insert ``items`` at the conversation's end, in one write transaction; returns them as kept.
-    The positions come from the conversation's row (``next_seq``), which the update locks, so
-    two turns appending at once never take the same place (nor, on PostgreSQL, two workers)."""
+def _append(
+    conn: sqlite3.Connection, conversation_id: str, items: list[dict], packed: list[tuple[bytes, int]], now: int
+) -> list[dict]:
+    """Insert ``items`` (``packed``: each as ``_pack`` made it) at the conversation's end, in one
+    write transaction; returns them as kept. The positions come from the conversation's row
+    (``next_seq``), which the update locks, so two turns appending at once never take the same
+    place (nor, on PostgreSQL, two workers)."""
     kept: list[dict] = []
+    packed = list(packed)
     seen: set[str] = set()
-    for item in items:
+    for i, item in enumerate(items):
         sql = "SELECT 1 FROM conversation_items WHERE conversation_id = ? AND id = ? LIMIT 1"
         held = conn.execute(sql, (conversation_id, item["id"])).fetchone()
         if held is not None or item["id"] in seen:  # ids stay unique within a conversation
             item = {**item, "id": new_item_id(str(item.get("type")))}
+            packed[i] = _pack(item)
         seen.add(item["id"])
         kept.append(item)
-    packed = [_pack(item) for item in kept]
     row = conn.execute(
         "UPDATE conversations SET next_seq = next_seq + ?, bytes = bytes + ?, updated_at = ? WHERE id = ? "
         "RETURNING next_seq",

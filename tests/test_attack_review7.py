@@ -38,7 +38,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "bob": [],
             "budgeted": budget,
             "budgeted2": budget,
-            "rpm": ["--rpm", "1"],
+            "rpm": ["--rpm", "30"],
             "tpm": ["--tpm", "100000"],
         }
     )
@@ -108,19 +108,37 @@ def test_images_a_previous_response_names_are_held_as_images(server, mock):
 def test_a_refused_turn_does_not_read_its_conversation(server, mock, who):
     """The conversation was read (decoded, encoded again to count it) before the rate limit ran,
     and a refusal counts nothing: a key past its rpm (or a turn past its tpm) sending "hi" naming
-    a 28 MB conversation cost the server ~0.4 s of CPU per 100-byte request, for ever. The rate
-    limit's refusal now comes before the read."""
-    items = [{"role": "user", "content": "w" * 1000} for _ in range(28_000)]
-    conversation = new_conversation(server, who, items)  # rpm: this call is the minute's one request
+    a 28 MB conversation of 28,000 items cost the server ~0.4 s of CPU per 100-byte request, for
+    ever. The rate limit's refusal now comes before the read."""
+    conversation = new_conversation(server, who)
+    for _ in range(28):  # 29 of the rpm key's 30 requests this minute
+        items = [{"role": "user", "content": "w" * 1000}] * 1000
+        assert call(server, who, "POST", f"/v1/conversations/{conversation}/items", {"items": items})[0] == 200
     body = {"model": CLAUDE, "conversation": conversation, "input": "hi", "max_output_tokens": 1}
-    before = len(mock.requests)
-    started = time.monotonic()
-    for _ in range(8):
+    refusals, elapsed = 0, 0.0
+    while refusals < 8:
+        started = time.monotonic()
         status, answer = call(server, who, "POST", "/v1/responses", body)
+        if status == 200 and who == "rpm":  # the minute's last request
+            continue
         assert status == 429 and answer["error"]["code"] == "rate_limit_exceeded", (status, answer)
-    elapsed = time.monotonic() - started
-    assert len(mock.requests) == before
+        refusals, elapsed = refusals + 1, elapsed + time.monotonic() - started
     assert elapsed < 1.0, f"8 refusals took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("route", ["create", "items.create"])
+def test_one_call_adds_a_bounded_number_of_items(server, mock, route):
+    """Each item costs its normalizing, encoding and compressing (twice), and a row the writer
+    inserts: 300,000 empty messages (a 10 MB body) took ~5.5 s of CPU before the size bound
+    refused them, and as many that fit (~8 MB) held the writer, which every trace waits on, for
+    seconds more. At most 1,000 items a call now (OpenAI takes 20)."""
+    conversation = new_conversation(server, "alice")
+    path = "/v1/conversations" if route == "create" else f"/v1/conversations/{conversation}/items"
+    many = [{"role": "user", "content": ""}] * 1_001
+    status, answer = call(server, "alice", "POST", path, {"items": many})
+    assert status == 400 and answer["error"]["param"] == "items", (status, answer)
+    status, answer = call(server, "alice", "POST", path, {"items": many[:1_000]})
+    assert status == 200, answer
 
 
 # -- 3. what a conversation keeps ----------------------------------------------------------------------
