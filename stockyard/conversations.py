@@ -141,11 +141,6 @@ def input_items(body: dict) -> list[dict]:
     return normalized(body.get("input"))
 
 
-def json_tokens(items: list[dict]) -> int:
-    """The input tokens stored items add upstream: their JSON at four bytes a token."""
-    return text_tokens(json.dumps(items, ensure_ascii=False).encode())
-
-
 def is_reference(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") == "item_reference"
 
@@ -197,6 +192,7 @@ class Conversations:
         put_in = self.resolve_references(ctx, room)  # items the body names, not holds
         data = json.dumps(put_in, ensure_ascii=False).encode() if put_in else b""
         conv.history_tokens += text_tokens(data)
+        conv.history_bytes += len(data)
         conv.put_in = conv.put_in or bool(put_in)
         previous = body.get("previous_response_id")
         if previous is None:
@@ -214,7 +210,9 @@ class Conversations:
             conv.history_tokens += kept_history_tokens(row)
         else:
             conv.history = self.history(row, ctx.key_id, room - len(data))
-            conv.history_tokens += json_tokens(conv.history)
+            rebuilt = json.dumps(conv.history, ensure_ascii=False).encode()
+            conv.history_tokens += text_tokens(rebuilt)
+            conv.history_bytes += len(rebuilt)
             conv.history_images = referenced_images(conv.history, b"", walk=True)
 
     def join(self, ctx: RequestContext, room: int, admissible: Callable[[], None]) -> int:
@@ -269,6 +267,7 @@ class Conversations:
         conv.conversation_id, conv.turn_items = found.id, normalized(sent)
         conv.put_in = bool(history)  # the budget walks the body for what they name (estimate.request_cost)
         conv.history_tokens = counted + -(-size // 4)
+        conv.history_bytes += size
         return size
 
     def resolve_references(self, ctx: RequestContext, room: int) -> list[dict]:

@@ -162,6 +162,28 @@ def test_a_turns_item_reference_is_kept_as_the_item_it_names(server, mock):
     assert status == 200, answer
 
 
+def test_guards_max_input_bytes_counts_the_conversation_sent(server, mock):
+    """guard's ``max_input_bytes`` ("largest request body") measured the client's bytes alone: a
+    turn of "hi" naming a conversation sent the provider a prompt of any size the conversation
+    held (here 60 KB past a 10 KB policy), as did a translated ``previous_response_id``; while
+    ``max_messages`` counted the conversation's items. Both now count what goes upstream."""
+    put_module(server, "guard", {"max_input_bytes": 10_000})
+    try:
+        conversation = new_conversation(server, "alice", [{"role": "user", "content": "z" * 60_000}])
+        body = {"model": CLAUDE, "conversation": conversation, "input": "hi"}
+        status, answer = call(server, "alice", "POST", "/v1/responses", body)
+        assert status == 413 and answer["error"]["code"] == "request_too_large", (status, answer)
+        put_module(server, "guard", {}, enabled=False)
+        status, first = call(server, "alice", "POST", "/v1/responses", {"model": CLAUDE, "input": "z" * 60_000})
+        assert status == 200, first
+        put_module(server, "guard", {"max_input_bytes": 10_000})
+        body = {"model": CLAUDE, "previous_response_id": first["id"], "input": "hi"}
+        status, answer = call(server, "alice", "POST", "/v1/responses", body)
+        assert status == 413 and answer["error"]["code"] == "request_too_large", (status, answer)
+    finally:
+        put_module(server, "guard", {}, enabled=False)
+
+
 # -- 4. the redact module and a conversation --------------------------------------------------------
 
 
