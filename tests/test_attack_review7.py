@@ -38,6 +38,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "bob": [],
             "budgeted": budget,
             "budgeted2": budget,
+            "budgeted3": budget,
             "rpm": ["--rpm", "30"],
             "tpm": ["--tpm", "100000"],
         }
@@ -236,3 +237,18 @@ def test_items_added_directly_are_redacted_as_a_turns_input(server, mock, route)
         assert listed(server, "alice", conversation) == []
     status, kept_as_sent, conversation = add("store")  # as a turn's input (and a stored response's) is
     assert status == 200 and OPENAI_SECRET in json.dumps(listed(server, "alice", conversation))
+
+
+def test_upstream_redaction_counts_a_conversation_once(server, mock):
+    """``mode=upstream`` made the request's bytes anew from the rewritten body, which holds the
+    conversation's items: the budget, which counts them apart, counted them twice, so a turn of
+    ~110,000 tokens ($0.14 at Claude's cache-write rate) holding a secret was refused a $0.15 budget."""
+    conversation = new_conversation(server, "budgeted3", [{"role": "user", "content": "z " * 220_000}])
+    body = {"model": CLAUDE, "conversation": conversation, "input": f"key {OPENAI_SECRET}", "max_output_tokens": 1}
+    put_module(server, "redact", {"mode": "upstream"})
+    try:
+        status, answer = call(server, "budgeted3", "POST", "/v1/responses", body)
+    finally:
+        put_module(server, "redact", {}, enabled=False)
+    assert status == 200, answer
+    assert OPENAI_SECRET not in json.dumps(mock.last("/v1/messages").json)

@@ -337,7 +337,8 @@ class Redact(Module):
             raise refused(kinds)
         if opts.mode == "upstream":
             ctx.body = opts.detector.sub_json(ctx.body, keep_signed=True)
-            ctx.raw = json.dumps(ctx.body, ensure_ascii=False).encode()
+            # the client's bytes, redacted: not the body, which may hold stored items the estimate counts apart
+            ctx.raw = opts.detector.redact_bytes(ctx.raw)
             ctx.body_changed = True
             conv = ctx.conversation
             if conv is not None and conv.turn_items:  # what a conversation keeps of this turn: as sent upstream
