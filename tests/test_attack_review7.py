@@ -35,7 +35,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv.keys = srv.create_keys(
         {
             "alice": [],
-            "bob": [],
             "budgeted": budget,
             "budgeted2": budget,
             "budgeted3": budget,
