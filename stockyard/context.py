@@ -162,6 +162,9 @@ class Conversation:
     previous_id: str | None = None
     history: list[dict] | None = None
     history_tokens: int = 0  # input the conversation adds upstream: the worst case counts it (budgets, tpm)
+    history_images: int = 0  # images (and files) ``history`` names by URL or id: input its bytes do not show
+    history_bytes: int = 0  # the stored items Stockyard sends beside the client's bytes (guard's max_input_bytes)
+    put_in: bool = False  # stored items are in the body (a conversation's, item references'), not in ``raw``
     previous_provider: str | None = None
     conversation_id: str | None = None  # a Conversations API conversation this turn joins
     turn_items: list[dict] | None = None  # its input, as appended there

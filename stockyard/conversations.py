@@ -38,7 +38,7 @@ from .context import Answer, Conversation, RequestContext
 from .conversations_api import ConversationStore, item_list, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
-from .estimate import text_tokens
+from .estimate import referenced_images, text_tokens
 from .httpio import Request, Response, check_method, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
@@ -141,11 +141,6 @@ def input_items(body: dict) -> list[dict]:
     return normalized(body.get("input"))
 
 
-def json_tokens(items: list[dict]) -> int:
-    """The input tokens stored items add upstream: their JSON at four bytes a token."""
-    return text_tokens(json.dumps(items, ensure_ascii=False).encode())
-
-
 def is_reference(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") == "item_reference"
 
@@ -181,19 +176,24 @@ class Conversations:
         self._lock = threading.Lock()
 
     # -- the request path ---------------------------------------------------------------------
-    def open(self, ctx: RequestContext) -> None:
+    def open(self, ctx: RequestContext, admissible: Callable[[], None] = lambda: None) -> None:
         """Before the modules: the previous turn, which this key must have made through Stockyard
         (404 otherwise, whatever the provider keeps), and the history rebuilt from it, so budgets,
-        rate limits and the cache see the whole conversation before they decide."""
+        rate limits and the cache see the whole conversation before they decide. ``admissible``
+        raises the rate limit's 429 before what the body names is read (``ratelimit.check_early``)."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
         room = self._max_bytes - len(ctx.raw)  # the conversation a client could have sent whole
         if body.get("conversation") is not None:
-            room -= self.join(ctx, room)
+            room -= self.join(ctx, room, admissible)
+        elif body.get("previous_response_id") is not None:
+            admissible()
         put_in = self.resolve_references(ctx, room)  # items the body names, not holds
         data = json.dumps(put_in, ensure_ascii=False).encode() if put_in else b""
         conv.history_tokens += text_tokens(data)
+        conv.history_bytes += len(data)
+        conv.put_in = conv.put_in or bool(put_in)
         previous = body.get("previous_response_id")
         if previous is None:
             return
@@ -210,15 +210,19 @@ class Conversations:
             conv.history_tokens += kept_history_tokens(row)
         else:
             conv.history = self.history(row, ctx.key_id, room - len(data))
-            conv.history_tokens += json_tokens(conv.history)
+            rebuilt = json.dumps(conv.history, ensure_ascii=False).encode()
+            conv.history_tokens += text_tokens(rebuilt)
+            conv.history_bytes += len(rebuilt)
+            conv.history_images = referenced_images(conv.history, b"", walk=True)
 
-    def join(self, ctx: RequestContext, room: int) -> int:
+    def join(self, ctx: RequestContext, room: int, admissible: Callable[[], None]) -> int:
         """``conversation`` (its id, or ``{"id": …}``): the items of this key's conversation go in
         front of ``input`` here, for every provider, so the modules (budgets, tpm, guard, redact)
         see the whole prompt, and ``conversation`` stays as ``{"id": …}`` only for the answer to
         echo (the pass-through leaves it out of the body: a provider that speaks Responses would
         look for one of its own); its size is bounded like a rebuilt ``previous_response_id``
-        chain (``room``: the bytes it may add). The turn is appended once it completes
+        chain (``room``: the bytes it may add), and it is read only once the rate limit would
+        admit a request that large (``admissible``). The turn is appended once it completes
         (``_append``). Returns the bytes of the items it put in."""
         body, conv = ctx.body, ctx.conversation
         assert conv is not None
@@ -253,14 +257,18 @@ class Conversations:
         found = self.threads.find(conversation_id, ctx.key_id)
         if found is None:  # another key's, or none Stockyard holds: as if unknown
             raise conversation_not_found(conversation_id, "conversation")
-        history = self.threads.context(found, room)
+        counted = conv.history_tokens
+        conv.history_tokens += -(-found.bytes // 4)  # its items, as the row counts them
+        admissible()
+        history, size = self.threads.context(found, room)
         sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
         ctx.body = {**body, "conversation": {"id": found.id}, "input": history + sent}
         ctx.body_changed = True
         conv.conversation_id, conv.turn_items = found.id, normalized(sent)
-        data = json.dumps(history, ensure_ascii=False).encode()
-        conv.history_tokens += text_tokens(data)
-        return len(data)
+        conv.put_in = bool(history)  # the budget walks the body for what they name (estimate.request_cost)
+        conv.history_tokens = counted + -(-size // 4)
+        conv.history_bytes += size
+        return size
 
     def resolve_references(self, ctx: RequestContext, room: int) -> list[dict]:
         """``item_reference`` input items naming an output item of a response this key stored
@@ -288,6 +296,10 @@ class Conversations:
             resolved.append(stored or item)
         ctx.body = {**ctx.body, "input": resolved}
         ctx.body_changed = True
+        conv = ctx.conversation
+        if conv is not None and conv.turn_items:  # a conversation keeps the item, not a name it may outlive
+            named = {stored["id"]: stored for stored in put_in}
+            conv.turn_items = [named.get(t["id"], t) if is_reference(t) else t for t in conv.turn_items]
         return put_in
 
     def referenced(self, item: Any, key_id: str | None, outputs: dict[str, dict[str, dict]]) -> dict | None:

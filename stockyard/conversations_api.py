@@ -27,7 +27,7 @@ import sqlite3
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ProxyError
 from .httpio import Request, Response, check_method, json_response
@@ -45,6 +45,7 @@ ITEM_PREFIXES = {
 MINTED_ITEM = re.compile(r"^[a-z]+_sy[0-9a-f]{32}$")
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+MAX_ITEMS_PER_CALL = 1000  # OpenAI takes 20; each item is work here and a row the writer inserts
 
 
 def endpoint_name(method: str, path: str) -> str:
@@ -127,6 +128,10 @@ def check_items(value: Any, param: str = "items") -> list[dict]:
     once that item is gone); normalized."""
     if not isinstance(value, list):
         raise invalid(param, f"'{param}' must be an array of items", "invalid_type")
+    if len(value) > MAX_ITEMS_PER_CALL:
+        raise invalid(
+            param, f"'{param}' may hold at most {MAX_ITEMS_PER_CALL} items a call; add the rest in more calls"
+        )
     for i, item in enumerate(value):
         where = f"{param}[{i}]"
         if not isinstance(item, dict):
@@ -200,6 +205,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+Screen = Callable[[list[dict]], list[dict]]  # items as they may be kept (redact.screen)
+
+
+def as_sent(items: list[dict]) -> list[dict]:
+    return items
+
+
 @dataclass
 class Conversation:
     """A conversation's row: whose it is, and what its object shows."""
@@ -237,15 +249,21 @@ class ConversationStore:
             raise not_found(conversation_id, param)
         return found
 
-    def context(self, conversation: Conversation, room: int) -> list[dict]:
-        """All its items, oldest first, to go in front of a request's ``input``; a 400 when they
-        would not fit in ``room`` bytes (what the request leaves of STOCKYARD_MAX_BODY_BYTES)."""
+    def context(self, conversation: Conversation, room: int) -> tuple[list[dict], int]:
+        """All its items, oldest first, to go in front of a request's ``input``, and their size as
+        one JSON array (the items' sizes kept beside them, and ", " between: not encoded again);
+        a 400 when they would not fit in ``room`` bytes (what the request leaves of
+        STOCKYARD_MAX_BODY_BYTES)."""
         if conversation.bytes > room:
             raise too_large(self._max_bytes, "conversation")
         rows = self._store.read().execute(
-            "SELECT item FROM conversation_items WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
+            "SELECT item, bytes FROM conversation_items WHERE conversation_id = ? ORDER BY seq", (conversation.id,)
         )
-        return [_unpack(row[0]) for row in rows]
+        items, size = [], 0
+        for data, item_bytes in rows:
+            items.append(_unpack(data))
+            size += item_bytes + 2
+        return items, size
 
     def page(self, conversation: Conversation, query: dict[str, str]) -> dict:
         """A page of its items (``order``, ``limit``, ``after``), read from the database a page at a time."""
@@ -283,7 +301,8 @@ class ConversationStore:
     # -- writes (each waits for its commit) ----------------------------------------------------
     def create(self, key_id: str | None, metadata: dict, items: list[dict]) -> Conversation:
         conversation = Conversation(new_conversation_id(), key_id, _now_ms(), metadata)
-        if sum(_pack(item)[1] for item in items) > self._max_bytes:
+        packed = [_pack(item) for item in items]
+        if sum(size for _, size in packed) > self._max_bytes:
             raise too_large(self._max_bytes, "items")
 
         def job(conn: sqlite3.Connection) -> None:
@@ -291,7 +310,7 @@ class ConversationStore:
                 "INSERT INTO conversations (id, key_id, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?)",
                 (conversation.id, key_id, conversation.created_at, conversation.created_at, json.dumps(metadata)),
             )
-            _append(conn, conversation.id, items, conversation.created_at)
+            _append(conn, conversation.id, items, packed, conversation.created_at)
 
         self._store.write(job)
         return conversation
@@ -301,7 +320,8 @@ class ConversationStore:
         kept, or None if the conversation is gone. ``bounded``: refuse to grow it past the limit
         (a create call does; a response's turn is appended whole, and the next turn that
         would not fit is refused instead)."""
-        size = sum(_pack(item)[1] for item in items)
+        packed = [_pack(item) for item in items]  # here, not on the writer's thread
+        size = sum(item_bytes for _, item_bytes in packed)
         limit = self._max_bytes if bounded else None
 
         def job(conn: sqlite3.Connection) -> list[dict] | str | None:
@@ -310,7 +330,7 @@ class ConversationStore:
                 return None
             if limit is not None and row[0] + size > limit:
                 return "too_large"
-            return _append(conn, conversation_id, items, _now_ms())
+            return _append(conn, conversation_id, items, packed, _now_ms())
 
         kept = self._store.write(job)
         if kept == "too_large":
@@ -353,8 +373,9 @@ class ConversationStore:
         return bool(self._store.write(job))
 
     # -- the routes ----------------------------------------------------------------------------
-    def answer(self, req: Request, key_id: str | None) -> Response:
-        """One Conversations API call by the key ``key_id``."""
+    def answer(self, req: Request, key_id: str | None, screen: Screen = as_sent) -> Response:
+        """One Conversations API call by the key ``key_id``; ``screen`` passes on the items it
+        adds as the ``redact`` module would a turn's input (``redact.screen``)."""
         match = PATH.match(req.path)
         assert match is not None
         conversation_id, items, item_id = match.groups()
@@ -366,7 +387,8 @@ class ConversationStore:
         check_method(req.method, allowed)
         if not conversation_id:
             body = req.json()
-            made = self.create(key_id, check_metadata(body.get("metadata")), check_items(body.get("items") or []))
+            metadata, items = check_metadata(body.get("metadata")), check_items(body.get("items") or [])
+            made = self.create(key_id, metadata, screen(items))
             return json_response(made.public())
         conversation = self.owned(conversation_id, key_id)
         if item_id:
@@ -381,7 +403,7 @@ class ConversationStore:
             body = req.json()
             if "items" not in body:
                 raise invalid("items", "'items' is required", "missing_required_parameter")
-            kept = self.add(conversation.id, check_items(body["items"]))
+            kept = self.add(conversation.id, screen(check_items(body["items"])))
             if kept is None:
                 raise not_found(conversation.id)
             return json_response(item_list(kept, False))
@@ -396,20 +418,24 @@ class ConversationStore:
         return json_response(conversation.public())
 
 
-def _append(conn: sqlite3.Connection, conversation_id: str, items: list[dict], now: int) -> list[dict]:
-    """Insert ``items`` at the conversation's end, in one write transaction; returns them as kept.
-    The positions come from the conversation's row (``next_seq``), which the update locks, so
-    two turns appending at once never take the same place (nor, on PostgreSQL, two workers)."""
+def _append(
+    conn: sqlite3.Connection, conversation_id: str, items: list[dict], packed: list[tuple[bytes, int]], now: int
+) -> list[dict]:
+    """Insert ``items`` (``packed``: each as ``_pack`` made it) at the conversation's end, in one
+    write transaction; returns them as kept. The positions come from the conversation's row
+    (``next_seq``), which the update locks, so two turns appending at once never take the same
+    place (nor, on PostgreSQL, two workers)."""
     kept: list[dict] = []
+    packed = list(packed)
     seen: set[str] = set()
-    for item in items:
+    for i, item in enumerate(items):
         sql = "SELECT 1 FROM conversation_items WHERE conversation_id = ? AND id = ? LIMIT 1"
         held = conn.execute(sql, (conversation_id, item["id"])).fetchone()
         if held is not None or item["id"] in seen:  # ids stay unique within a conversation
             item = {**item, "id": new_item_id(str(item.get("type")))}
+            packed[i] = _pack(item)
         seen.add(item["id"])
         kept.append(item)
-    packed = [_pack(item) for item in kept]
     row = conn.execute(
         "UPDATE conversations SET next_seq = next_seq + ?, bytes = bytes + ?, updated_at = ? WHERE id = ? "
         "RETURNING next_seq",

@@ -237,11 +237,12 @@ def output_ceiling(price: Price, default_max_tokens: int) -> int:
     return price.max_output_tokens or default_max_tokens
 
 
-def referenced_images(body: Any, raw: bytes) -> int:
+def referenced_images(body: Any, raw: bytes, walk: bool = False) -> int:
     """Images (and files) the body names by URL or file id rather than carrying them: their
     bytes are not in the body, so the byte count does not see them. Inline ones (a ``data:``
-    URL, base64) are in the body's bytes already. Walked only when ``raw`` may show one (:func:`may_hold`)."""
-    if not may_hold(raw, _REFERENCE_MARKS):
+    URL, base64) are in the body's bytes already. Walked only when ``raw`` may show one
+    (:func:`may_hold`), or ``walk``: the body holds what ``raw`` does not (:func:`put_in`)."""
+    if not (walk or may_hold(raw, _REFERENCE_MARKS)):
         return 0
     return sum(_by_reference(value) for value in _values(body) if isinstance(value, dict))
 
@@ -301,10 +302,17 @@ def _by_reference(part: dict) -> bool:
     return isinstance(part.get("fileData", part.get("file_data")), dict)  # a Gemini part (a URI)
 
 
-def image_tokens(body: Any, raw: bytes, price: Price) -> int:
-    """Input tokens of the images a body names by reference, each at the model's largest
-    (the price table's ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`)."""
-    return referenced_images(body, raw) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
+def image_tokens(body: Any, raw: bytes, price: Price, walk: bool = False, history: int = 0) -> int:
+    """Input tokens of the images a body names by reference, and the ``history`` it continues
+    names (``Conversation.history_images``), each at the model's largest (the price table's
+    ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`)."""
+    return (referenced_images(body, raw, walk) + history) * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
+
+
+def put_in(ctx: RequestContext) -> bool:
+    """Stockyard put stored items in the body (a conversation's, those item references name): its
+    marks are not all in the client's bytes, so the parsed body is read for them."""
+    return ctx.conversation is not None and ctx.conversation.put_in
 
 
 def unbounded_server_tools(body: Any) -> str | None:
@@ -386,9 +394,11 @@ def web_searches(body: dict) -> int:
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves. A
     follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far)."""
-    inputs = input_tokens(ctx) + image_tokens(ctx.body, ctx.raw, price) + fetched_tokens(ctx.body) + sent_back
+    conv, walk = ctx.conversation, put_in(ctx)
+    images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
+    inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
-    tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw))
+    tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw, walk))
     return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
 
 
@@ -398,11 +408,12 @@ _LONG_CACHE_MARKS = (b'"1h"', b'"24h"')
 _LONG_CACHE_VALUES = ("1h", "24h")
 
 
-def asks_long_cache(body: Any, raw: bytes) -> bool:
+def asks_long_cache(body: Any, raw: bytes, walk: bool = False) -> bool:
     """Whether the body may ask for long-lived cache writes, which cost up to twice the input
     rate: any value "1h" or "24h", so a stray one elsewhere only holds more, never less. Seen in
-    the bytes; the parsed body is walked only when they hold an escape (:func:`may_hold`)."""
-    if not may_hold(raw, _LONG_CACHE_MARKS):
+    the bytes; the parsed body is walked only when they hold an escape (:func:`may_hold`), or
+    ``walk``: it holds what the bytes do not (:func:`put_in`)."""
+    if not (walk or may_hold(raw, _LONG_CACHE_MARKS)):
         return False
     seen = any(mark in raw for mark in _LONG_CACHE_MARKS)
     return seen or any(v in _LONG_CACHE_VALUES for v in _values(body) if isinstance(v, str))

@@ -190,6 +190,13 @@ class StateServer:
             entry_id = self._id()
             self._entries[entry_id] = (window, entry)
             return {"entry": entry_id}
+        if op == "check":
+            _, window, rpm, tpm, tokens, who = call
+            try:
+                self.limiter.check(window, rpm, tpm, int(tokens), who)
+            except RateLimited as exc:
+                return {"limited": [exc.message, exc.retry_after]}
+            return {}
         if op == "correct":
             _, entry_id, tokens = call
             pending = self._entries.pop(entry_id, None)
@@ -322,17 +329,26 @@ class RemoteRateLimiter:
     def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> Any:
         """Count one request, or raise RateLimited. The parent gone: the request goes through
         uncounted (a limit is not a budget; it fails open, as on PostgreSQL)."""
+        reply = self._ask("admit", key_id, rpm, tpm, tokens, who)
+        return _RemoteEntry(reply["entry"] if reply is not None else None)
+
+    def check(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> None:
+        """Raise RateLimited if ``admit`` would now, counting nothing; the parent gone: no refusal."""
+        self._ask("check", key_id, rpm, tpm, tokens, who)
+
+    def _ask(self, op: str, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str) -> dict | None:
+        """The parent's answer to ``op`` (RateLimited where it refuses), or None when it is gone."""
         if tpm is not None and tokens > tpm:
             raise too_large(who, tpm, tokens)
         try:
-            reply = self._client.call(["admit", key_id, rpm, tpm, tokens, who])
+            reply = self._client.call([op, key_id, rpm, tpm, tokens, who])
         except StateLost as exc:
-            log.warning("rate limit of %s not counted: %s", who, exc)
-            return _RemoteEntry(None)
+            log.warning("rate limit of %s not %s: %s", who, "counted" if op == "admit" else "checked", exc)
+            return None
         if "limited" in reply:
             message, retry_after = reply["limited"]
             raise RateLimited(message, retry_after)
-        return _RemoteEntry(reply["entry"])
+        return reply
 
     def correct(self, key_id: str, entry: Any, tokens: int) -> None:
         if entry.id is None:

@@ -39,6 +39,7 @@ from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, REFUSALS, RESPONSES, ClientGone, ProxyError, refusal_of, sse_error_event
 from .httpio import json_object
 from .limits import MAX_CHOICES, check_request_numbers, show
+from .modules.ratelimit import check_early
 from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media
@@ -200,7 +201,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         if path.references is not None:
             path.references(ctx)  # another key's files, named in the body (files_api.Ownership)
         if ctx.dialect == RESPONSES:
-            path.conversations.open(ctx)  # the previous turn (this key's) and its history, before any module
+            # the previous turn (this key's) and its history, before any module (read once the rate limit admits it)
+            path.conversations.open(ctx, lambda: check_early(chain, ctx))
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them
         if ctx.answer is None and ctx.dialect == RESPONSES:
             path.conversations.count_input(ctx)  # input_tokens on a translated provider

@@ -39,6 +39,7 @@ from .hosts import client_address, counted_sender, forwarded_prefix, host_allowe
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, allow, json_response
 from .logbuffer import access, printable
+from .modules import redact
 from .modules.ratelimit import admit_call
 from .multipart import Upload
 
@@ -764,7 +765,8 @@ class Handler(BaseHTTPRequestHandler):
         if CONVERSATION_PATH.match(path):  # /v1/conversations[/{id}[/items[/{item_id}]]]
             ctx = RequestContext(conversation_endpoint(method, path), OPENAI, self._client_ip(), self._headers_dict())
             if self._key_accepted(ctx):
-                self._stored_response(ctx, app.conversations.threads.answer)
+                kept = functools.partial(redact.screen, app.path.chain(), ctx)  # items redacted as a turn's input
+                self._stored_response(ctx, lambda req, key_id: app.conversations.threads.answer(req, key_id, kept))
             return
         fixed = FIXED_ROUTES.get(path)
         if fixed is not None:

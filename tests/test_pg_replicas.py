@@ -233,6 +233,21 @@ def test_shared_token_limits_count_the_real_usage(shared_stores):
     assert too_big.value.retry_after is None  # can never fit
 
 
+def test_a_shared_check_counts_nothing(shared_stores):
+    """ratelimit.check_early: would the shared window refuse this request now? (before a
+    conversation is read); asking counts no request."""
+    one, two = SharedRateLimiter(shared_stores[0]), SharedRateLimiter(shared_stores[1])
+    for _ in range(3):
+        one.check("key_check", 1, None, 0)
+    two.admit("key_check", 1, None, 0)
+    with pytest.raises(RateLimited) as refused:
+        one.check("key_check", 1, None, 0)
+    assert "1 requests per minute" in refused.value.message
+    two.admit("key_check_tpm", None, 1000, 900)
+    with pytest.raises(RateLimited):
+        one.check("key_check_tpm", None, 1000, 200)
+
+
 def test_quiet_windows_lose_their_old_buckets(pg_store, monkeypatch):
     monkeypatch.setattr("stockyard.store.shared.PRUNE_EVERY", 2)
     limiter = SharedRateLimiter(pg_store)

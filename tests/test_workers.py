@@ -154,6 +154,20 @@ def test_workers_share_the_parents_rate_windows(state, tmp_path):
         two.admit("key_tpm", None, 1000, 200)
 
 
+def test_a_workers_check_asks_the_parent_and_counts_nothing(state, tmp_path):
+    """ratelimit.check_early: would the parent's windows refuse this request now? (before a
+    conversation is read); asking counts no request."""
+    limiter = RemoteRateLimiter(StateClient(tmp_path))
+    for _ in range(3):
+        limiter.check("key_check", 1, None, 0)
+    limiter.admit("key_check", 1, None, 0)
+    with pytest.raises(RateLimited) as refused:
+        limiter.check("key_check", 1, None, 0)
+    assert "1 requests per minute" in refused.value.message
+    with pytest.raises(RateLimited):
+        limiter.check("key_check_tpm", None, 1000, 1001)
+
+
 def test_a_worker_whose_parent_is_gone_fails_budgets_closed_and_limits_open(tmp_path):
     ledger, limiter = RemoteLedger(StateClient(tmp_path), lambda b, k: 0), RemoteRateLimiter(StateClient(tmp_path))
     with pytest.raises(StateLost):

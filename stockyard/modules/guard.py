@@ -88,10 +88,14 @@ class Guard(Module):
         model = ctx.routed_model or ctx.model
         if model and (opts.allow or opts.deny):
             self._check_model(opts, model, ctx.model or model)
-        if opts.max_input_bytes and len(ctx.raw) > opts.max_input_bytes:
+        sent = len(ctx.raw) + (ctx.conversation.history_bytes if ctx.conversation is not None else 0)
+        if opts.max_input_bytes and sent > opts.max_input_bytes:
+            stored = (
+                " with the stored items it names (conversation, previous_response_id)" if sent > len(ctx.raw) else ""
+            )
             raise ProxyError(
                 413,
-                f"request body is {len(ctx.raw)} bytes; this proxy allows at most {opts.max_input_bytes}",
+                f"request body is {sent} bytes{stored}; this proxy allows at most {opts.max_input_bytes}",
                 code="request_too_large",
             )
         messages = ctx.body.get(MESSAGE_FIELDS.get(ctx.endpoint, "messages"))

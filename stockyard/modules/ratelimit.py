@@ -90,22 +90,22 @@ class RateLimiter:
             self._prune(now)
             window = self._windows.setdefault(key_id, _Window())
             window.slide(now)
-            if rpm is not None and len(window.entries) >= rpm:
-                oldest_needed = window.entries[len(window.entries) - rpm]
-                raise too_many_requests(who, rpm, oldest_needed.at + WINDOW_S - now)
-            if tpm is not None and window.tokens + tokens > tpm:
-                if tokens > tpm:
-                    raise too_large(who, tpm, tokens)
-                excess, freed = window.tokens + tokens - tpm, 0
-                for entry in window.entries:
-                    freed += entry.tokens
-                    if freed >= excess:
-                        break
-                raise too_many_tokens(who, tpm, tokens, entry.at + WINDOW_S - now)
+            _refuse(window, now, rpm, tpm, tokens, who)
             entry = _Entry(now, tokens)
             window.entries.append(entry)
             window.tokens += tokens
             return entry
+
+    def check(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> None:
+        """Raise RateLimited if ``admit`` would now, counting nothing (``check_early``)."""
+        if tpm is not None and tokens > tpm:
+            raise too_large(who, tpm, tokens)
+        with self._lock:
+            window = self._windows.get(key_id)
+            if window is not None:
+                now = self._clock()
+                window.slide(now)
+                _refuse(window, now, rpm, tpm, tokens, who)
 
     def correct(self, key_id: str, entry: _Entry, tokens: int) -> None:
         """Replace an admitted request's estimate with what it really used."""
@@ -113,6 +113,22 @@ class RateLimiter:
             if entry.live and key_id in self._windows:
                 self._windows[key_id].tokens += tokens - entry.tokens
             entry.tokens = tokens
+
+
+def _refuse(window: _Window, now: float, rpm: int | None, tpm: int | None, tokens: int, who: str) -> None:
+    """RateLimited if one more request of ``tokens`` would pass ``window``'s limits."""
+    if rpm is not None and len(window.entries) >= rpm:
+        oldest_needed = window.entries[len(window.entries) - rpm]
+        raise too_many_requests(who, rpm, oldest_needed.at + WINDOW_S - now)
+    if tpm is not None and window.tokens + tokens > tpm:
+        if tokens > tpm:
+            raise too_large(who, tpm, tokens)
+        excess, freed = window.tokens + tokens - tpm, 0
+        for entry in window.entries:
+            freed += entry.tokens
+            if freed >= excess:
+                break
+        raise too_many_tokens(who, tpm, tokens, entry.at + WINDOW_S - now)
 
 
 def limiter_for(services: ModuleServices) -> RateLimiter:
@@ -158,12 +174,25 @@ class RateLimitModule(Module):
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return
-        counted = key.tpm and ctx.endpoint not in FREE_ENDPOINTS  # counting tokens is not using them
-        tokens = estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if counted else 0
         try:
-            ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, tokens)
+            ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, self._tokens(ctx))
         except RateLimited as exc:
             raise exc.error() from None
+
+    def check(self, ctx: RequestContext) -> None:
+        """``before``'s refusal, counting nothing (``check_early``)."""
+        key = ctx.key
+        if key is None or (key.rpm is None and key.tpm is None):
+            return
+        try:
+            self.limiter.check(key.id, key.rpm, key.tpm, self._tokens(ctx))
+        except RateLimited as exc:
+            raise exc.error() from None
+
+    def _tokens(self, ctx: RequestContext) -> int:
+        """What the request counts against the key's tpm (the worst case), 0 when it has none."""
+        counted = ctx.key is not None and ctx.key.tpm and ctx.endpoint not in FREE_ENDPOINTS  # counting is not using
+        return estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if counted else 0
 
     def admit_call(self, ctx: RequestContext) -> None:
         """A call outside the chain that uses no tokens (files and batches: ``files_api``): one of
@@ -182,6 +211,16 @@ class RateLimitModule(Module):
             return  # a background response's usage never comes back: its worst case stays counted
         used = estimate.used_tokens(ctx)
         self.limiter.correct(ctx.key.id, entry, used)
+
+
+def check_early(chain: Chain, ctx: RequestContext) -> None:
+    """The 429 the ``ratelimit`` module would answer, before Stockyard reads the stored items a
+    request names (a conversation's: up to the body limit read and decoded): a refusal counts
+    nothing, so a key past its rpm (or a turn larger than its tpm) repeating a short request
+    would otherwise cost that read each time. The module admits the request as ever."""
+    module = chain.module("ratelimit", ctx)
+    if isinstance(module, RateLimitModule):
+        module.check(ctx)
 
 
 def admit_call(chain: Chain, ctx: RequestContext) -> None:

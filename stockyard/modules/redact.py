@@ -31,13 +31,16 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..providers import compaction
 from .base import Module
 from .schema import Field
+
+if TYPE_CHECKING:
+    from ..chain import Chain
 
 # kind → (what to call it in a message, pattern). Secrets share one regex (one pass).
 SECRETS: dict[str, tuple[str, str]] = {
@@ -281,6 +284,22 @@ def describe_kinds(kinds: list[str]) -> str:
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
+def refused(kinds: list[str]) -> ProxyError:
+    """``block`` mode's 400: the kinds of data found, never the data."""
+    return ProxyError(
+        400,
+        f"request refused: it contains {describe_kinds(kinds)}; remove it and send the request again",
+        code="sensitive_data",
+    )
+
+
+def screen(chain: Chain, ctx: RequestContext, items: list[dict]) -> list[dict]:
+    """``items`` as the ``redact`` module, where it runs for this request's key, lets them be
+    kept (``Redact.screen``): for a route outside the chain, as ``ratelimit.admit_call`` is."""
+    module = chain.module("redact", ctx)
+    return module.screen(ctx, items) if isinstance(module, Redact) else items
+
+
 class Redact(Module):
     """Secrets and optional PII removed from stored bodies, from upstream requests, or blocked."""
 
@@ -315,17 +334,31 @@ class Redact(Module):
             ctx.sensitive = ctx.sensitive or bool(signed)
             return
         if opts.mode == "block":
-            raise ProxyError(
-                400,
-                f"request refused: it contains {describe_kinds(kinds)}; remove it and send the request again",
-                code="sensitive_data",
-            )
+            raise refused(kinds)
         if opts.mode == "upstream":
             ctx.body = opts.detector.sub_json(ctx.body, keep_signed=True)
-            ctx.raw = json.dumps(ctx.body, ensure_ascii=False).encode()
+            # the client's bytes, redacted: not the body, which may hold stored items the estimate counts apart
+            ctx.raw = opts.detector.redact_bytes(ctx.raw)
             ctx.body_changed = True
+            conv = ctx.conversation
+            if conv is not None and conv.turn_items:  # what a conversation keeps of this turn: as sent upstream
+                conv.turn_items = opts.detector.sub_json(conv.turn_items, keep_signed=True)
         else:
             ctx.sensitive = True
+
+    def screen(self, ctx: RequestContext, items: list[dict]) -> list[dict]:
+        """Items a route outside the chain keeps to send upstream later (a conversation's
+        ``items``), treated as a turn's input is: redacted in ``upstream`` mode, refused in
+        ``block`` mode, kept as sent in ``store`` mode (as a stored response keeps its input)."""
+        opts: RedactOptions = self.options(ctx)
+        if not opts.detector:
+            return items
+        kinds = list(opts.detector.find_json(items, signed={}))
+        if not kinds or opts.mode == "store":
+            return items
+        if opts.mode == "block":
+            raise refused(kinds)
+        return opts.detector.sub_json(items, keep_signed=True)
 
     def after(self, ctx: RequestContext) -> None:
         """Redact what the trace will store: the request, the answer, errors — of every attempt."""

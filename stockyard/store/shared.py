@@ -406,10 +406,33 @@ class SharedRateLimiter:
             self._prune()
         return entry
 
+    def check(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> None:
+        """Raise RateLimited if ``admit`` would now, counting nothing; the database lost: no refusal."""
+        if tpm is not None and tokens > tpm:
+            raise too_large(who, tpm, tokens)
+        try:
+            self._refuse(self._store.read(), key_id, rpm, tpm, tokens, who)
+        except sqlite3.Error as exc:
+            log.warning("rate limit of %s not checked, the database failed: %s", who, exc)
+
     def _admit(
         self, conn: sqlite3.Connection, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str
     ) -> RateEntry:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"rate:{name}",))
+        tick = self._refuse(conn, name, rpm, tpm, tokens, who)
+        conn.execute(
+            "INSERT INTO rate_buckets (name, tick, requests, tokens) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (name, tick) DO UPDATE SET requests = rate_buckets.requests + 1, "
+            "tokens = rate_buckets.tokens + excluded.tokens",
+            (name, tick, tokens),
+        )
+        conn.execute("DELETE FROM rate_buckets WHERE name = ? AND tick <= ?", (name, tick - RATE_SPAN))
+        return RateEntry(tick, tokens)
+
+    def _refuse(
+        self, conn: sqlite3.Connection, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str
+    ) -> int:
+        """RateLimited if one more request of ``tokens`` would pass the window's limits; else the tick now."""
         now = int(conn.execute(f"SELECT {_NOW_MS}").fetchone()[0])
         tick = now * TICKS_PER_S // 1000
         # Summed by the database: a busy window has up to 601 buckets, and fetching them all per
@@ -423,14 +446,7 @@ class SharedRateLimiter:
             raise too_many_requests(who, rpm, _wait(self._buckets(conn, name, tick), 1, requests + 1 - rpm, now))
         if tpm is not None and used + tokens > tpm:
             raise too_many_tokens(who, tpm, tokens, _wait(self._buckets(conn, name, tick), 2, used + tokens - tpm, now))
-        conn.execute(
-            "INSERT INTO rate_buckets (name, tick, requests, tokens) VALUES (?, ?, 1, ?) "
-            "ON CONFLICT (name, tick) DO UPDATE SET requests = rate_buckets.requests + 1, "
-            "tokens = rate_buckets.tokens + excluded.tokens",
-            (name, tick, tokens),
-        )
-        conn.execute("DELETE FROM rate_buckets WHERE name = ? AND tick <= ?", (name, tick - RATE_SPAN))
-        return RateEntry(tick, tokens)
+        return tick
 
     def _buckets(self, conn: sqlite3.Connection, name: str, tick: int) -> list:
         return conn.execute(
