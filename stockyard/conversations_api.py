@@ -59,7 +59,7 @@ def endpoint_name(method: str, path: str) -> str:
         return "conversations.items." + ("create" if method == "POST" else "list")
     if conversation:
         return "conversations." + {"POST": "update", "DELETE": "delete"}.get(method, "retrieve")
-    return "conversations.create"
+    return "conversations.create" if method == "POST" else "conversations"  # the collection takes only POST
 
 
 def new_conversation_id() -> str:

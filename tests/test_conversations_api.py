@@ -276,6 +276,19 @@ def test_conversation_calls_count_against_the_keys_rpm_and_are_traced_at_cost_ze
     assert status == 429, refused
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_read_of_the_collection_is_a_405_traced_as_the_collection(server, method):
+    """Was traced as ``conversations.create``: the collection takes only POST (OpenAI lists none)."""
+    key = client_key(server)
+    status, headers, _ = server.request(method, "/v1/conversations", None, headers={"Authorization": f"Bearer {key}"})
+    assert (status, headers.get("allow")) == (405, "POST")
+    key_id = server.db_rows("SELECT id FROM client_keys WHERE prefix = ?", (key[:12],))[0]["id"]
+    traced = wait_for(
+        lambda: server.db_rows("SELECT endpoint FROM traces WHERE key_id = ? AND status = 405", (key_id,))
+    )
+    assert [t["endpoint"] for t in traced] == ["conversations"]
+
+
 def test_bad_input_is_an_openai_shaped_4xx(server, mock):
     key = client_key(server)
     client = sdk(server, key)
