@@ -87,6 +87,10 @@ def not_found(conversation_id: str, param: str | None = None) -> ProxyError:
     return ProxyError(404, f"Conversation with id '{conversation_id}' not found.", param=param, code="not_found")
 
 
+def item_not_found(item_id: str) -> ProxyError:
+    return ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
+
+
 def invalid(param: str, message: str, code: str = "invalid_value") -> ProxyError:
     return ProxyError(400, message, param=param, code=code)
 
@@ -295,7 +299,7 @@ class ConversationStore:
             .fetchone()
         )
         if row is None:
-            raise ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
+            raise item_not_found(item_id)
         return _unpack(row[0])
 
     # -- writes (each waits for its commit) ----------------------------------------------------
@@ -395,7 +399,7 @@ class ConversationStore:
             if req.method == "GET":
                 return json_response(self.item(conversation, item_id))
             if not self.delete_item(conversation, item_id):
-                raise ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
+                raise item_not_found(item_id)
             return json_response(conversation.public())
         if items:
             if req.method == "GET":
