@@ -152,7 +152,9 @@ def _repeats(event: bytes) -> bool:
 
 
 def input_tokens(ctx: RequestContext) -> int:
-    """The body, and the conversation a Responses ``previous_response_id`` continues."""
+    """The client's body, and the stored items Stockyard sends with it (``history_tokens``: the
+    conversation a Responses ``previous_response_id`` continues, a ``conversation``'s items, the
+    items ``item_reference``s name)."""
     history = ctx.conversation.history_tokens if ctx.conversation is not None else 0
     return text_tokens(ctx.raw) + history
 
