@@ -12,7 +12,8 @@ the client key that made it (another key gets 404, as if it did not exist):
 
 A ``conversation`` (OpenAI's Conversations API, which ``stockyard.conversations_api`` serves)
 is joined here too (``Conversations.join``): its items go in front of ``input`` for every
-provider, and the turn is appended to it once its response has completed (``_append``).
+provider, and the turn is appended to it once its response has completed, or ended
+``incomplete`` (``_append``).
 
 A row is visible to lookups from the moment the adapter hands the response over (before
 the client sees its end), through a small in-memory table of rows the writer has not yet
@@ -177,10 +178,12 @@ class Conversations:
 
     # -- the request path ---------------------------------------------------------------------
     def open(self, ctx: RequestContext, admissible: Callable[[], None] = lambda: None) -> None:
-        """Before the modules: the previous turn, which this key must have made through Stockyard
-        (404 otherwise, whatever the provider keeps), and the history rebuilt from it, so budgets,
-        rate limits and the cache see the whole conversation before they decide. ``admissible``
-        raises the rate limit's 429 before what the body names is read (``ratelimit.check_early``)."""
+        """Before the modules: the stored items the body names — a ``conversation`` (:meth:`join`)
+        or the previous turn, which this key must have made through Stockyard (404 otherwise,
+        whatever the provider keeps), and the history rebuilt from it; the items its
+        ``item_reference``s name — so budgets, rate limits and the cache see the whole
+        conversation before they decide. ``admissible`` raises the rate limit's 429 before what
+        the body names is read (``ratelimit.check_early``)."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
