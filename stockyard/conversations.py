@@ -137,11 +137,6 @@ def _unpack(data: bytes | None) -> Any:
     return None if data is None else json.loads(zlib.decompress(data))
 
 
-def input_items(body: dict) -> list[dict]:
-    """This turn's ``input`` as Responses items with ids, as ``input_items`` lists them."""
-    return normalized(body.get("input"))
-
-
 def is_reference(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") == "item_reference"
 
@@ -366,7 +361,8 @@ class Conversations:
             record.response = {"usage": usage} if isinstance(usage, dict) else None
         else:
             turn = ctx.conversation.turn_items if ctx.conversation else None  # not the conversation before it
-            record.input_items = turn if turn is not None else input_items(ctx.body)
+            # this turn's input as Responses items with ids, as input_items lists them
+            record.input_items = turn if turn is not None else normalized(ctx.body.get("input"))
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []
             record.response = response
