@@ -39,7 +39,7 @@ from .context import Answer, Conversation, RequestContext
 from .conversations_api import ConversationStore, item_list, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
-from .estimate import referenced_images, text_tokens
+from .estimate import referenced_images, size_tokens, text_tokens
 from .httpio import Request, Response, check_method, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
@@ -256,7 +256,7 @@ class Conversations:
         if found is None:  # another key's, or none Stockyard holds: as if unknown
             raise conversation_not_found(conversation_id, "conversation")
         counted = conv.history_tokens
-        conv.history_tokens += -(-found.bytes // 4)  # its items, as the row counts them
+        conv.history_tokens += size_tokens(found.bytes)  # its items, as the row counts them
         admissible()
         history, size = self.threads.context(found, room)
         sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
@@ -264,7 +264,7 @@ class Conversations:
         ctx.body_changed = True
         conv.conversation_id, conv.turn_items = found.id, normalized(sent)
         conv.put_in = bool(history)  # the budget walks the body for what they name (estimate.request_cost)
-        conv.history_tokens = counted + -(-size // 4)
+        conv.history_tokens = counted + size_tokens(size)
         conv.history_bytes += size
         return size
 

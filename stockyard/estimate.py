@@ -74,7 +74,12 @@ def unpriced_audio_format(ctx: RequestContext) -> str | None:
 
 def text_tokens(data: bytes) -> int:
     """Tokens in ``data`` at four bytes a token, rounded up (the over-estimate used everywhere here)."""
-    return -(-len(data) // 4)
+    return size_tokens(len(data))
+
+
+def size_tokens(size: int) -> int:
+    """:func:`text_tokens` of ``size`` bytes known without the bytes (stored items' kept sizes)."""
+    return -(-size // 4)
 
 
 # A text value a model wrote, in every dialect's answer and stream events: chat's content,
