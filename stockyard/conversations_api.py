@@ -247,10 +247,11 @@ class ConversationStore:
             return None
         return Conversation(row[0], row[1], row[2], json.loads(row[3]), row[4])
 
-    def owned(self, conversation_id: str, key_id: str | None, param: str | None = None) -> Conversation:
+    def owned(self, conversation_id: str, key_id: str | None) -> Conversation:
+        """The conversation a route names, or its 404 (another key's is as unknown)."""
         found = self.find(conversation_id, key_id)
         if found is None:
-            raise not_found(conversation_id, param)
+            raise not_found(conversation_id)
         return found
 
     def context(self, conversation: Conversation, room: int) -> tuple[list[dict], int]:
