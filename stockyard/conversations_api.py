@@ -212,10 +212,6 @@ def _now_ms() -> int:
 Screen = Callable[[list[dict]], list[dict]]  # items as they may be kept (redact.screen)
 
 
-def as_sent(items: list[dict]) -> list[dict]:
-    return items
-
-
 @dataclass
 class Conversation:
     """A conversation's row: whose it is, and what its object shows."""
@@ -378,7 +374,7 @@ class ConversationStore:
         return bool(self._store.write(job))
 
     # -- the routes ----------------------------------------------------------------------------
-    def answer(self, req: Request, key_id: str | None, screen: Screen = as_sent) -> Response:
+    def answer(self, req: Request, key_id: str | None, screen: Screen) -> Response:
         """One Conversations API call by the key ``key_id``; ``screen`` passes on the items it
         adds as the ``redact`` module would a turn's input (``redact.screen``)."""
         match = PATH.match(req.path)
