@@ -905,7 +905,8 @@ def relay_stream(
 ) -> None:
     """Relay SSE as it arrives: the events of one upstream read are translated, scrubbed and
     written as one piece (one write per read, not per event); a break upstream ends with an
-    error event, never [DONE].
+    error event, never [DONE]. A turn the provider paused goes on in the same client stream with
+    each follow-up call's events (:func:`continue_turn`).
 
     Once the head and the first events are out, the rest goes to the relay thread when there is
     one (``path.relay``: chunked streams; anything unusual stays here): this
