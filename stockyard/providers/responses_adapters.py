@@ -73,13 +73,6 @@ def ours(item: object) -> bool:
     return responses.minted(item) or unpack(item.get("encrypted_content")) is not None
 
 
-def summarised(item: object) -> bool:
-    """A compaction item Stockyard made (its token), which no provider's Responses API can read."""
-    if not isinstance(item, dict) or item.get("type") != compaction.ITEM:
-        return False
-    return compaction.ours(item.get("encrypted_content"))
-
-
 def keep(ctx: RequestContext, response: object) -> None:
     """Hand a finished response object to the conversation store (see ``stockyard.conversations``)."""
     conv, provider = ctx.conversation, ctx.attempt.provider
@@ -136,7 +129,9 @@ class ResponsesPassThrough(Adapter):
             unnamed = {k: v for k, v in ctx.body.items() if k != "conversation"}
             ctx = dataclasses.replace(ctx, body=unnamed, body_changed=True)
         items = ctx.body.get("input")
-        if isinstance(items, list) and any(ours(item) or summarised(item) or minted_here(item) for item in items):
+        if isinstance(items, list) and any(
+            ours(item) or compaction.made_here(item) or minted_here(item) for item in items
+        ):
             # Stockyard's own reasoning items (a conversation that ran on a translated provider) stay
             # behind; its compaction items go as the user message holding their summary; the ids it
             # gave items (a Stockyard conversation's, as listed or put in front) are left off
