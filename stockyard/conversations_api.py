@@ -205,6 +205,12 @@ def _unpack(data: bytes) -> dict:
     return json.loads(zlib.decompress(data))
 
 
+def _item_row(conn: sqlite3.Connection, conversation_id: str, item_id: str, columns: str) -> Any:
+    """``columns`` of the item with this id in the conversation (the first, should two share it), or None."""
+    sql = f"SELECT {columns} FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1"
+    return conn.execute(sql, (conversation_id, item_id)).fetchone()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -272,10 +278,7 @@ class ConversationStore:
         conn = self._store.read()
         where, args = "conversation_id = ?", [conversation.id]
         if after is not None:
-            row = conn.execute(
-                "SELECT seq FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
-                (conversation.id, after),
-            ).fetchone()
+            row = _item_row(conn, conversation.id, after, "seq")
             if row is None:
                 raise invalid("after", f"No item found with id '{after}' in this conversation.")
             where += f" AND seq {'>' if order == 'asc' else '<'} ?"
@@ -287,14 +290,7 @@ class ConversationStore:
         return item_list([_unpack(row[0]) for row in rows[:limit]], len(rows) > limit)
 
     def item(self, conversation: Conversation, item_id: str) -> dict:
-        row = (
-            self._store.read()
-            .execute(
-                "SELECT item FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
-                (conversation.id, item_id),
-            )
-            .fetchone()
-        )
+        row = _item_row(self._store.read(), conversation.id, item_id, "item")
         if row is None:
             raise item_not_found(item_id)
         return _unpack(row[0])
@@ -357,10 +353,7 @@ class ConversationStore:
 
     def delete_item(self, conversation: Conversation, item_id: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT seq, bytes FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
-                (conversation.id, item_id),
-            ).fetchone()
+            row = _item_row(conn, conversation.id, item_id, "seq, bytes")
             if row is None:
                 return False
             sql = "DELETE FROM conversation_items WHERE conversation_id = ? AND seq = ?"
@@ -430,6 +423,7 @@ def _append(
     packed = list(packed)
     seen: set[str] = set()
     for i, item in enumerate(items):
+        # not _item_row: without its ORDER BY seq the (conversation_id, id) index answers alone
         sql = "SELECT 1 FROM conversation_items WHERE conversation_id = ? AND id = ? LIMIT 1"
         held = conn.execute(sql, (conversation_id, item["id"])).fetchone()
         if held is not None or item["id"] in seen:  # ids stay unique within a conversation
