@@ -201,7 +201,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         if path.references is not None:
             path.references(ctx)  # another key's files, named in the body (files_api.Ownership)
         if ctx.dialect == RESPONSES:
-            # the previous turn (this key's) and its history, before any module (read once the rate limit admits it)
+            # the stored items the body names (a conversation's, the previous turn's history, item references),
+            # this key's, before any module (read once the rate limit admits it)
             path.conversations.open(ctx, lambda: check_early(chain, ctx))
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them
         if ctx.answer is None and ctx.dialect == RESPONSES:
