@@ -5,7 +5,7 @@ update its metadata, delete; add, list, retrieve and delete items). A ``/v1/resp
 request naming it (``conversation``) gets its items in front of ``input``, whichever provider
 answers (``stockyard.conversations`` puts them there, so the provider's body carries no
 ``conversation``: a conversation works on any model and may change model between turns), and
-once the response has completed, that turn's input items and the response's output items
+once the response has completed (or ended ``incomplete``), that turn's input items and the response's output items
 are appended to it.
 
 Stockyard owns them: ids are minted here (``conv_…``; an item sent without an id gets one),
