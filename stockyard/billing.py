@@ -79,14 +79,12 @@ class Pricer:
             relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
-        earlier, a.paused_usage = a.paused_usage, []  # a continued turn: each call priced on its own
         if price is None:
             a.cost_status = "unknown"
-        else:
-            a.cost_uc = cost_microcents(price, a.usage) + sum(cost_microcents(price, u) for u in earlier)
+        else:  # a continued turn: each call priced on its own
+            a.cost_uc = sum(cost_microcents(price, u) for u in [*a.paused_usage, a.usage])
             a.cost_status = "estimate" if a.usage_estimated else "exact"
-        for usage in earlier:  # and the usage reported whole
-            a.usage = usage.plus(a.usage)
+        a.usage, a.paused_usage = a.total_usage(), []  # and the usage reported whole
 
     def call_cost(self, ctx: RequestContext, a: Attempt, usage: Usage) -> int | None:
         """What one call of ``a`` that used ``usage`` costs (µ¢), None without a price."""

@@ -153,7 +153,8 @@ class Conversation:
     adapter calls ``keep(provider, response)`` with the finished response object before the
     client sees its end, so the next turn can always find it. ``conversation_id`` names the
     Conversations API conversation (``stockyard.conversations_api``) whose items were put in
-    front of the input; the turn is appended to it once the response has completed.
+    front of the input; the turn is appended to it once the response has completed (or ended
+    ``incomplete``).
     """
 
     response_id: str

@@ -12,7 +12,8 @@ the client key that made it (another key gets 404, as if it did not exist):
 
 A ``conversation`` (OpenAI's Conversations API, which ``stockyard.conversations_api`` serves)
 is joined here too (``Conversations.join``): its items go in front of ``input`` for every
-provider, and the turn is appended to it once its response has completed (``_append``).
+provider, and the turn is appended to it once its response has completed, or ended
+``incomplete`` (``_append``).
 
 A row is visible to lookups from the moment the adapter hands the response over (before
 the client sees its end), through a small in-memory table of rows the writer has not yet
@@ -38,7 +39,7 @@ from .context import Answer, Conversation, RequestContext
 from .conversations_api import ConversationStore, item_list, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
-from .estimate import referenced_images, text_tokens
+from .estimate import referenced_images, size_tokens, text_tokens
 from .httpio import Request, Response, check_method, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
@@ -136,11 +137,6 @@ def _unpack(data: bytes | None) -> Any:
     return None if data is None else json.loads(zlib.decompress(data))
 
 
-def input_items(body: dict) -> list[dict]:
-    """This turn's ``input`` as Responses items with ids, as ``input_items`` lists them."""
-    return normalized(body.get("input"))
-
-
 def is_reference(item: Any) -> bool:
     return isinstance(item, dict) and item.get("type") == "item_reference"
 
@@ -177,10 +173,12 @@ class Conversations:
 
     # -- the request path ---------------------------------------------------------------------
     def open(self, ctx: RequestContext, admissible: Callable[[], None] = lambda: None) -> None:
-        """Before the modules: the previous turn, which this key must have made through Stockyard
-        (404 otherwise, whatever the provider keeps), and the history rebuilt from it, so budgets,
-        rate limits and the cache see the whole conversation before they decide. ``admissible``
-        raises the rate limit's 429 before what the body names is read (``ratelimit.check_early``)."""
+        """Before the modules: the stored items the body names — a ``conversation`` (:meth:`join`)
+        or the previous turn, which this key must have made through Stockyard (404 otherwise,
+        whatever the provider keeps), and the history rebuilt from it; the items its
+        ``item_reference``s name — so budgets, rate limits and the cache see the whole
+        conversation before they decide. ``admissible`` raises the rate limit's 429 before what
+        the body names is read (``ratelimit.check_early``)."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv
@@ -258,7 +256,7 @@ class Conversations:
         if found is None:  # another key's, or none Stockyard holds: as if unknown
             raise conversation_not_found(conversation_id, "conversation")
         counted = conv.history_tokens
-        conv.history_tokens += -(-found.bytes // 4)  # its items, as the row counts them
+        conv.history_tokens += size_tokens(found.bytes)  # its items, as the row counts them
         admissible()
         history, size = self.threads.context(found, room)
         sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
@@ -266,7 +264,7 @@ class Conversations:
         ctx.body_changed = True
         conv.conversation_id, conv.turn_items = found.id, normalized(sent)
         conv.put_in = bool(history)  # the budget walks the body for what they name (estimate.request_cost)
-        conv.history_tokens = counted + -(-size // 4)
+        conv.history_tokens = counted + size_tokens(size)
         conv.history_bytes += size
         return size
 
@@ -363,7 +361,8 @@ class Conversations:
             record.response = {"usage": usage} if isinstance(usage, dict) else None
         else:
             turn = ctx.conversation.turn_items if ctx.conversation else None  # not the conversation before it
-            record.input_items = turn if turn is not None else input_items(ctx.body)
+            # this turn's input as Responses items with ids, as input_items lists them
+            record.input_items = turn if turn is not None else normalized(ctx.body.get("input"))
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []
             record.response = response

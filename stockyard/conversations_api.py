@@ -5,7 +5,7 @@ update its metadata, delete; add, list, retrieve and delete items). A ``/v1/resp
 request naming it (``conversation``) gets its items in front of ``input``, whichever provider
 answers (``stockyard.conversations`` puts them there, so the provider's body carries no
 ``conversation``: a conversation works on any model and may change model between turns), and
-once the response has completed, that turn's input items and the response's output items
+once the response has completed (or ended ``incomplete``), that turn's input items and the response's output items
 are appended to it.
 
 Stockyard owns them: ids are minted here (``conv_…``; an item sent without an id gets one),
@@ -85,6 +85,10 @@ def without_minted_id(item: Any) -> Any:
 
 def not_found(conversation_id: str, param: str | None = None) -> ProxyError:
     return ProxyError(404, f"Conversation with id '{conversation_id}' not found.", param=param, code="not_found")
+
+
+def item_not_found(item_id: str) -> ProxyError:
+    return ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
 
 
 def invalid(param: str, message: str, code: str = "invalid_value") -> ProxyError:
@@ -201,15 +205,17 @@ def _unpack(data: bytes) -> dict:
     return json.loads(zlib.decompress(data))
 
 
+def _item_row(conn: sqlite3.Connection, conversation_id: str, item_id: str, columns: str) -> Any:
+    """``columns`` of the item with this id in the conversation (the first, should two share it), or None."""
+    sql = f"SELECT {columns} FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1"
+    return conn.execute(sql, (conversation_id, item_id)).fetchone()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
 Screen = Callable[[list[dict]], list[dict]]  # items as they may be kept (redact.screen)
-
-
-def as_sent(items: list[dict]) -> list[dict]:
-    return items
 
 
 @dataclass
@@ -243,10 +249,11 @@ class ConversationStore:
             return None
         return Conversation(row[0], row[1], row[2], json.loads(row[3]), row[4])
 
-    def owned(self, conversation_id: str, key_id: str | None, param: str | None = None) -> Conversation:
+    def owned(self, conversation_id: str, key_id: str | None) -> Conversation:
+        """The conversation a route names, or its 404 (another key's is as unknown)."""
         found = self.find(conversation_id, key_id)
         if found is None:
-            raise not_found(conversation_id, param)
+            raise not_found(conversation_id)
         return found
 
     def context(self, conversation: Conversation, room: int) -> tuple[list[dict], int]:
@@ -271,10 +278,7 @@ class ConversationStore:
         conn = self._store.read()
         where, args = "conversation_id = ?", [conversation.id]
         if after is not None:
-            row = conn.execute(
-                "SELECT seq FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
-                (conversation.id, after),
-            ).fetchone()
+            row = _item_row(conn, conversation.id, after, "seq")
             if row is None:
                 raise invalid("after", f"No item found with id '{after}' in this conversation.")
             where += f" AND seq {'>' if order == 'asc' else '<'} ?"
@@ -286,16 +290,9 @@ class ConversationStore:
         return item_list([_unpack(row[0]) for row in rows[:limit]], len(rows) > limit)
 
     def item(self, conversation: Conversation, item_id: str) -> dict:
-        row = (
-            self._store.read()
-            .execute(
-                "SELECT item FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
-                (conversation.id, item_id),
-            )
-            .fetchone()
-        )
+        row = _item_row(self._store.read(), conversation.id, item_id, "item")
         if row is None:
-            raise ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
+            raise item_not_found(item_id)
         return _unpack(row[0])
 
     # -- writes (each waits for its commit) ----------------------------------------------------
@@ -356,10 +353,7 @@ class ConversationStore:
 
     def delete_item(self, conversation: Conversation, item_id: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT seq, bytes FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1",
-                (conversation.id, item_id),
-            ).fetchone()
+            row = _item_row(conn, conversation.id, item_id, "seq, bytes")
             if row is None:
                 return False
             sql = "DELETE FROM conversation_items WHERE conversation_id = ? AND seq = ?"
@@ -373,7 +367,7 @@ class ConversationStore:
         return bool(self._store.write(job))
 
     # -- the routes ----------------------------------------------------------------------------
-    def answer(self, req: Request, key_id: str | None, screen: Screen = as_sent) -> Response:
+    def answer(self, req: Request, key_id: str | None, screen: Screen) -> Response:
         """One Conversations API call by the key ``key_id``; ``screen`` passes on the items it
         adds as the ``redact`` module would a turn's input (``redact.screen``)."""
         match = PATH.match(req.path)
@@ -395,7 +389,7 @@ class ConversationStore:
             if req.method == "GET":
                 return json_response(self.item(conversation, item_id))
             if not self.delete_item(conversation, item_id):
-                raise ProxyError(404, f"Item with id '{item_id}' not found.", code="not_found")
+                raise item_not_found(item_id)
             return json_response(conversation.public())
         if items:
             if req.method == "GET":
@@ -429,6 +423,7 @@ def _append(
     packed = list(packed)
     seen: set[str] = set()
     for i, item in enumerate(items):
+        # not _item_row: without its ORDER BY seq the (conversation_id, id) index answers alone
         sql = "SELECT 1 FROM conversation_items WHERE conversation_id = ? AND id = ? LIMIT 1"
         held = conn.execute(sql, (conversation_id, item["id"])).fetchone()
         if held is not None or item["id"] in seen:  # ids stay unique within a conversation

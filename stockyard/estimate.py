@@ -74,7 +74,12 @@ def unpriced_audio_format(ctx: RequestContext) -> str | None:
 
 def text_tokens(data: bytes) -> int:
     """Tokens in ``data`` at four bytes a token, rounded up (the over-estimate used everywhere here)."""
-    return -(-len(data) // 4)
+    return size_tokens(len(data))
+
+
+def size_tokens(size: int) -> int:
+    """:func:`text_tokens` of ``size`` bytes known without the bytes (stored items' kept sizes)."""
+    return -(-size // 4)
 
 
 # A text value a model wrote, in every dialect's answer and stream events: chat's content,
@@ -152,7 +157,9 @@ def _repeats(event: bytes) -> bool:
 
 
 def input_tokens(ctx: RequestContext) -> int:
-    """The body, and the conversation a Responses ``previous_response_id`` continues."""
+    """The client's body, and the stored items Stockyard sends with it (``history_tokens``: the
+    conversation a Responses ``previous_response_id`` continues, a ``conversation``'s items, the
+    items ``item_reference``s name)."""
     history = ctx.conversation.history_tokens if ctx.conversation is not None else 0
     return text_tokens(ctx.raw) + history
 

@@ -201,7 +201,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         if path.references is not None:
             path.references(ctx)  # another key's files, named in the body (files_api.Ownership)
         if ctx.dialect == RESPONSES:
-            # the previous turn (this key's) and its history, before any module (read once the rate limit admits it)
+            # the stored items the body names (a conversation's, the previous turn's history, item references),
+            # this key's, before any module (read once the rate limit admits it)
             path.conversations.open(ctx, lambda: check_early(chain, ctx))
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them
         if ctx.answer is None and ctx.dialect == RESPONSES:
@@ -905,7 +906,8 @@ def relay_stream(
 ) -> None:
     """Relay SSE as it arrives: the events of one upstream read are translated, scrubbed and
     written as one piece (one write per read, not per event); a break upstream ends with an
-    error event, never [DONE].
+    error event, never [DONE]. A turn the provider paused goes on in the same client stream with
+    each follow-up call's events (:func:`continue_turn`).
 
     Once the head and the first events are out, the rest goes to the relay thread when there is
     one (``path.relay``: chunked streams; anything unusual stays here): this

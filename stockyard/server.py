@@ -719,15 +719,14 @@ class Handler(BaseHTTPRequestHandler):
             self.server.reaper.disarm(self.connection)  # (a slow provider's answer is not a slow client)
         if path not in OPEN_ROUTES:
             self._check_host_and_origin()
+        query = urlsplit(self.path).query
         if path in PROXY_ROUTES:
             if method != "POST":
                 self._refuse_websocket()
                 self._refuse_method(["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
-            query = urlsplit(self.path).query
             self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict(), query))
             return
-        query = urlsplit(self.path).query
         native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
         if native is not None:
             if method != "POST":

@@ -123,10 +123,15 @@ def summary_message(item: dict, path: str) -> dict:
     return {"role": "user", "content": summary_text(read(item.get("encrypted_content"), f"{path}.encrypted_content"))}
 
 
+def made_here(item: Any) -> bool:
+    """A compaction item whose token Stockyard made (:func:`ours`), which no provider's Responses API reads."""
+    return isinstance(item, dict) and item.get("type") == ITEM and ours(item.get("encrypted_content"))
+
+
 def as_input_message(item: Any, path: str) -> Any:
     """For a provider that speaks the Responses API: a compaction item Stockyard made (``path`` names it)
     becomes the user message it stands for (OpenAI cannot read the token); any other item stays as it is."""
-    if not isinstance(item, dict) or item.get("type") != ITEM or not ours(item.get("encrypted_content")):
+    if not made_here(item):
         return item
     text = summary_text(read(item["encrypted_content"], f"{path}.encrypted_content"))
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}

@@ -1096,11 +1096,15 @@ class ChatToResponsesStream:
         ``response.incomplete`` when the answer hit its length limit or a filter)."""
         if self.ended:
             return []
-        out = self.start() + self.close()
+        return self.start() + self.close() + [self.end()]
+
+    def end(self) -> bytes:
+        """The event that ends a whole answer, ``response.completed`` or ``.incomplete`` (by its
+        finish reason), with the response as it ends."""
         status = status_of(self.finish_reason)
         self._response = self.snapshot(status)
         self.ended = self._complete = True
-        return out + [self.event(f"response.{status}", response=self._response)]
+        return self.event(f"response.{status}", response=self._response)
 
     def fail(self, message: str, code: str) -> list[bytes]:
         """A broken upstream stream: ``response.failed`` with the output so far."""
@@ -1357,10 +1361,7 @@ class CompactionStream(ChatToResponsesStream):
         self.output[0]["encrypted_content"] = compaction.mint(summary)
         out.append(self.event("response.output_item.done", output_index=0, item=self.output[0]))
         self.open = []
-        status = status_of(self.finish_reason)
-        self._response = self.snapshot(status)
-        self.ended = self._complete = True
-        return out + [self.event(f"response.{status}", response=self._response)]
+        return out + [self.end()]
 
     def fail(self, message: str, code: str) -> list[bytes]:
         self.output, self.open = [], []  # an unfinished compaction item holds nothing the client can use

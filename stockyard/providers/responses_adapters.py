@@ -1,19 +1,24 @@
 """Adapters for ``/v1/responses`` clients: passed through, or translated over Chat Completions.
 
 Providers that speak the Responses API (``Provider.speaks_responses``: openai, azure, and
-openai-compatible ones marked so) get the client's body untouched — only ``model`` is
-rewritten when routing changed it, and Stockyard's own input items (its reasoning items) and
-item ids (``conversations_api.minted_here``) are left out — and their event stream relayed event by event; usage
-comes from ``response.completed`` / ``response.incomplete`` / ``response.failed``.
+openai-compatible ones marked so) get the client's body untouched but for what only Stockyard
+knows: ``model`` is rewritten when routing changed it, a ``conversation`` (Stockyard's, its items
+already in ``input``) is left out, and so are Stockyard's own reasoning items and the item ids it
+minted (``conversations_api.minted_here``), while a compaction item it made goes as the user
+message holding its summary. Their event stream is relayed event by event (the answer naming
+the ``conversation`` the turn joined); usage comes from ``response.completed`` /
+``response.incomplete`` / ``response.failed``.
 
 Every other provider is reached through :class:`ResponsesOverChat`: the request becomes a
 Chat Completions body (``responses.to_chat``, with the history of a previous response
 Stockyard keeps), the provider's own OpenAI-dialect chat adapter does the rest (Anthropic
-and Gemini translate further), and the chat answer or chunk stream becomes a Responses
-object or event stream again (``responses.from_chat`` / ``ChatToResponsesStream``).
+and Gemini translate further, and continue a turn Claude paused), and the chat answer or
+chunk stream becomes a Responses object or event stream again (``responses.from_chat`` /
+``ChatToResponsesStream``). ``/v1/responses/compact`` on them is :class:`CompactOverChat`.
 
 Either way the finished response is handed to ``ctx.conversation.keep`` before the client
-sees its end, so a next turn's ``previous_response_id`` always finds it.
+sees its end, so a next turn's ``previous_response_id`` always finds it (and a turn that
+joined a ``conversation`` is appended to it).
 """
 
 from __future__ import annotations
@@ -68,13 +73,6 @@ def ours(item: object) -> bool:
     return responses.minted(item) or unpack(item.get("encrypted_content")) is not None
 
 
-def summarised(item: object) -> bool:
-    """A compaction item Stockyard made (its token), which no provider's Responses API can read."""
-    if not isinstance(item, dict) or item.get("type") != compaction.ITEM:
-        return False
-    return compaction.ours(item.get("encrypted_content"))
-
-
 def keep(ctx: RequestContext, response: object) -> None:
     """Hand a finished response object to the conversation store (see ``stockyard.conversations``)."""
     conv, provider = ctx.conversation, ctx.attempt.provider
@@ -105,7 +103,8 @@ def response_failed(response: dict, sequence_number: int, message: str) -> bytes
 
 
 class ResponsesPassThrough(Adapter):
-    """Providers that speak the Responses API: bodies and events as they are."""
+    """Providers that speak the Responses API: bodies and events as they are, but for what only
+    Stockyard knows (the module's docstring)."""
 
     def prepare(self, ctx: RequestContext, provider: Provider, model: str) -> UpstreamCall:
         conv = ctx.conversation
@@ -130,7 +129,9 @@ class ResponsesPassThrough(Adapter):
             unnamed = {k: v for k, v in ctx.body.items() if k != "conversation"}
             ctx = dataclasses.replace(ctx, body=unnamed, body_changed=True)
         items = ctx.body.get("input")
-        if isinstance(items, list) and any(ours(item) or summarised(item) or minted_here(item) for item in items):
+        if isinstance(items, list) and any(
+            ours(item) or compaction.made_here(item) or minted_here(item) for item in items
+        ):
             # Stockyard's own reasoning items (a conversation that ran on a translated provider) stay
             # behind; its compaction items go as the user message holding their summary; the ids it
             # gave items (a Stockyard conversation's, as listed or put in front) are left off
