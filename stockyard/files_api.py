@@ -261,10 +261,12 @@ class Ownership:
         """A model call naming a file by ``file_id`` (a chat ``file`` part, a Responses
         ``input_file`` or ``input_image``) may name only this key's files, as on ``/v1/files``:
         the provider holds every key's files under the one provider key, so another key's id (or
-        one Stockyard never saw) is OpenAI's 404 here, before any module or provider call."""
+        one Stockyard never saw) is OpenAI's 404 here, before any module or provider call. The body
+        as it will be sent: with the items of a conversation it names put in (``conversations.open``;
+        items added through ``/v1/conversations`` were never checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
-        if not may_name_files(ctx.raw):
+        if not ctx.body_changed and not may_name_files(ctx.raw):
             return
         for file_id in referenced_files(ctx.body):
             if self.find(file_id, "file", owner_of(ctx)) is None:

@@ -198,12 +198,12 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         parse_body(ctx)
         attribute(ctx)  # end user and tags, for the trace, the reports and per-user limits
         path.gate.authenticate(ctx)
-        if path.references is not None:
-            path.references(ctx)  # another key's files, named in the body (files_api.Ownership)
         if ctx.dialect == RESPONSES:
             # the stored items the body names (a conversation's, the previous turn's history, item references),
             # this key's, before any module (read once the rate limit admits it)
             path.conversations.open(ctx, lambda: check_early(chain, ctx))
+        if path.references is not None:
+            path.references(ctx)  # another key's files, named in the body (files_api.Ownership), stored items included
         chain.before(ctx)  # the modules, and the route step (ctx.route) among them
         if ctx.answer is None and ctx.dialect == RESPONSES:
             path.conversations.count_input(ctx)  # input_tokens on a translated provider

@@ -5,12 +5,14 @@ module keeps out of a conversation. Each test failed on the code it was written 
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import pytest
 from conftest import ServerProcess, mock_env
 from module_helpers import ADMIN_KEY, put_module
+from openai import OpenAI
 
 MAX_BODY = 32 * 1024 * 1024  # the default: a conversation as large as Stockyard keeps one
 CLAUDE = "claude-haiku-4-5"
@@ -35,6 +37,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv.keys = srv.create_keys(
         {
             "alice": [],
+            "bob": [],
             "budgeted": budget,
             "budgeted2": budget,
             "budgeted3": budget,
@@ -251,3 +254,24 @@ def test_upstream_redaction_counts_a_conversation_once(server, mock):
         put_module(server, "redact", {}, enabled=False)
     assert status == 200, answer
     assert OPENAI_SECRET not in json.dumps(mock.last("/v1/messages").json)
+
+
+def test_a_conversation_cannot_carry_another_keys_file_to_the_provider(server, mock):
+    """Was: the ownership check of file ids ran on the client's own body, before the conversation's
+    items were put in front of ``input`` (and ``conversations.create`` keeps items as sent), so a
+    key could send another key's file to the provider — which holds every key's files under the
+    one provider key — by naming it inside a conversation: a direct request with it is a 404."""
+    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
+    secret = alice.files.create(file=("notes.txt", io.BytesIO(b"alice's notes")), purpose="user_data").id
+    part = {"type": "input_file", "file_id": secret}
+    direct = {"model": "gpt-4o-mini", "input": [{"role": "user", "content": [part]}]}
+    assert call(server, "bob", "POST", "/v1/responses", direct)[0] == 404
+    conversation = new_conversation(server, "bob", [{"type": "message", "role": "user", "content": [part]}])
+    mock.clear()
+    turn = {"model": "gpt-4o-mini", "input": "summarise", "conversation": conversation}
+    status, answer = call(server, "bob", "POST", "/v1/responses", turn)
+    assert status == 404, answer
+    assert answer["error"]["param"] == "file_id"
+    assert mock.last("/responses") is None  # nothing reached the provider
+    own = new_conversation(server, "alice", [{"type": "message", "role": "user", "content": [part]}])
+    assert call(server, "alice", "POST", "/v1/responses", {**turn, "conversation": own})[0] == 200  # her own file
