@@ -206,8 +206,10 @@ def _unpack(data: bytes) -> dict:
 
 
 def _item_row(conn: sqlite3.Connection, conversation_id: str, item_id: str, columns: str) -> Any:
-    """``columns`` of the item with this id in the conversation (the first, should two share it), or None."""
-    sql = f"SELECT {columns} FROM conversation_items WHERE conversation_id = ? AND id = ? ORDER BY seq LIMIT 1"
+    """``columns`` of the item with this id in the conversation, or None. Ids are unique within one
+    (``_append`` keeps them so): no ``ORDER BY seq``, which made SQLite without statistics walk the
+    whole conversation by its primary key (8.8 ms at 200,000 items) instead of the id index (4 µs)."""
+    sql = f"SELECT {columns} FROM conversation_items WHERE conversation_id = ? AND id = ? LIMIT 1"
     return conn.execute(sql, (conversation_id, item_id)).fetchone()
 
 

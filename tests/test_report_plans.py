@@ -71,3 +71,26 @@ def test_reports_by_an_indexed_column_on_both_stores(database, by, field):
         assert [row["cost_uc"] for row in result["rows"]] == sorted(expected.values(), reverse=True)
     finally:
         store.close()
+
+
+def test_a_conversation_item_is_found_by_its_id_index(tmp_path):
+    """A conversation's item by id (retrieve, delete, a page's ``after``) read through the
+    ``(conversation_id, id)`` index. Was: ``ORDER BY seq`` made SQLite without statistics walk the
+    whole conversation by its primary key (8.8 ms an item at 200,000 items, against 4 µs)."""
+    from stockyard.conversations_api import _item_row
+
+    backend = SqliteBackend(tmp_path / "stockyard.db")
+    backend.open_and_migrate()
+    store = Store(backend)
+    try:
+        conn = store.read()
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        assert _item_row(conn, "conv_x", "msg_x", "item") is None
+        conn.set_trace_callback(None)
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + statements[-1])]
+        assert plan == ["SEARCH conversation_items USING INDEX conversation_items_id (conversation_id=? AND id=?)"], (
+            plan
+        )
+    finally:
+        store.close()
