@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Mapping
 from urllib.parse import unquote
 
 from .errors import ProxyError
-from .httpio import Request, Response, allow, json_response
+from .httpio import Request, Response, check_method, json_response
 from .keys import KeyRecord
 from .pricing import PROVIDERS
 from .providers import OPENAI_KINDS, Provider, Registry
@@ -170,13 +170,7 @@ def retrieve(app: "App", req: Request) -> Response:
     """``GET /v1/models/{id}``: one model of the listing, in OpenAI's shape; the id may hold ``/``
     (``provider/model``, sent raw or as ``%2F``). A model this key may not use, or that no
     provider lists, is a 404 in OpenAI's error shape."""
-    if req.method != "GET":
-        raise ProxyError(
-            405,
-            f"method {req.method} is not allowed here; use GET",
-            code="method_not_allowed",
-            headers={"Allow": allow(["GET"])},
-        )
+    check_method(req.method, ["GET"])
     key = app.gate.client_key(req.headers)  # 401 before anything else when keys are required
     wanted = unquote(req.path.removeprefix(MODEL_PREFIX))
     for model in list_models(app, key):

@@ -37,7 +37,7 @@ from .conversations_api import endpoint_name as conversation_endpoint
 from .errors import ANTHROPIC, GEMINI, OPENAI, REFUSALS, RESPONSES, ClientGone, ProxyError, error_body, refusal_of
 from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
-from .httpio import Request, Response, allow, json_response
+from .httpio import Request, Response, check_method, json_response
 from .logbuffer import access, printable
 from .modules import redact
 from .modules.ratelimit import admit_call
@@ -910,12 +910,7 @@ class Handler(BaseHTTPRequestHandler):
             )
 
     def _refuse_method(self, allowed: list[str]) -> None:
-        raise ProxyError(
-            405,
-            f"method {self.command} is not allowed here; use {', '.join(allowed)}",
-            code="method_not_allowed",
-            headers={"Allow": allow(allowed)},
-        )
+        check_method(self.command, allowed)
 
 
 @functools.lru_cache(maxsize=2)

@@ -22,7 +22,7 @@ from .. import audit, times
 from ..errors import ProxyError
 from ..hosts import sender
 from ..httphead import bearer_token
-from ..httpio import Request, Response, allow, json_response
+from ..httpio import Request, Response, check_method, json_response
 from ..operations import Operations, Refused, invalid
 
 if TYPE_CHECKING:
@@ -216,13 +216,8 @@ def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
             if r.method == method:  # path values decoded once, here: a model named café or 50%off
                 return r, {name: unquote(value) for name, value in match.groupdict().items()}
             allowed.append(r.method)
-    if allowed:
-        raise ProxyError(
-            405,
-            f"method {method} is not allowed here; use {', '.join(sorted(set(allowed)))}",
-            code="method_not_allowed",
-            headers={"Allow": allow(sorted(set(allowed)))},
-        )
+    if allowed:  # the path has routes, none of this method
+        check_method(method, sorted(set(allowed)))
     raise ProxyError(404, f"no admin route for {method} {path}", code="not_found")
 
 
