@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, wait_for
 from module_helpers import ADMIN_KEY, put_module
 from openai import OpenAI
 
@@ -38,6 +38,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         {
             "alice": [],
             "bob": [],
+            "spent": ["--budget-usd", "1", "--budget-period", "total"],
             "budgeted": budget,
             "budgeted2": budget,
             "budgeted3": budget,
@@ -275,3 +276,20 @@ def test_a_conversation_cannot_carry_another_keys_file_to_the_provider(server, m
     assert mock.last("/responses") is None  # nothing reached the provider
     own = new_conversation(server, "alice", [{"type": "message", "role": "user", "content": [part]}])
     assert call(server, "alice", "POST", "/v1/responses", {**turn, "conversation": own})[0] == 200  # her own file
+
+
+def test_a_key_with_no_budget_left_is_refused_before_its_conversation_is_read(server, mock):
+    """Like the rate limit's refusal (above), a used-up budget's came only after the conversation
+    was read (up to the body limit, decoded), so a key with nothing left repeating a request naming
+    a large conversation cost that read each time. Told apart by the answer: a body that leaves the
+    conversation no room is a 400 once the conversation is read; refused first, the 429 says the budget."""
+    body = {"model": CLAUDE, "input": "hi", "max_output_tokens": 1}
+    assert call(server, "spent", "POST", "/v1/responses", body)[0] == 200
+    done = server.cli("keys", "update", "spent", "--budget-usd", "0.000001")  # below what it spent: used up
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: call(server, "spent", "POST", "/v1/responses", body)[0] == 429)  # the server reloaded
+    conversation = new_conversation(server, "spent", [{"role": "user", "content": "w" * 4000}])
+    turn = {**body, "conversation": conversation, "input": ""}
+    turn["input"] = "x" * (MAX_BODY - 1000 - len(json.dumps(turn)))  # 1,000 bytes of room: less than the conversation
+    status, answer = call(server, "spent", "POST", "/v1/responses", turn)
+    assert (status, answer["error"]["code"]) == (429, "budget_exceeded"), answer

@@ -93,6 +93,20 @@ class BudgetModule(Module):
                 code="budget_unavailable",
             ) from None
 
+    def check(self, ctx: RequestContext) -> None:
+        """``before``'s refusal of a key (or project) whose budget is used up, holding nothing: for
+        ``check_early``, before Stockyard reads the stored items a request names."""
+        key = ctx.key
+        if key is None or ctx.endpoint in FREE_ENDPOINTS:
+            return
+        budgets = budgets_for(key, self.services.project_budgets())
+        try:
+            used_up = self.services.ledger.used_up(budgets, ctx.ts_ms) if budgets else None
+        except Exception:  # the spend could not be read: ``before`` answers that
+            return
+        if used_up is not None:
+            raise used_up.error()
+
     def after(self, ctx: RequestContext) -> None:
         if ctx.key is None:
             return

@@ -20,6 +20,7 @@ from .. import estimate
 from ..context import RequestContext
 from ..errors import ProxyError
 from .base import Module, ModuleServices
+from .budget import BudgetModule
 
 if TYPE_CHECKING:
     from ..chain import Chain
@@ -214,13 +215,17 @@ class RateLimitModule(Module):
 
 
 def check_early(chain: Chain, ctx: RequestContext) -> None:
-    """The 429 the ``ratelimit`` module would answer, before Stockyard reads the stored items a
-    request names (a conversation's: up to the body limit read and decoded): a refusal counts
-    nothing, so a key past its rpm (or a turn larger than its tpm) repeating a short request
-    would otherwise cost that read each time. The module admits the request as ever."""
+    """The 429 the ``ratelimit`` module would answer, or the ``budget`` module for a budget used
+    up, before Stockyard reads the stored items a request names (a conversation's: up to the body
+    limit read and decoded): a refusal counts nothing, so a key past its rpm (or a turn larger
+    than its tpm, or a key with no budget left) repeating a short request would otherwise cost
+    that read each time. The modules admit the request as ever."""
     module = chain.module("ratelimit", ctx)
     if isinstance(module, RateLimitModule):
         module.check(ctx)
+    budget = chain.module("budget", ctx)
+    if isinstance(budget, BudgetModule):
+        budget.check(ctx)
 
 
 def admit_call(chain: Chain, ctx: RequestContext) -> None:
