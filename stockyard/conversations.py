@@ -178,7 +178,7 @@ class Conversations:
         whatever the provider keeps), and the history rebuilt from it; the items its
         ``item_reference``s name — so budgets, rate limits and the cache see the whole
         conversation before they decide. ``admissible`` raises the rate limit's 429 before what
-        the body names is read (``ratelimit.check_early``)."""
+        the body names is read (``early.check_early``)."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
         ctx.conversation = conv

@@ -39,7 +39,7 @@ from .deployments import Deployment
 from .errors import ANTHROPIC, GEMINI, REFUSALS, RESPONSES, ClientGone, ProxyError, refusal_of, sse_error_event
 from .httpio import json_object
 from .limits import MAX_CHOICES, check_request_numbers, show
-from .modules.ratelimit import check_early
+from .modules.early import check_early
 from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media

@@ -293,3 +293,19 @@ def test_a_key_with_no_budget_left_is_refused_before_its_conversation_is_read(se
     turn["input"] = "x" * (MAX_BODY - 1000 - len(json.dumps(turn)))  # 1,000 bytes of room: less than the conversation
     status, answer = call(server, "spent", "POST", "/v1/responses", turn)
     assert (status, answer["error"]["code"]) == (429, "budget_exceeded"), answer
+
+
+def test_an_end_user_past_its_rpm_is_refused_before_its_conversation_is_read(server, mock):
+    """The userlimits module's refusal too came only after the conversation was read (see above)."""
+    put_module(server, "userlimits", {"rpm": 1}, enabled=True)
+    try:
+        headers = {"Authorization": f"Bearer {server.keys['bob']}", "x-stockyard-user": "carol"}
+        body = {"model": CLAUDE, "input": "hi", "max_output_tokens": 1}
+        assert server.request("POST", "/v1/responses", body, headers=headers)[0] == 200  # carol's one this minute
+        conversation = new_conversation(server, "bob", [{"role": "user", "content": "w" * 4000}])
+        turn = {**body, "conversation": conversation, "input": ""}
+        turn["input"] = "x" * (MAX_BODY - 1000 - len(json.dumps(turn)))  # leaves the conversation no room
+        status, _, raw = server.request("POST", "/v1/responses", turn, headers=headers)
+        assert (status, json.loads(raw)["error"]["code"]) == (429, "rate_limit_exceeded"), raw[:300]
+    finally:
+        put_module(server, "userlimits", {}, enabled=False)

@@ -95,7 +95,7 @@ class BudgetModule(Module):
 
     def check(self, ctx: RequestContext) -> None:
         """``before``'s refusal of a key (or project) whose budget is used up, holding nothing: for
-        ``check_early``, before Stockyard reads the stored items a request names."""
+        ``early.check_early``, before Stockyard reads the stored items a request names."""
         key = ctx.key
         if key is None or ctx.endpoint in FREE_ENDPOINTS:
             return

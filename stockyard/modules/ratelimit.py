@@ -20,7 +20,6 @@ from .. import estimate
 from ..context import RequestContext
 from ..errors import ProxyError
 from .base import Module, ModuleServices
-from .budget import BudgetModule
 
 if TYPE_CHECKING:
     from ..chain import Chain
@@ -98,7 +97,7 @@ class RateLimiter:
             return entry
 
     def check(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> None:
-        """Raise RateLimited if ``admit`` would now, counting nothing (``check_early``)."""
+        """Raise RateLimited if ``admit`` would now, counting nothing (``early.check_early``)."""
         if tpm is not None and tokens > tpm:
             raise too_large(who, tpm, tokens)
         with self._lock:
@@ -181,7 +180,7 @@ class RateLimitModule(Module):
             raise exc.error() from None
 
     def check(self, ctx: RequestContext) -> None:
-        """``before``'s refusal, counting nothing (``check_early``)."""
+        """``before``'s refusal, counting nothing (``early.check_early``)."""
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return
@@ -212,20 +211,6 @@ class RateLimitModule(Module):
             return  # a background response's usage never comes back: its worst case stays counted
         used = estimate.used_tokens(ctx)
         self.limiter.correct(ctx.key.id, entry, used)
-
-
-def check_early(chain: Chain, ctx: RequestContext) -> None:
-    """The 429 the ``ratelimit`` module would answer, or the ``budget`` module for a budget used
-    up, before Stockyard reads the stored items a request names (a conversation's: up to the body
-    limit read and decoded): a refusal counts nothing, so a key past its rpm (or a turn larger
-    than its tpm, or a key with no budget left) repeating a short request would otherwise cost
-    that read each time. The modules admit the request as ever."""
-    module = chain.module("ratelimit", ctx)
-    if isinstance(module, RateLimitModule):
-        module.check(ctx)
-    budget = chain.module("budget", ctx)
-    if isinstance(budget, BudgetModule):
-        budget.check(ctx)
 
 
 def admit_call(chain: Chain, ctx: RequestContext) -> None:

@@ -122,6 +122,29 @@ class UserLimitsModule(Module):
                 code="budget_unavailable",
             ) from None
 
+    def check(self, ctx: RequestContext) -> None:
+        """``before``'s refusal of an end user past its rpm or tpm, or with no budget left, counting
+        and holding nothing (``early.check_early``)."""
+        user = ctx.end_user
+        if user is None or ctx.endpoint in FREE_ENDPOINTS:
+            return
+        limits: UserLimits = self.options(ctx)
+        if limits.rpm or limits.tpm:
+            tokens = estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if limits.tpm else 0
+            try:
+                self.limiter.check(f"{limits.within}|{user}", limits.rpm, limits.tpm, tokens, f"end user {user!r}")
+            except RateLimited as exc:
+                raise exc.error() from None
+        if limits.budget_uc is None:
+            return
+        budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
+        try:
+            used_up = self.services.ledger.used_up([budget], ctx.ts_ms)
+        except Exception:  # the spend could not be read: ``before`` answers that
+            return
+        if used_up is not None:
+            raise used_up.error()
+
     def after(self, ctx: RequestContext) -> None:
         cover = ctx.state.pop("userlimits.cover", None)
         if cover is not None:
