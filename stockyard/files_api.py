@@ -417,11 +417,6 @@ class ProviderCalls:
     def _headers(self, ctx: RequestContext, provider: Provider, rest: str) -> dict[str, str]:
         return upstream_headers(provider, accept="*/*" if rest.endswith("/content") else "application/json")
 
-    @staticmethod
-    def _allowed(method: str, allowed: tuple[str, ...]) -> None:
-        """A method the route does not take: 405 with Allow."""
-        check_method(method, allowed)
-
     def _rate_limit(self, ctx: RequestContext) -> None:
         """Every call is one of the key's requests per minute (429 with Retry-After past its rpm),
         counted in the window its model calls use — the ``ratelimit`` module's, shared by the
@@ -659,7 +654,7 @@ class FilesAPI(ProviderCalls):
         assert found is not None
         collection, object_id, action = found
         allowed = ALLOWED_METHODS[(collection, object_id is not None, action)]
-        self._allowed(method, allowed)
+        check_method(method, allowed)
         self._rate_limit(ctx)  # before the body is read and before any provider call
         if collection == "files" and object_id is None and method == "POST":
             return self._upload(reply, ctx, req)

@@ -50,7 +50,7 @@ from .files_api import (
     allowed_providers,
     owner_of,
 )
-from .httpio import Request, json_object
+from .httpio import Request, check_method, json_object
 from .limits import check_request_numbers
 from .providers import Provider
 from .providers.anthropic import auth_headers, base_path
@@ -157,7 +157,7 @@ class MessageBatches(ProviderCalls):
         assert found is not None
         batch_id, action = found
         allowed = ALLOWED_METHODS[(batch_id is not None, action)]
-        self._allowed(method, allowed)
+        check_method(method, allowed)
         self._rate_limit(ctx)  # the key's rpm, as for OpenAI's files and batches
         raw = req.body  # a GET's empty body too: the read deadline ends, a long download is not cut
         if batch_id is None:

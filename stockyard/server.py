@@ -723,14 +723,14 @@ class Handler(BaseHTTPRequestHandler):
         if path in PROXY_ROUTES:
             if method != "POST":
                 self._refuse_websocket()
-                self._refuse_method(["POST"])
+                check_method(self.command, ["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
             self._proxy(RequestContext(endpoint, dialect, self._client_ip(), self._headers_dict(), query))
             return
         native = gemini_api.action_target(method, path, self._headers_dict(), query)  # /v1beta/models/{model}:{method}
         if native is not None:
             if method != "POST":
-                self._refuse_method(["POST"])
+                check_method(self.command, ["POST"])
             headers = gemini_api.key_headers(self._headers_dict(), query)
             ctx = RequestContext(native.endpoint, GEMINI, self._client_ip(), headers, native=native.call)
             ctx.model, ctx.stream = native.model, native.call.action == "streamGenerateContent"
@@ -771,7 +771,7 @@ class Handler(BaseHTTPRequestHandler):
         if fixed is not None:
             methods, fn = fixed
             if method not in methods:
-                self._refuse_method(methods)
+                check_method(self.command, methods)
             # These take no body: answered without reading one (a body that was sent ends the
             # connection), so a stalled 32 MiB body cannot hold memory, nor delay a key check.
             self._end_early()
@@ -824,7 +824,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         try:
             if method != "GET":
-                self._refuse_method(["GET"])
+                check_method(self.command, ["GET"])
             key = app.gate.client_key(gemini_api.key_headers(self._headers_dict(), query))
             self._respond(gemini_api.models(app, path, query, key))
         except ProxyError as exc:
@@ -908,9 +908,6 @@ class Handler(BaseHTTPRequestHandler):
                 "(streams come as server-sent events)",
                 code="websocket_not_supported",
             )
-
-    def _refuse_method(self, allowed: list[str]) -> None:
-        check_method(self.command, allowed)
 
 
 @functools.lru_cache(maxsize=2)
