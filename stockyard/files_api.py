@@ -266,7 +266,7 @@ class Ownership:
         items added through ``/v1/conversations`` were never checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
-        if not ctx.body_changed and not may_name_files(ctx.raw):
+        if not estimate.put_in(ctx) and not may_name_files(ctx.raw):
             return
         for file_id in referenced_files(ctx.body):
             if self.find(file_id, "file", owner_of(ctx)) is None:
