@@ -42,6 +42,7 @@ from .logbuffer import access, printable
 from .modules import redact
 from .modules.ratelimit import admit_call
 from .multipart import Upload
+from .threadcache import ThreadCache
 
 log = logging.getLogger("stockyard.server")
 
@@ -192,6 +193,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.prefix_routes: list[tuple[str, RouteFn]] = []
         self.reaper = Reaper()
         self.client_watch = ClientWatch()
+        self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
         self.caps = ConnectionCaps(total, app.settings.max_connections_per_client or max(1, total // 4))
         self._full_logged = 0.0
@@ -211,7 +213,8 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         return counted_sender(address, self.app.settings.trusted_proxies)
 
     def process_request(self, request, client_address) -> None:
-        """A thread per connection, within the caps; beyond, a fast refusal from this thread."""
+        """A thread per connection (a kept one when one waits: threadcache), within the caps;
+        beyond, a fast refusal from this thread."""
         who = self._counted(client_address[0])
         refused = self.caps.take(who)
         if refused == 503:
@@ -225,7 +228,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open.add(request)
         try:
-            super().process_request(request, client_address)
+            self.threads.run(self.process_request_thread, request, client_address)
         except BaseException:
             self._forget(request)
             self.caps.give(who)
@@ -237,6 +240,11 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         finally:
             self._forget(request)
             self.caps.give(self._counted(client_address[0]))
+            self.app.store.end_reads()  # the thread may serve another connection next
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.threads.close()
 
     def _forget(self, request: socket.socket) -> None:
         with self._open_lock:

@@ -51,6 +51,13 @@ class Store:
             self._local.conn = conn
         return conn
 
+    def end_reads(self) -> None:
+        """This thread is done with its work (a server thread may serve another connection next):
+        a read transaction left open would keep its old snapshot into the next."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.in_transaction and not getattr(conn, "broken", False):
+            conn.execute("ROLLBACK")
+
     def _adopt(self) -> Any:
         """A read connection whose thread has finished, or None."""
         with self._owners_lock:
