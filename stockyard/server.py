@@ -179,6 +179,9 @@ class ConnectionCaps:
                     self._by_sender[who] = left
 
 
+ACCEPT_BATCH = 64  # connections accepted per wake-up of the accept loop, at most
+
+
 class StockyardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -204,6 +207,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
             self.socket.close()
             self.socket = sock
             self.server_address = sock.getsockname()
+        self.socket.setblocking(False)  # accepted in batches: _handle_request_noblock
 
     def handle_error(self, request, client_address) -> None:  # noqa: D401 - stdlib hook
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
@@ -245,6 +249,24 @@ class StockyardHTTPServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         super().server_close()
         self.threads.close()
+
+    def _handle_request_noblock(self) -> None:
+        """Accept every connection waiting (up to ``ACCEPT_BATCH``) each time the accept loop wakes:
+        in a burst, one wake-up and its wait for the GIL per batch instead of per connection.
+        The listening socket is non-blocking, so an empty queue ends the batch."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                request, client_address = self.get_request()
+            except OSError:  # none waiting (or the peer left before accept): back to the loop
+                return
+            try:
+                self.process_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+                self.shutdown_request(request)
+            except BaseException:
+                self.shutdown_request(request)
+                raise
 
     def _forget(self, request: socket.socket) -> None:
         with self._open_lock:

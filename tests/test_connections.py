@@ -1,9 +1,11 @@
-"""Connection threads kept for reuse (stockyard/threadcache.py, issue 18): real threads, and the
-real server in process."""
+"""Accepting connections and the threads that serve them (issue 18): the accept loop takes every
+waiting connection per wake-up (server.py), and threads are kept for reuse (threadcache.py). Real
+threads and sockets, the real server in process."""
 
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 
 import pytest
@@ -135,3 +137,23 @@ def test_a_read_left_open_does_not_follow_the_thread_into_its_next_connection(tm
         app.store.end_reads()  # nothing open: nothing to do
     finally:
         app.close()
+
+
+def test_a_burst_is_accepted_whole_and_the_loop_still_stops(server):
+    """Connections queued at once are all served, and the loop, having emptied the queue, goes
+    back to waiting: a blocking accept would hang it (and its shutdown) until the next client."""
+    port = server.server_address[1]
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    for s in socks:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    for s in socks:
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        s.close()
+    assert server.socket.getblocking() is False
+    stopped = threading.Thread(target=server.shutdown)
+    stopped.start()
+    stopped.join(10)
+    assert not stopped.is_alive(), "the accept loop went back to waiting and saw the shutdown"
