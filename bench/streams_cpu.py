@@ -6,9 +6,10 @@ One paced mock (20 events, 5 ms apart) and a proxy of each build; each build in 
 warm-up burst, then `--bursts` bursts of `--streams` concurrent streams (the asyncio client of
 `streams.py`), nothing else in between. Printed per build, per stream: the proxy's CPU (user and
 system, from /proc/PID/stat), its accept loop (the main thread), the busiest long-lived threads
-(/proc/PID/task/TID/stat; the first of them is the stream relay), and the request threads —
-the CPU of the threads that ended during the bursts (every stream's connection closes), i.e. the
-process's CPU minus that of the threads still alive. Builds are measured one after another, not
+(/proc/PID/task/TID/stat), the stream relay (the busiest thread started since the proxy came up:
+it starts with the first stream), and the connection threads — the process's CPU minus all of
+those (threads that ended during the bursts, and those kept for the next connection,
+`stockyard/threadcache.py`). Builds are measured one after another, not
 interleaved: compare their ratios within one run, and confirm with `streams_ab.py`.
 """
 
@@ -49,6 +50,7 @@ def threads(pid: int) -> dict[int, float]:
 def measure(proxy: Target, streams: int, bursts: int) -> str:
     """Bursts to ``proxy``; one line of CPU per stream, split by thread."""
     assert proxy.pid is not None
+    service = set(threads(proxy.pid))  # before any stream: the accept loop, the writer, the watch...
     burst(proxy, min(streams, 50))  # warm-up: the pool, the relay thread; not measured
     stat = Path(f"/proc/{proxy.pid}/stat")
     (u0, s0), t0 = times(stat), threads(proxy.pid)
@@ -61,15 +63,18 @@ def measure(proxy: Target, streams: int, bursts: int) -> str:
     (u1, s1), t1 = times(stat), threads(proxy.pid)
     n = streams * bursts
     ms = 1000 / n
-    live = {tid: cpu - t0.get(tid, 0.0) for tid, cpu in t1.items()}
-    accept = live.pop(proxy.pid, 0.0)
-    busiest = sorted(live.values(), reverse=True)[:3]
-    request = (u1 - u0) + (s1 - s0) - accept - sum(live.values())
+    used = {tid: cpu - t0.get(tid, 0.0) for tid, cpu in t1.items()}
+    accept = used.pop(proxy.pid, 0.0)
+    started = {tid: cpu for tid, cpu in used.items() if tid not in service}
+    relay = max(started.values(), default=0.0)
+    busiest = sorted((cpu for tid, cpu in used.items() if tid in service), reverse=True)[:3]
+    request = (u1 - u0) + (s1 - s0) - accept - relay - sum(busiest)
     return (
         f"{proxy.name}: p50 {1000 * median(p50s):.0f} ms, failed {failed}; "
         f"per stream: CPU {(u1 - u0 + s1 - s0) * ms:.2f} ms "
-        f"(user {(u1 - u0) * ms:.2f}, system {(s1 - s0) * ms:.2f}); request threads {request * ms:.2f}, "
-        f"accept loop {accept * ms:.2f}, busiest long-lived {', '.join(f'{c * ms:.2f}' for c in busiest)} ms"
+        f"(user {(u1 - u0) * ms:.2f}, system {(s1 - s0) * ms:.2f}); connection threads {request * ms:.2f}, "
+        f"relay {relay * ms:.2f}, accept loop {accept * ms:.2f}, "
+        f"busiest other {', '.join(f'{c * ms:.2f}' for c in busiest)} ms"
     )
 
 
