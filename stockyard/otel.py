@@ -267,6 +267,15 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
+def conversation_id(ctx: RequestContext, scrub: Callable[[str], str]) -> str | None:
+    """``gen_ai.conversation.id``: the conversation the request names — a Conversations API
+    conversation this key holds, else the session a coding agent sends — never one made up.
+    ``previous_response_id`` is not one: it names a single response, a different one each turn."""
+    conversation = ctx.conversation.conversation_id if ctx.conversation is not None else None
+    found = conversation or ctx.session_id
+    return scrub(found)[:256] if found else None
+
+
 def server_address(a: Attempt) -> dict[str, Any]:
     """The provider's host and port (``server.*``) for an attempt's span."""
     try:
@@ -301,7 +310,8 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
     if billed:  # the request's cost is every billed attempt's
         request_extra["stockyard.cost_uc"] = sum(billed)
         request_extra["stockyard.cost_usd"] = sum(billed) / 100_000_000
-    parameters = request_parameters(ctx)
+    parameters = request_parameters(ctx)  # the request's, on every span (the attempts are the inference calls)
+    parameters["gen_ai.conversation.id"] = conversation_id(ctx, scrub)
     request_extra.update(parameters)
     answer: dict[str, Any] = {}
     if content:  # only then is any body read

@@ -217,6 +217,57 @@ def test_a_refused_request_has_its_span_in_the_callers_trace_too(server, receive
     assert attrs(top)["error.type"] == "missing_api_key"
 
 
+def responses(server, key: dict, headers: dict | None = None, **fields) -> tuple[int, dict, bytes]:
+    body = {"model": "gpt-4o-mini", "input": "Weather in Paris?", **fields}
+    return server.request("POST", "/v1/responses", body, headers=bearer(key, **(headers or {})))
+
+
+def conversation_ids(receiver: Receiver, headers: dict) -> list:
+    """``gen_ai.conversation.id`` of a request's span and of each of its attempts' spans (None: unset)."""
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    spans = sorted(receiver.of_request(trace_id), key=lambda s: s["kind"])  # the request's span first
+    return [attrs(s).get("gen_ai.conversation.id") for s in spans]
+
+
+def test_conversation_id_is_the_conversations_api_conversation(server, receiver, key):
+    status, _, raw = server.request("POST", "/v1/conversations", {"items": []}, bearer(key))
+    assert status == 200, raw
+    conversation = json.loads(raw)["id"]
+    status, headers, raw = responses(server, key, conversation=conversation)
+    assert status == 200, raw
+    assert conversation_ids(receiver, headers) == [conversation, conversation], "both spans, content export off"
+    status, headers, raw = responses(server, key, conversation={"id": conversation}, input="And tomorrow?")
+    assert status == 200, raw
+    assert conversation_ids(receiver, headers) == [conversation, conversation]
+    answer = json.loads(raw)["id"]
+    # a response chain has no conversation id: previous_response_id names one response, another each turn
+    status, headers, raw = responses(server, key, previous_response_id=answer, input="And after?")
+    assert status == 200, raw
+    assert conversation_ids(receiver, headers) == [None, None]
+    status, headers, _ = responses(server, key)
+    assert conversation_ids(receiver, headers) == [None, None], "no conversation named: none invented"
+
+
+def test_conversation_id_is_the_agents_session(server, receiver, key):
+    session = "0199a213-81c0-7800-8aa1-bbab2a035a53"
+    codex = {"originator": "codex_cli_rs", "session_id": session}
+    status, headers, _ = responses(server, key, codex)
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [session, session]
+    status, headers, _ = chat(server, headers=bearer(key, originator="codex_exec", **{"session-id": session}))
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [session, session]
+    status, headers, _ = chat(server, headers=bearer(key, **{"session-id": session}))  # not Codex: not its session
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [None, None]
+    status, _, raw = server.request("POST", "/v1/conversations", {}, bearer(key))
+    conversation = json.loads(raw)["id"]
+    status, headers, _ = responses(server, key, codex, conversation=conversation)
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [conversation, conversation], "the conversation the body names wins"
+
+
 def test_collector_down_requests_unaffected_and_drops_counted(pyz_path, cache_home, mock, tmp_path_factory):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -693,3 +744,27 @@ def test_a_body_of_another_shape_is_exported_as_text(content_server, mock, recei
     assert json.loads(a["gen_ai.output.messages"]) == {"not": "a completion"}, "the answer as text, as before"
     assert messages_of(a["gen_ai.input.messages"]), "the request still follows the conventions"
     assert "gen_ai.response.id" not in a
+
+
+# -- the tools a request offers, and the agent session it belongs to -----------------------------------
+
+def test_conversation_id_is_claude_codes_session(content_server, receiver):
+    session = "5b4a9c1e-8f7d-4e21-9a3b-0c6d2e1f4a55"
+    device = "a" * 64
+    for user_id in (
+        json.dumps({"device_id": device, "account_uuid": "", "session_id": session}),
+        f"user_{device}_account__session_{session}",
+        f"user_{device}",  # no session named: none invented
+    ):
+        body = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"user_id": user_id},
+        }
+        status, headers, raw = content_server.request("POST", "/v1/messages", body, {"anthropic-version": "2023-06-01"})
+        assert status == 200, raw
+        a, [child] = exported(receiver, headers)
+        expected = session if "session" in user_id else None
+        assert a.get("gen_ai.conversation.id") == child.get("gen_ai.conversation.id") == expected, user_id
+        assert session not in a["stockyard.user"], "the end user is the device, the session is the conversation"
