@@ -16,9 +16,10 @@ sent, never logged.
 
 With content export on, the prompt and the answer go as the conventions' structured messages
 (``gen_ai.system_instructions``, ``gen_ai.input.messages``, ``gen_ai.output.messages``: see
-:mod:`stockyard.otel_messages`); the request's sampling settings (``gen_ai.request.*``) and the
-provider's cache and reasoning token counts are sent either way, read from what Stockyard has
-already parsed.
+:mod:`stockyard.otel_messages`), and so do the tools it offered (``gen_ai.tool.definitions``,
+:mod:`stockyard.otel_tools`); the request's sampling settings (``gen_ai.request.*``), its
+conversation (``gen_ai.conversation.id``, :func:`conversation_id`) and the provider's cache and
+reasoning token counts are sent either way, read from what Stockyard has already parsed.
 
 ``gen_ai.system`` is still sent beside ``gen_ai.provider.name``, which replaced it (v1.37): the
 same value, for the collectors' rules and dashboards written against the conventions before it.
@@ -39,7 +40,8 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .context import Attempt, RequestContext
-from .otel_messages import answer_content, request_content
+from .otel_messages import answer_content, request_body, request_content
+from .otel_tools import tool_definitions
 
 log = logging.getLogger("stockyard.otel")
 
@@ -315,7 +317,9 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
     request_extra.update(parameters)
     answer: dict[str, Any] = {}
     if content:  # only then is any body read
-        request_extra.update(request_content(ctx, scrub))
+        body = request_body(ctx)
+        request_extra.update(request_content(ctx, scrub, body))
+        request_extra["gen_ai.tool.definitions"] = tool_definitions(ctx.endpoint, body, scrub)
         answer = answer_content(ctx, ctx.attempt, scrub)
         request_extra.update(answer)
     parent = ctx.trace_parent.span_id if ctx.trace_parent else None

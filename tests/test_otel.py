@@ -748,6 +748,128 @@ def test_a_body_of_another_shape_is_exported_as_text(content_server, mock, recei
 
 # -- the tools a request offers, and the agent session it belongs to -----------------------------------
 
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def tool_definitions(a: dict) -> list[dict]:
+    """``gen_ai.tool.definitions``, parsed and checked against the schema's required fields."""
+    tools = json.loads(a["gen_ai.tool.definitions"])
+    assert isinstance(tools, list) and tools
+    for tool in tools:
+        assert isinstance(tool.get("type"), str) and isinstance(tool.get("name"), str), tool
+        assert isinstance(tool.get("parameters", {}), dict), "a JSON Schema document"
+    return tools
+
+
+def test_tool_definitions_follow_the_conventions(content_server, receiver):
+    described = f"The weather in a city (my key {OPENAI_KEY})"
+    weather = {"name": "get_weather", "description": described, "parameters": WEATHER_SCHEMA}
+    chat_tools = [{"type": "function", "function": weather}]
+    status, headers, raw = chat(content_server, tools=chat_tools)
+    assert status == 200, raw
+    a, [child] = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "The weather in a city (my key [redacted])",
+            "parameters": WEATHER_SCHEMA,
+        }
+    ]
+    assert "gen_ai.tool.definitions" not in child, "on the request's span, beside the input messages"
+    assert OPENAI_KEY not in json.dumps(receiver.of_request(headers["x-stockyard-trace-id"]))
+
+    body = {
+        "model": "gpt-4o-mini",
+        "input": "Weather?",
+        "tools": [
+            {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA},
+            {"type": "web_search_preview"},
+        ],
+    }
+    status, headers, raw = content_server.request("POST", "/v1/responses", body)
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA},
+        {"type": "web_search_preview", "name": "web_search_preview"},
+    ]
+
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [
+            {"name": "get_weather", "description": "The weather", "input_schema": WEATHER_SCHEMA},
+            {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+        ],
+    }
+    status, headers, raw = content_server.request("POST", "/v1/messages", body, {"anthropic-version": "2023-06-01"})
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {"type": "function", "name": "get_weather", "description": "The weather", "parameters": WEATHER_SCHEMA},
+        {"type": "web_search_20250305", "name": "web_search"},
+    ]
+
+    gemini_schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Weather?"}]}],
+        "tools": [
+            {"functionDeclarations": [{"name": "get_weather", "parameters": gemini_schema}]},
+            {"googleSearch": {}},
+        ],
+    }
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    status, headers, raw = content_server.request("POST", path, body, {"x-goog-api-key": "client"})
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA},  # Gemini's types as JSON Schema's
+        {"type": "googleSearch", "name": "googleSearch"},
+    ]
+
+    status, headers, _ = chat(content_server)
+    assert status == 200
+    a, _ = exported(receiver, headers)
+    assert "gen_ai.tool.definitions" not in a, "no tools offered"
+
+
+def test_tool_definitions_only_with_content_export(server, receiver, key):
+    status, headers, _ = chat(server, headers=bearer(key), tools=TOOLS)
+    assert status == 200
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    for span in receiver.of_request(trace_id):
+        assert "gen_ai.tool.definitions" not in attrs(span) and "gen_ai.input.messages" not in attrs(span)
+
+
+def test_many_large_tools_are_capped_and_say_so(content_server, receiver):
+    from stockyard.otel_messages import ATTRIBUTE_CAP, PART_CAP
+
+    fields = {f"field_{i}": {"type": "string", "description": "x" * 100} for i in range(100)}
+    huge = {"type": "object", "properties": fields}
+    tools = [{"type": "function", "function": {"name": "huge", "parameters": huge}}]
+    tools += [
+        {"type": "function", "function": {"name": f"tool_{i}", "description": "d" * 1000, "parameters": WEATHER_SCHEMA}}
+        for i in range(400)
+    ]
+    status, headers, raw = chat(content_server, tools=tools)
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    value = a["gen_ai.tool.definitions"]
+    assert len(value) <= ATTRIBUTE_CAP
+    found = tool_definitions(a)
+    assert found[0]["name"] == "huge" and set(found[0]["parameters"]) == {"$comment"}, "a schema over the cap: a note"
+    assert "left out" in found[0]["parameters"]["$comment"] and len(json.dumps(huge)) > PART_CAP
+    assert found[1] == {"type": "function", "name": "tool_0", "description": "d" * 1000, "parameters": WEATHER_SCHEMA}
+    named = [t for t in found[:-1] if set(t) == {"type", "name"}]
+    assert named and named[0]["name"].startswith("tool_"), "then only the names, the properties the schema requires"
+    assert found[-1]["type"] == "stockyard.left_out" and f"{len(named)} tools named only" in found[-1]["name"]
+    assert f"{len(tools) - len(found) + 1} left out" in found[-1]["name"]
+    assert len(found) < len(tools)
+
+
 def test_conversation_id_is_claude_codes_session(content_server, receiver):
     session = "5b4a9c1e-8f7d-4e21-9a3b-0c6d2e1f4a55"
     device = "a" * 64
