@@ -213,9 +213,16 @@ def _stops(value: Any) -> list[str] | None:
 
 
 def request_parameters(ctx: RequestContext) -> dict[str, Any]:
-    """The sampling settings of the request (``gen_ai.request.*``, ``gen_ai.output.type``), as the
-    client set them, from the body Stockyard has already parsed; what it did not set is left out."""
+    """The sampling settings of the request (``gen_ai.request.*``, ``gen_ai.output.type``; for
+    embeddings their encoding formats and dimensions), as the client set them, from the body
+    Stockyard has already parsed; what it did not set is left out."""
     body = ctx.body if isinstance(ctx.body, dict) else {}
+    if ctx.endpoint == "embeddings":  # the embeddings span's own settings (OpenAI's body)
+        fmt = body.get("encoding_format")
+        return {
+            "gen_ai.request.encoding_formats": [fmt[:64]] if isinstance(fmt, str) and fmt else None,
+            "gen_ai.embeddings.dimension.count": _count(body.get("dimensions")),
+        }
     if ctx.dialect == "gemini":
         config = body.get("generationConfig") or body.get("generation_config")
         g = config if isinstance(config, dict) else {}

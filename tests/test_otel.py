@@ -268,6 +268,26 @@ def test_conversation_id_is_the_agents_session(server, receiver, key):
     assert conversation_ids(receiver, headers) == [conversation, conversation], "the conversation the body names wins"
 
 
+def test_an_embeddings_span_names_its_formats_and_dimensions(server, receiver, key):
+    body = {"model": "text-embedding-3-small", "input": "hello", "encoding_format": "base64", "dimensions": 256}
+    status, headers, raw = server.request("POST", "/v1/embeddings", body, bearer(key))
+    assert status == 200, raw
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    for span in receiver.of_request(trace_id):
+        a = attrs(span)
+        assert a["gen_ai.operation.name"] == "embeddings"
+        assert a["gen_ai.request.encoding_formats"] == ["base64"] and a["gen_ai.embeddings.dimension.count"] == 256
+    status, headers, raw = server.request(
+        "POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}, bearer(key)
+    )
+    assert status == 200, raw
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    a = attrs(request_span(receiver.of_request(trace_id)))
+    assert "gen_ai.request.encoding_formats" not in a and "gen_ai.embeddings.dimension.count" not in a, "not asked"
+
+
 def test_collector_down_requests_unaffected_and_drops_counted(pyz_path, cache_home, mock, tmp_path_factory):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
