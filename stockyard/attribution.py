@@ -7,7 +7,9 @@ device, without the session, see :func:`claude_code_user`). Tags come from
 ``x-stockyard-tags: team=search,feature=x`` and, where the API has one, the body's ``metadata``
 object of strings (OpenAI chat and Responses); a header tag wins over a body tag of the same
 name. A Codex request is also tagged ``session=<its session id>`` unless the client set a
-``session`` tag or already has ``MAX_TAGS`` (see :func:`codex_session`). The trace carries
+``session`` tag or already has ``MAX_TAGS`` (see :func:`codex_session`); that session, or the one
+Claude Code names in ``metadata.user_id``, is the request's ``session_id`` (OpenTelemetry's
+``gen_ai.conversation.id``, :func:`agent_session`). The trace carries
 both, and reports group by them (``stockyard costs --by user|tag:NAME``), so they are bounded:
 a user of at most ``USER_CAP`` printable characters, at most ``MAX_TAGS`` tags with printable
 names and values. Bad values are a 400 naming the header or field — never
@@ -33,7 +35,7 @@ SESSION_TAG = "session"
 # The header Codex names its session in on every request: ``session-id`` (0.171), ``session_id`` (0.58)
 CODEX_SESSION_HEADERS = ("session-id", "session_id")
 # Claude Code's metadata.user_id before 2.1: user_<device hash>_account_<uuid or nothing>_session_<uuid>
-_CLAUDE_CODE_SESSION = re.compile(r"^(user_[0-9a-f]+_account_[0-9a-f-]*)_session_[0-9a-f-]+$")
+_CLAUDE_CODE_SESSION = re.compile(r"^(user_[0-9a-f]+_account_[0-9a-f-]*)_session_([0-9a-f-]+)$")
 
 
 def _printable(text: str, cap: int) -> bool:
@@ -108,6 +110,34 @@ def claude_code_user(user_id: str) -> str:
     return found.group(1) if found else user_id
 
 
+def claude_code_session(user_id: object) -> str | None:
+    """The session Claude Code names in ``metadata.user_id`` (the part :func:`claude_code_user`
+    leaves out), or None: a conversation id for the telemetry, never made up from another value."""
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):
+        try:
+            fields = json.loads(user_id)
+        except ValueError:
+            return None
+        session = fields.get("session_id") if isinstance(fields, dict) else None
+    else:
+        found = _CLAUDE_CODE_SESSION.match(user_id)
+        session = found.group(2) if found else None
+    return session if isinstance(session, str) and _printable(session, TAG_VALUE_CAP) else None
+
+
+def agent_session(ctx: RequestContext) -> str | None:
+    """The session a coding agent says the request belongs to: Codex's header (:func:`codex_session`)
+    or Claude Code's ``metadata.user_id``."""
+    if ctx.dialect == "anthropic":
+        metadata = ctx.body.get("metadata")
+        session = claude_code_session(metadata.get("user_id")) if isinstance(metadata, dict) else None
+        if session is not None:
+            return session
+    return codex_session(ctx.headers)
+
+
 def body_tags(ctx: RequestContext) -> dict[str, str]:
     """The body's ``metadata`` strings, where the API has such a field (others are left to the provider)."""
     metadata = ctx.body.get("metadata")
@@ -146,3 +176,4 @@ def attribute(ctx: RequestContext) -> None:
     if session is not None and SESSION_TAG not in tags and len(tags) < MAX_TAGS:
         tags[SESSION_TAG] = session
     ctx.tags = tags
+    ctx.session_id = agent_session(ctx)

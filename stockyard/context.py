@@ -301,6 +301,7 @@ class RequestContext:
     upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
     end_user: str | None = None  # who the client's product served (stockyard.attribution)
     tags: dict[str, str] = field(default_factory=dict)  # x-stockyard-tags / body metadata
+    session_id: str | None = None  # the agent session the client names (Codex, Claude Code): gen_ai.conversation.id
     trace_parent: TraceParent | None = None  # the caller's W3C traceparent, when valid
     otel_trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128) or 1:032x}")  # the caller's, if sent
     span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this request's span

@@ -16,9 +16,10 @@ sent, never logged.
 
 With content export on, the prompt and the answer go as the conventions' structured messages
 (``gen_ai.system_instructions``, ``gen_ai.input.messages``, ``gen_ai.output.messages``: see
-:mod:`stockyard.otel_messages`); the request's sampling settings (``gen_ai.request.*``) and the
-provider's cache and reasoning token counts are sent either way, read from what Stockyard has
-already parsed.
+:mod:`stockyard.otel_messages`), and so do the tools it offered (``gen_ai.tool.definitions``,
+:mod:`stockyard.otel_tools`); the request's sampling settings (``gen_ai.request.*``), its
+conversation (``gen_ai.conversation.id``, :func:`conversation_id`) and the provider's cache and
+reasoning token counts are sent either way, read from what Stockyard has already parsed.
 
 ``gen_ai.system`` is still sent beside ``gen_ai.provider.name``, which replaced it (v1.37): the
 same value, for the collectors' rules and dashboards written against the conventions before it.
@@ -39,7 +40,8 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .context import Attempt, RequestContext
-from .otel_messages import answer_content, request_content
+from .otel_messages import answer_content, request_body, request_content
+from .otel_tools import tool_definitions
 
 log = logging.getLogger("stockyard.otel")
 
@@ -211,9 +213,16 @@ def _stops(value: Any) -> list[str] | None:
 
 
 def request_parameters(ctx: RequestContext) -> dict[str, Any]:
-    """The sampling settings of the request (``gen_ai.request.*``, ``gen_ai.output.type``), as the
-    client set them, from the body Stockyard has already parsed; what it did not set is left out."""
+    """The sampling settings of the request (``gen_ai.request.*``, ``gen_ai.output.type``; for
+    embeddings their encoding formats and dimensions), as the client set them, from the body
+    Stockyard has already parsed; what it did not set is left out."""
     body = ctx.body if isinstance(ctx.body, dict) else {}
+    if ctx.endpoint == "embeddings":  # the embeddings span's own settings (OpenAI's body)
+        fmt = body.get("encoding_format")
+        return {
+            "gen_ai.request.encoding_formats": [fmt[:64]] if isinstance(fmt, str) and fmt else None,
+            "gen_ai.embeddings.dimension.count": _count(body.get("dimensions")),
+        }
     if ctx.dialect == "gemini":
         config = body.get("generationConfig") or body.get("generation_config")
         g = config if isinstance(config, dict) else {}
@@ -267,6 +276,15 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
+def conversation_id(ctx: RequestContext, scrub: Callable[[str], str]) -> str | None:
+    """``gen_ai.conversation.id``: the conversation the request names — a Conversations API
+    conversation this key holds, else the session a coding agent sends — never one made up.
+    ``previous_response_id`` is not one: it names a single response, a different one each turn."""
+    conversation = ctx.conversation.conversation_id if ctx.conversation is not None else None
+    found = conversation or ctx.session_id
+    return scrub(found)[:256] if found else None
+
+
 def server_address(a: Attempt) -> dict[str, Any]:
     """The provider's host and port (``server.*``) for an attempt's span."""
     try:
@@ -301,11 +319,14 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
     if billed:  # the request's cost is every billed attempt's
         request_extra["stockyard.cost_uc"] = sum(billed)
         request_extra["stockyard.cost_usd"] = sum(billed) / 100_000_000
-    parameters = request_parameters(ctx)
+    parameters = request_parameters(ctx)  # the request's, on every span (the attempts are the inference calls)
+    parameters["gen_ai.conversation.id"] = conversation_id(ctx, scrub)
     request_extra.update(parameters)
     answer: dict[str, Any] = {}
     if content:  # only then is any body read
-        request_extra.update(request_content(ctx, scrub))
+        body = request_body(ctx)
+        request_extra.update(request_content(ctx, scrub, body))
+        request_extra["gen_ai.tool.definitions"] = tool_definitions(ctx.endpoint, body, scrub)
         answer = answer_content(ctx, ctx.attempt, scrub)
         request_extra.update(answer)
     parent = ctx.trace_parent.span_id if ctx.trace_parent else None

@@ -61,11 +61,23 @@ def raw_text(data: bytes | bytearray, scrub: Scrub) -> str:
     return scrub(bytes(data[: ATTRIBUTE_CAP * 4]).decode("utf-8", "replace"))[:ATTRIBUTE_CAP]
 
 
-def request_content(ctx: RequestContext, scrub: Scrub) -> dict[str, str | None]:
-    """``gen_ai.system_instructions`` and ``gen_ai.input.messages`` of the request."""
+def request_body(ctx: RequestContext) -> Any:
+    """The request's body as JSON, parsed once for its messages and its tools (``otel_tools``);
+    None when it is not JSON, too large, or of an endpoint without messages."""
+    if ctx.endpoint not in ENDPOINTS:
+        return None
+    try:
+        return _loads(ctx.raw)
+    except Exception:  # not JSON (or absurdly deep): exported as text
+        return None
+
+
+def request_content(ctx: RequestContext, scrub: Scrub, body: Any) -> dict[str, str | None]:
+    """``gen_ai.system_instructions`` and ``gen_ai.input.messages`` of the request (``body``: its
+    :func:`request_body`)."""
     p = Parts(scrub)
     try:
-        found = _request(ctx.endpoint, _loads(ctx.raw), p) if ctx.endpoint in ENDPOINTS else None
+        found = _request(ctx.endpoint, body, p) if body is not None else None
     except Exception:  # an odd body is exported as text: telemetry never fails a request
         found = None
     if found is None:
@@ -129,7 +141,7 @@ class Parts:
                 return self.cut(value)
         if isinstance(value, (dict, list)):
             text = json.dumps(value, ensure_ascii=False)
-            return self.cut(text) if len(text) > PART_CAP else self._each(value)
+            return self.cut(text) if len(text) > PART_CAP else self.scrubbed(value)
         return value if isinstance(value, (int, float, bool)) or value is None else self.cut(str(value))
 
     def labels(self, messages: list[dict]) -> None:
@@ -139,13 +151,14 @@ class Parts:
                 if key in message:
                     message[key] = self.cut(str(message[key]), 64)
 
-    def _each(self, value: Any) -> Any:
+    def scrubbed(self, value: Any) -> Any:
+        """JSON with every key and string scrubbed, its shape kept (the caller bounds its size)."""
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, list):
-            return [self._each(v) for v in value]
+            return [self.scrubbed(v) for v in value]
         if isinstance(value, dict):
-            return {self.scrub(str(k)): self._each(v) for k, v in value.items()}
+            return {self.scrub(str(k)): self.scrubbed(v) for k, v in value.items()}
         return value
 
     @staticmethod
@@ -496,7 +509,7 @@ def _responses_finish(doc: dict, parts: list[dict]) -> str:
 # -- caps ----------------------------------------------------------------------------------------
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -504,7 +517,7 @@ def fit(messages: list[dict], cap: int) -> str:
     """Messages as JSON of at most ``cap`` characters: the first message and the newest that fit,
     with a message saying how many were left out between them; a single message too large
     for the cap keeps its first parts (and says so)."""
-    texts = [_dumps(m) for m in messages]
+    texts = [dumps(m) for m in messages]
     if sum(len(t) + 1 for t in texts) + 1 <= cap:
         return "[" + ",".join(texts) + "]"
     room = cap - MARKER_ROOM
@@ -517,24 +530,24 @@ def fit(messages: list[dict], cap: int) -> str:
         tail.insert(0, text)
         used += len(text) + 1
     if not tail:  # the newest message alone is over the cap: its first parts
-        tail = [_dumps(_shrunk(messages[-1], room - used - MARKER_ROOM))]
+        tail = [dumps(_shrunk(messages[-1], room - used - MARKER_ROOM))]
     left_out = len(texts) - len(head) - len(tail)
     middle = []
     if left_out:
         chars = sum(len(t) for t in texts[len(head) : len(head) + left_out])
         note = f"[{left_out} messages ({chars} characters) left out here: the attribute is capped at {cap} characters]"
         role = messages[len(head)].get("role", "user")
-        middle = [_dumps(_message(role, [Parts.text_part(note)]))]
+        middle = [dumps(_message(role, [Parts.text_part(note)]))]
     out = "[" + ",".join(head + middle + tail) + "]"
     if len(out) > cap:  # cannot happen with the caps above; still never more than the cap
-        return _dumps([_message("user", [Parts.text_part(f"[{len(messages)} messages left out: too large]")])])
+        return dumps([_message("user", [Parts.text_part(f"[{len(messages)} messages left out: too large]")])])
     return out
 
 
 def _shrunk(message: dict, room: int) -> dict:
     parts, used = [], 0
     for part in message.get("parts") or ():
-        size = len(_dumps(part)) + 1
+        size = len(dumps(part)) + 1
         if used + size > room:
             break
         parts.append(part)
@@ -547,4 +560,4 @@ def _shrunk(message: dict, room: int) -> dict:
 
 def fit_parts(parts: list[dict], cap: int) -> str:
     """System instructions (a list of parts) as JSON of at most ``cap`` characters."""
-    return _dumps(_shrunk({"parts": parts}, cap - MARKER_ROOM)["parts"])
+    return dumps(_shrunk({"parts": parts}, cap - MARKER_ROOM)["parts"])

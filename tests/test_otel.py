@@ -217,6 +217,77 @@ def test_a_refused_request_has_its_span_in_the_callers_trace_too(server, receive
     assert attrs(top)["error.type"] == "missing_api_key"
 
 
+def responses(server, key: dict, headers: dict | None = None, **fields) -> tuple[int, dict, bytes]:
+    body = {"model": "gpt-4o-mini", "input": "Weather in Paris?", **fields}
+    return server.request("POST", "/v1/responses", body, headers=bearer(key, **(headers or {})))
+
+
+def conversation_ids(receiver: Receiver, headers: dict) -> list:
+    """``gen_ai.conversation.id`` of a request's span and of each of its attempts' spans (None: unset)."""
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    spans = sorted(receiver.of_request(trace_id), key=lambda s: s["kind"])  # the request's span first
+    return [attrs(s).get("gen_ai.conversation.id") for s in spans]
+
+
+def test_conversation_id_is_the_conversations_api_conversation(server, receiver, key):
+    status, _, raw = server.request("POST", "/v1/conversations", {"items": []}, bearer(key))
+    assert status == 200, raw
+    conversation = json.loads(raw)["id"]
+    status, headers, raw = responses(server, key, conversation=conversation)
+    assert status == 200, raw
+    assert conversation_ids(receiver, headers) == [conversation, conversation], "both spans, content export off"
+    status, headers, raw = responses(server, key, conversation={"id": conversation}, input="And tomorrow?")
+    assert status == 200, raw
+    assert conversation_ids(receiver, headers) == [conversation, conversation]
+    answer = json.loads(raw)["id"]
+    # a response chain has no conversation id: previous_response_id names one response, another each turn
+    status, headers, raw = responses(server, key, previous_response_id=answer, input="And after?")
+    assert status == 200, raw
+    assert conversation_ids(receiver, headers) == [None, None]
+    status, headers, _ = responses(server, key)
+    assert conversation_ids(receiver, headers) == [None, None], "no conversation named: none invented"
+
+
+def test_conversation_id_is_the_agents_session(server, receiver, key):
+    session = "0199a213-81c0-7800-8aa1-bbab2a035a53"
+    codex = {"originator": "codex_cli_rs", "session_id": session}
+    status, headers, _ = responses(server, key, codex)
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [session, session]
+    status, headers, _ = chat(server, headers=bearer(key, originator="codex_exec", **{"session-id": session}))
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [session, session]
+    status, headers, _ = chat(server, headers=bearer(key, **{"session-id": session}))  # not Codex: not its session
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [None, None]
+    status, _, raw = server.request("POST", "/v1/conversations", {}, bearer(key))
+    conversation = json.loads(raw)["id"]
+    status, headers, _ = responses(server, key, codex, conversation=conversation)
+    assert status == 200
+    assert conversation_ids(receiver, headers) == [conversation, conversation], "the conversation the body names wins"
+
+
+def test_an_embeddings_span_names_its_formats_and_dimensions(server, receiver, key):
+    body = {"model": "text-embedding-3-small", "input": "hello", "encoding_format": "base64", "dimensions": 256}
+    status, headers, raw = server.request("POST", "/v1/embeddings", body, bearer(key))
+    assert status == 200, raw
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    for span in receiver.of_request(trace_id):
+        a = attrs(span)
+        assert a["gen_ai.operation.name"] == "embeddings"
+        assert a["gen_ai.request.encoding_formats"] == ["base64"] and a["gen_ai.embeddings.dimension.count"] == 256
+    status, headers, raw = server.request(
+        "POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}, bearer(key)
+    )
+    assert status == 200, raw
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    a = attrs(request_span(receiver.of_request(trace_id)))
+    assert "gen_ai.request.encoding_formats" not in a and "gen_ai.embeddings.dimension.count" not in a, "not asked"
+
+
 def test_collector_down_requests_unaffected_and_drops_counted(pyz_path, cache_home, mock, tmp_path_factory):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -693,3 +764,149 @@ def test_a_body_of_another_shape_is_exported_as_text(content_server, mock, recei
     assert json.loads(a["gen_ai.output.messages"]) == {"not": "a completion"}, "the answer as text, as before"
     assert messages_of(a["gen_ai.input.messages"]), "the request still follows the conventions"
     assert "gen_ai.response.id" not in a
+
+
+# -- the tools a request offers, and the agent session it belongs to -----------------------------------
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def tool_definitions(a: dict) -> list[dict]:
+    """``gen_ai.tool.definitions``, parsed and checked against the schema's required fields."""
+    tools = json.loads(a["gen_ai.tool.definitions"])
+    assert isinstance(tools, list) and tools
+    for tool in tools:
+        assert isinstance(tool.get("type"), str) and isinstance(tool.get("name"), str), tool
+        assert isinstance(tool.get("parameters", {}), dict), "a JSON Schema document"
+    return tools
+
+
+def test_tool_definitions_follow_the_conventions(content_server, receiver):
+    described = f"The weather in a city (my key {OPENAI_KEY})"
+    weather = {"name": "get_weather", "description": described, "parameters": WEATHER_SCHEMA}
+    chat_tools = [{"type": "function", "function": weather}]
+    status, headers, raw = chat(content_server, tools=chat_tools)
+    assert status == 200, raw
+    a, [child] = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "The weather in a city (my key [redacted])",
+            "parameters": WEATHER_SCHEMA,
+        }
+    ]
+    assert "gen_ai.tool.definitions" not in child, "on the request's span, beside the input messages"
+    assert OPENAI_KEY not in json.dumps(receiver.of_request(headers["x-stockyard-trace-id"]))
+
+    body = {
+        "model": "gpt-4o-mini",
+        "input": "Weather?",
+        "tools": [
+            {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA},
+            {"type": "web_search_preview"},
+        ],
+    }
+    status, headers, raw = content_server.request("POST", "/v1/responses", body)
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA},
+        {"type": "web_search_preview", "name": "web_search_preview"},
+    ]
+
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [
+            {"name": "get_weather", "description": "The weather", "input_schema": WEATHER_SCHEMA},
+            {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+        ],
+    }
+    status, headers, raw = content_server.request("POST", "/v1/messages", body, {"anthropic-version": "2023-06-01"})
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {"type": "function", "name": "get_weather", "description": "The weather", "parameters": WEATHER_SCHEMA},
+        {"type": "web_search_20250305", "name": "web_search"},
+    ]
+
+    gemini_schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Weather?"}]}],
+        "tools": [
+            {"functionDeclarations": [{"name": "get_weather", "parameters": gemini_schema}]},
+            {"googleSearch": {}},
+        ],
+    }
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    status, headers, raw = content_server.request("POST", path, body, {"x-goog-api-key": "client"})
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    assert tool_definitions(a) == [
+        {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA},  # Gemini's types as JSON Schema's
+        {"type": "googleSearch", "name": "googleSearch"},
+    ]
+
+    status, headers, _ = chat(content_server)
+    assert status == 200
+    a, _ = exported(receiver, headers)
+    assert "gen_ai.tool.definitions" not in a, "no tools offered"
+
+
+def test_tool_definitions_only_with_content_export(server, receiver, key):
+    status, headers, _ = chat(server, headers=bearer(key), tools=TOOLS)
+    assert status == 200
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    for span in receiver.of_request(trace_id):
+        assert "gen_ai.tool.definitions" not in attrs(span) and "gen_ai.input.messages" not in attrs(span)
+
+
+def test_many_large_tools_are_capped_and_say_so(content_server, receiver):
+    from stockyard.otel_messages import ATTRIBUTE_CAP, PART_CAP
+
+    fields = {f"field_{i}": {"type": "string", "description": "x" * 100} for i in range(100)}
+    huge = {"type": "object", "properties": fields}
+    tools = [{"type": "function", "function": {"name": "huge", "parameters": huge}}]
+    tools += [
+        {"type": "function", "function": {"name": f"tool_{i}", "description": "d" * 1000, "parameters": WEATHER_SCHEMA}}
+        for i in range(400)
+    ]
+    status, headers, raw = chat(content_server, tools=tools)
+    assert status == 200, raw
+    a, _ = exported(receiver, headers)
+    value = a["gen_ai.tool.definitions"]
+    assert len(value) <= ATTRIBUTE_CAP
+    found = tool_definitions(a)
+    assert found[0]["name"] == "huge" and set(found[0]["parameters"]) == {"$comment"}, "a schema over the cap: a note"
+    assert "left out" in found[0]["parameters"]["$comment"] and len(json.dumps(huge)) > PART_CAP
+    assert found[1] == {"type": "function", "name": "tool_0", "description": "d" * 1000, "parameters": WEATHER_SCHEMA}
+    named = [t for t in found[:-1] if set(t) == {"type", "name"}]
+    assert named and named[0]["name"].startswith("tool_"), "then only the names, the properties the schema requires"
+    assert found[-1]["type"] == "stockyard.left_out" and f"{len(named)} tools named only" in found[-1]["name"]
+    assert f"{len(tools) - len(found) + 1} left out" in found[-1]["name"]
+    assert len(found) < len(tools)
+
+
+def test_conversation_id_is_claude_codes_session(content_server, receiver):
+    session = "5b4a9c1e-8f7d-4e21-9a3b-0c6d2e1f4a55"
+    device = "a" * 64
+    for user_id in (
+        json.dumps({"device_id": device, "account_uuid": "", "session_id": session}),
+        f"user_{device}_account__session_{session}",
+        f"user_{device}",  # no session named: none invented
+    ):
+        body = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"user_id": user_id},
+        }
+        status, headers, raw = content_server.request("POST", "/v1/messages", body, {"anthropic-version": "2023-06-01"})
+        assert status == 200, raw
+        a, [child] = exported(receiver, headers)
+        expected = session if "session" in user_id else None
+        assert a.get("gen_ai.conversation.id") == child.get("gen_ai.conversation.id") == expected, user_id
+        assert session not in a["stockyard.user"], "the end user is the device, the session is the conversation"
