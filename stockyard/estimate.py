@@ -14,13 +14,15 @@ for a budget's hold, the model's own ceiling where the price table knows it) tim
 outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
 generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction`` adds its
 own tokens to each output (what the model does not use of it is billed as output). The proxy checked these fields at the
-edge (``limits.check_request_numbers``): they are whole numbers in range, or absent.
+edge (``limits.check_request_numbers``): they are whole numbers in range, or absent. A transcription's
+or translation's audio is held at the most its upload's bytes can carry (:func:`audio_cost`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 from typing import Any, Iterator
 
 from .context import RequestContext
@@ -442,9 +444,7 @@ def media_request_cost(
     Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs of
     the default output cap or ``IMAGE_OUTPUT_TOKENS``, whichever is more.
     Speech: its characters (tts-1); a speech model priced per token cannot be counted (None).
-    Audio input has no length before the provider answers: nothing is reserved for the audio
-    itself (seconds or audio tokens), only for what the request shows (its text, the default
-    output cap); the real cost settles the reservation when the answer comes.
+    Transcriptions and translations: :func:`audio_cost`.
     """
     if ctx.endpoint == "moderations":
         return 0
@@ -462,6 +462,84 @@ def media_request_cost(
         chars = len(text) if isinstance(text, str) else 0
         # Only characters: a speech answer is the audio, with no usage to settle a token price by.
         return unit_cost(price, chars) if price.unit == "character" else None
-    if price.unit == "second":
-        return 0  # the audio's duration is unknown until the answer
+    if ctx.endpoint in PRICED_AUDIO_FORMATS:
+        return audio_cost(ctx, price, default_max_tokens)
     return worst_case_cost(price, input_tokens(ctx), default_max_tokens) if price.unit == "token" else None
+
+
+# -- the most an uploaded audio can cost ------------------------------------------------------------
+# A transcription or translation is billed for the audio's length, which only its answer states.
+# Its hold is the most the upload's bytes can carry instead. A PCM WAV says its own rate (and a
+# decoder plays it at that rate); any other upload is counted at AUDIO_MIN_BYTES_PER_S, below
+# the lowest constant bitrate of the codecs OpenAI's accepted containers carry (mp3: MPEG-2.5
+# layer III 8 kbps; ogg/webm: Opus 6 kbps, Speex 2.15 kbps; mp4/m4a: HE-AAC ~8 kbps, AMR-NB 4.75
+# kbps). What it does not bound: silence coded in next to nothing (FLAC's constant subframes,
+# Opus or Speex DTX), which a crafted file can spend its bytes on.
+AUDIO_MIN_BYTES_PER_S = 250  # 2 kbps
+# Audio input tokens a second (gpt-4o(-mini)-transcribe): OpenAI's own estimate of $0.006 a minute
+# at $6 per 1M is ~17 a second, the Realtime API counts 10 (a token per 100 ms): 20 is above both.
+AUDIO_TOKENS_PER_S = 20
+# The fastest PCM a WAV header is believed to be (192 kHz stereo 32-bit: studio audio at its
+# highest): a header claiming more lowers the hold no further.
+PCM_MAX_BYTES_PER_S = 192_000 * 2 * 4
+WAV_HEAD_BYTES = 64 * 1024  # the chunks before ``fmt `` (LIST, bext, JUNK) are looked through up to here
+# Format tags a WAV's rate is exact for: integer PCM, IEEE float, A-law, µ-law (a fixed size a sample).
+PCM_TAGS = (1, 3, 6, 7)
+EXTENSIBLE, GUID_TAIL = 0xFFFE, bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_*
+
+
+def audio_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int | None:
+    """The most a transcription or translation can cost (µ¢): :func:`audio_seconds` of its upload
+    at a price per second, or at a token price as ``AUDIO_TOKENS_PER_S`` audio tokens a second on
+    top of its text and output cap; None for another unit (its answer reports none)."""
+    seconds = audio_seconds(ctx.upload) if ctx.upload is not None else 0
+    if price.unit == "second":
+        return unit_cost(price, seconds)
+    if price.unit == "token":
+        return worst_case_cost(price, input_tokens(ctx) + seconds * AUDIO_TOKENS_PER_S, default_max_tokens)
+    return None
+
+
+def audio_seconds(upload: Any) -> int:
+    """The most seconds of audio a ``multipart.Upload``'s files can hold, each rounded up (at
+    least one: a provider bills any audio a second), summed over every file part (which one a
+    provider reads is its own business). Sizes are the bytes received, never a declared length."""
+    total = 0
+    for part in upload.files:
+        rate = AUDIO_MIN_BYTES_PER_S
+        if part.filename.lower().endswith(".wav"):  # the name agrees, so no decoder reads it as another format
+            found = wav_bytes_per_second(upload.open(part).read(WAV_HEAD_BYTES))
+            rate = rate if found is None else found
+        total += max(1, -(-part.size // rate))
+    return total
+
+
+def wav_bytes_per_second(head: bytes) -> int | None:
+    """The bytes a second a WAV's header plays its samples at (RIFF/WAVE; its first ``fmt `` chunk,
+    before ``data``, as decoders read it), or None: not such a WAV, a compressed format (whose
+    rate is a hint), or numbers that are not sane. The slowest rate its fields give (a lower rate
+    is longer audio), never above ``PCM_MAX_BYTES_PER_S``."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    at = 12
+    while at + 8 <= len(head):
+        chunk, size = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
+        if chunk == b"data":
+            return None  # no format before the samples: decoders refuse it
+        if chunk == b"fmt ":
+            return _pcm_rate(head[at + 8 : at + 8 + size]) if at + 8 + size <= len(head) else None
+        at += 8 + size + (size & 1)
+    return None
+
+
+def _pcm_rate(fmt: bytes) -> int | None:
+    """Bytes a second of a ``fmt `` chunk of fixed-size samples, else None."""
+    if len(fmt) < 16:
+        return None
+    tag, channels, rate, average, align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if tag == EXTENSIBLE:
+        tag = int.from_bytes(fmt[24:26], "little") if len(fmt) >= 40 and fmt[26:40] == GUID_TAIL else 0
+    if tag not in PCM_TAGS or 0 in (channels, rate, align, bits):
+        return None
+    rates = [r for r in (average, rate * align, rate * channels * -(-bits // 8)) if r > 0]
+    return min(*rates, PCM_MAX_BYTES_PER_S)

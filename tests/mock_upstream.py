@@ -30,6 +30,7 @@ import collections
 import email.utils
 import hashlib
 import http.server
+import io
 import itertools
 import json as jsonlib
 import re
@@ -41,6 +42,7 @@ import struct
 import sys
 import threading
 import time
+import wave
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -474,8 +476,9 @@ def openai_models() -> dict:
 
 
 # --------------------------------------------------------------------------- OpenAI media (audio, images, moderations)
-# Billing as OpenAI reports it: whisper-1 by duration (`usage: {"type": "duration", "seconds": N}`, here one
-# second per AUDIO_BYTES_PER_S bytes of the upload), gpt-4o(-mini)-transcribe and gpt-image-1 by tokens,
+# Billing as OpenAI reports it: whisper-1 by duration (`usage: {"type": "duration", "seconds": N}`: a PCM
+# WAV's own, read by the standard library's `wave`, else one second per AUDIO_BYTES_PER_S bytes of the
+# upload), gpt-4o(-mini)-transcribe and gpt-image-1 by tokens,
 # speech and dall-e without usage. Speech answers SPEECH_BYTES of audio derived from the input.
 
 AUDIO_BYTES_PER_S = 1000
@@ -553,7 +556,16 @@ def _form_route(build: Callable[[Call, dict, list], Reply]) -> Route:
 
 
 def audio_seconds(files: list[tuple[str, str, bytes]]) -> int:
-    return max(1, sum(len(data) for _, _, data in files) // AUDIO_BYTES_PER_S)
+    return max(1, sum(_file_seconds(data) for _, _, data in files))
+
+
+def _file_seconds(data: bytes) -> int:
+    """A PCM WAV's decoded duration (whole seconds, rounded up), else its bytes / AUDIO_BYTES_PER_S."""
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
+            return -(-wav.getnframes() // wav.getframerate())
+    except (wave.Error, EOFError, ValueError, ZeroDivisionError):
+        return len(data) // AUDIO_BYTES_PER_S
 
 
 def _transcript(call: Call, fields: dict, files: list, translate: bool = False) -> Reply:

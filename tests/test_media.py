@@ -4,9 +4,12 @@ GET /v1/models/{id}; uploads spooled (never in the trace), limits, and refusals.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -219,6 +222,143 @@ def test_a_budget_admits_audio_whose_answer_reports_its_cost_and_counts_it(serve
             lambda: admin(server, "GET", f"/api/keys/{key_id}")[1]["spend_uc"] == 3 * seconds * 10_000 + 6000,
             what="the key's spend",
         )
+
+
+# What a budget holds for an upload's audio before the answer says how long it was
+# (``estimate.audio_seconds``): a PCM WAV's own duration, anything else its bytes at 2 kbps.
+FLOOR_BYTES_PER_S = 250
+WHISPER_UC_PER_S = 10_000  # whisper-1: $0.006 a minute
+
+
+def pcm_wav(seconds: int, rate: int = 16_000) -> bytes:
+    """A 16-bit mono PCM WAV of ``seconds`` (written by the standard library's ``wave``)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(os.urandom(seconds * rate * 2))
+    return out.getvalue()
+
+
+def audio_key(server: ServerProcess, budget_uc: int) -> tuple[str, str]:
+    """A new key with a total budget of ``budget_uc`` µ¢: (secret, id)."""
+    usd = f"{budget_uc / 10**8:.8f}"
+    status, made = admin(
+        server,
+        "POST",
+        "/api/keys",
+        {"name": f"audio-hold-{time.monotonic_ns()}", "budget_usd": usd, "budget_period": "total"},
+    )
+    assert status == 201, made
+    return made["key"], made["id"]
+
+
+def transcribe(server: ServerProcess, secret: str, audio: bytes, *fields: tuple[str, str]) -> tuple[int, dict]:
+    name = "a.wav" if audio.startswith(b"RIFF") else "a.ogg"
+    parts = [("model", b"whisper-1", None), *((k, v.encode(), None) for k, v in fields), ("file", audio, name)]
+    return post_form(server, secret, "/v1/audio/transcriptions", *parts)
+
+
+def key_spend(server: ServerProcess, key_id: str) -> int:
+    return admin(server, "GET", f"/api/keys/{key_id}")[1]["spend_uc"]
+
+
+def test_a_burst_of_long_transcriptions_never_spends_past_the_budget(server, mock):
+    """Was: nothing was held for the audio itself (its length is known only from the answer), so
+    20 concurrent transcriptions on a key with room for 3 were all admitted, each billed afterwards:
+    the key spent its budget several times over."""
+    audio = b"OggS" + os.urandom(24_996)  # not a WAV: held at 2 kbps, 100 s; the mock bills 25 s
+    hold, cost = 100 * WHISPER_UC_PER_S, 25 * WHISPER_UC_PER_S
+    budget = 3 * hold
+    secret, key_id = audio_key(server, budget)
+    mock.clear()
+    mock.delay_ms = 200  # the transcriptions overlap in flight
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = list(pool.map(lambda _: transcribe(server, secret, audio), range(20)))
+    finally:
+        mock.delay_ms = 0
+    admitted = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] != 200]
+    assert {(r[0], r[1]["error"]["code"]) for r in refused} <= {(429, "budget_exceeded")}, refused[:1]
+    assert len(admitted) >= 3  # the first three always fit
+    assert len(mock.requests) == len(admitted)  # the refused never reached the provider
+    wait_for(lambda: key_spend(server, key_id) == len(admitted) * cost, what="the key's spend")
+    assert key_spend(server, key_id) <= budget
+
+
+def test_a_wav_is_held_at_its_duration_and_other_audio_at_the_lowest_bitrate(server, mock):
+    """A PCM WAV's header says how long it is (bytes a second), so it is held at about its cost;
+    the same number of bytes in any other format could be far longer audio and is held so."""
+    wav = pcm_wav(3)  # 96,044 bytes of 16 kHz 16-bit mono: 3 s, held as 4 (its header bytes too)
+    secret, key_id = audio_key(server, 1_000_000)  # $0.01
+    mock.clear()
+    status, body = transcribe(server, secret, b"ID3" + os.urandom(len(wav) - 3))  # 385 s at 2 kbps: $0.0385
+    assert status == 429 and body["error"]["code"] == "budget_exceeded", body
+    assert "up to $0.0385" in body["error"]["message"] and mock.requests == []
+    status, body = transcribe(server, secret, wav)
+    assert status == 200 and body["usage"] == {"type": "duration", "seconds": 3}, body
+    wait_for(lambda: key_spend(server, key_id) == 3 * WHISPER_UC_PER_S, what="the key's spend")
+
+
+def test_the_audio_hold_is_released_once_the_answer_is_billed(server, mock):
+    """Each hold settles to the billed seconds: the ledger is left holding nothing, so a request
+    holding exactly what is left fits, and one second more is refused naming only what was spent."""
+    secret, key_id = audio_key(server, 1_000_000)
+    assert transcribe(server, secret, pcm_wav(3))[0] == 200  # held 4 s, billed 3 s
+    wait_for(lambda: key_spend(server, key_id) == 3 * WHISPER_UC_PER_S, what="the first to settle")
+    left = 1_000_000 - 3 * WHISPER_UC_PER_S  # 97 s
+    exact = b"OggS" + os.urandom(left // WHISPER_UC_PER_S * FLOOR_BYTES_PER_S - 4)  # held 97 s; billed 24 s
+    status, body = transcribe(server, secret, exact, ("response_format", "verbose_json"))
+    assert status == 200 and body["duration"] == 24, body
+    wait_for(lambda: key_spend(server, key_id) == 27 * WHISPER_UC_PER_S, what="the second to settle")
+    left -= 24 * WHISPER_UC_PER_S  # 73 s
+    mock.clear()
+    more = b"OggS" + os.urandom(left // WHISPER_UC_PER_S * FLOOR_BYTES_PER_S - 3)  # one byte past: 74 s
+    status, body = transcribe(server, secret, more)
+    assert status == 429 and mock.requests == [], body
+    message = body["error"]["message"]
+    assert "$0.0027 spent, and this request may cost up to $0.0074" in message and "held" not in message, message
+    assert key_spend(server, key_id) == 27 * WHISPER_UC_PER_S
+
+
+def test_a_chunked_upload_is_held_at_the_bytes_it_sent(server, mock):
+    """No Content-Length (a chunked body, in small chunks): the hold is counted from the file's
+    bytes as received, so 101 s of it do not pass a budget with room for 100."""
+    secret, _ = audio_key(server, 1_000_000)  # $0.01: 100 s
+    mock.clear()
+    form = raw_form(("model", b"whisper-1", None), ("file", b"OggS" + os.urandom(25_246), "a.ogg"))  # 101 s
+    chunks = [form[i : i + 997] for i in range(0, len(form), 997)]
+    sock = connect(server)
+    sock.sendall(
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+        + secret.encode()
+        + b"\r\nContent-Type: multipart/form-data; boundary="
+        + FORM_BOUNDARY.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+        + b"0\r\n\r\n"
+    )
+    status, _, body = read_response(sock)
+    sock.close()
+    assert status == 429 and json.loads(body)["error"]["code"] == "budget_exceeded", body
+    assert b"up to $0.0101" in body and mock.requests == []
+
+
+def test_a_streamed_token_priced_transcription_holds_its_audio(server, mock):
+    """gpt-4o-mini-transcribe bills its audio as input tokens ($3 per 1M): held at 20 a second of
+    the bound, streamed or not; 400 s of it ($0.024) and the output cap ($0.02) pass a $0.03 budget."""
+    secret, key_id = audio_key(server, 3_000_000)
+    mock.clear()
+    fields = [("model", b"gpt-4o-mini-transcribe", None), ("stream", b"true", None)]
+    status, body = post_form(
+        server, secret, "/v1/audio/transcriptions", *fields, ("file", b"OggS" + os.urandom(99_996), "a.ogg")
+    )
+    assert status == 429 and body["error"]["code"] == "budget_exceeded" and mock.requests == [], body
+    status, body = post_form(server, secret, "/v1/audio/transcriptions", *fields, ("file", os.urandom(1000), "a.ogg"))
+    assert status == 200 and "transcript.text.done" in body["text"], body
+    wait_for(lambda: key_spend(server, key_id) == 6000, what="the key's spend")
 
 
 def test_an_end_users_budget_holds_images_at_their_unit_price(server, key, mock):
