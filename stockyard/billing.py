@@ -42,7 +42,7 @@ class Pricer:
         price = self.price_of(route, asked)
         if ctx.endpoint in media.ENDPOINTS:
             image_price = self.image_price(ctx, route.model, route.provider.name)
-            return estimate.media_request_cost(ctx, price, image_price, default_max_tokens)
+            return estimate.media_request_cost(ctx, price, image_price, default_max_tokens, route.model)
         return None if price is None else estimate.request_cost(ctx, price, default_max_tokens, sent_back)
 
     def price(self, ctx: RequestContext, attempt: Attempt | None = None) -> None:

@@ -437,7 +437,7 @@ def images_asked(body: dict) -> int:
 
 
 def media_request_cost(
-    ctx: RequestContext, price: Price | None, image_price: Price | None, default_max_tokens: int
+    ctx: RequestContext, price: Price | None, image_price: Price | None, default_max_tokens: int, model: str = ""
 ) -> int | None:
     """The worst case of an audio, images or moderations request; None when it cannot be priced.
 
@@ -463,7 +463,7 @@ def media_request_cost(
         # Only characters: a speech answer is the audio, with no usage to settle a token price by.
         return unit_cost(price, chars) if price.unit == "character" else None
     if ctx.endpoint in PRICED_AUDIO_FORMATS:
-        return audio_cost(ctx, price, default_max_tokens)
+        return audio_cost(ctx, price, default_max_tokens, model)
     return worst_case_cost(price, input_tokens(ctx), default_max_tokens) if price.unit == "token" else None
 
 
@@ -479,6 +479,9 @@ AUDIO_MIN_BYTES_PER_S = 250  # 2 kbps
 # Audio input tokens a second (gpt-4o(-mini)-transcribe): OpenAI's own estimate of $0.006 a minute
 # at $6 per 1M is ~17 a second, the Realtime API counts 10 (a token per 100 ms): 20 is above both.
 AUDIO_TOKENS_PER_S = 20
+# The longest audio a model takes (OpenAI refuses longer with a 400 and bills nothing), by the start
+# of its name (dated snapshots too; the diarizing model first): its hold is never more.
+AUDIO_MAX_SECONDS = (("gpt-4o-transcribe-diarize", 1400), ("gpt-4o-transcribe", 1500), ("gpt-4o-mini-transcribe", 1500))
 # The fastest PCM a WAV header is believed to be (192 kHz stereo 32-bit: studio audio at its
 # highest): a header claiming more lowers the hold no further.
 PCM_MAX_BYTES_PER_S = 192_000 * 2 * 4
@@ -488,11 +491,15 @@ PCM_TAGS = (1, 3, 6, 7)
 EXTENSIBLE, GUID_TAIL = 0xFFFE, bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_*
 
 
-def audio_cost(ctx: RequestContext, price: Price, default_max_tokens: int) -> int | None:
+def audio_cost(ctx: RequestContext, price: Price, default_max_tokens: int, model: str = "") -> int | None:
     """The most a transcription or translation can cost (µ¢): :func:`audio_seconds` of its upload
-    at a price per second, or at a token price as ``AUDIO_TOKENS_PER_S`` audio tokens a second on
-    top of its text and output cap; None for another unit (its answer reports none)."""
+    (at most what ``model`` takes, ``AUDIO_MAX_SECONDS``) at a price per second, or at a token price
+    as ``AUDIO_TOKENS_PER_S`` audio tokens a second on top of its text and output cap; None for
+    another unit (its answer reports none)."""
     seconds = audio_seconds(ctx.upload) if ctx.upload is not None else 0
+    longest = next((most for name, most in AUDIO_MAX_SECONDS if model.startswith(name)), None)
+    if longest is not None:
+        seconds = min(seconds, longest)
     if price.unit == "second":
         return unit_cost(price, seconds)
     if price.unit == "token":

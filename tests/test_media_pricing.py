@@ -168,3 +168,29 @@ def test_audio_is_priced_as_billing_prices_it(tmp_path, table):
         translation = ctx_for("translations", {"model": "whisper-1"})
         translation.upload = upload
         assert estimate.media_request_cost(translation, table.lookup("whisper-1"), None, 4096) == 100 * 10_000
+
+
+def test_a_model_with_a_longest_audio_is_held_for_no_more(tmp_path, table):
+    """gpt-4o(-mini)-transcribe take at most 1,500 s (the diarizing one 1,400 s): OpenAI refuses
+    longer audio and bills nothing, so a large compressed upload holds that much, not its bytes'
+    worth at the lowest bitrate; whisper-1 has no such limit."""
+    with upload_of(tmp_path, ("a.mp3", b"x" * 1_000_000)) as upload:  # 4,000 s at 2 kbps
+        ctx = ctx_for("transcriptions", {"model": "gpt-4o-mini-transcribe"})
+        ctx.upload = upload
+        mini = table.lookup("gpt-4o-mini-transcribe")
+        text = estimate.input_tokens(ctx)
+        for model, seconds in [
+            ("gpt-4o-mini-transcribe", 1500),
+            ("gpt-4o-mini-transcribe-2025-12-15", 1500),
+            ("gpt-4o-transcribe", 1500),
+            ("gpt-4o-transcribe-diarize", 1400),
+            ("whisper-1", 4000),
+        ]:
+            held = estimate.media_request_cost(ctx, mini, None, 4096, model)
+            assert held == estimate.worst_case_cost(mini, text + seconds * estimate.AUDIO_TOKENS_PER_S, 4096), model
+        whisper = table.lookup("whisper-1")
+        assert estimate.media_request_cost(ctx, whisper, None, 4096, "whisper-1") == 4000 * 10_000
+    with upload_of(tmp_path, ("a.mp3", b"x" * 25_000)) as upload:  # 100 s: under the limit, as it is
+        ctx.upload = upload
+        held = estimate.media_request_cost(ctx, mini, None, 4096, "gpt-4o-transcribe")
+        assert held == estimate.worst_case_cost(mini, text + 100 * estimate.AUDIO_TOKENS_PER_S, 4096)
