@@ -583,12 +583,13 @@ def custom_function(tool: dict, path: str) -> dict:
     return fn
 
 
-def request_tools(request: dict) -> list[tuple[str, str, dict]]:
+def request_tools(request: dict, history: list | None = None) -> list[tuple[str, str, dict]]:
     """The request's function and custom tools as (chat function name, namespace, tool): a
-    namespace's tools under their joined name, the others under their own (namespace "")."""
+    namespace's tools under their joined name, the others under their own (namespace ""). With
+    the tools the ``tool_search_output`` items of ``history`` (a stored conversation) or ``input`` loaded."""
     tools = request.get("tools")
     out = []
-    for tool in [*(tools if isinstance(tools, list) else []), *searched_tools(request.get("input"))]:
+    for tool in [*(tools if isinstance(tools, list) else []), *searched_tools(history, request.get("input"))]:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
             continue
         if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
@@ -603,9 +604,9 @@ def request_tools(request: dict) -> list[tuple[str, str, dict]]:
     return out
 
 
-def custom_names(request: dict) -> set[str]:
+def custom_names(request: dict, history: list | None = None) -> set[str]:
     """The chat names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
-    return {name for name, _, tool in request_tools(request) if tool.get("type") == "custom"}
+    return {name for name, _, tool in request_tools(request, history) if tool.get("type") == "custom"}
 
 
 def searches(request: dict) -> bool:
@@ -615,10 +616,10 @@ def searches(request: dict) -> bool:
     return any(isinstance(t, dict) and t.get("type") == TOOL_SEARCH and t.get("execution") == "client" for t in found)
 
 
-def namespaces(request: dict) -> dict[str, tuple[str, str]]:
+def namespaces(request: dict, history: list | None = None) -> dict[str, tuple[str, str]]:
     """The chat names of the request's namespaced tools → (namespace, name): their calls come
     back with the two apart, as OpenAI answers."""
-    return {name: (ns, tool["name"]) for name, ns, tool in request_tools(request) if ns}
+    return {name: (ns, tool["name"]) for name, ns, tool in request_tools(request, history) if ns}
 
 
 def custom_input(arguments: str) -> str:
@@ -928,8 +929,17 @@ def compaction_response(chat: dict, request: dict, response_id: str, created_at:
     return response_object(request, response_id, created_at, model, status, output, usage, finish, error)
 
 
-def from_chat(chat: dict, request: dict, response_id: str, created_at: int, provider: str | None = None) -> dict:
-    """A ``chat.completion`` (from ``provider``, a name) → the Responses ``response`` object for it."""
+def from_chat(
+    chat: dict,
+    request: dict,
+    response_id: str,
+    created_at: int,
+    provider: str | None = None,
+    *,
+    history: list | None = None,
+) -> dict:
+    """A ``chat.completion`` (from ``provider``, a name) → the Responses ``response`` object for it;
+    ``history`` is the stored conversation ``to_chat`` was given (the tools it loaded are called too)."""
     if compaction.triggered(request):
         return compaction_response(chat, request, response_id, created_at)
     choices = chat.get("choices") or [{}]
@@ -953,7 +963,7 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
         content.append(refusal_part(message["refusal"]))
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
-    custom, spaces, search = custom_names(request), namespaces(request), searches(request)
+    custom, spaces, search = custom_names(request, history), namespaces(request, history), searches(request)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         index = len(output)
@@ -989,7 +999,14 @@ class ChatToResponsesStream:
     """
 
     def __init__(
-        self, request: dict, response_id: str, created_at: int, model: str, provider: str | None = None
+        self,
+        request: dict,
+        response_id: str,
+        created_at: int,
+        model: str,
+        provider: str | None = None,
+        *,
+        history: list | None = None,  # the stored conversation, as for :func:`from_chat`
     ) -> None:
         self.request = request
         self.provider = provider  # the provider's name, in the reasoning state packed
@@ -1002,8 +1019,8 @@ class ChatToResponsesStream:
         self.calls: dict[int, int] = {}  # chat tool_call index → output index
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
-        self.custom = custom_names(request)
-        self.spaces = namespaces(request)
+        self.custom = custom_names(request, history)
+        self.spaces = namespaces(request, history)
         self.search = searches(request)
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
         self.chars = 0  # characters of chat content so far: where its annotations point
