@@ -1329,6 +1329,84 @@ def test_a_custom_tool_loaded_in_an_earlier_turn_is_called_as_a_custom_tool(clie
     assert (call.type, call.namespace, call.name) == ("custom_tool_call", "editing", "apply_patch")
 
 
+COLLIDING = {
+    "two namespaces": [
+        {"type": "namespace", "name": "a", "description": "A", "tools": [{**WEATHER_TOOL, "name": "b__c"}]},
+        {"type": "namespace", "name": "a__b", "description": "AB", "tools": [{**WEATHER_TOOL, "name": "c"}]},
+    ],
+    "a plain tool": [
+        {**WEATHER_TOOL, "name": "mcp__docs__search"},
+        {
+            "type": "namespace",
+            "name": "mcp__docs",
+            "description": "docs",
+            "tools": [{**WEATHER_TOOL, "name": "search"}],
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+@pytest.mark.parametrize("case", list(COLLIDING))
+def test_tools_whose_joined_names_collide_are_a_400_naming_both(client, mock, model, case):
+    """Two tools that would reach the provider under one function name (namespace ``a`` + ``b__c`` and
+    ``a__b`` + ``c``; a plain tool named as a namespace's tool is joined) are a 400 naming both, in the
+    Responses error shape, before any provider call: a call of that name could not be routed back."""
+    before = len(mock.requests)
+    with pytest.raises(BadRequestError) as err:
+        client.responses.create(model=model, input="weather?", tools=COLLIDING[case])
+    error = err.value.body
+    assert error["param"] == "tools" and error["code"] == "tool_name_collision", error
+    names = [t["name"] for tool in COLLIDING[case] for t in [tool, *tool.get("tools", [])]]
+    assert all(repr(name) in error["message"] for name in names), error["message"]
+    assert len(mock.requests) == before
+
+
+def test_a_loaded_tool_colliding_with_a_requests_tool_is_a_400(client, mock):
+    """The same when one of the two is loaded by a ``tool_search_output`` of the stored history."""
+    colliding = COLLIDING["a plain tool"]
+    first = loaded_turn(client, "claude-sonnet-4-5", [colliding[1]])
+    before = len(mock.requests)
+    with pytest.raises(BadRequestError) as err:
+        client.responses.create(
+            model="claude-sonnet-4-5", previous_response_id=first.id, input="search", tools=[colliding[0]]
+        )
+    assert err.value.body["code"] == "tool_name_collision" and "'mcp__docs'" in err.value.body["message"]
+    assert len(mock.requests) == before
+
+
+LONG = "a_server_with_a_rather_long_name_for_its_mcp_tools"  # 50 characters
+AWKWARD = {
+    "too long": (f"mcp__{LONG}", "list_pull_request_review_comments"),
+    "a dot": ("docs.internal", "search"),
+    "a digit first": ("1password", "read_item"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+@pytest.mark.parametrize("case", list(AWKWARD))
+def test_a_joined_name_the_provider_would_refuse_goes_under_a_name_it_takes(client, mock, model, case, stream):
+    """A namespace and tool whose joined name is over 64 characters, or holds a character Claude (a dot)
+    or Gemini (a digit first) refuses in a tool name, was sent as it was: a provider 400 about a name
+    the client never sent. It goes under a name both take (as much of the joined name as fits, and a
+    digest of the two), and its call comes back as the client named it; sent back, it is that name again."""
+    namespace, name = AWKWARD[case]
+    tool = {"type": "namespace", "name": namespace, "description": "tools", "tools": [{**WEATHER_TOOL, "name": name}]}
+    first = first_turn(client, stream, model=model, input="go", tools=[tool], store=False)
+    call = first.output[-1]
+    assert (call.type, call.namespace, call.name) == ("function_call", namespace, name)
+    defined, _ = provider_tool_names(mock, model)
+    assert len(defined) == 1 and PROVIDER_TOOL_NAME.fullmatch(defined[0]), defined
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "done"}
+    answer = client.responses.create(
+        model=model, input=[{"role": "user", "content": "go"}, *items, result], tools=[tool], store=False
+    )
+    assert answer.output_text == TEXT
+    assert provider_tool_names(mock, model) == (defined, defined)
+
+
 # --------------------------------------------------------------------------- OpenCode 1.18.33, captured
 
 OPENCODE = json.loads((Path(__file__).parent / "opencode_requests.json").read_text())["responses"]

@@ -20,6 +20,7 @@ stored conversation, puts it back on the chat messages (``thinking_blocks``, a t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -79,16 +80,35 @@ FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
 WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
 WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location", "external_web_access", "search_content_types"}
 CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
-# A namespace tool (Codex CLI's ``multi_agent_v1``) groups function and custom tools: chat has no
-# namespaces, so each becomes a chat function named ``<namespace>__<name>``, and a call of one comes
-# back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
+# A namespace tool (Codex CLI's ``multi_agent_v1``, its MCP servers) groups function and custom tools:
+# chat has no namespaces, so each becomes a chat function named ``<namespace>__<name>`` (:func:`joined`),
+# and a call of one comes back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
 NAMESPACE_TOOL_FIELDS = {"type", "name", "description", "tools"}
 NAMESPACE_JOIN = "__"
+# A function name every provider Stockyard translates for takes: Claude ``^[a-zA-Z0-9_-]{1,64}$``,
+# Gemini a letter or ``_`` first (its ``.`` and ``:`` are Claude's 400), OpenAI's chat at most 64.
+CHAT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
+NAME_DIGEST = 10  # hex characters of the digest that ends a joined name cut to fit
+NAME_ROOM = 64 - 1 - NAME_DIGEST  # what is left of the name before ``_<digest>``
 
 
 def joined(namespace: str, name: str) -> str:
-    """The chat function name of a namespace's tool."""
-    return f"{namespace}{NAMESPACE_JOIN}{name}"
+    """The chat function name of a namespace's tool: ``<namespace>__<name>`` when every provider takes
+    it. Else (over 64 characters: an MCP server's tools; or a character Claude or Gemini refuses) as
+    much of it as fits, in the characters they take, the tool's name kept before the namespace's,
+    then ``_`` and a digest of the two: the same name in every turn, never a provider's 400."""
+    plain = f"{namespace}{NAMESPACE_JOIN}{name}"
+    if CHAT_NAME.fullmatch(plain):
+        return plain
+    pair = json.dumps([namespace, name], ensure_ascii=False).encode()  # a lone surrogate: the 400 it always was
+    digest = hashlib.sha256(pair).hexdigest()[:NAME_DIGEST]
+    head, tail = NOT_IN_NAME.sub("_", namespace), NOT_IN_NAME.sub("_", name)
+    if not CHAT_NAME.match(head):  # a digit or ``-`` first: Gemini's 400
+        head = "_" + head
+    tail = tail[: NAME_ROOM - len(NAMESPACE_JOIN) - 8]  # eight characters of the namespace at least
+    head = head[: NAME_ROOM - len(NAMESPACE_JOIN) - len(tail)]
+    return f"{head}{NAMESPACE_JOIN}{tail}_{digest}"
 
 
 # A tool search the client runs (Codex CLI's ``tool_search``, for a model its catalog knows) is a chat
@@ -183,6 +203,8 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
     if present(body, "tools") or loaded:
         tools = chat_tools(body.get("tools") or []) + chat_tools(loaded, "tool_search_output.tools")
         if tools:
+            one_name_each(body, history)
+            tools = once_each(tools)
             chat["tools"] = tools
             if present(body, "parallel_tool_calls"):
                 chat["parallel_tool_calls"] = body["parallel_tool_calls"]
@@ -602,6 +624,41 @@ def request_tools(request: dict, history: list | None = None) -> list[tuple[str,
         else:
             out.append((tool["name"], "", tool))
     return out
+
+
+def one_name_each(request: dict, history: list | None) -> None:
+    """A 400 naming two tools that would reach the provider under one function name (namespace ``a``'s
+    ``b__c`` and ``a__b``'s ``c``; a tool named as a namespace's tool is joined): a call of that name
+    could not be routed back. The same tool twice (loaded by two searches) is one function."""
+    seen = {TOOL_SEARCH: ("", TOOL_SEARCH, TOOL_SEARCH)} if searches(request) else {}
+    for name, ns, tool in request_tools(request, history):
+        which = (ns, tool["name"], str(tool.get("type")))
+        other = seen.setdefault(name, which)
+        if other != which:
+            message = (
+                f"tools: {tool_named(other)} and {tool_named(which)} would both be the function {name!r} for "
+                f"this provider (it has no namespaces: a namespace's tools are named <namespace>__<name>); "
+                "rename one of them"
+            )
+            raise ProxyError(400, message, param="tools", code="tool_name_collision")
+
+
+def once_each(tools: list[dict]) -> list[dict]:
+    """The chat functions without a second of one name (:func:`one_name_each` found it the same tool):
+    Claude and Gemini refuse two of one name."""
+    names: set[str] = set()
+    out = []
+    for tool in tools:
+        if tool["function"]["name"] not in names:
+            names.add(tool["function"]["name"])
+            out.append(tool)
+    return out
+
+
+def tool_named(which: tuple[str, str, str]) -> str:
+    """A tool as an error message names it: its name, and its namespace's."""
+    ns, name, kind = which
+    return f"the {kind} tool {name!r}" + (f" of namespace {ns!r}" if ns else "")
 
 
 def custom_names(request: dict, history: list | None = None) -> set[str]:
