@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -1259,6 +1260,151 @@ def test_codex_tool_search_round_trips_on_a_translated_provider(server, keys, mo
     assert "multi_agent_v1__spawn_agent" in [t["name"] for t in sent["tools"]]
     result = sent["messages"][-1]["content"][0]
     assert result["tool_use_id"] == "toolu_ts1" and "multi_agent_v1__spawn_agent" in result["content"]
+
+
+# The tool names Claude and Gemini both take: Claude ``^[a-zA-Z0-9_-]{1,64}$``; Gemini's
+# FunctionDeclaration a letter or ``_`` first, then letters, digits, ``_ . : -``, at most 64.
+PROVIDER_TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+def provider_tool_names(mock, model: str) -> tuple[list[str], list[str]]:
+    """The function names the provider's last request for ``model`` defined, and those of the calls it sent back."""
+    if model.startswith("claude"):
+        sent = mock.last("/v1/messages").json
+        blocks = [b for m in sent["messages"] if isinstance(m["content"], list) for b in m["content"]]
+        return [t["name"] for t in sent.get("tools", [])], [b["name"] for b in blocks if b["type"] == "tool_use"]
+    sent = next(r for r in reversed(mock.requests) if r.path.startswith(f"/v1beta/models/{model}:")).json
+    defined = [d["name"] for t in sent.get("tools", []) for d in t.get("functionDeclarations", [])]
+    return defined, [p["functionCall"]["name"] for c in sent["contents"] for p in c["parts"] if "functionCall" in p]
+
+
+def loaded_turn(client: OpenAI, model: str, tools: list[dict]):
+    """A turn whose input is Codex's tool search and the ``tool_search_output`` that loaded ``tools``
+    (the captured item's shape); the model answers in text."""
+    search = next(t for t in CODEX["catalog_model"]["tools"] if t["type"] == "tool_search")
+    call = {
+        "type": "tool_search_call",
+        "id": "tsc_1",
+        "call_id": "toolu_1",
+        "execution": "client",
+        "arguments": {"query": "spawn agent"},
+        "status": "completed",
+    }
+    loaded = {**CODEX["catalog_model"]["tool_search_output"], "tools": tools}
+    user = {"role": "user", "content": "find a tool to spawn a helper"}
+    return client.responses.create(model=model, input=[user, call, loaded], tools=[search])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+def test_a_tool_loaded_in_an_earlier_turn_is_called_with_its_namespace(client, mock, model, stream):
+    """The review's defect: a namespaced tool a ``tool_search_output`` loaded, in a conversation
+    continued by ``previous_response_id`` (the output in the stored history, not in this ``input``), was
+    offered to the provider under its joined name, but its call came back without ``namespace`` and
+    under that joined name: Codex could not route it. The call comes back as OpenAI makes it, and goes
+    back to the provider under the name the tool is defined by."""
+    namespace = CODEX["catalog_model"]["tool_search_output"]["tools"][0]
+    first = loaded_turn(client, model, [namespace])
+    assert first.output_text == TEXT
+    second = first_turn(client, stream, model=model, previous_response_id=first.id, input="spawn one now")
+    call = second.output[-1]
+    assert (call.type, call.namespace, call.name) == ("function_call", "multi_agent_v1", "spawn_agent")
+    defined, _ = provider_tool_names(mock, model)
+    assert defined[0] == "multi_agent_v1__spawn_agent"
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "spawned"}
+    third = client.responses.create(model=model, previous_response_id=second.id, input=[result])
+    assert third.output_text == TEXT
+    defined, called = provider_tool_names(mock, model)
+    assert called[-1] == "multi_agent_v1__spawn_agent" and called[-1] in defined
+
+
+def test_a_custom_tool_loaded_in_an_earlier_turn_is_called_as_a_custom_tool(client, mock):
+    """The same for a namespace's custom tool: its call is a ``custom_tool_call`` with its text, not a
+    function call of the joined name with the JSON the chat function took."""
+    patch = {"type": "custom", "name": "apply_patch", "description": "edit files", "defer_loading": True}
+    namespace = {"type": "namespace", "name": "editing", "description": "file tools", "tools": [patch]}
+    first = loaded_turn(client, "claude-sonnet-4-5", [namespace])
+    second = client.responses.create(model="claude-sonnet-4-5", previous_response_id=first.id, input="edit it")
+    call = second.output[-1]
+    assert (call.type, call.namespace, call.name) == ("custom_tool_call", "editing", "apply_patch")
+
+
+COLLIDING = {
+    "two namespaces": [
+        {"type": "namespace", "name": "a", "description": "A", "tools": [{**WEATHER_TOOL, "name": "b__c"}]},
+        {"type": "namespace", "name": "a__b", "description": "AB", "tools": [{**WEATHER_TOOL, "name": "c"}]},
+    ],
+    "a plain tool": [
+        {**WEATHER_TOOL, "name": "mcp__docs__search"},
+        {
+            "type": "namespace",
+            "name": "mcp__docs",
+            "description": "docs",
+            "tools": [{**WEATHER_TOOL, "name": "search"}],
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+@pytest.mark.parametrize("case", list(COLLIDING))
+def test_tools_whose_joined_names_collide_are_a_400_naming_both(client, mock, model, case):
+    """Two tools that would reach the provider under one function name (namespace ``a`` + ``b__c`` and
+    ``a__b`` + ``c``; a plain tool named as a namespace's tool is joined) are a 400 naming both, in the
+    Responses error shape, before any provider call: a call of that name could not be routed back."""
+    before = len(mock.requests)
+    with pytest.raises(BadRequestError) as err:
+        client.responses.create(model=model, input="weather?", tools=COLLIDING[case])
+    error = err.value.body
+    assert error["param"] == "tools" and error["code"] == "tool_name_collision", error
+    names = [t["name"] for tool in COLLIDING[case] for t in [tool, *tool.get("tools", [])]]
+    assert all(repr(name) in error["message"] for name in names), error["message"]
+    assert len(mock.requests) == before
+
+
+def test_a_loaded_tool_colliding_with_a_requests_tool_is_a_400(client, mock):
+    """The same when one of the two is loaded by a ``tool_search_output`` of the stored history."""
+    colliding = COLLIDING["a plain tool"]
+    first = loaded_turn(client, "claude-sonnet-4-5", [colliding[1]])
+    before = len(mock.requests)
+    with pytest.raises(BadRequestError) as err:
+        client.responses.create(
+            model="claude-sonnet-4-5", previous_response_id=first.id, input="search", tools=[colliding[0]]
+        )
+    assert err.value.body["code"] == "tool_name_collision" and "'mcp__docs'" in err.value.body["message"]
+    assert len(mock.requests) == before
+
+
+LONG = "a_server_with_a_rather_long_name_for_its_mcp_tools"  # 50 characters
+AWKWARD = {
+    "too long": (f"mcp__{LONG}", "list_pull_request_review_comments"),
+    "a dot": ("docs.internal", "search"),
+    "a digit first": ("1password", "read_item"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+@pytest.mark.parametrize("case", list(AWKWARD))
+def test_a_joined_name_the_provider_would_refuse_goes_under_a_name_it_takes(client, mock, model, case, stream):
+    """A namespace and tool whose joined name is over 64 characters, or holds a character Claude (a dot)
+    or Gemini (a digit first) refuses in a tool name, was sent as it was: a provider 400 about a name
+    the client never sent. It goes under a name both take (as much of the joined name as fits, and a
+    digest of the two), and its call comes back as the client named it; sent back, it is that name again."""
+    namespace, name = AWKWARD[case]
+    tool = {"type": "namespace", "name": namespace, "description": "tools", "tools": [{**WEATHER_TOOL, "name": name}]}
+    first = first_turn(client, stream, model=model, input="go", tools=[tool], store=False)
+    call = first.output[-1]
+    assert (call.type, call.namespace, call.name) == ("function_call", namespace, name)
+    defined, _ = provider_tool_names(mock, model)
+    assert len(defined) == 1 and PROVIDER_TOOL_NAME.fullmatch(defined[0]), defined
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "done"}
+    answer = client.responses.create(
+        model=model, input=[{"role": "user", "content": "go"}, *items, result], tools=[tool], store=False
+    )
+    assert answer.output_text == TEXT
+    assert provider_tool_names(mock, model) == (defined, defined)
 
 
 # --------------------------------------------------------------------------- OpenCode 1.18.33, captured

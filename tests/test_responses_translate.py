@@ -22,7 +22,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from stockyard.errors import ProxyError
 from stockyard.providers import compaction
-from stockyard.providers.responses import ChatToResponsesStream, CompactionStream, from_chat, to_chat
+from stockyard.providers.responses import CHAT_NAME, ChatToResponsesStream, CompactionStream, from_chat, joined, to_chat
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 RESPONSE = pydantic.TypeAdapter(Response)
@@ -1283,3 +1283,31 @@ def test_a_compaction_item_not_stockyards_is_a_400_naming_it(token, code):
 def test_a_compaction_trigger_only_ends_the_input():
     error = refused({"model": "m", "input": [TRIGGER, {"role": "user", "content": "hi"}]})
     assert error.param == "input[0].type" and "last input item" in error.message
+
+
+# --------------------------------------------------------------------------- namespaced tool names
+
+
+@settings(max_examples=300, deadline=None)
+@given(*[st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=90)] * 2)
+def test_a_joined_name_is_always_one_claude_and_gemini_take(namespace: str, name: str):
+    """Whatever the namespace and tool are named, the chat function's name is one both providers take."""
+    flat = joined(namespace, name)
+    assert CHAT_NAME.fullmatch(flat) and len(flat) <= 64
+    assert joined(namespace, name) == flat  # the same in every turn: a call sent back finds its tool
+
+
+def test_joined_names_cut_to_fit_stay_apart():
+    """Two tools of one long namespace whose names differ only past what fits are two functions."""
+    namespace = "mcp__" + "a_server_with_a_rather_long_name" * 2
+    first, second = (joined(namespace, "list_pull_request_review_comments_" + "z" * 40 + end) for end in "xy")
+    assert first != second and first[:-11] == second[:-11]
+    assert joined("a", "b") == "a__b" and joined("multi_agent_v1", "spawn_agent") == "multi_agent_v1__spawn_agent"
+
+
+def test_the_same_tool_loaded_twice_is_one_function():
+    """Two tool searches that load one tool: one chat function (Claude and Gemini refuse two of a name)."""
+    ns = {"type": "namespace", "name": "ns", "description": "d", "tools": [WEATHER]}
+    loads = [{"type": "tool_search_output", "call_id": f"c{i}", "execution": "client", "tools": [ns]} for i in (1, 2)]
+    chat = to_chat({"model": "m", "input": [{"role": "user", "content": "hi"}, *loads]})
+    assert [t["function"]["name"] for t in chat["tools"]] == ["ns__weather"]

@@ -20,6 +20,7 @@ stored conversation, puts it back on the chat messages (``thinking_blocks``, a t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -79,16 +80,35 @@ FUNCTION_TOOL_FIELDS = {"type", "name", "description", "parameters", "strict"}
 WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11")
 WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location", "external_web_access", "search_content_types"}
 CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
-# A namespace tool (Codex CLI's ``multi_agent_v1``) groups function and custom tools: chat has no
-# namespaces, so each becomes a chat function named ``<namespace>__<name>``, and a call of one comes
-# back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
+# A namespace tool (Codex CLI's ``multi_agent_v1``, its MCP servers) groups function and custom tools:
+# chat has no namespaces, so each becomes a chat function named ``<namespace>__<name>`` (:func:`joined`),
+# and a call of one comes back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
 NAMESPACE_TOOL_FIELDS = {"type", "name", "description", "tools"}
 NAMESPACE_JOIN = "__"
+# A function name every provider Stockyard translates for takes: Claude ``^[a-zA-Z0-9_-]{1,64}$``,
+# Gemini a letter or ``_`` first (its ``.`` and ``:`` are Claude's 400), OpenAI's chat at most 64.
+CHAT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
+NAME_DIGEST = 10  # hex characters of the digest that ends a joined name cut to fit
+NAME_ROOM = 64 - 1 - NAME_DIGEST  # what is left of the name before ``_<digest>``
 
 
 def joined(namespace: str, name: str) -> str:
-    """The chat function name of a namespace's tool."""
-    return f"{namespace}{NAMESPACE_JOIN}{name}"
+    """The chat function name of a namespace's tool: ``<namespace>__<name>`` when every provider takes
+    it. Else (over 64 characters: an MCP server's tools; or a character Claude or Gemini refuses) as
+    much of it as fits, in the characters they take, the tool's name kept before the namespace's,
+    then ``_`` and a digest of the two: the same name in every turn, never a provider's 400."""
+    plain = f"{namespace}{NAMESPACE_JOIN}{name}"
+    if CHAT_NAME.fullmatch(plain):
+        return plain
+    pair = json.dumps([namespace, name], ensure_ascii=False).encode()  # a lone surrogate: the 400 it always was
+    digest = hashlib.sha256(pair).hexdigest()[:NAME_DIGEST]
+    head, tail = NOT_IN_NAME.sub("_", namespace), NOT_IN_NAME.sub("_", name)
+    if not CHAT_NAME.match(head):  # a digit or ``-`` first: Gemini's 400
+        head = "_" + head
+    tail = tail[: NAME_ROOM - len(NAMESPACE_JOIN) - 8]  # eight characters of the namespace at least
+    head = head[: NAME_ROOM - len(NAMESPACE_JOIN) - len(tail)]
+    return f"{head}{NAMESPACE_JOIN}{tail}_{digest}"
 
 
 # A tool search the client runs (Codex CLI's ``tool_search``, for a model its catalog knows) is a chat
@@ -183,6 +203,8 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
     if present(body, "tools") or loaded:
         tools = chat_tools(body.get("tools") or []) + chat_tools(loaded, "tool_search_output.tools")
         if tools:
+            one_name_each(body, history)
+            tools = once_each(tools)
             chat["tools"] = tools
             if present(body, "parallel_tool_calls"):
                 chat["parallel_tool_calls"] = body["parallel_tool_calls"]
@@ -583,12 +605,13 @@ def custom_function(tool: dict, path: str) -> dict:
     return fn
 
 
-def request_tools(request: dict) -> list[tuple[str, str, dict]]:
+def request_tools(request: dict, history: list | None = None) -> list[tuple[str, str, dict]]:
     """The request's function and custom tools as (chat function name, namespace, tool): a
-    namespace's tools under their joined name, the others under their own (namespace "")."""
+    namespace's tools under their joined name, the others under their own (namespace ""). With
+    the tools the ``tool_search_output`` items of ``history`` (a stored conversation) or ``input`` loaded."""
     tools = request.get("tools")
     out = []
-    for tool in [*(tools if isinstance(tools, list) else []), *searched_tools(request.get("input"))]:
+    for tool in [*(tools if isinstance(tools, list) else []), *searched_tools(history, request.get("input"))]:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
             continue
         if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
@@ -603,9 +626,44 @@ def request_tools(request: dict) -> list[tuple[str, str, dict]]:
     return out
 
 
-def custom_names(request: dict) -> set[str]:
+def one_name_each(request: dict, history: list | None) -> None:
+    """A 400 naming two tools that would reach the provider under one function name (namespace ``a``'s
+    ``b__c`` and ``a__b``'s ``c``; a tool named as a namespace's tool is joined): a call of that name
+    could not be routed back. The same tool twice (loaded by two searches) is one function."""
+    seen = {TOOL_SEARCH: ("", TOOL_SEARCH, TOOL_SEARCH)} if searches(request) else {}
+    for name, ns, tool in request_tools(request, history):
+        which = (ns, tool["name"], str(tool.get("type")))
+        other = seen.setdefault(name, which)
+        if other != which:
+            message = (
+                f"tools: {tool_named(other)} and {tool_named(which)} would both be the function {name!r} for "
+                f"this provider (it has no namespaces: a namespace's tools are named <namespace>__<name>); "
+                "rename one of them"
+            )
+            raise ProxyError(400, message, param="tools", code="tool_name_collision")
+
+
+def once_each(tools: list[dict]) -> list[dict]:
+    """The chat functions without a second of one name (:func:`one_name_each` found it the same tool):
+    Claude and Gemini refuse two of one name."""
+    names: set[str] = set()
+    out = []
+    for tool in tools:
+        if tool["function"]["name"] not in names:
+            names.add(tool["function"]["name"])
+            out.append(tool)
+    return out
+
+
+def tool_named(which: tuple[str, str, str]) -> str:
+    """A tool as an error message names it: its name, and its namespace's."""
+    ns, name, kind = which
+    return f"the {kind} tool {name!r}" + (f" of namespace {ns!r}" if ns else "")
+
+
+def custom_names(request: dict, history: list | None = None) -> set[str]:
     """The chat names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
-    return {name for name, _, tool in request_tools(request) if tool.get("type") == "custom"}
+    return {name for name, _, tool in request_tools(request, history) if tool.get("type") == "custom"}
 
 
 def searches(request: dict) -> bool:
@@ -615,10 +673,10 @@ def searches(request: dict) -> bool:
     return any(isinstance(t, dict) and t.get("type") == TOOL_SEARCH and t.get("execution") == "client" for t in found)
 
 
-def namespaces(request: dict) -> dict[str, tuple[str, str]]:
+def namespaces(request: dict, history: list | None = None) -> dict[str, tuple[str, str]]:
     """The chat names of the request's namespaced tools → (namespace, name): their calls come
     back with the two apart, as OpenAI answers."""
-    return {name: (ns, tool["name"]) for name, ns, tool in request_tools(request) if ns}
+    return {name: (ns, tool["name"]) for name, ns, tool in request_tools(request, history) if ns}
 
 
 def custom_input(arguments: str) -> str:
@@ -928,8 +986,17 @@ def compaction_response(chat: dict, request: dict, response_id: str, created_at:
     return response_object(request, response_id, created_at, model, status, output, usage, finish, error)
 
 
-def from_chat(chat: dict, request: dict, response_id: str, created_at: int, provider: str | None = None) -> dict:
-    """A ``chat.completion`` (from ``provider``, a name) → the Responses ``response`` object for it."""
+def from_chat(
+    chat: dict,
+    request: dict,
+    response_id: str,
+    created_at: int,
+    provider: str | None = None,
+    *,
+    history: list | None = None,
+) -> dict:
+    """A ``chat.completion`` (from ``provider``, a name) → the Responses ``response`` object for it;
+    ``history`` is the stored conversation ``to_chat`` was given (the tools it loaded are called too)."""
     if compaction.triggered(request):
         return compaction_response(chat, request, response_id, created_at)
     choices = chat.get("choices") or [{}]
@@ -953,7 +1020,7 @@ def from_chat(chat: dict, request: dict, response_id: str, created_at: int, prov
         content.append(refusal_part(message["refusal"]))
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
-    custom, spaces, search = custom_names(request), namespaces(request), searches(request)
+    custom, spaces, search = custom_names(request, history), namespaces(request, history), searches(request)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         index = len(output)
@@ -989,7 +1056,14 @@ class ChatToResponsesStream:
     """
 
     def __init__(
-        self, request: dict, response_id: str, created_at: int, model: str, provider: str | None = None
+        self,
+        request: dict,
+        response_id: str,
+        created_at: int,
+        model: str,
+        provider: str | None = None,
+        *,
+        history: list | None = None,  # the stored conversation, as for :func:`from_chat`
     ) -> None:
         self.request = request
         self.provider = provider  # the provider's name, in the reasoning state packed
@@ -1002,8 +1076,8 @@ class ChatToResponsesStream:
         self.calls: dict[int, int] = {}  # chat tool_call index → output index
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
-        self.custom = custom_names(request)
-        self.spaces = namespaces(request)
+        self.custom = custom_names(request, history)
+        self.spaces = namespaces(request, history)
         self.search = searches(request)
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
         self.chars = 0  # characters of chat content so far: where its annotations point

@@ -250,7 +250,9 @@ class ResponsesOverChat(Adapter):
         chat = loads_object(self.inner.parse_turn(self.chat_ctx(ctx), answers))
         conv = ctx.conversation
         assert conv is not None  # set for every /v1/responses request (stockyard.conversations)
-        response = responses.from_chat(chat, ctx.body, conv.response_id, conv.created_at, provider_name(ctx))
+        response = responses.from_chat(
+            chat, ctx.body, conv.response_id, conv.created_at, provider_name(ctx), history=conv.history
+        )
         keep(ctx, response)
         return json.dumps(response, ensure_ascii=False).encode()
 
@@ -259,7 +261,7 @@ class ResponsesOverChat(Adapter):
         assert conv is not None
         model = ctx.attempt.upstream_model or ctx.model or ""
         kind = responses.CompactionStream if compaction.triggered(ctx.body) else responses.ChatToResponsesStream
-        outer = kind(ctx.body, conv.response_id, conv.created_at, model, provider_name(ctx))
+        outer = kind(ctx.body, conv.response_id, conv.created_at, model, provider_name(ctx), history=conv.history)
         return OverChatStream(ctx, self.inner.stream(self.chat_ctx(ctx)), outer)
 
     def error(self, ctx: RequestContext, status: int, body: bytes) -> bytes:
