@@ -219,6 +219,12 @@ class Attempt:
     cost_status: str = "none"
     media_seconds: float | None = None  # audio the provider billed by duration (whisper-1)
     media_images: int | None = None  # images in an images answer
+    # The Responses image_generation tool's own usage, billed at its image model's rates: as the
+    # response reported it (``tool_usage.image_gen``), else estimated from the images relayed
+    # (``imagegen.ImageTally``), and the bytes its events took (not text: no relayed_tokens).
+    image_usage: Usage | None = None
+    image_estimate: Usage | None = None
+    image_bytes: int = 0
     trace_id: str = ""  # set by close(): the row of a failed attempt
     ts_ms: int = 0
     started: float = 0.0

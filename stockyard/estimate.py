@@ -84,12 +84,11 @@ def size_tokens(size: int) -> int:
 
 # A text value a model wrote, in every dialect's answer and stream events: chat's content,
 # reasoning_content, refusal, tool arguments and an audio answer's transcript; Messages' text,
-# thinking and partial_json; Responses' delta and partial images (base64: their bytes / 4, for
-# want of their count); Gemini's text. Read from the bytes, not parsed: a
+# thinking and partial_json; Responses' delta; Gemini's text. Read from the bytes, not parsed: a
 # stream's pricing runs on its request's thread, and parsing each event costs ~6 us (~116 us for
 # 20 events; this, ~23).
 _GENERATED = re.compile(
-    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript|partial_image_b64)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript)"\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
 # Responses events that repeat the text their deltas carried (a part's, an item's, the whole response's).
 _REPEATS = (b'.done"', b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
@@ -109,16 +108,26 @@ _FRAMES = {
 }
 
 
+# The events of the Responses image_generation tool (its items, partial images, progress), told by
+# a type of theirs (in a text, the quotes would be escaped): billed as images (``imagegen``), their
+# bytes (most of them base64) never as text.
+_IMAGE_TOOL = b"image_generation_call"
+_IMAGE_TYPE = re.compile(rb'"type"\s*:\s*"(?:response\.)?image_generation_call[."]')
+
+
 def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
     """Output tokens of an answer relayed without its count (a stream cut, or one without its usage
     chunk): the text it carried at about four bytes a token (escapes counted once), scaled up to the
-    bytes past the capture (``total`` is every byte relayed). Not the bytes themselves: JSON and
-    SSE framing are most of a stream (a chat chunk is ~150 bytes for a word). Bytes / 4 when none
-    of it reads as an answer (no text value: not JSON, or a stream cut inside its first event);
-    in a stream of whole events that carried no text yet, the events that only frame it
-    (``response.created``, ``message_start``, then the break) wrote nothing, the others (an
-    image's, a final item's) their bytes / 4."""
+    bytes past the capture (``total`` is every byte relayed but the image tool's). Not the bytes
+    themselves: JSON and SSE framing are most of a stream (a chat chunk is ~150 bytes for a word).
+    Bytes / 4 when none of it reads as an answer (no text value: not JSON, or a stream cut inside
+    its first event); in a stream of whole events that carried no text yet, the events that only
+    frame it (``response.created``, ``message_start``, then the break) wrote nothing, the others
+    (a final item's) their bytes / 4. The image tool's events are left out: their images are
+    billed as images (``Attempt.image_estimate``)."""
     data = bytes(captured)
+    if _IMAGE_TOOL in data:
+        data = b"\n\n".join(event for event in data.split(b"\n\n") if _IMAGE_TYPE.search(event) is None)
     if _repeats(data):  # a Responses stream: its deltas only
         texts = [t for event in data.split(b"\n\n") if not _repeats(event) for t in _GENERATED.findall(event)]
     else:
