@@ -25,12 +25,12 @@ from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
+from .imagegen import IMAGE_OUTPUT_TOKENS, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
-IMAGE_OUTPUT_TOKENS = 6240  # gpt-image-1's largest image (high quality, 1024x1536): more than the default cap
 # An image named by URL or file id, where the price table gives the model no count of its own:
 # Claude's largest (~1,600 at 1.15 megapixels), above GPT-4o's 1,445 (8 tiles at high detail),
 # GPT-5's and o-series'. gpt-4o-mini (48,169) and the GPT-4.1 minis have entries of their own.
@@ -108,26 +108,17 @@ _FRAMES = {
 }
 
 
-# The events of the Responses image_generation tool (its items, partial images, progress), told by
-# a type of theirs (in a text, the quotes would be escaped): billed as images (``imagegen``), their
-# bytes (most of them base64) never as text.
-_IMAGE_TOOL = b"image_generation_call"
-_IMAGE_TYPE = re.compile(rb'"type"\s*:\s*"(?:response\.)?image_generation_call[."]')
-
-
 def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
     """Output tokens of an answer relayed without its count (a stream cut, or one without its usage
     chunk): the text it carried at about four bytes a token (escapes counted once), scaled up to the
-    bytes past the capture (``total`` is every byte relayed but the image tool's). Not the bytes
+    bytes past the capture (``total`` is every byte relayed but the images'). Not the bytes
     themselves: JSON and SSE framing are most of a stream (a chat chunk is ~150 bytes for a word).
     Bytes / 4 when none of it reads as an answer (no text value: not JSON, or a stream cut inside
     its first event); in a stream of whole events that carried no text yet, the events that only
     frame it (``response.created``, ``message_start``, then the break) wrote nothing, the others
-    (a final item's) their bytes / 4. The image tool's events are left out: their images are
-    billed as images (``Attempt.image_estimate``)."""
-    data = bytes(captured)
-    if _IMAGE_TOOL in data:
-        data = b"\n\n".join(event for event in data.split(b"\n\n") if _IMAGE_TYPE.search(event) is None)
+    (a final item's) their bytes / 4. The events that carry images are left out: their images are
+    billed as images (``imagegen``)."""
+    data = without_images(bytes(captured))
     if _repeats(data):  # a Responses stream: its deltas only
         texts = [t for event in data.split(b"\n\n") if not _repeats(event) for t in _GENERATED.findall(event)]
     else:

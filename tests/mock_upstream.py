@@ -349,6 +349,8 @@ def openai_chat(body: dict, n: int, model: str) -> dict:
     else:
         message = {"role": "assistant", "content": TEXT, "refusal": None}
         finish = "stop"
+    if draws(body):
+        message["images"] = [chat_image()]
     count = _first_number(body, ("n",)) or 1
     reply = {
         "id": f"chatcmpl-mock{n}",
@@ -377,6 +379,17 @@ def _chat_deltas(body: dict) -> tuple[list[dict], str]:
     return deltas, "tool_calls"
 
 
+def draws(body: dict) -> bool:
+    """A chat request asking for image output (``modalities`` with "image": OpenRouter's image models)."""
+    modalities = body.get("modalities")
+    return isinstance(modalities, list) and "image" in modalities
+
+
+def chat_image() -> dict:
+    """An image a chat image model made, as OpenRouter sends it (``message.images`` / ``delta.images``)."""
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + IMAGE_B64}}
+
+
 def _include_usage(body: dict) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
@@ -400,6 +413,8 @@ def openai_chat_stream(body: dict, n: int, model: str) -> list[str]:
         return _dumps(obj)
 
     deltas, finish = _chat_deltas(body)
+    if draws(body):  # an image model (OpenRouter's shape): its image in a delta of its own, first
+        deltas = [{"role": "assistant", "content": "", "images": [chat_image()]}, *deltas]
     events = [chunk([{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]) for d in deltas]
     events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
     if with_usage:

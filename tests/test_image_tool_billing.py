@@ -1,11 +1,15 @@
-"""The Responses API's hosted ``image_generation`` tool: what its images are billed.
+"""Images a model makes inside an answer: what they are billed, whole or cut.
 
+The Responses API's hosted ``image_generation`` tool:
 OpenAI bills the tool's image apart from the mainline model's ``usage``: in the response's
 ``tool_usage.image_gen``, image output tokens at the image model's rates (gpt-image-1 by default:
 $40 per 1M), each partial image 100 more. A whole answer is billed from it; a stream cut before
 ``response.completed`` (the provider broke, or the client left right after the image) is billed
 each image it relayed as the largest image (``estimate.IMAGE_OUTPUT_TOKENS``) at the same rates, and
 each partial image its 100 tokens — not the text alone, which left the image, the dear part, free.
+
+A chat image model's own images (OpenRouter's ``delta.images``) are in its ``usage``; a chat stream
+cut before its usage chunk is billed each image it relayed as the largest image, as its output.
 """
 
 from __future__ import annotations
@@ -130,3 +134,48 @@ def test_a_client_that_leaves_after_a_partial_image_pays_for_the_image(openai_se
     assert trace["outcome"] == "client_disconnected" and trace["cost_status"] == "estimate", trace
     image = (LARGEST_IMAGE + PARTIAL_IMAGE_TOKENS) * IMAGE_OUT
     assert image <= trace["cost_uc"] < image + (LARGEST_IMAGE * IMAGE_OUT) // 10, trace["cost_uc"]
+
+
+# -- a chat image model's own images (``modalities: ["image", "text"]``) -----------------------------
+
+
+def chat_draw() -> dict:
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "draw a cat"}],
+        "modalities": ["image", "text"],
+        "stream": True,
+    }
+
+
+def test_a_chat_stream_cut_after_its_image_bills_the_image_as_output(openai_server, mock):
+    """The image's delta, the text, then the provider broke before the usage chunk: was billed
+    the text (~4 tokens); the image's data URL, not a text value, counted for nothing."""
+    mock.enqueue(Reply(cut_after=5))  # the image's delta, role, three words: not the finish nor the usage
+    status, headers, raw = openai_server.request("POST", "/v1/chat/completions", chat_draw())
+    assert status == 200 and IMAGE_B64.encode() in raw and b"mock" in raw, raw[:300]
+    trace = openai_server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
+    # the text's chunks are past the capture (behind the image): their bytes / 4, ~280
+    assert LARGEST_IMAGE <= trace["completion_tokens"] < LARGEST_IMAGE + 1000, trace["completion_tokens"]
+    assert trace["cost_uc"] >= LARGEST_IMAGE * MINI_OUT, trace["cost_uc"]
+
+
+def test_a_chat_stream_cut_right_after_its_image_bills_the_image_not_its_bytes(openai_server, mock):
+    """Only the image's delta went out (the capture holds its first 256 KB): was billed nothing (its
+    empty ``content`` read as a text of no characters); now one image, and not its ~400 KB of base64
+    / 4 (~100,000 tokens) as the bytes of a stream without text either."""
+    mock.enqueue(Reply(cut_after=1))
+    status, headers, raw = openai_server.request("POST", "/v1/chat/completions", chat_draw())
+    assert status == 200 and IMAGE_B64.encode() in raw, raw[:300]
+    trace = openai_server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken", trace
+    assert LARGEST_IMAGE <= trace["completion_tokens"] < LARGEST_IMAGE + 100, trace["completion_tokens"]
+
+
+def test_a_whole_chat_answer_with_an_image_is_billed_its_usage(openai_server):
+    """With its usage the answer is billed exactly, its image included in the model's count."""
+    status, headers, raw = openai_server.request("POST", "/v1/chat/completions", {**chat_draw(), "stream": False})
+    assert status == 200 and IMAGE_B64.encode() in raw
+    trace = openai_server.trace(headers["x-stockyard-trace-id"])
+    assert trace["cost_status"] == "exact" and trace["completion_tokens"] == COMPLETION_TOKENS, trace

@@ -185,10 +185,8 @@ class PassThroughStream(StreamTranslator):
             return [event]
         if isinstance(obj.get("sequence_number"), int):
             self.sequence_number = obj["sequence_number"]
-        seen = self.images.bytes
-        self.images.see(event, obj)
-        if self.images.bytes != seen:  # one of the image tool's events
-            self.ctx.attempt.image_bytes, self.ctx.attempt.image_estimate = self.images.bytes, self.images.estimate()
+        if self.images.see(obj):  # an image of the image_generation tool went out
+            self.ctx.attempt.image_estimate = self.images.estimate()
         response = obj.get("response")
         if isinstance(response, dict) and joined(self.ctx) is not None:  # as parse names it
             response["conversation"] = joined(self.ctx)
