@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from fractions import Fraction
 
-from . import estimate
+from . import estimate, imagegen
 from .context import Attempt, RequestContext, Route
 from .pricing import Price, PriceTable, Usage, cost_microcents, unit_cost
 from .providers import media
@@ -70,21 +70,41 @@ class Pricer:
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
-            relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)
+            relayed = estimate.relayed_tokens(a.response_body, max(0, a.response_bytes - a.image_bytes))
+            relayed += imagegen.IMAGE_OUTPUT_TOKENS * a.own_images  # a chat image model's, as the largest image
             # the body and the conversation it continues (a previous_response_id's history, the
             # items its item_references put in), all of which the provider was sent
             a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
-            relayed = estimate.relayed_tokens(a.response_body, a.response_bytes)
+            relayed = estimate.relayed_tokens(a.response_body, max(0, a.response_bytes - a.image_bytes))
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
+        if a.image_usage is not None or a.image_estimate is not None:
+            self._with_images(ctx, a)
         if price is None:
             a.cost_status = "unknown"
         else:  # a continued turn: each call priced on its own
             a.cost_uc = sum(cost_microcents(price, u) for u in [*a.paused_usage, a.usage])
             a.cost_status = "estimate" if a.usage_estimated else "exact"
         a.usage, a.paused_usage = a.total_usage(), []  # and the usage reported whole
+
+    def _with_images(self, ctx: RequestContext, a: Attempt) -> None:
+        """Add what the image_generation tool's images cost to the answer's usage, as a fee: its
+        usage (reported, else estimated from the images relayed: ``imagegen``) at its image model's
+        rates, as an images answer of that model is priced. Without a price for that model (nor
+        the tool's default), its tokens count as the answer's own output."""
+        images = a.image_usage
+        if images is None:
+            images, a.usage_estimated = a.image_estimate, True
+        assert images is not None and a.usage is not None
+        provider, table = a.provider.name if a.provider else None, self.table
+        price = table.lookup(imagegen.tool_model(ctx.body), provider)
+        price = price or table.lookup(imagegen.IMAGE_TOOL_MODEL, provider)
+        if price is not None and price.unit == "token":
+            a.usage = dataclasses.replace(a.usage, fees_uc=a.usage.fees_uc + cost_microcents(price, images))
+        else:
+            a.usage = a.usage.plus(Usage(completion_tokens=images.prompt_tokens + images.completion_tokens))
 
     def call_cost(self, ctx: RequestContext, a: Attempt, usage: Usage) -> int | None:
         """What one call of ``a`` that used ``usage`` costs (µ¢), None without a price."""

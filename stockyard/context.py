@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from .imagegen import image_bytes
 from .pricing import Usage
 from .providers import Provider
 
@@ -219,6 +220,14 @@ class Attempt:
     cost_status: str = "none"
     media_seconds: float | None = None  # audio the provider billed by duration (whisper-1)
     media_images: int | None = None  # images in an images answer
+    # The Responses image_generation tool's own usage, billed at its image model's rates: as the
+    # response reported it (``tool_usage.image_gen``), else estimated from the images relayed
+    # (``imagegen.ImageTally``); a chat model's own images (billed as its output when no usage
+    # came); and the bytes of the relayed events that carried images (no text: ``relayed_tokens``).
+    image_usage: Usage | None = None
+    image_estimate: Usage | None = None
+    own_images: int = 0
+    image_bytes: int = 0
     trace_id: str = ""  # set by close(): the row of a failed attempt
     ts_ms: int = 0
     started: float = 0.0
@@ -249,6 +258,7 @@ class Attempt:
     def capture(self, data: bytes, cap: int) -> None:
         """Keep the answer for the trace body, up to ``cap`` bytes (counting them all)."""
         self.response_bytes += len(data)
+        self.image_bytes += image_bytes(data)  # every relayed byte's, kept or not
         room = cap - len(self.response_body)
         if room <= 0:
             if data:

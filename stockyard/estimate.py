@@ -27,12 +27,12 @@ from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
+from .imagegen import IMAGE_OUTPUT_TOKENS, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
 NO_OUTPUT = ("embeddings", "count_tokens", "input_tokens", "moderations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
-IMAGE_OUTPUT_TOKENS = 6240  # gpt-image-1's largest image (high quality, 1024x1536): more than the default cap
 # An image named by URL or file id, where the price table gives the model no count of its own:
 # Claude's largest (~1,600 at 1.15 megapixels), above GPT-4o's 1,445 (8 tiles at high detail),
 # GPT-5's and o-series'. gpt-4o-mini (48,169) and the GPT-4.1 minis have entries of their own.
@@ -86,12 +86,11 @@ def size_tokens(size: int) -> int:
 
 # A text value a model wrote, in every dialect's answer and stream events: chat's content,
 # reasoning_content, refusal, tool arguments and an audio answer's transcript; Messages' text,
-# thinking and partial_json; Responses' delta and partial images (base64: their bytes / 4, for
-# want of their count); Gemini's text. Read from the bytes, not parsed: a
+# thinking and partial_json; Responses' delta; Gemini's text. Read from the bytes, not parsed: a
 # stream's pricing runs on its request's thread, and parsing each event costs ~6 us (~116 us for
 # 20 events; this, ~23).
 _GENERATED = re.compile(
-    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript|partial_image_b64)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+    rb'"(?:content|text|delta|arguments|partial_json|thinking|reasoning_content|refusal|transcript)"\s*:\s*"((?:[^"\\]|\\.)*)"'
 )
 # Responses events that repeat the text their deltas carried (a part's, an item's, the whole response's).
 _REPEATS = (b'.done"', b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
@@ -114,13 +113,14 @@ _FRAMES = {
 def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
     """Output tokens of an answer relayed without its count (a stream cut, or one without its usage
     chunk): the text it carried at about four bytes a token (escapes counted once), scaled up to the
-    bytes past the capture (``total`` is every byte relayed). Not the bytes themselves: JSON and
-    SSE framing are most of a stream (a chat chunk is ~150 bytes for a word). Bytes / 4 when none
-    of it reads as an answer (no text value: not JSON, or a stream cut inside its first event);
-    in a stream of whole events that carried no text yet, the events that only frame it
-    (``response.created``, ``message_start``, then the break) wrote nothing, the others (an
-    image's, a final item's) their bytes / 4."""
-    data = bytes(captured)
+    bytes past the capture (``total`` is every byte relayed but the images'). Not the bytes
+    themselves: JSON and SSE framing are most of a stream (a chat chunk is ~150 bytes for a word).
+    Bytes / 4 when none of it reads as an answer (no text value: not JSON, or a stream cut inside
+    its first event); in a stream of whole events that carried no text yet, the events that only
+    frame it (``response.created``, ``message_start``, then the break) wrote nothing, the others
+    (a final item's) their bytes / 4. The events that carry images are left out: their images are
+    billed as images (``imagegen``)."""
+    data = without_images(bytes(captured))
     if _repeats(data):  # a Responses stream: its deltas only
         texts = [t for event in data.split(b"\n\n") if not _repeats(event) for t in _GENERATED.findall(event)]
     else:

@@ -90,6 +90,8 @@ class Reply:
     sse_delay_ms: float = 0
     cut_after: int | None = None  # SSE: events sent before an abrupt close; JSON: body bytes
     hang_s: float | None = None
+    hang_after: int | None = None  # SSE: hang_s after this many events (mid-stream), not before the answer
+    held_after: int | None = None  # SSE: wait for ``held`` after this many events (mid-stream), not before
     reset: bool = False
     lost: bool = False  # the provider does the work, then the connection closes before its answer
     wait: threading.Event | None = None  # the provider starts once it is set (hang_started: waiting)
@@ -349,6 +351,8 @@ def openai_chat(body: dict, n: int, model: str) -> dict:
     else:
         message = {"role": "assistant", "content": TEXT, "refusal": None}
         finish = "stop"
+    if draws(body):
+        message["images"] = [chat_image()]
     count = _first_number(body, ("n",)) or 1
     reply = {
         "id": f"chatcmpl-mock{n}",
@@ -377,6 +381,17 @@ def _chat_deltas(body: dict) -> tuple[list[dict], str]:
     return deltas, "tool_calls"
 
 
+def draws(body: dict) -> bool:
+    """A chat request asking for image output (``modalities`` with "image": OpenRouter's image models)."""
+    modalities = body.get("modalities")
+    return isinstance(modalities, list) and "image" in modalities
+
+
+def chat_image() -> dict:
+    """An image a chat image model made, as OpenRouter sends it (``message.images`` / ``delta.images``)."""
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + IMAGE_B64}}
+
+
 def _include_usage(body: dict) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
@@ -400,6 +415,8 @@ def openai_chat_stream(body: dict, n: int, model: str) -> list[str]:
         return _dumps(obj)
 
     deltas, finish = _chat_deltas(body)
+    if draws(body):  # an image model (OpenRouter's shape): its image in a delta of its own, first
+        deltas = [{"role": "assistant", "content": "", "images": [chat_image()]}, *deltas]
     events = [chunk([{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]) for d in deltas]
     events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
     if with_usage:
@@ -987,6 +1004,42 @@ def responses_usage(model: str, output_tokens: int = COMPLETION_TOKENS) -> dict:
     }
 
 
+# The hosted image_generation tool (Responses API): its image (base64 PNG, larger than a trace's
+# 256 KB capture, as a real 1024x1024 PNG is), its partial images, and what OpenAI bills for them in
+# ``tool_usage.image_gen`` (gpt-image-1, medium quality, 1024x1024: 1,056 image output tokens; each
+# partial image 100 more), apart from the mainline model's ``usage``.
+IMAGE_B64 = "iVBORw0KGgoAAAANSUhEUgAABAAAAAQACAIAAADwf7zU" + "A" * 400_000
+PARTIAL_IMAGE_B64 = "iVBORw0KGgoAAAANSUhEUgAAAQAAAAEACAIAAADTED8x" + "B" * 60_000
+IMAGE_GEN_INPUT_TOKENS, IMAGE_GEN_OUTPUT_TOKENS, PARTIAL_IMAGE_TOKENS = 48, 1056, 100
+
+
+def image_tool(body: dict) -> dict | None:
+    """The request's ``image_generation`` tool, if it has one."""
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "image_generation":
+            return tool
+    return None
+
+
+def partial_images(body: dict) -> int:
+    """The image tool's ``partial_images`` (0 to 3; 0 when absent)."""
+    tool = image_tool(body) or {}
+    value = tool.get("partial_images")
+    return value if type(value) is int and 0 <= value <= 3 else 0
+
+
+def image_gen_usage(body: dict) -> dict:
+    """``tool_usage.image_gen`` of a response that made one image, as OpenAI reports it."""
+    output = IMAGE_GEN_OUTPUT_TOKENS + PARTIAL_IMAGE_TOKENS * partial_images(body)
+    return {
+        "input_tokens": IMAGE_GEN_INPUT_TOKENS,
+        "input_tokens_details": {"image_tokens": 0, "text_tokens": IMAGE_GEN_INPUT_TOKENS},
+        "output_tokens": output,
+        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
+        "total_tokens": IMAGE_GEN_INPUT_TOKENS + output,
+    }
+
+
 def _responses_items(body: dict) -> list[dict]:
     value = body.get("input")
     return value if isinstance(value, list) else []
@@ -1020,7 +1073,22 @@ def _responses_output(body: dict, n: int) -> list[dict]:
         ]
     fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     text = _dumps(TOOL_ARGS) if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else TEXT
-    return [
+    drawn = []
+    if image_tool(body) is not None:  # the model draws first, then says something about it
+        drawn.append(
+            {
+                "id": f"ig_mock{n}",
+                "type": "image_generation_call",
+                "status": "completed",
+                "background": "opaque",
+                "output_format": "png",
+                "quality": "medium",
+                "size": "1024x1024",
+                "result": IMAGE_B64,
+                "revised_prompt": "A cat, drawn",
+            }
+        )
+    return drawn + [
         {
             "type": "message",
             "id": f"msg_mock{n}",
@@ -1034,8 +1102,10 @@ def _responses_output(body: dict, n: int) -> list[dict]:
 def responses_object(
     body: dict, n: int, model: str, status: str = "completed", output: list[dict] | None = None
 ) -> dict:
-    """A `response` object as the Responses API returns it."""
+    """A `response` object as the Responses API returns it (with ``tool_usage`` once an image was made)."""
     done = status == "completed"
+    drew = any(item.get("type") == "image_generation_call" for item in output or [])
+    extra = {"tool_usage": {"image_gen": image_gen_usage(body), "web_search": {"num_requests": 0}}} if drew else {}
     return {
         "id": f"resp_mock{n}",
         "object": "response",
@@ -1060,7 +1130,13 @@ def responses_object(
         "usage": responses_usage(model, per_choice_tokens(body, model)) if done and not _no_usage(model) else None,
         "user": None,
         "metadata": body.get("metadata") or {},
+        **extra,
     }
+
+
+def _head(item: dict) -> dict:
+    """An image_generation_call item as ``output_item.added`` shows it: before its image."""
+    return {"id": item["id"], "type": item["type"]}
 
 
 def responses_stream(body: dict, n: int, model: str) -> list[str]:
@@ -1107,6 +1183,19 @@ def responses_stream(body: dict, n: int, model: str) -> list[str]:
                 content_index=0,
                 part={**part, "text": text},
             )
+        elif item["type"] == "image_generation_call":  # partial images while it draws, the image at its done
+            emit("response.output_item.added", output_index=index, item={**_head(item), "status": "in_progress"})
+            emit("response.image_generation_call.in_progress", item_id=item["id"], output_index=index)
+            emit("response.image_generation_call.generating", item_id=item["id"], output_index=index)
+            for k in range(partial_images(body)):
+                emit(
+                    "response.image_generation_call.partial_image",
+                    item_id=item["id"],
+                    output_index=index,
+                    partial_image_index=k,
+                    partial_image_b64=PARTIAL_IMAGE_B64,
+                )
+            emit("response.image_generation_call.completed", item_id=item["id"], output_index=index)
         elif item["type"] == "compaction":  # its token is known at the end: added empty, then compacting
             emit("response.output_item.added", output_index=index, item={**item, "encrypted_content": ""})
             emit("response.compaction.compacting", item_id=item["id"], output_index=index)
@@ -2057,7 +2146,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, req: Recorded, n: int, scripted: Reply | None) -> None:
         mock = self.server.mock
-        if scripted is not None and scripted.hang_s and self._hang(scripted):
+        if scripted is not None and scripted.hang_s and scripted.hang_after is None and self._hang(scripted):
             return self._drop()
         if mock.delay_ms and mock._stopping.wait(mock.delay_ms / 1000.0):
             return self._drop()
@@ -2069,7 +2158,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._resolve(req, n, None)
             return self._drop()
         reply = self._resolve(req, n, scripted)
-        if scripted is not None and scripted.held is not None:
+        if scripted is not None and scripted.held is not None and scripted.held_after is None:
             self._gate(scripted, scripted.held)
         headers = {"x-request-id": f"req_mock_{n}", "request-id": f"req_mock_{n}"}
         for extra in (reply.headers, scripted.headers if scripted else {}):
@@ -2078,7 +2167,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         sse_delay = scripted.sse_delay_ms if scripted else mock.sse_delay_ms
         if reply.sse is not None:
             events = reply.sse if scripted is not None else _stretched(reply.sse, mock.stream_events)
-            self._send_sse(reply.status, headers, events, sse_delay, cut)
+            self._send_sse(reply.status, headers, events, sse_delay, cut, scripted)
         else:
             self._send_body(reply, headers, cut)
 
@@ -2177,7 +2266,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.connection.sendall(head + body)
 
     def _send_sse(
-        self, status: int, headers: dict[str, str], events: list[str], delay_ms: float, cut: int | None
+        self,
+        status: int,
+        headers: dict[str, str],
+        events: list[str],
+        delay_ms: float,
+        cut: int | None,
+        scripted: Reply | None = None,
     ) -> None:
         base = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
         self.connection.sendall(self._head(status, {**base, **headers, "transfer-encoding": "chunked"}))
@@ -2185,6 +2280,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for index, item in enumerate(events):
             if cut is not None and index >= cut:
                 return self._drop()
+            if scripted is not None and scripted.held_after == index and scripted.held is not None:
+                self._gate(scripted, scripted.held)
+            if scripted is not None and scripted.hang_after == index and scripted.hang_s and self._hang(scripted):
+                return self._drop()  # the caller hung up mid-stream (hung_up is set)
             if index and delay_ms and stopping.wait(delay_ms / 1000.0):
                 return self._drop()
             data = _sse_block(item)

@@ -315,7 +315,9 @@ def test_a_stream_cut_after_a_partial_image_is_not_billed_as_having_made_nothing
     """b30c4f4 bills a stream of whole events without text as having written nothing (right for
     response.created / message_start then a break). An image carries no text: a client that left
     after a partial image (or a small final one, before response.completed and its usage) got the
-    picture for its input alone. Only the events that frame a stream count as nothing now."""
+    picture for its input alone. Only the events that frame a stream count as nothing now.
+    The image is billed as an image (test_image_tool_billing): the largest one at gpt-image-1's
+    output rate ($40 per 1M) and the partial's 100 tokens, not its base64 as text."""
     b64 = "iVBORw0KGgo" + "A" * 100_000  # a ~100 KB partial image, under the trace's 256 KB capture
     mock.enqueue(Reply(sse=image_events(b64), cut_after=4))
     body = {
@@ -328,4 +330,5 @@ def test_a_stream_cut_after_a_partial_image_is_not_billed_as_having_made_nothing
     assert status == 200 and b"partial_image_b64" in raw, raw[:300]
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["outcome"] == "stream_broken", trace["outcome"]
-    assert trace["completion_tokens"] >= len(b64) // 4, trace["completion_tokens"]
+    assert trace["cost_status"] == "estimate" and trace["cost_uc"] >= (6240 + 100) * 4000, trace["cost_uc"]
+    assert trace["completion_tokens"] < len(b64) // 400, "nor its base64 as text as well"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from ..context import RequestContext
+from ..imagegen import chat_images
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -79,6 +80,7 @@ class OpenAIAdapter(Adapter):
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
+        ctx.attempt.own_images = chat_images(data)
         return body
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
@@ -86,7 +88,8 @@ class OpenAIAdapter(Adapter):
 
 
 class OpenAIStream(StreamTranslator):
-    """Relays events as they are; takes the usage chunk out when the client did not ask."""
+    """Relays events as they are; takes the usage chunk out when the client did not ask; counts
+    the images a chat image model sends (``delta.images``)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
@@ -101,7 +104,7 @@ class OpenAIStream(StreamTranslator):
         if data.strip() == b"[DONE]":
             self.complete = True
             return [event]
-        if b'"usage"' not in data and self.ctx.attempt.served_model:
+        if b'"usage"' not in data and b'"images"' not in data and self.ctx.attempt.served_model:
             return [event]  # a content chunk without usage: relayed as it is
         try:
             chunk = json.loads(data)
@@ -111,6 +114,7 @@ class OpenAIStream(StreamTranslator):
             return [event]
         if not self.ctx.attempt.served_model:
             self.ctx.attempt.serve(chunk.get("model"))
+        self.ctx.attempt.own_images += chat_images(chunk)  # an image model's (billed if the usage never comes)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.ctx.attempt.usage = Usage.from_openai(usage)

@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 from ..context import RequestContext
 from ..conversations_api import minted_here, without_minted_id
 from ..errors import OPENAI, ProxyError
+from ..imagegen import ImageTally, reported
 from ..pricing import Usage
 from . import Provider, compaction, responses
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -150,6 +151,9 @@ class ResponsesPassThrough(Adapter):
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
+        images = ImageTally()
+        images.see_output(data.get("output"))
+        ctx.attempt.image_usage, ctx.attempt.image_estimate = reported(data), images.estimate()
         if ctx.endpoint == "responses" and data.get("object") == "response":
             if joined(ctx) is not None:  # the provider heard of no conversation: the answer names it
                 data["conversation"] = joined(ctx)
@@ -162,12 +166,14 @@ class ResponsesPassThrough(Adapter):
 
 
 class PassThroughStream(StreamTranslator):
-    """Relays each event unchanged; reads the response snapshot, usage and the terminal event."""
+    """Relays each event unchanged; reads the response snapshot, usage and the terminal event,
+    and counts the images the image_generation tool sent (billed by them if the stream is cut)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
         self.response: dict = {}
         self.sequence_number = -1
+        self.images = ImageTally()
 
     def feed(self, event: bytes) -> list[bytes]:
         data = sse_data(event)
@@ -179,6 +185,8 @@ class PassThroughStream(StreamTranslator):
             return [event]
         if isinstance(obj.get("sequence_number"), int):
             self.sequence_number = obj["sequence_number"]
+        if self.images.see(obj):  # an image of the image_generation tool went out
+            self.ctx.attempt.image_estimate = self.images.estimate()
         response = obj.get("response")
         if isinstance(response, dict) and joined(self.ctx) is not None:  # as parse names it
             response["conversation"] = joined(self.ctx)
@@ -188,6 +196,7 @@ class PassThroughStream(StreamTranslator):
             self.ctx.attempt.serve(response.get("model"))
             if isinstance(response.get("usage"), dict):
                 self.ctx.attempt.usage = Usage.from_openai(response["usage"])
+            self.ctx.attempt.image_usage = reported(response) or self.ctx.attempt.image_usage
         kind = obj.get("type")
         if kind == "response.created":  # the id is the client's from now on, even if the stream breaks
             keep(self.ctx, response)
