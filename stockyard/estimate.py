@@ -527,8 +527,8 @@ def audio_seconds(upload: Any) -> int:
 def wav_bytes_per_second(head: bytes) -> int | None:
     """The bytes a second a WAV's header plays its samples at (RIFF/WAVE; its first ``fmt `` chunk,
     before ``data``, as decoders read it), or None: not such a WAV, a compressed format (whose
-    rate is a hint), its format past ``WAV_CHUNKS`` chunks, or numbers that are not sane. The slowest rate its fields give (a lower rate
-    is longer audio), never above ``PCM_MAX_BYTES_PER_S``."""
+    rate is a hint), a format past ``WAV_CHUNKS`` chunks, or numbers that are not sane. The
+    slowest rate its fields give (a lower rate is longer audio), never above ``PCM_MAX_BYTES_PER_S``."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     at = 12
