@@ -284,8 +284,9 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         if now - self._starved_logged > 60:
             self._starved_logged = now
             log.error(
-                "cannot accept connections (%s: out of file descriptors or kernel memory); they wait in the "
-                "queue until one closes. Raise the open-file limit or lower STOCKYARD_MAX_CONNECTIONS; logged once a minute",
+                "cannot accept connections (%s: out of file descriptors or kernel memory); they wait in "
+                "the queue until one closes. Raise the open-file limit or lower STOCKYARD_MAX_CONNECTIONS; "
+                "logged once a minute",
                 exc.strerror or exc,
             )
         time.sleep(ACCEPT_REST_S)
