@@ -486,6 +486,9 @@ AUDIO_MAX_SECONDS = (("gpt-4o-transcribe-diarize", 1400), ("gpt-4o-transcribe", 
 # highest): a header claiming more lowers the hold no further.
 PCM_MAX_BYTES_PER_S = 192_000 * 2 * 4
 WAV_HEAD_BYTES = 64 * 1024  # the chunks before ``fmt `` (LIST, bext, JUNK) are looked through up to here
+# ... and at most this many of them (a real file has a few; a crafted head of 8,000 empty chunks
+# per file part cost seconds of CPU each time a budget priced it): past it, the lowest bitrate.
+WAV_CHUNKS = 32
 # Format tags a WAV's rate is exact for: integer PCM, IEEE float, A-law, µ-law (a fixed size a sample).
 PCM_TAGS = (1, 3, 6, 7)
 EXTENSIBLE, GUID_TAIL = 0xFFFE, bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_*
@@ -524,12 +527,14 @@ def audio_seconds(upload: Any) -> int:
 def wav_bytes_per_second(head: bytes) -> int | None:
     """The bytes a second a WAV's header plays its samples at (RIFF/WAVE; its first ``fmt `` chunk,
     before ``data``, as decoders read it), or None: not such a WAV, a compressed format (whose
-    rate is a hint), or numbers that are not sane. The slowest rate its fields give (a lower rate
-    is longer audio), never above ``PCM_MAX_BYTES_PER_S``."""
+    rate is a hint), a format past ``WAV_CHUNKS`` chunks, or numbers that are not sane. The
+    slowest rate its fields give (a lower rate is longer audio), never above ``PCM_MAX_BYTES_PER_S``."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     at = 12
-    while at + 8 <= len(head):
+    for _ in range(WAV_CHUNKS):
+        if at + 8 > len(head):
+            break
         chunk, size = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
         if chunk == b"data":
             return None  # no format before the samples: decoders refuse it

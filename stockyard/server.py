@@ -9,6 +9,7 @@ dialect of the route.
 from __future__ import annotations
 
 import email.utils
+import errno
 import functools
 import hmac
 import io
@@ -180,6 +181,10 @@ class ConnectionCaps:
 
 
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the accept loop, at most
+# accept() failed for want of a descriptor (or kernel memory): the loop rests this long before
+# trying again, instead of spinning on a listening socket that stays readable.
+ACCEPT_REST_S = 0.1
+_ACCEPT_STARVED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class StockyardHTTPServer(ThreadingHTTPServer):
@@ -200,6 +205,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         total = app.settings.max_connections or default_max_connections()
         self.caps = ConnectionCaps(total, app.settings.max_connections_per_client or max(1, total // 4))
         self._full_logged = 0.0
+        self._starved_logged = 0.0
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
         self._open_lock = threading.Lock()
         super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
@@ -257,7 +263,9 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         for _ in range(ACCEPT_BATCH):
             try:
                 request, client_address = self.get_request()
-            except OSError:  # none waiting (or the peer left before accept): back to the loop
+            except OSError as exc:  # none waiting (or the peer left before accept): back to the loop
+                if exc.errno in _ACCEPT_STARVED:
+                    self._rest_accepting(exc)
                 return
             try:
                 self.process_request(request, client_address)
@@ -267,6 +275,21 @@ class StockyardHTTPServer(ThreadingHTTPServer):
             except BaseException:
                 self.shutdown_request(request)
                 raise
+
+    def _rest_accepting(self, exc: OSError) -> None:
+        """Out of file descriptors: the connections stay queued and the listening socket readable,
+        so retrying at once would spin a core until one ends. Rest ``ACCEPT_REST_S`` (the shutdown
+        waits no longer than that) and say so, once a minute."""
+        now = time.monotonic()
+        if now - self._starved_logged > 60:
+            self._starved_logged = now
+            log.error(
+                "cannot accept connections (%s: out of file descriptors or kernel memory); they wait in "
+                "the queue until one closes. Raise the open-file limit or lower STOCKYARD_MAX_CONNECTIONS; "
+                "logged once a minute",
+                exc.strerror or exc,
+            )
+        time.sleep(ACCEPT_REST_S)
 
     def _forget(self, request: socket.socket) -> None:
         with self._open_lock:

@@ -5,11 +5,14 @@ threads and sockets, the real server in process."""
 from __future__ import annotations
 
 import http.client
+import os
+import resource
 import socket
 import threading
+import time
 
 import pytest
-from conftest import wait_for
+from conftest import ServerProcess, mock_env, wait_for
 
 from stockyard import config
 from stockyard.app import App
@@ -157,3 +160,36 @@ def test_a_burst_is_accepted_whole_and_the_loop_still_stops(server):
     stopped.start()
     stopped.join(10)
     assert not stopped.is_alive(), "the accept loop went back to waiting and saw the shutdown"
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_the_accept_loop_rests_instead_of_spinning(pyz_path, cache_home, mock, tmp_path):
+    """accept() failing with EMFILE leaves the connections queued and the listening socket
+    readable: the loop retried at once, a full core for as long as the server had no descriptor
+    to spare (a keyholder's concurrent uploads hold three each). It rests between tries, says so,
+    and serves again once descriptors are free."""
+    caps = {"STOCKYARD_MAX_CONNECTIONS": "500", "STOCKYARD_MAX_CONNECTIONS_PER_CLIENT": "500"}
+    server = ServerProcess(pyz_path, tmp_path / "fds.db", mock_env(cache_home, mock, **caps)).start()
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (64, 64))
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(80)]
+        wait_for(lambda: len(os.listdir(f"/proc/{pid}/fd")) >= 63, what="the server out of descriptors")
+        before, started = cpu_seconds(pid), time.monotonic()
+        time.sleep(2)  # a measuring window, not a synchronisation: the CPU the loop uses meanwhile
+        share = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+        assert share < 0.25, f"the accept loop spins: {share:.0%} of a core"
+        wait_for(lambda: "out of file descriptors" in server.log, what="the log saying why it waits")
+        for s in held:
+            s.close()
+        status, _, _ = server.request("GET", "/healthz")
+        assert status == 200
+    finally:
+        server.stop()

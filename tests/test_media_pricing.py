@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -154,6 +155,23 @@ def test_a_forged_wav_header_cannot_lower_the_hold_below_its_bytes(tmp_path):
         ("a.wav", b"RIFX" + wav_head()[4:]),  # big-endian
     ]:
         assert seconds_of(tmp_path, (name, (head + data)[:size])) == floor, (name, head[:40])
+
+
+def test_a_header_of_many_chunks_is_not_walked_to_its_end(tmp_path):
+    """The chunks before ``fmt `` are looked through only up to ``WAV_CHUNKS``: a crafted head of
+    8,000 empty chunks per file part (255 parts in a 16 MB form) cost seconds of CPU under the
+    GIL for every budget that priced the request. Past the bound, the lowest bitrate holds it."""
+    junk = b"JUNK\0\0\0\0" * 8000
+    crafted = b"RIFF\0\0\0\0WAVE" + junk + wav_head()[12:]
+    size = len(crafted) + 32_000
+    assert seconds_of(tmp_path, ("a.wav", crafted + b"\0" * 32_000)) == -(-size // estimate.AUDIO_MIN_BYTES_PER_S)
+    few = b"RIFF\0\0\0\0WAVE" + b"JUNK\0\0\0\0" * (estimate.WAV_CHUNKS - 1) + wav_head()[12:]
+    assert seconds_of(tmp_path, ("a.wav", few + b"\0" * 96_000)) == 4  # a few chunks first: read as before
+    parts = [(f"{i}.wav", crafted) for i in range(255)]  # the most a form holds beside its model
+    with upload_of(tmp_path, *parts) as upload:
+        started = time.process_time()
+        estimate.audio_seconds(upload)
+        assert time.process_time() - started < 0.5  # 3.4 s on the review machine before the bound
 
 
 def test_audio_is_priced_as_billing_prices_it(tmp_path, table):

@@ -81,3 +81,24 @@ def test_untrusted_certificate_is_refused(pyz_path, cache_home, tmp_path, tls_mo
     upstream, _ = tls_mock
     status, body = run(pyz_path, cache_home, tmp_path, upstream, {})
     assert status == 502 and body["error"]["code"] == "upstream_connect" and "TLS" in body["error"]["message"]
+
+
+def test_a_certificate_naming_another_host_is_refused_and_sni_names_the_provider(
+    pyz_path, cache_home, tmp_path, tls_mock
+):
+    """``Pool._open`` wraps the socket itself: the name in the base URL goes as SNI and is checked
+    against the certificate, which a trusted CA issued for 127.0.0.1 only (not for ``localhost``)."""
+    upstream, ca_file = tls_mock
+    seen: list[str | None] = []
+    upstream.tls.sni_callback = lambda sock, name, context: seen.append(name)
+    env = {"SSL_CERT_FILE": str(ca_file), "OPENAI_BASE_URL": f"https://localhost:{upstream.port}/v1"}
+    try:
+        status, body = run(pyz_path, cache_home, tmp_path, upstream, env)
+        assert status == 502 and body["error"]["code"] == "upstream_connect", body
+        assert "CERTIFICATE_VERIFY_FAILED" in body["error"]["message"] and "localhost" in body["error"]["message"]
+        assert seen == ["localhost"]
+        seen.clear()
+        status, _ = run(pyz_path, cache_home, tmp_path, upstream, {"SSL_CERT_FILE": str(ca_file)})
+        assert status == 200 and seen == [None]  # an address: no SNI, checked against the certificate's IP
+    finally:
+        upstream.tls.sni_callback = None
