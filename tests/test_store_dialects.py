@@ -323,3 +323,26 @@ def test_unportable_sql_is_refused_by_name():
         translate("INSERT OR REPLACE INTO meta VALUES (?, ?)")
     with pytest.raises(Unportable, match="journal_mode"):
         translate("PRAGMA journal_mode")
+
+
+def test_a_read_that_cannot_roll_back_is_dropped_not_raised(pg_cluster, pg_url):
+    """A server thread ends its connection's work with ``end_reads`` (threads are kept for the next
+    connection): when PostgreSQL dropped the read connection mid-transaction, that never raises
+    (it would end the thread with a traceback), and the thread's next read gets a new connection."""
+    from stockyard.dburl import parse_postgres
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    store = Store(backend)
+    admin = pg_cluster.admin(backend.url.database)
+    try:
+        conn = store.read()
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM traces").fetchone()
+        admin.run(KILL_OTHERS)
+        store.end_reads()
+        assert store.read() is not conn
+        assert store.read().execute("SELECT count(*) FROM traces").fetchone()[0] == 0
+    finally:
+        admin.close()
+        store.close()

@@ -53,10 +53,19 @@ class Store:
 
     def end_reads(self) -> None:
         """This thread is done with its work (a server thread may serve another connection next):
-        a read transaction left open would keep its old snapshot into the next."""
+        a read transaction left open would keep its old snapshot into the next. Never raises: a
+        connection that cannot roll back (its database went away) is closed, and the next read opens one."""
         conn = getattr(self._local, "conn", None)
-        if conn is not None and conn.in_transaction and not getattr(conn, "broken", False):
+        if conn is None or not conn.in_transaction or getattr(conn, "broken", False):
+            return
+        try:
             conn.execute("ROLLBACK")
+        except Exception:
+            self._local.conn = None
+            try:
+                conn.close()
+            except Exception:
+                pass
 
     def _adopt(self) -> Any:
         """A read connection whose thread has finished, or None."""
