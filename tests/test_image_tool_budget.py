@@ -29,13 +29,16 @@ USD = 10**8  # µ¢
 MINI_IN, MINI_OUT = 15, 60  # gpt-4o-mini, µ¢ a token
 IMAGE_IN, IMAGE_OUT = 500, 4000  # gpt-image-1, µ¢ a token
 CAP = 16  # max_output_tokens of every request here
+REFUSAL = r"\$([0-9.]+) spent(, \$[0-9.]+ held by requests in flight)?, .* may cost up to \$([0-9.]+)"
+ONLY_IMAGES = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "image_generation"}]}
+FORCED = {"type": "image_generation"}
+ONLY_SEARCH = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]}
 
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(
-        pyz_path, tmp_path_factory.mktemp("imgbudget") / "stockyard.db", mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
-    ).start()
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("imgbudget") / "stockyard.db", env).start()
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log
@@ -83,7 +86,7 @@ def refusal(server: ServerProcess, secret: str, body: dict) -> tuple[int, int, b
     status, _, answer = post(server, secret, body)
     assert status == 429 and answer["error"]["code"] == "budget_exceeded", (status, answer)
     message = answer["error"]["message"]
-    found = re.search(r"\$([0-9.]+) spent(, \$[0-9.]+ held by requests in flight)?, .* may cost up to \$([0-9.]+)", message)
+    found = re.search(REFUSAL, message)
     assert found, message
     return usd(found[1]), usd(found[3]), found[2] is not None
 
@@ -106,15 +109,15 @@ def text_hold(body: dict) -> int:
         (draw(), 0),
         (draw(tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}}]), 0),
         (draw({}, tool_choice="none"), 0),
-        (draw({}, tool_choice={"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]}), 0),
+        (draw({}, tool_choice=ONLY_SEARCH), 0),
         # max_tool_calls bounds the images; the tool's quality and size price each
         (draw({"quality": "low", "size": "1024x1024"}, max_tool_calls=1), 272),
         (draw({"quality": "medium", "size": "1536x1024", "partial_images": 2}, max_tool_calls=3), 3 * (1568 + 200)),
-        (draw({"quality": "high", "size": "1024x1024"}, max_tool_calls=2, tool_choice={"type": "image_generation"}), 2 * 4160),
+        (draw({"quality": "high", "size": "1024x1024"}, max_tool_calls=2, tool_choice=FORCED), 2 * 4160),
         # auto or unset: the dearest (high, 1024x1536); without max_tool_calls, ten images
-        (draw({"quality": "auto", "size": "auto"}, max_tool_calls=1), 6240),
+        (draw({"quality": "auto", "size": "auto", "partial_images": None}, max_tool_calls=1), 6240),
         (draw({}), 10 * 6240),
-        (draw({"quality": "low"}, max_tool_calls=2, tool_choice={"type": "allowed_tools", "mode": "auto", "tools": [{"type": "image_generation"}]}), 2 * 408),
+        (draw({"quality": "low"}, max_tool_calls=2, tool_choice=ONLY_IMAGES), 2 * 408),
         # a size the table lacks (gpt-image-2's flexible ones): by its area, at least the largest
         (draw({"quality": "high", "size": "2048x1536"}, max_tool_calls=1), 2 * 6240),
     ],
