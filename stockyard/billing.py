@@ -43,7 +43,10 @@ class Pricer:
         if ctx.endpoint in media.ENDPOINTS:
             image_price = self.image_price(ctx, route.model, route.provider.name)
             return estimate.media_request_cost(ctx, price, image_price, default_max_tokens, route.model)
-        return None if price is None else estimate.request_cost(ctx, price, default_max_tokens, sent_back)
+        if price is None:
+            return None
+        tool_price = self.tool_image_price(ctx.body, route.provider.name) if imagegen.image_tool(ctx.body) else None
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, tool_price)
 
     def price(self, ctx: RequestContext, attempt: Attempt | None = None) -> None:
         """Cost of the request's current attempt (or of ``attempt``) from the provider's usage,
@@ -98,13 +101,19 @@ class Pricer:
         if images is None:
             images, a.usage_estimated = a.image_estimate, True
         assert images is not None and a.usage is not None
-        provider, table = a.provider.name if a.provider else None, self.table
-        price = table.lookup(imagegen.tool_model(ctx.body), provider)
-        price = price or table.lookup(imagegen.IMAGE_TOOL_MODEL, provider)
-        if price is not None and price.unit == "token":
+        price = self.tool_image_price(ctx.body, a.provider.name if a.provider else None)
+        if price is not None:
             a.usage = dataclasses.replace(a.usage, fees_uc=a.usage.fees_uc + cost_microcents(price, images))
         else:
             a.usage = a.usage.plus(Usage(completion_tokens=images.prompt_tokens + images.completion_tokens))
+
+    def tool_image_price(self, body: dict, provider: str | None) -> Price | None:
+        """The token price the image_generation tool's images are billed (and held) at: the tool's
+        image model's, else the tool's default model's; None without a token price for either
+        (its tokens then count as the answer's own output)."""
+        table = self.table
+        price = table.lookup(imagegen.tool_model(body), provider) or table.lookup(imagegen.IMAGE_TOOL_MODEL, provider)
+        return price if price is not None and price.unit == "token" else None
 
     def call_cost(self, ctx: RequestContext, a: Attempt, usage: Usage) -> int | None:
         """What one call of ``a`` that used ``usage`` costs (µ¢), None without a price."""

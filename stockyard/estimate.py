@@ -4,18 +4,19 @@ Budgets reserve this cost and rate limits count these tokens at admission; both 
 corrected to the real usage when the request ends. This is the one place that works out
 the worst case, so the two can never disagree.
 
-Input is estimated from the body length (4 bytes a token, rounded up: a deliberate
-over-estimate for English text, and JSON punctuation counts too); the prompt is billed
-once, however many choices come back. For a budget, an image or file the body names by URL or
-file id (its bytes are not in the body) adds the model's largest image, and a web search tool
-its ``max_uses`` searches at Anthropic's fee per search. Output is the request's own cap on output tokens
-(the largest one it sets; when it sets none, ``default_max_tokens`` for rate limits and,
-for a budget's hold, the model's own ceiling where the price table knows it) times the number of
-outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
-generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction`` adds its
-own tokens to each output (what the model does not use of it is billed as output). The proxy checked these fields at the
-edge (``limits.check_request_numbers``): they are whole numbers in range, or absent. A transcription's
-or translation's audio is held at the most its upload's bytes can carry (:func:`audio_cost`).
+Input is estimated from the body length (4 bytes a token, rounded up: a deliberate over-estimate for
+English text, and JSON punctuation counts too); the prompt is billed once, however many choices come
+back. For a budget, an image or file the body names by URL or file id (its bytes are not in the
+body) adds the model's largest image, and a web search tool its ``max_uses`` searches at Anthropic's
+fee per search; the Responses ``image_generation`` tool the images a response may make with it, each
+at its largest (``imagegen.held_tokens``). Output is the request's own cap on output tokens (the
+largest one it sets; when it sets none, ``default_max_tokens`` for rate limits and, for a budget's
+hold, the model's own ceiling where the price table knows it) times the number of outputs the
+provider generates and bills: ``n`` choices, ``best_of`` completions generated upstream, Gemini's
+``candidateCount``; a Chat Completions ``prediction`` adds its own tokens to each output (what the
+model does not use of it is billed as output). The proxy checked these fields at the edge
+(``limits.check_request_numbers``): they are whole numbers in range, or absent. A transcription's or
+translation's audio is held at the most its upload's bytes can carry (:func:`audio_cost`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
-from .imagegen import IMAGE_OUTPUT_TOKENS, without_images
+from .imagegen import IMAGE_OUTPUT_TOKENS, held_tokens, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
@@ -400,15 +401,23 @@ def web_searches(body: dict) -> int:
     return found
 
 
-def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0) -> int:
+def request_cost(
+    ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0, tool_price: Price | None = None
+) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves. A
-    follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far)."""
+    follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far).
+    The Responses ``image_generation`` tool's images (``imagegen.held_tokens``) are held at
+    ``tool_price`` (``Pricer.tool_image_price``), or without one as the model's own output, as
+    they are billed."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
+    drawn = held_tokens(ctx.body)
+    fees = worst_case_cost(tool_price, 0, drawn) if drawn and tool_price is not None else 0
+    outputs += drawn if tool_price is None else 0
     tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw, walk))
-    return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
+    return tokens + fees + web_searches(ctx.body) * WEB_SEARCH_UC
 
 
 # A long-lived cache write is asked for by value: Anthropic's ``"ttl": "1h"`` on a cache mark,

@@ -840,7 +840,8 @@ class FilesAPI(ProviderCalls):
         row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
         if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input
             one.conversation = Conversation("", 0, _keeps_nothing, previous, history_tokens=kept_history_tokens(row))
-        full = estimate.request_cost(one, price, self._path.settings.default_max_tokens)
+        tool_price = self._path.pricer.tool_image_price(body, provider.name)
+        full = estimate.request_cost(one, price, self._path.settings.default_max_tokens, tool_price=tool_price)
         part, whole = BATCH_PRICE
         return -(-full * part // whole)
 

@@ -12,11 +12,14 @@ Two kinds reach a client in a stream:
 A stream cut before its usage never brings those counts, so the images it relayed are counted as
 they pass (:class:`ImageTally`, :func:`chat_images`: a trace keeps only the first 256 KB of an
 answer, and one image is ~2 MB of base64) and estimated: each image as the largest one
-(:data:`IMAGE_OUTPUT_TOKENS`, what a budget holds for an image), each partial image its 100 tokens
+(:data:`IMAGE_OUTPUT_TOKENS`), each partial image its 100 tokens
 (OpenAI: "each partial image will incur an additional 100 image output tokens"). An image of which
 only partials went out is billed as made: it was being drawn, and the last partial can be close to
 it. Their events are never billed as text: :func:`image_bytes` (what ``Attempt.capture`` counts of
 every relayed byte) and :func:`without_images` (what ``estimate.relayed_tokens`` reads).
+
+Before the request goes upstream a budget holds the tool's images (:func:`held_tokens`): as many as
+the response may make, each at the largest size and quality the tool's settings allow.
 """
 
 from __future__ import annotations
@@ -26,9 +29,24 @@ from typing import Any
 
 from .pricing import Usage
 
-IMAGE_OUTPUT_TOKENS = 6240  # gpt-image-1's largest image (high quality, 1024x1536): more than the default cap
+# gpt-image-1's image output tokens by quality and size (OpenAI's image generation guide: $0.011 to
+# $0.25 an image at $40 per 1M): what the tool's images are held at, whichever image model it names.
+TOOL_IMAGE_TOKENS = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+IMAGE_OUTPUT_TOKENS = TOOL_IMAGE_TOKENS["high"]["1024x1536"]  # the largest image: more than the default cap
 IMAGE_TOOL_MODEL = "gpt-image-1"  # the tool's image model when it names none
 PARTIAL_IMAGE_TOKENS = 100
+MAX_PARTIAL_IMAGES = 3  # the tool's ``partial_images``: 0 (its default) to 3
+# Images a budget holds for a response that may call the tool when the request sets no
+# ``max_tool_calls``: OpenAI bounds the tool's calls in a response by nothing else (a model asked for
+# several images calls it once each). 10: the most images the Images API makes for one request (its
+# ``n``), the same guess a web search tool without ``max_uses`` is held at; a guess, not a bound (the
+# images made settle the hold). A request sets ``max_tool_calls`` to hold fewer.
+IMAGE_CALLS_UNCAPPED = 10
+_SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # a size the table does not know (gpt-image-2's own)
 CALL = "image_generation_call"
 PARTIAL = "response.image_generation_call.partial_image"
 # An event that carries images, told by its own JSON (in a text the quotes would be escaped): the
@@ -55,14 +73,68 @@ def without_images(data: bytes) -> bytes:
     return b"\n\n".join(event for event in _events(data) if _IMAGE_EVENT.search(event) is None)
 
 
-def tool_model(body: dict) -> str:
-    """The image model of the request's first ``image_generation`` tool (its default if unnamed)."""
-    tools = body.get("tools")
+def image_tool(body: Any) -> dict | None:
+    """The request's first ``image_generation`` tool (the one its images are priced by), or None."""
+    tools = body.get("tools") if isinstance(body, dict) else None
     for tool in tools if isinstance(tools, list) else ():
         if isinstance(tool, dict) and tool.get("type") == "image_generation":
-            model = tool.get("model")
-            return model if isinstance(model, str) and model else IMAGE_TOOL_MODEL
-    return IMAGE_TOOL_MODEL
+            return tool
+    return None
+
+
+def tool_model(body: dict) -> str:
+    """The image model of the request's first ``image_generation`` tool (its default if unnamed)."""
+    model = (image_tool(body) or {}).get("model")
+    return model if isinstance(model, str) and model else IMAGE_TOOL_MODEL
+
+
+def held_tokens(body: Any) -> int:
+    """Image output tokens a budget holds for the tool's images: :func:`tool_calls` images, each
+    at :func:`image_tokens`; 0 for a request that does not offer the tool or forbids tools."""
+    tool = image_tool(body)
+    return 0 if tool is None else tool_calls(body) * image_tokens(tool)
+
+
+def tool_calls(body: dict) -> int:
+    """Images a response may make with the tool: 0 when ``tool_choice`` forbids it (``none``, or
+    ``allowed_tools`` without it), else ``max_tool_calls`` (a bound on all its hosted tools' calls),
+    else :data:`IMAGE_CALLS_UNCAPPED`."""
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return 0
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("tools")
+        kinds = [t.get("type") for t in allowed if isinstance(t, dict)] if isinstance(allowed, list) else []
+        if "image_generation" not in kinds:
+            return 0
+    most = body.get("max_tool_calls")
+    return most if type(most) is int and most > 0 else IMAGE_CALLS_UNCAPPED
+
+
+def image_tokens(tool: dict) -> int:
+    """Output tokens one of the tool's images may cost: its ``quality`` and ``size`` as
+    :data:`TOOL_IMAGE_TOKENS` counts them (``auto``, unset or unknown: the dearest; a size the table
+    lacks: by its area, never below the quality's largest), and its partial images."""
+    quality = tool.get("quality")
+    sizes = TOOL_IMAGE_TOKENS.get(quality) if isinstance(quality, str) else None
+    sizes = sizes or TOOL_IMAGE_TOKENS["high"]
+    size = tool.get("size")
+    tokens = sizes.get(size) if isinstance(size, str) else None
+    if tokens is None:
+        largest = max(sizes.values())
+        found = _SIZE.fullmatch(size) if isinstance(size, str) else None
+        by_area = -(-int(found[1]) * int(found[2]) * largest // (1024 * 1536)) if found else 0
+        tokens = max(largest, by_area)
+    return tokens + PARTIAL_IMAGE_TOKENS * partial_images(tool)
+
+
+def partial_images(tool: dict) -> int:
+    """The tool's ``partial_images``: 0 when unset or null (OpenAI's default: none are made), the
+    most (:data:`MAX_PARTIAL_IMAGES`) for a value OpenAI does not take."""
+    value = tool.get("partial_images")
+    if value is None:
+        return 0
+    return value if type(value) is int and 0 <= value <= MAX_PARTIAL_IMAGES else MAX_PARTIAL_IMAGES
 
 
 def reported(response: Any) -> Usage | None:

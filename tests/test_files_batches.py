@@ -48,6 +48,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "small": ["--budget-usd", "0.05", "--budget-period", "day"],
             "race": ["--budget-usd", "0.05", "--budget-period", "day"],
             "holder": ["--budget-usd", "0.05", "--budget-period", "day"],
+            "drawer": ["--budget-usd", "0.05", "--budget-period", "day"],
         }
     )
     srv.start()
@@ -465,6 +466,26 @@ def test_a_running_batch_holds_its_worst_case_against_model_calls_too(server, mo
         RateLimitError,
     )
     assert answer.choices
+
+
+def test_a_batch_line_with_the_image_tool_holds_its_images(server):
+    """Was: a Responses line offering the image_generation tool held its text alone (~$0.0002 at
+    the batch price), never the image it may make. One low 1024x1024 image (max_tool_calls 1) is
+    gpt-image-1's 272 output tokens at $40 per 1M: 1,088,000 µ¢, 544,000 at the batch price."""
+    drawer = client(server, "drawer")
+    body = {
+        "model": "gpt-4o-mini",
+        "input": "draw a cat",
+        "max_output_tokens": 16,
+        "max_tool_calls": 1,
+        "tools": [{"type": "image_generation", "quality": "low", "size": "1024x1024"}],
+    }
+    line = {"custom_id": "req-0", "method": "POST", "url": "/v1/responses", "body": body}
+    source = drawer.files.create(file=("in.jsonl", io.BytesIO((json.dumps(line) + "\n").encode())), purpose="batch")
+    batch = drawer.batches.create(input_file_id=source.id, endpoint="/v1/responses", completion_window="24h")
+    (row,) = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (batch.id,))
+    text = -(-len(json.dumps(line)) // 4) * 15 + 16 * 60  # gpt-4o-mini: the whole line at 15 µ¢ a token, the cap at 60
+    assert 544_000 < row["held_uc"] <= 544_000 + -(-text // 2), row["held_uc"]
 
 
 def test_batches_started_together_are_held_together(server):

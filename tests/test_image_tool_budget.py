@@ -1,0 +1,161 @@
+"""Budgets hold the Responses ``image_generation`` tool's images before the request goes upstream.
+
+OpenAI bills the tool's images apart from the model's usage (``tool_usage.image_gen``, at the image
+model's rates: gpt-image-1, $40 per 1M output tokens), so a budget's hold must count them too, else
+every request in flight under a budget may make images the budget never held: 20 concurrent
+requests on a key with room for one image all got theirs.
+
+A request's hold is read from the refusal of a key whose budget is 1 µ¢: its message says what
+the request "may cost up to", exactly (``budgets.BudgetExceeded.error``). gpt-4o-mini, the
+mainline model, holds its input at $0.15 per 1M (15 µ¢ a token: its dearest input rate, four
+bytes of the body a token) and its output at $0.60 (60 µ¢); the images are held at gpt-image-1's
+$40 (4,000 µ¢ a token), each at gpt-image-1's tokens for its quality and size (OpenAI's image
+generation guide: low 1024x1024 272 ... high 1024x1536 6,240), each partial image 100 more.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import COMPLETION_TOKENS, IMAGE_GEN_INPUT_TOKENS, IMAGE_GEN_OUTPUT_TOKENS, PROMPT_TOKENS
+
+ADMIN = "admin-key-for-image-budget-tests-0123456789"
+USD = 10**8  # µ¢
+MINI_IN, MINI_OUT = 15, 60  # gpt-4o-mini, µ¢ a token
+IMAGE_IN, IMAGE_OUT = 500, 4000  # gpt-image-1, µ¢ a token
+CAP = 16  # max_output_tokens of every request here
+REFUSAL = r"\$([0-9.]+) spent(, \$[0-9.]+ held by requests in flight)?, .* may cost up to \$([0-9.]+)"
+ONLY_IMAGES = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "image_generation"}]}
+FORCED = {"type": "image_generation"}
+ONLY_SEARCH = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]}
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("imgbudget") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.fixture
+def slow_upstream(mock):
+    """Answers take 300 ms, so the burst's requests are in flight together."""
+    mock.delay_ms = 300
+    yield mock
+    mock.delay_ms = 0
+
+
+_names = iter(range(1_000_000))
+
+
+def make_key(server: ServerProcess, budget_usd: str) -> tuple[str, str]:
+    """A key with a ``total`` budget: (secret, id)."""
+    fields = {"name": f"img{next(_names)}", "budget_usd": budget_usd, "budget_period": "total"}
+    status, _, data = server.request("POST", "/api/keys", fields, headers={"Authorization": f"Bearer {ADMIN}"})
+    body = json.loads(data)
+    assert status == 201, body
+    return body["key"], body["id"]
+
+
+def draw(tool: dict | None = None, **fields) -> dict:
+    """A Responses request offering the image tool (``tool``: its settings; None: no tool)."""
+    body: dict = {"model": "gpt-4o-mini", "input": "draw a cat", "max_output_tokens": CAP}
+    if tool is not None:
+        body["tools"] = [{"type": "image_generation", **tool}]
+    return {**body, **fields}
+
+
+def post(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, dict]:
+    status, headers, data = server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
+    return status, headers, json.loads(data)
+
+
+def usd(text: str) -> int:
+    return int(Decimal(text) * USD)
+
+
+def refusal(server: ServerProcess, secret: str, body: dict) -> tuple[int, int, bool]:
+    """(spent, what the request may cost, whether requests in flight hold any) from its 429."""
+    status, _, answer = post(server, secret, body)
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", (status, answer)
+    message = answer["error"]["message"]
+    found = re.search(REFUSAL, message)
+    assert found, message
+    return usd(found[1]), usd(found[3]), found[2] is not None
+
+
+def held(server: ServerProcess, body: dict) -> int:
+    """What ``body`` holds against a budget: the amount a key with a 1 µ¢ budget is refused for."""
+    secret, _ = make_key(server, "0.00000001")
+    return refusal(server, secret, body)[1]
+
+
+def text_hold(body: dict) -> int:
+    """The mainline model's part of the hold: the body's bytes at four a token, and the output cap."""
+    return -(-len(json.dumps(body)) // 4) * MINI_IN + CAP * MINI_OUT
+
+
+@pytest.mark.parametrize(
+    "body, image_tokens",
+    [
+        # no tool, or a tool the request forbids: the text alone, as before images were held
+        (draw(), 0),
+        (draw(tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}}]), 0),
+        (draw({}, tool_choice="none"), 0),
+        (draw({}, tool_choice=ONLY_SEARCH), 0),
+        # max_tool_calls bounds the images; the tool's quality and size price each
+        (draw({"quality": "low", "size": "1024x1024"}, max_tool_calls=1), 272),
+        (draw({"quality": "medium", "size": "1536x1024", "partial_images": 2}, max_tool_calls=3), 3 * (1568 + 200)),
+        (draw({"quality": "high", "size": "1024x1024"}, max_tool_calls=2, tool_choice=FORCED), 2 * 4160),
+        # auto or unset: the dearest (high, 1024x1536); without max_tool_calls, ten images
+        (draw({"quality": "auto", "size": "auto", "partial_images": None}, max_tool_calls=1), 6240),
+        (draw({}), 10 * 6240),
+        (draw({"quality": "low"}, max_tool_calls=2, tool_choice=ONLY_IMAGES), 2 * 408),
+        # a size the table lacks (gpt-image-2's flexible ones): by its area, at least the largest
+        (draw({"quality": "high", "size": "2048x1536"}, max_tool_calls=1), 2 * 6240),
+    ],
+)
+def test_the_hold_is_the_text_and_the_images_the_tool_may_make(server, body, image_tokens):
+    """Was: the text alone, whatever the tool could draw (the cases without images were already so)."""
+    assert held(server, body) == text_hold(body) + image_tokens * IMAGE_OUT
+
+
+def test_a_burst_of_image_requests_stays_within_the_budget(server, slow_upstream):
+    """Was: a key with room for one image had all 20 concurrent requests admitted (each holding its
+    text, ~$0.0012), and each made its image (~$0.042): ~$0.85 spent of a $0.30 budget."""
+    budget = 30_000_000  # $0.30: one image held at its dearest ($0.2496) fits, two do not
+    secret, key_id = make_key(server, "0.30")
+    body = draw({}, max_tool_calls=1, stream=True)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda _: post_stream(server, secret, body), range(20)))
+    admitted = [r for r in results if r == 200]
+    assert admitted and all(r in (200, 429) for r in results), results
+
+    def traces() -> list[dict]:
+        return server.db_rows("SELECT cost_uc, cost_status FROM traces WHERE key_id = ? AND outcome = 'ok'", (key_id,))
+
+    wait_for(lambda: len(traces()) == len(admitted), what="the admitted requests' traces")
+    costs = traces()
+    # each billed exactly: its text and its image (the mock's: medium 1024x1024, 1,056 tokens)
+    one = PROMPT_TOKENS * MINI_IN + COMPLETION_TOKENS * MINI_OUT
+    one += IMAGE_GEN_INPUT_TOKENS * IMAGE_IN + IMAGE_GEN_OUTPUT_TOKENS * IMAGE_OUT
+    assert all(c["cost_status"] == "exact" and c["cost_uc"] == one for c in costs), (costs, one)
+    spent = sum(c["cost_uc"] for c in costs)
+    assert spent <= budget, (len(admitted), spent)
+    # every hold settled to its cost, none left: a request past the budget is refused for the
+    # spend alone (the ledger's spend is the traces' sum, nothing held by requests in flight)
+    wait_for(lambda: not refusal(server, secret, draw({}, max_tool_calls=2))[2], what="the holds settled")
+    ledger_spent, _, _ = refusal(server, secret, draw({}, max_tool_calls=2))
+    assert ledger_spent == spent
+
+
+def post_stream(server: ServerProcess, secret: str, body: dict) -> int:
+    status, _, _ = server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
+    return status
