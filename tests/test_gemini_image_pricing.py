@@ -15,7 +15,7 @@ import json
 
 import pytest
 from conftest import ServerProcess, mock_env
-from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT, Reply, gemini_image_part
+from mock_upstream import COMPLETION_TOKENS, GEMINI_IMAGE_B64, PROMPT_TOKENS, TEXT, Reply, gemini_image_part
 
 GEMINI_KEY = "AIza-image-0123456789abcdefPROVIDERSECRET"
 CONTENTS = [{"role": "user", "parts": [{"text": "Draw a banana"}]}]
@@ -151,16 +151,24 @@ def test_a_budget_holds_the_output_cap_at_the_image_rate(server) -> None:
     assert status == 200, raw
 
 
-def test_a_chat_request_to_an_image_model_is_billed_the_same(server) -> None:
+CHAT_IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + GEMINI_IMAGE_B64}}
+
+
+def test_a_chat_request_to_an_image_model_gets_its_image_and_is_billed_the_same(server) -> None:
     chat = {"model": f"gemini/{FLASH_IMAGE}", "messages": [{"role": "user", "content": "Draw a banana"}]}
     headers = {"Authorization": f"Bearer {KEYS['plain']}"}
     status, got, raw = server.request("POST", "/v1/chat/completions", chat, headers=headers)
     assert status == 200, raw
     answer = json.loads(raw)
-    assert answer["choices"][0]["message"]["content"] == TEXT
+    message = answer["choices"][0]["message"]
+    assert (message["content"], message["images"]) == (TEXT, [CHAT_IMAGE])  # as chat image models send theirs
     assert answer["usage"]["completion_tokens"] == COMPLETION_TOKENS + FLASH_TOKENS
     trace = server.trace(got["x-stockyard-trace-id"])
     assert (trace["cost_uc"], trace["cost_status"]) == (flash_cost(), "exact")
     status, got, raw = stream(server, "/v1/chat/completions", {**chat, "stream": True}, headers)
     assert status == 200 and raw.rstrip().endswith(b"data: [DONE]"), raw[-200:]
+    chunks = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    assert "".join(d.get("content") or "" for d in deltas) == TEXT
+    assert [d["images"] for d in deltas if "images" in d] == [[CHAT_IMAGE]]
     assert server.trace(got["x-stockyard-trace-id"])["cost_uc"] == flash_cost()
