@@ -18,6 +18,7 @@ from conftest import ServerProcess, mock_env
 from mock_upstream import COMPLETION_TOKENS, GEMINI_IMAGE_B64, PROMPT_TOKENS, TEXT, Reply, gemini_image_part
 
 GEMINI_KEY = "AIza-image-0123456789abcdefPROVIDERSECRET"
+ADMIN = "admin-key-for-gemini-image-tests-0123"
 CONTENTS = [{"role": "user", "parts": [{"text": "Draw a banana"}]}]
 FLASH_IMAGE, PRO_IMAGE = "gemini-2.5-flash-image", "gemini-3-pro-image-preview"
 FLASH_TOKENS, PRO_TOKENS = 1290, 1120  # one image's output tokens (the mock's, Google's)
@@ -30,7 +31,7 @@ def flash_cost(text_out: int = COMPLETION_TOKENS, image_out: int = FLASH_TOKENS)
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
-    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
+    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("gimage") / "stockyard.db", env)
     # an operator's override: its image output rate set with `prices set` like every other rate
     override = ["--input", "1", "--output", "2", "--media-output", "40"]
@@ -138,6 +139,13 @@ def test_an_override_sets_the_image_output_rate(server) -> None:
     )
     shipped = next(r for r in listed if r["model"] == FLASH_IMAGE)
     assert (shipped["source"], shipped["media_output_uc"]) == ("shipped", 3 * 10**9)
+    # the admin API takes the same field
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    rates = {"model": "house-image", "input": "1", "output": "2", "media_output": "45"}
+    status, _, raw = server.request("POST", "/api/prices", rates, headers=admin)
+    assert status == 200 and json.loads(raw)["usd_per_1m"]["media_output"] == "$45.00", raw
+    status, _, raw = server.request("POST", "/api/prices", {**rates, "media_output": "-1"}, headers=admin)
+    assert status == 400 and b"media_output" in raw, raw
 
 
 def test_a_budget_holds_the_output_cap_at_the_image_rate(server) -> None:
