@@ -518,6 +518,7 @@ def _rates(price: Price) -> dict[str, str]:
         "output": price.output,
         "reasoning": price.reasoning,
         "media_input": price.media_input,
+        "media_output": price.media_output,
     }
     out = {k: format_usd(v, 2).removeprefix("$") for k, v in rates.items() if v is not None}
     if price.unit != "token":

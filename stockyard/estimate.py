@@ -231,12 +231,13 @@ def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
 def worst_case_cost(price: Price, inputs: int, outputs: int, long_writes: bool = False) -> int:
     """µ¢, rounded up: every input token at the dearest input rate (a cache write can cost
     more than plain input; with ``long_writes``, a long-lived one: Claude's 1-hour, OpenAI's
-    12-hour), every output token at the dearest output rate (reasoning)."""
+    12-hour), every output token at the dearest output rate (reasoning; an image model's image
+    output, ``media_output``: its cap may be spent on images)."""
     price = rates_for(price, inputs)  # a prompt above a long-context tier's threshold: its rates
     input_rate = max(price.input, price.cached_input, price.cache_write, price.media_input or 0)
     if long_writes:
         input_rate = max(input_rate, long_cache_write_rate(price))
-    output_rate = max(price.output, price.reasoning or 0)
+    output_rate = max(price.output, price.reasoning or 0, price.media_output or 0)
     return -(-(inputs * input_rate + outputs * output_rate) // PER)
 
 

@@ -29,7 +29,11 @@ Units other than tokens (``Price.unit``): the media endpoints bill what OpenAI b
 second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their rate is
 ``input``, in µ¢ per 1M units like every rate here ($0.04 an image = "40000" USD per 1M
 images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
-audio or image input tokens at ``media_input`` (``Usage.media_tokens``).
+audio or image input tokens at ``media_input`` (``Usage.media_tokens``), and models that write
+images or audio among their output tokens (Gemini's image models: ``usageMetadata.
+candidatesTokensDetails``, modality IMAGE or AUDIO) bill those output tokens at ``media_output``
+(``Usage.media_output_tokens``); where usage does not split the output by modality, every output
+token is billed at ``output``.
 
 Per-call fees that usage reports join the cost as ``Usage.fees_uc``: Anthropic's web searches
 (``server_tool_use.web_search_requests``, $10 per 1,000 on every model: :data:`WEB_SEARCH_UC`)
@@ -144,7 +148,8 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
 
 
 UNITS = ("token", "image", "second", "character")
-RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input")
+RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input", "media_output")
+MEDIA_MODALITIES = ("IMAGE", "AUDIO")  # Gemini's ModalityTokenCount.modality values billed as media
 WEB_SEARCH_UC = USD // 100  # Anthropic's web search: $10 per 1,000 searches, one cent each
 MAX_SEARCHES = 10**6  # searches one answer is billed for at most (an absurd count stays a sane cost)
 # A model's token counts beside its rates: in prices.json only (not `prices set`), so an
@@ -160,6 +165,7 @@ def _check_counts(obj: object) -> None:
         if value is None and name in (
             "reasoning",
             "media_input",
+            "media_output",
             *TOKEN_COUNTS,
             *SHIPPED_RATES,
             "long_context_above",
@@ -182,7 +188,7 @@ def _check_counts(obj: object) -> None:
 class Price:
     """Rates in integer µ¢ per 1M tokens (per 1M ``unit`` when that is not ``token``: then
     ``input`` is the rate); ``reasoning`` None means the output rate, ``media_input`` None the
-    input rate."""
+    input rate, ``media_output`` (output tokens that are images or audio) None the output rate."""
 
     input: int
     cached_input: int
@@ -191,6 +197,7 @@ class Price:
     reasoning: int | None = None
     unit: str = "token"
     media_input: int | None = None
+    media_output: int | None = None
     # Token counts of the model, not rates (shipped in prices.json, kept by an operator's rate
     # override; None: unknown), for the worst case a budget holds (``stockyard.estimate``):
     # the output it may write when a request sets no cap (OpenAI and Gemini write up to their
@@ -248,6 +255,7 @@ class Price:
             reasoning=parse_usd_per_m(rates["reasoning"]) if "reasoning" in rates else None,
             unit=rates.get("unit", "token"),
             media_input=parse_usd_per_m(rates["media_input"]) if "media_input" in rates else None,
+            media_output=parse_usd_per_m(rates["media_output"]) if "media_output" in rates else None,
             **{name: rates.get(name) for name in TOKEN_COUNTS},
             long_context_above=above,
             long_context=tier,
@@ -347,6 +355,7 @@ class Usage:
     # Per-call fees the usage itself reports, in µ¢ (not tokens): Anthropic's web searches at
     # WEB_SEARCH_UC each, Perplexity's request and search-query fees as its usage.cost states them.
     fees_uc: int = 0
+    media_output_tokens: int = 0  # output tokens that are images or audio (part of completion_tokens)
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -412,14 +421,25 @@ class Usage:
     def from_gemini(cls, meta: Mapping[str, Any] | None) -> Usage:
         """Gemini ``usageMetadata``: promptTokenCount includes cachedContentTokenCount;
         candidatesTokenCount excludes thoughtsTokenCount, which is billed as output.
-        toolUsePromptTokenCount is billed as input, so it joins the prompt."""
+        toolUsePromptTokenCount is billed as input, so it joins the prompt. The candidates'
+        IMAGE and AUDIO tokens (``candidatesTokensDetails``, ModalityTokenCount objects: an image
+        model's images) are media output; the rest of candidatesTokenCount is text (Google may list
+        no TEXT entry beside an IMAGE one)."""
         thoughts = _count(meta, "thoughtsTokenCount")
         prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
+        candidates = _count(meta, "candidatesTokenCount")
+        details = meta.get("candidatesTokensDetails") if isinstance(meta, Mapping) else None
+        media = sum(
+            _count(item, "tokenCount")
+            for item in (details if isinstance(details, list) else [])
+            if isinstance(item, Mapping) and item.get("modality") in MEDIA_MODALITIES
+        )
         return cls(
             prompt_tokens=prompt,
-            completion_tokens=_count(meta, "candidatesTokenCount") + thoughts,
+            completion_tokens=candidates + thoughts,
             cached_tokens=min(_count(meta, "cachedContentTokenCount"), prompt),
             reasoning_tokens=thoughts,
+            media_output_tokens=min(media, candidates),
         )
 
 
@@ -473,15 +493,19 @@ def cost_numerator(price: Price, usage: Usage) -> int:
     media = min(usage.media_tokens, fresh)
     uncached = fresh - media
     plain_output = max(0, usage.completion_tokens - usage.reasoning_tokens)
+    media_output = min(usage.media_output_tokens, plain_output)
+    text_output = plain_output - media_output
     reasoning_rate = price.output if price.reasoning is None else price.reasoning
     media_rate = price.input if price.media_input is None else price.media_input
+    media_output_rate = price.output if price.media_output is None else price.media_output
     return (
         uncached * price.input
         + media * media_rate
         + usage.cached_tokens * price.cached_input
         + (usage.cache_write_tokens - usage.cache_write_long_tokens) * price.cache_write
         + usage.cache_write_long_tokens * long_cache_write_rate(price)
-        + plain_output * price.output
+        + text_output * price.output
+        + media_output * media_output_rate
         + usage.reasoning_tokens * reasoning_rate
         + usage.fees_uc * PER
     )

@@ -8,6 +8,8 @@ models.list/get) and Azure OpenAI (deployments), records every request, and can 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
 usage, 5 output tokens each — or, with `bill-max` in the model name, every token the
 request's cap allows (read leniently: `5000.0` and `"5000"` count), the worst case.
+Gemini's image models (`gemini-2.5-flash-image…`, `gemini-3-pro-image…`) answer with their text and
+an `inlineData` image, its tokens billed apart in `candidatesTokensDetails` (modality IMAGE).
 
     with MockUpstream() as mock:
         mock.enqueue(Reply(status=429, headers={"retry-after": "1"}))
@@ -1644,17 +1646,47 @@ def _message_batches(call: Call, scripted: Reply | None) -> Reply:
 # --------------------------------------------------------------------------- Gemini
 
 
-def gemini_usage(model: str, candidates: int = COMPLETION_TOKENS) -> dict:
+# Gemini's image models (Nano Banana): the output tokens of one generated image, as Google bills
+# them (gemini-2.5-flash-image: 1,290 up to 1024x1024; gemini-3-pro-image-preview: 1,120 at 1K/2K).
+GEMINI_IMAGE_TOKENS = {"gemini-2.5-flash-image": 1290, "gemini-3-pro-image": 1120}
+GEMINI_IMAGE_B64 = "iVBORw0KGgoAAAANSUhEUgAABAAAAAQACAIAAADwf7zU" + "G" * 40_000
+
+
+def gemini_image_tokens(model: str, body: dict) -> int:
+    """The output tokens of the image a Gemini image model draws for ``body`` (0: it draws none —
+    not an image model, or ``responseModalities`` without IMAGE)."""
+    name = model.removeprefix("models/")
+    tokens = next((count for prefix, count in GEMINI_IMAGE_TOKENS.items() if name.startswith(prefix)), 0)
+    modalities = _gemini_config(body).get("responseModalities")
+    if isinstance(modalities, list) and "IMAGE" not in [str(m).upper() for m in modalities]:
+        return 0
+    return tokens
+
+
+def gemini_image_part() -> dict:
+    """The image an image model answers with, as Google sends it: an ``inlineData`` part."""
+    return {"inlineData": {"mimeType": "image/png", "data": GEMINI_IMAGE_B64}}
+
+
+def gemini_usage(model: str, candidates: int = COMPLETION_TOKENS, image: int = 0) -> dict:
     """usageMetadata; `cached`/`reasoning` in the model add cachedContentTokenCount 8 /
-    thoughtsTokenCount 3 (thoughts count toward totalTokenCount, as Gemini does)."""
-    usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": candidates}
-    total = PROMPT_TOKENS + candidates
+    thoughtsTokenCount 3 (thoughts count toward totalTokenCount, as Gemini does). An image's
+    ``image`` tokens join candidatesTokenCount, and the counts per modality are listed as Google
+    lists them (``promptTokensDetails``, ``candidatesTokensDetails``: ModalityTokenCount objects)."""
+    usage: dict = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": candidates + image}
+    total = PROMPT_TOKENS + candidates + image
     if _has_flag(model, "cached"):
         usage["cachedContentTokenCount"] = CACHED_TOKENS
     if _has_flag(model, "reasoning"):
         usage["thoughtsTokenCount"] = REASONING_TOKENS
         total += REASONING_TOKENS
     usage["totalTokenCount"] = total
+    if image:
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": PROMPT_TOKENS}]
+        usage["candidatesTokensDetails"] = [
+            {"modality": "TEXT", "tokenCount": candidates},
+            {"modality": "IMAGE", "tokenCount": image},
+        ]
     return usage
 
 
@@ -1742,9 +1774,10 @@ def gemini_generate(body: dict, n: int, model: str) -> dict:
     """A non-streamed GenerateContentResponse."""
     fn = _first_gemini_function(body)
     parts = _gemini_thoughts(body) + ([_gemini_call_part(fn, model)] if fn else [{"text": TEXT}])
-    return _gemini_response(
-        parts, model, n, "STOP", gemini_usage(model, per_choice_tokens(body, model) * billed_choices(body))
-    )
+    image = 0 if fn else gemini_image_tokens(model, body)  # an image model's answer: its text, then its image
+    parts += [gemini_image_part()] if image else []
+    tokens = per_choice_tokens(body, model) * billed_choices(body)
+    return _gemini_response(parts, model, n, "STOP", gemini_usage(model, tokens, image * billed_choices(body)))
 
 
 def gemini_stream(body: dict, n: int, model: str) -> list[str]:
@@ -1759,12 +1792,16 @@ def gemini_stream(body: dict, n: int, model: str) -> list[str]:
         parts = [_gemini_call_part(fn, model)]
         return thoughts + [_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model, total)))]
     events = thoughts
+    image = gemini_image_tokens(model, body) * billed_choices(body)
     for i, piece in enumerate(TEXT_PIECES):
-        last = i == len(TEXT_PIECES) - 1
-        tokens = total if last else i + 1
+        last = i == len(TEXT_PIECES) - 1 and not image
+        tokens = total if i == len(TEXT_PIECES) - 1 else i + 1
         events.append(
             _dumps(_gemini_response([{"text": piece}], model, n, "STOP" if last else None, gemini_usage(model, tokens)))
         )
+    if image:  # an image model's image comes in a chunk of its own, after its text, with the final counts
+        parts = [gemini_image_part()]
+        events.append(_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model, total, image))))
     return events
 
 

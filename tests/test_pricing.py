@@ -189,6 +189,49 @@ def test_gemini_thoughts_are_output() -> None:
     assert cost_microcents(price("gemini-2.5-flash"), usage) == 144_200
 
 
+def test_gemini_image_output_tokens_bill_at_the_image_rate() -> None:
+    # gemini-2.5-flash-image: 10 × $0.30 input + 9 text × $2.50 + 1,290 image × $30 (one 1024px image)
+    meta = {
+        "promptTokenCount": 10,
+        "candidatesTokenCount": 1299,
+        "totalTokenCount": 1309,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 10}],
+        "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}],  # Google may list no TEXT
+    }
+    usage = Usage.from_gemini(meta)
+    assert usage == Usage(prompt_tokens=10, completion_tokens=1299, media_output_tokens=1290)
+    assert cost_microcents(price("gemini-2.5-flash-image"), usage) == 10 * 30 + 9 * 250 + 1290 * 3_000
+    # gemini-3-pro-image-preview: thoughts at the text rate ($12), the 1K image's 1,120 at $120
+    meta = {**meta, "candidatesTokenCount": 1120, "thoughtsTokenCount": 800}
+    meta["candidatesTokensDetails"] = [{"modality": "IMAGE", "tokenCount": 1120}]
+    usage = Usage.from_gemini(meta)
+    assert (usage.completion_tokens, usage.reasoning_tokens, usage.media_output_tokens) == (1920, 800, 1120)
+    assert cost_microcents(price("gemini-3-pro-image-preview"), usage) == 10 * 200 + 800 * 1_200 + 1120 * 12_000
+
+
+def test_gemini_modality_counts_are_read_strictly() -> None:
+    def media(details: object, candidates: int = 100) -> int:
+        meta = {"candidatesTokenCount": candidates, "candidatesTokensDetails": details}
+        return Usage.from_gemini(meta).media_output_tokens
+
+    assert media([{"modality": "TEXT", "tokenCount": 60}, {"modality": "IMAGE", "tokenCount": 40}]) == 40
+    assert media([{"modality": "AUDIO", "tokenCount": 30}, {"modality": "IMAGE", "tokenCount": 40}]) == 70
+    assert media([{"modality": "IMAGE", "tokenCount": 500}]) == 100  # never more than the candidates
+    assert media([{"modality": "IMAGE", "tokenCount": "40"}, {"modality": "image", "tokenCount": 9}]) == 0
+    assert media({"modality": "IMAGE", "tokenCount": 40}) == media(None) == media(["IMAGE", 40]) == 0
+    # no split: every output token at the output rate, as before
+    plain = Usage(prompt_tokens=10, completion_tokens=1299)
+    assert cost_microcents(price("gemini-2.5-flash-image"), plain) == 10 * 30 + 1299 * 250
+
+
+def test_media_output_defaults_to_the_output_rate_and_weighs_in_the_worst_case() -> None:
+    usage = Usage(completion_tokens=10, media_output_tokens=4)
+    assert cost_microcents(Price.from_usd({"input": "1", "output": "2"}), usage) == 10 * 200
+    image = Price.from_usd({"input": "1", "output": "2", "media_output": "30"})
+    assert cost_microcents(image, usage) == 6 * 200 + 4 * 3_000
+    assert worst_case_cost(image, 10, 100) == 10 * 100 + 100 * 3_000  # every output token may be an image's
+
+
 def test_one_token_on_cheapest_rates_is_exact_and_nonzero(table: PriceTable) -> None:
     assert cost_microcents(price("gpt-5-nano"), Usage(prompt_tokens=1)) == 5
     assert cost_microcents(price("text-embedding-3-small"), Usage(prompt_tokens=1)) == 2

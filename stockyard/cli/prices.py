@@ -32,7 +32,7 @@ def register(sub) -> None:
         help="add or replace a model's price",
         description="Set a model's price in USD per 1M tokens (decimal, up to 8 places). "
         "Cached input and cache write default to the input price; reasoning "
-        "defaults to the output price. MODEL may be provider-qualified "
+        "and media output default to the output price. MODEL may be provider-qualified "
         "(groq/llama-3.3-70b); longer names win, so a dated model uses its "
         "family's price.",
     )
@@ -43,6 +43,9 @@ def register(sub) -> None:
     s.add_argument("--cache-write", metavar="USD")
     s.add_argument("--reasoning", metavar="USD")
     s.add_argument("--media-input", metavar="USD", help="audio or image input tokens (gpt-4o-transcribe, gpt-image-1)")
+    s.add_argument(
+        "--media-output", metavar="USD", help="image or audio output tokens (Gemini's image models; default: output)"
+    )
     s.add_argument(
         "--unit",
         choices=UNITS,
@@ -90,12 +93,17 @@ def list_(args: argparse.Namespace) -> int:
             ("cache_write_usd", "CACHE WRITE"),
             ("output_usd", "OUTPUT"),
             ("reasoning_usd", "REASONING"),
+            ("media_input_usd", "MEDIA IN"),
+            ("media_output_usd", "MEDIA OUT"),
             ("unit", "PER 1M"),
             ("source", "SOURCE"),
         ],
         empty="no prices",
     )
-    print("USD per 1M of PER 1M (tokens, images, seconds or characters); REASONING '-' means the output price")
+    print(
+        "USD per 1M of PER 1M (tokens, images, seconds or characters); '-' means the output price "
+        "(REASONING, MEDIA OUT: image or audio output tokens) or the input price (MEDIA IN)"
+    )
     return 0
 
 
@@ -107,6 +115,7 @@ def set_(args: argparse.Namespace) -> int:
         "cache_write": args.cache_write,
         "reasoning": args.reasoning,
         "media_input": args.media_input,
+        "media_output": args.media_output,
         "unit": args.unit,
     }
     result = price_ops.set_price(open_ops(args), args.model, rates)
@@ -118,6 +127,8 @@ def set_(args: argparse.Namespace) -> int:
             f"price of {result['model']} set (USD per 1M {result['unit']}s): input {usd['input']}, "
             f"cached {usd['cached_input']}, cache write {usd['cache_write']}, output {usd['output']}"
             + (f", reasoning {usd['reasoning']}" if usd["reasoning"] else "")
+            + (f", media input {usd['media_input']}" if usd["media_input"] else "")
+            + (f", media output {usd['media_output']}" if usd["media_output"] else "")
         )
     return 0
 

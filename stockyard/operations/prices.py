@@ -75,6 +75,7 @@ def usd(price: Price) -> dict[str, str | None]:
         "output": format_usd(price.output, 2),
         "reasoning": None if price.reasoning is None else format_usd(price.reasoning, 2),
         "media_input": None if price.media_input is None else format_usd(price.media_input, 2),
+        "media_output": None if price.media_output is None else format_usd(price.media_output, 2),
     }
 
 
@@ -103,6 +104,7 @@ def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
             r["reasoning_uc"],
             r["unit"],
             r["media_input_uc"],
+            r["media_output_uc"],
         )
         for r in conn.execute("SELECT * FROM price_overrides ORDER BY model")
     }
@@ -123,6 +125,7 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             "output_uc": p.output,
             "reasoning_uc": p.reasoning,
             "media_input_uc": p.media_input,
+            "media_output_uc": p.media_output,
             "unit": p.unit,
             **{name: getattr(p, name) for name in TOKEN_COUNTS},  # the model's counts a budget holds
             "usd_per_1m": usd(p),
@@ -141,12 +144,13 @@ def set_price(ops: Operations, model: Any, rates: Mapping[str, Any]) -> dict[str
     def apply(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT INTO price_overrides (model, input_uc, cached_input_uc, cache_write_uc, output_uc, "
-            "reasoning_uc, unit, media_input_uc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "reasoning_uc, unit, media_input_uc, media_output_uc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (model) DO UPDATE SET "
             "input_uc = excluded.input_uc, cached_input_uc = excluded.cached_input_uc, "
             "cache_write_uc = excluded.cache_write_uc, output_uc = excluded.output_uc, "
             "reasoning_uc = excluded.reasoning_uc, unit = excluded.unit, "
-            "media_input_uc = excluded.media_input_uc, updated_at = excluded.updated_at",
+            "media_input_uc = excluded.media_input_uc, media_output_uc = excluded.media_output_uc, "
+            "updated_at = excluded.updated_at",
             (
                 name,
                 price.input,
@@ -156,6 +160,7 @@ def set_price(ops: Operations, model: Any, rates: Mapping[str, Any]) -> dict[str
                 price.reasoning,
                 price.unit,
                 price.media_input,
+                price.media_output,
                 now_iso(),
             ),
         )

@@ -538,16 +538,19 @@ def first_call_only(ctx: RequestContext, calls: list[dict], made: bool = False) 
     return kept
 
 
-def candidate_message(candidate: dict) -> tuple[str | None, list[dict], str]:
-    """(text, tool_calls, thought summaries) of one candidate."""
+def candidate_message(candidate: dict) -> tuple[str | None, list[dict], str, list[dict]]:
+    """(text, tool_calls, thought summaries, images) of one candidate."""
     texts: list[str] = []
     calls: list[dict] = []
     thoughts: list[str] = []
+    images: list[dict] = []
     for part in (candidate.get("content") or {}).get("parts") or []:
         if part.get("thought"):
             thoughts.append(part["text"] if isinstance(part.get("text"), str) else "")
         elif isinstance(part.get("text"), str):
             texts.append(part["text"])
+        elif (image := drawn_image(part)) is not None:
+            images.append(image)
         elif isinstance(part.get("functionCall"), dict):
             fn = part["functionCall"]
             call = {
@@ -558,7 +561,19 @@ def candidate_message(candidate: dict) -> tuple[str | None, list[dict], str]:
             if part.get("thoughtSignature"):  # Gemini wants it back with the call (as its OpenAI API does)
                 call["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
             calls.append(call)
-    return ("".join(texts) if texts else None), calls, "".join(thoughts)
+    return ("".join(texts) if texts else None), calls, "".join(thoughts), images
+
+
+def drawn_image(part: dict) -> dict | None:
+    """An image model's image (an ``inlineData`` image part) as chat image models send theirs
+    (OpenRouter's ``message.images`` item: a data URL), so the image Google bills reaches the client."""
+    inline = part.get("inlineData")
+    if not isinstance(inline, dict):
+        return None
+    mime, data = inline.get("mimeType"), inline.get("data")
+    if not isinstance(mime, str) or not mime.startswith("image/") or not isinstance(data, str):
+        return None
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
 
 
 def finish_reason(reason: str | None, has_calls: bool) -> str | None:
@@ -574,12 +589,14 @@ def response_choices(doc: dict, ctx: RequestContext | None = None) -> list[dict]
     request on ``ctx`` allows one: :func:`one_call_only`)."""
     choices = []
     for position, candidate in enumerate(doc.get("candidates") or []):
-        text, calls, thoughts = candidate_message(candidate)
+        text, calls, thoughts, images = candidate_message(candidate)
         if ctx is not None and one_call_only(ctx.body):
             calls = first_call_only(ctx, calls)
         message: dict = {"role": "assistant", "content": text, "refusal": None}
         if calls:
             message["tool_calls"] = calls
+        if images:
+            message["images"] = images
         if thoughts:
             message["reasoning_content"] = thoughts
         reason = finish_reason(candidate.get("finishReason") or "STOP", bool(calls))
@@ -706,7 +723,7 @@ class GeminiStream(ChunkStream):
         if index not in self.started:
             self.started.add(index)
             out.append(self.out({"role": "assistant", "content": ""}, index=index))
-        text, calls, thoughts = candidate_message(candidate)
+        text, calls, thoughts, images = candidate_message(candidate)
         if self.one_call:
             calls = first_call_only(self.ctx, calls, made=index in self.called)
             self.called.update([index] if calls else [])
@@ -714,6 +731,8 @@ class GeminiStream(ChunkStream):
             out.append(self.out({"reasoning_content": thoughts}, index=index))
         if text:
             out.append(self.out({"content": text}, index=index))
+        if images:
+            out.append(self.out({"images": images}, index=index))
         if calls:
             deltas = [{"index": self.calls + n, **call} for n, call in enumerate(calls)]
             self.calls += len(calls)
