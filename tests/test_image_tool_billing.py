@@ -5,7 +5,7 @@ OpenAI bills the tool's image apart from the mainline model's ``usage``: in the 
 ``tool_usage.image_gen``, image output tokens at the image model's rates (gpt-image-1 by default:
 $40 per 1M), each partial image 100 more. A whole answer is billed from it; a stream cut before
 ``response.completed`` (the provider broke, or the client left right after the image) is billed
-each image it relayed as the largest image (``estimate.IMAGE_OUTPUT_TOKENS``) at the same rates, and
+each image it relayed as the largest image (``imagegen.IMAGE_OUTPUT_TOKENS``) at the same rates, and
 each partial image its 100 tokens — not the text alone, which left the image, the dear part, free.
 
 A chat image model's own images (OpenRouter's ``delta.images``) are in its ``usage``; a chat stream
@@ -35,7 +35,7 @@ USD = 10**8  # µ¢
 # gpt-4o-mini (the mainline model) and gpt-image-1 (the tool's image model), µ¢ per token
 MINI_IN, MINI_OUT = 15 * USD // 10**8, 60 * USD // 10**8  # $0.15 and $0.60 per 1M
 IMAGE_IN, IMAGE_OUT = 5 * USD // 10**6, 40 * USD // 10**6  # $5 and $40 per 1M
-LARGEST_IMAGE = 6240  # estimate.IMAGE_OUTPUT_TOKENS: gpt-image-1's largest image
+LARGEST_IMAGE = 6240  # imagegen.IMAGE_OUTPUT_TOKENS: gpt-image-1's largest image
 # Events of the mock's stream with the tool: created, in_progress, the image item's added,
 # in_progress, generating, [partials], completed and done (the image), then the message's seven,
 # then response.completed.
