@@ -185,8 +185,9 @@ NOT_PRICED = [  # (endpoint, model, response_format, what the refusal names inst
 @pytest.mark.parametrize("who", ["key", "end user"])
 def test_a_budget_refuses_audio_whose_answer_cannot_be_priced(server, key, mock, who):
     """Was: a whisper translation and a text, srt or vtt transcript come back without usage or
-    duration, and nothing is reserved for audio (its length is known only from the answer), so a
-    budgeted key or end user transcribed any amount of audio with its spend staying $0.00."""
+    duration, and the audio's length is known only from the answer (its hold is the most the upload
+    may cost, which only that answer settles), so a budgeted key or end user transcribed any amount
+    of audio with its spend staying $0.00."""
     client, _ = budgeted(server, key, who)
     for endpoint, model, form, instead in NOT_PRICED:
         mock.clear()
