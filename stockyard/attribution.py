@@ -96,35 +96,30 @@ def claude_code_user(user_id: str) -> str:
     with each). Its JSON form ``{"device_id", "account_uuid", "session_id"}`` gives the account, or
     the device when signed in with an API key; the older ``user_…_account_…_session_…`` loses its
     session part. Any other value is the end user as it is."""
-    if user_id.startswith("{"):
-        try:
-            fields = json.loads(user_id)
-        except ValueError:
-            return user_id
-        if isinstance(fields, dict) and "session_id" in fields:
-            who = fields.get("account_uuid") or fields.get("device_id")
-            if isinstance(who, str) and who:
-                return who
-        return user_id
-    found = _CLAUDE_CODE_SESSION.match(user_id)
-    return found.group(1) if found else user_id
+    return _claude_code_parts(user_id)[0] or user_id
 
 
 def claude_code_session(user_id: object) -> str | None:
     """The session Claude Code names in ``metadata.user_id`` (the part :func:`claude_code_user`
     leaves out), or None: a conversation id for the telemetry, never made up from another value."""
-    if not isinstance(user_id, str):
-        return None
-    if user_id.startswith("{"):
-        try:
-            fields = json.loads(user_id)
-        except ValueError:
-            return None
-        session = fields.get("session_id") if isinstance(fields, dict) else None
-    else:
-        found = _CLAUDE_CODE_SESSION.match(user_id)
-        session = found.group(2) if found else None
+    session = _claude_code_parts(user_id)[1] if isinstance(user_id, str) else None
     return session if isinstance(session, str) and _printable(session, TAG_VALUE_CAP) else None
+
+
+def _claude_code_parts(user_id: str) -> tuple[str | None, object]:
+    """(the user, the session) of Claude Code's ``metadata.user_id``, either form; the user is None
+    when the value is not one of them, the session as the value holds it (any JSON value)."""
+    if not user_id.startswith("{"):
+        found = _CLAUDE_CODE_SESSION.match(user_id)
+        return (found.group(1), found.group(2)) if found else (None, None)
+    try:
+        fields = json.loads(user_id)
+    except ValueError:
+        return None, None
+    if not isinstance(fields, dict):
+        return None, None
+    who = (fields.get("account_uuid") or fields.get("device_id")) if "session_id" in fields else None
+    return (who if isinstance(who, str) and who else None), fields.get("session_id")
 
 
 def agent_session(ctx: RequestContext) -> str | None:
