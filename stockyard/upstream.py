@@ -471,12 +471,16 @@ class Pool:
         for c in closing:
             c.close()
 
+    def tls_context(self) -> ssl.SSLContext:
+        """The pool's TLS context (:func:`_tls_context`), made for its first https connection."""
+        if self._tls is None:
+            self._tls = _tls_context()
+        return self._tls
+
     def _new(self, key: Origin) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
         if key.scheme == "https":
-            if self._tls is None:
-                self._tls = _tls_context()
-            conn = http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout, context=self._tls)
+            conn = http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout, context=self.tls_context())
         else:
             conn = http.client.HTTPConnection(key.host, key.port, timeout=self.connect_timeout)
         conn.response_class = Response
@@ -526,10 +530,8 @@ class Pool:
                 raise
             if key.scheme != "https":
                 return sock
-            if self._tls is None:
-                self._tls = _tls_context()
             try:  # as HTTPSConnection.connect does it; the TLS socket takes the descriptor over
-                tls = self._tls.wrap_socket(sock, server_hostname=key.host, do_handshake_on_connect=False)
+                tls = self.tls_context().wrap_socket(sock, server_hostname=key.host, do_handshake_on_connect=False)
             except BaseException:
                 sock.close()
                 raise
