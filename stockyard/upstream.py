@@ -628,9 +628,9 @@ class Pool:
         return resp
 
     @staticmethod
-    def _check_cancelled(cancel: Cancel | None, exc: BaseException) -> None:
+    def _check_cancelled(cancel: Cancel, exc: BaseException) -> None:
         """A call we shut down ourselves failed because of that: say so, never retry it."""
-        if cancel is not None and cancel.detach():
+        if cancel.detach():
             if cancel.stopping:
                 raise shutdown_error() from exc
             raise UpstreamError("cancelled", "the client went away; the upstream call was ended") from exc
