@@ -73,14 +73,14 @@ class Pricer:
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
-            relayed = estimate.relayed_tokens(a.response_body, max(0, a.response_bytes - a.image_bytes))
+            relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())
             relayed += imagegen.IMAGE_OUTPUT_TOKENS * a.own_images  # a chat image model's, as the largest image
             # the body and the conversation it continues (a previous_response_id's history, the
             # items its item_references put in), all of which the provider was sent
             a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
-            relayed = estimate.relayed_tokens(a.response_body, max(0, a.response_bytes - a.image_bytes))
+            relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
         if a.image_usage is not None or a.image_estimate is not None:

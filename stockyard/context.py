@@ -246,6 +246,11 @@ class Attempt:
             total = usage if total is None else usage.plus(total)
         return total
 
+    def relayed_text_bytes(self) -> int:
+        """The bytes relayed but those of the events that carried images: what
+        ``estimate.relayed_tokens`` scales an answer's text up to."""
+        return max(0, self.response_bytes - self.image_bytes)
+
     def serve(self, model: object) -> None:
         """The model the provider says it served, when it names one as text (its answer may be odd)."""
         if isinstance(model, str) and model:
