@@ -18,7 +18,8 @@ Job = tuple[Callable[..., Any], tuple[Any, ...]]
 
 
 class _Waiting:
-    """One thread waiting for work: ``go`` is released when ``job`` is set (None: end)."""
+    """One thread waiting for work: ``go`` is released when ``job`` is set (None: end), and the
+    thread releases ``taken`` once it has the job (``ThreadCache.run`` waits for that)."""
 
     __slots__ = ("go", "job", "taken")
 
@@ -62,7 +63,7 @@ class ThreadCache:
             w.go.release()
 
     def waiting(self) -> int:
-        """How many threads wait for a job (for tests and metrics)."""
+        """How many threads wait for a job (the tests read it)."""
         return len(self._waiting)
 
     def _serve(self, job: Job | None) -> None:
