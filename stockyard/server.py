@@ -187,6 +187,23 @@ ACCEPT_REST_S = 0.1
 _ACCEPT_STARVED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+class OnceAMinute:
+    """A log line said under load at most once a minute (the accept loop's thread asks)."""
+
+    __slots__ = ("_said",)
+
+    def __init__(self) -> None:
+        self._said = 0.0
+
+    def due(self) -> bool:
+        """True if the line was not said in the last minute: say it now."""
+        now = time.monotonic()
+        if now - self._said <= 60:
+            return False
+        self._said = now
+        return True
+
+
 class StockyardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -204,8 +221,8 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
         self.caps = ConnectionCaps(total, app.settings.max_connections_per_client or max(1, total // 4))
-        self._full_logged = 0.0
-        self._starved_logged = 0.0
+        self._refused_log = OnceAMinute()  # connections refused: over the caps
+        self._starved_log = OnceAMinute()  # connections left queued: out of descriptors
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
         self._open_lock = threading.Lock()
         super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
@@ -280,9 +297,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         """Out of file descriptors: the connections stay queued and the listening socket readable,
         so retrying at once would spin a core until one ends. Rest ``ACCEPT_REST_S`` (the shutdown
         waits no longer than that) and say so, once a minute."""
-        now = time.monotonic()
-        if now - self._starved_logged > 60:
-            self._starved_logged = now
+        if self._starved_log.due():
             log.error(
                 "cannot accept connections (%s: out of file descriptors or kernel memory); they wait in "
                 "the queue until one closes. Raise the open-file limit or lower STOCKYARD_MAX_CONNECTIONS; "
@@ -323,9 +338,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
             pass
         self.shutdown_request(request)
         self.app.metrics.count("connections_refused_total")
-        now = time.monotonic()
-        if now - self._full_logged > 60:
-            self._full_logged = now
+        if self._refused_log.due():
             log.warning("connection refused (%d): %s; logged once a minute", status, message)
 
     def wait_idle(self, timeout: float) -> bool:
