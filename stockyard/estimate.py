@@ -9,14 +9,15 @@ English text, and JSON punctuation counts too); the prompt is billed once, howev
 back. For a budget, an image or file the body names by URL or file id (its bytes are not in the
 body) adds the model's largest image, and a web search tool its ``max_uses`` searches at Anthropic's
 fee per search; the Responses ``image_generation`` tool the images a response may make with it, each
-at the most the tool's quality and size may cost (``imagegen.held_tokens``). Output is the request's own cap on output tokens (the
-largest one it sets; when it sets none, ``default_max_tokens`` for rate limits and, for a budget's
-hold, the model's own ceiling where the price table knows it) times the number of outputs the
-provider generates and bills: ``n`` choices, ``best_of`` completions generated upstream, Gemini's
-``candidateCount``; a Chat Completions ``prediction`` adds its own tokens to each output (what the
-model does not use of it is billed as output). The proxy checked these fields at the edge
-(``limits.check_request_numbers``): they are whole numbers in range, or absent. A transcription's or
-translation's audio is held at the most its upload's bytes can carry (:func:`audio_cost`).
+at the most the tool's quality and size may cost (``imagegen.held_tokens``). Output is the request's
+own cap on output tokens (the largest one it sets; when it sets none, ``default_max_tokens`` for
+rate limits and, for a budget's hold, the model's own ceiling where the price table knows it) times
+the number of outputs the provider generates and bills: ``n`` choices, ``best_of`` completions
+generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction`` adds its own
+tokens to each output (what the model does not use of it is billed as output). The proxy checked
+these fields at the edge (``limits.check_request_numbers``): they are whole numbers in range, or
+absent. A transcription's or translation's audio is held at the most its upload's bytes can carry
+(:func:`audio_cost`).
 """
 
 from __future__ import annotations

@@ -480,7 +480,8 @@ class Pool:
     def _new(self, key: Origin) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
         if key.scheme == "https":
-            conn = http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout, context=self.tls_context())
+            tls = self.tls_context()
+            conn = http.client.HTTPSConnection(key.host, key.port, timeout=self.connect_timeout, context=tls)
         else:
             conn = http.client.HTTPConnection(key.host, key.port, timeout=self.connect_timeout)
         conn.response_class = Response
