@@ -36,9 +36,10 @@ class Pricer:
         self, ctx: RequestContext, route: Route, asked: str, default_max_tokens: int, sent_back: int = 0
     ) -> int | None:
         """What a budget holds for the request on ``ctx`` served by ``route`` (µ¢): its worst case
-        in the units of its endpoint (tokens; images, characters for media), None when it cannot
-        be priced (no price, or a price in a unit the answer will not report). ``sent_back``: the
-        input tokens a follow-up call adds (the answer so far of a paused turn)."""
+        in the units of its endpoint (tokens, and the image tool's images; images, seconds of an
+        upload's audio, characters for media), None when it cannot be priced (no price, or a price
+        in a unit the answer will not report). ``sent_back``: the input tokens a follow-up call
+        adds (the answer so far of a paused turn)."""
         price = self.price_of(route, asked)
         if ctx.endpoint in media.ENDPOINTS:
             image_price = self.image_price(ctx, route.model, route.provider.name)
