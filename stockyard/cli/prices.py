@@ -31,7 +31,7 @@ def register(sub) -> None:
         "set",
         help="add or replace a model's price",
         description="Set a model's price in USD per 1M tokens (decimal, up to 8 places). "
-        "Cached input and cache write default to the input price; reasoning "
+        "Cached input, cache write and media input default to the input price; reasoning "
         "and media output default to the output price. MODEL may be provider-qualified "
         "(groq/llama-3.3-70b); longer names win, so a dated model uses its "
         "family's price.",
@@ -42,7 +42,11 @@ def register(sub) -> None:
     s.add_argument("--cached-input", metavar="USD")
     s.add_argument("--cache-write", metavar="USD")
     s.add_argument("--reasoning", metavar="USD")
-    s.add_argument("--media-input", metavar="USD", help="audio or image input tokens (gpt-4o-transcribe, gpt-image-1)")
+    s.add_argument(
+        "--media-input",
+        metavar="USD",
+        help="audio or image input tokens (gpt-4o-transcribe, gpt-image-1; default: input)",
+    )
     s.add_argument(
         "--media-output", metavar="USD", help="image or audio output tokens (Gemini's image models; default: output)"
     )
