@@ -227,7 +227,7 @@ class Attempt:
     image_usage: Usage | None = None
     image_estimate: Usage | None = None
     own_images: int = 0
-    image_bytes: int = 0
+    image_event_bytes: int = 0
     trace_id: str = ""  # set by close(): the row of a failed attempt
     ts_ms: int = 0
     started: float = 0.0
@@ -249,7 +249,7 @@ class Attempt:
     def relayed_text_bytes(self) -> int:
         """The bytes relayed but those of the events that carried images: what
         ``estimate.relayed_tokens`` scales an answer's text up to."""
-        return max(0, self.response_bytes - self.image_bytes)
+        return max(0, self.response_bytes - self.image_event_bytes)
 
     def serve(self, model: object) -> None:
         """The model the provider says it served, when it names one as text (its answer may be odd)."""
@@ -263,7 +263,7 @@ class Attempt:
     def capture(self, data: bytes, cap: int) -> None:
         """Keep the answer for the trace body, up to ``cap`` bytes (counting them all)."""
         self.response_bytes += len(data)
-        self.image_bytes += image_bytes(data)  # every relayed byte's, kept or not
+        self.image_event_bytes += image_bytes(data)  # every relayed byte's, kept or not
         room = cap - len(self.response_body)
         if room <= 0:
             if data:
