@@ -122,15 +122,15 @@ def _claude_code_parts(user_id: str) -> tuple[str | None, object]:
     return (who if isinstance(who, str) and who else None), fields.get("session_id")
 
 
-def agent_session(ctx: RequestContext) -> str | None:
-    """The session a coding agent says the request belongs to: Codex's header (:func:`codex_session`)
-    or Claude Code's ``metadata.user_id``."""
+def agent_session(ctx: RequestContext, codex: str | None) -> str | None:
+    """The session a coding agent says the request belongs to: Claude Code's ``metadata.user_id``,
+    else ``codex`` (:func:`codex_session` of the request's headers, which :func:`attribute` read already)."""
     if ctx.dialect == "anthropic":
         metadata = ctx.body.get("metadata")
         session = claude_code_session(metadata.get("user_id")) if isinstance(metadata, dict) else None
         if session is not None:
             return session
-    return codex_session(ctx.headers)
+    return codex
 
 
 def body_tags(ctx: RequestContext) -> dict[str, str]:
@@ -171,4 +171,4 @@ def attribute(ctx: RequestContext) -> None:
     if session is not None and SESSION_TAG not in tags and len(tags) < MAX_TAGS:
         tags[SESSION_TAG] = session
     ctx.tags = tags
-    ctx.session_id = agent_session(ctx)
+    ctx.session_id = agent_session(ctx, session)
