@@ -161,13 +161,17 @@ class BudgetExceeded(Exception):
     def error(self) -> ProxyError:
         """The 429 the client gets, in its own dialect."""
         b = self.budget
-        held = f", {format_usd(self.reserved, 2)} held by requests in flight" if self.reserved else ""
+        fits = self.spent + self.amount <= b.limit_uc  # only requests in flight stood in the way
+        if self.reserved:
+            held = f", {format_usd(self.reserved, 2)} held by requests in flight"
+        else:  # (on PostgreSQL the row is read again after the refused hold: they may have ended since)
+            held = ", the rest held by requests in flight when it was refused" if fits else ""
         text = (
             f"budget exceeded: the {b.describe()} allows no more: {format_usd(self.spent, 2)} spent{held}, "
             f"and this request may cost up to {format_usd(self.amount, 2)} (lower max_tokens or n, or raise the budget)"
         )
         headers: dict[str, str] = {}
-        if self.spent + self.amount <= b.limit_uc:
+        if fits:
             headers["Retry-After"] = "1"  # only requests in flight stand in the way
         else:
             headers["x-should-retry"] = "false"  # the OpenAI and Anthropic SDKs honour this
