@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
-from .imagegen import IMAGE_OUTPUT_TOKENS, held_tokens, without_images
+from .imagegen import held_tokens, largest_image, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
@@ -453,7 +453,7 @@ def media_request_cost(
     """The worst case of an audio, images or moderations request; None when it cannot be priced.
 
     Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs of
-    the default output cap or ``IMAGE_OUTPUT_TOKENS``, whichever is more.
+    the default output cap or the model's largest image (``imagegen.largest_image``), whichever is more.
     Speech: its characters (tts-1); a speech model priced per token cannot be counted (None).
     Transcriptions and translations: :func:`audio_cost`.
     """
@@ -464,7 +464,8 @@ def media_request_cost(
         if image_price is not None:
             return unit_cost(image_price, n)
         if price is not None and price.unit == "token":
-            return worst_case_cost(price, input_tokens(ctx), max(default_max_tokens, IMAGE_OUTPUT_TOKENS) * n)
+            largest = max(default_max_tokens, largest_image(model))
+            return worst_case_cost(price, input_tokens(ctx), largest * n)
         return None
     if price is None:
         return None

@@ -11,15 +11,17 @@ Two kinds reach a client in a stream:
 
 A stream cut before its usage never brings those counts, so the images it relayed are counted as
 they pass (:class:`ImageTally`, :func:`chat_images`: a trace keeps only the first 256 KB of an
-answer, and one image is ~2 MB of base64) and estimated: each image as the largest one
-(:data:`IMAGE_OUTPUT_TOKENS`), each partial image its 100 tokens
+answer, and one image is ~2 MB of base64) and estimated: each image as the largest one (the
+tool's image model's, :func:`largest_image`; a chat model's, :data:`IMAGE_OUTPUT_TOKENS`), each
+partial image its 100 tokens
 (OpenAI: "each partial image will incur an additional 100 image output tokens"). An image of which
 only partials went out is billed as made: it was being drawn, and the last partial can be close to
 it. Their events are never billed as text: :func:`image_bytes` (what ``Attempt.capture`` counts of
 every relayed byte) and :func:`without_images` (what ``estimate.relayed_tokens`` reads).
 
 Before the request goes upstream a budget holds the tool's images (:func:`held_tokens`): as many as
-the response may make, each at the largest size and quality the tool's settings allow.
+the response may make, each at the largest size and quality the tool's settings allow, in its image
+model's tokens (:func:`output_tokens`: gpt-image-1's and gpt-image-1-mini's differ).
 """
 
 from __future__ import annotations
@@ -27,16 +29,35 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .pricing import Usage
+from .pricing import Usage, key_names
 
-# gpt-image-1's image output tokens by quality and size (OpenAI's image generation guide: $0.011 to
-# $0.25 an image at $40 per 1M): what the tool's images are held at, whichever image model it names.
-TOOL_IMAGE_TOKENS = {
+# Image output tokens by quality and size, per image model: what a budget holds for an image (the
+# Images API's at the model's largest, the Responses tool's by its quality and size) and what a cut
+# stream's image is billed as (the largest).
+# gpt-image-1: OpenAI's image generation guide ("Cost and latency",
+# developers.openai.com/api/docs/guides/image-generation; $0.011 to $0.25 an image at $40 per 1M).
+GPT_IMAGE_1_TOKENS = {
     "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
     "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
-IMAGE_OUTPUT_TOKENS = TOOL_IMAGE_TOKENS["high"]["1024x1536"]  # the largest image: more than the default cap
+# gpt-image-1-mini: OpenAI publishes no token table for it, and its per-image prices are not
+# gpt-image-1's tokens at its $8 per 1M (low 1024x1024 is $0.005, not 272 tokens' $0.0022), so
+# each size is held at the tokens its published per-image price buys at $8 per 1M: the price of
+# the image exactly (model page, developers.openai.com/api/docs/models/gpt-image-1-mini: low
+# $0.005/$0.006/$0.006, medium $0.011/$0.015/$0.015, high $0.036/$0.052/$0.052). What it is
+# billed is what its usage reports; these only bound the hold and a cut stream's estimate.
+GPT_IMAGE_1_MINI_TOKENS = {
+    "low": {"1024x1024": 625, "1024x1536": 750, "1536x1024": 750},
+    "medium": {"1024x1024": 1375, "1024x1536": 1875, "1536x1024": 1875},
+    "high": {"1024x1024": 4500, "1024x1536": 6500, "1536x1024": 6500},
+}
+# By model name (a dated snapshot of one takes its table); any other image model — one an operator
+# prices, or gpt-image-1.5, whose per-image prices are gpt-image-1's tokens at its rate — takes
+# gpt-image-1's.
+OUTPUT_TOKENS = {"gpt-image-1": GPT_IMAGE_1_TOKENS, "gpt-image-1-mini": GPT_IMAGE_1_MINI_TOKENS}
+# gpt-image-1's largest (more than the default cap): a chat image model's image, when its stream is cut
+IMAGE_OUTPUT_TOKENS = GPT_IMAGE_1_TOKENS["high"]["1024x1536"]
 IMAGE_TOOL_MODEL = "gpt-image-1"  # the tool's image model when it names none
 PARTIAL_IMAGE_TOKENS = 100
 MAX_PARTIAL_IMAGES = 3  # the tool's ``partial_images``: 0 (its default) to 3
@@ -82,6 +103,19 @@ def image_tool(body: Any) -> dict | None:
     return None
 
 
+def output_tokens(model: Any) -> dict[str, dict[str, int]]:
+    """The image output tokens by quality and size of the image model ``model`` (a name as a
+    request gives it; a dated snapshot of a known model is that model): :data:`OUTPUT_TOKENS`."""
+    name = model.strip().lower() if isinstance(model, str) else ""
+    known = [key for key in OUTPUT_TOKENS if key_names(key, name)]
+    return OUTPUT_TOKENS[max(known, key=len)] if known else GPT_IMAGE_1_TOKENS
+
+
+def largest_image(model: Any) -> int:
+    """The output tokens of the image model's largest image (any quality, any size it lists)."""
+    return max(tokens for sizes in output_tokens(model).values() for tokens in sizes.values())
+
+
 def tool_model(body: dict) -> str:
     """The image model of the request's first ``image_generation`` tool (its default if unnamed)."""
     model = (image_tool(body) or {}).get("model")
@@ -112,12 +146,13 @@ def tool_calls(body: dict) -> int:
 
 
 def image_tokens(tool: dict) -> int:
-    """Output tokens one of the tool's images may cost: its ``quality`` and ``size`` as
-    :data:`TOOL_IMAGE_TOKENS` counts them (``auto``, unset or unknown: the dearest; a size the table
-    lacks: by its area, never below the quality's largest), and its partial images."""
+    """Output tokens one of the tool's images may cost: its ``quality`` and ``size`` as its
+    ``model``'s table counts them (:func:`output_tokens`; ``auto``, unset or unknown: the dearest; a
+    size the table lacks: by its area, never below the quality's largest), and its partial images."""
+    table = output_tokens(tool.get("model") or IMAGE_TOOL_MODEL)
     quality = tool.get("quality")
-    sizes = TOOL_IMAGE_TOKENS.get(quality) if isinstance(quality, str) else None
-    sizes = sizes or TOOL_IMAGE_TOKENS["high"]
+    sizes = table.get(quality) if isinstance(quality, str) else None
+    sizes = sizes or table["high"]
     size = tool.get("size")
     tokens = sizes.get(size) if isinstance(size, str) else None
     if tokens is None:
@@ -164,11 +199,12 @@ class ImageTally:
     """The images a Responses stream relayed: each ``image_generation_call`` of which a partial or
     the final image went out, and the partial images."""
 
-    __slots__ = ("images", "partials")
+    __slots__ = ("images", "largest", "partials")
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = IMAGE_TOOL_MODEL) -> None:
         self.images: set[str] = set()
         self.partials = 0
+        self.largest = largest_image(model)  # each image's estimate: the tool's image model's largest
 
     def see(self, obj: dict) -> bool:
         """Count one relayed event (``obj``, its parsed data); True if it was an image's."""
@@ -191,4 +227,4 @@ class ImageTally:
         """The tool's usage for what went out, when any image did (see the module's docstring)."""
         if not self.images:
             return None
-        return Usage(completion_tokens=IMAGE_OUTPUT_TOKENS * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials)
+        return Usage(completion_tokens=self.largest * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials)

@@ -554,8 +554,9 @@ def _split(name: str) -> tuple[str | None, str]:
     return None, name
 
 
-def _matches(key: str, model: str) -> bool:
-    """The key prices the model: the same name, or a dated snapshot of it."""
+def key_names(key: str, model: str) -> bool:
+    """The key prices the model: the same name, or a dated snapshot of it (also what the image
+    models' token tables are told apart by: ``imagegen.output_tokens``)."""
     if key == "*" or key == model:
         return True
     return model.startswith(key) and _SNAPSHOT.fullmatch(model, len(key)) is not None
@@ -649,7 +650,7 @@ class PriceTable:
     @staticmethod
     def _longest(names: Mapping[str, Price], model: str) -> Price | None:
         """The exact key, else the snapshot's key; '*' (length 0) only when nothing else matches."""
-        hits = [key for key in names if _matches(key, model)]
+        hits = [key for key in names if key_names(key, model)]
         if not hits:
             return None
         return names[max(hits, key=lambda k: 0 if k == "*" else len(k))]

@@ -5,7 +5,7 @@ OpenAI bills the tool's image apart from the mainline model's ``usage``: in the 
 ``tool_usage.image_gen``, image output tokens at the image model's rates (gpt-image-1 by default:
 $40 per 1M), each partial image 100 more. A whole answer is billed from it; a stream cut before
 ``response.completed`` (the provider broke, or the client left right after the image) is billed
-each image it relayed as the largest image (``imagegen.IMAGE_OUTPUT_TOKENS``) at the same rates, and
+each image it relayed as its image model's largest image (``imagegen.largest_image``) at the same rates, and
 each partial image its 100 tokens — not the text alone, which left the image, the dear part, free.
 
 A chat image model's own images (OpenRouter's ``delta.images``) are in its ``usage``; a chat stream
@@ -42,8 +42,8 @@ LARGEST_IMAGE = 6240  # imagegen.IMAGE_OUTPUT_TOKENS: gpt-image-1's largest imag
 IMAGE_DONE = 6  # the index of the image's output_item.done without partial images
 
 
-def draw(partials: int = 0, stream: bool = True) -> dict:
-    tool: dict = {"type": "image_generation"}
+def draw(partials: int = 0, stream: bool = True, **settings) -> dict:
+    tool: dict = {"type": "image_generation", **settings}
     if partials:
         tool["partial_images"] = partials
     return {"model": "gpt-4o-mini", "input": "draw a cat", "tools": [tool], "stream": stream}
@@ -79,6 +79,20 @@ def test_a_stream_the_provider_cuts_before_its_end_bills_the_image_and_the_text(
     # the text's events are past the trace's capture (behind the image): their bytes / 4, ~600;
     # the image's base64 (~100,000 tokens at four bytes) is not billed as text as well
     assert trace["completion_tokens"] < len(IMAGE_B64) // 4 // 100, trace["completion_tokens"]
+
+
+def test_a_cut_stream_bills_the_minis_image_as_the_minis_largest(openai_server, mock):
+    """The tool names gpt-image-1-mini: a cut stream's image is its largest (6,500 tokens: $0.052,
+    its model page's price of a high 1024x1536 image) at its $8 per 1M. Was: gpt-image-1's largest
+    at gpt-image-1's $40 (the mini had no price: the tool's default model's was used)."""
+    mock.enqueue(Reply(cut_after=IMAGE_DONE + 9))
+    status, headers, raw = post(openai_server, draw(model="gpt-image-1-mini"))
+    assert status == 200 and b'"type":"response.completed"' not in raw, raw[:300]
+    trace = openai_server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
+    mini_image = 6500 * 800  # µ¢: 6,500 tokens at $8 per 1M
+    # the text (its bytes / 4 at gpt-4o-mini's rates) is far below a cent
+    assert mini_image <= trace["cost_uc"] < mini_image + 1_000_000, (trace["cost_uc"], mini_image)
 
 
 def leave_after(server, body: dict, seen: bytes) -> str:

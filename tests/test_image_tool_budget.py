@@ -159,3 +159,69 @@ def test_a_burst_of_image_requests_stays_within_the_budget(server, slow_upstream
 def post_stream(server: ServerProcess, secret: str, body: dict) -> int:
     status, _, _ = server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
     return status
+
+
+# gpt-image-1-mini, µ¢ a token (OpenAI's model page, developers.openai.com/api/docs/models/gpt-image-1-mini:
+# text in $2, cached text $0.20, image in $2.50, image out $8 per 1M). Its largest image is held at
+# 6,500 tokens: $0.052, the page's price of a high-quality 1024x1536 image, at $8 per 1M.
+MINI_IMAGE_TEXT_IN, MINI_IMAGE_IMAGE_IN, MINI_IMAGE_OUT = 200, 250, 800
+MINI_IMAGE = {"model": "gpt-image-1-mini"}
+IMAGES_BODY = {"model": "gpt-image-1-mini", "prompt": "a cat", "quality": "high", "size": "1024x1536"}
+
+
+def images_post(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, dict]:
+    headers = {"Authorization": f"Bearer {secret}"}
+    status, headers, data = server.request("POST", "/v1/images/generations", body, headers=headers)
+    return status, headers, json.loads(data)
+
+
+def test_a_budgeted_key_generates_with_gpt_image_1_mini_billed_exactly(server):
+    """Was: gpt-image-1-mini had no price: a budgeted key was refused (403 model_not_priced)."""
+    secret, _ = make_key(server, "1.00")
+    status, headers, answer = images_post(server, secret, IMAGES_BODY)
+    assert status == 200 and answer["data"][0]["b64_json"], answer
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    # the mock's usage: 10 text and 40 image tokens in, 4,160 image tokens out
+    expected = 10 * MINI_IMAGE_TEXT_IN + 40 * MINI_IMAGE_IMAGE_IN + 4160 * MINI_IMAGE_OUT
+    assert (trace["cost_status"], trace["cost_uc"]) == ("exact", expected), trace
+
+
+def test_an_images_request_to_the_mini_holds_its_own_largest_image(server):
+    """n images of the mini, each at its largest (6,500 tokens at $8: $0.052), not gpt-image-1's
+    (6,240 at $40: $0.2496); the body's bytes at the dearest input rate (image input, $2.50)."""
+    secret, _ = make_key(server, "0.00000001")
+    body = {**IMAGES_BODY, "n": 3}
+    status, _, answer = images_post(server, secret, body)
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
+    found = re.search(REFUSAL, answer["error"]["message"])
+    assert found, answer
+    inputs = -(-len(json.dumps(body)) // 4) * MINI_IMAGE_IMAGE_IN
+    assert usd(found[3]) == inputs + 3 * 6500 * MINI_IMAGE_OUT
+
+
+@pytest.mark.parametrize(
+    "tool, image_tokens",
+    [
+        ({**MINI_IMAGE, "quality": "low", "size": "1024x1024"}, 625),  # $0.005 at $8 per 1M
+        ({**MINI_IMAGE, "quality": "medium", "size": "1536x1024", "partial_images": 1}, 1875 + 100),
+        ({**MINI_IMAGE, "quality": "high", "size": "1024x1536"}, 6500),
+        ({**MINI_IMAGE, "quality": "auto"}, 6500),  # auto or unset: the mini's dearest
+        ({**MINI_IMAGE, "quality": "high", "size": "2048x1536"}, 2 * 6500),  # by its area
+    ],
+)
+def test_the_image_tool_naming_the_mini_holds_the_minis_images(server, tool, image_tokens):
+    """Was: held at gpt-image-1's tokens and rate ($40 per 1M), whatever model the tool named."""
+    body = draw(tool, max_tool_calls=1)
+    assert held(server, body) == text_hold(body) + image_tokens * MINI_IMAGE_OUT
+
+
+def test_the_image_tool_naming_the_mini_is_billed_at_the_minis_rates(server):
+    """Was: the tool's images were billed at gpt-image-1's rates when the tool named the mini."""
+    secret, _ = make_key(server, "1.00")
+    status, headers, answer = post(server, secret, draw(MINI_IMAGE, max_tool_calls=1))
+    assert status == 200 and answer["status"] == "completed", answer
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    text = PROMPT_TOKENS * MINI_IN + COMPLETION_TOKENS * MINI_OUT
+    # the mock's tool_usage.image_gen: its input all text, its output all image
+    image = IMAGE_GEN_INPUT_TOKENS * MINI_IMAGE_TEXT_IN + IMAGE_GEN_OUTPUT_TOKENS * MINI_IMAGE_OUT
+    assert (trace["cost_status"], trace["cost_uc"]) == ("exact", text + image), trace
