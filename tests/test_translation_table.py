@@ -76,6 +76,7 @@ PARTLY: list[tuple[str, str, Any]] = [
     ("anthropic", "reasoning_effort", "maximal"),
     ("gemini", "reasoning_effort", "maximal"),
     ("gemini", "response_format", {"type": "xml"}),
+    ("gemini", "modalities", ["text", "audio"]),  # text and image only
     ("anthropic", "top_k", 5),  # not OpenAI's: Gemini's table takes it, Claude's does not
     ("gemini", "min_p", 0.1),  # a field no table knows
 ]

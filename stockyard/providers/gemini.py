@@ -155,6 +155,11 @@ CHAT_FIELDS: dict[str, Field] = {
         lambda v: v is None or (isinstance(v, str) and v in THINKING_BUDGETS),
     ),
     "parallel_tool_calls": Field(EMULATED, "false: an answer keeps its first tool call only (Gemini has no switch)"),
+    "modalities": Field(
+        TRANSLATED,
+        "generationConfig.responseModalities: text, image (Gemini's image models); no audio",
+        lambda v: v is None or _response_modalities(v) is not None,
+    ),
     "user": Field(EMULATED, "an end-user id for abuse monitoring; Gemini has none: not sent"),
     "safety_identifier": Field(EMULATED, "an end-user id for abuse monitoring; Gemini has none: not sent"),
 }
@@ -418,8 +423,19 @@ def sign_active_loop(contents: list[dict]) -> bool:
     return added
 
 
+def _response_modalities(value: Any) -> list[str] | None:
+    """The chat ``modalities`` (OpenRouter's way to ask an image model for images) as Gemini's
+    ``responseModalities``; None unless a non-empty list of ``text`` and ``image``."""
+    if not isinstance(value, list) or not value or not all(m in ("text", "image") for m in value):
+        return None
+    return [m.upper() for m in dict.fromkeys(value)]
+
+
 def generation_config(body: dict, model: str = "") -> dict:
     config = {theirs: body[ours] for ours, theirs in GENERATION_FIELDS if body.get(ours) is not None}
+    modalities = _response_modalities(body.get("modalities"))
+    if modalities is not None:
+        config["responseModalities"] = modalities
     limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), None)
     if limit is not None:
         config["maxOutputTokens"] = limit
