@@ -236,8 +236,11 @@ def _first_openai_tool(body: dict) -> str | None:
 def _first_anthropic_tool(body: dict) -> str | None:
     """The first tool the client runs (server tools, typed ``web_search_…`` and the like, are Anthropic's)."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") in (None, "custom")]
-    if (body.get("tool_choice") or {}).get("type") == "none":  # the model may not call one
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") == "none":  # the model may not call one
         return None
+    if choice.get("type") == "tool" and tools:  # the one it must call (anthropic_tool_refusal: a declared one)
+        return choice.get("name")
     return (tools[0].get("name") or "tool") if tools else None
 
 
@@ -255,6 +258,9 @@ def _first_gemini_function(body: dict) -> str | None:
     calling = config.get("functionCallingConfig") or config.get("function_calling_config") or {}
     if calling.get("mode") == "NONE":  # the model may not call one
         return None
+    allowed = calling.get("allowedFunctionNames") or calling.get("allowed_function_names")
+    if calling.get("mode") == "ANY" and allowed:  # the ones it may call (gemini_tool_refusal: declared ones)
+        return allowed[0]
     for tool in body.get("tools") or []:
         if not isinstance(tool, dict):
             continue
@@ -317,6 +323,50 @@ def gemini_error(status: int, message: str | None = None) -> Reply:
     gstatus = GEMINI_ERRORS.get(status, "UNKNOWN")
     body = {"error": {"code": status, "message": message or f"{gstatus} (mock)", "status": gstatus}}
     return Reply(status=status, json=body)
+
+
+# The tool names each provider takes: Claude's pattern, and Gemini's FunctionDeclaration name (a letter or
+# ``_`` first; letters, digits, ``_ . : -``; at most 64).
+CLAUDE_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+GEMINI_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+
+
+def anthropic_tool_refusal(body: dict) -> Reply | None:
+    """Claude's 400 for a client tool whose name it does not take, or a ``tool_choice`` naming no declared tool."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    for i, tool in enumerate(tools):
+        if tool.get("type") in (None, "custom") and not CLAUDE_TOOL_NAME.fullmatch(str(tool.get("name"))):
+            return anthropic_error(400, f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        if choice.get("name") not in {t.get("name") for t in tools}:
+            return anthropic_error(400, f"tool_choice: Tool '{choice.get('name')}' not found in tools")
+    return None
+
+
+def gemini_tool_refusal(body: dict) -> Reply | None:
+    """Gemini's 400 for a function name it does not take, or ``allowedFunctionNames`` naming no declared one."""
+    names = []
+    for i, tool in enumerate(body.get("tools") or []):
+        found = tool if isinstance(tool, dict) else {}
+        decls = found.get("functionDeclarations") or found.get("function_declarations") or []
+        for j, decl in enumerate(decls):
+            name = decl.get("name") if isinstance(decl, dict) else None
+            if not isinstance(name, str) or not GEMINI_FUNCTION_NAME.fullmatch(name):
+                return gemini_error(
+                    400,
+                    f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Invalid function name. "
+                    "Must start with a letter or an underscore. Must be alphameric (a-z, A-Z, 0-9), underscores (_), "
+                    "dots (.), colons (:) or dashes (-), with a maximum length of 64.",
+                )
+            names.append(name)
+    config = body.get("toolConfig") or body.get("tool_config") or {}
+    calling = config.get("functionCallingConfig") or config.get("function_calling_config") or {}
+    for name in calling.get("allowedFunctionNames") or calling.get("allowed_function_names") or []:
+        if name not in names:
+            message = f"* GenerateContentRequest.tool_config: allowed function name {name!r} is not declared"
+            return gemini_error(400, message)
+    return None
 
 
 def azure_error(status: int, message: str | None = None) -> Reply:
@@ -2256,10 +2306,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body is None or req.method != "POST":
             return None
         if req.path.rstrip("/").endswith("/v1/messages"):
-            return anthropic_thinking_refusal(body) or anthropic_pause_refusal(body)
+            return anthropic_tool_refusal(body) or anthropic_thinking_refusal(body) or anthropic_pause_refusal(body)
         match = GEMINI_PATH.match(req.path)
         if match and "Content" in (match.group(3) or ""):
-            return gemini_signature_refusal(body, _gemini_model(Call(req, 0)), self.server.mock._signatures())
+            signed = self.server.mock._signatures()
+            return gemini_tool_refusal(body) or gemini_signature_refusal(body, _gemini_model(Call(req, 0)), signed)
         return None
 
     def _reply(self, req: Recorded, n: int, scripted: Reply | None) -> Reply:

@@ -27,6 +27,7 @@ from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 from pydantic import BaseModel
 
 from stockyard.providers import compaction
+from stockyard.providers.responses import function_name
 
 ADMIN = "admin-key-for-responses-tests-0123456789"
 MODELS = {"passthrough": "gpt-4o-mini", "translated": "claude-haiku-4-5"}
@@ -1334,6 +1335,10 @@ COLLIDING = {
         {"type": "namespace", "name": "a", "description": "A", "tools": [{**WEATHER_TOOL, "name": "b__c"}]},
         {"type": "namespace", "name": "a__b", "description": "AB", "tools": [{**WEATHER_TOOL, "name": "c"}]},
     ],
+    "a renamed plain tool": [
+        {**WEATHER_TOOL, "name": "docs.search"},
+        {**WEATHER_TOOL, "name": function_name("", "docs.search")},  # the name docs.search goes under
+    ],
     "a plain tool": [
         {**WEATHER_TOOL, "name": "mcp__docs__search"},
         {
@@ -1402,6 +1407,122 @@ def test_a_joined_name_the_provider_would_refuse_goes_under_a_name_it_takes(clie
     result = {"type": "function_call_output", "call_id": call.call_id, "output": "done"}
     answer = client.responses.create(
         model=model, input=[{"role": "user", "content": "go"}, *items, result], tools=[tool], store=False
+    )
+    assert answer.output_text == TEXT
+    assert provider_tool_names(mock, model) == (defined, defined)
+
+
+CRM = {"type": "namespace", "name": "crm", "description": "the CRM", "tools": [{**WEATHER_TOOL, "name": "lookup"}]}
+LONG_NAMESPACE = {**CRM, "name": AWKWARD["too long"][0]}
+
+
+def forced_name(mock, model: str) -> list[str]:
+    """The tool names the provider's last request for ``model`` forced the model to call."""
+    if model.startswith("claude"):
+        choice = mock.last("/v1/messages").json["tool_choice"]
+        return [choice["name"]] if choice.get("type") == "tool" else []
+    sent = next(r for r in reversed(mock.requests) if r.path.startswith(f"/v1beta/models/{model}:")).json
+    return sent["toolConfig"]["functionCallingConfig"].get("allowedFunctionNames", [])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+@pytest.mark.parametrize("namespace", [CRM, LONG_NAMESPACE], ids=["joined", "cut to fit"])
+def test_a_tool_choice_naming_a_namespaced_tool_forces_it_under_its_declared_name(
+    client, mock, model, namespace, stream
+):
+    """A ``tool_choice`` naming a namespace's tool (its ``name`` and ``namespace``, as a call of it comes
+    back) went to the provider with the bare name: Claude and Gemini refused it (no tool of that name is
+    declared). It forces the function the tool was declared under, and its call comes back as the client
+    named it, not the request's first tool's."""
+    choice = {"type": "function", "name": "lookup", "namespace": namespace["name"]}
+    answer = first_turn(
+        client, stream, model=model, input="look it up", tools=[WEATHER_TOOL, namespace], tool_choice=choice
+    )
+    call = answer.output[-1]
+    assert (call.type, call.namespace, call.name) == ("function_call", namespace["name"], "lookup")
+    defined, _ = provider_tool_names(mock, model)
+    assert forced_name(mock, model) == [defined[1]] and defined[0] == "get_weather", defined
+    plain = first_turn(
+        client,
+        stream,
+        model=model,
+        input="weather",
+        tools=[namespace, WEATHER_TOOL],
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
+    assert (plain.output[-1].name, plain.output[-1].namespace) == ("get_weather", None)
+    assert forced_name(mock, model) == ["get_weather"]
+
+
+UNDECLARED_CHOICES = {
+    "no such tool": {"type": "function", "name": "nope"},
+    "a namespace's tool without its namespace": {"type": "function", "name": "lookup"},
+    "another namespace": {"type": "function", "name": "lookup", "namespace": "erp"},
+    "a plain tool under a namespace": {"type": "function", "name": "get_weather", "namespace": "crm"},
+    "no tools at all": {"type": "custom", "name": "apply_patch"},
+}
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+@pytest.mark.parametrize("case", list(UNDECLARED_CHOICES))
+def test_a_tool_choice_naming_no_declared_tool_is_a_400_before_the_provider(client, mock, model, case):
+    """A ``tool_choice`` that names no tool of the request is a 400 in the Responses error shape,
+    naming ``tool_choice``, before any provider call (not the provider's own 400)."""
+    tools = [] if case == "no tools at all" else [WEATHER_TOOL, CRM]
+    before = len(mock.requests)
+    with pytest.raises(BadRequestError) as err:
+        client.responses.create(model=model, input="go", tools=tools, tool_choice=UNDECLARED_CHOICES[case])
+    error = err.value.body
+    assert (error["param"], error["code"]) == ("tool_choice", "invalid_tool_choice"), error
+    assert repr(UNDECLARED_CHOICES[case]["name"]) in error["message"], error
+    assert len(mock.requests) == before
+
+
+AWKWARD_PLAIN = {
+    "a dot": "docs.search",
+    "a colon": "fs:read_file",
+    "a digit first": "1password_read",
+    "too long": "list_pull_request_review_comments_for_the_current_repository_please",  # 67 characters
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+@pytest.mark.parametrize("case", list(AWKWARD_PLAIN))
+def test_a_plain_tool_name_the_provider_would_refuse_goes_under_a_name_it_takes(client, mock, model, case, stream):
+    """A function tool (not namespaced) whose name Claude or Gemini refuses was sent as it was, and the
+    provider's 400 reached the client. It goes under a name both take, the same in every turn; its call
+    comes back under the client's name (no namespace), and the stored history sent again by
+    ``previous_response_id`` names it as the provider knows it."""
+    name = AWKWARD_PLAIN[case]
+    tool = {**WEATHER_TOOL, "name": name}
+    choice = {"type": "function", "name": name}
+    first = first_turn(client, stream, model=model, input="go", tools=[tool], tool_choice=choice)
+    call = first.output[-1]
+    assert (call.type, call.name, call.namespace) == ("function_call", name, None)
+    defined, _ = provider_tool_names(mock, model)
+    assert len(defined) == 1 and PROVIDER_TOOL_NAME.fullmatch(defined[0]) and forced_name(mock, model) == defined
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "done"}
+    answer = client.responses.create(model=model, previous_response_id=first.id, input=[result], tools=[tool])
+    assert answer.output_text == TEXT
+    assert provider_tool_names(mock, model) == (defined, defined)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-pro"])
+def test_a_custom_tool_name_the_provider_would_refuse_round_trips(client, mock, model, stream):
+    """The same for a custom tool, its call sent back in ``input`` (store false, as Codex does)."""
+    tool = {"type": "custom", "name": "patch.apply", "description": "edit files"}
+    first = first_turn(client, stream, model=model, input="edit", tools=[tool], store=False)
+    call = first.output[-1]
+    assert (call.type, call.name, call.namespace) == ("custom_tool_call", "patch.apply", None)
+    defined, _ = provider_tool_names(mock, model)
+    assert len(defined) == 1 and PROVIDER_TOOL_NAME.fullmatch(defined[0]), defined
+    items = [o.model_dump(exclude_none=True) for o in first.output]
+    result = {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "patched"}
+    answer = client.responses.create(
+        model=model, input=[{"role": "user", "content": "edit"}, *items, result], tools=[tool], store=False
     )
     assert answer.output_text == TEXT
     assert provider_tool_names(mock, model) == (defined, defined)

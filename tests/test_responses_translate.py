@@ -22,7 +22,14 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from stockyard.errors import ProxyError
 from stockyard.providers import compaction
-from stockyard.providers.responses import CHAT_NAME, ChatToResponsesStream, CompactionStream, from_chat, joined, to_chat
+from stockyard.providers.responses import (
+    CHAT_NAME,
+    ChatToResponsesStream,
+    CompactionStream,
+    from_chat,
+    function_name,
+    to_chat,
+)
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 RESPONSE = pydantic.TypeAdapter(Response)
@@ -1289,20 +1296,22 @@ def test_a_compaction_trigger_only_ends_the_input():
 
 
 @settings(max_examples=300, deadline=None)
-@given(*[st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=90)] * 2)
-def test_a_joined_name_is_always_one_claude_and_gemini_take(namespace: str, name: str):
-    """Whatever the namespace and tool are named, the chat function's name is one both providers take."""
-    flat = joined(namespace, name)
+@given(*[st.text(st.characters(exclude_categories=["Cs"]), min_size=size, max_size=90) for size in (0, 1)])
+def test_a_function_name_is_always_one_claude_and_gemini_take(namespace: str, name: str):
+    """Whatever the namespace (none: "") and tool are named, the chat function's name is one both providers take."""
+    flat = function_name(namespace, name)
     assert CHAT_NAME.fullmatch(flat) and len(flat) <= 64
-    assert joined(namespace, name) == flat  # the same in every turn: a call sent back finds its tool
+    assert function_name(namespace, name) == flat  # the same in every turn: a call sent back finds its tool
+    assert flat != function_name(namespace + "x", name) and flat != function_name(namespace, name + "x")
 
 
 def test_joined_names_cut_to_fit_stay_apart():
     """Two tools of one long namespace whose names differ only past what fits are two functions."""
     namespace = "mcp__" + "a_server_with_a_rather_long_name" * 2
-    first, second = (joined(namespace, "list_pull_request_review_comments_" + "z" * 40 + end) for end in "xy")
+    first, second = (function_name(namespace, "list_pull_request_review_comments_" + "z" * 40 + end) for end in "xy")
     assert first != second and first[:-11] == second[:-11]
-    assert joined("a", "b") == "a__b" and joined("multi_agent_v1", "spawn_agent") == "multi_agent_v1__spawn_agent"
+    assert function_name("a", "b") == "a__b" and function_name("", "get_weather") == "get_weather"
+    assert function_name("multi_agent_v1", "spawn_agent") == "multi_agent_v1__spawn_agent"
 
 
 def test_the_same_tool_loaded_twice_is_one_function():

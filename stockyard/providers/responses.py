@@ -81,7 +81,7 @@ WEB_SEARCH_TOOLS = ("web_search", "web_search_preview", "web_search_2025_08_26",
 WEB_SEARCH_FIELDS = {"type", "search_context_size", "user_location", "external_web_access", "search_content_types"}
 CUSTOM_TOOL_FIELDS = {"type", "name", "description", "format"}
 # A namespace tool (Codex CLI's ``multi_agent_v1``, its MCP servers) groups function and custom tools:
-# chat has no namespaces, so each becomes a chat function named ``<namespace>__<name>`` (:func:`joined`),
+# chat has no namespaces, so each becomes a chat function named ``<namespace>__<name>`` (:func:`function_name`),
 # and a call of one comes back as the item OpenAI makes, its ``name`` and ``namespace`` apart.
 NAMESPACE_TOOL_FIELDS = {"type", "name", "description", "tools"}
 NAMESPACE_JOIN = "__"
@@ -93,17 +93,21 @@ NAME_DIGEST = 10  # hex characters of the digest that ends a joined name cut to 
 NAME_ROOM = 64 - 1 - NAME_DIGEST  # what is left of the name before ``_<digest>``
 
 
-def joined(namespace: str, name: str) -> str:
-    """The chat function name of a namespace's tool: ``<namespace>__<name>`` when every provider takes
-    it. Else (over 64 characters: an MCP server's tools; or a character Claude or Gemini refuses) as
-    much of it as fits, in the characters they take, the tool's name kept before the namespace's,
-    then ``_`` and a digest of the two: the same name in every turn, never a provider's 400."""
-    plain = f"{namespace}{NAMESPACE_JOIN}{name}"
+def function_name(namespace: str, name: str) -> str:
+    """The chat function name a tool goes under: its own name, or ``<namespace>__<name>`` for a
+    namespace's tool (namespace ``""``: none), when every provider takes it. Else (over 64 characters:
+    an MCP server's tools; or a character Claude or Gemini refuses: ``docs.search``, a digit first) as
+    much of it as fits, in the characters they take, the tool's name kept before the namespace's, then
+    ``_`` and a digest of the two: the same name in every turn, never a provider's 400 (the client's
+    name comes back in its calls: :func:`client_names`)."""
+    plain = f"{namespace}{NAMESPACE_JOIN}{name}" if namespace else name
     if CHAT_NAME.fullmatch(plain):
         return plain
     pair = json.dumps([namespace, name], ensure_ascii=False).encode()  # a lone surrogate: the 400 it always was
     digest = hashlib.sha256(pair).hexdigest()[:NAME_DIGEST]
     head, tail = NOT_IN_NAME.sub("_", namespace), NOT_IN_NAME.sub("_", name)
+    if not namespace:
+        return f"{(tail if CHAT_NAME.match(tail) else '_' + tail)[:NAME_ROOM]}_{digest}"
     if not CHAT_NAME.match(head):  # a digit or ``-`` first: Gemini's 400
         head = "_" + head
     tail = tail[: NAME_ROOM - len(NAMESPACE_JOIN) - 8]  # eight characters of the namespace at least
@@ -212,7 +216,7 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
         if search is not None:
             chat["web_search_options"] = search
     if present(body, "tool_choice"):
-        chat["tool_choice"] = chat_tool_choice(body["tool_choice"])
+        chat["tool_choice"] = chat_tool_choice(body["tool_choice"], body, history)
     if present(body, "text"):
         chat.update(chat_text(body["text"]))
     if present(body, "reasoning"):
@@ -377,7 +381,7 @@ def add_tool_call(out: list[dict], item: dict, path: str, state: dict | None = N
     namespace = item.get("namespace")
     if namespace is not None and not isinstance(namespace, str):
         raise invalid(f"{path}.namespace", f"{path}.namespace must be a string")
-    name = joined(namespace, item["name"]) if namespace else item["name"]
+    name = function_name(namespace or "", item["name"])
     call = {"id": item["call_id"], "type": "function", "function": {"name": name, "arguments": item["arguments"]}}
     signature = (state or {}).get("thought_signatures", {}).get(item["call_id"])
     if signature:
@@ -494,8 +498,9 @@ def search_function(tool: dict, path: str) -> dict:
     return fn
 
 
-def chat_function(tool: dict, path: str) -> dict:
-    """A function or custom tool → the chat ``function`` for it."""
+def chat_function(tool: dict, path: str, namespace: str = "") -> dict:
+    """A function or custom tool (of ``namespace``, ``""`` for none) → the chat ``function`` for it,
+    under :func:`function_name`."""
     kind = tool["type"]
     if not isinstance(tool.get("name"), str) or not tool["name"]:
         raise invalid(f"{path}.name", f"{path}.name must be a non-empty string")
@@ -504,8 +509,11 @@ def chat_function(tool: dict, path: str) -> dict:
         if key not in fields and present(tool, key):
             raise unsupported(f"{path}.{key}", f"{kind} tool field {key!r}")
     if kind == "custom":
-        return custom_function(tool, path)
-    return {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
+        fn = custom_function(tool, path)
+    else:
+        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if present(tool, k)}
+    fn["name"] = function_name(namespace, tool["name"])
+    return fn
 
 
 def namespace_functions(tool: dict, path: str) -> list[dict]:
@@ -526,8 +534,7 @@ def namespace_functions(tool: dict, path: str) -> list[dict]:
         if not isinstance(member, dict) or member.get("type") not in ("function", "custom"):
             kind = member.get("type") if isinstance(member, dict) else None
             raise unsupported(f"{where}.type", f"namespace member type {kind!r} (function and custom tools are)")
-        fn = chat_function(member, where)
-        fn["name"] = joined(namespace, fn["name"])
+        fn = chat_function(member, where, namespace)
         described = [text for text in (about, fn.get("description")) if text]
         if described:
             fn["description"] = "\n\n".join(described)
@@ -606,8 +613,8 @@ def custom_function(tool: dict, path: str) -> dict:
 
 
 def request_tools(request: dict, history: list | None = None) -> list[tuple[str, str, dict]]:
-    """The request's function and custom tools as (chat function name, namespace, tool): a
-    namespace's tools under their joined name, the others under their own (namespace ""). With
+    """The request's function and custom tools as (chat function name, namespace, tool): each under
+    its :func:`function_name` (namespace "" for a tool of none). With
     the tools the ``tool_search_output`` items of ``history`` (a stored conversation) or ``input`` loaded."""
     tools = request.get("tools")
     out = []
@@ -617,19 +624,20 @@ def request_tools(request: dict, history: list | None = None) -> list[tuple[str,
         if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
             ns = tool["name"]
             out += [
-                (joined(ns, t["name"]), ns, t)
+                (function_name(ns, t["name"]), ns, t)
                 for t in tool["tools"]
                 if isinstance(t, dict) and isinstance(t.get("name"), str)
             ]
         else:
-            out.append((tool["name"], "", tool))
+            out.append((function_name("", tool["name"]), "", tool))
     return out
 
 
 def one_name_each(request: dict, history: list | None) -> None:
     """A 400 naming two tools that would reach the provider under one function name (namespace ``a``'s
-    ``b__c`` and ``a__b``'s ``c``; a tool named as a namespace's tool is joined): a call of that name
-    could not be routed back. The same tool twice (loaded by two searches) is one function."""
+    ``b__c`` and ``a__b``'s ``c``; a tool named as a namespace's tool is joined, or as the name another's
+    was cut to): a call of that name could not be routed back. The same tool twice (loaded by two
+    searches) is one function."""
     seen = {TOOL_SEARCH: ("", TOOL_SEARCH, TOOL_SEARCH)} if searches(request) else {}
     for name, ns, tool in request_tools(request, history):
         which = (ns, tool["name"], str(tool.get("type")))
@@ -637,7 +645,8 @@ def one_name_each(request: dict, history: list | None) -> None:
         if other != which:
             message = (
                 f"tools: {tool_named(other)} and {tool_named(which)} would both be the function {name!r} for "
-                f"this provider (it has no namespaces: a namespace's tools are named <namespace>__<name>); "
+                f"this provider (it has no namespaces: a namespace's tools are named <namespace>__<name>, and a "
+                "name it would refuse is cut to fit, ending in a digest); "
                 "rename one of them"
             )
             raise ProxyError(400, message, param="tools", code="tool_name_collision")
@@ -673,10 +682,12 @@ def searches(request: dict) -> bool:
     return any(isinstance(t, dict) and t.get("type") == TOOL_SEARCH and t.get("execution") == "client" for t in found)
 
 
-def namespaces(request: dict, history: list | None = None) -> dict[str, tuple[str, str]]:
-    """The chat names of the request's namespaced tools → (namespace, name): their calls come
-    back with the two apart, as OpenAI answers."""
-    return {name: (ns, tool["name"]) for name, ns, tool in request_tools(request, history) if ns}
+def client_names(request: dict, history: list | None = None) -> dict[str, tuple[str, str]]:
+    """The chat names of the request's tools that the client named otherwise → (namespace, name): a
+    namespace's tools and those whose name was cut to fit. Their calls come back as the client named
+    them, the namespace apart, as OpenAI answers."""
+    found = request_tools(request, history)
+    return {name: (ns, tool["name"]) for name, ns, tool in found if ns or name != tool["name"]}
 
 
 def custom_input(arguments: str) -> str:
@@ -690,14 +701,29 @@ def custom_input(arguments: str) -> str:
     return text if isinstance(text, str) else arguments
 
 
-def chat_tool_choice(choice: Any) -> Any:
+def chat_tool_choice(choice: Any, request: dict, history: list | None = None) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     named = isinstance(choice, dict) and isinstance(choice.get("name"), str)
     if named and choice.get("type") in ("function", "custom"):
-        return {"type": "function", "function": {"name": choice["name"]}}
+        return {"type": "function", "function": {"name": chosen_function(choice, request, history)}}
     kind = choice.get("type") if isinstance(choice, dict) else choice
     raise unsupported("tool_choice", f"tool_choice {kind!r}")
+
+
+def chosen_function(choice: dict, request: dict, history: list | None) -> str:
+    """The chat function a named ``tool_choice`` forces: the one the tool it names (``name``, and
+    ``namespace`` for a namespace's tool, as its calls name it) was declared under. A tool the request
+    does not declare is a 400 here: the provider's own would name a function the client never sent."""
+    namespace = choice.get("namespace") or ""
+    if not isinstance(namespace, str):
+        raise invalid("tool_choice.namespace", "tool_choice.namespace must be a string")
+    for chat, ns, tool in request_tools(request, history):
+        if (ns, tool["name"]) == (namespace, choice["name"]):
+            return chat
+    which = f"{choice['name']!r}" + (f" of namespace {namespace!r}" if namespace else "")
+    message = f"tool_choice: the request declares no function or custom tool {which}"
+    raise ProxyError(400, message, param="tool_choice", code="invalid_tool_choice")
 
 
 def chat_text(text: Any) -> dict:
@@ -843,18 +869,18 @@ def message_item(ident: str, content: list[dict], status: str) -> dict:
 
 
 def call_item(
-    ident: str, call_id: str, name: str, arguments: str, status: str, spaces: dict[str, tuple[str, str]] | None = None
+    ident: str, call_id: str, name: str, arguments: str, status: str, names: dict[str, tuple[str, str]] | None = None
 ) -> dict:
-    """A ``function_call`` output item; ``spaces`` (:func:`namespaces`) parts a namespaced name."""
+    """A ``function_call`` output item; ``names`` (:func:`client_names`) gives back the client's name."""
     item = {"id": ident, "type": "function_call", "status": status, "arguments": arguments, "call_id": call_id}
-    return {**item, **named(name, spaces)}
+    return {**item, **named(name, names)}
 
 
 def custom_item(
-    ident: str, call_id: str, name: str, text: str, spaces: dict[str, tuple[str, str]] | None = None
+    ident: str, call_id: str, name: str, text: str, names: dict[str, tuple[str, str]] | None = None
 ) -> dict:
     """A ``custom_tool_call`` output item (the SDK's type has no status)."""
-    return {"id": ident, "type": "custom_tool_call", "call_id": call_id, **named(name, spaces), "input": text}
+    return {"id": ident, "type": "custom_tool_call", "call_id": call_id, **named(name, names), "input": text}
 
 
 def search_item(ident: str, call_id: str, arguments: str, status: str) -> dict:
@@ -873,10 +899,10 @@ def search_item(ident: str, call_id: str, arguments: str, status: str) -> dict:
     }
 
 
-def named(name: str, spaces: dict[str, tuple[str, str]] | None) -> dict:
-    """A call's ``name``, and its ``namespace`` when the chat name is a namespaced tool's."""
-    found = (spaces or {}).get(name)
-    return {"name": found[1], "namespace": found[0]} if found else {"name": name}
+def named(name: str, names: dict[str, tuple[str, str]] | None) -> dict:
+    """A call's ``name`` as the client named the tool, and its ``namespace`` when it has one."""
+    ns, own = (names or {}).get(name, ("", name))
+    return {"name": own, "namespace": ns} if ns else {"name": own}
 
 
 def reasoning_text(message: dict) -> str:
@@ -1020,7 +1046,7 @@ def from_chat(
         content.append(refusal_part(message["refusal"]))
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
-    custom, spaces, search = custom_names(request, history), namespaces(request, history), searches(request)
+    custom, names, search = custom_names(request, history), client_names(request, history), searches(request)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         index = len(output)
@@ -1031,9 +1057,9 @@ def from_chat(
         if search and name == TOOL_SEARCH:
             output.append(search_item(item_id("ts", response_id, index), call_id, args, "completed"))
         elif name in custom:
-            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args), spaces))
+            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args), names))
         else:
-            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed", spaces))
+            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed", names))
     if output and "status" in output[-1]:
         output[-1]["status"] = status  # only the last item can have been cut short
     model = chat.get("model") or request.get("model") or ""
@@ -1077,7 +1103,7 @@ class ChatToResponsesStream:
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
         self.custom = custom_names(request, history)
-        self.spaces = namespaces(request, history)
+        self.names = client_names(request, history)
         self.search = searches(request)
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
         self.chars = 0  # characters of chat content so far: where its annotations point
@@ -1325,12 +1351,12 @@ class ChatToResponsesStream:
             return out + [added]
         if waiting["name"] in self.custom:
             ident = item_id("ctc", self.response_id, position)
-            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], "", self.spaces))
+            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], "", self.names))
             self.calls[chat_index] = index
             self.custom_args[index] = waiting["arguments"]
             return out + [added]
         ident = item_id("fc", self.response_id, position)
-        item = call_item(ident, call_id, waiting["name"], "", "in_progress", self.spaces)
+        item = call_item(ident, call_id, waiting["name"], "", "in_progress", self.names)
         index, added = self.add_item(item)
         self.calls[chat_index] = index
         out.append(added)
