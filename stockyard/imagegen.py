@@ -199,12 +199,12 @@ class ImageTally:
     """The images a Responses stream relayed: each ``image_generation_call`` of which a partial or
     the final image went out, and the partial images."""
 
-    __slots__ = ("images", "largest", "partials")
+    __slots__ = ("body", "images", "partials")
 
-    def __init__(self, model: str = IMAGE_TOOL_MODEL) -> None:
+    def __init__(self, body: Any) -> None:
+        self.body = body  # the request: its tool's image model prices the estimate (read only if an image went out)
         self.images: set[str] = set()
         self.partials = 0
-        self.largest = largest_image(model)  # each image's estimate: the tool's image model's largest
 
     def see(self, obj: dict) -> bool:
         """Count one relayed event (``obj``, its parsed data); True if it was an image's."""
@@ -227,4 +227,5 @@ class ImageTally:
         """The tool's usage for what went out, when any image did (see the module's docstring)."""
         if not self.images:
             return None
-        return Usage(completion_tokens=self.largest * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials)
+        largest = largest_image(tool_model(self.body) if isinstance(self.body, dict) else IMAGE_TOOL_MODEL)
+        return Usage(completion_tokens=largest * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials)

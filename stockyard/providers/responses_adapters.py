@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 from ..context import RequestContext
 from ..conversations_api import minted_here, without_minted_id
 from ..errors import OPENAI, ProxyError
-from ..imagegen import ImageTally, reported, tool_model
+from ..imagegen import ImageTally, reported
 from ..pricing import Usage
 from . import Provider, compaction, responses
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -151,7 +151,7 @@ class ResponsesPassThrough(Adapter):
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
-        images = ImageTally(tool_model(ctx.body))
+        images = ImageTally(ctx.body)
         images.see_output(data.get("output"))
         ctx.attempt.image_usage, ctx.attempt.image_estimate = reported(data), images.estimate()
         if ctx.endpoint == "responses" and data.get("object") == "response":
@@ -173,7 +173,7 @@ class PassThroughStream(StreamTranslator):
         self.ctx = ctx
         self.response: dict = {}
         self.sequence_number = -1
-        self.images = ImageTally(tool_model(ctx.body))
+        self.images = ImageTally(ctx.body)
 
     def feed(self, event: bytes) -> list[bytes]:
         data = sse_data(event)
