@@ -429,7 +429,8 @@ def request_cost(
     drawn = held_tokens(ctx.body)
     fees = 0
     if drawn and tool_price is not None:
-        fees = worst_case_cost(tool_price, 0, drawn) + drawn_text_cost(tool_price, tool_calls(ctx.body), default_max_tokens)
+        text = drawn_text_cost(tool_price, tool_calls(ctx.body), default_max_tokens)
+        fees = worst_case_cost(tool_price, 0, drawn) + text
     outputs += drawn if tool_price is None else 0
     tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw, walk))
     return tokens + fees + web_searches(ctx.body) * WEB_SEARCH_UC
@@ -480,8 +481,8 @@ def media_request_cost(
             return unit_cost(image_price, n)
         if price is not None and price.unit == "token":
             largest = max(default_max_tokens, largest_image(model))
-            text = drawn_text_cost(price, n, default_max_tokens)  # gpt-image-1.5's text, beside its images
-            return worst_case_cost(price, input_tokens(ctx), largest * n) + text
+            written = drawn_text_cost(price, n, default_max_tokens)  # gpt-image-1.5's text, beside its images
+            return worst_case_cost(price, input_tokens(ctx), largest * n) + written
         return None
     if price is None:
         return None
