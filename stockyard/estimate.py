@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
-from .imagegen import held_tokens, largest_image, without_images
+from .imagegen import held_tokens, largest_image, tool_calls, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
@@ -242,6 +242,16 @@ def worst_case_cost(price: Price, inputs: int, outputs: int, long_writes: bool =
     return -(-(inputs * input_rate + outputs * output_rate) // PER)
 
 
+def drawn_text_cost(price: Price, images: int, default_max_tokens: int) -> int:
+    """µ¢, rounded up, of the text ``images`` images of an image model may come with: none unless
+    the model bills text output apart from its images (a ``media_output`` rate: gpt-image-1.5
+    writes text beside each image, and OpenAI states no bound on it), else the default output cap
+    for each at the text output rate. The images themselves are held at ``media_output``."""
+    if price.media_output is None or images <= 0:
+        return 0
+    return -(-images * output_ceiling(price, default_max_tokens) * price.output // PER)
+
+
 def output_ceiling(price: Price, default_max_tokens: int) -> int:
     """Output tokens one choice may be billed for when the body sets no cap: the model's own
     ceiling where the price table knows it (OpenAI and Gemini write up to it: gpt-5 128k),
@@ -409,14 +419,18 @@ def request_cost(
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves. A
     follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far).
     The Responses ``image_generation`` tool's images (``imagegen.held_tokens``) are held at
-    ``tool_price`` (``Pricer.tool_image_price``), or without one as the model's own output, as
-    they are billed."""
+    ``tool_price`` (``Pricer.tool_image_price``; its image output rate, and the text each image
+    may come with: :func:`drawn_text_cost`), or without one as the model's own output, as they
+    are billed."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     drawn = held_tokens(ctx.body)
-    fees = worst_case_cost(tool_price, 0, drawn) if drawn and tool_price is not None else 0
+    fees = 0
+    if drawn and tool_price is not None:
+        text = drawn_text_cost(tool_price, tool_calls(ctx.body), default_max_tokens)
+        fees = worst_case_cost(tool_price, 0, drawn) + text
     outputs += drawn if tool_price is None else 0
     tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw, walk))
     return tokens + fees + web_searches(ctx.body) * WEB_SEARCH_UC
@@ -453,7 +467,9 @@ def media_request_cost(
     """The worst case of an audio, images or moderations request; None when it cannot be priced.
 
     Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs of
-    the default output cap or the model's largest image (``imagegen.largest_image``), whichever is more.
+    the default output cap or the model's largest image (``imagegen.largest_image``), whichever is
+    more, at the dearest output rate (the image output rate), and for a model that bills its text
+    output apart the text each image may come with (:func:`drawn_text_cost`).
     Speech: its characters (tts-1); a speech model priced per token cannot be counted (None).
     Transcriptions and translations: :func:`audio_cost`.
     """
@@ -465,7 +481,8 @@ def media_request_cost(
             return unit_cost(image_price, n)
         if price is not None and price.unit == "token":
             largest = max(default_max_tokens, largest_image(model))
-            return worst_case_cost(price, input_tokens(ctx), largest * n)
+            written = drawn_text_cost(price, n, default_max_tokens)  # gpt-image-1.5's text, beside its images
+            return worst_case_cost(price, input_tokens(ctx), largest * n) + written
         return None
     if price is None:
         return None

@@ -27,6 +27,8 @@ model's tokens (:func:`output_tokens`: gpt-image-1's and gpt-image-1-mini's diff
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from .pricing import Usage, key_names
@@ -52,10 +54,17 @@ GPT_IMAGE_1_MINI_TOKENS = {
     "medium": {"1024x1024": 1375, "1024x1536": 1875, "1536x1024": 1875},
     "high": {"1024x1024": 4500, "1024x1536": 6500, "1536x1024": 6500},
 }
-# By model name (a dated snapshot of one takes its table); any other image model — one an operator
-# prices, or gpt-image-1.5, whose per-image prices are gpt-image-1's tokens at its rate — takes
-# gpt-image-1's.
-OUTPUT_TOKENS = {"gpt-image-1": GPT_IMAGE_1_TOKENS, "gpt-image-1-mini": GPT_IMAGE_1_MINI_TOKENS}
+# gpt-image-1.5: gpt-image-1's tokens. Its published per-image prices are those tokens at its $32
+# per 1M image output, each rounded to the tenth of a cent (low $0.009/$0.013/$0.013, medium
+# $0.034/$0.051/$0.050, high $0.133/$0.200/$0.199 for 1024x1024/1024x1536/1536x1024: fal.ai's and
+# Runware's gpt-image-1.5 pages; 6,240 × $32 per 1M = $0.19968).
+# By model name (a dated snapshot of one takes its table); any other image model (one an operator
+# prices) takes gpt-image-1's.
+OUTPUT_TOKENS = {
+    "gpt-image-1": GPT_IMAGE_1_TOKENS,
+    "gpt-image-1-mini": GPT_IMAGE_1_MINI_TOKENS,
+    "gpt-image-1.5": GPT_IMAGE_1_TOKENS,
+}
 # gpt-image-1's largest (more than the default cap): a chat image model's image, when its stream is cut
 IMAGE_OUTPUT_TOKENS = GPT_IMAGE_1_TOKENS["high"]["1024x1536"]
 IMAGE_TOOL_MODEL = "gpt-image-1"  # the tool's image model when it names none
@@ -178,8 +187,21 @@ def reported(response: Any) -> Usage | None:
     image_gen = tools.get("image_gen") if isinstance(tools, dict) else None
     if not isinstance(image_gen, dict):
         return None
-    usage = Usage.from_openai(image_gen)
+    usage = image_usage(image_gen)
     return usage if usage.prompt_tokens or usage.completion_tokens else None
+
+
+def image_usage(usage: Any) -> Usage:
+    """An image model's usage (an Images API answer's, the image tool's ``tool_usage.image_gen``):
+    its output tokens are its images' (``media_output_tokens``, billed at the image output rate)
+    unless ``output_tokens_details`` splits them (gpt-image-1.5 writes text too, billed at its
+    text output rate). A model without an image output rate of its own bills both at ``output``:
+    gpt-image-1's answers cost what they did."""
+    counted = Usage.from_openai(usage)
+    details = usage.get("output_tokens_details") if isinstance(usage, Mapping) else None
+    if isinstance(details, Mapping) and "image_tokens" in details:
+        return counted
+    return replace(counted, media_output_tokens=counted.completion_tokens - counted.reasoning_tokens)
 
 
 def chat_images(chunk: Any) -> int:
@@ -228,4 +250,5 @@ class ImageTally:
         if not self.images:
             return None
         largest = largest_image(tool_model(self.body) if isinstance(self.body, dict) else IMAGE_TOOL_MODEL)
-        return Usage(completion_tokens=largest * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials)
+        drawn = largest * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials
+        return Usage(completion_tokens=drawn, media_output_tokens=drawn)  # images: at the image output rate

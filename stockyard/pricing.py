@@ -31,9 +31,10 @@ second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their 
 images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
 audio or image input tokens at ``media_input`` (``Usage.media_tokens``), and models that write
 images or audio among their output tokens (Gemini's image models: ``usageMetadata.
-candidatesTokensDetails``, modality IMAGE or AUDIO) bill those output tokens at ``media_output``
-(``Usage.media_output_tokens``); where usage does not split the output by modality, every output
-token is billed at ``output``.
+candidatesTokensDetails``, modality IMAGE or AUDIO; gpt-image-1.5: ``output_tokens_details.
+image_tokens``) bill those output tokens at ``media_output`` (``Usage.media_output_tokens``);
+where usage does not split the output by modality, every output token is billed at ``output``
+(an image model's answer without the split: its output is its images, ``imagegen.image_usage``).
 
 Per-call fees that usage reports join the cost as ``Usage.fees_uc``: Anthropic's web searches
 (``server_tool_use.web_search_requests``, $10 per 1,000 on every model: :data:`WEB_SEARCH_UC`)
@@ -368,7 +369,10 @@ class Usage:
     @classmethod
     def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage:
         """Chat Completions (prompt_/completion_tokens) or Responses API (input_/output_tokens),
-        with their cache reads and (GPT-5.6 and later) cache writes, 12-hour ones apart.
+        with their cache reads and (GPT-5.6 and later) cache writes, 12-hour ones apart; image
+        and audio input tokens, and the image output tokens of an output split by modality
+        (``output_tokens_details.image_tokens``: gpt-image-1.5's Images API and image tool usage,
+        which bill text output apart from image output).
 
         Also reads DeepSeek's ``prompt_cache_hit_tokens``, and handles providers
         (xAI) whose ``completion_tokens`` leave reasoning out: detected when
@@ -385,6 +389,7 @@ class Usage:
         media_details = in_details or u.get("input_token_details")  # a transcription's is singular
         media = _count(media_details, "audio_tokens") + _count(media_details, "image_tokens")
         reasoning = _count(out_details, "reasoning_tokens")
+        drawn = _count(out_details, "image_tokens")  # an image model's output split (gpt-image-1.5)
         total = u.get("total_tokens")
         if reasoning and type(total) is int and total == prompt + completion + reasoning:
             completion += reasoning
@@ -397,6 +402,7 @@ class Usage:
             reasoning_tokens=min(reasoning, completion),
             media_tokens=min(media, prompt),
             fees_uc=stated_fees(u.get("cost")),
+            media_output_tokens=min(drawn, completion),
         )
 
     @classmethod

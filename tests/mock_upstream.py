@@ -565,6 +565,25 @@ IMAGE_USAGE = {
     "output_tokens": 4160,
     "input_tokens_details": {"text_tokens": 10, "image_tokens": 40},
 }
+# gpt-image-1.5 (and gpt-image-2) bill the text they write apart from their image: their usage splits
+# its output tokens (``output_tokens_details``), here IMAGE_USAGE's image tokens and these text ones.
+IMAGE_TEXT_OUTPUT_TOKENS = 180
+SPLIT_OUTPUT_IMAGE_MODELS = ("gpt-image-1.5", "gpt-image-2")
+
+
+def image_usage(model: str) -> dict:
+    """An images answer's ``usage``: IMAGE_USAGE, its output split for a model that bills text apart."""
+    if not model.startswith(SPLIT_OUTPUT_IMAGE_MODELS):
+        return IMAGE_USAGE
+    images, text = IMAGE_USAGE["output_tokens"], IMAGE_TEXT_OUTPUT_TOKENS
+    return {
+        **IMAGE_USAGE,
+        "total_tokens": IMAGE_USAGE["input_tokens"] + images + text,
+        "output_tokens": images + text,
+        "output_tokens_details": {"image_tokens": images, "text_tokens": text},
+    }
+
+
 SPEECH_TYPES = {
     "mp3": "audio/mpeg",
     "opus": "audio/opus",
@@ -679,7 +698,7 @@ def openai_images(model: str, n: int, response_format: str | None) -> dict:
         for entry in answer["data"]:
             entry["revised_prompt"] = "A mock image"
     if model.startswith("gpt-image"):
-        answer["usage"] = IMAGE_USAGE
+        answer["usage"] = image_usage(model)
     return answer
 
 
@@ -1081,14 +1100,17 @@ def partial_images(body: dict) -> int:
 
 
 def image_gen_usage(body: dict) -> dict:
-    """``tool_usage.image_gen`` of a response that made one image, as OpenAI reports it."""
-    output = IMAGE_GEN_OUTPUT_TOKENS + PARTIAL_IMAGE_TOKENS * partial_images(body)
+    """``tool_usage.image_gen`` of a response that made one image, as OpenAI reports it (a tool
+    naming gpt-image-1.5 or 2: IMAGE_TEXT_OUTPUT_TOKENS of text output besides the image's)."""
+    images = IMAGE_GEN_OUTPUT_TOKENS + PARTIAL_IMAGE_TOKENS * partial_images(body)
+    model = (image_tool(body) or {}).get("model")
+    text = IMAGE_TEXT_OUTPUT_TOKENS if isinstance(model, str) and model.startswith(SPLIT_OUTPUT_IMAGE_MODELS) else 0
     return {
         "input_tokens": IMAGE_GEN_INPUT_TOKENS,
         "input_tokens_details": {"image_tokens": 0, "text_tokens": IMAGE_GEN_INPUT_TOKENS},
-        "output_tokens": output,
-        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
-        "total_tokens": IMAGE_GEN_INPUT_TOKENS + output,
+        "output_tokens": images + text,
+        "output_tokens_details": {"image_tokens": images, "text_tokens": text},
+        "total_tokens": IMAGE_GEN_INPUT_TOKENS + images + text,
     }
 
 

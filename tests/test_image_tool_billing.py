@@ -95,6 +95,19 @@ def test_a_cut_stream_bills_the_minis_image_as_the_minis_largest(openai_server, 
     assert mini_image <= trace["cost_uc"] < mini_image + 1_000_000, (trace["cost_uc"], mini_image)
 
 
+def test_a_cut_stream_bills_a_gpt_image_1_5_image_at_its_image_rate(openai_server, mock):
+    """The tool names gpt-image-1.5: a cut stream's image is its largest (6,240 tokens) at its image
+    output rate, $32 per 1M ($0.19968) — not its text output rate, $10."""
+    mock.enqueue(Reply(cut_after=IMAGE_DONE + 9))
+    status, headers, raw = post(openai_server, draw(model="gpt-image-1.5"))
+    assert status == 200 and b'"type":"response.completed"' not in raw, raw[:300]
+    trace = openai_server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
+    image = 6240 * 3200  # µ¢: 6,240 tokens at $32 per 1M
+    # the text (its bytes / 4 at gpt-4o-mini's rates) is far below a cent
+    assert image <= trace["cost_uc"] < image + 1_000_000, (trace["cost_uc"], image)
+
+
 def leave_after(server, body: dict, seen: bytes) -> str:
     """Stream ``body`` over a raw socket and close it once ``seen`` arrived, abruptly (a reset: the
     server's next write to it fails at once); the trace id."""

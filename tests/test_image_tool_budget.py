@@ -22,7 +22,15 @@ from decimal import Decimal
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import COMPLETION_TOKENS, IMAGE_GEN_INPUT_TOKENS, IMAGE_GEN_OUTPUT_TOKENS, PROMPT_TOKENS
+from mock_upstream import (
+    COMPLETION_TOKENS,
+    IMAGE_GEN_INPUT_TOKENS,
+    IMAGE_GEN_OUTPUT_TOKENS,
+    IMAGE_TEXT_OUTPUT_TOKENS,
+    IMAGE_USAGE,
+    PROMPT_TOKENS,
+    Reply,
+)
 
 ADMIN = "admin-key-for-image-budget-tests-0123456789"
 USD = 10**8  # µ¢
@@ -224,4 +232,88 @@ def test_the_image_tool_naming_the_mini_is_billed_at_the_minis_rates(server):
     text = PROMPT_TOKENS * MINI_IN + COMPLETION_TOKENS * MINI_OUT
     # the mock's tool_usage.image_gen: its input all text, its output all image
     image = IMAGE_GEN_INPUT_TOKENS * MINI_IMAGE_TEXT_IN + IMAGE_GEN_OUTPUT_TOKENS * MINI_IMAGE_OUT
+    assert (trace["cost_status"], trace["cost_uc"]) == ("exact", text + image), trace
+
+
+# gpt-image-1.5, µ¢ a token: text in $5, image in $8, text out $10, image out $32 per 1M (OpenAI's
+# pricing as imagine.art/blogs/gpt-image-1-5-pricing and llmreference.com/model/gpt-image-1.5
+# quote it; fal.ai and Runware: text in $5, text out $10, image in $8). Its usage splits its output
+# (``output_tokens_details``): the image's tokens at $32, the text it writes at $10. Its published
+# per-image prices are gpt-image-1's tokens at $32 (high 1024x1536: 6,240 tokens, $0.1997 ~ $0.20).
+V15_TEXT_IN, V15_IMAGE_IN, V15_TEXT_OUT, V15_IMAGE_OUT = 500, 800, 1000, 3200
+V15 = {"model": "gpt-image-1.5"}
+V15_BODY = {"model": "gpt-image-1.5", "prompt": "a cat", "quality": "high", "size": "1024x1536"}
+DEFAULT_MAX_TOKENS = 4096  # STOCKYARD_DEFAULT_MAX_TOKENS: the text an image may come with, held
+
+
+def test_a_budgeted_key_generates_with_gpt_image_1_5_billed_exactly(server):
+    """Its image output at $32, its text output at $10. Was: no price (403 model_not_priced)."""
+    secret, _ = make_key(server, "1.00")
+    status, headers, answer = images_post(server, secret, V15_BODY)
+    assert status == 200 and answer["data"][0]["b64_json"], answer
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    # the mock's usage: 10 text and 40 image tokens in; 4,160 image and 180 text tokens out
+    expected = 10 * V15_TEXT_IN + 40 * V15_IMAGE_IN + 4160 * V15_IMAGE_OUT + IMAGE_TEXT_OUTPUT_TOKENS * V15_TEXT_OUT
+    assert (trace["cost_status"], trace["cost_uc"]) == ("exact", expected), trace
+
+
+def test_gpt_image_1_5_without_an_output_split_bills_its_output_as_image(server, mock):
+    """A usage without ``output_tokens_details`` says only how many tokens came out: on the Images
+    API they are the image's (the spec's older ``output_tokens``: "image tokens in the output
+    image"), so at $32 — never the text's $10, below what the hold was taken at."""
+    usage = dict(IMAGE_USAGE)
+    mock.enqueue(Reply(json={"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}], "usage": usage}))
+    secret, _ = make_key(server, "1.00")
+    status, headers, answer = images_post(server, secret, V15_BODY)
+    assert status == 200, answer
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    expected = 10 * V15_TEXT_IN + 40 * V15_IMAGE_IN + 4160 * V15_IMAGE_OUT
+    assert (trace["cost_status"], trace["cost_uc"]) == ("exact", expected), trace
+
+
+def test_gpt_image_1_without_an_output_split_is_billed_as_before(server):
+    """gpt-image-1's usage (no ``output_tokens_details``): every output token at its $40."""
+    secret, _ = make_key(server, "1.00")
+    status, headers, answer = images_post(server, secret, {**V15_BODY, "model": "gpt-image-1"})
+    assert status == 200, answer
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["cost_status"], trace["cost_uc"]) == ("exact", 10 * IMAGE_IN + 40 * 1000 + 4160 * IMAGE_OUT), trace
+
+
+def test_an_images_request_to_gpt_image_1_5_holds_its_images_and_their_text(server):
+    """n images, each its largest (6,240 tokens at $32) and the text it may write beside it (the
+    default output cap at $10: OpenAI states no bound on it), so the bill never exceeds the hold."""
+    secret, _ = make_key(server, "0.00000001")
+    body = {**V15_BODY, "n": 3}
+    status, _, answer = images_post(server, secret, body)
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
+    found = re.search(REFUSAL, answer["error"]["message"])
+    assert found, answer
+    inputs = -(-len(json.dumps(body)) // 4) * V15_IMAGE_IN
+    assert usd(found[3]) == inputs + 3 * 6240 * V15_IMAGE_OUT + 3 * DEFAULT_MAX_TOKENS * V15_TEXT_OUT
+
+
+@pytest.mark.parametrize(
+    "tool, image_tokens",
+    [
+        ({**V15, "quality": "low", "size": "1024x1024"}, 272),  # $0.009 at $32 per 1M
+        ({**V15, "quality": "high", "size": "1536x1024", "partial_images": 1}, 6208 + 100),
+        ({**V15, "quality": "auto"}, 6240),
+    ],
+)
+def test_the_image_tool_naming_gpt_image_1_5_holds_its_images_and_their_text(server, tool, image_tokens):
+    """Each image at $32, with the default output cap of text beside it at $10."""
+    body = draw(tool, max_tool_calls=1)
+    assert held(server, body) == text_hold(body) + image_tokens * V15_IMAGE_OUT + DEFAULT_MAX_TOKENS * V15_TEXT_OUT
+
+
+def test_the_image_tool_naming_gpt_image_1_5_is_billed_at_its_rates(server):
+    """``tool_usage.image_gen``'s image output at $32, its text output at $10."""
+    secret, _ = make_key(server, "1.00")
+    status, headers, answer = post(server, secret, draw(V15, max_tool_calls=1))
+    assert status == 200 and answer["status"] == "completed", answer
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    text = PROMPT_TOKENS * MINI_IN + COMPLETION_TOKENS * MINI_OUT
+    image = IMAGE_GEN_INPUT_TOKENS * V15_TEXT_IN + IMAGE_GEN_OUTPUT_TOKENS * V15_IMAGE_OUT
+    image += IMAGE_TEXT_OUTPUT_TOKENS * V15_TEXT_OUT
     assert (trace["cost_status"], trace["cost_uc"]) == ("exact", text + image), trace

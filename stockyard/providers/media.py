@@ -13,6 +13,7 @@ import json
 from typing import BinaryIO
 
 from ..context import RequestContext
+from ..imagegen import image_usage
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, sse_data
@@ -104,6 +105,8 @@ def record(ctx: RequestContext, data: dict) -> None:
     if isinstance(usage, dict):
         if usage.get("type") == "duration":
             a.media_seconds = _seconds(usage.get("seconds"))
+        elif ctx.endpoint in IMAGES:  # an image model's: its output is images unless split
+            a.usage = image_usage(usage)
         else:
             a.usage = Usage.from_openai(usage)
     elif ctx.endpoint in AUDIO_IN:
