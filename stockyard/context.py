@@ -203,6 +203,10 @@ class Attempt:
     error_type: str | None = None
     error_message: str | None = None
     ttfb: float | None = None  # perf_counter() time of the first byte towards the client
+    first_chunk: float | None = None  # perf_counter() time a stream's first chunk was written to the client
+    response_id: str | None = None  # the provider's id of its answer (gen_ai.response.id), the first it named
+    service_tier: str | None = None  # OpenAI's answer: the tier that served it (openai.response.service_tier)
+    fingerprint: str | None = None  # OpenAI's answer: its system_fingerprint
     usage: Usage | None = None
     usage_estimated: bool = False
     # The usage so far is a stream's start (Anthropic's message_start: input counted, output 1); the
@@ -251,10 +255,22 @@ class Attempt:
         ``estimate.relayed_tokens`` scales an answer's text up to."""
         return max(0, self.response_bytes - self.image_event_bytes)
 
-    def serve(self, model: object) -> None:
-        """The model the provider says it served, when it names one as text (its answer may be odd)."""
+    def serve(self, model: object, ident: object = None) -> None:
+        """The model the provider says it served, when it names one as text (its answer may be odd),
+        and the answer's id (``ident``): the first one named, as a continued turn's client sees it."""
         if isinstance(model, str) and model:
             self.served_model = model
+        if self.response_id is None and isinstance(ident, str) and ident:
+            self.response_id = ident[:256]
+
+    def serve_openai(self, answer: dict) -> None:
+        """OpenAI's own fields of an answer (a chat completion, its first chunk, a response) the
+        adapter parsed anyway: the tier that served it and the system fingerprint."""
+        tier, fingerprint = answer.get("service_tier"), answer.get("system_fingerprint")
+        if isinstance(tier, str) and tier:
+            self.service_tier = tier[:64]
+        if isinstance(fingerprint, str) and fingerprint:
+            self.fingerprint = fingerprint[:128]
 
     def mark_first_byte(self) -> None:
         if self.ttfb is None:

@@ -255,6 +255,7 @@ class Conversations:
         found = self.threads.find(conversation_id, ctx.key_id)
         if found is None:  # another key's, or none Stockyard holds: as if unknown
             raise conversation_not_found(conversation_id, "conversation")
+        conv.conversation_id = found.id  # this key's: its refusal's trace names it (gen_ai.conversation.id)
         counted = conv.history_tokens
         conv.history_tokens += size_tokens(found.bytes)  # its items, as the row counts them
         admissible()
@@ -262,7 +263,7 @@ class Conversations:
         sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
         ctx.body = {**body, "conversation": {"id": found.id}, "input": history + sent}
         ctx.body_changed = True
-        conv.conversation_id, conv.turn_items = found.id, normalized(sent)
+        conv.turn_items = normalized(sent)
         conv.put_in = bool(history)  # the budget walks the body for what they name (estimate.request_cost)
         conv.history_tokens = counted + size_tokens(size)
         conv.history_bytes += size

@@ -18,8 +18,9 @@ With content export on, the prompt and the answer go as the conventions' structu
 (``gen_ai.system_instructions``, ``gen_ai.input.messages``, ``gen_ai.output.messages``: see
 :mod:`stockyard.otel_messages`), and so do the tools it offered (``gen_ai.tool.definitions``,
 :mod:`stockyard.otel_tools`); the request's sampling settings (``gen_ai.request.*``), its
-conversation (``gen_ai.conversation.id``, :func:`conversation_id`) and the provider's cache and
-reasoning token counts are sent either way, read from what Stockyard has already parsed.
+conversation (``gen_ai.conversation.id``, :func:`conversation_id`), the provider's cache and
+reasoning token counts, the answer's id, a stream's time to its first chunk and OpenAI's own
+``openai.*`` attributes are sent either way, read from what Stockyard has already parsed.
 
 ``gen_ai.system`` is still sent beside ``gen_ai.provider.name``, which replaced it (v1.37): the
 same value, for the collectors' rules and dashboards written against the conventions before it.
@@ -74,6 +75,16 @@ PROVIDER_NAMES = {
     "perplexity": "perplexity",
     "xai": "x_ai",
 }
+# gen_ai.output.type of the endpoints whose output is of one kind (embeddings: none of the conventions' kinds)
+MEDIA_OUTPUTS = {
+    "image_generations": "image",
+    "image_edits": "image",
+    "image_variations": "image",
+    "speech": "speech",
+    "transcriptions": "text",
+    "translations": "text",
+}
+OPENAI_API_TYPES = {"chat": "chat_completions", "responses": "responses"}  # openai.api.type
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason|finishReason)"\s*:\s*"([A-Za-z_]{1,40})"')
 
 
@@ -163,7 +174,28 @@ def _common(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
         "stockyard.cost_uc": a.cost_uc,
         "stockyard.cost_usd": a.cost_uc / 100_000_000 if a.cost_uc is not None else None,
         "stockyard.cost_status": a.cost_status,
+        **(openai_attributes(ctx, a) if system == "openai" else {}),
     }
+
+
+def openai_attributes(ctx: RequestContext, a: Attempt) -> dict[str, Any]:
+    """OpenAI's own attributes (its registry's ``openai.*``), on spans of OpenAI's answers only:
+    the API, the tier the request asked and the one that served it, the system fingerprint."""
+    tier = ctx.body.get("service_tier") if isinstance(ctx.body, dict) else None
+    return {
+        "openai.api.type": OPENAI_API_TYPES.get(ctx.endpoint),
+        "openai.request.service_tier": tier[:64] if isinstance(tier, str) and tier else None,
+        "openai.response.service_tier": a.service_tier,
+        "openai.response.system_fingerprint": a.fingerprint,
+    }
+
+
+def answer_timing(ctx: RequestContext, a: Attempt, since: float) -> dict[str, Any]:
+    """``gen_ai.response.time_to_first_chunk`` of a streamed answer: seconds from ``since`` (the
+    request's arrival, or the attempt's call) to the first chunk written to the client."""
+    if not ctx.stream or a.first_chunk is None or not since:
+        return {}
+    return {"gen_ai.response.time_to_first_chunk": max(0.0, a.first_chunk - since)}
 
 
 def _span(
@@ -217,6 +249,8 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
     embeddings their encoding formats and dimensions), as the client set them, from the body
     Stockyard has already parsed; what it did not set is left out."""
     body = ctx.body if isinstance(ctx.body, dict) else {}
+    if ctx.endpoint in MEDIA_OUTPUTS:  # an image, speech or a transcript, whatever the format
+        return {"gen_ai.output.type": MEDIA_OUTPUTS[ctx.endpoint]}
     if ctx.endpoint == "embeddings":  # the embeddings span's own settings (OpenAI's body)
         fmt = body.get("encoding_format")
         return {
@@ -285,6 +319,12 @@ def conversation_id(ctx: RequestContext, scrub: Callable[[str], str]) -> str | N
     return scrub(found)[:256] if found else None
 
 
+def response_id(a: Attempt, scrub: Callable[[str], str]) -> str | None:
+    """``gen_ai.response.id``: the id the provider gave this attempt's answer (no content: sent with
+    content export off too). A cached answer has none: its id is the request's that made it."""
+    return scrub(a.response_id)[:256] if a.response_id and a.provider is not None else None
+
+
 def server_address(a: Attempt) -> dict[str, Any]:
     """The provider's host and port (``server.*``) for an attempt's span."""
     try:
@@ -322,12 +362,15 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
     parameters = request_parameters(ctx)  # the request's, on every span (the attempts are the inference calls)
     parameters["gen_ai.conversation.id"] = conversation_id(ctx, scrub)
     request_extra.update(parameters)
-    answer: dict[str, Any] = {}
+    request_extra.update(answer_timing(ctx, ctx.attempt, ctx.started))
+    request_extra["gen_ai.response.id"] = response_id(ctx.attempt, scrub)
     if content:  # only then is any body read
         body = request_body(ctx)
         request_extra.update(request_content(ctx, scrub, body))
         request_extra["gen_ai.tool.definitions"] = tool_definitions(ctx.endpoint, body, scrub)
         answer = answer_content(ctx, ctx.attempt, scrub)
+        if ctx.cache_hit or not answer.get("gen_ai.response.id"):  # a cached answer's id is another request's
+            answer.pop("gen_ai.response.id", None)
         request_extra.update(answer)
     parent = ctx.trace_parent.span_id if ctx.trace_parent else None
     spans = [
@@ -352,11 +395,11 @@ def spans_for(ctx: RequestContext, *, content: bool, scrub: Callable[[str], str]
             "stockyard.attempt": number,
             **parameters,
             **server_address(a),
+            **answer_timing(ctx, a, a.started),
+            "gen_ai.response.id": request_extra["gen_ai.response.id"] if a is ctx.attempt else response_id(a, scrub),
         }
         if content and a is not ctx.attempt:  # the last attempt's answer is on the request's span
-            extra.update(answer_content(ctx, a, scrub))
-        elif content:
-            extra["gen_ai.response.id"] = answer.get("gen_ai.response.id")
+            extra.update({k: v for k, v in answer_content(ctx, a, scrub).items() if v is not None})
         spans.append(
             _span(
                 ctx,

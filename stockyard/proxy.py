@@ -272,6 +272,7 @@ def deliver_answer(path: RequestPath, reply: Reply, ctx: RequestContext) -> None
     if answer.stream:
         reply.start_stream(answer.status, {**headers, "cache-control": "no-cache"}, answer.content_type)
         reply.chunk(answer.body)
+        ctx.attempt.first_chunk = time.perf_counter()
         reply.end_stream()
     else:
         reply.send(answer.status, answer.body, answer.content_type, headers)
@@ -925,6 +926,8 @@ def relay_stream(
 
     def relayed(batch: list[bytes]) -> bytes:  # on the relay thread: captured as it is produced
         out = convert(batch)
+        if out and ctx.attempt.first_chunk is None:  # the first batch gave the client nothing
+            ctx.attempt.first_chunk = time.perf_counter()  # (the relay writes it next)
         ctx.attempt.capture(out, cap)
         return out
 
@@ -933,6 +936,8 @@ def relay_stream(
         for batch in events:
             out = convert(batch)
             reply.chunk(out)
+            if out and ctx.attempt.first_chunk is None:  # gen_ai.response.time_to_first_chunk
+                ctx.attempt.first_chunk = time.perf_counter()
             ctx.attempt.capture(out, cap)
             if ctx.deadline is not None:
                 left = ctx.deadline - time.perf_counter()

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from . import files_api, gemini_api, message_batches, multipart, proxy
 from . import ui as console
 from .app import App
+from .attribution import codex_session
 from .chunked import ChunkError, Dechunker
 from .clientwatch import ClientWatch
 from .context import REFUSED, RequestContext
@@ -958,6 +959,7 @@ class Handler(BaseHTTPRequestHandler):
             return True
         except ProxyError as exc:
             proxy.fail(ctx, exc.status, exc.message, REFUSED, exc.code)
+            ctx.session_id = codex_session(ctx.headers)  # its span's conversation, from a header (the body is unread)
             self._end_early()
             proxy.send_error(app.path, self, ctx, exc)
         app.tracer.finish(ctx)  # at most a few a second per address (tracing.Tracer)

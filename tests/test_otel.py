@@ -20,6 +20,8 @@ from stockyard.context import parse_traceparent
 from stockyard.otel import Exporter, parse_headers
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+ANTHROPIC_KEY = "sk-ant-otel-content-0123456789abcdef"
+GEMINI_KEY = "AIza-otel-content-0123456789abcdefSECRET"
 CALLER_SPAN = "00f067aa0ba902b7"
 COLLECTOR_TOKEN = "otlp-secret-token-abcdef123456"
 
@@ -102,6 +104,10 @@ def server(pyz_path, cache_home, mock, tmp_path_factory, receiver):
         "otel",
         STOCKYARD_OTLP_ENDPOINT=receiver.url,
         STOCKYARD_OTLP_HEADERS=f"authorization=Bearer {COLLECTOR_TOKEN},x-team=llm",
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
     )
     yield srv
     srv.stop()
@@ -288,6 +294,156 @@ def test_an_embeddings_span_names_its_formats_and_dimensions(server, receiver, k
     assert "gen_ai.request.encoding_formats" not in a and "gen_ai.embeddings.dimension.count" not in a, "not asked"
 
 
+# -- what every span says, content export off: first chunk, response id, output type, openai.* ----
+
+FIRST_CHUNK_HOLD_S = 0.3  # the mock sends its answer's head, then holds its first event this long
+# (path, body) of a streamed request in each client dialect
+STREAMED = {
+    "openai": ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    "anthropic": (
+        "/v1/messages",
+        {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    "gemini": (
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        {"contents": [{"parts": [{"text": "hi"}]}]},
+    ),
+}
+IDS = {"openai": "chatcmpl-mock", "anthropic": "msg_mock", "gemini": "resp_mock"}
+
+
+def dialect_request(server, key: dict, dialect: str, stream: bool) -> dict:
+    path, body = STREAMED[dialect]
+    if dialect == "gemini":
+        path = path if stream else path.replace("streamGenerateContent?alt=sse", "generateContent")
+    else:
+        body = {**body, "stream": stream}
+    status, headers, raw = server.request("POST", path, body, bearer(key, **{"anthropic-version": "2023-06-01"}))
+    assert status == 200, raw
+    return headers
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic", "gemini"])
+def test_a_streamed_span_says_when_its_first_chunk_went_out(server, mock, receiver, key, dialect):
+    """``gen_ai.response.time_to_first_chunk``: from the request to the first chunk relayed to the
+    client (not the provider's head, which the mock sends at once), only on streamed spans."""
+    mock.enqueue(Reply(hang_after=0, hang_s=FIRST_CHUNK_HOLD_S))
+    headers = dialect_request(server, key, dialect, stream=True)
+    trace_id = headers["x-stockyard-trace-id"]
+    wait_for(lambda: len(receiver.of_request(trace_id)) == 2, 15, "2 spans")
+    for span in receiver.of_request(trace_id):
+        took = (int(span["endTimeUnixNano"]) - int(span["startTimeUnixNano"])) / 1e9
+        first = attrs(span)["gen_ai.response.time_to_first_chunk"]
+        assert FIRST_CHUNK_HOLD_S <= first <= took, (first, took)
+    a, children = exported(receiver, dialect_request(server, key, dialect, stream=False))
+    assert "gen_ai.response.time_to_first_chunk" not in a and "gen_ai.response.time_to_first_chunk" not in children[0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dialect", ["openai", "anthropic", "gemini"])
+def test_the_response_id_is_sent_without_content_export(server, receiver, key, dialect, stream):
+    """The answer's id is no content: both spans name it with STOCKYARD_OTLP_CONTENT off."""
+    a, [child] = exported(receiver, dialect_request(server, key, dialect, stream))
+    assert "gen_ai.output.messages" not in a, "content export is off"
+    assert a["gen_ai.response.id"].startswith(IDS[dialect]) and child["gen_ai.response.id"] == a["gen_ai.response.id"]
+
+
+def test_a_responses_answer_names_its_id_and_openai_api_type(server, receiver, key):
+    status, headers, raw = responses(server, key, service_tier="default")
+    assert status == 200, raw
+    a, [child] = exported(receiver, headers)
+    assert a["gen_ai.response.id"] == json.loads(raw)["id"]
+    assert a["openai.api.type"] == "responses" and a["openai.request.service_tier"] == "default"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_spans_carry_the_openai_attributes(server, mock, receiver, key, stream):
+    """``openai.request.service_tier``, ``openai.response.service_tier`` and
+    ``openai.response.system_fingerprint`` (OpenAI's registry), read from what was parsed anyway."""
+    answer = {
+        "id": "chatcmpl-tiered",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "service_tier": "flex",
+        "system_fingerprint": "fp_tiered",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    chunk = {**answer, "object": "chat.completion.chunk", "usage": None}
+    chunk["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]
+    mock.enqueue(Reply(sse=[json.dumps(chunk), "[DONE]"]) if stream else Reply(json=answer))
+    status, headers, raw = chat(server, headers=bearer(key), service_tier="flex", stream=stream)
+    assert status == 200, raw
+    a, [child] = exported(receiver, headers)
+    for span in (a, child):
+        assert span["openai.request.service_tier"] == "flex" and span["openai.api.type"] == "chat_completions"
+        assert (span["openai.response.service_tier"], span["openai.response.system_fingerprint"]) == (
+            "flex",
+            "fp_tiered",
+        )
+    a, _ = exported(receiver, dialect_request(server, key, "anthropic", stream=False))
+    assert not [k for k in a if k.startswith("openai.")], "OpenAI's attributes only on OpenAI's spans"
+
+
+def test_media_spans_name_their_output_type(server, receiver, key):
+    """``gen_ai.output.type``: an image for the Images API, speech for text-to-speech, text for a
+    transcription (embeddings: none, see above)."""
+    body = {"model": "dall-e-2", "prompt": "a cat", "n": 1}
+    status, headers, raw = server.request("POST", "/v1/images/generations", body, bearer(key))
+    assert status == 200, raw
+    assert exported(receiver, headers)[0]["gen_ai.output.type"] == "image"
+    body = {"model": "tts-1", "input": "hello", "voice": "alloy"}
+    status, headers, raw = server.request("POST", "/v1/audio/speech", body, bearer(key))
+    assert status == 200, raw
+    assert exported(receiver, headers)[0]["gen_ai.output.type"] == "speech"
+    boundary = "otel-form-boundary-1234"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        ).encode()
+        + b"RIFF"
+        + b"\0" * 2000
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, headers, raw = server.request(
+        "POST",
+        "/v1/audio/transcriptions",
+        raw=form,
+        headers=bearer(key, **{"Content-Type": f"multipart/form-data; boundary={boundary}"}),
+    )
+    assert status == 200, raw
+    assert exported(receiver, headers)[0]["gen_ai.output.type"] == "text"
+
+
+def test_a_refused_request_names_its_conversation(server, receiver, key):
+    """A request refused before any provider (rate limit 429, bad key 401) still carries the
+    conversation it named: the Conversations API conversation its key holds; the session Codex
+    names in its headers (a bad key is refused before the body, so Claude Code's is not read)."""
+    status, _, raw = server.request("POST", "/api/keys", {"name": "otel-rpm", "rpm": 1}, bearer({"key": ADMIN_KEY}))
+    assert status == 201, raw
+    limited = json.loads(raw)
+    put_module(server, "ratelimit", {}, enabled=True)
+    try:
+        status, _, raw = server.request("POST", "/v1/conversations", {"items": []}, bearer(limited))
+        assert status == 200, raw  # the one request of this minute
+        conversation = json.loads(raw)["id"]
+        status, headers, raw = responses(server, limited, conversation=conversation)
+    finally:
+        put_module(server, "ratelimit", {}, enabled=False)
+    assert status == 429, raw
+    trace_id = headers["x-stockyard-trace-id"]
+    [span] = wait_for(lambda: receiver.of_request(trace_id), 15, "the refusal's span")
+    assert attrs(span)["gen_ai.conversation.id"] == conversation
+    codex = {"originator": "codex_cli_rs", "session_id": "sess-otel-401", "Authorization": "Bearer sk-sy-wrong"}
+    status, headers, raw = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"}, codex)
+    assert status == 401, raw  # refused from the headers, before the body is read
+    trace_id = headers["x-stockyard-trace-id"]
+    [span] = wait_for(lambda: receiver.of_request(trace_id), 15, "the refusal's span")
+    assert attrs(span)["gen_ai.conversation.id"] == "sess-otel-401"
+
+
 def test_collector_down_requests_unaffected_and_drops_counted(pyz_path, cache_home, mock, tmp_path_factory):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -423,8 +579,6 @@ PNG_DATA = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAE
 IMAGE_URL = "https://example.com/cat.png"
 PARIS, CITY = '{"city":"Paris"}', {"city": "Paris"}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-ANTHROPIC_KEY = "sk-ant-otel-content-0123456789abcdef"
-GEMINI_KEY = "AIza-otel-content-0123456789abcdefSECRET"
 # Part types of the conventions' schemas (gen-ai-input-messages.json, gen-ai-output-messages.json)
 # and the fields each requires beside ``type``.
 REQUIRED = {

@@ -787,7 +787,7 @@ class AnthropicChatAdapter(Adapter):
         messages = [loads_object(answer) for answer in answers]
         with shape_errors(502, "the provider answer"):
             last = messages[-1]
-            ctx.attempt.serve(last.get("model"))
+            ctx.attempt.serve(last.get("model"), messages[0].get("id"))
             ctx.attempt.usage = message_usage(last)
             return completion(
                 messages[0].get("id") or ctx.trace_id,
@@ -1102,7 +1102,7 @@ class AnthropicNativeAdapter(Adapter):
         except ValueError:
             return body
         if isinstance(message, dict):
-            ctx.attempt.serve(message.get("model"))
+            ctx.attempt.serve(message.get("model"), message.get("id"))
             if isinstance(message.get("usage"), dict):
                 ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
         return body
@@ -1130,7 +1130,7 @@ class AnthropicNativeStream(StreamTranslator):
         kind = payload.get("type") if isinstance(payload, dict) else None
         if kind == "message_start":
             message = payload.get("message") or {}
-            self.ctx.attempt.serve(message.get("model"))
+            self.ctx.attempt.serve(message.get("model"), message.get("id"))
             take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
         elif kind == "content_block_start" and search_ran(payload.get("content_block")):
             self.searched += 1

@@ -474,7 +474,7 @@ class ChunkStream(StreamTranslator):
     def identify(self, ident: str | None, model: str | None) -> None:
         """Take the answer's id and served model from an event that carries them."""
         self.ident = ident or self.ident
-        self.ctx.attempt.serve(model or self.ctx.attempt.served_model or self.ctx.attempt.upstream_model)
+        self.ctx.attempt.serve(model or self.ctx.attempt.served_model or self.ctx.attempt.upstream_model, ident)
 
     def out(self, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
         """One chunk with one choice's delta."""

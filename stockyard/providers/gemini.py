@@ -679,7 +679,9 @@ class GeminiAdapter(Adapter):
         if ctx.endpoint == "embeddings":
             return self.parse_embeddings(ctx, doc)
         with shape_errors(502, "the provider answer"):
-            ctx.attempt.serve(doc.get("modelVersion") or ctx.attempt.served_model or ctx.attempt.upstream_model)
+            ctx.attempt.serve(
+                doc.get("modelVersion") or ctx.attempt.served_model or ctx.attempt.upstream_model, doc.get("responseId")
+            )
             meta = doc.get("usageMetadata")
             ctx.attempt.usage = Usage.from_gemini(meta) if isinstance(meta, dict) else None
             ident = doc.get("responseId") or ctx.trace_id

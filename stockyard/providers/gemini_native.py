@@ -69,7 +69,7 @@ def record(ctx: RequestContext, doc: Any) -> bool:
     """Read the served model and usage of one GenerateContentResponse; True when it ends the answer."""
     if not isinstance(doc, dict):
         return False
-    ctx.attempt.serve(doc.get("modelVersion"))
+    ctx.attempt.serve(doc.get("modelVersion"), doc.get("responseId"))
     meta = doc.get("usageMetadata")
     if isinstance(meta, dict):
         ctx.attempt.usage = Usage.from_gemini(meta)

@@ -76,7 +76,8 @@ class OpenAIAdapter(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)
-        ctx.attempt.serve(data.get("model"))
+        ctx.attempt.serve(data.get("model"), data.get("id"))
+        ctx.attempt.serve_openai(data)
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
@@ -112,8 +113,9 @@ class OpenAIStream(StreamTranslator):
             return [event]
         if not isinstance(chunk, dict):
             return [event]
-        if not self.ctx.attempt.served_model:
-            self.ctx.attempt.serve(chunk.get("model"))
+        if not self.ctx.attempt.served_model:  # the first chunk: its id and OpenAI's fields too
+            self.ctx.attempt.serve(chunk.get("model"), chunk.get("id"))
+            self.ctx.attempt.serve_openai(chunk)
         self.ctx.attempt.own_images += chat_images(chunk)  # an image model's (billed if the usage never comes)
         usage = chunk.get("usage")
         if isinstance(usage, dict):

@@ -147,7 +147,8 @@ class ResponsesPassThrough(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)
-        ctx.attempt.serve(data.get("model"))
+        ctx.attempt.serve(data.get("model"), data.get("id"))
+        ctx.attempt.serve_openai(data)
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
@@ -193,7 +194,8 @@ class PassThroughStream(StreamTranslator):
             event = with_data(event, obj)
         if isinstance(response, dict):
             self.response = response
-            self.ctx.attempt.serve(response.get("model"))
+            self.ctx.attempt.serve(response.get("model"), response.get("id"))
+            self.ctx.attempt.serve_openai(response)
             if isinstance(response.get("usage"), dict):
                 self.ctx.attempt.usage = Usage.from_openai(response["usage"])
             self.ctx.attempt.image_usage = reported(response) or self.ctx.attempt.image_usage
