@@ -208,7 +208,9 @@ def searched_then_dropped(client: OpenAI, model: str):
         "status": "completed",
     }
     output = {"type": "tool_search_output", "call_id": "call_ts1", "execution": "client", "tools": []}
-    first = client.responses.create(model=model, input=[{"role": "user", "content": "hi"}, call, output], tools=[SEARCH])
+    first = client.responses.create(
+        model=model, input=[{"role": "user", "content": "hi"}, call, output], tools=[SEARCH]
+    )
     return client.responses.create(model=model, previous_response_id=first.id, input="now just answer")
 
 
