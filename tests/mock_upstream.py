@@ -341,7 +341,17 @@ def anthropic_tool_refusal(body: dict) -> Reply | None:
     if isinstance(choice, dict) and choice.get("type") == "tool":
         if choice.get("name") not in {t.get("name") for t in tools}:
             return anthropic_error(400, f"tool_choice: Tool '{choice.get('name')}' not found in tools")
+    # Tool blocks in the messages with no tools defined: Anthropic's 400 (quoted in BerriAI/litellm#4689,
+    # whose dummy tool, of another name than the history's calls, is what LiteLLM sends to get past it).
+    blocks = [b for m in body.get("messages") or [] if isinstance(m, dict) for b in listed_blocks(m.get("content"))]
+    if not tools and any(b.get("type") in ("tool_use", "tool_result") for b in blocks):
+        return anthropic_error(400, "Requests which include `tool_use` or `tool_result` blocks must define tools.")
     return None
+
+
+def listed_blocks(content: Any) -> list[dict]:
+    """A message's content blocks (none for a string)."""
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
 def gemini_tool_refusal(body: dict) -> Reply | None:
@@ -362,7 +372,11 @@ def gemini_tool_refusal(body: dict) -> Reply | None:
             names.append(name)
     config = body.get("toolConfig") or body.get("tool_config") or {}
     calling = config.get("functionCallingConfig") or config.get("function_calling_config") or {}
-    for name in calling.get("allowedFunctionNames") or calling.get("allowed_function_names") or []:
+    allowed = calling.get("allowedFunctionNames") or calling.get("allowed_function_names") or []
+    if allowed and calling.get("mode") not in ("ANY", "VALIDATED"):  # FunctionCallingConfig: only with these
+        message = "* GenerateContentRequest.tool_config.function_calling_config.allowed_function_names: only "
+        return gemini_error(400, message + "allowed when the mode is ANY or VALIDATED")
+    for name in allowed:
         if name not in names:
             message = f"* GenerateContentRequest.tool_config: allowed function name {name!r} is not declared"
             return gemini_error(400, message)

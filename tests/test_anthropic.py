@@ -804,6 +804,7 @@ def test_native_requests_lose_only_the_thinking_blocks_stockyard_made_for_gemini
     native.messages.create(
         model="claude-haiku-4-5-from-gemini",
         max_tokens=100,
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],  # Claude's 400 without (tool blocks)
         messages=[
             *user("weather?"),
             {"role": "assistant", "content": [theirs, ours, call]},
@@ -857,7 +858,7 @@ def test_native_packed_block_filter_is_not_fooled_by_a_json_escape(server, mock)
     model = "claude-haiku-4-5-escaped"
     signature = pack({"thought_signatures": {"call_1": "c2ln"}})
     raw = (
-        '{"model": "%s", "max_tokens": 100, "messages": ['
+        '{"model": "%s", "max_tokens": 100, "tools": [{"name": "get_weather", "input_schema": {}}], "messages": ['
         '{"role": "user", "content": "weather?"},'
         '{"role": "assistant", "content": [{"type": "th\\u0069nking", "th\\u0069nking": "", "signature": "%s"},'
         '{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}]},'

@@ -442,11 +442,6 @@ REFUSALS = [
     ),
     ({"model": "m", "input": "x", "tools": [{**WEATHER, "defer_loading": True}]}, "tools[0].defer_loading", ""),
     ({"model": "m", "input": "x", "tool_choice": {"type": "web_search_preview"}}, "tool_choice", ""),
-    (
-        {"model": "m", "input": "x", "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
-        "tool_choice",
-        "",
-    ),
     ({"model": "m", "input": "x", "background": True}, "background", "background"),
     ({"model": "m", "input": "x", "prompt": {"id": "pmpt_1"}}, "prompt", "prompt"),
     ({"model": "m", "input": "x", "top_logprobs": 3}, "top_logprobs", "top_logprobs"),

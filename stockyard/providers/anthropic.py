@@ -33,12 +33,14 @@ from .chatshape import (
     TRANSLATED,
     ChunkStream,
     Field,
+    allowed_tools,
     append_turn,
     completion,
     data_url,
     endpoint_check,
     honoured_body,
     message_list,
+    only_allowed,
     record_stream_error,
     refused,
     shape_errors,
@@ -128,7 +130,11 @@ CHAT_FIELDS: dict[str, Field] = {
     "top_p": Field(TRANSLATED, "top_p"),
     "stop": Field(TRANSLATED, "stop_sequences"),
     "tools": Field(TRANSLATED, "tools with input_schema; a tool's cache_control (on it or its function) → on the tool"),
-    "tool_choice": Field(TRANSLATED, "tool_choice auto/none/any/tool"),
+    "tool_choice": Field(
+        TRANSLATED,
+        "tool_choice auto/none/any/tool; allowed_tools → only those tools sent, with auto/any (a turn whose tools"
+        " differ reads no cached prefix)",
+    ),
     "parallel_tool_calls": Field(TRANSLATED, "false → tool_choice.disable_parallel_tool_use"),
     "user": Field(TRANSLATED, "metadata.user_id"),
     "safety_identifier": Field(TRANSLATED, "metadata.user_id (when user is absent)"),
@@ -428,6 +434,27 @@ def translate_tools(tools: Any) -> list[dict]:
     return out
 
 
+CALLED_EARLIER = "a tool called earlier in this conversation, not offered now"
+
+
+def called_tools(messages: list[dict]) -> list[dict]:
+    """The tools the ``tool_use`` blocks of ``messages`` call, declared for a request that offers none.
+
+    Claude refuses tool_use and tool_result blocks in a request that defines no tools (``Requests which
+    include `tool_use` or `tool_result` blocks must define tools``, quoted in BerriAI/litellm#4689), but not
+    calls of tools it is not given once it is given some (LiteLLM's fix is a dummy tool of another name).
+    So a history that called tools the request no longer offers (a tool search the turn leaves out, a
+    client summarizing with its tools off) goes as it is, those tools declared by name (their schemas are
+    the client's, gone with them: any object) and ``tool_choice: none``: the model calls none of them."""
+    names: list[str] = []
+    for msg in messages:
+        for block in msg["content"] if isinstance(msg.get("content"), list) else []:
+            name = block.get("name") if isinstance(block, dict) and block.get("type") == "tool_use" else None
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+    return [{"name": name, "description": CALLED_EARLIER, "input_schema": {"type": "object"}} for name in names]
+
+
 def tool_mark(tool: dict, fn: dict) -> dict | None:
     """A tool's ``cache_control`` (prompt caching up to the tools), in either place LiteLLM's
     clients put it: on the tool entry or on its ``function``."""
@@ -498,7 +525,14 @@ def messages_request(
     Thinking asked for (``reasoning_effort``) is left off when the tool loop's assistant turn
     came back without its thinking blocks (a client that dropped them, or history made on another
     model): Anthropic would refuse the request. ``notes`` gets a line saying so (the trace's).
+
+    An ``allowed_tools`` tool_choice sends only the allowed tools, with ``auto`` or ``any``: Claude's
+    tool_choice names one tool or all, and a tool it is given it may call. Its cached prefix starts at
+    the tools, so a turn narrowed so reads nothing a turn with all of them cached (and the reverse).
     """
+    allowed = allowed_tools(body)
+    if allowed is not None:  # Claude has no allowed subset: the others are not sent (see the docstring)
+        body = {**body, "tools": only_allowed(body.get("tools"), allowed[1]), "tool_choice": allowed[0]}
     system, messages = translate_messages(body.get("messages"))
     limit = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None), default_cap)
     out: dict = {"model": model, "messages": messages, "max_tokens": limit}
@@ -526,6 +560,8 @@ def messages_request(
     choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice and out.get("tools"):
         out["tool_choice"] = choice
+    if not out.get("tools") and called_tools(messages):
+        out["tools"], out["tool_choice"] = called_tools(messages), {"type": "none"}
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}

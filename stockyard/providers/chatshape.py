@@ -339,6 +339,49 @@ def tool_function(tool: Any) -> dict:
     return fn
 
 
+ALLOWED_MODES = ("auto", "required")
+
+
+def invalid_choice(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, param=param, code="invalid_tool_choice")
+
+
+def allowed_tools(body: dict) -> tuple[str, list[str]] | None:
+    """A ``tool_choice`` of type ``allowed_tools`` (``{"allowed_tools": {"mode", "tools": [{"type":
+    "function", "function": {"name"}}]}}``) → its mode and the names of the allowed functions, in the
+    order ``tools`` declares them; None for another tool_choice. Claude and Gemini have no such choice,
+    so each adapter offers only these (:func:`only_allowed`); an allowed function the request does not
+    declare is a 400 here, naming it, not the provider's own 400 about a name the client never sent."""
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return None
+    inner = choice.get("allowed_tools")
+    if not isinstance(inner, dict):
+        raise invalid_choice("tool_choice.allowed_tools", "tool_choice.allowed_tools must be an object")
+    mode, entries = inner.get("mode"), inner.get("tools")
+    if mode not in ALLOWED_MODES:
+        raise invalid_choice(
+            "tool_choice.allowed_tools.mode", "tool_choice.allowed_tools.mode must be auto or required"
+        )
+    if not isinstance(entries, list) or not entries:
+        raise invalid_choice("tool_choice.allowed_tools.tools", "tool_choice.allowed_tools.tools must list a tool")
+    declared = [tool_function(tool)["name"] for tool in body.get("tools") or []]
+    wanted = set()
+    for i, entry in enumerate(entries):
+        kind, fn = (entry.get("type"), entry.get("function")) if isinstance(entry, dict) else (None, None)
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if kind != "function" or name not in declared:
+            param = f"tool_choice.allowed_tools.tools[{i}]"
+            raise invalid_choice(param, f"{param}: the request declares no function {name!r} among its tools")
+        wanted.add(name)
+    return mode, [name for name in declared if name in wanted]
+
+
+def only_allowed(tools: Any, names: list[str]) -> list:
+    """The chat ``tools`` whose function is one of ``names``."""
+    return [tool for tool in tools or [] if tool_function(tool)["name"] in names]
+
+
 def tool_arguments(call: dict) -> dict:
     """The parsed JSON arguments of an assistant tool call (an object, as both APIs need)."""
     raw = (call.get("function") or {}).get("arguments") or "{}"

@@ -31,6 +31,7 @@ from .chatshape import (
     TRANSLATED,
     ChunkStream,
     Field,
+    allowed_tools,
     append_turn,
     completion,
     data_url,
@@ -38,6 +39,7 @@ from .chatshape import (
     honoured_body,
     message_list,
     note,
+    only_allowed,
     shape_errors,
     text_of,
     tool_arguments,
@@ -143,7 +145,11 @@ CHAT_FIELDS: dict[str, Field] = {
     "frequency_penalty": Field(TRANSLATED, "generationConfig.frequencyPenalty"),
     "stop": Field(TRANSLATED, "generationConfig.stopSequences"),
     "tools": Field(TRANSLATED, "functionDeclarations (only the schema keywords Gemini's Schema has)"),
-    "tool_choice": Field(TRANSLATED, "toolConfig.functionCallingConfig"),
+    "tool_choice": Field(
+        TRANSLATED,
+        "toolConfig.functionCallingConfig; allowed_tools required → ANY with allowedFunctionNames, auto → only"
+        " those declared, AUTO",
+    ),
     "response_format": Field(
         TRANSLATED, "json_object → responseMimeType application/json; json_schema → + responseSchema", _json_format
     ),
@@ -358,6 +364,17 @@ def translate_tools(tools: Any) -> list[dict]:
     return [{"functionDeclarations": decls}] if decls else []
 
 
+def with_allowed(body: dict, mode: str, names: list[str]) -> tuple[dict, dict | None]:
+    """The body and ``toolConfig`` for an ``allowed_tools`` tool_choice of ``mode`` allowing ``names``.
+    ``required``: every function declared, ``ANY`` limited to ``names`` by allowedFunctionNames (the
+    declarations, the start of the prompt Gemini caches, as in the other turns). ``auto``: only ``names``
+    declared, ``AUTO``: allowedFunctionNames goes with ANY (or the preview VALIDATED) only, as Gemini's
+    FunctionCallingConfig says."""
+    if mode == "required":
+        return body, {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": names}}
+    return {**body, "tools": only_allowed(body.get("tools"), names), "tool_choice": "auto"}, None
+
+
 def translate_tool_choice(choice: Any) -> dict | None:
     if choice is None:
         return None
@@ -469,10 +486,12 @@ def generate_request(body: dict, model: str = "") -> dict:
     out: dict = {"contents": contents}
     if system:
         out["systemInstruction"] = system
+    allowed = allowed_tools(body)
+    body, choice = with_allowed(body, *allowed) if allowed is not None else (body, None)
     tools = translate_tools(body.get("tools"))
     if tools:
         out["tools"] = tools
-        choice = translate_tool_choice(body.get("tool_choice"))
+        choice = choice or translate_tool_choice(body.get("tool_choice"))
         if choice:
             out["toolConfig"] = choice
     config = generation_config(body, model)

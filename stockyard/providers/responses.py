@@ -215,7 +215,9 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
         search = web_search_options(body.get("tools") or [])
         if search is not None:
             chat["web_search_options"] = search
-    if present(body, "tool_choice"):
+    if isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
+        allow_only(chat, body["tool_choice"], body, history)
+    elif present(body, "tool_choice"):
         chat["tool_choice"] = chat_tool_choice(body["tool_choice"], body, history)
     if present(body, "text"):
         chat.update(chat_text(body["text"]))
@@ -724,6 +726,73 @@ def chosen_function(choice: dict, request: dict, history: list | None) -> str:
     which = f"{choice['name']!r}" + (f" of namespace {namespace!r}" if namespace else "")
     message = f"tool_choice: the request declares no function or custom tool {which}"
     raise ProxyError(400, message, param="tool_choice", code="invalid_tool_choice")
+
+
+def allow_only(chat: dict, choice: dict, request: dict, history: list | None) -> None:
+    """An ``allowed_tools`` tool_choice (``mode`` auto or required, ``tools`` naming tools as the request
+    declares them) → the chat API's, naming the functions they went as; the adapters of Claude and Gemini
+    offer the model only those (``chatshape.allowed_tools``). A web search the list leaves out is not
+    offered either; a list of the web search alone leaves the functions out."""
+    mode, entries = choice.get("mode"), choice.get("tools")
+    if mode not in ("auto", "required"):
+        raise choice_error("tool_choice.mode", "tool_choice.mode must be auto or required")
+    if not isinstance(entries, list) or not entries:
+        raise choice_error("tool_choice.tools", "tool_choice.tools must list the tools the model may call")
+    names: list[str] = []
+    search = False
+    for i, entry in enumerate(entries):
+        found = allowed_functions(entry, request, history)
+        if found is None:
+            which = f"tool_choice.tools[{i}]"
+            raise choice_error(which, f"{which}: the request declares no tool {allowed_named(entry)}")
+        names += [name for name in found if name not in names]
+        search = search or not found
+    if not search:
+        chat.pop("web_search_options", None)
+    if names:
+        tools = [{"type": "function", "function": {"name": name}} for name in names]
+        chat["tool_choice"] = {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": tools}}
+    else:
+        chat.pop("tools", None)
+        chat.pop("parallel_tool_calls", None)
+        chat["tool_choice"] = mode
+
+
+def allowed_functions(entry: Any, request: dict, history: list | None) -> list[str] | None:
+    """The chat functions one ``allowed_tools`` entry allows: a function or custom tool (``name``, and
+    ``namespace`` for a namespace's, as its calls name it and a named tool_choice does), a whole
+    ``namespace`` tool, the client's ``tool_search``; ``[]`` for the request's web search. None when
+    the request declares no such tool (or one the translation has none of: MCP, image generation…)."""
+    kind = entry.get("type") if isinstance(entry, dict) else None
+    if kind in WEB_SEARCH_TOOLS:
+        return [] if web_search_tools(request.get("tools")) else None
+    if kind == TOOL_SEARCH:
+        return [TOOL_SEARCH] if searches(request) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str):
+        return None
+    found = request_tools(request, history)
+    if kind == "namespace":
+        return [chat for chat, ns, _ in found if ns == name] or None
+    namespace = entry.get("namespace") or ""
+    if kind not in ("function", "custom") or not isinstance(namespace, str):
+        return None
+    return [chat for chat, ns, tool in found if (ns, tool["name"]) == (namespace, name)] or None
+
+
+def allowed_named(entry: Any) -> str:
+    """An ``allowed_tools`` entry as an error message names it."""
+    if not isinstance(entry, dict):
+        return repr(entry)
+    parts = [f"of type {entry.get('type')!r}"]
+    for key in ("name", "namespace", "server_label"):
+        if entry.get(key):
+            parts.append(f"{key} {entry[key]!r}")
+    return ", ".join(parts) + " (function, custom, namespace, tool_search and web search tools can be allowed)"
+
+
+def choice_error(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, param=param, code="invalid_tool_choice")
 
 
 def chat_text(text: Any) -> dict:
