@@ -560,8 +560,9 @@ def messages_request(
     choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice and out.get("tools"):
         out["tool_choice"] = choice
-    if not out.get("tools") and called_tools(messages):
-        out["tools"], out["tool_choice"] = called_tools(messages), {"type": "none"}
+    called = called_tools(messages) if not out.get("tools") else []
+    if called:
+        out["tools"], out["tool_choice"] = called, {"type": "none"}
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
