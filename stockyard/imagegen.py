@@ -112,12 +112,28 @@ def image_tool(body: Any) -> dict | None:
     return None
 
 
-def output_tokens(model: Any) -> dict[str, dict[str, int]]:
+def own_table(model: Any) -> dict[str, dict[str, int]] | None:
     """The image output tokens by quality and size of the image model ``model`` (a name as a
-    request gives it; a dated snapshot of a known model is that model): :data:`OUTPUT_TOKENS`."""
+    request gives it; a dated snapshot of a known model is that model): :data:`OUTPUT_TOKENS`;
+    None for a model the tables do not know."""
     name = model.strip().lower() if isinstance(model, str) else ""
     known = [key for key in OUTPUT_TOKENS if key_names(key, name)]
-    return OUTPUT_TOKENS[max(known, key=len)] if known else GPT_IMAGE_1_TOKENS
+    return OUTPUT_TOKENS[max(known, key=len)] if known else None
+
+
+def output_tokens(model: Any) -> dict[str, dict[str, int]]:
+    """:func:`own_table`, or gpt-image-1's for a model the tables do not know."""
+    return own_table(model) or GPT_IMAGE_1_TOKENS
+
+
+def images_api_tokens(body: dict, model: str, floor: int) -> int:
+    """Output tokens one image of an Images API request (generations, edits) may cost: as one of the
+    tool's (:func:`image_tokens`: the request's ``quality``, ``size`` and ``partial_images``) for a
+    model with a table of its own; for any other token-priced image model (one an operator prices)
+    gpt-image-1's largest or ``floor`` (the default output cap), whichever is more."""
+    if own_table(model) is None:
+        return max(floor, largest_image(model))
+    return image_tokens({"model": model, **{k: body.get(k) for k in ("quality", "size", "partial_images")}})
 
 
 def largest_image(model: Any) -> int:

@@ -317,3 +317,51 @@ def test_the_image_tool_naming_gpt_image_1_5_is_billed_at_its_rates(server):
     image = IMAGE_GEN_INPUT_TOKENS * V15_TEXT_IN + IMAGE_GEN_OUTPUT_TOKENS * V15_IMAGE_OUT
     image += IMAGE_TEXT_OUTPUT_TOKENS * V15_TEXT_OUT
     assert (trace["cost_status"], trace["cost_uc"]) == ("exact", text + image), trace
+
+
+IMAGE_MEDIA_IN = 1000  # gpt-image-1's dearest input rate ($10 per 1M image input), µ¢ a token
+
+
+@pytest.mark.parametrize(
+    "fields, per_image, image_in, image_out, text_out",
+    [
+        ({"model": "gpt-image-1", "quality": "low", "size": "1024x1024"}, 272, IMAGE_MEDIA_IN, IMAGE_OUT, 0),
+        (
+            {"model": "gpt-image-1", "quality": "medium", "size": "1536x1024", "n": 2, "partial_images": 2},
+            1568 + 200,
+            IMAGE_MEDIA_IN,
+            IMAGE_OUT,
+            0,
+        ),
+        ({"model": "gpt-image-1", "quality": "auto", "size": "auto"}, 6240, IMAGE_MEDIA_IN, IMAGE_OUT, 0),
+        (
+            {"model": "gpt-image-1-mini", "quality": "low", "size": "1024x1024", "n": 3},
+            625,
+            MINI_IMAGE_IMAGE_IN,
+            800,
+            0,
+        ),
+        (
+            {"model": "gpt-image-1.5", "quality": "medium", "size": "1024x1024"},
+            1056,
+            V15_IMAGE_IN,
+            V15_IMAGE_OUT,
+            DEFAULT_MAX_TOKENS * V15_TEXT_OUT,
+        ),
+    ],
+)
+def test_an_images_request_holds_each_image_at_its_quality_and_size(
+    server, fields, per_image, image_in, image_out, text_out
+):
+    """As the image tool's images are held: by the request's ``quality`` and ``size`` (and partial
+    images), in the model's own table. Was: every image at the model's largest (a low-quality
+    gpt-image-1 square, $0.011, held at $0.25: a key with less left was refused it)."""
+    secret, _ = make_key(server, "0.00000001")
+    body = {"prompt": "a cat", **fields}
+    status, _, answer = images_post(server, secret, body)
+    assert status == 429 and answer["error"]["code"] == "budget_exceeded", answer
+    found = re.search(REFUSAL, answer["error"]["message"])
+    assert found, answer
+    n = fields.get("n", 1)
+    inputs = -(-len(json.dumps(body)) // 4) * image_in
+    assert usd(found[3]) == inputs + n * (per_image * image_out + text_out)
