@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 from .context import RequestContext
 from .errors import ProxyError
 from .estimate import PRICED_AUDIO_FORMATS, runs_after_answer, unbounded_server_tools, unpriced_audio_format
+from .imagegen import IMAGE_CALLS_UNCAPPED, tool_calls, uncapped
 from .pricing import format_usd
 
 if TYPE_CHECKING:
@@ -149,6 +150,20 @@ class Hold:
     parts: list[tuple[Budget, str, int]] = field(default_factory=list)
 
 
+LOWER_HINT = "lower max_tokens or n, or raise the budget"  # what a refused client can do to hold less
+
+
+def lowering_hint(ctx: RequestContext) -> str:
+    """What a budget's refusal tells the client to lower: ``max_tool_calls`` too when the image tool
+    is held at its uncapped count of images (the largest part of such a hold, ~$2.50)."""
+    if uncapped(ctx.body) and tool_calls(ctx.body):
+        return (
+            f"lower max_tokens or n, set max_tool_calls (without it the image_generation tool is held at "
+            f"{IMAGE_CALLS_UNCAPPED} images), or raise the budget"
+        )
+    return LOWER_HINT
+
+
 @dataclass
 class BudgetExceeded(Exception):
     budget: Budget
@@ -158,8 +173,9 @@ class BudgetExceeded(Exception):
     amount: int
     ts_ms: int
 
-    def error(self) -> ProxyError:
-        """The 429 the client gets, in its own dialect."""
+    def error(self, hint: str = LOWER_HINT) -> ProxyError:
+        """The 429 the client gets, in its own dialect; ``hint``: what the client can do
+        (:func:`estimate.lowering_hint` names what its request holds most of)."""
         b = self.budget
         fits = self.spent + self.amount <= b.limit_uc  # only requests in flight stood in the way
         if self.reserved:
@@ -168,7 +184,7 @@ class BudgetExceeded(Exception):
             held = ", the rest held by requests in flight when it was refused" if fits else ""
         text = (
             f"budget exceeded: the {b.describe()} allows no more: {format_usd(self.spent, 2)} spent{held}, "
-            f"and this request may cost up to {format_usd(self.amount, 2)} (lower max_tokens or n, or raise the budget)"
+            f"and this request may cost up to {format_usd(self.amount, 2)} ({hint})"
         )
         headers: dict[str, str] = {}
         if fits:

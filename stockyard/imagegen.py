@@ -170,6 +170,12 @@ def tool_calls(body: dict) -> int:
     return most if type(most) is int and most > 0 else IMAGE_CALLS_UNCAPPED
 
 
+def uncapped(body: Any) -> bool:
+    """The request offers the image tool and sets no ``max_tool_calls``: held at
+    :data:`IMAGE_CALLS_UNCAPPED` images, which a refusal says how to lower."""
+    return isinstance(body, dict) and image_tool(body) is not None and body.get("max_tool_calls") is None
+
+
 def image_tokens(tool: dict) -> int:
     """Output tokens one of the tool's images may cost: its ``quality`` and ``size`` as its
     ``model``'s table counts them (:func:`output_tokens`; ``auto``, unset or unknown: the dearest; a

@@ -365,3 +365,15 @@ def test_an_images_request_holds_each_image_at_its_quality_and_size(
     n = fields.get("n", 1)
     inputs = -(-len(json.dumps(body)) // 4) * image_in
     assert usd(found[3]) == inputs + n * (per_image * image_out + text_out)
+
+
+def test_a_refusal_of_an_uncapped_image_tool_says_to_set_max_tool_calls(server):
+    """Without ``max_tool_calls`` the tool is held at ten images (~$2.50): the refusal names the way
+    to hold fewer, and only then."""
+    secret, _ = make_key(server, "0.00000001")
+    status, _, answer = post(server, secret, draw({}))
+    assert status == 429, answer
+    assert "set max_tool_calls" in answer["error"]["message"]
+    for capped in (draw({}, max_tool_calls=1), draw()):
+        status, _, answer = post(server, secret, capped)
+        assert status == 429 and "max_tool_calls" not in answer["error"]["message"], answer

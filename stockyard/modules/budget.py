@@ -21,7 +21,17 @@ import logging
 from dataclasses import dataclass, field
 
 from .. import estimate
-from ..budgets import Budget, BudgetExceeded, Hold, Ledger, budgets_for, check_countable, scopes_of, unpriced_refusal
+from ..budgets import (
+    Budget,
+    BudgetExceeded,
+    Hold,
+    Ledger,
+    budgets_for,
+    check_countable,
+    lowering_hint,
+    scopes_of,
+    unpriced_refusal,
+)
 from ..context import RequestContext
 from ..errors import ProxyError
 from .base import Module
@@ -84,7 +94,7 @@ class BudgetModule(Module):
             ctx.state["budget"] = services.ledger.reserve(budgets, amount, ctx.ts_ms)
             ctx.state["budget.cover"] = Cover(services.ledger, budgets, amount, ctx.ts_ms)
         except BudgetExceeded as exc:
-            raise exc.error() from None
+            raise exc.error(lowering_hint(ctx)) from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
             log.error("budget spend for %s could not be loaded: %s", key.id, exc)
             raise ProxyError(

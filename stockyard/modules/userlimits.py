@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import estimate
-from ..budgets import PERIODS, BudgetExceeded, check_countable, unpriced_refusal, user_budget
+from ..budgets import PERIODS, BudgetExceeded, check_countable, lowering_hint, unpriced_refusal, user_budget
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..pricing import microcents_from_usd
@@ -113,7 +113,7 @@ class UserLimitsModule(Module):
             ctx.state["userlimits.budget"] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
             ctx.state["userlimits.cover"] = Cover(self.services.ledger, [budget], amount, ctx.ts_ms)
         except BudgetExceeded as exc:
-            raise exc.error() from None
+            raise exc.error(lowering_hint(ctx)) from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
             log.error("end-user budget spend could not be loaded: %s", exc)
             raise ProxyError(
