@@ -11,9 +11,9 @@ Two kinds reach a client in a stream:
 
 A stream cut before its usage never brings those counts, so the images it relayed are counted as
 they pass (:class:`ImageTally`, :func:`chat_images`: a trace keeps only the first 256 KB of an
-answer, and one image is ~2 MB of base64) and estimated: each image as the largest one (the
-tool's image model's, :func:`largest_image`; a chat model's, :data:`IMAGE_OUTPUT_TOKENS`), each
-partial image its 100 tokens
+answer, and one image is ~2 MB of base64) and estimated: each image as the tool asked for it
+(its quality and size in its image model's table, :func:`drawn_tokens`: ``auto`` or unset, the
+largest; a chat model's as the largest, :data:`IMAGE_OUTPUT_TOKENS`), each partial image its 100 tokens
 (OpenAI: "each partial image will incur an additional 100 image output tokens"). An image of which
 only partials went out is billed as made: it was being drawn, and the last partial can be close to
 it. Their events are never billed as text: :func:`image_bytes` (what ``Attempt.capture`` counts of
@@ -177,9 +177,14 @@ def uncapped(body: Any) -> bool:
 
 
 def image_tokens(tool: dict) -> int:
-    """Output tokens one of the tool's images may cost: its ``quality`` and ``size`` as its
-    ``model``'s table counts them (:func:`output_tokens`; ``auto``, unset or unknown: the dearest; a
-    size the table lacks: by its area, never below the quality's largest), and its partial images."""
+    """Output tokens one of the tool's images may cost: :func:`drawn_tokens` and its partial images."""
+    return drawn_tokens(tool) + PARTIAL_IMAGE_TOKENS * partial_images(tool)
+
+
+def drawn_tokens(tool: dict) -> int:
+    """Output tokens of one image the tool (or an Images API request) asks for: its ``quality`` and
+    ``size`` as its ``model``'s table counts them (:func:`output_tokens`; ``auto``, unset or unknown:
+    the dearest; a size the table lacks: by its area, never below the quality's largest)."""
     table = output_tokens(tool.get("model") or IMAGE_TOOL_MODEL)
     quality = tool.get("quality")
     sizes = table.get(quality) if isinstance(quality, str) else None
@@ -191,7 +196,7 @@ def image_tokens(tool: dict) -> int:
         found = _SIZE.fullmatch(size) if isinstance(size, str) else None
         by_area = -(-int(found[1]) * int(found[2]) * largest // (1024 * 1536)) if found else 0
         tokens = max(largest, by_area)
-    return tokens + PARTIAL_IMAGE_TOKENS * partial_images(tool)
+    return tokens
 
 
 def partial_images(tool: dict) -> int:
@@ -271,6 +276,6 @@ class ImageTally:
         """The tool's usage for what went out, when any image did (see the module's docstring)."""
         if not self.images:
             return None
-        largest = largest_image(tool_model(self.body) if isinstance(self.body, dict) else IMAGE_TOOL_MODEL)
-        drawn = largest * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials
+        each = drawn_tokens((image_tool(self.body) if isinstance(self.body, dict) else None) or {})
+        drawn = each * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials
         return Usage(completion_tokens=drawn, media_output_tokens=drawn)  # images: at the image output rate

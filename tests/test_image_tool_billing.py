@@ -95,6 +95,24 @@ def test_a_cut_stream_bills_the_minis_image_as_the_minis_largest(openai_server, 
     assert mini_image <= trace["cost_uc"] < mini_image + 1_000_000, (trace["cost_uc"], mini_image)
 
 
+@pytest.mark.parametrize(
+    ("settings", "tokens"),
+    [({"quality": "low", "size": "1024x1024"}, 272), ({"quality": "medium", "size": "1536x1024"}, 1568)],
+)
+def test_a_cut_stream_bills_its_image_at_the_tools_quality_and_size(openai_server, mock, settings, tokens):
+    """The image made is the one the tool asked for: a cut stream's image is billed at its quality and
+    size in the tool model's table (as the hold counts it), not the model's largest (23 times a low
+    1024x1024 image's 272 tokens)."""
+    mock.enqueue(Reply(cut_after=IMAGE_DONE + 9))
+    status, headers, raw = post(openai_server, draw(**settings))
+    assert status == 200 and b'"type":"response.completed"' not in raw, raw[:300]
+    trace = openai_server.trace(headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
+    image = tokens * IMAGE_OUT
+    # the text (its bytes / 4 at gpt-4o-mini's rates) is far below a cent
+    assert image <= trace["cost_uc"] < image + 1_000_000, (trace["cost_uc"], image)
+
+
 def test_a_cut_stream_bills_a_gpt_image_1_5_image_at_its_image_rate(openai_server, mock):
     """The tool names gpt-image-1.5: a cut stream's image is its largest (6,240 tokens) at its image
     output rate, $32 per 1M ($0.19968) — not its text output rate, $10."""
