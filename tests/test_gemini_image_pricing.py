@@ -182,6 +182,15 @@ def test_a_chat_request_to_an_image_model_gets_its_image_and_is_billed_the_same(
     assert server.trace(got["x-stockyard-trace-id"])["cost_uc"] == flash_cost()
 
 
+def chat_with_modalities(server: ServerProcess, modalities: object) -> tuple[int, dict, bytes]:
+    chat = {
+        "model": f"gemini/{FLASH_IMAGE}",
+        "messages": [{"role": "user", "content": "Draw"}],
+        "modalities": modalities,
+    }
+    return server.request("POST", "/v1/chat/completions", chat, headers={"Authorization": f"Bearer {KEYS['plain']}"})
+
+
 @pytest.mark.parametrize(
     ("modalities", "sent", "image"),
     [(["image", "text"], ["IMAGE", "TEXT"], True), (["text"], ["TEXT"], False)],
@@ -189,13 +198,7 @@ def test_a_chat_request_to_an_image_model_gets_its_image_and_is_billed_the_same(
 def test_chat_modalities_reach_gemini_as_response_modalities(server, mock, modalities, sent, image) -> None:
     """OpenRouter's way to ask a chat image model for images (``modalities``) is Gemini's
     ``generationConfig.responseModalities``: it was a 400 ("text only") before."""
-    chat = {
-        "model": f"gemini/{FLASH_IMAGE}",
-        "messages": [{"role": "user", "content": "Draw"}],
-        "modalities": modalities,
-    }
-    headers = {"Authorization": f"Bearer {KEYS['plain']}"}
-    status, got, raw = server.request("POST", "/v1/chat/completions", chat, headers=headers)
+    status, got, raw = chat_with_modalities(server, modalities)
     assert status == 200, raw
     received = mock.last(":generateContent")
     assert received is not None and received.json["generationConfig"]["responseModalities"] == sent
@@ -207,13 +210,7 @@ def test_chat_modalities_reach_gemini_as_response_modalities(server, mock, modal
 
 @pytest.mark.parametrize("modalities", [["audio"], ["text", "audio"], "image", [], [1]])
 def test_chat_modalities_gemini_cannot_give_are_a_400_naming_the_field(server, modalities) -> None:
-    chat = {
-        "model": f"gemini/{FLASH_IMAGE}",
-        "messages": [{"role": "user", "content": "Draw"}],
-        "modalities": modalities,
-    }
-    headers = {"Authorization": f"Bearer {KEYS['plain']}"}
-    status, _, raw = server.request("POST", "/v1/chat/completions", chat, headers=headers)
+    status, _, raw = chat_with_modalities(server, modalities)
     assert status == 400, raw
     error = json.loads(raw)["error"]
     assert (error["param"], error["code"]) == ("modalities", "unsupported_field")

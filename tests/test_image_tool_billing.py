@@ -81,49 +81,29 @@ def test_a_stream_the_provider_cuts_before_its_end_bills_the_image_and_the_text(
     assert trace["completion_tokens"] < len(IMAGE_B64) // 4 // 100, trace["completion_tokens"]
 
 
-def test_a_cut_stream_bills_the_minis_image_as_the_minis_largest(openai_server, mock):
-    """The tool names gpt-image-1-mini: a cut stream's image is its largest (6,500 tokens: $0.052,
-    its model page's price of a high 1024x1536 image) at its $8 per 1M. Was: gpt-image-1's largest
-    at gpt-image-1's $40 (the mini had no price: the tool's default model's was used)."""
-    mock.enqueue(Reply(cut_after=IMAGE_DONE + 9))
-    status, headers, raw = post(openai_server, draw(model="gpt-image-1-mini"))
-    assert status == 200 and b'"type":"response.completed"' not in raw, raw[:300]
-    trace = openai_server.trace(headers["x-stockyard-trace-id"])
-    assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
-    mini_image = 6500 * 800  # µ¢: 6,500 tokens at $8 per 1M
-    # the text (its bytes / 4 at gpt-4o-mini's rates) is far below a cent
-    assert mini_image <= trace["cost_uc"] < mini_image + 1_000_000, (trace["cost_uc"], mini_image)
-
-
 @pytest.mark.parametrize(
-    ("settings", "tokens"),
-    [({"quality": "low", "size": "1024x1024"}, 272), ({"quality": "medium", "size": "1536x1024"}, 1568)],
+    ("settings", "image_uc"),
+    [
+        # the mini: its largest (6,500 tokens: $0.052, its model page's price of a high 1024x1536
+        # image) at its $8 per 1M. Was: gpt-image-1's largest at gpt-image-1's $40
+        ({"model": "gpt-image-1-mini"}, 6500 * 800),
+        # gpt-image-1.5: its largest (6,240 tokens) at its image output rate, $32 per 1M ($0.19968),
+        # not its text output rate, $10
+        ({"model": "gpt-image-1.5"}, 6240 * 3200),
+        # the image made is the one the tool asked for: its quality and size in the tool model's
+        # table (as the hold counts it). Was: the model's largest (23 times a low 1024x1024's 272)
+        ({"quality": "low", "size": "1024x1024"}, 272 * IMAGE_OUT),
+        ({"quality": "medium", "size": "1536x1024"}, 1568 * IMAGE_OUT),
+    ],
 )
-def test_a_cut_stream_bills_its_image_at_the_tools_quality_and_size(openai_server, mock, settings, tokens):
-    """The image made is the one the tool asked for: a cut stream's image is billed at its quality and
-    size in the tool model's table (as the hold counts it), not the model's largest (23 times a low
-    1024x1024 image's 272 tokens)."""
+def test_a_cut_stream_bills_its_image_as_the_tool_asked_for_it(openai_server, mock, settings, image_uc):
     mock.enqueue(Reply(cut_after=IMAGE_DONE + 9))
     status, headers, raw = post(openai_server, draw(**settings))
     assert status == 200 and b'"type":"response.completed"' not in raw, raw[:300]
     trace = openai_server.trace(headers["x-stockyard-trace-id"])
     assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
-    image = tokens * IMAGE_OUT
     # the text (its bytes / 4 at gpt-4o-mini's rates) is far below a cent
-    assert image <= trace["cost_uc"] < image + 1_000_000, (trace["cost_uc"], image)
-
-
-def test_a_cut_stream_bills_a_gpt_image_1_5_image_at_its_image_rate(openai_server, mock):
-    """The tool names gpt-image-1.5: a cut stream's image is its largest (6,240 tokens) at its image
-    output rate, $32 per 1M ($0.19968) — not its text output rate, $10."""
-    mock.enqueue(Reply(cut_after=IMAGE_DONE + 9))
-    status, headers, raw = post(openai_server, draw(model="gpt-image-1.5"))
-    assert status == 200 and b'"type":"response.completed"' not in raw, raw[:300]
-    trace = openai_server.trace(headers["x-stockyard-trace-id"])
-    assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
-    image = 6240 * 3200  # µ¢: 6,240 tokens at $32 per 1M
-    # the text (its bytes / 4 at gpt-4o-mini's rates) is far below a cent
-    assert image <= trace["cost_uc"] < image + 1_000_000, (trace["cost_uc"], image)
+    assert image_uc <= trace["cost_uc"] < image_uc + 1_000_000, (trace["cost_uc"], image_uc)
 
 
 def leave_after(server, body: dict, seen: bytes) -> str:
