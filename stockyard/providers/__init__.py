@@ -233,6 +233,10 @@ class Registry:
             merged[p.name] = p
         self.providers: list[Provider] = list(merged.values())
         self.by_name = merged
+        # Every model prefix, lowered once, longest first (the earlier provider first among equals):
+        # the first a model starts with is the one that routes it.
+        found = [(prefix.lower(), order, p) for order, p in enumerate(self.providers) for prefix in p.models]
+        self._prefixes = [(prefix, p) for prefix, _, p in sorted(found, key=lambda f: (-len(f[0]), f[1]))]
 
     def __bool__(self) -> bool:
         return bool(self.providers)
@@ -245,16 +249,10 @@ class Registry:
         head, sep, rest = model.partition("/")
         if sep and head in self.by_name and rest:
             return self.by_name[head], rest
-        best: tuple[int, int, Provider] | None = None
         lowered = model.lower()
-        for order, p in enumerate(self.providers):
-            for prefix in p.models:
-                if lowered.startswith(prefix.lower()):
-                    rank = (len(prefix), -order)
-                    if best is None or rank > best[:2]:
-                        best = (rank[0], rank[1], p)
-        if best is not None:
-            return best[2], model
+        for prefix, p in self._prefixes:
+            if lowered.startswith(prefix):
+                return p, model
         if len(self.providers) == 1:
             return self.providers[0], model
         if not self.providers:
