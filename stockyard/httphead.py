@@ -16,7 +16,7 @@ MAX_LINE = 65536
 MAX_HEADERS = 100
 MAX_REQUEST_HEAD = 64 * 1024  # all header lines of one request together
 # Fields a request may carry once: framing (smuggling) and who is asking (two readings of one key).
-SINGLE_HEADERS = ("content-length", "transfer-encoding", "host", "authorization", "x-api-key")
+SINGLE_HEADERS = ("content-length", "transfer-encoding", "host", "authorization", "x-api-key", "x-goog-api-key")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every control character but HTAB
 _DIGITS = re.compile(r"[0-9]+")
@@ -66,6 +66,10 @@ class Headers:
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
+
+    def as_dict(self) -> dict[str, str]:
+        """A new dict of lower-case name → value, the first value of a repeated name, as :meth:`get` reads it."""
+        return dict(self._index)
 
     def keys(self) -> list[str]:
         return [n for n, _ in self._items]

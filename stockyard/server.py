@@ -769,7 +769,7 @@ class Handler(BaseHTTPRequestHandler):
         return client_address(self.client_address[0], self.headers.get_all("X-Forwarded-For"), trusted)
 
     def _headers_dict(self) -> dict[str, str]:
-        return {k.lower(): v for k, v in self.headers.items()}
+        return self.headers.as_dict()
 
     def _route_method(self) -> str:
         """The method the routes see: HEAD is the GET (RFC 9110 §9.3.2: its status and head, the

@@ -138,6 +138,7 @@ N = str(len(HELLO))
         ["Host: 127.0.0.1", f"Content-Length: {N}"],  # a second Host
         ["Authorization: Bearer a", "Authorization: Bearer b", f"Content-Length: {N}"],
         ["X-Api-Key: a", "x-api-key: b", f"Content-Length: {N}"],
+        ["X-Goog-Api-Key: a", "x-goog-api-key: b", f"Content-Length: {N}"],  # the Gemini routes' key
     ],
 )
 def test_ambiguous_heads_are_400_and_close(server, lines):
