@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 from .context import RequestContext
 from .errors import RESPONSES
-from .imagegen import held_tokens, largest_image, tool_calls, without_images
+from .imagegen import PARTIAL_IMAGE_TOKENS, held_tokens, largest_image, partial_images, tool_calls, without_images
 from .limits import request_numbers
 from .pricing import PER, WEB_SEARCH_UC, Price, long_cache_write_rate, rates_for, unit_cost
 
@@ -468,7 +468,8 @@ def media_request_cost(
 
     Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` outputs of
     the default output cap or the model's largest image (``imagegen.largest_image``), whichever is
-    more, at the dearest output rate (the image output rate), and for a model that bills its text
+    more, and the 100 tokens of each partial image a stream asks for (``partial_images``), at the
+    dearest output rate (the image output rate), and for a model that bills its text
     output apart the text each image may come with (:func:`drawn_text_cost`).
     Speech: its characters (tts-1); a speech model priced per token cannot be counted (None).
     Transcriptions and translations: :func:`audio_cost`.
@@ -481,6 +482,7 @@ def media_request_cost(
             return unit_cost(image_price, n)
         if price is not None and price.unit == "token":
             largest = max(default_max_tokens, largest_image(model))
+            largest += PARTIAL_IMAGE_TOKENS * partial_images(ctx.body)  # a streamed image's previews
             written = drawn_text_cost(price, n, default_max_tokens)  # gpt-image-1.5's text, beside its images
             return worst_case_cost(price, input_tokens(ctx), largest * n) + written
         return None
