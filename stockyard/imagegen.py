@@ -130,9 +130,10 @@ def images_api_tokens(body: dict, model: str, floor: int) -> int:
     """Output tokens one image of an Images API request (generations, edits) may cost: as one of the
     tool's (:func:`image_tokens`: the request's ``quality``, ``size`` and ``partial_images``) for a
     model with a table of its own; for any other token-priced image model (one an operator prices)
-    gpt-image-1's largest or ``floor`` (the default output cap), whichever is more."""
+    gpt-image-1's largest or ``floor`` (the default output cap), whichever is more; each with its
+    partial images (a stream's previews, 100 tokens each)."""
     if own_table(model) is None:
-        return max(floor, largest_image(model))
+        return max(floor, largest_image(model)) + PARTIAL_IMAGE_TOKENS * partial_images(body)
     return image_tokens({"model": model, **{k: body.get(k) for k in ("quality", "size", "partial_images")}})
 
 

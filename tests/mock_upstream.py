@@ -718,7 +718,29 @@ def openai_images(model: str, n: int, response_format: str | None) -> dict:
 
 def _images(call: Call, model: str) -> Reply:
     n = _lenient_int(call.body.get("n")) or 1
+    if call.body.get("stream") is True and model.startswith("gpt-image"):
+        return Reply(sse=image_stream(model, n, _lenient_int(call.body.get("partial_images")) or 0))
     return Reply(json=openai_images(model or "dall-e-2", n, call.body.get("response_format")))
+
+
+def image_stream(model: str, n: int, partials: int) -> list[str]:
+    """A streamed images answer (``stream: true``, gpt-image models), as OpenAI's: for each of the
+    ``n`` images its ``partials`` partial images, then its ``image_generation.completed`` event with
+    that image's usage (its output and each partial image's 100 tokens). No ``data`` list."""
+    usage = image_usage(model)
+    extra = {"output_tokens": usage["output_tokens"] + 100 * partials}
+    if "output_tokens_details" in usage:
+        details = usage["output_tokens_details"]
+        extra["output_tokens_details"] = {**details, "image_tokens": details["image_tokens"] + 100 * partials}
+    usage = {**usage, **extra, "total_tokens": usage["input_tokens"] + extra["output_tokens"]}
+    events = []
+    for _ in range(n):
+        for index in range(partials):
+            partial = {"type": "image_generation.partial_image", "b64_json": PNG_1PX, "partial_image_index": index}
+            events.append(f"event: image_generation.partial_image\ndata: {_dumps(partial)}")
+        done = {"type": "image_generation.completed", "b64_json": PNG_1PX, "created_at": CREATED, "usage": usage}
+        events.append(f"event: image_generation.completed\ndata: {_dumps(done)}")
+    return events
 
 
 def _image_form(call: Call, fields: dict, files: list) -> Reply:

@@ -446,12 +446,12 @@ def called_tools(messages: list[dict]) -> list[dict]:
     So a history that called tools the request no longer offers (a tool search the turn leaves out, a
     client summarizing with its tools off) goes as it is, those tools declared by name (their schemas are
     the client's, gone with them: any object) and ``tool_choice: none``: the model calls none of them."""
-    names: list[str] = []
+    names: dict[str, None] = {}  # in the order called, each once
     for msg in messages:
         for block in msg["content"] if isinstance(msg.get("content"), list) else []:
             name = block.get("name") if isinstance(block, dict) and block.get("type") == "tool_use" else None
-            if isinstance(name, str) and name not in names:
-                names.append(name)
+            if isinstance(name, str):
+                names[name] = None
     return [{"name": name, "description": CALLED_EARLIER, "input_schema": {"type": "object"}} for name in names]
 
 

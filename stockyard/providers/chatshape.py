@@ -366,11 +366,12 @@ def allowed_tools(body: dict) -> tuple[str, list[str]] | None:
     if not isinstance(entries, list) or not entries:
         raise invalid_choice("tool_choice.allowed_tools.tools", "tool_choice.allowed_tools.tools must list a tool")
     declared = [tool_function(tool)["name"] for tool in body.get("tools") or []]
+    known = set(declared)  # looked up once per entry: a list was thousands × thousands of comparisons
     wanted = set()
     for i, entry in enumerate(entries):
         kind, fn = (entry.get("type"), entry.get("function")) if isinstance(entry, dict) else (None, None)
         name = fn.get("name") if isinstance(fn, dict) else None
-        if kind != "function" or name not in declared:
+        if kind != "function" or not isinstance(name, str) or name not in known:
             param = f"tool_choice.allowed_tools.tools[{i}]"
             raise invalid_choice(param, f"{param}: the request declares no function {name!r} among its tools")
         wanted.add(name)
@@ -379,7 +380,8 @@ def allowed_tools(body: dict) -> tuple[str, list[str]] | None:
 
 def only_allowed(tools: Any, names: list[str]) -> list:
     """The chat ``tools`` whose function is one of ``names``."""
-    return [tool for tool in tools or [] if tool_function(tool)["name"] in names]
+    allowed = set(names)
+    return [tool for tool in tools or [] if tool_function(tool)["name"] in allowed]
 
 
 def tool_arguments(call: dict) -> dict:

@@ -10,6 +10,7 @@ of audio, characters of speech, tokens — is read here into ``ctx.attempt`` for
 from __future__ import annotations
 
 import json
+import re
 from typing import BinaryIO
 
 from ..context import RequestContext
@@ -31,6 +32,8 @@ PATHS = {
 ENDPOINTS = tuple(PATHS)
 MULTIPART = ("transcriptions", "translations", "image_edits", "image_variations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
+IMAGE_DONE = ("image_generation.completed", "image_edit.completed")  # a streamed image's last event: its usage
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
 AUDIO_IN = ("transcriptions", "translations")
 # The model OpenAI uses when a request names none (routing needs one).
 DEFAULT_MODELS = {
@@ -86,6 +89,8 @@ class MediaAdapter(Adapter):
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
+            if ctx.endpoint in IMAGES:
+                record_image_stream(ctx, body)
             return body
         if isinstance(data, dict):
             record(ctx, data)
@@ -113,6 +118,24 @@ def record(ctx: RequestContext, data: dict) -> None:
         a.media_seconds = _seconds(data.get("duration"))
     if ctx.endpoint in IMAGES and isinstance(data.get("data"), list):
         a.media_images = len(data["data"])
+
+
+def record_image_stream(ctx: RequestContext, body: bytes) -> None:
+    """A streamed images answer (``stream: true``: gpt-image models answer Server-Sent Events, which
+    arrive here whole): each image's ``image_generation.completed`` (``image_edit.completed``) event
+    carries that image's usage, partial images included; the answer is billed their sum."""
+    total, images = None, 0
+    for event in _EVENT_END.split(body):
+        data = sse_data(event)
+        try:
+            done = json.loads(data) if data and b"completed" in data else None
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(done, dict) and done.get("type") in IMAGE_DONE and isinstance(done.get("usage"), dict):
+            usage = image_usage(done["usage"])
+            total, images = usage if total is None else total.plus(usage), images + 1
+    if total is not None:
+        ctx.attempt.usage, ctx.attempt.media_images = total, images
 
 
 def _seconds(value: object) -> float | None:

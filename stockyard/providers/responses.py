@@ -720,9 +720,9 @@ def chosen_function(choice: dict, request: dict, history: list | None) -> str:
     namespace = choice.get("namespace") or ""
     if not isinstance(namespace, str):
         raise invalid("tool_choice.namespace", "tool_choice.namespace must be a string")
-    for chat, ns, tool in request_tools(request, history):
-        if (ns, tool["name"]) == (namespace, choice["name"]):
-            return chat
+    found = Declared(request, history).by_tool.get((namespace, choice["name"]))
+    if found:
+        return found[0]
     which = f"{choice['name']!r}" + (f" of namespace {namespace!r}" if namespace else "")
     message = f"tool_choice: the request declares no function or custom tool {which}"
     raise ProxyError(400, message, param="tool_choice", code="invalid_tool_choice")
@@ -738,14 +738,15 @@ def allow_only(chat: dict, choice: dict, request: dict, history: list | None) ->
         raise choice_error("tool_choice.mode", "tool_choice.mode must be auto or required")
     if not isinstance(entries, list) or not entries:
         raise choice_error("tool_choice.tools", "tool_choice.tools must list the tools the model may call")
-    names: list[str] = []
+    declared = Declared(request, history)
+    names: dict[str, None] = {}  # in the order allowed, each once
     search = False
     for i, entry in enumerate(entries):
-        found = allowed_functions(entry, request, history)
+        found = declared.allowed(entry)
         if found is None:
             which = f"tool_choice.tools[{i}]"
             raise choice_error(which, f"{which}: the request declares no tool {allowed_named(entry)}")
-        names += [name for name in found if name not in names]
+        names.update(dict.fromkeys(found))
         search = search or not found
     if not search:
         chat.pop("web_search_options", None)
@@ -758,26 +759,38 @@ def allow_only(chat: dict, choice: dict, request: dict, history: list | None) ->
         chat["tool_choice"] = mode
 
 
-def allowed_functions(entry: Any, request: dict, history: list | None) -> list[str] | None:
-    """The chat functions one ``allowed_tools`` entry allows: a function or custom tool (``name``, and
-    ``namespace`` for a namespace's, as its calls name it and a named tool_choice does), a whole
-    ``namespace`` tool, the client's ``tool_search``; ``[]`` for the request's web search. None when
-    the request declares no such tool (or one the translation has none of: MCP, image generation…)."""
-    kind = entry.get("type") if isinstance(entry, dict) else None
-    if kind in WEB_SEARCH_TOOLS:
-        return [] if web_search_tools(request.get("tools")) else None
-    if kind == TOOL_SEARCH:
-        return [TOOL_SEARCH] if searches(request) else None
-    name = entry.get("name") if isinstance(entry, dict) else None
-    if not isinstance(name, str):
-        return None
-    found = request_tools(request, history)
-    if kind == "namespace":
-        return [chat for chat, ns, _ in found if ns == name] or None
-    namespace = entry.get("namespace") or ""
-    if kind not in ("function", "custom") or not isinstance(namespace, str):
-        return None
-    return [chat for chat, ns, tool in found if (ns, tool["name"]) == (namespace, name)] or None
+class Declared:
+    """The request's tools as ``allowed_tools`` entries name them, read once (:func:`request_tools`
+    names every tool, a digest for some: once per entry, thousands of each were minutes of CPU)."""
+
+    def __init__(self, request: dict, history: list | None) -> None:
+        self.web_search, self.search = bool(web_search_tools(request.get("tools"))), searches(request)
+        self.by_tool: dict[tuple[str, str], list[str]] = {}  # (namespace, name) → its chat functions
+        self.by_namespace: dict[str, list[str]] = {}
+        for chat, ns, tool in request_tools(request, history):
+            self.by_tool.setdefault((ns, tool["name"]), []).append(chat)
+            if ns:
+                self.by_namespace.setdefault(ns, []).append(chat)
+
+    def allowed(self, entry: Any) -> list[str] | None:
+        """The chat functions one ``allowed_tools`` entry allows: a function or custom tool (``name``,
+        and ``namespace`` for a namespace's, as its calls name it and a named tool_choice does), a whole
+        ``namespace`` tool, the client's ``tool_search``; ``[]`` for the request's web search. None when
+        the request declares no such tool (or one the translation has none of: MCP, image generation…)."""
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if kind in WEB_SEARCH_TOOLS:
+            return [] if self.web_search else None
+        if kind == TOOL_SEARCH:
+            return [TOOL_SEARCH] if self.search else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            return None
+        if kind == "namespace":
+            return self.by_namespace.get(name)
+        namespace = entry.get("namespace") or ""
+        if kind not in ("function", "custom") or not isinstance(namespace, str):
+            return None
+        return self.by_tool.get((namespace, name))
 
 
 def allowed_named(entry: Any) -> str:
