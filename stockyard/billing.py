@@ -46,8 +46,19 @@ class Pricer:
             return estimate.media_request_cost(ctx, price, image_price, default_max_tokens, route.model)
         if price is None:
             return None
-        tool_price = self.tool_image_price(ctx.body, route.provider.name) if imagegen.image_tool(ctx.body) else None
+        tool_price = None
+        if imagegen.held_tokens(ctx.body):  # the image tool may draw: its images at its model's price
+            tool_price = self.tool_image_price(ctx.body, route.provider.name)
+            if tool_price is None:
+                return None
         return estimate.request_cost(ctx, price, default_max_tokens, sent_back, tool_price)
+
+    def unpriced_model(self, ctx: RequestContext, route: Route, asked: str) -> str:
+        """The model a request :meth:`worst_case` could not price lacks a price for: the image
+        tool's when the requested model has one, else the requested model."""
+        if self.price_of(route, asked) is not None and imagegen.held_tokens(ctx.body):
+            return imagegen.tool_model(ctx.body)
+        return asked
 
     def price(self, ctx: RequestContext, attempt: Attempt | None = None) -> None:
         """Cost of the request's current attempt (or of ``attempt``) from the provider's usage,
@@ -86,7 +97,7 @@ class Pricer:
             a.usage_estimated = True
         if a.image_usage is not None or a.image_estimate is not None:
             self._with_images(ctx, a)
-        if price is None:
+        if price is None or a.images_unpriced:
             a.cost_status = "unknown"
         else:  # a continued turn: each call priced on its own
             a.cost_uc = sum(cost_microcents(price, u) for u in [*a.paused_usage, a.usage])
@@ -105,15 +116,14 @@ class Pricer:
         price = self.tool_image_price(ctx.body, a.provider.name if a.provider else None)
         if price is not None:
             a.usage = dataclasses.replace(a.usage, fees_uc=a.usage.fees_uc + cost_microcents(price, images))
-        else:
-            a.usage = a.usage.plus(Usage(completion_tokens=images.prompt_tokens + images.completion_tokens))
+        else:  # unknown is never guessed: what the images cost is not known, so neither is the answer's
+            a.images_unpriced = True
 
     def tool_image_price(self, body: dict, provider: str | None) -> Price | None:
         """The token price the image_generation tool's images are billed (and held) at: the tool's
-        image model's, else the tool's default model's; None without a token price for either
-        (its tokens then count as the answer's own output)."""
-        table = self.table
-        price = table.lookup(imagegen.tool_model(body), provider) or table.lookup(imagegen.IMAGE_TOOL_MODEL, provider)
+        image model's (its default's when it names none); None without a token price for it (a
+        budget then refuses the request, and an answer's cost is unknown)."""
+        price = self.table.lookup(imagegen.tool_model(body), provider)
         return price if price is not None and price.unit == "token" else None
 
     def call_cost(self, ctx: RequestContext, a: Attempt, usage: Usage) -> int | None:

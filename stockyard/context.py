@@ -231,6 +231,7 @@ class Attempt:
     image_usage: Usage | None = None
     image_estimate: Usage | None = None
     own_images: int = 0
+    images_unpriced: bool = False  # the image tool's images came at a model without a price: cost unknown
     image_event_bytes: int = 0
     trace_id: str = ""  # set by close(): the row of a failed attempt
     ts_ms: int = 0

@@ -420,8 +420,8 @@ def request_cost(
     follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far).
     The Responses ``image_generation`` tool's images (``imagegen.held_tokens``) are held at
     ``tool_price`` (``Pricer.tool_image_price``; its image output rate, and the text each image
-    may come with: :func:`drawn_text_cost`), or without one as the model's own output, as they
-    are billed."""
+    may come with: :func:`drawn_text_cost`): a caller without one for a tool that may draw has
+    no worst case (``Pricer.worst_case`` None)."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
@@ -431,7 +431,6 @@ def request_cost(
     if drawn and tool_price is not None:
         text = drawn_text_cost(tool_price, tool_calls(ctx.body), default_max_tokens)
         fees = worst_case_cost(tool_price, 0, drawn) + text
-    outputs += drawn if tool_price is None else 0
     tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw, walk))
     return tokens + fees + web_searches(ctx.body) * WEB_SEARCH_UC
 

@@ -66,6 +66,15 @@ def test_a_whole_answer_bills_its_image_at_the_image_models_rates(openai_server,
     assert trace["cost_uc"] == text + image, (trace["cost_uc"], text, image)
 
 
+def test_an_image_from_a_tool_model_without_a_price_leaves_the_cost_unknown(openai_server):
+    """Unknown is never guessed: the tool named a model the price table does not know, so what its
+    image cost is not known, and neither is the answer's. Was: billed at gpt-image-1's rates."""
+    status, headers, raw = post(openai_server, draw(stream=False, model="gpt-image-2"))
+    assert status == 200 and IMAGE_B64.encode() in raw, raw[:300]
+    trace = openai_server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["cost_status"], trace["cost_uc"]) == ("unknown", None), trace
+
+
 def test_a_stream_the_provider_cuts_before_its_end_bills_the_image_and_the_text(openai_server, mock):
     """The attacker's case from the provider's side: text and the final image went out, then the
     stream broke before ``response.completed``. Was billed its text alone (~$0.000005)."""

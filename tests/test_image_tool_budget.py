@@ -377,3 +377,14 @@ def test_a_refusal_of_an_uncapped_image_tool_says_to_set_max_tool_calls(server):
     for capped in (draw({}, max_tool_calls=1), draw()):
         status, _, answer = post(server, secret, capped)
         assert status == 429 and "max_tool_calls" not in answer["error"]["message"], answer
+
+
+def test_an_image_tool_naming_an_unpriced_model_is_refused_under_a_budget(server):
+    """As the Images API refuses a model with no price under a budget: the tool's images could not be
+    counted. Was: held and billed at gpt-image-1's rates, a guess (gpt-image-2 draws larger images)."""
+    secret, _ = make_key(server, "1.00")
+    status, _, answer = post(server, secret, draw({"model": "gpt-image-2"}, max_tool_calls=1))
+    assert status == 403 and answer["error"]["code"] == "model_not_priced", answer
+    assert "gpt-image-2" in answer["error"]["message"]
+    status, _, answer = post(server, secret, draw({"model": "gpt-image-2"}, tool_choice="none"))
+    assert status == 200, answer  # no image can be made: nothing to price

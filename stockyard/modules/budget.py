@@ -88,7 +88,7 @@ class BudgetModule(Module):
         model = ctx.routed_model or ctx.model or ""
         found = services.pricer.worst_case(ctx, ctx.route, model, services.settings.default_max_tokens)
         if found is None:
-            raise unpriced_refusal(model, "on this key")
+            raise unpriced_refusal(services.pricer.unpriced_model(ctx, ctx.route, model), "on this key")
         amount = found
         try:
             ctx.state["budget"] = services.ledger.reserve(budgets, amount, ctx.ts_ms)

@@ -107,7 +107,7 @@ class UserLimitsModule(Module):
         model = ctx.routed_model or ctx.model or ""
         amount = self.services.pricer.worst_case(ctx, ctx.route, model, self.services.settings.default_max_tokens)
         if amount is None:
-            raise unpriced_refusal(model, "per end user")
+            raise unpriced_refusal(self.services.pricer.unpriced_model(ctx, ctx.route, model), "per end user")
         budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
         try:
             ctx.state["userlimits.budget"] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
