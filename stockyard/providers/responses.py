@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ProxyError
 from ..pricing import Usage
 from . import compaction
-from .chatshape import attached_note
+from .chatshape import ALLOWED_MODES, attached_note, invalid_choice
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
 
 # Request fields the caller handles (stored state, trace) and that never go upstream.
@@ -719,7 +719,7 @@ def chosen_function(choice: dict, request: dict, history: list | None) -> str:
     does not declare is a 400 here: the provider's own would name a function the client never sent."""
     namespace = choice.get("namespace") or ""
     if not isinstance(namespace, str):
-        raise invalid("tool_choice.namespace", "tool_choice.namespace must be a string")
+        raise invalid_choice("tool_choice.namespace", "tool_choice.namespace must be a string")
     found = Declared(request, history).by_tool.get((namespace, choice["name"]))
     if found:
         return found[0]
@@ -734,10 +734,10 @@ def allow_only(chat: dict, choice: dict, request: dict, history: list | None) ->
     offer the model only those (``chatshape.allowed_tools``). A web search the list leaves out is not
     offered either; a list of the web search alone leaves the functions out."""
     mode, entries = choice.get("mode"), choice.get("tools")
-    if mode not in ("auto", "required"):
-        raise choice_error("tool_choice.mode", "tool_choice.mode must be auto or required")
+    if mode not in ALLOWED_MODES:
+        raise invalid_choice("tool_choice.mode", "tool_choice.mode must be auto or required")
     if not isinstance(entries, list) or not entries:
-        raise choice_error("tool_choice.tools", "tool_choice.tools must list the tools the model may call")
+        raise invalid_choice("tool_choice.tools", "tool_choice.tools must list the tools the model may call")
     declared = Declared(request, history)
     names: dict[str, None] = {}  # in the order allowed, each once
     search = False
@@ -745,7 +745,7 @@ def allow_only(chat: dict, choice: dict, request: dict, history: list | None) ->
         found = declared.allowed(entry)
         if found is None:
             which = f"tool_choice.tools[{i}]"
-            raise choice_error(which, f"{which}: the request declares no tool {allowed_named(entry)}")
+            raise invalid_choice(which, f"{which}: the request declares no tool {allowed_named(entry)}")
         names.update(dict.fromkeys(found))
         search = search or not found
     if not search:
@@ -802,10 +802,6 @@ def allowed_named(entry: Any) -> str:
         if entry.get(key):
             parts.append(f"{key} {entry[key]!r}")
     return ", ".join(parts) + " (function, custom, namespace, tool_search and web search tools can be allowed)"
-
-
-def choice_error(param: str, message: str) -> ProxyError:
-    return ProxyError(400, message, param=param, code="invalid_tool_choice")
 
 
 def chat_text(text: Any) -> dict:
