@@ -4,7 +4,7 @@ In-process: three shared ledgers (three replicas' worth) on one database, and th
 gives back the holds of a replica that died; the budget and rate-limit tests also run on the
 state file the workers of an SQLite ``serve --workers`` group share (the same code with SQLite
 statements). End to end: three ``serve`` processes (the pyz) on one database, 100 concurrent
-requests spread over them against a budget for exactly 10.
+requests spread over them against a budget for exactly 10, and one count of failed admin logins.
 """
 
 from __future__ import annotations

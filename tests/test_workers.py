@@ -4,8 +4,8 @@ In-process: a group's backend hands out the shared ledger and rate buckets on it
 (their behaviour there is tested with the replicas', in tests/test_pg_replicas.py), and the
 merging of /metrics. End to end: a pyz with ``--workers 2``: a budget burst admits exactly
 the budget, an rpm limit holds, concurrent admin writes leave one audit chain, a revocation
-reaches every worker within a second, SIGTERM stops every worker cleanly, and a
-killed worker is replaced.
+reaches every worker within a second, the admin login throttle counts for the group,
+SIGTERM stops every worker cleanly, and a killed worker is replaced.
 """
 
 from __future__ import annotations
