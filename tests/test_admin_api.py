@@ -114,9 +114,10 @@ def test_a_failed_login_keeps_only_the_start_of_its_path_in_the_audit_log(server
     path = "/api/" + "a" * 60_000
     status, _, _ = call(server, "GET", path, key="wrong-key-0123456789", source=source)
     assert status in (401, 404, 414, 431)
-    rows = server.db_rows("SELECT target FROM audit_log WHERE actor = ?", (f"admin-api:{source}",))
-    assert rows and all(len(r["target"]) <= 201 for r in rows)
-    assert rows[0]["target"].startswith("/api/aaaa")
+    rows = server.db_rows("SELECT target, details FROM audit_log WHERE actor = ?", (f"admin-api:{source}",))
+    paths = [json.loads(r["details"])["path"] for r in rows]
+    assert rows and all(len(p) <= 201 for p in paths) and all(r["target"] == source for r in rows)
+    assert paths[0].startswith("/api/aaaa")
 
 
 @pytest.mark.parametrize("index", range(len(ROUTES)), ids=[f"{r.method} {r.pattern}" for r in ROUTES])
@@ -134,7 +135,7 @@ def test_every_route_refuses_missing_and_wrong_keys_and_audits_wrong_ones(server
     entries = ok(server, "/api/audit?action=admin.auth_failed&limit=1000")["data"]
     mine = [e for e in entries if e["actor"] == f"admin-api:{source}"]
     # no key is not a login attempt (a page loading images sends none): only the wrong key is audited
-    assert [(e["target"], e["details"]["reason"]) for e in mine] == [(path, "wrong key")]
+    assert [(e["target"], e["details"]) for e in mine] == [(source, {"reason": "wrong key", "path": path})]
     assert "wrong-key" not in json.dumps(mine)
     assert (
         server.db_rows(

@@ -13,7 +13,7 @@ from mock_upstream import Reply
 from openai import NotFoundError, OpenAI, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
 
-from stockyard.api import FAILED_LOGIN_LIMIT, LoginThrottle
+from stockyard.api.logins import FAILED_LOGIN_LIMIT, LoginThrottle
 from stockyard.files_api import MAX_LINE, referenced_files
 
 ADMIN = "attack-admin-key-0123456789abcdef"
@@ -63,7 +63,7 @@ def test_admin_login_throttle_forgets_senders_whose_window_is_empty(monkeypatch)
     """Was: every address that ever failed kept an entry for the server's life (a memory leak
     one wrong guess per address long)."""
     clock = [1000.0]
-    monkeypatch.setattr("stockyard.api.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("stockyard.api.logins.time.monotonic", lambda: clock[0])
     throttle = LoginThrottle()
     for i in range(50):
         throttle.fail(f"198.51.100.{i}")

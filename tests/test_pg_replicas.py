@@ -4,11 +4,12 @@ In-process: three shared ledgers (three replicas' worth) on one database, and th
 gives back the holds of a replica that died; the budget and rate-limit tests also run on the
 state file the workers of an SQLite ``serve --workers`` group share (the same code with SQLite
 statements). End to end: three ``serve`` processes (the pyz) on one database, 100 concurrent
-requests spread over them against a budget for exactly 10.
+requests spread over them against a budget for exactly 10, and one count of failed admin logins.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import sqlite3
@@ -391,6 +392,33 @@ def test_concurrent_admin_writes_through_3_replicas_leave_one_verifying_audit_ch
     assert verified.returncode == 0, verified.stdout + verified.stderr
     entries = replicas[0].db_rows("SELECT count(*) AS n FROM audit_log WHERE action = 'keys.create'")
     assert entries == [{"n": 30}]
+
+
+def admin_status(server: ServerProcess, key: str, source: str) -> tuple[int, str]:
+    """The status and Retry-After of ``GET /api/status`` with ``key``, sent from ``source``."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("GET", "/api/status", headers={"Authorization": f"Bearer {key}"})
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status, answer.getheader("retry-after", "")
+    finally:
+        conn.close()
+
+
+def test_the_admin_login_throttle_holds_across_replicas(replicas):
+    """Was: each replica counted failed admin logins in its own memory: 10 guesses a minute per
+    replica. Spread over the replicas, the 11th wrong guess is refused by every one of them, the
+    right key still works on each, and a burst from another sender gets exactly 10 guesses."""
+    source = "127.0.0.81"
+    answers = [admin_status(replicas[i % 3], "wrong-guess-0123456789", source) for i in range(13)]
+    assert [status for status, _ in answers] == [401] * 10 + [429] * 3, answers
+    assert all(1 <= int(retry) <= 61 for status, retry in answers if status == 429)
+    assert [admin_status(server, ADMIN, source)[0] for server in replicas] == [200] * 3
+    burst = "127.0.0.82"
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(lambda i: admin_status(replicas[i % 3], "burst-0123456789", burst)[0], range(30)))
+    assert statuses.count(401) == 10 and statuses.count(429) == 20, statuses
 
 
 @pytest.mark.serial

@@ -4,8 +4,8 @@ In-process: a group's backend hands out the shared ledger and rate buckets on it
 (their behaviour there is tested with the replicas', in tests/test_pg_replicas.py), and the
 merging of /metrics. End to end: a pyz with ``--workers 2``: a budget burst admits exactly
 the budget, an rpm limit holds, concurrent admin writes leave one audit chain, a revocation
-reaches every worker within a second, SIGTERM stops every worker cleanly, and a
-killed worker is replaced.
+reaches every worker within a second, the admin login throttle counts for the group,
+SIGTERM stops every worker cleanly, and a killed worker is replaced.
 """
 
 from __future__ import annotations
@@ -217,10 +217,10 @@ def workers_of(server: ServerProcess) -> set[int]:
     return {int(p) for p in text.split()}
 
 
-def connection_to(server: ServerProcess, worker: int) -> http.client.HTTPConnection:
-    """A keep-alive connection that the given worker accepted (workers race for each one)."""
+def connection_to(server: ServerProcess, worker: int, source: str = "127.0.0.1") -> http.client.HTTPConnection:
+    """A keep-alive connection from ``source`` that the given worker accepted (workers race for each one)."""
     for _ in range(500):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10, source_address=(source, 0))
         conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
         answer = conn.getresponse()
         answer.read()
@@ -444,6 +444,58 @@ def test_concurrent_admin_writes_through_2_workers_leave_one_verifying_audit_cha
     assert verified.returncode == 0, verified.stdout + verified.stderr
     entries = group.db_rows("SELECT count(*) AS n FROM audit_log WHERE action = 'keys.create'")
     assert entries == [{"n": 30}]
+
+
+def test_the_admin_login_throttle_holds_across_2_workers(group):
+    """Was: each worker counted failed admin logins in its own memory, so a sender guessing the
+    admin key had 10 guesses a minute per worker. Alternating between the workers, the 11th wrong
+    guess is refused whichever worker takes it; the right key still works on both."""
+    source, other = "127.0.0.71", "127.0.0.72"
+    conns = [connection_to(group, worker, source) for worker in (0, 1)]
+    wrong = {"Authorization": "Bearer wrong-guess-0123456789"}
+    answers = [answer_on(conns[i % 2], "GET", "/api/status", wrong) for i in range(14)]
+    assert all(kept for _, _, kept in answers)  # each guess went to the worker its connection is on
+    statuses = [status for status, _, _ in answers]
+    assert statuses == [401] * 10 + [429] * 4, statuses
+    assert all(1 <= int(retry) <= 61 for status, retry, _ in answers if status == 429)
+    right = {"Authorization": f"Bearer {ADMIN}"}
+    assert [answer_on(conn, "GET", "/api/status", right) for conn in conns] == [(200, "", True)] * 2
+    assert answer_on(connection_to(group, 1, other), "GET", "/api/status", wrong)[0] == 401  # per sender
+    failed = group.db_rows(
+        "SELECT count(*) AS n FROM audit_log WHERE action = 'admin.auth_failed' AND actor = ?", (f"admin-api:{source}",)
+    )
+    assert failed == [{"n": 10}]  # refusals while blocked are not written
+    for conn in conns:
+        conn.close()
+
+
+def test_a_burst_of_wrong_admin_keys_over_2_workers_gets_exactly_10_guesses(group):
+    """Concurrent guesses on fresh connections (either worker takes each): the count and the audit
+    row of each admitted guess are one transaction of the shared database, so no burst passes more."""
+    source = "127.0.0.73"
+
+    def guess(_: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", group.port, timeout=30, source_address=(source, 0))
+        try:
+            return answer_on(conn, "GET", "/api/status", {"Authorization": "Bearer burst-guess-0123456789"})[0]
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(guess, range(40)))
+    assert statuses.count(401) == 10 and statuses.count(429) == 30, statuses
+
+
+def answer_on(conn: http.client.HTTPConnection, method: str, path: str, headers: dict) -> tuple[int, str, bool]:
+    """(the status, its Retry-After, whether it came on the connection's first socket and kept it)
+    of one request on ``conn``: a connection ``connection_to`` made stays on its worker while the
+    answers keep it open (http.client would silently open a new one, to either worker)."""
+    sock = conn.sock
+    conn.request(method, path, headers=headers)
+    answer = conn.getresponse()
+    answer.read()
+    kept = sock is not None and conn.sock is sock and not answer.will_close
+    return answer.status, answer.getheader("retry-after", ""), kept
 
 
 @pytest.mark.serial

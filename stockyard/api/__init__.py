@@ -3,16 +3,15 @@
 Routes are declared with :func:`route` in the modules of this package; the same
 declarations produce ``GET /api/openapi.json``, so the document always lists every route.
 Every route needs ``Authorization: Bearer $STOCKYARD_ADMIN_KEY`` (compared in constant
-time); attempts with a wrong key are audited and throttled per client address (requests
-without a key are refused but never counted, so they cannot lock the admin out).
+time); attempts with a wrong key are audited and throttled per sender, counted in the shared
+database so the limit holds across workers and replicas (``logins.py``; requests without a key
+are refused but never counted, so they cannot lock the admin out).
 """
 
 from __future__ import annotations
 
 import hmac
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,16 +19,14 @@ from urllib.parse import unquote
 
 from .. import audit, times
 from ..errors import ProxyError
-from ..hosts import sender
 from ..httphead import bearer_token
 from ..httpio import Request, Response, check_method, json_response
 from ..operations import Operations, Refused, invalid
+from .logins import LoginThrottle, record_failure
 
 if TYPE_CHECKING:
     from ..app import App
 
-FAILED_LOGIN_WINDOW_S = 60.0
-FAILED_LOGIN_LIMIT = 10
 ADMIN_KEY_HELP = (
     "the admin API is disabled: set STOCKYARD_ADMIN_KEY (for example "
     "`export STOCKYARD_ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`) "
@@ -126,37 +123,7 @@ class ApiRequest:
             raise invalid(f"query parameter {name!r} must be {times.FORMAT_HELP}", param=name) from None
 
 
-class LoginThrottle:
-    """Counts failed admin logins per sender in a sliding window.
-
-    A sender is an IPv4 address or an IPv6 /64 (``hosts.sender``): counted per address, one
-    IPv6 host could take a fresh address for every ten guesses (and audit rows). A sender
-    whose window is empty is forgotten, so the table holds only the last minute's senders.
-    """
-
-    def __init__(self) -> None:
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def blocked_for(self, addr: str) -> float:
-        now, who = time.monotonic(), sender(addr)
-        with self._lock:
-            recent = [t for t in self._failures.get(who, []) if now - t < FAILED_LOGIN_WINDOW_S]
-            if not recent:
-                self._failures.pop(who, None)
-                return 0.0
-            self._failures[who] = recent
-            if len(recent) < FAILED_LOGIN_LIMIT:
-                return 0.0
-            return FAILED_LOGIN_WINDOW_S - (now - recent[0])
-
-    def fail(self, addr: str) -> None:
-        with self._lock:
-            self._failures.setdefault(sender(addr), []).append(time.monotonic())
-
-
 THROTTLE = LoginThrottle()
-FAILED_PATH_MAX = 200  # characters of a refused admin request's path kept in the audit log (it is the sender's text)
 
 
 def authenticate(app: "App", req: Request) -> None:
@@ -177,7 +144,16 @@ def authenticate(app: "App", req: Request) -> None:
     )
     if not given or req.method == "OPTIONS":
         raise refusal  # not a login attempt: nothing to count
-    wait = THROTTLE.blocked_for(req.client)
+    wait = THROTTLE.blocked_for(req.client)  # this process knows: no database read
+    if wait <= 0:
+        try:  # counted in the shared database, with its audit row, in one transaction
+            wait = record_failure(app, req.client, req.path)
+        except Exception:
+            wait = 0.0  # refusing the login matters more than recording it: this process's count holds
+        if wait > 0:
+            THROTTLE.block(req.client, wait)
+        else:
+            THROTTLE.fail(req.client)
     if wait > 0:
         raise ProxyError(
             429,
@@ -185,12 +161,6 @@ def authenticate(app: "App", req: Request) -> None:
             code="too_many_failed_logins",
             headers={"Retry-After": str(int(wait) + 1)},
         )
-    THROTTLE.fail(req.client)
-    try:
-        target = req.path if len(req.path) <= FAILED_PATH_MAX else req.path[:FAILED_PATH_MAX] + "…"
-        app.ops(audit.actor_api(req.client)).audit_event("admin.auth_failed", target, {"reason": "wrong key"})
-    except Exception:
-        pass  # refusing the login matters more than recording it
     raise refusal
 
 
