@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import time
+from functools import cached_property
 from typing import Any
 
 from ..errors import ProxyError
@@ -99,7 +100,7 @@ def function_name(namespace: str, name: str) -> str:
     an MCP server's tools; or a character Claude or Gemini refuses: ``docs.search``, a digit first) as
     much of it as fits, in the characters they take, the tool's name kept before the namespace's, then
     ``_`` and a digest of the two: the same name in every turn, never a provider's 400 (the client's
-    name comes back in its calls: :func:`client_names`)."""
+    name comes back in its calls: :attr:`Declared.client_names`)."""
     plain = f"{namespace}{NAMESPACE_JOIN}{name}" if namespace else name
     if CHAT_NAME.fullmatch(plain):
         return plain
@@ -203,11 +204,12 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
     if not messages:
         raise invalid("input", "'input' must not be empty")
     chat: dict = {"model": model, "messages": messages}
+    declared = Declared(body, history)
     loaded = searched_tools(history, body.get("input"))
     if present(body, "tools") or loaded:
         tools = chat_tools(body.get("tools") or []) + chat_tools(loaded, "tool_search_output.tools")
         if tools:
-            one_name_each(body, history)
+            declared.one_name_each()
             tools = once_each(tools)
             chat["tools"] = tools
             if present(body, "parallel_tool_calls"):
@@ -216,9 +218,9 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
         if search is not None:
             chat["web_search_options"] = search
     if isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
-        allow_only(chat, body["tool_choice"], body, history)
+        allow_only(chat, body["tool_choice"], declared)
     elif present(body, "tool_choice"):
-        chat["tool_choice"] = chat_tool_choice(body["tool_choice"], body, history)
+        chat["tool_choice"] = chat_tool_choice(body["tool_choice"], declared)
     if present(body, "text"):
         chat.update(chat_text(body["text"]))
     if present(body, "reasoning"):
@@ -635,27 +637,8 @@ def request_tools(request: dict, history: list | None = None) -> list[tuple[str,
     return out
 
 
-def one_name_each(request: dict, history: list | None) -> None:
-    """A 400 naming two tools that would reach the provider under one function name (namespace ``a``'s
-    ``b__c`` and ``a__b``'s ``c``; a tool named as a namespace's tool is joined, or as the name another's
-    was cut to): a call of that name could not be routed back. The same tool twice (loaded by two
-    searches) is one function."""
-    seen = {TOOL_SEARCH: ("", TOOL_SEARCH, TOOL_SEARCH)} if searches(request) else {}
-    for name, ns, tool in request_tools(request, history):
-        which = (ns, tool["name"], str(tool.get("type")))
-        other = seen.setdefault(name, which)
-        if other != which:
-            message = (
-                f"tools: {tool_named(other)} and {tool_named(which)} would both be the function {name!r} for "
-                f"this provider (it has no namespaces: a namespace's tools are named <namespace>__<name>, and a "
-                "name it would refuse is cut to fit, ending in a digest); "
-                "rename one of them"
-            )
-            raise ProxyError(400, message, param="tools", code="tool_name_collision")
-
-
 def once_each(tools: list[dict]) -> list[dict]:
-    """The chat functions without a second of one name (:func:`one_name_each` found it the same tool):
+    """The chat functions without a second of one name (:meth:`Declared.one_name_each` found it the same tool):
     Claude and Gemini refuse two of one name."""
     names: set[str] = set()
     out = []
@@ -672,24 +655,11 @@ def tool_named(which: tuple[str, str, str]) -> str:
     return f"the {kind} tool {name!r}" + (f" of namespace {ns!r}" if ns else "")
 
 
-def custom_names(request: dict, history: list | None = None) -> set[str]:
-    """The chat names of the request's custom tools: their calls come back as ``custom_tool_call`` items."""
-    return {name for name, _, tool in request_tools(request, history) if tool.get("type") == "custom"}
-
-
 def searches(request: dict) -> bool:
     """Whether the request offers a tool search the client runs: a ``tool_search`` call is its."""
     tools = request.get("tools")
     found = tools if isinstance(tools, list) else []
     return any(isinstance(t, dict) and t.get("type") == TOOL_SEARCH and t.get("execution") == "client" for t in found)
-
-
-def client_names(request: dict, history: list | None = None) -> dict[str, tuple[str, str]]:
-    """The chat names of the request's tools that the client named otherwise → (namespace, name): a
-    namespace's tools and those whose name was cut to fit. Their calls come back as the client named
-    them, the namespace apart, as OpenAI answers."""
-    found = request_tools(request, history)
-    return {name: (ns, tool["name"]) for name, ns, tool in found if ns or name != tool["name"]}
 
 
 def custom_input(arguments: str) -> str:
@@ -703,24 +673,24 @@ def custom_input(arguments: str) -> str:
     return text if isinstance(text, str) else arguments
 
 
-def chat_tool_choice(choice: Any, request: dict, history: list | None = None) -> Any:
+def chat_tool_choice(choice: Any, declared: Declared) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     named = isinstance(choice, dict) and isinstance(choice.get("name"), str)
     if named and choice.get("type") in ("function", "custom"):
-        return {"type": "function", "function": {"name": chosen_function(choice, request, history)}}
+        return {"type": "function", "function": {"name": chosen_function(choice, declared)}}
     kind = choice.get("type") if isinstance(choice, dict) else choice
     raise unsupported("tool_choice", f"tool_choice {kind!r}")
 
 
-def chosen_function(choice: dict, request: dict, history: list | None) -> str:
+def chosen_function(choice: dict, declared: Declared) -> str:
     """The chat function a named ``tool_choice`` forces: the one the tool it names (``name``, and
     ``namespace`` for a namespace's tool, as its calls name it) was declared under. A tool the request
     does not declare is a 400 here: the provider's own would name a function the client never sent."""
     namespace = choice.get("namespace") or ""
     if not isinstance(namespace, str):
         raise invalid_choice("tool_choice.namespace", "tool_choice.namespace must be a string")
-    found = Declared(request, history).by_tool.get((namespace, choice["name"]))
+    found = declared.by_tool.get((namespace, choice["name"]))
     if found:
         return found[0]
     which = f"{choice['name']!r}" + (f" of namespace {namespace!r}" if namespace else "")
@@ -728,7 +698,7 @@ def chosen_function(choice: dict, request: dict, history: list | None) -> str:
     raise ProxyError(400, message, param="tool_choice", code="invalid_tool_choice")
 
 
-def allow_only(chat: dict, choice: dict, request: dict, history: list | None) -> None:
+def allow_only(chat: dict, choice: dict, declared: Declared) -> None:
     """An ``allowed_tools`` tool_choice (``mode`` auto or required, ``tools`` naming tools as the request
     declares them) → the chat API's, naming the functions they went as; the adapters of Claude and Gemini
     offer the model only those (``chatshape.allowed_tools``). A web search the list leaves out is not
@@ -738,7 +708,6 @@ def allow_only(chat: dict, choice: dict, request: dict, history: list | None) ->
         raise invalid_choice("tool_choice.mode", "tool_choice.mode must be auto or required")
     if not isinstance(entries, list) or not entries:
         raise invalid_choice("tool_choice.tools", "tool_choice.tools must list the tools the model may call")
-    declared = Declared(request, history)
     names: dict[str, None] = {}  # in the order allowed, each once
     search = False
     for i, entry in enumerate(entries):
@@ -760,17 +729,69 @@ def allow_only(chat: dict, choice: dict, request: dict, history: list | None) ->
 
 
 class Declared:
-    """The request's tools as ``allowed_tools`` entries name them, read once (:func:`request_tools`
-    names every tool, a digest for some: once per entry, thousands of each were minutes of CPU)."""
+    """The request's function and custom tools (and those its ``tool_search_output`` items loaded) and the chat
+    functions they go as: the one way from its tools to chat names, read once per translation (naming takes a
+    digest for some: read once per use, thousands of tools were minutes of CPU). ``to_chat`` checks the names
+    and translates ``tool_choice`` by it, ``from_chat`` and the stream name calls back by it. Each table is
+    made when first asked for, at the step that read the tools before (a lone surrogate's 400 there)."""
 
     def __init__(self, request: dict, history: list | None) -> None:
-        self.web_search, self.search = bool(web_search_tools(request.get("tools"))), searches(request)
-        self.by_tool: dict[tuple[str, str], list[str]] = {}  # (namespace, name) → its chat functions
-        self.by_namespace: dict[str, list[str]] = {}
-        for chat, ns, tool in request_tools(request, history):
-            self.by_tool.setdefault((ns, tool["name"]), []).append(chat)
+        self.request, self.history = request, history
+        self.search = searches(request)  # a ``tool_search`` call is the client's
+
+    @cached_property
+    def functions(self) -> list[tuple[str, str, dict]]:
+        """(chat function name, namespace, tool) for each tool: :func:`request_tools`."""
+        return request_tools(self.request, self.history)
+
+    @cached_property
+    def by_tool(self) -> dict[tuple[str, str], list[str]]:
+        """(namespace, name) → its chat functions (``""``: no namespace; a tool loaded twice is two)."""
+        out: dict[tuple[str, str], list[str]] = {}
+        for chat, ns, tool in self.functions:
+            out.setdefault((ns, tool["name"]), []).append(chat)
+        return out
+
+    @cached_property
+    def by_namespace(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for chat, ns, _ in self.functions:
             if ns:
-                self.by_namespace.setdefault(ns, []).append(chat)
+                out.setdefault(ns, []).append(chat)
+        return out
+
+    @cached_property
+    def custom(self) -> set[str]:
+        """The custom tools' chat names: their calls come back as ``custom_tool_call`` items."""
+        return {chat for chat, _, tool in self.functions if tool.get("type") == "custom"}
+
+    @cached_property
+    def client_names(self) -> dict[str, tuple[str, str]]:
+        """Chat names the client named otherwise (a namespace's tools, names cut to fit) → (namespace, name):
+        their calls come back as the client named them, the namespace apart, as OpenAI answers."""
+        return {chat: (ns, tool["name"]) for chat, ns, tool in self.functions if ns or chat != tool["name"]}
+
+    @cached_property
+    def web_search(self) -> bool:
+        return bool(web_search_tools(self.request.get("tools")))
+
+    def one_name_each(self) -> None:
+        """A 400 naming two tools that would reach the provider under one function name (namespace ``a``'s
+        ``b__c`` and ``a__b``'s ``c``; a tool named as a namespace's tool is joined, or as the name another's
+        was cut to): a call of that name could not be routed back. The same tool twice (loaded by two
+        searches) is one function."""
+        seen = {TOOL_SEARCH: ("", TOOL_SEARCH, TOOL_SEARCH)} if self.search else {}
+        for name, ns, tool in self.functions:
+            which = (ns, tool["name"], str(tool.get("type")))
+            other = seen.setdefault(name, which)
+            if other != which:
+                message = (
+                    f"tools: {tool_named(other)} and {tool_named(which)} would both be the function {name!r} for "
+                    f"this provider (it has no namespaces: a namespace's tools are named <namespace>__<name>, and a "
+                    "name it would refuse is cut to fit, ending in a digest); "
+                    "rename one of them"
+                )
+                raise ProxyError(400, message, param="tools", code="tool_name_collision")
 
     def allowed(self, entry: Any) -> list[str] | None:
         """The chat functions one ``allowed_tools`` entry allows: a function or custom tool (``name``,
@@ -949,7 +970,7 @@ def message_item(ident: str, content: list[dict], status: str) -> dict:
 def call_item(
     ident: str, call_id: str, name: str, arguments: str, status: str, names: dict[str, tuple[str, str]] | None = None
 ) -> dict:
-    """A ``function_call`` output item; ``names`` (:func:`client_names`) gives back the client's name."""
+    """A ``function_call`` output item; ``names`` (:attr:`Declared.client_names`) gives back the client's name."""
     item = {"id": ident, "type": "function_call", "status": status, "arguments": arguments, "call_id": call_id}
     return {**item, **named(name, names)}
 
@@ -1124,7 +1145,7 @@ def from_chat(
         content.append(refusal_part(message["refusal"]))
     if content:
         output.append(message_item(item_id("msg", response_id, len(output)), content, "completed"))
-    custom, names, search = custom_names(request, history), client_names(request, history), searches(request)
+    declared = Declared(request, history)
     for call in message.get("tool_calls") or []:
         fn = obj(obj(call).get("function"))
         index = len(output)
@@ -1132,12 +1153,14 @@ def from_chat(
         args = fn.get("arguments")
         args = args if isinstance(args, str) else json.dumps(args or {})
         name = fn.get("name") or ""
-        if search and name == TOOL_SEARCH:
+        if declared.search and name == TOOL_SEARCH:
             output.append(search_item(item_id("ts", response_id, index), call_id, args, "completed"))
-        elif name in custom:
-            output.append(custom_item(item_id("ctc", response_id, index), call_id, name, custom_input(args), names))
+        elif name in declared.custom:
+            ident = item_id("ctc", response_id, index)
+            output.append(custom_item(ident, call_id, name, custom_input(args), declared.client_names))
         else:
-            output.append(call_item(item_id("fc", response_id, index), call_id, name, args, "completed", names))
+            ident = item_id("fc", response_id, index)
+            output.append(call_item(ident, call_id, name, args, "completed", declared.client_names))
     if output and "status" in output[-1]:
         output[-1]["status"] = status  # only the last item can have been cut short
     model = chat.get("model") or request.get("model") or ""
@@ -1180,9 +1203,7 @@ class ChatToResponsesStream:
         self.calls: dict[int, int] = {}  # chat tool_call index → output index
         self.pending: dict[int, dict] = {}  # tool calls whose name has not arrived yet
         self.states: dict[int, dict] = {}  # output index of a reasoning item → its opaque state
-        self.custom = custom_names(request, history)
-        self.names = client_names(request, history)
-        self.search = searches(request)
+        self.declared = Declared(request, history)  # its tools: how a call's name goes back
         self.custom_args: dict[int, str] = {}  # output index of a custom tool call → its arguments so far
         self.chars = 0  # characters of chat content so far: where its annotations point
         self.part_start = 0  # where the open output_text part starts in the chat content
@@ -1421,20 +1442,20 @@ class ChatToResponsesStream:
         out += self.close()  # one item at a time, as OpenAI streams them
         position = len(self.output)
         call_id = call_id or item_id("call", self.response_id, position)
-        if self.search and waiting["name"] == TOOL_SEARCH:  # its arguments an object: told whole at the end
+        if self.declared.search and waiting["name"] == TOOL_SEARCH:  # its arguments an object: told whole at the end
             ident = item_id("ts", self.response_id, position)
             index, added = self.add_item(search_item(ident, call_id, "", "in_progress"))
             self.calls[chat_index] = index
             self.custom_args[index] = waiting["arguments"]
             return out + [added]
-        if waiting["name"] in self.custom:
+        if waiting["name"] in self.declared.custom:
             ident = item_id("ctc", self.response_id, position)
-            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], "", self.names))
+            index, added = self.add_item(custom_item(ident, call_id, waiting["name"], "", self.declared.client_names))
             self.calls[chat_index] = index
             self.custom_args[index] = waiting["arguments"]
             return out + [added]
         ident = item_id("fc", self.response_id, position)
-        item = call_item(ident, call_id, waiting["name"], "", "in_progress", self.names)
+        item = call_item(ident, call_id, waiting["name"], "", "in_progress", self.declared.client_names)
         index, added = self.add_item(item)
         self.calls[chat_index] = index
         out.append(added)
