@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 from .pricing import Usage, key_names
+from .toolchoice import allowed_entries
 
 # Image output tokens by quality and size, per image model: what a budget holds for an image (the
 # Images API's at the model's largest, the Responses tool's by its quality and size) and what a cut
@@ -162,11 +163,9 @@ def tool_calls(body: dict) -> int:
     choice = body.get("tool_choice")
     if choice == "none":
         return 0
-    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("tools")
-        kinds = [t.get("type") for t in allowed if isinstance(t, dict)] if isinstance(allowed, list) else []
-        if "image_generation" not in kinds:
-            return 0
+    allowed = allowed_entries(choice)
+    if allowed is not None and not any(isinstance(t, dict) and t.get("type") == "image_generation" for t in allowed):
+        return 0
     most = body.get("max_tool_calls")
     return most if type(most) is int and most > 0 else IMAGE_CALLS_UNCAPPED
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ProxyError
 from ..pricing import Usage
+from ..toolchoice import allowed_entries
 from . import compaction
 from .chatshape import ALLOWED_MODES, attached_note, invalid_choice
 from .reasoning import pack, restorable, sign_call, signatures_of, thinking_blocks, thought_signature, unpack
@@ -217,8 +218,9 @@ def to_chat(body: dict, history: list[dict] | None = None, provider: str | None 
         search = web_search_options(body.get("tools") or [])
         if search is not None:
             chat["web_search_options"] = search
-    if isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") == "allowed_tools":
-        allow_only(chat, body["tool_choice"], declared)
+    allowed = allowed_entries(body.get("tool_choice"))
+    if allowed is not None:
+        allow_only(chat, body["tool_choice"].get("mode"), allowed, declared)
     elif present(body, "tool_choice"):
         chat["tool_choice"] = chat_tool_choice(body["tool_choice"], declared)
     if present(body, "text"):
@@ -698,15 +700,14 @@ def chosen_function(choice: dict, declared: Declared) -> str:
     raise ProxyError(400, message, param="tool_choice", code="invalid_tool_choice")
 
 
-def allow_only(chat: dict, choice: dict, declared: Declared) -> None:
-    """An ``allowed_tools`` tool_choice (``mode`` auto or required, ``tools`` naming tools as the request
-    declares them) → the chat API's, naming the functions they went as; the adapters of Claude and Gemini
-    offer the model only those (``chatshape.allowed_tools``). A web search the list leaves out is not
-    offered either; a list of the web search alone leaves the functions out."""
-    mode, entries = choice.get("mode"), choice.get("tools")
+def allow_only(chat: dict, mode: Any, entries: list, declared: Declared) -> None:
+    """An ``allowed_tools`` tool_choice (``mode`` auto or required, ``entries`` naming tools as the request
+    declares them: :func:`toolchoice.allowed_entries`) → the chat API's, naming the functions they went as;
+    the adapters of Claude and Gemini offer the model only those (``chatshape.allowed_tools``). A web search
+    the list leaves out is not offered either; a list of the web search alone leaves the functions out."""
     if mode not in ALLOWED_MODES:
         raise invalid_choice("tool_choice.mode", "tool_choice.mode must be auto or required")
-    if not isinstance(entries, list) or not entries:
+    if not entries:
         raise invalid_choice("tool_choice.tools", "tool_choice.tools must list the tools the model may call")
     names: dict[str, None] = {}  # in the order allowed, each once
     search = False
