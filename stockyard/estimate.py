@@ -17,7 +17,8 @@ generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction
 tokens to each output (what the model does not use of it is billed as output). The proxy checked
 these fields at the edge (``limits.check_request_numbers``): they are whole numbers in range, or
 absent. A transcription's or translation's audio is held at the most its upload's bytes can carry
-(:func:`audio_cost`).
+(:func:`audio_cost`). A key's or end user's tpm counts that audio and the image tool's images too
+(:func:`limited_tokens`), and is corrected to what the answer reports (:func:`used_tokens`).
 """
 
 from __future__ import annotations
@@ -566,13 +567,14 @@ def audio_cost(ctx: RequestContext, price: Price, default_max_tokens: int, model
 
 def held_audio_seconds(ctx: RequestContext, model: str) -> int:
     """:func:`audio_seconds` of the request's upload (0 without one), at most what ``model`` takes
-    (``AUDIO_MAX_SECONDS``). Read once a request (kept in ``ctx.state``): the tpm estimate and a
-    budget's hold both ask, and a WAV's header is read from the spool."""
+    (``AUDIO_MAX_SECONDS``). Read once a request (kept in ``ctx.state``: the tpm estimate and a
+    budget's hold both ask, and a WAV's header is read from the spool; kept with the upload it counts)."""
     if ctx.upload is None:
         return 0
-    seconds = ctx.state.get(_AUDIO_SECONDS)
-    if seconds is None:
-        seconds = ctx.state[_AUDIO_SECONDS] = audio_seconds(ctx.upload)
+    read = ctx.state.get(_AUDIO_SECONDS)
+    if read is None or read[0] is not ctx.upload:
+        read = ctx.state[_AUDIO_SECONDS] = (ctx.upload, audio_seconds(ctx.upload))
+    seconds = read[1]
     longest = next((most for name, most in AUDIO_MAX_SECONDS if model.startswith(name)), None)
     return seconds if longest is None else min(seconds, longest)
 
