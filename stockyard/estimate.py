@@ -17,12 +17,14 @@ generated upstream, Gemini's ``candidateCount``; a Chat Completions ``prediction
 tokens to each output (what the model does not use of it is billed as output). The proxy checked
 these fields at the edge (``limits.check_request_numbers``): they are whole numbers in range, or
 absent. A transcription's or translation's audio is held at the most its upload's bytes can carry
-(:func:`audio_cost`).
+(:func:`audio_cost`). A key's or end user's tpm counts that audio and the image tool's images too
+(:func:`limited_tokens`), and is corrected to what the answer reports (:func:`used_tokens`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from typing import Any, Iterator
@@ -212,11 +214,25 @@ def output_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
     return per_choice * (count or 1)
 
 
-def used_tokens(ctx: RequestContext) -> int:
+def used_tokens(ctx: RequestContext) -> int | None:
     """Tokens every attempt reported (a failed one the provider billed used tokens too): what a
-    tpm window is corrected to once the request ends."""
-    attempts = (*ctx.attempts, ctx.attempt)
-    return sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in attempts if a.usage is not None)
+    tpm window is corrected to once the request ends. The image tool's images count as their own
+    usage (``tool_usage.image_gen``, else the estimate of those relayed); audio billed by duration
+    (whisper-1) as ``AUDIO_TOKENS_PER_S`` a second. None when an audio answer reported neither
+    usage nor duration (a text, srt or vtt one, or a stream cut before its usage): the window keeps
+    the estimate, or such answers would make any audio free of tpm."""
+    total = 0
+    for a in (*ctx.attempts, ctx.attempt):
+        if a.usage is not None:
+            total += a.usage.prompt_tokens + a.usage.completion_tokens
+        elif a.media_seconds is not None:
+            total += math.ceil(a.media_seconds) * AUDIO_TOKENS_PER_S
+        elif ctx.endpoint in PRICED_AUDIO_FORMATS and 200 <= a.status < 300:
+            return None
+        images = a.image_usage or a.image_estimate
+        if images is not None:
+            total += images.prompt_tokens + images.completion_tokens
+    return total
 
 
 def billed_uc(ctx: RequestContext) -> int:
@@ -225,8 +241,22 @@ def billed_uc(ctx: RequestContext) -> int:
 
 
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:
-    """Input estimate + every billable output token: what a rate limit counts at admission."""
+    """Input estimate + every billable output token of the model asked (a deployment's tpm)."""
     return input_tokens(ctx) + output_tokens(ctx, default_max_tokens)
+
+
+def limited_tokens(ctx: RequestContext, default_max_tokens: int) -> tuple[int, int]:
+    """What a key's or an end user's tpm counts at admission: (:func:`request_tokens` + the media,
+    the media): a transcription's audio at ``AUDIO_TOKENS_PER_S`` a second for any audio model
+    (:func:`held_audio_seconds`; whisper-1's too, priced per second), the image tool's images at
+    their held tokens (``imagegen.held_tokens``), as a budget holds them. No further pass for a
+    request with neither (no upload, no ``tools``)."""
+    media = 0
+    if ctx.upload is not None and ctx.endpoint in PRICED_AUDIO_FORMATS:
+        media = held_audio_seconds(ctx, ctx.routed_model or ctx.model or "") * AUDIO_TOKENS_PER_S
+    elif "tools" in ctx.body:
+        media = held_tokens(ctx.body)
+    return request_tokens(ctx, default_max_tokens) + media, media
 
 
 def worst_case_cost(price: Price, inputs: int, outputs: int, long_writes: bool = False) -> int:
@@ -527,15 +557,29 @@ def audio_cost(ctx: RequestContext, price: Price, default_max_tokens: int, model
     (at most what ``model`` takes, ``AUDIO_MAX_SECONDS``) at a price per second, or at a token price
     as ``AUDIO_TOKENS_PER_S`` audio tokens a second on top of its text and output cap; None for
     another unit (its answer reports none)."""
-    seconds = audio_seconds(ctx.upload) if ctx.upload is not None else 0
-    longest = next((most for name, most in AUDIO_MAX_SECONDS if model.startswith(name)), None)
-    if longest is not None:
-        seconds = min(seconds, longest)
+    seconds = held_audio_seconds(ctx, model)
     if price.unit == "second":
         return unit_cost(price, seconds)
     if price.unit == "token":
         return worst_case_cost(price, input_tokens(ctx) + seconds * AUDIO_TOKENS_PER_S, default_max_tokens)
     return None
+
+
+def held_audio_seconds(ctx: RequestContext, model: str) -> int:
+    """:func:`audio_seconds` of the request's upload (0 without one), at most what ``model`` takes
+    (``AUDIO_MAX_SECONDS``). Read once a request (kept in ``ctx.state``: the tpm estimate and a
+    budget's hold both ask, and a WAV's header is read from the spool; kept with the upload it counts)."""
+    if ctx.upload is None:
+        return 0
+    read = ctx.state.get(_AUDIO_SECONDS)
+    if read is None or read[0] is not ctx.upload:
+        read = ctx.state[_AUDIO_SECONDS] = (ctx.upload, audio_seconds(ctx.upload))
+    seconds = read[1]
+    longest = next((most for name, most in AUDIO_MAX_SECONDS if model.startswith(name)), None)
+    return seconds if longest is None else min(seconds, longest)
+
+
+_AUDIO_SECONDS = "estimate.audio_seconds"
 
 
 def audio_seconds(upload: Any) -> int:

@@ -1,8 +1,9 @@
 """Per-key rate limits: requests and tokens per minute, over an exact sliding 60-second window.
 
 Each key's window is a log of (admitted at, tokens) entries with a running token sum.
-Tokens are counted at admission as the worst case (``estimate.request_tokens``: input
-estimate + output cap × choices) and corrected to the real usage when the request ends,
+Tokens are counted at admission as the worst case (``estimate.limited_tokens``: input
+estimate + output cap × choices, a transcription's audio, the image tool's images) and
+corrected to the real usage when the request ends (``estimate.used_tokens``),
 so a key that asks for 4,096 tokens and uses 20 is charged 20. A refusal is a 429 with
 ``Retry-After``: the seconds until enough of the window has slid past for this request to fit.
 """
@@ -49,16 +50,22 @@ class _Window:
 
 
 class RateLimited(Exception):
-    def __init__(self, message: str, retry_after: int | None) -> None:
+    def __init__(self, message: str, retry_after: int | None, larger: tuple[str, int, int] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.larger = larger  # (who, tpm, tokens): the request alone is more than the tpm (``too_large``)
 
-    def error(self) -> ProxyError:
+    def error(self, ctx: RequestContext | None = None, media: int = 0) -> ProxyError:
+        """The 429; a request larger than the tpm by ``media`` tokens of its audio or the image
+        tool's images (``estimate.limited_tokens``) is told what those are and how to lower them."""
         headers = (
             {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {"x-should-retry": "false"}
         )
-        return ProxyError(429, self.message, code="rate_limit_exceeded", headers=headers)
+        message = self.message
+        if self.larger is not None and ctx is not None and media:
+            message = too_large_media(ctx, *self.larger, media)
+        return ProxyError(429, message, code="rate_limit_exceeded", headers=headers)
 
 
 class RateLimiter:
@@ -151,6 +158,21 @@ def too_large(who: str, tpm: int, tokens: int) -> RateLimited:
         f"rate limit: this request may use {tokens} tokens (input estimate + max_tokens × n), more than "
         f"the {tpm} tokens per minute {who} allows; lower max_tokens or n",
         None,
+        (who, tpm, tokens),
+    )
+
+
+def too_large_media(ctx: RequestContext, who: str, tpm: int, tokens: int, media: int) -> str:
+    """``too_large``'s message for a request whose audio or image tool's images count ``media`` tokens."""
+    if ctx.endpoint in estimate.PRICED_AUDIO_FORMATS:
+        what = f"{media} for its audio at {estimate.AUDIO_TOKENS_PER_S} tokens a second"
+        lower = "send shorter audio"
+    else:
+        what = f"{media} for the images the image_generation tool may make"
+        lower = "set a lower max_tool_calls, or the tool's quality and size"
+    return (
+        f"rate limit: this request may use {tokens} tokens ({what}), more than "
+        f"the {tpm} tokens per minute {who} allows; {lower}"
     )
 
 
@@ -174,25 +196,28 @@ class RateLimitModule(Module):
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return
+        tokens, media = self._tokens(ctx)
         try:
-            ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, self._tokens(ctx))
+            ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, tokens)
         except RateLimited as exc:
-            raise exc.error() from None
+            raise exc.error(ctx, media) from None
 
     def check(self, ctx: RequestContext) -> None:
         """``before``'s refusal, counting nothing (``early.check_early``)."""
         key = ctx.key
         if key is None or (key.rpm is None and key.tpm is None):
             return
+        tokens, media = self._tokens(ctx)
         try:
-            self.limiter.check(key.id, key.rpm, key.tpm, self._tokens(ctx))
+            self.limiter.check(key.id, key.rpm, key.tpm, tokens)
         except RateLimited as exc:
-            raise exc.error() from None
+            raise exc.error(ctx, media) from None
 
-    def _tokens(self, ctx: RequestContext) -> int:
-        """What the request counts against the key's tpm (the worst case), 0 when it has none."""
+    def _tokens(self, ctx: RequestContext) -> tuple[int, int]:
+        """What the request counts against the key's tpm (the worst case, and the part of it that
+        is audio or images: ``estimate.limited_tokens``), (0, 0) when it has none."""
         counted = ctx.key is not None and ctx.key.tpm and ctx.endpoint not in FREE_ENDPOINTS  # counting is not using
-        return estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if counted else 0
+        return estimate.limited_tokens(ctx, self.services.settings.default_max_tokens) if counted else (0, 0)
 
     def admit_call(self, ctx: RequestContext) -> None:
         """A call outside the chain that uses no tokens (files and batches: ``files_api``): one of
@@ -210,7 +235,8 @@ class RateLimitModule(Module):
         if entry is None or not ctx.key.tpm or estimate.runs_after_answer(ctx):
             return  # a background response's usage never comes back: its worst case stays counted
         used = estimate.used_tokens(ctx)
-        self.limiter.correct(ctx.key.id, entry, used)
+        if used is not None:  # None: an audio answer that said nothing of its audio keeps the estimate
+            self.limiter.correct(ctx.key.id, entry, used)
 
 
 def admit_call(chain: Chain, ctx: RequestContext) -> None:

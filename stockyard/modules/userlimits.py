@@ -94,12 +94,12 @@ class UserLimitsModule(Module):
         limits: UserLimits = self.options(ctx)
         who = f"end user {user!r}"
         if limits.rpm or limits.tpm:
-            tokens = estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if limits.tpm else 0
+            tokens, media = self._tokens(ctx, limits)
             window = f"{limits.within}|{user}"
             try:
                 ctx.state["userlimits.rate"] = (window, self.limiter.admit(window, limits.rpm, limits.tpm, tokens, who))
             except RateLimited as exc:
-                raise exc.error() from None
+                raise exc.error(ctx, media) from None
         if limits.budget_uc is None:
             return
         check_countable(ctx, "this end user")
@@ -130,11 +130,11 @@ class UserLimitsModule(Module):
             return
         limits: UserLimits = self.options(ctx)
         if limits.rpm or limits.tpm:
-            tokens = estimate.request_tokens(ctx, self.services.settings.default_max_tokens) if limits.tpm else 0
+            tokens, media = self._tokens(ctx, limits)
             try:
                 self.limiter.check(f"{limits.within}|{user}", limits.rpm, limits.tpm, tokens, f"end user {user!r}")
             except RateLimited as exc:
-                raise exc.error() from None
+                raise exc.error(ctx, media) from None
         if limits.budget_uc is None:
             return
         budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
@@ -144,6 +144,11 @@ class UserLimitsModule(Module):
             return
         if used_up is not None:
             raise used_up.error()
+
+    def _tokens(self, ctx: RequestContext, limits: UserLimits) -> tuple[int, int]:
+        """What the request counts against the end user's tpm, and the part of it that is audio or
+        images (``estimate.limited_tokens``, as the key's ``ratelimit``); (0, 0) without a tpm."""
+        return estimate.limited_tokens(ctx, self.services.settings.default_max_tokens) if limits.tpm else (0, 0)
 
     def after(self, ctx: RequestContext) -> None:
         cover = ctx.state.pop("userlimits.cover", None)
@@ -156,4 +161,6 @@ class UserLimitsModule(Module):
         rate = ctx.state.pop("userlimits.rate", None)
         if rate is not None and not estimate.runs_after_answer(ctx):  # else its worst case stays counted
             window, entry = rate
-            self.limiter.correct(window, entry, estimate.used_tokens(ctx))
+            used = estimate.used_tokens(ctx)
+            if used is not None:  # None: an audio answer that said nothing of its audio keeps the estimate
+                self.limiter.correct(window, entry, used)
