@@ -260,3 +260,18 @@ def test_allowed_tools_leaving_out_a_tool_the_history_called(client, mock):
     body = sent(mock, MODELS[0])
     assert offered(body) == ["get_time"]
     assert [b["name"] for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"] == ["get_weather"]
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        {"type": "function", "name": "n" * 30_000},
+        {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "n" * 30_000}]},
+    ],
+)
+def test_a_refusal_quotes_at_most_100_characters_of_a_client_name(client, choice):
+    """A name the request does not declare is echoed cut: a 30 KB name is not sent back whole."""
+    with pytest.raises(BadRequestError) as err:
+        client.responses.create(model=MODELS[0], input="go", tools=[TIME], tool_choice=choice)
+    message = err.value.body["message"]
+    assert "n" * 100 in message and "n" * 101 not in message, len(message)

@@ -373,7 +373,8 @@ def allowed_tools(body: dict) -> tuple[str, list[str]] | None:
         name = fn.get("name") if isinstance(fn, dict) else None
         if kind != "function" or not isinstance(name, str) or name not in known:
             param = f"tool_choice.allowed_tools.tools[{i}]"
-            raise invalid_choice(param, f"{param}: the request declares no function {name!r} among its tools")
+            shown = str(name)[:100]
+            raise invalid_choice(param, f"{param}: the request declares no function {shown!r} among its tools")
         wanted.add(name)
     return mode, [name for name in declared if name in wanted]
 

@@ -654,7 +654,7 @@ def once_each(tools: list[dict]) -> list[dict]:
 def tool_named(which: tuple[str, str, str]) -> str:
     """A tool as an error message names it: its name, and its namespace's."""
     ns, name, kind = which
-    return f"the {kind} tool {name!r}" + (f" of namespace {ns!r}" if ns else "")
+    return f"the {str(kind)[:60]} tool {str(name)[:100]!r}" + (f" of namespace {str(ns)[:100]!r}" if ns else "")
 
 
 def searches(request: dict) -> bool:
@@ -695,7 +695,7 @@ def chosen_function(choice: dict, declared: Declared) -> str:
     found = declared.by_tool.get((namespace, choice["name"]))
     if found:
         return found[0]
-    which = f"{choice['name']!r}" + (f" of namespace {namespace!r}" if namespace else "")
+    which = f"{str(choice['name'])[:100]!r}" + (f" of namespace {str(namespace)[:100]!r}" if namespace else "")
     message = f"tool_choice: the request declares no function or custom tool {which}"
     raise ProxyError(400, message, param="tool_choice", code="invalid_tool_choice")
 
@@ -818,11 +818,11 @@ class Declared:
 def allowed_named(entry: Any) -> str:
     """An ``allowed_tools`` entry as an error message names it."""
     if not isinstance(entry, dict):
-        return repr(entry)
-    parts = [f"of type {entry.get('type')!r}"]
+        return repr(entry)[:100]
+    parts = [f"of type {str(entry.get('type'))[:60]!r}"]
     for key in ("name", "namespace", "server_label"):
         if entry.get(key):
-            parts.append(f"{key} {entry[key]!r}")
+            parts.append(f"{key} {str(entry[key])[:100]!r}")
     return ", ".join(parts) + " (function, custom, namespace, tool_search and web search tools can be allowed)"
 
 
