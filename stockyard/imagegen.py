@@ -34,9 +34,9 @@ from typing import Any
 from .pricing import Usage, key_names
 from .toolchoice import allowed_entries
 
-# Image output tokens by quality and size, per image model: what a budget holds for an image (the
-# Images API's at the model's largest, the Responses tool's by its quality and size) and what a cut
-# stream's image is billed as (the largest).
+# Image output tokens by quality and size, per image model: what a budget holds for an image (an
+# Images API request's and the Responses tool's, by their quality and size) and what a cut stream's
+# image is billed as (the tool's quality and size).
 # gpt-image-1: OpenAI's image generation guide ("Cost and latency",
 # developers.openai.com/api/docs/guides/image-generation; $0.011 to $0.25 an image at $40 per 1M).
 GPT_IMAGE_1_TOKENS = {
