@@ -273,6 +273,7 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
             "n": g.get("candidateCount"),
             "output": "json" if mime == "application/json" else "text" if mime == "text/plain" else None,
         }
+        values["output"] = values["output"] or _asked_media(g.get("responseModalities"))
     else:
         fmt = body.get("response_format")  # chat
         text = body.get("text")  # Responses
@@ -294,6 +295,7 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
             "n": body.get("n"),
             "output": "json" if kind in ("json_object", "json_schema") else "text" if kind == "text" else None,
         }
+        values["output"] = values["output"] or _asked_media(body.get("modalities"))  # chat: an image or audio model
     n = _count(values["n"])
     return {
         "gen_ai.request.max_tokens": _count(values["max_tokens"]),
@@ -308,6 +310,13 @@ def request_parameters(ctx: RequestContext) -> dict[str, Any]:
         "gen_ai.request.stream": True if ctx.stream else None,  # unset means not streamed
         "gen_ai.output.type": values["output"],
     }
+
+
+def _asked_media(modalities: Any) -> str | None:
+    """``gen_ai.output.type`` of output modalities a request asks for (chat ``modalities``, Gemini's
+    ``responseModalities``): an image or speech when it asks for one, else None (text goes unsaid)."""
+    asked = {str(m).lower() for m in modalities[:8]} if isinstance(modalities, list) else set()
+    return "image" if "image" in asked else "speech" if "audio" in asked else None
 
 
 def conversation_id(ctx: RequestContext, scrub: Callable[[str], str]) -> str | None:

@@ -386,6 +386,33 @@ def test_openai_spans_carry_the_openai_attributes(server, mock, receiver, key, s
     assert not [k for k in a if k.startswith("openai.")], "OpenAI's attributes only on OpenAI's spans"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "output"),
+    [
+        ("/v1/chat/completions", {"model": "gemini/gemini-2.5-flash-image", "modalities": ["image", "text"]}, "image"),
+        ("/v1/chat/completions", {"model": "gpt-4o-audio-preview", "modalities": ["text", "audio"]}, "speech"),
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "modalities": ["text"]}, None),
+    ],
+)
+def test_a_chat_span_asking_for_images_or_audio_names_that_output_type(server, receiver, key, path, body, output):
+    """A chat request's ``modalities`` (an image model's, an audio model's) is the output it asks for."""
+    chat_body = {**body, "messages": [{"role": "user", "content": "Draw"}]}
+    if output == "speech":
+        chat_body["audio"] = {"voice": "alloy", "format": "wav"}
+    status, headers, raw = server.request("POST", path, chat_body, bearer(key))
+    assert status == 200, raw
+    assert exported(receiver, headers)[0].get("gen_ai.output.type") == output
+
+
+def test_a_gemini_span_asking_for_images_names_that_output_type(server, receiver, key):
+    body = {"contents": [{"role": "user", "parts": [{"text": "Draw"}]}]}
+    body["generationConfig"] = {"responseModalities": ["TEXT", "IMAGE"]}
+    path = "/v1beta/models/gemini-2.5-flash-image:generateContent"
+    status, headers, raw = server.request("POST", path, body, bearer(key))
+    assert status == 200, raw
+    assert exported(receiver, headers)[0]["gen_ai.output.type"] == "image"
+
+
 def test_media_spans_name_their_output_type(server, receiver, key):
     """``gen_ai.output.type``: an image for the Images API, speech for text-to-speech, text for a
     transcription (embeddings: none, see above)."""
