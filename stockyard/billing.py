@@ -46,9 +46,17 @@ class Pricer:
             return estimate.media_request_cost(ctx, price, image_price, default_max_tokens, route.model)
         if price is None:
             return None
+        return self.token_cost(ctx, price, route.provider.name, default_max_tokens, sent_back)
+
+    def token_cost(
+        self, ctx: RequestContext, price: Price, provider: str, default_max_tokens: int, sent_back: int = 0
+    ) -> int | None:
+        """``estimate.request_cost`` of a token-priced request at ``price``, the image tool's images at
+        their model's price (:meth:`tool_image_price`); None when the tool may draw at a model without
+        one (a budget cannot count those images). A request's worst case and a batch line's both."""
         tool_price = None
         if imagegen.held_tokens(ctx.body):  # the image tool may draw: its images at its model's price
-            tool_price = self.tool_image_price(ctx.body, route.provider.name)
+            tool_price = self.tool_image_price(ctx.body, provider)
             if tool_price is None:
                 return None
         return estimate.request_cost(ctx, price, default_max_tokens, sent_back, tool_price)

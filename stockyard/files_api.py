@@ -27,7 +27,7 @@ from io import RawIOBase
 from typing import IO, Any, BinaryIO, Callable, Iterator, cast
 from urllib.parse import urlencode
 
-from . import estimate, imagegen
+from . import estimate
 from .context import REFUSED, Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
@@ -840,12 +840,9 @@ class FilesAPI(ProviderCalls):
         row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
         if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input
             one.conversation = Conversation("", 0, _keeps_nothing, previous, history_tokens=kept_history_tokens(row))
-        tool_price = None
-        if imagegen.held_tokens(body):  # the image tool may draw: its images at its model's price, or unpriced
-            tool_price = self._path.pricer.tool_image_price(body, provider.name)
-            if tool_price is None:
-                return None
-        full = estimate.request_cost(one, price, self._path.settings.default_max_tokens, tool_price=tool_price)
+        full = self._path.pricer.token_cost(one, price, provider.name, self._path.settings.default_max_tokens)
+        if full is None:  # the image tool may draw at a model without a price
+            return None
         part, whole = BATCH_PRICE
         return -(-full * part // whole)
 
