@@ -696,8 +696,7 @@ def chosen_function(choice: dict, declared: Declared) -> str:
     if found:
         return found[0]
     which = f"{str(choice['name'])[:100]!r}" + (f" of namespace {str(namespace)[:100]!r}" if namespace else "")
-    message = f"tool_choice: the request declares no function or custom tool {which}"
-    raise ProxyError(400, message, param="tool_choice", code="invalid_tool_choice")
+    raise invalid_choice("tool_choice", f"tool_choice: the request declares no function or custom tool {which}")
 
 
 def allow_only(chat: dict, mode: Any, entries: list, declared: Declared) -> None:
