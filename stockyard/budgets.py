@@ -175,7 +175,7 @@ class BudgetExceeded(Exception):
 
     def error(self, hint: str = LOWER_HINT) -> ProxyError:
         """The 429 the client gets, in its own dialect; ``hint``: what the client can do
-        (:func:`estimate.lowering_hint` names what its request holds most of)."""
+        (:func:`lowering_hint` names what its request holds most of)."""
         b = self.budget
         fits = self.spent + self.amount <= b.limit_uc  # only requests in flight stood in the way
         if self.reserved:

@@ -276,6 +276,6 @@ class ImageTally:
         """The tool's usage for what went out, when any image did (see the module's docstring)."""
         if not self.images:
             return None
-        each = drawn_tokens((image_tool(self.body) if isinstance(self.body, dict) else None) or {})
+        each = drawn_tokens(image_tool(self.body) or {})
         drawn = each * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials
         return Usage(completion_tokens=drawn, media_output_tokens=drawn)  # images: at the image output rate
