@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import wave
 from pathlib import Path
 from typing import Any, Callable
 
@@ -287,6 +289,17 @@ class ServerProcess:
         made = {name: self.cli("keys", "create", "--name", name, *extra) for name, extra in specs.items()}
         assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
         return {name: m.stdout.strip() for name, m in made.items()}
+
+
+def pcm_wav(seconds: int, rate: int = 16_000, width: int = 2) -> bytes:
+    """A mono PCM WAV of ``seconds`` (``width`` bytes a sample; written by the standard library's ``wave``)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(os.urandom(seconds * rate * width))
+    return out.getvalue()
 
 
 def base_env(cache_home: Path) -> dict[str, str]:

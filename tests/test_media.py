@@ -14,7 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, pcm_wav, wait_for
 from mock_upstream import SPEECH_BYTES, TEXT, Reply, multipart_form
 from openai import OpenAI
 from rawhttp import connect, read_response
@@ -229,17 +229,6 @@ def test_a_budget_admits_audio_whose_answer_reports_its_cost_and_counts_it(serve
 # (``estimate.audio_seconds``): a PCM WAV's own duration, anything else its bytes at 2 kbps.
 FLOOR_BYTES_PER_S = 250
 WHISPER_UC_PER_S = 10_000  # whisper-1: $0.006 a minute
-
-
-def pcm_wav(seconds: int, rate: int = 16_000) -> bytes:
-    """A 16-bit mono PCM WAV of ``seconds`` (written by the standard library's ``wave``)."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(os.urandom(seconds * rate * 2))
-    return out.getvalue()
 
 
 def audio_key(server: ServerProcess, budget_uc: int) -> tuple[str, str]:

@@ -21,7 +21,7 @@ import threading
 import wave
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, mock_env, pcm_wav, wait_for
 
 from stockyard import estimate
 from stockyard.context import Attempt, RequestContext
@@ -66,22 +66,11 @@ def make_key(server: ServerProcess, **fields) -> str:
     return body["key"]
 
 
-def wav(seconds: int) -> bytes:
-    """A PCM WAV of ``seconds`` at 1,000 bytes a second (written by the standard library's ``wave``)."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(1)
-        w.setframerate(1000)
-        w.writeframes(os.urandom(seconds * 1000))
-    return out.getvalue()
-
-
 def transcribe(
     server: ServerProcess, secret: str, seconds: int, model: str = "whisper-1", user: str | None = None, **fields: str
 ) -> tuple[int, dict, dict]:
     parts = [("model", model.encode(), None), *((k, v.encode(), None) for k, v in fields.items())]
-    parts.append(("file", wav(seconds), "a.wav"))
+    parts.append(("file", pcm_wav(seconds, rate=1000, width=1), "a.wav"))  # 1,000 bytes a second
     body = b""
     for name, data, filename in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
