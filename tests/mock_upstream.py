@@ -1,7 +1,7 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
 It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
-Anthropic (messages, count_tokens, message batches), Gemini (generateContent,
+Anthropic (messages, count_tokens, message batches, models), Gemini (generateContent,
 streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
 models.list/get) and Azure OpenAI (deployments), records every request, and can be scripted with `Reply` objects.
 
@@ -556,6 +556,20 @@ def openai_models() -> dict:
         "object": "list",
         "data": [{"id": mid, "object": "model", "created": CREATED, "owned_by": "system"} for mid in MODEL_IDS],
     }
+
+
+def anthropic_display_name(model: str) -> str:
+    """The ``display_name`` the mock's Anthropic listing gives ``model`` (not its id, so a test can tell)."""
+    return f"Mock {model.upper()}"
+
+
+def anthropic_models() -> dict:
+    """The `GET /v1/models` list as Anthropic's Models API answers it (one page holding every model)."""
+    data = [
+        {"type": "model", "id": mid, "display_name": anthropic_display_name(mid), "created_at": "2023-11-14T22:13:20Z"}
+        for mid in MODEL_IDS
+    ]
+    return {"data": data, "has_more": False, "first_id": MODEL_IDS[0], "last_id": MODEL_IDS[-1]}
 
 
 # --------------------------------------------------------------------------- OpenAI media (audio, images, moderations)
@@ -1991,7 +2005,7 @@ def _embeddings(call: Call, model: str) -> Reply:
 def _models(call: Call, scripted: Reply | None) -> Reply:
     if scripted is not None and scripted.status >= 400:
         return openai_error(scripted.status)
-    return Reply(json=openai_models())
+    return Reply(json=anthropic_models() if "anthropic-version" in call.req.headers else openai_models())
 
 
 def _messages(call: Call, model: str) -> Reply:

@@ -185,6 +185,15 @@ def test_completions_embeddings_models(mock: MockUpstream) -> None:
     assert [len(d["embedding"]) for d in body["data"]] == [8, 8] and body["usage"]["prompt_tokens"] == 3
     _, raw, _ = call(mock, "GET", "/v1/models")
     assert [m["id"] for m in json.loads(raw)["data"]] == ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+    _, raw, _ = call(mock, "GET", "/v1/models", headers={"anthropic-version": "2023-06-01"})
+    listed = json.loads(raw)
+    assert listed["data"][0] == {
+        "type": "model",
+        "id": "gpt-4o-mini",
+        "display_name": "Mock GPT-4O-MINI",
+        "created_at": "2023-11-14T22:13:20Z",
+    }
+    assert (listed["has_more"], listed["last_id"]) == (False, "text-embedding-3-small")
 
 
 # --------------------------------------------------------------------------- scripting
