@@ -8,7 +8,9 @@ waits for providers — except the very first fill, and that only for FIRST_FILL
 A provider that fails keeps its last good list; one that never answered is listed with
 the models the price table knows for it. Each id routes back to the same provider — a bare
 name when it already routes there, else ``provider/model`` — and a client key sees only
-the models it may use; ``GET /v1/models/{id}`` answers one of them.
+the models it may use; ``GET /v1/models/{id}`` answers one of them. The display names a
+provider's listing gives (Anthropic's ``display_name``, Gemini's ``displayName``) are kept for
+the clients whose shape has one (``anthropic_models.py``); OpenAI's shape has none.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Listing:
     """One provider's cached list: the last good ids, and when it was last asked."""
 
     ids: list[str] | None = None  # None until the provider has answered once
+    names: dict[str, str] = field(default_factory=dict)  # id → the display name the provider gave
     asked_at: float = 0.0  # monotonic time the last attempt started
     failed: bool = False
     refreshing: bool = False
@@ -56,8 +59,9 @@ _listings: dict[tuple, Listing] = {}
 _lock = threading.Lock()
 
 
-def _fetch(app: "App", provider: Provider) -> list[str] | None:
-    """Ask the provider for its model ids in its own API; None when it cannot say."""
+def _fetch(app: "App", provider: Provider) -> tuple[list[str], dict[str, str]] | None:
+    """Ask the provider for its model ids (and the display names it gives) in its own API;
+    None when it cannot say."""
     if provider.key_error:
         return None
     parse = openai_model_ids
@@ -69,11 +73,14 @@ def _fetch(app: "App", provider: Provider) -> list[str] | None:
         path, headers = version_prefix(provider) + "/models?pageSize=1000", gemini_auth(provider)
         parse = gemini_model_ids
     else:
-        return []  # Azure lists resources, not deployments: clients name them as azure/<deployment>
+        return [], {}  # Azure lists resources, not deployments: clients name them as azure/<deployment>
     try:
         resp = app.pool.request(provider.base_url, "GET", path, headers, None, read_timeout=LISTING_TIMEOUT_S)
         body = resp.read_all()
-        return parse(json.loads(body)) if resp.status == 200 else None
+        if resp.status != 200:
+            return None
+        doc = json.loads(body)
+        return parse(doc), display_names(doc)
     except (UpstreamError, OSError, ValueError, AttributeError, TypeError):
         return None
 
@@ -95,13 +102,25 @@ def gemini_model_ids(doc: dict) -> list[str]:
     ]
 
 
+def display_names(doc: dict) -> dict[str, str]:
+    """The display names a listing gives, by id: Anthropic's ``display_name``, Gemini's
+    ``displayName`` (OpenAI's listing has none)."""
+    named = [(m.get("id"), m.get("display_name")) for m in doc.get("data", []) if isinstance(m, dict)]
+    named += [
+        (m["name"].removeprefix("models/"), m.get("displayName"))
+        for m in doc.get("models", [])
+        if isinstance(m, dict) and isinstance(m.get("name"), str)
+    ]
+    return {ident: name for ident, name in named if isinstance(ident, str) and isinstance(name, str) and name}
+
+
 def _refresh(app: "App", provider: Provider, listing: Listing) -> None:
     """Ask one provider (in a background thread); a failure keeps the last good list."""
-    ids = _fetch(app, provider)
+    fetched = _fetch(app, provider)
     with _lock:
-        if ids is not None:
-            listing.ids = ids
-        listing.failed = ids is None
+        if fetched is not None:
+            listing.ids, listing.names = fetched
+        listing.failed = fetched is None
         listing.refreshing = False
     listing.first_fill.set()
 
@@ -139,27 +158,44 @@ def known_models(app: "App", registry: Registry, provider: Provider) -> list[str
     return names
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One model of the listing, as each client shape reads it."""
+
+    id: str  # a bare name when it routes to its provider, else provider/model
+    owned_by: str  # the provider's name; "stockyard" for a model served by deployments
+    created: int = 0  # Unix seconds; 0: not known (providers' own dates are not kept)
+    display_name: str | None = None  # the provider's name for it, when its listing gave one
+
+
 def list_models(app: "App", key: KeyRecord | None = None) -> list[dict]:
+    """The listing in OpenAI's shape (``GET /v1/models``)."""
+    return [
+        {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by} for m in listed_models(app, key)
+    ]
+
+
+def listed_models(app: "App", key: KeyRecord | None = None) -> list[Listed]:
     """Every configured provider's models (only those ``key`` may use), from the cache."""
     registry = app.registry()
     listings = [(provider, _listing(app, provider)) for provider in registry.providers]
     for _, listing in listings:  # only the first requests wait, up to FIRST_FILL_WAIT_S after the first
         listing.first_fill.wait(max(0.0, listing.wait_until - time.monotonic()))
-    out: list[dict] = []
+    out: list[Listed] = []
     seen: set[str] = set()
     for name, route in app.models().routes.items():  # models served by deployments, first
         if route.deployments and (key is None or key.allows_model(name, registry.routes_to)):
             seen.add(name)
-            out.append({"id": name, "object": "model", "created": 0, "owned_by": "stockyard"})
+            out.append(Listed(name, "stockyard"))
     for provider, listing in listings:
         with _lock:
-            ids = listing.ids
+            ids, names = listing.ids, listing.names
         for name in ids if ids is not None else known_models(app, registry, provider):
             ident = name if registry.routes_to(name) == provider.name else f"{provider.name}/{name}"
             if ident in seen or (key is not None and not key.allows_model(ident, registry.routes_to)):
                 continue
             seen.add(ident)
-            out.append({"id": ident, "object": "model", "created": 0, "owned_by": provider.name})
+            out.append(Listed(ident, provider.name, display_name=names.get(name)))
     return out
 
 
@@ -176,7 +212,13 @@ def retrieve(app: "App", req: Request) -> Response:
     for model in list_models(app, key):
         if model["id"] == wanted:
             return json_response(model)
-    raise ProxyError(
+    raise not_found(wanted)
+
+
+def not_found(wanted: str) -> ProxyError:
+    """The 404 for a model this key may not use or that no provider lists (the server writes it
+    in the client's error shape)."""
+    return ProxyError(
         404,
         f"The model {wanted[:200]!r} does not exist or you do not have access to it.",
         param="model",

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import files_api, gemini_api, message_batches, multipart, proxy
+from . import anthropic_models, files_api, gemini_api, message_batches, multipart, proxy
 from . import ui as console
 from .app import App
 from .attribution import codex_session
@@ -804,7 +804,12 @@ class Handler(BaseHTTPRequestHandler):
             self._proxy(ctx)
             return
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
-            self._gemini_models(method, path, query)
+            google = functools.partial(gemini_api.key_headers, self._headers_dict(), query)  # may 401: inside
+            self._model_list(GEMINI, lambda: gemini_api.models(app, path, query, app.gate.client_key(google())))
+            return
+        if anthropic_models.lists_models(path, self._headers_dict()):  # Anthropic's SDKs: GET /v1/models[/{id}]
+            headers = self._headers_dict()
+            self._model_list(ANTHROPIC, lambda: anthropic_models.models(app, path, query, app.gate.client_key(headers)))
             return
         if message_batches.route_of(path) is not None:  # /v1/messages/batches…
             ctx = RequestContext(
@@ -886,17 +891,17 @@ class Handler(BaseHTTPRequestHandler):
             host = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
         return f"{'https' if secure else 'http'}://{host}{prefix}"
 
-    def _gemini_models(self, method: str, path: str, query: str) -> None:
-        """Google's model list and model; its errors in Google's shape, on /v1/models too."""
-        app = self.server.app
+    def _model_list(self, dialect: str, answer: Callable[[], Response]) -> None:
+        """A model list or model in the shape the request's headers or path chose (Google's,
+        Anthropic's), its errors — the method, the key (which ``answer`` checks first), the
+        query — in that shape too, on /v1/models as well."""
         try:
-            if method != "GET":
+            if self._route_method() != "GET":
                 check_method(self.command, ["GET"])
-            key = app.gate.client_key(gemini_api.key_headers(self._headers_dict(), query))
-            self._respond(gemini_api.models(app, path, query, key))
+            self._respond(answer())
         except ProxyError as exc:
             self._end_early()
-            self._write(exc.status, exc.body(GEMINI), "application/json", exc.headers)
+            self._write(exc.status, exc.body(dialect), "application/json", exc.headers)
 
     def _check_host_and_origin(self) -> None:
         """Browsers: a Host this server does not answer for (DNS rebinding) is a 421, an Origin

@@ -1,0 +1,217 @@
+"""``GET /v1/models[/{id}]`` for Anthropic's SDKs: a request carrying ``anthropic-version`` gets
+Anthropic's Models API shape (ModelInfo objects, ``limit``/``after_id``/``before_id`` pages, its
+error shape); without it OpenAI's, as before. The official ``anthropic`` and ``openai`` SDKs
+against a real server whose OpenAI and Anthropic providers are a mock.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import anthropic
+import openai
+import pytest
+from conftest import OPENAI_KEY, ServerProcess, base_env
+from mock_upstream import MockUpstream, anthropic_display_name
+
+ADMIN = "admin-key-for-anthropic-models-0123456789"
+VERSION = {"anthropic-version": "2023-06-01"}
+EVERY = [
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "anthropic/gpt-4o-mini",
+    "anthropic/gpt-4o",
+    "anthropic/text-embedding-3-small",
+]
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, tmp_path_factory):
+    """OpenAI and Anthropic providers at a mock of their own; keys required (two keys made)."""
+    with MockUpstream() as own:
+        env = {
+            **base_env(cache_home),
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "OPENAI_BASE_URL": own.url + "/v1",
+            "ANTHROPIC_API_KEY": "sk-ant-anthropic-models-0123456789",
+            "ANTHROPIC_BASE_URL": own.url,
+            "STOCKYARD_ADMIN_KEY": ADMIN,
+        }
+        srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("antmodels") / "stockyard.db", env).start()
+        restricted = ["gpt-4o", "anthropic/*"]
+        srv.keys = {"all": make_key(srv, "all", None), "some": make_key(srv, "some", restricted)}
+        yield srv
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def make_key(server: ServerProcess, name: str, models: list[str] | None) -> str:
+    spec = {"name": name, **({"models": models} if models else {})}
+    status, _, raw = server.request("POST", "/api/keys", spec, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status == 201, raw
+    return json.loads(raw)["key"]
+
+
+def claude(server: ServerProcess, key: str = "all") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key=server.keys.get(key, key), max_retries=0)
+
+
+def openai_ids(server: ServerProcess, key: str = "all") -> list[str]:
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys[key], max_retries=0)
+    return [m.id for m in client.models.list()]
+
+
+def refusal(server: ServerProcess, path: str) -> tuple[int, dict]:
+    """A raw GET as an Anthropic client sends it (the key as x-api-key); its status and JSON body."""
+    status, _, raw = server.request("GET", path, headers={**VERSION, "x-api-key": server.keys["all"]})
+    return status, json.loads(raw)
+
+
+def test_the_sdk_lists_typed_models_with_the_openai_listing_ids(server):
+    page = claude(server).models.list(limit=1000)
+    assert all(isinstance(m, anthropic.types.ModelInfo) for m in page.data)
+    assert [m.id for m in page.data] == openai_ids(server) == EVERY
+    assert {m.type for m in page.data} == {"model"}
+    assert {m.created_at for m in page.data} == {datetime(1970, 1, 1, tzinfo=timezone.utc)}
+    names = {m.id: m.display_name for m in page.data}
+    assert names["anthropic/gpt-4o"] == anthropic_display_name("gpt-4o"), "the provider's own display name"
+    assert names["gpt-4o"] == "gpt-4o", "OpenAI's listing gives no name: the id"
+    assert (page.has_more, page.first_id, page.last_id) == (False, EVERY[0], EVERY[-1])
+    status, body = refusal(server, "/v1/models")  # the wire: exactly Anthropic's fields
+    assert status == 200 and set(body) == {"data", "has_more", "first_id", "last_id"}
+    assert len(body["data"]) == len(EVERY), "default limit 20 holds them all"
+    assert body["data"][0] == {
+        "type": "model",
+        "id": "gpt-4o-mini",
+        "display_name": "gpt-4o-mini",
+        "created_at": "1970-01-01T00:00:00Z",
+    }
+
+
+def test_auto_pagination_visits_every_model_once_both_ways(server):
+    client = claude(server)
+    assert [m.id for m in client.models.list(limit=2)] == EVERY
+    assert [m.id for m in client.models.list(limit=4)] == EVERY
+    first = client.models.list(limit=4)
+    assert (first.has_more, first.first_id, first.last_id) == (True, EVERY[0], EVERY[3])
+    rest = client.models.list(limit=4, after_id=EVERY[3])
+    assert ([m.id for m in rest.data], rest.has_more) == (EVERY[4:], False)
+    before = client.models.list(limit=2, before_id=EVERY[-1])
+    assert ([m.id for m in before.data], before.has_more) == (EVERY[3:5], True)
+    backwards = [[m.id for m in page.data] for page in before.iter_pages()]
+    assert backwards == [EVERY[3:5], EVERY[1:3], EVERY[:1]], "before_id pages walk back to the start"
+    assert client.models.list(before_id=EVERY[0]).data == []
+
+
+def test_retrieve_one_model_and_an_unknown_one_is_not_found(server):
+    client = claude(server)
+    model = client.models.retrieve("anthropic/gpt-4o-mini")  # the SDK sends the / as %2F
+    assert isinstance(model, anthropic.types.ModelInfo)
+    assert (model.id, model.display_name, model.type) == (
+        "anthropic/gpt-4o-mini",
+        anthropic_display_name("gpt-4o-mini"),
+        "model",
+    )
+    assert client.models.retrieve("gpt-4o").created_at == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.models.retrieve("claude-nonexistent-9")
+    assert missing.value.body["type"] == "error"
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    assert "claude-nonexistent-9" in missing.value.body["error"]["message"]
+
+
+def test_a_restricted_key_sees_only_its_models(server):
+    client = claude(server, "some")
+    wanted = ["gpt-4o", "anthropic/gpt-4o-mini", "anthropic/gpt-4o", "anthropic/text-embedding-3-small"]
+    assert [m.id for m in client.models.list(limit=3)] == openai_ids(server, "some") == wanted
+    assert client.models.retrieve("anthropic/gpt-4o").id == "anthropic/gpt-4o"
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("gpt-4o-mini")  # listed for others, not for this key
+    with pytest.raises(anthropic.BadRequestError) as hidden:
+        client.models.list(after_id="gpt-4o-mini")  # a cursor it cannot see is as unknown as any
+    assert "after_id" in hidden.value.body["error"]["message"]
+
+
+def test_without_a_good_key_it_is_anthropics_401(server):
+    with pytest.raises(anthropic.AuthenticationError) as bad:
+        claude(server, "sk-sy-not-a-real-key").models.list()
+    assert bad.value.body["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.AuthenticationError):
+        claude(server, "sk-sy-not-a-real-key").models.retrieve("gpt-4o")
+    for path in ("/v1/models", "/v1/models/gpt-4o"):
+        status, _, raw = server.request("GET", path, headers=VERSION)  # no key at all
+        body = json.loads(raw)
+        assert status == 401 and body["type"] == "error", body
+        assert body["error"]["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize(
+    "query, named",
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=", "limit"),
+        ("limit=2&limit=3", "limit"),
+        ("after_id=claude-nope", "after_id"),
+        ("before_id=claude-nope", "before_id"),
+        ("after_id=gpt-4o&before_id=gpt-4o-mini", "before_id"),
+        ("lifecycle[]=ancient", "lifecycle"),
+    ],
+)
+def test_bad_paging_is_anthropics_400_naming_it(server, query, named):
+    status, body = refusal(server, "/v1/models?" + query)
+    assert status == 400, body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert named in body["error"]["message"]
+
+
+def test_the_sdk_raises_bad_request_for_a_bad_limit_and_filters_by_lifecycle(server):
+    client = claude(server)
+    with pytest.raises(anthropic.BadRequestError):
+        client.models.list(limit=1001)
+    assert [m.id for m in client.models.list(lifecycle=["active", "deprecated"])] == EVERY
+    assert client.models.list(lifecycle=["retired"]).data == [], "every model Stockyard lists is active"
+
+
+def test_head_and_other_methods(server):
+    status, headers, raw = server.request("HEAD", "/v1/models", headers={**VERSION, "x-api-key": server.keys["all"]})
+    assert (status, raw) == (200, b"") and headers["content-type"] == "application/json"
+    status, _, raw = server.request("HEAD", "/v1/models/gpt-4o", headers={**VERSION, "x-api-key": "sk-sy-wrong"})
+    assert (status, raw) == (401, b"")
+    status, _, raw = server.request("POST", "/v1/models", {}, headers={**VERSION, "x-api-key": server.keys["all"]})
+    assert status == 405 and json.loads(raw)["type"] == "error"
+
+
+def test_without_the_header_the_openai_listing_is_unchanged(server):
+    headers = {"Authorization": f"Bearer {server.keys['all']}"}
+    status, _, raw = server.request("GET", "/v1/models?limit=abc", headers=headers)  # no Anthropic paging here
+    body = json.loads(raw)
+    assert status == 200 and set(body) == {"object", "data"} and body["object"] == "list"
+    assert body["data"][3] == {"id": "anthropic/gpt-4o-mini", "object": "model", "created": 0, "owned_by": "anthropic"}
+    status, _, raw = server.request("GET", "/v1/models/anthropic%2Fgpt-4o", headers=headers)
+    assert status == 200 and json.loads(raw) == {
+        "id": "anthropic/gpt-4o",
+        "object": "model",
+        "created": 0,
+        "owned_by": "anthropic",
+    }
+    status, _, raw = server.request("GET", "/v1/models/claude-nope", headers=headers)
+    assert status == 404 and json.loads(raw)["error"]["code"] == "model_not_found"
+    status, _, raw = server.request("GET", "/v1/models")
+    assert status == 401 and json.loads(raw)["error"]["code"] == "missing_api_key"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys["all"], max_retries=0)
+    assert client.models.retrieve("gpt-4o").owned_by == "openai"
+
+
+def test_display_names_are_read_from_each_listing_shape():
+    from stockyard.models import display_names
+
+    anthropic_doc = {"data": [{"id": "claude-x", "display_name": "Claude X"}, {"id": "bare"}, {"id": 3}, "junk"]}
+    assert display_names(anthropic_doc) == {"claude-x": "Claude X"}
+    named, empty = {"name": "models/gemini-z", "displayName": "Gemini Z"}, {"name": "models/n", "displayName": ""}
+    gemini_doc = {"models": [named, empty]}
+    assert display_names(gemini_doc) == {"gemini-z": "Gemini Z"}
+    assert display_names({"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}) == {}
