@@ -2,7 +2,7 @@
 
 ``anthropic.Anthropic(base_url=…).models.list()`` and ``.retrieve(id)`` call the paths OpenAI's
 SDK calls, and read another shape: ``ModelInfo`` objects (``type``, ``id``, ``display_name``,
-``created_at``) in pages of ``limit`` (1–1000, 20 by default) after ``after_id`` or before
+``created_at``, ``lifecycle``) in pages of ``limit`` (1–1000, 20 by default) after ``after_id`` or before
 ``before_id``, with ``has_more``, ``first_id`` and ``last_id``. They send ``anthropic-version``
 and an OpenAI client never does, so that header chooses this shape (as a Google key chooses
 Google's, ``gemini_api.lists_models``); the server writes this route's errors in Anthropic's
@@ -35,12 +35,14 @@ def lists_models(path: str, headers: Mapping[str, str]) -> bool:
 
 
 def model_info(model: Listed) -> dict:
-    """Anthropic's ``ModelInfo``: the provider's display name when its listing gave one, else the id."""
+    """Anthropic's ``ModelInfo``: the provider's display name when its listing gave one, else the id;
+    ``lifecycle`` active, as every model listed here can be called (the SDK's type requires it)."""
     return {
         "type": "model",
         "id": model.id,
         "display_name": model.display_name or model.id,
         "created_at": rfc3339(model.created),
+        "lifecycle": "active",
     }
 
 

@@ -73,7 +73,7 @@ def test_the_sdk_lists_typed_models_with_the_openai_listing_ids(server):
     page = claude(server).models.list(limit=1000)
     assert all(isinstance(m, anthropic.types.ModelInfo) for m in page.data)
     assert [m.id for m in page.data] == openai_ids(server) == EVERY
-    assert {m.type for m in page.data} == {"model"}
+    assert {(m.type, m.lifecycle) for m in page.data} == {("model", "active")}
     assert {m.created_at for m in page.data} == {datetime(1970, 1, 1, tzinfo=timezone.utc)}
     names = {m.id: m.display_name for m in page.data}
     assert names["anthropic/gpt-4o"] == anthropic_display_name("gpt-4o"), "the provider's own display name"
@@ -87,6 +87,7 @@ def test_the_sdk_lists_typed_models_with_the_openai_listing_ids(server):
         "id": "gpt-4o-mini",
         "display_name": "gpt-4o-mini",
         "created_at": "1970-01-01T00:00:00Z",
+        "lifecycle": "active",
     }
 
 
