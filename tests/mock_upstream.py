@@ -748,9 +748,7 @@ def image_stream(model: str, n: int, asked: dict, kind: str = "image_generation"
         details = usage["output_tokens_details"]
         extra["output_tokens_details"] = {**details, "image_tokens": details["image_tokens"] + 100 * partials}
     usage = {**usage, **extra, "total_tokens": usage["input_tokens"] + extra["output_tokens"]}
-    said = {
-        name: asked.get(name) if asked.get(name) in known else known[0] for name, known in IMAGE_SETTINGS.items()
-    }
+    said = {name: asked.get(name) if asked.get(name) in known else known[0] for name, known in IMAGE_SETTINGS.items()}
     events = []
     for _ in range(n):
         for index in range(partials):

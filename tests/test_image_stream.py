@@ -61,7 +61,8 @@ def sdk(server: ServerProcess, who: str = "free") -> OpenAI:
 def draw(client: OpenAI, route: str, **fields):
     """``images.generate`` or ``images.edit`` with ``stream=True``: the SDK's event stream."""
     if route == "edit":
-        return client.images.edit(model="gpt-image-1", image=("in.png", PNG, "image/png"), prompt="add a boat", **fields)
+        image = ("in.png", PNG, "image/png")
+        return client.images.edit(model="gpt-image-1", image=image, prompt="add a boat", **fields)
     return client.images.generate(model="gpt-image-1", prompt="a cat", **fields)
 
 
@@ -173,11 +174,11 @@ def test_a_client_that_leaves_after_a_partial_image_pays_for_the_image(server, m
     gate, hung_up = threading.Event(), threading.Event()
     mock.enqueue(Reply(held=gate, held_after=1, hang_s=60, hang_after=2, hung_up=hung_up))
     before = spend(server)
-    body = {"model": "gpt-image-1", "prompt": "a cat", "stream": True, "partial_images": 2, "quality": "medium"}
+    body = {"model": "gpt-image-1", "prompt": "a cat", "stream": True, "partial_images": 2}
+    body |= {"quality": "medium", "size": "1024x1536"}
     try:
-        trace_id = leave_stream(
-            server, "/v1/images/generations", {**body, "size": "1024x1536"}, b'"partial_image_index":0', server.keys["budget"]
-        )
+        seen = b'"partial_image_index":0'
+        trace_id = leave_stream(server, "/v1/images/generations", body, seen, server.keys["budget"])
     finally:
         gate.set()
     assert hung_up.wait(15), "the provider's connection was closed when the client's was found gone"

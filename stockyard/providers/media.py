@@ -203,10 +203,10 @@ class ImageStream(StreamTranslator):
 
     def _settle(self) -> None:
         """The attempt's usage and images so far: what it is billed if the stream ends here."""
-        a = self.ctx.attempt
+        a, body = self.ctx.attempt, self.ctx.body
         usage = self.reported
-        if self.drawing:
-            asked = {"model": a.upstream_model, "quality": self.ctx.body.get("quality"), "size": self.ctx.body.get("size")}
+        if self.drawing:  # priced by the routed model's table, at the request's quality and size
+            asked = {"model": a.upstream_model, "quality": body.get("quality"), "size": body.get("size")}
             drawn = drawn_usage(asked, 1, self.drawing)
             usage = drawn if usage is None else usage.plus(drawn)
         a.usage, a.usage_estimated = usage, not self.complete
