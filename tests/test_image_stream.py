@@ -133,6 +133,39 @@ def test_a_stream_the_provider_breaks_ends_with_an_error_event_and_bills_the_ima
     assert trace["cost_uc"] == (MEDIUM_TALL + 200) * IMAGE_OUT, trace
 
 
+def put_timeout(server: ServerProcess, enabled: bool) -> None:
+    """The request deadline (the timeout module: 1 s) on or off, in effect on return."""
+    config = {"deadline_s": 1} if enabled else {}
+    status, _, data = server.request(
+        "PUT",
+        "/api/modules/timeout",
+        {"enabled": enabled, "config": config},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert status == 200, data[:300]
+
+
+def test_a_stream_past_its_deadline_ends_with_an_error_event_and_bills_the_image_being_drawn(server, mock):
+    """The provider goes quiet after the first partial image and the request's deadline passes:
+    the client gets the deadline's error event at once (not at the provider's pace), and the image
+    being drawn is billed as asked with its partial image."""
+    gate = threading.Event()
+    mock.enqueue(Reply(held=gate, held_after=1))
+    put_timeout(server, True)
+    seen = []
+    try:
+        with pytest.raises(openai.APIError) as err:
+            for event in draw(sdk(server), "generate", stream=True, partial_images=2, quality="low", size="1536x1024"):
+                seen.append(event.type)
+    finally:
+        gate.set()
+        put_timeout(server, False)
+    assert seen == ["image_generation.partial_image"] and err.value.body["code"] == "deadline_exceeded"
+    trace = server.trace(mock_trace_id(server))
+    assert (trace["outcome"], trace["error_type"]) == ("stream_broken", "deadline_exceeded"), trace
+    assert (trace["cost_status"], trace["cost_uc"]) == ("estimate", (400 + 100) * IMAGE_OUT), trace
+
+
 def mock_trace_id(server: ServerProcess) -> str:
     """The newest trace's id (the SDK raised before its headers could be read here)."""
     return wait_for(lambda: server.db_rows("SELECT id FROM traces ORDER BY ts_ms DESC, id DESC LIMIT 1"))[0]["id"]
