@@ -122,12 +122,13 @@ def test_a_stream_the_provider_breaks_ends_with_an_error_event_and_bills_the_ima
     1,584 tokens) and its two partials 100 each, an estimate (no usage ever came)."""
     mock.enqueue(Reply(cut_after=2))
     seen = []
+    stream = draw(sdk(server), "generate", stream=True, partial_images=3, quality="medium", size="1024x1536")
     with pytest.raises(openai.APIError) as err:
-        for event in draw(sdk(server), "generate", stream=True, partial_images=3, quality="medium", size="1024x1536"):
+        for event in stream:
             seen.append(event.type)
     assert seen == ["image_generation.partial_image"] * 2
     assert "stream broke" in err.value.message and err.value.body["code"].startswith("upstream_"), err.value.body
-    trace = server.trace(mock_trace_id(server))
+    trace = server.trace(stream.response.headers["x-stockyard-trace-id"])
     assert (trace["outcome"], trace["status"], trace["error_type"]) == ("stream_broken", 200, err.value.body["code"])
     assert (trace["cost_status"], trace["usage_estimated"]) == ("estimate", 1), trace
     assert trace["cost_uc"] == (MEDIUM_TALL + 200) * IMAGE_OUT, trace
@@ -154,21 +155,17 @@ def test_a_stream_past_its_deadline_ends_with_an_error_event_and_bills_the_image
     put_timeout(server, True)
     seen = []
     try:
+        stream = draw(sdk(server), "generate", stream=True, partial_images=2, quality="low", size="1536x1024")
         with pytest.raises(openai.APIError) as err:
-            for event in draw(sdk(server), "generate", stream=True, partial_images=2, quality="low", size="1536x1024"):
+            for event in stream:
                 seen.append(event.type)
     finally:
         gate.set()
         put_timeout(server, False)
     assert seen == ["image_generation.partial_image"] and err.value.body["code"] == "deadline_exceeded"
-    trace = server.trace(mock_trace_id(server))
+    trace = server.trace(stream.response.headers["x-stockyard-trace-id"])
     assert (trace["outcome"], trace["error_type"]) == ("stream_broken", "deadline_exceeded"), trace
     assert (trace["cost_status"], trace["cost_uc"]) == ("estimate", (400 + 100) * IMAGE_OUT), trace
-
-
-def mock_trace_id(server: ServerProcess) -> str:
-    """The newest trace's id (the SDK raised before its headers could be read here)."""
-    return wait_for(lambda: server.db_rows("SELECT id FROM traces ORDER BY ts_ms DESC, id DESC LIMIT 1"))[0]["id"]
 
 
 def test_a_cut_after_some_images_bills_their_usage_and_estimates_the_next(server, mock):
@@ -192,10 +189,11 @@ def test_an_error_event_from_the_provider_is_relayed_and_traced(server, mock):
     failed = {"error": {"message": "The image could not be finished.", "type": "server_error", "code": "server_error"}}
     events = image_stream("gpt-image-1", 1, {"partial_images": 2})[:1] + [f"event: error\ndata: {json.dumps(failed)}"]
     mock.enqueue(Reply(sse=events))
+    stream = draw(sdk(server), "generate", stream=True, partial_images=2, quality="low", size="1024x1024")
     with pytest.raises(openai.APIError) as err:
-        list(draw(sdk(server), "generate", stream=True, partial_images=2, quality="low", size="1024x1024"))
+        list(stream)
     assert err.value.message == "The image could not be finished."
-    trace = server.trace(mock_trace_id(server))
+    trace = server.trace(stream.response.headers["x-stockyard-trace-id"])
     assert (trace["outcome"], trace["error_type"]) == ("stream_broken", "upstream_server_error"), trace
     assert trace["error_message"] == "The image could not be finished."
     assert (trace["cost_status"], trace["cost_uc"]) == ("estimate", (272 + 100) * IMAGE_OUT), trace
