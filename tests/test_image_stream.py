@@ -199,6 +199,21 @@ def test_an_error_event_from_the_provider_is_relayed_and_traced(server, mock):
     assert (trace["cost_status"], trace["cost_uc"]) == ("estimate", (272 + 100) * IMAGE_OUT), trace
 
 
+def test_an_image_completed_without_its_usage_is_billed_as_asked(server, mock):
+    """A provider that leaves the count out of its completed event (the spec says it is there for
+    GPT image models): the image is billed as the request asked for it, with its partial image, an
+    estimate, as the image tool's are; never 0 as if it were free."""
+    events = image_stream("gpt-image-1", 1, {"partial_images": 1})
+    done = json.loads(events[-1].split("data: ", 1)[1])
+    del done["usage"]
+    mock.enqueue(Reply(sse=[events[0], f"event: image_generation.completed\ndata: {json.dumps(done)}"]))
+    stream = draw(sdk(server), "generate", stream=True, partial_images=1, quality="low", size="1024x1024")
+    assert [e.type for e in stream] == ["image_generation.partial_image", "image_generation.completed"]
+    trace = server.trace(stream.response.headers["x-stockyard-trace-id"])
+    assert (trace["outcome"], trace["cost_status"]) == ("ok", "estimate"), trace
+    assert trace["cost_uc"] == (272 + 100) * IMAGE_OUT, trace
+
+
 def test_a_client_that_leaves_after_a_partial_image_pays_for_the_image(server, mock):
     """The client closes its socket once the first partial image arrived: the image being drawn is
     billed as asked, with the partial images relayed, to the key's budget too."""

@@ -161,8 +161,9 @@ class ImageStream(StreamTranslator):
     usage is an estimate, which adds the image being drawn when partial images of it went out (the
     partials since the last completed event: OpenAI's events name no image), as the request asked
     for it and its partials 100 tokens each (``imagegen.drawn_usage``, as the image tool's): what a
-    stream cut there (the provider broke, the client left, the deadline) is billed. An ``error``
-    event the provider sends is relayed as it is and traced."""
+    stream cut there (the provider broke, the client left, the deadline) is billed. A completed
+    event without its usage is billed so too (an estimate). An ``error`` event the provider sends
+    is relayed as it is and traced."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
@@ -170,6 +171,7 @@ class ImageStream(StreamTranslator):
         self.reported: Usage | None = None  # the completed images' usage, summed
         self.done = 0  # images completed
         self.drawing = 0  # partial images of the image being drawn
+        self.guessed = False  # an image completed without its usage: estimated
 
     def feed(self, event: bytes) -> list[bytes]:
         data = sse_data(event)
@@ -183,34 +185,34 @@ class ImageStream(StreamTranslator):
         if kind in IMAGE_PARTIAL:
             self.drawing += 1
         elif kind in IMAGE_DONE:
-            usage = image_usage(obj["usage"]) if isinstance(obj.get("usage"), dict) else Usage()
-            self.reported = usage if self.reported is None else self.reported.plus(usage)
+            usage = obj.get("usage")
+            image = image_usage(usage) if isinstance(usage, dict) else self._drawn()
+            self.guessed = self.guessed or not isinstance(usage, dict)
+            self.reported = image if self.reported is None else self.reported.plus(image)
             self.done, self.drawing = self.done + 1, 0
             self.complete = self.done >= self.asked
         elif (error := stream_error(obj)) is not None:
-            code = error.get("code") or error.get("type")
-            message = error.get("message")
-            record_stream_error(
-                self.ctx,
-                str(code or "error"),
-                message if isinstance(message, str) and message else "the provider's stream ended with an error",
-            )
+            code, message = error.get("code") or error.get("type"), error.get("message")
+            if not isinstance(message, str) or not message:
+                message = "the provider's stream ended with an error"
+            record_stream_error(self.ctx, str(code or "error"), message)
             return [event]
         else:
             return [event]
-        self._settle()
+        a = self.ctx.attempt  # what it is billed if the stream ends here
+        usage = self.reported
+        if self.drawing:
+            usage = self._drawn() if usage is None else usage.plus(self._drawn())
+        a.usage, a.usage_estimated = usage, self.guessed or not self.complete
+        a.media_images = self.done or None
         return [event]
 
-    def _settle(self) -> None:
-        """The attempt's usage and images so far: what it is billed if the stream ends here."""
-        a, body = self.ctx.attempt, self.ctx.body
-        usage = self.reported
-        if self.drawing:  # priced by the routed model's table, at the request's quality and size
-            asked = {"model": a.upstream_model, "quality": body.get("quality"), "size": body.get("size")}
-            drawn = drawn_usage(asked, 1, self.drawing)
-            usage = drawn if usage is None else usage.plus(drawn)
-        a.usage, a.usage_estimated = usage, not self.complete
-        a.media_images = self.done or None
+    def _drawn(self) -> Usage:
+        """The image being drawn, as the request asked for it (the routed model's table, its
+        quality and size), with the partial images of it that went out."""
+        body = self.ctx.body
+        asked = {"model": self.ctx.attempt.upstream_model, "quality": body.get("quality"), "size": body.get("size")}
+        return drawn_usage(asked, 1, self.drawing)
 
 
 def stream_error(obj: dict) -> dict | None:
