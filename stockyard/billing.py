@@ -154,7 +154,7 @@ class Pricer:
     def _price_media(self, ctx: RequestContext, a: Attempt, price: Price | None) -> None:
         """Audio, images, moderations: billed in the unit the answer reports (no usage, no price, or
         a price in another unit: ``unknown``); estimated only for an image stream cut before its last
-        image (``Attempt.usage_estimated``: the image being drawn, ``media.ImageStream``)."""
+        image, or an image completed without its usage (``Attempt.usage_estimated``: ``media.ImageStream``)."""
         cost = None
         if ctx.endpoint == "moderations":
             cost = 0  # free
@@ -172,7 +172,7 @@ class Pricer:
             cost = unit_cost(price, len(text)) if isinstance(text, str) else None
         if cost is None:
             a.cost_uc, a.cost_status = None, "unknown"
-        else:  # a streamed image cut before its last image: ``media.ImageStream``'s estimate
+        else:  # usage_estimated: a streamed image's, by ``media.ImageStream``
             a.cost_uc, a.cost_status = cost, "estimate" if a.usage_estimated else "exact"
 
     def image_price(self, ctx: RequestContext, model: str, provider: str | None) -> Price | None:
