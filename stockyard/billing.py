@@ -152,8 +152,9 @@ class Pricer:
         )
 
     def _price_media(self, ctx: RequestContext, a: Attempt, price: Price | None) -> None:
-        """Audio, images, moderations: billed in the unit the answer reports, never estimated
-        (no usage, no price, or a price in another unit: ``unknown``)."""
+        """Audio, images, moderations: billed in the unit the answer reports (no usage, no price, or
+        a price in another unit: ``unknown``); estimated only for an image stream cut before its last
+        image, or an image completed without its usage (``Attempt.usage_estimated``: ``media.ImageStream``)."""
         cost = None
         if ctx.endpoint == "moderations":
             cost = 0  # free
@@ -169,7 +170,10 @@ class Pricer:
         elif ctx.endpoint == "speech" and price is not None and price.unit == "character":
             text = ctx.body.get("input")
             cost = unit_cost(price, len(text)) if isinstance(text, str) else None
-        a.cost_uc, a.cost_status = (cost, "exact") if cost is not None else (None, "unknown")
+        if cost is None:
+            a.cost_uc, a.cost_status = None, "unknown"
+        else:  # usage_estimated: a streamed image's, by ``media.ImageStream``
+            a.cost_uc, a.cost_status = cost, "estimate" if a.usage_estimated else "exact"
 
     def image_price(self, ctx: RequestContext, model: str, provider: str | None) -> Price | None:
         """The per-image price for this request's model, size and quality (DALL·E), or None."""

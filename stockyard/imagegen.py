@@ -11,7 +11,8 @@ Two kinds reach a client in a stream:
 
 A stream cut before its usage never brings those counts, so the images it relayed are counted as
 they pass (:class:`ImageTally`, :func:`chat_images`: a trace keeps only the first 256 KB of an
-answer, and one image is ~2 MB of base64) and estimated: each image as the tool asked for it
+answer, and one image is ~2 MB of base64) and estimated (:func:`drawn_usage`; an Images API
+stream's image being drawn too, ``media.ImageStream``): each image as the tool asked for it
 (its quality and size in its image model's table, :func:`drawn_tokens`: ``auto`` or unset, the
 largest; a chat model's as the largest, :data:`IMAGE_OUTPUT_TOKENS`), each partial image its 100 tokens
 (OpenAI: "each partial image will incur an additional 100 image output tokens"). An image of which
@@ -276,6 +277,12 @@ class ImageTally:
         """The tool's usage for what went out, when any image did (see the module's docstring)."""
         if not self.images:
             return None
-        each = drawn_tokens(image_tool(self.body) or {})
-        drawn = each * len(self.images) + PARTIAL_IMAGE_TOKENS * self.partials
-        return Usage(completion_tokens=drawn, media_output_tokens=drawn)  # images: at the image output rate
+        return drawn_usage(image_tool(self.body) or {}, len(self.images), self.partials)
+
+
+def drawn_usage(asked: dict, images: int, partials: int) -> Usage:
+    """What ``images`` images drawn as ``asked`` (the image tool, or an Images API request's model,
+    quality and size: :func:`drawn_tokens`) and ``partials`` partial images relayed are billed when
+    no usage counts them (a cut stream): image output tokens, at the image output rate."""
+    drawn = drawn_tokens(asked) * images + PARTIAL_IMAGE_TOKENS * partials
+    return Usage(completion_tokens=drawn, media_output_tokens=drawn)

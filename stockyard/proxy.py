@@ -80,7 +80,14 @@ NEEDS_MODEL = (
     "translations",
     "speech",
 )
-NO_STREAM = ("embeddings", "count_tokens", "input_tokens", "compact", *media.ENDPOINTS)
+# Endpoints whose answer is never a stream (a media endpoint streams only when it is media.STREAMED)
+NO_STREAM = (
+    "embeddings",
+    "count_tokens",
+    "input_tokens",
+    "compact",
+    *(e for e in media.ENDPOINTS if e not in media.STREAMED),
+)
 DEPLOYMENT_HEADER = "x-stockyard-deployment"
 # A provider's "the input is longer than the model's context window" (OpenAI, Anthropic, Gemini, others).
 CONTEXT_OVERFLOW = re.compile(
@@ -163,7 +170,7 @@ def parse_body(ctx: RequestContext) -> None:
 
 def parse_form(ctx: RequestContext) -> None:
     """A multipart request (``ctx.upload``): its text fields are the body the modules see; model and
-    stream are read from them (``stream=true`` asks a transcription for SSE). A field sent twice is
+    stream are read from them (``stream=true`` asks a transcription or an image edit for SSE). A field sent twice is
     a 400 (``Upload.refuse_repeated``), as a JSON member named twice is: every part is relayed."""
     upload = ctx.upload
     upload.refuse_repeated()
@@ -181,7 +188,7 @@ def parse_form(ctx: RequestContext) -> None:
     stream = upload.get("stream")
     if stream not in (None, "true", "false"):
         raise ProxyError(400, "'stream' must be true or false", param="stream", code="invalid_stream")
-    ctx.stream = stream == "true" and ctx.endpoint == "transcriptions"
+    ctx.stream = stream == "true" and ctx.endpoint in media.STREAMED
 
 
 def passed_headers(headers: dict[str, str]) -> dict[str, str]:

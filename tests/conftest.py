@@ -13,7 +13,9 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -289,6 +291,32 @@ class ServerProcess:
         made = {name: self.cli("keys", "create", "--name", name, *extra) for name, extra in specs.items()}
         assert all(m.returncode == 0 for m in made.values()), [m.stderr for m in made.values()]
         return {name: m.stdout.strip() for name, m in made.items()}
+
+
+def leave_stream(server: "ServerProcess", path: str, body: dict, seen: bytes, key: str | None = None) -> str:
+    """POST ``body`` to ``path`` over a raw socket, read the streamed answer until ``seen`` arrived,
+    then close the socket abruptly (a reset: the server's next write to it fails at once); the
+    trace id. ``key``: the client key to send, if any."""
+    payload = json.dumps(body).encode()
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        client.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{auth}"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        received = b""
+        while seen not in received:
+            chunk = client.recv(1 << 20)
+            assert chunk, received[-300:]
+            received += chunk
+    finally:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+    head = received.split(b"\r\n\r\n", 1)[0].decode()
+    lines = head.split("\r\n")
+    return next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("x-stockyard-trace-id:"))
 
 
 def pcm_wav(seconds: int, rate: int = 16_000, width: int = 2) -> bytes:

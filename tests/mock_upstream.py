@@ -733,33 +733,52 @@ def openai_images(model: str, n: int, response_format: str | None) -> dict:
 def _images(call: Call, model: str) -> Reply:
     n = _lenient_int(call.body.get("n")) or 1
     if call.body.get("stream") is True and model.startswith("gpt-image"):
-        return Reply(sse=image_stream(model, n, _lenient_int(call.body.get("partial_images")) or 0))
+        return Reply(sse=image_stream(model, n, call.body))
     return Reply(json=openai_images(model or "dall-e-2", n, call.body.get("response_format")))
 
 
-def image_stream(model: str, n: int, partials: int) -> list[str]:
-    """A streamed images answer (``stream: true``, gpt-image models), as OpenAI's: for each of the
-    ``n`` images its ``partials`` partial images, then its ``image_generation.completed`` event with
-    that image's usage (its output and each partial image's 100 tokens). No ``data`` list."""
+# What a streamed image's events say it is, as OpenAI's do: the request's setting, else what
+# ``auto`` (or none) drew here.
+IMAGE_SETTINGS = {
+    "size": ("1024x1024", "1024x1536", "1536x1024"),
+    "quality": ("high", "low", "medium"),
+    "background": ("opaque", "transparent"),
+    "output_format": ("png", "webp", "jpeg"),
+}
+
+
+def image_stream(model: str, n: int, asked: dict, kind: str = "image_generation") -> list[str]:
+    """A streamed images answer (``stream: true``, gpt-image models) in OpenAI's wire format
+    (its OpenAPI spec's ``ImageGenStreamEvent``; ``ImageEditStreamEvent`` with ``kind``
+    ``image_edit``): for each of the ``n`` images its ``partial_images`` partial images
+    (``{kind}.partial_image``: ``b64_json``, ``partial_image_index``), then its ``{kind}.completed``
+    event with that image's ``usage`` (its output and each partial image's 100 tokens). Every event
+    names the image's size, quality, background and output format. No ``data`` list, no ``[DONE]``.
+    ``asked``: the request's fields (a form's as text)."""
+    partials = _lenient_int(asked.get("partial_images")) or 0
     usage = image_usage(model)
     extra = {"output_tokens": usage["output_tokens"] + 100 * partials}
     if "output_tokens_details" in usage:
         details = usage["output_tokens_details"]
         extra["output_tokens_details"] = {**details, "image_tokens": details["image_tokens"] + 100 * partials}
     usage = {**usage, **extra, "total_tokens": usage["input_tokens"] + extra["output_tokens"]}
+    said = {name: asked.get(name) if asked.get(name) in known else known[0] for name, known in IMAGE_SETTINGS.items()}
     events = []
     for _ in range(n):
         for index in range(partials):
-            partial = {"type": "image_generation.partial_image", "b64_json": PNG_1PX, "partial_image_index": index}
-            events.append(f"event: image_generation.partial_image\ndata: {_dumps(partial)}")
-        done = {"type": "image_generation.completed", "b64_json": PNG_1PX, "created_at": CREATED, "usage": usage}
-        events.append(f"event: image_generation.completed\ndata: {_dumps(done)}")
+            partial = {"type": f"{kind}.partial_image", "b64_json": PNG_1PX, "created_at": CREATED, **said}
+            events.append(f"event: {kind}.partial_image\ndata: {_dumps({**partial, 'partial_image_index': index})}")
+        done = {"type": f"{kind}.completed", "b64_json": PNG_1PX, "created_at": CREATED, **said, "usage": usage}
+        events.append(f"event: {kind}.completed\ndata: {_dumps(done)}")
     return events
 
 
 def _image_form(call: Call, fields: dict, files: list) -> Reply:
     n = _lenient_int(fields.get("n")) or 1
-    return Reply(json=openai_images(str(fields.get("model") or "dall-e-2"), n, fields.get("response_format")))
+    model = str(fields.get("model") or "dall-e-2")
+    if fields.get("stream") == "true" and model.startswith("gpt-image") and call.req.path.endswith("/images/edits"):
+        return Reply(sse=image_stream(model, n, fields, "image_edit"))
+    return Reply(json=openai_images(model, n, fields.get("response_format")))
 
 
 def _moderations(call: Call, model: str) -> Reply:
@@ -2156,7 +2175,8 @@ GEMINI_MODELS_PATH = re.compile(r"^/(?:v1beta|v1)/models(?:/([^/:]+))?$")
 GEMINI_MODEL_IDS = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-embedding-001"]
 GEMINI_GENERATE_METHODS = ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]
 AZURE_PATH = re.compile(
-    r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings|audio/transcriptions|audio/speech)$"
+    r"^/openai/deployments/([^/]+)/"
+    r"(chat/completions|completions|embeddings|audio/transcriptions|audio/speech|images/generations|images/edits)$"
 )
 
 AZURE_ROUTES: dict[str, Route] = {
@@ -2164,6 +2184,7 @@ AZURE_ROUTES: dict[str, Route] = {
     "completions": _azure(_completions),
     "embeddings": _azure(_embeddings),
     "audio/speech": _azure(_speech),
+    "images/generations": _azure(_images),
 }
 ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/v1/chat/completions"): _api_route(_chat),
@@ -2187,9 +2208,11 @@ GEMINI_ROUTE: Route = _api_route(_gemini, gemini_error, _gemini_model)
 
 
 def _azure_form(call: Call, scripted: Reply | None) -> Reply:
+    """A multipart route under an Azure deployment (a transcription, an image edit)."""
     if not call.req.query.get("api-version"):
         return azure_error(404, "Resource not found")
-    return _form_route(_transcript)(call, scripted)
+    build = _image_form if call.req.path.endswith("/images/edits") else _transcript
+    return _form_route(build)(call, scripted)
 
 
 def find_route(method: str, path: str) -> Route | None:
@@ -2203,7 +2226,7 @@ def find_route(method: str, path: str) -> Route | None:
     if method == "GET" and path.startswith("/v1beta/") and GEMINI_MODELS_PATH.match(path):
         return _gemini_models
     match = AZURE_PATH.match(path)
-    if method == "POST" and match and match.group(2) == "audio/transcriptions":
+    if method == "POST" and match and match.group(2) in ("audio/transcriptions", "images/edits"):
         return _azure_form
     if method == "POST" and match:
         return AZURE_ROUTES[match.group(2)]

@@ -7,11 +7,12 @@ bare model names route there too; ``azure/<deployment>`` names it explicitly.
 from __future__ import annotations
 
 import json
+import threading
 
 import openai
 import pytest
 from conftest import ServerProcess, base_env
-from mock_upstream import MockUpstream, Recorded
+from mock_upstream import IMAGE_USAGE, MockUpstream, Recorded, Reply, multipart_form
 
 AZURE_KEY = "az-test-0123456789abcdefAZURESECRET"
 API_VERSION = "2024-10-21"
@@ -154,7 +155,6 @@ def test_deployment_names_that_leave_their_url_segment_are_400(server, mock, dep
 
 
 def test_audio_goes_to_the_deployment_and_moderations_are_refused(server, client, mock) -> None:
-    from mock_upstream import multipart_form
 
     text = client.audio.transcriptions.create(model="azure/whisper", file=("a.wav", b"RIFF" + b"a" * 3000, "audio/wav"))
     assert text.text == "Hello from mock"
@@ -166,3 +166,29 @@ def test_audio_goes_to_the_deployment_and_moderations_are_refused(server, client
     with pytest.raises(openai.BadRequestError) as err:
         client.moderations.create(model="azure/mod", input="x")
     assert "'azure'" in err.value.body["message"] and "/v1/moderations" in err.value.body["message"]
+
+
+def test_a_streamed_image_is_relayed_from_the_deployment_as_it_is_drawn(server, client, mock) -> None:
+    """As from OpenAI: the deployment holds its stream after the first partial image until the test
+    has read it (read whole, the client's read would time out), then the edit streams the same way."""
+    gate = threading.Event()
+    mock.enqueue(Reply(held=gate, held_after=1))
+    quick = client.with_options(timeout=10)
+    try:
+        stream = quick.images.generate(model="azure/gpt-image-1", prompt="a cat", stream=True, partial_images=1)
+        events = iter(stream)
+        assert next(events).type == "image_generation.partial_image" and not gate.is_set()
+        gate.set()
+        assert [e.type for e in events] == ["image_generation.completed"]
+    finally:
+        gate.set()
+    assert sent(mock, "gpt-image-1", "images/generations").json["stream"] is True
+    trace = server.trace(stream.response.headers["x-stockyard-trace-id"])
+    assert (trace["provider"], trace["stream"], trace["outcome"]) == ("azure", 1, "ok"), trace
+    assert trace["completion_tokens"] == IMAGE_USAGE["output_tokens"] + 100, trace
+    png = b"\x89PNG\r\n\x1a\n" + b"q" * 500
+    edited = quick.images.edit(
+        model="azure/gpt-image-1", image=("in.png", png, "image/png"), prompt="a hat", stream=True, partial_images=1
+    )
+    assert [e.type for e in edited] == ["image_edit.partial_image", "image_edit.completed"]
+    assert multipart_form(sent(mock, "gpt-image-1", "images/edits"))[0]["stream"] == "true"

@@ -14,13 +14,10 @@ cut before its usage chunk is billed each image it relayed as the largest image,
 
 from __future__ import annotations
 
-import json
-import socket
-import struct
 import threading
 
 import pytest
-from conftest import wait_for
+from conftest import leave_stream, wait_for
 from mock_upstream import (
     COMPLETION_TOKENS,
     IMAGE_B64,
@@ -115,37 +112,13 @@ def test_a_cut_stream_bills_its_image_as_the_tool_asked_for_it(openai_server, mo
     assert image_uc <= trace["cost_uc"] < image_uc + 1_000_000, (trace["cost_uc"], image_uc)
 
 
-def leave_after(server, body: dict, seen: bytes) -> str:
-    """Stream ``body`` over a raw socket and close it once ``seen`` arrived, abruptly (a reset: the
-    server's next write to it fails at once); the trace id."""
-    payload = json.dumps(body).encode()
-    client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    try:
-        client.sendall(
-            f"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        received = b""
-        while seen not in received:
-            chunk = client.recv(1 << 20)
-            assert chunk, received[-300:]
-            received += chunk
-    finally:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-    head = received.split(b"\r\n\r\n", 1)[0].decode()
-    lines = head.split("\r\n")
-    return next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("x-stockyard-trace-id:"))
-
-
 def leave_and_go_on(server, mock, body: dict, sent: int, seen: bytes) -> str:
     """The provider sends ``sent`` events and waits; the client leaves once ``seen`` arrived; the
     provider sends one more event (the server's write to the client fails: it is gone), then
     waits for the server to hang up before sending the rest (its ``response.completed``)."""
     gate, hung_up = threading.Event(), threading.Event()
     mock.enqueue(Reply(held=gate, held_after=sent, hang_s=60, hang_after=sent + 1, hung_up=hung_up))
-    trace_id = leave_after(server, body, seen)
+    trace_id = leave_stream(server, "/v1/responses", body, seen)
     gate.set()
     assert hung_up.wait(15), "the provider's connection was closed when the client's was found gone"
     return trace_id

@@ -3,21 +3,24 @@
 No translation: the body goes as the client sent it (a multipart form re-encoded from its
 spool, ``multipart.Upload.encode``, or JSON), with the model name routing chose. Answers come
 back with their own Content-Type (a transcript may be text, SRT or VTT; speech is audio,
-relayed chunk by chunk as it arrives: ``relays_bytes``). What they bill in — images, seconds
-of audio, characters of speech, tokens — is read here into ``ctx.attempt`` for ``billing``.
+relayed chunk by chunk as it arrives: ``relays_bytes``). Streamed transcriptions and images
+(``stream``: :data:`STREAMED`) are relayed event by event (:class:`MediaStream`,
+:class:`ImageStream`). What they bill in — images, seconds of audio, characters of speech,
+tokens — is read here into ``ctx.attempt`` for ``billing``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..context import RequestContext
-from ..imagegen import image_usage
+from ..estimate import images_asked
+from ..imagegen import drawn_usage, image_usage
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, sse_data
+from .chatshape import record_stream_error
 from .openai import auth_headers, request_body
 
 PATHS = {
@@ -32,8 +35,10 @@ PATHS = {
 ENDPOINTS = tuple(PATHS)
 MULTIPART = ("transcriptions", "translations", "image_edits", "image_variations")
 IMAGES = ("image_generations", "image_edits", "image_variations")
+# What ``stream`` asks of them: Server-Sent Events (a gpt-image model's images; a transcription's text)
+STREAMED = ("transcriptions", "image_generations", "image_edits")
+IMAGE_PARTIAL = ("image_generation.partial_image", "image_edit.partial_image")
 IMAGE_DONE = ("image_generation.completed", "image_edit.completed")  # a streamed image's last event: its usage
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 AUDIO_IN = ("transcriptions", "translations")
 # The model OpenAI uses when a request names none (routing needs one).
 DEFAULT_MODELS = {
@@ -89,15 +94,13 @@ class MediaAdapter(Adapter):
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            if ctx.endpoint in IMAGES:
-                record_image_stream(ctx, body)
             return body
         if isinstance(data, dict):
             record(ctx, data)
         return body
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
-        return MediaStream(ctx)
+        return ImageStream(ctx) if ctx.endpoint in IMAGES else MediaStream(ctx)
 
 
 def record(ctx: RequestContext, data: dict) -> None:
@@ -118,24 +121,6 @@ def record(ctx: RequestContext, data: dict) -> None:
         a.media_seconds = _seconds(data.get("duration"))
     if ctx.endpoint in IMAGES and isinstance(data.get("data"), list):
         a.media_images = len(data["data"])
-
-
-def record_image_stream(ctx: RequestContext, body: bytes) -> None:
-    """A streamed images answer (``stream: true``: gpt-image models answer Server-Sent Events, which
-    arrive here whole): each image's ``image_generation.completed`` (``image_edit.completed``) event
-    carries that image's usage, partial images included; the answer is billed their sum."""
-    total, images = None, 0
-    for event in _EVENT_END.split(body):
-        data = sse_data(event)
-        try:
-            done = json.loads(data) if data and b"completed" in data else None
-        except (ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(done, dict) and done.get("type") in IMAGE_DONE and isinstance(done.get("usage"), dict):
-            usage = image_usage(done["usage"])
-            total, images = usage if total is None else total.plus(usage), images + 1
-    if total is not None:
-        ctx.attempt.usage, ctx.attempt.media_images = total, images
 
 
 def _seconds(value: object) -> float | None:
@@ -163,6 +148,80 @@ class MediaStream(StreamTranslator):
         if data is not None and (data.strip() == b"[DONE]" or b"transcript.text.done" in data):
             self.complete = True
         return [event]
+
+
+class ImageStream(StreamTranslator):
+    """A streamed images answer (``stream: true``, gpt-image models): each image's
+    ``image_generation.partial_image`` events (``image_edit.*`` for an edit), then its
+    ``…completed`` event with that image's usage, relayed as they come.
+
+    Billed the sum of the completed events' usage (their partial images in it). The stream is
+    complete once as many images completed as the request asked for (``n``: no event ends the
+    stream but the last image's, and its end alone does not say every image came). Until then the
+    usage is an estimate, which adds the image being drawn when partial images of it went out (the
+    partials since the last completed event: OpenAI's events name no image), as the request asked
+    for it and its partials 100 tokens each (``imagegen.drawn_usage``, as the image tool's): what a
+    stream cut there (the provider broke, the client left, the deadline) is billed. A completed
+    event without its usage is billed so too (an estimate). An ``error`` event the provider sends
+    is relayed as it is and traced."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.asked = images_asked(ctx.body)
+        self.reported: Usage | None = None  # the completed images' usage, summed
+        self.done = 0  # images completed
+        self.drawing = 0  # partial images of the image being drawn
+        self.guessed = False  # an image completed without its usage: estimated
+
+    def feed(self, event: bytes) -> list[bytes]:
+        data = sse_data(event)
+        try:
+            obj = json.loads(data) if data else None
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            return [event]
+        kind = obj.get("type")
+        if kind in IMAGE_PARTIAL:
+            self.drawing += 1
+        elif kind in IMAGE_DONE:
+            usage = obj.get("usage")
+            image = image_usage(usage) if isinstance(usage, dict) else self._drawn()
+            self.guessed = self.guessed or not isinstance(usage, dict)
+            self.reported = image if self.reported is None else self.reported.plus(image)
+            self.done, self.drawing = self.done + 1, 0
+            self.complete = self.done >= self.asked
+        elif (error := stream_error(obj)) is not None:
+            code, message = error.get("code") or error.get("type"), error.get("message")
+            if not isinstance(message, str) or not message:
+                message = "the provider's stream ended with an error"
+            record_stream_error(self.ctx, str(code or "error"), message)
+            return [event]
+        else:
+            return [event]
+        a = self.ctx.attempt  # what it is billed if the stream ends here
+        usage = self.reported
+        if self.drawing:
+            usage = self._drawn() if usage is None else usage.plus(self._drawn())
+        a.usage, a.usage_estimated = usage, self.guessed or not self.complete
+        a.media_images = self.done or None
+        return [event]
+
+    def _drawn(self) -> Usage:
+        """The image being drawn, as the request asked for it (the routed model's table, its
+        quality and size), with the partial images of it that went out."""
+        body = self.ctx.body
+        asked = {"model": self.ctx.attempt.upstream_model, "quality": body.get("quality"), "size": body.get("size")}
+        return drawn_usage(asked, 1, self.drawing)
+
+
+def stream_error(obj: dict) -> dict | None:
+    """The error an event of the provider's stream carries: OpenAI's ``{"error": {…}}`` or an
+    ``error``-typed event (``{"type": "error", "code", "message"}``), else None."""
+    error: Any = obj.get("error")
+    if isinstance(error, dict):
+        return error
+    return obj if obj.get("type") == "error" else None
 
 
 class AzureMediaAdapter(MediaAdapter):
