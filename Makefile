@@ -13,6 +13,11 @@ PG_SUITES := tests/test_openai_proxy.py tests/test_keys.py tests/test_budgets.py
 	tests/test_module_cache.py tests/test_responses.py tests/test_audit_cli.py tests/test_deployments.py \
 	tests/test_costs.py tests/test_files_batches.py tests/test_anthropic_batches.py tests/test_conversations_api.py
 
+# The files that hold the one-at-a-time tests: those phases collect only them (collecting every
+# test module costs each pytest process seconds; the parallel phase deselects these by marker).
+SERIAL_FILES := $(shell grep -l 'mark\.serial' tests/test_*.py)
+PERF_FILES := $(shell grep -l 'mark\.perf' tests/test_*.py)
+
 .PHONY: run test lint pyz bench clean
 
 $(PYZ): $(SOURCES)
@@ -44,9 +49,9 @@ test:
 	echo "== the core server suites again, on PostgreSQL (STOCKYARD_TEST_STORE=postgresql)"; \
 	STOCKYARD_TEST_STORE=postgresql $(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial and not perf" $(PG_SUITES) || status=1; \
 	echo "== tests that need the machine to themselves (marker serial), one at a time"; \
-	$(PYTEST) -m "serial and not perf" || status=1; \
+	$(PYTEST) -m "serial and not perf" $(SERIAL_FILES) || status=1; \
 	echo "== time bounds (marker perf), one at a time"; \
-	$(PYTEST) -m perf || status=1; \
+	$(PYTEST) -m perf $(PERF_FILES) || status=1; \
 	exit $$status
 
 bench: $(PYZ)
