@@ -551,8 +551,32 @@ class Conversations:
             raise exc.answer(provider.name, self._scrub.text) from None
         if req.method == "DELETE" and resp.status < 300:
             self.delete(row.id)
+        if req.method == "GET" and not action and resp.status < 300:
+            self._record_items(row, data)
         content_type = resp.headers.get("content-type", "application/json")
         return Response(resp.status, self._scrub.bytes(data), content_type)
+
+    def _record_items(self, row: StoredResponse, data: bytes) -> None:
+        """The output item ids of a passed-through response as its provider answers it now: one
+        that ended after Stockyard kept it (``background``) has them only here. Added to its row,
+        if that is still this key's and committed; an id another response holds stays its."""
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return
+        ids = output_ids(doc) if isinstance(doc, dict) and doc.get("id") == row.id else frozenset()
+        if not ids:
+            return
+        sql = (
+            "INSERT OR IGNORE INTO response_items (item_id, response_id) "
+            "SELECT ?, id FROM responses WHERE id = ? AND key_id IS ? AND passthrough = 1"
+        )
+
+        def job(conn: sqlite3.Connection) -> None:
+            for item_id in sorted(ids):
+                conn.execute(sql, (item_id, row.id, row.key_id))
+
+        self._store.submit(job)  # dropped when the queue is full: its items stay unnamed (refused)
 
     def _relay(self, resp: UpstreamResponse) -> Generator[bytes, None, None]:
         """A stored response's events, relayed as each read completes them (a background response

@@ -1104,6 +1104,24 @@ def test_a_deleted_pass_through_responses_items_can_no_longer_be_named(server, c
     assert status == 400 and refused["error"]["param"] == "input[0].id", refused
 
 
+def test_a_background_responses_items_are_its_keys_once_retrieved_finished(server, client, keys, mock):
+    """A background response has no output when Stockyard keeps it: its item ids are recorded when
+    its key retrieves it finished (before that, a reference to one is refused, as unknown)."""
+    tag = secrets.token_hex(6)
+    said = {"type": "message", "id": f"msg_{tag}", "status": "completed", "role": "assistant", "content": []}
+    model = MODELS["passthrough"]
+    mock.enqueue(Reply(json={**responses_object({}, 0, model, "queued"), "id": f"resp_{tag}", "background": True}))
+    made = client.responses.create(model=model, input="a long job", background=True)
+    body = {"model": model, "input": [{"type": "item_reference", "id": said["id"]}]}
+    status, refused = post_response(server, keys[0], body)
+    assert status == 400 and refused["error"]["param"] == "input[0].id", refused
+    mock.enqueue(Reply(json={**responses_object({}, 0, model, "completed", [said]), "id": made.id}))
+    assert client.responses.retrieve(made.id).status == "completed"
+    wait_for(lambda: post_response(server, keys[0], body)[0] == 200, what="the retrieved response's items recorded")
+    status, refused = post_response(server, keys[1], body)
+    assert status == 400 and refused["error"]["param"] == "input[0].id", refused
+
+
 def test_a_providers_reasoning_item_sent_by_its_id_alone_is_owner_checked(server, keys, mock):
     """A reasoning item without its `encrypted_content` names the reasoning the provider stored under its
     id (the provider reads it from there): held to the key's own items like a reference. With its
