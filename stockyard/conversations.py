@@ -38,7 +38,7 @@ from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
-from .conversations_api import ConversationStore, item_list, normalized, page_params
+from .conversations_api import ConversationStore, item_list, minted_here, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
@@ -151,7 +151,7 @@ def _unpack(data: bytes | None) -> Any:
 
 
 def output_ids(response: dict) -> frozenset[str]:
-    """The ids of a response's output items (a bounded string each: a provider's, kept as named)."""
+    """The ids of a response's output items, as its provider named them."""
     output = response.get("output")
     items = output if isinstance(output, list) else []
     return frozenset(o["id"] for o in items if isinstance(o, dict) and isinstance(o.get("id"), str) and o["id"])
@@ -328,10 +328,15 @@ class Conversations:
         provider's reasoning item without its content) names an output item of a passed-through
         response this key holds: a provider that keeps responses holds every key's under the one
         provider key and would read another's to the model. Otherwise the 400 translation gives
-        (``translate.unknown_item``), before any module or provider call."""
+        (``translate.unknown_item``), before any module or provider call. An id a Stockyard
+        conversation gave an item (``minted_here``) names nothing there: it is sent without it."""
         if not isinstance(items, list):
             return
-        named = {i: name for i, item in enumerate(items) if (name := translate.stored_name(item)) is not None}
+        named = {
+            i: name
+            for i, item in enumerate(items)
+            if (name := translate.stored_name(item)) is not None and not minted_here(item)
+        }
         if not named:
             return
         held = self.held_items({name for name in named.values() if isinstance(name, str)}, key_id)

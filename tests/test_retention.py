@@ -200,7 +200,8 @@ def test_a_passed_through_responses_item_records_leave_with_it(database):
             (f"resp_{i}", NOW_MS - days * DAY_MS),
         )
         for item in ("msg", "rs"):
-            conn.execute("INSERT INTO response_items (item_id, response_id) VALUES (?, ?)", (f"{item}_{i}", f"resp_{i}"))
+            sql = "INSERT INTO response_items (item_id, response_id) VALUES (?, ?)"
+            conn.execute(sql, (f"{item}_{i}", f"resp_{i}"))
     conn.execute("COMMIT")
     r = Retention(responses_max_age_s=retention.RESPONSES_MAX_AGE_S, clock=lambda: NOW_MS / 1000)
     while r.run(conn):

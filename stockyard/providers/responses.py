@@ -891,8 +891,8 @@ def stored_name(item: Any) -> Any:
     """The id an input item names a stored item by without carrying it — which a provider that
     keeps responses reads from its store — or None: an ``item_reference``'s, or a provider's
     reasoning item's sent without its ``encrypted_content`` (OpenAI reads the reasoning it kept
-    under that id). Items that carry their content, and Stockyard's own reasoning items (minted,
-    which no provider is sent), name nothing."""
+    under that id). Items that carry their content name nothing, nor do Stockyard's own reasoning
+    items (``minted``: a translated answer's, which no provider is sent)."""
     if is_reference(item):
         return item.get("id")
     if isinstance(item, dict) and item.get("type") == "reasoning" and isinstance(item.get("id"), str):
