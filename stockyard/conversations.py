@@ -4,8 +4,10 @@ A ``/v1/responses`` request with ``store`` not false leaves a row in ``responses
 the client key that made it (another key gets 404, as if it did not exist):
 
 - passed through (the provider speaks the Responses API and keeps the state): which provider
-  made it, so GET/DELETE/cancel/input_items and ``previous_response_id`` go there, and its
-  usage (in ``response``), which the next turn's worst case counts;
+  made it, so GET/DELETE/cancel/input_items and ``previous_response_id`` go there, its
+  usage (in ``response``), which the next turn's worst case counts, and its output item ids
+  (``response_items``): the provider resolves an item id from any key's responses, so an input
+  item naming one by its id alone passes only for the key that made it (:meth:`Conversations.check_stored_names`);
 - translated (a chat-only provider): this turn's input items, the output items and the
   response object, so the next turn's ``previous_response_id`` rebuilds the conversation
   (the chain of previous rows, oldest first) and GET/DELETE/input_items are served from here.
@@ -36,7 +38,7 @@ from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
-from .conversations_api import ConversationStore, item_list, normalized, page_params
+from .conversations_api import ConversationStore, item_list, minted_here, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
@@ -65,6 +67,11 @@ def endpoint_name(method: str, path: str) -> str:
 
 
 MAX_CHAIN = 1000  # previous responses walked to rebuild one conversation
+HELD_CHUNK = 32  # item ids looked up in one statement (held_items)
+HELD_SQL = (
+    "SELECT i.item_id, r.key_id FROM response_items i JOIN responses r ON r.id = i.response_id "
+    f"WHERE i.item_id IN ({', '.join('?' * HELD_CHUNK)})"
+)
 PENDING_S = 60.0  # an uncommitted row is long committed after this
 APPENDED = ("completed", "incomplete")  # a response whose turn joins its conversation
 
@@ -85,11 +92,13 @@ class StoredResponse:
     input_items: list[dict] | None = None
     output_items: list[dict] | None = None
     response: dict | None = None
+    item_ids: frozenset[str] = frozenset()  # passed through: its output items' ids (response_items)
 
     def write(self, conn: sqlite3.Connection) -> None:
-        """Insert or update this key's row; an id another key already holds stays that key's."""
-        conn.execute("DELETE FROM responses WHERE id = ? AND key_id IS ?", (self.id, self.key_id))
-        conn.execute(
+        """Insert or update this key's row (its item ids with it); an id another key already holds
+        stays that key's, with its items."""
+        conn.execute("DELETE FROM responses WHERE id = ? AND key_id IS ?", (self.id, self.key_id))  # items cascade
+        inserted = conn.execute(
             "INSERT OR IGNORE INTO responses (id, key_id, provider, model, created_at, passthrough, previous_id, "
             "input_items, output_items, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -104,7 +113,11 @@ class StoredResponse:
                 _pack(self.output_items),
                 _pack(self.response),
             ),
-        )
+        ).rowcount
+        if inserted:  # an item id another response holds stays that response's
+            for item_id in sorted(self.item_ids):
+                sql = "INSERT OR IGNORE INTO response_items (item_id, response_id) VALUES (?, ?)"
+                conn.execute(sql, (item_id, self.id))
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredResponse:
@@ -137,8 +150,11 @@ def _unpack(data: bytes | None) -> Any:
     return None if data is None else json.loads(zlib.decompress(data))
 
 
-def is_reference(item: Any) -> bool:
-    return isinstance(item, dict) and item.get("type") == "item_reference"
+def output_ids(response: dict) -> frozenset[str]:
+    """The ids of a response's output items, as its provider named them."""
+    output = response.get("output")
+    items = output if isinstance(output, list) else []
+    return frozenset(o["id"] for o in items if isinstance(o, dict) and isinstance(o.get("id"), str) and o["id"])
 
 
 def too_large(max_bytes: int, param: str, what: str) -> ProxyError:
@@ -188,6 +204,8 @@ class Conversations:
         elif body.get("previous_response_id") is not None:
             admissible()
         put_in = self.resolve_references(ctx, room)  # items the body names, not holds
+        if ctx.key is not None:  # keys off: one user, whose names are not checked (as its file ids are not)
+            self.check_stored_names(ctx.body.get("input"), ctx.key_id)
         data = json.dumps(put_in, ensure_ascii=False).encode() if put_in else b""
         conv.history_tokens += text_tokens(data)
         conv.history_bytes += len(data)
@@ -278,7 +296,7 @@ class Conversations:
         once however often the body names it, and what the items put in may not pass ``room``
         (a body naming one large item many times would otherwise grow without bound)."""
         items = ctx.body.get("input")
-        if not isinstance(items, list) or not any(is_reference(item) for item in items):
+        if not isinstance(items, list) or not any(translate.is_reference(item) for item in items):
             return []
         outputs: dict[str, dict[str, dict]] = {}  # response id → its output items by id
         sizes: dict[int, int] = {}  # bytes of each item put in, by identity
@@ -298,13 +316,56 @@ class Conversations:
         conv = ctx.conversation
         if conv is not None and conv.turn_items:  # a conversation keeps the item, not a name it may outlive
             named = {stored["id"]: stored for stored in put_in}
-            conv.turn_items = [named.get(t["id"], t) if is_reference(t) else t for t in conv.turn_items]
+            conv.turn_items = [
+                named.get(t["id"], t) if translate.is_reference(t) and isinstance(t.get("id"), str) else t
+                for t in conv.turn_items
+            ]
         return put_in
+
+    def check_stored_names(self, items: Any, key_id: str | None) -> None:
+        """Every input item naming a stored item by its id alone (``translate.stored_name``: an
+        ``item_reference`` that :meth:`resolve_references` did not put an item in place of, a
+        provider's reasoning item without its content) names an output item of a passed-through
+        response this key holds: a provider that keeps responses holds every key's under the one
+        provider key and would read another's to the model. Otherwise the 400 translation gives
+        (``translate.unknown_item``), before any module or provider call. An id a Stockyard
+        conversation gave an item (``minted_here``) names nothing there: it is sent without it."""
+        if not isinstance(items, list):
+            return
+        named = {
+            i: name
+            for i, item in enumerate(items)
+            if (name := translate.stored_name(item)) is not None and not minted_here(item)
+        }
+        if not named:
+            return
+        held = self.held_items({name for name in named.values() if isinstance(name, str)}, key_id)
+        for i, name in named.items():
+            if not isinstance(name, str) or name not in held:
+                raise translate.unknown_item(f"input[{i}]", name)
+
+    def held_items(self, item_ids: set[str], key_id: str | None) -> set[str]:
+        """Which of ``item_ids`` are output items of a passed-through response ``key_id`` holds, its
+        row committed or pending (a response just made). An id in both is the committed row's (a
+        provider that repeats item ids: the first response keeps it). Read in chunks of one size,
+        each chunk one statement whatever the number of ids."""
+        owners: dict[str, str | None] = {}
+        ordered = sorted(item_ids)
+        for start in range(0, len(ordered), HELD_CHUNK):
+            chunk = ordered[start : start + HELD_CHUNK]
+            chunk += [chunk[-1]] * (HELD_CHUNK - len(chunk))
+            rows = self._store.read().execute(HELD_SQL, chunk)
+            owners.update((row["item_id"], row["key_id"]) for row in rows)
+        with self._lock:
+            for record, _ in self._pending.values():
+                for item_id in record.item_ids & item_ids:
+                    owners.setdefault(item_id, record.key_id)
+        return {item_id for item_id, owner in owners.items() if owner == key_id}
 
     def referenced(self, item: Any, key_id: str | None, outputs: dict[str, dict[str, dict]]) -> dict | None:
         """The stored output item an ``item_reference`` names, if this key's translated response
         holds it (``outputs``: the responses read so far for this request)."""
-        response_id = translate.minted_in(item.get("id")) if is_reference(item) else None
+        response_id = translate.minted_in(item.get("id")) if translate.is_reference(item) else None
         if response_id is None:
             return None
         if response_id not in outputs:
@@ -357,9 +418,10 @@ class Conversations:
             passthrough,
             ctx.conversation.previous_id if ctx.conversation else None,
         )
-        if passthrough:  # only its usage: what the next turn's worst case counts
+        if passthrough:  # its usage (what the next turn's worst case counts) and whose its items are
             usage = response.get("usage")
             record.response = {"usage": usage} if isinstance(usage, dict) else None
+            record.item_ids = output_ids(response)
         else:
             turn = ctx.conversation.turn_items if ctx.conversation else None  # not the conversation before it
             # this turn's input as Responses items with ids, as input_items lists them
@@ -494,8 +556,32 @@ class Conversations:
             raise exc.answer(provider.name, self._scrub.text) from None
         if req.method == "DELETE" and resp.status < 300:
             self.delete(row.id)
+        if req.method == "GET" and not action and resp.status < 300:
+            self._record_items(row, data)
         content_type = resp.headers.get("content-type", "application/json")
         return Response(resp.status, self._scrub.bytes(data), content_type)
+
+    def _record_items(self, row: StoredResponse, data: bytes) -> None:
+        """The output item ids of a passed-through response as its provider answers it now: one
+        that ended after Stockyard kept it (``background``) has them only here. Added to its row,
+        if that is still this key's and committed; an id another response holds stays its."""
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return
+        ids = output_ids(doc) if isinstance(doc, dict) and doc.get("id") == row.id else frozenset()
+        if not ids:
+            return
+        sql = (
+            "INSERT OR IGNORE INTO response_items (item_id, response_id) "
+            "SELECT ?, id FROM responses WHERE id = ? AND key_id IS ? AND passthrough = 1"
+        )
+
+        def job(conn: sqlite3.Connection) -> None:
+            for item_id in sorted(ids):
+                conn.execute(sql, (item_id, row.id, row.key_id))
+
+        self._store.submit(job)  # dropped when the queue is full: its items stay unnamed (refused)
 
     def _relay(self, resp: UpstreamResponse) -> Generator[bytes, None, None]:
         """A stored response's events, relayed as each read completes them (a background response

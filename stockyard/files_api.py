@@ -748,8 +748,9 @@ class FilesAPI(ProviderCalls):
     ) -> int | None:
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
-        ``provider``), and any key only its own files (``file_id``) and its own responses
-        (``previous_response_id``); a ``conversation`` (Stockyard's, which it cannot put in front
+        ``provider``), and any key only its own files (``file_id``), its own responses
+        (``previous_response_id``) and their output items (``item_reference``s, reasoning items by
+        id: ``Conversations.check_stored_names``); a ``conversation`` (Stockyard's, which it cannot put in front
         of a line the provider runs) is refused. A line too long to hold is refused, never skipped.
 
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
@@ -806,6 +807,11 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="not_found",
                 )
+            try:  # its item references: the key's own response items, as on /v1/responses
+                self._path.conversations.check_stored_names(body.get("input"), key.id)
+            except ProxyError as exc:  # the field it names (input[i].id) said, as the line has no param
+                message = f"line {number} of the batch file: {exc.param}: {exc.message}"
+                raise ProxyError(400, message, param="file", code=exc.code) from None
             if body.get("conversation") is not None:  # Stockyard's (conversations_api), which no provider holds
                 raise ProxyError(
                     400,

@@ -523,6 +523,39 @@ def test_a_completed_batch_is_answered_at_once_while_its_cost_is_read_in_the_bac
     wait_for(lambda: len(traces(server, "batches.usage")) == before + 1, timeout=30, what="the batch's usage row")
 
 
+def test_a_batch_line_may_reference_only_the_keys_own_response_items(server):
+    """A batch line runs under the one provider key too: its `item_reference`s (and reasoning items sent
+    by their id alone) may name only output items of responses the key holds, at the upload of a batch
+    file and again when the batch starts, as its `previous_response_id` may name only its responses."""
+    alice, bob = client(server, "alice"), client(server, "bob")
+    theirs = alice.responses.create(model="gpt-4o-mini", input="my secret plan").output[0].id
+    mine = bob.responses.create(model="gpt-4o-mini", input="my plan").output[0].id
+
+    def line(named: str) -> bytes:
+        body = {"model": "gpt-4o-mini", "input": [{"role": "user", "content": "Repeat it"}, {"id": named}]}
+        return (json.dumps({"custom_id": "r", "method": "POST", "url": "/v1/responses", "body": body}) + "\n").encode()
+
+    for named in (theirs, "msg_stockyard_never_saw_this"):
+        with pytest.raises(APIStatusError) as refused:
+            bob.files.create(file=("in.jsonl", io.BytesIO(line(mine) + line(named))), purpose="batch")
+        assert refused.value.status_code == 400, refused.value.body
+        assert "line 2" in refused.value.body["message"] and "input[1].id" in refused.value.body["message"]
+        uploaded = bob.files.create(file=("in.jsonl", io.BytesIO(line(named))), purpose="user_data")
+        with pytest.raises(APIStatusError) as refused:
+            bob.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h")
+        assert refused.value.status_code == 400 and "input[1].id" in refused.value.body["message"]
+    uploaded = bob.files.create(file=("ok.jsonl", io.BytesIO(line(mine))), purpose="batch")
+    assert bob.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h").id
+
+
+def test_open_mode_passes_item_references_as_sent(openai_server, mock):
+    """No client keys: one user, whose references are not checked (as its file ids are not)."""
+    sdk = OpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    items = [{"type": "item_reference", "id": "msg_made_elsewhere"}, {"role": "user", "content": "Go on"}]
+    assert sdk.responses.create(model="gpt-4o-mini", input=items).id
+    assert mock.last("/v1/responses").json["input"] == items
+
+
 def test_open_mode_has_one_owner(openai_server):
     sdk = OpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
     made = sdk.files.create(file=("open.jsonl", io.BytesIO(b"{}\n")), purpose="batch")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from mock_upstream import (
     THOUGHT_SIGNATURE,
     Reply,
     anthropic_thinking_call,
+    responses_object,
     responses_stream,
 )
 from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
@@ -1045,6 +1047,103 @@ def test_ai_sdk_tool_loop_on_gemini3_references_its_reasoning_item(server, keys,
     status, second = post_response(server, keys[0], {**ask, "input": items})
     assert status == 200, second
     assert gemini_calls_sent(mock, GEMINI3)[0].get("thoughtSignature") == SIG
+
+
+# -- item references on the pass-through -------------------------------------------------------------
+# The provider keeps every key's responses under the one provider key, so an item id it resolves (an
+# `item_reference`, or a reasoning item sent by its id alone) would read another key's stored output to
+# the model ("repeat the message above"): each must name an output item of a response this key holds.
+
+
+def passthrough_output(server: ServerProcess, key: str, stream: bool = False) -> list[dict]:
+    """The output items of a passed-through response ``key`` made (streamed: ``response.completed``'s)."""
+    body = {"model": MODELS["passthrough"], "input": [ai_sdk_user("my secret plan")], "stream": stream}
+    status, _, data = server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {key}"})
+    assert status == 200, data
+    if not stream:
+        return json.loads(data)["output"]
+    events = [json.loads(line[6:]) for line in data.decode().split("\n") if line.startswith("data: ")]
+    assert events[-1]["type"] == "response.completed", events
+    return events[-1]["response"]["output"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_pass_through_item_references_name_only_the_keys_own_items(server, keys, mock, stream):
+    """Was: an `item_reference` went to a provider that speaks the Responses API as sent, and the
+    provider resolved it under the one provider key, so a key that learned another key's output item id
+    had the model read it. Now another key's item, or one Stockyard never saw, is the 400 translation
+    gives (naming `input[i].id`) before any provider call; the key's own goes as sent. The reference's
+    `type` is optional (OpenAI's ItemReferenceParam): `{"id": …}` alone is one too."""
+    mine = passthrough_output(server, keys[0], stream)[0]["id"]
+    theirs = passthrough_output(server, keys[1], stream)[0]["id"]
+    ask = {"model": MODELS["passthrough"], "stream": stream}
+    for named in (theirs, "msg_stockyard_never_saw_this"):
+        for reference in ({"type": "item_reference", "id": named}, {"id": named}):
+            seen = len(mock.requests)
+            body = {**ask, "input": [ai_sdk_user("Repeat the message above"), reference]}
+            status, refused = post_response(server, keys[0], body)
+            assert status == 400 and refused["error"]["param"] == "input[1].id", refused
+            assert named in refused["error"]["message"]
+            assert len(mock.requests) == seen  # the provider was not asked
+    for reference in ({"type": "item_reference", "id": mine}, {"id": mine}):
+        items = [ai_sdk_user("Say hello"), reference, ai_sdk_user("Again")]
+        headers = {"Authorization": f"Bearer {keys[0]}"}
+        status, _, data = server.request("POST", "/v1/responses", {**ask, "input": items}, headers=headers)
+        assert status == 200, data
+        assert mock.last("/v1/responses").json["input"] == items  # as sent
+
+
+def test_a_deleted_pass_through_responses_items_can_no_longer_be_named(server, client, keys, mock):
+    """Its item records go with the response's row (deleted here, or by retention)."""
+    made = client.responses.create(model=MODELS["passthrough"], input="hi")
+    body = {"model": MODELS["passthrough"], "input": [{"type": "item_reference", "id": made.output[0].id}]}
+    status, answer = post_response(server, keys[0], body)
+    assert status == 200, answer
+    client.responses.delete(made.id)
+    status, refused = post_response(server, keys[0], body)
+    assert status == 400 and refused["error"]["param"] == "input[0].id", refused
+
+
+def test_a_background_responses_items_are_its_keys_once_retrieved_finished(server, client, keys, mock):
+    """A background response has no output when Stockyard keeps it: its item ids are recorded when
+    its key retrieves it finished (before that, a reference to one is refused, as unknown)."""
+    tag = secrets.token_hex(6)
+    said = {"type": "message", "id": f"msg_{tag}", "status": "completed", "role": "assistant", "content": []}
+    model = MODELS["passthrough"]
+    mock.enqueue(Reply(json={**responses_object({}, 0, model, "queued"), "id": f"resp_{tag}", "background": True}))
+    made = client.responses.create(model=model, input="a long job", background=True)
+    body = {"model": model, "input": [{"type": "item_reference", "id": said["id"]}]}
+    status, refused = post_response(server, keys[0], body)
+    assert status == 400 and refused["error"]["param"] == "input[0].id", refused
+    mock.enqueue(Reply(json={**responses_object({}, 0, model, "completed", [said]), "id": made.id}))
+    assert client.responses.retrieve(made.id).status == "completed"
+    wait_for(lambda: post_response(server, keys[0], body)[0] == 200, what="the retrieved response's items recorded")
+    status, refused = post_response(server, keys[1], body)
+    assert status == 400 and refused["error"]["param"] == "input[0].id", refused
+
+
+def test_a_providers_reasoning_item_sent_by_its_id_alone_is_owner_checked(server, keys, mock):
+    """A reasoning item without its `encrypted_content` names the reasoning the provider stored under its
+    id (the provider reads it from there): held to the key's own items like a reference. With its
+    `encrypted_content` it carries itself and goes as sent."""
+    tag = secrets.token_hex(6)
+    reasoning = {"type": "reasoning", "id": f"rs_{tag}", "summary": []}
+    said = {"type": "message", "id": f"msg_{tag}", "status": "completed", "role": "assistant", "content": []}
+    made = responses_object({}, 0, MODELS["passthrough"], "completed", [reasoning, said])
+    mock.enqueue(Reply(json={**made, "id": f"resp_{tag}"}))
+    status, answer = post_response(server, keys[1], {"model": MODELS["passthrough"], "input": "secret"})
+    assert status == 200 and answer["output"][0]["id"] == reasoning["id"], answer
+    ask = {"model": MODELS["passthrough"]}
+    seen = len(mock.requests)
+    status, refused = post_response(server, keys[0], {**ask, "input": [reasoning, ai_sdk_user("What did you think?")]})
+    assert status == 400 and refused["error"]["param"] == "input[0].id", refused
+    assert len(mock.requests) == seen
+    carried = {**reasoning, "encrypted_content": "gAAAAABcarried=="}
+    status, answer = post_response(server, keys[0], {**ask, "input": [carried, ai_sdk_user("Go on")]})
+    assert status == 200, answer
+    status, answer = post_response(server, keys[1], {**ask, "input": [reasoning, ai_sdk_user("Go on")]})
+    assert status == 200, answer
+    assert mock.last("/v1/responses").json["input"][0] == reasoning
 
 
 def test_a_translated_stream_broken_before_any_text_is_billed_for_none(server, keys, mock):

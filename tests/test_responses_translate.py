@@ -28,6 +28,7 @@ from stockyard.providers.responses import (
     CompactionStream,
     from_chat,
     function_name,
+    stored_name,
     to_chat,
 )
 
@@ -487,6 +488,7 @@ def test_what_chat_cannot_carry_is_refused_naming_the_field(body, param, word):
         ({"model": "m", "input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0].arguments"),
         ({"model": "m", "input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
         ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].id"),  # none stored
+        ({"model": "m", "input": [{"id": "msg_1"}]}, "input[0].id"),  # a reference's type is optional
         (user({"type": "input_file", "file_data": "JVBERi0="}), "input[0].content[0].file_data"),
         ({"model": "m", "input": "x", "instructions": ["a"]}, "instructions"),
         ({"model": "m", "input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
@@ -495,6 +497,26 @@ def test_what_chat_cannot_carry_is_refused_naming_the_field(body, param, word):
 )
 def test_malformed_requests_are_400_naming_the_field(body, param):
     assert refused(body).param == param
+
+
+@pytest.mark.parametrize(
+    "item,name",
+    [
+        ({"type": "item_reference", "id": "msg_1"}, "msg_1"),
+        ({"id": "msg_1"}, "msg_1"),  # OpenAI's ItemReferenceParam: its type is optional
+        ({"type": None, "id": "rs_1"}, "rs_1"),
+        ({"type": "item_reference"}, None),  # no id: it names nothing (the provider refuses it whole)
+        ({"type": "reasoning", "id": "rs_1", "summary": []}, "rs_1"),  # the provider reads what it stored
+        ({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA"}, None),  # carried
+        ({"type": "reasoning", "id": f"rs_{'a' * 48}_0", "summary": []}, None),  # Stockyard's own
+        ({"role": "assistant", "id": "msg_1", "content": "hi"}, None),  # a message carries its content
+        ({"type": "message", "role": "assistant", "id": "msg_1", "content": []}, None),
+        ({"type": "function_call", "id": "fc_1", "call_id": "c", "name": "f", "arguments": "{}"}, None),
+        ("msg_1", None),
+    ],
+)
+def test_which_input_items_name_a_stored_item_by_its_id_alone(item, name):
+    assert stored_name(item) == name
 
 
 # --------------------------------------------------------------------------- chat answer → response

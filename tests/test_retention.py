@@ -188,6 +188,29 @@ def test_conversations_leave_with_their_items_once_unchanged_for_the_responses_a
     conn.close()
 
 
+def test_a_passed_through_responses_item_records_leave_with_it(database):
+    """The output item ids of a passed-through response (whose item references pass for its key
+    alone) are bounded by its row: retention deleting the row deletes them (ON DELETE CASCADE)."""
+    database.open_and_migrate()
+    conn = database.connect()
+    conn.execute("BEGIN IMMEDIATE")
+    for i, days in enumerate((40, 1)):
+        conn.execute(
+            "INSERT INTO responses (id, key_id, provider, created_at, passthrough) VALUES (?, 'k', 'openai', ?, 1)",
+            (f"resp_{i}", NOW_MS - days * DAY_MS),
+        )
+        for item in ("msg", "rs"):
+            sql = "INSERT INTO response_items (item_id, response_id) VALUES (?, ?)"
+            conn.execute(sql, (f"{item}_{i}", f"resp_{i}"))
+    conn.execute("COMMIT")
+    r = Retention(responses_max_age_s=retention.RESPONSES_MAX_AGE_S, clock=lambda: NOW_MS / 1000)
+    while r.run(conn):
+        pass
+    items = conn.execute("SELECT item_id, response_id FROM response_items ORDER BY item_id").fetchall()
+    assert [tuple(row) for row in items] == [("msg_1", "resp_1"), ("rs_1", "resp_1")]
+    conn.close()
+
+
 @pytest.mark.parametrize(("value", "seconds"), [(None, 30 * 86400.0), ("off", None), ("7d", 7 * 86400.0)])
 def test_the_stored_responses_age_setting(value, seconds, tmp_path):
     from stockyard.config import load

@@ -259,7 +259,7 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
         path = f"{where}[{i}]"
         if not isinstance(item, dict):
             raise invalid(path, f"{path} must be an object")
-        kind = item.get("type") or "message"
+        kind = "item_reference" if is_reference(item) else item.get("type") or "message"
         if kind == "web_search_call":
             continue  # what the search found is in the answer's text; the chat shape has no place for it
         if attached and kind not in (*TOOL_OUTPUTS, "reasoning"):  # a reasoning item adds no message
@@ -293,7 +293,7 @@ def chat_messages(items: Any, where: str, provider: str | None = None, provider_
             if where == "input":
                 raise invalid(f"{path}.type", f"{path}: a compaction_trigger item must be the last input item")
         elif kind == "item_reference":  # one Stockyard keeps was put in its place (conversations.py)
-            raise invalid(f"{path}.id", f"no item with id {item.get('id')!r} is stored for this key")
+            raise unknown_item(path, item.get("id"))
         elif kind == "reasoning":
             # the reasoning text is not sent back upstream; the state Stockyard packed is, to
             # the provider that made it
@@ -876,6 +876,33 @@ MINTED = re.compile(r"[a-z]+_[0-9a-f]{48}_[0-9]+")  # item_id of a conversations
 def minted(item: Any) -> bool:
     """True for an output item Stockyard made (its id is :func:`item_id`'s), not a provider."""
     return minted_in(item.get("id") if isinstance(item, dict) else None) is not None
+
+
+def is_reference(item: Any) -> bool:
+    """An ``item_reference`` input item: of that type, or of none and no role (OpenAI's
+    ``ItemReferenceParam``, whose ``type`` is optional: ``{"id": …}`` alone; a message has a role)."""
+    if not isinstance(item, dict):
+        return False
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
+
+
+def stored_name(item: Any) -> Any:
+    """The id an input item names a stored item by without carrying it — which a provider that
+    keeps responses reads from its store — or None: an ``item_reference``'s, or a provider's
+    reasoning item's sent without its ``encrypted_content`` (OpenAI reads the reasoning it kept
+    under that id). Items that carry their content name nothing, nor do Stockyard's own reasoning
+    items (``minted``: a translated answer's, which no provider is sent)."""
+    if is_reference(item):
+        return item.get("id")
+    if isinstance(item, dict) and item.get("type") == "reasoning" and isinstance(item.get("id"), str):
+        return None if item.get("encrypted_content") or minted(item) else item["id"]
+    return None
+
+
+def unknown_item(path: str, ident: Any) -> ProxyError:
+    """The 400 for an input item naming a stored item this key does not hold (``path``: ``input[i]``)."""
+    return invalid(f"{path}.id", f"no item with id {ident!r} is stored for this key")
 
 
 def minted_in(ident: Any) -> str | None:
