@@ -1146,6 +1146,24 @@ def test_a_providers_reasoning_item_sent_by_its_id_alone_is_owner_checked(server
     assert mock.last("/v1/responses").json["input"][0] == reasoning
 
 
+@pytest.mark.parametrize("ident", ["msg_\u0000nul", "msg_\ud800"])
+def test_an_id_no_store_can_hold_is_named_as_unknown_not_a_500(server, keys, mock, ident):
+    """Was, on PostgreSQL: an item reference (or previous_response_id) whose id holds a NUL (valid
+    JSON: ``\\u0000``), which PostgreSQL's text refuses, or a lone surrogate escape, which UTF-8
+    cannot encode, failed the store's lookup: a 500 with a traceback. No stored item or response has
+    such an id: the 400 (404) of an unknown one, before any provider call."""
+    seen = len(mock.requests)
+    for reference in ({"type": "item_reference", "id": ident}, {"type": "reasoning", "id": ident, "summary": []}):
+        status, refused = post_response(server, keys[0], {"model": MODELS["passthrough"], "input": [reference]})
+        assert status == 400 and refused["error"]["param"] == "input[0].id", refused
+    status, refused = post_response(server, keys[0], {"model": MODELS["passthrough"], "previous_response_id": ident})
+    assert status in (400, 404) and refused["error"]["param"] == "previous_response_id", refused
+    status, _, raw = server.request("GET", "/v1/responses/resp_%00", headers={"Authorization": f"Bearer {keys[0]}"})
+    assert status == 404, raw
+    assert len(mock.requests) == seen
+    assert "Traceback" not in server.log
+
+
 def test_a_translated_stream_broken_before_any_text_is_billed_for_none(server, keys, mock):
     """The AI SDK's `streamText` body on Claude; the provider breaks after `message_start`. The
     client got `response.created`, `.in_progress` and `.failed` (~2 KB of JSON, no text): the output
