@@ -157,6 +157,17 @@ def output_ids(response: dict) -> frozenset[str]:
     return frozenset(o["id"] for o in items if isinstance(o, dict) and isinstance(o.get("id"), str) and o["id"])
 
 
+def storable(ident: str) -> bool:
+    """Whether a stored row could have this id: PostgreSQL's text holds no NUL and UTF-8 no lone
+    surrogate (valid JSON escapes, ``\\u0000``, ``\\ud800``), and a provider's ids have neither;
+    such an id is unknown without asking the store, which would fail on it (a 500)."""
+    try:
+        ident.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in ident
+
+
 def too_large(max_bytes: int, param: str, what: str) -> ProxyError:
     """Stored items a request puts in past what its client could have sent whole: compressed in
     the database, they must not grow without bound in memory and upstream."""
@@ -350,7 +361,7 @@ class Conversations:
         provider that repeats item ids: the first response keeps it). Read in chunks of one size,
         each chunk one statement whatever the number of ids."""
         owners: dict[str, str | None] = {}
-        ordered = sorted(item_ids)
+        ordered = sorted(filter(storable, item_ids))
         for start in range(0, len(ordered), HELD_CHUNK):
             chunk = ordered[start : start + HELD_CHUNK]
             chunk += [chunk[-1]] * (HELD_CHUNK - len(chunk))
@@ -478,6 +489,8 @@ class Conversations:
             pending = self._pending.get(response_id)
         if pending is not None:
             record: StoredResponse | None = pending[0]
+        elif not storable(response_id):
+            record = None
         else:
             row = self._store.read().execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
             record = StoredResponse.from_row(row) if row is not None else None
