@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -1144,6 +1145,50 @@ def test_a_providers_reasoning_item_sent_by_its_id_alone_is_owner_checked(server
     status, answer = post_response(server, keys[1], {**ask, "input": [reasoning, ai_sdk_user("Go on")]})
     assert status == 200, answer
     assert mock.last("/v1/responses").json["input"][0] == reasoning
+
+
+@pytest.mark.perf
+def test_many_unknown_item_references_are_refused_at_the_first_lookup(server, keys):
+    """Was: every distinct id a body names was looked up before the first unknown one was refused,
+    32 a statement: a 20 MB body of 500,000 made-up references cost ~16,000 statements (seconds of
+    the store's time, before any rate limit) for a 400. Now the ids are looked up in the body's
+    order and the first chunk holding one this key does not hold ends it: the refusal costs about
+    what reading the body does (a body refused while it is parsed, the yardstick)."""
+    refs = [{"type": "item_reference", "id": f"msg_{i:012d}"} for i in range(500_000)]
+
+    def refused_in(body: dict) -> float:
+        started = time.perf_counter()
+        status, refused = post_response(server, keys[0], {"model": MODELS["passthrough"], "input": refs, **body})
+        assert status == 400, refused
+        return time.perf_counter() - started
+
+    yardstick = min(refused_in({"max_output_tokens": "x"}) for _ in range(2))  # refused as it is parsed
+    taken = min(refused_in({}) for _ in range(2))
+    assert taken < yardstick * 1.6 + 0.5, (taken, yardstick)  # was ~2.9 times the yardstick
+
+
+def test_references_past_one_lookup_name_the_first_unknown_one(server, keys, mock):
+    """The ids are looked up a chunk at a time in the body's order: a key's own items, more than one
+    chunk of them and named again, pass; the 400 names the first item that names another."""
+    tag = secrets.token_hex(6)
+    said = [
+        {"type": "message", "id": f"msg_{tag}_{n}", "status": "completed", "role": "assistant", "content": []}
+        for n in range(40)
+    ]
+    made = responses_object({}, 0, MODELS["passthrough"], "completed", said)
+    mock.enqueue(Reply(json={**made, "id": f"resp_{tag}"}))
+    assert post_response(server, keys[0], {"model": MODELS["passthrough"], "input": "forty"})[0] == 200
+    own = [{"type": "item_reference", "id": item["id"]} for item in said] * 3
+    ask = {"model": MODELS["passthrough"]}
+    assert post_response(server, keys[0], {**ask, "input": own})[0] == 200
+    for tail, named in (
+        ([{"id": "msg_unknown"}, {"id": ["msg_x"]}], 120),
+        ([{"id": ["msg_x"]}, {"id": "msg_unknown"}], 120),
+    ):
+        status, refused = post_response(server, keys[0], {**ask, "input": [*own, *tail]})
+        assert status == 400 and refused["error"]["param"] == f"input[{named}].id", refused
+    status, refused = post_response(server, keys[1], {**ask, "input": own})
+    assert status == 400 and refused["error"]["param"] == "input[0].id", refused
 
 
 @pytest.mark.parametrize("ident", ["msg_\u0000nul", "msg_\ud800"])
