@@ -340,20 +340,38 @@ class Conversations:
         response this key holds: a provider that keeps responses holds every key's under the one
         provider key and would read another's to the model. Otherwise the 400 translation gives
         (``translate.unknown_item``), before any module or provider call. An id a Stockyard
-        conversation gave an item (``minted_here``) names nothing there: it is sent without it."""
+        conversation gave an item (``minted_here``) names nothing there: it is sent without it.
+
+        The ids are looked up in the body's order, :data:`HELD_CHUNK` distinct ones at a time, and
+        the first chunk naming one this key does not hold ends it: a body of made-up ids costs
+        one statement, not one per chunk of all it names (the key's own are as many as it made)."""
         if not isinstance(items, list):
             return
-        named = {
-            i: name
-            for i, item in enumerate(items)
-            if (name := translate.stored_name(item)) is not None and not minted_here(item)
-        }
-        if not named:
-            return
-        held = self.held_items({name for name in named.values() if isinstance(name, str)}, key_id)
-        for i, name in named.items():
-            if not isinstance(name, str) or name not in held:
+        held: set[str] = set()  # ids looked up and found this key's
+        chunk: dict[str, int] = {}  # ids not looked up yet → the first input index naming each
+        for i, item in enumerate(items):
+            name = translate.stored_name(item)
+            if name is None or minted_here(item):
+                continue
+            if not isinstance(name, str):
+                self._check_held(chunk, key_id)  # an unknown one named before this is the 400
                 raise translate.unknown_item(f"input[{i}]", name)
+            if name not in held:
+                chunk.setdefault(name, i)
+            if len(chunk) == HELD_CHUNK:
+                held |= self._check_held(chunk, key_id)
+                chunk = {}
+        self._check_held(chunk, key_id)
+
+    def _check_held(self, named: dict[str, int], key_id: str | None) -> set[str]:
+        """``named`` (id → the first input index naming it), all this key's; else the 400 for the
+        first one that is not."""
+        held = self.held_items(set(named), key_id) if named else set()
+        unknown = [(i, name) for name, i in named.items() if name not in held]
+        if unknown:
+            i, name = min(unknown)
+            raise translate.unknown_item(f"input[{i}]", name)
+        return held
 
     def held_items(self, item_ids: set[str], key_id: str | None) -> set[str]:
         """Which of ``item_ids`` are output items of a passed-through response ``key_id`` holds, its
