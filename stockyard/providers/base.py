@@ -105,6 +105,16 @@ def sse_data(event: bytes) -> bytes | None:
     return b"\n".join(data) if data else None
 
 
+def sse_object(event: bytes) -> dict | None:
+    """The JSON object one SSE event carries, or None (no data, not JSON, not an object)."""
+    data = sse_data(event)
+    try:
+        obj = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def loads_object(data: bytes, what: str = "provider answer") -> dict:
     """Parse a JSON object from upstream; a 502 when it is not one."""
     try:

@@ -19,7 +19,7 @@ from ..estimate import images_asked
 from ..imagegen import drawn_usage, image_usage
 from ..pricing import Usage
 from . import Provider
-from .base import Adapter, StreamTranslator, UpstreamCall, sse_data
+from .base import Adapter, StreamTranslator, UpstreamCall, sse_data, sse_object
 from .chatshape import record_stream_error
 from .openai import auth_headers, request_body
 
@@ -174,12 +174,8 @@ class ImageStream(StreamTranslator):
         self.guessed = False  # an image completed without its usage: estimated
 
     def feed(self, event: bytes) -> list[bytes]:
-        data = sse_data(event)
-        try:
-            obj = json.loads(data) if data else None
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
+        obj = sse_object(event)
+        if obj is None:
             return [event]
         kind = obj.get("type")
         if kind in IMAGE_PARTIAL:

@@ -33,7 +33,7 @@ from ..errors import OPENAI, ProxyError
 from ..imagegen import ImageTally, reported
 from ..pricing import Usage
 from . import Provider, compaction, responses
-from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_object
 from .chatshape import chat_chunks, chunk_error, note
 from .messages_adapters import provider_name
 from .openai import auth_headers, request_body
@@ -177,12 +177,8 @@ class PassThroughStream(StreamTranslator):
         self.images = ImageTally(ctx.body)
 
     def feed(self, event: bytes) -> list[bytes]:
-        data = sse_data(event)
-        try:
-            obj = json.loads(data) if data else None
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
+        obj = sse_object(event)
+        if obj is None:
             return [event]
         if isinstance(obj.get("sequence_number"), int):
             self.sequence_number = obj["sequence_number"]
