@@ -277,3 +277,25 @@ def test_the_answer_is_server_sent_events_as_the_provider_named_them(server, moc
         assert resp.headers["content-type"].startswith("text/event-stream")
         raw = resp.read()
     assert raw.startswith(b"event: image_generation.completed\ndata: ")
+
+
+def test_a_cut_stream_of_a_model_without_its_own_table_bills_no_more_than_it_held(server, mock):
+    """An image model priced by the operator (no token table of its own: its hold is its largest
+    image, ``imagegen.images_api_tokens``), asked for a size past gpt-image-1's. Was: the image being
+    drawn when the stream broke was estimated by gpt-image-1's table scaled to that size (3072x3072:
+    37,440 tokens), six times what its budget held for it (6,240), so the bill passed the hold. Now the
+    estimate is never more than the hold's image."""
+    status, _, data = server.request(
+        "POST",
+        "/api/prices",
+        {"model": "gpt-image-9", "input": "5", "output": "40", "media_output": "40"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert status == 200, data
+    mock.enqueue(Reply(cut_after=1))
+    body = {"model": "gpt-image-9", "prompt": "a cat", "stream": True, "partial_images": 1, "size": "3072x3072"}
+    status, headers, _ = post(server, body)
+    assert status == 200
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["outcome"], trace["cost_status"]) == ("stream_broken", "estimate"), trace
+    assert trace["completion_tokens"] == 6240 + 100, trace  # gpt-image-1's largest image and its partial
