@@ -129,14 +129,19 @@ def output_tokens(model: Any) -> dict[str, dict[str, int]]:
 
 
 def images_api_tokens(body: dict, model: str, floor: int) -> int:
-    """Output tokens one image of an Images API request (generations, edits) may cost: as one of the
-    tool's (:func:`image_tokens`: the request's ``quality``, ``size`` and ``partial_images``) for a
-    model with a table of its own; for any other token-priced image model (one an operator prices)
-    gpt-image-1's largest or ``floor`` (the default output cap), whichever is more; each with its
-    partial images (a stream's previews, 100 tokens each)."""
+    """Output tokens one image of an Images API request (generations, edits) may cost:
+    :func:`images_api_image` and its partial images (a stream's previews, 100 tokens each)."""
+    return images_api_image(body, model, floor) + PARTIAL_IMAGE_TOKENS * partial_images(body)
+
+
+def images_api_image(body: dict, model: str, floor: int) -> int:
+    """Output tokens one image of an Images API request is held at, its partial images aside: as
+    one of the tool's (:func:`drawn_tokens`: the request's ``quality`` and ``size``) for a model with
+    a table of its own; for any other token-priced image model (one an operator prices)
+    gpt-image-1's largest or ``floor`` (the default output cap), whichever is more."""
     if own_table(model) is None:
-        return max(floor, largest_image(model)) + PARTIAL_IMAGE_TOKENS * partial_images(body)
-    return image_tokens({"model": model, **{k: body.get(k) for k in ("quality", "size", "partial_images")}})
+        return max(floor, largest_image(model))
+    return drawn_tokens({"model": model, "quality": body.get("quality"), "size": body.get("size")})
 
 
 def largest_image(model: Any) -> int:
@@ -277,12 +282,12 @@ class ImageTally:
         """The tool's usage for what went out, when any image did (see the module's docstring)."""
         if not self.images:
             return None
-        return drawn_usage(image_tool(self.body) or {}, len(self.images), self.partials)
+        return drawn_usage(drawn_tokens(image_tool(self.body) or {}), len(self.images), self.partials)
 
 
-def drawn_usage(asked: dict, images: int, partials: int) -> Usage:
-    """What ``images`` images drawn as ``asked`` (the image tool, or an Images API request's model,
-    quality and size: :func:`drawn_tokens`) and ``partials`` partial images relayed are billed when
-    no usage counts them (a cut stream): image output tokens, at the image output rate."""
-    drawn = drawn_tokens(asked) * images + PARTIAL_IMAGE_TOKENS * partials
+def drawn_usage(each: int, images: int, partials: int) -> Usage:
+    """What ``images`` images of ``each`` output tokens (the image tool's: :func:`drawn_tokens`; an
+    Images API request's: ``media.ImageStream``) and ``partials`` partial images relayed are billed
+    when no usage counts them (a cut stream): image output tokens, at the image output rate."""
+    drawn = each * images + PARTIAL_IMAGE_TOKENS * partials
     return Usage(completion_tokens=drawn, media_output_tokens=drawn)

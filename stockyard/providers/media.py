@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from ..context import RequestContext
 from ..estimate import images_asked
-from ..imagegen import drawn_usage, image_usage
+from ..imagegen import drawn_tokens, drawn_usage, image_usage, images_api_image
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, sse_data, sse_object
@@ -205,10 +205,13 @@ class ImageStream(StreamTranslator):
 
     def _drawn(self) -> Usage:
         """The image being drawn, as the request asked for it (the routed model's table, its
-        quality and size), with the partial images of it that went out."""
-        body = self.ctx.body
-        asked = {"model": self.ctx.attempt.upstream_model, "quality": body.get("quality"), "size": body.get("size")}
-        return drawn_usage(asked, 1, self.drawing)
+        quality and size), never more than its budget held for it (``imagegen.images_api_image``:
+        a model without a table of its own is held at gpt-image-1's largest, an odd size there
+        would be scaled past it), with the partial images of it that went out."""
+        body, model = self.ctx.body, self.ctx.attempt.upstream_model or ""
+        asked = drawn_tokens({"model": model, "quality": body.get("quality"), "size": body.get("size")})
+        held = images_api_image(body, model, self.ctx.default_output_cap)
+        return drawn_usage(min(asked, held), 1, self.drawing)
 
 
 def stream_error(obj: dict) -> dict | None:
