@@ -1167,6 +1167,32 @@ def test_many_unknown_item_references_are_refused_at_the_first_lookup(server, ke
     assert taken < yardstick * 1.6 + 0.5, (taken, yardstick)  # was ~2.9 times the yardstick
 
 
+def test_an_image_generation_call_sent_by_its_id_alone_is_owner_checked(server, keys, mock):
+    """Was: an `image_generation_call` item with its id and no `result` went as sent. OpenAI's guide
+    edits an image over turns by sending the call back by its id alone (`{"type":
+    "image_generation_call", "id": "ig_…"}`): the provider reads the image it stored, under the one
+    provider key, so a key that learned another's id had that key's image read to the model. Now it
+    names only the key's own; with its `result` it carries the image and goes as sent."""
+    tag = secrets.token_hex(6)
+    drawn = {"type": "image_generation_call", "id": f"ig_{tag}", "status": "completed", "result": "aGk="}
+    made = responses_object({}, 0, MODELS["passthrough"], "completed", [drawn])
+    mock.enqueue(Reply(json={**made, "id": f"resp_{tag}"}))
+    status, answer = post_response(server, keys[1], {"model": MODELS["passthrough"], "input": "draw my secret"})
+    assert status == 200 and answer["output"][0]["id"] == drawn["id"], answer
+    ask = {"model": MODELS["passthrough"]}
+    by_id = {"type": "image_generation_call", "id": drawn["id"]}
+    seen = len(mock.requests)
+    for named in (by_id, {**by_id, "result": None}, {**by_id, "status": "completed", "result": ""}):
+        status, refused = post_response(server, keys[0], {**ask, "input": [ai_sdk_user("Describe it"), named]})
+        assert status == 400 and refused["error"]["param"] == "input[1].id", refused
+    assert len(mock.requests) == seen
+    status, answer = post_response(server, keys[0], {**ask, "input": [drawn, ai_sdk_user("Describe it")]})
+    assert status == 200, answer
+    status, answer = post_response(server, keys[1], {**ask, "input": [ai_sdk_user("Make it blue"), by_id]})
+    assert status == 200, answer
+    assert mock.last("/v1/responses").json["input"][1] == by_id
+
+
 def test_references_past_one_lookup_name_the_first_unknown_one(server, keys, mock):
     """The ids are looked up a chunk at a time in the body's order: a key's own items, more than one
     chunk of them and named again, pass; the 400 names the first item that names another."""
