@@ -336,7 +336,7 @@ class Conversations:
     def check_stored_names(self, items: Any, key_id: str | None) -> None:
         """Every input item naming a stored item by its id alone (``translate.stored_name``: an
         ``item_reference`` that :meth:`resolve_references` did not put an item in place of, a
-        provider's reasoning item without its content) names an output item of a passed-through
+        provider's reasoning item or image generation call without its content) names an output item of a passed-through
         response this key holds: a provider that keeps responses holds every key's under the one
         provider key and would read another's to the model. Otherwise the 400 translation gives
         (``translate.unknown_item``), before any module or provider call. An id a Stockyard

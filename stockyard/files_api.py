@@ -749,8 +749,9 @@ class FilesAPI(ProviderCalls):
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
         ``provider``), and any key only its own files (``file_id``), its own responses
-        (``previous_response_id``) and their output items (``item_reference``s, reasoning items by
-        id: ``Conversations.check_stored_names``); a ``conversation`` (Stockyard's, which it cannot put in front
+        (``previous_response_id``) and their output items (``item_reference``s, reasoning items and
+        image generation calls by id: ``Conversations.check_stored_names``); a ``conversation``
+        (Stockyard's, which it cannot put in front
         of a line the provider runs) is refused. A line too long to hold is refused, never skipped.
 
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch

@@ -887,16 +887,27 @@ def is_reference(item: Any) -> bool:
     return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
 
 
+# Output items a provider that keeps responses reads from its store when one comes back by its id
+# without the field that carries it: the type → that field.
+CARRIED_BY = {
+    "reasoning": "encrypted_content",  # OpenAI reads the reasoning it kept under that id
+    "image_generation_call": "result",  # OpenAI's multi-turn image editing: the image it kept
+}
+
+
 def stored_name(item: Any) -> Any:
     """The id an input item names a stored item by without carrying it — which a provider that
     keeps responses reads from its store — or None: an ``item_reference``'s, or a provider's
-    reasoning item's sent without its ``encrypted_content`` (OpenAI reads the reasoning it kept
-    under that id). Items that carry their content name nothing, nor do Stockyard's own reasoning
-    items (``minted``: a translated answer's, which no provider is sent)."""
+    reasoning item's or image generation call's sent without what carries it (:data:`CARRIED_BY`).
+    Items that carry their content name nothing, nor do Stockyard's own (``minted``: a translated
+    answer's, which no provider is sent)."""
     if is_reference(item):
         return item.get("id")
-    if isinstance(item, dict) and item.get("type") == "reasoning" and isinstance(item.get("id"), str):
-        return None if item.get("encrypted_content") or minted(item) else item["id"]
+    if isinstance(item, dict) and isinstance(item.get("id"), str):
+        kind = item.get("type")
+        carrier = CARRIED_BY.get(kind) if isinstance(kind, str) else None
+        if carrier is not None and not item.get(carrier) and not minted(item):
+            return item["id"]
     return None
 
 
