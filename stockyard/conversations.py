@@ -49,7 +49,7 @@ from .providers import responses as translate
 from .providers.messages_adapters import ESTIMATE_HEADER, prompt_estimate
 from .providers.responses_adapters import upstream_headers, upstream_path
 from .scrub import Scrubber
-from .store import Store
+from .store import Store, storable
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.conversations")
@@ -155,17 +155,6 @@ def output_ids(response: dict) -> frozenset[str]:
     output = response.get("output")
     items = output if isinstance(output, list) else []
     return frozenset(o["id"] for o in items if isinstance(o, dict) and isinstance(o.get("id"), str) and o["id"])
-
-
-def storable(ident: str) -> bool:
-    """Whether a stored row could have this id: PostgreSQL's text holds no NUL and UTF-8 no lone
-    surrogate (valid JSON escapes, ``\\u0000``, ``\\ud800``), and a provider's ids have neither;
-    such an id is unknown without asking the store, which would fail on it (a 500)."""
-    try:
-        ident.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in ident
 
 
 def too_large(max_bytes: int, param: str, what: str) -> ProxyError:
@@ -379,16 +368,16 @@ class Conversations:
         provider that repeats item ids: the first response keeps it). Read in chunks of one size,
         each chunk one statement whatever the number of ids."""
         owners: dict[str, str | None] = {}
+        with self._lock:  # before the store: a row committed after this read is in the store's read
+            for record, _ in self._pending.values():
+                for item_id in record.item_ids & item_ids:
+                    owners.setdefault(item_id, record.key_id)
         ordered = sorted(filter(storable, item_ids))
         for start in range(0, len(ordered), HELD_CHUNK):
             chunk = ordered[start : start + HELD_CHUNK]
             chunk += [chunk[-1]] * (HELD_CHUNK - len(chunk))
             rows = self._store.read().execute(HELD_SQL, chunk)
-            owners.update((row["item_id"], row["key_id"]) for row in rows)
-        with self._lock:
-            for record, _ in self._pending.values():
-                for item_id in record.item_ids & item_ids:
-                    owners.setdefault(item_id, record.key_id)
+            owners.update((row["item_id"], row["key_id"]) for row in rows)  # the committed row's wins
         return {item_id for item_id, owner in owners.items() if owner == key_id}
 
     def referenced(self, item: Any, key_id: str | None, outputs: dict[str, dict[str, dict]]) -> dict | None:

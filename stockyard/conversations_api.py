@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from .errors import ProxyError
 from .httpio import Request, Response, check_method, json_response
-from .store import Store
+from .store import Store, storable
 
 PATH = re.compile(r"^/v1/conversations(?:/([A-Za-z0-9_-]{1,200})(/items(?:/([A-Za-z0-9_-]{1,200}))?)?)?$")
 ITEM_PREFIXES = {
@@ -245,6 +245,8 @@ class ConversationStore:
     # -- reads ---------------------------------------------------------------------------------
     def find(self, conversation_id: str, key_id: str | None) -> Conversation | None:
         """The conversation if ``key_id`` made it (None otherwise: another key's is unknown)."""
+        if not storable(conversation_id):
+            return None
         sql = "SELECT id, key_id, created_at, metadata, bytes FROM conversations WHERE id = ?"
         row = self._store.read().execute(sql, (conversation_id,)).fetchone()
         if row is None or row[1] != key_id:

@@ -38,7 +38,7 @@ from .modules.ratelimit import admit_call
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
-from .store import Store
+from .store import Store, storable
 from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
 
 PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]{1,200})(/content|/cancel)?)?$")
@@ -245,6 +245,8 @@ class Ownership:
 
     def find(self, object_id: str, kind: str, owner: str) -> Owned | None:
         """The object if ``owner`` made it; None for another key's or an unknown id."""
+        if not storable(object_id):
+            return None
         row = (
             self._store.read()
             .execute(

@@ -384,3 +384,24 @@ def test_in_open_mode_every_caller_is_the_one_owner(openai_server, mock):
         ("user", "and more"),
         ("assistant", TEXT),
     ]
+
+
+@pytest.mark.parametrize("escaped", ["\\u0000", "\\ud800"])
+def test_an_id_no_stored_row_can_hold_is_unknown_not_a_server_error(server, escaped):
+    """A NUL or a lone surrogate is valid JSON and no id Stockyard or a provider made: PostgreSQL's
+    text cannot hold either, and asking the store with a NUL failed (a 500). Unknown: the 404 (a
+    body with a lone surrogate may be the 400 every such body gets where it must be encoded)."""
+    key = client_key(server)
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    bodies = {
+        "/v1/responses": '{"model": "%s", "input": "hi", "conversation": "conv_%s"}' % (PASSED, escaped),
+        "/v1/chat/completions": '{"model": "%s", "messages": [{"role": "user", "content": [{"type": "file", '
+        '"file": {"file_id": "file-%s"}}]}]}' % (PASSED, escaped),
+    }
+    for path, body in bodies.items():
+        status, _, raw = server.request("POST", path, raw=body.encode(), headers=auth)
+        assert status == 404 or (status == 400 and escaped == "\\ud800"), (path, raw)
+    for path in ("/v1/conversations/conv_%00", "/v1/files/file-%00", "/v1/batches/batch_%00", "/v1/responses/resp_%00"):
+        status, _, raw = server.request("GET", path, headers=auth)
+        assert status == 404, (path, raw)
+    assert "Traceback" not in server.log

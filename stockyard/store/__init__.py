@@ -19,7 +19,19 @@ from . import db
 from .backends import Backend, backend_for
 from .writer import Writer
 
-__all__ = ["Store", "Writer", "db", "backend_for"]
+__all__ = ["Store", "Writer", "db", "backend_for", "storable"]
+
+
+def storable(ident: str) -> bool:
+    """Whether a stored row could have this id (a client names a response, conversation or file
+    by it): PostgreSQL's text holds no NUL and UTF-8 no lone surrogate (valid JSON escapes,
+    ``\\u0000``, ``\\ud800``), and no id Stockyard or a provider made has either; such an id is
+    unknown without asking the store, which would fail on it (a 500)."""
+    try:
+        ident.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in ident
 
 
 class Store:
