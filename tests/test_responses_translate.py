@@ -30,6 +30,7 @@ from stockyard.providers.responses import (
     function_name,
     stored_name,
     to_chat,
+    unknown_item,
 )
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
@@ -517,6 +518,12 @@ def test_malformed_requests_are_400_naming_the_field(body, param):
 )
 def test_which_input_items_name_a_stored_item_by_its_id_alone(item, name):
     assert stored_name(item) == name
+
+
+@pytest.mark.parametrize("ident", ["msg_" + "x" * 100_000, ["msg_1"] * 50_000])
+def test_an_unknown_items_refusal_quotes_at_most_100_characters_of_its_id(ident):
+    refusal = unknown_item("input[3]", ident)
+    assert refusal.status == 400 and refusal.param == "input[3].id" and len(str(refusal)) < 300
 
 
 # --------------------------------------------------------------------------- chat answer → response

@@ -913,7 +913,8 @@ def stored_name(item: Any) -> Any:
 
 def unknown_item(path: str, ident: Any) -> ProxyError:
     """The 400 for an input item naming a stored item this key does not hold (``path``: ``input[i]``)."""
-    return invalid(f"{path}.id", f"no item with id {ident!r} is stored for this key")
+    shown = (ident if isinstance(ident, str) else str(ident))[:100]  # a client's id: at most 100 characters
+    return invalid(f"{path}.id", f"no item with id {shown!r} is stored for this key")
 
 
 def minted_in(ident: Any) -> str | None:
