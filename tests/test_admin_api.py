@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
@@ -448,6 +450,32 @@ def test_openapi_document_validates_and_lists_every_route(server):
     assert params == {*filters, "limit", "cursor"}
     note = doc["paths"]["/api/audit/note"]["post"]
     assert "requestBody" in note and "201" in note["responses"] and "200" not in note["responses"]
+
+
+def _readme_admin_routes() -> set[tuple[str, str]]:
+    """README's list of admin routes: `GET/POST /api/x[/{id}|/y]` items after "Its routes"."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "Its routes (" in text, "README's Administer it section lists no admin routes"
+    listing = text.split("Its routes (", 1)[1].split("\n\n", 1)[0]
+    routes: set[tuple[str, str]] = set()
+    for methods, path in re.findall(r"`((?:[A-Z]+/)*[A-Z]+) (/api/[^`]*)`", listing):
+        paths = [path]
+        while any("[" in p for p in paths):  # `/a[/b|/c]` → /a, /a/b, /a/c
+            p = next(p for p in paths if "[" in p)
+            head, rest = p.split("[", 1)
+            inner, tail = rest.split("]", 1)
+            paths.remove(p)
+            paths += [head + tail] + [head + alt + tail for alt in inner.split("|")]
+        routes |= {(m, p) for m in methods.split("/") for p in paths}
+    return routes
+
+
+def test_readme_lists_every_admin_route():
+    """README's admin route list is the API: every route served is listed, every one listed is served."""
+    served = {(r.method, r.pattern) for r in ROUTES}
+    listed = _readme_admin_routes()
+    assert listed - served == set(), "README lists admin routes that do not exist"
+    assert served - listed == set(), "admin routes missing from README's list"
 
 
 METRICS_KEY = "metrics-scrape-token-0123456789"
