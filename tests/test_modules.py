@@ -395,11 +395,25 @@ def test_admin_key_is_needed(server):
 README_PENDING: set[str] = set()
 
 
+def _as_documented(value: object) -> str:
+    """A default as README's option tables write it: `3600`, `10` (for 10.0), `clamp`, `""`, `[]`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, str) and value else json.dumps(value)
+
+
 def test_docs_describe_every_module_and_option():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for cls in registry.ORDER:
         if cls.name in README_PENDING and f"### `{cls.name}`" not in text:
             continue
         assert f"### `{cls.name}`" in text
-        for option in registry.schema_of(cls):
+        section = text.split(f"### `{cls.name}`", 1)[1].split("\n### ", 1)[0]
+        for option, field in registry.schema_of(cls).items():
             assert f"| `{option}` |" in text, f"{cls.name}.{option} is not documented"
+            # | `option` | type | default | meaning |: a default in backticks is the code's default
+            row = section.split(f"| `{option}` |", 1)[1].split("\n", 1)[0]
+            cells = [c.strip() for c in row.replace("\\|", "/").split(" | ")]
+            if len(cells) >= 2 and cells[1].startswith("`") and cells[1].endswith("`"):
+                documented = cells[1][1:-1]
+                assert documented == _as_documented(field.default), f"{cls.name}.{option}: README says {documented}"
