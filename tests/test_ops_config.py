@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,23 @@ def test_bad_values_are_refused_with_the_name(env):
     with pytest.raises(ValueError) as err:
         config.load({}, env)
     assert any(name in str(err.value) for name in ("STOCKYARD_", "--snapshot"))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_configuration_table_names_every_variable_the_code_reads():
+    """README's Configuration table and the code name the same STOCKYARD_* variables, and the
+    providers' table every provider's key variable (ENV_SPECS)."""
+    from stockyard.providers import ENV_SPECS
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("\n## Configuration\n", 1)[1].split("\n### Configuration as code", 1)[0]
+    providers = readme.split("\n### Providers from the environment\n", 1)[1].split("\n### ", 1)[0]
+    code = "\n".join(p.read_text() for p in (ROOT / "stockyard").rglob("*.py"))
+    read = set(re.findall(r"\bSTOCKYARD_[A-Z0-9_]*[A-Z0-9]\b", code))
+    documented = set(re.findall(r"\bSTOCKYARD_[A-Z0-9_]*[A-Z0-9]\b", table))
+    assert read - documented == set(), "variables the code reads that README's Configuration table lacks"
+    assert documented - read == set(), "variables README's Configuration table names that no code reads"
+    for spec in ENV_SPECS:
+        assert f"`{spec.key_var or spec.url_var}`" in providers, spec.name
