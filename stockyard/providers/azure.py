@@ -10,18 +10,16 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from ..context import RequestContext
-from . import Provider
+from . import AZURE_API_VERSION, Provider
 from .base import UpstreamCall, model_segment
 from .openai import PATHS, OpenAIAdapter, request_body
-
-DEFAULT_API_VERSION = "2024-10-21"
 
 
 def deployment_path(provider: Provider, deployment: str, endpoint: str, path: str | None = None) -> str:
     """``/openai/deployments/{deployment}/…?api-version=…`` (base may already end in /openai);
     ``path`` is the endpoint's path when it is not one of ``openai.PATHS``."""
     prefix = "" if provider.base_url.rstrip("/").endswith("/openai") else "/openai"
-    query = urlencode({"api-version": provider.api_version or DEFAULT_API_VERSION})
+    query = urlencode({"api-version": provider.api_version or AZURE_API_VERSION})
     return f"{prefix}/deployments/{model_segment(deployment, 'deployment')}{path or PATHS[endpoint]}?{query}"
 
 
