@@ -15,7 +15,6 @@ from typing import Mapping
 
 from .dburl import PostgresURL, is_url, parse_postgres
 from .hosts import Network, is_loopback, parse_public_hosts, parse_trusted_proxies
-from .otel import parse_headers as parse_otlp_headers
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -290,3 +289,17 @@ def _otlp_endpoint(value: str | None) -> str | None:
     if not re.match(r"^https?://[^/\s]+", url):
         raise ValueError(f"STOCKYARD_OTLP_ENDPOINT must be an http:// or https:// URL, got {url[:100]!r}")
     return url.removesuffix("/v1/traces")
+
+
+def parse_otlp_headers(text: str | None) -> dict[str, str]:
+    """``k=v,k2=v2`` → headers for the collector (ValueError naming the key, never the value)."""
+    headers: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name) or "\n" in value or "\r" in value:
+            raise ValueError(f"STOCKYARD_OTLP_HEADERS must be name=value pairs separated by commas (at {name[:40]!r})")
+        headers[name] = value.strip()
+    return headers

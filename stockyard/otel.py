@@ -88,20 +88,6 @@ OPENAI_API_TYPES = {"chat": "chat_completions", "responses": "responses"}  # ope
 _FINISH = re.compile(rb'"(?:finish_reason|stop_reason|finishReason)"\s*:\s*"([A-Za-z_]{1,40})"')
 
 
-def parse_headers(text: str | None) -> dict[str, str]:
-    """``k=v,k2=v2`` → headers for the collector (ValueError naming the key, never the value)."""
-    headers: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        name, eq, value = part.partition("=")
-        name = name.strip()
-        if not eq or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name) or "\n" in value or "\r" in value:
-            raise ValueError(f"STOCKYARD_OTLP_HEADERS must be name=value pairs separated by commas (at {name[:40]!r})")
-        headers[name] = value.strip()
-    return headers
-
-
 def upstream_headers(ctx: RequestContext, attempt: Attempt, exporting: bool) -> dict[str, str]:
     """The trace context the provider gets: our attempt span as its parent when we export spans,
     else the caller's own header passed on unchanged (a parent that exists somewhere)."""

@@ -15,9 +15,9 @@ from conftest import OPENAI_KEY, wait_for
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, chat, put_module, start_server
 
-from stockyard.config import load
+from stockyard.config import load, parse_otlp_headers
 from stockyard.context import parse_traceparent
-from stockyard.otel import Exporter, parse_headers
+from stockyard.otel import Exporter
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 ANTHROPIC_KEY = "sk-ant-otel-content-0123456789abcdef"
@@ -552,7 +552,7 @@ def test_otlp_settings_are_checked():
     with pytest.raises(ValueError, match="OTLP_ENDPOINT"):
         load({}, {"STOCKYARD_OTLP_ENDPOINT": "collector:4318"})
     with pytest.raises(ValueError) as err:
-        parse_headers("novalue-secret")
+        parse_otlp_headers("novalue-secret")
     assert "secret" not in str(err.value) or "novalue" in str(err.value)
 
 
