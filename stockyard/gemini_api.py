@@ -114,12 +114,13 @@ def key_headers(headers: Mapping[str, str], query: str) -> dict[str, str]:
     return out
 
 
-def model_entry(ident: str, provider: str) -> dict:
-    """A Gemini ``Model`` for a name Stockyard routes to a Gemini provider (methods told by its name)."""
+def model_entry(ident: str, provider: str, display_name: str | None = None) -> dict:
+    """A Gemini ``Model`` for a name Stockyard routes to a Gemini provider (methods told by its name;
+    the display name the provider's listing gave, else the name)."""
     embeds = "embedding" in ident
     return {
         "name": f"models/{ident}",
-        "displayName": ident,
+        "displayName": display_name or ident,
         "description": f"served by Stockyard through provider {provider!r}",
         "supportedGenerationMethods": EMBED_METHODS if embeds else GENERATE_METHODS,
     }
@@ -139,7 +140,7 @@ def page_size(query: dict[str, list[str]]) -> int:
 def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response:
     """``GET …/models`` (paged) and ``GET …/models/{model}``: the models this key may use that
     route to a Gemini provider, as Gemini ``Model`` objects."""
-    from .models import list_models
+    from .models import listed_models
 
     registry = app.registry()
     match = MODELS_PATH.fullmatch(path)
@@ -154,10 +155,13 @@ def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response
             provider = None
         if provider is None or provider.kind != "gemini":
             raise ProxyError(404, f"model {model!r} is not served by a Gemini provider here", code="not_found")
-        return json_response(model_entry(model, provider.name))
+        named = next((m.display_name for m in listed_models(app, key) if m.id == model), None)
+        return json_response(model_entry(model, provider.name, named))
     kinds = {p.name: p.kind for p in registry.providers}
     entries = [
-        model_entry(m["id"], m["owned_by"]) for m in list_models(app, key) if kinds.get(m["owned_by"]) == "gemini"
+        model_entry(m.id, m.owned_by, m.display_name)
+        for m in listed_models(app, key)
+        if kinds.get(m.owned_by) == "gemini"
     ]
     params = parse_qs(query)
     size, token = page_size(params), (params.get("pageToken") or ["0"])[0]

@@ -2074,7 +2074,7 @@ def gemini_model_object(name: str) -> dict:
     return {
         "name": f"models/{name}",
         "version": "001",
-        "displayName": name,
+        "displayName": name.replace("-", " ").title(),  # Google's reads so: "Gemini 2.5 Flash"
         "inputTokenLimit": 1048576,
         "outputTokenLimit": 65536,
         "supportedGenerationMethods": methods,

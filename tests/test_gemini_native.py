@@ -278,6 +278,7 @@ def test_models_list_and_get(server, key) -> None:
     assert not any("gpt" in n for n in names)  # only what the Gemini routes can serve
     flash = next(m for m in listed if m["name"] == "models/gemini-2.5-flash")
     assert "generateContent" in flash["supportedGenerationMethods"]
+    assert flash["displayName"] == "Gemini 2.5 Flash", "the provider's own display name, as its listing gives it"
     status, _, raw = gemini(server, "GET", "/v1beta/models?pageSize=1", key=key)
     page = json.loads(raw)
     assert status == 200 and len(page["models"]) == 1 and page["nextPageToken"]
@@ -285,6 +286,7 @@ def test_models_list_and_get(server, key) -> None:
     assert status == 200 and json.loads(raw)["models"][0]["name"] == names[1]
     status, _, raw = gemini(server, "GET", "/v1beta/models/gemini-2.5-flash", key=key)
     assert status == 200 and json.loads(raw)["name"] == "models/gemini-2.5-flash"
+    assert json.loads(raw)["displayName"] == "Gemini 2.5 Flash"
     status, _, raw = gemini(server, "GET", "/v1beta/models/gpt-4o-mini", key=key)
     google_error(raw, 404, "NOT_FOUND")
     assert gemini(server, "GET", "/v1beta/models")[0] == 401
