@@ -1,0 +1,80 @@
+"""Text no PostgreSQL row can hold, from a client: a NUL (``\\u0000``, ``%00``) or a lone UTF-16
+surrogate (``\\ud800``), both valid JSON escapes. PostgreSQL's ``text`` refuses a NUL and no UTF-8
+holds a lone surrogate; SQLite stores a NUL. Each request here, made by a client key or the
+admin, gets a clear 4xx in its API's shape or is stored (its trace too) and read back safely; the
+writer goes on writing; no traceback. Runs on PostgreSQL in ``make test`` (Makefile PG_SUITES)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ServerProcess, wait_for
+from module_helpers import ADMIN_KEY, api, client_key, start_server
+
+PASSED = "gpt-4o-mini"
+ESCAPES = ["\\u0000", "\\ud800"]  # as a client writes them in JSON
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "unstorable")
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.fixture
+def auth(server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {client_key(server)}", "Content-Type": "application/json"}
+
+
+def post(server: ServerProcess, path: str, body: str, headers: dict) -> tuple[int, dict, dict]:
+    status, got, raw = server.request("POST", path, raw=body.encode(), headers=headers)
+    return status, got, json.loads(raw) if raw else {}
+
+
+def traced(server: ServerProcess, trace_id: str) -> dict:
+    """The trace of a request, once the writer committed it (it must: a lost trace is a lost record)."""
+    return server.trace(trace_id)
+
+
+@pytest.mark.parametrize("escaped", ESCAPES)
+def test_a_refusal_quoting_the_clients_id_is_recorded_and_the_writer_goes_on(server, auth, escaped):
+    """A 404 for ``previous_response_id: "resp_\\ud800"`` quotes the id in its error, and its trace
+    carried the surrogate: on PostgreSQL the encoding error was taken for a lost database, the
+    writer held the record and retried it for ever, and every write after it waited or failed
+    (admin changes a 500, traces never written, /readyz 503). A NUL dropped the trace."""
+    body = '{"model": "%s", "input": "hi", "previous_response_id": "resp_%s"}' % (PASSED, escaped)
+    status, headers, answer = post(server, "/v1/responses", body, auth)
+    assert status == 404 and answer["error"]["param"] == "previous_response_id", answer
+    refused = traced(server, headers["x-stockyard-trace-id"])
+    assert refused["status"] == 404 and "resp_" in refused["error_message"]
+    status, headers, _ = post(server, "/v1/chat/completions", json.dumps({"model": PASSED, "messages": [{"role": "user", "content": "hi"}]}), auth)
+    assert status == 200
+    assert traced(server, headers["x-stockyard-trace-id"])["status"] == 200
+    assert server.request("GET", "/readyz")[0] == 200
+    assert api(server, "POST", "/api/prices", {"model": "after-the-refusal", "input": "1", "output": "1"})[0] == 200
+
+
+@pytest.mark.parametrize("escaped", ESCAPES)
+def test_a_model_name_no_row_can_hold_is_recorded_as_both_stores_show_it(server, auth, escaped):
+    """A model name is the client's word, kept in the trace and its rollups: a NUL in it lost the
+    request's record on PostgreSQL (the row refused, the answer already billed by the provider). Both
+    stores keep it with ``?`` for the character (a lone surrogate already was)."""
+    body = '{"model": "%s%s", "messages": [{"role": "user", "content": "hi"}]}' % (PASSED, escaped)
+    status, headers, _ = post(server, "/v1/chat/completions", body, auth)
+    assert status == 200
+    assert traced(server, headers["x-stockyard-trace-id"])["model"] == PASSED + "?"
+
+
+def test_a_raw_nul_in_a_stored_body_is_recorded_and_its_words_found(server, auth):
+    """A body is stored as its bytes; its search text (PostgreSQL text) had the NUL and the trace
+    was refused whole. The NUL separates words there, as it does in SQLite's index."""
+    raw = b'{"model": "%s", "messages": []} nulword\x00afterword' % PASSED.encode()
+    status, headers, _ = server.request("POST", "/v1/chat/completions", raw=raw, headers=auth)
+    assert status == 400
+    assert traced(server, headers["x-stockyard-trace-id"])["status"] == 400
+    for word in ("nulword", "afterword"):
+        status, found = api(server, "GET", f"/api/traces?q={word}")
+        assert status == 200 and [t["id"] for t in found["data"]] == [headers["x-stockyard-trace-id"]], found
