@@ -58,14 +58,14 @@ def test_a_refusal_quoting_the_clients_id_is_recorded_and_the_writer_goes_on(ser
 
 
 @pytest.mark.parametrize("escaped", ESCAPES)
-def test_a_model_name_no_row_can_hold_is_recorded_as_both_stores_show_it(server, auth, escaped):
-    """A model name is the client's word, kept in the trace and its rollups: a NUL in it lost the
-    request's record on PostgreSQL (the row refused, the answer already billed by the provider). Both
-    stores keep it with ``?`` for the character (a lone surrogate already was)."""
+def test_a_model_name_no_model_has_is_a_400_and_recorded(server, auth, escaped):
+    """A model name is the client's word, kept in the trace, its rollups and a stored response: a
+    NUL in it went to the provider, and on PostgreSQL the request's trace was refused (the answer
+    billed by the provider, no record) and a stored response lost. No model's name has either."""
     body = '{"model": "%s%s", "messages": [{"role": "user", "content": "hi"}]}' % (PASSED, escaped)
-    status, headers, _ = post(server, "/v1/chat/completions", body, auth)
-    assert status == 200
-    assert traced(server, headers["x-stockyard-trace-id"])["model"] == PASSED + "?"
+    status, headers, answer = post(server, "/v1/chat/completions", body, auth)
+    assert status == 400 and answer["error"]["param"] == "model" and answer["error"]["code"] == "invalid_model"
+    assert traced(server, headers["x-stockyard-trace-id"])["status"] == 400
 
 
 def test_a_raw_nul_in_a_stored_body_is_recorded_and_its_words_found(server, auth):
@@ -78,3 +78,36 @@ def test_a_raw_nul_in_a_stored_body_is_recorded_and_its_words_found(server, auth
     for word in ("nulword", "afterword"):
         status, found = api(server, "GET", f"/api/traces?q={word}")
         assert status == 200 and [t["id"] for t in found["data"]] == [headers["x-stockyard-trace-id"]], found
+
+
+def conversation(server: ServerProcess, auth: dict) -> str:
+    status, _, made = post(server, "/v1/conversations", '{"items": [{"role": "user", "content": "first"}]}', auth)
+    assert status == 200, made
+    return made["id"]
+
+
+@pytest.mark.parametrize("escaped", ESCAPES)
+def test_an_item_id_the_client_chose_no_row_can_hold_is_a_400_naming_it(server, auth, escaped):
+    """A conversation keeps each item under its id: an id with a NUL was a 500 with a traceback on
+    PostgreSQL (creating the conversation or adding to it), and a Responses turn joining one with
+    such an input id was answered while its turn was silently left out of the conversation."""
+    conv = conversation(server, auth)
+    item = '{"type": "message", "id": "msg_%s", "role": "user", "content": "hi"}' % escaped
+    for path, body, param in (
+        ("/v1/conversations", '{"items": [%s]}' % item, "items[0].id"),
+        (f"/v1/conversations/{conv}/items", '{"items": [{"role": "user", "content": "ok"}, %s]}' % item, "items[1].id"),
+        ("/v1/responses", '{"model": "%s", "conversation": "%s", "input": [%s]}' % (PASSED, conv, item), "input[0].id"),
+    ):
+        status, _, answer = post(server, path, body, auth)
+        assert status == 400 and answer["error"]["param"] == param, (path, answer)
+    status, _, raw = server.request("GET", f"/v1/conversations/{conv}/items?order=asc", headers=auth)
+    assert status == 200 and [i["content"][0]["text"] for i in json.loads(raw)["data"]] == ["first"]
+
+
+def test_a_page_after_an_id_no_row_can_hold_is_the_unknown_ids_400(server, auth):
+    """``after`` names an item to page from: one with a NUL was a 500 on PostgreSQL; it is unknown."""
+    conv = conversation(server, auth)
+    for after in ("msg_%00", "%00"):
+        status, _, raw = server.request("GET", f"/v1/conversations/{conv}/items?after={after}", headers=auth)
+        answer = json.loads(raw)
+        assert status == 400 and answer["error"]["param"] == "after", answer
