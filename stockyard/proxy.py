@@ -49,8 +49,8 @@ from .providers.chatshape import DROPPED_HEADER, note
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
-from .streamrelay import Stream, StreamRelay
 from .store import storable
+from .streamrelay import Stream, StreamRelay
 from .tracing import Tracer
 from .upstream import SHUTDOWN_CODE, Cancel, Pool, UpstreamError, UpstreamResponse
 
@@ -137,9 +137,8 @@ def checked_model_name(model: str) -> str:
             400, f"'model' is longer than {MODEL_NAME_MAX} characters", param="model", code="invalid_model"
         )
     if not storable(model):
-        raise ProxyError(
-            400, "'model' holds a NUL or a lone UTF-16 surrogate, which no model name has", param="model", code="invalid_model"
-        )
+        message = "'model' holds a NUL or a lone UTF-16 surrogate, which no model name has"
+        raise ProxyError(400, message, param="model", code="invalid_model")
     return model
 
 

@@ -50,7 +50,8 @@ def test_a_refusal_quoting_the_clients_id_is_recorded_and_the_writer_goes_on(ser
     assert status == 404 and answer["error"]["param"] == "previous_response_id", answer
     refused = traced(server, headers["x-stockyard-trace-id"])
     assert refused["status"] == 404 and "resp_" in refused["error_message"]
-    status, headers, _ = post(server, "/v1/chat/completions", json.dumps({"model": PASSED, "messages": [{"role": "user", "content": "hi"}]}), auth)
+    chat = json.dumps({"model": PASSED, "messages": [{"role": "user", "content": "hi"}]})
+    status, headers, _ = post(server, "/v1/chat/completions", chat, auth)
     assert status == 200
     assert traced(server, headers["x-stockyard-trace-id"])["status"] == 200
     assert server.request("GET", "/readyz")[0] == 200
@@ -111,3 +112,25 @@ def test_a_page_after_an_id_no_row_can_hold_is_the_unknown_ids_400(server, auth)
         status, _, raw = server.request("GET", f"/v1/conversations/{conv}/items?after={after}", headers=auth)
         answer = json.loads(raw)
         assert status == 400 and answer["error"]["param"] == "after", answer
+
+
+@pytest.mark.parametrize("escaped", ESCAPES)
+def test_a_price_for_a_model_name_no_model_has_is_a_400(server, escaped):
+    """Admin only, still no 500: ``POST /api/prices`` with a NUL or a lone surrogate in the model."""
+    body = '{"model": "m%s", "input": "1", "output": "1"}' % escaped
+    status, _, answer = post(server, "/api/prices", body, {"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert status == 400 and answer["error"]["param"] == "model", answer
+
+
+def test_an_admin_path_or_query_value_with_a_nul_is_unknown_or_a_400_naming_it(server):
+    """``%00`` in an admin path names nothing stored (a 404, as an unknown one), in a query filter
+    it is a 400 naming the parameter: each was a 500 with a traceback on PostgreSQL."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for method, path in (("GET", "/api/keys/k%00"), ("DELETE", "/api/prices/m%00"), ("GET", "/api/webhooks/%00")):
+        status, _, raw = server.request(method, path, headers=admin)
+        assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", (path, raw)
+    for name, value in (("model", "m%00"), ("q", "word%00"), ("user", "u%00"), ("key", "%00")):
+        status, _, raw = server.request("GET", f"/api/traces?{name}={value}", headers=admin)
+        assert status == 400 and json.loads(raw)["error"]["param"] == name, (name, raw)
+    status, _, raw = server.request("GET", "/api/costs?by=tag:%00", headers=admin)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "by", raw
