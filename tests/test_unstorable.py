@@ -134,3 +134,19 @@ def test_an_admin_path_or_query_value_with_a_nul_is_unknown_or_a_400_naming_it(s
         assert status == 400 and json.loads(raw)["error"]["param"] == name, (name, raw)
     status, _, raw = server.request("GET", "/api/costs?by=tag:%00", headers=admin)
     assert status == 400 and json.loads(raw)["error"]["param"] == "by", raw
+
+
+@pytest.mark.parametrize("escaped", ESCAPES)
+def test_conversation_metadata_with_a_nul_or_a_lone_surrogate_reads_back_the_same(server, auth, escaped):
+    """Metadata is the client's to keep (OpenAI's rule is only its size): stored as escaped JSON
+    text, which both stores hold, it reads back as it was sent."""
+    body = '{"metadata": {"k%s": "v%s"}}' % (escaped, escaped)
+    status, _, made = post(server, "/v1/conversations", body, auth)
+    assert status == 200, made
+    sent = json.loads(body)["metadata"]
+    status, _, raw = server.request("GET", f"/v1/conversations/{made['id']}", headers=auth)
+    assert status == 200 and json.loads(raw)["metadata"] == sent
+    status, _, updated = post(server, f"/v1/conversations/{made['id']}", '{"metadata": {"a": "b%s"}}' % escaped, auth)
+    assert status == 200
+    status, _, raw = server.request("GET", f"/v1/conversations/{made['id']}", headers=auth)
+    assert json.loads(raw)["metadata"] == json.loads('{"a": "b%s"}' % escaped)
