@@ -150,3 +150,16 @@ def test_conversation_metadata_with_a_nul_or_a_lone_surrogate_reads_back_the_sam
     assert status == 200
     status, _, raw = server.request("GET", f"/v1/conversations/{made['id']}", headers=auth)
     assert json.loads(raw)["metadata"] == json.loads('{"a": "b%s"}' % escaped)
+
+
+def test_an_admin_change_holding_a_lone_surrogate_is_the_400_it_is_on_sqlite(server):
+    """A module's options are kept as the admin sent them; one with a lone surrogate cannot be
+    encoded for either store: SQLite's binding raised the encoding error (the 400 every such body
+    gets), PostgreSQL's connection turned it into a database failure: a 500 with a traceback."""
+    body = '{"enabled": false, "config": {"aliases": {"a\\ud800": "gpt-4o-mini"}}}'
+    status, _, raw = server.request(
+        "PUT", "/api/modules/alias", raw=body.encode(), headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_json", raw
+    status, view = api(server, "GET", "/api/modules/alias")
+    assert status == 200 and not view["set"]

@@ -217,14 +217,6 @@ def _error(exc: BaseException) -> sqlite3.Error:
         error.sqlstate = code
         error.database_failed = code[:2] in ("08", "53", "57", "58", "XX")
         return error
-    if isinstance(exc, UnicodeEncodeError):
-        # A value with no UTF-8 form (a lone surrogate, valid in JSON), found while pg8000 encodes
-        # the parameters, before anything is sent: the statement's fault, as PostgreSQL's own
-        # refusal of a NUL is (22021), never a lost connection (the writer would hold the record
-        # and retry it for ever, failing every write meanwhile). SQLite refuses it the same way.
-        refused: Any = sqlite3.OperationalError(f"{exc} (SQLSTATE 22021)")
-        refused.sqlstate, refused.database_failed = "22021", False
-        return refused
     lost: Any = sqlite3.OperationalError(f"PostgreSQL connection failed: {exc}")
     lost.database_failed = True
     return lost
@@ -360,6 +352,13 @@ class PgConnection:
                 name, columns, input_funcs = self._prepare(statement)
                 values = self._make_params(self._conn.py_types, tuple(_value_in(v) for v in params))
                 context = self._conn.execute_named(name, values, columns, input_funcs, statement)
+        except UnicodeEncodeError:
+            # A value with no UTF-8 form (a lone surrogate, valid in JSON), found while pg8000
+            # encodes the parameters, before anything is sent: the statement's fault, raised as
+            # SQLite's binding raises it (a request's 400, ``errors.REFUSALS``; a writer job's own
+            # failure), never a lost connection (the writer would hold the record and retry it
+            # for ever, failing every write meanwhile).
+            raise
         except Exception as exc:
             raise self._failed(exc) from None
         rows: list[Row] = []
