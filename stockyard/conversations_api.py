@@ -150,20 +150,18 @@ def check_items(value: Any, param: str = "items") -> list[dict]:
                 raise invalid(f"{where}.role", f"'{where}.role' must be one of {', '.join(MESSAGE_ROLES)}")
             if not isinstance(item.get("content"), (str, list)):
                 raise invalid(f"{where}.content", f"'{where}.content' must be a string or an array", "invalid_type")
+        if "id" in item and not (isinstance(item["id"], str) and 0 < len(item["id"]) <= 200):
+            raise invalid(f"{where}.id", f"'{where}.id' must be a string of 1 to 200 characters", "invalid_type")
         check_item_id(item, where)
     return normalized(value)
 
 
 def check_item_id(item: Any, where: str) -> None:
     """An id the client chose for an item a conversation keeps (the Conversations API's ``items``,
-    a Responses turn's ``input``): a string of 1-200 characters any row can hold (a NUL or a lone
-    surrogate, valid JSON escapes, is no id: PostgreSQL could not keep it, a 500 or a lost turn)."""
-    if not isinstance(item, dict) or "id" not in item:
-        return
-    ident = item["id"]
-    if not (isinstance(ident, str) and 0 < len(ident) <= 200):
-        raise invalid(f"{where}.id", f"'{where}.id' must be a string of 1 to 200 characters", "invalid_type")
-    if not storable(ident):
+    a Responses turn's ``input``) is one any row can hold: a NUL or a lone surrogate (valid JSON
+    escapes) is no id, and PostgreSQL could not keep it (a 500, or a turn silently not appended)."""
+    ident = item.get("id") if isinstance(item, dict) else None
+    if isinstance(ident, str) and not storable(ident):
         raise invalid(f"{where}.id", f"'{where}.id' holds a NUL or a lone UTF-16 surrogate, which no item id has")
 
 
