@@ -38,7 +38,7 @@ from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
-from .conversations_api import ConversationStore, item_list, minted_here, normalized, page_params
+from .conversations_api import ConversationStore, check_item_id, item_list, minted_here, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
@@ -279,6 +279,8 @@ class Conversations:
         admissible()
         history, size = self.threads.context(found, room)
         sent = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
+        for i, item in enumerate(sent):  # the turn's items are kept under their ids once it completes
+            check_item_id(item, f"input[{i}]")
         ctx.body = {**body, "conversation": {"id": found.id}, "input": history + sent}
         ctx.body_changed = True
         conv.turn_items = normalized(sent)

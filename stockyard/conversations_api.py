@@ -152,7 +152,17 @@ def check_items(value: Any, param: str = "items") -> list[dict]:
                 raise invalid(f"{where}.content", f"'{where}.content' must be a string or an array", "invalid_type")
         if "id" in item and not (isinstance(item["id"], str) and 0 < len(item["id"]) <= 200):
             raise invalid(f"{where}.id", f"'{where}.id' must be a string of 1 to 200 characters", "invalid_type")
+        check_item_id(item, where)
     return normalized(value)
+
+
+def check_item_id(item: Any, where: str) -> None:
+    """An id the client chose for an item a conversation keeps (the Conversations API's ``items``,
+    a Responses turn's ``input``) is one any row can hold: a NUL or a lone surrogate (valid JSON
+    escapes) is no id, and PostgreSQL could not keep it (a 500, or a turn silently not appended)."""
+    ident = item.get("id") if isinstance(item, dict) else None
+    if isinstance(ident, str) and not storable(ident):
+        raise invalid(f"{where}.id", f"'{where}.id' holds a NUL or a lone UTF-16 surrogate, which no item id has")
 
 
 def check_metadata(value: Any) -> dict[str, str]:
@@ -282,7 +292,7 @@ class ConversationStore:
         conn = self._store.read()
         where, args = "conversation_id = ?", [conversation.id]
         if after is not None:
-            row = _item_row(conn, conversation.id, after, "seq")
+            row = _item_row(conn, conversation.id, after, "seq") if storable(after) else None
             if row is None:
                 raise invalid("after", f"No item found with id '{after}' in this conversation.")
             where += f" AND seq {'>' if order == 'asc' else '<'} ?"

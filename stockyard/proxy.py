@@ -49,6 +49,7 @@ from .providers.chatshape import DROPPED_HEADER, note
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
 from .scrub import Scrubber
+from .store import storable
 from .streamrelay import Stream, StreamRelay
 from .tracing import Tracer
 from .upstream import SHUTDOWN_CODE, Cancel, Pool, UpstreamError, UpstreamResponse
@@ -129,11 +130,15 @@ MODEL_NAME_MAX = 256  # characters: far above any provider's model id (traces ke
 
 def checked_model_name(model: str) -> str:
     """A model name of a sane length, else a 400: every later step (routing, key rules, the price
-    table's memo) would otherwise hold a name as long as the body allows."""
+    table's memo) would otherwise hold a name as long as the body allows. No model's name holds
+    a NUL or a lone surrogate, which no PostgreSQL row can hold (a stored response keeps it)."""
     if len(model) > MODEL_NAME_MAX:
         raise ProxyError(
             400, f"'model' is longer than {MODEL_NAME_MAX} characters", param="model", code="invalid_model"
         )
+    if not storable(model):
+        message = "'model' holds a NUL or a lone UTF-16 surrogate, which no model name has"
+        raise ProxyError(400, message, param="model", code="invalid_model")
     return model
 
 

@@ -748,3 +748,18 @@ def test_the_batch_watch_interval_setting(value, seconds, tmp_path):
 def test_a_bad_batch_watch_interval_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="STOCKYARD_BATCH_POLL"):
         load({}, {"STOCKYARD_DB": str(tmp_path / "s.db"), "STOCKYARD_BATCH_POLL": "soon"})
+
+
+def test_a_batch_whose_lines_name_a_model_with_a_nul_is_billed_and_recorded(server):
+    """A batch's lines are relayed as the client wrote them, and its usage row names the models
+    its output reports: one with a NUL (``\\u0000`` in the JSONL) made the row one PostgreSQL
+    refused, so the batch was never recorded as billed (its usage lost, tried again on every
+    look). The row keeps ``?`` for the NUL, on both stores."""
+    alice = client(server, "alice")
+    source = alice.files.create(file=("nul.jsonl", io.BytesIO(batch_input("gpt-4o-mini\x00"))), purpose="batch")
+    batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert alice.batches.retrieve(batch.id).status == "completed"
+    billed = wait_for(lambda: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (batch.id,))[0]["billed"])
+    assert billed == 1
+    models = [r["model"] for r in traces(server, "batches.usage")]
+    assert "gpt-4o-mini?" in models and not any("\x00" in (m or "") for m in models)

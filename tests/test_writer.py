@@ -182,3 +182,18 @@ def test_a_caller_waiting_for_its_commit_or_a_stop_ends_a_linger_at_once(tmp_pat
     conn, _ = db.open_and_migrate(tmp_path / "w.db")
     assert conn.execute("SELECT count(*) FROM meta WHERE key = 'queued during the linger'").fetchone()[0] == 1
     conn.close()
+
+
+def test_text_the_database_cannot_encode_fails_its_record_not_the_database(writer, database):
+    """A lone surrogate (valid JSON, ``\\ud800``) has no UTF-8 form: on PostgreSQL pg8000's encoding
+    error was taken for a lost connection, so the writer held the record and retried it every
+    second for ever, and every write meanwhile waited or failed ("the database is unreachable").
+    It is the record's fault, as on SQLite: that record fails, the writer goes on."""
+    writer.submit(put("lone \ud800"))  # a record nobody waits for, first in its batch
+    writer.call(put("after"))
+    with pytest.raises(UnicodeEncodeError):  # as SQLite raises it: a request's 400 (errors.REFUSALS)
+        writer.call(put("waited \ud800"))
+    writer.call(put("last"))
+    assert writer.healthy and writer.stats.failed_batches == 0
+    keys = {r[0] for r in Store(database).read().execute("SELECT key FROM meta")}
+    assert {"after", "last"} <= keys

@@ -22,6 +22,7 @@ from ..errors import ProxyError
 from ..httphead import bearer_token
 from ..httpio import Request, Response, check_method, json_response
 from ..operations import Operations, Refused, invalid
+from ..store import storable
 from .logins import LoginThrottle, record_failure
 
 if TYPE_CHECKING:
@@ -191,6 +192,25 @@ def find(method: str, path: str) -> tuple[Route, dict[str, str]]:
     raise ProxyError(404, f"no admin route for {method} {path}", code="not_found")
 
 
+def check_storable(params: dict[str, str], query: dict[str, str]) -> None:
+    """A decoded path or query value no stored row can hold (``%00``: PostgreSQL's text has no
+    NUL) names nothing: a path value is unknown (404, as each route answers an unknown name), a
+    query value a 400 naming its parameter. Checked once here, not by each route's lookup."""
+    for name, value in params.items():
+        if not storable(value):
+            raise ProxyError(
+                404, f"no {name} {value[:100]!r}: it holds a NUL, which no stored name has", code="not_found"
+            )
+    for name, value in query.items():
+        if not (storable(name) and storable(value)):
+            raise ProxyError(
+                400,
+                f"query parameter {name[:100]!r} holds a NUL, which no stored value has",
+                param=name[:100],
+                code="invalid_value",
+            )
+
+
 def handle(app: "App", req: Request) -> Response:
     """Entry point from the server for every ``/api/`` request."""
     cors = cors_headers(app, req)
@@ -199,6 +219,7 @@ def handle(app: "App", req: Request) -> Response:
     try:
         authenticate(app, req)
         r, params = find(req.method, req.path)
+        check_storable(params, req.query)
         result = r.handler(ApiRequest(app, req, params))
     except Refused as exc:  # a refused change, answered as the client error it is
         raise ProxyError(exc.status, exc.message, code=exc.code, param=exc.param, headers=cors) from None

@@ -14,14 +14,16 @@ from typing import Any, Mapping
 
 from ..limits import MAX_PRICE_UC
 from ..pricing import RATE_FIELDS, TOKEN_COUNTS, UNITS, Price, PriceTable, format_usd, parse_usd_per_m
+from ..store import storable
 from ..times import now_iso
 from . import Operations, invalid, not_found
 
-_MODEL = re.compile(r"^[^\s]{1,200}$")
+_MODEL = re.compile(r"^[^\s\x00]{1,200}$")  # no NUL: PostgreSQL's text has none (nor a model name)
 
 
 def check_model(model: Any) -> str:
-    if not isinstance(model, str) or not _MODEL.match(model.strip()) or model.strip().lower().startswith("sk-"):
+    bad = not isinstance(model, str) or not _MODEL.match(model.strip()) or not storable(model)
+    if bad or model.strip().lower().startswith("sk-"):
         raise invalid(
             "model must be a model name without spaces (up to 200 characters, not starting "
             "with 'sk-'), e.g. gpt-4o-mini or groq/llama-3.3-70b",

@@ -352,6 +352,13 @@ class PgConnection:
                 name, columns, input_funcs = self._prepare(statement)
                 values = self._make_params(self._conn.py_types, tuple(_value_in(v) for v in params))
                 context = self._conn.execute_named(name, values, columns, input_funcs, statement)
+        except UnicodeEncodeError:
+            # A value with no UTF-8 form (a lone surrogate, valid in JSON), found while pg8000
+            # encodes the parameters, before anything is sent: the statement's fault, raised as
+            # SQLite's binding raises it (a request's 400, ``errors.REFUSALS``; a writer job's own
+            # failure), never a lost connection (the writer would hold the record and retry it
+            # for ever, failing every write meanwhile).
+            raise
         except Exception as exc:
             raise self._failed(exc) from None
         rows: list[Row] = []

@@ -306,8 +306,9 @@ def insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
 
 
 def body_text(request: bytes | None, response: bytes | None) -> str:
-    """The text the search index keeps for a stored body: request and response, as stored."""
-    return "\n".join(b.decode("utf-8", "replace") for b in (request, response) if b)
+    """The text the search index keeps for a stored body: request and response, as stored (a raw
+    NUL byte, which PostgreSQL's text cannot hold, as a space: it separates words in both stores)."""
+    return "\n".join(b.decode("utf-8", "replace") for b in (request, response) if b).replace("\x00", " ")
 
 
 def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, response: bytes | None) -> None:
@@ -442,11 +443,23 @@ CLIENT_TEXT_CAP = 256  # bytes of a client- or provider-chosen name kept in a tr
 def cap_text(text: str | None, limit: int = CLIENT_TEXT_CAP) -> str | None:
     """``text`` cut to ``limit`` UTF-8 bytes (whole characters): a model name cannot grow the database.
 
-    A lone surrogate (valid in JSON, not storable as text) becomes ``?``.
+    Stored as :func:`clean_text` stores it.
     """
     if text is None:
         return None
-    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore").replace("\x00", "?")
+
+
+def clean_text(text: str | None) -> str | None:
+    """``text`` as both stores can hold it, the same in each: a lone surrogate (valid in JSON, no
+    UTF-8 form) and a NUL (PostgreSQL's text has none; SQLite's would show as a NUL only there)
+    become ``?``. A trace quotes the client's words (a model name, an id in an error); its row
+    must be written whatever they are, or the request goes unrecorded."""
+    if text is None:
+        return None
+    if text.isascii():
+        return text.replace("\x00", "?")
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "?")
 
 
 def trace_row_from(
@@ -501,8 +514,8 @@ def trace_row_from(
         cost_uc=a.cost_uc,
         cost_status=a.cost_status,
         upstream_request_id=cap_text(a.upstream_request_id),
-        error_type=a.error_type,
-        error_message=a.error_message,
+        error_type=clean_text(a.error_type),
+        error_message=clean_text(a.error_message),
         key_id=ctx.key_id,
         project=ctx.project,
         parent_id=parent_id,
