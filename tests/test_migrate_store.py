@@ -258,3 +258,26 @@ def test_memory_stays_flat_whatever_the_size_of_the_tables(pg_url, tmp_path):
     with sqlite3.connect(tmp_path / "back.db") as copy, sqlite3.connect(path) as original:
         digest = "SELECT count(*), sum(length(request)), max(request) FROM trace_bodies"
         assert copy.execute(digest).fetchone() == original.execute(digest).fetchone()
+
+
+def test_a_nul_an_earlier_version_kept_in_sqlite_text_moves_as_the_traces_keep_it_now(
+    source, pyz_path, env, pg_cluster, pg_url
+):
+    """Before traces kept a NUL as ``?`` (traces.clean_text, cap_text), SQLite stored the client's
+    NUL as it was: a model name, an error message quoting the client's id, their rollup, the
+    search text of a body with a raw NUL byte. PostgreSQL's text holds none, so such a file could
+    not be moved at all ("table traces could not be copied"); it moves with ``?`` in their place,
+    as the traces written now hold it (a search text's NUL as a space, as body_text gives it)."""
+    with sqlite3.connect(source.db) as conn:
+        conn.execute("UPDATE traces SET model = ?, error_message = ?", ("gpt\x00x", "no resp_\x00 here"))
+        conn.execute("UPDATE rollups_daily SET model = ? WHERE model = 'gpt-4o'", ("gpt\x00x",))
+        conn.execute("UPDATE trace_search SET body = ?", ("nulword\x00afterword",))
+    moved = run(pyz_path, "migrate-store", "--db", source.db, "--to", pg_url, env=env)
+    assert moved.returncode == 0 and "Traceback" not in moved.stderr, moved.stderr
+    admin = pg_cluster.admin(pg_url.rsplit("/", 1)[1].split("?")[0])
+    try:
+        assert {tuple(r) for r in admin.run("SELECT model, error_message FROM traces")} == {("gpt?x", "no resp_? here")}
+        assert "gpt?x" in {r[0] for r in admin.run("SELECT model FROM rollups_daily")}
+        assert {r[0] for r in admin.run("SELECT body FROM trace_search")} == {"nulword afterword"}
+    finally:
+        admin.close()

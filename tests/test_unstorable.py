@@ -163,3 +163,19 @@ def test_an_admin_change_holding_a_lone_surrogate_is_the_400_it_is_on_sqlite(ser
     assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_json", raw
     status, view = api(server, "GET", "/api/modules/alias")
     assert status == 200 and not view["set"]
+
+
+@pytest.mark.parametrize("escaped", ESCAPES)
+def test_a_routed_model_named_with_a_nul_or_a_lone_surrogate_is_a_400_naming_its_field(server, escaped):
+    """``POST /api/models`` and a deployment's ``model``: the model-name check let a NUL through
+    (its pattern refused only spaces and '/'), and PostgreSQL refused the row: a 500 with a
+    traceback. A lone surrogate was the body's generic 400, naming no field. No model's name
+    has either, and a request naming one is refused (proxy.checked_model_name)."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for path, body, param in (
+        ("/api/models", '{"name": "m%s"}' % escaped, "name"),
+        ("/api/models", '{"name": "routed", "context_fallback": "c%s"}' % escaped, "context_fallback"),
+        ("/api/models/routed/deployments", '{"name": "d1", "provider": "openai", "model": "u%s"}' % escaped, "model"),
+    ):
+        status, _, answer = post(server, path, body, admin)
+        assert status == 400 and answer["error"]["param"] == param, (path, answer)

@@ -19,14 +19,16 @@ from typing import Any, Mapping, Sequence
 from .. import vault
 from ..deployments import STRATEGIES, Deployment, ModelRoute
 from ..providers import ENV_SPECS, Registry, from_env
+from ..store import storable
 from ..times import now_iso
 from . import Operations, Refused, conflict, invalid
 from .providers import NAME, _no_secret, _vault_and_audit_refusals, _vault_for, check_key
 
 log = logging.getLogger("stockyard.models")
 
-_MODEL = re.compile(r"^[^\s/]{1,200}$")  # a model clients name (no "/": that names a provider)
-_TARGET = re.compile(r"^[^\s]{1,200}$")  # a model a request may go to: a name or provider/model
+# No NUL in either (PostgreSQL's text has none, nor has a model's name; a request naming one is refused).
+_MODEL = re.compile(r"^[^\s/\x00]{1,200}$")  # a model clients name (no "/": that names a provider)
+_TARGET = re.compile(r"^[^\s\x00]{1,200}$")  # a model a request may go to: a name or provider/model
 MAX_FALLBACKS = 20
 MAX_LIMIT = 1_000_000_000
 DEPLOYMENT_FIELDS = ("name", "provider", "model", "weight", "priority", "rpm", "tpm", "api_key")
@@ -39,7 +41,8 @@ _UNSET: Any = object()
 
 
 def check_model_name(name: Any, param: str = "name", target: bool = False) -> str:
-    if not isinstance(name, str) or not (_TARGET if target else _MODEL).match(name) or name.lower().startswith("sk-"):
+    pattern = _TARGET if target else _MODEL
+    if not isinstance(name, str) or not pattern.match(name) or not storable(name) or name.lower().startswith("sk-"):
         shape = "provider/model or a model name" if target else "a model name without '/'"
         raise invalid(
             f"model {name!r} is not valid: {shape} of up to 200 characters without spaces, e.g. gpt-4o",

@@ -39,6 +39,11 @@ PROGRESS_EVERY = 50_000
 # settlement steps matter only to the replicas that made them (SQLite has no such tables since
 # migration 0014; budget_settled, 0015, is PostgreSQL's alone).
 SKIP = ("schema_migrations", "budget_ledger", "budget_leases", "rate_buckets", "budget_settled")
+# A NUL an earlier version kept in SQLite text (a trace's model or error message, their rollup, a
+# body's search text: stored raw before traces.clean_text) has no place in PostgreSQL's text; it
+# goes in as the traces written now hold it. The audit log is hashed: it is copied exactly or not at all.
+NUL_AS = {"trace_search": " "}  # a search text's NUL separates words (traces.body_text); elsewhere "?"
+EXACT = ("audit_log",)
 LAST = ("cache_stats",)  # counted by triggers on cache_entries: copied after it, over what they counted
 
 
@@ -136,8 +141,22 @@ def _read_postgres(conn: Any, table: Table) -> Iterator[list[tuple]]:
         conn.execute(f"CLOSE {cursor}")
 
 
+def _without_nul(table: Table, rows: list[tuple]) -> list[tuple]:
+    """``rows`` with a NUL in any text as :data:`NUL_AS` says (the audit log's as they are)."""
+    if table.name in EXACT:
+        return rows
+    sub = NUL_AS.get(table.name, "?")
+    return [
+        tuple(v.replace("\x00", sub) if isinstance(v, str) else v for v in row)
+        if any(isinstance(v, str) and "\x00" in v for v in row)
+        else row
+        for row in rows
+    ]
+
+
 def _write_postgres(conn: Any, table: Table, rows: list[tuple]) -> None:
     """Multi-row INSERTs; OVERRIDING SYSTEM VALUE keeps the ids (client_keys.rowid is GENERATED ALWAYS)."""
+    rows = _without_nul(table, rows)
     per = max(1, min(len(rows), PARAMS_MAX // len(table.columns)))
     head = f"INSERT INTO {_quote(table.name)} ({', '.join(map(_quote, table.columns))}) OVERRIDING SYSTEM VALUE VALUES "
     one = "(" + ", ".join("?" for _ in table.columns) + ")"
