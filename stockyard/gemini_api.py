@@ -140,7 +140,7 @@ def page_size(query: dict[str, list[str]]) -> int:
 def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response:
     """``GET …/models`` (paged) and ``GET …/models/{model}``: the models this key may use that
     route to a Gemini provider, as Gemini ``Model`` objects."""
-    from .models import listed_models
+    from .models import display_name, listed_models
 
     registry = app.registry()
     match = MODELS_PATH.fullmatch(path)
@@ -150,13 +150,12 @@ def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response
         if key is not None:
             check_model(key, model, registry.routes_to)
         try:
-            provider, _ = registry.resolve(model)
+            provider, upstream = registry.resolve(model)
         except ProxyError:
             provider = None
         if provider is None or provider.kind != "gemini":
             raise ProxyError(404, f"model {model!r} is not served by a Gemini provider here", code="not_found")
-        named = next((m.display_name for m in listed_models(app, key) if m.id == model), None)
-        return json_response(model_entry(model, provider.name, named))
+        return json_response(model_entry(model, provider.name, display_name(app, provider, upstream)))
     kinds = {p.name: p.kind for p in registry.providers}
     entries = [
         model_entry(m.id, m.owned_by, m.display_name)

@@ -143,6 +143,14 @@ def _listing(app: "App", provider: Provider) -> Listing:
     return listing
 
 
+def display_name(app: "App", provider: Provider, name: str) -> str | None:
+    """The display name ``provider``'s listing gave its model ``name``, if it has answered (never
+    waits for it: one model's answer is not held up by a listing)."""
+    listing = _listing(app, provider)
+    with _lock:
+        return listing.names.get(name)
+
+
 def known_models(app: "App", registry: Registry, provider: Provider) -> list[str]:
     """Models the price table knows for ``provider``: the fallback for one that never answered."""
     names = []
