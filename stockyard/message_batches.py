@@ -55,7 +55,7 @@ from .limits import check_request_numbers
 from .providers import Provider
 from .providers.anthropic import auth_headers, base_path
 from .providers.anthropic import headers as anthropic_headers
-from .proxy import Reply, RequestPath
+from .proxy import Reply, RequestPath, checked_model_name
 
 PATH = re.compile(r"^/v1/messages/batches(?:/([A-Za-z0-9_-]{1,200})(/cancel|/results)?)?$")
 KIND = "message_batch"  # in owned_objects
@@ -244,6 +244,10 @@ class MessageBatches(ProviderCalls):
         model = params.get("model")
         if not isinstance(model, str) or not model.strip():
             raise invalid(f"requests.{i}.params.model: is required and must be a non-empty string")
+        try:
+            checked_model_name(model)  # as /v1/messages checks it
+        except ProxyError as exc:
+            raise invalid(f"requests.{i}.params.model: {exc.message}", exc.code or "invalid_model") from None
         if "max_tokens" not in params or params["max_tokens"] is None:
             raise invalid(f"requests.{i}.params.max_tokens: is required")
         return params

@@ -476,6 +476,9 @@ def test_a_model_without_a_price_under_a_budget_is_refused(server, mock):
         ({"requests": ["no"]}, "requests.0"),
         ({"requests": [{"custom_id": "a", "params": {"model": PLAIN, "max_tokens": -1}}]}, "max_tokens"),
         ({"requests": [{}] * 100_001}, "at most 100,000"),
+        # a model name as /v1/messages checks it (proxy.checked_model_name): no NUL, at most 256 characters
+        ({"requests": [{"custom_id": "a", "params": {"model": PLAIN + "\u0000", "max_tokens": 5}}]}, "params.model"),
+        ({"requests": [{"custom_id": "a", "params": {"model": "c" * 300, "max_tokens": 5}}]}, "params.model"),
     ],
 )
 def test_bad_bodies_are_400_in_anthropics_shape(server, mock, body, says):
