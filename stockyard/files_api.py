@@ -275,7 +275,8 @@ class Ownership:
                 raise not_found("file", file_id, "file_id")
 
     def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
-        """Which of ``ids`` at ``provider`` belong to ``owner``."""
+        """Which of ``ids`` at ``provider`` belong to ``owner`` (one no row can hold is no one's)."""
+        ids = [i for i in ids if storable(i)]
         if not ids:
             return set()
         marks = ", ".join("?" * len(ids))
@@ -286,7 +287,8 @@ class Ownership:
         return {r["id"] for r in rows}
 
     def taken(self, ids: list[str]) -> set[str]:
-        """Which of ``ids`` someone owns already (any key, any kind)."""
+        """Which of ``ids`` someone owns already (any key, any kind; one no row can hold: no one)."""
+        ids = [i for i in ids if storable(i)]
         if not ids:
             return set()
         marks = ", ".join("?" * len(ids))
@@ -564,7 +566,7 @@ class ProviderCalls:
             found = []
         ctx.attempt.response_body.clear()  # the provider's list holds other keys' batches: not this trace's
         taken = self.ownership.taken([doc["id"] for doc in found])
-        free = [doc for doc in found if doc["id"] not in taken]
+        free = [doc for doc in found if doc["id"] not in taken and storable(doc["id"])]  # one a row can hold
         if len(free) == 1 and self.ownership.claim(free[0]["id"], kind, owner_of(ctx), provider.name, hold):
             doc = free[0]
             log.warning(

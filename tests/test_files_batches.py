@@ -114,6 +114,24 @@ def test_lists_show_none_of_the_providers_objects_that_no_key_made(server):
     assert client(server, "bob").batches.list().data == []
 
 
+def test_a_provider_id_no_stored_row_can_hold_is_listed_as_no_keys(server):
+    """A provider's listing naming an id with a NUL (an OpenAI-compatible server may answer
+    anything): on PostgreSQL asking whose it was failed (a 500); no key made it, so it is not listed."""
+    with FILES.lock:
+        made = FILES.add_file("odd.jsonl", "batch", b"{}\n")
+        odd = made["id"] + "\u0000"
+        FILES.files[odd], FILES.contents[odd] = (
+            {**FILES.files.pop(made["id"]), "id": odd},
+            FILES.contents.pop(made["id"]),
+        )
+    try:
+        assert client(server, "bob").files.list().data == []
+    finally:
+        with FILES.lock:
+            FILES.files.pop(odd, None), FILES.contents.pop(odd, None)
+    assert "Traceback" not in server.log
+
+
 def test_a_key_without_an_openai_kind_provider_in_its_allow_list_is_refused(server):
     with pytest.raises(PermissionDeniedError):
         client(server, "claude-only").files.list()
