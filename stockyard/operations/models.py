@@ -26,9 +26,8 @@ from .providers import NAME, _no_secret, _vault_and_audit_refusals, _vault_for, 
 
 log = logging.getLogger("stockyard.models")
 
-# No NUL in either (PostgreSQL's text has none, nor has a model's name; a request naming one is refused).
-_MODEL = re.compile(r"^[^\s/\x00]{1,200}$")  # a model clients name (no "/": that names a provider)
-_TARGET = re.compile(r"^[^\s\x00]{1,200}$")  # a model a request may go to: a name or provider/model
+_MODEL = re.compile(r"^[^\s/]{1,200}$")  # a model clients name (no "/": that names a provider)
+_TARGET = re.compile(r"^[^\s]{1,200}$")  # a model a request may go to: a name or provider/model
 MAX_FALLBACKS = 20
 MAX_LIMIT = 1_000_000_000
 DEPLOYMENT_FIELDS = ("name", "provider", "model", "weight", "priority", "rpm", "tpm", "api_key")
@@ -42,6 +41,7 @@ _UNSET: Any = object()
 
 def check_model_name(name: Any, param: str = "name", target: bool = False) -> str:
     pattern = _TARGET if target else _MODEL
+    # storable: no NUL or lone surrogate (PostgreSQL's text has none, nor has a model's name)
     if not isinstance(name, str) or not pattern.match(name) or not storable(name) or name.lower().startswith("sk-"):
         shape = "provider/model or a model name" if target else "a model name without '/'"
         raise invalid(

@@ -18,10 +18,11 @@ from ..store import storable
 from ..times import now_iso
 from . import Operations, invalid, not_found
 
-_MODEL = re.compile(r"^[^\s\x00]{1,200}$")  # no NUL: PostgreSQL's text has none (nor a model name)
+_MODEL = re.compile(r"^[^\s]{1,200}$")
 
 
 def check_model(model: Any) -> str:
+    # storable: no NUL or lone surrogate (PostgreSQL's text has none, nor has a model's name)
     bad = not isinstance(model, str) or not _MODEL.match(model.strip()) or not storable(model)
     if bad or model.strip().lower().startswith("sk-"):
         raise invalid(
