@@ -271,6 +271,19 @@ def test_modules_load_from_the_bundled_bytecode(pyz_path: Path, tmp_path: Path) 
     assert module_file.startswith(str(pyz_path)) and code_file == "stockyard/times.py"
 
 
+def test_a_command_loads_its_own_module_only(pyz_path: Path, tmp_path: Path) -> None:
+    """`stockyard keys list` imports the keys command, not the server, the TOML configuration or the
+    backup (every CLI run paid for all of them: ~0.15 s of a 0.45 s command here)."""
+    check = f"import sys; sys.path.insert(0, {str(pyz_path)!r}); from stockyard.cli import main; "
+    check += "code = main(['keys', 'list', '--db', 'nowhere.db']); "
+    check += "print(code, *sorted(m for m in sys.modules if m.startswith('stockyard.cli.')), "
+    check += "*(m for m in ('stockyard.server', 'stockyard.configfile', 'stockyard.backup') if m in sys.modules))"
+    done = run(sys.executable, ["-c", check], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "stockyard.cli.common", "stockyard.cli.keys"]
+    assert "no database at" in done.stderr
+
+
 def test_server_with_environment_keys_does_not_load_cryptography(pyz_path: Path, tmp_path: Path) -> None:
     """cryptography (~7 MiB resident) is loaded only to encrypt or decrypt: a server whose provider
     keys come from the environment answers without it mapped."""

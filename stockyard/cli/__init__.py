@@ -7,6 +7,7 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sqlite3
 import sys
 
@@ -15,52 +16,32 @@ from ..operations import Refused
 from ..store.db import SchemaError
 from ..store.lock import DatabaseBusy
 from ..vault import VaultError
-from . import (
-    audit,
-    backup,
-    common,
-    config,
-    costs,
-    doctor,
-    export,
-    keys,
-    migrate,
-    migrate_store,
-    models,
-    modules,
-    prices,
-    projects,
-    providers,
-    reload,
-    restore,
-    serve,
-    traces,
-    version,
-    webhooks,
-)
+from . import common
 
-# Each module has register(subparsers); order here is the order in --help.
+# One module per command, each with register(subparsers); the command is the module's name with
+# "-" for "_", and this order is the order in --help. A command imports only its own module (and
+# what that needs): `stockyard keys list` does not load the server, the backup or the TOML config.
 COMMANDS = [
-    serve,
-    traces,
-    costs,
-    export,
-    webhooks,
-    keys,
-    projects,
-    prices,
-    providers,
-    models,
-    modules,
-    config,
-    audit,
-    backup,
-    restore,
-    migrate,
-    migrate_store,
-    reload,
-    doctor,
-    version,
+    "serve",
+    "traces",
+    "costs",
+    "export",
+    "webhooks",
+    "keys",
+    "projects",
+    "prices",
+    "providers",
+    "models",
+    "modules",
+    "config",
+    "audit",
+    "backup",
+    "restore",
+    "migrate",
+    "migrate_store",
+    "reload",
+    "doctor",
+    "version",
 ]
 
 EPILOG = """\
@@ -83,7 +64,9 @@ examples:
 Run `stockyard COMMAND --help` for a command's options."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or for ``command`` alone when it names one."""
+    modules = [m for m in COMMANDS if m.replace("_", "-") == command] or COMMANDS
     parser = argparse.ArgumentParser(
         prog="stockyard",
         description="Stockyard: a self-hosted LLM proxy with traces, costs, budgets and an audit "
@@ -92,13 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for module in COMMANDS:
-        module.register(sub)
+    for name in modules:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
