@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+import clirun  # noqa: E402
 from mock_upstream import MockUpstream  # noqa: E402
 
 OPENAI_KEY = "sk-test-openai-0123456789abcdefSECRET"
@@ -283,14 +284,7 @@ class ServerProcess:
         return rows[0]
 
     def cli(self, *args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(self.pyz), *args, "--db", database_arg(self.db)],
-            env={**self.env, **(env or {})},
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return clirun.run(self.pyz, [*args, "--db", database_arg(self.db)], {**self.env, **(env or {})}, input)
 
     def create_keys(self, specs: dict[str, list[str]]) -> dict[str, str]:
         """``keys create --name NAME *ARGS`` for each of ``specs``: each key's secret by name."""

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import clirun
 import pytest
 from conftest import ServerProcess, base_env, mock_env, wait_for
 from ops_helpers import Load, assert_same_content, integrity, open_plain, verify_audit
@@ -48,9 +49,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def run(pyz, *args, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(pyz), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return clirun.run(pyz, list(map(str, args)), env, timeout=timeout)
 
 
 def trace_count(path) -> int:

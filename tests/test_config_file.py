@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import clirun
 import pytest
 from conftest import ServerProcess, base_env, wait_for
 
@@ -60,9 +61,7 @@ def env(cache_home):
 
 
 def cli(pyz: Path, db: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(pyz), *args, "--db", str(db)], env=env, capture_output=True, text=True, timeout=60
-    )
+    return clirun.run(pyz, [*args, "--db", str(db)], env)
 
 
 def write(tmp_path: Path, text: str, name: str = "stockyard.toml") -> Path:

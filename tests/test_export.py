@@ -11,6 +11,7 @@ import sys
 import time
 import tracemalloc
 
+import clirun
 import duckdb  # requirements-test.txt; never in the pyz
 import duckdb_extension_sqlite_scanner
 import pytest
@@ -40,13 +41,7 @@ def database(tmp_path_factory) -> pathlib.Path:
 
 
 def cli(pyz_path, cache_home, path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(pyz_path), "export", "traces", "--db", str(path), *args],
-        env=base_env(cache_home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return clirun.run(pyz_path, ["export", "traces", "--db", str(path), *args], base_env(cache_home))
 
 
 def iso(ms: int) -> str:

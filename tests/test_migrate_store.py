@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tracemalloc
 
+import clirun
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from ops_helpers import Load, columns, integrity, table_rows
@@ -29,9 +30,7 @@ def env(cache_home, mock):
 
 
 def run(pyz, *args, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(pyz), *map(str, args)], env=env, capture_output=True, text=True, timeout=120
-    )
+    return clirun.run(pyz, list(map(str, args)), env, timeout=120)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 
+import clirun
 import pytest
 from conftest import base_env, wait_for
 
@@ -25,9 +26,7 @@ def env(cache_home) -> dict[str, str]:
 
 
 def cli(pyz_path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(pyz_path), *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return clirun.run(pyz_path, list(args), env, timeout=120)
 
 
 def audit_actions(backend: PostgresBackend) -> list[str]:

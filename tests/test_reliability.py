@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import clirun
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import Reply
@@ -226,14 +227,7 @@ def test_a_second_server_on_the_same_database_refuses_to_start(pyz_path, cache_h
 
 def run_cli(pyz_path, cache_home, db, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": "fresh-install-secret-0123456789"}
-    return subprocess.run(
-        [sys.executable, str(pyz_path), *args, "--db", str(db)],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return clirun.run(pyz_path, [*args, "--db", str(db)], env, input)
 
 
 # Every command that changes configuration: (arguments, stdin, whether it succeeds on an empty database).

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import clirun
 import pytest
 from conftest import base_env
 from ops_helpers import (
@@ -74,9 +75,7 @@ def build_at(path: Path, version: int) -> dict[str, list[tuple]]:
 
 def pyz(pyz_path: Path, cache_home: Path, *args) -> subprocess.CompletedProcess:
     env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": SECRET}
-    return subprocess.run(
-        [sys.executable, str(pyz_path), *map(str, args)], env=env, capture_output=True, text=True, timeout=60
-    )
+    return clirun.run(pyz_path, list(map(str, args)), env)
 
 
 def assert_rows_survive(
