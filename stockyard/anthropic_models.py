@@ -12,7 +12,7 @@ shape. The models, their ids and the key check are the OpenAI listing's (``model
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 from urllib.parse import parse_qs, unquote
 
 from .errors import ProxyError
@@ -46,6 +46,19 @@ def model_info(model: Listed) -> dict:
     }
 
 
+def resolved(listed: Iterable[Listed], wanted: str) -> Listed | None:
+    """The listed model ``wanted`` names: the one with that id, else, as Anthropic resolves an alias
+    (``claude-sonnet-4-5``), the newest dated snapshot of it listed (``claude-sonnet-4-5-20250929``)."""
+    snapshots = []
+    for model in listed:
+        if model.id == wanted:
+            return model
+        date = model.id.removeprefix(wanted + "-")
+        if date != model.id and len(date) == 8 and date.isascii() and date.isdigit():
+            snapshots.append(model)
+    return max(snapshots, key=lambda m: m.id, default=None)
+
+
 def rfc3339(epoch: int) -> str:
     """Unix seconds as RFC 3339 UTC (``1970-01-01T00:00:00Z`` for 0, the listing's "not known")."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
@@ -56,10 +69,10 @@ def models(app: "App", path: str, query: str, key: KeyRecord | None) -> Response
     use it or no provider lists it)."""
     if path != LIST_PATH:
         wanted = unquote(path.removeprefix(MODEL_PREFIX))
-        for model in listed_models(app, key):
-            if model.id == wanted:
-                return json_response(model_info(model))
-        raise not_found(wanted)
+        found = resolved(listed_models(app, key), wanted)
+        if found is None:
+            raise not_found(wanted)
+        return json_response(model_info(found))
     params = parse_qs(query, keep_blank_values=True)
     limit, active = page_limit(params), wants_active(params)  # refused before the listing is read
     listed = [model_info(m) for m in listed_models(app, key)] if active else []

@@ -563,13 +563,18 @@ def anthropic_display_name(model: str) -> str:
     return f"Mock {model.upper()}"
 
 
+# Anthropic lists dated snapshots; a client may name one by its alias (`claude-sonnet-4-5`).
+ANTHROPIC_SNAPSHOTS = ("claude-sonnet-4-5-20250514", "claude-sonnet-4-5-20250929")
+
+
 def anthropic_models() -> dict:
     """The `GET /v1/models` list as Anthropic's Models API answers it (one page holding every model)."""
+    ids = [*MODEL_IDS, *ANTHROPIC_SNAPSHOTS]
     data = [
         {"type": "model", "id": mid, "display_name": anthropic_display_name(mid), "created_at": "2023-11-14T22:13:20Z"}
-        for mid in MODEL_IDS
+        for mid in ids
     ]
-    return {"data": data, "has_more": False, "first_id": MODEL_IDS[0], "last_id": MODEL_IDS[-1]}
+    return {"data": data, "has_more": False, "first_id": ids[0], "last_id": ids[-1]}
 
 
 # --------------------------------------------------------------------------- OpenAI media (audio, images, moderations)

@@ -24,6 +24,8 @@ EVERY = [
     "anthropic/gpt-4o-mini",
     "anthropic/gpt-4o",
     "anthropic/text-embedding-3-small",
+    "claude-sonnet-4-5-20250514",
+    "claude-sonnet-4-5-20250929",
 ]
 
 
@@ -99,7 +101,7 @@ def test_auto_pagination_visits_every_model_once_both_ways(server):
     assert (first.has_more, first.first_id, first.last_id) == (True, EVERY[0], EVERY[3])
     rest = client.models.list(limit=4, after_id=EVERY[3])
     assert ([m.id for m in rest.data], rest.has_more) == (EVERY[4:], False)
-    before = client.models.list(limit=2, before_id=EVERY[-1])
+    before = client.models.list(limit=2, before_id=EVERY[5])
     assert ([m.id for m in before.data], before.has_more) == (EVERY[3:5], True)
     backwards = [[m.id for m in page.data] for page in before.iter_pages()]
     assert backwards == [EVERY[3:5], EVERY[1:3], EVERY[:1]], "before_id pages walk back to the start"
@@ -123,9 +125,23 @@ def test_retrieve_one_model_and_an_unknown_one_is_not_found(server):
     assert "claude-nonexistent-9" in missing.value.body["error"]["message"]
 
 
+def test_retrieve_resolves_an_alias_to_its_newest_snapshot_as_anthropic_does(server):
+    """Anthropic's ``GET /v1/models/{id}`` takes an alias (``claude-sonnet-4-5``) and answers the
+    newest dated snapshot listed; a prefix that is not a whole name is no alias."""
+    client = claude(server)
+    assert client.models.retrieve("claude-sonnet-4-5").id == "claude-sonnet-4-5-20250929"
+    assert client.models.retrieve("claude-sonnet-4-5-20250514").id == "claude-sonnet-4-5-20250514"
+    for not_an_alias in ("claude-sonnet-4", "claude-sonnet-4-5-2025", "claude-sonnet", "sonnet-4-5"):
+        with pytest.raises(anthropic.NotFoundError):
+            client.models.retrieve(not_an_alias)
+    other = make_key(server, "gpt-4o-only", ["gpt-4o"])
+    with pytest.raises(anthropic.NotFoundError):  # a key limited to other models resolves no alias to them
+        claude(server, other).models.retrieve("claude-sonnet-4-5")
+
+
 def test_a_restricted_key_sees_only_its_models(server):
     client = claude(server, "some")
-    wanted = ["gpt-4o", "anthropic/gpt-4o-mini", "anthropic/gpt-4o", "anthropic/text-embedding-3-small"]
+    wanted = ["gpt-4o", *(m for m in EVERY if m.startswith(("anthropic/", "claude-")))]
     assert [m.id for m in client.models.list(limit=3)] == openai_ids(server, "some") == wanted
     assert client.models.retrieve("anthropic/gpt-4o").id == "anthropic/gpt-4o"
     with pytest.raises(anthropic.NotFoundError):

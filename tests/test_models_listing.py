@@ -105,6 +105,8 @@ def test_keys_required_means_the_listing_needs_a_key_and_shows_only_allowed_mode
         "anthropic/gpt-4o-mini",
         "anthropic/gpt-4o",
         "anthropic/text-embedding-3-small",
+        "claude-sonnet-4-5-20250514",
+        "claude-sonnet-4-5-20250929",
     }
     status, body = server_admin(server, "POST", "/api/keys", {"name": "everything"})
     assert len(ids(server, body["key"])) > 10
