@@ -38,11 +38,18 @@ from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
-from .conversations_api import ConversationStore, check_item_id, item_list, minted_here, normalized, page_params
+from .conversations_api import (
+    ConversationStore,
+    check_item_id,
+    item_list,
+    minted_here,
+    normalized,
+    page_params,
+)
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
-from .httpio import Request, Response, check_method, json_response
+from .httpio import Request, Response, check_method, json_bytes, json_response
 from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
@@ -143,7 +150,7 @@ def kept_history_tokens(row: StoredResponse) -> int:
 
 
 def _pack(value: Any) -> bytes | None:
-    return None if value is None else zlib.compress(json.dumps(value, ensure_ascii=False).encode(), 3)
+    return None if value is None else zlib.compress(json_bytes(value), 3)
 
 
 def _unpack(data: bytes | None) -> Any:

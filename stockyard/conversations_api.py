@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ProxyError
-from .httpio import Request, Response, check_method, json_response
+from .httpio import Request, Response, check_method, json_bytes, json_response
 from .store import Store, storable
 
 PATH = re.compile(r"^/v1/conversations(?:/([A-Za-z0-9_-]{1,200})(/items(?:/([A-Za-z0-9_-]{1,200}))?)?)?$")
@@ -207,7 +207,7 @@ def item_list(page: list[dict], has_more: bool) -> dict:
 
 
 def _pack(item: dict) -> tuple[bytes, int]:
-    data = json.dumps(item, ensure_ascii=False).encode()
+    data = json_bytes(item)
     return zlib.compress(data, 3), len(data)
 
 

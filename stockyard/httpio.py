@@ -134,6 +134,16 @@ class Response:
     stream: Generator[bytes, None, None] | None = None
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as UTF-8 JSON, its text as it is, or escaped where it holds a lone UTF-16 surrogate
+    (a valid JSON escape that no UTF-8 holds: a client may send one, a provider answer one) — for
+    what Stockyard keeps or passes on as it came; a parser reads either form back the same."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value).encode()
+
+
 def json_response(
     payload: Any, status: int = 200, headers: dict[str, str] | None = None, *, ensure_ascii: bool = True
 ) -> Response:

@@ -193,7 +193,7 @@ def test_completions_embeddings_models(mock: MockUpstream) -> None:
         "display_name": "Mock GPT-4O-MINI",
         "created_at": "2023-11-14T22:13:20Z",
     }
-    assert (listed["has_more"], listed["last_id"]) == (False, "text-embedding-3-small")
+    assert (listed["has_more"], listed["last_id"]) == (False, "claude-sonnet-4-5-20250929")  # dated snapshots last
 
 
 # --------------------------------------------------------------------------- scripting

@@ -10,6 +10,7 @@ import json
 
 import pytest
 from conftest import ServerProcess, wait_for
+from mock_upstream import Reply, responses_object
 from module_helpers import ADMIN_KEY, api, client_key, start_server
 
 PASSED = "gpt-4o-mini"
@@ -179,3 +180,42 @@ def test_a_routed_model_named_with_a_nul_or_a_lone_surrogate_is_a_400_naming_its
     ):
         status, _, answer = post(server, path, body, admin)
         assert status == 400 and answer["error"]["param"] == param, (path, answer)
+
+
+def test_a_providers_lone_surrogate_joins_the_conversation_as_answered(server, auth, mock):
+    """A provider may answer a lone surrogate (a valid JSON escape, say a model's half of an emoji): a
+    pass-through turn's output items joining its conversation were packed as strict UTF-8, so the
+    turn was not appended (a traceback in the log; the next turn read a conversation without it).
+    Kept as answered now, on both stores."""
+    status, _, conversation = post(server, "/v1/conversations", "{}", auth)
+    assert status == 200, conversation
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "half \ud83d"}]}
+    mock.enqueue(Reply(json=responses_object({}, 0, PASSED, "completed", [said])))
+    body = json.dumps({"model": PASSED, "input": "hi", "conversation": conversation["id"]})
+    status, _, answer = post(server, "/v1/responses", body, auth)
+    assert status == 200, answer
+    status, _, raw = server.request("GET", f"/v1/conversations/{conversation['id']}/items?order=asc", headers=auth)
+    items = json.loads(raw)["data"]
+    assert status == 200 and [item["role"] for item in items] == ["user", "assistant"], items
+    assert items[1]["content"][0]["text"] == "half \ud83d"
+    body = json.dumps({"model": PASSED, "input": "and then?", "conversation": conversation["id"]})
+    status, _, answer = post(server, "/v1/responses", body, auth)  # the next turn sends it on, escaped
+    assert status == 200, answer
+    sent = mock.requests[-1]
+    assert b'"half \\ud83d"' in sent.body and json.loads(sent.body)["input"][1]["content"][0]["text"] == "half \ud83d"
+
+
+def test_a_clients_lone_surrogate_goes_to_openai_as_sent_when_stockyard_rewrites_the_body(server, auth, mock):
+    """A chat body for OpenAI goes as its bytes; one Stockyard rewrites (``stream_options`` added to a
+    stream, for its usage) was a 400 blaming the client's surrogate, which the same body without
+    ``stream`` passed. Both go on now, the surrogate escaped as the client sent it."""
+    for stream in (False, True):
+        body = '{"model": "%s", "stream": %s, "messages": [{"role": "user", "content": "x \\ud800"}]}'
+        status, _, _ = server.request(
+            "POST", "/v1/chat/completions", raw=(body % (PASSED, str(stream).lower())).encode(), headers=auth
+        )
+        assert status == 200
+        sent = mock.requests[-1]
+        assert b'"x \\ud800"' in sent.body and sent.json.get("stream_options", {}).get("include_usage") is (
+            stream or None
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from ..context import RequestContext
+from ..httpio import json_bytes
 from ..imagegen import chat_images
 from ..pricing import Usage
 from . import Provider
@@ -55,7 +56,7 @@ def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: b
     if not changes and not ctx.body_changed:
         return ctx.raw
     sent = {key: value for key, value in {**body, **changes}.items() if key not in dropped}
-    return json.dumps(sent, ensure_ascii=False).encode()
+    return json_bytes(sent)  # a lone surrogate escape goes on as the client's bytes do, escaped
 
 
 def auth_headers(provider: Provider) -> dict[str, str]:

@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 from ..context import RequestContext
 from ..conversations_api import minted_here, without_minted_id
 from ..errors import OPENAI, ProxyError
+from ..httpio import json_bytes
 from ..imagegen import ImageTally, reported
 from ..pricing import Usage
 from . import Provider, compaction, responses
@@ -158,7 +159,7 @@ class ResponsesPassThrough(Adapter):
         if ctx.endpoint == "responses" and data.get("object") == "response":
             if joined(ctx) is not None:  # the provider heard of no conversation: the answer names it
                 data["conversation"] = joined(ctx)
-                body = json.dumps(data, ensure_ascii=False).encode()
+                body = json_bytes(data)  # the provider's text as it came (a lone surrogate escaped)
             keep(ctx, data)
         return body
 
