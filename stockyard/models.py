@@ -10,7 +10,8 @@ the models the price table knows for it. Each id routes back to the same provide
 name when it already routes there, else ``provider/model`` — and a client key sees only
 the models it may use; ``GET /v1/models/{id}`` answers one of them. The display names a
 provider's listing gives (Anthropic's ``display_name``, Gemini's ``displayName``) are kept for
-the clients whose shape has one (``anthropic_models.py``); OpenAI's shape has none.
+the clients whose shape has one (``anthropic_models.py``); OpenAI's shape has none. So are the
+dates (OpenAI's ``created``, Anthropic's ``created_at``): 0, the epoch, where none was given.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Mapping
 from urllib.parse import unquote
 
@@ -48,6 +50,7 @@ class Listing:
 
     ids: list[str] | None = None  # None until the provider has answered once
     names: dict[str, str] = field(default_factory=dict)  # id → the display name the provider gave
+    created: dict[str, int] = field(default_factory=dict)  # id → when the provider says it was made
     asked_at: float = 0.0  # monotonic time the last attempt started
     failed: bool = False
     refreshing: bool = False
@@ -59,8 +62,8 @@ _listings: dict[tuple, Listing] = {}
 _lock = threading.Lock()
 
 
-def _fetch(app: "App", provider: Provider) -> tuple[list[str], dict[str, str]] | None:
-    """Ask the provider for its model ids (and the display names it gives) in its own API;
+def _fetch(app: "App", provider: Provider) -> tuple[list[str], dict[str, str], dict[str, int]] | None:
+    """Ask the provider for its model ids (and the display names and dates it gives) in its own API;
     None when it cannot say."""
     if provider.key_error:
         return None
@@ -73,14 +76,14 @@ def _fetch(app: "App", provider: Provider) -> tuple[list[str], dict[str, str]] |
         path, headers = version_prefix(provider) + "/models?pageSize=1000", gemini_auth(provider)
         parse = gemini_model_ids
     else:
-        return [], {}  # Azure lists resources, not deployments: clients name them as azure/<deployment>
+        return [], {}, {}  # Azure lists resources, not deployments: clients name them as azure/<deployment>
     try:
         resp = app.pool.request(provider.base_url, "GET", path, headers, None, read_timeout=LISTING_TIMEOUT_S)
         body = resp.read_all()
         if resp.status != 200:
             return None
         doc = json.loads(body)
-        return parse(doc), display_names(doc)
+        return parse(doc), display_names(doc), created_times(doc)
     except (UpstreamError, OSError, ValueError, AttributeError, TypeError):
         return None
 
@@ -114,12 +117,31 @@ def display_names(doc: dict) -> dict[str, str]:
     return {ident: name for ident, name in named if isinstance(ident, str) and isinstance(name, str) and name}
 
 
+def created_times(doc: dict) -> dict[str, int]:
+    """When each model was made, in Unix seconds, as a listing gives it: OpenAI's ``created``,
+    Anthropic's ``created_at`` (RFC 3339); Gemini's listing has no date."""
+    out: dict[str, int] = {}
+    for m in doc.get("data", []):
+        if not (isinstance(m, dict) and isinstance(m.get("id"), str)):
+            continue
+        created, stamp = m.get("created"), m.get("created_at")
+        if isinstance(stamp, str):
+            try:
+                when = datetime.fromisoformat(stamp)
+                created = int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+            except (ValueError, OverflowError):
+                continue
+        if isinstance(created, int) and not isinstance(created, bool) and 0 < created < 2**32:
+            out[m["id"]] = created
+    return out
+
+
 def _refresh(app: "App", provider: Provider, listing: Listing) -> None:
     """Ask one provider (in a background thread); a failure keeps the last good list."""
     fetched = _fetch(app, provider)
     with _lock:
         if fetched is not None:
-            listing.ids, listing.names = fetched
+            listing.ids, listing.names, listing.created = fetched
         listing.failed = fetched is None
         listing.refreshing = False
     listing.first_fill.set()
@@ -172,7 +194,7 @@ class Listed:
 
     id: str  # a bare name when it routes to its provider, else provider/model
     owned_by: str  # the provider's name; "stockyard" for a model served by deployments
-    created: int = 0  # Unix seconds; 0: not known (providers' own dates are not kept)
+    created: int = 0  # Unix seconds, as the provider's listing gave it; 0: not known
     display_name: str | None = None  # the provider's name for it, when its listing gave one
 
 
@@ -197,13 +219,13 @@ def listed_models(app: "App", key: KeyRecord | None = None) -> list[Listed]:
             out.append(Listed(name, "stockyard"))
     for provider, listing in listings:
         with _lock:
-            ids, names = listing.ids, listing.names
+            ids, names, created = listing.ids, listing.names, listing.created
         for name in ids if ids is not None else known_models(app, registry, provider):
             ident = name if registry.routes_to(name) == provider.name else f"{provider.name}/{name}"
             if ident in seen or (key is not None and not key.allows_model(ident, registry.routes_to)):
                 continue
             seen.add(ident)
-            out.append(Listed(ident, provider.name, display_name=names.get(name)))
+            out.append(Listed(ident, provider.name, created.get(name, 0), names.get(name)))
     return out
 
 

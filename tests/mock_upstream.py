@@ -565,13 +565,14 @@ def anthropic_display_name(model: str) -> str:
 
 # Anthropic lists dated snapshots; a client may name one by its alias (`claude-sonnet-4-5`).
 ANTHROPIC_SNAPSHOTS = ("claude-sonnet-4-5-20250514", "claude-sonnet-4-5-20250929")
+ANTHROPIC_CREATED_AT = "2023-11-15T22:13:20Z"  # a day after CREATED, so a test tells the listings' dates apart
 
 
 def anthropic_models() -> dict:
     """The `GET /v1/models` list as Anthropic's Models API answers it (one page holding every model)."""
     ids = [*MODEL_IDS, *ANTHROPIC_SNAPSHOTS]
     data = [
-        {"type": "model", "id": mid, "display_name": anthropic_display_name(mid), "created_at": "2023-11-14T22:13:20Z"}
+        {"type": "model", "id": mid, "display_name": anthropic_display_name(mid), "created_at": ANTHROPIC_CREATED_AT}
         for mid in ids
     ]
     return {"data": data, "has_more": False, "first_id": ids[0], "last_id": ids[-1]}

@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env
-from mock_upstream import MockUpstream, anthropic_display_name
+from mock_upstream import ANTHROPIC_CREATED_AT, CREATED, MockUpstream, anthropic_display_name
 
 ADMIN = "admin-key-for-anthropic-models-0123456789"
 VERSION = {"anthropic-version": "2023-06-01"}
@@ -76,7 +76,9 @@ def test_the_sdk_lists_typed_models_with_the_openai_listing_ids(server):
     assert all(isinstance(m, anthropic.types.ModelInfo) for m in page.data)
     assert [m.id for m in page.data] == openai_ids(server) == EVERY
     assert {(m.type, m.lifecycle) for m in page.data} == {("model", "active")}
-    assert {m.created_at for m in page.data} == {datetime(1970, 1, 1, tzinfo=timezone.utc)}
+    made = {m.id: m.created_at for m in page.data}  # the date each provider's listing gave, kept
+    assert made["gpt-4o"] == datetime.fromtimestamp(CREATED, timezone.utc)
+    assert made["anthropic/gpt-4o"] == datetime.fromisoformat(ANTHROPIC_CREATED_AT)
     names = {m.id: m.display_name for m in page.data}
     assert names["anthropic/gpt-4o"] == anthropic_display_name("gpt-4o"), "the provider's own display name"
     assert names["gpt-4o"] == "gpt-4o", "OpenAI's listing gives no name: the id"
@@ -88,7 +90,7 @@ def test_the_sdk_lists_typed_models_with_the_openai_listing_ids(server):
         "type": "model",
         "id": "gpt-4o-mini",
         "display_name": "gpt-4o-mini",
-        "created_at": "1970-01-01T00:00:00Z",
+        "created_at": "2023-11-14T22:13:20Z",
         "lifecycle": "active",
     }
 
@@ -117,7 +119,7 @@ def test_retrieve_one_model_and_an_unknown_one_is_not_found(server):
         anthropic_display_name("gpt-4o-mini"),
         "model",
     )
-    assert client.models.retrieve("gpt-4o").created_at == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert client.models.retrieve("gpt-4o").created_at == datetime.fromtimestamp(CREATED, timezone.utc)
     with pytest.raises(anthropic.NotFoundError) as missing:
         client.models.retrieve("claude-nonexistent-9")
     assert missing.value.body["type"] == "error"
@@ -207,12 +209,14 @@ def test_without_the_header_the_openai_listing_is_unchanged(server):
     status, _, raw = server.request("GET", "/v1/models?limit=abc", headers=headers)  # no Anthropic paging here
     body = json.loads(raw)
     assert status == 200 and set(body) == {"object", "data"} and body["object"] == "list"
-    assert body["data"][3] == {"id": "anthropic/gpt-4o-mini", "object": "model", "created": 0, "owned_by": "anthropic"}
+    anthropic_made = int(datetime.fromisoformat(ANTHROPIC_CREATED_AT).timestamp())
+    expected = {"id": "anthropic/gpt-4o-mini", "object": "model", "created": anthropic_made, "owned_by": "anthropic"}
+    assert body["data"][3] == expected
     status, _, raw = server.request("GET", "/v1/models/anthropic%2Fgpt-4o", headers=headers)
     assert status == 200 and json.loads(raw) == {
         "id": "anthropic/gpt-4o",
         "object": "model",
-        "created": 0,
+        "created": anthropic_made,
         "owned_by": "anthropic",
     }
     status, _, raw = server.request("GET", "/v1/models/claude-nope", headers=headers)
@@ -232,3 +236,24 @@ def test_display_names_are_read_from_each_listing_shape():
     gemini_doc = {"models": [named, empty]}
     assert display_names(gemini_doc) == {"gemini-z": "Gemini Z"}
     assert display_names({"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}) == {}
+
+
+def test_dates_are_read_from_each_listing_shape():
+    """OpenAI's ``created`` and Anthropic's ``created_at`` (RFC 3339) as Unix seconds; a date that is
+    not one is left out (the listing says 0, the epoch, for it), never a failed listing."""
+    from stockyard.models import created_times
+
+    doc = {
+        "data": [
+            {"id": "gpt-x", "created": 1_700_000_000},
+            {"id": "claude-x", "created_at": "2025-09-29T00:00:00Z"},
+            {"id": "naive", "created_at": "2025-09-29T00:00:00"},
+            {"id": "bad", "created_at": "yesterday"},
+            {"id": "flag", "created": True},
+            {"id": "huge", "created": 10**30},
+            {"id": "none"},
+            "junk",
+        ]
+    }
+    assert created_times(doc) == {"gpt-x": 1_700_000_000, "claude-x": 1_759_104_000, "naive": 1_759_104_000}
+    assert created_times({"models": [{"name": "models/gemini-z"}]}) == {}

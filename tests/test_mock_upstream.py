@@ -191,7 +191,7 @@ def test_completions_embeddings_models(mock: MockUpstream) -> None:
         "type": "model",
         "id": "gpt-4o-mini",
         "display_name": "Mock GPT-4O-MINI",
-        "created_at": "2023-11-14T22:13:20Z",
+        "created_at": "2023-11-15T22:13:20Z",
     }
     assert (listed["has_more"], listed["last_id"]) == (False, "claude-sonnet-4-5-20250929")  # dated snapshots last
 
