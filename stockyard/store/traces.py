@@ -443,11 +443,10 @@ CLIENT_TEXT_CAP = 256  # bytes of a client- or provider-chosen name kept in a tr
 def cap_text(text: str | None, limit: int = CLIENT_TEXT_CAP) -> str | None:
     """``text`` cut to ``limit`` UTF-8 bytes (whole characters): a model name cannot grow the database.
 
-    Stored as :func:`clean_text` stores it.
+    Stored as :func:`clean_text` stores it (its ``?`` takes a byte as the character it stands for).
     """
-    if text is None:
-        return None
-    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore").replace("\x00", "?")
+    cleaned = clean_text(text)
+    return None if cleaned is None else cleaned.encode()[:limit].decode("utf-8", "ignore")
 
 
 def clean_text(text: str | None) -> str | None:
