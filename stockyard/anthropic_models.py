@@ -94,10 +94,15 @@ def page(items: list[dict], params: dict[str, list[str]], limit: int) -> dict:
         start = 0 if after is None else position(ids, after, "after_id") + 1
         end = min(len(items), start + limit)
         more = end < len(items)
-    data = items[start:end]
+    return list_page(items[start:end], more)
+
+
+def list_page(data: list[dict], has_more: bool) -> dict:
+    """A page in the shape Anthropic's list endpoints answer (the Models API here, Message Batches in
+    ``message_batches``): the items, whether more lie beyond, and the ids that page on from it."""
     return {
         "data": data,
-        "has_more": more,
+        "has_more": has_more,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from urllib.parse import urlencode
 
 from . import estimate
+from .anthropic_models import list_page
 from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
 from .budgets import server_tool_refusal
 from .context import RequestContext, Route
@@ -359,13 +360,7 @@ class MessageBatches(ProviderCalls):
         for batch in found:
             self._see(ctx, provider, batch)
             self._public(ctx, batch)
-        page_doc = {
-            "data": found,
-            "has_more": has_more,
-            "first_id": found[0]["id"] if found else None,
-            "last_id": found[-1]["id"] if found else None,
-        }
-        self._replace(ctx, answer, page_doc)
+        self._replace(ctx, answer, list_page(found, has_more))
         self._send(reply, ctx, answer)
 
     def _list_provider(self, ctx: RequestContext) -> Provider:
