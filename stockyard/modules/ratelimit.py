@@ -232,11 +232,18 @@ class RateLimitModule(Module):
 
     def after(self, ctx: RequestContext) -> None:
         entry = ctx.state.pop("ratelimit", None)
-        if entry is None or not ctx.key.tpm or estimate.runs_after_answer(ctx):
-            return  # a background response's usage never comes back: its worst case stays counted
-        used = estimate.used_tokens(ctx)
-        if used is not None:  # None: an audio answer that said nothing of its audio keeps the estimate
-            self.limiter.correct(ctx.key.id, entry, used)
+        if entry is not None and ctx.key.tpm:
+            correct_to_usage(self.limiter, ctx.key.id, entry, ctx)
+
+
+def correct_to_usage(limiter: RateLimiter, window: str, entry: _Entry, ctx: RequestContext) -> None:
+    """Count the tokens the request used in place of the worst case it was admitted with, in the
+    key's window here and in an end user's (``userlimits``), so both correct alike."""
+    if estimate.runs_after_answer(ctx):
+        return  # a background response's usage never comes back: its worst case stays counted
+    used = estimate.used_tokens(ctx)
+    if used is not None:  # None: an audio answer that said nothing of its audio keeps the estimate
+        limiter.correct(window, entry, used)
 
 
 def admit_call(chain: Chain, ctx: RequestContext) -> None:

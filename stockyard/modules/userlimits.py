@@ -30,7 +30,7 @@ from ..errors import ProxyError
 from ..pricing import microcents_from_usd
 from .base import Module, ModuleServices
 from .budget import Cover
-from .ratelimit import FREE_ENDPOINTS, RateLimited, limiter_for
+from .ratelimit import FREE_ENDPOINTS, RateLimited, correct_to_usage, limiter_for
 from .schema import Field
 
 log = logging.getLogger("stockyard.budgets")
@@ -159,8 +159,6 @@ class UserLimitsModule(Module):
             budget, hold = held
             self.services.ledger.settle(hold, estimate.billed_uc(ctx), (budget.scope,), ctx.ts_ms)
         rate = ctx.state.pop("userlimits.rate", None)
-        if rate is not None and not estimate.runs_after_answer(ctx):  # else its worst case stays counted
+        if rate is not None:
             window, entry = rate
-            used = estimate.used_tokens(ctx)
-            if used is not None:  # None: an audio answer that said nothing of its audio keeps the estimate
-                self.limiter.correct(window, entry, used)
+            correct_to_usage(self.limiter, window, entry, ctx)
