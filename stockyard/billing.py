@@ -51,15 +51,18 @@ class Pricer:
     def token_cost(
         self, ctx: RequestContext, price: Price, provider: str, default_max_tokens: int, sent_back: int = 0
     ) -> int | None:
-        """``estimate.request_cost`` of a token-priced request at ``price``, the image tool's images at
-        their model's price (:meth:`tool_image_price`); None when the tool may draw at a model without
-        one (a budget cannot count those images). A request's worst case and a batch line's both."""
-        tool_price = None
-        if imagegen.held_tokens(ctx.body):  # the image tool may draw: its images at its model's price
+        """``estimate.request_cost`` of a token-priced request at ``price``, and the image tool's images
+        at their model's price (:meth:`tool_image_price`, ``estimate.tool_images_cost``); None when the
+        tool may draw at a model without one (a budget cannot count those images). A request's worst
+        case and a batch line's both."""
+        fees = 0
+        drawn = imagegen.held_tokens(ctx.body)
+        if drawn:  # the image tool may draw: its images at its model's price
             tool_price = self.tool_image_price(ctx.body, provider)
             if tool_price is None:
                 return None
-        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, tool_price)
+            fees = estimate.tool_images_cost(ctx.body, tool_price, drawn, default_max_tokens)
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back) + fees
 
     def unpriced_model(self, ctx: RequestContext, route: Route, asked: str) -> str:
         """The model a request :meth:`worst_case` could not price lacks a price for: the image

@@ -443,26 +443,25 @@ def web_searches(body: dict) -> int:
     return found
 
 
-def request_cost(
-    ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0, tool_price: Price | None = None
-) -> int:
-    """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves. A
-    follow-up call continuing a paused turn sends ``sent_back`` more input tokens (the answer so far).
-    The Responses ``image_generation`` tool's images (``imagegen.held_tokens``) are held at
-    ``tool_price`` (``Pricer.tool_image_price``; its image output rate, and the text each image
-    may come with: :func:`drawn_text_cost`): a caller without one for a tool that may draw has
-    no worst case (``Pricer.worst_case`` None)."""
+def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0) -> int:
+    """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves, but for
+    the image tool's images, which ``Pricer.token_cost`` adds at their own model's price
+    (:func:`tool_images_cost`). A follow-up call continuing a paused turn sends ``sent_back`` more
+    input tokens (the answer so far)."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
-    drawn = held_tokens(ctx.body)
-    fees = 0
-    if drawn and tool_price is not None:
-        text = drawn_text_cost(tool_price, tool_calls(ctx.body), default_max_tokens)
-        fees = worst_case_cost(tool_price, 0, drawn) + text
     tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw, walk))
-    return tokens + fees + web_searches(ctx.body) * WEB_SEARCH_UC
+    return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
+
+
+def tool_images_cost(body: dict, tool_price: Price, drawn: int, default_max_tokens: int) -> int:
+    """What a budget holds for the Responses ``image_generation`` tool's images: their ``drawn``
+    tokens (``imagegen.held_tokens``) at ``tool_price`` (``Pricer.tool_image_price``; its image
+    output rate), and the text each image may come with (:func:`drawn_text_cost`)."""
+    text = drawn_text_cost(tool_price, tool_calls(body), default_max_tokens)
+    return worst_case_cost(tool_price, 0, drawn) + text
 
 
 # A long-lived cache write is asked for by value: Anthropic's ``"ttl": "1h"`` on a cache mark,
