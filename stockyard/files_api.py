@@ -177,15 +177,25 @@ def referenced_files(body: object) -> set[str]:
 
 
 def referenced_containers(body: object) -> list[tuple[str, str]]:
-    """(param, container id) of each code interpreter tool that names its container by id
-    (``{"type": "code_interpreter", "container": "cntr_…"}``): the provider runs the code there and
-    lets it read the container's files. One given as ``{"type": "auto", …}`` is made anew."""
-    tools = body.get("tools") if isinstance(body, dict) else None
-    return [
-        (f"tools[{i}].container", tool["container"])
+    """(param, container id) of each container a Responses body names: a code interpreter tool's
+    (``{"type": "code_interpreter", "container": "cntr_…"}``: the provider runs the code there, with
+    the container's files), and an input ``code_interpreter_call`` item's ``container_id`` (earlier
+    output sent back: an ``auto`` container reuses the one such an item names). A tool's
+    ``{"type": "auto", …}`` is made anew."""
+    if not isinstance(body, dict):
+        return []
+    tools, items = body.get("tools"), body.get("input")
+    named = [
+        (f"tools[{i}].container", tool.get("container"))
         for i, tool in enumerate(tools if isinstance(tools, list) else [])
-        if isinstance(tool, dict) and tool.get("type") == "code_interpreter" and isinstance(tool.get("container"), str)
+        if isinstance(tool, dict) and tool.get("type") == "code_interpreter"
     ]
+    named += [
+        (f"input[{i}].container_id", item.get("container_id"))
+        for i, item in enumerate(items if isinstance(items, list) else [])
+        if isinstance(item, dict) and item.get("type") == "code_interpreter_call"
+    ]
+    return [(param, value) for param, value in named if isinstance(value, str)]
 
 
 # The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).

@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import CHART, CONTAINERS, FILES, TEXT, Reply, responses_stream
+from mock_upstream import CHART, CONTAINERS, FILES, TEXT, Reply, responses_object, responses_stream
 from mock_upstream import run_code as mock_run_code
 from openai import NotFoundError, OpenAI, RateLimitError
 
@@ -320,6 +320,55 @@ def test_an_auto_container_is_the_keys_that_asked(server, mock, stream):
     assert mock.requests == []
     assert container_id not in [c.id for c in bob.containers.list(limit=100)]
     assert run_code(server, "alice", container_id, not stream)[0] == container_id  # and its key reuses it
+
+
+def test_earlier_output_sent_back_may_name_only_the_keys_containers(server, mock):
+    """An ``auto`` container reuses one a ``code_interpreter_call`` item in the input names: such
+    an item naming another key's container is its 404 too; the key's own history goes as sent."""
+    alices, _ = run_code(server, "alice", {"type": "auto"}, False)
+    history = [
+        {"type": "message", "role": "user", "content": "plot"},
+        {"type": "code_interpreter_call", "id": "ci_1", "status": "completed", "code": "1", "container_id": alices},
+        {"type": "message", "role": "user", "content": "again"},
+    ]
+    mock.clear()
+    with pytest.raises(NotFoundError) as err:
+        client(server, "bob").responses.create(
+            model="gpt-4o-mini", input=history, tools=code_tool({"type": "auto"}), store=False
+        )
+    assert err.value.body["param"] == "input[1].container_id" and alices in err.value.body["message"]
+    assert mock.requests == []
+    assert client(server, "alice").responses.create(model="gpt-4o-mini", input=history, store=False).output
+
+
+def test_a_background_responses_container_is_its_keys_once_retrieved(server, mock):
+    body = {"model": "gpt-4o-mini", "input": "plot", "tools": code_tool({"type": "auto"})}
+    queued = {**responses_object(body, 901, "gpt-4o-mini", "queued"), "id": "resp_bgmock901", "background": True}
+    ran = mock_run_code(body, 901)  # the provider runs it later, in a container it makes
+    finished = {
+        **queued,
+        "status": "completed",
+        "output": [
+            ran[0],
+            {
+                "type": "message",
+                "id": "msg_bg",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": TEXT, "annotations": [ran[1]]}],
+            },
+        ],
+    }
+    alice = client(server, "alice")
+    mock.enqueue(Reply(json=queued))
+    assert alice.responses.create(**body, background=True).status == "queued"
+    with pytest.raises(NotFoundError):
+        alice.containers.retrieve(ran[0]["container_id"])
+    mock.enqueue(Reply(json=finished))
+    assert alice.responses.retrieve("resp_bgmock901").status == "completed"
+    assert alice.containers.files.content.retrieve(ran[1]["file_id"], container_id=ran[0]["container_id"]).read()
+    with pytest.raises(NotFoundError):
+        client(server, "bob").containers.retrieve(ran[0]["container_id"])
 
 
 def test_a_stream_cut_after_the_code_ran_leaves_its_container_the_keys(server, mock):
