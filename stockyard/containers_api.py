@@ -22,7 +22,7 @@ import re
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import Ownership, ProviderCalls, not_found, owner_of, page_limit
+from .files_api import OPEN_OWNER, Ownership, ProviderCalls, not_found, owner_of, page_limit
 from .httpio import Request, check_method, json_object
 from .providers import Provider
 from .proxy import Reply, RequestPath
@@ -68,7 +68,7 @@ def allowed_methods(container_id: str | None, files: bool, file_id: str | None, 
 def claim_made(ownership: Ownership, ids: set[str], key_id: str | None, provider: str) -> None:
     """Containers a passed-through Responses answer of ``key_id`` ran code in: those no key owns
     yet (the provider made them for this request, ``"container": {"type": "auto"}``) become its."""
-    ownership.claim_new(ids, KIND, key_id or "", provider)  # "": files_api.OPEN_OWNER
+    ownership.claim_new(ids, KIND, key_id or OPEN_OWNER, provider)
 
 
 class ContainersAPI(ProviderCalls):
