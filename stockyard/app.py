@@ -9,13 +9,14 @@ modules get theirs as one :class:`~stockyard.modules.ModuleServices`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from typing import Any, Mapping
 
-from . import __version__, audit, message_batches
+from . import __version__, audit, containers_api, message_batches
 from .auth import Gatekeeper
 from .backup import Snapshotter
 from .batch_costs import BatchCosts, BatchWatch
@@ -33,6 +34,7 @@ from .budgets import (
 )
 from .chain import Chain, HookFailures
 from .config import Settings
+from .containers_api import ContainersAPI
 from .context import RequestContext
 from .conversations import Conversations
 from .deployments import Health, Models
@@ -151,8 +153,15 @@ class App:
             failures=self.hook_failures,  # shared by every chain built, across reloads
             route=RouteStep(self.registry, self.models),
         )
-        self.conversations = Conversations(self.store, self.registry, self.pool, self.scrubber, settings.max_body_bytes)
         self.ownership = ownership = Ownership(self.store, self.batch_spend)
+        self.conversations = Conversations(
+            self.store,
+            self.registry,
+            self.pool,
+            self.scrubber,
+            settings.max_body_bytes,
+            functools.partial(containers_api.claim_made, ownership),  # auto containers, their key's
+        )
         self.path = RequestPath(
             settings,
             self.gate,
@@ -168,6 +177,7 @@ class App:
         )
         self.batch_costs = BatchCosts(self.path, self.store, self.metrics, self.batch_spend)
         self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
+        self.containers = ContainersAPI(self.path, ownership)
         self.message_batches = MessageBatches(
             self.path, ownership, self.models, self.batch_costs, self.check_batch_budget, self.budgeted
         )

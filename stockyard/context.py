@@ -152,7 +152,9 @@ class Conversation:
     across retries and fallbacks); ``history`` the items rebuilt from a previous response
     Stockyard keeps, ``previous_provider`` the provider holding a passed-through one. The
     adapter calls ``keep(provider, response)`` with the finished response object before the
-    client sees its end, so the next turn can always find it. ``conversation_id`` names the
+    client sees its end, so the next turn can always find it, and ``see(provider, items)`` with
+    the output items a stream has finished before then (the containers the code ran in are
+    claimed at once). ``conversation_id`` names the
     Conversations API conversation (``stockyard.conversations_api``) whose items were put in
     front of the input; the turn is appended to it once the response has completed (or ended
     ``incomplete``).
@@ -171,6 +173,7 @@ class Conversation:
     conversation_id: str | None = None  # a Conversations API conversation this turn joins
     turn_items: list[dict] | None = None  # its input, as appended there
     appended: bool = False  # the turn is in the conversation (once per request, whatever falls back)
+    see: Callable[[Provider, list], None] = lambda provider, items: None  # output items a stream finished
 
 
 REFUSED = "rejected"  # the outcome of a request Stockyard answered with a 4xx of its own

@@ -157,6 +157,19 @@ def _unpack(data: bytes | None) -> Any:
     return None if data is None else json.loads(zlib.decompress(data))
 
 
+def containers_run(items: object) -> set[str]:
+    """The containers a response's code interpreter ran in (its ``code_interpreter_call`` items'
+    ``container_id``): a new ``auto`` one is made by the provider and named only here."""
+    return {
+        item["container_id"]
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict)
+        and item.get("type") == "code_interpreter_call"
+        and isinstance(item.get("container_id"), str)
+        and item["container_id"]
+    }
+
+
 def output_ids(response: dict) -> frozenset[str]:
     """The ids of a response's output items, as its provider named them."""
     output = response.get("output")
@@ -179,13 +192,24 @@ def not_found(response_id: str, param: str | None = None) -> ProxyError:
     return ProxyError(404, f"No response found with id '{response_id}'.", param=param, code="not_found")
 
 
+# (container ids, the key whose passed-through response ran code in them, its provider's name)
+ClaimContainers = Callable[[set[str], "str | None", str], None]
+
+
 class Conversations:
     """The stored responses: kept after a turn, found for the next, served to their key."""
 
     def __init__(
-        self, store: Store, registry: Callable[[], Registry], pool: Pool, scrub: Scrubber, max_bytes: int
+        self,
+        store: Store,
+        registry: Callable[[], Registry],
+        pool: Pool,
+        scrub: Scrubber,
+        max_bytes: int,
+        claim_containers: ClaimContainers = lambda ids, key_id, provider: None,
     ) -> None:
         self._store = store
+        self._claim_containers = claim_containers  # containers_api.claim_made: what the code ran in, the key's
         self._max_bytes = max_bytes  # the largest conversation rebuilt for a request
         self._registry = registry
         self._pool = pool
@@ -204,6 +228,7 @@ class Conversations:
         the body names is read (``early.check_early``)."""
         body = ctx.body
         conv = Conversation(new_response_id(), int(time.time()), lambda provider, r: self._keep(ctx, provider, r))
+        conv.see = lambda provider, items: self._see(ctx, provider, items)
         ctx.conversation = conv
         room = self._max_bytes - len(ctx.raw)  # the conversation a client could have sent whole
         if body.get("conversation") is not None:
@@ -429,8 +454,20 @@ class Conversations:
             answer = {"object": "response.input_tokens", "input_tokens": prompt_estimate(chat)}
             ctx.answer = Answer(200, json.dumps(answer).encode(), headers={ESTIMATE_HEADER: "estimate"})
 
+    def _see(self, ctx: RequestContext, provider: Provider, items: object) -> None:
+        """Output items of a passed-through ``/v1/responses`` answer (the response's, or those a
+        stream finished): the containers its code interpreter ran in become this key's if no key
+        holds them (an ``auto`` one the provider made; one the request named is the key's already:
+        ``files_api.Ownership.check_references``), so the key can read the files its answer cites
+        and run code there again, and no other key can. ``store`` does not matter."""
+        if ctx.endpoint == "responses" and provider.speaks_responses:
+            ran = containers_run(items)
+            if ran:
+                self._claim_containers(ran, ctx.key_id, provider.name)
+
     def _keep(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
         """Record a finished response (unless ``store`` is false); visible to lookups at once."""
+        self._see(ctx, provider, response.get("output"))
         self._append(ctx, response)
         response_id = response.get("id")
         if ctx.endpoint != "responses" or ctx.body.get("store") is False or not isinstance(response_id, str):
@@ -593,7 +630,8 @@ class Conversations:
     def _record_items(self, row: StoredResponse, data: bytes) -> None:
         """The output item ids of a passed-through response as its provider answers it now: one
         that ended after Stockyard kept it (``background``) has them only here. Added to its row,
-        if that is still this key's and committed; an id another response holds stays its."""
+        if that is still this key's and committed; an id another response holds stays its. The
+        containers its code ran in are claimed for its key, as ``_see`` does."""
         try:
             doc = json.loads(data)
         except ValueError:
@@ -601,6 +639,9 @@ class Conversations:
         ids = output_ids(doc) if isinstance(doc, dict) and doc.get("id") == row.id else frozenset()
         if not ids:
             return
+        ran = containers_run(doc.get("output"))  # a background response's auto container: its key's
+        if ran:
+            self._claim_containers(ran, row.key_id, row.provider)
         sql = (
             "INSERT OR IGNORE INTO response_items (item_id, response_id) "
             "SELECT ?, id FROM responses WHERE id = ? AND key_id IS ? AND passthrough = 1"

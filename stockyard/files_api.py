@@ -91,10 +91,29 @@ ALLOWED_METHODS = {
 }
 
 
-def not_found(kind: str, object_id: str, param: str = "id") -> ProxyError:
+NOT_FOUND = {
+    "file": "No such File object: {}",
+    "batch": "No batch found with id '{}'.",
+    "container": "Container with id '{}' not found.",
+}
+
+
+def not_found(kind: str, object_id: str, param: str | None = "id") -> ProxyError:
     """OpenAI's own 404 for an id, the same for one that does not exist and for another key's."""
-    message = f"No such File object: {object_id}" if kind == "file" else f"No batch found with id '{object_id}'."
-    return ProxyError(404, message, param=param, type="invalid_request_error")
+    return ProxyError(404, NOT_FOUND[kind].format(object_id), param=param, type="invalid_request_error")
+
+
+def page_limit(query: dict[str, str], default: int, largest: int) -> int:
+    """A list's ``limit`` (``default`` when not given): a whole number from 1 to ``largest``, else a 400."""
+    try:
+        limit = int(query.get("limit", str(default)))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= largest:
+        raise ProxyError(
+            400, f"'limit' must be a whole number from 1 to {largest}", param="limit", code="invalid_value"
+        )
+    return limit
 
 
 def owner_of(ctx: RequestContext) -> str:
@@ -155,6 +174,28 @@ def referenced_files(body: object) -> set[str]:
         elif isinstance(value, list):
             stack.extend(value)
     return found
+
+
+def referenced_containers(body: object) -> list[tuple[str, str]]:
+    """(param, container id) of each container a Responses body names: a code interpreter tool's
+    (``{"type": "code_interpreter", "container": "cntr_…"}``: the provider runs the code there, with
+    the container's files), and an input ``code_interpreter_call`` item's ``container_id`` (earlier
+    output sent back: an ``auto`` container reuses the one such an item names). A tool's
+    ``{"type": "auto", …}`` is made anew."""
+    if not isinstance(body, dict):
+        return []
+    tools, items = body.get("tools"), body.get("input")
+    named = [
+        (f"tools[{i}].container", tool.get("container"))
+        for i, tool in enumerate(tools if isinstance(tools, list) else [])
+        if isinstance(tool, dict) and tool.get("type") == "code_interpreter"
+    ]
+    named += [
+        (f"input[{i}].container_id", item.get("container_id"))
+        for i, item in enumerate(items if isinstance(items, list) else [])
+        if isinstance(item, dict) and item.get("type") == "code_interpreter_call"
+    ]
+    return [(param, value) for param, value in named if isinstance(value, str)]
 
 
 # The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).
@@ -261,13 +302,18 @@ class Ownership:
 
     def check_references(self, ctx: RequestContext) -> None:
         """A model call naming a file by ``file_id`` (a chat ``file`` part, a Responses
-        ``input_file`` or ``input_image``) may name only this key's files, as on ``/v1/files``:
-        the provider holds every key's files under the one provider key, so another key's id (or
-        one Stockyard never saw) is OpenAI's 404 here, before any module or provider call. The body
-        as it will be sent: with the items of a conversation it names put in (``conversations.open``;
-        items added through ``/v1/conversations`` were never checked), so its bytes alone do not say."""
+        ``input_file`` or ``input_image``) may name only this key's files, as on ``/v1/files``,
+        and a code interpreter tool's ``container`` only this key's containers
+        (``containers_api``): the provider holds every key's objects under the one provider key,
+        so another key's id (or one Stockyard never saw) is OpenAI's 404 here, before any module
+        or provider call. The body as it will be sent: with the items of a conversation it names
+        put in (``conversations.open``; items added through ``/v1/conversations`` were never
+        checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
+        for param, container_id in referenced_containers(ctx.body):
+            if self.find(container_id, "container", owner_of(ctx)) is None:
+                raise not_found("container", container_id, param)
         if not estimate.put_in(ctx) and not may_name_files(ctx.raw):
             return
         for file_id in referenced_files(ctx.body):
@@ -311,6 +357,13 @@ class Ownership:
                 == 1
             )
         )
+
+    def claim_new(self, ids: set[str], kind: str, owner: str, provider: str) -> None:
+        """Record as ``owner``'s those of ``ids`` no key owns yet (the provider made them for a
+        request of this key's: a code interpreter's auto container); one held already keeps its owner."""
+        for object_id in sorted(set(ids) - self.taken(list(ids))):
+            if storable(object_id):
+                self.claim(object_id, kind, owner, provider)
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""
@@ -395,6 +448,7 @@ class ProviderCalls:
     headers (``_headers``)."""
 
     ownership: Ownership  # set by each subclass: who owns the objects it creates
+    serves = "files and batches"  # what its objects are, in the refusals of choose_provider
 
     def __init__(self, path: RequestPath) -> None:
         self._path = path
@@ -436,6 +490,46 @@ class ProviderCalls:
                 502, f"this object lives at provider {name!r}, which is no longer configured", code="provider_gone"
             )
         return provider
+
+    # -- providers -----------------------------------------------------------------------------
+    def choose_provider(self, ctx: RequestContext) -> Provider:
+        """For a new object or a list: ``x-stockyard-provider`` if given, else the key's first
+        OpenAI-kind provider (``serves`` says what for, in the refusals)."""
+        registry = self._path.registry()
+        allowed = allowed_providers(registry, ctx.key)
+        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
+        if named:
+            provider = registry.by_name.get(named)
+            if provider is None or provider.kind not in FILE_KINDS:
+                serving = [p.name for p in registry.providers if p.kind in FILE_KINDS]
+                raise ProxyError(
+                    400,
+                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured provider that serves {self.serves} "
+                    f"(openai, azure or openai-compatible); these are: {', '.join(serving) or 'none'}",
+                    param=PROVIDER_HEADER,
+                    code="invalid_provider",
+                )
+            if provider not in allowed:
+                raise ProxyError(
+                    403,
+                    f"this client key may not use provider {named!r}",
+                    param=PROVIDER_HEADER,
+                    code="provider_not_allowed",
+                )
+            return provider
+        if allowed:
+            return allowed[0]
+        if any(p.kind in FILE_KINDS for p in registry.providers):
+            raise ProxyError(
+                403,
+                f"this client key may not use any provider that serves {self.serves}",
+                code="provider_not_allowed",
+            )
+        raise ProxyError(
+            400,
+            f"{self.serves} need an OpenAI-kind provider (openai, azure or openai-compatible); none is configured",
+            code="no_file_provider",
+        )
 
     # -- calls ---------------------------------------------------------------------------------
     def _request(
@@ -590,6 +684,51 @@ class ProviderCalls:
         )
         raise failure
 
+    def _owned_page(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        kind: str,
+        limit: int,
+        passed: dict[str, str],
+        query: dict[str, str],
+    ) -> tuple[Answer, list[dict]]:
+        """The provider's list at ``rest`` (asked with ``passed``, and the client's ``after``),
+        filtered to this key's objects of ``kind``, paged honestly: ``limit`` of them, ``has_more``
+        when the provider holds more of the key's (or was not read to its end). Returns the page
+        as the answer and the objects on it; a provider's failure is the answer as it came, with none."""
+        owner = owner_of(ctx)
+        after = query.get("after") or None
+        found: list[dict] = []
+        has_more = False
+        for _ in range(MAX_LIST_PAGES):
+            asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
+            answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
+            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+                return answer, []
+            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
+            mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
+            found += [d for d in items if d["id"] in mine]
+            if len(found) > limit:
+                found, has_more = found[:limit], True
+                break
+            if not doc.get("has_more") or not items:
+                break
+            after = items[-1]["id"]
+        else:
+            has_more = True  # not read to its end: the client asks again after the last id
+        page_doc = {
+            "object": "list",
+            "data": found,
+            "first_id": found[0]["id"] if found else None,
+            "last_id": found[-1]["id"] if found else None,
+            "has_more": has_more,
+        }
+        answer.data = json.dumps(page_doc).encode()
+        self._keep(ctx, answer)
+        return answer, found
+
     def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
         """The provider's answer to the client (its errors passed through); a success costs 0."""
         if answer.status >= 400:
@@ -682,45 +821,6 @@ class FilesAPI(ProviderCalls):
             self._see_batch(ctx, provider, doc)
         self._send(reply, ctx, answer)
 
-    # -- providers -----------------------------------------------------------------------------
-    def choose_provider(self, ctx: RequestContext) -> Provider:
-        """For a new object or a list: ``x-stockyard-provider`` if given, else the key's first OpenAI-kind provider."""
-        registry = self._path.registry()
-        allowed = allowed_providers(registry, ctx.key)
-        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
-        if named:
-            provider = registry.by_name.get(named)
-            if provider is None or provider.kind not in FILE_KINDS:
-                serving = [p.name for p in registry.providers if p.kind in FILE_KINDS]
-                raise ProxyError(
-                    400,
-                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured provider that serves files and "
-                    f"batches (openai, azure or openai-compatible); these are: {', '.join(serving) or 'none'}",
-                    param=PROVIDER_HEADER,
-                    code="invalid_provider",
-                )
-            if provider not in allowed:
-                raise ProxyError(
-                    403,
-                    f"this client key may not use provider {named!r}",
-                    param=PROVIDER_HEADER,
-                    code="provider_not_allowed",
-                )
-            return provider
-        if allowed:
-            return allowed[0]
-        if any(p.kind in FILE_KINDS for p in registry.providers):
-            raise ProxyError(
-                403,
-                "this client key may not use any provider that serves files and batches",
-                code="provider_not_allowed",
-            )
-        raise ProxyError(
-            400,
-            "files and batches need an OpenAI-kind provider (openai, azure or openai-compatible); none is configured",
-            code="no_file_provider",
-        )
-
     # -- uploads --------------------------------------------------------------------------------
     def _upload(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         """``POST /v1/files``: the form streamed to a spool (never held whole), then to the provider
@@ -752,7 +852,8 @@ class FilesAPI(ProviderCalls):
     ) -> int | None:
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
-        ``provider``), and any key only its own files (``file_id``), its own responses
+        ``provider``), and any key only its own files (``file_id``) and containers (a code
+        interpreter's ``container``), its own responses
         (``previous_response_id``) and their output items (``item_reference``s, reasoning items and
         image generation calls by id: ``Conversations.check_stored_names``); a ``conversation``
         (Stockyard's, which it cannot put in front
@@ -804,6 +905,9 @@ class FilesAPI(ProviderCalls):
             for file_id in named:
                 if self.ownership.find(file_id, "file", key.id) is None:
                     raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
+            for _, container_id in referenced_containers(body):
+                if self.ownership.find(container_id, "container", key.id) is None:
+                    raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(
@@ -859,51 +963,14 @@ class FilesAPI(ProviderCalls):
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, collection: str, query: dict[str, str]) -> None:
-        """The provider's list, filtered to this key's objects, paged honestly: ``limit`` of them,
-        ``has_more`` when the provider holds more of the key's (or was not read to its end)."""
-        default, largest = LIST_LIMITS[collection]
-        try:
-            limit = int(query.get("limit", str(default)))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= largest:
-            raise ProxyError(
-                400, f"'limit' must be a whole number from 1 to {largest}", param="limit", code="invalid_value"
-            )
+        """``GET /v1/files`` or ``/v1/batches``: the key's own (``_owned_page``); the batches
+        listed are seen by their owner (their output files claimed, an ended one billed)."""
+        limit = page_limit(query, *LIST_LIMITS[collection])
         provider = self.choose_provider(ctx)
-        kind, owner = KIND[collection], owner_of(ctx)
         passed = {k: v for k, v in query.items() if k in ("order", "purpose")}
-        after = query.get("after") or None
-        found: list[dict] = []
-        has_more = False
-        for _ in range(MAX_LIST_PAGES):
-            asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
-            answer, doc = self._call(ctx, provider, "GET", f"/{collection}", query=asked)
-            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-                return self._send(reply, ctx, answer)
-            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
-            mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
-            found += [d for d in items if d["id"] in mine]
-            if len(found) > limit:
-                found, has_more = found[:limit], True
-                break
-            if not doc.get("has_more") or not items:
-                break
-            after = items[-1]["id"]
-        else:
-            has_more = True  # not read to its end: the client asks again after the last id
-        if collection == "batches":
-            for batch in found:
-                self._see_batch(ctx, provider, batch)
-        page_doc = {
-            "object": "list",
-            "data": found,
-            "first_id": found[0]["id"] if found else None,
-            "last_id": found[-1]["id"] if found else None,
-            "has_more": has_more,
-        }
-        answer.data = json.dumps(page_doc).encode()
-        self._keep(ctx, answer)
+        answer, found = self._owned_page(ctx, provider, f"/{collection}", KIND[collection], limit, passed, query)
+        for batch in found if collection == "batches" else ():
+            self._see_batch(ctx, provider, batch)
         self._send(reply, ctx, answer)
 
     # -- batches -------------------------------------------------------------------------------

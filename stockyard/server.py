@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import anthropic_models, files_api, gemini_api, message_batches, multipart, proxy
+from . import anthropic_models, containers_api, files_api, gemini_api, message_batches, multipart, proxy
 from . import ui as console
 from .app import App
 from .attribution import codex_session
@@ -826,6 +826,14 @@ class Handler(BaseHTTPRequestHandler):
             if self._key_accepted(ctx):  # before the body, like the proxy routes
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
                 app.files.handle(self, ctx, req)
+                self._trace_note = trace_note(ctx)
+            return
+        if containers_api.route_of(path) is not None:  # /v1/containers[/{id}[/files[/{file_id}[/content]]]]
+            endpoint = containers_api.endpoint_name(method, path)
+            ctx = RequestContext(endpoint, OPENAI, self._client_ip(), self._headers_dict())
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+                app.containers.handle(self, ctx, req)
                 self._trace_note = trace_note(ctx)
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items

@@ -1201,10 +1201,11 @@ def _compacting(body: dict) -> bool:
     return bool(items) and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger"
 
 
-def _responses_output(body: dict, n: int) -> list[dict]:
+def _responses_output(body: dict, n: int, ran: tuple[dict, dict] | None = None) -> list[dict]:
     """A function call when tools are given and no tool output came back yet; else a message
     (the JSON `{"city": "Paris"}` when `text.format` asks for a json_schema); the compaction item
-    when the input ends with a compaction trigger."""
+    when the input ends with a compaction trigger. ``ran``: the code interpreter's call item and the
+    citation of the file it wrote (``run_code``), before the message that cites it."""
     if _compacting(body):
         return [{"type": "compaction", "id": f"cmp_mock{n}", "encrypted_content": COMPACTED}]
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
@@ -1237,13 +1238,17 @@ def _responses_output(body: dict, n: int) -> list[dict]:
                 "revised_prompt": "A cat, drawn",
             }
         )
+    annotations = []
+    if ran is not None:  # the code ran first; the answer cites the file it wrote
+        drawn.append(ran[0])
+        annotations.append(ran[1])
     return drawn + [
         {
             "type": "message",
             "id": f"msg_mock{n}",
             "status": "completed",
             "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+            "content": [{"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}],
         }
     ]
 
@@ -1288,7 +1293,7 @@ def _head(item: dict) -> dict:
     return {"id": item["id"], "type": item["type"]}
 
 
-def responses_stream(body: dict, n: int, model: str) -> list[str]:
+def responses_stream(body: dict, n: int, model: str, ran: tuple[dict, dict] | None = None) -> list[str]:
     """The full Responses event sequence: created, in_progress, the items' events, completed."""
     seq = itertools.count()
     events: list[str] = []
@@ -1298,7 +1303,7 @@ def responses_stream(body: dict, n: int, model: str) -> list[str]:
 
     emit("response.created", response=responses_object(body, n, model, "in_progress"))
     emit("response.in_progress", response=responses_object(body, n, model, "in_progress"))
-    output = _responses_output(body, n)
+    output = _responses_output(body, n, ran)
     for index, item in enumerate(output):
         if item["type"] == "message":
             text = item["content"][0]["text"]
@@ -1325,12 +1330,21 @@ def responses_stream(body: dict, n: int, model: str) -> list[str]:
                 text=text,
                 logprobs=[],
             )
+            for k, annotation in enumerate(item["content"][0]["annotations"]):
+                emit(
+                    "response.output_text.annotation.added",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    annotation_index=k,
+                    annotation=annotation,
+                )
             emit(
                 "response.content_part.done",
                 item_id=item["id"],
                 output_index=index,
                 content_index=0,
-                part={**part, "text": text},
+                part=item["content"][0],
             )
         elif item["type"] == "image_generation_call":  # partial images while it draws, the image at its done
             emit("response.output_item.added", output_index=index, item={**_head(item), "status": "in_progress"})
@@ -1345,6 +1359,14 @@ def responses_stream(body: dict, n: int, model: str) -> list[str]:
                     partial_image_b64=PARTIAL_IMAGE_B64,
                 )
             emit("response.image_generation_call.completed", item_id=item["id"], output_index=index)
+        elif item["type"] == "code_interpreter_call":  # its code streamed, then run
+            emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress", "code": ""})
+            emit("response.code_interpreter_call.in_progress", item_id=item["id"], output_index=index)
+            code = item["code"]
+            emit("response.code_interpreter_call_code.delta", item_id=item["id"], output_index=index, delta=code)
+            emit("response.code_interpreter_call_code.done", item_id=item["id"], output_index=index, code=code)
+            emit("response.code_interpreter_call.interpreting", item_id=item["id"], output_index=index)
+            emit("response.code_interpreter_call.completed", item_id=item["id"], output_index=index)
         elif item["type"] == "compaction":  # its token is known at the end: added empty, then compacting
             emit("response.output_item.added", output_index=index, item={**item, "encrypted_content": ""})
             emit("response.compaction.compacting", item_id=item["id"], output_index=index)
@@ -1398,11 +1420,14 @@ def _responses(call: Call, model: str) -> Reply:
     previous = body.get("previous_response_id")
     if previous and previous not in RESPONSES_STATE.responses:
         return openai_error(404, f"Previous response with id '{previous}' not found.")
+    ran = run_code(body, call.n) if code_interpreter(body) is not None else None
+    if isinstance(ran, Reply):  # the container named does not exist
+        return ran
     if body.get("stream") is True:
-        events = responses_stream(body, call.n, model)
+        events = responses_stream(body, call.n, model, ran)
         RESPONSES_STATE.keep(body, jsonlib.loads(events[-1].split("data: ", 1)[1])["response"])
         return Reply(sse=events)
-    response = responses_object(body, call.n, model, "completed", _responses_output(body, call.n))
+    response = responses_object(body, call.n, model, "completed", _responses_output(body, call.n, ran))
     RESPONSES_STATE.keep(body, response)
     return Reply(json=response)
 
@@ -1659,6 +1684,175 @@ def _batches(call: Call, batch_id: str | None, action: str | None) -> Reply:
     else:
         _advance(batch)
     return Reply(json=dict(batch))
+
+
+# --------------------------------------------------------------------------- OpenAI containers
+
+
+class ContainersState:
+    """What the mock Containers API keeps: containers, and each one's files with their bytes.
+
+    The code interpreter tool of ``/v1/responses`` runs in one (a new one when the tool says
+    ``auto``) and leaves a file there (``CHART``), which the answer's text cites."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.containers: dict[str, dict] = {}
+        self.files: dict[str, dict[str, tuple[dict, bytes]]] = {}  # container id -> file id -> (object, bytes)
+        self.clock = itertools.count(1)
+
+    def add(self, name: str, file_ids: list[str], memory_limit: str = "1g", minutes: int = 20) -> dict:
+        """A new container (caller holds the lock), with copies of the Files API files named."""
+        tick = next(self.clock)
+        container = {
+            "id": f"cntr_mock{tick:06d}",
+            "object": "container",
+            "created_at": CREATED + tick,
+            "status": "running",
+            "expires_after": {"anchor": "last_active_at", "minutes": minutes},
+            "last_active_at": CREATED + tick,
+            "memory_limit": memory_limit,
+            "name": name,
+        }
+        self.containers[container["id"]], self.files[container["id"]] = container, {}
+        for file_id in file_ids:
+            with FILES.lock:
+                obj, data = FILES.files[file_id], FILES.contents[file_id]
+            self.add_file(container["id"], obj["filename"], data, "user")
+        return container
+
+    def add_file(self, container_id: str, filename: str, data: bytes, source: str) -> dict:
+        """A file in a container (caller holds the lock): its ``container.file`` object."""
+        tick = next(self.clock)
+        obj = {
+            "id": f"cfile_mock{tick:06d}{hashlib.sha256(data).hexdigest()[:8]}",
+            "object": "container.file",
+            "bytes": len(data),
+            "container_id": container_id,
+            "created_at": CREATED + tick,
+            "path": f"/mnt/data/{filename}",
+            "source": source,
+        }
+        self.files[container_id][obj["id"]] = (obj, data)
+        return obj
+
+
+CONTAINERS = ContainersState()
+CONTAINERS_PATH = re.compile(r"^/v1/containers(?:/([A-Za-z0-9_-]+)(?:(/files)(?:/([A-Za-z0-9_-]+)(/content)?)?)?)?$")
+CHART = ("chart.csv", b"x,y\n1,2\n2,4\n")  # what the mock's code interpreter writes (name, bytes)
+
+
+def container_not_found(container_id: str) -> Reply:
+    return openai_error(404, f"Container with id '{container_id}' not found.")
+
+
+def _containers(call: Call, scripted: Reply | None) -> Reply:
+    """POST/GET /v1/containers, GET/DELETE …/{id}; POST/GET …/{id}/files, GET/DELETE
+    …/files/{file_id}, GET …/files/{file_id}/content."""
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    req = call.req
+    container_id, files, file_id, content = CONTAINERS_PATH.match(req.path).groups()
+    with CONTAINERS.lock:
+        if container_id is None and req.method == "POST":
+            body = call.body
+            name, file_ids = body.get("name"), body.get("file_ids") or []
+            if not isinstance(name, str):
+                return openai_error(400, "Missing required parameter: 'name'.")
+            missing = [f for f in file_ids if f not in FILES.files]
+            if missing:
+                return openai_error(404, f"No such File object: {missing[0]}")
+            minutes = (body.get("expires_after") or {}).get("minutes", 20)
+            return Reply(json=CONTAINERS.add(name, file_ids, body.get("memory_limit") or "1g", minutes))
+        if container_id is None and req.method == "GET":
+            asc = req.query.get("order") == "asc"
+            items = sorted(CONTAINERS.containers.values(), key=lambda c: c["created_at"], reverse=not asc)
+            name = req.query.get("name")
+            return Reply(json=_page([c for c in items if not name or c["name"] == name], req.query, 20))
+        if container_id not in CONTAINERS.containers:
+            return container_not_found(container_id)
+        if not files:
+            if req.method == "DELETE":
+                del CONTAINERS.containers[container_id], CONTAINERS.files[container_id]
+                return Reply(json={"id": container_id, "object": "container.deleted", "deleted": True})
+            return Reply(json=CONTAINERS.containers[container_id])
+        held = CONTAINERS.files[container_id]
+        if file_id is None and req.method == "POST":
+            return _container_file_create(call, container_id)
+        if file_id is None:
+            asc = req.query.get("order") == "asc"
+            items = sorted((obj for obj, _ in held.values()), key=lambda f: f["created_at"], reverse=not asc)
+            return Reply(json=_page(items, req.query, 20))
+        if file_id not in held:
+            return openai_error(404, f"Container file with id '{file_id}' not found.")
+        if content:
+            return Reply(body=held[file_id][1], headers={"content-type": "application/octet-stream"})
+        if req.method == "DELETE":
+            del held[file_id]
+            return Reply(json={"id": file_id, "object": "container.file.deleted", "deleted": True})
+        return Reply(json=held[file_id][0])
+
+
+def _container_file_create(call: Call, container_id: str) -> Reply:
+    """A file into a container (caller holds the lock): a multipart ``file``, or ``{"file_id": …}``."""
+    req = call.req
+    if req.headers.get("content-type", "").startswith("multipart/form-data"):
+        _, files = multipart_form(req)
+        uploaded = [(filename, data) for name, filename, data in files if name == "file"]
+        if len(uploaded) != 1:
+            return openai_error(400, "Missing required parameter: 'file'.")
+        filename, data = uploaded[0]
+        return Reply(json=CONTAINERS.add_file(container_id, filename or "upload", data, "user"))
+    file_id = call.body.get("file_id")
+    with FILES.lock:
+        found = FILES.files.get(file_id) if isinstance(file_id, str) else None
+        data = FILES.contents.get(file_id, b"") if found is not None else b""
+    if found is None:
+        return openai_error(404, f"No such File object: {file_id}")
+    return Reply(json=CONTAINERS.add_file(container_id, found["filename"], data, "user"))
+
+
+def code_interpreter(body: dict) -> dict | None:
+    """The request's ``code_interpreter`` tool, if it has one."""
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "code_interpreter":
+            return tool
+    return None
+
+
+def run_code(body: dict, n: int) -> tuple[dict, dict] | Reply:
+    """The code interpreter at work: the container the tool names (a new one for ``auto``) gets
+    ``CHART``; (the ``code_interpreter_call`` item, the ``container_file_citation`` of the file),
+    or OpenAI's 404 for a container that does not exist."""
+    container = (code_interpreter(body) or {}).get("container")
+    with CONTAINERS.lock:
+        if isinstance(container, dict):
+            file_ids = container.get("file_ids") or []
+            if any(f not in FILES.files for f in file_ids):
+                return openai_error(404, f"No such File object: {[f for f in file_ids if f not in FILES.files][0]}")
+            container_id = CONTAINERS.add(f"auto-{n}", file_ids, container.get("memory_limit") or "1g")["id"]
+        elif isinstance(container, str) and container in CONTAINERS.containers:
+            container_id = container
+        else:
+            return container_not_found(str(container))
+        made = CONTAINERS.add_file(container_id, CHART[0], CHART[1], "assistant")
+    call = {
+        "id": f"ci_mock{n}",
+        "type": "code_interpreter_call",
+        "status": "completed",
+        "code": "import csv\nopen('/mnt/data/chart.csv', 'w').write('x,y\\n1,2\\n2,4\\n')",
+        "container_id": container_id,
+        "outputs": None,
+    }
+    citation = {
+        "type": "container_file_citation",
+        "container_id": container_id,
+        "file_id": made["id"],
+        "filename": CHART[0],
+        "start_index": 0,
+        "end_index": len(TEXT),
+    }
+    return call, citation
 
 
 # --------------------------------------------------------------------------- Anthropic message batches
@@ -2240,6 +2434,8 @@ def find_route(method: str, path: str) -> Route | None:
         return _stored_response
     if FILES_PATH.match(path):
         return _files_and_batches
+    if CONTAINERS_PATH.match(path):
+        return _containers
     return None
 
 

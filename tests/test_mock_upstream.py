@@ -479,6 +479,58 @@ def test_openai_sdk_speaks_to_mock(mock: MockUpstream) -> None:
         client.chat.completions.create(model="mock-error-429", messages=[])
 
 
+def test_openai_sdk_speaks_containers_to_mock(mock: MockUpstream) -> None:
+    """The Containers API in OpenAI's wire shapes, and the code interpreter of /v1/responses: a
+    ``code_interpreter_call`` naming its container (a new one for ``auto``), then a message citing
+    the file the code wrote (``container_file_citation``), streamed too."""
+    openai = pytest.importorskip("openai")
+    from mock_upstream import CHART
+
+    client = openai.OpenAI(base_url=mock.url + "/v1", api_key="x", max_retries=0)
+    uploaded = client.files.create(file=("data.csv", b"a,b\n"), purpose="user_data")
+    made = client.containers.create(name="work", file_ids=[uploaded.id], memory_limit="4g")
+    assert made.id.startswith("cntr_") and made.object == "container" and made.memory_limit == "4g"
+    assert client.containers.retrieve(made.id).name == "work"
+    assert made.id in [c.id for c in client.containers.list(limit=100)]
+    copied = client.containers.files.list(made.id).data
+    assert [(f.path, f.source, f.bytes) for f in copied] == [("/mnt/data/data.csv", "user", 4)]
+    sent = client.containers.files.create(made.id, file=("notes.txt", b"hello"))
+    assert sent.object == "container.file" and sent.container_id == made.id
+    by_id = client.containers.files.create(made.id, file_id=uploaded.id)
+    assert client.containers.files.retrieve(by_id.id, container_id=made.id).path == "/mnt/data/data.csv"
+    assert client.containers.files.content.retrieve(sent.id, container_id=made.id).read() == b"hello"
+    client.containers.files.delete(sent.id, container_id=made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.containers.files.retrieve(sent.id, container_id=made.id)
+
+    named = client.responses.create(
+        model="gpt-4o-mini", input="plot", tools=[{"type": "code_interpreter", "container": made.id}]
+    )
+    ran, message = named.output
+    assert ran.type == "code_interpreter_call" and ran.container_id == made.id
+    cited = message.content[0].annotations[0]
+    assert cited.type == "container_file_citation" and cited.container_id == made.id
+    assert client.containers.files.content.retrieve(cited.file_id, container_id=made.id).read() == CHART[1]
+
+    auto = [{"type": "code_interpreter", "container": {"type": "auto"}}]
+    stream = client.responses.create(model="gpt-4o-mini", input="plot", stream=True, tools=auto)
+    events = list(stream)
+    done = [e.item for e in events if e.type == "response.output_item.done"]
+    assert done[0].type == "code_interpreter_call" and done[0].container_id not in (made.id, None)
+    added = [e.annotation for e in events if e.type == "response.output_text.annotation.added"]
+    assert added[0].container_id == done[0].container_id
+    assert events[-1].response.output[1].content[0].annotations[0].file_id == added[0].file_id
+    assert client.containers.retrieve(done[0].container_id).status == "running"
+
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(
+            model="gpt-4o-mini", input="plot", tools=[{"type": "code_interpreter", "container": "cntr_none"}]
+        )
+    client.containers.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.containers.retrieve(made.id)
+
+
 def test_anthropic_sdk_speaks_to_mock(mock: MockUpstream) -> None:
     anthropic = pytest.importorskip("anthropic")
     client = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)

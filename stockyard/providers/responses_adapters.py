@@ -199,6 +199,9 @@ class PassThroughStream(StreamTranslator):
         kind = obj.get("type")
         if kind == "response.created":  # the id is the client's from now on, even if the stream breaks
             keep(self.ctx, response)
+        conv, provider = self.ctx.conversation, self.ctx.attempt.provider
+        if kind == "response.output_item.done" and conv is not None and provider is not None:
+            conv.see(provider, [obj.get("item")])  # the container it ran code in, before the answer cites it
         if kind in TERMINAL:
             self.complete = kind != "response.failed"
             keep(self.ctx, response)
