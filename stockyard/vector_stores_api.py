@@ -20,6 +20,7 @@ no key owns passes as sent; only another key's store is refused.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .context import RequestContext
 from .errors import ProxyError
@@ -40,14 +41,15 @@ BETA_HEADER = "openai-beta"
 BETA = re.compile(r"[A-Za-z0-9._=-]{1,64}(?:[ \t]*,[ \t]*[A-Za-z0-9._=-]{1,64}){0,15}")
 
 
+@dataclass(frozen=True)
 class Route:
     """Where a vector stores path points: the store, what under it (``search``, ``files``,
     ``file_batches``), the file or batch, and its action (``content``, ``cancel``, ``files``)."""
 
-    __slots__ = ("store_id", "sub", "sub_id", "action")
-
-    def __init__(self, store_id: str | None, sub: str, sub_id: str | None, action: str) -> None:
-        self.store_id, self.sub, self.sub_id, self.action = store_id, sub, sub_id, action
+    store_id: str | None
+    sub: str
+    sub_id: str | None
+    action: str
 
     def methods(self) -> tuple[str, ...]:
         """The methods OpenAI serves here (a 405 names them)."""
@@ -77,7 +79,8 @@ class Route:
             return f"{base}.{'create' if method == 'POST' else 'list'}"
         if self.sub == "file_batches":
             return f"{base}.retrieve"
-        return f"{base}.{ {'DELETE': 'delete', 'POST': 'update'}.get(method, 'retrieve') }"
+        verb = {"DELETE": "delete", "POST": "update"}.get(method, "retrieve")
+        return f"{base}.{verb}"
 
 
 def route_of(path: str) -> Route | None:
