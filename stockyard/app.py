@@ -63,6 +63,7 @@ from .store.traces import backfill_search
 from .streamrelay import StreamRelay
 from .tracing import Tracer
 from .upstream import Pool
+from .vector_stores_api import VectorStoresAPI
 from .webhooks import Dispatcher
 
 log = logging.getLogger("stockyard")
@@ -178,6 +179,7 @@ class App:
         self.batch_costs = BatchCosts(self.path, self.store, self.metrics, self.batch_spend)
         self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
         self.containers = ContainersAPI(self.path, ownership)
+        self.vector_stores = VectorStoresAPI(self.path, ownership)
         self.message_batches = MessageBatches(
             self.path, ownership, self.models, self.batch_costs, self.check_batch_budget, self.budgeted
         )

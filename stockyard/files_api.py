@@ -95,6 +95,7 @@ NOT_FOUND = {
     "file": "No such File object: {}",
     "batch": "No batch found with id '{}'.",
     "container": "Container with id '{}' not found.",
+    "vector_store": "No vector store found with id '{}'.",
 }
 
 
@@ -196,6 +197,21 @@ def referenced_containers(body: object) -> list[tuple[str, str]]:
         if isinstance(item, dict) and item.get("type") == "code_interpreter_call"
     ]
     return [(param, value) for param, value in named if isinstance(value, str)]
+
+
+def referenced_vector_stores(body: object) -> list[tuple[str, str]]:
+    """(param, vector store id) of each store a Responses body's ``file_search`` tools search
+    (``{"type": "file_search", "vector_store_ids": ["vs_…"]}``)."""
+    tools = body.get("tools") if isinstance(body, dict) else None
+    return [
+        (f"tools[{i}].vector_store_ids", store_id)
+        for i, tool in enumerate(tools if isinstance(tools, list) else [])
+        if isinstance(tool, dict)
+        and tool.get("type") == "file_search"
+        and isinstance(tool.get("vector_store_ids"), list)
+        for store_id in tool["vector_store_ids"]
+        if isinstance(store_id, str)
+    ]
 
 
 # The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).
@@ -306,19 +322,35 @@ class Ownership:
         and a code interpreter tool's ``container`` only this key's containers
         (``containers_api``): the provider holds every key's objects under the one provider key,
         so another key's id (or one Stockyard never saw) is OpenAI's 404 here, before any module
-        or provider call. The body as it will be sent: with the items of a conversation it names
-        put in (``conversations.open``; items added through ``/v1/conversations`` were never
+        or provider call. A ``file_search`` tool's ``vector_store_ids`` are refused only when
+        another key made the store (``vector_stores_api``): shared stores are made outside
+        Stockyard, so one no key owns goes as sent. The body as it will be sent: with the items
+        of a conversation it names put in (``conversations.open``; items added through ``/v1/conversations`` were never
         checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
         for param, container_id in referenced_containers(ctx.body):
             if self.find(container_id, "container", owner_of(ctx)) is None:
                 raise not_found("container", container_id, param)
+        for param, store_id in referenced_vector_stores(ctx.body):
+            if self.owned_by_another(store_id, "vector_store", owner_of(ctx)):
+                raise not_found("vector_store", store_id, param)
         if not estimate.put_in(ctx) and not may_name_files(ctx.raw):
             return
         for file_id in referenced_files(ctx.body):
             if self.find(file_id, "file", owner_of(ctx)) is None:
                 raise not_found("file", file_id, "file_id")
+
+    def owned_by_another(self, object_id: str, kind: str, owner: str) -> bool:
+        """Whether some key other than ``owner`` made the object (an id no key owns: False)."""
+        if not storable(object_id):
+            return False
+        row = (
+            self._store.read()
+            .execute("SELECT key_id FROM owned_objects WHERE id = ? AND kind = ?", (object_id, kind))
+            .fetchone()
+        )
+        return row is not None and row["key_id"] != owner
 
     def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
         """Which of ``ids`` at ``provider`` belong to ``owner`` (one no row can hold is no one's)."""
@@ -853,7 +885,8 @@ class FilesAPI(ProviderCalls):
         """A batch runs its lines under the one provider key, so each line is held to what the key
         could send itself: a key with a model allow-list only its models (as if sent to
         ``provider``), and any key only its own files (``file_id``) and containers (a code
-        interpreter's ``container``), its own responses
+        interpreter's ``container``), no other key's vector stores (``vector_store_ids``), its
+        own responses
         (``previous_response_id``) and their output items (``item_reference``s, reasoning items and
         image generation calls by id: ``Conversations.check_stored_names``); a ``conversation``
         (Stockyard's, which it cannot put in front
@@ -908,6 +941,9 @@ class FilesAPI(ProviderCalls):
             for _, container_id in referenced_containers(body):
                 if self.ownership.find(container_id, "container", key.id) is None:
                     raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
+            for _, store_id in referenced_vector_stores(body):  # another key's only: an unowned one is shared
+                if self.ownership.owned_by_another(store_id, "vector_store", key.id):
+                    raise not_found("vector_store", f"{store_id} (line {number} of the batch file)", "file")
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(

@@ -25,7 +25,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from . import anthropic_models, containers_api, files_api, gemini_api, message_batches, multipart, proxy
+from . import (
+    anthropic_models,
+    containers_api,
+    files_api,
+    gemini_api,
+    message_batches,
+    multipart,
+    proxy,
+    vector_stores_api,
+)
 from . import ui as console
 from .app import App
 from .attribution import codex_session
@@ -834,6 +843,14 @@ class Handler(BaseHTTPRequestHandler):
             if self._key_accepted(ctx):  # before the body, like the proxy routes
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
                 app.containers.handle(self, ctx, req)
+                self._trace_note = trace_note(ctx)
+            return
+        if vector_stores_api.route_of(path) is not None:  # /v1/vector_stores[/{id}[/search|/files…|/file_batches…]]
+            endpoint = vector_stores_api.endpoint_name(method, path)
+            ctx = RequestContext(endpoint, OPENAI, self._client_ip(), self._headers_dict())
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+                app.vector_stores.handle(self, ctx, req)
                 self._trace_note = trace_note(ctx)
             return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items

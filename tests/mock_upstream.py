@@ -1855,6 +1855,201 @@ def run_code(body: dict, n: int) -> tuple[dict, dict] | Reply:
     return call, citation
 
 
+# --------------------------------------------------------------------------- OpenAI vector stores
+
+
+class VectorStoresState:
+    """What the mock Vector Stores API keeps: stores, each one's files (Files API files, by their
+    id, with attributes) and file batches. A file is ready at once; a batch is ``in_progress``
+    until it is retrieved (then ``completed``) or cancelled. Search finds the files whose text
+    holds the query's words."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stores: dict[str, dict] = {}
+        self.files: dict[str, dict[str, dict]] = {}  # store id -> file id -> vector_store.file
+        self.batches: dict[str, dict] = {}  # batch id -> vector_store.files_batch
+        self.batch_files: dict[str, list[str]] = {}  # batch id -> its file ids
+        self.clock = itertools.count(1)
+
+    def add(self, name: str | None, file_ids: list[str], metadata: dict | None = None) -> dict:
+        """A new store (caller holds the lock), with the Files API files named."""
+        tick = next(self.clock)
+        store = {
+            "id": f"vs_mock{tick:06d}",
+            "object": "vector_store",
+            "created_at": CREATED + tick,
+            "name": name or "",
+            "usage_bytes": 0,
+            "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0},
+            "status": "completed",
+            "expires_after": None,
+            "expires_at": None,
+            "last_active_at": CREATED + tick,
+            "metadata": metadata or {},
+        }
+        self.stores[store["id"]], self.files[store["id"]] = store, {}
+        for file_id in file_ids:
+            self.add_file(store["id"], file_id, None)
+        return store
+
+    def add_file(self, store_id: str, file_id: str, attributes: dict | None) -> dict:
+        """A Files API file into a store (caller holds the lock): its ``vector_store.file``."""
+        with FILES.lock:
+            size = len(FILES.contents.get(file_id, b""))
+        obj = {
+            "id": file_id,
+            "object": "vector_store.file",
+            "created_at": CREATED + next(self.clock),
+            "usage_bytes": size,
+            "vector_store_id": store_id,
+            "status": "completed",
+            "last_error": None,
+            "attributes": attributes or {},
+            "chunking_strategy": {
+                "type": "static",
+                "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400},
+            },
+        }
+        self.files[store_id][file_id] = obj
+        counts = self.stores[store_id]["file_counts"]
+        counts["completed"] += 1
+        counts["total"] += 1
+        self.stores[store_id]["usage_bytes"] += size
+        return obj
+
+    def search(self, store_id: str, query: object) -> list[dict]:
+        """The store's files whose text holds every word of the query, as search results."""
+        words = " ".join(query if isinstance(query, list) else [str(query)]).lower().split()
+        found = []
+        for file_id, obj in self.files[store_id].items():
+            with FILES.lock:
+                text = FILES.contents.get(file_id, b"").decode("utf-8", "replace")
+                filename = (FILES.files.get(file_id) or {}).get("filename", "")
+            if all(w in text.lower() for w in words):
+                content = [{"type": "text", "text": text}]
+                found.append(
+                    {
+                        "file_id": file_id,
+                        "filename": filename,
+                        "score": 0.9,
+                        "attributes": obj["attributes"],
+                        "content": content,
+                    }
+                )
+        return found
+
+
+VECTOR_STORES = VectorStoresState()
+VECTOR_STORES_PATH = re.compile(
+    r"^/v1/vector_stores(?:/([A-Za-z0-9_-]+)(?:/(search)|/(files|file_batches)(?:/([A-Za-z0-9_-]+)(?:/(content|cancel|files))?)?)?)?$"
+)
+
+
+def vector_store_not_found(store_id: str) -> Reply:
+    return openai_error(404, f"No vector store found with id '{store_id}'.")
+
+
+def _vector_stores(call: Call, scripted: Reply | None) -> Reply:
+    """POST/GET /v1/vector_stores, GET/POST/DELETE …/{id}, POST …/{id}/search; POST/GET …/{id}/files,
+    GET/POST/DELETE …/files/{file_id}, GET …/content; POST …/{id}/file_batches, GET …/{batch_id},
+    POST …/cancel, GET …/files."""
+    if scripted is not None and scripted.status >= 400:
+        return openai_error(scripted.status)
+    req, body = call.req, call.body
+    store_id, search, sub, sub_id, action = VECTOR_STORES_PATH.match(req.path).groups()
+    state = VECTOR_STORES
+    with state.lock:
+        if store_id is None and req.method == "POST":
+            file_ids = body.get("file_ids") or []
+            missing = [f for f in file_ids if f not in FILES.files]
+            if missing:
+                return openai_error(404, f"No such File object: {missing[0]}")
+            return Reply(json=state.add(body.get("name"), file_ids, body.get("metadata")))
+        if store_id is None:
+            items = sorted(
+                state.stores.values(), key=lambda v: v["created_at"], reverse=req.query.get("order") != "asc"
+            )
+            return Reply(json=_page(items, req.query, 20))
+        if store_id not in state.stores:
+            return vector_store_not_found(store_id)
+        store = state.stores[store_id]
+        if search:
+            results = state.search(store_id, body.get("query"))[: int(body.get("max_num_results") or 10)]
+            query = body.get("query")
+            page = {
+                "object": "vector_store.search_results.page",
+                "search_query": query if isinstance(query, list) else [query],
+            }
+            return Reply(json={**page, "data": results, "has_more": False, "next_page": None})
+        if sub is None:
+            if req.method == "DELETE":
+                del state.stores[store_id], state.files[store_id]
+                return Reply(json={"id": store_id, "object": "vector_store.deleted", "deleted": True})
+            if req.method == "POST":
+                store.update({k: body[k] for k in ("name", "metadata", "expires_after") if k in body})
+            return Reply(json=store)
+        held = state.files[store_id]
+        if sub == "files":
+            if sub_id is None and req.method == "POST":
+                file_id = body.get("file_id")
+                if file_id not in FILES.files:
+                    return openai_error(404, f"No such File object: {file_id}")
+                return Reply(json=state.add_file(store_id, file_id, body.get("attributes")))
+            if sub_id is None:
+                items = sorted(held.values(), key=lambda f: f["created_at"], reverse=req.query.get("order") != "asc")
+                wanted = req.query.get("filter")
+                return Reply(json=_page([f for f in items if not wanted or f["status"] == wanted], req.query, 20))
+            if sub_id not in held:
+                return openai_error(404, f"No file found with id '{sub_id}' in vector store '{store_id}'.")
+            if action == "content":
+                with FILES.lock:
+                    text = FILES.contents.get(sub_id, b"").decode("utf-8", "replace")
+                page = {"object": "vector_store.file_content.page", "data": [{"type": "text", "text": text}]}
+                return Reply(json={**page, "has_more": False, "next_page": None})
+            if req.method == "DELETE":
+                del held[sub_id]
+                return Reply(json={"id": sub_id, "object": "vector_store.file.deleted", "deleted": True})
+            if req.method == "POST":
+                held[sub_id]["attributes"] = body.get("attributes") or {}
+            return Reply(json=held[sub_id])
+        if sub_id is None:  # a new file batch
+            file_ids = list(body.get("file_ids") or []) + [f["file_id"] for f in body.get("files") or []]
+            missing = [f for f in file_ids if f not in FILES.files]
+            if missing:
+                return openai_error(404, f"No such File object: {missing[0]}")
+            for file_id in file_ids:
+                state.add_file(store_id, file_id, None)
+            tick = next(state.clock)
+            counts = {"in_progress": len(file_ids), "completed": 0, "failed": 0, "cancelled": 0, "total": len(file_ids)}
+            batch = {
+                "id": f"vsfb_mock{tick:06d}",
+                "object": "vector_store.files_batch",
+                "created_at": CREATED + tick,
+                "vector_store_id": store_id,
+                "status": "in_progress",
+                "file_counts": counts,
+            }
+            state.batches[batch["id"]], state.batch_files[batch["id"]] = batch, file_ids
+            return Reply(json=batch)
+        batch = state.batches.get(sub_id)
+        if batch is None or batch["vector_store_id"] != store_id:
+            return openai_error(404, f"No file batch found with id '{sub_id}' in vector store '{store_id}'.")
+        counts = batch["file_counts"]
+        if action == "cancel":
+            if batch["status"] != "in_progress":
+                return openai_error(400, f"Cannot cancel a batch with status '{batch['status']}'.")
+            batch["status"] = "cancelled"
+            counts.update(cancelled=counts["in_progress"], in_progress=0)
+        elif action == "files":
+            items = [held[f] for f in state.batch_files[sub_id] if f in held]
+            return Reply(json=_page(items, req.query, 20))
+        elif batch["status"] == "in_progress":
+            batch["status"] = "completed"
+            counts.update(completed=counts["in_progress"], in_progress=0)
+        return Reply(json=batch)
+
+
 # --------------------------------------------------------------------------- Anthropic message batches
 
 
@@ -2436,6 +2631,8 @@ def find_route(method: str, path: str) -> Route | None:
         return _files_and_batches
     if CONTAINERS_PATH.match(path):
         return _containers
+    if VECTOR_STORES_PATH.match(path):
+        return _vector_stores
     return None
 
 

@@ -531,6 +531,47 @@ def test_openai_sdk_speaks_containers_to_mock(mock: MockUpstream) -> None:
         client.containers.retrieve(made.id)
 
 
+def test_openai_sdk_speaks_vector_stores_to_mock(mock: MockUpstream) -> None:
+    """The Vector Stores API in OpenAI's wire shapes: stores, their files (by Files API id, with
+    attributes), search over the files' text, file batches that complete when retrieved or cancel."""
+    openai = pytest.importorskip("openai")
+
+    client = openai.OpenAI(base_url=mock.url + "/v1", api_key="x", max_retries=0)
+    doc = client.files.create(file=("cows.txt", b"cows eat grass"), purpose="assistants")
+    other = client.files.create(file=("sky.txt", b"the sky is blue"), purpose="assistants")
+    store = client.vector_stores.create(name="farm", file_ids=[doc.id], metadata={"team": "a"})
+    assert store.id.startswith("vs_") and store.object == "vector_store" and store.file_counts.completed == 1
+    assert mock.last().headers["openai-beta"] == "assistants=v2"
+    assert client.vector_stores.update(store.id, name="barn").name == "barn"
+    assert client.vector_stores.retrieve(store.id).name == "barn"
+    assert store.id in [v.id for v in client.vector_stores.list(limit=100)]
+    found = client.vector_stores.search(store.id, query="grass").data
+    assert [(r.file_id, r.filename, r.content[0].text) for r in found] == [(doc.id, "cows.txt", "cows eat grass")]
+
+    added = client.vector_stores.files.create(store.id, file_id=other.id, attributes={"kind": "sky"})
+    assert added.object == "vector_store.file" and added.status == "completed" and added.attributes == {"kind": "sky"}
+    assert {f.id for f in client.vector_stores.files.list(store.id)} == {doc.id, other.id}
+    changed = client.vector_stores.files.update(other.id, vector_store_id=store.id, attributes={"kind": "air"})
+    assert changed.attributes == {"kind": "air"}
+    assert client.vector_stores.files.retrieve(other.id, vector_store_id=store.id).attributes == {"kind": "air"}
+    text = [c.text for c in client.vector_stores.files.content(other.id, vector_store_id=store.id)]
+    assert text == ["the sky is blue"]
+    assert client.vector_stores.files.delete(other.id, vector_store_id=store.id).deleted
+
+    batch = client.vector_stores.file_batches.create(store.id, files=[{"file_id": other.id}])
+    assert batch.object == "vector_store.files_batch" and batch.status == "in_progress"
+    assert [f.id for f in client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id)] == [
+        other.id
+    ]
+    assert client.vector_stores.file_batches.retrieve(batch.id, vector_store_id=store.id).status == "completed"
+    later = client.vector_stores.file_batches.create(store.id, file_ids=[doc.id])
+    assert client.vector_stores.file_batches.cancel(later.id, vector_store_id=store.id).status == "cancelled"
+
+    assert client.vector_stores.delete(store.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve(store.id)
+
+
 def test_anthropic_sdk_speaks_to_mock(mock: MockUpstream) -> None:
     anthropic = pytest.importorskip("anthropic")
     client = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)
