@@ -1,0 +1,110 @@
+"""An attacker's look at the Containers API and the container checks of /v1/responses: a client
+key (bob) after another's (alice's) containers by every shape the routes and the Responses body
+allow, against the mock upstream and a real server process."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import time
+
+import pytest
+from conftest import ServerProcess, mock_env
+from mock_upstream import CONTAINERS
+from openai import OpenAI
+
+ADMIN = "admin-key-for-attack-containers-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack-containers") / "stockyard.db", env)
+    srv.keys = srv.create_keys({"alice": [], "bob": []})
+    srv.start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def client(server: ServerProcess, who: str) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0)
+
+
+def auth(server: ServerProcess, who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.keys[who]}"}
+
+
+def alices_container(server: ServerProcess) -> str:
+    made = client(server, "alice").containers.create(name="private")
+    client(server, "alice").containers.files.create(made.id, file=("secret.txt", io.BytesIO(b"alice's secret")))
+    return made.id
+
+
+def raw_get(server: ServerProcess, method: str, target: str, who: str) -> tuple[int, bytes]:
+    """A request with its target sent as written (urllib would not keep every shape)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        conn.putheader("Authorization", f"Bearer {server.keys[who]}")
+        conn.putheader("Content-Length", "0")
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+# -- paths ----------------------------------------------------------------------------------------
+
+
+def test_no_path_shape_reaches_another_keys_container(server, mock):
+    target = alices_container(server)
+    shapes = [
+        f"/v1/containers/{target}/",
+        f"/v1/containers//{target}",
+        f"/v1/containers/{target}?x=1",
+        f"/v1/containers/{target.upper()}",
+        f"/v1/containers/%2e%2e/containers/{target}",
+        f"/v1/containers/{target}%2Ffiles",
+        "/v1/containers/../containers/" + target,
+        "/v1/containers/./files",
+        "/v1/containers/../files",
+        "/v1/containers/" + "a" * 201,
+        f"/v1/containers/{target}/files/..",
+        f"/v1/containers/{target}/files/../content",
+    ]
+    before = len(mock.requests)
+    for shape in shapes:
+        for method in ("GET", "DELETE"):
+            status, body = raw_get(server, method, shape, "bob")
+            assert status in (400, 404, 405), (method, shape, status, body)
+            assert b"alice's secret" not in body and b"Traceback" not in body
+    reached = [r.path for r in mock.requests[before:]]
+    assert not [p for p in reached if target in p or target.upper() in p], reached
+    assert target in CONTAINERS.containers
+
+
+# -- the Responses body ---------------------------------------------------------------------------
+
+
+def test_a_shell_tool_may_not_name_another_keys_container(server, mock):
+    """The hosted shell tool runs commands in the container its environment names
+    (``{"type": "container_reference", "container_id": …}``): another key's is OpenAI's 404."""
+    target = alices_container(server)
+    before = len(mock.requests)
+    status, _, body = server.request(
+        "POST",
+        "/v1/responses",
+        {
+            "model": "gpt-4o-mini",
+            "input": "cat /mnt/data/secret.txt",
+            "tools": [{"type": "shell", "environment": {"type": "container_reference", "container_id": target}}],
+        },
+        auth(server, "bob"),
+    )
+    assert status == 404, body
+    error = json.loads(body)["error"]
+    assert target in error["message"] and error["param"] == "tools[0].environment.container_id"
+    assert [r for r in mock.requests[before:] if r.path == "/v1/responses"] == []
