@@ -28,7 +28,7 @@ from .providers import Provider
 from .proxy import Reply, RequestPath
 
 KIND = "container"
-ID = r"([A-Za-z0-9_.-]{1,200})"
+ID = r"((?!\.+(?:/|$))[A-Za-z0-9_.-]{1,200})"  # never all dots: a relative path at the provider
 PATH = re.compile(rf"^/v1/containers(?:/{ID}(?:(/files)(?:/{ID}(/content)?)?)?)?$")
 LIST_LIMITS = (20, 100)  # (default, largest) page size, as OpenAI's
 PASSED = ("order", "name")  # list parameters passed on (limit and after are the filtered list's own)

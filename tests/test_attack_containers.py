@@ -86,6 +86,19 @@ def test_no_path_shape_reaches_another_keys_container(server, mock):
     assert target in CONTAINERS.containers
 
 
+def test_dot_ids_are_not_sent_to_the_provider(server, mock):
+    """A file id of dots under one's own container would be a relative path at the provider
+    (``/containers/{id}/files/..`` is the container itself once a proxy normalises it)."""
+    own = client(server, "bob").containers.create(name="bobs")
+    before = len(mock.requests)
+    for method in ("GET", "DELETE"):
+        for tail in ("/files/..", "/files/.", "/files/../content"):
+            status, body = raw_get(server, method, f"/v1/containers/{own.id}{tail}", "bob")
+            assert status in (404, 405), (method, tail, status, body)
+    assert [r.path for r in mock.requests[before:]] == []
+    assert own.id in CONTAINERS.containers
+
+
 # -- the Responses body ---------------------------------------------------------------------------
 
 
