@@ -127,7 +127,7 @@ class ContainersAPI(ProviderCalls):
             not isinstance(file_ids, list) or not all(isinstance(f, str) and f for f in file_ids)
         ):
             raise ProxyError(400, "'file_ids' must be an array of file ids", param="file_ids", code="invalid_type")
-        for file_id in file_ids or []:
+        for file_id in dict.fromkeys(file_ids or []):  # each id once, in order: a list may repeat one a million times
             if self.ownership.find(file_id, "file", owner_of(ctx)) is None:
                 raise not_found("file", file_id, "file_ids")
         provider = self.choose_provider(ctx)

@@ -121,3 +121,21 @@ def test_a_shell_tool_may_not_name_another_keys_container(server, mock):
     error = json.loads(body)["error"]
     assert target in error["message"] and error["param"] == "tools[0].environment.container_id"
     assert [r for r in mock.requests[before:] if r.path == "/v1/responses"] == []
+
+
+# -- resources ------------------------------------------------------------------------------------
+
+
+def test_a_long_file_ids_list_is_checked_once_per_id(server, mock):
+    """``file_ids`` repeating the key's own file a million times, then naming one it does not own:
+    each distinct id is looked up once, not once per entry (a 15 MB body held a worker for half a
+    minute of database reads, 32 MiB for a minute, before its 404)."""
+    own = client(server, "bob").files.create(file=("x.csv", io.BytesIO(b"a\n")), purpose="user_data")
+    body = {"name": "many", "file_ids": [own.id] * 1_000_000 + ["file-not-bobs"]}
+    before = len(mock.requests)
+    started = time.monotonic()
+    status, _, answer = server.request("POST", "/v1/containers", body, auth(server, "bob"))
+    elapsed = time.monotonic() - started
+    assert status == 404 and json.loads(answer)["error"]["message"] == "No such File object: file-not-bobs"
+    assert elapsed < 6, elapsed  # a million reads took 26 s on the CI's cores
+    assert [r for r in mock.requests[before:] if r.path == "/v1/containers"] == []
