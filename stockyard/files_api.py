@@ -707,7 +707,8 @@ class ProviderCalls:
         passed: dict[str, str],
         query: dict[str, str],
     ) -> tuple[Answer, list[dict]]:
-        """The provider's list at ``rest`` (asked with ``passed``, and the client's ``after``),
+        """The provider's list at ``rest`` (asked with ``passed``, and the client's ``after`` if the
+        key owns it; else an empty page, unasked),
         filtered to this key's objects of ``kind``, paged honestly: ``limit`` of them, ``has_more``
         when the provider holds more of the key's (or was not read to its end). Returns the page
         as the answer and the objects on it; a provider's failure is the answer as it came, with none."""
@@ -715,7 +716,15 @@ class ProviderCalls:
         after = query.get("after") or None
         found: list[dict] = []
         has_more = False
-        for _ in range(MAX_LIST_PAGES):
+        if after and not self.ownership.owned([after], kind, owner, provider.name):
+            # another key's id, or none: the provider's page after it would say whether it exists
+            # and where it stands among the key's own, so it is an unknown id's empty page, unasked
+            answer = Answer(200, {"content-type": "application/json"})
+            ctx.attempt.status = 200
+            pages = 0
+        else:
+            pages = MAX_LIST_PAGES
+        for _ in range(pages):
             asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -730,7 +739,7 @@ class ProviderCalls:
                 break
             after = items[-1]["id"]
         else:
-            has_more = True  # not read to its end: the client asks again after the last id
+            has_more = pages > 0  # not read to its end: the client asks again after the last id
         page_doc = {
             "object": "list",
             "data": found,

@@ -139,3 +139,21 @@ def test_a_long_file_ids_list_is_checked_once_per_id(server, mock):
     assert status == 404 and json.loads(answer)["error"]["message"] == "No such File object: file-not-bobs"
     assert elapsed < 6, elapsed  # a million reads took 26 s on the CI's cores
     assert [r for r in mock.requests[before:] if r.path == "/v1/containers"] == []
+
+
+# -- lists ----------------------------------------------------------------------------------------
+
+
+def test_paging_after_another_keys_id_says_nothing_of_it(server, mock):
+    """``after`` naming another key's container answers as ``after`` naming none that exists: the
+    provider's page after it would show whether it exists and where it stands among the key's own."""
+    target = alices_container(server)
+    own = client(server, "bob").containers.create(name="after-alices")
+    pages = {}
+    for after in (target, "cntr_never_made"):
+        status, _, body = server.request("GET", f"/v1/containers?order=asc&after={after}", None, auth(server, "bob"))
+        assert status == 200, body
+        pages[after] = json.loads(body)
+    assert pages[target] == pages["cntr_never_made"]
+    status, _, body = server.request("GET", "/v1/containers?order=asc", None, auth(server, "bob"))
+    assert own.id in [c["id"] for c in json.loads(body)["data"]]  # the key's own are listed still
