@@ -138,11 +138,16 @@ class ContainersAPI(ProviderCalls):
 
     def _add_file(self, reply: Reply, ctx: RequestContext, req: Request, provider: Provider, rest: str) -> None:
         """``POST /v1/containers/{id}/files``: a multipart ``file``, streamed to a spool and on
-        (never held whole; the trace keeps its metadata), or ``{"file_id": …}``, this key's file."""
+        (never held whole; the trace keeps its metadata), or ``{"file_id": …}``, this key's file (a
+        ``file_id`` field beside the form's file too: it is relayed, and the provider may read it)."""
         if req.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             with req.upload() as upload:
                 ctx.raw = json.dumps(upload.metadata()).encode()
                 upload.refuse_stray_files(("file",))
+                named = upload.fields.get("file_id")  # relayed with the form: the provider may read it
+                for file_id in [named] if isinstance(named, str) else named or []:
+                    if self.ownership.find(file_id, "file", owner_of(ctx)) is None:
+                        raise not_found("file", file_id, "file_id")
                 if len([f for f in upload.files if f.name == "file"]) != 1:
                     raise ProxyError(
                         400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"

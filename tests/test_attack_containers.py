@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import CONTAINERS
-from openai import OpenAI
+from openai import NotFoundError, OpenAI
 
 ADMIN = "admin-key-for-attack-containers-0123456789"
 
@@ -121,6 +121,69 @@ def test_a_shell_tool_may_not_name_another_keys_container(server, mock):
     error = json.loads(body)["error"]
     assert target in error["message"] and error["param"] == "tools[0].environment.container_id"
     assert [r for r in mock.requests[before:] if r.path == "/v1/responses"] == []
+
+
+def test_a_batch_line_may_not_name_another_keys_container_in_a_shell_tool(server, mock):
+    target = alices_container(server)
+    shell = {"type": "shell", "environment": {"type": "container_reference", "container_id": target}}
+    line = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/responses",
+        "body": {"model": "gpt-4o-mini", "input": "cat /mnt/data/*", "tools": [shell]},
+    }
+    before = len(mock.requests)
+    with pytest.raises(NotFoundError) as err:
+        client(server, "bob").files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
+    assert target in err.value.body["message"] and "line 1" in err.value.body["message"]
+    assert mock.requests[before:] == []
+
+
+def test_a_file_id_field_beside_an_upload_must_be_the_keys_own(server, mock):
+    """A multipart upload into the key's own container that also names another key's file in a
+    ``file_id`` text field (OpenAI's form takes either): refused as the JSON ``file_id`` is."""
+    alices = client(server, "alice").files.create(file=("a.txt", io.BytesIO(b"alice's")), purpose="user_data")
+    own = client(server, "bob").containers.create(name="bobs-upload")
+    boundary = "attackboundary"
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file_id"\r\n\r\n{alices.id}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.txt"\r\n'
+        f"Content-Type: text/plain\r\n\r\nbob's\r\n--{boundary}--\r\n"
+    ).encode()
+    before = len(mock.requests)
+    status, _, body = server.request(
+        "POST",
+        f"/v1/containers/{own.id}/files",
+        raw=form,
+        headers={**auth(server, "bob"), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert status == 404, body
+    assert json.loads(body)["error"]["param"] == "file_id" and alices.id in json.loads(body)["error"]["message"]
+    assert mock.requests[before:] == []
+
+
+def test_without_a_key_every_route_is_refused_before_its_body(server, mock):
+    """No key (keys are required): a 401 while the promised body has not been sent at all."""
+    before = len(mock.requests)
+    for method, target in [
+        ("POST", "/v1/containers"),
+        ("GET", "/v1/containers"),
+        ("POST", "/v1/containers/cntr_x/files"),
+        ("DELETE", "/v1/containers/cntr_x"),
+        ("GET", "/v1/containers/cntr_x/files/cfile_y/content"),
+    ]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.putrequest(method, target)
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", "1000000")
+            conn.endheaders()  # and not a byte of the body: an answer now is one that did not wait for it
+            resp = conn.getresponse()
+            assert resp.status == 401, (method, target, resp.status)
+            assert json.loads(resp.read())["error"]["message"]
+        finally:
+            conn.close()
+    assert mock.requests[before:] == []
 
 
 # -- resources ------------------------------------------------------------------------------------
