@@ -144,10 +144,10 @@ class ContainersAPI(ProviderCalls):
             with req.upload() as upload:
                 ctx.raw = json.dumps(upload.metadata()).encode()
                 upload.refuse_stray_files(("file",))
-                named = upload.fields.get("file_id")  # relayed with the form: the provider may read it
-                for file_id in [named] if isinstance(named, str) else named or []:
-                    if self.ownership.find(file_id, "file", owner_of(ctx)) is None:
-                        raise not_found("file", file_id, "file_id")
+                field = upload.fields.get("file_id")  # relayed with the form: the provider may read it
+                for named in [field] if isinstance(field, str) else field or []:
+                    if self.ownership.find(named, "file", owner_of(ctx)) is None:
+                        raise not_found("file", named, "file_id")
                 if len([f for f in upload.files if f.name == "file"]) != 1:
                     raise ProxyError(
                         400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
