@@ -28,7 +28,7 @@ from .providers import Provider
 from .proxy import Reply, RequestPath
 
 KIND = "container"
-ID = r"([A-Za-z0-9_.-]{1,200})"
+ID = r"((?!\.+(?:/|$))[A-Za-z0-9_.-]{1,200})"  # never all dots: a relative path at the provider
 PATH = re.compile(rf"^/v1/containers(?:/{ID}(?:(/files)(?:/{ID}(/content)?)?)?)?$")
 LIST_LIMITS = (20, 100)  # (default, largest) page size, as OpenAI's
 PASSED = ("order", "name")  # list parameters passed on (limit and after are the filtered list's own)
@@ -127,7 +127,7 @@ class ContainersAPI(ProviderCalls):
             not isinstance(file_ids, list) or not all(isinstance(f, str) and f for f in file_ids)
         ):
             raise ProxyError(400, "'file_ids' must be an array of file ids", param="file_ids", code="invalid_type")
-        for file_id in file_ids or []:
+        for file_id in dict.fromkeys(file_ids or []):  # each id once, in order: a list may repeat one a million times
             if self.ownership.find(file_id, "file", owner_of(ctx)) is None:
                 raise not_found("file", file_id, "file_ids")
         provider = self.choose_provider(ctx)
@@ -138,11 +138,16 @@ class ContainersAPI(ProviderCalls):
 
     def _add_file(self, reply: Reply, ctx: RequestContext, req: Request, provider: Provider, rest: str) -> None:
         """``POST /v1/containers/{id}/files``: a multipart ``file``, streamed to a spool and on
-        (never held whole; the trace keeps its metadata), or ``{"file_id": …}``, this key's file."""
+        (never held whole; the trace keeps its metadata), or ``{"file_id": …}``, this key's file (a
+        ``file_id`` field beside the form's file too: it is relayed, and the provider may read it)."""
         if req.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             with req.upload() as upload:
                 ctx.raw = json.dumps(upload.metadata()).encode()
                 upload.refuse_stray_files(("file",))
+                field = upload.fields.get("file_id")  # relayed with the form: the provider may read it
+                for named in [field] if isinstance(field, str) else field or []:
+                    if self.ownership.find(named, "file", owner_of(ctx)) is None:
+                        raise not_found("file", named, "file_id")
                 if len([f for f in upload.files if f.name == "file"]) != 1:
                     raise ProxyError(
                         400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"

@@ -177,26 +177,38 @@ def referenced_files(body: object) -> set[str]:
     return found
 
 
-def referenced_containers(body: object) -> list[tuple[str, str]]:
-    """(param, container id) of each container a Responses body names: a code interpreter tool's
-    (``{"type": "code_interpreter", "container": "cntr_…"}``: the provider runs the code there, with
-    the container's files), and an input ``code_interpreter_call`` item's ``container_id`` (earlier
-    output sent back: an ``auto`` container reuses the one such an item names). A tool's
-    ``{"type": "auto", …}`` is made anew."""
+def referenced_containers(body: object) -> dict[str, str]:
+    """Each container a Responses body names, with the param that first names it: a tool's
+    ``container`` (the code interpreter's ``"cntr_…"``: the provider runs the code there, with the
+    container's files; its ``{"type": "auto", …}`` is made anew), and every string under a
+    ``container_id`` key anywhere but the caller's ``metadata`` and the citations of replayed
+    output (``NOT_READ``): an input ``code_interpreter_call`` item's (earlier output sent back, which
+    an ``auto`` container reuses), the hosted shell tool's ``{"type": "container_reference",
+    "container_id": …}`` environment, and any shape the provider adds later. Walked without recursion."""
+    found: dict[str, str] = {}
     if not isinstance(body, dict):
-        return []
-    tools, items = body.get("tools"), body.get("input")
-    named = [
-        (f"tools[{i}].container", tool.get("container"))
-        for i, tool in enumerate(tools if isinstance(tools, list) else [])
-        if isinstance(tool, dict) and tool.get("type") == "code_interpreter"
-    ]
-    named += [
-        (f"input[{i}].container_id", item.get("container_id"))
-        for i, item in enumerate(items if isinstance(items, list) else [])
-        if isinstance(item, dict) and item.get("type") == "code_interpreter_call"
-    ]
-    return [(param, value) for param, value in named if isinstance(value, str)]
+        return found
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if isinstance(tool, dict) and isinstance(tool.get("container"), str):
+            found.setdefault(tool["container"], f"tools[{i}].container")
+    stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items()) if k != "metadata"]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            named = value.get("container_id")
+            if isinstance(named, str):
+                found.setdefault(named, f"{where}.container_id")
+            stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()) if k not in NOT_READ)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return found
+
+
+def may_name_containers(raw: bytes) -> bool:
+    """Whether a JSON text can name a container (``container``, ``container_id``): as
+    ``may_name_files``, a fast test that spares most bodies the walk."""
+    return b"container" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
 def referenced_vector_stores(body: object) -> list[tuple[str, str]]:
@@ -329,9 +341,10 @@ class Ownership:
         checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
-        for param, container_id in referenced_containers(ctx.body):
-            if self.find(container_id, "container", owner_of(ctx)) is None:
-                raise not_found("container", container_id, param)
+        if estimate.put_in(ctx) or may_name_containers(ctx.raw):
+            for container_id, param in referenced_containers(ctx.body).items():
+                if self.find(container_id, "container", owner_of(ctx)) is None:
+                    raise not_found("container", container_id, param)
         for param, store_id in referenced_vector_stores(ctx.body):
             if self.owned_by_another(store_id, "vector_store", owner_of(ctx)):
                 raise not_found("vector_store", store_id, param)
@@ -726,7 +739,8 @@ class ProviderCalls:
         passed: dict[str, str],
         query: dict[str, str],
     ) -> tuple[Answer, list[dict]]:
-        """The provider's list at ``rest`` (asked with ``passed``, and the client's ``after``),
+        """The provider's list at ``rest`` (asked with ``passed``, and the client's ``after`` if the
+        key owns it; else an empty page, unasked),
         filtered to this key's objects of ``kind``, paged honestly: ``limit`` of them, ``has_more``
         when the provider holds more of the key's (or was not read to its end). Returns the page
         as the answer and the objects on it; a provider's failure is the answer as it came, with none."""
@@ -734,7 +748,15 @@ class ProviderCalls:
         after = query.get("after") or None
         found: list[dict] = []
         has_more = False
-        for _ in range(MAX_LIST_PAGES):
+        if after and not self.ownership.owned([after], kind, owner, provider.name):
+            # another key's id, or none: the provider's page after it would say whether it exists
+            # and where it stands among the key's own, so it is an unknown id's empty page, unasked
+            answer = Answer(200, {"content-type": "application/json"})
+            ctx.attempt.status = 200
+            pages = 0
+        else:
+            pages = MAX_LIST_PAGES
+        for _ in range(pages):
             asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -749,7 +771,7 @@ class ProviderCalls:
                 break
             after = items[-1]["id"]
         else:
-            has_more = True  # not read to its end: the client asks again after the last id
+            has_more = pages > 0  # not read to its end: the client asks again after the last id
         page_doc = {
             "object": "list",
             "data": found,
@@ -938,7 +960,7 @@ class FilesAPI(ProviderCalls):
             for file_id in named:
                 if self.ownership.find(file_id, "file", key.id) is None:
                     raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
-            for _, container_id in referenced_containers(body):
+            for container_id in referenced_containers(body) if may_name_containers(line) else ():
                 if self.ownership.find(container_id, "container", key.id) is None:
                     raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
             for _, store_id in referenced_vector_stores(body):  # another key's only: an unowned one is shared
