@@ -22,14 +22,13 @@ import re
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import OPEN_OWNER, Ownership, ProviderCalls, not_found, owner_of, page_limit
+from .files_api import OBJECT_ID, OPEN_OWNER, Ownership, ProviderCalls, not_found, owner_of, page_limit
 from .httpio import Request, check_method, json_object
 from .providers import Provider
 from .proxy import Reply, RequestPath
 
 KIND = "container"
-ID = r"((?!\.+(?:/|$))[A-Za-z0-9_.-]{1,200})"  # never all dots: a relative path at the provider
-PATH = re.compile(rf"^/v1/containers(?:/{ID}(?:(/files)(?:/{ID}(/content)?)?)?)?$")
+PATH = re.compile(rf"^/v1/containers(?:/{OBJECT_ID}(?:(/files)(?:/{OBJECT_ID}(/content)?)?)?)?$")
 LIST_LIMITS = (20, 100)  # (default, largest) page size, as OpenAI's
 PASSED = ("order", "name")  # list parameters passed on (limit and after are the filtered list's own)
 

@@ -41,7 +41,11 @@ from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers,
 from .store import Store, storable
 from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
 
-PATH = re.compile(r"^/v1/(files|batches)(?:/([A-Za-z0-9_.-]{1,200})(/content|/cancel)?)?$")
+# A provider object's id in a path: never dots only, which the provider (or a proxy before it) would
+# read as a relative path — ``…/{own container}/files/..`` is the container itself, so a DELETE
+# there would end an object Stockyard still records as its key's.
+OBJECT_ID = r"((?!\.+(?:/|$))[A-Za-z0-9_.-]{1,200})"
+PATH = re.compile(rf"^/v1/(files|batches)(?:/{OBJECT_ID}(/content|/cancel)?)?$")
 log = logging.getLogger("stockyard.files")
 FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
 PROVIDER_HEADER = "x-stockyard-provider"

@@ -24,15 +24,14 @@ from dataclasses import dataclass
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import Ownership, ProviderCalls, not_found, owner_of, page_limit
+from .files_api import OBJECT_ID, Ownership, ProviderCalls, not_found, owner_of, page_limit
 from .httpio import Request, check_method, json_object
 from .providers import Provider
 from .proxy import Reply, RequestPath
 
 KIND = "vector_store"
-ID = r"([A-Za-z0-9_.-]{1,200})"
 PATH = re.compile(
-    rf"^/v1/vector_stores(?:/{ID}(?:/(search)|/(files|file_batches)(?:/{ID}(?:/(content|cancel|files))?)?)?)?$"
+    rf"^/v1/vector_stores(?:/{OBJECT_ID}(?:/(search)|/(files|file_batches)(?:/{OBJECT_ID}(?:/(content|cancel|files))?)?)?)?$"
 )
 LIST_LIMITS = (20, 100)  # (default, largest) page size, as OpenAI's
 PASSED = ("order",)  # list parameters passed on (limit and after are the filtered list's own)

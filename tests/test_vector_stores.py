@@ -254,6 +254,23 @@ def test_bad_ids_limits_headers_and_providers_are_clear_4xx(server, mock):
     assert "Traceback" not in server.log
 
 
+def test_dot_ids_under_ones_own_store_are_not_sent_to_the_provider(server, mock):
+    """A file or batch id of dots under one's own store would be a relative path at the provider
+    (``/vector_stores/{id}/files/..`` is the store itself once a proxy normalises it: a DELETE
+    there would end the store Stockyard still records)."""
+    own = client(server, "bob").vector_stores.create(name="bobs")
+    mock.clear()
+    for method in ("GET", "DELETE", "POST"):
+        for tail in ("/files/..", "/files/.", "/files/../content", "/file_batches/..", "/file_batches/../files"):
+            status, _, body = server.request(method, f"/v1/vector_stores/{own.id}{tail}", headers=auth(server, "bob"))
+            assert status in (404, 405), (method, tail, status, body)
+    assert store_calls(mock) == []
+    for method in ("GET", "DELETE"):
+        status, _, body = server.request(method, "/v1/vector_stores/..", headers=auth(server, "bob"))
+        assert status in (404, 405), (method, status, body)
+    assert store_calls(mock) == []
+
+
 def test_each_call_is_one_of_the_keys_requests_per_minute(server, mock):
     slow = client(server, "slow")
     made = slow.vector_stores.create(name="slow")
