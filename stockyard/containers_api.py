@@ -126,9 +126,7 @@ class ContainersAPI(ProviderCalls):
             not isinstance(file_ids, list) or not all(isinstance(f, str) and f for f in file_ids)
         ):
             raise ProxyError(400, "'file_ids' must be an array of file ids", param="file_ids", code="invalid_type")
-        for file_id in dict.fromkeys(file_ids or []):  # each id once, in order: a list may repeat one a million times
-            if self.ownership.find(file_id, "file", owner_of(ctx)) is None:
-                raise not_found("file", file_id, "file_ids")
+        self.ownership.require_files(file_ids or [], owner_of(ctx), "file_ids")
         provider = self.choose_provider(ctx)
         answer, doc = self._call(ctx, provider, "POST", "/containers", raw)
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
@@ -144,9 +142,9 @@ class ContainersAPI(ProviderCalls):
                 ctx.raw = json.dumps(upload.metadata()).encode()
                 upload.refuse_stray_files(("file",))
                 field = upload.fields.get("file_id")  # relayed with the form: the provider may read it
-                for named in [field] if isinstance(field, str) else field or []:
-                    if self.ownership.find(named, "file", owner_of(ctx)) is None:
-                        raise not_found("file", named, "file_id")
+                self.ownership.require_files(
+                    [field] if isinstance(field, str) else field or [], owner_of(ctx), "file_id"
+                )
                 if len([f for f in upload.files if f.name == "file"]) != 1:
                     raise ProxyError(
                         400, "Missing required parameter: 'file' (one file).", param="file", code="invalid_value"
@@ -166,7 +164,6 @@ class ContainersAPI(ProviderCalls):
                 param="file_id",
                 code="invalid_value",
             )
-        if self.ownership.find(file_id, "file", owner_of(ctx)) is None:
-            raise not_found("file", file_id, "file_id")
+        self.ownership.require_files([file_id], owner_of(ctx), "file_id")
         answer, _ = self._call(ctx, provider, "POST", rest, req.body)
         self._send(reply, ctx, answer)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from io import RawIOBase
-from typing import IO, Any, BinaryIO, Callable, Iterator, cast
+from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
 from urllib.parse import urlencode
 
 from . import estimate
@@ -354,9 +354,15 @@ class Ownership:
                 raise not_found("vector_store", store_id, param)
         if not estimate.put_in(ctx) and not may_name_files(ctx.raw):
             return
-        for file_id in referenced_files(ctx.body):
-            if self.find(file_id, "file", owner_of(ctx)) is None:
-                raise not_found("file", file_id, "file_id")
+        self.require_files(referenced_files(ctx.body), owner_of(ctx), "file_id")
+
+    def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> None:
+        """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):
+        else OpenAI's 404 naming the first that is not. Each id is looked up once, in order: a
+        list may repeat one a million times."""
+        for file_id in dict.fromkeys(file_ids):
+            if self.find(file_id, "file", owner) is None:
+                raise not_found("file", file_id, param)
 
     def owned_by_another(self, object_id: str, kind: str, owner: str) -> bool:
         """Whether some key other than ``owner`` made the object (an id no key owns: False)."""

@@ -185,17 +185,11 @@ class VectorStoresAPI(ProviderCalls):
             file_id = body.get("file_id")
             if not isinstance(file_id, str) or not file_id:
                 raise ProxyError(400, "Missing required parameter: 'file_id'.", param="file_id", code="invalid_value")
-            self._own_files(ctx, [file_id], "file_id")
+            self.ownership.require_files([file_id], owner_of(ctx), "file_id")
         elif route.sub == "file_batches":
-            self._own_files(ctx, _batch_file_ids(body), "file_ids")
+            self.ownership.require_files(_batch_file_ids(body), owner_of(ctx), "file_ids")
         answer, _ = self._call(ctx, provider, "POST", rest, raw)
         self._send(reply, ctx, answer)
-
-    def _own_files(self, ctx: RequestContext, file_ids: list[str], param: str) -> None:
-        """Files given to a store must be this key's (the provider would read any key's): else OpenAI's 404."""
-        for file_id in file_ids:
-            if self.ownership.find(file_id, "file", owner_of(ctx)) is None:
-                raise not_found("file", file_id, param)
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
         """``GET /v1/vector_stores``: this key's stores, in the provider's pages filtered."""
@@ -209,7 +203,7 @@ class VectorStoresAPI(ProviderCalls):
         """``POST /v1/vector_stores``, its ``file_ids`` this key's own files; the new store is its."""
         body = json_object(raw)
         ctx.raw = raw
-        self._own_files(ctx, _ids_of(body, "file_ids"), "file_ids")
+        self.ownership.require_files(_ids_of(body, "file_ids"), owner_of(ctx), "file_ids")
         provider = self.choose_provider(ctx)
         answer, doc = self._call(ctx, provider, "POST", "/vector_stores", raw)
         if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
