@@ -830,29 +830,18 @@ class Handler(BaseHTTPRequestHandler):
                 app.message_batches.handle(self, ctx, req)
                 self._trace_note = trace_note(ctx)
             return
-        if files_api.route_of(path) is not None:  # /v1/files…, /v1/batches…
-            ctx = RequestContext(files_api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())
-            if self._key_accepted(ctx):  # before the body, like the proxy routes
-                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
-                app.files.handle(self, ctx, req)
-                self._trace_note = trace_note(ctx)
-            return
-        if containers_api.route_of(path) is not None:  # /v1/containers[/{id}[/files[/{file_id}[/content]]]]
-            endpoint = containers_api.endpoint_name(method, path)
-            ctx = RequestContext(endpoint, OPENAI, self._client_ip(), self._headers_dict())
-            if self._key_accepted(ctx):  # before the body, like the proxy routes
-                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
-                app.containers.handle(self, ctx, req)
-                self._trace_note = trace_note(ctx)
-            return
-        if vector_stores_api.route_of(path) is not None:  # /v1/vector_stores[/{id}[/search|/files…|/file_batches…]]
-            endpoint = vector_stores_api.endpoint_name(method, path)
-            ctx = RequestContext(endpoint, OPENAI, self._client_ip(), self._headers_dict())
-            if self._key_accepted(ctx):  # before the body, like the proxy routes
-                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
-                app.vector_stores.handle(self, ctx, req)
-                self._trace_note = trace_note(ctx)
-            return
+        for api, calls in (  # OpenAI's provider objects, owned per key: /v1/files…, /v1/batches…,
+            (files_api, app.files),  # /v1/containers[/{id}[/files[/{file_id}[/content]]]],
+            (containers_api, app.containers),  # /v1/vector_stores[/{id}[/search|/files…|/file_batches…]]
+            (vector_stores_api, app.vector_stores),
+        ):
+            if api.route_of(path) is not None:
+                ctx = RequestContext(api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())
+                if self._key_accepted(ctx):  # before the body, like the proxy routes
+                    req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+                    calls.handle(self, ctx, req)
+                    self._trace_note = trace_note(ctx)
+                return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             ctx = RequestContext(stored_endpoint(method, path), RESPONSES, self._client_ip(), self._headers_dict())
             if self._key_accepted(ctx):  # before the body, like the proxy routes
