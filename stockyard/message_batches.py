@@ -340,7 +340,12 @@ class MessageBatches(ProviderCalls):
         found: list[dict] = []
         has_more = False
         answer = Answer(200, {})
-        for _ in range(MAX_LIST_PAGES):
+        # A cursor the key does not own (another key's batch, or none): the provider's page from it
+        # would say whether it exists and where it stands among the key's own, so it is an unknown
+        # id's empty page, unasked (as files_api's lists do).
+        pages = MAX_LIST_PAGES if not cursor or self.ownership.owned([cursor], KIND, owner, provider.name) else 0
+        ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
+        for _ in range(pages):
             asked = {"limit": str(LIST_PAGE), **({"before_id" if before else "after_id": cursor} if cursor else {})}
             answer, doc = self._call(ctx, provider, "GET", UPSTREAM, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -356,7 +361,7 @@ class MessageBatches(ProviderCalls):
                 break
             cursor = items[0]["id"] if before else items[-1]["id"]
         else:
-            has_more = True  # not read to its end: the client asks again from the last id
+            has_more = pages > 0  # not read to its end: the client asks again from the last id
         for batch in found:
             self._see(ctx, provider, batch)
             self._public(ctx, batch)

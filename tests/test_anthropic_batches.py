@@ -319,6 +319,37 @@ def test_list_shows_only_the_keys_own_batches_and_pages_honestly(server):
     assert status == 400 and assert_anthropic_error(json.loads(body), "invalid_request_error")
 
 
+def test_paging_from_another_keys_batch_says_nothing_of_it(server, mock):
+    """``after_id`` or ``before_id`` naming another key's batch answers as one naming none that
+    exists, unasked: the provider's page from it would show whether it exists and where it stands
+    among the key's own."""
+    alice, bob = client(server, "alice"), client(server, "bob")
+    bobs = bob.messages.batches.create(requests=requests_for(PLAIN)).id
+    target = alice.messages.batches.create(requests=requests_for(PLAIN)).id
+    bob.messages.batches.create(requests=requests_for(PLAIN))
+    for cursor in ("after_id", "before_id"):
+        pages = {}
+        for named in (target, "msgbatch_never_made"):
+            mock.clear()
+            status, _, body = server.request(
+                "GET", f"/v1/messages/batches?{cursor}={named}", headers={"x-api-key": server.keys["bob"]}
+            )
+            assert status == 200, body
+            pages[named] = json.loads(body)
+            assert [r for r in mock.requests if r.path.startswith("/v1/messages/batches")] == []
+        assert (
+            pages[target]
+            == pages["msgbatch_never_made"]
+            == {
+                "data": [],
+                "has_more": False,
+                "first_id": None,
+                "last_id": None,
+            }
+        )
+    assert bobs in [b.id for b in bob.messages.batches.list(limit=1000)]  # the key's own are listed still
+
+
 # -- ownership -----------------------------------------------------------------------------------
 
 
