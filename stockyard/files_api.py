@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 from . import estimate
 from .context import REFUSED, Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
+from .conversations_api import item_list
 from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members
 from .keys import KeyRecord
@@ -782,14 +783,7 @@ class ProviderCalls:
             after = items[-1]["id"]
         else:
             has_more = pages > 0  # not read to its end: the client asks again after the last id
-        page_doc = {
-            "object": "list",
-            "data": found,
-            "first_id": found[0]["id"] if found else None,
-            "last_id": found[-1]["id"] if found else None,
-            "has_more": has_more,
-        }
-        answer.data = json.dumps(page_doc).encode()
+        answer.data = json.dumps(item_list(found, has_more)).encode()
         self._keep(ctx, answer)
         return answer, found
 
