@@ -64,7 +64,7 @@ def reached(mock, before: int, *ids: str) -> list[str]:
     return [
         f"{r.method} {r.path}"
         for r in mock.requests[before:]
-        if any(i in r.path or i.encode() in (r.body or b"") for i in ids)
+        if any(i in r.path or i in r.query.values() or i.encode() in (r.body or b"") for i in ids)
     ]
 
 
@@ -221,3 +221,31 @@ def test_the_beta_header_carries_nothing_else(server, mock):
         finally:
             conn.close()
     assert [r for r in mock.requests[before:] if r.path.startswith("/v1/vector_stores")] == []
+
+
+# -- lists ----------------------------------------------------------------------------------------
+
+
+def test_paging_a_stores_files_by_another_keys_file_says_nothing_of_it(server, mock):
+    """``after``/``before`` on the file list of one's own store (or of its file batch) naming another
+    key's file answers as naming none that exists, without asking the provider: its page from
+    there would say whether her file exists and where it stands among the key's own, as the
+    top-level lists' cursors would (every file in the key's store is the key's own file)."""
+    _, secret = alices_store(server)
+    bob = client(server, "bob")
+    mine = bob.files.create(file=("b.txt", io.BytesIO(b"bob's")), purpose="assistants").id
+    own = bob.vector_stores.create(name="cursors", file_ids=[mine]).id
+    batch = bob.vector_stores.file_batches.create(own, file_ids=[mine]).id
+    empty = {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    for listed in (f"/v1/vector_stores/{own}/files", f"/v1/vector_stores/{own}/file_batches/{batch}/files"):
+        for cursor in ("after", "before"):
+            pages = {}
+            for named in (secret, "file-never-made"):
+                before = len(mock.requests)
+                status, _, body = server.request("GET", f"{listed}?{cursor}={named}", None, auth(server, "bob"))
+                assert status == 200, body
+                pages[named] = json.loads(body)
+                assert reached(mock, before, named) == [], (listed, cursor)
+            assert pages[secret] == pages["file-never-made"] == empty
+            status, _, body = server.request("GET", f"{listed}?{cursor}={mine}", None, auth(server, "bob"))
+            assert status == 200 and mock.last(listed).query[cursor] == mine  # the key's own file goes on
