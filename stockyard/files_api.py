@@ -206,7 +206,8 @@ def referenced_containers(body: object) -> dict[str, str]:
                 found.setdefault(named, f"{where}.container_id")
             stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()) if k not in NOT_READ)
         elif isinstance(value, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+            inner = [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (dict, list))]
+            stack.extend(reversed(inner))  # a million strings of a list cost no path each
     return found
 
 
@@ -216,19 +217,58 @@ def may_name_containers(raw: bytes) -> bool:
     return b"container" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
-def referenced_vector_stores(body: object) -> list[tuple[str, str]]:
-    """(param, vector store id) of each store a Responses body's ``file_search`` tools search
-    (``{"type": "file_search", "vector_store_ids": ["vs_…"]}``)."""
-    tools = body.get("tools") if isinstance(body, dict) else None
-    return [
-        (f"tools[{i}].vector_store_ids", store_id)
-        for i, tool in enumerate(tools if isinstance(tools, list) else [])
-        if isinstance(tool, dict)
-        and tool.get("type") == "file_search"
-        and isinstance(tool.get("vector_store_ids"), list)
-        for store_id in tool["vector_store_ids"]
-        if isinstance(store_id, str)
-    ]
+STORE_KEYS = ("vector_store_ids", "vector_store_id")  # where a body names a vector store
+STORE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # an id a provider makes: vs_…, never spaces, dots or escapes
+OWNER_CHUNK = 500  # ids looked up per statement (PostgreSQL and SQLite both take this many parameters)
+
+
+def referenced_vector_stores(body: object) -> dict[str, str]:
+    """Each vector store a body names, with the param that first names it: a ``file_search``
+    tool's ``vector_store_ids`` (``{"type": "file_search", "vector_store_ids": ["vs_…"]}``), and
+    every string under a ``vector_store_ids`` or ``vector_store_id`` key anywhere but the
+    caller's ``metadata`` and the citations of replayed output (``NOT_READ``), a list or one id
+    alike: an ``allowed_tools`` choice's, a tool of another type, any shape the provider reads or
+    adds later. Walked without recursion; each id once, however often it is named."""
+    found: dict[str, str] = {}
+    if not isinstance(body, dict):
+        return found
+    stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items()) if k != "metadata"]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for name in STORE_KEYS:
+                named = value.get(name)
+                if named is not None:
+                    param = f"{where}.{name}"
+                    for store_id in named if isinstance(named, list) else [named]:
+                        if isinstance(store_id, str) and store_id not in found:
+                            found[store_id] = param
+            stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()) if k not in NOT_READ)
+        elif isinstance(value, list):
+            inner = [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (dict, list))]
+            stack.extend(reversed(inner))  # a million strings of a list cost no path each
+    return found
+
+
+def check_store_ids(stores: dict[str, str]) -> None:
+    """Each store id a body names is one a provider makes, else a 400: an id no key owns goes on
+    as sent, so one with a NUL or a lone surrogate (which no row can hold, so no key's), spaces or
+    controls must not pass as no one's where the provider may read it as the store it trims,
+    truncates or repairs to."""
+    for store_id, param in stores.items():
+        if not STORE_ID.fullmatch(store_id):
+            raise ProxyError(
+                400,
+                f"Invalid vector store id {store_id[:100]!r}: expected letters, digits, '_' and '-' (like vs_abc123).",
+                param=param,
+                code="invalid_value",
+            )
+
+
+def may_name_vector_stores(raw: bytes) -> bool:
+    """Whether a JSON text can name a vector store: as ``may_name_files``, a fast test that spares
+    most bodies the walk."""
+    return b"vector_store" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
 # The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).
@@ -350,9 +390,12 @@ class Ownership:
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner_of(ctx)) is None:
                     raise not_found("container", container_id, param)
-        for param, store_id in referenced_vector_stores(ctx.body):
-            if self.owned_by_another(store_id, "vector_store", owner_of(ctx)):
-                raise not_found("vector_store", store_id, param)
+        if estimate.put_in(ctx) or may_name_vector_stores(ctx.raw):
+            stores = referenced_vector_stores(ctx.body)
+            check_store_ids(stores)
+            theirs = self.first_of_another(list(stores), "vector_store", owner_of(ctx))
+            if theirs is not None:
+                raise not_found("vector_store", theirs, stores[theirs])
         if not estimate.put_in(ctx) and not may_name_files(ctx.raw):
             return
         self.require_files(referenced_files(ctx.body), owner_of(ctx), "file_id")
@@ -365,16 +408,21 @@ class Ownership:
             if self.find(file_id, "file", owner) is None:
                 raise not_found("file", file_id, param)
 
-    def owned_by_another(self, object_id: str, kind: str, owner: str) -> bool:
-        """Whether some key other than ``owner`` made the object (an id no key owns: False)."""
-        if not storable(object_id):
-            return False
-        row = (
-            self._store.read()
-            .execute("SELECT key_id FROM owned_objects WHERE id = ? AND kind = ?", (object_id, kind))
-            .fetchone()
-        )
-        return row is not None and row["key_id"] != owner
+    def first_of_another(self, ids: list[str], kind: str, owner: str) -> str | None:
+        """The first of ``ids`` some key other than ``owner`` made (an id no key owns: none of
+        them), looked up ``OWNER_CHUNK`` ids a statement: a body may name a million."""
+        ids = [i for i in ids if storable(i)]
+        for start in range(0, len(ids), OWNER_CHUNK):
+            chunk = ids[start : start + OWNER_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._store.read().execute(
+                f"SELECT id FROM owned_objects WHERE kind = ? AND key_id <> ? AND id IN ({marks})",
+                (kind, owner, *chunk),
+            )
+            theirs = {r["id"] for r in rows}
+            if theirs:
+                return next(i for i in chunk if i in theirs)
+        return None
 
     def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
         """Which of ``ids`` at ``provider`` belong to ``owner`` (one no row can hold is no one's)."""
@@ -967,9 +1015,15 @@ class FilesAPI(ProviderCalls):
             for container_id in referenced_containers(body) if may_name_containers(line) else ():
                 if self.ownership.find(container_id, "container", key.id) is None:
                     raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
-            for _, store_id in referenced_vector_stores(body):  # another key's only: an unowned one is shared
-                if self.ownership.owned_by_another(store_id, "vector_store", key.id):
-                    raise not_found("vector_store", f"{store_id} (line {number} of the batch file)", "file")
+            stores = referenced_vector_stores(body) if may_name_vector_stores(line) else {}
+            try:
+                check_store_ids(stores)
+            except ProxyError as exc:
+                message = f"line {number} of the batch file: {exc.param}: {exc.message}"
+                raise ProxyError(400, message, param="file", code=exc.code) from None
+            theirs = self.ownership.first_of_another(list(stores), "vector_store", key.id)  # an unowned one is shared
+            if theirs is not None:
+                raise not_found("vector_store", f"{theirs} (line {number} of the batch file)", "file")
             previous = body.get("previous_response_id")
             if isinstance(previous, str) and self._path.conversations.find(previous, key.id) is None:
                 raise ProxyError(
