@@ -810,12 +810,8 @@ class ProviderCalls:
         if after and not self.ownership.owned([after], kind, owner, provider.name):
             # another key's id, or none: the provider's page after it would say whether it exists
             # and where it stands among the key's own, so it is an unknown id's empty page, unasked
-            answer = Answer(200, {"content-type": "application/json"})
-            ctx.attempt.status = 200
-            pages = 0
-        else:
-            pages = MAX_LIST_PAGES
-        for _ in range(pages):
+            return self.unknown_cursor_page(ctx), []
+        for _ in range(MAX_LIST_PAGES):
             asked = {**passed, "limit": str(LIST_PAGE), **({"after": after} if after else {})}
             answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
             if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -830,10 +826,17 @@ class ProviderCalls:
                 break
             after = items[-1]["id"]
         else:
-            has_more = pages > 0  # not read to its end: the client asks again after the last id
+            has_more = True  # not read to its end: the client asks again after the last id
         answer.data = json.dumps(item_list(found, has_more)).encode()
         self._keep(ctx, answer)
         return answer, found
+
+    def unknown_cursor_page(self, ctx: RequestContext) -> Answer:
+        """The empty page a list answers, unasked, for a cursor that is not one of the key's own."""
+        answer = Answer(200, {"content-type": "application/json"}, json.dumps(item_list([], False)).encode())
+        ctx.attempt.status = 200  # the trace's: no provider call sets it
+        self._keep(ctx, answer)
+        return answer
 
     def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
         """The provider's answer to the client (its errors passed through); a success costs 0."""

@@ -19,13 +19,12 @@ no key owns passes as sent; only another key's store is refused.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import OBJECT_ID, Answer, Ownership, ProviderCalls, not_found, owner_of, page_limit
+from .files_api import OBJECT_ID, Ownership, ProviderCalls, not_found, owner_of, page_limit
 from .httpio import Request, check_method, json_object
 from .providers import Provider
 from .proxy import Reply, RequestPath
@@ -38,7 +37,6 @@ LIST_LIMITS = (20, 100)  # (default, largest) page size, as OpenAI's
 PASSED = ("order",)  # list parameters passed on (limit and after are the filtered list's own)
 SUB_QUERY = ("order", "limit", "after", "before", "filter")  # a store's file lists: the store's, passed whole
 CURSORS = ("after", "before")  # a store's file lists: file ids, the key's own
-EMPTY_PAGE: dict[str, object] = {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
 BETA_HEADER = "openai-beta"
 BETA = re.compile(r"[A-Za-z0-9._=-]{1,64}(?:[ \t]*,[ \t]*[A-Za-z0-9._=-]{1,64}){0,15}")
 
@@ -177,7 +175,7 @@ class VectorStoresAPI(ProviderCalls):
         if req.method == "GET":
             query = {k: v for k, v in req.query.items() if k in SUB_QUERY} if route.sub or route.action else None
             if query and route.lists_files() and not self._own_cursors(ctx, query):
-                return self._send(reply, ctx, self._empty_page(ctx))
+                return self._send(reply, ctx, self.unknown_cursor_page(ctx))
             answer, _ = self._call(ctx, provider, "GET", rest, query=query)
             return self._send(reply, ctx, answer)
         if req.method == "DELETE":
@@ -205,13 +203,6 @@ class VectorStoresAPI(ProviderCalls):
         key's files) are this key's own files; another key's would have the provider's page from
         it say whether it exists and where it stands among the key's own."""
         return all(self.ownership.find(query[c], "file", owner_of(ctx)) is not None for c in CURSORS if query.get(c))
-
-    def _empty_page(self, ctx: RequestContext) -> Answer:
-        """An unknown cursor's page, unasked (as ``ProviderCalls._owned_page`` answers one)."""
-        answer = Answer(200, {"content-type": "application/json"}, json.dumps(EMPTY_PAGE).encode())
-        ctx.attempt.status = 200
-        self._keep(ctx, answer)
-        return answer
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
         """``GET /v1/vector_stores``: this key's stores, in the provider's pages filtered."""
