@@ -151,11 +151,11 @@ def _keeps_nothing(provider: Provider, response: dict) -> None:
     """A batch line's conversation is only counted here, never kept."""
 
 
-def may_name_files(raw: bytes) -> bool:
-    """Whether a JSON text can hold a ``file_id`` (or ``file_ids``) key: it is written out, or
-    escaped (``\\u``), or the text is not UTF-8 (``json.loads`` reads UTF-16 and UTF-32 too).
-    A fast test that spares most bodies the walk."""
-    return b"file_id" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+def may_name(raw: bytes, key: bytes) -> bool:
+    """Whether a JSON text can hold a member named with ``key`` (``file_id``, ``container``,
+    ``vector_store``): the name is written out, or escaped (``\\u``), or the text is not UTF-8
+    (``json.loads`` reads UTF-16 and UTF-32 too). A fast test that spares most bodies the walks below."""
+    return key in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
 NOT_READ = frozenset({"annotations", "results"})  # citations of earlier output: ids the provider does not open
@@ -211,12 +211,6 @@ def referenced_containers(body: object) -> dict[str, str]:
     return found
 
 
-def may_name_containers(raw: bytes) -> bool:
-    """Whether a JSON text can name a container (``container``, ``container_id``): as
-    ``may_name_files``, a fast test that spares most bodies the walk."""
-    return b"container" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
-
-
 STORE_KEYS = ("vector_store_ids", "vector_store_id")  # where a body names a vector store
 STORE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # an id a provider makes: vs_…, never spaces, dots or escapes
 OWNER_CHUNK = 500  # ids looked up per statement (PostgreSQL and SQLite both take this many parameters)
@@ -263,12 +257,6 @@ def check_store_ids(stores: dict[str, str]) -> None:
                 param=param,
                 code="invalid_value",
             )
-
-
-def may_name_vector_stores(raw: bytes) -> bool:
-    """Whether a JSON text can name a vector store: as ``may_name_files``, a fast test that spares
-    most bodies the walk."""
-    return b"vector_store" in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
 # The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).
@@ -386,19 +374,19 @@ class Ownership:
         checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
             return
-        if estimate.put_in(ctx) or may_name_containers(ctx.raw):
+        walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
+        if walk or may_name(ctx.raw, b"container"):
             for container_id, param in referenced_containers(ctx.body).items():
-                if self.find(container_id, "container", owner_of(ctx)) is None:
+                if self.find(container_id, "container", owner) is None:
                     raise not_found("container", container_id, param)
-        if estimate.put_in(ctx) or may_name_vector_stores(ctx.raw):
+        if walk or may_name(ctx.raw, b"vector_store"):
             stores = referenced_vector_stores(ctx.body)
             check_store_ids(stores)
-            theirs = self.first_of_another(list(stores), "vector_store", owner_of(ctx))
+            theirs = self.first_of_another(list(stores), "vector_store", owner)
             if theirs is not None:
                 raise not_found("vector_store", theirs, stores[theirs])
-        if not estimate.put_in(ctx) and not may_name_files(ctx.raw):
-            return
-        self.require_files(referenced_files(ctx.body), owner_of(ctx), "file_id")
+        if walk or may_name(ctx.raw, b"file_id"):
+            self.require_files(referenced_files(ctx.body), owner, "file_id")
 
     def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> None:
         """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):
@@ -1011,14 +999,14 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="model_not_allowed",
                 )
-            named = referenced_files(body) if may_name_files(line) else set()
+            named = referenced_files(body) if may_name(line, b"file_id") else set()
             for file_id in named:
                 if self.ownership.find(file_id, "file", key.id) is None:
                     raise not_found("file", f"{file_id} (line {number} of the batch file)", "file")
-            for container_id in referenced_containers(body) if may_name_containers(line) else ():
+            for container_id in referenced_containers(body) if may_name(line, b"container") else ():
                 if self.ownership.find(container_id, "container", key.id) is None:
                     raise not_found("container", f"{container_id} (line {number} of the batch file)", "file")
-            stores = referenced_vector_stores(body) if may_name_vector_stores(line) else {}
+            stores = referenced_vector_stores(body) if may_name(line, b"vector_store") else {}
             try:
                 check_store_ids(stores)
             except ProxyError as exc:
