@@ -50,6 +50,7 @@ from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
 from .httpio import Request, Response, check_method, json_bytes, json_response
+from .objectrefs import referenced_containers
 from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
@@ -158,16 +159,11 @@ def _unpack(data: bytes | None) -> Any:
 
 
 def containers_run(items: object) -> set[str]:
-    """The containers a response's code interpreter ran in (its ``code_interpreter_call`` items'
-    ``container_id``): a new ``auto`` one is made by the provider and named only here."""
-    return {
-        item["container_id"]
-        for item in (items if isinstance(items, list) else [])
-        if isinstance(item, dict)
-        and item.get("type") == "code_interpreter_call"
-        and isinstance(item.get("container_id"), str)
-        and item["container_id"]
-    }
+    """The containers a response's tools ran in: every ``container_id`` its output items name (a
+    ``code_interpreter_call``'s, a hosted ``shell_call``'s environment), as a body naming them is
+    read (``objectrefs.referenced_containers``). A new ``auto`` one is made by the provider and
+    named only here."""
+    return set(referenced_containers({"output": items}))
 
 
 def output_ids(response: dict) -> frozenset[str]:

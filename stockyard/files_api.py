@@ -36,6 +36,7 @@ from .httpio import DuplicateMember, Request, check_method, json_object, unique_
 from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
+from .objectrefs import check_store_ids, may_name, referenced_containers, referenced_files, referenced_vector_stores
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
@@ -151,112 +152,7 @@ def _keeps_nothing(provider: Provider, response: dict) -> None:
     """A batch line's conversation is only counted here, never kept."""
 
 
-def may_name(raw: bytes, key: bytes) -> bool:
-    """Whether a JSON text can hold a member named with ``key`` (``file_id``, ``container``,
-    ``vector_store``): the name is written out, or escaped (``\\u``), or the text is not UTF-8
-    (``json.loads`` reads UTF-16 and UTF-32 too). A fast test that spares most bodies the walks below."""
-    return key in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
-
-
-NOT_READ = frozenset({"annotations", "results"})  # citations of earlier output: ids the provider does not open
-
-
-def referenced_files(body: object) -> set[str]:
-    """Every string under a ``file_id`` key, or in a ``file_ids`` list (a code interpreter's
-    container), anywhere in a JSON body but its caller's own ``metadata`` and the citations of
-    replayed output (``NOT_READ``: a stateless client sends earlier output items back as they
-    came, naming files the provider made). Walked without recursion."""
-    found: set[str] = set()
-    stack = [{k: v for k, v in body.items() if k != "metadata"} if isinstance(body, dict) else body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            named, listed = value.get("file_id"), value.get("file_ids")
-            if isinstance(named, str):
-                found.add(named)
-            if isinstance(listed, list):
-                found.update(v for v in listed if isinstance(v, str))
-            stack.extend(v for k, v in value.items() if k not in NOT_READ)
-        elif isinstance(value, list):
-            stack.extend(value)
-    return found
-
-
-def referenced_containers(body: object) -> dict[str, str]:
-    """Each container a Responses body names, with the param that first names it: a tool's
-    ``container`` (the code interpreter's ``"cntr_…"``: the provider runs the code there, with the
-    container's files; its ``{"type": "auto", …}`` is made anew), and every string under a
-    ``container_id`` key anywhere but the caller's ``metadata`` and the citations of replayed
-    output (``NOT_READ``): an input ``code_interpreter_call`` item's (earlier output sent back, which
-    an ``auto`` container reuses), the hosted shell tool's ``{"type": "container_reference",
-    "container_id": …}`` environment, and any shape the provider adds later. Walked without recursion."""
-    found: dict[str, str] = {}
-    if not isinstance(body, dict):
-        return found
-    tools = body.get("tools")
-    for i, tool in enumerate(tools if isinstance(tools, list) else []):
-        if isinstance(tool, dict) and isinstance(tool.get("container"), str):
-            found.setdefault(tool["container"], f"tools[{i}].container")
-    stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items()) if k != "metadata"]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, dict):
-            named = value.get("container_id")
-            if isinstance(named, str):
-                found.setdefault(named, f"{where}.container_id")
-            stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()) if k not in NOT_READ)
-        elif isinstance(value, list):
-            inner = [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (dict, list))]
-            stack.extend(reversed(inner))  # a million strings of a list cost no path each
-    return found
-
-
-STORE_KEYS = ("vector_store_ids", "vector_store_id")  # where a body names a vector store
-STORE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # an id a provider makes: vs_…, never spaces, dots or escapes
 OWNER_CHUNK = 500  # ids looked up per statement (PostgreSQL and SQLite both take this many parameters)
-
-
-def referenced_vector_stores(body: object) -> dict[str, str]:
-    """Each vector store a body names, with the param that first names it: a ``file_search``
-    tool's ``vector_store_ids`` (``{"type": "file_search", "vector_store_ids": ["vs_…"]}``), and
-    every string under a ``vector_store_ids`` or ``vector_store_id`` key anywhere but the
-    caller's ``metadata`` and the citations of replayed output (``NOT_READ``), a list or one id
-    alike: an ``allowed_tools`` choice's, a tool of another type, any shape the provider reads or
-    adds later. Walked without recursion; each id once, however often it is named."""
-    found: dict[str, str] = {}
-    if not isinstance(body, dict):
-        return found
-    stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items()) if k != "metadata"]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, dict):
-            for name in STORE_KEYS:
-                named = value.get(name)
-                if named is not None:
-                    param = f"{where}.{name}"
-                    for store_id in named if isinstance(named, list) else [named]:
-                        if isinstance(store_id, str) and store_id not in found:
-                            found[store_id] = param
-            stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()) if k not in NOT_READ)
-        elif isinstance(value, list):
-            inner = [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (dict, list))]
-            stack.extend(reversed(inner))  # a million strings of a list cost no path each
-    return found
-
-
-def check_store_ids(stores: dict[str, str]) -> None:
-    """Each store id a body names is one a provider makes, else a 400: an id no key owns goes on
-    as sent, so one with a NUL or a lone surrogate (which no row can hold, so no key's), spaces or
-    controls must not pass as no one's where the provider may read it as the store it trims,
-    truncates or repairs to."""
-    for store_id, param in stores.items():
-        if not STORE_ID.fullmatch(store_id):
-            raise ProxyError(
-                400,
-                f"Invalid vector store id {store_id[:100]!r}: expected letters, digits, '_' and '-' (like vs_abc123).",
-                param=param,
-                code="invalid_value",
-            )
 
 
 # The URLs a batch line may name, as the endpoints they are (what a budget reserves for each).

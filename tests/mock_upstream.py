@@ -1367,6 +1367,8 @@ def responses_stream(body: dict, n: int, model: str, ran: tuple[dict, dict] | No
             emit("response.code_interpreter_call_code.done", item_id=item["id"], output_index=index, code=code)
             emit("response.code_interpreter_call.interpreting", item_id=item["id"], output_index=index)
             emit("response.code_interpreter_call.completed", item_id=item["id"], output_index=index)
+        elif item["type"] == "shell_call":  # its commands ran in its environment's container
+            emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
         elif item["type"] == "compaction":  # its token is known at the end: added empty, then compacting
             emit("response.output_item.added", output_index=index, item={**item, "encrypted_content": ""})
             emit("response.compaction.compacting", item_id=item["id"], output_index=index)
@@ -1420,7 +1422,7 @@ def _responses(call: Call, model: str) -> Reply:
     previous = body.get("previous_response_id")
     if previous and previous not in RESPONSES_STATE.responses:
         return openai_error(404, f"Previous response with id '{previous}' not found.")
-    ran = run_code(body, call.n) if code_interpreter(body) is not None else None
+    ran = run_code(body, call.n) if code_interpreter(body) is not None or shell_tool(body) is not None else None
     if isinstance(ran, Reply):  # the container named does not exist
         return ran
     if body.get("stream") is True:
@@ -1820,11 +1822,26 @@ def code_interpreter(body: dict) -> dict | None:
     return None
 
 
+def shell_tool(body: dict) -> dict | None:
+    """The request's hosted ``shell`` tool (one that runs in a container), if it has one."""
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "shell" and isinstance(tool.get("environment"), dict):
+            return tool
+    return None
+
+
 def run_code(body: dict, n: int) -> tuple[dict, dict] | Reply:
-    """The code interpreter at work: the container the tool names (a new one for ``auto``) gets
-    ``CHART``; (the ``code_interpreter_call`` item, the ``container_file_citation`` of the file),
-    or OpenAI's 404 for a container that does not exist."""
-    container = (code_interpreter(body) or {}).get("container")
+    """The code interpreter (or the hosted shell) at work: the container the tool names (a new one
+    for ``auto`` / ``container_auto``) gets ``CHART``; (the ``code_interpreter_call`` item, or the
+    ``shell_call`` item whose environment names the container, and the ``container_file_citation``
+    of the file), or OpenAI's 404 for a container that does not exist."""
+    shell = shell_tool(body) if code_interpreter(body) is None else None
+    if shell is not None:
+        environment = shell["environment"]
+        named = environment.get("container_id")
+        container = {"file_ids": environment.get("file_ids")} if environment.get("type") == "container_auto" else named
+    else:
+        container = (code_interpreter(body) or {}).get("container")
     with CONTAINERS.lock:
         if isinstance(container, dict):
             file_ids = container.get("file_ids") or []
@@ -1836,6 +1853,16 @@ def run_code(body: dict, n: int) -> tuple[dict, dict] | Reply:
         else:
             return container_not_found(str(container))
         made = CONTAINERS.add_file(container_id, CHART[0], CHART[1], "assistant")
+    if shell is not None:
+        call = {
+            "id": f"sh_mock{n}",
+            "type": "shell_call",
+            "call_id": f"call_sh_mock{n}",
+            "action": {"commands": ["python3 make_chart.py"], "max_output_length": None, "timeout_ms": None},
+            "status": "completed",
+            "environment": {"type": "container_reference", "container_id": container_id},
+        }
+        return call, _citation(container_id, made)
     call = {
         "id": f"ci_mock{n}",
         "type": "code_interpreter_call",
@@ -1844,7 +1871,12 @@ def run_code(body: dict, n: int) -> tuple[dict, dict] | Reply:
         "container_id": container_id,
         "outputs": None,
     }
-    citation = {
+    return call, _citation(container_id, made)
+
+
+def _citation(container_id: str, made: dict) -> dict:
+    """The answer's citation of the file the code wrote."""
+    return {
         "type": "container_file_citation",
         "container_id": container_id,
         "file_id": made["id"],
@@ -1852,7 +1884,6 @@ def run_code(body: dict, n: int) -> tuple[dict, dict] | Reply:
         "start_index": 0,
         "end_index": len(TEXT),
     }
-    return call, citation
 
 
 # --------------------------------------------------------------------------- OpenAI vector stores

@@ -14,7 +14,8 @@ from openai import NotFoundError, OpenAI, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
 
 from stockyard.api.logins import FAILED_LOGIN_LIMIT, LoginThrottle
-from stockyard.files_api import MAX_LINE, referenced_files
+from stockyard.files_api import MAX_LINE
+from stockyard.objectrefs import referenced_files
 
 ADMIN = "attack-admin-key-0123456789abcdef"
 

@@ -341,6 +341,31 @@ def test_earlier_output_sent_back_may_name_only_the_keys_containers(server, mock
     assert client(server, "alice").responses.create(model="gpt-4o-mini", input=history, store=False).output
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_hosted_shells_auto_container_is_the_keys_that_asked(server, mock, stream):
+    """The hosted shell tool in a container the provider makes (``container_auto``): its
+    ``shell_call`` item names it in its ``environment``, and a stateless client sends that item
+    back on the next turn. It is the key's: its next turn goes, its files are the key's to read,
+    and another key's turn naming it is the 404."""
+    shell = [{"type": "shell", "environment": {"type": "container_auto"}}]
+    alice, bob = client(server, "alice"), client(server, "bob")
+    if stream:
+        with alice.responses.create(model="gpt-4o-mini", input="plot", tools=shell, stream=True) as events:
+            output = [e.item for e in events if e.type == "response.output_item.done"]
+    else:
+        output = alice.responses.create(model="gpt-4o-mini", input="plot", tools=shell, store=False).output
+    call = next(item.model_dump(exclude_none=True) for item in output if item.type == "shell_call")
+    container_id = call["environment"]["container_id"]
+    assert alice.containers.retrieve(container_id).id == container_id
+    history = [{"type": "message", "role": "user", "content": "plot"}, call]
+    assert alice.responses.create(model="gpt-4o-mini", input=history, tools=shell, store=False).output
+    mock.clear()
+    with pytest.raises(NotFoundError) as err:
+        bob.responses.create(model="gpt-4o-mini", input=history, tools=shell, store=False)
+    assert err.value.body["param"] == "input[1].environment.container_id"
+    assert mock.requests == []
+
+
 def test_a_background_responses_container_is_its_keys_once_retrieved(server, mock):
     body = {"model": "gpt-4o-mini", "input": "plot", "tools": code_tool({"type": "auto"})}
     queued = {**responses_object(body, 901, "gpt-4o-mini", "queued"), "id": "resp_bgmock901", "background": True}
