@@ -205,7 +205,15 @@ class VectorStoresAPI(ProviderCalls):
         return all(self.ownership.find(query[c], "file", owner_of(ctx)) is not None for c in CURSORS if query.get(c))
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
-        """``GET /v1/vector_stores``: this key's stores, in the provider's pages filtered."""
+        """``GET /v1/vector_stores``: this key's stores, in the provider's pages filtered (forward:
+        a ``before`` is refused, not answered with the first page as if it were the one asked for)."""
+        if query.get("before"):
+            raise ProxyError(
+                400,
+                "'before' is not supported on this list through Stockyard; page with 'after' (or order=asc)",
+                param="before",
+                code="unsupported_parameter",
+            )
         limit = page_limit(query, *LIST_LIMITS)
         provider = self.choose_provider(ctx)
         passed = {k: v for k, v in query.items() if k in PASSED}

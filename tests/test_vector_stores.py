@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import FILES, VECTOR_STORES
-from openai import NotFoundError, OpenAI, RateLimitError
+from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 
 ADMIN = "admin-key-for-vector-stores-tests-0123456789"
 
@@ -189,6 +189,9 @@ def test_the_list_is_the_keys_own_stores_paged_honestly(server):
     assert [v.id for v in first.data] == mine[::-1][:2] and first.has_more
     assert [v.id for v in lister.vector_stores.list(limit=2)] == mine[::-1]  # every page, by the SDK's cursor
     assert [v.id for v in lister.vector_stores.list(order="asc", limit=100).data] == mine
+    with pytest.raises(BadRequestError) as err:  # not a first page passed off as the one asked for
+        lister.vector_stores.list(before=mine[0], limit=2)
+    assert err.value.body["param"] == "before" and err.value.body["code"] == "unsupported_parameter"
 
 
 @pytest.mark.parametrize(
