@@ -4,7 +4,7 @@ The provider holds every key's objects under the one provider key, so what a bod
 checked against who owns it (``files_api.Ownership.check_references``, batch lines), and the
 containers a passed-through answer ran code in are claimed for its key (``conversations``). These
 walks find the names; they never read the database. Each skips the caller's own ``metadata`` and
-the citations of replayed output (:data:`NOT_READ`), and :func:`may_name` spares most bodies the
+the citations of replayed output and the client's own JSON Schemas (:data:`NOT_READ`), and :func:`may_name` spares most bodies the
 walk.
 """
 
@@ -23,7 +23,10 @@ def may_name(raw: bytes, key: bytes) -> bool:
     return key in raw or b"\\u" in raw or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
-NOT_READ = frozenset({"annotations", "results"})  # citations of earlier output: ids the provider does not open
+# Not walked: the citations of earlier output (``annotations``, ``results``: ids the provider does not
+# open), and the client's own JSON Schemas — a function tool's ``parameters``, a structured answer's
+# ``schema``, a Claude-shaped tool's ``input_schema`` — whose examples and defaults name nothing.
+NOT_READ = frozenset({"annotations", "results", "parameters", "schema", "input_schema"})
 
 
 def referenced_files(body: object) -> set[str]:

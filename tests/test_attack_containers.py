@@ -220,3 +220,33 @@ def test_paging_after_another_keys_id_says_nothing_of_it(server, mock):
     assert pages[target] == pages["cntr_never_made"]
     status, _, body = server.request("GET", "/v1/containers?order=asc", None, auth(server, "bob"))
     assert own.id in [c["id"] for c in json.loads(body)["data"]]  # the key's own are listed still
+
+
+# -- what is not a reference ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions"])
+def test_a_tools_own_schema_names_no_container_store_or_file(server, mock, path):
+    """A function tool's parameters, and a structured answer's schema, are the client's own
+    declarations: a ``container_id``, ``vector_store_id`` or ``file_id`` in their examples or
+    defaults (a Docker agent's tool, say) names nothing the provider opens, so the call goes on."""
+    examples = [{"container_id": "web-1", "vector_store_id": "kb 1", "file_id": "report.pdf"}]
+    schema = {"type": "object", "properties": {"container_id": {"type": "string"}}, "examples": examples}
+    if path == "/v1/responses":
+        body = {
+            "model": "gpt-4o-mini",
+            "input": "restart web-1",
+            "tools": [{"type": "function", "name": "restart", "parameters": schema}],
+            "text": {"format": {"type": "json_schema", "name": "out", "schema": schema}},
+        }
+    else:
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "restart web-1"}],
+            "tools": [{"type": "function", "function": {"name": "restart", "parameters": schema}}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}},
+        }
+    mock.clear()
+    status, _, answer = server.request("POST", path, body, auth(server, "bob"))
+    assert status == 200, answer
+    assert [r.path for r in mock.requests] == [path]
