@@ -3,9 +3,9 @@
 The provider holds every key's objects under the one provider key, so what a body names is
 checked against who owns it (``files_api.Ownership.check_references``, batch lines), and the
 containers a passed-through answer ran code in are claimed for its key (``conversations``). These
-walks find the names; they never read the database. Each skips the caller's own ``metadata`` and
-the citations of replayed output and the client's own JSON Schemas (:data:`NOT_READ`), and :func:`may_name` spares most bodies the
-walk.
+walks find the names; they never read the database. Each skips the caller's own ``metadata``, the
+citations of replayed output and the client's own JSON Schemas (:data:`NOT_READ`), and
+:func:`may_name` spares most bodies the walk.
 """
 
 from __future__ import annotations
