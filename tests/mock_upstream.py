@@ -3,7 +3,9 @@
 It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
 Anthropic (messages, count_tokens, message batches, models), Gemini (generateContent,
 streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
-models.list/get) and Azure OpenAI (deployments), records every request, and can be scripted with `Reply` objects.
+models.list/get, cachedContents: a generateContent naming a cache reports its tokens as
+`cachedContentTokenCount`, an unknown one is a 404) and Azure OpenAI (deployments), records
+every request, and can be scripted with `Reply` objects.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
 usage, 5 output tokens each — or, with `bill-max` in the model name, every token the
@@ -2571,14 +2573,109 @@ def _gemini(call: Call, model: str) -> Reply:
         return Reply(json=gemini_embeddings(call.body))
     if action == "embedContent":
         return Reply(json=gemini_embed_content(call.body))
+    named, known = cache_named(call.body)
+    if named and not known:
+        return cache_not_found()
     if action == "countTokens":
         return Reply(json=gemini_count_tokens(call.body))
     if action == "generateContent":
-        return Reply(json=gemini_generate(call.body, call.n, model))
+        doc = gemini_generate(call.body, call.n, model)
+        return Reply(json=_with_cached_tokens(doc) if named else doc)
     events = gemini_stream(call.body, call.n, model)
+    if named:
+        events = [_dumps(_with_cached_tokens(jsonlib.loads(e))) for e in events]
     if call.req.query.get("alt") == "sse":
         return Reply(sse=events)
     return Reply(body=gemini_json_array(events))  # without alt=sse: one JSON array
+
+
+# --------------------------------------------------------------------------- Gemini cachedContents
+
+
+class CachedContentsState:
+    """What the mock keeps of Gemini's explicit context caches: each CachedContent by its id."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.caches: dict[str, dict] = {}
+        self.clock = itertools.count(1)
+
+    def add(self, body: dict) -> dict:
+        """A new CachedContent (caller holds the lock); it holds CACHED_TOKENS tokens."""
+        tick = next(self.clock)
+        cache_id = f"mockcache{tick:06d}"
+        cache = {
+            "name": f"cachedContents/{cache_id}",
+            "model": body["model"],
+            "createTime": f"2025-01-01T00:00:{tick % 60:02d}Z",
+            "updateTime": f"2025-01-01T00:00:{tick % 60:02d}Z",
+            "expireTime": "2025-01-01T01:00:00Z",
+            "usageMetadata": {"totalTokenCount": CACHED_TOKENS},
+        }
+        if isinstance(body.get("displayName"), str):
+            cache["displayName"] = body["displayName"]
+        self.caches[cache_id] = cache
+        return cache
+
+
+CACHED_CONTENTS = CachedContentsState()
+CACHED_CONTENTS_PATH = re.compile(r"^/(?:v1beta|v1)/cachedContents(?:/([A-Za-z0-9_-]+))?$")
+
+
+def cache_not_found() -> Reply:
+    return gemini_error(404, "CachedContent not found (or permission denied)")
+
+
+def _cached_contents(call: Call, scripted: Reply | None) -> Reply:
+    """POST/GET /v1beta/cachedContents (pageSize, pageToken), GET/PATCH/DELETE …/{id}, as Google
+    answers them (the contents are kept by the provider, never echoed back)."""
+    if scripted is not None and scripted.status >= 400:
+        return gemini_error(scripted.status)
+    req = call.req
+    cache_id = CACHED_CONTENTS_PATH.match(req.path).group(1)
+    with CACHED_CONTENTS.lock:
+        if cache_id is None and req.method == "POST":
+            model = call.body.get("model")
+            if not isinstance(model, str) or not model.startswith("models/"):
+                return gemini_error(400, "* CreateCachedContentRequest.cached_content.model: model is required")
+            return Reply(json=CACHED_CONTENTS.add(call.body))
+        if cache_id is None and req.method == "GET":
+            items = list(CACHED_CONTENTS.caches.values())
+            size = int(req.query.get("pageSize") or 100)
+            start = int(req.query.get("pageToken") or 0)
+            page: dict = {"cachedContents": items[start : start + size]}
+            if start + size < len(items):
+                page["nextPageToken"] = str(start + size)
+            return Reply(json=page)
+        if cache_id not in CACHED_CONTENTS.caches:
+            return cache_not_found()
+        if req.method == "DELETE":
+            del CACHED_CONTENTS.caches[cache_id]
+            return Reply(json={})
+        cache = CACHED_CONTENTS.caches[cache_id]
+        if req.method == "PATCH":
+            for field_name in ("ttl", "expireTime"):
+                if field_name in call.body:
+                    cache["expireTime"] = "2025-01-01T02:00:00Z"
+        return Reply(json=cache)
+
+
+def cache_named(body: dict) -> tuple[bool, bool]:
+    """(names a cache, the cache is known) for a generateContent or countTokens body."""
+    request = body.get("generateContentRequest") if isinstance(body.get("generateContentRequest"), dict) else body
+    name = request.get("cachedContent")
+    if not name:
+        return False, False
+    cache_id = name.removeprefix("cachedContents/") if isinstance(name, str) else ""
+    with CACHED_CONTENTS.lock:
+        return True, cache_id in CACHED_CONTENTS.caches
+
+
+def _with_cached_tokens(doc: dict) -> dict:
+    """A GenerateContentResponse whose usage counts the cache's tokens (part of promptTokenCount)."""
+    if isinstance(doc.get("usageMetadata"), dict):
+        doc["usageMetadata"]["cachedContentTokenCount"] = CACHED_TOKENS
+    return doc
 
 
 def _azure(build: Callable[[Call, str], Reply]) -> Route:
@@ -2664,6 +2761,8 @@ def find_route(method: str, path: str) -> Route | None:
         return _containers
     if VECTOR_STORES_PATH.match(path):
         return _vector_stores
+    if CACHED_CONTENTS_PATH.match(path):
+        return _cached_contents
     return None
 
 

@@ -426,8 +426,8 @@ def test_gemini_native_methods_and_models(mock: MockUpstream) -> None:
     assert len(json.loads(raw)) == 3
     _, raw, _ = call(mock, "POST", f"{path}:countTokens", {"contents": []})
     assert json.loads(raw)["totalTokens"] == 12
-    _, raw, _ = call(mock, "POST", f"{path}:countTokens", {"generateContentRequest": {"cachedContent": "c/1"}})
-    assert json.loads(raw)["cachedContentTokenCount"] == 8
+    resp, raw, _ = call(mock, "POST", f"{path}:countTokens", {"generateContentRequest": {"cachedContent": "c/1"}})
+    assert resp.status == 404 and json.loads(raw)["error"]["status"] == "NOT_FOUND"  # no such cache
     _, raw, _ = call(mock, "POST", f"{path}:embedContent", {"content": {"parts": [{"text": "a"}]}})
     assert len(json.loads(raw)["embedding"]["values"]) == 8
     _, raw, _ = call(mock, "GET", "/v1beta/models?pageSize=2")
@@ -439,6 +439,43 @@ def test_gemini_native_methods_and_models(mock: MockUpstream) -> None:
     assert json.loads(raw)["supportedGenerationMethods"][0] == "generateContent"
     resp, raw, _ = call(mock, "GET", "/v1beta/models/no-such-model")
     assert resp.status == 404 and json.loads(raw)["error"]["status"] == "NOT_FOUND"
+
+
+def test_gemini_cached_contents(mock: MockUpstream) -> None:
+    """Explicit context caches: create, list (paged), get, patch, delete; a generateContent or
+    countTokens naming one reports its tokens, one naming an unknown cache is a 404."""
+    body = {"model": "models/gemini-2.5-flash", "contents": [{"role": "user", "parts": [{"text": "long"}]}]}
+    resp, raw, _ = call(mock, "POST", "/v1beta/cachedContents", {**body, "displayName": "doc", "ttl": "60s"})
+    made = json.loads(raw)
+    assert resp.status == 200 and made["name"].startswith("cachedContents/") and made["displayName"] == "doc"
+    assert made["model"] == "models/gemini-2.5-flash" and made["usageMetadata"]["totalTokenCount"] == 8
+    assert "contents" not in made
+    resp, raw, _ = call(mock, "POST", "/v1beta/cachedContents", {"contents": []})
+    assert resp.status == 400 and json.loads(raw)["error"]["status"] == "INVALID_ARGUMENT"
+    other = json.loads(call(mock, "POST", "/v1beta/cachedContents", body)[1])
+    page = json.loads(call(mock, "GET", "/v1beta/cachedContents?pageSize=1")[1])
+    assert len(page["cachedContents"]) == 1 and page["nextPageToken"]
+    listed = json.loads(call(mock, "GET", f"/v1beta/cachedContents?pageToken={page['nextPageToken']}")[1])
+    names = [c["name"] for c in page["cachedContents"] + listed["cachedContents"]]
+    assert made["name"] in names and other["name"] in names
+    assert json.loads(call(mock, "GET", f"/v1beta/{made['name']}")[1]) == made
+    patched = json.loads(call(mock, "PATCH", f"/v1beta/{made['name']}?updateMask=ttl", {"ttl": "7200s"})[1])
+    assert patched["expireTime"] != made["expireTime"]
+    path = "/v1beta/models/gemini-2.5-flash"
+    asked = {"contents": [{"role": "user", "parts": [{"text": "q"}]}], "cachedContent": made["name"]}
+    resp, raw, _ = call(mock, "POST", f"{path}:generateContent", asked)
+    assert resp.status == 200 and json.loads(raw)["usageMetadata"]["cachedContentTokenCount"] == 8
+    _, raw, _ = call(mock, "POST", f"{path}:streamGenerateContent?alt=sse", asked)
+    assert b'"cachedContentTokenCount": 8' in raw or b'"cachedContentTokenCount":8' in raw
+    _, raw, _ = call(mock, "POST", f"{path}:countTokens", {"generateContentRequest": {**asked, "model": "m"}})
+    assert json.loads(raw)["cachedContentTokenCount"] == 8
+    assert call(mock, "DELETE", f"/v1beta/{made['name']}")[0].status == 200
+    for method, where, sent in (
+        ("GET", f"/v1beta/{made['name']}", None),
+        ("POST", f"{path}:generateContent", asked),
+    ):
+        resp, raw, _ = call(mock, method, where, sent)
+        assert resp.status == 404 and json.loads(raw)["error"]["status"] == "NOT_FOUND"
 
 
 def test_azure_needs_api_version(mock: MockUpstream) -> None:
