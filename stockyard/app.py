@@ -40,6 +40,7 @@ from .conversations import Conversations
 from .deployments import Health, Models
 from .errors import ProxyError
 from .files_api import BatchHold, FilesAPI, Ownership
+from .gemini_cache import CachedContents
 from .keys import KeyRing, load_keys
 from .message_batches import MessageBatches
 from .metrics import Metrics
@@ -180,6 +181,7 @@ class App:
         self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
         self.containers = ContainersAPI(self.path, ownership)
         self.vector_stores = VectorStoresAPI(self.path, ownership)
+        self.cached_contents = CachedContents(self.path, ownership, self.budgeted)  # Gemini's context caches
         self.message_batches = MessageBatches(
             self.path, ownership, self.models, self.batch_costs, self.check_batch_budget, self.budgeted
         )

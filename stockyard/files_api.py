@@ -31,12 +31,21 @@ from . import estimate
 from .context import REFUSED, Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list
-from .errors import OPENAI, RESPONSES, ClientGone, ProxyError
+from .errors import GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members
 from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
-from .objectrefs import check_store_ids, may_name, referenced_containers, referenced_files, referenced_vector_stores
+from .objectrefs import (
+    cache_id_of,
+    cache_not_found,
+    check_store_ids,
+    may_name,
+    named_caches,
+    referenced_containers,
+    referenced_files,
+    referenced_vector_stores,
+)
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
@@ -268,7 +277,11 @@ class Ownership:
         Stockyard, so one no key owns goes as sent. The body as it will be sent: with the items
         of a conversation it names put in (``conversations.open``; items added through ``/v1/conversations`` were never
         checked), so its bytes alone do not say."""
-        if ctx.key is None or ctx.upload is not None or ctx.dialect not in (OPENAI, RESPONSES):
+        if ctx.key is None or ctx.upload is not None:
+            return
+        if ctx.dialect == GEMINI:
+            return self.check_cached_content(ctx)
+        if ctx.dialect not in (OPENAI, RESPONSES):
             return
         walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
         if walk or may_name(ctx.raw, b"container"):
@@ -283,6 +296,22 @@ class Ownership:
                 raise not_found("vector_store", theirs, stores[theirs])
         if walk or may_name(ctx.raw, b"file_id"):
             self.require_files(referenced_files(ctx.body), owner, "file_id")
+
+    def check_cached_content(self, ctx: RequestContext) -> None:
+        """A Gemini-native call (generateContent, streamGenerateContent, countTokens) may name only
+        this key's context cache (``gemini_cache``): the cache holds a prompt, and the provider
+        would answer from another key's as well. Another key's, or one Stockyard never saw, is
+        Google's 404 here, before any module or provider call."""
+        if not may_name(ctx.raw, b"cachedContent"):
+            return
+        for param, value in named_caches(ctx.body):
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ProxyError(400, f"{param} must name a cache: cachedContents/{{id}}", param=param)
+            cache_id = cache_id_of(value)
+            if cache_id is None or self.find(cache_id, "cached_content", owner_of(ctx)) is None:
+                raise cache_not_found(value.removeprefix("cachedContents/"))
 
     def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> None:
         """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):

@@ -36,6 +36,7 @@ ACTIONS = {
 }
 ACTION_PATH = re.compile(r"/(?:v1beta|v1)/models/([^:]+):([A-Za-z]*)")
 MODELS_PATH = re.compile(r"/(v1beta|v1)/models(?:/([^:]+))?")
+CACHES_PATH = re.compile(r"/v1/cachedContents(?:/[^/]*)?$")  # Google's error shape under /v1 too (gemini_cache)
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # Google's default and largest models.list page
 GENERATE_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 EMBED_METHODS = ["embedContent", "batchEmbedContents", "countTokens"]
@@ -52,7 +53,7 @@ class Target:
 
 def is_native(path: str) -> bool:
     """Paths whose errors are in Google's shape."""
-    if path == "/v1beta" or path.startswith("/v1beta/"):
+    if path == "/v1beta" or path.startswith("/v1beta/") or CACHES_PATH.match(path):
         return True
     match = ACTION_PATH.fullmatch(path)
     return match is not None and match.group(2) in ACTIONS

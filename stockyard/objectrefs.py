@@ -1,4 +1,4 @@
-"""The provider objects a JSON body names: files, containers, vector stores.
+"""The provider objects a JSON body names: files, containers, vector stores, Gemini context caches.
 
 The provider holds every key's objects under the one provider key, so what a body names is
 checked against who owns it (``files_api.Ownership.check_references``, batch lines), and the
@@ -124,3 +124,32 @@ def check_store_ids(stores: dict[str, str]) -> None:
                 param=param,
                 code="invalid_value",
             )
+
+
+CACHE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # a Gemini cache id as Google makes it: never dots, slashes or escapes
+PREFIX = "cachedContents/"
+
+
+def cache_not_found(cache_id: str) -> ProxyError:
+    """Google's 404 for a cache, the same for one that does not exist and for another key's."""
+    return ProxyError(404, f"CachedContent not found: {PREFIX}{cache_id[:200]}", param="name", code="not_found")
+
+
+def cache_id_of(name: object) -> str | None:
+    """The id of a ``cachedContents/{id}`` name (a bare id too), None for anything else."""
+    if not isinstance(name, str):
+        return None
+    cache_id = name.removeprefix(PREFIX)
+    return cache_id if CACHE_ID.fullmatch(cache_id) else None
+
+
+def named_caches(body: object) -> list[tuple[str, object]]:
+    """(param, value) of each Gemini context cache a generateContent or countTokens body names:
+    its ``cachedContent``, and its ``generateContentRequest.cachedContent`` (countTokens)."""
+    if not isinstance(body, dict):
+        return []
+    found = [("cachedContent", body["cachedContent"])] if "cachedContent" in body else []
+    inner = body.get("generateContentRequest")
+    if isinstance(inner, dict) and "cachedContent" in inner:
+        found.append(("generateContentRequest.cachedContent", inner["cachedContent"]))
+    return found

@@ -30,6 +30,7 @@ from . import (
     containers_api,
     files_api,
     gemini_api,
+    gemini_cache,
     message_batches,
     multipart,
     proxy,
@@ -811,6 +812,14 @@ class Handler(BaseHTTPRequestHandler):
             ctx = RequestContext(native.endpoint, GEMINI, self._client_ip(), headers, native=native.call)
             ctx.model, ctx.stream = native.model, native.call.action == "streamGenerateContent"
             self._proxy(ctx)
+            return
+        if gemini_cache.route_of(path) is not None:  # /v1beta/cachedContents[/{id}], owned per key
+            headers = gemini_api.key_headers(self._headers_dict(), query)
+            ctx = RequestContext(gemini_cache.endpoint_name(method, path), GEMINI, self._client_ip(), headers)
+            if self._key_accepted(ctx):  # before the body, like the other Gemini-native routes
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr)
+                app.cached_contents.handle(self, ctx, req)
+                self._trace_note = trace_note(ctx)
             return
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
             google = functools.partial(gemini_api.key_headers, self._headers_dict(), query)  # may 401: inside

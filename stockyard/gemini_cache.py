@@ -1,0 +1,248 @@
+"""Gemini's explicit context caching (``/v1beta/cachedContents``): passed through to a Gemini
+provider, each cache owned by the key that made it.
+
+google-genai's ``client.caches`` and LiteLLM's ``gemini/`` prefix (which turns ``cache_control``
+marks into a cache) create a CachedContent — a long prompt the provider keeps — and name it in
+``generateContent`` as ``cachedContent: "cachedContents/{id}"``. The provider holds every key's
+caches under the one provider key, so they are owned here as files and containers are
+(``files_api``: ``Ownership``, the ``owned_objects`` table, kind ``cached_content``; open mode has
+one owner, ``''``). Another key gets Google's 404, as for a missing cache, unasked; a list is the
+provider's pages filtered to the key's own, paged with a token of Stockyard's (the provider's
+token and how many of the key's caches on that page were given already). A generateContent,
+streamGenerateContent or countTokens naming another key's cache is a 404 before any module or
+provider call (``Ownership.check_references``).
+
+A create names its model (``models/…``): held to the key's allow-list and routed as the URL model
+of a generateContent is (a ``provider/model`` name too); it must reach a Gemini provider, and is
+sent under the name routing gives it. Google bills a cache as storage per hour (and its tokens once),
+which no usage reports: under a budget (the key's or its project's) a create is refused with a 403;
+without one it is traced at cost 0 (storage is not modelled). A generateContent using a cache is
+priced as any other (its ``cachedContentTokenCount`` at the cached-input rate).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Callable
+from urllib.parse import urlencode
+
+from .context import RequestContext
+from .errors import ProxyError
+from .files_api import MAX_LIST_PAGES, PROVIDER_HEADER, Ownership, ProviderCalls, allowed_providers, owner_of
+from .httpio import Request, check_method, json_object
+from .keys import check_model
+from .objectrefs import CACHE_ID, cache_id_of
+from .objectrefs import cache_not_found as not_found
+from .providers import Provider
+from .providers.gemini import auth_headers, version_prefix
+from .providers.gemini_native import check_model as check_url_model
+from .proxy import Reply, RequestPath
+
+KIND = "cached_content"  # in owned_objects; the id is the part after ``cachedContents/``
+KINDS = ("gemini",)  # providers that keep caches
+PATH = re.compile(rf"^/(?:v1beta|v1)/cachedContents(?:/({CACHE_ID.pattern}))?$")
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # a list's default and largest pageSize
+PROVIDER_PAGE = 100  # caches asked of the provider per page while filtering a list
+MAX_TOKEN = 4096  # the longest pageToken read
+
+
+def route_of(path: str) -> tuple[str | None] | None:
+    """(cache id or None) for a cachedContents path, or None."""
+    match = PATH.match(path)
+    return None if match is None else (match.group(1),)
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """The trace's endpoint: ``cached_contents.create``, ``…list``, ``…retrieve``, ``…update``, ``…delete``."""
+    found = route_of(path)
+    if found is None or found[0] is None:
+        return f"cached_contents.{'create' if method == 'POST' else 'list'}"
+    return "cached_contents." + {"PATCH": "update", "DELETE": "delete"}.get(method, "retrieve")
+
+
+def budget_refusal() -> ProxyError:
+    """The 403 for a cache under a budget: what it costs (storage per hour) no usage reports."""
+    return ProxyError(
+        403,
+        "a cached content is billed by the provider as storage per hour, which no usage reports, so the "
+        "budget on this key (or its project) cannot be enforced; send the prompt without caching it",
+        param="model",
+        code="cached_content_not_budgeted",
+    )
+
+
+def encode_token(provider_token: str | None, given: int) -> str:
+    """A list's nextPageToken: the provider page to read next, and how many of the key's on it were given."""
+    return base64.urlsafe_b64encode(json.dumps([provider_token, given]).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[str | None, int]:
+    """What :func:`encode_token` wrote; anything else is a 400."""
+    if not token:
+        return None, 0
+    try:
+        if len(token) > MAX_TOKEN:
+            raise ValueError
+        value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        provider_token, given = value
+        if not (provider_token is None or isinstance(provider_token, str)) or type(given) is not int or given < 0:
+            raise ValueError
+        return provider_token, given
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ProxyError(
+            400, "pageToken is not one this server gave", param="pageToken", code="invalid_value"
+        ) from None
+
+
+def page_size(query: dict[str, str]) -> int:
+    raw = query.get("pageSize") or ""
+    try:
+        size = int(raw) if raw else PAGE_SIZE
+    except ValueError:
+        raise ProxyError(400, "pageSize must be a whole number", param="pageSize", code="invalid_value") from None
+    return PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
+
+
+class CachedContents(ProviderCalls):
+    """The ``/v1beta/cachedContents`` routes. ``budgeted(ctx)`` says whether a budget counts the key."""
+
+    serves = "cached contents"
+
+    def __init__(self, path: RequestPath, ownership: Ownership, budgeted: Callable[[RequestContext], bool]) -> None:
+        super().__init__(path)
+        self.ownership = ownership
+        self._budgeted = budgeted
+
+    def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
+        return version_prefix(provider) + rest + (f"?{urlencode(query)}" if query else "")
+
+    def _headers(self, ctx: RequestContext, provider: Provider, rest: str) -> dict[str, str]:
+        return {"Accept": "application/json", **auth_headers(provider)}
+
+    def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        found = route_of(req.path)
+        assert found is not None
+        (cache_id,) = found
+        check_method(req.method, ("GET", "POST") if cache_id is None else ("GET", "PATCH", "DELETE"))
+        self._rate_limit(ctx)  # before the body is read and before any provider call
+        if cache_id is None and req.method == "POST":
+            if self._budgeted(ctx):  # before the body: what it would cost cannot be counted
+                raise budget_refusal()
+            return self._create(reply, ctx, req.body)
+        raw = req.body  # a GET's empty body too: the read deadline ends
+        if cache_id is None:
+            return self._list(reply, ctx, req.query)
+        owned = self.ownership.find(cache_id, KIND, owner_of(ctx))
+        if owned is None:  # another key's, or one Stockyard never saw: as if unknown
+            raise not_found(cache_id)
+        provider = self._provider_named(owned.provider)
+        rest = f"/cachedContents/{cache_id}"
+        if req.method == "PATCH":
+            ctx.raw = raw
+            json_object(raw)  # Google's 400 here for a body that is not an object
+            mask = {k: v for k, v in req.query.items() if k == "updateMask"}
+            answer, _ = self._call(ctx, provider, "PATCH", rest, raw, query=mask)
+        else:
+            answer, _ = self._call(ctx, provider, req.method, rest)
+        if answer.status < 300 and req.method == "DELETE":
+            self.ownership.forget(cache_id)
+        self._send(reply, ctx, answer)
+
+    def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
+        """A new cache: its model held to the key's allow-list and routed to a Gemini provider; it is the key's."""
+        ctx.raw = raw
+        body = json_object(raw)
+        asked = body.get("model")
+        if not isinstance(asked, str) or not asked.strip():
+            raise ProxyError(400, "model is required: the model the cache is for (models/…)", param="model")
+        model = check_url_model(asked.removeprefix("models/"))
+        registry = self._path.registry()
+        if ctx.key is not None:
+            check_model(ctx.key, model, registry.routes_to)
+        provider, upstream = registry.resolve(model)
+        if provider.kind not in KINDS:
+            raise ProxyError(
+                400,
+                f"model {model!r} is served by provider {provider.name!r} ({provider.kind}); "
+                "cached contents are kept by a Gemini provider only",
+                param="model",
+                code="invalid_model",
+            )
+        ctx.model = model
+        body["model"] = "models/" + check_url_model(upstream.removeprefix("models/"))
+        sent = json.dumps(body, ensure_ascii=False).encode()
+        answer, doc = self._call(ctx, provider, "POST", "/cachedContents", sent)
+        cache_id = cache_id_of(doc.get("name")) if isinstance(doc, dict) else None
+        if answer.status < 300 and cache_id is not None:
+            self.ownership.claim(cache_id, KIND, owner_of(ctx), provider.name)
+        self._send(reply, ctx, answer)
+
+    def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
+        """This key's caches, from the provider's pages filtered; ``nextPageToken`` while the
+        provider holds more (or was not read to its end)."""
+        size = page_size(query)
+        token, skip = decode_token(query.get("pageToken") or "")
+        provider = self._list_provider(ctx)
+        owner = owner_of(ctx)
+        found: list[dict] = []
+        next_token: str | None = None
+        answer = None
+        for _ in range(MAX_LIST_PAGES):
+            asked = {"pageSize": str(PROVIDER_PAGE), **({"pageToken": token} if token else {})}
+            answer, doc = self._call(ctx, provider, "GET", "/cachedContents", query=asked)
+            if answer.status >= 400 or not isinstance(doc, dict):
+                return self._send(reply, ctx, answer)
+            listed = doc.get("cachedContents")
+            items = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
+            ids = {cache_id_of(c.get("name")): c for c in items}
+            mine = self.ownership.owned([i for i in ids if i], KIND, owner, provider.name)
+            page = [c for c in items if cache_id_of(c.get("name")) in mine]
+            given, page, skip = skip, page[skip:], 0
+            room = size - len(found)
+            if len(page) > room:
+                found += page[:room]
+                next_token = encode_token(token, given + room)
+                break
+            found += page
+            after = doc.get("nextPageToken")
+            if not isinstance(after, str) or not after:
+                break
+            token = after
+            if len(found) == size:
+                next_token = encode_token(token, 0)
+                break
+        else:
+            next_token = encode_token(token, 0)  # not read to its end: the client asks again
+        assert answer is not None
+        page_doc: dict = {"cachedContents": found}
+        if next_token:
+            page_doc["nextPageToken"] = next_token
+        answer.data = json.dumps(page_doc, ensure_ascii=False).encode()
+        answer.headers["content-type"] = "application/json"
+        self._keep(ctx, answer)
+        self._send(reply, ctx, answer)
+
+    def _list_provider(self, ctx: RequestContext) -> Provider:
+        """``x-stockyard-provider`` if given, else the key's first Gemini provider."""
+        registry = self._path.registry()
+        allowed = allowed_providers(registry, ctx.key, KINDS)
+        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
+        if named:
+            provider = registry.by_name.get(named)
+            if provider is None or provider.kind not in KINDS:
+                raise ProxyError(
+                    400,
+                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured Gemini provider",
+                    code="invalid_provider",
+                )
+            if provider not in allowed:
+                raise ProxyError(403, f"this client key may not use provider {named!r}", code="provider_not_allowed")
+            return provider
+        if allowed:
+            return allowed[0]
+        if any(p.kind in KINDS for p in registry.providers):
+            raise ProxyError(403, "this client key may not use any Gemini provider", code="provider_not_allowed")
+        raise ProxyError(400, "cached contents need a Gemini provider; none is configured", code="no_provider")

@@ -1,0 +1,190 @@
+"""Gemini's explicit context caching (``/v1beta/cachedContents``) through Stockyard, owned per client key.
+
+Raw HTTP in Google's shape, as google-genai and LiteLLM's ``gemini/`` prefix send it (the client
+key in ``x-goog-api-key``). A cache belongs to the key that made it: another key gets Google's 404
+for it, never sees it listed, and cannot name it in a generateContent (a cache holds a prompt).
+A create under a budget is refused (storage per hour is billed, which no usage reports).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ServerProcess, mock_env
+from mock_upstream import CACHED_TOKENS, PROMPT_TOKENS, MockUpstream
+from rawhttp import connect, read_response
+
+GEMINI_KEY = "AIza-cache-0123456789abcdefPROVIDERSECRET"
+MODEL = "gemini-cache-model"
+OTHER = "gemini-cache-other"
+CONTENTS = [{"role": "user", "parts": [{"text": "a very long document " * 50}]}]
+QUESTION = [{"role": "user", "parts": [{"text": "What does it say?"}]}]
+UC = {"input": 100, "cached": 50, "output": 200}  # $1, $0.50, $2 per 1M tokens, in µ¢ per token
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("gcache") / "stockyard.db", env)
+    for model in (MODEL, OTHER):
+        assert srv.cli("prices", "set", model, "--input", "1", "--output", "2", "--cached-input", "0.5").returncode == 0
+    srv.keys = srv.create_keys(
+        {
+            "alice": [],
+            "bob": [],
+            "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
+            "narrow": ["--models", OTHER],
+        }
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log and GEMINI_KEY not in srv.log
+
+
+def call(server: ServerProcess, who: str | None, method: str, path: str, body: dict | None = None):
+    """(status, headers, parsed body) of one request as Google's clients send it."""
+    headers = {"x-goog-api-key": server.keys[who]} if who else {}
+    status, got, raw = server.request(method, path, body, headers=headers)
+    return status, got, json.loads(raw) if raw else {}
+
+
+def google_error(doc: dict, status: int, name: str) -> str:
+    """The message of Google's error shape, after checking its code and status name."""
+    assert set(doc) == {"error"} and doc["error"]["code"] == status and doc["error"]["status"] == name, doc
+    return doc["error"]["message"]
+
+
+def cache_calls(mock: MockUpstream) -> int:
+    return sum(1 for r in mock.requests if "cachedContent" in r.path)
+
+
+def provider_calls(mock: MockUpstream) -> int:
+    return sum(1 for r in mock.requests if "cachedContent" in r.path or r.path.startswith("/v1beta/models/"))
+
+
+def create(server: ServerProcess, who: str, **extra) -> dict:
+    body = {"model": f"models/{MODEL}", "contents": CONTENTS, "ttl": "300s", **extra}
+    status, headers, doc = call(server, who, "POST", "/v1beta/cachedContents", body)
+    assert status == 200, doc
+    assert doc["name"].startswith("cachedContents/") and doc["model"] == f"models/{MODEL}"
+    assert GEMINI_KEY not in json.dumps(headers)
+    return doc
+
+
+def test_a_key_creates_lists_gets_patches_and_deletes_its_cache(server, mock) -> None:
+    made = create(server, "alice", displayName="handbook")
+    sent = next(r for r in reversed(mock.requests) if r.path == "/v1beta/cachedContents" and r.method == "POST")
+    assert sent.headers["x-goog-api-key"] == GEMINI_KEY and sent.json["contents"] == CONTENTS
+    assert made["displayName"] == "handbook" and made["usageMetadata"]["totalTokenCount"] == CACHED_TOKENS
+    status, _, got = call(server, "alice", "GET", f"/v1beta/{made['name']}")
+    assert status == 200 and got == made
+    status, _, listed = call(server, "alice", "GET", "/v1beta/cachedContents")
+    assert status == 200 and made["name"] in [c["name"] for c in listed["cachedContents"]]
+    status, _, patched = call(server, "alice", "PATCH", f"/v1beta/{made['name']}?updateMask=ttl", {"ttl": "7200s"})
+    assert status == 200 and patched["expireTime"] != made["expireTime"]
+    status, _, _ = call(server, "alice", "DELETE", f"/v1beta/{made['name']}")
+    assert status == 200
+    status, _, doc = call(server, "alice", "GET", f"/v1beta/{made['name']}")
+    google_error(doc, 404, "NOT_FOUND")
+
+
+def test_the_list_pages_through_only_the_keys_own(server) -> None:
+    mine = [create(server, "alice")["name"] for _ in range(3)]
+    create(server, "bob")
+    names, token = [], ""
+    for _ in range(10):
+        status, _, page = call(server, "alice", "GET", f"/v1beta/cachedContents?pageSize=2&pageToken={token}")
+        assert status == 200 and len(page.get("cachedContents", [])) <= 2
+        names += [c["name"] for c in page.get("cachedContents", [])]
+        token = page.get("nextPageToken", "")
+        if not token:
+            break
+    assert set(mine) <= set(names) and len(names) == len(set(names))
+    status, _, doc = call(server, "alice", "GET", "/v1beta/cachedContents?pageToken=not-one-of-ours")
+    google_error(doc, 400, "INVALID_ARGUMENT")
+
+
+def test_another_keys_cache_is_a_404_and_never_listed(server, mock) -> None:
+    made = create(server, "alice")
+    before = cache_calls(mock)
+    for method, body in (("GET", None), ("PATCH", {"ttl": "1s"}), ("DELETE", None)):
+        status, _, doc = call(server, "bob", method, f"/v1beta/{made['name']}", body)
+        assert status == 404
+        google_error(doc, 404, "NOT_FOUND")
+    assert cache_calls(mock) == before  # not asked: the provider would say it exists
+    status, _, listed = call(server, "bob", "GET", "/v1beta/cachedContents?pageSize=1000")
+    assert status == 200 and made["name"] not in [c["name"] for c in listed.get("cachedContents", [])]
+    assert call(server, "alice", "GET", f"/v1beta/{made['name']}")[0] == 200  # still there
+
+
+@pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent", "countTokens"])
+def test_naming_another_keys_cache_is_a_404_that_reaches_no_provider(server, mock, method) -> None:
+    made = create(server, "alice")
+    before = provider_calls(mock)
+    body: dict = {"contents": QUESTION, "cachedContent": made["name"]}
+    if method == "countTokens":
+        body = {"generateContentRequest": {"model": f"models/{MODEL}", **body}}
+    suffix = "?alt=sse" if method == "streamGenerateContent" else ""
+    status, _, raw = server.request(
+        "POST", f"/v1beta/models/{MODEL}:{method}{suffix}", body, headers={"x-goog-api-key": server.keys["bob"]}
+    )
+    assert status == 404
+    assert made["name"].split("/")[1] in google_error(json.loads(raw), 404, "NOT_FOUND")
+    assert provider_calls(mock) == before
+
+
+def test_a_keys_generate_content_with_its_cache_is_costed_with_cached_tokens(server, mock) -> None:
+    made = create(server, "alice")
+    body = {"contents": QUESTION, "cachedContent": made["name"]}
+    status, headers, doc = call(server, "alice", "POST", f"/v1beta/models/{MODEL}:generateContent", body)
+    assert status == 200 and doc["usageMetadata"]["cachedContentTokenCount"] == CACHED_TOKENS
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["cached_tokens"] == CACHED_TOKENS and trace["cost_status"] == "exact"
+    expected = (PROMPT_TOKENS - CACHED_TOKENS) * UC["input"] + CACHED_TOKENS * UC["cached"] + 5 * UC["output"]
+    assert trace["cost_uc"] == expected
+
+
+def test_a_create_is_traced_at_cost_zero(server) -> None:
+    body = {"model": f"models/{MODEL}", "contents": CONTENTS}
+    status, headers, _ = call(server, "alice", "POST", "/v1beta/cachedContents", body)
+    assert status == 200
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert (trace["endpoint"], trace["dialect"], trace["cost_uc"]) == ("cached_contents.create", "gemini", 0)
+
+
+def test_a_budgeted_keys_create_is_a_403_reaching_no_provider(server, mock) -> None:
+    before = cache_calls(mock)
+    body = {"model": f"models/{MODEL}", "contents": CONTENTS}
+    status, _, doc = call(server, "budgeted", "POST", "/v1beta/cachedContents", body)
+    assert status == 403
+    assert "budget" in google_error(doc, 403, "PERMISSION_DENIED")
+    assert cache_calls(mock) == before
+
+
+def test_a_create_naming_a_model_the_key_may_not_use_is_refused(server, mock) -> None:
+    before = cache_calls(mock)
+    body = {"model": f"models/{MODEL}", "contents": CONTENTS}
+    status, _, doc = call(server, "narrow", "POST", "/v1beta/cachedContents", body)
+    assert status == 403
+    assert MODEL in google_error(doc, 403, "PERMISSION_DENIED")
+    status, _, doc = call(server, "alice", "POST", "/v1beta/cachedContents", {"contents": CONTENTS})
+    google_error(doc, 400, "INVALID_ARGUMENT")
+    status, _, doc = call(server, "alice", "POST", "/v1beta/cachedContents", {"model": "gpt-4o-mini"})
+    google_error(doc, 400, "INVALID_ARGUMENT")
+    assert cache_calls(mock) == before
+
+
+def test_no_key_is_refused_before_the_body(server) -> None:
+    with connect(server) as sock:
+        head = (
+            "POST /v1beta/cachedContents HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\nContent-Length: 900000\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        status, _, raw = read_response(sock, timeout=5)
+    assert status == 401
+    google_error(json.loads(raw), 401, "UNAUTHENTICATED")
+    status, _, doc = call(server, None, "GET", "/v1beta/cachedContents")
+    google_error(doc, 401, "UNAUTHENTICATED")
