@@ -82,6 +82,10 @@ def test_a_key_creates_lists_gets_patches_and_deletes_its_cache(server, mock) ->
     assert status == 200 and got == made
     status, _, listed = call(server, "alice", "GET", "/v1beta/cachedContents")
     assert status == 200 and made["name"] in [c["name"] for c in listed["cachedContents"]]
+    status, _, listed = call(server, "alice", "GET", "/v1/cachedContents?pageSize=1000")  # google-genai's v1 too
+    assert status == 200 and made["name"] in [c["name"] for c in listed["cachedContents"]]
+    status, _, doc = call(server, "alice", "PUT", f"/v1/{made['name']}")
+    google_error(doc, 405, doc["error"]["status"])
     status, _, patched = call(server, "alice", "PATCH", f"/v1beta/{made['name']}?updateMask=ttl", {"ttl": "7200s"})
     assert status == 200 and patched["expireTime"] != made["expireTime"]
     status, _, _ = call(server, "alice", "DELETE", f"/v1beta/{made['name']}")
