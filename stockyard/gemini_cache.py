@@ -197,7 +197,7 @@ class CachedContents(ProviderCalls):
                 return self._send(reply, ctx, answer)
             listed = doc.get("cachedContents")
             items = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
-            ids = {cache_id_of(c.get("name")): c for c in items}
+            ids = [cache_id_of(c.get("name")) for c in items]
             mine = self.ownership.owned([i for i in ids if i], KIND, owner, provider.name)
             page = [c for c in items if cache_id_of(c.get("name")) in mine]
             given, page, skip = skip, page[skip:], 0
