@@ -302,7 +302,7 @@ class Ownership:
         this key's context cache (``gemini_cache``): the cache holds a prompt, and the provider
         would answer from another key's as well. Another key's, or one Stockyard never saw, is
         Google's 404 here, before any module or provider call."""
-        if not may_name(ctx.raw, b"cachedContent"):
+        if not (may_name(ctx.raw, b"cachedContent") or b"cached_content" in ctx.raw):
             return
         for param, value in named_caches(ctx.body):
             if value is None:

@@ -143,13 +143,20 @@ def cache_id_of(name: object) -> str | None:
     return cache_id if CACHE_ID.fullmatch(cache_id) else None
 
 
+# Google's JSON takes a field's proto name as well as its JSON name: both spellings name a cache.
+CACHE_FIELDS = ("cachedContent", "cached_content")
+INNER_REQUEST = ("generateContentRequest", "generate_content_request")  # countTokens' inner call
+
+
 def named_caches(body: object) -> list[tuple[str, object]]:
     """(param, value) of each Gemini context cache a generateContent or countTokens body names:
-    its ``cachedContent``, and its ``generateContentRequest.cachedContent`` (countTokens)."""
+    its ``cachedContent``, and its ``generateContentRequest.cachedContent`` (countTokens), each by
+    either spelling Google reads."""
     if not isinstance(body, dict):
         return []
-    found = [("cachedContent", body["cachedContent"])] if "cachedContent" in body else []
-    inner = body.get("generateContentRequest")
-    if isinstance(inner, dict) and "cachedContent" in inner:
-        found.append(("generateContentRequest.cachedContent", inner["cachedContent"]))
+    found = [(field, body[field]) for field in CACHE_FIELDS if field in body]
+    for name in INNER_REQUEST:
+        inner = body.get(name)
+        if isinstance(inner, dict):
+            found += [(f"{name}.{field}", inner[field]) for field in CACHE_FIELDS if field in inner]
     return found

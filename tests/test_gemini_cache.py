@@ -139,6 +139,23 @@ def test_naming_another_keys_cache_is_a_404_that_reaches_no_provider(server, moc
     assert provider_calls(mock) == before
 
 
+@pytest.mark.parametrize("method", ["generateContent", "countTokens"])
+def test_naming_another_keys_cache_in_snake_case_is_a_404_too(server, mock, method) -> None:
+    """Google's JSON takes a field's proto name as well (``cached_content``,
+    ``generate_content_request``): the same cache by that spelling is refused alike."""
+    made = create(server, "alice")
+    before = provider_calls(mock)
+    body: dict = {"contents": QUESTION, "cached_content": made["name"]}
+    if method == "countTokens":
+        body = {"generate_content_request": {"model": f"models/{MODEL}", **body}}
+    status, _, raw = server.request(
+        "POST", f"/v1beta/models/{MODEL}:{method}", body, headers={"x-goog-api-key": server.keys["bob"]}
+    )
+    assert status == 404, raw
+    assert made["name"].split("/")[1] in google_error(json.loads(raw), 404, "NOT_FOUND")
+    assert provider_calls(mock) == before
+
+
 def test_a_keys_generate_content_with_its_cache_is_costed_with_cached_tokens(server, mock) -> None:
     made = create(server, "alice")
     body = {"contents": QUESTION, "cachedContent": made["name"]}
