@@ -91,7 +91,7 @@ def decode_token(token: str) -> tuple[str | None, int]:
         if not (provider_token is None or isinstance(provider_token, str)) or type(given) is not int or given < 0:
             raise ValueError
         return provider_token, given
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):  # forged: nested deep
         raise ProxyError(
             400, "pageToken is not one this server gave", param="pageToken", code="invalid_value"
         ) from None
