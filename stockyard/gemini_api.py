@@ -36,7 +36,7 @@ ACTIONS = {
 }
 ACTION_PATH = re.compile(r"/(?:v1beta|v1)/models/([^:]+):([A-Za-z]*)")
 MODELS_PATH = re.compile(r"/(v1beta|v1)/models(?:/([^:]+))?")
-CACHES_PATH = re.compile(r"/v1/cachedContents(?:/[^/]*)?$")  # Google's error shape under /v1 too (gemini_cache)
+CACHES_PATH = re.compile(r"/v1/cachedContents(?:/.*)?$")  # Google's error shape under /v1 too (gemini_cache), any depth
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # Google's default and largest models.list page
 GENERATE_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 EMBED_METHODS = ["embedContent", "batchEmbedContents", "countTokens"]

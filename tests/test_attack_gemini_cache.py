@@ -182,9 +182,12 @@ def test_the_v1_form_and_a_query_key_are_held_alike(server, mock) -> None:
 
 @pytest.mark.parametrize(
     "suffix",
-    ["{id}.", ".{id}", "..%2F{id}", "x%2F{id}", "{id}%2Fx", "{id}:generate", "{long}", "%2E%2E"],
+    ["{id}/", "{id}.", ".{id}", "..%2F{id}", "x%2F{id}", "{id}%2Fx", "{id}:generate", "{long}", "%2E%2E", "{id}/x"],
 )
 def test_odd_cache_paths_are_a_google_404_that_reaches_no_provider(server, mock, suffix) -> None:
+    """No path shape reaches a cache but the key's own ``cachedContents/{id}``; under ``/v1`` a
+    path with a slash after the id (``{id}/``, ``{id}/x``) was answered in OpenAI's error shape,
+    which a Google client does not read."""
     cache_id = create(server, "alice")["name"].removeprefix("cachedContents/")
     before = provider_calls(mock)
     path = suffix.format(id=cache_id, long="a" * 201)
