@@ -15,8 +15,9 @@ provider call (``Ownership.check_references``).
 A create names its model (``models/…``): held to the key's allow-list and routed as the URL model
 of a generateContent is (a ``provider/model`` name too); it must reach a Gemini provider, and is
 sent under the name routing gives it. Google bills a cache as storage per hour (and its tokens once),
-which no usage reports: under a budget (the key's or its project's) a create is refused with a 403;
-without one it is traced at cost 0 (storage is not modelled). A generateContent using a cache is
+which no usage reports: under a budget (the key's or its project's) a create is refused with a 403,
+and so is an update (a new ``ttl`` or ``expireTime`` buys storage alike: a cache made before the
+budget kept for a year); a GET and a DELETE (which ends the storage) are not. Without one it is traced at cost 0 (storage is not modelled). A generateContent using a cache is
 priced as any other (its ``cachedContentTokenCount`` at the cached-input rate).
 """
 
@@ -63,13 +64,15 @@ def endpoint_name(method: str, path: str) -> str:
     return "cached_contents." + {"PATCH": "update", "DELETE": "delete"}.get(method, "retrieve")
 
 
-def budget_refusal() -> ProxyError:
-    """The 403 for a cache under a budget: what it costs (storage per hour) no usage reports."""
+def budget_refusal(update: bool = False) -> ProxyError:
+    """The 403 for a cache under a budget: what it costs (storage per hour) no usage reports. A
+    create, and an update (which sets a new ``ttl``/``expireTime``: more storage bought alike)."""
+    advice = "delete the cache when done with it" if update else "send the prompt without caching it"
     return ProxyError(
         403,
         "a cached content is billed by the provider as storage per hour, which no usage reports, so the "
-        "budget on this key (or its project) cannot be enforced; send the prompt without caching it",
-        param="model",
+        f"budget on this key (or its project) cannot be enforced; {advice}",
+        param="ttl" if update else "model",
         code="cached_content_not_budgeted",
     )
 
@@ -132,6 +135,8 @@ class CachedContents(ProviderCalls):
             if self._budgeted(ctx):  # before the body: what it would cost cannot be counted
                 raise budget_refusal()
             return self._create(reply, ctx, req.body)
+        if req.method == "PATCH" and self._budgeted(ctx):  # a new expiry buys storage as a create does
+            raise budget_refusal(update=True)
         raw = req.body  # a GET's empty body too: the read deadline ends
         if cache_id is None:
             return self._list(reply, ctx, req.query)

@@ -210,3 +210,23 @@ def test_a_patch_cannot_move_a_cache_to_another_model_or_name(server, mock) -> N
     assert status == 200, doc
     sent = next(r for r in reversed(mock.requests) if r.method == "PATCH")
     assert sent.query == {"updateMask": "ttl"}
+
+
+def test_a_key_under_a_budget_cannot_extend_its_caches_storage(server, mock) -> None:
+    """A create under a budget is refused: Google bills a cache's storage per hour, which no usage
+    reports. A PATCH of its ``ttl``/``expireTime`` buys the same storage (a cache made before the
+    key had a budget kept for a year), so under a budget it is refused alike, before any provider
+    call; a GET and a DELETE (which ends the storage) still work."""
+    made = create(server, "later")
+    done = server.cli("keys", "update", "later", "--budget-usd", "5", "--budget-period", "day")
+    assert done.returncode == 0, done.stderr
+    body = {"model": f"models/{MODEL}", "contents": CONTENTS}
+    wait_for(lambda: call(server, "later", "POST", "/v1beta/cachedContents", body)[0] == 403, what="the budget")
+    before = provider_calls(mock)
+    for path in (f"/v1beta/{made['name']}?updateMask=ttl", f"/v1/{made['name']}?updateMask=ttl"):
+        status, _, doc = call(server, "later", "PATCH", path, {"ttl": "31536000s"})
+        assert status == 403, doc
+        assert "budget" in google_error(doc, 403, "PERMISSION_DENIED")
+    assert provider_calls(mock) == before
+    assert call(server, "later", "GET", f"/v1beta/{made['name']}")[0] == 200
+    assert call(server, "later", "DELETE", f"/v1beta/{made['name']}")[0] == 200
