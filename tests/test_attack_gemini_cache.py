@@ -26,7 +26,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("gattack") / "stockyard.db", env)
     assert srv.cli("prices", "set", MODEL, "--input", "1", "--output", "2", "--cached-input", "0.5").returncode == 0
-    srv.keys = srv.create_keys({"alice": [], "bob": [], "later": []})
+    srv.keys = srv.create_keys({"alice": [], "bob": [], "later": [], "narrow": ["--models", MODEL]})
     srv.start()
     yield srv
     srv.stop()
@@ -230,3 +230,24 @@ def test_a_key_under_a_budget_cannot_extend_its_caches_storage(server, mock) -> 
     assert provider_calls(mock) == before
     assert call(server, "later", "GET", f"/v1beta/{made['name']}")[0] == 200
     assert call(server, "later", "DELETE", f"/v1beta/{made['name']}")[0] == 200
+
+
+def test_a_query_key_is_kept_in_no_trace(server) -> None:
+    """``?key=`` is a client key: moved to the header the key check reads, never into a trace."""
+    secret = server.keys["bob"]
+    status, headers, _ = server.request("GET", f"/v1beta/cachedContents?pageSize=5&key={secret}")
+    assert status == 200
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert secret not in json.dumps(trace, default=str)
+
+
+def test_count_tokens_model_in_snake_case_is_pinned_to_the_routed_model(server, mock) -> None:
+    """countTokens' inner request names a model, which Stockyard sets to the one the URL was routed
+    to (an allow-list is not stepped around in the body). Google reads the proto spelling
+    ``generate_content_request`` too (as for ``cached_content``): its ``model`` went on as sent."""
+    for field in ("generateContentRequest", "generate_content_request"):
+        body = {field: {"model": "models/gemini-not-allowed", "contents": QUESTION}}
+        status, _, doc = call(server, "narrow", "POST", f"/v1beta/models/{MODEL}:countTokens", body)
+        assert status == 200, doc
+        sent = next(r for r in reversed(mock.requests) if r.path.endswith(":countTokens"))
+        assert sent.json[field]["model"] == f"models/{MODEL}", (field, sent.json)

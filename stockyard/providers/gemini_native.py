@@ -4,8 +4,9 @@ The URL named the model and the method (``stockyard.gemini_api`` parsed it onto
 ``ctx.native``); the request body goes upstream as the client sent it, after the checks every
 request gets — except the model fields inside it (``requests[].model`` of
 ``batchEmbedContents``, ``model`` of ``embedContent``, ``generateContentRequest.model`` of
-``countTokens``), which Google requires to name the URL's model and which are set to the model
-the request was routed to, so an alias or an allow-list cannot be stepped around in the body.
+``countTokens``, by its proto spelling ``generate_content_request`` too), which Google requires
+to name the URL's model and which are set to the model the request was routed to, so an alias
+or an allow-list cannot be stepped around in the body.
 
 Streams are always asked of the provider as SSE (``alt=sse``). A client that asked with
 ``alt=sse`` gets the events as they came; one that did not gets Google's JSON-array form as it
@@ -21,6 +22,7 @@ from typing import Any
 from ..context import RequestContext
 from ..errors import ProxyError, google_error
 from ..estimate import text_tokens
+from ..objectrefs import INNER_REQUEST
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, model_segment, sse_data
@@ -52,9 +54,10 @@ def pinned(body: dict, action: str, name: str) -> dict | None:
             return {**item, "model": name}
         return None
 
-    if action == "countTokens":
-        inner = pin(body.get("generateContentRequest"))
-        return {**body, "generateContentRequest": inner} if inner else None
+    if action == "countTokens":  # the inner request by either spelling Google's JSON reads (objectrefs)
+        inner = {name: pin(body.get(name)) for name in INNER_REQUEST}
+        changed = {name: value for name, value in inner.items() if value}
+        return {**body, **changed} if changed else None
     if action != "batchEmbedContents":  # embedContent; generateContent's request has the field too
         return pin(body)
     requests = body.get("requests")
