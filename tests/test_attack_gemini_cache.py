@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import MockUpstream
+from rawhttp import connect, read_response
 
 GEMINI_KEY = "AIza-attack-0123456789abcdefPROVIDERSECRET"
 MODEL = "gemini-attack-model"
@@ -251,3 +252,54 @@ def test_count_tokens_model_in_snake_case_is_pinned_to_the_routed_model(server, 
         assert status == 200, doc
         sent = next(r for r in reversed(mock.requests) if r.path.endswith(":countTokens"))
         assert sent.json[field]["model"] == f"models/{MODEL}", (field, sent.json)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1beta/tunedModels/{model}:generateContent",
+        "/v1beta/models/{model}:batchGenerateContent",
+        "/v1beta/models/{model}:asyncBatchEmbedContent",
+        "/v1alpha/models/{model}:generateContent",
+        "/v1alpha/cachedContents",
+        "/v1beta/cachedContents:batchCreate",
+        "/v1beta/batches",
+    ],
+)
+def test_no_other_gemini_route_takes_a_body_naming_a_cache(server, mock, path) -> None:
+    """Only generateContent, streamGenerateContent, countTokens and the embeddings methods are
+    passed through (``gemini_api.ACTIONS``): a tuned model, a batch, another API version or another
+    collection is Google's 404 here, never sent on with the cache unchecked. (``/v1alpha``, which
+    google-genai can be set to, was answered in OpenAI's error shape.)"""
+    theirs = create(server, "alice")["name"]
+    before = provider_calls(mock)
+    body = {"model": f"models/{MODEL}", "contents": QUESTION, "cachedContent": theirs}
+    status, _, doc = call(server, "bob", "POST", path.format(model=MODEL), body)
+    assert status == 404, doc
+    google_error(doc, 404, "NOT_FOUND")
+    assert provider_calls(mock) == before
+
+
+def test_a_budgeted_create_by_any_route_is_refused_before_its_body(server, mock) -> None:
+    """Both API versions, a query string, a query key: a 403 before a byte of the body is read."""
+    done = server.cli("keys", "update", "narrow", "--budget-usd", "5", "--budget-period", "day")
+    assert done.returncode == 0, done.stderr
+    body = {"model": f"models/{MODEL}", "contents": CONTENTS}
+    wait_for(lambda: call(server, "narrow", "POST", "/v1beta/cachedContents", body)[0] == 403, what="the budget")
+    before = provider_calls(mock)
+    secret = server.keys["narrow"]
+    for target, key_header in (
+        ("/v1/cachedContents", f"x-goog-api-key: {secret}\r\n"),
+        (f"/v1beta/cachedContents?alt=json&key={secret}", ""),
+        ("/v1beta/cachedContents", f"Authorization: Bearer {secret}\r\n"),
+    ):
+        with connect(server) as sock:
+            head = (
+                f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{key_header}"
+                "Content-Type: application/json\r\nContent-Length: 900000\r\n\r\n"
+            )
+            sock.sendall(head.encode())  # the body never comes: the answer must not wait for it
+            status, _, raw = read_response(sock, timeout=5)
+        assert status == 403, (target, raw)
+        assert "budget" in google_error(json.loads(raw), 403, "PERMISSION_DENIED")
+    assert provider_calls(mock) == before
