@@ -17,8 +17,9 @@ of a generateContent is (a ``provider/model`` name too); it must reach a Gemini 
 sent under the name routing gives it. Google bills a cache as storage per hour (and its tokens once),
 which no usage reports: under a budget (the key's or its project's) a create is refused with a 403,
 and so is an update (a new ``ttl`` or ``expireTime`` buys storage alike: a cache made before the
-budget kept for a year); a GET and a DELETE (which ends the storage) are not. Without one it is traced at cost 0 (storage is not modelled). A generateContent using a cache is
-priced as any other (its ``cachedContentTokenCount`` at the cached-input rate).
+budget kept for a year); a GET and a DELETE (which ends the storage) are not. Without one it is
+traced at cost 0 (storage is not modelled). A generateContent using a cache is priced as any other
+(its ``cachedContentTokenCount`` at the cached-input rate).
 """
 
 from __future__ import annotations
