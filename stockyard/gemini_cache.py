@@ -10,7 +10,8 @@ one owner, ``''``). Another key gets Google's 404, as for a missing cache, unask
 provider's pages filtered to the key's own, paged with a token of Stockyard's (the provider's
 token and how many of the key's caches on that page were given already). A generateContent,
 streamGenerateContent or countTokens naming another key's cache is a 404 before any module or
-provider call (``Ownership.check_references``).
+provider call (``Ownership.check_references``). A PATCH's body may name no other cache than its URL's
+(a ``name`` of another key's would otherwise go upstream beside it).
 
 A create names its model (``models/…``): held to the key's allow-list and routed as the URL model
 of a generateContent is (a ``provider/model`` name too); it must reach a Gemini provider, and is
@@ -36,7 +37,7 @@ from .errors import ProxyError
 from .files_api import MAX_LIST_PAGES, PROVIDER_HEADER, Ownership, ProviderCalls, allowed_providers, owner_of
 from .httpio import Request, check_method, json_object
 from .keys import check_model
-from .objectrefs import CACHE_ID, cache_id_of
+from .objectrefs import CACHE_ID, PREFIX, cache_id_of
 from .objectrefs import cache_not_found as not_found
 from .providers import Provider
 from .providers.gemini import auth_headers, version_prefix
@@ -148,7 +149,14 @@ class CachedContents(ProviderCalls):
         rest = f"/cachedContents/{cache_id}"
         if req.method == "PATCH":
             ctx.raw = raw
-            json_object(raw)  # Google's 400 here for a body that is not an object
+            named = json_object(raw).get("name")  # Google's 400 here for a body that is not an object
+            if named is not None and named != f"{PREFIX}{cache_id}":  # the URL says which: one, never two
+                raise ProxyError(
+                    400,
+                    f"name must be the cache the URL names ({PREFIX}{cache_id}) or left out",
+                    param="name",
+                    code="invalid_value",
+                )
             mask = {k: v for k, v in req.query.items() if k == "updateMask"}
             answer, _ = self._call(ctx, provider, "PATCH", rest, raw, query=mask)
         else:
