@@ -548,6 +548,30 @@ class ProviderCalls:
             code="no_file_provider",
         )
 
+    def provider_of_kind(self, ctx: RequestContext, kinds: tuple[str, ...], kind: str, needs: str) -> Provider:
+        """For a list of a provider kind's own objects (Anthropic's message batches, Gemini's caches):
+        ``x-stockyard-provider`` if given, else the key's first provider of ``kinds``. ``kind`` names
+        them in the refusals ("Anthropic"); ``needs`` says what is missing when none is configured."""
+        registry = self._path.registry()
+        allowed = allowed_providers(registry, ctx.key, kinds)
+        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
+        if named:
+            provider = registry.by_name.get(named)
+            if provider is None or provider.kind not in kinds:
+                raise ProxyError(
+                    400,
+                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured {kind} provider",
+                    code="invalid_provider",
+                )
+            if provider not in allowed:
+                raise ProxyError(403, f"this client key may not use provider {named!r}", code="provider_not_allowed")
+            return provider
+        if allowed:
+            return allowed[0]
+        if any(p.kind in kinds for p in registry.providers):
+            raise ProxyError(403, f"this client key may not use any {kind} provider", code="provider_not_allowed")
+        raise ProxyError(400, f"{needs}; none is configured", code="no_provider")
+
     # -- calls ---------------------------------------------------------------------------------
     def _request(
         self,

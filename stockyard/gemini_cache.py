@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import MAX_LIST_PAGES, PROVIDER_HEADER, Ownership, ProviderCalls, allowed_providers, owner_of
+from .files_api import MAX_LIST_PAGES, Ownership, ProviderCalls, owner_of
 from .httpio import Request, check_method, json_object
 from .keys import check_model
 from .objectrefs import CACHE_ID, PREFIX, cache_id_of
@@ -199,7 +199,7 @@ class CachedContents(ProviderCalls):
         provider holds more (or was not read to its end)."""
         size = page_size(query)
         token, skip = decode_token(query.get("pageToken") or "")
-        provider = self._list_provider(ctx)
+        provider = self.provider_of_kind(ctx, KINDS, "Gemini", "cached contents need a Gemini provider")
         owner = owner_of(ctx)
         found: list[dict] = []
         next_token: str | None = None
@@ -238,25 +238,3 @@ class CachedContents(ProviderCalls):
         answer.headers["content-type"] = "application/json"
         self._keep(ctx, answer)
         self._send(reply, ctx, answer)
-
-    def _list_provider(self, ctx: RequestContext) -> Provider:
-        """``x-stockyard-provider`` if given, else the key's first Gemini provider."""
-        registry = self._path.registry()
-        allowed = allowed_providers(registry, ctx.key, KINDS)
-        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
-        if named:
-            provider = registry.by_name.get(named)
-            if provider is None or provider.kind not in KINDS:
-                raise ProxyError(
-                    400,
-                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured Gemini provider",
-                    code="invalid_provider",
-                )
-            if provider not in allowed:
-                raise ProxyError(403, f"this client key may not use provider {named!r}", code="provider_not_allowed")
-            return provider
-        if allowed:
-            return allowed[0]
-        if any(p.kind in KINDS for p in registry.providers):
-            raise ProxyError(403, "this client key may not use any Gemini provider", code="provider_not_allowed")
-        raise ProxyError(400, "cached contents need a Gemini provider; none is configured", code="no_provider")

@@ -43,12 +43,10 @@ from .files_api import (
     BATCH_PRICE,
     LIST_PAGE,
     MAX_LIST_PAGES,
-    PROVIDER_HEADER,
     Answer,
     BatchHold,
     Ownership,
     ProviderCalls,
-    allowed_providers,
     owner_of,
 )
 from .httpio import Request, check_method, json_object
@@ -334,7 +332,7 @@ class MessageBatches(ProviderCalls):
         before, after = query.get("before_id") or None, query.get("after_id") or None
         if before and after:
             raise ProxyError(400, "give before_id or after_id, not both", code="invalid_value")
-        provider = self._list_provider(ctx)
+        provider = self.provider_of_kind(ctx, KINDS, "Anthropic", "message batches need an Anthropic provider")
         owner = owner_of(ctx)
         cursor = before or after
         found: list[dict] = []
@@ -367,28 +365,6 @@ class MessageBatches(ProviderCalls):
             self._public(ctx, batch)
         self._replace(ctx, answer, list_page(found, has_more))
         self._send(reply, ctx, answer)
-
-    def _list_provider(self, ctx: RequestContext) -> Provider:
-        """``x-stockyard-provider`` if given, else the key's first Anthropic-kind provider."""
-        registry = self._path.registry()
-        allowed = allowed_providers(registry, ctx.key, KINDS)
-        named = (ctx.headers.get(PROVIDER_HEADER) or "").strip()
-        if named:
-            provider = registry.by_name.get(named)
-            if provider is None or provider.kind not in KINDS:
-                raise ProxyError(
-                    400,
-                    f"{PROVIDER_HEADER}: {named[:100]!r} is not a configured Anthropic provider",
-                    code="invalid_provider",
-                )
-            if provider not in allowed:
-                raise ProxyError(403, f"this client key may not use provider {named!r}", code="provider_not_allowed")
-            return provider
-        if allowed:
-            return allowed[0]
-        if any(p.kind in KINDS for p in registry.providers):
-            raise ProxyError(403, "this client key may not use any Anthropic provider", code="provider_not_allowed")
-        raise ProxyError(400, "message batches need an Anthropic provider; none is configured", code="no_provider")
 
     # -- what a batch looks like, and what it cost ------------------------------------------------
     def _public(self, ctx: RequestContext, batch: dict) -> None:
