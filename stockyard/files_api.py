@@ -623,6 +623,12 @@ class ProviderCalls:
         self._keep(ctx, answer)
         return answer
 
+    def _replace(self, ctx: RequestContext, answer: Answer, doc: dict) -> None:
+        """The answer's body (and the trace's copy of it) becomes ``doc``."""
+        answer.data = json.dumps(doc, ensure_ascii=False).encode()
+        answer.headers["content-type"] = "application/json"
+        self._keep(ctx, answer)
+
     def _keep(self, ctx: RequestContext, answer: Answer) -> None:
         """The trace keeps ``answer``'s body — what the client gets — instead of what was read before."""
         ctx.attempt.response_body.clear()

@@ -213,7 +213,7 @@ class CachedContents(ProviderCalls):
             items = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
             ids = [cache_id_of(c.get("name")) for c in items]
             mine = self.ownership.owned([i for i in ids if i], KIND, owner, provider.name)
-            page = [c for c in items if cache_id_of(c.get("name")) in mine]
+            page = [c for c, cache_id in zip(items, ids) if cache_id in mine]
             given, page, skip = skip, page[skip:], 0
             room = size - len(found)
             if len(page) > room:
@@ -234,7 +234,5 @@ class CachedContents(ProviderCalls):
         page_doc: dict = {"cachedContents": found}
         if next_token:
             page_doc["nextPageToken"] = next_token
-        answer.data = json.dumps(page_doc, ensure_ascii=False).encode()
-        answer.headers["content-type"] = "application/json"
-        self._keep(ctx, answer)
+        self._replace(ctx, answer, page_doc)
         self._send(reply, ctx, answer)

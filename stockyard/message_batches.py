@@ -377,12 +377,6 @@ class MessageBatches(ProviderCalls):
         self._public(ctx, batch)
         self._replace(ctx, answer, batch)
 
-    def _replace(self, ctx: RequestContext, answer: Answer, doc: dict) -> None:
-        """The answer's body (and the trace's copy of it) becomes ``doc``."""
-        answer.data = json.dumps(doc, ensure_ascii=False).encode()
-        answer.headers["content-type"] = "application/json"
-        self._keep(ctx, answer)
-
     def _see(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
         """A batch its owner is looking at: one that ended goes to the cost recorder (once)."""
         batch_id = batch.get("id")
