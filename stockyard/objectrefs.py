@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 from .errors import ProxyError
 
@@ -65,18 +66,27 @@ def referenced_containers(body: object) -> dict[str, str]:
     for i, tool in enumerate(tools if isinstance(tools, list) else []):
         if isinstance(tool, dict) and isinstance(tool.get("container"), str):
             found.setdefault(tool["container"], f"tools[{i}].container")
+    for param, named in members_named(body, ("container_id",)):
+        if isinstance(named, str):
+            found.setdefault(named, param)
+    return found
+
+
+def members_named(body: dict, names: tuple[str, ...]) -> Iterator[tuple[str, object]]:
+    """(where, value) of every member called one of ``names`` anywhere in ``body`` but the
+    caller's ``metadata`` and ``NOT_READ``, in the body's order (``where`` as ``input[1].container_id``).
+    Walked without recursion; a list's strings cost no path each (a body may hold a million)."""
     stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items()) if k != "metadata"]
     while stack:
         where, value = stack.pop()
         if isinstance(value, dict):
-            named = value.get("container_id")
-            if isinstance(named, str):
-                found.setdefault(named, f"{where}.container_id")
+            for name in names:
+                if name in value:
+                    yield f"{where}.{name}", value[name]
             stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()) if k not in NOT_READ)
         elif isinstance(value, list):
             inner = [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (dict, list))]
-            stack.extend(reversed(inner))  # a million strings of a list cost no path each
-    return found
+            stack.extend(reversed(inner))
 
 
 STORE_KEYS = ("vector_store_ids", "vector_store_id")  # where a body names a vector store
@@ -93,21 +103,10 @@ def referenced_vector_stores(body: object) -> dict[str, str]:
     found: dict[str, str] = {}
     if not isinstance(body, dict):
         return found
-    stack: list[tuple[str, object]] = [(k, v) for k, v in reversed(body.items()) if k != "metadata"]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, dict):
-            for name in STORE_KEYS:
-                named = value.get(name)
-                if named is not None:
-                    param = f"{where}.{name}"
-                    for store_id in named if isinstance(named, list) else [named]:
-                        if isinstance(store_id, str) and store_id not in found:
-                            found[store_id] = param
-            stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()) if k not in NOT_READ)
-        elif isinstance(value, list):
-            inner = [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (dict, list))]
-            stack.extend(reversed(inner))  # a million strings of a list cost no path each
+    for param, named in members_named(body, STORE_KEYS):
+        for store_id in named if isinstance(named, list) else [named]:
+            if isinstance(store_id, str) and store_id not in found:
+                found[store_id] = param
     return found
 
 
