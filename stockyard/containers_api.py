@@ -89,7 +89,7 @@ class ContainersAPI(ProviderCalls):
         if container_id is None:
             if req.method == "GET":
                 return self._list(reply, ctx, req.query)
-            return self._create(reply, ctx, req.body)
+            return self._create_owned(reply, ctx, req.body, "/containers", KIND)
         owned = self.ownership.find(container_id, KIND, owner_of(ctx))
         if owned is None:  # another key's, or one Stockyard never saw: as if unknown
             raise not_found(KIND, container_id, None)
@@ -115,22 +115,6 @@ class ContainersAPI(ProviderCalls):
         provider = self.choose_provider(ctx)
         passed = {k: v for k, v in query.items() if k in PASSED}
         answer, _ = self._owned_page(ctx, provider, "/containers", KIND, limit, passed, query)
-        self._send(reply, ctx, answer)
-
-    def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
-        """``POST /v1/containers``, its ``file_ids`` this key's own files; the new container is its."""
-        body = json_object(raw)
-        ctx.raw = raw
-        file_ids = body.get("file_ids")
-        if file_ids is not None and (
-            not isinstance(file_ids, list) or not all(isinstance(f, str) and f for f in file_ids)
-        ):
-            raise ProxyError(400, "'file_ids' must be an array of file ids", param="file_ids", code="invalid_type")
-        self.ownership.require_files(file_ids or [], owner_of(ctx), "file_ids")
-        provider = self.choose_provider(ctx)
-        answer, doc = self._call(ctx, provider, "POST", "/containers", raw)
-        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name)
         self._send(reply, ctx, answer)
 
     def _add_file(self, reply: Reply, ctx: RequestContext, req: Request, provider: Provider, rest: str) -> None:

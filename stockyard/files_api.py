@@ -132,6 +132,16 @@ def page_limit(query: dict[str, str], default: int, largest: int) -> int:
     return limit
 
 
+def file_ids_of(body: dict, name: str) -> list[str]:
+    """A body's list of file ids under ``name`` (absent: none), or a 400."""
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(f, str) and f for f in value):
+        raise ProxyError(400, f"'{name}' must be an array of file ids", param=name, code="invalid_type")
+    return value
+
+
 def owner_of(ctx: RequestContext) -> str:
     return ctx.key_id or OPEN_OWNER
 
@@ -622,6 +632,18 @@ class ProviderCalls:
         ctx.attempt.mark_first_byte()
         self._keep(ctx, answer)
         return answer
+
+    def _create_owned(self, reply: Reply, ctx: RequestContext, raw: bytes, rest: str, kind: str) -> None:
+        """``POST`` a new object of ``kind`` (a container, a vector store) at the provider
+        ``choose_provider`` picks: its ``file_ids`` this key's own files; the new object is its."""
+        body = json_object(raw)
+        ctx.raw = raw
+        self.ownership.require_files(file_ids_of(body, "file_ids"), owner_of(ctx), "file_ids")
+        provider = self.choose_provider(ctx)
+        answer, doc = self._call(ctx, provider, "POST", rest, raw)
+        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            self.ownership.claim(doc["id"], kind, owner_of(ctx), provider.name)
+        self._send(reply, ctx, answer)
 
     def _replace(self, ctx: RequestContext, answer: Answer, doc: dict) -> None:
         """The answer's body (and the trace's copy of it) becomes ``doc``."""

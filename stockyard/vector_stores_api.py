@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import OBJECT_ID, Ownership, ProviderCalls, not_found, owner_of, page_limit
+from .files_api import OBJECT_ID, Ownership, ProviderCalls, file_ids_of, not_found, owner_of, page_limit
 from .httpio import Request, check_method, json_object
 from .providers import Provider
 from .proxy import Reply, RequestPath
@@ -106,19 +106,9 @@ def endpoint_name(method: str, path: str) -> str:
     return "vector_stores" if found is None else found.endpoint(method)
 
 
-def _ids_of(body: dict, name: str) -> list[str]:
-    """A body's list of file ids under ``name`` (absent: none), or a 400."""
-    value = body.get(name)
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(f, str) and f for f in value):
-        raise ProxyError(400, f"'{name}' must be an array of file ids", param=name, code="invalid_type")
-    return value
-
-
 def _batch_file_ids(body: dict) -> list[str]:
     """A file batch's files: ``file_ids``, and each ``files[].file_id``."""
-    ids = _ids_of(body, "file_ids")
+    ids = file_ids_of(body, "file_ids")
     files = body.get("files")
     if files is None:
         return ids
@@ -165,7 +155,7 @@ class VectorStoresAPI(ProviderCalls):
         if route.store_id is None:
             if req.method == "GET":
                 return self._list(reply, ctx, req.query)
-            return self._create(reply, ctx, req.body)
+            return self._create_owned(reply, ctx, req.body, "/vector_stores", KIND)
         owned = self.ownership.find(route.store_id, KIND, owner_of(ctx))
         if owned is None:  # another key's, or one Stockyard never saw: as if unknown
             raise not_found(KIND, route.store_id, None)
@@ -218,15 +208,4 @@ class VectorStoresAPI(ProviderCalls):
         provider = self.choose_provider(ctx)
         passed = {k: v for k, v in query.items() if k in PASSED}
         answer, _ = self._owned_page(ctx, provider, "/vector_stores", KIND, limit, passed, query)
-        self._send(reply, ctx, answer)
-
-    def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
-        """``POST /v1/vector_stores``, its ``file_ids`` this key's own files; the new store is its."""
-        body = json_object(raw)
-        ctx.raw = raw
-        self.ownership.require_files(_ids_of(body, "file_ids"), owner_of(ctx), "file_ids")
-        provider = self.choose_provider(ctx)
-        answer, doc = self._call(ctx, provider, "POST", "/vector_stores", raw)
-        if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name)
         self._send(reply, ctx, answer)
