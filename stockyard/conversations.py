@@ -38,14 +38,7 @@ from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
-from .conversations_api import (
-    ConversationStore,
-    check_item_id,
-    item_list,
-    minted_here,
-    normalized,
-    page_params,
-)
+from .conversations_api import ConversationStore, check_item_id, item_list, minted_here, normalized, page_params
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
