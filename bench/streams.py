@@ -239,9 +239,10 @@ def start_time(b: Bench) -> list[Row]:
     database made) and warm (the second start over the same ones)."""
     db = b.procs.workdir / "start.db"
     env = proxy_env(b.procs, b.mock(0))
-    times = []
+    times, bare = [], []
     for _ in range(4):
         times.append(_time_to_healthz(b.pyz, db, env))
+        bare.append(_time_to_exit([sys.executable, "-c", "pass"], env))
     warm = median(times[1:])
     return [
         Row(
@@ -249,9 +250,17 @@ def start_time(b: Bench) -> list[Row]:
             f"{warm:.3f} s",
             f"<= {START_S:g} s",
             warm <= START_S,
-            f"cold (first start) {times[0]:.3f} s; warm runs {', '.join(f'{t:.3f}' for t in times[1:])} s",
+            f"cold (first start) {times[0]:.3f} s; warm runs {', '.join(f'{t:.3f}' for t in times[1:])} s; "
+            f"same-run baseline: `python3 -c pass` {median(bare):.3f} s",
         )
     ]
+
+
+def _time_to_exit(argv: list[str], env: dict[str, str]) -> float:
+    """Seconds from spawning ``argv`` to its exit: the interpreter's own start, the row's baseline."""
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def _time_to_healthz(pyz: Path, db: Path, env: dict[str, str]) -> float:
