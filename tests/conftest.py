@@ -24,9 +24,13 @@ import urllib.error
 import urllib.request
 import wave
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
+
+if TYPE_CHECKING:
+    import anthropic as anthropic_sdk
+    import openai as openai_sdk
 
 # Keep compiled test modules (pytest's assertion rewriting) and stockyard's bytecode between runs even
 # where PYTHONDONTWRITEBYTECODE is set (this sandbox sets it): without the caches every pytest
@@ -202,6 +206,7 @@ class ServerProcess:
     def __init__(self, pyz: Path, db: Path, env: dict[str, str], args: list[str] | None = None) -> None:
         self.pyz, self.db, self.env = pyz, db, env
         self.args = args or []
+        self.keys: dict[str, str] = {}  # client keys' secrets by name, as a test module made them
         self.log_lines: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -260,6 +265,28 @@ class ServerProcess:
                 return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
         except urllib.error.HTTPError as err:
             return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    def secret(self, key: str) -> str:
+        """``key``'s secret: a name in ``self.keys``, or else ``key`` itself (a secret, or any
+        string for a server that has no client keys)."""
+        return self.keys.get(key, key)
+
+    def auth(self, key: str) -> dict[str, str]:
+        """The Authorization header that sends ``key`` (a name in ``self.keys``, or a secret)."""
+        return {"Authorization": f"Bearer {self.secret(key)}"}
+
+    def openai(self, key: str, max_retries: int = 0, **options: Any) -> openai_sdk.OpenAI:
+        """The official OpenAI client for this server's ``/v1`` with ``key`` (a name in ``self.keys``,
+        or a secret). No retries unless asked: a retry would hide the answer a test checks."""
+        import openai  # here: every test imports conftest, and a raw-HTTP test file need not load the SDKs
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.secret(key), max_retries=max_retries, **options)
+
+    def anthropic(self, key: str, max_retries: int = 0, **options: Any) -> anthropic_sdk.Anthropic:
+        """The official Anthropic client for this server (its paths carry their own ``/v1``), as ``openai``."""
+        import anthropic
+
+        return anthropic.Anthropic(base_url=self.url, api_key=self.secret(key), max_retries=max_retries, **options)
 
     def metric(self, name: str) -> float:
         """The value of the unlabelled metric ``stockyard_<name>`` in /metrics now."""

@@ -39,7 +39,7 @@ def client(server) -> OpenAI:
     auth = {"Authorization": f"Bearer {ADMIN}"}
     status, _, data = server.request("POST", "/api/keys", {"name": "allowed"}, headers=auth)
     assert status == 201, data
-    return OpenAI(base_url=server.url + "/v1", api_key=json.loads(data)["key"], max_retries=0)
+    return server.openai(json.loads(data)["key"])
 
 
 def sent(mock, model: str) -> dict:

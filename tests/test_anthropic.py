@@ -71,12 +71,12 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    return server.openai("x")
 
 
 @pytest.fixture(scope="module")
 def native(server) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0)
+    return server.anthropic("x")
 
 
 def sent(mock: MockUpstream, model: str, path: str = "/v1/messages") -> Recorded:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from anthropic import Anthropic, APIStatusError, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
+from anthropic import APIStatusError, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
 from conftest import ServerProcess, admitted_once_billed, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
 from rawhttp import connect, read_response
@@ -54,10 +54,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv.stop()
     assert "Traceback" not in srv.log
     assert "sk-ant-test-batches" not in srv.log
-
-
-def client(server: ServerProcess, who: str) -> Anthropic:
-    return Anthropic(base_url=server.url, api_key=server.keys[who], max_retries=0)
 
 
 def requests_for(*models: str, max_tokens: int = 16) -> list[dict]:
@@ -111,7 +107,7 @@ def assert_anthropic_error(doc: dict, kind: str) -> str:
 
 
 def test_create_retrieve_results_and_the_cost_recorded_once_at_half_price(server, mock):
-    alice = client(server, "alice")
+    alice = server.anthropic("alice")
     mock.clear()
     batch = alice.messages.batches.create(requests=requests_for(PLAIN, PLAIN, CACHED, "claude-error-400"))
     assert batch.type == "message_batch" and batch.processing_status == "in_progress"
@@ -166,7 +162,7 @@ def test_create_retrieve_results_and_the_cost_recorded_once_at_half_price(server
 
 
 def test_every_call_leaves_a_trace_costing_nothing(server):
-    alice = client(server, "alice")
+    alice = server.anthropic("alice")
     batch = alice.messages.batches.create(requests=requests_for(PLAIN))
     alice.messages.batches.retrieve(batch.id)
     list(alice.messages.batches.results(batch.id))
@@ -177,7 +173,7 @@ def test_every_call_leaves_a_trace_costing_nothing(server):
 
 
 def test_results_are_relayed_as_a_stream_and_the_trace_keeps_their_size(server):
-    alice = client(server, "alice")
+    alice = server.anthropic("alice")
     batch = alice.messages.batches.create(requests=requests_for(PLAIN, PLAIN))
     alice.messages.batches.retrieve(batch.id)
     status, headers, body = server.request(
@@ -191,7 +187,7 @@ def test_results_are_relayed_as_a_stream_and_the_trace_keeps_their_size(server):
 
 
 def test_cancel_then_delete(server):
-    alice = client(server, "alice")
+    alice = server.anthropic("alice")
     batch = alice.messages.batches.create(requests=requests_for(PLAIN))
     assert alice.messages.batches.cancel(batch.id).processing_status == "canceling"
     ended = alice.messages.batches.retrieve(batch.id)
@@ -203,7 +199,7 @@ def test_cancel_then_delete(server):
 
 def test_a_batch_deleted_before_anyone_saw_it_end_is_billed_first(server):
     """Its results go with it: the delete records the cost while they still exist."""
-    alice = client(server, "alice")
+    alice = server.anthropic("alice")
     batch = alice.messages.batches.create(requests=requests_for(PLAIN))
     alice.messages.batches.delete(batch.id)  # the mock ends it on the retrieve Stockyard makes first
     rows = usage_rows(server, batch.id)
@@ -213,7 +209,7 @@ def test_a_batch_deleted_before_anyone_saw_it_end_is_billed_first(server):
 def test_a_delete_is_refused_while_the_batch_state_cannot_be_read(server, mock):
     """Was: when the provider's status check failed (a 500, a 529 overload), the delete went ahead
     unrecorded: an ended batch's results, and its cost, were gone for good."""
-    alice = client(server, "alice")
+    alice = server.anthropic("alice")
     batch = alice.messages.batches.create(requests=requests_for(PLAIN))
     mock.enqueue(Reply(status=500))  # the status check Stockyard makes before deleting
     status, _, data = server.request(
@@ -237,7 +233,7 @@ def test_a_create_that_gets_no_answer_is_not_retried_by_the_sdk(pyz_path, cache_
         mock.clear()
         mock.clear_replies()
         mock.enqueue(Reply(hang_s=3))
-        retrying = Anthropic(base_url=srv.url, api_key="unused", max_retries=2)
+        retrying = srv.anthropic("unused", max_retries=2)
         with pytest.raises(APIStatusError) as err:
             retrying.messages.batches.create(requests=requests_for(PLAIN))
         assert err.value.status_code == 504 and err.value.response.headers["x-should-retry"] == "false"
@@ -250,7 +246,7 @@ def test_a_create_that_gets_no_answer_is_not_retried_by_the_sdk(pyz_path, cache_
 
 def test_results_url_without_a_host_header_names_the_address_and_port_reached(server):
     """HTTP/1.0 may send no Host: results_url was http://127.0.0.1/… (no port), a broken link."""
-    batch = client(server, "alice").messages.batches.create(requests=requests_for(PLAIN))
+    batch = server.anthropic("alice").messages.batches.create(requests=requests_for(PLAIN))
     head = (
         f"GET /v1/messages/batches/{batch.id} HTTP/1.0\r\n"
         f"x-api-key: {server.keys['alice']}\r\nanthropic-version: 2023-06-01\r\n\r\n"
@@ -282,9 +278,7 @@ def test_results_url_follows_a_trusted_reverse_proxys_scheme_and_path_prefix(pyz
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", {**env, "STOCKYARD_TRUSTED_PROXIES": "127.0.0.1"})
     srv.start()
     try:
-        batch = Anthropic(base_url=srv.url, api_key="unused", max_retries=0).messages.batches.create(
-            requests=requests_for(PLAIN)
-        )
+        batch = srv.anthropic("unused").messages.batches.create(requests=requests_for(PLAIN))
         path = f"/v1/messages/batches/{batch.id}/results"
         assert results_url_of(srv, "unused", batch.id, FORWARDED) == f"https://127.0.0.1:{srv.port}/llm{path}"
         for bad in ("//evil.example", "/a/../b", "https://evil.example", "/llm?x=1"):
@@ -295,13 +289,13 @@ def test_results_url_follows_a_trusted_reverse_proxys_scheme_and_path_prefix(pyz
 
 
 def test_results_url_ignores_forwarded_headers_from_an_untrusted_sender(server):
-    batch = client(server, "alice").messages.batches.create(requests=requests_for(PLAIN))
+    batch = server.anthropic("alice").messages.batches.create(requests=requests_for(PLAIN))
     url = results_url_of(server, server.keys["alice"], batch.id, FORWARDED)
     assert url == f"{server.url}/v1/messages/batches/{batch.id}/results"
 
 
 def test_list_shows_only_the_keys_own_batches_and_pages_honestly(server):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.anthropic("alice"), server.anthropic("bob")
     mine = []
     for _ in range(3):  # interleaved with another key's batches, which the pages skip
         mine.append(alice.messages.batches.create(requests=requests_for(PLAIN)).id)
@@ -323,7 +317,7 @@ def test_paging_from_another_keys_batch_says_nothing_of_it(server, mock):
     """``after_id`` or ``before_id`` naming another key's batch answers as one naming none that
     exists, unasked: the provider's page from it would show whether it exists and where it stands
     among the key's own."""
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.anthropic("alice"), server.anthropic("bob")
     bobs = bob.messages.batches.create(requests=requests_for(PLAIN)).id
     target = alice.messages.batches.create(requests=requests_for(PLAIN)).id
     bob.messages.batches.create(requests=requests_for(PLAIN))
@@ -354,7 +348,7 @@ def test_paging_from_another_keys_batch_says_nothing_of_it(server, mock):
 
 
 def test_another_key_gets_404_as_for_an_id_nobody_has(server, mock):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.anthropic("alice"), server.anthropic("bob")
     batch = alice.messages.batches.create(requests=requests_for(PLAIN))
     mock.clear()
     messages = []
@@ -379,7 +373,7 @@ def test_open_mode_has_one_owner(pyz_path, cache_home, mock, tmp_path):
     env = mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-open-0123456789", ANTHROPIC_BASE_URL=mock.url)
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
     try:
-        sdk = Anthropic(base_url=srv.url, api_key="unused", max_retries=0)
+        sdk = srv.anthropic("unused")
         batch = sdk.messages.batches.create(requests=requests_for(PLAIN))
         assert batch.id in [b.id for b in sdk.messages.batches.list()]
         assert sdk.messages.batches.retrieve(batch.id).results_url.startswith(srv.url)
@@ -394,7 +388,7 @@ def test_open_mode_has_one_owner(pyz_path, cache_home, mock, tmp_path):
 
 def test_a_provider_qualified_model_is_sent_under_the_providers_name(server, mock):
     mock.clear()
-    client(server, "alice").messages.batches.create(requests=requests_for(f"anthropic/{PLAIN}", PLAIN))
+    server.anthropic("alice").messages.batches.create(requests=requests_for(f"anthropic/{PLAIN}", PLAIN))
     sent = mock.last("/v1/messages/batches")
     assert [r["params"]["model"] for r in sent.json["requests"]] == [PLAIN, PLAIN]
 
@@ -402,7 +396,7 @@ def test_a_provider_qualified_model_is_sent_under_the_providers_name(server, moc
 def test_a_model_served_by_a_non_anthropic_provider_is_refused(server, mock):
     mock.clear()
     with pytest.raises(BadRequestError) as err:
-        client(server, "alice").messages.batches.create(requests=requests_for(PLAIN, "gpt-4o-mini"))
+        server.anthropic("alice").messages.batches.create(requests=requests_for(PLAIN, "gpt-4o-mini"))
     message = err.value.body["error"]["message"]
     assert err.value.body["type"] == "error" and "requests.1.params.model" in message and "'openai'" in message
     assert not mock.requests
@@ -410,7 +404,7 @@ def test_a_model_served_by_a_non_anthropic_provider_is_refused(server, mock):
 
 def test_a_key_with_a_model_allow_list_batches_only_its_models(server, mock):
     mock.clear()
-    sdk = client(server, "plain-only")
+    sdk = server.anthropic("plain-only")
     with pytest.raises(PermissionDeniedError) as err:
         sdk.messages.batches.create(requests=requests_for(PLAIN, CACHED))
     assert "requests.1.params.model" in err.value.body["error"]["message"]
@@ -424,7 +418,7 @@ def test_a_key_with_a_model_allow_list_batches_only_its_models(server, mock):
 def test_a_used_up_budget_starts_no_batch(server, mock):
     mock.clear()
     with pytest.raises(RateLimitError) as err:
-        client(server, "broke").messages.batches.create(requests=requests_for(PLAIN))
+        server.anthropic("broke").messages.batches.create(requests=requests_for(PLAIN))
     assert (
         err.value.body["type"] == "error" and err.value.body["error"]["type"] == "budget_exceeded"
     )  # as /v1/messages answers
@@ -435,7 +429,7 @@ def test_a_used_up_budget_starts_no_batch(server, mock):
 def test_a_batch_whose_worst_case_passes_the_budget_is_refused(server, mock):
     """$1 left; 10 requests of up to 100,000 output tokens at $15/M, halved: up to $7.50."""
     mock.clear()
-    tight = client(server, "tight")
+    tight = server.anthropic("tight")
     with pytest.raises(RateLimitError) as err:
         tight.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=100_000))
     assert "budget exceeded" in err.value.body["error"]["message"]
@@ -446,7 +440,7 @@ def test_a_batch_whose_worst_case_passes_the_budget_is_refused(server, mock):
 
 def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock):
     """Was: checked, not held: any number of $0.75 batches started under a $1 budget."""
-    holder = client(server, "holder")
+    holder = server.anthropic("holder")
     first = holder.messages.batches.create(requests=requests_for(*[PLAIN] * 10, max_tokens=10_000))
     mock.clear()
     with pytest.raises(RateLimitError) as err:
@@ -478,7 +472,7 @@ def test_a_batch_request_with_provider_run_tools_nothing_bounds_is_refused_under
 def test_a_model_without_a_price_under_a_budget_is_refused(server, mock):
     mock.clear()
     with pytest.raises(PermissionDeniedError) as err:
-        client(server, "tight").messages.batches.create(requests=requests_for(PLAIN, "claude-no-price-anywhere"))
+        server.anthropic("tight").messages.batches.create(requests=requests_for(PLAIN, "claude-no-price-anywhere"))
     assert "no price" in err.value.body["error"]["message"]
     assert not mock.requests
     status, doc = post(server, "tight", {"requests": requests_for("claude-no-price-anywhere")})

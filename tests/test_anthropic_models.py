@@ -10,7 +10,6 @@ import json
 from datetime import datetime, timezone
 
 import anthropic
-import openai
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env
 from mock_upstream import ANTHROPIC_CREATED_AT, CREATED, MockUpstream, anthropic_display_name
@@ -56,12 +55,8 @@ def make_key(server: ServerProcess, name: str, models: list[str] | None) -> str:
     return json.loads(raw)["key"]
 
 
-def claude(server: ServerProcess, key: str = "all") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key=server.keys.get(key, key), max_retries=0)
-
-
 def openai_ids(server: ServerProcess, key: str = "all") -> list[str]:
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys[key], max_retries=0)
+    client = server.openai(key)
     return [m.id for m in client.models.list()]
 
 
@@ -72,7 +67,7 @@ def refusal(server: ServerProcess, path: str) -> tuple[int, dict]:
 
 
 def test_the_sdk_lists_typed_models_with_the_openai_listing_ids(server):
-    page = claude(server).models.list(limit=1000)
+    page = server.anthropic("all").models.list(limit=1000)
     assert all(isinstance(m, anthropic.types.ModelInfo) for m in page.data)
     assert [m.id for m in page.data] == openai_ids(server) == EVERY
     assert {(m.type, m.lifecycle) for m in page.data} == {("model", "active")}
@@ -96,7 +91,7 @@ def test_the_sdk_lists_typed_models_with_the_openai_listing_ids(server):
 
 
 def test_auto_pagination_visits_every_model_once_both_ways(server):
-    client = claude(server)
+    client = server.anthropic("all")
     assert [m.id for m in client.models.list(limit=2)] == EVERY
     assert [m.id for m in client.models.list(limit=4)] == EVERY
     first = client.models.list(limit=4)
@@ -111,7 +106,7 @@ def test_auto_pagination_visits_every_model_once_both_ways(server):
 
 
 def test_retrieve_one_model_and_an_unknown_one_is_not_found(server):
-    client = claude(server)
+    client = server.anthropic("all")
     model = client.models.retrieve("anthropic/gpt-4o-mini")  # the SDK sends the / as %2F
     assert isinstance(model, anthropic.types.ModelInfo)
     assert (model.id, model.display_name, model.type) == (
@@ -130,7 +125,7 @@ def test_retrieve_one_model_and_an_unknown_one_is_not_found(server):
 def test_retrieve_resolves_an_alias_to_its_newest_snapshot_as_anthropic_does(server):
     """Anthropic's ``GET /v1/models/{id}`` takes an alias (``claude-sonnet-4-5``) and answers the
     newest dated snapshot listed; a prefix that is not a whole name is no alias."""
-    client = claude(server)
+    client = server.anthropic("all")
     assert client.models.retrieve("claude-sonnet-4-5").id == "claude-sonnet-4-5-20250929"
     assert client.models.retrieve("claude-sonnet-4-5-20250514").id == "claude-sonnet-4-5-20250514"
     for not_an_alias in ("claude-sonnet-4", "claude-sonnet-4-5-2025", "claude-sonnet", "sonnet-4-5"):
@@ -138,11 +133,11 @@ def test_retrieve_resolves_an_alias_to_its_newest_snapshot_as_anthropic_does(ser
             client.models.retrieve(not_an_alias)
     other = make_key(server, "gpt-4o-only", ["gpt-4o"])
     with pytest.raises(anthropic.NotFoundError):  # a key limited to other models resolves no alias to them
-        claude(server, other).models.retrieve("claude-sonnet-4-5")
+        server.anthropic(other).models.retrieve("claude-sonnet-4-5")
 
 
 def test_a_restricted_key_sees_only_its_models(server):
-    client = claude(server, "some")
+    client = server.anthropic("some")
     wanted = ["gpt-4o", *(m for m in EVERY if m.startswith(("anthropic/", "claude-")))]
     assert [m.id for m in client.models.list(limit=3)] == openai_ids(server, "some") == wanted
     assert client.models.retrieve("anthropic/gpt-4o").id == "anthropic/gpt-4o"
@@ -155,10 +150,10 @@ def test_a_restricted_key_sees_only_its_models(server):
 
 def test_without_a_good_key_it_is_anthropics_401(server):
     with pytest.raises(anthropic.AuthenticationError) as bad:
-        claude(server, "sk-sy-not-a-real-key").models.list()
+        server.anthropic("sk-sy-not-a-real-key").models.list()
     assert bad.value.body["error"]["type"] == "authentication_error"
     with pytest.raises(anthropic.AuthenticationError):
-        claude(server, "sk-sy-not-a-real-key").models.retrieve("gpt-4o")
+        server.anthropic("sk-sy-not-a-real-key").models.retrieve("gpt-4o")
     for path in ("/v1/models", "/v1/models/gpt-4o"):
         status, _, raw = server.request("GET", path, headers=VERSION)  # no key at all
         body = json.loads(raw)
@@ -188,7 +183,7 @@ def test_bad_paging_is_anthropics_400_naming_it(server, query, named):
 
 
 def test_the_sdk_raises_bad_request_for_a_bad_limit_and_filters_by_lifecycle(server):
-    client = claude(server)
+    client = server.anthropic("all")
     with pytest.raises(anthropic.BadRequestError):
         client.models.list(limit=1001)
     assert [m.id for m in client.models.list(lifecycle=["active", "deprecated"])] == EVERY
@@ -205,7 +200,7 @@ def test_head_and_other_methods(server):
 
 
 def test_without_the_header_the_openai_listing_is_unchanged(server):
-    headers = {"Authorization": f"Bearer {server.keys['all']}"}
+    headers = server.auth("all")
     status, _, raw = server.request("GET", "/v1/models?limit=abc", headers=headers)  # no Anthropic paging here
     body = json.loads(raw)
     assert status == 200 and set(body) == {"object", "data"} and body["object"] == "list"
@@ -223,7 +218,7 @@ def test_without_the_header_the_openai_listing_is_unchanged(server):
     assert status == 404 and json.loads(raw)["error"]["code"] == "model_not_found"
     status, _, raw = server.request("GET", "/v1/models")
     assert status == 401 and json.loads(raw)["error"]["code"] == "missing_api_key"
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys["all"], max_retries=0)
+    client = server.openai("all")
     assert client.models.retrieve("gpt-4o").owned_by == "openai"
 
 

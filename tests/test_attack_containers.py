@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import CONTAINERS
-from openai import NotFoundError, OpenAI
+from openai import NotFoundError
 
 ADMIN = "admin-key-for-attack-containers-0123456789"
 
@@ -28,17 +28,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def client(server: ServerProcess, who: str) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0)
-
-
-def auth(server: ServerProcess, who: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.keys[who]}"}
-
-
 def alices_container(server: ServerProcess) -> str:
-    made = client(server, "alice").containers.create(name="private")
-    client(server, "alice").containers.files.create(made.id, file=("secret.txt", io.BytesIO(b"alice's secret")))
+    made = server.openai("alice").containers.create(name="private")
+    server.openai("alice").containers.files.create(made.id, file=("secret.txt", io.BytesIO(b"alice's secret")))
     return made.id
 
 
@@ -89,7 +81,7 @@ def test_no_path_shape_reaches_another_keys_container(server, mock):
 def test_dot_ids_are_not_sent_to_the_provider(server, mock):
     """A file id of dots under one's own container would be a relative path at the provider
     (``/containers/{id}/files/..`` is the container itself once a proxy normalises it)."""
-    own = client(server, "bob").containers.create(name="bobs")
+    own = server.openai("bob").containers.create(name="bobs")
     before = len(mock.requests)
     for method in ("GET", "DELETE"):
         for tail in ("/files/..", "/files/.", "/files/../content"):
@@ -115,7 +107,7 @@ def test_a_shell_tool_may_not_name_another_keys_container(server, mock):
             "input": "cat /mnt/data/secret.txt",
             "tools": [{"type": "shell", "environment": {"type": "container_reference", "container_id": target}}],
         },
-        auth(server, "bob"),
+        server.auth("bob"),
     )
     assert status == 404, body
     error = json.loads(body)["error"]
@@ -134,7 +126,7 @@ def test_a_batch_line_may_not_name_another_keys_container_in_a_shell_tool(server
     }
     before = len(mock.requests)
     with pytest.raises(NotFoundError) as err:
-        client(server, "bob").files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
+        server.openai("bob").files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
     assert target in err.value.body["message"] and "line 1" in err.value.body["message"]
     assert mock.requests[before:] == []
 
@@ -142,8 +134,8 @@ def test_a_batch_line_may_not_name_another_keys_container_in_a_shell_tool(server
 def test_a_file_id_field_beside_an_upload_must_be_the_keys_own(server, mock):
     """A multipart upload into the key's own container that also names another key's file in a
     ``file_id`` text field (OpenAI's form takes either): refused as the JSON ``file_id`` is."""
-    alices = client(server, "alice").files.create(file=("a.txt", io.BytesIO(b"alice's")), purpose="user_data")
-    own = client(server, "bob").containers.create(name="bobs-upload")
+    alices = server.openai("alice").files.create(file=("a.txt", io.BytesIO(b"alice's")), purpose="user_data")
+    own = server.openai("bob").containers.create(name="bobs-upload")
     boundary = "attackboundary"
     form = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file_id"\r\n\r\n{alices.id}\r\n'
@@ -155,7 +147,7 @@ def test_a_file_id_field_beside_an_upload_must_be_the_keys_own(server, mock):
         "POST",
         f"/v1/containers/{own.id}/files",
         raw=form,
-        headers={**auth(server, "bob"), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        headers={**server.auth("bob"), "Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert status == 404, body
     assert json.loads(body)["error"]["param"] == "file_id" and alices.id in json.loads(body)["error"]["message"]
@@ -193,11 +185,11 @@ def test_a_long_file_ids_list_is_checked_once_per_id(server, mock):
     """``file_ids`` repeating the key's own file a million times, then naming one it does not own:
     each distinct id is looked up once, not once per entry (a 15 MB body held a worker for half a
     minute of database reads, 32 MiB for a minute, before its 404)."""
-    own = client(server, "bob").files.create(file=("x.csv", io.BytesIO(b"a\n")), purpose="user_data")
+    own = server.openai("bob").files.create(file=("x.csv", io.BytesIO(b"a\n")), purpose="user_data")
     body = {"name": "many", "file_ids": [own.id] * 1_000_000 + ["file-not-bobs"]}
     before = len(mock.requests)
     started = time.monotonic()
-    status, _, answer = server.request("POST", "/v1/containers", body, auth(server, "bob"))
+    status, _, answer = server.request("POST", "/v1/containers", body, server.auth("bob"))
     elapsed = time.monotonic() - started
     assert status == 404 and json.loads(answer)["error"]["message"] == "No such File object: file-not-bobs"
     assert elapsed < 6, elapsed  # a million reads took 26 s on the CI's cores
@@ -211,14 +203,14 @@ def test_paging_after_another_keys_id_says_nothing_of_it(server, mock):
     """``after`` naming another key's container answers as ``after`` naming none that exists: the
     provider's page after it would show whether it exists and where it stands among the key's own."""
     target = alices_container(server)
-    own = client(server, "bob").containers.create(name="after-alices")
+    own = server.openai("bob").containers.create(name="after-alices")
     pages = {}
     for after in (target, "cntr_never_made"):
-        status, _, body = server.request("GET", f"/v1/containers?order=asc&after={after}", None, auth(server, "bob"))
+        status, _, body = server.request("GET", f"/v1/containers?order=asc&after={after}", None, server.auth("bob"))
         assert status == 200, body
         pages[after] = json.loads(body)
     assert pages[target] == pages["cntr_never_made"]
-    status, _, body = server.request("GET", "/v1/containers?order=asc", None, auth(server, "bob"))
+    status, _, body = server.request("GET", "/v1/containers?order=asc", None, server.auth("bob"))
     assert own.id in [c["id"] for c in json.loads(body)["data"]]  # the key's own are listed still
 
 
@@ -247,6 +239,6 @@ def test_a_tools_own_schema_names_no_container_store_or_file(server, mock, path)
             "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}},
         }
     mock.clear()
-    status, _, answer = server.request("POST", path, body, auth(server, "bob"))
+    status, _, answer = server.request("POST", path, body, server.auth("bob"))
     assert status == 200, answer
     assert [r.path for r in mock.requests] == [path]

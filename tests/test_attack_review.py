@@ -10,7 +10,7 @@ import openai
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import Reply
-from openai import NotFoundError, OpenAI, PermissionDeniedError
+from openai import NotFoundError, PermissionDeniedError
 from rawhttp import connect, read_until_close, statuses
 
 from stockyard.api.logins import FAILED_LOGIN_LIMIT, LoginThrottle
@@ -87,7 +87,7 @@ def test_a_batch_file_uploaded_under_another_purpose_cannot_run_other_models(ser
     """Was: only ``purpose=batch`` uploads were checked against the key's models, so a key limited
     to gpt-4o-mini uploaded its gpt-4o batch as ``user_data`` and started a batch over it (a
     provider that does not insist on the purpose runs it)."""
-    mini = OpenAI(base_url=server.url + "/v1", api_key=server.keys["mini"], max_retries=0)
+    mini = server.openai("mini")
     sneaked = mini.files.create(file=("in.jsonl", io.BytesIO(batch_line("gpt-4o"))), purpose="user_data")
     with pytest.raises(PermissionDeniedError) as err:
         mini.batches.create(input_file_id=sneaked.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -100,7 +100,7 @@ def test_a_batch_file_uploaded_under_another_purpose_cannot_run_other_models(ser
 def test_a_batch_line_too_long_to_check_is_refused_not_skipped(server):
     """Was: a line longer than MAX_LINE was skipped by the model check (it is never held whole)
     and went to the provider unchecked: padded with whitespace, any model ran."""
-    mini = OpenAI(base_url=server.url + "/v1", api_key=server.keys["mini"], max_retries=0)
+    mini = server.openai("mini")
     data = batch_line("gpt-4o-mini") + batch_line("gpt-4o", padding=MAX_LINE + (1 << 20))
     with pytest.raises(PermissionDeniedError) as err:
         mini.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
@@ -109,7 +109,7 @@ def test_a_batch_line_too_long_to_check_is_refused_not_skipped(server):
 
 def test_a_batch_line_naming_its_model_twice_is_refused(server):
     """The check reads the last of two equal names; the provider's batch runner may read the first."""
-    mini = OpenAI(base_url=server.url + "/v1", api_key=server.keys["mini"], max_retries=0)
+    mini = server.openai("mini")
     twice = batch_line("gpt-4o-mini").replace(b'"model": "gpt-4o-mini"', b'"model": "gpt-4o", "model": "gpt-4o-mini"')
     assert twice.count(b'"model"') == 2
     with pytest.raises(openai.BadRequestError) as err:
@@ -129,7 +129,7 @@ def chat_with_file(
         "POST",
         "/v1/chat/completions",
         raw=body.encode(encoding),
-        headers={"Authorization": f"Bearer {server.keys[who]}"},
+        headers=server.auth(who),
     )
     return status
 
@@ -138,7 +138,7 @@ def test_another_keys_file_cannot_be_read_through_a_model_call(server):
     """Was: /v1/files/{id} answered another key's id with a 404, but a chat or Responses body
     naming that id (a ``file`` or ``input_file`` part) went to the provider, which holds every
     key's files under the one provider key: the model read the file for the other key."""
-    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
+    alice = server.openai("alice")
     secret = alice.files.create(file=("notes.txt", io.BytesIO(b"alice's notes")), purpose="user_data")
     assert chat_with_file(server, "alice", secret.id) == 200
     assert chat_with_file(server, "bob", secret.id) == 404
@@ -149,9 +149,7 @@ def test_another_keys_file_cannot_be_read_through_a_model_call(server):
         "model": "gpt-4o-mini",
         "input": [{"role": "user", "content": [{"type": "input_file", "file_id": secret.id}]}],
     }
-    status, _, raw = server.request(
-        "POST", "/v1/responses", responses, headers={"Authorization": f"Bearer {server.keys['bob']}"}
-    )
+    status, _, raw = server.request("POST", "/v1/responses", responses, headers=server.auth("bob"))
     assert status == 404, raw
     assert secret.id in json.loads(raw)["error"]["message"]
 
@@ -195,7 +193,7 @@ def test_a_slow_provider_answer_is_not_cut_by_the_request_read_deadline(server, 
     an answer slower than it (a background response's event stream) was cut. The file routes
     escaped only by reading their empty body; the server now ends the deadline for every route
     once the request has arrived whole."""
-    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
+    alice = server.openai("alice")
     if route == "file":
         made = alice.files.create(file=("notes.txt", io.BytesIO(b"notes")), purpose="user_data").id
     else:
@@ -215,8 +213,8 @@ def test_a_batch_cannot_name_another_keys_file_or_response(server, purpose):
     """Was: the batch's lines went to the provider unchecked (but for a limited key's models), so
     a key read another key's file (``input_file``) or continued its conversation
     (``previous_response_id``) through a batch run under the one provider key."""
-    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
-    bob = OpenAI(base_url=server.url + "/v1", api_key=server.keys["bob"], max_retries=0)
+    alice = server.openai("alice")
+    bob = server.openai("bob")
     secret = alice.files.create(file=("notes.txt", io.BytesIO(b"alice's notes")), purpose="user_data").id
     turn = alice.responses.create(model="gpt-4o-mini", input="my secret plan").id
     mine = bob.files.create(file=("mine.txt", io.BytesIO(b"bob's")), purpose="user_data").id

@@ -11,7 +11,7 @@ import openai
 import pytest
 from conftest import OPENAI_KEY, ServerProcess, base_env, wait_for
 from mock_upstream import Reply, multipart_form
-from openai import OpenAI, PermissionDeniedError, RateLimitError
+from openai import PermissionDeniedError, RateLimitError
 
 from stockyard.pricing import PriceTable, Usage, cost_microcents
 
@@ -76,7 +76,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def post(server: ServerProcess, who: str, path: str, body: dict) -> tuple[int, dict, dict]:
-    status, headers, raw = server.request("POST", path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+    status, headers, raw = server.request("POST", path, body, headers=server.auth(who))
     return status, headers, json.loads(raw)
 
 
@@ -92,7 +92,7 @@ def after_a_failure(
     written: a success is answered before its budget hold is settled, and the trace after."""
     mock.clear()
     mock.enqueue(Reply(status=500))
-    headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
+    headers = {**server.auth(who), **({"x-stockyard-user": user} if user else {})}
     status, answered, _ = server.request("POST", "/v1/chat/completions", body, headers=headers)
     server.trace(answered["x-stockyard-trace-id"])
     return status, models_sent(mock)
@@ -147,7 +147,7 @@ def test_a_budgeted_media_request_falls_back_only_to_what_its_budget_counts(serv
     assert made.returncode == 0, made.stderr
     auth = {"Authorization": f"Bearer {made.stdout.strip()}"}
     wait_for(lambda: server.request("GET", "/v1/models", headers=auth)[0] == 200, what="the new key")
-    client = OpenAI(base_url=server.url + "/v1", api_key=made.stdout.strip(), max_retries=0)
+    client = server.openai(made.stdout.strip())
     audio = ("a.wav", b"RIFF" + b"x" * 3000, "audio/wav")
 
     def after_a_failure(call) -> tuple[int, list[str]]:
@@ -173,7 +173,7 @@ def test_a_budgeted_media_request_falls_back_only_to_what_its_budget_counts(serv
         200,
         ["dall-e-2", "dall-e-3"],
     ), "$2 at dall-e-3 fits"
-    plain = OpenAI(base_url=server.url + "/v1", api_key=server.keys["plain"], max_retries=0)
+    plain = server.openai("plain")
     assert after_a_failure(lambda: plain.audio.transcriptions.create(model="whisper-1", file=audio)) == (
         200,
         ["whisper-1", "sy-unpriced-whisper"],
@@ -216,7 +216,7 @@ def test_a_budget_refuses_a_background_response(server, mock, who, user):
     (or end user) ran any number of them nearly free."""
     mock.clear()
     mock.enqueue(Reply(json=QUEUED))
-    headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
+    headers = {**server.auth(who), **({"x-stockyard-user": user} if user else {})}
     status, _, raw = server.request("POST", "/v1/responses", BACKGROUND, headers=headers)
     assert status == 403, raw
     assert json.loads(raw)["error"]["code"] == "background_not_budgeted"
@@ -248,7 +248,7 @@ def test_a_batch_is_held_to_what_the_budget_has_left_and_to_priced_models(server
     """Was: a batch could start whenever some budget was left (its cost is known only when it
     ends), so a key with $5 a day ran batches of any size; and a batch of a model without a price
     ran too (a budgeted key is refused such a model in a request), its cost never counted."""
-    client = OpenAI(base_url=server.url + "/v1", api_key=server.keys["budgeted"], max_retries=0)
+    client = server.openai("budgeted")
 
     def start(data: bytes):
         uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
@@ -281,9 +281,7 @@ def test_a_stream_without_usage_is_estimated_from_all_it_relayed_not_from_the_tr
     ]
     mock.enqueue(Reply(sse=events))
     body = {**chat("gpt-4o-mini"), "stream": True, "max_tokens": 10_000}
-    status, headers, raw = server.request(
-        "POST", "/v1/chat/completions", body, headers={"Authorization": f"Bearer {server.keys['budgeted']}"}
-    )
+    status, headers, raw = server.request("POST", "/v1/chat/completions", body, headers=server.auth("budgeted"))
     assert status == 200 and text.encode() in raw
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["usage_estimated"] == 1 and trace["cost_status"] == "estimate"
@@ -327,7 +325,7 @@ def test_token_priced_images_are_reserved_at_their_largest_size(server, mock):
     """Was: a token-priced image model (gpt-image-1) was reserved at the default output cap (4096
     tokens) per image, but a high-quality 1536x1024 image is 6,240 output tokens: ten of them
     cost $2.50 at $40/M, and a $2 budget let them through."""
-    client = OpenAI(base_url=server.url + "/v1", api_key=server.keys["painter"], max_retries=0)
+    client = server.openai("painter")
     mock.clear()
     with pytest.raises(RateLimitError) as err:
         client.images.generate(model="gpt-image-1", prompt="a cat", n=10, quality="high", size="1536x1024")
@@ -357,7 +355,7 @@ def test_a_body_naming_a_member_twice_is_refused_before_any_check(server, mock, 
         "POST",
         path,
         raw=raw,
-        headers={"Authorization": f"Bearer {server.keys['mini']}", "content-type": "application/json"},
+        headers={**server.auth("mini"), "content-type": "application/json"},
     )
     answer = json.loads(data)
     assert status == 400 and mock.requests == []
@@ -410,7 +408,7 @@ def test_a_request_without_an_output_cap_holds_the_models_own_ceiling(server, mo
     """Was: a request that set no max_tokens held STOCKYARD_DEFAULT_MAX_TOKENS (4,096) of output,
     but OpenAI writes up to the model's ceiling then, so each request in flight could pass the
     budget by up to 30× what it held. Now the price table's max_output_tokens is held."""
-    headers = {"Authorization": f"Bearer {server.keys[who]}", **({"x-stockyard-user": user} if user else {})}
+    headers = {**server.auth(who), **({"x-stockyard-user": user} if user else {})}
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     mock.clear()
     status, _, raw = server.request("POST", "/v1/chat/completions", body, headers=headers)

@@ -58,18 +58,14 @@ def raw_request(method: str, path: str, key: str, body: bytes = b"", headers: li
 
 
 def call(server: ServerProcess, who: str, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, dict]:
-    status, headers, raw = server.request(
-        method, path, raw=body, headers={"Authorization": f"Bearer {server.keys[who]}"}
-    )
+    status, headers, raw = server.request(method, path, raw=body, headers=server.auth(who))
     return status, headers, json.loads(raw)
 
 
 def committed(server: ServerProcess) -> None:
     """Wait until everything traced so far is in the database: the writer commits in order, so once
     a later request's trace is in, every earlier one is."""
-    status, headers, _ = server.request(
-        "POST", "/v1/chat/completions", raw=CHAT.encode(), headers={"Authorization": f"Bearer {server.keys['plain']}"}
-    )
+    status, headers, _ = server.request("POST", "/v1/chat/completions", raw=CHAT.encode(), headers=server.auth("plain"))
     assert status == 200
     server.trace(headers["x-stockyard-trace-id"])
 

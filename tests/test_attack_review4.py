@@ -35,10 +35,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv.stop()
 
 
-def as_key(server: ServerProcess, who: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.keys[who]}"}
-
-
 # -- 1. GET /v1beta/models?pageToken=… -------------------------------------------------------------
 
 
@@ -70,7 +66,7 @@ def test_a_form_model_whose_routed_name_starts_with_the_boundary_is_a_400_not_a_
         "POST",
         "/v1/audio/transcriptions",
         raw=body,
-        headers={**as_key(server, "plain"), "Content-Type": "multipart/form-data; boundary=XYZ"},
+        headers={**server.auth("plain"), "Content-Type": "multipart/form-data; boundary=XYZ"},
     )
     assert status == 400, (status, raw)
 
@@ -82,7 +78,7 @@ def test_the_stored_response_routes_are_held_to_the_keys_rpm(server, mock):
     """README: 'A key past its rpm is refused on the files and batches routes too, so it cannot
     spend the shared provider key's own rate limits'. GET/DELETE /v1/responses/{id}, …/cancel and
     …/input_items of a passed-through response are provider calls under the shared key too."""
-    headers = as_key(server, "slow")
+    headers = server.auth("slow")
     status, _, raw = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"}, headers=headers)
     assert status == 200, raw
     response_id = json.loads(raw)["id"]
@@ -98,7 +94,7 @@ def test_the_stored_response_routes_are_held_to_the_keys_rpm(server, mock):
 
 def test_a_stored_response_call_is_traced_at_cost_zero(server):
     """Was: these calls left no trace at all (who read or deleted what, when)."""
-    headers = as_key(server, "plain")
+    headers = server.auth("plain")
     status, _, raw = server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi"}, headers=headers)
     response_id = json.loads(raw)["id"]
     status, answer_headers, body = server.request("GET", f"/v1/responses/{response_id}", headers=headers)
@@ -143,7 +139,7 @@ def test_a_body_nested_near_the_parsers_limit_is_a_4xx_not_a_500(server, route):
     got = {}
     for depth in range(956, 1001, 4):
         raw = (template % ("[" * depth + "]" * depth)).encode()
-        status, _, body = server.request("POST", path, raw=raw, headers=as_key(server, "plain"))
+        status, _, body = server.request("POST", path, raw=raw, headers=server.auth("plain"))
         got[depth] = status
     assert not [d for d, s in got.items() if s >= 500], got
 
@@ -169,7 +165,7 @@ def test_a_text_field_sent_as_a_file_part_is_refused(server, mock, path):
         b"--XYZ--\r\n"
     )
     mock.clear()
-    headers = {**as_key(server, "plain"), "Content-Type": "multipart/form-data; boundary=XYZ"}
+    headers = {**server.auth("plain"), "Content-Type": "multipart/form-data; boundary=XYZ"}
     status, _, raw = server.request("POST", path, raw=body, headers=headers)
     assert status == 400 and json.loads(raw)["error"]["param"] == "model", raw
     assert not mock.requests

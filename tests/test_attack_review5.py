@@ -45,7 +45,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def post(server: ServerProcess, who: str, path: str, body: dict) -> tuple[int, dict, bytes]:
-    return server.request("POST", path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+    return server.request("POST", path, body, headers=server.auth(who))
 
 
 def claude_says(text: str) -> Reply:

@@ -43,7 +43,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def post(server: ServerProcess, who: str, path: str, body: dict | None = None, raw: bytes | None = None):
-    return server.request("POST", path, body, headers={"Authorization": f"Bearer {server.keys[who]}"}, raw=raw)
+    return server.request("POST", path, body, headers=server.auth(who), raw=raw)
 
 
 def escaped(body: dict, plain: str, escape: str) -> bytes:

@@ -12,7 +12,6 @@ import time
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from module_helpers import ADMIN_KEY, put_module
-from openai import OpenAI
 
 MAX_BODY = 32 * 1024 * 1024  # the default: a conversation as large as Stockyard keeps one
 CLAUDE = "claude-haiku-4-5"
@@ -53,7 +52,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def call(server: ServerProcess, who: str, method: str, path: str, body=None) -> tuple[int, dict]:
-    status, _, raw = server.request(method, path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+    status, _, raw = server.request(method, path, body, headers=server.auth(who))
     return status, json.loads(raw) if raw else {}
 
 
@@ -262,7 +261,7 @@ def test_a_conversation_cannot_carry_another_keys_file_to_the_provider(server, m
     items were put in front of ``input`` (and ``conversations.create`` keeps items as sent), so a
     key could send another key's file to the provider — which holds every key's files under the
     one provider key — by naming it inside a conversation: a direct request with it is a 404."""
-    alice = OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0)
+    alice = server.openai("alice")
     secret = alice.files.create(file=("notes.txt", io.BytesIO(b"alice's notes")), purpose="user_data").id
     part = {"type": "input_file", "file_id": secret}
     direct = {"model": "gpt-4o-mini", "input": [{"role": "user", "content": [part]}]}
@@ -299,7 +298,7 @@ def test_an_end_user_past_its_rpm_is_refused_before_its_conversation_is_read(ser
     """The userlimits module's refusal too came only after the conversation was read (see above)."""
     put_module(server, "userlimits", {"rpm": 1}, enabled=True)
     try:
-        headers = {"Authorization": f"Bearer {server.keys['bob']}", "x-stockyard-user": "carol"}
+        headers = {**server.auth("bob"), "x-stockyard-user": "carol"}
         body = {"model": CLAUDE, "input": "hi", "max_output_tokens": 1}
         assert server.request("POST", "/v1/responses", body, headers=headers)[0] == 200  # carol's one this minute
         conversation = new_conversation(server, "bob", [{"role": "user", "content": "w" * 4000}])

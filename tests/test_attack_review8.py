@@ -35,7 +35,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def post(server: ServerProcess, path: str, body: dict, who: str = "free") -> tuple[int, dict, bytes]:
-    return server.request("POST", path, body, headers={"Authorization": f"Bearer {server.keys[who]}"})
+    return server.request("POST", path, body, headers=server.auth(who))
 
 
 def timed(server: ServerProcess, path: str, body: dict) -> float:

@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import VECTOR_STORES
-from openai import NotFoundError, OpenAI
+from openai import NotFoundError
 
 ADMIN = "admin-key-for-attack-vector-stores-0123456789"
 SECRET = b"alice's secret recipe"
@@ -29,17 +29,9 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def client(server: ServerProcess, who: str) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0)
-
-
-def auth(server: ServerProcess, who: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.keys[who]}"}
-
-
 def alices_store(server: ServerProcess) -> tuple[str, str]:
     """(alice's store, the file in it holding her secret)."""
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     secret = alice.files.create(file=("secret.txt", io.BytesIO(SECRET)), purpose="assistants").id
     return alice.vector_stores.create(name="private", file_ids=[secret]).id, secret
 
@@ -73,7 +65,7 @@ def reached(mock, before: int, *ids: str) -> list[str]:
 
 def test_no_path_shape_reaches_another_keys_store_or_its_files(server, mock):
     target, secret = alices_store(server)
-    own = client(server, "bob").vector_stores.create(name="bobs").id
+    own = server.openai("bob").vector_stores.create(name="bobs").id
     shapes = [
         f"/v1/vector_stores/{target}/",
         f"/v1/vector_stores//{target}",
@@ -128,7 +120,7 @@ def test_every_shape_naming_another_keys_store_is_404(server, mock):
     }
     for shape, body in bodies.items():
         before = len(mock.requests)
-        status, _, answer = server.request("POST", "/v1/responses", body, auth(server, "bob"))
+        status, _, answer = server.request("POST", "/v1/responses", body, server.auth("bob"))
         assert status == 404, (shape, status, answer)
         assert json.loads(answer)["error"]["message"] == f"No vector store found with id '{target}'.", shape
         assert reached(mock, before, target) == [], shape
@@ -145,7 +137,7 @@ def test_an_id_no_row_can_hold_is_not_passed_on_as_no_ones(server, mock):
             % shape
         ).encode()
         before = len(mock.requests)
-        status, _, answer = server.request("POST", "/v1/responses", raw=raw, headers=auth(server, "bob"))
+        status, _, answer = server.request("POST", "/v1/responses", raw=raw, headers=server.auth("bob"))
         assert status == 400, (shape, status, answer)
         error = json.loads(answer)["error"]
         assert error["param"] == "tools[0].vector_store_ids" and error["type"] == "invalid_request_error", error
@@ -166,7 +158,7 @@ def test_the_other_routes_a_responses_body_takes_are_checked_too(server, mock):
         ),
     ]:
         before = len(mock.requests)
-        status, _, answer = server.request("POST", path, body, auth(server, "bob"))
+        status, _, answer = server.request("POST", path, body, server.auth("bob"))
         assert status == 404, (path, status, answer)
         assert reached(mock, before, target) == [], path
 
@@ -177,7 +169,7 @@ def test_a_batch_line_naming_another_keys_store_in_any_shape_is_refused(server, 
     line = {"custom_id": "r1", "method": "POST", "url": "/v1/responses", "body": responses_body([tool])}
     before = len(mock.requests)
     with pytest.raises(NotFoundError) as err:
-        client(server, "bob").files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
+        server.openai("bob").files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
     assert target in err.value.body["message"] and "line 1" in err.value.body["message"]
     assert mock.requests[before:] == []
 
@@ -195,7 +187,7 @@ def test_a_long_vector_store_ids_list_is_not_one_database_read_per_entry(server,
     body = responses_body([{"type": "file_search", "vector_store_ids": [*ids, target]}])
     before = len(mock.requests)
     started = time.monotonic()
-    status, _, answer = server.request("POST", "/v1/responses", body, auth(server, "bob"))
+    status, _, answer = server.request("POST", "/v1/responses", body, server.auth("bob"))
     elapsed = time.monotonic() - started
     assert status == 404 and target in json.loads(answer)["error"]["message"], answer[:300]
     assert elapsed < 10, elapsed  # 21 s a row at a time on the CI's cores, 4 s in chunks
@@ -206,7 +198,7 @@ def test_a_long_vector_store_ids_list_is_not_one_database_read_per_entry(server,
 
 
 def test_the_beta_header_carries_nothing_else(server, mock):
-    own = client(server, "bob").vector_stores.create(name="beta").id
+    own = server.openai("bob").vector_stores.create(name="beta").id
     before = len(mock.requests)
     for value in ("assistants=v2\r\nX-Evil: 1", "a" * 65, ",".join(["a"] * 17), "assistants=v2;x"):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -232,7 +224,7 @@ def test_paging_a_stores_files_by_another_keys_file_says_nothing_of_it(server, m
     there would say whether her file exists and where it stands among the key's own, as the
     top-level lists' cursors would (every file in the key's store is the key's own file)."""
     _, secret = alices_store(server)
-    bob = client(server, "bob")
+    bob = server.openai("bob")
     mine = bob.files.create(file=("b.txt", io.BytesIO(b"bob's")), purpose="assistants").id
     own = bob.vector_stores.create(name="cursors", file_ids=[mine]).id
     batch = bob.vector_stores.file_batches.create(own, file_ids=[mine]).id
@@ -242,10 +234,10 @@ def test_paging_a_stores_files_by_another_keys_file_says_nothing_of_it(server, m
             pages = {}
             for named in (secret, "file-never-made"):
                 before = len(mock.requests)
-                status, _, body = server.request("GET", f"{listed}?{cursor}={named}", None, auth(server, "bob"))
+                status, _, body = server.request("GET", f"{listed}?{cursor}={named}", None, server.auth("bob"))
                 assert status == 200, body
                 pages[named] = json.loads(body)
                 assert reached(mock, before, named) == [], (listed, cursor)
             assert pages[secret] == pages["file-never-made"] == empty
-            status, _, body = server.request("GET", f"{listed}?{cursor}={mine}", None, auth(server, "bob"))
+            status, _, body = server.request("GET", f"{listed}?{cursor}={mine}", None, server.auth("bob"))
             assert status == 200 and mock.last(listed).query[cursor] == mine  # the key's own file goes on

@@ -34,7 +34,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    return server.openai("x")
 
 
 def sent(mock: MockUpstream, deployment: str, tail: str = "chat/completions") -> Recorded:

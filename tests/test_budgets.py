@@ -173,7 +173,7 @@ def test_warnings_are_audited_and_logged_once_per_threshold(server):
 
 def test_clients_get_budget_exceeded_in_their_dialect(server, mock):
     secret, key = make_key(server, budget_usd="0", budget_period="day")
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=secret, max_retries=2)
+    client = server.openai(secret, max_retries=2)
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(**BUDGET_MODEL)
     assert refused.value.code == "budget_exceeded"

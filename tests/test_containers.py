@@ -13,7 +13,7 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import CHART, CONTAINERS, FILES, TEXT, Reply, responses_object, responses_stream
 from mock_upstream import run_code as mock_run_code
-from openai import NotFoundError, OpenAI, RateLimitError
+from openai import NotFoundError, RateLimitError
 
 ADMIN = "admin-key-for-containers-tests-0123456789"
 
@@ -35,14 +35,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def client(server: ServerProcess, who: str) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0)
-
-
-def auth(server: ServerProcess, who: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.keys[who]}"}
-
-
 def container_calls(mock) -> list:
     return [r for r in mock.requests if r.path.startswith("/v1/containers")]
 
@@ -53,7 +45,7 @@ def code_tool(container: object) -> list[dict]:
 
 def run_code(server: ServerProcess, who: str, container: object, stream: bool) -> tuple[str, str]:
     """A Responses call with the code interpreter: (the container it ran in, the file it cited)."""
-    api = client(server, who)
+    api = server.openai(who)
     if stream:
         events = list(api.responses.create(model="gpt-4o-mini", input="plot", tools=code_tool(container), stream=True))
         output = events[-1].response.output
@@ -70,7 +62,7 @@ def run_code(server: ServerProcess, who: str, container: object, stream: bool) -
 
 
 def test_the_sdk_manages_containers_and_their_files(server):
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     uploaded = alice.files.create(file=("data.csv", io.BytesIO(b"a,b\n1,2\n")), purpose="user_data")
     made = alice.containers.create(
         name="analysis", file_ids=[uploaded.id], expires_after={"anchor": "last_active_at", "minutes": 30}
@@ -126,7 +118,7 @@ def test_the_sdk_manages_containers_and_their_files(server):
 
 
 def test_another_key_gets_404_for_a_container_and_its_files_and_never_sees_it(server, mock):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     made = alice.containers.create(name="alices")
     kept = alice.containers.files.create(made.id, file=("mine.txt", io.BytesIO(b"alice's")))
     mock.clear()
@@ -155,14 +147,14 @@ def test_another_key_gets_404_for_a_container_and_its_files_and_never_sees_it(se
 def test_a_container_the_provider_has_but_stockyard_never_saw_is_no_keys(server):
     with CONTAINERS.lock:
         foreign = CONTAINERS.add("elsewhere", [])["id"]
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     with pytest.raises(NotFoundError):
         alice.containers.retrieve(foreign)
     assert foreign not in [c.id for c in alice.containers.list(limit=100)]
 
 
 def test_files_copied_into_a_container_must_be_the_keys_own(server, mock):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     alices = alice.files.create(file=("a.csv", io.BytesIO(b"1\n")), purpose="user_data")
     bobs = bob.containers.create(name="bobs")
     with FILES.lock:
@@ -178,7 +170,7 @@ def test_files_copied_into_a_container_must_be_the_keys_own(server, mock):
 
 
 def test_the_list_is_the_keys_own_containers_paged_honestly(server):
-    lister, bob = client(server, "lister"), client(server, "bob")
+    lister, bob = server.openai("lister"), server.openai("bob")
     mine = []
     for i in range(5):
         mine.append(lister.containers.create(name=f"mine-{i}").id)
@@ -202,7 +194,7 @@ def test_the_list_is_the_keys_own_containers_paged_honestly(server):
     ],
 )
 def test_a_wrong_method_is_405_naming_those_allowed(server, method, path, allowed):
-    status, headers, body = server.request(method, path, {}, headers=auth(server, "alice"))
+    status, headers, body = server.request(method, path, {}, headers=server.auth("alice"))
     assert status == 405 and headers["allow"] == allowed
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
@@ -219,16 +211,16 @@ def test_a_wrong_method_is_405_naming_those_allowed(server, method, path, allowe
     ],
 )
 def test_bad_bodies_are_400_in_openais_shape_before_the_provider(server, mock, path, raw, param):
-    made = client(server, "alice").containers.create(name="bodies")
+    made = server.openai("alice").containers.create(name="bodies")
     mock.clear()
-    status, _, body = server.request("POST", path.replace("CID", made.id), raw=raw, headers=auth(server, "alice"))
+    status, _, body = server.request("POST", path.replace("CID", made.id), raw=raw, headers=server.auth("alice"))
     error = json.loads(body)["error"]
     assert status == 400 and error["type"] == "invalid_request_error" and error["param"] == param
     assert container_calls(mock) == []
 
 
 def test_bad_ids_limits_and_providers_are_clear_4xx(server, mock):
-    headers = auth(server, "alice")
+    headers = server.auth("alice")
     status, _, body = server.request("GET", "/v1/containers?limit=0", headers=headers)
     assert status == 400 and json.loads(body)["error"]["param"] == "limit"
     status, _, body = server.request("GET", "/v1/containers", headers={**headers, "x-stockyard-provider": "nope"})
@@ -245,7 +237,7 @@ def test_bad_ids_limits_and_providers_are_clear_4xx(server, mock):
 
 
 def test_each_call_is_one_of_the_keys_requests_per_minute(server, mock):
-    slow = client(server, "slow")
+    slow = server.openai("slow")
     made = slow.containers.create(name="slow")
     slow.containers.retrieve(made.id)
     mock.clear()
@@ -260,7 +252,7 @@ def test_open_mode_has_one_owner(pyz_path, cache_home, mock, tmp_path):
     container of its Responses call, are reachable; nothing it names is checked)."""
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", mock_env(cache_home, mock)).start()
     try:
-        api = OpenAI(base_url=srv.url + "/v1", api_key="anything", max_retries=0)
+        api = srv.openai("anything")
         made = api.containers.create(name="open")
         assert made.id in [c.id for c in api.containers.list(limit=100)]
         srv.keys = {"open": "anything"}
@@ -280,7 +272,7 @@ def refused_container(server: ServerProcess, mock, container_id: str, stream: bo
     """Bob's Responses call naming ``container_id``: OpenAI's 404, and no provider call of any kind."""
     mock.clear()
     with pytest.raises(NotFoundError) as err:
-        client(server, "bob").responses.create(
+        server.openai("bob").responses.create(
             model="gpt-4o-mini",
             input="run",
             tools=[{"type": "function", "name": "f"}, *code_tool(container_id)],
@@ -300,7 +292,7 @@ def test_a_response_naming_a_container_stockyard_never_saw_is_404_and_reaches_no
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_response_naming_another_keys_container_is_404_and_reaches_no_provider(server, mock, stream):
-    alices = client(server, "alice").containers.create(name="alices").id
+    alices = server.openai("alice").containers.create(name="alices").id
     refused_container(server, mock, alices, stream)
     assert run_code(server, "alice", alices, stream)[0] == alices  # its owner runs code in it
 
@@ -308,7 +300,7 @@ def test_a_response_naming_another_keys_container_is_404_and_reaches_no_provider
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_auto_container_is_the_keys_that_asked(server, mock, stream):
     container_id, file_id = run_code(server, "alice", {"type": "auto"}, stream)
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     assert alice.containers.retrieve(container_id).status == "running"
     assert alice.containers.files.content.retrieve(file_id, container_id=container_id).read() == CHART[1]
     assert container_id in [c.id for c in alice.containers.list(limit=100)]
@@ -333,12 +325,12 @@ def test_earlier_output_sent_back_may_name_only_the_keys_containers(server, mock
     ]
     mock.clear()
     with pytest.raises(NotFoundError) as err:
-        client(server, "bob").responses.create(
+        server.openai("bob").responses.create(
             model="gpt-4o-mini", input=history, tools=code_tool({"type": "auto"}), store=False
         )
     assert err.value.body["param"] == "input[1].container_id" and alices in err.value.body["message"]
     assert mock.requests == []
-    assert client(server, "alice").responses.create(model="gpt-4o-mini", input=history, store=False).output
+    assert server.openai("alice").responses.create(model="gpt-4o-mini", input=history, store=False).output
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -348,7 +340,7 @@ def test_the_hosted_shells_auto_container_is_the_keys_that_asked(server, mock, s
     back on the next turn. It is the key's: its next turn goes, its files are the key's to read,
     and another key's turn naming it is the 404."""
     shell = [{"type": "shell", "environment": {"type": "container_auto"}}]
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     if stream:
         with alice.responses.create(model="gpt-4o-mini", input="plot", tools=shell, stream=True) as events:
             output = [e.item for e in events if e.type == "response.output_item.done"]
@@ -384,7 +376,7 @@ def test_a_background_responses_container_is_its_keys_once_retrieved(server, moc
             },
         ],
     }
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     mock.enqueue(Reply(json=queued))
     assert alice.responses.create(**body, background=True).status == "queued"
     with pytest.raises(NotFoundError):
@@ -393,7 +385,7 @@ def test_a_background_responses_container_is_its_keys_once_retrieved(server, moc
     assert alice.responses.retrieve("resp_bgmock901").status == "completed"
     assert alice.containers.files.content.retrieve(ran[1]["file_id"], container_id=ran[0]["container_id"]).read()
     with pytest.raises(NotFoundError):
-        client(server, "bob").containers.retrieve(ran[0]["container_id"])
+        server.openai("bob").containers.retrieve(ran[0]["container_id"])
 
 
 def test_a_stream_cut_after_the_code_ran_leaves_its_container_the_keys(server, mock):
@@ -404,17 +396,17 @@ def test_a_stream_cut_after_the_code_ran_leaves_its_container_the_keys(server, m
     events = responses_stream(body, 900, "gpt-4o-mini", ran)
     done = next(i for i, e in enumerate(events) if "response.output_item.done" in e)
     mock.enqueue(Reply(sse=events, cut_after=done + 1))
-    seen = [event.type for event in client(server, "alice").responses.create(**body)]
+    seen = [event.type for event in server.openai("alice").responses.create(**body)]
     assert "response.output_item.done" in seen and "response.completed" not in seen
     assert seen[-1] == "response.failed"  # Stockyard's end of a broken stream
     container_id = ran[0]["container_id"]
-    assert client(server, "alice").containers.retrieve(container_id).id == container_id
+    assert server.openai("alice").containers.retrieve(container_id).id == container_id
     with pytest.raises(NotFoundError):
-        client(server, "bob").containers.retrieve(container_id)
+        server.openai("bob").containers.retrieve(container_id)
 
 
 def test_a_batch_line_naming_another_keys_container_is_refused(server, mock):
-    alices = client(server, "alice").containers.create(name="alices").id
+    alices = server.openai("alice").containers.create(name="alices").id
     line = {
         "custom_id": "r1",
         "method": "POST",
@@ -423,8 +415,6 @@ def test_a_batch_line_naming_another_keys_container_is_refused(server, mock):
     }
     mock.clear()
     with pytest.raises(NotFoundError) as err:
-        client(server, "batcher").files.create(
-            file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch"
-        )
+        server.openai("batcher").files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
     assert alices in err.value.body["message"] and "line 1" in err.value.body["message"]
     assert mock.requests == []

@@ -48,7 +48,7 @@ def fresh(server, mock):
 
 
 def sdk(server: ServerProcess, key: str | None = None) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=key or client_key(server), max_retries=0)
+    return server.openai(key or client_key(server))
 
 
 def call(server: ServerProcess, key: str, method: str, path: str, body=None) -> tuple[int, dict, dict]:
@@ -376,7 +376,7 @@ def test_a_batch_line_naming_a_conversation_is_refused(server, mock):
 
 def test_in_open_mode_every_caller_is_the_one_owner(openai_server, mock):
     """Without client keys (open mode) there is one owner, as for stored responses."""
-    one, two = (OpenAI(base_url=openai_server.url + "/v1", api_key="anything", max_retries=0) for _ in range(2))
+    one, two = (openai_server.openai("anything") for _ in range(2))
     conversation = one.conversations.create(items=[{"role": "user", "content": "shared"}])
     two.responses.create(model=PASSED, conversation=conversation.id, input="and more")
     assert texts(two.conversations.items.list(conversation.id, order="asc")) == [

@@ -16,7 +16,7 @@ from conftest import ServerProcess, admitted_once_billed, mock_env, open_databas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mock_upstream import FILES, PROMPT_TOKENS, Reply
-from openai import APIConnectionError, APIStatusError, NotFoundError, OpenAI, PermissionDeniedError, RateLimitError
+from openai import APIConnectionError, APIStatusError, NotFoundError, PermissionDeniedError, RateLimitError
 from rawhttp import connect, read_response, read_until_close
 
 from stockyard.batch_costs import BATCH_PRICE
@@ -58,10 +58,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def client(server: ServerProcess, who: str) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0)
-
-
 def batch_input(*models: str) -> bytes:
     lines = [
         {
@@ -98,20 +94,20 @@ def test_a_batch_over_a_file_stockyard_never_saw_is_404_even_if_the_provider_has
     with FILES.lock:
         foreign = FILES.add_file("elsewhere.jsonl", "batch", batch_input("gpt-4o-mini"))["id"]
     with pytest.raises(NotFoundError) as err:
-        client(server, "alice").batches.create(
+        server.openai("alice").batches.create(
             input_file_id=foreign, endpoint="/v1/chat/completions", completion_window="24h"
         )
     assert err.value.body["param"] == "input_file_id"
     assert not [r for r in mock.requests if r.path == "/v1/batches" and r.method == "POST"]
     with pytest.raises(NotFoundError):
-        client(server, "alice").files.retrieve(foreign)  # the provider holds it; this key does not own it
+        server.openai("alice").files.retrieve(foreign)  # the provider holds it; this key does not own it
 
 
 def test_lists_show_none_of_the_providers_objects_that_no_key_made(server):
     with FILES.lock:
         FILES.add_file("elsewhere.jsonl", "batch", b"{}\n")
-    assert client(server, "bob").files.list().data == []
-    assert client(server, "bob").batches.list().data == []
+    assert server.openai("bob").files.list().data == []
+    assert server.openai("bob").batches.list().data == []
 
 
 def test_a_provider_id_no_stored_row_can_hold_is_listed_as_no_keys(server):
@@ -125,7 +121,7 @@ def test_a_provider_id_no_stored_row_can_hold_is_listed_as_no_keys(server):
             FILES.contents.pop(made["id"]),
         )
     try:
-        assert client(server, "bob").files.list().data == []
+        assert server.openai("bob").files.list().data == []
     finally:
         with FILES.lock:
             FILES.files.pop(odd, None), FILES.contents.pop(odd, None)
@@ -134,9 +130,9 @@ def test_a_provider_id_no_stored_row_can_hold_is_listed_as_no_keys(server):
 
 def test_a_key_without_an_openai_kind_provider_in_its_allow_list_is_refused(server):
     with pytest.raises(PermissionDeniedError):
-        client(server, "claude-only").files.list()
+        server.openai("claude-only").files.list()
     status, _, body = server.request(
-        "GET", "/v1/files", headers={"Authorization": f"Bearer {server.keys['alice']}", "x-stockyard-provider": "nope"}
+        "GET", "/v1/files", headers={**server.auth("alice"), "x-stockyard-provider": "nope"}
     )
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_provider"
 
@@ -154,9 +150,7 @@ def test_an_upload_to_a_provider_the_key_may_not_use_is_refused_before_the_body_
 
 
 def test_wrong_method_is_405_with_allow(server):
-    status, headers, _ = server.request(
-        "DELETE", "/v1/batches/batch_x", headers={"Authorization": f"Bearer {server.keys['alice']}"}
-    )
+    status, headers, _ = server.request("DELETE", "/v1/batches/batch_x", headers=server.auth("alice"))
     assert status == 405 and headers["allow"] == "GET, HEAD"
 
 
@@ -176,7 +170,7 @@ def trace_of(server: ServerProcess, headers) -> dict:
 
 
 def test_upload_list_retrieve_content_delete_and_another_key_sees_none_of_it(server):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     data = b'{"secret-marker": "the file bytes never reach a trace"}\n' * 3
     raw = alice.files.with_raw_response.create(file=("notes.jsonl", io.BytesIO(data)), purpose="user_data")
     made = raw.parse()
@@ -206,7 +200,7 @@ def test_upload_list_retrieve_content_delete_and_another_key_sees_none_of_it(ser
 
 
 def test_file_content_is_relayed_as_a_stream_and_its_trace_keeps_only_the_size(server):
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     data = bytes(range(256)) * 4096  # 1 MiB, not text
     made = alice.files.create(file=("blob.bin", io.BytesIO(data)), purpose="user_data")
     raw = alice.files.with_raw_response.content(made.id)
@@ -219,7 +213,7 @@ def test_file_content_is_relayed_as_a_stream_and_its_trace_keeps_only_the_size(s
 def test_head_on_file_content_is_the_streamed_gets_head_without_its_bytes(server):
     """HEAD on a route whose GET streams: its head (chunked, as the GET), no chunk of the body (nor read),
     and the connection stays usable for the next request."""
-    made = client(server, "alice").files.create(file=("head.bin", io.BytesIO(b"x" * 70_000)), purpose="user_data")
+    made = server.openai("alice").files.create(file=("head.bin", io.BytesIO(b"x" * 70_000)), purpose="user_data")
     key = server.keys["alice"]
     with connect(server) as sock:
         sock.sendall(
@@ -236,7 +230,7 @@ def test_head_on_file_content_is_the_streamed_gets_head_without_its_bytes(server
 
 
 def test_lists_page_honestly_over_the_keys_own_files(server):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     mine = []
     for n in range(5):  # interleaved with another key's files, which the pages must skip
         mine.append(alice.files.create(file=(f"a{n}.txt", io.BytesIO(b"a")), purpose="fine-tune").id)
@@ -249,23 +243,18 @@ def test_lists_page_honestly_over_the_keys_own_files(server):
 
 
 def test_a_provider_named_by_header_keeps_the_file_and_serves_its_later_calls(server):
-    alice = OpenAI(
-        base_url=server.url + "/v1",
-        api_key=server.keys["alice"],
-        max_retries=0,
-        default_headers={"x-stockyard-provider": "groq"},
-    )
+    alice = server.openai("alice", default_headers={"x-stockyard-provider": "groq"})
     raw = alice.files.with_raw_response.create(file=("g.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
     made = raw.parse()
     assert server.db_rows("SELECT provider FROM owned_objects WHERE id = ?", (made.id,)) == [{"provider": "groq"}]
-    again = client(server, "alice").files.with_raw_response.retrieve(made.id)  # no header: the recorded provider
+    again = server.openai("alice").files.with_raw_response.retrieve(made.id)  # no header: the recorded provider
     wait_for(lambda: server.db_rows("SELECT 1 FROM traces WHERE id = ?", (again.headers["x-stockyard-trace-id"],)))
     assert trace_of(server, again.headers)["provider"] == "groq"
     assert trace_of(server, raw.headers)["provider"] == "groq"
 
 
 def test_a_key_with_a_model_allow_list_cannot_batch_other_models(server):
-    mini = client(server, "mini")
+    mini = server.openai("mini")
     with pytest.raises(PermissionDeniedError) as err:
         mini.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini", "gpt-4o"))), purpose="batch")
     assert "'gpt-4o' (line 2" in err.value.body["message"]
@@ -277,7 +266,7 @@ def test_a_key_with_a_model_allow_list_cannot_batch_other_models(server):
 
 
 def test_batch_lifecycle_ownership_and_its_cost_at_the_batch_price(server):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     models = ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini", "mock-error-400"]
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input(*models))), purpose="batch")
     with pytest.raises(NotFoundError) as err:
@@ -332,7 +321,7 @@ def test_a_batch_whose_create_answer_was_lost_is_found_owned_and_answered(server
     the client got a 502 and the batch ran at the provider unowned and unbilled. The batch is now
     found among the provider's newest (same input file and endpoint, owned by no one), owned, and
     answered; a batch of that file owned already is not taken for it."""
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     first = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     mock.clear()
@@ -353,7 +342,7 @@ def test_a_lost_create_never_takes_the_batch_of_a_create_running_beside_it(serve
     clients were answered with that one batch (the second's hold given back) and the lost batch ran
     unowned and unbilled. Two candidates are two batches: neither is taken, the first create is a
     502 as before and the second keeps its own batch."""
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     listing, list_waits, second_made, second_answer = (threading.Event() for _ in range(4))
     mock.clear()
@@ -393,10 +382,10 @@ def test_a_lost_create_keeps_no_other_keys_batches_in_its_trace(server, mock):
     """Was: when no batch was found, the trace of the failed create kept the provider's whole
     list of batches (other keys' ids, files and metadata) before the error; a key's traces hold
     its own objects only, as its lists do."""
-    bob = client(server, "bob")
+    bob = server.openai("bob")
     theirs = bob.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     bobs = bob.batches.create(input_file_id=theirs.id, endpoint="/v1/chat/completions", completion_window="24h")
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     mock.clear()
     mock.enqueue(Reply(), Reply(reset=True))
@@ -411,7 +400,7 @@ def test_a_lost_create_keeps_no_other_keys_batches_in_its_trace(server, mock):
 
 
 def test_a_cancelled_batch(server):
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert alice.batches.cancel(batch.id).status == "cancelling"
@@ -421,7 +410,7 @@ def test_a_cancelled_batch(server):
 
 
 def test_a_key_whose_budget_is_used_up_starts_no_batch(server, mock):
-    broke = client(server, "broke")
+    broke = server.openai("broke")
     source = broke.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     mock.clear()
     with pytest.raises(RateLimitError) as err:
@@ -444,7 +433,7 @@ def capped_batch_input(max_tokens: int) -> bytes:
 def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock):
     """Was: a batch's worst case was checked, not held: ten batches of $0.04 each all started under
     a $0.05 budget. Each unbilled batch now holds its worst case beside the next one."""
-    small = client(server, "small")
+    small = server.openai("small")
     source = small.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
     first = small.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     (row,) = server.db_rows("SELECT held_uc, billed FROM owned_objects WHERE id = ?", (first.id,))
@@ -467,7 +456,7 @@ def test_an_unbilled_batch_holds_its_worst_case_until_it_is_billed(server, mock)
 def test_a_running_batch_holds_its_worst_case_against_model_calls_too(server, mock):
     """Was: a batch's hold counted against new batches only: while it ran, the key's model calls
     could spend the whole budget, and the batch's cost came on top of it."""
-    holder = client(server, "holder")
+    holder = server.openai("holder")
     source = holder.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
     batch = holder.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     hello = [{"role": "user", "content": "hi"}]
@@ -490,7 +479,7 @@ def test_a_batch_line_with_the_image_tool_holds_its_images(server):
     """Was: a Responses line offering the image_generation tool held its text alone (~$0.0002 at
     the batch price), never the image it may make. One low 1024x1024 image (max_tool_calls 1) is
     gpt-image-1's 272 output tokens at $40 per 1M: 1,088,000 µ¢, 544,000 at the batch price."""
-    drawer = client(server, "drawer")
+    drawer = server.openai("drawer")
     body = {
         "model": "gpt-4o-mini",
         "input": "draw a cat",
@@ -507,7 +496,7 @@ def test_a_batch_line_with_the_image_tool_holds_its_images(server):
 
 
 def test_batches_started_together_are_held_together(server):
-    race = client(server, "race")
+    race = server.openai("race")
     source = race.files.create(file=("in.jsonl", io.BytesIO(capped_batch_input(8000))), purpose="batch")
     results: list[object] = []
 
@@ -527,7 +516,7 @@ def test_batches_started_together_are_held_together(server):
 
 
 def test_a_completed_batch_is_answered_at_once_while_its_cost_is_read_in_the_background(server, mock):
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     before = len(traces(server, "batches.usage"))
@@ -545,7 +534,7 @@ def test_a_batch_line_may_reference_only_the_keys_own_response_items(server):
     """A batch line runs under the one provider key too: its `item_reference`s (and reasoning items sent
     by their id alone) may name only output items of responses the key holds, at the upload of a batch
     file and again when the batch starts, as its `previous_response_id` may name only its responses."""
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     theirs = alice.responses.create(model="gpt-4o-mini", input="my secret plan").output[0].id
     mine = bob.responses.create(model="gpt-4o-mini", input="my plan").output[0].id
 
@@ -568,14 +557,14 @@ def test_a_batch_line_may_reference_only_the_keys_own_response_items(server):
 
 def test_open_mode_passes_item_references_as_sent(openai_server, mock):
     """No client keys: one user, whose references are not checked (as its file ids are not)."""
-    sdk = OpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    sdk = openai_server.openai("unused")
     items = [{"type": "item_reference", "id": "msg_made_elsewhere"}, {"role": "user", "content": "Go on"}]
     assert sdk.responses.create(model="gpt-4o-mini", input=items).id
     assert mock.last("/v1/responses").json["input"] == items
 
 
 def test_open_mode_has_one_owner(openai_server):
-    sdk = OpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    sdk = openai_server.openai("unused")
     made = sdk.files.create(file=("open.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
     assert made.id in [f.id for f in sdk.files.list()]
     assert openai_server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (made.id,)) == [{"key_id": ""}]
@@ -687,7 +676,7 @@ def test_which_providers_an_allow_list_lets_a_key_use():
 
 
 def test_a_download_the_provider_cuts_short_ends_short_for_the_client(server, mock):
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     made = alice.files.create(file=("cut.bin", io.BytesIO(b"z" * 200_000)), purpose="user_data")
     mock.enqueue(Reply(body=b"z" * 200_000, headers={"content-type": "application/octet-stream"}, cut_after=70_000))
     with pytest.raises(APIConnectionError):
@@ -728,7 +717,7 @@ def test_a_batch_nobody_asks_about_again_is_recorded_by_the_batch_watch(pyz_path
     secret = srv.cli("keys", "create", "--name", "nightly").stdout.strip()
     srv.start()
     try:
-        sdk = OpenAI(base_url=srv.url + "/v1", api_key=secret, max_retries=0)
+        sdk = srv.openai(secret)
         source = sdk.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
         batch = sdk.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
         rows = wait_for(lambda: traces(srv, "batches.usage"), timeout=30, what="the watch's usage row")
@@ -744,7 +733,7 @@ def test_a_batch_nobody_asks_about_again_is_recorded_by_the_batch_watch(pyz_path
 
 def test_a_cancelled_batch_is_billed_for_the_requests_it_finished(server, mock):
     """OpenAI bills the requests a cancelled or expired batch finished: its output file is read too."""
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     source = alice.files.create(file=("in.jsonl", io.BytesIO(batch_input("gpt-4o-mini"))), purpose="batch")
     batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
@@ -773,7 +762,7 @@ def test_a_batch_whose_lines_name_a_model_with_a_nul_is_billed_and_recorded(serv
     its output reports: one with a NUL (``\\u0000`` in the JSONL) made the row one PostgreSQL
     refused, so the batch was never recorded as billed (its usage lost, tried again on every
     look). The row keeps ``?`` for the NUL, on both stores."""
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     source = alice.files.create(file=("nul.jsonl", io.BytesIO(batch_input("gpt-4o-mini\x00"))), purpose="batch")
     batch = alice.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert alice.batches.retrieve(batch.id).status == "completed"

@@ -59,7 +59,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    return server.openai("x")
 
 
 def sent(mock: MockUpstream, model: str) -> Recorded:

@@ -113,16 +113,9 @@ def test_a_refused_request_is_traced_as_metadata_only(keyed):
 
 def test_a_key_is_still_held_to_its_models_once_the_body_is_read(keyed):
     other = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
-    status, _, body = keyed.request(
-        "POST", "/v1/chat/completions", raw=other, headers={"Authorization": f"Bearer {keyed.keys['mini']}"}
-    )
+    status, _, body = keyed.request("POST", "/v1/chat/completions", raw=other, headers=keyed.auth("mini"))
     assert status == 403 and json.loads(body)["error"]["code"] == "model_not_allowed"
-    assert (
-        keyed.request(
-            "POST", "/v1/chat/completions", raw=CHAT, headers={"Authorization": f"Bearer {keyed.keys['mini']}"}
-        )[0]
-        == 200
-    )
+    assert keyed.request("POST", "/v1/chat/completions", raw=CHAT, headers=keyed.auth("mini"))[0] == 200
 
 
 def test_a_model_name_longer_than_any_real_one_is_a_400(keyed):
@@ -132,7 +125,7 @@ def test_a_model_name_longer_than_any_real_one_is_a_400(keyed):
         "POST",
         "/v1/chat/completions",
         {"model": "gpt-4o-mini-" + "é" * 3000, "messages": HELLO},
-        headers={"Authorization": f"Bearer {keyed.keys['full']}"},
+        headers=keyed.auth("full"),
     )
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_model"
     trace = keyed.trace(headers["x-stockyard-trace-id"])
@@ -142,7 +135,7 @@ def test_a_model_name_longer_than_any_real_one_is_a_400(keyed):
         "POST",
         "/v1/chat/completions",
         {"model": longest, "messages": HELLO},
-        {"Authorization": f"Bearer {keyed.keys['full']}"},
+        keyed.auth("full"),
     )
     assert status != 400 or json.loads(body)["error"]["code"] != "invalid_model"
 
@@ -158,9 +151,7 @@ def test_refusals_are_traced_at_a_bounded_rate_per_address_and_all_counted(keyed
             assert read_response(sock)[0] == 401
     elapsed = time.monotonic() - started
     # The writer commits in order: once this trace is in, every earlier refusal's row is too.
-    _, headers, _ = keyed.request(
-        "POST", "/v1/chat/completions", raw=CHAT, headers={"Authorization": f"Bearer {keyed.keys['full']}"}
-    )
+    _, headers, _ = keyed.request("POST", "/v1/chat/completions", raw=CHAT, headers=keyed.auth("full"))
     keyed.trace(headers["x-stockyard-trace-id"])
     traced = keyed.db_rows("SELECT COUNT(*) AS n FROM traces WHERE client_addr = '127.0.0.9'")[0]["n"]
     assert 1 <= traced <= 20 + 5 * elapsed + 1, (traced, elapsed)

@@ -55,7 +55,7 @@ def fresh_mock(mock):
 
 def sdk(server: ServerProcess, who: str = "free") -> OpenAI:
     """The official client; a read that waits 10 s fails the test instead of hanging it."""
-    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0, timeout=10)
+    return server.openai(who, timeout=10)
 
 
 def draw(client: OpenAI, route: str, **fields):
@@ -67,7 +67,7 @@ def draw(client: OpenAI, route: str, **fields):
 
 
 def post(server: ServerProcess, body: dict) -> tuple[int, dict, bytes]:
-    return server.request("POST", "/v1/images/generations", body, {"Authorization": f"Bearer {server.keys['free']}"})
+    return server.request("POST", "/v1/images/generations", body, server.auth("free"))
 
 
 def admin(server: ServerProcess, path: str) -> dict:

@@ -218,22 +218,22 @@ def test_allow_list_entries_against_a_real_registry(entry, model, allowed):
 
 def test_official_sdks_send_the_key_their_own_way(server, mock):
     secret, _ = make_key(server)
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=secret, max_retries=0)
+    client = server.openai(secret)
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content == "Hello from mock"
     assert mock.last("/chat/completions").headers["authorization"] == f"Bearer {OPENAI_KEY}"
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=server.url + "/v1", api_key=new_secret(), max_retries=0).chat.completions.create(
+        server.openai(new_secret()).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
 
     # the anthropic SDK sends x-api-key; upstream gets the provider's key, never the client's
-    message = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0).messages.create(**MESSAGES)
+    message = server.anthropic(secret).messages.create(**MESSAGES)
     assert message.content[0].text == "Hello from mock"
     assert mock.last("/messages").headers["x-api-key"] == ANTHROPIC_KEY
     assert all(secret not in value for r in mock.requests for value in r.headers.values())
     with pytest.raises(anthropic.AuthenticationError) as bad:
-        anthropic.Anthropic(base_url=server.url, api_key=new_secret(), max_retries=0).messages.create(**MESSAGES)
+        server.anthropic(new_secret()).messages.create(**MESSAGES)
     assert bad.value.body["error"]["type"] == "authentication_error"
 
 

@@ -58,7 +58,7 @@ def key(server) -> str:
 
 @pytest.fixture(scope="module")
 def client(server, key) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    return server.openai(key)
 
 
 @pytest.fixture(autouse=True)
@@ -164,11 +164,9 @@ def budgeted(server: ServerProcess, key: str, who: str) -> tuple[OpenAI, str | N
     """A client under a $0.05 day budget: its own key's, or an end user's (on the plain key), and
     the key id whose traces carry its spend."""
     if who == "end user":
-        return OpenAI(
-            base_url=server.url + "/v1", api_key=key, max_retries=0, default_headers={"x-stockyard-user": "eve"}
-        ), None
+        return server.openai(key, default_headers={"x-stockyard-user": "eve"}), None
     made = budget_key(server, "audio")
-    return OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0), made["id"]
+    return server.openai(made["key"]), made["id"]
 
 
 NOT_PRICED = [  # (endpoint, model, response_format, what the refusal names instead)
@@ -538,7 +536,7 @@ def test_models_retrieve_answers_one_model_or_a_404(client, server, key):
     status, _, body = server.request("GET", "/v1/models/gpt-4o-mini")
     assert status == 401
     status, made = admin(server, "POST", "/api/keys", {"name": "only-mini", "models": ["gpt-4o-mini"]})
-    narrow = OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0)
+    narrow = server.openai(made["key"])
     assert narrow.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
     with pytest.raises(openai.NotFoundError):
         narrow.models.retrieve("gpt-4o")
@@ -615,7 +613,7 @@ def test_budgets_reserve_images_by_unit_and_overrides_take_units(server):
     status, made = admin(
         server, "POST", "/api/keys", {"name": "budget", "budget_usd": "0.05", "budget_period": "total"}
     )
-    budgeted = OpenAI(base_url=server.url + "/v1", api_key=made["key"], max_retries=0)
+    budgeted = server.openai(made["key"])
     with pytest.raises(openai.RateLimitError) as err:  # 2 × $0.04 is past $0.05: refused before upstream
         budgeted.images.generate(model="dall-e-3", prompt="x", n=2)
     assert err.value.body["code"] == "budget_exceeded"

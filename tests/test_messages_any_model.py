@@ -58,7 +58,7 @@ def key(server) -> str:
 
 @pytest.fixture(scope="module")
 def client(server, key) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0)
+    return server.anthropic(key)
 
 
 @pytest.fixture(params=list(MODELS))
@@ -396,7 +396,7 @@ def new_key(server: ServerProcess, **fields) -> tuple[str, str]:
 
 def test_rate_limit_applies(server, mock):
     secret, _ = new_key(server, name="msgs-rpm", rpm=1)
-    client = anthropic.Anthropic(base_url=server.url, api_key=secret, max_retries=0)
+    client = server.anthropic(secret)
     ask = {"model": MODELS["gemini"], "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
     client.messages.create(**ask)
     before = len(mock.requests)

@@ -26,7 +26,6 @@ from module_helpers import (  # noqa: F401
     start_server,
     stream_text,
 )
-from openai import OpenAI
 
 server = server_fixture("cache")
 
@@ -105,7 +104,7 @@ def test_stream_served_from_a_cached_plain_answer(server, mock):
     chat(server, messages=messages)
     stored(server, before)
     calls = len(mock.requests)
-    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    client = server.openai("unused")
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=messages, stream=True, stream_options={"include_usage": True}
     )
@@ -287,7 +286,7 @@ def key_of(server, name: str, project: str | None = None) -> dict:
     fields = {"name": name, **({"project": project} if project else {})}
     status, body = api(server, "POST", "/api/keys", fields)
     assert status == 201, body
-    return {"Authorization": f"Bearer {body['key']}"}
+    return server.auth(body["key"])
 
 
 def test_an_answer_is_served_only_to_the_key_or_project_it_was_made_for(keyed, mock):

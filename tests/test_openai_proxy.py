@@ -21,7 +21,7 @@ MINI_COST_UC = 480
 
 @pytest.fixture(scope="module")
 def client(openai_server) -> OpenAI:
-    return OpenAI(base_url=openai_server.url + "/v1", api_key="unused", max_retries=0)
+    return openai_server.openai("unused")
 
 
 @pytest.fixture(autouse=True)

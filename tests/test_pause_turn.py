@@ -18,7 +18,6 @@ import json
 from fractions import Fraction
 from typing import Any
 
-import anthropic
 import openai
 import pytest
 from conftest import ServerProcess, mock_env
@@ -75,7 +74,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys["plain"], max_retries=0)
+    return server.openai("plain")
 
 
 def calls(mock: MockUpstream, model: str) -> list[dict]:
@@ -256,7 +255,7 @@ def test_a_budget_holds_each_follow_up_or_the_turn_ends_there(server, mock):
     cost so far and its own worst case ($0.01 + $0.03) held too, which fits; the next ($0.02 +
     $0.03) does not: the answer ends incomplete after two calls, and the budget is charged for them."""
     model = f"{BASE}-pause2-5"
-    budgeted = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys[BUDGETED], max_retries=0)
+    budgeted = server.openai(BUDGETED)
     raw = budgeted.chat.completions.with_raw_response.create(
         model=model, max_tokens=10, messages=[{"role": "user", "content": "weather?"}], web_search_options=SEARCH
     )
@@ -267,7 +266,7 @@ def test_a_budget_holds_each_follow_up_or_the_turn_ends_there(server, mock):
     assert trace["cost_uc"] == cost_at((100_000_000, 200_000_000), 2, searches=2)
     # the budget was charged the two calls ($0.02…): a request holding 3 searches ($0.03) no longer fits,
     # a plain one does (the turn's extra holds were given back)
-    headers = {"Authorization": f"Bearer {server.keys[BUDGETED]}"}
+    headers = server.auth(BUDGETED)
     plain = {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     status, _, body = server.request("POST", "/v1/chat/completions", {**plain, "web_search_options": SEARCH}, headers)
     assert status == 429 and json.loads(body)["error"]["code"] == "budget_exceeded", body
@@ -278,7 +277,7 @@ def test_a_budget_holds_each_follow_up_or_the_turn_ends_there(server, mock):
 def test_a_continued_turn_is_one_request_to_the_rate_limit(server, mock):
     """Two requests a minute: two turns of three calls each go through, the third request is the 429."""
     model = f"{BASE}-pause2-4"
-    limited = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys[LIMITED], max_retries=0)
+    limited = server.openai(LIMITED)
     ask = {"model": model, "messages": [{"role": "user", "content": "weather?"}], "web_search_options": {}}
     for _ in range(2):
         assert limited.chat.completions.create(**ask).choices[0].finish_reason == "stop"
@@ -374,7 +373,7 @@ def test_a_paused_turn_after_a_tool_output_answers_it(client, mock):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_messages_client_gets_the_pause_itself(server, mock, stream):
     model = f"{BASE}-pause2-{6 + int(stream)}"
-    client = anthropic.Anthropic(base_url=server.url, api_key=server.keys["plain"], max_retries=0)
+    client = server.anthropic("plain")
     tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
     asked = {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "weather?"}], "tools": [tool]}
     if stream:

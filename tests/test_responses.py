@@ -83,12 +83,12 @@ def keys(server) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def client(server, keys) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=keys[0], max_retries=0)
+    return server.openai(keys[0])
 
 
 @pytest.fixture(scope="module")
 def other(server, keys) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=keys[1], max_retries=0)
+    return server.openai(keys[1])
 
 
 @pytest.fixture(params=list(MODELS))
@@ -482,7 +482,7 @@ def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, 
         assert status == 201, data
         keys[usd] = json.loads(data)
     body = {"model": "claude-haiku-4-5", "input": "Plan a trip to Lisbon"}
-    rich = OpenAI(base_url=server.url + "/v1", api_key=keys["1"]["key"], max_retries=0)
+    rich = server.openai(keys["1"]["key"])
     raw = rich.responses.with_raw_response.compact(**body)
     assert raw.parse().output[-1].type == "compaction"
     cost = costed(server, raw.headers["x-stockyard-trace-id"])["cost_uc"]
@@ -491,7 +491,7 @@ def test_a_compaction_a_translated_model_writes_is_billed_to_the_budget(server, 
     wait_for(lambda: spend() == cost)
     calls = len(mock.requests)
     with pytest.raises(RateLimitError) as caught:
-        OpenAI(base_url=server.url + "/v1", api_key=keys["0"]["key"], max_retries=0).responses.compact(**body)
+        server.openai(keys["0"]["key"]).responses.compact(**body)
     assert caught.value.code == "budget_exceeded" and len(mock.requests) == calls  # the provider never asked
 
 

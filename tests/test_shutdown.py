@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import MockUpstream, Reply
-from openai import APIStatusError, OpenAI
+from openai import APIStatusError
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -117,7 +117,7 @@ def test_a_batch_create_ended_by_the_drain_tells_the_client_not_to_send_it_again
             "STOCKYARD_SHUTDOWN_GRACE": "1s",
         }
         server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
-        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        client = server.openai("unused")
         line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": json.loads(BODY)}
         source = client.files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch")
         hanging = threading.Event()

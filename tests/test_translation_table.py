@@ -400,12 +400,8 @@ def test_values_that_ask_nothing_pass_quietly(server, kind, name, value) -> None
 # --------------------------------------------------------------------------- Gemini embeddings
 
 
-def gemini_client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
-
-
 def test_gemini_embeddings_both_ways_with_the_sdk(server, mock) -> None:
-    result = gemini_client(server).embeddings.create(model="gemini-embedding-001", input=["one", "two words"])
+    result = server.openai("x").embeddings.create(model="gemini-embedding-001", input=["one", "two words"])
     req = upstream(mock, "gemini", "gemini-embedding-001")
     assert req.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
     assert req.json == {

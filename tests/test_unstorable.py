@@ -27,7 +27,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
 
 @pytest.fixture
 def auth(server) -> dict[str, str]:
-    return {"Authorization": f"Bearer {client_key(server)}", "Content-Type": "application/json"}
+    return {**server.auth(client_key(server)), "Content-Type": "application/json"}
 
 
 def post(server: ServerProcess, path: str, body: str, headers: dict) -> tuple[int, dict, dict]:

@@ -27,14 +27,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def client(server: ServerProcess, who: str) -> OpenAI:
-    return OpenAI(base_url=server.url + "/v1", api_key=server.keys[who], max_retries=0)
-
-
-def auth(server: ServerProcess, who: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.keys[who]}"}
-
-
 def store_calls(mock) -> list:
     return [r for r in mock.requests if r.path.startswith("/v1/vector_stores")]
 
@@ -51,7 +43,7 @@ def file_search(store_ids: list[str]) -> list[dict]:
 
 
 def test_the_sdk_manages_vector_stores_their_files_and_batches(server, mock):
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     cows, sky = upload(alice, b"cows eat grass", "cows.txt"), upload(alice, b"the sky is blue", "sky.txt")
     store = alice.vector_stores.create(name="farm", file_ids=[cows], metadata={"team": "a"})
     assert store.id.startswith("vs_") and store.file_counts.total == 1 and store.metadata == {"team": "a"}
@@ -114,7 +106,7 @@ def test_the_sdk_manages_vector_stores_their_files_and_batches(server, mock):
 
 
 def test_another_key_gets_404_for_a_store_its_files_and_batches_and_never_sees_it(server, mock):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     kept = upload(alice, b"alice's notes")
     store = alice.vector_stores.create(name="alices", file_ids=[kept])
     batch = alice.vector_stores.file_batches.create(store.id, file_ids=[kept])
@@ -152,14 +144,14 @@ def test_another_key_gets_404_for_a_store_its_files_and_batches_and_never_sees_i
 def test_a_store_the_provider_has_but_stockyard_never_saw_is_no_keys_here(server):
     with VECTOR_STORES.lock:
         foreign = VECTOR_STORES.add("elsewhere", [])["id"]
-    alice = client(server, "alice")
+    alice = server.openai("alice")
     with pytest.raises(NotFoundError):
         alice.vector_stores.retrieve(foreign)
     assert foreign not in [v.id for v in alice.vector_stores.list(limit=100)]
 
 
 def test_files_given_to_a_store_must_be_the_keys_own(server, mock):
-    alice, bob = client(server, "alice"), client(server, "bob")
+    alice, bob = server.openai("alice"), server.openai("bob")
     bobs = upload(bob, b"bob's secret")
     alices = alice.vector_stores.create(name="alices")
     with FILES.lock:
@@ -180,7 +172,7 @@ def test_files_given_to_a_store_must_be_the_keys_own(server, mock):
 
 
 def test_the_list_is_the_keys_own_stores_paged_honestly(server):
-    lister, bob = client(server, "lister"), client(server, "bob")
+    lister, bob = server.openai("lister"), server.openai("bob")
     mine = []
     for i in range(5):
         mine.append(lister.vector_stores.create(name=f"mine-{i}").id)
@@ -210,7 +202,7 @@ def test_the_list_is_the_keys_own_stores_paged_honestly(server):
     ],
 )
 def test_a_wrong_method_is_405_naming_those_allowed(server, method, path, allowed):
-    status, headers, body = server.request(method, path, {}, headers=auth(server, "alice"))
+    status, headers, body = server.request(method, path, {}, headers=server.auth("alice"))
     assert status == 405 and headers["allow"] == allowed
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
@@ -231,16 +223,16 @@ def test_a_wrong_method_is_405_naming_those_allowed(server, method, path, allowe
     ],
 )
 def test_bad_bodies_are_400_in_openais_shape_before_the_provider(server, mock, path, raw, param):
-    made = client(server, "alice").vector_stores.create(name="bodies")
+    made = server.openai("alice").vector_stores.create(name="bodies")
     mock.clear()
-    status, _, body = server.request("POST", path.replace("VS", made.id), raw=raw, headers=auth(server, "alice"))
+    status, _, body = server.request("POST", path.replace("VS", made.id), raw=raw, headers=server.auth("alice"))
     error = json.loads(body)["error"]
     assert status == 400 and error["type"] == "invalid_request_error" and error["param"] == param
     assert store_calls(mock) == []
 
 
 def test_bad_ids_limits_headers_and_providers_are_clear_4xx(server, mock):
-    headers = auth(server, "alice")
+    headers = server.auth("alice")
     status, _, body = server.request("GET", "/v1/vector_stores?limit=101", headers=headers)
     assert status == 400 and json.loads(body)["error"]["param"] == "limit"
     status, _, body = server.request("GET", "/v1/vector_stores", headers={**headers, "x-stockyard-provider": "nope"})
@@ -261,21 +253,21 @@ def test_dot_ids_under_ones_own_store_are_not_sent_to_the_provider(server, mock)
     """A file or batch id of dots under one's own store would be a relative path at the provider
     (``/vector_stores/{id}/files/..`` is the store itself once a proxy normalises it: a DELETE
     there would end the store Stockyard still records)."""
-    own = client(server, "bob").vector_stores.create(name="bobs")
+    own = server.openai("bob").vector_stores.create(name="bobs")
     mock.clear()
     for method in ("GET", "DELETE", "POST"):
         for tail in ("/files/..", "/files/.", "/files/../content", "/file_batches/..", "/file_batches/../files"):
-            status, _, body = server.request(method, f"/v1/vector_stores/{own.id}{tail}", headers=auth(server, "bob"))
+            status, _, body = server.request(method, f"/v1/vector_stores/{own.id}{tail}", headers=server.auth("bob"))
             assert status in (404, 405), (method, tail, status, body)
     assert store_calls(mock) == []
     for method in ("GET", "DELETE"):
-        status, _, body = server.request(method, "/v1/vector_stores/..", headers=auth(server, "bob"))
+        status, _, body = server.request(method, "/v1/vector_stores/..", headers=server.auth("bob"))
         assert status in (404, 405), (method, status, body)
     assert store_calls(mock) == []
 
 
 def test_each_call_is_one_of_the_keys_requests_per_minute(server, mock):
-    slow = client(server, "slow")
+    slow = server.openai("slow")
     made = slow.vector_stores.create(name="slow")
     slow.vector_stores.retrieve(made.id)
     mock.clear()
@@ -289,7 +281,7 @@ def test_open_mode_has_one_owner(pyz_path, cache_home, mock, tmp_path):
     """No client keys: every caller is the one owner, as for files; file_search names anything."""
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", mock_env(cache_home, mock)).start()
     try:
-        api = OpenAI(base_url=srv.url + "/v1", api_key="anything", max_retries=0)
+        api = srv.openai("anything")
         doc = upload(api, b"open text")
         made = api.vector_stores.create(name="open", file_ids=[doc])
         assert made.id in [v.id for v in api.vector_stores.list(limit=100)]
@@ -309,21 +301,21 @@ def test_open_mode_has_one_owner(pyz_path, cache_home, mock, tmp_path):
 def test_a_response_searching_another_keys_store_is_404_and_reaches_no_provider_one_no_key_owns_passes(
     server, mock, stream
 ):
-    alices = client(server, "alice").vector_stores.create(name="private").id
+    alices = server.openai("alice").vector_stores.create(name="private").id
     mock.clear()
     with pytest.raises(NotFoundError) as err:
-        client(server, "bob").responses.create(
+        server.openai("bob").responses.create(
             model="gpt-4o-mini", input="find", tools=file_search(["vs_shared_x", alices]), stream=stream
         )
     assert err.value.body["message"] == f"No vector store found with id '{alices}'."
     assert err.value.body["param"] == "tools[1].vector_store_ids"
     assert mock.requests == []
-    client(server, "alice").responses.create(model="gpt-4o-mini", input="find", tools=file_search([alices]))
+    server.openai("alice").responses.create(model="gpt-4o-mini", input="find", tools=file_search([alices]))
     assert mock.last("/v1/responses").json["tools"][1]["vector_store_ids"] == [alices]  # its owner searches it
     with VECTOR_STORES.lock:  # operators make shared stores outside Stockyard: an id no key made goes on
         shared = VECTOR_STORES.add("shared", [])["id"]
     mock.clear()
-    answer = client(server, "bob").responses.create(
+    answer = server.openai("bob").responses.create(
         model="gpt-4o-mini", input="find", tools=file_search([shared]), stream=stream
     )
     assert list(answer) if stream else answer.output
@@ -331,7 +323,7 @@ def test_a_response_searching_another_keys_store_is_404_and_reaches_no_provider_
 
 
 def test_a_batch_line_searching_another_keys_store_is_refused(server, mock):
-    alices = client(server, "alice").vector_stores.create(name="alices").id
+    alices = server.openai("alice").vector_stores.create(name="alices").id
     with VECTOR_STORES.lock:
         shared = VECTOR_STORES.add("shared", [])["id"]
 
@@ -339,7 +331,7 @@ def test_a_batch_line_searching_another_keys_store_is_refused(server, mock):
         body = {"model": "gpt-4o-mini", "input": "find", "tools": file_search([store_id])}
         return json.dumps({"custom_id": "r1", "method": "POST", "url": "/v1/responses", "body": body}).encode()
 
-    batcher = client(server, "batcher")
+    batcher = server.openai("batcher")
     mock.clear()
     with pytest.raises(NotFoundError) as err:
         batcher.files.create(file=("in.jsonl", io.BytesIO(line(alices))), purpose="batch")

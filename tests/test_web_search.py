@@ -57,7 +57,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys["plain"], max_retries=0)
+    return server.openai("plain")
 
 
 def sent(mock: MockUpstream, model: str) -> dict:
@@ -198,7 +198,7 @@ def test_function_tool_calls_keep_their_indices_beside_searches(client, mock, st
 def test_what_claude_cannot_search_with_is_400_naming_it(server, mock, options, param):
     before = len(mock.requests)
     body = {"model": f"{MODEL}-bad", "messages": ask(), "web_search_options": options}
-    headers = {"Authorization": f"Bearer {server.keys['plain']}"}
+    headers = server.auth("plain")
     status, _, raw = server.request("POST", "/v1/chat/completions", body, headers=headers)
     assert status == 400, raw
     assert json.loads(raw)["error"]["param"] == param
@@ -351,7 +351,7 @@ def test_a_responses_web_search_filter_is_400_naming_it(client, mock):
 def test_a_budget_holds_every_search_the_request_allows(server, mock):
     """A $0.05 budget: ten searches ($0.10) cannot be held, three ($0.03) can, for chat's
     web_search_options and a Responses web_search tool alike; nothing reaches Claude when refused."""
-    headers = {"Authorization": f"Bearer {server.keys[BUDGETED]}"}
+    headers = server.auth(BUDGETED)
     chat = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": ask()}
     responses = {"model": "claude-haiku-4-5", "max_output_tokens": 16, "input": "weather?"}
     for path, body, search in (

@@ -57,7 +57,7 @@ def auth(server) -> dict[str, str]:
     """Client keys exist in this server (budget tests make them): requests need one."""
     status, key = api(server, "POST", "/api/keys", {"name": "plain"})
     assert status == 201
-    return {"Authorization": f"Bearer {key['key']}"}
+    return server.auth(key["key"])
 
 
 def assert_signed(hook: dict, headers: dict[str, str], body: bytes) -> None:
