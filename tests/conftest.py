@@ -268,8 +268,11 @@ class ServerProcess:
 
     def secret(self, key: str) -> str:
         """``key``'s secret: a name in ``self.keys``, or else ``key`` itself (a secret, or any
-        string for a server that has no client keys)."""
-        return self.keys.get(key, key)
+        string for a server that has no client keys). A name the module did not make is a
+        KeyError, not a wrong secret sent (a test expecting a 401 would pass on a typo)."""
+        if key in self.keys or not self.keys or key.startswith("sk-"):
+            return self.keys.get(key, key)
+        raise KeyError(f"no client key named {key!r} in server.keys ({sorted(self.keys)})")
 
     def auth(self, key: str) -> dict[str, str]:
         """The Authorization header that sends ``key`` (a name in ``self.keys``, or a secret)."""
