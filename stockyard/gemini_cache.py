@@ -50,6 +50,9 @@ PATH = re.compile(rf"^/(?:v1beta|v1)/cachedContents(?:/({CACHE_ID.pattern}))?$")
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # a list's default and largest pageSize
 PROVIDER_PAGE = 100  # caches asked of the provider per page while filtering a list
 MAX_TOKEN = 4096  # the longest pageToken read
+# What Google's update changes: the expiry alone (``ttl`` or ``expireTime``, by either spelling
+# its JSON reads); a body may also name its own cache (``name``: a client sending the object back).
+UPDATABLE = frozenset({"ttl", "expireTime", "expire_time"})
 
 
 def route_of(path: str) -> tuple[str | None] | None:
@@ -77,6 +80,21 @@ def budget_refusal(update: bool = False) -> ProxyError:
         param="ttl" if update else "model",
         code="cached_content_not_budgeted",
     )
+
+
+def check_update(body: dict, mask: str | None) -> None:
+    """Google's 400 for a PATCH that would change more than the expiry: a field of the body, or a
+    path of ``updateMask``, other than ``ttl``/``expireTime`` (the body's ``name`` is checked apart).
+    Google ignores or refuses them; Stockyard would relay them as sent."""
+    fields = [f for f in body if f not in UPDATABLE and f != "name"]
+    paths = [p.strip() for p in (mask or "").split(",") if p.strip() and p.strip() not in UPDATABLE]
+    if fields or paths:
+        raise ProxyError(
+            400,
+            f"only a cache's expiry can be updated (ttl or expireTime), not {(fields + paths)[0][:100]!r}",
+            param="updateMask" if not fields else fields[0][:100],
+            code="invalid_value",
+        )
 
 
 def encode_token(provider_token: str | None, given: int) -> str:
@@ -149,7 +167,9 @@ class CachedContents(ProviderCalls):
         rest = f"/cachedContents/{cache_id}"
         if req.method == "PATCH":
             ctx.raw = raw
-            named = json_object(raw).get("name")  # Google's 400 here for a body that is not an object
+            body = json_object(raw)  # Google's 400 here for a body that is not an object
+            check_update(body, req.query.get("updateMask"))
+            named = body.get("name")
             if named is not None and named != f"{PREFIX}{cache_id}":  # the URL says which: one, never two
                 raise ProxyError(
                     400,

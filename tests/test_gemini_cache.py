@@ -35,6 +35,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
             "bob": [],
             "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
             "narrow": ["--models", OTHER],
+            "patcher": [],
         }
     )
     srv.start()
@@ -209,3 +210,29 @@ def test_no_key_is_refused_before_the_body(server) -> None:
     google_error(json.loads(raw), 401, "UNAUTHENTICATED")
     status, _, doc = call(server, None, "GET", "/v1beta/cachedContents")
     google_error(doc, 401, "UNAUTHENTICATED")
+
+
+@pytest.mark.parametrize(
+    "body, query",
+    [
+        ({"ttl": "60s", "contents": CONTENTS}, "updateMask=ttl"),
+        ({"ttl": "60s", "model": f"models/{OTHER}"}, "updateMask=ttl"),
+        ({"expireTime": "2030-01-01T00:00:00Z", "systemInstruction": {"parts": [{"text": "be rude"}]}}, ""),
+        ({"ttl": "60s", "tools": [], "toolConfig": {}}, "updateMask=ttl"),
+        ({"ttl": "60s", "displayName": "renamed"}, "updateMask=ttl"),
+        ({"ttl": "60s"}, "updateMask=ttl,contents"),
+    ],
+)
+def test_a_patch_may_change_only_the_expiry(server, mock, body, query) -> None:
+    """Google updates a cache's expiration only (``ttl`` or ``expireTime``); Stockyard relayed the
+    rest as sent. Any other field, in the body or the ``updateMask``, is Google's 400 here, never sent."""
+    made = create(server, "patcher")
+    before = cache_calls(mock)
+    status, _, doc = call(server, "patcher", "PATCH", f"/v1beta/{made['name']}?{query}", body)
+    assert status == 400, doc
+    message = google_error(doc, 400, "INVALID_ARGUMENT")
+    assert "ttl" in message and "expireTime" in message
+    assert cache_calls(mock) == before
+    for allowed, mask in (({"ttl": "60s"}, "ttl"), ({"expire_time": "2030-01-01T00:00:00Z"}, "expire_time")):
+        status, _, doc = call(server, "patcher", "PATCH", f"/v1beta/{made['name']}?updateMask={mask}", allowed)
+        assert status == 200, doc
