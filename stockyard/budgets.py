@@ -205,8 +205,9 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
     """The 403 for a request a budget could not count: a background response (it runs after its
     answer, whose usage is still empty), a transcription or translation whose answer will not
     report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
-    whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch) or a dearer
-    service tier (OpenAI's ``priority`` bills above the price table's rates)."""
+    whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch), a dearer
+    service tier (OpenAI's ``priority`` bills above the price table's rates) or a Gemini context
+    cache whose size Stockyard does not know (its tokens are billed with the call)."""
     if runs_after_answer(ctx):
         raise ProxyError(
             403,
@@ -237,6 +238,16 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             f"{whose} cannot be enforced; use 'auto', 'default' or 'flex'",
             param="service_tier",
             code="service_tier_not_budgeted",
+        )
+    unsized = next((cache_id for cache_id, tokens in ctx.caches.items() if tokens is None), None)
+    if unsized is not None:
+        raise ProxyError(
+            403,
+            f"the size of cachedContents/{unsized} is not known here (its create answer did not state it), "
+            f"so what a call naming it costs cannot be held and the budget on {whose} cannot be enforced; "
+            "retrieve the cache once (GET its name), whose answer states its size",
+            param="cachedContent",
+            code="cached_content_not_budgeted",
         )
 
 

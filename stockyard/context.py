@@ -332,6 +332,9 @@ class RequestContext:
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
     native: NativeCall | None = None  # Gemini-native routes: the URL's method (model and stream come from the URL)
+    # Gemini context caches the body names (files_api.Ownership.check_cached_content): id -> its tokens
+    # (None: not known), billed with the call as cached input though the body does not show them
+    caches: dict[str, int | None] = field(default_factory=dict)
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
     upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
     end_user: str | None = None  # who the client's product served (stockyard.attribution)

@@ -259,17 +259,20 @@ def limited_tokens(ctx: RequestContext, default_max_tokens: int) -> tuple[int, i
     return request_tokens(ctx, default_max_tokens) + media, media
 
 
-def worst_case_cost(price: Price, inputs: int, outputs: int, long_writes: bool = False) -> int:
+def worst_case_cost(price: Price, inputs: int, outputs: int, long_writes: bool = False, cached: int = 0) -> int:
     """µ¢, rounded up: every input token at the dearest input rate (a cache write can cost
     more than plain input; with ``long_writes``, a long-lived one: Claude's 1-hour, OpenAI's
     12-hour), every output token at the dearest output rate (reasoning; an image model's image
-    output, ``media_output``: its cap may be spent on images)."""
-    price = rates_for(price, inputs)  # a prompt above a long-context tier's threshold: its rates
+    output, ``media_output``: its cap may be spent on images), and ``cached`` tokens of a Gemini
+    context cache at the cached input rate (as they are billed: ``cachedContentTokenCount``). The
+    rates are the tier of the whole prompt, the cache's tokens with it (Google counts them in
+    ``promptTokenCount``, which picks the tier)."""
+    price = rates_for(price, inputs + cached)  # a prompt above a long-context tier's threshold: its rates
     input_rate = max(price.input, price.cached_input, price.cache_write, price.media_input or 0)
     if long_writes:
         input_rate = max(input_rate, long_cache_write_rate(price))
     output_rate = max(price.output, price.reasoning or 0, price.media_output or 0)
-    return -(-(inputs * input_rate + outputs * output_rate) // PER)
+    return -(-(inputs * input_rate + cached * price.cached_input + outputs * output_rate) // PER)
 
 
 def drawn_text_cost(price: Price, images: int, default_max_tokens: int) -> int:
@@ -444,16 +447,24 @@ def web_searches(body: dict) -> int:
 
 
 def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0) -> int:
-    """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves, but for
-    the image tool's images, which ``Pricer.token_cost`` adds at their own model's price
+    """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves (the
+    Gemini context caches it names, :func:`cached_content_tokens`, included), but for the image
+    tool's images, which ``Pricer.token_cost`` adds at their own model's price
     (:func:`tool_images_cost`). A follow-up call continuing a paused turn sends ``sent_back`` more
     input tokens (the answer so far)."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
-    tokens = worst_case_cost(price, inputs, outputs, long_writes=asks_long_cache(ctx.body, ctx.raw, walk))
+    long_writes = asks_long_cache(ctx.body, ctx.raw, walk)
+    tokens = worst_case_cost(price, inputs, outputs, long_writes, cached=cached_content_tokens(ctx))
     return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
+
+
+def cached_content_tokens(ctx: RequestContext) -> int:
+    """The tokens of the Gemini context caches the request names (``ctx.caches``; one whose count is
+    not known counts 0 here: a budget refuses it, ``budgets.check_countable``)."""
+    return sum(tokens or 0 for tokens in ctx.caches.values())
 
 
 def tool_images_cost(body: dict, tool_price: Price, drawn: int, default_max_tokens: int) -> int:

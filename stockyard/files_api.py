@@ -247,6 +247,7 @@ class Owned:
     key_id: str
     provider: str
     billed: bool
+    tokens: int | None = None  # a Gemini context cache's tokens (None: not known)
 
 
 class Ownership:
@@ -267,14 +268,14 @@ class Ownership:
         row = (
             self._store.read()
             .execute(
-                "SELECT id, kind, key_id, provider, billed FROM owned_objects WHERE id = ? AND kind = ?",
+                "SELECT id, kind, key_id, provider, billed, tokens FROM owned_objects WHERE id = ? AND kind = ?",
                 (object_id, kind),
             )
             .fetchone()
         )
         if row is None or row["key_id"] != owner:
             return None
-        return Owned(row["id"], row["kind"], row["key_id"], row["provider"], bool(row["billed"]))
+        return Owned(row["id"], row["kind"], row["key_id"], row["provider"], bool(row["billed"]), row["tokens"])
 
     def check_references(self, ctx: RequestContext) -> None:
         """A model call naming a file by ``file_id`` (a chat ``file`` part, a Responses
@@ -311,7 +312,9 @@ class Ownership:
         """A Gemini-native call (generateContent, streamGenerateContent, countTokens) may name only
         this key's context cache (``gemini_cache``): the cache holds a prompt, and the provider
         would answer from another key's as well. Another key's, or one Stockyard never saw, is
-        Google's 404 here, before any module or provider call."""
+        Google's 404 here, before any module or provider call. Each cache goes on ``ctx.caches``
+        with its tokens (None: not known), which a budget holds: they are billed with the call,
+        and the body does not show them."""
         if not (may_name(ctx.raw, b"cachedContent") or b"cached_content" in ctx.raw):
             return
         for param, value in named_caches(ctx.body):
@@ -320,8 +323,10 @@ class Ownership:
             if not isinstance(value, str):
                 raise ProxyError(400, f"{param} must name a cache: cachedContents/{{id}}", param=param)
             cache_id = cache_id_of(value)
-            if cache_id is None or self.find(cache_id, "cached_content", owner_of(ctx)) is None:
+            owned = None if cache_id is None else self.find(cache_id, "cached_content", owner_of(ctx))
+            if owned is None:
                 raise cache_not_found(value.removeprefix("cachedContents/"))
+            ctx.caches[owned.id] = owned.tokens
 
     def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> None:
         """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):
@@ -368,22 +373,37 @@ class Ownership:
         rows = self._store.read().execute(f"SELECT id FROM owned_objects WHERE id IN ({marks})", ids)
         return {r["id"] for r in rows}
 
-    def claim(self, object_id: str, kind: str, owner: str, provider: str, hold: BatchHold | None = None) -> bool:
+    def claim(
+        self,
+        object_id: str,
+        kind: str,
+        owner: str,
+        provider: str,
+        hold: BatchHold | None = None,
+        tokens: int | None = None,
+    ) -> bool:
         """Record a new object as ``owner``'s (a batch with what it holds, and the project it holds
-        it against, until billed); False when the id was already held (it keeps its first owner)."""
+        it against, until billed; a context cache with its ``tokens``, when known); False when the
+        id was already held (it keeps its first owner)."""
         now = int(time.time() * 1000)
         held_uc = hold.held_uc if hold is not None else 0
         held_project = hold.project if hold is not None and held_uc else None
         return self._store.write(
             lambda conn: (
                 conn.execute(
-                    "INSERT OR IGNORE INTO owned_objects"
-                    " (id, kind, key_id, provider, created_at, held_uc, held_project) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (object_id, kind, owner, provider, now, held_uc, held_project),
+                    "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at, held_uc,"
+                    " held_project, tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (object_id, kind, owner, provider, now, held_uc, held_project, tokens),
                 ).rowcount
                 == 1
             )
         )
+
+    def learn_tokens(self, object_id: str, tokens: int) -> None:
+        """Record the tokens of a context cache whose count was not known (a cache's contents never
+        change: a known count stays)."""
+        sql = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = 'cached_content' AND tokens IS NULL"
+        self._store.write(lambda conn: conn.execute(sql, (tokens, object_id)))
 
     def claim_new(self, ids: set[str], kind: str, owner: str, provider: str) -> None:
         """Record as ``owner``'s those of ``ids`` no key owns yet (the provider made them for a

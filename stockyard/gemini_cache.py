@@ -19,8 +19,15 @@ sent under the name routing gives it. Google bills a cache as storage per hour (
 which no usage reports: under a budget (the key's or its project's) a create is refused with a 403,
 and so is an update (a new ``ttl`` or ``expireTime`` buys storage alike: a cache made before the
 budget kept for a year); a GET and a DELETE (which ends the storage) are not. Without one it is
-traced at cost 0 (storage is not modelled). A generateContent using a cache is priced as any other
-(its ``cachedContentTokenCount`` at the cached-input rate).
+traced at cost 0 (storage is not modelled). A PATCH changes the expiry only (``ttl``,
+``expireTime``), as Google's update does; any other field is a 400, never relayed.
+
+A generateContent using a cache is priced as any other (its ``cachedContentTokenCount`` at the
+cached-input rate). Its body does not show those tokens, so the create's answer's count
+(``usageMetadata.totalTokenCount``) is kept with the cache's row, and a budget holds it
+(``Ownership.check_cached_content`` → ``ctx.caches`` → ``estimate.cached_content_tokens``). A cache
+whose count is not known (an answer without it, a row from before the count was kept) is refused
+under a budget (``budgets.check_countable``) until a retrieve's answer states it (learnt then).
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ PATH = re.compile(rf"^/(?:v1beta|v1)/cachedContents(?:/({CACHE_ID.pattern}))?$")
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # a list's default and largest pageSize
 PROVIDER_PAGE = 100  # caches asked of the provider per page while filtering a list
 MAX_TOKEN = 4096  # the longest pageToken read
+# What Google's update changes: the expiry alone (``ttl`` or ``expireTime``, by either spelling
+# its JSON reads); a body may also name its own cache (``name``: a client sending the object back).
+UPDATABLE = frozenset({"ttl", "expireTime", "expire_time"})
 
 
 def route_of(path: str) -> tuple[str | None] | None:
@@ -77,6 +87,28 @@ def budget_refusal(update: bool = False) -> ProxyError:
         param="ttl" if update else "model",
         code="cached_content_not_budgeted",
     )
+
+
+def tokens_of(doc: object) -> int | None:
+    """A CachedContent's tokens as Google states them (``usageMetadata.totalTokenCount``), else None."""
+    usage = doc.get("usageMetadata") if isinstance(doc, dict) else None
+    count = usage.get("totalTokenCount") if isinstance(usage, dict) else None
+    return count if type(count) is int and count >= 0 else None
+
+
+def check_update(body: dict, mask: str | None) -> None:
+    """Google's 400 for a PATCH that would change more than the expiry: a field of the body, or a
+    path of ``updateMask``, other than ``ttl``/``expireTime`` (the body's ``name`` is checked apart).
+    Google ignores or refuses them; Stockyard would relay them as sent."""
+    fields = [f for f in body if f not in UPDATABLE and f != "name"]
+    paths = [p.strip() for p in (mask or "").split(",") if p.strip() and p.strip() not in UPDATABLE]
+    if fields or paths:
+        raise ProxyError(
+            400,
+            f"only a cache's expiry can be updated (ttl or expireTime), not {(fields + paths)[0][:100]!r}",
+            param="updateMask" if not fields else fields[0][:100],
+            code="invalid_value",
+        )
 
 
 def encode_token(provider_token: str | None, given: int) -> str:
@@ -149,7 +181,9 @@ class CachedContents(ProviderCalls):
         rest = f"/cachedContents/{cache_id}"
         if req.method == "PATCH":
             ctx.raw = raw
-            named = json_object(raw).get("name")  # Google's 400 here for a body that is not an object
+            body = json_object(raw)  # Google's 400 here for a body that is not an object
+            check_update(body, req.query.get("updateMask"))
+            named = body.get("name")
             if named is not None and named != f"{PREFIX}{cache_id}":  # the URL says which: one, never two
                 raise ProxyError(
                     400,
@@ -158,11 +192,14 @@ class CachedContents(ProviderCalls):
                     code="invalid_value",
                 )
             mask = {k: v for k, v in req.query.items() if k == "updateMask"}
-            answer, _ = self._call(ctx, provider, "PATCH", rest, raw, query=mask)
+            answer, doc = self._call(ctx, provider, "PATCH", rest, raw, query=mask)
         else:
-            answer, _ = self._call(ctx, provider, req.method, rest)
+            answer, doc = self._call(ctx, provider, req.method, rest)
+        stated = tokens_of(doc) if answer.status < 300 and owned.tokens is None else None
         if answer.status < 300 and req.method == "DELETE":
             self.ownership.forget(cache_id)
+        elif stated is not None:
+            self.ownership.learn_tokens(cache_id, stated)  # a budget may hold it now
         self._send(reply, ctx, answer)
 
     def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
@@ -190,8 +227,8 @@ class CachedContents(ProviderCalls):
         sent = json.dumps(body, ensure_ascii=False).encode()
         answer, doc = self._call(ctx, provider, "POST", "/cachedContents", sent)
         cache_id = cache_id_of(doc.get("name")) if isinstance(doc, dict) else None
-        if answer.status < 300 and cache_id is not None:
-            self.ownership.claim(cache_id, KIND, owner_of(ctx), provider.name)
+        if answer.status < 300 and cache_id is not None:  # with its tokens, which a budget holds
+            self.ownership.claim(cache_id, KIND, owner_of(ctx), provider.name, tokens=tokens_of(doc))
         self._send(reply, ctx, answer)
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:

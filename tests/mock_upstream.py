@@ -4,7 +4,9 @@ It speaks the wire formats of OpenAI (chat, completions, embeddings, models, fil
 Anthropic (messages, count_tokens, message batches, models), Gemini (generateContent,
 streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
 models.list/get, cachedContents: a generateContent naming a cache reports its tokens as
-`cachedContentTokenCount`, an unknown one is a 404) and Azure OpenAI (deployments), records
+`cachedContentTokenCount`, part of its `promptTokenCount`, an unknown one is a 404; a cache holds
+CACHED_TOKENS, or BIG_CACHE_TOKENS for a `bigcache` model, and the create answer of a `nocount`
+model leaves out its `usageMetadata`) and Azure OpenAI (deployments), records
 every request, and can be scripted with `Reply` objects.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
@@ -59,6 +61,7 @@ TOOL_ARG_PIECES = ['{"city"', ': "Paris"}']
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 5
 CACHED_TOKENS = 8
+BIG_CACHE_TOKENS = 1_000_000  # a cache made for a model with `bigcache` in its name holds this many
 REASONING_TOKENS = 3
 THINKING_TEXT = "Let me think about the weather."  # Anthropic's thinking block when thinking is on
 THINKING_SIGNATURE = "EqQBCkYIBxgCKkBmockSignatureOfTheThinkingBlock=="
@@ -2573,17 +2576,17 @@ def _gemini(call: Call, model: str) -> Reply:
         return Reply(json=gemini_embeddings(call.body))
     if action == "embedContent":
         return Reply(json=gemini_embed_content(call.body))
-    named, known = cache_named(call.body)
-    if named and not known:
+    named, cached = cache_named(call.body)
+    if named and cached is None:
         return cache_not_found()
     if action == "countTokens":
         return Reply(json=gemini_count_tokens(call.body))
     if action == "generateContent":
         doc = gemini_generate(call.body, call.n, model)
-        return Reply(json=_with_cached_tokens(doc) if named else doc)
+        return Reply(json=_with_cached_tokens(doc, cached) if cached is not None else doc)
     events = gemini_stream(call.body, call.n, model)
-    if named:
-        events = [_dumps(_with_cached_tokens(jsonlib.loads(e))) for e in events]
+    if cached is not None:
+        events = [_dumps(_with_cached_tokens(jsonlib.loads(e), cached)) for e in events]
     if call.req.query.get("alt") == "sse":
         return Reply(sse=events)
     return Reply(body=gemini_json_array(events))  # without alt=sse: one JSON array
@@ -2601,21 +2604,28 @@ class CachedContentsState:
         self.clock = itertools.count(1)
 
     def add(self, body: dict) -> dict:
-        """A new CachedContent (caller holds the lock); it holds CACHED_TOKENS tokens."""
+        """A new CachedContent (caller holds the lock); it holds CACHED_TOKENS tokens, or
+        BIG_CACHE_TOKENS for a ``bigcache`` model (its ``usageMetadata.totalTokenCount``)."""
         tick = next(self.clock)
         cache_id = f"mockcache{tick:06d}"
+        tokens = BIG_CACHE_TOKENS if _has_flag(body["model"], "bigcache") else CACHED_TOKENS
         cache = {
             "name": f"cachedContents/{cache_id}",
             "model": body["model"],
             "createTime": f"2025-01-01T00:00:{tick % 60:02d}Z",
             "updateTime": f"2025-01-01T00:00:{tick % 60:02d}Z",
             "expireTime": "2025-01-01T01:00:00Z",
-            "usageMetadata": {"totalTokenCount": CACHED_TOKENS},
+            "usageMetadata": {"totalTokenCount": tokens},
         }
         if isinstance(body.get("displayName"), str):
             cache["displayName"] = body["displayName"]
         self.caches[cache_id] = cache
         return cache
+
+    def tokens(self, cache_id: str) -> int | None:
+        """The tokens the cache holds, None for an unknown one (caller holds the lock)."""
+        cache = self.caches.get(cache_id)
+        return None if cache is None else cache["usageMetadata"]["totalTokenCount"]
 
 
 CACHED_CONTENTS = CachedContentsState()
@@ -2638,7 +2648,10 @@ def _cached_contents(call: Call, scripted: Reply | None) -> Reply:
             model = call.body.get("model")
             if not isinstance(model, str) or not model.startswith("models/"):
                 return gemini_error(400, "* CreateCachedContentRequest.cached_content.model: model is required")
-            return Reply(json=CACHED_CONTENTS.add(call.body))
+            made = CACHED_CONTENTS.add(call.body)
+            if _has_flag(model, "nocount"):  # an answer without the cache's token count
+                made = {k: v for k, v in made.items() if k != "usageMetadata"}
+            return Reply(json=made)
         if cache_id is None and req.method == "GET":
             items = list(CACHED_CONTENTS.caches.values())
             size = int(req.query.get("pageSize") or 100)
@@ -2660,21 +2673,27 @@ def _cached_contents(call: Call, scripted: Reply | None) -> Reply:
         return Reply(json=cache)
 
 
-def cache_named(body: dict) -> tuple[bool, bool]:
-    """(names a cache, the cache is known) for a generateContent or countTokens body."""
+def cache_named(body: dict) -> tuple[bool, int | None]:
+    """(names a cache, the tokens of the cache: None for an unknown one) for a generateContent or
+    countTokens body."""
     request = body.get("generateContentRequest") if isinstance(body.get("generateContentRequest"), dict) else body
     name = request.get("cachedContent")
     if not name:
-        return False, False
+        return False, None
     cache_id = name.removeprefix("cachedContents/") if isinstance(name, str) else ""
     with CACHED_CONTENTS.lock:
-        return True, cache_id in CACHED_CONTENTS.caches
+        return True, CACHED_CONTENTS.tokens(cache_id)
 
 
-def _with_cached_tokens(doc: dict) -> dict:
-    """A GenerateContentResponse whose usage counts the cache's tokens (part of promptTokenCount)."""
-    if isinstance(doc.get("usageMetadata"), dict):
-        doc["usageMetadata"]["cachedContentTokenCount"] = CACHED_TOKENS
+def _with_cached_tokens(doc: dict, tokens: int = CACHED_TOKENS) -> dict:
+    """A GenerateContentResponse whose usage counts the cache's ``tokens`` as
+    ``cachedContentTokenCount``, part of promptTokenCount (PROMPT_TOKENS counts CACHED_TOKENS)."""
+    usage = doc.get("usageMetadata")
+    if isinstance(usage, dict):
+        usage["cachedContentTokenCount"] = tokens
+        for count in ("promptTokenCount", "totalTokenCount"):
+            if count in usage:
+                usage[count] += tokens - CACHED_TOKENS
     return doc
 
 

@@ -3,21 +3,26 @@
 Raw HTTP in Google's shape, as google-genai and LiteLLM's ``gemini/`` prefix send it (the client
 key in ``x-goog-api-key``). A cache belongs to the key that made it: another key gets Google's 404
 for it, never sees it listed, and cannot name it in a generateContent (a cache holds a prompt).
-A create under a budget is refused (storage per hour is billed, which no usage reports).
+A create under a budget is refused (storage per hour is billed, which no usage reports); a cache
+made before its key had a budget is held at its tokens by every call naming it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ServerProcess, mock_env
-from mock_upstream import CACHED_TOKENS, PROMPT_TOKENS, MockUpstream
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import BIG_CACHE_TOKENS, CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, MockUpstream
 from rawhttp import connect, read_response
 
 GEMINI_KEY = "AIza-cache-0123456789abcdefPROVIDERSECRET"
 MODEL = "gemini-cache-model"
 OTHER = "gemini-cache-other"
+BIG = "gemini-bigcache-model"  # the mock's caches for it hold BIG_CACHE_TOKENS
+NOCOUNT = "gemini-nocount-model"  # the mock's create answer for it leaves out the cache's token count
 CONTENTS = [{"role": "user", "parts": [{"text": "a very long document " * 50}]}]
 QUESTION = [{"role": "user", "parts": [{"text": "What does it say?"}]}]
 UC = {"input": 100, "cached": 50, "output": 200}  # $1, $0.50, $2 per 1M tokens, in µ¢ per token
@@ -27,7 +32,7 @@ UC = {"input": 100, "cached": 50, "output": 200}  # $1, $0.50, $2 per 1M tokens,
 def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("gcache") / "stockyard.db", env)
-    for model in (MODEL, OTHER):
+    for model in (MODEL, OTHER, BIG, NOCOUNT):
         assert srv.cli("prices", "set", model, "--input", "1", "--output", "2", "--cached-input", "0.5").returncode == 0
     srv.keys = srv.create_keys(
         {
@@ -35,6 +40,11 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
             "bob": [],
             "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
             "narrow": ["--models", OTHER],
+            "burst": [],
+            "small-generateContent": [],
+            "small-streamGenerateContent": [],
+            "unknown": [],
+            "patcher": [],
         }
     )
     srv.start()
@@ -209,3 +219,117 @@ def test_no_key_is_refused_before_the_body(server) -> None:
     google_error(json.loads(raw), 401, "UNAUTHENTICATED")
     status, _, doc = call(server, None, "GET", "/v1beta/cachedContents")
     google_error(doc, 401, "UNAUTHENTICATED")
+
+
+def create_for(server: ServerProcess, who: str, model: str) -> dict:
+    body = {"model": f"models/{model}", "contents": CONTENTS, "ttl": "300s"}
+    status, _, doc = call(server, who, "POST", "/v1beta/cachedContents", body)
+    assert status == 200, doc
+    return doc
+
+
+def budget_later(server: ServerProcess, who: str, usd: str) -> None:
+    """Give ``who`` a total budget once it has its caches; wait until the server holds it to it."""
+    done = server.cli("keys", "update", who, "--budget-usd", usd, "--budget-period", "total")
+    assert done.returncode == 0, done.stderr
+    body = {"model": f"models/{MODEL}", "contents": CONTENTS}
+    wait_for(lambda: call(server, who, "POST", "/v1beta/cachedContents", body)[0] == 403, what="the budget")
+
+
+def generate(server: ServerProcess, who: str, cache: str, method: str = "generateContent"):
+    body = {"contents": QUESTION, "cachedContent": cache}
+    return call(server, who, "POST", f"/v1beta/models/{BIG}:{method}", body)
+
+
+def generate_calls(mock: MockUpstream) -> int:
+    return sum(1 for r in mock.requests if r.path.startswith("/v1beta/models/") and "Generate" in r.path)
+
+
+def test_a_burst_on_a_large_cache_made_before_the_budget_spends_no_more_than_it(server, mock) -> None:
+    """Was: a call naming a cache was held at its body alone (~$0.008 here), though the cache's
+    1,000,000 tokens are billed with it ($0.50 at the cached rate): a key with a $2 budget had all
+    12 concurrent calls admitted and spent $6."""
+    made = create_for(server, "burst", BIG)
+    assert made["usageMetadata"]["totalTokenCount"] == BIG_CACHE_TOKENS
+    budget_later(server, "burst", "2")
+    mock.delay_ms = 300  # the calls are in flight together
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            results = list(pool.map(lambda _: generate(server, "burst", made["name"]), range(12)))
+    finally:
+        mock.delay_ms = 0
+    admitted = [headers["x-stockyard-trace-id"] for status, headers, _ in results if status == 200]
+    refused = [doc for status, _, doc in results if status != 200]
+    assert admitted, refused[:1]
+    assert all("budget exceeded" in google_error(doc, 429, "RESOURCE_EXHAUSTED") for doc in refused), refused[:1]
+    one = (
+        (PROMPT_TOKENS - CACHED_TOKENS) * UC["input"]
+        + BIG_CACHE_TOKENS * UC["cached"]
+        + COMPLETION_TOKENS * UC["output"]
+    )
+    traces = [server.trace(trace_id) for trace_id in admitted]
+    assert all(t["cached_tokens"] == BIG_CACHE_TOKENS and t["cost_uc"] == one for t in traces), traces[:1]
+    assert sum(t["cost_uc"] for t in traces) <= 200_000_000, len(admitted)  # $2
+
+
+@pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent"])
+def test_a_call_naming_a_cache_is_held_at_the_caches_tokens(server, mock, method) -> None:
+    """A budget of $0.40 cannot pay one call on a 1,000,000-token cache ($0.50 at the cached rate):
+    a 429 naming what it may cost, before any provider call. countTokens is free: it goes on."""
+    who = f"small-{method}"
+    made = create_for(server, who, BIG)
+    budget_later(server, who, "0.40")
+    before = generate_calls(mock)
+    status, _, doc = generate(server, who, made["name"], method)
+    assert status == 429, doc
+    held = re.search(r"may cost up to \$([0-9.]+)", google_error(doc, 429, "RESOURCE_EXHAUSTED"))
+    assert held is not None and float(held.group(1)) >= 0.50, doc
+    assert generate_calls(mock) == before
+    status, _, doc = generate(server, who, made["name"], "countTokens")
+    assert status == 200, doc
+
+
+def test_a_cache_of_unknown_size_is_refused_under_a_budget_until_retrieved(server, mock) -> None:
+    """A create answer without ``usageMetadata`` (and a cache recorded before Stockyard kept the
+    count) leaves its size unknown: under a budget a call naming it is a 403 that reaches no
+    provider; retrieving the cache (Google's answer states its size) lets it through."""
+    made = create_for(server, "unknown", NOCOUNT)
+    assert "usageMetadata" not in made
+    budget_later(server, "unknown", "5")
+    before = generate_calls(mock)
+    body = {"contents": QUESTION, "cachedContent": made["name"]}
+    status, _, doc = call(server, "unknown", "POST", f"/v1beta/models/{NOCOUNT}:generateContent", body)
+    assert status == 403, doc
+    message = google_error(doc, 403, "PERMISSION_DENIED")
+    assert "budget" in message and made["name"] in message
+    assert generate_calls(mock) == before
+    status, _, got = call(server, "unknown", "GET", f"/v1beta/{made['name']}")
+    assert status == 200 and got["usageMetadata"]["totalTokenCount"] == CACHED_TOKENS
+    status, _, doc = call(server, "unknown", "POST", f"/v1beta/models/{NOCOUNT}:generateContent", body)
+    assert status == 200 and doc["usageMetadata"]["cachedContentTokenCount"] == CACHED_TOKENS
+
+
+@pytest.mark.parametrize(
+    "body, query",
+    [
+        ({"ttl": "60s", "contents": CONTENTS}, "updateMask=ttl"),
+        ({"ttl": "60s", "model": f"models/{OTHER}"}, "updateMask=ttl"),
+        ({"expireTime": "2030-01-01T00:00:00Z", "systemInstruction": {"parts": [{"text": "be rude"}]}}, ""),
+        ({"ttl": "60s", "tools": [], "toolConfig": {}}, "updateMask=ttl"),
+        ({"ttl": "60s", "displayName": "renamed"}, "updateMask=ttl"),
+        ({"ttl": "60s"}, "updateMask=ttl,contents"),
+    ],
+)
+def test_a_patch_may_change_only_the_expiry(server, mock, body, query) -> None:
+    """Google updates a cache's expiration only (``ttl`` or ``expireTime``); Stockyard relayed the
+    rest as sent. Any other field, in the body or the ``updateMask``, is Google's 400 here, never sent."""
+    made = create(server, "patcher")
+    before = cache_calls(mock)
+    status, _, doc = call(server, "patcher", "PATCH", f"/v1beta/{made['name']}?{query}", body)
+    assert status == 400, doc
+    message = google_error(doc, 400, "INVALID_ARGUMENT")
+    assert "ttl" in message and "expireTime" in message
+    assert cache_calls(mock) == before
+    for allowed, mask in (({"ttl": "60s"}, "ttl"), ({"expire_time": "2030-01-01T00:00:00Z"}, "expire_time")):
+        status, _, doc = call(server, "patcher", "PATCH", f"/v1beta/{made['name']}?updateMask={mask}", allowed)
+        assert status == 200, doc
