@@ -44,6 +44,7 @@ from .objectrefs import (
     file_not_found,
     file_uri_id,
     may_name,
+    may_name_file,
     named_caches,
     referenced_containers,
     referenced_files,
@@ -295,7 +296,7 @@ class Ownership:
         if ctx.key is None or ctx.upload is not None:
             return
         walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
-        if walk or may_name(ctx.raw, b"files" if ctx.dialect == GEMINI else b"generativelanguage"):
+        if walk or may_name_file(ctx.raw, host_only=ctx.dialect != GEMINI):
             self.check_gemini_files(ctx.body, owner)
         if ctx.dialect == GEMINI:
             return self.check_cached_content(ctx)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 from .errors import ProxyError
 
@@ -189,8 +190,20 @@ def names_a_file(uri: str) -> bool:
     """Whether a URI is (or tries to be) a Files API file: ``files/…``, or anything naming Google's
     API host in any spelling — the provider may read a variant (another scheme, case, a query) as
     the file, so it is held to the key's files, never passed as some other URL."""
-    plain = uri.strip().lower()
+    plain = unquote(uri).strip().lower()
     return plain.startswith(FILE_PREFIX) or FILE_HOST in plain
+
+
+FILE_HINTS = re.compile(rb"(?i)files|generativelanguage|\\u|%")  # what a body naming a file must hold
+HOST_HINTS = re.compile(rb"(?i)generativelanguage|\\u|%")  # … naming Google's API host
+
+
+def may_name_file(raw: bytes, host_only: bool = False) -> bool:
+    """Whether a JSON text can name a Files API file (:func:`referenced_gemini_files`), in any case,
+    escaped or percent-encoded: a fast test that spares most bodies the walk (``host_only``: only by
+    a URL naming Google's API host, where no ``fileData`` is read)."""
+    hints = HOST_HINTS if host_only else FILE_HINTS
+    return hints.search(raw) is not None or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
 
 
 def file_uri_id(uri: str) -> str | None:
@@ -212,7 +225,7 @@ def referenced_gemini_files(body: object) -> dict[str, str]:
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
-            if FILE_HOST in value.lower():
+            if FILE_HOST in unquote(value).lower():
                 found.setdefault(value, where)
         elif isinstance(value, dict):
             for name in FILE_DATA:
