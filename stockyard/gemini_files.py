@@ -175,8 +175,8 @@ class GeminiFiles(ProviderCalls):
         self.sessions = sessions
 
     def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
-        if rest.startswith("/upload/"):
-            return rest  # at the provider's origin (``_request``'s ``base``), as sent
+        if "/upload/" in rest.split("?", 1)[0]:  # an upload's: beside the base URL, or the provider's own URL
+            return rest  # (``_request``'s ``base``), as it is
         return version_prefix(provider) + rest + (f"?{urlencode(query)}" if query else "")
 
     def _headers(self, ctx: RequestContext, provider: Provider, rest: str) -> dict[str, str]:

@@ -304,3 +304,20 @@ def test_query_tells_how_much_was_received(server) -> None:
 def test_without_a_key_the_start_is_refused(server) -> None:
     status, _, raw = start(server, None, 4)
     assert status == 401 and json.loads(raw)["error"]["code"] == 401
+
+
+def test_uploads_go_beside_a_base_url_with_a_path_and_a_version(pyz_path, cache_home, mock, tmp_path) -> None:
+    """GEMINI_BASE_URL may name a gateway's prefix and an API version: the upload goes to
+    ``{prefix}/upload/{version}/files``, and its bytes to the URL the provider answered."""
+    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url + "/v1beta")
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
+    srv.keys = srv.create_keys({"alice": []})
+    srv.start()
+    try:
+        made = upload(srv, "alice", b"0123456789", piece=4)
+        assert made["sizeBytes"] == "10"
+        sent = [r.path for r in mock.requests[-4:]]
+        assert sent == ["/upload/v1beta/files"] * 4, sent
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
