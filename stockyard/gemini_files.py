@@ -262,7 +262,8 @@ class GeminiFiles(ProviderCalls):
         parts = urlsplit(raw_url)
         kept = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "key"])
         token = self.sessions.open(owner_of(ctx), provider.name, parts.path + (f"?{kept}" if kept else ""))
-        ours = f"{ctx.state.get(BASE_STATE) or 'http://127.0.0.1'}/upload/{version}/files?{TOKEN_PARAM}={token}&upload_protocol=resumable"
+        base = ctx.state.get(BASE_STATE) or "http://127.0.0.1"  # where the client reached this server
+        ours = f"{base}/upload/{version}/files?{urlencode({TOKEN_PARAM: token, 'upload_protocol': 'resumable'})}"
         extra = {k: v for k, v in answer.headers.items() if k in UPLOAD_HEADERS}
         answer.headers = {k: v for k, v in answer.headers.items() if k != "x-goog-upload-url"}
         self._send(reply, ctx, answer, {**extra, "x-goog-upload-url": ours})
