@@ -41,6 +41,7 @@ from .deployments import Health, Models
 from .errors import ProxyError
 from .files_api import BatchHold, FilesAPI, Ownership
 from .gemini_cache import CachedContents
+from .gemini_files import GeminiFiles, UploadSessions
 from .keys import KeyRing, load_keys
 from .message_batches import MessageBatches
 from .metrics import Metrics
@@ -182,6 +183,7 @@ class App:
         self.containers = ContainersAPI(self.path, ownership)
         self.vector_stores = VectorStoresAPI(self.path, ownership)
         self.cached_contents = CachedContents(self.path, ownership, self.budgeted)  # Gemini's context caches
+        self.gemini_files = GeminiFiles(self.path, ownership, UploadSessions(self.store))  # Gemini's Files API
         self.message_batches = MessageBatches(
             self.path, ownership, self.models, self.batch_costs, self.check_batch_budget, self.budgeted
         )

@@ -37,13 +37,18 @@ from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
 from .objectrefs import (
+    FILE_PREFIX,
     cache_id_of,
     cache_not_found,
     check_store_ids,
+    file_not_found,
+    file_uri_id,
     may_name,
+    may_name_file,
     named_caches,
     referenced_containers,
     referenced_files,
+    referenced_gemini_files,
     referenced_vector_stores,
 )
 from .providers import AZURE_API_VERSION, Provider, Registry
@@ -61,6 +66,7 @@ log = logging.getLogger("stockyard.files")
 FILE_KINDS = ("openai", "azure", "openai-compatible")  # providers that serve files and batches
 PROVIDER_HEADER = "x-stockyard-provider"
 OPEN_OWNER = ""  # the one owner in open mode (no client keys)
+GEMINI_FILE = "gemini_file"  # Gemini's Files API (gemini_files): owned under its name, ``files/{id}``
 AZURE_BATCH_VERSION = "2024-10-21"  # the first GA api-version with files and batches
 LIST_PAGE = 100  # objects asked of the provider per page while filtering a list (batches allow 100 at most)
 MAX_LIST_PAGES = 20  # provider pages one list request reads at most; past that, has_more says "ask again"
@@ -290,11 +296,13 @@ class Ownership:
         checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None:
             return
+        walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
+        if walk or may_name_file(ctx.raw, host_only=ctx.dialect != GEMINI):
+            self.check_gemini_files(ctx.body, owner)
         if ctx.dialect == GEMINI:
             return self.check_cached_content(ctx)
         if ctx.dialect not in (OPENAI, RESPONSES):
             return
-        walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
         if walk or may_name(ctx.raw, b"container"):
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner) is None:
@@ -327,6 +335,17 @@ class Ownership:
             if owned is None:
                 raise cache_not_found(value.removeprefix("cachedContents/"))
             ctx.caches[owned.id] = owned.tokens
+
+    def check_gemini_files(self, body: object, owner: str) -> None:
+        """Each Gemini Files API file a body names (``objectrefs.referenced_gemini_files``: a part's
+        ``fileData.fileUri``, in any dialect a URL naming Google's API host) must be ``owner``'s
+        (``gemini_files``): a file holds a prompt's media and the provider would read any key's.
+        Another key's, one Stockyard never saw, or a variant of a file's URI is Google's 404 here,
+        before any module or provider call."""
+        for uri in referenced_gemini_files(body):
+            file_id = file_uri_id(uri)
+            if file_id is None or self.find(FILE_PREFIX + file_id, GEMINI_FILE, owner) is None:
+                raise file_not_found(uri.strip()[:200])
 
     def require_files(self, file_ids: Iterable[str], owner: str, param: str) -> None:
         """Every one of ``file_ids`` must be ``owner``'s file (the provider would read any key's):
@@ -404,6 +423,21 @@ class Ownership:
         change: a known count stays)."""
         sql = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = 'cached_content' AND tokens IS NULL"
         self._store.write(lambda conn: conn.execute(sql, (tokens, object_id)))
+
+    def replace(self, object_id: str, kind: str, owner: str, provider: str) -> None:
+        """Record an object as ``owner``'s even if a row names it already: for a name the client
+        may choose (a Gemini file's), which the provider just made anew — the old row is of a file
+        that expired there, and its key must not own the new one."""
+        now = int(time.time() * 1000)
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM owned_objects WHERE id = ? AND kind = ?", (object_id, kind))
+            conn.execute(
+                "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)",
+                (object_id, kind, owner, provider, now),
+            )
+
+        self._store.write(job)
 
     def claim_new(self, ids: set[str], kind: str, owner: str, provider: str) -> None:
         """Record as ``owner``'s those of ``ids`` no key owns yet (the provider made them for a
@@ -613,8 +647,11 @@ class ProviderCalls:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
         length: int | None = None,
+        extra: dict[str, str] | None = None,
+        base: str | None = None,
     ) -> tuple[Answer, UpstreamResponse]:
-        """Send one call to the provider, its answer still unread; the trace learns the provider."""
+        """Send one call to the provider, its answer still unread; the trace learns the provider.
+        ``extra``: headers of the call's own; ``base``: another base URL at the provider (an upload's)."""
         if provider.key_error:
             raise ProxyError(
                 503,
@@ -623,7 +660,7 @@ class ProviderCalls:
                 code="provider_key_unavailable",
             )
         ctx.attempt.provider = provider
-        headers = self._headers(ctx, provider, rest)
+        headers = {**self._headers(ctx, provider, rest), **(extra or {})}
         if body is None:
             headers.pop("Content-Type", None)
         else:
@@ -634,7 +671,7 @@ class ProviderCalls:
         target = self._target(provider, rest, query)
         try:
             sent = body if body is None or isinstance(body, bytes) else cast(BinaryIO, body)  # a spooled upload
-            resp = self._path.pool.request(provider.base_url, method, target, headers, sent)
+            resp = self._path.pool.request(base or provider.base_url, method, target, headers, sent)
         except UpstreamError as exc:
             raise exc.answer(provider.name, scrub.text) from None
         got = {k: scrub.text(v) for k, v in resp.headers.items()}  # a header may echo the key
@@ -823,15 +860,16 @@ class ProviderCalls:
         self._keep(ctx, answer)
         return answer
 
-    def _send(self, reply: Reply, ctx: RequestContext, answer: Answer) -> None:
-        """The provider's answer to the client (its errors passed through); a success costs 0."""
+    def _send(self, reply: Reply, ctx: RequestContext, answer: Answer, extra: dict[str, str] | None = None) -> None:
+        """The provider's answer to the client (its errors passed through), with ``extra`` headers;
+        a success costs 0."""
         if answer.status >= 400:
             message = answer.data[:500].decode("utf-8", "replace")
             fail(ctx, answer.status, message, "upstream_error", f"upstream_{answer.status}")
         else:
             ctx.attempt.cost_uc, ctx.attempt.cost_status = 0, "exact"
             ctx.complete = True
-        headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}
+        headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers), **(extra or {})}
         reply.send(answer.status, answer.data, answer.headers.get("content-type", "application/json"), headers)
 
     def _relay(self, reply: Reply, ctx: RequestContext, provider: Provider, rest: str) -> None:

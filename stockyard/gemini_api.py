@@ -53,8 +53,12 @@ class Target:
 
 def is_native(path: str) -> bool:
     """Paths whose errors are in Google's shape (``/v1alpha``, which google-genai can be set to, is
-    not served, but its 404 is Google's)."""
-    if path in ("/v1beta", "/v1alpha") or path.startswith(("/v1beta/", "/v1alpha/")) or CACHES_PATH.match(path):
+    not served, but its 404 is Google's; ``/upload/…``: the Files API's uploads, ``gemini_files``)."""
+    if (
+        path in ("/v1beta", "/v1alpha")
+        or path.startswith(("/v1beta/", "/v1alpha/", "/upload/"))
+        or CACHES_PATH.match(path)
+    ):
         return True
     match = ACTION_PATH.fullmatch(path)
     return match is not None and match.group(2) in ACTIONS

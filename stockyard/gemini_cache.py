@@ -206,6 +206,8 @@ class CachedContents(ProviderCalls):
         """A new cache: its model held to the key's allow-list and routed to a Gemini provider; it is the key's."""
         ctx.raw = raw
         body = json_object(raw)
+        if ctx.key is not None:  # its contents may name Files API files: the key's own only (gemini_files)
+            self.ownership.check_gemini_files(body, owner_of(ctx))
         asked = body.get("model")
         if not isinstance(asked, str) or not asked.strip():
             raise ProxyError(400, "model is required: the model the cache is for (models/…)", param="model")

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from .errors import ProxyError
 
 if TYPE_CHECKING:
-    from .multipart import Upload
+    from .multipart import Spooled, Upload
 
 
 class DuplicateMember(ValueError):
@@ -70,6 +70,7 @@ class Request:
         body: bytes | Callable[[], bytes],
         client: str,
         upload: Callable[[], "Upload"] | None = None,
+        spool: Callable[[], "Spooled"] | None = None,
     ) -> None:
         parts = urlsplit(target)
         self.method = method
@@ -79,6 +80,7 @@ class Request:
         self._body = body
         self.client = client
         self._upload = upload
+        self._spool = spool
 
     @property
     def body(self) -> bytes:
@@ -92,6 +94,13 @@ class Request:
         if self._upload is None:
             raise ProxyError(400, "this route does not take uploads", code="invalid_body")
         return self._upload()
+
+    def spool(self) -> "Spooled":
+        """The body, whatever its type, spooled to disk as it arrives (``multipart.Spooled``: a
+        context manager giving the file and its size), instead of :attr:`body`."""
+        if self._spool is None:
+            raise ProxyError(400, "this route does not take uploads", code="invalid_body")
+        return self._spool()
 
     def json(self) -> dict:
         """The body as a JSON object (an empty body is ``{}``), or a 400."""

@@ -489,6 +489,41 @@ def receive(blocks: Iterable[bytes], content_type: str | None, *, limit: int, fo
         raise
 
 
+class Spooled:
+    """A body of any type, spooled whole to a private file as it arrived (:func:`spool_body`):
+    ``with spooled as (file, size)``; the file goes on exit."""
+
+    def __init__(self, file: IO[bytes], size: int) -> None:
+        self.file = file
+        self.size = size
+
+    def __enter__(self) -> tuple[IO[bytes], int]:
+        return self.file, self.size
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+def spool_body(blocks: Iterable[bytes], *, limit: int, folder: Path | None = None) -> Spooled:
+    """``blocks`` written to a spool as they arrive (never held in memory), up to ``limit`` bytes
+    (413 beyond); on any error the spool is gone before this returns."""
+    if folder is not None:
+        make_private_folder(folder)
+    spool = tempfile.TemporaryFile(dir=folder, prefix="stockyard-upload-")
+    try:
+        size = 0
+        for block in blocks:
+            size += len(block)
+            if size > limit:
+                raise too_large(limit)
+            spool.write(block)
+        spool.flush()
+        return Spooled(spool, size)
+    except BaseException:
+        spool.close()
+        raise
+
+
 def too_large(limit: int) -> ProxyError:
     return ProxyError(
         413,

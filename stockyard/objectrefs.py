@@ -1,4 +1,4 @@
-"""The provider objects a JSON body names: files, containers, vector stores, Gemini context caches.
+"""The provider objects a JSON body names: files, containers, vector stores, Gemini context caches and files.
 
 The provider holds every key's objects under the one provider key, so what a body names is
 checked against who owns it (``files_api.Ownership.check_references``, batch lines), and the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 from .errors import ProxyError
 
@@ -158,4 +159,84 @@ def named_caches(body: object) -> list[tuple[str, object]]:
         inner = body.get(name)
         if isinstance(inner, dict):
             found += [(f"{name}.{field}", inner[field]) for field in CACHE_FIELDS if field in inner]
+    return found
+
+
+# Gemini's Files API: a file is ``files/{id}`` (its id: lowercase letters, digits and dashes, at most
+# 40), named in a prompt by its ``uri`` (https://generativelanguage.googleapis.com/v1beta/files/{id})
+# or its name, under a part's ``fileData.fileUri``.
+FILE_ID = re.compile(r"[a-z0-9-]{1,40}")
+FILE_PREFIX = "files/"
+FILE_HOST = "generativelanguage.googleapis.com"
+FILE_URI = re.compile(rf"https://{re.escape(FILE_HOST)}/(?:v1beta|v1|v1alpha)/files/({FILE_ID.pattern})")
+FILE_DATA = ("fileData", "file_data")  # a part's file, by either spelling Google reads
+FILE_URI_FIELDS = ("fileUri", "file_uri")
+
+
+def file_not_found(name: str) -> ProxyError:
+    """Google's 404 for a file, the same for one that does not exist and for another key's."""
+    return ProxyError(404, f"File not found: {name[:200]}", param="name", code="not_found")
+
+
+def file_id_of(name: object) -> str | None:
+    """The id of a ``files/{id}`` name, None for anything else."""
+    if not isinstance(name, str) or not name.startswith(FILE_PREFIX):
+        return None
+    file_id = name.removeprefix(FILE_PREFIX)
+    return file_id if FILE_ID.fullmatch(file_id) else None
+
+
+def names_a_file(uri: str) -> bool:
+    """Whether a URI is (or tries to be) a Files API file: ``files/…``, or anything naming Google's
+    API host in any spelling — the provider may read a variant (another scheme, case, a query) as
+    the file, so it is held to the key's files, never passed as some other URL."""
+    plain = unquote(uri).strip().lower()
+    return plain.startswith(FILE_PREFIX) or FILE_HOST in plain
+
+
+FILE_HINTS = re.compile(rb"(?i)files|generativelanguage|\\u|%")  # what a body naming a file must hold
+HOST_HINTS = re.compile(rb"(?i)generativelanguage|\\u|%")  # … naming Google's API host
+
+
+def may_name_file(raw: bytes, host_only: bool = False) -> bool:
+    """Whether a JSON text can name a Files API file (:func:`referenced_gemini_files`), in any case,
+    escaped or percent-encoded: a fast test that spares most bodies the walk (``host_only``: only by
+    a URL naming Google's API host, where no ``fileData`` is read)."""
+    hints = HOST_HINTS if host_only else FILE_HINTS
+    return hints.search(raw) is not None or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+
+
+def file_uri_id(uri: str) -> str | None:
+    """The file id a Files API URI names exactly (its ``uri`` or its name); None for any variant."""
+    found = FILE_URI.fullmatch(uri)
+    return found.group(1) if found else file_id_of(uri)
+
+
+def referenced_gemini_files(body: object) -> dict[str, str]:
+    """Each Files API URI a body names (:func:`names_a_file`), with the param that first names it:
+    a part's ``fileData.fileUri`` (either spelling of each), and any string anywhere naming Google's
+    API host (an OpenAI ``image_url`` a translation turns into a ``fileData``), but the caller's
+    ``metadata`` and ``NOT_READ``. Walked without recursion."""
+    found: dict[str, str] = {}
+    if not isinstance(body, (dict, list)):
+        return found
+    items = body.items() if isinstance(body, dict) else enumerate(body)
+    stack: list[tuple[str, object]] = [(str(k), v) for k, v in items if k != "metadata"]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if FILE_HOST in unquote(value).lower():
+                found.setdefault(value, where)
+        elif isinstance(value, dict):
+            for name in FILE_DATA:
+                data = value.get(name)
+                if not isinstance(data, dict):
+                    continue
+                for field in FILE_URI_FIELDS:
+                    uri = data.get(field)
+                    if isinstance(uri, str) and names_a_file(uri):
+                        found.setdefault(uri, f"{where}.{name}.{field}")
+            stack.extend((f"{where}.{k}", v) for k, v in value.items() if k not in NOT_READ)
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
     return found

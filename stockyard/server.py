@@ -22,7 +22,8 @@ import time
 from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from . import (
@@ -31,6 +32,7 @@ from . import (
     files_api,
     gemini_api,
     gemini_cache,
+    gemini_files,
     message_batches,
     multipart,
     proxy,
@@ -50,12 +52,14 @@ from .errors import ANTHROPIC, GEMINI, OPENAI, REFUSALS, RESPONSES, ClientGone, 
 from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, check_method, json_response
+from .keys import presented_key
 from .logbuffer import access, printable
 from .modules import redact
 from .modules.ratelimit import admit_call
 from .multipart import Upload
 from .threadcache import ThreadCache
 
+_T = TypeVar("_T")
 log = logging.getLogger("stockyard.server")
 
 PROXY_ROUTES: dict[str, tuple[str, str]] = {
@@ -661,7 +665,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def upload(self) -> Upload:
         """Receive a multipart/form-data body into a spool (``multipart.receive``), up to
-        STOCKYARD_MAX_UPLOAD_BYTES. The caller closes the Upload (the spool goes with it).
+        STOCKYARD_MAX_UPLOAD_BYTES. The caller closes the Upload (the spool goes with it)."""
+        content_type = self.headers.get("Content-Type")
+        return self._received(
+            lambda blocks, limit, folder: multipart.receive(blocks, content_type, limit=limit, folder=folder)
+        )
+
+    def spool(self) -> multipart.Spooled:
+        """Receive a body of any type into a spool (``multipart.spool_body``: a Gemini upload's
+        bytes), as :meth:`upload` does; the caller closes it."""
+        return self._received(lambda blocks, limit, folder: multipart.spool_body(blocks, limit=limit, folder=folder))
+
+    def _received(self, receive: Callable[[Iterator[bytes], int, Path], _T]) -> _T:
+        """The body passed to ``receive(blocks, limit, folder)`` as it arrives, up to
+        STOCKYARD_MAX_UPLOAD_BYTES, spooled in ``uploads/`` beside the database.
 
         A big upload takes longer than the read deadline: each ``UPLOAD_PROGRESS_BYTES``
         that arrive grant another deadline, so only a sender slower than that per deadline
@@ -681,12 +698,7 @@ class Handler(BaseHTTPRequestHandler):
 
         try:
             blocks = self._body_blocks(settings.max_upload_bytes, progress)
-            upload = multipart.receive(
-                blocks,
-                self.headers.get("Content-Type"),
-                limit=settings.max_upload_bytes,
-                folder=multipart.spool_folder(settings.db_path),
-            )
+            received = receive(blocks, settings.max_upload_bytes, multipart.spool_folder(settings.db_path))
         except ProxyError as exc:
             if exc.status == 413:
                 exc.message = multipart.too_large(settings.max_upload_bytes).message
@@ -697,7 +709,7 @@ class Handler(BaseHTTPRequestHandler):
             raise
         self._body_done = True
         self.server.reaper.disarm(self.connection)
-        return upload
+        return received
 
     def _chunked_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """A chunked body (RFC 9112 §7.1), strictly (``chunked.Dechunker(strict=True)``: hex sizes,
@@ -819,6 +831,17 @@ class Handler(BaseHTTPRequestHandler):
             if self._key_accepted(ctx):  # before the body, like the other Gemini-native routes
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr)
                 app.cached_contents.handle(self, ctx, req)
+                self._trace_note = trace_note(ctx)
+            return
+        if gemini_files.route_of(path, self._headers_dict(), query) is not None:  # the Files API, owned per key
+            headers = gemini_api.key_headers(self._headers_dict(), query)
+            ctx = RequestContext(gemini_files.endpoint_name(method, path, query), GEMINI, self._client_ip(), headers)
+            # a chunk without a key is google-genai's (it sends none): the upload URL's token is the credential
+            keyless_chunk = gemini_files.continues_upload(path, query) and presented_key(headers) is None
+            if keyless_chunk or self._key_accepted(ctx):  # before the body, like the other Gemini-native routes
+                ctx.state[message_batches.BASE_STATE] = self._public_base()
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, spool=self.spool)
+                app.gemini_files.handle(self, ctx, req)
                 self._trace_note = trace_note(ctx)
             return
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]

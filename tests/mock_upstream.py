@@ -6,8 +6,9 @@ streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEm
 models.list/get, cachedContents: a generateContent naming a cache reports its tokens as
 `cachedContentTokenCount`, part of its `promptTokenCount`, an unknown one is a 404; a cache holds
 CACHED_TOKENS, or BIG_CACHE_TOKENS for a `bigcache` model, and the create answer of a `nocount`
-model leaves out its `usageMetadata`) and Azure OpenAI (deployments), records
-every request, and can be scripted with `Reply` objects.
+model leaves out its `usageMetadata`; the Files API: resumable uploads, files.list/get/delete,
+and a generateContent naming an unknown file by `fileData.fileUri` is Google's 403) and Azure OpenAI
+(deployments), records every request, and can be scripted with `Reply` objects.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
 usage, 5 output tokens each — or, with `bill-max` in the model name, every token the
@@ -2579,6 +2580,9 @@ def _gemini(call: Call, model: str) -> Reply:
     named, cached = cache_named(call.body)
     if named and cached is None:
         return cache_not_found()
+    missing_file = unknown_file(call.body)
+    if missing_file is not None:
+        return missing_file
     if action == "countTokens":
         return Reply(json=gemini_count_tokens(call.body))
     if action == "generateContent":
@@ -2697,6 +2701,161 @@ def _with_cached_tokens(doc: dict, tokens: int = CACHED_TOKENS) -> dict:
     return doc
 
 
+# --------------------------------------------------------------------------- Gemini Files API
+
+
+GEMINI_FILE_URI = "https://generativelanguage.googleapis.com/v1beta/files/"
+
+
+class GeminiFilesState:
+    """What the mock keeps of Gemini's Files API: resumable upload sessions (by upload id: the size
+    announced, the bytes received so far, their SHA-256) and the files they made (by id)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sessions: dict[str, dict] = {}
+        self.files: dict[str, dict] = {}
+        self.clock = itertools.count(1)
+
+    def finish(self, session: dict) -> dict:
+        """The File a finalized upload makes (caller holds the lock)."""
+        tick = next(self.clock)
+        file_id = session["name"] or f"mockfile{tick:06d}"
+        doc = {
+            "name": f"files/{file_id}",
+            "mimeType": session["mime"],
+            "sizeBytes": str(session["received"]),
+            "createTime": f"2025-01-01T00:00:{tick % 60:02d}Z",
+            "updateTime": f"2025-01-01T00:00:{tick % 60:02d}Z",
+            "expirationTime": "2025-01-03T00:00:00Z",
+            "sha256Hash": base64.b64encode(session["hash"].digest()).decode(),
+            "uri": GEMINI_FILE_URI + file_id,
+            "state": "ACTIVE",
+            "source": "UPLOADED",
+        }
+        if session["display_name"] is not None:
+            doc["displayName"] = session["display_name"]
+        self.files[file_id] = doc
+        return doc
+
+
+GEMINI_FILES = GeminiFilesState()
+GEMINI_FILES_PATH = re.compile(r"^/(?:v1beta|v1)/files(?:/([a-z0-9-]+))?$")
+GEMINI_UPLOAD_PATH = re.compile(r"^/upload/(v1beta|v1)/files$")
+
+
+def gemini_file_not_found(file_id: str) -> Reply:
+    """Google's answer for a file that does not exist (or is another project's)."""
+    return gemini_error(403, f"You do not have permission to access the File {file_id} or it may not exist.")
+
+
+def _gemini_upload(call: Call, scripted: Reply | None) -> Reply:
+    """``POST /upload/v1beta/files``, the resumable protocol as google-genai speaks it: ``start``
+    (answered with ``x-goog-upload-url``), then ``upload`` / ``upload, finalize`` at that URL with
+    ``X-Goog-Upload-Offset`` (the bytes must follow on from what was received), and ``query``."""
+    if scripted is not None and scripted.status >= 400:
+        return gemini_error(scripted.status)
+    req = call.req
+    command = [c.strip() for c in (req.headers.get("x-goog-upload-command") or "").split(",")]
+    upload_id = req.query.get("upload_id")
+    with GEMINI_FILES.lock:
+        if upload_id is None:
+            if req.headers.get("x-goog-upload-protocol") != "resumable" or command != ["start"]:
+                return gemini_error(400, "Only the resumable upload protocol is served by the mock")
+            size = req.headers.get("x-goog-upload-header-content-length") or ""
+            if not size.isdigit():
+                return gemini_error(400, "X-Goog-Upload-Header-Content-Length is required")
+            meta = call.body.get("file") if isinstance(call.body.get("file"), dict) else {}
+            name = meta.get("name")
+            file_id = name.removeprefix("files/") if isinstance(name, str) else None
+            if file_id is not None and file_id in GEMINI_FILES.files:
+                return gemini_error(409, f"File files/{file_id} already exists.")
+            upload_id = f"mockupload{next(GEMINI_FILES.clock):06d}"
+            GEMINI_FILES.sessions[upload_id] = {
+                "size": int(size),
+                "mime": req.headers.get("x-goog-upload-header-content-type") or "application/octet-stream",
+                "display_name": meta.get("displayName", meta.get("display_name")),
+                "name": file_id,
+                "received": 0,
+                "hash": hashlib.sha256(),
+            }
+            host = req.headers.get("host", "127.0.0.1")
+            url = f"http://{host}{req.path}?upload_id={upload_id}&upload_protocol=resumable"
+            return Reply(body=b"", headers={"x-goog-upload-url": url, "x-goog-upload-status": "active"})
+        session = GEMINI_FILES.sessions.get(upload_id)
+        if session is None:
+            return Reply(status=404, body=b"", headers={"x-goog-upload-status": "final"})
+        if command == ["query"]:
+            status = "final" if session.get("done") else "active"
+            return Reply(
+                body=b"",
+                headers={"x-goog-upload-status": status, "x-goog-upload-size-received": str(session["received"])},
+            )
+        if session.get("done") or command not in (["upload"], ["upload", "finalize"], ["finalize"]):
+            return gemini_error(400, f"Invalid upload command {command!r} for this upload")
+        offset = req.headers.get("x-goog-upload-offset")
+        if command != ["finalize"] and offset != str(session["received"]):
+            return gemini_error(400, f"X-Goog-Upload-Offset {offset} does not follow {session['received']}")
+        session["received"] += len(req.body)
+        session["hash"].update(req.body)
+        if "finalize" not in command:
+            return Reply(body=b"", headers={"x-goog-upload-status": "active"})
+        if session["received"] != session["size"]:
+            return gemini_error(400, f"received {session['received']} bytes of the {session['size']} announced")
+        session["done"] = True
+        return Reply(json={"file": GEMINI_FILES.finish(session)}, headers={"x-goog-upload-status": "final"})
+
+
+def _gemini_files(call: Call, scripted: Reply | None) -> Reply:
+    """``GET /v1beta/files`` (pageSize, pageToken), ``GET`` / ``DELETE …/files/{id}``."""
+    if scripted is not None and scripted.status >= 400:
+        return gemini_error(scripted.status)
+    req = call.req
+    file_id = GEMINI_FILES_PATH.match(req.path).group(1)
+    with GEMINI_FILES.lock:
+        if file_id is None:
+            if req.method != "GET":
+                return gemini_error(400, "files are made through /upload/v1beta/files (mock)")
+            items = list(GEMINI_FILES.files.values())
+            size = int(req.query.get("pageSize") or 10)
+            start = int(req.query.get("pageToken") or 0)
+            page: dict = {"files": items[start : start + size]}
+            if start + size < len(items):
+                page["nextPageToken"] = str(start + size)
+            return Reply(json=page)
+        if file_id not in GEMINI_FILES.files:
+            return gemini_file_not_found(file_id)
+        if req.method == "DELETE":
+            del GEMINI_FILES.files[file_id]
+            return Reply(json={})
+        return Reply(json=GEMINI_FILES.files[file_id])
+
+
+def files_named(body: dict) -> list[str]:
+    """The Files API ids a generateContent body names in ``fileData.fileUri`` (either spelling)."""
+    found: list[str] = []
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key in ("fileData", "file_data"):
+                data = value.get(key)
+                uri = data.get("fileUri", data.get("file_uri")) if isinstance(data, dict) else None
+                if isinstance(uri, str) and (uri.startswith(GEMINI_FILE_URI) or uri.startswith("files/")):
+                    found.append(uri.rsplit("/", 1)[-1])
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
+def unknown_file(body: dict) -> Reply | None:
+    """Google's 403 for a generateContent naming a file it does not hold."""
+    with GEMINI_FILES.lock:
+        missing = [f for f in files_named(body) if f not in GEMINI_FILES.files]
+    return gemini_file_not_found(missing[0]) if missing else None
+
+
 def _azure(build: Callable[[Call, str], Reply]) -> Route:
     """Azure deployment routes: need `api-version`, model defaults to the deployment name."""
     inner = _api_route(build, model_default=lambda call: AZURE_PATH.match(call.req.path).group(1))
@@ -2782,6 +2941,10 @@ def find_route(method: str, path: str) -> Route | None:
         return _vector_stores
     if CACHED_CONTENTS_PATH.match(path):
         return _cached_contents
+    if method == "POST" and GEMINI_UPLOAD_PATH.match(path):
+        return _gemini_upload
+    if GEMINI_FILES_PATH.match(path):
+        return _gemini_files
     return None
 
 

@@ -660,3 +660,49 @@ def test_runs_as_a_process() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     assert proc.stderr.read() == ""
+
+
+def test_gemini_files_resumable_upload_list_get_delete(mock: MockUpstream) -> None:
+    """The Files API as google-genai speaks it: ``start`` answers an upload URL; ``upload`` chunks
+    must follow on at their offset, ``upload, finalize`` makes the file; then list (paged), get,
+    delete; a generateContent naming an unknown file by ``fileData.fileUri`` is Google's 403."""
+    data = bytes(range(256)) * 40
+    start = {
+        "X-Goog-Upload-Protocol": "resumable",
+        "X-Goog-Upload-Command": "start",
+        "X-Goog-Upload-Header-Content-Length": str(len(data)),
+        "X-Goog-Upload-Header-Content-Type": "video/mp4",
+    }
+    resp, raw, _ = call(mock, "POST", "/upload/v1beta/files", {"file": {"display_name": "clip"}}, start)
+    assert resp.status == 200 and resp.getheader("x-goog-upload-status") == "active"
+    url = resp.getheader("x-goog-upload-url")
+    target = url.split(str(mock.port), 1)[1]
+    assert target.startswith("/upload/v1beta/files?upload_id=")
+    chunk = {"X-Goog-Upload-Command": "upload", "X-Goog-Upload-Offset": "0"}
+    resp, _, _ = call(mock, "POST", target, data[:4096], chunk)
+    assert resp.status == 200 and resp.getheader("x-goog-upload-status") == "active"
+    resp, raw, _ = call(
+        mock, "POST", target, data[4096:], {**chunk, "X-Goog-Upload-Offset": "0"}
+    )  # not where it stands
+    assert resp.status == 400 and json.loads(raw)["error"]["status"] == "INVALID_ARGUMENT"
+    resp, _, _ = call(mock, "POST", target, b"", {"X-Goog-Upload-Command": "query"})
+    assert resp.getheader("x-goog-upload-size-received") == "4096"
+    finish = {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "4096"}
+    resp, raw, _ = call(mock, "POST", target, data[4096:], finish)
+    made = json.loads(raw)["file"]
+    assert resp.status == 200 and resp.getheader("x-goog-upload-status") == "final"
+    assert made["name"].startswith("files/") and made["displayName"] == "clip" and made["mimeType"] == "video/mp4"
+    assert made["sizeBytes"] == str(len(data)) and made["uri"].endswith(made["name"].removeprefix("files/"))
+    assert call(mock, "POST", target, b"x", finish)[0].status == 400  # finalized: no more bytes
+    page = json.loads(call(mock, "GET", "/v1beta/files?pageSize=1")[1])
+    assert [f["name"] for f in page["files"]] == [made["name"]]
+    assert json.loads(call(mock, "GET", f"/v1beta/{made['name']}")[1]) == made
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    asked = {"contents": [{"role": "user", "parts": [{"fileData": {"fileUri": made["uri"], "mimeType": "video/mp4"}}]}]}
+    assert call(mock, "POST", path, asked)[0].status == 200
+    assert call(mock, "DELETE", f"/v1beta/{made['name']}")[0].status == 200
+    for method, where, sent in (("GET", f"/v1beta/{made['name']}", None), ("POST", path, asked)):
+        resp, raw, _ = call(mock, method, where, sent)
+        assert resp.status == 403 and json.loads(raw)["error"]["status"] == "PERMISSION_DENIED"
+    resp, raw, _ = call(mock, "POST", "/upload/v1beta/files", {}, {**start, "X-Goog-Upload-Protocol": "multipart"})
+    assert resp.status == 400
