@@ -694,8 +694,15 @@ def test_gemini_files_resumable_upload_list_get_delete(mock: MockUpstream) -> No
     assert made["name"].startswith("files/") and made["displayName"] == "clip" and made["mimeType"] == "video/mp4"
     assert made["sizeBytes"] == str(len(data)) and made["uri"].endswith(made["name"].removeprefix("files/"))
     assert call(mock, "POST", target, b"x", finish)[0].status == 400  # finalized: no more bytes
-    page = json.loads(call(mock, "GET", "/v1beta/files?pageSize=1")[1])
-    assert [f["name"] for f in page["files"]] == [made["name"]]
+    listed, token = [], ""  # the mock's files are the process's: other tests' files may come first
+    for _ in range(1000):
+        page = json.loads(call(mock, "GET", f"/v1beta/files?pageSize=1&pageToken={token}")[1])
+        assert len(page["files"]) <= 1
+        listed += [f["name"] for f in page["files"]]
+        token = page.get("nextPageToken", "")
+        if not token:
+            break
+    assert made["name"] in listed and len(listed) == len(set(listed))
     assert json.loads(call(mock, "GET", f"/v1beta/{made['name']}")[1]) == made
     path = "/v1beta/models/gemini-2.5-flash:generateContent"
     asked = {"contents": [{"role": "user", "parts": [{"fileData": {"fileUri": made["uri"], "mimeType": "video/mp4"}}]}]}
