@@ -1225,12 +1225,12 @@ def search_calls(body: dict, n: int) -> list[dict]:
             continue
         for k in range(int(asked)):
             ident = f"{'ws' if item_type == 'web_search_call' else 'fs'}_mock{n}_{k}"
+            call: dict = {"id": ident, "type": item_type, "status": "completed"}
             if item_type == "web_search_call":
-                calls.append(
-                    {"id": ident, "type": item_type, "status": "completed", "action": {"type": "search", "query": "cats"}}
-                )
+                call["action"] = {"type": "search", "query": "cats"}
             else:
-                calls.append({"id": ident, "type": item_type, "status": "completed", "queries": ["cats"], "results": None})
+                call.update(queries=["cats"], results=None)
+            calls.append(call)
     return calls
 
 
