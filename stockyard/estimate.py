@@ -446,19 +446,23 @@ def web_searches(body: dict) -> int:
     return found
 
 
-def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0) -> int:
+def request_cost(
+    ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0, call_fees: int | None = None
+) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves (the
     Gemini context caches it names, :func:`cached_content_tokens`, included), but for the image
     tool's images, which ``Pricer.token_cost`` adds at their own model's price
     (:func:`tool_images_cost`). A follow-up call continuing a paused turn sends ``sent_back`` more
-    input tokens (the answer so far)."""
+    input tokens (the answer so far). ``call_fees``: what its hosted search tools' calls hold at
+    their provider's per-call prices (``Pricer.held_call_fees``), else :func:`web_searches` at
+    Anthropic's fee."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     long_writes = asks_long_cache(ctx.body, ctx.raw, walk)
     tokens = worst_case_cost(price, inputs, outputs, long_writes, cached=cached_content_tokens(ctx))
-    return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
+    return tokens + (web_searches(ctx.body) * WEB_SEARCH_UC if call_fees is None else call_fees)
 
 
 def cached_content_tokens(ctx: RequestContext) -> int:

@@ -1059,7 +1059,7 @@ class FilesAPI(ProviderCalls):
         row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
         if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input
             one.conversation = Conversation("", 0, _keeps_nothing, previous, history_tokens=kept_history_tokens(row))
-        full = self._path.pricer.token_cost(one, price, provider.name, self._path.settings.default_max_tokens)
+        full = self._path.pricer.token_cost(one, price, provider, self._path.settings.default_max_tokens)
         if full is None:  # the image tool may draw at a model without a price
             return None
         part, whole = BATCH_PRICE

@@ -148,7 +148,7 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
     return f"{sign}${dollars}" + (f".{digits[:places]}" if places else "")
 
 
-UNITS = ("token", "image", "second", "character")
+UNITS = ("token", "image", "second", "character", "call")
 RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input", "media_output")
 MEDIA_MODALITIES = ("IMAGE", "AUDIO")  # Gemini's ModalityTokenCount.modality values billed as media
 WEB_SEARCH_UC = USD // 100  # Anthropic's web search: $10 per 1,000 searches, one cent each

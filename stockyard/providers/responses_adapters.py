@@ -33,6 +33,7 @@ from ..errors import OPENAI, ProxyError
 from ..httpio import json_bytes
 from ..imagegen import ImageTally, reported
 from ..pricing import Usage
+from ..toolfees import CallTally
 from . import Provider, compaction, responses
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_object
 from .chatshape import chat_chunks, chunk_error, note
@@ -153,9 +154,11 @@ class ResponsesPassThrough(Adapter):
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
-        images = ImageTally(ctx.body)
+        images, calls = ImageTally(ctx.body), CallTally()
         images.see_output(data.get("output"))
+        calls.see_output(data.get("output"))
         ctx.attempt.image_usage, ctx.attempt.image_estimate = reported(data), images.estimate()
+        ctx.attempt.tool_calls = calls.counts()
         if ctx.endpoint == "responses" and data.get("object") == "response":
             if joined(ctx) is not None:  # the provider heard of no conversation: the answer names it
                 data["conversation"] = joined(ctx)
@@ -169,13 +172,15 @@ class ResponsesPassThrough(Adapter):
 
 class PassThroughStream(StreamTranslator):
     """Relays each event unchanged; reads the response snapshot, usage and the terminal event,
-    and counts the images the image_generation tool sent (billed by them if the stream is cut)."""
+    counts the images the image_generation tool sent (billed by them if the stream is cut) and the
+    hosted tools' calls its items showed (billed per call, cut or not)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
         self.response: dict = {}
         self.sequence_number = -1
         self.images = ImageTally(ctx.body)
+        self.calls = CallTally()
 
     def feed(self, event: bytes) -> list[bytes]:
         obj = sse_object(event)
@@ -185,6 +190,9 @@ class PassThroughStream(StreamTranslator):
             self.sequence_number = obj["sequence_number"]
         if self.images.see(obj):  # an image of the image_generation tool went out
             self.ctx.attempt.image_estimate = self.images.estimate()
+        if b"_search_call" in event:  # a search call's item, or a response holding one
+            self.calls.see_event(obj)
+            self.ctx.attempt.tool_calls = self.calls.counts()
         response = obj.get("response")
         if isinstance(response, dict) and joined(self.ctx) is not None:  # as parse names it
             response["conversation"] = joined(self.ctx)
