@@ -97,14 +97,27 @@ class Pricer:
 
     def _with_tool_calls(self, ctx: RequestContext, a: Attempt) -> None:
         """Add each hosted tool call the answer showed (``Attempt.tool_calls``) at its per-call price
-        to the usage's fees; a call without such a price adds nothing (another provider's)."""
+        to the usage's fees."""
         assert a.usage is not None
         model = a.served_model or a.upstream_model or a.asked_model or ctx.model or ""
-        fees = 0
-        for item_type, count in a.tool_calls.items():
-            price = self.call_price(toolfees.price_key(item_type, ctx.body, model), a.provider)
-            fees += unit_cost(price, count) if price is not None else 0
+        fees = self.call_fees(a.tool_calls, ctx.body, model, a.provider)
         a.usage = dataclasses.replace(a.usage, fees_uc=a.usage.fees_uc + fees)
+
+    def call_fees(self, calls: dict[str, int], body: dict, model: str, provider: Provider | None) -> int:
+        """µ¢ for ``calls`` (by item type) of a request with ``body`` to ``model``, each at its per-call
+        price (:meth:`call_price`); a call without one adds nothing (another provider's)."""
+        fees = 0
+        for item_type, count in calls.items():
+            price = self.call_price(toolfees.price_key(item_type, body, model), provider)
+            fees += unit_cost(price, count) if price is not None else 0
+        return fees
+
+    def response_call_fees(self, response: dict, provider: Provider) -> int:
+        """µ¢ for the hosted tool calls a whole response object shows (a Batch API output line's: the
+        response echoes its request's ``tools`` and names its model)."""
+        tally = toolfees.CallTally()
+        tally.see_output(response.get("output"))
+        return self.call_fees(tally.counts(), response, str(response.get("model") or ""), provider)
 
     def unpriced_model(self, ctx: RequestContext, route: Route, asked: str) -> str:
         """The model a request :meth:`worst_case` could not price lacks a price for: the image

@@ -1062,8 +1062,10 @@ class FilesAPI(ProviderCalls):
         full = self._path.pricer.token_cost(one, price, provider, self._path.settings.default_max_tokens)
         if full is None:  # the image tool may draw at a model without a price
             return None
+        # the hosted tools' calls are held whole, as they are billed (``batch_costs.BatchTotal.fees_uc``)
+        calls = self._path.pricer.held_call_fees(one, provider, model) or 0
         part, whole = BATCH_PRICE
-        return -(-full * part // whole)
+        return -(-(full - calls) * part // whole) + calls
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, collection: str, query: dict[str, str]) -> None:

@@ -1615,9 +1615,12 @@ def batch_output(batch: dict, data: bytes) -> tuple[list[str], list[str]]:
             line["error"] = None
             errors.append(_dumps(line))
             continue
-        answer = (
-            openai_embeddings(body, model) if batch["endpoint"] == "/v1/embeddings" else openai_chat(body, i, model)
-        )
+        if batch["endpoint"] == "/v1/responses":
+            answer = responses_object(body, i, model, "completed", _responses_output(body, i))
+        else:
+            answer = (
+                openai_embeddings(body, model) if batch["endpoint"] == "/v1/embeddings" else openai_chat(body, i, model)
+            )
         line["response"] = {"status_code": 200, "request_id": f"req_mock_b{i}", "body": answer}
         line["error"] = None
         out.append(_dumps(line))
