@@ -8,7 +8,8 @@ Input is estimated from the body length (4 bytes a token, rounded up: a delibera
 English text, and JSON punctuation counts too); the prompt is billed once, however many choices come
 back. For a budget, an image or file the body names by URL or file id (its bytes are not in the
 body) adds the model's largest image, and a web search tool its ``max_uses`` searches at Anthropic's
-fee per search; the Responses ``image_generation`` tool the images a response may make with it, each
+fee per search (passed through to OpenAI, its search tools' calls at OpenAI's per-call prices:
+``toolfees.held_fees``); the Responses ``image_generation`` tool the images a response may make with it, each
 at the most the tool's quality and size may cost (``imagegen.held_tokens``). Output is the request's
 own cap on output tokens (the largest one it sets; when it sets none, ``default_max_tokens`` for
 rate limits and, for a budget's hold, the model's own ceiling where the price table knows it) times
@@ -429,8 +430,8 @@ def web_searches(body: dict) -> int:
     """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
     ``web_search_YYYYMMDD``), else :data:`WEB_SEARCHES_UNCAPPED`; for OpenAI's shapes — a Responses
     ``web_search`` tool, chat ``web_search_options`` — the ``max_uses`` their ``search_context_size``
-    gets on Claude (:func:`web_search_uses`; on OpenAI the per-call fee is held but not
-    billed here: its usage does not report its searches)."""
+    gets on Claude (:func:`web_search_uses`; passed through to OpenAI, ``Pricer.held_call_fees``
+    holds them at OpenAI's per-call prices instead, ``max_tool_calls`` of them when set)."""
     found = 0
     for kind, tool in _server_tools(body, ("web_search",)):
         uses = tool.get("max_uses")

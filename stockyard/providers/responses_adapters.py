@@ -7,7 +7,8 @@ already in ``input``) is left out, and so are Stockyard's own reasoning items an
 minted (``conversations_api.minted_here``), while a compaction item it made goes as the user
 message holding its summary. Their event stream is relayed event by event (the answer naming
 the ``conversation`` the turn joined); usage comes from ``response.completed`` /
-``response.incomplete`` / ``response.failed``.
+``response.incomplete`` / ``response.failed``, and the hosted tools' calls billed per call from
+the output items (``toolfees.CallTally``: the answer's, or a stream's as they pass).
 
 Every other provider is reached through :class:`ResponsesOverChat`: the request becomes a
 Chat Completions body (``responses.to_chat``, with the history of a previous response
