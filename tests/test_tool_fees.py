@@ -50,8 +50,7 @@ def search(tool: str = "web_search", searches: int = 3, files: int = 0, model: s
 
 
 def post(server: ServerProcess, body: dict, secret: str | None = None) -> tuple[int, dict, bytes]:
-    headers = {"Authorization": f"Bearer {secret}"} if secret else None
-    return server.request("POST", "/v1/responses", body, headers=headers)
+    return server.request("POST", "/v1/responses", body, headers=server.auth(secret) if secret else None)
 
 
 def billed(server: ServerProcess, body: dict) -> dict:
@@ -221,9 +220,8 @@ def test_a_batch_of_responses_bills_the_calls_its_lines_show(server):
     """A Batch API output line of /v1/responses is a response object: its calls are billed whole
     beside its tokens at half price (whether OpenAI halves the tools' fees is not stated: never less
     than may be owed), and the batch holds them whole. Was: the tokens alone, held and billed."""
-    openai = pytest.importorskip("openai")
     secret, key_id = make_key(server, "1.00")
-    sdk = openai.OpenAI(base_url=server.url + "/v1", api_key=secret, max_retries=0)
+    sdk = server.openai(secret)
     bodies = [
         search(searches=3, max_tool_calls=3, max_output_tokens=CAP),
         search("web_search_preview", searches=1, files=2, max_tool_calls=3, max_output_tokens=CAP),
