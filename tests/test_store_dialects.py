@@ -175,7 +175,7 @@ def test_keys_and_providers_are_audited_in_one_verifying_chain(database):
 
 
 def test_a_price_per_call_is_an_override_on_each_store(database):
-    """Migration 0025: an override may be per call (OpenAI's hosted tools' fees), on both stores; a
+    """Migration 0026: an override may be per call (OpenAI's hosted tools' fees), on both stores; a
     unit the code does not know is still refused by the table. Was: the CHECK refused 'call'."""
     database.open_and_migrate()
     ops = Operations(Store(database), audit.actor_cli(), SECRET)
