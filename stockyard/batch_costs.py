@@ -79,12 +79,25 @@ def anthropic_usage_of(doc: dict) -> tuple[str, Usage] | None:
     return (named if isinstance(named, str) else ""), with_thinking(usage, thinking_chars(message)) or usage
 
 
-class BatchTotal:
-    """Usage and cost summed over a batch's result lines (``usage_of`` reads one line)."""
+def openai_response_of(doc: dict) -> dict | None:
+    """An OpenAI batch output line's answer (``response.body``: a response object for a
+    ``/v1/responses`` line), whatever its usage."""
+    response = doc.get("response")
+    body = response.get("body") if isinstance(response, dict) else None
+    return body if isinstance(body, dict) else None
 
-    def __init__(self, usage_of: UsageOf = openai_usage_of) -> None:
+
+class BatchTotal:
+    """Usage and cost summed over a batch's result lines (``usage_of`` reads one line; ``fees_of``,
+    for OpenAI's, what the hosted tool calls a line's response shows cost: ``Pricer.response_call_fees``)."""
+
+    def __init__(self, usage_of: UsageOf = openai_usage_of, fees_of: Callable[[dict], int] | None = None) -> None:
         self.usage = Usage()
         self.numerator = 0  # the full-price cost, unrounded (pricing.cost_numerator)
+        # The per-call fees of hosted tools, in µ¢, at their full price: the Batch API halves token
+        # prices; whether it halves these is not stated, so they are billed whole (never less than owed).
+        self.fees_uc = 0
+        self._fees_of = fees_of
         self.unpriced: set[str] = set()
         self.models: list[str] = []
         self.lines = 0
@@ -100,6 +113,7 @@ class BatchTotal:
             return
         model, usage = found
         self.lines += 1
+        self.fees_uc += self._fees_of(doc) if self._fees_of is not None else 0
         if model not in self.models:
             self.models.append(model)
         self.usage = self.usage.plus(usage)
@@ -110,8 +124,9 @@ class BatchTotal:
             self.numerator += cost_numerator(price, usage)
 
     def cost(self) -> int | None:
-        """µ¢ at the batch price, rounded once over the whole batch; None when a model has no price."""
-        return None if self.unpriced else discounted_microcents(self.numerator, BATCH_PRICE)
+        """µ¢ at the batch price, rounded once over the whole batch, and the hosted tools' call fees
+        whole; None when a model has no price."""
+        return None if self.unpriced else discounted_microcents(self.numerator, BATCH_PRICE) + self.fees_uc
 
 
 @dataclass(frozen=True)
@@ -187,7 +202,13 @@ class BatchCosts:
 
     def read(self, provider: Provider, output: BatchOutput) -> BatchTotal:
         """Sum the results' lines as they stream in (a batch with no results costs 0)."""
-        total = BatchTotal(output.usage_of)
+        pricer = self._path.pricer
+
+        def fees_of(doc: dict) -> int:
+            response = openai_response_of(doc)
+            return pricer.response_call_fees(response, provider) if response is not None else 0
+
+        total = BatchTotal(output.usage_of, fees_of if output.kind == "batch" else None)
         if output.path is None:
             return total
         table = self._path.pricer.table

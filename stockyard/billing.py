@@ -10,10 +10,10 @@ import dataclasses
 import logging
 from fractions import Fraction
 
-from . import estimate, imagegen
+from . import estimate, imagegen, toolfees
 from .context import Attempt, RequestContext, Route
-from .pricing import Price, PriceTable, Usage, cost_microcents, unit_cost
-from .providers import media
+from .pricing import PER, Price, PriceTable, Usage, cost_microcents, unit_cost
+from .providers import Provider, media
 
 log = logging.getLogger("stockyard")
 
@@ -46,23 +46,78 @@ class Pricer:
             return estimate.media_request_cost(ctx, price, image_price, default_max_tokens, route.model)
         if price is None:
             return None
-        return self.token_cost(ctx, price, route.provider.name, default_max_tokens, sent_back)
+        return self.token_cost(ctx, price, route.provider, default_max_tokens, sent_back, route.model)
 
     def token_cost(
-        self, ctx: RequestContext, price: Price, provider: str, default_max_tokens: int, sent_back: int = 0
+        self,
+        ctx: RequestContext,
+        price: Price,
+        provider: Provider,
+        default_max_tokens: int,
+        sent_back: int = 0,
+        model: str = "",
     ) -> int | None:
-        """``estimate.request_cost`` of a token-priced request at ``price``, and the image tool's images
-        at their model's price (:meth:`tool_image_price`, ``estimate.tool_images_cost``); None when the
+        """``estimate.request_cost`` of a token-priced request at ``price``, the image tool's images
+        at their model's price (:meth:`tool_image_price`, ``estimate.tool_images_cost``), and the
+        hosted search tools' calls at their per-call prices (:meth:`held_call_fees`); None when the
         tool may draw at a model without one (a budget cannot count those images). A request's worst
         case and a batch line's both."""
         fees = 0
         drawn = imagegen.held_tokens(ctx.body)
         if drawn:  # the image tool may draw: its images at its model's price
-            tool_price = self.tool_image_price(ctx.body, provider)
+            tool_price = self.tool_image_price(ctx.body, provider.name)
             if tool_price is None:
                 return None
             fees = estimate.tool_images_cost(ctx.body, tool_price, drawn, default_max_tokens)
-        return estimate.request_cost(ctx, price, default_max_tokens, sent_back) + fees
+        calls = self.held_call_fees(ctx, provider, model or str(ctx.body.get("model") or ""))
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls) + fees
+
+    def held_call_fees(self, ctx: RequestContext, provider: Provider, model: str) -> int | None:
+        """What a Responses request passed through to ``provider`` holds for its search tools' calls
+        at their per-call prices (``toolfees.held_fees``); None where its calls are not priced so
+        (a translated request: Claude's searches are in its usage), which holds them as before."""
+        if ctx.endpoint != "responses" or not provider.speaks_responses:
+            return None
+
+        def fee_of(key: str) -> int | None:
+            found = self.call_price(key, provider)
+            return None if found is None else -(-found.input // PER)  # µ¢ a call, rounded up
+
+        return toolfees.held_fees(ctx.body, model, fee_of, estimate.web_searches(ctx.body))
+
+    def call_price(self, key: str, provider: Provider | None) -> Price | None:
+        """The per-call price of a hosted tool's call (``toolfees.price_key``) at ``provider``: the
+        operator's ``<provider>/<key>`` or bare ``<key>``, else for an OpenAI provider the table's
+        ``openai/<key>`` (shipped); None: not billed per call here."""
+        table = self.table
+        found = table.lookup(key, provider.name) if provider is not None else None
+        if found is None and provider is not None and toolfees.bills_calls(provider.kind):
+            found = table.lookup(f"openai/{key}")
+        return found if found is not None and found.unit == "call" else None
+
+    def _with_tool_calls(self, ctx: RequestContext, a: Attempt) -> None:
+        """Add each hosted tool call the answer showed (``Attempt.tool_calls``) at its per-call price
+        to the usage's fees."""
+        assert a.usage is not None
+        model = a.served_model or a.upstream_model or a.asked_model or ctx.model or ""
+        fees = self.call_fees(a.tool_calls, ctx.body, model, a.provider)
+        a.usage = dataclasses.replace(a.usage, fees_uc=a.usage.fees_uc + fees)
+
+    def call_fees(self, calls: dict[str, int], body: dict, model: str, provider: Provider | None) -> int:
+        """µ¢ for ``calls`` (by item type) of a request with ``body`` to ``model``, each at its per-call
+        price (:meth:`call_price`); a call without one adds nothing (another provider's)."""
+        fees = 0
+        for item_type, count in calls.items():
+            price = self.call_price(toolfees.price_key(item_type, body, model), provider)
+            fees += unit_cost(price, count) if price is not None else 0
+        return fees
+
+    def response_call_fees(self, response: dict, provider: Provider) -> int:
+        """µ¢ for the hosted tool calls a whole response object shows (a Batch API output line's: the
+        response echoes its request's ``tools`` and names its model)."""
+        tally = toolfees.CallTally()
+        tally.see_output(response.get("output"))
+        return self.call_fees(tally.counts(), response, str(response.get("model") or ""), provider)
 
     def unpriced_model(self, ctx: RequestContext, route: Route, asked: str) -> str:
         """The model a request :meth:`worst_case` could not price lacks a price for: the image
@@ -108,6 +163,8 @@ class Pricer:
             a.usage_estimated = True
         if a.image_usage is not None or a.image_estimate is not None:
             self._with_images(ctx, a)
+        if a.tool_calls:
+            self._with_tool_calls(ctx, a)
         if price is None or a.images_unpriced:
             a.cost_status = "unknown"
         else:  # a continued turn: each call priced on its own

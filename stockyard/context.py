@@ -235,6 +235,9 @@ class Attempt:
     image_estimate: Usage | None = None
     own_images: int = 0
     images_unpriced: bool = False  # the image tool's images came at a model without a price: cost unknown
+    # OpenAI's hosted tool calls a passed-through Responses answer showed, by item type
+    # (``toolfees.CallTally``): billed per call, which its usage does not count.
+    tool_calls: dict[str, int] = field(default_factory=dict)
     image_event_bytes: int = 0
     trace_id: str = ""  # set by close(): the row of a failed attempt
     ts_ms: int = 0

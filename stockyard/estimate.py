@@ -8,7 +8,8 @@ Input is estimated from the body length (4 bytes a token, rounded up: a delibera
 English text, and JSON punctuation counts too); the prompt is billed once, however many choices come
 back. For a budget, an image or file the body names by URL or file id (its bytes are not in the
 body) adds the model's largest image, and a web search tool its ``max_uses`` searches at Anthropic's
-fee per search; the Responses ``image_generation`` tool the images a response may make with it, each
+fee per search (passed through to OpenAI, its search tools' calls at OpenAI's per-call prices:
+``toolfees.held_fees``); the Responses ``image_generation`` tool the images a response may make with it, each
 at the most the tool's quality and size may cost (``imagegen.held_tokens``). Output is the request's
 own cap on output tokens (the largest one it sets; when it sets none, ``default_max_tokens`` for
 rate limits and, for a budget's hold, the model's own ceiling where the price table knows it) times
@@ -429,8 +430,8 @@ def web_searches(body: dict) -> int:
     """Searches a request lets its model run: each web search tool's ``max_uses`` (Anthropic's
     ``web_search_YYYYMMDD``), else :data:`WEB_SEARCHES_UNCAPPED`; for OpenAI's shapes — a Responses
     ``web_search`` tool, chat ``web_search_options`` — the ``max_uses`` their ``search_context_size``
-    gets on Claude (:func:`web_search_uses`; on OpenAI the per-call fee is held but not
-    billed here: its usage does not report its searches)."""
+    gets on Claude (:func:`web_search_uses`; passed through to OpenAI, ``Pricer.held_call_fees``
+    holds them at OpenAI's per-call prices instead, ``max_tool_calls`` of them when set)."""
     found = 0
     for kind, tool in _server_tools(body, ("web_search",)):
         uses = tool.get("max_uses")
@@ -446,19 +447,23 @@ def web_searches(body: dict) -> int:
     return found
 
 
-def request_cost(ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0) -> int:
+def request_cost(
+    ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0, call_fees: int | None = None
+) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves (the
     Gemini context caches it names, :func:`cached_content_tokens`, included), but for the image
     tool's images, which ``Pricer.token_cost`` adds at their own model's price
     (:func:`tool_images_cost`). A follow-up call continuing a paused turn sends ``sent_back`` more
-    input tokens (the answer so far)."""
+    input tokens (the answer so far). ``call_fees``: what its hosted search tools' calls hold at
+    their provider's per-call prices (``Pricer.held_call_fees``), else :func:`web_searches` at
+    Anthropic's fee."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     long_writes = asks_long_cache(ctx.body, ctx.raw, walk)
     tokens = worst_case_cost(price, inputs, outputs, long_writes, cached=cached_content_tokens(ctx))
-    return tokens + web_searches(ctx.body) * WEB_SEARCH_UC
+    return tokens + (web_searches(ctx.body) * WEB_SEARCH_UC if call_fees is None else call_fees)
 
 
 def cached_content_tokens(ctx: RequestContext) -> int:

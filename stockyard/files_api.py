@@ -1097,11 +1097,13 @@ class FilesAPI(ProviderCalls):
         row = self._path.conversations.find(previous, ctx.key_id) if isinstance(previous, str) else None
         if row is not None and row.passthrough:  # the provider bills the conversation it keeps as input
             one.conversation = Conversation("", 0, _keeps_nothing, previous, history_tokens=kept_history_tokens(row))
-        full = self._path.pricer.token_cost(one, price, provider.name, self._path.settings.default_max_tokens)
+        full = self._path.pricer.token_cost(one, price, provider, self._path.settings.default_max_tokens)
         if full is None:  # the image tool may draw at a model without a price
             return None
+        # the hosted tools' calls are held whole, as they are billed (``batch_costs.BatchTotal.fees_uc``)
+        calls = self._path.pricer.held_call_fees(one, provider, str(model)) or 0
         part, whole = BATCH_PRICE
-        return -(-full * part // whole)
+        return -(-(full - calls) * part // whole) + calls
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, collection: str, query: dict[str, str]) -> None:

@@ -179,7 +179,7 @@ def known_models(app: "App", registry: Registry, provider: Provider) -> list[str
     prefixes = tuple(prefix.lower() for prefix in provider.models)
     for key, price in app.prices.entries():
         head, sep, rest = key.partition("/")
-        if "*" in key or price.unit == "image":  # model/size/quality: a price, not a model
+        if "*" in key or price.unit in ("image", "call"):  # model/size/quality, a tool's call: a price, not a model
             continue
         if sep and head == provider.name:
             names.append(rest)

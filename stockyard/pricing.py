@@ -26,10 +26,11 @@ costs nothing).
 Units other than tokens (``Price.unit``): the media endpoints bill what OpenAI bills —
 ``image`` (DALL·E, one key per ``model/size/quality``, e.g. ``dall-e-3/1024x1792/hd``),
 ``second`` of audio (whisper-1, from the answer's ``usage.seconds`` rounded to the nearest
-second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd). Their rate is
-``input``, in µ¢ per 1M units like every rate here ($0.04 an image = "40000" USD per 1M
-images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1) bill their
-audio or image input tokens at ``media_input`` (``Usage.media_tokens``), and models that write
+second as OpenAI bills), ``character`` of speech input (tts-1, tts-1-hd); and ``call``, a
+hosted tool's call (OpenAI's web and file search, below: keyed ``openai/web_search_call`` …, not
+a model). Their rate is ``input``, in µ¢ per 1M units like every rate here ($0.04 an image =
+"40000" USD per 1M images). Token-priced audio and image models (gpt-4o-transcribe, gpt-image-1)
+bill their audio or image input tokens at ``media_input`` (``Usage.media_tokens``), and models that write
 images or audio among their output tokens (Gemini's image models: ``usageMetadata.
 candidatesTokensDetails``, modality IMAGE or AUDIO; gpt-image-1.5: ``output_tokens_details.
 image_tokens``) bill those output tokens at ``media_output`` (``Usage.media_output_tokens``);
@@ -38,7 +39,18 @@ where usage does not split the output by modality, every output token is billed 
 
 Per-call fees that usage reports join the cost as ``Usage.fees_uc``: Anthropic's web searches
 (``server_tool_use.web_search_requests``, $10 per 1,000 on every model: :data:`WEB_SEARCH_UC`)
-and Perplexity's request and search-query fees (its ``usage.cost`` states them in USD).
+and Perplexity's request and search-query fees (its ``usage.cost`` states them in USD). So do
+OpenAI's per-call hosted tools, which its usage does not count but a Responses answer shows, one
+``web_search_call`` or ``file_search_call`` item a call (``stockyard.toolfees``; added by
+``billing.Pricer``): each at the table's ``call`` price — the ``web_search`` tool $10 per 1,000
+calls on every model (``openai/web_search_call``); ``web_search_preview`` $25 per 1,000 on
+non-reasoning models (gpt-4o, gpt-4.1 families: ``…/preview``) and $10 on reasoning models
+(o-series, gpt-5: ``…/preview-reasoning``), chosen by the request's tool (the preview's price only
+when it offered no other web search tool) and the model; ``file_search`` $2.50 per 1,000
+(``openai/file_search_call``). Source: OpenAI's pricing page, "Built-in tools", as quoted on
+2026-03-12 (modelcostwatch.com) and by OpenAI staff (community.openai.com); checked 2026-12-05.
+Every call item counts whatever its ``action`` (OpenAI does not say which it bills; support says a
+call may run sub-searches it does not show): the count is a lower bound.
 
 A model's entry may also give token counts (not rates) that budgets hold: ``max_output_tokens``,
 what it writes at most when a request sets no output cap (``estimate.output_ceiling``), and
@@ -49,8 +61,14 @@ A prompt-length tier (``long_context``: Gemini 2.5 Pro above 200k prompt tokens,
 tier's rates (:func:`rates_for`); budgets hold the tier's rates when the estimate is above it.
 
 Not modelled: cached
-image input tokens (billed as cached text input), and per-call fees no usage reports (OpenAI's
-web and file search tools, Gemini's grounding, code execution containers).
+image input tokens (billed as cached text input), and per-call fees neither usage nor answer
+reports: Gemini's grounding; OpenAI's code interpreter and shell containers (billed per minute of
+a session, at least 5, since 2026-06-02: $0.03 per 20 minutes at 1 GB, more by ``memory_limit``;
+no answer shows the minutes); the searches of OpenAI's Chat Completions search models
+(``gpt-4o-search-preview``, ``gpt-5-search-api``: no call is shown, and no source at hand states
+their per-call rule); the fixed 8,000 input tokens a web search bills on gpt-4o-mini and
+gpt-4.1-mini (not in usage); and Azure's or other providers' tool calls unless an operator prices
+them (``azure/web_search_call``).
 """
 
 from __future__ import annotations
@@ -148,7 +166,7 @@ def format_usd(microcents: int, min_places: int = 6) -> str:
     return f"{sign}${dollars}" + (f".{digits[:places]}" if places else "")
 
 
-UNITS = ("token", "image", "second", "character")
+UNITS = ("token", "image", "second", "character", "call")
 RATE_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning", "media_input", "media_output")
 MEDIA_MODALITIES = ("IMAGE", "AUDIO")  # Gemini's ModalityTokenCount.modality values billed as media
 WEB_SEARCH_UC = USD // 100  # Anthropic's web search: $10 per 1,000 searches, one cent each

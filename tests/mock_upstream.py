@@ -1207,6 +1207,34 @@ def _compacting(body: dict) -> bool:
     return bool(items) and isinstance(items[-1], dict) and items[-1].get("type") == "compaction_trigger"
 
 
+# OpenAI's hosted search tools: a request offering one (a ``web_search*`` or ``file_search`` tool)
+# is answered with as many calls as its ``metadata`` asks (``mock_web_searches`` /
+# ``mock_file_searches``, digits as metadata values are text; none when absent), before its message.
+# OpenAI bills each call per call; its ``usage`` counts none of them.
+SEARCH_TOOLS = {"web_search_call": ("web_search",), "file_search_call": ("file_search",)}
+SEARCH_ASKED = {"web_search_call": "mock_web_searches", "file_search_call": "mock_file_searches"}
+
+
+def search_calls(body: dict, n: int) -> list[dict]:
+    """The search tools' call items a response shows (see ``SEARCH_TOOLS``)."""
+    kinds = [t.get("type", "") for t in body.get("tools") or [] if isinstance(t, dict)]
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    calls: list[dict] = []
+    for item_type, prefixes in SEARCH_TOOLS.items():
+        asked = str(metadata.get(SEARCH_ASKED[item_type], "0"))
+        if not any(str(kind).startswith(prefixes) for kind in kinds) or not asked.isdigit():
+            continue
+        for k in range(int(asked)):
+            ident = f"{'ws' if item_type == 'web_search_call' else 'fs'}_mock{n}_{k}"
+            call: dict = {"id": ident, "type": item_type, "status": "completed"}
+            if item_type == "web_search_call":
+                call["action"] = {"type": "search", "query": "cats"}
+            else:
+                call.update(queries=["cats"], results=None)
+            calls.append(call)
+    return calls
+
+
 def _responses_output(body: dict, n: int, ran: tuple[dict, dict] | None = None) -> list[dict]:
     """A function call when tools are given and no tool output came back yet; else a message
     (the JSON `{"city": "Paris"}` when `text.format` asks for a json_schema); the compaction item
@@ -1229,7 +1257,7 @@ def _responses_output(body: dict, n: int, ran: tuple[dict, dict] | None = None) 
         ]
     fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     text = _dumps(TOOL_ARGS) if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else TEXT
-    drawn = []
+    drawn = search_calls(body, n)  # it searches first
     if image_tool(body) is not None:  # the model draws first, then says something about it
         drawn.append(
             {
@@ -1373,6 +1401,11 @@ def responses_stream(body: dict, n: int, model: str, ran: tuple[dict, dict] | No
             emit("response.code_interpreter_call_code.done", item_id=item["id"], output_index=index, code=code)
             emit("response.code_interpreter_call.interpreting", item_id=item["id"], output_index=index)
             emit("response.code_interpreter_call.completed", item_id=item["id"], output_index=index)
+        elif item["type"] in SEARCH_TOOLS:  # a search: in progress, searching, completed
+            emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
+            step = item["type"].removesuffix("_call")
+            for phase in ("in_progress", "searching", "completed"):
+                emit(f"response.{step}_call.{phase}", item_id=item["id"], output_index=index)
         elif item["type"] == "shell_call":  # its commands ran in its environment's container
             emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
         elif item["type"] == "compaction":  # its token is known at the end: added empty, then compacting
@@ -1583,9 +1616,12 @@ def batch_output(batch: dict, data: bytes) -> tuple[list[str], list[str]]:
             line["error"] = None
             errors.append(_dumps(line))
             continue
-        answer = (
-            openai_embeddings(body, model) if batch["endpoint"] == "/v1/embeddings" else openai_chat(body, i, model)
-        )
+        if batch["endpoint"] == "/v1/responses":
+            answer = responses_object(body, i, model, "completed", _responses_output(body, i))
+        else:
+            answer = (
+                openai_embeddings(body, model) if batch["endpoint"] == "/v1/embeddings" else openai_chat(body, i, model)
+            )
         line["response"] = {"status_code": 200, "request_id": f"req_mock_b{i}", "body": answer}
         line["error"] = None
         out.append(_dumps(line))

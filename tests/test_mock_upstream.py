@@ -568,6 +568,27 @@ def test_openai_sdk_speaks_containers_to_mock(mock: MockUpstream) -> None:
         client.containers.retrieve(made.id)
 
 
+def test_openai_sdk_reads_the_mocks_search_calls(mock: MockUpstream) -> None:
+    """A request offering a search tool is answered with the calls its metadata asks for
+    (``mock_web_searches`` / ``mock_file_searches``) before the message, streamed too; none
+    without the tool, whatever the metadata says."""
+    openai = pytest.importorskip("openai")
+
+    client = openai.OpenAI(base_url=mock.url + "/v1", api_key="x", max_retries=0)
+    tools = [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_x"]}]
+    asked = {"mock_web_searches": "3", "mock_file_searches": "2"}
+    answer = client.responses.create(model="gpt-4o-mini", input="cats", tools=tools, metadata=asked)
+    assert [item.type for item in answer.output] == [*["web_search_call"] * 3, *["file_search_call"] * 2, "message"]
+    assert answer.output[0].action.type == "search" and answer.output[3].queries == ["cats"]
+    events = list(client.responses.create(model="gpt-4o-mini", input="cats", tools=tools, metadata=asked, stream=True))
+    done = [e.item.type for e in events if e.type == "response.output_item.done"]
+    assert done == [item.type for item in answer.output]
+    assert sum(e.type == "response.web_search_call.searching" for e in events) == 3
+    assert sum(e.type == "response.file_search_call.completed" for e in events) == 2
+    plain = client.responses.create(model="gpt-4o-mini", input="cats", metadata=asked)
+    assert [item.type for item in plain.output] == ["message"]
+
+
 def test_openai_sdk_speaks_vector_stores_to_mock(mock: MockUpstream) -> None:
     """The Vector Stores API in OpenAI's wire shapes: stores, their files (by Files API id, with
     attributes), search over the files' text, file batches that complete when retrieved or cancel."""

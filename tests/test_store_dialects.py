@@ -16,6 +16,7 @@ from conftest import wait_for
 from stockyard import audit
 from stockyard.operations import Operations
 from stockyard.operations import keys as key_ops
+from stockyard.operations import prices as price_ops
 from stockyard.operations import providers as provider_ops
 from stockyard.store import Store, Writer, costs, db
 from stockyard.store.backends import PostgresBackend
@@ -171,6 +172,26 @@ def test_keys_and_providers_are_audited_in_one_verifying_chain(database):
     assert key_ops.get_key(conn, created["id"])["budget"] == "$5.00"
     result = audit.verify_with_secret(conn, SECRET)
     assert result.ok and result.count == 4, result.reason
+
+
+def test_a_price_per_call_is_an_override_on_each_store(database):
+    """Migration 0026: an override may be per call (OpenAI's hosted tools' fees), on both stores; a
+    unit the code does not know is still refused by the table. Was: the CHECK refused 'call'."""
+    database.open_and_migrate()
+    ops = Operations(Store(database), audit.actor_cli(), SECRET)
+    price_ops.set_price(ops, "openai/web_search_call", {"unit": "call", "input": "5000"})
+    conn = ops.store.read()
+    price = price_ops.load_overrides(conn)["openai/web_search_call"]
+    assert (price.unit, price.input) == ("call", 5000 * 10**8)
+    write = database.connect()
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            write.execute(
+                "INSERT INTO price_overrides (model, input_uc, cached_input_uc, cache_write_uc, output_uc, "
+                "updated_at, unit) VALUES ('x', 1, 1, 1, 0, 'now', 'hour')"
+            )
+    finally:
+        write.close()
 
 
 def test_postgresql_replicas_starting_at_once_migrate_exactly_once(pg_url):

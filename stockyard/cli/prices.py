@@ -55,7 +55,8 @@ def register(sub) -> None:
         choices=UNITS,
         default="token",
         help="what --input is per 1M of: token (default), image (keys model/size/quality, "
-        "e.g. dall-e-3/1024x1024/hd), second of audio, character of speech input",
+        "e.g. dall-e-3/1024x1024/hd), second of audio, character of speech input, call of a hosted "
+        "tool (keys openai/web_search_call, openai/file_search_call: see README's pricing)",
     )
     runs(s, set_, json=True)
 
@@ -105,7 +106,7 @@ def list_(args: argparse.Namespace) -> int:
         empty="no prices",
     )
     print(
-        "USD per 1M of PER 1M (tokens, images, seconds or characters); '-' means the output price "
+        "USD per 1M of PER 1M (tokens, images, seconds, characters or calls); '-' means the output price "
         "(REASONING, MEDIA OUT: image or audio output tokens) or the input price (MEDIA IN)"
     )
     return 0

@@ -7,7 +7,8 @@ already in ``input``) is left out, and so are Stockyard's own reasoning items an
 minted (``conversations_api.minted_here``), while a compaction item it made goes as the user
 message holding its summary. Their event stream is relayed event by event (the answer naming
 the ``conversation`` the turn joined); usage comes from ``response.completed`` /
-``response.incomplete`` / ``response.failed``.
+``response.incomplete`` / ``response.failed``, and the hosted tools' calls billed per call from
+the output items (``toolfees.CallTally``: the answer's, or a stream's as they pass).
 
 Every other provider is reached through :class:`ResponsesOverChat`: the request becomes a
 Chat Completions body (``responses.to_chat``, with the history of a previous response
@@ -33,6 +34,7 @@ from ..errors import OPENAI, ProxyError
 from ..httpio import json_bytes
 from ..imagegen import ImageTally, reported
 from ..pricing import Usage
+from ..toolfees import CallTally
 from . import Provider, compaction, responses
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_object
 from .chatshape import chat_chunks, chunk_error, note
@@ -153,9 +155,11 @@ class ResponsesPassThrough(Adapter):
         usage = data.get("usage")
         if isinstance(usage, dict):
             ctx.attempt.usage = Usage.from_openai(usage)
-        images = ImageTally(ctx.body)
+        images, calls = ImageTally(ctx.body), CallTally()
         images.see_output(data.get("output"))
+        calls.see_output(data.get("output"))
         ctx.attempt.image_usage, ctx.attempt.image_estimate = reported(data), images.estimate()
+        ctx.attempt.tool_calls = calls.counts()
         if ctx.endpoint == "responses" and data.get("object") == "response":
             if joined(ctx) is not None:  # the provider heard of no conversation: the answer names it
                 data["conversation"] = joined(ctx)
@@ -169,13 +173,15 @@ class ResponsesPassThrough(Adapter):
 
 class PassThroughStream(StreamTranslator):
     """Relays each event unchanged; reads the response snapshot, usage and the terminal event,
-    and counts the images the image_generation tool sent (billed by them if the stream is cut)."""
+    counts the images the image_generation tool sent (billed by them if the stream is cut) and the
+    hosted tools' calls its items showed (billed per call, cut or not)."""
 
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
         self.response: dict = {}
         self.sequence_number = -1
         self.images = ImageTally(ctx.body)
+        self.calls = CallTally()
 
     def feed(self, event: bytes) -> list[bytes]:
         obj = sse_object(event)
@@ -185,6 +191,9 @@ class PassThroughStream(StreamTranslator):
             self.sequence_number = obj["sequence_number"]
         if self.images.see(obj):  # an image of the image_generation tool went out
             self.ctx.attempt.image_estimate = self.images.estimate()
+        if b"_search_call" in event:  # a search call's item, or a response holding one
+            self.calls.see_event(obj)
+            self.ctx.attempt.tool_calls = self.calls.counts()
         response = obj.get("response")
         if isinstance(response, dict) and joined(self.ctx) is not None:  # as parse names it
             response["conversation"] = joined(self.ctx)
