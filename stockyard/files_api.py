@@ -296,13 +296,13 @@ class Ownership:
         checked), so its bytes alone do not say."""
         if ctx.key is None or ctx.upload is not None:
             return
-        walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
-        if walk or may_name_file(ctx.raw, host_only=ctx.dialect != GEMINI):
-            self.check_gemini_files(ctx.body, owner)
         if ctx.dialect == GEMINI:
+            if may_name_file(ctx.raw):
+                self.check_gemini_files(ctx.body, owner_of(ctx))
             return self.check_cached_content(ctx)
         if ctx.dialect not in (OPENAI, RESPONSES):
             return
+        walk, owner = estimate.put_in(ctx), owner_of(ctx)  # items put in: the bytes alone do not say
         if walk or may_name(ctx.raw, b"container"):
             for container_id, param in referenced_containers(ctx.body).items():
                 if self.find(container_id, "container", owner) is None:
@@ -338,7 +338,7 @@ class Ownership:
 
     def check_gemini_files(self, body: object, owner: str) -> None:
         """Each Gemini Files API file a body names (``objectrefs.referenced_gemini_files``: a part's
-        ``fileData.fileUri``, in any dialect a URL naming Google's API host) must be ``owner``'s
+        ``fileData.fileUri``) must be ``owner``'s
         (``gemini_files``): a file holds a prompt's media and the provider would read any key's.
         Another key's, one Stockyard never saw, or a variant of a file's URI is Google's 404 here,
         before any module or provider call."""

@@ -194,16 +194,11 @@ def names_a_file(uri: str) -> bool:
     return plain.startswith(FILE_PREFIX) or FILE_HOST in plain
 
 
-FILE_HINTS = re.compile(rb"(?i)files|generativelanguage|\\u|%")  # what a body naming a file must hold
-HOST_HINTS = re.compile(rb"(?i)generativelanguage|\\u|%")  # … naming Google's API host
-
-
-def may_name_file(raw: bytes, host_only: bool = False) -> bool:
-    """Whether a JSON text can name a Files API file (:func:`referenced_gemini_files`), in any case,
-    escaped or percent-encoded: a fast test that spares most bodies the walk (``host_only``: only by
-    a URL naming Google's API host, where no ``fileData`` is read)."""
-    hints = HOST_HINTS if host_only else FILE_HINTS
-    return hints.search(raw) is not None or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
+def may_name_file(raw: bytes) -> bool:
+    """Whether a Gemini-native JSON text can hold a ``fileData`` / ``file_data`` part
+    (:func:`referenced_gemini_files`): a fast test on the bytes (:func:`may_name`) that spares most
+    bodies the walk — a member's name is case-sensitive, so only its escapes can hide it."""
+    return b"ileData" in raw or may_name(raw, b"ile_data")
 
 
 def file_uri_id(uri: str) -> str | None:
@@ -213,10 +208,11 @@ def file_uri_id(uri: str) -> str | None:
 
 
 def referenced_gemini_files(body: object) -> dict[str, str]:
-    """Each Files API URI a body names (:func:`names_a_file`), with the param that first names it:
-    a part's ``fileData.fileUri`` (either spelling of each), and any string anywhere naming Google's
-    API host (an OpenAI ``image_url`` a translation turns into a ``fileData``), but the caller's
-    ``metadata`` and ``NOT_READ``. Walked without recursion."""
+    """Each Files API URI a Gemini-native body names (:func:`names_a_file`), with the param that first
+    names it: a part's ``fileData.fileUri`` (either spelling of each), wherever the part stands but
+    the caller's ``metadata`` and ``NOT_READ`` — the one place Google reads a file from. (A URL a
+    translation would turn into a ``fileData`` is refused there: ``providers.gemini.image_part``.)
+    Walked without recursion."""
     found: dict[str, str] = {}
     if not isinstance(body, (dict, list)):
         return found
@@ -224,10 +220,7 @@ def referenced_gemini_files(body: object) -> dict[str, str]:
     stack: list[tuple[str, object]] = [(str(k), v) for k, v in items if k != "metadata"]
     while stack:
         where, value = stack.pop()
-        if isinstance(value, str):
-            if FILE_HOST in unquote(value).lower():
-                found.setdefault(value, where)
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             for name in FILE_DATA:
                 data = value.get(name)
                 if not isinstance(data, dict):

