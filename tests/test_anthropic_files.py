@@ -28,7 +28,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=mock.url)
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("afiles") / "stockyard.db", env)
     srv.keys = srv.create_keys(
-        {"alice": [], "bob": [], "carol": [], "openai-only": ["--models", "openai/*"]}
+        {"alice": [], "bob": [], "carol": [], "dave": [], "openai-only": ["--models", "openai/*"]}
     )
     srv.start()
     yield srv
@@ -167,7 +167,7 @@ def test_a_key_without_an_anthropic_provider_is_refused_in_anthropics_shape(serv
 
 
 def test_lists_page_over_the_keys_own_files_both_ways(server: ServerProcess, mock: MockUpstream) -> None:
-    dave = server.create_keys({"dave": []})["dave"]
+    dave = "dave"
     client = server.anthropic(dave)
     mine = [client.beta.files.upload(file=(f"{i}.txt", b"x%d" % i, "text/plain")).id for i in range(3)]
     server.anthropic("bob").beta.files.upload(file=("between.txt", b"bob's", "text/plain"))
