@@ -15,7 +15,7 @@ import json
 import anthropic
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import CODE_OUTPUT, MockUpstream, Recorded
 
 ANTHROPIC_KEY = "sk-ant-test-files-0123456789abcdefANTHROPICSECRET"
@@ -89,14 +89,13 @@ def test_upload_list_retrieve_message_download_delete(server: ServerProcess, moc
         client.beta.files.retrieve_metadata(uploaded.id)
     assert error_of(failure)["type"] == "not_found_error"
 
-    rows = server.db_rows("SELECT endpoint, cost_uc FROM traces WHERE endpoint LIKE 'anthropic_files.%'")
-    assert {r["endpoint"] for r in rows} >= {
-        "anthropic_files.create",
-        "anthropic_files.list",
-        "anthropic_files.retrieve",
-        "anthropic_files.content",
-        "anthropic_files.delete",
-    }
+    wanted = {f"anthropic_files.{name}" for name in ("create", "list", "retrieve", "content", "delete")}
+
+    def traced() -> list[dict]:  # the writer commits traces after the answers: waited for
+        rows = server.db_rows("SELECT endpoint, cost_uc FROM traces WHERE endpoint LIKE 'anthropic_files.%'")
+        return rows if {r["endpoint"] for r in rows} >= wanted else []
+
+    rows = wait_for(traced, what="every files call traced")
     assert all(r["cost_uc"] in (0, None) for r in rows)
 
 

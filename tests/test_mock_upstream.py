@@ -637,7 +637,6 @@ def test_anthropic_sdk_speaks_to_mock(mock: MockUpstream) -> None:
     assert failure.value.status_code == 529
 
 
-
 def test_anthropic_sdk_speaks_files_to_mock(mock: MockUpstream) -> None:
     """Anthropic's Files API (beta) on the path OpenAI's files share, told apart by anthropic-version:
     upload, list, retrieve, a message naming the file (an unknown one is a 404), the code execution
