@@ -174,7 +174,8 @@ def test_lists_page_over_the_keys_own_files_both_ways(server: ServerProcess, moc
     first = client.beta.files.list(extra_query={"limit": 2})
     assert [f.id for f in first.data] == newest_first[:2] and first.has_more  # type: ignore[attr-defined]
     assert (first.first_id, first.last_id) == tuple(newest_first[:2])  # type: ignore[attr-defined]
-    assert [f.id for f in client.beta.files.list()] == newest_first  # the SDK pages on by itself
+    assert [f.id for f in client.beta.files.list()] == newest_first
+    assert [f.id for f in client.beta.files.list(limit=1)] == newest_first  # the SDK pages on by next_page
 
     def page(query: str) -> dict:
         status, _, body = server.request(
