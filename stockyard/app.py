@@ -17,6 +17,7 @@ import time
 from typing import Any, Mapping
 
 from . import __version__, audit, containers_api, message_batches
+from .anthropic_files import AnthropicFiles
 from .auth import Gatekeeper
 from .backup import Snapshotter
 from .batch_costs import BatchCosts, BatchWatch
@@ -181,6 +182,7 @@ class App:
         self.batch_costs = BatchCosts(self.path, self.store, self.metrics, self.batch_spend)
         self.files = FilesAPI(self.path, ownership, self.batch_costs.completed, self.check_batch_budget)
         self.containers = ContainersAPI(self.path, ownership)
+        self.anthropic_files = AnthropicFiles(self.path, ownership)  # Anthropic's Files API (beta)
         self.vector_stores = VectorStoresAPI(self.path, ownership)
         self.cached_contents = CachedContents(self.path, ownership, self.budgeted)  # Gemini's context caches
         self.gemini_files = GeminiFiles(self.path, ownership, UploadSessions(self.store))  # Gemini's Files API

@@ -31,13 +31,15 @@ from . import estimate
 from .context import REFUSED, Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list
-from .errors import GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
+from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members
 from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
 from .objectrefs import (
+    ANTHROPIC_FILE,
     FILE_PREFIX,
+    anthropic_file_not_found,
     cache_id_of,
     cache_not_found,
     check_store_ids,
@@ -136,6 +138,20 @@ def page_limit(query: dict[str, str], default: int, largest: int) -> int:
             400, f"'limit' must be a whole number from 1 to {largest}", param="limit", code="invalid_value"
         )
     return limit
+
+
+def id_page_query(query: dict[str, str], default: int, largest: int) -> tuple[int, str | None, str | None]:
+    """An Anthropic list's ``limit`` (1 to ``largest``), ``before_id`` and ``after_id`` (not both), else a 400."""
+    try:
+        limit = int(query.get("limit", str(default)))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= largest:
+        raise ProxyError(400, f"limit: must be a whole number from 1 to {largest}", code="invalid_value")
+    before, after = query.get("before_id") or None, query.get("after_id") or None
+    if before and after:
+        raise ProxyError(400, "give before_id or after_id, not both", code="invalid_value")
+    return limit, before, after
 
 
 def file_ids_of(body: dict, name: str) -> list[str]:
@@ -294,6 +310,8 @@ class Ownership:
         Stockyard, so one no key owns goes as sent. The body as it will be sent: with the items
         of a conversation it names put in (``conversations.open``; items added through ``/v1/conversations`` were never
         checked), so its bytes alone do not say."""
+        if ctx.dialect == ANTHROPIC:
+            return self.check_anthropic_files(ctx)
         if ctx.key is None or ctx.upload is not None:
             return
         if ctx.dialect == GEMINI:
@@ -315,6 +333,33 @@ class Ownership:
                 raise not_found("vector_store", theirs, stores[theirs])
         if walk or may_name(ctx.raw, b"file_id"):
             self.require_files(referenced_files(ctx.body), owner, "file_id")
+
+    def check_anthropic_files(self, ctx: RequestContext) -> None:
+        """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's
+        Anthropic files (``anthropic_files``) wherever a ``file_id`` stands — a document's or image's
+        ``{"type": "file"}`` source, a ``container_upload``, a code execution result sent back: a
+        file holds a prompt, and the provider would read any key's. Another key's, or one Stockyard
+        never saw, is Anthropic's 404 here, before any module or provider call. The files the code
+        execution tool writes for this call are claimed for the key (``ctx.claim_files``, which the
+        native adapter calls before the answer naming them goes on), in open mode too."""
+        owner = owner_of(ctx)
+
+        def claim(ids: set[str]) -> None:
+            provider = ctx.attempt.provider
+            if provider is not None:
+                self.claim_new(ids, ANTHROPIC_FILE, owner, provider.name)
+
+        ctx.claim_files = claim
+        if ctx.key is None or not may_name(ctx.raw, b"file_id"):  # open mode: one owner
+            return
+        self.require_anthropic_files(ctx.body, owner)
+
+    def require_anthropic_files(self, body: object, owner: str, where: str = "") -> None:
+        """Every file a Messages body names is ``owner``'s Anthropic file, else Anthropic's 404 (``where``
+        says which request of a batch); each id looked up once."""
+        for file_id in sorted(referenced_files(body)):
+            if self.find(file_id, ANTHROPIC_FILE, owner) is None:
+                raise anthropic_file_not_found(file_id, where)
 
     def check_cached_content(self, ctx: RequestContext) -> None:
         """A Gemini-native call (generateContent, streamGenerateContent, countTokens) may name only
@@ -852,6 +897,51 @@ class ProviderCalls:
         answer.data = json.dumps(item_list(found, has_more)).encode()
         self._keep(ctx, answer)
         return answer, found
+
+    def _id_page(
+        self,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        kind: str,
+        limit: int,
+        before: str | None,
+        after: str | None,
+        passed: dict[str, str] | None = None,
+    ) -> tuple[Answer, list[dict] | None, bool]:
+        """An Anthropic list (newest first, ``after_id`` older, ``before_id`` newer) at ``rest``,
+        filtered to this key's objects of ``kind`` and paged honestly either way: (the answer, ``limit``
+        of them, whether the provider holds more of the key's that way — or was not read to its end).
+        A provider's failure is (its answer, None, False). A cursor the key does not own (another
+        key's object, or none) is an unknown id's empty page, unasked: the provider's page from it
+        would say whether it exists and where it stands among the key's own."""
+        owner = owner_of(ctx)
+        cursor = before or after
+        found: list[dict] = []
+        has_more = False
+        answer = Answer(200, {"content-type": "application/json"})
+        pages = MAX_LIST_PAGES if not cursor or self.ownership.owned([cursor], kind, owner, provider.name) else 0
+        ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
+        for _ in range(pages):
+            asked = {**(passed or {}), "limit": str(LIST_PAGE)}
+            if cursor:
+                asked["before_id" if before else "after_id"] = cursor
+            answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
+            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+                return answer, None, False
+            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
+            mine = self.ownership.owned([d["id"] for d in items], kind, owner, provider.name)
+            page = [d for d in items if d["id"] in mine]
+            found = page + found if before else found + page
+            if len(found) > limit:
+                found, has_more = (found[-limit:] if before else found[:limit]), True
+                break
+            if not doc.get("has_more") or not items:
+                break
+            cursor = items[0]["id"] if before else items[-1]["id"]
+        else:
+            has_more = pages > 0  # not read to its end: the client asks again from the last id
+        return answer, found, has_more
 
     def unknown_cursor_page(self, ctx: RequestContext) -> Answer:
         """The empty page a list answers, unasked, for a cursor that is not one of the key's own."""

@@ -41,12 +41,11 @@ from .deployments import Models
 from .errors import ANTHROPIC, ProxyError
 from .files_api import (
     BATCH_PRICE,
-    LIST_PAGE,
-    MAX_LIST_PAGES,
     Answer,
     BatchHold,
     Ownership,
     ProviderCalls,
+    id_page_query,
     owner_of,
 )
 from .httpio import Request, check_method, json_object
@@ -199,6 +198,8 @@ class MessageBatches(ProviderCalls):
         budgeted = self._budgeted(ctx)
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
+            if ctx.key is not None:  # the files it names: the key's own (open mode: one owner)
+                self.ownership.require_anthropic_files(params, owner_of(ctx), f"requests.{i}.params: ")
             unbounded = estimate.unbounded_server_tools(params) if budgeted else None
             if unbounded is not None:  # as /v1/messages refuses it under a budget
                 raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")
@@ -322,44 +323,11 @@ class MessageBatches(ProviderCalls):
         """The provider's list, filtered to this key's batches, paged honestly in either direction
         (``after_id`` older, ``before_id`` newer): ``limit`` of them, ``has_more`` when the
         provider holds more of the key's that way (or was not read to its end)."""
-        default, largest = LIST_LIMITS
-        try:
-            limit = int(query.get("limit", str(default)))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= largest:
-            raise ProxyError(400, f"limit: must be a whole number from 1 to {largest}", code="invalid_value")
-        before, after = query.get("before_id") or None, query.get("after_id") or None
-        if before and after:
-            raise ProxyError(400, "give before_id or after_id, not both", code="invalid_value")
+        limit, before, after = id_page_query(query, *LIST_LIMITS)
         provider = self.provider_of_kind(ctx, KINDS, "Anthropic", "message batches need an Anthropic provider")
-        owner = owner_of(ctx)
-        cursor = before or after
-        found: list[dict] = []
-        has_more = False
-        answer = Answer(200, {})
-        # A cursor the key does not own (another key's batch, or none): the provider's page from it
-        # would say whether it exists and where it stands among the key's own, so it is an unknown
-        # id's empty page, unasked (as files_api's lists do).
-        pages = MAX_LIST_PAGES if not cursor or self.ownership.owned([cursor], KIND, owner, provider.name) else 0
-        ctx.attempt.status = 200  # the trace's, when no provider call is made (a call sets its own)
-        for _ in range(pages):
-            asked = {"limit": str(LIST_PAGE), **({"before_id" if before else "after_id": cursor} if cursor else {})}
-            answer, doc = self._call(ctx, provider, "GET", UPSTREAM, query=asked)
-            if answer.status >= 400 or not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-                return self._send(reply, ctx, answer)
-            items = [d for d in doc["data"] if isinstance(d, dict) and isinstance(d.get("id"), str)]
-            mine = self.ownership.owned([d["id"] for d in items], KIND, owner, provider.name)
-            page = [d for d in items if d["id"] in mine]
-            found = page + found if before else found + page
-            if len(found) > limit:
-                found, has_more = (found[-limit:] if before else found[:limit]), True
-                break
-            if not doc.get("has_more") or not items:
-                break
-            cursor = items[0]["id"] if before else items[-1]["id"]
-        else:
-            has_more = pages > 0  # not read to its end: the client asks again from the last id
+        answer, found, has_more = self._id_page(ctx, provider, UPSTREAM, KIND, limit, before, after)
+        if found is None:  # the provider's failure, as it came
+            return self._send(reply, ctx, answer)
         for batch in found:
             self._see(ctx, provider, batch)
             self._public(ctx, batch)

@@ -1,4 +1,5 @@
-"""The provider objects a JSON body names: files, containers, vector stores, Gemini context caches and files.
+"""The provider objects a JSON body names: files (OpenAI's, Anthropic's and Gemini's), containers,
+vector stores, Gemini context caches.
 
 The provider holds every key's objects under the one provider key, so what a body names is
 checked against who owns it (``files_api.Ownership.check_references``, batch lines), and the
@@ -232,4 +233,25 @@ def referenced_gemini_files(body: object) -> dict[str, str]:
             stack.extend((f"{where}.{k}", v) for k, v in value.items() if k not in NOT_READ)
         elif isinstance(value, list):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+    return found
+
+
+ANTHROPIC_FILE = "anthropic_file"  # an Anthropic Files API file's kind in owned_objects (anthropic_files)
+
+
+def anthropic_file_not_found(file_id: str, where: str = "") -> ProxyError:
+    """Anthropic's 404 for a file, the same for one that does not exist and for another key's."""
+    return ProxyError(404, f"{where}File not found: {file_id[:200]}", code="not_found")
+
+
+def written_files(content: object) -> set[str]:
+    """The files an Anthropic answer's code execution results name (``code_execution_tool_result``,
+    ``bash_code_execution_tool_result``, … : ``{"type": "code_execution_output", "file_id": …}``
+    under their ``content``): what the tool wrote, for the key whose answer it is. A list of
+    content blocks, or one block (a stream's ``content_block_start``)."""
+    found: set[str] = set()
+    for block in content if isinstance(content, list) else [content]:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if isinstance(kind, str) and "code_execution" in kind and kind.endswith("_tool_result"):
+            found |= referenced_files(block)
     return found

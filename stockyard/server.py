@@ -27,6 +27,7 @@ from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from . import (
+    anthropic_files,
     anthropic_models,
     containers_api,
     files_api,
@@ -860,6 +861,15 @@ class Handler(BaseHTTPRequestHandler):
                 ctx.state[message_batches.BASE_STATE] = self._public_base()
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr)
                 app.message_batches.handle(self, ctx, req)
+                self._trace_note = trace_note(ctx)
+            return
+        if anthropic_files.route_of(path) is not None and anthropic_files.is_anthropic(self._headers_dict()):
+            ctx = RequestContext(  # an Anthropic SDK's /v1/files… (its anthropic-version): Anthropic's files
+                anthropic_files.endpoint_name(method, path), ANTHROPIC, self._client_ip(), self._headers_dict()
+            )
+            if self._key_accepted(ctx):  # before the body, like the proxy routes
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
+                app.anthropic_files.handle(self, ctx, req)
                 self._trace_note = trace_note(ctx)
             return
         for api, calls in (  # OpenAI's provider objects, owned per key: /v1/files…, /v1/batches…,

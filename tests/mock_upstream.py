@@ -1,7 +1,9 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
 It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
-Anthropic (messages, count_tokens, message batches, models), Gemini (generateContent,
+Anthropic (messages, count_tokens, message batches, models, and the Files API (beta) for a call
+carrying `anthropic-version`: uploads are not downloadable, a code execution tool writes a file
+its result names, a message naming an unknown file is a 404), Gemini (generateContent,
 streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
 models.list/get, cachedContents: a generateContent naming a cache reports its tokens as
 `cachedContentTokenCount`, part of its `promptTokenCount`, an unknown one is a 404; a cache holds
@@ -955,6 +957,8 @@ def _search_usage(body: dict, model: str, content: list[dict]) -> dict:
 
 
 def _anthropic_content(body: dict, model: str = "") -> tuple[list[dict], str]:
+    if _code_execution(body):
+        return code_execution_content(), "end_turn"
     k = _paused(body, model)
     if k is not None:
         return paused_content(k), "pause_turn"
@@ -1078,6 +1082,19 @@ def anthropic_search_stream(body: dict, n: int, model: str) -> list[str]:
     for index, block in enumerate(content):
         events += _block_events(index, block)
     delta = {"stop_reason": stop, "stop_sequence": None}
+    events.append(_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+    return events + [_event("message_stop", {"type": "message_stop"})]
+
+
+def anthropic_blocks_stream(content: list[dict], n: int, model: str) -> list[str]:
+    """An answer of these blocks streamed, each as Anthropic streams it (a server tool's result whole)."""
+    message = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model, "content": []}
+    message.update({"stop_reason": None, "stop_sequence": None, "usage": anthropic_usage(model, output_tokens=1)})
+    events = [_event("message_start", {"type": "message_start", "message": message})]
+    for index, block in enumerate(content):
+        events += _block_events(index, block)
+    delta = {"stop_reason": "end_turn", "stop_sequence": None}
+    usage = {"output_tokens": COMPLETION_TOKENS}
     events.append(_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
     return events + [_event("message_stop", {"type": "message_stop"})]
 
@@ -1658,6 +1675,13 @@ def _files_and_batches(call: Call, scripted: Reply | None) -> Reply:
         if collection == "files":
             return _files(req, object_id, action)
         return _batches(call, object_id, action)
+
+
+def _files_or_anthropic_files(call: Call, scripted: Reply | None) -> Reply:
+    """/v1/files…: Anthropic's Files API for an Anthropic client's call, else OpenAI's files and batches."""
+    if is_anthropic(call.req) and call.req.path.startswith("/v1/files"):
+        return _anthropic_files(call, scripted)
+    return _files_and_batches(call, scripted)
 
 
 def _files(req: Recorded, file_id: str | None, action: str | None) -> Reply:
@@ -2252,6 +2276,132 @@ def _message_batches(call: Call, scripted: Reply | None) -> Reply:
         return Reply(json=dict(batch))
 
 
+# --------------------------------------------------------------------------- Anthropic files (beta)
+
+
+class AnthropicFilesState:
+    """What the mock Anthropic Files API keeps: file metadata with its bytes. Uploaded files are
+    not downloadable (Anthropic's rule: only files the code execution tool writes are); the code
+    execution tool writes one per call (``code_execution_content``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files: dict[str, dict] = {}
+        self.contents: dict[str, bytes] = {}
+        self.clock = itertools.count(1)
+
+    def add(self, filename: str, mime_type: str, data: bytes, downloadable: bool) -> dict:
+        """Keep a file (caller holds the lock); its metadata as Anthropic returns it."""
+        tick = next(self.clock)
+        obj = {
+            "id": f"file_011mock{tick:06d}{hashlib.sha256(data).hexdigest()[:8]}",
+            "type": "file",
+            "filename": filename,
+            "mime_type": mime_type,
+            "size_bytes": len(data),
+            "created_at": _rfc3339(CREATED + tick),
+            "downloadable": downloadable,
+        }
+        self.files[obj["id"]], self.contents[obj["id"]] = obj, data
+        return obj
+
+
+ANTHROPIC_FILES = AnthropicFilesState()
+ANTHROPIC_FILES_BETA = "files-api-2025-04-14"
+CODE_OUTPUT = b"x,y\n1,2\n"  # the file the mock's code execution tool writes
+
+
+def is_anthropic(req: Recorded) -> bool:
+    """A request an Anthropic client made (Anthropic's API tells its own calls by this header)."""
+    return "anthropic-version" in req.headers
+
+
+def _anthropic_files(call: Call, scripted: Reply | None) -> Reply:
+    """Anthropic's Files API (beta): POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET …/content;
+    the ``files-api-2025-04-14`` beta header is required, as Anthropic requires it."""
+    if scripted is not None and scripted.status >= 400:
+        return anthropic_error(scripted.status)
+    req = call.req
+    if ANTHROPIC_FILES_BETA not in req.headers.get("anthropic-beta", ""):
+        return anthropic_error(400, f"the Files API needs the anthropic-beta header {ANTHROPIC_FILES_BETA} (mock)")
+    _, file_id, action = FILES_PATH.match(req.path).groups()
+    state = ANTHROPIC_FILES
+    with state.lock:
+        if file_id is None and req.method == "POST":
+            _, files = multipart_form(req)
+            uploaded = [(filename, data) for name, filename, data in files if name == "file"]
+            if len(uploaded) != 1:
+                return anthropic_error(400, "file: Field required")
+            filename, data = uploaded[0]
+            mime = "application/pdf" if data.startswith(b"%PDF") else "text/plain"
+            return Reply(json=state.add(filename or "upload", mime, data, downloadable=False))
+        if file_id is None:
+            items = sorted(state.files.values(), key=lambda f: f["id"], reverse=True)
+            return Reply(json=_message_batch_page(items, req.query))
+        found = state.files.get(file_id)
+        if found is None:
+            return anthropic_error(404, f"File not found: {file_id} (mock)")
+        if action == "/content":
+            if not found["downloadable"]:
+                return anthropic_error(400, f"File {file_id} is not downloadable (mock)")
+            return Reply(body=state.contents[file_id], headers={"content-type": found["mime_type"]})
+        if req.method == "DELETE":
+            del state.files[file_id], state.contents[file_id]
+            return Reply(json={"id": file_id, "type": "file_deleted"})
+        return Reply(json=found)
+
+
+def anthropic_file_ids(body: dict) -> list[str]:
+    """The files a Messages body names: a document's or image's ``{"type": "file", "file_id"}``
+    source, and a ``container_upload`` block's ``file_id``."""
+    found = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else []:
+            if not isinstance(block, dict):
+                continue
+            source = block.get("source")
+            if isinstance(source, dict) and source.get("type") == "file":
+                found.append(source.get("file_id"))
+            if block.get("type") == "container_upload":
+                found.append(block.get("file_id"))
+    return found
+
+
+def anthropic_missing_file(body: dict) -> Reply | None:
+    """Anthropic's 404 for a Messages body naming a file it does not hold."""
+    with ANTHROPIC_FILES.lock:
+        missing = [f for f in anthropic_file_ids(body) if f not in ANTHROPIC_FILES.files]
+    return anthropic_error(404, f"File not found: {missing[0]} (mock)") if missing else None
+
+
+def _code_execution(body: dict) -> bool:
+    tools = body.get("tools") or []
+    return any(isinstance(t, dict) and str(t.get("type", "")).startswith("code_execution_") for t in tools)
+
+
+def code_execution_content() -> list[dict]:
+    """The code execution tool's answer: it ran code that wrote a file (made downloadable), which
+    its result block names by ``file_id``, as Anthropic's does."""
+    with ANTHROPIC_FILES.lock:
+        made = ANTHROPIC_FILES.add("out.csv", "text/csv", CODE_OUTPUT, downloadable=True)
+    return [
+        {"type": "server_tool_use", "id": "srvtoolu_exec1", "name": "code_execution", "input": {"code": "save()"}},
+        {
+            "type": "code_execution_tool_result",
+            "tool_use_id": "srvtoolu_exec1",
+            "content": {
+                "type": "code_execution_result",
+                "stdout": "",
+                "stderr": "",
+                "return_code": 0,
+                "content": [{"type": "code_execution_output", "file_id": made["id"]}],
+            },
+        },
+        {"type": "text", "text": TEXT},
+    ]
+
+
 # --------------------------------------------------------------------------- Gemini
 
 
@@ -2496,10 +2646,18 @@ def _models(call: Call, scripted: Reply | None) -> Reply:
 
 
 def _messages(call: Call, model: str) -> Reply:
+    missing = anthropic_missing_file(call.body)
+    if missing is not None:
+        return missing
+    if _code_execution(call.body) and call.body.get("stream") is True:
+        return Reply(sse=anthropic_blocks_stream(code_execution_content(), call.n, model))
     return _json_or_sse(call, model, anthropic_message, anthropic_stream)
 
 
 def _count_tokens(call: Call, model: str) -> Reply:
+    missing = anthropic_missing_file(call.body)
+    if missing is not None:
+        return missing
     return Reply(json={"input_tokens": PROMPT_TOKENS})
 
 
@@ -2970,7 +3128,7 @@ def find_route(method: str, path: str) -> Route | None:
     if RESPONSE_PATH.match(path):
         return _stored_response
     if FILES_PATH.match(path):
-        return _files_and_batches
+        return _files_or_anthropic_files
     if CONTAINERS_PATH.match(path):
         return _containers
     if VECTOR_STORES_PATH.match(path):

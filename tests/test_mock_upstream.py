@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import wait_for  # noqa: E402
-from mock_upstream import THINKING_SIGNATURE, THINKING_TEXT, THOUGHT_SIGNATURE, MockUpstream, Reply  # noqa: E402
+from mock_upstream import CODE_OUTPUT, THINKING_SIGNATURE, THINKING_TEXT, THOUGHT_SIGNATURE, MockUpstream, Reply  # noqa: E402
 
 
 @pytest.fixture
@@ -656,6 +656,52 @@ def test_anthropic_sdk_speaks_to_mock(mock: MockUpstream) -> None:
     with pytest.raises(anthropic.APIStatusError) as failure:
         client.messages.create(model="claude-error-529", max_tokens=1, messages=[])
     assert failure.value.status_code == 529
+
+
+def test_anthropic_sdk_speaks_files_to_mock(mock: MockUpstream) -> None:
+    """Anthropic's Files API (beta) on the path OpenAI's files share, told apart by anthropic-version:
+    upload, list, retrieve, a message naming the file (an unknown one is a 404), the code execution
+    tool writing a downloadable file (an upload is not downloadable), delete."""
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)
+    beta = {"anthropic-beta": "files-api-2025-04-14"}
+    with pytest.raises(anthropic.BadRequestError):  # the beta header is required, as Anthropic requires it
+        client.beta.files.upload(file=("a.txt", b"plain words", "text/plain"))
+    uploaded = client.beta.files.upload(file=("a.txt", b"plain words", "text/plain"), extra_headers=beta)
+    assert uploaded.id.startswith("file_") and uploaded.size_bytes == 11 and uploaded.downloadable is False
+    openai_files = call(mock, "GET", "/v1/files")[1]
+    assert uploaded.id.encode() not in openai_files  # OpenAI's files are another store
+    listed = client.beta.files.list(extra_headers=beta, extra_query={"limit": 100})
+    assert uploaded.id in [f.id for f in listed.data]
+    assert client.beta.files.retrieve_metadata(uploaded.id, extra_headers=beta).filename == "a.txt"
+    with pytest.raises(anthropic.BadRequestError):
+        client.beta.files.download(uploaded.id, extra_headers=beta)
+
+    document = {"type": "document", "source": {"type": "file", "file_id": uploaded.id}}
+    ask = [{"role": "user", "content": [document, {"type": "text", "text": "and?"}]}]
+    assert client.messages.create(model="claude-x", max_tokens=10, messages=ask).content[0].text
+    missing = {"type": "document", "source": {"type": "file", "file_id": "file_011nosuch"}}
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="claude-x", max_tokens=10, messages=[{"role": "user", "content": [missing]}])
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="claude-x", messages=[{"role": "user", "content": [missing]}])
+
+    tool = {"type": "code_execution_20250825", "name": "code_execution"}
+    upload = {"type": "container_upload", "file_id": uploaded.id}
+    made = client.messages.create(
+        model="claude-x", max_tokens=10, tools=[tool], messages=[{"role": "user", "content": [upload]}]
+    )
+    result = next(b for b in made.content if b.type == "code_execution_tool_result")
+    written = result.content.content[0].file_id
+    assert client.beta.files.download(written, extra_headers=beta).read() == CODE_OUTPUT
+    with client.messages.stream(model="claude-x", max_tokens=10, tools=[tool], messages=ask) as stream:
+        final = stream.get_final_message()
+    streamed = next(b for b in final.content if b.type == "code_execution_tool_result").content.content[0].file_id
+    assert streamed != written and client.beta.files.retrieve_metadata(streamed, extra_headers=beta).downloadable
+
+    assert client.beta.files.delete(uploaded.id, extra_headers=beta).type == "file_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        client.beta.files.retrieve_metadata(uploaded.id, extra_headers=beta)
 
 
 # --------------------------------------------------------------------------- as a process

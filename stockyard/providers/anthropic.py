@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..estimate import WEB_SEARCH_USES, text_tokens, web_search_uses
+from ..objectrefs import written_files
 from ..pricing import MAX_SEARCHES, WEB_SEARCH_UC, Usage
 from . import Provider, paused
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -1110,6 +1111,15 @@ def thinking_enabled(thinking: Any) -> bool:
 THINKING_HINTS = (b"thinking", b"\\u")
 
 
+def claim_written(ctx: RequestContext, content: Any, raw: bytes) -> None:
+    """The files the code execution tool wrote, named in this answer (or stream event), become the
+    key's before it goes on (``ctx.claim_files``; ``anthropic_files``), so the key can download them."""
+    if ctx.claim_files is not None and (b"file_id" in raw or b"\\u" in raw):
+        written = written_files(content)
+        if written:
+            ctx.claim_files(written)
+
+
 class AnthropicNativeAdapter(Adapter):
     """Anthropic-dialect clients to an Anthropic provider: bytes pass through untouched, but for
     the thinking blocks Stockyard made (and thinking, when the tool loop is left without one)."""
@@ -1140,6 +1150,7 @@ class AnthropicNativeAdapter(Adapter):
             return body
         if isinstance(message, dict):
             ctx.attempt.serve(message.get("model"), message.get("id"))
+            claim_written(ctx, message.get("content"), body)
             if isinstance(message.get("usage"), dict):
                 ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
         return body
@@ -1172,6 +1183,8 @@ class AnthropicNativeStream(StreamTranslator):
         elif kind == "content_block_start" and search_ran(payload.get("content_block")):
             self.searched += 1
             take_usage(self.ctx, self.usage, {}, self.searched)
+        elif kind == "content_block_start":
+            claim_written(self.ctx, payload.get("content_block"), data)
         elif kind == "message_delta":
             take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
         elif kind == "message_stop":
