@@ -9,10 +9,12 @@ CPU time moves with the machine's load.
 
 from __future__ import annotations
 
+import http.client
+import json
 import sys
 from pathlib import Path
 
-from common import Client, NotAvailable, Target, base_env, median, run_pyz
+from common import CHAT, CHAT_BODY, CHAT_PATH, Client, NotAvailable, Target, base_env, cpu_seconds, median, run_pyz
 from harness import Bench, Row, added_ms, count_traces, interleaved, interleaved_load, key_setup, latency_rows
 
 CPU_MS = 0.7  # proxy CPU per request, everything on
@@ -102,3 +104,62 @@ def cpu_per_request(b: Bench) -> list[Row]:
             "the floor for the row above",
         ),
     ]
+
+
+AGENT_BODY_KB = 100
+
+
+def agent_body(kb: int = AGENT_BODY_KB) -> bytes:
+    """A chat body of about ``kb`` KB as a coding agent sends it: a conversation whose tool results
+    are source files (this repository's own, in a fixed order: the same bytes every run)."""
+    texts = [p.read_text() for p in sorted((Path(__file__).resolve().parent.parent / "stockyard").glob("*.py"))]
+    messages: list[dict] = [{"role": "system", "content": "You are a coding agent. Read the files and answer."}]
+    size, turn = 0, 0
+    while size < kb * 1000:
+        text = texts[turn % len(texts)][:6000]
+        messages.append({"role": "user" if turn % 2 == 0 else "assistant", "content": text})
+        size, turn = size + len(text), turn + 1
+    return json.dumps({**CHAT, "messages": messages}).encode()
+
+
+def big_body_cpu(b: Bench) -> list[Row]:
+    """Information (issue 18): proxy CPU per request for a ~100 KB agent body against a small one,
+    both through the proxy with everything on and the minimal relay, one client, interleaved."""
+    direct = b.mock(0)
+    proxy, floor = all_on(b, 0), relay(b, direct)
+    big = agent_body()
+    per: dict[tuple[str, str], list[float]] = {}
+    for _ in range(b.args.rounds):
+        for target in (proxy, floor):
+            for name, body in (("small", CHAT_BODY), ("big", big)):
+                per.setdefault((target.name, name), []).append(_cpu_ms(target, body, 40 if name == "big" else 200))
+    ms = {key: median(values) for key, values in per.items()}
+    big_ms, small_ms = ms[(proxy.name, "big")], ms[(proxy.name, "small")]
+    per_kb = 1000 * (big_ms - small_ms) / (len(big) / 1000)
+    return [
+        Row(
+            f"proxy CPU per request, all on, {len(big) // 1000} KB agent body, 1 client",
+            f"{big_ms:.2f} ms",
+            "",
+            None,
+            f"small body {small_ms:.2f} ms in the same rounds ({per_kb:.0f} µs per "
+            f"extra KB); minimal relay {ms[(floor.name, 'big')]:.2f} / {ms[(floor.name, 'small')]:.2f} ms",
+        )
+    ]
+
+
+def _cpu_ms(target: Target, body: bytes, count: int) -> float:
+    """The target's CPU milliseconds per answer over ``count`` requests of ``body`` on one connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
+    headers = {"content-type": "application/json", **target.headers}
+    try:
+        before = cpu_seconds(target.pid)
+        for _ in range(count):
+            conn.request("POST", CHAT_PATH, body, headers)
+            resp = conn.getresponse()
+            answer = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{target.name}: HTTP {resp.status}: {answer[:300]!r}")
+        return 1000 * (cpu_seconds(target.pid) - before) / count
+    finally:
+        conn.close()

@@ -37,7 +37,7 @@ CHECKS_MS = 0.5  # "well under a millisecond" for auth + budget + rate limit, an
 
 import store as store_bench  # noqa: E402
 import streams  # noqa: E402
-from cpu import cpu_per_request  # noqa: E402
+from cpu import big_body_cpu, cpu_per_request  # noqa: E402
 from harness import (  # noqa: E402
     Bench,
     Row,
@@ -221,6 +221,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("one proxy on PostgreSQL vs SQLite (issue 15)", postgresql_throughput),
     ("two replicas on one PostgreSQL (issue 15)", two_replicas),
     ("proxy CPU per request vs a minimal relay (issue 18)", cpu_per_request),
+    ("proxy CPU per request, 100 KB agent body (issue 18)", big_body_cpu),
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
     (
         "PostgreSQL writer: TCP_NODELAY, the GIN index (issue 18)",

@@ -307,11 +307,17 @@ def referenced_images(body: Any, raw: bytes, walk: bool = False) -> int:
 _ASCII_ESCAPE = re.compile(rb"\\u00[0-7][0-9A-Fa-f]")
 
 
-def may_hold(raw: bytes, marks: tuple[bytes, ...]) -> bool:
-    """Whether a JSON body may hold one of ``marks`` (quoted ASCII names or values): seen in its
-    bytes, or it escapes an ASCII character, which can spell any of them (``"\\u0031h"`` is
+def quoted(*names: str) -> re.Pattern[bytes]:
+    """One search for any of ``names`` as a JSON string (``"name"``): a single pass over a body,
+    where a test per name read it once each (~5x the time on a 100 KB agent body)."""
+    return re.compile(b'"(?:' + b"|".join(re.escape(name.encode()) for name in names) + b')"')
+
+
+def may_hold(raw: bytes, marks: re.Pattern[bytes]) -> bool:
+    """Whether a JSON body may hold one of ``marks`` (:func:`quoted` ASCII names or values): seen in
+    its bytes, or it escapes an ASCII character, which can spell any of them (``"\\u0031h"`` is
     ``"1h"``) — the parsed body decides then. A test on the bytes alone let an escaped mark hold less."""
-    return any(mark in raw for mark in marks) or _ASCII_ESCAPE.search(raw) is not None
+    return marks.search(raw) is not None or _ASCII_ESCAPE.search(raw) is not None
 
 
 def _values(body: Any) -> Iterator[Any]:
@@ -326,15 +332,8 @@ def _values(body: Any) -> Iterator[Any]:
             todo.extend(value)
 
 
-_REFERENCE_MARKS = (
-    b'"image_url"',
-    b'"input_image"',
-    b'"input_file"',
-    b'"file"',
-    b'"image"',
-    b'"document"',
-    b'"fileData"',
-    b'"file_data"',
+_REFERENCE_MARKS = quoted(
+    "image_url", "input_image", "input_file", "file", "image", "document", "fileData", "file_data"
 )
 
 
@@ -482,7 +481,7 @@ def tool_images_cost(body: dict, tool_price: Price, drawn: int, default_max_toke
 
 # A long-lived cache write is asked for by value: Anthropic's ``"ttl": "1h"`` on a cache mark,
 # OpenAI's ``"prompt_cache_retention": "24h"`` (Stockyard turns it into 1-hour marks on Claude).
-_LONG_CACHE_MARKS = (b'"1h"', b'"24h"')
+_LONG_CACHE_MARKS = quoted("1h", "24h")
 _LONG_CACHE_VALUES = ("1h", "24h")
 
 
@@ -493,7 +492,7 @@ def asks_long_cache(body: Any, raw: bytes, walk: bool = False) -> bool:
     ``walk``: it holds what the bytes do not (:func:`put_in`)."""
     if not (walk or may_hold(raw, _LONG_CACHE_MARKS)):
         return False
-    seen = any(mark in raw for mark in _LONG_CACHE_MARKS)
+    seen = _LONG_CACHE_MARKS.search(raw) is not None
     return seen or any(v in _LONG_CACHE_VALUES for v in _values(body) if isinstance(v, str))
 
 
