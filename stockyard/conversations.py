@@ -51,6 +51,7 @@ from .providers.messages_adapters import ESTIMATE_HEADER, prompt_estimate
 from .providers.responses_adapters import upstream_headers, upstream_path
 from .scrub import Scrubber
 from .store import Store, storable
+from .store.traces import ZLIB_LEVEL
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.conversations")
@@ -144,7 +145,7 @@ def kept_history_tokens(row: StoredResponse) -> int:
 
 
 def _pack(value: Any) -> bytes | None:
-    return None if value is None else zlib.compress(json_bytes(value), 3)
+    return None if value is None else zlib.compress(json_bytes(value), ZLIB_LEVEL)
 
 
 def _unpack(data: bytes | None) -> Any:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from .errors import ProxyError
 from .httpio import Request, Response, check_method, json_bytes, json_response
 from .store import Store, storable
+from .store.traces import ZLIB_LEVEL
 
 PATH = re.compile(r"^/v1/conversations(?:/([A-Za-z0-9_-]{1,200})(/items(?:/([A-Za-z0-9_-]{1,200}))?)?)?$")
 ITEM_PREFIXES = {
@@ -208,7 +209,7 @@ def item_list(page: list[dict], has_more: bool) -> dict:
 
 def _pack(item: dict) -> tuple[bytes, int]:
     data = json_bytes(item)
-    return zlib.compress(data, 3), len(data)
+    return zlib.compress(data, ZLIB_LEVEL), len(data)
 
 
 def _unpack(data: bytes) -> dict:
