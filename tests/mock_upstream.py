@@ -3,7 +3,9 @@
 It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
 Anthropic (messages, count_tokens, message batches, models, and the Files API (beta) for a call
 carrying `anthropic-version`: uploads are not downloadable, a code execution tool writes a file
-its result names, a message naming an unknown file is a 404), Gemini (generateContent,
+its result names, a message naming an unknown file is a 404; the code execution tool runs in a
+container the answer names — a new one, or the one the request's `container` names, an unknown one
+a 404), Gemini (generateContent,
 streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
 models.list/get, cachedContents: a generateContent naming a cache reports its tokens as
 `cachedContentTokenCount`, part of its `promptTokenCount`, an unknown one is a 404; a cache holds
@@ -1037,6 +1039,8 @@ def anthropic_message(body: dict, n: int, model: str) -> dict:
         "stop_reason": stop,
         "stop_sequence": None,
     }
+    if _code_execution(body):
+        reply["container"] = code_execution_container(body)
     if not _no_usage(model):
         reply["usage"] = anthropic_usage(model, per_choice_tokens(body, model))
         if _searching(body, model):
@@ -1086,14 +1090,15 @@ def anthropic_search_stream(body: dict, n: int, model: str) -> list[str]:
     return events + [_event("message_stop", {"type": "message_stop"})]
 
 
-def anthropic_blocks_stream(content: list[dict], n: int, model: str) -> list[str]:
-    """An answer of these blocks streamed, each as Anthropic streams it (a server tool's result whole)."""
+def anthropic_blocks_stream(content: list[dict], n: int, model: str, container: dict | None = None) -> list[str]:
+    """An answer of these blocks streamed, each as Anthropic streams it (a server tool's result whole);
+    the container the code ran in arrives in ``message_delta``'s delta, where the SDKs read it."""
     message = {"id": f"msg_mock{n}", "type": "message", "role": "assistant", "model": model, "content": []}
     message.update({"stop_reason": None, "stop_sequence": None, "usage": anthropic_usage(model, output_tokens=1)})
     events = [_event("message_start", {"type": "message_start", "message": message})]
     for index, block in enumerate(content):
         events += _block_events(index, block)
-    delta = {"stop_reason": "end_turn", "stop_sequence": None}
+    delta = {"stop_reason": "end_turn", "stop_sequence": None, **({"container": container} if container else {})}
     usage = {"output_tokens": COMPLETION_TOKENS}
     events.append(_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
     return events + [_event("message_stop", {"type": "message_stop"})]
@@ -2182,10 +2187,11 @@ def message_batch_results(requests: list[dict], canceled: bool) -> tuple[list[st
         params = request.get("params") or {}
         model = str(params.get("model") or "")
         status = _error_status(model)
+        missing = anthropic_missing_container(params)
         if canceled:
             result: dict[str, Any] = {"type": "canceled"}
-        elif status:
-            result = {"type": "errored", "error": anthropic_error(status).json}
+        elif status or missing is not None:
+            result = {"type": "errored", "error": (missing or anthropic_error(status)).json}
         else:
             result = {"type": "succeeded", "message": anthropic_message(params, i, model)}
         counts[result["type"]] += 1
@@ -2373,6 +2379,48 @@ def anthropic_missing_file(body: dict) -> Reply | None:
     with ANTHROPIC_FILES.lock:
         missing = [f for f in anthropic_file_ids(body) if f not in ANTHROPIC_FILES.files]
     return anthropic_error(404, f"File not found: {missing[0]} (mock)") if missing else None
+
+
+class AnthropicContainersState:
+    """The containers Anthropic's code execution tool runs in: each id with when it expires."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.containers: dict[str, str] = {}
+        self.clock = itertools.count(1)
+
+
+ANTHROPIC_CONTAINERS = AnthropicContainersState()
+
+
+def container_named(body: dict) -> str | None:
+    """The container a Messages body names: ``"container": "container_…"``, or the Skills API's
+    ``{"id": "container_…", "skills": [...]}`` (no id: a new container)."""
+    value = body.get("container")
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else None
+
+
+def anthropic_missing_container(body: dict) -> Reply | None:
+    """Anthropic's 404 for a Messages body naming a container it does not hold."""
+    named = container_named(body)
+    with ANTHROPIC_CONTAINERS.lock:
+        known = named is None or named in ANTHROPIC_CONTAINERS.containers
+    return None if known else anthropic_error(404, f"container_id: container {named} not found (mock)")
+
+
+def code_execution_container(body: dict) -> dict:
+    """The container the code execution tool ran in, as an answer names it: the one the request
+    named (known: ``anthropic_missing_container`` refused another), else a new one."""
+    state = ANTHROPIC_CONTAINERS
+    with state.lock:
+        named = container_named(body)
+        if named is None:
+            tick = next(state.clock)
+            named = f"container_011mock{tick:06d}{hashlib.sha256(str(tick).encode()).hexdigest()[:8]}"
+            state.containers[named] = _rfc3339(CREATED + 30 * 86400 + tick)
+        return {"id": named, "expires_at": state.containers[named]}
 
 
 def _code_execution(body: dict) -> bool:
@@ -2646,16 +2694,17 @@ def _models(call: Call, scripted: Reply | None) -> Reply:
 
 
 def _messages(call: Call, model: str) -> Reply:
-    missing = anthropic_missing_file(call.body)
+    missing = anthropic_missing_file(call.body) or anthropic_missing_container(call.body)
     if missing is not None:
         return missing
     if _code_execution(call.body) and call.body.get("stream") is True:
-        return Reply(sse=anthropic_blocks_stream(code_execution_content(), call.n, model))
+        container = code_execution_container(call.body)
+        return Reply(sse=anthropic_blocks_stream(code_execution_content(), call.n, model, container))
     return _json_or_sse(call, model, anthropic_message, anthropic_stream)
 
 
 def _count_tokens(call: Call, model: str) -> Reply:
-    missing = anthropic_missing_file(call.body)
+    missing = anthropic_missing_file(call.body) or anthropic_missing_container(call.body)
     if missing is not None:
         return missing
     return Reply(json={"input_tokens": PROMPT_TOKENS})

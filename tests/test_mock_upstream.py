@@ -704,6 +704,44 @@ def test_anthropic_sdk_speaks_files_to_mock(mock: MockUpstream) -> None:
         client.beta.files.retrieve_metadata(uploaded.id, extra_headers=beta)
 
 
+def test_anthropic_code_execution_runs_in_a_container_the_answer_names(mock: MockUpstream) -> None:
+    """The code execution tool's answer names its container (a new one, or the one sent back by id
+    or as the Skills API's ``{"id": …}``), streamed in ``message_delta``; an unknown one is a 404, in
+    a token count and a batch's result too."""
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)
+    tool = {"type": "code_execution_20250825", "name": "code_execution"}
+    ask = [{"role": "user", "content": "make a csv"}]
+    first = client.messages.create(model="claude-x", max_tokens=10, tools=[tool], messages=ask)
+    assert first.container is not None and first.container.id.startswith("container_")
+    again = client.messages.create(model="claude-x", max_tokens=10, tools=[tool], messages=ask)
+    assert again.container.id != first.container.id  # none named: a new one
+    reused = client.messages.create(
+        model="claude-x", max_tokens=10, tools=[tool], messages=ask, container=first.container.id
+    )
+    assert reused.container.id == first.container.id
+    skills = client.messages.create(
+        model="claude-x", max_tokens=10, tools=[tool], messages=ask, container={"id": first.container.id}
+    )
+    assert skills.container.id == first.container.id
+    with client.messages.stream(
+        model="claude-x", max_tokens=10, tools=[tool], messages=ask, container=first.container.id
+    ) as stream:
+        assert stream.get_final_message().container.id == first.container.id
+    assert client.messages.create(model="claude-x", max_tokens=10, messages=ask).container is None  # no tool
+    for attempt in (
+        lambda: client.messages.create(model="claude-x", max_tokens=10, tools=[tool], messages=ask, container="c_no"),
+        lambda: client.messages.count_tokens(model="claude-x", messages=ask, extra_body={"container": {"id": "c_no"}}),
+    ):
+        with pytest.raises(anthropic.NotFoundError):
+            attempt()
+    params = {"model": "claude-x", "max_tokens": 10, "tools": [tool], "messages": ask, "container": "c_no"}
+    batch = client.messages.batches.create(requests=[{"custom_id": "one", "params": params}])
+    assert client.messages.batches.retrieve(batch.id).processing_status == "ended"  # ends when looked at
+    (result,) = list(client.messages.batches.results(batch.id))
+    assert result.result.type == "errored" and result.result.error.error.type == "not_found_error"
+
+
 # --------------------------------------------------------------------------- as a process
 
 
