@@ -12,8 +12,8 @@ errors; a call without either header is OpenAI's (``files_api``), unchanged.
 The provider holds every key's files under the one provider key, so they are owned here as
 OpenAI's are (``files_api.Ownership``, the ``owned_objects`` table, kind ``anthropic_file``; open
 mode has one owner, ``''``): a file belongs to the key that uploaded it, and a file the code
-execution tool wrote to the key whose answer names it (``RequestContext.claim_files``, set by
-``Ownership.check_anthropic_files`` and called by the Anthropic native adapter before the answer or
+execution tool wrote to the key whose answer names it (``RequestContext.claim_made``, set by
+``Ownership.check_anthropic_objects`` and called by the Anthropic native adapter before the answer or
 the stream event naming it goes on: ``objectrefs.written_files``). Another key gets
 Anthropic's 404, as for a missing file, unasked; a list is the provider's pages filtered to the
 key's own, in either direction; a cursor the key does not own is an empty page, unasked. A

@@ -338,9 +338,10 @@ class RequestContext:
     # Gemini context caches the body names (files_api.Ownership.check_cached_content): id -> its tokens
     # (None: not known), billed with the call as cached input though the body does not show them
     caches: dict[str, int | None] = field(default_factory=dict)
-    # Anthropic's native answers: the files its code execution tool wrote (their ids), claimed for the
-    # key before the answer naming them goes on (files_api.Ownership.check_references sets it; anthropic_files)
-    claim_files: Callable[[set[str]], None] | None = None
+    # Anthropic's native answers: claim(kind, ids) for the files its code execution tool wrote and the
+    # container it ran in, the key's before the answer naming them goes on (files_api.Ownership.check_references
+    # sets it; anthropic_files, objectrefs.ANTHROPIC_CONTAINER)
+    claim_made: Callable[[str, set[str]], None] | None = None
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
     upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
     end_user: str | None = None  # who the client's product served (stockyard.attribution)

@@ -37,7 +37,10 @@ from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
 from .objectrefs import (
+    ANTHROPIC_CONTAINER,
     ANTHROPIC_FILE,
+    anthropic_container,
+    anthropic_container_not_found,
     FILE_PREFIX,
     anthropic_file_not_found,
     cache_id_of,
@@ -311,7 +314,7 @@ class Ownership:
         of a conversation it names put in (``conversations.open``; items added through ``/v1/conversations`` were never
         checked), so its bytes alone do not say."""
         if ctx.dialect == ANTHROPIC:
-            return self.check_anthropic_files(ctx)
+            return self.check_anthropic_objects(ctx)
         if ctx.key is None or ctx.upload is not None:
             return
         if ctx.dialect == GEMINI:
@@ -334,25 +337,41 @@ class Ownership:
         if walk or may_name(ctx.raw, b"file_id"):
             self.require_files(referenced_files(ctx.body), owner, "file_id")
 
-    def check_anthropic_files(self, ctx: RequestContext) -> None:
+    def check_anthropic_objects(self, ctx: RequestContext) -> None:
         """A Messages API call (``/v1/messages``, ``count_tokens``) may name only this key's
-        Anthropic files (``anthropic_files``) wherever a ``file_id`` stands — a document's or image's
+        Anthropic objects: its code execution container (the body's ``container``: the tool would
+        run the request's code there, with the files left in it) and its Anthropic files
+        (``anthropic_files``) wherever a ``file_id`` stands — a document's or image's
         ``{"type": "file"}`` source, a ``container_upload``, a code execution result sent back: a
-        file holds a prompt, and the provider would read any key's. Another key's, or one Stockyard
-        never saw, is Anthropic's 404 here, before any module or provider call. The files the code
-        execution tool writes for this call are claimed for the key (``ctx.claim_files``, which the
-        native adapter calls before the answer naming them goes on), in open mode too."""
+        file holds a prompt. The provider holds every key's under the one provider key, so another
+        key's, or one Stockyard never saw (a container made before they were owned: the client
+        leaves ``container`` out and gets a new one), is Anthropic's 404 here, before any module or
+        provider call; a ``container`` of another shape is its 400, in open mode too. The files the
+        code execution tool writes for this call and the container it runs in are claimed for the
+        key (``ctx.claim_made``, which the native adapter calls before the answer naming them goes
+        on), in open mode too."""
         owner = owner_of(ctx)
 
-        def claim(ids: set[str]) -> None:
+        def claim(kind: str, ids: set[str]) -> None:
             provider = ctx.attempt.provider
             if provider is not None:
-                self.claim_new(ids, ANTHROPIC_FILE, owner, provider.name)
+                self.claim_new(ids, kind, owner, provider.name)
 
-        ctx.claim_files = claim
+        ctx.claim_made = claim
+        self.require_anthropic_container(ctx.body, None if ctx.key is None else owner)
         if ctx.key is None or not may_name(ctx.raw, b"file_id"):  # open mode: one owner
             return
         self.require_anthropic_files(ctx.body, owner)
+
+    def require_anthropic_container(self, body: object, owner: str | None, where: str = "") -> None:
+        """The container a Messages body names (``objectrefs.anthropic_container``: a malformed one is
+        a 400) is ``owner``'s, else Anthropic's 404 (``where`` says which request of a batch); owner
+        None (open mode): the shape alone."""
+        container_id = anthropic_container(body, where)
+        if container_id is None or owner is None:
+            return
+        if self.find(container_id, ANTHROPIC_CONTAINER, owner) is None:
+            raise anthropic_container_not_found(container_id, where)
 
     def require_anthropic_files(self, body: object, owner: str, where: str = "") -> None:
         """Every file a Messages body names is ``owner``'s Anthropic file, else Anthropic's 404 (``where``

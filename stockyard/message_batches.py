@@ -198,8 +198,11 @@ class MessageBatches(ProviderCalls):
         budgeted = self._budgeted(ctx)
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
-            if ctx.key is not None:  # the files it names: the key's own (open mode: one owner)
-                self.ownership.require_anthropic_files(params, owner_of(ctx), f"requests.{i}.params: ")
+            where = f"requests.{i}.params: "
+            # the container and files it names: the key's own (open mode: one owner, the container's shape alone)
+            self.ownership.require_anthropic_container(params, None if ctx.key is None else owner_of(ctx), where)
+            if ctx.key is not None:
+                self.ownership.require_anthropic_files(params, owner_of(ctx), where)
             unbounded = estimate.unbounded_server_tools(params) if budgeted else None
             if unbounded is not None:  # as /v1/messages refuses it under a budget
                 raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")

@@ -1,5 +1,5 @@
-"""The provider objects a JSON body names: files (OpenAI's, Anthropic's and Gemini's), containers,
-vector stores, Gemini context caches.
+"""The provider objects a JSON body names: files (OpenAI's, Anthropic's and Gemini's), containers
+(OpenAI's and Anthropic's), vector stores, Gemini context caches.
 
 The provider holds every key's objects under the one provider key, so what a body names is
 checked against who owns it (``files_api.Ownership.check_references``, batch lines), and the
@@ -255,3 +255,33 @@ def written_files(content: object) -> set[str]:
         if isinstance(kind, str) and "code_execution" in kind and kind.endswith("_tool_result"):
             found |= referenced_files(block)
     return found
+
+
+ANTHROPIC_CONTAINER = "anthropic_container"  # a code execution tool's container in owned_objects
+
+
+def anthropic_container(body: object, where: str = "") -> str | None:
+    """The container a Messages body asks the code execution tool to run in: its top-level
+    ``container``, a container id or the Skills API's ``{"id": …, "skills": [...]}`` (no id, or
+    none at all: a new one, None). The one place Anthropic reads a container from: the same name
+    anywhere else (``metadata``, a tool's arguments) names none. Any other value is Anthropic's 400
+    (``where`` says which request of a batch)."""
+    value = body.get("container") if isinstance(body, dict) else None
+    param = "container"
+    if isinstance(value, dict):
+        value, param = value.get("id"), "container.id"
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ProxyError(
+            400,
+            f"{where}{param}: must be a container id (a non-empty string), or container an object with one as its id",
+            param=param,
+            code="invalid_request",
+        )
+    return value
+
+
+def anthropic_container_not_found(container_id: str, where: str = "") -> ProxyError:
+    """Anthropic's 404 for a container, the same for one that does not exist and for another key's."""
+    return ProxyError(404, f"{where}Container not found: {container_id[:200]}", param="container", code="not_found")

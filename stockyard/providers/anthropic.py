@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..estimate import WEB_SEARCH_USES, text_tokens, web_search_uses
-from ..objectrefs import written_files
+from ..objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, written_files
 from ..pricing import MAX_SEARCHES, WEB_SEARCH_UC, Usage
 from . import Provider, paused
 from .base import Adapter, FollowUp, StreamTranslator, UpstreamCall, loads_object, sse_data
@@ -1113,11 +1113,19 @@ THINKING_HINTS = (b"thinking", b"\\u")
 
 def claim_written(ctx: RequestContext, content: Any, raw: bytes) -> None:
     """The files the code execution tool wrote, named in this answer (or stream event), become the
-    key's before it goes on (``ctx.claim_files``; ``anthropic_files``), so the key can download them."""
-    if ctx.claim_files is not None and (b"file_id" in raw or b"\\u" in raw):
+    key's before it goes on (``ctx.claim_made``; ``anthropic_files``), so the key can download them."""
+    if ctx.claim_made is not None and (b"file_id" in raw or b"\\u" in raw):
         written = written_files(content)
         if written:
-            ctx.claim_files(written)
+            ctx.claim_made(ANTHROPIC_FILE, written)
+
+
+def claim_container(ctx: RequestContext, container: Any) -> None:
+    """The container the code execution tool ran in, named by this answer (``container``, or a
+    stream's ``message_start`` message or ``message_delta`` delta), becomes the key's before it goes
+    on, if no key holds it yet (``ctx.claim_made``): the key may run code in it again, no other key may."""
+    if ctx.claim_made is not None and isinstance(container, dict) and isinstance(container.get("id"), str):
+        ctx.claim_made(ANTHROPIC_CONTAINER, {container["id"]})
 
 
 class AnthropicNativeAdapter(Adapter):
@@ -1151,6 +1159,7 @@ class AnthropicNativeAdapter(Adapter):
         if isinstance(message, dict):
             ctx.attempt.serve(message.get("model"), message.get("id"))
             claim_written(ctx, message.get("content"), body)
+            claim_container(ctx, message.get("container"))
             if isinstance(message.get("usage"), dict):
                 ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
         return body
@@ -1179,6 +1188,7 @@ class AnthropicNativeStream(StreamTranslator):
         if kind == "message_start":
             message = payload.get("message") or {}
             self.ctx.attempt.serve(message.get("model"), message.get("id"))
+            claim_container(self.ctx, message.get("container") if isinstance(message, dict) else None)
             take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
         elif kind == "content_block_start" and search_ran(payload.get("content_block")):
             self.searched += 1
@@ -1186,6 +1196,8 @@ class AnthropicNativeStream(StreamTranslator):
         elif kind == "content_block_start":
             claim_written(self.ctx, payload.get("content_block"), data)
         elif kind == "message_delta":
+            delta = payload.get("delta")
+            claim_container(self.ctx, delta.get("container") if isinstance(delta, dict) else None)
             take_usage(self.ctx, self.usage, payload.get("usage"), self.searched, final=True)
         elif kind == "message_stop":
             self.complete = True
