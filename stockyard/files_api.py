@@ -39,9 +39,9 @@ from .modules.ratelimit import admit_call
 from .objectrefs import (
     ANTHROPIC_CONTAINER,
     ANTHROPIC_FILE,
+    FILE_PREFIX,
     anthropic_container,
     anthropic_container_not_found,
-    FILE_PREFIX,
     anthropic_file_not_found,
     cache_id_of,
     cache_not_found,

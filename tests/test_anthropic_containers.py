@@ -58,7 +58,8 @@ def silent(mock: MockUpstream, since: int) -> bool:
 
 
 def batch_of(params: dict) -> list[dict]:
-    return [{"custom_id": "one", "params": {"model": MODEL, "max_tokens": 8, "tools": [TOOL], "messages": ASK, **params}}]
+    body = {"model": MODEL, "max_tokens": 8, "tools": [TOOL], "messages": ASK, **params}
+    return [{"custom_id": "one", "params": body}]
 
 
 def post(server: ServerProcess, path: str, text: str, key: str = "bob") -> tuple[int, dict]:
@@ -173,9 +174,7 @@ def test_a_claude_request_to_another_provider_naming_a_container_is_a_clear_400(
 # --------------------------------------------------------------------------- an attacker's pass
 
 
-def test_spellings_of_another_keys_container_are_not_it(
-    server: ServerProcess, mock: MockUpstream, alices: str
-) -> None:
+def test_spellings_of_another_keys_container_are_not_it(server: ServerProcess, mock: MockUpstream, alices: str) -> None:
     """Bob writes alice's container every way the JSON allows: each is missing, unasked."""
     body = {"model": MODEL, "max_tokens": 8, "tools": [TOOL], "messages": ASK}
     text = json.dumps(body)[:-1]  # the members but the closing brace: a container member goes after them
@@ -216,7 +215,8 @@ def test_a_repeated_container_member_is_refused(server: ServerProcess, mock: Moc
     ):
         status, answer = post(server, "/v1/messages", sent)
         assert status == 400 and answer["type"] == "error", (sent, answer)
-        status, answer = post(server, "/v1/messages/batches", f'{{"requests": [{{"custom_id": "a", "params": {sent}}}]}}')
+        batch = f'{{"requests": [{{"custom_id": "a", "params": {sent}}}]}}'
+        status, answer = post(server, "/v1/messages/batches", batch)
         assert status == 400 and answer["type"] == "error", (sent, answer)
     assert silent(mock, before)
 
