@@ -16,7 +16,7 @@ import json
 import anthropic
 import pytest
 from conftest import ServerProcess, mock_env
-from mock_upstream import MockUpstream
+from mock_upstream import MockUpstream, Reply, anthropic_blocks_stream
 
 ANTHROPIC_KEY = "sk-ant-test-containers-0123456789abcdefANTHROPICSECRET"
 MODEL = "claude-containers-model"
@@ -132,6 +132,18 @@ def test_a_streamed_answers_container_is_the_keys(server: ServerProcess, mock: M
             model=MODEL, max_tokens=8, tools=[TOOL], messages=ASK, container=streamed
         )
     assert silent(mock, before)
+
+
+def test_a_container_named_in_message_start_is_claimed_too(server: ServerProcess, mock: MockUpstream) -> None:
+    """A stream may name its container in ``message_start``'s message as well as in ``message_delta``."""
+    events = anthropic_blocks_stream([{"type": "text", "text": "done"}], 1, MODEL)
+    start = json.loads(events[0].split("data: ", 1)[1])
+    start["message"]["container"] = {"id": "container_011fromstart", "expires_at": "2030-01-01T00:00:00Z"}
+    mock.enqueue(Reply(sse=[f"event: message_start\ndata: {json.dumps(start)}\n\n", *events[1:]]))
+    with server.anthropic("carol").messages.stream(model=MODEL, max_tokens=8, tools=[TOOL], messages=ASK) as stream:
+        stream.get_final_message()
+    rows = server.db_rows("SELECT kind FROM owned_objects WHERE id = 'container_011fromstart'")
+    assert rows == [{"kind": "anthropic_container"}]
 
 
 MALFORMED = [123, True, ["container_x"], {"id": 5}, {"id": ""}, {"id": ["container_x"]}, "", {"skills": "x", "id": 1}]
