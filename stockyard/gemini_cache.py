@@ -55,7 +55,7 @@ KIND = "cached_content"  # in owned_objects; the id is the part after ``cachedCo
 KINDS = ("gemini",)  # providers that keep caches
 PATH = re.compile(rf"^/(?:v1beta|v1)/cachedContents(?:/({CACHE_ID.pattern}))?$")
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # a list's default and largest pageSize
-PROVIDER_PAGE = 100  # caches asked of the provider per page while filtering a list
+PROVIDER_PAGE = 100  # objects asked of the provider per page while filtering a list
 MAX_TOKEN = 4096  # the longest pageToken read
 # What Google's update changes: the expiry alone (``ttl`` or ``expireTime``, by either spelling
 # its JSON reads); a body may also name its own cache (``name``: a client sending the object back).
@@ -143,7 +143,66 @@ def page_size(query: dict[str, str]) -> int:
     return PAGE_SIZE if size <= 0 else min(size, MAX_PAGE_SIZE)
 
 
-class CachedContents(ProviderCalls):
+class GoogleCalls(ProviderCalls):
+    """Calls for the objects Google keeps under the one provider key (context caches, files): lists
+    filtered to the key's own and paged with Stockyard's own ``pageToken``."""
+
+    def _owned_list(
+        self,
+        reply: Reply,
+        ctx: RequestContext,
+        query: dict[str, str],
+        provider: Provider,
+        rest: str,
+        field: str,
+        kind: str,
+        id_of: Callable[[object], str | None],
+    ) -> None:
+        """The key's objects of ``kind`` from the provider's pages at ``rest`` (their ``field`` list;
+        ``id_of`` an object's ``name`` is the id it is owned under) filtered, ``pageSize`` at a time;
+        ``nextPageToken`` (Stockyard's: :func:`encode_token`) while the provider holds more, or was not
+        read to its end."""
+        size = page_size(query)
+        token, skip = decode_token(query.get("pageToken") or "")
+        owner = owner_of(ctx)
+        found: list[dict] = []
+        next_token: str | None = None
+        answer = None
+        for _ in range(MAX_LIST_PAGES):
+            asked = {"pageSize": str(PROVIDER_PAGE), **({"pageToken": token} if token else {})}
+            answer, doc = self._call(ctx, provider, "GET", rest, query=asked)
+            if answer.status >= 400 or not isinstance(doc, dict):
+                return self._send(reply, ctx, answer)
+            listed = doc.get(field)
+            items = [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
+            ids = [id_of(item.get("name")) for item in items]
+            mine = self.ownership.owned([i for i in ids if i], kind, owner, provider.name)
+            page = [item for item, object_id in zip(items, ids) if object_id in mine]
+            given, page, skip = skip, page[skip:], 0
+            room = size - len(found)
+            if len(page) > room:
+                found += page[:room]
+                next_token = encode_token(token, given + room)
+                break
+            found += page
+            after = doc.get("nextPageToken")
+            if not isinstance(after, str) or not after:
+                break
+            token = after
+            if len(found) == size:
+                next_token = encode_token(token, 0)
+                break
+        else:
+            next_token = encode_token(token, 0)  # not read to its end: the client asks again
+        assert answer is not None
+        page_doc: dict = {field: found}
+        if next_token:
+            page_doc["nextPageToken"] = next_token
+        self._replace(ctx, answer, page_doc)
+        self._send(reply, ctx, answer)
+
+
+class CachedContents(GoogleCalls):
     """The ``/v1beta/cachedContents`` routes. ``budgeted(ctx)`` says whether a budget counts the key."""
 
     serves = "cached contents"
@@ -234,44 +293,6 @@ class CachedContents(ProviderCalls):
         self._send(reply, ctx, answer)
 
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
-        """This key's caches, from the provider's pages filtered; ``nextPageToken`` while the
-        provider holds more (or was not read to its end)."""
-        size = page_size(query)
-        token, skip = decode_token(query.get("pageToken") or "")
+        """This key's caches, from the provider's pages filtered (:meth:`GoogleCalls._owned_list`)."""
         provider = self.provider_of_kind(ctx, KINDS, "Gemini", "cached contents need a Gemini provider")
-        owner = owner_of(ctx)
-        found: list[dict] = []
-        next_token: str | None = None
-        answer = None
-        for _ in range(MAX_LIST_PAGES):
-            asked = {"pageSize": str(PROVIDER_PAGE), **({"pageToken": token} if token else {})}
-            answer, doc = self._call(ctx, provider, "GET", "/cachedContents", query=asked)
-            if answer.status >= 400 or not isinstance(doc, dict):
-                return self._send(reply, ctx, answer)
-            listed = doc.get("cachedContents")
-            items = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
-            ids = [cache_id_of(c.get("name")) for c in items]
-            mine = self.ownership.owned([i for i in ids if i], KIND, owner, provider.name)
-            page = [c for c, cache_id in zip(items, ids) if cache_id in mine]
-            given, page, skip = skip, page[skip:], 0
-            room = size - len(found)
-            if len(page) > room:
-                found += page[:room]
-                next_token = encode_token(token, given + room)
-                break
-            found += page
-            after = doc.get("nextPageToken")
-            if not isinstance(after, str) or not after:
-                break
-            token = after
-            if len(found) == size:
-                next_token = encode_token(token, 0)
-                break
-        else:
-            next_token = encode_token(token, 0)  # not read to its end: the client asks again
-        assert answer is not None
-        page_doc: dict = {"cachedContents": found}
-        if next_token:
-            page_doc["nextPageToken"] = next_token
-        self._replace(ctx, answer, page_doc)
-        self._send(reply, ctx, answer)
+        self._owned_list(reply, ctx, query, provider, "/cachedContents", "cachedContents", KIND, cache_id_of)

@@ -40,9 +40,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .context import RequestContext
 from .errors import ProxyError
-from .files_api import GEMINI_FILE, MAX_LIST_PAGES, Answer, Ownership, ProviderCalls, owner_of
+from .files_api import GEMINI_FILE, Answer, Ownership, owner_of
 from .gemini_api import google_client
-from .gemini_cache import decode_token, encode_token, page_size
+from .gemini_cache import GoogleCalls
 from .httpio import Request, check_method, json_object
 from .keys import presented_key
 from .keys import recheck as recheck_key
@@ -60,7 +60,6 @@ UPLOAD_PATH = re.compile(r"^/upload/(v1beta|v1)/files$")
 TOKEN_PARAM = "upload_id"  # where Stockyard's upload URL carries its token (Google's own name for it)
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 UPLOAD_TTL_MS = 24 * 3600 * 1000  # an upload not finished in a day is forgotten
-PROVIDER_PAGE = 100  # files asked of the provider per page while filtering a list
 MAX_SIZE_DIGITS = 15  # X-Goog-Upload-Header-Content-Length: a whole number, far past any file Google takes
 MIME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\s*;[ -~]*)?")
 CHUNK_COMMANDS = {("upload",), ("upload", "finalize"), ("finalize",), ("query",)}
@@ -164,7 +163,12 @@ def hashed(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class GeminiFiles(ProviderCalls):
+def owned_name(name: object) -> str | None:
+    """The id a listed file is owned under: its name (``files/{id}``), when it is one."""
+    return name if isinstance(name, str) and file_id_of(name) is not None else None
+
+
+class GeminiFiles(GoogleCalls):
     """The Files API routes (``ctx.state[BASE_STATE]``: where the client reached this server)."""
 
     serves = "files"
@@ -326,46 +330,10 @@ class GeminiFiles(ProviderCalls):
 
     # -- lists ---------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
-        """This key's files, from the provider's pages filtered (``gemini_cache``'s list, for files)."""
-        size = page_size(query)
-        token, skip = decode_token(query.get("pageToken") or "")
+        """This key's files, from the provider's pages filtered (:meth:`GoogleCalls._owned_list`;
+        a file is owned under its name, ``files/{id}``)."""
         provider = self.provider_of_kind(ctx, KINDS, "Gemini", "files need a Gemini provider")
-        owner = owner_of(ctx)
-        found: list[dict] = []
-        next_token: str | None = None
-        answer = None
-        for _ in range(MAX_LIST_PAGES):
-            asked = {"pageSize": str(PROVIDER_PAGE), **({"pageToken": token} if token else {})}
-            answer, doc = self._call(ctx, provider, "GET", "/files", query=asked)
-            if answer.status >= 400 or not isinstance(doc, dict):
-                return self._send(reply, ctx, answer)
-            listed = doc.get("files")
-            items = [f for f in listed if isinstance(f, dict)] if isinstance(listed, list) else []
-            names = [f.get("name") if file_id_of(f.get("name")) else None for f in items]
-            mine = self.ownership.owned([n for n in names if n], GEMINI_FILE, owner, provider.name)
-            page = [f for f, name in zip(items, names) if name in mine]
-            given, page, skip = skip, page[skip:], 0
-            room = size - len(found)
-            if len(page) > room:
-                found += page[:room]
-                next_token = encode_token(token, given + room)
-                break
-            found += page
-            after = doc.get("nextPageToken")
-            if not isinstance(after, str) or not after:
-                break
-            token = after
-            if len(found) == size:
-                next_token = encode_token(token, 0)
-                break
-        else:
-            next_token = encode_token(token, 0)  # not read to its end: the client asks again
-        assert answer is not None
-        page_doc: dict = {"files": found}
-        if next_token:
-            page_doc["nextPageToken"] = next_token
-        self._replace(ctx, answer, page_doc)
-        self._send(reply, ctx, answer)
+        self._owned_list(reply, ctx, query, provider, "/files", "files", GEMINI_FILE, owned_name)
 
     @staticmethod
     def _json(answer: Answer) -> object:
