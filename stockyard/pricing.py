@@ -45,8 +45,8 @@ OpenAI's per-call hosted tools, which its usage does not count but a Responses a
 ``billing.Pricer``): each at the table's ``call`` price — the ``web_search`` tool $10 per 1,000
 calls on every model (``openai/web_search_call``); ``web_search_preview`` $25 per 1,000 on
 non-reasoning models (gpt-4o, gpt-4.1 families: ``…/preview``) and $10 on reasoning models
-(o-series, gpt-5: ``…/preview-reasoning``), chosen by the request's tool (the preview's price only
-when it offered no other web search tool) and the model; ``file_search`` $2.50 per 1,000
+(o-series, gpt-5 but its ``-chat`` models: ``…/preview-reasoning``), chosen by the request's tool (the
+preview's price only when it offered no other web search tool) and the model; ``file_search`` $2.50 per 1,000
 (``openai/file_search_call``). Source: OpenAI's pricing page, "Built-in tools", as quoted on
 2026-03-12 (modelcostwatch.com) and by OpenAI staff (community.openai.com); checked 2026-12-05.
 Every call item counts whatever its ``action`` (OpenAI does not say which it bills; support says a

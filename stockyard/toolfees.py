@@ -28,7 +28,8 @@ CALL_ITEMS = (WEB_SEARCH, FILE_SEARCH)
 # (gpt-4o, gpt-4.1 families: their search content tokens are free), $10 on reasoning models
 # (o-series, gpt-5); file search $2.50 per 1,000.
 PREVIEW, PREVIEW_REASONING = "web_search_call/preview", "web_search_call/preview-reasoning"
-REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")  # OpenAI's reasoning models, by the start of their names
+# OpenAI's reasoning models, by the start of their names (but their ``-chat`` variants, which do not reason)
+REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 # Calls a budget holds for a search tool when ``max_tool_calls`` does not bound them (a guess, not
 # a bound: the real count settles the hold), as ``estimate.WEB_SEARCHES_UNCAPPED`` is for Claude's.
 CALLS_UNCAPPED = 10
@@ -57,7 +58,8 @@ def price_key(item_type: str, body: Any, model: str) -> str:
     general = any(k.startswith("web_search") and not k.startswith("web_search_preview") for k in kinds)
     if preview and not general:
         bare = model.rsplit("/", 1)[-1].lower()
-        return PREVIEW_REASONING if bare.startswith(REASONING_MODELS) else PREVIEW
+        reasons = bare.startswith(REASONING_MODELS) and "-chat" not in bare  # gpt-5-chat-latest does not
+        return PREVIEW_REASONING if reasons else PREVIEW
     return WEB_SEARCH
 
 

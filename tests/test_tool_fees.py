@@ -22,6 +22,8 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, Reply
 
+from stockyard.toolfees import price_key
+
 ADMIN = "admin-key-for-tool-fee-tests-0123456789"
 USD = 10**8  # µ¢
 CENT = USD // 100
@@ -239,3 +241,18 @@ def test_a_batch_of_responses_bills_the_calls_its_lines_show(server):
     (billed_row,) = wait_for(lambda: server.db_rows(usage, (key_id,)), what="the batch's usage row")
     tokens = (2 * MINI_TOKENS + 1) // 2  # half price, rounded once
     assert billed_row == {"cost_uc": tokens + 3 * WEB + PREVIEW + 2 * FILE, "cost_status": "exact"}, billed_row
+
+
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [
+        ("gpt-4o-mini", "web_search_call/preview"),
+        ("gpt-4.1", "web_search_call/preview"),
+        ("openai/gpt-5-mini", "web_search_call/preview-reasoning"),
+        ("o3-2025-04-16", "web_search_call/preview-reasoning"),
+        ("gpt-5-chat-latest", "web_search_call/preview"),  # the chat model of gpt-5 does not reason
+        ("GPT-5.1-Chat", "web_search_call/preview"),
+    ],
+)
+def test_a_preview_search_is_priced_by_whether_its_model_reasons(model: str, key: str) -> None:
+    assert price_key("web_search_call", {"tools": [{"type": "web_search_preview"}]}, model) == key
