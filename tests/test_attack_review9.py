@@ -79,7 +79,8 @@ def test_a_query_with_a_malformed_offset_is_answered_not_a_500(gemini, offset) -
     assert headers["x-goog-upload-status"] == "active" and headers["x-goog-upload-size-received"] == "4"
     status, _, raw = chunk(gemini, target, b"efgh", 4, True)
     assert status == 200 and json.loads(raw)["file"]["sizeBytes"] == "8"
-    status, _, raw = send(gemini, "POST", target, b"", {"X-Goog-Upload-Command": "upload", "X-Goog-Upload-Offset": offset})
+    upload = {"X-Goog-Upload-Command": "upload", "X-Goog-Upload-Offset": offset}
+    status, _, raw = send(gemini, "POST", target, b"", upload)
     assert status == 404 and google_error(json.loads(raw), 404, "NOT_FOUND")  # finalized: gone
 
 
