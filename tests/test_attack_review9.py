@@ -1,9 +1,10 @@
 """An attacker's pass over this session's new surfaces, from what earlier passes left untried: a
-keyless Gemini upload chunk that announces a huge body under a guessed token, another key's
-Anthropic container sent through the OpenAI-shaped routes to a Claude model, and a Responses client
-replaying earlier hosted search calls to shift what its answer is billed for.
+keyless Gemini upload chunk that announces a huge body under a guessed token, a malformed offset on
+an upload's ``query`` (was a 500 with a traceback: the offset no query takes was parsed for the
+trace), another key's Anthropic container sent through the OpenAI-shaped routes to a Claude model,
+and a Responses client replaying earlier hosted search calls to shift what its answer is billed for.
 
-Each holds today: these pin it, and each assertion fails if the defence it names is taken out."""
+Each assertion fails if the defence it names is taken out."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conftest import ServerProcess, mock_env
 from mock_upstream import MockUpstream
 from rawhttp import connect, read_response
 from test_gemini_files import chunk, google_error, send, upload_url
+from test_tool_fees import MINI_TOKENS, WEB
 
 GEMINI_KEY = "AIza-review9-0123456789PROVIDERSECRET"
 ANTHROPIC_KEY = "sk-ant-review9-0123456789abcdefANTHROPICSECRET"
@@ -122,3 +124,40 @@ def test_another_keys_container_does_not_travel_through_a_translation(
     upstream = mock.requests[before:]
     assert len(upstream) == 1 and upstream[0].path.endswith("/messages")  # the refusals were unasked
     assert alices_container.encode() not in upstream[0].body and "container" not in upstream[0].json
+
+
+@pytest.fixture(scope="module")
+def openai(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+    env = mock_env(cache_home, mock)
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review9-openai") / "stockyard.db", env)
+    srv.keys = srv.create_keys({"alice": []})
+    srv.start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_replayed_search_calls_neither_lower_nor_raise_the_calls_billed(openai, stream) -> None:
+    """A stateless client sends its earlier hosted search calls back as input items (with ids, without,
+    many): the answer is billed for the calls its own output shows, one here, never those sent."""
+    replayed = [
+        {"type": "web_search_call", "id": f"ws_old_{i}", "status": "completed", "action": {"type": "search"}}
+        for i in range(50)
+    ] + [{"type": "web_search_call", "status": "completed"}] * 3
+    body = {
+        "model": "gpt-4o-mini",
+        "input": [*replayed, {"role": "user", "content": "more news about cats"}],
+        "tools": [{"type": "web_search"}],
+        "metadata": {"mock_web_searches": "1"},
+        "stream": stream,
+    }
+    bare = {**body, "input": "more news about cats"}
+    costs = []
+    for sent in (bare, body):
+        status, headers, raw = openai.request("POST", "/v1/responses", sent, headers=openai.auth("alice"))
+        assert status == 200, raw[:300]
+        trace = openai.trace(headers["x-stockyard-trace-id"])
+        assert trace["outcome"] == "ok" and trace["cost_status"] == "exact", trace
+        costs.append(trace["cost_uc"])
+    assert costs == [MINI_TOKENS + WEB] * 2, costs  # the mock's usage is the same either way: one call's fee each
