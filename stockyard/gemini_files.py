@@ -294,9 +294,9 @@ class GeminiFiles(GoogleCalls):
                 "X-Goog-Upload-Command must be upload, 'upload, finalize', finalize or query", "X-Goog-Upload-Command"
             )
         sent = {"X-Goog-Upload-Command": ", ".join(command)}
-        offset = req.headers.get("x-goog-upload-offset")
+        offset = ""  # a query takes none: one sent anyway is not read (nor sent, nor traced)
         if command != ("query",):
-            offset = (offset or "").strip()
+            offset = (req.headers.get("x-goog-upload-offset") or "").strip()
             if not (offset.isascii() and offset.isdigit() and len(offset) <= MAX_SIZE_DIGITS):
                 raise bad("X-Goog-Upload-Offset must be the bytes sent before this chunk", "X-Goog-Upload-Offset")
             sent["X-Goog-Upload-Offset"] = str(int(offset))
