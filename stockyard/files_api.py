@@ -488,20 +488,26 @@ class Ownership:
         sql = "UPDATE owned_objects SET tokens = ? WHERE id = ? AND kind = 'cached_content' AND tokens IS NULL"
         self._store.write(lambda conn: conn.execute(sql, (tokens, object_id)))
 
-    def replace(self, object_id: str, kind: str, owner: str, provider: str) -> None:
-        """Record an object as ``owner``'s even if a row names it already: for a name the client
-        may choose (a Gemini file's), which the provider just made anew — the old row is of a file
-        that expired there, and its key must not own the new one."""
+    def replace(self, object_id: str, kind: str, owner: str, provider: str, lifetime_ms: int) -> bool:
+        """Record an object the provider just made under a name the client may choose (a Gemini
+        file's) as ``owner``'s. A row naming it already is taken over when it is the key's own or
+        older than ``lifetime_ms`` (the provider keeps such objects that long: that one expired
+        there, and its key must not own the new one); another key's younger row keeps the name (two
+        uploads racing for one name: the first to finish has it). True when the object is ``owner``'s."""
         now = int(time.time() * 1000)
 
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM owned_objects WHERE id = ? AND kind = ?", (object_id, kind))
+        def job(conn: sqlite3.Connection) -> bool:
             conn.execute(
+                "DELETE FROM owned_objects WHERE id = ? AND kind = ? AND (key_id = ? OR created_at < ?)",
+                (object_id, kind, owner, now - lifetime_ms),
+            )
+            inserted = conn.execute(
                 "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)",
                 (object_id, kind, owner, provider, now),
             )
+            return inserted.rowcount == 1
 
-        self._store.write(job)
+        return self._store.write(job)
 
     def claim_new(self, ids: set[str], kind: str, owner: str, provider: str) -> None:
         """Record as ``owner``'s those of ``ids`` no key owns yet (the provider made them for a

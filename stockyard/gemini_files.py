@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
@@ -59,7 +60,9 @@ PATH = re.compile(rf"^/(v1beta|v1)/files(?:/({FILE_ID.pattern}))?$")
 UPLOAD_PATH = re.compile(r"^/upload/(v1beta|v1)/files$")
 TOKEN_PARAM = "upload_id"  # where Stockyard's upload URL carries its token (Google's own name for it)
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
+log = logging.getLogger("stockyard.files")
 UPLOAD_TTL_MS = 24 * 3600 * 1000  # an upload not finished in a day is forgotten
+FILE_LIFETIME_MS = 48 * 3600 * 1000  # Google deletes a file 48 hours after it was made
 MAX_SIZE_DIGITS = 15  # X-Goog-Upload-Header-Content-Length: a whole number, far past any file Google takes
 MIME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\s*;[ -~]*)?")
 CHUNK_COMMANDS = {("upload",), ("upload", "finalize"), ("finalize",), ("query",)}
@@ -324,7 +327,8 @@ class GeminiFiles(GoogleCalls):
             made = doc.get("file") if isinstance(doc, dict) else None
             name = made.get("name") if isinstance(made, dict) else None
             if isinstance(name, str) and file_id_of(name) is not None and storable(name):
-                self.ownership.replace(name, GEMINI_FILE, owner, provider.name)
+                if not self.ownership.replace(name, GEMINI_FILE, owner, provider.name, FILE_LIFETIME_MS):
+                    log.warning("a Gemini file named %r by two keys' uploads stays with the first to finish", name)
         ctx.reply_headers.pop("x-goog-upload-status", None)
         self._send(reply, ctx, answer, extra)
 

@@ -8,7 +8,7 @@ import json
 from urllib.parse import quote, urlsplit
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, open_database
 from mock_upstream import GEMINI_FILES, MockUpstream, Reply
 from rawhttp import connect, read_response
 from test_gemini_files import call, chunk, generate, google_error, send, start, upload, upload_url
@@ -212,6 +212,10 @@ def test_a_name_the_client_picks_is_checked_and_a_stale_owner_loses_it(server, m
     status, _, raw = start(server, "bob", 3, name="shared-name")  # the provider holds it: its 409 as it came
     assert status == 409
     del GEMINI_FILES.files["shared-name"]  # it expired at the provider (48 hours), its row stayed
+    with open_database(server.db) as conn:  # … made two days ago
+        conn.execute(
+            "UPDATE owned_objects SET created_at = created_at - 49 * 3600 * 1000 WHERE id = 'files/shared-name'"
+        )
     theirs = upload(server, "bob", b"xyz", name="shared-name")
     assert theirs["name"] == "files/shared-name"
     assert call(server, "alice", "GET", "/v1beta/files/shared-name")[0] == 404  # the new file is bob's
@@ -222,3 +226,14 @@ def test_the_v1_files_routes_stay_openais_for_an_openai_client(server, mock) -> 
     status, _, raw = server.request("GET", "/v1/files", headers={"Authorization": f"Bearer {server.keys['alice']}"})
     doc = json.loads(raw)
     assert "files" not in doc  # OpenAI's list shape (or its error), never Gemini's
+
+
+def test_two_keys_racing_for_one_name_leave_it_with_the_first_to_finish(server, mock) -> None:
+    """Both start an upload naming ``files/raced`` before either finishes (the provider refused a taken
+    name at the start only, as the mock does): the second finalize must not take the name from the
+    first key, whose file it is for two days."""
+    alices, bobs = upload_url(server, "alice", 3, name="files/raced"), upload_url(server, "bob", 3, name="files/raced")
+    assert chunk(server, alices, b"abc", 0, True)[0] == 200
+    assert chunk(server, bobs, b"xyz", 0, True)[0] == 200
+    assert call(server, "alice", "GET", "/v1beta/files/raced")[0] == 200
+    assert call(server, "bob", "GET", "/v1beta/files/raced")[0] == 404
