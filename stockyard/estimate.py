@@ -250,14 +250,15 @@ def limited_tokens(ctx: RequestContext, default_max_tokens: int) -> tuple[int, i
     """What a key's or an end user's tpm counts at admission: (:func:`request_tokens` + the media,
     the media): a transcription's audio at ``AUDIO_TOKENS_PER_S`` a second for any audio model
     (:func:`held_audio_seconds`; whisper-1's too, priced per second), the image tool's images at
-    their held tokens (``imagegen.held_tokens``), as a budget holds them. No further pass for a
-    request with neither (no upload, no ``tools``)."""
+    their held tokens (``imagegen.held_tokens``), as a budget holds them, and the tokens of the Gemini
+    context caches it names (:func:`cached_content_tokens`: the provider counts them with the call).
+    No further pass for a request with neither (no upload, no ``tools``)."""
     media = 0
     if ctx.upload is not None and ctx.endpoint in PRICED_AUDIO_FORMATS:
         media = held_audio_seconds(ctx, ctx.routed_model or ctx.model or "") * AUDIO_TOKENS_PER_S
     elif "tools" in ctx.body:
         media = held_tokens(ctx.body)
-    return request_tokens(ctx, default_max_tokens) + media, media
+    return request_tokens(ctx, default_max_tokens) + media + cached_content_tokens(ctx), media
 
 
 def worst_case_cost(price: Price, inputs: int, outputs: int, long_writes: bool = False, cached: int = 0) -> int:

@@ -45,6 +45,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
             "small-streamGenerateContent": [],
             "unknown": [],
             "patcher": [],
+            "limited": ["--tpm", "500000"],
         }
     )
     srv.start()
@@ -286,6 +287,26 @@ def test_a_call_naming_a_cache_is_held_at_the_caches_tokens(server, mock, method
     assert held is not None and float(held.group(1)) >= 0.50, doc
     assert generate_calls(mock) == before
     status, _, doc = generate(server, who, made["name"], "countTokens")
+    assert status == 200, doc
+
+
+def test_a_keys_tpm_counts_the_tokens_of_the_cache_a_call_names(server, mock) -> None:
+    """Was: a call was counted against the key's tpm by its body alone: a key limited to 500,000
+    tokens a minute sent calls on a 1,000,000-token cache, whose tokens the provider counts (and bills)
+    with each. Now they count at admission: the call is a 429 before any provider call."""
+    made = create_for(server, "limited", BIG)
+    before = generate_calls(mock)
+    status, _, doc = generate(server, "limited", made["name"])
+    assert status == 429 and "tokens per minute" in google_error(doc, 429, "RESOURCE_EXHAUSTED"), doc
+    assert generate_calls(mock) == before
+    small = create_for(server, "limited", MODEL)  # an 8-token cache: well within the limit
+    status, _, doc = call(
+        server,
+        "limited",
+        "POST",
+        f"/v1beta/models/{MODEL}:generateContent",
+        {"contents": QUESTION, "cachedContent": small["name"]},
+    )
     assert status == 200, doc
 
 
