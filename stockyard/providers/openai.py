@@ -15,22 +15,23 @@ from ..context import RequestContext
 from ..httpio import json_bytes
 from ..imagegen import chat_images
 from ..pricing import Usage
+from ..toolfees import REASONING_MODELS
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
 from .reasoning import STATE_FIELDS, plain_messages
 
 PROVIDER_FIELDS = tuple(f.encode() for f in (*STATE_FIELDS, "extra_content"))  # what plain_messages takes off
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
-# OpenAI's reasoning models refuse chat's ``max_tokens`` (400 "Use 'max_completion_tokens' instead"),
-# which clients written for any OpenAI-compatible server send: Qwen Code 0.15 on every request.
-COMPLETION_CAP_MODELS = ("o1", "o3", "o4", "gpt-5")
+# OpenAI's reasoning models (``toolfees.REASONING_MODELS``) refuse chat's ``max_tokens`` (400 "Use
+# 'max_completion_tokens' instead"), which clients written for any OpenAI-compatible server send: Qwen
+# Code 0.15 on every request. (Their ``-chat`` variants take either: renaming it costs them nothing.)
 
 
 def renames_cap(body: dict, model: str) -> bool:
     """Whether ``max_tokens`` goes as ``max_completion_tokens`` (the same cap: for a reasoning model
     both count reasoning too): for an OpenAI reasoning model, unless the client named both."""
     named = body.get("max_tokens") is not None and "max_completion_tokens" not in body
-    return named and model.startswith(COMPLETION_CAP_MODELS)
+    return named and model.startswith(REASONING_MODELS)
 
 
 def request_body(ctx: RequestContext, model: str, *, force_usage: bool, plain: bool = False) -> bytes:
