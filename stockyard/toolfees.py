@@ -7,7 +7,7 @@ An answer passed through from a provider that bills so (:func:`bills_calls`) is 
 before ``response.completed`` still bills the calls it showed), and ``billing.Pricer`` adds each
 call's fee to the attempt's ``Usage.fees_uc`` at the price table's per-call price
 (:func:`price_key`, unit ``call``; operators override it as any price). A budget holds the calls a
-request may make (:func:`held_calls`) at the same prices.
+request may make (:func:`held_fees`) at the same prices.
 
 Every call item counts, whatever its ``action`` (``search``, ``open_page``, ``find_in_page``):
 OpenAI's pricing does not say which actions it bills, and support has said one call may run
