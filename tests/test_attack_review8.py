@@ -39,10 +39,15 @@ def post(server: ServerProcess, path: str, body: dict, who: str = "free") -> tup
 
 
 def timed(server: ServerProcess, path: str, body: dict) -> float:
-    started = time.monotonic()
-    status, _, answer = post(server, path, body)
-    assert status == 200, answer[:300]
-    return time.monotonic() - started
+    """Seconds the answer took, the faster of two tries: a ratio of single wall-clock samples fails
+    when the parallel suite's load lands on the larger request (3.6 s against 1.3 s alone, once)."""
+    tries = []
+    for _ in range(2):
+        started = time.monotonic()
+        status, _, answer = post(server, path, body)
+        assert status == 200, answer[:300]
+        tries.append(time.monotonic() - started)
+    return min(tries)
 
 
 # -- 1. CPU a crafted body buys --------------------------------------------------------------------
