@@ -160,11 +160,11 @@ def test_a_long_streamed_answer_is_kept_in_linear_time(server, mock):
         "messages": [{"role": "user", "content": "go"}],
         "web_search_options": {},  # a turn that can pause: the only stream kept whole (fbab1ba)
     }
-    elapsed = {}
-    for deltas in (20_000, 80_000):
+    elapsed: dict[int, float] = {}
+    for deltas in (20_000, 80_000, 20_000, 80_000):  # the faster of two tries each: load lands on one
         mock.enqueue(Reply(sse=claude_stream(deltas, "abcdefghijkl")))
         started = time.monotonic()
         status, _, raw = post(server, "alice", "/v1/chat/completions", body)
-        elapsed[deltas] = time.monotonic() - started
+        elapsed[deltas] = min(time.monotonic() - started, elapsed.get(deltas, float("inf")))
         assert status == 200 and raw.count(b"abcdefghijkl") == deltas, raw[-300:]
     assert elapsed[80_000] < 5.5 * elapsed[20_000], elapsed
