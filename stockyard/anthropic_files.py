@@ -118,10 +118,7 @@ class AnthropicFiles(ProviderCalls):
         req.body  # noqa: B018 - a GET's empty body too: the read deadline ends, a long download is not cut
         if file_id is None:
             return self._list(reply, ctx, req.query)
-        owned = self.ownership.find(file_id, KIND, owner_of(ctx))
-        if owned is None:  # another key's, or one Stockyard never saw: as if unknown
-            raise anthropic_file_not_found(file_id)
-        provider = self._provider_named(owned.provider)
+        _, provider = self._owned(ctx, file_id, KIND, anthropic_file_not_found(file_id))
         rest = f"/v1/files/{file_id}"
         if content:
             return self._relay(reply, ctx, provider, rest + "/content")

@@ -90,10 +90,7 @@ class ContainersAPI(ProviderCalls):
             if req.method == "GET":
                 return self._list(reply, ctx, req.query)
             return self._create_owned(reply, ctx, req.body, "/containers", KIND)
-        owned = self.ownership.find(container_id, KIND, owner_of(ctx))
-        if owned is None:  # another key's, or one Stockyard never saw: as if unknown
-            raise not_found(KIND, container_id, None)
-        provider = self._provider_named(owned.provider)
+        _, provider = self._owned(ctx, container_id, KIND, not_found(KIND, container_id, None))
         rest = f"/containers/{container_id}" + (f"/files/{file_id}" if file_id else "/files" if files else "")
         if files and file_id is None and req.method == "POST":
             return self._add_file(reply, ctx, req, provider, rest)

@@ -634,6 +634,14 @@ class ProviderCalls:
         name no end user."""
         admit_call(self._path.chain(), ctx)
 
+    def _owned(self, ctx: RequestContext, object_id: str, kind: str, missing: ProxyError) -> tuple[Owned, Provider]:
+        """This key's object of ``kind`` and the provider it lives at; ``missing`` (the provider's
+        404) for another key's, or one Stockyard never saw: as if unknown, the provider unasked."""
+        owned = self.ownership.find(object_id, kind, owner_of(ctx))
+        if owned is None:
+            raise missing
+        return owned, self._provider_named(owned.provider)
+
     def _provider_named(self, name: str) -> Provider:
         provider = self._path.registry().by_name.get(name)
         if provider is None:
@@ -1054,10 +1062,7 @@ class FilesAPI(ProviderCalls):
             if method == "GET":
                 return self._list(reply, ctx, collection, query)
             return self._create_batch(reply, ctx, raw)
-        owned = self.ownership.find(object_id, kind, owner_of(ctx))
-        if owned is None:
-            raise not_found(kind, object_id)
-        provider = self._provider_named(owned.provider)
+        _, provider = self._owned(ctx, object_id, kind, not_found(kind, object_id))
         rest = f"/{collection}/{object_id}{action}"
         if action == "/content":
             return self._relay(reply, ctx, provider, rest)
@@ -1242,10 +1247,7 @@ class FilesAPI(ProviderCalls):
             raise ProxyError(
                 400, "'input_file_id' is required and must be a string", param="input_file_id", code="invalid_value"
             )
-        owned = self.ownership.find(file_id, "file", owner_of(ctx))
-        if owned is None:
-            raise not_found("file", file_id, "input_file_id")
-        provider = self._provider_named(owned.provider)
+        _, provider = self._owned(ctx, file_id, "file", not_found("file", file_id, "input_file_id"))
         self._check_budget(ctx, 0)  # used up: refused before the file is read
         hold = self._check_budget(ctx, self._check_input_file(ctx, provider, file_id))
         made = partial(self._batches_of_file, ctx, provider, file_id, body.get("endpoint"))

@@ -233,10 +233,7 @@ class CachedContents(GoogleCalls):
         raw = req.body  # a GET's empty body too: the read deadline ends
         if cache_id is None:
             return self._list(reply, ctx, req.query)
-        owned = self.ownership.find(cache_id, KIND, owner_of(ctx))
-        if owned is None:  # another key's, or one Stockyard never saw: as if unknown
-            raise not_found(cache_id)
-        provider = self._provider_named(owned.provider)
+        owned, provider = self._owned(ctx, cache_id, KIND, not_found(cache_id))
         rest = f"/cachedContents/{cache_id}"
         if req.method == "PATCH":
             ctx.raw = raw

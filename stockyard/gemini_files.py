@@ -205,10 +205,7 @@ class GeminiFiles(GoogleCalls):
         if file_id is None:
             return self._list(reply, ctx, req.query)
         name = FILE_PREFIX + file_id
-        owned = self.ownership.find(name, GEMINI_FILE, owner_of(ctx))
-        if owned is None:  # another key's, or one Stockyard never saw: as if unknown
-            raise file_not_found(name)
-        provider = self._provider_named(owned.provider)
+        _, provider = self._owned(ctx, name, GEMINI_FILE, file_not_found(name))
         answer, _ = self._call(ctx, provider, req.method, f"/{name}")
         if answer.status < 300 and req.method == "DELETE":
             self.ownership.forget(name)

@@ -162,10 +162,7 @@ class MessageBatches(ProviderCalls):
             if method == "GET":
                 return self._list(reply, ctx, req.query)
             return self._create(reply, ctx, raw)
-        owned = self.ownership.find(batch_id, KIND, owner_of(ctx))
-        if owned is None:
-            raise not_found(batch_id)
-        provider = self._provider_named(owned.provider)
+        owned, provider = self._owned(ctx, batch_id, KIND, not_found(batch_id))
         rest = f"{UPSTREAM}/{batch_id}{action}"
         if action == "/results":
             return self._relay(reply, ctx, provider, rest)

@@ -156,10 +156,7 @@ class VectorStoresAPI(ProviderCalls):
             if req.method == "GET":
                 return self._list(reply, ctx, req.query)
             return self._create_owned(reply, ctx, req.body, "/vector_stores", KIND)
-        owned = self.ownership.find(route.store_id, KIND, owner_of(ctx))
-        if owned is None:  # another key's, or one Stockyard never saw: as if unknown
-            raise not_found(KIND, route.store_id, None)
-        provider = self._provider_named(owned.provider)
+        _, provider = self._owned(ctx, route.store_id, KIND, not_found(KIND, route.store_id, None))
         rest = "/".join(p for p in ("/vector_stores", route.store_id, route.sub, route.sub_id, route.action) if p)
         raw = req.body  # a GET's empty body too: the read deadline ends
         if req.method == "GET":
