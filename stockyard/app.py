@@ -61,8 +61,8 @@ from .retention import Retention
 from .routing import RouteStep
 from .scrub import Scrubber, ScrubLogs
 from .store import Store, Writer, backend_for
+from .store import search as search_index
 from .store.backends import Backend
-from .store.traces import backfill_search
 from .streamrelay import StreamRelay
 from .tracing import Tracer
 from .upstream import Pool
@@ -119,7 +119,7 @@ class App:
         )
         if primary:
             self.writer.add_idle_task(self.retention.run)
-            self.writer.add_idle_task(backfill_search)  # bodies stored before the search index
+            self.writer.add_idle_task(search_index.backfill)  # bodies stored before the search index
         self.snapshots: Snapshotter | None = None
         if settings.snapshot_path is not None and primary:
             self.snapshots = Snapshotter(settings.snapshot_path)

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from stockyard import audit, vault
 from stockyard.context import new_trace_id
+from stockyard.store import search as search_index
 from stockyard.store import traces as traces_module
 from stockyard.store.traces import TraceRow, iso_utc
 
@@ -104,11 +105,23 @@ def columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 
 def table_rows(conn: sqlite3.Connection, table: str, cols: Iterable[str] | None = None) -> list[tuple]:
-    """Every row of ``table`` (only ``cols`` if given), sorted: a comparable picture of its content."""
+    """Every row of ``table`` (only ``cols`` if given), sorted: a comparable picture of its content.
+
+    The search index keeps no text since schema 0027 (and cannot be scanned): its rows are each
+    linked body's id and the text the index was given for it (what its delete trigger gives back)."""
     cols = list(cols or columns(conn, table))
-    select = ", ".join(f'"{c}"' for c in cols)
-    rows = [tuple(r) for r in conn.execute(f'SELECT {select} FROM "{table}"')]
+    if table == "trace_search" and "content = ''" in _table_sql(conn, table):
+        linked = conn.execute("SELECT trace_id, request, response FROM trace_bodies WHERE search_rowid IS NOT NULL")
+        found = {"trace_id": 0, "body": 1}
+        rows = [tuple((r[0], search_index.stored_text(r[1], r[2]))[found[c]] for c in cols) for r in linked]
+    else:
+        select = ", ".join(f'"{c}"' for c in cols)
+        rows = [tuple(r) for r in conn.execute(f'SELECT {select} FROM "{table}"')]
     return sorted(rows, key=lambda r: tuple((v is None, type(v).__name__, v) for v in r))
+
+
+def _table_sql(conn: sqlite3.Connection, table: str) -> str:
+    return conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0] or ""
 
 
 def database_picture(path: Path | str) -> dict[str, list[tuple]]:

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tracemalloc
+import zlib
 
 import clirun
 import pytest
@@ -65,9 +66,9 @@ def report(pyz, db, env) -> dict:
 
 
 def content(path) -> dict[str, list[tuple]]:
-    """Every table of an SQLite file, rows sorted; the search index by its rows, not FTS5's pages,
-    and a body's link to its search row (``search_rowid``) as whether it has one and that row's
-    trace: its number is the file's own."""
+    """Every table of an SQLite file, rows sorted; the search index by its rows (ops_helpers.table_rows:
+    each linked body and its text), not FTS5's pages, and by the traces its words find; a body's link
+    to its search row (``search_rowid``) as whether it has one: its number is the file's own."""
     conn = sqlite3.connect(path)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -76,10 +77,17 @@ def content(path) -> dict[str, list[tuple]]:
         cols = [c for c in columns(conn, "trace_bodies") if c != "search_rowid"]
         picture["trace_bodies"] = table_rows(conn, "trace_bodies", cols)
         picture["search links"] = sorted(
-            conn.execute(
-                "SELECT b.trace_id, s.trace_id FROM trace_bodies b LEFT JOIN trace_search s ON s.rowid = b.search_rowid"
-            ).fetchall()
+            conn.execute("SELECT trace_id, search_rowid IS NOT NULL FROM trace_bodies").fetchall()
         )
+        for word in ("hi", "mock", "gpt"):
+            picture[f"found by {word}"] = sorted(
+                r[0]
+                for r in conn.execute(
+                    "SELECT b.trace_id FROM trace_search JOIN trace_bodies AS b ON b.search_rowid = trace_search.rowid"
+                    " WHERE trace_search MATCH ?",
+                    (word,),
+                )
+            )
         return picture
     finally:
         conn.close()
@@ -106,6 +114,7 @@ def test_round_trip_sqlite_postgresql_sqlite_keeps_costs_audit_and_keys(
     returned = run(pyz_path, "migrate-store", "--db", pg_url, "--to", f"sqlite:{back}", env=env)
     assert returned.returncode == 0, returned.stderr
     assert integrity(back) == "ok" and content(back) == content(src)
+    assert len(content(src)["found by hi"]) >= 3, "the index came back with the bodies"
     assert report(pyz_path, back, env) == before
     assert run(pyz_path, "traces", "--search", "hi", "--db", back, env=env).returncode == 0
 
@@ -263,20 +272,22 @@ def test_a_nul_an_earlier_version_kept_in_sqlite_text_moves_as_the_traces_keep_i
     source, pyz_path, env, pg_cluster, pg_url
 ):
     """Before traces kept a NUL as ``?`` (traces.clean_text, cap_text), SQLite stored the client's
-    NUL as it was: a model name, an error message quoting the client's id, their rollup, the
-    search text of a body with a raw NUL byte. PostgreSQL's text holds none, so such a file could
-    not be moved at all ("table traces could not be copied"); it moves with ``?`` in their place,
-    as the traces written now hold it (a search text's NUL as a space, as body_text gives it)."""
+    NUL as it was: a model name, an error message quoting the client's id, their rollup. PostgreSQL's
+    text holds none, so such a file could not be moved at all ("table traces could not be copied");
+    it moves with ``?`` in their place, as the traces written now hold it. A stored body keeps its
+    NUL; its search text (made from the body in the copy) has a space there, as body_text gives it."""
     with sqlite3.connect(source.db) as conn:
         conn.execute("UPDATE traces SET model = ?, error_message = ?", ("gpt\x00x", "no resp_\x00 here"))
         conn.execute("UPDATE rollups_daily SET model = ? WHERE model = 'gpt-4o'", ("gpt\x00x",))
-        conn.execute("UPDATE trace_search SET body = ?", ("nulword\x00afterword",))
+        conn.execute("UPDATE trace_bodies SET request = ?", (zlib.compress(b'{"x": "nulword\x00afterword"}'),))
     moved = run(pyz_path, "migrate-store", "--db", source.db, "--to", pg_url, env=env)
     assert moved.returncode == 0 and "Traceback" not in moved.stderr, moved.stderr
     admin = pg_cluster.admin(pg_url.rsplit("/", 1)[1].split("?")[0])
     try:
         assert {tuple(r) for r in admin.run("SELECT model, error_message FROM traces")} == {("gpt?x", "no resp_? here")}
         assert "gpt?x" in {r[0] for r in admin.run("SELECT model FROM rollups_daily")}
-        assert {r[0] for r in admin.run("SELECT body FROM trace_search")} == {"nulword afterword"}
+        assert {r[0].split("\n")[0] for r in admin.run("SELECT body FROM trace_search")} == {
+            '{"x": "nulword afterword"}'
+        }
     finally:
         admin.close()

@@ -12,6 +12,7 @@ from ops_helpers import sample_trace
 
 from stockyard.retention import Retention
 from stockyard.store import db
+from stockyard.store import search as search_index
 from stockyard.store import traces as trace_store
 
 SECRET = "sk-proj-" + "Z9y8X7w6V5u4T3s2R1q0" * 2
@@ -84,7 +85,7 @@ def test_retention_takes_text_out_of_the_index(tmp_path, what):
         while r.run(conn):
             pass
     assert found() == [new.id]
-    assert conn.execute("SELECT count(*) FROM trace_search").fetchone()[0] == 1
+    assert linked(conn) == 1
     assert index_words(conn) == {"a": 1, "axolotl": 1, "messages": 1, "new": 1}, "the old words left the index too"
     conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")
 
@@ -129,7 +130,7 @@ def test_a_body_leaving_takes_its_search_row_without_reading_the_whole_index(tmp
     few, many = steps_to_delete_bodies(small, 20), steps_to_delete_bodies(large, 20)
     assert many < 2 * few + 20, (few, many)  # was ~20× (the index is 20× larger)
     for conn, left in ((small, 180), (large, 3980)):
-        assert conn.execute("SELECT count(*) FROM trace_search").fetchone()[0] == left
+        assert linked(conn) == left
         assert index_words(conn)["quokka"] == left
         conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")
 
@@ -145,11 +146,9 @@ def test_0018_links_the_bodies_stored_before_it_and_drops_search_rows_no_body_na
         conn.execute("INSERT INTO trace_search (trace_id, body) VALUES (?, 'wombat duplicate')", (rows[0].id,))
         conn.execute("INSERT INTO trace_search (trace_id, body) VALUES ('tr_gone', 'wombat stray')")
     db.migrate(conn)
-    linked = conn.execute(
-        "SELECT b.trace_id, s.trace_id FROM trace_bodies b JOIN trace_search s ON s.rowid = b.search_rowid"
-    ).fetchall()
-    assert sorted(map(tuple, linked)) == sorted((r.id, r.id) for r in rows)
-    assert conn.execute("SELECT count(*) FROM trace_search").fetchone()[0] == 3  # the duplicate and the stray went
+    assert linked(conn) == 3
+    words = index_words(conn)
+    assert words["wombat"] == 3 and "duplicate" not in words and "stray" not in words  # they went
     assert [t["id"] for t in trace_store.list_traces(conn, search="wombat")] == [r.id for r in rows[::-1]]
     with conn:
         conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (rows[1].id,))
@@ -157,15 +156,20 @@ def test_0018_links_the_bodies_stored_before_it_and_drops_search_rows_no_body_na
     new = sample_trace(now_ms + 9, body=b'{"messages": "wombat d"}')
     with conn:
         new.write(conn)
-    assert conn.execute("SELECT count(*) FROM trace_search").fetchone()[0] == 3
+    assert linked(conn) == 3 and index_words(conn)["wombat"] == 3
     with conn:
         conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (new.id,))
     assert "d" not in index_words(conn)
     conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")
 
 
+def linked(conn) -> int:
+    """Bodies that name a search row."""
+    return conn.execute("SELECT count(*) FROM trace_bodies WHERE search_rowid IS NOT NULL").fetchone()[0]
+
+
 def index_words(conn) -> dict[str, int]:
-    """Each word in the search index (not its copy of the text) and how many bodies hold it."""
+    """Each word in the search index and how many bodies hold it."""
     conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_words USING fts5vocab(main, trace_search, 'row')")
     return dict(conn.execute("SELECT term, doc FROM temp.search_words").fetchall())
 
@@ -207,7 +211,7 @@ def test_a_query_word_is_one_index_word(tmp_path):
     conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, {spec})")
     conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
     letters = (cp for cp in range(0x110000) if chr(cp).isalnum())  # any other character cuts a word
-    words = {cp: w for cp in letters if trace_store.search_query(w := f"a{chr(cp)}b") == f'"{w}"'}
+    words = {cp: w for cp in letters if search_index.query(w := f"a{chr(cp)}b") == f'"{w}"'}
     assert len(words) > 100_000
     conn.execute("BEGIN")  # one transaction (db.connect's connections autocommit: a commit a row took ~45 s)
     conn.executemany("INSERT INTO t (rowid, x) VALUES (?, ?)", words.items())
@@ -217,7 +221,7 @@ def test_a_query_word_is_one_index_word(tmp_path):
 
 
 def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, monkeypatch):
-    monkeypatch.setattr(trace_store, "BACKFILL_ROWS", 3)  # several steps
+    monkeypatch.setattr(search_index, "BACKFILL_ROWS", 3)  # several steps
     conn = db.connect(tmp_path / "old.db")
     db.migrate(conn, upto=8)  # before 0009: the search index
     now_ms = int(time.time() * 1000)
@@ -232,7 +236,7 @@ def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, 
         new.write(conn)
     assert [t["id"] for t in trace_store.list_traces(conn, search="platypus")] == [new.id]
     steps = 1
-    while trace_store.backfill_search(conn):
+    while search_index.backfill(conn):
         steps += 1
     assert steps == 3
     found = [t["id"] for t in trace_store.list_traces(conn, search="platypus")]
@@ -241,7 +245,7 @@ def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, 
         conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (old[0].id,))
     assert index_words(conn)["platypus"] == 7 and "0" not in index_words(conn)
     assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'search_backfill_%'").fetchone()[0] == 0
-    assert trace_store.backfill_search(conn) is False
+    assert search_index.backfill(conn) is False
 
 
 def test_search_and_tag_filters_answer_alike_on_each_store(database):
@@ -287,11 +291,88 @@ def test_the_index_rebuilt_by_0012_finds_what_it_found(tmp_path):
     with conn:
         for row in rows:
             row.write(conn, v18=False)
-    before = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in ("tapir", "tapir b", "c")}
     db.migrate(conn)
-    after = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in before}
-    assert after == before and after["tapir"] == [r.id for r in rows[::-1]]
+    after = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in ("tapir", "tapir b", "c")}
+    assert after == {"tapir": [r.id for r in rows[::-1]], "tapir b": [rows[1].id], "c": []}
     assert index_words(conn)["tapir"] == 2
     with conn:
         conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (rows[0].id,))
     assert index_words(conn)["tapir"] == 1, "the delete trigger came back with the new table"
+
+
+SENTENCE = "the vermilion quetzal sang eleven verses to a sleepy capybara"
+
+
+def raw_file(path) -> bytes:
+    """The database file and its write-ahead log, as bytes on disk."""
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def test_the_index_keeps_no_copy_of_the_text(tmp_path):
+    """Schema 0027: FTS5 kept each body a second time, uncompressed (for a ~100 KB agent body most of
+    what a trace added to the file, and a fifth of the proxy's CPU per request). The index now keeps
+    its words only: the prompt is in the file compressed, and search still finds it."""
+    path = tmp_path / "s.db"
+    conn = db.connect(path)
+    db.migrate(conn)
+    body = json.dumps({"messages": [{"role": "user", "content": f"{SENTENCE}. " + "lorem ipsum " * 200}]})
+    row = sample_trace(int(time.time() * 1000), body=body.encode())
+    with conn:
+        row.write(conn)
+    assert [t["id"] for t in trace_store.list_traces(conn, search="quetzal capybara")] == [row.id]
+    assert SENTENCE.encode() not in raw_file(path), "no plain copy of the text"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'trace_search%'")}
+    assert "trace_search_content" not in tables
+    with conn:
+        conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (row.id,))
+    assert index_words(conn) == {}, "the delete trigger handed FTS5 the text it had indexed"
+    conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")
+
+
+def test_a_body_that_no_longer_decompresses_still_leaves(tmp_path):
+    """The delete trigger rebuilds the indexed text from the stored body: a body that does not
+    decompress (a damaged page, a hand edit) must not stop retention for good."""
+    conn = db.connect(tmp_path / "s.db")
+    db.migrate(conn)
+    rows = [sample_trace(int(time.time() * 1000) + i, body=b'{"messages": "a damaged ocelot"}') for i in range(2)]
+    with conn:
+        for row in rows:
+            row.write(conn)
+        conn.execute("UPDATE trace_bodies SET request = x'00ff00' WHERE trace_id = ?", (rows[0].id,))
+    r = Retention(bodies_max_age_s=0.0)
+    with conn:
+        while r.run(conn):
+            pass
+    assert r.stats.bodies_deleted == 2
+    assert trace_store.list_traces(conn, search="ocelot") == []
+
+
+def test_the_index_rebuilt_by_0027_from_the_bodies_finds_what_it_found(tmp_path):
+    """0027 drops the index with its copy and indexes every linked body again from the body itself,
+    so each row's words are exactly what the delete trigger will hand back."""
+    path = tmp_path / "v26.db"
+    conn = db.connect(path)
+    db.migrate(conn, upto=26)
+    now_ms = int(time.time() * 1000)
+    bodies = [f'{{"messages": "{SENTENCE} {w} {"lorem ipsum " * 100}"}}' for w in ("aardvark", "bison")]
+    rows = [sample_trace(now_ms + i, body=body.encode()) for i, body in enumerate(bodies)]
+    with conn:
+        for row in rows:
+            row.write(conn)
+    assert SENTENCE.encode() in raw_file(path), "the old index kept its copy"
+    conn.close()
+    conn = db.connect(path)
+    db.migrate(conn)
+    after = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in ("quetzal", "capybara bison", "cat")}
+    assert after == {"quetzal": [r.id for r in rows[::-1]], "capybara bison": [rows[1].id], "cat": []}
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert SENTENCE.encode() not in raw_file(path)
+    with conn:
+        conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (rows[0].id,))
+    assert index_words(conn)["quetzal"] == 1 and "aardvark" not in index_words(conn)
+    new = sample_trace(now_ms + 9, body=b'{"messages": "quetzal d"}')
+    with conn:
+        new.write(conn)
+    assert [t["id"] for t in trace_store.list_traces(conn, search="quetzal")] == [new.id, rows[1].id]
+    conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")

@@ -57,12 +57,23 @@ def mixed(n: int) -> list[TraceRow]:
     return rows
 
 
+def source(conn, table: str) -> str:
+    """Where a table's rows are read: SQLite's search index keeps no text (schema 0027), so its
+    rows are each linked body's id and the text its delete trigger hands back for it."""
+    if table != "trace_search" or isinstance(conn, PgConnection):
+        return table
+    return (
+        "(SELECT trace_id, stockyard_search_text(request, response) AS body FROM trace_bodies"
+        " WHERE search_rowid IS NOT NULL)"
+    )
+
+
 def contents(backend: Backend) -> dict[str, list[tuple]]:
     store = Store(backend)
     try:
         conn = store.read()
         return {
-            table: [tuple(r) for r in conn.execute(f"SELECT {columns} FROM {table} ORDER BY {columns}")]
+            table: [tuple(r) for r in conn.execute(f"SELECT {columns} FROM {source(conn, table)} ORDER BY {columns}")]
             for table, columns in TABLES.items()
         }
     finally:

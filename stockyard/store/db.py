@@ -68,7 +68,18 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
+    _functions(conn)
     return conn
+
+
+def _functions(conn: sqlite3.Connection) -> None:
+    """The SQL functions Stockyard's own triggers and migrations call (the search index's delete
+    trigger: store/search.py). Trusted explicitly: an SQLite built with ``trusted_schema`` off
+    refuses an application function in a trigger, and then no body could leave."""
+    from . import search  # imports this module
+
+    search.register(conn)
+    conn.execute("PRAGMA trusted_schema=ON")
 
 
 def _choose_layout(conn: sqlite3.Connection) -> None:
@@ -111,6 +122,14 @@ class Migration:
 def dialect_of(conn: Any) -> str:
     """``sqlite`` or ``postgresql`` (a :class:`~stockyard.store.pg.PgConnection`)."""
     return getattr(conn, "dialect", "sqlite")
+
+
+def insert_many(conn: Any, sql: str, rows: list[tuple]) -> None:
+    """``executemany`` of a one-row INSERT; on PostgreSQL as multi-row INSERTs (one round trip
+    per chunk, not per row). Rows of an upsert must have distinct keys (PostgreSQL refuses a
+    statement that updates one row twice)."""
+    many = getattr(conn, "insert_many", None)
+    (many or conn.executemany)(sql, rows)
 
 
 def available_migrations(dialect: str = "sqlite") -> list[Migration]:
@@ -197,8 +216,11 @@ def migration_script(dialect: str, m: Migration) -> str:
 
 
 def apply_migration(conn: sqlite3.Connection, m: Migration) -> None:
-    """Apply one migration and its bookkeeping row in a single transaction."""
+    """Apply one migration and its bookkeeping row in a single transaction (on SQLite with the
+    functions the schema calls, whatever opened the connection)."""
     dialect = dialect_of(conn)
+    if dialect == "sqlite":
+        _functions(conn)
     try:
         conn.executescript(f"{_BEGIN[dialect]};\n{migration_script(dialect, m)}\nCOMMIT;")
     except Exception:

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import audit
-from . import db
+from . import db, search
 from .backends import PostgresBackend
 from .pg import MIGRATE_LOCK_KEY
-from .traces import link_search_rows
 
 Progress = Callable[[str], None]
 BATCH_ROWS = 500
@@ -39,11 +38,14 @@ PROGRESS_EVERY = 50_000
 # settlement steps matter only to the replicas that made them (SQLite has no such tables since
 # migration 0014; budget_settled, 0015, is PostgreSQL's alone).
 SKIP = ("schema_migrations", "budget_ledger", "budget_leases", "rate_buckets", "budget_settled")
-# A NUL an earlier version kept in SQLite text (a trace's model or error message, their rollup, a
-# body's search text: stored raw before traces.clean_text) has no place in PostgreSQL's text; it
-# goes in as the traces written now hold it. The audit log is hashed: it is copied exactly or not at all.
-NUL_AS = {"trace_search": " "}  # a search text's NUL separates words (traces.body_text); elsewhere "?"
+# A NUL an earlier version kept in SQLite text (a trace's model or error message, their rollup:
+# stored raw before traces.clean_text) has no place in PostgreSQL's text; it goes in as the traces
+# written now hold it. The audit log is hashed: it is copied exactly or not at all.
+NUL_AS = "?"
 EXACT = ("audit_log",)
+# The search index is not copied but made again in the target from the bodies, as the writer makes
+# it: SQLite's keeps no text to copy (store/search.py), and links each body to its row.
+DERIVED = ("trace_search",)
 LAST = ("cache_stats",)  # counted by triggers on cache_entries: copied after it, over what they counted
 
 
@@ -131,8 +133,8 @@ def _read_sqlite(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]
 
 def _read_postgres(conn: Any, table: Table) -> Iterator[list[tuple]]:
     """Through a server-side cursor: PostgreSQL sends a batch at a time, never the whole table.
-    One cursor name per table: the FETCH statement is prepared once, with that table's row types."""
-    cursor = _quote(f"move_{table.name}")
+    One cursor name per table and column count: the FETCH statement is prepared once, with its row types."""
+    cursor = _quote(f"move_{table.name}_{len(table.columns)}")
     conn.execute(f"DECLARE {cursor} NO SCROLL CURSOR FOR {_select(table)}")
     try:
         while batch := conn.execute(f"FETCH {table.batch} FROM {cursor}").fetchall():
@@ -145,9 +147,8 @@ def _without_nul(table: Table, rows: list[tuple]) -> list[tuple]:
     """``rows`` with a NUL in any text as :data:`NUL_AS` says (the audit log's as they are)."""
     if table.name in EXACT:
         return rows
-    sub = NUL_AS.get(table.name, "?")
     return [
-        tuple(v.replace("\x00", sub) if isinstance(v, str) else v for v in row)
+        tuple(v.replace("\x00", NUL_AS) if isinstance(v, str) else v for v in row)
         if any(isinstance(v, str) and "\x00" in v for v in row)
         else row
         for row in rows
@@ -180,7 +181,9 @@ def _copy(
     write: Callable[[Any, Table, list[tuple]], None],
     progress: Progress,
 ) -> dict[str, int]:
-    """Every table's rows into the target, which holds only what its migrations seeded (emptied first)."""
+    """Every table's rows into the target, which holds only what its migrations seeded (emptied
+    first), then the target's search index made from the bodies (:data:`DERIVED`)."""
+    order = [t for t in order if t.name not in DERIVED]
     for table in reversed(order):
         target.execute(f"DELETE FROM {_quote(table.name)}")
     counts: dict[str, int] = {}
@@ -196,7 +199,20 @@ def _copy(
                 progress(f"  {table.name}: {n} rows so far")
         counts[table.name] = n
         progress(f"  {table.name}: {n} rows")
+    _index_search(source, target, read, progress)
     return counts
+
+
+def _index_search(
+    source: Any, target: Any, read: Callable[[Any, Table], Iterator[list[tuple]]], progress: Progress
+) -> None:
+    """The target's search index: every stored body's text, indexed as the writer indexes it."""
+    bodies = Table("trace_bodies", ("trace_id", "request", "response"), (), wide=True)
+    n = 0
+    for batch in read(source, bodies):
+        search.index_bodies(target, [(trace_id, search.stored_text(req, resp)) for trace_id, req, resp in batch])
+        n += len(batch)
+    progress(f"  trace_search: {n} bodies indexed")
 
 
 def _check(source: Any, target: Any, counts: dict[str, int], secret: str | None, progress: Progress) -> None:
@@ -294,7 +310,6 @@ def postgres_to_sqlite(
         lite.execute("BEGIN IMMEDIATE")
         counts = _copy(conn, lite, tables(conn, lite), _read_postgres, _write_sqlite, progress)
         _check(conn, lite, counts, secret, progress)
-        link_search_rows(lite)  # PostgreSQL keeps no links: without them no search row would leave
         lite.execute("COMMIT")
         lite.execute("PRAGMA journal_mode=DELETE")
         lite.close()

@@ -11,7 +11,6 @@ import functools
 import json
 import math
 import operator
-import re
 import sqlite3
 import time
 import zlib
@@ -19,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import Attempt, RequestContext, is_refusal
-from .db import dialect_of
+from . import search as search_index
+from .db import dialect_of, insert_many
 
 _COLUMNS = (
     "id",
@@ -62,14 +62,12 @@ _INSERT_BODY = (
     "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
     "VALUES (?, ?, ?, ?, ?)"
 )
-_INSERT_SEARCH = "INSERT INTO trace_search (trace_id, body) VALUES (?, ?)"
 # SQLite (schema 0018): each indexed body names its search row, so the delete trigger finds that
 # row by its rowid (FTS5 cannot look its trace_id column up: by trace_id a delete read the whole index).
 _INSERT_BODY_LINKED = (
     "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated, search_rowid) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
-_INSERT_SEARCH_LINKED = "INSERT INTO trace_search (rowid, trace_id, body) VALUES (?, ?, ?)"
 # The count columns of every rollup table (rollups_daily, rollups_users, rollups_tags), summed
 # on write here and on read by the cost reports (store/costs.py), in the order reports print them.
 ROLLUP_COUNTS = (
@@ -219,14 +217,18 @@ class TraceRow:
         insert_many(conn, INSERT_TRACE, [r.values() for r in rows])
         stored = [r for r in rows if r.request_body is not None or r.response_body is not None]
         if stored:
-            texts = [(r.id, text) for r in stored if (text := body_text(r.request_body, r.response_body))] if v9 else []
+            texts = (
+                [(r.id, text) for r in stored if (text := search_index.body_text(r.request_body, r.response_body))]
+                if v9
+                else []
+            )
             if v9 and v18 and dialect_of(conn) == "sqlite":
-                linked = _index_linked(conn, texts)
+                linked = search_index.index_linked(conn, texts)
                 insert_many(conn, _INSERT_BODY_LINKED, [(*r.body_row(), linked.get(r.id)) for r in stored])
             else:
                 insert_many(conn, _INSERT_BODY, [r.body_row() for r in stored])
                 if texts:
-                    insert_many(conn, _INSERT_SEARCH, texts)
+                    insert_many(conn, search_index.INSERT, texts)
         sums = RollupSums(latency=v9)
         for r in rows:
             sums.add(r)
@@ -295,119 +297,6 @@ class RollupSums:
 def _tag_items(tags: str) -> tuple[tuple[str, Any], ...]:
     """A trace's tags (a JSON object) as (name, value) pairs; the same few sets come again and again."""
     return tuple(json.loads(tags).items())
-
-
-def insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
-    """``executemany`` of a one-row INSERT; on PostgreSQL as multi-row INSERTs (one round trip
-    per chunk, not per row). Rows of an upsert must have distinct keys (PostgreSQL refuses a
-    statement that updates one row twice)."""
-    many = getattr(conn, "insert_many", None)
-    (many or conn.executemany)(sql, rows)
-
-
-def body_text(request: bytes | None, response: bytes | None) -> str:
-    """The text the search index keeps for a stored body: request and response, as stored (a raw
-    NUL byte, which PostgreSQL's text cannot hold, as a space: it separates words in both stores)."""
-    return "\n".join(b.decode("utf-8", "replace") for b in (request, response) if b).replace("\x00", " ")
-
-
-def index_body(conn: sqlite3.Connection, trace_id: str, request: bytes | None, response: bytes | None) -> None:
-    """Add a stored body's text to the search index (in the body's own transaction).
-
-    What is indexed is exactly what is stored — already redacted and capped — so search can
-    never find text the redact module removed; a trigger takes it out when the body leaves.
-    """
-    text = body_text(request, response)
-    if not text:
-        return
-    if dialect_of(conn) == "sqlite":
-        rowid = _index_linked(conn, [(trace_id, text)])[trace_id]
-        conn.execute("UPDATE trace_bodies SET search_rowid = ? WHERE trace_id = ?", (rowid, trace_id))
-    else:
-        conn.execute(_INSERT_SEARCH, (trace_id, text))
-
-
-def link_search_rows(conn: sqlite3.Connection) -> None:
-    """SQLite: link every body to its search row and drop the search rows no body names (a
-    duplicate, or a row whose body left without it). Run after a move into SQLite (a PostgreSQL
-    store keeps no links); migration 0018 runs the same two statements."""
-    conn.execute(
-        "UPDATE trace_bodies SET search_rowid = s.rowid FROM (SELECT rowid, trace_id FROM trace_search) AS s "
-        "WHERE s.trace_id = trace_bodies.trace_id"
-    )
-    conn.execute(
-        "DELETE FROM trace_search WHERE rowid NOT IN "
-        "(SELECT search_rowid FROM trace_bodies WHERE search_rowid IS NOT NULL)"
-    )
-
-
-def _index_linked(conn: sqlite3.Connection, texts: list[tuple[str, str]]) -> dict[str, int]:
-    """SQLite: add ``(trace_id, text)`` pairs to the search index under rowids chosen here (after
-    the last one: the writer's transaction is ``BEGIN IMMEDIATE``, so no one else adds any), and
-    return each trace id's rowid, for its body's ``search_rowid``."""
-    if not texts:
-        return {}
-    first = (conn.execute("SELECT max(rowid) FROM trace_search").fetchone()[0] or 0) + 1
-    conn.executemany(_INSERT_SEARCH_LINKED, [(first + i, trace_id, text) for i, (trace_id, text) in enumerate(texts)])
-    return {trace_id: first + i for i, (trace_id, _) in enumerate(texts)}
-
-
-BACKFILL_ROWS = 200
-
-
-def backfill_search(conn: sqlite3.Connection) -> bool:
-    """One step of indexing bodies stored before the search index existed (a writer idle task).
-
-    Walks ``trace_bodies`` by id up to the ``search_backfill_until`` mark the migration left,
-    in its own small transaction; the marks go when it is done. True while there is more.
-    """
-    marks = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'search_backfill_%'").fetchall())
-    until = marks.get("search_backfill_until")
-    if until is None:
-        return False
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        rows = conn.execute(
-            "SELECT trace_id, request, response FROM trace_bodies WHERE trace_id > ? AND trace_id <= ? "
-            "ORDER BY trace_id LIMIT ?",
-            (marks.get("search_backfill_cursor", ""), until, BACKFILL_ROWS),
-        ).fetchall()
-        for trace_id, request, response in rows:
-            index_body(
-                conn,
-                trace_id,
-                zlib.decompress(request) if request else None,
-                zlib.decompress(response) if response else None,
-            )
-        if len(rows) < BACKFILL_ROWS:
-            conn.execute("DELETE FROM meta WHERE key LIKE 'search_backfill_%'")
-        else:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('search_backfill_cursor', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (rows[-1][0],),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return len(rows) == BACKFILL_ROWS
-
-
-# A word as FTS5's unicode61 tokenizer cuts it: a run of letters and digits. The New Tai Lue
-# vowel signs and U+1CF2/3 are letters to Python's Unicode tables but separators to SQLite's.
-_WORD = re.compile(r"[^\W_\u19b0-\u19c0\u19c8\u19c9\u1cf2\u1cf3]+")
-
-
-def search_query(text: str) -> str:
-    """User text as an FTS5 query: every word must appear. Each word is cut where the index's
-    tokenizer cuts it (``gpt-4o`` is ``gpt`` and ``4o``, anywhere in the body) and quoted, so
-    operators are plain words and no query is a phrase, which the index (``detail=none``,
-    migration 0012) cannot answer. Text without a word (``***``) finds nothing, as on PostgreSQL."""
-    words = _WORD.findall(text)
-    if not words:
-        return '""' if text.strip() else ""
-    return " ".join(f'"{w}"' for w in words)
 
 
 STORED_BELOW = 512  # bytes: a shorter body is kept as a stored (uncompressed) zlib block
@@ -538,26 +427,12 @@ def trace_row_from(
 
 # -- reading ----------------------------------------------------------------------------------
 
-# The filters each database spells its own way (keyed by store.db.dialect_of). Tag: the trace's
-# JSON object has that name with that value. Search: every word of the text is in the stored
-# bodies — SQLite's FTS5 (unicode61 words, case-folded) and PostgreSQL's 'simple' text search
-# (lower-cased words, no stemming) over the same trace_search rows, through its GIN index.
+# The tag filter each database spells its own way (keyed by store.db.dialect_of): the trace's JSON
+# object has that name with that value. The search filter is search.FILTER.
 _TAG_FILTER = {
     "sqlite": "EXISTS (SELECT 1 FROM json_each(t.tags) AS j WHERE j.key = ? AND j.value = ?)",
     "postgresql": "((t.tags::jsonb) ->> ?) = ?",
 }
-_SEARCH_FILTER = {
-    "sqlite": "t.id IN (SELECT trace_id FROM trace_search WHERE trace_search MATCH ?)",
-    "postgresql": "t.id IN (SELECT trace_id FROM trace_search"
-    " WHERE to_tsvector('simple', coalesce(body, '')) @@ plainto_tsquery('simple', ?))",
-}
-
-
-def _search_arg(dialect: str, text: str) -> str | None:
-    """The search text as the dialect's query argument (None: no search)."""
-    if dialect == "sqlite":
-        return search_query(text) or None
-    return " ".join(text.split()) or None  # plainto_tsquery ANDs the words itself
 
 
 def list_traces(
@@ -596,7 +471,7 @@ def list_traces(
         ("t.key_id = ?", key),
         ("t.outcome = ?", outcome),
         ("t.end_user = ?", user),
-        (_SEARCH_FILTER[dialect], _search_arg(dialect, search or "")),
+        (search_index.FILTER[dialect], search_index.filter_arg(dialect, search or "")),
     ):
         if value is not None:
             where.append(clause)

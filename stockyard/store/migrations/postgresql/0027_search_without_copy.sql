@@ -1,0 +1,2 @@
+-- PostgreSQL twin of ../0027_search_without_copy.sql: nothing to change. trace_search is a plain
+-- table here; its GIN index is over an expression of the text, which it needs to keep.
