@@ -223,6 +223,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("proxy CPU per request vs a minimal relay (issue 18)", cpu_per_request),
     ("proxy CPU per request, 100 KB agent body (issue 18)", big_body_cpu),
     ("writer throughput with bodies (issue 18)", store_bench.writer_throughput),
+    ("file size per agent trace (issue 18)", store_bench.agent_trace_bytes),
     (
         "PostgreSQL writer: TCP_NODELAY, the GIN index (issue 18)",
         lambda b: __import__("pg_writer").writer_split(b),

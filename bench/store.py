@@ -111,6 +111,47 @@ def writer_throughput(b: Bench) -> list[Row]:
     return rows + _rate_rows("writer, PostgreSQL", writer_rate(backend_for(parse_postgres(url, {})), n), n, server)
 
 
+AGENT_TRACES = 100
+
+
+def agent_trace_bytes(b: Bench) -> list[Row]:
+    """Information (issue 18): what one ~100 KB agent trace adds to the SQLite file (request and
+    response bodies of the agent body, as bench/cpu.py sends it), beside those two bodies
+    compressed alone in the same run: what the search index and the rows add to them."""
+    from cpu import agent_body
+
+    from stockyard.store.traces import _pack
+
+    body = agent_body()
+    rows = trace_rows(AGENT_TRACES, start_ms=int(time.time() * 1000), step_ms=1, bodies=False)
+    for row in rows:
+        row.request_body = row.response_body = body
+    with tempfile.TemporaryDirectory(prefix="stockyard-agent-") as tmp:
+        backend = SqliteBackend(Path(tmp) / "a.db")
+        backend.open_and_migrate()
+        writer = Writer(backend, maxsize=AGENT_TRACES + 10)
+        for row in rows:
+            writer.submit(row.write)
+        writer.start()
+        writer.call(lambda conn: None, timeout=600)
+        writer.stop()
+        conn = backend.connect()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        used = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        per_trace = used * conn.execute("PRAGMA page_size").fetchone()[0] / AGENT_TRACES
+        conn.close()
+    packed = 2 * len(_pack(body) or b"")
+    return [
+        Row(
+            f"SQLite file per trace, {len(body) // 1000} KB agent body (request and response)",
+            f"{per_trace / 1024:.1f} KB",
+            "",
+            None,
+            f"the two bodies compressed alone: {packed / 1024:.1f} KB ({per_trace / packed:.2f}x)",
+        )
+    ]
+
+
 def time_reports(path: Path, runs: int = 5) -> dict[str, float]:
     """Median milliseconds of each report (all time, and the last 30 days: the console's default),
     as /api/costs reads it."""
