@@ -3,7 +3,8 @@
 It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
 Anthropic (messages, count_tokens, message batches, models, and the Files API (beta) for a call
 carrying `anthropic-version`: uploads are not downloadable, a code execution tool writes a file
-its result names, a message naming an unknown file is a 404; the code execution tool runs in a
+its result names (`bash_code_execution_tool_result`; the legacy `code_execution_20250522` tool's
+`code_execution_tool_result`), in a message batch's results too, a message naming an unknown file is a 404; the code execution tool runs in a
 container the answer names — a new one, or the one the request's `container` names, an unknown one
 a 404), Gemini (generateContent,
 streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
@@ -960,7 +961,7 @@ def _search_usage(body: dict, model: str, content: list[dict]) -> dict:
 
 def _anthropic_content(body: dict, model: str = "") -> tuple[list[dict], str]:
     if _code_execution(body):
-        return code_execution_content(), "end_turn"
+        return code_execution_content(body), "end_turn"
     k = _paused(body, model)
     if k is not None:
         return paused_content(k), "pause_turn"
@@ -2160,7 +2161,8 @@ class MessageBatchesState:
 
     Like the OpenAI batches, a batch moves on when it is retrieved: one GET takes it from
     ``in_progress`` to ``ended`` — every request then has a result: ``succeeded`` with the mock's
-    Messages answer and its usage, or ``errored`` for a magic error model (``claude-error-400``) —
+    Messages answer and its usage (a code execution request's naming the file its code wrote and
+    its container, as a plain answer does), or ``errored`` for a magic error model (``claude-error-400``) —
     and from ``canceling`` to ``ended`` with every request ``canceled``. Lists never move it.
     """
 
@@ -2428,22 +2430,32 @@ def _code_execution(body: dict) -> bool:
     return any(isinstance(t, dict) and str(t.get("type", "")).startswith("code_execution_") for t in tools)
 
 
-def code_execution_content() -> list[dict]:
+LEGACY_CODE_TOOL = "code_execution_20250522"  # Python only: its results are ``code_execution_tool_result``
+
+
+def code_execution_content(body: dict) -> list[dict]:
     """The code execution tool's answer: it ran code that wrote a file (made downloadable), which
-    its result block names by ``file_id``, as Anthropic's does."""
+    its result block names by ``file_id``, as Anthropic's does — for ``code_execution_20250825``
+    (and later) a ``bash_code_execution`` call and its ``bash_code_execution_tool_result``, for the
+    legacy ``code_execution_20250522`` a ``code_execution`` call and its ``code_execution_tool_result``."""
     with ANTHROPIC_FILES.lock:
         made = ANTHROPIC_FILES.add("out.csv", "text/csv", CODE_OUTPUT, downloadable=True)
+    tools = body.get("tools") or []
+    if any(isinstance(t, dict) and t.get("type") == LEGACY_CODE_TOOL for t in tools):
+        name, args, kind = "code_execution", {"code": "save()"}, "code_execution"
+    else:
+        name, args, kind = "bash_code_execution", {"command": "python save.py"}, "bash_code_execution"
     return [
-        {"type": "server_tool_use", "id": "srvtoolu_exec1", "name": "code_execution", "input": {"code": "save()"}},
+        {"type": "server_tool_use", "id": "srvtoolu_exec1", "name": name, "input": args},
         {
-            "type": "code_execution_tool_result",
+            "type": f"{kind}_tool_result",
             "tool_use_id": "srvtoolu_exec1",
             "content": {
-                "type": "code_execution_result",
+                "type": f"{kind}_result",
                 "stdout": "",
                 "stderr": "",
                 "return_code": 0,
-                "content": [{"type": "code_execution_output", "file_id": made["id"]}],
+                "content": [{"type": f"{kind}_output", "file_id": made["id"]}],
             },
         },
         {"type": "text", "text": TEXT},
@@ -2699,7 +2711,7 @@ def _messages(call: Call, model: str) -> Reply:
         return missing
     if _code_execution(call.body) and call.body.get("stream") is True:
         container = code_execution_container(call.body)
-        return Reply(sse=anthropic_blocks_stream(code_execution_content(), call.n, model, container))
+        return Reply(sse=anthropic_blocks_stream(code_execution_content(call.body), call.n, model, container))
     return _json_or_sse(call, model, anthropic_message, anthropic_stream)
 
 

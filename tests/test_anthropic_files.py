@@ -79,7 +79,7 @@ def test_upload_list_retrieve_message_download_delete(server: ServerProcess, moc
         tools=[TOOL],
         messages=message({"type": "container_upload", "file_id": uploaded.id}),
     )
-    result = next(b for b in made.content if b.type == "code_execution_tool_result")
+    result = next(b for b in made.content if b.type == "bash_code_execution_tool_result")
     written = result.content.content[0].file_id
     assert client.beta.files.download(written).read() == CODE_OUTPUT  # what its code wrote is the key's
     assert written in [f.id for f in client.beta.files.list()]
@@ -105,7 +105,7 @@ def test_a_streamed_code_execution_answer_gives_its_files_to_the_key(server: Ser
         model=MODEL, max_tokens=16, tools=[TOOL], messages=[{"role": "user", "content": "make a csv"}]
     ) as stream:
         final = stream.get_final_message()
-    written = next(b for b in final.content if b.type == "code_execution_tool_result").content.content[0].file_id
+    written = next(b for b in final.content if b.type == "bash_code_execution_tool_result").content.content[0].file_id
     assert client.beta.files.download(written).read() == CODE_OUTPUT
     with pytest.raises(anthropic.NotFoundError):
         server.anthropic("bob").beta.files.download(written)

@@ -691,12 +691,12 @@ def test_anthropic_sdk_speaks_files_to_mock(mock: MockUpstream) -> None:
     made = client.messages.create(
         model="claude-x", max_tokens=10, tools=[tool], messages=[{"role": "user", "content": [upload]}]
     )
-    result = next(b for b in made.content if b.type == "code_execution_tool_result")
+    result = next(b for b in made.content if b.type == "bash_code_execution_tool_result")
     written = result.content.content[0].file_id
     assert client.beta.files.download(written, extra_headers=beta).read() == CODE_OUTPUT
     with client.messages.stream(model="claude-x", max_tokens=10, tools=[tool], messages=ask) as stream:
         final = stream.get_final_message()
-    streamed = next(b for b in final.content if b.type == "code_execution_tool_result").content.content[0].file_id
+    streamed = next(b for b in final.content if b.type == "bash_code_execution_tool_result").content.content[0].file_id
     assert streamed != written and client.beta.files.retrieve_metadata(streamed, extra_headers=beta).downloadable
 
     assert client.beta.files.delete(uploaded.id, extra_headers=beta).type == "file_deleted"
@@ -740,6 +740,36 @@ def test_anthropic_code_execution_runs_in_a_container_the_answer_names(mock: Moc
     assert client.messages.batches.retrieve(batch.id).processing_status == "ended"  # ends when looked at
     (result,) = list(client.messages.batches.results(batch.id))
     assert result.result.type == "errored" and result.result.error.error.type == "not_found_error"
+
+
+def test_anthropic_code_execution_shapes_follow_the_tool_version_in_batch_results_too(mock: MockUpstream) -> None:
+    """``code_execution_20250825`` answers with a ``bash_code_execution`` call and its
+    ``bash_code_execution_tool_result`` (a ``bash_code_execution_output`` naming the file written),
+    the legacy ``code_execution_20250522`` with ``code_execution_tool_result``; a message batch's
+    succeeded result carries the same blocks and its ``container``, as the SDK reads them."""
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)
+    ask = [{"role": "user", "content": "make a csv"}]
+    legacy = {"type": "code_execution_20250522", "name": "code_execution"}
+    old = client.messages.create(model="claude-x", max_tokens=10, tools=[legacy], messages=ask)
+    assert [b.type for b in old.content] == ["server_tool_use", "code_execution_tool_result", "text"]
+    assert old.content[1].content.content[0].type == "code_execution_output"
+    tool = {"type": "code_execution_20250825", "name": "code_execution"}
+    params = {"model": "claude-x", "max_tokens": 10, "tools": [tool], "messages": ask}
+    batch = client.messages.batches.create(requests=[{"custom_id": "one", "params": params}])
+    assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
+    (line,) = list(client.messages.batches.results(batch.id))
+    message = line.result.message
+    assert [b.type for b in message.content] == ["server_tool_use", "bash_code_execution_tool_result", "text"]
+    assert message.content[0].name == "bash_code_execution"
+    result = message.content[1].content
+    assert result.type == "bash_code_execution_result" and result.content[0].type == "bash_code_execution_output"
+    beta = {"anthropic-beta": "files-api-2025-04-14"}
+    assert client.beta.files.download(result.content[0].file_id, extra_headers=beta).read() == CODE_OUTPUT
+    assert message.container is not None and message.container.id.startswith("container_")
+    again = {**params, "container": message.container.id}  # the batch's container is known: it runs again
+    second = client.messages.create(**again)
+    assert second.container.id == message.container.id
 
 
 # --------------------------------------------------------------------------- as a process
