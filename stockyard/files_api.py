@@ -222,44 +222,71 @@ def lines_of(
     stream: IO[bytes] | Iterator[bytes], block: int = 65536, too_long: Callable[[], None] | None = None
 ) -> Iterator[bytes]:
     """The non-blank lines of a JSONL stream (a reader or an iterator of chunks), stripped, one
-    line held at a time, in time linear in the stream's size.
+    line held at a time, in time linear in the stream's size (:class:`LineTap`).
 
     A line longer than ``MAX_LINE`` is skipped, after ``too_long()`` (which may raise: a check
     that must see every line refuses instead)."""
     reader = getattr(stream, "read", None)  # a reader first: files iterate by lines, unbounded
     chunks = iter(lambda: reader(block), b"") if reader is not None else stream
-    head: list[bytes] = []  # the pieces of the line not ended yet
-    held, skipping = 0, False  # their size; the rest of a line too long to hold is being passed over
-
-    def refused() -> None:
-        if too_long is not None:
-            too_long()
-
+    found: list[bytes] = []
+    tap = LineTap(found.extend, too_long)
     for chunk in chunks:
-        parts = bytes(chunk).split(b"\n")  # split and stripped in C: a chunk of blank lines costs little
+        tap.chunk(chunk)
+        if found:
+            yield from found
+            found.clear()
+    tap.end()
+    yield from found
+
+
+class LineTap:
+    """The non-blank lines of a JSONL stream fed to it chunk by chunk, stripped, handed to ``each``
+    (the lines a chunk completed, at once) before :meth:`chunk` returns — so a relay that feeds each
+    chunk before it goes on (``ProviderCalls._relay``) has read every line before its client holds
+    it whole; the last, unended line at :meth:`end`. One line held at a time, in time linear in the
+    stream's size; a line longer than ``MAX_LINE`` is skipped, after ``too_long()`` (which may raise)."""
+
+    def __init__(self, each: Callable[[list[bytes]], Any], too_long: Callable[[], None] | None = None) -> None:
+        self._each = each
+        self._too_long = too_long
+        self._head: list[bytes] = []  # the pieces of the line not ended yet
+        self._held = 0  # their size
+        self._skipping = False  # the rest of a line too long to hold is being passed over
+
+    def _refused(self) -> None:
+        if self._too_long is not None:
+            self._too_long()
+
+    def chunk(self, data: bytes) -> None:
+        parts = bytes(data).split(b"\n")  # split and stripped in C: a chunk of blank lines costs little
         tail = parts.pop()
         if parts:
-            if skipping:
-                parts[0], skipping = b"", False
-            elif head:
-                parts[0] = b"".join([*head, parts[0]])
+            if self._skipping:
+                parts[0], self._skipping = b"", False
+            elif self._head:
+                parts[0] = b"".join([*self._head, parts[0]])
                 if len(parts[0]) > MAX_LINE:
-                    refused()
+                    self._refused()
                     parts[0] = b""
-            head, held = [], 0
-            if len(chunk) > MAX_LINE and any(len(part) > MAX_LINE for part in parts):  # a huge chunk
-                refused()
+            self._head, self._held = [], 0
+            if len(data) > MAX_LINE and any(len(part) > MAX_LINE for part in parts):  # a huge chunk
+                self._refused()
                 parts = [part for part in parts if len(part) <= MAX_LINE]
-            yield from filter(None, map(bytes.strip, parts))
-        if tail and not skipping:
-            head.append(tail)
-            held += len(tail)
-            if held > MAX_LINE:
-                refused()
-                head, held, skipping = [], 0, True
-    last = b"".join(head).strip()
-    if last:
-        yield last
+            lines = list(filter(None, map(bytes.strip, parts)))
+            if lines:
+                self._each(lines)
+        if tail and not self._skipping:
+            self._head.append(tail)
+            self._held += len(tail)
+            if self._held > MAX_LINE:
+                self._refused()
+                self._head, self._held, self._skipping = [], 0, True
+
+    def end(self) -> None:
+        last = b"".join(self._head).strip()
+        self._head, self._held = [], 0
+        if last:
+            self._each([last])
 
 
 # -- ownership ------------------------------------------------------------------------------------
@@ -511,10 +538,14 @@ class Ownership:
 
     def claim_new(self, ids: set[str], kind: str, owner: str, provider: str) -> None:
         """Record as ``owner``'s those of ``ids`` no key owns yet (the provider made them for a
-        request of this key's: a code interpreter's auto container); one held already keeps its owner."""
-        for object_id in sorted(set(ids) - self.taken(list(ids))):
-            if storable(object_id):
-                self.claim(object_id, kind, owner, provider)
+        request of this key's: a code interpreter's auto container, the files and containers of a
+        message batch's results); one held already keeps its owner. One transaction for them all."""
+        new = [i for i in sorted(set(ids) - self.taken(list(ids))) if storable(i)]
+        if not new:
+            return
+        now = int(time.time() * 1000)
+        sql = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
+        self._store.write(lambda conn: [conn.execute(sql, (i, kind, owner, provider, now)) for i in new])
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""
@@ -995,9 +1026,12 @@ class ProviderCalls:
         headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers), **(extra or {})}
         reply.send(answer.status, answer.data, answer.headers.get("content-type", "application/json"), headers)
 
-    def _relay(self, reply: Reply, ctx: RequestContext, provider: Provider, rest: str) -> None:
+    def _relay(
+        self, reply: Reply, ctx: RequestContext, provider: Provider, rest: str, tap: LineTap | None = None
+    ) -> None:
         """A file's content, relayed chunk by chunk as it arrives (never held whole); the trace
-        keeps its size, not its bytes."""
+        keeps its size, not its bytes. ``tap`` reads each chunk before it goes on (JSONL results
+        whose lines name objects to claim), and the end before the stream's end."""
         answer, resp = self._request(ctx, provider, "GET", rest)
         if answer.status >= 400:
             return self._send(reply, ctx, self._read(ctx, answer, resp))
@@ -1013,8 +1047,12 @@ class ProviderCalls:
         size = 0
         try:
             for chunk in resp.chunks() if wanted else ():
+                if tap is not None:
+                    tap.chunk(chunk)
                 reply.chunk(chunk)
                 size += len(chunk)
+            if tap is not None and wanted:
+                tap.end()
         except UpstreamError as exc:
             fail(ctx, answer.status, f"provider {provider.name!r}: {exc}", "stream_broken", f"upstream_{exc.kind}")
             reply.abort()  # no error fits a file's bytes: the connection closes without the chunked end

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -43,6 +44,7 @@ from .files_api import (
     BATCH_PRICE,
     Answer,
     BatchHold,
+    LineTap,
     Ownership,
     ProviderCalls,
     id_page_query,
@@ -50,6 +52,7 @@ from .files_api import (
 )
 from .httpio import Request, check_method, json_object
 from .limits import check_request_numbers
+from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
 from .providers import Provider
 from .providers.anthropic import auth_headers, base_path
 from .providers.anthropic import headers as anthropic_headers
@@ -165,7 +168,7 @@ class MessageBatches(ProviderCalls):
         owned, provider = self._owned(ctx, batch_id, KIND, not_found(batch_id))
         rest = f"{UPSTREAM}/{batch_id}{action}"
         if action == "/results":
-            return self._relay(reply, ctx, provider, rest)
+            return self._relay(reply, ctx, provider, rest, LineTap(partial(self._claim_made, owned.key_id, provider)))
         if method == "DELETE" and not owned.billed:
             self._record_before_delete(ctx, provider, batch_id)
         answer, doc = self._call(ctx, provider, method, rest)
@@ -354,6 +357,22 @@ class MessageBatches(ProviderCalls):
         if owned is not None and not owned.billed:
             self._costs.ended(ctx, provider, anthropic_output(provider, batch_id))
 
+    def _claim_made(self, owner: str, provider: Provider, lines: list[bytes]) -> None:
+        """The files and containers these result lines name (what the code execution tool wrote and
+        ran in for the batch's requests) become the batch owner's, before the lines reach the
+        client, as a plain answer's do: only those no key owns yet (``Ownership.claim_new``)."""
+        files: set[str] = set()
+        containers: set[str] = set()
+        for line in lines:
+            named = made_objects(line)
+            if named is not None:
+                files |= named[0]
+                containers |= named[1]
+        if files:
+            self.ownership.claim_new(files, ANTHROPIC_FILE, owner, provider.name)
+        if containers:
+            self.ownership.claim_new(containers, ANTHROPIC_CONTAINER, owner, provider.name)
+
     def _record_before_delete(self, ctx: RequestContext, provider: Provider, batch_id: str) -> None:
         """A batch deleted before its cost was recorded: record it now, while its results exist
         (an unended one the provider refuses to delete)."""
@@ -397,3 +416,22 @@ def check_numbers(params: dict, i: int) -> bool:
         return check_request_numbers(params)
     except ProxyError as exc:
         raise ProxyError(400, f"requests.{i}.params: {exc.message}", code=exc.code) from None
+
+
+def made_objects(line: bytes) -> tuple[set[str], set[str]] | None:
+    """(files, containers) a result line's answer names: a ``succeeded`` result's message, the files
+    its code execution results name (``objectrefs.written_files``) and its ``container``; None for a
+    line that can name neither (most lines are not walked: ``may_name``) or is no result."""
+    if not (may_name(line, b"file_id") or b"container" in line):
+        return None
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    result = doc.get("result") if isinstance(doc, dict) else None
+    message = result.get("message") if isinstance(result, dict) and result.get("type") == "succeeded" else None
+    if not isinstance(message, dict):
+        return None
+    container = message.get("container")
+    found = container.get("id") if isinstance(container, dict) else None
+    return written_files(message.get("content")), ({found} if isinstance(found, str) and found else set())

@@ -4,9 +4,9 @@ It speaks the wire formats of OpenAI (chat, completions, embeddings, models, fil
 Anthropic (messages, count_tokens, message batches, models, and the Files API (beta) for a call
 carrying `anthropic-version`: uploads are not downloadable, a code execution tool writes a file
 its result names (`bash_code_execution_tool_result`; the legacy `code_execution_20250522` tool's
-`code_execution_tool_result`), in a message batch's results too, a message naming an unknown file is a 404; the code execution tool runs in a
-container the answer names — a new one, or the one the request's `container` names, an unknown one
-a 404), Gemini (generateContent,
+`code_execution_tool_result`), in a message batch's results too, a message naming an unknown
+file is a 404; the code execution tool runs in a container the answer names — a new one, or the
+one the request's `container` names, an unknown one a 404), Gemini (generateContent,
 streamGenerateContent as SSE or a JSON array, countTokens, embedContent, batchEmbedContents,
 models.list/get, cachedContents: a generateContent naming a cache reports its tokens as
 `cachedContentTokenCount`, part of its `promptTokenCount`, an unknown one is a 404; a cache holds

@@ -11,7 +11,7 @@ import json
 import pytest
 from anthropic import APIStatusError, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
 from conftest import ServerProcess, admitted_once_billed, mock_env, wait_for
-from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
+from mock_upstream import CODE_OUTPUT, COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
 from rawhttp import connect, read_response
 
 ADMIN = "admin-key-for-message-batches-0123456789"
@@ -184,6 +184,79 @@ def test_results_are_relayed_as_a_stream_and_the_trace_keeps_their_size(server):
     assert [line["custom_id"] for line in lines] == ["req-0", "req-1"]
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["endpoint"] == "message_batches.results" and trace["cost_uc"] == 0
+
+
+CODE_TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
+ASK = [{"role": "user", "content": "make a csv"}]
+
+
+def code_requests(count: int) -> list[dict]:
+    """``count`` requests running the code execution tool, and one plain request after them."""
+    params = {"model": PLAIN, "max_tokens": 16, "tools": [CODE_TOOL], "messages": ASK}
+    return [{"custom_id": f"code-{i}", "params": params} for i in range(count)] + requests_for(PLAIN)
+
+
+def written_and_container(message) -> tuple[str, str]:
+    """The file a result's code wrote and the container it ran in."""
+    result = next(b for b in message.content if b.type == "bash_code_execution_tool_result")
+    return result.content.content[0].file_id, message.container.id
+
+
+def test_the_files_and_containers_a_batch_made_are_its_keys_once_its_results_are_read(server):
+    """Was: a batch's results were relayed unread, so the file its code wrote was Anthropic's 404 to
+    the batch's own key (downloaded, or named in a later message) and its container could not be
+    run in again. Now reading the results through Stockyard claims them for the batch's key; another
+    key still gets the 404 a missing object gets."""
+    alice, bob = server.anthropic("alice"), server.anthropic("bob")
+    batch = alice.messages.batches.create(requests=code_requests(3))
+    assert alice.messages.batches.retrieve(batch.id).processing_status == "ended"
+    results = {r.custom_id: r.result for r in alice.messages.batches.results(batch.id)}
+    made = [written_and_container(results[f"code-{i}"].message) for i in range(3)]
+    assert len({file_id for file_id, _ in made}) == 3 and len({c for _, c in made}) == 3
+    for file_id, container in made:
+        assert alice.beta.files.download(file_id).read() == CODE_OUTPUT
+        assert alice.beta.files.retrieve_metadata(file_id).downloadable
+        with pytest.raises(NotFoundError):
+            bob.beta.files.download(file_id)
+        upload = {"type": "container_upload", "file_id": file_id}  # a later message names the file
+        again = alice.messages.create(
+            model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=[{"role": "user", "content": [upload]}],
+            container=container,
+        )  # fmt: skip
+        assert again.container.id == container
+        with pytest.raises(NotFoundError):
+            bob.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK, container=container)
+    listed = {f.id for f in alice.beta.files.list()}
+    assert {file_id for file_id, _ in made} <= listed
+    assert not {file_id for file_id, _ in made} & {f.id for f in bob.beta.files.list()}
+
+
+def test_a_batchs_results_never_give_its_key_another_keys_file_or_container(server):
+    """Results naming objects another key holds (as a provider's answer could) leave them with that
+    key: a claim takes only what no key owns."""
+    alice, bob = server.anthropic("alice"), server.anthropic("bob")
+    theirs = bob.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK)
+    bobs_file, bobs_container = written_and_container(theirs)
+    batch = alice.messages.batches.create(requests=code_requests(1))
+    alice.messages.batches.retrieve(batch.id)
+    (line, plain) = MESSAGE_BATCHES.results[batch.id]
+    doc = json.loads(line)
+    doc["result"]["message"]["container"]["id"] = bobs_container
+    doc["result"]["message"]["content"][1]["content"]["content"][0]["file_id"] = bobs_file
+    MESSAGE_BATCHES.results[batch.id] = [json.dumps(doc), plain]
+    named = written_and_container(next(iter(alice.messages.batches.results(batch.id))).result.message)
+    assert named == (bobs_file, bobs_container)
+    with pytest.raises(NotFoundError):
+        alice.beta.files.download(bobs_file)
+    with pytest.raises(NotFoundError):
+        alice.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK, container=bobs_container)
+    assert bob.beta.files.download(bobs_file).read() == CODE_OUTPUT
+    assert (
+        bob.messages.create(
+            model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK, container=bobs_container
+        ).container.id
+        == bobs_container
+    )
 
 
 def test_cancel_then_delete(server):

@@ -643,6 +643,27 @@ def test_jsonl_lines_are_read_across_chunks_and_an_oversized_line_is_skipped(mon
     assert set(spool.asked) == {4096}  # read in blocks, never byte by byte through readline
 
 
+def test_a_line_tap_hands_each_line_over_with_the_chunk_that_completes_it(monkeypatch):
+    """A relay feeds each chunk to its tap before the chunk goes on: a line is read before the
+    client holds it whole (split across chunks: with the chunk that ends it; the last at the end)."""
+    from stockyard import files_api
+
+    monkeypatch.setattr(files_api, "MAX_LINE", 10)
+    seen: list[list[bytes]] = []
+    tap = files_api.LineTap(seen.append)
+    for chunk, after in (
+        (b'{"a"', []),
+        (b':1}\n\n{"b":2}\n{"c', [[b'{"a":1}', b'{"b":2}']]),
+        (b"x" * 30, []),  # a line too long to hold: passed over
+        (b'y\n{"d":4}', []),
+    ):
+        tap.chunk(chunk)
+        assert seen == after, chunk
+        seen.clear()
+    tap.end()
+    assert seen == [[b'{"d":4}']]
+
+
 def test_azure_files_live_under_openai_with_an_api_version_that_has_them():
     from stockyard.files_api import upstream_path
     from stockyard.providers import Provider
