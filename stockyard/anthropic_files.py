@@ -54,6 +54,12 @@ def is_anthropic(headers: Mapping[str, str]) -> bool:
     return "anthropic-version" in headers or "anthropic-beta" in headers
 
 
+def under_files(path: str) -> bool:
+    """A path under ``/v1/files`` (a route of this API's or none): where an Anthropic SDK's call is
+    answered in Anthropic's shape, the server's own refusals too (``server._dialect_of``)."""
+    return path == "/v1/files" or path.startswith("/v1/files/")
+
+
 def route_of(path: str) -> tuple[str | None, bool] | None:
     """(file id or None, ``/content``) for a files path, or None."""
     match = PATH.match(path)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from . import (
@@ -751,7 +751,7 @@ class Handler(BaseHTTPRequestHandler):
         self._model: str | None = None
         self._trace_note = ""
         path = urlsplit(self.path).path
-        dialect = _dialect_of(path)
+        dialect = _dialect_of(path, self._headers_dict())
         try:
             if server.draining:
                 self.close_connection = True
@@ -1054,8 +1054,10 @@ def reason_phrase(status: int, default: str) -> str:
         return default
 
 
-def _dialect_of(target: str) -> str:
-    """The error shape for a request target: Anthropic's under /v1/messages, Google's on the
+def _dialect_of(target: str, headers: Mapping[str, str] | None = None) -> str:
+    """The error shape for a request target: Anthropic's under /v1/messages, and under /v1/files
+    and /v1/models for a call an Anthropic SDK made (its ``headers``, read as those routes read
+    them: ``anthropic_files.is_anthropic``, ``anthropic_models.lists_models``), Google's on the
     Gemini-native routes, else OpenAI's."""
     if target.startswith("/v1/messages"):
         return ANTHROPIC
@@ -1063,6 +1065,11 @@ def _dialect_of(target: str) -> str:
         path = urlsplit(target).path
     except ValueError:
         return OPENAI
+    if headers is not None and (
+        (anthropic_files.under_files(path) and anthropic_files.is_anthropic(headers))
+        or anthropic_models.lists_models(path, headers)
+    ):
+        return ANTHROPIC
     return GEMINI if gemini_api.is_native(path) else OPENAI
 
 

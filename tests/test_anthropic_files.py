@@ -11,12 +11,14 @@ or a message batch (a file holds a prompt).
 from __future__ import annotations
 
 import json
+import signal
+import threading
 
 import anthropic
 import openai
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import CODE_OUTPUT, MockUpstream, Recorded
+from mock_upstream import CODE_OUTPUT, MockUpstream, Recorded, Reply
 
 ANTHROPIC_KEY = "sk-ant-test-files-0123456789abcdefANTHROPICSECRET"
 MODEL = "claude-files-model"
@@ -210,3 +212,73 @@ def test_a_claude_request_to_another_provider_naming_a_file_is_a_clear_400(serve
     theirs = server.anthropic("bob").beta.files.upload(file=("d.txt", b"bob's", "text/plain")).id
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="gpt-4o-mini", max_tokens=8, messages=message(document(theirs)))
+
+
+# -- errors Stockyard answers before the files handler runs -------------------------------------
+
+
+def test_refusals_before_the_files_handler_are_in_anthropics_shape(server: ServerProcess) -> None:
+    """Was: a refusal the server made before an Anthropic SDK's ``/v1/files…`` call reached its
+    handler (a web origin or a host it does not answer for, a path under ``/v1/files`` it has no
+    route for; its ``/v1/models`` alike) came in OpenAI's error shape. Now the call's
+    ``anthropic-version`` chooses Anthropic's, with the same status, as the handler's own errors (a
+    missing or wrong key: 401) always had."""
+    origin = server.anthropic("alice", default_headers={"Origin": "http://evil.example"})
+    with pytest.raises(anthropic.PermissionDeniedError) as failure:
+        origin.beta.files.list()
+    refused = error_of(failure)
+    assert refused["type"] == "permission_error" and "evil.example" in refused["message"]
+    with pytest.raises(anthropic.PermissionDeniedError) as failure:  # the models an Anthropic SDK lists too
+        origin.models.list()
+    assert error_of(failure)["type"] == "permission_error"
+
+    host = server.anthropic("alice", default_headers={"Host": "evil.example"})
+    with pytest.raises(anthropic.APIStatusError) as failure:
+        host.beta.files.list()
+    assert failure.value.status_code == 421
+    assert error_of(failure)["type"] == "invalid_request_error" and "evil.example" in failure.value.api_message
+
+    with pytest.raises(anthropic.NotFoundError) as failure:
+        server.anthropic("alice").get("/v1/files/file_x/content/more", cast_to=object)
+    assert error_of(failure)["type"] == "not_found_error"
+    assert failure.value.api_message == "no route for GET /v1/files/file_x/content/more"
+
+    with pytest.raises(anthropic.AuthenticationError) as failure:
+        server.anthropic("sk-sy-not-a-key").beta.files.list()
+    assert error_of(failure) == {"type": "authentication_error", "message": "invalid client key"}
+
+    status, _, body = server.request("GET", "/v1/files", headers={"Origin": "http://evil.example"})
+    assert status == 403 and json.loads(body)["error"]["code"] == "origin_not_allowed"  # OpenAI's call: OpenAI's
+
+
+def test_a_files_call_during_the_drain_is_503_in_anthropics_shape(pyz_path, cache_home, tmp_path) -> None:
+    """Was: the 503 a call gets once SIGTERM started the drain (on a kept-alive connection) was
+    OpenAI's shape for an Anthropic SDK's ``/v1/files``; now it is Anthropic's ``overloaded_error``."""
+    with MockUpstream() as upstream:
+        env = mock_env(cache_home, upstream, ANTHROPIC_API_KEY=ANTHROPIC_KEY, ANTHROPIC_BASE_URL=upstream.url)
+        srv = ServerProcess(pyz_path, tmp_path / "drain.db", env).start()
+        release, started = threading.Event(), threading.Event()  # a call held at the provider keeps the drain on
+        try:
+            client = srv.anthropic("sk-sy-open-mode")  # open mode: any key
+            assert client.beta.files.list().data == []  # its connection is kept alive
+            upstream.enqueue(Reply(wait=release, hang_started=started))
+            waiting = threading.Thread(
+                target=lambda: srv.anthropic("sk-sy-open-mode").messages.create(
+                    model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+                )
+            )
+            waiting.start()
+            assert started.wait(30), "the held call reached the provider"
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: "finishing in-flight requests" in srv.log, what="the drain started")
+            with pytest.raises(anthropic.InternalServerError) as failure:
+                client.beta.files.list()
+            assert failure.value.status_code == 503
+            assert error_of(failure) == {"type": "overloaded_error", "message": "server is shutting down"}
+            release.set()
+            waiting.join(30)
+        finally:
+            release.set()
+            assert srv.stop() == 0
+        assert "Traceback" not in srv.log
