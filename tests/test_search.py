@@ -363,7 +363,8 @@ def test_the_index_rebuilt_by_0027_from_the_bodies_finds_what_it_found(tmp_path)
     conn.close()
     conn = db.connect(path)
     db.migrate(conn)
-    after = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in ("quetzal", "capybara bison", "cat")}
+    queries = ("quetzal", "capybara bison", "cat")
+    after = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in queries}
     assert after == {"quetzal": [r.id for r in rows[::-1]], "capybara bison": [rows[1].id], "cat": []}
     conn.execute("VACUUM")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

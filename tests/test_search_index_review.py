@@ -64,10 +64,11 @@ def test_backfill_leaves_a_body_already_indexed_as_it_is(tmp_path):
     with conn:
         trace_store.TraceRow.write_many(conn, rows)
         conn.execute("INSERT INTO meta (key, value) VALUES ('search_backfill_until', ?)", (rows[-1].id,))
-    links = [tuple(r) for r in conn.execute("SELECT trace_id, search_rowid FROM trace_bodies ORDER BY trace_id")]
+    links_sql = "SELECT trace_id, search_rowid FROM trace_bodies ORDER BY trace_id"
+    links = [tuple(r) for r in conn.execute(links_sql)]
     while search_index.backfill(conn):
         pass
-    assert [tuple(r) for r in conn.execute("SELECT trace_id, search_rowid FROM trace_bodies ORDER BY trace_id")] == links
+    assert [tuple(r) for r in conn.execute(links_sql)] == links
     assert word_docs(conn)["margay"] == 3, "each body indexed once"
     all_bodies_leave(conn)
     assert word_docs(conn) == {}, "every row left with its body"
