@@ -68,12 +68,16 @@ def report(pyz, db, env) -> dict:
 def content(path) -> dict[str, list[tuple]]:
     """Every table of an SQLite file, rows sorted; the search index by its rows (ops_helpers.table_rows:
     each linked body and its text), not FTS5's pages, and by the traces its words find; a body's link
-    to its search row (``search_rowid``) as whether it has one: its number is the file's own."""
+    to its search row (``search_rowid``) as whether it has one: its number is the file's own (and so is
+    the meta row of the last one given out)."""
     conn = sqlite3.connect(path)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         keep = [n for n in names if not n.startswith(("sqlite_", "trace_search_")) and n != "schema_migrations"]
-        picture = {n: table_rows(conn, n) for n in keep if n != "trace_bodies"}
+        picture = {n: table_rows(conn, n) for n in keep if n not in ("trace_bodies", "meta")}
+        picture["meta"] = sorted(  # but the last search rowid given out: the file's own, as search_rowid
+            tuple(r) for r in conn.execute("SELECT key, value FROM meta WHERE key != 'search_rowid_last'")
+        )
         cols = [c for c in columns(conn, "trace_bodies") if c != "search_rowid"]
         picture["trace_bodies"] = table_rows(conn, "trace_bodies", cols)
         picture["search links"] = sorted(

@@ -661,3 +661,28 @@ def _listening_port(pid: int) -> int | None:
             if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                 return int(fields[1].rsplit(":", 1)[1], 16)
     return None
+
+
+def test_bodies_two_workers_write_at_once_are_each_found_by_their_own_words(group):
+    """Both workers' writers index bodies into one SQLite file: each picks its search rowids inside
+    its BEGIN IMMEDIATE, so no two bodies share a row and every word finds exactly its trace."""
+    status, key = api(group, "POST", "/api/keys", {"name": "searcher"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    for conn in wait_for_key(group, auth):
+        conn.close()
+    words = [f"okapi{i}x" for i in range(60)]
+
+    def ask(word: str) -> tuple:
+        body = {**CHAT, "messages": [{"role": "user", "content": word}]}
+        return group.request("POST", "/v1/chat/completions", body, auth)
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(ask, words))
+    assert [r[0] for r in results] == [200] * len(words)
+    ids = {w: r[1]["x-stockyard-trace-id"] for w, r in zip(words, results)}
+    for w, trace_id in ids.items():
+        wait_for(lambda w=w: api(group, "GET", f"/api/traces?q={w}")[1]["data"], what=f"the trace of {w}")
+        assert [t["id"] for t in api(group, "GET", f"/api/traces?q={w}")[1]["data"]] == [trace_id]
+    links = group.db_rows("SELECT count(*) AS n, count(DISTINCT search_rowid) AS rows FROM trace_bodies")[0]
+    assert links["n"] >= len(words) and links["rows"] == links["n"], links

@@ -46,6 +46,9 @@ EXACT = ("audit_log",)
 # The search index is not copied but made again in the target from the bodies, as the writer makes
 # it: SQLite's keeps no text to copy (store/search.py), and links each body to its row.
 DERIVED = ("trace_search",)
+# Meta rows about the source's own index stay behind too: its backfill marks (the target's index
+# holds every body already: a backfill would index them again) and the last rowid it gave out.
+OWN_META = f"NOT (key LIKE 'search_backfill_%' OR key = '{search.LAST_ROWID}')"
 LAST = ("cache_stats",)  # counted by triggers on cache_entries: copied after it, over what they counted
 
 
@@ -59,6 +62,7 @@ class Table:
     columns: tuple[str, ...]
     identity: tuple[str, ...]  # PostgreSQL identity columns (their sequences follow the copied ids)
     wide: bool = False  # has bytea columns (bodies, cached answers): read in smaller batches
+    where: str | None = None  # the rows copied, if not all (meta: OWN_META)
 
     @property
     def batch(self) -> int:
@@ -70,7 +74,8 @@ def _quote(name: str) -> str:
 
 
 def _select(table: Table) -> str:
-    return f"SELECT {', '.join(map(_quote, table.columns))} FROM {_quote(table.name)}"
+    where = f" WHERE {table.where}" if table.where else ""
+    return f"SELECT {', '.join(map(_quote, table.columns))} FROM {_quote(table.name)}{where}"
 
 
 def tables(pg: Any, lite: sqlite3.Connection) -> list[Table]:
@@ -91,7 +96,8 @@ def tables(pg: Any, lite: sqlite3.Connection) -> list[Table]:
             (name,),
         ).fetchall()
         identity = tuple(r[0] for r in cols if r[1] == "YES")
-        found.append(Table(name, tuple(r[0] for r in cols), identity, any(r[2] == "bytea" for r in cols)))
+        wide = any(r[2] == "bytea" for r in cols)
+        found.append(Table(name, tuple(r[0] for r in cols), identity, wide, OWN_META if name == "meta" else None))
     master = lite.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
     virtual = [r[0] for r in master if (r[1] or "").upper().startswith("CREATE VIRTUAL")]
     lite_names = {
@@ -218,7 +224,8 @@ def _index_search(
 def _check(source: Any, target: Any, counts: dict[str, int], secret: str | None, progress: Progress) -> None:
     """The copy holds what was read, and its audit chain is the source's (and verifies as it does)."""
     for name, n in counts.items():
-        copied = target.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0]
+        where = f" WHERE {OWN_META}" if name == "meta" else ""  # the target's index wrote its own
+        copied = target.execute(f"SELECT count(*) FROM {_quote(name)}{where}").fetchone()[0]
         if copied != n:
             raise MoveError(f"table {name}: {n} rows read but {copied} in the copy; nothing was kept")
     if audit.head(source) != audit.head(target):

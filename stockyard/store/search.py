@@ -41,8 +41,10 @@ def stored_text(request: bytes | None, response: bytes | None) -> str:
     return body_text(_inflate(request), _inflate(response))
 
 
-def _inflate(data: bytes | None) -> bytes | None:
-    if not data:
+def _inflate(data: Any) -> bytes | None:
+    """A stored side's bytes; None for NULL, and for what is not a zlib stream: text or a number a
+    hand edit in the sqlite3 shell put there (``SET request = 'removed'``) as well as damaged bytes."""
+    if not data or not isinstance(data, bytes):
         return None
     try:
         return zlib.decompress(data)
@@ -69,15 +71,33 @@ def index_bodies(conn: Any, texts: Iterable[tuple[str, str]]) -> None:
         insert_many(conn, INSERT, texts)
 
 
+# meta: the highest rowid the index has given out (store/move.py leaves it, with the backfill marks,
+# to the source: a copy's index is its own).
+LAST_ROWID = "search_rowid_last"
+_NEXT_ROWID = (
+    "SELECT max(coalesce((SELECT max(search_rowid) FROM trace_bodies), 0), "
+    f"coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '{LAST_ROWID}'), 0)) + 1"
+)
+_SET_LAST_ROWID = (
+    f"INSERT INTO meta (key, value) VALUES ('{LAST_ROWID}', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
 def index_linked(conn: sqlite3.Connection, texts: list[tuple[str, str]]) -> dict[str, int]:
-    """SQLite: add ``(trace_id, text)`` pairs to the search index under rowids chosen here (after
-    the highest a body names: the writer's transaction is ``BEGIN IMMEDIATE``, so no one else adds
-    any, and the index holds only rows bodies name), and return each trace id's rowid, for its
-    body's ``search_rowid``."""
+    """SQLite: add ``(trace_id, text)`` pairs to the search index under rowids chosen here, and
+    return each trace id's rowid, for its body's ``search_rowid``.
+
+    A rowid is never given out twice (the writer's transaction is ``BEGIN IMMEDIATE``, so no one
+    else adds any meanwhile): a body whose stored bytes no longer give back the text it was indexed
+    with (a damaged page, a hand edit) leaves its words behind in the index, which FTS5 cannot find
+    without the text, and a later body under that rowid would be found by them. Hence after both
+    the highest rowid a body names and the highest given out (:data:`LAST_ROWID`), which the
+    highest a body names drops below when the newest bodies leave."""
     if not texts:
         return {}
-    first = (conn.execute("SELECT max(search_rowid) FROM trace_bodies").fetchone()[0] or 0) + 1
+    first = conn.execute(_NEXT_ROWID).fetchone()[0]
     conn.executemany(INSERT_LINKED, [(first + i, trace_id, text) for i, (trace_id, text) in enumerate(texts)])
+    conn.execute(_SET_LAST_ROWID, (str(first + len(texts) - 1),))
     return {trace_id: first + i for i, (trace_id, _) in enumerate(texts)}
 
 
@@ -88,7 +108,9 @@ def backfill(conn: sqlite3.Connection) -> bool:
     """One step of indexing bodies stored before the search index existed (a writer idle task).
 
     Walks ``trace_bodies`` by id up to the ``search_backfill_until`` mark the migration left,
-    in its own small transaction; the marks go when it is done. True while there is more.
+    in its own small transaction; the marks go when it is done. True while there is more. On
+    SQLite a body that already names its search row is left as it is (one stored after the mark
+    with a clock set back): indexed again, its old row would stay behind with its words.
     """
     marks = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'search_backfill_%'").fetchall())
     until = marks.get("search_backfill_until")
@@ -96,12 +118,16 @@ def backfill(conn: sqlite3.Connection) -> bool:
         return False
     conn.execute("BEGIN IMMEDIATE")
     try:
+        linked = "search_rowid" if dialect_of(conn) == "sqlite" else "NULL"
         rows = conn.execute(
-            "SELECT trace_id, request, response FROM trace_bodies WHERE trace_id > ? AND trace_id <= ? "
+            f"SELECT trace_id, request, response, {linked} FROM trace_bodies WHERE trace_id > ? AND trace_id <= ? "
             "ORDER BY trace_id LIMIT ?",
             (marks.get("search_backfill_cursor", ""), until, BACKFILL_ROWS),
         ).fetchall()
-        index_bodies(conn, [(trace_id, stored_text(request, response)) for trace_id, request, response in rows])
+        index_bodies(
+            conn,
+            [(trace_id, stored_text(request, response)) for trace_id, request, response, row in rows if row is None],
+        )
         if len(rows) < BACKFILL_ROWS:
             conn.execute("DELETE FROM meta WHERE key LIKE 'search_backfill_%'")
         else:
