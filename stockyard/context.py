@@ -16,6 +16,7 @@ modules after it and the proxy. The chain of modules is in ``stockyard.chain``.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 _id_lock = threading.Lock()
 _last_id = [0, 0]  # (milliseconds, sequence within that millisecond)
+
+
+TRACE_ID = re.compile(r"tr_[0-9a-f]{24}")  # what new_trace_id makes (fullmatch)
 
 
 def new_trace_id(now_ms: int | None = None) -> str:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import time
 
+from ..context import TRACE_ID
 from ..operations import invalid, not_found
+from ..operations.maintenance import erase_bodies
 from ..store import traces as trace_store
 from ..store.traces import iso_utc
 from ..times import FORMAT_HELP, to_ms
 from . import ApiRequest, Param, route
 
 MAX_LIMIT = 500
-_TRACE_ID = re.compile(r"^tr_[0-9a-f]{24}$")
 
 
 def _cursor(value: str) -> str:
-    if not _TRACE_ID.match(value):
+    if not TRACE_ID.fullmatch(value):
         raise invalid(
             "cursor must be the next_cursor of a previous page (a trace id like tr_0190f3a1b2c3d4e5f6a7b8c9)",
             param="cursor",
@@ -82,6 +82,11 @@ def get_trace(r: ApiRequest) -> dict:
     if trace is None:
         raise not_found(f"trace {r.params['id']!r}")
     return trace
+
+
+@route("DELETE", "/api/traces/{id}/body", "Erase a trace's stored request and response bodies (the trace stays)")
+def erase_body(r: ApiRequest) -> dict:
+    return {"id": r.params["id"], "erased": bool(erase_bodies(r.ops(), [r.params["id"]]))}
 
 
 @route(

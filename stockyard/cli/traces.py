@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..operations.maintenance import erase_bodies
 from ..store import traces as trace_store
-from .common import count_arg, open_store, print_json_lines, print_table, runs
+from .common import count_arg, open_ops, open_store, print_json, print_json_lines, print_table, runs
 
 
 def register(sub) -> None:
@@ -15,6 +16,13 @@ def register(sub) -> None:
     p.add_argument("--tag", metavar="NAME=VALUE", type=_tag, help="only requests with this tag, e.g. team=search")
     p.add_argument(
         "--search", metavar="TEXT", help="only traces whose stored request or response has every word of TEXT"
+    )
+    p.add_argument(
+        "--erase-body",
+        metavar="TRACE_ID",
+        action="append",
+        help="delete the stored request and response bodies of this trace (repeatable; the trace row, "
+        "its tokens and cost stay; audited) instead of listing",
     )
     runs(p, run, json=True)
 
@@ -27,6 +35,8 @@ def _tag(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.erase_body:
+        return _erase(args)
     store = open_store(args)
     rows = trace_store.list_traces(store.read(), limit=args.limit, user=args.user, tag=args.tag, search=args.search)
     if args.json:
@@ -55,4 +65,15 @@ def run(args: argparse.Namespace) -> int:
         ],
         empty="no traces match" if args.search else "no traces yet",
     )
+    return 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    erased = erase_bodies(open_ops(args, create=False), args.erase_body)
+    if args.json:
+        print_json({"erased": erased})
+    else:
+        asked = len(dict.fromkeys(args.erase_body))
+        rest = " (the rest had none)" if len(erased) < asked else ""
+        print(f"erased the stored bodies of {len(erased)} of {asked} trace(s){rest}")
     return 0

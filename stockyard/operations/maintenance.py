@@ -1,4 +1,5 @@
-"""Operator actions that change no configuration of their own: notes and forced reloads.
+"""Operator actions that change no configuration of their own: notes, forced reloads, erasing
+stored bodies.
 
 Both shells (``POST /api/audit/note`` and ``stockyard audit note``; ``stockyard reload``)
 call these, so validation and audit wording live in one place.
@@ -9,7 +10,8 @@ from __future__ import annotations
 import re
 
 from .. import audit
-from . import Operations, conflict, invalid, read_config_version
+from ..context import TRACE_ID
+from . import Operations, conflict, invalid, not_found, read_config_version
 
 MAX_NOTE_CHARS = 2000
 # Something that looks like an API key anywhere in free text (sk-…, sk_live_…, sk-ant-…).
@@ -47,3 +49,41 @@ def reload_config(ops: Operations) -> int:
     except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
         raise conflict(str(exc)) from None
     return read_config_version(ops.store.read())
+
+
+MAX_ERASE = 1000  # trace ids in one erase (one transaction)
+
+
+def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
+    """Delete the stored request and response bodies of these traces — a secret or personal data
+    that reached them before the ``redact`` module was on — and return the ids that had one.
+
+    The trace rows stay (tokens, cost, who sent it: the reports add up as before); the search index
+    forgets the words with the body (its delete trigger, which needs the SQL function every
+    Stockyard connection registers: the ``sqlite3`` shell cannot delete a body). Audited with the
+    ids; an id of no trace erases nothing (404). Stored responses and conversation items (the
+    Responses and Conversations APIs) are kept apart from traces and are deleted through those APIs."""
+    ids = list(dict.fromkeys(trace_ids))
+    if not ids:
+        raise invalid("name at least one trace id", param="id")
+    if len(ids) > MAX_ERASE:
+        raise invalid(f"{len(ids)} trace ids; at most {MAX_ERASE} at once", param="id")
+    bad = [i for i in ids if not isinstance(i, str) or not TRACE_ID.fullmatch(i)]
+    if bad:
+        raise invalid(f"not a trace id: {str(bad[0])[:60]!r} (ids look like tr_0190f3a1b2c3d4e5f6a7b8c9)", param="id")
+    marks = ", ".join("?" for _ in ids)
+
+    def erase(conn) -> list[str]:
+        known = {r[0] for r in conn.execute(f"SELECT id FROM traces WHERE id IN ({marks})", ids)}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise not_found(f"trace {unknown[0]!r} (nothing was erased)")
+        found = [r[0] for r in conn.execute(f"SELECT trace_id FROM trace_bodies WHERE trace_id IN ({marks})", ids)]
+        if found:
+            conn.execute(f"DELETE FROM trace_bodies WHERE trace_id IN ({marks})", ids)
+        return sorted(found)
+
+    try:
+        return ops.change("traces.erase_bodies", "trace_bodies", {"traces": ids}, erase, config=False)
+    except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
+        raise conflict(str(exc)) from None

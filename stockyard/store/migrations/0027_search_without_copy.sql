@@ -5,7 +5,8 @@
 -- told the text it indexed: the delete trigger rebuilds that text from the stored body with
 -- stockyard_search_text (store/search.py, registered on every connection Stockyard opens). Such a
 -- table cannot be scanned (columnsize = 0): search finds rowids by MATCH and joins the bodies by
--- search_rowid (indexed here); the next rowid is the highest a body names.
+-- search_rowid (indexed here); the next rowid follows the highest a body names or the index ever gave
+-- out (meta search_rowid_last: a rowid is never given twice, store/search.index_linked).
 -- Rebuilt from the stored bodies, not from the old copy, so every row's words are exactly what
 -- the trigger will hand back: about a minute of CPU per million bodies of ~2 KB.
 DROP TRIGGER trace_bodies_leave_search;
