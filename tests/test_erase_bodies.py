@@ -46,9 +46,7 @@ def test_the_api_erases_a_bodys_text_and_its_words_and_keeps_the_trace(server):
     assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": False})
 
 
-@pytest.mark.parametrize(
-    ("trace_id", "status"), [("tr_" + "0" * 24, 404), ("tr_nope", 400), ("tr_" + "A" * 24, 400)]
-)
+@pytest.mark.parametrize(("trace_id", "status"), [("tr_" + "0" * 24, 404), ("tr_nope", 400), ("tr_" + "A" * 24, 400)])
 def test_an_unknown_or_malformed_id_erases_nothing(server, trace_id, status):
     got, body = api(server, "DELETE", f"/api/traces/{trace_id}/body")
     assert got == status and body["error"]["message"], body
