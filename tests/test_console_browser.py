@@ -1,9 +1,10 @@
 """The web console driven in headless Chromium (Debian's ``chromium``) with Playwright.
 
 One server and one browser for the module: sign-in (and a wrong key refused), the live tail and a
-trace's detail, the costs total against ``stockyard costs --json``, a key created and revoked, a
-module switched on that changes the next request, the audit chain verified, and model output full
-of markup that must stay text. Any page error or console error fails the test that caused it.
+trace's detail (and erasing its stored bodies), the costs total against ``stockyard costs --json``,
+a key created and revoked, a module switched on that changes the next request, the audit chain
+verified, and model output full of markup that must stay text. Any page error or console error fails
+the test that caused it.
 Screenshots of every page (1280×800) go to ``artifacts/screenshots/`` for a reviewer.
 """
 
@@ -79,7 +80,13 @@ class Console:
         self.errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
         self.page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"console: {msg.text}"))
-        self.page.on("dialog", lambda dialog: dialog.accept())
+        self.dialogs: list[str] = []  # every confirm's message, in order
+        self.accept_dialogs = True  # False: the next confirms are cancelled
+        self.page.on("dialog", self._answer)
+
+    def _answer(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.accept() if self.accept_dialogs else dialog.dismiss()
 
     def open(self, hash_: str = "") -> None:
         self.page.goto(f"{self.server.url}/ui/{hash_}")
@@ -420,6 +427,90 @@ def test_verify_audit_chain(console, server):
     console.shot("audit")
 
 
+def said(server: ServerProcess, text: str) -> str:
+    """The id of a stored trace whose prompt is ``text``."""
+    status, headers, _ = server.request(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+    )
+    assert status == 200
+    trace_id = headers["x-stockyard-trace-id"]
+    server.trace(trace_id)
+    return trace_id
+
+
+def found(server: ServerProcess, word: str) -> list[str]:
+    return [t["id"] for t in admin(server, "GET", f"/api/traces?q={word}")["data"]]
+
+
+def open_trace(console: Console, trace_id: str):
+    console.go(f"traces/{trace_id}")
+    console.page.wait_for_selector(f"#trace-id:text('{trace_id}')")
+    return console.page.get_by_role("button", name="Erase bodies")
+
+
+def test_erase_bodies_removes_them_and_their_words_and_keeps_the_trace(console, server):
+    console.signed_in()
+    page = console.page
+    trace_id = said(server, "the axolotl password is hunter2")
+    assert found(server, "axolotl") == [trace_id]
+    before = admin(server, "GET", f"/api/traces/{trace_id}")
+    button = open_trace(console, trace_id)
+    assert page.locator("main pre").count() > 0 and "axolotl" in page.inner_text("main")
+    console.dialogs.clear()
+    button.click()
+    status = page.locator("main [role=alert].ok")
+    status.wait_for()
+    assert status.inner_text() == f"Erased the stored request and response bodies of {trace_id}; the trace stays."
+    (asked,) = console.dialogs
+    assert trace_id in asked and "request and response bodies" in asked and "stays" in asked
+    assert found(server, "axolotl") == [] and found(server, "hunter2") == []
+    after = admin(server, "GET", f"/api/traces/{trace_id}")
+    assert after["request_body"] is None and after["response_body"] is None
+    assert {k: after[k] for k in ("prompt_tokens", "cost_uc", "model")} == {
+        k: before[k] for k in ("prompt_tokens", "cost_uc", "model")
+    }
+    # The detail is drawn again: no body panes, no button, the trace's fields as before.
+    page.locator("main pre").first.wait_for(state="detached")
+    text = page.inner_text("main")
+    assert "axolotl" not in text
+    assert page.get_by_role("button", name="Erase bodies").count() == 0
+    assert "Request body" in text and "erased" in text and "gpt-4o-mini" in text
+    assert page.inner_text("#trace-id") == trace_id
+    console.shot("trace-erased")
+
+
+def test_cancelling_the_erase_erases_nothing(console, server):
+    console.signed_in()
+    page = console.page
+    trace_id = said(server, "the narwhal stays stored")
+    button = open_trace(console, trace_id)
+    console.dialogs.clear()
+    console.accept_dialogs = False
+    try:
+        button.click()
+        # page.title() lets Playwright deliver its events (the dialog) between the polls
+        wait_for(lambda: page.title() is not None and console.dialogs, what="the confirm")
+    finally:
+        console.accept_dialogs = True
+    assert found(server, "narwhal") == [trace_id]
+    assert admin(server, "GET", f"/api/traces/{trace_id}")["request_body"]
+    assert button.is_visible() and "narwhal" in page.inner_text("main pre >> nth=0")
+    assert page.locator("main [role=alert]").inner_text() == ""
+
+
+def test_no_erase_button_for_a_trace_without_bodies(console, server):
+    console.signed_in()
+    page = console.page
+    trace_id = said(server, "the quokka is erased before it is shown")
+    assert admin(server, "DELETE", f"/api/traces/{trace_id}/body") == {"id": trace_id, "erased": True}
+    with_bodies = said(server, "the wombat keeps its body")
+    assert open_trace(console, with_bodies).is_visible()  # the button exists where there are bodies
+    open_trace(console, trace_id)
+    assert page.get_by_role("button", name="Erase bodies").count() == 0
+    assert page.locator("main pre").count() == 0 and "not stored" in page.inner_text("main")
+
+
+# Last: once a client key exists, the proxy refuses the keyless requests the tests above send.
 def test_create_and_revoke_a_key(console, server):
     console.signed_in()
     page = console.page

@@ -1,6 +1,6 @@
 // Traces: a filterable, paginated table with a live tail, and one trace in detail.
 
-import { enc, get } from "./api.js";
+import { del, enc, get } from "./api.js";
 import { copyButton, field, h, mount, table } from "./dom.js";
 import { formatInt, formatLatency, formatTime, formatUsd, isSse, prettyBody, reassembleSse, responsesText } from "./format.js";
 import { emptyState } from "./overview.js";
@@ -101,8 +101,10 @@ export async function traces(view) {
   return () => clearInterval(timer);
 }
 
-function body(title, text, truncated, endpoint) {
-  if (text === null || text === undefined || text === "") return [h("h2", {}, title), h("p", { class: "muted" }, "not stored")];
+const stored = (text) => text !== null && text !== undefined && text !== "";
+
+function body(title, text, truncated, endpoint, erased) {
+  if (!stored(text)) return [h("h2", {}, title), h("p", { class: "muted" }, erased ? "erased" : "not stored")];
   const parts = [h("h2", {}, title, truncated ? " (truncated)" : "")];
   if (isSse(text)) {
     const sse = reassembleSse(text);
@@ -118,35 +120,61 @@ function body(title, text, truncated, endpoint) {
 }
 
 export async function traceDetail(view, id) {
-  const t = await get(`/api/traces/${enc(id)}`);
-  const kv = (pairs) => h("dl", { class: "kv" }, pairs.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v === null || v === undefined ? "—" : v)]));
-  mount(view,
-    h("p", {}, h("a", { href: "#/traces" }, "← all traces")),
-    h("h1", {}, "Trace ", h("code", { id: "trace-id" }, t.id), " ", copyButton(t.id, "Copy id")),
-    h("div", { class: "grid" },
-      h("div", { class: "card" }, kv([
-        ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_name ? `${t.key_name} (${t.key_id})` : t.key_id], ["project", t.project],
-        ["user", t.end_user], ["tags", tagText(t.tags) || null],
-        ["provider", t.provider], ["model", t.model], ["served model", t.served_model], ["stream", t.stream ? "yes" : "no"],
-        ["status", `${t.status} ${t.outcome}`], ["error", t.error_message ? `${t.error_type}: ${t.error_message}` : null],
-        ["upstream request id", t.upstream_request_id]])),
-      h("div", { class: "card" }, kv([
-        ["latency", formatLatency(t.latency_us)], ["first byte", formatLatency(t.ttfb_us)],
-        ["prompt tokens", formatInt(t.prompt_tokens)], ["completion tokens", formatInt(t.completion_tokens)],
-        ["cached tokens", formatInt(t.cached_tokens)], ["reasoning tokens", formatInt(t.reasoning_tokens)],
-        ["usage", t.usage_estimated ? "estimated" : "reported by the provider"],
-        ["cost", `${cost(t)} (${t.cost_status})`], ["cache hit", t.cache_hit ? `yes, saved ${formatUsd(t.cost_saved_uc)}` : "no"]]))),
-    h("h2", {}, "Attempts"),
-    table([
-      { label: "#", value: (a) => String(a.attempt) },
-      { label: "trace", value: (a) => h("a", { href: `#/traces/${a.id}` }, a.id) },
-      { label: "provider", value: (a) => a.provider || "—" },
-      { label: "model", value: (a) => a.served_model || a.model || "—" },
-      { label: "status", value: (a) => `${a.status} ${a.outcome}` },
-      { label: "latency", value: (a) => formatLatency(a.latency_us), class: "num" },
-      { label: "cost", value: cost, class: "num" },
-      { label: "error", value: (a) => a.error_message || "", class: "wrap" },
-    ], t.attempts || [], { empty: "One attempt: this request was not retried or failed over." }),
-    body("Request body", t.request_body, t.request_truncated, t.endpoint),
-    body("Response body", t.response_body, t.response_truncated, t.endpoint));
+  const message = h("p", { role: "alert" });
+  const fail = (err) => { message.className = "error"; message.textContent = err.message; };
+  let erased = false; // this view erased the bodies: say "erased" where they were, not "not stored"
+
+  // The bodies and their words in the search index go; the trace row (and the reports) stays.
+  const erase = async (t) => {
+    if (!window.confirm(`Erase the stored request and response bodies of trace ${t.id}? They and their words in ` +
+      "the search index are deleted; the trace itself (time, key, user, tags, model, tokens, cost, status) stays. " +
+      "This cannot be undone.")) return;
+    try {
+      const answer = await del(`/api/traces/${enc(t.id)}/body`);
+      erased = answer.erased;
+      message.className = "ok";
+      message.textContent = answer.erased ? `Erased the stored request and response bodies of ${t.id}; the trace stays.`
+        : `${t.id} had no stored bodies left to erase.`;
+      await refresh();
+    } catch (err) { fail(err); }
+  };
+
+  const refresh = async () => {
+    const t = await get(`/api/traces/${enc(id)}`);
+    const kv = (pairs) => h("dl", { class: "kv" }, pairs.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v === null || v === undefined ? "—" : v)]));
+    const bodies = stored(t.request_body) || stored(t.response_body);
+    mount(view,
+      h("p", {}, h("a", { href: "#/traces" }, "← all traces")),
+      h("h1", {}, "Trace ", h("code", { id: "trace-id" }, t.id), " ", copyButton(t.id, "Copy id")),
+      message,
+      h("div", { class: "grid" },
+        h("div", { class: "card" }, kv([
+          ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_name ? `${t.key_name} (${t.key_id})` : t.key_id], ["project", t.project],
+          ["user", t.end_user], ["tags", tagText(t.tags) || null],
+          ["provider", t.provider], ["model", t.model], ["served model", t.served_model], ["stream", t.stream ? "yes" : "no"],
+          ["status", `${t.status} ${t.outcome}`], ["error", t.error_message ? `${t.error_type}: ${t.error_message}` : null],
+          ["upstream request id", t.upstream_request_id]])),
+        h("div", { class: "card" }, kv([
+          ["latency", formatLatency(t.latency_us)], ["first byte", formatLatency(t.ttfb_us)],
+          ["prompt tokens", formatInt(t.prompt_tokens)], ["completion tokens", formatInt(t.completion_tokens)],
+          ["cached tokens", formatInt(t.cached_tokens)], ["reasoning tokens", formatInt(t.reasoning_tokens)],
+          ["usage", t.usage_estimated ? "estimated" : "reported by the provider"],
+          ["cost", `${cost(t)} (${t.cost_status})`], ["cache hit", t.cache_hit ? `yes, saved ${formatUsd(t.cost_saved_uc)}` : "no"]]))),
+      h("h2", {}, "Attempts"),
+      table([
+        { label: "#", value: (a) => String(a.attempt) },
+        { label: "trace", value: (a) => h("a", { href: `#/traces/${a.id}` }, a.id) },
+        { label: "provider", value: (a) => a.provider || "—" },
+        { label: "model", value: (a) => a.served_model || a.model || "—" },
+        { label: "status", value: (a) => `${a.status} ${a.outcome}` },
+        { label: "latency", value: (a) => formatLatency(a.latency_us), class: "num" },
+        { label: "cost", value: cost, class: "num" },
+        { label: "error", value: (a) => a.error_message || "", class: "wrap" },
+      ], t.attempts || [], { empty: "One attempt: this request was not retried or failed over." }),
+      bodies ? h("p", {}, h("button", { type: "button", class: "small danger", onclick: () => erase(t),
+        title: "Delete this trace's stored request and response bodies; the trace stays" }, "Erase bodies")) : null,
+      body("Request body", t.request_body, t.request_truncated, t.endpoint, erased),
+      body("Response body", t.response_body, t.response_truncated, t.endpoint, erased));
+  };
+  await refresh();
 }
