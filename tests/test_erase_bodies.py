@@ -11,7 +11,8 @@ import sqlite3
 import urllib.parse
 
 import pytest
-from module_helpers import api, chat, server_fixture
+from mock_upstream import Reply
+from module_helpers import api, chat, put_module, server_fixture
 
 server = server_fixture("erase")
 
@@ -80,3 +81,24 @@ def test_the_sqlite3_shell_cannot_delete_a_body_behind_the_index(server):
     finally:
         conn.close()
     assert found(server, "wombat") == [kept]
+
+
+def test_the_bodies_of_a_requests_retried_attempts_go_with_it(server, mock):
+    """A failed attempt (a retry, a fallback) keeps the provider's answer under its own trace (the
+    request body is the request's): erasing the request's bodies takes the attempts' too — a
+    provider's error may quote what it was sent."""
+    put_module(server, "fallback", {"retries": 1, "backoff_ms": 10, "max_backoff_ms": 20, "breaker_failures": 0})
+    try:
+        mock.enqueue(Reply(status=500, json={"error": {"message": "bad prompt: the capybara vault code is 7741"}}))
+        leaked = said(server, "the capybara vault code is 7741")
+    finally:
+        put_module(server, "fallback", enabled=False)
+    status, trace = api(server, "GET", f"/api/traces/{leaked}")
+    [attempt] = trace["attempts"]
+    assert "7741" in api(server, "GET", f"/api/traces/{attempt['id']}")[1]["response_body"]
+    done = server.cli("traces", "--erase-body", leaked, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"erased": sorted([leaked, attempt["id"]])}
+    assert found(server, "capybara") == [] and found(server, "7741") == []
+    erased = api(server, "GET", f"/api/traces/{attempt['id']}")[1]
+    assert erased["response_body"] is None and erased["status"] == 500, "the attempt's row stays"

@@ -55,8 +55,9 @@ MAX_ERASE = 1000  # trace ids in one erase (one transaction)
 
 
 def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
-    """Delete the stored request and response bodies of these traces — a secret or personal data
-    that reached them before the ``redact`` module was on — and return the ids that had one.
+    """Delete the stored request and response bodies of these traces and of their attempts (a retry
+    or fallback stores the request it sent too) — a secret or personal data that reached them before
+    the ``redact`` module was on — and return the ids (attempts' included) that had one.
 
     The trace rows stay (tokens, cost, who sent it: the reports add up as before); the search index
     forgets the words with the body (its delete trigger, which needs the SQL function every
@@ -78,9 +79,12 @@ def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
         unknown = [i for i in ids if i not in known]
         if unknown:
             raise not_found(f"trace {unknown[0]!r} (nothing was erased)")
-        found = [r[0] for r in conn.execute(f"SELECT trace_id FROM trace_bodies WHERE trace_id IN ({marks})", ids)]
+        attempts = [r[0] for r in conn.execute(f"SELECT id FROM traces WHERE parent_id IN ({marks})", ids)]
+        every = [*ids, *attempts]
+        held = ", ".join("?" for _ in every)
+        found = [r[0] for r in conn.execute(f"SELECT trace_id FROM trace_bodies WHERE trace_id IN ({held})", every)]
         if found:
-            conn.execute(f"DELETE FROM trace_bodies WHERE trace_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM trace_bodies WHERE trace_id IN ({held})", every)
         return sorted(found)
 
     try:
