@@ -12,7 +12,8 @@ import urllib.parse
 
 import pytest
 from mock_upstream import Reply
-from module_helpers import api, chat, put_module, server_fixture
+from conftest import wait_for
+from module_helpers import ADMIN_KEY, api, chat, put_module, server_fixture, start_server
 
 server = server_fixture("erase")
 
@@ -102,3 +103,122 @@ def test_the_bodies_of_a_requests_retried_attempts_go_with_it(server, mock):
     assert found(server, "capybara") == [] and found(server, "7741") == []
     erased = api(server, "GET", f"/api/traces/{attempt['id']}")[1]
     assert erased["response_body"] is None and erased["status"] == 500, "the attempt's row stays"
+
+
+def _file_bytes(server) -> bytes:
+    """Everything SQLite keeps of the database on disk: the file and its WAL."""
+    wal = server.db.with_name(server.db.name + "-wal")
+    return server.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def test_the_erased_text_leaves_the_database_file_and_its_wal(server):
+    """Deleted rows leave their bytes in SQLite's freed space and old WAL frames until overwritten:
+    an erase that only deletes leaves the secret readable with ``strings stockyard.db``. (The index
+    keeps single words, never this phrase: see the next test for its words.)"""
+    phrase = b"the vault key is zanzibarquokka8813"
+    leaked = said(server, phrase.decode())
+    for n in range(6):  # neighbours on its page: a page left with one row may be rebuilt whole
+        said(server, f"a neighbouring note {n}")
+    wait_for(lambda: phrase in _file_bytes(server), what="the secret on disk before the erase")
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": True})
+    wait_for(lambda: phrase not in _file_bytes(server), timeout=15, what="the secret gone from the file and WAL")
+
+
+def test_the_readmes_recipe_takes_an_erased_word_out_of_the_index_pages(server):
+    """FTS5 forgets an erased body's words at once (search, fts5vocab) but keeps their bytes in its
+    older segments until it merges them; README's erase paragraph gives the merge that removes them."""
+    word = b"xylophonemarmot4471"
+    leaked = said(server, f"the code is {word.decode()}")
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body")[0] == 200
+    wait_for(lambda: b"the code is " + word not in _file_bytes(server), timeout=15, what="the body's bytes gone")
+    assert word in _file_bytes(server), "the index's segments still hold the word (else this test proves nothing)"
+    conn = sqlite3.connect(server.db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("INSERT INTO trace_search(trace_search) VALUES ('optimize')")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    wait_for(lambda: word not in _file_bytes(server), timeout=15, what="the word gone from the file and WAL")
+
+
+def test_the_erased_words_leave_the_search_index(server):
+    """fts5vocab lists the index's words: an erased body's words are not among them."""
+    leaked, kept = said(server, "the okavango passphrase is marmosetlantern"), said(server, "a kept tamarin")
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body")[0] == 200
+    conn = sqlite3.connect(server.db)
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.words USING fts5vocab(main, 'trace_search', 'row')")
+        words = {r[0] for r in conn.execute("SELECT term FROM temp.words")}
+    finally:
+        conn.close()
+    assert "tamarin" in words, "the vocabulary is readable"
+    assert "marmosetlantern" not in words and "okavango" not in words
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def test_a_foreign_origin_cannot_erase_even_with_the_admin_key(server):
+    """A page elsewhere that got the key into a fetch (or a form post) still carries its Origin."""
+    leaked = said(server, "a foreign serval origin")
+    for origin in ("https://evil.example", "null"):
+        status, _, raw = server.request("DELETE", f"/api/traces/{leaked}/body", headers={**ADMIN, "Origin": origin})
+        assert status == 403 and json.loads(raw)["error"]["message"], raw
+    assert found(server, "serval") == [leaked]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "PATCH"])
+def test_other_methods_on_the_route_are_405_with_allow(server, method):
+    leaked = said(server, f"a {method.lower()} margay method")
+    status, headers, raw = server.request(method, f"/api/traces/{leaked}/body", headers=ADMIN)
+    assert status == 405 and headers["allow"] == "DELETE", (status, headers)
+    if method != "HEAD":
+        assert json.loads(raw)["error"]["message"]
+    assert leaked in found(server, "margay")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/traces/{id}/body/",
+        "/api/traces/{id}%2Fbody",
+        "/api/traces/{id}/body%2F",
+        "/api/traces/{id}/./body",
+        "/api/traces/{id}/x/../body",
+        "/api/traces//{id}/body",
+        "/api/traces/{id}%00/body",
+        "/api/traces/tr_" + "a" * 100_000 + "/body",
+        "/api/traces/tr_%D9%A0%D9%A1" + "0" * 22 + "/body",  # Arabic-Indic digits
+        "/api/traces/tr_" + "\uff10" * 24 + "/body",  # fullwidth digits, sent raw
+    ],
+)
+def test_path_tricks_erase_nothing_and_get_a_clear_error(server, path):
+    leaked = said(server, "a tricky genet path")
+    target = path.replace("{id}", leaked)
+    head = target.encode("utf-8").decode("latin-1")
+    status, _, raw = server.request("DELETE", urllib.parse.quote(head, safe="/%"), headers=ADMIN)
+    assert status in (400, 404, 405, 414, 431), (status, raw[:200])
+    if raw:
+        assert json.loads(raw)["error"]["message"]
+    assert leaked in found(server, "genet")
+
+
+@pytest.fixture(scope="module")
+def keyed(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server with client keys on (a separate one: keys, once made, are required from all)."""
+    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "erase_keyed")
+    srv.keys = srv.create_keys({"client": []})
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_a_client_key_cannot_erase(keyed):
+    status, headers, _ = chat(keyed, messages=[{"role": "user", "content": "a client's jerboa"}], headers=keyed.auth("client"))
+    assert status == 200
+    leaked = headers["x-stockyard-trace-id"]
+    keyed.trace(leaked)
+    status, _, raw = keyed.request("DELETE", f"/api/traces/{leaked}/body", headers=keyed.auth("client"))
+    assert status == 401 and json.loads(raw)["error"]["message"]
+    assert found(keyed, "jerboa") == [leaked]

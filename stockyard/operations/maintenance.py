@@ -8,9 +8,12 @@ call these, so validation and audit wording live in one place.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from .. import audit
 from ..context import TRACE_ID
+from ..store.db import dialect_of
 from . import Operations, conflict, invalid, not_found, read_config_version
 
 MAX_NOTE_CHARS = 2000
@@ -54,6 +57,23 @@ def reload_config(ops: Operations) -> int:
 MAX_ERASE = 1000  # trace ids in one erase (one transaction)
 
 
+@contextmanager
+def _zeroing_freed_space(conn: Any) -> Iterator[None]:
+    """SQLite's ``secure_delete`` for this statement only: a deleted row's bytes (a body's cells,
+    its overflow pages, the index's rewritten pages) are overwritten with zeros, not left in free
+    space for ``strings stockyard.db`` to find. Only here: traces and retention keep SQLite's
+    default (no extra writes); PostgreSQL has no such switch (its VACUUM reuses the space)."""
+    if dialect_of(conn) != "sqlite":
+        yield
+        return
+    was = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    conn.execute("PRAGMA secure_delete=ON")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA secure_delete={int(was)}")
+
+
 def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
     """Delete the stored request and response bodies of these traces and of their attempts (a retry
     or fallback stores the request it sent too) — a secret or personal data that reached them before
@@ -84,7 +104,8 @@ def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
         held = ", ".join("?" for _ in every)
         found = [r[0] for r in conn.execute(f"SELECT trace_id FROM trace_bodies WHERE trace_id IN ({held})", every)]
         if found:
-            conn.execute(f"DELETE FROM trace_bodies WHERE trace_id IN ({held})", every)
+            with _zeroing_freed_space(conn):
+                conn.execute(f"DELETE FROM trace_bodies WHERE trace_id IN ({held})", every)
         return sorted(found)
 
     try:
