@@ -11,8 +11,8 @@ import sqlite3
 import urllib.parse
 
 import pytest
-from mock_upstream import Reply
 from conftest import wait_for
+from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, api, chat, put_module, server_fixture, start_server
 
 server = server_fixture("erase")
@@ -144,7 +144,8 @@ def test_the_readmes_recipe_takes_an_erased_word_out_of_the_index_pages(server):
 
 def test_the_erased_words_leave_the_search_index(server):
     """fts5vocab lists the index's words: an erased body's words are not among them."""
-    leaked, kept = said(server, "the okavango passphrase is marmosetlantern"), said(server, "a kept tamarin")
+    leaked = said(server, "the okavango passphrase is marmosetlantern")
+    said(server, "a kept tamarin")
     assert api(server, "DELETE", f"/api/traces/{leaked}/body")[0] == 200
     conn = sqlite3.connect(server.db)
     try:
@@ -215,7 +216,9 @@ def keyed(pyz_path, cache_home, mock, tmp_path_factory):
 
 
 def test_a_client_key_cannot_erase(keyed):
-    status, headers, _ = chat(keyed, messages=[{"role": "user", "content": "a client's jerboa"}], headers=keyed.auth("client"))
+    status, headers, _ = chat(
+        keyed, messages=[{"role": "user", "content": "a client's jerboa"}], headers=keyed.auth("client")
+    )
     assert status == 200
     leaked = headers["x-stockyard-trace-id"]
     keyed.trace(leaked)
