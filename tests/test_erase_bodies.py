@@ -11,11 +11,13 @@ import sqlite3
 import urllib.parse
 
 import pytest
-from conftest import wait_for
+from conftest import TEST_STORE, wait_for
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, api, chat, put_module, server_fixture, start_server
 
 server = server_fixture("erase")
+# What SQLite's file keeps (the sqlite3 shell, raw pages, FTS5) has no PostgreSQL counterpart.
+sqlite_only = pytest.mark.skipif(TEST_STORE == "postgresql", reason="reads SQLite's file and FTS5 tables")
 
 
 def said(server, text: str) -> str:
@@ -71,6 +73,7 @@ def test_the_cli_erases_several_at_once_and_none_when_one_is_unknown(server):
     assert found(server, "okapi") == []
 
 
+@sqlite_only
 def test_the_sqlite3_shell_cannot_delete_a_body_behind_the_index(server):
     """A plain sqlite3 connection lacks stockyard_search_text: the delete trigger refuses, nothing changes."""
     kept = said(server, "a wombat in the shell")
@@ -111,6 +114,7 @@ def _file_bytes(server) -> bytes:
     return server.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
+@sqlite_only
 def test_the_erased_text_leaves_the_database_file_and_its_wal(server):
     """Deleted rows leave their bytes in SQLite's freed space and old WAL frames until overwritten:
     an erase that only deletes leaves the secret readable with ``strings stockyard.db``. (The index
@@ -124,6 +128,7 @@ def test_the_erased_text_leaves_the_database_file_and_its_wal(server):
     wait_for(lambda: phrase not in _file_bytes(server), timeout=15, what="the secret gone from the file and WAL")
 
 
+@sqlite_only
 def test_the_readmes_recipe_takes_an_erased_word_out_of_the_index_pages(server):
     """FTS5 forgets an erased body's words at once (search, fts5vocab) but keeps their bytes in its
     older segments until it merges them; README's erase paragraph gives the merge that removes them."""
@@ -142,6 +147,7 @@ def test_the_readmes_recipe_takes_an_erased_word_out_of_the_index_pages(server):
     wait_for(lambda: word not in _file_bytes(server), timeout=15, what="the word gone from the file and WAL")
 
 
+@sqlite_only
 def test_the_erased_words_leave_the_search_index(server):
     """fts5vocab lists the index's words: an erased body's words are not among them."""
     leaked = said(server, "the okavango passphrase is marmosetlantern")
@@ -225,3 +231,12 @@ def test_a_client_key_cannot_erase(keyed):
     status, _, raw = keyed.request("DELETE", f"/api/traces/{leaked}/body", headers=keyed.auth("client"))
     assert status == 401 and json.loads(raw)["error"]["message"]
     assert found(keyed, "jerboa") == [leaked]
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="PostgreSQL's search rows (SQLite's: the fts5vocab test)")
+def test_the_erase_leaves_no_search_row_on_postgresql(server):
+    leaked = said(server, "a postgres tayra secret")
+    assert server.db_rows("SELECT count(*) AS n FROM trace_search WHERE trace_id = ?", (leaked,)) == [{"n": 1}]
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": True})
+    assert server.db_rows("SELECT count(*) AS n FROM trace_search WHERE trace_id = ?", (leaked,)) == [{"n": 0}]
+    assert found(server, "tayra") == []
