@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 import urllib.parse
 
 import pytest
-from conftest import TEST_STORE, wait_for
+from conftest import TEST_STORE, ServerProcess, base_env, wait_for
 from mock_upstream import Reply
-from module_helpers import ADMIN_KEY, api, chat, put_module, server_fixture, start_server
+from module_helpers import ADMIN_KEY, api, chat, provider_env, put_module, server_fixture, start_server
 
 server = server_fixture("erase")
 # What SQLite's file keeps (the sqlite3 shell, raw pages, FTS5) has no PostgreSQL counterpart.
@@ -240,3 +242,60 @@ def test_the_erase_leaves_no_search_row_on_postgresql(server):
     assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": True})
     assert server.db_rows("SELECT count(*) AS n FROM trace_search WHERE trace_id = ?", (leaked,)) == [{"n": 0}]
     assert found(server, "tayra") == []
+
+
+def test_an_erase_right_after_the_answer_finds_the_trace(server):
+    """The answer is sent before its trace is committed; an erase sent at once still finds it
+    (its job queues behind the trace's on the one writer) or says nothing was erased."""
+    for n in range(20):
+        status, headers, _ = chat(server, messages=[{"role": "user", "content": f"a hasty fossa {n}"}])
+        assert status == 200
+        got, body = api(server, "DELETE", f"/api/traces/{headers['x-stockyard-trace-id']}/body")
+        assert (got, body) == (200, {"id": headers["x-stockyard-trace-id"], "erased": True}), (n, got, body)
+    assert found(server, "fossa") == []
+
+
+def test_an_erase_of_1000_traces_is_one_transaction_and_unknown_ids_erase_none(server):
+    ids = [chat(server, messages=[{"role": "user", "content": f"a numerous quoll {n}"}])[1] for n in range(1000)]
+    ids = [h["x-stockyard-trace-id"] for h in ids]
+    server.trace(ids[-1])
+    refused = server.cli("traces", *(a for i in [*ids[:999], "tr_" + "0" * 24] for a in ("--erase-body", i)))
+    assert refused.returncode != 0 and "nothing was erased" in refused.stderr, "all or nothing"
+    assert len(found(server, "quoll")) == 50  # the list's default page: still there
+    started = time.monotonic()
+    done = server.cli("traces", *(a for i in ids for a in ("--erase-body", i)), "--json")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"erased": sorted(ids)} and found(server, "quoll") == []
+    assert took < 10, took
+
+
+@pytest.fixture(scope="module")
+def pair(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server of two worker processes (each its own writer and store connections)."""
+    env = {**base_env(cache_home), **provider_env(mock)}
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("erase_pair") / "stockyard.db", env, ["--workers", "2"])
+    yield srv.start()
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_two_erases_at_once_on_two_workers_erase_once(pair):
+    for n in range(5):
+        leaked = said(pair, f"a doubled civet {n}")
+        answers: list = []
+
+        def erase(trace_id: str = leaked, into: list = answers) -> None:
+            into.append(api(pair, "DELETE", f"/api/traces/{trace_id}/body"))
+
+        threads = [threading.Thread(target=erase) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(a[1]["erased"] for a in answers) == [False, True] and {a[0] for a in answers} == {200}, answers
+    assert found(pair, "civet") == []
+    status, entries = api(pair, "GET", "/api/audit?action=traces.erase_bodies")
+    assert status == 200 and len(entries["data"]) == 10
+    status, verified = api(pair, "GET", "/api/audit/verify")
+    assert status == 200 and verified["ok"], verified
