@@ -1,0 +1,65 @@
+"""Erasing a trace's stored bodies, what SQLite's file keeps: the sqlite3 shell cannot delete a body
+behind the search index, the erased text leaves the file and its WAL (the erase zeroes freed space),
+and README's recipe takes the erased words out of FTS5's older segments. PostgreSQL has no such file:
+the store-agnostic erase tests are tests/test_erase_bodies.py, which runs on both stores."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from conftest import wait_for
+from module_helpers import api, server_fixture
+from test_erase_bodies import found, said
+
+server = server_fixture("erase-sqlite")
+
+
+def test_the_sqlite3_shell_cannot_delete_a_body_behind_the_index(server):
+    """A plain sqlite3 connection lacks stockyard_search_text: the delete trigger refuses, nothing changes."""
+    kept = said(server, "a wombat in the shell")
+    conn = sqlite3.connect(server.db)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="stockyard_search_text"):
+            conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (kept,))
+        assert conn.execute("SELECT count(*) FROM trace_bodies WHERE trace_id = ?", (kept,)).fetchone()[0] == 1
+    finally:
+        conn.close()
+    assert found(server, "wombat") == [kept]
+
+
+def _file_bytes(server) -> bytes:
+    """Everything SQLite keeps of the database on disk: the file and its WAL."""
+    wal = server.db.with_name(server.db.name + "-wal")
+    return server.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def test_the_erased_text_leaves_the_database_file_and_its_wal(server):
+    """Deleted rows leave their bytes in SQLite's freed space and old WAL frames until overwritten:
+    an erase that only deletes leaves the secret readable with ``strings stockyard.db``. (The index
+    keeps single words, never this phrase: see the next test for its words.)"""
+    phrase = b"the vault key is zanzibarquokka8813"
+    leaked = said(server, phrase.decode())
+    for n in range(6):  # neighbours on its page: a page left with one row may be rebuilt whole
+        said(server, f"a neighbouring note {n}")
+    wait_for(lambda: phrase in _file_bytes(server), what="the secret on disk before the erase")
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": True})
+    wait_for(lambda: phrase not in _file_bytes(server), timeout=15, what="the secret gone from the file and WAL")
+
+
+def test_the_readmes_recipe_takes_an_erased_word_out_of_the_index_pages(server):
+    """FTS5 forgets an erased body's words at once (search, fts5vocab) but keeps their bytes in its
+    older segments until it merges them; README's erase paragraph gives the merge that removes them."""
+    word = b"xylophonemarmot4471"
+    leaked = said(server, f"the code is {word.decode()}")
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body")[0] == 200
+    wait_for(lambda: b"the code is " + word not in _file_bytes(server), timeout=15, what="the body's bytes gone")
+    assert word in _file_bytes(server), "the index's segments still hold the word (else this test proves nothing)"
+    conn = sqlite3.connect(server.db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("INSERT INTO trace_search(trace_search) VALUES ('optimize')")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    wait_for(lambda: word not in _file_bytes(server), timeout=15, what="the word gone from the file and WAL")
