@@ -608,3 +608,35 @@ def test_wrong_method_is_405_with_allow(server):
         "POST", "/v1/messages/batches/msgbatch_x", headers={"x-api-key": server.keys["alice"]}
     )
     assert status == 405 and headers["allow"] == "GET, HEAD, DELETE" and json.loads(body)["type"] == "error"
+
+
+def scripted_results(alice, lines_before: list[str]) -> tuple[str, list[str]]:
+    """A code execution batch of alice's whose results the mock answers with ``lines_before`` put
+    before its own lines; (batch id, every line)."""
+    batch = alice.messages.batches.create(requests=code_requests(1))
+    alice.messages.batches.retrieve(batch.id)
+    MESSAGE_BATCHES.results[batch.id] = [*lines_before, *MESSAGE_BATCHES.results[batch.id]]
+    return batch.id, MESSAGE_BATCHES.results[batch.id]
+
+
+def test_a_result_nested_past_the_parsers_depth_is_relayed_whole_and_the_rest_still_claimed(server):
+    """Was: a result line nested deeper than Python's JSON parser goes (a tool call's input the model
+    was asked to nest: the prompt is the client's) raised RecursionError in the claim, midway
+    through the relay: a traceback, and the client's download cut short. Now that line names
+    nothing and the results go on whole; the lines after it are still claimed."""
+    alice = server.anthropic("alice")
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    nested = (
+        '{"custom_id":"deep","result":{"type":"succeeded","message":{"id":"msg_deep","type":"message",'
+        '"role":"assistant","model":"%s","container":{"id":"container_deep"},"content":[{"type":"tool_use",'
+        '"id":"toolu_deep","name":"nest","input":%s}],"stop_reason":"tool_use","stop_sequence":null,'
+        '"usage":{"input_tokens":1,"output_tokens":1}}}}' % (PLAIN, deep)
+    )
+    batch_id, lines = scripted_results(alice, [nested])
+    status, _, body = server.request(
+        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
+    file_id = json.loads(lines[1])["result"]["message"]["content"][1]["content"]["content"][0]["file_id"]
+    assert alice.beta.files.download(file_id).read() == CODE_OUTPUT
+    assert "Traceback" not in server.log and "RecursionError" not in server.log
