@@ -640,3 +640,44 @@ def test_a_result_nested_past_the_parsers_depth_is_relayed_whole_and_the_rest_st
     file_id = json.loads(lines[1])["result"]["message"]["content"][1]["content"]["content"][0]["file_id"]
     assert alice.beta.files.download(file_id).read() == CODE_OUTPUT
     assert "Traceback" not in server.log and "RecursionError" not in server.log
+
+
+def test_ids_a_result_names_outside_the_code_execution_tools_places_are_claimed_by_no_one(server, mock):
+    """The model echoing ids the client's prompt chose — in its text, a tool call's input, a server
+    tool call's input — and results that did not succeed (errored, canceled, expired: no message the
+    tool wrote) claim nothing: only a code execution result's files and the message's own
+    ``container`` are what the tool made. (Sound when reviewed; kept as a guard.)"""
+    alice = server.anthropic("alice")
+    import anthropic
+
+    upstream = anthropic.Anthropic(base_url=mock.url, api_key="sk-ant-test-batches-0123456789abcdef", max_retries=0)
+    loose = upstream.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK)
+    loose_file, loose_container = written_and_container(loose)  # made at the provider, no key's
+    output = {"type": "bash_code_execution_output", "file_id": loose_file}
+    echoed = {
+        "custom_id": "echo",
+        "result": {
+            "type": "succeeded",
+            "message": {
+                "id": "msg_echo", "type": "message", "role": "assistant", "model": PLAIN, "container": None,
+                "content": [
+                    {"type": "text", "text": json.dumps({"content": [output], "container": {"id": loose_container}})},
+                    {"type": "tool_use", "id": "toolu_1", "name": "f",
+                     "input": {"file_id": loose_file, "container": {"id": loose_container}, "content": [output]}},
+                    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "bash_code_execution",
+                     "input": {"command": "cat", "file_id": loose_file, "container": loose_container}},
+                ],
+                "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 1},
+            },
+        },
+    }  # fmt: skip
+    unsucceeded = [
+        {"custom_id": kind, "result": {"type": kind, "message": loose.model_dump(mode="json")}}
+        for kind in ("errored", "canceled", "expired")
+    ]
+    batch_id, _ = scripted_results(alice, [json.dumps(line) for line in (echoed, *unsucceeded)])
+    assert len(list(alice.messages.batches.results(batch_id))) == 6
+    with pytest.raises(NotFoundError):
+        alice.beta.files.retrieve_metadata(loose_file)
+    with pytest.raises(NotFoundError):
+        alice.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK, container=loose_container)
