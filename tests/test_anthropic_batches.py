@@ -681,3 +681,29 @@ def test_ids_a_result_names_outside_the_code_execution_tools_places_are_claimed_
         alice.beta.files.retrieve_metadata(loose_file)
     with pytest.raises(NotFoundError):
         alice.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK, container=loose_container)
+
+
+def test_a_result_naming_more_ids_than_one_statement_takes_is_claimed_whole(server):
+    """Was: the ids a chunk's lines named were looked up in one statement (``Ownership.taken``), so a
+    result naming more than the database takes parameters (SQLite's compiled limit, here 250000;
+    32767 through pg8000) raised midway through the relay: the download cut short, a traceback. Now
+    looked up ``OWNER_CHUNK`` at a time, as ``first_of_another`` does: the results go on whole and
+    every id no key held is the batch's key's."""
+    alice = server.anthropic("alice")
+    count = 250_001
+    outputs = ",".join('{"type":"bash_code_execution_output","file_id":"file_many%06d"}' % i for i in range(count))
+    many = (
+        '{"custom_id":"many","result":{"type":"succeeded","message":{"id":"msg_many","type":"message",'
+        '"role":"assistant","model":"%s","container":null,"content":[{"type":"bash_code_execution_tool_result",'
+        '"tool_use_id":"srvtoolu_many","content":{"type":"bash_code_execution_result","stdout":"","stderr":"",'
+        '"return_code":0,"content":[%s]}}],"stop_reason":"end_turn","stop_sequence":null,'
+        '"usage":{"input_tokens":1,"output_tokens":1}}}}' % (PLAIN, outputs)
+    )
+    batch_id, lines = scripted_results(alice, [many])
+    status, _, body = server.request(
+        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
+    rows = server.db_rows("SELECT COUNT(*) AS n FROM owned_objects WHERE id LIKE 'file_many%' AND key_id <> ''")
+    assert rows == [{"n": count}]
+    assert "Traceback" not in server.log
