@@ -707,3 +707,26 @@ def test_a_result_naming_more_ids_than_one_statement_takes_is_claimed_whole(serv
     rows = server.db_rows("SELECT COUNT(*) AS n FROM owned_objects WHERE id LIKE 'file_many%' AND key_id <> ''")
     assert rows == [{"n": count}]
     assert "Traceback" not in server.log
+
+
+def test_a_results_download_cut_midway_leaves_no_traceback_and_a_second_reader_gets_it_whole(server):
+    """Two readers of the same results, one of which hangs up after the first bytes: no traceback,
+    the other gets every line, and what the lines name is the key's once (no duplicate rows)."""
+    alice = server.anthropic("alice")
+    filler = [json.dumps({"custom_id": f"pad-{i}", "result": {"type": "expired"}, "pad": "p" * 4000}) for i in range(500)]
+    batch_id, lines = scripted_results(alice, filler)
+    ask = f"GET /v1/messages/batches/{batch_id}/results HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nx-api-key: {server.keys['alice']}\r\n\r\n"
+    sock = connect(server)
+    sock.sendall(ask.encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    sock.close()
+    status, _, body = server.request(
+        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
+    file_id = json.loads(lines[-2])["result"]["message"]["content"][1]["content"]["content"][0]["file_id"]
+    assert server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (file_id,)) == [
+        {"key_id": server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (batch_id,))[0]["key_id"]}
+    ]
+    wait_for(lambda: server.log.count(f"{batch_id}/results") >= 2, what="both reads logged")
+    assert "Traceback" not in server.log
