@@ -713,9 +713,13 @@ def test_a_results_download_cut_midway_leaves_no_traceback_and_a_second_reader_g
     """Two readers of the same results, one of which hangs up after the first bytes: no traceback,
     the other gets every line, and what the lines name is the key's once (no duplicate rows)."""
     alice = server.anthropic("alice")
-    filler = [json.dumps({"custom_id": f"pad-{i}", "result": {"type": "expired"}, "pad": "p" * 4000}) for i in range(500)]
+    pad = "p" * 4000
+    filler = [json.dumps({"custom_id": f"pad-{i}", "result": {"type": "expired"}, "pad": pad}) for i in range(500)]
     batch_id, lines = scripted_results(alice, filler)
-    ask = f"GET /v1/messages/batches/{batch_id}/results HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nx-api-key: {server.keys['alice']}\r\n\r\n"
+    ask = (
+        f"GET /v1/messages/batches/{batch_id}/results HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"x-api-key: {server.keys['alice']}\r\n\r\n"
+    )
     sock = connect(server)
     sock.sendall(ask.encode())
     assert sock.recv(1024).startswith(b"HTTP/1.1 200")
