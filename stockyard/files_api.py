@@ -60,6 +60,7 @@ from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
 from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
 from .store import Store, storable
+from .store.db import insert_many
 from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
 
 # A provider object's id in a path: never dots only, which the provider (or a proxy before it) would
@@ -475,13 +476,17 @@ class Ownership:
         return {r["id"] for r in rows}
 
     def taken(self, ids: list[str]) -> set[str]:
-        """Which of ``ids`` someone owns already (any key, any kind; one no row can hold: no one)."""
+        """Which of ``ids`` someone owns already (any key, any kind; one no row can hold: no one),
+        looked up ``OWNER_CHUNK`` ids a statement: an answer's results may name more ids than a
+        statement takes parameters."""
         ids = [i for i in ids if storable(i)]
-        if not ids:
-            return set()
-        marks = ", ".join("?" * len(ids))
-        rows = self._store.read().execute(f"SELECT id FROM owned_objects WHERE id IN ({marks})", ids)
-        return {r["id"] for r in rows}
+        found: set[str] = set()
+        for start in range(0, len(ids), OWNER_CHUNK):
+            chunk = ids[start : start + OWNER_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._store.read().execute(f"SELECT id FROM owned_objects WHERE id IN ({marks})", chunk)
+            found.update(r["id"] for r in rows)
+        return found
 
     def claim(
         self,
@@ -545,7 +550,7 @@ class Ownership:
             return
         now = int(time.time() * 1000)
         sql = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
-        self._store.write(lambda conn: [conn.execute(sql, (i, kind, owner, provider, now)) for i in new])
+        self._store.write(lambda conn: insert_many(conn, sql, [(i, kind, owner, provider, now) for i in new]))
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""

@@ -421,12 +421,14 @@ def check_numbers(params: dict, i: int) -> bool:
 def made_objects(line: bytes) -> tuple[set[str], set[str]] | None:
     """(files, containers) a result line's answer names: a ``succeeded`` result's message, the files
     its code execution results name (``objectrefs.written_files``) and its ``container``; None for a
-    line that can name neither (most lines are not walked: ``may_name``) or is no result."""
+    line that can name neither (most lines are not walked: ``may_name``) or is no result — or is
+    nested past the parser's depth (a tool call's input the client's prompt shaped): it names
+    nothing, rather than cut the relay short."""
     if not (may_name(line, b"file_id") or b"container" in line):
         return None
     try:
         doc = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     result = doc.get("result") if isinstance(doc, dict) else None
     message = result.get("message") if isinstance(result, dict) and result.get("type") == "succeeded" else None

@@ -391,10 +391,17 @@ class Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol-level errors (bad request line or head, huge headers) as JSON; the connection
         closes (after a brief drain: whatever follows the bad head is unread)."""
+        self._refuse_head(code, message)
+
+    def _refuse_head(self, code: int, message: str | None, head: Headers | None = None) -> None:
+        """:meth:`send_error`, in the shape ``_dialect_of`` reads from the path and, when this
+        request's head was read (a framing refusal: no Host, Content-Length with
+        Transfer-Encoding), from its headers — never an earlier request's on the connection."""
         self.close_connection = self._linger = True
         text = message or reason_phrase(code, "error")
+        dialect = _dialect_of(self.path, head.as_dict() if head is not None else None)
         try:
-            self._write(code, error_body(_dialect_of(self.path), code, text or "bad request"), "application/json", {})
+            self._write(code, error_body(dialect, code, text or "bad request"), "application/json", {})
         except ClientGone:
             pass
 
@@ -430,9 +437,13 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = version == "HTTP/1.0"
         try:
             self.headers = read_head(self.rfile, strict=True, max_bytes=MAX_REQUEST_HEAD)
-            self._body_length = body_framing(self.headers, version)
         except HeadError as exc:
             self.send_error(exc.status, str(exc))
+            return False
+        try:
+            self._body_length = body_framing(self.headers, version)
+        except HeadError as exc:
+            self._refuse_head(exc.status, str(exc), self.headers)
             return False
         tokens = {t.strip().lower() for t in (self.headers.get("Connection") or "").split(",")}
         if "close" in tokens:

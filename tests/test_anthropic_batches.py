@@ -608,3 +608,129 @@ def test_wrong_method_is_405_with_allow(server):
         "POST", "/v1/messages/batches/msgbatch_x", headers={"x-api-key": server.keys["alice"]}
     )
     assert status == 405 and headers["allow"] == "GET, HEAD, DELETE" and json.loads(body)["type"] == "error"
+
+
+def scripted_results(alice, lines_before: list[str]) -> tuple[str, list[str]]:
+    """A code execution batch of alice's whose results the mock answers with ``lines_before`` put
+    before its own lines; (batch id, every line)."""
+    batch = alice.messages.batches.create(requests=code_requests(1))
+    alice.messages.batches.retrieve(batch.id)
+    MESSAGE_BATCHES.results[batch.id] = [*lines_before, *MESSAGE_BATCHES.results[batch.id]]
+    return batch.id, MESSAGE_BATCHES.results[batch.id]
+
+
+def test_a_result_nested_past_the_parsers_depth_is_relayed_whole_and_the_rest_still_claimed(server):
+    """Was: a result line nested deeper than Python's JSON parser goes (a tool call's input the model
+    was asked to nest: the prompt is the client's) raised RecursionError in the claim, midway
+    through the relay: a traceback, and the client's download cut short. Now that line names
+    nothing and the results go on whole; the lines after it are still claimed."""
+    alice = server.anthropic("alice")
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    nested = (
+        '{"custom_id":"deep","result":{"type":"succeeded","message":{"id":"msg_deep","type":"message",'
+        '"role":"assistant","model":"%s","container":{"id":"container_deep"},"content":[{"type":"tool_use",'
+        '"id":"toolu_deep","name":"nest","input":%s}],"stop_reason":"tool_use","stop_sequence":null,'
+        '"usage":{"input_tokens":1,"output_tokens":1}}}}' % (PLAIN, deep)
+    )
+    batch_id, lines = scripted_results(alice, [nested])
+    status, _, body = server.request(
+        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
+    file_id = json.loads(lines[1])["result"]["message"]["content"][1]["content"]["content"][0]["file_id"]
+    assert alice.beta.files.download(file_id).read() == CODE_OUTPUT
+    assert "Traceback" not in server.log and "RecursionError" not in server.log
+
+
+def test_ids_a_result_names_outside_the_code_execution_tools_places_are_claimed_by_no_one(server, mock):
+    """The model echoing ids the client's prompt chose — in its text, a tool call's input, a server
+    tool call's input — and results that did not succeed (errored, canceled, expired: no message the
+    tool wrote) claim nothing: only a code execution result's files and the message's own
+    ``container`` are what the tool made. (Sound when reviewed; kept as a guard.)"""
+    alice = server.anthropic("alice")
+    import anthropic
+
+    upstream = anthropic.Anthropic(base_url=mock.url, api_key="sk-ant-test-batches-0123456789abcdef", max_retries=0)
+    loose = upstream.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK)
+    loose_file, loose_container = written_and_container(loose)  # made at the provider, no key's
+    output = {"type": "bash_code_execution_output", "file_id": loose_file}
+    echoed = {
+        "custom_id": "echo",
+        "result": {
+            "type": "succeeded",
+            "message": {
+                "id": "msg_echo", "type": "message", "role": "assistant", "model": PLAIN, "container": None,
+                "content": [
+                    {"type": "text", "text": json.dumps({"content": [output], "container": {"id": loose_container}})},
+                    {"type": "tool_use", "id": "toolu_1", "name": "f",
+                     "input": {"file_id": loose_file, "container": {"id": loose_container}, "content": [output]}},
+                    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "bash_code_execution",
+                     "input": {"command": "cat", "file_id": loose_file, "container": loose_container}},
+                ],
+                "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 1},
+            },
+        },
+    }  # fmt: skip
+    unsucceeded = [
+        {"custom_id": kind, "result": {"type": kind, "message": loose.model_dump(mode="json")}}
+        for kind in ("errored", "canceled", "expired")
+    ]
+    batch_id, _ = scripted_results(alice, [json.dumps(line) for line in (echoed, *unsucceeded)])
+    assert len(list(alice.messages.batches.results(batch_id))) == 6
+    with pytest.raises(NotFoundError):
+        alice.beta.files.retrieve_metadata(loose_file)
+    with pytest.raises(NotFoundError):
+        alice.messages.create(model=PLAIN, max_tokens=16, tools=[CODE_TOOL], messages=ASK, container=loose_container)
+
+
+def test_a_result_naming_more_ids_than_one_statement_takes_is_claimed_whole(server):
+    """Was: the ids a chunk's lines named were looked up in one statement (``Ownership.taken``), so a
+    result naming more than the database takes parameters (SQLite's compiled limit, here 250000;
+    32767 through pg8000) raised midway through the relay: the download cut short, a traceback. Now
+    looked up ``OWNER_CHUNK`` at a time, as ``first_of_another`` does: the results go on whole and
+    every id no key held is the batch's key's."""
+    alice = server.anthropic("alice")
+    count = 250_001
+    outputs = ",".join('{"type":"bash_code_execution_output","file_id":"file_many%06d"}' % i for i in range(count))
+    many = (
+        '{"custom_id":"many","result":{"type":"succeeded","message":{"id":"msg_many","type":"message",'
+        '"role":"assistant","model":"%s","container":null,"content":[{"type":"bash_code_execution_tool_result",'
+        '"tool_use_id":"srvtoolu_many","content":{"type":"bash_code_execution_result","stdout":"","stderr":"",'
+        '"return_code":0,"content":[%s]}}],"stop_reason":"end_turn","stop_sequence":null,'
+        '"usage":{"input_tokens":1,"output_tokens":1}}}}' % (PLAIN, outputs)
+    )
+    batch_id, lines = scripted_results(alice, [many])
+    status, _, body = server.request(
+        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
+    rows = server.db_rows("SELECT COUNT(*) AS n FROM owned_objects WHERE id LIKE 'file_many%' AND key_id <> ''")
+    assert rows == [{"n": count}]
+    assert "Traceback" not in server.log
+
+
+def test_a_results_download_cut_midway_leaves_no_traceback_and_a_second_reader_gets_it_whole(server):
+    """Two readers of the same results, one of which hangs up after the first bytes: no traceback,
+    the other gets every line, and what the lines name is the key's once (no duplicate rows)."""
+    alice = server.anthropic("alice")
+    pad = "p" * 4000
+    filler = [json.dumps({"custom_id": f"pad-{i}", "result": {"type": "expired"}, "pad": pad}) for i in range(500)]
+    batch_id, lines = scripted_results(alice, filler)
+    ask = (
+        f"GET /v1/messages/batches/{batch_id}/results HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"x-api-key: {server.keys['alice']}\r\n\r\n"
+    )
+    sock = connect(server)
+    sock.sendall(ask.encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    sock.close()
+    status, _, body = server.request(
+        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
+    )
+    assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
+    file_id = json.loads(lines[-2])["result"]["message"]["content"][1]["content"]["content"][0]["file_id"]
+    assert server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (file_id,)) == [
+        {"key_id": server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (batch_id,))[0]["key_id"]}
+    ]
+    wait_for(lambda: server.log.count(f"{batch_id}/results") >= 2, what="both reads logged")
+    assert "Traceback" not in server.log

@@ -19,6 +19,7 @@ import openai
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import CODE_OUTPUT, MockUpstream, Recorded, Reply
+from rawhttp import connect, read_until_close
 
 ANTHROPIC_KEY = "sk-ant-test-files-0123456789abcdefANTHROPICSECRET"
 MODEL = "claude-files-model"
@@ -282,3 +283,40 @@ def test_a_files_call_during_the_drain_is_503_in_anthropics_shape(pyz_path, cach
             release.set()
             assert srv.stop() == 0
         assert "Traceback" not in srv.log
+
+
+def test_a_files_call_without_host_or_with_ambiguous_framing_is_400_in_anthropics_shape(server: ServerProcess) -> None:
+    """Was: the 400s for a head that is read but cannot be served — an HTTP/1.1 request without
+    Host, Content-Length with Transfer-Encoding — came in OpenAI's shape for an Anthropic client's
+    ``/v1/files`` (``send_error`` chose by path alone). Now the head's ``anthropic-version`` chooses,
+    as for every later refusal; an OpenAI client's call keeps OpenAI's; a head that cannot be read
+    at all (a bare CR) says nothing of its client and stays OpenAI's."""
+    secret = server.keys["alice"]
+    port = f"127.0.0.1:{server.port}"
+    heads = {
+        "needs a Host": f"GET /v1/files HTTP/1.1\r\nanthropic-version: 2023-06-01\r\nx-api-key: {secret}\r\n\r\n",
+        "ambiguous": f"POST /v1/files HTTP/1.1\r\nHost: {port}\r\nanthropic-version: 2023-06-01\r\n"
+        "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    }
+    for says, head in heads.items():
+        status, body = raw_exchange(server, head)
+        assert status == 400 and body["type"] == "error", (says, body)
+        assert body["error"]["type"] == "invalid_request_error" and says in body["error"]["message"]
+        openai_head = head.replace("anthropic-version: 2023-06-01", f"Authorization: Bearer {secret}")
+        status, body = raw_exchange(server, openai_head)
+        assert status == 400 and body["error"]["type"] == "invalid_request_error" and "type" not in body, says
+    unreadable = f"GET /v1/files HTTP/1.1\r\nHost: {port}\r\nanthropic-version: 1\rX: 1\r\n\r\n"
+    status, body = raw_exchange(server, unreadable)
+    assert status == 400 and "type" not in body and "control character" in body["error"]["message"]
+
+
+def raw_exchange(server: ServerProcess, head: str) -> tuple[int, dict]:
+    """The status and JSON error body of one request sent as raw bytes (the connection closes after)."""
+    sock = connect(server)
+    try:
+        sock.sendall(head.encode("latin-1"))
+        data = read_until_close(sock)
+    finally:
+        sock.close()
+    top, _, body = data.partition(b"\r\n\r\n")
+    return int(top.split(b" ")[1]), json.loads(body)

@@ -218,3 +218,19 @@ def test_postgresql_multi_row_inserts_come_in_power_of_two_chunks(pg_url):
         assert sum("INSERT INTO meta" in s for s in conn._prepared) == 4
     finally:
         conn.close()
+
+
+def test_postgresql_multi_row_insert_or_ignore_keeps_the_rows_there_and_adds_the_rest(pg_url):
+    """``INSERT OR IGNORE`` goes as multi-row INSERTs too (``Ownership.claim_new``: a batch's results
+    may name thousands of objects); was Unportable. A row whose key is there keeps its value."""
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    conn = backend.connect()
+    try:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('i001', 'first')")
+        sql = "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)"
+        conn.insert_many(sql, [(f"i{i:03d}", "again") for i in range(300)])
+        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'i%'").fetchall())
+        assert len(rows) == 300 and rows["i001"] == "first" and rows["i299"] == "again"
+    finally:
+        conn.close()

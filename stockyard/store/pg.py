@@ -54,7 +54,9 @@ _PRAGMA = re.compile(r"^\s*PRAGMA\s+(\w+)\s*(?:\((.*)\)|=\s*(\S+))?\s*;?\s*$", r
 _SQLITE_MASTER = re.compile(r"FROM sqlite_master WHERE type = 'table' AND name =", re.IGNORECASE)
 _IS_PARAM = re.compile(r"\bIS\s+(NOT\s+)?\?", re.IGNORECASE)
 _ROWID = re.compile(r"\browid\b", re.IGNORECASE)
-_VALUES_ROW = re.compile(r"^(\s*INSERT\s+INTO\s.*?\bVALUES\s*)(\([^()]*\))(.*)$", re.IGNORECASE | re.DOTALL)
+_VALUES_ROW = re.compile(
+    r"^(\s*INSERT\s+(?:OR\s+IGNORE\s+)?INTO\s.*?\bVALUES\s*)(\([^()]*\))(.*)$", re.IGNORECASE | re.DOTALL
+)
 INSERT_CHUNK_MAX = 256  # rows per multi-row INSERT
 PARAMS_MAX = 32_767  # bind parameters per statement (a 16-bit count; signed, to be safe)
 
@@ -280,7 +282,7 @@ class PgConnection:
         return Cursor([], count, None)
 
     def insert_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
-        """``executemany`` of a one-row ``INSERT … VALUES (…) [ON CONFLICT …]`` as multi-row INSERTs:
+        """``executemany`` of a one-row ``INSERT [OR IGNORE] … VALUES (…) [ON CONFLICT …]`` as multi-row INSERTs:
         one round trip per chunk instead of per row. Chunks are powers of two (at most
         INSERT_CHUNK_MAX rows, within the protocol's bind parameter limit), so each table needs only
         a few prepared statements. An upsert's rows must have distinct keys."""
