@@ -803,7 +803,7 @@ def error_answer(
     try:
         parsed = json.loads(scrubbed)
         body = adapter.error(ctx, resp.status, scrubbed)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
         body = ProxyError(
             resp.status, f"provider {ctx.attempt.provider.name!r} answered {resp.status} with a body that is not JSON"

@@ -169,3 +169,53 @@ def test_a_text_field_sent_as_a_file_part_is_refused(server, mock, path):
     status, _, raw = server.request("POST", path, raw=body, headers=headers)
     assert status == 400 and json.loads(raw)["error"]["param"] == "model", raw
     assert not mock.requests
+
+
+# -- 6. a provider's answer nested past the parser's limit: the provider's doing, not the client's ----
+
+DEEP_ANSWER = b'{"id": "x", "content": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+MESSAGE = {"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+
+
+def test_an_answer_nested_past_the_parsers_limit_is_the_providers_502_not_the_clients_400(server, mock):
+    """Was: the answer's JSON, read for its usage, raised RecursionError, which the proxy answered
+    as a 400 'request body nests … too deeply' — blaming the client's request for the provider's
+    answer, after the provider was called. Now as an answer that is no JSON: a 502 when Stockyard
+    must read it (an OpenAI chat answer), relayed unread on Anthropic's own route, and a provider's
+    error with such a body is that error."""
+    from mock_upstream import Reply
+
+    mock.enqueue(Reply(body=DEEP_ANSWER))
+    status, headers, answer = server.request("POST", "/v1/chat/completions", CHAT, headers=server.auth("plain"))
+    assert status == 502 and json.loads(answer)["error"]["code"] == "bad_upstream_response", answer[:300]
+    assert "too deeply" in json.loads(answer)["error"]["message"]
+    assert server.trace(headers["x-stockyard-trace-id"])["status"] == 502
+    mock.enqueue(Reply(body=DEEP_ANSWER))
+    status, headers, answer = server.request("POST", "/v1/messages", MESSAGE, headers=server.auth("plain"))
+    assert (status, answer) == (200, DEEP_ANSWER), "Anthropic's answer relayed as its own route relays it"
+    mock.enqueue(Reply(status=500, body=DEEP_ANSWER))
+    status, headers, answer = server.request("POST", "/v1/messages", MESSAGE, headers=server.auth("plain"))
+    assert status == 500 and b"request body" not in answer, answer[:300]
+
+
+def test_a_translated_answer_nested_near_the_parsers_limit_is_never_the_clients_400(server, mock):
+    """Claude's tool call input nested just under the parser's limit, translated for a chat client:
+    reading it succeeds, re-encoding it recurses too deep. Whatever the depth, the client's request
+    is not blamed (a 400 'request body …'): the answer is relayed or refused as the provider's (502)."""
+    from mock_upstream import Reply
+
+    got = {}
+    for depth in range(956, 1001, 4):
+        tool_use = '{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"x": %s}}' % (
+            "[" * depth + "]" * depth
+        )
+        answer = (
+            '{"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022", '
+            '"content": [%s], "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 2}}' % tool_use
+        )
+        mock.enqueue(Reply(body=answer.encode()))
+        chat = {"model": "claude-3-5-haiku-20241022", "messages": [{"role": "user", "content": "x"}]}
+        status, _, body = server.request("POST", "/v1/chat/completions", chat, headers=server.auth("plain"))
+        got[depth] = (status, b"request body" in body)
+    assert not [d for d, (status, blamed) in got.items() if blamed or status < 200 or status == 500], got

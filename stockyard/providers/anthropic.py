@@ -1154,7 +1154,7 @@ class AnthropicNativeAdapter(Adapter):
             return body
         try:
             message = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # relayed as the provider wrote it, unread
             return body
         if isinstance(message, dict):
             ctx.attempt.serve(message.get("model"), message.get("id"))
@@ -1182,7 +1182,7 @@ class AnthropicNativeStream(StreamTranslator):
             return [event]
         try:
             payload = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return [event]
         kind = payload.get("type") if isinstance(payload, dict) else None
         if kind == "message_start":

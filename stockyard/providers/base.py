@@ -110,7 +110,7 @@ def sse_object(event: bytes) -> dict | None:
     data = sse_data(event)
     try:
         obj = json.loads(data) if data else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -121,6 +121,8 @@ def loads_object(data: bytes, what: str = "provider answer") -> dict:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise ProxyError(502, f"the {what} is not valid JSON", code="bad_upstream_response") from None
+    except RecursionError:  # else a 400 blaming the client's request (errors.refusal_of)
+        raise ProxyError(502, f"the {what} nests too deeply to be read", code="bad_upstream_response") from None
     if not isinstance(value, dict):
         raise ProxyError(502, f"the {what} is not a JSON object", code="bad_upstream_response")
     return value
