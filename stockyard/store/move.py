@@ -49,6 +49,7 @@ DERIVED = ("trace_search",)
 # Meta rows about the source's own index stay behind too: its backfill marks (the target's index
 # holds every body already: a backfill would index them again) and the last rowid it gave out.
 OWN_META = f"NOT (key LIKE 'search_backfill_%' OR key = '{search.LAST_ROWID}')"
+ROWS_COPIED = {"meta": OWN_META}  # table -> the rows copied (and counted in the copy), where not all
 LAST = ("cache_stats",)  # counted by triggers on cache_entries: copied after it, over what they counted
 
 
@@ -62,7 +63,7 @@ class Table:
     columns: tuple[str, ...]
     identity: tuple[str, ...]  # PostgreSQL identity columns (their sequences follow the copied ids)
     wide: bool = False  # has bytea columns (bodies, cached answers): read in smaller batches
-    where: str | None = None  # the rows copied, if not all (meta: OWN_META)
+    where: str | None = None  # the rows copied, if not all (ROWS_COPIED)
 
     @property
     def batch(self) -> int:
@@ -97,7 +98,7 @@ def tables(pg: Any, lite: sqlite3.Connection) -> list[Table]:
         ).fetchall()
         identity = tuple(r[0] for r in cols if r[1] == "YES")
         wide = any(r[2] == "bytea" for r in cols)
-        found.append(Table(name, tuple(r[0] for r in cols), identity, wide, OWN_META if name == "meta" else None))
+        found.append(Table(name, tuple(r[0] for r in cols), identity, wide, ROWS_COPIED.get(name)))
     master = lite.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
     virtual = [r[0] for r in master if (r[1] or "").upper().startswith("CREATE VIRTUAL")]
     lite_names = {
@@ -139,8 +140,8 @@ def _read_sqlite(conn: sqlite3.Connection, table: Table) -> Iterator[list[tuple]
 
 def _read_postgres(conn: Any, table: Table) -> Iterator[list[tuple]]:
     """Through a server-side cursor: PostgreSQL sends a batch at a time, never the whole table.
-    One cursor name per table and column count: the FETCH statement is prepared once, with its row types."""
-    cursor = _quote(f"move_{table.name}_{len(table.columns)}")
+    One cursor name per table: the FETCH statement is prepared once, with that table's row types."""
+    cursor = _quote(f"move_{table.name}")
     conn.execute(f"DECLARE {cursor} NO SCROLL CURSOR FOR {_select(table)}")
     try:
         while batch := conn.execute(f"FETCH {table.batch} FROM {cursor}").fetchall():
@@ -188,7 +189,7 @@ def _copy(
     progress: Progress,
 ) -> dict[str, int]:
     """Every table's rows into the target, which holds only what its migrations seeded (emptied
-    first), then the target's search index made from the bodies (:data:`DERIVED`)."""
+    first); the target's search index is made from the bodies as they are copied (:data:`DERIVED`)."""
     order = [t for t in order if t.name not in DERIVED]
     for table in reversed(order):
         target.execute(f"DELETE FROM {_quote(table.name)}")
@@ -198,6 +199,8 @@ def _copy(
         for batch in read(source, table):
             try:
                 write(target, table, batch)
+                if table.name == "trace_bodies":
+                    _index_bodies(target, table, batch)
             except sqlite3.Error as exc:
                 raise MoveError(f"table {table.name} could not be copied ({exc}); nothing was kept") from None
             n += len(batch)
@@ -205,26 +208,19 @@ def _copy(
                 progress(f"  {table.name}: {n} rows so far")
         counts[table.name] = n
         progress(f"  {table.name}: {n} rows")
-    _index_search(source, target, read, progress)
     return counts
 
 
-def _index_search(
-    source: Any, target: Any, read: Callable[[Any, Table], Iterator[list[tuple]]], progress: Progress
-) -> None:
-    """The target's search index: every stored body's text, indexed as the writer indexes it."""
-    bodies = Table("trace_bodies", ("trace_id", "request", "response"), (), wide=True)
-    n = 0
-    for batch in read(source, bodies):
-        search.index_bodies(target, [(trace_id, search.stored_text(req, resp)) for trace_id, req, resp in batch])
-        n += len(batch)
-    progress(f"  trace_search: {n} bodies indexed")
+def _index_bodies(target: Any, table: Table, rows: list[tuple]) -> None:
+    """A copied batch of bodies in the target's search index, indexed as the writer indexes them."""
+    trace_id, request, response = (table.columns.index(c) for c in ("trace_id", "request", "response"))
+    search.index_bodies(target, [(r[trace_id], search.stored_text(r[request], r[response])) for r in rows])
 
 
 def _check(source: Any, target: Any, counts: dict[str, int], secret: str | None, progress: Progress) -> None:
     """The copy holds what was read, and its audit chain is the source's (and verifies as it does)."""
     for name, n in counts.items():
-        where = f" WHERE {OWN_META}" if name == "meta" else ""  # the target's index wrote its own
+        where = f" WHERE {ROWS_COPIED[name]}" if name in ROWS_COPIED else ""  # meta: the target's index wrote its own
         copied = target.execute(f"SELECT count(*) FROM {_quote(name)}{where}").fetchone()[0]
         if copied != n:
             raise MoveError(f"table {name}: {n} rows read but {copied} in the copy; nothing was kept")
