@@ -41,6 +41,7 @@ from .operations import modules as module_ops
 from .operations import prices as price_ops
 from .operations import providers as provider_ops
 from .pricing import Price, format_usd
+from .store.db import put_meta
 
 SECTIONS = ("providers", "modules", "prices", "projects", "models")
 MODEL_FIELDS = ("strategy", "fallbacks", "context_fallback", "deployments")
@@ -443,10 +444,7 @@ def apply(ops: Operations, desired: Desired, changes: list[Change], env: Mapping
     """Make ``changes`` in one transaction, each audited, plus one ``config.apply`` entry."""
 
     def remember_key_env(conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (KEY_ENV_META, json.dumps(desired.key_env, sort_keys=True)),
-        )
+        put_meta(conn, KEY_ENV_META, json.dumps(desired.key_env, sort_keys=True))
 
     with ops.batch():
         for change in changes:

@@ -132,6 +132,14 @@ def insert_many(conn: Any, sql: str, rows: list[tuple]) -> None:
     (many or conn.executemany)(sql, rows)
 
 
+def put_meta(conn: Any, key: str, value: str) -> None:
+    """Set one ``meta`` row (in the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
 def available_migrations(dialect: str = "sqlite") -> list[Migration]:
     """The migrations shipped with this code, in order (works inside the zipapp).
 

@@ -20,7 +20,7 @@ import sqlite3
 import zlib
 from typing import Any, Iterable
 
-from .db import dialect_of, insert_many
+from .db import dialect_of, insert_many, put_meta
 
 SEARCH_TEXT_FUNCTION = "stockyard_search_text"
 INSERT = "INSERT INTO trace_search (trace_id, body) VALUES (?, ?)"
@@ -78,9 +78,6 @@ _NEXT_ROWID = (
     "SELECT max(coalesce((SELECT max(search_rowid) FROM trace_bodies), 0), "
     f"coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '{LAST_ROWID}'), 0)) + 1"
 )
-_SET_LAST_ROWID = (
-    f"INSERT INTO meta (key, value) VALUES ('{LAST_ROWID}', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
 
 
 def index_linked(conn: sqlite3.Connection, texts: list[tuple[str, str]]) -> dict[str, int]:
@@ -97,7 +94,7 @@ def index_linked(conn: sqlite3.Connection, texts: list[tuple[str, str]]) -> dict
         return {}
     first = conn.execute(_NEXT_ROWID).fetchone()[0]
     conn.executemany(INSERT_LINKED, [(first + i, trace_id, text) for i, (trace_id, text) in enumerate(texts)])
-    conn.execute(_SET_LAST_ROWID, (str(first + len(texts) - 1),))
+    put_meta(conn, LAST_ROWID, str(first + len(texts) - 1))
     return {trace_id: first + i for i, (trace_id, _) in enumerate(texts)}
 
 
@@ -131,11 +128,7 @@ def backfill(conn: sqlite3.Connection) -> bool:
         if len(rows) < BACKFILL_ROWS:
             conn.execute("DELETE FROM meta WHERE key LIKE 'search_backfill_%'")
         else:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('search_backfill_cursor', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (rows[-1][0],),
-            )
+            put_meta(conn, "search_backfill_cursor", rows[-1][0])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
