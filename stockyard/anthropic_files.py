@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Mapping
+from typing import Container
 from urllib.parse import urlencode
 
 from .context import RequestContext
@@ -48,7 +48,7 @@ PAGE_PREFIX = "page_"  # a list's ``next_page`` (newer SDKs page by it): the las
 PASSED = ("scope_id",)  # list filters passed on (the pages are the filtered list's own)
 
 
-def is_anthropic(headers: Mapping[str, str]) -> bool:
+def is_anthropic(headers: Container[str]) -> bool:
     """A call an Anthropic client made: it carries ``anthropic-version`` (every Anthropic SDK sends
     it) or ``anthropic-beta``. OpenAI's SDKs send neither, so their calls never come here."""
     return "anthropic-version" in headers or "anthropic-beta" in headers

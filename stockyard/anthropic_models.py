@@ -12,7 +12,7 @@ shape. The models, their ids and the key check are the OpenAI listing's (``model
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Container, Iterable
 from urllib.parse import parse_qs, unquote
 
 from .errors import ProxyError
@@ -29,7 +29,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 20, 1000  # Anthropic's default and largest page
 LIFECYCLES = ("active", "deprecated", "retired")  # every model Stockyard lists is callable: active
 
 
-def lists_models(path: str, headers: Mapping[str, str]) -> bool:
+def lists_models(path: str, headers: Container[str]) -> bool:
     """``/v1/models`` or ``/v1/models/{id}`` asked by an Anthropic client (``anthropic-version`` sent)."""
     return "anthropic-version" in headers and (path == LIST_PATH or path.startswith(MODEL_PREFIX))
 

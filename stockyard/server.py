@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import Callable, Container, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from . import (
@@ -399,7 +399,7 @@ class Handler(BaseHTTPRequestHandler):
         Transfer-Encoding), from its headers — never an earlier request's on the connection."""
         self.close_connection = self._linger = True
         text = message or reason_phrase(code, "error")
-        dialect = _dialect_of(self.path, head.as_dict() if head is not None else None)
+        dialect = _dialect_of(self.path, head)
         try:
             self._write(code, error_body(dialect, code, text or "bad request"), "application/json", {})
         except ClientGone:
@@ -762,7 +762,7 @@ class Handler(BaseHTTPRequestHandler):
         self._model: str | None = None
         self._trace_note = ""
         path = urlsplit(self.path).path
-        dialect = _dialect_of(path, self._headers_dict())
+        dialect = _dialect_of(path, self.headers)
         try:
             if server.draining:
                 self.close_connection = True
@@ -1065,7 +1065,7 @@ def reason_phrase(status: int, default: str) -> str:
         return default
 
 
-def _dialect_of(target: str, headers: Mapping[str, str] | None = None) -> str:
+def _dialect_of(target: str, headers: Container[str] | None = None) -> str:
     """The error shape for a request target: Anthropic's under /v1/messages, and under /v1/files
     and /v1/models for a call an Anthropic SDK made (its ``headers``, read as those routes read
     them: ``anthropic_files.is_anthropic``, ``anthropic_models.lists_models``), Google's on the
