@@ -75,9 +75,10 @@ def _zeroing_freed_space(conn: Any) -> Iterator[None]:
 
 
 def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
-    """Delete the stored request and response bodies of these traces and of their attempts (a retry
-    or fallback stores the request it sent too) — a secret or personal data that reached them before
-    the ``redact`` module was on — and return the ids (attempts' included) that had one.
+    """Delete the stored request and response bodies of these traces and of their failed attempts
+    (an attempt keeps the provider's answer, which may quote the request) — a secret or personal data
+    that reached them before the ``redact`` module was on — and return the ids (attempts' included)
+    that had one.
 
     The trace rows stay (tokens, cost, who sent it: the reports add up as before); the search index
     forgets the words with the body (its delete trigger, which needs the SQL function every
