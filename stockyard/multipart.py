@@ -39,7 +39,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import unquote
 
 from .errors import ProxyError
@@ -463,6 +463,24 @@ class Encoded(io.RawIOBase):
         return len(data)
 
 
+def _new_spool(folder: Path | None) -> IO[bytes]:
+    """An anonymous file for a body's bytes, in ``folder`` (made private) or the system's temp folder."""
+    if folder is not None:
+        make_private_folder(folder)
+    return tempfile.TemporaryFile(dir=folder, prefix="stockyard-upload-")
+
+
+def _fed(blocks: Iterable[bytes], limit: int, take: Callable[[bytes], object]) -> int:
+    """Hand ``blocks`` to ``take`` as they arrive, up to ``limit`` bytes in all (413 beyond); their size."""
+    size = 0
+    for block in blocks:
+        size += len(block)
+        if size > limit:
+            raise too_large(limit)
+        take(block)
+    return size
+
+
 def receive(blocks: Iterable[bytes], content_type: str | None, *, limit: int, folder: Path | None = None) -> Upload:
     """Parse a multipart body from ``blocks`` as it arrives, spooling file bytes to ``folder``.
 
@@ -470,17 +488,10 @@ def receive(blocks: Iterable[bytes], content_type: str | None, *, limit: int, fo
     (the client leaving included) the spool is gone before this returns.
     """
     boundary = boundary_of(content_type)
-    if folder is not None:
-        make_private_folder(folder)
-    spool = tempfile.TemporaryFile(dir=folder, prefix="stockyard-upload-")
+    spool = _new_spool(folder)
     try:
         parser = _Parser(boundary, spool)
-        size = 0
-        for block in blocks:
-            size += len(block)
-            if size > limit:
-                raise too_large(limit)
-            parser.feed(block)
+        size = _fed(blocks, limit, parser.feed)
         parser.end()
         spool.flush()
         return Upload(boundary, parser.parts, size, spool)
@@ -507,16 +518,9 @@ class Spooled:
 def spool_body(blocks: Iterable[bytes], *, limit: int, folder: Path | None = None) -> Spooled:
     """``blocks`` written to a spool as they arrive (never held in memory), up to ``limit`` bytes
     (413 beyond); on any error the spool is gone before this returns."""
-    if folder is not None:
-        make_private_folder(folder)
-    spool = tempfile.TemporaryFile(dir=folder, prefix="stockyard-upload-")
+    spool = _new_spool(folder)
     try:
-        size = 0
-        for block in blocks:
-            size += len(block)
-            if size > limit:
-                raise too_large(limit)
-            spool.write(block)
+        size = _fed(blocks, limit, spool.write)
         spool.flush()
         return Spooled(spool, size)
     except BaseException:
