@@ -228,7 +228,8 @@ def write_trace(conn: sqlite3.Connection, row: TraceRow, v9: bool = True) -> Non
     """``row.write``, on a database of any schema version: columns and rollups it does not have yet are left out."""
     if "end_user" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}:
         v18 = "search_rowid" in {r[1] for r in conn.execute("PRAGMA table_info(trace_bodies)")}
-        row.write(conn, v9=v9, v18=v18)
+        v28 = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollups_users_months'").fetchone() is not None
+        row.write(conn, v9=v9, v18=v18, v28=v28)
         return
     present = [c for c in traces_module._COLUMNS if c not in ("end_user", "tags", "key_name")]
     conn.execute(

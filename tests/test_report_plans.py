@@ -22,8 +22,11 @@ def test_reports_by_an_indexed_column_read_the_day_range_by_primary_key(tmp_path
     assert index not in plan and "USING PRIMARY KEY (day>?)" in plan, plan
 
 
-def _plan_of_report(tmp_path, by: str, top: int | None = None, marker: str = "GROUP BY") -> list[str]:
-    """EXPLAIN QUERY PLAN of the statement a report runs (60 mixed traces on a fresh SQLite file)."""
+def _plan_of_report(
+    tmp_path, by: str, top: int | None = None, marker: str = "GROUP BY", whole_range: bool = False
+) -> list[str]:
+    """EXPLAIN QUERY PLAN of the statement a report runs (60 mixed traces on a fresh SQLite file),
+    from the first trace's day, or over all time with ``whole_range``."""
     backend = SqliteBackend(tmp_path / "stockyard.db")
     backend.open_and_migrate()
     store = Store(backend)
@@ -33,7 +36,7 @@ def _plan_of_report(tmp_path, by: str, top: int | None = None, marker: str = "GR
         conn = store.read()
         statements: list[str] = []
         conn.set_trace_callback(statements.append)
-        result = costs.report(conn, by, since=rows[0].ts[:10], top=top)
+        result = costs.report(conn, by, since=None if whole_range else rows[0].ts[:10], top=top)
         conn.set_trace_callback(None)
         assert result["total"]["requests"] == 60
         select = next(s for s in statements if s.lstrip().startswith(("SELECT", "WITH")) and marker in s)
@@ -51,7 +54,23 @@ def test_a_report_by_user_sums_the_users_rollups_in_key_order_without_a_sort(tmp
 def test_a_top_report_reads_the_kept_users_rows_by_key(tmp_path):
     plan = _plan_of_report(tmp_path, "day,user", top=3, marker="WITH top")
     assert "SEARCH rollups_users USING PRIMARY KEY (end_user=? AND day>?)" in plan, plan  # the kept rows
-    assert plan.count("USE TEMP B-TREE FOR GROUP BY") == 1, plan  # only the day totals are sorted
+    assert "USE TEMP B-TREE FOR GROUP BY" not in plan, plan
+    # The days' totals over every user come from their own rollup (schema 0028), not a sort of them all.
+    assert "SEARCH rollups_users_days USING PRIMARY KEY (day>?)" in plan, plan
+
+
+@pytest.mark.parametrize("by", ["user", "key,user", "user,project"])
+def test_a_report_by_user_over_whole_months_reads_the_monthly_rollups(tmp_path, by):
+    """All time (or whole months): a row per user, key and project a month, not one a day."""
+    plan = _plan_of_report(tmp_path, by, whole_range=True)
+    assert _tables(plan) == {"rollups_users_months"}, plan
+    ranked = _plan_of_report(tmp_path / "top", "day,user", top=3, marker="WITH top", whole_range=True)
+    assert _tables(ranked) == {"rollups_users_months", "rollups_users", "rollups_users_days"}, ranked
+    assert "SCAN rollups_users_months" in ranked, ranked  # the top users ranked over the months
+
+
+def _tables(plan: list[str]) -> set[str]:
+    return {word for step in plan for word in step.split() if word.startswith("rollups_")}
 
 
 @pytest.mark.parametrize(("by", "field"), [("user", "end_user"), ("key", "key_id"), ("project", "project")])

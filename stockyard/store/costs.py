@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import sqlite3
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any, TextIO
 
 from ..pricing import format_usd
@@ -87,28 +88,22 @@ def report(
     per user per day. The rows still add up to the same total, to the micro-cent."""
     groups = check_groups(by)
     top = check_top(top, groups)
-    table, columns, where, args = _source(groups)
     first, last = check_range(since, until)
+    sources, columns = _source(groups, first, last)
     collate = _BYTE_ORDER[dialect_of(conn)]
     names = [_name(c, collate) for c in columns]
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTS)
-    if first:
-        where.append("day >= ?")
-        args.append(first.isoformat())
-    if last:
-        where.append("day <= ?")
-        args.append(last.isoformat())
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
     n = len(groups)
     if top:
-        found = _with_top(conn, top, table, columns, names, clause, args, groups)
+        found = _with_top(conn, top, sources, columns, names, groups)
     else:
+        rows = sources.rows
         names_sql = ", ".join(f"{name} AS g{i}" for i, name in enumerate(names))
         group_by = ", ".join(f"g{i}" for i in range(n))
-        order = ", ".join(_order(i, g, n) for i, g in enumerate(groups))
-        sql = f"SELECT {names_sql}, {sums} FROM {table}{clause} GROUP BY {group_by} ORDER BY {order}"
+        order = ", ".join(_order(i, g, n, name) for i, (g, name) in enumerate(zip(groups, names)))
+        sql = f"{rows.select(f'{names_sql}, {sums}')} GROUP BY {group_by} ORDER BY {order}"
         # SUMs of NOT NULL integer columns over non-empty groups: ints already, on both stores
-        found = [(r[:n], r[n:]) for r in conn.execute(sql, args)]
+        found = [(r[:n], r[n:]) for r in conn.execute(sql, rows.args)]
     # The total is summed from the same rows: a second SELECT would read a later snapshot
     # (the writer commits between statements), and the report would not add up.
     counts = [c for _, c in found]
@@ -142,11 +137,9 @@ def report(
 def _with_top(
     conn: sqlite3.Connection,
     top: int,
-    table: str,
+    sources: _Sources,
     columns: list[str],
     names: list[str],
-    clause: str,
-    args: list[Any],
     groups: list[str],
 ) -> list[tuple[tuple, list[int]]]:
     """The rows of a ``top`` report, ordered as :func:`_order` orders the others, the rest of
@@ -159,19 +152,19 @@ def _with_top(
     """
     outer, last = names[:-1], columns[-1]
     outer_sql = "".join(f"{o}, " for o in outer)
-    in_top = f"{last} IN (SELECT g FROM top)"
     sums = ", ".join(f"SUM({c})" for c in COUNTS)
+    ranked, kept_rows, outer_totals = sources.ranked, sources.rows, sources.totals
     sql = (
-        f"WITH top AS (SELECT {names[-1]} AS g FROM {table}{clause} GROUP BY g "  # g: rollups_tags has a name
+        f"WITH top AS ({ranked.select(f'{names[-1]} AS g')} GROUP BY g "  # g: rollups_tags has a name
         "ORDER BY SUM(cost_uc) DESC, g LIMIT ?) "
-        f"SELECT 0, {outer_sql}{last}, {sums} FROM {table}{clause + ' AND ' if clause else ' WHERE '}{in_top} "
+        f"{kept_rows.select(f'0, {outer_sql}{last}, {sums}', f'{last} IN (SELECT g FROM top)')} "
         f"GROUP BY {outer_sql}{last} "
-        f"UNION ALL SELECT 1, {outer_sql}NULL, {sums} FROM {table}{clause}"
+        f"UNION ALL {outer_totals.select(f'1, {outer_sql}NULL, {sums}')}"
         + (f" GROUP BY {', '.join(outer)}" if outer else "")
     )
     kept: dict[tuple, list[tuple[tuple, list[int]]]] = {}
     totals: dict[tuple, list[int]] = {}
-    for part, *r in conn.execute(sql, [*args, top, *args, *args]):
+    for part, *r in conn.execute(sql, [*ranked.args, top, *kept_rows.args, *outer_totals.args]):
         head, counts = tuple(r[: len(groups)]), [int(v or 0) for v in r[len(groups) :]]
         if part == 0:
             kept.setdefault(head[:-1], []).append((head, counts))
@@ -215,35 +208,100 @@ _BYTE_ORDER = {"sqlite": "", "postgresql": ' COLLATE "C"'}
 _INDEX_FIRST = {"key_id", "project"}
 
 
-def _source(groups: list[str]) -> tuple[str, list[str], list[str], list[Any]]:
-    """(rollup table, group columns, filters, their arguments) for checked groups.
+@dataclass(frozen=True)
+class _Rows:
+    """The rollup rows a report reads: ``FROM sql``, filtered by ``where`` (ANDed). ``args`` are
+    the statement's arguments in order: the ones ``sql`` names, then the filters'."""
 
-    ``user`` reads ``rollups_users`` (with day, key and project); ``tag:NAME`` reads
-    ``rollups_tags`` (with day); the rest ``rollups_daily``.
+    sql: str
+    where: tuple[str, ...] = ()
+    args: tuple[Any, ...] = ()
+
+    def select(self, what: str, also: str = "") -> str:
+        conds = (*self.where, also) if also else self.where
+        return f"SELECT {what} FROM {self.sql}" + (f" WHERE {' AND '.join(conds)}" if conds else "")
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What a report reads: its rows; for ``top``, where the last group is ranked over the range
+    and where each outer group's totals are summed (the same rows, but for end users: see
+    :func:`_source`)."""
+
+    rows: _Rows
+    ranked: _Rows
+    totals: _Rows
+
+
+def _days(first: date | None, last: date | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The filters (and their arguments) of rows whose ``day`` is in the range."""
+    where, args = [], []
+    if first:
+        where.append("day >= ?")
+        args.append(first.isoformat())
+    if last:
+        where.append("day <= ?")
+        args.append(last.isoformat())
+    return tuple(where), tuple(args)
+
+
+def _source(groups: list[str], first: date | None, last: date | None) -> tuple[_Sources, list[str]]:
+    """What a report of checked groups over ``first``..``last`` reads, and its group columns.
+
+    ``user`` reads the end users' rollups (with day, key and project), ``tag:NAME``
+    ``rollups_tags`` (with day), the rest ``rollups_daily``. A report by user without day reads
+    the whole months of its range from ``rollups_users_months`` (schema 0028); a top report by
+    day,user sums its days' totals from ``rollups_users_days``.
     """
+    where, args = _days(first, last)
     tags = [g for g in groups if g.startswith(TAG_PREFIX)]
     if tags:
         if any(g not in ("day", tags[0]) for g in groups):
             raise ValueError("a tag report groups by the tag alone or with day (by=day,tag:NAME)")
-        return (
-            "rollups_tags",
-            ["value" if g in tags else "day" for g in groups],
-            ["name = ?"],
-            [tags[0][len(TAG_PREFIX) :]],
-        )
-    if "user" in groups:
-        if any(g not in ("day", "key", "project", "user") for g in groups):
-            raise ValueError("an end-user report groups by user alone or with day, key or project")
-        return "rollups_users", [GROUPS[g] for g in groups], [], []
-    return "rollups_daily", [GROUPS[g] for g in groups], [], []
+        tagged = _Rows("rollups_tags", ("name = ?", *where), (tags[0][len(TAG_PREFIX) :], *args))
+        return _Sources(tagged, tagged, tagged), ["value" if g in tags else "day" for g in groups]
+    columns = [GROUPS[g] for g in groups]
+    if "user" not in groups:
+        daily = _Rows("rollups_daily", where, args)
+        return _Sources(daily, daily, daily), columns
+    if any(g not in ("day", "key", "project", "user") for g in groups):
+        raise ValueError("an end-user report groups by user alone or with day, key or project")
+    by_month = _user_rows(first, last)
+    if "day" not in groups:
+        return _Sources(by_month, by_month, by_month), columns
+    by_day = _Rows("rollups_users", where, args)
+    totals = _Rows("rollups_users_days", where, args) if groups[0] == "day" else by_day
+    return _Sources(by_day, by_month, totals), columns
 
 
-def _order(i: int, group: str, n: int) -> str:
-    """Days in order; other groups by spend, biggest first (an outer group by its whole spend)."""
+def _user_rows(first: date | None, last: date | None) -> _Rows:
+    """The end users' rollup rows of the range, without their days: a range of whole months (or
+    open at an end: all time, "since the first of the month") reads ``rollups_users_months``, a row
+    per user, key and project a month; any other range reads ``rollups_users`` (one row a day).
+
+    Days at the ends of a range are not read from the days table beside the months: that table is
+    keyed by user first, so each end would scan it all, and the two sources' rows would have to be
+    sorted together to be grouped — it measured slower than the days alone (bench/README.md)."""
+    whole = (first is None or first.day == 1) and (last is None or (last + timedelta(days=1)).day == 1)
+    if not whole:
+        return _Rows("rollups_users", *_days(first, last))
+    where, args = [], []
+    if first:
+        where.append("month >= ?")
+        args.append(first.isoformat()[:7])
+    if last:
+        where.append("month <= ?")
+        args.append(last.isoformat()[:7])
+    return _Rows("rollups_users_months", tuple(where), tuple(args))
+
+
+def _order(i: int, group: str, n: int, name: str) -> str:
+    """Days in order; other groups by spend, biggest first (an outer group by its whole spend:
+    partitioned by its expression, since PostgreSQL takes no output name inside a window)."""
     if group == "day":
         return f"g{i}"
     if i < n - 1:
-        return f"SUM(SUM(cost_uc)) OVER (PARTITION BY g{i}) DESC, g{i}"
+        return f"SUM(SUM(cost_uc)) OVER (PARTITION BY {name}) DESC, g{i}"
     return f"cost_uc DESC, g{i}"
 
 

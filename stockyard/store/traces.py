@@ -97,6 +97,10 @@ def _upsert(table: str, dims: tuple[str, ...]) -> str:
 _ROLLUP = _upsert("rollups_daily", ("day", "key_id", "project", "provider", "model"))
 _ROLLUP_USERS = _upsert("rollups_users", ("day", "key_id", "project", "end_user"))
 _ROLLUP_TAGS = _upsert("rollups_tags", ("day", "name", "value"))
+# rollups_users summed per month (per user, key, project) and per day (every user together),
+# schema 0028: long reports by user read these (store/costs.py).
+_ROLLUP_USER_MONTHS = _upsert("rollups_users_months", ("month", "key_id", "project", "end_user"))
+_ROLLUP_USER_DAYS = _upsert("rollups_users_days", ("day",))
 
 
 _LATENCY = """
@@ -200,17 +204,20 @@ class TraceRow:
         request, response = self.packed
         return (self.id, request, response, int(self.request_truncated), int(self.response_truncated))
 
-    def write(self, conn: sqlite3.Connection, *, v9: bool = True, v18: bool = True) -> None:
+    def write(self, conn: sqlite3.Connection, *, v9: bool = True, v18: bool = True, v28: bool = True) -> None:
         """The writer job: trace, bodies, their search index, rollup and latency histogram in the
         caller's transaction. The writer hands a batch of these to :meth:`write_many` at once.
 
         ``v9=False`` only for a database older than schema 0009 (search, latency), ``v18=False``
-        older than 0018 (bodies linked to their search rows): upgrade tests.
+        older than 0018 (bodies linked to their search rows), ``v28=False`` older than 0028 (the
+        end users' rollups by month and by day): upgrade tests.
         """
-        TraceRow.write_many(conn, [self], v9=v9, v18=v18)
+        TraceRow.write_many(conn, [self], v9=v9, v18=v18, v28=v28)
 
     @staticmethod
-    def write_many(conn: sqlite3.Connection, rows: list["TraceRow"], *, v9: bool = True, v18: bool = True) -> None:
+    def write_many(
+        conn: sqlite3.Connection, rows: list["TraceRow"], *, v9: bool = True, v18: bool = True, v28: bool = True
+    ) -> None:
         """Many traces as :meth:`write` would write them one by one, in a few statements: rows,
         bodies and search index as multi-row inserts, the rollups summed per rollup row first
         (one upsert per row a batch touches, not one per trace)."""
@@ -229,7 +236,7 @@ class TraceRow:
                 insert_many(conn, _INSERT_BODY, [r.body_row() for r in stored])
                 if texts:
                     insert_many(conn, search_index.INSERT, texts)
-        sums = RollupSums(latency=v9)
+        sums = RollupSums(latency=v9, user_totals=v28)
         for r in rows:
             sums.add(r)
         sums.write(conn)
@@ -245,8 +252,9 @@ class RollupSums:
     adds to the row of its day, key and project with no provider and no model, and to no
     end user's or tag's row."""
 
-    def __init__(self, latency: bool = True) -> None:
+    def __init__(self, latency: bool = True, user_totals: bool = True) -> None:
         self.latency = latency
+        self.user_totals = user_totals  # the end users' sums by month and by day (schema 0028)
         # rollup row → the counts of each trace in it (summed column by column when written)
         self.daily: dict[tuple, list[tuple[int, ...]]] = {}
         self.users: dict[tuple, list[tuple[int, ...]]] = {}
@@ -285,8 +293,21 @@ class RollupSums:
             self.minutes[minute] = self.minutes.get(minute, 0) + 1
 
     def write(self, conn: sqlite3.Connection) -> None:
-        """Upsert the sums (in the caller's transaction, the one of the traces)."""
-        for sql, rows in ((_ROLLUP, self.daily), (_ROLLUP_USERS, self.users), (_ROLLUP_TAGS, self.tags)):
+        """Upsert the sums (in the caller's transaction, the one of the traces), and the end users'
+        sums again per month and per day (schema 0028), so that each stays the sum of the traces."""
+        users = {k: [sum(c) for c in zip(*v)] for k, v in self.users.items()}
+        months: dict[tuple, list[list[int]]] = {}
+        days: dict[tuple, list[list[int]]] = {}
+        for (day, key_id, project, end_user), counts in users.items() if self.user_totals else ():
+            months.setdefault((day[:7], key_id, project, end_user), []).append(counts)
+            days.setdefault((day,), []).append(counts)
+        for sql, rows in (
+            (_ROLLUP, self.daily),
+            (_ROLLUP_USERS, {k: [v] for k, v in users.items()}),
+            (_ROLLUP_TAGS, self.tags),
+            (_ROLLUP_USER_MONTHS, months),
+            (_ROLLUP_USER_DAYS, days),
+        ):
             if rows:
                 insert_many(conn, sql, [(*k, *map(sum, zip(*v))) for k, v in rows.items()])
         if self.minutes:
