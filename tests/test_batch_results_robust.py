@@ -69,7 +69,7 @@ def results(server: ServerProcess, who: str, batch_id: str) -> tuple[int, dict, 
     return server.request("GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys[who]})
 
 
-def test_claims_the_database_refuses_are_skipped_and_logged_once_and_the_download_completes(server):
+def test_claims_the_database_refuses_are_skipped_and_logged_once_and_the_download_completes(server, mock):
     """Was: when the claim of the files a results line names could not be written (here the database
     is locked by another process past the busy timeout), the download was cut midway — a 500 written
     into the middle of the chunked body — and a traceback printed. Now the results reach the client
@@ -86,7 +86,11 @@ def test_claims_the_database_refuses_are_skipped_and_logged_once_and_the_downloa
         got: dict[str, tuple[int, dict, bytes]] = {}
         reader = threading.Thread(target=lambda: got.setdefault("results", results(server, "alice", batch_id)))
         reader.start()
-        wait_for(lambda: server.request("GET", "/healthz")[0] == 200, what="served while the claim waits")
+        wait_for(lambda: mock.last(f"{batch_id}/results"), what="the results asked of the provider")
+        other = server.anthropic("bob").messages.create(
+            model=PLAIN, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert other.content and reader.is_alive(), "another key served while the claim waits on the lock"
         reader.join(60)
         assert not reader.is_alive()
     finally:
