@@ -34,6 +34,14 @@ _MAC_KEYED = re.compile(r"^hmac-sha256:([0-9a-f]{8})$")
 _CHAIN_PURPOSE = b"stockyard audit chain v1"
 _COLUMNS = ("seq", "ts", "actor", "action", "target", "details", "prev_hash", "hash", "mac")
 _TEXT_COLUMNS = _COLUMNS[1:]
+# An entry's text holding a NUL (an earlier version wrote one to SQLite: a project name no check kept
+# it out of), which PostgreSQL's text cannot hold: ``migrate-store`` writes such text there with
+# ``?`` in the NUL's place and keeps the text as it was in a ``meta`` row ``audit_text:{seq}`` (a JSON
+# object, column -> text, its NUL escaped); reading, exporting and verifying the log use that text,
+# so the entry reads back and hashes as written. A forged one changes nothing: it must hash as the
+# entry's stored hash does. Moved back to SQLite, the row and its meta row go as they are.
+ORIGINAL_TEXT = "audit_text:"
+_KEPT_APART = ("ts", "actor", "action", "target", "details")  # never the chain's own hashes and label
 # Detail names whose long values are treated as secrets: api_key, key, secret, password,
 # token, and names ending in them (provider_key, client_secret, admin_token, apiKey).
 _SECRET_NAME = re.compile(r"^(?:.*[_\-.])?(?:api_?key|key|secret|password|passwd|token)$", re.IGNORECASE)
@@ -146,6 +154,20 @@ def _head_row(conn: sqlite3.Connection) -> tuple[int, str, str]:
     return (0, GENESIS, "") if row is None else (row[0], row[1], row[2])
 
 
+def original_text(conn: sqlite3.Connection) -> dict[int, dict[str, str]]:
+    """seq -> the text as written of those of an entry's columns kept apart (:data:`ORIGINAL_TEXT`)."""
+    found: dict[int, dict[str, str]] = {}
+    end = ORIGINAL_TEXT[:-1] + chr(ord(ORIGINAL_TEXT[-1]) + 1)  # every key with the prefix sorts below it
+    for key, value in conn.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (ORIGINAL_TEXT, end)):
+        try:
+            seq, text = int(key[len(ORIGINAL_TEXT) :]), json.loads(value)
+        except ValueError:
+            continue  # not one of ours: verify reports the entry as stored
+        if isinstance(text, dict):
+            found[seq] = {c: t for c, t in text.items() if c in _KEPT_APART and isinstance(t, str)}
+    return found
+
+
 def head(conn: sqlite3.Connection) -> tuple[int, str]:
     """(last seq, last hash); (0, GENESIS) for an empty log. Publish it to catch truncation."""
     seq, hash_, _ = _head_row(conn)
@@ -256,14 +278,17 @@ def verify(
     first_keyed: int | None = None
     head_at: int | None = 0 if expect_head == GENESIS else None
     cols = ", ".join(["seq"] + [f"CAST({c} AS BLOB)" for c in _TEXT_COLUMNS])
+    kept_apart = original_text(conn)
     for raw in conn.execute(f"SELECT {cols} FROM audit_log ORDER BY seq"):
         seq = raw[0]
         if seq != count + 1:
             return _fail(count, prev, count + 1, f"entry {count + 1} is missing (the next entry is {seq})")
         try:
-            ts, actor, action, target, details, prev_hash, hash_, mac = ((b or b"").decode("utf-8") for b in raw[1:])
+            text = dict(zip(_TEXT_COLUMNS, ((b or b"").decode("utf-8") for b in raw[1:])))
         except UnicodeDecodeError:
             return _fail(count, prev, seq, f"entry {seq} holds bytes that are not UTF-8 text")
+        text.update(kept_apart.get(seq, {}))
+        ts, actor, action, target, details, prev_hash, hash_, mac = (text[c] for c in _TEXT_COLUMNS)
         if prev_hash != prev:
             return _fail(count, prev, seq, f"entry {seq} does not follow entry {seq - 1} (prev_hash mismatch)")
         keyed = _MAC_KEYED.match(mac)
@@ -347,8 +372,9 @@ def verify_with_secret(
     return verify(conn, chain_key(secret, salt), expect_head, old_keys=old_keys)
 
 
-def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
+def _row_dict(row: sqlite3.Row, kept_apart: dict[int, dict[str, str]]) -> dict[str, Any]:
     entry = dict(zip(_COLUMNS, tuple(row)))
+    entry.update(kept_apart.get(entry["seq"], {}))
     try:
         entry["details"] = json.loads(entry["details"])
     except (TypeError, ValueError):
@@ -379,16 +405,21 @@ def list_entries(
         args.append(action)
     order = "DESC" if last else "ASC"
     sql = f"SELECT {', '.join(_COLUMNS)} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
-    entries = [_row_dict(row) for row in conn.execute(sql, [*args, max(0, int(limit))])]
+    kept_apart = original_text(conn)
+    entries = [_row_dict(row, kept_apart) for row in conn.execute(sql, [*args, max(0, int(limit))])]
     return entries[::-1] if last else entries
 
 
 def export_csv(conn: sqlite3.Connection, out: TextIO) -> int:
-    """Write the whole log as CSV, fields exactly as stored (so it can be re-verified)."""
+    """Write the whole log as CSV, fields exactly as written (so it can be re-verified; text kept
+    apart, :data:`ORIGINAL_TEXT`, as it was written)."""
     writer = csv.writer(out)
     writer.writerow(_COLUMNS)
     count = 0
+    kept_apart = original_text(conn)
     for row in conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM audit_log ORDER BY seq"):
-        writer.writerow(tuple(row))
+        entry = dict(zip(_COLUMNS, tuple(row)))
+        entry.update(kept_apart.get(entry["seq"], {}))
+        writer.writerow([entry[c] for c in _COLUMNS])
         count += 1
     return count

@@ -64,6 +64,7 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()  # load balancers whose X-Forwarded-For is believed
     max_connections: int | None = None  # concurrent client connections; None: sized to the machine
     max_connections_per_client: int | None = None  # of them from one sender; None: a quarter of the whole
+    max_results_readers: int = 8  # message batch results read at once (each may hold a 16 MiB line); a key: a quarter
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
@@ -261,6 +262,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
             env.get("STOCKYARD_MAX_CONNECTIONS_PER_CLIENT"), "STOCKYARD_MAX_CONNECTIONS_PER_CLIENT", 0
         )
         or None,
+        max_results_readers=_positive_int(env.get("STOCKYARD_MAX_RESULTS_READERS"), "STOCKYARD_MAX_RESULTS_READERS", 8),
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),

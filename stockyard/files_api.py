@@ -1036,7 +1036,9 @@ class ProviderCalls:
     ) -> None:
         """A file's content, relayed chunk by chunk as it arrives (never held whole); the trace
         keeps its size, not its bytes. ``tap`` reads each chunk before it goes on (JSONL results
-        whose lines name objects to claim), and the end before the stream's end."""
+        whose lines name objects to claim), and the end before the stream's end. A failure once the
+        answer began (the provider's, or any other) cuts it: the connection closes without the
+        chunked end, so no client takes a part for the whole; one log line, no traceback."""
         answer, resp = self._request(ctx, provider, "GET", rest)
         if answer.status >= 400:
             return self._send(reply, ctx, self._read(ctx, answer, resp))
@@ -1065,6 +1067,12 @@ class ProviderCalls:
         except ClientGone:
             resp.close()
             raise
+        except Exception as exc:  # any other failure once the answer began: cut, logged in a line
+            resp.close()
+            fail(ctx, 500, f"the relay failed after {size} bytes ({type(exc).__name__})", "error", "relay_failed")
+            log.error("%s: relay cut after %d bytes (%s); the client sees it cut", rest, size, type(exc).__name__)
+            reply.abort()  # as for a broken upstream: closed without the chunked end
+            return
         finally:
             ctx.attempt.capture(json.dumps({"content_bytes": size}).encode(), self._path.settings.body_cap_bytes)
         reply.end_stream()

@@ -10,12 +10,14 @@ below SQLite's range.
 
 The request fields the proxy itself reads (to estimate the worst case and enforce the
 guard's ceiling) are named here too, so the validation, the estimate and the guard read
-the same list.
+the same list. And bounds on things held at once: :class:`Caps` (open connections, message batch
+results being read).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, NamedTuple
 
 from .errors import ProxyError
@@ -126,3 +128,38 @@ def check_request_numbers(body: dict) -> bool:
             field.container[field.key] = number
             changed = True
     return changed
+
+
+class Caps:
+    """Things held at once (open connections; message batch results being read), at most ``total`` in
+    all and ``per_sender`` for one counted holder (a sender's address; a client key): one holder
+    cannot take every one there is."""
+
+    def __init__(self, total: int, per_sender: int) -> None:
+        self.total, self.per_sender = total, per_sender
+        self.open = 0
+        self._by_sender: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str | None) -> int | None:
+        """Count one more held by ``who`` (None: not counted per holder), or the status to refuse
+        it with: 503 when the whole is held, 429 when ``who``'s share is."""
+        with self._lock:
+            if self.open >= self.total:
+                return 503
+            if who is not None:
+                held = self._by_sender.get(who, 0)
+                if held >= self.per_sender:
+                    return 429
+                self._by_sender[who] = held + 1
+            self.open += 1
+            return None
+
+    def give(self, who: str | None) -> None:
+        """One that ``take`` counted for ``who`` has ended."""
+        with self._lock:
+            self.open -= 1
+            if who is not None:
+                left = self._by_sender.pop(who, 1) - 1
+                if left > 0:
+                    self._by_sender[who] = left

@@ -28,8 +28,8 @@ deleted before that is recorded first, while its results still exist.
 from __future__ import annotations
 
 import json
+import logging
 import re
-from functools import partial
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -42,6 +42,7 @@ from .deployments import Models
 from .errors import ANTHROPIC, ProxyError
 from .files_api import (
     BATCH_PRICE,
+    MAX_LINE,
     Answer,
     BatchHold,
     LineTap,
@@ -51,13 +52,14 @@ from .files_api import (
     owner_of,
 )
 from .httpio import Request, check_method, json_object
-from .limits import check_request_numbers
+from .limits import Caps, check_request_numbers
 from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
 from .providers import Provider
 from .providers.anthropic import auth_headers, base_path
 from .providers.anthropic import headers as anthropic_headers
 from .proxy import Reply, RequestPath, checked_model_name
 
+log = logging.getLogger("stockyard.message_batches")
 PATH = re.compile(r"^/v1/messages/batches(?:/([A-Za-z0-9_-]{1,200})(/cancel|/results)?)?$")
 KIND = "message_batch"  # in owned_objects
 KINDS = ("anthropic",)  # providers that serve message batches
@@ -135,6 +137,8 @@ class MessageBatches(ProviderCalls):
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
+        readers = path.settings.max_results_readers
+        self._readers = Caps(readers, max(1, readers // 4))  # results read at once: in all, per key
         self._models = models
         self._costs = costs
         self._check_budget = check_budget
@@ -168,7 +172,7 @@ class MessageBatches(ProviderCalls):
         owned, provider = self._owned(ctx, batch_id, KIND, not_found(batch_id))
         rest = f"{UPSTREAM}/{batch_id}{action}"
         if action == "/results":
-            return self._relay(reply, ctx, provider, rest, LineTap(partial(self._claim_made, owned.key_id, provider)))
+            return self._results(reply, ctx, provider, rest, owned.key_id, batch_id)
         if method == "DELETE" and not owned.billed:
             self._record_before_delete(ctx, provider, batch_id)
         answer, doc = self._call(ctx, provider, method, rest)
@@ -357,21 +361,30 @@ class MessageBatches(ProviderCalls):
         if owned is not None and not owned.billed:
             self._costs.ended(ctx, provider, anthropic_output(provider, batch_id))
 
-    def _claim_made(self, owner: str, provider: Provider, lines: list[bytes]) -> None:
-        """The files and containers these result lines name (what the code execution tool wrote and
-        ran in for the batch's requests) become the batch owner's, before the lines reach the
-        client, as a plain answer's do: only those no key owns yet (``Ownership.claim_new``)."""
-        files: set[str] = set()
-        containers: set[str] = set()
-        for line in lines:
-            named = made_objects(line)
-            if named is not None:
-                files |= named[0]
-                containers |= named[1]
-        if files:
-            self.ownership.claim_new(files, ANTHROPIC_FILE, owner, provider.name)
-        if containers:
-            self.ownership.claim_new(containers, ANTHROPIC_CONTAINER, owner, provider.name)
+    def _results(
+        self, reply: Reply, ctx: RequestContext, provider: Provider, rest: str, owner: str, batch_id: str
+    ) -> None:
+        """Relay the results, claiming what their lines name (:class:`ResultsClaims`), while one of
+        the ``STOCKYARD_MAX_RESULTS_READERS`` slots is this reader's (a key holds a quarter of them):
+        each reader may hold a line of up to ``MAX_LINE`` and its parse. Past them the client is
+        refused at once, as connections past their caps are (429 past its key's share, 503
+        ``overloaded_error`` past the whole, both with Retry-After; the SDKs retry them), rather
+        than waiting with its connection and thread held."""
+        holder = owner if ctx.key is not None else None  # open mode: one owner, held to the whole only
+        refused = self._readers.take(holder)
+        if refused is not None:
+            why = "this key's share of" if refused == 429 else "all"
+            raise ProxyError(
+                refused,
+                f"{why} the batch results downloads this server reads at once are in progress; try again shortly",
+                code="too_many_results_readers",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            claims = ResultsClaims(self.ownership, owner, provider.name, batch_id)
+            self._relay(reply, ctx, provider, rest, LineTap(claims.lines, claims.too_long))
+        finally:
+            self._readers.give(holder)
 
     def _record_before_delete(self, ctx: RequestContext, provider: Provider, batch_id: str) -> None:
         """A batch deleted before its cost was recorded: record it now, while its results exist
@@ -408,6 +421,61 @@ class MessageBatches(ProviderCalls):
         self._see(ctx, provider, doc)
         status = doc.get("processing_status")
         return status if isinstance(status, str) else None
+
+
+class ResultsClaims:
+    """What one download of a batch's results claims for the batch's owner: the files and containers
+    its lines name (what the code execution tool wrote and ran in for the batch's requests), before
+    the lines reach the client, as a plain answer's are — only those no key owns yet
+    (``Ownership.claim_new``).
+
+    A claim the database refuses (locked past the busy timeout, PostgreSQL gone, a read-only file) is
+    skipped, never the download: the results are the client's data, the provider's to give again,
+    and an id left unclaimed is only the 404 of an id no key holds through Stockyard (never another
+    key's) until the results are read again, which claims it then. One log line names the batch and
+    the failure; the rest of this download claims nothing more (each claim would wait out the busy
+    timeout again, stalling the download). A line too long to read (``MAX_LINE``) claims nothing
+    either: logged once a download, without its text."""
+
+    def __init__(self, ownership: Ownership, owner: str, provider: str, batch_id: str) -> None:
+        self._ownership, self._owner, self._provider, self._batch_id = ownership, owner, provider, batch_id
+        self._failed = False
+        self._long_logged = False
+
+    def lines(self, lines: list[bytes]) -> None:
+        if self._failed:
+            return
+        files: set[str] = set()
+        containers: set[str] = set()
+        for line in lines:
+            named = made_objects(line)
+            if named is not None:
+                files |= named[0]
+                containers |= named[1]
+        try:
+            if files:
+                self._ownership.claim_new(files, ANTHROPIC_FILE, self._owner, self._provider)
+            if containers:
+                self._ownership.claim_new(containers, ANTHROPIC_CONTAINER, self._owner, self._provider)
+        except Exception as exc:  # the database's failure: the download goes on unclaimed
+            self._failed = True
+            log.warning(
+                "message batch %s: the files and containers its results name are left unclaimed in this "
+                "download (%s: %s); reading the results again claims them",
+                self._batch_id,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "-",
+            )
+
+    def too_long(self) -> None:
+        if not self._long_logged:
+            self._long_logged = True
+            log.warning(
+                "message batch %s: a results line is too long to read (over %d bytes): relayed, nothing it "
+                "names claimed",
+                self._batch_id,
+                MAX_LINE,
+            )
 
 
 def check_numbers(params: dict, i: int) -> bool:

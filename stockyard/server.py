@@ -54,6 +54,7 @@ from .hosts import client_address, counted_sender, forwarded_prefix, host_allowe
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, check_method, json_response
 from .keys import presented_key
+from .limits import Caps
 from .logbuffer import access, printable
 from .modules import redact
 from .modules.ratelimit import admit_call
@@ -162,40 +163,6 @@ def default_max_connections() -> int:
     return max(64, min(1024, (soft - 64) // 2))
 
 
-class ConnectionCaps:
-    """Open connections, at most ``total`` in all and ``per_sender`` from one counted sender: one
-    address opening connections (and trickling their heads) cannot take every one there is."""
-
-    def __init__(self, total: int, per_sender: int) -> None:
-        self.total, self.per_sender = total, per_sender
-        self.open = 0
-        self._by_sender: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def take(self, who: str | None) -> int | None:
-        """Count a new connection from ``who`` (None: not counted per sender), or the status to
-        refuse it with: 503 when the server is full, 429 when that sender's share is."""
-        with self._lock:
-            if self.open >= self.total:
-                return 503
-            if who is not None:
-                held = self._by_sender.get(who, 0)
-                if held >= self.per_sender:
-                    return 429
-                self._by_sender[who] = held + 1
-            self.open += 1
-            return None
-
-    def give(self, who: str | None) -> None:
-        """A connection ``take`` counted has ended."""
-        with self._lock:
-            self.open -= 1
-            if who is not None:
-                left = self._by_sender.pop(who, 1) - 1
-                if left > 0:
-                    self._by_sender[who] = left
-
-
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the accept loop, at most
 # accept() failed for want of a descriptor (or kernel memory): the loop rests this long before
 # trying again, instead of spinning on a listening socket that stays readable.
@@ -236,7 +203,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.client_watch = ClientWatch()
         self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
-        self.caps = ConnectionCaps(total, app.settings.max_connections_per_client or max(1, total // 4))
+        self.caps = Caps(total, app.settings.max_connections_per_client or max(1, total // 4))
         self._refused_log = OnceAMinute()  # connections refused: over the caps
         self._starved_log = OnceAMinute()  # connections left queued: out of descriptors
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)

@@ -20,8 +20,8 @@ from rawhttp import connect, read_response, read_until_close, statuses
 
 from stockyard import config
 from stockyard.hosts import host_allowed, sender
+from stockyard.limits import Caps
 from stockyard.scrub import ScrubLogs
-from stockyard.server import ConnectionCaps
 
 ADMIN = "edge-admin-key-0123456789abcdef"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -372,7 +372,7 @@ def test_one_sender_gets_its_share_of_the_connections_and_no_more():
     """The caps as the accept loop uses them: a sender (an IPv6 /64 is one) beyond its share
     gets 429 while others still get in; a full server 503 for all; loopback and trusted
     proxies (None) count only towards the whole."""
-    caps = ConnectionCaps(total=5, per_sender=2)
+    caps = Caps(total=5, per_sender=2)
     a, b = sender("203.0.113.9"), sender("2001:db8:1:2::1")
     assert [caps.take(a), caps.take(a), caps.take(a)] == [None, None, 429]
     assert caps.take(b) is None and caps.take(sender("2001:db8:1:2:ffff::7")) is None  # the same /64

@@ -18,6 +18,7 @@ from ..budgets import PERIODS, period_key, spent_uc
 from ..keys import PREFIX_LEN, KeyRecord, hash_key, new_key_id, new_secret
 from ..limits import MAX_MONEY_UC, MAX_RATE_LIMIT, whole_number
 from ..pricing import format_usd, microcents_from_usd
+from ..store import storable
 from ..times import FORMAT_HELP, now_iso, parse_utc, to_iso
 from . import Operations, conflict, invalid, not_found
 
@@ -61,7 +62,8 @@ def check_models(value: Any) -> tuple[str, ...] | None:
         raise invalid("models must be a list of model names (or comma-separated text)", "models")
     models = tuple(dict.fromkeys(m.strip() for m in items if m.strip()))
     for m in models:
-        if len(m) > 200 or any(c.isspace() for c in m):
+        # storable: no NUL or lone surrogate (PostgreSQL's text has none, nor has a model's name)
+        if len(m) > 200 or any(c.isspace() for c in m) or not storable(m):
             raise invalid(f"model name {m!r} is not valid", "models")
     return models or None
 

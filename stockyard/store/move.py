@@ -15,6 +15,7 @@ One side is always SQLite and the other PostgreSQL; PostgreSQL's catalogue names
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -40,7 +41,8 @@ PROGRESS_EVERY = 50_000
 SKIP = ("schema_migrations", "budget_ledger", "budget_leases", "rate_buckets", "budget_settled")
 # A NUL an earlier version kept in SQLite text (a trace's model or error message, their rollup:
 # stored raw before traces.clean_text) has no place in PostgreSQL's text; it goes in as the traces
-# written now hold it. The audit log is hashed: it is copied exactly or not at all.
+# written now hold it. The audit log is hashed: an entry's text goes in the same way, and the text as
+# written beside it, in a meta row (audit.ORIGINAL_TEXT) that reading and verifying the log use.
 NUL_AS = "?"
 EXACT = ("audit_log",)
 # The search index is not copied but made again in the target from the bodies, as the writer makes
@@ -151,9 +153,7 @@ def _read_postgres(conn: Any, table: Table) -> Iterator[list[tuple]]:
 
 
 def _without_nul(table: Table, rows: list[tuple]) -> list[tuple]:
-    """``rows`` with a NUL in any text as :data:`NUL_AS` says (the audit log's as they are)."""
-    if table.name in EXACT:
-        return rows
+    """``rows`` with a NUL in any text as :data:`NUL_AS` says (the audit log's: :func:`_audit_without_nul`)."""
     return [
         tuple(v.replace("\x00", NUL_AS) if isinstance(v, str) else v for v in row)
         if any(isinstance(v, str) and "\x00" in v for v in row)
@@ -162,22 +162,44 @@ def _without_nul(table: Table, rows: list[tuple]) -> list[tuple]:
     ]
 
 
-def _write_postgres(conn: Any, table: Table, rows: list[tuple]) -> None:
-    """Multi-row INSERTs; OVERRIDING SYSTEM VALUE keeps the ids (client_keys.rowid is GENERATED ALWAYS)."""
-    rows = _without_nul(table, rows)
+def _audit_without_nul(conn: Any, table: Table, rows: list[tuple]) -> tuple[list[tuple], int]:
+    """Audit entries whose text holds a NUL: in the row as :data:`NUL_AS` says, as written in a meta
+    row of their own (``audit.ORIGINAL_TEXT``), which the chain's hash is checked over; how many."""
+    seq = table.columns.index("seq")
+    out, apart = [], 0
+    for row in rows:
+        held = {c: v for c, v in zip(table.columns, row) if isinstance(v, str) and "\x00" in v}
+        if held:
+            db.put_meta(conn, f"{audit.ORIGINAL_TEXT}{row[seq]}", json.dumps(held))  # the NUL escaped
+            row = tuple(v.replace("\x00", NUL_AS) if isinstance(v, str) else v for v in row)
+            apart += 1
+        out.append(row)
+    return out, apart
+
+
+def _write_postgres(conn: Any, table: Table, rows: list[tuple]) -> int:
+    """Multi-row INSERTs; OVERRIDING SYSTEM VALUE keeps the ids (client_keys.rowid is GENERATED ALWAYS).
+    How many meta rows it wrote beside them (audit text kept apart)."""
+    apart = 0
+    if table.name in EXACT:
+        rows, apart = _audit_without_nul(conn, table, rows)
+    else:
+        rows = _without_nul(table, rows)
     per = max(1, min(len(rows), PARAMS_MAX // len(table.columns)))
     head = f"INSERT INTO {_quote(table.name)} ({', '.join(map(_quote, table.columns))}) OVERRIDING SYSTEM VALUE VALUES "
     one = "(" + ", ".join("?" for _ in table.columns) + ")"
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
         conn.execute(head + ", ".join(one for _ in chunk), [v for row in chunk for v in row])
+    return apart
 
 
-def _write_sqlite(conn: sqlite3.Connection, table: Table, rows: list[tuple]) -> None:
+def _write_sqlite(conn: sqlite3.Connection, table: Table, rows: list[tuple]) -> int:
     marks = ", ".join("?" for _ in table.columns)
     conn.executemany(
         f"INSERT INTO {_quote(table.name)} ({', '.join(map(_quote, table.columns))}) VALUES ({marks})", rows
     )
+    return 0
 
 
 def _copy(
@@ -185,7 +207,7 @@ def _copy(
     target: Any,
     order: list[Table],
     read: Callable[[Any, Table], Iterator[list[tuple]]],
-    write: Callable[[Any, Table, list[tuple]], None],
+    write: Callable[[Any, Table, list[tuple]], int],
     progress: Progress,
 ) -> dict[str, int]:
     """Every table's rows into the target, which holds only what its migrations seeded (emptied
@@ -194,11 +216,12 @@ def _copy(
     for table in reversed(order):
         target.execute(f"DELETE FROM {_quote(table.name)}")
     counts: dict[str, int] = {}
+    apart = 0  # meta rows written beside the audit entries (text kept apart): in the copy's count
     for table in order:
         n = 0
         for batch in read(source, table):
             try:
-                write(target, table, batch)
+                apart += write(target, table, batch)
                 if table.name == "trace_bodies":
                     _index_bodies(target, table, batch)
             except sqlite3.Error as exc:
@@ -208,6 +231,7 @@ def _copy(
                 progress(f"  {table.name}: {n} rows so far")
         counts[table.name] = n
         progress(f"  {table.name}: {n} rows")
+    counts["meta"] = counts.get("meta", 0) + apart
     return counts
 
 
