@@ -28,6 +28,45 @@ def test_the_sqlite3_shell_cannot_delete_a_body_behind_the_index(server):
     assert found(server, "wombat") == [kept]
 
 
+def test_the_sqlite3_shell_cannot_change_a_body_behind_the_index(server):
+    """Was: an UPDATE of a body in the shell went through and the index kept its old words, so a
+    secret scrubbed by hand stayed searchable. Now it is refused as a DELETE is (schema 0029)."""
+    kept = said(server, "an okapi in the shell")
+    conn = sqlite3.connect(server.db)
+    try:
+        before = conn.execute("SELECT request FROM trace_bodies WHERE trace_id = ?", (kept,)).fetchone()[0]
+        with pytest.raises(sqlite3.OperationalError, match="stockyard_search_text"):
+            conn.execute("UPDATE trace_bodies SET request = zeroblob(8) WHERE trace_id = ?", (kept,))
+        after = conn.execute("SELECT request FROM trace_bodies WHERE trace_id = ?", (kept,)).fetchone()[0]
+        assert after == before
+    finally:
+        conn.close()
+    assert found(server, "okapi") == [kept]
+
+
+def test_a_body_changed_through_stockyards_connection_moves_its_words_in_the_index(tmp_path):
+    """With the function (any Stockyard connection), the index follows the body: the old words
+    find nothing, the new ones find the trace."""
+    from ops_helpers import sample_trace
+
+    from stockyard.store import db, traces
+
+    conn = db.connect(tmp_path / "s.db")
+    db.migrate(conn)
+    row = sample_trace(1_795_000_000_000, body=b'{"messages": "a narwhal"}')
+    with conn:
+        row.write(conn)
+    with conn:
+        conn.execute(
+            "UPDATE trace_bodies SET request = ?, response = ? WHERE trace_id = ?",
+            (traces._pack(b'{"messages": "a manatee"}'), None, row.id),
+        )
+    hits = {q: [t["id"] for t in traces.list_traces(conn, search=q)] for q in ("narwhal", "manatee")}
+    assert hits == {"narwhal": [], "manatee": [row.id]}
+    conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")
+    conn.close()
+
+
 def _file_bytes(server) -> bytes:
     """Everything SQLite keeps of the database on disk: the file and its WAL."""
     wal = server.db.with_name(server.db.name + "-wal")

@@ -20,6 +20,8 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from ops_helpers import Load, columns, integrity, table_rows
 
+from stockyard.store import search
+
 SECRET = "migrate-store-test-secret-0123456789"
 PROVIDER_KEY = "sk-moved-provider-key-0123456789"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -281,6 +283,7 @@ def test_a_nul_an_earlier_version_kept_in_sqlite_text_moves_as_the_traces_keep_i
     it moves with ``?`` in their place, as the traces written now hold it. A stored body keeps its
     NUL; its search text (made from the body in the copy) has a space there, as body_text gives it."""
     with sqlite3.connect(source.db) as conn:
+        search.register(conn)  # the body's words follow it in the index (schema 0029)
         conn.execute("UPDATE traces SET model = ?, error_message = ?", ("gpt\x00x", "no resp_\x00 here"))
         conn.execute("UPDATE rollups_daily SET model = ? WHERE model = 'gpt-4o'", ("gpt\x00x",))
         conn.execute("UPDATE trace_bodies SET request = ?", (zlib.compress(b'{"x": "nulword\x00afterword"}'),))

@@ -42,6 +42,9 @@ def test_words_left_behind_by_a_body_never_find_a_later_body(tmp_path):
     old = sample_trace(NOW_MS - 60_000, body=b'{"messages": "a secret ocelot"}')
     with conn:
         old.write(conn)
+        # The stored bytes change behind the index, as a damaged page changes them (a hand edit now
+        # takes its words with it: the update trigger of schema 0029, out of the way here).
+        conn.execute("DROP TRIGGER trace_bodies_change_search")
         conn.execute("UPDATE trace_bodies SET request = x'00ff00', response = NULL WHERE trace_id = ?", (old.id,))
     all_bodies_leave(conn)
     assert "ocelot" in word_docs(conn), "the words it could not hand back stay in the index"

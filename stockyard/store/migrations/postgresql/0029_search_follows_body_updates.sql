@@ -1,0 +1,2 @@
+-- PostgreSQL twin of ../0029_search_follows_body_updates.sql: nothing to change. trace_search is a
+-- plain table here that keeps its own text (store/search.py); a hand UPDATE of a body leaves it as it was.
