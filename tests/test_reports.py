@@ -246,6 +246,8 @@ def test_reports_by_user_over_months_on_each_store(database):
         (month_edges(40, end=False), None),
         (month_edges(70, end=False), month_edges(35, end=True)),
         (iso_utc(NOW_MS - 50 * 86_400_000)[:10], None),
+        ("0001-01-01", "9999-12-31"),  # the ends of the calendar: whole months (was: a 500, date overflow)
+        (None, "9999-12-30"),
     ):
         check_users_over(conn, since, until)
     conn.close()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+from calendar import monthrange
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, TextIO
 
 from ..pricing import format_usd
@@ -282,7 +283,7 @@ def _user_rows(first: date | None, last: date | None) -> _Rows:
     Days at the ends of a range are not read from the days table beside the months: that table is
     keyed by user first, so each end would scan it all, and the two sources' rows would have to be
     sorted together to be grouped — it measured slower than the days alone (bench/README.md)."""
-    whole = (first is None or first.day == 1) and (last is None or (last + timedelta(days=1)).day == 1)
+    whole = (first is None or first.day == 1) and (last is None or last.day == monthrange(last.year, last.month)[1])
     if not whole:
         return _Rows("rollups_users", *_days(first, last))
     where, args = [], []
