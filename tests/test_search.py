@@ -377,3 +377,29 @@ def test_the_index_rebuilt_by_0027_from_the_bodies_finds_what_it_found(tmp_path)
         new.write(conn)
     assert [t["id"] for t in trace_store.list_traces(conn, search="quetzal")] == [new.id, rows[1].id]
     conn.execute("INSERT INTO trace_search (trace_search) VALUES ('integrity-check')")
+
+
+def test_a_body_changed_by_hand_takes_its_old_words_out_of_the_index_on_each_store(database):
+    """Schema 0029: a secret scrubbed from a body by hand (an UPDATE) is searchable no longer. Was: the
+    index kept the words the body had. SQLite indexes the new text in their place; PostgreSQL, whose
+    index keeps text SQL cannot rebuild from a compressed body, takes the body out of the index."""
+    from stockyard.store import Store
+
+    database.open_and_migrate()
+    store = Store(database)
+    try:
+        rows = [sample_trace(int(time.time() * 1000) + i, body=f'{{"messages": "a {w}"}}'.encode()) for i, w in
+                enumerate(("quokka", "dingo"))]  # fmt: skip
+        store.write(lambda conn: trace_store.TraceRow.write_many(conn, rows))
+        store.write(
+            lambda conn: conn.execute(
+                "UPDATE trace_bodies SET request = ?, response = NULL WHERE trace_id = ?",
+                (trace_store._pack(b'{"messages": "a wallaby"}'), rows[0].id),
+            )
+        )
+        conn = store.read()
+        hits = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in ("quokka", "dingo", "wallaby")}
+        sqlite = database.__class__.__name__ == "SqliteBackend"
+        assert hits == {"quokka": [], "dingo": [rows[1].id], "wallaby": [rows[0].id] if sqlite else []}
+    finally:
+        store.close()
