@@ -42,6 +42,7 @@ ZERO_WHEN_EMPTY = (
     "refusals_unrecorded_total",
     "key_refusals_unrecorded_total",
     "connections_refused_total",
+    "results_readers_refused_total",
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -250,6 +251,11 @@ HELP = {
     "connections_refused_total": (
         "counter",
         "Connections refused at once: 503 at STOCKYARD_MAX_CONNECTIONS, 429 at STOCKYARD_MAX_CONNECTIONS_PER_CLIENT.",
+    ),
+    "results_readers_refused_total": (
+        "counter",
+        "Message batch results downloads refused at once: 503 at STOCKYARD_MAX_RESULTS_READERS, 429 past a key's "
+        "quarter of them.",
     ),
 }
 

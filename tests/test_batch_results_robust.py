@@ -116,9 +116,11 @@ def test_concurrent_results_readers_are_capped_in_all_and_per_key(server, mock):
     how many ran at once: one key could open downloads until the server ran out of memory. Now at
     most ``STOCKYARD_MAX_RESULTS_READERS`` run at once, a quarter of them for one key, as connections
     are capped: past a key's share Anthropic's 429, past the whole 503 ``overloaded_error``, each with
-    Retry-After, before the provider is asked; a slot frees when its download ends."""
+    Retry-After, before the provider is asked, and counted in ``results_readers_refused_total``; a
+    slot frees when its download ends."""
     owners = ["alice", "bob", "carol", "dave"]
     batches = {who: code_batch(server, who, count=1, filler=1000) for who in [*owners, "erin"]}
+    refused_before = server.metric("results_readers_refused_total")
     gate = threading.Event()
     got: dict[str, tuple[int, dict, bytes]] = {}
     readers = []
@@ -141,6 +143,8 @@ def test_concurrent_results_readers_are_capped_in_all_and_per_key(server, mock):
         assert status == 503 and headers["retry-after"] == "1", body
         assert doc["error"]["type"] == "overloaded_error" and "results" in doc["error"]["message"]
         assert mock.pending() == 0
+        # each refusal counted, as connections past their caps are (the 429 and the 503)
+        assert server.metric("results_readers_refused_total") == refused_before + 2
     finally:
         gate.set()
         for reader in readers:
