@@ -367,6 +367,16 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]
+    costs = getattr(app, "batch_costs", None)
+    if costs is not None:
+        out.append(
+            (
+                "batch_costs_pending",
+                "gauge",
+                "Ended batches whose cost is being read from their results (one at a time) or waits to be.",
+                costs.pending,
+            )
+        )
     retention = getattr(app, "retention", None)
     if retention is not None:
         out += [
