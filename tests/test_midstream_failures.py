@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import threading
 
+import anthropic
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply
@@ -178,6 +179,43 @@ def test_a_provider_event_its_reader_cannot_take_midstream_cuts_the_stream(serve
     assert "xyz" not in said
     trace = server.trace(trace_id_of(data))
     assert trace["outcome"] == "stream_broken" and trace["error_type"] == "internal_error", trace
+    still_serving(server)
+
+
+def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
+    """The same cut as Anthropic's SDK sees it: the stream it iterates raises (an incomplete chunked
+    read), rather than ending as if the answer were whole."""
+    good = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_2",
+            "type": "message",
+            "role": "assistant",
+            "model": CLAUDE,
+            "content": [],
+            "usage": {"input_tokens": 3},
+        },
+    }
+    events = [
+        f"event: message_start\ndata: {json.dumps(good)}",
+        'event: message_start\ndata: {"type": "message_start", "message": 7}',
+    ]
+    gate = threading.Event()
+    mock.enqueue(Reply(sse=events, held_after=1, held=gate))
+    client = server.anthropic("alice")
+    try:
+        with client.messages.create(
+            model=CLAUDE, max_tokens=16, stream=True, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            got = iter(stream)
+            assert next(got).type == "message_start"
+            gate.set()
+            with pytest.raises(anthropic.APIConnectionError):
+                list(got)
+    finally:
+        gate.set()
+    said = wait_for(lambda: [line for line in server.log.splitlines() if CUT in line], what="the cut logged")
+    assert len(said) == 1 and "AttributeError" in said[0] and "Traceback" not in server.log, said
     still_serving(server)
 
 
