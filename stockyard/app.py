@@ -187,7 +187,13 @@ class App:
         self.cached_contents = CachedContents(self.path, ownership, self.budgeted)  # Gemini's context caches
         self.gemini_files = GeminiFiles(self.path, ownership, UploadSessions(self.store))  # Gemini's Files API
         self.message_batches = MessageBatches(
-            self.path, ownership, self.models, self.batch_costs, self.check_batch_budget, self.budgeted
+            self.path,
+            ownership,
+            self.models,
+            self.batch_costs,
+            self.check_batch_budget,
+            self.budgeted,
+            self.metrics.count,
         )
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
         looks = {"batch": self.files.look_at_batch, message_batches.KIND: self.message_batches.look_at_batch}

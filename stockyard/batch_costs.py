@@ -15,14 +15,16 @@ Nobody has to look: :class:`BatchWatch` retrieves the unbilled batches every
 ``STOCKYARD_BATCH_POLL`` (10 minutes by default) on their owners' behalf, so a batch started
 by a script that never asks again still reaches cost reports and budgets.
 
-The reading runs in a background thread of its own: a retrieve answers at once, and the
-writer thread, which every trace waits behind, never waits on a provider. The row and the
+The reading runs in the background, one batch at a time (each may hold a results line of up to
+16 MiB and its parse), the others waiting their turn: a retrieve answers at once, and the writer
+thread, which every trace waits behind, never waits on a provider. The row and the
 batch's ``billed`` mark are written in one transaction, so a batch is recorded once, however
 many retrieves race and across restarts; a failed read leaves it unbilled for the next look.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -47,7 +49,7 @@ log = logging.getLogger("stockyard.batches")
 
 WATCH_DAYS = 30  # batches older than this are no longer looked at (a batch ends within 24 hours)
 PASS_ROWS = 500  # batches one pass of the watch looks at; the next pass goes on from the last
-MAX_AT_ONCE = 4  # output files read at the same time (a list of many old completed batches must not flood)
+MAX_WAITING = 1000  # ended batches waiting for the one reader; beyond, one waits for a later look
 Look = Callable[[RequestContext, Provider, str], "str | None"]  # retrieve a batch for its owner: its status
 
 
@@ -160,30 +162,58 @@ def openai_output(provider: Provider, batch: dict) -> BatchOutput:
 
 
 class BatchCosts:
-    """Records each ended batch's cost once, reading its results in the background."""
+    """Records each ended batch's cost once, reading its results in the background: one batch at a
+    time (a list of many ended batches must not start as many readers, each holding a line of up to
+    16 MiB), the rest waiting in order, at most ``MAX_WAITING``."""
 
     def __init__(self, path: RequestPath, store: Store, metrics: Metrics, settle: BatchSpend) -> None:
         self._path = path
         self._store = store
         self._metrics = metrics
         self._settle = settle
-        self._busy: set[str] = set()
+        self._busy: set[str] = set()  # the batches waiting or being read
+        self._waiting: collections.deque[tuple[RequestContext, Provider, BatchOutput]] = collections.deque()
+        self._reading = False  # the reader thread runs (it ends when nothing waits)
         self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Ended batches whose cost is being read or waits to be (``batch_costs_pending``)."""
+        with self._lock:
+            return len(self._busy)
 
     def completed(self, ctx: RequestContext, provider: Provider, batch: dict) -> None:
         """An ended OpenAI batch its owner just saw (see :meth:`ended`)."""
         self.ended(ctx, provider, openai_output(provider, batch))
 
     def ended(self, ctx: RequestContext, provider: Provider, output: BatchOutput) -> None:
-        """An ended batch its owner just saw: start recording it, unless already under way."""
+        """An ended batch its owner just saw: queued for the reader, unless already under way."""
         batch_id = output.batch_id
         with self._lock:
-            if batch_id in self._busy or len(self._busy) >= MAX_AT_ONCE:  # the rest wait for a later look
+            if batch_id in self._busy or len(self._busy) >= MAX_WAITING:  # the rest wait for a later look
                 return
             self._busy.add(batch_id)
-        threading.Thread(
-            target=self._record, args=(ctx, provider, output), name=f"stockyard-batch-{batch_id[:40]}", daemon=True
-        ).start()
+            self._waiting.append((ctx, provider, output))
+            if self._reading:
+                return
+            self._reading = True
+        try:
+            threading.Thread(target=self._read_waiting, name="stockyard-batch-costs", daemon=True).start()
+        except RuntimeError:  # no thread to be had now: what waits is left to a later look
+            with self._lock:
+                self._reading = False
+                self._busy.difference_update(waiting[2].batch_id for waiting in self._waiting)
+                self._waiting.clear()
+
+    def _read_waiting(self) -> None:
+        """The one reader: each waiting batch in turn, until none waits."""
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._reading = False
+                    return
+                seen, provider, output = self._waiting.popleft()
+            self._record(seen, provider, output)
 
     def record_now(self, ctx: RequestContext, provider: Provider, output: BatchOutput) -> None:
         """Record an ended batch now, on the caller's thread (before its results go away: a

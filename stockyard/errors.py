@@ -136,3 +136,15 @@ def sse_error_event(dialect: str, status: int, message: str, code: str | None = 
 
 class ClientGone(Exception):
     """The client closed its connection while we were answering."""
+
+
+INTERNAL_ERROR = "internal_error"  # a trace's error_type for a failure nobody planned for (a bug, a refusing database)
+DESCRIBED_CAP = 200  # characters of an unplanned failure's message a log line or trace keeps
+
+
+def described(exc: BaseException) -> str:
+    """``Type: first line of its message``, capped: what a log line or a trace says of a failure nobody
+    planned for — never more lines (a message may quote a body or a provider's answer further on)."""
+    lines = str(exc).splitlines()
+    first = lines[0][:DESCRIBED_CAP] if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -58,7 +58,7 @@ from .objectrefs import (
 )
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
-from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error
+from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error, unexpected
 from .store import Store, storable
 from .store.db import insert_many
 from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
@@ -650,6 +650,9 @@ class ProviderCalls:
             send_error(path, reply, ctx, exc)
         except ClientGone:
             ctx.attempt.outcome = "client_disconnected"
+        except Exception as exc:  # traced as the client sees it, then answered (or cut) by the dispatch
+            unexpected(reply, ctx, exc)
+            raise
         finally:
             path.tracer.finish(ctx)
 
@@ -1037,8 +1040,8 @@ class ProviderCalls:
         """A file's content, relayed chunk by chunk as it arrives (never held whole); the trace
         keeps its size, not its bytes. ``tap`` reads each chunk before it goes on (JSONL results
         whose lines name objects to claim), and the end before the stream's end. A failure once the
-        answer began (the provider's, or any other) cuts it: the connection closes without the
-        chunked end, so no client takes a part for the whole; one log line, no traceback."""
+        answer began cuts it: the connection closes without the chunked end, so no client takes a part
+        for the whole (the provider's, here; any other, by ``Handler._cut``: one log line, no traceback)."""
         answer, resp = self._request(ctx, provider, "GET", rest)
         if answer.status >= 400:
             return self._send(reply, ctx, self._read(ctx, answer, resp))
@@ -1064,15 +1067,9 @@ class ProviderCalls:
             fail(ctx, answer.status, f"provider {provider.name!r}: {exc}", "stream_broken", f"upstream_{exc.kind}")
             reply.abort()  # no error fits a file's bytes: the connection closes without the chunked end
             return
-        except ClientGone:
+        except Exception:  # the client gone, or any other failure: cut by the server's dispatch, in a line
             resp.close()
             raise
-        except Exception as exc:  # any other failure once the answer began: cut, logged in a line
-            resp.close()
-            fail(ctx, 500, f"the relay failed after {size} bytes ({type(exc).__name__})", "error", "relay_failed")
-            log.error("%s: relay cut after %d bytes (%s); the client sees it cut", rest, size, type(exc).__name__)
-            reply.abort()  # as for a broken upstream: closed without the chunked end
-            return
         finally:
             ctx.attempt.capture(json.dumps({"content_bytes": size}).encode(), self._path.settings.body_cap_bytes)
         reply.end_stream()

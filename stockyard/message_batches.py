@@ -134,11 +134,13 @@ class MessageBatches(ProviderCalls):
         costs: BatchCosts,
         check_budget: Callable[[RequestContext, int | None], BatchHold],
         budgeted: Callable[[RequestContext], bool],
+        count: Callable[[str], None] = lambda name: None,
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
         readers = path.settings.max_results_readers
         self._readers = Caps(readers, max(1, readers // 4))  # results read at once: in all, per key
+        self._count = count  # a metric counted (``Metrics.count``): the readers refused
         self._models = models
         self._costs = costs
         self._check_budget = check_budget
@@ -368,11 +370,12 @@ class MessageBatches(ProviderCalls):
         the ``STOCKYARD_MAX_RESULTS_READERS`` slots is this reader's (a key holds a quarter of them):
         each reader may hold a line of up to ``MAX_LINE`` and its parse. Past them the client is
         refused at once, as connections past their caps are (429 past its key's share, 503
-        ``overloaded_error`` past the whole, both with Retry-After; the SDKs retry them), rather
-        than waiting with its connection and thread held."""
+        ``overloaded_error`` past the whole, both with Retry-After; the SDKs retry them; counted in
+        ``results_readers_refused_total``), rather than waiting with its connection and thread held."""
         holder = owner if ctx.key is not None else None  # open mode: one owner, held to the whole only
         refused = self._readers.take(holder)
         if refused is not None:
+            self._count("results_readers_refused_total")
             why = "this key's share of" if refused == 429 else "all"
             raise ProxyError(
                 refused,

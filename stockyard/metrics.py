@@ -42,6 +42,7 @@ ZERO_WHEN_EMPTY = (
     "refusals_unrecorded_total",
     "key_refusals_unrecorded_total",
     "connections_refused_total",
+    "results_readers_refused_total",
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -251,6 +252,11 @@ HELP = {
         "counter",
         "Connections refused at once: 503 at STOCKYARD_MAX_CONNECTIONS, 429 at STOCKYARD_MAX_CONNECTIONS_PER_CLIENT.",
     ),
+    "results_readers_refused_total": (
+        "counter",
+        "Message batch results downloads refused at once: 503 at STOCKYARD_MAX_RESULTS_READERS, 429 past a key's "
+        "quarter of them.",
+    ),
 }
 
 
@@ -361,6 +367,16 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
     ]
+    costs = getattr(app, "batch_costs", None)
+    if costs is not None:
+        out.append(
+            (
+                "batch_costs_pending",
+                "gauge",
+                "Ended batches whose cost is being read from their results (one at a time) or waits to be.",
+                costs.pending,
+            )
+        )
     retention = getattr(app, "retention", None)
     if retention is not None:
         out += [

@@ -36,7 +36,18 @@ from .config import Settings
 from .context import REFUSED, Attempt, RequestContext, RetryPolicy, Route
 from .conversations import Conversations
 from .deployments import Deployment
-from .errors import ANTHROPIC, GEMINI, REFUSALS, RESPONSES, ClientGone, ProxyError, refusal_of, sse_error_event
+from .errors import (
+    ANTHROPIC,
+    GEMINI,
+    INTERNAL_ERROR,
+    REFUSALS,
+    RESPONSES,
+    ClientGone,
+    ProxyError,
+    described,
+    refusal_of,
+    sse_error_event,
+)
 from .httpio import json_object
 from .limits import MAX_CHOICES, check_request_numbers, show
 from .modules.early import check_early
@@ -121,6 +132,7 @@ class Reply(Protocol):
     def chunk(self, data: bytes) -> None: ...
     def end_stream(self, last: bytes = ...) -> None: ...
     def abort(self) -> None: ...
+    def begun(self) -> bool: ...
     def watch_client(self, on_gone: Callable[[], None]) -> ContextManager[None]: ...
     def stream_socket(self) -> socket.socket | None: ...
 
@@ -244,6 +256,9 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             failed = functools.partial(send_error, path, reply, ctx, exc)
     except ClientGone:
         ctx.attempt.outcome = "client_disconnected"
+    except Exception as exc:  # a bug, a database refusing: traced, then answered (or cut) by the dispatch
+        unexpected(reply, ctx, exc)
+        raise
     finally:
         if ctx.plan is not None:
             ctx.plan.release()  # deployments reserved but never called (a cache hit, a refusal)
@@ -262,6 +277,17 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
 def fail(ctx: RequestContext, status: int, message: str, outcome: str, error_type: str | None = None) -> None:
     a = ctx.attempt
     a.status, a.outcome, a.error_type, a.error_message = status, outcome, error_type or a.error_type, message
+
+
+def unexpected(reply: Reply, ctx: RequestContext, exc: Exception) -> None:
+    """A failure nobody planned for, traced as the client will see it (the exception goes on to the
+    server's dispatch, which answers it): once the answer began, a stream cut (``stream_broken``, its
+    status kept, what went out billed as a broken stream's), else the 500 the dispatch writes."""
+    if reply.begun():
+        message = f"the answer was cut after it began: internal error ({described(exc)})"
+        fail(ctx, ctx.attempt.status, message, "stream_broken", INTERNAL_ERROR)
+    else:
+        fail(ctx, 500, f"internal error ({described(exc)})", "error", INTERNAL_ERROR)
 
 
 def send_error(path: RequestPath, reply: Reply, ctx: RequestContext, exc: ProxyError) -> None:
@@ -1011,3 +1037,6 @@ def relay_stream(
         resp.close()
         ctx.attempt.outcome = "client_disconnected"
         ctx.attempt.error_message = "client closed the connection mid-stream"
+    except Exception:  # a translator's bug, a claim the database refused: the provider is not read on
+        resp.close()
+        raise

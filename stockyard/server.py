@@ -49,7 +49,18 @@ from .conversations import PATH as RESPONSE_PATH
 from .conversations import endpoint_name as stored_endpoint
 from .conversations_api import PATH as CONVERSATION_PATH
 from .conversations_api import endpoint_name as conversation_endpoint
-from .errors import ANTHROPIC, GEMINI, OPENAI, REFUSALS, RESPONSES, ClientGone, ProxyError, error_body, refusal_of
+from .errors import (
+    ANTHROPIC,
+    GEMINI,
+    OPENAI,
+    REFUSALS,
+    RESPONSES,
+    ClientGone,
+    ProxyError,
+    described,
+    error_body,
+    refusal_of,
+)
 from .hosts import client_address, counted_sender, forwarded_prefix, host_allowed, is_trusted, origin_allowed
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, check_method, json_response
@@ -573,6 +584,12 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def begun(self) -> bool:
+        """True once bytes of this answer went to the client (a head and more, or an answer whole):
+        from then on a failure cannot be answered, only cut (``_dispatch``). A stream's head waiting
+        for its first chunk has not gone: a 500 can still take its place."""
+        return bool(self._status) and not self._stream_head
+
     @contextmanager
     def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
         """While the provider works: ``on_gone()`` if this client closes its connection meanwhile.
@@ -744,7 +761,10 @@ class Handler(BaseHTTPRequestHandler):
                 pass
         except ClientGone:
             pass
-        except Exception:
+        except Exception as exc:
+            if self.begun():  # a 500 now would land inside the answer: cut it, so no client takes it whole
+                self._cut(path, exc)
+                return
             log.exception("unexpected error on %s %s", self.command, path)
             self._end_early()
             self.close_connection = True
@@ -761,6 +781,21 @@ class Handler(BaseHTTPRequestHandler):
             with server.active_cv:
                 server.active -= 1
                 server.active_cv.notify_all()
+
+    def _cut(self, path: str, exc: Exception) -> None:
+        """A failure nobody planned for once the answer began (a stream's reader failing, the database
+        refusing a write a relay makes): the connection closes without the chunked end (or short of
+        its Content-Length), so every client sees a broken transfer; one line, no traceback, no body
+        text (the message's first line, scrubbed); the route's wrapper traced it (``proxy.unexpected``)."""
+        said = self.server.app.path.scrub.text(described(exc))
+        log.error(
+            "%s %s failed after its answer had begun; the connection is cut (%s)%s",
+            self.command,
+            printable(path, 200),
+            printable(said, 300),
+            self._trace_note,
+        )
+        self.abort()
 
     def _client_ip(self) -> str:
         """The client's address: the peer's, or the one a trusted proxy names (STOCKYARD_TRUSTED_PROXIES)."""
@@ -809,8 +844,7 @@ class Handler(BaseHTTPRequestHandler):
             ctx = RequestContext(gemini_cache.endpoint_name(method, path), GEMINI, self._client_ip(), headers)
             if self._key_accepted(ctx):  # before the body, like the other Gemini-native routes
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr)
-                app.cached_contents.handle(self, ctx, req)
-                self._trace_note = trace_note(ctx)
+                self._handled(ctx, app.cached_contents.handle, req)
             return
         if gemini_files.route_of(path, self._headers_dict(), query) is not None:  # the Files API, owned per key
             headers = gemini_api.key_headers(self._headers_dict(), query)
@@ -820,8 +854,7 @@ class Handler(BaseHTTPRequestHandler):
             if keyless_chunk or self._key_accepted(ctx):  # before the body, like the other Gemini-native routes
                 ctx.state[message_batches.BASE_STATE] = self._public_base()
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, spool=self.spool)
-                app.gemini_files.handle(self, ctx, req)
-                self._trace_note = trace_note(ctx)
+                self._handled(ctx, app.gemini_files.handle, req)
             return
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
             google = functools.partial(gemini_api.key_headers, self._headers_dict(), query)  # may 401: inside
@@ -838,8 +871,7 @@ class Handler(BaseHTTPRequestHandler):
             if self._key_accepted(ctx):  # before the body, like the proxy routes
                 ctx.state[message_batches.BASE_STATE] = self._public_base()
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr)
-                app.message_batches.handle(self, ctx, req)
-                self._trace_note = trace_note(ctx)
+                self._handled(ctx, app.message_batches.handle, req)
             return
         if anthropic_files.route_of(path) is not None and anthropic_files.is_anthropic(self._headers_dict()):
             ctx = RequestContext(  # an Anthropic SDK's /v1/files… (its anthropic-version): Anthropic's files
@@ -847,8 +879,7 @@ class Handler(BaseHTTPRequestHandler):
             )
             if self._key_accepted(ctx):  # before the body, like the proxy routes
                 req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
-                app.anthropic_files.handle(self, ctx, req)
-                self._trace_note = trace_note(ctx)
+                self._handled(ctx, app.anthropic_files.handle, req)
             return
         for api, calls in (  # OpenAI's provider objects, owned per key: /v1/files…, /v1/batches…,
             (files_api, app.files),  # /v1/containers[/{id}[/files[/{file_id}[/content]]]],
@@ -859,8 +890,7 @@ class Handler(BaseHTTPRequestHandler):
                 ctx = RequestContext(api.endpoint_name(method, path), OPENAI, self._client_ip(), self._headers_dict())
                 if self._key_accepted(ctx):  # before the body, like the proxy routes
                     req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, self.upload)
-                    calls.handle(self, ctx, req)
-                    self._trace_note = trace_note(ctx)
+                    self._handled(ctx, calls.handle, req)
                 return
         if RESPONSE_PATH.match(path):  # GET/DELETE /v1/responses/{id}, …/cancel, …/input_items
             ctx = RequestContext(stored_endpoint(method, path), RESPONSES, self._client_ip(), self._headers_dict())
@@ -889,6 +919,16 @@ class Handler(BaseHTTPRequestHandler):
                 self._respond(fn(app, req))
                 return
         raise ProxyError(404, f"no route for {method} {path}", code="not_found")
+
+    def _handled(
+        self, ctx: RequestContext, handle: Callable[[Handler, RequestContext, Request], None], req: Request
+    ) -> None:
+        """A provider objects route's ``handle`` (which traces it); the access log — and the line of an
+        answer cut midway — names its trace even when it failed."""
+        try:
+            handle(self, ctx, req)
+        finally:
+            self._trace_note = trace_note(ctx)
 
     def _proxy(self, ctx: RequestContext) -> None:
         """A proxied request: the key from the headers, then the body, then the request path."""
@@ -981,6 +1021,9 @@ class Handler(BaseHTTPRequestHandler):
         except ClientGone:
             ctx.attempt.outcome = "client_disconnected"
             raise
+        except Exception as exc:
+            proxy.unexpected(self, ctx, exc)
+            raise  # answered (or cut) by the dispatch
         finally:
             app.tracer.finish(ctx)
             self._trace_note = trace_note(ctx)

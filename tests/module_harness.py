@@ -79,6 +79,9 @@ class RecordingReply:
     def abort(self) -> None:
         self.aborted = True
 
+    def begun(self) -> bool:
+        return bool(self.status)
+
     def watch_client(self, on_gone) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 

@@ -46,12 +46,18 @@ def code_batch(server: ServerProcess, who: str, count: int = 2, filler: int = 50
     asked = [{"custom_id": f"code-{i}", "params": params} for i in range(count)]
     batch = client.messages.batches.create(requests=asked)
     assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
+    costs_settled(server)  # its cost read (which the retrieve started) takes no reply scripted after this
     pads = [json.dumps({"custom_id": f"pad-{i}", "result": {"type": "expired"}, "pad": PAD}) for i in range(filler)]
     lines: list[str] = []
     for line in MESSAGE_BATCHES.results[batch.id]:
         lines += [line, *pads]
     MESSAGE_BATCHES.results[batch.id] = lines
     return batch.id, lines
+
+
+def costs_settled(server: ServerProcess) -> None:
+    """No ended batch's cost is being read, nor waits to be."""
+    wait_for(lambda: server.metric("batch_costs_pending") == 0, what="the batch cost reader idle")
 
 
 def written_files(lines: list[str]) -> list[str]:
@@ -116,9 +122,11 @@ def test_concurrent_results_readers_are_capped_in_all_and_per_key(server, mock):
     how many ran at once: one key could open downloads until the server ran out of memory. Now at
     most ``STOCKYARD_MAX_RESULTS_READERS`` run at once, a quarter of them for one key, as connections
     are capped: past a key's share Anthropic's 429, past the whole 503 ``overloaded_error``, each with
-    Retry-After, before the provider is asked; a slot frees when its download ends."""
+    Retry-After, before the provider is asked, and counted in ``results_readers_refused_total``; a
+    slot frees when its download ends."""
     owners = ["alice", "bob", "carol", "dave"]
     batches = {who: code_batch(server, who, count=1, filler=1000) for who in [*owners, "erin"]}
+    refused_before = server.metric("results_readers_refused_total")
     gate = threading.Event()
     got: dict[str, tuple[int, dict, bytes]] = {}
     readers = []
@@ -141,6 +149,8 @@ def test_concurrent_results_readers_are_capped_in_all_and_per_key(server, mock):
         assert status == 503 and headers["retry-after"] == "1", body
         assert doc["error"]["type"] == "overloaded_error" and "results" in doc["error"]["message"]
         assert mock.pending() == 0
+        # each refusal counted, as connections past their caps are (the 429 and the 503)
+        assert server.metric("results_readers_refused_total") == refused_before + 2
     finally:
         gate.set()
         for reader in readers:
@@ -168,3 +178,37 @@ def test_a_results_line_too_long_to_read_is_logged_once_without_its_text(server)
     assert len(said) == 1 and "HHHH" not in server.log, said
     (file_id,) = written_files(lines[2:])
     assert server.anthropic("bob").beta.files.download(file_id).read() == CODE_OUTPUT
+
+
+def test_ended_batches_costs_are_read_one_at_a_time(server, mock):
+    """Was: each ended batch its owner saw started a thread of its own reading the batch's results
+    (up to four at once, each holding a line of up to 16 MiB and its parse; a fifth was skipped until
+    a later look). Now one reader reads them one after another; the others wait their turn, counted
+    in ``batch_costs_pending``, and each is still recorded once."""
+    costs_settled(server)
+    client = server.anthropic("carol")
+    params = {"model": PLAIN, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    first_id, second_id = (
+        client.messages.batches.create(requests=[{"custom_id": "one", "params": params}]).id for _ in range(2)
+    )
+    gates, started = [threading.Event(), threading.Event()], [threading.Event(), threading.Event()]
+    try:
+        # the retrieve ends the batch at the mock and answers (Reply()); its cost read is then held
+        mock.enqueue(Reply(), Reply(held=gates[0], hang_started=started[0]))
+        assert client.messages.batches.retrieve(first_id).processing_status == "ended"
+        assert started[0].wait(10), "the first batch's results never reached the provider"
+        mock.enqueue(Reply(), Reply(held=gates[1], hang_started=started[1]))
+        assert client.messages.batches.retrieve(second_id).processing_status == "ended"
+        assert server.metric("batch_costs_pending") == 2  # one being read, one waiting for it
+        assert not started[1].is_set() and mock.pending() == 1, "a second reader ran beside the first"
+        gates[0].set()
+        assert started[1].wait(10), "the second batch's results were never read"
+    finally:
+        for gate in gates:
+            gate.set()
+    costs_settled(server)
+    for batch_id in (first_id, second_id):  # each recorded (its cost trace written with its billed mark)
+        wait_for(
+            lambda b=batch_id: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (b,))[0]["billed"] == 1,
+            what=f"{batch_id}'s cost recorded",
+        )
