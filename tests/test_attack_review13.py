@@ -1,0 +1,90 @@
+"""Review 13: an attacker's and operator's look at the monthly end-user rollups (schema 0028), the
+search index's update trigger (0029), the batch results readers cap and the audit text kept apart
+on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import clirun
+import pytest
+from conftest import TEST_STORE, mock_env
+
+from stockyard import audit, vault
+
+SECRET = "review13-test-secret-0123456789abcdef"
+OLD_TARGET = "project:tea\x00m"  # a project name an older version took (no check then kept NUL out)
+
+
+def run(pyz, *args, env: dict) -> clirun.subprocess.CompletedProcess:
+    return clirun.run(pyz, list(map(str, args)), env, timeout=120)
+
+
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="once: it makes its own SQLite source and PostgreSQL target")
+def test_audit_text_kept_apart_is_found_on_a_postgresql_database_in_a_language_order(
+    pyz_path, cache_home, mock, tmp_path, pg_cluster
+):
+    """Was: the meta rows ``audit_text:<seq>`` were read by a key range ``>= 'audit_text:' AND <
+    'audit_text;'``, which is a byte range only in byte order; a production PostgreSQL database in
+    en_US (or ICU's) order puts ';' before ':', the range held nothing, and an old entry holding a
+    NUL no longer verified after ``migrate-store`` (the move's own check refused the copy)."""
+    env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
+    old = tmp_path / "old.db"
+    assert run(pyz_path, "keys", "create", "--db", old, "--name", "before", env=env).returncode == 0
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")  # the change an older version audited, as it wrote it
+    key = audit.chain_key(SECRET, vault.read_salt(conn))
+    audit.append(conn, actor="cli:old", action="projects.budget.set", target=OLD_TARGET, details={}, key=key)
+    conn.execute("COMMIT")
+    conn.close()
+    url = pg_cluster.database(icu_locale="und")
+    moved = run(pyz_path, "migrate-store", "--db", old, "--to", url, env=env)
+    assert moved.returncode == 0 and "Traceback" not in moved.stderr, moved.stderr
+    on_pg = run(pyz_path, "audit", "verify", "--db", url, "--json", env=env)
+    assert on_pg.returncode == 0 and json.loads(on_pg.stdout)["ok"], on_pg.stdout
+    listed = run(pyz_path, "audit", "list", "--db", url, "--json", env=env)
+    assert OLD_TARGET in [json.loads(line)["target"] for line in listed.stdout.splitlines()]
+
+
+def _logged(database) -> tuple[object, bytes]:
+    """A migrated store holding two keyed audit entries, and the chain key."""
+    from stockyard.store import db
+
+    conn = database.connect()
+    db.migrate(conn)
+    key = b"k" * 32
+    conn.execute("BEGIN IMMEDIATE")
+    for target in ("project:a", "project:b"):
+        audit.append(conn, actor="cli:t", action="projects.budget.set", target=target, details={}, key=key)
+    conn.execute("COMMIT")
+    return conn, key
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("[" * 100_000, "nested past the parser's depth"),
+        ("{not json", "not JSON"),
+        (json.dumps({"target": "x" * 1_000_000}), "a megabyte of text that hashes as nothing written"),
+        (json.dumps({"target": "project:b", "hash": "0" * 64}), "the chain's own hash, never kept apart"),
+    ],
+)
+def test_a_bad_or_forged_audit_text_row_never_breaks_or_passes_verify(database, value, why):
+    """A ``meta`` row ``audit_text:2`` that is not what the move wrote (only someone with the database
+    can write one: no API names a meta key): reading and verifying the log never fail with a
+    traceback (was: JSON nested deeper than the parser goes raised RecursionError out of list and
+    verify), and text that is not what the chain hashed fails verify rather than being shown as it."""
+    from stockyard.store import db
+
+    conn, key = _logged(database)
+    conn.execute("BEGIN IMMEDIATE")
+    db.put_meta(conn, f"{audit.ORIGINAL_TEXT}2", value)
+    conn.execute("COMMIT")
+    shown = [e["target"] for e in audit.list_entries(conn, limit=10)]
+    result = audit.verify(conn, key)
+    if shown == ["project:a", "project:b"]:
+        assert result.ok, (why, result)
+    else:
+        assert not result.ok and "entry 2 was altered" in result.reason, (why, result)
+    conn.close()
