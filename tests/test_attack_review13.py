@@ -88,3 +88,62 @@ def test_a_bad_or_forged_audit_text_row_never_breaks_or_passes_verify(database, 
     else:
         assert not result.ok and "entry 2 was altered" in result.reason, (why, result)
     conn.close()
+
+
+def test_replicas_writing_one_users_month_at_once_keep_its_rollups_the_traces_sums(pg_url):
+    """Replicas on one PostgreSQL write the same end user's month and day rows at once, each batch's
+    users in its own order and across midnight: no write fails (no lost update, no deadlock — every
+    write transaction takes the store's write lock, pg.WRITE_LOCK_KEY), and the monthly and daily
+    rollups (schema 0028) are the traces' sums, to the micro-cent."""
+    import random
+    import threading
+
+    from ops_helpers import sample_trace
+
+    from stockyard.dburl import parse_postgres
+    from stockyard.store import db
+    from stockyard.store.backends import PostgresBackend
+    from stockyard.store.traces import TraceRow
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    conn = backend.connect()
+    db.migrate(conn)
+    midnight = 1_795_000_000_000 - 1_795_000_000_000 % 86_400_000
+    failed: list[str] = []
+
+    def replica(seed: int) -> None:
+        rng, own = random.Random(seed), backend.connect()
+        for _ in range(60):
+            rows = [
+                sample_trace(
+                    midnight + rng.choice((-1, 1)) * rng.randrange(1, 10_000),
+                    body=None,
+                    end_user=f"u{rng.randrange(4)}",
+                    key_id=f"k{rng.randrange(2)}",
+                    cost_uc=rng.randrange(10**12),
+                )
+                for _ in range(rng.randrange(1, 10))
+            ]
+            try:
+                own.execute("BEGIN IMMEDIATE")
+                TraceRow.write_many(own, rows)
+                own.execute("COMMIT")
+            except Exception as exc:
+                failed.append(repr(exc)[:200])
+                own.execute("ROLLBACK")
+        own.close()
+
+    replicas = [threading.Thread(target=replica, args=(seed,)) for seed in range(3)]
+    for t in replicas:
+        t.start()
+    for t in replicas:
+        t.join(120)
+    assert not failed, failed
+    by_month = "SELECT substr(ts, 1, 7), key_id, end_user, SUM(cost_uc), COUNT(*) FROM traces GROUP BY 1, 2, 3"
+    months = "SELECT month, key_id, end_user, cost_uc, requests FROM rollups_users_months"
+    assert {tuple(r) for r in conn.execute(by_month)} == {tuple(r) for r in conn.execute(months)}
+    by_day = "SELECT substr(ts, 1, 10), SUM(cost_uc), COUNT(*) FROM traces GROUP BY 1"
+    days = "SELECT day, cost_uc, requests FROM rollups_users_days"
+    got = {tuple(r) for r in conn.execute(days)}
+    assert {tuple(r) for r in conn.execute(by_day)} == got and len(got) == 2
+    conn.close()
