@@ -147,3 +147,22 @@ def test_replicas_writing_one_users_month_at_once_keep_its_rollups_the_traces_su
     got = {tuple(r) for r in conn.execute(days)}
     assert {tuple(r) for r in conn.execute(by_day)} == got and len(got) == 2
     conn.close()
+
+
+def test_reports_by_user_over_months_in_a_language_ordered_postgresql(collated_conn):
+    """The month and day ranges of the end users' reports are text compared in the database's order:
+    in ICU's (a production PostgreSQL in en_US) as in bytes, every report by user over whole months,
+    a range inside one month, a month with no data and the calendar's ends is the traces' sums."""
+    from test_reports import check_users_over, month_edges, write_spend
+
+    conn = collated_conn
+    write_spend(conn, [(d, u, d % 4, 1000 * u + d) for d in range(0, 70, 4) for u in range(8)])
+    for since, until in (
+        (None, None),
+        (month_edges(35, end=False), month_edges(35, end=True)),  # one whole month
+        (month_edges(35, end=False)[:8] + "05", month_edges(35, end=False)[:8] + "20"),  # inside one month
+        (month_edges(400, end=False), month_edges(400, end=True)),  # a month with no data
+        ("0001-01-01", "9999-12-31"),
+        (month_edges(60, end=False), None),
+    ):
+        check_users_over(conn, since, until)
