@@ -166,3 +166,39 @@ def test_reports_by_user_over_months_in_a_language_ordered_postgresql(collated_c
         (month_edges(60, end=False), None),
     ):
         check_users_over(conn, since, until)
+
+
+def test_the_update_trigger_keeps_the_index_whole_through_any_change_of_a_body(tmp_path):
+    """Schema 0029's trigger on a body changed through a Stockyard connection, a side at a time: to
+    NULL, to a new body, to bytes that are no zlib stream, to text and a number (what a hand edit
+    puts there), and back: FTS5's integrity-check passes after each, the words follow the body, and
+    retention's delete afterwards leaves nothing behind."""
+    from ops_helpers import sample_trace
+
+    from stockyard.store import db, traces
+
+    conn = db.connect(tmp_path / "s.db")
+    db.migrate(conn)
+    row = sample_trace(1_795_000_000_000, body=b'{"messages": "a narwhal"}')
+    with conn:
+        row.write(conn)
+
+    def change(request, response) -> dict[str, list[str]]:
+        with conn:
+            conn.execute(
+                "UPDATE trace_bodies SET request = ?, response = ? WHERE trace_id = ?", (request, response, row.id)
+            )
+        conn.execute("INSERT INTO trace_search (trace_search, rank) VALUES ('integrity-check', 1)")
+        return {w: [t["id"] for t in traces.list_traces(conn, search=w)] for w in ("narwhal", "manatee", "dugong")}
+
+    assert change(None, None) == {"narwhal": [], "manatee": [], "dugong": []}
+    assert change(traces._pack(b"a manatee"), None) == {"narwhal": [], "manatee": [row.id], "dugong": []}
+    assert change(b"not a zlib stream", b"\x78\x9c cut") == {"narwhal": [], "manatee": [], "dugong": []}
+    assert change("removed", 12) == {"narwhal": [], "manatee": [], "dugong": []}
+    both = change(traces._pack(b"a dugong"), traces._pack(b"a manatee"))
+    assert both == {"narwhal": [], "manatee": [row.id], "dugong": [row.id]}
+    with conn:
+        conn.execute("DELETE FROM trace_bodies WHERE trace_id = ?", (row.id,))
+    conn.execute("INSERT INTO trace_search (trace_search, rank) VALUES ('integrity-check', 1)")
+    assert conn.execute("SELECT rowid FROM trace_search WHERE trace_search MATCH 'dugong OR manatee'").fetchall() == []
+    conn.close()
