@@ -157,11 +157,13 @@ def _head_row(conn: sqlite3.Connection) -> tuple[int, str, str]:
 def original_text(conn: sqlite3.Connection) -> dict[int, dict[str, str]]:
     """seq -> the text as written of those of an entry's columns kept apart (:data:`ORIGINAL_TEXT`)."""
     found: dict[int, dict[str, str]] = {}
-    end = ORIGINAL_TEXT[:-1] + chr(ord(ORIGINAL_TEXT[-1]) + 1)  # every key with the prefix sorts below it
-    for key, value in conn.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (ORIGINAL_TEXT, end)):
+    # The prefix compared as text, not as a key range: PostgreSQL orders a range by the database's
+    # collation, and en_US's (or ICU's) puts ';' before ':', so 'audit_text;' ended no range at all.
+    prefix = f"substr(key, 1, {len(ORIGINAL_TEXT)}) = ?"
+    for key, value in conn.execute(f"SELECT key, value FROM meta WHERE {prefix}", (ORIGINAL_TEXT,)):
         try:
             seq, text = int(key[len(ORIGINAL_TEXT) :]), json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested past the parser's depth
             continue  # not one of ours: verify reports the entry as stored
         if isinstance(text, dict):
             found[seq] = {c: t for c, t in text.items() if c in _KEPT_APART and isinstance(t, str)}

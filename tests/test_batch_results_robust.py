@@ -5,7 +5,10 @@ make, more concurrent readers than the server parses at once, a results line too
 from __future__ import annotations
 
 import json
+import re
+import socket
 import sqlite3
+import struct
 import threading
 
 import pytest
@@ -212,3 +215,49 @@ def test_ended_batches_costs_are_read_one_at_a_time(server, mock):
             lambda b=batch_id: server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (b,))[0]["billed"] == 1,
             what=f"{batch_id}'s cost recorded",
         )
+
+
+def _raw_results(server: ServerProcess, who: str, batch_id: str, *, leave: bool) -> tuple[str, bytes]:
+    """A results download over a socket of its own: (its trace id, what came). ``leave``: the client
+    resets the connection once the head came; else it reads until the server closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            f"GET /v1/messages/batches/{batch_id}/results HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"x-api-key: {server.keys[who]}\r\nConnection: close\r\n\r\n".encode()
+        )
+        got = b""
+        while (chunk := sock.recv(65536)) and not (leave and b"\r\n\r\n" in got):
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        if leave:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, not a close
+    (trace_id,) = re.findall(rb"x-stockyard-trace-id: (\S+)", got, re.IGNORECASE)
+    return trace_id.decode(), got
+
+
+@pytest.mark.parametrize("how", ["provider_error", "provider_cut", "provider_reset", "client_gone", "no_such_batch"])
+def test_every_failed_results_download_gives_its_readers_slot_back(server, mock, how):
+    """A key's share of the results readers is one slot here: a slot kept by a failed download would
+    turn every later download of that key away (429) until a restart. More failed downloads than
+    there are slots in all — the provider's error, the provider cutting the results midway, the
+    provider's connection reset before an answer, the client leaving mid-download, a batch no key
+    holds — then a good one: served."""
+    batch_id, lines = code_batch(server, "carol", count=1, filler=1000)
+    for _ in range(READERS + 1):
+        if how in ("client_gone", "provider_cut"):
+            if how == "provider_cut":
+                mock.enqueue(Reply(cut_after=5000))
+            trace_id, got = _raw_results(server, "carol", batch_id, leave=how == "client_gone")
+            assert not got.endswith(b"\r\n0\r\n\r\n"), "cut: no chunked end"
+            server.trace(trace_id)
+            continue
+        if how == "no_such_batch":
+            status, _, body = results(server, "carol", "msgbatch_nobody_has_this")
+            assert status == 404, body
+            continue
+        mock.enqueue({"provider_error": Reply(status=500), "provider_reset": Reply(reset=True)}[how])  # fmt: skip
+        status, headers, body = results(server, "carol", batch_id)
+        assert status >= 500, (how, status, body[:300])
+        server.trace(headers["x-stockyard-trace-id"])
+    status, _, body = results(server, "carol", batch_id)
+    assert status == 200 and body == "".join(line + "\n" for line in lines).encode(), (how, status, body[:300])
