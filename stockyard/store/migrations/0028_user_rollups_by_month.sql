@@ -3,8 +3,8 @@
 -- few rows per user instead of one per user per day (issue 18, bench/README.md "End users'
 -- rollups by month"):
 --   rollups_users_months: per end user, month, key and project. A report by user (alone or with
---     key or project) reads the whole months of its range here and only the days at either end
---     from rollups_users; a report over all time reads this table alone.
+--     key or project) over whole months, or all time, reads this table; any other range reads
+--     rollups_users.
 --   rollups_users_days: per day, every end user together. The per-day totals a top=N report by
 --     day,user needs for its "(other)" rows, without sorting every user's rows by day.
 -- Both are sums of rollups_users and never hold anything it does not; a refusal makes no row in
