@@ -1,8 +1,8 @@
 """A NUL (U+0000) and PostgreSQL, whose ``text`` cannot hold one: an audit entry an older version
 wrote to SQLite with a NUL in it moves to PostgreSQL (``stockyard migrate-store``) and its chain
-still verifies there, its text read back the same; and no new client or admin text carries a NUL
-to the store as a 500. Runs on PostgreSQL in ``make test`` (Makefile PG_SUITES): the server tests
-then run against a PostgreSQL store; the move makes its own SQLite source and PostgreSQL target."""
+still verifies there, its text read back the same (tests/test_pg_nul_move.py); and no new client or
+admin text carries a NUL to the store as a 500. Runs on PostgreSQL in ``make test`` too (Makefile
+PG_SUITES): the server tests then run against a PostgreSQL store."""
 
 from __future__ import annotations
 
@@ -24,51 +24,6 @@ server = server_fixture("pgnul")
 
 def run(pyz, *args, env: dict) -> clirun.subprocess.CompletedProcess:
     return clirun.run(pyz, list(map(str, args)), env, timeout=120)
-
-
-@pytest.mark.skipif(TEST_STORE == "postgresql", reason="once: it makes its own SQLite source and PostgreSQL target")
-def test_an_old_audit_entry_holding_a_nul_moves_to_postgresql_and_its_chain_verifies(
-    pyz_path, cache_home, mock, tmp_path, pg_url
-):
-    """Was: ``migrate-store`` stopped at the audit log ("table audit_log could not be copied"): the
-    log is hashed, so it is copied exactly, and PostgreSQL refuses a NUL. Now the entry's text is
-    kept in the target as the traces keep a NUL (``?``) and its original beside it, which reading
-    and verifying the log use: the chain verifies on PostgreSQL (keyed, the entries after it too),
-    the entry reads back as it was written, and so it does after a move back to SQLite."""
-    env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    old = tmp_path / "old.db"
-    assert run(pyz_path, "keys", "create", "--db", old, "--name", "before", env=env).returncode == 0
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")  # the change an older version audited, as it wrote it
-    key = audit.chain_key(SECRET, vault.read_salt(conn))
-    audit.append(conn, actor="cli:old", action="projects.budget.set", target=OLD_TARGET, details={}, key=key)
-    conn.execute("COMMIT")
-    conn.close()
-    assert run(pyz_path, "keys", "create", "--db", old, "--name", "after", env=env).returncode == 0
-    verified = run(pyz_path, "audit", "verify", "--db", old, "--json", env=env)
-    assert verified.returncode == 0 and json.loads(verified.stdout)["ok"], verified.stdout
-    moved = run(pyz_path, "migrate-store", "--db", old, "--to", pg_url, env=env)
-    assert moved.returncode == 0 and "Traceback" not in moved.stderr, moved.stderr
-    on_pg = run(pyz_path, "audit", "verify", "--db", pg_url, "--json", env=env)
-    result = json.loads(on_pg.stdout)
-    assert on_pg.returncode == 0 and result["ok"], on_pg.stdout
-    entries = result["count"]
-    assert entries == json.loads(verified.stdout)["count"] >= 3
-    listed = run(pyz_path, "audit", "list", "--db", pg_url, "--json", env=env)
-    assert listed.returncode == 0, listed.stderr
-    assert OLD_TARGET in [json.loads(line)["target"] for line in listed.stdout.splitlines()]
-    exported = run(pyz_path, "audit", "export", "--csv", "--db", pg_url, env=env)
-    assert exported.returncode == 0 and OLD_TARGET in exported.stdout
-    # a change made on PostgreSQL after the move continues the chain
-    assert run(pyz_path, "keys", "create", "--db", pg_url, "--name", "on-pg", env=env).returncode == 0
-    again = json.loads(run(pyz_path, "audit", "verify", "--db", pg_url, "--json", env=env).stdout)
-    assert again["ok"] and again["count"] == entries + 1, again
-    back = tmp_path / "back.db"  # and back to SQLite: the same entry, verified there
-    assert run(pyz_path, "migrate-store", "--db", pg_url, "--to", f"sqlite:{back}", env=env).returncode == 0
-    there = json.loads(run(pyz_path, "audit", "verify", "--db", back, "--json", env=env).stdout)
-    assert there["ok"] and there["count"] == entries + 1, there
-    listed = run(pyz_path, "audit", "list", "--db", back, "--json", env=env)
-    assert OLD_TARGET in [json.loads(line)["target"] for line in listed.stdout.splitlines()]
 
 
 def admin_raw(server, method: str, path: str, body: str) -> tuple[int, dict]:
