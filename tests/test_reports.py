@@ -208,7 +208,7 @@ def check_users_over(conn, since: str | None, until: str | None) -> None:
         check_top(conn, by, 2, since, until)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     spend=st.lists(
         st.tuples(st.integers(0, 130), st.integers(0, len(USERS) - 1), st.integers(0, 3), st.integers(0, 10**12)),
