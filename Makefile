@@ -7,7 +7,7 @@ PYZ := dist/stockyard.pyz
 # cores, 3 workers: 339 s against 438 s with 2, in one hour).
 # --dist loadfile keeps a file on one worker: its tests share one server and some follow each other.
 PYTEST := $(PYTHON) -m pytest -q
-TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 2)')
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 1)')
 # The PostgreSQL run goes beside the parallel phase, which leaves a core idle a third of its time.
 PG_WORKERS ?= 2
 SOURCES := $(shell find stockyard -type f ! -name '*.pyc' ! -path '*/__pycache__/*') build_zipapp.py
