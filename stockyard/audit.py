@@ -374,9 +374,15 @@ def verify_with_secret(
     return verify(conn, chain_key(secret, salt), expect_head, old_keys=old_keys)
 
 
-def _row_dict(row: sqlite3.Row, kept_apart: dict[int, dict[str, str]]) -> dict[str, Any]:
+def _as_written(row: sqlite3.Row, kept_apart: dict[int, dict[str, str]]) -> dict[str, Any]:
+    """An entry's columns by name, with its text as written where it was kept apart (:func:`original_text`)."""
     entry = dict(zip(_COLUMNS, tuple(row)))
     entry.update(kept_apart.get(entry["seq"], {}))
+    return entry
+
+
+def _row_dict(row: sqlite3.Row, kept_apart: dict[int, dict[str, str]]) -> dict[str, Any]:
+    entry = _as_written(row, kept_apart)
     try:
         entry["details"] = json.loads(entry["details"])
     except (TypeError, ValueError):
@@ -420,8 +426,7 @@ def export_csv(conn: sqlite3.Connection, out: TextIO) -> int:
     count = 0
     kept_apart = original_text(conn)
     for row in conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM audit_log ORDER BY seq"):
-        entry = dict(zip(_COLUMNS, tuple(row)))
-        entry.update(kept_apart.get(entry["seq"], {}))
+        entry = _as_written(row, kept_apart)
         writer.writerow([entry[c] for c in _COLUMNS])
         count += 1
     return count

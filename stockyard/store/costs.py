@@ -234,15 +234,18 @@ class _Sources:
     totals: _Rows
 
 
-def _days(first: date | None, last: date | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The filters (and their arguments) of rows whose ``day`` is in the range."""
+def _within(
+    column: str, first: date | None, last: date | None, width: int = 10
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The filters (and their arguments) of rows whose ``column`` — the first ``width`` characters of
+    an ISO date: 10 a day, 7 a month — is in the range, both ends included (an open end: None)."""
     where, args = [], []
     if first:
-        where.append("day >= ?")
-        args.append(first.isoformat())
+        where.append(f"{column} >= ?")
+        args.append(first.isoformat()[:width])
     if last:
-        where.append("day <= ?")
-        args.append(last.isoformat())
+        where.append(f"{column} <= ?")
+        args.append(last.isoformat()[:width])
     return tuple(where), tuple(args)
 
 
@@ -254,7 +257,7 @@ def _source(groups: list[str], first: date | None, last: date | None) -> tuple[_
     the whole months of its range from ``rollups_users_months`` (schema 0028); a top report by
     day,user sums its days' totals from ``rollups_users_days``.
     """
-    where, args = _days(first, last)
+    where, args = _within("day", first, last)
     tags = [g for g in groups if g.startswith(TAG_PREFIX)]
     if tags:
         if any(g not in ("day", tags[0]) for g in groups):
@@ -285,15 +288,8 @@ def _user_rows(first: date | None, last: date | None) -> _Rows:
     sorted together to be grouped — it measured slower than the days alone (bench/README.md)."""
     whole = (first is None or first.day == 1) and (last is None or last.day == monthrange(last.year, last.month)[1])
     if not whole:
-        return _Rows("rollups_users", *_days(first, last))
-    where, args = [], []
-    if first:
-        where.append("month >= ?")
-        args.append(first.isoformat()[:7])
-    if last:
-        where.append("month <= ?")
-        args.append(last.isoformat()[:7])
-    return _Rows("rollups_users_months", tuple(where), tuple(args))
+        return _Rows("rollups_users", *_within("day", first, last))
+    return _Rows("rollups_users_months", *_within("month", first, last, width=7))
 
 
 def _order(i: int, group: str, n: int, name: str) -> str:

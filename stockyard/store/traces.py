@@ -295,22 +295,25 @@ class RollupSums:
     def write(self, conn: sqlite3.Connection) -> None:
         """Upsert the sums (in the caller's transaction, the one of the traces), and the end users'
         sums again per month and per day (schema 0028), so that each stays the sum of the traces."""
-        users = [(*k, *map(sum, zip(*v))) for k, v in self.users.items()]
-        for sql, rows in ((_ROLLUP, self.daily), (_ROLLUP_TAGS, self.tags)):
+        users = _summed(self.users)
+        for sql, rows in ((_ROLLUP, _summed(self.daily)), (_ROLLUP_USERS, users), (_ROLLUP_TAGS, _summed(self.tags))):
             if rows:
-                insert_many(conn, sql, [(*k, *map(sum, zip(*v))) for k, v in rows.items()])
-        if users:
-            insert_many(conn, _ROLLUP_USERS, users)
+                insert_many(conn, sql, rows)
         if users and self.user_totals:
             months: dict[tuple, list[tuple]] = {}
             days: dict[tuple, list[tuple]] = {}
             for row in users:  # (day, key_id, project, end_user, *counts)
                 months.setdefault((row[0][:7], *row[1:4]), []).append(row[4:])
                 days.setdefault(row[:1], []).append(row[4:])
-            for sql, sums in ((_ROLLUP_USER_MONTHS, months), (_ROLLUP_USER_DAYS, days)):
-                insert_many(conn, sql, [(*k, *(v[0] if len(v) == 1 else map(sum, zip(*v)))) for k, v in sums.items()])
+            insert_many(conn, _ROLLUP_USER_MONTHS, _summed(months))
+            insert_many(conn, _ROLLUP_USER_DAYS, _summed(days))
         if self.minutes:
             insert_many(conn, _LATENCY, [(*k, n) for k, n in self.minutes.items()])
+
+
+def _summed(rows: dict[tuple, list[tuple]]) -> list[tuple]:
+    """Each rollup row's key with its counts summed column by column (one row's counts as they are)."""
+    return [(*k, *(v[0] if len(v) == 1 else map(sum, zip(*v)))) for k, v in rows.items()]
 
 
 @functools.lru_cache(maxsize=1024)
