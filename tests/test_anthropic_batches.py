@@ -98,6 +98,11 @@ def post(server: ServerProcess, who: str, body: object = None, raw: bytes | None
     return status, json.loads(data)
 
 
+def results(server: ServerProcess, who: str, batch_id: str) -> tuple[int, dict, bytes]:
+    """A batch's results downloaded through Stockyard with ``who``'s key: (status, headers, body)."""
+    return server.request("GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys[who]})
+
+
 def assert_anthropic_error(doc: dict, kind: str) -> str:
     assert doc["type"] == "error" and doc["error"]["type"] == kind, doc
     return doc["error"]["message"]
@@ -176,9 +181,7 @@ def test_results_are_relayed_as_a_stream_and_the_trace_keeps_their_size(server):
     alice = server.anthropic("alice")
     batch = alice.messages.batches.create(requests=requests_for(PLAIN, PLAIN))
     alice.messages.batches.retrieve(batch.id)
-    status, headers, body = server.request(
-        "GET", f"/v1/messages/batches/{batch.id}/results", headers={"x-api-key": server.keys["alice"]}
-    )
+    status, headers, body = results(server, "alice", batch.id)
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     lines = [json.loads(line) for line in body.splitlines()]
     assert [line["custom_id"] for line in lines] == ["req-0", "req-1"]
@@ -431,9 +434,7 @@ def test_another_key_gets_404_as_for_an_id_nobody_has(server, mock):
                 call(batch_id)
             messages.append(assert_anthropic_error(err.value.body, "not_found_error").replace(batch_id, "ID"))
     for batch_id in (batch.id, "msgbatch_nobody_has_this"):
-        status, _, body = server.request(
-            "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["bob"]}
-        )
+        status, _, body = results(server, "bob", batch_id)
         assert status == 404
         messages.append(assert_anthropic_error(json.loads(body), "not_found_error").replace(batch_id, "ID"))
     assert len(set(messages)) == 1  # the same answer: existence does not leak
@@ -633,9 +634,7 @@ def test_a_result_nested_past_the_parsers_depth_is_relayed_whole_and_the_rest_st
         '"usage":{"input_tokens":1,"output_tokens":1}}}}' % (PLAIN, deep)
     )
     batch_id, lines = scripted_results(alice, [nested])
-    status, _, body = server.request(
-        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
-    )
+    status, _, body = results(server, "alice", batch_id)
     assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
     file_id = json.loads(lines[1])["result"]["message"]["content"][1]["content"]["content"][0]["file_id"]
     assert alice.beta.files.download(file_id).read() == CODE_OUTPUT
@@ -700,9 +699,7 @@ def test_a_result_naming_more_ids_than_one_statement_takes_is_claimed_whole(serv
         '"usage":{"input_tokens":1,"output_tokens":1}}}}' % (PLAIN, outputs)
     )
     batch_id, lines = scripted_results(alice, [many])
-    status, _, body = server.request(
-        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
-    )
+    status, _, body = results(server, "alice", batch_id)
     assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
     rows = server.db_rows("SELECT COUNT(*) AS n FROM owned_objects WHERE id LIKE 'file_many%' AND key_id <> ''")
     assert rows == [{"n": count}]
@@ -724,9 +721,7 @@ def test_a_results_download_cut_midway_leaves_no_traceback_and_a_second_reader_g
     sock.sendall(ask.encode())
     assert sock.recv(1024).startswith(b"HTTP/1.1 200")
     sock.close()
-    status, _, body = server.request(
-        "GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys["alice"]}
-    )
+    status, _, body = results(server, "alice", batch_id)
     assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
     file_id = json.loads(lines[-2])["result"]["message"]["content"][1]["content"]["content"][0]["file_id"]
     assert server.db_rows("SELECT key_id FROM owned_objects WHERE id = ?", (file_id,)) == [

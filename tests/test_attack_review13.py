@@ -13,39 +13,6 @@ from conftest import TEST_STORE, mock_env
 
 from stockyard import audit, vault
 
-SECRET = "review13-test-secret-0123456789abcdef"
-OLD_TARGET = "project:tea\x00m"  # a project name an older version took (no check then kept NUL out)
-
-
-def run(pyz, *args, env: dict) -> clirun.subprocess.CompletedProcess:
-    return clirun.run(pyz, list(map(str, args)), env, timeout=120)
-
-
-@pytest.mark.skipif(TEST_STORE == "postgresql", reason="once: it makes its own SQLite source and PostgreSQL target")
-def test_audit_text_kept_apart_is_found_on_a_postgresql_database_in_a_language_order(
-    pyz_path, cache_home, mock, tmp_path, pg_cluster
-):
-    """Was: the meta rows ``audit_text:<seq>`` were read by a key range ``>= 'audit_text:' AND <
-    'audit_text;'``, which is a byte range only in byte order; a production PostgreSQL database in
-    en_US (or ICU's) order puts ';' before ':', the range held nothing, and an old entry holding a
-    NUL no longer verified after ``migrate-store`` (the move's own check refused the copy)."""
-    env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    old = tmp_path / "old.db"
-    assert run(pyz_path, "keys", "create", "--db", old, "--name", "before", env=env).returncode == 0
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")  # the change an older version audited, as it wrote it
-    key = audit.chain_key(SECRET, vault.read_salt(conn))
-    audit.append(conn, actor="cli:old", action="projects.budget.set", target=OLD_TARGET, details={}, key=key)
-    conn.execute("COMMIT")
-    conn.close()
-    url = pg_cluster.database(icu_locale="und")
-    moved = run(pyz_path, "migrate-store", "--db", old, "--to", url, env=env)
-    assert moved.returncode == 0 and "Traceback" not in moved.stderr, moved.stderr
-    on_pg = run(pyz_path, "audit", "verify", "--db", url, "--json", env=env)
-    assert on_pg.returncode == 0 and json.loads(on_pg.stdout)["ok"], on_pg.stdout
-    listed = run(pyz_path, "audit", "list", "--db", url, "--json", env=env)
-    assert OLD_TARGET in [json.loads(line)["target"] for line in listed.stdout.splitlines()]
-
 
 def _logged(database) -> tuple[object, bytes]:
     """A migrated store holding two keyed audit entries, and the chain key."""

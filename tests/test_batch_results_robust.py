@@ -15,9 +15,8 @@ import pytest
 from anthropic import NotFoundError
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import CODE_OUTPUT, MESSAGE_BATCHES, Reply
+from test_anthropic_batches import CODE_TOOL, PLAIN, results
 
-PLAIN = "claude-batch-plain"
-CODE_TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
 READERS = 4  # STOCKYARD_MAX_RESULTS_READERS here: a key's share is a quarter of it, one
 PAD = "p" * 4000
 
@@ -72,10 +71,6 @@ def written_files(lines: list[str]) -> list[str]:
             if block.get("type") == "bash_code_execution_tool_result":
                 found += [c["file_id"] for c in block["content"]["content"]]
     return found
-
-
-def results(server: ServerProcess, who: str, batch_id: str) -> tuple[int, dict, bytes]:
-    return server.request("GET", f"/v1/messages/batches/{batch_id}/results", headers={"x-api-key": server.keys[who]})
 
 
 def test_claims_the_database_refuses_are_skipped_and_logged_once_and_the_download_completes(server, mock):

@@ -18,9 +18,9 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply
 from rawhttp import read_until_close, statuses
+from test_anthropic_batches import CODE_TOOL
 
 CLAUDE = "claude-midstream"
-CODE_TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
 CUT = "its answer had begun"  # what the one log line of a cut answer says
 
 

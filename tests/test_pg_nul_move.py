@@ -13,6 +13,19 @@ from test_pg_nul import OLD_TARGET, SECRET, run
 from stockyard import audit, vault
 
 
+def old_database(pyz_path, env: dict, path):
+    """An SQLite database holding a keyed audit entry whose target has a NUL, as an older version
+    wrote it (no check then kept NUL out of a project name)."""
+    assert run(pyz_path, "keys", "create", "--db", path, "--name", "before", env=env).returncode == 0
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")  # the change an older version audited, as it wrote it
+    key = audit.chain_key(SECRET, vault.read_salt(conn))
+    audit.append(conn, actor="cli:old", action="projects.budget.set", target=OLD_TARGET, details={}, key=key)
+    conn.execute("COMMIT")
+    conn.close()
+    return path
+
+
 def test_an_old_audit_entry_holding_a_nul_moves_to_postgresql_and_its_chain_verifies(
     pyz_path, cache_home, mock, tmp_path, pg_url
 ):
@@ -22,14 +35,7 @@ def test_an_old_audit_entry_holding_a_nul_moves_to_postgresql_and_its_chain_veri
     and verifying the log use: the chain verifies on PostgreSQL (keyed, the entries after it too),
     the entry reads back as it was written, and so it does after a move back to SQLite."""
     env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
-    old = tmp_path / "old.db"
-    assert run(pyz_path, "keys", "create", "--db", old, "--name", "before", env=env).returncode == 0
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")  # the change an older version audited, as it wrote it
-    key = audit.chain_key(SECRET, vault.read_salt(conn))
-    audit.append(conn, actor="cli:old", action="projects.budget.set", target=OLD_TARGET, details={}, key=key)
-    conn.execute("COMMIT")
-    conn.close()
+    old = old_database(pyz_path, env, tmp_path / "old.db")
     assert run(pyz_path, "keys", "create", "--db", old, "--name", "after", env=env).returncode == 0
     verified = run(pyz_path, "audit", "verify", "--db", old, "--json", env=env)
     assert verified.returncode == 0 and json.loads(verified.stdout)["ok"], verified.stdout
@@ -54,4 +60,22 @@ def test_an_old_audit_entry_holding_a_nul_moves_to_postgresql_and_its_chain_veri
     there = json.loads(run(pyz_path, "audit", "verify", "--db", back, "--json", env=env).stdout)
     assert there["ok"] and there["count"] == entries + 1, there
     listed = run(pyz_path, "audit", "list", "--db", back, "--json", env=env)
+    assert OLD_TARGET in [json.loads(line)["target"] for line in listed.stdout.splitlines()]
+
+
+def test_audit_text_kept_apart_is_found_on_a_postgresql_database_in_a_language_order(
+    pyz_path, cache_home, mock, tmp_path, pg_cluster
+):
+    """Was: the meta rows ``audit_text:<seq>`` were read by a key range ``>= 'audit_text:' AND <
+    'audit_text;'``, which is a byte range only in byte order; a production PostgreSQL database in
+    en_US (or ICU's) order puts ';' before ':', the range held nothing, and an old entry holding a
+    NUL no longer verified after ``migrate-store`` (the move's own check refused the copy)."""
+    env = mock_env(cache_home, mock, STOCKYARD_ENCRYPTION_KEY=SECRET)
+    old = old_database(pyz_path, env, tmp_path / "old.db")
+    url = pg_cluster.database(icu_locale="und")
+    moved = run(pyz_path, "migrate-store", "--db", old, "--to", url, env=env)
+    assert moved.returncode == 0 and "Traceback" not in moved.stderr, moved.stderr
+    on_pg = run(pyz_path, "audit", "verify", "--db", url, "--json", env=env)
+    assert on_pg.returncode == 0 and json.loads(on_pg.stdout)["ok"], on_pg.stdout
+    listed = run(pyz_path, "audit", "list", "--db", url, "--json", env=env)
     assert OLD_TARGET in [json.loads(line)["target"] for line in listed.stdout.splitlines()]
