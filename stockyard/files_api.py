@@ -450,43 +450,34 @@ class Ownership:
     def first_of_another(self, ids: list[str], kind: str, owner: str) -> str | None:
         """The first of ``ids`` some key other than ``owner`` made (an id no key owns: none of
         them), looked up ``OWNER_CHUNK`` ids a statement: a body may name a million."""
-        ids = [i for i in ids if storable(i)]
-        for start in range(0, len(ids), OWNER_CHUNK):
-            chunk = ids[start : start + OWNER_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows = self._store.read().execute(
-                f"SELECT id FROM owned_objects WHERE kind = ? AND key_id <> ? AND id IN ({marks})",
-                (kind, owner, *chunk),
-            )
-            theirs = {r["id"] for r in rows}
+        for chunk, theirs in self._held(ids, "kind = ? AND key_id <> ?", (kind, owner)):
             if theirs:
                 return next(i for i in chunk if i in theirs)
         return None
 
     def owned(self, ids: list[str], kind: str, owner: str, provider: str) -> set[str]:
         """Which of ``ids`` at ``provider`` belong to ``owner`` (one no row can hold is no one's)."""
-        ids = [i for i in ids if storable(i)]
-        if not ids:
-            return set()
-        marks = ", ".join("?" * len(ids))
-        rows = self._store.read().execute(
-            f"SELECT id FROM owned_objects WHERE kind = ? AND key_id = ? AND provider = ? AND id IN ({marks})",
-            (kind, owner, provider, *ids),
-        )
-        return {r["id"] for r in rows}
+        where = "kind = ? AND key_id = ? AND provider = ?"
+        return set().union(*(found for _, found in self._held(ids, where, (kind, owner, provider))))
 
     def taken(self, ids: list[str]) -> set[str]:
-        """Which of ``ids`` someone owns already (any key, any kind; one no row can hold: no one),
-        looked up ``OWNER_CHUNK`` ids a statement: an answer's results may name more ids than a
-        statement takes parameters."""
+        """Which of ``ids`` someone owns already (any key, any kind; one no row can hold: no one):
+        an answer's results may name more ids than a statement takes parameters."""
+        return set().union(*(found for _, found in self._held(ids)))
+
+    def _held(self, ids: list[str], where: str = "", args: tuple = ()) -> Iterator[tuple[list[str], set[str]]]:
+        """Each chunk of the ``ids`` a row can hold, ``OWNER_CHUNK`` a statement (a body or a batch's
+        results may name more than a statement takes parameters), with those of it ``owned_objects``
+        holds (and where ``where`` is true)."""
         ids = [i for i in ids if storable(i)]
-        found: set[str] = set()
+        also = f"{where} AND " if where else ""
         for start in range(0, len(ids), OWNER_CHUNK):
             chunk = ids[start : start + OWNER_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            rows = self._store.read().execute(f"SELECT id FROM owned_objects WHERE id IN ({marks})", chunk)
-            found.update(r["id"] for r in rows)
-        return found
+            rows = self._store.read().execute(
+                f"SELECT id FROM owned_objects WHERE {also}id IN ({marks})", (*args, *chunk)
+            )
+            yield chunk, {r["id"] for r in rows}
 
     def claim(
         self,
