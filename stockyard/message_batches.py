@@ -39,7 +39,7 @@ from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
 from .budgets import server_tool_refusal
 from .context import RequestContext, Route
 from .deployments import Models
-from .errors import ANTHROPIC, ProxyError
+from .errors import ANTHROPIC, ProxyError, described
 from .files_api import (
     BATCH_PRICE,
     MAX_LINE,
@@ -464,10 +464,9 @@ class ResultsClaims:
             self._failed = True
             log.warning(
                 "message batch %s: the files and containers its results name are left unclaimed in this "
-                "download (%s: %s); reading the results again claims them",
+                "download (%s); reading the results again claims them",
                 self._batch_id,
-                type(exc).__name__,
-                str(exc).splitlines()[0][:200] if str(exc) else "-",
+                described(exc),
             )
 
     def too_long(self) -> None:
