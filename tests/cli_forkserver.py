@@ -1,31 +1,33 @@
-"""The process behind ``clirun``: imports a pyz's command line once, then runs each command asked
-of it in a forked child, as ``python3 stockyard.pyz ARGS`` would run it in a process of its own.
+"""The process behind ``clirun``: imports a pyz's modules once, then runs each command asked of
+it (a server's ``serve`` too) in a forked child, as ``python3 stockyard.pyz ARGS`` would run it in a
+process of its own.
 
 Usage: python3 cli_forkserver.py PYZ. Requests arrive on stdin as JSON lines: ``argv``, ``env``
 (the child's whole environment), ``cwd``, and the files for the child's ``stdin`` (or null),
-``stdout`` and ``stderr``. For each it answers one line ``{"pid": N}`` once the child runs and
-one ``{"code": N}`` when it ended (negative: the signal that ended it, as subprocess says).
-The protocol uses the file descriptors 0 and 1 directly, so no buffered text follows a child.
+``stdout`` and ``stderr`` (a FIFO's path for a server's log). For each, the child answers one line
+``{"pid": N}`` once it opened those files (so a FIFO's reader never sees an end before the child
+held it), and this process one ``{"code": N}`` when the child ended (negative: the signal that
+ended it, as subprocess says). The protocol uses the file descriptors 0 and 1 directly, so no
+buffered text follows a child.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 
 
 def load(pyz: str) -> None:
-    """Import what any command imports: the pyz's entry point and every command module."""
+    """Import what any command imports: the pyz's entry point and every module, as ``serve`` does
+    before it listens."""
     sys.path.insert(0, pyz)
     import stockyard._native as native
 
     native.bootstrap()
-    from stockyard import cli
+    from stockyard.cli import serve
 
-    for name in cli.COMMANDS:
-        importlib.import_module(f"stockyard.cli.{name}")
+    serve.preload()
 
 
 def requests():
@@ -47,11 +49,14 @@ def answer(message: dict) -> None:
 
 def child(request: dict, pyz: str) -> int:
     """In the forked child: become the command's process, run it, return its exit code."""
-    for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY)):
-        path = request[name] or os.devnull
-        opened = os.open(path, flags | (os.O_CREAT | os.O_TRUNC if fd else 0), 0o600)
-        os.dup2(opened, fd)
-        os.close(opened)
+    opened = [
+        os.open(request[name] or os.devnull, flags | (os.O_CREAT | os.O_TRUNC if fd else 0), 0o600)
+        for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY))
+    ]
+    answer({"pid": os.getpid()})
+    for fd, file in enumerate(opened):
+        os.dup2(file, fd)
+        os.close(file)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -74,7 +79,6 @@ def serve(pyz: str) -> int | None:
         pid = os.fork()
         if pid == 0:
             return child(request, pyz)
-        answer({"pid": pid})
         _, status = os.waitpid(pid, 0)
         answer({"code": os.waitstatus_to_exitcode(status)})
     return None

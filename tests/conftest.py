@@ -1,7 +1,8 @@
 """Shared test fixtures: the built pyz, the mock upstream, and Stockyard server processes.
 
-Servers are real subprocesses of ``dist/stockyard.pyz serve`` on a free port, with their
-own database file; their stderr is collected so tests can scan the log.
+Servers are real processes of ``dist/stockyard.pyz serve`` (forked from one that imported the pyz
+once, see ``clirun``) on a free port, with their own database file; their output and errors are
+collected so tests can scan the log.
 """
 
 from __future__ import annotations
@@ -201,22 +202,36 @@ def open_database(db: Path | str) -> Any:
 
 
 class ServerProcess:
-    """A running ``stockyard.pyz serve`` with its own database and collected log."""
+    """A running ``stockyard.pyz serve`` with its own database and collected log.
 
-    def __init__(self, pyz: Path, db: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+    It is forked from a process that imported the pyz once (``clirun.spawn``); ``spawned=True``
+    runs ``python3 stockyard.pyz serve`` itself, for the tests of what a real start does."""
+
+    def __init__(
+        self, pyz: Path, db: Path, env: dict[str, str], args: list[str] | None = None, spawned: bool = False
+    ) -> None:
         self.pyz, self.db, self.env = pyz, db, env
         self.args = args or []
+        self.spawned = spawned
         self.keys: dict[str, str] = {}  # client keys' secrets by name, as a test module made them
         self.log_lines: list[str] = []
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | clirun.Forked | None = None
         self.port = 0
         self._banner = threading.Event()
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
-        cmd = [sys.executable, str(self.pyz), "serve", "--port", "0", "--db", database_arg(self.db), *self.args]
-        self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
+        args = ["serve", "--port", "0", "--db", database_arg(self.db), *self.args]
+        if self.spawned:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(self.pyz), *args],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
+        else:
+            self.proc = clirun.spawn(self.pyz, args, self.env)
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._banner.wait(timeout):
             self.stop()

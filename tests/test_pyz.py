@@ -290,7 +290,7 @@ def test_server_with_environment_keys_does_not_load_cryptography(pyz_path: Path,
     from conftest import ServerProcess, base_env
 
     env = {**base_env(tmp_path / "cache"), "OPENAI_API_KEY": "sk-env-only", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
-    server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    server = ServerProcess(pyz_path, tmp_path / "s.db", env, spawned=True).start()
     try:
         assert server.request("GET", "/healthz")[0] == 200
         assert server.proc is not None
@@ -308,7 +308,7 @@ def test_a_pyz_replaced_under_a_running_server_is_never_read(pyz_path: Path, tmp
 
     running = tmp_path / "stockyard.pyz"
     shutil.copy(pyz_path, running)
-    server = ServerProcess(running, tmp_path / "s.db", base_env(tmp_path / "cache")).start()
+    server = ServerProcess(running, tmp_path / "s.db", base_env(tmp_path / "cache"), spawned=True).start()
     try:
         # the next version, written over it in place: every member at another offset
         with zipfile.ZipFile(pyz_path) as old, zipfile.ZipFile(running, "w", zipfile.ZIP_DEFLATED) as new:
