@@ -141,8 +141,12 @@ def test_upload_get_list_generate_and_delete(server, mock) -> None:
         assert status == 200, doc
     status, _, doc = generate(server, "alice", made["name"], spelling="file_data")  # files/{id}, snake_case
     assert status == 200, doc
-    rows = server.db_rows("SELECT endpoint, cost_uc FROM traces WHERE endpoint LIKE 'gemini_files.%'")
-    assert {r["endpoint"] for r in rows} >= {"gemini_files.upload", "gemini_files.retrieve", "gemini_files.list"}
+    wanted = {"gemini_files.upload", "gemini_files.retrieve", "gemini_files.list"}
+    query = "SELECT endpoint, cost_uc FROM traces WHERE endpoint LIKE 'gemini_files.%'"
+    rows = wait_for(  # the writer commits a trace after its answer went out
+        lambda: (found := server.db_rows(query)) and {r["endpoint"] for r in found} >= wanted and found,
+        what="every call's trace",
+    )
     assert all(r["cost_uc"] == 0 for r in rows)
     status, _, _ = call(server, "alice", "DELETE", f"/v1beta/files/{file_id}")
     assert status == 200 and file_id not in GEMINI_FILES.files
