@@ -146,6 +146,7 @@ def claude_stream(deltas: int, piece: str) -> list[str]:
     ]
 
 
+@pytest.mark.perf  # a ratio of times: judged alone, as other load lands on one try more than another
 def test_a_long_streamed_answer_is_kept_in_linear_time(server, mock):
     """A streamed Claude answer with web search is put back together (paused.MessageBuilder), should
     Claude pause the turn: each text delta made the text so far anew (``text + delta``): 160,000 deltas (a long
