@@ -28,7 +28,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
 from urllib.parse import urlencode
 
 from . import estimate
-from .context import REFUSED, Conversation, RequestContext, Route
+from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
@@ -58,7 +58,7 @@ from .objectrefs import (
 )
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
-from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error, unexpected
+from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, refused, send_error, unexpected
 from .store import Store, storable
 from .store.db import insert_many
 from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
@@ -637,7 +637,8 @@ class ProviderCalls:
         try:
             self._handle(reply, ctx, req)
         except ProxyError as exc:
-            fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
+            if not refused(reply, ctx, exc):
+                raise  # too late to answer: the dispatch cuts it
             send_error(path, reply, ctx, exc)
         except ClientGone:
             ctx.attempt.outcome = "client_disconnected"

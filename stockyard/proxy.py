@@ -251,7 +251,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             failed = functools.partial(pass_failure, reply, ctx, failure)
     except REFUSALS as caught:
         exc = refusal_of(caught)
-        fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
+        if not refused(reply, ctx, exc):
+            raise  # too late to answer: the dispatch cuts it
         if not started_reply:
             failed = functools.partial(send_error, path, reply, ctx, exc)
     except ClientGone:
@@ -277,6 +278,19 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
 def fail(ctx: RequestContext, status: int, message: str, outcome: str, error_type: str | None = None) -> None:
     a = ctx.attempt
     a.status, a.outcome, a.error_type, a.error_message = status, outcome, error_type or a.error_type, message
+
+
+def refused(reply: Reply, ctx: RequestContext, exc: ProxyError) -> bool:
+    """A refusal or planned failure, traced as the client will see it: True when it can still be
+    answered (its status, ``rejected`` or ``error``); False once the answer began, when the dispatch
+    cuts it as it cuts any failure (``Handler._cut``): ``stream_broken``, the status the client saw
+    kept, the refusal's status and message in the error message and its code as the error type."""
+    if reply.begun():
+        message = f"the answer was cut after it began: {exc.status} {exc.message}"
+        fail(ctx, ctx.attempt.status, message, "stream_broken", exc.code)
+        return False
+    fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
+    return True
 
 
 def unexpected(reply: Reply, ctx: RequestContext, exc: Exception) -> None:
