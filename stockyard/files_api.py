@@ -1040,11 +1040,9 @@ class ProviderCalls:
         headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}
         if "content-disposition" in answer.headers:
             headers["content-disposition"] = answer.headers["content-disposition"]
-        wanted = reply.start_stream(
+        wanted = reply.start_stream(  # False for a HEAD: the head only, the provider's bytes left unread
             answer.status, headers, answer.headers.get("content-type", "application/octet-stream")
         )
-        if not wanted:
-            resp.close()  # a HEAD: the head only, the provider's bytes left unread
         ctx.attempt.mark_first_byte()
         size = 0
         try:
@@ -1059,10 +1057,8 @@ class ProviderCalls:
             fail(ctx, answer.status, f"provider {provider.name!r}: {exc}", "stream_broken", f"upstream_{exc.kind}")
             reply.abort()  # no error fits a file's bytes: the connection closes without the chunked end
             return
-        except Exception:  # the client gone, or any other failure: cut by the server's dispatch, in a line
-            resp.close()
-            raise
         finally:
+            resp.close()  # whatever ended it (read whole, it went back to the pool: nothing to close)
             ctx.attempt.capture(json.dumps({"content_bytes": size}).encode(), self._path.settings.body_cap_bytes)
         reply.end_stream()
         ctx.attempt.cost_uc, ctx.attempt.cost_status = 0, "exact"
