@@ -21,6 +21,7 @@ import logging
 import re
 import sqlite3
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from io import RawIOBase
@@ -293,6 +294,13 @@ class LineTap:
 # -- ownership ------------------------------------------------------------------------------------
 
 
+def _inserting_new(ids: list[str], kind: str, owner: str, provider: str) -> Callable[[sqlite3.Connection], None]:
+    """The write job that records ``ids`` as ``owner``'s, one held already keeping its owner."""
+    now = int(time.time() * 1000)
+    sql = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
+    return lambda conn: insert_many(conn, sql, [(i, kind, owner, provider, now) for i in ids])
+
+
 @dataclass(frozen=True)
 class Owned:
     id: str
@@ -377,12 +385,17 @@ class Ownership:
         provider call; a ``container`` of another shape is its 400, in open mode too. The files the
         code execution tool writes for this call and the container it runs in are claimed for the
         key (``ctx.claim_made``, which the native adapter calls before the answer naming them goes
-        on), in open mode too."""
+        on), in open mode too: on the stream relay's thread left to the writer (``ctx.claims_deferred``),
+        the stream's bytes held until it is committed."""
         owner = owner_of(ctx)
 
         def claim(kind: str, ids: set[str]) -> None:
             provider = ctx.attempt.provider
-            if provider is not None:
+            if provider is None:
+                return
+            if ctx.claims_deferred is not None:
+                ctx.claims_deferred.append(self.claim_new_later(ids, kind, owner, provider.name))
+            else:
                 self.claim_new(ids, kind, owner, provider.name)
 
         ctx.claim_made = claim
@@ -537,11 +550,15 @@ class Ownership:
         request of this key's: a code interpreter's auto container, the files and containers of a
         message batch's results); one held already keeps its owner. One transaction for them all."""
         new = [i for i in sorted(set(ids) - self.taken(list(ids))) if storable(i)]
-        if not new:
-            return
-        now = int(time.time() * 1000)
-        sql = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
-        self._store.write(lambda conn: insert_many(conn, sql, [(i, kind, owner, provider, now) for i in new]))
+        if new:
+            self._store.write(_inserting_new(new, kind, owner, provider))
+
+    def claim_new_later(self, ids: set[str], kind: str, owner: str, provider: str) -> Future:
+        """``claim_new`` as a writer job the caller does not wait for (the stream relay's thread, which
+        must not wait on the database): its future, resolved once committed. Nothing is read first:
+        the insert keeps one held already with its owner (the id is the key)."""
+        new = sorted(i for i in set(ids) if storable(i))
+        return self._store.write_later(_inserting_new(new, kind, owner, provider))
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""

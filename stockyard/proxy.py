@@ -25,6 +25,7 @@ import math
 import re
 import socket
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
@@ -965,6 +966,8 @@ def relay_stream(
     Once the head and the first events are out, the rest goes to the relay thread when there is
     one (``path.relay``: chunked streams; anything unusual stays here): this
     thread then sleeps until the stream ends and finishes it below, as if it had read it itself.
+    A claim an event makes there (``ctx.claims_deferred``) is the writer's, and the relay holds the
+    stream's bytes until it is committed, the other streams going on.
     """
     translator = adapter.stream(ctx)
     cap = path.settings.body_cap_bytes
@@ -999,7 +1002,12 @@ def relay_stream(
                 resp.set_timeout(left)
             if path.relay is not None and (client := reply.stream_socket()) is not None:
                 if (handoff := resp.handoff()) is not None:
-                    return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline))
+                    waits: list[Future] = []
+                    ctx.claims_deferred = waits  # the relay thread waits on no claim: the writer runs it
+                    try:
+                        return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline, waits))
+                    finally:
+                        ctx.claims_deferred = None
         return b""
 
     answers: list[bytes] = []  # a paused turn's answers so far (the provider's, whole)

@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import socket
+import sqlite3
 import threading
 
 import pytest
@@ -18,22 +19,32 @@ from rawhttp import read_until_close
 CLAUDE = "claude-leftovers"
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
+def started(pyz_path, cache_home, mock, folder, **extra: str):
     env = mock_env(
         cache_home,
         mock,
         ANTHROPIC_API_KEY="sk-ant-test-leftovers-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
-        STOCKYARD_UPSTREAM_TIMEOUT="2",  # a provider that stops sending midway is given up on soon
+        **extra,
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("leftovers") / "stockyard.db", env)
+    srv = ServerProcess(pyz_path, folder / "stockyard.db", env)
     srv.keys = srv.create_keys({"alice": [], "bob": []})
     srv.start()
     yield srv
     srv.stop()
     assert "sk-ant-test-leftovers" not in srv.log
     assert "Traceback" not in srv.log
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    yield from started(pyz_path, cache_home, mock, tmp_path_factory.mktemp("leftovers"))
+
+
+@pytest.fixture(scope="module")
+def impatient(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server that gives up on a provider that stops sending midway after 2 s."""
+    yield from started(pyz_path, cache_home, mock, tmp_path_factory.mktemp("impatient"), STOCKYARD_UPSTREAM_TIMEOUT="2")
 
 
 def get_until_close(server: ServerProcess, path: str, key: str) -> bytes:
@@ -49,14 +60,14 @@ def get_until_close(server: ServerProcess, path: str, key: str) -> bytes:
         sock.close()
 
 
-def test_a_download_the_provider_stops_sending_midway_closes_the_providers_connection(server, mock):
+def test_a_download_the_provider_stops_sending_midway_closes_the_providers_connection(impatient, mock):
     """A file's content relayed as it arrives (``ProviderCalls._relay``) whose provider stops sending
     midway: once the read times out the client's answer is cut (no chunked end), and the provider's
     connection is closed too — the mock sees it closed while it still waits to send the rest."""
-    made = server.openai("alice").files.create(file=("notes.jsonl", io.BytesIO(b'{"a": 1}\n')), purpose="batch")
+    made = impatient.openai("alice").files.create(file=("notes.jsonl", io.BytesIO(b'{"a": 1}\n')), purpose="batch")
     hung_up = threading.Event()
     mock.enqueue(Reply(sse=["first-part-of-the-file", "the-rest"], hang_after=1, hang_s=60, hung_up=hung_up))
-    data = get_until_close(server, f"/v1/files/{made.id}/content", server.keys["alice"])
+    data = get_until_close(impatient, f"/v1/files/{made.id}/content", impatient.keys["alice"])
     assert data.startswith(b"HTTP/1.1 200 ") and b"first-part-of-the-file" in data
     assert b"the-rest" not in data and not data.endswith(b"0\r\n\r\n"), data[-200:]  # cut: never taken for whole
     wait_for(hung_up.is_set, timeout=10, what="the provider's connection closed")
@@ -153,3 +164,118 @@ def test_an_anthropic_stream_whose_usage_holds_no_count_it_can_read_is_estimated
     assert data == as_sent(events)
     assert trace["outcome"] == "ok" and trace["usage_estimated"] == 1, trace
     assert trace["prompt_tokens"] >= 1 and trace["completion_tokens"] >= 100, trace
+
+
+def post_stream(server: ServerProcess, route: str, body: dict, who: str) -> socket.socket:
+    """A streamed request sent over a raw socket (a Messages one with Anthropic's headers, else with
+    the key as a bearer); the socket, for the test to read the answer as it comes."""
+    payload = json.dumps(body).encode()
+    key = server.keys[who]
+    auth = (
+        f"x-api-key: {key}\r\nanthropic-version: 2023-06-01"
+        if route == "/v1/messages"
+        else f"Authorization: Bearer {key}"
+    )
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{auth}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, have: bytes = b"", timeout: float = 30.0) -> bytes:
+    """What the server sent on ``sock`` until ``marker`` arrived (``have``: what was read before)."""
+    sock.settimeout(timeout)
+    data = have
+    while marker not in data:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError(f"{marker!r} did not come in {timeout}s: {data[-300:]!r}") from None
+        assert chunk, f"the connection closed before {marker!r}: {data[-300:]!r}"
+        data += chunk
+    return data
+
+
+def chat_chunk(text: str) -> str:
+    delta = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+    return json.dumps(
+        {"id": "chatcmpl-b", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [delta]}
+    )
+
+
+WRITTEN = "file_leftovers_written_by_the_tool"
+CODE_TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
+
+
+def test_a_claim_waiting_for_the_database_holds_its_own_stream_only(server, mock):
+    """Was: the claim of a file Anthropic's code execution tool wrote, made when the event naming it
+    passed the stream relay, ran on the relay's one thread: while another process held the database
+    (up to its 10 s busy timeout) every established stream stalled. Now the claim is the writer's,
+    and only the stream that made it waits for it: another stream relayed meanwhile ends while the
+    database is still held, and the claimed stream goes on, its file claimed, once it is free."""
+    gate_other = threading.Event()
+    mock.enqueue(Reply(sse=[chat_chunk("b-first"), chat_chunk("b-second"), "[DONE]"], held_after=1, held=gate_other))
+    start = {**START, "message": {**START["message"], "id": "msg_claimed", "usage": {"input_tokens": 5}}}
+    result = {
+        "type": "bash_code_execution_tool_result",
+        "tool_use_id": "srvtoolu_1",
+        "content": {
+            "type": "bash_code_execution_result",
+            "stdout": "",
+            "stderr": "",
+            "return_code": 0,
+            "content": [{"type": "bash_code_execution_output", "file_id": WRITTEN}],
+        },
+    }
+    claimed_events = [
+        sse("message_start", json.dumps(start)),
+        sse("content_block_start", json.dumps({"type": "content_block_start", "index": 0, "content_block": result})),
+        sse("content_block_stop", json.dumps({"type": "content_block_stop", "index": 0})),
+        sse("message_delta", json.dumps({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}})),
+        sse("message_stop", json.dumps({"type": "message_stop"})),
+    ]
+    gate_claimed, all_sent = threading.Event(), threading.Event()
+    mock.enqueue(Reply(sse=claimed_events, held_after=1, held=gate_claimed, all_sent=all_sent))
+    chat = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    messages = {
+        "model": CLAUDE,
+        "max_tokens": 16,
+        "stream": True,
+        "tools": [CODE_TOOL],
+        "messages": [{"role": "user", "content": "csv"}],
+    }
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
+    other = post_stream(server, "/v1/chat/completions", chat, "bob")
+    claimed = None
+    try:
+        other_got = read_until(other, b"b-first")  # (the mock answers in order: one request at a time)
+        claimed = post_stream(server, "/v1/messages", messages, "alice")
+        claimed_got = read_until(claimed, b"msg_claimed")  # both streams are on the relay thread now
+        lock.execute("BEGIN EXCLUSIVE")
+        gate_claimed.set()
+        assert all_sent.wait(10)  # the event naming the file has reached Stockyard: its claim waits for the lock
+        gate_other.set()
+        # the other stream ends while the database is held (the claim waits up to the 10 s busy timeout)
+        other_got = read_until(other, b"0\r\n\r\n", other_got, timeout=8)
+        assert b"b-second" in other_got and b"[DONE]" in other_got
+        claimed.setblocking(False)
+        with pytest.raises(BlockingIOError):  # the claimed stream's event waits for its claim
+            claimed.recv(65536)
+    finally:
+        gate_claimed.set()
+        gate_other.set()
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+        other.close()
+    assert claimed is not None
+    try:
+        claimed_got = read_until(claimed, b"0\r\n\r\n", claimed_got)
+    finally:
+        claimed.close()
+    assert WRITTEN.encode() in claimed_got and b"message_stop" in claimed_got
+    rows = wait_for(lambda: server.db_rows("SELECT kind FROM owned_objects WHERE id = ?", (WRITTEN,)), what="the claim")
+    assert rows[0]["kind"] == "anthropic_file"
