@@ -210,60 +210,40 @@ WRITTEN = "file_leftovers_written_by_the_tool"
 CODE_TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
 
 
-def test_a_claim_waiting_for_the_database_holds_its_own_stream_only(server, mock):
-    """Was: the claim of a file Anthropic's code execution tool wrote, made when the event naming it
-    passed the stream relay, ran on the relay's one thread: while another process held the database
-    (up to its 10 s busy timeout) every established stream stalled. Now the claim is the writer's,
-    and only the stream that made it waits for it: another stream relayed meanwhile ends while the
-    database is still held, and the claimed stream goes on, its file claimed, once it is free."""
+def waiting_alone(
+    server: ServerProcess, mock, route: str, body: dict, events: list[str], first: bytes, named: str
+) -> str:
+    """Relay a stream whose provider sends ``events`` (``first`` in the first of them, an event naming
+    ``named`` — which the stream claims for alice — after it) while another process holds the database,
+    beside another key's stream: that one must end while the database is still held, the claimed
+    stream having sent nothing of ``named`` meanwhile; then, the database free, the claimed stream
+    ends whole. ``named``'s kind in ``owned_objects``."""
     gate_other = threading.Event()
     mock.enqueue(Reply(sse=[chat_chunk("b-first"), chat_chunk("b-second"), "[DONE]"], held_after=1, held=gate_other))
-    start = {**START, "message": {**START["message"], "id": "msg_claimed", "usage": {"input_tokens": 5}}}
-    result = {
-        "type": "bash_code_execution_tool_result",
-        "tool_use_id": "srvtoolu_1",
-        "content": {
-            "type": "bash_code_execution_result",
-            "stdout": "",
-            "stderr": "",
-            "return_code": 0,
-            "content": [{"type": "bash_code_execution_output", "file_id": WRITTEN}],
-        },
-    }
-    claimed_events = [
-        sse("message_start", json.dumps(start)),
-        sse("content_block_start", json.dumps({"type": "content_block_start", "index": 0, "content_block": result})),
-        sse("content_block_stop", json.dumps({"type": "content_block_stop", "index": 0})),
-        sse("message_delta", json.dumps({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}})),
-        sse("message_stop", json.dumps({"type": "message_stop"})),
-    ]
     gate_claimed, all_sent = threading.Event(), threading.Event()
-    mock.enqueue(Reply(sse=claimed_events, held_after=1, held=gate_claimed, all_sent=all_sent))
+    mock.enqueue(Reply(sse=events, held_after=1, held=gate_claimed, all_sent=all_sent))
     chat = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    messages = {
-        "model": CLAUDE,
-        "max_tokens": 16,
-        "stream": True,
-        "tools": [CODE_TOOL],
-        "messages": [{"role": "user", "content": "csv"}],
-    }
     lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
     other = post_stream(server, "/v1/chat/completions", chat, "bob")
     claimed = None
     try:
         other_got = read_until(other, b"b-first")  # (the mock answers in order: one request at a time)
-        claimed = post_stream(server, "/v1/messages", messages, "alice")
-        claimed_got = read_until(claimed, b"msg_claimed")  # both streams are on the relay thread now
+        claimed = post_stream(server, route, body, "alice")
+        claimed_got = read_until(claimed, first)  # both streams are on the relay thread now
         lock.execute("BEGIN EXCLUSIVE")
         gate_claimed.set()
-        assert all_sent.wait(10)  # the event naming the file has reached Stockyard: its claim waits for the lock
+        assert all_sent.wait(10)  # the event naming the object reached Stockyard: its claim waits for the lock
         gate_other.set()
         # the other stream ends while the database is held (the claim waits up to the 10 s busy timeout)
         other_got = read_until(other, b"0\r\n\r\n", other_got, timeout=8)
         assert b"b-second" in other_got and b"[DONE]" in other_got
         claimed.setblocking(False)
-        with pytest.raises(BlockingIOError):  # the claimed stream's event waits for its claim
-            claimed.recv(65536)
+        try:
+            claimed_got += claimed.recv(65536)
+        except BlockingIOError:
+            pass
+        assert named.encode() not in claimed_got  # the event naming it waits for its claim
+        claimed.setblocking(True)
     finally:
         gate_claimed.set()
         gate_other.set()
@@ -276,6 +256,61 @@ def test_a_claim_waiting_for_the_database_holds_its_own_stream_only(server, mock
         claimed_got = read_until(claimed, b"0\r\n\r\n", claimed_got)
     finally:
         claimed.close()
-    assert WRITTEN.encode() in claimed_got and b"message_stop" in claimed_got
-    rows = wait_for(lambda: server.db_rows("SELECT kind FROM owned_objects WHERE id = ?", (WRITTEN,)), what="the claim")
-    assert rows[0]["kind"] == "anthropic_file"
+    assert named.encode() in claimed_got
+    rows = wait_for(lambda: server.db_rows("SELECT kind FROM owned_objects WHERE id = ?", (named,)), what="the claim")
+    return rows[0]["kind"]
+
+
+def test_a_claim_waiting_for_the_database_holds_its_own_stream_only(server, mock):
+    """Was: the claim of a file Anthropic's code execution tool wrote, made when the event naming it
+    passed the stream relay, ran on the relay's one thread: while another process held the database
+    (up to its 10 s busy timeout) every established stream stalled. Now the claim is the writer's,
+    and only the stream that made it waits for it: another stream relayed meanwhile ends while the
+    database is still held, and the claimed stream goes on, its file claimed, once it is free."""
+    start = {**START, "message": {**START["message"], "id": "msg_claimed", "usage": {"input_tokens": 5}}}
+    result = {
+        "type": "bash_code_execution_tool_result",
+        "tool_use_id": "srvtoolu_1",
+        "content": {
+            "type": "bash_code_execution_result",
+            "stdout": "",
+            "stderr": "",
+            "return_code": 0,
+            "content": [{"type": "bash_code_execution_output", "file_id": WRITTEN}],
+        },
+    }
+    events = [
+        sse("message_start", json.dumps(start)),
+        sse("content_block_start", json.dumps({"type": "content_block_start", "index": 0, "content_block": result})),
+        sse("content_block_stop", json.dumps({"type": "content_block_stop", "index": 0})),
+        sse("message_delta", json.dumps({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}})),
+        sse("message_stop", json.dumps({"type": "message_stop"})),
+    ]
+    ask = [{"role": "user", "content": "csv"}]
+    body = {"model": CLAUDE, "max_tokens": 16, "stream": True, "tools": [CODE_TOOL], "messages": ask}
+    assert waiting_alone(server, mock, "/v1/messages", body, events, b"msg_claimed", WRITTEN) == "anthropic_file"
+
+
+def test_a_responses_container_claim_waiting_for_the_database_holds_its_own_stream_only(server, mock):
+    """The same for the container a passed-through Responses stream's code interpreter ran in
+    (``auto``: the provider made it for this request), claimed for the key at its item's
+    ``response.output_item.done``, before the event goes on."""
+    ran = "cntr_leftovers_auto"
+    item = {"type": "code_interpreter_call", "id": "ci_1", "status": "completed", "code": "1", "container_id": ran}
+    response = {"id": "resp_claimed", "object": "response", "model": "gpt-4o-mini", "output": []}
+    usage = {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8}
+    done = {**response, "status": "completed", "output": [item], "usage": usage}
+    events = [
+        sse(
+            "response.created",
+            json.dumps({"type": "response.created", "response": {**response, "status": "in_progress"}}),
+        ),
+        sse(
+            "response.output_item.done",
+            json.dumps({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        ),
+        sse("response.completed", json.dumps({"type": "response.completed", "response": done})),
+    ]
+    tools = [{"type": "code_interpreter", "container": {"type": "auto"}}]
+    body = {"model": "gpt-4o-mini", "input": "plot", "stream": True, "tools": tools}
+    assert waiting_alone(server, mock, "/v1/responses", body, events, b"resp_claimed", ran) == "container"
