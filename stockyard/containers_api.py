@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import Future
 
 from .context import RequestContext
 from .errors import ProxyError
@@ -64,10 +65,17 @@ def allowed_methods(container_id: str | None, files: bool, file_id: str | None, 
     return ("GET", "DELETE")  # one object
 
 
-def claim_made(ownership: Ownership, ids: set[str], key_id: str | None, provider: str) -> None:
+def claim_made(
+    ownership: Ownership, ids: set[str], key_id: str | None, provider: str, deferred: list[Future] | None = None
+) -> None:
     """Containers a passed-through Responses answer of ``key_id`` ran code in: those no key owns
-    yet (the provider made them for this request, ``"container": {"type": "auto"}``) become its."""
-    ownership.claim_new(ids, KIND, key_id or OPEN_OWNER, provider)
+    yet (the provider made them for this request, ``"container": {"type": "auto"}``) become its.
+    ``deferred`` (a stream on the relay's thread: ``RequestContext.claims_deferred``) takes the
+    future of the write, which the relay waits for, not this thread."""
+    if deferred is not None:
+        deferred.append(ownership.claim_new_later(ids, KIND, key_id or OPEN_OWNER, provider))
+    else:
+        ownership.claim_new(ids, KIND, key_id or OPEN_OWNER, provider)
 
 
 class ContainersAPI(ProviderCalls):

@@ -19,6 +19,7 @@ import random
 import re
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -346,6 +347,10 @@ class RequestContext:
     # container it ran in, the key's before the answer naming them goes on (files_api.Ownership.check_references
     # sets it; anthropic_files, objectrefs.ANTHROPIC_CONTAINER)
     claim_made: Callable[[str, set[str]], None] | None = None
+    # while a stream is on the relay thread (proxy.relay_stream): claim_made puts the future of its
+    # write here rather than waiting for it, and the relay holds the bytes converted with it until
+    # it is committed (streamrelay: the other streams go on meanwhile)
+    claims_deferred: list[Future] | None = None
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
     upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
     end_user: str | None = None  # who the client's product served (stockyard.attribution)

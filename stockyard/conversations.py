@@ -33,6 +33,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 from urllib.parse import urlencode
@@ -183,7 +184,8 @@ def not_found(response_id: str, param: str | None = None) -> ProxyError:
 
 
 # (container ids, the key whose passed-through response ran code in them, its provider's name)
-ClaimContainers = Callable[[set[str], "str | None", str], None]
+# containers_api.claim_made: (ids, key id, provider, the stream relay's futures or None)
+ClaimContainers = Callable[[set[str], "str | None", str, "list[Future] | None"], None]
 
 
 class Conversations:
@@ -196,7 +198,7 @@ class Conversations:
         pool: Pool,
         scrub: Scrubber,
         max_bytes: int,
-        claim_containers: ClaimContainers = lambda ids, key_id, provider: None,
+        claim_containers: ClaimContainers = lambda ids, key_id, provider, deferred: None,
     ) -> None:
         self._store = store
         self._claim_containers = claim_containers  # containers_api.claim_made: what the code ran in, the key's
@@ -452,8 +454,8 @@ class Conversations:
         and run code there again, and no other key can. ``store`` does not matter."""
         if ctx.endpoint == "responses" and provider.speaks_responses:
             ran = containers_run(items)
-            if ran:
-                self._claim_containers(ran, ctx.key_id, provider.name)
+            if ran:  # on the stream relay's thread, left to the writer (RequestContext.claims_deferred)
+                self._claim_containers(ran, ctx.key_id, provider.name, ctx.claims_deferred)
 
     def _keep(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
         """Record a finished response (unless ``store`` is false); visible to lookups at once."""
@@ -631,7 +633,7 @@ class Conversations:
             return
         ran = containers_run(doc.get("output"))  # a background response's auto container: its key's
         if ran:
-            self._claim_containers(ran, row.key_id, row.provider)
+            self._claim_containers(ran, row.key_id, row.provider, None)
         sql = (
             "INSERT OR IGNORE INTO response_items (item_id, response_id) "
             "SELECT ?, id FROM responses WHERE id = ? AND key_id IS ? AND passthrough = 1"

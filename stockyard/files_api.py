@@ -21,6 +21,7 @@ import logging
 import re
 import sqlite3
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from io import RawIOBase
@@ -28,7 +29,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, cast
 from urllib.parse import urlencode
 
 from . import estimate
-from .context import REFUSED, Conversation, RequestContext, Route
+from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
@@ -58,7 +59,7 @@ from .objectrefs import (
 )
 from .providers import AZURE_API_VERSION, Provider, Registry
 from .providers.responses_adapters import upstream_headers
-from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, send_error, unexpected
+from .proxy import REQUEST_ID_HEADERS, Reply, RequestPath, fail, passed_headers, refused, send_error, unexpected
 from .store import Store, storable
 from .store.db import insert_many
 from .upstream import SHUTDOWN_CODE, UpstreamError, UpstreamResponse
@@ -293,6 +294,13 @@ class LineTap:
 # -- ownership ------------------------------------------------------------------------------------
 
 
+def _inserting_new(ids: list[str], kind: str, owner: str, provider: str) -> Callable[[sqlite3.Connection], None]:
+    """The write job that records ``ids`` as ``owner``'s, one held already keeping its owner."""
+    now = int(time.time() * 1000)
+    sql = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
+    return lambda conn: insert_many(conn, sql, [(i, kind, owner, provider, now) for i in ids])
+
+
 @dataclass(frozen=True)
 class Owned:
     id: str
@@ -377,12 +385,17 @@ class Ownership:
         provider call; a ``container`` of another shape is its 400, in open mode too. The files the
         code execution tool writes for this call and the container it runs in are claimed for the
         key (``ctx.claim_made``, which the native adapter calls before the answer naming them goes
-        on), in open mode too."""
+        on), in open mode too: on the stream relay's thread left to the writer (``ctx.claims_deferred``),
+        the stream's bytes held until it is committed."""
         owner = owner_of(ctx)
 
         def claim(kind: str, ids: set[str]) -> None:
             provider = ctx.attempt.provider
-            if provider is not None:
+            if provider is None:
+                return
+            if ctx.claims_deferred is not None:
+                ctx.claims_deferred.append(self.claim_new_later(ids, kind, owner, provider.name))
+            else:
                 self.claim_new(ids, kind, owner, provider.name)
 
         ctx.claim_made = claim
@@ -537,11 +550,15 @@ class Ownership:
         request of this key's: a code interpreter's auto container, the files and containers of a
         message batch's results); one held already keeps its owner. One transaction for them all."""
         new = [i for i in sorted(set(ids) - self.taken(list(ids))) if storable(i)]
-        if not new:
-            return
-        now = int(time.time() * 1000)
-        sql = "INSERT OR IGNORE INTO owned_objects (id, kind, key_id, provider, created_at) VALUES (?, ?, ?, ?, ?)"
-        self._store.write(lambda conn: insert_many(conn, sql, [(i, kind, owner, provider, now) for i in new]))
+        if new:
+            self._store.write(_inserting_new(new, kind, owner, provider))
+
+    def claim_new_later(self, ids: set[str], kind: str, owner: str, provider: str) -> Future:
+        """``claim_new`` as a writer job the caller does not wait for (the stream relay's thread, which
+        must not wait on the database): its future, resolved once committed. Nothing is read first:
+        the insert keeps one held already with its owner (the id is the key)."""
+        new = sorted(i for i in set(ids) if storable(i))
+        return self._store.write_later(_inserting_new(new, kind, owner, provider))
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""
@@ -637,7 +654,8 @@ class ProviderCalls:
         try:
             self._handle(reply, ctx, req)
         except ProxyError as exc:
-            fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
+            if not refused(reply, ctx, exc):
+                raise  # too late to answer: the dispatch cuts it
             send_error(path, reply, ctx, exc)
         except ClientGone:
             ctx.attempt.outcome = "client_disconnected"
@@ -1039,11 +1057,9 @@ class ProviderCalls:
         headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}
         if "content-disposition" in answer.headers:
             headers["content-disposition"] = answer.headers["content-disposition"]
-        wanted = reply.start_stream(
+        wanted = reply.start_stream(  # False for a HEAD: the head only, the provider's bytes left unread
             answer.status, headers, answer.headers.get("content-type", "application/octet-stream")
         )
-        if not wanted:
-            resp.close()  # a HEAD: the head only, the provider's bytes left unread
         ctx.attempt.mark_first_byte()
         size = 0
         try:
@@ -1058,10 +1074,8 @@ class ProviderCalls:
             fail(ctx, answer.status, f"provider {provider.name!r}: {exc}", "stream_broken", f"upstream_{exc.kind}")
             reply.abort()  # no error fits a file's bytes: the connection closes without the chunked end
             return
-        except Exception:  # the client gone, or any other failure: cut by the server's dispatch, in a line
-            resp.close()
-            raise
         finally:
+            resp.close()  # whatever ended it (read whole, it went back to the pool: nothing to close)
             ctx.attempt.capture(json.dumps({"content_bytes": size}).encode(), self._path.settings.body_cap_bytes)
         reply.end_stream()
         ctx.attempt.cost_uc, ctx.attempt.cost_status = 0, "exact"

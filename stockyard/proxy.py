@@ -25,6 +25,7 @@ import math
 import re
 import socket
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Protocol
 
@@ -251,7 +252,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             failed = functools.partial(pass_failure, reply, ctx, failure)
     except REFUSALS as caught:
         exc = refusal_of(caught)
-        fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
+        if not refused(reply, ctx, exc):
+            raise  # too late to answer: the dispatch cuts it
         if not started_reply:
             failed = functools.partial(send_error, path, reply, ctx, exc)
     except ClientGone:
@@ -277,6 +279,19 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
 def fail(ctx: RequestContext, status: int, message: str, outcome: str, error_type: str | None = None) -> None:
     a = ctx.attempt
     a.status, a.outcome, a.error_type, a.error_message = status, outcome, error_type or a.error_type, message
+
+
+def refused(reply: Reply, ctx: RequestContext, exc: ProxyError) -> bool:
+    """A refusal or planned failure, traced as the client will see it: True when it can still be
+    answered (its status, ``rejected`` or ``error``); False once the answer began, when the dispatch
+    cuts it as it cuts any failure (``Handler._cut``): ``stream_broken``, the status the client saw
+    kept, the refusal's status and message in the error message and its code as the error type."""
+    if reply.begun():
+        message = f"the answer was cut after it began: {exc.status} {exc.message}"
+        fail(ctx, ctx.attempt.status, message, "stream_broken", exc.code)
+        return False
+    fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
+    return True
 
 
 def unexpected(reply: Reply, ctx: RequestContext, exc: Exception) -> None:
@@ -951,6 +966,8 @@ def relay_stream(
     Once the head and the first events are out, the rest goes to the relay thread when there is
     one (``path.relay``: chunked streams; anything unusual stays here): this
     thread then sleeps until the stream ends and finishes it below, as if it had read it itself.
+    A claim an event makes there (``ctx.claims_deferred``) is the writer's, and the relay holds the
+    stream's bytes until it is committed, the other streams going on.
     """
     translator = adapter.stream(ctx)
     cap = path.settings.body_cap_bytes
@@ -985,7 +1002,12 @@ def relay_stream(
                 resp.set_timeout(left)
             if path.relay is not None and (client := reply.stream_socket()) is not None:
                 if (handoff := resp.handoff()) is not None:
-                    return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline))
+                    waits: list[Future] = []
+                    ctx.claims_deferred = waits  # the relay thread waits on no claim: the writer runs it
+                    try:
+                        return path.relay.carry(Stream(handoff, client, relayed, ctx.deadline, waits))
+                    finally:
+                        ctx.claims_deferred = None
         return b""
 
     answers: list[bytes] = []  # a paused turn's answers so far (the provider's, whole)

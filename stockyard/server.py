@@ -753,6 +753,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise ProxyError(503, "server is shutting down", code="shutting_down")
             self._route(path, dialect)
         except REFUSALS as caught:
+            if self.begun():  # an answer now would land inside the one begun: cut it, as any failure
+                self._cut(path, caught)
+                return
             exc = refusal_of(caught)
             self._end_early()
             try:
@@ -974,6 +977,8 @@ class Handler(BaseHTTPRequestHandler):
                 check_method(self.command, ["GET"])
             self._respond(answer())
         except ProxyError as exc:
+            if self.begun():
+                raise  # too late to answer: the dispatch cuts it
             self._end_early()
             self._write(exc.status, exc.body(dialect), "application/json", exc.headers)
 
@@ -1016,8 +1021,8 @@ class Handler(BaseHTTPRequestHandler):
             response.headers["x-stockyard-trace-id"] = ctx.trace_id
             self._respond(response)
         except ProxyError as exc:
-            proxy.fail(ctx, exc.status, exc.message, REFUSED if exc.status < 500 else "error", exc.code)
-            raise  # answered by the dispatch, in the Responses API's shape
+            proxy.refused(self, ctx, exc)
+            raise  # answered (or, once the answer began, cut) by the dispatch, in the Responses API's shape
         except ClientGone:
             ctx.attempt.outcome = "client_disconnected"
             raise

@@ -9,6 +9,12 @@ selector on every such upstream socket, reads what is ready, converts it and wri
 client, and the request thread sleeps on an event until the stream ends; it then finishes the
 request as before (final events, error event, trace).
 
+Nor does the database: a write a stream's bytes must wait for (the claim of a file Anthropic's code
+execution tool wrote, before the event naming it goes on) is the writer thread's, and ``convert``
+leaves its future in the stream's ``waits``; the stream then holds those bytes and is not read until
+the write is committed (its failure ends the stream, as a failing ``convert`` does), while the
+other streams go on.
+
 Writes never block this thread: a client that reads slowly keeps its bytes in its stream's
 outbound buffer (written when its socket says it can take more), and while that buffer holds
 more than ``write_cap`` its upstream socket is not read (backpressure: bounded memory, and the
@@ -19,6 +25,7 @@ long) — the three the blocking relay had.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -28,6 +35,7 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable
 
 from .errors import ClientGone
@@ -63,6 +71,8 @@ class Stream:
         "writing",
         "up_fd",
         "client_fd",
+        "waits",
+        "held",
     )
 
     def __init__(
@@ -71,6 +81,7 @@ class Stream:
         client: socket.socket,
         convert: Callable[[list[bytes]], bytes],
         deadline: float | None,
+        waits: list[Future] | None = None,
     ) -> None:
         self.handoff = handoff
         self.client = client
@@ -85,6 +96,9 @@ class Stream:
         self.read_at = self.wrote_at = time.perf_counter()
         self.reading = self.writing = False  # registered in the selector for upstream reads / client writes
         self.up_fd, self.client_fd = handoff.sock.fileno(), client.fileno()
+        # writes ``convert`` started that its last bytes wait for (it appends their futures here)
+        self.waits: list[Future] = waits if waits is not None else []
+        self.held = b""  # those converted bytes, not chunk-framed, until the writes are committed
 
     def due(self) -> float:
         """When a timer of this stream runs out (the deadline, a read or a write stall)."""
@@ -108,6 +122,7 @@ class StreamRelay:
         self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._arrivals: list[Stream] = []
+        self._waited: list[Stream] = []  # streams whose writes were committed (or failed): to go on
         self._live: set[Stream] = set()
         self._timers: list[tuple[float, int, Stream]] = []
         self._seq = itertools.count()
@@ -201,6 +216,7 @@ class StreamRelay:
             pass
         with self._lock:
             arrivals, self._arrivals = self._arrivals, []
+            waited, self._waited = self._waited, []
             stopping = self._stopping
         if stopping:
             for stream in [*self._live, *arrivals]:
@@ -212,11 +228,21 @@ class StreamRelay:
                 self._want(stream, read=True)
                 if stream.handoff.buffered:
                     self._take(stream, stream.handoff.buffered)
-                sock = stream.handoff.sock
-                if not stream.done.is_set() and isinstance(sock, ssl.SSLSocket) and sock.pending():
-                    self._read(stream)  # decrypted before the handoff: the selector will not say so
+                self._read_decrypted(stream)  # decrypted before the handoff: the selector will not say so
             except Exception as exc:
                 self._finish(stream, exc)
+        for stream in waited:
+            try:
+                self._resume(stream)
+            except Exception as exc:
+                self._finish(stream, exc)
+
+    def _read_decrypted(self, stream: Stream) -> None:
+        """Read what the TLS layer holds decrypted already (the selector does not see it), unless
+        the stream ended or waits for a write."""
+        sock = stream.handoff.sock
+        if not stream.done.is_set() and not stream.waits and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            self._read(stream)
 
     def _read(self, stream: Stream) -> None:
         sock = stream.handoff.sock
@@ -235,14 +261,55 @@ class StreamRelay:
         self._take(stream, data)
 
     def _take(self, stream: Stream, data: bytes) -> None:
-        """Bytes from the provider: framing off, complete events converted and sent on."""
+        """Bytes from the provider: framing off, complete events converted and sent on (once the
+        writes their conversion started are committed)."""
         h = stream.handoff
         piece = h.chunks.feed(data)
         events = h.split.feed(piece) if piece else []
         if h.chunks.ended:
             events += h.split.tail()
+        out = stream.convert(events) if events else b""
+        if stream.waits:
+            return self._hold(stream, out)
+        self._went_on(stream, out)
+
+    def _hold(self, stream: Stream, out: bytes) -> None:
+        """``out`` waits for the stream's writes: its provider is not read (what its client can
+        take of the bytes before goes on), and the writer's thread says when they are done."""
+        stream.held = out
+        self._want(stream, read=False, write=bool(stream.out))
+        told = functools.partial(self._write_done, stream)
+        for future in list(stream.waits):
+            future.add_done_callback(told)
+
+    def _write_done(self, stream: Stream, _: Future) -> None:
+        """A write a stream waits for is done (in the writer's thread, or here when it was already):
+        once all are, the relay thread goes on with the stream."""
+        if all(future.done() for future in list(stream.waits)):
+            with self._lock:
+                self._waited.append(stream)
+            self._wake()
+
+    def _resume(self, stream: Stream) -> None:
+        """The writes are done: a failed one ends the stream with its error (the held bytes never go
+        out); else the held bytes go on, and the stream is read again."""
+        waits = list(stream.waits)
+        if stream.done.is_set() or not waits or not all(future.done() for future in waits):
+            return  # ended meanwhile, or told twice
+        stream.waits.clear()
+        failed = next((f.exception() for f in waits if f.exception() is not None), None)
+        if failed is not None:
+            return self._finish(stream, failed)
+        out, stream.held = stream.held, b""
+        self._went_on(stream, out)
+        self._read_decrypted(stream)
+
+    def _went_on(self, stream: Stream, out: bytes) -> None:
+        """``out``, converted, goes to the client; then the stream's end, its break or its deadline,
+        or more is read."""
+        h = stream.handoff
         clean_end = h.chunks.ended and h.chunks.broken is None
-        if events and (out := stream.convert(events)):
+        if out:
             if clean_end:
                 stream.last = out  # written by the request thread with the stream's end
             else:
@@ -271,7 +338,7 @@ class StreamRelay:
         waiting = bool(stream.out)
         if waiting and not stream.writing:
             stream.wrote_at = time.perf_counter()  # the write stall clock starts now
-        self._want(stream, read=len(stream.out) <= self.write_cap, write=waiting)
+        self._want(stream, read=not stream.waits and len(stream.out) <= self.write_cap, write=waiting)
 
     def _want(self, stream: Stream, read: bool, write: bool = False) -> None:
         if read != stream.reading:
@@ -300,6 +367,7 @@ class StreamRelay:
             error = shutdown_error()
         stream.error = error
         stream.convert = _ended  # a timer entry may outlive the request: let go of its context
+        stream.held = b""  # bytes waiting for a write never go out once the stream ended
         self._live.discard(stream)
         try:
             try:

@@ -111,6 +111,7 @@ class Reply:
     held: threading.Event | None = None  # the provider does the work, then answers once it is set (hang_started: done)
     hang_started: threading.Event | None = None  # set when the request arrived and the hang began
     hung_up: threading.Event | None = None  # set when the caller closed the connection during the hang
+    all_sent: threading.Event | None = None  # SSE: set once every event and the stream's end went out
 
     def has_content(self) -> bool:
         """True when the reply carries its own body (json, body or sse)."""
@@ -3440,6 +3441,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if cut is not None:
             return self._drop()
         self.connection.sendall(b"0\r\n\r\n")
+        if scripted is not None and scripted.all_sent is not None:
+            scripted.all_sent.set()
 
     def _drop(self) -> None:
         """Close the connection at once, with no (further) response bytes."""

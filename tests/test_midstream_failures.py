@@ -1,8 +1,8 @@
-"""A failure nobody planned for, after an answer began: the connection is cut (no chunked end), one
-log line says so, the trace says ``stream_broken``, and the server goes on serving — never an HTTP
-500 written into the middle of a body, never a traceback. Real triggers only, through a real server
-and the mock upstream: the database refusing a write a stream makes midway, a provider's event that
-makes a stream's reader fail."""
+"""A failure after an answer began (one nobody planned for, or a refusal): the connection is cut (no
+chunked end), one log line says so, the trace says ``stream_broken``, and the server goes on serving —
+never an HTTP 500 (or 4xx) written into the middle of a body, never a traceback. Real triggers only,
+through a real server and the mock upstream: the database refusing a write a stream makes midway, a
+provider's event that makes a stream's reader fail."""
 
 from __future__ import annotations
 
@@ -57,16 +57,19 @@ def client_read(data: bytes) -> bytes:
     return resp.read()
 
 
-def stream_until(server: ServerProcess, who: str, body: dict, seen: bytes, then) -> bytes:
-    """POST a streamed Messages request over a raw socket; once ``seen`` arrived, ``then()``; then
-    everything the server sends until it closes the connection."""
+def stream_until(server: ServerProcess, who: str, body: dict, seen: bytes, then, route: str = "/v1/messages") -> bytes:
+    """POST a streamed request (a Messages one, or one to ``route`` with the key as a bearer) over a
+    raw socket; once ``seen`` arrived, ``then()``; then everything the server sends until it closes
+    the connection."""
     payload = json.dumps(body).encode()
+    key = server.keys[who]
+    anthropic_key = f"x-api-key: {key}\r\nanthropic-version: 2023-06-01"
+    sent_key = anthropic_key if route == "/v1/messages" else f"Authorization: Bearer {key}"
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     try:
         sock.sendall(
-            f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nx-api-key: {server.keys[who]}\r\n"
-            f"anthropic-version: 2023-06-01\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{sent_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
         received = b""
@@ -87,15 +90,15 @@ def trace_id_of(data: bytes) -> str:
     )
 
 
-def assert_cut(server: ServerProcess, data: bytes, marker: str) -> list[str]:
+def assert_cut(server: ServerProcess, data: bytes, marker: str, route: str = "/v1/messages") -> list[str]:
     """``data`` is one 200 answer its client sees incomplete (no chunked end, nothing after it), and
-    the log has one line for it and no traceback; that line."""
+    the log has one line for it (naming ``route``) and no traceback; that line."""
     assert statuses(data) == [200], data[-400:]  # one answer: no 500 written into its body
     assert not data.endswith(b"0\r\n\r\n")
     with pytest.raises(http.client.IncompleteRead):
         client_read(data)
     said = wait_for(lambda: [line for line in server.log.splitlines() if CUT in line], what="the cut logged")
-    assert len(said) == 1 and "POST /v1/messages" in said[0] and marker in said[0], said
+    assert len(said) == 1 and f"POST {route}" in said[0] and marker in said[0], said
     assert "Traceback" not in server.log
     return said
 
@@ -151,61 +154,43 @@ def test_a_database_refusing_a_claim_midstream_cuts_the_stream(server, mock):
     still_serving(server)
 
 
+GOOD_CHUNK = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "first-words"}, "finish_reason": None}],
+}
+
+
 def test_a_provider_event_its_reader_cannot_take_midstream_cuts_the_stream(server, mock):
-    """Was: a provider's ``message_start`` whose ``message`` is not an object, after the stream began,
-    made the stream's reader fail: an HTTP 500 written into the body, a traceback. Now the stream is
-    cut, one line logged without the event's text, the trace ``stream_broken``."""
-    good = {
-        "type": "message_start",
-        "message": {
-            "id": "msg_1",
-            "type": "message",
-            "role": "assistant",
-            "model": CLAUDE,
-            "content": [],
-            "usage": {"input_tokens": 3},
-        },
-    }
-    bad = {"type": "message_start", "message": "secret-looking-text-xyz"}
+    """A provider's event that makes a stream's reader fail after the stream began (a chat chunk nested
+    deeper than the parser goes, under the Messages translation of an OpenAI model's stream; Anthropic's
+    own events of odd shapes are relayed as they are: ``test_leftovers_review``): the stream is cut, one
+    line logged without the event's text, the trace ``stream_broken``."""
     gate = threading.Event()
-    events = [f"event: message_start\ndata: {json.dumps(good)}", f"event: message_start\ndata: {json.dumps(bad)}"]
-    mock.enqueue(Reply(sse=events, held_after=1, held=gate))
-    body = {"model": CLAUDE, "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    bad = nested_event("usage")[:-1] + ', "note": "secret-looking-text-xyz"}'
+    mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), bad], held_after=1, held=gate))
+    body = {"model": "gpt-4o-mini", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     try:
-        data = stream_until(server, "alice", body, b"msg_1", gate.set)
+        data = stream_until(server, "alice", body, b"first-words", gate.set)
     finally:
         gate.set()
-    (said,) = assert_cut(server, data, "AttributeError")
+    (said,) = assert_cut(server, data, "RecursionError")
     assert "xyz" not in said
     trace = server.trace(trace_id_of(data))
-    assert trace["outcome"] == "stream_broken" and trace["error_type"] == "internal_error", trace
+    assert trace["outcome"] == "stream_broken" and trace["error_type"] == "invalid_json", trace
     still_serving(server)
 
 
 def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
     """The same cut as Anthropic's SDK sees it: the stream it iterates raises (an incomplete chunked
     read), rather than ending as if the answer were whole."""
-    good = {
-        "type": "message_start",
-        "message": {
-            "id": "msg_2",
-            "type": "message",
-            "role": "assistant",
-            "model": CLAUDE,
-            "content": [],
-            "usage": {"input_tokens": 3},
-        },
-    }
-    events = [
-        f"event: message_start\ndata: {json.dumps(good)}",
-        'event: message_start\ndata: {"type": "message_start", "message": 7}',
-    ]
     gate = threading.Event()
-    mock.enqueue(Reply(sse=events, held_after=1, held=gate))
+    mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), nested_event("usage")], held_after=1, held=gate))
     client = server.anthropic("alice")
     try:
         with client.messages.create(
-            model=CLAUDE, max_tokens=16, stream=True, messages=[{"role": "user", "content": "hi"}]
+            model="gpt-4o-mini", max_tokens=16, stream=True, messages=[{"role": "user", "content": "hi"}]
         ) as stream:
             got = iter(stream)
             assert next(got).type == "message_start"
@@ -215,7 +200,7 @@ def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
     finally:
         gate.set()
     said = wait_for(lambda: [line for line in server.log.splitlines() if CUT in line], what="the cut logged")
-    assert len(said) == 1 and "AttributeError" in said[0] and "Traceback" not in server.log, said
+    assert len(said) == 1 and "RecursionError" in said[0] and "Traceback" not in server.log, said
     still_serving(server)
 
 
@@ -242,4 +227,36 @@ def test_a_failure_before_the_answer_began_is_still_the_clients_500_and_traced_a
     trace = server.trace(trace_id)
     assert trace["outcome"] == "error" and trace["status"] == 500 and trace["error_type"] == "internal_error", trace
     assert "database is locked" in trace["error_message"]
+    still_serving(server)
+
+
+def nested_event(member: str, depth: int = 5000) -> str:
+    """A provider's event whose ``member`` nests ``depth`` arrays: valid JSON that Python's parser
+    refuses with a RecursionError, one of the refusals (``errors.REFUSALS``)."""
+    return json.dumps({"id": "c1", "object": "chat.completion.chunk", "choices": []})[:-1] + (
+        f', "{member}": ' + "[" * depth + "]" * depth + "}"
+    )
+
+
+def test_a_refusal_raised_after_the_answer_began_cuts_the_stream(server, mock):
+    """Was: a refusal (a ProxyError, or what ``errors.refusal_of`` turns into one) raised once a stream
+    had begun was answered like one raised before it: its 400 head and JSON written into the middle
+    of the chunked body. The trigger here is real: a provider's chunk whose ``usage`` nests deeper
+    than Python's parser goes, which the chat stream's reader meets with a RecursionError. Now it is
+    cut as every failure after the answer began is: no chunked end, one log line, and the trace says
+    ``stream_broken`` with the refusal's status and code."""
+    gate = threading.Event()
+    mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), nested_event("usage")], held_after=1, held=gate))
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    route = "/v1/chat/completions"
+    try:
+        data = stream_until(server, "alice", body, b"first-words", gate.set, route=route)
+    finally:
+        gate.set()
+    (said,) = assert_cut(server, data, "RecursionError", route=route)
+    assert b"invalid_json" not in data and b"first-words" in data
+    trace = server.trace(trace_id_of(data))
+    assert trace["outcome"] == "stream_broken" and trace["error_type"] == "invalid_json", trace
+    assert trace["status"] == 200 and "400" in trace["error_message"], trace
+    assert trace["id"] in said
     still_serving(server)

@@ -867,8 +867,18 @@ def messages_call(provider: Provider, ctx: RequestContext, body: dict) -> Upstre
 def message_usage(message: dict) -> Usage | None:
     """What one whole answer used: its usage, its thinking estimated (:func:`with_thinking`), each
     search that ran billed (:func:`with_searches`)."""
-    usage = Usage.from_anthropic(message["usage"]) if isinstance(message.get("usage"), dict) else None
+    usage = Usage.from_anthropic(message["usage"]) if readable_usage(message.get("usage")) else None
     return with_searches(with_thinking(usage, thinking_chars(message)), searches_in(message))
+
+
+def readable_usage(usage: Any) -> dict:
+    """What a provider's ``usage`` says that can be read: its counts that are non-negative integers
+    (a bool is not one; ``pricing._count`` caps the absurd) and the objects holding more of them
+    (``cache_creation``, ``server_tool_use``); empty when it is not an object or holds none. A usage
+    that says nothing readable is as if it had not come: the text relayed estimates it."""
+    if not isinstance(usage, dict):
+        return {}
+    return {k: v for k, v in usage.items() if (type(v) is int and v >= 0) or isinstance(v, dict)}
 
 
 def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, final: bool = False) -> None:
@@ -876,11 +886,13 @@ def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, f
     part; message_delta's counts are cumulative) and keep the trace current, with at least the
     ``searches`` that ran so far billed (:func:`with_searches`). Until the ``final`` one
     (message_delta's) the output count is the start's: a stream cut before it is billed its
-    output from the text relayed (``billing.Pricer``), not one token."""
-    if isinstance(usage, dict) and (usage or seen):  # no usage yet: the text relayed estimates it
-        seen.update({k: v for k, v in usage.items() if v is not None})
+    output from the text relayed (``billing.Pricer``), not one token. A usage with nothing
+    readable (:func:`readable_usage`) is not taken."""
+    readable = readable_usage(usage)
+    if readable or (usage == {} and seen):  # no usage yet: the text relayed estimates it
+        seen.update(readable)
         ctx.attempt.usage = with_searches(Usage.from_anthropic(seen), searches)
-        if usage:  # a search counted ({}) says nothing of whether the output count came
+        if readable:  # a search counted ({}) says nothing of whether the output count came
             ctx.attempt.usage_partial = not final
 
 
@@ -1160,7 +1172,7 @@ class AnthropicNativeAdapter(Adapter):
             ctx.attempt.serve(message.get("model"), message.get("id"))
             claim_written(ctx, message.get("content"), body)
             claim_container(ctx, message.get("container"))
-            if isinstance(message.get("usage"), dict):
+            if readable_usage(message.get("usage")):
                 ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
         return body
 
@@ -1186,9 +1198,10 @@ class AnthropicNativeStream(StreamTranslator):
             return [event]
         kind = payload.get("type") if isinstance(payload, dict) else None
         if kind == "message_start":
-            message = payload.get("message") or {}
+            message = payload.get("message")
+            message = message if isinstance(message, dict) else {}  # an odd one goes on, read for nothing
             self.ctx.attempt.serve(message.get("model"), message.get("id"))
-            claim_container(self.ctx, message.get("container") if isinstance(message, dict) else None)
+            claim_container(self.ctx, message.get("container"))
             take_usage(self.ctx, self.usage, message.get("usage"), self.searched)
         elif kind == "content_block_start" and search_ran(payload.get("content_block")):
             self.searched += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,6 +118,18 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
             return result
+
+    def write_later(self, job: Callable[[sqlite3.Connection], Any]) -> Future:
+        """``write`` without the wait: the future of its result (``Writer.later``); run now, its
+        future already resolved, when no writer runs."""
+        if self.writer is not None:
+            return self.writer.later(job)
+        future: Future = Future()
+        try:
+            future.set_result(self.write(job))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
     def submit(self, job: Callable[[sqlite3.Connection], Any], done: Callable[[], None] | None = None) -> bool:
         """Fire-and-forget write (traces); direct when no writer runs. ``done`` runs once it is committed."""

@@ -201,10 +201,15 @@ class Writer:
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error."""
+        return self.later(job, timeout).result(timeout=timeout)
+
+    def later(self, job: Job, timeout: float = 30.0) -> Future:
+        """``call`` without the wait: the future of ``job(conn)``'s result, resolved once committed
+        (or with its error), in the writer thread — for a caller that must not wait (the stream relay)."""
         future: Future = Future()
         self.queue.put(_Item(job, future), timeout=timeout)
         self._urgent.set()
-        return future.result(timeout=timeout)
+        return future
 
     @property
     def depth(self) -> int:
