@@ -39,7 +39,15 @@ from typing import Any, Callable, Generator
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
-from .conversations_api import ConversationStore, check_item_id, item_list, minted_here, normalized, page_params
+from .conversations_api import (
+    STORED_ID,
+    ConversationStore,
+    check_item_id,
+    item_list,
+    minted_here,
+    normalized,
+    page_params,
+)
 from .conversations_api import not_found as conversation_not_found
 from .errors import RESPONSES, ProxyError, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
@@ -56,7 +64,7 @@ from .store.traces import ZLIB_LEVEL
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.conversations")
-PATH = re.compile(r"^/v1/responses/([A-Za-z0-9_-]{1,200})(/cancel|/input_items)?$")
+PATH = re.compile(rf"^/v1/responses/({STORED_ID})(/cancel|/input_items)?$")
 
 
 def endpoint_name(method: str, path: str) -> str:
@@ -96,6 +104,7 @@ class StoredResponse:
     output_items: list[dict] | None = None
     response: dict | None = None
     item_ids: frozenset[str] = frozenset()  # passed through: its output items' ids (response_items)
+    trace_id: str | None = None  # the request's trace: erasing its bodies erases this row (operations.stored)
 
     def write(self, conn: sqlite3.Connection) -> None:
         """Insert or update this key's row (its item ids with it); an id another key already holds
@@ -103,7 +112,7 @@ class StoredResponse:
         conn.execute("DELETE FROM responses WHERE id = ? AND key_id IS ?", (self.id, self.key_id))  # items cascade
         inserted = conn.execute(
             "INSERT OR IGNORE INTO responses (id, key_id, provider, model, created_at, passthrough, previous_id, "
-            "input_items, output_items, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "input_items, output_items, response, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self.id,
                 self.key_id,
@@ -115,6 +124,7 @@ class StoredResponse:
                 _pack(self.input_items),
                 _pack(self.output_items),
                 _pack(self.response),
+                self.trace_id,
             ),
         ).rowcount
         if inserted:  # an item id another response holds stays that response's
@@ -473,6 +483,7 @@ class Conversations:
             int(time.time() * 1000),
             passthrough,
             ctx.conversation.previous_id if ctx.conversation else None,
+            trace_id=ctx.trace_id,
         )
         if passthrough:  # its usage (what the next turn's worst case counts) and whose its items are
             usage = response.get("usage")
@@ -512,7 +523,7 @@ class Conversations:
         conv.appended = True
         turn = (conv.turn_items or []) + normalized(response.get("output"))
         try:
-            self.threads.add(conv.conversation_id, turn, bounded=False)
+            self.threads.add(conv.conversation_id, turn, bounded=False, trace_id=ctx.trace_id)
         except Exception:  # the answer stands; the client sees the gap in the conversation
             log.exception("response %s: its turn was not appended to its conversation", response.get("id"))
 

@@ -34,7 +34,8 @@ from .httpio import Request, Response, check_method, json_bytes, json_response
 from .store import Store, storable
 from .store.traces import ZLIB_LEVEL
 
-PATH = re.compile(r"^/v1/conversations(?:/([A-Za-z0-9_-]{1,200})(/items(?:/([A-Za-z0-9_-]{1,200}))?)?)?$")
+STORED_ID = "[A-Za-z0-9_-]{1,200}"  # a stored response's, conversation's or item's id in a path
+PATH = re.compile(rf"^/v1/conversations(?:/({STORED_ID})(/items(?:/({STORED_ID}))?)?)?$")
 ITEM_PREFIXES = {
     "message": "msg",
     "function_call": "fc",
@@ -327,11 +328,14 @@ class ConversationStore:
         self._store.write(job)
         return conversation
 
-    def add(self, conversation_id: str, items: list[dict], bounded: bool = True) -> list[dict] | None:
+    def add(
+        self, conversation_id: str, items: list[dict], bounded: bool = True, trace_id: str | None = None
+    ) -> list[dict] | None:
         """Append ``items`` (an id the conversation already holds is minted anew); the items as
         kept, or None if the conversation is gone. ``bounded``: refuse to grow it past the limit
         (a create call does; a response's turn is appended whole, and the next turn that
-        would not fit is refused instead)."""
+        would not fit is refused instead). ``trace_id``: the Responses request whose turn they are
+        (erasing its trace's bodies erases them: ``operations.stored``)."""
         packed = [_pack(item) for item in items]  # here, not on the writer's thread
         size = sum(item_bytes for _, item_bytes in packed)
         limit = self._max_bytes if bounded else None
@@ -342,7 +346,7 @@ class ConversationStore:
                 return None
             if limit is not None and row[0] + size > limit:
                 return "too_large"
-            return _append(conn, conversation_id, items, packed, _now_ms())
+            return _append(conn, conversation_id, items, packed, _now_ms(), trace_id)
 
         kept = self._store.write(job)
         if kept == "too_large":
@@ -428,7 +432,12 @@ class ConversationStore:
 
 
 def _append(
-    conn: sqlite3.Connection, conversation_id: str, items: list[dict], packed: list[tuple[bytes, int]], now: int
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    items: list[dict],
+    packed: list[tuple[bytes, int]],
+    now: int,
+    trace_id: str | None = None,
 ) -> list[dict]:
     """Insert ``items`` (``packed``: each as ``_pack`` made it) at the conversation's end, in one
     write transaction; returns them as kept. The positions come from the conversation's row
@@ -453,7 +462,7 @@ def _append(
     ).fetchone()
     first = row[0] - len(kept)
     conn.executemany(
-        "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item) VALUES (?, ?, ?, ?, ?)",
-        [(conversation_id, first + i, kept[i]["id"], size, data) for i, (data, size) in enumerate(packed)],
+        "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item, trace_id) VALUES (?, ?, ?, ?, ?, ?)",
+        [(conversation_id, first + i, kept[i]["id"], size, data, trace_id) for i, (data, size) in enumerate(packed)],
     )
     return kept

@@ -502,7 +502,12 @@ def test_no_erase_button_for_a_trace_without_bodies(console, server):
     console.signed_in()
     page = console.page
     trace_id = said(server, "the quokka is erased before it is shown")
-    assert admin(server, "DELETE", f"/api/traces/{trace_id}/body") == {"id": trace_id, "erased": True}
+    assert admin(server, "DELETE", f"/api/traces/{trace_id}/body") == {
+        "id": trace_id,
+        "erased": True,
+        "responses": [],
+        "conversation_items": 0,
+    }
     with_bodies = said(server, "the wombat keeps its body")
     assert open_trace(console, with_bodies).is_visible()  # the button exists where there are bodies
     open_trace(console, trace_id)

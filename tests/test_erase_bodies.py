@@ -18,6 +18,9 @@ from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, api, chat, provider_env, put_module, server_fixture, start_server
 
 server = server_fixture("erase")
+# what an erase answers besides the bodies for a request that stored nothing for the Responses API
+# (tests/test_erase_stored.py erases what one did)
+NOTHING_STORED = {"responses": [], "conversation_items": 0}
 
 
 def said(server, text: str) -> str:
@@ -38,7 +41,7 @@ def test_the_api_erases_a_bodys_text_and_its_words_and_keeps_the_trace(server):
     leaked, kept = said(server, "my pangolin password is hunter2"), said(server, "a pangolin fact")
     assert found(server, "pangolin hunter2") == [leaked]
     status, answer = api(server, "DELETE", f"/api/traces/{leaked}/body")
-    assert (status, answer) == (200, {"id": leaked, "erased": True})
+    assert (status, answer) == (200, {"id": leaked, "erased": True, **NOTHING_STORED})
     assert found(server, "hunter2") == [] and found(server, "pangolin") == [kept]
     status, trace = api(server, "GET", f"/api/traces/{leaked}")
     assert status == 200 and trace["request_body"] is None and trace["response_body"] is None
@@ -47,7 +50,10 @@ def test_the_api_erases_a_bodys_text_and_its_words_and_keeps_the_trace(server):
     assert status == 200
     erase = entries["data"][-1]
     assert erase["details"] == {"traces": [leaked]}
-    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": False})
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (
+        200,
+        {"id": leaked, "erased": False, **NOTHING_STORED},
+    )
 
 
 @pytest.mark.parametrize(("trace_id", "status"), [("tr_" + "0" * 24, 404), ("tr_nope", 400), ("tr_" + "A" * 24, 400)])
@@ -69,7 +75,7 @@ def test_the_cli_erases_several_at_once_and_none_when_one_is_unknown(server):
     assert sorted(found(server, "okapi")) == sorted([one, two])
     done = server.cli("traces", "--erase-body", one, "--erase-body", two, "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"erased": sorted([one, two])}
+    assert json.loads(done.stdout) == {"erased": sorted([one, two]), **NOTHING_STORED}
     assert found(server, "okapi") == []
 
 
@@ -88,7 +94,7 @@ def test_the_bodies_of_a_requests_retried_attempts_go_with_it(server, mock):
     assert "7741" in api(server, "GET", f"/api/traces/{attempt['id']}")[1]["response_body"]
     done = server.cli("traces", "--erase-body", leaked, "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"erased": sorted([leaked, attempt["id"]])}
+    assert json.loads(done.stdout) == {"erased": sorted([leaked, attempt["id"]]), **NOTHING_STORED}
     assert found(server, "capybara") == [] and found(server, "7741") == []
     erased = api(server, "GET", f"/api/traces/{attempt['id']}")[1]
     assert erased["response_body"] is None and erased["status"] == 500, "the attempt's row stays"
@@ -112,7 +118,10 @@ def test_the_erased_words_leave_the_search_index(server):
     leaked = said(server, "the okavango passphrase is marmosetlantern")
     said(server, "a kept tamarin")
     assert index_holds(server, "marmosetlantern") and index_holds(server, "tamarin")
-    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": True})
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (
+        200,
+        {"id": leaked, "erased": True, **NOTHING_STORED},
+    )
     assert not index_holds(server, "marmosetlantern") and not index_holds(server, "okavango")
     assert index_holds(server, "tamarin") and found(server, "marmosetlantern") == []
 
@@ -200,7 +209,7 @@ def test_an_erase_right_after_the_answer_finds_the_trace_or_says_it_is_not_there
         if got == 404:
             server.trace(trace_id)
             got, body = api(server, "DELETE", f"/api/traces/{trace_id}/body")
-        assert (got, body) == (200, {"id": trace_id, "erased": True}), (n, got, body)
+        assert (got, body) == (200, {"id": trace_id, "erased": True, **NOTHING_STORED}), (n, got, body)
     assert found(server, "fossa") == []
 
 
@@ -215,7 +224,7 @@ def test_an_erase_of_1000_traces_is_one_transaction_and_unknown_ids_erase_none(s
     done = server.cli("traces", *(a for i in ids for a in ("--erase-body", i)), "--json")
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"erased": sorted(ids)} and found(server, "quoll") == []
+    assert json.loads(done.stdout) == {"erased": sorted(ids), **NOTHING_STORED} and found(server, "quoll") == []
     assert took < 10, took
 
 

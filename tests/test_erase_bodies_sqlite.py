@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 from conftest import wait_for
 from module_helpers import api, server_fixture
-from test_erase_bodies import found, said
+from test_erase_bodies import NOTHING_STORED, found, said
 
 server = server_fixture("erase-sqlite")
 
@@ -82,7 +82,10 @@ def test_the_erased_text_leaves_the_database_file_and_its_wal(server):
     for n in range(6):  # neighbours on its page: a page left with one row may be rebuilt whole
         said(server, f"a neighbouring note {n}")
     wait_for(lambda: phrase in _file_bytes(server), what="the secret on disk before the erase")
-    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (200, {"id": leaked, "erased": True})
+    assert api(server, "DELETE", f"/api/traces/{leaked}/body") == (
+        200,
+        {"id": leaked, "erased": True, **NOTHING_STORED},
+    )
     wait_for(lambda: phrase not in _file_bytes(server), timeout=15, what="the secret gone from the file and WAL")
 
 

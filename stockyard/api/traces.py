@@ -84,9 +84,20 @@ def get_trace(r: ApiRequest) -> dict:
     return trace
 
 
-@route("DELETE", "/api/traces/{id}/body", "Erase a trace's stored request and response bodies (the trace stays)")
+@route(
+    "DELETE",
+    "/api/traces/{id}/body",
+    "Erase a trace's stored request and response bodies, and the response and conversation items its "
+    "request stored (the trace stays)",
+)
 def erase_body(r: ApiRequest) -> dict:
-    return {"id": r.params["id"], "erased": bool(erase_bodies(r.ops(), [r.params["id"]]))}
+    erased = erase_bodies(r.ops(), [r.params["id"]])
+    return {
+        "id": r.params["id"],
+        "erased": bool(erased.bodies),
+        "responses": erased.responses,
+        "conversation_items": sum(erased.conversation_items.values()),
+    }
 
 
 @route(

@@ -21,8 +21,9 @@ def register(sub) -> None:
         "--erase-body",
         metavar="TRACE_ID",
         action="append",
-        help="delete the stored request and response bodies of this trace (repeatable; the trace row, "
-        "its tokens and cost stay; audited) instead of listing",
+        help="delete the stored request and response bodies of this trace, and the stored response and "
+        "conversation items its request made (repeatable; the trace row, its tokens and cost stay; audited) "
+        "instead of listing",
     )
     runs(p, run, json=True)
 
@@ -70,10 +71,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _erase(args: argparse.Namespace) -> int:
     erased = erase_bodies(open_ops(args, create=False), args.erase_body)
+    items = sum(erased.conversation_items.values())
     if args.json:
-        print_json({"erased": erased})
-    else:
-        asked = len(dict.fromkeys(args.erase_body))
-        rest = " (the rest had none)" if len(erased) < asked else ""
-        print(f"erased the stored bodies of {len(erased)} of {asked} trace(s){rest}")
+        print_json({"erased": erased.bodies, "responses": erased.responses, "conversation_items": items})
+        return 0
+    asked = len(dict.fromkeys(args.erase_body))
+    rest = " (the rest had none)" if len(erased.bodies) < asked else ""
+    print(f"erased the stored bodies of {len(erased.bodies)} of {asked} trace(s){rest}")
+    if erased.responses or items:
+        print(
+            f"and what their requests stored: {len(erased.responses)} response(s), "
+            f"{items} conversation item(s) in {len(erased.conversation_items)} conversation(s)"
+        )
     return 0

@@ -1,5 +1,5 @@
 """Operator actions that change no configuration of their own: notes, forced reloads, erasing
-stored bodies.
+stored bodies (and what their requests stored for the Responses API: ``operations.stored``).
 
 Both shells (``POST /api/audit/note`` and ``stockyard audit note``; ``stockyard reload``)
 call these, so validation and audit wording live in one place.
@@ -8,13 +8,13 @@ call these, so validation and audit wording live in one place.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from .. import audit
 from ..context import TRACE_ID
-from ..store.db import dialect_of
 from . import Operations, conflict, invalid, not_found, read_config_version
+from .stored import erase_turns, zeroing_freed_space
 
 MAX_NOTE_CHARS = 2000
 # Something that looks like an API key anywhere in free text (sk-…, sk_live_…, sk-ant-…).
@@ -57,34 +57,28 @@ def reload_config(ops: Operations) -> int:
 MAX_ERASE = 1000  # trace ids in one erase (one transaction)
 
 
-@contextmanager
-def _zeroing_freed_space(conn: Any) -> Iterator[None]:
-    """SQLite's ``secure_delete`` for this statement only: a deleted row's bytes (a body's cells,
-    its overflow pages, the index's rewritten pages) are overwritten with zeros, not left in free
-    space for ``strings stockyard.db`` to find. Only here: traces and retention keep SQLite's
-    default (no extra writes); PostgreSQL has no such switch (its VACUUM reuses the space)."""
-    if dialect_of(conn) != "sqlite":
-        yield
-        return
-    was = conn.execute("PRAGMA secure_delete").fetchone()[0]
-    conn.execute("PRAGMA secure_delete=ON")
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA secure_delete={int(was)}")
+@dataclass
+class Erased:
+    """What an erase took: the traces (attempts' included) that had bodies, the stored responses
+    their requests made, and how many items their turns had appended, per conversation."""
+
+    bodies: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    conversation_items: dict[str, int] = field(default_factory=dict)
 
 
-def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
+def erase_bodies(ops: Operations, trace_ids: list[str]) -> Erased:
     """Delete the stored request and response bodies of these traces and of their failed attempts
     (an attempt keeps the provider's answer, which may quote the request) — a secret or personal data
-    that reached them before the ``redact`` module was on — and return the ids (attempts' included)
-    that had one.
+    that reached them before the ``redact`` module was on — and what the same requests stored for
+    the Responses and Conversations APIs, which hold the same text: the stored response (whoever's
+    key made it) and the items its turn appended to a conversation (``stored.erase_turns``).
 
     The trace rows stay (tokens, cost, who sent it: the reports add up as before); the search index
     forgets the words with the body (its delete trigger, which needs the SQL function every
-    Stockyard connection registers: the ``sqlite3`` shell cannot delete a body). Audited with the
-    ids; an id of no trace erases nothing (404). Stored responses and conversation items (the
-    Responses and Conversations APIs) are kept apart from traces and are deleted through those APIs."""
+    Stockyard connection registers: the ``sqlite3`` shell cannot delete a body). One transaction,
+    audited with the ids (and the responses' ids and the items' counts per conversation, when any);
+    an id of no trace erases nothing (404)."""
     ids = list(dict.fromkeys(trace_ids))
     if not ids:
         raise invalid("name at least one trace id", param="id")
@@ -94,8 +88,10 @@ def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
     if bad:
         raise invalid(f"not a trace id: {str(bad[0])[:60]!r} (ids look like tr_0190f3a1b2c3d4e5f6a7b8c9)", param="id")
     marks = ", ".join("?" for _ in ids)
+    details: dict[str, Any] = {"traces": ids}  # what was erased besides, added by erase() before it is audited
 
-    def erase(conn) -> list[str]:
+    def erase(conn) -> Erased:
+        details.pop("responses", None), details.pop("conversation_items", None)  # a job run again starts afresh
         known = {r[0] for r in conn.execute(f"SELECT id FROM traces WHERE id IN ({marks})", ids)}
         unknown = [i for i in ids if i not in known]
         if unknown:
@@ -104,12 +100,17 @@ def erase_bodies(ops: Operations, trace_ids: list[str]) -> list[str]:
         every = [*ids, *attempts]
         held = ", ".join("?" for _ in every)
         found = [r[0] for r in conn.execute(f"SELECT trace_id FROM trace_bodies WHERE trace_id IN ({held})", every)]
-        if found:
-            with _zeroing_freed_space(conn):
+        with zeroing_freed_space(conn):
+            if found:
                 conn.execute(f"DELETE FROM trace_bodies WHERE trace_id IN ({held})", every)
-        return sorted(found)
+            responses, items = erase_turns(conn, ids)
+        if responses:
+            details["responses"] = responses
+        if items:
+            details["conversation_items"] = items
+        return Erased(sorted(found), responses, items)
 
     try:
-        return ops.change("traces.erase_bodies", "trace_bodies", {"traces": ids}, erase, config=False)
+        return ops.change("traces.erase_bodies", "trace_bodies", details, erase, config=False)
     except audit.AuditError as exc:  # keyed log and no (or the wrong) secret
         raise conflict(str(exc)) from None

@@ -1,0 +1,197 @@
+"""An erase reaches what a request stored for the Responses and Conversations APIs: erasing a trace's
+bodies (``DELETE /api/traces/{id}/body``, ``stockyard traces --erase-body``) also deletes the stored
+response that request made (its input and output items: the owning key's GET is then a 404, and so is
+a ``previous_response_id`` naming it) and the items its turn appended to a conversation; and the admin
+can delete any key's stored response or conversation (``DELETE /api/responses/{id}``,
+``DELETE /api/conversations/{id}``, ``stockyard responses --delete``, ``stockyard conversations --delete``).
+Was: they were "kept apart from traces", deletable only by the key that made them, so the text an
+operator erased from a trace stayed in the database. The official openai SDK is the client of the
+Responses and Conversations APIs; ``gpt-4o-mini`` is passed through (the provider speaks the Responses
+API), ``claude-haiku-4-5`` translated (Stockyard keeps the items). Runs on both stores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TEST_STORE, ServerProcess, wait_for
+from module_helpers import api, client_key, disable_all, start_server
+from openai import NotFoundError, OpenAI
+
+PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start_server(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "erase_stored",
+        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+    )
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.fixture(autouse=True)
+def fresh(server, mock):
+    disable_all(server)
+    mock.clear_replies()
+    mock.clear()
+    yield
+    mock.clear_replies()
+
+
+@pytest.fixture(params=[PASSED, TRANSLATED])
+def model(request) -> str:
+    return request.param
+
+
+def sdk(server: ServerProcess, key: str | None = None) -> OpenAI:
+    return server.openai(key or client_key(server))
+
+
+def turn(server: ServerProcess, client: OpenAI, **body) -> tuple[str, str]:
+    """One ``/v1/responses`` turn: the response's id and its trace's (recorded before this returns)."""
+    raw = client.responses.with_raw_response.create(**body)
+    trace_id = raw.headers["x-stockyard-trace-id"]
+    server.trace(trace_id)
+    return raw.parse().id, trace_id
+
+
+def texts(items) -> list[tuple[str, str]]:
+    """(role, text) of each message item, in order."""
+    return [(i.role, "".join(part.text for part in i.content)) for i in items if i.type == "message"]
+
+
+def audited(server: ServerProcess, action: str) -> list[dict]:
+    status, entries = api(server, "GET", f"/api/audit?action={action}")
+    assert status == 200, entries
+    return [e["details"] for e in entries["data"]]
+
+
+def rows(server: ServerProcess, table: str, column: str, value: str) -> int:
+    return len(server.db_rows(f"SELECT 1 FROM {table} WHERE {column} = ?", (value,)))
+
+
+def test_erasing_a_turns_trace_erases_the_response_it_stored(server, model):
+    client = sdk(server)
+    kept_id, _ = turn(server, client, model=model, input="a kept turn about otters")
+    response_id, trace_id = turn(server, client, model=model, input="my quokka passport is QX-1187")
+    assert client.responses.retrieve(response_id).id == response_id
+    if model == TRANSLATED:
+        assert texts(client.responses.input_items.list(response_id)) == [("user", "my quokka passport is QX-1187")]
+    else:
+        assert rows(server, "response_items", "response_id", response_id) > 0, "its output items' ids are held"
+
+    status, answer = api(server, "DELETE", f"/api/traces/{trace_id}/body")
+    assert status == 200 and answer == {
+        "id": trace_id,
+        "erased": True,
+        "responses": [response_id],
+        "conversation_items": 0,
+    }, answer
+    for gone in (
+        lambda: client.responses.retrieve(response_id),
+        lambda: client.responses.input_items.list(response_id),
+        lambda: client.responses.delete(response_id),
+        lambda: client.responses.create(model=model, previous_response_id=response_id, input="what was it?"),
+    ):
+        with pytest.raises(NotFoundError) as refused:
+            gone()
+        assert refused.value.body["code"] == "not_found" and response_id in refused.value.body["message"]
+    assert rows(server, "responses", "id", response_id) == 0
+    assert rows(server, "response_items", "response_id", response_id) == 0
+    assert client.responses.retrieve(kept_id).id == kept_id, "another turn's response stays"
+    status, trace = api(server, "GET", f"/api/traces/{trace_id}")
+    assert status == 200 and trace["request_body"] is None and trace["prompt_tokens"], "the trace row stays"
+    assert audited(server, "traces.erase_bodies")[-1] == {"traces": [trace_id], "responses": [response_id]}
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_erasing_a_turns_trace_takes_the_items_it_appended_to_its_conversation(server, model, store):
+    """The conversation stays with the items the turn did not add; ``store`` does not matter (the
+    conversation is where the client keeps the turn)."""
+    client = sdk(server)
+    conversation = client.conversations.create(items=[{"role": "user", "content": "an item made apart"}])
+    turn(server, client, model=model, conversation=conversation.id, input="a kept wallaby turn")
+    _, trace_id = turn(
+        server, client, model=model, conversation=conversation.id, input="the numbat pin is 5521", store=store
+    )
+    turn(server, client, model=model, conversation=conversation.id, input="a later wombat turn")
+    listed = texts(client.conversations.items.list(conversation.id, order="asc"))
+    assert ("user", "the numbat pin is 5521") in listed and len(listed) == 7
+
+    status, answer = api(server, "DELETE", f"/api/traces/{trace_id}/body")
+    assert status == 200 and answer["conversation_items"] == 2 and len(answer["responses"]) == int(store), answer
+    assert [t for t, _ in texts(client.conversations.items.list(conversation.id, order="asc"))] == [
+        "user",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    left = texts(client.conversations.items.list(conversation.id, order="asc"))
+    assert ("user", "the numbat pin is 5521") not in left and left[0] == ("user", "an item made apart")
+    [row] = server.db_rows("SELECT bytes FROM conversations WHERE id = ?", (conversation.id,))
+    [held] = server.db_rows(
+        "SELECT COALESCE(SUM(bytes), 0) AS n FROM conversation_items WHERE conversation_id = ?", (conversation.id,)
+    )
+    assert row["bytes"] == held["n"], "the conversation's size is its items' again"
+    details = audited(server, "traces.erase_bodies")[-1]
+    assert details["conversation_items"] == {conversation.id: 2} and details["traces"] == [trace_id]
+    # the next turn goes on with what is left
+    client.responses.create(model=model, conversation=conversation.id, input="go on")
+    assert len(client.conversations.items.list(conversation.id).data) == 7
+
+
+def test_a_trace_that_stored_nothing_erases_only_its_bodies(server):
+    client = sdk(server)
+    raw = client.chat.completions.with_raw_response.create(
+        model=PASSED, messages=[{"role": "user", "content": "a plain chat about a dingo"}]
+    )
+    trace_id = raw.headers["x-stockyard-trace-id"]
+    server.trace(trace_id)
+    status, answer = api(server, "DELETE", f"/api/traces/{trace_id}/body")
+    assert (status, answer) == (200, {"id": trace_id, "erased": True, "responses": [], "conversation_items": 0})
+    assert audited(server, "traces.erase_bodies")[-1] == {"traces": [trace_id]}
+
+
+def test_the_cli_erase_reports_what_it_erased(server):
+    client = sdk(server)
+    conversation = client.conversations.create()
+    response_id, trace_id = turn(
+        server, client, model=TRANSLATED, conversation=conversation.id, input="the bilby code is 3390"
+    )
+    done = server.cli("traces", "--erase-body", trace_id, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"erased": [trace_id], "responses": [response_id], "conversation_items": 2}
+    assert client.conversations.items.list(conversation.id).data == []
+    with pytest.raises(NotFoundError):
+        client.responses.retrieve(response_id)
+
+
+def _file_bytes(server: ServerProcess) -> bytes:
+    wal = server.db.with_name(server.db.name + "-wal")
+    return server.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="SQLite's file and WAL: PostgreSQL has its VACUUM")
+def test_the_erased_response_leaves_the_sqlite_file_and_its_wal(server):
+    """As an erased body does: the stored response's bytes (zlib-compressed in its row) are zeroed,
+    not left in freed space for ``strings`` to find."""
+    client = sdk(server)
+    response_id, trace_id = turn(server, client, model=TRANSLATED, input="the tapir vault code is 99812077 " * 8)
+    for n in range(6):  # neighbours on its page
+        turn(server, client, model=TRANSLATED, input=f"a neighbouring turn {n}")
+    [row] = server.db_rows("SELECT input_items, response FROM responses WHERE id = ?", (response_id,))
+    stored = [bytes(row["input_items"]), bytes(row["response"])]
+    wait_for(lambda: all(s in _file_bytes(server) for s in stored), what="the stored response on disk")
+    assert api(server, "DELETE", f"/api/traces/{trace_id}/body")[0] == 200
+    wait_for(
+        lambda: not any(s in _file_bytes(server) for s in stored), timeout=15, what="its bytes gone from file and WAL"
+    )
