@@ -12,10 +12,11 @@ API), ``claude-haiku-4-5`` translated (Stockyard keeps the items). Runs on both 
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import pytest
 from conftest import TEST_STORE, ServerProcess, wait_for
-from module_helpers import api, client_key, disable_all, start_server
+from module_helpers import ADMIN_KEY, api, client_key, disable_all, start_server
 from openai import NotFoundError, OpenAI
 
 PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
@@ -175,6 +176,106 @@ def test_the_cli_erase_reports_what_it_erased(server):
         client.responses.retrieve(response_id)
 
 
+# -- the admin's deletes ---------------------------------------------------------------------------
+
+
+def test_the_admin_deletes_any_keys_stored_response(server, model):
+    owner = sdk(server)
+    response_id, _ = turn(server, owner, model=model, input="the owner's echidna secret")
+    kept_id, _ = turn(server, owner, model=model, input="a kept echidna fact")
+    status, answer = api(server, "DELETE", f"/api/responses/{response_id}")
+    assert (status, answer) == (200, {"id": response_id, "object": "response", "deleted": True}), answer
+    with pytest.raises(NotFoundError) as refused:
+        owner.responses.retrieve(response_id)
+    assert refused.value.body["code"] == "not_found"
+    with pytest.raises(NotFoundError):
+        owner.responses.create(model=model, previous_response_id=response_id, input="and then?")
+    assert rows(server, "response_items", "response_id", response_id) == 0
+    assert owner.responses.retrieve(kept_id).id == kept_id
+    assert audited(server, "responses.delete")[-1] == {"id": response_id}
+    status, again = api(server, "DELETE", f"/api/responses/{response_id}")
+    assert status == 404 and again["error"]["code"] == "not_found" and response_id in again["error"]["message"]
+
+
+def test_the_admin_deletes_any_keys_conversation_and_its_items(server, model):
+    owner = sdk(server)
+    conversation = owner.conversations.create(items=[{"role": "user", "content": "the owner's platypus secret"}])
+    turn(server, owner, model=model, conversation=conversation.id, input="more about it")
+    kept = owner.conversations.create(items=[{"role": "user", "content": "a kept platypus fact"}])
+    status, answer = api(server, "DELETE", f"/api/conversations/{conversation.id}")
+    assert (status, answer) == (
+        200,
+        {"id": conversation.id, "object": "conversation.deleted", "deleted": True, "items": 3},
+    ), answer
+    with pytest.raises(NotFoundError):
+        owner.conversations.retrieve(conversation.id)
+    with pytest.raises(NotFoundError):
+        owner.responses.create(model=model, conversation=conversation.id, input="and then?")
+    assert rows(server, "conversation_items", "conversation_id", conversation.id) == 0
+    assert texts(owner.conversations.items.list(kept.id)) == [("user", "a kept platypus fact")]
+    assert audited(server, "conversations.delete")[-1] == {"id": conversation.id, "items": 3}
+    status, again = api(server, "DELETE", f"/api/conversations/{conversation.id}")
+    assert status == 404 and again["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("kind", ["responses", "conversations"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "resp_" + "a" * 300,  # longer than any id
+        "resp_caf%C3%A9",  # not [A-Za-z0-9_-]
+        "resp.x",
+        "resp_a%00b",  # NUL
+        "resp_a%20b",
+    ],
+)
+def test_a_bad_id_is_a_400_in_the_admin_shape(server, kind, bad):
+    status, _, raw = server.request("DELETE", f"/api/{kind}/{bad}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert status == 400, (status, raw[:300])
+    assert json.loads(raw)["error"]["message"]
+
+
+@pytest.mark.parametrize("kind", ["responses", "conversations"])
+def test_an_unknown_id_is_a_404_and_a_client_key_cannot_delete(server, kind):
+    status, body = api(server, "DELETE", f"/api/{kind}/{'resp' if kind == 'responses' else 'conv'}_{'0' * 48}")
+    assert status == 404 and body["error"]["code"] == "not_found", body
+    owner = sdk(server)
+    made = (
+        turn(server, owner, model=TRANSLATED, input="a client key's bandicoot")[0]
+        if kind == "responses"
+        else owner.conversations.create().id
+    )
+    key = client_key(server)
+    status, _, raw = server.request("DELETE", f"/api/{kind}/{made}", headers={"Authorization": f"Bearer {key}"})
+    assert status == 401 and json.loads(raw)["error"]["message"]
+    assert (owner.responses.retrieve(made) if kind == "responses" else owner.conversations.retrieve(made)).id == made
+
+
+def test_the_routes_are_in_the_openapi_document(server):
+    status, doc = api(server, "GET", "/api/openapi.json")
+    assert status == 200
+    assert "delete" in doc["paths"]["/api/responses/{id}"] and "delete" in doc["paths"]["/api/conversations/{id}"]
+
+
+def test_the_cli_deletes_a_stored_response_and_a_conversation(server):
+    owner = sdk(server)
+    response_id, _ = turn(server, owner, model=TRANSLATED, input="a cli cassowary")
+    conversation = owner.conversations.create(items=[{"role": "user", "content": "a cli emu"}])
+    done = server.cli("responses", "--delete", response_id, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"id": response_id, "object": "response", "deleted": True}
+    done = server.cli("conversations", "--delete", conversation.id)
+    assert done.returncode == 0 and conversation.id in done.stdout, done.stderr
+    with pytest.raises(NotFoundError):
+        owner.responses.retrieve(response_id)
+    with pytest.raises(NotFoundError):
+        owner.conversations.retrieve(conversation.id)
+    missing = server.cli("responses", "--delete", response_id)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    bad = server.cli("conversations", "--delete", "conv_a\u00e9")
+    assert bad.returncode != 0 and "conversation id" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def _file_bytes(server: ServerProcess) -> bytes:
     wal = server.db.with_name(server.db.name + "-wal")
     return server.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
@@ -195,3 +296,14 @@ def test_the_erased_response_leaves_the_sqlite_file_and_its_wal(server):
     wait_for(
         lambda: not any(s in _file_bytes(server) for s in stored), timeout=15, what="its bytes gone from file and WAL"
     )
+
+
+def test_a_path_value_is_decoded_once(server):
+    """A %-escape in the id is the admin API's own decoding: an escaped valid id is that id."""
+    owner = sdk(server)
+    response_id, _ = turn(server, owner, model=TRANSLATED, input="an escaped quoll")
+    escaped = urllib.parse.quote(response_id[:5]) + "".join(f"%{ord(c):02X}" for c in response_id[5:])
+    status, _ = api(server, "DELETE", f"/api/responses/{escaped}")
+    assert status == 200
+    with pytest.raises(NotFoundError):
+        owner.responses.retrieve(response_id)

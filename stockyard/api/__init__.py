@@ -52,6 +52,9 @@ class Route:
     query: tuple[Param, ...] = ()
     body: dict | None = None  # JSON schema of the request body
     status: int = 200  # the status of a successful answer (201 for creations)
+    # checks the path values before anything else (a route whose ids have a form: a malformed one,
+    # a NUL included, is its 400 rather than check_storable's 404)
+    check: Callable[[dict[str, str]], None] | None = None
     regex: re.Pattern = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +73,7 @@ def route(
     query: tuple[Param, ...] = (),
     body: dict | None = None,
     status: int = 200,
+    check: Callable[[dict[str, str]], None] | None = None,
 ) -> Callable:
     """Declare an admin route (and its OpenAPI entry) in one place.
 
@@ -78,7 +82,7 @@ def route(
     """
 
     def register(fn: Callable[["ApiRequest"], Any]) -> Callable[["ApiRequest"], Any]:
-        ROUTES.append(Route(method, pattern, fn, summary, query, body, status))
+        ROUTES.append(Route(method, pattern, fn, summary, query, body, status, check))
         return fn
 
     return register
@@ -219,6 +223,8 @@ def handle(app: "App", req: Request) -> Response:
     try:
         authenticate(app, req)
         r, params = find(req.method, req.path)
+        if r.check is not None:
+            r.check(params)
         check_storable(params, req.query)
         result = r.handler(ApiRequest(app, req, params))
     except Refused as exc:  # a refused change, answered as the client error it is
@@ -235,7 +241,7 @@ def handle(app: "App", req: Request) -> Response:
 
 def load_routes() -> None:
     """Import the modules that declare routes (once)."""
-    from . import audit_log, costs, keys, models, modules, prices, providers, status, traces, webhooks  # noqa: F401
+    from . import audit_log, costs, keys, models, modules, prices, providers, status, stored, traces, webhooks  # noqa: F401
 
 
 load_routes()

@@ -24,6 +24,8 @@ from . import common
 COMMANDS = [
     "serve",
     "traces",
+    "responses",
+    "conversations",
     "costs",
     "export",
     "webhooks",

@@ -124,17 +124,21 @@ export async function traceDetail(view, id) {
   const fail = (err) => { message.className = "error"; message.textContent = err.message; };
   let erased = false; // this view erased the bodies: say "erased" where they were, not "not stored"
 
-  // The bodies and their words in the search index go; the trace row (and the reports) stays.
+  // The bodies and their words in the search index go, and what the request stored for the Responses
+  // API (its stored response, the items its turn appended to a conversation); the trace row stays.
   const erase = async (t) => {
     if (!window.confirm(`Erase the stored request and response bodies of trace ${t.id}? They and their words in ` +
-      "the search index are deleted; the trace itself (time, key, user, tags, model, tokens, cost, status) stays. " +
-      "This cannot be undone.")) return;
+      "the search index are deleted, and so are the stored response and conversation items its request made; " +
+      "the trace itself (time, key, user, tags, model, tokens, cost, status) stays. This cannot be undone.")) return;
     try {
       const answer = await del(`/api/traces/${enc(t.id)}/body`);
       erased = answer.erased;
+      const responses = (answer.responses || []).length, items = answer.conversation_items || 0;
+      const stored = responses || items
+        ? ` Also erased: ${responses} stored response(s), ${items} conversation item(s).` : "";
       message.className = "ok";
-      message.textContent = answer.erased ? `Erased the stored request and response bodies of ${t.id}; the trace stays.`
-        : `${t.id} had no stored bodies left to erase.`;
+      message.textContent = (answer.erased ? `Erased the stored request and response bodies of ${t.id}; the trace stays.`
+        : `${t.id} had no stored bodies left to erase.`) + stored;
       await refresh();
     } catch (err) { fail(err); }
   };

@@ -1,0 +1,36 @@
+"""``/api/responses/{id}`` and ``/api/conversations/{id}``: the admin deletes any key's stored
+response or conversation (a client key deletes only its own, through the Responses and
+Conversations APIs)."""
+
+from __future__ import annotations
+
+from ..operations.stored import check_id, delete_conversation, delete_response
+from . import ApiRequest, route
+
+
+def _response_id(params: dict[str, str]) -> None:
+    check_id(params["id"], "response")
+
+
+def _conversation_id(params: dict[str, str]) -> None:
+    check_id(params["id"], "conversation")
+
+
+@route(
+    "DELETE",
+    "/api/responses/{id}",
+    "Delete any key's stored Responses API response and its items (audited)",
+    check=_response_id,
+)
+def delete_stored_response(r: ApiRequest) -> dict:
+    return delete_response(r.ops(), r.params["id"])
+
+
+@route(
+    "DELETE",
+    "/api/conversations/{id}",
+    "Delete any key's Conversations API conversation and its items (audited)",
+    check=_conversation_id,
+)
+def delete_stored_conversation(r: ApiRequest) -> dict:
+    return delete_conversation(r.ops(), r.params["id"])
