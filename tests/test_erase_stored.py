@@ -56,12 +56,19 @@ def sdk(server: ServerProcess, key: str | None = None) -> OpenAI:
     return server.openai(key or client_key(server))
 
 
-def turn(server: ServerProcess, client: OpenAI, **body) -> tuple[str, str]:
+def turn(server: ServerProcess, client: OpenAI, stream: bool = False, **body) -> tuple[str, str]:
     """One ``/v1/responses`` turn: the response's id and its trace's (recorded before this returns)."""
-    raw = client.responses.with_raw_response.create(**body)
-    trace_id = raw.headers["x-stockyard-trace-id"]
+    if stream:
+        with client.responses.with_streaming_response.create(stream=True, **body) as raw:
+            trace_id = raw.headers["x-stockyard-trace-id"]
+            events = list(raw.parse())
+        assert events[-1].type == "response.completed", events[-1]
+        response_id = events[-1].response.id
+    else:
+        raw = client.responses.with_raw_response.create(**body)
+        trace_id, response_id = raw.headers["x-stockyard-trace-id"], raw.parse().id
     server.trace(trace_id)
-    return raw.parse().id, trace_id
+    return response_id, trace_id
 
 
 def texts(items) -> list[tuple[str, str]]:
@@ -79,10 +86,11 @@ def rows(server: ServerProcess, table: str, column: str, value: str) -> int:
     return len(server.db_rows(f"SELECT 1 FROM {table} WHERE {column} = ?", (value,)))
 
 
-def test_erasing_a_turns_trace_erases_the_response_it_stored(server, model):
+@pytest.mark.parametrize("stream", [False, True])
+def test_erasing_a_turns_trace_erases_the_response_it_stored(server, model, stream):
     client = sdk(server)
     kept_id, _ = turn(server, client, model=model, input="a kept turn about otters")
-    response_id, trace_id = turn(server, client, model=model, input="my quokka passport is QX-1187")
+    response_id, trace_id = turn(server, client, stream, model=model, input="my quokka passport is QX-1187")
     assert client.responses.retrieve(response_id).id == response_id
     if model == TRANSLATED:
         assert texts(client.responses.input_items.list(response_id)) == [("user", "my quokka passport is QX-1187")]
@@ -113,15 +121,15 @@ def test_erasing_a_turns_trace_erases_the_response_it_stored(server, model):
     assert audited(server, "traces.erase_bodies")[-1] == {"traces": [trace_id], "responses": [response_id]}
 
 
-@pytest.mark.parametrize("store", [True, False])
-def test_erasing_a_turns_trace_takes_the_items_it_appended_to_its_conversation(server, model, store):
+@pytest.mark.parametrize(("store", "stream"), [(True, False), (False, False), (True, True)])
+def test_erasing_a_turns_trace_takes_the_items_it_appended_to_its_conversation(server, model, store, stream):
     """The conversation stays with the items the turn did not add; ``store`` does not matter (the
     conversation is where the client keeps the turn)."""
     client = sdk(server)
     conversation = client.conversations.create(items=[{"role": "user", "content": "an item made apart"}])
     turn(server, client, model=model, conversation=conversation.id, input="a kept wallaby turn")
     _, trace_id = turn(
-        server, client, model=model, conversation=conversation.id, input="the numbat pin is 5521", store=store
+        server, client, stream, model=model, conversation=conversation.id, input="the numbat pin is 5521", store=store
     )
     turn(server, client, model=model, conversation=conversation.id, input="a later wombat turn")
     listed = texts(client.conversations.items.list(conversation.id, order="asc"))
