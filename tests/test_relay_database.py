@@ -30,6 +30,8 @@ def started(pyz_path, cache_home, mock, folder, **extra: str):
         mock,
         ANTHROPIC_API_KEY="sk-ant-test-relaydb-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY="AIza-relaydb-0123456789abcdefPROVIDERSECRET",
+        GEMINI_BASE_URL=mock.url,
         **extra,
     )
     srv = ServerProcess(pyz_path, folder / "stockyard.db", env)
@@ -37,7 +39,7 @@ def started(pyz_path, cache_home, mock, folder, **extra: str):
     srv.start()
     yield srv
     srv.stop()
-    assert "sk-ant-test-relaydb" not in srv.log
+    assert "sk-ant-test-relaydb" not in srv.log and "PROVIDERSECRET" not in srv.log
     assert "Traceback" not in srv.log
 
 
@@ -185,3 +187,107 @@ def test_a_kept_turn_the_database_refuses_never_cuts_the_answer(impatient, mock)
     status, again = call(server, "alice", "POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "still there?"})
     assert status == 200 and again["status"] == "completed", again
     assert response["id"] != again["id"]
+
+
+# -- a provider's event nested past the parser's depth is the provider's --------------------------------
+
+
+def nested_event(member: str, depth: int = 5000) -> dict:
+    """A provider's chat chunk whose ``member`` nests ``depth`` arrays: valid JSON that Python's parser
+    refuses with a RecursionError (as a string: ``json.dumps`` of it would recurse too)."""
+    return {"id": "chatcmpl-deep", "object": "chat.completion.chunk", "choices": [], member: depth}
+
+
+def deep(event: dict, member: str) -> str:
+    depth = event[member]
+    head = json.dumps({k: v for k, v in event.items() if k != member})[:-1]
+    return head + (", " if len(event) > 1 else "") + f'"{member}": ' + "[" * depth + "]" * depth + "}"
+
+
+def claude_events(nested_in_the_middle: str) -> list[str]:
+    start = {
+        "type": "message_start",
+        "message": {"id": "msg_deep", "type": "message", "role": "assistant", "model": CLAUDE, "content": []},
+    }
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+
+    def text(words: str) -> str:
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": words}}
+        return f"event: content_block_delta\ndata: {json.dumps(delta)}"
+
+    return [
+        f"event: message_start\ndata: {json.dumps(start)}",
+        f"event: content_block_start\ndata: {json.dumps(block)}",
+        text("first-words "),
+        nested_in_the_middle,
+        text("last-words"),
+        'event: content_block_stop\ndata: {"type": "content_block_stop", "index": 0}',
+        'event: message_delta\ndata: {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, '
+        '"usage": {"output_tokens": 3}}',
+        'event: message_stop\ndata: {"type": "message_stop"}',
+    ]
+
+
+def chat_events() -> list[str]:
+    return [chat_chunk("first-words "), deep(nested_event("usage"), "usage"), chat_chunk("last-words"), "[DONE]"]
+
+
+DEEP_CLAUDE = "event: content_block_delta\ndata: " + deep(
+    {"type": "content_block_delta", "index": 0, "delta": 5000}, "delta"
+)
+
+
+def gemini_events() -> list[str]:
+    def text(words: str, **more: object) -> str:
+        candidate = {"content": {"parts": [{"text": words}], "role": "model"}, **more}
+        return json.dumps({"candidates": [candidate], "modelVersion": "gemini-2.5-flash"})
+
+    usage = {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5}
+    nested = deep({"candidates": 5000}, "candidates")
+    return [text("first-words "), nested, text("last-words", finishReason="STOP"), json.dumps({"usageMetadata": usage})]
+
+
+GEMINI_SSE = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+CASES = {  # (route, model, the provider's events, the events before the nested one, the end the client must see)
+    "chat over openai": ("/v1/chat/completions", "gpt-4o-mini", chat_events(), 1, b"[DONE]"),
+    "messages over openai's chat": ("/v1/messages", "gpt-4o-mini", chat_events(), 1, b"message_stop"),
+    "chat over claude": ("/v1/chat/completions", CLAUDE, claude_events(DEEP_CLAUDE), 3, b"[DONE]"),
+    "gemini native": (GEMINI_SSE, "gemini-2.5-flash", gemini_events(), 1, b"usageMetadata"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_provider_event_nested_too_deep_is_the_providers_not_the_clients(server, mock, case):
+    """Was: a provider's stream event nested deeper than the JSON parser goes raised RecursionError in
+    the stream's reader (``OpenAIStream``, ``ChunkStream``, ``chat_chunks`` caught ValueError only),
+    which was answered as the refusal of the client's body ("request body nests …", 400
+    ``invalid_json``) and cut the stream. Now it is handled as that stream's other unreadable events
+    are (relayed unread, or skipped), the answer goes on to its end, and the trace says the provider
+    sent it."""
+    route, model, events, before, end = CASES[case]
+    server.log_lines.clear()
+    gate = threading.Event()  # the nested event comes once the answer began
+    mock.enqueue(Reply(sse=events, held_after=before, held=gate))
+    body = {"model": model, "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    if route == GEMINI_SSE:
+        body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    sock = post_stream(server, route, body, "alice")
+    try:
+        got = read_until(sock, b"first-words")
+        gate.set()
+        got = read_until(sock, b"0\r\n\r\n", got, timeout=10)
+    finally:
+        gate.set()
+        sock.close()
+    assert end in got and b"first-words" in got and b"last-words" in got, got[-600:]
+    assert b"invalid_json" not in got and b"request body" not in got
+    trace_id = next(
+        line.split(":", 1)[1].strip()
+        for line in got.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+        if line.lower().startswith("x-stockyard-trace-id:")
+    )
+    trace = server.trace(trace_id)
+    provider = {CLAUDE: "anthropic", "gemini-2.5-flash": "gemini"}.get(model, "openai")
+    assert trace["outcome"] == "ok" and trace["status"] == 200, trace
+    assert f"provider {provider!r} sent a stream event nested too deeply" in trace["error_message"], trace
+    assert "request body" not in server.log and "its answer had begun" not in server.log
