@@ -6,7 +6,9 @@ A Responses stream's end keeps what it made (the response's row, the turn a ``co
 those writes are the writer's, and the client's bytes do not wait for them (nothing in the answer
 names a row the key must own first), so neither the other streams nor the stream itself stalls while
 the database is held; a kept write that fails is logged once and noted in the trace, never cuts the
-answer that already went right."""
+answer that already went right. A provider's event nested past the parser's depth is handled as its
+stream's non-JSON events are, and the trace names the provider. ``STOCKYARD_BUSY_TIMEOUT_MS`` (how long
+a write waits for a held database: the impatient server's 1 s) is bounded at start."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import socket
 import sqlite3
 import threading
 
+import clirun
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import Reply
 from test_leftovers_review import chat_chunk, post_stream, read_until
 
@@ -291,3 +294,13 @@ def test_a_provider_event_nested_too_deep_is_the_providers_not_the_clients(serve
     assert trace["outcome"] == "ok" and trace["status"] == 200, trace
     assert f"provider {provider!r} sent a stream event nested too deeply" in trace["error_message"], trace
     assert "request body" not in server.log and "its answer had begun" not in server.log
+
+
+@pytest.mark.parametrize("value", ["50", "600001", "ten", "-5"])
+def test_a_busy_timeout_out_of_bounds_is_refused_at_start(pyz_path, cache_home, tmp_path, value):
+    """``STOCKYARD_BUSY_TIMEOUT_MS`` out of 100..600000 (or not a number): ``serve`` refuses to start
+    with one line naming the setting, never a traceback."""
+    env = {**base_env(cache_home), "STOCKYARD_BUSY_TIMEOUT_MS": value}
+    done = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(tmp_path / "stockyard.db")], env, timeout=30)
+    assert done.returncode != 0
+    assert "STOCKYARD_BUSY_TIMEOUT_MS" in done.stderr and "Traceback" not in done.stderr, done.stderr
