@@ -509,7 +509,8 @@ class Conversations:
             self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}
             self._pending[response_id] = (record, now)
         # the writer's, the client's bytes not held for it (they name no row the key must own first)
-        future = self._store.write_later(record.write, 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S)
+        queue_wait = 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
+        future = self._store.write_later(record.write, queue_wait, urgent=False)
         future.add_done_callback(lambda _: self._committed(record))  # or failed: it will never be
         ctx.kept_later.append((f"response {response_id} was not kept", future))
 

@@ -371,7 +371,7 @@ class ConversationStore:
             row = conn.execute("SELECT bytes FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
             return None if row is None else _append(conn, conversation_id, items, packed, _now_ms())
 
-        future = self._store.write_later(job, queue_wait)
+        future = self._store.write_later(job, queue_wait, urgent=False)
         with self._lock:
             self._appending[conversation_id] = future
 

@@ -120,15 +120,17 @@ class Store:
                 raise
             return result
 
-    def write_later(self, job: Callable[[sqlite3.Connection], Any], queue_wait: float = 30.0) -> Future:
-        """``write`` without the wait: the future of its result (``Writer.later``); run now, its
-        future already resolved, when no writer runs. ``queue_wait``: how long a full queue may
-        keep the caller (0 on the stream relay's thread: a full queue is then the future's
-        ``queue.Full``, not a wait)."""
+    def write_later(
+        self, job: Callable[[sqlite3.Connection], Any], queue_wait: float = 30.0, urgent: bool = True
+    ) -> Future:
+        """``write`` without the wait: the future of its result (``Writer.later``, ``urgent`` as
+        there); run now, its future already resolved, when no writer runs. ``queue_wait``: how long
+        a full queue may keep the caller (0 on the stream relay's thread: a full queue is then the
+        future's ``queue.Full``, not a wait)."""
         future: Future = Future()
         if self.writer is not None:
             try:
-                return self.writer.later(job, queue_wait)
+                return self.writer.later(job, queue_wait, urgent)
             except queue.Full as exc:
                 future.set_exception(exc)
                 return future
