@@ -65,6 +65,7 @@ class Settings:
     max_connections: int | None = None  # concurrent client connections; None: sized to the machine
     max_connections_per_client: int | None = None  # of them from one sender; None: a quarter of the whole
     max_results_readers: int = 8  # message batch results read at once (each may hold a 16 MiB line); a key: a quarter
+    busy_timeout_ms: int = 10_000  # how long a database statement waits for a lock another process holds (SQLite)
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
@@ -263,6 +264,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         )
         or None,
         max_results_readers=_positive_int(env.get("STOCKYARD_MAX_RESULTS_READERS"), "STOCKYARD_MAX_RESULTS_READERS", 8),
+        busy_timeout_ms=_busy_timeout(env.get("STOCKYARD_BUSY_TIMEOUT_MS")),
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),
@@ -273,6 +275,17 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
 
 
 MAX_WORKERS = 64
+BUSY_TIMEOUT_BOUNDS_MS = (100, 600_000)
+
+
+def _busy_timeout(value: str | None) -> int:
+    """``STOCKYARD_BUSY_TIMEOUT_MS``: how long SQLite waits for a lock another process holds before a
+    statement fails (``database is locked``); 100 ms to 10 minutes, 10 s by default."""
+    low, high = BUSY_TIMEOUT_BOUNDS_MS
+    ms = _positive_int(value, "STOCKYARD_BUSY_TIMEOUT_MS", 10_000)
+    if not low <= ms <= high:
+        raise ValueError(f"STOCKYARD_BUSY_TIMEOUT_MS must be between {low} and {high}, got {ms}")
+    return ms
 
 
 def _workers(value: object) -> int:

@@ -351,6 +351,10 @@ class RequestContext:
     # write here rather than waiting for it, and the relay holds the bytes converted with it until
     # it is committed (streamrelay: the other streams go on meanwhile)
     claims_deferred: list[Future] | None = None
+    # writes that keep what the answer made (a stored response's row, a conversation's new turn), left
+    # to the writer without holding the client's bytes: (what they keep, their future); the request
+    # thread waits for them before its trace, which notes a failure (Conversations.settle)
+    kept_later: list[tuple[str, Future]] = field(default_factory=list)
     default_output_cap: int = 4096  # output cap when the body sets none: reserved, and sent where one is required
     upload: Any = None  # multipart.Upload of a multipart request (audio, images): fields, files, the spool
     end_user: str | None = None  # who the client's product served (stockyard.attribution)

@@ -17,9 +17,15 @@ is joined here too (``Conversations.join``): its items go in front of ``input`` 
 provider, and the turn is appended to it once its response has completed, or ended
 ``incomplete`` (``_append``).
 
-A row is visible to lookups from the moment the adapter hands the response over (before
+Both writes are the writer's, never waited for where the answer is made: a stream's end is
+converted on the stream relay's thread, which must not wait on the database, and nothing in the
+answer names a row the key must own first (a claim does: ``RequestContext.claims_deferred``), so
+the client's bytes go on. The request thread waits for them before its trace
+(:meth:`Conversations.settle`: a failure is one log line and a note in the trace; the answer
+stands). A row is visible to lookups from the moment the adapter hands the response over (before
 the client sees its end), through a small in-memory table of rows the writer has not yet
-committed; so a client's next turn never races the write. Retention deletes rows with the
+committed, and a conversation is read once its turn being appended is committed
+(``ConversationStore.find``); so a client's next turn never races the write. Retention deletes rows with the
 traces' age limit (``stockyard.retention``).
 """
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import secrets
 import sqlite3
@@ -34,6 +41,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 from urllib.parse import urlencode
@@ -49,13 +57,14 @@ from .conversations_api import (
     page_params,
 )
 from .conversations_api import not_found as conversation_not_found
-from .errors import RESPONSES, ProxyError, sse_error_event
+from .errors import RESPONSES, ProxyError, described, sse_error_event
 from .estimate import referenced_images, size_tokens, text_tokens
 from .httpio import Request, Response, check_method, json_bytes, json_response
 from .objectrefs import referenced_containers
 from .pricing import Usage
 from .providers import Provider, Registry
 from .providers import responses as translate
+from .providers.chatshape import note
 from .providers.messages_adapters import ESTIMATE_HEADER, prompt_estimate
 from .providers.responses_adapters import upstream_headers, upstream_path
 from .scrub import Scrubber
@@ -84,6 +93,9 @@ HELD_SQL = (
     f"WHERE i.item_id IN ({', '.join('?' * HELD_CHUNK)})"
 )
 PENDING_S = 60.0  # an uncommitted row is long committed after this
+FULL_WAIT_S = 2.0  # a request thread keeping a response waits this long at most for room in the writer's queue
+SETTLE_WAIT_S = 30.0  # a request's trace waits this long at most for the writes keeping what it made
+REFUSED_IDS = "conversations.refused_ids"  # ctx.state: response ids this request found another key's
 APPENDED = ("completed", "incomplete")  # a response whose turn joins its conversation
 
 
@@ -131,6 +143,8 @@ class StoredResponse:
             for item_id in sorted(self.item_ids):
                 sql = "INSERT OR IGNORE INTO response_items (item_id, response_id) VALUES (?, ?)"
                 conn.execute(sql, (item_id, self.id))
+        else:  # kept from the stream relay's thread, which read nothing first (Conversations._keep)
+            log.warning("response id %s from provider %r is already another key's; not kept", self.id, self.provider)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredResponse:
@@ -496,8 +510,7 @@ class Conversations:
             output = response.get("output")
             record.output_items = output if isinstance(output, list) else []
             record.response = response
-        held = self.lookup(response_id)
-        if held is not None and held.key_id != ctx.key_id:  # a provider that repeats ids: the first key keeps it
+        if self._anothers(ctx, response_id):  # a provider that repeats ids: the first key keeps it
             log.warning(
                 "response id %s from provider %r is already another key's; not kept", response_id, provider.name
             )
@@ -506,14 +519,37 @@ class Conversations:
         with self._lock:
             self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}
             self._pending[response_id] = (record, now)
-        if not self._store.submit(record.write, lambda: self._committed(record)):  # the queue is full
-            self._committed(record)
+        # the writer's, the client's bytes not held for it (they name no row the key must own first)
+        queue_wait = 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
+        future = self._store.write_later(record.write, queue_wait, urgent=False)
+        future.add_done_callback(lambda _: self._committed(record))  # or failed: it will never be
+        ctx.kept_later.append((f"response {response_id} was not kept", future))
+
+    def _anothers(self, ctx: RequestContext, response_id: str) -> bool:
+        """Whether another key holds this response id. On the stream relay's thread (which must not
+        wait on the database) from what is known without a read: the ids this request found
+        another key's before (a pass-through's ``response.created`` is kept on the request thread)
+        and the rows not committed yet; a committed row of another key's is then kept by the write
+        itself (``StoredResponse.write``)."""
+        refused: set[str] = ctx.state.setdefault(REFUSED_IDS, set())
+        if response_id in refused:
+            return True
+        if ctx.claims_deferred is not None:
+            with self._lock:
+                pending = self._pending.get(response_id)
+            held = pending[0] if pending is not None else None
+        else:
+            held = self.lookup(response_id)
+        if held is not None and held.key_id != ctx.key_id:
+            refused.add(response_id)
+            return True
+        return False
 
     def _append(self, ctx: RequestContext, response: dict) -> None:
         """A turn that joined a conversation, once its response has completed (or ended
         ``incomplete`` at its output cap: an answer, if a short one): its input items, then the
-        response's output items, appended before the client sees the end, so its next turn
-        reads them; ``store`` does not matter (the conversation is where the client keeps
+        response's output items, appended by the writer (its next turn's read waits for the commit:
+        ``ConversationStore.find``); ``store`` does not matter (the conversation is where the client keeps
         them). A response that failed, or a stream that broke, appends nothing."""
         conv = ctx.conversation
         if ctx.endpoint != "responses" or conv is None or conv.conversation_id is None or conv.appended:
@@ -522,10 +558,30 @@ class Conversations:
             return
         conv.appended = True
         turn = (conv.turn_items or []) + normalized(response.get("output"))
-        try:
-            self.threads.add(conv.conversation_id, turn, bounded=False, trace_id=ctx.trace_id)
-        except Exception:  # the answer stands; the client sees the gap in the conversation
-            log.exception("response %s: its turn was not appended to its conversation", response.get("id"))
+        # the writer's, the client's bytes not held for it; a failure: the answer stands, the
+        # conversation has a gap (settle logs and traces it); its next read waits for it (threads.find)
+        queue_wait = 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
+        future = self.threads.append_later(conv.conversation_id, turn, ctx.trace_id, queue_wait)
+        what = f"response {response.get('id')}: its turn was not appended to conversation {conv.conversation_id}"
+        ctx.kept_later.append((what, future))
+
+    def settle(self, ctx: RequestContext) -> None:
+        """Before the request's trace (its answer sent): wait for the writes that keep what it made
+        (``ctx.kept_later``); each that failed is logged once, one line, and noted in the trace.
+        Never raises: the answer went right, what was not kept is the database's failure."""
+        for what, future in ctx.kept_later:
+            try:
+                future.result(timeout=SETTLE_WAIT_S)
+                continue
+            except FutureTimeout:
+                why = f"not committed after {SETTLE_WAIT_S:.0f} s"
+            except queue.Full:
+                why = "the writer's queue is full"
+            except Exception as exc:
+                why = described(exc)
+            log.warning("trace %s: %s: %s", ctx.trace_id, what, why)
+            note(ctx, f"{what}: {why}")
+        ctx.kept_later.clear()
 
     def _committed(self, record: StoredResponse) -> None:
         """The row is in the database (or will never be): lookups read it there from now on,

@@ -24,8 +24,10 @@ import json
 import re
 import secrets
 import sqlite3
+import threading
 import time
 import zlib
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -47,6 +49,7 @@ ITEM_PREFIXES = {
 MINTED_ITEM = re.compile(r"^[a-z]+_sy[0-9a-f]{32}$")
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+APPEND_WAIT_S = 30.0  # a read of a conversation waits this long at most for the turn being appended (Writer.call's)
 MAX_ITEMS_PER_CALL = 1000  # OpenAI takes 20; each item is work here and a row the writer inserts
 
 
@@ -253,12 +256,20 @@ class ConversationStore:
     def __init__(self, store: Store, max_bytes: int) -> None:
         self._store = store
         self._max_bytes = max_bytes  # the largest conversation kept (and the largest sent whole)
+        self._appending: dict[str, Future] = {}  # a response's turn the writer has not committed yet
+        self._lock = threading.Lock()
 
     # -- reads ---------------------------------------------------------------------------------
     def find(self, conversation_id: str, key_id: str | None) -> Conversation | None:
-        """The conversation if ``key_id`` made it (None otherwise: another key's is unknown)."""
+        """The conversation if ``key_id`` made it (None otherwise: another key's is unknown); read once
+        a turn being appended to it is committed (or failed), so a client's next turn, or its list of
+        the items, never races the write of the last."""
         if not storable(conversation_id):
             return None
+        with self._lock:
+            appending = self._appending.get(conversation_id)
+        if appending is not None:
+            wait((appending,), timeout=APPEND_WAIT_S)
         sql = "SELECT id, key_id, created_at, metadata, bytes FROM conversations WHERE id = ?"
         row = self._store.read().execute(sql, (conversation_id,)).fetchone()
         if row is None or row[1] != key_id:
@@ -352,6 +363,31 @@ class ConversationStore:
         if kept == "too_large":
             raise too_large(self._max_bytes, "items")
         return kept
+
+    def append_later(
+        self, conversation_id: str, items: list[dict], trace_id: str | None, queue_wait: float = 30.0
+    ) -> Future:
+        """A response's turn (of the request ``trace_id``) appended whole (``add`` unbounded) by the
+        writer, not waited for: the stream relay's thread must not wait on the database, and the
+        client's answer does not wait for it either (it names no row of it). Its future, resolved
+        once committed; until then a read of the conversation (:meth:`find`) waits for it."""
+        packed = [_pack(item) for item in items]  # here, not on the writer's thread
+
+        def job(conn: sqlite3.Connection) -> list[dict] | None:
+            row = conn.execute("SELECT bytes FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            return None if row is None else _append(conn, conversation_id, items, packed, _now_ms(), trace_id)
+
+        future = self._store.write_later(job, queue_wait, urgent=False)
+        with self._lock:
+            self._appending[conversation_id] = future
+
+        def done(_: Future) -> None:
+            with self._lock:
+                if self._appending.get(conversation_id) is future:
+                    del self._appending[conversation_id]
+
+        future.add_done_callback(done)
+        return future
 
     def update(self, conversation: Conversation, metadata: dict) -> Conversation:
         conversation.metadata = metadata

@@ -273,6 +273,8 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             # never refused by the failed request's own worst case.
             if failed is not None:
                 failed()
+            if ctx.kept_later:  # what the answer made, kept by the writer: a failure is noted in the trace
+                path.conversations.settle(ctx)
             path.tracer.finish(ctx)
 
 

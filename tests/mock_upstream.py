@@ -2547,7 +2547,7 @@ def gemini_signatures(reply: Reply) -> dict[tuple[str, str], str]:
         data = item.split("data:", 1)[1] if item.lstrip().startswith(("data:", "event:")) else item
         try:
             docs.append(jsonlib.loads(data))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: signs nothing
             continue
     found: dict[tuple[str, str], str] = {}
     for doc in docs:

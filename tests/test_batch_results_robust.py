@@ -30,6 +30,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_BATCH_POLL="off",  # no background retrieves: a scripted reply reaches the call it is for
         STOCKYARD_MAX_RESULTS_READERS=str(READERS),
+        STOCKYARD_BUSY_TIMEOUT_MS="1500",  # a claim the held database refuses fails after 1.5 s, not 10
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("robust") / "stockyard.db", env)
     srv.keys = srv.create_keys({name: [] for name in ("alice", "bob", "carol", "dave", "erin")})

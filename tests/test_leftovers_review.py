@@ -224,7 +224,7 @@ def waiting_alone(
     gate_claimed, all_sent = threading.Event(), threading.Event()
     mock.enqueue(Reply(sse=events, held_after=1, held=gate_claimed, all_sent=all_sent))
     chat = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a commit under way
     other = post_stream(server, "/v1/chat/completions", chat, "bob")
     claimed = None
     try:

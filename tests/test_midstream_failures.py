@@ -31,6 +31,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         mock,
         ANTHROPIC_API_KEY="sk-ant-test-midstream-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_BUSY_TIMEOUT_MS="1000",  # a claim the held database refuses fails after 1 s, not 10
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("midstream") / "stockyard.db", env)
     srv.keys = srv.create_keys({"alice": [], "bob": []})
@@ -163,19 +164,21 @@ GOOD_CHUNK = {
 
 
 def test_a_provider_event_its_reader_cannot_take_midstream_cuts_the_stream(server, mock):
-    """A provider's event that makes a stream's reader fail after the stream began (a chat chunk nested
-    deeper than the parser goes, under the Messages translation of an OpenAI model's stream; Anthropic's
-    own events of odd shapes are relayed as they are: ``test_leftovers_review``): the stream is cut, one
-    line logged without the event's text, the trace ``stream_broken``."""
+    """A provider's event that makes a stream's translation fail after the stream began (a chat chunk
+    whose text is a lone UTF-16 surrogate escape, which the Messages translation of an OpenAI model's
+    stream cannot write out as UTF-8; a chunk nested deeper than the parser goes is skipped instead,
+    ``test_relay_database``; Anthropic's own events of odd shapes are relayed as they are:
+    ``test_leftovers_review``): the stream is cut, one line logged without the event's text, the trace
+    ``stream_broken``."""
     gate = threading.Event()
-    bad = nested_event("usage")[:-1] + ', "note": "secret-looking-text-xyz"}'
+    bad = lone_surrogate_event()[:-1] + ', "note": "secret-looking-text-xyz"}'
     mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), bad], held_after=1, held=gate))
     body = {"model": "gpt-4o-mini", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     try:
         data = stream_until(server, "alice", body, b"first-words", gate.set)
     finally:
         gate.set()
-    (said,) = assert_cut(server, data, "RecursionError")
+    (said,) = assert_cut(server, data, "UnicodeEncodeError")
     assert "xyz" not in said
     trace = server.trace(trace_id_of(data))
     assert trace["outcome"] == "stream_broken" and trace["error_type"] == "invalid_json", trace
@@ -186,7 +189,7 @@ def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
     """The same cut as Anthropic's SDK sees it: the stream it iterates raises (an incomplete chunked
     read), rather than ending as if the answer were whole."""
     gate = threading.Event()
-    mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), nested_event("usage")], held_after=1, held=gate))
+    mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), lone_surrogate_event()], held_after=1, held=gate))
     client = server.anthropic("alice")
     try:
         with client.messages.create(
@@ -200,7 +203,7 @@ def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
     finally:
         gate.set()
     said = wait_for(lambda: [line for line in server.log.splitlines() if CUT in line], what="the cut logged")
-    assert len(said) == 1 and "RecursionError" in said[0] and "Traceback" not in server.log, said
+    assert len(said) == 1 and "UnicodeEncodeError" in said[0] and "Traceback" not in server.log, said
     still_serving(server)
 
 
@@ -230,30 +233,33 @@ def test_a_failure_before_the_answer_began_is_still_the_clients_500_and_traced_a
     still_serving(server)
 
 
-def nested_event(member: str, depth: int = 5000) -> str:
-    """A provider's event whose ``member`` nests ``depth`` arrays: valid JSON that Python's parser
-    refuses with a RecursionError, one of the refusals (``errors.REFUSALS``)."""
-    return json.dumps({"id": "c1", "object": "chat.completion.chunk", "choices": []})[:-1] + (
-        f', "{member}": ' + "[" * depth + "]" * depth + "}"
-    )
+def lone_surrogate_event() -> str:
+    """A provider's chat chunk whose text is a lone UTF-16 surrogate escape (``"\\ud800"``): valid JSON,
+    relayed to a chat client as it is, but text that a translation writing it out as UTF-8 (the
+    Messages API's events) fails on with a UnicodeEncodeError, one of the refusals
+    (``errors.REFUSALS``)."""
+    delta = {"index": 0, "delta": {"content": "\ud800"}, "finish_reason": None}
+    return json.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": [delta]})
 
 
 def test_a_refusal_raised_after_the_answer_began_cuts_the_stream(server, mock):
     """Was: a refusal (a ProxyError, or what ``errors.refusal_of`` turns into one) raised once a stream
     had begun was answered like one raised before it: its 400 head and JSON written into the middle
-    of the chunked body. The trigger here is real: a provider's chunk whose ``usage`` nests deeper
-    than Python's parser goes, which the chat stream's reader meets with a RecursionError. Now it is
-    cut as every failure after the answer began is: no chunked end, one log line, and the trace says
-    ``stream_broken`` with the refusal's status and code."""
+    of the chunked body. The trigger here is real: a provider's chunk whose text is a lone UTF-16
+    surrogate escape, which the Messages translation meets with a UnicodeEncodeError writing its event
+    out (a chunk nested deeper than the parser goes was the trigger until it became the provider's
+    malformed event, skipped: ``test_relay_database``). Now it is cut as every failure after the
+    answer began is: no chunked end, one log line, and the trace says ``stream_broken`` with the
+    refusal's status and code."""
     gate = threading.Event()
-    mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), nested_event("usage")], held_after=1, held=gate))
-    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    route = "/v1/chat/completions"
+    mock.enqueue(Reply(sse=[json.dumps(GOOD_CHUNK), lone_surrogate_event()], held_after=1, held=gate))
+    body = {"model": "gpt-4o-mini", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    route = "/v1/messages"
     try:
         data = stream_until(server, "alice", body, b"first-words", gate.set, route=route)
     finally:
         gate.set()
-    (said,) = assert_cut(server, data, "RecursionError", route=route)
+    (said,) = assert_cut(server, data, "UnicodeEncodeError", route=route)
     assert b"invalid_json" not in data and b"first-words" in data
     trace = server.trace(trace_id_of(data))
     assert trace["outcome"] == "stream_broken" and trace["error_type"] == "invalid_json", trace

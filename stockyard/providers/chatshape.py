@@ -59,6 +59,19 @@ def note(ctx: RequestContext, text: str) -> None:
     ctx.attempt.error_message = "; ".join(filter(None, [ctx.attempt.error_message, text]))
 
 
+def unreadable_event(ctx: RequestContext) -> None:
+    """A provider's stream event nested deeper than the JSON parser goes (RecursionError): the
+    provider's malformed event, handled as its stream's other unreadable events are (relayed unread,
+    or skipped), and said once in the trace, naming the provider — never the refusal of the client's
+    body (``errors.refusal_of``) it would become if it reached the dispatch."""
+    provider = ctx.attempt.provider
+    said = (
+        f"provider {provider.name if provider else '?'!r} sent a stream event nested too deeply to read (left unread)"
+    )
+    if said not in (ctx.attempt.error_message or ""):
+        note(ctx, said)
+
+
 def honoured_body(ctx: RequestContext, table: Mapping[str, Field], models: str) -> dict:
     """The request body with nothing the target cannot honour: a 400 naming the first field it
     cannot (a field with no row included), or — when the client sent ``x-stockyard-drop-unsupported:
@@ -468,7 +481,7 @@ def chat_chunks(events: list[bytes]) -> Iterator[dict | None]:
                 continue
             try:
                 obj = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # nested too deep: the inner translator's trace note said so
                 continue
             if isinstance(obj, dict):
                 yield obj
@@ -512,10 +525,16 @@ class ChunkStream(StreamTranslator):
             payload = json.loads(data)
         except ValueError:
             return []
+        except RecursionError:  # the provider's, skipped as a non-JSON event is
+            unreadable_event(self.ctx)
+            return []
         try:
             return self.translate(payload)
         except (AttributeError, TypeError, KeyError, ValueError):
             return []  # an event of an unexpected shape carries nothing we can translate
+        except RecursionError:  # nested just short of the parser's limit, too deep to translate
+            unreadable_event(self.ctx)
+            return []
 
     def identify(self, ident: str | None, model: str | None) -> None:
         """Take the answer's id and served model from an event that carries them."""

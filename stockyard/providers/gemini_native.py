@@ -26,7 +26,7 @@ from ..objectrefs import INNER_REQUEST
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, model_segment, sse_data
-from .chatshape import record_stream_error
+from .chatshape import record_stream_error, unreadable_event
 from .gemini import api_path, auth_headers, error_fields
 
 STREAM = "streamGenerateContent"
@@ -171,6 +171,9 @@ class NativeStream(StreamTranslator):
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError):  # not JSON: an SSE reader may judge it; an array must not hold it
+            return [event] if self.sse else []
+        except RecursionError:  # nested past the parser's depth: the provider's, as a non-JSON event
+            unreadable_event(self.ctx)
             return [event] if self.sse else []
         fields = error_fields(doc)
         if fields is not None:

@@ -20,7 +20,7 @@ from ..imagegen import drawn_tokens, drawn_usage, image_usage, images_api_image
 from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, sse_data, sse_object
-from .chatshape import record_stream_error
+from .chatshape import record_stream_error, unreadable_event
 from .openai import auth_headers, request_body
 
 PATHS = {
@@ -142,6 +142,9 @@ class MediaStream(StreamTranslator):
             try:
                 chunk = json.loads(data)
             except ValueError:
+                chunk = None
+            except RecursionError:  # the provider's: relayed unread, as a non-JSON event is
+                unreadable_event(self.ctx)
                 chunk = None
             if isinstance(chunk, dict):
                 record(self.ctx, chunk)

@@ -18,6 +18,7 @@ from ..pricing import Usage
 from ..toolfees import REASONING_MODELS
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object, sse_data
+from .chatshape import unreadable_event
 from .reasoning import STATE_FIELDS, plain_messages
 
 PROVIDER_FIELDS = tuple(f.encode() for f in (*STATE_FIELDS, "extra_content"))  # what plain_messages takes off
@@ -112,6 +113,9 @@ class OpenAIStream(StreamTranslator):
         try:
             chunk = json.loads(data)
         except ValueError:
+            return [event]
+        except RecursionError:  # the provider's: relayed unread, as a non-JSON event is
+            unreadable_event(self.ctx)
             return [event]
         if not isinstance(chunk, dict):
             return [event]

@@ -9,6 +9,7 @@ once and work in both places.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 import weakref
@@ -119,12 +120,20 @@ class Store:
                 raise
             return result
 
-    def write_later(self, job: Callable[[sqlite3.Connection], Any]) -> Future:
-        """``write`` without the wait: the future of its result (``Writer.later``); run now, its
-        future already resolved, when no writer runs."""
-        if self.writer is not None:
-            return self.writer.later(job)
+    def write_later(
+        self, job: Callable[[sqlite3.Connection], Any], queue_wait: float = 30.0, urgent: bool = True
+    ) -> Future:
+        """``write`` without the wait: the future of its result (``Writer.later``, ``urgent`` as
+        there); run now, its future already resolved, when no writer runs. ``queue_wait``: how long
+        a full queue may keep the caller (0 on the stream relay's thread: a full queue is then the
+        future's ``queue.Full``, not a wait)."""
         future: Future = Future()
+        if self.writer is not None:
+            try:
+                return self.writer.later(job, queue_wait, urgent)
+            except queue.Full as exc:
+                future.set_exception(exc)
+                return future
         try:
             future.set_result(self.write(job))
         except Exception as exc:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from . import files
 
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = 10_000  # STOCKYARD_BUSY_TIMEOUT_MS in a server (set_busy_timeout)
 # The WAL file is cut back to this size whenever it restarts, so one burst of writes does
 # not leave a huge -wal file behind for good (the writer also truncates it when idle).
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
@@ -35,6 +35,14 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 class SchemaError(Exception):
     """The database cannot be used by this version of the code."""
+
+
+def set_busy_timeout(ms: int) -> None:
+    """The busy timeout of every connection this process opens from now on (``serve`` sets
+    ``STOCKYARD_BUSY_TIMEOUT_MS`` before it opens any): how long a statement waits for a lock
+    another process holds before it fails with ``database is locked``."""
+    global BUSY_TIMEOUT_MS
+    BUSY_TIMEOUT_MS = ms
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:

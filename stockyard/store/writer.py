@@ -203,12 +203,15 @@ class Writer:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error."""
         return self.later(job, timeout).result(timeout=timeout)
 
-    def later(self, job: Job, timeout: float = 30.0) -> Future:
+    def later(self, job: Job, timeout: float = 30.0, urgent: bool = True) -> Future:
         """``call`` without the wait: the future of ``job(conn)``'s result, resolved once committed
-        (or with its error), in the writer thread — for a caller that must not wait (the stream relay)."""
+        (or with its error), in the writer thread — for a caller that must not wait (the stream relay).
+        ``urgent``: end a linger now (a stream's bytes wait for it); else it is committed with the
+        rows that gather meanwhile, as a trace is (what an answer keeps, waited for by nobody's bytes)."""
         future: Future = Future()
         self.queue.put(_Item(job, future), timeout=timeout)
-        self._urgent.set()
+        if urgent:
+            self._urgent.set()
         return future
 
     @property
