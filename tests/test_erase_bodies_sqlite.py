@@ -8,11 +8,28 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from conftest import wait_for
-from module_helpers import api, server_fixture
+from conftest import ServerProcess, wait_for
+from module_helpers import api, server_fixture, start_server
 from test_erase_bodies import NOTHING_STORED, found, said
+from test_erase_stored import TRANSLATED, sdk, turn
 
 server = server_fixture("erase-sqlite")
+
+
+@pytest.fixture(scope="module")
+def stored_server(pyz_path, cache_home, mock, tmp_path_factory):
+    """A server that keeps Responses turns translated from Claude (test_erase_stored's)."""
+    srv = start_server(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "erase_stored_sqlite",
+        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+    )
+    yield srv
+    srv.stop()
 
 
 def test_the_sqlite3_shell_cannot_delete_a_body_behind_the_index(server):
@@ -105,3 +122,25 @@ def test_the_readmes_recipe_takes_an_erased_word_out_of_the_index_pages(server):
     finally:
         conn.close()
     wait_for(lambda: word not in _file_bytes(server), timeout=15, what="the word gone from the file and WAL")
+
+
+def _file_bytes(server: ServerProcess) -> bytes:
+    wal = server.db.with_name(server.db.name + "-wal")
+    return server.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def test_the_erased_response_leaves_the_sqlite_file_and_its_wal(stored_server):
+    server = stored_server
+    """As an erased body does: the stored response's bytes (zlib-compressed in its row) are zeroed,
+    not left in freed space for ``strings`` to find."""
+    client = sdk(server)
+    response_id, trace_id = turn(server, client, model=TRANSLATED, input="the tapir vault code is 99812077 " * 8)
+    for n in range(6):  # neighbours on its page
+        turn(server, client, model=TRANSLATED, input=f"a neighbouring turn {n}")
+    [row] = server.db_rows("SELECT input_items, response FROM responses WHERE id = ?", (response_id,))
+    stored = [bytes(row["input_items"]), bytes(row["response"])]
+    wait_for(lambda: all(s in _file_bytes(server) for s in stored), what="the stored response on disk")
+    assert api(server, "DELETE", f"/api/traces/{trace_id}/body")[0] == 200
+    wait_for(
+        lambda: not any(s in _file_bytes(server) for s in stored), timeout=15, what="its bytes gone from file and WAL"
+    )

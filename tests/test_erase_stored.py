@@ -15,7 +15,7 @@ import json
 import urllib.parse
 
 import pytest
-from conftest import TEST_STORE, ServerProcess, wait_for
+from conftest import ServerProcess, wait_for
 from module_helpers import ADMIN_KEY, api, client_key, disable_all, start_server
 from openai import NotFoundError, OpenAI
 
@@ -282,28 +282,6 @@ def test_the_cli_deletes_a_stored_response_and_a_conversation(server):
     assert missing.returncode == 1 and "not found" in missing.stderr
     bad = server.cli("conversations", "--delete", "conv_a\u00e9")
     assert bad.returncode != 0 and "conversation id" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def _file_bytes(server: ServerProcess) -> bytes:
-    wal = server.db.with_name(server.db.name + "-wal")
-    return server.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
-
-
-@pytest.mark.skipif(TEST_STORE == "postgresql", reason="SQLite's file and WAL: PostgreSQL has its VACUUM")
-def test_the_erased_response_leaves_the_sqlite_file_and_its_wal(server):
-    """As an erased body does: the stored response's bytes (zlib-compressed in its row) are zeroed,
-    not left in freed space for ``strings`` to find."""
-    client = sdk(server)
-    response_id, trace_id = turn(server, client, model=TRANSLATED, input="the tapir vault code is 99812077 " * 8)
-    for n in range(6):  # neighbours on its page
-        turn(server, client, model=TRANSLATED, input=f"a neighbouring turn {n}")
-    [row] = server.db_rows("SELECT input_items, response FROM responses WHERE id = ?", (response_id,))
-    stored = [bytes(row["input_items"]), bytes(row["response"])]
-    wait_for(lambda: all(s in _file_bytes(server) for s in stored), what="the stored response on disk")
-    assert api(server, "DELETE", f"/api/traces/{trace_id}/body")[0] == 200
-    wait_for(
-        lambda: not any(s in _file_bytes(server) for s in stored), timeout=15, what="its bytes gone from file and WAL"
-    )
 
 
 def test_a_path_value_is_decoded_once(server):
