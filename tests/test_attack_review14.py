@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import queue
 import sqlite3
+import threading
 import time
+
+import clirun
+import pytest
+from conftest import base_env, wait_for
 
 from stockyard.errors import described
 from stockyard.files_api import Ownership
+from stockyard.operations.stored import erase_turns
 from stockyard.store import Store, Writer, db
 
 
@@ -54,3 +60,61 @@ def test_a_claim_made_on_the_relay_thread_never_waits_for_room_in_a_full_queue(t
         lock.execute("ROLLBACK")
         lock.close()
         writer.stop()
+
+
+def test_an_erase_beside_a_replicas_item_delete_subtracts_each_item_once(pg_url):
+    """Checked, found sound: ``erase_turns`` sums the bytes of a trace's conversation items in one
+    statement and deletes them in the next; on PostgreSQL (read committed) an item another replica
+    deleted in between (a client's ``DELETE /v1/conversations/{id}/items/{item}``, which subtracts its
+    bytes itself) would be subtracted twice — but every write transaction queues on one advisory lock
+    (``BEGIN IMMEDIATE``, store/pg.py), so the erase waits for that replica's whole delete and sums
+    after it: the conversation's ``bytes`` stays its items' (was it not so, it would be 0 here)."""
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresBackend
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    setup, replica, eraser, watch = (backend.connect() for _ in range(4))
+    setup.execute("INSERT INTO conversations (id, key_id, created_at, updated_at, bytes) VALUES ('conv_r', 'k', 1, 1, 300)")
+    for seq, (item, trace) in enumerate([("msg_a", "tr_erased"), ("msg_b", "tr_erased"), ("msg_c", "tr_other")]):
+        sql = "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item, trace_id) VALUES (?, ?, ?, ?, ?, ?)"
+        setup.execute(sql, ("conv_r", seq, item, 100, b"x", trace))
+    # the other replica's delete of msg_a (ConversationStore.delete_item), not committed yet
+    replica.execute("BEGIN IMMEDIATE")
+    replica.execute("DELETE FROM conversation_items WHERE conversation_id = 'conv_r' AND seq = 0")
+    erased: list = []
+
+    def erase() -> None:
+        eraser.execute("BEGIN IMMEDIATE")
+        erased.append(erase_turns(eraser, ["tr_erased"]))
+        eraser.execute("COMMIT")
+
+    thread = threading.Thread(target=erase)
+    thread.start()
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    wait_for(lambda: watch.execute(blocked).fetchone()[0] == 1, what="the erase waiting for the deleted row")
+    replica.execute("UPDATE conversations SET bytes = bytes - 100 WHERE id = 'conv_r'")
+    replica.execute("COMMIT")
+    thread.join(30)
+    assert not thread.is_alive() and erased
+    left = setup.execute("SELECT bytes FROM conversations WHERE id = 'conv_r'").fetchone()[0]
+    items = setup.execute("SELECT COALESCE(SUM(bytes), 0) FROM conversation_items WHERE conversation_id = 'conv_r'")
+    assert left == items.fetchone()[0] == 100, f"the conversation's bytes say {left}, its items hold 100"
+    assert erased[0][1] == {"conv_r": 1}  # what the audit entry says went: the one item this erase deleted
+    for conn in (setup, replica, eraser, watch):
+        conn.close()
+
+
+@pytest.mark.parametrize("value", ["15001", "600000"])
+def test_a_busy_timeout_past_what_a_writes_caller_waits_is_refused_at_start(pyz_path, cache_home, tmp_path, value):
+    """Was: ``STOCKYARD_BUSY_TIMEOUT_MS`` went up to 600000, but whoever waits for a write gives up
+    after 30 s (``Writer.call``: an admin change, a claim, a conversation's items; the kept turn's
+    settle and a conversation's read 30 s too): with the database held 40 s under a 45 s busy timeout
+    the caller was told ``TimeoutError`` (an admin's 500) at 30 s and the write committed afterwards,
+    a change reported failed that was made. The bound is 15000: twice it (a batch waiting behind
+    another that waited as long) fits in the 30 s, so the caller hears how its write ended."""
+    env = {**base_env(cache_home), "STOCKYARD_BUSY_TIMEOUT_MS": value}
+    done = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(tmp_path / "stockyard.db")], env, timeout=30)
+    assert done.returncode != 0, "the server started"
+    assert "STOCKYARD_BUSY_TIMEOUT_MS must be between 100 and 15000" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
