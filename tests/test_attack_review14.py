@@ -75,10 +75,11 @@ def test_an_erase_beside_a_replicas_item_delete_subtracts_each_item_once(pg_url)
     backend = PostgresBackend(parse_postgres(pg_url, {}))
     backend.open_and_migrate()
     setup, replica, eraser, watch = (backend.connect() for _ in range(4))
-    setup.execute("INSERT INTO conversations (id, key_id, created_at, updated_at, bytes) VALUES ('conv_r', 'k', 1, 1, 300)")
+    made = "INSERT INTO conversations (id, key_id, created_at, updated_at, bytes) VALUES ('conv_r', 'k', 1, 1, 300)"
+    setup.execute(made)
     for seq, (item, trace) in enumerate([("msg_a", "tr_erased"), ("msg_b", "tr_erased"), ("msg_c", "tr_other")]):
-        sql = "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item, trace_id) VALUES (?, ?, ?, ?, ?, ?)"
-        setup.execute(sql, ("conv_r", seq, item, 100, b"x", trace))
+        sql = "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item, trace_id) VALUES "
+        setup.execute(sql + "(?, ?, ?, ?, ?, ?)", ("conv_r", seq, item, 100, b"x", trace))
     # the other replica's delete of msg_a (ConversationStore.delete_item), not committed yet
     replica.execute("BEGIN IMMEDIATE")
     replica.execute("DELETE FROM conversation_items WHERE conversation_id = 'conv_r' AND seq = 0")
