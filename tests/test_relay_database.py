@@ -22,28 +22,16 @@ import pytest
 from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import Reply
 from test_leftovers_review import chat_chunk, post_stream, read_until
+from test_leftovers_review import started as leftovers_server
 
 CLAUDE = "claude-relaydb"
 BUSY_MS = 1000  # the impatient server's busy timeout: a write waits this long for a held database
 
 
 def started(pyz_path, cache_home, mock, folder, **extra: str):
-    env = mock_env(
-        cache_home,
-        mock,
-        ANTHROPIC_API_KEY="sk-ant-test-relaydb-0123456789abcdef",
-        ANTHROPIC_BASE_URL=mock.url,
-        GEMINI_API_KEY="AIza-relaydb-0123456789abcdefPROVIDERSECRET",
-        GEMINI_BASE_URL=mock.url,
-        **extra,
-    )
-    srv = ServerProcess(pyz_path, folder / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": [], "bob": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "sk-ant-test-relaydb" not in srv.log and "PROVIDERSECRET" not in srv.log
-    assert "Traceback" not in srv.log
+    """test_leftovers_review's server, Gemini's key on the mock too."""
+    gemini = {"GEMINI_API_KEY": "AIza-relaydb-0123456789abcdefPROVIDERSECRET", "GEMINI_BASE_URL": mock.url}
+    yield from leftovers_server(pyz_path, cache_home, mock, folder, ("PROVIDERSECRET",), **gemini, **extra)
 
 
 @pytest.fixture(scope="module")
