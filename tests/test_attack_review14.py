@@ -4,14 +4,22 @@ attacker and as an operator: each finding with the real parts that show it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import queue
+import signal
+import socket
 import sqlite3
 import threading
 import time
+from typing import Iterator
 
 import clirun
 import pytest
 from conftest import base_env, wait_for
+from mock_upstream import Reply
+from module_helpers import ADMIN_KEY, put_module
+from test_leftovers_review import CLAUDE, CODE_TOOL, START, WRITTEN, post_stream, read_until, sse, started
 
 from stockyard.errors import described
 from stockyard.files_api import Ownership
@@ -119,3 +127,107 @@ def test_a_busy_timeout_past_what_a_writes_caller_waits_is_refused_at_start(pyz_
     assert done.returncode != 0, "the server started"
     assert "STOCKYARD_BUSY_TIMEOUT_MS must be between 100 and 15000" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+RESULT = {
+    "type": "bash_code_execution_tool_result",
+    "tool_use_id": "srvtoolu_1",
+    "content": {
+        "type": "bash_code_execution_result",
+        "stdout": "",
+        "stderr": "",
+        "return_code": 0,
+        "content": [{"type": "bash_code_execution_output", "file_id": WRITTEN}],
+    },
+}
+
+
+@contextlib.contextmanager
+def held_for_its_claim(server, mock) -> Iterator[tuple[socket.socket, bytes]]:
+    """A relayed Messages stream of alice's whose next event names a file the code execution tool
+    wrote, while another process holds the database: its bytes wait for the claim (up to the 10 s busy
+    timeout). The client's socket and what it read so far; the database is let go on the way out."""
+    start = {**START, "message": {**START["message"], "id": "msg_held", "usage": {"input_tokens": 5}}}
+    events = [
+        sse("message_start", json.dumps(start)),
+        sse("content_block_start", json.dumps({"type": "content_block_start", "index": 0, "content_block": RESULT})),
+        sse("message_stop", json.dumps({"type": "message_stop"})),
+    ]
+    gate, all_sent = threading.Event(), threading.Event()
+    mock.enqueue(Reply(sse=events, held_after=1, held=gate, all_sent=all_sent))
+    ask = [{"role": "user", "content": "csv"}]
+    body = {"model": CLAUDE, "max_tokens": 16, "stream": True, "tools": [CODE_TOOL], "messages": ask}
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
+    sock = post_stream(server, "/v1/messages", body, "alice")
+    try:
+        got = read_until(sock, b"msg_held")
+        lock.execute("BEGIN EXCLUSIVE")
+        gate.set()
+        assert all_sent.wait(10)  # the event naming the file reached Stockyard: its claim waits for the lock
+        yield sock, got
+    finally:
+        gate.set()
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+        sock.close()
+
+
+def test_a_stream_held_for_its_claim_ends_within_the_shutdown_grace(pyz_path, cache_home, mock, tmp_path):
+    """Checked: a stream whose bytes wait for a claim the writer cannot commit (another process holds
+    the database, a 10 s busy timeout) is among the relay's live streams, so SIGTERM's drain ends it
+    when its 1 s grace is up — an error event saying the server shut down, before the claim's busy
+    timeout would — and the server exits once the database is free, its trace written."""
+    server = next(started(pyz_path, cache_home, mock, tmp_path, STOCKYARD_SHUTDOWN_GRACE="1s"))
+    with held_for_its_claim(server, mock) as (sock, got):
+        began = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        got = read_until(sock, b"0\r\n\r\n", got, timeout=8)
+        took = time.monotonic() - began
+    assert took < 5, f"the held stream ended {took:.1f} s after SIGTERM"
+    assert b"the server shut down before the answer was complete" in got, got[-400:]
+    assert WRITTEN.encode() not in got  # the event naming the unclaimed file never went out
+    assert server.proc.wait(30) == 0
+    assert server.db_rows("SELECT outcome FROM traces WHERE endpoint = 'messages'"), server.log
+    assert "Traceback" not in server.log
+
+
+def test_a_stream_held_for_its_claim_ends_at_its_deadline(pyz_path, cache_home, mock, tmp_path):
+    """Checked: while its bytes wait for the claim the stream is not read (no read timer), but the
+    request's deadline (the timeout module's ``deadline_s``) still runs: it ends at 2 s with the
+    deadline's error event, not when the claim fails at the busy timeout (10 s)."""
+    gen = started(pyz_path, cache_home, mock, tmp_path, STOCKYARD_ADMIN_KEY=ADMIN_KEY)
+    server = next(gen)
+    try:
+        put_module(server, "timeout", {"deadline_s": 2})
+        with held_for_its_claim(server, mock) as (sock, got):
+            began = time.monotonic()
+            got = read_until(sock, b"0\r\n\r\n", got, timeout=9)
+            took = time.monotonic() - began
+        assert took < 6, f"the held stream ended {took:.1f} s after its claim began waiting"
+        assert b"deadline" in got.split(b"msg_held", 1)[1], got[-400:]
+        assert WRITTEN.encode() not in got
+    finally:
+        next(gen, None)  # stopped: no key and no traceback in its log
+
+
+def test_a_client_that_leaves_while_its_stream_is_held_is_traced_gone_once_the_claim_ends(
+    pyz_path, cache_home, mock, tmp_path
+):
+    """Checked: the relay does not watch a held stream's client (nothing to write to it), so a client
+    that leaves meanwhile is found when the held bytes go out once the claim is committed: the
+    request ends ``client_disconnected``, its trace written, nothing left waiting."""
+    gen = started(pyz_path, cache_home, mock, tmp_path)
+    server = next(gen)
+    try:
+        with held_for_its_claim(server, mock) as (sock, _):
+            sock.close()
+        rows = wait_for(
+            lambda: server.db_rows("SELECT outcome FROM traces WHERE endpoint = 'messages'"),
+            timeout=15,
+            what="the left stream's trace",
+        )
+        assert rows == [{"outcome": "client_disconnected"}], rows
+        assert server.db_rows("SELECT kind FROM owned_objects WHERE id = ?", (WRITTEN,))  # claimed all the same
+    finally:
+        next(gen, None)
