@@ -231,3 +231,35 @@ def test_a_client_that_leaves_while_its_stream_is_held_is_traced_gone_once_the_c
         assert server.db_rows("SELECT kind FROM owned_objects WHERE id = ?", (WRITTEN,))  # claimed all the same
     finally:
         next(gen, None)
+
+
+def test_the_erase_of_1000_traces_stored_turns_fits_one_statement_each(database):
+    """Checked on both stores: ``erase_turns`` for the most trace ids one erase takes (``MAX_ERASE``),
+    each with a stored response (its item ids too) and a turn appended to one conversation, binds
+    them in single statements within either store's parameter limit, and leaves the conversation's
+    ``bytes`` its remaining items'."""
+    from stockyard.operations.maintenance import MAX_ERASE
+
+    database.open_and_migrate()
+    conn = database.connect()
+    traces = [f"tr_{n:024x}" for n in range(MAX_ERASE)]
+    conn.execute("BEGIN IMMEDIATE")
+    sql = "INSERT INTO conversations (id, key_id, created_at, updated_at, bytes, next_seq) VALUES (?, ?, 1, 1, ?, ?)"
+    conn.execute(sql, ("conv_many", "k", 10 * (2 * MAX_ERASE + 1), 2 * MAX_ERASE + 1))
+    for n, trace in enumerate(traces):
+        made = "INSERT INTO responses (id, key_id, provider, created_at, passthrough, trace_id) VALUES "
+        conn.execute(made + "(?, 'k', 'p', 1, 1, ?)", (f"resp_{n}", trace))
+        conn.execute("INSERT INTO response_items (item_id, response_id) VALUES (?, ?)", (f"msg_{n}", f"resp_{n}"))
+        sql = "INSERT INTO conversation_items (conversation_id, seq, id, bytes, item, trace_id) VALUES "
+        for seq in (2 * n, 2 * n + 1):
+            conn.execute(sql + "('conv_many', ?, ?, 10, ?, ?)", (seq, f"msg_{seq}", b"x", trace))
+    conn.execute(sql + "('conv_many', ?, 'msg_kept', 10, ?, NULL)", (2 * MAX_ERASE, b"x"))
+    conn.execute("COMMIT")
+    conn.execute("BEGIN IMMEDIATE")
+    responses, items = erase_turns(conn, traces)
+    conn.execute("COMMIT")
+    assert len(responses) == MAX_ERASE and items == {"conv_many": 2 * MAX_ERASE}
+    assert conn.execute("SELECT count(*) FROM responses").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM response_items").fetchone()[0] == 0
+    assert conn.execute("SELECT bytes FROM conversations WHERE id = 'conv_many'").fetchone()[0] == 10
+    conn.close()
