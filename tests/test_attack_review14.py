@@ -262,3 +262,53 @@ def test_the_erase_of_1000_traces_stored_turns_fits_one_statement_each(database)
     assert conn.execute("SELECT count(*) FROM response_items").fetchone()[0] == 0
     assert conn.execute("SELECT bytes FROM conversations WHERE id = 'conv_many'").fetchone()[0] == 10
     conn.close()
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    groq = {"GROQ_API_KEY": "gsk-test-groq-review14-0123456789abcdef", "GROQ_BASE_URL": mock.url + "/v1"}
+    yield from started(pyz_path, cache_home, mock, tmp_path_factory.mktemp("review14"), ("review14-0123",), **groq)
+
+
+def deep_arguments(depth: int = 5000) -> str:
+    """Tool call arguments a provider wrote: a JSON object nested past the parser's depth."""
+    return '{"a": ' + "[" * depth + "]" * depth + "}"
+
+
+def chat_answer_calling(name: str, arguments: str) -> dict:
+    call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    return {
+        "id": "chatcmpl-deep",
+        "object": "chat.completion",
+        "model": "llama-3.3-70b",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    }
+
+
+@pytest.mark.parametrize("dialect", ["messages", "responses"])
+def test_a_providers_tool_arguments_nested_too_deep_are_not_the_clients_400(server, mock, dialect):
+    """A provider's chat answer whose tool call arguments nest past the parser's depth, translated
+    (as a Messages answer: ``messages.tool_input``; as a Responses one for a custom tool:
+    ``responses.custom_input``; also ``search_item`` and Anthropic's streamed server-tool input):
+    the arguments are the provider's malformed ones, read as the unreadable arguments they already
+    stood for — never the 400 blaming the client's body ("request body nests …", ``invalid_json``)
+    that a RecursionError becomes at the dispatch (as today's fix did for provider events)."""
+    if dialect == "messages":
+        mock.enqueue(Reply(json=chat_answer_calling("lookup", deep_arguments())))
+        tool = {"name": "lookup", "input_schema": {"type": "object"}}
+        ask = [{"role": "user", "content": "hi"}]
+        body = {"model": "groq/llama-3.3-70b", "max_tokens": 16, "tools": [tool], "messages": ask}
+        headers = {"x-api-key": server.keys["alice"], "anthropic-version": "2023-06-01"}
+        status, _, raw = server.request("POST", "/v1/messages", body, headers=headers)
+        assert status == 200, (status, raw[:300])
+        assert [b["input"] for b in json.loads(raw)["content"] if b["type"] == "tool_use"] == [{}]
+    else:
+        mock.enqueue(Reply(json=chat_answer_calling("apply_patch", deep_arguments())))
+        tool = {"type": "custom", "name": "apply_patch"}
+        body = {"model": "groq/llama-3.3-70b", "input": "fix it", "tools": [tool]}
+        status, _, raw = server.request("POST", "/v1/responses", body, headers=server.auth("alice"))
+        assert status == 200, (status, raw[:300])
+        [item] = [i for i in json.loads(raw)["output"] if i["type"] == "custom_tool_call"]
+        assert item["input"] == deep_arguments()  # as written, as arguments that are not JSON are
