@@ -1,6 +1,13 @@
 """Review 14 of the day's changes (a stream held for its claim, the writes that keep a Responses turn,
-the erase and admin deletes of stored responses and conversations, the busy timeout), as an
-attacker and as an operator: each finding with the real parts that show it."""
+the erase and admin deletes of stored responses and conversations, the busy timeout, provider JSON
+nested past the parser's depth), as an attacker and as an operator, with real parts: a writer on a
+real SQLite file, a PostgreSQL cluster, server processes of the built pyz and the mock upstream.
+
+Found and fixed: a relay claim waited up to 30 s for room in a full writer queue (stalling every
+stream); a busy timeout past the 30 s a write's caller waits reported committed writes as failed;
+a provider's tool arguments nested too deep were the client's 400. Checked and sound: a held stream
+ends at SIGTERM's grace and at its deadline, a client leaving it is no hang, an erase beside a
+replica's item delete subtracts each item once, an erase of 1,000 traces' turns fits both stores."""
 
 from __future__ import annotations
 
