@@ -275,12 +275,15 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
 
 
 MAX_WORKERS = 64
-BUSY_TIMEOUT_BOUNDS_MS = (100, 600_000)
+# at most 15 s: whoever waits for a write gives up after 30 s (Writer.call; a kept turn's settle, a
+# conversation's read), and a batch may wait behind another that waited as long; longer, a caller
+# was told its write failed (an admin's 500) and it committed afterwards
+BUSY_TIMEOUT_BOUNDS_MS = (100, 15_000)
 
 
 def _busy_timeout(value: str | None) -> int:
     """``STOCKYARD_BUSY_TIMEOUT_MS``: how long SQLite waits for a lock another process holds before a
-    statement fails (``database is locked``); 100 ms to 10 minutes, 10 s by default."""
+    statement fails (``database is locked``); 100 ms to 15 s (``BUSY_TIMEOUT_BOUNDS_MS``), 10 s by default."""
     low, high = BUSY_TIMEOUT_BOUNDS_MS
     ms = _positive_int(value, "STOCKYARD_BUSY_TIMEOUT_MS", 10_000)
     if not low <= ms <= high:

@@ -556,9 +556,11 @@ class Ownership:
     def claim_new_later(self, ids: set[str], kind: str, owner: str, provider: str) -> Future:
         """``claim_new`` as a writer job the caller does not wait for (the stream relay's thread, which
         must not wait on the database): its future, resolved once committed. Nothing is read first:
-        the insert keeps one held already with its owner (the id is the key)."""
+        the insert keeps one held already with its owner (the id is the key). Nor does it wait for
+        room in a full queue (every relayed stream would stall): the future's ``queue.Full`` then
+        ends the one stream that made the claim."""
         new = sorted(i for i in set(ids) if storable(i))
-        return self._store.write_later(_inserting_new(new, kind, owner, provider))
+        return self._store.write_later(_inserting_new(new, kind, owner, provider), queue_wait=0.0)
 
     def forget(self, object_id: str) -> None:
         """Delete the record of an object; an unbilled batch's hold goes back to its owner's budgets."""

@@ -20,7 +20,9 @@ from rawhttp import read_until_close
 CLAUDE = "claude-leftovers"
 
 
-def started(pyz_path, cache_home, mock, folder, **extra: str):
+def started(pyz_path, cache_home, mock, folder, secrets: tuple[str, ...] = (), **extra: str):
+    """A server on the mock (Anthropic's too), keys alice and bob; once stopped, its log holds no
+    provider key (nor any of ``secrets``, a part of a key in ``extra``) and no traceback."""
     env = mock_env(
         cache_home,
         mock,
@@ -33,7 +35,8 @@ def started(pyz_path, cache_home, mock, folder, **extra: str):
     srv.start()
     yield srv
     srv.stop()
-    assert "sk-ant-test-leftovers" not in srv.log
+    for secret in ("sk-ant-test-leftovers", *secrets):
+        assert secret not in srv.log
     assert "Traceback" not in srv.log
 
 

@@ -4,16 +4,22 @@ Conversations APIs)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..operations.stored import check_id, delete_conversation, delete_response
 from . import ApiRequest, route
 
 
-def _response_id(params: dict[str, str]) -> None:
-    check_id(params["id"], "response")
+def _id_of(what: str) -> Callable[[dict[str, str]], None]:
+    """The route's ``check``: its ``{id}`` is a ``what``'s id, else a 400 naming it."""
+
+    def check(params: dict[str, str]) -> None:
+        check_id(params["id"], what)
+
+    return check
 
 
-def _conversation_id(params: dict[str, str]) -> None:
-    check_id(params["id"], "conversation")
+_response_id, _conversation_id = _id_of("response"), _id_of("conversation")
 
 
 @route(

@@ -704,7 +704,7 @@ def _arguments(streamed: str, start: Any) -> Any:
         return start
     try:
         return json.loads(streamed)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: the provider's, not the client's 400
         return None
 
 

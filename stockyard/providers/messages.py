@@ -436,7 +436,7 @@ def tool_input(arguments: Any) -> dict:
         return arguments
     try:
         value = json.loads(arguments) if isinstance(arguments, str) and arguments else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: the provider's, not the client's 400
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -669,7 +669,7 @@ def custom_input(arguments: str) -> str:
     are not the one-string object the tool was given as)."""
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: the provider's, not the client's 400
         return arguments
     text = value.get(CUSTOM_INPUT) if isinstance(value, dict) else None
     return text if isinstance(text, str) else arguments
@@ -1025,7 +1025,7 @@ def search_item(ident: str, call_id: str, arguments: str, status: str) -> dict:
     """A ``tool_search_call`` output item: its arguments an object, as OpenAI gives them."""
     try:
         value = json.loads(arguments) if arguments else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: the provider's, not the client's 400
         value = {}
     return {
         "id": ident,

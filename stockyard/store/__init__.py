@@ -131,8 +131,8 @@ class Store:
         if self.writer is not None:
             try:
                 return self.writer.later(job, queue_wait, urgent)
-            except queue.Full as exc:
-                future.set_exception(exc)
+            except queue.Full:  # said so in the log line or trace note of what it failed
+                future.set_exception(queue.Full(f"the database writer's queue is full ({self.writer.depth} waiting)"))
                 return future
         try:
             future.set_result(self.write(job))
