@@ -77,7 +77,8 @@ def refusal_of(exc: ProxyError | RecursionError | UnicodeEncodeError) -> ProxyEr
     """A ProxyError as it is; a RecursionError or UnicodeEncodeError as the 400 it stands for:
     only JSON nested near the parser's limit (which it accepts) recurses that deep when it is
     translated or re-encoded, and only a lone UTF-16 surrogate escape (valid JSON, ``"\\ud800"``)
-    makes text UTF-8 cannot encode when a translated body is written out."""
+    makes text UTF-8 cannot encode when a translated request is written out (a translated answer,
+    the provider's text, is written escaped by ``httpio.json_bytes``)."""
     if isinstance(exc, ProxyError):
         return exc
     if isinstance(exc, UnicodeEncodeError):

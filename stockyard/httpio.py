@@ -143,14 +143,22 @@ class Response:
     stream: Generator[bytes, None, None] | None = None
 
 
-def json_bytes(value: Any) -> bytes:
+# Made once: json.dumps builds an encoder on every call that asks for anything but its defaults.
+_UTF8 = {False: json.JSONEncoder(ensure_ascii=False), True: json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))}
+_ASCII = {False: json.JSONEncoder(), True: json.JSONEncoder(separators=(",", ":"))}
+
+
+def json_bytes(value: Any, compact: bool = False) -> bytes:
     """``value`` as UTF-8 JSON, its text as it is, or escaped where it holds a lone UTF-16 surrogate
     (a valid JSON escape that no UTF-8 holds: a client may send one, a provider answer one) — for
-    what Stockyard keeps or passes on as it came; a parser reads either form back the same."""
+    what Stockyard keeps or passes on as it came, and the one encoder of every answer and event a
+    translation writes for its client (the provider's text is the provider's: never the client's
+    400, nor a cut stream). A parser reads either form back the same; the escaped form is what a
+    pass-through client gets from the provider's own bytes. ``compact``: no spaces (stream events)."""
     try:
-        return json.dumps(value, ensure_ascii=False).encode()
+        return _UTF8[compact].encode(value).encode()
     except UnicodeEncodeError:
-        return json.dumps(value).encode()
+        return _ASCII[compact].encode(value).encode()
 
 
 def json_response(

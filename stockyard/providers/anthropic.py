@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..estimate import WEB_SEARCH_USES, text_tokens, web_search_uses
+from ..httpio import json_bytes
 from ..objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, written_files
 from ..pricing import MAX_SEARCHES, WEB_SEARCH_UC, Usage
 from . import Provider, paused
@@ -1060,7 +1061,7 @@ class AnthropicToOpenAIStream(ChunkStream):
     def paused_answer(self) -> bytes | None:
         if not self.paused or self.received is None:
             return None
-        return json.dumps(self.received.answer(), ensure_ascii=False).encode()
+        return json_bytes(self.received.answer())
 
     def finish(self) -> list[bytes]:
         """A paused turn that no follow-up continues ends here, incomplete (``length``)."""

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ..context import RequestContext
 from ..errors import ProxyError, error_body, error_type, sse_error_event
+from ..httpio import json_bytes
 from ..pricing import Usage
 from . import Provider
 from .base import StreamTranslator, sse_data
@@ -151,7 +152,7 @@ def chunk(ident: str, created: int, model: str, choices: list[dict], usage: dict
     }
     if usage is not None:
         payload["usage"] = usage
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json_bytes(payload, compact=True) + b"\n\n"
 
 
 def delta_choice(delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
@@ -167,7 +168,7 @@ def completion(ident: str, created: int, model: str, choices: list[dict], usage:
     payload: dict = {"id": ident, "object": "chat.completion", "created": created, "model": model, "choices": choices}
     if usage is not None:
         payload["usage"] = openai_usage(usage)
-    return json.dumps(payload, ensure_ascii=False).encode()
+    return json_bytes(payload)
 
 
 def data_url(url: str) -> tuple[str, str] | None:

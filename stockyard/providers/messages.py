@@ -44,6 +44,7 @@ import json
 from typing import Any
 
 from ..errors import ANTHROPIC, ProxyError, error_type
+from ..httpio import json_bytes
 from ..pricing import Usage
 from .chatshape import attached_note
 from .reasoning import pack, restorable, sign_call, thought_signature, unpack
@@ -516,7 +517,7 @@ def error_from_chat(status: int, body: bytes) -> tuple[str, str]:
 
 
 def event(name: str, data: dict) -> bytes:
-    return f"event: {name}\ndata: {json.dumps({'type': name, **data}, ensure_ascii=False)}\n\n".encode()
+    return b"event: " + name.encode() + b"\ndata: " + json_bytes({"type": name, **data}) + b"\n\n"
 
 
 class ChatToMessagesStream:

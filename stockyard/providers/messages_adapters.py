@@ -16,6 +16,7 @@ import json
 from ..context import Answer, RequestContext
 from ..errors import ANTHROPIC, OPENAI, error_body
 from ..estimate import text_tokens
+from ..httpio import json_bytes
 from . import Provider, messages
 from .base import Adapter, StreamTranslator, UpstreamCall, loads_object
 from .chatshape import chat_chunks, chunk_error, record_stream_error
@@ -79,7 +80,7 @@ class MessagesOverChat(Adapter):
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         chat = loads_object(self.inner.parse(self.chat_ctx(ctx), body))
         answer = messages.from_chat(chat, ctx.body, message_id(ctx), provider_name(ctx))
-        return json.dumps(answer, ensure_ascii=False).encode()
+        return json_bytes(answer)
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         model = ctx.attempt.upstream_model or ctx.model or ""

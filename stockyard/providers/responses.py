@@ -28,6 +28,7 @@ from functools import cached_property
 from typing import Any
 
 from ..errors import ProxyError
+from ..httpio import json_bytes
 from ..pricing import Usage
 from ..toolchoice import allowed_entries
 from . import compaction
@@ -1279,7 +1280,7 @@ class ChatToResponsesStream:
     def event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+        return b"event: " + kind.encode() + b"\ndata: " + json_bytes(payload, compact=True) + b"\n\n"
 
     def start(self) -> list[bytes]:
         if self.started:

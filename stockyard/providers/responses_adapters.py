@@ -94,14 +94,14 @@ def joined(ctx: RequestContext) -> dict | None:
 def with_data(event: bytes, obj: dict) -> bytes:
     """An SSE event with its data replaced by ``obj``'s JSON (its other lines, ``event:``, kept)."""
     head = [line for line in event.split(b"\n") if line and not line.startswith(b"data:")]
-    return b"\n".join([*head, b"data: " + json.dumps(obj, ensure_ascii=False).encode()]) + b"\n\n"
+    return b"\n".join([*head, b"data: " + json_bytes(obj)]) + b"\n\n"
 
 
 def response_failed(response: dict, sequence_number: int, message: str) -> bytes:
     """A ``response.failed`` event for a stream that broke: the response so far, failed, with why."""
     failed = {**response, "status": "failed", "error": {"code": "server_error", "message": message}}
     event = {"type": "response.failed", "sequence_number": sequence_number, "response": failed}
-    return f"event: response.failed\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+    return b"event: response.failed\ndata: " + json_bytes(event) + b"\n\n"
 
 
 # -- pass-through ------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class ResponsesOverChat(Adapter):
             chat, ctx.body, conv.response_id, conv.created_at, provider_name(ctx), history=conv.history
         )
         keep(ctx, response)
-        return json.dumps(response, ensure_ascii=False).encode()
+        return json_bytes(response)
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:
         conv = ctx.conversation
@@ -309,7 +309,7 @@ class CompactOverChat(ResponsesOverChat):
         item = compaction.compaction_item(responses.item_id("cmp", conv.response_id, len(kept)), summary)
         usage = responses.responses_usage(chat.get("usage"))
         answer = compaction.compacted(conv.response_id, conv.created_at, [*kept, item], usage)
-        return json.dumps(answer, ensure_ascii=False).encode()
+        return json_bytes(answer)
 
 
 class OverChatStream(StreamTranslator):
