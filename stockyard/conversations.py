@@ -565,16 +565,18 @@ class Conversations:
         what = f"response {response.get('id')}: its turn was not appended to conversation {conv.conversation_id}"
         ctx.kept_later.append((what, future))
 
-    def settle(self, ctx: RequestContext) -> None:
+    def settle(self, ctx: RequestContext, wait_s: float = SETTLE_WAIT_S) -> None:
         """Before the request's trace (its answer sent): wait for the writes that keep what it made
-        (``ctx.kept_later``); each that failed is logged once, one line, and noted in the trace.
-        Never raises: the answer went right, what was not kept is the database's failure."""
+        (``ctx.kept_later``), ``wait_s`` at most for them all (one deadline: a request keeping N
+        writes does not wait N times as long); each that failed is logged once, one line, and noted
+        in the trace. Never raises: the answer went right, what was not kept is the database's failure."""
+        deadline = time.monotonic() + wait_s
         for what, future in ctx.kept_later:
             try:
-                future.result(timeout=SETTLE_WAIT_S)
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
                 continue
             except FutureTimeout:
-                why = f"not committed after {SETTLE_WAIT_S:.0f} s"
+                why = f"not committed after {wait_s:g} s"
             except queue.Full:
                 why = "the writer's queue is full"
             except Exception as exc:

@@ -4,20 +4,31 @@
    translation that re-encodes it was taken for the client's: the UnicodeEncodeError of writing it
    out as UTF-8 became the client's 400 ``invalid_json`` (or, once the answer began, a cut). Now the
    translated answer carries it escaped, as a pass-through relays the provider's own bytes.
+2. ``Conversations.settle`` waited its bound for each write a request keeps, in turn: now one
+   deadline for them all.
+3. ``Writer.later`` (and ``call``) after the writer thread stopped queued a job nothing would run:
+   its future was never resolved, and a caller waited out its timeout.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply, _gemini_response, anthropic_blocks_stream, anthropic_usage, gemini_usage
+
+from stockyard.context import RequestContext
+from stockyard.conversations import SETTLE_WAIT_S, Conversations
+from stockyard.store import Store, Writer, db
 
 TEXT = "a\ud800b"  # what the provider says: JSON spells it "a\ud800b", which no UTF-8 holds
 CLAUDE = "claude-haiku-4-5"
 GEMINI = "gemini-2.5-flash"
 GPT = "gpt-4o-mini"
+BOUND_S = 0.6  # settle's bound in the test of it: well under the busy timeout the held database makes writes wait
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +40,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ANTHROPIC_BASE_URL=mock.url,
         GEMINI_API_KEY="AIza-test-surrogates-0123456789abcdef",
         GEMINI_BASE_URL=mock.url,
+        STOCKYARD_BUSY_TIMEOUT_MS="1000",  # a write the held database refuses fails after 1 s, not 10
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("leftovers14") / "stockyard.db", env)
     srv.keys = srv.create_keys({"alice": []})
@@ -155,3 +167,68 @@ def test_a_chat_client_answered_from_claude_or_gemini_gets_the_lone_surrogate(se
         assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks), chunks
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
     assert_ok(server, raw.headers["x-stockyard-trace-id"])
+
+
+# --------------------------------------------------------------------------- 2. settle: one deadline
+
+
+def test_settle_waits_for_all_the_kept_writes_within_one_bound(tmp_path):
+    """Was: ``Conversations.settle`` waited up to its bound for each write in turn, so a request that
+    keeps two (its stored response, its conversation turn) waited twice the bound before its trace
+    while the database was held. Now one deadline for them all. A real writer on a SQLite file
+    another connection holds (its writes wait out the busy timeout, longer than the bound)."""
+    path = tmp_path / "stockyard.db"
+    db.open_and_migrate(path)[0].close()
+    writer = Writer(path).start()
+    lock = sqlite3.connect(path, isolation_level=None, timeout=0)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        conversations = Conversations(Store(path, writer), None, None, None, 1 << 20)  # type: ignore[arg-type]
+        ctx = RequestContext("responses", "openai", "127.0.0.1", {})
+        for what in ("the stored response was not kept", "the turn was not appended"):
+            ctx.kept_later.append((what, writer.later(lambda conn: None, urgent=False)))
+        started = time.monotonic()
+        conversations.settle(ctx, wait_s=BOUND_S)
+        took = time.monotonic() - started
+        assert BOUND_S * 0.9 <= took < BOUND_S * 1.5, took  # was: twice the bound
+        assert not ctx.kept_later
+        said = ctx.attempt.error_message or ""
+        assert said.count(f"not committed after {BOUND_S:g} s") == 2, said
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+        writer.stop()
+
+
+def test_a_responses_turn_a_held_database_cannot_keep_is_traced_within_the_bound(server, mock):
+    """The same through a real server: a Responses turn that joins a conversation keeps two writes
+    (its stored response, its turn appended); with the database held by another process they fail
+    (the busy timeout, 1 s here), each one log line and a note in the trace, which is written once
+    the database is free — within the settle bound in all, never a wait per write."""
+    status, _, raw = server.request("POST", "/v1/conversations", {}, server.auth("alice"))
+    assert status == 200, raw
+    conversation = json.loads(raw)["id"]
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=10)  # the writer may be committing
+    lock.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        body = {"model": CLAUDE, "input": "hi", "conversation": conversation}
+        status, headers, raw = server.request("POST", "/v1/responses", body, server.auth("alice"))
+        assert status == 200 and json.loads(raw)["status"] == "completed", raw  # the answer went out first
+        trace_id = headers["x-stockyard-trace-id"]
+
+        def logged() -> list[str]:
+            lines = [line for line in server.log.splitlines() if f"trace {trace_id}:" in line]
+            return lines if len(lines) == 2 else []
+
+        said = wait_for(logged, what="a line for each write not kept")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert sorted("was not kept" in line for line in said) == [False, True], said  # one line each
+    assert sorted("not appended to conversation" in line for line in said) == [False, True], said
+    assert all("database is locked" in line for line in said), said
+    trace = server.trace(trace_id)
+    assert time.monotonic() - started < SETTLE_WAIT_S
+    assert trace["status"] == 200 and "was not kept" in trace["error_message"], trace
+    assert "not appended to conversation" in trace["error_message"], trace
