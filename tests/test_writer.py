@@ -197,3 +197,56 @@ def test_text_the_database_cannot_encode_fails_its_record_not_the_database(write
     assert writer.healthy and writer.stats.failed_batches == 0
     keys = {r[0] for r in Store(database).read().execute("SELECT key FROM meta")}
     assert {"after", "last"} <= keys
+
+
+def test_a_job_queued_after_the_writer_stopped_fails_at_once(tmp_path):
+    """Was: ``later`` after the writer thread stopped queued a job nothing would ever run, so its
+    future never resolved (``call`` waited out its 30 s, a settle its bound) and ``submit`` said True
+    for a record that was lost. Now each fails at once: the future with the writer's stopped error,
+    ``call`` raising it, ``submit`` False and counted as dropped; nothing is written."""
+    writer = sqlite_writer(tmp_path)
+    writer.call(put("before"))
+    writer.stop()
+    started = time.monotonic()
+    future = writer.later(put("later"))
+    assert isinstance(future.exception(timeout=2), sqlite3.OperationalError), future
+    assert "writer has stopped" in str(future.exception())
+    with pytest.raises(sqlite3.OperationalError, match="writer has stopped"):
+        writer.call(put("call"), timeout=5)
+    assert writer.submit(put("submit")) is False and writer.stats.dropped == 1
+    assert time.monotonic() - started < 1.0  # told at once, not at a timeout
+    assert not writer.depth  # nothing left queued for a thread that is gone
+    conn = db.connect(tmp_path / "w.db")
+    try:
+        assert [r[0] for r in conn.execute("SELECT key FROM meta WHERE key IN ('before', 'later', 'call', 'submit')")] == [
+            "before"
+        ]
+    finally:
+        conn.close()
+
+
+def test_jobs_queued_while_the_writer_stops_are_each_run_or_refused(tmp_path):
+    """Senders racing a stop: every future resolves (committed, or the stopped error), none left
+    for a thread that is gone — a put that lands after the thread's last look at the queue is
+    refused by its sender."""
+    writer = sqlite_writer(tmp_path)
+    futures: list = []
+    going = threading.Event()
+
+    def send(n: int) -> None:
+        for i in range(300):
+            futures.append(writer.later(put(f"s{n}-{i}"), urgent=False))
+            if i == 20:
+                going.set()
+
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for t in senders:
+        t.start()
+    going.wait(5)
+    writer.stop()
+    for t in senders:
+        t.join(10)
+    assert len(futures) == 1200
+    outcomes = [f.exception(timeout=5) for f in futures]  # a TimeoutError here: a future nobody resolves
+    assert all(e is None or "writer has stopped" in str(e) for e in outcomes), {repr(e) for e in outcomes}
+    assert outcomes.count(None) >= 21 and not writer.depth

@@ -84,6 +84,14 @@ def _runs(batch: list[_Item]) -> list[tuple[Callable[[sqlite3.Connection, list],
     return runs
 
 
+class WriterStopped(sqlite3.OperationalError):
+    """A job queued after the writer thread stopped (a server shutting down): nothing runs it, so its
+    caller is told at once rather than waiting out a timeout for a commit that never comes."""
+
+    def __init__(self) -> None:
+        super().__init__("the database writer has stopped (the server is shutting down): not written")
+
+
 class _JobFailed(Exception):
     """A job raised on the fast path: redo the batch with each job isolated."""
 
@@ -140,6 +148,7 @@ class Writer:
         self._retry_at = 0.0
         self.linger_s = linger_s
         self._urgent = threading.Event()  # a caller waits (call, stop): end a linger now
+        self._closed = False  # the thread has ended: a job queued now fails at once (_refuse_leftovers)
         self._thread = threading.Thread(target=self._run, name="stockyard-writer", daemon=True)
         self._conn: sqlite3.Connection | None = None
 
@@ -182,16 +191,18 @@ class Writer:
         database fails, the job is dropped at once and counted (False): the proxy keeps serving.
         """
         item = _Item(job, done=done)
+        if self._closed:
+            return self._dropped_after_stop()
         try:
             self.queue.put_nowait(item)
-            return True
+            return self._queued(item)
         except queue.Full:
             pass
         if self.healthy and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self.stats.waited_full += 1
             try:
                 self.queue.put(item, timeout=FULL_WAIT_S)
-                return True
+                return self._queued(item)
             except queue.Full:
                 pass
         self.stats.dropped += 1
@@ -209,10 +220,46 @@ class Writer:
         ``urgent``: end a linger now (a stream's bytes wait for it); else it is committed with the
         rows that gather meanwhile, as a trace is (what an answer keeps, waited for by nobody's bytes)."""
         future: Future = Future()
-        self.queue.put(_Item(job, future), timeout=timeout)
+        if self._closed:
+            future.set_exception(WriterStopped())
+            return future
+        item = _Item(job, future)
+        self.queue.put(item, timeout=timeout)
+        self._queued(item)
         if urgent:
             self._urgent.set()
         return future
+
+    def _queued(self, item: _Item) -> bool:
+        """After a put: True, unless the thread ended meanwhile (its last look at the queue may have
+        come before the put), when what is left queued is refused here — this item with it."""
+        if self._closed:
+            self._refuse_leftovers()
+            return item.error is None
+        return True
+
+    def _refuse_leftovers(self) -> None:
+        """Fail what is queued once the thread has ended: each waiter told at once (WriterStopped),
+        each fire-and-forget record counted as dropped. The thread runs it as it ends; a sender whose
+        put came after that runs it too (``_queued``), so no job waits for a thread that is gone."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                continue
+            item.error = WriterStopped()
+            if item.future is not None:
+                item.future.set_exception(item.error)
+            else:
+                self._dropped_after_stop()
+
+    def _dropped_after_stop(self) -> bool:
+        self.stats.dropped += 1
+        if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
+            log.warning("the writer has stopped: %d records dropped so far", self.stats.dropped)
+        return False
 
     @property
     def depth(self) -> int:
@@ -225,6 +272,13 @@ class Writer:
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:  # stopped (or failed): what is queued now, and whatever comes later, is refused at once
+            self._closed = True
+            self._refuse_leftovers()
+
+    def _serve(self) -> None:
         assert self._conn is not None
         stopping = False
         idle_done = True  # idle tasks already ran since the last batch
