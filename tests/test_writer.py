@@ -218,9 +218,8 @@ def test_a_job_queued_after_the_writer_stopped_fails_at_once(tmp_path):
     assert not writer.depth  # nothing left queued for a thread that is gone
     conn = db.connect(tmp_path / "w.db")
     try:
-        assert [r[0] for r in conn.execute("SELECT key FROM meta WHERE key IN ('before', 'later', 'call', 'submit')")] == [
-            "before"
-        ]
+        rows = conn.execute("SELECT key FROM meta WHERE key IN ('before', 'later', 'call', 'submit')").fetchall()
+        assert [r[0] for r in rows] == ["before"]
     finally:
         conn.close()
 
