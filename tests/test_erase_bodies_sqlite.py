@@ -9,9 +9,9 @@ import sqlite3
 
 import pytest
 from conftest import ServerProcess, wait_for
-from module_helpers import api, server_fixture, start_server
+from module_helpers import api, server_fixture
 from test_erase_bodies import NOTHING_STORED, found, said
-from test_erase_stored import TRANSLATED, sdk, turn
+from test_erase_stored import TRANSLATED, sdk, start_stored, turn
 
 server = server_fixture("erase-sqlite")
 
@@ -19,15 +19,7 @@ server = server_fixture("erase-sqlite")
 @pytest.fixture(scope="module")
 def stored_server(pyz_path, cache_home, mock, tmp_path_factory):
     """A server that keeps Responses turns translated from Claude (test_erase_stored's)."""
-    srv = start_server(
-        pyz_path,
-        cache_home,
-        mock,
-        tmp_path_factory,
-        "erase_stored_sqlite",
-        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
-        ANTHROPIC_BASE_URL=mock.url,
-    )
+    srv = start_stored(pyz_path, cache_home, mock, tmp_path_factory, "erase_stored_sqlite")
     yield srv
     srv.stop()
 

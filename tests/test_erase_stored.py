@@ -16,35 +16,34 @@ import urllib.parse
 
 import pytest
 from conftest import ServerProcess, wait_for
-from module_helpers import ADMIN_KEY, api, client_key, disable_all, start_server
+from module_helpers import ADMIN_KEY, api, client_key, fresh, start_server  # noqa: F401  (fresh: a fixture)
 from openai import NotFoundError, OpenAI
 
 PASSED, TRANSLATED = "gpt-4o-mini", "claude-haiku-4-5"
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = start_server(
+def start_stored(pyz_path, cache_home, mock, tmp_path_factory, name: str) -> ServerProcess:
+    """A server that keeps Responses turns, passed through (OpenAI) or translated (Claude), both on the mock."""
+    return start_server(
         pyz_path,
         cache_home,
         mock,
         tmp_path_factory,
-        "erase_stored",
+        name,
         ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
     )
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start_stored(pyz_path, cache_home, mock, tmp_path_factory, "erase_stored")
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log
 
 
-@pytest.fixture(autouse=True)
-def fresh(server, mock):
-    disable_all(server)
-    mock.clear_replies()
-    mock.clear()
-    yield
-    mock.clear_replies()
+pytestmark = pytest.mark.usefixtures("fresh")  # every module off, the mock's replies and requests gone
 
 
 @pytest.fixture(params=[PASSED, TRANSLATED])
