@@ -26,7 +26,7 @@ import pytest
 from conftest import base_env, wait_for
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, put_module
-from test_leftovers_review import CLAUDE, CODE_TOOL, START, WRITTEN, post_stream, read_until, sse, started
+from test_leftovers_review import CLAUDE, CODE_TOOL, RESULT, START, WRITTEN, post_stream, read_until, sse, started
 
 from stockyard.errors import described
 from stockyard.files_api import Ownership
@@ -134,19 +134,6 @@ def test_a_busy_timeout_past_what_a_writes_caller_waits_is_refused_at_start(pyz_
     assert done.returncode != 0, "the server started"
     assert "STOCKYARD_BUSY_TIMEOUT_MS must be between 100 and 15000" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-
-
-RESULT = {
-    "type": "bash_code_execution_tool_result",
-    "tool_use_id": "srvtoolu_1",
-    "content": {
-        "type": "bash_code_execution_result",
-        "stdout": "",
-        "stderr": "",
-        "return_code": 0,
-        "content": [{"type": "bash_code_execution_output", "file_id": WRITTEN}],
-    },
-}
 
 
 @contextlib.contextmanager

@@ -212,6 +212,17 @@ def chat_chunk(text: str) -> str:
 
 WRITTEN = "file_leftovers_written_by_the_tool"
 CODE_TOOL = {"type": "code_execution_20250825", "name": "code_execution"}
+RESULT = {  # the code execution result block naming the file the tool wrote
+    "type": "bash_code_execution_tool_result",
+    "tool_use_id": "srvtoolu_1",
+    "content": {
+        "type": "bash_code_execution_result",
+        "stdout": "",
+        "stderr": "",
+        "return_code": 0,
+        "content": [{"type": "bash_code_execution_output", "file_id": WRITTEN}],
+    },
+}
 
 
 def waiting_alone(
@@ -272,20 +283,9 @@ def test_a_claim_waiting_for_the_database_holds_its_own_stream_only(server, mock
     and only the stream that made it waits for it: another stream relayed meanwhile ends while the
     database is still held, and the claimed stream goes on, its file claimed, once it is free."""
     start = {**START, "message": {**START["message"], "id": "msg_claimed", "usage": {"input_tokens": 5}}}
-    result = {
-        "type": "bash_code_execution_tool_result",
-        "tool_use_id": "srvtoolu_1",
-        "content": {
-            "type": "bash_code_execution_result",
-            "stdout": "",
-            "stderr": "",
-            "return_code": 0,
-            "content": [{"type": "bash_code_execution_output", "file_id": WRITTEN}],
-        },
-    }
     events = [
         sse("message_start", json.dumps(start)),
-        sse("content_block_start", json.dumps({"type": "content_block_start", "index": 0, "content_block": result})),
+        sse("content_block_start", json.dumps({"type": "content_block_start", "index": 0, "content_block": RESULT})),
         sse("content_block_stop", json.dumps({"type": "content_block_stop", "index": 0})),
         sse("message_delta", json.dumps({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}})),
         sse("message_stop", json.dumps({"type": "message_stop"})),
