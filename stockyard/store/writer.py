@@ -192,7 +192,7 @@ class Writer:
         """
         item = _Item(job, done=done)
         if self._closed:
-            return self._dropped_after_stop()
+            return self._dropped("the writer has stopped")
         try:
             self.queue.put_nowait(item)
             return self._queued(item)
@@ -205,10 +205,7 @@ class Writer:
                 return self._queued(item)
             except queue.Full:
                 pass
-        self.stats.dropped += 1
-        if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
-            log.warning("writer queue full: %d records dropped so far", self.stats.dropped)
-        return False
+        return self._dropped("writer queue full")
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error."""
@@ -253,12 +250,14 @@ class Writer:
             if item.future is not None:
                 item.future.set_exception(item.error)
             else:
-                self._dropped_after_stop()
+                self._dropped("the writer has stopped")
 
-    def _dropped_after_stop(self) -> bool:
+    def _dropped(self, why: str) -> bool:
+        """A fire-and-forget record not queued: counted, and logged at the 1st, 10th, 100th and every
+        1000th, never once per record."""
         self.stats.dropped += 1
         if self.stats.dropped in (1, 10, 100) or self.stats.dropped % 1000 == 0:
-            log.warning("the writer has stopped: %d records dropped so far", self.stats.dropped)
+            log.warning("%s: %d records dropped so far", why, self.stats.dropped)
         return False
 
     @property
