@@ -57,6 +57,8 @@ SHEBANG = b"#!/usr/bin/env python3\n"
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
 MAIN_PY = """\
+import stockyard.pyzimport
+stockyard.pyzimport.install()
 import stockyard._native as n
 n.bootstrap()
 from stockyard.__main__ import main

@@ -22,6 +22,9 @@ def load(pyz: str) -> None:
     """Import what any command imports: the pyz's entry point and every module, as ``serve`` does
     before it listens."""
     sys.path.insert(0, pyz)
+    import stockyard.pyzimport
+
+    stockyard.pyzimport.install()
     import stockyard._native as native
 
     native.bootstrap()
