@@ -1,0 +1,150 @@
+"""Five small defects left by the fifteenth review, each through real parts.
+
+1. A provider's text holding a lone UTF-16 surrogate (JSON's valid ``"\\ud800"`` escape) that Stockyard
+   packs into a token of its own — Claude's thinking in a Responses reasoning item's
+   ``encrypted_content`` (``reasoning.pack``), a model's summary in a compaction item's
+   (``compaction.mint``) — failed to encode: the client's 400 ``invalid_json`` (whole) or a cut
+   stream. Now packed as ``httpio.json_bytes`` writes it (escaped).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from conftest import ServerProcess, mock_env
+from mock_upstream import Reply, _event, anthropic_blocks_stream, anthropic_usage
+
+from stockyard.providers import compaction, reasoning
+
+TEXT = "a\ud800b"  # what the provider says: JSON spells it "a\ud800b", which no UTF-8 holds
+CLAUDE = "claude-haiku-4-5"
+SIGNATURE = "EqQBCkYIBRgCKkBsig-from-anthropic"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-test-leftovers15-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+    )
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("leftovers15") / "stockyard.db", env)
+    srv.keys = srv.create_keys({"alice": [], "bob": []})
+    srv.start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def assert_ok(server: ServerProcess, trace_id: str) -> dict:
+    trace = server.trace(trace_id)
+    assert trace["outcome"] == "ok" and trace["status"] == 200, trace
+    return trace
+
+
+# --------------------------------------------------------------------------- 1. pack and mint
+
+
+def claude_thinking(stream: bool) -> Reply:
+    """Claude's answer: a signed thinking block whose text is :data:`TEXT`, then a word."""
+    if stream:
+        thinking = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": TEXT}, {"type": "signature_delta", "signature": SIGNATURE}]
+        events = anthropic_blocks_stream([{"type": "text", "text": "done"}], 1, CLAUDE)
+        head = [_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": thinking})]
+        head += [_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
+        head.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        text = [e.replace('"index": 0', '"index": 1').replace('"index":0', '"index":1') for e in events[1:-2]]
+        return Reply(sse=[events[0], *head, *text, *events[-2:]])
+    doc = {
+        "id": "msg_t1",
+        "type": "message",
+        "role": "assistant",
+        "model": CLAUDE,
+        "content": [
+            {"type": "thinking", "thinking": TEXT, "signature": SIGNATURE},
+            {"type": "text", "text": "done"},
+        ],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": anthropic_usage(CLAUDE),
+    }
+    return Reply(json=doc)
+
+
+def claude_text(stream: bool) -> Reply:
+    """Claude's answer whose text is :data:`TEXT` (the summary a compaction asks for)."""
+    if stream:
+        return Reply(sse=anthropic_blocks_stream([{"type": "text", "text": TEXT}], 1, CLAUDE))
+    doc = {
+        "id": "msg_s1",
+        "type": "message",
+        "role": "assistant",
+        "model": CLAUDE,
+        "content": [{"type": "text", "text": TEXT}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": anthropic_usage(CLAUDE),
+    }
+    return Reply(json=doc)
+
+
+def packed_thinking(token: str) -> str:
+    state = json.loads(base64.b64decode(token))
+    assert state["stockyard"] == reasoning.VERSION, state
+    (block,) = state["thinking_blocks"]
+    assert block["signature"] == SIGNATURE, block
+    return block["thinking"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_claudes_thinking_with_a_lone_surrogate_is_packed_into_the_reasoning_item(server, mock, stream):
+    """Was: ``reasoning.pack`` encoded the thinking as UTF-8 and raised — the client's 400
+    ``invalid_json`` (whole), a cut stream. Now the item carries it, escaped in the packing."""
+    mock.enqueue(claude_thinking(stream))
+    client = server.openai("alice")
+    if not stream:
+        raw = client.responses.with_raw_response.create(model=CLAUDE, input="hi")
+        response = raw.parse()
+    else:
+        raw = client.responses.with_raw_response.create(model=CLAUDE, input="hi", stream=True)
+        events = list(raw.parse())
+        assert events[-1].type == "response.completed", events
+        response = events[-1].response
+    assert response.status == "completed" and response.output_text == "done"
+    item = response.output[0]
+    assert item.type == "reasoning" and item.summary[0].text == TEXT, item
+    assert packed_thinking(item.encrypted_content) == TEXT
+    assert_ok(server, raw.headers["x-stockyard-trace-id"])
+
+
+def test_a_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
+    """Was: ``compaction.mint`` raised on the model's summary — the client's 400 on ``/compact``."""
+    mock.enqueue(claude_text(False))
+    client = server.openai("alice")
+    raw = client.responses.with_raw_response.compact(model=CLAUDE, input="Plan a trip to Lisbon")
+    *_, item = raw.parse().output
+    assert item.type == "compaction" and item.encrypted_content.startswith(compaction.PREFIX), item
+    body = item.encrypted_content[len(compaction.PREFIX) :]
+    assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) == {"summary": TEXT}
+    assert_ok(server, raw.headers["x-stockyard-trace-id"])
+
+
+def test_a_streamed_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
+    """Was: a cut stream (the token is minted at the stream's end, after the answer began)."""
+    mock.enqueue(claude_text(True))
+    client = server.openai("alice")
+    trigger = {"type": "compaction_trigger"}
+    raw = client.responses.with_raw_response.create(
+        model=CLAUDE, input=[{"role": "user", "content": "Plan a trip"}, trigger], store=False, stream=True
+    )
+    events = list(raw.parse())
+    assert events[-1].type == "response.completed", events
+    (item,) = events[-1].response.output
+    assert item.type == "compaction" and item.encrypted_content.startswith(compaction.PREFIX), item
+    body = item.encrypted_content[len(compaction.PREFIX) :]
+    assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) == {"summary": TEXT}
+    assert_ok(server, raw.headers["x-stockyard-trace-id"])
