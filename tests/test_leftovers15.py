@@ -5,11 +5,16 @@
    ``encrypted_content`` (``reasoning.pack``), a model's summary in a compaction item's
    (``compaction.mint``) — failed to encode: the client's 400 ``invalid_json`` (whole) or a cut
    stream. Now packed as ``httpio.json_bytes`` writes it (escaped).
+2. A Claude turn paused (``pause_turn``) whose answer holds a lone surrogate, streamed to a chat
+   client: the follow-up call that would continue it could not be written (the Messages API refuses a
+   lone surrogate in a request), a 502 raised after the answer began — a cut stream. Now the turn
+   ends there as a paused turn Stockyard does not continue does: ``length``, ``[DONE]``, traced.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 
 import pytest
@@ -148,3 +153,88 @@ def test_a_streamed_compaction_summary_with_a_lone_surrogate_is_minted(server, m
     body = item.encrypted_content[len(compaction.PREFIX) :]
     assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) == {"summary": TEXT}
     assert_ok(server, raw.headers["x-stockyard-trace-id"])
+
+
+# --------------------------------------------------------------------------- 2. a paused turn
+
+
+def paused_with_a_lone_surrogate() -> Reply:
+    """Claude's streamed answer to a searching chat request, paused (``pause_turn``), whose second
+    text block is :data:`TEXT`."""
+    blocks = [{"type": "text", "text": "first-words"}, {"type": "text", "text": TEXT}]
+    events = anthropic_blocks_stream(blocks, 1, CLAUDE)
+    return Reply(sse=[e.replace('"end_turn"', '"pause_turn"') for e in events])
+
+
+SEARCHING = {  # a chat request Claude may pause: it searches (``web_search_options``)
+    "model": CLAUDE,
+    "max_tokens": 16,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "web_search_options": {},
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def test_a_paused_turn_that_cannot_be_sent_back_ends_the_stream_cleanly(server, mock):
+    """Was: a cut stream (the follow-up's body could not be encoded: ``shape_errors``' 502 after the
+    answer began). Now no follow-up is sent (Anthropic would refuse it), the text goes out escaped, the
+    answer ends ``length`` with its usage and ``[DONE]``, and the trace says why with the call's usage."""
+    mock.enqueue(paused_with_a_lone_surrogate())
+    calls = len([r for r in mock.requests if r.path.endswith("/v1/messages")])
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps(SEARCHING),
+            {**server.auth("alice"), "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        data = resp.read()  # a cut stream is http.client's IncompleteRead
+        trace_id = resp.headers["x-stockyard-trace-id"]
+    finally:
+        conn.close()
+    assert resp.status == 200, data
+    events = [line[len(b"data: ") :] for line in data.split(b"\n\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]", data[-300:]
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "first-words" + TEXT
+    assert b"\\ud800" in data  # escaped, as the provider wrote it
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == [
+        "length"
+    ]
+    (usage,) = [c["usage"] for c in chunks if c.get("usage")]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0, usage
+    assert len([r for r in mock.requests if r.path.endswith("/v1/messages")]) == calls + 1  # no follow-up
+    trace = assert_ok(server, trace_id)
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert "finish_reason length" in trace["error_message"] and "surrogate" in trace["error_message"], trace
+
+
+def test_a_paused_turn_that_cannot_be_sent_back_read_whole_is_the_answer_so_far(server, mock):
+    """The same turn not streamed: was the client's 502 (before a byte went out); now its answer so
+    far, ``length``."""
+    blocks = [{"type": "text", "text": "first-words"}, {"type": "text", "text": TEXT}]
+    doc = {
+        "id": "msg_p1",
+        "type": "message",
+        "role": "assistant",
+        "model": CLAUDE,
+        "content": blocks,
+        "stop_reason": "pause_turn",
+        "stop_sequence": None,
+        "usage": anthropic_usage(CLAUDE),
+    }
+    mock.enqueue(Reply(json=doc))
+    calls = len([r for r in mock.requests if r.path.endswith("/v1/messages")])
+    ask = {k: v for k, v in SEARCHING.items() if k not in ("stream", "stream_options")}
+    raw = server.openai("alice").chat.completions.with_raw_response.create(**ask)
+    answer = raw.parse()
+    assert answer.choices[0].message.content == "first-words" + TEXT
+    assert answer.choices[0].finish_reason == "length"
+    assert len([r for r in mock.requests if r.path.endswith("/v1/messages")]) == calls + 1  # no follow-up
+    trace = assert_ok(server, raw.headers["x-stockyard-trace-id"])
+    assert trace["prompt_tokens"] == answer.usage.prompt_tokens > 0, trace
+    assert "surrogate" in trace["error_message"], trace
