@@ -9,6 +9,9 @@
    client: the follow-up call that would continue it could not be written (the Messages API refuses a
    lone surrogate in a request), a 502 raised after the answer began — a cut stream. Now the turn
    ends there as a paused turn Stockyard does not continue does: ``length``, ``[DONE]``, traced.
+3. ``GET /api/traces/{id}`` and ``DELETE /api/traces/{id}/body`` answered an id that cannot be a trace's
+   (a NUL, another shape) 404 — the erase a 400 for some, 404 for a NUL — where the other admin id
+   routes answer such an id 400 naming it. Now both a 400 naming ``id``; a well-formed unknown id 404.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from stockyard.providers import compaction, reasoning
 TEXT = "a\ud800b"  # what the provider says: JSON spells it "a\ud800b", which no UTF-8 holds
 CLAUDE = "claude-haiku-4-5"
 SIGNATURE = "EqQBCkYIBRgCKkBsig-from-anthropic"
+ADMIN_KEY = "admin-test-key-leftovers15-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         mock,
         ANTHROPIC_API_KEY="sk-ant-test-leftovers15-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_ADMIN_KEY=ADMIN_KEY,
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("leftovers15") / "stockyard.db", env)
     srv.keys = srv.create_keys({"alice": [], "bob": []})
@@ -238,3 +244,33 @@ def test_a_paused_turn_that_cannot_be_sent_back_read_whole_is_the_answer_so_far(
     trace = assert_ok(server, raw.headers["x-stockyard-trace-id"])
     assert trace["prompt_tokens"] == answer.usage.prompt_tokens > 0, trace
     assert "surrogate" in trace["error_message"], trace
+
+
+# --------------------------------------------------------------------------- 3. a trace id that cannot be one
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [
+        "tr_0190f3a1b2c3d4e5f6a7b8c9%00",  # a NUL after a well-formed id
+        "tr_0190f3a1b2c3%00d4e5f6a7b8c9",
+        "tr_0190F3A1B2C3D4E5F6A7B8C9",  # upper case: no id Stockyard makes
+        "tr_0190f3a1b2c3d4e5f6a7b8c9a",  # one digit too many
+        "resp_0190f3a1b2c3d4e5f6a7b8c9",
+        "tr_" + "0" * 500,
+    ],
+)
+@pytest.mark.parametrize("method, tail", [("GET", ""), ("DELETE", "/body")])
+def test_an_id_that_cannot_be_a_traces_is_a_400_naming_it(server, ident, method, tail):
+    """Was: 404 (GET, and the erase of an id holding a NUL), as for a trace that is not there."""
+    status, _, raw = server.request(method, f"/api/traces/{ident}{tail}", headers=ADMIN)
+    assert status == 400, (status, raw[:300])
+    error = json.loads(raw)["error"]
+    assert error["param"] == "id" and error["message"].startswith("not a trace id: "), error
+    assert "tr_0190f3a1b2c3d4e5f6a7b8c9" in error["message"]  # the shape ids have, named
+
+
+@pytest.mark.parametrize("method, tail", [("GET", ""), ("DELETE", "/body")])
+def test_a_well_formed_trace_id_of_no_trace_is_still_a_404(server, method, tail):
+    status, _, raw = server.request(method, f"/api/traces/tr_0190f3a1b2c3d4e5f6a7b8c9{tail}", headers=ADMIN)
+    assert status == 404, (status, raw[:300])
