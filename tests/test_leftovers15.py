@@ -12,6 +12,9 @@
 3. ``GET /api/traces/{id}`` and ``DELETE /api/traces/{id}/body`` answered an id that cannot be a trace's
    (a NUL, another shape) 404 — the erase a 400 for some, 404 for a NUL — where the other admin id
    routes answer such an id 400 naming it. Now both a 400 naming ``id``; a well-formed unknown id 404.
+4. ``ConversationStore.find`` waited for a turn being appended to a conversation before it read whose
+   the conversation is: another key naming it waited (and learnt by the wait that it is busy). Now
+   the owner is checked first; only the owner's read waits for the append.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import sqlite3
+import threading
 
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply, _event, anthropic_blocks_stream, anthropic_usage
 
 from stockyard.providers import compaction, reasoning
@@ -41,6 +46,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         ANTHROPIC_API_KEY="sk-ant-test-leftovers15-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_ADMIN_KEY=ADMIN_KEY,
+        STOCKYARD_BUSY_TIMEOUT_MS="15000",  # a turn's append waits this long on a held database
     )
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("leftovers15") / "stockyard.db", env)
     srv.keys = srv.create_keys({"alice": [], "bob": []})
@@ -274,3 +280,43 @@ def test_an_id_that_cannot_be_a_traces_is_a_400_naming_it(server, ident, method,
 def test_a_well_formed_trace_id_of_no_trace_is_still_a_404(server, method, tail):
     status, _, raw = server.request(method, f"/api/traces/tr_0190f3a1b2c3d4e5f6a7b8c9{tail}", headers=ADMIN)
     assert status == 404, (status, raw[:300])
+
+
+# --------------------------------------------------------------------------- 4. whose conversation, first
+
+
+def test_another_keys_read_of_a_conversation_does_not_wait_for_its_append(server, mock):
+    """Alice's turn joins her conversation; the database is held by another connection, so the
+    writer cannot append the turn (it waits out the 15 s busy timeout). Bob naming the conversation
+    gets its 404 at once — was: after the append's wait. Alice's own read still waits for it, and
+    finds the turn once the database is free."""
+    status, _, raw = server.request("POST", "/v1/conversations", {}, server.auth("alice"))
+    assert status == 200, raw
+    conversation = json.loads(raw)["id"]
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=10)  # the writer may be committing
+    lock.execute("BEGIN EXCLUSIVE")
+    got: dict[str, tuple[int, bytes]] = {}
+    answered = {who: threading.Event() for who in ("alice", "bob")}
+
+    def read(who: str) -> None:
+        status, _, raw = server.request("GET", f"/v1/conversations/{conversation}/items", None, server.auth(who))
+        got[who] = (status, raw)
+        answered[who].set()
+
+    readers = [threading.Thread(target=read, args=(who,), daemon=True) for who in ("bob", "alice")]
+    try:
+        body = {"model": CLAUDE, "input": "hi", "conversation": conversation}
+        status, _, raw = server.request("POST", "/v1/responses", body, server.auth("alice"))
+        assert status == 200 and json.loads(raw)["status"] == "completed", raw  # its append waits on the lock
+        readers[0].start()
+        wait_for(answered["bob"].is_set, timeout=5, what="bob's answer while the append is held")
+        assert lock.in_transaction  # still held: bob did not wait for the append
+        readers[1].start()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    status, raw = got["bob"]
+    assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", raw
+    wait_for(answered["alice"].is_set, timeout=15, what="alice's read once the append committed")
+    status, raw = got["alice"]
+    assert status == 200 and len(json.loads(raw)["data"]) == 2, raw  # her input and the answer: the turn
