@@ -15,6 +15,9 @@
 4. ``ConversationStore.find`` waited for a turn being appended to a conversation before it read whose
    the conversation is: another key naming it waited (and learnt by the wait that it is busy). Now
    the owner is checked first; only the owner's read waits for the append.
+5. ``conversations.py`` said a full writer queue its own way in ``settle`` ("the writer's queue is
+   full") beside the message ``Store.write_later`` gives the failure (with the queue's depth), and
+   spelt the relay thread's no-wait rule twice: one message, one helper.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply, _event, anthropic_blocks_stream, anthropic_usage
 
+from stockyard.context import RequestContext
+from stockyard.conversations import Conversations
 from stockyard.providers import compaction, reasoning
+from stockyard.store import Store, Writer, db
 
 TEXT = "a\ud800b"  # what the provider says: JSON spells it "a\ud800b", which no UTF-8 holds
 CLAUDE = "claude-haiku-4-5"
@@ -320,3 +326,35 @@ def test_another_keys_read_of_a_conversation_does_not_wait_for_its_append(server
     wait_for(answered["alice"].is_set, timeout=15, what="alice's read once the append committed")
     status, raw = got["alice"]
     assert status == 200 and len(json.loads(raw)["data"]) == 2, raw  # her input and the answer: the turn
+
+
+# --------------------------------------------------------------------------- 5. one message for a full queue
+
+
+def test_settle_says_a_full_queue_as_the_store_does(tmp_path):
+    """A real writer on a SQLite file another connection holds: its first job waits for the lock,
+    two more fill its queue, and a write a request keeps (queued without a wait, as on the relay
+    thread) fails at once with the store's ``queue.Full``. ``settle`` notes it in that message (the
+    queue's depth with it), not a second wording of its own."""
+    path = tmp_path / "stockyard.db"
+    db.open_and_migrate(path)[0].close()
+    writer = Writer(path, maxsize=2).start()
+    lock = sqlite3.connect(path, isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        stuck = writer.later(lambda c: c.execute("INSERT INTO meta (key, value) VALUES ('stuck', 'v')"))
+        wait_for(lambda: writer.depth == 0, what="the writer took the first job (it waits for the lock)")
+        assert not stuck.done()
+        for i in range(2):
+            writer.submit(lambda c, i=i: c.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (f"k{i}",)))
+        store = Store(path, writer)
+        conversations = Conversations(store, None, None, None, 1 << 20)  # type: ignore[arg-type]
+        ctx = RequestContext("responses", "openai", "127.0.0.1", {})
+        ctx.kept_later.append(("the turn was not appended", store.write_later(lambda c: None, 0.0, urgent=False)))
+        conversations.settle(ctx, wait_s=1.0)
+        said = ctx.attempt.error_message or ""
+        assert said == "the turn was not appended: Full: the database writer's queue is full (2 waiting)", said
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+        writer.stop()
