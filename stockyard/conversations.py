@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import re
 import secrets
 import sqlite3
@@ -97,6 +96,13 @@ FULL_WAIT_S = 2.0  # a request thread keeping a response waits this long at most
 SETTLE_WAIT_S = 30.0  # a request's trace waits this long at most for the writes keeping what it made
 REFUSED_IDS = "conversations.refused_ids"  # ctx.state: response ids this request found another key's
 APPENDED = ("completed", "incomplete")  # a response whose turn joins its conversation
+
+
+def queue_wait(ctx: RequestContext) -> float:
+    """How long a write keeping what the request made may wait for room in the writer's queue: none
+    on the stream relay's thread (``ctx.claims_deferred`` set: it carries every relayed stream, so a
+    full queue is the write's ``queue.Full`` there, noted by ``settle``), else ``FULL_WAIT_S``."""
+    return 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
 
 
 def new_response_id() -> str:
@@ -520,8 +526,7 @@ class Conversations:
             self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}
             self._pending[response_id] = (record, now)
         # the writer's, the client's bytes not held for it (they name no row the key must own first)
-        queue_wait = 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
-        future = self._store.write_later(record.write, queue_wait, urgent=False)
+        future = self._store.write_later(record.write, queue_wait(ctx), urgent=False)
         future.add_done_callback(lambda _: self._committed(record))  # or failed: it will never be
         ctx.kept_later.append((f"response {response_id} was not kept", future))
 
@@ -560,8 +565,7 @@ class Conversations:
         turn = (conv.turn_items or []) + normalized(response.get("output"))
         # the writer's, the client's bytes not held for it; a failure: the answer stands, the
         # conversation has a gap (settle logs and traces it); its next read waits for it (threads.find)
-        queue_wait = 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
-        future = self.threads.append_later(conv.conversation_id, turn, ctx.trace_id, queue_wait)
+        future = self.threads.append_later(conv.conversation_id, turn, ctx.trace_id, queue_wait(ctx))
         what = f"response {response.get('id')}: its turn was not appended to conversation {conv.conversation_id}"
         ctx.kept_later.append((what, future))
 
@@ -577,9 +581,7 @@ class Conversations:
                 continue
             except FutureTimeout:
                 why = f"not committed after {wait_s:g} s"
-            except queue.Full:
-                why = "the writer's queue is full"
-            except Exception as exc:
+            except Exception as exc:  # a full queue too: the store's queue.Full says it, with its depth
                 why = described(exc)
             log.warning("trace %s: %s: %s", ctx.trace_id, what, why)
             note(ctx, f"{what}: {why}")

@@ -261,20 +261,26 @@ class ConversationStore:
 
     # -- reads ---------------------------------------------------------------------------------
     def find(self, conversation_id: str, key_id: str | None) -> Conversation | None:
-        """The conversation if ``key_id`` made it (None otherwise: another key's is unknown); read once
-        a turn being appended to it is committed (or failed), so a client's next turn, or its list of
-        the items, never races the write of the last."""
-        if not storable(conversation_id):
+        """The conversation if ``key_id`` made it (None otherwise: another key's is unknown); for its
+        owner read once a turn being appended to it is committed (or failed), so a client's next turn,
+        or its list of the items, never races the write of the last. Whose it is comes first: another
+        key's request never waits on it (nor learns by the wait that it is busy)."""
+        if not storable(conversation_id) or (row := self._row(conversation_id, key_id)) is None:
             return None
         with self._lock:
             appending = self._appending.get(conversation_id)
         if appending is not None:
             wait((appending,), timeout=APPEND_WAIT_S)
+            row = self._row(conversation_id, key_id)  # its size as the append left it (or deleted meanwhile)
+            if row is None:
+                return None
+        return Conversation(row[0], row[1], row[2], json.loads(row[3]), row[4])
+
+    def _row(self, conversation_id: str, key_id: str | None) -> tuple | None:
+        """The conversation's row if ``key_id`` made it."""
         sql = "SELECT id, key_id, created_at, metadata, bytes FROM conversations WHERE id = ?"
         row = self._store.read().execute(sql, (conversation_id,)).fetchone()
-        if row is None or row[1] != key_id:
-            return None
-        return Conversation(row[0], row[1], row[2], json.loads(row[3]), row[4])
+        return row if row is not None and row[1] == key_id else None
 
     def owned(self, conversation_id: str, key_id: str | None) -> Conversation:
         """The conversation a route names, or its 404 (another key's is as unknown)."""

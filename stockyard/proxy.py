@@ -676,8 +676,9 @@ def continue_turn(
     if follow is None:
         end_turn(ctx)
         return None
-    why = continuation_refused(path, ctx, follow, len(answers) - 1)
-    if why is not None:
+    call = follow.call
+    why = follow.stopped if call is None else continuation_refused(path, ctx, follow, len(answers) - 1)
+    if call is None or why is not None:
         end_turn(ctx, why)
         return None
     a = ctx.attempt
@@ -685,7 +686,7 @@ def continue_turn(
     a.usage, a.usage_partial = None, False
     try:
         timeout, _ = read_timeout(ctx, a.provider.name if a.provider else "", a.upstream_model or "")
-        resp = send(path, ctx, follow.call, timeout)
+        resp = send(path, ctx, call, timeout)
     except ProxyError as exc:  # the request's deadline passed
         end_turn(ctx, exc.message, gave_up=True)
         return None

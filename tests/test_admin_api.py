@@ -310,9 +310,10 @@ def test_traces_bad_query_values(server, query, param, words):
 
 
 def test_unknown_trace_is_404(server):
-    for trace_id in ("tr_000000000000000000000000", "no-such-trace"):
-        status, _, payload = call(server, "GET", f"/api/traces/{trace_id}")
-        assert assert_error(status, payload, 404, trace_id)["code"] == "not_found"
+    status, _, payload = call(server, "GET", "/api/traces/tr_000000000000000000000000")
+    assert assert_error(status, payload, 404, "tr_000000000000000000000000")["code"] == "not_found"
+    status, _, payload = call(server, "GET", "/api/traces/no-such-trace")  # no trace id: a 400 naming it
+    assert assert_error(status, payload, 400, "not a trace id", "no-such-trace")["param"] == "id"
 
 
 # --- audit -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Leftovers of the last review, each through a real server and the mock upstream: a provider's download
 that stalls midway leaves no provider connection open; Anthropic's stream relay passes every odd event
-through; a claim a relayed stream makes while the database is held stalls that stream alone. (A refusal
+through; a claim a relayed stream makes while the database is held stalls that stream alone. (A failure
 raised once an answer began: test_midstream_failures.)"""
 
 from __future__ import annotations

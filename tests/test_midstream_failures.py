@@ -1,12 +1,16 @@
 """A failure after an answer began (one nobody planned for, or a refusal): the connection is cut (no
 chunked end), one log line says so, the trace says ``stream_broken``, and the server goes on serving —
 never an HTTP 500 (or 4xx) written into the middle of a body, never a traceback. Real triggers only,
-through a real server and the mock upstream: the database refusing a write a stream makes midway, a
-provider's paused answer whose follow-up cannot be written."""
+through a real server and the mock upstream: the database refusing a write a stream makes midway.
+
+A refusal (a ``ProxyError``) raised after the answer began is cut the same way (``Handler._cut``, its
+trace ``stream_broken`` with the refusal's code: ``proxy.refused``), but it has no real trigger left:
+its last one, a paused Claude turn whose follow-up could not be written (the answer so far held a lone
+surrogate), now ends the answer incomplete (``test_leftovers15``), as a chat chunk holding one and a
+chunk nested past the parser's depth had stopped being triggers before it."""
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import io
 import json
@@ -14,10 +18,10 @@ import socket
 import sqlite3
 import threading
 
-import openai
+import anthropic
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import Reply, anthropic_blocks_stream
+from mock_upstream import Reply
 from rawhttp import read_until_close, statuses
 from test_anthropic_batches import CODE_TOOL
 
@@ -156,64 +160,27 @@ def test_a_database_refusing_a_claim_midstream_cuts_the_stream(server, mock):
     still_serving(server)
 
 
-def paused_with_a_lone_surrogate(note: str = "") -> Reply:
-    """Claude's streamed answer to a searching chat request, paused (``pause_turn``), whose second
-    text block is a lone UTF-16 surrogate escape (``"\\ud800"``, valid JSON). Its first words reach
-    the client as they come, the surrogate too (escaped, as the provider wrote it: a stream of
-    text the client's translation writes out is never refused for it, ``test_review14_leftovers``);
-    but the follow-up call that would continue the turn sends the paused answer back to Claude, and a
-    translated request is never written with a lone surrogate (the Messages API refuses one), so it
-    is a refusal raised after the answer began: the provider's answer that cannot be translated
-    (``shape_errors``' 502). The one real trigger of that path left."""
-    blocks = [{"type": "text", "text": "first-words"}, {"type": "text", "text": "\ud800" + note}]
-    events = anthropic_blocks_stream(blocks, 1, CLAUDE)
-    return Reply(sse=[e.replace('"end_turn"', '"pause_turn"') for e in events])
-
-
-SEARCHING = {  # a chat request Claude may pause: it searches (``web_search_options``)
-    "model": CLAUDE,
-    "max_tokens": 16,
-    "stream": True,
-    "web_search_options": {},
-    "messages": [{"role": "user", "content": "hi"}],
-}
-CHAT = "/v1/chat/completions"
-
-
-def test_a_provider_answer_its_translation_cannot_carry_on_midstream_cuts_the_stream(server, mock):
-    """A provider's answer that makes a stream's translation fail after the stream began (a paused
-    turn whose follow-up cannot be written: :func:`paused_with_a_lone_surrogate`; until the fourteenth
-    review's leftovers, a chat chunk holding a lone surrogate, which a Messages client now gets
-    escaped; a chunk nested deeper than the parser goes is skipped instead, ``test_relay_database``;
-    Anthropic's own events of odd shapes are relayed as they are: ``test_leftovers_review``): the
-    stream is cut, one line logged without the answer's text, the trace ``stream_broken``."""
-    mock.enqueue(paused_with_a_lone_surrogate(" secret-looking-text-xyz"))
-    # the answer's first chunk: its first words may go out with the cut's batch or not at all
-    data = stream_until(server, "alice", SEARCHING, b'"role":"assistant"', lambda: None, route=CHAT)
-    (said,) = assert_cut(server, data, "ProxyError", route=CHAT)
-    assert "xyz" not in said
-    trace = server.trace(trace_id_of(data))
-    assert trace["outcome"] == "stream_broken" and trace["error_type"] == "bad_upstream_response", trace
-    still_serving(server)
-
-
 def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
-    """The same cut as OpenAI's SDK sees it: the stream it iterates raises (an incomplete chunked
+    """The same cut as Anthropic's SDK sees it: the stream it iterates raises (an incomplete chunked
     read), rather than ending as if the answer were whole."""
     gate = threading.Event()
-    reply = paused_with_a_lone_surrogate()
-    mock.enqueue(dataclasses.replace(reply, held_after=3, held=gate))  # the rest once the first words were read
-    client = server.openai("alice")
+    mock.enqueue(Reply(held_after=1, held=gate))  # message_start, then the rest once the lock is held
+    body = {"model": CLAUDE, "max_tokens": 16, "tools": [CODE_TOOL], "messages": [{"role": "user", "content": "csv"}]}
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
     try:
-        got = iter(client.chat.completions.create(**SEARCHING))
-        assert "first-words" in [c.choices[0].delta.content for c in (next(got), next(got)) if c.choices]
+        got = iter(server.anthropic("alice").messages.create(**body, stream=True))
+        assert next(got).type == "message_start"
+        lock.execute("BEGIN EXCLUSIVE")
         gate.set()
-        with pytest.raises(openai.APIConnectionError):
+        with pytest.raises(anthropic.APIConnectionError):
             list(got)
     finally:
         gate.set()
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
     said = wait_for(lambda: [line for line in server.log.splitlines() if CUT in line], what="the cut logged")
-    assert len(said) == 1 and "ProxyError" in said[0] and "Traceback" not in server.log, said
+    assert len(said) == 1 and "database is locked" in said[0] and "Traceback" not in server.log, said
     still_serving(server)
 
 
@@ -240,25 +207,4 @@ def test_a_failure_before_the_answer_began_is_still_the_clients_500_and_traced_a
     trace = server.trace(trace_id)
     assert trace["outcome"] == "error" and trace["status"] == 500 and trace["error_type"] == "internal_error", trace
     assert "database is locked" in trace["error_message"]
-    still_serving(server)
-
-
-def test_a_refusal_raised_after_the_answer_began_cuts_the_stream(server, mock):
-    """Was: a refusal (a ProxyError, or what ``errors.refusal_of`` turns into one) raised once a stream
-    had begun was answered like one raised before it: its head and JSON written into the middle of
-    the chunked body. The trigger here is real: a paused turn whose follow-up cannot be written
-    (:func:`paused_with_a_lone_surrogate`; a chat chunk holding a lone surrogate was the trigger until
-    a translation wrote it out escaped, and a chunk nested deeper than the parser goes before it became
-    the provider's malformed event, skipped: ``test_relay_database``). It is cut as every failure
-    after the answer began is: no chunked end, one log line, and the trace says ``stream_broken``
-    with the refusal's status and code."""
-    mock.enqueue(paused_with_a_lone_surrogate())
-    # the answer's first chunk: its first words may go out with the cut's batch or not at all
-    data = stream_until(server, "alice", SEARCHING, b'"role":"assistant"', lambda: None, route=CHAT)
-    (said,) = assert_cut(server, data, "ProxyError", route=CHAT)
-    assert b"bad_upstream_response" not in data  # no error written into the body, whatever went out before
-    trace = server.trace(trace_id_of(data))
-    assert trace["outcome"] == "stream_broken" and trace["error_type"] == "bad_upstream_response", trace
-    assert trace["status"] == 200 and "502" in trace["error_message"], trace
-    assert trace["id"] in said
     still_serving(server)

@@ -6,7 +6,7 @@ import time
 
 from ..context import TRACE_ID
 from ..operations import invalid, not_found
-from ..operations.maintenance import erase_bodies
+from ..operations.maintenance import check_trace_id, erase_bodies
 from ..store import traces as trace_store
 from ..store.traces import iso_utc
 from ..times import FORMAT_HELP, to_ms
@@ -76,7 +76,12 @@ def list_traces(r: ApiRequest) -> dict:
     return {"data": page, "next_cursor": page[-1]["id"] if len(rows) > limit else None}
 
 
-@route("GET", "/api/traces/{id}", "One trace with its request and response bodies and retry attempts")
+def _trace_id(params: dict[str, str]) -> None:
+    """The routes' ``check``: their ``{id}`` is a trace id, else a 400 naming it."""
+    check_trace_id(params["id"])
+
+
+@route("GET", "/api/traces/{id}", "One trace with its request and response bodies and retry attempts", check=_trace_id)
 def get_trace(r: ApiRequest) -> dict:
     trace = trace_store.get_trace(r.app.store.read(), r.params["id"])
     if trace is None:
@@ -89,6 +94,7 @@ def get_trace(r: ApiRequest) -> dict:
     "/api/traces/{id}/body",
     "Erase a trace's stored request and response bodies, and the response and conversation items its "
     "request stored (the trace stays)",
+    check=_trace_id,
 )
 def erase_body(r: ApiRequest) -> dict:
     erased = erase_bodies(r.ops(), [r.params["id"]])

@@ -67,6 +67,15 @@ class Erased:
     conversation_items: dict[str, int] = field(default_factory=dict)
 
 
+def check_trace_id(value: object) -> str:
+    """A trace's id as Stockyard makes them (``context.TRACE_ID``), else a 400 naming it: for the
+    erase and the admin API's trace routes (their ``check``, before a NUL is taken for an unknown name)."""
+    if not isinstance(value, str) or not TRACE_ID.fullmatch(value):
+        shown = value[:60] if isinstance(value, str) else value
+        raise invalid(f"not a trace id: {shown!r} (ids look like tr_0190f3a1b2c3d4e5f6a7b8c9)", param="id")
+    return value
+
+
 def erase_bodies(ops: Operations, trace_ids: list[str]) -> Erased:
     """Delete the stored request and response bodies of these traces and of their failed attempts
     (an attempt keeps the provider's answer, which may quote the request) — a secret or personal data
@@ -84,9 +93,8 @@ def erase_bodies(ops: Operations, trace_ids: list[str]) -> Erased:
         raise invalid("name at least one trace id", param="id")
     if len(ids) > MAX_ERASE:
         raise invalid(f"{len(ids)} trace ids; at most {MAX_ERASE} at once", param="id")
-    bad = [i for i in ids if not isinstance(i, str) or not TRACE_ID.fullmatch(i)]
-    if bad:
-        raise invalid(f"not a trace id: {str(bad[0])[:60]!r} (ids look like tr_0190f3a1b2c3d4e5f6a7b8c9)", param="id")
+    for ident in ids:
+        check_trace_id(ident)
     marks = ", ".join("?" for _ in ids)
     details: dict[str, Any] = {"traces": ids}  # what was erased besides, added by erase() before it is audited
 

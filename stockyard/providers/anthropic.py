@@ -846,8 +846,11 @@ class AnthropicChatAdapter(Adapter):
         if not paused.paused(messages[-1]) or not isinstance(request, dict) or provider is None:
             return None
         with shape_errors(502, "the provider answer"):
+            try:
+                sent_back = text_tokens(json.dumps(paused.content_of(messages), ensure_ascii=False).encode())
+            except UnicodeEncodeError:  # the provider's text, relayed escaped; a request may not carry it
+                return FollowUp(None, message_usage(messages[-1]), 0, paused.UNSENDABLE)
             body = paused.follow_up_request(request, messages)
-            sent_back = text_tokens(json.dumps(paused.content_of(messages), ensure_ascii=False).encode())
             return FollowUp(messages_call(provider, ctx, body), message_usage(messages[-1]), sent_back)
 
     def stream(self, ctx: RequestContext) -> StreamTranslator:

@@ -31,11 +31,13 @@ class UpstreamCall:
 @dataclass
 class FollowUp:
     """The call that continues a turn the provider paused (Anthropic's ``pause_turn``): the same
-    request with the answer so far sent back as the assistant's turn."""
+    request with the answer so far sent back as the assistant's turn; or none (``call`` None) when
+    that answer cannot be sent back, the turn ending there incomplete for the reason ``stopped`` says."""
 
-    call: UpstreamCall
+    call: UpstreamCall | None  # None: the turn cannot go on (``stopped`` says why), ending incomplete
     usage: Usage | None  # what the paused call used (each call is priced on its own)
     sent_back: int  # input tokens the answer so far adds (estimated): what a budget must hold more
+    stopped: str | None = None
 
 
 class StreamTranslator:

@@ -31,6 +31,7 @@ import re
 from typing import Any
 
 from ..errors import ProxyError
+from ..httpio import json_bytes
 
 TRIGGER = "compaction_trigger"
 ITEM = "compaction"
@@ -52,9 +53,9 @@ SUMMARY_HEADING = (
 
 
 def mint(summary: str) -> str:
-    """The ``encrypted_content`` of a compaction item Stockyard makes: :data:`PREFIX` + base64url JSON."""
-    raw = json.dumps({"summary": summary}, ensure_ascii=False, separators=(",", ":")).encode()
-    return PREFIX + base64.urlsafe_b64encode(raw).decode()
+    """The ``encrypted_content`` of a compaction item Stockyard makes: :data:`PREFIX` + base64url JSON
+    (``json_bytes``: a lone surrogate in the model's summary escaped, never an encoding error)."""
+    return PREFIX + base64.urlsafe_b64encode(json_bytes({"summary": summary}, compact=True)).decode()
 
 
 def ours(token: Any) -> bool:

@@ -16,6 +16,13 @@ from typing import Any
 
 PAUSE_TURN = "pause_turn"
 SENT = "anthropic.request"  # ctx.state: the Messages API request the chat adapter made (what a follow-up repeats)
+# Why a paused turn whose answer holds a lone UTF-16 surrogate (valid in the provider's JSON, and
+# relayed to the client escaped) is not continued: the follow-up would send it back, and the
+# Messages API refuses a request holding one ("no low surrogate in string").
+UNSENDABLE = (
+    "the answer so far holds a lone UTF-16 surrogate, which a follow-up call would send back "
+    "and the Messages API refuses"
+)
 
 
 def paused(message: Any) -> bool:

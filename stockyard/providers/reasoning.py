@@ -30,6 +30,8 @@ import binascii
 import json
 from typing import Any
 
+from ..httpio import json_bytes
+
 VERSION = 1
 THINKING_TYPES = ("thinking", "redacted_thinking")
 # Fields of an assistant chat message that Claude's answers carry and OpenAI's chat API refuses:
@@ -83,10 +85,10 @@ def signatures_of(calls: Any) -> dict[str, str]:
 
 def pack(state: dict, provider: str | None = None) -> str:
     """Reasoning state (``thinking_blocks``, ``thought_signatures``) as one opaque string, naming
-    the provider that made it."""
+    the provider that made it. Written by ``json_bytes``: a lone surrogate in the provider's text
+    (valid in its JSON, held by no UTF-8) is escaped, never an encoding error."""
     named = {"provider": provider} if provider else {}
-    raw = json.dumps({"stockyard": VERSION, **named, **state}, ensure_ascii=False, separators=(",", ":"))
-    return base64.b64encode(raw.encode()).decode()
+    return base64.b64encode(json_bytes({"stockyard": VERSION, **named, **state}, compact=True)).decode()
 
 
 def unpack(text: Any) -> dict | None:
