@@ -69,6 +69,7 @@ from .providers.responses_adapters import upstream_headers, upstream_path
 from .scrub import Scrubber
 from .store import Store, storable
 from .store.traces import ZLIB_LEVEL
+from .store.writer import FULL_WAIT_S
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.conversations")
@@ -92,7 +93,6 @@ HELD_SQL = (
     f"WHERE i.item_id IN ({', '.join('?' * HELD_CHUNK)})"
 )
 PENDING_S = 60.0  # an uncommitted row is long committed after this
-FULL_WAIT_S = 2.0  # a request thread keeping a response waits this long at most for room in the writer's queue
 SETTLE_WAIT_S = 30.0  # a request's trace waits this long at most for the writes keeping what it made
 REFUSED_IDS = "conversations.refused_ids"  # ctx.state: response ids this request found another key's
 APPENDED = ("completed", "incomplete")  # a response whose turn joins its conversation
@@ -101,7 +101,8 @@ APPENDED = ("completed", "incomplete")  # a response whose turn joins its conver
 def queue_wait(ctx: RequestContext) -> float:
     """How long a write keeping what the request made may wait for room in the writer's queue: none
     on the stream relay's thread (``ctx.claims_deferred`` set: it carries every relayed stream, so a
-    full queue is the write's ``queue.Full`` there, noted by ``settle``), else ``FULL_WAIT_S``."""
+    full queue is the write's ``queue.Full`` there, noted by ``settle``), else the writer's own
+    ``FULL_WAIT_S``, as any sender waits."""
     return 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
 
 

@@ -788,7 +788,16 @@ def searches_in(message: dict) -> int:
 
 
 def thinking_chars(message: dict) -> int:
-    return sum(len(b.get("thinking") or "") for b in message.get("content") or [] if b.get("type") == "thinking")
+    """Characters of the answer's thinking blocks (what :func:`with_thinking` estimates from); a
+    block of another shape counts nothing: a batch's odd line must not stop its cost."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return 0
+    return sum(
+        len(b["thinking"])
+        for b in content
+        if isinstance(b, dict) and b.get("type") == "thinking" and isinstance(b.get("thinking"), str)
+    )
 
 
 def error_fields(payload: Any) -> tuple[str, str] | None:
