@@ -38,6 +38,7 @@ from stockyard.providers import compaction, reasoning
 from stockyard.store import Store, Writer, db
 
 TEXT = "a\ud800b"  # what the provider says: JSON spells it "a\ud800b", which no UTF-8 holds
+SENDABLE = "a?b"  # a summary holding it, as Stockyard mints it (a provider takes no lone surrogate)
 CLAUDE = "claude-haiku-4-5"
 SIGNATURE = "EqQBCkYIBRgCKkBsig-from-anthropic"
 ADMIN_KEY = "admin-test-key-leftovers15-0123456789"
@@ -152,8 +153,16 @@ def test_a_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
     *_, item = raw.parse().output
     assert item.type == "compaction" and item.encrypted_content.startswith(compaction.PREFIX), item
     body = item.encrypted_content[len(compaction.PREFIX) :]
-    assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) == {"summary": TEXT}
+    assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) == {"summary": SENDABLE}
     assert_ok(server, raw.headers["x-stockyard-trace-id"])
+    # Was then: the token, escaped, came back refused ("not a compaction Stockyard made"). Sent back
+    # now, its summary (the surrogate a ``?``) is what the model reads.
+    mock.enqueue(claude_text(False))
+    back = [item.model_dump(exclude_none=True), {"role": "user", "content": "And the hotel?"}]
+    raw = client.responses.with_raw_response.create(model=CLAUDE, input=back)
+    assert raw.http_response.status_code == 200
+    sent = mock.last("/v1/messages").json
+    assert sent["messages"][0]["content"][0] == {"type": "text", "text": compaction.SUMMARY_HEADING + SENDABLE}
 
 
 def test_a_streamed_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
@@ -169,7 +178,7 @@ def test_a_streamed_compaction_summary_with_a_lone_surrogate_is_minted(server, m
     (item,) = events[-1].response.output
     assert item.type == "compaction" and item.encrypted_content.startswith(compaction.PREFIX), item
     body = item.encrypted_content[len(compaction.PREFIX) :]
-    assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) == {"summary": TEXT}
+    assert json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))) == {"summary": SENDABLE}
     assert_ok(server, raw.headers["x-stockyard-trace-id"])
 
 

@@ -53,9 +53,12 @@ SUMMARY_HEADING = (
 
 
 def mint(summary: str) -> str:
-    """The ``encrypted_content`` of a compaction item Stockyard makes: :data:`PREFIX` + base64url JSON
-    (``json_bytes``: a lone surrogate in the model's summary escaped, never an encoding error)."""
-    return PREFIX + base64.urlsafe_b64encode(json_bytes({"summary": summary}, compact=True)).decode()
+    """The ``encrypted_content`` of a compaction item Stockyard makes: :data:`PREFIX` + base64url JSON.
+    A lone UTF-16 surrogate in the model's summary becomes ``?`` (UTF-8's replacement on encoding):
+    escaped, it would make a token :func:`read` refuses when the client sends it back, and no
+    provider takes it in a request."""
+    sendable = summary.encode("utf-8", "replace").decode()
+    return PREFIX + base64.urlsafe_b64encode(json_bytes({"summary": sendable}, compact=True)).decode()
 
 
 def ours(token: Any) -> bool:
