@@ -8,12 +8,15 @@ import http.client
 import os
 import shutil
 import signal
+import struct
 import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
 from test_workers import workers_of
+
+from stockyard import pyzimport
 
 
 def rewritten_in_place(source: Path, running: Path) -> None:
@@ -65,3 +68,79 @@ def test_a_worker_restarted_after_the_pyz_was_rewritten_in_place_serves(pyz_path
         assert "worker 0 failed" not in group.log, group.log
     finally:
         group.stop()
+
+
+# -- pyzimport.Archive.read: a member that is not what the directory says --------------------------
+TEXT = b"the member's own bytes\n" * 40
+
+
+def small_zip(path: Path, compression: int) -> Path:
+    """A zip behind a shebang, as the pyz is: one member before ``m/data.txt`` and one after."""
+    with open(path, "wb") as out:
+        out.write(b"#!/usr/bin/env python3\n")
+        with zipfile.ZipFile(out, "w") as zf:
+            zf.writestr(zipfile.ZipInfo("m/first.txt"), b"first\n", compression)
+            zf.writestr(zipfile.ZipInfo("m/data.txt"), TEXT, compression)
+            zf.writestr(zipfile.ZipInfo("m/last.txt"), b"last\n" * 100, compression)
+    return path
+
+
+def patched(path: Path, at: int, data: bytes) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(at)
+        handle.write(data)
+
+
+def where(path: Path, name: str) -> tuple[int, int, int]:
+    """(local header offset, data offset, central directory entry offset) of a member."""
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    fields = raw[info.header_offset + 4 : info.header_offset + 26]  # version .. sizes, as in the directory
+    central = raw.index(fields, info.header_offset + 30) - 6
+    return info.header_offset, info.header_offset + 30 + name_len + extra_len, central
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_member_whose_bytes_changed_is_an_oserror_never_other_bytes(tmp_path: Path, compression: int) -> None:
+    """Was: a member's changed bytes came back as its content (stored), or as zlib.error (deflated):
+    neither is the OSError an import or a data file read says a damaged archive with."""
+    path = small_zip(tmp_path / "a.pyz", compression)
+    archive = pyzimport.Archive(str(path))
+    assert archive.read("m/data.txt") == TEXT
+    _, data_at, _ = where(path, "m/data.txt")
+    patched(path, data_at + 3, b"\xff\xfe\xfd\xfc")
+    with pytest.raises(OSError, match="damaged zip entry m/data.txt"):
+        archive.read("m/data.txt")
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_local_header_whose_name_length_lies_is_an_oserror(tmp_path: Path, compression: int) -> None:
+    """Was: the data was read from the lie's offset: other bytes, or zlib.error."""
+    path = small_zip(tmp_path / "a.pyz", compression)
+    header_at, _, _ = where(path, "m/data.txt")
+    patched(path, header_at + 26, struct.pack("<H", len("m/data.txt") + 2))
+    with pytest.raises(OSError, match="damaged zip entry m/data.txt"):
+        pyzimport.Archive(str(path)).read("m/data.txt")
+
+
+def test_a_directory_whose_sizes_lie_is_an_oserror_without_reading_past_the_file(tmp_path: Path) -> None:
+    """Was: a compressed size past the end of the file was read as far as the file went (the
+    member's bytes and the directory's, as its content), after asking ``os.pread`` for a buffer of
+    the size the directory claims (4 GB here)."""
+    path = small_zip(tmp_path / "a.pyz", zipfile.ZIP_STORED)
+    _, _, central = where(path, "m/data.txt")
+    patched(path, central + 20, struct.pack("<I", 0xFFFF_FFF0))  # compressed size
+    with pytest.raises(OSError, match="damaged zip entry m/data.txt"):
+        pyzimport.Archive(str(path)).read("m/data.txt")
+
+
+def test_a_pyz_cut_short_under_the_open_archive_is_an_oserror(tmp_path: Path) -> None:
+    """Was: struct.error (the local header read past the end was too short to unpack)."""
+    path = small_zip(tmp_path / "a.pyz", zipfile.ZIP_DEFLATED)
+    archive = pyzimport.Archive(str(path))
+    header_at, _, _ = where(path, "m/last.txt")
+    os.truncate(path, header_at + 10)
+    with pytest.raises(OSError, match="damaged zip entry m/last.txt"):
+        archive.read("m/last.txt")
