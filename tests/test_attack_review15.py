@@ -8,12 +8,16 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import struct
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
+from test_attack_review14 import held_for_its_claim
+from test_leftovers_review import WRITTEN, started
 from test_workers import workers_of
 
 from stockyard import pyzimport
@@ -144,3 +148,44 @@ def test_a_pyz_cut_short_under_the_open_archive_is_an_oserror(tmp_path: Path) ->
     os.truncate(path, header_at + 10)
     with pytest.raises(OSError, match="damaged zip entry m/last.txt"):
         archive.read("m/last.txt")
+
+
+# -- the relay's held streams ----------------------------------------------------------------------
+def read_to_end(sock: socket.socket, have: bytes, timeout: float) -> bytes:
+    """What the server sent on ``sock`` until it closed it or sent a chunked stream's end."""
+    sock.settimeout(timeout)
+    data = have
+    while not data.endswith(b"0\r\n\r\n"):
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_held_stream_waits_for_its_claim_no_longer_than_its_providers_read_timeout(
+    pyz_path, cache_home, mock, tmp_path
+) -> None:
+    """Was: a stream whose bytes wait for a claim is not read, so no timer but the request's deadline
+    (the timeout module's, off by default) ran for it: its client got nothing for as long as the
+    writer took (here the 10 s busy timeout; on PostgreSQL, whose writer waits for a lock with no
+    timeout, for ever). It now ends at the provider's read timeout (2 s here), as a stream whose
+    provider stalls does, cut as a claim the database refused."""
+    gen = started(pyz_path, cache_home, mock, tmp_path, STOCKYARD_UPSTREAM_TIMEOUT="2")
+    server = next(gen)
+    try:
+        with held_for_its_claim(server, mock) as (sock, got):
+            began = time.monotonic()
+            got = read_to_end(sock, got, timeout=15)
+            took = time.monotonic() - began
+        assert took < 6, f"the held stream ended {took:.1f} s after its claim began waiting"
+        assert WRITTEN.encode() not in got  # the event naming the unclaimed file never went out
+        sql = "SELECT outcome, error_message FROM traces WHERE endpoint = 'messages'"
+        rows = wait_for(lambda: server.db_rows(sql), 15)
+        assert [row["outcome"] for row in rows] == ["stream_broken"], rows
+        assert "did not commit what the stream waits for in 2 s" in rows[0]["error_message"], rows
+    finally:
+        next(gen, None)
