@@ -8,7 +8,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import struct
 import time
 import zipfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
+from rawhttp import read_until_close
 from test_attack_review14 import held_for_its_claim
 from test_leftovers_review import WRITTEN, started
 from test_workers import workers_of
@@ -151,21 +151,6 @@ def test_a_pyz_cut_short_under_the_open_archive_is_an_oserror(tmp_path: Path) ->
 
 
 # -- the relay's held streams ----------------------------------------------------------------------
-def read_to_end(sock: socket.socket, have: bytes, timeout: float) -> bytes:
-    """What the server sent on ``sock`` until it closed it or sent a chunked stream's end."""
-    sock.settimeout(timeout)
-    data = have
-    while not data.endswith(b"0\r\n\r\n"):
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_a_held_stream_waits_for_its_claim_no_longer_than_its_providers_read_timeout(
     pyz_path, cache_home, mock, tmp_path
 ) -> None:
@@ -179,7 +164,7 @@ def test_a_held_stream_waits_for_its_claim_no_longer_than_its_providers_read_tim
     try:
         with held_for_its_claim(server, mock) as (sock, got):
             began = time.monotonic()
-            got = read_to_end(sock, got, timeout=15)
+            got += read_until_close(sock, timeout=15)  # cut: the connection closes
             took = time.monotonic() - began
         assert took < 6, f"the held stream ended {took:.1f} s after its claim began waiting"
         assert WRITTEN.encode() not in got  # the event naming the unclaimed file never went out
