@@ -413,8 +413,8 @@ class StreamRelay:
             elif stream.out and stream.write_timeout and now >= stream.wrote_at + stream.write_timeout:
                 self._finish(stream, ClientGone())
             elif stream.waits:  # ended as a write that failed ends it
-                limit = stream.hold_limit()
-                self._finish(stream, TimeoutError(f"the database did not commit what the stream waits for in {limit:g} s"))
+                waited = f"the database did not commit what the stream waits for in {stream.hold_limit():g} s"
+                self._finish(stream, TimeoutError(waited))
             else:
                 self._finish(stream, UpstreamError("timeout", "provider stopped sending mid-stream"))
         if len(timers) > 2 * len(self._live) + 64:  # entries of ended streams: drop them
