@@ -154,6 +154,33 @@ def test_a_pyz_cut_short_under_the_open_archive_is_an_oserror(tmp_path: Path) ->
         archive.read("m/last.txt")
 
 
+def test_odd_resource_paths_name_no_other_member_and_a_zip64_archive_reads(tmp_path: Path) -> None:
+    """Checked: a path with ``..``, an absolute part, an empty segment or another archive's prefix
+    names no member (the names are the directory's, compared whole, never resolved as paths); a
+    pyz whose members carry zip64 headers reads as any other."""
+    path = tmp_path / "z64.pyz"
+    with open(path, "wb") as out:
+        out.write(b"#!/usr/bin/env python3\n")
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in (("pk/__init__.py", b"X = 1\n"), ("pk/d.txt", TEXT), ("top.txt", b"top\n")):
+                with zf.open(name, "w", force_zip64=True) as member:
+                    member.write(data)
+    archive = pyzimport.Archive(str(path))
+    finder = pyzimport.Finder(archive)
+    root = finder.get_resource_reader("pk").files()
+    assert root.joinpath("d.txt").read_bytes() == TEXT
+    for parts in (("..", "top.txt"), ("/top.txt",), ("", "d.txt"), ("./d.txt",), ("d.txt/",)):
+        entry = root.joinpath(*parts)
+        assert not entry.is_file()
+        with pytest.raises(FileNotFoundError):
+            entry.read_bytes()
+    for odd in (f"{path}/pk/../top.txt", f"{path}//top.txt", f"{path}x/top.txt", "top.txt", str(path)):
+        with pytest.raises(FileNotFoundError):
+            finder.get_data(odd)
+    assert finder.get_data(f"{path}/top.txt") == b"top\n"
+    assert finder.find_spec("pk..d") is None and finder.find_spec("pk/d") is None
+
+
 # -- the relay's held streams ----------------------------------------------------------------------
 def test_a_held_stream_waits_for_its_claim_no_longer_than_its_providers_read_timeout(
     pyz_path, cache_home, mock, tmp_path
