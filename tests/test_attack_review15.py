@@ -1,6 +1,15 @@
 """Review 15 of the day's changes (the pyz's one-archive importer, the erase of stored Responses and
 Conversations, the relay's deferred database work), as an attacker and as an operator, with real
-parts: zips built in a temp folder, server processes of the built pyz and the mock upstream."""
+parts: zips built in a temp folder, server processes of the built pyz (a --workers group), the mock
+upstream, a PostgreSQL cluster.
+
+Found and fixed: a group's worker started again after an upgrade replaced the pyz (renamed over it,
+or written in place) failed each start, reading the price table and the migrations from the pyz
+after the server's start; a member that is not what the archive's directory says came back as
+other bytes, zlib.error, struct.error or a buffer of the size the directory claims; a stream held
+for its claim had no timer but the optional deadline (on PostgreSQL it waited for ever while
+another session held the write lock). Checked and sound: odd resource paths name no other member,
+a zip64 pyz reads."""
 
 from __future__ import annotations
 
