@@ -55,18 +55,30 @@ class Archive:
         return name in self._members
 
     def read(self, name: str) -> bytes:
-        """A member's content; KeyError when there is no such member."""
+        """A member's content; KeyError when there is no such member. OSError when the file does
+        not hold what the directory read at start says (damaged, or written over in place since):
+        checked by its header, its sizes within the file and its CRC, never other bytes."""
         info = self._members[name]
         fd = self._file.fileno()
-        signature, _, name_len, extra_len = _LOCAL_HEADER.unpack(os.pread(fd, 30, info.header_offset))
-        if signature != b"PK\x03\x04":
+        header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+        start = end = -1
+        if len(header) == _LOCAL_HEADER.size:
+            signature, _, name_len, extra_len = _LOCAL_HEADER.unpack(header)
+            start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+            end = start + info.compress_size if signature == b"PK\x03\x04" else -1
+        if end < 0 or end > os.fstat(fd).st_size:  # a read past the end asks for a buffer that large
             raise OSError(f"{self.path}: damaged zip entry {name}")
-        data = os.pread(fd, info.compress_size, info.header_offset + 30 + name_len + extra_len)
+        data = os.pread(fd, info.compress_size, start)
         if info.compress_type == zipfile.ZIP_DEFLATED:
-            return zlib.decompress(data, -15)
-        if info.compress_type == zipfile.ZIP_STORED:
-            return data
-        raise OSError(f"{self.path}: {name} uses a compression this reader does not know")
+            try:
+                data = zlib.decompressobj(-15).decompress(data, info.file_size + 1)
+            except zlib.error:
+                data = b""
+        elif info.compress_type != zipfile.ZIP_STORED:
+            raise OSError(f"{self.path}: {name} uses a compression this reader does not know")
+        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+            raise OSError(f"{self.path}: damaged zip entry {name}")
+        return data
 
     def listing(self, folder: str) -> tuple[list[str], list[str]]:
         """(files, sub-folders) directly inside ``folder`` ("" for the top)."""

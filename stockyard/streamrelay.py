@@ -45,6 +45,9 @@ log = logging.getLogger("stockyard.proxy")
 
 WRITE_CAP = 256 * 1024  # a stream's bytes waiting for its client beyond which its provider is not read
 READ_SIZE = 65536
+# A held stream (its bytes waiting for a write) waits no longer than its provider's read timeout,
+# nor than a write's caller does (Writer.call): its client gets nothing meanwhile either way.
+HOLD_WAIT_S = 30.0
 
 
 def _ended(batch: list[bytes]) -> bytes:
@@ -107,7 +110,12 @@ class Stream:
             due = min(due, self.read_at + self.read_timeout)
         if self.out and self.write_timeout:
             due = min(due, self.wrote_at + self.write_timeout)
+        if self.waits:  # held: not read, but not waiting for ever on the database either
+            due = min(due, self.read_at + self.hold_limit())
         return due
+
+    def hold_limit(self) -> float:
+        return min(self.read_timeout or HOLD_WAIT_S, HOLD_WAIT_S)
 
 
 class StreamRelay:
@@ -278,6 +286,7 @@ class StreamRelay:
         take of the bytes before goes on), and the writer's thread says when they are done."""
         stream.held = out
         self._want(stream, read=False, write=bool(stream.out))
+        self._timer(stream)  # how long it may be held (Stream.due)
         told = functools.partial(self._write_done, stream)
         for future in list(stream.waits):
             future.add_done_callback(told)
@@ -403,6 +412,9 @@ class StreamRelay:
                 self._finish(stream, UpstreamError("timeout", "the request passed its deadline"))
             elif stream.out and stream.write_timeout and now >= stream.wrote_at + stream.write_timeout:
                 self._finish(stream, ClientGone())
+            elif stream.waits:  # ended as a write that failed ends it
+                waited = f"the database did not commit what the stream waits for in {stream.hold_limit():g} s"
+                self._finish(stream, TimeoutError(waited))
             else:
                 self._finish(stream, UpstreamError("timeout", "provider stopped sending mid-stream"))
         if len(timers) > 2 * len(self._live) + 64:  # entries of ended streams: drop them

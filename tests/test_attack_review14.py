@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import clirun
 import pytest
@@ -136,11 +136,24 @@ def test_a_busy_timeout_past_what_a_writes_caller_waits_is_refused_at_start(pyz_
     assert "Traceback" not in done.stderr
 
 
+def sqlite_held(server) -> Callable[[], None]:
+    """Another process holds the server's SQLite file (``BEGIN EXCLUSIVE``); the call lets it go."""
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+
+    def release() -> None:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+    return release
+
+
 @contextlib.contextmanager
-def held_for_its_claim(server, mock) -> Iterator[tuple[socket.socket, bytes]]:
+def held_for_its_claim(server, mock, hold=sqlite_held) -> Iterator[tuple[socket.socket, bytes]]:
     """A relayed Messages stream of alice's whose next event names a file the code execution tool
-    wrote, while another process holds the database: its bytes wait for the claim (up to the 10 s busy
-    timeout). The client's socket and what it read so far; the database is let go on the way out."""
+    wrote, while another process holds the database (``hold(server)``: it returns the release):
+    its bytes wait for the claim (on SQLite up to the 10 s busy timeout). The client's socket and
+    what it read so far; the database is let go on the way out."""
     start = {**START, "message": {**START["message"], "id": "msg_held", "usage": {"input_tokens": 5}}}
     events = [
         sse("message_start", json.dumps(start)),
@@ -151,19 +164,18 @@ def held_for_its_claim(server, mock) -> Iterator[tuple[socket.socket, bytes]]:
     mock.enqueue(Reply(sse=events, held_after=1, held=gate, all_sent=all_sent))
     ask = [{"role": "user", "content": "csv"}]
     body = {"model": CLAUDE, "max_tokens": 16, "stream": True, "tools": [CODE_TOOL], "messages": ask}
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
     sock = post_stream(server, "/v1/messages", body, "alice")
+    release = None
     try:
         got = read_until(sock, b"msg_held")
-        lock.execute("BEGIN EXCLUSIVE")
+        release = hold(server)
         gate.set()
         assert all_sent.wait(10)  # the event naming the file reached Stockyard: its claim waits for the lock
         yield sock, got
     finally:
         gate.set()
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
+        if release is not None:
+            release()
         sock.close()
 
 

@@ -17,8 +17,9 @@ import sqlite3
 import time
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, wait_for
 from mock_upstream import Reply, _gemini_response, anthropic_blocks_stream, anthropic_usage, gemini_usage
+from test_leftovers_review import started
 
 from stockyard.context import RequestContext
 from stockyard.conversations import SETTLE_WAIT_S, Conversations
@@ -33,21 +34,16 @@ BOUND_S = 0.6  # settle's bound in the test of it: well under the busy timeout t
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    env = mock_env(
+    yield from started(
+        pyz_path,
         cache_home,
         mock,
-        ANTHROPIC_API_KEY="sk-ant-test-surrogates-0123456789abcdef",
-        ANTHROPIC_BASE_URL=mock.url,
+        tmp_path_factory.mktemp("leftovers14"),
+        ("AIza-test-surrogates",),
         GEMINI_API_KEY="AIza-test-surrogates-0123456789abcdef",
         GEMINI_BASE_URL=mock.url,
         STOCKYARD_BUSY_TIMEOUT_MS="1000",  # a write the held database refuses fails after 1 s, not 10
     )
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("leftovers14") / "stockyard.db", env)
-    srv.keys = srv.create_keys({"alice": []})
-    srv.start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log
 
 
 # --------------------------------------------------------------------------- what each provider answers

@@ -70,9 +70,10 @@ def setup_logging(batched: bool = True, tag: str = "") -> None:
 
 
 def preload() -> None:
-    """Import every module now: zipimport reads the pyz lazily by offset, so a pyz replaced
-    on disk during an upgrade would break an import (or a data file read) made later by the
-    running server."""
+    """Import every module and read every data file now: the pyz is read by the offsets of the
+    directory parsed at start, so a pyz written over in place during an upgrade would break an
+    import (or a data file read) made later by the running server, or by a ``--workers`` group's
+    worker started again (forked from this process: what is read here it never reads)."""
     import importlib
     import pkgutil
 
@@ -82,8 +83,13 @@ def preload() -> None:
         if not info.name.endswith("__main__"):
             importlib.import_module(info.name)
     from .. import ui
+    from ..pricing import PriceTable
+    from ..store import db
 
     ui.files()  # and the console's files, for the same reason
+    PriceTable.load()  # and what a worker started again reads: the price table, the migrations
+    for dialect in ("sqlite", "postgresql"):
+        db.available_migrations(dialect)
 
 
 def run(args: argparse.Namespace) -> int:

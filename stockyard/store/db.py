@@ -7,6 +7,7 @@ transaction and is recorded with a checksum of its text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import os
@@ -156,6 +157,14 @@ def available_migrations(dialect: str = "sqlite") -> list[Migration]:
     shared budgets and rate windows (``store/shared.py``), which 0014 drops from SQLite and 0015
     (``budget_settled``) makes on PostgreSQL only.
     """
+    return list(_shipped(dialect))
+
+
+@functools.cache
+def _shipped(dialect: str) -> tuple[Migration, ...]:
+    """The migrations' files, read once a process: a ``--workers`` group's parent reads them before
+    it forks, so a worker started again later reads nothing from a pyz an upgrade wrote over in
+    place (:func:`stockyard.cli.serve.preload` reads both dialects' at start)."""
     found = []
     folder = importlib.resources.files("stockyard.store.migrations")
     if dialect != "sqlite":
@@ -165,7 +174,7 @@ def available_migrations(dialect: str = "sqlite") -> list[Migration]:
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    return found
+    return tuple(found)
 
 
 def code_schema_version(dialect: str = "sqlite") -> int:
