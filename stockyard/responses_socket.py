@@ -1,0 +1,424 @@
+"""The Responses API's WebSocket mode: ``ws://…/v1/responses``, one connection, many turns.
+
+The handshake was authenticated (and counted against ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS``) by
+the server before the upgrade. Then each ``response.create`` text message is one
+``POST /v1/responses`` with ``stream`` on, run through the same request path (``proxy.handle``:
+the key again, budgets, rate limits, modules, routing, the trace with its cost) on the
+connection's own thread, with a :class:`SocketReply` in place of the HTTP handler: every SSE event
+the HTTP stream would carry goes out as one text message (its ``data``), an error answer as an
+``error`` event. A second thread per connection reads the client's frames meanwhile, so pings are
+answered and the client leaving is noticed while a turn waits for its provider, and a
+``response.create`` sent while one is in flight is refused (``response_already_in_flight``).
+
+``previous_response_id`` naming the connection's most recent response made with ``store: false``
+is answered from a connection-local copy of that turn (its whole input and its output), put in
+front of the new input: the provider, told nothing of it, is sent the conversation whole. Every
+other id is looked up as over HTTP (stored responses). Limits: a message at most
+``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a frame
+and no turn in flight (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
+``websocket_connection_limit_reached``, then close 1000, once no turn is in flight), a drain
+(SIGTERM) closes with 1001 once the turn in flight has ended. Writes block on a client that does
+not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per write): nothing is buffered for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from . import proxy
+from . import websocket as ws
+from .context import RequestContext
+from .errors import REFUSALS, RESPONSES, ClientGone, ProxyError, described, error_body, refusal_of
+from .httpio import json_bytes, json_object
+from .logbuffer import access, printable
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger("stockyard.server")
+
+PATH = "/v1/responses"
+POLL_S = 1.0  # the reader looks at the drain, the idle timeout and the lifetime this often at least
+CLOSE_WAIT_S = 1.0  # after our close frame: how long the client's answering one is waited for
+TERMINAL = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+# Fields of response.create that are the socket's own, not the create body's
+NOT_SERVED = {
+    "background": "a background response is not served over WebSocket; send it as HTTP POST",
+    "generate": "generate: false (a warm-up without model output) is not served by Stockyard; send the turn itself",
+    "stream_id": "stream_id lanes are not served by Stockyard: one response at a time per connection",
+}
+
+
+class SocketCount:
+    """The WebSocket connections open now, at most ``limit`` (each holds two threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.open >= self.limit:
+                return False
+            self.open += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+def error_event(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
+    """An ``error`` event: the HTTP error body's ``error``, with the event's ``type`` and the status."""
+    body = json.loads(error_body(RESPONSES, status, message, code=code, param=param))
+    return json_bytes({"type": "error", "status": status, **body})
+
+
+def as_error_event(status: int, body: bytes) -> bytes:
+    """An error answer (Stockyard's or the provider's JSON body) as an ``error`` event."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(error, dict):
+        return error_event(status, "the provider failed without an error body", "upstream_error")
+    return json_bytes({"type": "error", "status": status, "error": error})
+
+
+@dataclass
+class Recent:
+    """The connection's most recent response made with ``store: false``: what chains from it."""
+
+    response_id: str
+    items: list  # the turn's whole input (what it chained from included), then its output
+
+
+class Connection:
+    """The socket after the upgrade: frames written whole under one lock (the turn's events and
+    the reader's pongs and refusals), and the state both threads read."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        self.closed = False  # a close frame went out, or the socket failed: nothing more is written
+        self.busy = False  # a response is in flight
+        self.on_gone: Callable[[], None] | None = None  # the turn's: the client left, end its upstream call
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        with self._lock:
+            if self.closed:
+                raise ClientGone()
+            try:
+                self.sock.sendall(ws.frame(opcode, payload))
+            except OSError as exc:
+                self.closed = True
+                raise ClientGone() from exc
+
+    def close(self, code: int, reason: str) -> None:
+        """Our close frame (once); the TCP connection ends when the session does."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self.sock.sendall(ws.close_frame(code, reason))
+            except OSError:
+                pass
+
+    def gone(self) -> None:
+        with self._lock:
+            self.closed = True
+        on_gone = self.on_gone
+        if on_gone is not None:
+            on_gone()
+
+
+class SocketReply:
+    """``proxy.Reply`` over the socket for one turn: each SSE event's ``data`` is a text message;
+    an error answer is an ``error`` event."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sent = 0  # messages of this turn
+        self.status = 0
+        self.last: dict | None = None  # the response of the turn's terminal event
+        self._pending = b""  # an SSE event not complete yet
+
+    def send(self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None) -> None:
+        self.status = status
+        self._message(as_error_event(status, body) if status >= 400 else body)
+
+    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
+        self.status = status
+        return True
+
+    def chunk(self, data: bytes) -> None:
+        events = (self._pending + data).split(b"\n\n")
+        self._pending = events.pop()
+        for event in events:
+            self._event(event)
+
+    def end_stream(self, last: bytes = b"") -> None:
+        self.chunk(last)
+        if self._pending.strip():
+            self._event(self._pending)
+        self._pending = b""
+
+    def abort(self) -> None:
+        self.conn.close(ws.INTERNAL, "the answer broke")
+
+    def begun(self) -> bool:
+        return self.sent > 0
+
+    @contextmanager
+    def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
+        """While the provider works: the reader calls ``on_gone`` if the client leaves."""
+        self.conn.on_gone = on_gone
+        try:
+            yield
+        finally:
+            self.conn.on_gone = None
+
+    def stream_socket(self) -> socket.socket | None:
+        return None  # relayed on this thread: every event becomes a frame here
+
+    def _event(self, event: bytes) -> None:
+        lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        data = b"\n".join(lines)
+        if not data or data == b"[DONE]":
+            return
+        if data.startswith(b'{"error"'):  # a broken stream's error event (errors.sse_error_event)
+            obj = _loads(data)
+            if obj is not None:
+                data = json_bytes({"type": "error", "status": self.status or 502, **obj})
+        elif any(kind in data[:120] for kind in TERMINAL):
+            obj = _loads(data)
+            response = obj.get("response") if obj is not None else None
+            self.last = response if isinstance(response, dict) else None
+        self._message(data)
+
+    def _message(self, data: bytes) -> None:
+        self.sent += 1
+        self.conn.send(ws.TEXT, data)
+
+
+class Session:
+    """One upgraded connection: the turns on this thread, the frames read by another."""
+
+    def __init__(self, app: App, sock: socket.socket, buffered: bytes, ctx: RequestContext, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.conn = Connection(sock)
+        self.ctx = ctx  # the handshake's: its headers, address and query make each turn's
+        self._draining = draining
+        self._buffered = buffered  # bytes read past the handshake's head
+        self._reader = ws.FrameReader(app.settings.max_body_bytes)
+        self._turns: queue.Queue[str | None] = queue.Queue()
+        self._recent: Recent | None = None
+        self._opened = time.monotonic()
+        self._active = time.monotonic()  # the last frame from the client, or the last turn's end
+
+    def run(self) -> None:
+        reader = threading.Thread(target=self._read, name="stockyard-websocket", daemon=True)
+        reader.start()
+        try:
+            while (text := self._turns.get()) is not None:
+                try:
+                    self._turn(text)
+                finally:
+                    self._active = time.monotonic()
+                    self.conn.busy = False
+        finally:
+            self.conn.gone()
+            reader.join(timeout=CLOSE_WAIT_S + POLL_S)
+            self.app.store.end_reads()
+
+    # -- the reading thread ----------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            self._read_frames()
+        except Exception as exc:  # a bug: one line, the connection closed, never a traceback on stderr
+            log.error("websocket %s: reading failed (%s); closed", PATH, described(exc))
+            self.conn.close(ws.INTERNAL, "internal error")
+        finally:
+            self.conn.gone()
+            self._turns.put(None)
+
+    def _read_frames(self) -> None:
+        settings = self.app.settings
+        poll = select.poll()
+        poll.register(self.conn.sock, select.POLLIN)
+        data = self._buffered
+        closing_since: float | None = None
+        while True:
+            if data:
+                self._active = time.monotonic()
+                try:
+                    frames = self._reader.feed(data)
+                except ws.Fault as fault:
+                    self.conn.close(fault.code, fault.reason)
+                    return
+                for f in frames:
+                    if f.opcode == ws.CLOSE:
+                        try:
+                            code, _ = ws.close_code(f.payload)
+                        except ws.Fault as fault:
+                            code = fault.code
+                        self.conn.close(code if code in (ws.NORMAL, ws.GOING_AWAY) else ws.NORMAL, "")
+                        return
+                    if f.opcode == ws.PING:
+                        self._send_quietly(ws.PONG, f.payload)
+                    elif f.opcode == ws.TEXT:
+                        self._received(f.text)
+            now = time.monotonic()
+            if self.conn.closed:  # our close frame went out: the client's answer, briefly
+                closing_since = closing_since or now
+                if now - closing_since > CLOSE_WAIT_S:
+                    return
+            elif not self.conn.busy:
+                if self._draining():
+                    self.conn.close(ws.GOING_AWAY, "server shutting down")
+                elif now - self._opened >= settings.websocket_lifetime_s:
+                    message = f"the connection reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
+                    self._send_quietly(ws.TEXT, error_event(400, message, "websocket_connection_limit_reached"))
+                    self.conn.close(ws.NORMAL, "connection lifetime reached")
+                elif now - self._active >= settings.websocket_idle_timeout_s:
+                    self.conn.close(ws.NORMAL, "idle timeout")
+            if not poll.poll(POLL_S * 1000):
+                data = b""
+                continue
+            try:
+                data = self.conn.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+
+    def _received(self, text: str) -> None:
+        """A text message: the next turn, unless one is in flight (or we are closing)."""
+        if self.conn.closed:
+            return
+        if self.conn.busy:
+            message = "a response is already in flight on this connection; send the next response.create once it ends"
+            self._send_quietly(ws.TEXT, error_event(409, message, "response_already_in_flight"))
+            return
+        self.conn.busy = True
+        self._turns.put(text)
+
+    def _send_quietly(self, opcode: int, payload: bytes) -> None:
+        try:
+            self.conn.send(opcode, payload)
+        except ClientGone:
+            pass
+
+    # -- the turns -------------------------------------------------------------------------------
+    def _turn(self, text: str) -> None:
+        """One ``response.create``: checked, then the request path, then the local chain kept."""
+        started = time.perf_counter()
+        base = self.ctx
+        ctx = RequestContext("responses", RESPONSES, base.client_addr, dict(base.headers), base.query)
+        ctx.websocket = True
+        reply = SocketReply(self.conn)
+        try:
+            body, local = self._create_body(text)
+        except ProxyError as exc:
+            self._send_quietly(ws.TEXT, error_event(exc.status, exc.message, exc.code, exc.param))
+            return
+        ctx.raw = json_bytes(body)
+        try:
+            proxy.handle(self.app.path, reply, ctx)
+        except REFUSALS as caught:  # after the first event (proxy.refused traced it): the turn ends here
+            exc = refusal_of(caught)
+            self._send_quietly(ws.TEXT, error_event(exc.status, exc.message, exc.code, exc.param))
+        except ClientGone:
+            pass
+        except Exception as exc:  # traced by proxy.unexpected; one line here, never a traceback
+            said = self.app.path.scrub.text(described(exc))
+            log.error("websocket %s: a turn failed (%s) %s", PATH, printable(said, 300), ctx.trace_id)
+            self._send_quietly(ws.TEXT, error_event(500, "internal error; see the server log", "internal_error"))
+        finally:
+            if self.app.settings.log_requests:
+                done = ctx.attempt
+                model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
+                access(
+                    f"WS {PATH} {reply.status or ctx.attempt.status} {printable(model or '-', 200)} "
+                    f"{(time.perf_counter() - started) * 1000:.1f}ms {ctx.trace_id}"
+                )
+        self._remember(body, local, reply.last)
+
+    def _create_body(self, text: str) -> tuple[dict, list | None]:
+        """The create body a ``response.create`` message stands for (``stream`` on), and the items of
+        the local response it chains from, put in front of its input (None: no local chain)."""
+        try:
+            message = json_object(text.encode("utf-8"))
+        except ProxyError as exc:
+            raise ProxyError(400, f"a message must be a JSON object: {exc.message}", code="invalid_json") from None
+        kind = message.get("type")
+        if kind != "response.create":
+            shown = printable(str(kind), 100)
+            raise ProxyError(400, f"unknown event type {shown!r}: send response.create", param="type", code="invalid_event")
+        body = {k: v for k, v in message.items() if k not in ("type", "stream")}
+        for name, why in NOT_SERVED.items():
+            value = body.get(name)
+            if name == "generate" and value is True:
+                del body[name]  # the default
+            elif value not in (None, False) or (name == "generate" and value is False):
+                raise ProxyError(400, why, param=name, code="unsupported_parameter")
+            body.pop(name, None)
+        body["stream"] = True
+        recent, previous = self._recent, body.get("previous_response_id")
+        if recent is None or previous != recent.response_id:
+            return body, None
+        sent = body.get("input")
+        if sent is not None and not isinstance(sent, (str, list)):
+            raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
+        new = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
+        body = {k: v for k, v in body.items() if k != "previous_response_id"}
+        body["input"] = recent.items + new
+        limit = self.app.settings.max_body_bytes
+        if len(json_bytes(body)) > limit:
+            message = f"the conversation on this connection is larger than {limit} bytes (STOCKYARD_MAX_BODY_BYTES)"
+            raise ProxyError(400, message + "; start a new one", param="previous_response_id", code="conversation_too_large")
+        return body, recent.items + new
+
+    def _remember(self, body: dict, local: list | None, response: dict | None) -> None:
+        """After a turn: a response made with ``store: false`` that completed is the one the next
+        turn may chain from here; any other outcome forgets the local one (OpenAI evicts it too)."""
+        self._recent = None
+        if local is None and (body.get("previous_response_id") is not None or body.get("conversation") is not None):
+            return  # its history is stored, not here: a local copy would lose it
+        if response is None or body.get("store") is not False or response.get("status") not in ("completed", "incomplete"):
+            return
+        response_id, output = response.get("id"), response.get("output")
+        if not isinstance(response_id, str) or not isinstance(output, list):
+            return
+        sent = body.get("input")
+        items = local if local is not None else ([{"role": "user", "content": sent}] if isinstance(sent, str) else sent or [])
+        self._recent = Recent(response_id, [*items, *(replayable(o) for o in output if replayable(o) is not None)])
+
+
+def _loads(data: bytes) -> dict | None:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def replayable(item: Any) -> dict | None:
+    """An output item as the next turn's input sends it: a reasoning item without its encrypted
+    content names the provider's stored copy (none with ``store: false``) and is left out."""
+    if not isinstance(item, dict):
+        return None
+    if item.get("type") == "reasoning" and not item.get("encrypted_content"):
+        return None
+    return item
