@@ -111,8 +111,34 @@ class Connection:
         self.sock = sock
         self._lock = threading.Lock()
         self.closed = False  # a close frame went out, or the socket failed: nothing more is written
-        self.busy = False  # a response is in flight
+        # Turns by number: accepted (the reader queued it), answered (its last event went out: the
+        # client may send the next), finished (the trace and the rest done on this side too)
+        self.accepted = self.answered = self.finished = 0
+        self.turns_lock = threading.Lock()
         self.on_gone: Callable[[], None] | None = None  # the turn's: the client left, end its upstream call
+
+    @property
+    def busy(self) -> bool:
+        """A turn is queued or running (the drain, the idle timeout and the lifetime wait for it)."""
+        return self.accepted > self.finished
+
+    def accept(self) -> bool:
+        """Take the next turn, unless a response is in flight (its last event not sent yet)."""
+        with self.turns_lock:
+            if self.accepted > self.answered:
+                return False
+            self.accepted += 1
+            return True
+
+    def answer(self, turn: int) -> None:
+        """Turn ``turn``'s last event went out: the next ``response.create`` is welcome."""
+        with self.turns_lock:
+            self.answered = max(self.answered, turn)
+
+    def finish(self, turn: int) -> None:
+        with self.turns_lock:
+            self.answered = max(self.answered, turn)
+            self.finished = max(self.finished, turn)
 
     def send(self, opcode: int, payload: bytes) -> None:
         with self._lock:
@@ -147,16 +173,18 @@ class SocketReply:
     """``proxy.Reply`` over the socket for one turn: each SSE event's ``data`` is a text message;
     an error answer is an ``error`` event."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: Connection, turn: int) -> None:
+        self.conn, self.turn = conn, turn
         self.sent = 0  # messages of this turn
         self.status = 0
         self.last: dict | None = None  # the response of the turn's terminal event
         self._pending = b""  # an SSE event not complete yet
 
-    def send(self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None) -> None:
+    def send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None
+    ) -> None:
         self.status = status
-        self._message(as_error_event(status, body) if status >= 400 else body)
+        self._message(as_error_event(status, body) if status >= 400 else body, last=True)
 
     def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
         self.status = status
@@ -197,25 +225,30 @@ class SocketReply:
         data = b"\n".join(lines)
         if not data or data == b"[DONE]":
             return
+        last = False
         if data.startswith(b'{"error"'):  # a broken stream's error event (errors.sse_error_event)
             obj = _loads(data)
             if obj is not None:
-                data = json_bytes({"type": "error", "status": self.status or 502, **obj})
+                data, last = json_bytes({"type": "error", "status": self.status or 502, **obj}), True
         elif any(kind in data[:120] for kind in TERMINAL):
             obj = _loads(data)
             response = obj.get("response") if obj is not None else None
-            self.last = response if isinstance(response, dict) else None
-        self._message(data)
+            self.last, last = (response if isinstance(response, dict) else None), True
+        self._message(data, last)
 
-    def _message(self, data: bytes) -> None:
+    def _message(self, data: bytes, last: bool = False) -> None:
         self.sent += 1
+        if last:  # before it goes: the client may answer it with its next turn at once
+            self.conn.answer(self.turn)
         self.conn.send(ws.TEXT, data)
 
 
 class Session:
     """One upgraded connection: the turns on this thread, the frames read by another."""
 
-    def __init__(self, app: App, sock: socket.socket, buffered: bytes, ctx: RequestContext, draining: Callable[[], bool]) -> None:
+    def __init__(
+        self, app: App, sock: socket.socket, buffered: bytes, ctx: RequestContext, draining: Callable[[], bool]
+    ) -> None:
         self.app = app
         self.conn = Connection(sock)
         self.ctx = ctx  # the handshake's: its headers, address and query make each turn's
@@ -230,13 +263,15 @@ class Session:
     def run(self) -> None:
         reader = threading.Thread(target=self._read, name="stockyard-websocket", daemon=True)
         reader.start()
+        turn = 0
         try:
             while (text := self._turns.get()) is not None:
+                turn += 1
                 try:
-                    self._turn(text)
+                    self._turn(text, turn)
                 finally:
                     self._active = time.monotonic()
-                    self.conn.busy = False
+                    self.conn.finish(turn)
         finally:
             self.conn.gone()
             reader.join(timeout=CLOSE_WAIT_S + POLL_S)
@@ -307,11 +342,10 @@ class Session:
         """A text message: the next turn, unless one is in flight (or we are closing)."""
         if self.conn.closed:
             return
-        if self.conn.busy:
+        if not self.conn.accept():
             message = "a response is already in flight on this connection; send the next response.create once it ends"
             self._send_quietly(ws.TEXT, error_event(409, message, "response_already_in_flight"))
             return
-        self.conn.busy = True
         self._turns.put(text)
 
     def _send_quietly(self, opcode: int, payload: bytes) -> None:
@@ -321,30 +355,29 @@ class Session:
             pass
 
     # -- the turns -------------------------------------------------------------------------------
-    def _turn(self, text: str) -> None:
+    def _turn(self, text: str, turn: int) -> None:
         """One ``response.create``: checked, then the request path, then the local chain kept."""
         started = time.perf_counter()
         base = self.ctx
         ctx = RequestContext("responses", RESPONSES, base.client_addr, dict(base.headers), base.query)
         ctx.websocket = True
-        reply = SocketReply(self.conn)
+        reply = SocketReply(self.conn, turn)
         try:
             body, local = self._create_body(text)
         except ProxyError as exc:
-            self._send_quietly(ws.TEXT, error_event(exc.status, exc.message, exc.code, exc.param))
+            self._turn_error(turn, exc)
             return
         ctx.raw = json_bytes(body)
         try:
             proxy.handle(self.app.path, reply, ctx)
         except REFUSALS as caught:  # after the first event (proxy.refused traced it): the turn ends here
-            exc = refusal_of(caught)
-            self._send_quietly(ws.TEXT, error_event(exc.status, exc.message, exc.code, exc.param))
+            self._turn_error(turn, refusal_of(caught))
         except ClientGone:
             pass
         except Exception as exc:  # traced by proxy.unexpected; one line here, never a traceback
             said = self.app.path.scrub.text(described(exc))
             log.error("websocket %s: a turn failed (%s) %s", PATH, printable(said, 300), ctx.trace_id)
-            self._send_quietly(ws.TEXT, error_event(500, "internal error; see the server log", "internal_error"))
+            self._turn_error(turn, ProxyError(500, "internal error; see the server log", code="internal_error"))
         finally:
             if self.app.settings.log_requests:
                 done = ctx.attempt
@@ -354,6 +387,11 @@ class Session:
                     f"{(time.perf_counter() - started) * 1000:.1f}ms {ctx.trace_id}"
                 )
         self._remember(body, local, reply.last)
+
+    def _turn_error(self, turn: int, exc: ProxyError) -> None:
+        """The ``error`` event that ends turn ``turn`` (the next one welcome from now on)."""
+        self.conn.answer(turn)
+        self._send_quietly(ws.TEXT, error_event(exc.status, exc.message, exc.code, exc.param))
 
     def _create_body(self, text: str) -> tuple[dict, list | None]:
         """The create body a ``response.create`` message stands for (``stream`` on), and the items of
@@ -365,7 +403,9 @@ class Session:
         kind = message.get("type")
         if kind != "response.create":
             shown = printable(str(kind), 100)
-            raise ProxyError(400, f"unknown event type {shown!r}: send response.create", param="type", code="invalid_event")
+            raise ProxyError(
+                400, f"unknown event type {shown!r}: send response.create", param="type", code="invalid_event"
+            )
         body = {k: v for k, v in message.items() if k not in ("type", "stream")}
         for name, why in NOT_SERVED.items():
             value = body.get(name)
@@ -387,7 +427,9 @@ class Session:
         limit = self.app.settings.max_body_bytes
         if len(json_bytes(body)) > limit:
             message = f"the conversation on this connection is larger than {limit} bytes (STOCKYARD_MAX_BODY_BYTES)"
-            raise ProxyError(400, message + "; start a new one", param="previous_response_id", code="conversation_too_large")
+            raise ProxyError(
+                400, message + "; start a new one", param="previous_response_id", code="conversation_too_large"
+            )
         return body, recent.items + new
 
     def _remember(self, body: dict, local: list | None, response: dict | None) -> None:
@@ -396,13 +438,21 @@ class Session:
         self._recent = None
         if local is None and (body.get("previous_response_id") is not None or body.get("conversation") is not None):
             return  # its history is stored, not here: a local copy would lose it
-        if response is None or body.get("store") is not False or response.get("status") not in ("completed", "incomplete"):
+        if (
+            response is None
+            or body.get("store") is not False
+            or response.get("status") not in ("completed", "incomplete")
+        ):
             return
         response_id, output = response.get("id"), response.get("output")
         if not isinstance(response_id, str) or not isinstance(output, list):
             return
         sent = body.get("input")
-        items = local if local is not None else ([{"role": "user", "content": sent}] if isinstance(sent, str) else sent or [])
+        items = (
+            local
+            if local is not None
+            else ([{"role": "user", "content": sent}] if isinstance(sent, str) else sent or [])
+        )
         self._recent = Recent(response_id, [*items, *(replayable(o) for o in output if replayable(o) is not None)])
 
 

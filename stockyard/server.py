@@ -1088,7 +1088,10 @@ class Handler(BaseHTTPRequestHandler):
         if not server.websockets.take():
             limit = f"{server.websockets.limit} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS)"
             raise ProxyError(
-                503, f"the server has {limit} open; retry shortly", code="too_many_websockets", headers={"Retry-After": "1"}
+                503,
+                f"the server has {limit} open; retry shortly",
+                code="too_many_websockets",
+                headers={"Retry-After": "1"},
             )
         self.close_connection = True  # the socket is the session's: no HTTP request follows it
         try:

@@ -170,12 +170,14 @@ def test_sdk_turns_chained_on_one_connection_with_store_false(server, mock, mode
     assert len(set(ids)) == 3
     rows = wait_for(
         lambda: (
-            r := server.db_rows(
-                "SELECT * FROM traces WHERE endpoint = 'responses' AND tags LIKE '%websocket%' ORDER BY ts_ms"
+            (
+                r := server.db_rows(
+                    "SELECT * FROM traces WHERE endpoint = 'responses' AND tags LIKE '%websocket%' ORDER BY ts_ms"
+                )
             )
+            and len([t for t in r if t["model"] == model]) >= 3
+            and r
         )
-        and len([t for t in r if t["model"] == model]) >= 3
-        and r
     )
     mine = [t for t in rows if t["model"] == model][-3:]
     assert all(t["status"] == 200 and t["stream"] and t["cost_uc"] > 0 for t in mine), mine
@@ -432,3 +434,58 @@ def test_sigterm_lets_the_turn_in_flight_end_then_closes_with_1001(pyz_path, cac
 
 def test_handshake_and_a_turn_leave_no_traceback(server):
     assert "Traceback" not in server.log
+
+
+def test_a_client_that_leaves_mid_turn_ends_the_upstream_call(server, mock):
+    """The reader notices the socket close while the turn waits for its provider: the provider's
+    connection is closed and the turn is traced ``client_disconnected``."""
+    started, hung_up = threading.Event(), threading.Event()
+    mock.enqueue(Reply(hang_s=30, hang_started=started, hung_up=hung_up))
+    raw = Raw(server, server.secret("alice"))
+    raw.send_json(create("gpt-4o-mini", "leaving early", metadata={"probe": "leaves"}))
+    assert started.wait(10)
+    raw.sock.close()
+    assert hung_up.wait(10)
+    wait_for(
+        lambda: server.db_rows(
+            "SELECT outcome FROM traces WHERE tags LIKE '%leaves%' AND outcome = 'client_disconnected'"
+        ),
+        what="the turn traced client_disconnected",
+    )
+
+
+def test_a_client_that_does_not_read_is_not_buffered_for(pyz_path, cache_home, mock, tmp_path_factory):
+    """Writes block on a client that stops reading, as an HTTP stream's do: the provider is not read
+    on meanwhile, and after ``STOCKYARD_IDLE_TIMEOUT`` the write fails and the turn ends
+    ``client_disconnected`` (the server held the socket buffers' worth, not the 24 MB answer)."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsslow", STOCKYARD_IDLE_TIMEOUT="1")
+    delta = json.dumps({"type": "response.output_text.delta", "delta": "x" * 60_000})
+    all_sent = threading.Event()
+    mock.enqueue(Reply(sse=[delta] * 400, all_sent=all_sent))
+    try:
+        raw = Raw(srv, "anything")
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.send_json(create("gpt-4o-mini", "a long answer", metadata={"probe": "slow"}))
+        rows = wait_for(
+            lambda: srv.db_rows("SELECT outcome, status FROM traces WHERE tags LIKE '%slow%'"),
+            timeout=30,
+            what="the turn's trace",
+        )
+        assert rows[0]["outcome"] == "client_disconnected", rows
+        assert not all_sent.is_set()  # the provider was not read to its end into memory
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_the_next_turn_sent_the_moment_the_last_ends_is_taken(server):
+    """A client answers ``response.completed`` with its next ``response.create`` at once (the SDK's
+    tool loops do): the turn is no longer in flight from that event on, though its trace may not
+    be written yet, so the next is never refused as ``response_already_in_flight``."""
+    raw = Raw(server, server.secret("alice"))
+    for i in range(10):
+        raw.send_json(create("gpt-4o-mini", f"turn {i}"))
+        events = raw.until("response.completed")
+        assert events[-1]["type"] == "response.completed", events
+    raw.close()
