@@ -426,9 +426,9 @@ class Session:
         body["input"] = recent.items + new
         limit = self.app.settings.max_body_bytes
         if len(json_bytes(body)) > limit:
-            message = f"the conversation on this connection is larger than {limit} bytes (STOCKYARD_MAX_BODY_BYTES)"
+            why = f"the conversation on this connection is larger than {limit} bytes (STOCKYARD_MAX_BODY_BYTES)"
             raise ProxyError(
-                400, message + "; start a new one", param="previous_response_id", code="conversation_too_large"
+                400, why + "; start a new one", param="previous_response_id", code="conversation_too_large"
             )
         return body, recent.items + new
 
@@ -453,7 +453,7 @@ class Session:
             if local is not None
             else ([{"role": "user", "content": sent}] if isinstance(sent, str) else sent or [])
         )
-        self._recent = Recent(response_id, [*items, *(replayable(o) for o in output if replayable(o) is not None)])
+        self._recent = Recent(response_id, [*items, *(r for o in output if (r := replayable(o)) is not None)])
 
 
 def _loads(data: bytes) -> dict | None:
@@ -465,10 +465,12 @@ def _loads(data: bytes) -> dict | None:
 
 
 def replayable(item: Any) -> dict | None:
-    """An output item as the next turn's input sends it: a reasoning item without its encrypted
-    content names the provider's stored copy (none with ``store: false``) and is left out."""
+    """An output item as the next turn's input sends it. Nothing the provider made is stored with
+    ``store: false``, so no item may name a stored one by its id: a reasoning item without its
+    encrypted content is left out, and the others go without their ids (as Codex sends them); a
+    reasoning item with its content keeps its id, which it requires."""
     if not isinstance(item, dict):
         return None
-    if item.get("type") == "reasoning" and not item.get("encrypted_content"):
-        return None
-    return item
+    if item.get("type") == "reasoning":
+        return item if item.get("encrypted_content") else None
+    return {k: v for k, v in item.items() if k != "id"}

@@ -167,6 +167,8 @@ def test_sdk_turns_chained_on_one_connection_with_store_false(server, mock, mode
             for earlier in ["first question", "second question", "third question"][: i + 1]:
                 assert earlier in sent
             assert sent.count(TEXT) == i  # each earlier answer went back once
+            if model == MODELS["passthrough"]:  # nothing is stored: no item may name one by its id
+                assert all("id" not in item for item in mock.requests[-1].json["input"] if isinstance(item, dict))
     assert len(set(ids)) == 3
     rows = wait_for(
         lambda: (
@@ -369,6 +371,13 @@ def test_an_oversize_message_closes_with_1009_before_it_is_read(pyz_path, cache_
         raw.send_frame(0x1, b"x" * 3000, fin=False)
         raw.send_frame(0x0, b"x" * 3000, fin=True)  # together past the limit
         assert raw.close_code() == 1009
+        raw.close()
+        raw = Raw(srv, "anything")  # each message fits, the conversation chained on the socket does not
+        raw.send_json(create("gpt-4o-mini", "a" * 2000, store=False))
+        first = raw.until("response.completed")[-1]["response"]["id"]
+        raw.send_json(create("gpt-4o-mini", "b" * 2500, store=False, previous_response_id=first))
+        error = raw.event()
+        assert (error["status"], error["error"]["code"]) == (400, "conversation_too_large"), error
         raw.close()
     finally:
         srv.stop()
