@@ -116,8 +116,7 @@ class FrameReader:
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self._buf = bytearray()
-        self._parts: list[bytes] = []  # a fragmented message's fragments so far
-        self._size = 0
+        self._parts = bytearray()  # a fragmented message so far (one buffer: no object per fragment)
         self._opcode: int | None = None  # the fragmented message's type
 
     def feed(self, data: bytes) -> list[Frame]:
@@ -160,7 +159,7 @@ class FrameReader:
                 raise Fault(PROTOCOL_ERROR, "a continuation frame with no message begun")
             if opcode != CONTINUATION and self._opcode is not None:
                 raise Fault(PROTOCOL_ERROR, "a new message began before the last one ended")
-            if self._size + n > self.max_message:
+            if len(self._parts) + n > self.max_message:
                 raise Fault(TOO_BIG, f"a message is limited to {self.max_message} bytes")
         if len(buf) < at + 4 + n:
             return None
@@ -171,12 +170,11 @@ class FrameReader:
             return Frame(opcode, payload)
         if opcode != CONTINUATION:
             self._opcode = opcode
-        self._parts.append(payload)
-        self._size += n
+        self._parts += payload
         if not fin:
             return Frame(CONTINUATION)  # more to come: nothing to hand out yet
-        whole, kind = b"".join(self._parts), self._opcode
-        self._parts, self._size, self._opcode = [], 0, None
+        whole, kind = bytes(self._parts), self._opcode
+        self._parts, self._opcode = bytearray(), None
         if kind == BINARY:
             raise Fault(UNSUPPORTED_DATA, "binary messages are not accepted: send JSON text")
         try:

@@ -289,6 +289,10 @@ def test_other_paths_and_versions_are_refused(server):
         sock.sendall(handshake(server.secret("alice")).replace(KEY, "short").encode())
         status, _, body = rawhttp.read_response(sock)
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_websocket_handshake"
+    with rawhttp.connect(server) as sock:  # a web page's socket (cross-site WebSocket hijacking): refused
+        sock.sendall(handshake(server.secret("alice"), extra="Origin: https://evil.example\r\n").encode())
+        status, _, body = rawhttp.read_response(sock)
+    assert status == 403 and json.loads(body)["error"]["code"] == "origin_not_allowed"
     status, head, _ = server.request("GET", "/v1/responses", headers=server.auth("alice"))
     assert status == 405 and head["allow"] == "POST"
 
@@ -325,6 +329,19 @@ def test_ping_is_answered_and_close_is_echoed(server):
     raw.send_frame(0x8, struct.pack("!H", 1000) + b"bye")
     assert raw.close_code() == 1000
     assert raw.sock.recv(1) == b""  # the server closed the TCP connection after its close frame
+    raw.close()
+
+
+def test_many_empty_fragments_make_one_message(server):
+    """A message in thousands of empty fragments is joined in one buffer (no object kept per
+    fragment) and runs as one turn."""
+    raw = Raw(server, server.secret("alice"))
+    data = json.dumps(create("gpt-4o-mini", "in many pieces")).encode()
+    raw.send_frame(0x1, data[:5], fin=False)
+    empty = bytes([0x00, 0x80]) + b"\0\0\0\0"  # a masked continuation frame holding nothing
+    raw.sock.sendall(empty * 20_000)
+    raw.send_frame(0x0, data[5:], fin=True)
+    assert raw.until("response.completed")[-1]["type"] == "response.completed"
     raw.close()
 
 
