@@ -274,7 +274,7 @@ class Session:
                     self.conn.finish(turn)
         finally:
             self.conn.gone()
-            reader.join(timeout=CLOSE_WAIT_S + POLL_S)
+            reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.app.store.end_reads()
 
     # -- the reading thread ----------------------------------------------------------------------
@@ -294,21 +294,22 @@ class Session:
         poll.register(self.conn.sock, select.POLLIN)
         data = self._buffered
         closing_since: float | None = None
+        reader: ws.FrameReader | None = self._reader  # None once the client broke the protocol: drained, unread
         while True:
-            if data:
+            if data and reader is not None:
                 self._active = time.monotonic()
                 try:
-                    frames = self._reader.feed(data)
+                    frames = reader.feed(data)
                 except ws.Fault as fault:
-                    self.conn.close(fault.code, fault.reason)
-                    return
+                    self.conn.close(fault.code, fault.reason)  # then what follows is drained, briefly:
+                    frames, reader = [], None  # closing over unread bytes would reset the close frame away
                 for f in frames:
                     if f.opcode == ws.CLOSE:
                         try:
                             code, _ = ws.close_code(f.payload)
                         except ws.Fault as fault:
                             code = fault.code
-                        self.conn.close(code if code in (ws.NORMAL, ws.GOING_AWAY) else ws.NORMAL, "")
+                        self.conn.close(code or ws.NORMAL, "")  # the client's code echoed (RFC 6455 §5.5.1)
                         return
                     if f.opcode == ws.PING:
                         self._send_quietly(ws.PONG, f.payload)

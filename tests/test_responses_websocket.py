@@ -366,6 +366,9 @@ def test_fragmented_message_with_a_ping_between_is_one_turn(server):
         (lambda r: r.send_frame(0x0, b"x"), 1002),  # a continuation with nothing begun
         (lambda r: r.send_frame(0x9, b"x" * 126), 1002),  # a control frame over 125 bytes
         (lambda r: r.send_frame(0x3, b"x"), 1002),  # an unknown opcode
+        (lambda r: r.send_frame(0x8, b"\x03"), 1002),  # a close frame with half a code
+        (lambda r: r.send_frame(0x8, struct.pack("!H", 1005)), 1002),  # a code no frame may carry
+        (lambda r: r.send_frame(0x8, struct.pack("!H", 4001) + b"bye"), 4001),  # an application's code, echoed
         (lambda r: r.sock.sendall(bytes([0x81 | 0x40, 0x80]) + b"\0\0\0\0"), 1002),  # a reserved bit
     ],
 )
