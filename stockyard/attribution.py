@@ -7,7 +7,8 @@ device, without the session, see :func:`claude_code_user`). Tags come from
 ``x-stockyard-tags: team=search,feature=x`` and, where the API has one, the body's ``metadata``
 object of strings (OpenAI chat and Responses); a header tag wins over a body tag of the same
 name. A Codex request is also tagged ``session=<its session id>`` unless the client set a
-``session`` tag or already has ``MAX_TAGS`` (see :func:`codex_session`); that session, or the one
+``session`` tag or already has ``MAX_TAGS`` (see :func:`codex_session`), and a turn that came over
+the Responses WebSocket ``transport=websocket`` on the same terms; that session, or the one
 Claude Code names in ``metadata.user_id``, is the request's ``session_id`` (OpenTelemetry's
 ``gen_ai.conversation.id``, :func:`agent_session`). The trace carries
 both, and reports group by them (``stockyard costs --by user|tag:NAME``), so they are bounded:
@@ -32,6 +33,7 @@ TAG_NAME_CAP = 64
 TAG_VALUE_CAP = 512  # OpenAI's own limit for a metadata value
 METADATA_ENDPOINTS = ("chat", "responses")  # OpenAI endpoints whose body has ``metadata`` of strings
 SESSION_TAG = "session"
+TRANSPORT_TAG = "transport"  # tagged websocket on a turn that came over a WebSocket
 # The header Codex names its session in on every request: ``session-id`` (0.171), ``session_id`` (0.58)
 CODEX_SESSION_HEADERS = ("session-id", "session_id")
 # Claude Code's metadata.user_id before 2.1: user_<device hash>_account_<uuid or nothing>_session_<uuid>
@@ -170,5 +172,7 @@ def attribute(ctx: RequestContext) -> None:
     session = codex_session(ctx.headers)
     if session is not None and SESSION_TAG not in tags and len(tags) < MAX_TAGS:
         tags[SESSION_TAG] = session
+    if ctx.websocket and TRANSPORT_TAG not in tags and len(tags) < MAX_TAGS:
+        tags[TRANSPORT_TAG] = "websocket"  # a turn of the Responses API's WebSocket mode (responses_socket)
     ctx.tags = tags
     ctx.session_id = agent_session(ctx, session)

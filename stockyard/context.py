@@ -363,6 +363,7 @@ class RequestContext:
     trace_parent: TraceParent | None = None  # the caller's W3C traceparent, when valid
     otel_trace_id: str = field(default_factory=lambda: f"{random.getrandbits(128) or 1:032x}")  # the caller's, if sent
     span_id: str = field(default_factory=new_span_id)  # OpenTelemetry: this request's span
+    websocket: bool = False  # a turn of the Responses API's WebSocket mode (tagged transport=websocket)
     traced: bool = True  # False: a refusal past its sender's rate, counted but not written (tracing.Tracer)
 
     def __post_init__(self) -> None:

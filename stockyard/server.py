@@ -37,7 +37,9 @@ from . import (
     message_batches,
     multipart,
     proxy,
+    responses_socket,
     vector_stores_api,
+    websocket,
 )
 from . import ui as console
 from .app import App
@@ -70,6 +72,8 @@ from .logbuffer import access, printable
 from .modules import redact
 from .modules.ratelimit import admit_call
 from .multipart import Upload
+from .responses_socket import PATH as SOCKET_PATH
+from .responses_socket import SocketCount
 from .threadcache import ThreadCache
 
 _T = TypeVar("_T")
@@ -211,6 +215,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         # Routes under a prefix (admin API, console), registered by make_server: (prefix, handler)
         self.prefix_routes: list[tuple[str, RouteFn]] = []
         self.reaper = Reaper()
+        self.websockets = SocketCount(app.settings.websocket_max_connections)  # upgraded /v1/responses
         self.client_watch = ClientWatch()
         self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
@@ -828,6 +833,9 @@ class Handler(BaseHTTPRequestHandler):
         query = urlsplit(self.path).query
         if path in PROXY_ROUTES:
             if method != "POST":
+                if path == SOCKET_PATH and self._asks_websocket():
+                    self._websocket(query)
+                    return
                 self._refuse_websocket()
                 check_method(self.command, ["POST"])
             endpoint, dialect = PROXY_ROUTES[path]
@@ -1053,10 +1061,74 @@ class Handler(BaseHTTPRequestHandler):
         self._trace_note = trace_note(ctx)
         return False
 
+    def _asks_websocket(self) -> bool:
+        return "websocket" in (self.headers.get("Upgrade") or "").lower()
+
+    def _websocket(self, query: str) -> None:
+        """The Responses API's WebSocket mode (``responses_socket``): the handshake checked and its key
+        authenticated before the upgrade (a refusal is the HTTP answer in OpenAI's shape, never a
+        socket), then the session on this thread until the connection ends."""
+        headers = self._headers_dict()
+        problem = websocket.handshake_problem(self.command, self.request_version, headers)
+        if problem is None and self._body_pending():
+            problem = "a WebSocket handshake carries no body"
+        if problem is not None:
+            raise ProxyError(400, problem, code="invalid_websocket_handshake")
+        if headers.get("sec-websocket-version", "").strip() != websocket.VERSION:
+            raise ProxyError(
+                426,
+                f"only WebSocket version {websocket.VERSION} is served",
+                code="unsupported_websocket_version",
+                headers={"Sec-WebSocket-Version": websocket.VERSION},
+            )
+        ctx = RequestContext("responses", RESPONSES, self._client_ip(), headers, query)
+        if not self._key_accepted(ctx):  # 401 (traced) in OpenAI's shape: no socket for a keyless client
+            return
+        server = self.server
+        if not server.websockets.take():
+            limit = f"{server.websockets.limit} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS)"
+            raise ProxyError(
+                503,
+                f"the server has {limit} open; retry shortly",
+                code="too_many_websockets",
+                headers={"Retry-After": "1"},
+            )
+        self.close_connection = True  # the socket is the session's: no HTTP request follows it
+        try:
+            accept = websocket.accept_key(headers["sec-websocket-key"])
+            head = (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Accept: {accept}\r\nServer: stockyard\r\n\r\n"
+            )
+            try:
+                self.wfile.write(head.encode("ascii"))
+            except _GONE as exc:
+                raise ClientGone() from exc
+            self._status = 101
+            self._trace_note = " websocket"
+            session = responses_socket.Session(
+                server.app, self.connection, self._buffered_bytes(), ctx, lambda: server.draining
+            )
+            session.run()
+        finally:
+            server.websockets.give()
+
+    def _buffered_bytes(self) -> bytes:
+        """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),
+        taken without blocking."""
+        timeout = self.connection.gettimeout()
+        try:
+            self.connection.settimeout(0)
+            return self.rfile.read1(65536) or b""
+        except OSError:
+            return b""
+        finally:
+            self.connection.settimeout(timeout)
+
     def _refuse_websocket(self) -> None:
-        """A WebSocket handshake (Codex CLI opens ``ws://…/v1/responses`` first) is a 426: the one
+        """A WebSocket handshake on any path but ``/v1/responses`` (a proxy route's GET) is a 426, the
         refusal after which Codex goes straight to HTTP; after a 405 it retries five times first."""
-        if "websocket" in (self.headers.get("Upgrade") or "").lower():
+        if self._asks_websocket():
             raise ProxyError(
                 426,
                 f"WebSocket is not served on {urlsplit(self.path).path}; send the request as HTTP POST "

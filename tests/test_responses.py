@@ -1319,11 +1319,11 @@ def test_codex_namespace_tool_round_trips_on_a_translated_provider(client, mock,
     assert '"multi_agent_v1__close_agent"' in json.dumps(mock.requests[-1].json)  # the call, sent back joined
 
 
-def test_codex_websocket_handshake_is_426_so_it_goes_to_http_at_once(server, keys):
+def test_codex_websocket_handshake_is_upgraded(server, keys):
     """Codex 0.171.0 with the built-in OpenAI provider (``openai_base_url`` set to Stockyard) opens
-    ``ws://…/v1/responses`` first, with this handshake. After a 405 it retried five times, backing
-    off (~6 s and five "Reconnecting…" errors a session); a 426 is what makes it use HTTP at once.
-    A plain GET stays a 405."""
+    ``ws://…/v1/responses`` first, with this handshake: it is served (the Responses API's WebSocket
+    mode, tests/test_responses_websocket.py), the deflate extension it offers not taken. A plain
+    GET stays a 405."""
     handshake = (
         "GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: +OzqYEkWPkCauktrisZ8vQ==\r\n"
@@ -1332,8 +1332,12 @@ def test_codex_websocket_handshake_is_426_so_it_goes_to_http_at_once(server, key
     )
     with rawhttp.connect(server) as sock:
         sock.sendall(handshake.encode())
-        status, _, body = rawhttp.read_response(sock)
-    assert status == 426 and json.loads(body)["error"]["code"] == "websocket_not_supported"
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(4096)
+            assert data, head
+            head += data
+    assert head.startswith(b"HTTP/1.1 101 ") and b"sec-websocket-extensions" not in head.lower(), head
     status, head, _ = server.request("GET", "/v1/responses", headers={"Authorization": f"Bearer {keys[0]}"})
     assert status == 405 and head["allow"] == "POST"
 

@@ -1,0 +1,477 @@
+"""The Responses API's WebSocket mode: ``ws://…/v1/responses``, one connection, many turns.
+
+The handshake was authenticated (and counted against ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS``) by
+the server before the upgrade. Then each ``response.create`` text message is one
+``POST /v1/responses`` with ``stream`` on, run through the same request path (``proxy.handle``:
+the key again, budgets, rate limits, modules, routing, the trace with its cost) on the
+connection's own thread, with a :class:`SocketReply` in place of the HTTP handler: every SSE event
+the HTTP stream would carry goes out as one text message (its ``data``), an error answer as an
+``error`` event. A second thread per connection reads the client's frames meanwhile, so pings are
+answered and the client leaving is noticed while a turn waits for its provider, and a
+``response.create`` sent while one is in flight is refused (``response_already_in_flight``).
+
+``previous_response_id`` naming the connection's most recent response made with ``store: false``
+is answered from a connection-local copy of that turn (its whole input and its output), put in
+front of the new input: the provider, told nothing of it, is sent the conversation whole. Every
+other id is looked up as over HTTP (stored responses). Limits: a message at most
+``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a frame
+and no turn in flight (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
+``websocket_connection_limit_reached``, then close 1000, once no turn is in flight), a drain
+(SIGTERM) closes with 1001 once the turn in flight has ended. Writes block on a client that does
+not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per write): nothing is buffered for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from . import proxy
+from . import websocket as ws
+from .context import RequestContext
+from .errors import REFUSALS, RESPONSES, ClientGone, ProxyError, described, error_body, refusal_of
+from .httpio import json_bytes, json_object
+from .logbuffer import access, printable
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger("stockyard.server")
+
+PATH = "/v1/responses"
+POLL_S = 1.0  # the reader looks at the drain, the idle timeout and the lifetime this often at least
+CLOSE_WAIT_S = 1.0  # after our close frame: how long the client's answering one is waited for
+TERMINAL = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+# Fields of response.create that are the socket's own, not the create body's
+NOT_SERVED = {
+    "background": "a background response is not served over WebSocket; send it as HTTP POST",
+    "generate": "generate: false (a warm-up without model output) is not served by Stockyard; send the turn itself",
+    "stream_id": "stream_id lanes are not served by Stockyard: one response at a time per connection",
+}
+
+
+class SocketCount:
+    """The WebSocket connections open now, at most ``limit`` (each holds two threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.open >= self.limit:
+                return False
+            self.open += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+def error_event(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
+    """An ``error`` event: the HTTP error body's ``error``, with the event's ``type`` and the status."""
+    body = json.loads(error_body(RESPONSES, status, message, code=code, param=param))
+    return json_bytes({"type": "error", "status": status, **body})
+
+
+def as_error_event(status: int, body: bytes) -> bytes:
+    """An error answer (Stockyard's or the provider's JSON body) as an ``error`` event."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(error, dict):
+        return error_event(status, "the provider failed without an error body", "upstream_error")
+    return json_bytes({"type": "error", "status": status, "error": error})
+
+
+@dataclass
+class Recent:
+    """The connection's most recent response made with ``store: false``: what chains from it."""
+
+    response_id: str
+    items: list  # the turn's whole input (what it chained from included), then its output
+
+
+class Connection:
+    """The socket after the upgrade: frames written whole under one lock (the turn's events and
+    the reader's pongs and refusals), and the state both threads read."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        self.closed = False  # a close frame went out, or the socket failed: nothing more is written
+        # Turns by number: accepted (the reader queued it), answered (its last event went out: the
+        # client may send the next), finished (the trace and the rest done on this side too)
+        self.accepted = self.answered = self.finished = 0
+        self.turns_lock = threading.Lock()
+        self.on_gone: Callable[[], None] | None = None  # the turn's: the client left, end its upstream call
+
+    @property
+    def busy(self) -> bool:
+        """A turn is queued or running (the drain, the idle timeout and the lifetime wait for it)."""
+        return self.accepted > self.finished
+
+    def accept(self) -> bool:
+        """Take the next turn, unless a response is in flight (its last event not sent yet)."""
+        with self.turns_lock:
+            if self.accepted > self.answered:
+                return False
+            self.accepted += 1
+            return True
+
+    def answer(self, turn: int) -> None:
+        """Turn ``turn``'s last event went out: the next ``response.create`` is welcome."""
+        with self.turns_lock:
+            self.answered = max(self.answered, turn)
+
+    def finish(self, turn: int) -> None:
+        with self.turns_lock:
+            self.answered = max(self.answered, turn)
+            self.finished = max(self.finished, turn)
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        with self._lock:
+            if self.closed:
+                raise ClientGone()
+            try:
+                self.sock.sendall(ws.frame(opcode, payload))
+            except OSError as exc:
+                self.closed = True
+                raise ClientGone() from exc
+
+    def close(self, code: int, reason: str) -> None:
+        """Our close frame (once); the TCP connection ends when the session does."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self.sock.sendall(ws.close_frame(code, reason))
+            except OSError:
+                pass
+
+    def gone(self) -> None:
+        with self._lock:
+            self.closed = True
+        on_gone = self.on_gone
+        if on_gone is not None:
+            on_gone()
+
+
+class SocketReply:
+    """``proxy.Reply`` over the socket for one turn: each SSE event's ``data`` is a text message;
+    an error answer is an ``error`` event."""
+
+    def __init__(self, conn: Connection, turn: int) -> None:
+        self.conn, self.turn = conn, turn
+        self.sent = 0  # messages of this turn
+        self.status = 0
+        self.last: dict | None = None  # the response of the turn's terminal event
+        self._pending = b""  # an SSE event not complete yet
+
+    def send(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None
+    ) -> None:
+        self.status = status
+        self._message(as_error_event(status, body) if status >= 400 else body, last=True)
+
+    def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
+        self.status = status
+        return True
+
+    def chunk(self, data: bytes) -> None:
+        events = (self._pending + data).split(b"\n\n")
+        self._pending = events.pop()
+        for event in events:
+            self._event(event)
+
+    def end_stream(self, last: bytes = b"") -> None:
+        self.chunk(last)
+        if self._pending.strip():
+            self._event(self._pending)
+        self._pending = b""
+
+    def abort(self) -> None:
+        self.conn.close(ws.INTERNAL, "the answer broke")
+
+    def begun(self) -> bool:
+        return self.sent > 0
+
+    @contextmanager
+    def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
+        """While the provider works: the reader calls ``on_gone`` if the client leaves."""
+        self.conn.on_gone = on_gone
+        try:
+            yield
+        finally:
+            self.conn.on_gone = None
+
+    def stream_socket(self) -> socket.socket | None:
+        return None  # relayed on this thread: every event becomes a frame here
+
+    def _event(self, event: bytes) -> None:
+        lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+        data = b"\n".join(lines)
+        if not data or data == b"[DONE]":
+            return
+        last = False
+        if data.startswith(b'{"error"'):  # a broken stream's error event (errors.sse_error_event)
+            obj = _loads(data)
+            if obj is not None:
+                data, last = json_bytes({"type": "error", "status": self.status or 502, **obj}), True
+        elif any(kind in data[:120] for kind in TERMINAL):
+            obj = _loads(data)
+            response = obj.get("response") if obj is not None else None
+            self.last, last = (response if isinstance(response, dict) else None), True
+        self._message(data, last)
+
+    def _message(self, data: bytes, last: bool = False) -> None:
+        self.sent += 1
+        if last:  # before it goes: the client may answer it with its next turn at once
+            self.conn.answer(self.turn)
+        self.conn.send(ws.TEXT, data)
+
+
+class Session:
+    """One upgraded connection: the turns on this thread, the frames read by another."""
+
+    def __init__(
+        self, app: App, sock: socket.socket, buffered: bytes, ctx: RequestContext, draining: Callable[[], bool]
+    ) -> None:
+        self.app = app
+        self.conn = Connection(sock)
+        self.ctx = ctx  # the handshake's: its headers, address and query make each turn's
+        self._draining = draining
+        self._buffered = buffered  # bytes read past the handshake's head
+        self._reader = ws.FrameReader(app.settings.max_body_bytes)
+        self._turns: queue.Queue[str | None] = queue.Queue()
+        self._recent: Recent | None = None
+        self._opened = time.monotonic()
+        self._active = time.monotonic()  # the last frame from the client, or the last turn's end
+
+    def run(self) -> None:
+        reader = threading.Thread(target=self._read, name="stockyard-websocket", daemon=True)
+        reader.start()
+        turn = 0
+        try:
+            while (text := self._turns.get()) is not None:
+                turn += 1
+                try:
+                    self._turn(text, turn)
+                finally:
+                    self._active = time.monotonic()
+                    self.conn.finish(turn)
+        finally:
+            self.conn.gone()
+            reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
+            self.app.store.end_reads()
+
+    # -- the reading thread ----------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            self._read_frames()
+        except Exception as exc:  # a bug: one line, the connection closed, never a traceback on stderr
+            log.error("websocket %s: reading failed (%s); closed", PATH, described(exc))
+            self.conn.close(ws.INTERNAL, "internal error")
+        finally:
+            self.conn.gone()
+            self._turns.put(None)
+
+    def _read_frames(self) -> None:
+        settings = self.app.settings
+        poll = select.poll()
+        poll.register(self.conn.sock, select.POLLIN)
+        data = self._buffered
+        closing_since: float | None = None
+        reader: ws.FrameReader | None = self._reader  # None once the client broke the protocol: drained, unread
+        while True:
+            if data and reader is not None:
+                self._active = time.monotonic()
+                try:
+                    frames = reader.feed(data)
+                except ws.Fault as fault:
+                    self.conn.close(fault.code, fault.reason)  # then what follows is drained, briefly:
+                    frames, reader = [], None  # closing over unread bytes would reset the close frame away
+                for f in frames:
+                    if f.opcode == ws.CLOSE:
+                        try:
+                            code, _ = ws.close_code(f.payload)
+                        except ws.Fault as fault:
+                            code = fault.code
+                        self.conn.close(code or ws.NORMAL, "")  # the client's code echoed (RFC 6455 §5.5.1)
+                        return
+                    if f.opcode == ws.PING:
+                        self._send_quietly(ws.PONG, f.payload)
+                    elif f.opcode == ws.TEXT:
+                        self._received(f.text)
+            now = time.monotonic()
+            if self.conn.closed:  # our close frame went out: the client's answer, briefly
+                closing_since = closing_since or now
+                if now - closing_since > CLOSE_WAIT_S:
+                    return
+            elif not self.conn.busy:
+                if self._draining():
+                    self.conn.close(ws.GOING_AWAY, "server shutting down")
+                elif now - self._opened >= settings.websocket_lifetime_s:
+                    message = f"the connection reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
+                    self._send_quietly(ws.TEXT, error_event(400, message, "websocket_connection_limit_reached"))
+                    self.conn.close(ws.NORMAL, "connection lifetime reached")
+                elif now - self._active >= settings.websocket_idle_timeout_s:
+                    self.conn.close(ws.NORMAL, "idle timeout")
+            if not poll.poll(POLL_S * 1000):
+                data = b""
+                continue
+            try:
+                data = self.conn.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+
+    def _received(self, text: str) -> None:
+        """A text message: the next turn, unless one is in flight (or we are closing)."""
+        if self.conn.closed:
+            return
+        if not self.conn.accept():
+            message = "a response is already in flight on this connection; send the next response.create once it ends"
+            self._send_quietly(ws.TEXT, error_event(409, message, "response_already_in_flight"))
+            return
+        self._turns.put(text)
+
+    def _send_quietly(self, opcode: int, payload: bytes) -> None:
+        try:
+            self.conn.send(opcode, payload)
+        except ClientGone:
+            pass
+
+    # -- the turns -------------------------------------------------------------------------------
+    def _turn(self, text: str, turn: int) -> None:
+        """One ``response.create``: checked, then the request path, then the local chain kept."""
+        started = time.perf_counter()
+        base = self.ctx
+        ctx = RequestContext("responses", RESPONSES, base.client_addr, dict(base.headers), base.query)
+        ctx.websocket = True
+        reply = SocketReply(self.conn, turn)
+        try:
+            body, local = self._create_body(text)
+        except ProxyError as exc:
+            self._turn_error(turn, exc)
+            return
+        ctx.raw = json_bytes(body)
+        try:
+            proxy.handle(self.app.path, reply, ctx)
+        except REFUSALS as caught:  # after the first event (proxy.refused traced it): the turn ends here
+            self._turn_error(turn, refusal_of(caught))
+        except ClientGone:
+            pass
+        except Exception as exc:  # traced by proxy.unexpected; one line here, never a traceback
+            said = self.app.path.scrub.text(described(exc))
+            log.error("websocket %s: a turn failed (%s) %s", PATH, printable(said, 300), ctx.trace_id)
+            self._turn_error(turn, ProxyError(500, "internal error; see the server log", code="internal_error"))
+        finally:
+            if self.app.settings.log_requests:
+                done = ctx.attempt
+                model = f"{done.provider.name}/{done.upstream_model}" if done.provider else ctx.model
+                access(
+                    f"WS {PATH} {reply.status or ctx.attempt.status} {printable(model or '-', 200)} "
+                    f"{(time.perf_counter() - started) * 1000:.1f}ms {ctx.trace_id}"
+                )
+        self._remember(body, local, reply.last)
+
+    def _turn_error(self, turn: int, exc: ProxyError) -> None:
+        """The ``error`` event that ends turn ``turn`` (the next one welcome from now on)."""
+        self.conn.answer(turn)
+        self._send_quietly(ws.TEXT, error_event(exc.status, exc.message, exc.code, exc.param))
+
+    def _create_body(self, text: str) -> tuple[dict, list | None]:
+        """The create body a ``response.create`` message stands for (``stream`` on), and the items of
+        the local response it chains from, put in front of its input (None: no local chain)."""
+        try:
+            message = json_object(text.encode("utf-8"))
+        except ProxyError as exc:
+            raise ProxyError(400, f"a message must be a JSON object: {exc.message}", code="invalid_json") from None
+        kind = message.get("type")
+        if kind != "response.create":
+            shown = printable(str(kind), 100)
+            raise ProxyError(
+                400, f"unknown event type {shown!r}: send response.create", param="type", code="invalid_event"
+            )
+        body = {k: v for k, v in message.items() if k not in ("type", "stream")}
+        for name, why in NOT_SERVED.items():
+            value = body.get(name)
+            if name == "generate" and value is True:
+                del body[name]  # the default
+            elif value not in (None, False) or (name == "generate" and value is False):
+                raise ProxyError(400, why, param=name, code="unsupported_parameter")
+            body.pop(name, None)
+        body["stream"] = True
+        recent, previous = self._recent, body.get("previous_response_id")
+        if recent is None or previous != recent.response_id:
+            return body, None
+        sent = body.get("input")
+        if sent is not None and not isinstance(sent, (str, list)):
+            raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
+        new = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
+        body = {k: v for k, v in body.items() if k != "previous_response_id"}
+        body["input"] = recent.items + new
+        limit = self.app.settings.max_body_bytes
+        if len(json_bytes(body)) > limit:
+            why = f"the conversation on this connection is larger than {limit} bytes (STOCKYARD_MAX_BODY_BYTES)"
+            raise ProxyError(
+                400, why + "; start a new one", param="previous_response_id", code="conversation_too_large"
+            )
+        return body, recent.items + new
+
+    def _remember(self, body: dict, local: list | None, response: dict | None) -> None:
+        """After a turn: a response made with ``store: false`` that completed is the one the next
+        turn may chain from here; any other outcome forgets the local one (OpenAI evicts it too)."""
+        self._recent = None
+        if local is None and (body.get("previous_response_id") is not None or body.get("conversation") is not None):
+            return  # its history is stored, not here: a local copy would lose it
+        if (
+            response is None
+            or body.get("store") is not False
+            or response.get("status") not in ("completed", "incomplete")
+        ):
+            return
+        response_id, output = response.get("id"), response.get("output")
+        if not isinstance(response_id, str) or not isinstance(output, list):
+            return
+        sent = body.get("input")
+        items = (
+            local
+            if local is not None
+            else ([{"role": "user", "content": sent}] if isinstance(sent, str) else sent or [])
+        )
+        self._recent = Recent(response_id, [*items, *(r for o in output if (r := replayable(o)) is not None)])
+
+
+def _loads(data: bytes) -> dict | None:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def replayable(item: Any) -> dict | None:
+    """An output item as the next turn's input sends it. Nothing the provider made is stored with
+    ``store: false``, so no item may name a stored one by its id: a reasoning item without its
+    encrypted content is left out, and the others go without their ids (as Codex sends them); a
+    reasoning item with its content keeps its id, which it requires."""
+    if not isinstance(item, dict):
+        return None
+    if item.get("type") == "reasoning":
+        return item if item.get("encrypted_content") else None
+    return {k: v for k, v in item.items() if k != "id"}
