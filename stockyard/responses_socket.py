@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from . import proxy
 from . import websocket as ws
 from .context import RequestContext
+from .conversations import new_response_id
 from .errors import REFUSALS, RESPONSES, ClientGone, ProxyError, described, error_body, refusal_of
 from .httpio import json_bytes, json_object
 from .logbuffer import access, printable
@@ -53,7 +54,6 @@ TERMINAL = (b'"response.completed"', b'"response.incomplete"', b'"response.faile
 # Fields of response.create that are the socket's own, not the create body's
 NOT_SERVED = {
     "background": "a background response is not served over WebSocket; send it as HTTP POST",
-    "generate": "generate: false (a warm-up without model output) is not served by Stockyard; send the turn itself",
     "stream_id": "stream_id lanes are not served by Stockyard: one response at a time per connection",
 }
 
@@ -368,6 +368,9 @@ class Session:
         except ProxyError as exc:
             self._turn_error(turn, exc)
             return
+        if body.pop("generate", True) is False:
+            self._warm_up(body, local, turn)
+            return
         ctx.raw = json_bytes(body)
         try:
             proxy.handle(self.app.path, reply, ctx)
@@ -389,6 +392,41 @@ class Session:
                 )
         self._remember(body, local, reply.last)
 
+    def _warm_up(self, body: dict, local: list | None, turn: int) -> None:
+        """``generate: false``: no model output, only a response id the next turn may chain from
+        (Codex warms a connection up so). Nothing reaches the provider and nothing is billed: the
+        warm-up's input is kept on the connection, as a ``store: false`` turn's is, and sent with
+        the turn that names it. One chained from a stored response or a conversation would need
+        their history kept here too: refused."""
+        if local is None and (body.get("previous_response_id") is not None or body.get("conversation") is not None):
+            why = "a warm-up (generate: false) chains only from this connection's last response; send the turn itself"
+            self._turn_error(turn, ProxyError(400, why, param="generate", code="unsupported_parameter"))
+            return
+        sent = body.get("input")
+        if sent is not None and not isinstance(sent, (str, list)):
+            exc = ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
+            self._turn_error(turn, exc)
+            return
+        response: dict[str, Any] = {
+            "id": new_response_id(),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "model": body.get("model"),
+            "output": [],
+            "usage": None,
+        }
+        self._send_quietly(
+            ws.TEXT, json_bytes({"type": "response.created", "sequence_number": 0, "response": response})
+        )
+        self.conn.answer(turn)  # before the last event: the client may send its turn at once
+        done = {**response, "status": "completed"}
+        self._send_quietly(ws.TEXT, json_bytes({"type": "response.completed", "sequence_number": 1, "response": done}))
+        items = local if local is not None else input_items(sent)
+        self._recent = Recent(done["id"], items)
+        if self.app.settings.log_requests:
+            access(f"WS {PATH} warm-up {printable(str(body.get('model') or '-'), 200)} {done['id']}")
+
     def _turn_error(self, turn: int, exc: ProxyError) -> None:
         """The ``error`` event that ends turn ``turn`` (the next one welcome from now on)."""
         self.conn.answer(turn)
@@ -409,12 +447,10 @@ class Session:
             )
         body = {k: v for k, v in message.items() if k not in ("type", "stream")}
         for name, why in NOT_SERVED.items():
-            value = body.get(name)
-            if name == "generate" and value is True:
-                del body[name]  # the default
-            elif value not in (None, False) or (name == "generate" and value is False):
+            if body.pop(name, None) not in (None, False):
                 raise ProxyError(400, why, param=name, code="unsupported_parameter")
-            body.pop(name, None)
+        if body.get("generate") not in (None, True, False):
+            raise ProxyError(400, "'generate' must be a boolean", param="generate", code="invalid_type")
         body["stream"] = True
         recent, previous = self._recent, body.get("previous_response_id")
         if recent is None or previous != recent.response_id:
@@ -422,7 +458,7 @@ class Session:
         sent = body.get("input")
         if sent is not None and not isinstance(sent, (str, list)):
             raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
-        new = [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
+        new = input_items(sent)
         body = {k: v for k, v in body.items() if k != "previous_response_id"}
         body["input"] = recent.items + new
         limit = self.app.settings.max_body_bytes
@@ -449,12 +485,13 @@ class Session:
         if not isinstance(response_id, str) or not isinstance(output, list):
             return
         sent = body.get("input")
-        items = (
-            local
-            if local is not None
-            else ([{"role": "user", "content": sent}] if isinstance(sent, str) else sent or [])
-        )
+        items = local if local is not None else input_items(sent)
         self._recent = Recent(response_id, [*items, *(r for o in output if (r := replayable(o)) is not None)])
+
+
+def input_items(sent: str | list | None) -> list:
+    """A create body's ``input`` as items (a string is one user message)."""
+    return [{"role": "user", "content": sent}] if isinstance(sent, str) else sent or []
 
 
 def _loads(data: bytes) -> dict | None:

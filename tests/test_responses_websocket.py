@@ -222,7 +222,7 @@ def test_another_keys_stored_response_is_not_found(server):
 
 @pytest.mark.parametrize(
     "fields, param",
-    [({"background": True}, "background"), ({"generate": False}, "generate"), ({"stream_id": "lane"}, "stream_id")],
+    [({"background": True}, "background"), ({"generate": "no"}, "generate"), ({"stream_id": "lane"}, "stream_id")],
 )
 def test_what_websocket_mode_does_not_serve_is_an_error_event(server, fields, param):
     raw = Raw(server, server.secret("alice"))
@@ -230,6 +230,38 @@ def test_what_websocket_mode_does_not_serve_is_an_error_event(server, fields, pa
     error = raw.event()
     assert (error["type"], error["status"], error["error"]["param"]) == ("error", 400, param), error
     raw.send_json(create("gpt-4o-mini", "hi", stream=False))  # stream is implicit: ignored
+    assert raw.until("response.completed")[-1]["type"] == "response.completed"
+    raw.close()
+
+
+def test_a_warm_up_answers_an_id_at_once_and_the_turn_chained_from_it_sends_its_input(server, mock):
+    """``generate: false`` (Codex warms a connection up so): was an error event. Now a response id
+    with no output, answered without a provider call; the turn that names it sends its input."""
+    raw = Raw(server, server.secret("alice"))
+    calls = len(mock.requests)
+    raw.send_json(create("gpt-4o-mini", "warm context", instructions="be brief", generate=False, store=False))
+    events = raw.until("response.completed")
+    assert [e["type"] for e in events] == ["response.created", "response.completed"], events
+    warm = events[-1]["response"]
+    assert warm["output"] == [] and warm["status"] == "completed" and warm["id"].startswith("resp_"), warm
+    assert len(mock.requests) == calls  # nothing reached the provider
+    raw.send_json(create("gpt-4o-mini", "the question", previous_response_id=warm["id"], store=False))
+    assert raw.until("response.completed")[-1]["type"] == "response.completed"
+    sent = mock.requests[-1].json
+    assert json.dumps(sent["input"]).count("warm context") == 1 and "the question" in json.dumps(sent["input"])
+    assert "previous_response_id" not in sent and "generate" not in sent
+    raw.close()
+
+
+def test_a_warm_up_chained_from_a_stored_response_is_refused(server):
+    client: OpenAI = server.openai("alice")
+    with client.responses.connect() as connection:
+        first = sdk_turn(connection, model="gpt-4o-mini", input="stored turn")[-1].response
+    raw = Raw(server, server.secret("alice"))
+    raw.send_json(create("gpt-4o-mini", "warm", previous_response_id=first.id, generate=False))
+    error = raw.event()
+    assert (error["type"], error["status"], error["error"]["param"]) == ("error", 400, "generate"), error
+    raw.send_json(create("gpt-4o-mini", "hi"))  # the connection goes on
     assert raw.until("response.completed")[-1]["type"] == "response.completed"
     raw.close()
 
