@@ -249,3 +249,44 @@ def test_jobs_queued_while_the_writer_stops_are_each_run_or_refused(tmp_path):
     outcomes = [f.exception(timeout=5) for f in futures]  # a TimeoutError here: a future nobody resolves
     assert all(e is None or "writer has stopped" in str(e) for e in outcomes), {repr(e) for e in outcomes}
     assert outcomes.count(None) >= 21 and not writer.depth
+
+
+def test_a_caller_that_stops_waiting_for_its_commit_hears_the_databases_failure_not_a_bugs(tmp_path):
+    """Was: ``Writer.call`` ended its wait in a bare ``TimeoutError``, which the request waiting for the
+    write (an admin change) answered as a 500 ``internal error`` — while the write could still commit.
+    It is ``WriteTimedOut`` now: the database's failure, the client's 503 ``database_unavailable``
+    saying the change may still be made. Here another connection holds the file (``BEGIN
+    EXCLUSIVE``, under the 10 s busy timeout) past the caller's 0.5 s; once let go, the write commits."""
+    from stockyard.errors import database_refusal
+    from stockyard.store.writer import WriteTimedOut
+
+    writer = sqlite_writer(tmp_path)
+    lock = sqlite3.connect(tmp_path / "w.db", isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.monotonic()
+        with pytest.raises(WriteTimedOut) as caught:
+            writer.call(put("late"), timeout=0.5)
+        assert time.monotonic() - began < 3
+        refusal = database_refusal(caught.value)
+        assert refusal is not None and refusal.status == 503 and refusal.code == "database_unavailable"
+        assert "may still" in refusal.message
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    reader = sqlite3.connect(tmp_path / "w.db")
+    assert wait_for(lambda: reader.execute("SELECT value FROM meta WHERE key = 'late'").fetchall()) == [("v",)]
+    reader.close()
+    writer.stop()
+
+
+def test_a_job_raising_timeouterror_is_re_raised_as_it_came(writer):
+    """``WriteTimedOut`` is the caller's wait running out, never a job's own TimeoutError."""
+    from stockyard.store.writer import WriteTimedOut
+
+    def job(conn):
+        raise TimeoutError("the job's own")
+
+    with pytest.raises(TimeoutError, match="the job's own") as caught:
+        writer.call(job, timeout=5)
+    assert not isinstance(caught.value, WriteTimedOut)
