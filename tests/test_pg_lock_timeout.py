@@ -24,7 +24,7 @@ from typing import Callable
 
 import pg8000.native
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
 
 from stockyard.dburl import parse_postgres
 from stockyard.store.pg import MIGRATE_LOCK_KEY, WRITE_LOCK_KEY
@@ -123,9 +123,7 @@ def test_a_held_lock_is_a_bounded_wait_and_no_trace_is_lost(pyz_path, cache_home
     assert "Traceback" not in server.log, server.log
 
 
-def test_a_replica_starting_waits_for_another_ones_migration_past_the_busy_timeout(
-    pyz_path, cache_home, mock, pg_url
-):
+def test_a_replica_starting_waits_for_another_ones_migration_past_the_busy_timeout(pyz_path, cache_home, mock, pg_url):
     """The migration lock is the one lock a starting server waits for without the busy timeout:
     another replica migrating (here: a session holding the lock for twice the busy timeout) is
     waited for, then the server starts — not one failed start per replica started beside it."""
@@ -154,6 +152,7 @@ def test_a_replica_starting_waits_for_another_ones_migration_past_the_busy_timeo
     assert "Traceback" not in server.log, server.log
 
 
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="it holds an SQLite file (the others name PostgreSQL)")
 def test_on_sqlite_an_admin_change_on_a_held_database_is_a_503(pyz_path, cache_home, mock, tmp_path):
     """The same answer on SQLite: an admin change while another process holds the file (``BEGIN
     EXCLUSIVE``) fails after the busy timeout as a 503 ``database_unavailable`` (was a 500 and a
