@@ -290,3 +290,49 @@ def test_a_job_raising_timeouterror_is_re_raised_as_it_came(writer):
     with pytest.raises(TimeoutError, match="the job's own") as caught:
         writer.call(job, timeout=5)
     assert not isinstance(caught.value, WriteTimedOut)
+
+
+def test_on_postgresql_nothing_commits_ahead_of_records_waiting_for_a_held_lock(pg_url, monkeypatch):
+    """Was: records waiting for a held (or lost) database were tried again only at the top of the
+    writer's loop, so a batch that arrived once their retry was due committed ahead of them when it
+    needed no held table: the writer called itself writable again (``/readyz`` 200) while traces
+    still waited, and an admin change got through or not by the luck of timing. Now the records
+    waiting are tried first; still held, the new batch is held behind them and its caller told at
+    once (the lock's failure, ``lock_timeout``). Real parts: another session's ``LOCK TABLE meta``
+    past a 300 ms busy timeout; the new write goes to a table nobody holds."""
+    import pg8000.native
+
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresBackend
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 300)  # STOCKYARD_BUSY_TIMEOUT_MS, as serve sets it
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    setup = backend.connect()
+    setup.execute("CREATE TABLE side (v text)")
+    setup.close()
+    writer = Writer(backend, maxsize=100, idle_after_s=30).start()  # it waits in its queue between batches
+    holder = pg8000.native.Connection(**backend.url.connect_args())
+    try:
+        holder.run("BEGIN")
+        holder.run("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE")
+        writer.submit(put("first"))
+        wait_for(lambda: writer.waiting == 1, what="the record to wait for the held table")
+        wait_for(lambda: time.monotonic() >= writer._retry_at, what="its retry to be due")
+        with pytest.raises(sqlite3.OperationalError, match="held by another session") as caught:
+            writer.call(lambda conn: conn.execute("INSERT INTO side (v) VALUES ('second')"), timeout=5)
+        assert getattr(caught.value, "lock_timeout", False) and not writer.healthy
+        assert writer.waiting == 1
+    finally:
+        holder.close()
+    wait_for(lambda: time.monotonic() >= writer._retry_at, what="the next retry to be due")
+    writer.call(put("third"))  # the record waiting goes first, then this one
+    assert writer.waiting == 0 and writer.healthy
+    conn = backend.connect()
+    assert sorted(r[0] for r in conn.execute("SELECT key FROM meta WHERE key IN ('first', 'third')")) == [
+        "first",
+        "third",
+    ]
+    assert conn.execute("SELECT count(*) FROM side").fetchone()[0] == 0
+    conn.close()
+    writer.stop()
