@@ -68,7 +68,7 @@ class Settings:
     websocket_idle_timeout_s: float = 300.0  # a WebSocket with no frame from its client and no turn in flight
     websocket_lifetime_s: float = 3600.0  # a WebSocket connection in all (OpenAI's: 60 minutes)
     max_results_readers: int = 8  # message batch results read at once (each may hold a 16 MiB line); a key: a quarter
-    busy_timeout_ms: int = 10_000  # how long a database statement waits for a lock another process holds (SQLite)
+    busy_timeout_ms: int = 10_000  # how long a database statement waits for a lock another session holds (both stores)
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
@@ -290,8 +290,9 @@ BUSY_TIMEOUT_BOUNDS_MS = (100, 15_000)
 
 
 def _busy_timeout(value: str | None) -> int:
-    """``STOCKYARD_BUSY_TIMEOUT_MS``: how long SQLite waits for a lock another process holds before a
-    statement fails (``database is locked``); 100 ms to 15 s (``BUSY_TIMEOUT_BOUNDS_MS``), 10 s by default."""
+    """``STOCKYARD_BUSY_TIMEOUT_MS``: how long a statement waits for a lock another process or session
+    holds before it fails (SQLite's ``database is locked``; PostgreSQL's ``lock_timeout``, SQLSTATE
+    55P03); 100 ms to 15 s (``BUSY_TIMEOUT_BOUNDS_MS``), 10 s by default."""
     low, high = BUSY_TIMEOUT_BOUNDS_MS
     ms = _positive_int(value, "STOCKYARD_BUSY_TIMEOUT_MS", 10_000)
     if not low <= ms <= high:

@@ -89,6 +89,28 @@ def refusal_of(exc: ProxyError | RecursionError | UnicodeEncodeError) -> ProxyEr
     return ProxyError(400, "request body nests arrays or objects too deeply to be handled", code="invalid_json")
 
 
+DATABASE_UNAVAILABLE = "database_unavailable"
+
+
+def database_refusal(exc: BaseException) -> ProxyError | None:
+    """The 503 a request gets when the database, not the request, failed (``writer.database_failed``:
+    a lock another session held past ``STOCKYARD_BUSY_TIMEOUT_MS`` — SQLite's ``database is
+    locked``, PostgreSQL's 55P03 —, the database lost, full or read-only, a write not committed in
+    time); None for any other failure (a bug's 500). The message says which, never the error's
+    text (it can name the database's host, user or path: that goes to the log)."""
+    from .store.writer import WriteTimedOut, database_failed, held_by_lock
+
+    if not database_failed(exc):
+        return None
+    if held_by_lock(exc):
+        message = "the database is busy: another session holds a lock this request needs; try again shortly"
+    elif isinstance(exc, WriteTimedOut):
+        message = "the database did not commit this change in time (it may still): check before trying again"
+    else:
+        message = "the database is unavailable; try again shortly"
+    return ProxyError(503, message, code=DATABASE_UNAVAILABLE, headers={"Retry-After": "1"})
+
+
 def error_type(dialect: str, status: int) -> str:
     openai_type, anthropic_type = _TYPES.get(
         status, ("server_error", "api_error") if status >= 500 else ("invalid_request_error",) * 2

@@ -26,7 +26,7 @@ import re
 import socket
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Iterator, Protocol
 
 from .attribution import attribute
@@ -45,6 +45,7 @@ from .errors import (
     RESPONSES,
     ClientGone,
     ProxyError,
+    database_refusal,
     described,
     refusal_of,
     sse_error_event,
@@ -299,7 +300,12 @@ def refused(reply: Reply, ctx: RequestContext, exc: ProxyError) -> bool:
 def unexpected(reply: Reply, ctx: RequestContext, exc: Exception) -> None:
     """A failure nobody planned for, traced as the client will see it (the exception goes on to the
     server's dispatch, which answers it): once the answer began, a stream cut (``stream_broken``, its
-    status kept, what went out billed as a broken stream's), else the 500 the dispatch writes."""
+    status kept, what went out billed as a broken stream's), else the 500 the dispatch writes — or,
+    for a database that failed (held past the busy timeout, lost), the 503 the dispatch writes then."""
+    unavailable = database_refusal(exc)
+    if unavailable is not None:  # the client's message, and for the trace what the database said
+        refused(reply, ctx, replace(unavailable, message=f"{unavailable.message} ({described(exc)})"))
+        return
     if reply.begun():
         message = f"the answer was cut after it began: internal error ({described(exc)})"
         fail(ctx, ctx.attempt.status, message, "stream_broken", INTERNAL_ERROR)

@@ -59,6 +59,7 @@ from .errors import (
     RESPONSES,
     ClientGone,
     ProxyError,
+    database_refusal,
     described,
     error_body,
     refusal_of,
@@ -773,10 +774,16 @@ class Handler(BaseHTTPRequestHandler):
             if self.begun():  # a 500 now would land inside the answer: cut it, so no client takes it whole
                 self._cut(path, exc)
                 return
-            log.exception("unexpected error on %s %s", self.command, path)
             self._end_early()
-            self.close_connection = True
+            unavailable = database_refusal(exc)  # a held, lost or full database: its 503, not a bug's 500
             try:
+                if unavailable is not None:
+                    said = server.app.path.scrub.text(described(exc))
+                    log.warning("%s %s: 503, the database failed (%s)", self.command, printable(path, 200), said)
+                    self._write(503, unavailable.body(dialect), "application/json", unavailable.headers)
+                    return
+                log.exception("unexpected error on %s %s", self.command, path)
+                self.close_connection = True
                 self._write(500, error_body(dialect, 500, "internal error; see the server log"), "application/json", {})
             except ClientGone:
                 pass

@@ -128,7 +128,8 @@ def test_a_database_refusing_a_claim_midstream_cuts_the_stream(server, mock):
     process past the busy timeout) the exception reached the dispatch, which wrote an HTTP 500 head
     and JSON into the middle of the chunked body and logged a traceback. Now the connection is cut
     there without the chunked end: the client sees a broken transfer, one log line names the route
-    and the failure, the trace says ``stream_broken``."""
+    and the failure, the trace says ``stream_broken`` with the database's failure's code,
+    ``database_unavailable``."""
     gate = threading.Event()
     mock.enqueue(Reply(held_after=1, held=gate))  # message_start, then the rest once the lock is held
     body = {
@@ -154,7 +155,7 @@ def test_a_database_refusing_a_claim_midstream_cuts_the_stream(server, mock):
     assert b"bash_code_execution_tool_result" not in data  # the event whose claim failed never went out
     (said,) = assert_cut(server, data, "OperationalError: database is locked")
     trace = server.trace(trace_id_of(data))
-    assert trace["outcome"] == "stream_broken" and trace["error_type"] == "internal_error", trace
+    assert trace["outcome"] == "stream_broken" and trace["error_type"] == "database_unavailable", trace
     assert trace["status"] == 200 and "database is locked" in trace["error_message"]
     assert trace["id"] in said
     still_serving(server)
@@ -184,11 +185,12 @@ def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
     still_serving(server)
 
 
-def test_a_failure_before_the_answer_began_is_still_the_clients_500_and_traced_as_an_error(server, mock):
+def test_a_failure_before_the_answer_began_is_the_clients_503_and_traced_as_an_error(server, mock):
     """The other side of the line: the same refused claim in an answer read whole (not streamed)
-    fails before a byte of the answer went out, so the client gets its API's 500 as before, and the
-    connection is not cut mid-answer. Was: its trace said ``ok`` (the status the provider gave); now
-    ``error``, 500, ``internal_error``."""
+    fails before a byte of the answer went out, so the client gets its API's error, and the
+    connection is not cut mid-answer. Was: its trace said ``ok`` (the status the provider gave); then
+    ``error``, 500, ``internal_error``; now the database's failure is what it is, not a bug's 500:
+    a 503 ``database_unavailable`` (test_pg_lock_timeout.py), traced ``error`` 503 with that code."""
     body = {"model": CLAUDE, "max_tokens": 16, "tools": [CODE_TOOL], "messages": [{"role": "user", "content": "csv"}]}
     lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
     lock.execute("BEGIN EXCLUSIVE")
@@ -198,13 +200,15 @@ def test_a_failure_before_the_answer_began_is_still_the_clients_500_and_traced_a
         lock.execute("ROLLBACK")
         lock.close()
     doc = json.loads(answer)
-    assert status == 500 and doc["type"] == "error" and doc["error"]["type"] == "api_error", answer
+    assert status == 503 and doc["type"] == "error" and doc["error"]["type"] == "overloaded_error", answer
+    assert "another session holds a lock" in doc["error"]["message"], answer
     assert CUT not in server.log
-    accessed = wait_for(  # the 500 carries no trace id: the access log line names it
-        lambda: [line for line in server.log.splitlines() if "POST /v1/messages 500" in line], what="the access line"
+    accessed = wait_for(  # the 503 carries no trace id: the access log line names it
+        lambda: [line for line in server.log.splitlines() if "POST /v1/messages 503" in line], what="the access line"
     )
     trace_id = accessed[0].split()[-1]
     trace = server.trace(trace_id)
-    assert trace["outcome"] == "error" and trace["status"] == 500 and trace["error_type"] == "internal_error", trace
+    assert trace["outcome"] == "error" and trace["status"] == 503, trace
+    assert trace["error_type"] == "database_unavailable", trace
     assert "database is locked" in trace["error_message"]
     still_serving(server)

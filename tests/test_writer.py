@@ -249,3 +249,90 @@ def test_jobs_queued_while_the_writer_stops_are_each_run_or_refused(tmp_path):
     outcomes = [f.exception(timeout=5) for f in futures]  # a TimeoutError here: a future nobody resolves
     assert all(e is None or "writer has stopped" in str(e) for e in outcomes), {repr(e) for e in outcomes}
     assert outcomes.count(None) >= 21 and not writer.depth
+
+
+def test_a_caller_that_stops_waiting_for_its_commit_hears_the_databases_failure_not_a_bugs(tmp_path):
+    """Was: ``Writer.call`` ended its wait in a bare ``TimeoutError``, which the request waiting for the
+    write (an admin change) answered as a 500 ``internal error`` — while the write could still commit.
+    It is ``WriteTimedOut`` now: the database's failure, the client's 503 ``database_unavailable``
+    saying the change may still be made. Here another connection holds the file (``BEGIN
+    EXCLUSIVE``, under the 10 s busy timeout) past the caller's 0.5 s; once let go, the write commits."""
+    from stockyard.errors import database_refusal
+    from stockyard.store.writer import WriteTimedOut
+
+    writer = sqlite_writer(tmp_path)
+    lock = sqlite3.connect(tmp_path / "w.db", isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.monotonic()
+        with pytest.raises(WriteTimedOut) as caught:
+            writer.call(put("late"), timeout=0.5)
+        assert time.monotonic() - began < 3
+        refusal = database_refusal(caught.value)
+        assert refusal is not None and refusal.status == 503 and refusal.code == "database_unavailable"
+        assert "may still" in refusal.message
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    reader = sqlite3.connect(tmp_path / "w.db")
+    assert wait_for(lambda: reader.execute("SELECT value FROM meta WHERE key = 'late'").fetchall()) == [("v",)]
+    reader.close()
+    writer.stop()
+
+
+def test_a_job_raising_timeouterror_is_re_raised_as_it_came(writer):
+    """``WriteTimedOut`` is the caller's wait running out, never a job's own TimeoutError."""
+    from stockyard.store.writer import WriteTimedOut
+
+    def job(conn):
+        raise TimeoutError("the job's own")
+
+    with pytest.raises(TimeoutError, match="the job's own") as caught:
+        writer.call(job, timeout=5)
+    assert not isinstance(caught.value, WriteTimedOut)
+
+
+def test_on_postgresql_nothing_commits_ahead_of_records_waiting_for_a_held_lock(pg_url, monkeypatch):
+    """Was: records waiting for a held (or lost) database were tried again only at the top of the
+    writer's loop, so a batch that arrived once their retry was due committed ahead of them when it
+    needed no held table: the writer called itself writable again (``/readyz`` 200) while traces
+    still waited, and an admin change got through or not by the luck of timing. Now the records
+    waiting are tried first; still held, the new batch is held behind them and its caller told at
+    once (the lock's failure, ``lock_timeout``). Real parts: another session's ``LOCK TABLE meta``
+    past a 300 ms busy timeout; the new write goes to a table nobody holds."""
+    import pg8000.native
+
+    from stockyard.dburl import parse_postgres
+    from stockyard.store.backends import PostgresBackend
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 300)  # STOCKYARD_BUSY_TIMEOUT_MS, as serve sets it
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    setup = backend.connect()
+    setup.execute("CREATE TABLE side (v text)")
+    setup.close()
+    writer = Writer(backend, maxsize=100, idle_after_s=30).start()  # it waits in its queue between batches
+    holder = pg8000.native.Connection(**backend.url.connect_args())
+    try:
+        holder.run("BEGIN")
+        holder.run("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE")
+        writer.submit(put("first"))
+        wait_for(lambda: writer.waiting == 1, what="the record to wait for the held table")
+        wait_for(lambda: time.monotonic() >= writer._retry_at, what="its retry to be due")
+        with pytest.raises(sqlite3.OperationalError, match="held by another session") as caught:
+            writer.call(lambda conn: conn.execute("INSERT INTO side (v) VALUES ('second')"), timeout=5)
+        assert getattr(caught.value, "lock_timeout", False) and not writer.healthy
+        assert writer.waiting == 1
+    finally:
+        holder.close()
+    wait_for(lambda: time.monotonic() >= writer._retry_at, what="the next retry to be due")
+    writer.call(put("third"))  # the record waiting goes first, then this one
+    assert writer.waiting == 0 and writer.healthy
+    conn = backend.connect()
+    assert sorted(r[0] for r in conn.execute("SELECT key FROM meta WHERE key IN ('first', 'third')")) == [
+        "first",
+        "third",
+    ]
+    assert conn.execute("SELECT count(*) FROM side").fetchone()[0] == 0
+    conn.close()
+    writer.stop()

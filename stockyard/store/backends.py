@@ -138,11 +138,14 @@ class PostgresBackend:
 
     def open_and_migrate(self) -> list[db.Migration]:
         """Migrate under an advisory lock: N servers starting at once migrate exactly once
-        (the others wait, then find nothing pending)."""
+        (the others wait, then find nothing pending). This connection alone waits for locks
+        without the busy timeout: another server's migration takes as long as it takes, and a
+        start that gave up after 10 s would fail every replica started beside it."""
         from .pg import MIGRATE_LOCK_KEY
 
         conn = self.connect()
         try:
+            conn.execute("SET lock_timeout = 0")
             conn.execute(f"SELECT pg_advisory_lock({MIGRATE_LOCK_KEY})")
             try:
                 return db.migrate(conn)

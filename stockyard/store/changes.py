@@ -74,8 +74,11 @@ class Listening:
     def _connect(self, timeout: float, stopping: threading.Event) -> bool:
         import pg8000.core
 
+        from .pg import bound_lock_waits
+
         try:
             conn = pg8000.core.CoreConnection(**{**self.url.connect_args(), "application_name": APPLICATION_NAME})
+            bound_lock_waits(conn)  # as every connection Stockyard opens (it takes no lock itself)
             conn.execute_simple(f"LISTEN {CHANNEL}")
         except Exception as exc:
             self._drop(exc)

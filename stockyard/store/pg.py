@@ -24,12 +24,17 @@ from decimal import Decimal
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..dburl import PostgresURL
+from . import db
 
 # pg_advisory_xact_lock key taken by every write transaction: writers queue one after another,
 # across processes, exactly like SQLite's BEGIN IMMEDIATE (so read-modify-write jobs, the audit
 # chain's append among them, stay correct with several writers).
 WRITE_LOCK_KEY = 0x5354_4F43_4B59_0001  # "STOCKY" 1
 MIGRATE_LOCK_KEY = 0x5354_4F43_4B59_0002
+# SQLSTATE lock_not_available: a lock wait passed ``lock_timeout`` (the busy timeout, bound_lock_waits)
+LOCK_NOT_AVAILABLE = "55P03"
+# SQLSTATE classes that mean the database (its connection, resources, server), not the statement, failed
+_LOST_CLASSES = ("08", "53", "57", "58", "XX")
 PREPARED_MAX = 256  # prepared statements kept per connection (the code has fewer distinct ones)
 _CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|SELECT pg_advisory)", re.IGNORECASE)
 
@@ -217,11 +222,22 @@ def _error(exc: BaseException) -> sqlite3.Error:
         kind: type[sqlite3.Error] = sqlite3.IntegrityError if code.startswith("23") else sqlite3.OperationalError
         error: Any = kind(f"{message} (SQLSTATE {code})")
         error.sqlstate = code
-        error.database_failed = code[:2] in ("08", "53", "57", "58", "XX")
+        # A lock another session holds past the busy timeout: the database's failure too (the
+        # writer keeps its records waiting, a request is a 503), but the connection is sound.
+        error.lock_timeout = code == LOCK_NOT_AVAILABLE
+        error.database_failed = code[:2] in _LOST_CLASSES or error.lock_timeout
         return error
     lost: Any = sqlite3.OperationalError(f"PostgreSQL connection failed: {exc}")
     lost.database_failed = True
     return lost
+
+
+def bound_lock_waits(conn: Any, ms: int | None = None) -> None:
+    """Make a lock wait end as SQLite's busy timeout ends one: after ``ms`` (``STOCKYARD_BUSY_TIMEOUT_MS``,
+    ``db.BUSY_TIMEOUT_MS``), with SQLSTATE 55P03, instead of for as long as another session holds the
+    lock (another replica's write transaction, ``LOCK TABLE``, ``VACUUM FULL``). A ``SET`` after
+    connecting, not a startup parameter: PgBouncer refuses startup parameters it does not know."""
+    conn.execute_simple(f"SET lock_timeout = {int(db.BUSY_TIMEOUT_MS if ms is None else ms)}")
 
 
 def no_delay(conn: Any) -> None:
@@ -254,6 +270,11 @@ class PgConnection:
 
         try:
             conn = pg8000.dbapi.Connection(**self._url.connect_args())
+            try:
+                bound_lock_waits(conn)
+            except Exception:
+                conn.close()
+                raise
         except Exception as exc:
             error = _error(exc)
             unreachable: Any = type(error)(f"cannot open the database {self._url}: {error}")
@@ -393,7 +414,7 @@ class PgConnection:
 
     def _failed(self, exc: BaseException) -> sqlite3.Error:
         error = _error(exc)
-        if getattr(error, "database_failed", False):
+        if getattr(error, "database_failed", False) and not getattr(error, "lock_timeout", False):
             self.broken = True  # the socket is gone (or the server shut it): the owner opens a new connection
         return error
 

@@ -92,6 +92,22 @@ class WriterStopped(sqlite3.OperationalError):
         super().__init__("the database writer has stopped (the server is shutting down): not written")
 
 
+class WriteTimedOut(TimeoutError):
+    """A write's caller stopped waiting for its commit (``Writer.call``): the database's failure
+    (a request's 503, ``errors.database_refusal``), not a bug's 500. The write may still commit."""
+
+    database_failed = True
+
+
+def held_by_lock(exc: BaseException) -> bool:
+    """The database failed because another connection held a lock past the busy timeout (SQLite's
+    BUSY or LOCKED, PostgreSQL's 55P03), not because it is lost, full or broken."""
+    if getattr(exc, "lock_timeout", False):  # set by the PostgreSQL connection (and _hold)
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in (5, 6)
+
+
 class _JobFailed(Exception):
     """A job raised on the fast path: redo the batch with each job isolated."""
 
@@ -146,6 +162,7 @@ class Writer:
         # PostgreSQL lost: records wait here (bounded by maxsize, oldest dropped) until it is back.
         self._waiting: deque[_Item] = deque()
         self._retry_at = 0.0
+        self._held_by_lock = False  # the last failed batch met a lock another session held
         self.linger_s = linger_s
         self._urgent = threading.Event()  # a caller waits (call, stop): end a linger now
         self._closed = False  # the thread has ended: a job queued now fails at once (_refuse_leftovers)
@@ -208,8 +225,15 @@ class Writer:
         return self._dropped("writer queue full")
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
-        """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error."""
-        return self.later(job, timeout).result(timeout=timeout)
+        """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error
+        (``WriteTimedOut`` after ``timeout``)."""
+        future = self.later(job, timeout)
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            if future.done():  # the job's own TimeoutError, re-raised as it came
+                raise
+            raise WriteTimedOut(f"the database did not commit the write in {timeout:g} s (it may still)") from None
 
     def later(self, job: Job, timeout: float = 30.0, urgent: bool = True) -> Future:
         """``call`` without the wait: the future of ``job(conn)``'s result, resolved once committed
@@ -309,8 +333,12 @@ class Writer:
                     item = self.queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch and self._waiting and time.monotonic() < self._retry_at:
-                self._hold(batch)  # the database is still lost: no round trip per batch
+            if batch and self._waiting:
+                self._retry_waiting()  # when it is time: the records waiting go first, in order
+            if batch and self._waiting:
+                # the database is still lost (or held): no round trip per batch, and nothing is
+                # committed ahead of the records waiting (a write that needs no held table included)
+                self._hold(batch)
             elif batch:
                 self._commit(batch)
                 idle_done = False
@@ -431,8 +459,10 @@ class Writer:
     def _hold(self, batch: list[_Item]) -> None:
         """While the database is lost, callers waiting for a commit are told at once and
         fire-and-forget records join the waiting ones (the oldest go when there are too many)."""
-        error: Any = sqlite3.OperationalError(f"the database is unreachable: {self.stats.last_error}")
-        error.database_failed = True
+        held = self._held_by_lock
+        why = "held by another session" if held else "unreachable"
+        error: Any = sqlite3.OperationalError(f"the database is {why}: {self.stats.last_error}")
+        error.database_failed, error.lock_timeout = True, held
         for item in batch:
             if item.future is not None:
                 item.future.set_exception(error)
@@ -454,10 +484,13 @@ class Writer:
 
     def _batch_failed(self, batch: list[_Item], exc: sqlite3.Error) -> None:
         """The database refused the whole batch (disk full, read-only): count, log, go on.
-        PostgreSQL lost (a restart, the network): the records wait for it instead."""
+        PostgreSQL lost (a restart, the network) or held (a lock another session holds past the
+        busy timeout: 55P03): the records wait for it instead, retried every ``RETRY_LOST_S``, and
+        callers waiting for a commit are told at once meanwhile (``_hold``)."""
         self.healthy = False
         self.stats.failed_batches += 1
         self.stats.last_error = str(exc)
+        self._held_by_lock = held_by_lock(exc)
         if self.backend.dialect == "postgresql" and getattr(exc, "database_failed", False):
             self._retry_at = time.monotonic() + RETRY_LOST_S
             keep = [item for item in batch if item.future is None]
@@ -469,8 +502,9 @@ class Writer:
             now = time.monotonic()
             if now - self._failure_logged_at >= FAILURE_LOG_EVERY_S:
                 log.error(
-                    "database unreachable (%s): %d records wait for it (at most %d, then the oldest are "
+                    "database %s (%s): %d records wait for it (at most %d, then the oldest are "
                     "dropped); /readyz reports 503 until writes succeed again",
+                    "held by another session's lock" if self._held_by_lock else "unreachable",
                     exc,
                     len(self._waiting),
                     self.queue.maxsize,
