@@ -280,6 +280,35 @@ def test_a_caller_that_stops_waiting_for_its_commit_hears_the_databases_failure_
     writer.stop()
 
 
+def test_a_caller_whose_write_finds_no_room_in_the_queue_hears_the_databases_failure(tmp_path):
+    """Was: a queue that stayed full for the caller's whole wait raised a bare ``queue.Full`` out of
+    ``Writer.call``, which an admin change answered as a 500. It is the database's failure (it
+    takes writes slower than they come): the 503 ``database_unavailable``, the write never queued."""
+    from stockyard.errors import database_refusal
+
+    conn, _ = db.open_and_migrate(tmp_path / "w.db")
+    conn.close()
+    writer = Writer(tmp_path / "w.db", maxsize=1).start()
+    lock = sqlite3.connect(tmp_path / "w.db", isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        stuck = writer.later(put("stuck"))
+        wait_for(lambda: writer.depth == 0, what="the writer took the first job (it waits for the lock)")
+        writer.submit(put("fills the queue"))
+        began = time.monotonic()
+        with pytest.raises(Exception) as caught:
+            writer.call(put("no room"), timeout=0.5)
+        assert time.monotonic() - began < 3 and not stuck.done()
+        refusal = database_refusal(caught.value)
+        assert refusal is not None and refusal.status == 503 and refusal.code == "database_unavailable", caught
+        assert "may still" not in refusal.message  # it was never queued
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert stuck.result(timeout=15) is not None
+    writer.stop()
+
+
 def test_a_job_raising_timeouterror_is_re_raised_as_it_came(writer):
     """``WriteTimedOut`` is the caller's wait running out, never a job's own TimeoutError."""
     from stockyard.store.writer import WriteTimedOut

@@ -99,6 +99,14 @@ class WriteTimedOut(TimeoutError):
     database_failed = True
 
 
+class WriterFull(queue.Full):
+    """A write found no room in the writer's queue for its caller's whole wait (``Writer.call``):
+    the database takes writes slower than they come — its failure (a request's 503), not a bug's
+    500. The write was never queued."""
+
+    database_failed = True
+
+
 def held_by_lock(exc: BaseException) -> bool:
     """The database failed because another connection held a lock past the busy timeout (SQLite's
     BUSY or LOCKED, PostgreSQL's 55P03), not because it is lost, full or broken."""
@@ -226,8 +234,13 @@ class Writer:
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error
-        (``WriteTimedOut`` after ``timeout``)."""
-        future = self.later(job, timeout)
+        (``WriterFull`` when the queue had no room within ``timeout``, ``WriteTimedOut`` after it)."""
+        try:
+            future = self.later(job, timeout)
+        except queue.Full:
+            raise WriterFull(
+                f"the database writer's queue stayed full for {timeout:g} s ({self.depth} waiting)"
+            ) from None
         try:
             return future.result(timeout=timeout)
         except TimeoutError:
