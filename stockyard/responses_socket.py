@@ -58,25 +58,6 @@ NOT_SERVED = {
 }
 
 
-class SocketCount:
-    """The WebSocket connections open now, at most ``limit`` (each holds two threads)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.open = limit, 0
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.open >= self.limit:
-                return False
-            self.open += 1
-            return True
-
-    def give(self) -> None:
-        with self._lock:
-            self.open -= 1
-
-
 def error_event(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
     """An ``error`` event: the HTTP error body's ``error``, with the event's ``type`` and the status."""
     body = json.loads(error_body(RESPONSES, status, message, code=code, param=param))

@@ -1,0 +1,315 @@
+"""Review 16: the Responses API's WebSocket mode as an attacker (no key, a client key, another key's
+ids) and as a real agent client (Codex's tool-call loop, the SDK's ``responses.connect()``), over
+the built pyz, the mock upstream and raw sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+
+import pytest
+import rawhttp
+from conftest import ServerProcess, mock_env, wait_for
+from test_responses_websocket import ADMIN, Raw, create, handshake
+
+TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+GEMINI_KEY = "gemini-test-key-0123456789"
+
+
+def start(pyz_path, cache_home, mock, tmp_path_factory, name: str, *args: str, **extra: str) -> ServerProcess:
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY=GEMINI_KEY,
+        GEMINI_BASE_URL=mock.url,
+        **extra,
+    )
+    env["STOCKYARD_ADMIN_KEY"] = ADMIN
+    return ServerProcess(pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", env, list(args)).start()
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "ws16")
+    srv.keys.update(srv.create_keys({"alice": [], "bob": [], "mini": ["--models", "gpt-4o-mini"]}))
+    yield srv
+    srv.stop()
+
+
+def fresh_key(server: ServerProcess, name: str, *args: str) -> str:
+    """A key made now by the CLI, once the running server knows it (its key ring reloads)."""
+    made = server.create_keys({name: list(args)})
+    server.keys.update(made)
+    wait_for(lambda: opened(server, name), what=f"the key {name} known")
+    return made[name]
+
+
+def opened(server: ServerProcess, name: str) -> Raw | None:
+    raw = Raw(server, server.secret(name))
+    if raw.status == 101:
+        return raw
+    raw.close()
+    return None
+
+
+def revoke(server: ServerProcess, name: str) -> None:
+    done = server.cli("keys", "revoke", name)
+    assert done.returncode == 0, done.stderr
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    wait_for(
+        lambda: server.request("POST", "/v1/chat/completions", chat, server.auth(name))[0] == 401,
+        what="the revocation",
+    )
+
+
+# -- the connection cap: a key's share ---------------------------------------------------------------
+
+
+def test_one_key_cannot_take_every_websocket(pyz_path, cache_home, mock, tmp_path_factory):
+    """Was: one client key could hold all ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (each two threads) and
+    every other key's handshake was a 503. Now a key holds a quarter of them at most (a 429, in
+    OpenAI's shape, before the upgrade), as the batch results readers are shared."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsshare", STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="8")
+    try:
+        srv.keys.update(srv.create_keys({"alice": [], "bob": []}))
+        alice = [Raw(srv, srv.secret("alice")) for _ in range(2)]
+        assert [r.status for r in alice] == [101, 101]
+        with rawhttp.connect(srv) as sock:
+            sock.sendall(handshake(srv.secret("alice")).encode())
+            status, head, body = rawhttp.read_response(sock)
+        assert status == 429, (status, body)
+        assert json.loads(body)["error"]["code"] == "too_many_websockets" and head["retry-after"] == "1"
+        bob = Raw(srv, srv.secret("bob"))  # another key's share is untouched
+        assert bob.status == 101
+        alice[0].send_frame(0x8, struct.pack("!H", 1000))
+        assert alice[0].close_code() == 1000
+        alice[0].close()
+        again = wait_for(lambda: (r := Raw(srv, srv.secret("alice"))).status == 101 and r, what="alice's place freed")
+        for r in [*alice[1:], bob, again]:
+            r.close()
+    finally:
+        srv.stop()
+
+
+# -- each turn's checks ---------------------------------------------------------------------------------
+
+
+def test_a_warm_up_is_held_to_the_key_and_its_model_allow_list(server, mock):
+    """Was: a ``generate: false`` warm-up never looked at the key: a key limited to gpt-4o-mini was
+    answered for any model, and a revoked key's connection kept being answered (and kept alive)."""
+    raw = wait_for(lambda: opened(server, "mini"), what="the key known")
+    raw.send_json(create("claude-haiku-4-5", "warm", generate=False, store=False))
+    error = raw.event()
+    assert (error["type"], error["status"]) == ("error", 403), error
+    raw.send_json(create("gpt-4o-mini", "warm", generate=False, store=False))  # its own model: answered
+    assert raw.until("response.completed")[-1]["response"]["output"] == []
+    raw.close()
+
+
+def test_a_revoked_key_ends_its_connections(server, mock):
+    """A key revoked while its connection is open: the next message (a turn or a warm-up) is the 401
+    as an ``error`` event, then the connection closes (1008): was left open, every later message refused,
+    the connection (and its share of the cap) held for the key until its lifetime."""
+    fresh_key(server, "gone")
+    turn, warm = opened(server, "gone"), opened(server, "gone")
+    turn.send_json(create("gpt-4o-mini", "before"))
+    assert turn.until("response.completed")[-1]["type"] == "response.completed"
+    revoke(server, "gone")
+    calls = len(mock.requests)
+    for raw, fields in [(turn, {}), (warm, {"generate": False, "store": False})]:
+        raw.send_json(create("gpt-4o-mini", "after", **fields))
+        error = raw.event()
+        assert (error["type"], error["status"]) == ("error", 401), error
+        assert error["error"]["type"] == "authentication_error"
+        assert raw.close_code() == 1008
+        raw.close()
+    assert len(mock.requests) == calls
+
+
+# -- Codex's tool-call loop on a store:false chain ------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-flash"])
+def test_a_tool_call_loop_chained_on_the_socket_sends_the_call_with_its_output(server, mock, model):
+    """As Codex runs it: turn 1 answers a ``function_call``; turn 2 sends only the
+    ``function_call_output`` naming turn 1 by ``previous_response_id`` (``store: false``). The provider
+    must get the call and its output paired, whether passed through or translated."""
+    raw = Raw(server, server.secret("alice"))
+    raw.send_json(create(model, "weather in Paris?", tools=TOOLS, store=False))
+    first = raw.until("response.completed")[-1]["response"]
+    calls = [o for o in first["output"] if o["type"] == "function_call"]
+    assert len(calls) == 1, first
+    call_id = calls[0]["call_id"]
+    output = {"type": "function_call_output", "call_id": call_id, "output": "sunny"}
+    raw.send_json({**create(model, [output], tools=TOOLS, store=False), "previous_response_id": first["id"]})
+    second = raw.until("response.completed")[-1]
+    assert second["type"] == "response.completed", second
+    sent = mock.requests[-1].json
+    text = json.dumps(sent)
+    assert "weather in Paris?" in text and "sunny" in text
+    if model == "gpt-4o-mini":
+        kinds = [(i.get("type"), i.get("call_id")) for i in sent["input"] if isinstance(i, dict)]
+        assert ("function_call", call_id) in kinds and ("function_call_output", call_id) in kinds, kinds
+        assert kinds.index(("function_call", call_id)) < kinds.index(("function_call_output", call_id))
+    elif model.startswith("claude"):
+        blocks = [(m["role"], b) for m in sent["messages"] for b in m["content"] if isinstance(b, dict)]
+        uses = [b["id"] for role, b in blocks if role == "assistant" and b["type"] == "tool_use"]
+        results = [b["tool_use_id"] for role, b in blocks if role == "user" and b["type"] == "tool_result"]
+        assert uses and uses == results, blocks
+    else:
+        parts = [(c["role"], p) for c in sent["contents"] for p in c["parts"]]
+        assert any(role == "model" and "functionCall" in p for role, p in parts), parts
+        assert any(role == "user" and "functionResponse" in p for role, p in parts), parts
+    raw.close()
+
+
+def test_another_connections_local_response_is_not_found(server, mock):
+    """A ``store: false`` response lives on its connection only: another connection of the same key
+    naming it is a 404 ``error`` event, never that conversation."""
+    one, two = Raw(server, server.secret("alice")), Raw(server, server.secret("alice"))
+    one.send_json(create("gpt-4o-mini", "secret plans", store=False))
+    first = one.until("response.completed")[-1]["response"]["id"]
+    two.send_json(create("gpt-4o-mini", "what were they", store=False, previous_response_id=first))
+    error = two.event()
+    assert (error["type"], error["status"], error["error"]["param"]) == ("error", 404, "previous_response_id"), error
+    for raw in (one, two):
+        raw.close()
+
+
+def test_a_key_over_its_rpm_is_refused_per_turn_and_the_connection_goes_on(server, mock):
+    fresh_key(server, "slowpoke", "--rpm", "2")
+    raw = opened(server, "slowpoke")
+    for _ in range(2):
+        raw.send_json(create("gpt-4o-mini", "hi"))
+        assert raw.until("response.completed")[-1]["type"] == "response.completed"
+    raw.send_json(create("gpt-4o-mini", "one too many"))
+    error = raw.event()
+    assert (error["type"], error["status"]) == ("error", 429), error
+    raw.send_frame(0x9, b"alive")
+    assert raw.frame() == (0xA, b"alive")
+    raw.close()
+
+
+# -- frames -----------------------------------------------------------------------------------------------
+
+
+def test_a_character_split_across_fragments_and_odd_masks(server, mock):
+    """A multi-byte character straddling two fragments, a ping between them, an all-zero mask and
+    a 64-bit length for a small frame: one turn, the text whole."""
+    raw = Raw(server, server.secret("alice"))
+    data = json.dumps(create("gpt-4o-mini", "caf\u00e9 \U0001f600"), ensure_ascii=False).encode()
+    cut = data.index("\U0001f600".encode()) + 2
+    raw.send_frame(0x1, data[:cut], fin=False)
+    raw.send_frame(0x9, b"between")
+    mask = b"\0\0\0\0"
+    rest = data[cut:]
+    raw.sock.sendall(bytes([0x80, 0x80 | 127]) + struct.pack("!Q", len(rest)) + mask + rest)
+    assert raw.frame() == (0xA, b"between")
+    assert raw.until("response.completed")[-1]["type"] == "response.completed"
+    assert "caf\u00e9 \U0001f600" in json.dumps(mock.requests[-1].json, ensure_ascii=False)
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    "payload, code",
+    [(struct.pack("!H", 1000) + b"\xff", 1007), (struct.pack("!H", 999), 1002), (struct.pack("!H", 5000), 1002)],
+)
+def test_bad_close_frames(server, payload, code):
+    raw = Raw(server, server.secret("alice"))
+    raw.send_frame(0x8, payload)
+    assert raw.close_code() == code
+    raw.close()
+
+
+def test_a_frame_just_over_the_cap_is_refused_before_it_is_read(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsedge", STOCKYARD_MAX_BODY_BYTES="4096")
+    try:
+        raw = Raw(srv, "anything")
+        raw.sock.sendall(bytes([0x81, 0x80 | 126]) + struct.pack("!H", 4097) + b"\0\0\0\0")  # the header only
+        assert raw.close_code() == 1009
+        raw.close()
+        raw = Raw(srv, "anything")
+        body = json.dumps(create("gpt-4o-mini", "x")).encode()
+        raw.send_frame(0x1, body + b" " * (4096 - len(body)))  # exactly the cap: taken
+        assert raw.until("response.completed")[-1]["type"] == "response.completed"
+        raw.close()
+    finally:
+        srv.stop()
+
+
+# -- process-level: workers, SIGTERM, threads -------------------------------------------------------------
+
+
+def tasks(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_closed_connections_leave_no_thread(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsthreads")
+    try:
+        warm = [Raw(srv, "anything") for _ in range(4)]  # the thread cache's threads exist from here on
+        for raw in warm:
+            raw.send_frame(0x8, struct.pack("!H", 1000))
+            assert raw.close_code() == 1000
+            raw.close()
+        before = tasks(srv.proc.pid)
+        for _ in range(3):
+            opened = [Raw(srv, "anything") for _ in range(4)]
+            for raw in opened:
+                raw.send_json(create("gpt-4o-mini", "hi"))
+                assert raw.until("response.completed")[-1]["type"] == "response.completed"
+                raw.send_frame(0x8, struct.pack("!H", 1000))
+                assert raw.close_code() == 1000
+                raw.close()
+        wait_for(lambda: tasks(srv.proc.pid) <= before, what=f"the task count back to {before}")
+    finally:
+        srv.stop()
+
+
+def test_sigterm_of_a_worker_group_closes_every_socket_with_1001(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsworkers", "--workers", "2")
+    try:
+        opened = [Raw(srv, "anything") for _ in range(6)]
+        for raw in opened:
+            raw.send_json(create("gpt-4o-mini", "hi"))
+            assert raw.until("response.completed")[-1]["type"] == "response.completed"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert [raw.close_code() for raw in opened] == [1001] * 6
+        for raw in opened:
+            raw.close()
+        assert srv.proc.wait(30) == 0
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_a_handshake_that_never_finishes_is_cut(pyz_path, cache_home, mock, tmp_path_factory):
+    """No key, a handshake head never ended: cut at the request read deadline, as any HTTP request's,
+    holding no WebSocket place meanwhile."""
+    srv = start(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "wsslow",
+        STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="1",
+        STOCKYARD_REQUEST_READ_TIMEOUT="2",
+    )
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=15)
+        sock.sendall(handshake(None).encode()[:-4])  # no blank line: never finished
+        other = Raw(srv, "anything")  # the one place is free meanwhile
+        assert other.status == 101
+        other.close()
+        got = b""
+        while data := sock.recv(1024):  # the server ends it (a 408 first, or nothing), well before 15 s
+            got += data
+        assert got == b"" or got.startswith(b"HTTP/1.1 408"), got
+        sock.close()
+    finally:
+        srv.stop()
