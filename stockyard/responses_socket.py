@@ -349,10 +349,17 @@ class Session:
         except ProxyError as exc:
             self._turn_error(turn, exc)
             return
-        if body.pop("generate", True) is False:
+        warm = body.pop("generate", True) is False
+        ctx.raw = json_bytes(body)
+        if warm:
+            try:  # no provider call, but the key and its model allow-list hold as for a turn
+                proxy.parse_body(ctx)
+                self.app.gate.authenticate(ctx)
+            except ProxyError as exc:
+                self._turn_error(turn, exc)
+                return
             self._warm_up(body, local, turn)
             return
-        ctx.raw = json_bytes(body)
         try:
             proxy.handle(self.app.path, reply, ctx)
         except REFUSALS as caught:  # after the first event (proxy.refused traced it): the turn ends here
@@ -375,7 +382,8 @@ class Session:
 
     def _warm_up(self, body: dict, local: list | None, turn: int) -> None:
         """``generate: false``: no model output, only a response id the next turn may chain from
-        (Codex warms a connection up so). Nothing reaches the provider and nothing is billed: the
+        (Codex warms a connection up so), once the body and the key (its state, its model allow-list)
+        were checked as a turn's are. Nothing reaches the provider and nothing is billed: the
         warm-up's input is kept on the connection, as a ``store: false`` turn's is, and sent with
         the turn that names it. One chained from a stored response or a conversation would need
         their history kept here too: refused."""
