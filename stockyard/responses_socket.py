@@ -357,6 +357,7 @@ class Session:
                 self.app.gate.authenticate(ctx)
             except ProxyError as exc:
                 self._turn_error(turn, exc)
+                self._end_if_key_refused(exc.status)
                 return
             self._warm_up(body, local, turn)
             return
@@ -379,6 +380,20 @@ class Session:
                     f"{(time.perf_counter() - started) * 1000:.1f}ms {ctx.trace_id}"
                 )
         self._remember(body, local, reply.last)
+        self._end_if_key_refused(reply.status)
+
+    def _end_if_key_refused(self, status: int) -> None:
+        """After a turn answered 401: if the handshake's key itself is refused now (revoked, expired,
+        deleted), the connection ends (1008, after the ``error`` event), not held open for a key
+        whose every turn would be refused. A provider's 401 leaves it open."""
+        if status != 401:
+            return
+        base = self.ctx
+        try:
+            self.app.gate.authenticate(RequestContext("responses", RESPONSES, base.client_addr, dict(base.headers)))
+        except ProxyError as exc:
+            if exc.status == 401:
+                self.conn.close(ws.POLICY, "the client key was refused")
 
     def _warm_up(self, body: dict, local: list | None, turn: int) -> None:
         """``generate: false``: no model output, only a response id the next turn may chain from
