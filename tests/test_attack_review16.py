@@ -313,3 +313,117 @@ def test_a_handshake_that_never_finishes_is_cut(pyz_path, cache_home, mock, tmp_
         sock.close()
     finally:
         srv.stop()
+
+
+# -- the modules and the costs, as over HTTP ----------------------------------------------------------------
+
+
+def put_module(server: ServerProcess, name: str, config: dict, enabled: bool = True) -> None:
+    status, _, data = server.request(
+        "PUT", f"/api/modules/{name}", {"enabled": enabled, "config": config}, {"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert status == 200, data
+
+
+SECRET = "sk-proj-" + "A1b2C3d4E5f6G7h8J9k0" * 3
+
+
+def websocket_traces(server: ServerProcess, count: int) -> list[dict]:
+    sql = "SELECT * FROM traces WHERE tags LIKE '%websocket%' ORDER BY ts_ms"
+    return wait_for(lambda: len(rows := server.db_rows(sql)) >= count and rows, what=f"{count} websocket traces")
+
+
+def test_redaction_and_the_cache_apply_to_socket_turns(pyz_path, cache_home, mock, tmp_path_factory):
+    """``redact`` in upstream mode: a secret in a turn's input, and in the conversation chained from it
+    on the socket, never reaches the provider nor the stored trace; ``cache``: the same turn again is a
+    hit, answered on the socket with no provider call and traced as one."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsmods")
+    try:
+        put_module(srv, "redact", {"mode": "upstream"})
+        put_module(srv, "cache", {})
+        raw = Raw(srv, "anything")
+        raw.send_json(create("gpt-4o-mini", f"my key is {SECRET}", store=False))
+        first = raw.until("response.completed")[-1]["response"]
+        assert SECRET not in json.dumps(mock.requests[-1].json)
+        raw.send_json(create("gpt-4o-mini", "and again", store=False, previous_response_id=first["id"]))
+        assert raw.until("response.completed")[-1]["type"] == "response.completed"
+        sent = json.dumps(mock.requests[-1].json)
+        assert SECRET not in sent and "REDACTED" in sent and "and again" in sent
+        calls = len(mock.requests)
+        other = Raw(srv, "anything")
+        other.send_json(create("gpt-4o-mini", "cache me", store=False))  # the cache takes store:false only
+        assert other.until("response.completed")[-1]["type"] == "response.completed"
+
+        def cached() -> int:
+            status, _, data = srv.request("GET", "/api/modules/cache", headers={"Authorization": f"Bearer {ADMIN}"})
+            assert status == 200, data
+            return json.loads(data)["status"]["entries"]
+
+        wait_for(lambda: cached() >= 3, what="the answers cached (written after they went out)")
+        other.send_json(create("gpt-4o-mini", "cache me", store=False))
+        hit = other.until("response.completed")
+        assert hit[-1]["type"] == "response.completed" and hit[-1]["response"]["output"], hit
+        assert len(mock.requests) == calls + 1  # the second was the cache's
+        rows = websocket_traces(srv, 4)
+        assert [r["cache_hit"] for r in rows][-2:] == [0, 1], rows
+        stored = srv.db_rows("SELECT * FROM traces")
+        assert SECRET not in json.dumps(stored, default=str)
+        for r in (raw, other):
+            r.close()
+    finally:
+        srv.stop()
+    assert SECRET not in srv.log
+
+
+def test_a_socket_turn_costs_what_the_same_http_stream_costs(server, mock):
+    """To the micro-cent: the turn over the socket and the same ``POST /v1/responses`` streamed."""
+    body = {"model": "gpt-4o-mini", "input": "price this exactly", "store": False}
+    client = server.openai("bob")
+    with client.responses.create(**body, stream=True) as stream:
+        http_id = [e for e in stream if e.type == "response.completed"][0].response.id
+    raw = Raw(server, server.secret("bob"))
+    raw.send_json({"type": "response.create", **body})
+    ws_id = raw.until("response.completed")[-1]["response"]["id"]
+    raw.close()
+    sql = "SELECT tags, cost_uc FROM traces WHERE endpoint = 'responses' ORDER BY ts_ms DESC LIMIT 2"
+    rows = wait_for(
+        lambda: len(r := server.db_rows(sql)) == 2 and "websocket" in (r[0]["tags"] or "") and r,
+        what="both traces",
+    )
+    assert http_id != ws_id and "websocket" not in (rows[1]["tags"] or "")
+    assert rows[0]["cost_uc"] == rows[1]["cost_uc"] > 0, rows
+
+
+@pytest.mark.parametrize("include", [[], ["reasoning.encrypted_content"]])
+def test_a_thinking_claude_tool_loop_chained_on_the_socket(server, mock, include):
+    """Claude with thinking on, a tool loop chained on the socket with ``store: false``: Anthropic refuses
+    a tool result whose call's turn does not start with its thinking block, so the chain must carry it."""
+    raw = Raw(server, server.secret("alice"))
+    fields = {"tools": TOOLS, "store": False, "reasoning": {"effort": "low"}, "include": include}
+    raw.send_json(create("claude-haiku-4-5", "weather in Paris?", **fields))
+    first = raw.until("response.completed")[-1]["response"]
+    call = [o for o in first["output"] if o["type"] == "function_call"][0]
+    output = {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+    raw.send_json({**create("claude-haiku-4-5", [output], **fields), "previous_response_id": first["id"]})
+    second = raw.until("response.completed")[-1]
+    assert second["type"] == "response.completed", second
+    sent = mock.requests[-1].json
+    assert sent.get("thinking"), sent  # thinking was on
+    assistant = [m for m in sent["messages"] if m["role"] == "assistant"][-1]
+    assert assistant["content"][0]["type"] in ("thinking", "redacted_thinking"), assistant
+    raw.close()
+
+
+def test_a_key_whose_budget_is_spent_mid_connection_is_refused_per_turn(server, mock):
+    fresh_key(server, "thrifty", "--budget-usd", "0.000001", "--budget-period", "total")
+    raw = opened(server, "thrifty")
+    raw.send_json(create("gpt-4o-mini", "spend it", max_output_tokens=16))
+    first = raw.until("response.completed")[-1]
+    refused = first if first["type"] == "error" else None
+    if refused is None:  # the first turn fit: it spent the budget, the next does not
+        raw.send_json(create("gpt-4o-mini", "once more", max_output_tokens=16))
+        refused = raw.event()
+    assert (refused["type"], refused["status"], refused["error"]["code"]) == ("error", 429, "budget_exceeded"), refused
+    raw.send_frame(0x9, b"still open")
+    assert raw.frame() == (0xA, b"still open")
+    raw.close()
