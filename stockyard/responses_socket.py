@@ -17,7 +17,7 @@ other id is looked up as over HTTP (stored responses). Limits: a message at most
 ``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a frame
 and no turn in flight (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
 ``websocket_connection_limit_reached``, then close 1000, once no turn is in flight), a drain
-(SIGTERM) closes with 1001 once the turn in flight has ended. Writes block on a client that does
+(SIGTERM) closes with 1001 once the turn in flight has ended; past either no new turn is taken. Writes block on a client that does
 not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per write): nothing is buffered for it.
 """
 
@@ -304,7 +304,7 @@ class Session:
             elif not self.conn.busy:
                 if self._draining():
                     self.conn.close(ws.GOING_AWAY, "server shutting down")
-                elif now - self._opened >= settings.websocket_lifetime_s:
+                elif self._expired():
                     message = f"the connection reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
                     self._send_quietly(ws.TEXT, error_event(400, message, "websocket_connection_limit_reached"))
                     self.conn.close(ws.NORMAL, "connection lifetime reached")
@@ -321,14 +321,19 @@ class Session:
                 return
 
     def _received(self, text: str) -> None:
-        """A text message: the next turn, unless one is in flight (or we are closing)."""
-        if self.conn.closed:
-            return
+        """A text message: the next turn, unless one is in flight (or we are closing). Past the
+        lifetime or in a drain no turn is taken: a client sending each turn the moment the last one
+        ends would otherwise never leave the connection without one, and never be closed."""
+        if self.conn.closed or self._draining() or self._expired():
+            return  # _read_frames closes the connection (1001; the lifetime's event, then 1000)
         if not self.conn.accept():
             message = "a response is already in flight on this connection; send the next response.create once it ends"
             self._send_quietly(ws.TEXT, error_event(409, message, "response_already_in_flight"))
             return
         self._turns.put(text)
+
+    def _expired(self) -> bool:
+        return time.monotonic() - self._opened >= self.app.settings.websocket_lifetime_s
 
     def _send_quietly(self, opcode: int, payload: bytes) -> None:
         try:

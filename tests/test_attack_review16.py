@@ -13,6 +13,7 @@ import struct
 import pytest
 import rawhttp
 from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import Reply
 from test_responses_websocket import ADMIN, Raw, create, handshake
 
 TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
@@ -427,3 +428,60 @@ def test_a_key_whose_budget_is_spent_mid_connection_is_refused_per_turn(server, 
     raw.send_frame(0x9, b"still open")
     assert raw.frame() == (0xA, b"still open")
     raw.close()
+
+
+# -- the lifetime and the drain against a client that always has a turn in flight -----------------------
+
+
+def back_to_back(raw: Raw, mock, turns: int) -> tuple[int, list[dict], int | None]:
+    """Turns sent each the moment the last one's final event arrives, each taking the provider 0.6 s:
+    how many completed, the events after the last, and the close code (None: never closed)."""
+    done = 0
+    for i in range(turns):
+        mock.enqueue(Reply(hang_s=0.6))
+        try:
+            raw.send_json(create("gpt-4o-mini", f"turn {i}"))
+        except OSError:
+            break
+        events = []
+        while True:
+            opcode, payload = raw.frame()
+            if opcode == 0x8:
+                return done, events, struct.unpack("!H", payload[:2])[0]
+            events.append(json.loads(payload))
+            if events[-1]["type"] in ("response.completed", "error"):
+                break
+        if events[-1]["type"] != "response.completed":
+            return done, events, raw.close_code()
+        done += 1
+    return done, [], None
+
+
+def test_the_lifetime_ends_a_connection_that_never_rests(pyz_path, cache_home, mock, tmp_path_factory):
+    """Was: the lifetime was looked at only while no turn was in flight, so a client that sent each
+    turn as the last one ended kept its connection past it, for ever. Now a turn sent past the
+    lifetime is not taken: the ``websocket_connection_limit_reached`` event, then close 1000."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsnorest", STOCKYARD_WEBSOCKET_LIFETIME="2")
+    try:
+        raw = Raw(srv, "anything")
+        done, events, code = back_to_back(raw, mock, 10)
+        assert code == 1000 and done <= 5, (done, events, code)
+        assert events[-1]["error"]["code"] == "websocket_connection_limit_reached", events
+        raw.close()
+    finally:
+        mock.clear_replies()  # the turns not sent
+        srv.stop()
+
+
+def test_the_drain_ends_a_connection_that_never_rests(pyz_path, cache_home, mock, tmp_path_factory):
+    """SIGTERM: the turn in flight ends, the next one is not taken, close 1001 (was: taken, and the
+    next, until the grace ran out and the socket was cut)."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsdrainbusy")
+    raw = Raw(srv, "anything")
+    assert back_to_back(raw, mock, 1)[0] == 1
+    srv.proc.send_signal(signal.SIGTERM)
+    done, events, code = back_to_back(raw, mock, 10)
+    assert code == 1001 and done <= 2, (done, events, code)
+    raw.close()
+    mock.clear_replies()
+    assert srv.proc.wait(30) == 0
