@@ -81,7 +81,8 @@ class Recent:
     """The connection's most recent response made with ``store: false``: what chains from it."""
 
     response_id: str
-    items: list  # the turn's whole input (what it chained from included), then its output
+    previous: str | None  # the stored response the local turns continue (named again when chained), if any
+    items: list  # the turn's whole input since then (what it chained from here included), then its output
 
 
 class Connection:
@@ -432,7 +433,7 @@ class Session:
         done = {**response, "status": "completed"}
         self._send_quietly(ws.TEXT, json_bytes({"type": "response.completed", "sequence_number": 1, "response": done}))
         items = local if local is not None else input_items(sent)
-        self._recent = Recent(done["id"], items)
+        self._recent = Recent(done["id"], body.get("previous_response_id"), items)
         if self.app.settings.log_requests:
             access(f"WS {PATH} warm-up {printable(str(body.get('model') or '-'), 200)} {done['id']}")
 
@@ -469,6 +470,8 @@ class Session:
             raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
         new = input_items(sent)
         body = {k: v for k, v in body.items() if k != "previous_response_id"}
+        if recent.previous is not None:  # the stored part of the conversation, found as over HTTP
+            body["previous_response_id"] = recent.previous
         body["input"] = recent.items + new
         limit = self.app.settings.max_body_bytes
         if len(json_bytes(body)) > limit:
@@ -480,10 +483,11 @@ class Session:
 
     def _remember(self, body: dict, local: list | None, response: dict | None) -> None:
         """After a turn: a response made with ``store: false`` that completed is the one the next
-        turn may chain from here; any other outcome forgets the local one (OpenAI evicts it too)."""
+        turn may chain from here (over the stored response it continued, if it did: named again
+        then); any other outcome forgets the local one (OpenAI evicts it too)."""
         self._recent = None
-        if local is None and (body.get("previous_response_id") is not None or body.get("conversation") is not None):
-            return  # its history is stored, not here: a local copy would lose it
+        if local is None and body.get("conversation") is not None:
+            return  # its history is the conversation's, appended there
         if (
             response is None
             or body.get("store") is not False
@@ -495,7 +499,8 @@ class Session:
             return
         sent = body.get("input")
         items = local if local is not None else input_items(sent)
-        self._recent = Recent(response_id, [*items, *(r for o in output if (r := replayable(o)) is not None)])
+        replayed = [*items, *(r for o in output if (r := replayable(o)) is not None)]
+        self._recent = Recent(response_id, body.get("previous_response_id"), replayed)
 
 
 def input_items(sent: str | list | None) -> list:

@@ -171,6 +171,30 @@ def test_a_tool_call_loop_chained_on_the_socket_sends_the_call_with_its_output(s
     raw.close()
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5"])
+def test_a_store_false_turn_continuing_a_stored_response_can_be_continued(server, mock, model):
+    """A connection resuming a stored conversation with ``store: false`` turns (an SDK client picking
+    up an earlier session): was a 404 for the second, since the first, chained from a stored response,
+    was kept neither there nor here. Now the connection keeps it, over the stored one it continues."""
+    raw = Raw(server, server.secret("alice"))
+    raw.send_json(create(model, "the stored question"))
+    stored = raw.until("response.completed")[-1]["response"]["id"]
+    other = Raw(server, server.secret("alice"))  # later, on another connection
+    other.send_json(create(model, "the local question", previous_response_id=stored, store=False))
+    local = other.until("response.completed")[-1]["response"]["id"]
+    other.send_json(create(model, "the next question", previous_response_id=local, store=False))
+    done = other.until("response.completed")[-1]
+    assert done["type"] == "response.completed", done
+    sent = json.dumps(mock.requests[-1].json)
+    assert "the local question" in sent and "the next question" in sent
+    if model.startswith("claude"):  # translated: the stored turn put in front by Stockyard
+        assert "the stored question" in sent
+    else:  # passed through: the provider keeps the stored one
+        assert mock.requests[-1].json.get("previous_response_id") and "the stored question" not in sent
+    for r in (raw, other):
+        r.close()
+
+
 def test_another_connections_local_response_is_not_found(server, mock):
     """A ``store: false`` response lives on its connection only: another connection of the same key
     naming it is a 404 ``error`` event, never that conversation."""
@@ -485,3 +509,41 @@ def test_the_drain_ends_a_connection_that_never_rests(pyz_path, cache_home, mock
     raw.close()
     mock.clear_replies()
     assert srv.proc.wait(30) == 0
+
+
+def test_on_postgresql_with_two_workers(pyz_path, cache_home, mock, pg_url):
+    """Two workers sharing PostgreSQL: a response stored on one connection (whichever worker took it)
+    is continued on others, a ``store: false`` chain stays on its connection, every turn is traced
+    once; SIGTERM of the group closes every socket with 1001."""
+    env = mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef", ANTHROPIC_BASE_URL=mock.url)
+    srv = ServerProcess(pyz_path, pg_url, env, ["--workers", "2"])
+    srv.keys = srv.create_keys({"alice": []})
+    srv.start()
+    try:
+        first = Raw(srv, srv.secret("alice"))
+        first.send_json(create("claude-haiku-4-5", "stored on one worker"))  # translated: Stockyard stores it
+        stored = first.until("response.completed")[-1]["response"]["id"]
+        opened = [first, *(Raw(srv, srv.secret("alice")) for _ in range(5))]
+        for i, raw in enumerate(opened):
+            raw.send_json(create("claude-haiku-4-5", f"follow-up {i}", previous_response_id=stored, store=False))
+            local = raw.until("response.completed")[-1]
+            assert local["type"] == "response.completed", local
+            assert "stored on one worker" in json.dumps(mock.requests[-1].json)
+            chained = create("claude-haiku-4-5", f"local {i}", previous_response_id=local["response"]["id"], store=False)
+            raw.send_json(chained)
+            second = raw.until("response.completed")[-1]
+            assert second["type"] == "response.completed", second
+            assert f"follow-up {i}" in json.dumps(mock.requests[-1].json)
+        rows = wait_for(
+            lambda: len(r := srv.db_rows("SELECT id FROM traces WHERE tags LIKE '%websocket%'")) >= 13 and r,
+            what="13 traces",
+        )
+        assert len(rows) == 13
+        srv.proc.send_signal(signal.SIGTERM)
+        assert [raw.close_code() for raw in opened] == [1001] * 6
+        for raw in opened:
+            raw.close()
+        assert srv.proc.wait(30) == 0
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
