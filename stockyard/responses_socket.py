@@ -17,8 +17,9 @@ other id is looked up as over HTTP (stored responses). Limits: a message at most
 ``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a frame
 and no turn in flight (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
 ``websocket_connection_limit_reached``, then close 1000, once no turn is in flight), a drain
-(SIGTERM) closes with 1001 once the turn in flight has ended; past either no new turn is taken. Writes block on a client that does
-not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per write): nothing is buffered for it.
+(SIGTERM) closes with 1001 once the turn in flight has ended; past either no new turn is taken.
+Writes block on a client that does not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per
+write): nothing is buffered for it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import struct
+import threading
 
 import pytest
 import rawhttp
@@ -529,7 +530,8 @@ def test_on_postgresql_with_two_workers(pyz_path, cache_home, mock, pg_url):
             local = raw.until("response.completed")[-1]
             assert local["type"] == "response.completed", local
             assert "stored on one worker" in json.dumps(mock.requests[-1].json)
-            chained = create("claude-haiku-4-5", f"local {i}", previous_response_id=local["response"]["id"], store=False)
+            local_id = local["response"]["id"]
+            chained = create("claude-haiku-4-5", f"local {i}", previous_response_id=local_id, store=False)
             raw.send_json(chained)
             second = raw.until("response.completed")[-1]
             assert second["type"] == "response.completed", second
@@ -544,6 +546,44 @@ def test_on_postgresql_with_two_workers(pyz_path, cache_home, mock, pg_url):
         for raw in opened:
             raw.close()
         assert srv.proc.wait(30) == 0
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_frees_its_place(pyz_path, cache_home, mock, tmp_path_factory):
+    """Pings sent without end, their pongs never read: the pongs' writes block (nothing is buffered for
+    the client) for ``STOCKYARD_IDLE_TIMEOUT`` at most, then the connection ends and its place is free."""
+    srv = start(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "wspings",
+        STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="1",
+        STOCKYARD_IDLE_TIMEOUT="2",
+    )
+    try:
+        flood = Raw(srv, "anything")
+        flood.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
+
+        def send_pings() -> None:
+            try:
+                while True:
+                    flood.sock.sendall(ping * 64)
+            except OSError:
+                pass  # the server ended the connection (or our own send timed out)
+
+        threading.Thread(target=send_pings, daemon=True).start()
+        with rawhttp.connect(srv) as sock:
+            sock.sendall(handshake("anything").encode())
+            assert rawhttp.read_response(sock)[0] == 503  # the one place is the flood's meanwhile
+        fresh = wait_for(
+            lambda: (r := Raw(srv, "anything")).status == 101 and r, timeout=20, what="the flood's place freed"
+        )
+        fresh.close()
+        flood.close()
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
