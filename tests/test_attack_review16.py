@@ -552,8 +552,10 @@ def test_on_postgresql_with_two_workers(pyz_path, cache_home, mock, pg_url):
 
 
 def test_a_ping_flood_from_a_client_that_never_reads_frees_its_place(pyz_path, cache_home, mock, tmp_path_factory):
-    """Pings sent without end, their pongs never read: the pongs' writes block (nothing is buffered for
-    the client) for ``STOCKYARD_IDLE_TIMEOUT`` at most, then the connection ends and its place is free."""
+    """Pings sent without end, their pongs never read: nothing is buffered for the client in the server
+    (a pong's write blocks, for ``STOCKYARD_IDLE_TIMEOUT`` at most), and once both directions stall
+    in the kernel the connection is a silent one, ended by ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT``: the
+    flood holds its place no longer than a client that says nothing."""
     srv = start(
         pyz_path,
         cache_home,
@@ -562,6 +564,7 @@ def test_a_ping_flood_from_a_client_that_never_reads_frees_its_place(pyz_path, c
         "wspings",
         STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="1",
         STOCKYARD_IDLE_TIMEOUT="2",
+        STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="3",
     )
     try:
         flood = Raw(srv, "anything")
@@ -587,3 +590,12 @@ def test_a_ping_flood_from_a_client_that_never_reads_frees_its_place(pyz_path, c
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+def test_no_secret_in_the_log(server):
+    """After every turn above on the module's server (refusals, revocations, errors included): no client
+    key's secret, no provider key, and no traceback in the server's log."""
+    secrets = [server.secret(name) for name in server.keys]
+    assert secrets and not [s for s in secrets if s in server.log]
+    assert "sk-ant-test-0123456789abcdef" not in server.log and GEMINI_KEY not in server.log
+    assert "Traceback" not in server.log
