@@ -599,3 +599,48 @@ def test_no_secret_in_the_log(server):
     assert secrets and not [s for s in secrets if s in server.log]
     assert "sk-ant-test-0123456789abcdef" not in server.log and GEMINI_KEY not in server.log
     assert "Traceback" not in server.log
+
+
+def test_reasoning_items_on_a_chain_passed_through(server, mock):
+    """Passed through with ``store: false``: a reasoning item the provider sent with its
+    ``encrypted_content`` goes back whole (its id with it, which OpenAI requires), in its place before
+    the call; one without it (nothing stored to name) is left out."""
+    kept = {"type": "reasoning", "id": "rs_kept", "summary": [], "encrypted_content": "gAAAA-opaque"}
+    bare = {"type": "reasoning", "id": "rs_bare", "summary": []}
+    call = {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_1",
+        "name": "get_weather",
+        "arguments": "{}",
+        "status": "completed",
+    }
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    response = {"id": "resp_reasoned", "object": "response", "model": "gpt-4o-mini", "usage": usage}
+    mock.enqueue(
+        Reply(
+            sse=[
+                json.dumps(
+                    {"type": "response.created", "response": {**response, "status": "in_progress", "output": []}}
+                ),
+                json.dumps(
+                    {
+                        "type": "response.completed",
+                        "response": {**response, "status": "completed", "output": [bare, kept, call]},
+                    }
+                ),
+            ]
+        )
+    )
+    raw = Raw(server, server.secret("alice"))
+    raw.send_json(create("gpt-4o-mini", "think, then call", tools=TOOLS, store=False))
+    first = raw.until("response.completed")[-1]["response"]
+    assert first["id"] == "resp_reasoned", first
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
+    raw.send_json({**create("gpt-4o-mini", [output], tools=TOOLS, store=False), "previous_response_id": first["id"]})
+    assert raw.until("response.completed")[-1]["type"] == "response.completed"
+    sent = mock.requests[-1].json["input"]
+    kinds = [i.get("type", "message") for i in sent]
+    assert kinds == ["message", "reasoning", "function_call", "function_call_output"], sent
+    assert sent[1] == kept and "id" not in sent[2] and sent[2]["call_id"] == "call_1"
+    raw.close()
