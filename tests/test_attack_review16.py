@@ -306,6 +306,15 @@ def test_closed_connections_leave_no_thread(pyz_path, cache_home, mock, tmp_path
         srv.stop()
 
 
+def sigterm_closes_every_socket(srv: ServerProcess, opened: list[Raw]) -> None:
+    """SIGTERM of the server (a group's parent: every worker): each socket closed with 1001, exit 0."""
+    srv.proc.send_signal(signal.SIGTERM)
+    assert [raw.close_code() for raw in opened] == [1001] * len(opened)
+    for raw in opened:
+        raw.close()
+    assert srv.proc.wait(30) == 0
+
+
 def test_sigterm_of_a_worker_group_closes_every_socket_with_1001(pyz_path, cache_home, mock, tmp_path_factory):
     srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsworkers", "--workers", "2")
     try:
@@ -313,11 +322,7 @@ def test_sigterm_of_a_worker_group_closes_every_socket_with_1001(pyz_path, cache
         for raw in opened:
             raw.send_json(create("gpt-4o-mini", "hi"))
             assert raw.until("response.completed")[-1]["type"] == "response.completed"
-        srv.proc.send_signal(signal.SIGTERM)
-        assert [raw.close_code() for raw in opened] == [1001] * 6
-        for raw in opened:
-            raw.close()
-        assert srv.proc.wait(30) == 0
+        sigterm_closes_every_socket(srv, opened)
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
@@ -541,11 +546,7 @@ def test_on_postgresql_with_two_workers(pyz_path, cache_home, mock, pg_url):
             what="13 traces",
         )
         assert len(rows) == 13
-        srv.proc.send_signal(signal.SIGTERM)
-        assert [raw.close_code() for raw in opened] == [1001] * 6
-        for raw in opened:
-            raw.close()
-        assert srv.proc.wait(30) == 0
+        sigterm_closes_every_socket(srv, opened)
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
