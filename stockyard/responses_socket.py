@@ -17,8 +17,9 @@ other id is looked up as over HTTP (stored responses). Limits: a message at most
 ``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a frame
 and no turn in flight (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
 ``websocket_connection_limit_reached``, then close 1000, once no turn is in flight), a drain
-(SIGTERM) closes with 1001 once the turn in flight has ended. Writes block on a client that does
-not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per write): nothing is buffered for it.
+(SIGTERM) closes with 1001 once the turn in flight has ended; past either no new turn is taken.
+Writes block on a client that does not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per
+write): nothing is buffered for it.
 """
 
 from __future__ import annotations
@@ -58,25 +59,6 @@ NOT_SERVED = {
 }
 
 
-class SocketCount:
-    """The WebSocket connections open now, at most ``limit`` (each holds two threads)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.open = limit, 0
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self.open >= self.limit:
-                return False
-            self.open += 1
-            return True
-
-    def give(self) -> None:
-        with self._lock:
-            self.open -= 1
-
-
 def error_event(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
     """An ``error`` event: the HTTP error body's ``error``, with the event's ``type`` and the status."""
     body = json.loads(error_body(RESPONSES, status, message, code=code, param=param))
@@ -100,7 +82,8 @@ class Recent:
     """The connection's most recent response made with ``store: false``: what chains from it."""
 
     response_id: str
-    items: list  # the turn's whole input (what it chained from included), then its output
+    previous: str | None  # the stored response the local turns continue (named again when chained), if any
+    items: list  # the turn's whole input since then (what it chained from here included), then its output
 
 
 class Connection:
@@ -323,7 +306,7 @@ class Session:
             elif not self.conn.busy:
                 if self._draining():
                     self.conn.close(ws.GOING_AWAY, "server shutting down")
-                elif now - self._opened >= settings.websocket_lifetime_s:
+                elif self._expired():
                     message = f"the connection reached its limit of {settings.websocket_lifetime_s:g} s; open a new one"
                     self._send_quietly(ws.TEXT, error_event(400, message, "websocket_connection_limit_reached"))
                     self.conn.close(ws.NORMAL, "connection lifetime reached")
@@ -340,14 +323,19 @@ class Session:
                 return
 
     def _received(self, text: str) -> None:
-        """A text message: the next turn, unless one is in flight (or we are closing)."""
-        if self.conn.closed:
-            return
+        """A text message: the next turn, unless one is in flight (or we are closing). Past the
+        lifetime or in a drain no turn is taken: a client sending each turn the moment the last one
+        ends would otherwise never leave the connection without one, and never be closed."""
+        if self.conn.closed or self._draining() or self._expired():
+            return  # _read_frames closes the connection (1001; the lifetime's event, then 1000)
         if not self.conn.accept():
             message = "a response is already in flight on this connection; send the next response.create once it ends"
             self._send_quietly(ws.TEXT, error_event(409, message, "response_already_in_flight"))
             return
         self._turns.put(text)
+
+    def _expired(self) -> bool:
+        return time.monotonic() - self._opened >= self.app.settings.websocket_lifetime_s
 
     def _send_quietly(self, opcode: int, payload: bytes) -> None:
         try:
@@ -368,10 +356,18 @@ class Session:
         except ProxyError as exc:
             self._turn_error(turn, exc)
             return
-        if body.pop("generate", True) is False:
+        warm = body.pop("generate", True) is False
+        ctx.raw = json_bytes(body)
+        if warm:
+            try:  # no provider call, but the key and its model allow-list hold as for a turn
+                proxy.parse_body(ctx)
+                self.app.gate.authenticate(ctx)
+            except ProxyError as exc:
+                self._turn_error(turn, exc)
+                self._end_if_key_refused(exc.status)
+                return
             self._warm_up(body, local, turn)
             return
-        ctx.raw = json_bytes(body)
         try:
             proxy.handle(self.app.path, reply, ctx)
         except REFUSALS as caught:  # after the first event (proxy.refused traced it): the turn ends here
@@ -391,10 +387,25 @@ class Session:
                     f"{(time.perf_counter() - started) * 1000:.1f}ms {ctx.trace_id}"
                 )
         self._remember(body, local, reply.last)
+        self._end_if_key_refused(reply.status)
+
+    def _end_if_key_refused(self, status: int) -> None:
+        """After a turn answered 401: if the handshake's key itself is refused now (revoked, expired,
+        deleted), the connection ends (1008, after the ``error`` event), not held open for a key
+        whose every turn would be refused. A provider's 401 leaves it open."""
+        if status != 401:
+            return
+        base = self.ctx
+        try:
+            self.app.gate.authenticate(RequestContext("responses", RESPONSES, base.client_addr, dict(base.headers)))
+        except ProxyError as exc:
+            if exc.status == 401:
+                self.conn.close(ws.POLICY, "the client key was refused")
 
     def _warm_up(self, body: dict, local: list | None, turn: int) -> None:
         """``generate: false``: no model output, only a response id the next turn may chain from
-        (Codex warms a connection up so). Nothing reaches the provider and nothing is billed: the
+        (Codex warms a connection up so), once the body and the key (its state, its model allow-list)
+        were checked as a turn's are. Nothing reaches the provider and nothing is billed: the
         warm-up's input is kept on the connection, as a ``store: false`` turn's is, and sent with
         the turn that names it. One chained from a stored response or a conversation would need
         their history kept here too: refused."""
@@ -423,7 +434,7 @@ class Session:
         done = {**response, "status": "completed"}
         self._send_quietly(ws.TEXT, json_bytes({"type": "response.completed", "sequence_number": 1, "response": done}))
         items = local if local is not None else input_items(sent)
-        self._recent = Recent(done["id"], items)
+        self._recent = Recent(done["id"], body.get("previous_response_id"), items)
         if self.app.settings.log_requests:
             access(f"WS {PATH} warm-up {printable(str(body.get('model') or '-'), 200)} {done['id']}")
 
@@ -460,6 +471,8 @@ class Session:
             raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
         new = input_items(sent)
         body = {k: v for k, v in body.items() if k != "previous_response_id"}
+        if recent.previous is not None:  # the stored part of the conversation, found as over HTTP
+            body["previous_response_id"] = recent.previous
         body["input"] = recent.items + new
         limit = self.app.settings.max_body_bytes
         if len(json_bytes(body)) > limit:
@@ -471,10 +484,11 @@ class Session:
 
     def _remember(self, body: dict, local: list | None, response: dict | None) -> None:
         """After a turn: a response made with ``store: false`` that completed is the one the next
-        turn may chain from here; any other outcome forgets the local one (OpenAI evicts it too)."""
+        turn may chain from here (over the stored response it continued, if it did: named again
+        then); any other outcome forgets the local one (OpenAI evicts it too)."""
         self._recent = None
-        if local is None and (body.get("previous_response_id") is not None or body.get("conversation") is not None):
-            return  # its history is stored, not here: a local copy would lose it
+        if local is None and body.get("conversation") is not None:
+            return  # its history is the conversation's, appended there
         if (
             response is None
             or body.get("store") is not False
@@ -486,7 +500,8 @@ class Session:
             return
         sent = body.get("input")
         items = local if local is not None else input_items(sent)
-        self._recent = Recent(response_id, [*items, *(r for o in output if (r := replayable(o)) is not None)])
+        replayed = [*items, *(r for o in output if (r := replayable(o)) is not None)]
+        self._recent = Recent(response_id, body.get("previous_response_id"), replayed)
 
 
 def input_items(sent: str | list | None) -> list:

@@ -74,7 +74,6 @@ from .modules import redact
 from .modules.ratelimit import admit_call
 from .multipart import Upload
 from .responses_socket import PATH as SOCKET_PATH
-from .responses_socket import SocketCount
 from .threadcache import ThreadCache
 
 _T = TypeVar("_T")
@@ -216,7 +215,8 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         # Routes under a prefix (admin API, console), registered by make_server: (prefix, handler)
         self.prefix_routes: list[tuple[str, RouteFn]] = []
         self.reaper = Reaper()
-        self.websockets = SocketCount(app.settings.websocket_max_connections)  # upgraded /v1/responses
+        sockets = app.settings.websocket_max_connections  # upgraded /v1/responses: in all, per key
+        self.websockets = Caps(sockets, max(1, sockets // 4))
         self.client_watch = ClientWatch()
         self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
@@ -1092,13 +1092,17 @@ class Handler(BaseHTTPRequestHandler):
         if not self._key_accepted(ctx):  # 401 (traced) in OpenAI's shape: no socket for a keyless client
             return
         server = self.server
-        if not server.websockets.take():
-            limit = f"{server.websockets.limit} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS)"
+        holder = ctx.key_id if ctx.key is not None else None  # open mode: held to the whole only
+        refused = server.websockets.take(holder)
+        if refused is not None:
+            caps = server.websockets
+            held = (
+                f"the server has {caps.total} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS) open"
+                if refused == 503
+                else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
+            )
             raise ProxyError(
-                503,
-                f"the server has {limit} open; retry shortly",
-                code="too_many_websockets",
-                headers={"Retry-After": "1"},
+                refused, f"{held}; retry shortly", code="too_many_websockets", headers={"Retry-After": "1"}
             )
         self.close_connection = True  # the socket is the session's: no HTTP request follows it
         try:
@@ -1118,7 +1122,7 @@ class Handler(BaseHTTPRequestHandler):
             )
             session.run()
         finally:
-            server.websockets.give()
+            server.websockets.give(holder)
 
     def _buffered_bytes(self) -> bytes:
         """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),

@@ -210,12 +210,16 @@ def test_unknown_previous_response_is_an_error_event_and_the_connection_goes_on(
     raw.close()
 
 
+def stored_turn(server, key: str, text: str) -> str:
+    """The id of a response stored (``store`` on) for ``key`` by a turn over the SDK's connection."""
+    with server.openai(key).responses.connect() as connection:
+        return sdk_turn(connection, model="gpt-4o-mini", input=text)[-1].response.id
+
+
 def test_another_keys_stored_response_is_not_found(server):
-    client: OpenAI = server.openai("alice")
-    with client.responses.connect() as connection:
-        first = sdk_turn(connection, model="gpt-4o-mini", input="mine")[-1].response
+    first = stored_turn(server, "alice", "mine")
     raw = Raw(server, server.secret("bob"))
-    raw.send_json(create("gpt-4o-mini", "theirs", previous_response_id=first.id))
+    raw.send_json(create("gpt-4o-mini", "theirs", previous_response_id=first))
     assert raw.event()["status"] == 404
     raw.close()
 
@@ -254,11 +258,9 @@ def test_a_warm_up_answers_an_id_at_once_and_the_turn_chained_from_it_sends_its_
 
 
 def test_a_warm_up_chained_from_a_stored_response_is_refused(server):
-    client: OpenAI = server.openai("alice")
-    with client.responses.connect() as connection:
-        first = sdk_turn(connection, model="gpt-4o-mini", input="stored turn")[-1].response
+    first = stored_turn(server, "alice", "stored turn")
     raw = Raw(server, server.secret("alice"))
-    raw.send_json(create("gpt-4o-mini", "warm", previous_response_id=first.id, generate=False))
+    raw.send_json(create("gpt-4o-mini", "warm", previous_response_id=first, generate=False))
     error = raw.event()
     assert (error["type"], error["status"], error["error"]["param"]) == ("error", 400, "generate"), error
     raw.send_json(create("gpt-4o-mini", "hi"))  # the connection goes on
