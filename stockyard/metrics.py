@@ -43,6 +43,7 @@ ZERO_WHEN_EMPTY = (
     "key_refusals_unrecorded_total",
     "connections_refused_total",
     "results_readers_refused_total",
+    "websocket_connections_refused_total",
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -257,6 +258,11 @@ HELP = {
         "Message batch results downloads refused at once: 503 at STOCKYARD_MAX_RESULTS_READERS, 429 past a key's "
         "quarter of them.",
     ),
+    "websocket_connections_refused_total": (
+        "counter",
+        "Responses API WebSocket handshakes refused at once: 503 at STOCKYARD_WEBSOCKET_MAX_CONNECTIONS, 429 past "
+        "a key's quarter of them.",
+    ),
 }
 
 
@@ -366,6 +372,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             app.backend.wal_bytes(),
         ),
         ("start_time_seconds", "gauge", "When this server started (Unix time).", app.started_at),
+        (
+            "websocket_connections_open",
+            "gauge",
+            "Responses API WebSocket connections open in this server process.",
+            app.websockets.open,
+        ),
     ]
     costs = getattr(app, "batch_costs", None)
     if costs is not None:

@@ -215,8 +215,6 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         # Routes under a prefix (admin API, console), registered by make_server: (prefix, handler)
         self.prefix_routes: list[tuple[str, RouteFn]] = []
         self.reaper = Reaper()
-        sockets = app.settings.websocket_max_connections  # upgraded /v1/responses: in all, per key
-        self.websockets = Caps(sockets, max(1, sockets // 4))
         self.client_watch = ClientWatch()
         self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
@@ -1093,9 +1091,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         server = self.server
         holder = ctx.key_id if ctx.key is not None else None  # open mode: held to the whole only
-        refused = server.websockets.take(holder)
+        refused = server.app.websockets.take(holder)
         if refused is not None:
-            caps = server.websockets
+            server.app.metrics.count("websocket_connections_refused_total")
+            caps = server.app.websockets
             held = (
                 f"the server has {caps.total} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS) open"
                 if refused == 503
@@ -1122,7 +1121,7 @@ class Handler(BaseHTTPRequestHandler):
             )
             session.run()
         finally:
-            server.websockets.give(holder)
+            server.app.websockets.give(holder)
 
     def _buffered_bytes(self) -> bytes:
         """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),

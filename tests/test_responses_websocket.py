@@ -336,16 +336,20 @@ def test_the_connection_cap(pyz_path, cache_home, mock, tmp_path_factory):
     upgrade, in OpenAI's shape; a closed connection frees its place."""
     srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wscap", STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="3")
     try:
+        assert (srv.metric("websocket_connections_open"), srv.metric("websocket_connections_refused_total")) == (0, 0)
         open_ = [Raw(srv, "anything") for _ in range(3)]
         assert [r.status for r in open_] == [101, 101, 101]
+        assert srv.metric("websocket_connections_open") == 3
         with rawhttp.connect(srv) as sock:
             sock.sendall(handshake("anything").encode())
             status, head, body = rawhttp.read_response(sock)
         assert status == 503 and json.loads(body)["error"]["code"] == "too_many_websockets"
         assert head["retry-after"] == "1"
+        assert srv.metric("websocket_connections_refused_total") == 1
         open_[0].send_frame(0x8, struct.pack("!H", 1000))
         assert open_[0].close_code() == 1000
         open_[0].close()
+        wait_for(lambda: srv.metric("websocket_connections_open") == 2, what="the closed connection's place given back")
         fourth = wait_for(lambda: (r := Raw(srv, "anything")).status == 101 and r, what="a place freed by a close")
         for r in [*open_[1:], fourth]:
             r.close()
