@@ -31,15 +31,14 @@ import threading
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply, _event, anthropic_blocks_stream, anthropic_usage
+from test_review14_leftovers import CLAUDE, TEXT, claude_reply  # Claude's answer holding TEXT
 
 from stockyard.context import RequestContext
 from stockyard.conversations import Conversations
 from stockyard.providers import compaction, reasoning
 from stockyard.store import Store, Writer, db
 
-TEXT = "a\ud800b"  # what the provider says: JSON spells it "a\ud800b", which no UTF-8 holds
 SENDABLE = "a?b"  # a summary holding it, as Stockyard mints it (a provider takes no lone surrogate)
-CLAUDE = "claude-haiku-4-5"
 SIGNATURE = "EqQBCkYIBRgCKkBsig-from-anthropic"
 ADMIN_KEY = "admin-test-key-leftovers15-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -99,23 +98,6 @@ def claude_thinking(stream: bool) -> Reply:
     return Reply(json=doc)
 
 
-def claude_text(stream: bool) -> Reply:
-    """Claude's answer whose text is :data:`TEXT` (the summary a compaction asks for)."""
-    if stream:
-        return Reply(sse=anthropic_blocks_stream([{"type": "text", "text": TEXT}], 1, CLAUDE))
-    doc = {
-        "id": "msg_s1",
-        "type": "message",
-        "role": "assistant",
-        "model": CLAUDE,
-        "content": [{"type": "text", "text": TEXT}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": anthropic_usage(CLAUDE),
-    }
-    return Reply(json=doc)
-
-
 def packed_thinking(token: str) -> str:
     state = json.loads(base64.b64decode(token))
     assert state["stockyard"] == reasoning.VERSION, state
@@ -147,7 +129,7 @@ def test_claudes_thinking_with_a_lone_surrogate_is_packed_into_the_reasoning_ite
 
 def test_a_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
     """Was: ``compaction.mint`` raised on the model's summary — the client's 400 on ``/compact``."""
-    mock.enqueue(claude_text(False))
+    mock.enqueue(claude_reply(False))
     client = server.openai("alice")
     raw = client.responses.with_raw_response.compact(model=CLAUDE, input="Plan a trip to Lisbon")
     *_, item = raw.parse().output
@@ -157,7 +139,7 @@ def test_a_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
     assert_ok(server, raw.headers["x-stockyard-trace-id"])
     # Was then: the token, escaped, came back refused ("not a compaction Stockyard made"). Sent back
     # now, its summary (the surrogate a ``?``) is what the model reads.
-    mock.enqueue(claude_text(False))
+    mock.enqueue(claude_reply(False))
     back = [item.model_dump(exclude_none=True), {"role": "user", "content": "And the hotel?"}]
     raw = client.responses.with_raw_response.create(model=CLAUDE, input=back)
     assert raw.http_response.status_code == 200
@@ -167,7 +149,7 @@ def test_a_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
 
 def test_a_streamed_compaction_summary_with_a_lone_surrogate_is_minted(server, mock):
     """Was: a cut stream (the token is minted at the stream's end, after the answer began)."""
-    mock.enqueue(claude_text(True))
+    mock.enqueue(claude_reply(True))
     client = server.openai("alice")
     trigger = {"type": "compaction_trigger"}
     raw = client.responses.with_raw_response.create(
