@@ -85,7 +85,7 @@ def test_claims_the_database_refuses_are_skipped_and_logged_once_and_the_downloa
     batch_id, lines = code_batch(server, "alice")
     files = written_files(lines)
     assert len(files) == 2
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
     lock.execute("BEGIN EXCLUSIVE")
     try:
         got: dict[str, tuple[int, dict, bytes]] = {}

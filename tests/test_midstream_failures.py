@@ -139,7 +139,7 @@ def test_a_database_refusing_a_claim_midstream_cuts_the_stream(server, mock):
         "tools": [CODE_TOOL],
         "messages": [{"role": "user", "content": "write a csv"}],
     }
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
 
     def lock_then_open() -> None:
         lock.execute("BEGIN EXCLUSIVE")
@@ -167,7 +167,7 @@ def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
     gate = threading.Event()
     mock.enqueue(Reply(held_after=1, held=gate))  # message_start, then the rest once the lock is held
     body = {"model": CLAUDE, "max_tokens": 16, "tools": [CODE_TOOL], "messages": [{"role": "user", "content": "csv"}]}
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
     try:
         got = iter(server.anthropic("alice").messages.create(**body, stream=True))
         assert next(got).type == "message_start"
@@ -192,7 +192,7 @@ def test_a_failure_before_the_answer_began_is_the_clients_503_and_traced_as_an_e
     ``error``, 500, ``internal_error``; now the database's failure is what it is, not a bug's 500:
     a 503 ``database_unavailable`` (test_pg_lock_timeout.py), traced ``error`` 503 with that code."""
     body = {"model": CLAUDE, "max_tokens": 16, "tools": [CODE_TOOL], "messages": [{"role": "user", "content": "csv"}]}
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=0)
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
     lock.execute("BEGIN EXCLUSIVE")
     try:
         status, headers, answer = server.request("POST", "/v1/messages", body, {"x-api-key": server.keys["alice"]})
