@@ -97,16 +97,25 @@ class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
+        source = self._locate(fullname)
+        if source is None:
+            return None
+        package = source.endswith("/__init__.py")
+        spec = ModuleSpec(fullname, self, origin=f"{self.archive}/{source}", is_package=package)
+        if package:
+            spec.submodule_search_locations = [f"{self.archive}/{source.rpartition('/')[0]}"]
+        spec.has_location = True
+        return spec
+
+    def _locate(self, fullname: str) -> str | None:
+        """The member path of the module's source (``x/__init__.py`` for a package, ``x.py``), which
+        may stand only as its ``.pyc``; None when the archive has no such module to serve."""
         base = fullname.replace(".", "/")
         if base.startswith(_SKIP):
             return None
-        for source, package in ((base + "/__init__.py", True), (base + ".py", False)):
+        for source in (base + "/__init__.py", base + ".py"):
             if source in self.zip or source + "c" in self.zip:
-                spec = ModuleSpec(fullname, self, origin=f"{self.archive}/{source}", is_package=package)
-                if package:
-                    spec.submodule_search_locations = [f"{self.archive}/{base}"]
-                spec.has_location = True
-                return spec
+                return source
         return None
 
     def create_module(self, spec: ModuleSpec) -> None:
@@ -116,10 +125,10 @@ class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(self.get_code(module.__name__), module.__dict__)  # noqa: S102 - this is an import
 
     def _source_name(self, fullname: str) -> str:
-        spec = self.find_spec(fullname)
-        if spec is None or spec.origin is None:
+        source = self._locate(fullname)
+        if source is None:
             raise ImportError(f"no module {fullname} in {self.archive}", name=fullname)
-        return spec.origin[len(self.archive) + 1 :]
+        return source
 
     def get_code(self, fullname: str) -> CodeType:
         """The built bytecode when it is for this Python, else the source compiled."""
