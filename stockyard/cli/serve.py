@@ -84,7 +84,6 @@ def preload() -> None:
             importlib.import_module(info.name)
     from .. import ui
     from ..pricing import PriceTable
-    from ..store import db
 
     ui.files()  # and the console's files, for the same reason
     PriceTable.load()  # and what a worker started again reads: the price table, the migrations
