@@ -67,11 +67,8 @@ def error_event(status: int, message: str, code: str | None = None, param: str |
 
 def as_error_event(status: int, body: bytes) -> bytes:
     """An error answer (Stockyard's or the provider's JSON body) as an ``error`` event."""
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        obj = None
-    error = obj.get("error") if isinstance(obj, dict) else None
+    obj = _loads(body)
+    error = obj.get("error") if obj is not None else None
     if not isinstance(error, dict):
         return error_event(status, "the provider failed without an error body", "upstream_error")
     return json_bytes({"type": "error", "status": status, "error": error})
