@@ -410,9 +410,9 @@ class Session:
             why = "a warm-up (generate: false) chains only from this connection's last response; send the turn itself"
             self._turn_error(turn, ProxyError(400, why, param="generate", code="unsupported_parameter"))
             return
-        sent = body.get("input")
-        if sent is not None and not isinstance(sent, (str, list)):
-            exc = ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
+        try:
+            sent = checked_input(body)
+        except ProxyError as exc:
             self._turn_error(turn, exc)
             return
         response: dict[str, Any] = {
@@ -463,10 +463,7 @@ class Session:
         recent, previous = self._recent, body.get("previous_response_id")
         if recent is None or previous != recent.response_id:
             return body, None
-        sent = body.get("input")
-        if sent is not None and not isinstance(sent, (str, list)):
-            raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
-        new = input_items(sent)
+        new = input_items(checked_input(body))
         body = {k: v for k, v in body.items() if k != "previous_response_id"}
         if recent.previous is not None:  # the stored part of the conversation, found as over HTTP
             body["previous_response_id"] = recent.previous
@@ -499,6 +496,14 @@ class Session:
         items = local if local is not None else input_items(sent)
         replayed = [*items, *(r for o in output if (r := replayable(o)) is not None)]
         self._recent = Recent(response_id, body.get("previous_response_id"), replayed)
+
+
+def checked_input(body: dict) -> str | list | None:
+    """A create body's ``input`` as sent; a 400 naming it when it is neither a string nor an array."""
+    sent = body.get("input")
+    if sent is not None and not isinstance(sent, (str, list)):
+        raise ProxyError(400, "'input' must be a string or an array of items", param="input", code="invalid_type")
+    return sent
 
 
 def input_items(sent: str | list | None) -> list:
