@@ -162,7 +162,7 @@ class FrameReader:
                 raise Fault(PROTOCOL_ERROR, "a frame's length has its top bit set")
         opcode, fin, mask = head[0] & 0x0F, bool(head[0] & 0x80), bytes(head[at : at + 4])
         if opcode in CONTROL:
-            self._into, self._start = bytearray(n), 0
+            self._into, self._start = bytearray(), 0
         else:
             self._start = self._begin_data(opcode, n)
         self._head = bytearray()
@@ -180,8 +180,8 @@ class FrameReader:
         return 2 + (2 if n == 126 else 8 if n == 127 else 0) + 4
 
     def _begin_data(self, opcode: int, n: int) -> int:
-        """A data frame of ``n`` bytes begins: the message's order and size checked and room made
-        for the payload in it; where that room begins."""
+        """A data frame of ``n`` bytes begins: the message's order and size checked; where in the
+        message its payload goes."""
         if opcode == CONTINUATION and self._opcode is None:
             raise Fault(PROTOCOL_ERROR, "a continuation frame with no message begun")
         if opcode != CONTINUATION and self._opcode is not None:
@@ -193,11 +193,7 @@ class FrameReader:
             raise Fault(TOO_BIG, f"a message is limited to {self.max_message} bytes")
         if opcode != CONTINUATION:
             self._opcode = opcode
-        if not start:
-            self._parts = bytearray(n)  # the usual one-frame message: its exact size
-        elif n:
-            self._parts += bytes(n)
-        self._into = self._parts
+        self._into = self._parts  # it grows as the payload arrives: a frame announced, never sent, costs nothing
         return start
 
     def _read_payload(self, view: memoryview) -> memoryview:
@@ -246,7 +242,8 @@ UNMASK_PIECE = 64 * 1024  # bytes unmasked at once (a multiple of 4): its intege
 
 
 def unmask_into(into: bytearray, at: int, data: memoryview, mask: bytes, offset: int) -> None:
-    """``data`` XORed with the 4-byte ``mask`` repeated, written at ``into[at:]``; ``offset``: how far
+    """``data`` XORed with the 4-byte ``mask`` repeated, written at ``into[at:]`` (``at`` may be its end: it
+    grows); ``offset``: how far
     into the mask ``data`` begins (the payload's bytes before it, modulo 4). One big-integer XOR per
     ``UNMASK_PIECE`` bytes: fast in CPython, and never a copy of the whole payload."""
     span = min(len(data), UNMASK_PIECE)

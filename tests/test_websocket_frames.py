@@ -75,6 +75,21 @@ def test_a_message_is_joined_in_about_its_own_size(fragment, read):
     assert peak < 2.2 * size, f"peak {peak / size:.2f}x the message"
 
 
+def test_a_frame_announced_and_not_sent_costs_nothing():
+    """The message grows as its payload arrives: heads announcing 8 MiB each (under the cap), with 4 bytes
+    of payload sent, do not make the reader hold 8 MiB (a client could pin memory with 14 bytes)."""
+    reader = ws.FrameReader(32 * MIB)
+    head = struct.pack("!BBQ", 0x01, 0x80 | 127, 8 * MIB) + b"mask"
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        assert reader.feed(head + b"abcd") == []
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak
+
+
 def test_unmasking_8_mib_is_not_slower_than_one_big_integer_xor():
     """The reader unmasks a frame's payload in pieces as it arrives; 8 MiB of it costs no more than the
     one big-integer XOR of the whole it replaced (the number is printed: ``pytest -s``)."""
