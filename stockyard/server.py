@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Container, Iterator, TypeVar
+from typing import Callable, Container, Iterator, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from . import (
@@ -1093,16 +1093,7 @@ class Handler(BaseHTTPRequestHandler):
         holder = ctx.key_id if ctx.key is not None else None  # open mode: held to the whole only
         refused = server.app.websockets.take(holder)
         if refused is not None:
-            server.app.metrics.count("websocket_connections_refused_total")
-            caps = server.app.websockets
-            held = (
-                f"the server has {caps.total} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS) open"
-                if refused == 503
-                else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
-            )
-            raise ProxyError(
-                refused, f"{held}; retry shortly", code="too_many_websockets", headers={"Retry-After": "1"}
-            )
+            self._refuse_websocket_at_cap(refused)
         self.close_connection = True  # the socket is the session's: no HTTP request follows it
         try:
             accept = websocket.accept_key(headers["sec-websocket-key"])
@@ -1122,6 +1113,20 @@ class Handler(BaseHTTPRequestHandler):
             session.run()
         finally:
             server.app.websockets.give(holder)
+
+    def _refuse_websocket_at_cap(self, refused: int) -> NoReturn:
+        """The whole cap (``refused`` 503) or the key's share of it (429) is held: a 426, after which
+        Codex goes on over HTTP ``POST /v1/responses`` at once (after a 503 or a 429 it retries the
+        socket first). No Upgrade is offered: the client is to stay on HTTP, which has its own limits."""
+        server = self.server
+        server.app.metrics.count("websocket_connections_refused_total")
+        caps = server.app.websockets
+        held = (
+            f"the server has {caps.total} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS) open"
+            if refused == 503
+            else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
+        )
+        raise ProxyError(426, f"{held}; retry shortly", code="too_many_websockets")
 
     def _buffered_bytes(self) -> bytes:
         """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),

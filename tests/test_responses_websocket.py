@@ -332,8 +332,10 @@ def test_other_paths_and_versions_are_refused(server):
 
 
 def test_the_connection_cap(pyz_path, cache_home, mock, tmp_path_factory):
-    """``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (3 here): a fourth handshake is a 503 before the
-    upgrade, in OpenAI's shape; a closed connection frees its place."""
+    """``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (3 here): a fourth handshake is a 426 before the
+    upgrade, in OpenAI's shape, with no Upgrade offered (was a 503: Codex retried the socket before
+    falling back; after a 426 it goes on over HTTP at once, and HTTP still serves it); a closed
+    connection frees its place."""
     srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wscap", STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="3")
     try:
         assert (srv.metric("websocket_connections_open"), srv.metric("websocket_connections_refused_total")) == (0, 0)
@@ -343,9 +345,11 @@ def test_the_connection_cap(pyz_path, cache_home, mock, tmp_path_factory):
         with rawhttp.connect(srv) as sock:
             sock.sendall(handshake("anything").encode())
             status, head, body = rawhttp.read_response(sock)
-        assert status == 503 and json.loads(body)["error"]["code"] == "too_many_websockets"
-        assert head["retry-after"] == "1"
+        assert status == 426 and json.loads(body)["error"]["code"] == "too_many_websockets"
+        assert "upgrade" not in head, head
         assert srv.metric("websocket_connections_refused_total") == 1
+        answer = srv.openai("anything").responses.create(model="gpt-4o-mini", input="over HTTP")  # the fallback
+        assert answer.status == "completed" and answer.output_text, answer
         open_[0].send_frame(0x8, struct.pack("!H", 1000))
         assert open_[0].close_code() == 1000
         open_[0].close()
