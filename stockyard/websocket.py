@@ -119,7 +119,7 @@ class FrameReader:
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
-        self.data_bytes = 0  # payload bytes of data frames taken so far: the client at work (not its pongs)
+        self.progress = 0  # data frames' heads and payload bytes taken so far: the client at work (not its pings)
         self._head = bytearray()  # a frame's head (at most 14 bytes) while it arrives
         self._parts = bytearray()  # the message so far, unmasked (one buffer: no object per fragment)
         self._opcode: int | None = None  # the message's type, from its first frame to its last
@@ -193,6 +193,7 @@ class FrameReader:
             raise Fault(TOO_BIG, f"a message is limited to {self.max_message} bytes")
         if opcode != CONTINUATION:
             self._opcode = opcode
+        self.progress += 1
         self._into = self._parts  # it grows as the payload arrives: a frame announced, never sent, costs nothing
         return start
 
@@ -203,7 +204,7 @@ class FrameReader:
         unmask_into(self._into, self._at, piece, self._frame[2], (self._at - self._start) % 4)
         self._at += len(piece)
         if self._frame[0] not in CONTROL:
-            self.data_bytes += len(piece)
+            self.progress += len(piece)
         return view[len(piece) :]
 
     def _frame_ended(self) -> Frame | None:

@@ -11,10 +11,12 @@ import signal
 import socket
 import struct
 import threading
+import time
 
+import clirun
 import pytest
 import rawhttp
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import TEXT, Reply
 from openai import OpenAI
 
@@ -455,19 +457,22 @@ def test_idle_and_lifetime_limits(pyz_path, cache_home, mock, tmp_path_factory):
         "wslimits",
         STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="1",
         STOCKYARD_WEBSOCKET_LIFETIME="3",
+        STOCKYARD_WEBSOCKET_PING_INTERVAL="0",  # never: the first frame is the close
     )
     try:
         raw = Raw(srv, "anything")
-        assert raw.close_code() == 1000  # silent for a second: closed
+        opcode, payload = raw.frame()  # silent for a second: closed (and no ping before it)
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1000)
         raw.close()
         raw = Raw(srv, "anything")
         events = []
 
-        def keep_talking() -> None:  # a ping every half second: never idle, but the lifetime ends it
-            try:
+        def keep_talking() -> None:  # a fragment every half second: never idle (pings would not do), but
+            try:  # the lifetime ends it
+                raw.send_frame(0x1, b"{", fin=False)
                 while True:
-                    raw.send_frame(0x9, b"k")
                     threading.Event().wait(0.5)
+                    raw.send_frame(0x0, b" ", fin=False)
             except OSError:
                 pass
 
@@ -483,6 +488,62 @@ def test_idle_and_lifetime_limits(pyz_path, cache_home, mock, tmp_path_factory):
         raw.close()
     finally:
         srv.stop()
+
+
+def test_a_quiet_connection_is_pinged_and_pongs_do_not_keep_it_open(pyz_path, cache_home, mock, tmp_path_factory):
+    """Was: the server never pinged, and a proxy in front (nginx: 60 s without a byte) dropped a socket
+    that was quiet while its user thought. Now a ping goes out once ``STOCKYARD_WEBSOCKET_PING_INTERVAL``
+    (0.2 s here) passed with no frame sent; a client that only answers them, and pings back, is still
+    closed after ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` (2 s): pings and pongs are not its activity."""
+    srv = start(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "wsping",
+        STOCKYARD_WEBSOCKET_PING_INTERVAL="0.2",
+        STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="2",
+    )
+    try:
+        raw = Raw(srv, "anything")
+        raw.sock.settimeout(5)  # each read waits for the server's next frame, 5 s at most
+        opened, pings = time.monotonic(), []
+        while (got := raw.frame())[0] != 0x8:
+            opcode, payload = got
+            assert opcode in (0x9, 0xA), got
+            if opcode == 0x9:
+                pings.append(time.monotonic() - opened)
+                raw.send_frame(0xA, payload)  # answered, as a client library does
+                raw.send_frame(0x9, b"still here")
+        closed = time.monotonic() - opened
+        assert struct.unpack("!H", got[1][:2])[0] == 1000
+        assert len(pings) >= 3 and pings[0] < 1.5, pings
+        assert 2 <= closed < 4.5, closed
+        raw.close()
+        raw = Raw(srv, "anything")  # a turn's events are frames sent: the ping comes after them, not between
+        raw.sock.settimeout(5)
+        raw.send_json(create("gpt-4o-mini", "hello"))
+        kinds = []
+        while (got := raw.frame())[0] == 0x1:
+            kinds.append(json.loads(got[1])["type"])
+            if kinds[-1] == "response.completed":
+                break
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+        assert raw.frame()[0] == 0x9
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1x"])
+def test_a_bad_ping_interval_is_refused_at_start(pyz_path, cache_home, tmp_path, value):
+    """``STOCKYARD_WEBSOCKET_PING_INTERVAL`` not a duration: ``serve`` refuses to start with one line
+    naming the setting, never a traceback."""
+    env = {**base_env(cache_home), "STOCKYARD_WEBSOCKET_PING_INTERVAL": value}
+    done = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(tmp_path / "stockyard.db")], env, timeout=30)
+    assert done.returncode != 0
+    assert "STOCKYARD_WEBSOCKET_PING_INTERVAL" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_sigterm_lets_the_turn_in_flight_end_then_closes_with_1001(pyz_path, cache_home, mock, tmp_path_factory):
