@@ -68,7 +68,7 @@ from .hosts import client_address, counted_sender, forwarded_prefix, host_allowe
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, check_method, json_response
 from .keys import presented_key
-from .limits import Caps
+from .limits import Caps, websocket_caps
 from .logbuffer import access, printable
 from .modules import redact
 from .modules.ratelimit import admit_call
@@ -219,6 +219,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
         self.caps = Caps(total, app.settings.max_connections_per_client or max(1, total // 4))
+        app.websockets = websocket_caps(app.settings.websocket_max_connections, total)  # none open yet
         self._refused_log = OnceAMinute()  # connections refused: over the caps
         self._starved_log = OnceAMinute()  # connections left queued: out of descriptors
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
@@ -1122,7 +1123,8 @@ class Handler(BaseHTTPRequestHandler):
         server.app.metrics.count("websocket_connections_refused_total")
         caps = server.app.websockets
         held = (
-            f"the server has {caps.total} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS) open"
+            f"the server has {caps.total} WebSocket connections open (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS, "
+            "at most half of STOCKYARD_MAX_CONNECTIONS)"
             if refused == 503
             else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
         )

@@ -363,6 +363,29 @@ def test_the_connection_cap(pyz_path, cache_home, mock, tmp_path_factory):
         srv.stop()
 
 
+def test_the_websocket_cap_leaves_half_the_connection_cap_to_http(pyz_path, cache_home, mock, tmp_path_factory):
+    """Was: ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (64) was not bounded by ``STOCKYARD_MAX_CONNECTIONS``
+    (4 here), though each socket holds one of those connections for its life: four sockets took every
+    one and the next client, HTTP included, was refused at accept. Now the WebSocket cap is at most
+    half of it: the third handshake is the 426, and the HTTP a refused client goes on over has room."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wshalf", STOCKYARD_MAX_CONNECTIONS="4")
+    try:
+        open_ = [Raw(srv, "anything") for _ in range(2)]
+        assert [r.status for r in open_] == [101, 101]
+        with rawhttp.connect(srv) as sock:
+            sock.sendall(handshake("anything").encode())
+            status, _, body = rawhttp.read_response(sock)
+        error = json.loads(body)["error"]
+        assert (status, error["code"]) == (426, "too_many_websockets"), body
+        assert "STOCKYARD_MAX_CONNECTIONS" in error["message"], error
+        answer = srv.openai("anything").responses.create(model="gpt-4o-mini", input="over HTTP")
+        assert answer.status == "completed", answer
+        for r in open_:
+            r.close()
+    finally:
+        srv.stop()
+
+
 # -- frames -----------------------------------------------------------------------------------------
 
 
