@@ -44,7 +44,7 @@ from .files_api import BatchHold, FilesAPI, Ownership
 from .gemini_cache import CachedContents
 from .gemini_files import GeminiFiles, UploadSessions
 from .keys import KeyRing, load_keys
-from .limits import Caps
+from .limits import websocket_caps
 from .message_batches import MessageBatches
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
@@ -108,8 +108,8 @@ class App:
             self.db_lock.release()
             raise
         self.metrics = Metrics(settings.metrics_top_keys)
-        sockets = settings.websocket_max_connections  # upgraded /v1/responses (this process): in all, per key
-        self.websockets = Caps(sockets, max(1, sockets // 4))
+        # upgraded /v1/responses (this process): in all, per key (the server bounds it by its connection cap)
+        self.websockets = websocket_caps(settings.websocket_max_connections, settings.max_connections)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size)
         self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)

@@ -67,6 +67,7 @@ class Settings:
     websocket_max_connections: int = 64  # Responses WebSocket connections open at once (each holds two threads)
     websocket_idle_timeout_s: float = 300.0  # a WebSocket with no frame from its client and no turn in flight
     websocket_lifetime_s: float = 3600.0  # a WebSocket connection in all (OpenAI's: 60 minutes)
+    websocket_ping_interval_s: float = 30.0  # a ping after this long with no frame sent; 0: never
     max_results_readers: int = 8  # message batch results read at once (each may hold a 16 MiB line); a key: a quarter
     busy_timeout_ms: int = 10_000  # how long a database statement waits for a lock another session holds (both stores)
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
@@ -271,6 +272,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         ),
         websocket_idle_timeout_s=_env_duration(env, "STOCKYARD_WEBSOCKET_IDLE_TIMEOUT") or 300.0,
         websocket_lifetime_s=_env_duration(env, "STOCKYARD_WEBSOCKET_LIFETIME") or 3600.0,
+        websocket_ping_interval_s=_env_duration_or_off(env, "STOCKYARD_WEBSOCKET_PING_INTERVAL", 30.0),
         max_results_readers=_positive_int(env.get("STOCKYARD_MAX_RESULTS_READERS"), "STOCKYARD_MAX_RESULTS_READERS", 8),
         busy_timeout_ms=_busy_timeout(env.get("STOCKYARD_BUSY_TIMEOUT_MS")),
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),

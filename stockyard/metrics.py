@@ -260,8 +260,8 @@ HELP = {
     ),
     "websocket_connections_refused_total": (
         "counter",
-        "Responses API WebSocket handshakes refused at once: 503 at STOCKYARD_WEBSOCKET_MAX_CONNECTIONS, 429 past "
-        "a key's quarter of them.",
+        "Responses API WebSocket handshakes refused at once (a 426: the client goes on over HTTP) at "
+        "STOCKYARD_WEBSOCKET_MAX_CONNECTIONS or past a key's quarter of them.",
     ),
 }
 

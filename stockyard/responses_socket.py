@@ -14,8 +14,10 @@ answered and the client leaving is noticed while a turn waits for its provider, 
 is answered from a connection-local copy of that turn (its whole input and its output), put in
 front of the new input: the provider, told nothing of it, is sent the conversation whole. Every
 other id is looked up as over HTTP (stored responses). Limits: a message at most
-``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a frame
-and no turn in flight (close 1000), ``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
+``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data
+frame (pings and pongs do not count) and no turn in flight (close 1000), a ping after
+``STOCKYARD_WEBSOCKET_PING_INTERVAL`` with no frame sent (proxies in front drop quiet sockets),
+``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
 ``websocket_connection_limit_reached``, then close 1000, once no turn is in flight), a drain
 (SIGTERM) closes with 1001 once the turn in flight has ended; past either no new turn is taken.
 Writes block on a client that does not read, as an HTTP stream's do (``STOCKYARD_IDLE_TIMEOUT`` per
@@ -51,6 +53,7 @@ log = logging.getLogger("stockyard.server")
 PATH = "/v1/responses"
 POLL_S = 1.0  # the reader looks at the drain, the idle timeout and the lifetime this often at least
 CLOSE_WAIT_S = 1.0  # after our close frame: how long the client's answering one is waited for
+PING_CHECK_S = 0.05  # at least this long between looks at whether a ping is due (a write may hold it off)
 TERMINAL = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 # Fields of response.create that are the socket's own, not the create body's
 NOT_SERVED = {
@@ -91,6 +94,7 @@ class Connection:
         self.sock = sock
         self._lock = threading.Lock()
         self.closed = False  # a close frame went out, or the socket failed: nothing more is written
+        self.last_sent = time.monotonic()  # when a frame last went out (the 101 just did): pings wait for quiet
         # Turns by number: accepted (the reader queued it), answered (its last event went out: the
         # client may send the next), finished (the trace and the rest done on this side too)
         self.accepted = self.answered = self.finished = 0
@@ -129,6 +133,22 @@ class Connection:
             except OSError as exc:
                 self.closed = True
                 raise ClientGone() from exc
+            self.last_sent = time.monotonic()
+
+    def ping_if_quiet(self, interval: float) -> None:
+        """A ping once ``interval`` seconds passed with no frame sent, so a proxy in front does not take
+        the socket for a dead one (nginx drops one quiet for 60 s). Never waits: a frame being written
+        (its write blocked on a client that does not read) is not quiet."""
+        if time.monotonic() - self.last_sent < interval or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not self.closed:
+                self.sock.sendall(ws.frame(ws.PING, b""))
+                self.last_sent = time.monotonic()
+        except OSError:
+            self.closed = True
+        finally:
+            self._lock.release()
 
     def close(self, code: int, reason: str) -> None:
         """Our close frame (once); the TCP connection ends when the session does."""
@@ -277,12 +297,14 @@ class Session:
         reader: ws.FrameReader | None = self._reader  # None once the client broke the protocol: drained, unread
         while True:
             if data and reader is not None:
-                self._active = time.monotonic()
+                progress = reader.progress
                 try:
                     frames = reader.feed(data)
                 except ws.Fault as fault:
                     self.conn.close(fault.code, fault.reason)  # then what follows is drained, briefly:
                     frames, reader = [], None  # closing over unread bytes would reset the close frame away
+                if reader is None or reader.progress != progress:  # pings and pongs alone are not activity
+                    self._active = time.monotonic()
                 for f in frames:
                     if f.opcode == ws.CLOSE:
                         try:
@@ -309,7 +331,10 @@ class Session:
                     self.conn.close(ws.NORMAL, "connection lifetime reached")
                 elif now - self._active >= settings.websocket_idle_timeout_s:
                     self.conn.close(ws.NORMAL, "idle timeout")
-            if not poll.poll(POLL_S * 1000):
+            interval = settings.websocket_ping_interval_s
+            if interval and not self.conn.closed:
+                self.conn.ping_if_quiet(interval)
+            if not poll.poll(self._wait_s(interval) * 1000):
                 data = b""
                 continue
             try:
@@ -318,6 +343,13 @@ class Session:
                 return
             if not data:
                 return
+
+    def _wait_s(self, interval: float) -> float:
+        """How long the reader may wait for the client's bytes: ``POLL_S``, or less, until the next
+        ping is due (``interval`` after the last frame sent; 0: no pings)."""
+        if not interval or self.conn.closed:
+            return POLL_S
+        return min(POLL_S, max(PING_CHECK_S, self.conn.last_sent + interval - time.monotonic()))
 
     def _received(self, text: str) -> None:
         """A text message: the next turn, unless one is in flight (or we are closing). Past the

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Container, Iterator, TypeVar
+from typing import Callable, Container, Iterator, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from . import (
@@ -68,7 +68,7 @@ from .hosts import client_address, counted_sender, forwarded_prefix, host_allowe
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, check_method, json_response
 from .keys import presented_key
-from .limits import Caps
+from .limits import Caps, websocket_caps
 from .logbuffer import access, printable
 from .modules import redact
 from .modules.ratelimit import admit_call
@@ -219,6 +219,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.threads = ThreadCache()
         total = app.settings.max_connections or default_max_connections()
         self.caps = Caps(total, app.settings.max_connections_per_client or max(1, total // 4))
+        app.websockets = websocket_caps(app.settings.websocket_max_connections, total)  # none open yet
         self._refused_log = OnceAMinute()  # connections refused: over the caps
         self._starved_log = OnceAMinute()  # connections left queued: out of descriptors
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
@@ -1093,16 +1094,7 @@ class Handler(BaseHTTPRequestHandler):
         holder = ctx.key_id if ctx.key is not None else None  # open mode: held to the whole only
         refused = server.app.websockets.take(holder)
         if refused is not None:
-            server.app.metrics.count("websocket_connections_refused_total")
-            caps = server.app.websockets
-            held = (
-                f"the server has {caps.total} WebSocket connections (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS) open"
-                if refused == 503
-                else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
-            )
-            raise ProxyError(
-                refused, f"{held}; retry shortly", code="too_many_websockets", headers={"Retry-After": "1"}
-            )
+            self._refuse_websocket_at_cap(refused)
         self.close_connection = True  # the socket is the session's: no HTTP request follows it
         try:
             accept = websocket.accept_key(headers["sec-websocket-key"])
@@ -1122,6 +1114,21 @@ class Handler(BaseHTTPRequestHandler):
             session.run()
         finally:
             server.app.websockets.give(holder)
+
+    def _refuse_websocket_at_cap(self, refused: int) -> NoReturn:
+        """The whole cap (``refused`` 503) or the key's share of it (429) is held: a 426, after which
+        Codex goes on over HTTP ``POST /v1/responses`` at once (after a 503 or a 429 it retries the
+        socket first). No Upgrade is offered: the client is to stay on HTTP, which has its own limits."""
+        server = self.server
+        server.app.metrics.count("websocket_connections_refused_total")
+        caps = server.app.websockets
+        held = (
+            f"the server has {caps.total} WebSocket connections open (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS, "
+            "at most half of STOCKYARD_MAX_CONNECTIONS)"
+            if refused == 503
+            else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
+        )
+        raise ProxyError(426, f"{held}; retry shortly", code="too_many_websockets")
 
     def _buffered_bytes(self) -> bytes:
         """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),

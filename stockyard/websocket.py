@@ -111,82 +111,147 @@ def close_code(payload: bytes) -> tuple[int | None, str]:
 
 class FrameReader:
     """Client frames in, whole messages and control frames out, never holding more than
-    ``max_message`` bytes of a message (a frame announcing more is refused before it is read)."""
+    ``max_message`` bytes of a message (a frame announcing more is refused before it is read).
+
+    A data frame's payload is unmasked into the message as its bytes arrive, so a message costs
+    about its own size while it is joined (not the frame buffered whole, then copied, unmasked and
+    joined), and its text is decoded from that one buffer."""
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
-        self._buf = bytearray()
-        self._parts = bytearray()  # a fragmented message so far (one buffer: no object per fragment)
-        self._opcode: int | None = None  # the fragmented message's type
+        self.progress = 0  # data frames' heads and payload bytes taken so far: the client at work (not its pings)
+        self._head = bytearray()  # a frame's head (at most 14 bytes) while it arrives
+        self._parts = bytearray()  # the message so far, unmasked (one buffer: no object per fragment)
+        self._opcode: int | None = None  # the message's type, from its first frame to its last
+        self._frame: tuple[int, bool, bytes] | None = None  # the frame whose payload arrives: opcode, fin, mask
+        self._into = self._parts  # where that payload goes: the message, or a control frame's own buffer
+        self._start = self._at = self._end = 0  # the payload's place there: first byte, next byte, end
 
     def feed(self, data: bytes) -> list[Frame]:
         """The frames ``data`` completes (a Fault if the peer broke the protocol)."""
-        self._buf += data
+        view = memoryview(data)
         out: list[Frame] = []
-        while (got := self._next()) is not None:
-            if got.opcode != CONTINUATION or got.payload or got.text:
+        while True:
+            if self._frame is None:
+                view = self._read_head(view)
+                if self._frame is None:
+                    return out  # the head is not all here yet (every byte of ``data`` taken)
+            if self._at < self._end:
+                view = self._read_payload(view)
+                if self._at < self._end:
+                    return out
+            if (got := self._frame_ended()) is not None:
                 out.append(got)
-        return out
 
-    def _next(self) -> Frame | None:
-        buf = self._buf
-        if len(buf) < 2:
-            return None
-        b0, b1 = buf[0], buf[1]
-        fin, rsv, opcode = b0 & 0x80, b0 & 0x70, b0 & 0x0F
-        masked, n = b1 & 0x80, b1 & 0x7F
-        if rsv:
-            raise Fault(PROTOCOL_ERROR, "reserved bits set, and no extension was agreed")
-        if not masked:
-            raise Fault(PROTOCOL_ERROR, "a client's frames must be masked")
-        if opcode not in (CONTINUATION, TEXT, BINARY, *CONTROL):
-            raise Fault(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-        if opcode in CONTROL and (not fin or n > 125):
-            raise Fault(PROTOCOL_ERROR, "a control frame must be final and at most 125 bytes")
-        at = 2
+    def _read_head(self, view: memoryview) -> memoryview:
+        """A frame's head taken from ``view`` (its rest returned); once whole and checked, the frame's
+        payload is expected (``_frame`` set)."""
+        head = self._head
+        while len(head) < (need := self._head_size()):
+            if not view:
+                return view
+            take = need - len(head)
+            head += view[:take]
+            view = view[take:]
+        n, at = head[1] & 0x7F, 2
         if n == 126:
-            if len(buf) < 4:
-                return None
-            n, at = struct.unpack_from("!H", buf, 2)[0], 4
+            n, at = struct.unpack_from("!H", head, 2)[0], 4
         elif n == 127:
-            if len(buf) < 10:
-                return None
-            n, at = struct.unpack_from("!Q", buf, 2)[0], 10
+            n, at = struct.unpack_from("!Q", head, 2)[0], 10
             if n >> 63:
                 raise Fault(PROTOCOL_ERROR, "a frame's length has its top bit set")
-        if opcode not in CONTROL:
-            if opcode == CONTINUATION and self._opcode is None:
-                raise Fault(PROTOCOL_ERROR, "a continuation frame with no message begun")
-            if opcode != CONTINUATION and self._opcode is not None:
-                raise Fault(PROTOCOL_ERROR, "a new message began before the last one ended")
-            if len(self._parts) + n > self.max_message:
-                raise Fault(TOO_BIG, f"a message is limited to {self.max_message} bytes")
-        if len(buf) < at + 4 + n:
-            return None
-        mask = bytes(buf[at : at + 4])
-        payload = _unmask(bytes(buf[at + 4 : at + 4 + n]), mask)
-        del buf[: at + 4 + n]
+        opcode, fin, mask = head[0] & 0x0F, bool(head[0] & 0x80), bytes(head[at : at + 4])
         if opcode in CONTROL:
-            return Frame(opcode, payload)
+            self._into, self._start = bytearray(), 0
+        else:
+            self._start = self._begin_data(opcode, n)
+        self._head = bytearray()
+        self._frame, self._at, self._end = (opcode, fin, mask), self._start, self._start + n
+        return view
+
+    def _head_size(self) -> int:
+        """How long the head is: 2 bytes until they are here (and checked), then all of it."""
+        head = self._head
+        if len(head) < 2:
+            return 2
+        if len(head) == 2:
+            _check_first_bytes(head[0], head[1])
+        n = head[1] & 0x7F
+        return 2 + (2 if n == 126 else 8 if n == 127 else 0) + 4
+
+    def _begin_data(self, opcode: int, n: int) -> int:
+        """A data frame of ``n`` bytes begins: the message's order and size checked; where in the
+        message its payload goes."""
+        if opcode == CONTINUATION and self._opcode is None:
+            raise Fault(PROTOCOL_ERROR, "a continuation frame with no message begun")
+        if opcode != CONTINUATION and self._opcode is not None:
+            raise Fault(PROTOCOL_ERROR, "a new message began before the last one ended")
+        if opcode == BINARY:  # refused before its payload is read
+            raise Fault(UNSUPPORTED_DATA, "binary messages are not accepted: send JSON text")
+        start = len(self._parts)
+        if start + n > self.max_message:
+            raise Fault(TOO_BIG, f"a message is limited to {self.max_message} bytes")
         if opcode != CONTINUATION:
             self._opcode = opcode
-        self._parts += payload
+        self.progress += 1
+        self._into = self._parts  # it grows as the payload arrives: a frame announced, never sent, costs nothing
+        return start
+
+    def _read_payload(self, view: memoryview) -> memoryview:
+        """What ``view`` holds of the frame's payload unmasked into its place (the rest returned)."""
+        assert self._frame is not None
+        piece = view[: self._end - self._at]
+        unmask_into(self._into, self._at, piece, self._frame[2], (self._at - self._start) % 4)
+        self._at += len(piece)
+        if self._frame[0] not in CONTROL:
+            self.progress += len(piece)
+        return view[len(piece) :]
+
+    def _frame_ended(self) -> Frame | None:
+        """The frame read whole: a control frame, or a message if it was its last frame (else None)."""
+        assert self._frame is not None
+        opcode, fin, _ = self._frame
+        self._frame = None
+        if opcode in CONTROL:
+            payload, self._into = bytes(self._into), self._parts
+            return Frame(opcode, payload)
         if not fin:
-            return Frame(CONTINUATION)  # more to come: nothing to hand out yet
-        whole, kind = bytes(self._parts), self._opcode
-        self._parts, self._opcode = bytearray(), None
-        if kind == BINARY:
-            raise Fault(UNSUPPORTED_DATA, "binary messages are not accepted: send JSON text")
+            return None  # more to come: nothing to hand out yet
+        whole = self._parts
+        self._parts = self._into = bytearray()
+        self._opcode = None
         try:
-            return Frame(TEXT, whole, whole.decode("utf-8"))
+            return Frame(TEXT, text=whole.decode("utf-8"))
         except UnicodeDecodeError:
             raise Fault(INVALID_DATA, "a text message must be valid UTF-8") from None
 
 
-def _unmask(data: bytes, mask: bytes) -> bytes:
-    """XOR ``data`` with the 4-byte ``mask`` repeated (one big-integer XOR: fast in CPython)."""
-    if not data:
-        return data
-    n = len(data)
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+def _check_first_bytes(b0: int, b1: int) -> None:
+    """A frame's first two bytes: a Fault unless they may begin a client's frame."""
+    fin, rsv, opcode = b0 & 0x80, b0 & 0x70, b0 & 0x0F
+    if rsv:
+        raise Fault(PROTOCOL_ERROR, "reserved bits set, and no extension was agreed")
+    if not b1 & 0x80:
+        raise Fault(PROTOCOL_ERROR, "a client's frames must be masked")
+    if opcode not in (CONTINUATION, TEXT, BINARY, *CONTROL):
+        raise Fault(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+    if opcode in CONTROL and (not fin or b1 & 0x7F > 125):
+        raise Fault(PROTOCOL_ERROR, "a control frame must be final and at most 125 bytes")
+
+
+UNMASK_PIECE = 64 * 1024  # bytes unmasked at once (a multiple of 4): its integers stay this small
+
+
+def unmask_into(into: bytearray, at: int, data: memoryview, mask: bytes, offset: int) -> None:
+    """``data`` XORed with the 4-byte ``mask`` repeated, written at ``into[at:]`` (``at`` may be its end: it
+    grows); ``offset``: how far
+    into the mask ``data`` begins (the payload's bytes before it, modulo 4). One big-integer XOR per
+    ``UNMASK_PIECE`` bytes: fast in CPython, and never a copy of the whole payload."""
+    span = min(len(data), UNMASK_PIECE)
+    key = mask[offset:] + mask[:offset]
+    whole = int.from_bytes((key * (span // 4 + 1))[:span], "big")
+    for i in range(0, len(data), span or 1):
+        piece = data[i : i + span]
+        n = len(piece)
+        xor = whole if n == span else whole >> (8 * (span - n))
+        into[at + i : at + i + n] = (int.from_bytes(piece, "big") ^ xor).to_bytes(n, "big")

@@ -76,8 +76,9 @@ def revoke(server: ServerProcess, name: str) -> None:
 
 def test_one_key_cannot_take_every_websocket(pyz_path, cache_home, mock, tmp_path_factory):
     """Was: one client key could hold all ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (each two threads) and
-    every other key's handshake was a 503. Now a key holds a quarter of them at most (a 429, in
-    OpenAI's shape, before the upgrade), as the batch results readers are shared."""
+    every other key's handshake was a 503. Now a key holds a quarter of them at most (a 426, in
+    OpenAI's shape, before the upgrade: its client goes on over HTTP), as the batch results readers
+    are shared."""
     srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wsshare", STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="8")
     try:
         made_keys(srv, {"alice": [], "bob": []})
@@ -86,8 +87,8 @@ def test_one_key_cannot_take_every_websocket(pyz_path, cache_home, mock, tmp_pat
         with rawhttp.connect(srv) as sock:
             sock.sendall(handshake(srv.secret("alice")).encode())
             status, head, body = rawhttp.read_response(sock)
-        assert status == 429, (status, body)
-        assert json.loads(body)["error"]["code"] == "too_many_websockets" and head["retry-after"] == "1"
+        assert status == 426, (status, body)
+        assert json.loads(body)["error"]["code"] == "too_many_websockets" and "upgrade" not in head
         bob = Raw(srv, srv.secret("bob"))  # another key's share is untouched
         assert bob.status == 101
         alice[0].send_frame(0x8, struct.pack("!H", 1000))
@@ -582,7 +583,7 @@ def test_a_ping_flood_from_a_client_that_never_reads_frees_its_place(pyz_path, c
         threading.Thread(target=send_pings, daemon=True).start()
         with rawhttp.connect(srv) as sock:
             sock.sendall(handshake("anything").encode())
-            assert rawhttp.read_response(sock)[0] == 503  # the one place is the flood's meanwhile
+            assert rawhttp.read_response(sock)[0] == 426  # the one place is the flood's meanwhile
         fresh = wait_for(
             lambda: (r := Raw(srv, "anything")).status == 101 and r, timeout=20, what="the flood's place freed"
         )

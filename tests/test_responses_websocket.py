@@ -11,10 +11,12 @@ import signal
 import socket
 import struct
 import threading
+import time
 
+import clirun
 import pytest
 import rawhttp
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import TEXT, Reply
 from openai import OpenAI
 
@@ -332,8 +334,10 @@ def test_other_paths_and_versions_are_refused(server):
 
 
 def test_the_connection_cap(pyz_path, cache_home, mock, tmp_path_factory):
-    """``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (3 here): a fourth handshake is a 503 before the
-    upgrade, in OpenAI's shape; a closed connection frees its place."""
+    """``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (3 here): a fourth handshake is a 426 before the
+    upgrade, in OpenAI's shape, with no Upgrade offered (was a 503: Codex retried the socket before
+    falling back; after a 426 it goes on over HTTP at once, and HTTP still serves it); a closed
+    connection frees its place."""
     srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wscap", STOCKYARD_WEBSOCKET_MAX_CONNECTIONS="3")
     try:
         assert (srv.metric("websocket_connections_open"), srv.metric("websocket_connections_refused_total")) == (0, 0)
@@ -343,15 +347,40 @@ def test_the_connection_cap(pyz_path, cache_home, mock, tmp_path_factory):
         with rawhttp.connect(srv) as sock:
             sock.sendall(handshake("anything").encode())
             status, head, body = rawhttp.read_response(sock)
-        assert status == 503 and json.loads(body)["error"]["code"] == "too_many_websockets"
-        assert head["retry-after"] == "1"
+        assert status == 426 and json.loads(body)["error"]["code"] == "too_many_websockets"
+        assert "upgrade" not in head, head
         assert srv.metric("websocket_connections_refused_total") == 1
+        answer = srv.openai("anything").responses.create(model="gpt-4o-mini", input="over HTTP")  # the fallback
+        assert answer.status == "completed" and answer.output_text, answer
         open_[0].send_frame(0x8, struct.pack("!H", 1000))
         assert open_[0].close_code() == 1000
         open_[0].close()
         wait_for(lambda: srv.metric("websocket_connections_open") == 2, what="the closed connection's place given back")
         fourth = wait_for(lambda: (r := Raw(srv, "anything")).status == 101 and r, what="a place freed by a close")
         for r in [*open_[1:], fourth]:
+            r.close()
+    finally:
+        srv.stop()
+
+
+def test_the_websocket_cap_leaves_half_the_connection_cap_to_http(pyz_path, cache_home, mock, tmp_path_factory):
+    """Was: ``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS`` (64) was not bounded by ``STOCKYARD_MAX_CONNECTIONS``
+    (4 here), though each socket holds one of those connections for its life: four sockets took every
+    one and the next client, HTTP included, was refused at accept. Now the WebSocket cap is at most
+    half of it: the third handshake is the 426, and the HTTP a refused client goes on over has room."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "wshalf", STOCKYARD_MAX_CONNECTIONS="4")
+    try:
+        open_ = [Raw(srv, "anything") for _ in range(2)]
+        assert [r.status for r in open_] == [101, 101]
+        with rawhttp.connect(srv) as sock:
+            sock.sendall(handshake("anything").encode())
+            status, _, body = rawhttp.read_response(sock)
+        error = json.loads(body)["error"]
+        assert (status, error["code"]) == (426, "too_many_websockets"), body
+        assert "STOCKYARD_MAX_CONNECTIONS" in error["message"], error
+        answer = srv.openai("anything").responses.create(model="gpt-4o-mini", input="over HTTP")
+        assert answer.status == "completed", answer
+        for r in open_:
             r.close()
     finally:
         srv.stop()
@@ -451,19 +480,22 @@ def test_idle_and_lifetime_limits(pyz_path, cache_home, mock, tmp_path_factory):
         "wslimits",
         STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="1",
         STOCKYARD_WEBSOCKET_LIFETIME="3",
+        STOCKYARD_WEBSOCKET_PING_INTERVAL="0",  # never: the first frame is the close
     )
     try:
         raw = Raw(srv, "anything")
-        assert raw.close_code() == 1000  # silent for a second: closed
+        opcode, payload = raw.frame()  # silent for a second: closed (and no ping before it)
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1000)
         raw.close()
         raw = Raw(srv, "anything")
         events = []
 
-        def keep_talking() -> None:  # a ping every half second: never idle, but the lifetime ends it
-            try:
+        def keep_talking() -> None:  # a fragment every half second: never idle (pings would not do), but
+            try:  # the lifetime ends it
+                raw.send_frame(0x1, b"{", fin=False)
                 while True:
-                    raw.send_frame(0x9, b"k")
                     threading.Event().wait(0.5)
+                    raw.send_frame(0x0, b" ", fin=False)
             except OSError:
                 pass
 
@@ -479,6 +511,62 @@ def test_idle_and_lifetime_limits(pyz_path, cache_home, mock, tmp_path_factory):
         raw.close()
     finally:
         srv.stop()
+
+
+def test_a_quiet_connection_is_pinged_and_pongs_do_not_keep_it_open(pyz_path, cache_home, mock, tmp_path_factory):
+    """Was: the server never pinged, and a proxy in front (nginx: 60 s without a byte) dropped a socket
+    that was quiet while its user thought. Now a ping goes out once ``STOCKYARD_WEBSOCKET_PING_INTERVAL``
+    (0.2 s here) passed with no frame sent; a client that only answers them, and pings back, is still
+    closed after ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` (2 s): pings and pongs are not its activity."""
+    srv = start(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "wsping",
+        STOCKYARD_WEBSOCKET_PING_INTERVAL="0.2",
+        STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="2",
+    )
+    try:
+        raw = Raw(srv, "anything")
+        raw.sock.settimeout(5)  # each read waits for the server's next frame, 5 s at most
+        opened, pings = time.monotonic(), []
+        while (got := raw.frame())[0] != 0x8:
+            opcode, payload = got
+            assert opcode in (0x9, 0xA), got
+            if opcode == 0x9:
+                pings.append(time.monotonic() - opened)
+                raw.send_frame(0xA, payload)  # answered, as a client library does
+                raw.send_frame(0x9, b"still here")
+        closed = time.monotonic() - opened
+        assert struct.unpack("!H", got[1][:2])[0] == 1000
+        assert len(pings) >= 3 and pings[0] < 1.5, pings
+        assert 2 <= closed < 4.5, closed
+        raw.close()
+        raw = Raw(srv, "anything")  # a turn's events are frames sent: the ping comes after them, not between
+        raw.sock.settimeout(5)
+        raw.send_json(create("gpt-4o-mini", "hello"))
+        kinds = []
+        while (got := raw.frame())[0] == 0x1:
+            kinds.append(json.loads(got[1])["type"])
+            if kinds[-1] == "response.completed":
+                break
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+        assert raw.frame()[0] == 0x9
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1x"])
+def test_a_bad_ping_interval_is_refused_at_start(pyz_path, cache_home, tmp_path, value):
+    """``STOCKYARD_WEBSOCKET_PING_INTERVAL`` not a duration: ``serve`` refuses to start with one line
+    naming the setting, never a traceback."""
+    env = {**base_env(cache_home), "STOCKYARD_WEBSOCKET_PING_INTERVAL": value}
+    done = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(tmp_path / "stockyard.db")], env, timeout=30)
+    assert done.returncode != 0
+    assert "STOCKYARD_WEBSOCKET_PING_INTERVAL" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_sigterm_lets_the_turn_in_flight_end_then_closes_with_1001(pyz_path, cache_home, mock, tmp_path_factory):
