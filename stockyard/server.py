@@ -1128,7 +1128,7 @@ class Handler(BaseHTTPRequestHandler):
             if refused == 503
             else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
         )
-        raise ProxyError(426, f"{held}; retry shortly", code="too_many_websockets")
+        raise ProxyError(426, f"{held}; go on over HTTP (POST /v1/responses)", code="too_many_websockets")
 
     def _buffered_bytes(self) -> bytes:
         """What ``rfile`` read past the handshake's head (a client that did not wait for the 101),
