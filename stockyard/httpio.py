@@ -40,8 +40,9 @@ def unique_members(pairs: list[tuple[str, Any]]) -> dict:
     return members
 
 
-def json_object(raw: bytes, parse_float: Callable[[str], Any] | None = None) -> dict:
-    """``raw`` decoded as a JSON object, or the 400 every JSON route answers with."""
+def json_object(raw: bytes | str, parse_float: Callable[[str], Any] | None = None) -> dict:
+    """``raw`` (bytes, or text already decoded: a WebSocket message) as a JSON object, or the 400
+    every JSON route answers with."""
     try:
         value = json.loads(raw, parse_float=parse_float, object_pairs_hook=unique_members)
     except DuplicateMember as exc:

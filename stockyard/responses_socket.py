@@ -476,7 +476,7 @@ class Session:
         """The create body a ``response.create`` message stands for (``stream`` on), and the items of
         the local response it chains from, put in front of its input (None: no local chain)."""
         try:
-            message = json_object(text.encode("utf-8"))
+            message = json_object(text)  # the text as it is: no second copy of a large message
         except ProxyError as exc:
             raise ProxyError(400, f"a message must be a JSON object: {exc.message}", code="invalid_json") from None
         kind = message.get("type")
