@@ -243,10 +243,10 @@ UNMASK_PIECE = 64 * 1024  # bytes unmasked at once (a multiple of 4): its intege
 
 
 def unmask_into(into: bytearray, at: int, data: memoryview, mask: bytes, offset: int) -> None:
-    """``data`` XORed with the 4-byte ``mask`` repeated, written at ``into[at:]`` (``at`` may be its end: it
-    grows); ``offset``: how far
-    into the mask ``data`` begins (the payload's bytes before it, modulo 4). One big-integer XOR per
-    ``UNMASK_PIECE`` bytes: fast in CPython, and never a copy of the whole payload."""
+    """``data`` XORed with the 4-byte ``mask`` repeated, written at ``into[at:]`` (``at`` may be its end:
+    it grows); ``offset``: how far into the mask ``data`` begins (the payload's bytes before it, modulo
+    4). One big-integer XOR per ``UNMASK_PIECE`` bytes: fast in CPython, and never a copy of the whole
+    payload."""
     span = min(len(data), UNMASK_PIECE)
     key = mask[offset:] + mask[:offset]
     whole = int.from_bytes((key * (span // 4 + 1))[:span], "big")
