@@ -1,0 +1,98 @@
+"""Review 17: an attacker's and an operator's look where earlier rounds looked least — the
+``serve --workers N`` group and its signals, the configuration file, webhooks and OTLP export,
+backup, restore, retention and the vault — with real parts: server processes of the built pyz
+(alone and as a group), the mock upstream, real SQLite files and raw sockets.
+
+Each test names the hole it closes and failed on the code it was written against.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import MockUpstream
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def slow_request(port: int, answers: list) -> None:
+    """One chat request; its status and trace id land in ``answers``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        answers.append((resp.status, resp.getheader("x-stockyard-trace-id")))
+    except (OSError, http.client.HTTPException) as exc:
+        answers.append((None, repr(exc)))
+    finally:
+        conn.close()
+
+
+def hang_up_during_a_request(server: ServerProcess, mock: MockUpstream) -> list:
+    """SIGHUP to the server while a request waits at the (slowed) mock; the request's answer."""
+    answers: list = []
+    before = len(mock.requests)
+    mock.delay_ms = 400
+    try:
+        client = threading.Thread(target=slow_request, args=(server.port, answers))
+        client.start()
+        wait_for(lambda: len(mock.requests) > before, what="the request at the mock")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        client.join(30)
+    finally:
+        mock.delay_ms = 0
+    return answers
+
+
+@pytest.mark.serial
+def test_a_hangup_stops_a_server_as_sigterm_does_and_keeps_the_answered_trace(pyz_path, cache_home, mock, tmp_path):
+    """Hole: SIGHUP (the terminal of a foreground ``serve`` closing, or an operator's
+    ``kill -HUP`` expecting a daemon's usual answer) had its default disposition and killed the
+    process at once: the request in flight was cut, the traces in the writer's queue were lost
+    and the database was left without its ``server.stop``. It now stops as SIGTERM does."""
+    server = ServerProcess(pyz_path, tmp_path / "hup.db", mock_env(cache_home, mock), spawned=True).start()
+    try:
+        answers = hang_up_during_a_request(server, mock)
+        assert server.proc is not None
+        code = server.proc.wait(30)
+    finally:
+        server.stop()
+    assert code == 0, server.log
+    assert [status for status, _ in answers] == [200], answers
+    server.trace(answers[0][1])
+    assert "received SIGHUP: finishing in-flight requests" in server.log
+    assert "stopped; database closed" in server.log
+    actions = [r["action"] for r in server.db_rows("SELECT action FROM audit_log ORDER BY seq")]
+    assert actions[-1] == "server.stop"
+
+
+@pytest.mark.serial
+def test_a_hangup_stops_a_group_cleanly_and_leaves_no_private_folder(pyz_path, cache_home, mock, tmp_path):
+    """Hole: SIGHUP killed a ``--workers`` group's parent outright: its private folder (the
+    shared budget state's socket, the published metrics) stayed in the temp folder for ever,
+    and the workers, orphaned, served on unsupervised with no budget state to call until they
+    noticed. The parent now passes the stop on to every worker as for SIGTERM."""
+    with tempfile.TemporaryDirectory(prefix="sy17-") as short:  # a Unix socket's path has ~100 bytes
+        env = mock_env(cache_home, mock, TMPDIR=short)
+        server = ServerProcess(pyz_path, tmp_path / "group.db", env, ["--workers", "2"], spawned=True).start()
+        try:
+            answers = hang_up_during_a_request(server, mock)
+            assert server.proc is not None
+            code = server.proc.wait(30)
+        finally:
+            server.stop()
+        left = [p.name for p in Path(short).iterdir()]
+    assert code == 0, server.log
+    assert [status for status, _ in answers] == [200], answers
+    assert server.log.count("stopped; database closed") == 2, server.log
+    assert not left
+
