@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import tempfile
 import threading
 from pathlib import Path
 
+import clirun
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import MockUpstream
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -96,3 +98,19 @@ def test_a_hangup_stops_a_group_cleanly_and_leaves_no_private_folder(pyz_path, c
     assert server.log.count("stopped; database closed") == 2, server.log
     assert not left
 
+
+def test_a_config_file_that_is_a_pipe_is_refused_not_waited_on(pyz_path, cache_home, tmp_path):
+    """Hole: ``config plan``/``apply`` and ``serve --config`` read the named file whole before
+    checking its size: a named pipe (or a symlink to one, or to ``/dev/zero``) left where the
+    file was kept the command waiting for ever, or reading without end. Only a regular file
+    is read now, and never past the size limit."""
+    pipe = tmp_path / "stockyard.toml"
+    os.mkfifo(pipe)
+    link = tmp_path / "linked.toml"
+    link.symlink_to(pipe)
+    env = base_env(cache_home)
+    for path in (pipe, link):
+        done = clirun.run(pyz_path, ["config", "plan", str(path), "--db", str(tmp_path / "c.db")], env, timeout=15)
+        assert done.returncode != 0
+        assert "not a regular file" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
