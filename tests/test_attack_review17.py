@@ -12,13 +12,15 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import clirun
 import pytest
-from conftest import ServerProcess, base_env, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import MockUpstream
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -114,3 +116,47 @@ def test_a_config_file_that_is_a_pipe_is_refused_not_waited_on(pyz_path, cache_h
         assert done.returncode != 0
         assert "not a regular file" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="snapshots are of an SQLite file")
+def test_a_snapshot_cut_by_a_crash_leaves_no_copy_of_the_database_behind(pyz_path, cache_home, mock, tmp_path):
+    """Hole: a snapshot (or ``stockyard backup``) is written to ``.NAME.tmp-PID-THREAD`` and
+    renamed; a process killed (SIGKILL, OOM) while writing it left that whole copy of the
+    database — every prompt — beside the snapshot for good, one more after each such crash
+    (the next process has another pid), until the disk was full. The next copy to the same
+    place now removes those whose process is gone, never one a live process is writing."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    snapshot = tmp_path / "snap.db"
+    crashed = tmp_path / f".snap.db.tmp-{dead.pid}-140000000000"
+    crashed.write_bytes(b"SQLite format 3\0" + b"\0" * 1024 * 1024)
+    writing = tmp_path / f".snap.db.tmp-{os.getpid()}-140000000000"  # a live process's copy in progress
+    writing.write_bytes(b"SQLite format 3\0")
+    env = mock_env(cache_home, mock)
+    args = ["--snapshot", str(snapshot), "--snapshot-every", "1s"]
+    server = ServerProcess(pyz_path, tmp_path / "live.db", env, args).start()
+    try:
+        wait_for(snapshot.exists, what="the first snapshot")
+    finally:
+        assert server.stop() == 0
+    assert not crashed.exists()
+    assert writing.exists()
+
+
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="it restores an SQLite file")
+def test_a_restore_cut_by_a_crash_leaves_no_copy_behind_after_the_next(pyz_path, cache_home, tmp_path):
+    """Hole: ``restore`` prepares the new database as ``.NAME.restore-PID`` (with its -wal)
+    beside the live one; a restore killed half way left that whole copy there for good. The
+    next restore of the database now removes it (it holds the lock: no other restore runs)."""
+    env = {**base_env(cache_home), "STOCKYARD_ENCRYPTION_KEY": "review17-secret-0123456789abcdef"}
+    live, backup = tmp_path / "live.db", tmp_path / "backup.db"
+    assert clirun.run(pyz_path, ["keys", "create", "--name", "alice", "--db", str(live)], env).returncode == 0
+    assert clirun.run(pyz_path, ["backup", str(backup), "--db", str(live)], env).returncode == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    crashed = [tmp_path / f".live.db.restore-{dead.pid}{end}" for end in ("", "-wal")]
+    for path in crashed:
+        path.write_bytes(b"SQLite format 3\0" + b"\0" * 65536)
+    done = clirun.run(pyz_path, ["restore", str(backup), "--db", str(live)], env)
+    assert done.returncode == 0, done.stderr
+    assert not [path.name for path in crashed if path.exists()]
