@@ -11,17 +11,23 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import astuple
 from pathlib import Path
 
 import clirun
 import pytest
 from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
 from mock_upstream import MockUpstream
+
+from stockyard.budgets import Budget
+from stockyard.groupstate import StateServer
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -160,3 +166,30 @@ def test_a_restore_cut_by_a_crash_leaves_no_copy_behind_after_the_next(pyz_path,
     done = clirun.run(pyz_path, ["restore", str(backup), "--db", str(live)], env)
     assert done.returncode == 0, done.stderr
     assert not [path.name for path in crashed if path.exists()]
+
+
+def test_a_reserve_read_after_its_dead_worker_was_reaped_holds_nothing(tmp_path):
+    """Hole: a worker killed right after sending ``reserve`` leaves the call in the parent's
+    socket buffer; when the parent's loop reaps the worker first (giving back its holds), then
+    reads the call, it made a hold for the dead worker that nothing would ever settle or give
+    back: that much of the budget stayed held until the group restarted. The parent now makes
+    no hold for a worker it has already reaped."""
+    server = StateServer(str(tmp_path), lambda budget, key: 0, (80,))
+    selector = selectors.DefaultSelector()
+    server.attach(selector)
+    budget = Budget("key:k17", "key 'k17'", 100, "total")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped, as the group's parent reaps a worker killed with SIGKILL
+    try:
+        killed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        killed.connect(server.path)
+        killed.sendall(json.dumps(["reserve", dead.pid, [list(astuple(budget))], 60, 0]).encode() + b"\n")
+        killed.close()
+        server.forget(dead.pid)  # the loop reaped it before reading its last call
+        while events := selector.select(0.5):  # the connection, its call, its end of file
+            for key, _ in events:
+                key.data()
+        assert server.ledger.usage(budget, 0) in (None, (0, 0))
+    finally:
+        selector.close()
+        server.close()

@@ -61,11 +61,12 @@ def remove_orphaned_copies(dest: Path, kind: str) -> None:
     prefix = f".{dest.name}.{kind}-"
     for leftover in dest.parent.glob(f"{glob.escape(prefix)}*"):
         pid = leftover.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a child not yet reaped counts: its pid is still taken)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
