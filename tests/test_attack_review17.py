@@ -193,3 +193,27 @@ def test_a_reserve_read_after_its_dead_worker_was_reaped_holds_nothing(tmp_path)
     finally:
         selector.close()
         server.close()
+
+
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="it names an SQLite file by two paths")
+def test_a_second_server_on_the_database_by_a_symlinked_path_is_refused(pyz_path, cache_home, mock, tmp_path):
+    """Hole: the lock that keeps a second server (and a restore) off a database in use was the
+    file ``<db as named>.lock``, so the same database named by another path — a symlink to it,
+    or a path through a symlinked folder — took a lock of its own: two servers served one file,
+    each keeping its own budgets and rate windows in memory (a key's budget spent twice over),
+    and a restore went ahead under a running server. The lock is now beside the file itself."""
+    real = tmp_path / "data"
+    real.mkdir()
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    (tmp_path / "alias.db").symlink_to(real / "live.db")
+    env = mock_env(cache_home, mock)
+    server = ServerProcess(pyz_path, real / "live.db", env).start()
+    try:
+        for other in (tmp_path / "alias.db", tmp_path / "linked" / "live.db"):
+            second = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(other)], env, timeout=20)
+            assert second.returncode != 0
+            assert "another Stockyard server" in second.stderr, second.stderr
+            restore = clirun.run(pyz_path, ["restore", str(tmp_path / "none.db"), "--db", str(other)], env)
+            assert "is using" in restore.stderr, restore.stderr
+    finally:
+        assert server.stop() == 0
