@@ -217,3 +217,24 @@ def test_a_second_server_on_the_database_by_a_symlinked_path_is_refused(pyz_path
             assert "is using" in restore.stderr, restore.stderr
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="it restores an SQLite file")
+def test_a_restore_through_a_symlinked_database_path_restores_the_database(pyz_path, cache_home, tmp_path):
+    """Hole: ``restore --db LINK``, LINK a symlink to the database, renamed the restored file
+    over the symlink itself: it said the restore was done, yet the database the servers open by
+    its real path was the old one, and the link now named a different file. The restore now
+    replaces the file the path resolves to."""
+    env = base_env(cache_home)
+    real = tmp_path / "live.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    backup = tmp_path / "backup.db"
+    assert clirun.run(pyz_path, ["keys", "create", "--name", "alice", "--db", str(real)], env).returncode == 0
+    assert clirun.run(pyz_path, ["backup", str(backup), "--db", str(real)], env).returncode == 0
+    assert clirun.run(pyz_path, ["keys", "create", "--name", "bob", "--db", str(real)], env).returncode == 0
+    done = clirun.run(pyz_path, ["restore", str(backup), "--db", str(link)], env)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink()
+    listed = clirun.run(pyz_path, ["keys", "list", "--json", "--db", str(real)], env)
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["alice"], listed.stdout
