@@ -313,6 +313,11 @@ def _otlp_endpoint(value: str | None) -> str | None:
     if not value or not value.strip():
         return None
     url = value.strip().rstrip("/")
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:  # user:token@host: never echoed, never logged
+        raise ValueError(
+            "STOCKYARD_OTLP_ENDPOINT must not carry credentials (user:password@): "
+            "send them as a header in STOCKYARD_OTLP_HEADERS, e.g. Authorization=Basic <base64 of user:password>"
+        )
     if not re.match(r"^https?://[^/\s]+", url):
         raise ValueError(f"STOCKYARD_OTLP_ENDPOINT must be an http:// or https:// URL, got {url[:100]!r}")
     return url.removesuffix("/v1/traces")

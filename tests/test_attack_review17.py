@@ -238,3 +238,16 @@ def test_a_restore_through_a_symlinked_database_path_restores_the_database(pyz_p
     assert link.is_symlink()
     listed = clirun.run(pyz_path, ["keys", "list", "--json", "--db", str(real)], env)
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["alice"], listed.stdout
+
+
+def test_an_otlp_endpoint_with_a_password_in_it_is_refused_without_echoing_it(pyz_path, cache_home, tmp_path):
+    """Hole: ``STOCKYARD_OTLP_ENDPOINT=https://user:token@collector`` was taken as it is: the
+    standard library cannot send URL credentials (each export failed), and every failure was
+    logged with the whole URL — the collector's token in the server's log. Credentials in the
+    URL are refused at start, never echoed, pointing to ``STOCKYARD_OTLP_HEADERS``."""
+    token = "otlp-token-never-logged-4f9a"
+    env = {**base_env(cache_home), "STOCKYARD_OTLP_ENDPOINT": f"http://exporter:{token}@127.0.0.1:9"}
+    done = clirun.run(pyz_path, ["serve", "--port", "0", "--db", str(tmp_path / "o.db")], env, timeout=20)
+    assert done.returncode != 0
+    assert "STOCKYARD_OTLP_HEADERS" in done.stderr, done.stderr
+    assert token not in done.stdout + done.stderr
