@@ -226,6 +226,10 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
             "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL schedule "
             "`stockyard backup DEST` instead (a self-contained SQLite file, safe while the servers run)"
         )
+    if snapshot and isinstance(database, Path) and _same_file(Path(str(snapshot)).expanduser(), database):
+        raise ValueError(
+            f"--snapshot (STOCKYARD_SNAPSHOT) {snapshot} is the database (or one of its files): choose another path"
+        )
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
         port=port,
@@ -306,6 +310,13 @@ def _workers(value: object) -> int:
     if workers > MAX_WORKERS:
         raise ValueError(f"--workers (STOCKYARD_WORKERS) is at most {MAX_WORKERS}, got {workers}")
     return workers
+
+
+def _same_file(path: Path, database: Path) -> bool:
+    """Whether ``path`` names the database file or its -wal/-shm (through symlinks too): a copy
+    renamed over one of them would replace the file the server has open."""
+    live = database.resolve()
+    return path.resolve() in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm"))
 
 
 def _otlp_endpoint(value: str | None) -> str | None:

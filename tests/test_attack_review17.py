@@ -251,3 +251,20 @@ def test_an_otlp_endpoint_with_a_password_in_it_is_refused_without_echoing_it(py
     assert done.returncode != 0
     assert "STOCKYARD_OTLP_HEADERS" in done.stderr, done.stderr
     assert token not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="snapshots are of an SQLite file")
+def test_a_snapshot_path_that_is_the_database_is_refused_at_start(pyz_path, cache_home, tmp_path):
+    """Hole: ``--snapshot`` naming the database itself (the same path, a symlink to it, or its
+    ``-wal``) was accepted: every interval a copy was renamed over the live database file,
+    unlinking the file the server's connections held open beneath them (SQLite's guarantees
+    assume nobody replaces it). It is refused at start, as ``stockyard backup`` refuses the
+    live file."""
+    live = tmp_path / "live.db"
+    (tmp_path / "alias.db").symlink_to(live)
+    env = base_env(cache_home)
+    for snapshot in (live, tmp_path / "alias.db", tmp_path / "live.db-wal"):
+        args = ["serve", "--port", "0", "--db", str(live), "--snapshot", str(snapshot)]
+        done = clirun.run(pyz_path, args, env, timeout=20)
+        assert done.returncode != 0
+        assert "is the database" in done.stderr, done.stderr
