@@ -46,8 +46,9 @@ def slow_request(port: int, answers: list) -> None:
         conn.close()
 
 
-def hang_up_during_a_request(server: ServerProcess, mock: MockUpstream) -> list:
-    """SIGHUP to the server while a request waits at the (slowed) mock; the request's answer."""
+def hang_up_during_a_request(server: ServerProcess, mock: MockUpstream) -> tuple[list, int]:
+    """SIGHUP to the server while a request waits at the (slowed) mock: the request's answer,
+    and the server's exit status."""
     answers: list = []
     before = len(mock.requests)
     mock.delay_ms = 400
@@ -58,9 +59,10 @@ def hang_up_during_a_request(server: ServerProcess, mock: MockUpstream) -> list:
         assert server.proc is not None
         server.proc.send_signal(signal.SIGHUP)
         client.join(30)
+        return answers, server.proc.wait(30)
     finally:
         mock.delay_ms = 0
-    return answers
+        server.stop()
 
 
 @pytest.mark.serial
@@ -70,12 +72,7 @@ def test_a_hangup_stops_a_server_as_sigterm_does_and_keeps_the_answered_trace(py
     process at once: the request in flight was cut, the traces in the writer's queue were lost
     and the database was left without its ``server.stop``. It now stops as SIGTERM does."""
     server = ServerProcess(pyz_path, tmp_path / "hup.db", mock_env(cache_home, mock), spawned=True).start()
-    try:
-        answers = hang_up_during_a_request(server, mock)
-        assert server.proc is not None
-        code = server.proc.wait(30)
-    finally:
-        server.stop()
+    answers, code = hang_up_during_a_request(server, mock)
     assert code == 0, server.log
     assert [status for status, _ in answers] == [200], answers
     server.trace(answers[0][1])
@@ -94,12 +91,7 @@ def test_a_hangup_stops_a_group_cleanly_and_leaves_no_private_folder(pyz_path, c
     with tempfile.TemporaryDirectory(prefix="sy17-") as short:  # a Unix socket's path has ~100 bytes
         env = mock_env(cache_home, mock, TMPDIR=short)
         server = ServerProcess(pyz_path, tmp_path / "group.db", env, ["--workers", "2"], spawned=True).start()
-        try:
-            answers = hang_up_during_a_request(server, mock)
-            assert server.proc is not None
-            code = server.proc.wait(30)
-        finally:
-            server.stop()
+        answers, code = hang_up_during_a_request(server, mock)
         left = [p.name for p in Path(short).iterdir()]
     assert code == 0, server.log
     assert [status for status, _ in answers] == [200], answers
