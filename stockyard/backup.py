@@ -198,11 +198,12 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
     first hard-linked aside as ``<db>.before-restore-<UTC stamp>``. At every moment the
     database path holds either the old database or the new one.
     """
-    db_path, source = Path(db_path), Path(source).expanduser()
-    if source.resolve() == db_path.resolve():
+    db_path, source = Path(db_path).resolve(), Path(source).expanduser()  # a symlink's target, not the link
+    if source.resolve() == db_path:
         raise BackupError("the source is the database itself")
     with DatabaseLock(db_path, RESTORE):
         info = check_restorable(source)
+        files.remove_orphaned_copies(db_path, "restore")  # of a restore killed half way
         tmp = db_path.with_name(f".{db_path.name}.restore-{os.getpid()}")
         try:
             schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)

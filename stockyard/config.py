@@ -227,6 +227,10 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
             "--snapshot (STOCKYARD_SNAPSHOT) copies an SQLite database file; on PostgreSQL schedule "
             "`stockyard backup DEST` instead (a self-contained SQLite file, safe while the servers run)"
         )
+    if snapshot and isinstance(database, Path) and _same_file(Path(str(snapshot)).expanduser(), database):
+        raise ValueError(
+            f"--snapshot (STOCKYARD_SNAPSHOT) {snapshot} is the database (or one of its files): choose another path"
+        )
     return Settings(
         host=str(flags.get("host", env.get("STOCKYARD_HOST") or DEFAULT_HOST)),
         port=port,
@@ -310,11 +314,23 @@ def _workers(value: object) -> int:
     return workers
 
 
+def _same_file(path: Path, database: Path) -> bool:
+    """Whether ``path`` names the database file or its -wal/-shm (through symlinks too): a copy
+    renamed over one of them would replace the file the server has open."""
+    live = database.resolve()
+    return path.resolve() in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm"))
+
+
 def _otlp_endpoint(value: str | None) -> str | None:
     """The collector's base URL, http(s) only (spans go to ``{it}/v1/traces``)."""
     if not value or not value.strip():
         return None
     url = value.strip().rstrip("/")
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:  # user:token@host: never echoed, never logged
+        raise ValueError(
+            "STOCKYARD_OTLP_ENDPOINT must not carry credentials (user:password@): "
+            "send them as a header in STOCKYARD_OTLP_HEADERS, e.g. Authorization=Basic <base64 of user:password>"
+        )
     if not re.match(r"^https?://[^/\s]+", url):
         raise ValueError(f"STOCKYARD_OTLP_ENDPOINT must be an http:// or https:// URL, got {url[:100]!r}")
     return url.removesuffix("/v1/traces")

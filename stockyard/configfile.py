@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +93,11 @@ def read(path: str | Path) -> Desired:
     """Parse and validate a configuration file (ConfigFileError with the line and field)."""
     name = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = _read_capped(Path(path))
     except OSError as exc:
         raise ConfigFileError(name, None, None, f"cannot read the file: {exc.strerror or exc}") from None
+    if raw is None:
+        raise ConfigFileError(name, None, None, "not a regular file (a pipe, a device or a folder is never read)")
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigFileError(name, None, None, f"the file is over {MAX_FILE_BYTES} bytes")
     try:
@@ -106,6 +109,16 @@ def read(path: str | Path) -> Desired:
         line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
         raise ConfigFileError(name, line, None, f"not valid TOML: {exc}") from None
     return _validate(data, _Locator(name, text))
+
+
+def _read_capped(path: Path) -> bytes | None:
+    """The file's bytes, at most one past the size limit; None when it is not a regular file
+    (after symlinks): a named pipe would keep the reader waiting, ``/dev/zero`` never ends."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe opens without waiting for a writer
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return file.read(MAX_FILE_BYTES + 1)
 
 
 def _line_from_message(message: str) -> int | None:

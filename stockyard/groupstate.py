@@ -13,9 +13,9 @@ file of the group's own, each step a ``BEGIN IMMEDIATE`` transaction serialized 
 workers — see bench/README.md ("Workers' shared state").
 
 A worker that dies loses nothing here but its requests in flight: the parent gives their
-holds back when it reaps the worker. The parent dying ends the group (the workers watch it).
-The spend of a period is loaded from the rollups the first time the parent sees it, like one
-server's ledger after a start.
+holds back when it reaps the worker, and makes none for a call of its read after that. The
+parent dying ends the group (the workers watch it). The spend of a period is loaded from the
+rollups the first time the parent sees it, like one server's ledger after a start.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 
 from .budgets import Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn
 from .modules.ratelimit import RateLimited, RateLimiter, too_large
+from .store.files import process_alive
 
 log = logging.getLogger("stockyard.budgets")
 
@@ -158,6 +159,8 @@ class StateServer:
         self._first_refusal = False
         if op == "reserve":
             _, pid, budgets, amount, ts_ms = call
+            if not process_alive(int(pid)):  # reaped (its holds given back) before its last call was read
+                return {"error": "the worker is gone"}
             try:
                 hold = self.ledger.reserve([_budget(b) for b in budgets], int(amount), int(ts_ms))
             except BudgetExceeded as refused:

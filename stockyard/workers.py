@@ -11,7 +11,7 @@ reset. A plain bind comes first, so a port already in use is refused as a single
 
 The parent owns what a single server owned: the database lock (``store/lock.py``; a second
 ``serve`` on the file is still refused; the workers share the lock through the parent), the
-migrations (run before any worker starts), and signals: SIGTERM/SIGINT go to every worker,
+migrations (run before any worker starts), and signals: SIGTERM/SIGINT/SIGHUP stop every worker,
 which finishes its requests in flight and flushes its writer, and the parent exits when all
 have (0 when they all did cleanly; a stop during start-up starts no more workers, and a worker
 ended by it before it served counts as clean). A worker that dies is replaced (within a second; at once
@@ -68,6 +68,9 @@ log = logging.getLogger("stockyard")
 RESTART_WAIT_S = 1.0  # a worker that dies within this of its start is restarted after this long
 PUBLISH_EVERY_S = 1.0  # how often a worker publishes its metrics to the others
 STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond their own grace) before SIGKILL
+# What stops a server (or a group) cleanly: SIGHUP too, the terminal of a foreground serve closing
+# (or a kill -HUP), which by default would kill it at once with traces still queued.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -144,7 +147,7 @@ class Group:
         self.state: StateServer | None = None  # SQLite: the workers' budgets and rate windows
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; the database lock is held from here to the end."""
+        """Serve until SIGTERM/SIGINT/SIGHUP; the database lock is held from here to the end."""
         backend = backend_for(self.settings.database)
         group_lock = backend.server_lock()  # DatabaseBusy: another server has this file
         try:
@@ -173,7 +176,7 @@ class Group:
         if self.state is not None:
             self.state.attach(self._selector)  # the workers' calls are answered in this loop
         signal.set_wakeup_fd(self._wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the loop
         self._start(0)  # worker 0 first: it applies --config before the others read it
@@ -285,7 +288,7 @@ class Group:
         code = 1  # the worker: never returns into the parent's loop
         try:
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            for sig in (*STOP_SIGNALS, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             for fd in (self._wake_r, self._wake_w, self._ready_r):
                 os.close(fd)
@@ -396,7 +399,7 @@ def _stopped_cleanly(code: int, served: bool) -> bool:
     """Whether a worker that exited during the group's stop ended as it should: with 0, or ended
     by the stop signal itself before it served (a worker still starting has the default SIGTERM
     disposition; it had no request in flight and no trace queued)."""
-    return code == 0 or (not served and code in (-signal.SIGTERM, -signal.SIGINT))
+    return code == 0 or (not served and -code in STOP_SIGNALS)
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -1,4 +1,4 @@
-"""``stockyard serve``: run the proxy until SIGTERM/SIGINT, then shut down cleanly."""
+"""``stockyard serve``: run the proxy until SIGTERM/SIGINT/SIGHUP, then shut down cleanly."""
 
 from __future__ import annotations
 
@@ -149,12 +149,13 @@ def serve(
     backend: Any = None,
     worker: "Worker | None" = None,
 ) -> int:
-    """One server until SIGTERM/SIGINT: the whole process, or a :class:`~stockyard.workers.Worker`
+    """One server until SIGTERM/SIGINT/SIGHUP: the whole process, or a :class:`~stockyard.workers.Worker`
     of a group (on the socket its parent bound; the parent is told once it serves)."""
     from ..app import App
     from ..cpupin import keep_on_one_cpu
     from ..metrics import render_own
     from ..server import make_server
+    from ..workers import STOP_SIGNALS
 
     log = logging.getLogger("stockyard")
     try:
@@ -192,8 +193,8 @@ def serve(
         server.draining = True
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     pin = keep_on_one_cpu(settings.cpu_pin, None if worker is None else worker.index)
     if worker is not None:
         worker.ready()

@@ -282,6 +282,7 @@ def backup_to(conn: sqlite3.Connection, dest: Path | str) -> None:
     it back in WAL mode when it opens it).
     """
     dest = Path(dest)
+    files.remove_orphaned_copies(dest, "tmp")  # those of a process killed while copying
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.unlink(missing_ok=True)
     try:

@@ -13,6 +13,7 @@ changed (it may hold other things); a warning says when others can enter it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat
 import threading
@@ -51,6 +52,28 @@ def create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     except FileExistsError:
         pass
+
+
+def remove_orphaned_copies(dest: Path, kind: str) -> None:
+    """Delete ``.<dest name>.<kind>-<pid>-…`` files (a copy being written, then renamed to ``dest``)
+    whose process is gone: one killed while writing left a whole copy of the database there,
+    and the next process, with another pid, would never reuse it. A live process's is kept."""
+    prefix = f".{dest.name}.{kind}-"
+    for leftover in dest.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a child not yet reaped counts: its pid is still taken)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
 
 
 def database_files(db_path: Path) -> list[Path]:

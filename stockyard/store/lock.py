@@ -1,6 +1,7 @@
 """An advisory lock beside the database: "one process owns this file's server-side state".
 
-A running server holds an exclusive ``flock`` on ``<db>.lock`` from start to stop, and so
+A running server holds an exclusive ``flock`` on ``<db>.lock`` (beside the file the path
+resolves to: a symlink names the same database) from start to stop, and so
 do ``restore`` and ``migrate`` while they work. So a second server on the same file
 refuses to start (two servers would each keep their own budget ledger and rate-limit
 counters in memory, and together let through twice what a key allows), restore and
@@ -30,7 +31,9 @@ class DatabaseBusy(Exception):
 
 
 def lock_path(db_path: Path | str) -> Path:
-    db_path = Path(db_path)
+    """``<db>.lock`` beside the file itself: the database named through a symlink (or a symlinked
+    folder) is the same database, and must meet the same lock."""
+    db_path = Path(db_path).resolve()
     return db_path.with_name(db_path.name + ".lock")
 
 
