@@ -276,6 +276,24 @@ def test_api_validation_errors(server, body, param):
     assert server.db_rows("SELECT * FROM providers WHERE name = 'ok'") == []
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:pw-SECRET-1@api.example:notaport/v1",  # unparseable: its port
+        "gopher://user:pw-SECRET-1@api.example/v1",  # not http(s)
+        "https://user:pw-SECRET-1@api.example/v1 x",  # a space
+    ],
+)
+def test_a_refused_base_url_is_never_echoed_with_its_credentials(server, url):
+    """A base URL refused for another reason than its credentials was repeated whole in the error (the
+    admin API's answer, the CLI's message, a log line) with the password in it; its user part is masked."""
+    body = {"name": "leaky", "kind": "openai", "base_url": url}
+    status, _, raw = server.request("POST", "/api/providers", body, headers=AUTH)
+    assert status == 400 and json.loads(raw)["error"]["param"] == "base_url", raw
+    assert b"SECRET" not in raw and b"user:" not in raw, raw
+    assert b"api.example" in raw, raw  # the rest of the URL still says which one
+
+
 def test_api_update_refuses_control_characters_in_base_url(server):
     assert server.request("POST", "/api/providers", {"name": "crlf", "kind": "anthropic"}, headers=AUTH)[0] == 201
     status, _, raw = server.request(

@@ -56,6 +56,15 @@ def check_kind(kind: Any) -> str:
     return kind
 
 
+_USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as an error may repeat it: a ``user:password@`` part masked (a URL refused for another
+    reason may still carry one, and errors are answered, printed and logged)."""
+    return _USERINFO.sub("…@", url, count=1)
+
+
 def check_base_url(url: Any, kind: str) -> str:
     """An http(s) URL with a host; the kind's default when omitted (if it has one)."""
     if url is None or url == "":
@@ -68,7 +77,7 @@ def check_base_url(url: Any, kind: str) -> str:
     if len(url) > MAX_URL_CHARS or any(ch.isspace() or not ch.isprintable() for ch in url):
         # urlsplit silently drops tab, CR and LF: refuse them before parsing (header injection).
         raise invalid(
-            f"base URL {url[:100]!r} must not contain spaces or control characters "
+            f"base URL {shown_url(url)[:100]!r} must not contain spaces or control characters "
             f"(at most {MAX_URL_CHARS} characters)",
             "base_url",
         )
@@ -78,7 +87,7 @@ def check_base_url(url: Any, kind: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise invalid(f"base URL {url!r} is not valid: use http(s)://host[:port][/path]", "base_url")
+        raise invalid(f"base URL {shown_url(url)!r} is not valid: use http(s)://host[:port][/path]", "base_url")
     if parts.username or parts.password or parts.query or parts.fragment:
         # Keys belong in the vault, not in a URL that is shown, logged and audited.
         raise invalid(
