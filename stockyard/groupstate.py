@@ -82,7 +82,14 @@ class StateServer:
         self._next_id = 0
         self.path = str(Path(folder) / SOCKET_NAME)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
+        try:
+            self.sock.bind(self.path)
+        except OSError as exc:  # mostly a path past what a Unix socket's address holds (~107 bytes)
+            self.sock.close()
+            raise OSError(
+                f"cannot open the group's shared-state socket {self.path} ({exc.strerror or exc}); "
+                "it is made in a private folder under TMPDIR: set TMPDIR to a shorter path, e.g. /tmp"
+            ) from None
         self.sock.listen(128)
         self.sock.setblocking(False)
         self._selector: selectors.BaseSelector | None = None

@@ -278,6 +278,19 @@ def test_a_second_group_on_the_port_of_a_group_is_refused(group, tmp_path):
     assert group.request("GET", "/healthz")[0] == 200
 
 
+def test_a_group_under_a_too_long_tmpdir_says_so(pyz_path, cache_home, tmp_path):
+    """The group's shared-state socket goes in a private folder under TMPDIR; a path past the ~107 bytes a
+    Unix socket's address holds failed with only "AF_UNIX path too long". It names TMPDIR now, and what to do."""
+    deep = tmp_path / ("t" * 60) / ("m" * 60)
+    deep.mkdir(parents=True)
+    env = {**base_env(cache_home), "TMPDIR": str(deep)}
+    argv = [sys.executable, str(pyz_path), "serve", "--port", "0", "--workers", "2", "--db", str(tmp_path / "g.db")]
+    refused = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    assert "TMPDIR" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert not list(deep.iterdir()), "the group's private folder is left behind"
+
+
 def test_workers_must_be_a_positive_number(group):
     refused = group.cli("serve", "--port", "0", "--workers", "0")
     assert refused.returncode != 0
