@@ -185,6 +185,24 @@ def test_backup_on_postgresql_writes_a_checked_sqlite_file(source, pyz_path, env
     assert json.loads(listed.stdout.splitlines()[-1])["target"] == str(dest)
 
 
+def test_a_copy_to_sqlite_cut_by_a_crash_leaves_no_copy_behind_after_the_next(
+    source, pyz_path, env, pg_cluster, pg_url, tmp_path
+):
+    """A backup (or move) from PostgreSQL killed half way left its ``.NAME.move-PID-…`` file, a whole copy
+    of the data, beside the target for good: the next process has another pid. The next copy to the same
+    place removes those of processes that are gone, and keeps a live one's."""
+    assert run(pyz_path, "migrate-store", "--db", source.db, "--to", pg_url, env=env).returncode == 0
+    dest = tmp_path / "pg-backup.db"
+    gone = tmp_path / f".{dest.name}.move-999999999-1"  # pids stop at 2**22 on Linux: no such process
+    live = tmp_path / f".{dest.name}.move-{os.getpid()}-1"
+    for leftover in (gone, gone.with_name(gone.name + "-wal"), live):
+        leftover.write_bytes(b"a copy of the data")
+    done = run(pyz_path, "backup", dest, "--db", pg_url, env=env)
+    assert done.returncode == 0, done.stderr
+    assert not gone.exists() and not gone.with_name(gone.name + "-wal").exists()
+    assert live.exists()
+
+
 def test_backup_on_postgresql_under_load_is_one_consistent_read(pyz_path, env, pg_url, tmp_path):
     """A server keeps writing traces (and their rollups, in the same transactions) while the backup
     reads: the copy is one snapshot, so its rollups add up to exactly its traces."""

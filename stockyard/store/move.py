@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import audit
-from . import db, search
+from . import db, files, search
 from .backends import PostgresBackend
 from .pg import MIGRATE_LOCK_KEY
 
@@ -323,6 +323,7 @@ def postgres_to_sqlite(
         raise MoveError(f"{dest} already exists; migrate-store writes a new file")
     if not dest.parent.is_dir():
         raise MoveError(f"folder {dest.parent} does not exist")
+    files.remove_orphaned_copies(dest, "move")  # those of a copy killed half way (another pid: never reused)
     tmp = dest.with_name(f".{dest.name}.move-{os.getpid()}-{threading.get_ident()}")
     leftovers = [tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")]
     for stale in leftovers:
