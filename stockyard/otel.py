@@ -445,8 +445,10 @@ class Exporter:
         *,
         queue_spans: int = QUEUE_SPANS,
         retry_delays: tuple[float, ...] = RETRY_DELAYS_S,
+        post_timeout_s: float = POST_TIMEOUT_S,
     ) -> None:
         self.url = endpoint.rstrip("/") + "/v1/traces"
+        self._post_timeout_s = post_timeout_s
         self._headers = {"Content-Type": "application/json", **headers}
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_spans)
         self._retry_delays = retry_delays
@@ -525,13 +527,28 @@ class Exporter:
         """None when the collector took the batch, else (retryable, why)."""
         req = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
         try:
-            with _OPENER.open(req, timeout=POST_TIMEOUT_S) as resp:
-                resp.read()
+            with _OPENER.open(req, timeout=self._post_timeout_s) as resp:
+                _drain(resp, time.monotonic() + self._post_timeout_s)
             return None
         except urllib.error.HTTPError as err:
             return (err.code == 429 or err.code >= 500, f"HTTP {err.code}")
         except (OSError, ValueError) as exc:
             return (True, type(exc).__name__)
+
+
+ANSWER_READ_MAX = 64 * 1024  # bytes of a collector's answer read (and dropped) at most
+
+
+def _drain(resp: Any, until: float) -> None:
+    """Read the collector's answer (its bytes are not used) up to ``ANSWER_READ_MAX`` and no later than
+    ``until`` (plus one socket timeout): an answer without end, or sent a byte at a time, must not hold
+    the one export thread nor grow its memory."""
+    left = ANSWER_READ_MAX
+    while left > 0 and time.monotonic() < until:
+        got = resp.read1(min(left, 16384))
+        if not got:
+            return
+        left -= len(got)
 
 
 class Telemetry:

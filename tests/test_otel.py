@@ -573,6 +573,48 @@ def test_traceparent_parsing(value, ok):
     assert (parse_traceparent(value) is not None) == ok
 
 
+@pytest.mark.parametrize("pace_s", [0.0, 0.2])
+def test_a_collector_answering_without_end_does_not_hold_the_exporter(pace_s):
+    """The exporter read the collector's whole answer: one that never ended (or sent a byte now and then,
+    each within the socket timeout) held the one export thread for ever, every later span dropped, and a
+    fast endless answer grew its memory. It reads at most 64 KiB, within its post timeout."""
+    stop = threading.Event()
+
+    class Endless(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            piece = b"x" * (1 if pace_s else 65536)
+            try:
+                while not stop.is_set():
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                    stop.wait(pace_s)
+            except OSError:
+                pass  # the exporter hung up: what is wanted
+
+        def log_message(self, *args) -> None:
+            pass
+
+    endless = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    endless.daemon_threads = True
+    threading.Thread(target=endless.serve_forever, daemon=True).start()
+    done: list = []
+    try:
+        exporter = Exporter(f"http://127.0.0.1:{endless.server_address[1]}", {}, post_timeout_s=1.0)
+        poster = threading.Thread(target=lambda: done.append(exporter._post(b'{"resourceSpans": []}')), daemon=True)
+        poster.start()
+        poster.join(15)
+        assert done == [None], "the post did not end: the exporter is held by its collector's answer"
+    finally:
+        stop.set()
+        endless.shutdown()
+
+
 def test_a_collector_redirect_is_not_followed():
     """Was: urllib followed a collector's 302 — the OTLP headers (a vendor's API key) went to the
     other host, as a GET without the spans, and the batch counted as exported."""
