@@ -305,6 +305,7 @@ class Session:
                     frames, reader = [], None  # closing over unread bytes would reset the close frame away
                 if reader is None or reader.progress != progress:  # pings and pongs alone are not activity
                     self._active = time.monotonic()
+                pong: bytes | None = None  # the latest ping's (RFC 6455 §5.5.3): one write per read, not per ping
                 for f in frames:
                     if f.opcode == ws.CLOSE:
                         try:
@@ -314,9 +315,11 @@ class Session:
                         self.conn.close(code or ws.NORMAL, "")  # the client's code echoed (RFC 6455 §5.5.1)
                         return
                     if f.opcode == ws.PING:
-                        self._send_quietly(ws.PONG, f.payload)
+                        pong = f.payload
                     elif f.opcode == ws.TEXT:
                         self._received(f.text)
+                if pong is not None:
+                    self._send_quietly(ws.PONG, pong)
             now = time.monotonic()
             if self.conn.closed:  # our close frame went out: the client's answer, briefly
                 closing_since = closing_since or now

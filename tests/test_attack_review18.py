@@ -9,7 +9,9 @@ import json
 import openai
 import rawhttp
 from conftest import wait_for
-from test_responses_websocket import handshake, start
+from test_responses_websocket import Raw, handshake, start
+
+PING = bytes([0x89, 0x80]) + b"\0\0\0\0"  # an empty client ping (masked with a zero key)
 
 
 def test_one_connection_is_never_taken_by_a_websocket(pyz_path, cache_home, mock, tmp_path_factory):
@@ -38,3 +40,24 @@ def _answer_or_none(srv):
         if exc.status_code != 503:
             raise
         return None
+
+
+def test_a_ping_flood_is_not_answered_pong_for_ping(pyz_path, cache_home, mock, tmp_path_factory):
+    """Hole: each client ping was answered with its own pong, one write to the socket each, so a
+    client's 6-byte pings made the server do a system call apiece (1 MB of pings cost a second of
+    server CPU, 100 times a 1 MB message). RFC 6455 §5.5.3 lets a server answer only the latest of
+    the pings it has not answered yet: now one pong per read, and the last ping is still answered."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "ws18ping", STOCKYARD_WEBSOCKET_PING_INTERVAL="0")
+    try:
+        raw = Raw(srv, "anything")
+        raw.sock.sendall(PING * 5000)
+        raw.send_frame(0x9, b"last")
+        pongs = 0
+        while (got := raw.frame()) != (0xA, b"last"):
+            assert got == (0xA, b""), got
+            pongs += 1
+        assert pongs < 50, pongs  # one per read of up to 64 KiB (30 KB sent): a few at most
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
