@@ -5,6 +5,8 @@ bytes arrive, the server's keepalive pings, the 426 at the WebSocket caps and th
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import openai
 import rawhttp
@@ -57,6 +59,48 @@ def test_a_ping_flood_is_not_answered_pong_for_ping(pyz_path, cache_home, mock, 
             assert got == (0xA, b""), got
             pongs += 1
         assert pongs < 50, pongs  # one per read of up to 64 KiB (30 KB sent): a few at most
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_a_message_never_finished_is_not_held_for_the_lifetime(pyz_path, cache_home, mock, tmp_path_factory):
+    """Hole: a message's data bytes keep a socket from its idle timeout, so a client that began a
+    message (up to ``STOCKYARD_MAX_BODY_BYTES``, 32 MiB, held in memory) and sent a byte of it now
+    and then kept it, and its memory, for the whole lifetime (an hour): 64 sockets, 2 GiB. An HTTP
+    request must arrive whole within ``STOCKYARD_REQUEST_READ_TIMEOUT``; now a message must too, from
+    its first frame (1 s here), or the socket is closed with 1008."""
+    srv = start(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "ws18slow",
+        STOCKYARD_REQUEST_READ_TIMEOUT="1",
+        STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="60",
+        STOCKYARD_WEBSOCKET_PING_INTERVAL="0",
+    )
+    try:
+        raw = Raw(srv, "anything")
+        raw.sock.settimeout(10)
+        stop = threading.Event()
+
+        def trickle() -> None:  # the client's pace, a byte of its message every 0.2 s: never idle
+            try:
+                raw.send_frame(0x1, b'{"type": ', fin=False)
+                while not stop.wait(0.2):
+                    raw.send_frame(0x0, b" ", fin=False)
+            except OSError:
+                pass
+
+        threading.Thread(target=trickle, daemon=True).start()
+        began = time.monotonic()
+        try:
+            code = raw.close_code()
+        finally:
+            stop.set()
+        assert code == 1008 and time.monotonic() - began < 5, code
         raw.close()
     finally:
         srv.stop()
