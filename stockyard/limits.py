@@ -168,7 +168,7 @@ class Caps:
 def websocket_caps(wanted: int, connections: int | None) -> Caps:
     """The Responses WebSocket caps: ``wanted`` (``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS``) in all, but at
     most half of ``connections`` (the server's connection cap, when known): a socket holds one of those
-    for its life, and a client refused one (a 426) goes on over HTTP, which needs the room. One client
-    key holds a quarter of them (at least one)."""
-    total = min(wanted, max(1, connections // 2)) if connections else wanted
+    for its life, and a client refused one (a 426) goes on over HTTP, which needs the room: half of one
+    connection is none (every handshake a 426). One client key holds a quarter of them (at least one)."""
+    total = min(wanted, connections // 2) if connections else wanted
     return Caps(total, max(1, total // 4))

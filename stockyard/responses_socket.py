@@ -15,7 +15,8 @@ is answered from a connection-local copy of that turn (its whole input and its o
 front of the new input: the provider, told nothing of it, is sent the conversation whole. Every
 other id is looked up as over HTTP (stored responses). Limits: a message at most
 ``STOCKYARD_MAX_BODY_BYTES`` (close 1009), ``STOCKYARD_WEBSOCKET_IDLE_TIMEOUT`` without a data
-frame (pings and pongs do not count) and no turn in flight (close 1000), a ping after
+frame (pings and pongs do not count) and no turn in flight (close 1000), a message whole within
+``STOCKYARD_REQUEST_READ_TIMEOUT`` of its first frame, as an HTTP request's body (close 1008), a ping after
 ``STOCKYARD_WEBSOCKET_PING_INTERVAL`` with no frame sent (proxies in front drop quiet sockets),
 ``STOCKYARD_WEBSOCKET_LIFETIME`` in all (an ``error`` event
 ``websocket_connection_limit_reached``, then close 1000, once no turn is in flight), a drain
@@ -294,6 +295,7 @@ class Session:
         poll.register(self.conn.sock, select.POLLIN)
         data = self._buffered
         closing_since: float | None = None
+        message_since: float | None = None  # a message began and has not ended: it must, as an HTTP body must
         reader: ws.FrameReader | None = self._reader  # None once the client broke the protocol: drained, unread
         while True:
             if data and reader is not None:
@@ -305,6 +307,7 @@ class Session:
                     frames, reader = [], None  # closing over unread bytes would reset the close frame away
                 if reader is None or reader.progress != progress:  # pings and pongs alone are not activity
                     self._active = time.monotonic()
+                pong: bytes | None = None  # the latest ping's (RFC 6455 §5.5.3): one write per read, not per ping
                 for f in frames:
                     if f.opcode == ws.CLOSE:
                         try:
@@ -314,14 +317,22 @@ class Session:
                         self.conn.close(code or ws.NORMAL, "")  # the client's code echoed (RFC 6455 §5.5.1)
                         return
                     if f.opcode == ws.PING:
-                        self._send_quietly(ws.PONG, f.payload)
+                        pong = f.payload
                     elif f.opcode == ws.TEXT:
                         self._received(f.text)
+                if pong is not None:
+                    self._send_quietly(ws.PONG, pong)
             now = time.monotonic()
+            if reader is None or not reader.in_message:
+                message_since = None
+            elif message_since is None:
+                message_since = now
             if self.conn.closed:  # our close frame went out: the client's answer, briefly
                 closing_since = closing_since or now
                 if now - closing_since > CLOSE_WAIT_S:
                     return
+            elif message_since is not None and now - message_since >= settings.request_read_timeout_s:
+                self.conn.close(ws.POLICY, "a message must arrive whole within STOCKYARD_REQUEST_READ_TIMEOUT")
             elif not self.conn.busy:
                 if self._draining():
                     self.conn.close(ws.GOING_AWAY, "server shutting down")

@@ -1123,8 +1123,8 @@ class Handler(BaseHTTPRequestHandler):
         server.app.metrics.count("websocket_connections_refused_total")
         caps = server.app.websockets
         held = (
-            f"the server has {caps.total} WebSocket connections open (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS, "
-            "at most half of STOCKYARD_MAX_CONNECTIONS)"
+            f"the server's {caps.total} WebSocket connections are open (STOCKYARD_WEBSOCKET_MAX_CONNECTIONS, "
+            "at most half of STOCKYARD_MAX_CONNECTIONS: none when that is 1)"
             if refused == 503
             else f"this key has its share of WebSocket connections open ({caps.per_sender} of {caps.total})"
         )

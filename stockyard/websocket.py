@@ -127,6 +127,11 @@ class FrameReader:
         self._into = self._parts  # where that payload goes: the message, or a control frame's own buffer
         self._start = self._at = self._end = 0  # the payload's place there: first byte, next byte, end
 
+    @property
+    def in_message(self) -> bool:
+        """A message has begun and not ended: its bytes are held (the caller bounds for how long)."""
+        return self._opcode is not None
+
     def feed(self, data: bytes) -> list[Frame]:
         """The frames ``data`` completes (a Fault if the peer broke the protocol)."""
         view = memoryview(data)
