@@ -410,6 +410,8 @@ def test_redaction_and_the_cache_apply_to_socket_turns(pyz_path, cache_home, moc
 def test_a_socket_turn_costs_what_the_same_http_stream_costs(server, mock):
     """To the micro-cent: the turn over the socket and the same ``POST /v1/responses`` streamed."""
     body = {"model": "gpt-4o-mini", "input": "price this exactly", "store": False}
+    count = "SELECT count(*) AS n FROM traces WHERE endpoint = 'responses'"
+    before = server.db_rows(count)[0]["n"]
     client = server.openai("bob")
     with client.responses.create(**body, stream=True) as stream:
         http_id = [e for e in stream if e.type == "response.completed"][0].response.id
@@ -417,11 +419,10 @@ def test_a_socket_turn_costs_what_the_same_http_stream_costs(server, mock):
     raw.send_json({"type": "response.create", **body})
     ws_id = raw.until("response.completed")[-1]["response"]["id"]
     raw.close()
-    sql = "SELECT tags, cost_uc FROM traces WHERE endpoint = 'responses' ORDER BY ts_ms DESC LIMIT 2"
-    rows = wait_for(
-        lambda: len(r := server.db_rows(sql)) == 2 and "websocket" in (r[0]["tags"] or "") and r,
-        what="both traces",
-    )
+    # both written (the writer commits each when it can: the HTTP turn's is not always first), then the newest two
+    wait_for(lambda: server.db_rows(count)[0]["n"] == before + 2, what="both traces")
+    rows = server.db_rows("SELECT tags, cost_uc FROM traces WHERE endpoint = 'responses' ORDER BY ts_ms DESC LIMIT 2")
+    assert "websocket" in (rows[0]["tags"] or ""), rows
     assert http_id != ws_id and "websocket" not in (rows[1]["tags"] or "")
     assert rows[0]["cost_uc"] == rows[1]["cost_uc"] > 0, rows
 
