@@ -331,10 +331,13 @@ def test_the_index_keeps_no_copy_of_the_text(tmp_path):
 
 def test_a_body_that_no_longer_decompresses_still_leaves(tmp_path):
     """The delete trigger rebuilds the indexed text from the stored body: a body that does not
-    decompress (a damaged page, a hand edit) must not stop retention for good."""
+    decompress (a damaged page, a hand edit) must not stop retention for good. (The traces are a minute
+    old: one made in the millisecond retention reads its clock is not older than "now".)"""
     conn = db.connect(tmp_path / "s.db")
     db.migrate(conn)
-    rows = [sample_trace(int(time.time() * 1000) + i, body=b'{"messages": "a damaged ocelot"}') for i in range(2)]
+    rows = [
+        sample_trace(int(time.time() * 1000) - 60_000 + i, body=b'{"messages": "a damaged ocelot"}') for i in range(2)
+    ]
     with conn:
         for row in rows:
             row.write(conn)
