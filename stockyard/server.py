@@ -1074,6 +1074,9 @@ class Handler(BaseHTTPRequestHandler):
         """The Responses API's WebSocket mode (``responses_socket``): the handshake checked and its key
         authenticated before the upgrade (a refusal is the HTTP answer in OpenAI's shape, never a
         socket), then the session on this thread until the connection ends."""
+        # Accepted, the socket is the session's; refused, the connection ends with the answer: frames a
+        # client sent right behind its handshake are never read as HTTP requests.
+        self.close_connection = True
         headers = self._headers_dict()
         problem = websocket.handshake_problem(self.command, self.request_version, headers)
         if problem is None and self._body_pending():
@@ -1095,7 +1098,6 @@ class Handler(BaseHTTPRequestHandler):
         refused = server.app.websockets.take(holder)
         if refused is not None:
             self._refuse_websocket_at_cap(refused)
-        self.close_connection = True  # the socket is the session's: no HTTP request follows it
         try:
             accept = websocket.accept_key(headers["sec-websocket-key"])
             head = (
@@ -1146,6 +1148,7 @@ class Handler(BaseHTTPRequestHandler):
         """A WebSocket handshake on any path but ``/v1/responses`` (a proxy route's GET) is a 426, the
         refusal after which Codex goes straight to HTTP; after a 405 it retries five times first."""
         if self._asks_websocket():
+            self.close_connection = True  # as for every handshake: no frame behind it is read as HTTP
             raise ProxyError(
                 426,
                 f"WebSocket is not served on {urlsplit(self.path).path}; send the request as HTTP POST "

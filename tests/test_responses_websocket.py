@@ -347,6 +347,8 @@ def test_the_connection_cap(pyz_path, cache_home, mock, tmp_path_factory):
         with rawhttp.connect(srv) as sock:
             sock.sendall(handshake("anything").encode())
             status, head, body = rawhttp.read_response(sock)
+            # the refused handshake's connection ends: frames a client sent right behind it are never read as HTTP
+            assert head.get("connection") == "close" and sock.recv(1) == b"", head
         assert status == 426 and json.loads(body)["error"]["code"] == "too_many_websockets"
         assert "upgrade" not in head, head
         assert srv.metric("websocket_connections_refused_total") == 1
