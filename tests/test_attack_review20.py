@@ -104,3 +104,11 @@ def test_the_costs_page_by_end_user_shows_a_bounded_table(server):
     assert rows <= TABLE_TOP + 2  # the top groups, (other), TOTAL
     assert int(total[1].replace(",", "")) >= users  # the total still counts every request
     assert not errors, errors
+
+
+def test_the_latency_report_echoes_an_early_since_as_the_iso_time_it_was_given(server):
+    """Hole: ``/api/latency?since=0001-01-01`` answered ``"since": "1-01-01T00:00:00.000Z"``
+    (``time.strftime``'s ``%Y`` does not pad a year before 1000), a time no ISO parser reads back."""
+    status, body = admin(server, "/api/latency?since=0001-01-01&until=0999-06-01T12:00:00Z")
+    assert status == 200, body
+    assert (body["since"], body["until"]) == ("0001-01-01T00:00:00.000Z", "0999-06-01T12:00:00.000Z")
