@@ -215,6 +215,20 @@ def check_storable(params: dict[str, str], query: dict[str, str]) -> None:
             )
 
 
+def check_query(r: Route, query: dict[str, str]) -> None:
+    """A query parameter the route does not declare is a 400 naming it: ignored, an operator's
+    misspelt filter (``user_id`` for ``user``) would answer with everything, unfiltered."""
+    unknown = sorted(set(query) - {p.name for p in r.query})
+    if unknown:
+        known = ", ".join(p.name for p in r.query) or "none"
+        raise ProxyError(
+            400,
+            f"unknown query parameter {unknown[0][:100]!r} for {r.method} {r.pattern} (it takes: {known})",
+            param=unknown[0][:100],
+            code="invalid_value",
+        )
+
+
 def handle(app: "App", req: Request) -> Response:
     """Entry point from the server for every ``/api/`` request."""
     cors = cors_headers(app, req)
@@ -226,6 +240,7 @@ def handle(app: "App", req: Request) -> Response:
         if r.check is not None:
             r.check(params)
         check_storable(params, req.query)
+        check_query(r, req.query)
         result = r.handler(ApiRequest(app, req, params))
     except Refused as exc:  # a refused change, answered as the client error it is
         raise ProxyError(exc.status, exc.message, code=exc.code, param=exc.param, headers=cors) from None

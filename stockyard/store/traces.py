@@ -139,7 +139,9 @@ def latency_percentiles(
 
 
 def iso_utc(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+    """ISO 8601 UTC with milliseconds; the year padded to four digits (``%Y`` leaves year 1 as ``1``)."""
+    t = time.gmtime(ms / 1000)
+    return f"{t.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%S", t) + f".{ms % 1000:03d}Z"
 
 
 @dataclass

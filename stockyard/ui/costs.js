@@ -25,6 +25,9 @@ export function buckets(first, last) {
 
 // The chart's series: the groups that cost most over the range, the rest summed into one.
 export const CHART_TOP = 10;
+// The table's rows, likewise: end-user ids and tag values are the clients' to choose, so a
+// report of every group could be as long as a client likes (one id per request).
+export const TABLE_TOP = 200;
 
 function groupName(by, row) {
   if (row.other) return "(other)"; // the rest of a top=N report (its name in /api/costs)
@@ -74,7 +77,7 @@ export async function costs(view) {
     // Two requests whatever the range: the totals, and (day, group) for the chart — the top
     // groups and the rest per day, not one row per user per day.
     const [report, daily] = await Promise.all([
-      get("/api/costs", { by: group, since: first, until: last }),
+      get("/api/costs", { by: group, since: first, until: last, top: TABLE_TOP }),
       get("/api/costs", { by: `day,${group}`, since: first, until: last, top: CHART_TOP }),
     ]);
     const series = bucketSeries(chartNames(report.rows.map((r) => groupName(group, r)), daily.rows, group),
@@ -102,6 +105,10 @@ export async function costs(view) {
         { label: "UNPRICED", value: (r) => formatInt(r.unknown_cost), class: "num" },
         { label: "COST", value: (r) => formatUsd(r.cost_uc, 2), class: "num" },
       ], rows, { rowAttrs: (r) => ({ class: r.total ? "total" : null }) }),
+      report.rows.some((r) => r.other)
+        ? h("p", { class: "muted" }, `The ${TABLE_TOP} that cost most, the rest summed as (other); `
+          + `\`stockyard costs --by ${group} --csv\` lists every one.`)
+        : null,
       h("p", {}, download));
   };
   const form = h("form", { class: "inline", onsubmit: (e) => { e.preventDefault(); render(); } },
