@@ -112,3 +112,13 @@ def test_the_latency_report_echoes_an_early_since_as_the_iso_time_it_was_given(s
     status, body = admin(server, "/api/latency?since=0001-01-01&until=0999-06-01T12:00:00Z")
     assert status == 200, body
     assert (body["since"], body["until"]) == ("0001-01-01T00:00:00.000Z", "0999-06-01T12:00:00.000Z")
+
+
+@pytest.mark.parametrize("value, status", [("maybe", 400), ("tru", 400), ("true", 200), ("0", 200), ("", 200)])
+def test_a_boolean_query_parameter_that_is_neither_is_a_400(server, value, status):
+    """``/api/keys?live=maybe`` was read as false (revoked keys listed) — a misspelt flag silently doing the
+    opposite; a boolean parameter is now 1/true/yes or 0/false/no (or empty), else a 400 naming it."""
+    got, body = admin(server, f"/api/keys?live={value}")
+    assert got == status, body
+    if status == 400:
+        assert body["error"]["param"] == "live", body

@@ -117,6 +117,16 @@ class ApiRequest:
             raise ProxyError(400, f"query parameter {name!r} must be between {lo} and {hi}", param=name)
         return value
 
+    def bool_query(self, name: str) -> bool:
+        """A boolean parameter: 1/true/yes or 0/false/no (any case; absent or empty: false), else a 400
+        — a misspelt value read as false would silently answer the opposite of what was asked."""
+        raw = (self.query.get(name) or "").lower()
+        if raw in ("1", "true", "yes"):
+            return True
+        if raw in ("", "0", "false", "no"):
+            return False
+        raise ProxyError(400, f"query parameter {name!r} must be true or false", param=name, code="invalid_value")
+
     def time_query(self, name: str) -> datetime | None:
         """A UTC time from an ISO date or datetime, or a 400 that shows the accepted forms."""
         raw = self.query.get(name)

@@ -34,7 +34,7 @@ _BUDGET_BODY = {
     query=(Param("live", "boolean", "leave out revoked keys"),),
 )
 def list_keys(r: ApiRequest) -> dict:
-    live = r.query.get("live", "").lower() in ("1", "true", "yes")
+    live = r.bool_query("live")
     return {"keys": key_ops.list_keys(r.app.store.read(), include_revoked=not live)}
 
 
