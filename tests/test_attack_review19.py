@@ -1,0 +1,78 @@
+"""Review 19: an attacker's and an accountant's look at Gemini's native API and OpenAI's media
+endpoints — where earlier rounds looked least — with one ordinary client key (a small budget, a
+model allow-list), against the built pyz and the mock upstream, with the official ``openai`` SDK
+where a client matters.
+
+Each test names the hole it closes and failed on the code it was written against.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import MockUpstream, Reply
+
+GEMINI_KEY = "AIza-review19-0123456789abcdefPROVIDERSECRET"
+ADMIN = "admin-key-for-review19-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock: MockUpstream, tmp_path_factory) -> ServerProcess:
+    env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
+    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("review19") / "stockyard.db", env)
+    budget = ("--budget-usd", "5", "--budget-period", "total")
+    budgeted = proc.cli("keys", "create", "--name", "budgeted", *budget, "--json")
+    assert budgeted.returncode == 0, budgeted.stderr
+    proc.keys["budgeted"] = json.loads(budgeted.stdout)["key"]
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_mock(mock: MockUpstream):
+    mock.clear_replies()
+    yield
+    mock.clear_replies()
+
+
+def budget_spent(server: ServerProcess, key_id: str) -> int:
+    """What a key's budget counts as spent (µ¢): the daily rollups its traces settle into."""
+    rows = server.db_rows("SELECT COALESCE(SUM(cost_uc), 0) AS s FROM rollups_daily WHERE key_id = ?", (key_id,))
+    return rows[0]["s"]
+
+
+# --------------------------------------------------------------------------- media: transcriptions
+
+
+def test_a_streamed_transcription_cut_before_its_usage_is_billed(server, mock) -> None:
+    """Hole: a streamed transcription (gpt-4o-transcribe, ``stream=true``) reports its usage only in
+    its last event (``transcript.text.done``). A stream that ended before it — the provider broke
+    it, or the client left once it had read the text — was traced with cost ``unknown``, and so
+    settled its budget's hold at nothing: the provider heard (and bills) all of the audio, and
+    the transcript went out, for free. It is billed an estimate now: the audio its hold counted
+    (its upload's bytes) and the text that went out."""
+    deltas = [json.dumps({"type": "transcript.text.delta", "delta": piece}) for piece in ("Hello", " there", ".")]
+    mock.enqueue(Reply(sse=deltas, cut_after=3))
+    client = server.openai("budgeted")
+    audio = b"ID3" + b"\x00" * 4997  # 5,000 bytes: 20 s held at the lowest bitrate (250 bytes a second)
+    with client.audio.transcriptions.with_streaming_response.create(
+        model="gpt-4o-transcribe", file=("a.mp3", audio, "audio/mpeg"), stream=True
+    ) as resp:
+        trace_id = resp.headers["x-stockyard-trace-id"]
+        text = b""
+        try:
+            for chunk in resp.iter_bytes():
+                text += chunk
+        except Exception:  # the cut: the SDK's reader sees the stream end early
+            pass
+    assert b"Hello" in text and b" there" in text
+    trace = wait_for(lambda: server.trace(trace_id), what="the trace")
+    assert trace["outcome"] == "stream_broken", trace
+    assert trace["cost_status"] == "estimate" and trace["cost_uc"], trace
+    # gpt-4o-transcribe per 1M: audio in $6.00 (600 µ¢ a token), out $10.00: 20 s × 20 audio tokens
+    # a second are 400 audio tokens, at least 240,000 µ¢, and the text that went out
+    assert trace["cost_uc"] >= 400 * 600
+    wait_for(lambda: budget_spent(server, trace["key_id"]) >= trace["cost_uc"], what="the budget charged")
