@@ -22,10 +22,10 @@ ADMIN = "admin-key-for-review19-0123456789"
 def server(pyz_path, cache_home, mock: MockUpstream, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("review19") / "stockyard.db", env)
-    budget = ("--budget-usd", "5", "--budget-period", "total")
-    budgeted = proc.cli("keys", "create", "--name", "budgeted", *budget, "--json")
-    assert budgeted.returncode == 0, budgeted.stderr
-    proc.keys["budgeted"] = json.loads(budgeted.stdout)["key"]
+    for name, usd in (("budgeted", "5"), ("dime", "0.10")):
+        made = proc.cli("keys", "create", "--name", name, "--budget-usd", usd, "--budget-period", "total", "--json")
+        assert made.returncode == 0, made.stderr
+        proc.keys[name] = json.loads(made.stdout)["key"]
     proc.start()
     yield proc
     proc.stop()
@@ -76,3 +76,38 @@ def test_a_streamed_transcription_cut_before_its_usage_is_billed(server, mock) -
     # a second are 400 audio tokens, at least 240,000 µ¢, and the text that went out
     assert trace["cost_uc"] >= 400 * 600
     wait_for(lambda: budget_spent(server, trace["key_id"]) >= trace["cost_uc"], what="the budget charged")
+
+
+# --------------------------------------------------------------------------- media: image edits
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200  # the provider reads it as an image; its tokens are its own
+
+
+def edit(server: ServerProcess, key: str, images: int) -> tuple[int, dict]:
+    """A gpt-image-1 edit of ``images`` uploaded images at low quality, by the official SDK."""
+    import openai
+
+    client = server.openai(key)
+    files = [(f"in{i}.png", PNG, "image/png") for i in range(images)]
+    try:
+        raw = client.images.with_raw_response.edit(
+            model="gpt-image-1", image=files, prompt="merge them", quality="low", size="1024x1024"
+        )
+    except openai.APIStatusError as err:
+        return err.status_code, err.response.json()
+    return raw.status_code, json.loads(raw.content)
+
+
+def test_an_image_edit_holds_the_images_it_uploads(server, mock) -> None:
+    """Hole: a gpt-image edit is billed its input images as image input tokens (gpt-image-1:
+    $10 per 1M; up to 16 images, thousands of tokens each at high fidelity), but the budget's hold
+    counted only the form's text (the upload's metadata at four bytes a token) and the images it
+    draws. A key with $0.10 left was let send 16 images at once, held at ~$0.013: each upload
+    is held now as an image named by reference is (the price table's ``image_input_tokens``, else
+    1,600 tokens), so 16 of them (25.6M µ¢ at $10 per 1M) do not fit $0.10, and one does."""
+    calls = len(mock.requests)
+    status, body = edit(server, "dime", 16)
+    assert status == 429 and body["error"]["code"] == "budget_exceeded", body
+    assert len(mock.requests) == calls  # refused before the provider was asked
+    status, body = edit(server, "dime", 1)
+    assert status == 200 and body["data"], body
