@@ -16,6 +16,7 @@ from mock_upstream import MockUpstream, Reply
 
 GEMINI_KEY = "AIza-review19-0123456789abcdefPROVIDERSECRET"
 ADMIN = "admin-key-for-review19-0123456789"
+CONTENTS = [{"role": "user", "parts": [{"text": "Hello"}]}]
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +112,53 @@ def test_an_image_edit_holds_the_images_it_uploads(server, mock) -> None:
     assert len(mock.requests) == calls  # refused before the provider was asked
     status, body = edit(server, "dime", 1)
     assert status == 200 and body["data"], body
+
+
+# --------------------------------------------------------------------------- Gemini: a stream cut
+
+
+def test_a_gemini_stream_cut_after_chunks_without_their_output_count_bills_the_text_sent(server, mock) -> None:
+    """Hole: Gemini's stream chunks each carry ``usageMetadata``, but before the last one it may
+    hold the prompt's count alone (no ``candidatesTokenCount`` yet). A stream cut there (the
+    provider broke, the client left) was billed that count as exact: its input, and none of the
+    text that had gone out. Until a chunk ends the answer its usage is a floor now, and the output
+    is at least the text relayed (four characters a token), an estimate, as for a Claude stream
+    cut before its output count."""
+    model = "gemini-2.5-flash"
+    text = "word " * 800  # 4,000 characters: 1,000 tokens at four characters a token
+    prompt_only = {"promptTokenCount": 12, "totalTokenCount": 12}
+    chunk = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}]}
+    events = [json.dumps({**chunk, "usageMetadata": prompt_only, "modelVersion": model})] * 2
+    mock.enqueue(Reply(sse=events, cut_after=2))
+    key = server.secret("budgeted")
+    path = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
+    status, headers, raw = server.request("POST", path, {"contents": CONTENTS}, headers={"x-goog-api-key": key})
+    assert status == 200 and raw.count(b"word") >= 1600, raw[:200]
+    trace = wait_for(lambda: server.trace(headers["x-stockyard-trace-id"]), what="the trace")
+    assert trace["outcome"] == "stream_broken", trace
+    assert trace["completion_tokens"] >= 2000 and trace["cost_status"] == "estimate", trace
+    assert trace["prompt_tokens"] == 12
+
+
+def test_a_gemini_stream_cut_so_bills_the_text_sent_to_a_chat_client_too(server, mock) -> None:
+    """Hole: the same cut, with an OpenAI client (the official SDK) on a Gemini model: the
+    translated stream kept the prompt-only count as exact and billed none of the text it sent."""
+    import openai
+
+    text = "word " * 800
+    prompt_only = {"promptTokenCount": 12, "totalTokenCount": 12}
+    chunk = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}]}
+    mock.enqueue(Reply(sse=[json.dumps({**chunk, "usageMetadata": prompt_only})] * 2, cut_after=2))
+    client = server.openai("budgeted")
+    got = ""
+    with client.chat.completions.with_streaming_response.create(
+        model="gemini-2.5-flash", messages=[{"role": "user", "content": "Hello"}], stream=True
+    ) as resp:
+        trace_id = resp.headers["x-stockyard-trace-id"]
+        with pytest.raises(openai.APIError):  # the break: OpenAI's error event, which the SDK raises
+            for event in resp.parse():
+                got += event.choices[0].delta.content or "" if event.choices else ""
+    assert got.count("word") == 1600
+    trace = wait_for(lambda: server.trace(trace_id), what="the trace")
+    assert trace["outcome"] == "stream_broken", trace
+    assert trace["completion_tokens"] >= 2000 and trace["cost_status"] == "estimate", trace

@@ -665,6 +665,13 @@ def status_and_message(payload: Any) -> tuple[str, str] | None:
     return (fields[1], fields[2]) if fields else None
 
 
+def partial_usage(ctx: RequestContext, complete: bool) -> bool:
+    """Whether the usage read so far is a floor, not the answer's count: a chunk before the one
+    that ends the answer may hold the prompt's count alone (no ``candidatesTokenCount`` yet), so a
+    stream cut there is billed at least the text it relayed (``billing``: ``Attempt.usage_partial``)."""
+    return ctx.attempt.usage is not None and not complete
+
+
 def error_fields(payload: Any) -> tuple[int, str, str] | None:
     """(HTTP code, status name, message) of a Google error object (or a one-item list of them)."""
     if isinstance(payload, list) and payload:
@@ -762,6 +769,7 @@ class GeminiStream(ChunkStream):
         if not doc.get("candidates") and (doc.get("promptFeedback") or {}).get("blockReason"):
             out += [self.out({"role": "assistant", "content": ""}), self.out({}, "content_filter")]
             self.complete = True
+        self.ctx.attempt.usage_partial = partial_usage(self.ctx, self.complete)
         return out
 
     def candidate_events(self, candidate: dict, index: int) -> list[bytes]:

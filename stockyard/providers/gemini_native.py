@@ -27,7 +27,7 @@ from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, model_segment, sse_data
 from .chatshape import record_stream_error, unreadable_event
-from .gemini import api_path, auth_headers, error_fields
+from .gemini import api_path, auth_headers, error_fields, partial_usage
 
 STREAM = "streamGenerateContent"
 JSON_ARRAY = "application/json; charset=UTF-8"
@@ -180,6 +180,7 @@ class NativeStream(StreamTranslator):
             record_stream_error(self.ctx, fields[1], fields[2])
         elif record(self.ctx, doc):
             self.complete = True
+        self.ctx.attempt.usage_partial = partial_usage(self.ctx, self.complete)
         return [event] if self.sse else [self.element(data)]
 
     def finish(self) -> list[bytes]:
