@@ -23,6 +23,8 @@ CONTENTS = [{"role": "user", "parts": [{"text": "Hello"}]}]
 def server(pyz_path, cache_home, mock: MockUpstream, tmp_path_factory) -> ServerProcess:
     env = mock_env(cache_home, mock, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=mock.url, STOCKYARD_ADMIN_KEY=ADMIN)
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("review19") / "stockyard.db", env)
+    priced = proc.cli("prices", "set", "gemini-embedding-001", "--input", "0.15", "--output", "0")
+    assert priced.returncode == 0, priced.stderr  # Google's price; not in the shipped table
     for name, usd in (("budgeted", "5"), ("dime", "0.10")):
         made = proc.cli("keys", "create", "--name", name, "--budget-usd", usd, "--budget-period", "total", "--json")
         assert made.returncode == 0, made.stderr
@@ -162,3 +164,28 @@ def test_a_gemini_stream_cut_so_bills_the_text_sent_to_a_chat_client_too(server,
     trace = wait_for(lambda: server.trace(trace_id), what="the trace")
     assert trace["outcome"] == "stream_broken", trace
     assert trace["completion_tokens"] >= 2000 and trace["cost_status"] == "estimate", trace
+
+
+# --------------------------------------------------------------------------- Gemini: embeddings
+
+
+@pytest.mark.parametrize("route", ["native", "openai"])
+def test_gemini_embeddings_of_non_latin_text_are_not_billed_a_third_of_their_bytes(server, mock, route) -> None:
+    """Hole: Gemini reports no usage for embeddings, so Stockyard estimates it — by characters, four
+    a token, where every other estimate here (and the budget's hold of the same request) counts
+    UTF-8 bytes, four a token, as the over-estimate. A CJK text (three bytes a character, about a
+    token a character to Gemini's tokenizer) was billed a quarter token a character: a third of
+    what its hold counted. It is billed its bytes / 4 now, as the hold counts it."""
+    text = "数据" * 2000  # 4,000 characters, 12,000 UTF-8 bytes: 3,000 tokens at four bytes a token
+    key = server.secret("budgeted")
+    if route == "native":
+        body = {"content": {"parts": [{"text": text}]}}
+        path = "/v1beta/models/gemini-embedding-001:embedContent"
+        status, headers, raw = server.request("POST", path, body, headers={"x-goog-api-key": key})
+        assert status == 200, raw
+        trace_id = headers["x-stockyard-trace-id"]
+    else:
+        made = server.openai("budgeted").embeddings.with_raw_response.create(model="gemini-embedding-001", input=text)
+        trace_id = made.headers["x-stockyard-trace-id"]
+    trace = wait_for(lambda: server.trace(trace_id), what="the trace")
+    assert trace["prompt_tokens"] >= 3000 and trace["cost_status"] == "estimate", trace

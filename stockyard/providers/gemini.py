@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..estimate import text_tokens
 from ..objectrefs import names_a_file
 from ..pricing import Usage
 from . import Provider
@@ -522,6 +523,13 @@ def embedding_texts(value: Any) -> list[str]:
     return texts
 
 
+def embedded_tokens(texts: list[str]) -> int:
+    """The estimated input tokens of texts Gemini embedded (it reports none): each text's UTF-8
+    bytes at four a token, as every estimate here counts (and the budget's hold of the request):
+    four characters would bill a CJK text, about a token a character, a quarter token each."""
+    return sum(max(1, text_tokens(t.encode("utf-8", "surrogatepass"))) for t in texts)
+
+
 def embed_request(body: dict, model: str) -> dict:
     """An OpenAI embeddings request → ``batchEmbedContents``: one request per input text."""
     name = "models/" + model.removeprefix("models/")
@@ -729,9 +737,9 @@ class GeminiAdapter(Adapter):
             )
 
     def parse_embeddings(self, ctx: RequestContext, doc: dict) -> bytes:
-        """Gemini reports no usage for embeddings: the input is estimated (4 characters a token)."""
+        """Gemini reports no usage for embeddings: the input is estimated (:func:`embedded_tokens`)."""
         texts = embedding_texts(ctx.body.get("input"))
-        ctx.attempt.usage = Usage(prompt_tokens=sum(max(1, -(-len(t) // 4)) for t in texts))
+        ctx.attempt.usage = Usage(prompt_tokens=embedded_tokens(texts))
         ctx.attempt.usage_estimated = True
         ctx.attempt.served_model = ctx.attempt.served_model or ctx.attempt.upstream_model
         with shape_errors(502, "the provider answer"):
