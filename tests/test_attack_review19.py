@@ -189,3 +189,47 @@ def test_gemini_embeddings_of_non_latin_text_are_not_billed_a_third_of_their_byt
         trace_id = made.headers["x-stockyard-trace-id"]
     trace = wait_for(lambda: server.trace(trace_id), what="the trace")
     assert trace["prompt_tokens"] >= 3000 and trace["cost_status"] == "estimate", trace
+
+
+# --------------------------------------------------------------------------- media: multipart
+
+
+def form(parts: list[tuple[str, bytes]], boundary: str = "review19bound") -> tuple[bytes, dict[str, str]]:
+    """A multipart body of ``(Content-Disposition parameters, value)`` parts, written by hand."""
+    body = b"".join(
+        f"--{boundary}\r\nContent-Disposition: form-data; {params}\r\n\r\n".encode() + value + b"\r\n"
+        for params, value in parts
+    )
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.parametrize(
+    "disguised",
+    [
+        "name=\"prompt\"; name*=UTF-8''model",  # RFC 2231/5987: Werkzeug reads the name as "model"
+        'name*0="mo"; name*1="del"',  # RFC 2231 continuations: "model" to Werkzeug
+        'name="prompt"; name*0*=UTF-8\'\'mo; name*1="del"',
+    ],
+)
+def test_a_form_field_named_in_rfc_2231_form_is_refused(server, mock, disguised) -> None:
+    """Hole: the form is relayed with its parts' own headers, and Stockyard read a part's name from
+    ``name=`` alone, while parsers that follow RFC 2231 (Werkzeug's, behind many Python servers)
+    let ``name*=`` — or ``name*0``, ``name*1``… — name it. A part Stockyard read as ``prompt``
+    reached such a provider as a first ``model``: a model the key's allow-list, its budget and its
+    price never saw (or as ``n``: images the hold did not count). A part whose name is written so
+    is a 400 now, before the provider is asked (the second case was refused already: no name)."""
+    calls = len(mock.requests)
+    body, headers = form(
+        [
+            (disguised, b"gpt-4o-transcribe"),
+            ('name="model"', b"whisper-1"),
+            ('name="file"; filename="a.mp3"', b"ID3" + b"\x00" * 997),
+        ]
+    )
+    headers["Authorization"] = f"Bearer {server.secret('budgeted')}"
+    status, _, raw = server.request("POST", "/v1/audio/transcriptions", raw=body, headers=headers)
+    assert status == 400, raw
+    error = json.loads(raw)["error"]
+    assert "name" in error["message"], error
+    assert len(mock.requests) == calls
