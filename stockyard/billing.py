@@ -239,11 +239,12 @@ class Pricer:
 
     @staticmethod
     def _audio_cut(ctx: RequestContext, a: Attempt) -> bool:
-        """A transcription or translation whose answer went out (in part) but ended before it said
-        what it cost, in a format that says it (a stream cut before ``transcript.text.done``):
-        the provider heard all of the audio, so it is estimated, never left unknown (free)."""
+        """A streamed transcription whose answer went out (in part) but ended before it said what
+        it cost (cut before ``transcript.text.done``): the provider heard all of the audio, so it is
+        estimated, never left unknown (free). A whole answer without its usage stays unknown."""
         return (
             ctx.endpoint in media.AUDIO_IN
+            and ctx.stream
             and a.outcome in BILLABLE_WITHOUT_USAGE
             and estimate.unpriced_audio_format(ctx) is None
         )
