@@ -230,10 +230,40 @@ class Pricer:
         elif ctx.endpoint == "speech" and price is not None and price.unit == "character":
             text = ctx.body.get("input")
             cost = unit_cost(price, len(text)) if isinstance(text, str) else None
+        elif self._audio_cut(ctx, a) and price is not None:
+            cost = self._cut_audio_cost(ctx, a, price)
         if cost is None:
             a.cost_uc, a.cost_status = None, "unknown"
         else:  # usage_estimated: a streamed image's, by ``media.ImageStream``
             a.cost_uc, a.cost_status = cost, "estimate" if a.usage_estimated else "exact"
+
+    @staticmethod
+    def _audio_cut(ctx: RequestContext, a: Attempt) -> bool:
+        """A streamed transcription whose answer went out (in part) but ended before it said what
+        it cost (cut before ``transcript.text.done``): the provider heard all of the audio, so it is
+        estimated, never left unknown (free). A whole answer without its usage stays unknown."""
+        return (
+            ctx.endpoint in media.AUDIO_IN
+            and ctx.stream
+            and a.outcome in BILLABLE_WITHOUT_USAGE
+            and estimate.unpriced_audio_format(ctx) is None
+        )
+
+    def _cut_audio_cost(self, ctx: RequestContext, a: Attempt, price: Price) -> int | None:
+        """The estimate of a cut audio answer (:meth:`_audio_cut`): the audio its hold counted
+        (``estimate.held_audio_seconds``) by the second, or as audio tokens with the input text and
+        the text that went out; None in another unit."""
+        seconds = estimate.held_audio_seconds(ctx, a.upstream_model or ctx.model or "")
+        a.usage_estimated = True
+        if price.unit == "second":
+            a.media_seconds = seconds
+            return unit_cost(price, seconds)
+        if price.unit != "token":
+            return None
+        audio = seconds * estimate.AUDIO_TOKENS_PER_S
+        relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())
+        a.usage = Usage(prompt_tokens=estimate.input_tokens(ctx) + audio, completion_tokens=relayed, media_tokens=audio)
+        return cost_microcents(price, a.usage)
 
     def image_price(self, ctx: RequestContext, model: str, provider: str | None) -> Price | None:
         """The per-image price for this request's model, size and quality (DALL·E), or None."""

@@ -512,8 +512,9 @@ def media_request_cost(
 
     Images: ``n`` × the per-image price (DALL·E), or for token-priced models ``n`` images at the
     request's quality and size (``imagegen.images_api_tokens``, as the image tool's are held), at
-    the dearest output rate (the image output rate), and for a model that bills its text output
-    apart the text each image may come with (:func:`drawn_text_cost`).
+    the dearest output rate (the image output rate), the images an edit uploads
+    (:func:`uploaded_image_tokens`), and for a model that bills its text output apart the text each
+    image may come with (:func:`drawn_text_cost`).
     Speech: its characters (tts-1); a speech model priced per token cannot be counted (None).
     Transcriptions and translations: :func:`audio_cost`.
     """
@@ -526,7 +527,7 @@ def media_request_cost(
         if price is not None and price.unit == "token":
             each = images_api_tokens(ctx.body, model, default_max_tokens)
             written = drawn_text_cost(price, n, default_max_tokens)  # gpt-image-1.5's text, beside its images
-            return worst_case_cost(price, input_tokens(ctx), each * n) + written
+            return worst_case_cost(price, input_tokens(ctx) + uploaded_image_tokens(ctx, price), each * n) + written
         return None
     if price is None:
         return None
@@ -538,6 +539,15 @@ def media_request_cost(
     if ctx.endpoint in PRICED_AUDIO_FORMATS:
         return audio_cost(ctx, price, default_max_tokens, model)
     return worst_case_cost(price, input_tokens(ctx), default_max_tokens) if price.unit == "token" else None
+
+
+def uploaded_image_tokens(ctx: RequestContext, price: Price) -> int:
+    """Input tokens of the images an edit uploads (its form's file parts, a mask too: which ones
+    a provider reads is its own business), each as an image named by reference is held (the price
+    table's ``image_input_tokens``, else :data:`IMAGE_INPUT_TOKENS`): their bytes are not in
+    ``ctx.raw``, which for a form is its metadata."""
+    files = len(ctx.upload.files) if ctx.upload is not None else 0
+    return files * (price.image_input_tokens or IMAGE_INPUT_TOKENS)
 
 
 # -- the most an uploaded audio can cost ------------------------------------------------------------

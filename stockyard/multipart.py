@@ -9,7 +9,9 @@ client's body block by block, parses the parts as they stream past, and keeps:
   never has a name, so nothing is left behind even if the process dies).
 
 The parser is strict: a bad or missing boundary, a missing closing delimiter, a part without
-``Content-Disposition: form-data; name=…``, too many parts or part headers → a 400 naming the
+``Content-Disposition: form-data; name=…`` (or one naming itself by RFC 2231's ``name*``, which
+parsers that follow it read as another name: the parts are relayed as they came), too many parts
+or part headers → a 400 naming the
 problem; a body beyond the limit → 413. Never a 500, never a wait beyond the body's end.
 
 The API::
@@ -157,6 +159,9 @@ def _part_head(head: bytes) -> tuple[str, str | None, str | None]:
     if kind.strip().lower() != "form-data":
         raise _bad(f"a part's Content-Disposition is {kind.strip()[:40]!r}, not form-data")
     params = _params(rest, "a part's Content-Disposition")
+    extended = next((key for key in params if "*" in key and key != "filename*"), None)
+    if extended is not None:  # RFC 2231's name*, name*0…: a parser that follows it reads another name
+        raise _bad(f'a part\'s Content-Disposition has the parameter {extended!r}: send its name as name="…"')
     if "name" not in params:
         raise _bad("a part's Content-Disposition has no name")
     filename = params.get("filename")

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..estimate import text_tokens
 from ..objectrefs import names_a_file
 from ..pricing import Usage
 from . import Provider
@@ -522,6 +523,13 @@ def embedding_texts(value: Any) -> list[str]:
     return texts
 
 
+def embedded_tokens(texts: list[str]) -> int:
+    """The estimated input tokens of texts Gemini embedded (it reports none): each text's UTF-8
+    bytes at four a token, as every estimate here counts (and the budget's hold of the request):
+    four characters would bill a CJK text, about a token a character, a quarter token each."""
+    return sum(max(1, text_tokens(t.encode("utf-8", "surrogatepass"))) for t in texts)
+
+
 def embed_request(body: dict, model: str) -> dict:
     """An OpenAI embeddings request → ``batchEmbedContents``: one request per input text."""
     name = "models/" + model.removeprefix("models/")
@@ -665,6 +673,13 @@ def status_and_message(payload: Any) -> tuple[str, str] | None:
     return (fields[1], fields[2]) if fields else None
 
 
+def partial_usage(ctx: RequestContext, complete: bool) -> bool:
+    """Whether the usage read so far is a floor, not the answer's count: a chunk before the one
+    that ends the answer may hold the prompt's count alone (no ``candidatesTokenCount`` yet), so a
+    stream cut there is billed at least the text it relayed (``billing``: ``Attempt.usage_partial``)."""
+    return ctx.attempt.usage is not None and not complete
+
+
 def error_fields(payload: Any) -> tuple[int, str, str] | None:
     """(HTTP code, status name, message) of a Google error object (or a one-item list of them)."""
     if isinstance(payload, list) and payload:
@@ -722,9 +737,9 @@ class GeminiAdapter(Adapter):
             )
 
     def parse_embeddings(self, ctx: RequestContext, doc: dict) -> bytes:
-        """Gemini reports no usage for embeddings: the input is estimated (4 characters a token)."""
+        """Gemini reports no usage for embeddings: the input is estimated (:func:`embedded_tokens`)."""
         texts = embedding_texts(ctx.body.get("input"))
-        ctx.attempt.usage = Usage(prompt_tokens=sum(max(1, -(-len(t) // 4)) for t in texts))
+        ctx.attempt.usage = Usage(prompt_tokens=embedded_tokens(texts))
         ctx.attempt.usage_estimated = True
         ctx.attempt.served_model = ctx.attempt.served_model or ctx.attempt.upstream_model
         with shape_errors(502, "the provider answer"):
@@ -762,6 +777,7 @@ class GeminiStream(ChunkStream):
         if not doc.get("candidates") and (doc.get("promptFeedback") or {}).get("blockReason"):
             out += [self.out({"role": "assistant", "content": ""}), self.out({}, "content_filter")]
             self.complete = True
+        self.ctx.attempt.usage_partial = partial_usage(self.ctx, self.complete)
         return out
 
     def candidate_events(self, candidate: dict, index: int) -> list[bytes]:

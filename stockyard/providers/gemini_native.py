@@ -27,7 +27,7 @@ from ..pricing import Usage
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, model_segment, sse_data
 from .chatshape import record_stream_error, unreadable_event
-from .gemini import api_path, auth_headers, error_fields
+from .gemini import api_path, auth_headers, embedded_tokens, error_fields, partial_usage
 
 STREAM = "streamGenerateContent"
 JSON_ARRAY = "application/json; charset=UTF-8"
@@ -134,14 +134,14 @@ class GeminiNativeAdapter(Adapter):
 
     @staticmethod
     def embedding_usage(ctx: RequestContext, doc: Any) -> None:
-        """``usageMetadata`` when the provider sends one; else estimated from the texts (4 characters a token)."""
+        """``usageMetadata`` when the provider sends one; else estimated from the texts (``gemini.embedded_tokens``)."""
         ctx.attempt.served_model = ctx.attempt.served_model or ctx.attempt.upstream_model
         meta = doc.get("usageMetadata") if isinstance(doc, dict) else None
         if isinstance(meta, dict):
             ctx.attempt.usage = Usage.from_gemini(meta)
             return
         texts = embedded_texts(ctx.body)
-        tokens = sum(max(1, -(-len(t) // 4)) for t in texts) if texts else text_tokens(ctx.raw)
+        tokens = embedded_tokens(texts) if texts else text_tokens(ctx.raw)
         ctx.attempt.usage = Usage(prompt_tokens=tokens)
         ctx.attempt.usage_estimated = True
 
@@ -180,6 +180,7 @@ class NativeStream(StreamTranslator):
             record_stream_error(self.ctx, fields[1], fields[2])
         elif record(self.ctx, doc):
             self.complete = True
+        self.ctx.attempt.usage_partial = partial_usage(self.ctx, self.complete)
         return [event] if self.sse else [self.element(data)]
 
     def finish(self) -> list[bytes]:
