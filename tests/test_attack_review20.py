@@ -122,3 +122,13 @@ def test_a_boolean_query_parameter_that_is_neither_is_a_400(server, value, statu
     assert got == status, body
     if status == 400:
         assert body["error"]["param"] == "live", body
+
+
+@pytest.mark.parametrize("value", ["1_0", "\uff11", " 5", "5 ", "+5", "0x10"])
+def test_a_number_query_parameter_is_plain_ascii_digits(server, value):
+    """``int()`` also reads ``1_0`` as 10 and a full-width ``１`` as 1: a query number is ASCII digits (an
+    optional minus) or a 400, as every other number Stockyard reads from a client."""
+    from urllib.parse import quote
+
+    got, body = admin(server, f"/api/traces?limit={quote(value)}")
+    assert got == 400 and body["error"]["param"] == "limit", body

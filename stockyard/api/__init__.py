@@ -28,6 +28,8 @@ from .logins import LoginThrottle, record_failure
 if TYPE_CHECKING:
     from ..app import App
 
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")  # a query parameter's number: ASCII digits only
+
 ADMIN_KEY_HELP = (
     "the admin API is disabled: set STOCKYARD_ADMIN_KEY (for example "
     "`export STOCKYARD_ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`) "
@@ -109,10 +111,9 @@ class ApiRequest:
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ProxyError(400, f"query parameter {name!r} must be a whole number", param=name) from None
+        if not _WHOLE_NUMBER.fullmatch(raw):  # not int()'s extras: 1_0, a full-width digit, spaces, a plus
+            raise ProxyError(400, f"query parameter {name!r} must be a whole number", param=name)
+        value = int(raw)
         if not lo <= value <= hi:
             raise ProxyError(400, f"query parameter {name!r} must be between {lo} and {hi}", param=name)
         return value
