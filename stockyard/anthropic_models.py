@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Container, Iterable
 from urllib.parse import parse_qs, unquote
 
 from .errors import ProxyError
-from .httpio import Response, json_response
+from .httpio import Response, json_response, whole_number
 from .keys import KeyRecord
 from .logbuffer import printable
 from .models import MODEL_PREFIX, Listed, listed_models, not_found
@@ -112,9 +112,10 @@ def page_limit(params: dict[str, list[str]]) -> int:
     raw = single(params, "limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= MAX_LIMIT):
+    limit = whole_number(raw)
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise invalid(f"limit must be a whole number from 1 to {MAX_LIMIT}; got {printable(raw, 40)!r}", "limit")
-    return int(raw)
+    return limit
 
 
 def wants_active(params: dict[str, list[str]]) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ProxyError
-from .httpio import Request, Response, check_method, json_bytes, json_response
+from .httpio import Request, Response, check_method, json_bytes, json_response, whole_number
 from .store import Store, storable
 from .store.traces import ZLIB_LEVEL
 
@@ -191,10 +191,7 @@ def page_params(query: dict[str, str]) -> tuple[str, int, str | None]:
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise invalid("order", "'order' must be asc or desc")
-    try:
-        limit = int(query.get("limit", "20"))
-    except ValueError:
-        limit = 0
+    limit = whole_number(query.get("limit", "20")) or 0
     if not 1 <= limit <= 100:
         raise invalid("limit", "'limit' must be a whole number from 1 to 100")
     return order, limit, query.get("after") or None

@@ -33,7 +33,7 @@ from .context import Conversation, RequestContext, Route
 from .conversations import kept_history_tokens
 from .conversations_api import item_list
 from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
-from .httpio import DuplicateMember, Request, check_method, json_object, unique_members
+from .httpio import DuplicateMember, Request, check_method, json_object, unique_members, whole_number
 from .keys import KeyRecord
 from .limits import check_request_numbers
 from .modules.ratelimit import admit_call
@@ -134,10 +134,7 @@ def not_found(kind: str, object_id: str, param: str | None = "id") -> ProxyError
 
 def page_limit(query: dict[str, str], default: int, largest: int) -> int:
     """A list's ``limit`` (``default`` when not given): a whole number from 1 to ``largest``, else a 400."""
-    try:
-        limit = int(query.get("limit", str(default)))
-    except ValueError:
-        limit = 0
+    limit = whole_number(query.get("limit", str(default))) or 0
     if not 1 <= limit <= largest:
         raise ProxyError(
             400, f"'limit' must be a whole number from 1 to {largest}", param="limit", code="invalid_value"
@@ -147,10 +144,7 @@ def page_limit(query: dict[str, str], default: int, largest: int) -> int:
 
 def id_page_query(query: dict[str, str], default: int, largest: int) -> tuple[int, str | None, str | None]:
     """An Anthropic list's ``limit`` (1 to ``largest``), ``before_id`` and ``after_id`` (not both), else a 400."""
-    try:
-        limit = int(query.get("limit", str(default)))
-    except ValueError:
-        limit = 0
+    limit = whole_number(query.get("limit", str(default))) or 0
     if not 1 <= limit <= largest:
         raise ProxyError(400, f"limit: must be a whole number from 1 to {largest}", code="invalid_value")
     before, after = query.get("before_id") or None, query.get("after_id") or None

@@ -8,6 +8,7 @@ Proxied calls stream and answer through the server's reply protocol instead (pro
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable
 from urllib.parse import parse_qs, urlsplit
@@ -106,6 +107,16 @@ class Request:
     def json(self) -> dict:
         """The body as a JSON object (an empty body is ``{}``), or a 400."""
         return json_object(self.body or b"{}")
+
+
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+
+
+def whole_number(text: str | None) -> int | None:
+    """A query parameter's number: ASCII digits with an optional minus, else None — not ``int()``'s
+    extras (``1_0``, a full-width digit, spaces, a plus), which the provider a query goes on to reads
+    otherwise or refuses."""
+    return int(text) if text is not None and _WHOLE_NUMBER.fullmatch(text) else None
 
 
 def allow(methods: Iterable[str]) -> str:

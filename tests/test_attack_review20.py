@@ -132,3 +132,12 @@ def test_a_number_query_parameter_is_plain_ascii_digits(server, value):
 
     got, body = admin(server, f"/api/traces?limit={quote(value)}")
     assert got == 400 and body["error"]["param"] == "limit", body
+
+
+@pytest.mark.parametrize("path", ["/v1/files", "/v1/vector_stores", "/v1/models"])
+def test_a_list_limit_is_plain_ascii_digits_on_the_proxy_routes_too(server, path):
+    """The lists Stockyard answers itself read ``limit`` with ``int()`` too (``1_0`` was 10); one reader of a
+    query number now, ASCII digits or the client's 400."""
+    headers = {"anthropic-version": "2023-06-01"} if path == "/v1/models" else {}
+    status, _, raw = server.request("GET", f"{path}?limit=1_0", headers=headers)
+    assert status == 400 and "limit" in json.loads(raw)["error"]["message"], raw

@@ -20,15 +20,13 @@ from urllib.parse import unquote
 from .. import audit, times
 from ..errors import ProxyError
 from ..httphead import bearer_token
-from ..httpio import Request, Response, check_method, json_response
+from ..httpio import Request, Response, check_method, json_response, whole_number
 from ..operations import Operations, Refused, invalid
 from ..store import storable
 from .logins import LoginThrottle, record_failure
 
 if TYPE_CHECKING:
     from ..app import App
-
-_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")  # a query parameter's number: ASCII digits only
 
 ADMIN_KEY_HELP = (
     "the admin API is disabled: set STOCKYARD_ADMIN_KEY (for example "
@@ -111,9 +109,9 @@ class ApiRequest:
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
-        if not _WHOLE_NUMBER.fullmatch(raw):  # not int()'s extras: 1_0, a full-width digit, spaces, a plus
+        value = whole_number(raw)
+        if value is None:
             raise ProxyError(400, f"query parameter {name!r} must be a whole number", param=name)
-        value = int(raw)
         if not lo <= value <= hi:
             raise ProxyError(400, f"query parameter {name!r} must be between {lo} and {hi}", param=name)
         return value
