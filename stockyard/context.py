@@ -336,6 +336,9 @@ class RequestContext:
     deadline: float | None = None  # perf_counter() time the request must be done by (timeout)
     timeouts: ReadTimeouts | None = None  # per-model upstream read timeouts (timeout)
     retry: RetryPolicy | None = None  # retries, fallbacks and circuit breaker (fallback)
+    # guard: the 403 (raised) for a provider/model its model lists refuse, given the name routed to it;
+    # routing checks the route with it, the proxy each deployment and fallback before trying it
+    model_policy: Callable[[str, str, str], None] | None = None
     sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep

@@ -463,8 +463,11 @@ def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> I
     plan = ctx.plan
     asked = ctx.routed_model or ctx.model or ""
     if plan is not None and plan.first is not None:
-        for d in plan.deployments():  # the first was priced by the budget; the next may cost more
-            if d is plan.first or counted(path, ctx, d.provider, d.upstream_model, asked):
+        for d in plan.deployments():  # the first was priced by the budget (and checked by routing)
+            if d is plan.first or (
+                permitted(ctx, d.provider, d.upstream_model, asked)
+                and counted(path, ctx, d.provider, d.upstream_model, asked)
+            ):
                 yield d.provider, d.upstream_model, d, asked
     else:
         yield ctx.route.provider, ctx.route.model, None, asked
@@ -484,7 +487,9 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
             plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
             for d in plan.deployments():
                 adapter_for(d.provider, ctx.dialect, ctx.endpoint)
-                if counted(path, ctx, d.provider, d.upstream_model, name):
+                if permitted(ctx, d.provider, d.upstream_model, name) and counted(
+                    path, ctx, d.provider, d.upstream_model, name
+                ):
                     yield d.provider, d.upstream_model, d, name
             return
         provider, model = path.registry().resolve(name)
@@ -492,8 +497,21 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
     except ProxyError as exc:
         log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
         return
-    if counted(path, ctx, provider, model, name):
+    if permitted(ctx, provider, model, name) and counted(path, ctx, provider, model, name):
         yield provider, model, None, name
+
+
+def permitted(ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
+    """Whether the guard's model lists let the request go to ``provider``/``model`` (reached as
+    ``name``): a deployment or fallback they refuse is skipped, as one the key may not use."""
+    if ctx.model_policy is None:
+        return True
+    try:
+        ctx.model_policy(provider.name, model, name)
+    except ProxyError as exc:
+        log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
+        return False
+    return True
 
 
 def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:

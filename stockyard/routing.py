@@ -32,6 +32,7 @@ class RouteStep:
         route = models.get(name) if models is not None else None
         if models is not None and route is not None and (route.deployments or route.problems):
             self._deployed(ctx, models, route)
+            self._check_policy(ctx, ctx.reply_headers.get("x-stockyard-routed-model", name))
             return
         try:
             provider, model = self._registry().resolve(name)
@@ -40,8 +41,16 @@ class RouteStep:
                 raise ProxyError(404, exc.message, param="model", code="model_not_found") from None
             raise
         ctx.route = Route(provider, model)
+        self._check_policy(ctx, name)
         if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
             ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))
+
+    @staticmethod
+    def _check_policy(ctx: RequestContext, name: str) -> None:
+        """The guard's 403 for the provider/model the request is routed to (a bare name, an
+        alias or a deployment may lead to a provider its lists refuse)."""
+        if ctx.model_policy is not None and ctx.route is not None:
+            ctx.model_policy(ctx.route.provider.name, ctx.route.model, name)
 
     def _deployed(self, ctx: RequestContext, models: Models, route: ModelRoute) -> None:
         """The deployment the strategy picks; when none is usable, the model's first usable fallback."""

@@ -1,0 +1,116 @@
+"""Review 22: the modules (cache, redact, guard, timeout, fallback, alias) and routing between
+tenants — two ordinary client keys and the operator's configuration — against the built pyz and
+the mock upstream, with the official SDKs where a client matters.
+
+Each test names the hole it closes and failed on the code it was written against.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import wait_for
+from mock_upstream import Reply
+from module_helpers import (  # noqa: F401 (fixture)
+    api,
+    chat,
+    fresh,
+    providers_called,
+    put_module,
+    start_server,
+)
+
+ANTHROPIC_KEY = "sk-ant-test-review22-0123456789"
+HAIKU = "claude-3-5-haiku-20241022"
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    """``openai`` and ``groq`` on the mock (``mistral`` on a closed port), ``anthropic`` too."""
+    srv = start_server(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "review22",
+        ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        ANTHROPIC_BASE_URL=mock.url,
+    )
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def entries(server) -> int:
+    return api(server, "GET", "/api/modules/cache")[1]["status"]["entries"]
+
+
+def question(tag: str) -> list[dict]:
+    return [{"role": "user", "content": f"review 22: {tag}"}]
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_denied_provider_is_not_reached_by_its_models_bare_name(server, mock):
+    """Hole: guard matched ``deny_models`` against the name as the client wrote it (and its part
+    after a ``/``), so ``groq/*`` refused ``groq/llama-3.3-70b`` but let the bare
+    ``llama-3.3-70b`` through — which routes to groq all the same."""
+    put_module(server, "guard", {"deny_models": ["groq/*"]})
+    assert chat(server, model="groq/llama-3.3-70b")[0] == 403
+    status, _, body = chat(server, model="llama-3.3-70b")
+    assert status == 403, body
+    assert json.loads(body)["error"]["code"] == "model_not_allowed"
+    assert providers_called(mock) == [], "a refusal never reaches the provider"
+    assert chat(server, model="gpt-4o-mini")[0] == 200, "other providers' models still pass"
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_fallback_never_goes_to_a_model_the_guard_denies(server, mock):
+    """Hole: guard looked at the model asked (after aliasing) only; a fallback chain then sent
+    the request to a model its deny list names (the operator's policy, or a key's override)."""
+    put_module(server, "guard", {"deny_models": ["groq/*"]})
+    put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["groq/llama-3.3-70b"]}, "retries": 0})
+    mock.enqueue(Reply(status=500))
+    status, _, _ = chat(server, model="gpt-4o-mini")
+    assert status == 500, "the failure passes through: its only fallback is denied"
+    assert providers_called(mock) == ["openai"]
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_fallback_models_answer_is_not_cached_as_the_asked_models(server, mock):
+    """Hole: the cache stored whatever answered under the key of the model asked, so one
+    request that fell back (a passing 500) made the fallback model's answer the asked model's
+    for the cache's whole TTL — served as a hit, its cost the fallback's."""
+    put_module(server, "cache")
+    put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["groq/llama-3.3-70b"]}, "retries": 0})
+    messages = question("fallback")
+    mock.enqueue(Reply(status=500))
+    status, headers, body = chat(server, messages=messages)
+    assert status == 200 and json.loads(body)["model"] == "llama-3.3-70b"
+    assert providers_called(mock) == ["openai", "groq"]
+    wait_for(lambda: server.trace(headers["x-stockyard-trace-id"]), what="the trace")
+    status, headers, body = chat(server, messages=messages)
+    assert status == 200 and headers["x-stockyard-cache"] == "miss", "the asked model is asked again"
+    assert json.loads(body)["model"] == "gpt-4o-mini"
+    assert providers_called(mock)[2:] == ["openai"]
+
+
+@pytest.mark.usefixtures("fresh")
+def test_an_answer_made_under_beta_flags_is_not_served_without_them(server, mock):
+    """Hole: the cache key left out the ``anthropic-beta`` and ``anthropic-version`` headers a
+    native Claude client sends upstream, though they change the answer (or refuse the
+    request): under ``scope: project`` bob, without the flags, got the answer alice's flags
+    made; within one key a request the provider would refuse was answered."""
+    put_module(server, "cache", {"scope": "project"})
+    alice = api(server, "POST", "/api/keys", {"name": "r22-alice", "project": "r22"})[1]["key"]
+    bob = api(server, "POST", "/api/keys", {"name": "r22-bob", "project": "r22"})[1]["key"]
+    ask = {"model": HAIKU, "max_tokens": 50, "messages": question("beta")}
+    beta = {"anthropic-beta": "interleaved-thinking-2025-05-14"}
+    first = server.anthropic(alice).messages.with_raw_response.create(**ask, extra_headers=beta)
+    assert first.headers["x-stockyard-cache"] == "miss"
+    wait_for(lambda: entries(server) >= 1, what="alice's answer stored")
+    again = server.anthropic(bob).messages.with_raw_response.create(**ask, extra_headers=beta)
+    assert again.headers["x-stockyard-cache"] == "hit", "the same flags in the same project share"
+    plain = server.anthropic(bob).messages.with_raw_response.create(**ask)
+    assert plain.headers["x-stockyard-cache"] == "miss"
+    assert "anthropic-beta" not in mock.last("/messages").headers
