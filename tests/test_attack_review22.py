@@ -42,6 +42,12 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
+@pytest.fixture(scope="module")
+def alice(server) -> dict[str, str]:
+    """An ordinary client key's headers (keys are on in this server from its first test)."""
+    return server.auth(api(server, "POST", "/api/keys", {"name": "r22-alice", "project": "r22"})[1]["key"])
+
+
 def entries(server) -> int:
     return api(server, "GET", "/api/modules/cache")[1]["status"]["entries"]
 
@@ -51,33 +57,33 @@ def question(tag: str) -> list[dict]:
 
 
 @pytest.mark.usefixtures("fresh")
-def test_a_denied_provider_is_not_reached_by_its_models_bare_name(server, mock):
+def test_a_denied_provider_is_not_reached_by_its_models_bare_name(server, mock, alice):
     """Hole: guard matched ``deny_models`` against the name as the client wrote it (and its part
     after a ``/``), so ``groq/*`` refused ``groq/llama-3.3-70b`` but let the bare
     ``llama-3.3-70b`` through — which routes to groq all the same."""
     put_module(server, "guard", {"deny_models": ["groq/*"]})
-    assert chat(server, model="groq/llama-3.3-70b")[0] == 403
-    status, _, body = chat(server, model="llama-3.3-70b")
+    assert chat(server, model="groq/llama-3.3-70b", headers=alice)[0] == 403
+    status, _, body = chat(server, model="llama-3.3-70b", headers=alice)
     assert status == 403, body
     assert json.loads(body)["error"]["code"] == "model_not_allowed"
     assert providers_called(mock) == [], "a refusal never reaches the provider"
-    assert chat(server, model="gpt-4o-mini")[0] == 200, "other providers' models still pass"
+    assert chat(server, model="gpt-4o-mini", headers=alice)[0] == 200, "other providers' models still pass"
 
 
 @pytest.mark.usefixtures("fresh")
-def test_a_fallback_never_goes_to_a_model_the_guard_denies(server, mock):
+def test_a_fallback_never_goes_to_a_model_the_guard_denies(server, mock, alice):
     """Hole: guard looked at the model asked (after aliasing) only; a fallback chain then sent
     the request to a model its deny list names (the operator's policy, or a key's override)."""
     put_module(server, "guard", {"deny_models": ["groq/*"]})
     put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["groq/llama-3.3-70b"]}, "retries": 0})
     mock.enqueue(Reply(status=500))
-    status, _, _ = chat(server, model="gpt-4o-mini")
+    status, _, _ = chat(server, model="gpt-4o-mini", headers=alice)
     assert status == 500, "the failure passes through: its only fallback is denied"
     assert providers_called(mock) == ["openai"]
 
 
 @pytest.mark.usefixtures("fresh")
-def test_a_fallback_models_answer_is_not_cached_as_the_asked_models(server, mock):
+def test_a_fallback_models_answer_is_not_cached_as_the_asked_models(server, mock, alice):
     """Hole: the cache stored whatever answered under the key of the model asked, so one
     request that fell back (a passing 500) made the fallback model's answer the asked model's
     for the cache's whole TTL — served as a hit, its cost the fallback's."""
@@ -85,11 +91,11 @@ def test_a_fallback_models_answer_is_not_cached_as_the_asked_models(server, mock
     put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["groq/llama-3.3-70b"]}, "retries": 0})
     messages = question("fallback")
     mock.enqueue(Reply(status=500))
-    status, headers, body = chat(server, messages=messages)
+    status, headers, body = chat(server, messages=messages, headers=alice)
     assert status == 200 and json.loads(body)["model"] == "llama-3.3-70b"
     assert providers_called(mock) == ["openai", "groq"]
     wait_for(lambda: server.trace(headers["x-stockyard-trace-id"]), what="the trace")
-    status, headers, body = chat(server, messages=messages)
+    status, headers, body = chat(server, messages=messages, headers=alice)
     assert status == 200 and headers["x-stockyard-cache"] == "miss", "the asked model is asked again"
     assert json.loads(body)["model"] == "gpt-4o-mini"
     assert providers_called(mock)[2:] == ["openai"]
@@ -102,7 +108,7 @@ def test_an_answer_made_under_beta_flags_is_not_served_without_them(server, mock
     request): under ``scope: project`` bob, without the flags, got the answer alice's flags
     made; within one key a request the provider would refuse was answered."""
     put_module(server, "cache", {"scope": "project"})
-    alice = api(server, "POST", "/api/keys", {"name": "r22-alice", "project": "r22"})[1]["key"]
+    alice = api(server, "POST", "/api/keys", {"name": "r22-alice-2", "project": "r22"})[1]["key"]
     bob = api(server, "POST", "/api/keys", {"name": "r22-bob", "project": "r22"})[1]["key"]
     ask = {"model": HAIKU, "max_tokens": 50, "messages": question("beta")}
     beta = {"anthropic-beta": "interleaved-thinking-2025-05-14"}
@@ -114,3 +120,39 @@ def test_an_answer_made_under_beta_flags_is_not_served_without_them(server, mock
     plain = server.anthropic(bob).messages.with_raw_response.create(**ask)
     assert plain.headers["x-stockyard-cache"] == "miss"
     assert "anthropic-beta" not in mock.last("/messages").headers
+
+
+LEAKED = "sk-proj-" + "R22leak" * 6  # an OpenAI-style key the model writes in its answer
+
+
+def answer_with(text: str) -> Reply:
+    return Reply(
+        json={
+            "id": "chatcmpl-r22",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+        }
+    )
+
+
+@pytest.mark.parametrize("mode", ["store", "upstream"])
+@pytest.mark.usefixtures("fresh")
+def test_a_secret_in_an_answer_never_reaches_the_cache(server, mock, alice, mode):
+    """Hole: redact kept an answer's secret out of the trace, but the cache stored the answer
+    first (its ``after`` hook runs before redact's) whenever the request itself showed none — a
+    key the model read from an image or a file, or wrote from memory — so the secret sat in
+    ``cache_entries`` in plain text, and was replayed from there."""
+    put_module(server, "redact", {"mode": mode})
+    put_module(server, "cache")
+    mock.enqueue(answer_with(f"Here it is: {LEAKED}"))
+    messages = question(f"leak {mode}")
+    status, headers, body = chat(server, messages=messages, headers=alice)
+    assert status == 200 and LEAKED in body.decode(), "the client gets what the provider said"
+    server.trace(headers["x-stockyard-trace-id"])
+    stored = server.db_rows("SELECT body FROM cache_entries")
+    assert not any(LEAKED.encode() in bytes(row["body"]) for row in stored)
+    status, headers, _ = chat(server, messages=messages, headers=alice)
+    assert headers["x-stockyard-cache"] == "miss", "the answer was not kept"

@@ -14,7 +14,7 @@ a streamed request with only a plain answer cached gets it as a stream.
 
 Only whole, successful answers of the provider and model the key names are stored (status 200,
 stream complete, not a fallback's, not larger than the trace body cap
-``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged). Entries
+``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged in the request or the answer). Entries
 live ``ttl_s``; past ``max_entries`` or ``max_bytes`` the oldest go first. A request with
 ``x-stockyard-cache: bypass`` is answered by the provider (and refreshes the entry).
 Answers say ``x-stockyard-cache: hit``, ``miss`` or ``bypass``. A hit is traced with
@@ -235,6 +235,8 @@ class Cache(Module):
         body = bytes(ctx.attempt.response_body)
         if not body or len(body) > opts.max_bytes:
             return
+        if ctx.sensitive_answer is not None and ctx.sensitive_answer(body):
+            return  # redact found a secret (or PII) in the answer: never kept in plain text
         if kind != JSON and not body.startswith((b"data:", b"event:", b":")):
             kind = JSON  # the provider answered a streamed request plainly: store it as what it is
         entry = Entry(body, CONTENT_TYPES[kind], ctx.attempt.cost_uc)

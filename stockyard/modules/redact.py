@@ -255,6 +255,10 @@ class Detector:
             out = self.sub(text)
         return data if out == text else out.encode()
 
+    def finds_in(self, data: bytes) -> bool:
+        """Whether a stored body holds anything this detector redacts."""
+        return self.redact_bytes(data) != bytes(data)
+
     def _sse_line(self, line: str) -> str:
         if not line.startswith("data:"):
             return line
@@ -327,6 +331,7 @@ class Redact(Module):
         opts: RedactOptions = self.options(ctx)
         if not opts.detector:
             return
+        ctx.sensitive_answer = opts.detector.finds_in
         signed: dict[str, None] = {}  # found in signed thinking: sent as it came, stored redacted
         kinds = list(opts.detector.find_json(ctx.body, signed=signed))
         ctx.state["redact"] = (opts.detector, bool(kinds or signed))
