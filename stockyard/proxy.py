@@ -61,6 +61,7 @@ from .providers.base import Adapter, FollowUp, UpstreamCall
 from .providers.chatshape import DROPPED_HEADER, note
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
+from .routing import refused_deployments
 from .scrub import Scrubber
 from .store import storable
 from .streamrelay import Stream, StreamRelay
@@ -463,11 +464,8 @@ def candidates(path: RequestPath, ctx: RequestContext, policy: RetryPolicy) -> I
     plan = ctx.plan
     asked = ctx.routed_model or ctx.model or ""
     if plan is not None and plan.first is not None:
-        for d in plan.deployments():  # the first was priced by the budget (and checked by routing)
-            if d is plan.first or (
-                permitted(ctx, d.provider, d.upstream_model, asked)
-                and counted(path, ctx, d.provider, d.upstream_model, asked)
-            ):
+        for d in plan.deployments():  # the first was priced by the budget; the next may cost more
+            if d is plan.first or counted(path, ctx, d.provider, d.upstream_model, asked):
                 yield d.provider, d.upstream_model, d, asked
     else:
         yield ctx.route.provider, ctx.route.model, None, asked
@@ -484,12 +482,12 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
         if ctx.key is not None and not ctx.key.allows_model(name, path.registry().routes_to):
             raise ProxyError(403, f"key {ctx.key.name!r} may not use it")
         if ctx.plan is not None and route is not None and route.deployments:
-            plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
+            plan = ctx.plan.models.plan(
+                route, ctx.plan.tokens, parent=ctx.plan, refused=refused_deployments(ctx, route, name)
+            )
             for d in plan.deployments():
                 adapter_for(d.provider, ctx.dialect, ctx.endpoint)
-                if permitted(ctx, d.provider, d.upstream_model, name) and counted(
-                    path, ctx, d.provider, d.upstream_model, name
-                ):
+                if counted(path, ctx, d.provider, d.upstream_model, name):
                     yield d.provider, d.upstream_model, d, name
             return
         provider, model = path.registry().resolve(name)

@@ -156,3 +156,35 @@ def test_a_secret_in_an_answer_never_reaches_the_cache(server, mock, alice, mode
     assert not any(LEAKED.encode() in bytes(row["body"]) for row in stored)
     status, headers, _ = chat(server, messages=messages, headers=alice)
     assert headers["x-stockyard-cache"] == "miss", "the answer was not kept"
+
+
+@pytest.mark.usefixtures("fresh")
+def test_checked_a_fallback_to_a_dearer_model_is_billed_at_its_own_price(server, mock, alice):
+    """Checked, found sound: the failed attempt and the dearer fallback are each billed at their
+    own model's price (gpt-4o: 12 × $2.50/M + 5 × $10/M = 8,000 µ¢), never the asked model's."""
+    put_module(server, "fallback", {"chains": {"gpt-4o-mini": ["openai/gpt-4o"]}, "retries": 0})
+    mock.enqueue(Reply(status=500))
+    status, headers, body = chat(server, messages=question("dearer"), headers=alice)
+    assert status == 200 and json.loads(body)["model"] == "gpt-4o"
+    trace = server.trace(headers["x-stockyard-trace-id"])
+    assert trace["cost_uc"] == 8_000 and trace["cost_status"] == "exact"
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_deployment_on_a_denied_provider_is_skipped_by_the_weights(server, mock, alice):
+    """Hole: guard checked the model's name, and the deployment the weights picked went to
+    whichever provider it named — half of these requests reached groq under ``groq/*``."""
+    assert api(server, "POST", "/api/models", {"name": "r22-chat"})[0] == 201
+    for name, provider, model in (("a", "openai", "gpt-4o-mini"), ("b", "groq", "llama-3.3-70b")):
+        fields = {"name": name, "provider": provider, "model": model}
+        assert api(server, "POST", "/api/models/r22-chat/deployments", fields)[0] == 201
+    try:
+        put_module(server, "guard", {"deny_models": ["groq/*"]})
+        assert [chat(server, model="r22-chat", headers=alice)[0] for _ in range(4)] == [200] * 4
+        assert providers_called(mock) == ["openai"] * 4
+        api(server, "DELETE", "/api/models/r22-chat/deployments/a")
+        status, _, body = chat(server, model="r22-chat", headers=alice)
+        assert status == 403 and json.loads(body)["error"]["code"] == "model_not_allowed"
+        assert providers_called(mock) == ["openai"] * 4
+    finally:
+        api(server, "DELETE", "/api/models/r22-chat")
