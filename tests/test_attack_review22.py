@@ -188,3 +188,28 @@ def test_a_deployment_on_a_denied_provider_is_skipped_by_the_weights(server, moc
         assert providers_called(mock) == ["openai"] * 4
     finally:
         api(server, "DELETE", "/api/models/r22-chat")
+
+
+@pytest.mark.usefixtures("fresh")
+def test_checked_a_hit_is_free_traced_and_counted_against_the_keys_rpm(server, mock):
+    """Checked, found sound: a hit is traced with cost 0 and the cost it saved (so adds nothing to
+    the key's budget), and counts in its rpm (the rate limit runs before the cache)."""
+    put_module(server, "cache")
+    put_module(server, "ratelimit")
+    put_module(server, "budget")
+    fields = {"name": "r22-carol", "rpm": 2, "budget_usd": "1.00", "budget_period": "day"}
+    status, made = api(server, "POST", "/api/keys", fields)
+    assert status == 201, made
+    carol = server.auth(made["key"])
+    messages = question("rpm")
+    status, headers, _ = chat(server, messages=messages, headers=carol)
+    assert status == 200 and headers["x-stockyard-cache"] == "miss"
+    missed = server.trace(headers["x-stockyard-trace-id"])
+    wait_for(lambda: entries(server) >= 1, what="the answer stored")
+    status, headers, _ = chat(server, messages=messages, headers=carol)
+    assert status == 200 and headers["x-stockyard-cache"] == "hit"
+    hit = server.trace(headers["x-stockyard-trace-id"])
+    assert hit["cache_hit"] == 1 and hit["cost_uc"] == 0 and hit["cost_saved_uc"] == missed["cost_uc"] > 0
+    status, headers, _ = chat(server, messages=messages, headers=carol)
+    assert status == 429, "the hit counted in the key's rpm"
+    assert len(mock.requests) == 1
