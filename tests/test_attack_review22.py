@@ -18,8 +18,13 @@ from module_helpers import (  # noqa: F401 (fixture)
     fresh,
     providers_called,
     put_module,
+    raw_stream,
     start_server,
+    stream_text,
+    trace_body,
 )
+
+from stockyard.modules.redact import Detector
 
 ANTHROPIC_KEY = "sk-ant-test-review22-0123456789"
 HAIKU = "claude-3-5-haiku-20241022"
@@ -213,3 +218,47 @@ def test_checked_a_hit_is_free_traced_and_counted_against_the_keys_rpm(server, m
     status, headers, _ = chat(server, messages=messages, headers=carol)
     assert status == 429, "the hit counted in the key's rpm"
     assert len(mock.requests) == 1
+
+
+def stream_of(*pieces: str) -> Reply:
+    """A chat stream whose text comes in ``pieces``, then its usage."""
+    chunk = {"id": "c22", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    events = [
+        json.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}) for p in pieces
+    ]
+    events.append(json.dumps({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    usage = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    return Reply(sse=[*events, json.dumps({**chunk, "choices": [], "usage": usage}), "[DONE]"])
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_secret_streamed_in_pieces_is_redacted_where_it_is_stored(server, mock, alice):
+    """Hole: a stored stream was redacted event by event, and a model streams its text a few
+    characters per event, so a key it wrote in an answer (split across deltas, as it always is)
+    was found in no single event: the trace kept it whole once the deltas are joined, and the
+    cache kept the answer."""
+    put_module(server, "redact", {"mode": "store"})
+    put_module(server, "cache")
+    mock.enqueue(stream_of("Here it is: ", LEAKED[:10], LEAKED[10:30], LEAKED[30:], " — keep it safe."))
+    body = {"model": "gpt-4o-mini", "messages": question("pieces")}
+    status, headers, data = raw_stream(server, body, headers=alice)
+    assert status == 200 and LEAKED in stream_text(data), "the client gets what the provider said"
+    _, response = trace_body(server, headers["x-stockyard-trace-id"])
+    assert response is not None and LEAKED not in stream_text(response.encode())
+    assert "[REDACTED:openai_key]" in stream_text(response.encode())
+    assert not any(
+        LEAKED[10:30].encode() in bytes(row["body"]) for row in server.db_rows("SELECT body FROM cache_entries")
+    )
+
+
+def test_a_secret_split_across_deltas_is_found_in_every_dialects_stream():
+    """The same hole in the other dialects' streams Stockyard stores: Anthropic's content block
+    deltas, the Responses API's ``*.delta`` events and Gemini's candidates' parts."""
+    halves = (LEAKED[:15], LEAKED[15:])
+    anthropic = [{"type": "content_block_delta", "index": 0, "delta": {"text": h}} for h in halves]
+    responses = [{"type": "response.output_text.delta", "item_id": "m", "delta": h} for h in halves]
+    gemini = [{"candidates": [{"index": 0, "content": {"parts": [{"text": h}]}}]} for h in halves]
+    for events in (anthropic, responses, gemini):
+        stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode()
+        stored = Detector(True, []).redact_bytes(stream).decode()
+        assert "[REDACTED:openai_key]" in stored and LEAKED[:15] not in stored and LEAKED[15:] not in stored
