@@ -336,7 +336,13 @@ class RequestContext:
     deadline: float | None = None  # perf_counter() time the request must be done by (timeout)
     timeouts: ReadTimeouts | None = None  # per-model upstream read timeouts (timeout)
     retry: RetryPolicy | None = None  # retries, fallbacks and circuit breaker (fallback)
+    # guard: the 403 (raised) for a provider/model its model lists refuse, given the name routed to it;
+    # routing checks the route with it, the proxy each deployment and fallback before trying it
+    model_policy: Callable[[str, str, str], None] | None = None
     sensitive: bool = False  # the request holds secrets or PII: its answer is not cached
+    # redact: whether an answer holds what it looks for (the cache, whose after hook runs before
+    # redact's, keeps no such answer: the secret would sit in the database in plain text)
+    sensitive_answer: Callable[[bytes], bool] | None = None
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
     native: NativeCall | None = None  # Gemini-native routes: the URL's method (model and stream come from the URL)

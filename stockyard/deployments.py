@@ -344,12 +344,16 @@ class Models:
     def get(self, name: str | None) -> ModelRoute | None:
         return self.routes.get(name) if name else None
 
-    def plan(self, route: ModelRoute, tokens: int, parent: "Plan | None" = None) -> "Plan":
+    def plan(
+        self, route: ModelRoute, tokens: int, parent: "Plan | None" = None, refused: frozenset[str] = frozenset()
+    ) -> "Plan":
         """The way for one request (ProxyError when no deployment can take it now); ``parent``:
-        the request's plan, whose :meth:`Plan.release` also gives back this one's reservations."""
+        the request's plan, whose :meth:`Plan.release` also gives back this one's reservations;
+        ``refused``: keys of deployments the request may not use (guard's lists), never chosen."""
         plan = Plan(self, route, tokens, parent)
+        plan.tried.extend(refused)
         if route.deployments or route.problems:
-            plan.first = plan.hold(*self.health.reserve(route, tokens))
+            plan.first = plan.hold(*self.health.reserve(route, tokens, refused))
         return plan
 
 

@@ -61,6 +61,7 @@ from .providers.base import Adapter, FollowUp, UpstreamCall
 from .providers.chatshape import DROPPED_HEADER, note
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
+from .routing import refused_deployments
 from .scrub import Scrubber
 from .store import storable
 from .streamrelay import Stream, StreamRelay
@@ -481,7 +482,9 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
         if ctx.key is not None and not ctx.key.allows_model(name, path.registry().routes_to):
             raise ProxyError(403, f"key {ctx.key.name!r} may not use it")
         if ctx.plan is not None and route is not None and route.deployments:
-            plan = ctx.plan.models.plan(route, ctx.plan.tokens, parent=ctx.plan)
+            plan = ctx.plan.models.plan(
+                route, ctx.plan.tokens, parent=ctx.plan, refused=refused_deployments(ctx, route, name)
+            )
             for d in plan.deployments():
                 adapter_for(d.provider, ctx.dialect, ctx.endpoint)
                 if counted(path, ctx, d.provider, d.upstream_model, name):
@@ -492,8 +495,21 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
     except ProxyError as exc:
         log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
         return
-    if counted(path, ctx, provider, model, name):
+    if permitted(ctx, provider, model, name) and counted(path, ctx, provider, model, name):
         yield provider, model, None, name
+
+
+def permitted(ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
+    """Whether the guard's model lists let the request go to ``provider``/``model`` (reached as
+    ``name``): a deployment or fallback they refuse is skipped, as one the key may not use."""
+    if ctx.model_policy is None:
+        return True
+    try:
+        ctx.model_policy(provider.name, model, name)
+    except ProxyError as exc:
+        log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
+        return False
+    return True
 
 
 def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:

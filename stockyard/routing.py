@@ -17,6 +17,24 @@ from .estimate import request_tokens
 from .providers import Registry
 
 
+def refused_deployments(ctx: RequestContext, route: ModelRoute, name: str) -> frozenset[str]:
+    """The deployments of ``route`` guard's model lists refuse (reached as ``name``); when they
+    refuse every one, guard's 403 for the first."""
+    if ctx.model_policy is None:
+        return frozenset()
+    out: set[str] = set()
+    first: ProxyError | None = None
+    for d in route.deployments:
+        try:
+            ctx.model_policy(d.provider.name, d.upstream_model, name)
+        except ProxyError as exc:
+            out.add(d.key)
+            first = first or exc
+    if first is not None and len(out) == len(route.deployments):
+        raise first
+    return frozenset(out)
+
+
 class RouteStep:
     """Always in the chain (not a module: nothing to configure or switch off)."""
 
@@ -32,6 +50,7 @@ class RouteStep:
         route = models.get(name) if models is not None else None
         if models is not None and route is not None and (route.deployments or route.problems):
             self._deployed(ctx, models, route)
+            self._check_policy(ctx, ctx.reply_headers.get("x-stockyard-routed-model", name))
             return
         try:
             provider, model = self._registry().resolve(name)
@@ -40,14 +59,24 @@ class RouteStep:
                 raise ProxyError(404, exc.message, param="model", code="model_not_found") from None
             raise
         ctx.route = Route(provider, model)
+        self._check_policy(ctx, name)
         if models is not None and route is not None:  # no deployments: routed as any name, its fallbacks kept
             ctx.plan = models.plan(route, request_tokens(ctx, ctx.default_output_cap))
+
+    @staticmethod
+    def _check_policy(ctx: RequestContext, name: str) -> None:
+        """The guard's 403 for the provider/model the request is routed to (a bare name, an
+        alias or a deployment may lead to a provider its lists refuse)."""
+        if ctx.model_policy is not None and ctx.route is not None:
+            ctx.model_policy(ctx.route.provider.name, ctx.route.model, name)
 
     def _deployed(self, ctx: RequestContext, models: Models, route: ModelRoute) -> None:
         """The deployment the strategy picks; when none is usable, the model's first usable fallback."""
         tokens = request_tokens(ctx, ctx.default_output_cap)
         try:
-            ctx.plan = models.plan(route, tokens)
+            ctx.plan = models.plan(
+                route, tokens, refused=refused_deployments(ctx, route, ctx.routed_model or ctx.model or "")
+            )
         except ProxyError:
             for name in route.fallbacks:
                 other = models.get(name)
@@ -55,9 +84,12 @@ class RouteStep:
                     continue  # never a model the key may not use
                 try:
                     if other is not None and other.deployments:
-                        ctx.plan = models.plan(other, tokens)
+                        ctx.plan = models.plan(other, tokens, refused=refused_deployments(ctx, other, name))
                     else:
-                        ctx.route = Route(*self._registry().resolve(name))
+                        provider, model = self._registry().resolve(name)
+                        if ctx.model_policy is not None:
+                            ctx.model_policy(provider.name, model, name)  # a fallback guard refuses: the next
+                        ctx.route = Route(provider, model)
                 except ProxyError:
                     continue
                 ctx.reply_headers["x-stockyard-routed-model"] = name

@@ -3,7 +3,8 @@
 The key is the SHA-256 of the endpoint, dialect, provider, model and the canonical request
 body (sorted keys, no whitespace) without ``model`` (named by the provider and model),
 ``stream``, ``stream_options`` and ``user`` — so the same question hits whether it was
-streamed or not — and, unless ``scope`` is ``global``, the client key (``key``, the default)
+streamed or not — the ``anthropic-beta``/``anthropic-version`` headers a native Claude client
+sends upstream, and, unless ``scope`` is ``global``, the client key (``key``, the default)
 or its project (``project``) that asked: an answer is served only to whom it was made for, so
 one key cannot learn from hit or miss, or from the answer, what another key asked. What is
 stored is exactly what the client got: the JSON of a plain answer, or the event stream of a
@@ -11,8 +12,9 @@ streamed one (with or without its usage chunk, as asked). Responses API requests
 only with ``store: false``. A hit replays those bytes unchanged for the same kind of request;
 a streamed request with only a plain answer cached gets it as a stream.
 
-Only whole, successful answers are stored (status 200, stream complete, not larger than
-the trace body cap ``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged). Entries
+Only whole, successful answers of the provider and model the key names are stored (status 200,
+stream complete, not a fallback's, not larger than the trace body cap
+``STOCKYARD_BODY_CAP_BYTES``, nothing the redact module flagged in the request or the answer). Entries
 live ``ttl_s``; past ``max_entries`` or ``max_bytes`` the oldest go first. A request with
 ``x-stockyard-cache: bypass`` is answered by the provider (and refreshes the entry).
 Answers say ``x-stockyard-cache: hit``, ``miss`` or ``bypass``. A hit is traced with
@@ -29,7 +31,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 
-from ..context import Answer, RequestContext
+from ..context import Answer, RequestContext, Route
 from ..providers.chatshape import DROP_HEADER
 from .base import Module
 from .replay import to_stream
@@ -38,6 +40,7 @@ from .schema import Field
 HEADER = "x-stockyard-cache"
 ENDPOINTS = ("chat", "completions", "embeddings", "messages", "responses")
 IGNORED_FIELDS = ("model", "stream", "stream_options", "user")
+ANSWER_HEADERS = ("anthropic-beta", "anthropic-version")  # a native Claude client's, passed upstream
 SCOPES = ("key", "project", "global")
 JSON, SSE, SSE_USAGE = "json", "sse", "sse+usage"
 CONTENT_TYPES = {JSON: "application/json", SSE: "text/event-stream", SSE_USAGE: "text/event-stream"}
@@ -79,10 +82,20 @@ def request_key(ctx: RequestContext, provider: str, model: str, scope: str = "ke
     parts = [ctx.endpoint, ctx.dialect, provider, model, canonical]
     if ctx.headers.get(DROP_HEADER, "").strip().lower() == "true":
         parts.append("drop-unsupported")  # keys of ordinary requests stay as they were
+    for name in ANSWER_HEADERS:  # sent upstream as they are, and they change the answer
+        if value := ctx.headers.get(name):
+            parts.append(f"{name}:{value}")
     if (who := owner(ctx, scope)) is not None:
         parts.append(who)  # open mode and global keep the keys they had before scopes
     material = "\n".join(parts)
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def answered_by(ctx: RequestContext, route: Route) -> bool:
+    """Whether the answer came from the provider and model the cache key names (not from a
+    fallback or another deployment, which would poison the entry for the key's whole TTL)."""
+    provider = ctx.attempt.provider
+    return provider is not None and provider.name == route.provider.name and ctx.attempt.upstream_model == route.model
 
 
 def cacheable(ctx: RequestContext) -> bool:
@@ -182,7 +195,7 @@ class Cache(Module):
         route = ctx.route
         assert route is not None  # resolved by the route step before this module
         digest, kind = request_key(ctx, route.provider.name, route.model, opts.scope), kind_of(ctx)
-        ctx.state["cache"] = (digest, kind, opts)
+        ctx.state["cache"] = (digest, kind, opts, route)
         if ctx.headers.get(HEADER, "").strip().lower() == "bypass":
             ctx.reply_headers[HEADER] = "bypass"
             return
@@ -216,10 +229,14 @@ class Cache(Module):
             or ctx.sensitive
         ):
             return
-        digest, kind, opts = state
+        digest, kind, opts, route = state
+        if not answered_by(ctx, route):
+            return  # a fallback's answer: never the asked model's, whose key this is
         body = bytes(ctx.attempt.response_body)
         if not body or len(body) > opts.max_bytes:
             return
+        if ctx.sensitive_answer is not None and ctx.sensitive_answer(body):
+            return  # redact found a secret (or PII) in the answer: never kept in plain text
         if kind != JSON and not body.startswith((b"data:", b"event:", b":")):
             kind = JSON  # the provider answered a streamed request plainly: store it as what it is
         entry = Entry(body, CONTENT_TYPES[kind], ctx.attempt.cost_uc)

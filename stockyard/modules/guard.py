@@ -1,7 +1,8 @@
 """``guard``: request policies checked before anything is spent.
 
 Allowed / denied models (shell-style globs, matched against the model actually used —
-after aliasing — both as ``provider/model`` and bare), a ``max_tokens`` ceiling that
+after aliasing — both as ``provider/model`` and bare, and against the provider it routes to:
+the route, each deployment and each fallback is checked as ``provider/model`` too), a ``max_tokens`` ceiling that
 clamps or rejects, a maximum request size and a maximum number of messages. Refusals are
 errors in the client's dialect: 403 for a model, 413 for size, 400 otherwise.
 """
@@ -47,6 +48,19 @@ def matches(patterns: tuple[str, ...], names: tuple[str, ...]) -> str | None:
     return None
 
 
+def names_of(*models: str) -> tuple[str, ...]:
+    """Each name as written and, for ``provider/model``, the model alone: the names the lists match.
+    The route's ``provider/model`` is among them, so ``groq/*`` also refuses a bare name that
+    routes to groq, a fallback to it and a deployment on it."""
+    out: list[str] = []
+    for model in models:
+        out.append(model)
+        head, sep, rest = model.partition("/")
+        if sep and rest:
+            out.append(rest)
+    return tuple(out)
+
+
 class Guard(Module):
     """Allowed/denied models, max_tokens ceiling, input size and message count limits."""
 
@@ -87,7 +101,11 @@ class Guard(Module):
         opts: GuardOptions = self.options(ctx)
         model = ctx.routed_model or ctx.model
         if model and (opts.allow or opts.deny):
-            self._check_model(opts, model, ctx.model or model)
+            asked = ctx.model or model
+            self._check_model(opts, names_of(model), asked if asked == model else f"{asked} ({model})")
+            ctx.model_policy = lambda provider, served, name: self._check_model(
+                opts, names_of(name, f"{provider}/{served}"), asked if name == asked else f"{asked} ({name})"
+            )
         sent = len(ctx.raw) + (ctx.conversation.history_bytes if ctx.conversation is not None else 0)
         if opts.max_input_bytes and sent > opts.max_input_bytes:
             stored = (
@@ -110,10 +128,9 @@ class Guard(Module):
             self._check_tokens(opts, ctx)
 
     @staticmethod
-    def _check_model(opts: GuardOptions, model: str, asked: str) -> None:
-        names = (model, model.partition("/")[2]) if "/" in model else (model,)
+    def _check_model(opts: GuardOptions, names: tuple[str, ...], shown: str) -> None:
+        """The 403 when a name is denied, or an allow list names none of them."""
         if matches(opts.deny, names) is not None or (opts.allow and matches(opts.allow, names) is None):
-            shown = asked if asked == model else f"{asked} ({model})"
             raise ProxyError(
                 403, f"model {shown!r} is not allowed by this proxy's policy", param="model", code="model_not_allowed"
             )

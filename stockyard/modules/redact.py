@@ -13,7 +13,8 @@ card numbers (Luhn-checked, so an order number is not a card).
 - ``block``: a request holding any of them is refused with a 400 that names the kind of
   data found — never the data itself.
 
-Each finding is replaced by ``[REDACTED:<kind>]``.
+Each finding is replaced by ``[REDACTED:<kind>]``. A stored stream is searched event by event and
+along each answer's text deltas joined (a model streams a key a few characters per event).
 
 Providers' opaque reasoning state is not looked inside: a Responses reasoning item's
 ``encrypted_content`` and a thinking block's ``signature`` are opaque strings, and the thinking
@@ -250,10 +251,56 @@ class Detector:
                     return data
                 return json.dumps(self.sub_json(value), ensure_ascii=False, separators=(",", ":")).encode()
         if text.startswith(("data:", "event:", ":")):
-            out = "\n".join(self._sse_line(line) for line in text.split("\n"))
+            out = self._across_events([self._sse_line(line) for line in text.split("\n")])
         else:
             out = self.sub(text)
         return data if out == text else out.encode()
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Where each finding in ``text`` is: (start, end, kind), in order, none overlapping."""
+        found: list[tuple[int, int, str]] = []
+        for hint, regex, validated in self.passes:
+            if not hint(text):
+                continue
+            for m in regex.finditer(text):
+                kind = m.lastgroup or "secret"
+                overlaps = any(m.start() < end and start < m.end() for start, end, _ in found)
+                if not overlaps and (not validated or VALIDATORS[kind](m.group())):
+                    found.append((m.start(), m.end(), kind))
+        return sorted(found)
+
+    def _across_events(self, lines: list[str]) -> str:
+        """A stream's lines with findings split across its text deltas redacted too: a model
+        streams a few characters per event, so a key it writes is in no single event."""
+        groups: dict[tuple, list[tuple[int, dict, dict, str]]] = {}
+        events: dict[int, dict] = {}
+        for i, line in enumerate(lines):
+            if not line.startswith("data:"):
+                continue
+            try:
+                value = json.loads(line[5:].strip())
+            except ValueError:
+                continue
+            for group, container, key in delta_texts(value):
+                groups.setdefault(group, []).append((i, value, container, key))
+        for pieces in groups.values():
+            joined = "".join(container[key] for _, _, container, key in pieces)
+            found = self.spans(joined)
+            if not found:
+                continue
+            at = 0
+            for i, value, container, key in pieces:
+                piece = container[key]
+                container[key] = _cut(piece, at, found)
+                at += len(piece)
+                events[i] = value
+        for i, value in events.items():
+            lines[i] = "data: " + json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return "\n".join(lines)
+
+    def finds_in(self, data: bytes) -> bool:
+        """Whether a stored body holds anything this detector redacts."""
+        return self.redact_bytes(data) != bytes(data)
 
     def _sse_line(self, line: str) -> str:
         if not line.startswith("data:"):
@@ -266,6 +313,54 @@ class Detector:
         if not self.find_json(value):
             return line
         return "data: " + json.dumps(self.sub_json(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def _cut(piece: str, at: int, found: list[tuple[int, int, str]]) -> str:
+    """``piece`` (at offset ``at`` of the joined text) without the findings' characters; the
+    piece where a finding starts says ``[REDACTED:<kind>]`` there."""
+    out, pos = [], 0
+    for start, end, kind in found:
+        start, end = start - at, end - at
+        if end <= 0 or start >= len(piece):
+            continue
+        out.append(piece[pos : max(start, 0)])
+        if start >= 0:
+            out.append(f"[REDACTED:{kind}]")
+        pos = min(end, len(piece))
+    out.append(piece[pos:])
+    return "".join(out)
+
+
+def delta_texts(value: Any) -> list[tuple[tuple, dict, str]]:
+    """The text pieces a stream event adds to its answer, each as (the text it continues, the
+    object holding it, its key): a chat or completion choice's, an Anthropic content block's, a
+    Responses item's, a Gemini candidate's."""
+    if not isinstance(value, dict):
+        return []
+    out: list[tuple[tuple, dict, str]] = []
+    for choice in value.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            out.append((("choice", choice.get("index")), delta, "content"))
+        elif isinstance(choice.get("text"), str):
+            out.append((("choice", choice.get("index")), choice, "text"))
+    kind = value.get("type")
+    delta = value.get("delta")
+    if kind == "content_block_delta" and isinstance(delta, dict):
+        for key in ("text", "thinking", "partial_json"):
+            if isinstance(delta.get(key), str):
+                out.append((("block", value.get("index"), key), delta, key))
+    elif isinstance(kind, str) and kind.endswith(".delta") and isinstance(delta, str):
+        item = ("item", kind, value.get("item_id"), value.get("output_index"), value.get("content_index"))
+        out.append((item, value, "delta"))
+    for n, candidate in enumerate(value.get("candidates") or []):
+        parts = ((candidate or {}).get("content") or {}).get("parts") if isinstance(candidate, dict) else None
+        for part in parts or []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                out.append((("candidate", candidate.get("index", n), bool(part.get("thought"))), part, "text"))
+    return out
 
 
 def signed_thinking(value: dict) -> bool:
@@ -327,6 +422,7 @@ class Redact(Module):
         opts: RedactOptions = self.options(ctx)
         if not opts.detector:
             return
+        ctx.sensitive_answer = opts.detector.finds_in
         signed: dict[str, None] = {}  # found in signed thinking: sent as it came, stored redacted
         kinds = list(opts.detector.find_json(ctx.body, signed=signed))
         ctx.state["redact"] = (opts.detector, bool(kinds or signed))
