@@ -199,6 +199,10 @@ class BudgetExceeded(Exception):
 
 AUDIO_ANSWERS = {"transcriptions": ("transcription", "its usage"), "translations": ("translation", "its duration")}
 COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at the price table's rates or less
+# Claude's Messages fields that bill every token at a multiple of the price table's rates: fast mode
+# (``speed: "fast"``, 2x to 6x by model) and US-only inference (``inference_geo: "us"``, 1.1x). Only
+# these values are billed at the table's rates.
+COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 
 
 def check_countable(ctx: RequestContext, whose: str) -> None:
@@ -206,7 +210,8 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
     answer, whose usage is still empty), a transcription or translation whose answer will not
     report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
     whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch), a dearer
-    service tier (OpenAI's ``priority`` bills above the price table's rates) or a Gemini context
+    service tier (OpenAI's ``priority`` bills above the price table's rates) or Claude mode (fast
+    mode, US-only inference: ``COUNTED_MODES``), or a Gemini context
     cache whose size Stockyard does not know (its tokens are billed with the call)."""
     if runs_after_answer(ctx):
         raise ProxyError(
@@ -239,6 +244,15 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             param="service_tier",
             code="service_tier_not_budgeted",
         )
+    dearer = dearer_mode(ctx)
+    if dearer is not None:
+        raise ProxyError(
+            403,
+            f"{dearer} {str(ctx.body.get(dearer))[:40]!r} bills every token above the prices Stockyard knows, "
+            f"so the budget on {whose} cannot be enforced; send it without {dearer}",
+            param=dearer,
+            code="mode_not_budgeted",
+        )
     unsized = next((cache_id for cache_id, tokens in ctx.caches.items() if tokens is None), None)
     if unsized is not None:
         raise ProxyError(
@@ -249,6 +263,14 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             param="cachedContent",
             code="cached_content_not_budgeted",
         )
+
+
+def dearer_mode(ctx: RequestContext) -> str | None:
+    """The Messages field (``COUNTED_MODES``) of a request that asks Claude for a dearer mode, or None.
+    Only the Anthropic-dialect route: in another API's body the names mean nothing to the provider."""
+    if ctx.endpoint != "messages" or not isinstance(ctx.body, dict):
+        return None
+    return next((name for name, counted in COUNTED_MODES.items() if ctx.body.get(name) not in counted), None)
 
 
 def unpriced_refusal(model: str, whose: str) -> ProxyError:

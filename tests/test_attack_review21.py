@@ -1,0 +1,69 @@
+"""Review 21: Anthropic's Messages API through Stockyard as an accountant and an attacker — one
+ordinary client key (a small budget) passed through to an Anthropic provider and translated,
+against the built pyz and the mock upstream, with the official ``anthropic`` SDK as the client.
+
+Each test names the hole it closes and failed on the code it was written against.
+"""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+from conftest import ServerProcess, mock_env
+
+OPUS = "claude-opus-4-6"  # fast mode and inference_geo both apply to it
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    srv = ServerProcess(
+        pyz_path,
+        tmp_path_factory.mktemp("attack21") / "s.db",
+        mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-review21", ANTHROPIC_BASE_URL=mock.url),
+    )
+    srv.keys = srv.create_keys({"budgeted": ["--budget-usd", "5", "--budget-period", "day"]})
+    srv.start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def create(server: ServerProcess, extra: dict, beta: str | None = None) -> anthropic.types.Message:
+    """One small Messages call with the budgeted key, ``extra`` added to its body."""
+    client = server.anthropic("budgeted")
+    headers = {"anthropic-beta": beta} if beta else None
+    return client.messages.create(
+        model=OPUS,
+        max_tokens=16,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body=extra,
+        extra_headers=headers,
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, beta, param",
+    [
+        ({"speed": "fast"}, "fast-mode-2026-02-01", "speed"),  # $30/$150 per 1M on Opus 4.6: 6x
+        ({"inference_geo": "us"}, None, "inference_geo"),  # US-only inference: 1.1x every token
+    ],
+)
+def test_a_budgeted_key_cannot_ask_claude_for_a_dearer_mode(server, mock, extra, beta, param):
+    """``speed: "fast"`` (fast mode) and ``inference_geo: "us"`` bill every token at a multiple of the
+    price table's rates, which nothing here knows: passed through untouched, a budgeted key's request
+    was held and billed at the standard rate — a $5 budget spent six times over on fast mode. A
+    budget refuses them before the provider is asked, as it does OpenAI's priority tier."""
+    before = len(mock.requests)
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        create(server, extra, beta)
+    error = refused.value.body["error"]
+    assert refused.value.status_code == 403 and param in error["message"], error
+    assert refused.value.body["type"] == "error"
+    assert len(mock.requests) == before
+
+
+@pytest.mark.parametrize("extra", [{"speed": "standard"}, {"inference_geo": "global"}, {}])
+def test_the_standard_mode_still_passes_a_budget(server, mock, extra):
+    """The standard speed and the global geo are the price table's rates: a budget lets them through."""
+    message = create(server, extra)
+    assert message.content and mock.last("/v1/messages").json.get("model") == OPUS
