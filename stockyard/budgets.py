@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .context import RequestContext
 from .errors import ProxyError
@@ -244,15 +244,9 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             param="service_tier",
             code="service_tier_not_budgeted",
         )
-    dearer = dearer_mode(ctx)
+    dearer = dearer_mode(ctx.body) if ctx.endpoint == "messages" else None  # other APIs: no such fields
     if dearer is not None:
-        raise ProxyError(
-            403,
-            f"{dearer} {str(ctx.body.get(dearer))[:40]!r} bills every token above the prices Stockyard knows, "
-            f"so the budget on {whose} cannot be enforced; send it without {dearer}",
-            param=dearer,
-            code="mode_not_budgeted",
-        )
+        raise mode_refusal(dearer, ctx.body[dearer], whose)
     unsized = next((cache_id for cache_id, tokens in ctx.caches.items() if tokens is None), None)
     if unsized is not None:
         raise ProxyError(
@@ -265,12 +259,22 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
         )
 
 
-def dearer_mode(ctx: RequestContext) -> str | None:
-    """The Messages field (``COUNTED_MODES``) of a request that asks Claude for a dearer mode, or None.
-    Only the Anthropic-dialect route: in another API's body the names mean nothing to the provider."""
-    if ctx.endpoint != "messages" or not isinstance(ctx.body, dict):
+def dearer_mode(body: Any) -> str | None:
+    """The field (``COUNTED_MODES``) by which a Messages request asks Claude for a dearer mode, or None."""
+    if not isinstance(body, dict):
         return None
-    return next((name for name, counted in COUNTED_MODES.items() if ctx.body.get(name) not in counted), None)
+    return next((name for name, counted in COUNTED_MODES.items() if body.get(name) not in counted), None)
+
+
+def mode_refusal(field: str, value: Any, whose: str, where: str = "") -> ProxyError:
+    """The 403 for a dearer Claude mode (:func:`dearer_mode`); ``where`` names a batch's request."""
+    return ProxyError(
+        403,
+        f"{where}{field} {str(value)[:40]!r} bills every token above the prices Stockyard knows, so the "
+        f"budget on {whose} cannot be enforced; send it without {field}",
+        param=field,
+        code="mode_not_budgeted",
+    )
 
 
 def unpriced_refusal(model: str, whose: str) -> ProxyError:

@@ -36,7 +36,7 @@ from urllib.parse import urlencode
 from . import estimate
 from .anthropic_models import list_page
 from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
-from .budgets import server_tool_refusal
+from .budgets import dearer_mode, mode_refusal, server_tool_refusal
 from .context import RequestContext, Route
 from .deployments import Models
 from .errors import ANTHROPIC, ProxyError, described
@@ -212,6 +212,9 @@ class MessageBatches(ProviderCalls):
             unbounded = estimate.unbounded_server_tools(params) if budgeted else None
             if unbounded is not None:  # as /v1/messages refuses it under a budget
                 raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")
+            dearer = dearer_mode(params) if budgeted else None
+            if dearer is not None:  # so is a dearer mode
+                raise mode_refusal(dearer, params[dearer], "this key", f"requests.{i}.params.")
             asked = params["model"]
             route = self._route(ctx, asked, i, provider)
             provider = route.provider

@@ -67,3 +67,18 @@ def test_the_standard_mode_still_passes_a_budget(server, mock, extra):
     """The standard speed and the global geo are the price table's rates: a budget lets them through."""
     message = create(server, extra)
     assert message.content and mock.last("/v1/messages").json.get("model") == OPUS
+
+
+@pytest.mark.parametrize("extra", [{"speed": "fast"}, {"inference_geo": "us"}])
+def test_a_message_batch_cannot_carry_a_dearer_mode_past_a_budget(server, mock, extra):
+    """A message batch's requests are Messages requests: one with ``inference_geo: "us"`` (or fast
+    mode) was held and billed at the batch rate of the standard price though Anthropic bills it at a
+    multiple. Refused as ``/v1/messages`` refuses it, naming the request, before the provider is asked."""
+    client = server.anthropic("budgeted")
+    params = {"model": OPUS, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}], **extra}
+    before = len(mock.requests)
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        client.messages.batches.create(requests=[{"custom_id": "a", "params": params}])
+    error = refused.value.body["error"]
+    assert f"requests.0.params.{next(iter(extra))}" in error["message"], error
+    assert len(mock.requests) == before
