@@ -7,9 +7,14 @@ Each test names the hole it closes and failed on the code it was written against
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import pytest
 from conftest import ServerProcess, mock_env
+
+from stockyard.batch_costs import BatchTotal, anthropic_usage_of
+from stockyard.pricing import WEB_SEARCH_UC, PriceTable
 
 OPUS = "claude-opus-4-6"  # fast mode and inference_geo both apply to it
 
@@ -21,7 +26,12 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         tmp_path_factory.mktemp("attack21") / "s.db",
         mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-review21", ANTHROPIC_BASE_URL=mock.url),
     )
-    srv.keys = srv.create_keys({"budgeted": ["--budget-usd", "5", "--budget-period", "day"]})
+    srv.keys = srv.create_keys(
+        {
+            "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
+            "dime": ["--budget-usd", "0.08", "--budget-period", "day"],
+        }
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -81,4 +91,34 @@ def test_a_message_batch_cannot_carry_a_dearer_mode_past_a_budget(server, mock, 
         client.messages.batches.create(requests=[{"custom_id": "a", "params": params}])
     error = refused.value.body["error"]
     assert f"requests.0.params.{next(iter(extra))}" in error["message"], error
+    assert len(mock.requests) == before
+
+
+def test_a_message_batchs_web_searches_are_billed_whole():
+    """A message batch halves token prices; Anthropic states no discount on its web search fee (as
+    OpenAI states none on its tools', which batches bill whole). The searches' fee sat in the usage
+    priced at the batch rate, so each search of a batch was billed half a cent."""
+    usage = {"input_tokens": 1000, "output_tokens": 100, "server_tool_use": {"web_search_requests": 3}}
+    line = {"custom_id": "a", "result": {"type": "succeeded", "message": {"model": "claude-haiku-4-5", "usage": usage}}}
+    total = BatchTotal(anthropic_usage_of)
+    total.add(json.dumps(line).encode(), PriceTable.load().lookup)
+    tokens = (1000 * 100_000_000 + 100 * 500_000_000) // 2 // 1_000_000  # $1/M in, $5/M out, halved: µ¢
+    assert total.cost() == tokens + 3 * WEB_SEARCH_UC
+
+
+def test_a_message_batch_holds_its_web_searches_whole(server, mock):
+    """The hold of a batch request with a web search tool halved its searches with its tokens: ten
+    searches ($0.10 at the fee) were held at $0.05, so an $0.08 budget let them start."""
+    client = server.anthropic("dime")
+    tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 10}
+    params = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 16,
+        "tools": [tool],
+        "messages": [{"role": "user", "content": "weather?"}],
+    }
+    before = len(mock.requests)
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        client.messages.batches.create(requests=[{"custom_id": "a", "params": params}])
+    assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
     assert len(mock.requests) == before
