@@ -58,7 +58,8 @@ what it writes at most when a request sets no output cap (``estimate.output_ceil
 
 A prompt-length tier (``long_context``: Gemini 2.5 Pro above 200k prompt tokens, Claude Haiku
 5.5 above 100k) bills every token of a request whose prompt is above the threshold at the
-tier's rates (:func:`rates_for`); budgets hold the tier's rates when the estimate is above it.
+tier's rates (:func:`rates_for`); budgets hold the tier's rates when the prompt may be above it
+(``estimate.most_tokens``: its text at a token a byte).
 
 Not modelled: cached
 image input tokens (billed as cached text input), and per-call fees neither usage nor answer

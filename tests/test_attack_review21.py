@@ -30,6 +30,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
         {
             "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
             "dime": ["--budget-usd", "0.08", "--budget-period", "day"],
+            "dollar": ["--budget-usd", "1", "--budget-period", "day"],
         }
     )
     srv.start()
@@ -120,5 +121,20 @@ def test_a_message_batch_holds_its_web_searches_whole(server, mock):
     before = len(mock.requests)
     with pytest.raises(anthropic.RateLimitError) as refused:
         client.messages.batches.create(requests=[{"custom_id": "a", "params": params}])
+    assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
+    assert len(mock.requests) == before
+
+
+def test_a_prompt_that_may_pass_the_long_context_threshold_is_held_at_the_tier(server, mock):
+    """The hold picked Claude's long-context tier from the body at four bytes a token, but Claude's
+    tokenizer writes English at about 3.5 (and can spend a token on a byte): this 780 KB prompt was
+    held as 195,000 tokens at Sonnet 4.5's standard rates (~$0.73) on a $1 budget, while Anthropic
+    counts some 220,000 and bills every token at the tier's — input twice, output 1.5x (~$1.40).
+    A prompt whose bytes may be more tokens than the threshold is held at the tier's rates."""
+    client = server.anthropic("dollar")
+    text = "the quick brown fox jumps over the lazy dog " * 17_700  # ~780 KB: 195k tokens at 4 bytes
+    before = len(mock.requests)
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=1, messages=[{"role": "user", "content": text}])
     assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
     assert len(mock.requests) == before
