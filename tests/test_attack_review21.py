@@ -31,6 +31,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
             "dime": ["--budget-usd", "0.08", "--budget-period", "day"],
             "dollar": ["--budget-usd", "1", "--budget-period", "day"],
+            "open": [],
         }
     )
     srv.start()
@@ -138,3 +139,22 @@ def test_a_prompt_that_may_pass_the_long_context_threshold_is_held_at_the_tier(s
         client.messages.create(model="claude-sonnet-4-5", max_tokens=1, messages=[{"role": "user", "content": text}])
     assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
     assert len(mock.requests) == before
+
+
+def test_a_compaction_step_is_billed(server, mock):
+    """Server-side compaction (``compact_20260112``) summarises the conversation in a sampling step of
+    its own, billed by Anthropic but left out of the top-level usage: only ``usage.iterations``
+    counts it. Stockyard read the top-level alone, so the summary step — here 180,000 input and 3,500
+    output tokens — cost nothing in the trace."""
+    client = server.anthropic("open")
+    raw = client.messages.with_raw_response.create(
+        model="claude-haiku-4-5",
+        max_tokens=16,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"context_management": {"edits": [{"type": "compact_20260112"}]}},
+        extra_headers={"anthropic-beta": "compact-2026-01-12"},
+    )
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (180_000 + 12, 3_500 + 5), trace
+    # $1 per 1M input and $5 per 1M output on Haiku 4.5: 180,012 × 100 + 3,505 × 500 µ¢
+    assert trace["cost_uc"] == 180_012 * 100 + 3_505 * 500, trace
