@@ -292,7 +292,7 @@ def unpriced_refusal(model: str, whose: str) -> ProxyError:
 
 def server_tool_refusal(why: str, whose: str, where: str = "") -> ProxyError:
     """The 403 for provider-run tools whose cost a budget cannot bound (``estimate.unbounded_server_tools``)."""
-    param = "mcp_servers" if why.startswith("mcp_servers") else "tools"
+    param = why.split(":", 1)[0] if why.startswith(("mcp_servers", "context_management")) else "tools"
     return ProxyError(
         403,
         f"{where}{why}, so the budget on {whose} cannot be enforced; send it without them, or bound the web fetch tool",

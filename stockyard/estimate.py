@@ -386,16 +386,33 @@ def unbounded_server_tools(body: Any) -> str | None:
     """Why a body's provider-run tools could cost what no worst case bounds, or None: Anthropic's
     MCP connector (``mcp_servers``: whatever the servers return is input), code execution (billed
     per container hour, which no usage reports), a web fetch tool without both ``max_uses`` and
-    ``max_content_tokens`` (each fetched page is input)."""
+    ``max_content_tokens`` (each fetched page is input), and server-side compaction (a step that
+    reads the prompt again and writes a summary no ``max_tokens`` bounds, maybe more than once)."""
     if not isinstance(body, dict):
         return None
     if body.get("mcp_servers"):
         return "mcp_servers: what the MCP servers return is billed as input, and nothing bounds it"
+    compaction = _compaction(body.get("context_management"))
+    if compaction is not None:
+        return (
+            f"context_management: {compaction[:60]!r} reads the prompt again and writes a summary "
+            "that no max_tokens bounds"
+        )
     for kind, tool in _server_tools(body, ("code_execution", "web_fetch")):
         if kind.startswith("code_execution"):
             return f"tools: {kind[:60]!r} is billed per container hour, which no usage reports"
         if _fetch_bounds(tool) is None:
             return f"tools: {kind[:60]!r} without max_uses and max_content_tokens fetches pages of any size as input"
+    return None
+
+
+def _compaction(manage: Any) -> str | None:
+    """The type of a ``context_management`` edit that compacts (``compact_…``), or None."""
+    edits = manage.get("edits") if isinstance(manage, dict) else None
+    for edit in edits if isinstance(edits, list) else ():
+        kind = edit.get("type") if isinstance(edit, dict) else None
+        if isinstance(kind, str) and kind.startswith("compact"):
+            return kind
     return None
 
 

@@ -158,3 +158,36 @@ def test_a_compaction_step_is_billed(server, mock):
     assert (trace["prompt_tokens"], trace["completion_tokens"]) == (180_000 + 12, 3_500 + 5), trace
     # $1 per 1M input and $5 per 1M output on Haiku 4.5: 180,012 × 100 + 3,505 × 500 µ¢
     assert trace["cost_uc"] == 180_012 * 100 + 3_505 * 500, trace
+
+
+def test_a_budget_refuses_compaction_it_cannot_hold(server, mock):
+    """A compaction step reads the whole prompt once more and writes a summary no ``max_tokens``
+    bounds (and a server tool loop may compact more than once), but the hold counted the prompt once
+    and the answer's cap: a budgeted key's request was held at less than it may cost. Refused under a
+    budget, as code execution is, before the provider is asked."""
+    client = server.anthropic("budgeted")
+    before = len(mock.requests)
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=16,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"context_management": {"edits": [{"type": "compact_20260112"}]}},
+            extra_headers={"anthropic-beta": "compact-2026-01-12"},
+        )
+    error = refused.value.body["error"]
+    assert "context_management" in error["message"] and "compact_20260112" in error["message"], error
+    assert len(mock.requests) == before
+
+
+def test_context_edits_that_only_clear_still_pass_a_budget(server, mock):
+    """Clearing old tool results or thinking (``clear_tool_uses_…``) only makes the prompt smaller."""
+    client = server.anthropic("budgeted")
+    message = client.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=16,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}},
+        extra_headers={"anthropic-beta": "context-management-2025-06-27"},
+    )
+    assert message.content
