@@ -191,3 +191,18 @@ def test_context_edits_that_only_clear_still_pass_a_budget(server, mock):
         extra_headers={"anthropic-beta": "context-management-2025-06-27"},
     )
     assert message.content
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_a_dearer_mode_never_rides_a_translation_to_claude(server, mock, path):
+    """The OpenAI-shaped routes build Claude's request field by field: ``speed`` and ``inference_geo``
+    sent there reach Claude neither as sent nor at all (a 400 naming them, or left out)."""
+    body = {"model": "claude-haiku-4-5", "speed": "fast", "inference_geo": "us", "max_tokens": 16}
+    body.update({"messages": [{"role": "user", "content": "hi"}]} if "chat" in path else {"input": "hi"})
+    if "responses" in path:
+        body["max_output_tokens"] = body.pop("max_tokens")
+    mock.clear()
+    status, _, raw = server.request("POST", path, body, headers=server.auth("open"))
+    sent = [c.json for c in mock.requests if c.path.endswith("/v1/messages")]
+    assert status == 400 or (status == 200 and sent), (status, raw[:300])
+    assert all("speed" not in s and "inference_geo" not in s for s in sent), sent
