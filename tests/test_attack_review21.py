@@ -2,7 +2,14 @@
 ordinary client key (a small budget) passed through to an Anthropic provider and translated,
 against the built pyz and the mock upstream, with the official ``anthropic`` SDK as the client.
 
-Each test names the hole it closes and failed on the code it was written against.
+Found and fixed: fast mode (``speed``) and US-only inference (``inference_geo``) held and billed at
+the standard rates under a budget (``/v1/messages`` and message batches); a message batch's web
+searches held and billed at half price; a long-context tier's rates chosen from the body at four
+bytes a token; a compaction step's tokens (``usage.iterations``) never billed, and compaction not
+held. Checked and sound: translated routes never carry a dearer mode to Claude; standard values pass.
+
+Each test names the hole it closes and failed on the code it was written against, but those of
+what was checked sound (standard values, clearing edits, the translated routes), which passed before too.
 """
 
 from __future__ import annotations
