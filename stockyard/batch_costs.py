@@ -25,6 +25,7 @@ many retrieves race and across restarts; a failed read leaves it unbilled for th
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import threading
@@ -96,8 +97,9 @@ class BatchTotal:
     def __init__(self, usage_of: UsageOf = openai_usage_of, fees_of: Callable[[dict], int] | None = None) -> None:
         self.usage = Usage()
         self.numerator = 0  # the full-price cost, unrounded (pricing.cost_numerator)
-        # The per-call fees of hosted tools, in µ¢, at their full price: the Batch API halves token
-        # prices; whether it halves these is not stated, so they are billed whole (never less than owed).
+        # The per-call fees of hosted tools (OpenAI's calls, Claude's web searches), in µ¢, at their full
+        # price: a batch halves token prices; whether it halves these is not stated, so they are billed
+        # whole (never less than owed).
         self.fees_uc = 0
         self._fees_of = fees_of
         self.unpriced: set[str] = set()
@@ -115,7 +117,8 @@ class BatchTotal:
             return
         model, usage = found
         self.lines += 1
-        self.fees_uc += self._fees_of(doc) if self._fees_of is not None else 0
+        self.fees_uc += (self._fees_of(doc) if self._fees_of is not None else 0) + usage.fees_uc
+        usage = dataclasses.replace(usage, fees_uc=0)  # the fees its usage states (Claude's searches): whole too
         if model not in self.models:
             self.models.append(model)
         self.usage = self.usage.plus(usage)

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .context import RequestContext
 from .errors import ProxyError
@@ -199,6 +199,10 @@ class BudgetExceeded(Exception):
 
 AUDIO_ANSWERS = {"transcriptions": ("transcription", "its usage"), "translations": ("translation", "its duration")}
 COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at the price table's rates or less
+# Claude's Messages fields that bill every token at a multiple of the price table's rates: fast mode
+# (``speed: "fast"``, 2x to 6x by model) and US-only inference (``inference_geo: "us"``, 1.1x). Only
+# these values are billed at the table's rates.
+COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 
 
 def check_countable(ctx: RequestContext, whose: str) -> None:
@@ -206,7 +210,8 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
     answer, whose usage is still empty), a transcription or translation whose answer will not
     report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
     whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch), a dearer
-    service tier (OpenAI's ``priority`` bills above the price table's rates) or a Gemini context
+    service tier (OpenAI's ``priority`` bills above the price table's rates) or Claude mode (fast
+    mode, US-only inference: ``COUNTED_MODES``), or a Gemini context
     cache whose size Stockyard does not know (its tokens are billed with the call)."""
     if runs_after_answer(ctx):
         raise ProxyError(
@@ -239,6 +244,9 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             param="service_tier",
             code="service_tier_not_budgeted",
         )
+    dearer = dearer_mode(ctx.body) if ctx.endpoint == "messages" else None  # other APIs: no such fields
+    if dearer is not None:
+        raise mode_refusal(dearer, ctx.body[dearer], whose)
     unsized = next((cache_id for cache_id, tokens in ctx.caches.items() if tokens is None), None)
     if unsized is not None:
         raise ProxyError(
@@ -249,6 +257,24 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
             param="cachedContent",
             code="cached_content_not_budgeted",
         )
+
+
+def dearer_mode(body: Any) -> str | None:
+    """The field (``COUNTED_MODES``) by which a Messages request asks Claude for a dearer mode, or None."""
+    if not isinstance(body, dict):
+        return None
+    return next((name for name, counted in COUNTED_MODES.items() if body.get(name) not in counted), None)
+
+
+def mode_refusal(field: str, value: Any, whose: str, where: str = "") -> ProxyError:
+    """The 403 for a dearer Claude mode (:func:`dearer_mode`); ``where`` names a batch's request."""
+    return ProxyError(
+        403,
+        f"{where}{field} {str(value)[:40]!r} bills every token above the prices Stockyard knows, so the "
+        f"budget on {whose} cannot be enforced; send it without {field}",
+        param=field,
+        code="mode_not_budgeted",
+    )
 
 
 def unpriced_refusal(model: str, whose: str) -> ProxyError:
@@ -266,7 +292,7 @@ def unpriced_refusal(model: str, whose: str) -> ProxyError:
 
 def server_tool_refusal(why: str, whose: str, where: str = "") -> ProxyError:
     """The 403 for provider-run tools whose cost a budget cannot bound (``estimate.unbounded_server_tools``)."""
-    param = "mcp_servers" if why.startswith("mcp_servers") else "tools"
+    param = why.split(":", 1)[0] if why.startswith(("mcp_servers", "context_management")) else "tools"
     return ProxyError(
         403,
         f"{where}{why}, so the budget on {whose} cannot be enforced; send it without them, or bound the web fetch tool",

@@ -261,20 +261,31 @@ def limited_tokens(ctx: RequestContext, default_max_tokens: int) -> tuple[int, i
     return request_tokens(ctx, default_max_tokens) + media + cached_content_tokens(ctx), media
 
 
-def worst_case_cost(price: Price, inputs: int, outputs: int, long_writes: bool = False, cached: int = 0) -> int:
+def worst_case_cost(
+    price: Price, inputs: int, outputs: int, long_writes: bool = False, cached: int = 0, most: int | None = None
+) -> int:
     """µ¢, rounded up: every input token at the dearest input rate (a cache write can cost
     more than plain input; with ``long_writes``, a long-lived one: Claude's 1-hour, OpenAI's
     12-hour), every output token at the dearest output rate (reasoning; an image model's image
     output, ``media_output``: its cap may be spent on images), and ``cached`` tokens of a Gemini
     context cache at the cached input rate (as they are billed: ``cachedContentTokenCount``). The
     rates are the tier of the whole prompt, the cache's tokens with it (Google counts them in
-    ``promptTokenCount``, which picks the tier)."""
-    price = rates_for(price, inputs + cached)  # a prompt above a long-context tier's threshold: its rates
+    ``promptTokenCount``, which picks the tier). ``most``: the most tokens the prompt may be counted
+    as (:func:`most_tokens`; else ``inputs``), which picks the tier."""
+    price = rates_for(price, (inputs if most is None else most) + cached)  # above a tier's threshold: its rates
     input_rate = max(price.input, price.cached_input, price.cache_write, price.media_input or 0)
     if long_writes:
         input_rate = max(input_rate, long_cache_write_rate(price))
     output_rate = max(price.output, price.reasoning or 0, price.media_output or 0)
     return -(-(inputs * input_rate + cached * price.cached_input + outputs * output_rate) // PER)
+
+
+def most_tokens(inputs: int, text: int) -> int:
+    """``inputs`` with their ``text`` part (counted at four bytes a token) at a token a byte: the most
+    a tokenizer may count them (a token writes at least one byte; Claude's writes English at ~3.5),
+    which picks a long-context tier's rates — at four bytes a prompt just below the threshold was
+    held at the standard rates and billed every token at the tier's."""
+    return inputs + 3 * text
 
 
 def drawn_text_cost(price: Price, images: int, default_max_tokens: int) -> int:
@@ -375,16 +386,33 @@ def unbounded_server_tools(body: Any) -> str | None:
     """Why a body's provider-run tools could cost what no worst case bounds, or None: Anthropic's
     MCP connector (``mcp_servers``: whatever the servers return is input), code execution (billed
     per container hour, which no usage reports), a web fetch tool without both ``max_uses`` and
-    ``max_content_tokens`` (each fetched page is input)."""
+    ``max_content_tokens`` (each fetched page is input), and server-side compaction (a step that
+    reads the prompt again and writes a summary no ``max_tokens`` bounds, maybe more than once)."""
     if not isinstance(body, dict):
         return None
     if body.get("mcp_servers"):
         return "mcp_servers: what the MCP servers return is billed as input, and nothing bounds it"
+    compaction = _compaction(body.get("context_management"))
+    if compaction is not None:
+        return (
+            f"context_management: {compaction[:60]!r} reads the prompt again and writes a summary "
+            "that no max_tokens bounds"
+        )
     for kind, tool in _server_tools(body, ("code_execution", "web_fetch")):
         if kind.startswith("code_execution"):
             return f"tools: {kind[:60]!r} is billed per container hour, which no usage reports"
         if _fetch_bounds(tool) is None:
             return f"tools: {kind[:60]!r} without max_uses and max_content_tokens fetches pages of any size as input"
+    return None
+
+
+def _compaction(manage: Any) -> str | None:
+    """The type of a ``context_management`` edit that compacts (``compact_…``), or None."""
+    edits = manage.get("edits") if isinstance(manage, dict) else None
+    for edit in edits if isinstance(edits, list) else ():
+        kind = edit.get("type") if isinstance(edit, dict) else None
+        if isinstance(kind, str) and kind.startswith("compact"):
+            return kind
     return None
 
 
@@ -459,10 +487,12 @@ def request_cost(
     Anthropic's fee."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
-    inputs = input_tokens(ctx) + images + fetched_tokens(ctx.body) + sent_back
+    text = input_tokens(ctx) + sent_back
+    inputs = text + images + fetched_tokens(ctx.body)
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     long_writes = asks_long_cache(ctx.body, ctx.raw, walk)
-    tokens = worst_case_cost(price, inputs, outputs, long_writes, cached=cached_content_tokens(ctx))
+    most = most_tokens(inputs, text)
+    tokens = worst_case_cost(price, inputs, outputs, long_writes, cached=cached_content_tokens(ctx), most=most)
     return tokens + (web_searches(ctx.body) * WEB_SEARCH_UC if call_fees is None else call_fees)
 
 

@@ -36,7 +36,7 @@ from urllib.parse import urlencode
 from . import estimate
 from .anthropic_models import list_page
 from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
-from .budgets import server_tool_refusal
+from .budgets import dearer_mode, mode_refusal, server_tool_refusal
 from .context import RequestContext, Route
 from .deployments import Models
 from .errors import ANTHROPIC, ProxyError, described
@@ -54,6 +54,7 @@ from .files_api import (
 from .httpio import Request, check_method, json_object
 from .limits import Caps, check_request_numbers
 from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
+from .pricing import WEB_SEARCH_UC
 from .providers import Provider
 from .providers.anthropic import auth_headers, base_path
 from .providers.anthropic import headers as anthropic_headers
@@ -212,6 +213,9 @@ class MessageBatches(ProviderCalls):
             unbounded = estimate.unbounded_server_tools(params) if budgeted else None
             if unbounded is not None:  # as /v1/messages refuses it under a budget
                 raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")
+            dearer = dearer_mode(params) if budgeted else None
+            if dearer is not None:  # so is a dearer mode
+                raise mode_refusal(dearer, params[dearer], "this key", f"requests.{i}.params.")
             asked = params["model"]
             route = self._route(ctx, asked, i, provider)
             provider = route.provider
@@ -316,16 +320,17 @@ class MessageBatches(ProviderCalls):
         return model
 
     def _request_cost(self, ctx: RequestContext, route: Route, asked: str, params: dict) -> int | None:
-        """One request's worst case as a budget reserves a ``/v1/messages`` call, at the batch
-        price, rounded up (None: its model has no price in tokens)."""
+        """One request's worst case as a budget reserves a ``/v1/messages`` call: its tokens at the
+        batch price, rounded up, and its web searches' fee whole, as ``BatchTotal`` bills them (None:
+        its model has no price in tokens)."""
         price = self._path.pricer.price_of(route, asked)
         if price is None or price.unit != "token":
             return None
         one = RequestContext("messages", ANTHROPIC, ctx.client_addr, {})
         one.body, one.raw = params, json.dumps(params, ensure_ascii=False).encode()
-        full = estimate.request_cost(one, price, self._path.settings.default_max_tokens)
+        tokens = estimate.request_cost(one, price, self._path.settings.default_max_tokens, call_fees=0)
         part, whole = BATCH_PRICE
-        return -(-full * part // whole)
+        return -(-tokens * part // whole) + estimate.web_searches(params) * WEB_SEARCH_UC  # searches billed whole
 
     # -- list -----------------------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:

@@ -58,7 +58,8 @@ what it writes at most when a request sets no output cap (``estimate.output_ceil
 
 A prompt-length tier (``long_context``: Gemini 2.5 Pro above 200k prompt tokens, Claude Haiku
 5.5 above 100k) bills every token of a request whose prompt is above the threshold at the
-tier's rates (:func:`rates_for`); budgets hold the tier's rates when the estimate is above it.
+tier's rates (:func:`rates_for`); budgets hold the tier's rates when the prompt may be above it
+(``estimate.most_tokens``: its text at a token a byte).
 
 Not modelled: cached
 image input tokens (billed as cached text input), and per-call fees neither usage nor answer
@@ -427,12 +428,14 @@ class Usage:
     def from_anthropic(cls, usage: Mapping[str, Any] | None) -> Usage:
         """Anthropic reports input_tokens WITHOUT cache reads/writes; add them back. Writes to
         the 1-hour cache (``cache_creation.ephemeral_1h_input_tokens``) cost more than 5-minute
-        ones; ``server_tool_use.web_search_requests`` are billed per search."""
+        ones; ``server_tool_use.web_search_requests`` are billed per search. A compaction step
+        (server-side compaction) is billed but left out of the top-level counts: its ``usage.
+        iterations`` entries of type ``compaction`` are added (:func:`compaction_usage`)."""
         read = _count(usage, "cache_read_input_tokens")
         write = _count(usage, "cache_creation_input_tokens")
         creation = usage.get("cache_creation") if isinstance(usage, Mapping) else None
         server_tools = usage.get("server_tool_use") if isinstance(usage, Mapping) else None
-        return cls(
+        top = cls(
             fees_uc=min(_count(server_tools, "web_search_requests"), MAX_SEARCHES) * WEB_SEARCH_UC,
             prompt_tokens=_count(usage, "input_tokens") + read + write,
             completion_tokens=_count(usage, "output_tokens"),
@@ -440,6 +443,7 @@ class Usage:
             cache_write_tokens=write,
             cache_write_long_tokens=min(_count(creation, "ephemeral_1h_input_tokens"), write),
         )
+        return top.plus(compaction_usage(usage))
 
     @classmethod
     def from_gemini(cls, meta: Mapping[str, Any] | None) -> Usage:
@@ -465,6 +469,20 @@ class Usage:
             reasoning_tokens=thoughts,
             media_output_tokens=min(media, candidates),
         )
+
+
+MAX_ITERATIONS = 100  # entries of an Anthropic usage's ``iterations`` read (more than a request makes)
+
+
+def compaction_usage(usage: Mapping[str, Any] | None) -> Usage:
+    """The compaction steps of an Anthropic ``usage.iterations`` (type ``compaction``), which its
+    top-level counts leave out; each read as a usage of its own. Nothing when there are none."""
+    steps = usage.get("iterations") if isinstance(usage, Mapping) else None
+    total = Usage()
+    for step in steps[:MAX_ITERATIONS] if isinstance(steps, list) else ():
+        if isinstance(step, Mapping) and step.get("type") == "compaction":
+            total = total.plus(Usage.from_anthropic({k: v for k, v in step.items() if k != "iterations"}))
+    return total
 
 
 STATED_FEES = ("request_cost", "search_queries_cost")  # Perplexity's per-request and per-search fees

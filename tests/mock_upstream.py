@@ -1027,6 +1027,19 @@ def anthropic_thinking_refusal(body: dict) -> Reply | None:
     )
 
 
+# Server-side compaction (``context_management.edits`` of type ``compact_…``): the summary is a sampling
+# step of its own, which Anthropic bills but leaves out of the top-level usage: only ``usage.iterations``
+# (its ``compaction`` entry beside the ``message`` one) counts it.
+COMPACTION_USAGE = {"type": "compaction", "input_tokens": 180_000, "output_tokens": 3_500}
+
+
+def _claude_compacting(body: dict) -> bool:
+    """The request turns on Claude's server-side compaction."""
+    manage = body.get("context_management")
+    edits = manage.get("edits") if isinstance(manage, dict) else None
+    return any(isinstance(e, dict) and str(e.get("type", "")).startswith("compact_") for e in edits or [])
+
+
 def anthropic_message(body: dict, n: int, model: str) -> dict:
     """A non-streamed Messages API reply (with thinking on, a signed thinking block first)."""
     content, stop = _anthropic_content(body, model)
@@ -1047,6 +1060,9 @@ def anthropic_message(body: dict, n: int, model: str) -> dict:
         reply["usage"] = anthropic_usage(model, per_choice_tokens(body, model))
         if _searching(body, model):
             reply["usage"] = _search_usage(body, model, content)
+        if _claude_compacting(body):
+            reply["content"] = [{"type": "compaction", "content": "Summary of the conversation."}, *content]
+            reply["usage"]["iterations"] = [COMPACTION_USAGE, {"type": "message", **reply["usage"]}]
     return reply
 
 

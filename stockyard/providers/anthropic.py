@@ -887,11 +887,16 @@ def message_usage(message: dict) -> Usage | None:
 def readable_usage(usage: Any) -> dict:
     """What a provider's ``usage`` says that can be read: its counts that are non-negative integers
     (a bool is not one; ``pricing._count`` caps the absurd) and the objects holding more of them
-    (``cache_creation``, ``server_tool_use``); empty when it is not an object or holds none. A usage
-    that says nothing readable is as if it had not come: the text relayed estimates it."""
+    (``cache_creation``, ``server_tool_use``) and the ``iterations`` list (a compaction step's
+    usage); empty when it is not an object or holds none. A usage that says nothing readable is as
+    if it had not come: the text relayed estimates it."""
     if not isinstance(usage, dict):
         return {}
-    return {k: v for k, v in usage.items() if (type(v) is int and v >= 0) or isinstance(v, dict)}
+    return {
+        k: v
+        for k, v in usage.items()
+        if (type(v) is int and v >= 0) or isinstance(v, dict) or (k == "iterations" and isinstance(v, list))
+    }
 
 
 def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, final: bool = False) -> None:
