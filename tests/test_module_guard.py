@@ -141,3 +141,13 @@ def test_refusals_are_traced(inproc):
 def test_disabled_guard_has_no_effect(inproc):
     inproc.configure("guard", {"deny_models": ["*"], "max_messages": 1}, enabled=False)
     assert inproc.chat(messages=[{"role": "user", "content": "x"}] * 3)[0] == 200
+
+
+def test_a_provider_qualified_allow_list_takes_a_bare_name_routed_to_that_provider(inproc):
+    """README's own example allows ``groq/*``: a bare name that routes to groq was refused by the allow list
+    before the route was known (it matched only ``provider/model`` spellings); it is judged at the route now,
+    and a name routed elsewhere is still refused."""
+    inproc.configure("guard", {"allow_models": ["openai/*"]})
+    assert inproc.chat(model="gpt-4o-mini")[0] == 200
+    status, _, body = inproc.chat(model="groq/llama-3.3-70b-versatile")
+    assert status == 403 and error(body)["code"] == "model_not_allowed", body

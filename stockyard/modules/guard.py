@@ -2,14 +2,16 @@
 
 Allowed / denied models (shell-style globs, matched against the model actually used —
 after aliasing — both as ``provider/model`` and bare, and against the provider it routes to:
-the route, each deployment and each fallback is checked as ``provider/model`` too), a ``max_tokens`` ceiling that
+the route, each deployment and each fallback is checked as ``provider/model`` too; an allow list
+naming a provider, ``groq/*``, is judged there only, so a bare name routed to groq passes it), a
+``max_tokens`` ceiling that
 clamps or rejects, a maximum request size and a maximum number of messages. Refusals are
 errors in the client's dialect: 403 for a model, 413 for size, 400 otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
 from ..context import RequestContext
@@ -102,7 +104,11 @@ class Guard(Module):
         model = ctx.routed_model or ctx.model
         if model and (opts.allow or opts.deny):
             asked = ctx.model or model
-            self._check_model(opts, names_of(model), asked if asked == model else f"{asked} ({model})")
+            # The name as asked, at once; an allow list naming a provider (``groq/*``) only where the
+            # provider is known — the route step, each deployment and fallback — so a bare name that
+            # routes to groq passes it. Both before anything is spent.
+            early = opts if not any("/" in p for p in opts.allow) else replace(opts, allow=())
+            self._check_model(early, names_of(model), asked if asked == model else f"{asked} ({model})")
             ctx.model_policy = lambda provider, served, name: self._check_model(
                 opts, names_of(name, f"{provider}/{served}"), asked if name == asked else f"{asked} ({name})"
             )
