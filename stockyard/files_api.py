@@ -36,6 +36,7 @@ from .errors import ANTHROPIC, GEMINI, OPENAI, RESPONSES, ClientGone, ProxyError
 from .httpio import DuplicateMember, Request, check_method, json_object, unique_members, whole_number
 from .keys import KeyRecord
 from .limits import check_request_numbers
+from .modules.guard import batch_policy
 from .modules.ratelimit import admit_call
 from .objectrefs import (
     ANTHROPIC_CONTAINER,
@@ -1166,6 +1167,7 @@ class FilesAPI(ProviderCalls):
         key = ctx.key
         if key is None:  # open mode: one owner
             return 0
+        policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as on the endpoints
         route, number = self._path.registry().routes_to, 0
         worst: int | None = 0
 
@@ -1203,6 +1205,12 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="model_not_allowed",
                 )
+            if policy is not None and isinstance(model, str):
+                try:
+                    policy(provider.name, model)
+                except ProxyError as exc:
+                    raise ProxyError(403, f"{exc.message} (line {number} of the batch file)", param="file",
+                                     code=exc.code) from None  # fmt: skip
             named = referenced_files(body) if may_name(line, b"file_id") else set()
             for file_id in named:
                 if self.ownership.find(file_id, "file", key.id) is None:

@@ -53,6 +53,7 @@ from .files_api import (
 )
 from .httpio import Request, check_method, json_object
 from .limits import Caps, check_request_numbers
+from .modules.guard import batch_policy
 from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
 from .pricing import WEB_SEARCH_UC
 from .providers import Provider
@@ -295,6 +296,12 @@ class MessageBatches(ProviderCalls):
                 found = Route(*registry.resolve(name))
             except ProxyError as exc:
                 raise invalid(f"requests.{i}.params.model: {exc.message}", exc.code or "model_not_routable") from None
+        policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
+        if policy is not None:
+            try:
+                policy(found.provider.name, found.model)
+            except ProxyError as exc:
+                raise ProxyError(403, f"requests.{i}.params.model: {exc.message}", code=exc.code) from None
         if found.provider.kind not in KINDS:
             raise invalid(
                 f"requests.{i}.params.model: {asked[:100]!r} is served by provider {found.provider.name!r} "

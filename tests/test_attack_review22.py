@@ -264,3 +264,41 @@ def test_a_secret_split_across_deltas_is_found_in_every_dialects_stream():
         stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode()
         stored = Detector(True, []).redact_bytes(stream).decode()
         assert "[REDACTED:openai_key]" in stored and LEAKED[:15] not in stored and LEAKED[15:] not in stored
+
+
+def _secret(headers: dict[str, str]) -> str:
+    return headers["Authorization"].removeprefix("Bearer ")
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_batch_line_is_held_to_the_guards_model_lists(server, mock, alice):
+    """Hole: a batch runs its lines under the provider key, and its lines were held to the client key's
+    own allow-list but never to guard's: ``deny_models=["gpt-4o"]`` stopped ``/v1/chat/completions`` and
+    let a batch file of gpt-4o lines through. Refused at its upload now (where a key's allow-list refuses it),
+    naming the line."""
+    import io
+
+    import openai
+
+    put_module(server, "guard", {"deny_models": ["gpt-4o"]})
+    client = server.openai(_secret(alice))
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o"}}
+    with pytest.raises(openai.PermissionDeniedError) as refused:  # at the upload, as a key's own allow-list is
+        client.files.create(file=("b.jsonl", io.BytesIO((json.dumps(line) + "\n").encode())), purpose="batch")
+    assert refused.value.body["code"] == "model_not_allowed" and "line 1" in refused.value.body["message"]
+    assert not [r for r in mock.requests if r.path in ("/v1/files", "/v1/batches") and r.method == "POST"]
+
+
+@pytest.mark.usefixtures("fresh")
+def test_a_message_batch_request_is_held_to_the_guards_model_lists(server, mock, alice):
+    """The same hole on Anthropic's Message Batches: each request checked against the key's allow-list, not
+    guard's ``deny_models``."""
+    import anthropic
+
+    put_module(server, "guard", {"deny_models": ["claude-*"]})
+    client = server.anthropic(_secret(alice))
+    params = {"model": HAIKU, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        client.messages.batches.create(requests=[{"custom_id": "a", "params": params}])
+    assert "requests.0.params.model" in refused.value.message
+    assert not [r for r in mock.requests if r.path.startswith("/v1/messages/batches") and r.method == "POST"]

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Callable
 
 from ..context import RequestContext
 from ..errors import ProxyError
 from ..limits import MAX_TOKENS, request_numbers
 from .base import Module
 from .schema import Field
+
+if TYPE_CHECKING:
+    from ..chain import Chain
 
 # Where each endpoint's body keeps its conversation turns (max_messages counts them).
 MESSAGE_FIELDS = {"responses": "input", "compact": "input", "generate": "contents"}
@@ -157,3 +161,16 @@ class Guard(Module):
                 )
             field.container[field.key] = opts.max_tokens
             ctx.body_changed = True
+
+
+def batch_policy(chain: "Chain", ctx: RequestContext) -> Callable[[str, str], None] | None:
+    """Guard's model lists for the lines of a batch (which skip the chain and run under the provider's
+    key): called with a line's provider and model, the 403 the lists give as ``model_not_allowed``;
+    None when guard does not run for this key or names no models."""
+    module = chain.module("guard", ctx)
+    if not isinstance(module, Guard):
+        return None
+    opts: GuardOptions = module.options(ctx)
+    if not (opts.allow or opts.deny):
+        return None
+    return lambda provider, model: Guard._check_model(opts, names_of(model, f"{provider}/{model}"), model)
