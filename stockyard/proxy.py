@@ -61,7 +61,7 @@ from .providers.base import Adapter, FollowUp, UpstreamCall
 from .providers.chatshape import DROPPED_HEADER, note
 from .providers.gemini_native import check_model as check_native_model
 from .providers.messages_adapters import count_estimate
-from .routing import refused_deployments
+from .routing import policy_refusal, refused_deployments
 from .scrub import Scrubber
 from .store import storable
 from .streamrelay import Stream, StreamRelay
@@ -502,14 +502,10 @@ def model_candidates(path: RequestPath, ctx: RequestContext, name: str) -> Itera
 def permitted(ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:
     """Whether the guard's model lists let the request go to ``provider``/``model`` (reached as
     ``name``): a deployment or fallback they refuse is skipped, as one the key may not use."""
-    if ctx.model_policy is None:
-        return True
-    try:
-        ctx.model_policy(provider.name, model, name)
-    except ProxyError as exc:
-        log.warning("fallback %r for %r skipped: %s", name, ctx.model, exc.message)
-        return False
-    return True
+    refusal = policy_refusal(ctx, provider.name, model, name)
+    if refusal is not None:
+        log.warning("fallback %r for %r skipped: %s", name, ctx.model, refusal.message)
+    return refusal is None
 
 
 def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: str, name: str) -> bool:

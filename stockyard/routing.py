@@ -17,22 +17,28 @@ from .estimate import request_tokens
 from .providers import Registry
 
 
+def policy_refusal(ctx: RequestContext, provider: str, model: str, name: str) -> ProxyError | None:
+    """Guard's 403 for sending the request (reached as ``name``) to ``provider``/``model``, else None."""
+    if ctx.model_policy is None:
+        return None
+    try:
+        ctx.model_policy(provider, model, name)
+    except ProxyError as exc:
+        return exc
+    return None
+
+
 def refused_deployments(ctx: RequestContext, route: ModelRoute, name: str) -> frozenset[str]:
     """The deployments of ``route`` guard's model lists refuse (reached as ``name``); when they
     refuse every one, guard's 403 for the first."""
-    if ctx.model_policy is None:
-        return frozenset()
-    out: set[str] = set()
-    first: ProxyError | None = None
-    for d in route.deployments:
-        try:
-            ctx.model_policy(d.provider.name, d.upstream_model, name)
-        except ProxyError as exc:
-            out.add(d.key)
-            first = first or exc
-    if first is not None and len(out) == len(route.deployments):
-        raise first
-    return frozenset(out)
+    refusals = {
+        d.key: refusal
+        for d in route.deployments
+        if (refusal := policy_refusal(ctx, d.provider.name, d.upstream_model, name)) is not None
+    }
+    if refusals and len(refusals) == len(route.deployments):
+        raise next(iter(refusals.values()))
+    return frozenset(refusals)
 
 
 class RouteStep:
