@@ -1205,12 +1205,10 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="model_not_allowed",
                 )
-            if policy is not None and isinstance(model, str):
-                try:
-                    policy(provider.name, model)
-                except ProxyError as exc:
-                    raise ProxyError(403, f"{exc.message} (line {number} of the batch file)", param="file",
-                                     code=exc.code) from None  # fmt: skip
+            refusal = policy(provider.name, model) if policy is not None and isinstance(model, str) else None
+            if refusal is not None:
+                message = f"{refusal.message} (line {number} of the batch file)"
+                raise ProxyError(403, message, param="file", code=refusal.code)
             named = referenced_files(body) if may_name(line, b"file_id") else set()
             for file_id in named:
                 if self.ownership.find(file_id, "file", key.id) is None:

@@ -204,6 +204,7 @@ class MessageBatches(ProviderCalls):
         seen: set[str] = set()
         models: list[str] = []
         budgeted = self._budgeted(ctx)
+        policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
         for i, item in enumerate(requests):
             params = self._checked(item, i, seen)
             where = f"requests.{i}.params: "
@@ -218,7 +219,7 @@ class MessageBatches(ProviderCalls):
             if dearer is not None:  # so is a dearer mode
                 raise mode_refusal(dearer, params[dearer], "this key", f"requests.{i}.params.")
             asked = params["model"]
-            route = self._route(ctx, asked, i, provider)
+            route = self._route(ctx, asked, i, provider, policy)
             provider = route.provider
             if route.model != asked:
                 params["model"] = route.model
@@ -266,10 +267,17 @@ class MessageBatches(ProviderCalls):
             raise invalid(f"requests.{i}.params.max_tokens: is required")
         return params
 
-    def _route(self, ctx: RequestContext, asked: str, i: int, batch_provider: Provider | None) -> Route:
+    def _route(
+        self,
+        ctx: RequestContext,
+        asked: str,
+        i: int,
+        batch_provider: Provider | None,
+        policy: Callable[[str, str], ProxyError | None] | None,
+    ) -> Route:
         """Where ``/v1/messages`` would send this model, and under which name: the key's allow-list,
-        the alias module, the model's deployments, the registry. Every request of a batch goes to
-        the same Anthropic-kind provider."""
+        the alias module, the model's deployments, the registry, guard's model lists (``policy``,
+        ``modules.guard.batch_policy``). Every request of a batch goes to the same Anthropic-kind provider."""
         registry = self._path.registry()
         key = ctx.key
         if key is not None and not key.allows_model(asked, registry.routes_to):
@@ -296,12 +304,9 @@ class MessageBatches(ProviderCalls):
                 found = Route(*registry.resolve(name))
             except ProxyError as exc:
                 raise invalid(f"requests.{i}.params.model: {exc.message}", exc.code or "model_not_routable") from None
-        policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as /v1/messages judges them
-        if policy is not None:
-            try:
-                policy(found.provider.name, found.model)
-            except ProxyError as exc:
-                raise ProxyError(403, f"requests.{i}.params.model: {exc.message}", code=exc.code) from None
+        refusal = policy(found.provider.name, found.model) if policy is not None else None
+        if refusal is not None:
+            raise ProxyError(403, f"requests.{i}.params.model: {refusal.message}", code=refusal.code)
         if found.provider.kind not in KINDS:
             raise invalid(
                 f"requests.{i}.params.model: {asked[:100]!r} is served by provider {found.provider.name!r} "

@@ -139,11 +139,19 @@ class Guard(Module):
 
     @staticmethod
     def _check_model(opts: GuardOptions, names: tuple[str, ...], shown: str) -> None:
-        """The 403 when a name is denied, or an allow list names none of them."""
+        """Raise :meth:`_refusal`'s 403, if any."""
+        refusal = Guard._refusal(opts, names, shown)
+        if refusal is not None:
+            raise refusal
+
+    @staticmethod
+    def _refusal(opts: GuardOptions, names: tuple[str, ...], shown: str) -> ProxyError | None:
+        """The 403 when a name is denied, or an allow list names none of them; else None."""
         if matches(opts.deny, names) is not None or (opts.allow and matches(opts.allow, names) is None):
-            raise ProxyError(
+            return ProxyError(
                 403, f"model {shown!r} is not allowed by this proxy's policy", param="model", code="model_not_allowed"
             )
+        return None
 
     @staticmethod
     def _check_tokens(opts: GuardOptions, ctx: RequestContext) -> None:
@@ -163,14 +171,14 @@ class Guard(Module):
             ctx.body_changed = True
 
 
-def batch_policy(chain: "Chain", ctx: RequestContext) -> Callable[[str, str], None] | None:
+def batch_policy(chain: "Chain", ctx: RequestContext) -> Callable[[str, str], ProxyError | None] | None:
     """Guard's model lists for the lines of a batch (which skip the chain and run under the provider's
-    key): called with a line's provider and model, the 403 the lists give as ``model_not_allowed``;
-    None when guard does not run for this key or names no models."""
+    key): called with a line's provider and model, the 403 the lists give (``model_not_allowed``) or
+    None; None itself when guard does not run for this key or names no models."""
     module = chain.module("guard", ctx)
     if not isinstance(module, Guard):
         return None
     opts: GuardOptions = module.options(ctx)
     if not (opts.allow or opts.deny):
         return None
-    return lambda provider, model: Guard._check_model(opts, names_of(model, f"{provider}/{model}"), model)
+    return lambda provider, model: Guard._refusal(opts, names_of(model, f"{provider}/{model}"), model)
