@@ -203,8 +203,7 @@ def restore(db_path: Path | str, source: Path | str, *, actor: str, secret: str 
         raise BackupError("the source is the database itself")
     with DatabaseLock(db_path, RESTORE):
         info = check_restorable(source)
-        files.remove_orphaned_copies(db_path, "restore")  # of a restore killed half way
-        tmp = db_path.with_name(f".{db_path.name}.restore-{os.getpid()}")
+        tmp = files.copy_beside(db_path, "restore")  # (those of a restore killed half way removed)
         try:
             schema_to = _prepare(source, tmp, info, actor=actor, secret=secret)
             previous = _set_aside(db_path)

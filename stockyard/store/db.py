@@ -13,7 +13,6 @@ import importlib.resources
 import os
 import re
 import sqlite3
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,8 +281,7 @@ def backup_to(conn: sqlite3.Connection, dest: Path | str) -> None:
     it back in WAL mode when it opens it).
     """
     dest = Path(dest)
-    files.remove_orphaned_copies(dest, "tmp")  # those of a process killed while copying
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = files.copy_beside(dest, "tmp")  # (those of a process killed while copying removed)
     tmp.unlink(missing_ok=True)
     try:
         files.create_private(tmp)  # the copy holds every prompt: owner-only, like the database

@@ -54,6 +54,14 @@ def create_private(path: Path) -> None:
         pass
 
 
+def copy_beside(dest: Path, kind: str) -> Path:
+    """The name a copy of ``dest`` is written under before it is renamed over it,
+    ``.<dest name>.<kind>-<pid>-<thread>``, once the copies of processes that are gone are removed
+    (:func:`remove_orphaned_copies`, which reads the pid back from this name)."""
+    remove_orphaned_copies(dest, kind)
+    return dest.with_name(f".{dest.name}.{kind}-{os.getpid()}-{threading.get_ident()}")
+
+
 def remove_orphaned_copies(dest: Path, kind: str) -> None:
     """Delete ``.<dest name>.<kind>-<pid>-…`` files (a copy being written, then renamed to ``dest``)
     whose process is gone: one killed while writing left a whole copy of the database there,

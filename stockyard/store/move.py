@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -323,8 +322,7 @@ def postgres_to_sqlite(
         raise MoveError(f"{dest} already exists; migrate-store writes a new file")
     if not dest.parent.is_dir():
         raise MoveError(f"folder {dest.parent} does not exist")
-    files.remove_orphaned_copies(dest, "move")  # those of a copy killed half way (another pid: never reused)
-    tmp = dest.with_name(f".{dest.name}.move-{os.getpid()}-{threading.get_ident()}")
+    tmp = files.copy_beside(dest, "move")  # (those of a copy killed half way removed: another pid never reuses them)
     leftovers = [tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")]
     for stale in leftovers:
         stale.unlink(missing_ok=True)
