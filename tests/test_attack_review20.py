@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
@@ -19,7 +20,8 @@ from conftest import ServerProcess, mock_env, wait_for
 ADMIN_KEY = "review20-admin-key-0123456789"
 SECRET = "review20-encryption-secret-0123456789"
 CHROMIUM = "/usr/bin/chromium"  # as tests/test_console_browser.py
-TABLE_TOP = int(re.search(r"TABLE_TOP = (\d+)", open("stockyard/ui/costs.js").read() + "TABLE_TOP = 0")[1]) or 200
+COSTS_JS = (Path(__file__).resolve().parents[1] / "stockyard" / "ui" / "costs.js").read_text()  # not the cwd's
+TABLE_TOP = int(re.search(r"TABLE_TOP = (\d+)", COSTS_JS + "TABLE_TOP = 0")[1]) or 200
 
 
 @pytest.fixture(scope="module")
