@@ -20,11 +20,13 @@ rollups the first time the parent sees it, like one server's ledger after a star
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import selectors
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -38,7 +40,7 @@ log = logging.getLogger("stockyard.budgets")
 
 SOCKET_NAME = "state.sock"
 CALL_TIMEOUT_S = 10.0  # a worker waits this long for the parent's answer
-IDLE_CONNECTIONS = 16  # connections a worker keeps open for the next calls
+IDLE_CONNECTIONS = 64  # connections a worker keeps open for the next calls (each call takes one)
 ENTRIES_MAX = 100_000  # rate entries awaiting their correction, before the finished ones are dropped
 
 
@@ -90,7 +92,7 @@ class StateServer:
                 f"cannot open the group's shared-state socket {self.path} ({exc.strerror or exc}); "
                 "it is made in a private folder under TMPDIR: set TMPDIR to a shorter path, e.g. /tmp"
             ) from None
-        self.sock.listen(128)
+        self.sock.listen(socket.SOMAXCONN)
         self.sock.setblocking(False)
         self._selector: selectors.BaseSelector | None = None
         self._conns: set[socket.socket] = set()
@@ -111,15 +113,17 @@ class StateServer:
         self.sock.close()
 
     def _accept(self) -> None:
+        """Take every connection waiting (not one a wake-up: a burst of calls fills the backlog)."""
         assert self._selector is not None
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        conn.settimeout(CALL_TIMEOUT_S)  # reads only when readable; a send to a stuck worker gives up
-        buf = bytearray()
-        self._conns.add(conn)
-        self._selector.register(conn, selectors.EVENT_READ, lambda: self._read(conn, buf))
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            conn.settimeout(CALL_TIMEOUT_S)  # reads only when readable; a send to a stuck worker gives up
+            buf = bytearray()
+            self._conns.add(conn)
+            self._selector.register(conn, selectors.EVENT_READ, functools.partial(self._read, conn, buf))
 
     def _read(self, conn: socket.socket, buf: bytearray) -> None:
         try:
@@ -241,9 +245,7 @@ class StateClient:
             conn = self._idle.pop() if self._idle else None
         try:
             if conn is None:
-                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                conn.settimeout(CALL_TIMEOUT_S)
-                conn.connect(self.path)
+                conn = _connect(self.path)
             conn.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
             data = b""
             while answer and not data.endswith(b"\n"):
@@ -267,6 +269,22 @@ class StateClient:
         if "error" in reply:
             raise StateLost("the group's shared state failed on this call (see the log)")
         return reply
+
+
+def _connect(path: str) -> socket.socket:
+    """A connection to the parent. Blocking, with the call's timeout as the kernel's send timeout:
+    a Unix socket whose listen backlog is full then waits for room (a socket with a Python timeout
+    is non-blocking, and gets EAGAIN at once)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        seconds = int(CALL_TIMEOUT_S)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
+        conn.connect(path)
+    except OSError:
+        conn.close()
+        raise
+    conn.settimeout(CALL_TIMEOUT_S)
+    return conn
 
 
 class RemoteLedger(Ledger):

@@ -99,6 +99,23 @@ def test_workers_calling_the_parent_at_once_admit_exactly_the_budget(state, tmp_
     assert refused is not None and refused.spent == 70
 
 
+def test_hundreds_of_calls_at_once_are_all_answered_and_no_settlement_is_lost(state, tmp_path):
+    """More calls at once than the parent's listen backlog and the workers' idle connections: each
+    waits its turn (none fails with EAGAIN, no settlement is dropped; before, ~1% were at 192 clients)."""
+    budget = Budget("key:k2", "key 'k2'", 10**12, "day")
+    workers = [RemoteLedger(StateClient(tmp_path), lambda b, k: 0) for _ in range(2)]
+    start = threading.Barrier(400)
+
+    def one(i: int) -> None:
+        start.wait()
+        hold = workers[i % 2].reserve([budget], 5, TS)
+        workers[i % 2].settle(hold, 3, ["key:k2"], TS)
+
+    with ThreadPoolExecutor(max_workers=400) as pool:
+        list(pool.map(one, range(400)))
+    assert workers[0].usage(budget, TS) == (1200, 0)
+
+
 def test_a_dead_workers_holds_go_back_when_the_parent_reaps_it(state, tmp_path):
     budget = Budget("key:k2", "key 'k2'", 100, "total")
     ledger = RemoteLedger(StateClient(tmp_path), lambda b, k: 0)
