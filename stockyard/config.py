@@ -70,6 +70,7 @@ class Settings:
     websocket_ping_interval_s: float = 30.0  # a ping after this long with no frame sent; 0: never
     max_results_readers: int = 8  # message batch results read at once (each may hold a 16 MiB line); a key: a quarter
     busy_timeout_ms: int = 10_000  # how long a database statement waits for a lock another session holds (both stores)
+    pg_connections: int = 20  # PostgreSQL: read connections a server keeps open at most (store/pgpool.py)
     otlp_endpoint: str | None = None  # OpenTelemetry collector base URL (spans go to {it}/v1/traces)
     otlp_headers: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)  # secrets
     otlp_content: bool = False  # export prompt and completion text (after redaction)
@@ -279,6 +280,7 @@ def load(flags: Mapping[str, object] | None = None, env: Mapping[str, str] | Non
         websocket_ping_interval_s=_env_duration_or_off(env, "STOCKYARD_WEBSOCKET_PING_INTERVAL", 30.0),
         max_results_readers=_positive_int(env.get("STOCKYARD_MAX_RESULTS_READERS"), "STOCKYARD_MAX_RESULTS_READERS", 8),
         busy_timeout_ms=_busy_timeout(env.get("STOCKYARD_BUSY_TIMEOUT_MS")),
+        pg_connections=_positive_int(env.get("STOCKYARD_PG_CONNECTIONS"), "STOCKYARD_PG_CONNECTIONS", 20),
         otlp_endpoint=_otlp_endpoint(env.get("STOCKYARD_OTLP_ENDPOINT")),
         otlp_headers=tuple(parse_otlp_headers(env.get("STOCKYARD_OTLP_HEADERS")).items()),
         otlp_content=_env_bool(env.get("STOCKYARD_OTLP_CONTENT"), False),

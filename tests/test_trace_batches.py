@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stockyard.dburl import parse_postgres
-from stockyard.store import Store, Writer
+from stockyard.store import Store, Writer, db
 from stockyard.store.backends import Backend, PostgresBackend, SqliteBackend
 from stockyard.store.pg import PgConnection
 from stockyard.store.traces import TraceRow, iso_utc
@@ -60,7 +60,7 @@ def mixed(n: int) -> list[TraceRow]:
 def source(conn, table: str) -> str:
     """Where a table's rows are read: SQLite's search index keeps no text (schema 0027), so its
     rows are each linked body's id and the text its delete trigger hands back for it."""
-    if table != "trace_search" or isinstance(conn, PgConnection):
+    if table != "trace_search" or db.dialect_of(conn) == "postgresql":
         return table
     return (
         "(SELECT trace_id, stockyard_search_text(request, response) AS body FROM trace_bodies"

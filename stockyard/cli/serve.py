@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .. import config
 from ..logbuffer import BatchedStreamHandler
 from ..operations import providers as provider_ops
-from ..store import db
+from ..store import db, pgpool
 from ..store.lock import DatabaseBusy
 from .common import CommandError, runs
 
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     # fail, the proxy keeps serving and /readyz says so. By default SIGXFSZ kills the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     db.set_busy_timeout(settings.busy_timeout_ms)  # before any connection opens (workers inherit it)
+    pgpool.configure(settings.pg_connections, settings.busy_timeout_ms)
     if settings.workers > 1:
         return run_group(settings, args.config)
     setup_logging()

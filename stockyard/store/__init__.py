@@ -12,13 +12,13 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
-import weakref
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
 from . import db
 from .backends import Backend, backend_for
+from .pgpool import PooledReads, ReadPool
 from .writer import Writer
 
 __all__ = ["Store", "Writer", "db", "backend_for", "storable"]
@@ -44,25 +44,15 @@ class Store:
         self._local = threading.local()
         self._direct_lock = threading.Lock()
         self._direct: sqlite3.Connection | None = None
-        # PostgreSQL: read connections of finished threads, handed to new ones (opening one costs
-        # a TCP and an authentication round; the HTTP server starts a thread for a client connection
-        # when none of its kept threads waits, and a kept thread ends after 30 s idle: threadcache).
-        self._owners: list[tuple[weakref.ref[threading.Thread], Any]] = []
-        self._owners_lock = threading.Lock()
+        # PostgreSQL: a bounded pool of read connections, taken per statement or transaction
+        # (pgpool.py); each thread's reads go through a PooledReads of its own.
+        self._pool = ReadPool(self.backend.connect) if self.backend.pooled_readers else None
 
     def read(self) -> sqlite3.Connection:
-        """This thread's read connection (opened on first use)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and getattr(conn, "broken", False):  # PostgreSQL went away: a new connection
-            conn.close()
-            conn = None
+        """This thread's read connection (opened on first use); on PostgreSQL, its pooled reads."""
+        conn: Any = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._adopt() if self.backend.reuse_readers else None
-            if conn is None:
-                conn = self.backend.connect()
-            if self.backend.reuse_readers:
-                with self._owners_lock:
-                    self._owners.append((weakref.ref(threading.current_thread()), conn))
+            conn = PooledReads(self._pool) if self._pool is not None else self.backend.connect()
             self._local.conn = conn
         return conn
 
@@ -81,24 +71,6 @@ class Store:
                 conn.close()
             except Exception:
                 pass
-
-    def _adopt(self) -> Any:
-        """A read connection whose thread has finished, or None."""
-        with self._owners_lock:
-            free = [i for i, (owner, _) in enumerate(self._owners) if not _alive(owner())]
-            if not free:
-                return None
-            _, conn = self._owners.pop(free[0])
-        if getattr(conn, "broken", False):  # PostgreSQL went away under it: a new connection instead
-            conn.close()
-            return None
-        try:
-            if conn.in_transaction:  # its thread died in the middle of a read
-                conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            conn.close()
-            return None
-        return conn
 
     def write(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``job(conn)`` in a write transaction and return its result once committed."""
@@ -154,15 +126,8 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
-        with self._owners_lock:
-            for _, pooled in self._owners:
-                if pooled is not conn:
-                    pooled.close()
-            self._owners.clear()
+        if self._pool is not None:
+            self._pool.close()
         if self._direct is not None:
             self._direct.close()
             self._direct = None
-
-
-def _alive(thread: threading.Thread | None) -> bool:
-    return thread is not None and thread.is_alive()

@@ -27,7 +27,7 @@ class SqliteBackend:
 
     dialect = "sqlite"
     wal = True  # the writer keeps the -wal file bounded (checkpoints)
-    reuse_readers = False  # opening a file is cheap: each thread its own, as always
+    pooled_readers = False  # opening a file is cheap: each thread its own, as always
 
     def __init__(self, path: Path | str, group: Path | None = None) -> None:
         self.path = Path(path)
@@ -123,7 +123,7 @@ class PostgresBackend:
 
     dialect = "postgresql"
     wal = False  # PostgreSQL manages its own WAL
-    reuse_readers = True  # a finished thread's connection serves the next one (Store.read)
+    pooled_readers = True  # a server process each: a bounded pool (pgpool.py, Store.read)
 
     def __init__(self, url: PostgresURL) -> None:
         self.url = url

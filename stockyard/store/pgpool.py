@@ -1,0 +1,150 @@
+"""A server's read connections on PostgreSQL: a bounded pool, taken per statement or transaction.
+
+On SQLite each thread opens the file for itself (cheap, and no limit). On PostgreSQL a connection
+is a server process, and the server allows ``max_connections`` (100 by default) across every
+replica: a thread each, a burst of 1,000 budgeted streams opened 1,000 and most of their budget
+loads, rate counts and settlements failed ("too many clients already"). So :meth:`Store.read
+<stockyard.store.Store.read>` gives a thread :class:`PooledReads`, which takes a connection from
+the store's :class:`ReadPool` for one statement (autocommit) and gives it back, or keeps it from a
+``BEGIN`` to its ``COMMIT``/``ROLLBACK``. At most ``STOCKYARD_PG_CONNECTIONS`` are open; a thread
+that finds them all busy waits up to the busy timeout, then gets a database-busy error (a 503).
+The writer, the LISTEN connection, the server lock and the lease keeper have their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+log = logging.getLogger("stockyard.store")
+
+READERS_MAX = 20  # STOCKYARD_PG_CONNECTIONS: read connections a server keeps open at most
+WAIT_S = 10.0  # how long a thread waits for one (STOCKYARD_BUSY_TIMEOUT_MS)
+
+
+def configure(readers: int, wait_ms: int) -> None:
+    """Set the pool's size and wait from the server's settings, before any store opens one."""
+    global READERS_MAX, WAIT_S
+    READERS_MAX, WAIT_S = readers, wait_ms / 1000
+
+
+class ReadPool:
+    """At most READERS_MAX connections of one backend, the last given back taken first (a few
+    stay warm; the rest stay open, idle, for the next burst)."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._open = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def take(self) -> Any:
+        deadline: float | None = None
+        with self._cond:
+            while not self._idle and self._open >= READERS_MAX:
+                deadline = deadline or time.monotonic() + WAIT_S
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _busy()
+                self._cond.wait(left)
+            if self._idle:
+                return self._idle.pop()
+            self._open += 1
+        try:
+            return self._connect()
+        except BaseException:
+            self._forget()
+            raise
+
+    def give(self, conn: Any) -> None:
+        """A connection back: idle again, or closed if it broke (or its transaction cannot end)."""
+        if conn.in_transaction and not conn.broken:  # its thread ended inside a transaction
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                conn.broken = True
+        with self._cond:
+            keep = not conn.broken and not self._closed
+            if keep:
+                self._idle.append(conn)
+                self._cond.notify()
+        if not keep:
+            conn.close()
+            self._forget()
+
+    def _forget(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when given back."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+        for conn in idle:
+            conn.close()
+
+
+def _busy() -> sqlite3.OperationalError:
+    error: Any = sqlite3.OperationalError(
+        f"all {READERS_MAX} PostgreSQL read connections of this server stayed busy for {WAIT_S:g} s "
+        "(STOCKYARD_PG_CONNECTIONS)"
+    )
+    error.database_failed = True  # a 503 database_unavailable, as a lock held past the busy timeout
+    error.lock_timeout = True  # nothing is wrong with any connection
+    return error
+
+
+class PooledReads:
+    """What ``Store.read()`` gives a thread on PostgreSQL: the sqlite3-like connection its callers
+    use, each statement on a connection of the pool, a transaction on one connection to its end."""
+
+    dialect = "postgresql"
+    row_factory = None  # accepted and ignored, as by PgConnection
+    broken = False  # a connection that broke goes back to the pool (closed there), never stays here
+
+    def __init__(self, pool: ReadPool) -> None:
+        self._pool = pool
+        self._held: Any = None  # the connection of an open transaction
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._held is not None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._on(lambda conn: conn.execute(sql, params))
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Any:
+        return self._on(lambda conn: conn.executemany(sql, seq))
+
+    def insert_many(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
+        self._on(lambda conn: conn.insert_many(sql, seq))
+
+    def _on(self, run: Callable[[Any], Any]) -> Any:
+        conn = self._held if self._held is not None else self._pool.take()
+        try:
+            return run(conn)
+        finally:
+            if conn.in_transaction and not conn.broken:
+                self._held = conn
+            else:
+                self._held = None
+                self._pool.give(conn)
+
+    def close(self) -> None:
+        """Give back a connection still held (rolled back there)."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._pool.give(held)
+
+    def __del__(self) -> None:  # the thread ended inside a transaction (its thread-local went)
+        try:
+            self.close()
+        except Exception:
+            log.debug("giving back a read connection of an ended thread failed", exc_info=True)

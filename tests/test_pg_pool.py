@@ -1,0 +1,138 @@
+"""A server's read connections on PostgreSQL are a bounded pool (store/pgpool.py).
+
+Before, each request thread kept a connection of its own: a burst of 1,000 budgeted streams opened
+one per thread, PostgreSQL's max_connections (100 by default) ran out, and budget loads, rate counts
+and settlements failed ("sorry, too many clients already"). Now a thread takes a connection for a
+statement (or a transaction) and gives it back.
+"""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+import threading
+import time
+
+import pytest
+from conftest import wait_for
+
+from stockyard.dburl import parse_postgres
+from stockyard.store import Store, pgpool
+from stockyard.store.backends import PostgresBackend
+
+OTHERS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+
+
+@pytest.fixture
+def backend(pg_url):
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    return backend
+
+
+@pytest.fixture
+def small_pool():
+    before = pgpool.READERS_MAX, pgpool.WAIT_S
+    yield pgpool
+    pgpool.READERS_MAX, pgpool.WAIT_S = before
+
+
+def test_three_hundred_threads_reading_at_once_share_the_pools_connections(backend, pg_cluster):
+    store = Store(backend)
+    admin = pg_cluster.admin(backend.url.database)
+    start = threading.Barrier(300)
+    pids: set[int] = set()
+    errors: list[BaseException] = []
+    most = [0]
+
+    def request() -> None:  # what a budgeted request's thread does: statements and a short transaction
+        start.wait()
+        try:
+            for _ in range(3):
+                pids.add(store.read().execute("SELECT pg_backend_pid()").fetchone()[0])
+            conn = store.read()
+            conn.execute("BEGIN")
+            inside = {conn.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(3)}
+            conn.execute("COMMIT")
+            assert len(inside) == 1  # a transaction keeps its connection to its end
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.end_reads()
+
+    threads = [threading.Thread(target=request) for _ in range(300)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        most[0] = max(most[0], admin.run(OTHERS)[0][0])
+        time.sleep(0.01)  # sampling the server's sessions while the threads run, not waiting for them
+    assert errors == []
+    assert len(pids) <= pgpool.READERS_MAX and most[0] <= pgpool.READERS_MAX
+    store.close()
+    wait_for(lambda: admin.run(OTHERS) == [[0]], what="closing the store to close the pool's connections")
+    admin.close()
+
+
+def test_a_full_pool_waits_for_a_connection_and_then_says_the_database_is_busy(backend, small_pool):
+    small_pool.READERS_MAX, small_pool.WAIT_S = 1, 0.3
+    store = Store(backend)
+    conn = store.read()
+    conn.execute("BEGIN")  # holds the pool's one connection
+    got: list[object] = []
+
+    def other() -> None:
+        try:
+            got.append(store.read().execute("SELECT 7").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            got.append(exc)
+
+    waiter = threading.Thread(target=other)
+    waiter.start()
+    waiter.join()
+    assert isinstance(got[0], sqlite3.OperationalError) and getattr(got[0], "database_failed", False)
+    assert "STOCKYARD_PG_CONNECTIONS" in str(got[0])
+
+    released = threading.Event()
+    waiter = threading.Thread(target=lambda: (released.wait(), other()))
+    small_pool.WAIT_S = 10.0
+    waiter.start()
+    released.set()
+    conn.execute("COMMIT")  # the connection goes back: the waiting thread gets it
+    waiter.join()
+    assert got[1] == 7
+    store.close()
+
+
+def test_a_thread_that_ends_inside_a_transaction_gives_its_connection_back_rolled_back(backend, small_pool):
+    small_pool.READERS_MAX, small_pool.WAIT_S = 1, 5.0
+    store = Store(backend)
+
+    def forgetful() -> None:
+        conn = store.read()
+        conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('left', 'open')")
+
+    thread = threading.Thread(target=forgetful)
+    thread.start()
+    thread.join()
+    del thread
+    gc.collect()
+    conn = store.read()
+    assert conn.execute("SELECT count(*) FROM meta WHERE key = 'left'").fetchone()[0] == 0
+    assert not conn.in_transaction
+    store.close()
+
+
+def test_a_connection_that_broke_is_not_given_to_the_next_thread(backend, pg_cluster, small_pool):
+    small_pool.READERS_MAX = 2
+    store = Store(backend)
+    admin = pg_cluster.admin(backend.url.database)
+    first = store.read().execute("SELECT pg_backend_pid()").fetchone()[0]
+    admin.run(f"SELECT pg_terminate_backend({first})")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(store.read().execute("SELECT pg_backend_pid()").fetchone()[0]))
+    thread.start()
+    thread.join()
+    assert seen and seen[0] != first
+    store.close()
+    admin.close()
