@@ -136,3 +136,13 @@ def test_a_connection_that_broke_is_not_given_to_the_next_thread(backend, pg_clu
     assert seen and seen[0] != first
     store.close()
     admin.close()
+
+
+def test_the_pools_size_is_read_from_stockyard_pg_connections():
+    from stockyard import config
+
+    assert config.load({}, {}).pg_connections == 20
+    assert config.load({}, {"STOCKYARD_PG_CONNECTIONS": "64"}).pg_connections == 64
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(ValueError, match="STOCKYARD_PG_CONNECTIONS must be a positive whole number"):
+            config.load({}, {"STOCKYARD_PG_CONNECTIONS": bad})

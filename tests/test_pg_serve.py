@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pg8000.native
 import pytest
@@ -152,3 +154,46 @@ def test_postgresql_down_and_back_while_serving(pyz_path, cache_home, mock):
         server.stop()
         cluster.stop()
     assert cluster.password not in server.log
+
+
+def test_a_burst_of_budgeted_requests_shares_a_few_connections(pyz_path, cache_home, mock, pg_cluster, pg_url):
+    """80 budgeted, rate-limited requests at once through a server with 3 read connections: every
+    one answered, the key's spend exactly their traces' cost, and the server's sessions stay within
+    its 3 plus its own few (before, each request thread opened one: a burst of 1,000 streams ran
+    PostgreSQL out of connections and failed most of them)."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="3")
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    database = pg_url.rsplit("/", 1)[1].split("?")[0]
+    admin = pg_cluster.admin(database)
+    try:
+        key = server.create_keys({"burst": ["--budget-usd", "100", "--budget-period", "total", "--rpm", "10000"]})["burst"]
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = {"model": "gpt-4o-mini", "messages": HELLO}
+        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+        sessions = f"SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = '{database}'"  # less this one
+        seen: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:  # the server's sessions, sampled while the burst runs
+            while not done.is_set():
+                seen.append(admin.run(sessions)[0][0])
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        with ThreadPoolExecutor(max_workers=80) as pool:
+            statuses = list(
+                pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth)[0], range(80))
+            )
+        done.set()
+        sampler.join()
+        assert statuses == [200] * 80
+        assert seen and max(seen) <= 3 + 4  # the pool; the writer, LISTEN, the server lock, the lease keeper
+        wait_for(lambda: rows(pg_cluster, pg_url, "SELECT count(*) AS n FROM traces")[0]["n"] == 81, what="81 traces")
+        total = rows(pg_cluster, pg_url, "SELECT sum(cost_uc) AS c FROM traces")[0]["c"]
+        assert total > 0
+        assert rows(pg_cluster, pg_url, "SELECT spent_uc, reserved_uc FROM budget_ledger") == [
+            {"spent_uc": total, "reserved_uc": 0}
+        ]
+    finally:
+        admin.close()
+        server.stop()
