@@ -166,7 +166,8 @@ def test_a_burst_of_budgeted_requests_shares_a_few_connections(pyz_path, cache_h
     database = pg_url.rsplit("/", 1)[1].split("?")[0]
     admin = pg_cluster.admin(database)
     try:
-        key = server.create_keys({"burst": ["--budget-usd", "100", "--budget-period", "total", "--rpm", "10000"]})["burst"]
+        limits = ["--budget-usd", "100", "--budget-period", "total", "--rpm", "10000"]
+        key = server.create_keys({"burst": limits})["burst"]
         auth = {"Authorization": f"Bearer {key}"}
         chat = {"model": "gpt-4o-mini", "messages": HELLO}
         wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
