@@ -38,8 +38,9 @@ def small_pool():
 
 
 def test_three_hundred_threads_reading_at_once_share_the_pools_connections(backend, pg_cluster):
-    store = Store(backend)
     admin = pg_cluster.admin(backend.url.database)
+    wait_for(lambda: admin.run(OTHERS) == [[0]], what="the migration's session to end")
+    store = Store(backend)
     start = threading.Barrier(300)
     pids: set[int] = set()
     errors: list[BaseException] = []
