@@ -228,11 +228,13 @@ class Cache(Module):
         found = self._lookup(digest, kinds, opts)
         if found is None and opts.wait_s:
             flight, first = self._board(digest)
-            if first:
-                ctx.state["cache_flight"] = (digest, flight)  # it asks; after() lands the flight
-            else:
+            if not first:
                 self._wait(flight, opts.wait_s, digest)
-                found = self._lookup(digest, kinds, opts)
+            found = self._lookup(digest, kinds, opts)  # for a first: a flight that landed since the miss
+            if first and found is None:
+                ctx.state["cache_flight"] = (digest, flight)  # it asks; after() lands the flight
+            elif first:
+                self._land(digest, flight)
         body = None
         if found is not None:
             found_kind, entry = found
