@@ -168,6 +168,7 @@ class App:
             self.scrubber,
             settings.max_body_bytes,
             functools.partial(containers_api.claim_made, ownership),  # auto containers, their key's
+            shared=settings.workers > 1 or self.backend.dialect == "postgresql",  # others serve the next turn too
         )
         self.path = RequestPath(
             settings,

@@ -25,8 +25,11 @@ the client's bytes go on. The request thread waits for them before its trace
 stands). A row is visible to lookups from the moment the adapter hands the response over (before
 the client sees its end), through a small in-memory table of rows the writer has not yet
 committed, and a conversation is read once its turn being appended is committed
-(``ConversationStore.find``); so a client's next turn never races the write. Retention deletes rows with the
-traces' age limit (``stockyard.retention``).
+(``ConversationStore.find``); so a client's next turn never races the write in this process.
+Where another process may take the client's next request (``serve --workers``, PostgreSQL
+replicas: ``shared``), that table is not theirs to read: there the answer's end waits for the
+commit (:meth:`Conversations._before_the_end`; a stream's last bytes are held by the relay as a
+claim's are, the writes urgent). Retention deletes rows with the traces' age limit (``stockyard.retention``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import time
 import zlib
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 from urllib.parse import urlencode
@@ -104,6 +108,14 @@ def queue_wait(ctx: RequestContext) -> float:
     full queue is the write's ``queue.Full`` there, noted by ``settle``), else the writer's own
     ``FULL_WAIT_S``, as any sender waits."""
     return 0.0 if ctx.claims_deferred is not None else FULL_WAIT_S
+
+
+def settled(future: Future) -> Future:
+    """A future done when ``future`` is, and never failed: a stream held for a write goes on
+    whether it was committed or not (its failure is ``settle``'s to log and note, not the answer's)."""
+    done: Future = Future()
+    future.add_done_callback(lambda _: done.set_result(None))
+    return done
 
 
 def new_response_id() -> str:
@@ -230,8 +242,12 @@ class Conversations:
         scrub: Scrubber,
         max_bytes: int,
         claim_containers: ClaimContainers = lambda ids, key_id, provider, deferred: None,
+        shared: bool = False,
     ) -> None:
         self._store = store
+        # other processes serve the same clients (workers, replicas): they find a kept turn only once
+        # it is committed, so the answer's end waits for that (_before_the_end)
+        self._shared = shared
         self._claim_containers = claim_containers  # containers_api.claim_made: what the code ran in, the key's
         self._max_bytes = max_bytes  # the largest conversation rebuilt for a request
         self._registry = registry
@@ -527,9 +543,22 @@ class Conversations:
             self._pending = {k: v for k, v in self._pending.items() if now - v[1] < PENDING_S}
             self._pending[response_id] = (record, now)
         # the writer's, the client's bytes not held for it (they name no row the key must own first)
-        future = self._store.write_later(record.write, queue_wait(ctx), urgent=False)
+        future = self._store.write_later(record.write, queue_wait(ctx), urgent=self._shared)
         future.add_done_callback(lambda _: self._committed(record))  # or failed: it will never be
         ctx.kept_later.append((f"response {response_id} was not kept", future))
+        self._before_the_end(ctx, future)
+
+    def _before_the_end(self, ctx: RequestContext, future: Future) -> None:
+        """Where another process may take the client's next request, the answer's end waits for
+        ``future`` (a write keeping what this turn made), so that process finds it: on the stream
+        relay's thread the stream's bytes are held until it is done (``ctx.claims_deferred``), here
+        the request thread waits (``SETTLE_WAIT_S`` at most). A failed write still lets the answer end."""
+        if not self._shared:
+            return
+        if ctx.claims_deferred is not None:
+            ctx.claims_deferred.append(settled(future))
+        else:
+            wait_for_futures([future], timeout=SETTLE_WAIT_S)
 
     def _anothers(self, ctx: RequestContext, response_id: str) -> bool:
         """Whether another key holds this response id. On the stream relay's thread (which must not
@@ -566,9 +595,10 @@ class Conversations:
         turn = (conv.turn_items or []) + normalized(response.get("output"))
         # the writer's, the client's bytes not held for it; a failure: the answer stands, the
         # conversation has a gap (settle logs and traces it); its next read waits for it (threads.find)
-        future = self.threads.append_later(conv.conversation_id, turn, ctx.trace_id, queue_wait(ctx))
+        future = self.threads.append_later(conv.conversation_id, turn, ctx.trace_id, queue_wait(ctx), self._shared)
         what = f"response {response.get('id')}: its turn was not appended to conversation {conv.conversation_id}"
         ctx.kept_later.append((what, future))
+        self._before_the_end(ctx, future)
 
     def settle(self, ctx: RequestContext, wait_s: float = SETTLE_WAIT_S) -> None:
         """Before the request's trace (its answer sent): wait for the writes that keep what it made

@@ -368,19 +368,24 @@ class ConversationStore:
         return kept
 
     def append_later(
-        self, conversation_id: str, items: list[dict], trace_id: str | None, queue_wait: float = 30.0
+        self,
+        conversation_id: str,
+        items: list[dict],
+        trace_id: str | None,
+        queue_wait: float = 30.0,
+        urgent: bool = False,
     ) -> Future:
         """A response's turn (of the request ``trace_id``) appended whole (``add`` unbounded) by the
-        writer, not waited for: the stream relay's thread must not wait on the database, and the
-        client's answer does not wait for it either (it names no row of it). Its future, resolved
-        once committed; until then a read of the conversation (:meth:`find`) waits for it."""
+        writer, not waited for: the stream relay's thread must not wait on the database. Its future,
+        resolved once committed; until then a read of the conversation in this process (:meth:`find`)
+        waits for it (``urgent``: an answer's end waits for it, for the other processes' reads)."""
         packed = [_pack(item) for item in items]  # here, not on the writer's thread
 
         def job(conn: sqlite3.Connection) -> list[dict] | None:
             row = conn.execute("SELECT bytes FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
             return None if row is None else _append(conn, conversation_id, items, packed, _now_ms(), trace_id)
 
-        future = self._store.write_later(job, queue_wait, urgent=False)
+        future = self._store.write_later(job, queue_wait, urgent=urgent)
         with self._lock:
             self._appending[conversation_id] = future
 

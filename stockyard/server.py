@@ -165,17 +165,19 @@ def raise_file_limit() -> None:
         pass
 
 
-def default_max_connections() -> int:
-    """Half the open-file limit (a proxied connection may hold an upstream socket too), 64 to 1024."""
+def default_max_connections(per_connection: int = 2) -> int:
+    """The open-file limit (less 64 for the rest) over what one connection may hold, 64 to 1024:
+    ``per_connection`` descriptors — its socket, its provider's, and on SQLite its thread's read
+    connection (the database file and its WAL: 4 in all)."""
     try:
         import resource
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, OSError, ValueError):
-        return 512
+        return 512 // (per_connection // 2)
     if soft == resource.RLIM_INFINITY:
         return 1024
-    return max(64, min(1024, (soft - 64) // 2))
+    return max(64, min(1024, (soft - 64) // per_connection))
 
 
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the accept loop, at most
@@ -216,8 +218,9 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self.prefix_routes: list[tuple[str, RouteFn]] = []
         self.reaper = Reaper()
         self.client_watch = ClientWatch()
-        self.threads = ThreadCache()
-        total = app.settings.max_connections or default_max_connections()
+        self.threads = ThreadCache(ending=app.store.close_reads)  # a thread's read connection ends with it
+        # PostgreSQL reads share a bounded pool; on SQLite each connection's thread opens its own
+        total = app.settings.max_connections or default_max_connections(2 if app.backend.pooled_readers else 4)
         self.caps = Caps(total, app.settings.max_connections_per_client or max(1, total // 4))
         app.websockets = websocket_caps(app.settings.websocket_max_connections, total)  # none open yet
         self._refused_log = OnceAMinute()  # connections refused: over the caps

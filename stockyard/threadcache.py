@@ -34,8 +34,15 @@ class _Waiting:
 class ThreadCache:
     """Runs jobs on threads that wait up to ``idle_s`` for another job; at most ``keep`` wait."""
 
-    def __init__(self, keep: int = 256, idle_s: float = 30.0, name: str = "stockyard-connection") -> None:
+    def __init__(
+        self,
+        keep: int = 256,
+        idle_s: float = 30.0,
+        name: str = "stockyard-connection",
+        ending: Callable[[], None] = lambda: None,
+    ) -> None:
         self.keep, self.idle_s, self.name = keep, idle_s, name
+        self.ending = ending  # run by each thread as it ends: what it holds of its own is let go now
         self._waiting: list[_Waiting] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -68,11 +75,14 @@ class ThreadCache:
 
     def _serve(self, job: Job | None) -> None:
         me = _Waiting()
-        while job is not None:
-            fn, args = job
-            fn(*args)
-            del fn, args, job  # nothing of the last connection stays reachable while waiting
-            job = self._next(me)
+        try:
+            while job is not None:
+                fn, args = job
+                fn(*args)
+                del fn, args, job  # nothing of the last connection stays reachable while waiting
+                job = self._next(me)
+        finally:
+            self.ending()
 
     def _next(self, me: _Waiting) -> Job | None:
         """The next job, or None once this thread should end."""

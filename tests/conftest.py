@@ -208,11 +208,18 @@ class ServerProcess:
     runs ``python3 stockyard.pyz serve`` itself, for the tests of what a real start does."""
 
     def __init__(
-        self, pyz: Path, db: Path, env: dict[str, str], args: list[str] | None = None, spawned: bool = False
+        self,
+        pyz: Path,
+        db: Path,
+        env: dict[str, str],
+        args: list[str] | None = None,
+        spawned: bool = False,
+        open_files: int | None = None,
     ) -> None:
         self.pyz, self.db, self.env = pyz, db, env
         self.args = args or []
-        self.spawned = spawned
+        self.spawned = spawned or open_files is not None
+        self.open_files = open_files  # the process's open-file limit, soft and hard (spawned)
         self.keys: dict[str, str] = {}  # client keys' secrets by name, as a test module made them
         self.log_lines: list[str] = []
         self.proc: subprocess.Popen | clirun.Forked | None = None
@@ -229,6 +236,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 text=True,
                 bufsize=1,
+                preexec_fn=self._limit_open_files if self.open_files else None,
             )
         else:
             self.proc = clirun.spawn(self.pyz, args, self.env)
@@ -239,6 +247,12 @@ class ServerProcess:
         if not self.port:
             raise AssertionError("server exited at start:\n" + self.log)
         return self
+
+    def _limit_open_files(self) -> None:
+        """In the child before it runs: its open-file limit (a hard one it cannot lift)."""
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _read_log(self) -> None:
         assert self.proc and self.proc.stdout

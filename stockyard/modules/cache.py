@@ -28,12 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
 
 from ..context import Answer, RequestContext, Route
 from ..providers.chatshape import DROP_HEADER
-from .base import Module
+from .base import Module, ModuleServices
 from .replay import to_stream
 from .schema import Field
 
@@ -53,6 +55,15 @@ class CacheOptions:
     max_bytes: int
     endpoints: frozenset[str]
     scope: str
+    wait_s: int
+
+
+@dataclass
+class Flight:
+    """A miss being answered upstream: identical requests wait on ``landed`` instead of asking too."""
+
+    landed: threading.Event = field(default_factory=threading.Event)
+    waiting: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,20 @@ class Cache(Module):
             "(project; a key without one keeps its own), or every client (global)",
             choices=SCOPES,
         ),
+        "wait_s": Field(
+            "int",
+            30,
+            "seconds an identical request waits for the answer of one already asked upstream, "
+            "then served as a hit (0: each asks the provider itself)",
+            min=0,
+            max=600,
+        ),
     }
+
+    def __init__(self, services: ModuleServices) -> None:
+        super().__init__(services)
+        self._flights: dict[str, Flight] = {}  # digest -> the miss being answered now
+        self._lock = threading.Lock()
 
     def compile(self, config: dict) -> CacheOptions:
         return CacheOptions(
@@ -186,6 +210,7 @@ class Cache(Module):
             config["max_bytes"],
             frozenset(config["endpoints"]),
             config["scope"],
+            config["wait_s"],
         )
 
     def before(self, ctx: RequestContext) -> None:
@@ -200,7 +225,16 @@ class Cache(Module):
             ctx.reply_headers[HEADER] = "bypass"
             return
         kinds = (kind, JSON) if kind != JSON else (JSON,)
-        found = lookup(self.services.store.read(), digest, kinds, int(time.time() * 1000), opts.ttl_ms)
+        found = self._lookup(digest, kinds, opts)
+        if found is None and opts.wait_s:
+            flight, first = self._board(digest)
+            if not first:
+                self._wait(flight, opts.wait_s, digest)
+            found = self._lookup(digest, kinds, opts)  # for a first: a flight that landed since the miss
+            if first and found is None:
+                ctx.state["cache_flight"] = (digest, flight)  # it asks; after() lands the flight
+            elif first:
+                self._land(digest, flight)
         body = None
         if found is not None:
             found_kind, entry = found
@@ -217,10 +251,54 @@ class Cache(Module):
         ctx.attempt.cost_uc, ctx.attempt.cost_status, ctx.cost_saved_uc = 0, "exact", entry.cost_uc
         ctx.answer = Answer(200, body, CONTENT_TYPES[kind], {HEADER: "hit"}, stream=kind != JSON)
 
+    def _lookup(self, digest: str, kinds: tuple[str, ...], opts: CacheOptions) -> tuple[str, Entry] | None:
+        return lookup(self.services.store.read(), digest, kinds, int(time.time() * 1000), opts.ttl_ms)
+
+    def _board(self, digest: str) -> tuple[Flight, bool]:
+        """The flight of an identical request being answered now (counted as waited for), or a
+        new one this request starts (True: it asks the provider)."""
+        with self._lock:
+            flight = self._flights.get(digest)
+            if flight is None:
+                flight = self._flights[digest] = Flight()
+                return flight, True
+            flight.waiting += 1
+            return flight, False
+
+    def _wait(self, flight: Flight, wait_s: int, digest: str) -> None:
+        """Wait for the flight's answer to be stored (or to fail); one that takes longer than
+        ``wait_s`` is given up by this request, which then asks the provider itself."""
+        landed = flight.landed.wait(wait_s)
+        with self._lock:
+            flight.waiting -= 1
+            if not landed and self._flights.get(digest) is flight:
+                del self._flights[digest]  # the next identical request starts a flight of its own
+
+    def _land(self, digest: str, flight: Flight) -> None:
+        """The flight's answer is stored, or nothing will be: wake who waits for it."""
+        with self._lock:
+            if self._flights.get(digest) is flight:
+                del self._flights[digest]
+        flight.landed.set()
+
     def after(self, ctx: RequestContext) -> None:
+        flight = ctx.state.pop("cache_flight", None)
+        stored: Future | None = None
+        try:
+            stored = self._keep(ctx, leading=flight is not None)
+        finally:
+            if flight is not None:
+                if stored is None:
+                    self._land(*flight)
+                else:
+                    stored.add_done_callback(lambda _done: self._land(*flight))
+
+    def _keep(self, ctx: RequestContext, leading: bool) -> Future | None:
+        """Store the answer when it may be kept; the future of its commit when the request led a
+        flight (identical requests wait for that), None when nothing is stored or none waits."""
         state = ctx.state.pop("cache", None)
         if state is None or ctx.cache_hit:
-            return
+            return None
         if (
             ctx.attempt.status != 200
             or ctx.attempt.outcome != "ok"
@@ -228,22 +306,28 @@ class Cache(Module):
             or ctx.attempt.response_truncated
             or ctx.sensitive
         ):
-            return
+            return None
         digest, kind, opts, route = state
         if not answered_by(ctx, route):
-            return  # a fallback's answer: never the asked model's, whose key this is
+            return None  # a fallback's answer: never the asked model's, whose key this is
         body = bytes(ctx.attempt.response_body)
         if not body or len(body) > opts.max_bytes:
-            return
+            return None
         if ctx.sensitive_answer is not None and ctx.sensitive_answer(body):
-            return  # redact found a secret (or PII) in the answer: never kept in plain text
+            return None  # redact found a secret (or PII) in the answer: never kept in plain text
         if kind != JSON and not body.startswith((b"data:", b"event:", b":")):
             kind = JSON  # the provider answered a streamed request plainly: store it as what it is
         entry = Entry(body, CONTENT_TYPES[kind], ctx.attempt.cost_uc)
         usage = json.dumps(asdict(ctx.attempt.usage)) if ctx.attempt.usage is not None else None
         now_ms = int(time.time() * 1000)
-        self.services.store.submit(lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts))
+        job = lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts)  # noqa: E731
+        if leading:  # resolved at its commit or failure; a full queue fails it now (the waiting ask themselves)
+            return self.services.store.write_later(job, queue_wait=0, urgent=False)
+        self.services.store.submit(job)
+        return None
 
     def status(self) -> dict:
         row = self.services.store.read().execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
-        return {"entries": row[0], "bytes": row[1]}
+        with self._lock:
+            waiting = sum(flight.waiting for flight in self._flights.values())
+        return {"entries": row[0], "bytes": row[1], "waiting": waiting}

@@ -20,7 +20,7 @@ chunk stream becomes a Responses object or event stream again (``responses.from_
 Either way the finished response is handed to ``ctx.conversation.keep`` before the client
 sees its end, so a next turn's ``previous_response_id`` always finds it (and a turn that
 joined a ``conversation`` is appended to it); the writes are the writer's, the client's bytes
-never wait for them (``stockyard.conversations``).
+wait for them only where another process may take the next turn (``stockyard.conversations``).
 """
 
 from __future__ import annotations

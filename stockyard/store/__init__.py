@@ -72,6 +72,18 @@ class Store:
             except Exception:
                 pass
 
+    def close_reads(self) -> None:
+        """This thread ends: its read connection is closed now, not when the garbage collector gets to
+        it (a burst of threads that ended left their files open beside the next burst's). Never raises."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        try:
+            conn.close()
+        except Exception:
+            pass
+
     def write(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``job(conn)`` in a write transaction and return its result once committed."""
         if self.writer is not None:
@@ -122,10 +134,7 @@ class Store:
         return True
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.close_reads()
         if self._pool is not None:
             self._pool.close()
         if self._direct is not None:

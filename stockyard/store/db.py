@@ -63,7 +63,8 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
         )
     else:
         files.make_folder(path.parent)
-        files.create_private(path)
+        if not path.exists():  # (no descriptor spent on each connection of an existing file)
+            files.create_private(path)
         with files.private_umask():  # and whatever SQLite creates while opening (-wal, -shm)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
