@@ -9,6 +9,7 @@ statement (or a transaction) and gives it back.
 from __future__ import annotations
 
 import gc
+import signal
 import sqlite3
 import threading
 import time
@@ -147,3 +148,54 @@ def test_the_pools_size_is_read_from_stockyard_pg_connections():
     for bad in ("0", "-3", "many"):
         with pytest.raises(ValueError, match="STOCKYARD_PG_CONNECTIONS must be a positive whole number"):
             config.load({}, {"STOCKYARD_PG_CONNECTIONS": bad})
+
+
+class Interrupted(BaseException):
+    """What a signal handler raises in the middle of a statement (as KeyboardInterrupt does)."""
+
+
+def test_a_statement_interrupted_midway_never_hands_its_answer_to_the_next_statement(backend, small_pool):
+    small_pool.READERS_MAX = 1  # the next statement gets the very connection the interrupted one used
+    store = Store(backend)
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    before = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # while PostgreSQL sleeps, before it answers
+        with pytest.raises(Interrupted):
+            store.read().execute("SELECT 'first answer', pg_sleep(2)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert store.read().execute("SELECT 'second answer'").fetchone()[0] == "second answer"
+    assert not store.read().in_transaction
+    store.close()
+
+
+def test_a_statement_interrupted_inside_a_transaction_never_hands_its_answer_on(backend, small_pool):
+    small_pool.READERS_MAX = 1
+    store = Store(backend)
+    conn = store.read()
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    before = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        conn.execute("BEGIN")
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            conn.execute("SELECT 'first answer', pg_sleep(1)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    if conn.in_transaction:  # what a caller's error path does
+        conn.execute("ROLLBACK")
+    store.end_reads()
+    answers = [store.read().execute(f"SELECT 'answer {n}'").fetchone()[0] for n in range(3)]
+    assert answers == ["answer 0", "answer 1", "answer 2"]
+    assert not store.read().in_transaction
+    store.close()
+

@@ -384,6 +384,9 @@ class PgConnection:
             raise
         except Exception as exc:
             raise self._failed(exc) from None
+        except BaseException:  # a signal's exception midway: its answer may still come, read by the next statement
+            self.broken = True
+            raise
         rows: list[Row] = []
         description = None
         if context.columns is not None:
