@@ -9,6 +9,7 @@ statement (or a transaction) and gives it back.
 from __future__ import annotations
 
 import gc
+import itertools
 import signal
 import sqlite3
 import threading
@@ -199,3 +200,88 @@ def test_a_statement_interrupted_inside_a_transaction_never_hands_its_answer_on(
     assert not store.read().in_transaction
     store.close()
 
+
+@pytest.fixture
+def limited(pg_cluster):
+    """A database whose role may open 2 sessions: a server whose STOCKYARD_PG_CONNECTIONS is more
+    than PostgreSQL allows it (max_connections, a role's or database's CONNECTION LIMIT)."""
+    admin = pg_cluster.admin()
+    name = f"limited{next(_names)}"
+    admin.run(f"CREATE ROLE {name} LOGIN PASSWORD 'pw{name}' CONNECTION LIMIT 2")
+    admin.run(f"CREATE DATABASE {name} OWNER {name} TEMPLATE template0")
+    admin.close()
+    backend = PostgresBackend(parse_postgres(f"postgresql://{name}:pw{name}@127.0.0.1:{pg_cluster.port}/{name}", {}))
+    backend.open_and_migrate()
+    return backend
+
+
+_names = itertools.count(1)
+
+
+def hold_sessions(store: Store, count: int) -> tuple[threading.Event, list[threading.Thread]]:
+    """``count`` threads each in a read transaction (a session each) until the event is set."""
+    ready, release = threading.Barrier(count + 1), threading.Event()
+
+    def holder() -> None:
+        conn = store.read()
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        ready.wait()
+        release.wait()
+        conn.execute("COMMIT")
+
+    holders = [threading.Thread(target=holder) for _ in range(count)]
+    for t in holders:
+        t.start()
+    ready.wait()
+    return release, holders
+
+
+def read_in_a_thread(store: Store, out: list) -> threading.Thread:
+    """A thread reading one value: its answer, or its error, goes into ``out``."""
+
+    def read() -> None:
+        try:
+            out.append(store.read().execute("SELECT 'answer'").fetchone()[0])
+        except sqlite3.Error as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+def test_a_pool_bigger_than_postgresql_allows_waits_for_a_connection_given_back(limited, small_pool, caplog):
+    small_pool.READERS_MAX, small_pool.WAIT_S = 5, 10.0  # 5 wanted, 2 allowed
+    store = Store(limited)
+    release, holders = hold_sessions(store, 2)
+    got: list[object] = []
+    waiter = read_in_a_thread(store, got)
+    wait_for(lambda: "PostgreSQL refused a read connection" in caplog.text, what="PostgreSQL to refuse a third")
+    assert "too many connections" in caplog.text and "reads on the 2 it has open" in caplog.text
+    release.set()
+    waiter.join()
+    for t in holders:
+        t.join()
+    assert got == ["answer"]  # it waited for a connection given back, not failed at once
+    assert store.read().execute("SELECT 1").fetchone()[0] == 1
+    store.close()
+
+
+def test_a_pool_that_postgresql_refuses_says_so_in_its_busy_error(limited, small_pool):
+    small_pool.READERS_MAX, small_pool.WAIT_S = 5, 0.5
+    store = Store(limited)
+    release, holders = hold_sessions(store, 2)
+    got: list[object] = []
+    read_in_a_thread(store, got).join()
+    release.set()
+    for t in holders:
+        t.join()
+    assert len(got) == 1 and isinstance(got[0], sqlite3.OperationalError)
+    assert getattr(got[0], "database_failed", False) and getattr(got[0], "lock_timeout", False)  # a 503
+    assert "all 2 PostgreSQL read connections" in str(got[0]) and "too many connections" in str(got[0])
+    assert store._pool.refusals >= 1
+    for _ in range(3):  # the refusals left the pool's count of open connections right: all 2 serve
+        read_in_a_thread(store, got).join()
+    assert got[1:] == ["answer"] * 3
+    store.close()

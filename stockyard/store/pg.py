@@ -279,6 +279,7 @@ class PgConnection:
             error = _error(exc)
             unreachable: Any = type(error)(f"cannot open the database {self._url}: {error}")
             unreachable.database_failed = True
+            unreachable.sqlstate = getattr(error, "sqlstate", "")  # 53300: PostgreSQL has no connection to spare
             raise unreachable from None
         conn.autocommit = True
         no_delay(conn)
