@@ -198,3 +198,69 @@ def test_a_burst_of_budgeted_requests_shares_a_few_connections(pyz_path, cache_h
     finally:
         admin.close()
         server.stop()
+
+
+def test_a_request_refused_for_a_busy_pool_is_a_503_in_its_clients_shape_and_traced(
+    pyz_path, cache_home, mock, pg_cluster, pg_url
+):
+    """One read connection, and the budget ledger locked by another session: the request holding the
+    connection waits out the lock, the others out the pool; each is a 503 ``database_unavailable``
+    in the dialect it spoke (OpenAI, Anthropic, Gemini), traced; then the pool serves again, nothing
+    held back and no reservation left."""
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_PG_CONNECTIONS="1",
+        STOCKYARD_BUSY_TIMEOUT_MS="500",
+        GEMINI_API_KEY="AIza-pool-test-0123456789abcdef",
+        GEMINI_BASE_URL=mock.url,
+    )
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    database = pg_url.rsplit("/", 1)[1].split("?")[0]
+    admin = pg_cluster.admin(database)
+    try:
+        key = server.create_keys({"k": ["--budget-usd", "100", "--budget-period", "total"]})["k"]
+        asks = {
+            "openai": (
+                "/v1/chat/completions",
+                {"model": "gpt-4o-mini", "messages": HELLO},
+                {"Authorization": f"Bearer {key}"},
+            ),
+            "anthropic": (
+                "/v1/messages",
+                {"model": "gpt-4o-mini", "max_tokens": 8, "messages": HELLO},
+                {"x-api-key": key},
+            ),
+            "gemini": (
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+                {"x-goog-api-key": key},
+            ),
+        }
+        for path, body, headers in asks.values():
+            wait_for(lambda p=path, b=body, h=headers: server.request("POST", p, b, h)[0] == 200, what="the key")
+        admin.run("BEGIN")
+        admin.run("LOCK TABLE budget_ledger IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            answers = list(pool.map(lambda d: (d, *server.request("POST", *asks[d])), list(asks) * 3))
+        admin.run("COMMIT")
+        for dialect, status, _, raw in answers:
+            assert status == 503, (dialect, status, raw)
+            body = json.loads(raw)
+            if dialect == "openai":
+                assert body["error"]["code"] in ("budget_unavailable", "database_unavailable"), raw
+            elif dialect == "anthropic":
+                assert body["type"] == "error" and body["error"]["type"] in ("overloaded_error", "api_error"), raw
+            else:
+                assert body["error"]["code"] == 503 and body["error"]["status"] == "UNAVAILABLE", raw
+        refused = "SELECT count(*) AS n FROM traces WHERE status = 503"
+        wait_for(lambda: rows(pg_cluster, pg_url, refused)[0]["n"] == 9, what="the 9 refusals traced")
+        for path, body, headers in asks.values():  # the connection came back: the pool serves
+            assert server.request("POST", path, body, headers)[0] == 200
+        assert rows(pg_cluster, pg_url, "SELECT sum(reserved_uc) AS r FROM budget_ledger")[0]["r"] == 0
+        assert "all 1 PostgreSQL read connections of this server stayed busy for 0.5 s" in server.log
+        assert "Traceback" not in server.log
+    finally:
+        admin.close()
+        server.stop()
