@@ -285,3 +285,25 @@ def test_a_pool_that_postgresql_refuses_says_so_in_its_busy_error(limited, small
         read_in_a_thread(store, got).join()
     assert got[1:] == ["answer"] * 3
     store.close()
+
+
+def test_a_rate_limit_is_never_passed_uncounted_because_the_pool_was_busy(backend, small_pool):
+    """Was: a burst that kept the read connections busy past the busy timeout had its rate counts
+    fail, and each such request went through uncounted: one server with a pool of 1, a key at rpm 5
+    and 400 requests at once let 608 through. A limit still fails open when the database is lost."""
+    from stockyard.store.shared import SharedRateLimiter
+
+    small_pool.READERS_MAX, small_pool.WAIT_S = 1, 0.3
+    store = Store(backend)
+    limiter = SharedRateLimiter(store)
+    release, holders = hold_sessions(store, 1)  # the pool's one connection, held
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="STOCKYARD_PG_CONNECTIONS") as refused:
+            limiter.admit("key_burst", 5, None, 0)
+        assert getattr(refused.value, "database_failed", False)  # the client's 503 database_unavailable
+    finally:
+        release.set()
+        for t in holders:
+            t.join()
+    assert limiter.admit("key_burst", 5, None, 0).live  # counted once the pool has a connection again
+    store.close()

@@ -264,3 +264,27 @@ def test_a_request_refused_for_a_busy_pool_is_a_503_in_its_clients_shape_and_tra
     finally:
         admin.close()
         server.stop()
+
+
+def test_a_burst_past_the_read_pool_never_passes_a_keys_rpm(pyz_path, cache_home, mock, pg_url):
+    """Was: one read connection, a busy timeout of 0.1 s and 800 requests (400 at once) on a key at
+    rpm 5: the rate counts that waited out the pool failed open, and 608 were answered. Now a
+    request the pool cannot count is a 503 ``database_unavailable`` (Retry-After), never passed."""
+    env = mock_env(
+        cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="1", STOCKYARD_BUSY_TIMEOUT_MS="100"
+    )
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    try:
+        key = server.create_keys({"limited": ["--rpm", "5"]})["limited"]
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = {"model": "gpt-4o-mini", "messages": HELLO}
+        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+        with ThreadPoolExecutor(max_workers=400) as pool:
+            answers = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth), range(800)))
+        statuses = [status for status, _, _ in answers]
+        assert statuses.count(200) <= 4 and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
+        busy = [json.loads(raw)["error"]["code"] for status, _, raw in answers if status == 503]
+        assert set(busy) <= {"database_unavailable"}
+        assert "Traceback" not in server.log
+    finally:
+        server.stop()

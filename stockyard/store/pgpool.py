@@ -131,6 +131,7 @@ def _busy(count: int, refused: bool) -> sqlite3.OperationalError:
     error: Any = sqlite3.OperationalError(f"{message} (STOCKYARD_PG_CONNECTIONS)")
     error.database_failed = True  # a 503 database_unavailable, as a lock held past the busy timeout
     error.lock_timeout = True  # nothing is wrong with any connection
+    error.pool_busy = True  # this server's own burst: a rate limit refuses rather than passes uncounted
     return error
 
 
