@@ -307,3 +307,60 @@ def test_a_rate_limit_is_never_passed_uncounted_because_the_pool_was_busy(backen
             t.join()
     assert limiter.admit("key_burst", 5, None, 0).live  # counted once the pool has a connection again
     store.close()
+
+
+def test_closing_the_store_while_threads_hold_connections_leaves_no_session(backend, pg_cluster, small_pool):
+    small_pool.READERS_MAX = 3
+    admin = pg_cluster.admin(backend.url.database)
+    wait_for(lambda: admin.run(OTHERS) == [[0]], what="the migration's session to end")
+    store = Store(backend)
+    release, holders = hold_sessions(store, 2)  # two in transactions on other threads
+    store.read().execute("SELECT 1")  # and one idle in the pool
+    assert admin.run(OTHERS) == [[3]]
+    store.close()
+    assert admin.run(OTHERS) == [[2]]  # the idle one closed; those in use close when given back
+    release.set()
+    for t in holders:
+        t.join()
+    wait_for(lambda: admin.run(OTHERS) == [[0]], what="the connections given back after close to close")
+    assert store._pool._open == 0
+    admin.close()
+
+
+def test_idle_connections_of_a_restarted_postgresql_are_replaced_before_use(small_pool):
+    from pgcluster import Cluster
+
+    small_pool.READERS_MAX = 3
+    cluster = Cluster().start()
+    try:
+        backend = PostgresBackend(parse_postgres(cluster.database(), {}))
+        backend.open_and_migrate()
+        store = Store(backend)
+        release, holders = hold_sessions(store, 3)
+        release.set()
+        for t in holders:
+            t.join()  # three idle in the pool now
+        cluster.stop_server()
+        cluster.start_server()
+        got: list[object] = []
+
+        def snapshot_read() -> None:  # a transaction first, as the configuration reload's
+            try:
+                conn = store.read()
+                conn.execute("BEGIN")
+                got.append(conn.execute("SELECT 'answer'").fetchone()[0])
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                got.append(exc)
+
+        readers = [threading.Thread(target=snapshot_read) for _ in range(3)]
+        for t in readers:
+            t.start()
+        readers += [read_in_a_thread(store, got) for _ in range(3)]
+        for t in readers:
+            t.join()
+        assert got == ["answer"] * 6
+        assert store._pool._open <= 3
+        store.close()
+    finally:
+        cluster.stop()
