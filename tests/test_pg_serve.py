@@ -288,3 +288,36 @@ def test_a_burst_past_the_read_pool_never_passes_a_keys_rpm(pyz_path, cache_home
         assert "Traceback" not in server.log
     finally:
         server.stop()
+
+
+def test_a_server_postgresql_allows_fewer_connections_than_it_wants_answers_a_burst(
+    pyz_path, cache_home, mock, pg_cluster
+):
+    """Its role may open 6 sessions: 4 the server's own (writer, LISTEN, lock, lease keeper), 2 to
+    read on, against STOCKYARD_PG_CONNECTIONS' 20. Was: every read past the second was refused by
+    PostgreSQL ("too many connections for role"), a budgeted request's 503. Now the server reads on
+    the 2 it has: a burst of 60 budgeted requests is answered in full, its spend exact."""
+    admin = pg_cluster.admin()
+    admin.run("CREATE ROLE fewer LOGIN PASSWORD 'fewer-pw' CONNECTION LIMIT 6")
+    admin.run("CREATE DATABASE fewer OWNER fewer TEMPLATE template0")
+    admin.close()
+    url = f"postgresql://fewer:fewer-pw@127.0.0.1:{pg_cluster.port}/fewer?sslmode=disable"
+    server = ServerProcess(pyz_path, url, mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)).start()  # type: ignore[arg-type]
+    try:
+        key = server.create_keys({"burst": ["--budget-usd", "100", "--budget-period", "total"]})["burst"]
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = {"model": "gpt-4o-mini", "messages": HELLO}
+        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+        with ThreadPoolExecutor(max_workers=60) as pool:
+            statuses = list(
+                pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth)[0], range(60))
+            )
+        assert statuses == [200] * 60, {s: statuses.count(s) for s in statuses}
+        assert "PostgreSQL refused a read connection" in server.log
+        wait_for(lambda: rows(pg_cluster, url, "SELECT count(*) AS n FROM traces")[0]["n"] == 61, what="61 traces")
+        total = rows(pg_cluster, url, "SELECT sum(cost_uc) AS c FROM traces")[0]["c"]
+        assert rows(pg_cluster, url, "SELECT spent_uc, reserved_uc FROM budget_ledger") == [
+            {"spent_uc": total, "reserved_uc": 0}
+        ]
+    finally:
+        server.stop()
