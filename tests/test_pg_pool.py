@@ -364,3 +364,22 @@ def test_idle_connections_of_a_restarted_postgresql_are_replaced_before_use(smal
         store.close()
     finally:
         cluster.stop()
+
+
+def test_a_connection_that_breaks_inside_a_transaction_is_closed_and_not_held(backend, pg_cluster, small_pool):
+    small_pool.READERS_MAX = 1
+    store = Store(backend)
+    admin = pg_cluster.admin(backend.url.database)
+    conn = store.read()
+    conn.execute("BEGIN")
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    admin.run(f"SELECT pg_terminate_backend({pid})")
+    wait_for(lambda: admin.run(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}") == [[0]], what="its end")
+    with pytest.raises(sqlite3.OperationalError) as lost:
+        conn.execute("SELECT 1")
+    assert getattr(lost.value, "database_failed", False)
+    assert not conn.in_transaction  # nothing for the caller to roll back: the connection went back, closed
+    assert store._pool._open == 0
+    assert store.read().execute("SELECT pg_backend_pid()").fetchone()[0] != pid  # the pool's one slot is free
+    store.close()
+    admin.close()
