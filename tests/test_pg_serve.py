@@ -288,6 +288,10 @@ def test_a_burst_past_the_read_pool_never_passes_a_keys_rpm(pyz_path, cache_home
         assert {e["message"] for e in busy} == {
             "the server is busy: all its database connections stayed in use; try again shortly"
         }  # not "another session holds a lock", which an operator would look for in vain
+        metrics = server.request("GET", "/metrics")[2].decode()
+        busy_total = re.search(r"^stockyard_pg_read_connections_busy_total (\d+)", metrics, re.M)
+        assert busy_total and int(busy_total[1]) >= len(busy), metrics[-3000:]
+        assert re.search(r"^stockyard_pg_read_connections_open 1$", metrics, re.M)
         assert "Traceback" not in server.log
     finally:
         server.stop()
@@ -305,7 +309,8 @@ def test_a_server_postgresql_allows_fewer_connections_than_it_wants_answers_a_bu
     admin.run("CREATE DATABASE fewer OWNER fewer TEMPLATE template0")
     admin.close()
     url = f"postgresql://fewer:fewer-pw@127.0.0.1:{pg_cluster.port}/fewer?sslmode=disable"
-    server = ServerProcess(pyz_path, url, mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN)).start()  # type: ignore[arg-type]
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="20")
+    server = ServerProcess(pyz_path, url, env).start()  # type: ignore[arg-type]
     try:
         key = server.create_keys({"burst": ["--budget-usd", "100", "--budget-period", "total"]})["burst"]
         auth = {"Authorization": f"Bearer {key}"}
@@ -317,6 +322,10 @@ def test_a_server_postgresql_allows_fewer_connections_than_it_wants_answers_a_bu
             )
         assert statuses == [200] * 60, {s: statuses.count(s) for s in statuses}
         assert "PostgreSQL refused a read connection" in server.log
+        metrics = server.request("GET", "/metrics")[2].decode()
+        refused = re.search(r"^stockyard_pg_read_connections_refused_total (\d+)", metrics, re.M)
+        assert refused and int(refused[1]) >= 1
+        assert re.search(r"^stockyard_pg_read_connections_open [12]$", metrics, re.M)
         wait_for(lambda: rows(pg_cluster, url, "SELECT count(*) AS n FROM traces")[0]["n"] == 61, what="61 traces")
         total = rows(pg_cluster, url, "SELECT sum(cost_uc) AS c FROM traces")[0]["c"]
         assert rows(pg_cluster, url, "SELECT spent_uc, reserved_uc FROM budget_ledger") == [

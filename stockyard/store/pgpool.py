@@ -47,6 +47,12 @@ class ReadPool:
         self._cond = threading.Condition()
         self._cap, self._cap_until = 0, 0.0  # the connections PostgreSQL allowed at its last refusal, until when
         self.refusals = 0  # connections PostgreSQL refused (too many connections)
+        self.busy = 0  # threads that waited out WAIT_S for a connection (each a database-busy error)
+
+    @property
+    def open(self) -> int:
+        """Connections open now, idle or in use (/metrics)."""
+        return self._open
 
     def take(self) -> Any:
         deadline = time.monotonic() + WAIT_S
@@ -73,6 +79,7 @@ class ReadPool:
                 return False
             left = deadline - now
             if left <= 0:
+                self.busy += 1
                 raise _busy(self._open if capped else READERS_MAX, capped)
             self._cond.wait(min(left, self._cap_until - now) if capped else left)
         return True
