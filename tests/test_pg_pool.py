@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import signal
 import sqlite3
 import threading
@@ -318,7 +319,7 @@ def test_closing_the_store_while_threads_hold_connections_leaves_no_session(back
     store.read().execute("SELECT 1")  # and one idle in the pool
     assert admin.run(OTHERS) == [[3]]
     store.close()
-    assert admin.run(OTHERS) == [[2]]  # the idle one closed; those in use close when given back
+    wait_for(lambda: admin.run(OTHERS) == [[2]], what="the idle one to close (those in use close when given back)")
     release.set()
     for t in holders:
         t.join()
@@ -383,3 +384,34 @@ def test_a_connection_that_breaks_inside_a_transaction_is_closed_and_not_held(ba
     assert store.read().execute("SELECT pg_backend_pid()").fetchone()[0] != pid  # the pool's one slot is free
     store.close()
     admin.close()
+
+
+def test_a_connection_whose_rollback_is_interrupted_is_still_counted_out_of_the_pool(backend, small_pool):
+    """Giving back a connection in a transaction rolls it back first (``PooledReads.close``, a
+    thread's end). Was: an exception out of that ROLLBACK (a signal's, while PostgreSQL was slow
+    to answer) left the connection neither idle nor closed, and the pool counted it open for ever:
+    with STOCKYARD_PG_CONNECTIONS=1, every read after was a 503."""
+    small_pool.READERS_MAX, small_pool.WAIT_S = 1, 0.5
+    store = Store(backend)
+    reads = store.read()
+    reads.execute("BEGIN")
+    pid = reads.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    before = signal.signal(signal.SIGALRM, interrupt)
+    os.kill(pid, signal.SIGSTOP)  # the backend answers nothing until continued
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            reads.close()  # gives the connection back: its ROLLBACK waits for the stopped backend
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+        os.kill(pid, signal.SIGCONT)
+    assert store._pool.open == 0
+    got: list[object] = []
+    read_in_a_thread(store, got).join()
+    assert got == ["answer"]
+    store.close()

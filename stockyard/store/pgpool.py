@@ -100,12 +100,17 @@ class ReadPool:
             )
 
     def give(self, conn: Any) -> None:
-        """A connection back: idle again, or closed if it broke (or its transaction cannot end)."""
-        if conn.in_transaction and not conn.broken:  # its thread ended inside a transaction
-            try:
+        """A connection back: idle again, or closed if it broke (or its transaction cannot end,
+        whatever the ROLLBACK raised: the connection still leaves the pool's count)."""
+        try:
+            if conn.in_transaction and not conn.broken:  # its thread ended inside a transaction
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                conn.broken = True
+        except sqlite3.Error:
+            conn.broken = True
+        finally:
+            self._put_back(conn)
+
+    def _put_back(self, conn: Any) -> None:
         with self._cond:
             keep = not conn.broken and not self._closed
             if keep:
