@@ -102,7 +102,9 @@ def database_refusal(exc: BaseException) -> ProxyError | None:
 
     if not database_failed(exc):
         return None
-    if held_by_lock(exc):
+    if getattr(exc, "pool_busy", False):  # store/pgpool.py: this server's read connections, all in use
+        message = "the server is busy: all its database connections stayed in use; try again shortly"
+    elif held_by_lock(exc):
         message = "the database is busy: another session holds a lock this request needs; try again shortly"
     elif isinstance(exc, WriteTimedOut):
         message = "the database did not commit this change in time (it may still): check before trying again"

@@ -337,6 +337,33 @@ def _database_size(app: "App") -> float:
         return math.nan
 
 
+def _pool_gauges(app: "App") -> list[tuple[str, str, str, float]]:
+    """The PostgreSQL read pool's state (store/pgpool.py): none on SQLite."""
+    pool = app.store.pool
+    if pool is None:
+        return []
+    return [
+        (
+            "pg_read_connections_open",
+            "gauge",
+            "PostgreSQL read connections open (at most STOCKYARD_PG_CONNECTIONS).",
+            pool.open,
+        ),
+        (
+            "pg_read_connections_busy_total",
+            "counter",
+            "Reads refused because every read connection stayed in use past the busy timeout.",
+            pool.busy,
+        ),
+        (
+            "pg_read_connections_refused_total",
+            "counter",
+            "Read connections PostgreSQL refused (too many connections).",
+            pool.refusals,
+        ),
+    ]
+
+
 def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
     """The store's state, read at scrape time: (name, type, help, value)."""
     w = app.writer
@@ -379,6 +406,7 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             app.websockets.open,
         ),
     ]
+    out += _pool_gauges(app)
     costs = getattr(app, "batch_costs", None)
     if costs is not None:
         out.append(

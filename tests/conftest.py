@@ -392,6 +392,9 @@ def pcm_wav(seconds: int, rate: int = 16_000, width: int = 2) -> bytes:
 def base_env(cache_home: Path) -> dict[str, str]:
     """A clean environment: no provider variables from the developer's shell leak in."""
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
+    # STOCKYARD_PG_CONNECTIONS=1 runs the suites' servers with a pool of one read connection:
+    # a path that holds a transaction and waits for another connection shows as a 503 there.
+    keep.update({k: v for k, v in os.environ.items() if k == "STOCKYARD_PG_CONNECTIONS"})
     return {**keep, "XDG_CACHE_HOME": str(cache_home), "PYTHONUNBUFFERED": "1"}
 
 

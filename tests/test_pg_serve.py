@@ -198,3 +198,138 @@ def test_a_burst_of_budgeted_requests_shares_a_few_connections(pyz_path, cache_h
     finally:
         admin.close()
         server.stop()
+
+
+def test_a_request_refused_for_a_busy_pool_is_a_503_in_its_clients_shape_and_traced(
+    pyz_path, cache_home, mock, pg_cluster, pg_url
+):
+    """One read connection, and the budget ledger locked by another session: the request holding the
+    connection waits out the lock, the others out the pool; each is a 503 ``database_unavailable``
+    in the dialect it spoke (OpenAI, Anthropic, Gemini), traced; then the pool serves again, nothing
+    held back and no reservation left."""
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_ADMIN_KEY=ADMIN,
+        STOCKYARD_PG_CONNECTIONS="1",
+        STOCKYARD_BUSY_TIMEOUT_MS="500",
+        GEMINI_API_KEY="AIza-pool-test-0123456789abcdef",
+        GEMINI_BASE_URL=mock.url,
+    )
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    database = pg_url.rsplit("/", 1)[1].split("?")[0]
+    admin = pg_cluster.admin(database)
+    try:
+        key = server.create_keys({"k": ["--budget-usd", "100", "--budget-period", "total"]})["k"]
+        asks = {
+            "openai": (
+                "/v1/chat/completions",
+                {"model": "gpt-4o-mini", "messages": HELLO},
+                {"Authorization": f"Bearer {key}"},
+            ),
+            "anthropic": (
+                "/v1/messages",
+                {"model": "gpt-4o-mini", "max_tokens": 8, "messages": HELLO},
+                {"x-api-key": key},
+            ),
+            "gemini": (
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+                {"x-goog-api-key": key},
+            ),
+        }
+        for path, body, headers in asks.values():
+            wait_for(lambda p=path, b=body, h=headers: server.request("POST", p, b, h)[0] == 200, what="the key")
+        admin.run("BEGIN")
+        admin.run("LOCK TABLE budget_ledger IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            answers = list(pool.map(lambda d: (d, *server.request("POST", *asks[d])), list(asks) * 3))
+        admin.run("COMMIT")
+        for dialect, status, _, raw in answers:
+            assert status == 503, (dialect, status, raw)
+            body = json.loads(raw)
+            if dialect == "openai":
+                assert body["error"]["code"] in ("budget_unavailable", "database_unavailable"), raw
+            elif dialect == "anthropic":
+                assert body["type"] == "error" and body["error"]["type"] in ("overloaded_error", "api_error"), raw
+            else:
+                assert body["error"]["code"] == 503 and body["error"]["status"] == "UNAVAILABLE", raw
+        refused = "SELECT count(*) AS n FROM traces WHERE status = 503"
+        wait_for(lambda: rows(pg_cluster, pg_url, refused)[0]["n"] == 9, what="the 9 refusals traced")
+        for path, body, headers in asks.values():  # the connection came back: the pool serves
+            assert server.request("POST", path, body, headers)[0] == 200
+        assert rows(pg_cluster, pg_url, "SELECT sum(reserved_uc) AS r FROM budget_ledger")[0]["r"] == 0
+        assert "all 1 PostgreSQL read connections of this server stayed busy for 0.5 s" in server.log
+        assert "Traceback" not in server.log
+    finally:
+        admin.close()
+        server.stop()
+
+
+def test_a_burst_past_the_read_pool_never_passes_a_keys_rpm(pyz_path, cache_home, mock, pg_url):
+    """Was: one read connection, a busy timeout of 0.1 s and 800 requests (400 at once) on a key at
+    rpm 5: the rate counts that waited out the pool failed open, and 608 were answered. Now a
+    request the pool cannot count is a 503 ``database_unavailable`` (Retry-After), never passed."""
+    env = mock_env(
+        cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="1", STOCKYARD_BUSY_TIMEOUT_MS="100"
+    )
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    try:
+        key = server.create_keys({"limited": ["--rpm", "5"]})["limited"]
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = {"model": "gpt-4o-mini", "messages": HELLO}
+        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+        with ThreadPoolExecutor(max_workers=400) as pool:
+            answers = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth), range(800)))
+        statuses = [status for status, _, _ in answers]
+        assert statuses.count(200) <= 4 and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
+        busy = [json.loads(raw)["error"] for status, _, raw in answers if status == 503]
+        assert busy and {e["code"] for e in busy} == {"database_unavailable"}
+        assert {e["message"] for e in busy} == {
+            "the server is busy: all its database connections stayed in use; try again shortly"
+        }  # not "another session holds a lock", which an operator would look for in vain
+        metrics = server.request("GET", "/metrics")[2].decode()
+        busy_total = re.search(r"^stockyard_pg_read_connections_busy_total (\d+)", metrics, re.M)
+        assert busy_total and int(busy_total[1]) >= len(busy), metrics[-3000:]
+        assert re.search(r"^stockyard_pg_read_connections_open 1$", metrics, re.M)
+        assert "Traceback" not in server.log
+    finally:
+        server.stop()
+
+
+def test_a_server_postgresql_allows_fewer_connections_than_it_wants_answers_a_burst(
+    pyz_path, cache_home, mock, pg_cluster
+):
+    """Its role may open 6 sessions: 4 the server's own (writer, LISTEN, lock, lease keeper), 2 to
+    read on, against STOCKYARD_PG_CONNECTIONS' 20. Was: every read past the second was refused by
+    PostgreSQL ("too many connections for role"), a budgeted request's 503. Now the server reads on
+    the 2 it has: a burst of 60 budgeted requests is answered in full, its spend exact."""
+    admin = pg_cluster.admin()
+    admin.run("CREATE ROLE fewer LOGIN PASSWORD 'fewer-pw' CONNECTION LIMIT 6")
+    admin.run("CREATE DATABASE fewer OWNER fewer TEMPLATE template0")
+    admin.close()
+    url = f"postgresql://fewer:fewer-pw@127.0.0.1:{pg_cluster.port}/fewer?sslmode=disable"
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="20")
+    server = ServerProcess(pyz_path, url, env).start()  # type: ignore[arg-type]
+    try:
+        key = server.create_keys({"burst": ["--budget-usd", "100", "--budget-period", "total"]})["burst"]
+        auth = {"Authorization": f"Bearer {key}"}
+        chat = {"model": "gpt-4o-mini", "messages": HELLO}
+        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+        with ThreadPoolExecutor(max_workers=60) as pool:
+            statuses = list(
+                pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth)[0], range(60))
+            )
+        assert statuses == [200] * 60, {s: statuses.count(s) for s in statuses}
+        assert "PostgreSQL refused a read connection" in server.log
+        metrics = server.request("GET", "/metrics")[2].decode()
+        refused = re.search(r"^stockyard_pg_read_connections_refused_total (\d+)", metrics, re.M)
+        assert refused and int(refused[1]) >= 1
+        assert re.search(r"^stockyard_pg_read_connections_open [12]$", metrics, re.M)
+        wait_for(lambda: rows(pg_cluster, url, "SELECT count(*) AS n FROM traces")[0]["n"] == 61, what="61 traces")
+        total = rows(pg_cluster, url, "SELECT sum(cost_uc) AS c FROM traces")[0]["c"]
+        assert rows(pg_cluster, url, "SELECT spent_uc, reserved_uc FROM budget_ledger") == [
+            {"spent_uc": total, "reserved_uc": 0}
+        ]
+    finally:
+        server.stop()

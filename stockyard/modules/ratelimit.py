@@ -11,6 +11,7 @@ so a key that asks for 4,096 tokens and uses 20 is charged 20. A refusal is a 42
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .. import estimate
 from ..context import RequestContext
-from ..errors import ProxyError
+from ..errors import ProxyError, database_refusal
 from .base import Module, ModuleServices
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ class RateLimitModule(Module):
             return
         tokens, media = self._tokens(ctx)
         try:
-            ctx.state["ratelimit"] = self.limiter.admit(key.id, key.rpm, key.tpm, tokens)
+            ctx.state["ratelimit"] = self._admit(key.id, key.rpm, key.tpm, tokens)
         except RateLimited as exc:
             raise exc.error(ctx, media) from None
 
@@ -226,9 +227,20 @@ class RateLimitModule(Module):
         if key is None or key.rpm is None:
             return
         try:
-            self.limiter.admit(key.id, key.rpm, None, 0)
+            self._admit(key.id, key.rpm, None, 0)
         except RateLimited as exc:
             raise exc.error() from None
+
+    def _admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> object:
+        """``limiter.admit``; a database error it lets out (the shared limiter's read connections
+        all busy: ``SharedRateLimiter.admit``) is the client's 503, not a module failure's 500."""
+        try:
+            return self.limiter.admit(key_id, rpm, tpm, tokens)
+        except sqlite3.Error as exc:
+            refusal = database_refusal(exc)
+            if refusal is None:
+                raise
+            raise refusal from None
 
     def after(self, ctx: RequestContext) -> None:
         entry = ctx.state.pop("ratelimit", None)

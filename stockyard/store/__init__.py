@@ -48,6 +48,11 @@ class Store:
         # (pgpool.py); each thread's reads go through a PooledReads of its own.
         self._pool = ReadPool(self.backend.connect) if self.backend.pooled_readers else None
 
+    @property
+    def pool(self) -> ReadPool | None:
+        """The PostgreSQL read pool (its counts for /metrics); None on SQLite."""
+        return self._pool
+
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (opened on first use); on PostgreSQL, its pooled reads."""
         conn: Any = getattr(self._local, "conn", None)

@@ -279,6 +279,7 @@ class PgConnection:
             error = _error(exc)
             unreachable: Any = type(error)(f"cannot open the database {self._url}: {error}")
             unreachable.database_failed = True
+            unreachable.sqlstate = getattr(error, "sqlstate", "")  # 53300: PostgreSQL has no connection to spare
             raise unreachable from None
         conn.autocommit = True
         no_delay(conn)
@@ -384,6 +385,9 @@ class PgConnection:
             raise
         except Exception as exc:
             raise self._failed(exc) from None
+        except BaseException:  # a signal's exception midway: its answer may still come, read by the next statement
+            self.broken = True
+            raise
         rows: list[Row] = []
         description = None
         if context.columns is not None:

@@ -23,6 +23,8 @@ log = logging.getLogger("stockyard.store")
 
 READERS_MAX = 20  # STOCKYARD_PG_CONNECTIONS: read connections a server keeps open at most
 WAIT_S = 10.0  # how long a thread waits for one (STOCKYARD_BUSY_TIMEOUT_MS)
+RETRY_S = 1.0  # after PostgreSQL refused a connection, how long before the pool asks for another
+TOO_MANY_CONNECTIONS = "53300"  # SQLSTATE of max_connections or a CONNECTION LIMIT reached
 
 
 def configure(readers: int, wait_ms: int) -> None:
@@ -33,7 +35,9 @@ def configure(readers: int, wait_ms: int) -> None:
 
 class ReadPool:
     """At most READERS_MAX connections of one backend, the last given back taken first (a few
-    stay warm; the rest stay open, idle, for the next burst)."""
+    stay warm; the rest stay open, idle, for the next burst). PostgreSQL may allow fewer
+    (``max_connections`` reached by other clients, a role's ``CONNECTION LIMIT``): a refused
+    connection holds the pool at those it has for RETRY_S, and threads wait for one given back."""
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
@@ -41,32 +45,72 @@ class ReadPool:
         self._open = 0
         self._closed = False
         self._cond = threading.Condition()
+        self._cap, self._cap_until = 0, 0.0  # the connections PostgreSQL allowed at its last refusal, until when
+        self.refusals = 0  # connections PostgreSQL refused (too many connections)
+        self.busy = 0  # threads that waited out WAIT_S for a connection (each a database-busy error)
+
+    @property
+    def open(self) -> int:
+        """Connections open now, idle or in use (/metrics)."""
+        return self._open
 
     def take(self) -> Any:
-        deadline: float | None = None
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            with self._cond:
+                if self._wait_for_room(deadline):
+                    return self._idle.pop()
+                self._open += 1
+            try:
+                return self._connect()
+            except BaseException as exc:
+                self._forget()
+                if getattr(exc, "sqlstate", "") != TOO_MANY_CONNECTIONS:
+                    raise
+                self._refused(exc)
+
+    def _wait_for_room(self, deadline: float) -> bool:
+        """Under the lock: True when an idle connection waits, False when one may be opened;
+        busy once ``deadline`` passes with neither."""
+        while not self._idle:
+            now = time.monotonic()
+            capped = now < self._cap_until
+            if self._open < (self._cap if capped else READERS_MAX):
+                return False
+            left = deadline - now
+            if left <= 0:
+                self.busy += 1
+                raise _busy(self._open if capped else READERS_MAX, capped)
+            self._cond.wait(min(left, self._cap_until - now) if capped else left)
+        return True
+
+    def _refused(self, exc: BaseException) -> None:
+        """PostgreSQL has no connection to spare: make do with those open for a while."""
         with self._cond:
-            while not self._idle and self._open >= READERS_MAX:
-                deadline = deadline or time.monotonic() + WAIT_S
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _busy()
-                self._cond.wait(left)
-            if self._idle:
-                return self._idle.pop()
-            self._open += 1
-        try:
-            return self._connect()
-        except BaseException:
-            self._forget()
-            raise
+            capped = time.monotonic() < self._cap_until
+            self._cap, self._cap_until = self._open, time.monotonic() + RETRY_S
+            self.refusals += 1
+        if not capped:
+            log.warning(
+                "PostgreSQL refused a read connection (%s): this server reads on the %d it has open "
+                "(STOCKYARD_PG_CONNECTIONS is %d; raise max_connections or lower it)",
+                exc,
+                self._cap,
+                READERS_MAX,
+            )
 
     def give(self, conn: Any) -> None:
-        """A connection back: idle again, or closed if it broke (or its transaction cannot end)."""
-        if conn.in_transaction and not conn.broken:  # its thread ended inside a transaction
-            try:
+        """A connection back: idle again, or closed if it broke (or its transaction cannot end,
+        whatever the ROLLBACK raised: the connection still leaves the pool's count)."""
+        try:
+            if conn.in_transaction and not conn.broken:  # its thread ended inside a transaction
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                conn.broken = True
+        except sqlite3.Error:
+            conn.broken = True
+        finally:
+            self._put_back(conn)
+
+    def _put_back(self, conn: Any) -> None:
         with self._cond:
             keep = not conn.broken and not self._closed
             if keep:
@@ -91,13 +135,15 @@ class ReadPool:
             conn.close()
 
 
-def _busy() -> sqlite3.OperationalError:
-    error: Any = sqlite3.OperationalError(
-        f"all {READERS_MAX} PostgreSQL read connections of this server stayed busy for {WAIT_S:g} s "
-        "(STOCKYARD_PG_CONNECTIONS)"
-    )
+def _busy(count: int, refused: bool) -> sqlite3.OperationalError:
+    why = " (PostgreSQL refused more: too many connections)" if refused else ""
+    message = f"all {count} PostgreSQL read connections of this server stayed busy for {WAIT_S:g} s{why}"
+    if count == 0:  # other clients hold every connection PostgreSQL allows
+        message = f"PostgreSQL refused every read connection of this server for {WAIT_S:g} s (too many connections)"
+    error: Any = sqlite3.OperationalError(f"{message} (STOCKYARD_PG_CONNECTIONS)")
     error.database_failed = True  # a 503 database_unavailable, as a lock held past the busy timeout
     error.lock_timeout = True  # nothing is wrong with any connection
+    error.pool_busy = True  # this server's own burst: a rate limit refuses rather than passes uncounted
     return error
 
 

@@ -385,7 +385,9 @@ class SharedRateLimiter:
 
     def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> RateEntry:
         """Count one request against the window ``key_id``, or raise RateLimited. The database
-        lost: the request goes through uncounted (a limit is not a budget; it fails open)."""
+        lost: the request goes through uncounted (a limit is not a budget; it fails open). This
+        server's read connections all busy: the error (a 503), since that is a burst of its own
+        requests, which the limit is there to hold back."""
         if tpm is not None and tokens > tpm:
             raise too_large(who, tpm, tokens)
         try:
@@ -399,6 +401,8 @@ class SharedRateLimiter:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
+            if getattr(exc, "pool_busy", False):
+                raise
             log.warning("rate limit of %s not counted, the database failed: %s", who, exc)
             return RateEntry(0, tokens, live=False)
         self._admitted += 1
