@@ -70,6 +70,7 @@ from .httpio import Request, Response, check_method, json_response
 from .keys import presented_key
 from .limits import Caps, websocket_caps
 from .logbuffer import access, printable
+from .loglimit import Throttle
 from .modules import redact
 from .modules.ratelimit import admit_call
 from .multipart import Upload
@@ -187,23 +188,6 @@ ACCEPT_REST_S = 0.1
 _ACCEPT_STARVED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class OnceAMinute:
-    """A log line said under load at most once a minute (the accept loop's thread asks)."""
-
-    __slots__ = ("_said",)
-
-    def __init__(self) -> None:
-        self._said = 0.0
-
-    def due(self) -> bool:
-        """True if the line was not said in the last minute: say it now."""
-        now = time.monotonic()
-        if now - self._said <= 60:
-            return False
-        self._said = now
-        return True
-
-
 class StockyardHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -223,8 +207,8 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         total = app.settings.max_connections or default_max_connections(2 if app.backend.pooled_readers else 4)
         self.caps = Caps(total, app.settings.max_connections_per_client or max(1, total // 4))
         app.websockets = websocket_caps(app.settings.websocket_max_connections, total)  # none open yet
-        self._refused_log = OnceAMinute()  # connections refused: over the caps
-        self._starved_log = OnceAMinute()  # connections left queued: out of descriptors
+        self._refused_log = Throttle()  # connections refused: over the caps
+        self._starved_log = Throttle()  # connections left queued: out of descriptors
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
         self._open_lock = threading.Lock()
         super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
@@ -299,7 +283,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         """Out of file descriptors: the connections stay queued and the listening socket readable,
         so retrying at once would spin a core until one ends. Rest ``ACCEPT_REST_S`` (the shutdown
         waits no longer than that) and say so, once a minute."""
-        if self._starved_log.due():
+        if self._starved_log.due() is not None:
             log.error(
                 "cannot accept connections (%s: out of file descriptors or kernel memory); they wait in "
                 "the queue until one closes. Raise the open-file limit or lower STOCKYARD_MAX_CONNECTIONS; "
@@ -340,7 +324,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
             pass
         self.shutdown_request(request)
         self.app.metrics.count("connections_refused_total")
-        if self._refused_log.due():
+        if self._refused_log.due() is not None:
             log.warning("connection refused (%d): %s; logged once a minute", status, message)
 
     def wait_idle(self, timeout: float) -> bool:

@@ -34,9 +34,11 @@ from ..budgets import (
 )
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..loglimit import Throttle
 from .base import Module
 
 log = logging.getLogger("stockyard.budgets")
+_UNREAD = Throttle()  # a lost database under a burst: said once a minute, not once a request
 
 FREE_ENDPOINTS = ("count_tokens", "input_tokens")
 
@@ -96,7 +98,7 @@ class BudgetModule(Module):
         except BudgetExceeded as exc:
             raise exc.error(lowering_hint(ctx)) from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
-            log.error("budget spend for %s could not be loaded: %s", key.id, exc)
+            _UNREAD.say(log, logging.ERROR, "budget spend for %s could not be loaded: %s", key.id, exc)
             raise ProxyError(
                 503,
                 "the budget's spend could not be read from the database; try again shortly",

@@ -27,6 +27,7 @@ from .. import estimate
 from ..budgets import PERIODS, BudgetExceeded, check_countable, lowering_hint, unpriced_refusal, user_budget
 from ..context import RequestContext
 from ..errors import ProxyError
+from ..loglimit import Throttle
 from ..pricing import microcents_from_usd
 from .base import Module, ModuleServices
 from .budget import Cover
@@ -34,6 +35,7 @@ from .ratelimit import FREE_ENDPOINTS, RateLimited, correct_to_usage, limiter_fo
 from .schema import Field
 
 log = logging.getLogger("stockyard.budgets")
+_UNREAD = Throttle()  # a lost database under a burst: said once a minute, not once a request
 
 
 def _usd(value: str) -> str:
@@ -115,7 +117,7 @@ class UserLimitsModule(Module):
         except BudgetExceeded as exc:
             raise exc.error(lowering_hint(ctx)) from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
-            log.error("end-user budget spend could not be loaded: %s", exc)
+            _UNREAD.say(log, logging.ERROR, "end-user budget spend could not be loaded: %s", exc)
             raise ProxyError(
                 503,
                 "the budget's spend could not be read from the database; try again shortly",

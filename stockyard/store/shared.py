@@ -42,12 +42,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key
+from ..loglimit import Throttle
 from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
 
 if TYPE_CHECKING:
     from . import Store
 
 log = logging.getLogger("stockyard.budgets")
+# a lost database under a burst: said once a minute, not once a request
+_NOT_COUNTED, _NOT_CHECKED = Throttle(), Throttle()
 
 LEASE_S = 30.0  # a dead replica's holds are given back this long after its last renewal
 _NOW_MS = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)"  # Unix ms, the database's clock
@@ -403,7 +406,7 @@ class SharedRateLimiter:
         except sqlite3.Error as exc:
             if getattr(exc, "pool_busy", False):
                 raise
-            log.warning("rate limit of %s not counted, the database failed: %s", who, exc)
+            _NOT_COUNTED.say(log, logging.WARNING, "rate limit of %s not counted, the database failed: %s", who, exc)
             return RateEntry(0, tokens, live=False)
         self._admitted += 1
         if self._admitted % PRUNE_EVERY == 0:
@@ -417,7 +420,7 @@ class SharedRateLimiter:
         try:
             self._refuse(self._store.read(), key_id, rpm, tpm, tokens, who)
         except sqlite3.Error as exc:
-            log.warning("rate limit of %s not checked, the database failed: %s", who, exc)
+            _NOT_CHECKED.say(log, logging.WARNING, "rate limit of %s not checked, the database failed: %s", who, exc)
 
     def _admit(
         self, conn: sqlite3.Connection, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str
