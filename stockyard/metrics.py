@@ -330,9 +330,10 @@ def render_own(app: "App") -> str:
 
 
 def _database_size(app: "App") -> float:
-    """The database's size; NaN while it cannot be reached (PostgreSQL lost): /metrics still answers."""
+    """The database's size; NaN while it cannot be read (PostgreSQL lost, or every read connection
+    busy past Store.peek's wait): /metrics still answers."""
     try:
-        return app.backend.size_bytes(app.store.read())
+        return app.store.peek(app.backend.size_bytes)  # a busy pool: NaN in half a second
     except sqlite3.Error:
         return math.nan
 

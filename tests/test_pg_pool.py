@@ -415,3 +415,31 @@ def test_a_connection_whose_rollback_is_interrupted_is_still_counted_out_of_the_
     read_in_a_thread(store, got).join()
     assert got == ["answer"]
     store.close()
+
+
+def test_a_peek_waits_briefly_for_a_busy_pool_not_the_busy_timeout(backend, small_pool):
+    """/metrics reads the database's size with ``Store.peek``: while a burst holds every read connection
+    a scrape answers (its gauge NaN) in a fraction of a second, not after the busy timeout (10 s, the
+    Prometheus scrape timeout's default: the scrape failed just when the server was busiest)."""
+    small_pool.READERS_MAX, small_pool.WAIT_S = 1, 30.0
+    store = Store(backend)
+    conn = store.read()
+    conn.execute("BEGIN")  # holds the pool's one connection
+    got: list[object] = []
+
+    def scrape() -> None:
+        started = time.monotonic()
+        try:
+            store.peek(backend.size_bytes, wait_s=0.2)
+        except sqlite3.OperationalError as exc:
+            got.append((time.monotonic() - started, exc))
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    scraper.join()
+    waited, error = got[0]
+    assert waited < 5 and getattr(error, "pool_busy", False) and "0.2 s" in str(error)
+    conn.execute("COMMIT")
+    assert store.peek(backend.size_bytes) > 0  # free again: the pool's connection, given back after
+    assert store.pool.open == 1
+    store.close()

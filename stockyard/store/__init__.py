@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from . import db
 from .backends import Backend, backend_for
@@ -22,6 +22,9 @@ from .pgpool import PooledReads, ReadPool
 from .writer import Writer
 
 __all__ = ["Store", "Writer", "db", "backend_for", "storable"]
+
+T = TypeVar("T")
+PEEK_WAIT_S = 0.5  # how long /metrics waits for a pooled read connection (Store.peek)
 
 
 def storable(ident: str) -> bool:
@@ -60,6 +63,18 @@ class Store:
             conn = PooledReads(self._pool) if self._pool is not None else self.backend.connect()
             self._local.conn = conn
         return conn
+
+    def peek(self, query: Callable[[Any], T], wait_s: float = PEEK_WAIT_S) -> T:
+        """``query(conn)`` on a read connection free now or within ``wait_s`` (on SQLite, this
+        thread's own): for /metrics, which must answer while a burst holds every pooled connection,
+        not after the busy timeout. A pool still busy raises the database-busy error."""
+        if self._pool is None:
+            return query(self.read())
+        conn = self._pool.take(wait_s)
+        try:
+            return query(conn)
+        finally:
+            self._pool.give(conn)
 
     def end_reads(self) -> None:
         """This thread is done with its work (a server thread may serve another connection next):

@@ -54,11 +54,14 @@ class ReadPool:
         """Connections open now, idle or in use (/metrics)."""
         return self._open
 
-    def take(self) -> Any:
-        deadline = time.monotonic() + WAIT_S
+    def take(self, wait_s: float | None = None) -> Any:
+        """A connection: idle, or newly opened below the limit, or the first given back within
+        ``wait_s`` (WAIT_S, the busy timeout); else the database-busy error."""
+        wait = WAIT_S if wait_s is None else wait_s
+        deadline = time.monotonic() + wait
         while True:
             with self._cond:
-                if self._wait_for_room(deadline):
+                if self._wait_for_room(deadline, wait):
                     return self._idle.pop()
                 self._open += 1
             try:
@@ -69,7 +72,7 @@ class ReadPool:
                     raise
                 self._refused(exc)
 
-    def _wait_for_room(self, deadline: float) -> bool:
+    def _wait_for_room(self, deadline: float, wait: float) -> bool:
         """Under the lock: True when an idle connection waits, False when one may be opened;
         busy once ``deadline`` passes with neither."""
         while not self._idle:
@@ -80,7 +83,7 @@ class ReadPool:
             left = deadline - now
             if left <= 0:
                 self.busy += 1
-                raise _busy(self._open if capped else READERS_MAX, capped)
+                raise _busy(self._open if capped else READERS_MAX, capped, wait)
             self._cond.wait(min(left, self._cap_until - now) if capped else left)
         return True
 
@@ -135,11 +138,11 @@ class ReadPool:
             conn.close()
 
 
-def _busy(count: int, refused: bool) -> sqlite3.OperationalError:
+def _busy(count: int, refused: bool, wait: float) -> sqlite3.OperationalError:
     why = " (PostgreSQL refused more: too many connections)" if refused else ""
-    message = f"all {count} PostgreSQL read connections of this server stayed busy for {WAIT_S:g} s{why}"
+    message = f"all {count} PostgreSQL read connections of this server stayed busy for {wait:g} s{why}"
     if count == 0:  # other clients hold every connection PostgreSQL allows
-        message = f"PostgreSQL refused every read connection of this server for {WAIT_S:g} s (too many connections)"
+        message = f"PostgreSQL refused every read connection of this server for {wait:g} s (too many connections)"
     error: Any = sqlite3.OperationalError(f"{message} (STOCKYARD_PG_CONNECTIONS)")
     error.database_failed = True  # a 503 database_unavailable, as a lock held past the busy timeout
     error.lock_timeout = True  # nothing is wrong with any connection
