@@ -210,6 +210,8 @@ class Dispatcher:
         self._seq = itertools.count()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stockyard-webhooks", daemon=True)
+        self._sending: _Delivery | None = None  # the delivery the thread is making now
+        self._left_lock = threading.Lock()  # the stop and the thread's own end both call _abandon
         self._sent_checks: set[tuple[str, str]] = set()  # (hook id, event id) of checked events sent
         self._error_high: dict[str, bool] = {}
         self.dropped = 0
@@ -234,6 +236,7 @@ class Dispatcher:
         except queue.Full:
             pass  # then it is not waiting
         self._thread.join(timeout)
+        self._abandon()  # a thread still held by a receiver leaves its events here
 
     def emit(self, kind: str, data: dict[str, Any], summary: str, *, only: str | None = None) -> str | None:
         """Queue an event for every webhook subscribed to ``kind`` (or the one webhook ``only``);
@@ -257,6 +260,45 @@ class Dispatcher:
                 next_check = self._step(next_check)
             except Exception as exc:  # the thread must outlive any one delivery
                 log.error("webhooks: %s: %s", type(exc).__name__, exc)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Stopping: each delivery not made (being made, queued, or waiting for a retry) gets a
+        delivery-log row ``abandoned`` and the log one line naming the events. Retries and queued
+        events live in memory and a restart does not send them: without this a budget warning the
+        database records as told would be lost without a word."""
+        with self._left_lock:
+            left = [d for d in (self._sending,) if d is not None] + self._waiting
+            self._sending, self._waiting = None, []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _WAKE:
+                    left += self._deliveries(*item)
+        if not left:
+            return
+        kinds = ", ".join(sorted({d.event["type"] for d in left}))
+        log.warning("webhooks: stopping: %d webhook deliveries were not made (%s)", len(left), kinds)
+        rows = [
+            (d.hook.id, d.event["id"], d.event["type"], d.attempt, now_iso(), None, "server stopped", 0, "abandoned")
+            for d in left
+        ]
+
+        def job(conn) -> None:
+            for row in rows:
+                log_delivery(conn, row)
+
+        self._store.submit(job)
+
+    def _deliveries(self, event: dict[str, Any], only: str | None) -> list[_Delivery]:
+        """A first attempt of ``event`` for each webhook it goes to (``only``: that one)."""
+        return [
+            _Delivery(0.0, next(self._seq), hook, event)
+            for hook in self._hooks
+            if hook.id == only or (only is None and event["type"] in hook.events)
+        ]
 
     def _step(self, next_check: float) -> float:
         """Checks when due, retries when due, then new events (waiting at most a second)."""
@@ -267,8 +309,8 @@ class Dispatcher:
                 self._check()
             except Exception as exc:  # a failed check must not stop deliveries
                 log.error("webhooks: check failed: %s", exc)
-        while self._waiting and self._waiting[0].due <= time.monotonic():
-            self._attempt(heapq.heappop(self._waiting))
+        while (due := self._next_retry()) is not None:
+            self._attempt(due)
         wait = min([next_check] + [d.due for d in self._waiting[:1]]) - time.monotonic()
         try:
             item = self._queue.get(timeout=max(0.01, min(wait, 1.0)))
@@ -276,14 +318,30 @@ class Dispatcher:
             return next_check
         if item is _WAKE:
             return next_check
-        event, only = item
-        for hook in self._hooks:
-            if hook.id == only or (only is None and event["type"] in hook.events):
-                self._attempt(_Delivery(0.0, next(self._seq), hook, event))
+        pending = self._deliveries(*item)
+        while pending and not self._stop.is_set():  # stopping: the rest are abandoned, not sent
+            self._attempt(pending.pop(0))
+        if pending:
+            with self._left_lock:
+                self._waiting += pending  # attempt 1, due now: abandoned with the rest
+                heapq.heapify(self._waiting)
         return next_check
 
+    def _next_retry(self) -> _Delivery | None:
+        """The retry due now, taken off the heap (None: none, or stopping)."""
+        with self._left_lock:
+            if self._stop.is_set() or not self._waiting or self._waiting[0].due > time.monotonic():
+                return None
+            self._sending = heapq.heappop(self._waiting)  # a stop from here on sees it as being made
+            return self._sending
+
     def _attempt(self, d: _Delivery) -> None:
+        self._sending = d
         status, error, ms = send_signed(d.hook, d.event, self._send, self._clock)
+        with self._left_lock:
+            if self._sending is not d:  # the stop gave up on it and logged it abandoned meanwhile
+                return
+            self._sending = None
         if status is not None and 200 <= status < 300:
             outcome = "delivered"
             self.delivered += 1
@@ -293,10 +351,10 @@ class Dispatcher:
             log.warning("webhooks: %d deliveries wait for a retry already; %s dropped", QUEUE_MAX, d.event["type"])
         elif d.attempt <= len(BACKOFF_S):
             outcome = "retrying"
-            heapq.heappush(
-                self._waiting,
-                _Delivery(time.monotonic() + BACKOFF_S[d.attempt - 1], next(self._seq), d.hook, d.event, d.attempt + 1),
-            )
+            due = time.monotonic() + BACKOFF_S[d.attempt - 1]
+            retry = _Delivery(due, next(self._seq), d.hook, d.event, d.attempt + 1)
+            with self._left_lock:  # not between a stop's look at the retries and its clearing them
+                heapq.heappush(self._waiting, retry)
         else:
             outcome = "failed"
             self.failed += 1
