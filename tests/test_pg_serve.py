@@ -333,3 +333,46 @@ def test_a_server_postgresql_allows_fewer_connections_than_it_wants_answers_a_bu
         ]
     finally:
         server.stop()
+
+
+def test_one_keys_rate_count_waiting_on_its_lock_leaves_the_read_pool_to_other_keys(
+    pyz_path, cache_home, mock, pg_cluster, pg_url
+):
+    """Found by attack24: a rate count holds a read connection while it waits for its window's lock
+    (``rate:<key>``), so while one key's count was slow (its lock held by another replica's count, a
+    paused process, a slow database) every request of that key took a connection of the pool to wait
+    on it, and another key's request found the pool busy (a 503 after the busy timeout). Now the
+    requests of one window wait for each other in the process: one connection waits on the lock."""
+    env = mock_env(
+        cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="2", STOCKYARD_BUSY_TIMEOUT_MS="8000"
+    )
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    admin = pg_cluster.admin(pg_url.rsplit("/", 1)[1].split("?")[0])
+    chat = {"model": "gpt-4o-mini", "messages": HELLO}
+    try:
+        keys = server.create_keys({"busy": ["--rpm", "1000"], "other": ["--rpm", "1000"]})
+        busy, other = ({"Authorization": f"Bearer {keys[k]}"} for k in ("busy", "other"))
+        for auth in (busy, other):
+            wait_for(lambda a=auth: server.request("POST", "/v1/chat/completions", chat, a)[0] == 200, what="the key")
+        (key_id,) = admin.run("SELECT id FROM client_keys WHERE name = 'busy'")[0]
+        waiting_on_lock = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        admin.run("BEGIN")
+        admin.run("SELECT pg_advisory_xact_lock(hashtext(:name))", name=f"rate:{key_id}")  # its count is slow
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            held = [pool.submit(server.request, "POST", "/v1/chat/completions", chat, busy) for _ in range(3)]
+            wait_for(lambda: admin.run(waiting_on_lock)[0][0] >= 1, what="a count of the busy key to wait")
+            try:  # the other two reach the lock too, or (fixed) wait in the process for the first
+                wait_for(lambda: admin.run(waiting_on_lock)[0][0] >= 2, timeout=2, what="a second count")
+            except AssertionError:
+                pass
+            status, _, raw = server.request("POST", "/v1/chat/completions", chat, other)
+            still_held = admin.run(waiting_on_lock)[0][0]
+            admin.run("COMMIT")
+            assert status == 200, raw
+            assert still_held >= 1, "the other key waited until the busy key's counts gave their connections up"
+            assert [f.result()[0] for f in held] == [200] * 3, "the busy key's requests went on once its lock was free"
+        assert "Traceback" not in server.log
+    finally:
+        admin.close()
+        server.stop()
+
