@@ -376,3 +376,32 @@ def test_one_keys_rate_count_waiting_on_its_lock_leaves_the_read_pool_to_other_k
         admin.close()
         server.stop()
 
+
+def test_a_burst_past_the_read_pool_never_passes_an_end_users_rpm_nor_fails_with_a_500(
+    pyz_path, cache_home, mock, pg_url
+):
+    """Found by attack24: an end user's rate count that waited out a busy read pool raised out of the
+    userlimits module (its 'module failed' 500, logged with a traceback); now it is the 503
+    ``database_unavailable`` the key's own count gives, and the end user's rpm holds."""
+    env = mock_env(
+        cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="1", STOCKYARD_BUSY_TIMEOUT_MS="100"
+    )
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    try:
+        key = server.create_keys({"plain": []})["plain"]
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        body = {"enabled": True, "config": {"rpm": 5}}
+        status, _, raw = server.request("PUT", "/api/modules/userlimits", body, headers=admin)
+        assert status == 200, raw
+        auth = {"Authorization": f"Bearer {key}", "x-stockyard-user": "alice"}
+        chat = {"model": "gpt-4o-mini", "messages": HELLO}
+        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+        with ThreadPoolExecutor(max_workers=400) as pool:
+            answers = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth), range(800)))
+        statuses = [status for status, _, _ in answers]
+        assert statuses.count(200) <= 4 and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
+        busy = [json.loads(raw)["error"] for status, _, raw in answers if status == 503]
+        assert busy and {e["code"] for e in busy} == {"database_unavailable"}
+        assert "Traceback" not in server.log
+    finally:
+        server.stop()
