@@ -405,3 +405,31 @@ def test_a_burst_past_the_read_pool_never_passes_an_end_users_rpm_nor_fails_with
         assert "Traceback" not in server.log
     finally:
         server.stop()
+
+
+def test_a_burst_past_the_read_pool_on_a_limited_deployment_is_503s_never_500s(pyz_path, cache_home, mock, pg_url):
+    """Found by attack24: a deployment's count in the shared windows that waited out a busy read pool
+    raised out of the route step (a 500 'module failed', logged with a traceback) and left its count
+    in the deployment's own window; now it is the 503 ``database_unavailable`` the key's count gives."""
+    env = mock_env(
+        cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_PG_CONNECTIONS="1", STOCKYARD_BUSY_TIMEOUT_MS="100"
+    )
+    server = ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    try:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        deployment = {"name": "a", "provider": "openai", "model": "gpt-4o-mini", "rpm": 1_000_000}
+        status, _, raw = server.request("POST", "/api/models/chat/deployments", deployment, headers=admin)
+        assert status == 201, raw
+        chat = {"model": "chat", "messages": HELLO}
+        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat)[0] == 200, what="the deployment")
+        with ThreadPoolExecutor(max_workers=400) as pool:
+            answers = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat), range(800)))
+        statuses = [status for status, _, _ in answers]
+        assert 500 not in statuses and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
+        listing = json.loads(server.request("GET", "/api/models", headers=admin)[2])
+        [model] = [m for m in listing["data"] if m["name"] == "chat"]
+        used = model["deployments"][0]["health"]["rpm_used"]
+        assert used == 1 + statuses.count(200), "the deployment's own window counts only the requests sent to it"
+        assert "Traceback" not in server.log
+    finally:
+        server.stop()
