@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import estimate
 from ..context import RequestContext
@@ -156,7 +156,7 @@ def too_many_requests(who: str, rpm: int, wait: float) -> RateLimited:
 
 def admitted(
     limiter: RateLimiter, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key"
-) -> object:
+) -> Any:  # the limiter's entry (RateLimiter's or SharedRateLimiter's), given back to it to correct
     """``limiter.admit``; a database error it lets out (the shared limiter's read connections all
     busy, or its window's counts queued past the busy timeout: ``SharedRateLimiter.admit``) is the
     client's 503, not a module failure's 500."""
