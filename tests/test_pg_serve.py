@@ -285,12 +285,14 @@ def test_a_burst_past_the_read_pool_never_passes_a_keys_rpm(pyz_path, cache_home
         assert statuses.count(200) <= 4 and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
         busy = [json.loads(raw)["error"] for status, _, raw in answers if status == 503]
         assert busy and {e["code"] for e in busy} == {"database_unavailable"}
-        assert {e["message"] for e in busy} == {
-            "the server is busy: all its database connections stayed in use; try again shortly"
+        assert {e["message"] for e in busy} <= {
+            "the server is busy: all its database connections stayed in use; try again shortly",
+            "the server is busy: too many requests of one limit were counted at once; try again shortly",
         }  # not "another session holds a lock", which an operator would look for in vain
         metrics = server.request("GET", "/metrics")[2].decode()
         busy_total = re.search(r"^stockyard_pg_read_connections_busy_total (\d+)", metrics, re.M)
-        assert busy_total and int(busy_total[1]) >= len(busy), metrics[-3000:]
+        pool_busy = [e for e in busy if "database connections stayed in use" in e["message"]]  # not a queued count's
+        assert busy_total and int(busy_total[1]) >= len(pool_busy), metrics[-3000:]
         assert re.search(r"^stockyard_pg_read_connections_open 1$", metrics, re.M)
         assert "Traceback" not in server.log
     finally:
