@@ -59,6 +59,25 @@ def test_a_proxied_request_is_traced_and_costed_in_postgresql(pg_server, pg_clus
     assert status == 200, data
 
 
+def burst(server: ServerProcess, chat: dict, headers: dict | None = None) -> list[tuple[int, dict, bytes]]:
+    """800 chat requests, 400 at once: more than one read connection can count in a busy timeout."""
+    with ThreadPoolExecutor(max_workers=400) as pool:
+        return list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, headers), range(800)))
+
+
+def limited_burst(server: ServerProcess, auth: dict) -> list[dict]:
+    """A burst against an rpm of 5 (one answered before it): at most 4 answered, the rest 429 or a
+    503 ``database_unavailable`` (never passed uncounted, never a 500); the 503s' errors."""
+    chat = {"model": "gpt-4o-mini", "messages": HELLO}
+    wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
+    answers = burst(server, chat, auth)
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count(200) <= 4 and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
+    busy = [json.loads(raw)["error"] for status, _, raw in answers if status == 503]
+    assert busy and {e["code"] for e in busy} == {"database_unavailable"}
+    return busy
+
+
 def test_the_cli_and_a_running_server_share_the_postgresql_database(pg_server):
     made = pg_server.cli("keys", "create", "--name", "team-a", "--json")
     assert made.returncode == 0, made.stderr
@@ -277,14 +296,7 @@ def test_a_burst_past_the_read_pool_never_passes_a_keys_rpm(pyz_path, cache_home
     try:
         key = server.create_keys({"limited": ["--rpm", "5"]})["limited"]
         auth = {"Authorization": f"Bearer {key}"}
-        chat = {"model": "gpt-4o-mini", "messages": HELLO}
-        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
-        with ThreadPoolExecutor(max_workers=400) as pool:
-            answers = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth), range(800)))
-        statuses = [status for status, _, _ in answers]
-        assert statuses.count(200) <= 4 and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
-        busy = [json.loads(raw)["error"] for status, _, raw in answers if status == 503]
-        assert busy and {e["code"] for e in busy} == {"database_unavailable"}
+        busy = limited_burst(server, auth)
         assert {e["message"] for e in busy} <= {
             "the server is busy: all its database connections stayed in use; try again shortly",
             "the server is busy: too many requests of one limit were counted at once; try again shortly",
@@ -396,14 +408,7 @@ def test_a_burst_past_the_read_pool_never_passes_an_end_users_rpm_nor_fails_with
         status, _, raw = server.request("PUT", "/api/modules/userlimits", body, headers=admin)
         assert status == 200, raw
         auth = {"Authorization": f"Bearer {key}", "x-stockyard-user": "alice"}
-        chat = {"model": "gpt-4o-mini", "messages": HELLO}
-        wait_for(lambda: server.request("POST", "/v1/chat/completions", chat, auth)[0] == 200, what="the key")
-        with ThreadPoolExecutor(max_workers=400) as pool:
-            answers = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat, auth), range(800)))
-        statuses = [status for status, _, _ in answers]
-        assert statuses.count(200) <= 4 and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
-        busy = [json.loads(raw)["error"] for status, _, raw in answers if status == 503]
-        assert busy and {e["code"] for e in busy} == {"database_unavailable"}
+        limited_burst(server, auth)
         assert "Traceback" not in server.log
     finally:
         server.stop()
@@ -424,8 +429,7 @@ def test_a_burst_past_the_read_pool_on_a_limited_deployment_is_503s_never_500s(p
         assert status == 201, raw
         chat = {"model": "chat", "messages": HELLO}
         wait_for(lambda: server.request("POST", "/v1/chat/completions", chat)[0] == 200, what="the deployment")
-        with ThreadPoolExecutor(max_workers=400) as pool:
-            answers = list(pool.map(lambda _: server.request("POST", "/v1/chat/completions", chat), range(800)))
+        answers = burst(server, chat)
         statuses = [status for status, _, _ in answers]
         assert 500 not in statuses and set(statuses) <= {200, 429, 503}, {s: statuses.count(s) for s in statuses}
         listing = json.loads(server.request("GET", "/api/models", headers=admin)[2])
