@@ -74,6 +74,7 @@ from .scrub import Scrubber
 from .store import Store, storable
 from .store.traces import ZLIB_LEVEL
 from .store.writer import FULL_WAIT_S
+from .streamrelay import Unheld
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("stockyard.conversations")
@@ -97,6 +98,7 @@ HELD_SQL = (
     f"WHERE i.item_id IN ({', '.join('?' * HELD_CHUNK)})"
 )
 PENDING_S = 60.0  # an uncommitted row is long committed after this
+UNFINISHED = ("in_progress", "queued")  # a response kept as it starts (a pass-through's response.created)
 SETTLE_WAIT_S = 30.0  # a request's trace waits this long at most for the writes keeping what it made
 REFUSED_IDS = "conversations.refused_ids"  # ctx.state: response ids this request found another key's
 APPENDED = ("completed", "incomplete")  # a response whose turn joins its conversation
@@ -112,8 +114,9 @@ def queue_wait(ctx: RequestContext) -> float:
 
 def settled(future: Future) -> Future:
     """A future done when ``future`` is, and never failed: a stream held for a write goes on
-    whether it was committed or not (its failure is ``settle``'s to log and note, not the answer's)."""
-    done: Future = Future()
+    whether it was committed or not (its failure is ``settle``'s to log and note, not the answer's),
+    and once its hold limit passes without it (``Unheld``: not cut, as for a claim)."""
+    done: Future = Unheld()
     future.add_done_callback(lambda _: done.set_result(None))
     return done
 
@@ -546,7 +549,8 @@ class Conversations:
         future = self._store.write_later(record.write, queue_wait(ctx), urgent=self._shared)
         future.add_done_callback(lambda _: self._committed(record))  # or failed: it will never be
         ctx.kept_later.append((f"response {response_id} was not kept", future))
-        self._before_the_end(ctx, future)
+        if response.get("status") not in UNFINISHED:  # a stream's response.created: its end is to come
+            self._before_the_end(ctx, future)
 
     def _before_the_end(self, ctx: RequestContext, future: Future) -> None:
         """Where another process may take the client's next request, the answer's end waits for

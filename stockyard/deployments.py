@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .errors import ProxyError
-from .modules.ratelimit import RateLimited
+from .modules.ratelimit import RateLimited, admitted
 from .providers import Provider
 
 STRATEGIES = ("weighted", "least-busy", "latency", "usage")
@@ -164,12 +164,16 @@ class Health:
             if self._shared is None or (d.rpm is None and d.tpm is None):
                 return d, entry
             try:
-                entry.append(self._shared.admit(d.window, d.rpm, d.tpm, tokens, f"deployment {d.key}"))
+                entry.append(admitted(self._shared, d.window, d.rpm, d.tpm, tokens, f"deployment {d.key}"))
                 return d, entry
             except RateLimited as full:
                 with self._lock:
                     _forget(s, entry)
                     s.shared_full_until = max(s.shared_full_until, self._clock() + (full.retry_after or 1))
+            except BaseException:  # not counted (a busy database: its 503): nor in its own window
+                with self._lock:
+                    _forget(s, entry)
+                raise
 
     def release(self, d: Deployment, entry: list) -> None:
         """A reservation the request did not use (a cache hit, a refusal, a deadline). In the

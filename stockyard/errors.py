@@ -104,6 +104,8 @@ def database_refusal(exc: BaseException) -> ProxyError | None:
         return None
     if getattr(exc, "pool_busy", False):  # store/pgpool.py: this server's read connections, all in use
         message = "the server is busy: all its database connections stayed in use; try again shortly"
+    elif getattr(exc, "queued", False):  # store/shared.WindowTurns: one window's counts, one at a time
+        message = "the server is busy: too many requests of one limit were counted at once; try again shortly"
     elif held_by_lock(exc):
         message = "the database is busy: another session holds a lock this request needs; try again shortly"
     elif isinstance(exc, WriteTimedOut):

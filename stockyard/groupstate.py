@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import selectors
 import socket
@@ -40,6 +41,7 @@ log = logging.getLogger("stockyard.budgets")
 
 SOCKET_NAME = "state.sock"
 CALL_TIMEOUT_S = 10.0  # a worker waits this long for the parent's answer
+ACCEPT_REST_S = 0.1  # out of descriptors: how long the parent stops accepting, unless a connection closes first
 IDLE_CONNECTIONS = 64  # connections a worker keeps open for the next calls (each call takes one)
 ENTRIES_MAX = 100_000  # rate entries awaiting their correction, before the finished ones are dropped
 
@@ -96,6 +98,8 @@ class StateServer:
         self.sock.setblocking(False)
         self._selector: selectors.BaseSelector | None = None
         self._conns: set[socket.socket] = set()
+        self._resting_until: float | None = None  # out of descriptors: accepting again once one closes, or then
+        self._said_resting = -math.inf  # when that was last logged
 
     def _note_first_refusal(self, refused: BudgetExceeded) -> None:
         self._first_refusal = True  # the worker tells its webhooks (it has the database)
@@ -120,12 +124,44 @@ class StateServer:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as exc:  # out of descriptors (or kernel memory): never the group's loop's end
+                self._rest(exc)
+                return
             conn.settimeout(CALL_TIMEOUT_S)  # reads only when readable; a send to a stuck worker gives up
             buf = bytearray()
             self._conns.add(conn)
             self._selector.register(conn, selectors.EVENT_READ, functools.partial(self._read, conn, buf))
 
+    def _rest(self, exc: OSError) -> None:
+        """Stop watching the listening socket, which stays readable while the connections wait in its
+        backlog (retrying at once would spin the group's loop): the calls on the connections open go
+        on, and accepting resumes once one of them closes or ``ACCEPT_REST_S`` passed (:meth:`wake`)."""
+        assert self._selector is not None
+        self._selector.unregister(self.sock)
+        self._resting_until = time.monotonic() + ACCEPT_REST_S
+        if time.monotonic() - self._said_resting > 60:
+            self._said_resting = time.monotonic()
+            log.error(
+                "the workers' shared state cannot accept a connection (%s); their calls wait until one "
+                "closes. Raise the open-file limit or lower STOCKYARD_MAX_CONNECTIONS; logged once a minute",
+                exc.strerror or exc,
+            )
+
+    @property
+    def resting_until(self) -> float | None:
+        """When the loop should call :meth:`wake` at the latest (accepting rests), else None."""
+        return self._resting_until
+
+    def wake(self, closed: bool = False) -> None:
+        """Accept again after a rest: a descriptor was given back (``closed``), or the rest is over."""
+        if self._resting_until is None or not (closed or time.monotonic() >= self._resting_until):
+            return
+        assert self._selector is not None
+        self._resting_until = None
+        self._selector.register(self.sock, selectors.EVENT_READ, self._accept)
+
     def _read(self, conn: socket.socket, buf: bytearray) -> None:
+        self.wake()
         try:
             data = conn.recv(65536)
         except OSError:
@@ -158,6 +194,7 @@ class StateServer:
             pass
         self._conns.discard(conn)
         conn.close()
+        self.wake(closed=True)
 
     def _id(self) -> int:
         self._next_id += 1

@@ -50,6 +50,12 @@ READ_SIZE = 65536
 HOLD_WAIT_S = 30.0
 
 
+class Unheld(Future):
+    """A write a stream's bytes wait for at most its hold limit, then go on without: one the answer
+    does not depend on (a turn kept for another process's next read, ``Conversations._before_the_end``),
+    unlike a claim, whose bytes must never go out before it is committed."""
+
+
 def _ended(batch: list[bytes]) -> bytes:
     return b""
 
@@ -305,10 +311,15 @@ class StreamRelay:
         waits = list(stream.waits)
         if stream.done.is_set() or not waits or not all(future.done() for future in waits):
             return  # ended meanwhile, or told twice
-        stream.waits.clear()
         failed = next((f.exception() for f in waits if f.exception() is not None), None)
         if failed is not None:
+            stream.waits.clear()
             return self._finish(stream, failed)
+        self._go_on(stream)
+
+    def _go_on(self, stream: Stream) -> None:
+        """The held bytes go on without the writes they waited for, and the stream is read again."""
+        stream.waits.clear()
         out, stream.held = stream.held, b""
         self._went_on(stream, out)
         self._read_decrypted(stream)
@@ -412,6 +423,8 @@ class StreamRelay:
                 self._finish(stream, UpstreamError("timeout", "the request passed its deadline"))
             elif stream.out and stream.write_timeout and now >= stream.wrote_at + stream.write_timeout:
                 self._finish(stream, ClientGone())
+            elif stream.waits and all(isinstance(f, Unheld) or f.done() for f in stream.waits):
+                self._go_on(stream)  # what it waits for may come later: the answer goes on meanwhile
             elif stream.waits:  # ended as a write that failed ends it
                 waited = f"the database did not commit what the stream waits for in {stream.hold_limit():g} s"
                 self._finish(stream, TimeoutError(waited))

@@ -187,14 +187,23 @@ class Group:
             self._read_ready()
             if not self.stopping:
                 self._start_due()
-            timeout = None if not self.due else max(0.0, min(self.due.values()) - time.monotonic())
-            for key, _ in self._selector.select(timeout):
+            for key, _ in self._selector.select(self._timeout()):
                 if key.data is not None:
                     key.data()
+            if self.state is not None:
+                self.state.wake()  # its accepting rested (out of descriptors) long enough
             try:
                 os.read(self._wake_r, 512)
             except BlockingIOError:
                 pass
+
+    def _timeout(self) -> float | None:
+        """How long the loop may wait for an event: until a worker is due to start, or the shared
+        state's accepting is due to resume."""
+        times = list(self.due.values())
+        if self.state is not None and self.state.resting_until is not None:
+            times.append(self.state.resting_until)
+        return max(0.0, min(times) - time.monotonic()) if times else None
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self._stop(f"received {signal.Signals(signum).name}")

@@ -121,3 +121,35 @@ def test_wait_s_zero_sends_each_identical_request_upstream(server, mock):
         release.set()
         leader[0].join(30)
     assert lead[0][0] == 200 and asked(mock, text) == 2
+
+
+@pytest.mark.usefixtures("cache_on")
+@pytest.mark.parametrize(
+    ("leader_fields", "follower_fields"),
+    [
+        ({"stream": True}, {}),  # a plain request cannot be served a stream's answer
+        ({"stream": True, "stream_options": {"include_usage": True}}, {"stream": True}),  # nor one without usage
+    ],
+    ids=["stream-then-plain", "usage-stream-then-stream"],
+)
+def test_a_request_does_not_wait_for_a_flight_whose_answer_it_cannot_use(server, mock, leader_fields, follower_fields):
+    """Found by attack24: flights were keyed by the cache key alone, so a plain request waited (up to
+    ``wait_s``) for a streamed one's answer, which it can never be served, then asked the provider anyway:
+    a client streaming slowly held every plain request for the same question for ``wait_s``."""
+    put_module(server, "cache", {"wait_s": 600})
+    text = f"stampede shapes {uuid.uuid4().hex}"
+    messages = [{"role": "user", "content": text}]
+    started, release = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=release, hang_started=started))  # the streamed answer waits for the test
+    leader, lead = at_once(1, lambda i: chat(server, messages=messages, **leader_fields))
+    assert started.wait(10), "the streamed request reached the provider"
+    follower, answer = at_once(1, lambda i: chat(server, messages=messages, **follower_fields))
+    try:
+        wait_for(lambda: asked(mock, text) == 2, what="the other shape's request to ask the provider itself")
+        follower[0].join(30)
+        assert answer[0] is not None and answer[0][0] == 200 and answer[0][1]["x-stockyard-cache"] == "miss"
+    finally:
+        release.set()
+        for t in leader + follower:
+            t.join(30)
+    assert lead[0][0] == 200 and waiting(server) == 0

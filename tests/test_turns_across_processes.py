@@ -109,3 +109,34 @@ def test_postgresql_replicas_continue_each_other_s_turns(pyz_path, cache_home, m
         for r in replicas:
             r.stop()
     assert not any("Traceback" in r.log for r in replicas)
+
+
+def test_a_stream_whose_turn_commits_slowly_still_ends_with_its_last_event(pyz_path, cache_home, mock, tmp_path):
+    """Found by attack24: a streamed turn's last event waits for its commit, and a commit slower than
+    the relay's hold limit (the provider's read timeout, at most 30 s: here 1 s, the file locked by
+    another process) cut the stream without its ``response.completed`` — an answer the provider was
+    paid for, lost — after the request thread had also waited for the commit of its
+    ``response.created`` (the first event; the answer's end was still to come). A plain answer in
+    the same case goes on after its wait. Now the stream does too: after the hold limit on the relay,
+    or once the write is done (or failed) on the request thread, whichever holds it."""
+    import sqlite3
+
+    db = tmp_path / "stockyard.db"
+    env = mock_env(cache_home, mock, STOCKYARD_UPSTREAM_TIMEOUT="1", STOCKYARD_BUSY_TIMEOUT_MS="3000")
+    server = ServerProcess(pyz_path, db, env, ["--workers", "2"]).start()
+    body = {"model": "gpt-4o-mini", "input": "a slow commit", "store": True, "stream": True}
+    try:
+        status, warm = post(server.port, "/v1/responses", body)
+        assert status == 200 and b"response.completed" in warm, warm[-300:]
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # another process writing (a backup, a shell): the writer waits
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                status, answer = pool.submit(post, server.port, "/v1/responses", body).result(timeout=40)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert status == 200 and answer.rstrip().endswith(b"}") and b"response.completed" in answer, answer[-300:]
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log

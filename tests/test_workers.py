@@ -716,3 +716,36 @@ def test_bodies_two_workers_write_at_once_are_each_found_by_their_own_words(grou
         assert [t["id"] for t in api(group, "GET", f"/api/traces?q={w}")[1]["data"]] == [trace_id]
     links = group.db_rows("SELECT count(*) AS n, count(DISTINCT search_rowid) AS rows FROM trace_bodies")[0]
     assert links["n"] >= len(words) and links["rows"] == links["n"], links
+
+
+def test_the_parent_out_of_descriptors_goes_on_serving_the_group(group, mock):
+    """Found by attack24: a parent that could open no more descriptors (every one a worker's connection:
+    workers × their calls at once can pass one process's open-file limit) let accept()'s EMFILE out of
+    its loop, and the whole group went down. Now it rests its accepting, answers on the connections it
+    has, and accepts again once one closes or the rest is over."""
+    import resource
+
+    status, _ = api(group, "POST", "/api/prices", {"model": "mock-budget", "input": "0", "output": "1"})
+    assert status == 200
+    status, key = api(group, "POST", "/api/keys", {"name": "fds", "budget_usd": "100", "budget_period": "total"})
+    assert status == 201, key
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    for conn in wait_for_key(group, auth):
+        conn.close()
+    assert group.proc is not None
+    parent = group.proc.pid
+    soft, hard = resource.prlimit(parent, resource.RLIMIT_NOFILE)
+    open_now = len(list(Path(f"/proc/{parent}/fd").iterdir()))
+    resource.prlimit(parent, resource.RLIMIT_NOFILE, (open_now, hard))  # not one descriptor more for the parent
+    mock.delay_ms = 100  # the calls overlap: the workers need new connections to the parent
+    try:
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            list(pool.map(lambda i: group.request("POST", "/v1/chat/completions", BUDGET_MODEL, auth), range(40)))
+    finally:
+        mock.delay_ms = 0
+        if group.proc.poll() is None:
+            resource.prlimit(parent, resource.RLIMIT_NOFILE, (soft, hard))
+    assert group.proc.poll() is None, group.log[-3000:]
+    status, _, raw = group.request("POST", "/v1/chat/completions", BUDGET_MODEL, auth)
+    assert status == 200, raw
+    assert "Traceback" not in group.log, group.log[-3000:]

@@ -200,7 +200,7 @@ class Cache(Module):
 
     def __init__(self, services: ModuleServices) -> None:
         super().__init__(services)
-        self._flights: dict[str, Flight] = {}  # digest -> the miss being answered now
+        self._flights: dict[str, Flight] = {}  # "digest:kind" -> the miss being answered now
         self._lock = threading.Lock()
 
     def compile(self, config: dict) -> CacheOptions:
@@ -227,14 +227,14 @@ class Cache(Module):
         kinds = (kind, JSON) if kind != JSON else (JSON,)
         found = self._lookup(digest, kinds, opts)
         if found is None and opts.wait_s:
-            flight, first = self._board(digest)
-            if not first:
-                self._wait(flight, opts.wait_s, digest)
+            name, flight, first = self._board(digest, kinds)
+            if first:
+                ctx.state["cache_flight"] = (name, flight)  # it asks; after() lands the flight, whatever comes
+            else:
+                self._wait(flight, opts.wait_s, name)
             found = self._lookup(digest, kinds, opts)  # for a first: a flight that landed since the miss
-            if first and found is None:
-                ctx.state["cache_flight"] = (digest, flight)  # it asks; after() lands the flight
-            elif first:
-                self._land(digest, flight)
+            if first and found is not None:
+                self._land(*ctx.state.pop("cache_flight"))
         body = None
         if found is not None:
             found_kind, entry = found
@@ -254,31 +254,34 @@ class Cache(Module):
     def _lookup(self, digest: str, kinds: tuple[str, ...], opts: CacheOptions) -> tuple[str, Entry] | None:
         return lookup(self.services.store.read(), digest, kinds, int(time.time() * 1000), opts.ttl_ms)
 
-    def _board(self, digest: str) -> tuple[Flight, bool]:
-        """The flight of an identical request being answered now (counted as waited for), or a
-        new one this request starts (True: it asks the provider)."""
+    def _board(self, digest: str, kinds: tuple[str, ...]) -> tuple[str, Flight, bool]:
+        """The flight of an identical request being answered now whose answer this one can be
+        served (its own kind, or a plain one: ``kinds``), counted as waited for; or a new one of its
+        kind this request starts (True: it asks the provider). Its name is ``digest:kind``."""
         with self._lock:
-            flight = self._flights.get(digest)
-            if flight is None:
-                flight = self._flights[digest] = Flight()
-                return flight, True
-            flight.waiting += 1
-            return flight, False
+            for kind in kinds:
+                name = f"{digest}:{kind}"
+                if (flight := self._flights.get(name)) is not None:
+                    flight.waiting += 1
+                    return name, flight, False
+            name = f"{digest}:{kinds[0]}"
+            flight = self._flights[name] = Flight()
+            return name, flight, True
 
-    def _wait(self, flight: Flight, wait_s: int, digest: str) -> None:
+    def _wait(self, flight: Flight, wait_s: int, name: str) -> None:
         """Wait for the flight's answer to be stored (or to fail); one that takes longer than
         ``wait_s`` is given up by this request, which then asks the provider itself."""
         landed = flight.landed.wait(wait_s)
         with self._lock:
             flight.waiting -= 1
-            if not landed and self._flights.get(digest) is flight:
-                del self._flights[digest]  # the next identical request starts a flight of its own
+            if not landed and self._flights.get(name) is flight:
+                del self._flights[name]  # the next identical request starts a flight of its own
 
-    def _land(self, digest: str, flight: Flight) -> None:
+    def _land(self, name: str, flight: Flight) -> None:
         """The flight's answer is stored, or nothing will be: wake who waits for it."""
         with self._lock:
-            if self._flights.get(digest) is flight:
-                del self._flights[digest]
+            if self._flights.get(name) is flight:
+                del self._flights[name]
         flight.landed.set()
 
     def after(self, ctx: RequestContext) -> None:

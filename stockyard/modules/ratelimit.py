@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import estimate
 from ..context import RequestContext
@@ -154,6 +154,21 @@ def too_many_requests(who: str, rpm: int, wait: float) -> RateLimited:
     return RateLimited(f"rate limit: {who} allows {rpm} requests per minute", _seconds(wait))
 
 
+def admitted(
+    limiter: RateLimiter, name: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key"
+) -> Any:  # the limiter's entry (RateLimiter's or SharedRateLimiter's), given back to it to correct
+    """``limiter.admit``; a database error it lets out (the shared limiter's read connections all
+    busy, or its window's counts queued past the busy timeout: ``SharedRateLimiter.admit``) is the
+    client's 503, not a module failure's 500."""
+    try:
+        return limiter.admit(name, rpm, tpm, tokens, who)
+    except sqlite3.Error as exc:
+        refusal = database_refusal(exc)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
 def too_large(who: str, tpm: int, tokens: int) -> RateLimited:
     return RateLimited(
         f"rate limit: this request may use {tokens} tokens (input estimate + max_tokens × n), more than "
@@ -232,15 +247,7 @@ class RateLimitModule(Module):
             raise exc.error() from None
 
     def _admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> object:
-        """``limiter.admit``; a database error it lets out (the shared limiter's read connections
-        all busy: ``SharedRateLimiter.admit``) is the client's 503, not a module failure's 500."""
-        try:
-            return self.limiter.admit(key_id, rpm, tpm, tokens)
-        except sqlite3.Error as exc:
-            refusal = database_refusal(exc)
-            if refusal is None:
-                raise
-            raise refusal from None
+        return admitted(self.limiter, key_id, rpm, tpm, tokens)
 
     def after(self, ctx: RequestContext) -> None:
         entry = ctx.state.pop("ratelimit", None)

@@ -31,7 +31,7 @@ from ..loglimit import Throttle
 from ..pricing import microcents_from_usd
 from .base import Module, ModuleServices
 from .budget import Cover
-from .ratelimit import FREE_ENDPOINTS, RateLimited, correct_to_usage, limiter_for
+from .ratelimit import FREE_ENDPOINTS, RateLimited, admitted, correct_to_usage, limiter_for
 from .schema import Field
 
 log = logging.getLogger("stockyard.budgets")
@@ -99,7 +99,10 @@ class UserLimitsModule(Module):
             tokens, media = self._tokens(ctx, limits)
             window = f"{limits.within}|{user}"
             try:
-                ctx.state["userlimits.rate"] = (window, self.limiter.admit(window, limits.rpm, limits.tpm, tokens, who))
+                ctx.state["userlimits.rate"] = (
+                    window,
+                    admitted(self.limiter, window, limits.rpm, limits.tpm, tokens, who),
+                )
             except RateLimited as exc:
                 raise exc.error(ctx, media) from None
         if limits.budget_uc is None:

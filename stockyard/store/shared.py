@@ -38,12 +38,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..budgets import PERIODS, Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn, period_key
 from ..loglimit import Throttle
 from ..modules.ratelimit import too_large, too_many_requests, too_many_tokens
+from . import pgpool
 
 if TYPE_CHECKING:
     from . import Store
@@ -379,12 +381,55 @@ class RateEntry:
     live: bool = True
 
 
+class WindowTurns:
+    """One count at a time per rate window in this process; the others wait here, holding nothing.
+
+    A count holds a read connection of the pool while it waits for its window's lock: one key's
+    burst, its lock slow to come (held by another replica, a slow database), took every connection
+    of the pool to wait on it, and other keys' requests found the pool busy. A window's entry lives
+    while a thread counts on it or waits for it, so the table holds at most one per such thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[threading.Lock, int]] = {}  # window -> its turn, threads using it
+
+    @contextmanager
+    def turn(self, name: str, wait_s: float) -> Iterator[None]:
+        """The window's turn, waited for ``wait_s`` at most (then a busy error: the 503 of a count
+        that could not be made)."""
+        with self._lock:
+            turn, users = self._windows.get(name) or (threading.Lock(), 0)
+            self._windows[name] = (turn, users + 1)
+        try:
+            if not turn.acquire(timeout=wait_s):
+                raise _queued(wait_s)
+            try:
+                yield
+            finally:
+                turn.release()
+        finally:
+            with self._lock:
+                users = self._windows[name][1] - 1
+                if users:
+                    self._windows[name] = (turn, users)
+                else:
+                    del self._windows[name]
+
+
+def _queued(wait_s: float) -> sqlite3.OperationalError:
+    error: Any = sqlite3.OperationalError(f"the rate counts of one window waited {wait_s:g} s for each other")
+    error.database_failed = error.lock_timeout = True  # a 503: the requests ahead hold the window's lock
+    error.queued = True  # this server's own burst on one window: refused, never passed uncounted
+    return error
+
+
 class SharedRateLimiter:
     """:class:`~stockyard.modules.ratelimit.RateLimiter`'s interface over ``rate_buckets``."""
 
     def __init__(self, store: "Store") -> None:
         self._store = store
         self._admitted = 0
+        self._turns = WindowTurns()
 
     def admit(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> RateEntry:
         """Count one request against the window ``key_id``, or raise RateLimited. The database
@@ -394,23 +439,29 @@ class SharedRateLimiter:
         if tpm is not None and tokens > tpm:
             raise too_large(who, tpm, tokens)
         try:
-            conn = self._store.read()
-            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            try:
-                entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction and not getattr(conn, "broken", False):
-                    conn.execute("ROLLBACK")
-                raise
+            with self._turns.turn(key_id, pgpool.WAIT_S):  # one read connection per window waits on its lock
+                entry = self._counted(key_id, rpm, tpm, tokens, who)
         except sqlite3.Error as exc:
-            if getattr(exc, "pool_busy", False):
+            if getattr(exc, "pool_busy", False) or getattr(exc, "queued", False):
                 raise
             _NOT_COUNTED.say(log, logging.WARNING, "rate limit of %s not counted, the database failed: %s", who, exc)
             return RateEntry(0, tokens, live=False)
         self._admitted += 1
         if self._admitted % PRUNE_EVERY == 0:
             self._prune()
+        return entry
+
+    def _counted(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str) -> RateEntry:
+        """``_admit`` in a transaction of its own on a read connection."""
+        conn = self._store.read()
+        conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        try:
+            entry = self._admit(conn, key_id, rpm, tpm, tokens, who)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction and not getattr(conn, "broken", False):
+                conn.execute("ROLLBACK")
+            raise
         return entry
 
     def check(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int, who: str = "this key") -> None:
