@@ -93,7 +93,7 @@ class _State:
     cooldown_until: float = 0.0
     failures: int = 0  # in a row
     opened_at: float | None = None  # the breaker opened
-    probing: bool = False  # a half-open probe is out
+    probe: list | None = None  # the half-open probe's reservation (then attempt): nobody else probes
     current: float = 0.0  # smooth weighted round-robin
     window: collections.deque = field(default_factory=collections.deque)  # [time, tokens(, shared entry)] per request
     shared_full_until: float = 0.0  # the shared window refused this deployment until then
@@ -128,7 +128,7 @@ class Health:
             return "key cannot be decrypted"
         if s.cooldown_until > now:
             return "cooling"
-        if s.opened_at is not None and (now - s.opened_at < BREAKER_COOLDOWN_S or s.probing):
+        if s.opened_at is not None and (now - s.opened_at < BREAKER_COOLDOWN_S or s.probe is not None):
             return "breaker"
         requests, used = self._used(s, now)
         if (d.rpm is not None and requests + 1 > d.rpm) or (d.tpm is not None and used + tokens > d.tpm):
@@ -161,6 +161,8 @@ class Health:
                 d, s = self._choose(route, tokens, exclude, now)
                 entry = [now, tokens]
                 s.window.append(entry)
+                if s.opened_at is not None:  # half-open: claimed now, not at the attempt, or a
+                    s.probe = entry  # burst reserving meanwhile would all probe it
             if self._shared is None or (d.rpm is None and d.tpm is None):
                 return d, entry
             try:
@@ -212,11 +214,11 @@ class Health:
         Returns its entry in the usage window, for :meth:`finish` to correct."""
         with self._lock:
             s = self._state(d)
-            if s.opened_at is not None:
-                s.probing = True  # half-open: this request is the one probe
             if entry is None:
                 entry = [self._clock(), tokens]
                 s.window.append(entry)
+            if s.opened_at is not None:
+                s.probe = entry  # half-open: this request is the one probe
             s.in_flight += 1
             return entry
 
@@ -294,11 +296,11 @@ class Health:
                 s.cooldown_until = max(s.cooldown_until, now + min(pause, COOLDOWN_CAP_S))
                 s.failures += 1
                 if s.opened_at is not None or s.failures >= BREAKER_FAILURES:
-                    s.opened_at, s.probing = now, False
+                    s.opened_at, s.probe = now, None
             elif ok:
-                s.failures, s.opened_at, s.probing = 0, None, False
-            else:
-                s.probing = False  # neither: a refused request (4xx) says the deployment is up
+                s.failures, s.opened_at, s.probe = 0, None, None
+            elif s.probe is entry:
+                s.probe = None  # neither: a refused probe (4xx) says the deployment is up; probe again
         if tokens is not None:
             self._correct_shared(d, entry, tokens)
 
@@ -331,6 +333,9 @@ class Health:
 
 
 def _forget(s: _State, entry: list) -> None:
+    """Take an unused reservation out of the window (and give back its claim to probe)."""
+    if s.probe is entry:
+        s.probe = None
     try:
         s.window.remove(entry)
     except ValueError:

@@ -491,3 +491,44 @@ def test_health_without_shared_windows_counts_only_its_own():
     one, two = Health(clock=lambda: 0.0), Health(clock=lambda: 0.0)
     route = _route(_dep("a", rpm=1))
     assert one.reserve(route, 1)[0].name == two.reserve(route, 1)[0].name == "a"
+
+
+# -- under a burst ---------------------------------------------------------------------------------
+
+
+def test_least_busy_spreads_a_burst_instead_of_herding_onto_the_first(server, slow):
+    """60 clients at once on two deployments 1 s slow: ties go to the first listed, so a burst
+    whose requests did not see each other in flight would all land on ``a``."""
+    for name in ("a", "b"):
+        deploy(server, "chat", name=name, provider="mistral", model="mistral-small", api_key=KEYS[name])
+    assert api(server, "PATCH", "/api/models/chat", {"strategy": "least-busy"})[0] == 200
+    statuses: list[int] = []
+    clients = [threading.Thread(target=lambda: statuses.append(chat(server, "chat")[0])) for _ in range(60)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    assert statuses == [200] * 60
+    counts = Counter(who(slow))
+    assert sum(counts.values()) == 60 and abs(counts["a"] - counts["b"]) <= 6, counts
+
+
+def test_a_half_open_breaker_lets_one_reservation_through_not_a_burst():
+    """The probe is claimed when the deployment is reserved: concurrent requests that reserved
+    before the probe's attempt began would otherwise all probe a deployment that just failed."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0])
+    a, b = _dep("a"), _dep("b")
+    route = _route(a, b, strategy="least-busy")
+    for _ in range(3):
+        health.finish(a, health.begin(a, tokens=1), ok=False, failed=True, retry_after=0)
+    now[0] += BREAKER_COOLDOWN_S
+    probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    assert probe == a
+    with pytest.raises(ProxyError):  # the probe is out: nobody else probes
+        health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    assert {health.reserve(route, 1)[0] for _ in range(5)} == {b}
+    health.release(a, entry)  # the probe was not sent (a cache hit): the next request may probe
+    probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    health.finish(a, health.begin(a, entry), ok=True, failed=False)
+    assert health.snapshot(a)["breaker"] == "closed" and health.snapshot(a)["in_flight"] == 0
