@@ -8,7 +8,7 @@ number that has a usable deployment wins; within it the model's *strategy* picks
 - ``weighted`` — smooth weighted round-robin (nginx's): deterministic, weights 3:1 give
   exactly 3 of every 4 requests to the first;
 - ``least-busy`` — the fewest requests in flight;
-- ``latency`` — the lowest time to first byte, an EWMA (a deployment not yet measured first);
+- ``latency`` — the lowest time to first byte, an EWMA (a deployment not yet measured first, once);
 - ``usage`` — the most rpm/tpm headroom left.
 
 A deployment is *unusable* while it cools down (after a 429, a 5xx or a timeout: for the
@@ -226,7 +226,7 @@ class Health:
         if strategy == "least-busy":
             return min(usable, key=lambda ds: ds[1].in_flight)
         if strategy == "latency":
-            return min(usable, key=lambda ds: -1.0 if ds[1].ewma_ttfb is None else ds[1].ewma_ttfb)
+            return min(usable, key=lambda ds: _latency_rank(ds[1]))
         if strategy == "usage":
             return max(usable, key=lambda ds: self._headroom(ds[0], ds[1], now))
         total = sum(d.weight for d, _ in usable)
@@ -330,6 +330,15 @@ class Health:
                 "rpm_used": requests,
                 "tpm_used": used,
             }
+
+
+def _latency_rank(s: _State) -> tuple[int, float]:
+    """The latency strategy's order: an unmeasured deployment first (once: while its first request
+    is out, a burst must not all wait on what may be the slow one), then the lowest EWMA, then the
+    unmeasured ones being measured, the least busy first."""
+    if s.ewma_ttfb is not None:
+        return 1, s.ewma_ttfb
+    return (0, 0.0) if s.in_flight == 0 else (2, float(s.in_flight))
 
 
 def _forget(s: _State, entry: list) -> None:
