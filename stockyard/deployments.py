@@ -8,7 +8,7 @@ number that has a usable deployment wins; within it the model's *strategy* picks
 - ``weighted`` — smooth weighted round-robin (nginx's): deterministic, weights 3:1 give
   exactly 3 of every 4 requests to the first;
 - ``least-busy`` — the fewest requests in flight;
-- ``latency`` — the lowest time to first byte, an EWMA (a deployment not yet measured first);
+- ``latency`` — the lowest time to first byte, an EWMA (a deployment not yet measured first, once);
 - ``usage`` — the most rpm/tpm headroom left.
 
 A deployment is *unusable* while it cools down (after a 429, a 5xx or a timeout: for the
@@ -93,7 +93,7 @@ class _State:
     cooldown_until: float = 0.0
     failures: int = 0  # in a row
     opened_at: float | None = None  # the breaker opened
-    probing: bool = False  # a half-open probe is out
+    probe: list | None = None  # the half-open probe's reservation (then attempt): nobody else probes
     current: float = 0.0  # smooth weighted round-robin
     window: collections.deque = field(default_factory=collections.deque)  # [time, tokens(, shared entry)] per request
     shared_full_until: float = 0.0  # the shared window refused this deployment until then
@@ -128,7 +128,7 @@ class Health:
             return "key cannot be decrypted"
         if s.cooldown_until > now:
             return "cooling"
-        if s.opened_at is not None and (now - s.opened_at < BREAKER_COOLDOWN_S or s.probing):
+        if s.opened_at is not None and (now - s.opened_at < BREAKER_COOLDOWN_S or s.probe is not None):
             return "breaker"
         requests, used = self._used(s, now)
         if (d.rpm is not None and requests + 1 > d.rpm) or (d.tpm is not None and used + tokens > d.tpm):
@@ -161,6 +161,8 @@ class Health:
                 d, s = self._choose(route, tokens, exclude, now)
                 entry = [now, tokens]
                 s.window.append(entry)
+                if s.opened_at is not None:  # half-open: claimed now, not at the attempt, or a
+                    s.probe = entry  # burst reserving meanwhile would all probe it
             if self._shared is None or (d.rpm is None and d.tpm is None):
                 return d, entry
             try:
@@ -212,11 +214,11 @@ class Health:
         Returns its entry in the usage window, for :meth:`finish` to correct."""
         with self._lock:
             s = self._state(d)
-            if s.opened_at is not None:
-                s.probing = True  # half-open: this request is the one probe
             if entry is None:
                 entry = [self._clock(), tokens]
                 s.window.append(entry)
+            if s.opened_at is not None:
+                s.probe = entry  # half-open: this request is the one probe
             s.in_flight += 1
             return entry
 
@@ -224,7 +226,7 @@ class Health:
         if strategy == "least-busy":
             return min(usable, key=lambda ds: ds[1].in_flight)
         if strategy == "latency":
-            return min(usable, key=lambda ds: -1.0 if ds[1].ewma_ttfb is None else ds[1].ewma_ttfb)
+            return min(usable, key=lambda ds: _latency_rank(ds[1]))
         if strategy == "usage":
             return max(usable, key=lambda ds: self._headroom(ds[0], ds[1], now))
         total = sum(d.weight for d, _ in usable)
@@ -294,11 +296,11 @@ class Health:
                 s.cooldown_until = max(s.cooldown_until, now + min(pause, COOLDOWN_CAP_S))
                 s.failures += 1
                 if s.opened_at is not None or s.failures >= BREAKER_FAILURES:
-                    s.opened_at, s.probing = now, False
+                    s.opened_at, s.probe = now, None
             elif ok:
-                s.failures, s.opened_at, s.probing = 0, None, False
-            else:
-                s.probing = False  # neither: a refused request (4xx) says the deployment is up
+                s.failures, s.opened_at, s.probe = 0, None, None
+            elif s.probe is entry:
+                s.probe = None  # neither: a refused probe (4xx) says the deployment is up; probe again
         if tokens is not None:
             self._correct_shared(d, entry, tokens)
 
@@ -330,7 +332,19 @@ class Health:
             }
 
 
+def _latency_rank(s: _State) -> tuple[int, float]:
+    """The latency strategy's order: an unmeasured deployment first (once: while its first request
+    is out, a burst must not all wait on what may be the slow one), then the lowest EWMA, then the
+    unmeasured ones being measured, the least busy first."""
+    if s.ewma_ttfb is not None:
+        return 1, s.ewma_ttfb
+    return (0, 0.0) if s.in_flight == 0 else (2, float(s.in_flight))
+
+
 def _forget(s: _State, entry: list) -> None:
+    """Take an unused reservation out of the window (and give back its claim to probe)."""
+    if s.probe is entry:
+        s.probe = None
     try:
         s.window.remove(entry)
     except ValueError:

@@ -491,3 +491,78 @@ def test_health_without_shared_windows_counts_only_its_own():
     one, two = Health(clock=lambda: 0.0), Health(clock=lambda: 0.0)
     route = _route(_dep("a", rpm=1))
     assert one.reserve(route, 1)[0].name == two.reserve(route, 1)[0].name == "a"
+
+
+# -- under a burst ---------------------------------------------------------------------------------
+
+
+def test_least_busy_spreads_a_burst_instead_of_herding_onto_the_first(server, slow):
+    """60 clients at once on two deployments 1 s slow: ties go to the first listed, so a burst
+    whose requests did not see each other in flight would all land on ``a``."""
+    for name in ("a", "b"):
+        deploy(server, "chat", name=name, provider="mistral", model="mistral-small", api_key=KEYS[name])
+    assert api(server, "PATCH", "/api/models/chat", {"strategy": "least-busy"})[0] == 200
+    statuses: list[int] = []
+    clients = [threading.Thread(target=lambda: statuses.append(chat(server, "chat")[0])) for _ in range(60)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    assert statuses == [200] * 60
+    counts = Counter(who(slow))
+    assert sum(counts.values()) == 60 and abs(counts["a"] - counts["b"]) <= 6, counts
+
+
+def test_latency_sends_a_cold_burst_to_the_deployment_measured_first_not_all_to_the_first_listed(server, mock, slow):
+    """Both unmeasured at the start of a burst: the slow one (1 s) gets the first request, the
+    fast one the next; once the fast one is measured it takes the rest. Before, every request of
+    the burst saw both unmeasured and went to the first listed: 60 of 60 on the 1 s deployment."""
+    deploy(server, "chat", name="slow", provider="mistral", model="mistral-small")
+    deploy(server, "chat", name="fast", provider="openai", model="gpt-4o-mini", api_key=KEYS["a"])
+    assert api(server, "PATCH", "/api/models/chat", {"strategy": "latency"})[0] == 200
+    served: list[tuple[int, str]] = []
+
+    def one() -> None:
+        status, headers, _ = chat(server, "chat")
+        served.append((status, headers.get("x-stockyard-deployment", "")))
+
+    clients = [threading.Thread(target=one) for _ in range(60)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    counts = Counter(served)
+    assert sum(counts.values()) == 60 and counts[(200, "chat/fast")] >= 40, counts
+
+
+def test_latency_ranks_unmeasured_idle_then_measured_then_unmeasured_busy():
+    health = Health()
+    a, b, c = _dep("a"), _dep("b"), _dep("c")
+    route = _route(a, b, c, strategy="latency")
+    first = health.begin(health.choose(route, 1), tokens=1)
+    assert health.choose(route, 1) == b, "a is being measured: b, unmeasured and idle, is next"
+    health.finish(a, first, ok=True, failed=False, ttfb_s=0.5)
+    health.begin(b, tokens=1)
+    health.begin(c, tokens=1)
+    assert health.choose(route, 1) == a, "measured beats unmeasured ones already being measured"
+
+
+def test_a_half_open_breaker_lets_one_reservation_through_not_a_burst():
+    """The probe is claimed when the deployment is reserved: concurrent requests that reserved
+    before the probe's attempt began would otherwise all probe a deployment that just failed."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0])
+    a, b = _dep("a"), _dep("b")
+    route = _route(a, b, strategy="least-busy")
+    for _ in range(3):
+        health.finish(a, health.begin(a, tokens=1), ok=False, failed=True, retry_after=0)
+    now[0] += BREAKER_COOLDOWN_S
+    probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    assert probe == a
+    with pytest.raises(ProxyError):  # the probe is out: nobody else probes
+        health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    assert {health.reserve(route, 1)[0] for _ in range(5)} == {b}
+    health.release(a, entry)  # the probe was not sent (a cache hit): the next request may probe
+    probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    health.finish(a, health.begin(a, entry), ok=True, failed=False)
+    assert health.snapshot(a)["breaker"] == "closed" and health.snapshot(a)["in_flight"] == 0
