@@ -3,7 +3,12 @@
 Under load, a ``logging`` call per request cost a quarter of the proxy's throughput: the
 record, the handler lock that 64 threads queue on, and a ``write`` per line. Here lines go
 to a deque (appends need no lock) and a daemon thread writes whatever is there every
-``interval`` seconds in one ``write``; warnings and errors go out at once.
+``interval`` seconds in one ``write``; a warning or an error wakes it at once.
+
+Only that thread writes, and not under the handler's own lock (which every ``logging`` call
+takes): when what reads stderr stalls (a log shipper that stopped, a slow disk), the writer
+blocks alone, a request that logs a warning goes on, and at most ``PENDING_LINES_MAX`` lines
+wait; the ones beyond are dropped, counted, and said in one line when the stream moves again.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import threading
 import time
 from typing import TextIO
 
+PENDING_LINES_MAX = 10_000  # about 1 MB of access lines; beyond, lines are dropped and counted
 _active: "BatchedStreamHandler | None" = None
 _access = logging.getLogger("stockyard.access")
 
@@ -23,8 +29,12 @@ class BatchedStreamHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self.interval = interval
+        self.dropped = 0  # lines not kept while the stream was stalled; said with the next batch
         self._pending: collections.deque[str] = collections.deque()
-        self._closed = threading.Event()
+        self._dropping = threading.Lock()  # taken only when the deque is full
+        self._writing = threading.Lock()  # one batch at a time, in order
+        self._wake = threading.Event()
+        self._stopping = threading.Event()  # not ``_closed``: logging.Handler has its own
         threading.Thread(target=self._run, name="stockyard-log", daemon=True).start()
 
     def install(self) -> "BatchedStreamHandler":
@@ -35,41 +45,60 @@ class BatchedStreamHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._pending.append(self.format(record) + "\n")
+            line = self.format(record) + "\n"
         except Exception:
             self.handleError(record)
             return
+        self.write_line(line)
         if record.levelno >= logging.WARNING:
-            self.flush()
+            self._wake.set()  # soon, but by the log thread: this one may be a request's
 
     def write_line(self, line: str) -> None:
-        self._pending.append(line)
+        """Queue a line for the log thread; drop (and count) it when too many already wait."""
+        if len(self._pending) < PENDING_LINES_MAX:
+            self._pending.append(line)
+            return
+        with self._dropping:
+            self.dropped += 1
 
     def flush(self) -> None:
-        parts = []
-        try:
-            while True:
-                parts.append(self._pending.popleft())
-        except IndexError:
-            pass
-        if not parts:
-            return
-        with self.lock:  # type: ignore[union-attr]  # one batch at a time
+        with self._writing:
+            parts = self._take()
+            if not parts:
+                return
             try:
                 self.stream.write("".join(parts))
                 self.stream.flush()
             except (OSError, ValueError):
                 pass  # stderr went away: nothing sensible to do with a log line
 
+    def _take(self) -> list[str]:
+        """Every waiting line, then the count of those dropped since the last batch."""
+        parts = []
+        try:
+            while True:
+                parts.append(self._pending.popleft())
+        except IndexError:
+            pass
+        with self._dropping:
+            dropped, self.dropped = self.dropped, 0
+        if dropped:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
+            parts.append(f"{stamp} W {dropped} log lines dropped: the log output was not read fast enough\n")
+        return parts
+
     def _run(self) -> None:
-        while not self._closed.wait(self.interval):
+        while not self._stopping.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
             self.flush()
 
     def close(self) -> None:
         global _active
         if _active is self:
             _active = None
-        self._closed.set()
+        self._stopping.set()
+        self._wake.set()
         self.flush()
         super().close()
 
