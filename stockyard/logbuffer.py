@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import threading
 import time
 from typing import TextIO
@@ -67,8 +68,9 @@ class BatchedStreamHandler(logging.Handler):
             if not parts:
                 return
             try:
-                self.stream.write("".join(parts))
-                self.stream.flush()
+                for piece in whole_lines(parts, select.PIPE_BUF):
+                    self.stream.write(piece)
+                    self.stream.flush()  # one write each: atomic on a pipe
             except (OSError, ValueError):
                 pass  # stderr went away: nothing sensible to do with a log line
 
@@ -101,6 +103,25 @@ class BatchedStreamHandler(logging.Handler):
         self._wake.set()
         self.flush()
         super().close()
+
+
+def whole_lines(lines: list[str], limit: int) -> list[str]:
+    """The lines joined into pieces of at most ``limit`` bytes (a longer line alone): a write of at
+    most PIPE_BUF bytes to a pipe is never split, so ``--workers`` sharing one stderr pipe (docker,
+    systemd) cannot put one worker's bytes inside another's line while the reader lags."""
+    pieces: list[str] = []
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
+        if piece and size + n > limit:
+            pieces.append("".join(piece))
+            piece, size = [], 0
+        piece.append(line)
+        size += n
+    if piece:
+        pieces.append("".join(piece))
+    return pieces
 
 
 def printable(text: str, limit: int | None = None) -> str:

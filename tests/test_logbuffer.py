@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import threading
 import time
@@ -41,9 +42,9 @@ def stalled():
     drain.join(5)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_all(fd: int, size: int = 65536) -> bytes:
     out = bytearray()
-    while chunk := os.read(fd, 65536):
+    while chunk := os.read(fd, size):
         out += chunk
     os.close(fd)
     return bytes(out)
@@ -96,3 +97,39 @@ def test_a_warning_does_not_hold_its_thread_while_the_stream_is_stalled(stalled)
 
     threading.Thread(target=warn, daemon=True).start()
     assert done.wait(2), "a request thread's warning waited on the stalled log stream"
+
+
+def test_two_workers_batches_on_one_stalled_pipe_never_tear_a_line():
+    """``--workers``: each process has its own handler on the one stderr pipe. A write of more
+    than PIPE_BUF bytes to a pipe is not atomic: while the reader is slow, the kernel takes it in
+    pieces and another worker's bytes land between them, mid-line."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"x" * 4095 + b"\n")
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    streams = [os.fdopen(os.dup(w), "w") for _ in range(2)]
+    os.close(w)
+    handlers = [BatchedStreamHandler(stream, interval=0.01) for stream in streams]
+    lines = 3000
+    for n in range(lines):
+        for tag, handler in enumerate(handlers):
+            handler.write_line(f"2026-01-01T00:00:00 I [w{tag}] POST /v1/chat/completions 200 gpt 0.5ms {n:05d}\n")
+    out: list[bytes] = []
+    drain = threading.Thread(target=lambda: out.append(_read_all(r, 512)), daemon=True)
+    drain.start()  # a slow reader: a page at a time, so the writers take turns at the freed room
+    closing = [threading.Thread(target=handler.close) for handler in handlers]
+    for thread in closing:
+        thread.start()
+    for thread, stream in zip(closing, streams):
+        thread.join(10)
+        stream.close()
+    drain.join(10)
+    got = [line for line in out[0].decode().splitlines() if not line.startswith("xxxx")]
+    expected = re.compile(r"2026-01-01T00:00:00 I \[w[01]\] POST /v1/chat/completions 200 gpt 0\.5ms \d{5}")
+    torn = [line for line in got if not expected.fullmatch(line)]
+    assert torn == []
+    assert len(got) == 2 * lines
