@@ -26,10 +26,11 @@ _access = logging.getLogger("stockyard.access")
 
 
 class BatchedStreamHandler(logging.Handler):
-    def __init__(self, stream: TextIO, interval: float = 0.2) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.2, tag: str = "") -> None:
         super().__init__()
         self.stream = stream
         self.interval = interval
+        self.tag = tag  # a group worker's "[w1] ", on the access lines too
         self.dropped = 0  # lines not kept while the stream was stalled; said with the next batch
         self._pending: collections.deque[str] = collections.deque()
         self._dropping = threading.Lock()  # taken only when the deque is full
@@ -86,7 +87,7 @@ class BatchedStreamHandler(logging.Handler):
             dropped, self.dropped = self.dropped, 0
         if dropped:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-            parts.append(f"{stamp} W {dropped} log lines dropped: the log output was not read fast enough\n")
+            parts.append(f"{stamp} W {self.tag}{dropped} log lines dropped: the log output was not read fast enough\n")
         return parts
 
     def _run(self) -> None:
@@ -146,4 +147,4 @@ def access(message: str) -> None:
         _access.info("%s", message)
         return
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-    handler.write_line(f"{stamp} I {message}\n")
+    handler.write_line(f"{stamp} I {handler.tag}{message}\n")
