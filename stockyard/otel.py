@@ -47,6 +47,7 @@ from .otel_tools import tool_definitions
 log = logging.getLogger("stockyard.otel")
 
 QUEUE_SPANS = 4096  # spans waiting for the exporter; beyond that they are dropped and counted
+QUEUE_BYTES = 64 * 1024 * 1024  # and their attributes' text (content export: 16K characters an attribute)
 BATCH_SPANS = 256
 RETRY_DELAYS_S = (0.25, 1.0, 4.0)  # between the tries of one batch
 POST_TIMEOUT_S = 5.0
@@ -435,6 +436,18 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
+SPAN_BASE_BYTES = 1024  # a span's dicts, ids and numbers: about what it holds beside its text
+
+
+def span_size(span: dict[str, Any]) -> int:
+    """About the memory a queued span holds: its attributes' text (content export puts up to 16K
+    characters in each of several) and a fixed part for the rest."""
+    size = SPAN_BASE_BYTES
+    for attribute in span.get("attributes", ()):
+        size += len(attribute["value"].get("stringValue", ""))
+    return size
+
+
 class Exporter:
     """Batches spans to the collector on its own thread; drops (and counts) what it cannot send."""
 
@@ -444,6 +457,7 @@ class Exporter:
         headers: dict[str, str],
         *,
         queue_spans: int = QUEUE_SPANS,
+        queue_bytes: int = QUEUE_BYTES,
         retry_delays: tuple[float, ...] = RETRY_DELAYS_S,
         post_timeout_s: float = POST_TIMEOUT_S,
     ) -> None:
@@ -451,6 +465,9 @@ class Exporter:
         self._post_timeout_s = post_timeout_s
         self._headers = {"Content-Type": "application/json", **headers}
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_spans)
+        self._queue_bytes = queue_bytes
+        self.queued_bytes = 0  # span_size of the spans in the queue
+        self._counts = threading.Lock()  # queued_bytes and dropped: request threads and the exporter's
         self._retry_delays = retry_delays
         self._stop = threading.Event()
         self.exported = 0
@@ -468,13 +485,18 @@ class Exporter:
         return self._queue.qsize()
 
     def submit(self, spans: list[dict[str, Any]]) -> None:
-        """Queue spans without waiting; what does not fit is dropped and counted."""
-        for n, span in enumerate(spans):
-            try:
-                self._queue.put_nowait(span)
-            except queue.Full:
-                self.dropped += len(spans) - n
-                return
+        """Queue spans without waiting; what does not fit (in count or in bytes) is dropped and counted."""
+        with self._counts:
+            for n, span in enumerate(spans):
+                size = span_size(span)
+                try:
+                    if self.queued_bytes + size > self._queue_bytes:
+                        raise queue.Full
+                    self._queue.put_nowait(span)
+                except queue.Full:
+                    self.dropped += len(spans) - n
+                    return
+                self.queued_bytes += size
 
     def stop(self, timeout: float = 2.0) -> None:
         """Send what is queued (for at most ``timeout`` seconds), then end the thread."""
@@ -495,7 +517,10 @@ class Exporter:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        return [span for span in batch if span is not _WAKE]
+        batch = [span for span in batch if span is not _WAKE]
+        with self._counts:
+            self.queued_bytes -= sum(map(span_size, batch))
+        return batch
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
@@ -518,7 +543,8 @@ class Exporter:
             if not retryable or delay is None or self._stop.is_set():
                 break
             self._stop.wait(delay)
-        self.dropped += len(batch)
+        with self._counts:
+            self.dropped += len(batch)
         if not self._failing:  # once per outage, not per batch
             log.warning("OTLP export to %s failed (%s); %d spans dropped", self.url, why, len(batch))
             self._failing = True

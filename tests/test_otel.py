@@ -15,6 +15,7 @@ from conftest import OPENAI_KEY, wait_for
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, chat, put_module, start_server
 
+from stockyard import otel
 from stockyard.config import load, parse_otlp_headers
 from stockyard.context import parse_traceparent
 from stockyard.otel import Exporter
@@ -1133,3 +1134,26 @@ def test_conversation_id_is_claude_codes_session(content_server, receiver):
         expected = session if "session" in user_id else None
         assert a.get("gen_ai.conversation.id") == child.get("gen_ai.conversation.id") == expected, user_id
         assert session not in a["stockyard.user"], "the end user is the device, the session is the conversation"
+
+
+def test_the_exporter_queue_is_bounded_in_bytes_not_only_in_spans():
+    """With content export a span carries up to 16K characters in each of several attributes; a
+    collector away for a while must not make 4,096 of them (hundreds of MB a process) wait."""
+    big = "p" * (1024 * 1024)
+    text = [{"key": "gen_ai.input.messages", "value": {"stringValue": big}}]
+    span = {"traceId": "a" * 32, "spanId": "b" * 16, "name": "x", "attributes": text}
+    away = Exporter("http://127.0.0.1:9", {})  # not started: a collector that takes nothing
+    away.submit([span] * 100)
+    assert away.depth * len(big) <= otel.QUEUE_BYTES
+    assert away.depth + away.dropped == 100 and away.dropped > 0
+    r = Receiver()
+    try:  # what is sent frees its room: the queue takes spans again once the collector is back
+        back = Exporter(r.url, {}).start()
+        for _ in range(3):
+            back.submit([span] * 40)
+            wait_for(lambda: back.depth == 0, 10, "the queue sent")
+        wait_for(lambda: back.exported + back.dropped == 120, 10, "every span sent or dropped")
+        assert back.exported == 120 and back.queued_bytes == 0
+        back.stop()
+    finally:
+        r.server.shutdown()

@@ -61,7 +61,9 @@ def register(sub) -> None:
 def setup_logging(batched: bool = True, tag: str = "") -> None:
     """Log lines to stderr; a group's parent logs unbatched (no thread: it forks the workers),
     and each worker's lines carry its tag (``[w1]``)."""
-    handler: logging.Handler = BatchedStreamHandler(sys.stderr).install() if batched else logging.StreamHandler()
+    handler: logging.Handler = (
+        BatchedStreamHandler(sys.stderr, tag=tag).install() if batched else logging.StreamHandler()
+    )
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname).1s {tag}%(message)s", "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("stockyard")
     root.handlers[:] = [handler]
