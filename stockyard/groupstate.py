@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import selectors
 import socket
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .budgets import Budget, BudgetExceeded, Exhausted, Hold, Ledger, Warn
+from .loglimit import Throttle
 from .modules.ratelimit import RateLimited, RateLimiter, too_large
 from .store.files import process_alive
 
@@ -99,7 +99,7 @@ class StateServer:
         self._selector: selectors.BaseSelector | None = None
         self._conns: set[socket.socket] = set()
         self._resting_until: float | None = None  # out of descriptors: accepting again once one closes, or then
-        self._said_resting = -math.inf  # when that was last logged
+        self._rest_log = Throttle()  # said once a minute
 
     def _note_first_refusal(self, refused: BudgetExceeded) -> None:
         self._first_refusal = True  # the worker tells its webhooks (it has the database)
@@ -139,8 +139,7 @@ class StateServer:
         assert self._selector is not None
         self._selector.unregister(self.sock)
         self._resting_until = time.monotonic() + ACCEPT_REST_S
-        if time.monotonic() - self._said_resting > 60:
-            self._said_resting = time.monotonic()
+        if self._rest_log.due() is not None:
             log.error(
                 "the workers' shared state cannot accept a connection (%s); their calls wait until one "
                 "closes. Raise the open-file limit or lower STOCKYARD_MAX_CONNECTIONS; logged once a minute",
