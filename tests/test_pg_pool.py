@@ -83,27 +83,15 @@ def test_a_full_pool_waits_for_a_connection_and_then_says_the_database_is_busy(b
     conn = store.read()
     conn.execute("BEGIN")  # holds the pool's one connection
     got: list[object] = []
-
-    def other() -> None:
-        try:
-            got.append(store.read().execute("SELECT 7").fetchone()[0])
-        except sqlite3.OperationalError as exc:
-            got.append(exc)
-
-    waiter = threading.Thread(target=other)
-    waiter.start()
-    waiter.join()
+    read_in_a_thread(store, got).join()
     assert isinstance(got[0], sqlite3.OperationalError) and getattr(got[0], "database_failed", False)
     assert "STOCKYARD_PG_CONNECTIONS" in str(got[0])
 
-    released = threading.Event()
-    waiter = threading.Thread(target=lambda: (released.wait(), other()))
     small_pool.WAIT_S = 10.0
-    waiter.start()
-    released.set()
+    waiter = read_in_a_thread(store, got)
     conn.execute("COMMIT")  # the connection goes back: the waiting thread gets it
     waiter.join()
-    assert got[1] == 7
+    assert got[1] == "answer"
     store.close()
 
 
