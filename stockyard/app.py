@@ -111,7 +111,7 @@ class App:
         # upgraded /v1/responses (this process): in all, per key (the server bounds it by its connection cap)
         self.websockets = websocket_caps(settings.websocket_max_connections, settings.max_connections)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
-        self.writer = Writer(self.backend, maxsize=settings.writer_queue_size)
+        self.writer = Writer(self.backend, maxsize=settings.writer_queue_size, max_bytes=settings.writer_queue_bytes)
         self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)
         self._probed: tuple[float, str | None] = (-PROBE_FRESH_S, None)  # (when, its answer)
         self.retention = Retention(

@@ -41,6 +41,7 @@ ZERO_WHEN_EMPTY = (
     "budget_rejections_total",
     "refusals_unrecorded_total",
     "key_refusals_unrecorded_total",
+    "trace_bodies_unstored_total",
     "connections_refused_total",
     "results_readers_refused_total",
     "websocket_connections_refused_total",
@@ -249,6 +250,11 @@ HELP = {
         "Requests of a client key that Stockyard refused (rate limit, budget, a bad request, ...) and did not "
         "trace because the key had too many refusals.",
     ),
+    "trace_bodies_unstored_total": (
+        "counter",
+        "Traces stored without their bodies: the database writer was behind and its queued records held "
+        "their limit of bodies (64 MiB) for 2 s.",
+    ),
     "connections_refused_total": (
         "counter",
         "Connections refused at once: 503 at STOCKYARD_MAX_CONNECTIONS, 429 at STOCKYARD_MAX_CONNECTIONS_PER_CLIENT.",
@@ -375,6 +381,13 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             "gauge",
             "Records the writer queue holds before new ones are dropped.",
             w.queue.maxsize,
+        ),
+        ("writer_queue_bytes", "gauge", "Bytes of bodies the records waiting for the writer hold.", w.held_bytes),
+        (
+            "writer_queue_bytes_capacity",
+            "gauge",
+            "Bytes the records waiting may hold; beyond it a trace waits for room, then goes without its bodies.",
+            w.max_bytes,
         ),
         ("records_written_total", "counter", "Records committed to the database.", w.stats.written),
         (

@@ -15,6 +15,7 @@ import time
 from .config import Settings
 from .context import Attempt, RequestContext
 from .hosts import sender
+from .loglimit import Throttle
 from .metrics import Metrics
 from .otel import Telemetry
 from .scrub import Scrubber
@@ -82,6 +83,7 @@ class Tracer:
         # user and tags). Each kind has its own total, so neither crowds out the other.
         self.refusals_by_address = RefusalRecorder()
         self.refusals_by_key = RefusalRecorder(rate=1.0, burst=20.0, total_rate=10.0, total_burst=100.0)
+        self._unstored = Throttle()  # traces kept without their bodies: a line a minute, not one each
 
     def finish(self, ctx: RequestContext) -> None:
         """Trace one request (priced already): its failed attempts first, each a row of its
@@ -128,7 +130,19 @@ class Tracer:
         if record.response_body:
             record.response_body = self._scrub.bytes(record.response_body)
         record.pack()  # compressed here, on the request's thread: the one writer thread only inserts
-        self._store.submit(record.write)
+        size = record.held_bytes()
+        if size and not self._store.room(size):
+            record.drop_bodies()
+            size = 0
+            self._metrics.count("trace_bodies_unstored_total")
+            self._unstored.say(
+                log,
+                logging.WARNING,
+                "the database writer is behind: trace %s stored without its bodies (queued records hold "
+                "their limit of bodies; stockyard_trace_bodies_unstored_total counts them)",
+                ctx.trace_id,
+            )
+        self._store.submit(record.write, size=size)
         try:
             self._metrics.observe_request(ctx, attempt)
         except Exception as exc:  # metrics must never cost a request

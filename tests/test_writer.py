@@ -365,3 +365,63 @@ def test_on_postgresql_nothing_commits_ahead_of_records_waiting_for_a_held_lock(
     assert conn.execute("SELECT count(*) FROM side").fetchone()[0] == 0
     conn.close()
     writer.stop()
+
+
+def test_queued_records_hold_at_most_max_bytes_and_a_sender_waits_for_room(tmp_path):
+    """Memory of queued records is bounded by bytes, not only by count: 10,000 agent bodies of
+    100 KB took a GB while the disk was behind. A sender whose record does not fit waits for the
+    writer to commit (traffic slows to the disk's pace), and the bytes are free once committed."""
+    writer = sqlite_writer(tmp_path)
+    writer.max_bytes = 1000
+    try:
+        assert writer.room(5000)  # a record alone always fits
+        busy, release = threading.Event(), threading.Event()
+        writer.submit(lambda conn: (busy.set(), release.wait(30)))
+        busy.wait(10)
+        assert writer.submit(put("a"), size=600) and writer.held_bytes == 600
+        assert writer.room(400)  # fits beside it
+        fitted: list[bool] = []
+        sender = threading.Thread(target=lambda: fitted.append(writer.room(600)))
+        sender.start()
+        wait_for(lambda: writer.stats.waited_bytes == 1, what="the sender waiting for room")
+        assert not fitted
+        release.set()
+        sender.join(10)
+        assert fitted == [True]
+        writer.call(put("last"))
+        assert writer.held_bytes == 0
+    finally:
+        writer.stop()
+
+
+def test_room_is_refused_when_the_writer_stays_behind_or_the_database_fails(tmp_path, monkeypatch):
+    from stockyard.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "FULL_WAIT_S", 0.2)
+    writer = sqlite_writer(tmp_path)
+    writer.max_bytes = 1000
+    release = threading.Event()
+    try:
+        writer.submit(lambda conn: release.wait(30))
+        writer.submit(put("a"), size=900)
+        assert not writer.room(200) and writer.stats.waited_bytes == 1
+        writer.healthy = False  # as after a failed batch: no waiting at all
+        assert not writer.room(200) and writer.stats.waited_bytes == 1
+        writer.healthy = True
+        release.set()
+        writer.call(put("last"))
+        assert writer.held_bytes == 0 and writer.room(200)
+    finally:
+        release.set()
+        writer.stop()
+
+
+def test_bytes_of_records_dropped_or_refused_are_freed(tmp_path):
+    conn, _ = db.open_and_migrate(tmp_path / "q.db")
+    conn.close()
+    w = Writer(tmp_path / "q.db", maxsize=1, max_bytes=10_000)  # not started: nothing drains the queue
+    assert w.submit(put("a"), size=100) and not w.submit(put("b"), size=200)
+    assert w.held_bytes == 100  # the dropped one's bytes are not counted
+    w.start()
+    w.stop()
+    assert w.held_bytes == 0

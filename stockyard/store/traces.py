@@ -198,6 +198,15 @@ class TraceRow:
         scrubbing), so the one writer thread spends its time on inserts only."""
         self.packed = (_pack(self.request_body), _pack(self.response_body))
 
+    def held_bytes(self) -> int:
+        """The bytes this row holds while it waits for the writer: its bodies, plain and packed."""
+        return sum(len(b) for b in (self.request_body, self.response_body, *(self.packed or ())) if b)
+
+    def drop_bodies(self) -> None:
+        """Keep the trace without its bodies (the writer held all it may: ``Writer.room``)."""
+        self.request_body = self.response_body = self.packed = None
+        self.request_truncated = self.response_truncated = False
+
     def body_row(self) -> tuple:
         """The ``trace_bodies`` row (packed here if the tracer did not)."""
         if self.packed is None:

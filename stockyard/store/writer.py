@@ -40,6 +40,7 @@ IDLE_RERUN_S = 60.0  # a server with no writes at all still ages its traces out
 FAILURE_LOG_EVERY_S = 10.0
 RETRY_LOST_S = 1.0  # PostgreSQL lost: how often the records waiting for it are tried again
 FULL_WAIT_S = 2.0  # a full queue, the database working: how long a sender waits for room
+MAX_BYTES = 64 << 20  # what queued records may hold (their bodies): a count alone let 10,000 agent bodies take a GB
 LINGER_S = 0.005  # after a batch that emptied the queue, the next rows gather this long (see _linger)
 
 
@@ -127,6 +128,7 @@ class _Item:
     done: Callable[[], None] | None = None  # called once the job is committed
     result: Any = None
     error: BaseException | None = None
+    size: int = 0  # bytes the job holds, counted in Writer.held_bytes until it leaves the writer
 
 
 @dataclass
@@ -141,6 +143,7 @@ class WriterStats:
     wal_bytes: int = 0
     dropped_waiting: int = 0  # oldest records dropped because too many waited for a lost database
     waited_full: int = 0  # submissions that found the queue full and waited for room
+    waited_bytes: int = 0  # senders that found max_bytes held and waited for room (room)
 
 
 class Writer:
@@ -153,10 +156,14 @@ class Writer:
         batch_max: int = 512,
         idle_after_s: float = 1.0,
         linger_s: float = LINGER_S,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         self.backend = backend_for(database)
         self.path = Path(getattr(self.backend, "path", ""))
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.max_bytes = max_bytes
+        self.held_bytes = 0  # the sizes of the records queued, in a batch or waiting (see room)
+        self._room = threading.Condition()
         self.batch_max = batch_max
         self.idle_after_s = idle_after_s
         self.stats = WriterStats()
@@ -207,30 +214,70 @@ class Writer:
         self._periodic.append(_Periodic(task, every_s, time.monotonic() + first_in_s))
 
     # -- submitting ------------------------------------------------------------------------
-    def submit(self, job: Job, done: Callable[[], None] | None = None) -> bool:
+    def submit(self, job: Job, done: Callable[[], None] | None = None, size: int = 0) -> bool:
         """Queue a fire-and-forget job; ``done`` runs in the writer thread once it is committed.
 
         A full queue while the database works means it takes records slower than they come: the
         sender waits for room (up to ``FULL_WAIT_S``), so traffic slows to the database's pace
         instead of losing its records (a trace is queued after its answer was sent). While the
         database fails, the job is dropped at once and counted (False): the proxy keeps serving.
+        ``size``: the bytes the job holds (a trace's bodies), counted in ``held_bytes`` until it
+        leaves the writer; a sender with a large record asks :meth:`room` first.
         """
-        item = _Item(job, done=done)
+        item = _Item(job, done=done, size=size)
         if self._closed:
             return self._dropped("the writer has stopped")
+        self._hold_bytes(size)
         try:
             self.queue.put_nowait(item)
             return self._queued(item)
         except queue.Full:
             pass
-        if self.healthy and self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if self._may_wait():
             self.stats.waited_full += 1
             try:
                 self.queue.put(item, timeout=FULL_WAIT_S)
                 return self._queued(item)
             except queue.Full:
                 pass
+        self._release([item])
         return self._dropped("writer queue full")
+
+    def room(self, size: int) -> bool:
+        """Whether a record holding ``size`` bytes fits what the writer may hold (``max_bytes``).
+
+        Over it, while the database works, the sender waits for the writer to catch up (up to
+        ``FULL_WAIT_S``), as for a full queue; False if it did not (or the database fails): the
+        caller keeps less (a trace goes without its bodies) so memory stays bounded however large
+        the bodies and however far behind the disk. A record alone always fits.
+        """
+        fits = lambda: self.held_bytes == 0 or self.held_bytes + size <= self.max_bytes  # noqa: E731
+        with self._room:
+            if fits():
+                return True
+            if not self._may_wait():
+                return False
+            self.stats.waited_bytes += 1
+            return self._room.wait_for(fits, timeout=FULL_WAIT_S)
+
+    def _may_wait(self) -> bool:
+        """A sender may wait for room: the database works and the writer runs (not on its own thread)."""
+        return self.healthy and self._thread.is_alive() and threading.current_thread() is not self._thread
+
+    def _hold_bytes(self, size: int) -> None:
+        if size:
+            with self._room:
+                self.held_bytes += size
+
+    def _release(self, items: list[_Item]) -> None:
+        """The records left the writer (committed, refused or dropped): their bytes are free."""
+        size = 0
+        for item in items:
+            size, item.size = size + item.size, 0
+        if size:
+            with self._room:
+                self.held_bytes -= size
+                self._room.notify_all()
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error
@@ -284,6 +331,7 @@ class Writer:
             if item is _STOP:
                 continue
             item.error = WriterStopped()
+            self._release([item])
             if item.future is not None:
                 item.future.set_exception(item.error)
             else:
@@ -409,6 +457,7 @@ class Writer:
         self.healthy = True
         self.stats.batches += 1
         self.stats.last_ok_monotonic = time.monotonic()
+        self._release(batch)
         for item in batch:
             if item.error is None:
                 self.stats.written += 1
@@ -485,7 +534,7 @@ class Writer:
 
     def _trim_waiting(self) -> None:
         while len(self._waiting) > self.queue.maxsize:
-            self._waiting.popleft()
+            self._release([self._waiting.popleft()])
             self.stats.dropped_waiting += 1
             self.stats.dropped += 1
 
@@ -524,6 +573,7 @@ class Writer:
                 )
                 self._failure_logged_at = now
             return
+        self._release(batch)
         lost = 0
         for item in batch:
             if item.future is not None:

@@ -1,0 +1,67 @@
+"""Traces wait for the database writer in memory: that memory is bounded by bytes, not only by the
+writer queue's count. With the disk held (another connection's write transaction), large bodies fill
+``STOCKYARD_WRITER_QUEUE_MB``; the traces beyond it wait for room, then are kept without their bodies —
+every request still traced, its tokens and cost exact — and counted."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from conftest import ServerProcess, mock_env, wait_for
+
+REQUESTS = 12
+CONTENT = "the quick brown fox " * 15_000  # ~300 KB: each stored request body is the 256 KiB cap
+
+
+def test_traces_beyond_the_writers_bytes_go_without_their_bodies_and_none_is_lost(pyz_path, cache_home, mock, tmp_path):
+    env = mock_env(cache_home, mock, STOCKYARD_WRITER_QUEUE_MB="1", STOCKYARD_BUSY_TIMEOUT_MS="15000")
+    server = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        assert server.metric("writer_queue_bytes_capacity") == 1 << 20
+        lock = sqlite3.connect(server.db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the disk is behind: no write commits until it ends
+        try:
+            statuses: list[int] = []
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": CONTENT}]}
+
+            def send() -> None:
+                statuses.append(server.request("POST", "/v1/chat/completions", body)[0])
+
+            senders = [threading.Thread(target=send) for _ in range(REQUESTS)]
+            for t in senders:
+                t.start()
+            for t in senders:
+                t.join(30)
+            assert statuses == [200] * REQUESTS  # answers never wait for the disk
+            unstored = wait_for(
+                lambda: (n := server.metric("trace_bodies_unstored_total")) >= REQUESTS - 4 and n,
+                what="the traces beyond the limit kept without bodies",
+            )
+            held = server.metric("writer_queue_bytes")
+            assert 0 < held <= (1 << 20), held  # what waits stays inside the limit
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        rows = wait_for(
+            lambda: (
+                (
+                    r := server.db_rows(
+                        "SELECT t.id, t.cost_uc, t.prompt_tokens, b.trace_id AS body FROM traces t "
+                        "LEFT JOIN trace_bodies b ON b.trace_id = t.id"
+                    )
+                )
+                and len(r) == REQUESTS
+                and r
+            ),
+            what="every request's trace",
+        )
+        assert all(r["cost_uc"] and r["prompt_tokens"] for r in rows), rows  # none lost, each priced
+        with_bodies = [r for r in rows if r["body"]]
+        assert 1 <= len(with_bodies) <= 4 and len(rows) - len(with_bodies) == unstored
+        assert server.log.count("the database writer is behind") == 1  # a line a minute, not one a trace
+        wait_for(lambda: server.metric("writer_queue_bytes") == 0, what="the bytes freed once written")
+        stored = server.db_rows("SELECT length(request) AS n FROM trace_bodies")
+        assert all(r["n"] for r in stored)
+    finally:
+        server.stop()
