@@ -128,7 +128,7 @@ class Health:
             return "key cannot be decrypted"
         if s.cooldown_until > now:
             return "cooling"
-        if s.opened_at is not None and (now - s.opened_at < BREAKER_COOLDOWN_S or s.probe is not None):
+        if s.opened_at is not None and (now - s.opened_at < BREAKER_COOLDOWN_S or _probing(s, now)):
             return "breaker"
         requests, used = self._used(s, now)
         if (d.rpm is not None and requests + 1 > d.rpm) or (d.tpm is not None and used + tokens > d.tpm):
@@ -339,6 +339,12 @@ def _latency_rank(s: _State) -> tuple[int, float]:
     if s.ewma_ttfb is not None:
         return 1, s.ewma_ttfb
     return (0, 0.0) if s.in_flight == 0 else (2, float(s.in_flight))
+
+
+def _probing(s: _State, now: float) -> bool:
+    """A half-open probe is out: claimed less than a breaker cooldown ago (a claim its request never
+    finished nor gave back — a path that forgot it — expires, as the fallback module's does)."""
+    return s.probe is not None and now - s.probe[0] < BREAKER_COOLDOWN_S
 
 
 def _forget(s: _State, entry: list) -> None:

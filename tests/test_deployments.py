@@ -566,3 +566,25 @@ def test_a_half_open_breaker_lets_one_reservation_through_not_a_burst():
     probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
     health.finish(a, health.begin(a, entry), ok=True, failed=False)
     assert health.snapshot(a)["breaker"] == "closed" and health.snapshot(a)["in_flight"] == 0
+
+
+def test_a_lost_probe_claim_expires_after_a_breaker_cooldown():
+    """A probe whose request neither finished nor gave its reservation back (its thread died on a
+    path that forgot it) must not keep the deployment out for good: the claim expires after a
+    breaker cooldown, as the fallback module's does, and the next request probes."""
+    now = [0.0]
+    health = Health(clock=lambda: now[0])
+    a, b = _dep("a"), _dep("b")
+    route = _route(a, b, strategy="least-busy")
+    for _ in range(3):
+        health.finish(a, health.begin(a, tokens=1), ok=False, failed=True, retry_after=0)
+    now[0] += BREAKER_COOLDOWN_S
+    assert health.reserve(route, 1, exclude=frozenset({"m/b"}))[0] == a  # the probe, then lost
+    now[0] = 2 * BREAKER_COOLDOWN_S - 0.001
+    with pytest.raises(ProxyError):
+        health.choose(route, 1, exclude=frozenset({"m/b"}))
+    now[0] = 2 * BREAKER_COOLDOWN_S
+    probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    assert probe == a
+    health.finish(a, health.begin(a, entry), ok=True, failed=False)
+    assert health.snapshot(a)["breaker"] == "closed"
