@@ -89,6 +89,7 @@ class ModelRoute:
 @dataclass
 class _State:
     in_flight: int = 0
+    reserved: int = 0  # reservations not yet sent or given back: busy too (a burst reserves before it sends)
     ewma_ttfb: float | None = None
     cooldown_until: float = 0.0
     failures: int = 0  # in a row
@@ -161,6 +162,7 @@ class Health:
                 d, s = self._choose(route, tokens, exclude, now)
                 entry = [now, tokens]
                 s.window.append(entry)
+                s.reserved += 1
                 if s.opened_at is not None:  # half-open: claimed now, not at the attempt, or a
                     s.probe = entry  # burst reserving meanwhile would all probe it
             if self._shared is None or (d.rpm is None and d.tpm is None):
@@ -217,6 +219,8 @@ class Health:
             if entry is None:
                 entry = [self._clock(), tokens]
                 s.window.append(entry)
+            else:  # its reservation is sent now
+                s.reserved = max(0, s.reserved - 1)
             if s.opened_at is not None:
                 s.probe = entry  # half-open: this request is the one probe
             s.in_flight += 1
@@ -224,7 +228,7 @@ class Health:
 
     def _pick(self, strategy: str, usable: list[tuple[Deployment, _State]], now: float) -> tuple[Deployment, _State]:
         if strategy == "least-busy":
-            return min(usable, key=lambda ds: ds[1].in_flight)
+            return min(usable, key=lambda ds: _busy(ds[1]))
         if strategy == "latency":
             return min(usable, key=lambda ds: _latency_rank(ds[1]))
         if strategy == "usage":
@@ -338,7 +342,12 @@ def _latency_rank(s: _State) -> tuple[int, float]:
     unmeasured ones being measured, the least busy first."""
     if s.ewma_ttfb is not None:
         return 1, s.ewma_ttfb
-    return (0, 0.0) if s.in_flight == 0 else (2, float(s.in_flight))
+    return (0, 0.0) if _busy(s) == 0 else (2, float(_busy(s)))
+
+
+def _busy(s: _State) -> int:
+    """Requests on a deployment: in flight, and reserved for an attempt not begun yet."""
+    return s.in_flight + s.reserved
 
 
 def _probing(s: _State, now: float) -> bool:
@@ -349,6 +358,7 @@ def _probing(s: _State, now: float) -> bool:
 
 def _forget(s: _State, entry: list) -> None:
     """Take an unused reservation out of the window (and give back its claim to probe)."""
+    s.reserved = max(0, s.reserved - 1)
     if s.probe is entry:
         s.probe = None
     try:

@@ -588,3 +588,19 @@ def test_a_lost_probe_claim_expires_after_a_breaker_cooldown():
     assert probe == a
     health.finish(a, health.begin(a, entry), ok=True, failed=False)
     assert health.snapshot(a)["breaker"] == "closed"
+
+
+def test_least_busy_and_latency_count_reservations_not_yet_sent():
+    """A burst reserves its deployments before any attempt begins (the request's modules and budget
+    run between): least-busy must spread it, not send it all to the first deployment listed, and the
+    latency strategy must not send a cold burst to one unmeasured deployment."""
+    for strategy in ("least-busy", "latency"):
+        health = Health(clock=lambda: 0.0)
+        a, b = _dep("a"), _dep("b")
+        route = _route(a, b, strategy=strategy)
+        reserved = [health.reserve(route, 1) for _ in range(4)]
+        assert sorted(d.name for d, _ in reserved) == ["a", "a", "b", "b"], strategy
+        d, entry = reserved[0]
+        health.release(d, entry)  # given back: no longer busy
+        health.begin(reserved[1][0], reserved[1][1])  # sent: busy as before
+        assert health.reserve(route, 1)[0] == d, strategy
