@@ -45,6 +45,7 @@ from .gemini_cache import CachedContents
 from .gemini_files import GeminiFiles, UploadSessions
 from .keys import KeyRing, load_keys
 from .limits import websocket_caps
+from .memtrim import idle_trimmer
 from .message_batches import MessageBatches
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
@@ -123,6 +124,8 @@ class App:
         if primary:
             self.writer.add_idle_task(self.retention.run)
             self.writer.add_idle_task(search_index.backfill)  # bodies stored before the search index
+        if (trim := idle_trimmer()) is not None:
+            self.writer.add_idle_task(trim)  # a burst's freed memory back to the system once idle
         self.snapshots: Snapshotter | None = None
         if settings.snapshot_path is not None and primary:
             self.snapshots = Snapshotter(settings.snapshot_path)
