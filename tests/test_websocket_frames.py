@@ -90,6 +90,7 @@ def test_a_frame_announced_and_not_sent_costs_nothing():
     assert peak < 64 * 1024, peak
 
 
+@pytest.mark.perf  # a ratio of times: judged alone, as other load lands on one try more than another
 def test_unmasking_8_mib_is_not_slower_than_one_big_integer_xor():
     """The reader unmasks a frame's payload in pieces as it arrives; 8 MiB of it costs no more than the
     one big-integer XOR of the whole it replaced (the number is printed: ``pytest -s``)."""
