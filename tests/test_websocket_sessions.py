@@ -4,10 +4,8 @@ keys refused mid-socket, the socket's limits at their ends (found by review ws26
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, open_database
 from test_responses_websocket import ADMIN, MODELS, Raw, create, start
 
 from stockyard.keys import PREFIX_LEN, hash_key, new_key_id, new_secret
@@ -20,13 +18,16 @@ def unseen_key(server: ServerProcess, name: str) -> str:
     counter that tells servers to reload, as a replica's or the CLI's key is before the server's
     next look (``STOCKYARD_CONFIG_POLL``). Its secret."""
     secret = new_secret()
-    conn = sqlite3.connect(server.db)
-    with conn:
+    conn = open_database(server.db)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
         conn.execute(
             "INSERT INTO client_keys (id, name, prefix, hash, created_at) VALUES (?, ?, ?, ?, ?)",
             (new_key_id(), name, secret[:PREFIX_LEN], hash_key(secret), "2026-01-01T00:00:00Z"),
         )
-    conn.close()
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
     return secret
 
 
