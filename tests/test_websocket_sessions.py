@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import ServerProcess, mock_env, open_database, wait_for
+from mock_upstream import Reply
 from test_attack_review16 import start
 from test_responses_websocket import ADMIN, MODELS, Raw, create
 
@@ -166,12 +169,14 @@ def test_one_keys_sockets_and_http_turns_across_two_replicas(pyz_path, cache_hom
     assert not any("Traceback" in r.log for r in replicas)
 
 
+def server_env(cache_home, mock, **extra: str) -> dict[str, str]:
+    """A server's environment: the mock as its OpenAI and Anthropic providers, the admin key."""
+    anthropic = {"ANTHROPIC_API_KEY": "sk-ant-test-0123456789abcdef", "ANTHROPIC_BASE_URL": mock.url}
+    return mock_env(cache_home, mock, **anthropic, STOCKYARD_ADMIN_KEY=ADMIN, **extra)
+
+
 def replica(pyz_path, cache_home, mock, pg_url: str, **extra: str) -> ServerProcess:
-    env = mock_env(
-        cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdef", ANTHROPIC_BASE_URL=mock.url, **extra
-    )
-    env["STOCKYARD_ADMIN_KEY"] = ADMIN
-    return ServerProcess(pyz_path, pg_url, env).start()  # type: ignore[arg-type]
+    return ServerProcess(pyz_path, pg_url, server_env(cache_home, mock, **extra)).start()  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -205,7 +210,7 @@ def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, m
     the ledger's spend is exactly the traces' costs, nothing left held."""
     key_id, secret = replica_key(pair, name="thrifty", budget_usd="0.00005", budget_period="total")
     raw = Raw(pair[0], secret)
-    turns = 0
+    turns, answered = 0, []
     while True:
         raw.send_json(create("gpt-4o-mini", f"socket turn {turns}", max_output_tokens=16))
         last = raw.until("response.completed")[-1]
@@ -213,7 +218,7 @@ def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, m
             break
         turns += 1
         http = {"model": "gpt-4o-mini", "input": "http", "max_output_tokens": 16}
-        pair[1].request("POST", "/v1/responses", http, headers=bearer(secret))
+        answered.append(pair[1].request("POST", "/v1/responses", http, headers=bearer(secret))[0])
         assert turns < 50, "the budget never ran out"
     assert (last["status"], last["error"]["code"]) == (429, "budget_exceeded"), last
     assert turns >= 2, turns
@@ -230,7 +235,8 @@ def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, m
 
     ledger, traced = wait_for(lambda: (s := settled())[0] and s[0][0]["reserved_uc"] == 0 and s, what="settled")
     assert ledger[0]["spent_uc"] == traced[0]["cost"] > 0, (ledger, traced)
-    assert traced[0]["n"] >= 2 * turns - 1, traced
+    assert set(answered) <= {200, 429}, answered
+    assert traced[0]["n"] == turns + answered.count(200), (turns, answered, traced)
 
 
 def test_an_rpm_reached_over_both_replicas_refuses_the_sockets_next_turn(pair, mock):
@@ -262,3 +268,95 @@ def test_a_key_revoked_on_the_other_replica_ends_the_socket(pair, mock):
     assert raw.close_code() == 1008
     assert len(mock.requests) == calls
     raw.close()
+
+
+# -- long sockets: the limits' ends, configuration changes, one worker stopped -----------------------------
+
+
+def test_the_lifetime_and_idle_timeout_pass_while_a_turn_streams(pyz_path, cache_home, mock, tmp_path_factory):
+    """A turn still streaming when the idle timeout (1 s) and the lifetime (2 s) pass is not cut: it
+    ends whole, traced with its cost; then the lifetime's event and close 1000."""
+    srv = start(
+        pyz_path,
+        cache_home,
+        mock,
+        tmp_path_factory,
+        "ws-ends",
+        STOCKYARD_WEBSOCKET_IDLE_TIMEOUT="1",
+        STOCKYARD_WEBSOCKET_LIFETIME="2",
+        STOCKYARD_WEBSOCKET_PING_INTERVAL="0",
+    )
+    held = threading.Event()
+    try:
+        raw = Raw(srv, "anything")
+        opened = time.monotonic()
+        mock.enqueue(Reply(held_after=2, held=held))
+        raw.send_json(create("gpt-4o-mini", "a long answer"))
+        first = raw.event()
+        assert first["type"] == "response.created", first
+        raw.sock.settimeout(3.5)  # past both limits with the answer held mid-stream: nothing closes the socket
+        got = []
+        with pytest.raises(TimeoutError):
+            while True:
+                got.append(raw.frame())
+        assert all(opcode == 0x1 for opcode, _ in got), got
+        assert time.monotonic() - opened > 3
+        raw.sock.settimeout(10)
+        held.set()
+        events = raw.until("response.completed")
+        assert events[-1]["type"] == "response.completed", events[-1]
+        limit = raw.event()
+        assert limit["error"]["code"] == "websocket_connection_limit_reached", limit
+        assert raw.close_code() == 1000
+        raw.close()
+        trace = wait_for(lambda: srv.db_rows("SELECT status, cost_uc FROM traces WHERE tags LIKE '%websocket%'"))
+        assert trace[0]["status"] == 200 and trace[0]["cost_uc"] > 0, trace
+    finally:
+        held.set()
+        mock.clear_replies()
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def turn_of(raw: Raw, mock, body: dict, want: int | None = None) -> dict | None:
+    """A turn on ``raw`` while a change made elsewhere is on its way to the socket's process: its
+    last event if it is what the change makes of it (completed; or the ``want`` status, nothing then
+    sent to the provider), else None (the old configuration still: try again)."""
+    calls = len(mock.requests)
+    raw.send_json(body)
+    last = raw.until("response.completed")[-1]
+    if last["type"] == "error" and last["status"] == want:
+        assert len(mock.requests) == calls, last
+        return last
+    return last if want is None and last["type"] == "response.completed" else None
+
+
+def with_keys(pyz_path, cache_home, mock, tmp_path_factory, name: str, keys: list[str], *args: str) -> ServerProcess:
+    """A server (``args``: ``--workers 2``…) started with client keys made before it: every process knows them."""
+    srv = ServerProcess(
+        pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", server_env(cache_home, mock), list(args)
+    )
+    srv.keys = srv.create_keys({k: [] for k in keys})  # on its database before it starts: no process in open mode
+    return srv.start()
+
+
+def test_configuration_changes_reach_an_open_socket(pyz_path, cache_home, mock, tmp_path_factory):
+    """Changes made while a socket is open apply from its next turn, as over HTTP: an alias turned on
+    (by the CLI, another process: seen at the next look), the key's model allow-list narrowed (a 403
+    event, the socket goes on)."""
+    srv = with_keys(pyz_path, cache_home, mock, tmp_path_factory, "ws-config", ["agent"], "--workers", "2")
+    try:
+        raw = Raw(srv, srv.secret("agent"))
+        completed(raw, create("gpt-4o-mini", "before"))
+        assert srv.cli("modules", "set", "alias", "aliases.agent-model=anthropic/claude-haiku-4-5").returncode == 0
+        assert srv.cli("modules", "enable", "alias").returncode == 0
+        aliased = wait_for(lambda: turn_of(raw, mock, create("agent-model", "through the alias")), what="the alias")
+        assert aliased["type"] == "response.completed" and "claude" in aliased["response"]["model"], aliased
+        assert srv.cli("keys", "update", "agent", "--models", "claude-haiku-4-5").returncode == 0
+        error = wait_for(lambda: turn_of(raw, mock, create("gpt-4o-mini", "not allowed now"), 403), what="the list")
+        assert error["error"]["type"] == "permission_error", error
+        alive(raw)
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
