@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -357,6 +358,203 @@ def test_configuration_changes_reach_an_open_socket(pyz_path, cache_home, mock, 
         assert error["error"]["type"] == "permission_error", error
         alive(raw)
         raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def worker_holding(workers: set[int], port: int, raw: Raw) -> int:
+    """The worker whose end of ``raw``'s connection it holds (by the socket's inode in /proc)."""
+    client_port = raw.sock.getsockname()[1]
+    inode = None
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+            inode = int(fields[9])
+    assert inode is not None, client_port
+    (holder,) = [pid for pid in workers if inode in socket_inodes(pid)]
+    return holder
+
+
+def test_sigterm_of_one_worker_closes_its_sockets_and_leaves_the_others(pyz_path, cache_home, mock, tmp_path_factory):
+    """One worker of two told to stop (SIGTERM to it alone, as an orchestrator or a person might): its
+    socket with a turn in flight ends that turn whole, then 1001, its idle ones 1001 at once; the
+    other worker's sockets go on, a chain stored on the stopped worker continues on them, and the
+    group replaces the worker."""
+    from test_workers import workers_of
+
+    srv = with_keys(pyz_path, cache_home, mock, tmp_path_factory, "ws-one-worker", ["agent"], "--workers", "2")
+    held, started = threading.Event(), threading.Event()
+    try:
+        workers = wait_for(lambda: len(w := workers_of(srv)) == 2 and w, what="two workers")
+        opened = [Raw(srv, srv.secret("agent")) for _ in range(12)]
+        holders = {id(raw): worker_holding(workers, srv.port, raw) for raw in opened}
+        assert len(set(holders.values())) == 2, "the kernel gave every socket to one worker"
+        stopped = holders[id(opened[0])]
+        mine = [raw for raw in opened if holders[id(raw)] == stopped]
+        others = [raw for raw in opened if holders[id(raw)] != stopped]
+        stored = completed(mine[0], create("claude-haiku-4-5", "kept on the stopped worker"))["id"]
+        mock.enqueue(Reply(wait=held, hang_started=started))
+        mine[0].send_json(create("gpt-4o-mini", "in flight at the stop"))
+        assert started.wait(10)
+        os.kill(stopped, signal.SIGTERM)
+        assert [raw.close_code() for raw in mine[1:]] == [1001] * (len(mine) - 1)
+        for raw in others:
+            turn = create("claude-haiku-4-5", "on the other worker", previous_response_id=stored)
+            completed(raw, turn)
+            assert "kept on the stopped worker" in json.dumps(mock.requests[-1].json)
+        held.set()
+        assert mine[0].until("response.completed")[-1]["type"] == "response.completed"
+        assert mine[0].close_code() == 1001
+        for raw in opened:
+            raw.close()
+        wait_for(lambda: len(w := workers_of(srv)) == 2 and stopped not in w, what="the worker replaced")
+        fresh = Raw(srv, srv.secret("agent"))
+        completed(fresh, create("gpt-4o-mini", "after"))
+        fresh.close()
+    finally:
+        held.set()
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+# -- limits: floods, long inputs, many sockets ---------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_flood_of_small_messages_is_answered_one_event_each(pyz_path, cache_home, mock, tmp_path_factory):
+    """10,000 small messages sent without waiting (not JSON, wrong types, creates while one is in
+    flight): each is answered by one event, in order, the socket stays usable, memory stays flat."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "ws-flood")
+    try:
+        raw = Raw(srv, "anything")
+        completed(raw, create("gpt-4o-mini", "warm"))
+        before = rss_kb(srv.proc.pid)
+        kinds = [b"not json", b"{}", b'{"type":"response.cancel"}', json.dumps(create("gpt-4o-mini", "x")).encode()]
+        count = 10_000
+        events: list[dict] = []
+
+        def read_all() -> None:
+            while len(events) < count:
+                event = raw.event()
+                if event["type"] in ("response.completed", "error"):
+                    events.append(event)
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        began = time.monotonic()
+        for i in range(count):
+            raw.send_frame(0x1, kinds[i % len(kinds)])
+        reader.join(120)
+        took = time.monotonic() - began
+        assert not reader.is_alive() and len(events) == count, len(events)
+        codes: dict[str, int] = {}
+        for event in events:
+            key = event["type"] if event["type"] != "error" else event["error"]["code"]
+            codes[key] = codes.get(key, 0) + 1
+        after = rss_kb(srv.proc.pid)
+        print(f"FLOOD {count} messages in {took:.1f} s; {codes}; RSS {before} -> {after} KB")
+        completed(raw, create("gpt-4o-mini", "still here"))
+        assert after - before < 30_000, (before, after)
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+@pytest.mark.parametrize("model", list(MODELS.values()))
+def test_a_turn_naming_1000_earlier_items(pyz_path, cache_home, mock, tmp_path_factory, model):
+    """Codex sends the whole conversation as items: a turn whose input names 1,000 items of 20
+    stored responses by ``item_reference`` (passed through: each id checked as this key's, 32 a
+    statement; translated: each put in from the stored response, read once), then 1,000 plain items
+    chained twice more as ``store: false`` on the socket. Each answered within seconds."""
+    srv = with_keys(pyz_path, cache_home, mock, tmp_path_factory, "ws-items", ["agent", "other"])
+    try:
+        raw = Raw(srv, srv.secret("agent"))
+        named = [completed(raw, create(model, f"stored {i}"))["output"][-1]["id"] for i in range(20)]
+        refs = [{"type": "item_reference", "id": named[i % 20]} for i in range(1000)]
+        began = time.monotonic()
+        completed(raw, create(model, [*refs, {"role": "user", "content": "and now?"}]))
+        took_refs = time.monotonic() - began
+        sent = mock.requests[-1].json
+        sent_items = sent.get("input") or sent.get("messages")
+        assert len(sent_items) >= 1000 if model == MODELS["passthrough"] else len(sent_items) >= 2, len(sent_items)
+        other = Raw(srv, srv.secret("other"))  # another key's names are refused, one statement for all
+        error = refused(other, create(model, [*refs, {"role": "user", "content": "theirs"}]))
+        assert error["status"] in (400, 404), error
+        other.close()
+        plain = [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": f"item {i} " + "x" * 200} for i in range(1000)
+        ]
+        began = time.monotonic()
+        previous = completed(raw, create(model, plain, store=False))["id"]
+        for i in range(2):
+            previous = completed(raw, create(model, f"more {i}", store=False, previous_response_id=previous))["id"]
+        took_plain = time.monotonic() - began
+        assert "item 0 " in json.dumps(mock.requests[-1].json)
+        print(f"ITEMS {model}: 1000 references {took_refs:.2f} s; 1000 items chained 3 turns {took_plain:.2f} s")
+        assert took_refs < 5 and took_plain < 10, (took_refs, took_plain)
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_200_sockets_opened_and_closed_leave_no_threads_descriptors_or_memory(
+    pyz_path, cache_home, mock, tmp_path_factory
+):
+    """Four waves of 50 sockets at once, each with a turn, closed by the client (half with a close
+    frame, half by dropping the TCP connection): threads, descriptors and memory come back."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "ws-200")
+    pid = srv.proc.pid
+
+    def wave(n: int) -> None:
+        opened = [Raw(srv, "anything") for _ in range(n)]
+        assert {raw.status for raw in opened} == {101}
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda raw: completed(raw, create("gpt-4o-mini", "hi")), opened))
+        for i, raw in enumerate(opened):
+            if i % 2:
+                raw.send_frame(0x8, b"\x03\xe8")
+                assert raw.close_code() == 1000
+            raw.close()
+        wait_for(lambda: srv.metric("websocket_connections_open") == 0, what="every socket closed")
+
+    def counts() -> tuple[int, int]:
+        return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+
+    try:
+        wave(50)
+        threads, fds = counts()
+        rss = rss_kb(pid)
+        for _ in range(3):
+            wave(50)
+        # the thread cache keeps finished connections' threads 30 s for the next (at most 256)
+        wait_for(lambda: counts()[1] <= fds + 2, what=f"descriptors back near {fds}: {counts()}")
+        after = counts()
+        grown = rss_kb(pid) - rss
+        print(f"SOCKETS 200: threads {threads} -> {after[0]}, fds {fds} -> {after[1]}, RSS +{grown} KB")
+        assert after[0] <= threads + 8, (threads, after)
+        assert grown < 20_000, grown
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
