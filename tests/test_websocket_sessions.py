@@ -558,3 +558,30 @@ def test_200_sockets_opened_and_closed_leave_no_threads_descriptors_or_memory(
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+def test_a_turn_still_streaming_at_the_end_of_the_grace(pyz_path, cache_home, mock, tmp_path_factory):
+    """SIGTERM with a socket's turn held mid-stream past ``STOCKYARD_SHUTDOWN_GRACE``: the turn ends
+    with ``response.failed`` (the server shut down), the socket with 1001, its trace is written, and
+    the process exits 0."""
+    srv = start(pyz_path, cache_home, mock, tmp_path_factory, "ws-grace", STOCKYARD_SHUTDOWN_GRACE="1")
+    held = threading.Event()
+    try:
+        raw = Raw(srv, "anything")
+        mock.enqueue(Reply(held_after=2, held=held))
+        raw.send_json(create("gpt-4o-mini", "cut by the grace"))
+        assert raw.event()["type"] == "response.created"
+        srv.proc.send_signal(signal.SIGTERM)
+        last = raw.until("response.failed")[-1]  # the Responses stream's own end, as over HTTP
+        assert last["type"] == "response.failed", last
+        assert "shut down" in last["response"]["error"]["message"], last
+        assert raw.close_code() == 1001
+        raw.close()
+        assert srv.proc.wait(30) == 0
+    finally:
+        held.set()
+        mock.clear_replies()
+        srv.stop()
+    traces = srv.db_rows("SELECT status FROM traces")
+    assert len(traces) == 1, traces
+    assert "Traceback" not in srv.log
