@@ -240,8 +240,20 @@ def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, m
     assert traced[0]["n"] == turns + answered.count(200), (turns, answered, traced)
 
 
+def billed(server: ServerProcess, key_id: str, traced: int) -> dict[int, int]:
+    """Once ``traced`` turns of the key are: its traces by status, each answered one costed exactly
+    (from the provider's usage) and above nothing. (A 401 names no key: the key was refused.)"""
+    sql = "SELECT status, cost_uc, cost_status FROM traces WHERE key_id = ?"
+    rows = wait_for(lambda: len(r := server.db_rows(sql, (key_id,))) >= traced and r, what=f"{traced} traces")
+    assert all(r["cost_status"] == "exact" and r["cost_uc"] > 0 for r in rows if r["status"] == 200), rows
+    statuses: dict[int, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return statuses
+
+
 def test_an_rpm_reached_over_both_replicas_refuses_the_sockets_next_turn(pair, mock):
-    _, secret = replica_key(pair, name="paced", rpm=4)
+    key_id, secret = replica_key(pair, name="paced", rpm=4)
     raw = Raw(pair[0], secret)
     for i in range(2):
         completed(raw, create("gpt-4o-mini", f"socket {i}"))
@@ -252,12 +264,13 @@ def test_an_rpm_reached_over_both_replicas_refuses_the_sockets_next_turn(pair, m
     assert len(mock.requests) == calls
     alive(raw)
     raw.close()
+    assert billed(pair[1], key_id, 5) == {200: 4, 429: 1}
 
 
 def test_a_key_revoked_on_the_other_replica_ends_the_socket(pair, mock):
     """``keys revoke`` (the CLI, any process): the replica holding the socket hears of it, and the
     socket's next turn is the 401 event, then close 1008; nothing reaches the provider."""
-    _, secret = replica_key(pair, name="leaving")
+    key_id, secret = replica_key(pair, name="leaving")
     raw = Raw(pair[0], secret)
     completed(raw, create("gpt-4o-mini", "before"))
     done = pair[1].cli("keys", "revoke", "leaving")
@@ -269,6 +282,7 @@ def test_a_key_revoked_on_the_other_replica_ends_the_socket(pair, mock):
     assert raw.close_code() == 1008
     assert len(mock.requests) == calls
     raw.close()
+    assert billed(pair[1], key_id, 1) == {200: 1}
 
 
 # -- long sockets: the limits' ends, configuration changes, one worker stopped -----------------------------
