@@ -144,11 +144,10 @@ def check_interleaved(servers: list[ServerProcess], secret: str, mock, chains: i
 
 
 def test_one_keys_sockets_and_http_turns_across_two_workers(pyz_path, cache_home, mock, tmp_path_factory):
-    server = start(pyz_path, cache_home, mock, tmp_path_factory, "ws-workers", "--workers", "2")
+    # the key made before the group starts: a worker that has not seen it yet would serve in open mode
+    server = with_keys(pyz_path, cache_home, mock, tmp_path_factory, "ws-workers", ["agent"], "--workers", "2")
     try:
-        secret = server.create_keys({"agent": []})["agent"]
-        wait_for(lambda: server.request("GET", "/v1/models", headers=bearer("sk-sy-nobody"))[0] == 401, what="keys on")
-        check_interleaved([server], secret, mock)
+        check_interleaved([server], server.secret("agent"), mock)
     finally:
         server.stop()
     assert "Traceback" not in server.log
@@ -158,12 +157,7 @@ def test_one_keys_sockets_and_http_turns_across_two_workers(pyz_path, cache_home
 def test_one_keys_sockets_and_http_turns_across_two_replicas(pyz_path, cache_home, mock, pg_url):
     replicas = [replica(pyz_path, cache_home, mock, pg_url) for _ in range(2)]
     try:
-        status, _, made = replicas[0].request("POST", "/api/keys", {"name": "agent"}, headers=ADMIN_AUTH)
-        assert status == 201, made
-        secret = json.loads(made)["key"]
-        for r in replicas:
-            wait_for(lambda r=r: r.request("GET", "/v1/models", headers=bearer(secret))[0] == 200, what="the key")
-        check_interleaved(replicas, secret, mock)
+        check_interleaved(replicas, replica_key(replicas, name="agent")[1], mock)
     finally:
         for r in replicas:
             r.stop()
@@ -195,8 +189,8 @@ def replica_key(replicas: list[ServerProcess], **fields) -> tuple[str, str]:
     status, _, made = replicas[0].request("POST", "/api/keys", fields, headers=ADMIN_AUTH)
     assert status == 201, made
     key = json.loads(made)
-    for r in replicas:
-        wait_for(lambda r=r: r.request("GET", "/v1/models", headers=bearer(key["key"]))[0] == 200, what="the key")
+    for r in replicas:  # keys on there (a replica that has not heard of any yet takes any key: open mode)
+        wait_for(lambda r=r: r.request("GET", "/v1/models", headers=bearer("sk-sy-nobody"))[0] == 401, what="keys on")
     return key["id"], key["key"]
 
 
