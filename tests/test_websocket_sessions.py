@@ -593,3 +593,22 @@ def test_a_turn_still_streaming_at_the_end_of_the_grace(pyz_path, cache_home, mo
     traces = srv.db_rows("SELECT status FROM traces")
     assert len(traces) == 1, traces
     assert "Traceback" not in srv.log
+
+
+def test_a_key_revoked_by_the_cli_ends_its_socket_on_a_workers_group(pyz_path, cache_home, mock, tmp_path_factory):
+    """``keys revoke`` by the CLI while a socket of the key is open on one of two workers: that worker
+    sees it at its next look (``STOCKYARD_CONFIG_POLL``); until then a turn is still served, from then
+    on the turn is the 401 event and the socket closes (1008)."""
+    srv = with_keys(pyz_path, cache_home, mock, tmp_path_factory, "ws-revoke", ["agent"], "--workers", "2")
+    try:
+        raw = Raw(srv, srv.secret("agent"))
+        completed(raw, create("gpt-4o-mini", "before"))
+        done = srv.cli("keys", "revoke", "agent")
+        assert done.returncode == 0, done.stderr
+        error = wait_for(lambda: turn_of(raw, mock, create("gpt-4o-mini", "after"), 401), what="the revocation")
+        assert error["error"]["type"] == "authentication_error", error
+        assert raw.close_code() == 1008
+        raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
