@@ -278,6 +278,7 @@ class Session:
                     self.conn.finish(turn)
         finally:
             self.conn.gone()
+            self._adopt_keyless()  # its client may go on naming them elsewhere (HTTP, a new socket)
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.app.store.end_reads()
 
@@ -437,9 +438,10 @@ class Session:
         self._end_if_key_refused(reply.status)
 
     def _adopt_keyless(self) -> None:
-        """Before a turn: if the server now knows the key this connection presented (it was opened
-        before then, in open mode), the responses its turns stored with no key become that key's,
-        so this turn may continue them. A key refused now is the turn's own 401, said by the turn."""
+        """Before a turn and as the connection ends: if the server now knows the key this connection
+        presented (it was opened before then, in open mode), the responses its turns stored with no
+        key become that key's, so the turn (or the client, elsewhere) may continue them. A key
+        refused now is the turn's own 401, said by the turn."""
         if not self._keyless:
             return
         base = self.ctx

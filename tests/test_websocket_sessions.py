@@ -74,6 +74,31 @@ def test_a_socket_continues_its_own_turn_after_the_server_learns_its_key(
     assert "Traceback" not in server.log
 
 
+def test_a_closed_sockets_turns_are_its_keys_once_the_key_is_known(pyz_path, cache_home, mock, tmp_path_factory):
+    """The same, but the socket ends (its client leaves; an idle timeout, the lifetime) before another
+    turn: the client goes on over HTTP or a new socket naming the response it was given. The turns the
+    socket stored with no key are given to the key as it closes, if the server knows the key by then."""
+    server = start(pyz_path, cache_home, mock, tmp_path_factory, "late-key-closed")
+    try:
+        secret = unseen_key(server, "late")
+        raw = Raw(server, secret)
+        first = completed(raw, create("claude-haiku-4-5", "first"))
+        status, _, _ = server.request("POST", "/api/keys", {"name": "another"}, headers=ADMIN_AUTH)
+        assert status == 201
+        assert server.request("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "open"})[0] == 401
+        raw.send_frame(0x8, b"\x03\xe8")
+        assert raw.close_code() == 1000
+        raw.close()
+        wait_for(lambda: server.metric("websocket_connections_open") == 0, what="the socket ended")
+        body = {"model": "claude-haiku-4-5", "input": "second", "previous_response_id": first["id"]}
+        status, _, answer = server.request("POST", "/v1/responses", body, headers=bearer(secret))
+        assert status == 200, answer[:300]
+        assert "first" in json.dumps(mock.requests[-1].json)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log
+
+
 # -- across processes: a workers group, PostgreSQL replicas ---------------------------------------------
 
 
