@@ -224,12 +224,10 @@ def alive(raw: Raw) -> None:
     assert raw.frame() == (0xA, b"alive")
 
 
-def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, mock):
-    """Turns of one key on a socket on one replica and over HTTP on the other until the budget is
-    spent: the socket's next turn is the 429 ``budget_exceeded`` event, the socket stays open, and
-    the ledger's spend is exactly the traces' costs, nothing left held."""
-    key_id, secret = replica_key(pair, name="thrifty", budget_usd="0.00005", budget_period="total")
-    raw = Raw(pair[0], secret)
+def spend_until_refused(on: ServerProcess, http: ServerProcess, secret: str) -> tuple[int, list[int]]:
+    """A socket turn on ``on``, an HTTP turn on ``http``, and again, until the socket's turn is the 429
+    ``budget_exceeded`` event (the socket stays open): the socket turns answered, the HTTP statuses."""
+    raw = Raw(on, secret)
     turns, answered = 0, []
     while True:
         raw.send_json(create("gpt-4o-mini", f"socket turn {turns}", max_output_tokens=16))
@@ -237,13 +235,22 @@ def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, m
         if last["type"] == "error":
             break
         turns += 1
-        http = {"model": "gpt-4o-mini", "input": "http", "max_output_tokens": 16}
-        answered.append(pair[1].request("POST", "/v1/responses", http, headers=bearer(secret))[0])
+        body = {"model": "gpt-4o-mini", "input": "http", "max_output_tokens": 16}
+        answered.append(http.request("POST", "/v1/responses", body, headers=bearer(secret))[0])
         assert turns < 50, "the budget never ran out"
     assert (last["status"], last["error"]["code"]) == (429, "budget_exceeded"), last
-    assert turns >= 2, turns
+    assert turns >= 2 and set(answered) <= {200, 429}, (turns, answered)
     alive(raw)
     raw.close()
+    return turns, answered
+
+
+def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, mock):
+    """Turns of one key on a socket on one replica and over HTTP on the other until the budget is
+    spent: the socket's next turn is the 429 ``budget_exceeded`` event, the socket stays open, and
+    the ledger's spend is exactly the traces' costs, nothing left held."""
+    key_id, secret = replica_key(pair, name="thrifty", budget_usd="0.00005", budget_period="total")
+    turns, answered = spend_until_refused(pair[0], pair[1], secret)
 
     def settled() -> tuple[list, list]:
         ledger = pair[1].db_rows("SELECT spent_uc, reserved_uc FROM budget_ledger WHERE scope = ?", (f"key:{key_id}",))
@@ -255,7 +262,6 @@ def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, m
 
     ledger, traced = wait_for(lambda: (s := settled())[0] and s[0][0]["reserved_uc"] == 0 and s, what="settled")
     assert ledger[0]["spent_uc"] == traced[0]["cost"] > 0, (ledger, traced)
-    assert set(answered) <= {200, 429}, answered
     assert traced[0]["n"] == turns + answered.count(200), (turns, answered, traced)
 
 
@@ -365,12 +371,16 @@ def turn_of(raw: Raw, mock, body: dict, want: int | None = None) -> dict | None:
     return last if want is None and last["type"] == "response.completed" else None
 
 
-def with_keys(pyz_path, cache_home, mock, tmp_path_factory, name: str, keys: list[str], *args: str) -> ServerProcess:
+def with_keys(
+    pyz_path, cache_home, mock, tmp_path_factory, name: str, keys: list[str] | dict[str, list[str]], *args: str
+) -> ServerProcess:
     """A server (``args``: ``--workers 2``…) started with client keys made before it: every process knows them."""
     srv = ServerProcess(
         pyz_path, tmp_path_factory.mktemp(name) / "stockyard.db", server_env(cache_home, mock), list(args)
     )
-    srv.keys = srv.create_keys({k: [] for k in keys})  # on its database before it starts: no process in open mode
+    srv.keys = srv.create_keys(
+        keys if isinstance(keys, dict) else {k: [] for k in keys}
+    )  # on its database before it starts: no process in open mode
     return srv.start()
 
 
@@ -634,6 +644,26 @@ def test_a_key_revoked_by_the_cli_ends_its_socket_on_a_workers_group(pyz_path, c
         assert error["error"]["type"] == "authentication_error", error
         assert raw.close_code() == 1008
         raw.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def test_a_budget_spent_over_a_workers_group_refuses_the_sockets_next_turn(
+    pyz_path, cache_home, mock, tmp_path_factory
+):
+    """The same on ``--workers 2`` (the budget kept by the group's parent): the socket's turn is
+    refused once the key's socket and HTTP turns, on either worker, spent it; never more is spent
+    than the budget, and every answered turn is traced with its exact cost."""
+    budget = {"thrifty": ["--budget-usd", "0.00005", "--budget-period", "total"]}
+    srv = with_keys(pyz_path, cache_home, mock, tmp_path_factory, "ws-budget", budget, "--workers", "2")
+    try:
+        turns, answered = spend_until_refused(srv, srv, srv.secret("thrifty"))
+        key_id = srv.db_rows("SELECT id FROM client_keys WHERE name = 'thrifty'")[0]["id"]
+        statuses = billed(srv, key_id, turns + len(answered) + 1)
+        assert statuses.get(200) == turns + answered.count(200), (statuses, turns, answered)
+        spent = sum(r["cost_uc"] or 0 for r in srv.db_rows("SELECT cost_uc FROM traces WHERE key_id = ?", (key_id,)))
+        assert 0 < spent <= 5_000, spent  # $0.00005 in micro-cents
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
