@@ -591,8 +591,9 @@ def test_200_sockets_opened_and_closed_leave_no_threads_descriptors_or_memory(
         rss = rss_kb(pid)
         for _ in range(3):
             wave(50)
-        # the thread cache keeps finished connections' threads 30 s for the next (at most 256)
-        wait_for(lambda: counts()[1] <= fds + 2, what=f"descriptors back near {fds}: {counts()}")
+        # the thread cache keeps finished connections' threads 30 s for the next (at most 256), and a
+        # PostgreSQL read pool grows to its peak (8 turns at once here): a socket's left behind is 150 more
+        wait_for(lambda: counts()[1] <= fds + 8, what=f"descriptors back near {fds}: {counts()}")
         after = counts()
         grown = rss_kb(pid) - rss
         print(f"SOCKETS 200: threads {threads} -> {after[0]}, fds {fds} -> {after[1]}, RSS +{grown} KB")
