@@ -46,7 +46,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterable
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
@@ -628,6 +628,21 @@ class Conversations:
         with self._lock:
             if self._pending.get(record.id, (None,))[0] is record:
                 del self._pending[record.id]
+
+    def adopt(self, response_ids: Iterable[str], key_id: str) -> None:
+        """The responses among ``response_ids`` that no key holds become ``key_id``'s, committed on
+        return: a WebSocket opened while its server did not know its key yet (open mode) stored its
+        turns as nobody's, and once the key is known its next turn names them as its own."""
+        ids = sorted(set(response_ids))
+        with self._lock:
+            for response_id in ids:
+                pending = self._pending.get(response_id)
+                if pending is not None and pending[0].key_id is None:
+                    pending[0].key_id = key_id  # its write, not run yet, keeps it for the key
+        rows = [(key_id, response_id) for response_id in ids]
+        self._store.write(
+            lambda conn: conn.executemany("UPDATE responses SET key_id = ? WHERE id = ? AND key_id IS NULL", rows)
+        )
 
     def find(self, response_id: str, key_id: str | None) -> StoredResponse | None:
         """The stored response with this id if ``key_id`` made it (None otherwise: another key's is unknown)."""

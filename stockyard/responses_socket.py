@@ -34,6 +34,7 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from . import proxy
 from . import websocket as ws
 from .context import RequestContext
-from .conversations import new_response_id
+from .conversations import MAX_CHAIN, new_response_id
 from .errors import REFUSALS, RESPONSES, ClientGone, ProxyError, described, error_body, refusal_of
 from .httpio import json_bytes, json_object
 from .logbuffer import access, printable
@@ -258,6 +259,8 @@ class Session:
         self._reader = ws.FrameReader(app.settings.max_body_bytes)
         self._turns: queue.Queue[str | None] = queue.Queue()
         self._recent: Recent | None = None
+        # responses this connection's turns stored with no key (open mode): its key's once it is known
+        self._keyless: deque[str] = deque(maxlen=MAX_CHAIN)
         self._opened = time.monotonic()
         self._active = time.monotonic()  # the last frame from the client, or the last turn's end
 
@@ -275,6 +278,7 @@ class Session:
                     self.conn.finish(turn)
         finally:
             self.conn.gone()
+            self._adopt_keyless()  # its client may go on naming them elsewhere (HTTP, a new socket)
             reader.join(timeout=CLOSE_WAIT_S + 2 * POLL_S)
             self.app.store.end_reads()
 
@@ -408,6 +412,7 @@ class Session:
                 return
             self._warm_up(body, local, turn)
             return
+        self._adopt_keyless()
         try:
             proxy.handle(self.app.path, reply, ctx)
         except REFUSALS as caught:  # after the first event (proxy.refused traced it): the turn ends here
@@ -427,7 +432,32 @@ class Session:
                     f"{(time.perf_counter() - started) * 1000:.1f}ms {ctx.trace_id}"
                 )
         self._remember(body, local, reply.last)
+        kept = reply.last.get("id") if reply.last is not None else None
+        if ctx.key is None and body.get("store") is not False and isinstance(kept, str):
+            self._keyless.append(kept)
         self._end_if_key_refused(reply.status)
+
+    def _adopt_keyless(self) -> None:
+        """Before a turn and as the connection ends: if the server now knows the key this connection
+        presented (it was opened before then, in open mode), the responses its turns stored with no
+        key become that key's, so the turn (or the client, elsewhere) may continue them. A key
+        refused now is the turn's own 401, said by the turn."""
+        if not self._keyless:
+            return
+        base = self.ctx
+        try:
+            key = self.app.gate.client_key(base.headers)
+        except ProxyError:
+            return
+        if key is None:
+            return
+        try:
+            self.app.conversations.adopt(self._keyless, key.id)
+        except Exception as exc:  # the database's failure: the turn goes on, its chain as before (a 404)
+            said = described(exc)
+            log.warning("websocket %s: this connection's responses were not given to its key (%s)", PATH, said)
+            return
+        self._keyless.clear()
 
     def _end_if_key_refused(self, status: int) -> None:
         """After a turn answered 401: if the handshake's key itself is refused now (revoked, expired,
