@@ -121,6 +121,12 @@ def settled(future: Future) -> Future:
     return done
 
 
+_SELECT_TURN = (  # a stored response without its whole answer (StoredResponse.from_row reads NULL as None)
+    "SELECT id, key_id, provider, model, created_at, passthrough, previous_id, input_items, output_items, "
+    "NULL AS response FROM responses WHERE id = ?"
+)
+
+
 def new_response_id() -> str:
     return "resp_" + secrets.token_hex(24)
 
@@ -644,12 +650,14 @@ class Conversations:
             lambda conn: conn.executemany("UPDATE responses SET key_id = ? WHERE id = ? AND key_id IS NULL", rows)
         )
 
-    def find(self, response_id: str, key_id: str | None) -> StoredResponse | None:
-        """The stored response with this id if ``key_id`` made it (None otherwise: another key's is unknown)."""
-        record = self.lookup(response_id)
+    def find(self, response_id: str, key_id: str | None, turn_only: bool = False) -> StoredResponse | None:
+        """The stored response with this id if ``key_id`` made it (None otherwise: another key's is unknown);
+        ``turn_only``: its items without the whole ``response`` (a chain's earlier turns: unpacking it was
+        most of the walk's time)."""
+        record = self.lookup(response_id, turn_only)
         return record if record is not None and record.key_id == key_id else None
 
-    def lookup(self, response_id: str) -> StoredResponse | None:
+    def lookup(self, response_id: str, turn_only: bool = False) -> StoredResponse | None:
         """The stored response with this id, whoever made it."""
         with self._lock:
             pending = self._pending.get(response_id)
@@ -658,7 +666,8 @@ class Conversations:
         elif not storable(response_id):
             record = None
         else:
-            row = self._store.read().execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
+            sql = _SELECT_TURN if turn_only else "SELECT * FROM responses WHERE id = ?"
+            row = self._store.read().execute(sql, (response_id,)).fetchone()
             record = StoredResponse.from_row(row) if row is not None else None
         return record
 
@@ -677,7 +686,7 @@ class Conversations:
                 raise too_large(max_bytes, "previous_response_id", "the conversation before previous_response_id is")
             if not turn.previous_id or len(chain) >= MAX_CHAIN:
                 break
-            earlier = self.find(turn.previous_id, key_id)
+            earlier = self.find(turn.previous_id, key_id, turn_only=True)
             if earlier is None or earlier.passthrough:
                 break
             chain.append(earlier)
