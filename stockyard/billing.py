@@ -136,10 +136,11 @@ class Pricer:
 
     def _price(self, ctx: RequestContext, a: Attempt) -> None:
         """An estimate when no usage came back, or only a stream's start's (cut before its output
-        count: ``Attempt.usage_partial``); a failed attempt is billed only if usage came back."""
-        if ctx.cache_hit or a.provider is None or a.status == 0:
+        count: ``Attempt.usage_partial``); a failed attempt is billed only if usage came back, or
+        its input as an estimate when its request went out unanswered (``Attempt.input_billed``)."""
+        if ctx.cache_hit or a.provider is None or (a.status == 0 and not a.input_billed):
             return
-        if a.status >= 400 and a.usage is None:
+        if a.status >= 400 and a.usage is None and not a.input_billed:
             return
         if ctx.endpoint in ("count_tokens", "input_tokens"):  # free upstream: nothing to bill
             return
@@ -148,7 +149,10 @@ class Pricer:
             return self._price_media(ctx, a, price)
         if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing sent nothing
             a.usage = Usage()
-        if a.usage is None:
+        if a.usage is None and a.input_billed:  # what it was sent; nothing came back
+            a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)))
+            a.usage_estimated = True
+        elif a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
             relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())

@@ -245,8 +245,10 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             return
         assert ctx.route is not None
         ctx.attempt.provider, ctx.attempt.upstream_model = ctx.route.provider, ctx.route.model
-        ctx.upstream_cancel = Cancel()
-        with reply.watch_client(ctx.upstream_cancel.cancel):  # a client that leaves ends the upstream call
+        ctx.upstream_cancel = cancel = Cancel()
+        # A client that leaves ends a stream's upstream call (the provider stops generating), while a
+        # whole answer, made and billed whole either way, is read to its end for what it cost.
+        with reply.watch_client(cancel.cancel if ctx.stream else cancel.leave):
             failure = forward(path, reply, ctx)
         if failure is not None:
             if failure.error is not None:
@@ -432,6 +434,8 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
             failure = attempt_once(path, reply, ctx, policy, breaker, deployment)
             if failure is None:
                 return None
+            if client_left(ctx):
+                raise ClientGone()  # no other attempt for a client that is gone
             if failure.context_overflow and not larger_tried and ctx.plan and ctx.plan.route.context_fallback:
                 larger_tried = True
                 todo = model_candidates(path, ctx, ctx.plan.route.context_fallback)
@@ -662,6 +666,10 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     ctx.attempt.status = resp.status
     ctx.complete = True
     ctx.attempt.capture(body, path.settings.body_cap_bytes)
+    if client_left(ctx):  # read to its end for its usage (Cancel.leave): nobody to send it to
+        message = "client closed the connection before the answer; the provider's answer was read to its end and billed"
+        fail(ctx, resp.status, message, "client_disconnected")
+        return None
     reply.send(resp.status, body, adapter.content_type(resp.headers.get("content-type")), headers)
     return None
 
@@ -729,6 +737,8 @@ def continuation_refused(path: RequestPath, ctx: RequestContext, follow: FollowU
     sent back, the output cap, the searches); None when it may."""
     if sent >= MAX_CONTINUATIONS:
         return f"it paused again after {MAX_CONTINUATIONS} follow-up calls, the most Stockyard sends"
+    if client_left(ctx):
+        return "the client closed its connection"
     if not budgeted(ctx):
         return None
     a, price = ctx.attempt, path.pricer
@@ -823,10 +833,20 @@ def no_answer(
 ) -> Failure:
     """The provider could not be reached or stopped answering: retryable, unless the deadline passed.
 
-    When the client left meanwhile, that is why (we shut the connection down): ClientGone.
+    When the client left meanwhile: ClientGone (a stream's call we ended, or a whole answer's that
+    failed on its own after its client left). A request that went out and got no answer it could
+    bill by (a timeout, the shutdown, a call ended for its departed client) is billed its input
+    as an estimate (``Attempt.input_billed``): the provider may bill that much.
     """
+    cancel = ctx.upstream_cancel
+    if cancel is not None and cancel.sent and ctx.endpoint not in media.ENDPOINTS:
+        ctx.attempt.input_billed = exc.kind in ("timeout", "shutdown") or client_left(ctx)
     if client_left(ctx):
-        ctx.attempt.error_message = "client closed the connection before the answer; the upstream request was ended"
+        if cancel is not None and cancel.left:
+            why = f"the provider's answer then failed: {path.scrub.text(str(exc))}"
+        else:
+            why = "the upstream request was ended"
+        ctx.attempt.error_message = f"client closed the connection before the answer; {why}"
         raise ClientGone()
     assert ctx.attempt.provider is not None
     if by_deadline and exc.kind == "timeout":
@@ -841,8 +861,10 @@ def no_answer(
 
 
 def client_left(ctx: RequestContext) -> bool:
-    """The client's connection closed while this request was upstream (see ``Reply.watch_client``)."""
-    return ctx.upstream_cancel is not None and ctx.upstream_cancel.cancelled
+    """The client's connection closed while this request was upstream (see ``Reply.watch_client``):
+    its call was ended (a stream's), or goes on to its end (``Cancel.leave``)."""
+    cancel = ctx.upstream_cancel
+    return cancel is not None and (cancel.cancelled or cancel.left)
 
 
 def error_answer(
