@@ -147,12 +147,12 @@ class Pricer:
         price = self.billed_price(ctx, a)
         if ctx.endpoint in media.ENDPOINTS:
             return self._price_media(ctx, a, price)
+        if a.usage is None and a.input_billed:  # what it was sent (a follow-up: the answers so far too)
+            a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx) + a.sent_back))
+            a.usage_estimated = True
         if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing sent nothing
             a.usage = Usage()
-        if a.usage is None and a.input_billed:  # what it was sent; nothing came back
-            a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)))
-            a.usage_estimated = True
-        elif a.usage is None:
+        if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
             relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())

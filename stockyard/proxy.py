@@ -663,6 +663,8 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     answers = whole_turn(path, ctx, adapter, raw)
     ctx.attempt.mark_first_byte()
     body = path.scrub.bytes(adapter.parse_turn(ctx, answers))
+    if ctx.attempt.input_billed:  # a follow-up went out unanswered: the usage read is the call's before it
+        ctx.attempt.usage = None
     ctx.attempt.status = resp.status
     ctx.complete = True
     ctx.attempt.capture(body, path.settings.body_cap_bytes)
@@ -687,7 +689,8 @@ def whole_turn(path: RequestPath, ctx: RequestContext, adapter: Adapter, raw: by
         try:
             answers.append(resp.read_all())
         except UpstreamError as exc:
-            end_turn(ctx, f"the follow-up call broke: {path.scrub.text(str(exc))}", gave_up=True)
+            billed = ctx.attempt.input_billed = unanswered(ctx, exc)  # else it gave nothing: not one of the turn's
+            end_turn(ctx, f"the follow-up call broke: {path.scrub.text(str(exc))}", gave_up=not billed)
             break
     return answers
 
@@ -710,6 +713,7 @@ def continue_turn(
     a = ctx.attempt
     a.paused_usage.append(follow.usage or Usage())  # the paused call's, priced on its own
     a.usage, a.usage_partial = None, False
+    a.sent_back = follow.sent_back  # what this call's input adds, should it go out and never answer
     try:
         timeout, _ = read_timeout(ctx, a.provider.name if a.provider else "", a.upstream_model or "")
         resp = send(path, ctx, call, timeout)
@@ -719,7 +723,8 @@ def continue_turn(
     except UpstreamError as exc:
         if client_left(ctx):
             raise ClientGone() from None
-        end_turn(ctx, f"the follow-up call failed: {path.scrub.text(str(exc))}", gave_up=True)
+        a.input_billed = unanswered(ctx, exc)  # else it gave nothing: not one of the turn's calls
+        end_turn(ctx, f"the follow-up call failed: {path.scrub.text(str(exc))}", gave_up=not a.input_billed)
         return None
     if resp.status >= 400 or (ctx.stream and not resp.is_sse):
         try:
@@ -755,7 +760,8 @@ def continuation_refused(path: RequestPath, ctx: RequestContext, follow: FollowU
 def end_turn(ctx: RequestContext, stopped: str | None = None, gave_up: bool = False) -> None:
     """Say in the trace how a paused turn went: continued with how many follow-up calls, and why
     it ended incomplete when it did. ``gave_up``: the last follow-up gave nothing (its call is not
-    one of the turn's: the paused call's usage is the current one again)."""
+    one of the turn's: the paused call's usage is the current one again); a follow-up that went out
+    and never answered (``Attempt.input_billed``) is one, billed its input as an estimate."""
     a = ctx.attempt
     if gave_up:
         a.usage = a.paused_usage.pop()
@@ -839,8 +845,7 @@ def no_answer(
     as an estimate (``Attempt.input_billed``): the provider may bill that much.
     """
     cancel = ctx.upstream_cancel
-    if cancel is not None and cancel.sent and ctx.endpoint not in media.ENDPOINTS:
-        ctx.attempt.input_billed = exc.kind in ("timeout", "shutdown") or client_left(ctx)
+    ctx.attempt.input_billed = unanswered(ctx, exc)
     if client_left(ctx):
         if cancel is not None and cancel.left:
             why = f"the provider's answer then failed: {path.scrub.text(str(exc))}"
@@ -858,6 +863,16 @@ def no_answer(
         retryable = True
     fail(ctx, error.status, error.message, "error", error.code)
     return Failure(retryable, started, ts_ms, error=error)
+
+
+def unanswered(ctx: RequestContext, exc: UpstreamError) -> bool:
+    """Whether the call that failed with ``exc`` went out and the provider may bill its input though
+    no answer said what it used: it timed out, the shutdown ended it, or it was ended for its departed
+    client (not a connect error, nor a reset or garbage: providers bill none). Token endpoints only."""
+    cancel = ctx.upstream_cancel
+    if cancel is None or not cancel.sent or ctx.endpoint in media.ENDPOINTS:
+        return False
+    return exc.kind in ("timeout", "shutdown") or client_left(ctx)
 
 
 def client_left(ctx: RequestContext) -> bool:
