@@ -658,8 +658,8 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
         return None
     try:
         raw = resp.read_all()
-    except UpstreamError as exc:
-        return no_answer(path, ctx, exc, by_deadline, started, ts_ms)
+    except UpstreamError as exc:  # its head said the answer was made: the provider bills it
+        return no_answer(path, ctx, exc, by_deadline, started, ts_ms, answered=True)
     answers = whole_turn(path, ctx, adapter, raw)
     ctx.attempt.mark_first_byte()
     body = path.scrub.bytes(adapter.parse_turn(ctx, answers))
@@ -835,17 +835,24 @@ def send(path: RequestPath, ctx: RequestContext, call: UpstreamCall, read_timeou
 
 
 def no_answer(
-    path: RequestPath, ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float, ts_ms: int
+    path: RequestPath,
+    ctx: RequestContext,
+    exc: UpstreamError,
+    by_deadline: bool,
+    started: float,
+    ts_ms: int,
+    answered: bool = False,
 ) -> Failure:
     """The provider could not be reached or stopped answering: retryable, unless the deadline passed.
 
     When the client left meanwhile: ClientGone (a stream's call we ended, or a whole answer's that
     failed on its own after its client left). A request that went out and got no answer it could
-    bill by (a timeout, the shutdown, a call ended for its departed client) is billed its input
-    as an estimate (``Attempt.input_billed``): the provider may bill that much.
+    bill by (a timeout, the shutdown, a call ended for its departed client, a whole answer whose
+    body broke after its head: ``answered``) is billed its input as an estimate
+    (``Attempt.input_billed``): the provider may bill that much, or more.
     """
     cancel = ctx.upstream_cancel
-    ctx.attempt.input_billed = unanswered(ctx, exc)
+    ctx.attempt.input_billed = unanswered(ctx, exc, answered)
     if client_left(ctx):
         if cancel is not None and cancel.left:
             why = f"the provider's answer then failed: {path.scrub.text(str(exc))}"
@@ -865,14 +872,15 @@ def no_answer(
     return Failure(retryable, started, ts_ms, error=error)
 
 
-def unanswered(ctx: RequestContext, exc: UpstreamError) -> bool:
+def unanswered(ctx: RequestContext, exc: UpstreamError, answered: bool = False) -> bool:
     """Whether the call that failed with ``exc`` went out and the provider may bill its input though
-    no answer said what it used: it timed out, the shutdown ended it, or it was ended for its departed
-    client (not a connect error, nor a reset or garbage: providers bill none). Token endpoints only."""
+    no answer said what it used: it timed out, the shutdown ended it, it was ended for its departed
+    client, or ``answered`` (a whole answer's head came, its body broke: it was made) — not a connect
+    error, nor a reset or garbage before any answer (providers bill none). Token endpoints only."""
     cancel = ctx.upstream_cancel
     if cancel is None or not cancel.sent or ctx.endpoint in media.ENDPOINTS:
         return False
-    return exc.kind in ("timeout", "shutdown") or client_left(ctx)
+    return answered or exc.kind in ("timeout", "shutdown") or client_left(ctx)
 
 
 def client_left(ctx: RequestContext) -> bool:

@@ -268,6 +268,8 @@ class UpstreamResponse:
         if len(data) > limit:
             self.close()
             raise UpstreamError("protocol", "provider answer is larger than the limit")
+        if self._resp.length:  # its Content-Length promised more: the connection closed mid-answer
+            raise self._broke("reset", "provider connection broke while sending its answer")
         self.release()
         return data
 

@@ -200,6 +200,30 @@ def test_a_retry_after_a_slow_first_attempt_bills_both(server, mock):
     wait_for(lambda: spent(server, key_id) == total, 10, "the budget counts both attempts")
 
 
+def test_a_whole_answer_whose_body_breaks_is_billed_its_input(server, mock):
+    """The provider's head said 200 (a whole answer is made before it is sent), then its body broke
+    off: the provider bills that answer, so its input is billed as an estimate (502 to the client)."""
+    secret, key_id = budget_key(server)
+    mock.enqueue(Reply(cut_after=20))
+    body = body_of()
+    status, _, answer = server.request("POST", "/v1/chat/completions", raw=body, headers=server.auth(secret))
+    assert status == 502 and json.loads(answer)["error"]["code"] == "upstream_reset", answer
+    (trace,) = key_rows(server, key_id, 1)
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (-(-len(body) // 4), 0)
+    assert trace["cost_uc"] == input_estimate_uc(body) and trace["cost_status"] == "estimate"
+
+
+def test_a_reset_before_any_answer_is_not_billed(server, mock):
+    """The connection closed before the answer's head (a proxy or load balancer refusing it looks
+    the same): providers bill no such call, nor is it here."""
+    secret, key_id = budget_key(server)
+    mock.enqueue(Reply(reset=True))
+    status, _, _ = server.request("POST", "/v1/chat/completions", raw=body_of(), headers=server.auth(secret))
+    assert status == 502
+    (trace,) = key_rows(server, key_id, 1)
+    assert trace["cost_uc"] is None and trace["prompt_tokens"] is None
+
+
 def test_a_provider_that_cannot_be_reached_is_not_billed(server, mock):
     """Nothing reached a provider (its port is closed): nothing is billed."""
     status, body = api(server, "POST", "/api/prices", {"model": "mistral-small-latest", "input": "1", "output": "1"})
