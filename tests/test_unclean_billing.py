@@ -8,7 +8,9 @@ answer (12 prompt and 5 completion tokens) costs 1,700 µ¢, and an estimate of 
   whole, so Stockyard reads it to its end and records its real usage (``client_disconnected``).
 - A client that leaves a stream: the upstream stream is ended (a provider stops generating when
   its connection closes), and what the provider was sent is estimated.
-- An attempt that timed out after its request went out: its input is estimated.
+- An attempt that timed out after its request went out, or a whole answer whose body broke off
+  after its head: its input is estimated (a retry after it is billed too).
+- Nothing is billed for a call that never reached a provider, or was reset before any answer.
 """
 
 from __future__ import annotations
@@ -18,17 +20,29 @@ import json
 import socket
 import threading
 
+import anthropic
 import openai
 import pytest
 from conftest import ServerProcess, wait_for
 from mock_upstream import Reply
-from module_helpers import api, fresh, put_module, server_fixture  # noqa: F401
+from module_helpers import api, fresh, put_module, start_server  # noqa: F401
 
 MODEL = "openai/mock-bill"
+ANTHROPIC_KEY = "sk-ant-test-0123456789abcdefUNCLEAN"
 TOKEN_UC = 100  # µ¢ a token, in and out
 ANSWER_UC = (12 + 5) * TOKEN_UC  # the mock's usage
 
-server = server_fixture("unclean")
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    """The module tests' providers on the mock (``module_helpers.provider_env``), Anthropic too."""
+    anthropic_env = {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ANTHROPIC_BASE_URL": mock.url}
+    srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "unclean", **anthropic_env)
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log and ANTHROPIC_KEY not in srv.log
+
+
 _names = itertools.count()
 
 
@@ -94,16 +108,28 @@ def left_waiting(server: ServerProcess) -> float:
 # -- a non-streamed request whose client leaves ------------------------------------------------------
 
 
-def test_a_client_that_leaves_a_plain_request_is_billed_the_whole_answer_the_provider_made(server, mock):
+def ask_and_give_up(server: ServerProcess, secret: str, sdk: str) -> None:
+    """A request with an official SDK that gives up after a second (its timeout closes the connection)."""
+    hello = [{"role": "user", "content": "Say hello"}]
+    if sdk == "openai":
+        with pytest.raises(openai.APITimeoutError):
+            server.openai(secret, timeout=1.0).chat.completions.create(model=MODEL, messages=hello)
+    else:
+        with pytest.raises(anthropic.APITimeoutError):
+            server.anthropic(secret, timeout=1.0).messages.create(
+                model="anthropic/mock-bill", max_tokens=16, messages=hello
+            )
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_client_that_leaves_a_plain_request_is_billed_the_whole_answer_the_provider_made(server, mock, sdk):
     """The official SDK gives up (its timeout) while the provider works: the provider finishes and
     bills the answer, so Stockyard reads it to its end and records its exact usage and cost."""
     secret, key_id = budget_key(server)
     reached, release = threading.Event(), threading.Event()
     mock.enqueue(Reply(held=release, hang_started=reached))
     before = left_waiting(server)
-    client = server.openai(secret, timeout=1.0)
-    with pytest.raises(openai.APITimeoutError):
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello"}])
+    ask_and_give_up(server, secret, sdk)
     assert reached.is_set()
     wait_for(lambda: left_waiting(server) == before + 1, 10, "the server saw the client leave")
     release.set()  # the provider answers after its client left
