@@ -224,6 +224,7 @@ class Attempt:
     # a call ended for its departed client): the provider may bill its input, estimated then.
     input_billed: bool = False
     sent_back: int = 0  # a paused turn's follow-up call: the input tokens its answers so far add (estimated)
+    follow_up_from: tuple[int, int] = (0, 0)  # ... and where its relayed bytes begin: (kept, relayed text)
     # A turn the provider paused (Anthropic's pause_turn) and Stockyard continued: the usage of each
     # call before the current one, whose own is ``usage``. The Pricer prices each call on its own and
     # then folds them into ``usage`` (the whole answer's), emptying this.

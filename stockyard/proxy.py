@@ -714,6 +714,7 @@ def continue_turn(
     a.paused_usage.append(follow.usage or Usage())  # the paused call's, priced on its own
     a.usage, a.usage_partial = None, False
     a.sent_back = follow.sent_back  # what this call's input adds, should it go out and never answer
+    a.follow_up_from = (len(a.response_body), a.relayed_text_bytes())  # what it relays comes after these
     try:
         timeout, _ = read_timeout(ctx, a.provider.name if a.provider else "", a.upstream_model or "")
         resp = send(path, ctx, call, timeout)
