@@ -204,13 +204,19 @@ class Cancel:
         if self.cancelled or self.left:
             raise UpstreamError("cancelled", "the client went away before the provider answered")
 
+    def new_call(self) -> None:
+        """A call begins (:meth:`Pool.request`): its request is not sent yet, whatever an earlier
+        call of the same request's (a retry's, a fallback's) was."""
+        with self._lock:
+            self.sent = False
+
     def attach(self, sock: socket.socket) -> None:
         """Watch ``sock`` from now on (before its ``connect()``, or before the request is written
         into a pooled connection); raises if the call was ended already. Its request is not sent yet."""
         with self._lock:
+            self.sent = False
             self.check()
             self._sock = sock
-            self.sent = False
 
     def mark_sent(self) -> None:
         """The request was written: the provider has it (and may bill it) whatever happens next."""
@@ -595,6 +601,7 @@ class Pool:
         shut down and the call raises ``UpstreamError("cancelled")``.
         """
         cancel = cancel if cancel is not None else Cancel()
+        cancel.new_call()
         with self._lock:
             self._calls.add(cancel)
         if self.stopping:
