@@ -23,7 +23,8 @@ import threading
 import anthropic
 import openai
 import pytest
-from conftest import ServerProcess, wait_for
+import rawhttp
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import Reply
 from module_helpers import api, fresh, put_module, start_server  # noqa: F401
 
@@ -265,3 +266,35 @@ def test_a_provider_that_cannot_be_reached_is_not_billed(server, mock):
     (trace,) = key_rows(server, key_id, 1)
     assert trace["cost_uc"] is None and trace["usage_estimated"] == 0
     assert spent(server, key_id) == 0
+
+
+# -- a departed request still counts against the connection caps ---------------------------------------
+
+
+def healthy(server: ServerProcess) -> bool:
+    """Whether a new connection is served (not the cap's 503)."""
+    with rawhttp.connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return rawhttp.statuses(rawhttp.read_until_close(sock)) == [200]
+
+
+def test_a_request_whose_client_left_keeps_its_place_under_the_connection_cap(pyz_path, cache_home, mock, tmp_path):
+    """While its answer is read, the request whose client left still holds its connection's place:
+    leaving and sending again cannot put more calls in flight than the cap lets a client have."""
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", mock_env(cache_home, mock, STOCKYARD_MAX_CONNECTIONS="2")).start()
+    try:
+        reached, release = threading.Event(), threading.Event()
+        mock.enqueue(Reply(held=release, hang_started=reached))
+        client = send_raw(srv, body_of("gpt-4o-mini"), "unused")
+        assert reached.wait(10)
+        client.close()
+        wait_for(lambda: left_waiting(srv) == 1, 10, "the server saw the client leave")
+        with rawhttp.connect(srv), rawhttp.connect(srv) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert rawhttp.statuses(rawhttp.read_until_close(extra)) == [503]
+            release.set()  # the answer read, the departed request's place is free again
+            (trace,) = wait_for(lambda: srv.db_rows("SELECT * FROM traces WHERE endpoint = 'chat'"), 10, "trace")
+            wait_for(lambda: healthy(srv), 10, "a place free for another connection")
+        assert trace["outcome"] == "client_disconnected" and trace["completion_tokens"] == 5
+    finally:
+        srv.stop()
