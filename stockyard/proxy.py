@@ -855,7 +855,7 @@ def no_answer(
     cancel = ctx.upstream_cancel
     ctx.attempt.input_billed = unanswered(ctx, exc, answered)
     if client_left(ctx):
-        if cancel is not None and cancel.left:
+        if cancel is not None and cancel.left and exc.kind != "cancelled":  # the call it left went on, and failed
             why = f"the provider's answer then failed: {path.scrub.text(str(exc))}"
         else:
             why = "the upstream request was ended"

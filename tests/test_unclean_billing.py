@@ -162,6 +162,24 @@ def test_a_client_that_leaves_a_plain_request_never_starts_a_retry(server, mock)
     assert trace["cost_uc"] is None and len(mock.requests) == before_calls + 1
 
 
+def test_a_whole_answer_whose_client_left_and_that_then_times_out_is_billed_its_input(server, mock):
+    """The client left, the call went on, and the provider then did not answer in time: as any
+    timed-out call, its input is billed as an estimate; the trace says both."""
+    put_module(server, "timeout", {"models": {MODEL: 1}})
+    secret, key_id = budget_key(server)
+    reached = threading.Event()
+    mock.enqueue(Reply(hang_s=5, hang_started=reached))
+    before, body = left_waiting(server), body_of()
+    client = send_raw(server, body, secret)
+    assert reached.wait(10)
+    client.close()
+    wait_for(lambda: left_waiting(server) == before + 1, 10, "the server saw the client leave")
+    (trace,) = key_rows(server, key_id, 1)
+    assert trace["outcome"] == "client_disconnected" and "answer then failed" in trace["error_message"], trace
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (-(-len(body) // 4), 0)
+    assert trace["cost_uc"] == input_estimate_uc(body) and trace["cost_status"] == "estimate"
+
+
 # -- a stream whose client leaves ---------------------------------------------------------------------
 
 
