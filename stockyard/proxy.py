@@ -246,8 +246,9 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
         assert ctx.route is not None
         ctx.attempt.provider, ctx.attempt.upstream_model = ctx.route.provider, ctx.route.model
         ctx.upstream_cancel = cancel = Cancel()
-        # A client that leaves ends a stream's upstream call (the provider stops generating), while a
-        # whole answer, made and billed whole either way, is read to its end for what it cost.
+        # A client that leaves ends a stream's upstream call (the provider stops generating: reading on
+        # could only cost more), while a whole answer, made and billed whole either way, is read to its
+        # end for what it cost.
         with reply.watch_client(cancel.cancel if ctx.stream else cancel.leave):
             failure = forward(path, reply, ctx)
         if failure is not None:
