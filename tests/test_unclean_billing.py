@@ -206,13 +206,15 @@ def test_a_stream_whose_client_leaves_before_its_first_event_is_ended_and_billed
 # -- attempts that timed out --------------------------------------------------------------------------
 
 
-def test_an_attempt_that_timed_out_is_billed_its_input_as_an_estimate(server, mock):
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_attempt_that_timed_out_is_billed_its_input_as_an_estimate(server, mock, stream):
     """The provider got the request and did not answer in time (the timeout module's read timeout):
-    it may still bill the input, so the 504's row carries that estimate."""
+    it may still bill the input, so the 504's row carries that estimate (a stream's too: nothing
+    went out, so it is the same 504)."""
     put_module(server, "timeout", {"models": {MODEL: 0.3}})
     secret, key_id = budget_key(server)
     mock.enqueue(Reply(hang_s=5))
-    body = body_of()
+    body = body_of(stream=True) if stream else body_of()
     status, _, answer = server.request(
         "POST", "/v1/chat/completions", raw=body, headers={"Authorization": f"Bearer {secret}"}
     )
