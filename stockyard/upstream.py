@@ -166,7 +166,7 @@ class Cancel:
         self.cancelled = False  # the client went away: the call was ended
         self.left = False  # the client went away: the call whose request went out goes on (``leave``)
         self.stopping = False  # the server is shutting down (``Pool.stop_calls``)
-        self.sent = False  # the current call's request was written to the provider (``mark_sent``)
+        self.sent = False  # the current call's request is being or was written to the provider (``mark_sent``)
 
     def cancel(self, stopping: bool = False) -> None:
         with self._lock:
@@ -219,7 +219,8 @@ class Cancel:
             self._sock = sock
 
     def mark_sent(self) -> None:
-        """The request was written: the provider has it (and may bill it) whatever happens next."""
+        """The request is being written: the provider may have it (and bill it) whatever happens next,
+        so a client leaving from now on lets the call go on (:meth:`leave`)."""
         with self._lock:
             self.sent = True
 
@@ -653,13 +654,13 @@ class Pool:
         write and the answer is read from the socket directly; a file body through http.client."""
         if body is not None and not isinstance(body, bytes):
             body.seek(0)
-            conn.request(method, target, body=body, headers=headers)
             cancel.mark_sent()
+            conn.request(method, target, body=body, headers=headers)
             return conn.getresponse()
         assert conn.sock is not None
         head = request_head(key, method, target, headers, body)
+        cancel.mark_sent()  # before the write: the provider may read the request before sendall returns
         conn.sock.sendall(head + body if body else head)
-        cancel.mark_sent()
         resp = Response(conn.sock, method=method)
         try:
             resp.begin()
