@@ -136,29 +136,35 @@ class Pricer:
 
     def _price(self, ctx: RequestContext, a: Attempt) -> None:
         """An estimate when no usage came back, or only a stream's start's (cut before its output
-        count: ``Attempt.usage_partial``); a failed attempt is billed only if usage came back."""
-        if ctx.cache_hit or a.provider is None or a.status == 0:
+        count: ``Attempt.usage_partial``); a failed attempt is billed only if usage came back, or
+        its input as an estimate when its request went out unanswered (``Attempt.input_billed``)."""
+        if ctx.cache_hit or a.provider is None or (a.status == 0 and not a.input_billed):
             return
-        if a.status >= 400 and a.usage is None:
+        if a.status >= 400 and a.usage is None and not a.input_billed:
             return
         if ctx.endpoint in ("count_tokens", "input_tokens"):  # free upstream: nothing to bill
             return
         price = self.billed_price(ctx, a)
         if ctx.endpoint in media.ENDPOINTS:
             return self._price_media(ctx, a, price)
-        if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing sent nothing
+        if a.usage is None and (a.input_billed or (a.paused_usage and a.outcome in BILLABLE_WITHOUT_USAGE)):
+            # what it was sent (a follow-up: the answers so far too); a follow-up cut mid-stream: what it relayed
+            inputs = estimate.input_tokens(ctx) + a.sent_back
+            relayed = 0 if a.input_billed else self._relayed(a)
+            a.usage, a.usage_estimated = Usage(prompt_tokens=max(1, inputs), completion_tokens=relayed), True
+        if a.usage is None and a.paused_usage:  # a follow-up call that reported nothing
             a.usage = Usage()
         if a.usage is None:
             if a.outcome not in BILLABLE_WITHOUT_USAGE:
                 return
-            relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())
+            relayed = self._relayed(a)
             relayed += imagegen.IMAGE_OUTPUT_TOKENS * a.own_images  # a chat image model's, as the largest image
             # the body and the conversation it continues (a previous_response_id's history, the
             # items its item_references put in), all of which the provider was sent
             a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)), completion_tokens=relayed)
             a.usage_estimated = True
         elif a.usage_partial and a.outcome in BILLABLE_WITHOUT_USAGE:  # its input counted, its output not yet
-            relayed = estimate.relayed_tokens(a.response_body, a.relayed_text_bytes())
+            relayed = self._relayed(a)
             a.usage = dataclasses.replace(a.usage, completion_tokens=max(a.usage.completion_tokens, relayed))
             a.usage_estimated = True
         if a.image_usage is not None or a.image_estimate is not None:
@@ -171,6 +177,16 @@ class Pricer:
             a.cost_uc = sum(cost_microcents(price, u) for u in [*a.paused_usage, a.usage])
             a.cost_status = "estimate" if a.usage_estimated else "exact"
         a.usage, a.paused_usage = a.total_usage(), []  # and the usage reported whole
+
+    @staticmethod
+    def _relayed(a: Attempt) -> int:
+        """Output tokens the current call relayed without saying them (``estimate.relayed_tokens``):
+        a continued turn's follow-up only what came after the calls before it, which are billed."""
+        body, total = a.response_body, a.relayed_text_bytes()
+        if a.paused_usage:
+            kept, relayed = a.follow_up_from
+            body, total = body[kept:], max(0, total - relayed)
+        return estimate.relayed_tokens(body, total)
 
     def _with_images(self, ctx: RequestContext, a: Attempt) -> None:
         """Add what the image_generation tool's images cost to the answer's usage, as a fee: its

@@ -4,8 +4,10 @@ A request thread blocked on the provider's answer cannot look at its client's so
 one watcher thread per server does it for every request that is waiting upstream: it
 sleeps in ``poll`` on those sockets (no polling loop), and when one reads end-of-file — the
 client closed, or shut down its sending side — or is reset, it calls that request's
-callback, which shuts the upstream connection down. The blocked read then returns and
-the request ends as ``client_disconnected``; the provider sees its connection close.
+callback. A stream's shuts the upstream connection down: the blocked read returns, the
+request ends as ``client_disconnected`` and the provider sees its connection close (and stops
+generating). A whole answer's lets a call already sent run to its end (``upstream.Cancel.leave``):
+the provider bills that answer whole, so it is read for its usage, then traced the same way.
 
 Bytes from a keep-alive client that pipelines its next request also make the socket
 readable, but do not mean it left: such a socket is no longer watched for this request

@@ -220,6 +220,11 @@ class Attempt:
     # The usage so far is a stream's start (Anthropic's message_start: input counted, output 1); the
     # output count comes with message_delta. Still set when the answer ended: it was cut before that.
     usage_partial: bool = False
+    # The request went out and no answer that says what it used came back (a timeout, the shutdown,
+    # a call ended for its departed client): the provider may bill its input, estimated then.
+    input_billed: bool = False
+    sent_back: int = 0  # a paused turn's follow-up call: the input tokens its answers so far add (estimated)
+    follow_up_from: tuple[int, int] = (0, 0)  # ... and where its relayed bytes begin: (kept, relayed text)
     # A turn the provider paused (Anthropic's pause_turn) and Stockyard continued: the usage of each
     # call before the current one, whose own is ``usage``. The Pricer prices each call on its own and
     # then folds them into ``usage`` (the whole answer's), emptying this.

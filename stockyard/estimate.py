@@ -137,6 +137,9 @@ def relayed_tokens(captured: bytes | bytearray, total: int) -> int:
     return -(-int(chars * scale) // 4)
 
 
+_ERROR_EVENT = re.compile(rb'data: ?\{"error"\s*:')
+
+
 def _whole_events(data: bytes) -> bool:
     """``data`` starts with a whole SSE event whose data is a JSON object: a stream, read."""
     event, ended, _ = data.partition(b"\n\n")
@@ -150,11 +153,12 @@ def _whole_events(data: bytes) -> bool:
 
 
 def _framing(data: bytes) -> int:
-    """The bytes of ``data``'s events that only frame its stream (:data:`_FRAMES`)."""
+    """The bytes of ``data``'s events that only frame its stream (:data:`_FRAMES`, and the error event
+    that ends a broken one in the OpenAI and Gemini shape, ``{"error": …}``: Stockyard's, not the model's)."""
     framing = 0
     for event in data.split(b"\n\n"):
         found = _TYPE.search(event)
-        if found is not None and found.group(1) in _FRAMES:
+        if (found is not None and found.group(1) in _FRAMES) or _ERROR_EVENT.match(event):
             framing += len(event) + 2
     return min(framing, len(data))
 

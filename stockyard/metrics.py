@@ -45,6 +45,7 @@ ZERO_WHEN_EMPTY = (
     "connections_refused_total",
     "results_readers_refused_total",
     "websocket_connections_refused_total",
+    "clients_left_waiting_total",
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -268,6 +269,11 @@ HELP = {
         "counter",
         "Responses API WebSocket handshakes refused at once (a 426: the client goes on over HTTP) at "
         "STOCKYARD_WEBSOCKET_MAX_CONNECTIONS or past a key's quarter of them.",
+    ),
+    "clients_left_waiting_total": (
+        "counter",
+        "Proxied requests whose client closed its connection while they waited for the provider: a stream's "
+        "upstream call is ended, a whole answer read to its end and billed.",
     ),
 }
 

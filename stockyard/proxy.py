@@ -245,8 +245,11 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             return
         assert ctx.route is not None
         ctx.attempt.provider, ctx.attempt.upstream_model = ctx.route.provider, ctx.route.model
-        ctx.upstream_cancel = Cancel()
-        with reply.watch_client(ctx.upstream_cancel.cancel):  # a client that leaves ends the upstream call
+        ctx.upstream_cancel = cancel = Cancel()
+        # A client that leaves ends a stream's upstream call (the provider stops generating: reading on
+        # could only cost more), while a whole answer, made and billed whole either way, is read to its
+        # end for what it cost.
+        with reply.watch_client(cancel.cancel if ctx.stream else cancel.leave):
             failure = forward(path, reply, ctx)
         if failure is not None:
             if failure.error is not None:
@@ -432,6 +435,8 @@ def forward(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
             failure = attempt_once(path, reply, ctx, policy, breaker, deployment)
             if failure is None:
                 return None
+            if client_left(ctx):
+                raise ClientGone()  # no other attempt for a client that is gone
             if failure.context_overflow and not larger_tried and ctx.plan and ctx.plan.route.context_fallback:
                 larger_tried = True
                 todo = model_candidates(path, ctx, ctx.plan.route.context_fallback)
@@ -654,14 +659,20 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
         return None
     try:
         raw = resp.read_all()
-    except UpstreamError as exc:
-        return no_answer(path, ctx, exc, by_deadline, started, ts_ms)
+    except UpstreamError as exc:  # its head said the answer was made: the provider bills it
+        return no_answer(path, ctx, exc, by_deadline, started, ts_ms, answered=True)
     answers = whole_turn(path, ctx, adapter, raw)
     ctx.attempt.mark_first_byte()
     body = path.scrub.bytes(adapter.parse_turn(ctx, answers))
+    if ctx.attempt.input_billed:  # a follow-up went out unanswered: the usage read is the call's before it
+        ctx.attempt.usage = None
     ctx.attempt.status = resp.status
     ctx.complete = True
     ctx.attempt.capture(body, path.settings.body_cap_bytes)
+    if client_left(ctx):  # read to its end for its usage (Cancel.leave): nobody to send it to
+        message = "client closed the connection before the answer; the provider's answer was read to its end and billed"
+        fail(ctx, resp.status, message, "client_disconnected")
+        return None
     reply.send(resp.status, body, adapter.content_type(resp.headers.get("content-type")), headers)
     return None
 
@@ -679,7 +690,8 @@ def whole_turn(path: RequestPath, ctx: RequestContext, adapter: Adapter, raw: by
         try:
             answers.append(resp.read_all())
         except UpstreamError as exc:
-            end_turn(ctx, f"the follow-up call broke: {path.scrub.text(str(exc))}", gave_up=True)
+            billed = ctx.attempt.input_billed = unanswered(ctx, exc)  # else it gave nothing: not one of the turn's
+            end_turn(ctx, f"the follow-up call broke: {path.scrub.text(str(exc))}", gave_up=not billed)
             break
     return answers
 
@@ -702,6 +714,8 @@ def continue_turn(
     a = ctx.attempt
     a.paused_usage.append(follow.usage or Usage())  # the paused call's, priced on its own
     a.usage, a.usage_partial = None, False
+    a.sent_back = follow.sent_back  # what this call's input adds, should it go out and never answer
+    a.follow_up_from = (len(a.response_body), a.relayed_text_bytes())  # what it relays comes after these
     try:
         timeout, _ = read_timeout(ctx, a.provider.name if a.provider else "", a.upstream_model or "")
         resp = send(path, ctx, call, timeout)
@@ -711,7 +725,8 @@ def continue_turn(
     except UpstreamError as exc:
         if client_left(ctx):
             raise ClientGone() from None
-        end_turn(ctx, f"the follow-up call failed: {path.scrub.text(str(exc))}", gave_up=True)
+        a.input_billed = unanswered(ctx, exc)  # else it gave nothing: not one of the turn's calls
+        end_turn(ctx, f"the follow-up call failed: {path.scrub.text(str(exc))}", gave_up=not a.input_billed)
         return None
     if resp.status >= 400 or (ctx.stream and not resp.is_sse):
         try:
@@ -729,6 +744,8 @@ def continuation_refused(path: RequestPath, ctx: RequestContext, follow: FollowU
     sent back, the output cap, the searches); None when it may."""
     if sent >= MAX_CONTINUATIONS:
         return f"it paused again after {MAX_CONTINUATIONS} follow-up calls, the most Stockyard sends"
+    if client_left(ctx):
+        return "the client closed its connection"
     if not budgeted(ctx):
         return None
     a, price = ctx.attempt, path.pricer
@@ -745,7 +762,8 @@ def continuation_refused(path: RequestPath, ctx: RequestContext, follow: FollowU
 def end_turn(ctx: RequestContext, stopped: str | None = None, gave_up: bool = False) -> None:
     """Say in the trace how a paused turn went: continued with how many follow-up calls, and why
     it ended incomplete when it did. ``gave_up``: the last follow-up gave nothing (its call is not
-    one of the turn's: the paused call's usage is the current one again)."""
+    one of the turn's: the paused call's usage is the current one again); a follow-up that went out
+    and never answered (``Attempt.input_billed``) is one, billed its input as an estimate."""
     a = ctx.attempt
     if gave_up:
         a.usage = a.paused_usage.pop()
@@ -819,14 +837,30 @@ def send(path: RequestPath, ctx: RequestContext, call: UpstreamCall, read_timeou
 
 
 def no_answer(
-    path: RequestPath, ctx: RequestContext, exc: UpstreamError, by_deadline: bool, started: float, ts_ms: int
+    path: RequestPath,
+    ctx: RequestContext,
+    exc: UpstreamError,
+    by_deadline: bool,
+    started: float,
+    ts_ms: int,
+    answered: bool = False,
 ) -> Failure:
     """The provider could not be reached or stopped answering: retryable, unless the deadline passed.
 
-    When the client left meanwhile, that is why (we shut the connection down): ClientGone.
+    When the client left meanwhile: ClientGone (a stream's call we ended, or a whole answer's that
+    failed on its own after its client left). A request that went out and got no answer it could
+    bill by (a timeout, the shutdown, a call ended for its departed client, a whole answer whose
+    body broke after its head: ``answered``) is billed its input as an estimate
+    (``Attempt.input_billed``): the provider may bill that much, or more.
     """
+    cancel = ctx.upstream_cancel
+    ctx.attempt.input_billed = unanswered(ctx, exc, answered)
     if client_left(ctx):
-        ctx.attempt.error_message = "client closed the connection before the answer; the upstream request was ended"
+        if cancel is not None and cancel.left and exc.kind != "cancelled":  # the call it left went on, and failed
+            why = f"the provider's answer then failed: {path.scrub.text(str(exc))}"
+        else:
+            why = "the upstream request was ended"
+        ctx.attempt.error_message = f"client closed the connection before the answer; {why}"
         raise ClientGone()
     assert ctx.attempt.provider is not None
     if by_deadline and exc.kind == "timeout":
@@ -840,9 +874,22 @@ def no_answer(
     return Failure(retryable, started, ts_ms, error=error)
 
 
+def unanswered(ctx: RequestContext, exc: UpstreamError, answered: bool = False) -> bool:
+    """Whether the call that failed with ``exc`` went out and the provider may bill its input though
+    no answer said what it used: it timed out, the shutdown ended it, it was ended for its departed
+    client, or ``answered`` (a whole answer's head came, its body broke: it was made) — not a connect
+    error, nor a reset or garbage before any answer (providers bill none). Token endpoints only."""
+    cancel = ctx.upstream_cancel
+    if cancel is None or not cancel.sent or ctx.endpoint in media.ENDPOINTS:
+        return False
+    return answered or exc.kind in ("timeout", "shutdown") or client_left(ctx)
+
+
 def client_left(ctx: RequestContext) -> bool:
-    """The client's connection closed while this request was upstream (see ``Reply.watch_client``)."""
-    return ctx.upstream_cancel is not None and ctx.upstream_cancel.cancelled
+    """The client's connection closed while this request was upstream (see ``Reply.watch_client``):
+    its call was ended (a stream's), or goes on to its end (``Cancel.leave``)."""
+    cancel = ctx.upstream_cancel
+    return cancel is not None and (cancel.cancelled or cancel.left)
 
 
 def error_answer(

@@ -587,9 +587,15 @@ class Handler(BaseHTTPRequestHandler):
         """While the provider works: ``on_gone()`` if this client closes its connection meanwhile.
 
         The watch ends as soon as the answer starts (``_head``); a client leaving after that is
-        noticed by the writes that follow.
+        noticed by the writes that follow. Each departure seen is counted (``clients_left_waiting_total``).
         """
-        with self.server.client_watch.watching(self.connection, on_gone) as end:
+        metrics = self.server.app.metrics
+
+        def gone() -> None:
+            metrics.count("clients_left_waiting_total")
+            on_gone()
+
+        with self.server.client_watch.watching(self.connection, gone) as end:
             self._end_watch = end
             try:
                 yield

@@ -155,13 +155,18 @@ class Cancel:
     on Linux it also aborts a connect still in SYN_SENT; the lock makes sure a connection already
     handed back to the pool is never touched. Once ended, no new attempt starts:
     :meth:`Pool.request` raises ``UpstreamError("cancelled")`` (or ``shutdown_error()``).
+
+    :meth:`leave` is the departure of a client whose answer is not a stream: a call whose request
+    went out (``sent``) goes on to its end, since the provider makes and bills that answer whole.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self.cancelled = False  # the client went away
+        self.cancelled = False  # the client went away: the call was ended
+        self.left = False  # the client went away: the call whose request went out goes on (``leave``)
         self.stopping = False  # the server is shutting down (``Pool.stop_calls``)
+        self.sent = False  # the current call's request is being or was written to the provider (``mark_sent``)
 
     def cancel(self, stopping: bool = False) -> None:
         with self._lock:
@@ -169,25 +174,55 @@ class Cancel:
                 self.stopping = True
             else:
                 self.cancelled = True
-            if self._sock is not None:
-                try:  # the plain socket's shutdown, also for TLS: the TLS layer then sees EOF
-                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._shut()
+
+    def leave(self) -> None:
+        """The client left a request whose answer is not a stream. Once its request went out, the
+        provider makes the whole answer and bills it whether it is read or not, so the call goes on
+        to its end (bounded by its read timeout and the shutdown) for its usage; before that (still
+        connecting) nothing was asked yet, and the call ends as :meth:`cancel` ends it. No new call
+        starts either way (:meth:`check`)."""
+        with self._lock:
+            if self.sent:
+                self.left = True
+                return
+            self.cancelled = True
+            self._shut()
+
+    def _shut(self) -> None:
+        """Wake the call's blocked connect or read (the lock held)."""
+        if self._sock is not None:
+            try:  # the plain socket's shutdown, also for TLS: the TLS layer then sees EOF
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def check(self) -> None:
-        """Raise if the call was ended: nothing more is started for it."""
+        """Raise if the call was ended or its client left: nothing more is started for it."""
         if self.stopping:
             raise shutdown_error()
-        if self.cancelled:
+        if self.cancelled or self.left:
             raise UpstreamError("cancelled", "the client went away before the provider answered")
+
+    def new_call(self) -> None:
+        """A call begins (:meth:`Pool.request`): its request is not sent yet, whatever an earlier
+        call of the same request's (a retry's, a fallback's) was."""
+        with self._lock:
+            self.sent = False
 
     def attach(self, sock: socket.socket) -> None:
         """Watch ``sock`` from now on (before its ``connect()``, or before the request is written
-        into a pooled connection); raises if the call was ended already."""
+        into a pooled connection); raises if the call was ended already. Its request is not sent yet."""
         with self._lock:
+            self.sent = False
             self.check()
             self._sock = sock
+
+    def mark_sent(self) -> None:
+        """The request is being written: the provider may have it (and bill it) whatever happens next,
+        so a client leaving from now on lets the call go on (:meth:`leave`)."""
+        with self._lock:
+            self.sent = True
 
     def detach(self) -> bool:
         """Stop watching the connection; True if the call was ended (do not reuse it)."""
@@ -240,6 +275,8 @@ class UpstreamResponse:
         if len(data) > limit:
             self.close()
             raise UpstreamError("protocol", "provider answer is larger than the limit")
+        if self._resp.length:  # its Content-Length promised more: the connection closed mid-answer
+            raise self._broke("reset", "provider connection broke while sending its answer")
         self.release()
         return data
 
@@ -565,6 +602,7 @@ class Pool:
         shut down and the call raises ``UpstreamError("cancelled")``.
         """
         cancel = cancel if cancel is not None else Cancel()
+        cancel.new_call()
         with self._lock:
             self._calls.add(cancel)
         if self.stopping:
@@ -581,7 +619,7 @@ class Pool:
                 conn.sock.settimeout(timeout)
             try:
                 cancel.attach(conn.sock)
-                resp = self._exchange(conn, key, method, full_path, headers, body)
+                resp = self._exchange(conn, key, method, full_path, headers, body, cancel)
                 return UpstreamResponse(self, key, conn, resp, cancel)
             except UpstreamError:
                 conn.close()
@@ -610,15 +648,18 @@ class Pool:
         target: str,
         headers: dict[str, str],
         body: bytes | BinaryIO | None,
+        cancel: Cancel,
     ) -> http.client.HTTPResponse:
         """Send the request and read the answer's head. A bytes body goes with its head in one
         write and the answer is read from the socket directly; a file body through http.client."""
         if body is not None and not isinstance(body, bytes):
             body.seek(0)
+            cancel.mark_sent()
             conn.request(method, target, body=body, headers=headers)
             return conn.getresponse()
         assert conn.sock is not None
         head = request_head(key, method, target, headers, body)
+        cancel.mark_sent()  # before the write: the provider may read the request before sendall returns
         conn.sock.sendall(head + body if body else head)
         resp = Response(conn.sock, method=method)
         try:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import pytest
 from conftest import ServerProcess, base_env, wait_for
+from mock_upstream import Reply
 
 from stockyard.upstream import Cancel, Pool, UpstreamError
 
@@ -194,23 +195,53 @@ def test_a_client_leaving_ends_a_call_still_connecting(pyz_path, cache_home, tmp
     assert "Traceback" not in server.log
 
 
-@pytest.mark.parametrize("ended", ["cancelled", "stopping"])
+@pytest.mark.parametrize("ended", ["cancelled", "left", "stopping"])
 def test_an_ended_call_starts_no_connect(ended: str) -> None:
-    """A call whose client left, or that the stopping pool refuses, never opens a connection."""
+    """A call whose client left (a stream's, or a whole answer's: ``leave``), or that the stopping
+    pool refuses, never opens a connection."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
     pool, cancel = Pool(), Cancel()
     if ended == "cancelled":
         cancel.cancel()
+    elif ended == "left":
+        cancel.leave()
     else:
         pool.stop_calls()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
     with pytest.raises(UpstreamError) as raised:
         pool.request(url, "GET", "/models", {}, None, cancel=cancel)
-    assert raised.value.kind == ("cancelled" if ended == "cancelled" else "shutdown")
+    assert raised.value.kind == ("shutdown" if ended == "stopping" else "cancelled")
     with pytest.raises(BlockingIOError):  # nothing connected: no connection waits to be accepted
         listener.accept()
     listener.close()
+
+
+def test_a_call_sent_goes_on_after_its_client_left_and_the_next_is_never_sent(mock) -> None:
+    """``leave`` while a sent request waits for its answer: the answer still comes, read whole (the
+    provider bills it); a call after that (a retry's) starts nothing, and is not marked sent — an
+    earlier call's mark must not make a call never sent look billed."""
+    reached, release = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=release, hang_started=reached))
+    pool, cancel = Pool(), Cancel()
+    answers: list[bytes] = []
+    url = mock.url + "/v1"
+
+    def call() -> None:
+        answers.append(pool.request(url, "GET", "/models", {}, None, cancel=cancel).read_all())
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert reached.wait(10)
+    assert cancel.sent
+    cancel.leave()
+    release.set()
+    caller.join(10)
+    assert answers and json.loads(answers[0])["object"] == "list"
+    with pytest.raises(UpstreamError) as raised:
+        pool.request(url, "GET", "/models", {}, None, cancel=cancel)
+    assert raised.value.kind == "cancelled" and not cancel.sent
+    pool.close()
 
 
 def connect_ended_by(end: Callable[[Pool, Cancel], None], provider) -> tuple[UpstreamError, float]:

@@ -250,6 +250,81 @@ def test_a_follow_up_the_provider_refuses_ends_the_answer_incomplete(server, cli
     assert trace["prompt_tokens"] == PROMPT_TOKENS and trace["status"] == 200
 
 
+@pytest.fixture(scope="module")
+def impatient(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
+    """A server that waits a second for a provider's bytes (``STOCKYARD_UPSTREAM_TIMEOUT``)."""
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-test-0123456789abcdefPAUSETURN",
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_UPSTREAM_TIMEOUT="1",
+    )
+    proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("impatient") / "stockyard.db", env)
+    assert proc.cli("prices", "set", SCRIPTED_MODEL, "--input", "1", "--output", "2").returncode == 0
+    yield proc.start()
+    proc.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_follow_up_that_times_out_is_billed_its_input(impatient, mock, stream):
+    """Claude pauses and the follow-up call, sent, never answers: the provider may bill what it was
+    sent (the request and the answer so far), so the trace adds that input as an estimate to the
+    first call's exact cost (it added nothing)."""
+    model = SCRIPTED_MODEL
+    asked = {"tools": [{"type": "web_search_20250305", "name": "web_search"}], "messages": []}
+    first = Reply(sse=anthropic_stream(asked, 1, model)) if stream else Reply(json=anthropic_message(asked, 1, model))
+    mock.enqueue(first, Reply(hang_s=5))
+    raw, finishes, content = searched(impatient.openai("unused"), model, stream)
+    assert (finishes, content) == (["length"], paused_text(1))
+    trace = impatient.trace(raw.headers["x-stockyard-trace-id"])
+    assert "the follow-up call failed" in trace["error_message"] and "continued it with 1" in trace["error_message"]
+    sent = trace["prompt_tokens"] - PROMPT_TOKENS  # the follow-up's input, estimated
+    assert sent > PAUSED_INPUT_TOKENS and trace["completion_tokens"] == COMPLETION_TOKENS
+    assert trace["cost_uc"] == cost_at((100_000_000, 200_000_000), 1, searches=1) + sent * 100
+    assert trace["cost_status"] == "estimate" and trace["usage_estimated"] == 1
+
+
+def test_a_follow_up_stream_that_breaks_before_its_first_event_is_billed_its_input(server, client, mock):
+    """Claude pauses a streamed turn, and the follow-up's stream breaks before its first event: the
+    provider was sent the request and the answer so far, so that input is billed as an estimate on
+    top of the first call's exact cost (the follow-up was billed nothing)."""
+    model = SCRIPTED_MODEL
+    asked = {"tools": [{"type": "web_search_20250305", "name": "web_search"}], "messages": []}
+    mock.enqueue(Reply(sse=anthropic_stream(asked, 1, model)), Reply(sse=[], cut_after=0))
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "weather?"}], web_search_options={}, stream=True
+    )
+    with pytest.raises(openai.APIError, match="stream broke"):
+        list(raw.parse())  # the first call's answer, then the follow-up's error event
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken"
+    sent = trace["prompt_tokens"] - PROMPT_TOKENS  # the follow-up's input, estimated
+    assert sent > PAUSED_INPUT_TOKENS and trace["completion_tokens"] == COMPLETION_TOKENS
+    assert trace["cost_uc"] == cost_at((100_000_000, 200_000_000), 1, searches=1) + sent * 100
+    assert trace["cost_status"] == "estimate" and trace["usage_estimated"] == 1
+
+
+def test_a_follow_up_stream_cut_midway_is_billed_the_text_it_relayed_alone(server, client, mock):
+    """The follow-up's stream breaks after its first words: its input is the count its start gave,
+    its output the text it relayed at four characters a token — not the first call's text again."""
+    model = SCRIPTED_MODEL
+    asked = {"tools": [{"type": "web_search_20250305", "name": "web_search"}], "messages": []}
+    mock.enqueue(Reply(sse=anthropic_stream(asked, 1, model)), Reply(cut_after=4))
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "weather?"}], web_search_options={}, stream=True
+    )
+    chunks = []
+    with pytest.raises(openai.APIError, match="stream broke"):
+        for chunk in raw.parse():
+            chunks.append(chunk)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith(paused_text(1)) and len(text) > len(paused_text(1))
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert trace["outcome"] == "stream_broken" and trace["usage_estimated"] == 1
+    assert trace["completion_tokens"] == COMPLETION_TOKENS + -(-(len(text) - len(paused_text(1))) // 4)
+
+
 def test_a_budget_holds_each_follow_up_or_the_turn_ends_there(server, mock):
     """$0.045: the first call holds 3 searches ($0.03) and costs one; a follow-up needs what the turn
     cost so far and its own worst case ($0.01 + $0.03) held too, which fits; the next ($0.02 +

@@ -595,7 +595,8 @@ def test_handshake_and_a_turn_leave_no_traceback(server):
 
 def test_a_client_that_leaves_mid_turn_ends_the_upstream_call(server, mock):
     """The reader notices the socket close while the turn waits for its provider: the provider's
-    connection is closed and the turn is traced ``client_disconnected``."""
+    connection is closed and the turn is traced ``client_disconnected``, billed the input the
+    provider was sent as an estimate (gpt-4o-mini: 15 µ¢ an input token), no output."""
     started, hung_up = threading.Event(), threading.Event()
     mock.enqueue(Reply(hang_s=30, hang_started=started, hung_up=hung_up))
     raw = Raw(server, server.secret("alice"))
@@ -603,12 +604,12 @@ def test_a_client_that_leaves_mid_turn_ends_the_upstream_call(server, mock):
     assert started.wait(10)
     raw.sock.close()
     assert hung_up.wait(10)
-    wait_for(
-        lambda: server.db_rows(
-            "SELECT outcome FROM traces WHERE tags LIKE '%leaves%' AND outcome = 'client_disconnected'"
-        ),
+    (trace,) = wait_for(
+        lambda: server.db_rows("SELECT * FROM traces WHERE tags LIKE '%leaves%' AND outcome = 'client_disconnected'"),
         what="the turn traced client_disconnected",
     )
+    assert trace["prompt_tokens"] > 0 and trace["completion_tokens"] == 0 and trace["usage_estimated"] == 1
+    assert trace["cost_uc"] == trace["prompt_tokens"] * 15 and trace["cost_status"] == "estimate"
 
 
 def test_a_client_that_does_not_read_is_not_buffered_for(pyz_path, cache_home, mock, tmp_path_factory):

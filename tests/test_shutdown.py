@@ -97,12 +97,19 @@ def test_requests_still_running_when_the_drain_ends_get_an_error_and_keep_their_
         assert json.loads(last[6:])["error"]["code"] == "server_shutting_down"
         caller.join(30)
         assert answers and answers[0][0] == 503 and answers[0][1]["error"]["code"] == "server_shutting_down"
-        rows = server.db_rows("SELECT stream, status, outcome, error_type FROM traces ORDER BY stream")
+        rows = server.db_rows(
+            "SELECT stream, status, outcome, error_type, prompt_tokens, completion_tokens, cost_uc, cost_status "
+            "FROM traces ORDER BY stream"
+        )
         assert [(r["stream"], r["error_type"]) for r in rows] == [
             (0, "server_shutting_down"),
             (1, "server_shutting_down"),
         ]
         assert rows[1]["outcome"] == "stream_broken" and rows[0]["status"] == 503
+        # the call the drain ended had gone out: the provider may bill its input (gpt-4o-mini, 15 µ¢ a token)
+        inputs = -(-len(BODY) // 4)
+        assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (inputs, 0)
+        assert rows[0]["cost_uc"] == inputs * 15 and rows[0]["cost_status"] == "estimate"
         assert "ending them" in server.log and "Traceback" not in server.log
 
 
