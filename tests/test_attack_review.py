@@ -73,6 +73,21 @@ def test_admin_login_throttle_forgets_senders_whose_window_is_empty(monkeypatch)
     assert throttle._failures == {}
 
 
+def test_admin_login_throttle_forgets_senders_that_never_come_back(monkeypatch):
+    """Was: a sender was forgotten only when it asked again, so every address that failed once
+    and went away (a scan of the admin API from many addresses: IPv6 /64s, or the senders a
+    trusted proxy names) kept its entry for the server's life."""
+    clock = [1000.0]
+    monkeypatch.setattr("stockyard.api.logins.time.monotonic", lambda: clock[0])
+    throttle = LoginThrottle()
+    for i in range(5000):
+        throttle.fail(f"2001:db8:{i:x}::1")
+    clock[0] += 61
+    for i in range(10):
+        throttle.fail(f"198.51.100.{i}")
+    assert len(throttle._failures) <= 10 + 1  # the last minute's senders, not the 5,000 gone
+
+
 # -- a key with a model allow-list and the Batch API --------------------------------------------
 
 
