@@ -44,7 +44,7 @@ from .files_api import BatchHold, FilesAPI, Ownership
 from .gemini_cache import CachedContents
 from .gemini_files import GeminiFiles, UploadSessions
 from .keys import KeyRing, load_keys
-from .limits import websocket_caps
+from .limits import HeldBytes, websocket_caps
 from .message_batches import MessageBatches
 from .metrics import Metrics
 from .modules import Modules, ModuleServices
@@ -110,6 +110,7 @@ class App:
         self.metrics = Metrics(settings.metrics_top_keys)
         # upgraded /v1/responses (this process): in all, per key (the server bounds it by its connection cap)
         self.websockets = websocket_caps(settings.websocket_max_connections, settings.max_connections)
+        self.bodies = HeldBytes(settings.request_bodies_bytes)  # request bodies in memory at once (Handler._body)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size, max_bytes=settings.writer_queue_bytes)
         self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)

@@ -165,6 +165,34 @@ class Caps:
                     self._by_sender[who] = left
 
 
+class HeldBytes:
+    """Bytes held at once by every holder together (request bodies in memory), at most ``total``.
+
+    Past it a taker waits for room up to ``wait_s`` (a burst passes at the pace bodies are
+    served), then is refused; one holder alone always fits, so no body within the size limit is
+    refused for its size alone."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._room = threading.Condition()
+
+    def take(self, size: int, wait_s: float) -> bool:
+        """Hold ``size`` more bytes, waiting up to ``wait_s`` for room; False if none came."""
+        fits = lambda: self.held == 0 or self.held + size <= self.total  # noqa: E731
+        with self._room:
+            if not self._room.wait_for(fits, timeout=wait_s):
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        """``size`` bytes that ``take`` held are free again."""
+        with self._room:
+            self.held -= size
+            self._room.notify_all()
+
+
 def websocket_caps(wanted: int, connections: int | None) -> Caps:
     """The Responses WebSocket caps: ``wanted`` (``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS``) in all, but at
     most half of ``connections`` (the server's connection cap, when known): a socket holds one of those

@@ -45,6 +45,7 @@ ZERO_WHEN_EMPTY = (
     "connections_refused_total",
     "results_readers_refused_total",
     "websocket_connections_refused_total",
+    "request_bodies_refused_total",
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -269,6 +270,11 @@ HELP = {
         "Responses API WebSocket handshakes refused at once (a 426: the client goes on over HTTP) at "
         "STOCKYARD_WEBSOCKET_MAX_CONNECTIONS or past a key's quarter of them.",
     ),
+    "request_bodies_refused_total": (
+        "counter",
+        "Requests refused (503) because the request bodies in memory held STOCKYARD_REQUEST_BODIES_MB for "
+        "their whole wait.",
+    ),
 }
 
 
@@ -418,6 +424,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             "gauge",
             "Responses API WebSocket connections open in this server process.",
             app.websockets.open,
+        ),
+        (
+            "request_bodies_bytes",
+            "gauge",
+            "Bytes of request bodies in memory now (STOCKYARD_REQUEST_BODIES_MB).",
+            app.bodies.held,
         ),
     ]
     out += _pool_gauges(app)

@@ -9,8 +9,10 @@ bytes however few bytes it took to send.
 from __future__ import annotations
 
 import json
+import socket
 
-from conftest import ServerProcess
+import pytest
+from conftest import ServerProcess, mock_env, wait_for
 
 from stockyard.httpio import MAX_JSON_VALUES
 
@@ -46,3 +48,52 @@ def test_commas_and_brackets_inside_strings_are_not_values(openai_server: Server
     just_under = with_values(CHAT, "x", "1", MAX_JSON_VALUES - 100)
     status, _, answer = openai_server.request("POST", "/v1/chat/completions", raw=just_under)
     assert status == 200, answer[:300]
+
+
+@pytest.fixture(scope="module")
+def one_mib_server(pyz_path, cache_home, mock, tmp_path_factory):
+    """Request bodies held at once bounded to 1 MiB in all."""
+    db = tmp_path_factory.mktemp("bodies") / "stockyard.db"
+    server = ServerProcess(pyz_path, db, mock_env(cache_home, mock, STOCKYARD_REQUEST_BODIES_MB="1")).start()
+    yield server
+    server.stop()
+
+
+def begun_request(server: ServerProcess, length: int) -> socket.socket:
+    """A chat request whose head says ``length`` bytes of body and whose body never comes."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b'{"model": "gpt-4o-mini", ')
+    return sock
+
+
+def chat_of(size: int) -> bytes:
+    """A chat body of ``size`` bytes."""
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": ""}]})
+    return body.replace('"content": ""', '"content": "' + "x" * (size - len(body)) + '"').encode()
+
+
+def test_request_bodies_held_at_once_are_bounded_in_bytes(one_mib_server: ServerProcess):
+    """Was: bounded only by STOCKYARD_MAX_BODY_BYTES x STOCKYARD_MAX_CONNECTIONS (32 MiB x 1,024; one
+    client key a quarter of them): 32 text bodies of 15 MB at once took the server to 1.3 GB, ~40 MB
+    each. Past the bound a body waits for room, then is a 503 the SDKs retry; small ones pass."""
+    server = one_mib_server
+    held = begun_request(server, 700_000)
+    try:
+        wait_for(lambda: server.metric("request_bodies_bytes") == 700_000, what="the first body's bytes held")
+        status, headers, body = server.request("POST", "/v1/chat/completions", raw=chat_of(4_000_000))
+        assert status == 503, body[:300]
+        assert json.loads(body)["error"]["code"] == "too_many_request_bodies" and headers["retry-after"] == "1"
+        assert server.metric("request_bodies_refused_total") == 1
+        status, _, body = server.request("POST", "/v1/chat/completions", raw=chat_of(2_000))
+        assert status == 200, body[:300]  # a small body needs no room
+    finally:
+        held.close()
+    wait_for(lambda: server.metric("request_bodies_bytes") == 0, what="the first body's bytes given back")
+    status, _, body = server.request("POST", "/v1/chat/completions", raw=chat_of(600_000))
+    assert status == 200, body[:300]
+    status, _, body = server.request("POST", "/v1/chat/completions", raw=chat_of(1_500_000))
+    assert status == 200, body[:300]  # alone, a body larger than the bound is served
