@@ -165,6 +165,12 @@ class Caps:
                     self._by_sender[who] = left
 
 
+# Request bodies in memory at once are bounded (STOCKYARD_REQUEST_BODIES_MB: App.bodies): those up to
+# this size are not counted (a thousand of them are 64 MiB), a larger one waits for room this long.
+BODY_UNCOUNTED_BYTES = 64 * 1024
+BODY_WAIT_S = 5.0
+
+
 class HeldBytes:
     """Bytes held at once by every holder together (request bodies in memory), at most ``total``.
 
@@ -188,9 +194,21 @@ class HeldBytes:
 
     def give(self, size: int) -> None:
         """``size`` bytes that ``take`` held are free again."""
+        if not size:
+            return
         with self._room:
             self.held -= size
             self._room.notify_all()
+
+
+def bodies_full() -> ProxyError:
+    """The 503 of a request body (or WebSocket message) that found no room for ``BODY_WAIT_S``."""
+    return ProxyError(
+        503,
+        "the server holds all the request bodies it may at once (STOCKYARD_REQUEST_BODIES_MB); try again shortly",
+        code="too_many_request_bodies",
+        headers={"Retry-After": "1"},
+    )
 
 
 def websocket_caps(wanted: int, connections: int | None) -> Caps:

@@ -68,7 +68,7 @@ from .hosts import client_address, counted_sender, forwarded_prefix, host_allowe
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, check_method, json_response
 from .keys import presented_key
-from .limits import Caps, websocket_caps
+from .limits import BODY_UNCOUNTED_BYTES, Caps, websocket_caps
 from .logbuffer import access, printable
 from .loglimit import Throttle
 from .modules import redact
@@ -102,10 +102,6 @@ MULTIPART_ENDPOINTS = ("transcriptions", "translations", "image_edits", "image_v
 OPEN_ROUTES = ("/healthz", "/readyz")
 CHUNK_LINE_MAX = 4096  # a chunk-size line with its extensions
 BODY_BLOCK = 64 * 1024  # bodies are read in blocks of this size
-# Request bodies in memory at once are bounded (STOCKYARD_REQUEST_BODIES_MB, Handler._body): those up to
-# this size are not counted (a thousand of them are 64 MiB), a larger one waits for room this long.
-BODY_UNCOUNTED_BYTES = 64 * 1024
-BODY_WAIT_S = 5.0
 UPLOAD_PROGRESS_BYTES = 256 * 1024  # an upload earns another read deadline per this many bytes
 LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
@@ -662,21 +658,15 @@ class Handler(BaseHTTPRequestHandler):
         ``BODY_WAIT_S`` for room; else a 503 the SDKs retry, once the ``rest`` of the body was read
         and dropped a block at a time: a client still sending it would meet a reset, not the answer
         (one that waits for a 100 Continue sends nothing: not read)."""
-        app = self.server.app
-        if app.bodies.take(size, BODY_WAIT_S):
-            self._held += size
-            return
-        app.metrics.count("request_bodies_refused_total")
-        if not self._expect_continue:
-            for _ in rest:
-                pass
-            self._body_done = True
-        raise ProxyError(
-            503,
-            "the server holds all the request bodies it may at once (STOCKYARD_REQUEST_BODIES_MB); try again shortly",
-            code="too_many_request_bodies",
-            headers={"Retry-After": "1"},
-        )
+        try:
+            self.server.app.hold_body(size)
+        except ProxyError:
+            if not self._expect_continue:
+                for _ in rest:
+                    pass
+                self._body_done = True
+            raise
+        self._held += size
 
     def _continue(self) -> None:
         """Invite the body of an ``Expect: 100-continue`` request (only now: a refused one never is)."""

@@ -97,3 +97,58 @@ def test_request_bodies_held_at_once_are_bounded_in_bytes(one_mib_server: Server
     assert status == 200, body[:300]
     status, _, body = server.request("POST", "/v1/chat/completions", raw=chat_of(1_500_000))
     assert status == 200, body[:300]  # alone, a body larger than the bound is served
+
+
+def websocket(server: ServerProcess) -> socket.socket:
+    """A Responses WebSocket, upgraded (open mode: no key)."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        b"GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def frames_of(sock: socket.socket, size: int) -> list[tuple[int, bytes]]:
+    """Send a ``response.create`` of about ``size`` bytes (masked with zeros: its bytes as they are);
+    the frames the server sends until the turn ends (``response.completed`` or ``error``) or it closes."""
+    data = json.dumps({"type": "response.create", "model": "gpt-4o-mini", "store": False, "input": "x" * size})
+    sock.sendall(bytes([0x81, 0xFF]) + len(data).to_bytes(8, "big") + b"\0\0\0\0" + data.encode())
+    reader = sock.makefile("rb")
+    frames: list[tuple[int, bytes]] = []
+    while not frames or (
+        frames[-1][0] == 0x1 and json.loads(frames[-1][1])["type"] not in ("response.completed", "error")
+    ):
+        first, n = reader.read(2)
+        if n == 126:
+            n = int.from_bytes(reader.read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(reader.read(8), "big")
+        frames.append((first & 0x0F, reader.read(n)))
+        if frames[-1][0] == 0x8:  # close
+            break
+    return frames
+
+
+def test_a_websocket_message_is_counted_with_the_request_bodies(one_mib_server: ServerProcess):
+    """Was: a Responses WebSocket message (up to STOCKYARD_MAX_BODY_BYTES, on each of 64 sockets) was
+    outside every bound: 32 sockets sending 12 MiB each took the server to 1.5 GB. Now its frames are
+    counted before their bytes are read, until its turn ends; with no room, the socket closes 1013."""
+    server = one_mib_server
+    held = begun_request(server, 700_000)
+    try:
+        wait_for(lambda: server.metric("request_bodies_bytes") == 700_000, what="the first body's bytes held")
+        opcode, payload = frames_of(websocket(server), 600_000)[-1]
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1013, payload
+    finally:
+        held.close()
+    wait_for(lambda: server.metric("request_bodies_bytes") == 0, what="the bytes given back")
+    sock = websocket(server)
+    opcode, payload = frames_of(sock, 600_000)[-1]
+    assert json.loads(payload)["type"] == "response.completed"
+    wait_for(lambda: server.metric("request_bodies_bytes") == 0, what="given back when the turn ended")
+    sock.close()
