@@ -8,6 +8,7 @@ bytes however few bytes it took to send.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 
@@ -88,6 +89,18 @@ def test_request_bodies_held_at_once_are_bounded_in_bytes(one_mib_server: Server
         assert status == 503, body[:300]
         assert json.loads(body)["error"]["code"] == "too_many_request_bodies" and headers["retry-after"] == "1"
         assert server.metric("request_bodies_refused_total") == 1
+        chunked = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        pieces = chat_of(600_000)
+        chunked.request(
+            "POST",
+            "/v1/chat/completions",
+            (pieces[i : i + 50_000] for i in range(0, len(pieces), 50_000)),
+            {"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        answer = chunked.getresponse()
+        assert answer.status == 503 and json.loads(answer.read())["error"]["code"] == "too_many_request_bodies"
+        chunked.close()  # a chunked body is counted as it comes
         status, _, body = server.request("POST", "/v1/chat/completions", raw=chat_of(2_000))
         assert status == 200, body[:300]  # a small body needs no room
     finally:
