@@ -44,7 +44,7 @@ from .files_api import BatchHold, FilesAPI, Ownership
 from .gemini_cache import CachedContents
 from .gemini_files import GeminiFiles, UploadSessions
 from .keys import KeyRing, load_keys
-from .limits import websocket_caps
+from .limits import BODY_WAIT_S, HeldBytes, bodies_full, websocket_caps
 from .memtrim import idle_trimmer
 from .message_batches import MessageBatches
 from .metrics import Metrics
@@ -111,6 +111,7 @@ class App:
         self.metrics = Metrics(settings.metrics_top_keys)
         # upgraded /v1/responses (this process): in all, per key (the server bounds it by its connection cap)
         self.websockets = websocket_caps(settings.websocket_max_connections, settings.max_connections)
+        self.bodies = HeldBytes(settings.request_bodies_bytes)  # request bodies in memory at once (Handler._body)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size, max_bytes=settings.writer_queue_bytes)
         self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)
@@ -411,6 +412,13 @@ class App:
         if data_version != last_data_version and read_config_version(conn) != self._config_version:
             self.reload()
         return data_version
+
+    def hold_body(self, size: int) -> None:
+        """Count ``size`` bytes of a request body (or WebSocket message) in ``bodies``, waiting up to
+        ``BODY_WAIT_S`` for room, else its 503 (counted); the caller gives them back when it is served."""
+        if not self.bodies.take(size, BODY_WAIT_S):
+            self.metrics.count("request_bodies_refused_total")
+            raise bodies_full()
 
     def database_problem(self) -> str | None:
         """Why the database does not take writes (one tiny write through the writer), or None.

@@ -327,16 +327,19 @@ class Ledger:
         self._prune_at = PRUNE_FROM
 
     def _prune(self) -> None:
-        """Forget idle end users (caller holds the lock): their names come from clients, so they
-        must not pile up. Only scopes with nothing reserved and untouched for ``IDLE_FORGET_S``
-        go — long after their last trace was queued, so a reload from the rollups counts it."""
+        """Forget idle end users (caller holds the lock), with their warned and used-up marks: their
+        names come from clients, so they must not pile up. Only scopes with nothing reserved and
+        untouched for ``IDLE_FORGET_S`` go — long after their last trace was queued, so a reload
+        from the rollups counts it."""
         if len(self._entries) < self._prune_at:
             return
         idle_before = time.monotonic() - IDLE_FORGET_S
         for scope in [s for s in self._entries if s.startswith(USER_SCOPE)]:
             if all(e.reserved == 0 and e.touched < idle_before for e in self._entries[scope].values()):
                 del self._entries[scope]
-        self._warned = {m for m in self._warned if m[0] in self._entries or not m[0].startswith(USER_SCOPE)}
+        kept = lambda mark: mark[0] in self._entries or not mark[0].startswith(USER_SCOPE)  # noqa: E731
+        self._warned = {m for m in self._warned if kept(m)}
+        self._exhausted = {m for m in self._exhausted if kept(m)}  # told again if it comes back used up
         self._prune_at = max(PRUNE_FROM, 2 * len(self._entries))
 
     def _ensure(self, budgets: Iterable[Budget], ts_ms: int) -> list[tuple[Budget, str]]:

@@ -165,6 +165,52 @@ class Caps:
                     self._by_sender[who] = left
 
 
+# Request bodies in memory at once are bounded (STOCKYARD_REQUEST_BODIES_MB: App.bodies): those up to
+# this size are not counted (a thousand of them are 64 MiB), a larger one waits for room this long.
+BODY_UNCOUNTED_BYTES = 64 * 1024
+BODY_WAIT_S = 5.0
+
+
+class HeldBytes:
+    """Bytes held at once by every holder together (request bodies in memory), at most ``total``.
+
+    Past it a taker waits for room up to ``wait_s`` (a burst passes at the pace bodies are
+    served), then is refused; one holder alone always fits, so no body within the size limit is
+    refused for its size alone."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._room = threading.Condition()
+
+    def take(self, size: int, wait_s: float) -> bool:
+        """Hold ``size`` more bytes, waiting up to ``wait_s`` for room; False if none came."""
+        fits = lambda: self.held == 0 or self.held + size <= self.total  # noqa: E731
+        with self._room:
+            if not self._room.wait_for(fits, timeout=wait_s):
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        """``size`` bytes that ``take`` held are free again."""
+        if not size:
+            return
+        with self._room:
+            self.held -= size
+            self._room.notify_all()
+
+
+def bodies_full() -> ProxyError:
+    """The 503 of a request body (or WebSocket message) that found no room for ``BODY_WAIT_S``."""
+    return ProxyError(
+        503,
+        "the server holds all the request bodies it may at once (STOCKYARD_REQUEST_BODIES_MB); try again shortly",
+        code="too_many_request_bodies",
+        headers={"Retry-After": "1"},
+    )
+
+
 def websocket_caps(wanted: int, connections: int | None) -> Caps:
     """The Responses WebSocket caps: ``wanted`` (``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS``) in all, but at
     most half of ``connections`` (the server's connection cap, when known): a socket holds one of those

@@ -46,6 +46,7 @@ ZERO_WHEN_EMPTY = (
     "results_readers_refused_total",
     "websocket_connections_refused_total",
     "clients_left_waiting_total",
+    "request_bodies_refused_total",
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -275,6 +276,11 @@ HELP = {
         "Proxied requests whose client closed its connection while they waited for the provider: a stream's "
         "upstream call is ended, a whole answer read to its end and billed.",
     ),
+    "request_bodies_refused_total": (
+        "counter",
+        "Requests refused (503) because the request bodies in memory held STOCKYARD_REQUEST_BODIES_MB for "
+        "their whole wait.",
+    ),
 }
 
 
@@ -424,6 +430,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             "gauge",
             "Responses API WebSocket connections open in this server process.",
             app.websockets.open,
+        ),
+        (
+            "request_bodies_bytes",
+            "gauge",
+            "Bytes of request bodies in memory now (STOCKYARD_REQUEST_BODIES_MB).",
+            app.bodies.held,
         ),
     ]
     out += _pool_gauges(app)

@@ -45,6 +45,7 @@ from .context import RequestContext
 from .conversations import MAX_CHAIN, new_response_id
 from .errors import REFUSALS, RESPONSES, ClientGone, ProxyError, described, error_body, refusal_of
 from .httpio import json_bytes, json_object
+from .limits import BODY_UNCOUNTED_BYTES
 from .logbuffer import access, printable
 
 if TYPE_CHECKING:
@@ -256,8 +257,11 @@ class Session:
         self.ctx = ctx  # the handshake's: its headers, address and query make each turn's
         self._draining = draining
         self._buffered = buffered  # bytes read past the handshake's head
-        self._reader = ws.FrameReader(app.settings.max_body_bytes)
-        self._turns: queue.Queue[str | None] = queue.Queue()
+        self._reader = ws.FrameReader(app.settings.max_body_bytes, self._room)
+        # the message arriving: its bytes so far (as its frames announce them), and those of them held in
+        # App.bodies (once past BODY_UNCOUNTED_BYTES, as an HTTP body's), given back when its turn ends
+        self._arriving = self._arriving_held = 0
+        self._turns: queue.Queue[tuple[str, int] | None] = queue.Queue()  # (text, bytes held) of each turn
         self._recent: Recent | None = None
         # responses this connection's turns stored with no key (open mode): its key's once it is known
         self._keyless: deque[str] = deque(maxlen=MAX_CHAIN)
@@ -269,11 +273,14 @@ class Session:
         reader.start()
         turn = 0
         try:
-            while (text := self._turns.get()) is not None:
+            while (taken := self._turns.get()) is not None:
+                text, held = taken
                 turn += 1
                 try:
                     self._turn(text, turn)
                 finally:
+                    del text, taken  # the message, before its bytes are given back
+                    self.app.bodies.give(held)
                     self._active = time.monotonic()
                     self.conn.finish(turn)
         finally:
@@ -291,6 +298,8 @@ class Session:
             self.conn.close(ws.INTERNAL, "internal error")
         finally:
             self.conn.gone()
+            self.app.bodies.give(self._arriving_held)  # a message begun, never ended
+            self._arriving_held = 0
             self._turns.put(None)
 
     def _read_frames(self) -> None:
@@ -366,17 +375,34 @@ class Session:
             return POLL_S
         return min(POLL_S, max(PING_CHECK_S, self.conn.last_sent + interval - time.monotonic()))
 
+    def _room(self, size: int) -> bool:
+        """A data frame of ``size`` bytes begins (the reader asks before its payload is read): the
+        message it joins is counted with the request bodies once past ``BODY_UNCOUNTED_BYTES``,
+        waiting for room as an HTTP body does (``App.hold_body``); False: none came (closed 1013)."""
+        self._arriving += size
+        more = self._arriving - self._arriving_held if self._arriving > BODY_UNCOUNTED_BYTES else 0
+        if more:
+            try:
+                self.app.hold_body(more)
+            except ProxyError:
+                return False
+            self._arriving_held += more
+        return True
+
     def _received(self, text: str) -> None:
         """A text message: the next turn, unless one is in flight (or we are closing). Past the
         lifetime or in a drain no turn is taken: a client sending each turn the moment the last one
         ends would otherwise never leave the connection without one, and never be closed."""
+        held, self._arriving, self._arriving_held = self._arriving_held, 0, 0
         if self.conn.closed or self._draining() or self._expired():
+            self.app.bodies.give(held)
             return  # _read_frames closes the connection (1001; the lifetime's event, then 1000)
         if not self.conn.accept():
+            self.app.bodies.give(held)
             message = "a response is already in flight on this connection; send the next response.create once it ends"
             self._send_quietly(ws.TEXT, error_event(409, message, "response_already_in_flight"))
             return
-        self._turns.put(text)
+        self._turns.put((text, held))
 
     def _expired(self) -> bool:
         return time.monotonic() - self._opened >= self.app.settings.websocket_lifetime_s

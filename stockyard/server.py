@@ -68,7 +68,7 @@ from .hosts import client_address, counted_sender, forwarded_prefix, host_allowe
 from .httphead import MAX_REQUEST_HEAD, HeadError, Headers, bearer_token, body_framing, read_head
 from .httpio import Request, Response, check_method, json_response
 from .keys import presented_key
-from .limits import Caps, websocket_caps
+from .limits import BODY_UNCOUNTED_BYTES, Caps, websocket_caps
 from .logbuffer import access, printable
 from .loglimit import Throttle
 from .modules import redact
@@ -353,6 +353,7 @@ class Handler(BaseHTTPRequestHandler):
     _expect_continue = False  # the client waits for "100 Continue" before sending its body
     _linger = False  # we answered before the body came: drain briefly before closing
     _end_watch: Callable[[], None] | None = None  # ends the client watch (see watch_client)
+    _held = 0  # bytes of this request's body counted in App.bodies, given back when it ends (_dispatch)
 
     # -- stdlib hooks ----------------------------------------------------------------------
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
@@ -612,10 +613,6 @@ class Handler(BaseHTTPRequestHandler):
         if self._body_pending():
             self.close_connection = self._linger = True
 
-    def _read_body(self, limit: int) -> bytes:
-        """The request body as framed by its head (checked in parse_request), up to ``limit``."""
-        return b"".join(self._body_blocks(limit))
-
     def _body_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """The body in blocks as it arrives, up to ``limit`` bytes (413 beyond: before reading
         when Content-Length says so); ``progress(total)`` after each block."""
@@ -636,16 +633,46 @@ class Handler(BaseHTTPRequestHandler):
             yield data
 
     def _body(self) -> bytes:
-        """Read the whole body; from then on the request is ours and the read deadline is off."""
-        self._continue()
+        """Read the whole body; from then on the request is ours and the read deadline is off.
+
+        A body larger than ``BODY_UNCOUNTED_BYTES`` is counted in ``App.bodies`` (before it is read,
+        when its length is known) for the rest of the request: a body costs the server ~3 times its
+        size while it is served (bytes, parse, the provider's copy), and the connection caps alone let
+        a thousand 32 MiB bodies in at once."""
+        limit, length = self.server.app.settings.max_body_bytes, self._body_length
         try:
-            body = self._read_body(self.server.app.settings.max_body_bytes)
+            arriving = self._body_blocks(limit)  # a generator: nothing is read before the first block is asked
+            if length is not None and BODY_UNCOUNTED_BYTES < length <= limit:
+                self._hold(length, arriving)  # before a 100 Continue: a refused body is never invited
+            self._continue()
+            blocks, total = [], 0
+            for block in arriving:
+                blocks.append(block)
+                total += len(block)
+                if total > BODY_UNCOUNTED_BYTES and total > self._held:  # chunked: counted as it comes
+                    self._hold(total - self._held, arriving)
+            body = b"".join(blocks)
         except (ProxyError, ClientGone):
             self.close_connection = True
             raise
         self._body_done = True
         self.server.reaper.disarm(self.connection)
         return body
+
+    def _hold(self, size: int, rest: Iterator[bytes]) -> None:
+        """Count ``size`` more bytes of this request's body in ``App.bodies``, waiting up to
+        ``BODY_WAIT_S`` for room; else a 503 the SDKs retry, once the ``rest`` of the body was read
+        and dropped a block at a time: a client still sending it would meet a reset, not the answer
+        (one that waits for a 100 Continue sends nothing: not read)."""
+        try:
+            self.server.app.hold_body(size)
+        except ProxyError:
+            if not self._expect_continue:
+                for _ in rest:
+                    pass
+                self._body_done = True
+            raise
+        self._held += size
 
     def _continue(self) -> None:
         """Invite the body of an ``Expect: 100-continue`` request (only now: a refused one never is)."""
@@ -780,6 +807,9 @@ class Handler(BaseHTTPRequestHandler):
             except ClientGone:
                 pass
         finally:
+            if self._held:
+                server.app.bodies.give(self._held)
+                self._held = 0
             if server.app.settings.log_requests and path not in ("/healthz", "/readyz", "/metrics"):
                 access(
                     f"{self.command} {printable(path, 200)} {self._status} {printable(self._model or '-', 200)} "

@@ -15,7 +15,7 @@ import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 VERSION = "13"
@@ -24,7 +24,7 @@ CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 CONTROL = (CLOSE, PING, PONG)
 
 NORMAL, GOING_AWAY, PROTOCOL_ERROR, UNSUPPORTED_DATA = 1000, 1001, 1002, 1003
-INVALID_DATA, POLICY, TOO_BIG, INTERNAL = 1007, 1008, 1009, 1011
+INVALID_DATA, POLICY, TOO_BIG, INTERNAL, TRY_AGAIN_LATER = 1007, 1008, 1009, 1011, 1013
 # Codes a close frame may carry (§7.4): 1000-1003, 1007-1011 (1012-1014 registered since), 3000-4999.
 _SENDABLE = frozenset([1000, 1001, 1002, 1003, *range(1007, 1015)])
 
@@ -117,8 +117,9 @@ class FrameReader:
     about its own size while it is joined (not the frame buffered whole, then copied, unmasked and
     joined), and its text is decoded from that one buffer."""
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, room: Callable[[int], bool] | None = None) -> None:
         self.max_message = max_message
+        self._room = room  # asked for each data frame's size before its payload is read (Session._room)
         self.progress = 0  # data frames' heads and payload bytes taken so far: the client at work (not its pings)
         self._head = bytearray()  # a frame's head (at most 14 bytes) while it arrives
         self._parts = bytearray()  # the message so far, unmasked (one buffer: no object per fragment)
@@ -196,6 +197,8 @@ class FrameReader:
         start = len(self._parts)
         if start + n > self.max_message:
             raise Fault(TOO_BIG, f"a message is limited to {self.max_message} bytes")
+        if self._room is not None and not self._room(n):
+            raise Fault(TRY_AGAIN_LATER, "the server holds all the messages it may at once; try again later")
         if opcode != CONTINUATION:
             self._opcode = opcode
         self.progress += 1

@@ -14,6 +14,8 @@ from conftest import ServerProcess, mock_env
 from mock_upstream import CONTAINERS
 from openai import NotFoundError
 
+from stockyard.httpio import MAX_JSON_VALUES
+
 ADMIN = "admin-key-for-attack-containers-0123456789"
 
 
@@ -186,7 +188,7 @@ def test_a_long_file_ids_list_is_checked_once_per_id(server, mock):
     each distinct id is looked up once, not once per entry (a 15 MB body held a worker for half a
     minute of database reads, 32 MiB for a minute, before its 404)."""
     own = server.openai("bob").files.create(file=("x.csv", io.BytesIO(b"a\n")), purpose="user_data")
-    body = {"name": "many", "file_ids": [own.id] * 1_000_000 + ["file-not-bobs"]}
+    body = {"name": "many", "file_ids": [own.id] * (MAX_JSON_VALUES - 1000) + ["file-not-bobs"]}  # as many as fit
     before = len(mock.requests)
     started = time.monotonic()
     status, _, answer = server.request("POST", "/v1/containers", body, server.auth("bob"))

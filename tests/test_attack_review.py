@@ -60,17 +60,36 @@ def test_admin_login_throttle_counts_an_ipv6_sender_by_its_64(server):
     assert admin_status(server, ADMIN, "2001:db8:1:2::ff") == 200  # the right key always works
 
 
-def test_admin_login_throttle_forgets_senders_whose_window_is_empty(monkeypatch):
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    """The login throttle's clock, moved by the test (``clock[0] += seconds``)."""
+    now = [1000.0]
+    monkeypatch.setattr("stockyard.api.logins.time.monotonic", lambda: now[0])
+    return now
+
+
+def test_admin_login_throttle_forgets_senders_whose_window_is_empty(clock):
     """Was: every address that ever failed kept an entry for the server's life (a memory leak
     one wrong guess per address long)."""
-    clock = [1000.0]
-    monkeypatch.setattr("stockyard.api.logins.time.monotonic", lambda: clock[0])
     throttle = LoginThrottle()
     for i in range(50):
         throttle.fail(f"198.51.100.{i}")
     clock[0] += 61
     assert all(throttle.blocked_for(f"198.51.100.{i}") == 0.0 for i in range(50))
     assert throttle._failures == {}
+
+
+def test_admin_login_throttle_forgets_senders_that_never_come_back(clock):
+    """Was: a sender was forgotten only when it asked again, so every address that failed once
+    and went away (a scan of the admin API from many addresses: IPv6 /64s, or the senders a
+    trusted proxy names) kept its entry for the server's life."""
+    throttle = LoginThrottle()
+    for i in range(5000):
+        throttle.fail(f"2001:db8:{i:x}::1")
+    clock[0] += 61
+    for i in range(10):
+        throttle.fail(f"198.51.100.{i}")
+    assert len(throttle._failures) <= 10 + 1  # the last minute's senders, not the 5,000 gone
 
 
 # -- a key with a model allow-list and the Batch API --------------------------------------------

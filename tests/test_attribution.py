@@ -222,3 +222,15 @@ def test_idle_end_users_leave_the_ledger_and_come_back_with_their_spend(monkeypa
     with pytest.raises(budgets.BudgetExceeded):  # 100 before it was forgotten + 200 since: 300 spent
         ledger.reserve([u0], 100, 0)
     assert loads.count(u0.scope) == 2
+
+
+def test_exhausted_end_users_leave_the_ledger_with_their_mark(monkeypatch):
+    """Was: each (end user, period) whose budget was used up stayed in ``_exhausted`` for the server's
+    life, after its spend was forgotten: end users are named by clients."""
+    monkeypatch.setattr(budgets, "PRUNE_FROM", 4)
+    monkeypatch.setattr(budgets, "IDLE_FORGET_S", 0.0)  # idle at once
+    ledger = budgets.Ledger(lambda budget, period: 300)  # each end user's spend: all of its budget
+    for i in range(50):
+        with pytest.raises(budgets.BudgetExceeded):
+            ledger.reserve([budgets.user_budget("*", f"spent-{i}", 300, "day")], 100, 0)
+    assert len(ledger._exhausted) < 12, "used-up end users are forgotten with their spend"

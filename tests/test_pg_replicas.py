@@ -526,6 +526,31 @@ def test_records_wait_for_a_lost_postgresql_bounded_oldest_dropped_first():
         cluster.stop()
 
 
+def test_records_waiting_for_a_lost_postgresql_at_a_stop_are_counted_dropped_and_their_bytes_freed(caplog):
+    """Was: a stop while PostgreSQL was lost left the records waiting for it as they were: lost
+    without a count or a word (``records_dropped_total`` said 0), their bytes still held."""
+    from pgcluster import Cluster
+
+    from stockyard.store import Writer
+
+    cluster = Cluster().start()  # its own server: this test stops it
+    backend = PostgresBackend(parse_postgres(cluster.database(), {}))
+    backend.open_and_migrate()
+    writer = Writer(backend, maxsize=10).start()
+    try:
+        cluster.stop_server()
+        for _ in range(3):
+            writer.submit(lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES ('r', 'r')"), size=1000)
+        wait_for(lambda: writer.waiting == 3, what="three records waiting")
+        assert writer.held_bytes == 3000
+        writer.stop()
+        assert writer.held_bytes == 0 and writer.stats.dropped == 3
+        assert "3 records waiting for the database were dropped at the stop" in caplog.text
+    finally:
+        writer.stop()
+        cluster.stop()
+
+
 def test_a_settlement_made_while_postgresql_is_lost_reaches_the_ledger_once_it_is_back():
     """The spend of a request that ended during an outage is kept and retried, so the shared
     budget counts it (else every outage would hand out that money again) and its hold goes."""

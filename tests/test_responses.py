@@ -29,6 +29,7 @@ from mock_upstream import (
 from openai import BadRequestError, NotFoundError, OpenAI, RateLimitError
 from pydantic import BaseModel
 
+from stockyard.httpio import MAX_JSON_VALUES
 from stockyard.providers import compaction
 from stockyard.providers.responses import function_name
 
@@ -1153,8 +1154,10 @@ def test_many_unknown_item_references_are_refused_at_the_first_lookup(server, ke
     32 a statement: a 20 MB body of 500,000 made-up references cost ~16,000 statements (seconds of
     the store's time, before any rate limit) for a 400. Now the ids are looked up in the body's
     order and the first chunk holding one this key does not hold ends it: the refusal costs about
-    what reading the body does (a body refused while it is parsed, the yardstick)."""
-    refs = [{"type": "item_reference", "id": f"msg_{i:012d}"} for i in range(500_000)]
+    what reading the body does (a body refused while it is parsed, the yardstick). The body now
+    holds 332,333 references, the most ``httpio.MAX_JSON_VALUES`` lets in (500,000 were a 413)."""
+    # as many as a body may carry: each is an object and two values (``httpio.MAX_JSON_VALUES``)
+    refs = [{"type": "item_reference", "id": f"msg_{i:012d}"} for i in range(MAX_JSON_VALUES // 3 - 1000)]
 
     def refused_in(body: dict) -> float:
         started = time.perf_counter()

@@ -39,12 +39,14 @@ class LoginThrottle:
 
     A sender is an IPv4 address or an IPv6 /64 (``hosts.sender``): counted per address, one
     IPv6 host could take a fresh address for every ten guesses (and audit rows). A sender
-    whose window is empty is forgotten, so the table holds only the last minute's senders.
+    whose window is empty is forgotten: when it asks again, and by a sweep at most once a window
+    (``_sweep``) for those that never do, so the table holds only the last two minutes' senders.
     """
 
     def __init__(self) -> None:
         self._failures: dict[str, list[float]] = {}
         self._lock = threading.Lock()
+        self._swept = time.monotonic()
 
     def blocked_for(self, addr: str) -> float:
         now, who = time.monotonic(), sender(addr)
@@ -59,14 +61,27 @@ class LoginThrottle:
             return FAILED_LOGIN_WINDOW_S - (now - recent[0])
 
     def fail(self, addr: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._failures.setdefault(sender(addr), []).append(time.monotonic())
+            self._sweep(now)
+            self._failures.setdefault(sender(addr), []).append(now)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the senders whose last failure has left the window (caller holds the lock), once a
+        window: senders come from the network, and one that fails once and goes away never asks
+        again to be forgotten. One pass a minute, not one per failure."""
+        if now - self._swept < FAILED_LOGIN_WINDOW_S:
+            return
+        self._swept = now
+        self._failures = {who: t for who, t in self._failures.items() if now - t[-1] < FAILED_LOGIN_WINDOW_S}
 
     def block(self, addr: str, wait: float) -> None:
         """Remember that the shared count blocks this sender for ``wait`` seconds more (as a full
         window whose oldest failure leaves then), so this process refuses it without asking again."""
-        start = time.monotonic() + min(wait, FAILED_LOGIN_WINDOW_S) - FAILED_LOGIN_WINDOW_S
+        now = time.monotonic()
+        start = now + min(wait, FAILED_LOGIN_WINDOW_S) - FAILED_LOGIN_WINDOW_S
         with self._lock:
+            self._sweep(now)
             self._failures[sender(addr)] = [start] * FAILED_LOGIN_LIMIT
 
 

@@ -361,6 +361,20 @@ class Writer:
         finally:  # stopped (or failed): what is queued now, and whatever comes later, is refused at once
             self._closed = True
             self._refuse_leftovers()
+            self._drop_waiting()
+
+    def _drop_waiting(self) -> None:
+        """The thread ends with records still waiting for a lost database: they are lost with it,
+        so they are counted as dropped, said in one line, and their bytes freed."""
+        if not self._waiting:
+            return
+        left = list(self._waiting)
+        self._waiting.clear()
+        self._release(left)
+        self.stats.dropped += len(left)
+        log.warning(
+            "%d records waiting for the database were dropped at the stop (%s)", len(left), self.stats.last_error
+        )
 
     def _serve(self) -> None:
         assert self._conn is not None
