@@ -547,9 +547,9 @@ def test_latency_ranks_unmeasured_idle_then_measured_then_unmeasured_busy():
     assert health.choose(route, 1) == a, "measured beats unmeasured ones already being measured"
 
 
-def test_a_half_open_breaker_lets_one_reservation_through_not_a_burst():
-    """The probe is claimed when the deployment is reserved: concurrent requests that reserved
-    before the probe's attempt began would otherwise all probe a deployment that just failed."""
+def half_open() -> tuple[list[float], Health, Deployment, Deployment, ModelRoute]:
+    """Deployments a and b (least-busy) on a clock at a's breaker's half-open moment: three failures
+    in a row opened it, a cooldown ago."""
     now = [0.0]
     health = Health(clock=lambda: now[0])
     a, b = _dep("a"), _dep("b")
@@ -557,6 +557,13 @@ def test_a_half_open_breaker_lets_one_reservation_through_not_a_burst():
     for _ in range(3):
         health.finish(a, health.begin(a, tokens=1), ok=False, failed=True, retry_after=0)
     now[0] += BREAKER_COOLDOWN_S
+    return now, health, a, b, route
+
+
+def test_a_half_open_breaker_lets_one_reservation_through_not_a_burst():
+    """The probe is claimed when the deployment is reserved: concurrent requests that reserved
+    before the probe's attempt began would otherwise all probe a deployment that just failed."""
+    now, health, a, b, route = half_open()
     probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
     assert probe == a
     with pytest.raises(ProxyError):  # the probe is out: nobody else probes
@@ -572,13 +579,7 @@ def test_a_lost_probe_claim_expires_after_a_breaker_cooldown():
     """A probe whose request neither finished nor gave its reservation back (its thread died on a
     path that forgot it) must not keep the deployment out for good: the claim expires after a
     breaker cooldown, as the fallback module's does, and the next request probes."""
-    now = [0.0]
-    health = Health(clock=lambda: now[0])
-    a, b = _dep("a"), _dep("b")
-    route = _route(a, b, strategy="least-busy")
-    for _ in range(3):
-        health.finish(a, health.begin(a, tokens=1), ok=False, failed=True, retry_after=0)
-    now[0] += BREAKER_COOLDOWN_S
+    now, health, a, b, route = half_open()
     assert health.reserve(route, 1, exclude=frozenset({"m/b"}))[0] == a  # the probe, then lost
     now[0] = 2 * BREAKER_COOLDOWN_S - 0.001
     with pytest.raises(ProxyError):
