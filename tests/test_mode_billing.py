@@ -79,6 +79,11 @@ def cost(server: ServerProcess, headers: dict) -> tuple[int | None, str]:
     return trace["cost_uc"], trace["cost_status"]
 
 
+def served_mode(server: ServerProcess, headers: dict) -> str | None:
+    """The mode the trace says served the request (None: standard)."""
+    return server.trace(headers["x-stockyard-trace-id"])["served_mode"]
+
+
 @pytest.mark.parametrize(
     "asked, served, expected",
     [
@@ -99,6 +104,7 @@ def test_openai_is_billed_at_the_tier_its_answer_says_served_it(server, mock, as
     assert status == 200, answer
     assert answer["service_tier"] == served
     assert cost(server, headers) == (expected, "exact")
+    assert served_mode(server, headers) == (None if served == "default" else served)
 
 
 def test_a_streamed_answer_is_billed_at_its_tier(server, mock):
@@ -120,7 +126,8 @@ def test_a_streamed_answer_is_billed_at_its_tier(server, mock):
         trace_id = response.headers["x-stockyard-trace-id"]
     assert text == "ok"
     trace = server.trace(trace_id)
-    assert (trace["cost_uc"], trace["cost_status"]) == (IN * 250 + OUT * 2000, "exact")
+    priority = IN * 250 + OUT * 2000
+    assert (trace["cost_uc"], trace["cost_status"], trace["served_mode"]) == (priority, "exact", "priority")
 
 
 @pytest.mark.parametrize("model, tier", [("gpt-5.4", "priority"), ("gpt-4o-mini", "priority"), ("gpt-5", "scale")])
@@ -139,7 +146,7 @@ def test_an_unpriced_tier_that_served_an_open_key_is_unknown_not_guessed(server,
     mock.enqueue(Reply(json=chat_answer("gpt-5.4", "priority")))
     status, headers, answer = chat(server, "open", "gpt-5.4", service_tier="priority")
     assert status == 200, answer
-    assert cost(server, headers) == (None, "unknown")
+    assert cost(server, headers) == (None, "unknown") and served_mode(server, headers) == "priority"
 
 
 FAST = IN * 3000 + OUT * 15000  # Opus 4.6 in fast mode: $30 / $150 per 1M
@@ -166,6 +173,8 @@ def test_claude_is_billed_at_the_mode_its_usage_reports(server, mock, extra, rep
     assert response.parse().usage.output_tokens == OUT
     assert {k: mock.last("/v1/messages").json.get(k) for k in extra} == extra  # sent on as asked
     assert cost(server, response.headers) == (expected, "exact")
+    fast, us = reported.get("speed") == "fast", reported.get("inference_geo") == "us"
+    assert served_mode(server, response.headers) == ("/".join(["fast"] * fast + ["us"] * us) or None)
 
 
 def sse(kind: str, **data: object) -> str:
@@ -197,7 +206,7 @@ def test_a_streamed_claude_answer_is_billed_at_its_mode(server, mock):
         kinds = [event.type for event in response.parse()]
     assert kinds[-1] == "message_stop"
     trace = server.trace(trace_id)
-    assert (trace["cost_uc"], trace["cost_status"]) == (FAST, "exact")
+    assert (trace["cost_uc"], trace["cost_status"], trace["served_mode"]) == (FAST, "exact", "fast")
 
 
 def test_a_budget_holds_fast_mode_at_its_rate(server, mock):
