@@ -279,3 +279,30 @@ def test_openai_sdk_client_sees_its_tier(server, mock):
     )
     assert completion.service_tier == "priority"
     assert isinstance(completion, openai.types.chat.ChatCompletion)
+
+
+def test_an_operator_prices_a_mode_and_a_budget_then_allows_it(server, mock):
+    """``stockyard prices set claude-opus-5-5/fast`` prices Opus 5.5's fast mode (its multiple is not
+    published): the running server applies it, a budgeted key is then served in fast mode (no longer
+    refused) and billed at the operator's rates. The table lists it as an override."""
+    made = server.cli("prices", "set", "claude-opus-5-5/fast", "--input", "8", "--output", "40")
+    assert made.returncode == 0, made.stderr
+    listed = server.cli("prices", "list", "--model", "claude-opus-5-5", "--json")
+    rows = {r["model"]: r for r in map(json.loads, listed.stdout.splitlines())}
+    assert rows["claude-opus-5-5/fast"]["source"] == "override"
+    assert [(m["mode"], m["multiple"]) for m in rows["claude-opus-5-5"]["modes"]] == [("us", "1.1")]
+    mock.enqueue(Reply(json=message_answer("claude-opus-5-5", speed="fast")))
+    client = server.anthropic("budgeted")
+    hi = [{"role": "user", "content": "hi"}]
+
+    def served() -> object:  # refused (403) until the server has read the new price
+        try:
+            return client.messages.with_raw_response.create(
+                model="claude-opus-5-5", max_tokens=16, messages=hi, extra_body={"speed": "fast"}
+            )
+        except anthropic.PermissionDeniedError:
+            return None
+
+    response = wait_for(served, what="the operator's fast-mode price applied")
+    assert cost(server, response.headers) == (IN * 800 + OUT * 4000, "exact")  # $8 / $40 per 1M
+    assert served_mode(server, response.headers) == "fast"
