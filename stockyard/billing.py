@@ -30,8 +30,8 @@ class Pricer:
     def price_of(self, route: Route, asked: str, mode: str | None = None) -> Price | None:
         """The price a request for ``asked`` (routed to ``route``) will be charged at, in ``mode``
         (:func:`held_mode`; None: standard)."""
-        table, provider = self.table, route.provider.name
-        return table.lookup_mode(route.model, provider, mode) or table.lookup_mode(asked, provider, mode)
+        table, provider, kind = self.table, route.provider.name, route.provider.kind
+        return table.lookup_mode(route.model, provider, mode, kind) or table.lookup_mode(asked, provider, mode, kind)
 
     def worst_case(
         self, ctx: RequestContext, route: Route, asked: str, default_max_tokens: int, sent_back: int = 0
@@ -221,12 +221,13 @@ class Pricer:
         served_mode``: priority, flex, fast mode, US-only inference): the served model's, the
         upstream model's, else the name the budget held it by (``price_of``'s fallback: a price set
         as ``local/my-model`` or under a deployment group's name), so what is held is what is billed."""
-        table, provider, mode = self.table, a.provider.name if a.provider else None, a.served_mode
+        table, mode = self.table, a.served_mode
+        provider, kind = (a.provider.name, a.provider.kind) if a.provider else (None, None)
         asked = a.asked_model or ctx.routed_model or ctx.model or ""
         return (
-            table.lookup_mode(a.served_model or a.upstream_model or "", provider, mode)
-            or table.lookup_mode(a.upstream_model or "", provider, mode)
-            or table.lookup_mode(asked, provider, mode)
+            table.lookup_mode(a.served_model or a.upstream_model or "", provider, mode, kind)
+            or table.lookup_mode(a.upstream_model or "", provider, mode, kind)
+            or table.lookup_mode(asked, provider, mode, kind)
         )
 
     def _price_media(self, ctx: RequestContext, a: Attempt, price: Price | None) -> None:

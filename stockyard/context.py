@@ -290,7 +290,8 @@ class Attempt:
         tier, fingerprint = answer.get("service_tier"), answer.get("system_fingerprint")
         if isinstance(tier, str) and tier:
             self.service_tier = tier[:64]
-            self.served_mode = openai_mode(tier)
+            if self.provider is not None and self.provider.kind in TIERED_KINDS:  # others' tiers: their own
+                self.served_mode = openai_mode(tier)
         if isinstance(fingerprint, str) and fingerprint:
             self.fingerprint = fingerprint[:128]
 
@@ -407,6 +408,7 @@ class RequestContext:
         return is_refusal(self.attempt.outcome, self.attempt.provider)
 
 
+TIERED_KINDS = ("openai", "azure")  # providers whose answer's service_tier is OpenAI's, billed by tier
 STANDARD_TIERS = ("auto", "default", "standard", "standard_only")  # OpenAI's tiers billed at the table's rates
 
 

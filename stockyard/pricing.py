@@ -343,6 +343,9 @@ MODES = ("priority", "flex", "fast", "us")
 # tokens "at Batch API rates" (half), whatever the model (its flex processing guide).
 DEFAULT_MODES = {"flex": (1, 2)}
 MAX_MULTIPLE = 100  # more than any provider charges for a mode: a wilder number is a typo
+# The provider kinds whose modes the shipped multiples price: OpenAI's tiers (Azure's flex too,
+# "a 50% discount" by Microsoft's word; its priority price is its own), Claude's modes at Anthropic.
+MODE_KINDS = {"priority": ("openai",), "flex": ("openai", "azure"), "fast": ("anthropic",), "us": ("anthropic",)}
 
 
 def parse_modes(modes: Any) -> tuple[tuple[str, int, int], ...]:
@@ -748,15 +751,18 @@ class PriceTable:
         ]
         return sorted(out)
 
-    def lookup_mode(self, model: str, provider: str | None, mode: str | None) -> Price | None:
-        """Price for ``model`` served in ``mode`` (``MODES``; None: standard): an entry of its own
-        (``<model>/<mode>``, e.g. an operator's ``gpt-5/priority``), else the model's price times the
-        mode's multiple (:func:`mode_price`); None when either is unknown."""
+    def lookup_mode(self, model: str, provider: str | None, mode: str | None, kind: str | None = None) -> Price | None:
+        """Price for ``model`` served in ``mode`` (``MODES``; None: standard) by a provider of
+        ``kind``: an entry of its own (``<model>/<mode>``, e.g. an operator's ``gpt-5/priority``),
+        else — at a provider of the kind whose published prices they are (:data:`MODE_KINDS`) — the
+        model's price times the mode's multiple (:func:`mode_price`); None when unknown."""
         if not mode:
             return self.lookup(model, provider)
         own = self.lookup(f"{model}/{mode}", provider)
         if own is not None:
             return own
+        if not all(kind in MODE_KINDS.get(part, ()) for part in mode.split("/")):
+            return None  # another provider's mode of that name is priced its own way (Groq's flex)
         base = self.lookup(model, provider)
         return None if base is None else mode_price(base, mode)
 

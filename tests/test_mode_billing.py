@@ -25,7 +25,14 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv = ServerProcess(
         pyz_path,
         tmp_path_factory.mktemp("modes") / "s.db",
-        mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-modes", ANTHROPIC_BASE_URL=mock.url),
+        mock_env(
+            cache_home,
+            mock,
+            ANTHROPIC_API_KEY="sk-ant-modes",
+            ANTHROPIC_BASE_URL=mock.url,
+            GROQ_API_KEY="gsk-modes",
+            GROQ_BASE_URL=mock.url + "/v1",
+        ),
     )
     srv.keys = srv.create_keys(
         {
@@ -128,6 +135,18 @@ def test_a_streamed_answer_is_billed_at_its_tier(server, mock):
     trace = server.trace(trace_id)
     priority = IN * 250 + OUT * 2000
     assert (trace["cost_uc"], trace["cost_status"], trace["served_mode"]) == (priority, "exact", "priority")
+
+
+@pytest.mark.parametrize("tier", ["on_demand", "flex"])
+def test_another_providers_tier_is_its_own(server, mock, tier):
+    """Groq answers with a ``service_tier`` of its own (``on_demand``; its ``flex`` is the on-demand
+    price, not half): not OpenAI's, so billed at the table's rates, never unknown nor halved."""
+    model = "llama-3.3-70b-versatile"
+    mock.enqueue(Reply(json=chat_answer(model, tier)))
+    status, headers, answer = chat(server, "open", model)
+    assert status == 200 and answer["service_tier"] == tier, answer
+    assert cost(server, headers) == (IN * 59 + OUT * 79, "exact")  # $0.59 / $0.79 per 1M
+    assert served_mode(server, headers) is None
 
 
 @pytest.mark.parametrize("model, tier", [("gpt-5.4", "priority"), ("gpt-4o-mini", "priority"), ("gpt-5", "scale")])

@@ -22,6 +22,11 @@ def usd(*prices: str) -> tuple[int, ...]:
     return tuple(parse_usd_per_m(p) for p in prices)
 
 
+def kind_of(model: str) -> str:
+    """The kind of provider whose published prices these are."""
+    return "anthropic" if model.startswith("claude-") else "openai"
+
+
 @pytest.mark.parametrize(
     "model, mode, published",
     [
@@ -45,7 +50,7 @@ def usd(*prices: str) -> tuple[int, ...]:
     ],
 )
 def test_a_mode_is_billed_at_its_published_price(table, model, mode, published):
-    assert rates(table.lookup_mode(model, None, mode)) == usd(*published)
+    assert rates(table.lookup_mode(model, None, mode, kind_of(model))) == usd(*published)
 
 
 @pytest.mark.parametrize(
@@ -61,12 +66,26 @@ def test_a_mode_is_billed_at_its_published_price(table, model, mode, published):
     ],
 )
 def test_a_mode_without_a_published_price_is_unpriced(table, model, mode):
-    assert table.lookup_mode(model, None, mode) is None
+    assert table.lookup_mode(model, None, mode, kind_of(model)) is None
+
+
+@pytest.mark.parametrize(
+    "model, mode, kind, priced",
+    [
+        ("gpt-5", "priority", "azure", False),  # Azure's priority processing has a price of its own
+        ("gpt-5", "flex", "azure", True),  # Azure's flex: "a 50% discount"
+        ("gpt-5", "flex", "openai-compatible", False),  # Groq's flex is its on-demand price, not half
+        ("claude-opus-4-6", "fast", "openai-compatible", False),  # a reseller's fast mode: its own price
+        ("claude-opus-4-6", "fast", "anthropic", True),
+    ],
+)
+def test_a_shipped_multiple_prices_only_the_provider_that_published_it(table, model, mode, kind, priced):
+    assert (table.lookup_mode(model, None, mode, kind) is not None) == priced
 
 
 def test_a_long_context_tier_is_multiplied_too(table):
     """US-only inference multiplies every rate, so Haiku 5.5's long-prompt tier too."""
-    price = table.lookup_mode("claude-haiku-5-5", None, "us")
+    price = table.lookup_mode("claude-haiku-5-5", None, "us", "anthropic")
     assert price is not None and price.long_context is not None
     assert rates(price.long_context) == usd("0.55", "0.055", "0.6875", "2.75")
 
@@ -74,21 +93,21 @@ def test_a_long_context_tier_is_multiplied_too(table):
 def test_a_request_in_a_mode_costs_exactly_its_multiple(table):
     """One cost, rounded once: 1,000 input and 100 output tokens on Opus 4.6 in fast mode."""
     usage = Usage(prompt_tokens=1000, completion_tokens=100)
-    fast = table.lookup_mode("claude-opus-4-6", None, "fast")
+    fast = table.lookup_mode("claude-opus-4-6", None, "fast", "anthropic")
     assert fast is not None and cost_microcents(fast, usage) == 1000 * 3000 + 100 * 15000  # µ¢: $30, $150 per 1M
 
 
 def test_an_operator_prices_a_mode_like_any_model():
-    """``gpt-5/priority`` is a price of its own an operator may set; overriding a model's rates
-    keeps its shipped modes' multiples (a multiple holds for any rates)."""
+    """``gpt-5/priority`` is a price of its own an operator may set (at any provider: Azure's too);
+    overriding a model's rates keeps its shipped modes' multiples (a multiple holds for any rates)."""
     overrides = {
         "gpt-5/priority": Price.from_usd({"input": "3", "output": "30"}),
         "gpt-4.1": Price.from_usd({"input": "1", "output": "4"}),
     }
     table = PriceTable.load(overrides)
-    assert rates(table.lookup_mode("gpt-5", None, "priority")) == usd("3", "3", "3", "30")
-    assert rates(table.lookup_mode("gpt-5-2025-08-07", None, "priority")) == usd("3", "3", "3", "30")
-    assert rates(table.lookup_mode("gpt-4.1", None, "priority")) == usd("1.75", "1.75", "1.75", "7")
+    assert rates(table.lookup_mode("gpt-5", None, "priority", "openai")) == usd("3", "3", "3", "30")
+    assert rates(table.lookup_mode("gpt-5-2025-08-07", None, "priority", "azure")) == usd("3", "3", "3", "30")
+    assert rates(table.lookup_mode("gpt-4.1", None, "priority", "openai")) == usd("1.75", "1.75", "1.75", "7")
     assert rates(table.lookup("gpt-5")) == usd("1.25", "0.125", "1.25", "10.00")  # the standard stays
 
 
@@ -111,4 +130,4 @@ def test_a_bad_mode_is_refused_when_the_table_is_read(modes, error):
 def test_a_multiple_that_would_round_a_rate_is_unpriced():
     """No rounding touches a rate: a multiple whose product is not a whole µ¢ per 1M is not guessed."""
     table = PriceTable({"m": Price.from_usd({"input": "0.00000001", "output": "1", "modes": {"us": "1.1"}})})
-    assert table.lookup_mode("m", None, "us") is None
+    assert table.lookup_mode("m", None, "us", "anthropic") is None
