@@ -137,6 +137,41 @@ def test_a_streamed_answer_is_billed_at_its_tier(server, mock):
     assert (trace["cost_uc"], trace["cost_status"], trace["served_mode"]) == (priority, "exact", "priority")
 
 
+def test_a_response_is_billed_at_its_tier(server, mock):
+    """The Responses API passed through: the response object says its tier (flex here: half)."""
+    response = {
+        "id": "resp_modes",
+        "object": "response",
+        "created_at": 1,
+        "model": "gpt-5",
+        "status": "completed",
+        "service_tier": "flex",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_modes",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "ok", "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": IN,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": OUT,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": IN + OUT,
+        },
+    }
+    mock.enqueue(Reply(json=response))
+    raw = server.openai("budgeted").responses.with_raw_response.create(
+        model="gpt-5", input="hi", service_tier="flex", store=False
+    )
+    assert raw.parse().output_text == "ok"
+    assert cost(server, raw.headers) == (IN * 125 // 2 + OUT * 500, "exact")  # $0.625 / $5 per 1M
+    assert served_mode(server, raw.headers) == "flex"
+
+
 @pytest.mark.parametrize("tier", ["on_demand", "flex"])
 def test_another_providers_tier_is_its_own(server, mock, tier):
     """Groq answers with a ``service_tier`` of its own (``on_demand``; its ``flex`` is the on-demand
