@@ -295,6 +295,12 @@ class Attempt:
         if isinstance(fingerprint, str) and fingerprint:
             self.fingerprint = fingerprint[:128]
 
+    def serve_gemini(self, tier: str | None) -> None:
+        """Gemini's answer says in a header (``x-gemini-service-tier``) the tier that served it:
+        ``flex``, ``priority`` (a priority call past its limit is served at ``standard``)."""
+        if tier:
+            self.served_mode = openai_mode(tier.strip().lower())
+
     def serve_claude(self, usage: object) -> None:
         """Claude's answer says in its usage the speed and the geography that served it (fast mode,
         US-only inference): kept as :attr:`served_mode` (a stream's message_start says it first)."""
@@ -409,7 +415,7 @@ class RequestContext:
 
 
 TIERED_KINDS = ("openai", "azure")  # providers whose answer's service_tier is OpenAI's, billed by tier
-STANDARD_TIERS = ("auto", "default", "standard", "standard_only")  # OpenAI's tiers billed at the table's rates
+STANDARD_TIERS = ("auto", "default", "standard", "standard_only")  # OpenAI's (and Gemini's) tiers at the table's rates
 
 
 def openai_mode(tier: object) -> str | None:

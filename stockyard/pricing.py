@@ -340,12 +340,19 @@ def _change(rates: Mapping[str, Any]) -> dict[str, Any]:
 # (``inference_geo: "us"``). A request in two of Claude's modes is in both: ``fast/us``.
 MODES = ("priority", "flex", "fast", "us")
 # A mode's multiple where the provider states one rule for every model: OpenAI bills flex
-# tokens "at Batch API rates" (half), whatever the model (its flex processing guide).
+# tokens "at Batch API rates" (half), whatever the model (its flex processing guide); Gemini's
+# Flex API is "a 50% cost reduction compared to standard rates".
 DEFAULT_MODES = {"flex": (1, 2)}
 MAX_MULTIPLE = 100  # more than any provider charges for a mode: a wilder number is a typo
-# The provider kinds whose modes the shipped multiples price: OpenAI's tiers (Azure's flex too,
-# "a 50% discount" by Microsoft's word; its priority price is its own), Claude's modes at Anthropic.
-MODE_KINDS = {"priority": ("openai",), "flex": ("openai", "azure"), "fast": ("anthropic",), "us": ("anthropic",)}
+# The provider kinds whose modes the shipped multiples price: OpenAI's tiers (flex at Azure and
+# Gemini too, "a 50% discount" by Microsoft's and Google's word; their priority prices are their
+# own, not published per model where we could read them), Claude's modes at Anthropic.
+MODE_KINDS = {
+    "priority": ("openai",),
+    "flex": ("openai", "azure", "gemini"),
+    "fast": ("anthropic",),
+    "us": ("anthropic",),
+}
 
 
 def parse_modes(modes: Any) -> tuple[tuple[str, int, int], ...]:

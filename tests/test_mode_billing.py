@@ -32,6 +32,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             ANTHROPIC_BASE_URL=mock.url,
             GROQ_API_KEY="gsk-modes",
             GROQ_BASE_URL=mock.url + "/v1",
+            GEMINI_API_KEY="gm-modes",
+            GEMINI_BASE_URL=mock.url,
         ),
     )
     srv.keys = srv.create_keys(
@@ -360,3 +362,41 @@ def test_an_operator_prices_a_mode_and_a_budget_then_allows_it(server, mock):
     response = wait_for(served, what="the operator's fast-mode price applied")
     assert cost(server, response.headers) == (IN * 800 + OUT * 4000, "exact")  # $8 / $40 per 1M
     assert served_mode(server, response.headers) == "fast"
+
+
+@pytest.mark.parametrize(
+    "header, expected, status, mode",
+    [
+        ("flex", IN * 15 + OUT * 125, "exact", "flex"),  # Gemini's flex: half of $0.30 / $2.50 per 1M
+        ("standard", IN * 30 + OUT * 250, "exact", None),  # a priority call past its limit, served standard
+        ("priority", None, "unknown", "priority"),  # its priority price is not published per model
+    ],
+)
+def test_gemini_is_billed_at_the_tier_its_header_says(server, mock, header, expected, status, mode):
+    """Gemini states the tier that served a call only in ``x-gemini-service-tier``: was ignored, so
+    flex was billed at twice its price and priority at the standard rates."""
+    answer = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": IN, "candidatesTokenCount": OUT, "totalTokenCount": IN + OUT},
+        "modelVersion": "gemini-2.5-flash",
+    }
+    mock.enqueue(Reply(json=answer, headers={"x-gemini-service-tier": header}))
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "service_tier": header}
+    got, headers, raw = server.request(
+        "POST", "/v1beta/models/gemini-2.5-flash:generateContent", body, {"x-goog-api-key": server.keys["open"]}
+    )
+    assert got == 200, raw
+    assert cost(server, headers) == (expected, status)
+    assert served_mode(server, headers) == mode
+
+
+def test_a_budgeted_key_is_refused_geminis_priority(server, mock):
+    """Not priced, so not countable: refused before Google is asked, in Google's error shape."""
+    before = len(mock.requests)
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "service_tier": "priority"}
+    got, _, raw = server.request(
+        "POST", "/v1beta/models/gemini-2.5-flash:generateContent", body, {"x-goog-api-key": server.keys["budgeted"]}
+    )
+    error = json.loads(raw)["error"]
+    assert got == 403 and error["status"] == "PERMISSION_DENIED" and "service_tier" in error["message"], error
+    assert len(mock.requests) == before

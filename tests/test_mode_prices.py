@@ -77,6 +77,8 @@ def test_a_mode_without_a_published_price_is_unpriced(table, model, mode):
         ("gpt-5", "flex", "openai-compatible", False),  # Groq's flex is its on-demand price, not half
         ("claude-opus-4-6", "fast", "openai-compatible", False),  # a reseller's fast mode: its own price
         ("claude-opus-4-6", "fast", "anthropic", True),
+        ("gemini-2.5-flash", "flex", "gemini", True),  # Google's flex: "a 50% cost reduction"
+        ("gemini-2.5-flash", "priority", "gemini", False),  # "75% to 100% more": not per model
     ],
 )
 def test_a_shipped_multiple_prices_only_the_provider_that_published_it(table, model, mode, kind, priced):
