@@ -298,8 +298,8 @@ class Attempt:
     def serve_gemini(self, tier: str | None) -> None:
         """Gemini's answer says in a header (``x-gemini-service-tier``) the tier that served it:
         ``flex``, ``priority`` (a priority call past its limit is served at ``standard``)."""
-        if tier:
-            self.served_mode = openai_mode(tier.strip().lower())
+        if tier:  # "flex", or the API's enum spelling "SERVICE_TIER_FLEX"
+            self.served_mode = openai_mode(tier.strip().lower().removeprefix("service_tier_"))
 
     def serve_claude(self, usage: object) -> None:
         """Claude's answer says in its usage the speed and the geography that served it (fast mode,

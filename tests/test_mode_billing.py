@@ -369,6 +369,7 @@ def test_an_operator_prices_a_mode_and_a_budget_then_allows_it(server, mock):
     [
         ("flex", IN * 15 + OUT * 125, "exact", "flex"),  # Gemini's flex: half of $0.30 / $2.50 per 1M
         ("standard", IN * 30 + OUT * 250, "exact", None),  # a priority call past its limit, served standard
+        ("SERVICE_TIER_FLEX", IN * 15 + OUT * 125, "exact", "flex"),  # the enum's spelling
         ("priority", None, "unknown", "priority"),  # its priority price is not published per model
     ],
 )
