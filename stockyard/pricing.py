@@ -61,6 +61,15 @@ A prompt-length tier (``long_context``: Gemini 2.5 Pro above 200k prompt tokens,
 tier's rates (:func:`rates_for`); budgets hold the tier's rates when the prompt may be above it
 (``estimate.most_tokens``: its text at a token a byte).
 
+Modes (``Price.modes``, :func:`mode_price`, ``PriceTable.lookup_mode``): a model's price in a
+provider's dearer or cheaper mode is an exact multiple of all its rates, long-context tier
+included — OpenAI's ``priority`` (GPT-5: 2x, GPT-5 mini 1.8x, GPT-4.1 1.75x, from OpenAI's priority
+processing page) and ``flex`` (half, every model: "Batch API rates"; Azure's and Gemini's flex too),
+Claude's fast mode (Opus 4.6 6x, Opus 4.8 and Opus 5 2x) and US-only inference (``us``, 1.1x from
+Opus 4.6 on), both at once ``fast/us``. An entry ``<model>/<mode>`` of its own (an operator's) wins;
+a shipped multiple prices only the provider kind that published it (``MODE_KINDS``); anything else
+is unknown. Checked 2026-12-06.
+
 Not modelled: cached
 image input tokens (billed as cached text input), and per-call fees neither usage nor answer
 reports: Gemini's grounding; OpenAI's code interpreter and shell containers (billed per minute of
