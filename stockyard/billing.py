@@ -11,7 +11,7 @@ import logging
 from fractions import Fraction
 
 from . import estimate, imagegen, toolfees
-from .context import Attempt, RequestContext, Route
+from .context import Attempt, RequestContext, Route, claude_mode, openai_mode
 from .pricing import PER, Price, PriceTable, Usage, cost_microcents, unit_cost
 from .providers import Provider, media
 
@@ -27,10 +27,11 @@ class Pricer:
     def use(self, table: PriceTable) -> None:
         self.table = table
 
-    def price_of(self, route: Route, asked: str) -> Price | None:
-        """The price a request for ``asked`` (routed to ``route``) will be charged at."""
-        table = self.table
-        return table.lookup(route.model, route.provider.name) or table.lookup(asked, route.provider.name)
+    def price_of(self, route: Route, asked: str, mode: str | None = None) -> Price | None:
+        """The price a request for ``asked`` (routed to ``route``) will be charged at, in ``mode``
+        (:func:`held_mode`; None: standard)."""
+        table, provider, kind = self.table, route.provider.name, route.provider.kind
+        return table.lookup_mode(route.model, provider, mode, kind) or table.lookup_mode(asked, provider, mode, kind)
 
     def worst_case(
         self, ctx: RequestContext, route: Route, asked: str, default_max_tokens: int, sent_back: int = 0
@@ -40,7 +41,7 @@ class Pricer:
         upload's audio, characters for media), None when it cannot be priced (no price, or a price
         in a unit the answer will not report). ``sent_back``: the input tokens a follow-up call
         adds (the answer so far of a paused turn)."""
-        price = self.price_of(route, asked)
+        price = self.price_of(route, asked, held_mode(ctx))
         if ctx.endpoint in media.ENDPOINTS:
             image_price = self.image_price(ctx, route.model, route.provider.name)
             return estimate.media_request_cost(ctx, price, image_price, default_max_tokens, route.model)
@@ -216,15 +217,17 @@ class Pricer:
         return None if price is None else cost_microcents(price, usage)
 
     def billed_price(self, ctx: RequestContext, a: Attempt) -> Price | None:
-        """The price an answer is billed at: the served model's, the upstream model's, else the
-        name the budget held it by (``price_of``'s fallback: a price set as ``local/my-model``
-        or under a deployment group's name), so what is held is what is billed."""
-        table, provider = self.table, a.provider.name if a.provider else None
+        """The price an answer is billed at, in the mode its answer says served it (``Attempt.
+        served_mode``: priority, flex, fast mode, US-only inference): the served model's, the
+        upstream model's, else the name the budget held it by (``price_of``'s fallback: a price set
+        as ``local/my-model`` or under a deployment group's name), so what is held is what is billed."""
+        table, mode = self.table, a.served_mode
+        provider, kind = (a.provider.name, a.provider.kind) if a.provider else (None, None)
         asked = a.asked_model or ctx.routed_model or ctx.model or ""
         return (
-            table.lookup(a.served_model or a.upstream_model or "", provider)
-            or table.lookup(a.upstream_model or "", provider)
-            or table.lookup(asked, provider)
+            table.lookup_mode(a.served_model or a.upstream_model or "", provider, mode, kind)
+            or table.lookup_mode(a.upstream_model or "", provider, mode, kind)
+            or table.lookup_mode(asked, provider, mode, kind)
         )
 
     def _price_media(self, ctx: RequestContext, a: Attempt, price: Price | None) -> None:
@@ -286,6 +289,17 @@ class Pricer:
         key = image_key(model, ctx.body)
         found = self.table.lookup(key, provider) if key else None
         return found if found is not None and found.unit == "image" else None
+
+
+def held_mode(ctx: RequestContext) -> str | None:
+    """The mode a budget holds a request at: the dearer one it asks for (OpenAI's ``priority``,
+    Claude's fast mode and US-only inference), which its answer may say it got; a request for
+    ``flex`` is held at the standard rate, which OpenAI bills when flex is not what served it."""
+    body = ctx.body if isinstance(ctx.body, dict) else {}
+    if ctx.endpoint == "messages":
+        return claude_mode(body.get("speed"), body.get("inference_geo"))
+    mode = openai_mode(body.get("service_tier"))
+    return None if mode == "flex" else mode
 
 
 def image_key(model: str, body: dict) -> str | None:

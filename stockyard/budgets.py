@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from .context import RequestContext
+from .context import RequestContext, claude_mode, openai_mode
 from .errors import ProxyError
 from .estimate import PRICED_AUDIO_FORMATS, runs_after_answer, unbounded_server_tools, unpriced_audio_format
 from .imagegen import IMAGE_CALLS_UNCAPPED, tool_calls, uncapped
@@ -205,13 +205,15 @@ COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at 
 COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 
 
-def check_countable(ctx: RequestContext, whose: str) -> None:
+def check_countable(ctx: RequestContext, whose: str, priced: Callable[[str], bool] | None = None) -> None:
     """The 403 for a request a budget could not count: a background response (it runs after its
     answer, whose usage is still empty), a transcription or translation whose answer will not
     report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
     whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch), a dearer
     service tier (OpenAI's ``priority`` bills above the price table's rates) or Claude mode (fast
-    mode, US-only inference: ``COUNTED_MODES``), or a Gemini context
+    mode, US-only inference: ``COUNTED_MODES``) whose price is not known (``priced``: whether the
+    request's model has a price in that mode, ``pricing.PriceTable.lookup_mode``; one that has is
+    held at it), or a Gemini context
     cache whose size Stockyard does not know (its tokens are billed with the call)."""
     if runs_after_answer(ctx):
         raise ProxyError(
@@ -223,12 +225,12 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
         )
     form = unpriced_audio_format(ctx)
     if form is not None:
-        priced = " or ".join(repr(f) for f in PRICED_AUDIO_FORMATS[ctx.endpoint][:2])  # json, verbose_json
+        formats = " or ".join(repr(f) for f in PRICED_AUDIO_FORMATS[ctx.endpoint][:2])  # json, verbose_json
         request, what = AUDIO_ANSWERS[ctx.endpoint]
         raise ProxyError(
             403,
             f"a {request} in response_format {form[:40]!r} comes back without {what}, so its cost is "
-            f"never seen here and the budget on {whose} cannot be enforced; ask for {priced}, which reports it",
+            f"never seen here and the budget on {whose} cannot be enforced; ask for {formats}, which reports it",
             param="response_format",
             code="response_format_not_budgeted",
         )
@@ -236,16 +238,17 @@ def check_countable(ctx: RequestContext, whose: str) -> None:
     if unbounded is not None:
         raise server_tool_refusal(unbounded, whose)
     tier = ctx.body.get("service_tier")
-    if tier not in COUNTED_TIERS:
+    if tier not in COUNTED_TIERS and not (priced and priced(str(openai_mode(tier)))):
         raise ProxyError(
             403,
-            f"service_tier {str(tier)[:40]!r} is billed above the prices Stockyard knows, so the budget on "
-            f"{whose} cannot be enforced; use 'auto', 'default' or 'flex'",
+            f"service_tier {str(tier)[:40]!r} is billed above the prices Stockyard knows for this model, so the "
+            f"budget on {whose} cannot be enforced; use 'auto', 'default' or 'flex'",
             param="service_tier",
             code="service_tier_not_budgeted",
         )
     dearer = dearer_mode(ctx.body) if ctx.endpoint == "messages" else None  # other APIs: no such fields
-    if dearer is not None:
+    mode = claude_mode(ctx.body.get("speed"), ctx.body.get("inference_geo"))
+    if dearer is not None and not (priced and mode and priced(mode)):
         raise mode_refusal(dearer, ctx.body[dearer], whose)
     unsized = next((cache_id for cache_id, tokens in ctx.caches.items() if tokens is None), None)
     if unsized is not None:
@@ -270,7 +273,7 @@ def mode_refusal(field: str, value: Any, whose: str, where: str = "") -> ProxyEr
     """The 403 for a dearer Claude mode (:func:`dearer_mode`); ``where`` names a batch's request."""
     return ProxyError(
         403,
-        f"{where}{field} {str(value)[:40]!r} bills every token above the prices Stockyard knows, so the "
+        f"{where}{field} {str(value)[:40]!r} bills every token above the prices Stockyard knows for this model, so the "
         f"budget on {whose} cannot be enforced; send it without {field}",
         param=field,
         code="mode_not_budgeted",

@@ -215,6 +215,10 @@ class Attempt:
     response_id: str | None = None  # the provider's id of its answer (gen_ai.response.id), the first it named
     service_tier: str | None = None  # OpenAI's answer: the tier that served it (openai.response.service_tier)
     fingerprint: str | None = None  # OpenAI's answer: its system_fingerprint
+    # The mode the answer says served it, as ``pricing.MODES`` names it (None: standard): OpenAI's
+    # ``service_tier`` (``priority``, ``flex``), Claude's ``usage.speed`` and ``usage.inference_geo``
+    # (``fast``, ``us``, both ``fast/us``). It is billed at that mode's price (``billing.Pricer``).
+    served_mode: str | None = None
     usage: Usage | None = None
     usage_estimated: bool = False
     # The usage so far is a stream's start (Anthropic's message_start: input counted, output 1); the
@@ -286,8 +290,22 @@ class Attempt:
         tier, fingerprint = answer.get("service_tier"), answer.get("system_fingerprint")
         if isinstance(tier, str) and tier:
             self.service_tier = tier[:64]
+            if self.provider is not None and self.provider.kind in TIERED_KINDS:  # others' tiers: their own
+                self.served_mode = openai_mode(tier)
         if isinstance(fingerprint, str) and fingerprint:
             self.fingerprint = fingerprint[:128]
+
+    def serve_gemini(self, tier: str | None) -> None:
+        """Gemini's answer says in a header (``x-gemini-service-tier``) the tier that served it:
+        ``flex``, ``priority`` (a priority call past its limit is served at ``standard``)."""
+        if tier:  # "flex", or the API's enum spelling "SERVICE_TIER_FLEX"
+            self.served_mode = openai_mode(tier.strip().lower().removeprefix("service_tier_"))
+
+    def serve_claude(self, usage: object) -> None:
+        """Claude's answer says in its usage the speed and the geography that served it (fast mode,
+        US-only inference): kept as :attr:`served_mode` (a stream's message_start says it first)."""
+        if isinstance(usage, dict) and ("speed" in usage or "inference_geo" in usage):
+            self.served_mode = claude_mode(usage.get("speed"), usage.get("inference_geo"))
 
     def mark_first_byte(self) -> None:
         if self.ttfb is None:
@@ -394,3 +412,24 @@ class RequestContext:
     def refused(self) -> bool:
         """Stockyard refused this request itself, before any provider (see :func:`is_refusal`)."""
         return is_refusal(self.attempt.outcome, self.attempt.provider)
+
+
+TIERED_KINDS = ("openai", "azure")  # providers whose answer's service_tier is OpenAI's, billed by tier
+STANDARD_TIERS = ("auto", "default", "standard", "standard_only")  # OpenAI's (and Gemini's) tiers at the table's rates
+
+
+def openai_mode(tier: object) -> str | None:
+    """OpenAI's ``service_tier`` (asked or answered) as a priced mode: ``priority`` (asked as
+    ``fast`` too, its new name since 2026-07-30), ``flex``; None for the standard tiers (and no
+    tier); any other tier (``scale``) by its own name, which no price names: unpriced."""
+    if tier is None or tier in STANDARD_TIERS:
+        return None
+    return "priority" if tier == "fast" else str(tier)[:40]
+
+
+def claude_mode(speed: object, geo: object) -> str | None:
+    """Claude's ``speed`` and ``inference_geo`` (asked or answered) as a priced mode: ``fast``,
+    ``us`` or ``fast/us``; None for the standard speed and the global geography. Any other value
+    by its own name, which no price names: unpriced."""
+    parts = [str(v)[:40] for v, standard in ((speed, "standard"), (geo, "global")) if v not in (None, standard)]
+    return "/".join(parts) or None

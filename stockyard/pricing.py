@@ -61,6 +61,15 @@ A prompt-length tier (``long_context``: Gemini 2.5 Pro above 200k prompt tokens,
 tier's rates (:func:`rates_for`); budgets hold the tier's rates when the prompt may be above it
 (``estimate.most_tokens``: its text at a token a byte).
 
+Modes (``Price.modes``, :func:`mode_price`, ``PriceTable.lookup_mode``): a model's price in a
+provider's dearer or cheaper mode is an exact multiple of all its rates, long-context tier
+included — OpenAI's ``priority`` (GPT-5: 2x, GPT-5 mini 1.8x, GPT-4.1 1.75x, from OpenAI's priority
+processing page) and ``flex`` (half, every model: "Batch API rates"; Azure's and Gemini's flex too),
+Claude's fast mode (Opus 4.6 6x, Opus 4.8 and Opus 5 2x) and US-only inference (``us``, 1.1x from
+Opus 4.6 on), both at once ``fast/us``. An entry ``<model>/<mode>`` of its own (an operator's) wins;
+a shipped multiple prices only the provider kind that published it (``MODE_KINDS``); anything else
+is unknown. Checked 2026-12-06.
+
 Not modelled: cached
 image input tokens (billed as cached text input), and per-call fees neither usage nor answer
 reports: Gemini's grounding; OpenAI's code interpreter and shell containers (billed per minute of
@@ -192,6 +201,9 @@ def _check_counts(obj: object) -> None:
             "changes_on_ms",
         ):
             continue
+        if name == "modes":
+            _check_modes(value)
+            continue
         if name in ("long_context", "changed"):
             if value is not None and not isinstance(value, Price):
                 raise ValueError(f"{name} must be a Price, got {value!r}")
@@ -235,6 +247,10 @@ class Price:
     # ``changes_on_ms`` (UTC) on, ``changed`` is the price. See :meth:`current`.
     changes_on_ms: int | None = None
     changed: Price | None = None
+    # What the provider's dearer or cheaper modes bill every token at, as an exact multiple of
+    # these rates: ((mode, numerator, denominator), …), e.g. ("fast", 6, 1), ("us", 11, 10),
+    # ("priority", 2, 1). See :func:`mode_price`.
+    modes: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         _check_counts(self)
@@ -258,7 +274,7 @@ class Price:
     def from_usd(cls, rates: Mapping[str, Any]) -> Price:
         """From decimal strings in USD per 1M (the token counts as whole numbers);
         cached/cache_write default to input."""
-        unknown = set(rates) - {*RATE_FIELDS, *SHIPPED_RATES, "unit", *TOKEN_COUNTS, "long_context", "changes"}
+        unknown = set(rates) - {*RATE_FIELDS, *SHIPPED_RATES, "unit", *TOKEN_COUNTS, "long_context", "changes", "modes"}
         if unknown:
             raise ValueError(f"unknown price fields: {sorted(unknown)}")
         above, tier = _long_context(rates.get("long_context"))
@@ -281,6 +297,7 @@ class Price:
             long_context=tier,
             cache_write_long=parse_usd_per_m(rates["cache_write_long"]) if "cache_write_long" in rates else None,
             **_change(rates),
+            modes=parse_modes(rates.get("modes")),
         )
 
 
@@ -322,9 +339,101 @@ def _change(rates: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown changes fields: {sorted(unknown)}")
     if "long_context" in rates and "long_context" not in new:  # else long prompts would drop to flat rates
         raise ValueError("changes must restate the model's long_context tier")
-    counts = {name: rates[name] for name in TOKEN_COUNTS if name in rates}
+    counts = {name: rates[name] for name in (*TOKEN_COUNTS, "modes") if name in rates}  # a mode's multiple stays
     midnight = datetime.datetime.combine(day, datetime.time(), datetime.timezone.utc)
     return {"changes_on_ms": int(midnight.timestamp()) * 1000, "changed": Price.from_usd({**counts, **new})}
+
+
+# The modes a price may name (``Price.modes``): OpenAI's ``service_tier`` ``priority`` (also asked
+# as ``fast``) and ``flex``; Claude's fast mode (``speed: "fast"``) and US-only inference
+# (``inference_geo: "us"``). A request in two of Claude's modes is in both: ``fast/us``.
+MODES = ("priority", "flex", "fast", "us")
+# A mode's multiple where the provider states one rule for every model: OpenAI bills flex
+# tokens "at Batch API rates" (half), whatever the model (its flex processing guide); Gemini's
+# Flex API is "a 50% cost reduction compared to standard rates".
+DEFAULT_MODES = {"flex": (1, 2)}
+MAX_MULTIPLE = 100  # more than any provider charges for a mode: a wilder number is a typo
+# The provider kinds whose modes the shipped multiples price: OpenAI's tiers (flex at Azure and
+# Gemini too, "a 50% discount" by Microsoft's and Google's word; their priority prices are their
+# own, not published per model where we could read them), Claude's modes at Anthropic.
+MODE_KINDS = {
+    "priority": ("openai",),
+    "flex": ("openai", "azure", "gemini"),
+    "fast": ("anthropic",),
+    "us": ("anthropic",),
+}
+
+
+def parse_modes(modes: Any) -> tuple[tuple[str, int, int], ...]:
+    """prices.json's ``"modes": {"fast": "6", "us": "1.1"}``: each mode's multiple of the model's
+    rates, a decimal string made an exact fraction (``"1.1"`` is 11/10)."""
+    if modes is None:
+        return ()
+    if not isinstance(modes, Mapping):
+        raise TypeError("modes must be an object")
+    out = []
+    for name, text in sorted(modes.items()):
+        if name not in MODES:
+            raise ValueError(f"unknown mode {name!r}: one of {', '.join(MODES)}")
+        multiple = Fraction(_units(text, f"modes.{name}"), USD)
+        out.append((name, multiple.numerator, multiple.denominator))
+    return tuple(out)
+
+
+def _check_modes(modes: Any) -> None:
+    """``Price.modes`` holds known modes with positive multiples no wilder than MAX_MULTIPLE."""
+    if not isinstance(modes, tuple):
+        raise ValueError(f"Price.modes must be a tuple, got {modes!r}")
+    for item in modes:
+        name, num, den = item if isinstance(item, tuple) and len(item) == 3 else (None, 0, 0)
+        if name not in MODES or type(num) is not int or type(den) is not int or num <= 0 or den <= 0:
+            raise ValueError(f"bad mode {item!r}")
+        if num > MAX_MULTIPLE * den:
+            raise ValueError(f"mode {name!r} multiple {num}/{den} is above {MAX_MULTIPLE}")
+
+
+def mode_multiple(price: Price, mode: str) -> Fraction | None:
+    """What ``mode`` (one mode, or Claude's two as ``fast/us``) multiplies ``price``'s rates by:
+    the product of each mode's multiple (the table's, else :data:`DEFAULT_MODES`); None when one
+    of them is not known (unpriced: never guessed)."""
+    own = {name: Fraction(num, den) for name, num, den in price.modes}
+    total = Fraction(1)
+    for part in mode.split("/"):
+        default = DEFAULT_MODES.get(part)
+        multiple = own.get(part) or (Fraction(*default) if default else None)
+        if multiple is None:
+            return None
+        total *= multiple
+    return total
+
+
+def mode_price(price: Price, mode: str | None) -> Price | None:
+    """``price`` in ``mode`` (None: the standard mode, ``price`` itself): every rate, those of its
+    long-context tier too, times the mode's multiple (:func:`mode_multiple`). None when the multiple
+    is not known, or a rate times it is not a whole µ¢ per 1M tokens (no rounding touches a rate)."""
+    if not mode:
+        return price
+    multiple = mode_multiple(price, mode)
+    return None if multiple is None else _scaled(price, multiple)
+
+
+def _scaled(price: Price, multiple: Fraction) -> Price | None:
+    """Every rate of ``price`` times ``multiple``, exactly; None if one is not a whole number."""
+    changes: dict[str, Any] = {}
+    for name in (*RATE_FIELDS, *SHIPPED_RATES):
+        rate = getattr(price, name)
+        if rate is None:
+            continue
+        product = rate * multiple
+        if product.denominator != 1:
+            return None
+        changes[name] = product.numerator
+    if price.long_context is not None:
+        tier = _scaled(price.long_context, multiple)
+        if tier is None:
+            return None
+        changes["long_context"] = tier
+    return replace(price, **changes, changes_on_ms=None, changed=None)
 
 
 def rates_for(price: Price, prompt_tokens: int) -> Price:
@@ -338,12 +447,14 @@ def rates_for(price: Price, prompt_tokens: int) -> Price:
 
 
 def _keep_shipped(override: Price, shipped: Price | None) -> Price:
-    """An operator's override changes the rates; the model's token counts stay the shipped ones.
-    A shipped long-context tier, ``cache_write_long`` and a dated change do not: they are rates,
-    which it replaces."""
+    """An operator's override changes the rates; the model's token counts and its modes' multiples
+    (unless it gives its own) stay the shipped ones. A shipped long-context tier, ``cache_write_long``
+    and a dated change do not: they are rates, which it replaces."""
     if shipped is None:
         return override
-    kept = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
+    kept: dict[str, Any] = {name: getattr(shipped, name) for name in TOKEN_COUNTS if getattr(override, name) is None}
+    if not override.modes:  # a multiple of the rates: it holds for the operator's rates too
+        kept["modes"] = shipped.modes
     return replace(override, **kept)
 
 
@@ -598,9 +709,15 @@ def _split(name: str) -> tuple[str | None, str]:
 
 def key_names(key: str, model: str) -> bool:
     """The key prices the model: the same name, or a dated snapshot of it (also what the image
-    models' token tables are told apart by: ``imagegen.output_tokens``)."""
+    models' token tables are told apart by: ``imagegen.output_tokens``); a mode's key
+    (``gpt-5/priority``) prices that mode of the model and of its snapshots."""
     if key == "*" or key == model:
         return True
+    head, sep, mode = model.rpartition("/")
+    if sep and mode in MODES and key.endswith(f"/{mode}"):
+        key, model = key[: -len(mode) - 1], head
+        if key == model:
+            return True
     return model.startswith(key) and _SNAPSHOT.fullmatch(model, len(key)) is not None
 
 
@@ -649,6 +766,21 @@ class PriceTable:
             for name, price in names.items()
         ]
         return sorted(out)
+
+    def lookup_mode(self, model: str, provider: str | None, mode: str | None, kind: str | None = None) -> Price | None:
+        """Price for ``model`` served in ``mode`` (``MODES``; None: standard) by a provider of
+        ``kind``: an entry of its own (``<model>/<mode>``, e.g. an operator's ``gpt-5/priority``),
+        else — at a provider of the kind whose published prices they are (:data:`MODE_KINDS`) — the
+        model's price times the mode's multiple (:func:`mode_price`); None when unknown."""
+        if not mode:
+            return self.lookup(model, provider)
+        own = self.lookup(f"{model}/{mode}", provider)
+        if own is not None:
+            return own
+        if not all(kind in MODE_KINDS.get(part, ()) for part in mode.split("/")):
+            return None  # another provider's mode of that name is priced its own way (Groq's flex)
+        base = self.lookup(model, provider)
+        return None if base is None else mode_price(base, mode)
 
     def lookup(self, model: str, provider: str | None = None) -> Price | None:
         """Price for ``model`` as served by ``provider``, or None when unknown (memoized: the

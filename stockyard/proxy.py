@@ -81,6 +81,7 @@ PASS_HEADERS = (
     "openai-organization",
 )
 PASS_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+GEMINI_TIER_HEADER = "x-gemini-service-tier"  # standard, flex, priority: what served a Gemini call
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-goog-request-id")
 NEEDS_MODEL = (
     "chat",
@@ -640,6 +641,8 @@ def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | N
     ctx.attempt.upstream_request_id = next(
         (upstream_headers[h] for h in REQUEST_ID_HEADERS if h in upstream_headers), None
     )
+    if provider.kind == "gemini":  # Gemini says the tier that served it in a header only
+        ctx.attempt.serve_gemini(upstream_headers.get(GEMINI_TIER_HEADER))
     headers = {"x-stockyard-trace-id": ctx.trace_id, **ctx.reply_headers, **passed_headers(upstream_headers)}
     if resp.status >= 400:
         return error_answer(path, ctx, resp, adapter, headers, started, ts_ms)

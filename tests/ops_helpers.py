@@ -6,15 +6,17 @@ Everything here works from the schema the database has (``sqlite_master``, ``tab
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import operator
 import re
 import sqlite3
 import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from stockyard import audit, vault
 from stockyard.context import new_trace_id
@@ -224,14 +226,28 @@ def sample_trace(ts_ms: int, *, body: bytes | None = b'{"messages": "sample"}', 
     return TraceRow(**values)
 
 
+@contextlib.contextmanager
+def _trace_columns(present: list[str]) -> Iterator[None]:
+    """The product's trace writer, for a while, writing only the ``present`` columns (an older schema's)."""
+    saved = traces_module.INSERT_TRACE, traces_module._VALUES
+    traces_module.INSERT_TRACE = f"INSERT INTO traces ({', '.join(present)}) VALUES ({', '.join('?' * len(present))})"
+    traces_module._VALUES = operator.attrgetter(*present)
+    try:
+        yield
+    finally:
+        traces_module.INSERT_TRACE, traces_module._VALUES = saved
+
+
 def write_trace(conn: sqlite3.Connection, row: TraceRow, v9: bool = True) -> None:
     """``row.write``, on a database of any schema version: columns and rollups it does not have yet are left out."""
-    if "end_user" in {r[1] for r in conn.execute("PRAGMA table_info(traces)")}:
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
+    if "end_user" in columns:
         v18 = "search_rowid" in {r[1] for r in conn.execute("PRAGMA table_info(trace_bodies)")}
         v28 = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollups_users_months'").fetchone() is not None
-        row.write(conn, v9=v9, v18=v18, v28=v28)
+        with _trace_columns([c for c in traces_module._COLUMNS if c in columns]):  # before 0031: no served_mode
+            row.write(conn, v9=v9, v18=v18, v28=v28)
         return
-    present = [c for c in traces_module._COLUMNS if c not in ("end_user", "tags", "key_name")]
+    present = [c for c in traces_module._COLUMNS if c in columns]  # the columns of its schema
     conn.execute(
         f"INSERT INTO traces ({', '.join(present)}) VALUES ({', '.join('?' * len(present))})",
         [getattr(row, c) for c in present],

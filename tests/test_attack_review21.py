@@ -47,12 +47,12 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def create(server: ServerProcess, extra: dict, beta: str | None = None) -> anthropic.types.Message:
+def create(server: ServerProcess, extra: dict, beta: str | None = None, model: str = OPUS) -> anthropic.types.Message:
     """One small Messages call with the budgeted key, ``extra`` added to its body."""
     client = server.anthropic("budgeted")
     headers = {"anthropic-beta": beta} if beta else None
     return client.messages.create(
-        model=OPUS,
+        model=model,
         max_tokens=16,
         messages=[{"role": "user", "content": "hi"}],
         extra_body=extra,
@@ -61,20 +61,21 @@ def create(server: ServerProcess, extra: dict, beta: str | None = None) -> anthr
 
 
 @pytest.mark.parametrize(
-    "extra, beta, param",
+    "extra, beta, param, model",
     [
-        ({"speed": "fast"}, "fast-mode-2026-02-01", "speed"),  # $30/$150 per 1M on Opus 4.6: 6x
-        ({"inference_geo": "us"}, None, "inference_geo"),  # US-only inference: 1.1x every token
+        ({"speed": "fast"}, "fast-mode-2026-02-01", "speed", "claude-opus-5-5"),  # its multiple: not published
+        ({"inference_geo": "us"}, None, "inference_geo", "claude-haiku-4-5"),  # 1.1x from Opus 4.6 on only
     ],
 )
-def test_a_budgeted_key_cannot_ask_claude_for_a_dearer_mode(server, mock, extra, beta, param):
+def test_a_budgeted_key_cannot_ask_claude_for_a_dearer_mode(server, mock, extra, beta, param, model):
     """``speed: "fast"`` (fast mode) and ``inference_geo: "us"`` bill every token at a multiple of the
-    price table's rates, which nothing here knows: passed through untouched, a budgeted key's request
-    was held and billed at the standard rate — a $5 budget spent six times over on fast mode. A
-    budget refuses them before the provider is asked, as it does OpenAI's priority tier."""
+    price table's rates: passed through untouched, a budgeted key's request was held and billed at
+    the standard rate — a $5 budget spent six times over on fast mode. A budget refuses them before
+    the provider is asked where the table has no price for the mode (where it has, they are held
+    and billed at it: tests/test_mode_billing.py)."""
     before = len(mock.requests)
     with pytest.raises(anthropic.PermissionDeniedError) as refused:
-        create(server, extra, beta)
+        create(server, extra, beta, model)
     error = refused.value.body["error"]
     assert refused.value.status_code == 403 and param in error["message"], error
     assert refused.value.body["type"] == "error"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from stockyard.estimate import worst_case_cost
 from stockyard.pricing import (
+    MODES,
     TOKEN_COUNTS,
     Price,
     PriceTable,
@@ -479,6 +480,9 @@ def test_data_file_shape(table: PriceTable) -> None:
             assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", change.pop("on")) and all(
                 isinstance(v, str) for v in change.values()
             )
+        modes = rates.pop("modes", None)
+        if modes is not None:  # each mode's multiple of every rate, as a decimal string
+            assert set(modes) <= set(MODES) and all(isinstance(v, str) for v in modes.values()), key
         tier = rates.pop("long_context", None)
         if tier is not None:  # a prompt-length tier: a threshold, then rates as strings, each dearer
             assert type(tier.pop("above")) is int and all(isinstance(v, str) for v in tier.values()), key

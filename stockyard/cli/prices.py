@@ -34,7 +34,8 @@ def register(sub) -> None:
         "Cached input, cache write and media input default to the input price; reasoning "
         "and media output default to the output price. MODEL may be provider-qualified "
         "(groq/llama-3.3-70b); longer names win, so a dated model uses its "
-        "family's price.",
+        "family's price. MODEL/MODE (gpt-5/priority, claude-opus-5-5/fast, claude-opus-4-6/fast/us) "
+        "prices a model in a mode of its provider's (priority, flex, fast, us), over the shipped multiple.",
     )
     s.add_argument("model", metavar="MODEL")
     s.add_argument("--input", required=True, metavar="USD")
@@ -86,6 +87,9 @@ def list_(args: argparse.Namespace) -> int:
         tier = r["long_context"]
         if tier:  # the rates of a request whose prompt is above the threshold, on a row of their own
             shown.append({**r, **columns(tier), "model": f"  prompt > {tier['above']:,} tokens"})
+        for mode in r["modes"]:  # a mode's rates (OpenAI's tiers, Claude's fast mode, US-only), rows of their own
+            if mode["usd_per_1m"]:
+                shown.append({**r, **columns(mode), "model": f"  {mode['mode']} (x{mode['multiple']})"})
         change = r["changes"]
         if change:  # a dated change still to come, on a row of its own
             shown.append({**r, **columns(change), "model": f"  from {change['on']}"})
@@ -107,7 +111,9 @@ def list_(args: argparse.Namespace) -> int:
     )
     print(
         "USD per 1M of PER 1M (tokens, images, seconds, characters or calls); '-' means the output price "
-        "(REASONING, MEDIA OUT: image or audio output tokens) or the input price (MEDIA IN)"
+        "(REASONING, MEDIA OUT: image or audio output tokens) or the input price (MEDIA IN); an indented "
+        "priority, flex, fast or us row: the model's price in that mode (flex is half on every model; a "
+        "mode not listed is unpriced unless set as MODEL/MODE)"
     )
     return 0
 

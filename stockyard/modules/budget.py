@@ -85,9 +85,10 @@ class BudgetModule(Module):
         budgets = budgets_for(key, services.project_budgets())
         if not budgets:
             return
-        check_countable(ctx, "this key")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
+        route = ctx.route
+        check_countable(ctx, "this key", lambda mode: services.pricer.price_of(route, model, mode) is not None)
         found = services.pricer.worst_case(ctx, ctx.route, model, services.settings.default_max_tokens)
         if found is None:
             raise unpriced_refusal(services.pricer.unpriced_model(ctx, ctx.route, model), "on this key")

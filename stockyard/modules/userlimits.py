@@ -107,9 +107,11 @@ class UserLimitsModule(Module):
                 raise exc.error(ctx, media) from None
         if limits.budget_uc is None:
             return
-        check_countable(ctx, "this end user")
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
+        route = ctx.route
+        pricer = self.services.pricer
+        check_countable(ctx, "this end user", lambda mode: pricer.price_of(route, model, mode) is not None)
         amount = self.services.pricer.worst_case(ctx, ctx.route, model, self.services.settings.default_max_tokens)
         if amount is None:
             raise unpriced_refusal(self.services.pricer.unpriced_model(ctx, ctx.route, model), "per end user")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime
 import re
 import sqlite3
+from decimal import Decimal
 from typing import Any, Mapping
 
 from ..limits import MAX_PRICE_UC
-from ..pricing import RATE_FIELDS, TOKEN_COUNTS, UNITS, Price, PriceTable, format_usd, parse_usd_per_m
+from ..pricing import RATE_FIELDS, TOKEN_COUNTS, UNITS, Price, PriceTable, format_usd, mode_price, parse_usd_per_m
 from ..store import storable
 from ..times import now_iso
 from . import Operations, invalid, not_found
@@ -97,6 +98,16 @@ def _change(price: Price) -> dict[str, Any] | None:
     return {"on": day, "usd_per_1m": usd(price.changed), "long_context": _tier(price.changed)}
 
 
+def _modes(price: Price) -> list[dict[str, Any]]:
+    """A model's modes (``Price.modes``): each one's multiple as an exact decimal and its rates."""
+    out = []
+    for name, num, den in price.modes:
+        priced = mode_price(price, name)
+        multiple = str(Decimal(num) / Decimal(den))  # exact: a multiple has at most 8 decimals
+        out.append({"mode": name, "multiple": multiple, "usd_per_1m": usd(priced) if priced else None})
+    return out
+
+
 def load_overrides(conn: sqlite3.Connection) -> dict[str, Price]:
     return {
         r["model"]: Price(
@@ -133,6 +144,7 @@ def list_prices(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             **{name: getattr(p, name) for name in TOKEN_COUNTS},  # the model's counts a budget holds
             "usd_per_1m": usd(p),
             "long_context": _tier(p),
+            "modes": _modes(p),  # priority, flex, fast, us: multiples of these rates
             "changes": _change(shipped) if p is shipped else None,  # a change still to come
         }
         for key, shipped, p in now

@@ -906,6 +906,7 @@ def take_usage(ctx: RequestContext, seen: dict, usage: Any, searches: int = 0, f
     (message_delta's) the output count is the start's: a stream cut before it is billed its
     output from the text relayed (``billing.Pricer``), not one token. A usage with nothing
     readable (:func:`readable_usage`) is not taken."""
+    ctx.attempt.serve_claude(usage)  # the speed and geography that served it (message_start's)
     readable = readable_usage(usage)
     if readable or (usage == {} and seen):  # no usage yet: the text relayed estimates it
         seen.update(readable)
@@ -1190,6 +1191,7 @@ class AnthropicNativeAdapter(Adapter):
             ctx.attempt.serve(message.get("model"), message.get("id"))
             claim_written(ctx, message.get("content"), body)
             claim_container(ctx, message.get("container"))
+            ctx.attempt.serve_claude(message.get("usage"))
             if readable_usage(message.get("usage")):
                 ctx.attempt.usage = with_searches(Usage.from_anthropic(message["usage"]), searches_in(message))
         return body

@@ -56,6 +56,7 @@ _COLUMNS = (
     "end_user",
     "tags",
     "key_name",
+    "served_mode",
 )
 INSERT_TRACE = f"INSERT INTO traces ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _INSERT_BODY = (
@@ -182,6 +183,7 @@ class TraceRow:
     end_user: str | None = None
     tags: str | None = None  # JSON object
     key_name: str | None = None
+    served_mode: str | None = None  # the mode its answer says served it (priority, flex, fast, us): its cost's
     request_body: bytes | None = None
     response_body: bytes | None = None
     request_truncated: bool = False
@@ -452,6 +454,7 @@ def trace_row_from(
         end_user=ctx.end_user,
         tags=json.dumps(ctx.tags, ensure_ascii=False, sort_keys=True) if ctx.tags else None,
         key_name=getattr(ctx.key, "name", None),
+        served_mode=a.served_mode,
         request_body=request_body,
         response_body=response_body,
         request_truncated=req_trunc,

@@ -155,7 +155,7 @@ export async function traceDetail(view, id) {
         h("div", { class: "card" }, kv([
           ["time", formatTime(t.ts)], ["endpoint", `${t.endpoint} (${t.dialect})`], ["key", t.key_name ? `${t.key_name} (${t.key_id})` : t.key_id], ["project", t.project],
           ["user", t.end_user], ["tags", tagText(t.tags) || null],
-          ["provider", t.provider], ["model", t.model], ["served model", t.served_model], ["stream", t.stream ? "yes" : "no"],
+          ["provider", t.provider], ["model", t.model], ["served model", t.served_model], ["served mode", t.served_mode], ["stream", t.stream ? "yes" : "no"],
           ["status", `${t.status} ${t.outcome}`], ["error", t.error_message ? `${t.error_type}: ${t.error_message}` : null],
           ["upstream request id", t.upstream_request_id]])),
         h("div", { class: "card" }, kv([
