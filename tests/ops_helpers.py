@@ -238,6 +238,12 @@ def _trace_columns(present: list[str]) -> Iterator[None]:
         traces_module.INSERT_TRACE, traces_module._VALUES = saved
 
 
+def schema_columns(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[None]:
+    """The product's trace writer, for a while, writing only the columns this database's ``traces`` has."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}
+    return _trace_columns([c for c in traces_module._COLUMNS if c in columns])
+
+
 def write_trace(conn: sqlite3.Connection, row: TraceRow, v9: bool = True) -> None:
     """``row.write``, on a database of any schema version: columns and rollups it does not have yet are left out."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(traces)")}

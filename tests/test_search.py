@@ -8,7 +8,7 @@ import urllib.parse
 
 import pytest
 from module_helpers import api, chat, put_module, server_fixture
-from ops_helpers import sample_trace
+from ops_helpers import sample_trace, schema_columns
 
 from stockyard.retention import Retention
 from stockyard.store import db
@@ -142,7 +142,8 @@ def test_0018_links_the_bodies_stored_before_it_and_drops_search_rows_no_body_na
     rows = [sample_trace(now_ms + i, body=f'{{"messages": "wombat {w}"}}'.encode()) for i, w in enumerate("abc")]
     with conn:
         for row in rows:
-            row.write(conn, v18=False, v28=False)
+            with schema_columns(conn):
+                row.write(conn, v18=False, v28=False)
         conn.execute("INSERT INTO trace_search (trace_id, body) VALUES (?, 'wombat duplicate')", (rows[0].id,))
         conn.execute("INSERT INTO trace_search (trace_id, body) VALUES ('tr_gone', 'wombat stray')")
     db.migrate(conn)
@@ -228,7 +229,8 @@ def test_bodies_stored_before_the_index_are_indexed_after_the_upgrade(tmp_path, 
     old = [sample_trace(now_ms - i, body=f'{{"messages": "platypus {i}"}}'.encode()) for i in range(7)]
     conn.execute("BEGIN")
     for row in old:
-        row.write(conn, v9=False, v28=False)
+        with schema_columns(conn):
+            row.write(conn, v9=False, v28=False)
     conn.execute("COMMIT")
     db.migrate(conn)
     new = sample_trace(now_ms + 1, body=b'{"messages": "a newer platypus"}')
@@ -290,7 +292,8 @@ def test_the_index_rebuilt_by_0012_finds_what_it_found(tmp_path):
     rows = [sample_trace(now_ms + i, body=f'{{"messages": "tapir {w}"}}'.encode()) for i, w in enumerate("ab")]
     with conn:
         for row in rows:
-            row.write(conn, v18=False, v28=False)
+            with schema_columns(conn):
+                row.write(conn, v18=False, v28=False)
     db.migrate(conn)
     after = {q: [t["id"] for t in trace_store.list_traces(conn, search=q)] for q in ("tapir", "tapir b", "c")}
     assert after == {"tapir": [r.id for r in rows[::-1]], "tapir b": [rows[1].id], "c": []}
@@ -361,7 +364,8 @@ def test_the_index_rebuilt_by_0027_from_the_bodies_finds_what_it_found(tmp_path)
     rows = [sample_trace(now_ms + i, body=body.encode()) for i, body in enumerate(bodies)]
     with conn:
         for row in rows:
-            row.write(conn, v28=False)
+            with schema_columns(conn):
+                row.write(conn, v28=False)
     assert SENTENCE.encode() in raw_file(path), "the old index kept its copy"
     conn.close()
     conn = db.connect(path)

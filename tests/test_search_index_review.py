@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ops_helpers import sample_trace
+from ops_helpers import sample_trace, schema_columns
 
 from stockyard.retention import Retention
 from stockyard.store import db, move
@@ -90,7 +90,8 @@ def test_a_body_a_hand_edit_made_text_still_leaves_and_upgrades(tmp_path):
     db.migrate(conn, upto=26)
     rows = [sample_trace(NOW_MS - 60_000 + i, body=b'{"messages": "a serval"}') for i in range(2)]
     with conn:
-        trace_store.TraceRow.write_many(conn, rows, v28=False)
+        with schema_columns(conn):
+            trace_store.TraceRow.write_many(conn, rows, v28=False)
         conn.execute("UPDATE trace_bodies SET request = 'removed by hand' WHERE trace_id = ?", (rows[0].id,))
     db.migrate(conn)
     assert found(conn, "serval") == [rows[1].id, rows[0].id], "found by the side that still holds the word"
