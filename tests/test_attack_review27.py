@@ -1,0 +1,93 @@
+"""An attacker's and an accountant's review of the day's changes (writer byte bound, billing of
+unclean ends, socket adoption, reservation-counting routing, chain walks reading turns only).
+
+Each test is a hole found (failing before its fix) or a claim checked and found sound, said in
+its docstring. Real parts: a server process of the pyz on its own database, the mock upstream.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from conftest import ServerProcess, mock_env
+from mock_upstream import MockUpstream, openai_error
+from module_helpers import ADMIN_KEY, api, put_module
+
+from stockyard.deployments import Deployment, Health, ModelRoute, Models
+from stockyard.providers import Provider
+
+SECRET = "enc-" + secrets.token_hex(16)
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with MockUpstream() as mock:
+        yield mock
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, upstream, tmp_path_factory):
+    env = mock_env(cache_home, upstream, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack27") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def deploy(server: ServerProcess, model_name: str, /, **fields) -> None:
+    status, view = api(server, "POST", f"/api/models/{model_name}/deployments", fields)
+    assert status == 201, view
+
+
+def rpm_used(server: ServerProcess, model: str) -> dict[str, int]:
+    _, listing = api(server, "GET", "/api/models")
+    [found] = [m for m in listing["data"] if m["name"] == model]
+    return {d["name"]: d["health"]["rpm_used"] for d in found["deployments"]}
+
+
+def _dep(model: str, name: str, **kw) -> Deployment:
+    return Deployment(model, name, Provider("p", "openai", "http://x"), "up", **kw)
+
+
+# -- routing: a reservation held twice under one key --------------------------------------------
+
+
+def test_a_model_planned_twice_in_one_request_gives_back_both_reservations():
+    """Hole: a request's plans share one table of held reservations keyed by deployment, and a
+    fallback named twice (the model's list and the fallback module's, or twice in one list) planned
+    the same model again while its first reservations were still held (deployments a budget cannot
+    count are held, not taken): the second overwrote the first, never given back. Its place in the
+    rpm window stayed for a minute (a deployment never called refused requests at its rpm)
+    and its ``reserved`` count for the server's life (least-busy and latency counted it busy)."""
+    health = Health(clock=lambda: 0.0)
+    pool = ModelRoute("pool", "least-busy", (_dep("pool", "p1", rpm=2), _dep("pool", "p2", rpm=2)))
+    models = Models([ModelRoute("chat", "weighted", (_dep("chat", "a"),)), pool], health)
+    request = models.plan(models.get("chat"), 10)
+    for _ in range(2):  # "pool" reached twice as a fallback; each deployment held, not counted (proxy.model_candidates)
+        held = list(models.plan(pool, 10, parent=request).deployments())
+        assert [d.name for d in held] == ["p1", "p2"]
+    request.release()  # the request's end (proxy.handle): neither was called
+    assert [health.snapshot(d)["rpm_used"] for d in pool.deployments] == [0, 0], "neither was called"
+    for _ in range(2):  # and each takes its two requests a minute
+        assert sorted(d.name for d in models.plan(pool, 10).deployments()) == ["p1", "p2"]
+
+
+def test_a_fallback_named_twice_leaves_no_reservation_behind_on_a_server(server, upstream):
+    """The same hole through the proxy: a budgeted key's request whose deployment fails falls back
+    to "pool" (named twice), whose unpriced deployments its budget cannot count: they are held, never
+    called, and must all be given back when the request ends."""
+    deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini")
+    for name in ("p1", "p2"):
+        deploy(server, "pool", name=name, provider="openai", model="attack27-unpriced", rpm=5)
+    assert api(server, "PATCH", "/api/models/pool", {"strategy": "least-busy"})[0] == 200
+    assert api(server, "PATCH", "/api/models/chat", {"fallbacks": ["pool", "pool"]})[0] == 200
+    put_module(server, "budget", {})
+    status, made = api(server, "POST", "/api/keys", {"name": "budgeted", "budget_usd": "1.00", "budget_period": "day"})
+    assert status == 201, made
+    upstream.enqueue(openai_error(500))
+    body = {"model": "chat", "messages": HELLO}
+    status, _, _ = server.request("POST", "/v1/chat/completions", body, server.auth(made["key"]))
+    assert status == 500 and [r.json["model"] for r in upstream.requests] == ["gpt-4o-mini"], "pool never called"
+    assert rpm_used(server, "pool") == {"p1": 0, "p2": 0}
