@@ -7,11 +7,16 @@ its docstring. Real parts: a server process of the pyz on its own database, the 
 
 from __future__ import annotations
 
+import json
 import secrets
+import signal
+import socket
+import threading
+import time
 
 import pytest
-from conftest import ServerProcess, mock_env
-from mock_upstream import MockUpstream, openai_error
+from conftest import ServerProcess, mock_env, wait_for
+from mock_upstream import MockUpstream, Reply, openai_error
 from module_helpers import ADMIN_KEY, api, put_module
 
 from stockyard.deployments import Deployment, Health, ModelRoute, Models
@@ -91,3 +96,39 @@ def test_a_fallback_named_twice_leaves_no_reservation_behind_on_a_server(server,
     status, _, _ = server.request("POST", "/v1/chat/completions", body, server.auth(made["key"]))
     assert status == 500 and [r.json["model"] for r in upstream.requests] == ["gpt-4o-mini"], "pool never called"
     assert rpm_used(server, "pool") == {"p1": 0, "p2": 0}
+
+
+# -- a departed client's call at SIGTERM ---------------------------------------------------------
+
+
+def test_a_call_going_on_for_a_departed_client_ends_with_the_drain_and_is_billed_its_input(
+    pyz_path, cache_home, tmp_path
+):
+    """Checked, found sound: a non-streamed call goes on after its client left (``Cancel.leave``),
+    but SIGTERM still ends it at the end of ``STOCKYARD_SHUTDOWN_GRACE`` (the provider holding it
+    for a minute): the server exits 0 within the grace and its cut, and the trace, written, bills
+    what the provider was sent as an estimate (it went out, no usage came back)."""
+    with MockUpstream() as slow:
+        env = mock_env(cache_home, slow, STOCKYARD_SHUTDOWN_GRACE="1s")
+        srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+        reached = threading.Event()
+        slow.enqueue(Reply(hang_s=60, hang_started=reached))
+        body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode()
+        client = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert reached.wait(10)
+        client.close()
+        wait_for(lambda: srv.metric("clients_left_waiting_total") == 1, 10, "the server saw the client leave")
+        started = time.monotonic()
+        assert srv.stop(signal.SIGTERM) == 0
+        took = time.monotonic() - started
+        assert took < 8, f"the drain took {took:.1f}s"
+        (row,) = srv.db_rows("SELECT outcome, prompt_tokens, completion_tokens, cost_status FROM traces")
+        assert row["outcome"] == "client_disconnected"
+        inputs = -(-len(body) // 4)
+        assert (row["prompt_tokens"], row["completion_tokens"], row["cost_status"]) == (inputs, 0, "estimate")
+        assert "Traceback" not in srv.log
