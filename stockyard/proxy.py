@@ -689,8 +689,8 @@ def whole_turn(path: RequestPath, ctx: RequestContext, adapter: Adapter, raw: by
     while (resp := continue_turn(path, ctx, adapter, answers)) is not None:
         try:
             answers.append(resp.read_all())
-        except UpstreamError as exc:
-            billed = ctx.attempt.input_billed = unanswered(ctx, exc)  # else it gave nothing: not one of the turn's
+        except UpstreamError as exc:  # its head said the answer was made: billed as a first call's (attempt)
+            billed = ctx.attempt.input_billed = unanswered(ctx, exc, answered=True)
             end_turn(ctx, f"the follow-up call broke: {path.scrub.text(str(exc))}", gave_up=not billed)
             break
     return answers
