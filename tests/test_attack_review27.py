@@ -11,6 +11,7 @@ import json
 import secrets
 import signal
 import socket
+import sqlite3
 import threading
 import time
 
@@ -132,3 +133,60 @@ def test_a_call_going_on_for_a_departed_client_ends_with_the_drain_and_is_billed
         inputs = -(-len(body) // 4)
         assert (row["prompt_tokens"], row["completion_tokens"], row["cost_status"]) == (inputs, 0, "estimate")
         assert "Traceback" not in srv.log
+
+
+# -- the writer's bytes: one sender's large bodies -------------------------------------------------
+
+
+def test_one_keys_large_bodies_cannot_strip_another_keys_traces_of_theirs(pyz_path, cache_home, mock, tmp_path):
+    """Hole: the bodies the writer may hold (``STOCKYARD_WRITER_QUEUE_MB``) were one pool, taken
+    first come: a key sending large bodies while the writer is behind (a long search-index insert:
+    measured, 32 threads of 240 KB cache hits, free, left another key's 60 KB traces waiting 2 s
+    each and 8 of 40 without their bodies) filled it, and every other key's traces then waited and
+    went without theirs. Now one sender (a key, else an address) may hold a quarter of it: past
+    that its own traces go without their bodies, and another's still fit. The disk is held here
+    (another connection's write transaction) so nothing is written meanwhile."""
+    limits = {"STOCKYARD_WRITER_QUEUE_MB": "1", "STOCKYARD_BUSY_TIMEOUT_MS": "15000"}
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, **limits)
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    try:
+        keys = {}
+        for name in ("sender", "other"):
+            status, made = api(srv, "POST", "/api/keys", {"name": name})
+            assert status == 201, made
+            keys[name] = made
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the quick brown fox " * 15_000}]}
+        lock = sqlite3.connect(srv.db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the writer is behind: nothing commits until it ends
+        try:
+            statuses: list[int] = []
+
+            def send(name: str) -> None:
+                statuses.append(srv.request("POST", "/v1/chat/completions", body, srv.auth(keys[name]["key"]))[0])
+
+            senders = [threading.Thread(target=send, args=("sender",)) for _ in range(6)]
+            for t in senders:
+                t.start()
+            for t in senders:
+                t.join(30)
+            wait_for(lambda: srv.metric("trace_bodies_unstored_total") >= 2, what="the sender's bodies past its room")
+            held, unstored = srv.metric("writer_queue_bytes"), srv.metric("trace_bodies_unstored_total")
+            send("other")
+            wait_for(  # its trace queued whole, or without its body after waiting for room
+                lambda: srv.metric("writer_queue_bytes") > held or srv.metric("trace_bodies_unstored_total") > unstored,
+                what="the other key's trace queued",
+            )
+            assert statuses == [200] * 7
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        sql = "SELECT t.key_id, b.trace_id IS NOT NULL AS body FROM traces t "
+        sql += "LEFT JOIN trace_bodies b ON b.trace_id = t.id"
+        rows = wait_for(lambda: len(r := srv.db_rows(sql)) == 7 and r, what="every request's trace")
+        kept = {name: sum(r["body"] for r in rows if r["key_id"] == keys[name]["id"]) for name in keys}
+        assert kept["other"] == 1, "the other key's trace keeps its body"
+        assert 1 <= kept["sender"] <= 2, kept  # its first fits alone; past its quarter, its own go without
+        wait_for(lambda: srv.metric("writer_queue_bytes") == 0, what="the bytes freed once written")
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
