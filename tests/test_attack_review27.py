@@ -191,3 +191,46 @@ def test_one_keys_large_bodies_cannot_strip_another_keys_traces_of_theirs(pyz_pa
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+# -- a chain's history read turn by turn without each turn's whole answer ------------------------
+
+
+def test_a_chain_rebuilt_from_turns_read_without_their_answers_is_the_whole_conversation(
+    pyz_path, cache_home, mock, tmp_path
+):
+    """Checked, found sound (both stores): ``Conversations.find(turn_only=True)`` reads a chain's
+    earlier turns without their stored answer. Five translated turns (every other one streamed,
+    each the next at once, so the one before is often still pending in memory): the provider is
+    sent every earlier input and answer, in order, and nothing else; the whole answer of each
+    turn is still what GET returns."""
+    env = mock_env(cache_home, mock, ANTHROPIC_API_KEY="sk-ant-test-attack27-0123456789", ANTHROPIC_BASE_URL=mock.url)
+    srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+    try:
+        previous, texts = None, []
+        for turn in range(5):
+            body = {"model": "claude-haiku-4-5", "input": f"question {turn}", "stream": turn % 2 == 1}
+            if previous:
+                body["previous_response_id"] = previous
+            status, _, answer = srv.request("POST", "/v1/responses", body)
+            assert status == 200, answer[:300]
+            sent = mock.last("/v1/messages").json["messages"]
+            said = [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"] for m in sent]
+            assert said[0::2] == [f"question {k}" for k in range(turn + 1)], said
+            assert said[1::2] == texts, "each earlier answer, in order"
+            previous = next(e for e in _events(answer) if e.get("type") in (None, "response.completed"))
+            previous = previous.get("response", previous)
+            texts.append(previous["output"][0]["content"][0]["text"])
+            previous = previous["id"]
+        status, _, whole = srv.request("GET", f"/v1/responses/{previous}")
+        assert status == 200 and json.loads(whole)["output"][0]["content"][0]["text"] == texts[-1]
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def _events(answer: bytes) -> list[dict]:
+    """A whole answer's JSON, or a stream's events."""
+    if answer.lstrip().startswith(b"{"):
+        return [json.loads(answer)]
+    return [json.loads(line[5:]) for line in answer.decode().splitlines() if line.startswith("data:")]
