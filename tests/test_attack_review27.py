@@ -19,6 +19,9 @@ import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
 from mock_upstream import MockUpstream, Reply, openai_error
 from module_helpers import ADMIN_KEY, api, put_module
+from test_attack_review16 import start
+from test_responses_websocket import ADMIN, Raw, create
+from test_websocket_sessions import completed, unseen_key
 
 from stockyard.deployments import Deployment, Health, ModelRoute, Models
 from stockyard.providers import Provider
@@ -234,3 +237,46 @@ def _events(answer: bytes) -> list[dict]:
     if answer.lstrip().startswith(b"{"):
         return [json.loads(answer)]
     return [json.loads(line[5:]) for line in answer.decode().splitlines() if line.startswith("data:")]
+
+
+# -- WebSocket sockets adopting what they stored before their key was known -----------------------
+
+
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "gpt-4o-mini"])
+def test_sockets_of_two_unseen_keys_each_adopt_only_their_own_turns(
+    pyz_path, cache_home, mock, tmp_path_factory, model
+):
+    """Checked, found sound: two sockets opened in open mode (their keys committed unseen), each
+    with a turn stored as nobody's, and an open-mode HTTP turn stored as nobody's too. Once the
+    server knows the keys, each socket's next turn continues its own response, and naming the
+    other socket's (or the HTTP turn's) is the not-found error event: adoption takes only what the
+    socket itself stored, never another's, and the keyless HTTP response stays nobody's."""
+    server = start(pyz_path, cache_home, mock, tmp_path_factory, "adopt27")
+    try:
+        secrets_ = {name: unseen_key(server, name) for name in ("alice", "mallory")}
+        status, _, answer = server.request("POST", "/v1/responses", {"model": model, "input": "open"})
+        assert status == 200
+        open_id = json.loads(answer)["id"]
+        raws = {name: Raw(server, secret) for name, secret in secrets_.items()}
+        assert all(raw.status == 101 for raw in raws.values())
+        firsts = {name: completed(raw, create(model, f"{name} first"))["id"] for name, raw in raws.items()}
+        status, _, _ = server.request("POST", "/api/keys", {"name": "another"}, {"Authorization": f"Bearer {ADMIN}"})
+        assert status == 201  # the keys are known now
+        mallory = raws["mallory"]
+        for stolen in (firsts["alice"], open_id):
+            mallory.send_json(create(model, "steal", previous_response_id=stolen))
+            refused = mallory.until("response.completed")[-1]
+            assert refused["type"] == "error" and refused["status"] == 404, refused
+        for name, raw in raws.items():
+            assert completed(raw, create(model, f"{name} second", previous_response_id=firsts[name]))
+        for name, secret in secrets_.items():
+            other = firsts["mallory" if name == "alice" else "alice"]
+            auth = {"Authorization": f"Bearer {secret}"}
+            assert server.request("GET", f"/v1/responses/{firsts[name]}", headers=auth)[0] == 200
+            assert server.request("GET", f"/v1/responses/{other}", headers=auth)[0] == 404
+            assert server.request("GET", f"/v1/responses/{open_id}", headers=auth)[0] == 404
+        for raw in raws.values():
+            raw.close()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log
