@@ -617,11 +617,12 @@ class ReportFirst:
 
 def spent_tokens(attempt: Attempt, failure: Failure | None) -> int | None:
     """Tokens an attempt used, for its deployment's tpm: as reported; none for a failure that
-    reported none (a 429 uses no quota); None keeps the estimate (a stream without usage)."""
+    reported none (a 429 uses no quota); None keeps the estimate (a stream without usage, or a
+    call that went out unanswered: ``Attempt.input_billed``, which the provider may count)."""
     usage = attempt.total_usage()
     if usage is not None:
         return usage.prompt_tokens + usage.completion_tokens
-    return 0 if failure is not None else None
+    return 0 if failure is not None and not attempt.input_billed else None
 
 
 def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | None:

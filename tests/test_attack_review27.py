@@ -280,3 +280,31 @@ def test_sockets_of_two_unseen_keys_each_adopt_only_their_own_turns(
     finally:
         server.stop()
     assert "Traceback" not in server.log
+
+
+# -- a deployment's tpm: an attempt that went out and never answered ---------------------------------
+
+
+def test_a_deployment_call_that_timed_out_after_going_out_keeps_its_tokens_in_the_tpm_window(
+    pyz_path, cache_home, tmp_path
+):
+    """Hole: a deployment's attempt that timed out after its request went out is billed its input
+    (the provider may count it) but gave its tokens back to the deployment's tpm window (0, as a
+    429's, which the provider does not count), so Stockyard sent past the provider's quota. Now
+    the reservation's estimate stays, as for a stream that reported no usage."""
+    with MockUpstream() as slow:
+        env = mock_env(cache_home, slow, STOCKYARD_ADMIN_KEY=ADMIN_KEY, STOCKYARD_ENCRYPTION_KEY=SECRET)
+        srv = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+        try:
+            deploy(srv, "chat", name="a", provider="openai", model="gpt-4o-mini", tpm=1_000_000)
+            put_module(srv, "timeout", {"models": {"chat": 0.5, "openai/gpt-4o-mini": 0.5}})
+            reached = threading.Event()
+            slow.enqueue(Reply(hang_s=5, hang_started=reached))
+            status, _, _ = srv.request("POST", "/v1/chat/completions", {"model": "chat", "messages": HELLO})
+            assert status == 504 and reached.is_set()
+            _, listing = api(srv, "GET", "/api/models")
+            [model] = [m for m in listing["data"] if m["name"] == "chat"]
+            assert model["deployments"][0]["health"]["tpm_used"] > 0, "the call went out: its tokens count"
+        finally:
+            srv.stop()
+    assert "Traceback" not in srv.log
