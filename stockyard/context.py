@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from .hosts import sender
 from .imagegen import image_bytes
 from .pricing import Usage
 from .providers import Provider
@@ -407,6 +408,12 @@ class RequestContext:
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)
+
+    @property
+    def sender(self) -> str:
+        """Who sent it, for what one sender may hold of a shared resource (``Writer.room``): its
+        client key, else its address as a sender is counted (``hosts.sender``: an IPv6 /64)."""
+        return f"key:{self.key_id}" if self.key_id else f"address:{sender(self.client_addr)}"
 
     @property
     def refused(self) -> bool:

@@ -405,6 +405,12 @@ class Plan:
         self._held: dict[str, tuple[Deployment, list]] = parent._held if parent is not None else {}
 
     def hold(self, d: Deployment, entry: list) -> Deployment:
+        """Keep ``entry`` until it is taken or released. A reservation of ``d`` already held (a
+        model reached twice as a fallback) is given back first: replaced unreleased, it stayed
+        counted (its rpm window, and busy for least-busy and latency for the server's life)."""
+        held = self._held.pop(d.key, None)
+        if held is not None:
+            self.models.health.release(*held)
         self._held[d.key] = (d, entry)
         return d
 

@@ -618,11 +618,12 @@ class ReportFirst:
 
 def spent_tokens(attempt: Attempt, failure: Failure | None) -> int | None:
     """Tokens an attempt used, for its deployment's tpm: as reported; none for a failure that
-    reported none (a 429 uses no quota); None keeps the estimate (a stream without usage)."""
+    reported none (a 429 uses no quota); None keeps the estimate (a stream without usage, or a
+    call that went out unanswered: ``Attempt.input_billed``, which the provider may count)."""
     usage = attempt.total_usage()
     if usage is not None:
         return usage.prompt_tokens + usage.completion_tokens
-    return 0 if failure is not None else None
+    return 0 if failure is not None and not attempt.input_billed else None
 
 
 def attempt(path: RequestPath, reply: Reply, ctx: RequestContext) -> Failure | None:
@@ -692,8 +693,8 @@ def whole_turn(path: RequestPath, ctx: RequestContext, adapter: Adapter, raw: by
     while (resp := continue_turn(path, ctx, adapter, answers)) is not None:
         try:
             answers.append(resp.read_all())
-        except UpstreamError as exc:
-            billed = ctx.attempt.input_billed = unanswered(ctx, exc)  # else it gave nothing: not one of the turn's
+        except UpstreamError as exc:  # its head said the answer was made: billed as a first call's (attempt)
+            billed = ctx.attempt.input_billed = unanswered(ctx, exc, answered=True)
             end_turn(ctx, f"the follow-up call broke: {path.scrub.text(str(exc))}", gave_up=not billed)
             break
     return answers

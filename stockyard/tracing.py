@@ -130,8 +130,8 @@ class Tracer:
         if record.response_body:
             record.response_body = self._scrub.bytes(record.response_body)
         record.pack()  # compressed here, on the request's thread: the one writer thread only inserts
-        size = record.held_bytes()
-        if size and not self._store.room(size):
+        size, owner = record.held_bytes(), ctx.sender
+        if size and not self._store.room(size, owner):
             record.drop_bodies()
             size = 0
             self._metrics.count("trace_bodies_unstored_total")
@@ -139,10 +139,11 @@ class Tracer:
                 log,
                 logging.WARNING,
                 "the database writer is behind: trace %s stored without its bodies (queued records hold "
-                "their limit of bodies; stockyard_trace_bodies_unstored_total counts them)",
+                "their limit of bodies, or its sender's share of it; stockyard_trace_bodies_unstored_total "
+                "counts them)",
                 ctx.trace_id,
             )
-        self._store.submit(record.write, size=size)
+        self._store.submit(record.write, size=size, owner=owner)
         try:
             self._metrics.observe_request(ctx, attempt)
         except Exception as exc:  # metrics must never cost a request

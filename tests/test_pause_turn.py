@@ -285,6 +285,26 @@ def test_a_follow_up_that_times_out_is_billed_its_input(impatient, mock, stream)
     assert trace["cost_status"] == "estimate" and trace["usage_estimated"] == 1
 
 
+def test_a_whole_follow_up_whose_body_breaks_is_billed_its_input(server, client, mock):
+    """Claude pauses a whole answer's turn, and the follow-up's head says 200 but its body breaks
+    off: that answer was made, and the provider bills it, so its input (the request and the answer
+    so far) is billed as an estimate on top of the first call's exact cost, as a first call whose
+    body breaks is (it was billed nothing: taken for a call that gave nothing)."""
+    model = SCRIPTED_MODEL
+    asked = {"tools": [{"type": "web_search_20250305", "name": "web_search"}], "messages": []}
+    mock.enqueue(
+        Reply(json=anthropic_message(asked, 1, model)), Reply(json=anthropic_message(asked, 1, model), cut_after=20)
+    )
+    raw, finishes, content = searched(client, model, stream=False)
+    assert (finishes, content) == (["length"], paused_text(1))
+    trace = server.trace(raw.headers["x-stockyard-trace-id"])
+    assert "the follow-up call broke" in trace["error_message"] and "continued it with 1" in trace["error_message"]
+    sent = trace["prompt_tokens"] - PROMPT_TOKENS  # the follow-up's input, estimated
+    assert sent > PAUSED_INPUT_TOKENS and trace["completion_tokens"] == COMPLETION_TOKENS
+    assert trace["cost_uc"] == cost_at((100_000_000, 200_000_000), 1, searches=1) + sent * 100
+    assert trace["cost_status"] == "estimate" and trace["usage_estimated"] == 1
+
+
 def test_a_follow_up_stream_that_breaks_before_its_first_event_is_billed_its_input(server, client, mock):
     """Claude pauses a streamed turn, and the follow-up's stream breaks before its first event: the
     provider was sent the request and the answer so far, so that input is billed as an estimate on

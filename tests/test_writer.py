@@ -416,6 +416,32 @@ def test_room_is_refused_when_the_writer_stays_behind_or_the_database_fails(tmp_
         writer.stop()
 
 
+def test_one_owner_holds_at_most_a_quarter_and_another_still_fits(tmp_path, monkeypatch):
+    """One sender's records (``owner``: a client key, an address) may hold a quarter of ``max_bytes``:
+    past it that sender waits and is refused, while another's record still fits the rest. An
+    owner's first record always fits, and its share is free again once its records are committed."""
+    from stockyard.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "FULL_WAIT_S", 0.2)
+    writer = sqlite_writer(tmp_path)
+    writer.max_bytes = 1000  # a share of 250
+    release = threading.Event()
+    try:
+        writer.submit(lambda conn: release.wait(30))  # the writer is behind
+        assert writer.room(400, "key:a")  # its first, alone
+        writer.submit(put("a"), size=400, owner="key:a")
+        assert not writer.room(10, "key:a") and writer.stats.waited_bytes == 1  # past its quarter
+        assert writer.room(250, "key:b") and writer.room(250)  # another's fits, and an ownerless one
+        writer.submit(put("b"), size=250, owner="key:b")
+        assert not writer.room(1, "key:b")  # its quarter is full too
+        release.set()
+        writer.call(put("last"))
+        assert writer.held_bytes == 0 and writer.room(250, "key:a") and writer.room(250, "key:b")
+    finally:
+        release.set()
+        writer.stop()
+
+
 def test_bytes_of_records_dropped_or_refused_are_freed(tmp_path):
     conn, _ = db.open_and_migrate(tmp_path / "q.db")
     conn.close()

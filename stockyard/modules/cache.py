@@ -326,8 +326,8 @@ class Cache(Module):
         job = lambda conn: store(conn, f"{digest}:{kind}", entry, usage, now_ms, opts)  # noqa: E731
         if leading:  # resolved at its commit or failure; a full queue fails it now (the waiting ask themselves)
             return self.services.store.write_later(job, queue_wait=0, urgent=False)
-        if self.services.store.room(len(body)):  # else the writer is behind: this answer is not kept
-            self.services.store.submit(job, size=len(body))
+        if self.services.store.room(len(body), ctx.sender):  # else the writer is behind: this answer is not kept
+            self.services.store.submit(job, size=len(body), owner=ctx.sender)
         return None
 
     def status(self) -> dict:

@@ -145,20 +145,25 @@ class Store:
         return future
 
     def submit(
-        self, job: Callable[[sqlite3.Connection], Any], done: Callable[[], None] | None = None, size: int = 0
+        self,
+        job: Callable[[sqlite3.Connection], Any],
+        done: Callable[[], None] | None = None,
+        size: int = 0,
+        owner: str | None = None,
     ) -> bool:
         """Fire-and-forget write (traces); direct when no writer runs. ``done`` runs once it is committed;
-        ``size``: the bytes the job holds while queued (``Writer.submit``)."""
+        ``size``: the bytes the job holds while queued, ``owner``'s (``Writer.submit``)."""
         if self.writer is not None:
-            return self.writer.submit(job, done, size)
+            return self.writer.submit(job, done, size, owner)
         self.write(job)
         if done is not None:
             done()
         return True
 
-    def room(self, size: int) -> bool:
-        """Whether a record of ``size`` bytes may be queued whole (``Writer.room``; always without a writer)."""
-        return self.writer is None or self.writer.room(size)
+    def room(self, size: int, owner: str | None = None) -> bool:
+        """Whether ``owner``'s record of ``size`` bytes may be queued whole (``Writer.room``; always
+        without a writer)."""
+        return self.writer is None or self.writer.room(size, owner)
 
     def close(self) -> None:
         self.close_reads()

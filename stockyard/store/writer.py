@@ -41,6 +41,7 @@ FAILURE_LOG_EVERY_S = 10.0
 RETRY_LOST_S = 1.0  # PostgreSQL lost: how often the records waiting for it are tried again
 FULL_WAIT_S = 2.0  # a full queue, the database working: how long a sender waits for room
 MAX_BYTES = 64 << 20  # what queued records may hold (their bodies): a count alone let 10,000 agent bodies take a GB
+OWNER_SHARE = 4  # one owner's records (a client key's, an address's) may hold a quarter of MAX_BYTES (room)
 LINGER_S = 0.005  # after a batch that emptied the queue, the next rows gather this long (see _linger)
 
 
@@ -129,6 +130,7 @@ class _Item:
     result: Any = None
     error: BaseException | None = None
     size: int = 0  # bytes the job holds, counted in Writer.held_bytes until it leaves the writer
+    owner: str | None = None  # whose they are (a client key, an address): counted in its share too
 
 
 @dataclass
@@ -163,6 +165,7 @@ class Writer:
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.max_bytes = max_bytes
         self.held_bytes = 0  # the sizes of the records queued, in a batch or waiting (see room)
+        self._held_by: dict[str, int] = {}  # ... by owner, for those that name one
         self._room = threading.Condition()
         self.batch_max = batch_max
         self.idle_after_s = idle_after_s
@@ -214,7 +217,7 @@ class Writer:
         self._periodic.append(_Periodic(task, every_s, time.monotonic() + first_in_s))
 
     # -- submitting ------------------------------------------------------------------------
-    def submit(self, job: Job, done: Callable[[], None] | None = None, size: int = 0) -> bool:
+    def submit(self, job: Job, done: Callable[[], None] | None = None, size: int = 0, owner: str | None = None) -> bool:
         """Queue a fire-and-forget job; ``done`` runs in the writer thread once it is committed.
 
         A full queue while the database works means it takes records slower than they come: the
@@ -222,12 +225,12 @@ class Writer:
         instead of losing its records (a trace is queued after its answer was sent). While the
         database fails, the job is dropped at once and counted (False): the proxy keeps serving.
         ``size``: the bytes the job holds (a trace's bodies), counted in ``held_bytes`` until it
-        leaves the writer; a sender with a large record asks :meth:`room` first.
+        leaves the writer (and in ``owner``'s share); a sender with a large record asks :meth:`room` first.
         """
-        item = _Item(job, done=done, size=size)
+        item = _Item(job, done=done, size=size, owner=owner)
         if self._closed:
             return self._dropped("the writer has stopped")
-        self._hold_bytes(size)
+        self._hold_bytes(size, owner)
         try:
             self.queue.put_nowait(item)
             return self._queued(item)
@@ -243,15 +246,23 @@ class Writer:
         self._release([item])
         return self._dropped("writer queue full")
 
-    def room(self, size: int) -> bool:
-        """Whether a record holding ``size`` bytes fits what the writer may hold (``max_bytes``).
+    def room(self, size: int, owner: str | None = None) -> bool:
+        """Whether a record holding ``size`` bytes fits what the writer may hold (``max_bytes``), and
+        what ``owner``'s records may (a quarter of it: ``OWNER_SHARE``).
 
         Over it, while the database works, the sender waits for the writer to catch up (up to
         ``FULL_WAIT_S``), as for a full queue; False if it did not (or the database fails): the
         caller keeps less (a trace goes without its bodies) so memory stays bounded however large
-        the bodies and however far behind the disk. A record alone always fits.
+        the bodies and however far behind the disk. The share keeps one sender of large bodies
+        from taking all of it: its own records go without theirs, not everyone's. A record alone
+        always fits, and an owner's first.
         """
-        fits = lambda: self.held_bytes == 0 or self.held_bytes + size <= self.max_bytes  # noqa: E731
+        share = self.max_bytes // OWNER_SHARE
+
+        def fits() -> bool:
+            mine = self._held_by.get(owner, 0) if owner is not None else 0  # no owner: the whole only
+            return self._fits(self.held_bytes, size, self.max_bytes) and self._fits(mine, size, share)
+
         with self._room:
             if fits():
                 return True
@@ -264,20 +275,32 @@ class Writer:
         """A sender may wait for room: the database works and the writer runs (not on its own thread)."""
         return self.healthy and self._thread.is_alive() and threading.current_thread() is not self._thread
 
-    def _hold_bytes(self, size: int) -> None:
+    @staticmethod
+    def _fits(held: int, size: int, limit: int) -> bool:
+        return held == 0 or held + size <= limit
+
+    def _hold_bytes(self, size: int, owner: str | None) -> None:
         if size:
             with self._room:
                 self.held_bytes += size
+                if owner is not None:
+                    self._held_by[owner] = self._held_by.get(owner, 0) + size
 
     def _release(self, items: list[_Item]) -> None:
         """The records left the writer (committed, refused or dropped): their bytes are free."""
-        size = 0
+        freed = [(item.size, item.owner) for item in items if item.size]
         for item in items:
-            size, item.size = size + item.size, 0
-        if size:
-            with self._room:
+            item.size = 0  # freed once
+        if not freed:
+            return
+        with self._room:
+            for size, owner in freed:
                 self.held_bytes -= size
-                self._room.notify_all()
+                if owner is not None:
+                    left = self._held_by.pop(owner) - size
+                    if left:
+                        self._held_by[owner] = left
+            self._room.notify_all()
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error
