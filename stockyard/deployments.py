@@ -95,6 +95,7 @@ class _State:
     failures: int = 0  # in a row
     opened_at: float | None = None  # the breaker opened
     probe: list | None = None  # the half-open probe's reservation (then attempt): nobody else probes
+    probe_sent: bool = False  # the probe's attempt began: it ends in finish, however long it runs
     current: float = 0.0  # smooth weighted round-robin
     window: collections.deque = field(default_factory=collections.deque)  # [time, tokens(, shared entry)] per request
     shared_full_until: float = 0.0  # the shared window refused this deployment until then
@@ -164,7 +165,7 @@ class Health:
                 s.window.append(entry)
                 s.reserved += 1
                 if s.opened_at is not None:  # half-open: claimed now, not at the attempt, or a
-                    s.probe = entry  # burst reserving meanwhile would all probe it
+                    s.probe, s.probe_sent = entry, False  # burst reserving meanwhile would all probe it
             if self._shared is None or (d.rpm is None and d.tpm is None):
                 return d, entry
             try:
@@ -222,7 +223,7 @@ class Health:
             else:  # its reservation is sent now
                 s.reserved = max(0, s.reserved - 1)
             if s.opened_at is not None:
-                s.probe = entry  # half-open: this request is the one probe
+                s.probe, s.probe_sent = entry, True  # half-open: this request is the one probe
             s.in_flight += 1
             return entry
 
@@ -351,9 +352,10 @@ def _busy(s: _State) -> int:
 
 
 def _probing(s: _State, now: float) -> bool:
-    """A half-open probe is out: claimed less than a breaker cooldown ago (a claim its request never
-    finished nor gave back — a path that forgot it — expires, as the fallback module's does)."""
-    return s.probe is not None and now - s.probe[0] < BREAKER_COOLDOWN_S
+    """A half-open probe is out: sent (its attempt always ends in ``finish``, however slow), or
+    reserved less than a breaker cooldown ago (a reservation its request never took nor gave back —
+    a path that forgot it — expires, as the fallback module's claim does)."""
+    return s.probe is not None and (s.probe_sent or now - s.probe[0] < BREAKER_COOLDOWN_S)
 
 
 def _forget(s: _State, entry: list) -> None:

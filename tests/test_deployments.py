@@ -605,3 +605,16 @@ def test_least_busy_and_latency_count_reservations_not_yet_sent():
         health.release(d, entry)  # given back: no longer busy
         health.begin(reserved[1][0], reserved[1][1])  # sent: busy as before
         assert health.reserve(route, 1)[0] == d, strategy
+
+
+def test_a_slow_probe_that_was_sent_keeps_its_claim_until_it_ends():
+    """Only a reservation never sent expires: a probe on its way (a long answer) is still the one probe
+    after a cooldown, so a failing deployment is not probed again every 30 s while it answers slowly."""
+    now, health, a, b, route = half_open()
+    probe, entry = health.reserve(route, 1, exclude=frozenset({"m/b"}))
+    health.begin(a, entry)
+    now[0] += 10 * BREAKER_COOLDOWN_S
+    with pytest.raises(ProxyError):
+        health.choose(route, 1, exclude=frozenset({"m/b"}))
+    health.finish(a, entry, ok=True, failed=False)
+    assert health.choose(route, 1, exclude=frozenset({"m/b"})) == a
