@@ -27,10 +27,11 @@ deleted before that is recorded first, while its results still exist.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 from urllib.parse import urlencode
 
 from . import estimate
@@ -51,7 +52,7 @@ from .files_api import (
     id_page_query,
     owner_of,
 )
-from .httpio import Request, check_method, json_object
+from .httpio import MAX_JSON_VALUES, Request, check_method, json_object, json_values
 from .limits import Caps, check_request_numbers
 from .modules.guard import batch_policy
 from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
@@ -137,6 +138,7 @@ class MessageBatches(ProviderCalls):
         check_budget: Callable[[RequestContext, int | None], BatchHold],
         budgeted: Callable[[RequestContext], bool],
         count: Callable[[str], None] = lambda name: None,
+        parsing: Callable[[int], ContextManager[int]] = lambda values: contextlib.nullcontext(MAX_JSON_VALUES),
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
@@ -147,6 +149,7 @@ class MessageBatches(ProviderCalls):
         self._costs = costs
         self._check_budget = check_budget
         self._budgeted = budgeted
+        self._parsing = parsing  # room to parse a batch of more values than other bodies (App.parsing)
 
     # -- where calls go -----------------------------------------------------------------------
     def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
@@ -189,8 +192,13 @@ class MessageBatches(ProviderCalls):
 
     # -- create ---------------------------------------------------------------------------------
     def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
+        """A new batch, parsed and checked with room held for its values: Anthropic's 100,000 requests
+        are more than the million values another body may hold."""
         ctx.raw = raw
-        body = json_object(raw)
+        with self._parsing(json_values(raw)) as most:
+            self._create_parsed(reply, ctx, raw, json_object(raw, max_values=most))
+
+    def _create_parsed(self, reply: Reply, ctx: RequestContext, raw: bytes, body: dict) -> None:
         requests = body.get("requests")
         if not isinstance(requests, list):
             raise invalid("requests: must be a list of {custom_id, params} objects")
