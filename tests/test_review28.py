@@ -70,7 +70,7 @@ def test_a_batch_past_what_the_bodies_bound_can_parse_is_a_413_naming_the_settin
         ANTHROPIC_API_KEY="sk-ant-test-review28-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_BATCH_POLL="off",
-        STOCKYARD_REQUEST_BODIES_MB="64",  # room to parse ~670,000 values: the batch's 1.2 M are not
+        STOCKYARD_REQUEST_BODIES_MB="64",  # room to parse ~670,000 values: the batch's 1,000,002 are not
     )
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
     done = srv.cli("prices", "set", PLAIN, "--input", "3", "--output", "15")
