@@ -2,16 +2,26 @@
 
 A maximal Anthropic Message Batch (100,000 short requests, Anthropic's own limit, 16 MB) holds more than
 the 1,000,000 JSON values a body may hold elsewhere: it must be served as before, its parse held in
-STOCKYARD_REQUEST_BODIES_MB, and a batch past what that bound can parse is a 413 naming the setting."""
+STOCKYARD_REQUEST_BODIES_MB, and a batch past what that bound can parse is a 413 naming the setting.
+The official SDKs retry the 503 of a full bodies bound (Retry-After: 1) and are then served; they do not
+retry the 413 of too many JSON values; Gemini's dialect gets both in Google's shape (found sound)."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from typing import Any
 
+import anthropic
+import httpx2 as httpx
+import openai
 import pytest
 from anthropic import APIStatusError
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import MESSAGE_BATCHES
+
+from stockyard.httpio import MAX_JSON_VALUES
 
 PLAIN = "claude-batch-plain"  # the mock's name: priced below
 MAX_BATCH = 100_000  # Anthropic's most requests in one batch
@@ -88,3 +98,101 @@ def test_a_batch_past_what_the_bodies_bound_can_parse_is_a_413_naming_the_settin
     finally:
         srv.stop()
     assert "Traceback" not in srv.log
+
+
+# -- the SDKs and the new refusals: a 503 with Retry-After is retried, a 413 is not -----------------
+
+
+@pytest.fixture(scope="module")
+def tight(pyz_path, cache_home, mock, tmp_path_factory):
+    """Request bodies held at once bounded to 1 MiB; OpenAI, Anthropic and Gemini on the mock; open mode."""
+    env = mock_env(
+        cache_home,
+        mock,
+        STOCKYARD_REQUEST_BODIES_MB="1",
+        ANTHROPIC_API_KEY="sk-ant-test-review28-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+        GEMINI_API_KEY="AIza-test-0123456789abcdefREVIEW28",
+        GEMINI_BASE_URL=mock.url,
+    )
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("tight") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def begun_request(server: ServerProcess, length: int) -> socket.socket:
+    """A request whose head says ``length`` bytes of body that never comes: the bound is full."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b'{"model": ')
+    return sock
+
+
+def counted_client(sdk: str, server: ServerProcess, sent: list) -> Any:
+    """The official ``sdk`` client with its default retries, counting each attempt it sends."""
+    http = httpx.Client(event_hooks={"request": [lambda request: sent.append(request.url.path)]})
+    if sdk == "openai":
+        return openai.OpenAI(base_url=server.url + "/v1", api_key="sk-open", max_retries=2, http_client=http)
+    return anthropic.Anthropic(base_url=server.url, api_key="sk-open", max_retries=2, http_client=http)
+
+
+def ask(sdk: str, client: Any, text: str, **extra: Any) -> str:
+    """One chat turn (Chat Completions or Messages) of ``text``; its answer's text."""
+    messages = [{"role": "user", "content": text}]
+    if sdk == "openai":
+        done = client.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=4, extra_body=extra)
+        return done.choices[0].message.content
+    done = client.messages.create(model="claude-sonnet-4-5", messages=messages, max_tokens=4, extra_body=extra)
+    return done.content[0].text
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_the_sdks_retry_the_503_of_a_full_bodies_bound_and_are_then_served(tight, sdk):
+    held = begun_request(tight, 700_000)
+    wait_for(lambda: tight.metric("request_bodies_bytes") == 700_000, what="the bound held")
+    refused = tight.metric("request_bodies_refused_total")
+    sent: list = []
+    answers: list = []
+    caller = threading.Thread(target=lambda: answers.append(ask(sdk, counted_client(sdk, tight, sent), "x" * 600_000)))
+    caller.start()
+    try:
+        wait_for(lambda: tight.metric("request_bodies_refused_total") == refused + 1, timeout=30, what="the 503")
+    finally:
+        held.close()
+    caller.join(60)
+    assert answers and answers[0], "the retry was served"
+    assert len(sent) == 2  # the 503 (Retry-After: 1), then the retry
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_the_sdks_do_not_retry_the_413_of_too_many_json_values(tight, mock, sdk):
+    sent: list = []
+    mock.clear()
+    with pytest.raises((openai.APIStatusError, APIStatusError)) as refused:
+        ask(sdk, counted_client(sdk, tight, sent), "hi", x=[0] * (MAX_JSON_VALUES + 1))
+    assert refused.value.status_code == 413 and len(sent) == 1
+    error = refused.value.body["error"] if sdk == "anthropic" else refused.value.body
+    assert error["code" if sdk == "openai" else "type"] == "request_too_large", error
+    assert mock.requests == []
+
+
+def test_geminis_dialect_gets_the_413_and_503_in_googles_shape(tight):
+    path, headers = "/v1beta/models/gemini-2.5-flash:generateContent", {"x-goog-api-key": "AIza-open"}
+    raw = b'{"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "x": [' + b",".join([b"0"] * 1_000_001) + b"]}"
+    status, _, body = tight.request("POST", path, raw=raw, headers=headers)
+    error = json.loads(body)["error"]
+    assert status == 413 and error["code"] == 413 and error["status"], error
+    held = begun_request(tight, 700_000)
+    try:
+        wait_for(lambda: tight.metric("request_bodies_bytes") == 700_000, what="the bound held")
+        big = json.dumps({"contents": [{"role": "user", "parts": [{"text": "x" * 600_000}]}]}).encode()
+        status, answer_headers, body = tight.request("POST", path, raw=big, headers=headers)
+    finally:
+        held.close()
+    error = json.loads(body)["error"]
+    assert status == 503 and error["code"] == 503 and error["status"] == "UNAVAILABLE", error
+    assert answer_headers["retry-after"] == "1"
