@@ -8,9 +8,12 @@ retry the 413 of too many JSON values; Gemini's dialect gets both in Google's sh
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
+import wave
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
@@ -23,6 +26,7 @@ from mock_upstream import MESSAGE_BATCHES
 
 from stockyard.httpio import MAX_JSON_VALUES
 
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
 PLAIN = "claude-batch-plain"  # the mock's name: priced below
 MAX_BATCH = 100_000  # Anthropic's most requests in one batch
 
@@ -196,3 +200,40 @@ def test_geminis_dialect_gets_the_413_and_503_in_googles_shape(tight):
     error = json.loads(body)["error"]
     assert status == 503 and error["code"] == 503 and error["status"] == "UNAVAILABLE", error
     assert answer_headers["retry-after"] == "1"
+
+
+def wav(seconds: int) -> bytes:
+    """A real WAV of ``seconds`` of 16 kHz 16-bit mono silence (32 KB a second)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(b"\0\0" * 16_000 * seconds)
+    return out.getvalue()
+
+
+def test_uploads_are_spooled_not_counted_in_the_request_bodies_bound(tight):
+    """A 110 MB Files API upload, a 25 MB transcription (Whisper's limit) and 4 of each 8 MB at once
+    pass while the 1 MiB bound is full: multipart bodies go to disk, never held in memory whole."""
+    refused = tight.metric("request_bodies_refused_total")
+    held = begun_request(tight, 700_000)
+    try:
+        wait_for(lambda: tight.metric("request_bodies_bytes") == 700_000, what="the bound held")
+        client = tight.openai("sk-open", timeout=120)
+        line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": CHAT}) + "\n"
+        big = line.encode() * (110_000_000 // len(line) + 1)
+        assert client.files.create(file=("big.jsonl", big), purpose="batch").bytes == len(big)
+        audio = wav(780)  # 25 MB
+        assert len(audio) > 24_900_000
+        assert client.audio.transcriptions.create(model="whisper-1", file=("talk.wav", audio)).text
+        small_audio, small_file = wav(250), big[: 8_000_000 // len(line) * len(line)]
+        transcribe = lambda: client.audio.transcriptions.create(model="whisper-1", file=("t.wav", small_audio)).text  # noqa: E731
+        upload = lambda: client.files.create(file=("f.jsonl", small_file), purpose="batch").bytes  # noqa: E731
+        with ThreadPoolExecutor(8) as pool:
+            texts = [pool.submit(transcribe) for _ in range(4)]
+            made = [pool.submit(upload) for _ in range(4)]
+            assert all(t.result() for t in texts) and [m.result() for m in made] == [len(small_file)] * 4
+        assert tight.metric("request_bodies_refused_total") == refused
+    finally:
+        held.close()
