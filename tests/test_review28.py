@@ -8,8 +8,10 @@ retry the 413 of too many JSON values; Gemini's dialect gets both in Google's sh
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
 import socket
 import threading
 import wave
@@ -22,7 +24,7 @@ import openai
 import pytest
 from anthropic import APIStatusError
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import MESSAGE_BATCHES
+from mock_upstream import MESSAGE_BATCHES, Reply
 
 from stockyard.httpio import MAX_JSON_VALUES
 
@@ -237,3 +239,29 @@ def test_uploads_are_spooled_not_counted_in_the_request_bodies_bound(tight):
         assert tight.metric("request_bodies_refused_total") == refused
     finally:
         held.close()
+
+
+def test_ten_chats_of_20_mb_of_images_at_once_are_all_held_and_served(server, mock):
+    """Ten official-SDK chats of ten base64 images (20 MB each) at once, every one waiting at the
+    provider together: 200 MB held under the default 256 MB bound, none refused."""
+    image = "data:image/png;base64," + base64.b64encode(os.urandom(1_500_000)).decode()
+    content = [{"type": "text", "text": "compare these"}] + [{"type": "image_url", "image_url": {"url": image}}] * 10
+    gate = threading.Event()
+    arrived = [threading.Event() for _ in range(10)]
+    mock.clear()
+    mock.enqueue(*(Reply(held=gate, hang_started=started) for started in arrived))
+    refused = server.metric("request_bodies_refused_total")
+    client = server.openai("alice", timeout=120)
+    ask = lambda: client.chat.completions.create(  # noqa: E731
+        model="gpt-4o-mini", max_tokens=4, messages=[{"role": "user", "content": content}]
+    )
+    with ThreadPoolExecutor(10) as pool:
+        calls = [pool.submit(ask) for _ in range(10)]
+        try:
+            for started in arrived:
+                assert started.wait(60), "all ten reached the provider at once"
+            assert server.metric("request_bodies_bytes") >= 10 * 20_000_000
+        finally:
+            gate.set()
+        assert all(call.result().choices for call in calls)
+    assert server.metric("request_bodies_refused_total") == refused
