@@ -111,7 +111,8 @@ def test_a_message_batchs_web_searches_are_billed_whole():
     usage = {"input_tokens": 1000, "output_tokens": 100, "server_tool_use": {"web_search_requests": 3}}
     line = {"custom_id": "a", "result": {"type": "succeeded", "message": {"model": "claude-haiku-4-5", "usage": usage}}}
     total = BatchTotal(anthropic_usage_of)
-    total.add(json.dumps(line).encode(), PriceTable.load().lookup)
+    table = PriceTable.load()
+    total.add(json.dumps(line).encode(), lambda m, mode: table.lookup_mode(m, None, mode, "anthropic"))
     tokens = (1000 * 100_000_000 + 100 * 500_000_000) // 2 // 1_000_000  # $1/M in, $5/M out, halved: µ¢
     assert total.cost() == tokens + 3 * WEB_SEARCH_UC
 

@@ -24,7 +24,7 @@ import openai
 import pytest
 from anthropic import APIStatusError
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import MESSAGE_BATCHES, Reply
+from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
 
 from stockyard.httpio import MAX_JSON_VALUES
 
@@ -265,3 +265,32 @@ def test_ten_chats_of_20_mb_of_images_at_once_are_all_held_and_served(server, mo
             gate.set()
         assert all(call.result().choices for call in calls)
     assert server.metric("request_bodies_refused_total") == refused
+
+
+OPUS = "claude-opus-4-6"  # shipped: $5 / $25 per 1M, US-only inference 1.1x
+OPUS_UC = {"input": 500_000_000, "output": 2_500_000_000}  # µ¢ per 1M tokens
+
+
+def test_a_batch_request_run_in_the_us_is_billed_at_the_us_rate(server, mock):
+    """Anthropic's result says where each request ran (``usage.inference_geo``); one run US-only costs
+    1.1x, at the batch's half price too, as /v1/messages bills it."""
+    alice = server.anthropic("alice")
+    plain = {"model": OPUS, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    batch = alice.messages.batches.create(
+        requests=[
+            {"custom_id": "global", "params": plain},
+            {"custom_id": "us", "params": {**plain, "inference_geo": "us"}},
+        ]
+    )
+    assert alice.messages.batches.retrieve(batch.id).processing_status == "ended"
+    geos = {r.custom_id: r.result.message.usage.inference_geo for r in alice.messages.batches.results(batch.id)}
+    assert geos == {"global": None, "us": "us"}
+    rows = wait_for(
+        lambda: server.db_rows("SELECT * FROM traces WHERE endpoint = 'message_batches.usage' AND model = ?", (OPUS,)),
+        timeout=30,
+        what="the batch's usage row",
+    )
+    standard = PROMPT_TOKENS * OPUS_UC["input"] + COMPLETION_TOKENS * OPUS_UC["output"]
+    numerator = standard + standard * 11 // 10  # the US request's every token at 1.1x
+    assert rows[0]["prompt_tokens"] == 2 * PROMPT_TOKENS and rows[0]["completion_tokens"] == 2 * COMPLETION_TOKENS
+    assert (rows[0]["cost_uc"], rows[0]["cost_status"]) == ((numerator + 10**6) // (2 * 10**6), "exact")
