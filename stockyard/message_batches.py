@@ -38,7 +38,7 @@ from . import estimate
 from .anthropic_models import list_page
 from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
 from .budgets import dearer_mode, mode_refusal, server_tool_refusal
-from .context import RequestContext, Route
+from .context import RequestContext, Route, claude_mode
 from .deployments import Models
 from .errors import ANTHROPIC, ProxyError, described
 from .files_api import (
@@ -223,11 +223,13 @@ class MessageBatches(ProviderCalls):
             unbounded = estimate.unbounded_server_tools(params) if budgeted else None
             if unbounded is not None:  # as /v1/messages refuses it under a budget
                 raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")
-            dearer = dearer_mode(params) if budgeted else None
-            if dearer is not None:  # so is a dearer mode
-                raise mode_refusal(dearer, params[dearer], "this key", f"requests.{i}.params.")
             asked = params["model"]
             route = self._route(ctx, asked, i, provider, policy)
+            # a dearer mode is held at its rate (its results are billed at it), refused unpriced
+            mode = claude_mode(params.get("speed"), params.get("inference_geo")) if budgeted else None
+            dearer = dearer_mode(params) if budgeted else None
+            if dearer is not None and self._path.pricer.price_of(route, asked, mode) is None:
+                raise mode_refusal(dearer, params[dearer], "this key", f"requests.{i}.params.")
             provider = route.provider
             if route.model != asked:
                 params["model"] = route.model
@@ -237,7 +239,7 @@ class MessageBatches(ProviderCalls):
             if asked not in models and len(models) < 20:
                 models.append(asked)
             if worst is not None:
-                cost = self._request_cost(ctx, route, asked, params)
+                cost = self._request_cost(ctx, route, asked, params, mode)
                 worst = None if cost is None else worst + cost
         assert provider is not None
         ctx.model = ",".join(models)[:200]
@@ -339,11 +341,13 @@ class MessageBatches(ProviderCalls):
                 return one.routed_model or model
         return model
 
-    def _request_cost(self, ctx: RequestContext, route: Route, asked: str, params: dict) -> int | None:
+    def _request_cost(
+        self, ctx: RequestContext, route: Route, asked: str, params: dict, mode: str | None = None
+    ) -> int | None:
         """One request's worst case as a budget reserves a ``/v1/messages`` call: its tokens at the
-        batch price, rounded up, and its web searches' fee whole, as ``BatchTotal`` bills them (None:
-        its model has no price in tokens)."""
-        price = self._path.pricer.price_of(route, asked)
+        batch price in ``mode`` (a budgeted key's dearer one), rounded up, and its web searches' fee
+        whole, as ``BatchTotal`` bills them (None: its model has no price in tokens)."""
+        price = self._path.pricer.price_of(route, asked, mode)
         if price is None or price.unit != "token":
             return None
         one = RequestContext("messages", ANTHROPIC, ctx.client_addr, {})

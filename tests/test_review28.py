@@ -45,7 +45,13 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review28") / "stockyard.db", env)
     done = srv.cli("prices", "set", PLAIN, "--input", "3", "--output", "15")
     assert done.returncode == 0, done.stderr
-    srv.keys = srv.create_keys({"alice": [], "budgeted": ["--budget-usd", "100", "--budget-period", "day"]})
+    srv.keys = srv.create_keys(
+        {
+            "alice": [],
+            "budgeted": ["--budget-usd", "100", "--budget-period", "day"],
+            "dollar": ["--budget-usd", "1", "--budget-period", "day"],
+        }
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -294,3 +300,19 @@ def test_a_batch_request_run_in_the_us_is_billed_at_the_us_rate(server, mock):
     numerator = standard + standard * 11 // 10  # the US request's every token at 1.1x
     assert rows[0]["prompt_tokens"] == 2 * PROMPT_TOKENS and rows[0]["completion_tokens"] == 2 * COMPLETION_TOKENS
     assert (rows[0]["cost_uc"], rows[0]["cost_status"]) == ((numerator + 10**6) // (2 * 10**6), "exact")
+
+
+def test_a_budgeted_batch_may_ask_for_a_priced_mode_held_at_its_rate(server, mock):
+    """As /v1/messages allows a budgeted key a priced mode, held at its rate: 76,000 output tokens of
+    Opus 4.6 hold $0.95 at the batch price, which a $1 budget covers; run US-only $1.045, which it
+    does not. A small US-only batch then fits beside the first's hold."""
+    client = server.anthropic("dollar")
+    params = {"model": OPUS, "max_tokens": 76_000, "messages": [{"role": "user", "content": "hi"}]}
+    mock.clear()
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        client.messages.batches.create(requests=[{"custom_id": "us", "params": {**params, "inference_geo": "us"}}])
+    assert refused.value.body["error"]["type"] == "budget_exceeded", refused.value.body
+    assert not [r for r in mock.requests if r.path.startswith("/v1/messages/batches")]
+    assert client.messages.batches.create(requests=[{"custom_id": "global", "params": params}]).id
+    small = {**params, "max_tokens": 1000, "inference_geo": "us"}
+    assert client.messages.batches.create(requests=[{"custom_id": "us", "params": small}]).id
