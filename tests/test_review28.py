@@ -50,6 +50,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "alice": [],
             "budgeted": ["--budget-usd", "100", "--budget-period", "day"],
             "dollar": ["--budget-usd", "1", "--budget-period", "day"],
+            "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
         }
     )
     srv.start()
@@ -316,3 +317,32 @@ def test_a_budgeted_batch_may_ask_for_a_priced_mode_held_at_its_rate(server, moc
     assert client.messages.batches.create(requests=[{"custom_id": "global", "params": params}]).id
     small = {**params, "max_tokens": 1000, "inference_geo": "us"}
     assert client.messages.batches.create(requests=[{"custom_id": "us", "params": small}]).id
+
+
+@pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
+def test_a_budget_holds_openais_priority_at_its_rate(server, mock, api):
+    """6,000 output tokens of GPT-5 hold $0.06 at the standard rate, which a $0.10 budget covers; at
+    priority (2x) $0.12, which it does not: refused before the provider is asked, streamed or not."""
+    client = server.openai("dime")
+    stream = api.endswith("-stream")
+
+    def ask(**tier: str) -> None:
+        if api.startswith("chat"):
+            made = client.chat.completions.create(
+                model="gpt-5",
+                max_completion_tokens=6000,
+                messages=[{"role": "user", "content": "hi"}],
+                stream=stream,
+                **tier,
+            )
+        else:
+            made = client.responses.create(model="gpt-5", max_output_tokens=6000, input="hi", stream=stream, **tier)
+        if stream:
+            list(made)
+
+    ask()
+    before = len(mock.requests)
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(service_tier="priority")
+    assert refused.value.body["code"] == "budget_exceeded", refused.value.body
+    assert len(mock.requests) == before
