@@ -27,6 +27,7 @@ from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
 
 from stockyard.httpio import MAX_JSON_VALUES
+from stockyard.pricing import PriceTable, Usage, cost_microcents
 
 CHAT = {"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
 PLAIN = "claude-batch-plain"  # the mock's name: priced below
@@ -346,3 +347,34 @@ def test_a_budget_holds_openais_priority_at_its_rate(server, mock, api):
         ask(service_tier="priority")
     assert refused.value.body["code"] == "budget_exceeded", refused.value.body
     assert len(mock.requests) == before
+
+
+@pytest.mark.parametrize("mode, extra", [("us", {"inference_geo": "us"}), ("fast", {"speed": "fast"})])
+def test_a_call_sent_and_unanswered_is_billed_its_input_at_the_mode_it_asked(
+    pyz_path, cache_home, mock, tmp_path, mode, extra
+):
+    """A call that went out in a dearer mode and timed out is billed its input as an estimate: at that
+    mode's rate, as it was held (US-only inference is where it ran, whatever the answer would say;
+    fast mode the most it could cost), not the standard rate."""
+    env = mock_env(
+        cache_home,
+        mock,
+        ANTHROPIC_API_KEY="sk-ant-test-review28-0123456789abcdef",
+        ANTHROPIC_BASE_URL=mock.url,
+        STOCKYARD_UPSTREAM_TIMEOUT="1",
+    )
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        reached = threading.Event()
+        mock.enqueue(Reply(hang_s=30, hang_started=reached))
+        with pytest.raises(APIStatusError):
+            srv.anthropic("sk-open").messages.create(
+                model=OPUS, max_tokens=16, messages=[{"role": "user", "content": "hi"}], extra_body=extra
+            )
+        assert reached.is_set()
+        (row,) = wait_for(lambda: srv.db_rows("SELECT * FROM traces WHERE endpoint = 'messages'"), what="the trace")
+        assert row["cost_status"] == "estimate" and row["prompt_tokens"] > 0 and row["completion_tokens"] == 0
+        price = PriceTable.load().lookup_mode(OPUS, "anthropic", mode, "anthropic")
+        assert row["cost_uc"] == cost_microcents(price, Usage(prompt_tokens=row["prompt_tokens"]))
+    finally:
+        srv.stop()
