@@ -424,16 +424,17 @@ class App:
             raise bodies_full()
 
     @contextlib.contextmanager
-    def parsing(self, values: int) -> Iterator[int]:
+    def parsing(self, values: int, size: int) -> Iterator[int]:
         """Room to parse a body of ``values`` JSON values (``json_values``) past ``MAX_JSON_VALUES``
         (a Message Batch of Anthropic's 100,000 requests, 10 values or more each, holds a million and
         up), held in ``bodies`` at ``JSON_VALUE_BYTES`` a value while the body is parsed and checked:
-        the values the bound can hold, given to ``json_object``. A body it never could is a 413
-        naming the setting."""
+        the values the bound can hold beside the body's own ``size`` bytes (held already), given to
+        ``json_object``. A body it never could, even alone, is a 413 naming the setting (not a 503
+        that no retry would get past)."""
         if values <= MAX_JSON_VALUES:
             yield MAX_JSON_VALUES
             return
-        most = max(MAX_JSON_VALUES, self.bodies.total // JSON_VALUE_BYTES)
+        most = max(MAX_JSON_VALUES, (self.bodies.total - size) // JSON_VALUE_BYTES)
         if values > most:
             raise too_many_values(most, "split it, or raise STOCKYARD_REQUEST_BODIES_MB (100 bytes a value)")
         size = values * JSON_VALUE_BYTES

@@ -138,7 +138,9 @@ class MessageBatches(ProviderCalls):
         check_budget: Callable[[RequestContext, int | None], BatchHold],
         budgeted: Callable[[RequestContext], bool],
         count: Callable[[str], None] = lambda name: None,
-        parsing: Callable[[int], ContextManager[int]] = lambda values: contextlib.nullcontext(MAX_JSON_VALUES),
+        parsing: Callable[[int, int], ContextManager[int]] = lambda values, size: contextlib.nullcontext(
+            MAX_JSON_VALUES
+        ),
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
@@ -195,7 +197,7 @@ class MessageBatches(ProviderCalls):
         """A new batch, parsed and checked with room held for its values: Anthropic's 100,000 requests
         are more than the million values another body may hold."""
         ctx.raw = raw
-        with self._parsing(json_values(raw)) as most:
+        with self._parsing(json_values(raw), len(raw)) as most:
             self._create_parsed(reply, ctx, raw, json_object(raw, max_values=most))
 
     def _create_parsed(self, reply: Reply, ctx: RequestContext, raw: bytes, body: dict) -> None:

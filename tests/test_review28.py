@@ -60,8 +60,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     assert "Traceback" not in srv.log
 
 
-def ticket_batch(count: int) -> list[dict]:
-    """A classification job as people send it: one short labelled ticket a request."""
+def ticket_batch(count: int, **extra: Any) -> list[dict]:
+    """A classification job as people send it: one short labelled ticket a request (``extra``: more params)."""
     return [
         {
             "custom_id": f"ticket-{i}",
@@ -70,6 +70,7 @@ def ticket_batch(count: int) -> list[dict]:
                 "max_tokens": 8,
                 "system": "Label the ticket: billing, bug or other.",
                 "messages": [{"role": "user", "content": f"Ticket {i}: I was charged twice this month"}],
+                **extra,
             },
         }
         for i in range(count)
@@ -87,14 +88,26 @@ def test_a_batch_of_anthropics_most_requests_is_served(server, mock, who):
     assert len(MESSAGE_BATCHES.requests[batch.id]) == MAX_BATCH
 
 
-def test_a_batch_past_what_the_bodies_bound_can_parse_is_a_413_naming_the_setting(pyz_path, cache_home, mock, tmp_path):
+@pytest.mark.parametrize(
+    "bound_mb, extra",
+    [
+        ("64", {}),  # room to parse ~670,000 values: the batch's 1,000,002 are not
+        (
+            "128",
+            {"metadata": {"user_id": "u"}},
+        ),  # 1.2 M values (120 MB) fit the 134 MB bound, not with the body's 26 MB
+    ],
+)
+def test_a_batch_past_what_the_bodies_bound_can_parse_is_a_413_naming_the_setting(
+    pyz_path, cache_home, mock, tmp_path, bound_mb, extra
+):
     env = mock_env(
         cache_home,
         mock,
         ANTHROPIC_API_KEY="sk-ant-test-review28-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_BATCH_POLL="off",
-        STOCKYARD_REQUEST_BODIES_MB="64",  # room to parse ~670,000 values: the batch's 1,000,002 are not
+        STOCKYARD_REQUEST_BODIES_MB=bound_mb,
     )
     srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
     done = srv.cli("prices", "set", PLAIN, "--input", "3", "--output", "15")
@@ -104,7 +117,7 @@ def test_a_batch_past_what_the_bodies_bound_can_parse_is_a_413_naming_the_settin
     try:
         mock.clear()
         with pytest.raises(APIStatusError) as refused:
-            srv.anthropic("alice", timeout=120).messages.batches.create(requests=ticket_batch(MAX_BATCH))
+            srv.anthropic("alice", timeout=120).messages.batches.create(requests=ticket_batch(MAX_BATCH, **extra))
         assert refused.value.status_code == 413
         error = refused.value.body["error"]
         assert error["type"] == "request_too_large" and "STOCKYARD_REQUEST_BODIES_MB" in error["message"]
