@@ -9,6 +9,7 @@ retry the 413 of too many JSON values; Gemini's dialect gets both in Google's sh
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -391,3 +392,18 @@ def test_a_call_sent_and_unanswered_is_billed_its_input_at_the_mode_it_asked(
         assert row["cost_uc"] == cost_microcents(price, Usage(prompt_tokens=row["prompt_tokens"]))
     finally:
         srv.stop()
+
+
+def test_a_chunked_body_larger_than_the_bound_is_served_alone_as_a_sized_one_is(tight):
+    """A body past STOCKYARD_REQUEST_BODIES_MB is served when it is the only one (its size alone never
+    refuses it); one sent chunked, counted as it comes, waited for room only its own bytes held."""
+    wait_for(lambda: tight.metric("request_bodies_bytes") == 0, what="no body held")
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 1_500_000}]}).encode()
+    sized = http.client.HTTPConnection("127.0.0.1", tight.port, timeout=60)
+    sized.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    assert sized.getresponse().status == 200
+    chunked = http.client.HTTPConnection("127.0.0.1", tight.port, timeout=60)
+    pieces = (body[i : i + 50_000] for i in range(0, len(body), 50_000))
+    chunked.request("POST", "/v1/chat/completions", pieces, {"Content-Type": "application/json"}, encode_chunked=True)
+    answer = chunked.getresponse()
+    assert answer.status == 200, answer.read()[:300]
