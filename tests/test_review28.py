@@ -26,6 +26,7 @@ import pytest
 from anthropic import APIStatusError
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, MESSAGE_BATCHES, PROMPT_TOKENS, Reply
+from test_memory_bounds import websocket
 
 from stockyard.httpio import MAX_JSON_VALUES
 from stockyard.pricing import PriceTable, Usage, cost_microcents
@@ -407,3 +408,27 @@ def test_a_chunked_body_larger_than_the_bound_is_served_alone_as_a_sized_one_is(
     chunked.request("POST", "/v1/chat/completions", pieces, {"Content-Type": "application/json"}, encode_chunked=True)
     answer = chunked.getresponse()
     assert answer.status == 200, answer.read()[:300]
+
+
+def test_a_websocket_message_in_frames_larger_than_the_bound_is_answered_alone(tight):
+    """A ``response.create`` of 1.5 MB sent in 50 KB frames at a 1 MiB bound, nothing else held: each
+    frame's bytes join the message's own, which alone always fit (was: closed 1013 at the bound)."""
+    wait_for(lambda: tight.metric("request_bodies_bytes") == 0, what="no body held")
+    sock = websocket(tight)
+    data = json.dumps(
+        {"type": "response.create", "model": "gpt-4o-mini", "store": False, "input": "x" * 1_500_000}
+    ).encode()
+    pieces = [data[i : i + 50_000] for i in range(0, len(data), 50_000)]
+    for n, piece in enumerate(pieces):
+        fin = 0x80 if n == len(pieces) - 1 else 0
+        opcode = 0x1 if n == 0 else 0x0
+        sock.sendall(bytes([fin | opcode, 0xFE]) + len(piece).to_bytes(2, "big") + b"\0\0\0\0" + piece)
+    reader = sock.makefile("rb")
+    kinds = []
+    while not kinds or kinds[-1] not in ("response.completed", "error", "close"):
+        first, size = reader.read(2)
+        size = int.from_bytes(reader.read(2 if size == 126 else 8), "big") if size >= 126 else size
+        payload = reader.read(size)
+        kinds.append("close" if first & 0x0F == 0x8 else json.loads(payload)["type"] if first & 0x0F == 0x1 else "")
+    sock.close()
+    assert kinds[-1] == "response.completed", kinds
