@@ -36,27 +36,33 @@ PLAIN = "claude-batch-plain"  # the mock's name: priced below
 MAX_BATCH = 100_000  # Anthropic's most requests in one batch
 
 
-@pytest.fixture(scope="module")
-def server(pyz_path, cache_home, mock, tmp_path_factory):
+def batch_server(pyz_path, cache_home, mock, db, keys: dict[str, list[str]], **settings: str) -> ServerProcess:
+    """A server with Anthropic on the mock, PLAIN priced, ``keys`` made and ``settings`` set, started."""
     env = mock_env(
         cache_home,
         mock,
         ANTHROPIC_API_KEY="sk-ant-test-review28-0123456789abcdef",
         ANTHROPIC_BASE_URL=mock.url,
         STOCKYARD_BATCH_POLL="off",
-    )  # the default body limits: STOCKYARD_MAX_BODY_BYTES 32 MiB, STOCKYARD_REQUEST_BODIES_MB 256
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("review28") / "stockyard.db", env)
+        **settings,
+    )
+    srv = ServerProcess(pyz_path, db, env)
     done = srv.cli("prices", "set", PLAIN, "--input", "3", "--output", "15")
     assert done.returncode == 0, done.stderr
-    srv.keys = srv.create_keys(
-        {
-            "alice": [],
-            "budgeted": ["--budget-usd", "100", "--budget-period", "day"],
-            "dollar": ["--budget-usd", "1", "--budget-period", "day"],
-            "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
-        }
-    )
-    srv.start()
+    srv.keys = srv.create_keys(keys)
+    return srv.start()
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    """The default body limits: STOCKYARD_MAX_BODY_BYTES 32 MiB, STOCKYARD_REQUEST_BODIES_MB 256."""
+    keys = {
+        "alice": [],
+        "budgeted": ["--budget-usd", "100", "--budget-period", "day"],
+        "dollar": ["--budget-usd", "1", "--budget-period", "day"],
+        "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
+    }
+    srv = batch_server(pyz_path, cache_home, mock, tmp_path_factory.mktemp("review28") / "stockyard.db", keys)
     yield srv
     srv.stop()
     assert "Traceback" not in srv.log
@@ -94,28 +100,15 @@ def test_a_batch_of_anthropics_most_requests_is_served(server, mock, who):
     "bound_mb, extra",
     [
         ("64", {}),  # room to parse ~670,000 values: the batch's 1,000,002 are not
-        (
-            "128",
-            {"metadata": {"user_id": "u"}},
-        ),  # 1.2 M values (120 MB) fit the 134 MB bound, not with the body's 26 MB
+        # 1.2 M values (120 MB) fit the 134 MB bound, not beside the body's 26 MB
+        ("128", {"metadata": {"user_id": "u"}}),
     ],
 )
 def test_a_batch_past_what_the_bodies_bound_can_parse_is_a_413_naming_the_setting(
     pyz_path, cache_home, mock, tmp_path, bound_mb, extra
 ):
-    env = mock_env(
-        cache_home,
-        mock,
-        ANTHROPIC_API_KEY="sk-ant-test-review28-0123456789abcdef",
-        ANTHROPIC_BASE_URL=mock.url,
-        STOCKYARD_BATCH_POLL="off",
-        STOCKYARD_REQUEST_BODIES_MB=bound_mb,
-    )
-    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
-    done = srv.cli("prices", "set", PLAIN, "--input", "3", "--output", "15")
-    assert done.returncode == 0, done.stderr
-    srv.keys = srv.create_keys({"alice": []})
-    srv.start()
+    db = tmp_path / "stockyard.db"
+    srv = batch_server(pyz_path, cache_home, mock, db, {"alice": []}, STOCKYARD_REQUEST_BODIES_MB=bound_mb)
     try:
         mock.clear()
         with pytest.raises(APIStatusError) as refused:
