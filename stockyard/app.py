@@ -9,12 +9,13 @@ modules get theirs as one :class:`~stockyard.modules.ModuleServices`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from . import __version__, audit, containers_api, message_batches
 from .anthropic_files import AnthropicFiles
@@ -43,6 +44,7 @@ from .errors import ProxyError
 from .files_api import BatchHold, FilesAPI, Ownership
 from .gemini_cache import CachedContents
 from .gemini_files import GeminiFiles, UploadSessions
+from .httpio import JSON_VALUE_BYTES, MAX_JSON_VALUES, too_many_values
 from .keys import KeyRing, load_keys
 from .limits import BODY_WAIT_S, HeldBytes, bodies_full, websocket_caps
 from .memtrim import idle_trimmer
@@ -202,6 +204,7 @@ class App:
             self.check_batch_budget,
             self.budgeted,
             self.metrics.count,
+            self.parsing,
         )
         ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
         looks = {"batch": self.files.look_at_batch, message_batches.KIND: self.message_batches.look_at_batch}
@@ -413,12 +416,34 @@ class App:
             self.reload()
         return data_version
 
-    def hold_body(self, size: int) -> None:
+    def hold_body(self, size: int, own: int = 0) -> None:
         """Count ``size`` bytes of a request body (or WebSocket message) in ``bodies``, waiting up to
-        ``BODY_WAIT_S`` for room, else its 503 (counted); the caller gives them back when it is served."""
-        if not self.bodies.take(size, BODY_WAIT_S):
+        ``BODY_WAIT_S`` for room, else its 503 (counted); the caller gives them back when it is served.
+        ``own``: the bytes of it counted already (one counted as it comes fits alone, as a sized one)."""
+        if not self.bodies.take(size, BODY_WAIT_S, own):
             self.metrics.count("request_bodies_refused_total")
             raise bodies_full()
+
+    @contextlib.contextmanager
+    def parsing(self, values: int, own: int) -> Iterator[int]:
+        """Room to parse a body of ``values`` JSON values (``json_values``) past ``MAX_JSON_VALUES``
+        (a Message Batch of Anthropic's 100,000 requests, 10 values or more each, holds a million and
+        up), held in ``bodies`` at ``JSON_VALUE_BYTES`` a value while the body is parsed and checked:
+        the values the bound can hold beside the body's ``own`` bytes (held already), given to
+        ``json_object``. A body it never could, even alone, is a 413 naming the setting (not a 503
+        that no retry would get past)."""
+        if values <= MAX_JSON_VALUES:
+            yield MAX_JSON_VALUES
+            return
+        most = max(MAX_JSON_VALUES, (self.bodies.total - own) // JSON_VALUE_BYTES)
+        if values > most:
+            raise too_many_values(most, "split it, or raise STOCKYARD_REQUEST_BODIES_MB (100 bytes a value)")
+        size = values * JSON_VALUE_BYTES
+        self.hold_body(size, own)
+        try:
+            yield most
+        finally:
+            self.bodies.give(size)
 
     def database_problem(self) -> str | None:
         """Why the database does not take writes (one tiny write through the writer), or None.

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .context import RequestContext
+from .context import RequestContext, claude_mode
 from .errors import OPENAI
 from .files_api import BATCH_PRICE, BatchSpend, Billed, lines_of, mark_billed, upstream_path
 from .keys import KeyRing
@@ -54,23 +54,26 @@ MAX_WAITING = 1000  # ended batches waiting for the one reader; beyond, one wait
 Look = Callable[[RequestContext, Provider, str], "str | None"]  # retrieve a batch for its owner: its status
 
 
-UsageOf = Callable[[dict], "tuple[str, Usage] | None"]  # one result line → (its model, its usage), None: no usage
+# One result line → (its model, its usage, the mode that served it: ``context.claude_mode``), None: no usage
+UsageOf = Callable[[dict], "tuple[str, Usage, str | None] | None"]
 
 
-def openai_usage_of(doc: dict) -> tuple[str, Usage] | None:
-    """An OpenAI batch output line: ``response.body`` with its model and usage."""
+def openai_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
+    """An OpenAI batch output line: ``response.body`` with its model and usage (a batch is its own
+    tier: billed at the batch price, whatever ``service_tier`` a line names)."""
     response = doc.get("response")
     body = response.get("body") if isinstance(response, dict) else None
     if not isinstance(body, dict) or not isinstance(body.get("usage"), dict):
         return None
     named = body.get("model")
-    return (named if isinstance(named, str) else ""), Usage.from_openai(body["usage"])
+    return (named if isinstance(named, str) else ""), Usage.from_openai(body["usage"]), None
 
 
-def anthropic_usage_of(doc: dict) -> tuple[str, Usage] | None:
+def anthropic_usage_of(doc: dict) -> tuple[str, Usage, str | None] | None:
     """An Anthropic message batch result line: a ``succeeded`` result's message, its model and
-    usage (cache reads and writes, web searches), priced as ``/v1/messages`` prices it. Errored,
-    canceled and expired requests are not billed."""
+    usage (cache reads and writes, web searches) and the mode its usage says served it (US-only
+    inference: 1.1x), priced as ``/v1/messages`` prices it. Errored, canceled and expired requests
+    are not billed."""
     result = doc.get("result")
     if not isinstance(result, dict) or result.get("type") != "succeeded":
         return None
@@ -78,8 +81,10 @@ def anthropic_usage_of(doc: dict) -> tuple[str, Usage] | None:
     if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
         return None
     named = message.get("model")
-    usage = Usage.from_anthropic(message["usage"])
-    return (named if isinstance(named, str) else ""), with_thinking(usage, thinking_chars(message)) or usage
+    reported = message["usage"]
+    usage = Usage.from_anthropic(reported)
+    mode = claude_mode(reported.get("speed"), reported.get("inference_geo"))
+    return (named if isinstance(named, str) else ""), with_thinking(usage, thinking_chars(message)) or usage, mode
 
 
 def openai_response_of(doc: dict) -> dict | None:
@@ -107,7 +112,9 @@ class BatchTotal:
         self.lines = 0
         self._usage_of = usage_of
 
-    def add(self, line: bytes, price_of: Callable[[str], Price | None]) -> None:
+    def add(self, line: bytes, price_of: Callable[[str, str | None], Price | None]) -> None:
+        """One result line's usage, priced by ``price_of(model, mode)``; a model (in a mode) without
+        a price leaves the batch's cost unknown, never guessed."""
         try:
             doc = json.loads(line)
         except ValueError:
@@ -115,16 +122,16 @@ class BatchTotal:
         found = self._usage_of(doc) if isinstance(doc, dict) else None
         if found is None:
             return
-        model, usage = found
+        model, usage, mode = found
         self.lines += 1
         self.fees_uc += (self._fees_of(doc) if self._fees_of is not None else 0) + usage.fees_uc
         usage = dataclasses.replace(usage, fees_uc=0)  # the fees its usage states (Claude's searches): whole too
         if model not in self.models:
             self.models.append(model)
         self.usage = self.usage.plus(usage)
-        price = price_of(model)
+        price = price_of(model, mode)
         if price is None or price.unit != "token":  # a token answer cannot be priced per image or second
-            self.unpriced.add(model)
+            self.unpriced.add(f"{model}/{mode}" if mode else model)
         else:
             self.numerator += cost_numerator(price, usage)
 
@@ -252,7 +259,7 @@ class BatchCosts:
                 f"provider {provider.name!r} answered {resp.status} for batch {output.batch_id}'s results"
             )
         for line in lines_of(resp.chunks()):
-            total.add(line, lambda model: table.lookup(model, provider.name))
+            total.add(line, lambda model, mode: table.lookup_mode(model, provider.name, mode, provider.kind))
         return total
 
     def _write(self, seen: RequestContext, provider: Provider, output: BatchOutput, total: BatchTotal) -> None:

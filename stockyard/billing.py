@@ -220,8 +220,11 @@ class Pricer:
         """The price an answer is billed at, in the mode its answer says served it (``Attempt.
         served_mode``: priority, flex, fast mode, US-only inference): the served model's, the
         upstream model's, else the name the budget held it by (``price_of``'s fallback: a price set
-        as ``local/my-model`` or under a deployment group's name), so what is held is what is billed."""
-        table, mode = self.table, a.served_mode
+        as ``local/my-model`` or under a deployment group's name), so what is held is what is billed.
+        A call that went out and was never answered is billed in the mode it was held at (``held_mode``:
+        Claude serves the mode asked or refuses it; OpenAI's priority, the most it could cost)."""
+        unanswered = a.input_billed and a.usage is None and a.served_mode is None
+        table, mode = self.table, held_mode(ctx) if unanswered else a.served_mode
         provider, kind = (a.provider.name, a.provider.kind) if a.provider else (None, None)
         asked = a.asked_model or ctx.routed_model or ctx.model or ""
         return (

@@ -200,7 +200,7 @@ class BudgetExceeded(Exception):
 AUDIO_ANSWERS = {"transcriptions": ("transcription", "its usage"), "translations": ("translation", "its duration")}
 COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at the price table's rates or less
 # Claude's Messages fields that bill every token at a multiple of the price table's rates: fast mode
-# (``speed: "fast"``, 2x to 6x by model) and US-only inference (``inference_geo: "us"``, 1.1x). Only
+# (``speed: "fast"``, 6x on Opus 4.6) and US-only inference (``inference_geo: "us"``, 1.1x). Only
 # these values are billed at the table's rates.
 COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 # 32 MiB body of them took ~900 MB. A million is several times what a real request holds (300,000
 # token ids of an embeddings batch) and keeps a body's parsed size to ~100 MB at most.
 MAX_JSON_VALUES = 1_000_000
+# What one parsed value may cost at most: a body allowed more values (a Message Batch: App.parsing)
+# holds this much a value in the request bodies' bound while it is parsed and checked.
+JSON_VALUE_BYTES = 100
 
 
 class DuplicateMember(ValueError):
@@ -61,15 +64,18 @@ def json_values(raw: bytes) -> int:
     return bare.count(b",") + bare.count(b"[") + bare.count(b"{") + 1
 
 
-def json_object(raw: bytes | str, parse_float: Callable[[str], Any] | None = None) -> dict:
+def too_many_values(limit: int, remedy: str) -> ProxyError:
+    """The 413 of a body holding more than ``limit`` JSON values, saying what to change."""
+    return ProxyError(413, f"request body holds more than {limit:,} JSON values; {remedy}", code="request_too_large")
+
+
+def json_object(
+    raw: bytes | str, parse_float: Callable[[str], Any] | None = None, max_values: int = MAX_JSON_VALUES
+) -> dict:
     """``raw`` (bytes, or text already decoded: a WebSocket message) as a JSON object, or the 400
-    every JSON route answers with; a 413 for more than ``MAX_JSON_VALUES`` values, before parsing."""
-    if json_values(raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw) > MAX_JSON_VALUES:
-        raise ProxyError(
-            413,
-            f"request body holds more than {MAX_JSON_VALUES:,} JSON values; send fewer (or larger) ones",
-            code="request_too_large",
-        )
+    every JSON route answers with; a 413 for more than ``max_values`` values, before parsing."""
+    if json_values(raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw) > max_values:
+        raise too_many_values(max_values, "send fewer (or larger) ones")
     try:
         value = json.loads(raw, parse_float=parse_float, object_pairs_hook=unique_members)
     except DuplicateMember as exc:

@@ -183,9 +183,10 @@ class HeldBytes:
         self.held = 0
         self._room = threading.Condition()
 
-    def take(self, size: int, wait_s: float) -> bool:
-        """Hold ``size`` more bytes, waiting up to ``wait_s`` for room; False if none came."""
-        fits = lambda: self.held == 0 or self.held + size <= self.total  # noqa: E731
+    def take(self, size: int, wait_s: float, own: int = 0) -> bool:
+        """Hold ``size`` more bytes, waiting up to ``wait_s`` for room; False if none came. ``own``:
+        the bytes this holder holds already (a body counted as it comes), so one alone still fits."""
+        fits = lambda: self.held == own or self.held + size <= self.total  # noqa: E731
         with self._room:
             if not self._room.wait_for(fits, timeout=wait_s):
                 return False

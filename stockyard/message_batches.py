@@ -27,17 +27,18 @@ deleted before that is recorded first, while its results still exist.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 from urllib.parse import urlencode
 
 from . import estimate
 from .anthropic_models import list_page
 from .batch_costs import BatchCosts, BatchOutput, anthropic_usage_of
 from .budgets import dearer_mode, mode_refusal, server_tool_refusal
-from .context import RequestContext, Route
+from .context import RequestContext, Route, claude_mode
 from .deployments import Models
 from .errors import ANTHROPIC, ProxyError, described
 from .files_api import (
@@ -51,7 +52,7 @@ from .files_api import (
     id_page_query,
     owner_of,
 )
-from .httpio import Request, check_method, json_object
+from .httpio import MAX_JSON_VALUES, Request, check_method, json_object, json_values
 from .limits import Caps, check_request_numbers
 from .modules.guard import batch_policy
 from .objectrefs import ANTHROPIC_CONTAINER, ANTHROPIC_FILE, may_name, written_files
@@ -137,6 +138,9 @@ class MessageBatches(ProviderCalls):
         check_budget: Callable[[RequestContext, int | None], BatchHold],
         budgeted: Callable[[RequestContext], bool],
         count: Callable[[str], None] = lambda name: None,
+        parsing: Callable[[int, int], ContextManager[int]] = lambda values, size: contextlib.nullcontext(
+            MAX_JSON_VALUES
+        ),
     ) -> None:
         super().__init__(path)
         self.ownership = ownership
@@ -147,6 +151,7 @@ class MessageBatches(ProviderCalls):
         self._costs = costs
         self._check_budget = check_budget
         self._budgeted = budgeted
+        self._parsing = parsing  # room to parse a batch of more values than other bodies (App.parsing)
 
     # -- where calls go -----------------------------------------------------------------------
     def _target(self, provider: Provider, rest: str, query: dict[str, str] | None) -> str:
@@ -189,8 +194,13 @@ class MessageBatches(ProviderCalls):
 
     # -- create ---------------------------------------------------------------------------------
     def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
+        """A new batch, parsed and checked with room held for its values: Anthropic's 100,000 requests
+        are more than the million values another body may hold."""
         ctx.raw = raw
-        body = json_object(raw)
+        with self._parsing(json_values(raw), len(raw)) as most:
+            self._create_parsed(reply, ctx, raw, json_object(raw, max_values=most))
+
+    def _create_parsed(self, reply: Reply, ctx: RequestContext, raw: bytes, body: dict) -> None:
         requests = body.get("requests")
         if not isinstance(requests, list):
             raise invalid("requests: must be a list of {custom_id, params} objects")
@@ -215,11 +225,13 @@ class MessageBatches(ProviderCalls):
             unbounded = estimate.unbounded_server_tools(params) if budgeted else None
             if unbounded is not None:  # as /v1/messages refuses it under a budget
                 raise server_tool_refusal(unbounded, "this key", f"requests.{i}.params.")
-            dearer = dearer_mode(params) if budgeted else None
-            if dearer is not None:  # so is a dearer mode
-                raise mode_refusal(dearer, params[dearer], "this key", f"requests.{i}.params.")
             asked = params["model"]
             route = self._route(ctx, asked, i, provider, policy)
+            # a dearer mode is held at its rate (its results are billed at it), refused unpriced
+            mode = claude_mode(params.get("speed"), params.get("inference_geo")) if budgeted else None
+            dearer = dearer_mode(params) if budgeted else None
+            if dearer is not None and self._path.pricer.price_of(route, asked, mode) is None:
+                raise mode_refusal(dearer, params[dearer], "this key", f"requests.{i}.params.")
             provider = route.provider
             if route.model != asked:
                 params["model"] = route.model
@@ -229,7 +241,7 @@ class MessageBatches(ProviderCalls):
             if asked not in models and len(models) < 20:
                 models.append(asked)
             if worst is not None:
-                cost = self._request_cost(ctx, route, asked, params)
+                cost = self._request_cost(ctx, route, asked, params, mode)
                 worst = None if cost is None else worst + cost
         assert provider is not None
         ctx.model = ",".join(models)[:200]
@@ -331,11 +343,13 @@ class MessageBatches(ProviderCalls):
                 return one.routed_model or model
         return model
 
-    def _request_cost(self, ctx: RequestContext, route: Route, asked: str, params: dict) -> int | None:
+    def _request_cost(
+        self, ctx: RequestContext, route: Route, asked: str, params: dict, mode: str | None = None
+    ) -> int | None:
         """One request's worst case as a budget reserves a ``/v1/messages`` call: its tokens at the
-        batch price, rounded up, and its web searches' fee whole, as ``BatchTotal`` bills them (None:
-        its model has no price in tokens)."""
-        price = self._path.pricer.price_of(route, asked)
+        batch price in ``mode`` (a budgeted key's dearer one), rounded up, and its web searches' fee
+        whole, as ``BatchTotal`` bills them (None: its model has no price in tokens)."""
+        price = self._path.pricer.price_of(route, asked, mode)
         if price is None or price.unit != "token":
             return None
         one = RequestContext("messages", ANTHROPIC, ctx.client_addr, {})

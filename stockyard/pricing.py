@@ -63,10 +63,12 @@ tier's rates (:func:`rates_for`); budgets hold the tier's rates when the prompt 
 
 Modes (``Price.modes``, :func:`mode_price`, ``PriceTable.lookup_mode``): a model's price in a
 provider's dearer or cheaper mode is an exact multiple of all its rates, long-context tier
-included — OpenAI's ``priority`` (GPT-5: 2x, GPT-5 mini 1.8x, GPT-4.1 1.75x, from OpenAI's priority
-processing page) and ``flex`` (half, every model: "Batch API rates"; Azure's and Gemini's flex too),
-Claude's fast mode (Opus 4.6 6x, Opus 4.8 and Opus 5 2x) and US-only inference (``us``, 1.1x from
-Opus 4.6 on), both at once ``fast/us``. An entry ``<model>/<mode>`` of its own (an operator's) wins;
+included — OpenAI's ``priority`` (GPT-5: 2x, GPT-5 mini 1.8x, GPT-4.1 1.75x, GPT-4o 1.7x, from OpenAI's
+priority processing page) and ``flex`` (half, every model: "Batch API rates"; Azure's and Gemini's flex too),
+Claude's fast mode (Opus 4.6 6x: Anthropic's fast mode page; Opus 4.8's and Opus 5's 2x is only
+resellers' word, so unpriced) and US-only inference (``us``, 1.1x from Opus 4.6 and Sonnet 4.6 on:
+Anthropic's help centre, "Enable US-only inference"), both at once ``fast/us``. An entry
+``<model>/<mode>`` of its own (an operator's) wins;
 a shipped multiple prices only the provider kind that published it (``MODE_KINDS``); anything else
 is unknown. Checked 2026-12-06.
 

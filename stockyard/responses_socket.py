@@ -383,7 +383,7 @@ class Session:
         more = self._arriving - self._arriving_held if self._arriving > BODY_UNCOUNTED_BYTES else 0
         if more:
             try:
-                self.app.hold_body(more)
+                self.app.hold_body(more, self._arriving_held)
             except ProxyError:
                 return False
             self._arriving_held += more

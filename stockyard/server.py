@@ -665,7 +665,7 @@ class Handler(BaseHTTPRequestHandler):
         and dropped a block at a time: a client still sending it would meet a reset, not the answer
         (one that waits for a 100 Continue sends nothing: not read)."""
         try:
-            self.server.app.hold_body(size)
+            self.server.app.hold_body(size, self._held)
         except ProxyError:
             if not self._expect_continue:
                 for _ in rest:

@@ -2213,6 +2213,8 @@ def message_batch_results(requests: list[dict], canceled: bool) -> tuple[list[st
             result = {"type": "errored", "error": (missing or anthropic_error(status)).json}
         else:
             result = {"type": "succeeded", "message": anthropic_message(params, i, model)}
+            if params.get("inference_geo") == "us" and "usage" in result["message"]:  # where it ran, as Claude says
+                result["message"]["usage"]["inference_geo"] = "us"
         counts[result["type"]] += 1
         lines.append(_dumps({"custom_id": request.get("custom_id"), "result": result}))
     return lines, counts

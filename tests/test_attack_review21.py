@@ -89,13 +89,16 @@ def test_the_standard_mode_still_passes_a_budget(server, mock, extra):
     assert message.content and mock.last("/v1/messages").json.get("model") == OPUS
 
 
-@pytest.mark.parametrize("extra", [{"speed": "fast"}, {"inference_geo": "us"}])
-def test_a_message_batch_cannot_carry_a_dearer_mode_past_a_budget(server, mock, extra):
+@pytest.mark.parametrize(
+    "model, extra", [("claude-opus-5-5", {"speed": "fast"}), ("claude-haiku-4-5", {"inference_geo": "us"})]
+)
+def test_a_message_batch_cannot_carry_a_dearer_mode_past_a_budget(server, mock, model, extra):
     """A message batch's requests are Messages requests: one with ``inference_geo: "us"`` (or fast
     mode) was held and billed at the batch rate of the standard price though Anthropic bills it at a
-    multiple. Refused as ``/v1/messages`` refuses it, naming the request, before the provider is asked."""
+    multiple. A mode without a price is refused as ``/v1/messages`` refuses it, naming the request,
+    before the provider is asked (a priced one is held and billed at its rate: test_review28)."""
     client = server.anthropic("budgeted")
-    params = {"model": OPUS, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}], **extra}
+    params = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}], **extra}
     before = len(mock.requests)
     with pytest.raises(anthropic.PermissionDeniedError) as refused:
         client.messages.batches.create(requests=[{"custom_id": "a", "params": params}])
@@ -111,7 +114,8 @@ def test_a_message_batchs_web_searches_are_billed_whole():
     usage = {"input_tokens": 1000, "output_tokens": 100, "server_tool_use": {"web_search_requests": 3}}
     line = {"custom_id": "a", "result": {"type": "succeeded", "message": {"model": "claude-haiku-4-5", "usage": usage}}}
     total = BatchTotal(anthropic_usage_of)
-    total.add(json.dumps(line).encode(), PriceTable.load().lookup)
+    table = PriceTable.load()
+    total.add(json.dumps(line).encode(), lambda m, mode: table.lookup_mode(m, None, mode, "anthropic"))
     tokens = (1000 * 100_000_000 + 100 * 500_000_000) // 2 // 1_000_000  # $1/M in, $5/M out, halved: µ¢
     assert total.cost() == tokens + 3 * WEB_SEARCH_UC
 

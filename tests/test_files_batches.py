@@ -581,7 +581,7 @@ def test_a_batch_with_a_model_without_a_price_has_an_unknown_cost():
     total = BatchTotal()
     for model in ("gpt-4o-mini", "no-such-model-anywhere"):
         line = {"response": {"status_code": 200, "body": {"model": model, "usage": {"prompt_tokens": 10}}}}
-        total.add(json.dumps(line).encode(), lambda m: table.lookup(m, "openai"))
+        total.add(json.dumps(line).encode(), lambda m, mode: table.lookup_mode(m, "openai", mode, "openai"))
     assert total.cost() is None and total.unpriced == {"no-such-model-anywhere"}
     assert total.usage.prompt_tokens == 20 and total.models == ["gpt-4o-mini", "no-such-model-anywhere"]
 

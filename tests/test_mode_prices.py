@@ -39,11 +39,16 @@ def kind_of(model: str) -> str:
         ("gpt-5.4-mini", "priority", ("1.50", "0.15", "1.50", "9.00")),
         ("gpt-5-codex", "priority", ("2.50", "0.25", "2.50", "20.00")),
         ("gpt-4.1", "priority", ("3.50", "0.875", "3.50", "14.00")),
+        ("gpt-4.1-mini", "priority", ("0.70", "0.175", "0.70", "2.80")),
+        ("gpt-4.1-nano", "priority", ("0.20", "0.05", "0.20", "0.80")),
+        ("gpt-4o", "priority", ("4.25", "2.125", "4.25", "17.00")),
+        ("gpt-4o-2024-08-06", "priority", ("4.25", "2.125", "4.25", "17.00")),  # GPT-4o's row names it
+        ("gpt-4o-2024-05-13", "priority", ("8.75", "8.75", "8.75", "26.25")),  # no cache discount: "—"
+        ("o3", "priority", ("3.50", "0.875", "3.50", "14.00")),
         # OpenAI's flex processing guide: tokens at Batch API rates, half, on every model
         ("gpt-5", "flex", ("0.625", "0.0625", "0.625", "5.00")),
-        # Claude's fast mode: 6x on Opus 4.6 ($30/$150), 2x on Opus 4.8 and Opus 5 ($10/$50)
+        # Claude's fast mode: 6x on Opus 4.6 ($30/$150, Anthropic's fast mode page and Claude Code's docs)
         ("claude-opus-4-6", "fast", ("30.00", "3.00", "37.50", "150.00")),
-        ("claude-opus-5", "fast", ("10.00", "1.00", "12.50", "50.00")),
         # US-only inference: 1.1x every category, Opus 4.6 and later; stacked on fast mode
         ("claude-opus-4-6", "us", ("5.50", "0.55", "6.875", "27.50")),
         ("claude-opus-4-6", "fast/us", ("33.00", "3.30", "41.25", "165.00")),
@@ -60,6 +65,11 @@ def test_a_mode_is_billed_at_its_published_price(table, model, mode, published):
         ("gpt-5.6-sol", "priority"),  # published twice, at two prices: not known
         ("gpt-5", "scale"),  # a tier no price names
         ("claude-opus-5-5", "fast"),  # its fast-mode multiple is not published where we could read it
+        ("claude-opus-5", "fast"),  # 2x by resellers (OpenRouter, Vercel) only, not by Anthropic's word
+        ("claude-opus-4-8", "fast"),  # the same; and its fast mode was removed on 2026-11-30
+        ("claude-opus-5", "fast/us"),
+        ("gpt-4o-mini", "priority"),  # $0.25/$1.00 over $0.15/$0.60: 5/3, no decimal multiple
+        ("o4-mini", "priority"),  # $2.00/$8.00 over $1.10/$4.40: 20/11, the same
         ("claude-haiku-4-5", "us"),  # before Opus 4.6: Anthropic refuses inference_geo on it
         ("claude-haiku-4-5", "fast/us"),
         ("no-such-model", "priority"),
