@@ -436,7 +436,9 @@ def test_provider_named_in_model_falls_back_to_bare(table: PriceTable) -> None:
 def test_overrides_replace_and_add() -> None:
     mine = Price(input=7, cached_input=7, cache_write=7, output=7)
     t = PriceTable.load({"gpt-4o": mine, "acme/house-model": mine})
-    assert t.lookup("gpt-4o-2024-08-06") == replace(mine, max_output_tokens=16_384)  # the shipped ceiling kept
+    shipped = PriceTable.load().lookup("gpt-4o-2024-08-06")
+    assert shipped is not None  # the shipped ceiling and modes (priority's multiple) kept:
+    assert t.lookup("gpt-4o-2024-08-06") == replace(mine, max_output_tokens=16_384, modes=shipped.modes)
     assert t.lookup("gpt-4o-mini") != mine
     assert t.lookup("acme/house-model") == mine
     assert ("acme/house-model", mine) in t.entries()
