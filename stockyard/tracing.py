@@ -101,9 +101,10 @@ class Tracer:
             except Exception as exc:  # metrics must never cost a request
                 log.error("metrics update failed for %s: %s", ctx.trace_id, exc)
             return
+        shed = False  # a row went without its bodies: the request's other rows do too, without waiting
         for n, attempt in enumerate(ctx.attempts, 1):
-            self._record(ctx, attempt, parent_id=ctx.trace_id, number=n)
-        self._record(ctx, None, parent_id=None, number=len(ctx.attempts) + 1)
+            shed = self._record(ctx, attempt, parent_id=ctx.trace_id, number=n, shed=shed)
+        self._record(ctx, None, parent_id=None, number=len(ctx.attempts) + 1, shed=shed)
         if self._telemetry is not None:
             self._telemetry.export(ctx)
 
@@ -112,7 +113,11 @@ class Tracer:
             return self.refusals_by_key.allow(ctx.key_id)
         return self.refusals_by_address.allow(sender(ctx.client_addr))
 
-    def _record(self, ctx: RequestContext, attempt: Attempt | None, *, parent_id: str | None, number: int) -> None:
+    def _record(
+        self, ctx: RequestContext, attempt: Attempt | None, *, parent_id: str | None, number: int, shed: bool = False
+    ) -> bool:
+        """Queue one trace row; True if it (or an earlier row of the request: ``shed``) went without its
+        bodies for want of the writer's room — the request waits for room once, not once a row."""
         a = attempt or ctx.attempt
         if a.error_message:
             a.error_message = self._scrub.text(a.error_message)[:ERROR_MESSAGE_CAP]
@@ -131,7 +136,8 @@ class Tracer:
             record.response_body = self._scrub.bytes(record.response_body)
         record.pack()  # compressed here, on the request's thread: the one writer thread only inserts
         size, owner = record.held_bytes(), ctx.sender
-        if size and not self._store.room(size, owner):
+        if size and (shed or not self._store.room(size, owner)):
+            shed = True
             record.drop_bodies()
             size = 0
             self._metrics.count("trace_bodies_unstored_total")
@@ -148,3 +154,4 @@ class Tracer:
             self._metrics.observe_request(ctx, attempt)
         except Exception as exc:  # metrics must never cost a request
             log.error("metrics update failed for %s: %s", ctx.trace_id, exc)
+        return shed
