@@ -103,8 +103,11 @@ def stable_id(*parts: Any) -> str:
 def payload(hook: Hook, event: dict[str, Any]) -> bytes:
     """The body sent: the event itself, or Slack's ``{"text": …}``."""
     if hook.format == "slack":  # Slack reads <…> as links and @-mentions: a client-chosen end user id is text
-        text = event["summary"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return json.dumps({"text": f"Stockyard: {text}"}, ensure_ascii=False).encode()
+        text = "Stockyard: " + event["summary"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        # shown as a section whose text is verbatim: Slack links a bare URL (a client-chosen end user id
+        # "https://…") in a message's text, never in a verbatim one; ``text`` stays for notifications
+        section = {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}
+        return json.dumps({"text": text, "blocks": [section]}, ensure_ascii=False).encode()
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
 
 

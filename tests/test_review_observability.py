@@ -129,10 +129,13 @@ def test_a_slack_webhook_gets_the_end_user_id_escaped(server, receiver):
         def slack_texts() -> list[str]:
             with receiver.lock:
                 got = list(receiver.got)
-            texts = [json.loads(b).get("text") for _, b in got]
-            return [t for t in texts if isinstance(t, str) and "channel" in t]
+            bodies = [json.loads(b) for _, b in got]
+            return [m for m in bodies if isinstance(m.get("text"), str) and "channel" in m["text"]]
 
-        [text] = refused_until(server, headers, slack_texts, "the slack message")
+        [message] = refused_until(server, headers, slack_texts, "the slack message")
+        text = message["text"]
+        # what Slack shows is a verbatim section: a bare URL in a client-chosen end user id is not made a link
+        assert message["blocks"] == [{"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}]
     finally:
         put_module(server, "userlimits", {}, enabled=False)
         api(server, "DELETE", f"/api/webhooks/{body['id']}")

@@ -246,7 +246,9 @@ def test_slack_format_and_the_cli(server, receiver):
     test = server.cli("webhooks", "test", hook_id)
     assert test.returncode == 0 and test.stdout.startswith("delivered: HTTP 200"), test.stdout + test.stderr
     headers, raw, body = receiver.events()[before]
-    assert body == {"text": "Stockyard: a test event"} and verify(secret, raw, headers["x-stockyard-signature"])
+    section = {"type": "section", "text": {"type": "mrkdwn", "text": "Stockyard: a test event", "verbatim": True}}
+    assert body == {"text": "Stockyard: a test event", "blocks": [section]}
+    assert verify(secret, raw, headers["x-stockyard-signature"])
     deliveries = server.cli("webhooks", "deliveries", "--webhook", hook_id, "--json")
     rows = [json.loads(line) for line in deliveries.stdout.splitlines()]
     assert [(r["event"], r["status"], r["outcome"]) for r in rows] == [("webhook.test", 200, "delivered")]
