@@ -127,6 +127,23 @@ def test_an_answer_made_under_beta_flags_is_not_served_without_them(server, mock
     assert "anthropic-beta" not in mock.last("/messages").headers
 
 
+@pytest.mark.usefixtures("fresh")
+def test_an_answer_asked_with_beta_true_is_not_served_without_it(server, mock):
+    """``?beta=true`` (the Anthropic SDKs' beta namespace) goes upstream as the client sent it, so it is
+    part of what was asked: an answer made with it is not served to the same request without it."""
+    put_module(server, "cache", {"scope": "project"})
+    key = api(server, "POST", "/api/keys", {"name": "r22-query", "project": "r22q"})[1]["key"]
+    ask = {"model": HAIKU, "max_tokens": 50, "messages": question("beta query")}
+    beta = {"beta": "true"}  # as Claude Code's SDK sends every request
+    first = server.anthropic(key).messages.with_raw_response.create(**ask, extra_query=beta)
+    assert first.headers["x-stockyard-cache"] == "miss" and mock.last("/messages").query.get("beta") == "true"
+    wait_for(lambda: entries(server) >= 1, what="the answer stored")
+    again = server.anthropic(key).messages.with_raw_response.create(**ask, extra_query=beta)
+    assert again.headers["x-stockyard-cache"] == "hit"
+    plain = server.anthropic(key).messages.with_raw_response.create(**ask)
+    assert plain.headers["x-stockyard-cache"] == "miss"
+
+
 LEAKED = "sk-proj-" + "R22leak" * 6  # an OpenAI-style key the model writes in its answer
 
 

@@ -32,6 +32,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from urllib.parse import parse_qs
 
 from ..context import Answer, RequestContext, Route
 from ..providers.chatshape import DROP_HEADER
@@ -96,6 +97,8 @@ def request_key(ctx: RequestContext, provider: str, model: str, scope: str = "ke
     for name in ANSWER_HEADERS:  # sent upstream as they are, and they change the answer
         if value := ctx.headers.get(name):
             parts.append(f"{name}:{value}")
+    if parse_qs(ctx.query).get("beta") == ["true"]:  # the one query parameter passed upstream (providers/anthropic.py)
+        parts.append("beta=true")
     if (who := owner(ctx, scope)) is not None:
         parts.append(who)  # open mode and global keep the keys they had before scopes
     material = "\n".join(parts)
