@@ -1165,33 +1165,14 @@ class FilesAPI(ProviderCalls):
         Returns the batch's worst-case cost (µ¢, each line as a budget reserves it, at the batch
         price), or None when a line's model has no price: what a budget holds the batch to."""
         key = ctx.key
-        if key is None:  # open mode: one owner
-            return 0
         policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as on the endpoints
-        route, number = self._path.registry().routes_to, 0
+        if key is None:  # open mode: one owner, so only guard's lists apply
+            for number, _line, request in batch_lines(source):
+                refused_model(policy, provider, request, number)
+            return 0
+        route = self._path.registry().routes_to
         worst: int | None = 0
-
-        def too_long() -> None:
-            raise ProxyError(
-                403,
-                f"line {number + 1} of the batch file is longer than {MAX_LINE} bytes: too long to check",
-                param="file",
-                code="line_too_long",
-            )
-
-        for number, line in enumerate(lines_of(source, too_long=too_long), 1):
-            try:
-                request = json.loads(line, object_pairs_hook=unique_members)
-            except DuplicateMember as exc:  # checked as one value, maybe run as the other
-                raise ProxyError(
-                    400,
-                    f"line {number} of the batch file names {exc.name[:64]!r} twice in one object",
-                    param="file",
-                    code="duplicate_key",
-                ) from None
-            except ValueError:
-                request = None
-            request = request if isinstance(request, dict) else {}
+        for number, line, request in batch_lines(source):
             body = request.get("body")
             body = body if isinstance(body, dict) else {}
             model = body.get("model")
@@ -1205,10 +1186,7 @@ class FilesAPI(ProviderCalls):
                     param="file",
                     code="model_not_allowed",
                 )
-            refusal = policy(provider.name, model) if policy is not None and isinstance(model, str) else None
-            if refusal is not None:
-                message = f"{refusal.message} (line {number} of the batch file)"
-                raise ProxyError(403, message, param="file", code=refusal.code)
+            refused_model(policy, provider, request, number)
             named = referenced_files(body) if may_name(line, b"file_id") else set()
             for file_id in named:
                 if self.ownership.find(file_id, "file", key.id) is None:
@@ -1370,3 +1348,43 @@ class FilesAPI(ProviderCalls):
             owned = self.ownership.find(batch["id"], "batch", owner)
             if owned is not None and not owned.billed:
                 self._on_completed(ctx, provider, batch)
+
+
+def batch_lines(source: IO[bytes] | Iterator[bytes]) -> Iterator[tuple[int, bytes, dict]]:
+    """A batch file's lines, numbered from 1, each with its request (``{}`` for a line that is not a
+    JSON object). A line too long to hold, or one naming a member twice, is refused, never skipped."""
+    number = 0
+
+    def too_long() -> None:
+        raise ProxyError(
+            403,
+            f"line {number + 1} of the batch file is longer than {MAX_LINE} bytes: too long to check",
+            param="file",
+            code="line_too_long",
+        )
+
+    for number, line in enumerate(lines_of(source, too_long=too_long), 1):
+        try:
+            request = json.loads(line, object_pairs_hook=unique_members)
+        except DuplicateMember as exc:  # checked as one value, maybe run as the other
+            raise ProxyError(
+                400,
+                f"line {number} of the batch file names {exc.name[:64]!r} twice in one object",
+                param="file",
+                code="duplicate_key",
+            ) from None
+        except ValueError:
+            request = None
+        yield number, line, request if isinstance(request, dict) else {}
+
+
+def refused_model(
+    policy: Callable[[str, str], ProxyError | None] | None, provider: Provider, request: dict, number: int
+) -> None:
+    """Raise guard's refusal of a batch line's model (``modules.guard.batch_policy``), if any."""
+    body = request.get("body")
+    model = body.get("model") if isinstance(body, dict) else None
+    refusal = policy(provider.name, model) if policy is not None and isinstance(model, str) else None
+    if refusal is not None:
+        message = f"{refusal.message} (line {number} of the batch file)"
+        raise ProxyError(403, message, param="file", code=refusal.code)

@@ -151,3 +151,24 @@ def test_a_provider_qualified_allow_list_takes_a_bare_name_routed_to_that_provid
     assert inproc.chat(model="gpt-4o-mini")[0] == 200
     status, _, body = inproc.chat(model="groq/llama-3.3-70b-versatile")
     assert status == 403 and error(body)["code"] == "model_not_allowed", body
+
+
+@pytest.mark.usefixtures("fresh")
+def test_without_client_keys_a_batch_line_is_held_to_the_guards_model_lists(server, mock):
+    """Open mode (no client keys): a batch file's lines were not read at all, so ``deny_models`` that
+    stops ``/v1/chat/completions`` let a batch of the same model through the Batch API."""
+    import io
+
+    import openai
+
+    put_module(server, "guard", {"deny_models": ["gpt-4o"]})
+    client = server.openai("anything")
+    allowed = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}
+    denied = {**allowed, "custom_id": "b", "body": {"model": "gpt-4o"}}
+    lines = (json.dumps(allowed) + "\n" + json.dumps(denied) + "\n").encode()
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.files.create(file=("b.jsonl", io.BytesIO(lines)), purpose="batch")
+    assert refused.value.body["code"] == "model_not_allowed" and "line 2" in refused.value.body["message"]
+    assert not [r for r in mock.requests if r.path == "/v1/files" and r.method == "POST"]
+    made = client.files.create(file=("ok.jsonl", io.BytesIO(lines.split(b"\n")[0] + b"\n")), purpose="batch")
+    assert made.id
