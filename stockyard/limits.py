@@ -172,15 +172,18 @@ BODY_WAIT_S = 5.0
 
 
 class HeldBytes:
-    """Bytes held at once by every holder together (request bodies in memory), at most ``total``.
+    """Bytes held at once by every holder together, at most ``total`` (request bodies in memory; the
+    writer's queued records), and by one ``owner`` at most ``share`` (the writer: a client key's).
 
-    Past it a taker waits for room up to ``wait_s`` (a burst passes at the pace bodies are
-    served), then is refused; one holder alone always fits, so no body within the size limit is
-    refused for its size alone."""
+    Past it a taker waits for room up to ``wait_s`` (a burst passes at the pace holders let go),
+    then is refused; one holder alone always fits (an owner's first too), so nothing within the
+    size limit is refused for its size alone."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, share: int | None = None) -> None:
         self.total = total
+        self.share = share
         self.held = 0
+        self._by_owner: dict[str, int] = {}
         self._room = threading.Condition()
 
     def take(self, size: int, wait_s: float, own: int = 0) -> bool:
@@ -193,12 +196,35 @@ class HeldBytes:
             self.held += size
             return True
 
-    def give(self, size: int) -> None:
-        """``size`` bytes that ``take`` held are free again."""
+    def fits(self, size: int, owner: str | None = None, wait_s: float = 0.0) -> bool:
+        """Whether ``owner``'s ``size`` more bytes fit the total and its share, waiting up to ``wait_s``
+        for them to; nothing is held (``add`` does: the writer queues what it checked)."""
+        with self._room:
+            return self._room.wait_for(lambda: self._fits(size, owner), timeout=wait_s)
+
+    def _fits(self, size: int, owner: str | None) -> bool:
+        mine = self._by_owner.get(owner, 0) if owner is not None and self.share is not None else 0
+        total_ok = self.held == 0 or self.held + size <= self.total
+        return total_ok and (mine == 0 or self.share is None or mine + size <= self.share)
+
+    def add(self, size: int, owner: str | None = None) -> None:
+        """Hold ``size`` more bytes of ``owner``'s whether they fit or not."""
+        if size:
+            with self._room:
+                self.held += size
+                if owner is not None:
+                    self._by_owner[owner] = self._by_owner.get(owner, 0) + size
+
+    def give(self, size: int, owner: str | None = None) -> None:
+        """``size`` bytes that ``take`` or ``add`` held (``owner``'s) are free again."""
         if not size:
             return
         with self._room:
             self.held -= size
+            if owner is not None:
+                left = self._by_owner.pop(owner) - size
+                if left:
+                    self._by_owner[owner] = left
             self._room.notify_all()
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..limits import HeldBytes
 from . import db, files
 from .backends import Backend, backend_for
 
@@ -163,10 +164,8 @@ class Writer:
         self.backend = backend_for(database)
         self.path = Path(getattr(self.backend, "path", ""))
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.max_bytes = max_bytes
-        self.held_bytes = 0  # the sizes of the records queued, in a batch or waiting (see room)
-        self._held_by: dict[str, int] = {}  # ... by owner, for those that name one
-        self._room = threading.Condition()
+        # the sizes of the records queued, in a batch or waiting, in all and by owner (see room)
+        self.bytes = HeldBytes(max_bytes, share=max_bytes // OWNER_SHARE)
         self.batch_max = batch_max
         self.idle_after_s = idle_after_s
         self.stats = WriterStats()
@@ -230,7 +229,7 @@ class Writer:
         item = _Item(job, done=done, size=size, owner=owner)
         if self._closed:
             return self._dropped("the writer has stopped")
-        self._hold_bytes(size, owner)
+        self.bytes.add(size, owner)
         try:
             self.queue.put_nowait(item)
             return self._queued(item)
@@ -257,50 +256,35 @@ class Writer:
         from taking all of it: its own records go without theirs, not everyone's. A record alone
         always fits, and an owner's first.
         """
-        share = self.max_bytes // OWNER_SHARE
-
-        def fits() -> bool:
-            mine = self._held_by.get(owner, 0) if owner is not None else 0  # no owner: the whole only
-            return self._fits(self.held_bytes, size, self.max_bytes) and self._fits(mine, size, share)
-
-        with self._room:
-            if fits():
-                return True
-            if not self._may_wait():
-                return False
-            self.stats.waited_bytes += 1
-            return self._room.wait_for(fits, timeout=FULL_WAIT_S)
+        if self.bytes.fits(size, owner):
+            return True
+        if not self._may_wait():
+            return False
+        self.stats.waited_bytes += 1
+        return self.bytes.fits(size, owner, FULL_WAIT_S)
 
     def _may_wait(self) -> bool:
         """A sender may wait for room: the database works and the writer runs (not on its own thread)."""
         return self.healthy and self._thread.is_alive() and threading.current_thread() is not self._thread
 
-    @staticmethod
-    def _fits(held: int, size: int, limit: int) -> bool:
-        return held == 0 or held + size <= limit
+    @property
+    def held_bytes(self) -> int:
+        return self.bytes.held
 
-    def _hold_bytes(self, size: int, owner: str | None) -> None:
-        if size:
-            with self._room:
-                self.held_bytes += size
-                if owner is not None:
-                    self._held_by[owner] = self._held_by.get(owner, 0) + size
+    @property
+    def max_bytes(self) -> int:
+        """What queued records may hold in all (``STOCKYARD_WRITER_QUEUE_MB``); an owner a quarter of it."""
+        return self.bytes.total
+
+    @max_bytes.setter
+    def max_bytes(self, total: int) -> None:
+        self.bytes.total, self.bytes.share = total, total // OWNER_SHARE
 
     def _release(self, items: list[_Item]) -> None:
         """The records left the writer (committed, refused or dropped): their bytes are free."""
-        freed = [(item.size, item.owner) for item in items if item.size]
         for item in items:
-            item.size = 0  # freed once
-        if not freed:
-            return
-        with self._room:
-            for size, owner in freed:
-                self.held_bytes -= size
-                if owner is not None:
-                    left = self._held_by.pop(owner) - size
-                    if left:
-                        self._held_by[owner] = left
-            self._room.notify_all()
+            size, item.size = item.size, 0  # freed once
+            self.bytes.give(size, item.owner)
 
     def call(self, job: Job, timeout: float = 30.0) -> Any:
         """Run ``job(conn)`` in the writer and wait for its commit; re-raises its error
