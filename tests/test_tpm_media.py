@@ -173,8 +173,9 @@ def test_a_second_ten_image_request_in_flight_is_refused(server, mock, user):
     first.join()
     status, _, answer = first.answers[0]  # type: ignore[attr-defined]
     assert status == 200 and answer["tool_usage"]["image_gen"]["output_tokens"] > 0, answer
-    # corrected to the image it made (tool_usage.image_gen): room for ten more again
-    assert respond(server, secret, draw(10), user)[0] == 200
+    # corrected to the image it made (tool_usage.image_gen): room for ten more again, once the correction
+    # (a module's after hook, run after the answer went out) is made
+    wait_for(lambda: respond(server, secret, draw(10), user)[0] == 200, what="the window corrected")
 
 
 def test_requests_without_audio_or_the_tool_count_as_before():
