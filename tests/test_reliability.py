@@ -17,7 +17,7 @@ import time
 
 import clirun
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
+from conftest import OPENAI_KEY, TEST_STORE, ServerProcess, base_env, mock_env, open_database, wait_for
 from mock_upstream import Reply
 
 from stockyard import config
@@ -150,11 +150,12 @@ def chat_with(server: ServerProcess, key: str | None = None) -> int:
 
 def sql(db, statement: str) -> None:
     """A change made by another tool on the database file (a hand edit), as a fault to recover from."""
-    conn = sqlite3.connect(db)
+    conn = open_database(db)
     try:
-        with conn:
-            conn.execute(statement)
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'config_version'")
+        conn.execute("BEGIN IMMEDIATE")  # a write transaction on either store
+        conn.execute(statement)
+        conn.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'config_version'")
+        conn.execute("COMMIT")
     finally:
         conn.close()
 
@@ -192,6 +193,7 @@ def test_the_config_watcher_survives_a_failing_reload_and_readyz_reports_it(pyz_
 # -- one server per database ------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(TEST_STORE == "postgresql", reason="replicas share a PostgreSQL database by design (test_pg_serve)")
 def test_a_second_server_on_the_same_database_refuses_to_start(pyz_path, cache_home, mock, tmp_path):
     env = mock_env(cache_home, mock)
     db = tmp_path / "stockyard.db"
