@@ -6,7 +6,9 @@ receiver. Key expiry and the error rate are checked by the dispatcher thread its
 database, every few seconds. One thread delivers: a POST per (webhook, event), retried with
 backoff after a failure (no answer, or a status other than 2xx), every attempt written to
 ``webhook_deliveries``. A receiver sees an event at least once (dedupe on its ``id``): nothing
-is sent again after a 2xx.
+is sent again after a 2xx. A delivery a stop left (``abandoned``) or a crash left waiting for a
+retry is resumed by the next server (:meth:`Dispatcher._resume`); events still queued at a crash
+are lost (they were in memory only).
 
 JSON deliveries are signed: ``X-Stockyard-Signature: t=<unix seconds>,v1=<hex>``, where the hex
 is HMAC-SHA256 with the webhook's secret over ``"<t>.<body>"``. A receiver recomputes it and
@@ -29,11 +31,12 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from . import __version__
-from .times import now_iso
+from .times import now_iso, parse_utc, to_iso
 
 if TYPE_CHECKING:
     from .store import Store
@@ -50,6 +53,9 @@ TIMEOUT_S = 10.0
 QUEUE_MAX = 1000  # events waiting for the thread (and deliveries waiting to retry); more are dropped and counted
 CHECK_EVERY_S = 5.0  # key expiry and error rate
 ERROR_OUTCOMES = ("upstream_error", "error", "stream_broken")  # what counts toward the error rate
+RESUME_EVERY_S = 60.0  # how often the checking server looks for deliveries a stopped or crashed one left
+RESUME_WITHIN_S = 86_400.0  # older ones stay in the log as they are: their news is stale
+RESUME_SLACK_S = 60.0  # a retry not attempted this long after it was due: its server is gone
 
 
 @dataclass(frozen=True)
@@ -185,13 +191,48 @@ def send_signed(
     return status, error, int((time.monotonic() - started) * 1000)
 
 
-def log_delivery(conn, row: tuple) -> None:
-    """One row of the delivery log: (webhook, event id, event, attempt, ts, status, error, ms, outcome)."""
+def log_delivery(conn, row: tuple, event: dict[str, Any] | None = None) -> None:
+    """One row of the delivery log: (webhook, event id, event, attempt, ts, status, error, ms, outcome).
+    ``event``: the event itself, kept on a row another server may resume (abandoned, retrying); the
+    webhook's earlier row of the event gives its copy up (only a last row can be resumed)."""
+    if row[3] > 1:
+        conn.execute(
+            "UPDATE webhook_deliveries SET event_json = NULL "
+            "WHERE webhook_id = ? AND event_id = ? AND event_json IS NOT NULL",
+            row[:2],
+        )
+    kept = None if event is None else json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     conn.execute(
         "INSERT INTO webhook_deliveries (webhook_id, event_id, event, attempt, ts, status, error, "
-        "duration_ms, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        row,
+        "duration_ms, outcome, event_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*row, kept),
     )
+
+
+def claim_left(conn, hook_ids: list[str], since: str, due_before: float, limit: int) -> list[tuple[str, dict, int]]:
+    """The deliveries left to resume, claimed (their kept copy cleared: a server starting beside this one
+    claims none of them twice): (webhook id, event, the attempt to make). A row ``abandoned`` is left at
+    once; one ``retrying`` once its retry is RESUME_SLACK_S overdue (``due_before``: unix seconds)."""
+    marks = ", ".join("?" * len(hook_ids))
+    rows = conn.execute(
+        "SELECT id, webhook_id, attempt, ts, outcome, event_json FROM webhook_deliveries "
+        f"WHERE event_json IS NOT NULL AND ts >= ? AND webhook_id IN ({marks}) ORDER BY ts LIMIT ?",
+        (since, *hook_ids, limit),
+    ).fetchall()
+    claimed = []
+    for row_id, webhook_id, attempt, ts, outcome, kept in rows:
+        if outcome == "retrying":
+            due = parse_utc(ts).timestamp() + BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1] + TIMEOUT_S
+            if due > due_before:
+                continue  # its server may still be waiting to retry it
+        elif outcome != "abandoned":
+            continue
+        taken = conn.execute(
+            "UPDATE webhook_deliveries SET event_json = NULL WHERE id = ? AND event_json IS NOT NULL", (row_id,)
+        )
+        if taken.rowcount == 1:
+            claimed.append((webhook_id, json.loads(kept), attempt + (outcome == "retrying")))
+    return claimed
 
 
 _WAKE: Any = ({}, None)  # put by ``stop``: the delivery thread looks at its stop flag now
@@ -217,6 +258,8 @@ class Dispatcher:
         self._left_lock = threading.Lock()  # the stop and the thread's own end both call _abandon
         self._sent_checks: set[tuple[str, str]] = set()  # (hook id, event id) of checked events sent
         self._error_high: dict[str, bool] = {}
+        self._next_resume = 0.0
+        self._recent: dict[tuple[str, str], float] = {}  # (hook, event) attempted lately: its row may be unwritten
         self.dropped = 0
         self.delivered = 0
         self.failed = 0
@@ -290,8 +333,8 @@ class Dispatcher:
         ]
 
         def job(conn) -> None:
-            for row in rows:
-                log_delivery(conn, row)
+            for row, d in zip(rows, left):
+                log_delivery(conn, row, d.event)  # the next server resumes it
 
         self._store.submit(job)
 
@@ -312,6 +355,12 @@ class Dispatcher:
                 self._check()
             except Exception as exc:  # a failed check must not stop deliveries
                 log.error("webhooks: check failed: %s", exc)
+        if now >= self._next_resume and self._checks:
+            self._next_resume = now + RESUME_EVERY_S
+            try:
+                self._resume()
+            except Exception as exc:  # a database that is away: the next pass tries again
+                log.error("webhooks: resuming deliveries failed: %s", exc)
         while (due := self._next_retry()) is not None:
             self._attempt(due)
         wait = min([next_check] + [d.due for d in self._waiting[:1]]) - time.monotonic()
@@ -363,7 +412,31 @@ class Dispatcher:
             self.failed += 1
             log.warning("webhooks: %s to %s failed after %d attempts", d.event["type"], d.hook.id, d.attempt)
         row = (d.hook.id, d.event["id"], d.event["type"], d.attempt, now_iso(), status, error, ms, outcome)
-        self._store.submit(lambda conn: log_delivery(conn, row))
+        kept = d.event if outcome == "retrying" else None  # resumed by another server if this one is gone
+        self._recent[(d.hook.id, d.event["id"])] = time.monotonic()
+        self._store.submit(lambda conn: log_delivery(conn, row, kept))
+
+    def _resume(self) -> None:
+        """Deliveries a stopped or crashed server left (an earlier run of this one, or another worker or
+        replica), claimed in the database and sent from here: at start, then every RESUME_EVERY_S."""
+        hooks = {h.id: h for h in self._hooks}
+        with self._left_lock:
+            room = QUEUE_MAX - len(self._waiting)
+            held = {(d.hook.id, d.event["id"]) for d in [*self._waiting, *filter(None, [self._sending])]}
+        if not hooks or room <= 0:
+            return
+        now, mono = self._clock(), time.monotonic()
+        self._recent = {k: t for k, t in self._recent.items() if mono - t < 10 * RESUME_SLACK_S}
+        held |= set(self._recent)
+        since = to_iso(datetime.fromtimestamp(now - RESUME_WITHIN_S, timezone.utc))
+        claimed = self._store.write(lambda conn: claim_left(conn, list(hooks), since, now - RESUME_SLACK_S, room))
+        resumed = [(w, e, a) for w, e, a in claimed if (w, e["id"]) not in held]
+        if not resumed:
+            return
+        log.warning("webhooks: resuming %d deliveries a stopped server left", len(resumed))
+        with self._left_lock:
+            for webhook_id, event, attempt in resumed:
+                heapq.heappush(self._waiting, _Delivery(mono, next(self._seq), hooks[webhook_id], event, attempt))
 
     # -- checks from the database -------------------------------------------------------------
     def _check(self) -> None:

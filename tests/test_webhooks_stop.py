@@ -11,23 +11,32 @@ delivered, so an operator knows to look.
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 import threading
+from datetime import datetime, timedelta, timezone
 
-from conftest import open_database
+from conftest import ServerProcess, open_database, wait_for
 from module_helpers import api, start_server
+
+from stockyard.times import to_iso
+from stockyard.webhooks import RESUME_SLACK_S, claim_left, log_delivery, verify
 
 SECRET = "webhook-stop-encryption-secret-0123456789"
 QUEUED = 3  # test events sent: the first held by the receiver, the others queued behind it
 
 
 class SilentReceiver:
-    """A receiver that accepts each delivery and never answers it (until closed)."""
+    """A receiver that accepts each delivery and never answers it (until closed), or, once told to
+    answer, answers each with ``status`` and keeps what it got (one delivery per connection)."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
         self.arrived = threading.Event()
+        self.status = 0  # 0: silent
+        self.got: list[tuple[dict[str, str], bytes]] = []
         self._held: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -37,36 +46,155 @@ class SilentReceiver:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
+            if self.status:
+                self._answer(conn)
+                continue
             self._held.append(conn)
             self.arrived.set()
 
-    def close(self) -> None:
-        self.listener.close()
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as f:
+            head = [line.decode().rstrip("\r\n") for line in iter(f.readline, b"\r\n")]
+            headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in head[1:])}
+            self.got.append((headers, f.read(int(headers["content-length"]))))
+            conn.sendall(f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+
+    def let_go(self) -> None:
+        """The deliveries held so far end unanswered."""
         for conn in self._held:
             conn.close()
+        self._held = []
+
+    def close(self) -> None:
+        self.listener.close()
+        self.let_go()
 
 
-def test_events_left_undelivered_at_a_stop_are_logged_as_abandoned(pyz_path, cache_home, mock, tmp_path_factory):
+def again(server: ServerProcess) -> ServerProcess:
+    """The next server on a stopped one's database."""
+    return ServerProcess(server.pyz, server.db, server.env).start()
+
+
+def deliveries(db) -> list[dict]:
+    conn = open_database(db)
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM webhook_deliveries ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_events_left_undelivered_at_a_stop_are_logged_as_abandoned_and_sent_by_the_next_start(
+    pyz_path, cache_home, mock, tmp_path_factory
+):
     receiver = SilentReceiver()
     server = start_server(pyz_path, cache_home, mock, tmp_path_factory, "webhookstop", STOCKYARD_ENCRYPTION_KEY=SECRET)
     try:
         status, hook = api(server, "POST", "/api/webhooks", {"url": receiver.url, "events": ["all"]})
         assert status == 201, hook
+        sent = []
         for _ in range(QUEUED):
-            status, sent = api(server, "POST", f"/api/webhooks/{hook['id']}/test")
-            assert status == 202, sent
+            status, body = api(server, "POST", f"/api/webhooks/{hook['id']}/test")
+            assert status == 202, body
+            sent.append(body["event_id"])
         assert receiver.arrived.wait(10), "the first delivery reached the receiver"
+        server.stop()
+        rows = deliveries(server.db)
+        assert [(r["webhook_id"], r["event"], r["outcome"]) for r in rows] == [
+            (hook["id"], "webhook.test", "abandoned")
+        ] * QUEUED, rows
+        assert sorted(r["event_id"] for r in rows) == sorted(sent)
+        assert "3 webhook deliveries were not made (webhook.test)" in server.log, server.log[-2000:]
+        assert "Traceback" not in server.log
+
+        receiver.let_go()
+        receiver.status = 200
+        server = again(server)  # the same database: the next server sends what the stop left, once each
+        wait_for(lambda: len(receiver.got) >= QUEUED, what="the abandoned deliveries sent again")
+        got = [json.loads(body) for _, body in receiver.got]
+        assert sorted(e["id"] for e in got) == sorted(sent) and {e["type"] for e in got} == {"webhook.test"}
+        for headers, body in receiver.got:  # signed afresh, with the same delivery id
+            assert verify(hook["secret"], body, headers["x-stockyard-signature"])
+            assert headers["x-stockyard-delivery"] == json.loads(body)["id"]
+        assert "resuming 3 deliveries a stopped server left" in server.log
+        wait_for(lambda: sum(r["outcome"] == "delivered" for r in deliveries(server.db)) == QUEUED, what="logged")
+        status, listed = api(server, "GET", "/api/webhooks/deliveries")
+        assert status == 200 and "event_json" not in listed["deliveries"][0]
+        server.stop()
+        server = again(server)  # nothing left: nothing sent twice
+        assert api(server, "GET", "/readyz")[0] == 200
     finally:
         server.stop()
         receiver.close()
-    conn = open_database(server.db)
-    try:
-        rows = [dict(r) for r in conn.execute("SELECT * FROM webhook_deliveries ORDER BY id")]
-    finally:
-        conn.close()
-    assert [(r["webhook_id"], r["event"], r["outcome"]) for r in rows] == [
-        (hook["id"], "webhook.test", "abandoned")
-    ] * QUEUED, rows
-    assert len({r["event_id"] for r in rows}) == QUEUED
-    assert "3 webhook deliveries were not made (webhook.test)" in server.log, server.log[-2000:]
+    assert len(receiver.got) == QUEUED and "resuming" not in server.log.split("listening on")[-1]
     assert "Traceback" not in server.log
+
+
+def test_a_retry_a_crashed_server_left_is_made_by_the_next_one(pyz_path, cache_home, mock, tmp_path_factory):
+    receiver = SilentReceiver()
+    receiver.status = 500
+    server = start_server(pyz_path, cache_home, mock, tmp_path_factory, "webhookcrash", STOCKYARD_ENCRYPTION_KEY=SECRET)
+    try:
+        status, hook = api(server, "POST", "/api/webhooks", {"url": receiver.url, "events": ["all"]})
+        assert status == 201, hook
+        status, body = api(server, "POST", f"/api/webhooks/{hook['id']}/test")
+        assert status == 202, body
+        wait_for(lambda: [r["outcome"] for r in deliveries(server.db)] == ["retrying"], what="the first attempt")
+        server.stop(signal.SIGKILL)  # a crash during the backoff: nothing written at the end
+        # its retry is long overdue (as if the server had stayed down for ten minutes)
+        conn = open_database(server.db)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE webhook_deliveries SET ts = ?", (to_iso(datetime.now(timezone.utc) - timedelta(minutes=10)),)
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        receiver.status = 200
+        server = again(server)
+        wait_for(lambda: len(receiver.got) == 2, what="the retry")
+        assert [json.loads(b)["id"] for _, b in receiver.got] == [body["event_id"]] * 2
+        wait_for(
+            lambda: (
+                [(r["attempt"], r["outcome"]) for r in deliveries(server.db)] == [(1, "retrying"), (2, "delivered")]
+            ),
+            what="the log",
+        )
+    finally:
+        server.stop()
+        receiver.close()
+    assert "Traceback" not in server.log
+
+
+def test_a_left_delivery_is_claimed_once_and_a_retry_only_once_overdue(database):
+    """What the resume reads and claims, on each store: two servers starting at once (two claims) send a
+    left delivery once; a retry its server may still make is not taken; an older attempt is not resumed."""
+    database.open_and_migrate()
+    conn = database.connect()
+    now = datetime.now(timezone.utc)
+    since, ago = to_iso(now - timedelta(days=1)), lambda s: to_iso(now - timedelta(seconds=s))
+    event = {"id": "evt_1", "type": "webhook.test", "created_at": ago(600), "summary": "s", "data": {}}
+
+    def log(hook: str, attempt: int, ts: str, outcome: str, kept: dict | None) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        log_delivery(
+            conn, (hook, kept and kept["id"] or "evt_1", "webhook.test", attempt, ts, None, "x", 0, outcome), kept
+        )
+        conn.execute("COMMIT")
+
+    log("wh_a", 1, ago(600), "retrying", event)
+    log("wh_a", 2, ago(500), "abandoned", event)  # the first row gives its copy up: only the last is resumed
+    log("wh_b", 1, ago(30), "retrying", event)  # due in 1 s + 10 s of timeout: its server may retry it yet
+    log("wh_gone", 1, ago(600), "abandoned", event)  # a webhook removed since
+
+    def claim() -> list:
+        conn.execute("BEGIN IMMEDIATE")
+        got = claim_left(conn, ["wh_a", "wh_b"], since, now.timestamp() - RESUME_SLACK_S, 100)
+        conn.execute("COMMIT")
+        return got
+
+    assert claim() == [("wh_a", event, 2)]
+    assert claim() == []  # claimed: a second server finds nothing
+    later = claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100)  # an hour on: overdue
+    assert later == [("wh_b", event, 2)]
+    conn.close()

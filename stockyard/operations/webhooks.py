@@ -152,7 +152,10 @@ def get(conn: sqlite3.Connection, webhook_id: str) -> dict[str, Any]:
 
 def deliveries(conn: sqlite3.Connection, webhook_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """The newest delivery attempts first (of one webhook, or of all)."""
-    sql = "SELECT * FROM webhook_deliveries"
+    sql = (
+        "SELECT id, webhook_id, event_id, event, attempt, ts, status, error, duration_ms, outcome "
+        "FROM webhook_deliveries"
+    )  # not the kept copy of an event a later server may resume
     args: list[Any] = []
     if webhook_id:
         sql += " WHERE webhook_id = ?"
