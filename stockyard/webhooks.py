@@ -478,7 +478,7 @@ class Dispatcher:
         since = now_ms - hook.error_window_min * 60_000
         marks = ", ".join("?" * len(ERROR_OUTCOMES))
         total, errors = conn.execute(
-            f"SELECT count(*), coalesce(sum(outcome IN ({marks})), 0) FROM traces "
+            f"SELECT count(*), coalesce(sum(CASE WHEN outcome IN ({marks}) THEN 1 ELSE 0 END), 0) FROM traces "
             "WHERE ts_ms >= ? AND parent_id IS NULL AND outcome NOT IN ('rejected', 'client_disconnected')",
             (*ERROR_OUTCOMES, since),
         ).fetchone()
