@@ -8,7 +8,8 @@ loads, rate counts and settlements failed ("too many clients already"). So :meth
 the store's :class:`ReadPool` for one statement (autocommit) and gives it back, or keeps it from a
 ``BEGIN`` to its ``COMMIT``/``ROLLBACK``. At most ``STOCKYARD_PG_CONNECTIONS`` are open; a thread
 that finds them all busy waits up to the busy timeout, then gets a database-busy error (a 503).
-The writer, the LISTEN connection, the server lock and the lease keeper have their own.
+The writer, the LISTEN connection, the configuration watcher, the server lock and the lease keeper
+have their own.
 """
 
 from __future__ import annotations
