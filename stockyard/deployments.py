@@ -426,6 +426,21 @@ class Plan:
             self.models.health.release(d, entry)
         self._held.clear()
 
+    def renew(self) -> Deployment | None:
+        """Reserve a deployment again after :meth:`release` (a request that waited for an identical
+        one's answer, holding nothing meanwhile, and now asks the provider itself): ``first`` while it
+        can take the request, else the strategy's choice now; a ProxyError as a new request would get
+        when none can. Returns the new ``first`` (None for a model routed without deployments)."""
+        if self.first is None:
+            return None
+        health, refused = self.models.health, frozenset(self.tried)  # not iterated yet: guard's refusals
+        others = frozenset(d.key for d in self.route.deployments if d.key != self.first.key)
+        try:
+            self.first = self.hold(*health.reserve(self.route, self.tokens, refused | others))
+        except ProxyError:
+            self.first = self.hold(*health.reserve(self.route, self.tokens, refused))
+        return self.first
+
     def deployments(self) -> Iterator[Deployment]:
         """The chosen deployment, then (after it failed) the best of those left, until none is."""
         d: Deployment | None = self.first

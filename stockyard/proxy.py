@@ -53,6 +53,7 @@ from .errors import (
 from .httpio import json_object
 from .limits import MAX_CHOICES, check_request_numbers, show
 from .modules.early import check_early
+from .modules.timeout import deadline_error
 from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media
@@ -222,6 +223,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     started_reply = False
     failed: Callable[[], None] | None = None  # a failure's answer, sent once the after hooks ran
     ctx.default_output_cap = path.settings.default_max_tokens  # STOCKYARD_DEFAULT_MAX_TOKENS
+    ctx.watch_client = reply.watch_client
     try:
         parse_body(ctx)
         attribute(ctx)  # end user and tags, for the trace, the reports and per-user limits
@@ -262,8 +264,10 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             raise  # too late to answer: the dispatch cuts it
         if not started_reply:
             failed = functools.partial(send_error, path, reply, ctx, exc)
-    except ClientGone:
+    except ClientGone as gone:
         ctx.attempt.outcome = "client_disconnected"
+        if gone.args:  # where it waited when it left (the cache: for an identical request's answer)
+            ctx.attempt.error_message = str(gone)
     except Exception as exc:  # a bug, a database refusing: traced, then answered (or cut) by the dispatch
         unexpected(reply, ctx, exc)
         raise
@@ -796,15 +800,6 @@ def read_timeout(ctx: RequestContext, provider: str, model: str) -> tuple[float 
     if timeout is None or left < timeout:
         return left, True
     return timeout, False
-
-
-def deadline_error(ctx: RequestContext) -> ProxyError:
-    assert ctx.deadline is not None
-    return ProxyError(
-        504,
-        f"the request did not finish within its deadline of {ctx.deadline - ctx.started:g}s",
-        code="deadline_exceeded",
-    )
 
 
 def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | None = None) -> UpstreamResponse:
