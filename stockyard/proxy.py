@@ -247,6 +247,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             deliver_answer(path, reply, ctx)
             return
         assert ctx.route is not None
+        confirm_deployment(ctx)
         ctx.attempt.provider, ctx.attempt.upstream_model = ctx.route.provider, ctx.route.model
         ctx.upstream_cancel = cancel = Cancel()
         # A client that leaves ends a stream's upstream call (the provider stops generating: reading on
@@ -286,6 +287,17 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             if ctx.kept_later:  # what the answer made, kept by the writer: a failure is noted in the trace
                 path.conversations.settle(ctx)
             path.tracer.finish(ctx)
+
+
+def confirm_deployment(ctx: RequestContext) -> None:
+    """The request goes upstream: its deployment's claim (the route step's) counts against its rpm/tpm
+    now (``Plan.confirm``), or another deployment is chosen when that one filled up meanwhile."""
+    if ctx.plan is None:
+        return
+    first = ctx.plan.first
+    chosen = ctx.plan.confirm()
+    if chosen is not None and chosen is not first:
+        ctx.route = Route(chosen.provider, chosen.upstream_model)
 
 
 def fail(ctx: RequestContext, status: int, message: str, outcome: str, error_type: str | None = None) -> None:

@@ -170,6 +170,25 @@ def test_waiting_requests_hold_no_deployment_reservation(server, mock, limited):
     assert (seen["rpm_used"], seen["in_flight"]) == (1, 0), seen
 
 
+def test_a_burst_of_identical_requests_counts_as_one_call_to_the_deployment(server, mock, limited):
+    """200 at once against a deployment of 3 a minute: the route step only claims the deployment
+    (``Health.claim``), so the requests the cache answers never fill its window — none is a 429."""
+    messages = question()
+    release, leader, lead_answer = lead(server, mock, messages, model=limited)
+    burst, answers = at_once(200, lambda i: chat(server, model=limited, messages=messages))
+    try:
+        wait_for(lambda: waiting(server) + sum(not t.is_alive() for t in burst) == 200, what="the burst to wait")
+        assert deployment_health(server, limited)["rpm_used"] == 1
+    finally:
+        release.set()
+        for t in leader + burst:
+            t.join(60)
+    assert lead_answer[0][0] == 200
+    assert [(a[0], a[1]["x-stockyard-cache"]) for a in answers] == [(200, "hit")] * 200
+    seen = deployment_health(server, limited)
+    assert (seen["rpm_used"], seen["in_flight"]) == (1, 0) and asked(mock, messages[0]["content"]) == 1, seen
+
+
 def test_a_client_that_left_or_a_wait_that_ran_out_leaks_no_reservation(server, mock, limited):
     put("cache", {"wait_s": 1}, server)
     messages = question()
