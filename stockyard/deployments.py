@@ -374,6 +374,7 @@ class Health:
                 breaker = "open" if now - s.opened_at < BREAKER_COOLDOWN_S else "half-open"
             return {
                 "in_flight": s.in_flight,
+                "reserved": s.reserved,  # chosen for requests not sent yet (a leak would skew least-busy)
                 "ttfb_ms": None if s.ewma_ttfb is None else round(s.ewma_ttfb * 1000, 1),
                 "cooling_down_s": math.ceil(max(0.0, s.cooldown_until - now) * 100) / 100,  # 0: over
                 "cooldown_until": time.time() + (s.cooldown_until - now) if s.cooldown_until > now else None,

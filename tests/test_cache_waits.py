@@ -167,7 +167,7 @@ def test_waiting_requests_hold_no_deployment_reservation(server, mock, limited):
     assert lead_answer[0][0] == 200
     assert [(a[0], a[1]["x-stockyard-cache"]) for a in answers] == [(200, "hit")] * 8
     seen = deployment_health(server, limited)
-    assert (seen["rpm_used"], seen["in_flight"]) == (1, 0), seen
+    assert (seen["rpm_used"], seen["in_flight"], seen["reserved"]) == (1, 0, 0), seen
 
 
 def test_a_burst_of_identical_requests_counts_as_one_call_to_the_deployment(server, mock, limited):
@@ -186,7 +186,8 @@ def test_a_burst_of_identical_requests_counts_as_one_call_to_the_deployment(serv
     assert lead_answer[0][0] == 200
     assert [(a[0], a[1]["x-stockyard-cache"]) for a in answers] == [(200, "hit")] * 200
     seen = deployment_health(server, limited)
-    assert (seen["rpm_used"], seen["in_flight"]) == (1, 0) and asked(mock, messages[0]["content"]) == 1, seen
+    assert (seen["rpm_used"], seen["in_flight"], seen["reserved"]) == (1, 0, 0), seen
+    assert asked(mock, messages[0]["content"]) == 1
 
 
 def test_a_client_that_left_or_a_wait_that_ran_out_leaks_no_reservation(server, mock, limited):
@@ -198,7 +199,8 @@ def test_a_client_that_left_or_a_wait_that_ran_out_leaks_no_reservation(server, 
         wait_for(lambda: waiting(server) == 1, what="the identical request to wait")
         sock.close()
         wait_for(lambda: waiting(server) == 0, what="the departed client's wait to end")
-        assert deployment_health(server, limited)["rpm_used"] == 1
+        seen = deployment_health(server, limited)
+        assert (seen["rpm_used"], seen["reserved"]) == (1, 0), seen
         status, headers, _ = chat(server, model=limited, messages=messages)  # waits 1 s, then asks itself
         assert status == 200 and headers["x-stockyard-cache"] == "miss"
         assert deployment_health(server, limited)["rpm_used"] == 2, "its own call counted once"
@@ -206,7 +208,7 @@ def test_a_client_that_left_or_a_wait_that_ran_out_leaks_no_reservation(server, 
         release.set()
         leader[0].join(30)
     seen = deployment_health(server, limited)
-    assert (seen["rpm_used"], seen["in_flight"]) == (2, 0), seen
+    assert (seen["rpm_used"], seen["in_flight"], seen["reserved"]) == (2, 0, 0), seen
 
 
 @pytest.mark.parametrize("failure", [500, 400, 504], ids=["5xx", "4xx", "timeout"])
@@ -250,3 +252,21 @@ def test_an_answer_read_for_a_departed_client_is_cached(server, mock):
     status, headers, body = chat(server, messages=messages)
     assert status == 200 and headers["x-stockyard-cache"] == "hit", headers
     assert b"Hello from mock" in body and asked(mock, text) == 1
+
+
+def test_the_request_that_asks_in_a_failed_ones_place_counts_once_on_the_deployment(server, mock, limited):
+    """The miss after a flight failed (a 4xx: the deployment is not cooled down): the request that asks in
+    the first one's place claims the deployment again and is counted once; the others are its hits."""
+    messages = question()
+    release, leader, lead_answer = lead(server, mock, messages, reply=Reply(status=400), model=limited)
+    followers, answers = at_once(3, lambda i: chat(server, model=limited, messages=messages))
+    try:
+        wait_for(lambda: waiting(server) == 3, what="the identical requests to wait")
+    finally:
+        release.set()
+        for t in leader + followers:
+            t.join(30)
+    assert lead_answer[0][0] == 400
+    assert sorted((a[0], a[1]["x-stockyard-cache"]) for a in answers) == [(200, "hit")] * 2 + [(200, "miss")]
+    seen = deployment_health(server, limited)
+    assert (seen["rpm_used"], seen["in_flight"], seen["reserved"]) == (2, 0, 0), seen
