@@ -22,7 +22,7 @@ Answers say ``x-stockyard-cache: hit``, ``miss`` or ``bypass``. A hit is traced 
 
 Identical requests at once ask once (``wait_s``): the first miss leads a flight upstream and the
 others wait for its answer (:meth:`Cache._fly`): bounded by ``wait_s`` and the request's deadline,
-ended by the client leaving, holding no deployment reservation; a flight that stores nothing is
+ended by the client leaving, holding no deployment claim; a flight that stores nothing is
 led by the next waiting request. A departed client's plain answer, read to its end, is kept too.
 
 Writes go through the writer thread; lookups use the request thread's read connection.
@@ -267,8 +267,8 @@ class Cache(Module):
         """After a miss: lead a flight (None: this request asks the provider; ``after`` lands it), or
         wait for the identical request leading one and be served its answer. A flight that lands
         with nothing stored (its request failed) is led by the next request waiting on it, one at a
-        time, not by each of them. A waiting request holds no deployment reservation (one call, not
-        one per request waiting: it is taken again when it asks itself); its wait ends at ``wait_s``
+        time, not by each of them. A waiting request holds no deployment claim (one call, not one per
+        request waiting, is busy: it claims again when it asks itself); its wait ends at ``wait_s``
         (then it asks the provider itself), at its deadline (the timeout module's 504) or when its
         client leaves."""
         wake, waited, gave_up = threading.Event(), False, time.perf_counter() + opts.wait_s
@@ -280,22 +280,22 @@ class Cache(Module):
                 if found is not None:
                     self._land(*ctx.state.pop("cache_flight"))
                 elif waited:
-                    self._reserve_again(ctx)
+                    self._claim_again(ctx)
                 return found
             if not waited and ctx.plan is not None:
-                ctx.plan.release()  # the leader's call is the one the deployment counts
+                ctx.plan.release()  # the leader's call is the one the deployment counts busy
             waited = True
             landed = self._wait(ctx, name, flight, wake, gave_up)
             found = self._lookup(digest, kinds, opts)
             if found is not None or not landed:
                 if found is None:
-                    self._reserve_again(ctx)  # wait_s ran out: it asks the provider itself
+                    self._claim_again(ctx)  # wait_s ran out: it asks the provider itself
                 return found
             wake.clear()  # landed with nothing stored: the next to board leads
 
     @staticmethod
-    def _reserve_again(ctx: RequestContext) -> None:
-        """A request that waited (its reservation given back) goes upstream: reserve a deployment
+    def _claim_again(ctx: RequestContext) -> None:
+        """A request that waited (its deployment claim given back) goes upstream: claim a deployment
         again, as a request arriving now would (``Plan.renew``; a 429 when none can take it)."""
         if ctx.plan is not None and (d := ctx.plan.renew()) is not None:
             ctx.route = Route(d.provider, d.upstream_model)
