@@ -13,7 +13,7 @@ import threading
 from typing import Callable, Protocol
 
 from .context import RequestContext
-from .errors import ProxyError
+from .errors import ClientGone, ProxyError
 
 log = logging.getLogger("stockyard.modules")
 
@@ -68,7 +68,8 @@ class Chain:
     Each hook runs in its own guard: a module that raises (a bug, a full queue) neither
     skips the other modules' ``after`` hooks — the budget module settles its reservation
     there — nor turns into a traceback. A ProxyError from ``before`` is a refusal and goes
-    to the client as it is; any other exception there becomes a 500 for that request.
+    to the client as it is, a ClientGone (its client left while the hook waited) ends the
+    request as departed; any other exception there becomes a 500 for that request.
     """
 
     def __init__(self, modules: list[Hooks] | None = None, failures: HookFailures | None = None) -> None:
@@ -98,7 +99,7 @@ class Chain:
             ran.append(module)
             try:
                 module.before(ctx)
-            except ProxyError:
+            except (ProxyError, ClientGone):  # a refusal, or a client that left while a module waited
                 raise
             except Exception as exc:
                 self.failures.report(module.name, "before", exc)

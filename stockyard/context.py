@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol
 
 from .hosts import sender
 from .imagegen import image_bytes
@@ -368,6 +368,9 @@ class RequestContext:
     # redact's, keeps no such answer: the secret would sit in the database in plain text)
     sensitive_answer: Callable[[bytes], bool] | None = None
     upstream_cancel: Any = None  # upstream.Cancel: ends the provider call when the client leaves
+    # the reply's client watch (proxy.Reply.watch_client): ``on_gone`` is called if the client leaves
+    # during the block, for a module's wait (the cache's, on an identical request in flight)
+    watch_client: Callable[[Callable[[], None]], ContextManager[Any]] | None = None
     conversation: Conversation | None = None  # /v1/responses: previous turns, the response to keep
     native: NativeCall | None = None  # Gemini-native routes: the URL's method (model and stream come from the URL)
     # Gemini context caches the body names (files_api.Ownership.check_cached_content): id -> its tokens

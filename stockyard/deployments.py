@@ -101,6 +101,12 @@ class _State:
     shared_full_until: float = 0.0  # the shared window refused this deployment until then
 
 
+class Claim(list):
+    """A deployment chosen for a request, ``[time, tokens]``, counted busy but not yet in its usage
+    window: the request may still be answered without the provider (a cache hit, a wait for an
+    identical request's answer). :meth:`Health.confirm` counts it once the request goes upstream."""
+
+
 class Health:
     """The run-time state of every deployment: in flight, latency, cooldown, breaker, usage.
 
@@ -166,19 +172,57 @@ class Health:
                 s.reserved += 1
                 if s.opened_at is not None:  # half-open: claimed now, not at the attempt, or a
                     s.probe, s.probe_sent = entry, False  # burst reserving meanwhile would all probe it
-            if self._shared is None or (d.rpm is None and d.tpm is None):
+            if self._admit_shared(d, s, entry):
                 return d, entry
-            try:
-                entry.append(admitted(self._shared, d.window, d.rpm, d.tpm, tokens, f"deployment {d.key}"))
-                return d, entry
-            except RateLimited as full:
-                with self._lock:
-                    _forget(s, entry)
-                    s.shared_full_until = max(s.shared_full_until, self._clock() + (full.retry_after or 1))
-            except BaseException:  # not counted (a busy database: its 503): nor in its own window
-                with self._lock:
-                    _forget(s, entry)
-                raise
+
+    def _admit_shared(self, d: Deployment, s: _State, entry: list) -> bool:
+        """Count ``entry`` (in ``d``'s own window already) in the shared windows too, for a deployment
+        with a limit; False (taken out again, ``d`` left out until they have room) when they are full."""
+        if self._shared is None or (d.rpm is None and d.tpm is None):
+            return True
+        try:
+            entry.append(admitted(self._shared, d.window, d.rpm, d.tpm, entry[1], f"deployment {d.key}"))
+            return True
+        except RateLimited as full:
+            with self._lock:
+                _forget(s, entry)
+                s.shared_full_until = max(s.shared_full_until, self._clock() + (full.retry_after or 1))
+            return False
+        except BaseException:  # not counted (a busy database: its 503): nor in its own window
+            with self._lock:
+                _forget(s, entry)
+            raise
+
+    def claim(self, route: ModelRoute, tokens: int, exclude: frozenset[str] = frozenset()) -> tuple[Deployment, list]:
+        """:meth:`choose`, the choice counted busy (least-busy, latency; a half-open breaker's probe
+        claimed) but not yet against its rpm/tpm: a request the cache answers, or that waits for an
+        identical request's answer, never uses the deployment's quota (a burst of them would fill it).
+        :meth:`confirm` counts it when the request goes upstream, :meth:`release` gives it back."""
+        with self._lock:
+            now = self._clock()
+            d, s = self._choose(route, tokens, exclude, now)
+            claim = Claim([now, tokens])
+            s.reserved += 1
+            if s.opened_at is not None:
+                s.probe, s.probe_sent = claim, False
+            return d, claim
+
+    def confirm(self, d: Deployment, claim: list) -> list | None:
+        """Count a :meth:`claim` against ``d``'s rpm/tpm (its own window, then the shared ones) as
+        :meth:`reserve` does: the reservation's entry, or None (the claim given back) when ``d`` has
+        no room left now."""
+        with self._lock:
+            s, now = self._state(d), self._clock()
+            requests, used = self._used(s, now)
+            full = (d.rpm is not None and requests + 1 > d.rpm) or (d.tpm is not None and used + claim[1] > d.tpm)
+            if full or s.shared_full_until > now:
+                _forget(s, claim)
+                return None
+            entry = [now, claim[1]]
+            s.window.append(entry)
+            if s.probe is claim:
+                s.probe = entry
+        return entry if self._admit_shared(d, s, entry) else None
 
     def release(self, d: Deployment, entry: list) -> None:
         """A reservation the request did not use (a cache hit, a refusal, a deadline). In the
@@ -217,6 +261,9 @@ class Health:
         Returns its entry in the usage window, for :meth:`finish` to correct."""
         with self._lock:
             s = self._state(d)
+            if isinstance(entry, Claim):  # never confirmed (Plan.confirm does, for every proxied request)
+                s.reserved = max(0, s.reserved - 1)
+                entry = None
             if entry is None:
                 entry = [self._clock(), tokens]
                 s.window.append(entry)
@@ -327,6 +374,7 @@ class Health:
                 breaker = "open" if now - s.opened_at < BREAKER_COOLDOWN_S else "half-open"
             return {
                 "in_flight": s.in_flight,
+                "reserved": s.reserved,  # chosen for requests not sent yet (a leak would skew least-busy)
                 "ttfb_ms": None if s.ewma_ttfb is None else round(s.ewma_ttfb * 1000, 1),
                 "cooling_down_s": math.ceil(max(0.0, s.cooldown_until - now) * 100) / 100,  # 0: over
                 "cooldown_until": time.time() + (s.cooldown_until - now) if s.cooldown_until > now else None,
@@ -363,6 +411,8 @@ def _forget(s: _State, entry: list) -> None:
     s.reserved = max(0, s.reserved - 1)
     if s.probe is entry:
         s.probe = None
+    if isinstance(entry, Claim):
+        return  # never in the window (where ``remove`` would take an equal entry of another request)
     try:
         s.window.remove(entry)
     except ValueError:
@@ -381,15 +431,23 @@ class Models:
         return self.routes.get(name) if name else None
 
     def plan(
-        self, route: ModelRoute, tokens: int, parent: "Plan | None" = None, refused: frozenset[str] = frozenset()
+        self,
+        route: ModelRoute,
+        tokens: int,
+        parent: "Plan | None" = None,
+        refused: frozenset[str] = frozenset(),
+        claim: bool = False,
     ) -> "Plan":
         """The way for one request (ProxyError when no deployment can take it now); ``parent``:
         the request's plan, whose :meth:`Plan.release` also gives back this one's reservations;
-        ``refused``: keys of deployments the request may not use (guard's lists), never chosen."""
+        ``refused``: keys of deployments the request may not use (guard's lists), never chosen;
+        ``claim``: the first only claimed (:meth:`Health.claim`, the route step's: the cache may
+        answer), counted against its limits by :meth:`Plan.confirm`."""
         plan = Plan(self, route, tokens, parent)
         plan.tried.extend(refused)
         if route.deployments or route.problems:
-            plan.first = plan.hold(*self.health.reserve(route, tokens, refused))
+            pick = self.health.claim if claim else self.health.reserve
+            plan.first = plan.hold(*pick(route, tokens, refused))
         return plan
 
 
@@ -425,6 +483,38 @@ class Plan:
         for d, entry in self._held.values():
             self.models.health.release(d, entry)
         self._held.clear()
+
+    def confirm(self) -> Deployment | None:
+        """The request goes upstream: count the first deployment's claim against its limits; when it
+        has no room left now, the strategy's choice among the others, reserved (a ProxyError when none
+        can take it, as the route step says). Returns ``first`` (None: a model without deployments)."""
+        if self.first is None:
+            return None
+        d, claim = self._held.get(self.first.key, (self.first, None))
+        if not isinstance(claim, Claim):
+            return self.first
+        entry = self.models.health.confirm(d, claim)
+        if entry is not None:
+            self._held[d.key] = (d, entry)
+            return d
+        del self._held[d.key]  # given back by confirm
+        self.first = self.hold(*self.models.health.reserve(self.route, self.tokens, frozenset(self.tried)))
+        return self.first
+
+    def renew(self) -> Deployment | None:
+        """Claim a deployment again after :meth:`release` (a request that waited for an identical
+        one's answer, holding nothing meanwhile, and now asks the provider itself): ``first`` while it
+        can take the request, else the strategy's choice now; a ProxyError as a new request would get
+        when none can. Returns the new ``first`` (None for a model routed without deployments)."""
+        if self.first is None:
+            return None
+        health, refused = self.models.health, frozenset(self.tried)  # not iterated yet: guard's refusals
+        others = frozenset(d.key for d in self.route.deployments if d.key != self.first.key)
+        try:
+            self.first = self.hold(*health.claim(self.route, self.tokens, refused | others))
+        except ProxyError:
+            self.first = self.hold(*health.claim(self.route, self.tokens, refused))
+        return self.first
 
     def deployments(self) -> Iterator[Deployment]:
         """The chosen deployment, then (after it failed) the best of those left, until none is."""

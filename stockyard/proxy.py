@@ -53,6 +53,7 @@ from .errors import (
 from .httpio import json_object
 from .limits import MAX_CHOICES, check_request_numbers, show
 from .modules.early import check_early
+from .modules.timeout import deadline_error
 from .otel import upstream_headers
 from .pricing import Usage
 from .providers import Provider, Registry, media
@@ -222,6 +223,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
     started_reply = False
     failed: Callable[[], None] | None = None  # a failure's answer, sent once the after hooks ran
     ctx.default_output_cap = path.settings.default_max_tokens  # STOCKYARD_DEFAULT_MAX_TOKENS
+    ctx.watch_client = reply.watch_client
     try:
         parse_body(ctx)
         attribute(ctx)  # end user and tags, for the trace, the reports and per-user limits
@@ -245,6 +247,7 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             deliver_answer(path, reply, ctx)
             return
         assert ctx.route is not None
+        confirm_deployment(ctx)
         ctx.attempt.provider, ctx.attempt.upstream_model = ctx.route.provider, ctx.route.model
         ctx.upstream_cancel = cancel = Cancel()
         # A client that leaves ends a stream's upstream call (the provider stops generating: reading on
@@ -262,8 +265,10 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             raise  # too late to answer: the dispatch cuts it
         if not started_reply:
             failed = functools.partial(send_error, path, reply, ctx, exc)
-    except ClientGone:
+    except ClientGone as gone:
         ctx.attempt.outcome = "client_disconnected"
+        if gone.args:  # where it waited when it left (the cache: for an identical request's answer)
+            ctx.attempt.error_message = str(gone)
     except Exception as exc:  # a bug, a database refusing: traced, then answered (or cut) by the dispatch
         unexpected(reply, ctx, exc)
         raise
@@ -282,6 +287,17 @@ def handle(path: RequestPath, reply: Reply, ctx: RequestContext) -> None:
             if ctx.kept_later:  # what the answer made, kept by the writer: a failure is noted in the trace
                 path.conversations.settle(ctx)
             path.tracer.finish(ctx)
+
+
+def confirm_deployment(ctx: RequestContext) -> None:
+    """The request goes upstream: its deployment's claim (the route step's) counts against its rpm/tpm
+    now (``Plan.confirm``), or another deployment is chosen when that one filled up meanwhile."""
+    if ctx.plan is None:
+        return
+    first = ctx.plan.first
+    chosen = ctx.plan.confirm()
+    if chosen is not None and chosen is not first:
+        ctx.route = Route(chosen.provider, chosen.upstream_model)
 
 
 def fail(ctx: RequestContext, status: int, message: str, outcome: str, error_type: str | None = None) -> None:
@@ -796,15 +812,6 @@ def read_timeout(ctx: RequestContext, provider: str, model: str) -> tuple[float 
     if timeout is None or left < timeout:
         return left, True
     return timeout, False
-
-
-def deadline_error(ctx: RequestContext) -> ProxyError:
-    assert ctx.deadline is not None
-    return ProxyError(
-        504,
-        f"the request did not finish within its deadline of {ctx.deadline - ctx.started:g}s",
-        code="deadline_exceeded",
-    )
 
 
 def call_upstream(path: RequestPath, ctx: RequestContext, read_timeout: float | None = None) -> UpstreamResponse:

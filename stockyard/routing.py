@@ -77,11 +77,13 @@ class RouteStep:
             ctx.model_policy(ctx.route.provider.name, ctx.route.model, name)
 
     def _deployed(self, ctx: RequestContext, models: Models, route: ModelRoute) -> None:
-        """The deployment the strategy picks; when none is usable, the model's first usable fallback."""
+        """The deployment the strategy picks; when none is usable, the model's first usable fallback.
+        Only claimed: counted against its rpm/tpm once the request goes upstream (``Plan.confirm``),
+        never for a cache hit or a wait for an identical request's answer."""
         tokens = request_tokens(ctx, ctx.default_output_cap)
         try:
             ctx.plan = models.plan(
-                route, tokens, refused=refused_deployments(ctx, route, ctx.routed_model or ctx.model or "")
+                route, tokens, refused=refused_deployments(ctx, route, ctx.routed_model or ctx.model or ""), claim=True
             )
         except ProxyError:
             for name in route.fallbacks:
@@ -90,7 +92,7 @@ class RouteStep:
                     continue  # never a model the key may not use
                 try:
                     if other is not None and other.deployments:
-                        ctx.plan = models.plan(other, tokens, refused=refused_deployments(ctx, other, name))
+                        ctx.plan = models.plan(other, tokens, refused=refused_deployments(ctx, other, name), claim=True)
                     else:
                         provider, model = self._registry().resolve(name)
                         if ctx.model_policy is not None:

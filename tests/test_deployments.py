@@ -444,6 +444,23 @@ def test_a_reservation_counts_at_once_and_an_unused_one_is_given_back():
     assert health.reserve(route, 10)[0] == a
 
 
+def test_a_claim_is_busy_at_once_and_counts_against_limits_only_once_confirmed():
+    """The route step's claim (cache29): a burst the cache answers must not fill a deployment's rpm,
+    yet least-busy must see it; a claim confirmed on a deployment filled meanwhile is given back."""
+    health = Health(clock=lambda: 0.0)
+    a, b = _dep("a", rpm=1), _dep("b", priority=1)
+    route = _route(a, b)
+    claims = [health.claim(route, 10) for _ in range(3)]
+    assert [d for d, _ in claims] == [a, a, a], "a claim takes nothing from a's one request a minute"
+    assert health.snapshot(a)["rpm_used"] == 0
+    assert health.confirm(*claims[0]) is not None and health.snapshot(a)["rpm_used"] == 1
+    assert health.confirm(*claims[1]) is None, "a is full now: the second is given back"
+    health.release(*claims[2])  # e.g. the cache answered
+    assert health.snapshot(a)["rpm_used"] == 1 and health.reserve(route, 10)[0] == b
+    busy = _route(_dep("x"), _dep("y"), strategy="least-busy")
+    assert [health.claim(busy, 1)[0].name for _ in range(2)] == ["x", "y"], "a claim counts as busy"
+
+
 def test_a_cache_hit_gives_its_deployments_reservation_back(server, mock):
     deploy(server, "chat", name="a", provider="openai", model="gpt-4o-mini", rpm=5, api_key=KEYS["a"])
     put_module(server, "cache", {})

@@ -21,7 +21,7 @@ from stockyard.modules import ConfigError, ModuleRow, Modules
 from stockyard.modules.guard import Guard
 from stockyard.modules.schema import Field
 
-ORDER = ["ratelimit", "alias", "guard", "redact", "budget", "userlimits", "cache", "timeout", "fallback"]
+ORDER = ["ratelimit", "alias", "guard", "redact", "budget", "userlimits", "timeout", "cache", "fallback"]
 
 
 server = server_fixture("modules")

@@ -9,8 +9,9 @@ The order is fixed here and is the order of ``before`` hooks (``after`` hooks ru
    (then the route is resolved, once: ``stockyard.routing``; always in the chain)
 5. ``budget``    — reserve the worst-case cost of the (clamped, routed) request
    ``userlimits`` — the same per end user (budgets, rpm/tpm), for products that resell LLM features
-6. ``cache``     — answer from the cache; its key names the provider and model really asked
-7. ``timeout``   — per-model read timeouts and the request's deadline, for the upstream call
+6. ``timeout``   — per-model read timeouts and the request's deadline, for the upstream call and
+   for the cache's wait on an identical request in flight
+7. ``cache``     — answer from the cache; its key names the provider and model really asked
 8. ``fallback``  — retries, fallback chains and circuit breakers, for the upstream call
 
 Alias runs ahead of budget and cache because both need the real model (a budget prices it, a cache
@@ -70,13 +71,13 @@ ORDER: tuple[type[Module], ...] = (
     Redact,
     BudgetModule,
     UserLimitsModule,
+    Timeout,  # before the cache: a wait for an identical request's answer ends at the deadline
     Cache,
-    Timeout,
     Fallback,
 )
 
 # The route step goes right before the first of these (they, and the proxy, use ctx.route).
-ROUTED: tuple[type, ...] = (BudgetModule, UserLimitsModule, Cache, Timeout, Fallback)
+ROUTED: tuple[type, ...] = (BudgetModule, UserLimitsModule, Timeout, Cache, Fallback)
 
 OVERRIDE_PREFIXES = ("key:", "project:")
 

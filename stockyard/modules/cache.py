@@ -20,11 +20,17 @@ live ``ttl_s``; past ``max_entries`` or ``max_bytes`` the oldest go first. A req
 Answers say ``x-stockyard-cache: hit``, ``miss`` or ``bypass``. A hit is traced with
 ``cache_hit`` = 1, cost 0 and ``cost_saved_uc`` = what the stored answer cost.
 
+Identical requests at once ask once (``wait_s``): the first miss leads a flight upstream and the
+others wait for its answer (:meth:`Cache._fly`): bounded by ``wait_s`` and the request's deadline,
+ended by the client leaving, holding no deployment claim; a flight that stores nothing is
+led by the next waiting request. A departed client's plain answer, read to its end, is kept too.
+
 Writes go through the writer thread; lookups use the request thread's read connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -35,10 +41,12 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import parse_qs
 
 from ..context import Answer, RequestContext, Route
+from ..errors import ClientGone
 from ..providers.chatshape import DROP_HEADER
 from .base import Module, ModuleServices
 from .replay import to_stream
 from .schema import Field
+from .timeout import deadline_error
 
 HEADER = "x-stockyard-cache"
 ENDPOINTS = ("chat", "completions", "embeddings", "messages", "responses")
@@ -47,6 +55,8 @@ ANSWER_HEADERS = ("anthropic-beta", "anthropic-version")  # a native Claude clie
 SCOPES = ("key", "project", "global")
 JSON, SSE, SSE_USAGE = "json", "sse", "sse+usage"
 CONTENT_TYPES = {JSON: "application/json", SSE: "text/event-stream", SSE_USAGE: "text/event-stream"}
+# whole answers worth keeping: a departed client's too (a plain answer is read to its end and billed)
+KEPT_OUTCOMES = ("ok", "client_disconnected")
 
 
 @dataclass(frozen=True)
@@ -61,10 +71,11 @@ class CacheOptions:
 
 @dataclass
 class Flight:
-    """A miss being answered upstream: identical requests wait on ``landed`` instead of asking too."""
+    """A miss being answered upstream: identical requests wait for it instead of asking too, each
+    on an event of its own (``waiters``) that the landing sets, and so may the client leaving."""
 
-    landed: threading.Event = field(default_factory=threading.Event)
-    waiting: int = 0
+    waiters: set[threading.Event] = field(default_factory=set)
+    landed: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,14 +241,7 @@ class Cache(Module):
         kinds = (kind, JSON) if kind != JSON else (JSON,)
         found = self._lookup(digest, kinds, opts)
         if found is None and opts.wait_s:
-            name, flight, first = self._board(digest, kinds)
-            if first:
-                ctx.state["cache_flight"] = (name, flight)  # it asks; after() lands the flight, whatever comes
-            else:
-                self._wait(flight, opts.wait_s, name)
-            found = self._lookup(digest, kinds, opts)  # for a first: a flight that landed since the miss
-            if first and found is not None:
-                self._land(*ctx.state.pop("cache_flight"))
+            found = self._fly(ctx, digest, kinds, opts)
         body = None
         if found is not None:
             found_kind, entry = found
@@ -257,35 +261,95 @@ class Cache(Module):
     def _lookup(self, digest: str, kinds: tuple[str, ...], opts: CacheOptions) -> tuple[str, Entry] | None:
         return lookup(self.services.store.read(), digest, kinds, int(time.time() * 1000), opts.ttl_ms)
 
-    def _board(self, digest: str, kinds: tuple[str, ...]) -> tuple[str, Flight, bool]:
+    def _fly(
+        self, ctx: RequestContext, digest: str, kinds: tuple[str, ...], opts: CacheOptions
+    ) -> tuple[str, Entry] | None:
+        """After a miss: lead a flight (None: this request asks the provider; ``after`` lands it), or
+        wait for the identical request leading one and be served its answer. A flight that lands
+        with nothing stored (its request failed) is led by the next request waiting on it, one at a
+        time, not by each of them. A waiting request holds no deployment claim (one call, not one per
+        request waiting, is busy: it claims again when it asks itself); its wait ends at ``wait_s``
+        (then it asks the provider itself), at its deadline (the timeout module's 504) or when its
+        client leaves."""
+        wake, waited, gave_up = threading.Event(), False, time.perf_counter() + opts.wait_s
+        while True:
+            name, flight, first = self._board(digest, kinds, wake)
+            if first:
+                ctx.state["cache_flight"] = (name, flight)  # it asks; after() lands the flight, whatever comes
+                found = self._lookup(digest, kinds, opts)  # a flight that landed since the miss
+                if found is not None:
+                    self._land(*ctx.state.pop("cache_flight"))
+                elif waited:
+                    self._claim_again(ctx)
+                return found
+            if not waited and ctx.plan is not None:
+                ctx.plan.release()  # the leader's call is the one the deployment counts busy
+            waited = True
+            landed = self._wait(ctx, name, flight, wake, gave_up)
+            found = self._lookup(digest, kinds, opts)
+            if found is not None or not landed:
+                if found is None:
+                    self._claim_again(ctx)  # wait_s ran out: it asks the provider itself
+                return found
+            wake.clear()  # landed with nothing stored: the next to board leads
+
+    @staticmethod
+    def _claim_again(ctx: RequestContext) -> None:
+        """A request that waited (its deployment claim given back) goes upstream: claim a deployment
+        again, as a request arriving now would (``Plan.renew``; a 429 when none can take it)."""
+        if ctx.plan is not None and (d := ctx.plan.renew()) is not None:
+            ctx.route = Route(d.provider, d.upstream_model)
+
+    def _board(self, digest: str, kinds: tuple[str, ...], wake: threading.Event) -> tuple[str, Flight, bool]:
         """The flight of an identical request being answered now whose answer this one can be
-        served (its own kind, or a plain one: ``kinds``), counted as waited for; or a new one of its
+        served (its own kind, or a plain one: ``kinds``), waited for with ``wake``; or a new one of its
         kind this request starts (True: it asks the provider). Its name is ``digest:kind``."""
         with self._lock:
             for kind in kinds:
                 name = f"{digest}:{kind}"
                 if (flight := self._flights.get(name)) is not None:
-                    flight.waiting += 1
+                    flight.waiters.add(wake)
                     return name, flight, False
             name = f"{digest}:{kinds[0]}"
             flight = self._flights[name] = Flight()
             return name, flight, True
 
-    def _wait(self, flight: Flight, wait_s: int, name: str) -> None:
-        """Wait for the flight's answer to be stored (or to fail); one that takes longer than
-        ``wait_s`` is given up by this request, which then asks the provider itself."""
-        landed = flight.landed.wait(wait_s)
+    def _wait(self, ctx: RequestContext, name: str, flight: Flight, wake: threading.Event, gave_up: float) -> bool:
+        """Wait for the flight to land (True), or until ``gave_up`` (False: then the next identical
+        request starts a flight of its own); past the request's deadline its 504, a client that left
+        ClientGone (traced as departed, the flight going on for the others)."""
+        left = threading.Event()
+
+        def gone() -> None:
+            left.set()
+            wake.set()
+
+        until = gave_up if ctx.deadline is None else min(gave_up, ctx.deadline)
+        watch = ctx.watch_client(gone) if ctx.watch_client is not None else contextlib.nullcontext()
+        with watch:
+            wake.wait(max(0.0, until - time.perf_counter()))
         with self._lock:
-            flight.waiting -= 1
-            if not landed and self._flights.get(name) is flight:
-                del self._flights[name]  # the next identical request starts a flight of its own
+            flight.waiters.discard(wake)
+            landed = flight.landed
+            late = not landed and not left.is_set() and (ctx.deadline is None or gave_up <= ctx.deadline)
+            if late and self._flights.get(name) is flight:
+                del self._flights[name]
+        if landed:
+            return True
+        if left.is_set():
+            raise ClientGone("client closed the connection while waiting for an identical request's answer (cache)")
+        if not late:
+            raise deadline_error(ctx)
+        return False
 
     def _land(self, name: str, flight: Flight) -> None:
         """The flight's answer is stored, or nothing will be: wake who waits for it."""
         with self._lock:
             if self._flights.get(name) is flight:
                 del self._flights[name]
-        flight.landed.set()
+            flight.landed = True
+            for wake in flight.waiters:
+                wake.set()
 
     def after(self, ctx: RequestContext) -> None:
         flight = ctx.state.pop("cache_flight", None)
@@ -307,7 +371,7 @@ class Cache(Module):
             return None
         if (
             ctx.attempt.status != 200
-            or ctx.attempt.outcome != "ok"
+            or ctx.attempt.outcome not in KEPT_OUTCOMES
             or not ctx.complete
             or ctx.attempt.response_truncated
             or ctx.sensitive
@@ -336,5 +400,5 @@ class Cache(Module):
     def status(self) -> dict:
         row = self.services.store.read().execute("SELECT entries, bytes FROM cache_stats WHERE id = 1").fetchone()
         with self._lock:
-            waiting = sum(flight.waiting for flight in self._flights.values())
+            waiting = sum(len(flight.waiters) for flight in self._flights.values())
         return {"entries": row[0], "bytes": row[1], "waiting": waiting}

@@ -5,7 +5,8 @@ the bare model of each attempt (so fallbacks get their own); the most specific p
 — an exact name over a glob, a longer glob over a shorter one; ``read_timeout_s`` applies to the rest (0: the server's
 ``STOCKYARD_UPSTREAM_TIMEOUT``). ``deadline_s`` bounds the whole request — retries,
 back-off and a streamed answer included: past it the client gets a 504 (or, mid-stream, an
-error event).
+error event). It runs before the cache, so a request waiting on an identical one's answer
+gives up at its deadline too (:func:`deadline_error`, the one 504 every wait answers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ..context import RequestContext
+from ..errors import ProxyError
 from .base import Module
 from .schema import Field, map_of, number
 
@@ -32,6 +34,16 @@ class TimeoutOptions:
             if any(fnmatchcase(name, pattern) for name in names):
                 return seconds
         return self.default_s
+
+
+def deadline_error(ctx: RequestContext) -> ProxyError:
+    """The 504 of a request past its deadline, wherever it was waiting (the provider, the cache)."""
+    assert ctx.deadline is not None
+    return ProxyError(
+        504,
+        f"the request did not finish within its deadline of {ctx.deadline - ctx.started:g}s",
+        code="deadline_exceeded",
+    )
 
 
 class Timeout(Module):
