@@ -67,7 +67,7 @@ log = logging.getLogger("stockyard")
 
 RESTART_WAIT_S = 1.0  # a worker that dies within this of its start is restarted after this long
 PUBLISH_EVERY_S = 1.0  # how often a worker publishes its metrics to the others
-STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond their own grace) before SIGKILL
+STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond twice their grace) before SIGKILL
 # What stops a server (or a group) cleanly: SIGHUP too, the terminal of a foreground serve closing
 # (or a kill -HUP), which by default would kill it at once with traces still queued.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -217,7 +217,8 @@ class Group:
         self.due.clear()
         for pid in list(self.pids):
             _signal(pid, signal.SIGTERM)
-        timer = threading.Timer(self.settings.shutdown_grace_s + STOP_WAIT_S, self._kill_all)
+        # a worker may take the grace for its requests, then the grace again for its writer (Writer.stop)
+        timer = threading.Timer(2 * self.settings.shutdown_grace_s + STOP_WAIT_S, self._kill_all)
         timer.daemon = True
         timer.start()
 
