@@ -104,6 +104,7 @@ CHUNK_LINE_MAX = 4096  # a chunk-size line with its extensions
 BODY_BLOCK = 64 * 1024  # bodies are read in blocks of this size
 UPLOAD_PROGRESS_BYTES = 256 * 1024  # an upload earns another read deadline per this many bytes
 LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # an interim answer: every HTTP/1.1 client reads past it
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
@@ -587,6 +588,9 @@ class Handler(BaseHTTPRequestHandler):
     def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
         """While the provider works: ``on_gone()`` if this client closes its connection meanwhile.
 
+        A client that only shut its sending side down is not gone (clientwatch.py): an HTTP/1.1
+        one is asked with an interim ``100 Continue`` (a client that closed both ways answers it
+        with a reset), an HTTP/1.0 one, which may get no 1xx, is watched for a reset alone.
         The watch ends as soon as the answer starts (``_head``); a client leaving after that is
         noticed by the writes that follow. Each departure seen is counted (``clients_left_waiting_total``).
         """
@@ -596,7 +600,8 @@ class Handler(BaseHTTPRequestHandler):
             metrics.count("clients_left_waiting_total")
             on_gone()
 
-        with self.server.client_watch.watching(self.connection, gone) as end:
+        probe = CONTINUE if self.request_version == "HTTP/1.1" else b""
+        with self.server.client_watch.watching(self.connection, gone, probe) as end:
             self._end_watch = end
             try:
                 yield
@@ -679,7 +684,7 @@ class Handler(BaseHTTPRequestHandler):
         if self._expect_continue and self._body_length != 0:
             self._expect_continue = False
             try:
-                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.wfile.write(CONTINUE)
             except _GONE as exc:
                 self.close_connection = True
                 raise ClientGone() from exc
