@@ -14,8 +14,9 @@ The parent owns what a single server owned: the database lock (``store/lock.py``
 migrations (run before any worker starts), and signals: SIGTERM/SIGINT/SIGHUP stop every worker,
 which finishes its requests in flight and flushes its writer, and the parent exits when all
 have (0 when they all did cleanly; a stop during start-up starts no more workers, and a worker
-ended by it before it served counts as clean). A worker that dies is replaced (within a second; at once
-unless it had just started); one that cannot start stops the group.
+ended by it before it served counts as clean). A worker that dies is replaced (at once if it had run
+``QUICK_S``, else after a wait that doubles with each such quick death in a row); one that cannot
+start stops the group, at the group's start or after ``QUICK_FAILURES`` quick deaths in a row.
 
 State the workers must agree on, and where it lives (the database is read and written by every
 worker, each with its own writer thread; SQLite's ``BEGIN IMMEDIATE`` and busy timeout serialize
@@ -65,7 +66,13 @@ from .store.backends import SqliteBackend
 
 log = logging.getLogger("stockyard")
 
-RESTART_WAIT_S = 1.0  # a worker that dies within this of its start is restarted after this long
+# A worker that dies within QUICK_S of its start is started again after RESTART_WAIT_S, twice as long
+# each time it does so again; QUICK_FAILURES such deaths in a row stop the group (exit 1): a worker
+# that cannot start (a setting only it reads, no descriptors, a database it cannot open) must
+# neither loop forever nor leave the group half up with a line a second in the log.
+RESTART_WAIT_S = 1.0
+QUICK_S = 10.0
+QUICK_FAILURES = 5
 PUBLISH_EVERY_S = 1.0  # how often a worker publishes its metrics to the others
 STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond twice their grace) before SIGKILL
 # What stops a server (or a group) cleanly: SIGHUP too, the terminal of a foreground serve closing
@@ -137,6 +144,7 @@ class Group:
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # index -> monotonic time of its last start
         self.due: dict[int, float] = {}  # index -> when to start it again (after a quick death)
+        self.quick_deaths: dict[int, int] = {}  # index -> its deaths in a row within QUICK_S of its start
         self.ready: set[int] = set()  # workers serving now
         self.up = False  # every worker has been ready once (the group started)
         self.stopping = False
@@ -251,10 +259,30 @@ class Group:
                 self.failed = True
                 self._stop(f"worker {index} could not start (exit status {code})")
                 continue
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-            log.error("worker %d (pid %d) %s: starting a new one", index, pid, how)
-            quick = time.monotonic() - self.started[index] < RESTART_WAIT_S
-            self.due[index] = time.monotonic() + (RESTART_WAIT_S if quick else 0.0)
+            self._restart(index, pid, code)
+
+    def _restart(self, index: int, pid: int, code: int) -> None:
+        """Start a worker that died again: at once if it had run a while, else after a wait that
+        doubles with each quick death in a row; at ``QUICK_FAILURES`` of them, stop the group."""
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        quick = time.monotonic() - self.started[index] < QUICK_S
+        deaths = self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick else 0
+        if deaths >= QUICK_FAILURES:
+            self.failed = True
+            log.error(
+                "worker %d (pid %d) %s: it died within %gs of its start %d times in a row (its lines above say "
+                "why); stopping the group, which cannot serve as configured",
+                index,
+                pid,
+                how,
+                QUICK_S,
+                deaths,
+            )
+            self._stop(f"worker {index} cannot start")
+            return
+        wait = RESTART_WAIT_S * 2 ** (deaths - 1) if quick else 0.0
+        log.error("worker %d (pid %d) %s: starting a new one in %gs", index, pid, how, wait)
+        self.due[index] = time.monotonic() + wait
 
     def _read_ready(self) -> None:
         try:
