@@ -46,7 +46,7 @@ from .app import App
 from .attribution import codex_session
 from .chunked import ChunkError, Dechunker
 from .clientwatch import ClientWatch
-from .context import REFUSED, RequestContext
+from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .conversations import endpoint_name as stored_endpoint
 from .conversations_api import PATH as CONVERSATION_PATH
@@ -212,6 +212,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self._starved_log = Throttle()  # connections left queued: out of descriptors
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
         self._open_lock = threading.Lock()
+        self._open_cv = threading.Condition(self._open_lock)  # a connection's thread ended (wait_served)
         super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
         if sock is not None:  # a worker of a group (stockyard.workers): the parent bound and listens
             self.socket.close()
@@ -271,14 +272,49 @@ class StockyardHTTPServer(ThreadingHTTPServer):
                 if exc.errno in _ACCEPT_STARVED:
                     self._rest_accepting(exc)
                 return
+            self._take(request, client_address)
+
+    def _take(self, request: socket.socket, client_address) -> None:
+        """Serve an accepted connection (on a thread of its own: ``process_request``)."""
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def answer_backlog(self) -> list[socket.socket]:
+        """Once the accept loop ended for a drain: accept the connections the kernel queued
+        meanwhile, each served as any (its request is answered 503 ``shutting_down``, traced, with
+        ``Connection: close``), then stop listening — closing the listening socket over them would
+        reset them. Connections arriving after that are refused by the kernel, as to a server that
+        is not running. Returns the connections taken (:meth:`wait_served`)."""
+        taken = []
+        while True:
             try:
-                self.process_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-                self.shutdown_request(request)
-            except BaseException:
-                self.shutdown_request(request)
-                raise
+                request, client_address = self.get_request()
+            except OSError:  # none left (or out of descriptors: those left are reset, as before)
+                break
+            taken.append(request)
+            self._take(request, client_address)
+        try:  # the socket itself, not this descriptor: a group's parent holds it open too
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return taken
+
+    def wait_served(self, connections: list[socket.socket], timeout: float) -> bool:
+        """Wait (bounded) until the threads of ``connections`` have ended; True if all did."""
+        deadline = time.monotonic() + timeout
+        with self._open_cv:
+            while any(c in self._open for c in connections):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._open_cv.wait(left)
+        return True
 
     def _rest_accepting(self, exc: OSError) -> None:
         """Out of file descriptors: the connections stay queued and the listening socket readable,
@@ -294,8 +330,9 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         time.sleep(ACCEPT_REST_S)
 
     def _forget(self, request: socket.socket) -> None:
-        with self._open_lock:
+        with self._open_cv:
             self._open.discard(request)
+            self._open_cv.notify_all()
 
     def cut_connections(self) -> None:
         """The end of a shutdown: shut every connection down, so a request still blocked writing
@@ -778,9 +815,6 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         dialect = _dialect_of(path, self.headers)
         try:
-            if server.draining:
-                self.close_connection = True
-                raise ProxyError(503, "server is shutting down", code="shutting_down")
             self._route(path, dialect)
         except REFUSALS as caught:
             if self.begun():  # an answer now would land inside the one begun: cut it, as any failure
@@ -948,6 +982,7 @@ class Handler(BaseHTTPRequestHandler):
                 kept = functools.partial(redact.screen, app.path.chain(), ctx)  # items redacted as a turn's input
                 self._stored_response(ctx, lambda req, key_id: app.conversations.threads.answer(req, key_id, kept))
             return
+        self._refuse_if_draining()  # the routes below are not traced: the drain's 503 is not either
         fixed = FIXED_ROUTES.get(path)
         if fixed is not None:
             methods, fn = fixed
@@ -1015,6 +1050,7 @@ class Handler(BaseHTTPRequestHandler):
         Anthropic's), its errors — the method, the key (which ``answer`` checks first), the
         query — in that shape too, on /v1/models as well."""
         try:
+            self._refuse_if_draining()
             if self._route_method() != "GET":
                 check_method(self.command, ["GET"])
             self._respond(answer())
@@ -1085,15 +1121,24 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         try:
             app.gate.authenticate(ctx)
+            self._refuse_if_draining()  # after the key: the drain's 503 is traced as the key's
             return True
         except ProxyError as exc:
-            proxy.fail(ctx, exc.status, exc.message, REFUSED, exc.code)
+            proxy.refused(self, ctx, exc)  # rejected (a 4xx), or an error: the drain's 503
             ctx.session_id = codex_session(ctx.headers)  # its span's conversation, from a header (the body is unread)
             self._end_early()
             proxy.send_error(app.path, self, ctx, exc)
         app.tracer.finish(ctx)  # at most a few a second per address (tracing.Tracer)
         self._trace_note = trace_note(ctx)
         return False
+
+    def _refuse_if_draining(self) -> None:
+        """A request that arrives during a drain (on a kept-alive connection, or one queued when the
+        stop came: ``answer_backlog``) is answered 503, and its connection closed. The API routes
+        check it in ``_key_accepted``, which traces it."""
+        if self.server.draining:
+            self.close_connection = True
+            raise ProxyError(503, "server is shutting down", code="shutting_down")
 
     def _asks_websocket(self) -> bool:
         return "websocket" in (self.headers.get("Upgrade") or "").lower()

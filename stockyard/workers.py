@@ -7,7 +7,9 @@ over the sockets evenly. Measured here with 64 keep-alive clients, one socket sh
 workers split the work anywhere from 40/60 to 10/90 (whichever worker wakes first takes a
 burst of connections, and keeps them), reuseport 45/55 to 50/50. The parent keeps every socket
 open, so connections queued at a worker that dies wait for its replacement instead of being
-reset. A plain bind comes first, so a port already in use is refused as a single server's is.
+reset; a worker that stops on a signal answers what is queued at its socket and stops it
+listening (``server.answer_backlog``), and a replacement then gets a new one. A plain bind
+comes first, so a port already in use is refused as a single server's is.
 
 The parent owns what a single server owned: the database lock (``store/lock.py``; a second
 ``serve`` on the file is still refused; the workers share the lock through the parent), the
@@ -104,33 +106,50 @@ def listen(settings: Settings, count: int) -> list[socket.socket]:
 
     A plain bind first: a port that anything else listens on (a second group included,
     whose sockets would otherwise join this one's) is refused as a single server's is."""
-    from .server import StockyardHTTPServer
-
-    def bind(port: int, reuse_port: bool) -> socket.socket:
-        sock = socket.socket(StockyardHTTPServer.address_family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((settings.host, port))
-        except OSError as exc:
-            sock.close()
-            raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-        return sock
-
-    probe = bind(settings.port, reuse_port=False)
+    probe = _bind(settings.host, settings.port, reuse_port=False)
     port = probe.getsockname()[1]  # --port 0: the port the system chose
     probe.close()
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
-            socks.append(bind(port, reuse_port=True))
-            socks[-1].listen(StockyardHTTPServer.request_queue_size)
+            socks.append(_listening(settings.host, port))
     except BaseException:
         for sock in socks:
             sock.close()
         raise
     return socks
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    from .server import StockyardHTTPServer
+
+    sock = socket.socket(StockyardHTTPServer.address_family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A socket of the group's on its port (``SO_REUSEPORT``), listening."""
+    from .server import StockyardHTTPServer
+
+    sock = _bind(host, port, reuse_port=True)
+    sock.listen(StockyardHTTPServer.request_queue_size)
+    return sock
+
+
+def _still_listening(sock: socket.socket) -> bool:
+    """False once a worker stopped listening on it at its stop (``server.answer_backlog``)."""
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
 
 
 class Group:
@@ -140,6 +159,7 @@ class Group:
         self.settings = settings
         self.main = main
         self.socks: list[socket.socket] = []  # one per worker, kept open here across restarts
+        self.port = 0  # the group's port, once bound
         self.folder = ""  # the group's private folder (GroupMetrics)
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # index -> monotonic time of its last start
@@ -161,6 +181,7 @@ class Group:
         try:
             backend.open_and_migrate()
             self.socks = listen(self.settings, self.settings.workers)
+            self.port = self.socks[0].getsockname()[1]  # --port 0: the one the system chose
             self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): metrics, state
             try:
                 if isinstance(backend, SqliteBackend):
@@ -319,6 +340,14 @@ class Group:
 
     def _start(self, index: int) -> None:
         self.started[index] = time.monotonic()
+        if not _still_listening(self.socks[index]):  # its last worker was stopped alone (a SIGTERM of its own)
+            self.socks[index].close()
+            try:
+                self.socks[index] = _listening(self.settings.host, self.port)
+            except (CannotListen, OSError) as exc:
+                self.failed = True
+                self._stop(f"worker {index} cannot be started again: {exc}")
+                return
         pid = os.fork()
         if pid:
             self.pids[pid] = index

@@ -778,3 +778,23 @@ def test_a_worker_that_dies_at_every_start_backs_off_then_stops_the_group(group)
     assert "worker 1 cannot start: stopping 1 workers" in group.log
     assert group.log.count("[w1] cannot listen on") == QUICK_FAILURES - 1  # each failed start says why
     assert not workers_of(group)
+
+
+@pytest.mark.serial
+def test_a_worker_stopped_alone_is_replaced_on_a_socket_that_listens(group):
+    """A worker told to stop on its own (a SIGTERM to its pid) answers what was queued at its socket,
+    then stops that socket listening (connections coming later go to the other workers instead of
+    waiting at a socket nobody accepts on); its replacement gets a new one on the port."""
+    first = workers_of(group)
+    victim = max(first)
+    os.kill(victim, signal.SIGTERM)
+
+    def replaced() -> set[int] | None:
+        pids = workers_of(group)
+        return pids if len(pids) == 2 and victim not in pids else None
+
+    wait_for(replaced, 30, "a new worker")
+    for worker in (0, 1):  # both indexes serve again
+        connection_to(group, worker).close()
+    assert "exited with status 0: starting a new one" in group.log
+    assert group.request("GET", "/readyz")[0] == 200
