@@ -411,6 +411,17 @@ def half_closed(proxy, mock, model: str, stream: bool, version: str) -> tuple[so
     return client, release
 
 
+def released_answer(client: socket.socket, release: threading.Event) -> tuple[bytes, bytes]:
+    """Let the provider answer, and read what the client gets until the server closes: head, body."""
+    try:
+        release.set()
+        answer = read_to_close(client)
+    finally:
+        client.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_a_half_closed_http11_client_is_asked_whether_it_is_there_and_gets_its_answer(proxy, mock, stream):
     """Was: a client that sent its request and shut its sending side down (RFC 9112 §9.6: not an
@@ -429,15 +440,11 @@ def test_a_half_closed_http11_client_is_asked_whether_it_is_there_and_gets_its_a
             assert chunk, f"the connection closed without an answer: {received!r}"
             received += chunk
         assert received == CONTINUE, received
-        release.set()
-        answer = read_to_close(client)
     finally:
-        release.set()
-        client.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 OK"), answer[:300]
+        head, body = released_answer(client, release)
+    assert head.startswith(b"HTTP/1.1 200 OK"), head
     if stream:
-        assert b"transfer-encoding: chunked" in head.lower() and body.endswith(b"0\r\n\r\n"), answer[-300:]
+        assert b"transfer-encoding: chunked" in head.lower() and body.endswith(b"0\r\n\r\n"), body[-300:]
         assert b"data: [DONE]" in body
     else:
         assert json.loads(body)["usage"]["completion_tokens"] == 5
@@ -456,13 +463,9 @@ def test_a_half_closed_http10_client_gets_its_answer_with_no_interim_response(pr
         # the departure the watch used to count comes within milliseconds: it must not come at all
         left = wait_for_change(lambda: proxy.metric("clients_left_waiting_total"), before, 1.0)
         assert left == before, "the half-close was taken for a departure"
-        release.set()
-        answer = read_to_close(client)
     finally:
-        release.set()
-        client.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head, answer[:300]
+        head, body = released_answer(client, release)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head, head
     assert json.loads(body)["usage"]["completion_tokens"] == 5
     (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?", (model,)), 10, "trace")
     assert trace["outcome"] == "ok", trace
