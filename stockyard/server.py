@@ -568,16 +568,25 @@ class Handler(BaseHTTPRequestHandler):
 
     def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
         """Begin a chunked answer (its head goes with the first chunk); False when the client wants
-        no body (HEAD), so a caller relaying bytes can stop reading them."""
+        no body (HEAD), so a caller relaying bytes can stop reading them. HTTP/1.0 has no chunked
+        framing (RFC 9112 §6.1): its answer's bytes go as they are, the close ending the body."""
         self._status = status
-        head = self._head(status, {"Content-Type": content_type, "Transfer-Encoding": "chunked", **(headers or {})})
-        self._stream_head = head
+        fields = {"Content-Type": content_type, **(headers or {})}
+        if self._unframed():
+            self.close_connection = True
+        else:
+            fields["Transfer-Encoding"] = "chunked"
+        self._stream_head = self._head(status, fields)
         return self.command != "HEAD"
+
+    def _unframed(self) -> bool:
+        """A stream to this request goes without chunked framing: an HTTP/1.0 client's."""
+        return self.request_version == "HTTP/1.0"
 
     def chunk(self, data: bytes) -> None:
         if not data or self.command == "HEAD":  # a HEAD's answer is its head: end_stream writes it
             return
-        payload = b"%x\r\n%s\r\n" % (len(data), data)
+        payload = data if self._unframed() else b"%x\r\n%s\r\n" % (len(data), data)
         if self._stream_head:
             payload, self._stream_head = self._stream_head + payload, b""
         try:
@@ -590,6 +599,8 @@ class Handler(BaseHTTPRequestHandler):
         """The end of a stream: ``last`` (its final data, if any) and the terminator in one write
         (to a HEAD: the head alone)."""
         tail = b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n"
+        if self._unframed():
+            tail = last
         if self.command == "HEAD":
             tail = b""
         payload, self._stream_head = self._stream_head + tail, b""
@@ -601,8 +612,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def stream_socket(self) -> socket.socket | None:
         """The client's socket for a stream relay to write the chunks to itself, once the head is
-        out (``wfile`` writes straight to it: nothing is buffered in between)."""
-        return None if self._stream_head else self.connection
+        out (``wfile`` writes straight to it: nothing is buffered in between); an unframed stream
+        (HTTP/1.0) stays on this thread."""
+        return None if self._stream_head or self._unframed() else self.connection
 
     def abort(self) -> None:
         """End a started answer that cannot be finished (a binary body broke upstream): the

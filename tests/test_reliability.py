@@ -495,3 +495,19 @@ def wait_for_change(read, value, within: float):
     while (now := read()) == value and time.monotonic() < deadline:
         time.sleep(0.02)
     return now
+
+
+def test_a_half_closed_http10_client_gets_its_stream_delimited_by_the_close(proxy, mock):
+    """Was: an HTTP/1.0 client's stream came chunked, a framing HTTP/1.0 does not have (RFC 9112
+    §6.1: no Transfer-Encoding to an HTTP/1.0 request), so ``nc -N`` or an HTTP/1.0 script read chunk
+    sizes inside its events. Now its events come as they are, the end of the body being the close."""
+    model = "gpt-4o-mini-half-http10-stream"
+    client, release = half_closed(proxy, mock, model, True, "HTTP/1.0")
+    head, body = released_answer(client, release)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head, head
+    assert b"transfer-encoding" not in head.lower(), head
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), body[:300]
+    assert events[-1] == "data: [DONE]" and json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?", (model,)), 10, "trace")
+    assert (trace["outcome"], trace["completion_tokens"]) == ("ok", 5), trace
