@@ -554,7 +554,7 @@ class App:
         except Exception as exc:
             log.error("could not record server stop in the audit log: %s", exc)
         self.ledger.close()
-        self.writer.stop()
+        self.writer.stop(self.settings.shutdown_grace_s)  # a database that stopped answering: bounded
         if self.otlp is not None:
             self.otlp.stop()
         self.pool.close()

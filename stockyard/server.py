@@ -46,7 +46,7 @@ from .app import App
 from .attribution import codex_session
 from .chunked import ChunkError, Dechunker
 from .clientwatch import ClientWatch
-from .context import REFUSED, RequestContext
+from .context import RequestContext
 from .conversations import PATH as RESPONSE_PATH
 from .conversations import endpoint_name as stored_endpoint
 from .conversations_api import PATH as CONVERSATION_PATH
@@ -104,6 +104,7 @@ CHUNK_LINE_MAX = 4096  # a chunk-size line with its extensions
 BODY_BLOCK = 64 * 1024  # bodies are read in blocks of this size
 UPLOAD_PROGRESS_BYTES = 256 * 1024  # an upload earns another read deadline per this many bytes
 LINGER_S, LINGER_BYTES = 1.0, 1 << 20  # after an early answer: what we read and drop before closing
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # an interim answer: every HTTP/1.1 client reads past it
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError)
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
@@ -211,6 +212,7 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         self._starved_log = Throttle()  # connections left queued: out of descriptors
         self._open: set[socket.socket] = set()  # every connection a thread serves (cut_connections)
         self._open_lock = threading.Lock()
+        self._open_cv = threading.Condition(self._open_lock)  # a connection's thread ended (wait_served)
         super().__init__((app.settings.host, app.settings.port), handler, bind_and_activate=sock is None)
         if sock is not None:  # a worker of a group (stockyard.workers): the parent bound and listens
             self.socket.close()
@@ -270,14 +272,49 @@ class StockyardHTTPServer(ThreadingHTTPServer):
                 if exc.errno in _ACCEPT_STARVED:
                     self._rest_accepting(exc)
                 return
+            self._take(request, client_address)
+
+    def _take(self, request: socket.socket, client_address) -> None:
+        """Serve an accepted connection (on a thread of its own: ``process_request``)."""
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def answer_backlog(self) -> list[socket.socket]:
+        """Once the accept loop ended for a drain: accept the connections the kernel queued
+        meanwhile, each served as any (its request is answered 503 ``shutting_down``, traced, with
+        ``Connection: close``), then stop listening — closing the listening socket over them would
+        reset them. Connections arriving after that are refused by the kernel, as to a server that
+        is not running. Returns the connections taken (:meth:`wait_served`)."""
+        taken = []
+        while True:
             try:
-                self.process_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-                self.shutdown_request(request)
-            except BaseException:
-                self.shutdown_request(request)
-                raise
+                request, client_address = self.get_request()
+            except OSError:  # none left (or out of descriptors: those left are reset, as before)
+                break
+            taken.append(request)
+            self._take(request, client_address)
+        try:  # the socket itself, not this descriptor: a group's parent holds it open too
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return taken
+
+    def wait_served(self, connections: list[socket.socket], timeout: float) -> bool:
+        """Wait (bounded) until the threads of ``connections`` have ended; True if all did."""
+        deadline = time.monotonic() + timeout
+        with self._open_cv:
+            while any(c in self._open for c in connections):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._open_cv.wait(left)
+        return True
 
     def _rest_accepting(self, exc: OSError) -> None:
         """Out of file descriptors: the connections stay queued and the listening socket readable,
@@ -293,8 +330,9 @@ class StockyardHTTPServer(ThreadingHTTPServer):
         time.sleep(ACCEPT_REST_S)
 
     def _forget(self, request: socket.socket) -> None:
-        with self._open_lock:
+        with self._open_cv:
             self._open.discard(request)
+            self._open_cv.notify_all()
 
     def cut_connections(self) -> None:
         """The end of a shutdown: shut every connection down, so a request still blocked writing
@@ -530,16 +568,25 @@ class Handler(BaseHTTPRequestHandler):
 
     def start_stream(self, status: int, headers: dict | None = None, content_type: str = "text/event-stream") -> bool:
         """Begin a chunked answer (its head goes with the first chunk); False when the client wants
-        no body (HEAD), so a caller relaying bytes can stop reading them."""
+        no body (HEAD), so a caller relaying bytes can stop reading them. HTTP/1.0 has no chunked
+        framing (RFC 9112 §6.1): its answer's bytes go as they are, the close ending the body."""
         self._status = status
-        head = self._head(status, {"Content-Type": content_type, "Transfer-Encoding": "chunked", **(headers or {})})
-        self._stream_head = head
+        fields = {"Content-Type": content_type, **(headers or {})}
+        if self._unframed():
+            self.close_connection = True
+        else:
+            fields["Transfer-Encoding"] = "chunked"
+        self._stream_head = self._head(status, fields)
         return self.command != "HEAD"
+
+    def _unframed(self) -> bool:
+        """A stream to this request goes without chunked framing: an HTTP/1.0 client's."""
+        return self.request_version == "HTTP/1.0"
 
     def chunk(self, data: bytes) -> None:
         if not data or self.command == "HEAD":  # a HEAD's answer is its head: end_stream writes it
             return
-        payload = b"%x\r\n%s\r\n" % (len(data), data)
+        payload = data if self._unframed() else b"%x\r\n%s\r\n" % (len(data), data)
         if self._stream_head:
             payload, self._stream_head = self._stream_head + payload, b""
         try:
@@ -552,6 +599,8 @@ class Handler(BaseHTTPRequestHandler):
         """The end of a stream: ``last`` (its final data, if any) and the terminator in one write
         (to a HEAD: the head alone)."""
         tail = b"%x\r\n%s\r\n0\r\n\r\n" % (len(last), last) if last else b"0\r\n\r\n"
+        if self._unframed():
+            tail = last
         if self.command == "HEAD":
             tail = b""
         payload, self._stream_head = self._stream_head + tail, b""
@@ -563,8 +612,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def stream_socket(self) -> socket.socket | None:
         """The client's socket for a stream relay to write the chunks to itself, once the head is
-        out (``wfile`` writes straight to it: nothing is buffered in between)."""
-        return None if self._stream_head else self.connection
+        out (``wfile`` writes straight to it: nothing is buffered in between); an unframed stream
+        (HTTP/1.0) stays on this thread."""
+        return None if self._stream_head or self._unframed() else self.connection
 
     def abort(self) -> None:
         """End a started answer that cannot be finished (a binary body broke upstream): the
@@ -587,6 +637,9 @@ class Handler(BaseHTTPRequestHandler):
     def watch_client(self, on_gone: Callable[[], None]) -> Iterator[None]:
         """While the provider works: ``on_gone()`` if this client closes its connection meanwhile.
 
+        A client that only shut its sending side down is not gone (clientwatch.py): an HTTP/1.1
+        one is asked with an interim ``100 Continue`` (a client that closed both ways answers it
+        with a reset), an HTTP/1.0 one, which may get no 1xx, is watched for a reset alone.
         The watch ends as soon as the answer starts (``_head``); a client leaving after that is
         noticed by the writes that follow. Each departure seen is counted (``clients_left_waiting_total``).
         """
@@ -596,7 +649,8 @@ class Handler(BaseHTTPRequestHandler):
             metrics.count("clients_left_waiting_total")
             on_gone()
 
-        with self.server.client_watch.watching(self.connection, gone) as end:
+        probe = CONTINUE if self.request_version == "HTTP/1.1" else b""
+        with self.server.client_watch.watching(self.connection, gone, probe) as end:
             self._end_watch = end
             try:
                 yield
@@ -679,7 +733,7 @@ class Handler(BaseHTTPRequestHandler):
         if self._expect_continue and self._body_length != 0:
             self._expect_continue = False
             try:
-                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.wfile.write(CONTINUE)
             except _GONE as exc:
                 self.close_connection = True
                 raise ClientGone() from exc
@@ -773,9 +827,6 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         dialect = _dialect_of(path, self.headers)
         try:
-            if server.draining:
-                self.close_connection = True
-                raise ProxyError(503, "server is shutting down", code="shutting_down")
             self._route(path, dialect)
         except REFUSALS as caught:
             if self.begun():  # an answer now would land inside the one begun: cut it, as any failure
@@ -943,6 +994,7 @@ class Handler(BaseHTTPRequestHandler):
                 kept = functools.partial(redact.screen, app.path.chain(), ctx)  # items redacted as a turn's input
                 self._stored_response(ctx, lambda req, key_id: app.conversations.threads.answer(req, key_id, kept))
             return
+        self._refuse_if_draining()  # the routes below are not traced: the drain's 503 is not either
         fixed = FIXED_ROUTES.get(path)
         if fixed is not None:
             methods, fn = fixed
@@ -1010,6 +1062,7 @@ class Handler(BaseHTTPRequestHandler):
         Anthropic's), its errors — the method, the key (which ``answer`` checks first), the
         query — in that shape too, on /v1/models as well."""
         try:
+            self._refuse_if_draining()
             if self._route_method() != "GET":
                 check_method(self.command, ["GET"])
             self._respond(answer())
@@ -1080,15 +1133,24 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         try:
             app.gate.authenticate(ctx)
+            self._refuse_if_draining()  # after the key: the drain's 503 is traced as the key's
             return True
         except ProxyError as exc:
-            proxy.fail(ctx, exc.status, exc.message, REFUSED, exc.code)
+            proxy.refused(self, ctx, exc)  # rejected (a 4xx), or an error: the drain's 503
             ctx.session_id = codex_session(ctx.headers)  # its span's conversation, from a header (the body is unread)
             self._end_early()
             proxy.send_error(app.path, self, ctx, exc)
         app.tracer.finish(ctx)  # at most a few a second per address (tracing.Tracer)
         self._trace_note = trace_note(ctx)
         return False
+
+    def _refuse_if_draining(self) -> None:
+        """A request that arrives during a drain (on a kept-alive connection, or one queued when the
+        stop came: ``answer_backlog``) is answered 503, and its connection closed. The API routes
+        check it in ``_key_accepted``, which traces it."""
+        if self.server.draining:
+            self.close_connection = True
+            raise ProxyError(503, "server is shutting down", code="shutting_down")
 
     def _asks_websocket(self) -> bool:
         return "websocket" in (self.headers.get("Upgrade") or "").lower()

@@ -7,15 +7,18 @@ over the sockets evenly. Measured here with 64 keep-alive clients, one socket sh
 workers split the work anywhere from 40/60 to 10/90 (whichever worker wakes first takes a
 burst of connections, and keeps them), reuseport 45/55 to 50/50. The parent keeps every socket
 open, so connections queued at a worker that dies wait for its replacement instead of being
-reset. A plain bind comes first, so a port already in use is refused as a single server's is.
+reset; a worker that stops on a signal answers what is queued at its socket and stops it
+listening (``server.answer_backlog``), and a replacement then gets a new one. A plain bind
+comes first, so a port already in use is refused as a single server's is.
 
 The parent owns what a single server owned: the database lock (``store/lock.py``; a second
 ``serve`` on the file is still refused; the workers share the lock through the parent), the
 migrations (run before any worker starts), and signals: SIGTERM/SIGINT/SIGHUP stop every worker,
 which finishes its requests in flight and flushes its writer, and the parent exits when all
 have (0 when they all did cleanly; a stop during start-up starts no more workers, and a worker
-ended by it before it served counts as clean). A worker that dies is replaced (within a second; at once
-unless it had just started); one that cannot start stops the group.
+ended by it before it served counts as clean). A worker that dies is replaced (at once if it had run
+``QUICK_S``, else after a wait that doubles with each such quick death in a row); one that cannot
+start stops the group, at the group's start or after ``QUICK_FAILURES`` quick deaths in a row.
 
 State the workers must agree on, and where it lives (the database is read and written by every
 worker, each with its own writer thread; SQLite's ``BEGIN IMMEDIATE`` and busy timeout serialize
@@ -65,9 +68,15 @@ from .store.backends import SqliteBackend
 
 log = logging.getLogger("stockyard")
 
-RESTART_WAIT_S = 1.0  # a worker that dies within this of its start is restarted after this long
+# A worker that dies within QUICK_S of its start is started again after RESTART_WAIT_S, twice as long
+# each time it does so again; QUICK_FAILURES such deaths in a row stop the group (exit 1): a worker
+# that cannot start (a setting only it reads, no descriptors, a database it cannot open) must
+# neither loop forever nor leave the group half up with a line a second in the log.
+RESTART_WAIT_S = 1.0
+QUICK_S = 10.0
+QUICK_FAILURES = 5
 PUBLISH_EVERY_S = 1.0  # how often a worker publishes its metrics to the others
-STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond their own grace) before SIGKILL
+STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond twice their grace) before SIGKILL
 # What stops a server (or a group) cleanly: SIGHUP too, the terminal of a foreground serve closing
 # (or a kill -HUP), which by default would kill it at once with traces still queued.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -97,33 +106,50 @@ def listen(settings: Settings, count: int) -> list[socket.socket]:
 
     A plain bind first: a port that anything else listens on (a second group included,
     whose sockets would otherwise join this one's) is refused as a single server's is."""
-    from .server import StockyardHTTPServer
-
-    def bind(port: int, reuse_port: bool) -> socket.socket:
-        sock = socket.socket(StockyardHTTPServer.address_family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((settings.host, port))
-        except OSError as exc:
-            sock.close()
-            raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-        return sock
-
-    probe = bind(settings.port, reuse_port=False)
+    probe = _bind(settings.host, settings.port, reuse_port=False)
     port = probe.getsockname()[1]  # --port 0: the port the system chose
     probe.close()
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
-            socks.append(bind(port, reuse_port=True))
-            socks[-1].listen(StockyardHTTPServer.request_queue_size)
+            socks.append(_listening(settings.host, port))
     except BaseException:
         for sock in socks:
             sock.close()
         raise
     return socks
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    from .server import StockyardHTTPServer
+
+    sock = socket.socket(StockyardHTTPServer.address_family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A socket of the group's on its port (``SO_REUSEPORT``), listening."""
+    from .server import StockyardHTTPServer
+
+    sock = _bind(host, port, reuse_port=True)
+    sock.listen(StockyardHTTPServer.request_queue_size)
+    return sock
+
+
+def _still_listening(sock: socket.socket) -> bool:
+    """False once a worker stopped listening on it at its stop (``server.answer_backlog``)."""
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
 
 
 class Group:
@@ -133,10 +159,12 @@ class Group:
         self.settings = settings
         self.main = main
         self.socks: list[socket.socket] = []  # one per worker, kept open here across restarts
+        self.port = 0  # the group's port, once bound
         self.folder = ""  # the group's private folder (GroupMetrics)
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # index -> monotonic time of its last start
         self.due: dict[int, float] = {}  # index -> when to start it again (after a quick death)
+        self.quick_deaths: dict[int, int] = {}  # index -> its deaths in a row within QUICK_S of its start
         self.ready: set[int] = set()  # workers serving now
         self.up = False  # every worker has been ready once (the group started)
         self.stopping = False
@@ -153,6 +181,7 @@ class Group:
         try:
             backend.open_and_migrate()
             self.socks = listen(self.settings, self.settings.workers)
+            self.port = self.socks[0].getsockname()[1]  # --port 0: the one the system chose
             self.folder = tempfile.mkdtemp(prefix="stockyard-workers-")  # private (0700): metrics, state
             try:
                 if isinstance(backend, SqliteBackend):
@@ -217,7 +246,8 @@ class Group:
         self.due.clear()
         for pid in list(self.pids):
             _signal(pid, signal.SIGTERM)
-        timer = threading.Timer(self.settings.shutdown_grace_s + STOP_WAIT_S, self._kill_all)
+        # a worker may take the grace for its requests, then the grace again for its writer (Writer.stop)
+        timer = threading.Timer(2 * self.settings.shutdown_grace_s + STOP_WAIT_S, self._kill_all)
         timer.daemon = True
         timer.start()
 
@@ -250,10 +280,30 @@ class Group:
                 self.failed = True
                 self._stop(f"worker {index} could not start (exit status {code})")
                 continue
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-            log.error("worker %d (pid %d) %s: starting a new one", index, pid, how)
-            quick = time.monotonic() - self.started[index] < RESTART_WAIT_S
-            self.due[index] = time.monotonic() + (RESTART_WAIT_S if quick else 0.0)
+            self._restart(index, pid, code)
+
+    def _restart(self, index: int, pid: int, code: int) -> None:
+        """Start a worker that died again: at once if it had run a while, else after a wait that
+        doubles with each quick death in a row; at ``QUICK_FAILURES`` of them, stop the group."""
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        quick = time.monotonic() - self.started[index] < QUICK_S
+        deaths = self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick else 0
+        if deaths >= QUICK_FAILURES:
+            self.failed = True
+            log.error(
+                "worker %d (pid %d) %s: it died within %gs of its start %d times in a row (its lines above say "
+                "why); stopping the group, which cannot serve as configured",
+                index,
+                pid,
+                how,
+                QUICK_S,
+                deaths,
+            )
+            self._stop(f"worker {index} cannot start")
+            return
+        wait = RESTART_WAIT_S * 2 ** (deaths - 1) if quick else 0.0
+        log.error("worker %d (pid %d) %s: starting a new one in %gs", index, pid, how, wait)
+        self.due[index] = time.monotonic() + wait
 
     def _read_ready(self) -> None:
         try:
@@ -290,6 +340,14 @@ class Group:
 
     def _start(self, index: int) -> None:
         self.started[index] = time.monotonic()
+        if not _still_listening(self.socks[index]):  # its last worker was stopped alone (a SIGTERM of its own)
+            self.socks[index].close()
+            try:
+                self.socks[index] = _listening(self.settings.host, self.port)
+            except (CannotListen, OSError) as exc:
+                self.failed = True
+                self._stop(f"worker {index} cannot be started again: {exc}")
+                return
         pid = os.fork()
         if pid:
             self.pids[pid] = index

@@ -4,7 +4,10 @@ still waiting after `late_s` enter the watcher's poll set (bench/README.md)."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
+
+from conftest import wait_for
 
 from stockyard.clientwatch import ClientWatch
 
@@ -77,3 +80,47 @@ def test_a_departure_before_the_request_is_late_is_seen_once_it_is():
         b.close()  # before the watcher took the socket
         assert gone.wait(10), "the departure was never noticed"
     a.close()
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair over loopback TCP (a socketpair is a Unix socket: no FIN, no reset)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
+
+
+def test_a_half_close_is_asked_with_the_probe_and_only_a_close_both_ways_is_a_departure():
+    """An end-of-file alone is no departure (RFC 9112 §9.6): the probe goes to the peer, which a
+    peer still reading receives, and to which a peer that closed both ways answers with a reset."""
+    watch = ClientWatch(late_s=0.001)
+    server, reading = tcp_pair()
+    server2, closing = tcp_pair()
+    stays, leaves = threading.Event(), threading.Event()
+    with watch.watching(server, stays.set, b"probe"), watch.watching(server2, leaves.set, b"probe"):
+        reading.shutdown(socket.SHUT_WR)
+        reading.settimeout(10)
+        assert reading.recv(5) == b"probe"  # asked, and still there
+        closing.close()
+        assert leaves.wait(10), "a peer that closed both ways was not noticed"
+        assert not stays.is_set()
+        server.sendall(b"the answer")
+        assert reading.recv(64) == b"the answer"
+    assert not stays.is_set()
+    for s in (server, reading, server2):
+        s.close()
+
+
+def test_without_a_probe_a_half_closed_peer_is_gone_only_once_it_resets():
+    watch = ClientWatch(late_s=0.001)
+    server, client = tcp_pair()
+    gone = threading.Event()
+    with watch.watching(server, gone.set):
+        client.shutdown(socket.SHUT_WR)
+        fd = server.fileno()
+        wait_for(lambda: fd in watch._watched and watch._watched[fd].half_closed, 10, "the end-of-file read")
+        assert not gone.is_set(), "a half-close was taken for a departure"
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        assert gone.wait(10), "the reset was not noticed"
+    server.close()

@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -305,10 +306,10 @@ def test_commands_that_only_read_say_there_is_nothing_yet(pyz_path, cache_home, 
 # -- a client that leaves while the provider works --------------------------------------------------
 
 
-def raw_chat(port: int, model: str = "gpt-4o-mini") -> bytes:
-    body = json.dumps({"model": model, "messages": HELLO}).encode()
+def raw_chat(port: int, model: str = "gpt-4o-mini", stream: bool = False, version: str = "HTTP/1.1") -> bytes:
+    body = json.dumps({"model": model, "messages": HELLO, **({"stream": True} if stream else {})}).encode()
     return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"POST /v1/chat/completions {version}\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -321,7 +322,7 @@ def proxy(pyz_path, cache_home, mock, tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize("how", ["close", "half-close"])
+@pytest.mark.parametrize("how", ["close", "reset"])
 def test_a_client_that_leaves_a_plain_request_has_its_answer_read_to_the_end(proxy, mock, how):
     """A whole answer is made and billed by the provider whether anyone reads it: the upstream call
     goes on after the client left, and the trace has the answer's usage (test_unclean_billing)."""
@@ -331,10 +332,9 @@ def test_a_client_that_leaves_a_plain_request_has_its_answer_read_to_the_end(pro
     client = socket.create_connection(("127.0.0.1", proxy.port))
     client.sendall(raw_chat(proxy.port, model=f"gpt-4o-mini-leave-{how}"))
     assert reached.wait(10), "the provider got the request"
-    if how == "close":
-        client.close()
-    else:
-        client.shutdown(socket.SHUT_WR)  # the client will send no more, as a leaving client does
+    if how == "reset":
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # "close": both ways, a FIN alone (nothing unread), as a half-close looks at first
     try:
         wait_for(lambda: proxy.metric("clients_left_waiting_total") == before + 1, 10, "the departure seen")
         release.set()
@@ -387,3 +387,129 @@ def test_a_client_that_leaves_a_stream_ends_its_upstream_request(proxy, mock):
         lambda: proxy.db_rows("SELECT * FROM traces WHERE model = 'gpt-4o-mini-leave-stream'"), 10, "the trace"
     )
     assert trace["outcome"] == "client_disconnected", trace
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def read_to_close(client: socket.socket, timeout: float = 30) -> bytes:
+    """What the server sends until it closes the connection (each read bounded by ``timeout``)."""
+    client.settimeout(timeout)
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    return received
+
+
+def half_closed(proxy, mock, model: str, stream: bool, version: str) -> tuple[socket.socket, threading.Event]:
+    """A request sent whole, then the client's sending side shut down (``nc -N``, HTTP/1.0 tools)
+    while the provider still holds its answer: the socket and the event that releases it."""
+    reached, release = threading.Event(), threading.Event()
+    mock.enqueue(Reply(held=release, hang_started=reached))
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(raw_chat(proxy.port, model=model, stream=stream, version=version))
+    assert reached.wait(10), "the provider got the request"
+    client.shutdown(socket.SHUT_WR)
+    return client, release
+
+
+def released_answer(client: socket.socket, release: threading.Event) -> tuple[bytes, bytes]:
+    """Let the provider answer, and read what the client gets until the server closes: head, body."""
+    try:
+        release.set()
+        answer = read_to_close(client)
+    finally:
+        client.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_half_closed_http11_client_is_asked_whether_it_is_there_and_gets_its_answer(proxy, mock, stream):
+    """Was: a client that sent its request and shut its sending side down (RFC 9112 §9.6: not an
+    abort while the server can still write) was taken for gone: a whole answer was read and
+    dropped, a stream's call ended, and the client got nothing. Now its end-of-file is checked with
+    an interim ``100 Continue`` (which a client that closed both ways answers with a reset): a
+    client still reading gets the 100 and then its answer, whole or streamed, traced as answered."""
+    model = f"gpt-4o-mini-half-{'stream' if stream else 'whole'}"
+    before = proxy.metric("clients_left_waiting_total")
+    client, release = half_closed(proxy, mock, model, stream, "HTTP/1.1")
+    try:
+        client.settimeout(10)
+        received = b""
+        while len(received) < len(CONTINUE):
+            chunk = client.recv(len(CONTINUE) - len(received))
+            assert chunk, f"the connection closed without an answer: {received!r}"
+            received += chunk
+        assert received == CONTINUE, received
+    finally:
+        head, body = released_answer(client, release)
+    assert head.startswith(b"HTTP/1.1 200 OK"), head
+    if stream:
+        assert b"transfer-encoding: chunked" in head.lower() and body.endswith(b"0\r\n\r\n"), body[-300:]
+        assert b"data: [DONE]" in body
+    else:
+        assert json.loads(body)["usage"]["completion_tokens"] == 5
+    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?", (model,)), 10, "trace")
+    assert (trace["outcome"], trace["status"], trace["completion_tokens"]) == ("ok", 200, 5), trace
+    assert proxy.metric("clients_left_waiting_total") == before
+
+
+def test_a_half_closed_http10_client_gets_its_answer_with_no_interim_response(proxy, mock):
+    """HTTP/1.0 (``nc -N``, old scripts): no 1xx may go to it (RFC 9110 §15.2), so its end-of-file
+    is not taken as a departure at all; the answer is written when it comes."""
+    model = "gpt-4o-mini-half-http10"
+    before = proxy.metric("clients_left_waiting_total")
+    client, release = half_closed(proxy, mock, model, False, "HTTP/1.0")
+    try:
+        # the departure the watch used to count comes within milliseconds: it must not come at all
+        left = wait_for_change(lambda: proxy.metric("clients_left_waiting_total"), before, 1.0)
+        assert left == before, "the half-close was taken for a departure"
+    finally:
+        head, body = released_answer(client, release)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head, head
+    assert json.loads(body)["usage"]["completion_tokens"] == 5
+    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?", (model,)), 10, "trace")
+    assert trace["outcome"] == "ok", trace
+
+
+def test_an_http10_client_that_resets_a_stream_ends_its_upstream_request(proxy, mock):
+    """No interim response can ask an HTTP/1.0 client, but a reset still says it left: its
+    stream's upstream call ends at once, as an HTTP/1.1 client's does."""
+    reached, hung_up = threading.Event(), threading.Event()
+    mock.enqueue(Reply(hang_s=60, hang_started=reached, hung_up=hung_up))
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(raw_chat(proxy.port, model="gpt-4o-mini-reset-http10", stream=True, version="HTTP/1.0"))
+    assert reached.wait(10)
+    client.shutdown(socket.SHUT_WR)  # first a half-close, watched on for a reset
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    assert hung_up.wait(10), "the upstream connection was closed"
+    (trace,) = wait_for(
+        lambda: proxy.db_rows("SELECT * FROM traces WHERE model = 'gpt-4o-mini-reset-http10'"), 10, "the trace"
+    )
+    assert trace["outcome"] == "client_disconnected", trace
+
+
+def wait_for_change(read, value, within: float):
+    """``read()`` once it differs from ``value``, or ``value`` after ``within`` seconds of no change."""
+    deadline = time.monotonic() + within
+    while (now := read()) == value and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return now
+
+
+def test_a_half_closed_http10_client_gets_its_stream_delimited_by_the_close(proxy, mock):
+    """Was: an HTTP/1.0 client's stream came chunked, a framing HTTP/1.0 does not have (RFC 9112
+    §6.1: no Transfer-Encoding to an HTTP/1.0 request), so ``nc -N`` or an HTTP/1.0 script read chunk
+    sizes inside its events. Now its events come as they are, the end of the body being the close."""
+    model = "gpt-4o-mini-half-http10-stream"
+    client, release = half_closed(proxy, mock, model, True, "HTTP/1.0")
+    head, body = released_answer(client, release)
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head, head
+    assert b"transfer-encoding" not in head.lower(), head
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), body[:300]
+    assert events[-1] == "data: [DONE]" and json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+    (trace,) = wait_for(lambda: proxy.db_rows("SELECT * FROM traces WHERE model = ?", (model,)), 10, "trace")
+    assert (trace["outcome"], trace["completion_tokens"]) == ("ok", 5), trace

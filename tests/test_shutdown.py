@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import signal
 import socket
 import threading
@@ -187,3 +188,64 @@ def test_a_request_writing_to_a_client_that_stopped_reading_still_records_its_tr
         assert rows == [{"outcome": "client_disconnected"}], server.log
         assert "gave up waiting" not in server.log and "Traceback" not in server.log
         assert took < 1 + 5, f"the stop took {took:.1f} s"  # the grace and the cut, not the idle timeout
+
+
+def test_connections_queued_when_the_sigterm_comes_each_get_an_answer_and_every_503_is_traced(
+    pyz_path, cache_home, tmp_path
+):
+    """Was: connections still in the listen backlog when the accept loop ended for a SIGTERM were
+    reset when the listening socket closed (past one batch of accepts), and the drain's 503s were
+    not traced. Now every queued connection is accepted and answered (a 503 in its API's shape
+    with ``Connection: close``), and each 503 has its trace."""
+    with MockUpstream() as upstream:
+        env = {
+            **base_env(cache_home),
+            "OPENAI_API_KEY": "sk-test-shutdown-1234",
+            "OPENAI_BASE_URL": upstream.url + "/v1",
+            "STOCKYARD_SHUTDOWN_GRACE": "2s",
+        }
+        server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
+        assert server.proc is not None
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+        )
+        os.kill(server.proc.pid, signal.SIGSTOP)  # nothing is accepted: the connections wait in the backlog
+        try:
+            clients = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(150)]
+            for client in clients:
+                client.sendall(head.encode() + BODY.encode())
+            os.kill(server.proc.pid, signal.SIGTERM)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        answers = [read_until_close(client, 30) for client in clients]
+        for client in clients:
+            client.close()
+        assert server.proc.wait(30) == 0
+    reset = sum(1 for answer in answers if not answer)
+    assert not reset, f"{reset} of {len(answers)} queued connections got no answer"
+    traced = {r["id"]: r for r in server.db_rows("SELECT id, status, outcome, error_type FROM traces")}
+    for answer in answers:
+        head_text, _, body = answer.partition(b"\r\n\r\n")
+        lines = head_text.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        if lines[0].startswith("HTTP/1.1 200"):
+            continue  # served within the grace
+        assert lines[0].startswith("HTTP/1.1 503") and headers["connection"] == "close", answer[:300]
+        assert json.loads(body)["error"]["code"] == "shutting_down"
+        row = traced.get(headers.get("x-stockyard-trace-id", "-"))
+        assert row is not None, f"a drain's 503 has no trace: {answer[:300]!r}"
+        assert (row["status"], row["error_type"]) == (503, "shutting_down"), row
+    assert "Traceback" not in server.log
+
+
+def read_until_close(client: socket.socket, timeout: float) -> bytes:
+    """What the server sent before it closed the connection; what came before a reset, if one did."""
+    client.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := client.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received

@@ -749,3 +749,52 @@ def test_the_parent_out_of_descriptors_goes_on_serving_the_group(group, mock):
     status, _, raw = group.request("POST", "/v1/chat/completions", BUDGET_MODEL, auth)
     assert status == 200, raw
     assert "Traceback" not in group.log, group.log[-3000:]
+
+
+@pytest.mark.serial
+def test_a_worker_that_dies_at_every_start_backs_off_then_stops_the_group(group):
+    """Was: a worker that died at once at every start (here: its parent's open-file limit lowered
+    under it, so a new worker cannot open its database) was started again every second for good,
+    the group half up and only a line a second saying so. Now each start waits twice as long as
+    the last, the log says why, and after ``QUICK_FAILURES`` such deaths in a row the group stops
+    with a message saying so and exit 1."""
+    import resource
+
+    from stockyard.workers import QUICK_FAILURES
+
+    assert group.proc is not None
+    parent = group.proc.pid
+    _, hard = resource.prlimit(parent, resource.RLIMIT_NOFILE)
+    resource.prlimit(parent, resource.RLIMIT_NOFILE, (16, hard))  # a worker forked now can open nothing
+    os.kill(max(workers_of(group)), signal.SIGKILL)
+    started = time.monotonic()
+    assert group.proc.wait(120) == 1, group.log[-3000:]
+    took = time.monotonic() - started
+    waits = [float(w) for w in re.findall(r"starting a new one in ([0-9.]+)s", group.log)]
+    # the one killed may have run past QUICK_S (then started again at once): not a quick death
+    assert [w for w in waits if w] == [1.0, 2.0, 4.0, 8.0][: QUICK_FAILURES - 1], group.log[-3000:]
+    assert took >= sum(waits), "the restarts did not wait"
+    assert f"died within 10s of its start {QUICK_FAILURES} times in a row" in group.log, group.log[-3000:]
+    assert "worker 1 cannot start: stopping 1 workers" in group.log
+    assert group.log.count("[w1] cannot listen on") == QUICK_FAILURES - 1  # each failed start says why
+    assert not workers_of(group)
+
+
+@pytest.mark.serial
+def test_a_worker_stopped_alone_is_replaced_on_a_socket_that_listens(group):
+    """A worker told to stop on its own (a SIGTERM to its pid) answers what was queued at its socket,
+    then stops that socket listening (connections coming later go to the other workers instead of
+    waiting at a socket nobody accepts on); its replacement gets a new one on the port."""
+    first = workers_of(group)
+    victim = max(first)
+    os.kill(victim, signal.SIGTERM)
+
+    def replaced() -> set[int] | None:
+        pids = workers_of(group)
+        return pids if len(pids) == 2 and victim not in pids else None
+
+    wait_for(replaced, 30, "a new worker")
+    for worker in (0, 1):  # both indexes serve again
+        connection_to(group, worker).close()
+    assert "exited with status 0: starting a new one" in group.log
+    assert group.request("GET", "/readyz")[0] == 200

@@ -20,10 +20,10 @@ def writer(database):
     w.stop()
 
 
-def sqlite_writer(path):
+def sqlite_writer(path, maxsize: int = 100):
     conn, _ = db.open_and_migrate(path / "w.db")
     conn.close()
-    return Writer(path / "w.db", maxsize=100).start()
+    return Writer(path / "w.db", maxsize=maxsize).start()
 
 
 def put(key: str):
@@ -451,3 +451,35 @@ def test_bytes_of_records_dropped_or_refused_are_freed(tmp_path):
     w.start()
     w.stop()
     assert w.held_bytes == 0
+
+
+def test_a_stop_on_a_full_queue_behind_a_stuck_database_ends_within_its_timeout_and_counts_what_it_left(
+    tmp_path, caplog
+):
+    """Was: ``stop`` put its marker on the queue with no timeout, so a full queue behind a thread
+    stuck on a lost database hung the server's stop for good. Now the stop gives up after its
+    timeout (the shutdown grace): the records still queued are dropped, counted and said in one
+    line, a waiter is told at once, and a record sent afterwards is refused without a wait."""
+    writer = sqlite_writer(tmp_path, maxsize=2)
+    stuck, release = threading.Event(), threading.Event()
+    writer.submit(lambda conn: (stuck.set(), release.wait(60)))  # a write the database never answers
+    assert stuck.wait(10)
+    assert writer.submit(put("a")) and writer.submit(put("b"))  # the queue is full now
+    stopper = threading.Thread(target=writer.stop, kwargs={"timeout": 0.5})
+    started = time.monotonic()
+    stopper.start()
+    stopper.join(20)
+    try:
+        assert not stopper.is_alive(), "the stop waited for room on a full queue"
+        assert time.monotonic() - started < 5
+        assert writer.stats.dropped == 2 and writer.depth == 0
+        assert "2 queued records dropped at the stop" in caplog.text
+        sent = time.monotonic()
+        assert not writer.submit(put("late")) and time.monotonic() - sent < 1
+        with pytest.raises(sqlite3.OperationalError, match="writer has stopped"):
+            writer.call(put("late call"), timeout=5)
+    finally:
+        release.set()
+    wait_for(lambda: not writer._thread.is_alive(), 10, "the writer thread to end once the database answers")
+    kept = Store(tmp_path / "w.db").read().execute("SELECT key FROM meta WHERE key IN ('a', 'b')").fetchall()
+    assert kept == [], "records counted as dropped were written after all"

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import config
@@ -18,6 +19,9 @@ from ..store.lock import DatabaseBusy
 from .common import CommandError, runs
 
 CUT_WAIT_S = 5.0  # after the drain: how long requests ended by App.cut_in_flight get to record their traces
+# the connections queued when the stop came (server.answer_backlog): how long their requests may take to
+# arrive and be answered (a 503) within the grace; one that sent nothing by then is closed at the exit
+BACKLOG_WAIT_S = 2.0
 
 if TYPE_CHECKING:
     from ..workers import Worker
@@ -207,9 +211,12 @@ def serve(
         stopped.set()
         if pin is not None:
             pin.stop()
+        grace_ends = time.monotonic() + settings.shutdown_grace_s
+        queued = server.answer_backlog() if server.draining else []  # answered, not reset; then no more come
         if worker is None:  # a worker's socket is its parent's to close
             server.server_close()
-        if not server.wait_idle(settings.shutdown_grace_s):
+        server.wait_served(queued, min(BACKLOG_WAIT_S, settings.shutdown_grace_s))
+        if not server.wait_idle(max(0.0, grace_ends - time.monotonic())):
             log.warning(
                 "%d requests still in flight after %gs: ending them (their clients get an error; traces kept)",
                 server.active,

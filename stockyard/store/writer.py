@@ -193,12 +193,35 @@ class Writer:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Drain what is queued, then close the connection."""
+        """Drain what is queued, then close the connection — within ``timeout`` (the server's
+        shutdown grace) in all: a thread stuck on a database that stopped answering, with the
+        queue full behind it, must not hold the process's stop for good. What it left then is
+        dropped, counted and said (:meth:`_give_up`)."""
         if not self._thread.is_alive():
             return
-        self.queue.put(_STOP)
+        deadline = time.monotonic() + timeout
         self._urgent.set()
-        self._thread.join(timeout)
+        try:
+            self.queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass  # no room for the marker: the thread is not taking records
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._give_up(timeout)
+
+    def _give_up(self, timeout: float) -> None:
+        """The stop's time is up with the thread still in a write: nothing more is queued (a
+        sender is refused at once), what is queued is dropped (a waiter told at once) and said in
+        one line; once its write returns, the thread ends without taking another record."""
+        self._closed = True
+        dropped = self._refuse_leftovers()
+        log.error(
+            "the database writer did not finish within %gs of the stop (%s): %d queued records dropped at the stop",
+            timeout,
+            self.stats.last_error or "a write still waiting for the database",
+            dropped,
+        )
+        self._drop_waiting()  # and the records waiting for a lost database (PostgreSQL), said in theirs
 
     def add_idle_task(self, task: IdleTask) -> None:
         """Run ``task(conn)`` when the queue has been empty for a while (retention).
@@ -326,15 +349,17 @@ class Writer:
             return item.error is None
         return True
 
-    def _refuse_leftovers(self) -> None:
-        """Fail what is queued once the thread has ended: each waiter told at once (WriterStopped),
-        each fire-and-forget record counted as dropped. The thread runs it as it ends; a sender whose
-        put came after that runs it too (``_queued``), so no job waits for a thread that is gone."""
+    def _refuse_leftovers(self) -> int:
+        """Fail what is queued once the thread has ended (or a stop gave up on it): each waiter told
+        at once (WriterStopped), each fire-and-forget record counted as dropped (their number
+        returned). The thread runs it as it ends; a sender whose put came after that runs it too
+        (``_queued``), so no job waits for a thread that is gone."""
+        dropped = 0
         while True:
             try:
                 item = self.queue.get_nowait()
             except queue.Empty:
-                return
+                return dropped
             if item is _STOP:
                 continue
             item.error = WriterStopped()
@@ -342,6 +367,7 @@ class Writer:
             if item.future is not None:
                 item.future.set_exception(item.error)
             else:
+                dropped += 1
                 self._dropped("the writer has stopped")
 
     def _dropped(self, why: str) -> bool:
@@ -389,7 +415,7 @@ class Writer:
         idle_done = True  # idle tasks already ran since the last batch
         more_idle = False  # an idle task said it has more to do
         last_idle_run = time.monotonic()
-        while not stopping:
+        while not stopping and not self._closed:  # closed: a stop gave up waiting (_give_up)
             self._run_due_tasks()
             self._retry_waiting()
             try:
@@ -427,7 +453,8 @@ class Writer:
                 if len(batch) < self.batch_max and not stopping and self.linger_s > 0:
                     self._linger()
             self._retry_waiting()
-        self._run_idle_tasks()
+        if not self._closed:
+            self._run_idle_tasks()
         if self._conn is not None:
             self._conn.close()
 
