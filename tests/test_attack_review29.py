@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 from conftest import ServerProcess, mock_env
 from mock_upstream import MockUpstream
 from module_helpers import ADMIN_KEY, put_module
+from test_gemini_files import chunk, upload_url
 
 GEMINI_KEY = "AIza-review29-0123456789abcdefPROVIDERSECRET"
 DENIED = "gemini-2.5-pro"
@@ -81,3 +83,55 @@ def test_a_context_cache_for_a_model_guard_denies_is_refused_before_the_provider
         assert cache_creates(upstream) == before + 1
     finally:
         put_module(server, "guard", {}, enabled=False)
+
+
+# -- uploads: the spool's disk ------------------------------------------------------------------
+
+SPOOL_ROOM = 4 * 1024 * 1024  # bytes one file of the server may grow to (RLIMIT_FSIZE): a full disk for the spool
+
+
+class CappedFiles(ServerProcess):
+    """A spawned server whose files may grow to ``SPOOL_ROOM`` bytes at most: a write past it fails
+    (EFBIG; Python ignores SIGXFSZ), as a write to a full disk does (ENOSPC), without a small disk."""
+
+    def _limit_open_files(self) -> None:
+        import resource
+
+        super()._limit_open_files()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (SPOOL_ROOM, SPOOL_ROOM))
+
+
+@pytest.fixture(scope="module")
+def capped(pyz_path, cache_home, upstream, tmp_path_factory):
+    env = mock_env(cache_home, upstream, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=upstream.url)
+    srv = CappedFiles(pyz_path, tmp_path_factory.mktemp("attack29-capped") / "stockyard.db", env, open_files=4096)
+    srv.keys = srv.create_keys({"alice": []})
+    yield srv.start()
+    srv.stop()
+
+
+def test_an_upload_the_disk_cannot_spool_is_a_503_not_a_traceback(capped, upstream):
+    """Hole: a file write failing under an upload's spool (the disk full, as one key's uploads held
+    at once can make it: nothing bounds their sum) was an unexpected error: a 500 ``internal_error``
+    and a traceback in the log, for the Files API, the media uploads and Gemini's upload chunks
+    alike. Now a 503 in the client's shape saying the server has no room to spool it, one log line
+    without a traceback, the provider unasked; the server keeps serving, a small upload included."""
+    too_big = b"x" * (SPOOL_ROOM + 1024 * 1024)
+    before = len(upstream.requests)
+    client = capped.openai("alice")
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.files.create(file=("big.bin", too_big), purpose="user_data")
+    assert caught.value.status_code == 503
+    assert caught.value.body["code"] == "upload_spool_full", caught.value.body
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("big.wav", too_big))
+    assert caught.value.status_code == 503
+    target = upload_url(capped, "alice", len(too_big))  # Gemini's upload chunks are spooled alike
+    before = len(upstream.requests)
+    status, _, raw = chunk(capped, target, too_big, 0, True)
+    assert status == 503 and json.loads(raw)["error"]["status"] == "UNAVAILABLE", raw
+    assert len(upstream.requests) == before
+    assert client.files.create(file=("small.txt", b"hello"), purpose="user_data").bytes == 5
+    assert "Traceback" not in capped.log and "internal_error" not in capped.log
+    assert capped.log.count("an upload could not be spooled") == 1  # once a minute
