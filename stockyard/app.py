@@ -46,7 +46,7 @@ from .gemini_cache import CachedContents
 from .gemini_files import GeminiFiles, UploadSessions
 from .httpio import JSON_VALUE_BYTES, MAX_JSON_VALUES, too_many_values
 from .keys import KeyRing, load_keys
-from .limits import BODY_WAIT_S, HeldBytes, bodies_full, websocket_caps
+from .limits import BODY_WAIT_S, HeldBytes, bodies_full, uploads_full, websocket_caps
 from .memtrim import idle_trimmer
 from .message_batches import MessageBatches
 from .metrics import Metrics
@@ -114,6 +114,7 @@ class App:
         # upgraded /v1/responses (this process): in all, per key (the server bounds it by its connection cap)
         self.websockets = websocket_caps(settings.websocket_max_connections, settings.max_connections)
         self.bodies = HeldBytes(settings.request_bodies_bytes)  # request bodies in memory at once (Handler._body)
+        self.spooled = HeldBytes(settings.uploads_bytes)  # upload bytes on disk at once (Handler._received)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size, max_bytes=settings.writer_queue_bytes)
         self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)
@@ -423,6 +424,14 @@ class App:
         if not self.bodies.take(size, BODY_WAIT_S, own):
             self.metrics.count("request_bodies_refused_total")
             raise bodies_full()
+
+    def hold_spool(self, size: int, own: int) -> None:
+        """Count ``size`` more bytes of an upload's spool in ``spooled``, waiting up to ``BODY_WAIT_S``
+        for room, else its 503 (counted): the uploads' disk is the database's, so their sum is bounded,
+        not each alone (``own``: its bytes counted already; one alone always fits)."""
+        if not self.spooled.take(size, BODY_WAIT_S, own):
+            self.metrics.count("uploads_refused_total")
+            raise uploads_full()
 
     @contextlib.contextmanager
     def parsing(self, values: int, own: int) -> Iterator[int]:

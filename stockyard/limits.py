@@ -238,6 +238,16 @@ def bodies_full() -> ProxyError:
     )
 
 
+def uploads_full() -> ProxyError:
+    """The 503 of an upload that found no room to spool for ``BODY_WAIT_S`` (its disk shared by the database)."""
+    return ProxyError(
+        503,
+        "the server spools all the uploads it may at once (STOCKYARD_UPLOADS_MB); try again shortly",
+        code="too_many_uploads",
+        headers={"Retry-After": "1"},
+    )
+
+
 def websocket_caps(wanted: int, connections: int | None) -> Caps:
     """The Responses WebSocket caps: ``wanted`` (``STOCKYARD_WEBSOCKET_MAX_CONNECTIONS``) in all, but at
     most half of ``connections`` (the server's connection cap, when known): a socket holds one of those

@@ -9,12 +9,14 @@ raw HTTP in the shape each API's clients send.
 from __future__ import annotations
 
 import json
+import socket
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env
+from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import MockUpstream
 from module_helpers import ADMIN_KEY, put_module
+from rawhttp import connect, read_response
 from test_gemini_files import chunk, upload_url
 
 GEMINI_KEY = "AIza-review29-0123456789abcdefPROVIDERSECRET"
@@ -135,3 +137,75 @@ def test_an_upload_the_disk_cannot_spool_is_a_503_not_a_traceback(capped, upstre
     assert client.files.create(file=("small.txt", b"hello"), purpose="user_data").bytes == 5
     assert "Traceback" not in capped.log and "internal_error" not in capped.log
     assert capped.log.count("an upload could not be spooled") == 1  # once a minute
+
+
+UPLOADS_MB = 8  # STOCKYARD_UPLOADS_MB of the bounded server
+BOUNDARY = "review29"
+
+
+@pytest.fixture(scope="module")
+def bounded(pyz_path, cache_home, upstream, tmp_path_factory):
+    env = mock_env(cache_home, upstream, STOCKYARD_UPLOADS_MB=str(UPLOADS_MB))
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("attack29-bounded") / "stockyard.db", env)
+    srv.keys = srv.create_keys({"alice": [], "bob": []})
+    yield srv.start()
+    srv.stop()
+
+
+def held_upload(server: ServerProcess, key: str, size: int) -> tuple[socket.socket, bytes]:
+    """A Files API upload of ``size`` bytes sent all but its closing boundary (which it returns): the
+    server has spooled its bytes and waits for the rest, as a client trickling its end would hold it."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="held.bin"\r\n\r\n'
+    ).encode()
+    end = f"\r\n--{BOUNDARY}--\r\n".encode()
+    sock = connect(server)
+    sock.sendall(
+        (
+            f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.keys[key]}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {len(head) + size + len(end)}\r\n\r\n"
+        ).encode()
+        + head
+        + b"x" * size
+    )
+    return sock, end
+
+
+def spooled(server: ServerProcess) -> int:
+    return int(server.metric("uploads_spooled_bytes"))
+
+
+def test_uploads_spooled_at_once_are_bounded_in_all(bounded, upstream):
+    """Hole: nothing bounded the bytes of uploads spooled at once (each is capped at
+    STOCKYARD_MAX_UPLOAD_BYTES, their sum by nothing), so one key opening uploads on many
+    connections and holding their ends back filled the disk the database lives on (512 MiB a
+    connection, a quarter of the connection cap per address). Now ``STOCKYARD_UPLOADS_MB`` bounds
+    them as ``STOCKYARD_REQUEST_BODIES_MB`` bounds bodies in memory: past it an upload waits 5 s for
+    room, then is a 503 ``too_many_uploads`` the SDKs retry, the provider unasked; one alone always
+    fits, and the room comes back when an upload ends."""
+    size = 6 << 20
+    first, end = held_upload(bounded, "alice", size)
+    try:
+        wait_for(lambda: spooled(bounded) >= size, what="the held upload spooled")
+        before = len(upstream.requests)
+        with pytest.raises(openai.InternalServerError) as caught:
+            bounded.openai("bob").files.create(file=("second.bin", b"y" * size), purpose="user_data")
+        assert caught.value.status_code == 503
+        assert caught.value.body["code"] == "too_many_uploads", caught.value.body
+        assert caught.value.response.headers["retry-after"] == "1"
+        assert len(upstream.requests) == before
+        assert bounded.metric("uploads_refused_total") == 1
+        small = bounded.openai("bob").files.create(file=("small.txt", b"hello"), purpose="user_data")  # fits beside it
+        assert small.bytes == 5
+        first.sendall(end)
+        status, _, raw = read_response(first, timeout=10)
+        assert status == 200, raw
+    finally:
+        first.close()
+    wait_for(lambda: spooled(bounded) == 0, what="the uploads' room given back")
+    assert bounded.openai("bob").files.create(file=("again.bin", b"y" * size), purpose="user_data").bytes == size
+    alone = bounded.openai("alice").files.create(file=("alone.bin", b"z" * (10 << 20)), purpose="user_data")
+    assert alone.bytes == 10 << 20  # larger than the bound, alone: fits
+    assert "Traceback" not in bounded.log
