@@ -209,3 +209,42 @@ def test_uploads_spooled_at_once_are_bounded_in_all(bounded, upstream):
     alone = bounded.openai("alice").files.create(file=("alone.bin", b"z" * (10 << 20)), purpose="user_data")
     assert alone.bytes == 10 << 20  # larger than the bound, alone: fits
     assert "Traceback" not in bounded.log
+
+
+def test_a_key_in_the_url_is_never_logged_or_stored_however_the_request_fails(server):
+    """Found sound: google-genai may send the client key as ``?key=``; whatever becomes of the
+    request — served, streamed, a framing error, a foreign Host or Origin, a head too large, a bad
+    method, an unknown upload — the key is in no log line, no trace, nowhere in the database."""
+    if not server.keys:
+        pytest.skip("open mode: no client key to leak")
+    key = server.keys["alice"]
+    target = f"/v1beta/models/gemini-2.5-flash:generateContent?key={key}"
+    heads = [
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{{}}",
+        f"POST {target.replace(':generate', ':streamGenerate')}&alt=sse HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Length: 2\r\n\r\n{}",
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}",
+        f"POST {target} HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 2\r\n\r\n{{}}",
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nContent-Length: 2\r\n\r\n{{}}",
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nX: {'a' * 70000}\r\n\r\n",
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        f"POST {target.replace('generateContent', 'fooBar')} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{{}}",
+        f"POST {target}x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{{}}",
+        f"POST /upload/v1beta/files?key={key}&upload_id=abc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "X-Goog-Upload-Command: upload\r\nX-Goog-Upload-Offset: 0\r\nContent-Length: 2\r\n\r\nab",
+    ]
+    statuses = []
+    for head in heads:
+        sock = connect(server)
+        try:
+            sock.sendall(head.encode())
+            status, _, body = read_response(sock)
+        finally:
+            sock.close()
+        assert key.encode() not in body
+        statuses.append(status)
+    assert statuses == [200, 200, 400, 421, 403, 431, 400, 404, 401, 404], statuses
+    wait_for(lambda: len(server.db_rows("SELECT id FROM traces WHERE model = 'gemini-2.5-flash'")) >= 2)
+    stored = b"".join(p.read_bytes() for p in server.db.parent.glob("stockyard.db*") if p.is_file())
+    assert key.encode() not in stored and key[6:30].encode() not in stored
+    assert key not in server.log and key[6:30] not in server.log
