@@ -228,7 +228,8 @@ def test_a_key_in_the_url_is_never_logged_or_stored_however_the_request_fails(se
         f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nContent-Length: 2\r\n\r\n{{}}",
         f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nX: {'a' * 70000}\r\n\r\n",
         f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-        f"POST {target.replace('generateContent', 'fooBar')} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{{}}",
+        f"POST {target.replace('generateContent', 'fooBar')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Length: 2\r\n\r\n{}",
         f"POST {target}x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{{}}",
         f"POST /upload/v1beta/files?key={key}&upload_id=abc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "X-Goog-Upload-Command: upload\r\nX-Goog-Upload-Offset: 0\r\nContent-Length: 2\r\n\r\nab",
