@@ -114,7 +114,8 @@ class App:
         # upgraded /v1/responses (this process): in all, per key (the server bounds it by its connection cap)
         self.websockets = websocket_caps(settings.websocket_max_connections, settings.max_connections)
         self.bodies = HeldBytes(settings.request_bodies_bytes)  # request bodies in memory at once (Handler._body)
-        self.spooled = HeldBytes(settings.uploads_bytes)  # upload bytes on disk at once (Handler._received)
+        # upload bytes on disk at once (Handler._received), a quarter of them one client key's
+        self.spooled = HeldBytes(settings.uploads_bytes, share=settings.uploads_bytes // 4)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size, max_bytes=settings.writer_queue_bytes)
         self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)
@@ -425,11 +426,12 @@ class App:
             self.metrics.count("request_bodies_refused_total")
             raise bodies_full()
 
-    def hold_spool(self, size: int, own: int) -> None:
-        """Count ``size`` more bytes of an upload's spool in ``spooled``, waiting up to ``BODY_WAIT_S``
+    def hold_spool(self, size: int, own: int, owner: str | None) -> None:
+        """Count ``size`` more bytes of ``owner``'s upload spool in ``spooled``, waiting up to ``BODY_WAIT_S``
         for room, else its 503 (counted): the uploads' disk is the database's, so their sum is bounded,
-        not each alone (``own``: its bytes counted already; one alone always fits)."""
-        if not self.spooled.take(size, BODY_WAIT_S, own):
+        not each alone, and one owner (a client key) holds a quarter (``own``: its bytes counted already;
+        one alone always fits, and an owner's first)."""
+        if not self.spooled.take(size, BODY_WAIT_S, own, owner):
             self.metrics.count("uploads_refused_total")
             raise uploads_full()
 

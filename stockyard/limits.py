@@ -186,14 +186,23 @@ class HeldBytes:
         self._by_owner: dict[str, int] = {}
         self._room = threading.Condition()
 
-    def take(self, size: int, wait_s: float, own: int = 0) -> bool:
+    def take(self, size: int, wait_s: float, own: int = 0, owner: str | None = None) -> bool:
         """Hold ``size`` more bytes, waiting up to ``wait_s`` for room; False if none came. ``own``:
-        the bytes this holder holds already (a body counted as it comes), so one alone still fits."""
-        fits = lambda: self.held == own or self.held + size <= self.total  # noqa: E731
+        the bytes this holder holds already (a body counted as it comes), so one alone still fits;
+        ``owner``'s holders together are held to ``share`` (its first one alone fits too)."""
+
+        def fits() -> bool:
+            if not (self.held == own or self.held + size <= self.total):
+                return False
+            mine = self._by_owner.get(owner, 0) if owner is not None and self.share is not None else 0
+            return mine == own or self.share is None or mine + size <= self.share
+
         with self._room:
             if not self._room.wait_for(fits, timeout=wait_s):
                 return False
             self.held += size
+            if owner is not None:
+                self._by_owner[owner] = self._by_owner.get(owner, 0) + size
             return True
 
     def fits(self, size: int, owner: str | None = None, wait_s: float = 0.0) -> bool:

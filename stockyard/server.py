@@ -355,6 +355,7 @@ class Handler(BaseHTTPRequestHandler):
     _end_watch: Callable[[], None] | None = None  # ends the client watch (see watch_client)
     _held = 0  # bytes of this request's body counted in App.bodies, given back when it ends (_dispatch)
     _spooled = 0  # bytes of this request's upload counted in App.spooled, given back when it ends (_dispatch)
+    _uploader: str | None = None  # whose upload it is in App.spooled: the key _key_accepted took (open mode: no one's)
 
     # -- stdlib hooks ----------------------------------------------------------------------
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
@@ -740,7 +741,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         for block in blocks:
             try:
-                app.hold_spool(len(block), self._spooled)
+                app.hold_spool(len(block), self._spooled, self._uploader)
             except ProxyError:
                 for _ in blocks:
                     pass
@@ -828,8 +829,9 @@ class Handler(BaseHTTPRequestHandler):
                 server.app.bodies.give(self._held)
                 self._held = 0
             if self._spooled:
-                server.app.spooled.give(self._spooled)
+                server.app.spooled.give(self._spooled, self._uploader)
                 self._spooled = 0
+            self._uploader = None
             if server.app.settings.log_requests and path not in ("/healthz", "/readyz", "/metrics"):
                 access(
                     f"{self.command} {printable(path, 200)} {self._status} {printable(self._model or '-', 200)} "
@@ -1100,6 +1102,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         try:
             app.gate.authenticate(ctx)
+            self._uploader = ctx.key_id  # an upload's room is counted by key (open mode: one user, the bound alone)
             return True
         except ProxyError as exc:
             proxy.fail(ctx, exc.status, exc.message, REFUSED, exc.code)

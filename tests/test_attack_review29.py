@@ -249,3 +249,29 @@ def test_a_key_in_the_url_is_never_logged_or_stored_however_the_request_fails(se
     stored = b"".join(p.read_bytes() for p in server.db.parent.glob("stockyard.db*") if p.is_file())
     assert key.encode() not in stored and key[6:30].encode() not in stored
     assert key not in server.log and key[6:30] not in server.log
+
+
+def test_one_key_holds_a_quarter_of_the_uploads_room(bounded, upstream):
+    """Hole (with the bound above): one key holding uploads open could take all of
+    ``STOCKYARD_UPLOADS_MB``, and every other key's upload was a 503 for as long as it trickled
+    (an hour a connection). Now one client key holds a quarter of it at most (its first upload
+    always fits, as one alone does): past that its next upload waits 5 s, then is the 503, while
+    another key's upload is served."""
+    quarter = (UPLOADS_MB << 20) // 4
+    first, end = held_upload(bounded, "alice", quarter + 1024)  # alone: fits, though past her quarter
+    try:
+        wait_for(lambda: spooled(bounded) >= quarter, what="the held upload spooled")
+        refused = bounded.metric("uploads_refused_total")
+        with pytest.raises(openai.InternalServerError) as caught:
+            bounded.openai("alice").files.create(file=("more.bin", b"y" * (1 << 20)), purpose="user_data")
+        assert caught.value.body["code"] == "too_many_uploads", caught.value.body
+        assert bounded.metric("uploads_refused_total") == refused + 1
+        served = bounded.openai("bob").files.create(file=("bobs.bin", b"b" * (1 << 20)), purpose="user_data")
+        assert served.bytes == 1 << 20
+        first.sendall(end)
+        status, _, raw = read_response(first, timeout=10)
+        assert status == 200, raw
+    finally:
+        first.close()
+    wait_for(lambda: spooled(bounded) == 0, what="the uploads' room given back")
+    assert bounded.openai("alice").files.create(file=("more.bin", b"y" * (1 << 20)), purpose="user_data").bytes
