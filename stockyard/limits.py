@@ -194,8 +194,10 @@ class HeldBytes:
         def fits() -> bool:
             if not (self.held == own or self.held + size <= self.total):
                 return False
-            mine = self._by_owner.get(owner, 0) if owner is not None and self.share is not None else 0
-            return mine == own or self.share is None or mine + size <= self.share
+            if owner is None or self.share is None:
+                return True
+            mine = self._by_owner.get(owner, 0)
+            return mine == own or mine + size <= self.share
 
         with self._room:
             if not self._room.wait_for(fits, timeout=wait_s):
