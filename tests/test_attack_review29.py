@@ -8,8 +8,9 @@ raw HTTP in the shape each API's clients send.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import socket
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -152,25 +153,36 @@ def bounded(pyz_path, cache_home, upstream, tmp_path_factory):
     srv.stop()
 
 
-def held_upload(server: ServerProcess, key: str, size: int) -> tuple[socket.socket, bytes]:
-    """A Files API upload of ``size`` bytes sent all but its closing boundary (which it returns): the
-    server has spooled its bytes and waits for the rest, as a client trickling its end would hold it."""
+@contextlib.contextmanager
+def held_upload(server: ServerProcess, key: str, size: int) -> Iterator[None]:
+    """A Files API upload of ``size`` bytes sent all but its closing boundary while the block runs
+    (the server has spooled its bytes and waits for the rest, as a client trickling its end would
+    hold it), then ended: answered 200, its room in the bound given back."""
     head = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n'
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="held.bin"\r\n\r\n'
     ).encode()
     end = f"\r\n--{BOUNDARY}--\r\n".encode()
     sock = connect(server)
-    sock.sendall(
-        (
-            f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.keys[key]}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {len(head) + size + len(end)}\r\n\r\n"
-        ).encode()
-        + head
-        + b"x" * size
-    )
-    return sock, end
+    try:
+        sock.sendall(
+            (
+                f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.keys[key]}\r\n"
+                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                f"Content-Length: {len(head) + size + len(end)}\r\n\r\n"
+            ).encode()
+            + head
+            + b"x" * size
+        )
+        # spooled but its last block, which the server reads whole: its end is held back
+        wait_for(lambda: spooled(server) >= size - (64 << 10), what="the held upload spooled")
+        yield
+        sock.sendall(end)
+        status, _, raw = read_response(sock, timeout=10)
+        assert status == 200, raw
+    finally:
+        sock.close()
+    wait_for(lambda: spooled(server) == 0, what="the uploads' room given back")
 
 
 def spooled(server: ServerProcess) -> int:
@@ -186,9 +198,7 @@ def test_uploads_spooled_at_once_are_bounded_in_all(bounded, upstream):
     room, then is a 503 ``too_many_uploads`` the SDKs retry, the provider unasked; one alone always
     fits, and the room comes back when an upload ends."""
     size = 6 << 20
-    first, end = held_upload(bounded, "alice", size)
-    try:
-        wait_for(lambda: spooled(bounded) >= size, what="the held upload spooled")
+    with held_upload(bounded, "alice", size):
         before = len(upstream.requests)
         with pytest.raises(openai.InternalServerError) as caught:
             bounded.openai("bob").files.create(file=("second.bin", b"y" * size), purpose="user_data")
@@ -199,12 +209,6 @@ def test_uploads_spooled_at_once_are_bounded_in_all(bounded, upstream):
         assert bounded.metric("uploads_refused_total") == 1
         small = bounded.openai("bob").files.create(file=("small.txt", b"hello"), purpose="user_data")  # fits beside it
         assert small.bytes == 5
-        first.sendall(end)
-        status, _, raw = read_response(first, timeout=10)
-        assert status == 200, raw
-    finally:
-        first.close()
-    wait_for(lambda: spooled(bounded) == 0, what="the uploads' room given back")
     assert bounded.openai("bob").files.create(file=("again.bin", b"y" * size), purpose="user_data").bytes == size
     alone = bounded.openai("alice").files.create(file=("alone.bin", b"z" * (10 << 20)), purpose="user_data")
     assert alone.bytes == 10 << 20  # larger than the bound, alone: fits
@@ -258,9 +262,7 @@ def test_one_key_holds_a_quarter_of_the_uploads_room(bounded, upstream):
     always fits, as one alone does): past that its next upload waits 5 s, then is the 503, while
     another key's upload is served."""
     quarter = (UPLOADS_MB << 20) // 4
-    first, end = held_upload(bounded, "alice", quarter + 1024)  # alone: fits, though past her quarter
-    try:
-        wait_for(lambda: spooled(bounded) >= quarter, what="the held upload spooled")
+    with held_upload(bounded, "alice", quarter + (256 << 10)):  # alone: fits, though past her quarter
         refused = bounded.metric("uploads_refused_total")
         with pytest.raises(openai.InternalServerError) as caught:
             bounded.openai("alice").files.create(file=("more.bin", b"y" * (1 << 20)), purpose="user_data")
@@ -268,10 +270,4 @@ def test_one_key_holds_a_quarter_of_the_uploads_room(bounded, upstream):
         assert bounded.metric("uploads_refused_total") == refused + 1
         served = bounded.openai("bob").files.create(file=("bobs.bin", b"b" * (1 << 20)), purpose="user_data")
         assert served.bytes == 1 << 20
-        first.sendall(end)
-        status, _, raw = read_response(first, timeout=10)
-        assert status == 200, raw
-    finally:
-        first.close()
-    wait_for(lambda: spooled(bounded) == 0, what="the uploads' room given back")
     assert bounded.openai("alice").files.create(file=("more.bin", b"y" * (1 << 20)), purpose="user_data").bytes
