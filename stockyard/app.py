@@ -46,7 +46,7 @@ from .gemini_cache import CachedContents
 from .gemini_files import GeminiFiles, UploadSessions
 from .httpio import JSON_VALUE_BYTES, MAX_JSON_VALUES, too_many_values
 from .keys import KeyRing, load_keys
-from .limits import BODY_WAIT_S, HeldBytes, bodies_full, websocket_caps
+from .limits import BODY_WAIT_S, HeldBytes, bodies_full, uploads_full, websocket_caps
 from .memtrim import idle_trimmer
 from .message_batches import MessageBatches
 from .metrics import Metrics
@@ -114,6 +114,8 @@ class App:
         # upgraded /v1/responses (this process): in all, per key (the server bounds it by its connection cap)
         self.websockets = websocket_caps(settings.websocket_max_connections, settings.max_connections)
         self.bodies = HeldBytes(settings.request_bodies_bytes)  # request bodies in memory at once (Handler._body)
+        # upload bytes on disk at once (Handler._received), a quarter of them one client key's
+        self.spooled = HeldBytes(settings.uploads_bytes, share=settings.uploads_bytes // 4)
         self.hook_failures = HookFailures(self.metrics.count_module_error)
         self.writer = Writer(self.backend, maxsize=settings.writer_queue_size, max_bytes=settings.writer_queue_bytes)
         self._probe_lock = threading.Lock()  # one database probe at a time (database_problem)
@@ -423,6 +425,15 @@ class App:
         if not self.bodies.take(size, BODY_WAIT_S, own):
             self.metrics.count("request_bodies_refused_total")
             raise bodies_full()
+
+    def hold_spool(self, size: int, own: int, owner: str | None) -> None:
+        """Count ``size`` more bytes of ``owner``'s upload spool in ``spooled``, waiting up to ``BODY_WAIT_S``
+        for room, else its 503 (counted): the uploads' disk is the database's, so their sum is bounded,
+        not each alone, and one owner (a client key) holds a quarter (``own``: its bytes counted already;
+        one alone always fits, and an owner's first)."""
+        if not self.spooled.take(size, BODY_WAIT_S, own, owner):
+            self.metrics.count("uploads_refused_total")
+            raise uploads_full()
 
     @contextlib.contextmanager
     def parsing(self, values: int, own: int) -> Iterator[int]:

@@ -13,8 +13,9 @@ streamGenerateContent or countTokens naming another key's cache is a 404 before 
 provider call (``Ownership.check_references``). A PATCH's body may name no other cache than its URL's
 (a ``name`` of another key's would otherwise go upstream beside it).
 
-A create names its model (``models/…``): held to the key's allow-list and routed as the URL model
-of a generateContent is (a ``provider/model`` name too); it must reach a Gemini provider, and is
+A create names its model (``models/…``): held to the key's allow-list and guard's model lists, and
+routed as the URL model of a generateContent is (a ``provider/model`` name too); it must reach a
+Gemini provider, and is
 sent under the name routing gives it. Google bills a cache as storage per hour (and its tokens once),
 which no usage reports: under a budget (the key's or its project's) a create is refused with a 403,
 and so is an update (a new ``ttl`` or ``expireTime`` buys storage alike: a cache made before the
@@ -44,6 +45,7 @@ from .errors import ProxyError
 from .files_api import MAX_LIST_PAGES, Ownership, ProviderCalls, owner_of
 from .httpio import Request, check_method, json_object
 from .keys import check_model
+from .modules.guard import batch_policy
 from .objectrefs import CACHE_ID, PREFIX, cache_id_of
 from .objectrefs import cache_not_found as not_found
 from .providers import Provider
@@ -259,7 +261,8 @@ class CachedContents(GoogleCalls):
         self._send(reply, ctx, answer)
 
     def _create(self, reply: Reply, ctx: RequestContext, raw: bytes) -> None:
-        """A new cache: its model held to the key's allow-list and routed to a Gemini provider; it is the key's."""
+        """A new cache: its model held to the key's allow-list and guard's model lists (the chain does not run
+        here), routed to a Gemini provider; it is the key's."""
         ctx.raw = raw
         body = json_object(raw)
         if ctx.key is not None:  # its contents may name Files API files: the key's own only (gemini_files)
@@ -280,6 +283,10 @@ class CachedContents(GoogleCalls):
                 param="model",
                 code="invalid_model",
             )
+        policy = batch_policy(self._path.chain(), ctx)  # guard's model lists, as a generateContent meets them
+        refusal = policy(provider.name, upstream) if policy is not None else None
+        if refusal is not None:
+            raise refusal
         ctx.model = model
         body["model"] = "models/" + check_url_model(upstream.removeprefix("models/"))
         sent = json.dumps(body, ensure_ascii=False).encode()

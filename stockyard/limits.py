@@ -186,14 +186,25 @@ class HeldBytes:
         self._by_owner: dict[str, int] = {}
         self._room = threading.Condition()
 
-    def take(self, size: int, wait_s: float, own: int = 0) -> bool:
+    def take(self, size: int, wait_s: float, own: int = 0, owner: str | None = None) -> bool:
         """Hold ``size`` more bytes, waiting up to ``wait_s`` for room; False if none came. ``own``:
-        the bytes this holder holds already (a body counted as it comes), so one alone still fits."""
-        fits = lambda: self.held == own or self.held + size <= self.total  # noqa: E731
+        the bytes this holder holds already (a body counted as it comes), so one alone still fits;
+        ``owner``'s holders together are held to ``share`` (its first one alone fits too)."""
+
+        def fits() -> bool:
+            if not (self.held == own or self.held + size <= self.total):
+                return False
+            if owner is None or self.share is None:
+                return True
+            mine = self._by_owner.get(owner, 0)
+            return mine == own or mine + size <= self.share
+
         with self._room:
             if not self._room.wait_for(fits, timeout=wait_s):
                 return False
             self.held += size
+            if owner is not None:
+                self._by_owner[owner] = self._by_owner.get(owner, 0) + size
             return True
 
     def fits(self, size: int, owner: str | None = None, wait_s: float = 0.0) -> bool:
@@ -234,6 +245,16 @@ def bodies_full() -> ProxyError:
         503,
         "the server holds all the request bodies it may at once (STOCKYARD_REQUEST_BODIES_MB); try again shortly",
         code="too_many_request_bodies",
+        headers={"Retry-After": "1"},
+    )
+
+
+def uploads_full() -> ProxyError:
+    """The 503 of an upload that found no room to spool for ``BODY_WAIT_S`` (its disk shared by the database)."""
+    return ProxyError(
+        503,
+        "the server spools all the uploads it may at once (STOCKYARD_UPLOADS_MB); try again shortly",
+        code="too_many_uploads",
         headers={"Retry-After": "1"},
     )
 

@@ -47,6 +47,7 @@ ZERO_WHEN_EMPTY = (
     "websocket_connections_refused_total",
     "clients_left_waiting_total",
     "request_bodies_refused_total",
+    "uploads_refused_total",
 )
 
 Labels = tuple[tuple[str, str], ...]
@@ -281,6 +282,10 @@ HELP = {
         "Requests refused (503) because the request bodies in memory held STOCKYARD_REQUEST_BODIES_MB for "
         "their whole wait.",
     ),
+    "uploads_refused_total": (
+        "counter",
+        "Uploads refused (503) because the uploads spooled on disk held STOCKYARD_UPLOADS_MB for their whole wait.",
+    ),
 }
 
 
@@ -436,6 +441,12 @@ def store_gauges(app: "App") -> list[tuple[str, str, str, float]]:
             "gauge",
             "Bytes of request bodies in memory now (STOCKYARD_REQUEST_BODIES_MB).",
             app.bodies.held,
+        ),
+        (
+            "uploads_spooled_bytes",
+            "gauge",
+            "Bytes of uploads spooled on disk now (STOCKYARD_UPLOADS_MB).",
+            app.spooled.held,
         ),
     ]
     out += _pool_gauges(app)

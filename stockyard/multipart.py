@@ -36,6 +36,7 @@ client's order) so that routing can send the upstream model name in the ``model`
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import tempfile
@@ -45,6 +46,9 @@ from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import unquote
 
 from .errors import ProxyError
+from .loglimit import Throttle
+
+log = logging.getLogger("stockyard")
 
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # OpenAI's file limit
 MAX_FIELD_BYTES = 64 * 1024  # one text field
@@ -475,15 +479,34 @@ def _new_spool(folder: Path | None) -> IO[bytes]:
     return tempfile.TemporaryFile(dir=folder, prefix="stockyard-upload-")
 
 
-def _fed(blocks: Iterable[bytes], limit: int, take: Callable[[bytes], object]) -> int:
-    """Hand ``blocks`` to ``take`` as they arrive, up to ``limit`` bytes in all (413 beyond); their size."""
+def _fed(blocks: Iterable[bytes], limit: int, take: Callable[[bytes], object], finish: Callable[[], object]) -> int:
+    """Hand ``blocks`` to ``take`` as they arrive, up to ``limit`` bytes in all (413 beyond), then
+    ``finish`` (the spool's flush); their size. A write the spool's disk refuses is :func:`spool_full`'s 503."""
     size = 0
-    for block in blocks:
-        size += len(block)
-        if size > limit:
-            raise too_large(limit)
-        take(block)
+    try:
+        for block in blocks:
+            size += len(block)
+            if size > limit:
+                raise too_large(limit)
+            take(block)
+        finish()
+    except OSError as exc:  # only the spool's writes: the client's socket reads raise ClientGone
+        raise spool_full(exc) from None
     return size
+
+
+_SPOOL_FULL_LOG = Throttle()
+
+
+def spool_full(exc: OSError) -> ProxyError:
+    """The 503 of an upload whose spool could not be written (its disk full, or a file size limit):
+    the server's room, not the request, is short, so no traceback; said in the log once a minute."""
+    _SPOOL_FULL_LOG.say(log, logging.WARNING, "an upload could not be spooled in uploads/ beside the database: %s", exc)
+    return ProxyError(
+        503,
+        "the server has no room to spool this upload (its disk is full); try again later",
+        code="upload_spool_full",
+    )
 
 
 def receive(blocks: Iterable[bytes], content_type: str | None, *, limit: int, folder: Path | None = None) -> Upload:
@@ -496,9 +519,12 @@ def receive(blocks: Iterable[bytes], content_type: str | None, *, limit: int, fo
     spool = _new_spool(folder)
     try:
         parser = _Parser(boundary, spool)
-        size = _fed(blocks, limit, parser.feed)
-        parser.end()
-        spool.flush()
+
+        def finish() -> None:
+            parser.end()
+            spool.flush()
+
+        size = _fed(blocks, limit, parser.feed, finish)
         return Upload(boundary, parser.parts, size, spool)
     except BaseException:
         spool.close()
@@ -525,8 +551,7 @@ def spool_body(blocks: Iterable[bytes], *, limit: int, folder: Path | None = Non
     (413 beyond); on any error the spool is gone before this returns."""
     spool = _new_spool(folder)
     try:
-        size = _fed(blocks, limit, spool.write)
-        spool.flush()
+        size = _fed(blocks, limit, spool.write, spool.flush)
         return Spooled(spool, size)
     except BaseException:
         spool.close()

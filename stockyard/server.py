@@ -392,6 +392,8 @@ class Handler(BaseHTTPRequestHandler):
     _linger = False  # we answered before the body came: drain briefly before closing
     _end_watch: Callable[[], None] | None = None  # ends the client watch (see watch_client)
     _held = 0  # bytes of this request's body counted in App.bodies, given back when it ends (_dispatch)
+    _spooled = 0  # bytes of this request's upload counted in App.spooled, given back when it ends (_dispatch)
+    _uploader: str | None = None  # whose upload it is in App.spooled: the key _key_accepted took (open mode: no one's)
 
     # -- stdlib hooks ----------------------------------------------------------------------
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
@@ -772,7 +774,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.server.reaper.arm(self.connection, min(settings.request_read_timeout_s, left))
 
         try:
-            blocks = self._body_blocks(settings.max_upload_bytes, progress)
+            blocks = self._spool_held(self._body_blocks(settings.max_upload_bytes, progress))
             received = receive(blocks, settings.max_upload_bytes, multipart.spool_folder(settings.db_path))
         except ProxyError as exc:
             if exc.status == 413:
@@ -785,6 +787,22 @@ class Handler(BaseHTTPRequestHandler):
         self._body_done = True
         self.server.reaper.disarm(self.connection)
         return received
+
+    def _spool_held(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
+        """``blocks`` each counted in ``App.spooled`` before it goes on to the spool (``App.hold_spool``:
+        the uploads on disk at once are bounded); a refused one's rest is read and dropped, so its
+        client reads the 503, not a reset."""
+        app = self.server.app
+        for block in blocks:
+            try:
+                app.hold_spool(len(block), self._spooled, self._uploader)
+            except ProxyError:
+                for _ in blocks:
+                    pass
+                self._body_done = True
+                raise
+            self._spooled += len(block)
+            yield block
 
     def _chunked_blocks(self, limit: int, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """A chunked body (RFC 9112 §7.1), strictly (``chunked.Dechunker(strict=True)``: hex sizes,
@@ -861,6 +879,10 @@ class Handler(BaseHTTPRequestHandler):
             if self._held:
                 server.app.bodies.give(self._held)
                 self._held = 0
+            if self._spooled:
+                server.app.spooled.give(self._spooled, self._uploader)
+                self._spooled = 0
+            self._uploader = None
             if server.app.settings.log_requests and path not in ("/healthz", "/readyz", "/metrics"):
                 access(
                     f"{self.command} {printable(path, 200)} {self._status} {printable(self._model or '-', 200)} "
@@ -1134,6 +1156,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             app.gate.authenticate(ctx)
             self._refuse_if_draining()  # after the key: the drain's 503 is traced as the key's
+            self._uploader = ctx.key_id  # an upload's room is counted by key (open mode: one user, the bound alone)
             return True
         except ProxyError as exc:
             proxy.refused(self, ctx, exc)  # rejected (a 4xx), or an error: the drain's 503
