@@ -240,6 +240,8 @@ class Pricer:
         cost = None
         if ctx.endpoint == "moderations":
             cost = 0  # free
+        elif a.input_billed and a.usage is None and a.media_seconds is None and a.media_images is None:
+            cost = self._unanswered_media_cost(ctx, a, price)
         elif a.usage is not None:  # tokens: gpt-image-1, gpt-4o-transcribe
             cost = cost_microcents(price, a.usage) if price is not None and price.unit == "token" else None
         elif ctx.endpoint in media.IMAGES:
@@ -258,6 +260,26 @@ class Pricer:
             a.cost_uc, a.cost_status = None, "unknown"
         else:  # usage_estimated: a streamed image's, by ``media.ImageStream``
             a.cost_uc, a.cost_status = cost, "estimate" if a.usage_estimated else "exact"
+
+    def _unanswered_media_cost(self, ctx: RequestContext, a: Attempt, price: Price | None) -> int | None:
+        """A media call that went out and got no answer to bill by (``Attempt.input_billed``): its input
+        as an estimate, no output, as a token call's — speech's characters (or its text as tokens),
+        the audio a transcription's hold counted (:meth:`_cut_audio_cost`), an image call's prompt and
+        uploads at a token price (a per-image price bills no input: 0). None: no price to count by."""
+        a.usage_estimated = True
+        if ctx.endpoint in media.AUDIO_IN:
+            return None if price is None else self._cut_audio_cost(ctx, a, price)
+        if ctx.endpoint == "speech" and price is not None and price.unit == "character":
+            text = ctx.body.get("input")
+            return unit_cost(price, len(text)) if isinstance(text, str) else None
+        if ctx.endpoint in media.IMAGES and price is None:
+            model, provider = a.upstream_model or "", a.provider.name if a.provider else None
+            return 0 if self.image_price(ctx, model, provider) is not None else None
+        if price is None or price.unit != "token":
+            return None
+        images = estimate.uploaded_image_tokens(ctx, price) if ctx.endpoint in media.IMAGES else 0
+        a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)) + images, media_tokens=images)
+        return cost_microcents(price, a.usage)
 
     @staticmethod
     def _audio_cut(ctx: RequestContext, a: Attempt) -> bool:
