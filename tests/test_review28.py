@@ -58,6 +58,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     """The default body limits: STOCKYARD_MAX_BODY_BYTES 32 MiB, STOCKYARD_REQUEST_BODIES_MB 256."""
     keys = {
         "alice": [],
+        "speedy": [],
         "budgeted": ["--budget-usd", "100", "--budget-period", "day"],
         "dollar": ["--budget-usd", "1", "--budget-period", "day"],
         "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
@@ -425,3 +426,27 @@ def test_a_websocket_message_in_frames_larger_than_the_bound_is_answered_alone(t
         kinds.append("close" if first & 0x0F == 0x8 else json.loads(payload)["type"] if first & 0x0F == 0x1 else "")
     sock.close()
     assert kinds[-1] == "response.completed", kinds
+
+
+def test_a_batch_request_run_in_fast_mode_is_billed_at_the_fast_rate(server, mock):
+    """A result whose usage says ``speed: fast`` (Opus 4.6: 6x) costs six times its tokens, at the
+    batch's half price too, as /v1/messages bills it; an open key's batch is not refused for it."""
+    speedy = server.anthropic("speedy")
+    plain = {"model": OPUS, "max_tokens": 16, "messages": [{"role": "user", "content": "fast"}]}
+    batch = speedy.messages.batches.create(
+        requests=[
+            {"custom_id": "standard", "params": plain},
+            {"custom_id": "fast", "params": {**plain, "speed": "fast"}},
+        ]
+    )
+    assert speedy.messages.batches.retrieve(batch.id).processing_status == "ended"
+    results = speedy.messages.batches.results(batch.id)
+    assert {r.custom_id: r.result.message.usage.speed for r in results} == {"standard": None, "fast": "fast"}
+    sql = (
+        "SELECT t.* FROM traces t JOIN client_keys k ON k.id = t.key_id"
+        " WHERE k.name = 'speedy' AND t.endpoint = 'message_batches.usage'"
+    )
+    rows = wait_for(lambda: server.db_rows(sql), timeout=30, what="the batch's usage row")
+    standard = PROMPT_TOKENS * OPUS_UC["input"] + COMPLETION_TOKENS * OPUS_UC["output"]
+    numerator = standard + standard * 6  # the fast request's every token at 6x
+    assert (rows[0]["cost_uc"], rows[0]["cost_status"]) == ((numerator + 10**6) // (2 * 10**6), "exact"), rows
