@@ -331,8 +331,9 @@ def test_a_budgeted_batch_may_ask_for_a_priced_mode_held_at_its_rate(server, moc
 
 @pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
 def test_a_budget_holds_openais_priority_at_its_rate(server, mock, api):
-    """6,000 output tokens of GPT-5 hold $0.06 at the standard rate, which a $0.10 budget covers; at
-    priority (2x) $0.12, which it does not: refused before the provider is asked, streamed or not."""
+    """6,000 output tokens of GPT-5 hold $0.06 at the standard rate (asked as ``default``: no tier or
+    ``auto`` is held at priority, which a project's default may serve), which a $0.10 budget covers;
+    at priority (2x) $0.12, which it does not: refused before the provider is asked, streamed or not."""
     client = server.openai("dime")
     stream = api.endswith("-stream")
 
@@ -350,7 +351,7 @@ def test_a_budget_holds_openais_priority_at_its_rate(server, mock, api):
         if stream:
             list(made)
 
-    ask()
+    ask(service_tier="default")
     before = len(mock.requests)
     with pytest.raises(openai.RateLimitError) as refused:
         ask(service_tier="priority")
