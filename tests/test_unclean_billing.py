@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import struct
 import threading
 
 import anthropic
@@ -326,6 +327,52 @@ def test_a_reset_after_the_request_went_out_is_billed_its_input(server, mock, st
     assert trace["cost_uc"] == input_estimate_uc(body) and trace["cost_status"] == "estimate"
     assert trace["usage_estimated"] == 1
     wait_for(lambda: spent(server, key_id) == input_estimate_uc(body), 10, "the budget counts the input")
+
+
+def head_reader() -> tuple[socket.socket, threading.Event]:
+    """A provider that reads a request's head, then resets the connection with its body unread: a
+    listening socket, and the event set once it did."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():  # other calls (a models listing) are reset too, unread
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the test closed the listener
+                return
+            with conn:
+                seen = b""
+                while b"\r\n\r\n" not in seen and (piece := conn.recv(4096)):
+                    seen += piece
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: a reset
+            if seen.startswith(b"POST /v1/chat/completions"):
+                done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, done
+
+
+def test_a_reset_while_the_request_is_written_is_not_billed(pyz_path, cache_home, mock, tmp_path_factory):
+    """The provider reset the connection before it had the whole request (20 MB of it still to
+    write): nothing it could act on, so not billed (a 502 all the same)."""
+    listener, done = head_reader()
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "cut", GROQ_BASE_URL=url)
+        try:
+            assert api(srv, "POST", "/api/prices", {"model": "mock-bill", "input": "1", "output": "1"})[0] == 200
+            status, body = api(srv, "POST", "/api/keys", {"name": "cut", "budget_usd": "100", "budget_period": "day"})
+            assert status == 201, body
+            big = body_of("groq/mock-bill", messages=[{"role": "user", "content": "x" * 20_000_000}])
+            status, _, answer = srv.request("POST", "/v1/chat/completions", raw=big, headers=srv.auth(body["key"]))
+            assert done.wait(10), (status, answer, srv.db_rows("SELECT status, provider, error_message FROM traces"))
+            assert status == 502 and json.loads(answer)["error"]["code"] == "upstream_reset", answer
+            (trace,) = key_rows(srv, body["id"], 1)
+            assert trace["cost_uc"] is None and trace["usage_estimated"] == 0, trace
+            assert spent(srv, body["id"]) == 0
+        finally:
+            srv.stop()
 
 
 def test_a_provider_that_cannot_be_reached_is_not_billed(server, mock):
