@@ -33,6 +33,18 @@ class Pricer:
         table, provider, kind = self.table, route.provider.name, route.provider.kind
         return table.lookup_mode(route.model, provider, mode, kind) or table.lookup_mode(asked, provider, mode, kind)
 
+    def held_price(self, ctx: RequestContext, route: Route, asked: str) -> Price | None:
+        """The price a budget holds the request at: its :func:`held_mode`'s; for an OpenAI request
+        that leaves its tier to the provider (``auto``, or none), the dearest tier the model is priced
+        in (:data:`DEFAULT_MAY_BE`): a project whose default is priority is served, and billed, at it,
+        which a hold at the standard rate would let a burst overspend by the difference."""
+        mode = held_mode(ctx)
+        if mode is None and project_may_choose(ctx):
+            dearer = self.price_of(route, asked, DEFAULT_MAY_BE)
+            if dearer is not None:
+                return dearer
+        return self.price_of(route, asked, mode)
+
     def worst_case(
         self, ctx: RequestContext, route: Route, asked: str, default_max_tokens: int, sent_back: int = 0
     ) -> int | None:
@@ -41,7 +53,7 @@ class Pricer:
         upload's audio, characters for media), None when it cannot be priced (no price, or a price
         in a unit the answer will not report). ``sent_back``: the input tokens a follow-up call
         adds (the answer so far of a paused turn)."""
-        price = self.price_of(route, asked, held_mode(ctx))
+        price = self.held_price(ctx, route, asked)
         if ctx.endpoint in media.ENDPOINTS:
             image_price = self.image_price(ctx, route.model, route.provider.name)
             return estimate.media_request_cost(ctx, price, image_price, default_max_tokens, route.model)
@@ -240,6 +252,8 @@ class Pricer:
         cost = None
         if ctx.endpoint == "moderations":
             cost = 0  # free
+        elif a.input_billed and a.usage is None and a.media_seconds is None and a.media_images is None:
+            cost = self._unanswered_media_cost(ctx, a, price)
         elif a.usage is not None:  # tokens: gpt-image-1, gpt-4o-transcribe
             cost = cost_microcents(price, a.usage) if price is not None and price.unit == "token" else None
         elif ctx.endpoint in media.IMAGES:
@@ -258,6 +272,26 @@ class Pricer:
             a.cost_uc, a.cost_status = None, "unknown"
         else:  # usage_estimated: a streamed image's, by ``media.ImageStream``
             a.cost_uc, a.cost_status = cost, "estimate" if a.usage_estimated else "exact"
+
+    def _unanswered_media_cost(self, ctx: RequestContext, a: Attempt, price: Price | None) -> int | None:
+        """A media call that went out and got no answer to bill by (``Attempt.input_billed``): its input
+        as an estimate, no output, as a token call's — speech's characters (or its text as tokens),
+        the audio a transcription's hold counted (:meth:`_cut_audio_cost`), an image call's prompt and
+        uploads at a token price (a per-image price bills no input: 0). None: no price to count by."""
+        a.usage_estimated = True
+        if ctx.endpoint in media.AUDIO_IN:
+            return None if price is None else self._cut_audio_cost(ctx, a, price)
+        if ctx.endpoint == "speech" and price is not None and price.unit == "character":
+            text = ctx.body.get("input")
+            return unit_cost(price, len(text)) if isinstance(text, str) else None
+        if ctx.endpoint in media.IMAGES and price is None:
+            model, provider = a.upstream_model or "", a.provider.name if a.provider else None
+            return 0 if self.image_price(ctx, model, provider) is not None else None
+        if price is None or price.unit != "token":
+            return None
+        images = estimate.uploaded_image_tokens(ctx, price) if ctx.endpoint in media.IMAGES else 0
+        a.usage = Usage(prompt_tokens=max(1, estimate.input_tokens(ctx)) + images, media_tokens=images)
+        return cost_microcents(price, a.usage)
 
     @staticmethod
     def _audio_cut(ctx: RequestContext, a: Attempt) -> bool:
@@ -303,6 +337,20 @@ def held_mode(ctx: RequestContext) -> str | None:
         return claude_mode(body.get("speed"), body.get("inference_geo"))
     mode = openai_mode(body.get("service_tier"))
     return None if mode == "flex" else mode
+
+
+# The dearest tier an OpenAI project's default may serve a request that asked ``auto`` (or no tier) at.
+DEFAULT_MAY_BE = "priority"
+
+
+def project_may_choose(ctx: RequestContext) -> bool:
+    """Whether the provider picks the request's tier (OpenAI's ``service_tier`` ``auto`` or unset:
+    the project's default, which may be priority); not Claude's Messages, which serve the speed asked,
+    nor the media endpoints, which have no tiers."""
+    body = ctx.body if isinstance(ctx.body, dict) else {}
+    if ctx.endpoint == "messages" or ctx.endpoint in media.ENDPOINTS:
+        return False
+    return body.get("service_tier") in (None, "auto")
 
 
 def image_key(model: str, body: dict) -> str | None:

@@ -887,13 +887,18 @@ def no_answer(
 
 def unanswered(ctx: RequestContext, exc: UpstreamError, answered: bool = False) -> bool:
     """Whether the call that failed with ``exc`` went out and the provider may bill its input though
-    no answer said what it used: it timed out, the shutdown ended it, it was ended for its departed
-    client, or ``answered`` (a whole answer's head came, its body broke: it was made) — not a connect
-    error, nor a reset or garbage before any answer (providers bill none). Token endpoints only."""
+    no answer said what it used: it timed out, the connection was reset or closed before the answer's
+    head once the whole request was written (``Cancel.written``: the provider may have read it and
+    worked on it, as for a timeout; one cut while writing left it nothing to act on), the shutdown
+    ended it, it was ended for its departed client, or ``answered`` (a whole answer's head came, its
+    body broke: it was made) — not a connect error (nothing was sent), nor an answer that is not
+    HTTP (not the provider's). Media endpoints too, in their own units (``Pricer._price_media``)."""
     cancel = ctx.upstream_cancel
-    if cancel is None or not cancel.sent or ctx.endpoint in media.ENDPOINTS:
+    if cancel is None or not cancel.sent:
         return False
-    return answered or exc.kind in ("timeout", "shutdown") or client_left(ctx)
+    if exc.kind == "reset" and not (answered or cancel.written):
+        return False
+    return answered or exc.kind in ("timeout", "reset", "shutdown") or client_left(ctx)
 
 
 def client_left(ctx: RequestContext) -> bool:

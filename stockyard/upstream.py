@@ -167,6 +167,7 @@ class Cancel:
         self.left = False  # the client went away: the call whose request went out goes on (``leave``)
         self.stopping = False  # the server is shutting down (``Pool.stop_calls``)
         self.sent = False  # the current call's request is being or was written to the provider (``mark_sent``)
+        self.written = False  # ... and all of it was (``mark_written``): the provider could act on it
 
     def cancel(self, stopping: bool = False) -> None:
         with self._lock:
@@ -208,13 +209,13 @@ class Cancel:
         """A call begins (:meth:`Pool.request`): its request is not sent yet, whatever an earlier
         call of the same request's (a retry's, a fallback's) was."""
         with self._lock:
-            self.sent = False
+            self.sent = self.written = False
 
     def attach(self, sock: socket.socket) -> None:
         """Watch ``sock`` from now on (before its ``connect()``, or before the request is written
         into a pooled connection); raises if the call was ended already. Its request is not sent yet."""
         with self._lock:
-            self.sent = False
+            self.sent = self.written = False
             self.check()
             self._sock = sock
 
@@ -223,6 +224,12 @@ class Cancel:
         so a client leaving from now on lets the call go on (:meth:`leave`)."""
         with self._lock:
             self.sent = True
+
+    def mark_written(self) -> None:
+        """The whole request was written: a connection that breaks from now on broke after the provider
+        could read all of it (a break while writing left it a request it cannot act on)."""
+        with self._lock:
+            self.written = True
 
     def detach(self) -> bool:
         """Stop watching the connection; True if the call was ended (do not reuse it)."""
@@ -656,11 +663,13 @@ class Pool:
             body.seek(0)
             cancel.mark_sent()
             conn.request(method, target, body=body, headers=headers)
+            cancel.mark_written()
             return conn.getresponse()
         assert conn.sock is not None
         head = request_head(key, method, target, headers, body)
         cancel.mark_sent()  # before the write: the provider may read the request before sendall returns
         conn.sock.sendall(head + body if body else head)
+        cancel.mark_written()
         resp = Response(conn.sock, method=method)
         try:
             resp.begin()

@@ -2215,6 +2215,8 @@ def message_batch_results(requests: list[dict], canceled: bool) -> tuple[list[st
             result = {"type": "succeeded", "message": anthropic_message(params, i, model)}
             if params.get("inference_geo") == "us" and "usage" in result["message"]:  # where it ran, as Claude says
                 result["message"]["usage"]["inference_geo"] = "us"
+            if params.get("speed") == "fast" and "usage" in result["message"]:  # the speed it ran at, as Claude says
+                result["message"]["usage"]["speed"] = "fast"
         counts[result["type"]] += 1
         lines.append(_dumps({"custom_id": request.get("custom_id"), "result": result}))
     return lines, counts

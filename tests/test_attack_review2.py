@@ -185,11 +185,12 @@ def test_a_fallback_to_a_dearer_model_first_holds_its_worst_case(server, mock):
     """Was: the budget held the worst case at the first model's price only, so a fallback to a
     dearer model (gpt-4o-mini → gpt-4o: 16× the output price) could cost far more than was held,
     every request in flight at once."""
-    body = {**chat("gpt-4o-mini"), "max_tokens": 1_000_000}  # $0.60 at gpt-4o-mini, $10 at gpt-4o
-    assert after_a_failure(server, mock, "budgeted", body) == (500, ["gpt-4o-mini"])  # $10 > the $5 budget
-    body["max_tokens"] = 300_000  # $3 at gpt-4o: it fits, and is held until the request ends
+    # gpt-4o without a tier is held at its priority rates (1.7x: a project may default to priority)
+    body = {**chat("gpt-4o-mini"), "max_tokens": 1_000_000}  # $0.60 at gpt-4o-mini, $17 at gpt-4o
+    assert after_a_failure(server, mock, "budgeted", body) == (500, ["gpt-4o-mini"])  # $17 > the $5 budget
+    body["max_tokens"] = 250_000  # $4.25 at gpt-4o: it fits, and is held until the request ends
     assert after_a_failure(server, mock, "budgeted", body) == (200, ["gpt-4o-mini", "gpt-4o"])
-    assert post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o"), "max_tokens": 450_000})[0] == 200
+    assert post(server, "budgeted", "/v1/chat/completions", {**chat("gpt-4o"), "max_tokens": 250_000})[0] == 200
 
 
 @pytest.mark.parametrize("tier, status", [("priority", 403), ("scale", 403), ("flex", 200), ("default", 200)])

@@ -9,6 +9,8 @@ Costs are exact integers in µ¢ (1 µ¢ = 10⁻⁸ USD); a rate of $1 per 1M to
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import openai
@@ -41,6 +43,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "budgeted": ["--budget-usd", "5", "--budget-period", "day"],
             "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
             "open": [],
+            "burst-auto": ["--budget-usd", "0.002", "--budget-period", "total"],
+            "burst-none": ["--budget-usd", "0.002", "--budget-period", "total"],
         }
     )
     srv.start()
@@ -203,6 +207,41 @@ def test_an_unpriced_tier_that_served_an_open_key_is_unknown_not_guessed(server,
     status, headers, answer = chat(server, "open", "gpt-5.4", service_tier="priority")
     assert status == 200, answer
     assert cost(server, headers) == (None, "unknown") and served_mode(server, headers) == "priority"
+
+
+@pytest.mark.parametrize("tier", ["auto", None])
+def test_a_burst_the_project_serves_at_priority_cannot_overspend_a_budget(server, mock, tier):
+    """``auto`` (or no tier) is served at priority when the OpenAI project defaults to it, and billed
+    so: each answer here uses exactly the tokens its hold counted, at priority (2x on gpt-5). Held at
+    the standard rate, a $0.002 budget let twice its worth through in a 100-way burst; held at the
+    dearest tier the model is priced in, the burst's spend stays within it."""
+    key, budget = f"burst-{tier or 'none'}", 200_000
+    extra = {} if tier is None else {"service_tier": tier}
+    body = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, **extra}
+    tokens = -(-len(json.dumps(body)) // 4)  # what the hold counts the input as
+    answer = chat_answer("gpt-5", "priority")
+    answer["usage"] = {"prompt_tokens": tokens, "completion_tokens": 16, "total_tokens": tokens + 16}
+    release = threading.Event()
+    mock.enqueue(*[Reply(json=answer, held=release)] * 100)
+    before = len(mock.requests)
+    try:
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            send = [("POST", "/v1/chat/completions", body, server.auth(key))] * 100
+            calls = [pool.submit(server.request, *args) for args in send]
+            # every request decided: the admitted ones wait at the provider, the rest were refused
+            wait_for(lambda: len(mock.requests) - before + sum(c.done() for c in calls) == 100, 30, "the burst decided")
+            release.set()
+            statuses = [c.result()[0] for c in calls]
+    finally:
+        release.set()
+        mock.clear_replies()
+    admitted = statuses.count(200)
+    assert admitted >= 1 and statuses.count(429) == 100 - admitted, statuses
+    priority = tokens * 250 + 16 * 2000  # $2.50 / $20 per 1M
+    sql = "SELECT t.cost_uc FROM traces t JOIN client_keys k ON k.id = t.key_id WHERE k.name = ? AND t.status = 200"
+    rows = wait_for(lambda: (r := server.db_rows(sql, (key,))) and len(r) == admitted and r, 10, "the traces")
+    assert [r["cost_uc"] for r in rows] == [priority] * admitted
+    assert admitted * priority <= budget, f"{admitted} admitted: {admitted * priority} µ¢ spent of {budget}"
 
 
 FAST = IN * 3000 + OUT * 15000  # Opus 4.6 in fast mode: $30 / $150 per 1M

@@ -17,6 +17,7 @@ import socket
 import threading
 import wave
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from typing import Any
 
 import anthropic
@@ -58,6 +59,8 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
     """The default body limits: STOCKYARD_MAX_BODY_BYTES 32 MiB, STOCKYARD_REQUEST_BODIES_MB 256."""
     keys = {
         "alice": [],
+        "usonly": [],
+        "speedy": [],
         "budgeted": ["--budget-usd", "100", "--budget-period", "day"],
         "dollar": ["--budget-usd", "1", "--budget-period", "day"],
         "dime": ["--budget-usd", "0.10", "--budget-period", "day"],
@@ -287,29 +290,31 @@ OPUS = "claude-opus-4-6"  # shipped: $5 / $25 per 1M, US-only inference 1.1x
 OPUS_UC = {"input": 500_000_000, "output": 2_500_000_000}  # µ¢ per 1M tokens
 
 
-def test_a_batch_request_run_in_the_us_is_billed_at_the_us_rate(server, mock):
-    """Anthropic's result says where each request ran (``usage.inference_geo``); one run US-only costs
-    1.1x, at the batch's half price too, as /v1/messages bills it."""
-    alice = server.anthropic("alice")
+@pytest.mark.parametrize(
+    "key, field, value, times",
+    [("usonly", "inference_geo", "us", Fraction(11, 10)), ("speedy", "speed", "fast", Fraction(6))],
+)
+def test_a_batch_request_run_in_a_dearer_mode_is_billed_at_its_rate(server, mock, key, field, value, times):
+    """Anthropic's result says where and how fast each request ran (``usage.inference_geo``,
+    ``usage.speed``); one run US-only costs 1.1x, one in fast mode 6x (Opus 4.6), at the batch's half
+    price too, as /v1/messages bills it; an unbudgeted key's batch is not refused for it."""
+    client = server.anthropic(key)
     plain = {"model": OPUS, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-    batch = alice.messages.batches.create(
-        requests=[
-            {"custom_id": "global", "params": plain},
-            {"custom_id": "us", "params": {**plain, "inference_geo": "us"}},
-        ]
+    batch = client.messages.batches.create(
+        requests=[{"custom_id": "plain", "params": plain}, {"custom_id": value, "params": {**plain, field: value}}]
     )
-    assert alice.messages.batches.retrieve(batch.id).processing_status == "ended"
-    geos = {r.custom_id: r.result.message.usage.inference_geo for r in alice.messages.batches.results(batch.id)}
-    assert geos == {"global": None, "us": "us"}
-    rows = wait_for(
-        lambda: server.db_rows("SELECT * FROM traces WHERE endpoint = 'message_batches.usage' AND model = ?", (OPUS,)),
-        timeout=30,
-        what="the batch's usage row",
+    assert client.messages.batches.retrieve(batch.id).processing_status == "ended"
+    said = {r.custom_id: getattr(r.result.message.usage, field) for r in client.messages.batches.results(batch.id)}
+    assert said == {"plain": None, value: value}
+    sql = (
+        "SELECT t.* FROM traces t JOIN client_keys k ON k.id = t.key_id"
+        " WHERE k.name = ? AND t.endpoint = 'message_batches.usage'"
     )
+    rows = wait_for(lambda: server.db_rows(sql, (key,)), timeout=30, what="the batch's usage row")
     standard = PROMPT_TOKENS * OPUS_UC["input"] + COMPLETION_TOKENS * OPUS_UC["output"]
-    numerator = standard + standard * 11 // 10  # the US request's every token at 1.1x
+    numerator = standard + int(standard * times)  # the dearer request's every token at its multiple
     assert rows[0]["prompt_tokens"] == 2 * PROMPT_TOKENS and rows[0]["completion_tokens"] == 2 * COMPLETION_TOKENS
-    assert (rows[0]["cost_uc"], rows[0]["cost_status"]) == ((numerator + 10**6) // (2 * 10**6), "exact")
+    assert (rows[0]["cost_uc"], rows[0]["cost_status"]) == ((numerator + 10**6) // (2 * 10**6), "exact"), rows
 
 
 def test_a_budgeted_batch_may_ask_for_a_priced_mode_held_at_its_rate(server, mock):
@@ -330,8 +335,9 @@ def test_a_budgeted_batch_may_ask_for_a_priced_mode_held_at_its_rate(server, moc
 
 @pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
 def test_a_budget_holds_openais_priority_at_its_rate(server, mock, api):
-    """6,000 output tokens of GPT-5 hold $0.06 at the standard rate, which a $0.10 budget covers; at
-    priority (2x) $0.12, which it does not: refused before the provider is asked, streamed or not."""
+    """6,000 output tokens of GPT-5 hold $0.06 at the standard rate (asked as ``default``: no tier or
+    ``auto`` is held at priority, which a project's default may serve), which a $0.10 budget covers;
+    at priority (2x) $0.12, which it does not: refused before the provider is asked, streamed or not."""
     client = server.openai("dime")
     stream = api.endswith("-stream")
 
@@ -349,7 +355,7 @@ def test_a_budget_holds_openais_priority_at_its_rate(server, mock, api):
         if stream:
             list(made)
 
-    ask()
+    ask(service_tier="default")
     before = len(mock.requests)
     with pytest.raises(openai.RateLimitError) as refused:
         ask(service_tier="priority")

@@ -10,7 +10,8 @@ answer (12 prompt and 5 completion tokens) costs 1,700 µ¢, and an estimate of 
   its connection closes), and what the provider was sent is estimated.
 - An attempt that timed out after its request went out, or a whole answer whose body broke off
   after its head: its input is estimated (a retry after it is billed too).
-- Nothing is billed for a call that never reached a provider, or was reset before any answer.
+- A call reset after its request went out, before any answer: its input is estimated, as a timeout's.
+- Nothing is billed for a call that never reached a provider.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import struct
 import threading
 
 import anthropic
@@ -226,6 +228,56 @@ def test_an_attempt_that_timed_out_is_billed_its_input_as_an_estimate(server, mo
     wait_for(lambda: spent(server, key_id) == input_estimate_uc(body), 10, "the budget counts the input")
 
 
+# Media in their own units (shipped prices): tts-1 1,500 µ¢ a character, whisper-1 10,000 µ¢ a second
+# (an mp3 upload held at 250 bytes a second), gpt-image-1 500 µ¢ a text input token.
+
+
+def test_a_speech_call_that_timed_out_is_billed_its_characters(server, mock):
+    """A speech call went out and did not answer in time: tts-1 bills the input's characters, which
+    the request says exactly; the 504's row carries them as an estimate (the provider may have)."""
+    put_module(server, "timeout", {"models": {"openai/tts-1": 0.3}})
+    secret, key_id = budget_key(server)
+    mock.enqueue(Reply(hang_s=5))
+    body = json.dumps({"model": "openai/tts-1", "voice": "alloy", "input": "x" * 40}).encode()
+    status, _, answer = server.request("POST", "/v1/audio/speech", raw=body, headers=server.auth(secret))
+    assert status == 504 and json.loads(answer)["error"]["code"] == "upstream_timeout", answer
+    (trace,) = key_rows(server, key_id, 1)
+    assert trace["cost_uc"] == 40 * 1_500 and trace["cost_status"] == "estimate", trace
+    wait_for(lambda: spent(server, key_id) == 40 * 1_500, 10, "the budget counts the characters")
+
+
+def test_a_transcription_that_timed_out_is_billed_the_audio_it_held(server, mock):
+    """A transcription went out and did not answer in time (the official SDK, no retries): the
+    provider heard the audio; its length is known only from an answer, so the hold's count of the
+    upload (2,500 mp3 bytes: 10 s) is billed as an estimate."""
+    put_module(server, "timeout", {"models": {"openai/whisper-1": 0.3}})
+    secret, key_id = budget_key(server)
+    mock.enqueue(Reply(hang_s=5))
+    with pytest.raises(openai.APIStatusError) as caught:
+        server.openai(secret).audio.transcriptions.create(
+            model="openai/whisper-1", file=("a.mp3", b"x" * 2_500), response_format="json"
+        )
+    assert caught.value.status_code == 504
+    (trace,) = key_rows(server, key_id, 1)
+    assert trace["cost_uc"] == 10 * 10_000 and trace["cost_status"] == "estimate", trace
+    wait_for(lambda: spent(server, key_id) == 10 * 10_000, 10, "the budget counts the audio")
+
+
+def test_an_image_call_that_timed_out_is_billed_its_prompt(server, mock):
+    """A GPT Image call went out and did not answer in time: its prompt (the body at four bytes a
+    token) at the text input rate, no images (none is known to have been made)."""
+    put_module(server, "timeout", {"models": {"openai/gpt-image-1": 0.3}})
+    secret, key_id = budget_key(server)
+    mock.enqueue(Reply(hang_s=5))
+    body = json.dumps({"model": "openai/gpt-image-1", "prompt": "a cat", "quality": "low", "size": "1024x1024"})
+    status, _, _ = server.request("POST", "/v1/images/generations", raw=body.encode(), headers=server.auth(secret))
+    assert status == 504
+    (trace,) = key_rows(server, key_id, 1)
+    tokens = -(-len(body) // 4)
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (tokens, 0), trace
+    assert trace["cost_uc"] == tokens * 500 and trace["cost_status"] == "estimate", trace
+
+
 def test_a_retry_after_a_slow_first_attempt_bills_both(server, mock):
     """A slow first attempt times out and a retry answers: the first is billed its input as an
     estimate, the second its usage; the budget counts both."""
@@ -260,15 +312,67 @@ def test_a_whole_answer_whose_body_breaks_is_billed_its_input(server, mock):
     assert trace["cost_uc"] == input_estimate_uc(body) and trace["cost_status"] == "estimate"
 
 
-def test_a_reset_before_any_answer_is_not_billed(server, mock):
-    """The connection closed before the answer's head (a proxy or load balancer refusing it looks
-    the same): providers bill no such call, nor is it here."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reset_after_the_request_went_out_is_billed_its_input(server, mock, stream):
+    """The provider read the request, then closed the connection before the answer's head: it may
+    have billed the input (as for a timeout), so the 502's row carries that estimate and the budget
+    counts it."""
     secret, key_id = budget_key(server)
     mock.enqueue(Reply(reset=True))
-    status, _, _ = server.request("POST", "/v1/chat/completions", raw=body_of(), headers=server.auth(secret))
-    assert status == 502
+    body = body_of(stream=True) if stream else body_of()
+    status, _, answer = server.request("POST", "/v1/chat/completions", raw=body, headers=server.auth(secret))
+    assert status == 502 and json.loads(answer)["error"]["code"] == "upstream_reset", answer
     (trace,) = key_rows(server, key_id, 1)
-    assert trace["cost_uc"] is None and trace["prompt_tokens"] is None
+    assert (trace["prompt_tokens"], trace["completion_tokens"]) == (-(-len(body) // 4), 0)
+    assert trace["cost_uc"] == input_estimate_uc(body) and trace["cost_status"] == "estimate"
+    assert trace["usage_estimated"] == 1
+    wait_for(lambda: spent(server, key_id) == input_estimate_uc(body), 10, "the budget counts the input")
+
+
+def head_reader() -> tuple[socket.socket, threading.Event]:
+    """A provider that reads a request's head, then resets the connection with its body unread: a
+    listening socket, and the event set once it did."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():  # other calls (a models listing) are reset too, unread
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the test closed the listener
+                return
+            with conn:
+                seen = b""
+                while b"\r\n\r\n" not in seen and (piece := conn.recv(4096)):
+                    seen += piece
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: a reset
+            if seen.startswith(b"POST /v1/chat/completions"):
+                done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, done
+
+
+def test_a_reset_while_the_request_is_written_is_not_billed(pyz_path, cache_home, mock, tmp_path_factory):
+    """The provider reset the connection before it had the whole request (20 MB of it still to
+    write): nothing it could act on, so not billed (a 502 all the same)."""
+    listener, done = head_reader()
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        srv = start_server(pyz_path, cache_home, mock, tmp_path_factory, "cut", GROQ_BASE_URL=url)
+        try:
+            assert api(srv, "POST", "/api/prices", {"model": "mock-bill", "input": "1", "output": "1"})[0] == 200
+            status, body = api(srv, "POST", "/api/keys", {"name": "cut", "budget_usd": "100", "budget_period": "day"})
+            assert status == 201, body
+            big = body_of("groq/mock-bill", messages=[{"role": "user", "content": "x" * 20_000_000}])
+            status, _, answer = srv.request("POST", "/v1/chat/completions", raw=big, headers=srv.auth(body["key"]))
+            assert done.wait(10), (status, answer, srv.db_rows("SELECT status, provider, error_message FROM traces"))
+            assert status == 502 and json.loads(answer)["error"]["code"] == "upstream_reset", answer
+            (trace,) = key_rows(srv, body["id"], 1)
+            assert trace["cost_uc"] is None and trace["usage_estimated"] == 0, trace
+            assert spent(srv, body["id"]) == 0
+        finally:
+            srv.stop()
 
 
 def test_a_provider_that_cannot_be_reached_is_not_billed(server, mock):
