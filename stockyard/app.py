@@ -17,9 +17,10 @@ import threading
 import time
 from typing import Any, Iterator, Mapping
 
-from . import __version__, audit, containers_api, message_batches
+from . import __version__, audit, background, containers_api, message_batches
 from .anthropic_files import AnthropicFiles
 from .auth import Gatekeeper
+from .background import BackgroundResponses
 from .backup import Snapshotter
 from .batch_costs import BatchCosts, BatchWatch
 from .billing import Pricer
@@ -169,6 +170,10 @@ class App:
             route=RouteStep(self.registry, self.models),
         )
         self.ownership = ownership = Ownership(self.store, self.batch_spend)
+        ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
+        self.background = BackgroundResponses(
+            ownership, self.store, self.pricer, self.metrics, settings, self.batch_spend, ring, self.pool
+        )
         self.conversations = Conversations(
             self.store,
             self.registry,
@@ -177,6 +182,7 @@ class App:
             settings.max_body_bytes,
             functools.partial(containers_api.claim_made, ownership),  # auto containers, their key's
             shared=settings.workers > 1 or self.backend.dialect == "postgresql",  # others serve the next turn too
+            background=self.background,
         )
         self.path = RequestPath(
             settings,
@@ -208,8 +214,11 @@ class App:
             self.metrics.count,
             self.parsing,
         )
-        ring = lambda: self.gate.ring  # noqa: E731 - the key ring of the moment, for the batch watch
-        looks = {"batch": self.files.look_at_batch, message_batches.KIND: self.message_batches.look_at_batch}
+        looks = {
+            "batch": self.files.look_at_batch,
+            message_batches.KIND: self.message_batches.look_at_batch,
+            background.KIND: self.background.look,
+        }
         self.batch_watch = BatchWatch(
             self.store, looks, self.registry, ring, settings.batch_poll_s, ownership.expire_holds
         )

@@ -31,8 +31,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
+from .config import Settings
 from .context import RequestContext, claude_mode
 from .errors import OPENAI
 from .files_api import BATCH_PRICE, BatchSpend, Billed, lines_of, mark_billed, upstream_path
@@ -171,6 +172,35 @@ def openai_output(provider: Provider, batch: dict) -> BatchOutput:
     )
 
 
+def bill_once(ctx: RequestContext, object_id: str, kind: str, settings: Settings) -> Callable[[Any], Billed | None]:
+    """The writer job that records ``ctx``'s usage trace for an object its provider billed (a batch,
+    a background response) and marks the object billed, in one transaction: only the job that
+    marks it first writes the row, so racing looks, and replicas, record it once."""
+    row = trace_row_from(ctx, store_bodies=settings.store_bodies, cap=settings.body_cap_bytes)
+
+    def job(conn: Any) -> Billed | None:
+        billed = mark_billed(conn, object_id, kind)
+        if billed is not None:
+            row.write(conn)
+        return billed
+
+    return job
+
+
+def settle_billed(ctx: RequestContext, billed: Billed, metrics: Metrics, settle: BatchSpend) -> None:
+    """After ``bill_once`` recorded ``ctx``: its cost (where its trace counts it) replaces what the
+    object held (where that was counted) on its owner's budgets."""
+    metrics.observe_request(ctx)
+    if not ctx.key_id:
+        return
+    cost = ctx.attempt.cost_uc or 0
+    if billed.project == ctx.project:
+        settle(ctx.key_id, ctx.project, cost - billed.held_uc, ctx.ts_ms)
+    else:  # its key moved to another project while it ran
+        settle(ctx.key_id, billed.project, -billed.held_uc, ctx.ts_ms)
+        settle(ctx.key_id, ctx.project, cost, ctx.ts_ms)
+
+
 class BatchCosts:
     """Records each ended batch's cost once, reading its results in the background: one batch at a
     time (a list of many ended batches must not start as many readers, each holding a line of up to
@@ -278,26 +308,10 @@ class BatchCosts:
         if total.unpriced:
             a.error_message = f"no price for {', '.join(sorted(total.unpriced))[:500]}"
         ctx.complete = True
-        settings = self._path.settings
-        row = trace_row_from(ctx, store_bodies=settings.store_bodies, cap=settings.body_cap_bytes)
-
-        def job(conn) -> Billed | None:
-            billed = mark_billed(conn, output.batch_id, output.kind)
-            if billed is not None:
-                row.write(conn)
-            return billed
-
-        billed = self._store.write(job)
+        billed = self._store.write(bill_once(ctx, output.batch_id, output.kind, self._path.settings))
         if billed is None:
             return
-        self._metrics.observe_request(ctx)
-        if ctx.key_id:  # its cost (where its trace counts it) replaces what it held (where that was counted)
-            cost = a.cost_uc or 0
-            if billed.project == ctx.project:
-                self._settle(ctx.key_id, ctx.project, cost - billed.held_uc, ctx.ts_ms)
-            else:  # its key moved to another project while it ran
-                self._settle(ctx.key_id, billed.project, -billed.held_uc, ctx.ts_ms)
-                self._settle(ctx.key_id, ctx.project, cost, ctx.ts_ms)
+        settle_billed(ctx, billed, self._metrics, self._settle)
         log.info(
             "batch %s: %d lines, %d+%d tokens, recorded under trace %s",
             output.batch_id,

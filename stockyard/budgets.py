@@ -205,21 +205,31 @@ COUNTED_TIERS = (None, "auto", "default", "flex", "standard_only")  # billed at 
 COUNTED_MODES = {"speed": (None, "standard"), "inference_geo": (None, "global")}
 
 
-def check_countable(ctx: RequestContext, whose: str, priced: Callable[[str], bool] | None = None) -> None:
+# ctx.state: what a background response left running holds on its key's budgets until it is billed
+# (µ¢, ``stockyard.background``), which the budget module settles its reservation to
+BACKGROUND_HELD = "background.held"
+
+
+def check_countable(
+    ctx: RequestContext, whose: str, priced: Callable[[str], bool] | None = None, follows_background: bool = False
+) -> None:
     """The 403 for a request a budget could not count: a background response (it runs after its
-    answer, whose usage is still empty), a transcription or translation whose answer will not
-    report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
+    answer, whose usage is still empty) unless the budget follows one to its end (``follows_background``:
+    a key's and its project's hold its worst case until it is billed, ``stockyard.background``; not a
+    streamed one, whose stream is what bills it, nor an end user's), a transcription or translation
+    whose answer will not report its cost (``response_format`` text, srt, vtt; a translation's json), provider-run tools
     whose cost nothing bounds (MCP servers, code execution, an unbounded web fetch), a dearer
     service tier (OpenAI's ``priority`` bills above the price table's rates) or Claude mode (fast
     mode, US-only inference: ``COUNTED_MODES``) whose price is not known (``priced``: whether the
     request's model has a price in that mode, ``pricing.PriceTable.lookup_mode``; one that has is
     held at it), or a Gemini context
     cache whose size Stockyard does not know (its tokens are billed with the call)."""
-    if runs_after_answer(ctx):
+    if runs_after_answer(ctx) and not (follows_background and not ctx.stream):
         raise ProxyError(
             403,
             "a background response runs at the provider after its answer, so its cost is never seen here "
-            f"and the budget on {whose} cannot be enforced; send it without 'background'",
+            f"and the budget on {whose} cannot be enforced; send it without 'background'"
+            + (" or without 'stream'" if follows_background else ""),
             param="background",
             code="background_not_budgeted",
         )

@@ -46,7 +46,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable
 from urllib.parse import urlencode
 
 from .context import Answer, Conversation, RequestContext
@@ -69,13 +69,16 @@ from .providers import Provider, Registry
 from .providers import responses as translate
 from .providers.chatshape import note
 from .providers.messages_adapters import ESTIMATE_HEADER, prompt_estimate
-from .providers.responses_adapters import upstream_headers, upstream_path
+from .providers.responses_adapters import ended_in, upstream_headers, upstream_path
 from .scrub import Scrubber
 from .store import Store, storable
 from .store.traces import ZLIB_LEVEL
 from .store.writer import FULL_WAIT_S
 from .streamrelay import Unheld
 from .upstream import Pool, UpstreamError, UpstreamResponse
+
+if TYPE_CHECKING:
+    from .background import BackgroundResponses
 
 log = logging.getLogger("stockyard.conversations")
 PATH = re.compile(rf"^/v1/responses/({STORED_ID})(/cancel|/input_items)?$")
@@ -252,8 +255,10 @@ class Conversations:
         max_bytes: int,
         claim_containers: ClaimContainers = lambda ids, key_id, provider, deferred: None,
         shared: bool = False,
+        background: BackgroundResponses | None = None,
     ) -> None:
         self._store = store
+        self._background = background  # background responses: recorded as they start, billed once they end
         # other processes serve the same clients (workers, replicas): they find a kept turn only once
         # it is committed, so the answer's end waits for that (_before_the_end)
         self._shared = shared
@@ -514,7 +519,10 @@ class Conversations:
                 self._claim_containers(ran, ctx.key_id, provider.name, ctx.claims_deferred)
 
     def _keep(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
-        """Record a finished response (unless ``store`` is false); visible to lookups at once."""
+        """Record a finished response (unless ``store`` is false); visible to lookups at once. One
+        left running in the background is recorded as its key's, to be billed when it ends."""
+        if self._background is not None:
+            self._background.started(ctx, provider, response)
         self._see(ctx, provider, response.get("output"))
         self._append(ctx, response)
         response_id = response.get("id")
@@ -738,7 +746,8 @@ class Conversations:
                 provider.base_url, req.method, upstream_path(provider, rest), upstream_headers(provider), body or None
             )
             if resp.is_sse and resp.status < 300:  # GET …?stream=true: the events as the provider sends them
-                return Response(resp.status, content_type=resp.headers["content-type"], stream=self._relay(resp))
+                stream = self._relay(resp, row, provider)
+                return Response(resp.status, content_type=resp.headers["content-type"], stream=stream)
             data = resp.read_all()
         except UpstreamError as exc:
             raise exc.answer(provider.name, self._scrub.text) from None
@@ -746,6 +755,8 @@ class Conversations:
             self.delete(row.id)
         if req.method == "GET" and not action and resp.status < 300:
             self._record_items(row, data)
+        if resp.status < 300 and (action == "/cancel" or (req.method == "GET" and not action)):
+            self._ended(row, provider, data)
         content_type = resp.headers.get("content-type", "application/json")
         return Response(resp.status, self._scrub.bytes(data), content_type)
 
@@ -775,11 +786,26 @@ class Conversations:
 
         self._store.submit(job)  # dropped when the queue is full: its items stay unnamed (refused)
 
-    def _relay(self, resp: UpstreamResponse) -> Generator[bytes, None, None]:
+    def _ended(self, row: StoredResponse, provider: Provider, data: bytes) -> None:
+        """A retrieve's or a cancel's answer: a background response it shows ended is billed (once)."""
+        if self._background is None or b'"background"' not in data:
+            return
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return
+        if isinstance(doc, dict) and doc.get("id") == row.id:
+            self._background.finished(row.key_id, provider, doc)
+
+    def _relay(self, resp: UpstreamResponse, row: StoredResponse, provider: Provider) -> Generator[bytes, None, None]:
         """A stored response's events, relayed as each read completes them (a background response
-        streams for as long as it runs); a break ends with an error event, never a made-up end."""
+        streams for as long as it runs; its end event bills it, once, before the client sees it);
+        a break ends with an error event, never a made-up end."""
         try:
             for batch in resp.events():
+                ended = ended_in(batch) if self._background is not None else None
+                if self._background is not None and ended is not None and ended.get("id") == row.id:
+                    self._background.finished(row.key_id, provider, ended)
                 yield self._scrub.bytes(b"".join(batch))
         except UpstreamError as exc:
             message = self._scrub.text(f"the provider's stream broke: {exc}")

@@ -210,15 +210,17 @@ QUEUED = {"id": "resp_bg1", "object": "response", "status": "queued", "model": "
 BACKGROUND = {"model": "gpt-4o", "input": "write a novel", "background": True, "max_output_tokens": 15000}
 
 
-@pytest.mark.parametrize("who, user", [("budgeted", None), ("plain", "eve")])
-def test_a_budget_refuses_a_background_response(server, mock, who, user):
+@pytest.mark.parametrize("who, user, stream", [("budgeted", None, True), ("plain", "eve", False)])
+def test_a_budget_refuses_a_background_response_it_cannot_follow(server, mock, who, user, stream):
     """Was: a background response answers at once (``queued``, no usage) and runs at the provider
     afterwards; its cost was estimated from the few bytes of that first answer, so a budgeted key
-    (or end user) ran any number of them nearly free."""
+    (or end user) ran any number of them nearly free. A key's budget now holds one until it is billed
+    (``test_background_responses``); an end user's budget, and a key's for a streamed one (its
+    stream bills it; cut, it would run on unbilled), still refuse it."""
     mock.clear()
     mock.enqueue(Reply(json=QUEUED))
     headers = {**server.auth(who), **({"x-stockyard-user": user} if user else {})}
-    status, _, raw = server.request("POST", "/v1/responses", BACKGROUND, headers=headers)
+    status, _, raw = server.request("POST", "/v1/responses", {**BACKGROUND, "stream": stream}, headers=headers)
     assert status == 403, raw
     assert json.loads(raw)["error"]["code"] == "background_not_budgeted"
     assert mock.requests == []

@@ -1124,11 +1124,6 @@ def test_a_background_responses_items_are_its_keys_once_retrieved_finished(serve
     assert status == 400 and refused["error"]["param"] == "input[0].id", refused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="background Responses are not yet billed their real usage (the POST's queued answer is estimated from "
-    "its bytes; the completed response's usage is never billed): see README, Requests that do not end cleanly",
-)
 def test_a_background_response_is_billed_its_real_usage_once(server, mock):
     """A background response answers ``queued`` without usage, and runs at the provider after that:
     what it used is in the response its key later retrieves finished. The key's traces together must

@@ -9,10 +9,12 @@ any failed attempt a provider billed, all priced before the after hooks run).
 
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
-price with ``stockyard prices set``. For the same reason it is refused background responses
-(403 ``background_not_budgeted``: they run after their answer, whose usage is still empty),
-OpenAI's dearer service tiers (``service_tier_not_budgeted``) and audio whose answer reports no
-usage (``response_format_not_budgeted``: text, srt, vtt; ``budgets.check_countable``).
+price with ``stockyard prices set``. A background response holds its worst case until it is
+billed when it ends (``stockyard.background``); a streamed one is refused (403
+``background_not_budgeted``: its stream bills it, and a cut stream would leave it running). For
+the same reason as unpriced models it is refused OpenAI's dearer service tiers
+(``service_tier_not_budgeted``) and audio whose answer reports no usage
+(``response_format_not_budgeted``: text, srt, vtt; ``budgets.check_countable``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 from .. import estimate
 from ..budgets import (
+    BACKGROUND_HELD,
     Budget,
     BudgetExceeded,
     Hold,
@@ -88,7 +91,8 @@ class BudgetModule(Module):
         assert ctx.route is not None  # resolved by the route step before this module
         model = ctx.routed_model or ctx.model or ""
         route = ctx.route
-        check_countable(ctx, "this key", lambda mode: services.pricer.price_of(route, model, mode) is not None)
+        priced = lambda mode: services.pricer.price_of(route, model, mode) is not None  # noqa: E731
+        check_countable(ctx, "this key", priced, follows_background=True)
         found = services.pricer.worst_case(ctx, ctx.route, model, services.settings.default_max_tokens)
         if found is None:
             raise unpriced_refusal(services.pricer.unpriced_model(ctx, ctx.route, model), "on this key")
@@ -126,5 +130,8 @@ class BudgetModule(Module):
         cover = ctx.state.pop("budget.cover", None)
         if cover is not None:
             cover.release()
-        billed = estimate.billed_uc(ctx)
+        # a background response left running keeps its worst case as spend until it is billed
+        # (``stockyard.background``: its hold recorded with it), else the request's cost
+        held = ctx.state.pop(BACKGROUND_HELD, None)
+        billed = held if held is not None else estimate.billed_uc(ctx)
         self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)

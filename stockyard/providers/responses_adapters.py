@@ -46,6 +46,8 @@ from .reasoning import unpack
 PATHS = {"responses": "/responses", "input_tokens": "/responses/input_tokens", "compact": "/responses/compact"}
 AZURE_RESPONSES_VERSION = "2025-04-01-preview"  # the first api-version with /openai/responses
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+ENDED = ("completed", "incomplete", "failed", "cancelled")  # a response's statuses once it ran its course
+END_EVENTS = tuple(f"response.{status}".encode() for status in ENDED)
 _CHAT_BODY = "responses.chat_body"  # ctx.state: the translated body, made once per request
 
 
@@ -89,6 +91,34 @@ def joined(ctx: RequestContext) -> dict | None:
     """``{"id": …}`` of the Stockyard conversation this turn joined (the answer's ``conversation``)."""
     conv = ctx.conversation
     return {"id": conv.conversation_id} if conv is not None and conv.conversation_id else None
+
+
+def read_response(ctx: RequestContext, data: dict) -> None:
+    """What a whole response object says it cost, onto ``ctx.attempt``: the model and tier that
+    served it, its usage, the image tool's images and the hosted tools' calls (billed per call).
+    ``ctx.body`` prices the image tool: the request's, or the response itself (it echoes its ``tools``)."""
+    a = ctx.attempt
+    a.serve(data.get("model"), data.get("id"))
+    a.serve_openai(data)
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        a.usage = Usage.from_openai(usage)
+    images, calls = ImageTally(ctx.body), CallTally()
+    images.see_output(data.get("output"))
+    calls.see_output(data.get("output"))
+    a.image_usage, a.image_estimate = reported(data), images.estimate()
+    a.tool_calls = calls.counts()
+
+
+def ended_in(events: list[bytes]) -> dict | None:
+    """The response an end event among ``events`` (one relayed batch of a stream) carries, if any."""
+    for event in events:
+        if any(name in event for name in END_EVENTS):
+            obj = sse_object(event)
+            response = obj.get("response") if obj is not None else None
+            if isinstance(response, dict):
+                return response
+    return None
 
 
 def with_data(event: bytes, obj: dict) -> bytes:
@@ -151,16 +181,7 @@ class ResponsesPassThrough(Adapter):
 
     def parse(self, ctx: RequestContext, body: bytes) -> bytes:
         data = loads_object(body)
-        ctx.attempt.serve(data.get("model"), data.get("id"))
-        ctx.attempt.serve_openai(data)
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            ctx.attempt.usage = Usage.from_openai(usage)
-        images, calls = ImageTally(ctx.body), CallTally()
-        images.see_output(data.get("output"))
-        calls.see_output(data.get("output"))
-        ctx.attempt.image_usage, ctx.attempt.image_estimate = reported(data), images.estimate()
-        ctx.attempt.tool_calls = calls.counts()
+        read_response(ctx, data)
         if ctx.endpoint == "responses" and data.get("object") == "response":
             if joined(ctx) is not None:  # the provider heard of no conversation: the answer names it
                 data["conversation"] = joined(ctx)

@@ -1,0 +1,158 @@
+"""Background responses (``POST /v1/responses`` with ``background: true``), billed their real usage once.
+
+Such a response answers at once (``queued`` or ``in_progress``, no usage) and runs at the provider
+afterwards. Its POST is billed 0 (it used nothing yet) and the response is recorded as its key's
+(``owned_objects``, kind ``background_response``) with what it holds against a budgeted key's
+budgets (``held_uc``, ``held_project``: the request's worst case at its ``max_output_tokens``,
+which the budget module turns from a reservation into spend: ``budget.after``), as a batch is.
+
+When Stockyard sees it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) — a retrieve
+passed through, the end event of its stream (``GET …?stream=true``), the cancel's answer, or the batch
+watch's own look every ``STOCKYARD_BATCH_POLL`` at those nobody retrieved — one ``responses.usage``
+trace records what the provider says it used, priced as the POST would have been (the tier that
+served it, the image tool, hosted tools' calls), written in the same transaction that marks it
+billed (``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed
+once. Its cost then replaces its hold on the budgets. One never seen to end gives its hold back
+after ``batch_costs.WATCH_DAYS``, as a batch does.
+
+Not here: a background request that is also streamed (``stream: true``) is billed by its stream, as
+any streamed response is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable
+
+from .batch_costs import bill_once, settle_billed
+from .billing import Pricer
+from .budgets import BACKGROUND_HELD as HELD
+from .config import Settings
+from .context import RequestContext
+from .errors import RESPONSES
+from .files_api import OPEN_OWNER, BatchHold, Ownership, owner_of
+from .keys import KeyRing
+from .metrics import Metrics
+from .pricing import Usage
+from .providers import Provider
+from .providers.responses_adapters import ENDED, read_response, upstream_headers, upstream_path
+from .store import Store
+from .upstream import Pool
+
+log = logging.getLogger("stockyard.background")
+
+KIND = "background_response"  # in owned_objects
+RUNNING = ("queued", "in_progress")
+COVER = "budget.cover"  # ctx.state: the budget module's ``Cover`` (``held``: the worst case it holds)
+
+
+def left_running(ctx: RequestContext, provider: Provider, response: dict) -> bool:
+    """Whether a POST's whole answer left a background response running at a provider that keeps it."""
+    return (
+        ctx.endpoint == "responses"
+        and provider.speaks_responses
+        and not ctx.stream
+        and ctx.body.get("background") is True
+        and response.get("status") in RUNNING
+        and isinstance(response.get("id"), str)
+    )
+
+
+class BackgroundResponses:
+    """Records background responses as their keys' when they start, and bills each once it ended."""
+
+    def __init__(
+        self,
+        ownership: Ownership,
+        store: Store,
+        pricer: Pricer,
+        metrics: Metrics,
+        settings: Settings,
+        settle: Callable[[str, str | None, int, int], None],
+        keys: Callable[[], KeyRing],
+        pool: Pool,
+    ) -> None:
+        self._ownership = ownership
+        self._store = store
+        self._pricer = pricer
+        self._metrics = metrics
+        self._settings = settings
+        self._settle = settle  # App.batch_spend: a change to what the key's objects count on its budgets
+        self._keys = keys
+        self._pool = pool
+
+    def started(self, ctx: RequestContext, provider: Provider, response: dict) -> None:
+        """A POST's answer left it running: recorded as the key's with what its budget holds, and
+        the POST billed 0 (its usage comes when it ends). Not recorded (a write that failed, an id
+        another key holds): the POST keeps its estimate, as before."""
+        if not left_running(ctx, provider, response):
+            return
+        cover = ctx.state.get(COVER) if ctx.state.get("budget") is not None else None
+        held = int(getattr(cover, "held", 0))
+        project = ctx.key.project if ctx.key is not None else None
+        try:
+            claimed = self._ownership.claim(
+                response["id"], KIND, owner_of(ctx), provider.name, BatchHold(held, lambda _: None, project)
+            )
+        except Exception as exc:  # the store refused it: estimated as a request without usage
+            log.warning("background response %s was not recorded: %s: %s", response["id"], type(exc).__name__, exc)
+            return
+        if claimed:
+            ctx.attempt.usage = Usage()  # the queued answer's own: nothing used yet
+            ctx.state[HELD] = held
+
+    def finished(self, key_id: str | None, provider: Provider, response: dict) -> None:
+        """A response seen ended (retrieved, streamed, cancelled, looked at): its usage billed once
+        if it is a background response of ``key_id``'s not billed yet."""
+        response_id = response.get("id")
+        if response.get("status") not in ENDED or not isinstance(response_id, str):
+            return
+        owned = self._ownership.find(response_id, KIND, key_id or OPEN_OWNER)
+        if owned is None or owned.billed:
+            return
+        key = self._keys().by_id(key_id) if key_id else None
+        if key_id and key is None:
+            return  # its key is gone: nobody to bill
+        ctx = self._usage(provider, response)
+        if key is not None:
+            ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
+        billed = self._store.write(bill_once(ctx, response_id, KIND, self._settings))
+        if billed is not None:
+            settle_billed(ctx, billed, self._metrics, self._settle)
+
+    def _usage(self, provider: Provider, response: dict) -> RequestContext:
+        """The ``responses.usage`` trace of an ended response, priced from what it reports: the
+        response is its own body here (it echoes its ``tools``, which price the image tool's and
+        hosted tools' calls). One that reports no usage costs 0, marked an estimate."""
+        ctx = RequestContext("responses.usage", RESPONSES, "", {})
+        model = response.get("model") if isinstance(response.get("model"), str) else None
+        ctx.body, ctx.model = response, model
+        ctx.raw = json.dumps({"response_id": response.get("id"), "status": response.get("status")}).encode()
+        a = ctx.attempt
+        a.provider, a.upstream_model, a.status = provider, model, 200
+        read_response(ctx, response)
+        unreported = a.usage is None
+        if unreported:
+            a.usage = Usage()
+        self._pricer.price(ctx)
+        if unreported and a.cost_status == "exact":
+            a.cost_status, a.error_message = "estimate", "the provider reported no usage for this response"
+        ctx.complete = response.get("status") == "completed"
+        return ctx
+
+    def look(self, ctx: RequestContext, provider: Provider, response_id: str) -> str | None:
+        """Retrieve a background response for its owner (the batch watch): its status, or None when
+        the provider did not answer with it. An ended one is billed as if its owner had retrieved it."""
+        path = upstream_path(provider, f"/responses/{response_id}")
+        resp = self._pool.request(provider.base_url, "GET", path, upstream_headers(provider), None)
+        data = resp.read_all()
+        try:
+            doc = json.loads(data) if resp.status < 300 else None
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or doc.get("id") != response_id:
+            return None
+        self.finished(ctx.key_id, provider, doc)
+        status = doc.get("status")
+        return status if isinstance(status, str) else None
