@@ -1477,6 +1477,7 @@ class ResponsesState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.responses: dict[str, tuple[dict, list[dict]]] = {}
+        self.background: dict[str, dict] = {}  # a background response's id → the request that made it
 
     def keep(self, body: dict, response: dict) -> None:
         if body.get("store") is False:
@@ -1508,6 +1509,12 @@ def _responses(call: Call, model: str) -> Reply:
         events = responses_stream(body, call.n, model, ran)
         RESPONSES_STATE.keep(body, jsonlib.loads(events[-1].split("data: ", 1)[1])["response"])
         return Reply(sse=events)
+    if body.get("background") is True:  # queued now; each retrieve moves it on (``_background_look``)
+        response = {**responses_object(body, call.n, model, "queued"), "background": True}
+        RESPONSES_STATE.keep(body, response)
+        with RESPONSES_STATE.lock:
+            RESPONSES_STATE.background[response["id"]] = body
+        return Reply(json=response)
     response = responses_object(body, call.n, model, "completed", _responses_output(body, call.n, ran))
     RESPONSES_STATE.keep(body, response)
     return Reply(json=response)
@@ -1548,6 +1555,41 @@ def _compact(call: Call, model: str) -> Reply:
     )
 
 
+BACKGROUND_CANCEL_OUTPUT = 7  # output tokens a background response cancelled before its end had made
+
+
+def _background_look(call: Call, response_id: str, action: str | None) -> Reply:
+    """A background response, as OpenAI runs one: ``queued`` when made, ``in_progress`` at the first
+    retrieve, ``completed`` with its usage at the next (and after); ``?stream=true`` streams it to its
+    end (``response.completed``); a cancel before its end answers it ``cancelled`` with the usage it
+    made so far (``BACKGROUND_CANCEL_OUTPUT`` output tokens), after its end as it ended."""
+    with RESPONSES_STATE.lock:
+        body = RESPONSES_STATE.background[response_id]
+        response, items = RESPONSES_STATE.responses[response_id]
+        model, n = response["model"], int(response_id.removeprefix("resp_mock") or 0)
+        status = response["status"]
+        if action == "/cancel":
+            if status not in ("completed", "cancelled"):
+                usage = responses_usage(model, BACKGROUND_CANCEL_OUTPUT)
+                response = {**responses_object(body, n, model, "cancelled"), "usage": usage}
+        elif call.req.query.get("stream") == "true" or status == "in_progress":
+            output = _responses_output(body, n)
+            response = responses_object(body, n, model, "completed", output)
+        elif status == "queued":
+            response = responses_object(body, n, model, "in_progress")
+        response = {**response, "id": response_id, "background": True}
+        RESPONSES_STATE.responses[response_id] = (response, items)
+    if call.req.query.get("stream") == "true" and not action:
+        running = {**response, "status": "in_progress", "usage": None}
+
+        def event(kind: str, seq: int, obj: dict) -> str:
+            return f"event: {kind}\ndata: " + _dumps({"type": kind, "sequence_number": seq, "response": obj})
+
+        events = [event("response.in_progress", 0, running), event("response.completed", 1, response)]
+        return Reply(sse=events)
+    return Reply(json=response)
+
+
 def _stored_response(call: Call, scripted: Reply | None) -> Reply:
     """GET/DELETE /v1/responses/{id}, POST …/cancel, GET …/input_items."""
     if scripted is not None and scripted.status >= 400:
@@ -1562,6 +1604,8 @@ def _stored_response(call: Call, scripted: Reply | None) -> Reply:
     response, items = found
     if call.req.method == "DELETE":
         return Reply(json={"id": response_id, "object": "response", "deleted": True})
+    if response_id in RESPONSES_STATE.background and action != "/input_items":
+        return _background_look(call, response_id, action)
     if action == "/cancel":
         return openai_error(400, "Cannot cancel a synchronous response.")
     if action == "/input_items":

@@ -1,0 +1,180 @@
+"""Background Responses (``background: true``) billed exactly their real usage, once.
+
+The real pyz against the mock upstream, which runs a background response as OpenAI does
+(``mock_upstream._background_look``: ``queued`` when made, ``in_progress`` at the first retrieve,
+``completed`` with its usage at the next; streamed to its end; cancelled with the usage made so
+far), with the official ``openai`` SDK as the client. gpt-4o-mini: 15 µ¢ a token in, 60 out.
+Runs on PostgreSQL too (``STOCKYARD_TEST_STORE=postgresql``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
+from mock_upstream import BACKGROUND_CANCEL_OUTPUT
+
+ADMIN = "admin-secret-for-background-tests"
+MODEL = "gpt-4o-mini"
+IN_UC, OUT_UC = 15, 60  # gpt-4o-mini's µ¢ a token
+BUDGET_UC = 303_000  # $0.00303: five worst cases of 1,000 output tokens and a few in
+
+
+@pytest.fixture(scope="module")
+def server(pyz_path, cache_home, mock, tmp_path_factory):
+    """Nobody looks but the clients (the batch watch off)."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("background") / "stockyard.db", env).start()
+    yield srv
+    srv.stop()
+
+
+def new_key(server: ServerProcess, **fields: str) -> tuple[str, str]:
+    """A new key's (secret, name)."""
+    name = f"bg-{secrets.token_hex(6)}"
+    status, _, data = server.request(
+        "POST", "/api/keys", {"name": name, **fields}, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert status == 201, data
+    return json.loads(data)["key"], name
+
+
+def traces(server: ServerProcess, name: str) -> list[dict]:
+    sql = (
+        "SELECT t.endpoint, t.cost_uc, t.cost_status FROM traces t JOIN client_keys k ON k.id = t.key_id"
+        " WHERE k.name = ? ORDER BY t.ts"
+    )
+    return server.db_rows(sql, (name,))
+
+
+def usage_rows(server: ServerProcess, name: str) -> list[dict]:
+    return [row for row in traces(server, name) if row["endpoint"] == "responses.usage"]
+
+
+def cost_of(usage) -> int:
+    return usage.input_tokens * IN_UC + usage.output_tokens * OUT_UC
+
+
+def test_a_background_response_is_billed_once_across_polls_a_stream_and_a_cancel(server, mock):
+    """Its POST costs 0 (nothing used yet, no estimate); the retrieve that sees it in progress bills
+    nothing; the stream that runs it to its end bills its usage once, before the end event reaches
+    the client; the retrieves and the cancel after that bill nothing more."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    made = client.responses.create(model=MODEL, input="a long job", background=True)
+    assert made.status == "queued" and made.usage is None
+    assert client.responses.retrieve(made.id).status == "in_progress"
+    assert usage_rows(server, name) == []
+    events = list(client.responses.retrieve(made.id, stream=True))
+    assert events[-1].type == "response.completed", events
+    usage = events[-1].response.usage
+    assert usage is not None and usage.output_tokens > 0
+    (billed,) = usage_rows(server, name)  # written before the end event went out
+    assert billed == {"endpoint": "responses.usage", "cost_uc": cost_of(usage), "cost_status": "exact"}
+    assert client.responses.retrieve(made.id).status == "completed"
+    assert client.responses.cancel(made.id).status == "completed"
+    assert client.responses.retrieve(made.id).usage == usage
+    rows = wait_for(lambda: (r := traces(server, name)) and len(r) == 6 and r, what="six traces")
+    assert [r["endpoint"] for r in rows].count("responses.usage") == 1, rows
+    assert rows[0]["endpoint"] == "responses" and (rows[0]["cost_uc"], rows[0]["cost_status"]) == (0, "exact")
+    assert sum(r["cost_uc"] for r in rows) == cost_of(usage), rows
+
+
+def test_a_cancelled_background_response_is_billed_what_the_provider_reports(server, mock):
+    """A cancel before its end: the usage the cancel's answer reports (what it made so far), once."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    made = client.responses.create(model=MODEL, input="a job to stop", background=True)
+    cancelled = client.responses.cancel(made.id)
+    assert cancelled.status == "cancelled" and cancelled.usage.output_tokens == BACKGROUND_CANCEL_OUTPUT
+    (billed,) = usage_rows(server, name)
+    assert billed["cost_uc"] == cost_of(cancelled.usage)
+    assert client.responses.retrieve(made.id).status == "cancelled"
+    assert len(usage_rows(server, name)) == 1
+
+
+def test_a_budgeted_keys_burst_of_background_responses_cannot_overspend(server, mock):
+    """A budgeted key may start background responses: each holds its worst case (at its
+    max_output_tokens: 1,000 × 60 µ¢ and its few input tokens) from its start until it is billed,
+    so of 100 started at once only the 5 whose worst cases fit run, the rest are 429 and never
+    reach the provider; once they ended and were retrieved, their real costs replace the holds."""
+    secret, name = new_key(server, budget_usd="0.00303", budget_period="total")
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
+    before = len(mock.requests)
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        answers = list(pool.map(lambda _: start(server, secret, body), range(100)))
+    statuses = [status for status, _, _ in answers]
+    assert statuses.count(200) == 5 and statuses.count(429) == 95, statuses
+    assert {json.loads(raw)["error"]["code"] for status, _, raw in answers if status == 429} == {"budget_exceeded"}
+    assert sum(1 for r in mock.requests[before:] if r.path == "/v1/responses") == 5
+    status, _, raw = start(server, secret, body)
+    assert status == 429, raw  # the five still hold their worst cases: nothing was settled to the queued answers
+    client = server.openai(secret)
+    ended = []
+    for _, _, raw in (a for a in answers if a[0] == 200):
+        response_id = json.loads(raw)["id"]
+        client.responses.retrieve(response_id)  # in progress
+        ended.append(client.responses.retrieve(response_id))  # completed: billed
+    real = sum(cost_of(r.usage) for r in ended)
+    assert sum(r["cost_uc"] for r in usage_rows(server, name)) == real
+    held = server.db_rows(
+        "SELECT DISTINCT held_uc, billed FROM owned_objects"
+        " WHERE kind = 'background_response' AND id IN (?, ?, ?, ?, ?)",
+        tuple(r.id for r in ended),
+    )
+    assert [h["billed"] for h in held] == [1], held
+    worst = held[0]["held_uc"]
+    assert 5 * worst <= BUDGET_UC < 6 * worst
+    room = 0  # their real costs replaced their holds: what is left is the budget less those
+    while start(server, secret, body)[0] == 200:
+        room += 1
+    assert room == (BUDGET_UC - real) // worst, (room, real, worst)
+
+
+def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, bytes]:
+    """POST a Responses request with the key: (status, headers, body)."""
+    return server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
+
+
+def test_a_background_response_nobody_retrieves_is_billed_by_the_watch(pyz_path, cache_home, mock, tmp_path):
+    """The batch watch looks at unbilled background responses every ``STOCKYARD_BATCH_POLL`` as their
+    owner would: one whose client never asks again is still billed, once."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="1s")
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        secret, name = new_key(srv)
+        made = srv.openai(secret).responses.create(model=MODEL, input="fire and forget", background=True)
+        (billed,) = wait_for(lambda: usage_rows(srv, name), timeout=20, what="the watch's bill")
+        looked = [r for r in mock.requests if r.method == "GET" and r.path == f"/v1/responses/{made.id}"]
+        assert len(looked) >= 2  # in progress, then completed
+        done = srv.openai(secret).responses.retrieve(made.id)
+        assert billed["cost_uc"] == cost_of(done.usage)
+        assert len(usage_rows(srv, name)) == 1
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(TEST_STORE != "postgresql", reason="replicas share a PostgreSQL store")
+def test_two_replicas_streaming_and_retrieving_one_response_bill_it_once(server, pyz_path, cache_home, mock):
+    """A second replica on the same database: both see the response end at once (one streams it, the
+    other retrieves it, many times over); the bill is written by whichever marks it billed first."""
+    replica = ServerProcess(server.pyz, server.db, server.env).start()
+    try:
+        secret, name = new_key(server)
+        made = server.openai(secret).responses.create(model=MODEL, input="a shared job", background=True)
+        server.openai(secret).responses.retrieve(made.id)  # in progress
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            looks = [
+                pool.submit(lambda s=s: list(s.openai(secret).responses.retrieve(made.id, stream=True))[-1].response)
+                if i % 2
+                else pool.submit(lambda s=s: s.openai(secret).responses.retrieve(made.id))
+                for i, s in enumerate([server, replica] * 4)
+            ]
+            seen = [f.result() for f in looks]
+        (billed,) = usage_rows(server, name)
+        assert billed["cost_uc"] == cost_of(seen[-1].usage)
+    finally:
+        replica.stop()
