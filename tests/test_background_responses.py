@@ -77,7 +77,8 @@ def test_a_background_response_is_billed_once_across_polls_a_stream_and_a_cancel
     assert client.responses.retrieve(made.id).status == "completed"
     assert client.responses.cancel(made.id).status == "completed"
     assert client.responses.retrieve(made.id).usage == usage
-    rows = wait_for(lambda: (r := traces(server, name)) and len(r) == 6 and r, what="six traces")
+    rows = wait_for(lambda: (r := traces(server, name)) and len(r) >= 7 and r, what="seven traces")
+    assert len(rows) == 7, rows  # create, retrieve, stream, its bill, retrieve, cancel, retrieve
     assert [r["endpoint"] for r in rows].count("responses.usage") == 1, rows
     assert rows[0]["endpoint"] == "responses" and (rows[0]["cost_uc"], rows[0]["cost_status"]) == (0, "exact")
     assert sum(r["cost_uc"] for r in rows) == cost_of(usage), rows
