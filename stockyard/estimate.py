@@ -55,7 +55,8 @@ MAX_FETCHES, MAX_FETCH_TOKENS = 10**6, 10**7  # bounds on a web fetch tool's num
 
 def runs_after_answer(ctx: RequestContext) -> bool:
     """A background Responses request: the provider works after its answer, which carries no
-    usage yet, so its real cost never comes back here (budgets refuse it, tpm keeps its worst case)."""
+    usage yet: its real cost comes back only when it is seen ended (``stockyard.background`` bills
+    it then; an end user's budget and a streamed one refuse it, tpm keeps its worst case)."""
     return ctx.dialect == RESPONSES and bool(ctx.body.get("background"))
 
 

@@ -259,7 +259,7 @@ def correct_to_usage(limiter: RateLimiter, window: str, entry: _Entry, ctx: Requ
     """Count the tokens the request used in place of the worst case it was admitted with, in the
     key's window here and in an end user's (``userlimits``), so both correct alike."""
     if estimate.runs_after_answer(ctx):
-        return  # a background response's usage never comes back: its worst case stays counted
+        return  # a background response's usage comes back minutes later, if ever: its worst case stays counted
     used = estimate.used_tokens(ctx)
     if used is not None:  # None: an audio answer that said nothing of its audio keeps the estimate
         limiter.correct(window, entry, used)
