@@ -144,6 +144,25 @@ class BackgroundResponses:
     def look(self, ctx: RequestContext, provider: Provider, response_id: str) -> str | None:
         """Retrieve a background response for its owner (the batch watch): its status, or None when
         the provider did not answer with it. An ended one is billed as if its owner had retrieved it."""
+        return self._retrieve(ctx.key_id, provider, response_id)
+
+    def before_delete(self, key_id: str | None, provider: Provider, response_id: str) -> None:
+        """A delete takes the response and its usage away at the provider: one of the key's not yet
+        billed is retrieved first, and billed if it ended. A failed look does not stop the delete
+        (a response deleted while it runs keeps its hold until the watch's horizon)."""
+        owned = self._ownership.find(response_id, KIND, key_id or OPEN_OWNER)
+        if owned is None or owned.billed:
+            return
+        try:
+            self._retrieve(key_id, provider, response_id)
+        except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
+            log.warning(
+                "background response %s: not billed before its delete: %s: %s", response_id, type(exc).__name__, exc
+            )
+
+    def _retrieve(self, key_id: str | None, provider: Provider, response_id: str) -> str | None:
+        """GET the response from its provider and bill it if it ended: its status, None when the
+        provider did not answer with it."""
         path = upstream_path(provider, f"/responses/{response_id}")
         resp = self._pool.request(provider.base_url, "GET", path, upstream_headers(provider), None)
         data = resp.read_all()
@@ -153,6 +172,6 @@ class BackgroundResponses:
             doc = None
         if not isinstance(doc, dict) or doc.get("id") != response_id:
             return None
-        self.finished(ctx.key_id, provider, doc)
+        self.finished(key_id, provider, doc)
         status = doc.get("status")
         return status if isinstance(status, str) else None

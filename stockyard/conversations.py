@@ -741,6 +741,8 @@ class Conversations:
             )
         rest = f"/responses/{row.id}{action}" + (f"?{query}" if query else "")
         body = req.body if req.method == "POST" else None
+        if req.method == "DELETE" and self._background is not None:  # its usage goes with it
+            self._background.before_delete(row.key_id, provider, row.id)
         try:
             resp = self._pool.request(
                 provider.base_url, req.method, upstream_path(provider, rest), upstream_headers(provider), body or None

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
-from mock_upstream import BACKGROUND_CANCEL_OUTPUT
+from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS
 
 ADMIN = "admin-secret-for-background-tests"
 MODEL = "gpt-4o-mini"
@@ -95,6 +95,18 @@ def test_a_cancelled_background_response_is_billed_what_the_provider_reports(ser
     assert billed["cost_uc"] == cost_of(cancelled.usage)
     assert client.responses.retrieve(made.id).status == "cancelled"
     assert len(usage_rows(server, name)) == 1
+
+
+def test_a_background_response_that_ended_unseen_is_billed_before_its_delete(server, mock):
+    """A delete takes the response, and its usage, away at the provider: one that ended since its key
+    last looked is retrieved and billed first."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    made = client.responses.create(model=MODEL, input="a job to forget", background=True)
+    assert client.responses.retrieve(made.id).status == "in_progress"
+    client.responses.delete(made.id)
+    (billed,) = usage_rows(server, name)
+    assert billed["cost_uc"] == PROMPT_TOKENS * IN_UC + COMPLETION_TOKENS * OUT_UC  # what the mock reports
 
 
 def test_a_budgeted_keys_burst_of_background_responses_cannot_overspend(server, mock):
