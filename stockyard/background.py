@@ -7,8 +7,9 @@ budgets (``held_uc``, ``held_project``: the request's worst case at its ``max_ou
 which the budget module turns from a reservation into spend: ``budget.after``), as a batch is.
 
 When Stockyard sees it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) — a retrieve
-passed through, the end event of its stream (``GET …?stream=true``), the cancel's answer, or the batch
-watch's own look every ``STOCKYARD_BATCH_POLL`` at those nobody retrieved — one ``responses.usage``
+passed through, the end event of its stream (``GET …?stream=true``), the cancel's answer, the retrieve
+a delete makes first, or the batch watch's own look every ``STOCKYARD_BATCH_POLL`` at those nobody
+retrieved — one ``responses.usage``
 trace records what the provider says it used, priced as the POST would have been (the tier that
 served it, the image tool, hosted tools' calls), written in the same transaction that marks it
 billed (``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed
@@ -31,7 +32,7 @@ from .budgets import BACKGROUND_HELD as HELD
 from .config import Settings
 from .context import RequestContext
 from .errors import RESPONSES
-from .files_api import OPEN_OWNER, BatchHold, Ownership, owner_of
+from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Ownership, owner_of
 from .keys import KeyRing
 from .metrics import Metrics
 from .pricing import Usage
@@ -69,7 +70,7 @@ class BackgroundResponses:
         pricer: Pricer,
         metrics: Metrics,
         settings: Settings,
-        settle: Callable[[str, str | None, int, int], None],
+        settle: BatchSpend,
         keys: Callable[[], KeyRing],
         pool: Pool,
     ) -> None:
@@ -88,8 +89,7 @@ class BackgroundResponses:
         another key holds): the POST keeps its estimate, as before."""
         if not left_running(ctx, provider, response):
             return
-        cover = ctx.state.get(COVER) if ctx.state.get("budget") is not None else None
-        held = int(getattr(cover, "held", 0))
+        held = int(getattr(ctx.state.get(COVER), "held", 0))  # none without a budget
         project = ctx.key.project if ctx.key is not None else None
         try:
             claimed = self._ownership.claim(

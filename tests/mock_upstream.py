@@ -1577,7 +1577,8 @@ def _background_look(call: Call, response_id: str, action: str | None) -> Reply:
             response = responses_object(body, n, model, "completed", output)
         elif status == "queued":
             response = responses_object(body, n, model, "in_progress")
-        response = {**response, "id": response_id, "background": True}
+        tier = body.get("service_tier") if body.get("service_tier") not in (None, "auto") else "default"
+        response = {**response, "id": response_id, "background": True, "service_tier": tier}  # the tier that served it
         RESPONSES_STATE.responses[response_id] = (response, items)
     if call.req.query.get("stream") == "true" and not action:
         running = {**response, "status": "in_progress", "usage": None}

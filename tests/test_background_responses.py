@@ -109,6 +109,19 @@ def test_a_background_response_that_ended_unseen_is_billed_before_its_delete(ser
     assert billed["cost_uc"] == PROMPT_TOKENS * IN_UC + COMPLETION_TOKENS * OUT_UC  # what the mock reports
 
 
+def test_a_background_response_is_billed_at_the_tier_that_served_it(server, mock):
+    """Priced as any Responses answer: at the rates of the ``service_tier`` it says served it
+    (gpt-4o in priority: 1.7 times its 250 µ¢ a token in and 1,000 out)."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    made = client.responses.create(model="gpt-4o", input="a priority job", background=True, service_tier="priority")
+    client.responses.retrieve(made.id)
+    done = client.responses.retrieve(made.id)
+    assert done.status == "completed" and done.service_tier == "priority"
+    (billed,) = usage_rows(server, name)
+    assert billed["cost_uc"] == done.usage.input_tokens * 425 + done.usage.output_tokens * 1700
+
+
 def test_a_budgeted_keys_burst_of_background_responses_cannot_overspend(server, mock):
     """A budgeted key may start background responses: each holds its worst case (at its
     max_output_tokens: 1,000 × 60 µ¢ and its few input tokens) from its start until it is billed,
