@@ -165,6 +165,30 @@ def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, by
     return server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
 
 
+def test_a_background_responses_hold_outlives_a_restart(pyz_path, cache_home, mock, tmp_path):
+    """What a running background response holds is in the database with it (``owned_objects.held_uc``),
+    so a restart loads it again; billing it after the restart replaces it with its real cost."""
+    env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN, STOCKYARD_BATCH_POLL="off")
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        secret, _ = new_key(srv, budget_usd="0.00303", budget_period="total")
+        made = [start(srv, secret, body) for _ in range(5)]
+        assert [status for status, _, _ in made] == [200] * 5, made
+        assert start(srv, secret, body)[0] == 429
+    finally:
+        srv.stop()
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env).start()
+    try:
+        assert start(srv, secret, body)[0] == 429  # the five holds, loaded again
+        client, first = srv.openai(secret), json.loads(made[0][2])["id"]
+        client.responses.retrieve(first)  # in progress
+        assert client.responses.retrieve(first).status == "completed"  # billed: its hold replaced
+        assert start(srv, secret, body)[0] == 200
+    finally:
+        srv.stop()
+
+
 def test_a_background_response_nobody_retrieves_is_billed_by_the_watch(pyz_path, cache_home, mock, tmp_path):
     """The batch watch looks at unbilled background responses every ``STOCKYARD_BATCH_POLL`` as their
     owner would: one whose client never asks again is still billed, once."""
