@@ -130,8 +130,7 @@ class BudgetModule(Module):
         cover = ctx.state.pop("budget.cover", None)
         if cover is not None:
             cover.release()
-        # a background response left running keeps its worst case as spend until it is billed
-        # (``stockyard.background``: its hold recorded with it), else the request's cost
-        held = ctx.state.pop(BACKGROUND_HELD, None)
-        billed = held if held is not None else estimate.billed_uc(ctx)
+        # every attempt's cost, and a background response left running (its answer costs 0) its worst
+        # case too: spend until it is billed (``stockyard.background``: its hold recorded with it)
+        billed = estimate.billed_uc(ctx) + ctx.state.pop(BACKGROUND_HELD, 0)
         self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)
