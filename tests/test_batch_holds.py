@@ -15,7 +15,7 @@ import pytest
 from conftest import OPENAI_KEY
 from mock_upstream import FILES
 
-from stockyard import config
+from stockyard import background, config
 from stockyard.app import App
 from stockyard.batch_costs import BATCH_PRICE, PASS_ROWS, openai_output
 from stockyard.budgets import BudgetExceeded, budgets_for, ledger_spend_uc, period_key, project_budget
@@ -90,12 +90,12 @@ def fits(app: App, amount: int) -> bool:
     return True
 
 
-def start_batch(app: App, batch_id: str, worst: int = WORST) -> None:
+def start_batch(app: App, batch_id: str, worst: int = WORST, kind: str = "batch") -> None:
     """What FilesAPI does around the provider's create: hold, record, end the hold."""
     ctx = request_of(app)
     hold = app.check_batch_budget(ctx, worst)
     assert hold.held_uc == worst
-    hold.end(app.ownership.claim(batch_id, "batch", ctx.key_id, "openai", hold))
+    hold.end(app.ownership.claim(batch_id, kind, ctx.key_id, "openai", hold))
 
 
 def held(app: App, batch_id: str) -> int:
@@ -152,11 +152,12 @@ def test_a_batch_deleted_unbilled_gives_its_hold_back(app):
     assert spent(app) == 0
 
 
-def test_the_watch_gives_back_the_hold_of_a_batch_it_no_longer_looks_at(app):
-    """A batch never seen to end (its provider removed, its results gone) must not hold a budget
-    for ever: past the watch's 30 days its hold goes, once."""
-    start_batch(app, "batch_aged")
-    start_batch(app, "batch_young", worst=DOLLAR // 2)
+@pytest.mark.parametrize("kind", ["batch", background.KIND])
+def test_the_watch_gives_back_the_hold_of_a_batch_it_no_longer_looks_at(app, kind):
+    """A batch (or a background response) never seen to end (its provider removed, its results gone)
+    must not hold a budget for ever: past the watch's 30 days its hold goes, once."""
+    start_batch(app, "batch_aged", kind=kind)
+    start_batch(app, "batch_young", worst=DOLLAR // 2, kind=kind)
     sql = "UPDATE owned_objects SET created_at = created_at - ? WHERE id = ?"
     app.store.write(lambda conn: conn.execute(sql, (31 * 86_400_000, "batch_aged")))
     app.batch_watch.look()
