@@ -221,6 +221,10 @@ def hold_database(db: Path | str) -> Callable[[], None]:
     return release
 
 
+# What a write refused because another session held the database past the busy timeout says, by store.
+HELD_SAYS = {"sqlite": "database is locked", "postgresql": "canceling statement due to lock timeout"}[TEST_STORE]
+
+
 def stored_values(db: Path | str) -> list[tuple[str, bytes]]:
     """Every value in every table of a test's database, whichever store, as bytes named by table;
     compressed blobs (trace bodies) decompressed too: for scans of "no secret stored in clear"."""
