@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import wave
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -201,6 +202,61 @@ def open_database(db: Path | str) -> Any:
     return conn
 
 
+def hold_database(db: Path | str) -> Callable[[], None]:
+    """Another session takes the write lock of a test's database until the returned call lets it go:
+    on SQLite ``BEGIN EXCLUSIVE`` on the file, on PostgreSQL the advisory write lock every writer
+    queues on (``BEGIN IMMEDIATE``, store/pg.py). Either way the server's writes wait out its busy
+    timeout (PostgreSQL's ``lock_timeout``) and fail."""
+    conn = open_database(db)
+    if isinstance(conn, sqlite3.Connection):
+        conn.isolation_level = None
+        conn.execute("BEGIN EXCLUSIVE")
+    else:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    return release
+
+
+# What a write refused because another session held the database past the busy timeout says, by store.
+HELD_SAYS = {"sqlite": "database is locked", "postgresql": "canceling statement due to lock timeout"}[TEST_STORE]
+
+
+def stored_values(db: Path | str) -> list[tuple[str, bytes]]:
+    """Every value in every table of a test's database, whichever store, as bytes named by table;
+    compressed blobs (trace bodies) decompressed too: for scans of "no secret stored in clear"."""
+    conn = open_database(db)
+    try:
+        if isinstance(conn, sqlite3.Connection):
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL%'"
+        else:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        tables = [row[0] for row in conn.execute(sql).fetchall()]
+        found: list[tuple[str, bytes]] = []
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"').fetchall():
+                found += [(table, data) for value in row for data in _as_bytes(value)]
+        return found
+    finally:
+        conn.close()
+
+
+def _as_bytes(value: Any) -> list[bytes]:
+    """A stored value as the bytes a scan looks at: a blob also decompressed where it is zlib."""
+    if value is None:
+        return []
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return [raw, zlib.decompress(raw)]
+        except zlib.error:
+            return [raw]
+    return [str(value).encode()]
+
+
 class ServerProcess:
     """A running ``stockyard.pyz serve`` with its own database and collected log.
 
@@ -332,6 +388,16 @@ class ServerProcess:
         conn = open_database(self.db)
         try:
             return [dict(r) for r in conn.execute(sql, args)]
+        finally:
+            conn.close()
+
+    def db_write(self, sql: str, args: tuple = ()) -> None:
+        """One statement committed on the server's database, in a write transaction on either store."""
+        conn = open_database(self.db)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(sql, args)
+            conn.execute("COMMIT")
         finally:
             conn.close()
 

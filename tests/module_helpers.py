@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import sqlite3
 import zlib
 from typing import Any
 
@@ -156,16 +155,12 @@ def providers_called(mock, since: int = 0) -> list[str]:
 def trace_body(server: ServerProcess, trace_id: str) -> tuple[str | None, str | None]:
     """(request, response) bodies stored for a trace, decompressed."""
     server.trace(trace_id)
-    conn = sqlite3.connect(server.db)
-    try:
-        row = conn.execute("SELECT request, response FROM trace_bodies WHERE trace_id = ?", (trace_id,)).fetchone()
-    finally:
-        conn.close()
+    rows = server.db_rows("SELECT request, response FROM trace_bodies WHERE trace_id = ?", (trace_id,))
 
     def unpack(b):
-        return zlib.decompress(b).decode() if b is not None else None
+        return zlib.decompress(bytes(b)).decode() if b is not None else None
 
-    return (unpack(row[0]), unpack(row[1])) if row else (None, None)
+    return (unpack(rows[0]["request"]), unpack(rows[0]["response"])) if rows else (None, None)
 
 
 def attempts_of(server: ServerProcess, trace_id: str) -> list[dict]:

@@ -8,7 +8,7 @@ import json
 from urllib.parse import quote, urlsplit
 
 import pytest
-from conftest import ServerProcess, mock_env, open_database
+from conftest import ServerProcess, mock_env
 from mock_upstream import GEMINI_FILES, MockUpstream, Reply
 from rawhttp import connect, read_response
 from test_gemini_files import call, chunk, generate, google_error, send, start, upload, upload_url
@@ -212,10 +212,9 @@ def test_a_name_the_client_picks_is_checked_and_a_stale_owner_loses_it(server, m
     status, _, raw = start(server, "bob", 3, name="shared-name")  # the provider holds it: its 409 as it came
     assert status == 409
     del GEMINI_FILES.files["shared-name"]  # it expired at the provider (48 hours), its row stayed
-    with open_database(server.db) as conn:  # … made two days ago
-        conn.execute(
-            "UPDATE owned_objects SET created_at = created_at - 49 * 3600 * 1000 WHERE id = 'files/shared-name'"
-        )
+    server.db_write(  # … made two days ago
+        "UPDATE owned_objects SET created_at = created_at - 49 * 3600 * 1000 WHERE id = 'files/shared-name'"
+    )
     theirs = upload(server, "bob", b"xyz", name="shared-name")
     assert theirs["name"] == "files/shared-name"
     assert call(server, "alice", "GET", "/v1beta/files/shared-name")[0] == 404  # the new file is bob's

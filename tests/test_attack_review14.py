@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import clirun
 import pytest
-from conftest import base_env, wait_for
+from conftest import base_env, hold_database, wait_for
 from mock_upstream import Reply
 from module_helpers import ADMIN_KEY, put_module
 from test_leftovers_review import CLAUDE, CODE_TOOL, RESULT, START, WRITTEN, post_stream, read_until, sse, started
@@ -136,23 +136,16 @@ def test_a_busy_timeout_past_what_a_writes_caller_waits_is_refused_at_start(pyz_
     assert "Traceback" not in done.stderr
 
 
-def sqlite_held(server) -> Callable[[], None]:
-    """Another process holds the server's SQLite file (``BEGIN EXCLUSIVE``); the call lets it go."""
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
-    lock.execute("BEGIN EXCLUSIVE")
-
-    def release() -> None:
-        lock.execute("ROLLBACK")
-        lock.close()
-
-    return release
+def database_held(server) -> Callable[[], None]:
+    """Another session holds the server's database (its write lock, on either store); the call lets it go."""
+    return hold_database(server.db)
 
 
 @contextlib.contextmanager
-def held_for_its_claim(server, mock, hold=sqlite_held) -> Iterator[tuple[socket.socket, bytes]]:
+def held_for_its_claim(server, mock, hold=database_held) -> Iterator[tuple[socket.socket, bytes]]:
     """A relayed Messages stream of alice's whose next event names a file the code execution tool
     wrote, while another process holds the database (``hold(server)``: it returns the release):
-    its bytes wait for the claim (on SQLite up to the 10 s busy timeout). The client's socket and
+    its bytes wait for the claim (up to the 10 s busy timeout, PostgreSQL's lock_timeout). The client's socket and
     what it read so far; the database is let go on the way out."""
     start = {**START, "message": {**START["message"], "id": "msg_held", "usage": {"input_tokens": 5}}}
     events = [

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, base_env, mock_env, wait_for
+from conftest import ServerProcess, base_env, hold_database, mock_env, wait_for
 from rawhttp import read_until_close
 from test_attack_review14 import held_for_its_claim
 from test_leftovers_review import WRITTEN, started
@@ -223,19 +223,6 @@ def test_on_postgresql_a_held_stream_ends_while_another_session_holds_the_write_
     timeout there), so a stream held for its claim while another session held the lock waited as
     long as that session did: for ever, without the timeout module's deadline. It ends at the
     provider's read timeout (2 s here) now, its trace written once the lock is let go."""
-    from stockyard.dburl import parse_postgres
-    from stockyard.store.backends import PostgresBackend
-
-    def pg_held(server: ServerProcess):
-        lock = PostgresBackend(parse_postgres(pg_url, {})).connect()
-        lock.execute("BEGIN IMMEDIATE")  # the advisory write lock every replica's writer queues on
-
-        def release() -> None:
-            lock.execute("ROLLBACK")
-            lock.close()
-
-        return release
-
     secret = "sk-ant-test-review15-0123456789abcdef"
     env = mock_env(
         cache_home, mock, ANTHROPIC_API_KEY=secret, ANTHROPIC_BASE_URL=mock.url, STOCKYARD_UPSTREAM_TIMEOUT="2"
@@ -244,7 +231,7 @@ def test_on_postgresql_a_held_stream_ends_while_another_session_holds_the_write_
     server.keys = server.create_keys({"alice": []})
     server.start()
     try:
-        with held_for_its_claim(server, mock, pg_held) as (sock, got):
+        with held_for_its_claim(server, mock, lambda server: hold_database(pg_url)) as (sock, got):
             began = time.monotonic()
             got += read_until_close(sock, timeout=15)  # cut: the connection closes
             took = time.monotonic() - began

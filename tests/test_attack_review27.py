@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, hold_database, mock_env, wait_for
 from mock_upstream import MockUpstream, Reply, openai_error
 from module_helpers import ADMIN_KEY, api, put_module
 from test_attack_review16 import start
@@ -141,7 +141,6 @@ def test_a_call_going_on_for_a_departed_client_ends_with_the_drain_and_is_billed
 # -- the writer's bytes: one sender's large bodies -------------------------------------------------
 
 
-@pytest.mark.skipif(TEST_STORE == "postgresql", reason="the disk is held by an SQLite write transaction")
 def test_one_keys_large_bodies_cannot_strip_another_keys_traces_of_theirs(pyz_path, cache_home, mock, tmp_path):
     """Hole: the bodies the writer may hold (``STOCKYARD_WRITER_QUEUE_MB``) were one pool, taken
     first come: a key sending large bodies while the writer is behind (a long search-index insert:
@@ -160,8 +159,7 @@ def test_one_keys_large_bodies_cannot_strip_another_keys_traces_of_theirs(pyz_pa
             assert status == 201, made
             keys[name] = made
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the quick brown fox " * 15_000}]}
-        lock = sqlite3.connect(srv.db, isolation_level=None)
-        lock.execute("BEGIN IMMEDIATE")  # the writer is behind: nothing commits until it ends
+        release = hold_database(srv.db)  # the writer is behind: nothing commits until it ends
         try:
             statuses: list[int] = []
 
@@ -182,8 +180,7 @@ def test_one_keys_large_bodies_cannot_strip_another_keys_traces_of_theirs(pyz_pa
             )
             assert statuses == [200] * 7
         finally:
-            lock.execute("ROLLBACK")
-            lock.close()
+            release()
         sql = "SELECT t.key_id, b.trace_id IS NOT NULL AS body FROM traces t "
         sql += "LEFT JOIN trace_bodies b ON b.trace_id = t.id"
         rows = wait_for(lambda: len(r := srv.db_rows(sql)) == 7 and r, what="every request's trace")

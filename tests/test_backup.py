@@ -17,10 +17,15 @@ import time
 
 import clirun
 import pytest
-from conftest import ServerProcess, base_env, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env, wait_for
 from ops_helpers import Load, assert_same_content, integrity, open_plain, verify_audit
 
 from stockyard import audit
+
+pytestmark = pytest.mark.skipif(
+    TEST_STORE == "postgresql",
+    reason="SQLite only: the database file's snapshots, backup, restore, moving (PostgreSQL's: test_migrate_store.py)",
+)
 
 SECRET = "backup-test-encryption-secret-0123456789"
 HEAD = re.compile(r"audit head\s+([0-9a-f]{64}) \((\d+) entries")

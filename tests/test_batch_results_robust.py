@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import sqlite3
 import struct
 import threading
 
 import pytest
 from anthropic import NotFoundError
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import HELD_SAYS, ServerProcess, hold_database, mock_env, wait_for
 from mock_upstream import CODE_OUTPUT, MESSAGE_BATCHES, Reply
 from test_anthropic_batches import CODE_TOOL, PLAIN, results
 
@@ -85,8 +84,7 @@ def test_claims_the_database_refuses_are_skipped_and_logged_once_and_the_downloa
     batch_id, lines = code_batch(server, "alice")
     files = written_files(lines)
     assert len(files) == 2
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
-    lock.execute("BEGIN EXCLUSIVE")
+    release = hold_database(server.db)
     try:
         got: dict[str, tuple[int, dict, bytes]] = {}
         reader = threading.Thread(target=lambda: got.setdefault("results", results(server, "alice", batch_id)))
@@ -99,12 +97,11 @@ def test_claims_the_database_refuses_are_skipped_and_logged_once_and_the_downloa
         reader.join(60)
         assert not reader.is_alive()
     finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        release()
     status, _, body = got["results"]
     assert status == 200 and body == "".join(line + "\n" for line in lines).encode()
     said = [line for line in server.log.splitlines() if batch_id in line and "claim" in line]
-    assert len(said) == 1 and "database is locked" in said[0], said
+    assert len(said) == 1 and HELD_SAYS in said[0], said
     assert PAD not in server.log and "Traceback" not in server.log
     alice = server.anthropic("alice")
     for file_id in files:  # unclaimed: the 404 of an id no key holds

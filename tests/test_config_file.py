@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import clirun
 import pytest
-from conftest import ServerProcess, base_env, wait_for
+from conftest import ServerProcess, base_env, database_arg, open_database, stored_values, wait_for
 
 SECRET = "enc-" + secrets.token_hex(16)
 ORG_KEY = f"sk-org2-{secrets.token_hex(12)}"
@@ -61,7 +60,7 @@ def env(cache_home):
 
 
 def cli(pyz: Path, db: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return clirun.run(pyz, [*args, "--db", str(db)], env)
+    return clirun.run(pyz, [*args, "--db", database_arg(db)], env)
 
 
 def write(tmp_path: Path, text: str, name: str = "stockyard.toml") -> Path:
@@ -150,8 +149,11 @@ def test_apply_is_all_or_nothing(pyz_path, mock, env, tmp_path):
     result = cli(pyz_path, db, other, "config", "apply", str(file))
     assert result.returncode == 1 and "nothing was changed" in result.stderr, result.stderr
     assert cli(pyz_path, db, env, "config", "export").stdout == before
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM providers").fetchone()[0] == 0
+    conn = open_database(db)
+    try:
+        assert conn.execute("SELECT count(*) AS n FROM providers").fetchone()[0] == 0
+    finally:
+        conn.close()
 
 
 def test_a_running_server_picks_up_an_applied_file(pyz_path, mock, env, tmp_path):
@@ -182,7 +184,7 @@ def test_serve_config_applies_at_start_and_a_bad_file_stops_it(pyz_path, mock, e
         server.stop()
     bad = write(tmp_path, '[providers.x]\nkind = "martian"\n', "bad.toml")
     result = subprocess.run(
-        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db), "--config", str(bad)],
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", database_arg(db), "--config", str(bad)],
         env=env,
         capture_output=True,
         text=True,
@@ -207,7 +209,7 @@ def test_exported_file_never_holds_a_stored_key(pyz_path, mock, env, tmp_path):
             mock.url + "/v1",
             "--key-stdin",
             "--db",
-            str(db),
+            database_arg(db),
         ],
         env=env,
         input=stored_key,
@@ -296,7 +298,8 @@ def test_models_and_deployments_export_apply_and_plan_without_difference(pyz_pat
         assert last.headers["authorization"] == f"Bearer {DEPLOYMENT_KEY}" and last.json["model"] == "gpt-4o-mini"
     finally:
         server.stop()
-    raw = b"".join(p.read_bytes() for p in second.parent.iterdir() if p.name.startswith("s.db"))
+    raw = b"".join(p.read_bytes() for p in second.parent.glob("s.db*"))
+    raw += b"".join(data for _, data in stored_values(second))  # on PostgreSQL the only place
     assert DEPLOYMENT_KEY.encode() not in raw
 
 
@@ -375,7 +378,7 @@ def test_a_file_naming_a_model_or_provider_that_does_not_exist_changes_nothing(p
     result = cli(pyz_path, db, {**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY}, "config", "apply", str(gone))
     assert result.returncode == 1 and "provider 'org2', which does not exist" in result.stderr, result.stderr
     result = subprocess.run(
-        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", str(db), "--config", str(bad)],
+        [sys.executable, str(pyz_path), "serve", "--port", "0", "--db", database_arg(db), "--config", str(bad)],
         env={**env, "DEPLOYMENT_KEY": DEPLOYMENT_KEY},
         capture_output=True,
         text=True,

@@ -8,10 +8,14 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from conftest import ServerProcess, wait_for
+from conftest import TEST_STORE, ServerProcess, wait_for
 from module_helpers import api, server_fixture
 from test_erase_bodies import NOTHING_STORED, found, said
 from test_erase_stored import TRANSLATED, sdk, start_stored, turn
+
+pytestmark = pytest.mark.skipif(
+    TEST_STORE == "postgresql", reason="SQLite only: what SQLite's file, its WAL and its FTS5 index keep"
+)
 
 server = server_fixture("erase-sqlite")
 

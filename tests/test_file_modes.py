@@ -14,11 +14,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
 
 from stockyard.store import db
 
 SECRET = "file-modes-test-secret-0123456789abcdef"
+
+# The modes of the SQLite file (its folder, -wal, -shm, .lock, snapshots, restore): on PostgreSQL,
+# where a test's database path stands for a database of the server's, there is no such file.
+SQLITE_ONLY = pytest.mark.skipif(
+    TEST_STORE == "postgresql", reason="SQLite only: the modes of the database file, its folder and copies of it"
+)
 
 
 def mode(path: Path) -> int:
@@ -45,6 +51,7 @@ def chat(server: ServerProcess) -> None:
     assert status == 200, body
 
 
+@SQLITE_ONLY
 def test_a_new_install_creates_a_private_folder_and_private_files(pyz_path, env, tmp_path):
     folder = tmp_path / "fresh" / "data"  # does not exist yet: Stockyard creates it
     db_path = folder / "stockyard.db"
@@ -68,6 +75,7 @@ def test_a_new_install_creates_a_private_folder_and_private_files(pyz_path, env,
         server.stop()
 
 
+@SQLITE_ONLY
 def test_files_left_readable_by_an_older_version_are_made_private_at_start(pyz_path, env, tmp_path):
     folder = tmp_path / "old"
     db_path = folder / "stockyard.db"
@@ -128,6 +136,7 @@ def test_migrate_makes_the_database_and_its_pre_migration_backup_private(pyz_pat
     assert mode(db_path) == 0o600 and mode(backup) == 0o600
 
 
+@SQLITE_ONLY
 def test_restore_keeps_every_copy_private(pyz_path, env, tmp_path):
     db_path = tmp_path / "live" / "stockyard.db"
     first = ServerProcess(pyz_path, db_path, env).start()
@@ -150,6 +159,7 @@ def test_restore_keeps_every_copy_private(pyz_path, env, tmp_path):
         assert mode(path) == 0o600, f"{path.name} is {mode(path):04o}"
 
 
+@SQLITE_ONLY
 def test_the_default_folder_is_ours_and_made_private(pyz_path, env, tmp_path):
     home = tmp_path / "home"
     folder = home / ".stockyard"
@@ -159,3 +169,19 @@ def test_the_default_folder_is_ours_and_made_private(pyz_path, env, tmp_path):
     server.stop()
     assert mode(folder) == 0o700
     assert f"file permissions: made folder {folder} private (mode 0700, was 0755)" in server.log
+
+
+def test_on_postgresql_a_backup_is_a_private_file(pyz_path, env, tmp_path, pg_url):
+    """PostgreSQL's counterpart (it runs on either suite run): the one file Stockyard writes from a
+    PostgreSQL database, a backup (an SQLite file holding every prompt), is 0600 under the umask 022."""
+    server = ServerProcess(pyz_path, pg_url, env).start()
+    try:
+        chat(server)
+        wait_for(lambda: server.db_rows("SELECT id FROM traces"), what="the trace committed")
+        backup = tmp_path / "backup.db"
+        done = server.cli("backup", str(backup))
+        assert done.returncode == 0, done.stderr
+        assert mode(backup) == 0o600, f"{mode(backup):04o}"
+        assert not list(tmp_path.glob("backup.db-*")), "no -wal or -shm left beside it"
+    finally:
+        server.stop()

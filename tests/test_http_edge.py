@@ -8,13 +8,12 @@ import json
 import logging
 import re
 import socket
-import sqlite3
 import threading
 import time
 import zlib
 
 import pytest
-from conftest import ServerProcess, base_env, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, base_env, mock_env, open_database, wait_for
 from mock_upstream import Reply
 from rawhttp import connect, read_response, read_until_close, statuses
 
@@ -404,19 +403,28 @@ def test_loopback_is_not_held_to_a_senders_share(pyz_path, cache_home, mock, tmp
         srv.stop()
 
 
+# A table counting the writes of /readyz's row in meta, by a trigger in each store's own dialect.
+PROBE_COUNTER = {
+    "sqlite": "CREATE TABLE probes (n INTEGER); INSERT INTO probes VALUES (0);"
+    "CREATE TRIGGER probe_added AFTER INSERT ON meta WHEN NEW.key = 'readyz' "
+    "BEGIN UPDATE probes SET n = n + 1; END;"
+    "CREATE TRIGGER probe_again AFTER UPDATE ON meta WHEN NEW.key = 'readyz' "
+    "BEGIN UPDATE probes SET n = n + 1; END;",
+    "postgresql": "CREATE TABLE probes (n INTEGER); INSERT INTO probes VALUES (0);"
+    "CREATE FUNCTION probe_counted() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN UPDATE probes SET n = n + 1; RETURN NULL; END $$;"
+    "CREATE TRIGGER probe_added AFTER INSERT OR UPDATE ON meta FOR EACH ROW WHEN (NEW.key = 'readyz') "
+    "EXECUTE FUNCTION probe_counted();",
+}
+
+
 def test_a_flood_of_readiness_probes_writes_to_the_database_once_a_second(pyz_path, cache_home, tmp_path):
     """/readyz answers anyone: 400 probes from 4 connections share one database probe a second
     (counted by a trigger on its row), instead of 400 round trips through the writer's queue."""
     srv = ServerProcess(pyz_path, tmp_path / "s.db", base_env(cache_home)).start()
     try:
-        conn = sqlite3.connect(srv.db)
-        conn.executescript(
-            "CREATE TABLE probes (n INTEGER); INSERT INTO probes VALUES (0);"
-            "CREATE TRIGGER probe_added AFTER INSERT ON meta WHEN NEW.key = 'readyz' "
-            "BEGIN UPDATE probes SET n = n + 1; END;"
-            "CREATE TRIGGER probe_again AFTER UPDATE ON meta WHEN NEW.key = 'readyz' "
-            "BEGIN UPDATE probes SET n = n + 1; END;"
-        )
+        conn = open_database(srv.db)
+        conn.executescript(PROBE_COUNTER[TEST_STORE])
         statuses_seen: list[int] = []
 
         def probe_100() -> None:

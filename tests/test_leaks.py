@@ -5,19 +5,19 @@ changes keys, sends plain and streamed requests, makes the upstream echo keys ba
 bodies, headers and stream events, lists providers, traces and the status page, and tries
 bad input carrying keys. Then it scans every byte it collected — each response (status
 line, headers, body), each CLI output, the server log, and every file in the database
-folder (database, WAL, backups), with trace bodies also decompressed — for each key.
+folder (database, WAL, backups) and every value stored in the database (on SQLite or
+PostgreSQL), with trace bodies also decompressed — for each key.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import zlib
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, open_database, stored_values, wait_for
 from mock_upstream import Reply
 
 ADMIN_KEY = "admin-leaktest-" + secrets.token_hex(12)
@@ -207,12 +207,18 @@ def files_under(folder: Path) -> list[Path]:
 
 
 def trace_bodies(db: Path) -> list[bytes]:
-    conn = sqlite3.connect(db)
+    conn = open_database(db)
     try:
         rows = conn.execute("SELECT request, response FROM trace_bodies").fetchall()
     finally:
         conn.close()
-    return [zlib.decompress(blob) for row in rows for blob in row if blob]
+    return [zlib.decompress(bytes(blob)) for row in rows for blob in row if blob]
+
+
+def database_places(db: Path) -> list[tuple[str, bytes]]:
+    """Every value stored in the database, by table, blobs also decompressed: on PostgreSQL the only
+    place the database is (no file in the folder), on SQLite beside the file's own bytes."""
+    return [(f"database table {table}", data) for table, data in stored_values(db)]
 
 
 @pytest.mark.parametrize("label", sorted(KEYS))
@@ -221,7 +227,7 @@ def test_no_provider_key_anywhere(session, label):
     server = session.server
     places: list[tuple[str, bytes]] = [*session.seen, ("server log", server.log.encode())]
     places += session.live_files + [(str(p), p.read_bytes()) for p in files_under(server.db.parent)]
-    places += [("trace body", body) for body in trace_bodies(server.db)]
+    places += database_places(server.db)
     leaks = [where for where, data in places if key in data]
     assert not leaks, f"key {label!r} found in: {leaks}"
 
@@ -234,7 +240,10 @@ def test_the_scan_looked_at_enough(session):
     assert any(b"[redacted]" in body for body in trace_bodies(server.db))
     actions = {r["action"] for r in server.db_rows("SELECT action FROM audit_log")}
     assert {"provider.add", "provider.set_key"} <= actions
-    assert any(where.endswith("-wal (live)") for where, _ in session.live_files)
+    if TEST_STORE == "sqlite":
+        assert any(where.endswith("-wal (live)") for where, _ in session.live_files)
+    tables = {where for where, _ in database_places(server.db)}
+    assert {"database table providers", "database table trace_bodies", "database table audit_log"} <= tables
 
 
 def test_no_other_secret_anywhere(session):
@@ -242,6 +251,7 @@ def test_no_other_secret_anywhere(session):
     server = session.server
     places = [*session.seen, *session.live_files, ("server log", server.log.encode())]
     places += [(str(p), p.read_bytes()) for p in files_under(server.db.parent)]
+    places += database_places(server.db)
     for secret in (ADMIN_KEY, SECRET):
         assert not [where for where, data in places if secret.encode() in data]
 

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, hold_database, mock_env, wait_for
 from mock_upstream import Reply, _event, anthropic_blocks_stream, anthropic_usage
 from test_review14_leftovers import CLAUDE, TEXT, claude_reply  # Claude's answer holding TEXT
 
@@ -286,34 +286,44 @@ def test_another_keys_read_of_a_conversation_does_not_wait_for_its_append(server
     """Alice's turn joins her conversation; the database is held by another connection, so the
     writer cannot append the turn (it waits out the 15 s busy timeout). Bob naming the conversation
     gets its 404 at once — was: after the append's wait. Alice's own read still waits for it, and
-    finds the turn once the database is free."""
+    finds the turn once the database is free. On PostgreSQL, where another replica may take alice's
+    next request, her answer itself waits for the append (Conversations._before_the_end): bob's 404
+    comes while it still waits."""
     status, _, raw = server.request("POST", "/v1/conversations", {}, server.auth("alice"))
     assert status == 200, raw
     conversation = json.loads(raw)["id"]
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=10)  # the writer may be committing
-    lock.execute("BEGIN EXCLUSIVE")
+    since = len(mock.requests)
+    release = hold_database(server.db)
     got: dict[str, tuple[int, bytes]] = {}
-    answered = {who: threading.Event() for who in ("alice", "bob")}
+    answered = {who: threading.Event() for who in ("turn", "alice", "bob")}
 
-    def read(who: str) -> None:
-        status, _, raw = server.request("GET", f"/v1/conversations/{conversation}/items", None, server.auth(who))
+    def ask(who: str, method: str, path: str, body: dict | None = None) -> None:
+        status, _, raw = server.request(method, path, body, server.auth("alice" if who == "turn" else who))
         got[who] = (status, raw)
         answered[who].set()
 
-    readers = [threading.Thread(target=read, args=(who,), daemon=True) for who in ("bob", "alice")]
+    items = f"/v1/conversations/{conversation}/items"
+    turn = {"model": CLAUDE, "input": "hi", "conversation": conversation}
+    asks = {"turn": ("POST", "/v1/responses", turn), "bob": ("GET", items), "alice": ("GET", items)}
+    threads = {who: threading.Thread(target=ask, args=(who, *args), daemon=True) for who, args in asks.items()}
     try:
-        body = {"model": CLAUDE, "input": "hi", "conversation": conversation}
-        status, _, raw = server.request("POST", "/v1/responses", body, server.auth("alice"))
-        assert status == 200 and json.loads(raw)["status"] == "completed", raw  # its append waits on the lock
-        readers[0].start()
+        threads["turn"].start()
+        if TEST_STORE == "sqlite":  # the answer first: its append waits on the lock
+            wait_for(answered["turn"].is_set, timeout=5, what="alice's answer")
+        else:
+            wait_for(lambda: len(mock.requests) > since, what="alice's turn at the provider")
+        threads["bob"].start()
         wait_for(answered["bob"].is_set, timeout=5, what="bob's answer while the append is held")
-        assert lock.in_transaction  # still held: bob did not wait for the append
-        readers[1].start()
+        if TEST_STORE == "postgresql":
+            assert not answered["turn"].is_set(), "alice's answer waits for its append"
+        threads["alice"].start()  # (the database still held: bob did not wait for the append)
     finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        release()
     status, raw = got["bob"]
     assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", raw
+    wait_for(answered["turn"].is_set, timeout=15, what="alice's answer")
+    status, raw = got["turn"]
+    assert status == 200 and json.loads(raw)["status"] == "completed", raw
     wait_for(answered["alice"].is_set, timeout=15, what="alice's read once the append committed")
     status, raw = got["alice"]
     assert status == 200 and len(json.loads(raw)["data"]) == 2, raw  # her input and the answer: the turn

@@ -9,11 +9,10 @@ import http.client
 import io
 import json
 import socket
-import sqlite3
 import threading
 
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import ServerProcess, hold_database, mock_env, wait_for
 from mock_upstream import Reply
 from rawhttp import read_until_close
 
@@ -238,14 +237,14 @@ def waiting_alone(
     gate_claimed, all_sent = threading.Event(), threading.Event()
     mock.enqueue(Reply(sse=events, held_after=1, held=gate_claimed, all_sent=all_sent))
     chat = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a commit under way
+    release = None
     other = post_stream(server, "/v1/chat/completions", chat, "bob")
     claimed = None
     try:
         other_got = read_until(other, b"b-first")  # (the mock answers in order: one request at a time)
         claimed = post_stream(server, route, body, "alice")
         claimed_got = read_until(claimed, first)  # both streams are on the relay thread now
-        lock.execute("BEGIN EXCLUSIVE")
+        release = hold_database(server.db)
         gate_claimed.set()
         assert all_sent.wait(10)  # the event naming the object reached Stockyard: its claim waits for the lock
         gate_other.set()
@@ -262,9 +261,8 @@ def waiting_alone(
     finally:
         gate_claimed.set()
         gate_other.set()
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
+        if release is not None:
+            release()
         other.close()
     assert claimed is not None
     try:

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import ServerProcess, mock_env, pcm_wav, wait_for
+from conftest import TEST_STORE, ServerProcess, mock_env, pcm_wav, stored_values, wait_for
 from mock_upstream import SPEECH_BYTES, TEXT, Reply, multipart_form
 from openai import OpenAI
 from rawhttp import connect, read_response
+
+from stockyard.config import Settings
+from stockyard.multipart import spool_folder
 
 ADMIN = "admin-key-for-media-tests-0123456789"
 MAX_UPLOAD = 400_000
@@ -68,10 +71,15 @@ def fresh_mock(mock):
     mock.clear_replies()
 
 
+def spool_dir(server: ServerProcess) -> Path:
+    """The server's upload folder: beside its database (on PostgreSQL the settings' default SQLite path)."""
+    return spool_folder(server.db if TEST_STORE == "sqlite" else Settings.db_path)
+
+
 def spool_fds(server: ServerProcess) -> list[str]:
     """The server's open files in its upload folder (a spool has no name, but its fd says where)."""
     assert server.proc is not None
-    folder = str(server.db.parent / "uploads")
+    folder = str(spool_dir(server))
     found = []
     for fd in Path(f"/proc/{server.proc.pid}/fd").iterdir():
         try:
@@ -84,7 +92,9 @@ def spool_fds(server: ServerProcess) -> list[str]:
 
 
 def database_bytes(server: ServerProcess) -> bytes:
-    return b"".join(p.read_bytes() for p in server.db.parent.glob(server.db.name + "*") if p.is_file())
+    """The database's files and every value stored in it (on PostgreSQL the only place)."""
+    files = b"".join(p.read_bytes() for p in server.db.parent.glob(server.db.name + "*") if p.is_file())
+    return files + b"".join(data for _, data in stored_values(server.db))
 
 
 def test_a_transcription_uploads_the_file_and_traces_only_its_metadata(client, server, mock):
@@ -591,7 +601,7 @@ def test_an_upload_over_the_limit_is_a_413_and_leaves_no_spool(server, key):
     sock.close()
     assert status == 413
     wait_for(lambda: spool_fds(server) == [], what="the spool to be gone")
-    assert list((server.db.parent / "uploads").iterdir()) == []
+    assert list(spool_dir(server).iterdir()) == []
 
 
 def test_a_malformed_form_is_a_400_and_leaves_no_spool(server, key):

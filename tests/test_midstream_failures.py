@@ -15,12 +15,12 @@ import http.client
 import io
 import json
 import socket
-import sqlite3
 import threading
+from typing import Callable
 
 import anthropic
 import pytest
-from conftest import ServerProcess, mock_env, wait_for
+from conftest import HELD_SAYS, ServerProcess, hold_database, mock_env, wait_for
 from mock_upstream import Reply
 from rawhttp import read_until_close, statuses
 from test_anthropic_batches import CODE_TOOL
@@ -139,24 +139,23 @@ def test_a_database_refusing_a_claim_midstream_cuts_the_stream(server, mock):
         "tools": [CODE_TOOL],
         "messages": [{"role": "user", "content": "write a csv"}],
     }
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
+    releases: list[Callable[[], None]] = []
 
     def lock_then_open() -> None:
-        lock.execute("BEGIN EXCLUSIVE")
+        releases.append(hold_database(server.db))
         gate.set()
 
     try:
         data = stream_until(server, "alice", body, b"message_start", lock_then_open)
     finally:
         gate.set()
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
+        for release in releases:
+            release()
     assert b"bash_code_execution_tool_result" not in data  # the event whose claim failed never went out
-    (said,) = assert_cut(server, data, "OperationalError: database is locked")
+    (said,) = assert_cut(server, data, f"OperationalError: {HELD_SAYS}")
     trace = server.trace(trace_id_of(data))
     assert trace["outcome"] == "stream_broken" and trace["error_type"] == "database_unavailable", trace
-    assert trace["status"] == 200 and "database is locked" in trace["error_message"]
+    assert trace["status"] == 200 and HELD_SAYS in trace["error_message"]
     assert trace["id"] in said
     still_serving(server)
 
@@ -167,21 +166,20 @@ def test_the_sdk_raises_at_a_cut_stream_rather_than_end_it(server, mock):
     gate = threading.Event()
     mock.enqueue(Reply(held_after=1, held=gate))  # message_start, then the rest once the lock is held
     body = {"model": CLAUDE, "max_tokens": 16, "tools": [CODE_TOOL], "messages": [{"role": "user", "content": "csv"}]}
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
+    release = None
     try:
         got = iter(server.anthropic("alice").messages.create(**body, stream=True))
         assert next(got).type == "message_start"
-        lock.execute("BEGIN EXCLUSIVE")
+        release = hold_database(server.db)
         gate.set()
         with pytest.raises(anthropic.APIConnectionError):
             list(got)
     finally:
         gate.set()
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
+        if release is not None:
+            release()
     said = wait_for(lambda: [line for line in server.log.splitlines() if CUT in line], what="the cut logged")
-    assert len(said) == 1 and "database is locked" in said[0] and "Traceback" not in server.log, said
+    assert len(said) == 1 and HELD_SAYS in said[0] and "Traceback" not in server.log, said
     still_serving(server)
 
 
@@ -192,13 +190,11 @@ def test_a_failure_before_the_answer_began_is_the_clients_503_and_traced_as_an_e
     ``error``, 500, ``internal_error``; now the database's failure is what it is, not a bug's 500:
     a 503 ``database_unavailable`` (test_pg_lock_timeout.py), traced ``error`` 503 with that code."""
     body = {"model": CLAUDE, "max_tokens": 16, "tools": [CODE_TOOL], "messages": [{"role": "user", "content": "csv"}]}
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a write in progress
-    lock.execute("BEGIN EXCLUSIVE")
+    release = hold_database(server.db)
     try:
         status, headers, answer = server.request("POST", "/v1/messages", body, {"x-api-key": server.keys["alice"]})
     finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        release()
     doc = json.loads(answer)
     assert status == 503 and doc["type"] == "error" and doc["error"]["type"] == "overloaded_error", answer
     assert "another session holds a lock" in doc["error"]["message"], answer
@@ -210,5 +206,5 @@ def test_a_failure_before_the_answer_began_is_the_clients_503_and_traced_as_an_e
     trace = server.trace(trace_id)
     assert trace["outcome"] == "error" and trace["status"] == 503, trace
     assert trace["error_type"] == "database_unavailable", trace
-    assert "database is locked" in trace["error_message"]
+    assert HELD_SAYS in trace["error_message"]
     still_serving(server)

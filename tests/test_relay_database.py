@@ -1,5 +1,5 @@
 """The stream relay's one thread never waits on the database, and a provider's unreadable event is the
-provider's: each through a real server, the mock upstream and another sqlite3 connection holding the
+provider's: each through a real server, the mock upstream and another session holding the
 database (``BEGIN EXCLUSIVE``).
 
 A Responses stream's end keeps what it made (the response's row, the turn a ``conversation`` gets):
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import threading
 
 import clirun
 import pytest
-from conftest import ServerProcess, base_env, mock_env, wait_for
+from conftest import HELD_SAYS, TEST_STORE, ServerProcess, base_env, hold_database, mock_env, wait_for
 from mock_upstream import Reply
 from test_leftovers_review import chat_chunk, post_stream, read_until
 from test_leftovers_review import started as leftovers_server
@@ -67,12 +66,13 @@ def completed(data: bytes) -> dict:
 
 
 def relayed_while_held(
-    server: ServerProcess, mock, model: str, body: dict, lock: sqlite3.Connection, then=lambda: None
+    server: ServerProcess, mock, model: str, body: dict, then=lambda: None, kept_ends_held: bool = True
 ) -> bytes:
     """A streamed ``/v1/responses`` turn of alice's (``body``) and a chat stream of bob's, both on the
-    relay thread, then ``lock`` takes the database (``BEGIN EXCLUSIVE``) and both providers send the
-    rest: both streams end, whole, while it is held; ``then()`` still under the lock (the caller
-    releases it). What alice's client received."""
+    relay thread, then another session takes the database (``hold_database``) and both providers send
+    the rest: both streams end, whole, while it is held; ``then()`` still under the lock, let go on
+    the way out. With ``kept_ends_held`` false alice's turn ends only once the database is let go
+    (bob's stream still ends while it is held). What alice's client received."""
     gate_other = threading.Event()
     mock.enqueue(Reply(sse=[chat_chunk("b-first"), chat_chunk("b-second"), "[DONE]"], held_after=1, held=gate_other))
     gate_kept, all_sent = threading.Event(), threading.Event()
@@ -80,23 +80,29 @@ def relayed_while_held(
     chat = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     other = post_stream(server, "/v1/chat/completions", chat, "bob")
     kept: socket.socket | None = None
+    release = None
     try:
         other_got = read_until(other, b"b-first")  # (the mock answers in order: one request at a time)
         kept = post_stream(server, "/v1/responses", {**body, "model": model, "stream": True}, "alice")
         kept_got = read_until(kept, b"response.created")  # both streams are on the relay thread now
-        lock.execute("BEGIN EXCLUSIVE")
+        release = hold_database(server.db)
         gate_kept.set()
         assert all_sent.wait(10)  # the turn's end reached Stockyard: what it keeps waits for the lock
         gate_other.set()
         # both end while the database is held (a write waits for it up to the busy timeout, 10 s)
         other_got = read_until(other, b"0\r\n\r\n", other_got, timeout=8)
         assert b"b-second" in other_got and b"[DONE]" in other_got
+        if not kept_ends_held:
+            release()
+            release = None
         kept_got = read_until(kept, b"0\r\n\r\n", kept_got, timeout=8)
         assert b"response.completed" in kept_got
         then()
     finally:
         gate_kept.set()
         gate_other.set()
+        if release is not None:
+            release()
         other.close()
         if kept is not None:
             kept.close()
@@ -112,13 +118,10 @@ def test_a_turn_kept_while_the_database_is_held_stalls_no_stream(server, mock, m
     both streams end while the database is held, and once it is free the response is kept (GET,
     ``previous_response_id``) and its turn is in the conversation."""
     conversation = new_conversation(server, "alice")
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a commit under way
-    try:
-        got = relayed_while_held(server, mock, model, {"input": "remember 7", "conversation": conversation}, lock)
-    finally:
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
+    # On PostgreSQL, where another replica may take alice's next request, her turn's end waits for its
+    # writes (Conversations._before_the_end) — its own stream only: bob's still ends while it is held.
+    body = {"input": "remember 7", "conversation": conversation}
+    got = relayed_while_held(server, mock, model, body, kept_ends_held=TEST_STORE == "sqlite")
     response = completed(got)
     kept = wait_for(
         lambda: server.db_rows("SELECT key_id FROM responses WHERE id = ?", (response["id"],)), what="the kept row"
@@ -147,23 +150,15 @@ def test_a_kept_turn_the_database_refuses_never_cuts_the_answer(impatient, mock)
     server = impatient
     server.log_lines.clear()
     conversation = new_conversation(server, "alice")
-    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)  # waits out a commit under way
 
     def refused() -> None:  # the writer gave up on the held database: what the turn keeps failed
         wait_for(lambda: "was not appended to conversation" in server.log, what="the failure logged")
 
-    try:
-        got = relayed_while_held(
-            server, mock, "gpt-4o-mini", {"input": "hi", "conversation": conversation}, lock, refused
-        )
-    finally:
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
+    got = relayed_while_held(server, mock, "gpt-4o-mini", {"input": "hi", "conversation": conversation}, refused)
     assert got.endswith(b"0\r\n\r\n")  # the answer's chunked end: whole
     response = completed(got)
     said = [line for line in server.log.splitlines() if "was not appended to conversation" in line]
-    assert len(said) == 1 and conversation in said[0] and "database is locked" in said[0], said
+    assert len(said) == 1 and conversation in said[0] and HELD_SAYS in said[0], said
     trace_id = next(
         line.split(":", 1)[1].strip()
         for line in got.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")

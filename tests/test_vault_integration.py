@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, wait_for
+from conftest import OPENAI_KEY, ServerProcess, base_env, mock_env, open_database, wait_for
 
 from stockyard import audit, vault
 from stockyard.operations import providers as provider_ops
@@ -34,10 +33,11 @@ def env_for(cache_home: Path, mock, secret: str | None) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def template(pyz_path, cache_home, mock, tmp_path_factory) -> Path:
-    """A database with alpha and beta, their keys encrypted under SECRET."""
-    path = tmp_path_factory.mktemp("vault") / "template.db"
+@pytest.fixture
+def db_copy(pyz_path, cache_home, mock, tmp_path) -> Path:
+    """A database of this test's own (on SQLite or PostgreSQL) with alpha and beta, their keys
+    encrypted under SECRET."""
+    path = tmp_path / "stockyard.db"
     cli = ServerProcess(pyz_path, path, env_for(cache_home, mock, SECRET))
     for name, key in KEYS.items():
         result = cli.cli(
@@ -57,17 +57,16 @@ def template(pyz_path, cache_home, mock, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def db_copy(template, tmp_path) -> Path:
-    """A consistent copy of the template (sqlite backup API, never a plain file copy)."""
-    dest = tmp_path / "stockyard.db"
-    src, dst = sqlite3.connect(template), sqlite3.connect(dest)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-    return dest
+# The change other writers make for a server to reload its configuration (store-agnostic SQL).
+BUMP = ("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'config_version'", ())
+
+
+def change(conn, *statements: tuple[str, tuple]) -> None:
+    """Statements committed together in one write transaction, on either store."""
+    conn.execute("BEGIN IMMEDIATE")
+    for sql, args in statements:
+        conn.execute(sql, args)
+    conn.execute("COMMIT")
 
 
 def start(pyz_path, cache_home, mock, db: Path, secret: str | None) -> ServerProcess:
@@ -102,7 +101,7 @@ def stored_tokens(server: ServerProcess) -> dict[str, str]:
 
 
 def chain_key(db: Path, secret: str) -> bytes:
-    conn = sqlite3.connect(db)
+    conn = open_database(db)
     try:
         key = audit.chain_key(secret, vault.read_salt(conn))
     finally:
@@ -112,7 +111,7 @@ def chain_key(db: Path, secret: str) -> bytes:
 
 
 def verify(db: Path, key: bytes, old_keys: list[bytes] = ()) -> audit.VerifyResult:
-    conn = sqlite3.connect(db)
+    conn = open_database(db)
     try:
         return audit.verify(conn, key, old_keys=old_keys)
     finally:
@@ -165,17 +164,15 @@ def test_no_secret_at_start_says_so(pyz_path, cache_home, mock, db_copy):
 
 def test_tampered_and_moved_ciphertext(pyz_path, cache_home, mock, db_copy):
     server = start(pyz_path, cache_home, mock, db_copy, SECRET)
-    conn = sqlite3.connect(db_copy)
+    conn = open_database(db_copy)
     try:
         assert served_with(server, mock, "alpha-model", KEYS["alpha"])
-        tokens = dict(conn.execute("SELECT name, key_token FROM providers"))
+        tokens = {r["name"]: r["key_token"] for r in conn.execute("SELECT name, key_token FROM providers")}
 
         # Flip one character of alpha's ciphertext (still valid base64), then make the server reload.
         token = tokens["alpha"]
         flipped = token[:-5] + ("A" if token[-5] != "A" else "B") + token[-4:]
-        with conn:
-            conn.execute("UPDATE providers SET key_token = ? WHERE name = 'alpha'", (flipped,))
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'config_version'")
+        change(conn, ("UPDATE providers SET key_token = ? WHERE name = 'alpha'", (flipped,)), BUMP)
         error = wait_for(lambda: refused(server, "alpha-model"), timeout=5, what="tampered key refused")
         assert "alpha" in error["message"]
         assert wait_for(
@@ -186,9 +183,7 @@ def test_tampered_and_moved_ciphertext(pyz_path, cache_home, mock, db_copy):
         assert served_with(server, mock, "gpt-4o-mini", OPENAI_KEY)
 
         # Beta's intact ciphertext copied onto alpha's row does not decrypt there (it is bound to beta's row).
-        with conn:
-            conn.execute("UPDATE providers SET key_token = ? WHERE name = 'alpha'", (tokens["beta"],))
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'config_version'")
+        change(conn, ("UPDATE providers SET key_token = ? WHERE name = 'alpha'", (tokens["beta"],)), BUMP)
         wait_for(lambda: key_statuses(server)["alpha"] == "cannot decrypt", timeout=5, what="reload")
         assert refused(server, "alpha-model")
         assert key_statuses(server)["beta"] == "ok"
@@ -205,13 +200,14 @@ def test_tampered_and_moved_ciphertext(pyz_path, cache_home, mock, db_copy):
 
 def test_ciphertext_moved_to_another_row_in_process(db_copy):
     """The same check without a server: swapping tokens between rows breaks both, names both."""
-    conn = sqlite3.connect(db_copy)
-    conn.row_factory = sqlite3.Row
+    conn = open_database(db_copy)
     try:
-        tokens = dict(conn.execute("SELECT name, key_token FROM providers"))
-        with conn:
-            conn.execute("UPDATE providers SET key_token = ? WHERE name = 'alpha'", (tokens["beta"],))
-            conn.execute("UPDATE providers SET key_token = ? WHERE name = 'beta'", (tokens["alpha"],))
+        tokens = {r["name"]: r["key_token"] for r in conn.execute("SELECT name, key_token FROM providers")}
+        change(
+            conn,
+            ("UPDATE providers SET key_token = ? WHERE name = 'alpha'", (tokens["beta"],)),
+            ("UPDATE providers SET key_token = ? WHERE name = 'beta'", (tokens["alpha"],)),
+        )
         loaded = {p.name: p for p in provider_ops.stored(conn, SECRET)}
         for name in KEYS:
             assert loaded[name].api_key is None and "different provider row" in loaded[name].key_error

@@ -10,14 +10,13 @@ import sqlite3
 import threading
 
 import pytest
-from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
+from conftest import TEST_STORE, ServerProcess, hold_database, mock_env, wait_for
 from module_helpers import ADMIN_KEY, client_key
 
 REQUESTS = 12
 CONTENT = "the quick brown fox " * 15_000  # ~300 KB: each stored request body is the 256 KiB cap
 
 
-@pytest.mark.skipif(TEST_STORE == "postgresql", reason="the disk is held by an SQLite write transaction")
 def test_traces_beyond_the_writers_bytes_go_without_their_bodies_and_none_is_lost(pyz_path, cache_home, mock, tmp_path):
     limits = {"STOCKYARD_WRITER_QUEUE_MB": "1", "STOCKYARD_BUSY_TIMEOUT_MS": "15000"}
     env = mock_env(cache_home, mock, STOCKYARD_ADMIN_KEY=ADMIN_KEY, **limits)
@@ -25,8 +24,7 @@ def test_traces_beyond_the_writers_bytes_go_without_their_bodies_and_none_is_los
     try:
         keys = [client_key(server) for _ in range(REQUESTS)]  # made before the disk is held
         assert server.metric("writer_queue_bytes_capacity") == 1 << 20
-        lock = sqlite3.connect(server.db, isolation_level=None)
-        lock.execute("BEGIN IMMEDIATE")  # the disk is behind: no write commits until it ends
+        release = hold_database(server.db)  # the disk is behind: no write commits until it ends
         try:
             statuses: list[int] = []
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": CONTENT}]}
@@ -47,8 +45,7 @@ def test_traces_beyond_the_writers_bytes_go_without_their_bodies_and_none_is_los
             held = server.metric("writer_queue_bytes")
             assert 0 < held <= (1 << 20), held  # what waits stays inside the limit
         finally:
-            lock.execute("ROLLBACK")
-            lock.close()
+            release()
         rows = wait_for(
             lambda: (
                 (
