@@ -753,6 +753,13 @@ class Handler(BaseHTTPRequestHandler):
         bytes), as :meth:`upload` does; the caller closes it."""
         return self._received(lambda blocks, limit, folder: multipart.spool_body(blocks, limit=limit, folder=folder))
 
+    def _spool_for(self, ctx: RequestContext) -> multipart.Spooled:
+        """:meth:`spool`, its bytes counted against the share of ``ctx``'s key as it is when the body
+        is read: a Gemini upload chunk sent without a key (google-genai's) is its upload's key's by
+        then (``GeminiFiles._chunk``), so a key cannot hold more than its quarter through such chunks."""
+        self._uploader = ctx.key_id
+        return self.spool()
+
     def _received(self, receive: Callable[[Iterator[bytes], int, Path], _T]) -> _T:
         """The body passed to ``receive(blocks, limit, folder)`` as it arrives, up to
         STOCKYARD_MAX_UPLOAD_BYTES, spooled in ``uploads/`` beside the database.
@@ -966,7 +973,8 @@ class Handler(BaseHTTPRequestHandler):
             keyless_chunk = gemini_files.continues_upload(path, query) and presented_key(headers) is None
             if keyless_chunk or self._key_accepted(ctx):  # before the body, like the other Gemini-native routes
                 ctx.state[message_batches.BASE_STATE] = self._public_base()
-                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, spool=self.spool)
+                spool = functools.partial(self._spool_for, ctx)  # a keyless chunk's: its upload's key's
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, spool=spool)
                 self._handled(ctx, app.gemini_files.handle, req)
             return
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
