@@ -417,12 +417,15 @@ class Dispatcher:
 
     def _attempt(self, d: _Delivery) -> None:
         self._sending = d
-        if not self._ours(d):
+        hook = self._current(d.hook.id)
+        if hook is None or not self._ours(d):
             with self._left_lock:
                 if self._sending is d:
                     self._sending = None
-            log.info("webhooks: %s to %s was resumed by another server; not retried here", d.event["type"], d.hook.id)
+            why = "was removed" if hook is None else "is sent by another server that resumed it"
+            log.warning("webhooks: %s to %s not sent: webhook %s %s", d.event["type"], d.hook.id, d.hook.id, why)
             return
+        d.hook = hook  # its URL and secret as they are now (moved, rotated), for its retries too
         status, error, ms = send_signed(d.hook, d.event, self._send, self._clock)
         with self._left_lock:
             if self._sending is not d:  # the stop gave up on it and logged it abandoned meanwhile
@@ -449,6 +452,10 @@ class Dispatcher:
         kept = d.event if outcome == "retrying" else None  # resumed by another server if this one is gone
         self._recent[(d.hook.id, d.event["id"])] = time.monotonic()
         self._store.submit(lambda conn: log_delivery(conn, row, kept))
+
+    def _current(self, hook_id: str) -> Hook | None:
+        """The webhook as configured now (``use``), None once it was deleted."""
+        return next((h for h in self._hooks if h.id == hook_id), None)
 
     def _ours(self, d: _Delivery) -> bool:
         """Whether ``d`` is this server's to send: a first attempt, a resumed one, or a retry whose row's

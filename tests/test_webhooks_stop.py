@@ -261,3 +261,39 @@ def deliveries_in(database) -> list[dict]:
         return [dict(zip(("webhook_id", "event_id", "attempt", "outcome"), r)) for r in rows]
     finally:
         conn.close()
+
+
+TESTS = frozenset({"webhook.test"})
+
+
+def test_a_retry_goes_to_the_webhook_as_configured_now(database, caplog):
+    """Was: a retry went to the webhook as it was when its event was queued, with its URL and secret
+    then: one whose URL was moved (a receiver retired, a leaked Slack URL replaced) or whose secret
+    was rotated still got the event at the old URL signed with the old secret, and one deleted kept
+    getting its retries for up to 13 minutes. A resumed delivery already went to the webhook as it is
+    (review 30). Now every attempt goes to the webhook as configured at that moment, and a deleted
+    webhook's are dropped, said in the log."""
+    database.open_and_migrate()
+    old, new, gone = SilentReceiver(), SilentReceiver(), SilentReceiver()
+    old.status, new.status, gone.status = 500, 200, 500
+    moved = Hook("wh_moved", old.url, TESTS, "json", "old-secret")
+    removed = Hook("wh_gone", gone.url, TESTS, "json", "s")
+    store = Store(database)
+    dispatcher = Dispatcher(store, checks=False)
+    try:
+        dispatcher.use([moved, removed])
+        dispatcher.start()
+        event = dispatcher.emit("webhook.test", {}, "a test")
+        wait_for(lambda: [r["outcome"] for r in deliveries_in(database)] == ["retrying"] * 2, what="both failed once")
+        dispatcher.use([Hook("wh_moved", new.url, TESTS, "json", "new-secret")])  # wh_gone deleted
+        wait_for(lambda: len(old.got) + len(new.got) == 2, what="the moved webhook's retry")
+        assert [len(old.got), ids(new.got)] == [1, [event]]
+        assert verify("new-secret", new.got[0][1], new.got[0][0]["x-stockyard-signature"])
+        said = "webhook wh_gone was removed"
+        wait_for(lambda: len(gone.got) == 2 or said in caplog.text, what="the deleted one's retry")
+        assert len(gone.got) == 1, "nothing sent to a deleted webhook"
+    finally:
+        dispatcher.stop()
+        store.close()
+        for receiver in (old, new, gone):
+            receiver.close()
