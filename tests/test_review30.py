@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import MockUpstream
-from rawhttp import connect, read_response
+from rawhttp import connect, read_response, read_until_close
 from test_gemini_files import chunk, upload, upload_url
 
 GEMINI_KEY = "AIza-review30-0123456789abcdefPROVIDERSECRET"
@@ -88,3 +89,86 @@ def test_a_keys_gemini_upload_chunks_sent_without_the_key_count_against_its_quar
         assert bounded.metric("uploads_refused_total") == refused + 1
         made = upload(bounded, "bob", b"b" * (1 << 20))
         assert made["sizeBytes"] == str(1 << 20), made
+
+
+@pytest.fixture(scope="module")
+def plain(pyz_path, cache_home, upstream, tmp_path_factory):
+    """A server in open mode routing to this module's mock (its answers delayed by the test)."""
+    db = tmp_path_factory.mktemp("review30-plain") / "stockyard.db"
+    srv = ServerProcess(pyz_path, db, mock_env(cache_home, upstream))
+    yield srv.start()
+    srv.stop()
+    assert "Traceback" not in srv.log
+
+
+def answers(raw: bytes) -> list[tuple[int, bytes]]:
+    """Each response in ``raw`` as (status, body), strictly framed (Content-Length or chunked, else
+    to the end): interim ones included. Fails on bytes that are no response where one must begin."""
+    got = []
+    while raw:
+        head, sep, raw = raw.partition(b"\r\n\r\n")
+        assert sep and head.startswith(b"HTTP/1.1 "), f"not a response: {head[:120]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        if status < 200:
+            got.append((status, b""))
+            continue
+        if "content-length" in fields:
+            size = int(fields["content-length"])
+            body, raw = raw[:size], raw[size:]
+        elif fields.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size_line, _, raw = raw.partition(b"\r\n")
+                size = int(size_line, 16)
+                assert raw[size : size + 2] == b"\r\n", f"a chunk not framed: {raw[: size + 2][-40:]!r}"
+                body, raw = body + raw[:size], raw[size + 2 :]
+                if size == 0:
+                    break
+        else:
+            body, raw = raw, b""
+        got.append((status, body))
+    return got
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_the_probe_never_lands_inside_an_answer_nor_the_next_one(plain, upstream, stream):
+    """Found sound: a client that shuts its sending side down at any moment around its answer's first
+    write (here 0 to 30 ms after two pipelined requests, the mock answering after 15 ms) reads at most
+    interim ``100 Continue`` responses ahead of each answer, and each answer whole: the probe is
+    written under the watch's lock only while the watch is active, and the answer ends the watch first."""
+    import random
+    import time
+
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    body = json.dumps(chat).encode()
+    one = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    upstream.delay_ms = 15
+    probes, rounds = 0, 60
+    try:
+        for _ in range(rounds):
+            sock = connect(plain)
+            try:
+                sock.sendall(one + one)  # pipelined: the second waits for the first's answer
+                time.sleep(random.uniform(0, 0.03))  # the half-close lands anywhere around the answers
+                sock.shutdown(socket.SHUT_WR)
+                raw = read_until_close(sock, timeout=10)
+            finally:
+                sock.close()
+            got = answers(raw)
+            finals = [(status, b) for status, b in got if status >= 200]
+            assert [status for status, _ in got if status < 200] == [100] * (len(got) - 2), got
+            assert [status for status, _ in finals] == [200, 200], got
+            for _, answer in finals:
+                if stream:
+                    assert answer.rstrip().endswith(b"data: [DONE]"), answer[-80:]
+                else:
+                    assert json.loads(answer)["object"] == "chat.completion"
+            probes += len(got) - 2
+    finally:
+        upstream.delay_ms = 0
+    assert probes, "no half-close landed while a request waited: the probe was never written"
