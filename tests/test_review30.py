@@ -172,3 +172,56 @@ def test_the_probe_never_lands_inside_an_answer_nor_the_next_one(plain, upstream
     finally:
         upstream.delay_ms = 0
     assert probes, "no half-close landed while a request waited: the probe was never written"
+
+
+def test_a_keyless_gemini_chunk_in_the_drain_is_a_503_as_any_request(pyz_path, cache_home, upstream, tmp_path):
+    """Hole: a request arriving during a drain (on a kept-alive connection) is answered 503
+    ``shutting_down`` and its connection closed, checked where the key is (``_key_accepted``); a
+    Gemini upload chunk sent without a key skipped that step, so it was spooled and sent to Google
+    while the server was stopping, holding the drain up. Now it is refused as any request is."""
+    import http.client
+    import signal
+    import threading
+
+    from mock_upstream import Reply
+
+    env = mock_env(
+        cache_home, upstream, GEMINI_API_KEY=GEMINI_KEY, GEMINI_BASE_URL=upstream.url, STOCKYARD_SHUTDOWN_GRACE="5s"
+    )
+    srv = ServerProcess(pyz_path, tmp_path / "stockyard.db", env)
+    srv.keys = srv.create_keys({"alice": []})
+    srv.start()
+    try:
+        target = upload_url(srv, "alice", 1000)
+        idle = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        idle.request("GET", "/healthz")
+        assert idle.getresponse().read() is not None  # kept alive, idle
+        hanging = threading.Event()
+        upstream.enqueue(Reply(hang_s=60, hang_started=hanging))  # holds the drain open
+
+        def in_flight() -> None:
+            srv.request(
+                "POST",
+                "/v1/chat/completions",
+                {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {srv.keys['alice']}"},
+            )
+
+        caller = threading.Thread(target=in_flight, daemon=True)
+        caller.start()
+        assert hanging.wait(30), "the call in flight reached the provider"
+        before = len(upstream.requests)
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM" in srv.log, what="the drain")
+        headers = {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"}
+        idle.request("POST", target, body=b"v" * 1000, headers=headers)
+        answer = idle.getresponse()
+        body = answer.read()
+        assert answer.status == 503 and answer.getheader("connection") == "close", body
+        assert json.loads(body)["error"]["status"] == "UNAVAILABLE", body
+        assert len(upstream.requests) == before, "the chunk went to the provider during the drain"
+        idle.close()
+        caller.join(30)
+    finally:
+        srv.stop()
