@@ -234,24 +234,27 @@ def claim_left(
             continue
         if (webhook_id, json.loads(kept)["id"]) in held:
             continue
-        taken = conn.execute(
-            "UPDATE webhook_deliveries SET event_json = NULL WHERE id = ? AND event_json IS NOT NULL", (row_id,)
+        taken = conn.execute(  # as read: a row its server renewed meanwhile (take_retry) stays its own
+            "UPDATE webhook_deliveries SET event_json = NULL WHERE id = ? AND ts = ? AND event_json IS NOT NULL",
+            (row_id, ts),
         )
         if taken.rowcount == 1:
             claimed.append((webhook_id, json.loads(kept), attempt + (outcome == "retrying")))
     return claimed
 
 
-def take_retry(conn, webhook_id: str, event_id: str, attempt: int) -> bool:
-    """Whether the retry after ``attempt`` (its row ``retrying``) is this server's to make: its kept copy
-    taken, as :func:`claim_left` takes one, so a checking server that judged the retry left (its server
-    only late: a thread held by slow receivers) cannot send it too. False when another server took it;
-    True too when the row is not there (its write was dropped: nobody can have claimed it)."""
+def take_retry(conn, webhook_id: str, event_id: str, attempt: int, now: str) -> bool:
+    """Whether the retry after ``attempt`` (its row ``retrying``) is this server's to make: its row renewed
+    to ``now`` while it still keeps its copy, so a checking server that judged the retry left (its server
+    only late: a thread held by slow receivers) and read the row before cannot claim it (:func:`claim_left`
+    claims a row as it read it), and one reading it now finds it not overdue; the copy stays for the next
+    server should a crash cut this attempt. False when another server claimed it; True too when the row
+    is not there (its write was dropped: nobody can have claimed it)."""
     key = (webhook_id, event_id, attempt)
     taken = conn.execute(
-        "UPDATE webhook_deliveries SET event_json = NULL WHERE webhook_id = ? AND event_id = ? AND attempt = ? "
+        "UPDATE webhook_deliveries SET ts = ? WHERE webhook_id = ? AND event_id = ? AND attempt = ? "
         "AND outcome = 'retrying' AND event_json IS NOT NULL",
-        key,
+        (now, *key),
     )
     if taken.rowcount == 1:
         return True
@@ -463,7 +466,8 @@ class Dispatcher:
         if d.attempt == 1 or d.claimed:
             return True
         try:
-            return self._store.write(lambda conn: take_retry(conn, d.hook.id, d.event["id"], d.attempt - 1))
+            now = now_iso()
+            return self._store.write(lambda conn: take_retry(conn, d.hook.id, d.event["id"], d.attempt - 1, now))
         except Exception as exc:
             log.warning("webhooks: taking the retry of %s to %s failed (%s): sent", d.event["type"], d.hook.id, exc)
             return True

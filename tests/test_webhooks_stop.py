@@ -23,7 +23,17 @@ from module_helpers import api, start_server
 
 from stockyard.store import Store
 from stockyard.times import to_iso
-from stockyard.webhooks import BACKOFF_S, RESUME_SLACK_S, TIMEOUT_S, Dispatcher, Hook, claim_left, log_delivery, verify
+from stockyard.webhooks import (
+    BACKOFF_S,
+    RESUME_SLACK_S,
+    TIMEOUT_S,
+    Dispatcher,
+    Hook,
+    claim_left,
+    log_delivery,
+    take_retry,
+    verify,
+)
 
 SECRET = "webhook-stop-encryption-secret-0123456789"
 QUEUED = 3  # test events sent: the first held by the receiver, the others queued behind it
@@ -197,6 +207,13 @@ def test_a_left_delivery_is_claimed_once_and_a_retry_only_once_overdue(database)
 
     assert claim() == [("wh_a", event, 2)]
     assert claim() == []  # claimed: a second server finds nothing
+    log("wh_c", 1, ago(600), "retrying", event)  # long overdue, but its server is making the retry now:
+    conn.execute("BEGIN IMMEDIATE")
+    assert take_retry(conn, "wh_c", "evt_1", 1, ago(0))  # its row renewed, its copy kept
+    conn.execute("COMMIT")
+    assert claim_left(conn, ["wh_c"], since, now.timestamp() - RESUME_SLACK_S, 100) == []  # not overdue now
+    assert claim_left(conn, ["wh_c"], since, now.timestamp() + 3600, 100) == [("wh_c", event, 2)]  # a crash cut it
+    assert not take_retry(conn, "wh_c", "evt_1", 1, ago(0))  # claimed: its server lets it go
     mine = frozenset({("wh_b", "evt_1")})  # the claiming server's own retry: left for it to take (take_retry)
     assert claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100, mine) == []
     later = claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100)  # an hour on: overdue
