@@ -753,6 +753,13 @@ class Handler(BaseHTTPRequestHandler):
         bytes), as :meth:`upload` does; the caller closes it."""
         return self._received(lambda blocks, limit, folder: multipart.spool_body(blocks, limit=limit, folder=folder))
 
+    def _spool_for(self, ctx: RequestContext) -> multipart.Spooled:
+        """:meth:`spool`, its bytes counted against the share of ``ctx``'s key as it is when the body
+        is read: a Gemini upload chunk sent without a key (google-genai's) is its upload's key's by
+        then (``GeminiFiles._chunk``), so a key cannot hold more than its quarter through such chunks."""
+        self._uploader = ctx.key_id
+        return self.spool()
+
     def _received(self, receive: Callable[[Iterator[bytes], int, Path], _T]) -> _T:
         """The body passed to ``receive(blocks, limit, folder)`` as it arrives, up to
         STOCKYARD_MAX_UPLOAD_BYTES, spooled in ``uploads/`` beside the database.
@@ -964,9 +971,10 @@ class Handler(BaseHTTPRequestHandler):
             ctx = RequestContext(gemini_files.endpoint_name(method, path, query), GEMINI, self._client_ip(), headers)
             # a chunk without a key is google-genai's (it sends none): the upload URL's token is the credential
             keyless_chunk = gemini_files.continues_upload(path, query) and presented_key(headers) is None
-            if keyless_chunk or self._key_accepted(ctx):  # before the body, like the other Gemini-native routes
+            if self._key_accepted(ctx, keyless=keyless_chunk):  # before the body, like the other Gemini-native routes
                 ctx.state[message_batches.BASE_STATE] = self._public_base()
-                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, spool=self.spool)
+                spool = functools.partial(self._spool_for, ctx)  # a keyless chunk's: its upload's key's
+                req = Request(method, self.path, ctx.headers, self._body, ctx.client_addr, spool=spool)
                 self._handled(ctx, app.gemini_files.handle, req)
             return
         if gemini_api.lists_models(path, self._headers_dict(), query):  # GET /v1beta/models[/{model}]
@@ -1145,16 +1153,19 @@ class Handler(BaseHTTPRequestHandler):
             app.tracer.finish(ctx)
             self._trace_note = trace_note(ctx)
 
-    def _key_accepted(self, ctx: RequestContext) -> bool:
+    def _key_accepted(self, ctx: RequestContext, keyless: bool = False) -> bool:
         """The client key, from the headers alone, before the body is read (when keys are required).
 
         The model allow-list waits for the body (``proxy.handle`` checks again). A refusal is
         answered at once and traced as metadata only — at most a few a second per address,
         the rest only counted in /metrics — so keyless senders cost neither reads nor disk.
+        ``keyless``: a request whose credential is checked later, not a key (a Gemini upload chunk
+        google-genai sends with the upload URL's token alone); refused here only by the drain.
         """
         app = self.server.app
         try:
-            app.gate.authenticate(ctx)
+            if not keyless:
+                app.gate.authenticate(ctx)
             self._refuse_if_draining()  # after the key: the drain's 503 is traced as the key's
             self._uploader = ctx.key_id  # an upload's room is counted by key (open mode: one user, the bound alone)
             return True

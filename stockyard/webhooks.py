@@ -124,6 +124,7 @@ class _Delivery:
     hook: Hook = field(compare=False)
     event: dict[str, Any] = field(compare=False)
     attempt: int = field(default=1, compare=False)
+    claimed: bool = field(default=False, compare=False)  # resumed: its row's kept copy is taken already
 
 
 Post = Callable[[Hook, bytes, dict[str, str]], tuple[int | None, str | None]]
@@ -209,10 +210,14 @@ def log_delivery(conn, row: tuple, event: dict[str, Any] | None = None) -> None:
     )
 
 
-def claim_left(conn, hook_ids: list[str], since: str, due_before: float, limit: int) -> list[tuple[str, dict, int]]:
+def claim_left(
+    conn, hook_ids: list[str], since: str, due_before: float, limit: int, held: frozenset[tuple[str, str]] = frozenset()
+) -> list[tuple[str, dict, int]]:
     """The deliveries left to resume, claimed (their kept copy cleared: a server starting beside this one
     claims none of them twice): (webhook id, event, the attempt to make). A row ``abandoned`` is left at
-    once; one ``retrying`` once its retry is RESUME_SLACK_S overdue (``due_before``: unix seconds)."""
+    once; one ``retrying`` once its retry is RESUME_SLACK_S overdue (``due_before``: unix seconds).
+    ``held``: (webhook id, event id) of deliveries the claiming server has in hand itself, left alone
+    (its own retry takes the copy: :func:`take_retry`)."""
     marks = ", ".join("?" * len(hook_ids))
     rows = conn.execute(
         "SELECT id, webhook_id, attempt, ts, outcome, event_json FROM webhook_deliveries "
@@ -227,12 +232,38 @@ def claim_left(conn, hook_ids: list[str], since: str, due_before: float, limit: 
                 continue  # its server may still be waiting to retry it
         elif outcome != "abandoned":
             continue
-        taken = conn.execute(
-            "UPDATE webhook_deliveries SET event_json = NULL WHERE id = ? AND event_json IS NOT NULL", (row_id,)
+        if (webhook_id, json.loads(kept)["id"]) in held:
+            continue
+        taken = conn.execute(  # as read: a row its server renewed meanwhile (take_retry) stays its own
+            "UPDATE webhook_deliveries SET event_json = NULL WHERE id = ? AND ts = ? AND event_json IS NOT NULL",
+            (row_id, ts),
         )
         if taken.rowcount == 1:
             claimed.append((webhook_id, json.loads(kept), attempt + (outcome == "retrying")))
     return claimed
+
+
+def take_retry(conn, webhook_id: str, event_id: str, attempt: int, now: str) -> bool:
+    """Whether the retry after ``attempt`` (its row ``retrying``) is this server's to make: its row renewed
+    to ``now`` while it still keeps its copy, so a checking server that judged the retry left (its server
+    only late: a thread held by slow receivers) and read the row before cannot claim it (:func:`claim_left`
+    claims a row as it read it), and one reading it now finds it not overdue; the copy stays for the next
+    server should a crash cut this attempt. False when another server claimed it; True too when the row
+    is not there (its write was dropped: nobody can have claimed it)."""
+    key = (webhook_id, event_id, attempt)
+    taken = conn.execute(
+        "UPDATE webhook_deliveries SET ts = ? WHERE webhook_id = ? AND event_id = ? AND attempt = ? "
+        "AND outcome = 'retrying' AND event_json IS NOT NULL",
+        (now, *key),
+    )
+    if taken.rowcount == 1:
+        return True
+    row = conn.execute(
+        "SELECT 1 FROM webhook_deliveries "
+        "WHERE webhook_id = ? AND event_id = ? AND attempt = ? AND outcome = 'retrying'",
+        key,
+    ).fetchone()
+    return row is None
 
 
 _WAKE: Any = ({}, None)  # put by ``stop``: the delivery thread looks at its stop flag now
@@ -389,6 +420,15 @@ class Dispatcher:
 
     def _attempt(self, d: _Delivery) -> None:
         self._sending = d
+        hook = self._current(d.hook.id)
+        if hook is None or not self._ours(d):
+            with self._left_lock:
+                if self._sending is d:
+                    self._sending = None
+            why = "was removed" if hook is None else "is sent by another server that resumed it"
+            log.warning("webhooks: %s to %s not sent: webhook %s %s", d.event["type"], d.hook.id, d.hook.id, why)
+            return
+        d.hook = hook  # its URL and secret as they are now (moved, rotated), for its retries too
         status, error, ms = send_signed(d.hook, d.event, self._send, self._clock)
         with self._left_lock:
             if self._sending is not d:  # the stop gave up on it and logged it abandoned meanwhile
@@ -416,6 +456,22 @@ class Dispatcher:
         self._recent[(d.hook.id, d.event["id"])] = time.monotonic()
         self._store.submit(lambda conn: log_delivery(conn, row, kept))
 
+    def _current(self, hook_id: str) -> Hook | None:
+        """The webhook as configured now (``use``), None once it was deleted."""
+        return next((h for h in self._hooks if h.id == hook_id), None)
+
+    def _ours(self, d: _Delivery) -> bool:
+        """Whether ``d`` is this server's to send: a first attempt, a resumed one, or a retry whose row's
+        copy it takes now (:func:`take_retry`). A database that is away: sent (at least once, not lost)."""
+        if d.attempt == 1 or d.claimed:
+            return True
+        try:
+            now = now_iso()
+            return self._store.write(lambda conn: take_retry(conn, d.hook.id, d.event["id"], d.attempt - 1, now))
+        except Exception as exc:
+            log.warning("webhooks: taking the retry of %s to %s failed (%s): sent", d.event["type"], d.hook.id, exc)
+            return True
+
     def _resume(self) -> None:
         """Deliveries a stopped or crashed server left (an earlier run of this one, or another worker or
         replica), claimed in the database and sent from here: at start, then every RESUME_EVERY_S."""
@@ -427,16 +483,16 @@ class Dispatcher:
             return
         now, mono = self._clock(), time.monotonic()
         self._recent = {k: t for k, t in self._recent.items() if mono - t < 10 * RESUME_SLACK_S}
-        held |= set(self._recent)
+        mine = frozenset(held | set(self._recent))  # not claimed: this server's own retries take their copy
         since = to_iso(datetime.fromtimestamp(now - RESUME_WITHIN_S, timezone.utc))
-        claimed = self._store.write(lambda conn: claim_left(conn, list(hooks), since, now - RESUME_SLACK_S, room))
-        resumed = [(w, e, a) for w, e, a in claimed if (w, e["id"]) not in held]
+        resumed = self._store.write(lambda conn: claim_left(conn, list(hooks), since, now - RESUME_SLACK_S, room, mine))
         if not resumed:
             return
         log.warning("webhooks: resuming %d deliveries a stopped server left", len(resumed))
         with self._left_lock:
             for webhook_id, event, attempt in resumed:
-                heapq.heappush(self._waiting, _Delivery(mono, next(self._seq), hooks[webhook_id], event, attempt))
+                resumed_one = _Delivery(mono, next(self._seq), hooks[webhook_id], event, attempt, claimed=True)
+                heapq.heappush(self._waiting, resumed_one)
 
     # -- checks from the database -------------------------------------------------------------
     def _check(self) -> None:

@@ -18,7 +18,8 @@ which finishes its requests in flight and flushes its writer, and the parent exi
 have (0 when they all did cleanly; a stop during start-up starts no more workers, and a worker
 ended by it before it served counts as clean). A worker that dies is replaced (at once if it had run
 ``QUICK_S``, else after a wait that doubles with each such quick death in a row); one that cannot
-start stops the group, at the group's start or after ``QUICK_FAILURES`` quick deaths in a row.
+start stops the group, at the group's start or after ``QUICK_FAILURES`` quick deaths in a row before
+it served (one that served was ended by something else, a client perhaps: it never stops the group).
 
 State the workers must agree on, and where it lives (the database is read and written by every
 worker, each with its own writer thread; SQLite's ``BEGIN IMMEDIATE`` and busy timeout serialize
@@ -280,13 +281,17 @@ class Group:
                 self.failed = True
                 self._stop(f"worker {index} could not start (exit status {code})")
                 continue
-            self._restart(index, pid, code)
+            self._restart(index, pid, code, served)
 
-    def _restart(self, index: int, pid: int, code: int) -> None:
+    def _restart(self, index: int, pid: int, code: int, served: bool) -> None:
         """Start a worker that died again: at once if it had run a while, else after a wait that
-        doubles with each quick death in a row; at ``QUICK_FAILURES`` of them, stop the group."""
+        doubles with each quick death in a row; at ``QUICK_FAILURES`` of them, stop the group. Only a
+        worker that died before it served counts (it cannot start): one that served was ended by
+        something else (the OOM killer, a kill), which a client may cause as each replacement comes
+        up, so it is started again after ``RESTART_WAIT_S`` at most and never stops the group."""
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        quick = time.monotonic() - self.started[index] < QUICK_S
+        ran = time.monotonic() - self.started[index]
+        quick = ran < QUICK_S and not served
         deaths = self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick else 0
         if deaths >= QUICK_FAILURES:
             self.failed = True
@@ -301,7 +306,7 @@ class Group:
             )
             self._stop(f"worker {index} cannot start")
             return
-        wait = RESTART_WAIT_S * 2 ** (deaths - 1) if quick else 0.0
+        wait = RESTART_WAIT_S * 2 ** (deaths - 1) if quick else (RESTART_WAIT_S if ran < QUICK_S else 0.0)
         log.error("worker %d (pid %d) %s: starting a new one in %gs", index, pid, how, wait)
         self.due[index] = time.monotonic() + wait
 

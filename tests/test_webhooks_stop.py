@@ -15,13 +15,25 @@ import json
 import signal
 import socket
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 from conftest import ServerProcess, open_database, wait_for
 from module_helpers import api, start_server
 
+from stockyard.store import Store
 from stockyard.times import to_iso
-from stockyard.webhooks import RESUME_SLACK_S, claim_left, log_delivery, verify
+from stockyard.webhooks import (
+    BACKOFF_S,
+    RESUME_SLACK_S,
+    TIMEOUT_S,
+    Dispatcher,
+    Hook,
+    claim_left,
+    log_delivery,
+    take_retry,
+    verify,
+)
 
 SECRET = "webhook-stop-encryption-secret-0123456789"
 QUEUED = 3  # test events sent: the first held by the receiver, the others queued behind it
@@ -195,6 +207,110 @@ def test_a_left_delivery_is_claimed_once_and_a_retry_only_once_overdue(database)
 
     assert claim() == [("wh_a", event, 2)]
     assert claim() == []  # claimed: a second server finds nothing
+    log("wh_c", 1, ago(600), "retrying", event)  # long overdue, but its server is making the retry now:
+    conn.execute("BEGIN IMMEDIATE")
+    assert take_retry(conn, "wh_c", "evt_1", 1, ago(0))  # its row renewed, its copy kept
+    conn.execute("COMMIT")
+    assert claim_left(conn, ["wh_c"], since, now.timestamp() - RESUME_SLACK_S, 100) == []  # not overdue now
+    assert claim_left(conn, ["wh_c"], since, now.timestamp() + 3600, 100) == [("wh_c", event, 2)]  # a crash cut it
+    assert not take_retry(conn, "wh_c", "evt_1", 1, ago(0))  # claimed: its server lets it go
+    mine = frozenset({("wh_b", "evt_1")})  # the claiming server's own retry: left for it to take (take_retry)
+    assert claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100, mine) == []
     later = claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100)  # an hour on: overdue
     assert later == [("wh_b", event, 2)]
     conn.close()
+
+
+def test_a_retry_its_own_server_makes_late_is_sent_by_one_server_only(database):
+    """Was: the checking server (a group's first worker, or a replica) resumed a retry a minute
+    overdue as if its server were gone, while that server was only late: its one delivery thread
+    held by slow receivers (10 s each: seven of them make a retry 70 s late). Both then sent the
+    event, each retrying it on its own. Now the server making a retry takes the row's kept copy in
+    the database first, as a resuming one does: whichever takes it sends it, the other lets it go.
+    Two dispatchers on one database stand for the two servers; the checking one's clock runs
+    ahead by the 70 s the late one's thread would be held."""
+    database.open_and_migrate()
+    flaky, slow = SilentReceiver(), SilentReceiver()
+    flaky.status = 500  # the first attempt fails: a retry waits
+    hooks = [
+        Hook("wh_flaky", flaky.url, frozenset({"all"}), "json", "s1"),
+        Hook("wh_slow", slow.url, frozenset(), "json", "s2"),
+    ]
+    late, checking = Store(database), Store(database)
+    late_one = Dispatcher(late, checks=False)
+    ahead = RESUME_SLACK_S + TIMEOUT_S + BACKOFF_S[1] + 10
+    checker = Dispatcher(checking, clock=lambda: time.time() + ahead, checks=True)
+    try:
+        for d in (late_one, checker):
+            d.use(hooks)
+        late_one.start()
+        first = late_one.emit("webhook.test", {}, "a test", only="wh_flaky")
+        wait_for(lambda: [r["outcome"] for r in deliveries_in(database)] == ["retrying"], what="the first attempt")
+        retry_due = time.monotonic() + BACKOFF_S[0]  # at the latest
+        late_one.emit("webhook.test", {}, "a test", only="wh_slow")
+        assert slow.arrived.wait(10), "the late server's thread is held by the slow receiver"
+        flaky.status, answered = 200, len(flaky.got)
+        checker.start()  # at its start it resumes what it finds overdue
+        wait_for(lambda: len(flaky.got) > answered, what="the checking server's resume")
+        wait_for(lambda: time.monotonic() > retry_due, what="the late server's retry to be due")  # its backoff
+        slow.status = 500
+        slow.let_go()  # the late server's thread goes on: its retry of the first event is due
+        last = late_one.emit("webhook.test", {}, "a test", only="wh_flaky")  # sent after that retry
+        wait_for(lambda: last in ids(flaky.got), what="the late server's next event")
+        assert ids(flaky.got[answered:]) == [first, last], "the first event delivered once"
+    finally:
+        late_one.stop()
+        checker.stop()
+        late.close()
+        checking.close()
+        flaky.close()
+        slow.close()
+
+
+def ids(got: list[tuple[dict[str, str], bytes]]) -> list[str]:
+    return [json.loads(body)["id"] for _, body in got]
+
+
+def deliveries_in(database) -> list[dict]:
+    conn = database.connect()
+    try:
+        rows = conn.execute("SELECT webhook_id, event_id, attempt, outcome FROM webhook_deliveries ORDER BY id")
+        return [dict(zip(("webhook_id", "event_id", "attempt", "outcome"), r)) for r in rows]
+    finally:
+        conn.close()
+
+
+TESTS = frozenset({"webhook.test"})
+
+
+def test_a_retry_goes_to_the_webhook_as_configured_now(database, caplog):
+    """Was: a retry went to the webhook as it was when its event was queued, with its URL and secret
+    then: one whose URL was moved (a receiver retired, a leaked Slack URL replaced) or whose secret
+    was rotated still got the event at the old URL signed with the old secret, and one deleted kept
+    getting its retries for up to 13 minutes. A resumed delivery already went to the webhook as it is
+    (review 30). Now every attempt goes to the webhook as configured at that moment, and a deleted
+    webhook's are dropped, said in the log."""
+    database.open_and_migrate()
+    old, new, gone = SilentReceiver(), SilentReceiver(), SilentReceiver()
+    old.status, new.status, gone.status = 500, 200, 500
+    moved = Hook("wh_moved", old.url, TESTS, "json", "old-secret")
+    removed = Hook("wh_gone", gone.url, TESTS, "json", "s")
+    store = Store(database)
+    dispatcher = Dispatcher(store, checks=False)
+    try:
+        dispatcher.use([moved, removed])
+        dispatcher.start()
+        event = dispatcher.emit("webhook.test", {}, "a test")
+        wait_for(lambda: [r["outcome"] for r in deliveries_in(database)] == ["retrying"] * 2, what="both failed once")
+        dispatcher.use([Hook("wh_moved", new.url, TESTS, "json", "new-secret")])  # wh_gone deleted
+        wait_for(lambda: len(old.got) + len(new.got) == 2, what="the moved webhook's retry")
+        assert [len(old.got), ids(new.got)] == [1, [event]]
+        assert verify("new-secret", new.got[0][1], new.got[0][0]["x-stockyard-signature"])
+        said = "webhook wh_gone was removed"
+        wait_for(lambda: len(gone.got) == 2 or said in caplog.text, what="the deleted one's retry")
+        assert len(gone.got) == 1, "nothing sent to a deleted webhook"
+    finally:
+        dispatcher.stop()
+        store.close()
+        for receiver in (old, new, gone):
+            receiver.close()
