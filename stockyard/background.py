@@ -8,13 +8,13 @@ which the budget module turns from a reservation into spend: ``budget.after``), 
 
 When Stockyard sees it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) — a retrieve
 passed through, the end event of its stream (``GET …?stream=true``), the cancel's answer, the retrieve
-a delete makes first, or the batch watch's own look every ``STOCKYARD_BATCH_POLL`` at those nobody
-retrieved — one ``responses.usage``
-trace records what the provider says it used, priced as the POST would have been (the tier that
-served it, the image tool, hosted tools' calls), written in the same transaction that marks it
-billed (``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed
-once. Its cost then replaces its hold on the budgets. One never seen to end gives its hold back
-after ``batch_costs.WATCH_DAYS``, as a batch does.
+a delete makes first (and the cancel it sends one still running), or the batch watch's own look
+every ``STOCKYARD_BATCH_POLL`` at those nobody retrieved — one ``responses.usage`` trace records
+what the provider says it used, priced as the POST would have been (the tier that served it, the
+image tool, hosted tools' calls), written in the same transaction that marks it billed
+(``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed once.
+Its cost then replaces its hold on the budgets. One never seen to end gives its hold back after
+``batch_costs.WATCH_DAYS``, as a batch does.
 
 Not here: a background request that is also streamed (``stream: true``) is billed by its stream, as
 any streamed response is.
@@ -148,23 +148,28 @@ class BackgroundResponses:
 
     def before_delete(self, key_id: str | None, provider: Provider, response_id: str) -> None:
         """A delete takes the response and its usage away at the provider: one of the key's not yet
-        billed is retrieved first, and billed if it ended. A failed look does not stop the delete
-        (a response deleted while it runs keeps its hold until the watch's horizon)."""
+        billed is retrieved first, and billed if it ended; one still running is cancelled first (the
+        provider would go on billing it, and nothing here would ever see its usage), its cancel's
+        answer billed. A failed look does not stop the delete (a response deleted while it runs
+        then keeps its hold until the watch's horizon)."""
         owned = self._ownership.find(response_id, KIND, key_id or OPEN_OWNER)
         if owned is None or owned.billed:
             return
         try:
-            self._retrieve(key_id, provider, response_id)
+            if self._retrieve(key_id, provider, response_id) in RUNNING:
+                self._retrieve(key_id, provider, response_id, "POST", "/cancel")
         except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
             log.warning(
                 "background response %s: not billed before its delete: %s: %s", response_id, type(exc).__name__, exc
             )
 
-    def _retrieve(self, key_id: str | None, provider: Provider, response_id: str) -> str | None:
-        """GET the response from its provider and bill it if it ended: its status, None when the
-        provider did not answer with it."""
-        path = upstream_path(provider, f"/responses/{response_id}")
-        resp = self._pool.request(provider.base_url, "GET", path, upstream_headers(provider), None)
+    def _retrieve(
+        self, key_id: str | None, provider: Provider, response_id: str, method: str = "GET", action: str = ""
+    ) -> str | None:
+        """GET the response from its provider (or ``POST …/cancel`` it) and bill it if the answer
+        shows it ended: its status, None when the provider did not answer with it."""
+        path = upstream_path(provider, f"/responses/{response_id}{action}")
+        resp = self._pool.request(provider.base_url, method, path, upstream_headers(provider), None)
         data = resp.read_all()
         try:
             doc = json.loads(data) if resp.status < 300 else None

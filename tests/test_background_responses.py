@@ -13,6 +13,7 @@ import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
 from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS
@@ -107,6 +108,24 @@ def test_a_background_response_that_ended_unseen_is_billed_before_its_delete(ser
     client.responses.delete(made.id)
     (billed,) = usage_rows(server, name)
     assert billed["cost_uc"] == PROMPT_TOKENS * IN_UC + COMPLETION_TOKENS * OUT_UC  # what the mock reports
+
+
+def test_a_background_response_deleted_while_it_runs_is_cancelled_and_billed_first(server, mock):
+    """A delete of one still running would take its usage away while the provider goes on billing it
+    (it was never billed, and its hold went back after 30 days: free tokens): it is cancelled first,
+    so the provider stops and its cancel's answer states what it used, billed once; then deleted."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    made = client.responses.create(model=MODEL, input="a job to drop", background=True, max_output_tokens=1000)
+    client.responses.delete(made.id)
+    (billed,) = usage_rows(server, name)
+    assert billed["cost_uc"] == PROMPT_TOKENS * IN_UC + BACKGROUND_CANCEL_OUTPUT * OUT_UC, billed
+    cancels = [r for r in mock.requests if r.method == "POST" and r.path == f"/v1/responses/{made.id}/cancel"]
+    assert len(cancels) == 1
+    rows = server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (made.id,))
+    assert rows == [{"billed": 1}]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)
 
 
 def test_a_background_response_is_billed_at_the_tier_that_served_it(server, mock):
