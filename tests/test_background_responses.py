@@ -128,6 +128,31 @@ def test_a_background_response_deleted_while_it_runs_is_cancelled_and_billed_fir
         client.responses.retrieve(made.id)
 
 
+def test_another_keys_background_response_is_404_and_never_reaches_the_provider(server, mock):
+    """Key B cannot retrieve, stream, cancel or delete key A's background response (OpenAI's 404), and
+    none of it reaches the provider: A's response runs on unbilled, and is billed to A when A looks."""
+    secret_a, name_a = new_key(server)
+    secret_b, name_b = new_key(server)
+    a, b = server.openai(secret_a), server.openai(secret_b)
+    made = a.responses.create(model=MODEL, input="A's job", background=True)
+    before = len(mock.requests)
+    for attempt in (
+        lambda: b.responses.retrieve(made.id),
+        lambda: list(b.responses.retrieve(made.id, stream=True)),
+        lambda: b.responses.cancel(made.id),
+        lambda: b.responses.delete(made.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            attempt()
+    assert [r.path for r in mock.requests[before:] if made.id in r.path] == []
+    assert usage_rows(server, name_a) == [] and usage_rows(server, name_b) == []
+    a.responses.retrieve(made.id)  # in progress
+    done = a.responses.retrieve(made.id)
+    assert done.status == "completed"
+    assert [r["cost_uc"] for r in usage_rows(server, name_a)] == [cost_of(done.usage)]
+    assert usage_rows(server, name_b) == []
+
+
 def test_a_background_response_is_billed_at_the_tier_that_served_it(server, mock):
     """Priced as any Responses answer: at the rates of the ``service_tier`` it says served it
     (gpt-4o in priority: 1.7 times its 250 µ¢ a token in and 1,000 out)."""
