@@ -204,6 +204,31 @@ def test_a_budgeted_keys_burst_of_background_responses_cannot_overspend(server, 
     assert room == (BUDGET_UC - real) // worst, (room, real, worst)
 
 
+def test_a_projects_budget_holds_its_keys_background_responses(server, mock):
+    """A project's budget holds what every key of it starts in the background: of 20 started at once
+    by two keys of the project (neither with a budget of its own) only the 5 that fit run; once one is
+    billed (its key's retrieve), its real cost replaces its hold and the other key may start one more."""
+    project = f"bgp-{secrets.token_hex(4)}"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    status, _, raw = server.request(
+        "PUT", f"/api/projects/{project}/budget", {"budget_usd": "0.00303", "period": "total"}, headers=admin
+    )
+    assert status == 200, raw
+    keys = [new_key(server, project=project)[0] for _ in range(2)]
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda i: (keys[i % 2], start(server, keys[i % 2], body)), range(20)))
+    ran = [(secret, json.loads(raw)["id"]) for secret, (status, _, raw) in answers if status == 200]
+    assert len(ran) == 5, [a[1][0] for a in answers]
+    assert all(start(server, secret, body)[0] == 429 for secret in keys)
+    secret, response_id = ran[0]
+    client = server.openai(secret)
+    client.responses.retrieve(response_id)  # in progress
+    assert client.responses.retrieve(response_id).status == "completed"  # billed: the project has room again
+    other = keys[1] if secret == keys[0] else keys[0]
+    assert start(server, other, body)[0] == 200
+
+
 def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, bytes]:
     """POST a Responses request with the key: (status, headers, body)."""
     return server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
