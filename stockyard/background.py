@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from .batch_costs import bill_once, settle_billed
 from .billing import Pricer
 from .budgets import BACKGROUND_HELD as HELD
 from .config import Settings
 from .context import RequestContext
+from .conversations import keep_usage
 from .errors import RESPONSES
-from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Ownership, owner_of
+from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Billed, Ownership, owner_of
 from .keys import KeyRing
 from .metrics import Metrics
 from .pricing import Usage
@@ -117,7 +118,15 @@ class BackgroundResponses:
         ctx = self._usage(provider, response)
         if key is not None:
             ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
-        billed = self._store.write(bill_once(ctx, response_id, KIND, self._settings))
+        bill = bill_once(ctx, response_id, KIND, self._settings)
+
+        def job(conn: Any) -> Billed | None:
+            billed = bill(conn)
+            if billed is not None:  # what a turn after it holds for its conversation
+                keep_usage(conn, response_id, response.get("usage"))
+            return billed
+
+        billed = self._store.write(job)
         if billed is not None:
             settle_billed(ctx, billed, self._metrics, self._settle)
 

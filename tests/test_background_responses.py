@@ -229,6 +229,29 @@ def test_a_projects_budget_holds_its_keys_background_responses(server, mock):
     assert start(server, other, body)[0] == 200
 
 
+def test_a_turn_after_a_billed_background_response_holds_its_history(server, mock):
+    """A turn naming a passed-through previous response holds what continuing it costs (the provider
+    bills its whole conversation as input: as many tokens as its last turn used). A background
+    response was kept with its queued answer, which has no usage: a turn after it held no history at
+    all, so a budgeted key could chain long background turns held at their new input alone. Once it
+    is billed its usage is kept with it, and a turn after it holds as one after a synchronous one."""
+    secret, _ = new_key(server, budget_usd="10", budget_period="total")
+    client = server.openai(secret)
+    sync = client.responses.create(model=MODEL, input="a first turn")
+    made = client.responses.create(model=MODEL, input="a first turn", background=True)
+    client.responses.retrieve(made.id)  # in progress
+    done = client.responses.retrieve(made.id)
+    assert done.status == "completed" and done.usage.total_tokens == sync.usage.total_tokens > 0
+    follow = {"model": MODEL, "input": "and then?", "background": True, "max_output_tokens": 100}
+    after_sync = json.loads(start(server, secret, {**follow, "previous_response_id": sync.id})[2])["id"]
+    after_bg = json.loads(start(server, secret, {**follow, "previous_response_id": made.id})[2])["id"]
+    held = {
+        r["id"]: r["held_uc"]
+        for r in server.db_rows("SELECT id, held_uc FROM owned_objects WHERE id IN (?, ?)", (after_sync, after_bg))
+    }
+    assert held[after_bg] == held[after_sync] > 0, held
+
+
 def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, bytes]:
     """POST a Responses request with the key: (status, headers, body)."""
     return server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
