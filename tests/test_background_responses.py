@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -250,6 +252,46 @@ def test_a_turn_after_a_billed_background_response_holds_its_history(server, moc
         for r in server.db_rows("SELECT id, held_uc FROM owned_objects WHERE id IN (?, ?)", (after_sync, after_bg))
     }
     assert held[after_bg] == held[after_sync] > 0, held
+
+
+def test_a_background_response_whose_client_left_mid_post_is_still_recorded_and_held(server, mock):
+    """A client that resets its connection once its background POST reached the provider: the provider
+    made the response and runs it, so the answer Stockyard still reads records it as the key's, with
+    its hold, and it is billed when it ends (not left running free)."""
+    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    marker = f"left-{secrets.token_hex(4)}"
+    body = json.dumps({"model": MODEL, "input": marker, "background": True, "max_output_tokens": 100}).encode()
+    mock.delay_ms = 400
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        client.sendall(
+            f"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {secret}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        sent = wait_for(
+            lambda: next((r for r in mock.requests if r.path == "/v1/responses" and marker in str(r.body)), None),
+            what="the POST at the provider",
+        )
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        assert sent is not None
+        rows = wait_for(
+            lambda: server.db_rows(
+                "SELECT o.id, o.held_uc, o.billed FROM owned_objects o JOIN client_keys k ON k.id = o.key_id"
+                " WHERE k.name = ? AND o.kind = 'background_response'",
+                (name,),
+            ),
+            what="the response recorded as the key's",
+        )
+    finally:
+        mock.delay_ms = 0
+    ((response_id, held, billed),) = [(r["id"], r["held_uc"], r["billed"]) for r in rows]
+    assert held > 0 and billed == 0
+    api = server.openai(secret)
+    api.responses.retrieve(response_id)  # in progress
+    done = api.responses.retrieve(response_id)
+    assert [r["cost_uc"] for r in usage_rows(server, name)] == [cost_of(done.usage)]
 
 
 def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, bytes]:
