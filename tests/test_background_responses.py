@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
-from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS
+from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS, Reply
 
 ADMIN = "admin-secret-for-background-tests"
 MODEL = "gpt-4o-mini"
@@ -292,6 +292,18 @@ def test_a_background_response_whose_client_left_mid_post_is_still_recorded_and_
     api.responses.retrieve(response_id)  # in progress
     done = api.responses.retrieve(response_id)
     assert [r["cost_uc"] for r in usage_rows(server, name)] == [cost_of(done.usage)]
+
+
+def test_a_refused_background_post_gives_its_hold_back(server, mock):
+    """A background POST the provider refuses (400) started nothing: its hold goes back at once, so
+    five refused then leave room for the five worst cases the budget fits."""
+    secret, name = new_key(server, budget_usd="0.00303", budget_period="total")
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
+    for _ in range(5):
+        mock.enqueue(Reply(status=400, json={"error": {"message": "no", "type": "invalid_request_error"}}))
+        assert start(server, secret, body)[0] == 400
+    assert [start(server, secret, body)[0] for _ in range(6)] == [200] * 5 + [429]
+    assert usage_rows(server, name) == []
 
 
 def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, bytes]:
