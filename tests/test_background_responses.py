@@ -306,6 +306,16 @@ def test_a_refused_background_post_gives_its_hold_back(server, mock):
     assert usage_rows(server, name) == []
 
 
+def test_a_background_response_without_max_output_tokens_holds_the_models_ceiling(server, mock):
+    """Without ``max_output_tokens`` the provider may write up to the model's own ceiling (gpt-4o-mini:
+    16,384 tokens in the price table), so that is what its budget holds, not the 4,096 default."""
+    secret, _ = new_key(server, budget_usd="10", budget_period="total")
+    status, _, raw = start(server, secret, {"model": MODEL, "input": "a long job", "background": True})
+    assert status == 200, raw
+    (row,) = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (json.loads(raw)["id"],))
+    assert 16_384 * OUT_UC <= row["held_uc"] < 16_384 * OUT_UC + 1_000 * IN_UC, row
+
+
 def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, bytes]:
     """POST a Responses request with the key: (status, headers, body)."""
     return server.request("POST", "/v1/responses", body, headers={"Authorization": f"Bearer {secret}"})
