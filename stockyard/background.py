@@ -8,13 +8,13 @@ which the budget module turns from a reservation into spend: ``budget.after``), 
 
 When Stockyard sees it ended (``completed``, ``incomplete``, ``failed``, ``cancelled``) — a retrieve
 passed through, the end event of its stream (``GET …?stream=true``), the cancel's answer, the retrieve
-a delete makes first, or the batch watch's own look every ``STOCKYARD_BATCH_POLL`` at those nobody
-retrieved — one ``responses.usage``
-trace records what the provider says it used, priced as the POST would have been (the tier that
-served it, the image tool, hosted tools' calls), written in the same transaction that marks it
-billed (``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed
-once. Its cost then replaces its hold on the budgets. One never seen to end gives its hold back
-after ``batch_costs.WATCH_DAYS``, as a batch does.
+a delete makes first (and the cancel it sends one still running), or the batch watch's own look
+every ``STOCKYARD_BATCH_POLL`` at those nobody retrieved — one ``responses.usage`` trace records
+what the provider says it used, priced as the POST would have been (the tier that served it, the
+image tool, hosted tools' calls), written in the same transaction that marks it billed
+(``batch_costs.bill_once``): however many retrieves, streams and replicas race, it is billed once.
+Its cost then replaces its hold on the budgets. One never seen to end gives its hold back after
+``batch_costs.WATCH_DAYS``, as a batch does.
 
 Not here: a background request that is also streamed (``stream: true``) is billed by its stream, as
 any streamed response is.
@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from .batch_costs import bill_once, settle_billed
 from .billing import Pricer
 from .budgets import BACKGROUND_HELD as HELD
 from .config import Settings
 from .context import RequestContext
+from .conversations import keep_usage
 from .errors import RESPONSES
-from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Ownership, owner_of
+from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Billed, Ownership, owner_of
 from .keys import KeyRing
 from .metrics import Metrics
 from .pricing import Usage
@@ -117,7 +118,15 @@ class BackgroundResponses:
         ctx = self._usage(provider, response)
         if key is not None:
             ctx.key, ctx.key_id, ctx.project = key, key.id, key.project
-        billed = self._store.write(bill_once(ctx, response_id, KIND, self._settings))
+        bill = bill_once(ctx, response_id, KIND, self._settings)
+
+        def job(conn: Any) -> Billed | None:
+            billed = bill(conn)
+            if billed is not None:  # what a turn after it holds for its conversation
+                keep_usage(conn, response_id, response.get("usage"))
+            return billed
+
+        billed = self._store.write(job)
         if billed is not None:
             settle_billed(ctx, billed, self._metrics, self._settle)
 
@@ -148,23 +157,28 @@ class BackgroundResponses:
 
     def before_delete(self, key_id: str | None, provider: Provider, response_id: str) -> None:
         """A delete takes the response and its usage away at the provider: one of the key's not yet
-        billed is retrieved first, and billed if it ended. A failed look does not stop the delete
-        (a response deleted while it runs keeps its hold until the watch's horizon)."""
+        billed is retrieved first, and billed if it ended; one still running is cancelled first (the
+        provider would go on billing it, and nothing here would ever see its usage), its cancel's
+        answer billed. A failed look does not stop the delete (a response deleted while it runs
+        then keeps its hold until the watch's horizon)."""
         owned = self._ownership.find(response_id, KIND, key_id or OPEN_OWNER)
         if owned is None or owned.billed:
             return
         try:
-            self._retrieve(key_id, provider, response_id)
+            if self._retrieve(key_id, provider, response_id) in RUNNING:
+                self._retrieve(key_id, provider, response_id, "POST", "/cancel")
         except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
             log.warning(
                 "background response %s: not billed before its delete: %s: %s", response_id, type(exc).__name__, exc
             )
 
-    def _retrieve(self, key_id: str | None, provider: Provider, response_id: str) -> str | None:
-        """GET the response from its provider and bill it if it ended: its status, None when the
-        provider did not answer with it."""
-        path = upstream_path(provider, f"/responses/{response_id}")
-        resp = self._pool.request(provider.base_url, "GET", path, upstream_headers(provider), None)
+    def _retrieve(
+        self, key_id: str | None, provider: Provider, response_id: str, method: str = "GET", action: str = ""
+    ) -> str | None:
+        """GET the response from its provider (or ``POST …/cancel`` it) and bill it if the answer
+        shows it ended: its status, None when the provider did not answer with it."""
+        path = upstream_path(provider, f"/responses/{response_id}{action}")
+        resp = self._pool.request(provider.base_url, method, path, upstream_headers(provider), None)
         data = resp.read_all()
         try:
             doc = json.loads(data) if resp.status < 300 else None

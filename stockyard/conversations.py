@@ -200,6 +200,15 @@ def kept_history_tokens(row: StoredResponse) -> int:
     return usage.prompt_tokens + usage.completion_tokens
 
 
+def keep_usage(conn: sqlite3.Connection, response_id: str, usage: object) -> None:
+    """Inside a writer job: the usage of a passed-through response that ended after it was kept (a
+    background response, kept with its queued answer), which the next turn's worst case counts
+    (:func:`kept_history_tokens`)."""
+    if isinstance(usage, dict):
+        sql = "UPDATE responses SET response = ? WHERE id = ? AND passthrough = 1"
+        conn.execute(sql, (_pack({"usage": usage}), response_id))
+
+
 def _pack(value: Any) -> bytes | None:
     return None if value is None else zlib.compress(json_bytes(value), ZLIB_LEVEL)
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
-from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS
+from mock_upstream import BACKGROUND_CANCEL_OUTPUT, COMPLETION_TOKENS, PROMPT_TOKENS, Reply
 
 ADMIN = "admin-secret-for-background-tests"
 MODEL = "gpt-4o-mini"
@@ -109,6 +112,49 @@ def test_a_background_response_that_ended_unseen_is_billed_before_its_delete(ser
     assert billed["cost_uc"] == PROMPT_TOKENS * IN_UC + COMPLETION_TOKENS * OUT_UC  # what the mock reports
 
 
+def test_a_background_response_deleted_while_it_runs_is_cancelled_and_billed_first(server, mock):
+    """A delete of one still running would take its usage away while the provider goes on billing it
+    (it was never billed, and its hold went back after 30 days: free tokens): it is cancelled first,
+    so the provider stops and its cancel's answer states what it used, billed once; then deleted."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    made = client.responses.create(model=MODEL, input="a job to drop", background=True, max_output_tokens=1000)
+    client.responses.delete(made.id)
+    (billed,) = usage_rows(server, name)
+    assert billed["cost_uc"] == PROMPT_TOKENS * IN_UC + BACKGROUND_CANCEL_OUTPUT * OUT_UC, billed
+    cancels = [r for r in mock.requests if r.method == "POST" and r.path == f"/v1/responses/{made.id}/cancel"]
+    assert len(cancels) == 1
+    rows = server.db_rows("SELECT billed FROM owned_objects WHERE id = ?", (made.id,))
+    assert rows == [{"billed": 1}]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)
+
+
+def test_another_keys_background_response_is_404_and_never_reaches_the_provider(server, mock):
+    """Key B cannot retrieve, stream, cancel or delete key A's background response (OpenAI's 404), and
+    none of it reaches the provider: A's response runs on unbilled, and is billed to A when A looks."""
+    secret_a, name_a = new_key(server)
+    secret_b, name_b = new_key(server)
+    a, b = server.openai(secret_a), server.openai(secret_b)
+    made = a.responses.create(model=MODEL, input="A's job", background=True)
+    before = len(mock.requests)
+    for attempt in (
+        lambda: b.responses.retrieve(made.id),
+        lambda: list(b.responses.retrieve(made.id, stream=True)),
+        lambda: b.responses.cancel(made.id),
+        lambda: b.responses.delete(made.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            attempt()
+    assert [r.path for r in mock.requests[before:] if made.id in r.path] == []
+    assert usage_rows(server, name_a) == [] and usage_rows(server, name_b) == []
+    a.responses.retrieve(made.id)  # in progress
+    done = a.responses.retrieve(made.id)
+    assert done.status == "completed"
+    assert [r["cost_uc"] for r in usage_rows(server, name_a)] == [cost_of(done.usage)]
+    assert usage_rows(server, name_b) == []
+
+
 def test_a_background_response_is_billed_at_the_tier_that_served_it(server, mock):
     """Priced as any Responses answer: at the rates of the ``service_tier`` it says served it
     (gpt-4o in priority: 1.7 times its 250 µ¢ a token in and 1,000 out)."""
@@ -158,6 +204,116 @@ def test_a_budgeted_keys_burst_of_background_responses_cannot_overspend(server, 
     while start(server, secret, body)[0] == 200:
         room += 1
     assert room == (BUDGET_UC - real) // worst, (room, real, worst)
+
+
+def test_a_projects_budget_holds_its_keys_background_responses(server, mock):
+    """A project's budget holds what every key of it starts in the background: of 20 started at once
+    by two keys of the project (neither with a budget of its own) only the 5 that fit run; once one is
+    billed (its key's retrieve), its real cost replaces its hold and the other key may start one more."""
+    project = f"bgp-{secrets.token_hex(4)}"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    status, _, raw = server.request(
+        "PUT", f"/api/projects/{project}/budget", {"budget_usd": "0.00303", "period": "total"}, headers=admin
+    )
+    assert status == 200, raw
+    keys = [new_key(server, project=project)[0] for _ in range(2)]
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda i: (keys[i % 2], start(server, keys[i % 2], body)), range(20)))
+    ran = [(secret, json.loads(raw)["id"]) for secret, (status, _, raw) in answers if status == 200]
+    assert len(ran) == 5, [a[1][0] for a in answers]
+    assert all(start(server, secret, body)[0] == 429 for secret in keys)
+    secret, response_id = ran[0]
+    client = server.openai(secret)
+    client.responses.retrieve(response_id)  # in progress
+    assert client.responses.retrieve(response_id).status == "completed"  # billed: the project has room again
+    other = keys[1] if secret == keys[0] else keys[0]
+    assert start(server, other, body)[0] == 200
+
+
+def test_a_turn_after_a_billed_background_response_holds_its_history(server, mock):
+    """A turn naming a passed-through previous response holds what continuing it costs (the provider
+    bills its whole conversation as input: as many tokens as its last turn used). A background
+    response was kept with its queued answer, which has no usage: a turn after it held no history at
+    all, so a budgeted key could chain long background turns held at their new input alone. Once it
+    is billed its usage is kept with it, and a turn after it holds as one after a synchronous one."""
+    secret, _ = new_key(server, budget_usd="10", budget_period="total")
+    client = server.openai(secret)
+    sync = client.responses.create(model=MODEL, input="a first turn")
+    made = client.responses.create(model=MODEL, input="a first turn", background=True)
+    client.responses.retrieve(made.id)  # in progress
+    done = client.responses.retrieve(made.id)
+    assert done.status == "completed" and done.usage.total_tokens == sync.usage.total_tokens > 0
+    follow = {"model": MODEL, "input": "and then?", "background": True, "max_output_tokens": 100}
+    after_sync = json.loads(start(server, secret, {**follow, "previous_response_id": sync.id})[2])["id"]
+    after_bg = json.loads(start(server, secret, {**follow, "previous_response_id": made.id})[2])["id"]
+    held = {
+        r["id"]: r["held_uc"]
+        for r in server.db_rows("SELECT id, held_uc FROM owned_objects WHERE id IN (?, ?)", (after_sync, after_bg))
+    }
+    assert held[after_bg] == held[after_sync] > 0, held
+
+
+def test_a_background_response_whose_client_left_mid_post_is_still_recorded_and_held(server, mock):
+    """A client that resets its connection once its background POST reached the provider: the provider
+    made the response and runs it, so the answer Stockyard still reads records it as the key's, with
+    its hold, and it is billed when it ends (not left running free)."""
+    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    marker = f"left-{secrets.token_hex(4)}"
+    body = json.dumps({"model": MODEL, "input": marker, "background": True, "max_output_tokens": 100}).encode()
+    mock.delay_ms = 400
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        client.sendall(
+            f"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {secret}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        sent = wait_for(
+            lambda: next((r for r in mock.requests if r.path == "/v1/responses" and marker in str(r.body)), None),
+            what="the POST at the provider",
+        )
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        assert sent is not None
+        rows = wait_for(
+            lambda: server.db_rows(
+                "SELECT o.id, o.held_uc, o.billed FROM owned_objects o JOIN client_keys k ON k.id = o.key_id"
+                " WHERE k.name = ? AND o.kind = 'background_response'",
+                (name,),
+            ),
+            what="the response recorded as the key's",
+        )
+    finally:
+        mock.delay_ms = 0
+    ((response_id, held, billed),) = [(r["id"], r["held_uc"], r["billed"]) for r in rows]
+    assert held > 0 and billed == 0
+    api = server.openai(secret)
+    api.responses.retrieve(response_id)  # in progress
+    done = api.responses.retrieve(response_id)
+    assert [r["cost_uc"] for r in usage_rows(server, name)] == [cost_of(done.usage)]
+
+
+def test_a_refused_background_post_gives_its_hold_back(server, mock):
+    """A background POST the provider refuses (400) started nothing: its hold goes back at once, so
+    five refused then leave room for the five worst cases the budget fits."""
+    secret, name = new_key(server, budget_usd="0.00303", budget_period="total")
+    body = {"model": MODEL, "input": "a long job", "background": True, "max_output_tokens": 1000}
+    for _ in range(5):
+        mock.enqueue(Reply(status=400, json={"error": {"message": "no", "type": "invalid_request_error"}}))
+        assert start(server, secret, body)[0] == 400
+    assert [start(server, secret, body)[0] for _ in range(6)] == [200] * 5 + [429]
+    assert usage_rows(server, name) == []
+
+
+def test_a_background_response_without_max_output_tokens_holds_the_models_ceiling(server, mock):
+    """Without ``max_output_tokens`` the provider may write up to the model's own ceiling (gpt-4o-mini:
+    16,384 tokens in the price table), so that is what its budget holds, not the 4,096 default."""
+    secret, _ = new_key(server, budget_usd="10", budget_period="total")
+    status, _, raw = start(server, secret, {"model": MODEL, "input": "a long job", "background": True})
+    assert status == 200, raw
+    (row,) = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (json.loads(raw)["id"],))
+    assert 16_384 * OUT_UC <= row["held_uc"] < 16_384 * OUT_UC + 1_000 * IN_UC, row
 
 
 def start(server: ServerProcess, secret: str, body: dict) -> tuple[int, dict, bytes]:
