@@ -260,9 +260,13 @@ def test_a_budget_spent_over_both_replicas_refuses_the_sockets_next_turn(pair, m
         )
         return ledger, traced
 
-    ledger, traced = wait_for(lambda: (s := settled())[0] and s[0][0]["reserved_uc"] == 0 and s, what="settled")
+    def written() -> bool:  # settled (after each answer) and every answered turn's trace written (by either writer)
+        ledger, traced = settled()
+        return bool(ledger) and ledger[0]["reserved_uc"] == 0 and traced[0]["n"] == turns + answered.count(200)
+
+    wait_for(written, what="settled and traced")
+    ledger, traced = settled()
     assert ledger[0]["spent_uc"] == traced[0]["cost"] > 0, (ledger, traced)
-    assert traced[0]["n"] == turns + answered.count(200), (turns, answered, traced)
 
 
 def billed(server: ServerProcess, key_id: str, traced: int) -> dict[int, int]:
