@@ -30,7 +30,7 @@ import re
 import struct
 from typing import Any, Iterator
 
-from .context import RequestContext
+from .context import Attempt, RequestContext
 from .errors import RESPONSES
 from .imagegen import held_tokens, images_api_tokens, tool_calls, without_images
 from .limits import request_numbers
@@ -244,6 +244,20 @@ def used_tokens(ctx: RequestContext) -> int | None:
 def billed_uc(ctx: RequestContext) -> int:
     """What every attempt cost (a failed one a provider billed too): what settles a budget's hold."""
     return sum(a.cost_uc or 0 for a in (*ctx.attempts, ctx.attempt))
+
+
+def unpriced_attempt(ctx: RequestContext) -> Attempt | None:
+    """The first attempt a provider billed whose cost is unknown (no price for the mode that
+    served it, say), or None."""
+    return next((a for a in (*ctx.attempts, ctx.attempt) if a.cost_status == "unknown"), None)
+
+
+def settled_uc(ctx: RequestContext, held: int) -> int:
+    """What a budget's hold of ``held`` µ¢ settles to: what the attempts cost, and never less than
+    the hold when one of them cannot be priced (its tokens are not free: the hold is the most it
+    was allowed to cost)."""
+    billed = billed_uc(ctx)
+    return max(billed, held) if unpriced_attempt(ctx) is not None else billed
 
 
 def request_tokens(ctx: RequestContext, default_max_tokens: int) -> int:

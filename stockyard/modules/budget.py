@@ -42,6 +42,7 @@ from .base import Module
 
 log = logging.getLogger("stockyard.budgets")
 _UNREAD = Throttle()  # a lost database under a burst: said once a minute, not once a request
+_UNPRICED = Throttle()  # every budgeted answer of a model served in a mode without a price
 
 FREE_ENDPOINTS = ("count_tokens", "input_tokens")
 
@@ -72,6 +73,27 @@ class Cover:
     def release(self) -> None:
         for hold in self.extra:
             self.ledger.settle(hold, 0, (), self.ts_ms)
+
+
+def spent_uc(ctx: RequestContext, cover: Cover | None) -> int:
+    """What a budgeted request spends: its attempts' cost, or, when one cannot be priced, never
+    less than its hold (``cover.held``: the worst case held at admission, a dearer fallback's
+    included): tokens without a price are not free for a budget. Its trace keeps cost unknown."""
+    held = cover.held if cover is not None else 0
+    unpriced = estimate.unpriced_attempt(ctx)
+    if unpriced is not None and held:
+        model = unpriced.served_model or unpriced.upstream_model or ctx.routed_model or ctx.model or "?"
+        where = f"{model}/{unpriced.served_mode}" if unpriced.served_mode else model
+        _UNPRICED.say(
+            log,
+            logging.WARNING,
+            "a budgeted answer of %s has no price: its budget spends the %d µ¢ it held; set one with "
+            "`stockyard prices set %s --input USD --output USD` (per 1M tokens)",
+            where,
+            held,
+            where,
+        )
+    return estimate.settled_uc(ctx, held)
 
 
 class BudgetModule(Module):
@@ -130,7 +152,9 @@ class BudgetModule(Module):
         cover = ctx.state.pop("budget.cover", None)
         if cover is not None:
             cover.release()
-        # every attempt's cost, and a background response left running (its answer costs 0) its worst
-        # case too: spend until it is billed (``stockyard.background``: its hold recorded with it)
-        billed = estimate.billed_uc(ctx) + ctx.state.pop(BACKGROUND_HELD, 0)
+        # every attempt's cost (its hold when one has no price), and a background response left
+        # running (its answer costs 0) its worst case too: spend until it is billed
+        # (``stockyard.background``: its hold recorded with it)
+        running = ctx.state.pop(BACKGROUND_HELD, 0)
+        billed = (estimate.billed_uc(ctx) if running else spent_uc(ctx, cover)) + running
         self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)
