@@ -39,6 +39,7 @@ from .errors import OPENAI
 from .files_api import BATCH_PRICE, BatchSpend, Billed, lines_of, mark_billed, upstream_path
 from .keys import KeyRing
 from .metrics import Metrics
+from .modules.budget import spent_uc
 from .pricing import Price, Usage, cost_numerator, discounted_microcents
 from .providers import Provider, Registry
 from .providers.anthropic import thinking_chars, with_thinking
@@ -189,11 +190,12 @@ def bill_once(ctx: RequestContext, object_id: str, kind: str, settings: Settings
 
 def settle_billed(ctx: RequestContext, billed: Billed, metrics: Metrics, settle: BatchSpend) -> None:
     """After ``bill_once`` recorded ``ctx``: its cost (where its trace counts it) replaces what the
-    object held (where that was counted) on its owner's budgets."""
+    object held (where that was counted) on its owner's budgets; a cost that is unknown (no price
+    for the mode that served it) spends the hold, as a request's does (``budget.spent_uc``)."""
     metrics.observe_request(ctx)
     if not ctx.key_id:
         return
-    cost = ctx.attempt.cost_uc or 0
+    cost = spent_uc(ctx, billed.held_uc)
     if billed.project == ctx.project:
         settle(ctx.key_id, ctx.project, cost - billed.held_uc, ctx.ts_ms)
     else:  # its key moved to another project while it ran

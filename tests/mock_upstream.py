@@ -1558,6 +1558,13 @@ def _compact(call: Call, model: str) -> Reply:
 BACKGROUND_CANCEL_OUTPUT = 7  # output tokens a background response cancelled before its end had made
 
 
+def project_tier(body: dict) -> str:
+    """The tier an OpenAI project's default serves ``auto`` (or no tier) at: ``default``, or what the
+    request's ``metadata.mock_project_tier`` says (a project that defaults to ``priority``)."""
+    metadata = body.get("metadata")
+    return str(metadata.get("mock_project_tier", "default")) if isinstance(metadata, dict) else "default"
+
+
 def _background_look(call: Call, response_id: str, action: str | None) -> Reply:
     """A background response, as OpenAI runs one: ``queued`` when made, ``in_progress`` at the first
     retrieve, ``completed`` with its usage at the next (and after); ``?stream=true`` streams it to its
@@ -1577,7 +1584,7 @@ def _background_look(call: Call, response_id: str, action: str | None) -> Reply:
             response = responses_object(body, n, model, "completed", output)
         elif status == "queued":
             response = responses_object(body, n, model, "in_progress")
-        tier = body.get("service_tier") if body.get("service_tier") not in (None, "auto") else "default"
+        tier = body.get("service_tier") if body.get("service_tier") not in (None, "auto") else project_tier(body)
         response = {**response, "id": response_id, "background": True, "service_tier": tier}  # the tier that served it
         RESPONSES_STATE.responses[response_id] = (response, items)
     if call.req.query.get("stream") == "true" and not action:

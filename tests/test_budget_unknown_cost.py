@@ -33,13 +33,15 @@ def priority_answer() -> dict:
 
 @pytest.fixture(scope="module")
 def server(pyz_path, cache_home, mock, tmp_path_factory):
-    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("unknown") / "s.db", mock_env(cache_home, mock))
+    env = mock_env(cache_home, mock, STOCKYARD_BATCH_POLL="off")  # the background responses billed by their retrieves
+    srv = ServerProcess(pyz_path, tmp_path_factory.mktemp("unknown") / "s.db", env)
     srv.keys = srv.create_keys(
         {
             "tiny": ["--budget-usd", "0.0001", "--budget-period", "total"],
             "open": [],
             "in-project": ["--project", "thrifty"],
             "users": [],
+            "background": ["--budget-usd", "0.0001", "--budget-period", "total"],
         }
     )
     for args in (
@@ -112,3 +114,35 @@ def test_the_log_says_how_to_price_the_mode_once_a_minute(server, mock):
     admitted = spend_until_refused(server, mock, "users", "bob")
     said = server.log.count(f"stockyard prices set {MODEL}/priority")
     assert 1 <= said < len(admitted), server.log
+
+
+def test_background_responses_of_unknown_cost_spend_their_holds(server, mock):
+    """A background response holds its worst case until it is billed as it ends; served at priority
+    (the project's default) its cost is unknown, and its hold stays spent instead of going back."""
+    client = server.openai("background")
+    admitted: list[str] = []
+    for _ in range(TRIES):
+        try:
+            made = client.responses.create(
+                model=MODEL,
+                input="hi",
+                background=True,
+                max_output_tokens=16,
+                metadata={"mock_project_tier": "priority"},
+            )
+        except openai.RateLimitError as exc:
+            assert exc.body["code"] == "budget_exceeded", exc.body
+            break
+        client.responses.retrieve(made.id)  # in progress
+        done = client.responses.retrieve(made.id)  # completed: billed
+        assert (done.status, done.service_tier) == ("completed", "priority")
+        admitted.append(made.id)
+    else:
+        raise AssertionError(f"{TRIES} background responses of unknown cost admitted: the budget spent nothing")
+    assert 1 <= len(admitted) <= MOST, len(admitted)
+    sql = (
+        "SELECT t.cost_uc, t.cost_status FROM traces t JOIN client_keys k ON k.id = t.key_id"
+        " WHERE k.name = 'background' AND t.endpoint = 'responses.usage'"
+    )
+    rows = server.db_rows(sql)
+    assert len(rows) == len(admitted) and {(r["cost_uc"], r["cost_status"]) for r in rows} == {(None, "unknown")}

@@ -75,11 +75,15 @@ class Cover:
             self.ledger.settle(hold, 0, (), self.ts_ms)
 
 
-def spent_uc(ctx: RequestContext, cover: Cover | None) -> int:
+def held_by(cover: Cover | None) -> int:
+    """The worst case a request holds (none without a budget)."""
+    return cover.held if cover is not None else 0
+
+
+def spent_uc(ctx: RequestContext, held: int) -> int:
     """What a budgeted request spends: its attempts' cost, or, when one cannot be priced, never
-    less than its hold (``cover.held``: the worst case held at admission, a dearer fallback's
-    included): tokens without a price are not free for a budget. Its trace keeps cost unknown."""
-    held = cover.held if cover is not None else 0
+    less than its hold (``held``: the worst case held at admission, a dearer fallback's included):
+    tokens without a price are not free for a budget. Its trace keeps cost unknown."""
     unpriced = estimate.unpriced_attempt(ctx)
     if unpriced is not None and held:
         model = unpriced.served_model or unpriced.upstream_model or ctx.routed_model or ctx.model or "?"
@@ -156,5 +160,5 @@ class BudgetModule(Module):
         # running (its answer costs 0) its worst case too: spend until it is billed
         # (``stockyard.background``: its hold recorded with it)
         running = ctx.state.pop(BACKGROUND_HELD, 0)
-        billed = (estimate.billed_uc(ctx) if running else spent_uc(ctx, cover)) + running
+        billed = (estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))) + running
         self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)

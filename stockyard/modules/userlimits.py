@@ -30,7 +30,7 @@ from ..errors import ProxyError
 from ..loglimit import Throttle
 from ..pricing import microcents_from_usd
 from .base import Module, ModuleServices
-from .budget import Cover, spent_uc
+from .budget import Cover, held_by, spent_uc
 from .ratelimit import FREE_ENDPOINTS, RateLimited, admitted, correct_to_usage, limiter_for
 from .schema import Field
 
@@ -164,7 +164,7 @@ class UserLimitsModule(Module):
         held = ctx.state.pop("userlimits.budget", None)
         if held is not None:
             budget, hold = held
-            self.services.ledger.settle(hold, spent_uc(ctx, cover), (budget.scope,), ctx.ts_ms)
+            self.services.ledger.settle(hold, spent_uc(ctx, held_by(cover)), (budget.scope,), ctx.ts_ms)
         rate = ctx.state.pop("userlimits.rate", None)
         if rate is not None:
             window, entry = rate
