@@ -5,7 +5,9 @@ it asks for, at its output cap) is reserved in the server's :class:`~stockyard.b
 a request that would take a budget past its limit gets a 429 ``budget_exceeded`` and never
 reaches the provider.
 After it ends, the reservation settles to the real cost (``ctx.attempt.cost_uc`` plus the cost of
-any failed attempt a provider billed, all priced before the after hooks run).
+any failed attempt a provider billed, all priced before the after hooks run); an answer whose cost
+is unknown all the same (a mode the OpenAI project's default served, with no price) spends the
+whole hold (:func:`spent_uc`), never 0: its trace stays ``unknown``.
 
 A model with no price cannot be held to a budget, so a budgeted key is refused such
 models (403 ``model_not_priced``) rather than letting them through uncounted; set a
