@@ -7,6 +7,8 @@ admission), the trace keeps cost ``unknown``, and the log says how to price the 
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from conftest import ServerProcess, mock_env
@@ -42,6 +44,7 @@ def server(pyz_path, cache_home, mock, tmp_path_factory):
             "in-project": ["--project", "thrifty"],
             "users": [],
             "background": ["--budget-usd", "0.0001", "--budget-period", "total"],
+            "streamed": ["--budget-usd", "0.0001", "--budget-period", "total"],
         }
     )
     for args in (
@@ -146,3 +149,38 @@ def test_background_responses_of_unknown_cost_spend_their_holds(server, mock):
     )
     rows = server.db_rows(sql)
     assert len(rows) == len(admitted) and {(r["cost_uc"], r["cost_status"]) for r in rows} == {(None, "unknown")}
+
+
+def priority_stream() -> list[str]:
+    """A streamed chat completion whose chunks say priority served it, with its usage chunk."""
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL, "service_tier": "priority"}
+    usage = {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}
+    return [
+        json.dumps({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}}]}),
+        json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        json.dumps({**base, "choices": [], "usage": usage}),
+        "[DONE]",
+    ]
+
+
+def test_streamed_answers_of_unknown_cost_spend_their_holds(server, mock):
+    """A stream says its tier in its chunks: priced as unknown, it spends its hold as well."""
+    client = server.openai("streamed")
+    admitted: list[str] = []
+    for _ in range(TRIES):
+        mock.enqueue(Reply(sse=priority_stream()))
+        try:
+            with client.chat.completions.with_streaming_response.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=16, stream=True
+            ) as response:
+                text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+                admitted.append(response.headers["x-stockyard-trace-id"])
+        except openai.RateLimitError as exc:
+            mock.clear_replies()
+            assert exc.body["code"] == "budget_exceeded", exc.body
+            break
+        assert text == "ok"
+    else:
+        raise AssertionError(f"{TRIES} streamed answers of unknown cost admitted: the budget spent nothing")
+    assert 1 <= len(admitted) <= MOST, len(admitted)
+    assert_unknown(server, admitted)
