@@ -63,3 +63,22 @@ def test_a_background_response_with_a_repeated_id_does_not_write_its_usage_on_an
     assert status == 200 and second["id"] == first["id"], second
     wait_for(lambda: billed_usage(server, first["id"]), timeout=20, what="the watch's bill of Alice's response")
     assert kept_usage(server, first["id"]) == bobs
+
+
+def test_deleting_a_stored_response_that_is_not_background_neither_looks_nor_cancels(server, mock):
+    """The cancel-before-delete is for a key's own unbilled background response only: a normal stored
+    response (passed through) is deleted with one DELETE at the provider, no retrieve, no cancel; and
+    another key's background response is OpenAI's 404 to delete, nothing of it reaching the provider."""
+    alice, bob = client_key(server), client_key(server)
+    status, made = respond(server, bob, model=MODEL, input="a stored one")
+    assert status == 200 and made["status"] == "completed", made
+    status, running = respond(server, alice, model=MODEL, input="a long job", background=True)
+    assert status == 200 and running["status"] == "queued", running
+    mock.clear()
+    as_bob = {"Authorization": f"Bearer {bob}"}
+    assert server.request("DELETE", f"/v1/responses/{running['id']}", headers=as_bob)[0] == 404
+    assert server.request("DELETE", f"/v1/responses/{made['id']}", headers=as_bob)[0] == 200
+    sent = [(r.method, r.path) for r in mock.requests]
+    assert [s for s in sent if made["id"] in s[1]] == [("DELETE", f"/v1/responses/{made['id']}")], sent
+    # Alice's: only the watch's own looks (GET), never Bob's delete nor a cancel
+    assert {s[0] for s in sent if running["id"] in s[1]} <= {"GET"} and not any("/cancel" in p for _, p in sent)
