@@ -123,7 +123,7 @@ class BackgroundResponses:
         def job(conn: Any) -> Billed | None:
             billed = bill(conn)
             if billed is not None:  # what a turn after it holds for its conversation
-                keep_usage(conn, response_id, response.get("usage"))
+                keep_usage(conn, response_id, key_id, response.get("usage"))
             return billed
 
         billed = self._store.write(job)

@@ -200,13 +200,14 @@ def kept_history_tokens(row: StoredResponse) -> int:
     return usage.prompt_tokens + usage.completion_tokens
 
 
-def keep_usage(conn: sqlite3.Connection, response_id: str, usage: object) -> None:
+def keep_usage(conn: sqlite3.Connection, response_id: str, key_id: str | None, usage: object) -> None:
     """Inside a writer job: the usage of a passed-through response that ended after it was kept (a
     background response, kept with its queued answer), which the next turn's worst case counts
-    (:func:`kept_history_tokens`)."""
+    (:func:`kept_history_tokens`). Only onto ``key_id``'s row: a provider that repeats ids may have
+    given the id to another key first, whose row keeps its own usage."""
     if isinstance(usage, dict):
-        sql = "UPDATE responses SET response = ? WHERE id = ? AND passthrough = 1"
-        conn.execute(sql, (_pack({"usage": usage}), response_id))
+        sql = "UPDATE responses SET response = ? WHERE id = ? AND key_id IS ? AND passthrough = 1"
+        conn.execute(sql, (_pack({"usage": usage}), response_id, key_id))
 
 
 def _pack(value: Any) -> bytes | None:

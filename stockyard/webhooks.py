@@ -124,7 +124,7 @@ class _Delivery:
     hook: Hook = field(compare=False)
     event: dict[str, Any] = field(compare=False)
     attempt: int = field(default=1, compare=False)
-    claimed: bool = field(default=False, compare=False)  # resumed: its row's kept copy is taken already
+    claimed: str | None = field(default=None, compare=False)  # resumed: the ts its claim gave its row
 
 
 Post = Callable[[Hook, bytes, dict[str, str]], tuple[int | None, str | None]]
@@ -195,13 +195,13 @@ def send_signed(
 def log_delivery(conn, row: tuple, event: dict[str, Any] | None = None) -> None:
     """One row of the delivery log: (webhook, event id, event, attempt, ts, status, error, ms, outcome).
     ``event``: the event itself, kept on a row another server may resume (abandoned, retrying); the
-    webhook's earlier row of the event gives its copy up (only a last row can be resumed)."""
-    if row[3] > 1:
-        conn.execute(
-            "UPDATE webhook_deliveries SET event_json = NULL "
-            "WHERE webhook_id = ? AND event_id = ? AND event_json IS NOT NULL",
-            row[:2],
-        )
+    webhook's earlier rows of the event give their copy up (only a last row can be resumed; a first
+    attempt's too: a resumed one's claimed row holds its copy until then)."""
+    conn.execute(
+        "UPDATE webhook_deliveries SET event_json = NULL "
+        "WHERE webhook_id = ? AND event_id = ? AND event_json IS NOT NULL",
+        row[:2],
+    )
     kept = None if event is None else json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     conn.execute(
         "INSERT INTO webhook_deliveries (webhook_id, event_id, event, attempt, ts, status, error, "
@@ -211,13 +211,23 @@ def log_delivery(conn, row: tuple, event: dict[str, Any] | None = None) -> None:
 
 
 def claim_left(
-    conn, hook_ids: list[str], since: str, due_before: float, limit: int, held: frozenset[tuple[str, str]] = frozenset()
+    conn,
+    hook_ids: list[str],
+    since: str,
+    due_before: float,
+    limit: int,
+    held: frozenset[tuple[str, str]] = frozenset(),
+    *,
+    now: str,
 ) -> list[tuple[str, dict, int]]:
-    """The deliveries left to resume, claimed (their kept copy cleared: a server starting beside this one
-    claims none of them twice): (webhook id, event, the attempt to make). A row ``abandoned`` is left at
-    once; one ``retrying`` once its retry is RESUME_SLACK_S overdue (``due_before``: unix seconds).
-    ``held``: (webhook id, event id) of deliveries the claiming server has in hand itself, left alone
-    (its own retry takes the copy: :func:`take_retry`)."""
+    """The deliveries left to resume, claimed: (webhook id, event, the attempt to make). A row ``abandoned``
+    is left at once; one ``retrying`` once its retry is RESUME_SLACK_S overdue (``due_before``: unix
+    seconds); one ``resumed`` once its claimer's attempt is (a crash cut it). A claim takes the row as it
+    read it (a server starting beside this one claims none of them twice) and logs a row ``resumed`` at
+    ``now`` for the attempt it makes, which keeps the copy (renewed in place when claimed again): a crash
+    before that attempt's row leaves it to the next server. ``held``: (webhook id, event id) of
+    deliveries the claiming server has in hand itself, left alone (its own retry takes its row:
+    :func:`take_retry`)."""
     marks = ", ".join("?" * len(hook_ids))
     rows = conn.execute(
         "SELECT id, webhook_id, attempt, ts, outcome, event_json FROM webhook_deliveries "
@@ -226,21 +236,46 @@ def claim_left(
     ).fetchall()
     claimed = []
     for row_id, webhook_id, attempt, ts, outcome, kept in rows:
-        if outcome == "retrying":
-            due = parse_utc(ts).timestamp() + BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1] + TIMEOUT_S
-            if due > due_before:
-                continue  # its server may still be waiting to retry it
-        elif outcome != "abandoned":
-            continue
+        if outcome != "abandoned" and not _overdue(outcome, attempt, ts, due_before):
+            continue  # not left, or its server (or claimer) may still be making its attempt
         if (webhook_id, json.loads(kept)["id"]) in held:
             continue
+        event, attempt = json.loads(kept), attempt + (outcome == "retrying")
+        renew = "ts = ?" if outcome == "resumed" else "event_json = NULL"  # a resumed row is the claim itself
         taken = conn.execute(  # as read: a row its server renewed meanwhile (take_retry) stays its own
-            "UPDATE webhook_deliveries SET event_json = NULL WHERE id = ? AND ts = ? AND event_json IS NOT NULL",
-            (row_id, ts),
+            f"UPDATE webhook_deliveries SET {renew} WHERE id = ? AND ts = ? AND event_json IS NOT NULL",
+            (now, row_id, ts) if outcome == "resumed" else (row_id, ts),
         )
-        if taken.rowcount == 1:
-            claimed.append((webhook_id, json.loads(kept), attempt + (outcome == "retrying")))
+        if taken.rowcount != 1:
+            continue
+        if outcome != "resumed":  # the claim's own row, which keeps the copy until its attempt's row
+            log_delivery(conn, (webhook_id, event["id"], event["type"], attempt, now, None, None, 0, "resumed"), event)
+        claimed.append((webhook_id, event, attempt))
     return claimed
+
+
+def _overdue(outcome: str, attempt: int, ts: str, due_before: float) -> bool:
+    """Whether a ``retrying`` row's retry, or a ``resumed`` row's attempt, should have been made by
+    ``due_before`` (unix seconds): its server, or its claimer, is gone."""
+    if outcome == "retrying":
+        wait = BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1] + TIMEOUT_S
+    elif outcome == "resumed":
+        wait = TIMEOUT_S  # made at once when claimed, renewed as it began (take_claimed)
+    else:
+        return False
+    return parse_utc(ts).timestamp() + wait <= due_before
+
+
+def take_claimed(conn, webhook_id: str, event_id: str, claimed: str, now: str) -> bool:
+    """Whether the delivery this server claimed at ``claimed`` (:func:`claim_left`) is still its own to
+    send as its attempt begins: its row renewed to ``now``, so no server claims it during the attempt.
+    False when another server claimed it again meanwhile (this one's thread was held past the slack)."""
+    taken = conn.execute(
+        "UPDATE webhook_deliveries SET ts = ? WHERE webhook_id = ? AND event_id = ? AND outcome = 'resumed' "
+        "AND ts = ? AND event_json IS NOT NULL",
+        (now, webhook_id, event_id, claimed),
+    )
+    return taken.rowcount == 1
 
 
 def take_retry(conn, webhook_id: str, event_id: str, attempt: int, now: str) -> bool:
@@ -248,8 +283,9 @@ def take_retry(conn, webhook_id: str, event_id: str, attempt: int, now: str) -> 
     to ``now`` while it still keeps its copy, so a checking server that judged the retry left (its server
     only late: a thread held by slow receivers) and read the row before cannot claim it (:func:`claim_left`
     claims a row as it read it), and one reading it now finds it not overdue; the copy stays for the next
-    server should a crash cut this attempt. False when another server claimed it; True too when the row
-    is not there (its write was dropped: nobody can have claimed it)."""
+    server should a crash cut this attempt. False when another server claimed it (its row is then
+    ``resumed`` with a later attempt, or a later attempt's row is there); True too when no row of this
+    attempt or a later one is there (its write was dropped: nobody can have claimed it)."""
     key = (webhook_id, event_id, attempt)
     taken = conn.execute(
         "UPDATE webhook_deliveries SET ts = ? WHERE webhook_id = ? AND event_id = ? AND attempt = ? "
@@ -259,9 +295,7 @@ def take_retry(conn, webhook_id: str, event_id: str, attempt: int, now: str) -> 
     if taken.rowcount == 1:
         return True
     row = conn.execute(
-        "SELECT 1 FROM webhook_deliveries "
-        "WHERE webhook_id = ? AND event_id = ? AND attempt = ? AND outcome = 'retrying'",
-        key,
+        "SELECT 1 FROM webhook_deliveries WHERE webhook_id = ? AND event_id = ? AND attempt >= ?", key
     ).fetchone()
     return row is None
 
@@ -463,10 +497,12 @@ class Dispatcher:
     def _ours(self, d: _Delivery) -> bool:
         """Whether ``d`` is this server's to send: a first attempt, a resumed one, or a retry whose row's
         copy it takes now (:func:`take_retry`). A database that is away: sent (at least once, not lost)."""
-        if d.attempt == 1 or d.claimed:
+        if d.attempt == 1 and d.claimed is None:
             return True
         try:
-            now = now_iso()
+            now, claimed = now_iso(), d.claimed
+            if claimed is not None:
+                return self._store.write(lambda conn: take_claimed(conn, d.hook.id, d.event["id"], claimed, now))
             return self._store.write(lambda conn: take_retry(conn, d.hook.id, d.event["id"], d.attempt - 1, now))
         except Exception as exc:
             log.warning("webhooks: taking the retry of %s to %s failed (%s): sent", d.event["type"], d.hook.id, exc)
@@ -485,13 +521,16 @@ class Dispatcher:
         self._recent = {k: t for k, t in self._recent.items() if mono - t < 10 * RESUME_SLACK_S}
         mine = frozenset(held | set(self._recent))  # not claimed: this server's own retries take their copy
         since = to_iso(datetime.fromtimestamp(now - RESUME_WITHIN_S, timezone.utc))
-        resumed = self._store.write(lambda conn: claim_left(conn, list(hooks), since, now - RESUME_SLACK_S, room, mine))
+        stamp = to_iso(datetime.fromtimestamp(now, timezone.utc))  # its claimed rows' ts (take_claimed)
+        resumed = self._store.write(
+            lambda conn: claim_left(conn, list(hooks), since, now - RESUME_SLACK_S, room, mine, now=stamp)
+        )
         if not resumed:
             return
         log.warning("webhooks: resuming %d deliveries a stopped server left", len(resumed))
         with self._left_lock:
             for webhook_id, event, attempt in resumed:
-                resumed_one = _Delivery(mono, next(self._seq), hooks[webhook_id], event, attempt, claimed=True)
+                resumed_one = _Delivery(mono, next(self._seq), hooks[webhook_id], event, attempt, claimed=stamp)
                 heapq.heappush(self._waiting, resumed_one)
 
     # -- checks from the database -------------------------------------------------------------

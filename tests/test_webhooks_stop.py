@@ -31,6 +31,7 @@ from stockyard.webhooks import (
     Hook,
     claim_left,
     log_delivery,
+    take_claimed,
     take_retry,
     verify,
 )
@@ -168,7 +169,8 @@ def test_a_retry_a_crashed_server_left_is_made_by_the_next_one(pyz_path, cache_h
         assert [json.loads(b)["id"] for _, b in receiver.got] == [body["event_id"]] * 2
         wait_for(
             lambda: (
-                [(r["attempt"], r["outcome"]) for r in deliveries(server.db)] == [(1, "retrying"), (2, "delivered")]
+                [(r["attempt"], r["outcome"]) for r in deliveries(server.db)]
+                == [(1, "retrying"), (2, "resumed"), (2, "delivered")]  # claimed, then made
             ),
             what="the log",
         )
@@ -201,7 +203,7 @@ def test_a_left_delivery_is_claimed_once_and_a_retry_only_once_overdue(database)
 
     def claim() -> list:
         conn.execute("BEGIN IMMEDIATE")
-        got = claim_left(conn, ["wh_a", "wh_b"], since, now.timestamp() - RESUME_SLACK_S, 100)
+        got = claim_left(conn, ["wh_a", "wh_b"], since, now.timestamp() - RESUME_SLACK_S, 100, now=ago(0))
         conn.execute("COMMIT")
         return got
 
@@ -211,12 +213,14 @@ def test_a_left_delivery_is_claimed_once_and_a_retry_only_once_overdue(database)
     conn.execute("BEGIN IMMEDIATE")
     assert take_retry(conn, "wh_c", "evt_1", 1, ago(0))  # its row renewed, its copy kept
     conn.execute("COMMIT")
-    assert claim_left(conn, ["wh_c"], since, now.timestamp() - RESUME_SLACK_S, 100) == []  # not overdue now
-    assert claim_left(conn, ["wh_c"], since, now.timestamp() + 3600, 100) == [("wh_c", event, 2)]  # a crash cut it
+    assert claim_left(conn, ["wh_c"], since, now.timestamp() - RESUME_SLACK_S, 100, now=ago(0)) == []  # not overdue now
+    assert claim_left(conn, ["wh_c"], since, now.timestamp() + 3600, 100, now=ago(0)) == [
+        ("wh_c", event, 2)
+    ]  # a crash cut it
     assert not take_retry(conn, "wh_c", "evt_1", 1, ago(0))  # claimed: its server lets it go
     mine = frozenset({("wh_b", "evt_1")})  # the claiming server's own retry: left for it to take (take_retry)
-    assert claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100, mine) == []
-    later = claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100)  # an hour on: overdue
+    assert claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100, mine, now=ago(0)) == []
+    later = claim_left(conn, ["wh_b"], since, now.timestamp() + 3600, 100, now=ago(0))  # an hour on: overdue
     assert later == [("wh_b", event, 2)]
     conn.close()
 
@@ -314,3 +318,40 @@ def test_a_retry_goes_to_the_webhook_as_configured_now(database, caplog):
         store.close()
         for receiver in (old, new, gone):
             receiver.close()
+
+
+def test_a_resumed_delivery_a_crash_cuts_is_resumed_again_and_sent_by_one_server(database):
+    """review32: the server that claimed a left delivery held its only copy (the claim cleared the row's),
+    so a crash (a worker the OOM killer ends as it comes up, say) before its attempt's row was written
+    lost it: neither sent nor resumable. Now the claim logs a row ``resumed`` (the attempt it makes)
+    that keeps the copy: a claim cut by a crash is claimed again once overdue, and a server whose own
+    claim was taken over meanwhile (its thread held) lets it go (:func:`take_claimed`)."""
+    database.open_and_migrate()
+    conn = database.connect()
+    now = datetime.now(timezone.utc)
+    since, ago = to_iso(now - timedelta(days=1)), lambda s: to_iso(now - timedelta(seconds=s))
+    event = {"id": "evt_9", "type": "webhook.test", "created_at": ago(600), "summary": "s", "data": {}}
+
+    def write(job):
+        conn.execute("BEGIN IMMEDIATE")
+        got = job()
+        conn.execute("COMMIT")
+        return got
+
+    write(lambda: log_delivery(conn, ("wh_a", "evt_9", "webhook.test", 1, ago(600), None, "x", 0, "abandoned"), event))
+    write(lambda: log_delivery(conn, ("wh_b", "evt_9", "webhook.test", 2, ago(900), 500, "x", 0, "retrying"), event))
+    first = ago(300)
+    claimed = write(lambda: claim_left(conn, ["wh_a", "wh_b"], since, now.timestamp() - RESUME_SLACK_S, 100, now=first))
+    assert sorted(claimed, key=lambda c: c[0]) == [("wh_a", event, 1), ("wh_b", event, 3)]
+    # its server crashed there: nothing more written. Not claimed again while it may still be sending:
+    assert write(lambda: claim_left(conn, ["wh_a", "wh_b"], since, now.timestamp() - 400, 100, now=ago(0))) == []
+    again = write(lambda: claim_left(conn, ["wh_a", "wh_b"], since, now.timestamp() - RESUME_SLACK_S, 100, now=ago(0)))
+    assert sorted(again, key=lambda c: c[0]) == [("wh_a", event, 1), ("wh_b", event, 3)]  # overdue: resumed again
+    assert not write(lambda: take_claimed(conn, "wh_a", "evt_9", first, ago(0)))  # the first claimer lets it go
+    assert write(lambda: take_claimed(conn, "wh_a", "evt_9", ago(0), ago(0)))  # the second one sends it
+    assert not write(lambda: take_retry(conn, "wh_b", "evt_9", 2, ago(0)))  # the original server lets it go too
+    write(lambda: log_delivery(conn, ("wh_a", "evt_9", "webhook.test", 1, ago(0), 200, None, 0, "delivered")))
+    write(lambda: log_delivery(conn, ("wh_b", "evt_9", "webhook.test", 3, ago(0), 200, None, 0, "delivered")))
+    later = now.timestamp() + 86_400
+    assert write(lambda: claim_left(conn, ["wh_a", "wh_b"], since, later, 100, now=ago(0))) == []  # sent: done
+    conn.close()

@@ -64,7 +64,8 @@ def register(sub) -> None:
         "deliveries",
         help="delivery attempts, newest first",
         description="Every delivery attempt, newest first: event, attempt number, the receiver's "
-        "status and the outcome (delivered, retrying, failed, dropped, abandoned).",
+        "status and the outcome (delivered, retrying, failed, dropped, abandoned; resumed: claimed by "
+        "the server making it).",
     )
     dl.add_argument("--webhook", metavar="ID", help="only this webhook's")
     dl.add_argument("--limit", type=count_arg, default=20, help="how many (default 20)")
