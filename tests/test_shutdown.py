@@ -12,11 +12,22 @@ import threading
 import time
 
 import pytest
+import rawhttp
 from conftest import ServerProcess, base_env, wait_for
 from mock_upstream import MockUpstream, Reply
 from openai import APIStatusError
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def shutdown_env(cache_home, upstream: MockUpstream, grace: str) -> dict[str, str]:
+    """A server's environment for these tests: OpenAI at ``upstream``, the drain's grace ``grace``."""
+    return {
+        **base_env(cache_home),
+        "OPENAI_API_KEY": "sk-test-shutdown-1234",
+        "OPENAI_BASE_URL": upstream.url + "/v1",
+        "STOCKYARD_SHUTDOWN_GRACE": grace,
+    }
 
 
 def client_loop(port: int, answered: list[str], stop: threading.Event) -> None:
@@ -64,12 +75,7 @@ def test_requests_still_running_when_the_drain_ends_get_an_error_and_keep_their_
     up was cut without an error, and its trace was lost (the writer stopped first). Now each ends
     with `server_shutting_down` in its client's own shape, and its trace is written."""
     with MockUpstream(stream_events=400, sse_delay_ms=50) as slow:  # a stream of ~20 s
-        env = {
-            **base_env(cache_home),
-            "OPENAI_API_KEY": "sk-test-shutdown-1234",
-            "OPENAI_BASE_URL": slow.url + "/v1",
-            "STOCKYARD_SHUTDOWN_GRACE": "1s",
-        }
+        env = shutdown_env(cache_home, slow, "1s")
         server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
         stream = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         streamed = json.dumps({**json.loads(BODY), "stream": True})
@@ -118,12 +124,7 @@ def test_a_batch_create_ended_by_the_drain_tells_the_client_not_to_send_it_again
     """A batch create still waiting for its provider when the drain ends may have made the batch
     there: like a create whose answer was lost, the client is told not to retry."""
     with MockUpstream() as upstream:
-        env = {
-            **base_env(cache_home),
-            "OPENAI_API_KEY": "sk-test-shutdown-1234",
-            "OPENAI_BASE_URL": upstream.url + "/v1",
-            "STOCKYARD_SHUTDOWN_GRACE": "1s",
-        }
+        env = shutdown_env(cache_home, upstream, "1s")
         server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
         client = server.openai("unused")
         line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": json.loads(BODY)}
@@ -165,12 +166,7 @@ def test_a_request_writing_to_a_client_that_stopped_reading_still_records_its_tr
     }
     with MockUpstream() as upstream:
         upstream.enqueue(Reply(json=answer))
-        env = {
-            **base_env(cache_home),
-            "OPENAI_API_KEY": "sk-test-shutdown-1234",
-            "OPENAI_BASE_URL": upstream.url + "/v1",
-            "STOCKYARD_SHUTDOWN_GRACE": "1s",
-        }
+        env = shutdown_env(cache_home, upstream, "1s")
         server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
         stalled = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -198,12 +194,7 @@ def test_connections_queued_when_the_sigterm_comes_each_get_an_answer_and_every_
     not traced. Now every queued connection is accepted and answered (a 503 in its API's shape
     with ``Connection: close``), and each 503 has its trace."""
     with MockUpstream() as upstream:
-        env = {
-            **base_env(cache_home),
-            "OPENAI_API_KEY": "sk-test-shutdown-1234",
-            "OPENAI_BASE_URL": upstream.url + "/v1",
-            "STOCKYARD_SHUTDOWN_GRACE": "2s",
-        }
+        env = shutdown_env(cache_home, upstream, "2s")
         server = ServerProcess(pyz_path, tmp_path / "s.db", env).start()
         assert server.proc is not None
         head = (
@@ -218,7 +209,7 @@ def test_connections_queued_when_the_sigterm_comes_each_get_an_answer_and_every_
             os.kill(server.proc.pid, signal.SIGTERM)
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
-        answers = [read_until_close(client, 30) for client in clients]
+        answers = [rawhttp.read_until_close(client, 30) for client in clients]
         for client in clients:
             client.close()
         assert server.proc.wait(30) == 0
@@ -237,15 +228,3 @@ def test_connections_queued_when_the_sigterm_comes_each_get_an_answer_and_every_
         assert row is not None, f"a drain's 503 has no trace: {answer[:300]!r}"
         assert (row["status"], row["error_type"]) == (503, "shutting_down"), row
     assert "Traceback" not in server.log
-
-
-def read_until_close(client: socket.socket, timeout: float) -> bytes:
-    """What the server sent before it closed the connection; what came before a reset, if one did."""
-    client.settimeout(timeout)
-    received = b""
-    try:
-        while chunk := client.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
