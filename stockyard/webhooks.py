@@ -238,9 +238,9 @@ def claim_left(
     for row_id, webhook_id, attempt, ts, outcome, kept in rows:
         if outcome != "abandoned" and not _overdue(outcome, attempt, ts, due_before):
             continue  # not left, or its server (or claimer) may still be making its attempt
-        if (webhook_id, json.loads(kept)["id"]) in held:
-            continue
         event, attempt = json.loads(kept), attempt + (outcome == "retrying")
+        if (webhook_id, event["id"]) in held:
+            continue
         renew = "ts = ?" if outcome == "resumed" else "event_json = NULL"  # a resumed row is the claim itself
         taken = conn.execute(  # as read: a row its server renewed meanwhile (take_retry) stays its own
             f"UPDATE webhook_deliveries SET {renew} WHERE id = ? AND ts = ? AND event_json IS NOT NULL",
