@@ -19,7 +19,8 @@ have (0 when they all did cleanly; a stop during start-up starts no more workers
 ended by it before it served counts as clean). A worker that dies is replaced (at once if it had run
 ``QUICK_S``, else after a wait that doubles with each such quick death in a row); one that cannot
 start stops the group, at the group's start or after ``QUICK_FAILURES`` quick deaths in a row before
-it served (one that served was ended by something else, a client perhaps: it never stops the group).
+it served (one that served was ended by something else, a client perhaps: it never stops the group,
+and waits longer only after ``QUICK_FAILURES`` quick deaths in a row, up to ``SERVED_WAIT_MAX_S``).
 
 State the workers must agree on, and where it lives (the database is read and written by every
 worker, each with its own writer thread; SQLite's ``BEGIN IMMEDIATE`` and busy timeout serialize
@@ -76,6 +77,11 @@ log = logging.getLogger("stockyard")
 RESTART_WAIT_S = 1.0
 QUICK_S = 10.0
 QUICK_FAILURES = 5
+# A worker that served, then died within QUICK_S of its start (a fault after start, or a client
+# that can end a worker) never stops the group: it is started again after RESTART_WAIT_S the first
+# QUICK_FAILURES times in a row, then after a wait that doubles up to SERVED_WAIT_MAX_S, so a fault
+# after start costs a restart a minute (its CPU, its log line), not one a second for good.
+SERVED_WAIT_MAX_S = 60.0
 PUBLISH_EVERY_S = 1.0  # how often a worker publishes its metrics to the others
 STOP_WAIT_S = 60.0  # after SIGTERM, workers get this long (beyond twice their grace) before SIGKILL
 # What stops a server (or a group) cleanly: SIGHUP too, the terminal of a foreground serve closing
@@ -166,6 +172,7 @@ class Group:
         self.started: dict[int, float] = {}  # index -> monotonic time of its last start
         self.due: dict[int, float] = {}  # index -> when to start it again (after a quick death)
         self.quick_deaths: dict[int, int] = {}  # index -> its deaths in a row within QUICK_S of its start
+        self.served_deaths: dict[int, int] = {}  # index -> the same for deaths after it served
         self.ready: set[int] = set()  # workers serving now
         self.up = False  # every worker has been ready once (the group started)
         self.stopping = False
@@ -287,12 +294,12 @@ class Group:
         """Start a worker that died again: at once if it had run a while, else after a wait that
         doubles with each quick death in a row; at ``QUICK_FAILURES`` of them, stop the group. Only a
         worker that died before it served counts (it cannot start): one that served was ended by
-        something else (the OOM killer, a kill), which a client may cause as each replacement comes
-        up, so it is started again after ``RESTART_WAIT_S`` at most and never stops the group."""
+        something else (the OOM killer, a kill, a fault after start), which a client may cause as each
+        replacement comes up, so it never stops the group (``SERVED_WAIT_MAX_S`` says how it waits)."""
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        ran = time.monotonic() - self.started[index]
-        quick = ran < QUICK_S and not served
-        deaths = self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick else 0
+        quick = time.monotonic() - self.started[index] < QUICK_S
+        deaths = self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if quick and not served else 0
+        again = self.served_deaths[index] = self.served_deaths.get(index, 0) + 1 if quick and served else 0
         if deaths >= QUICK_FAILURES:
             self.failed = True
             log.error(
@@ -306,7 +313,7 @@ class Group:
             )
             self._stop(f"worker {index} cannot start")
             return
-        wait = RESTART_WAIT_S * 2 ** (deaths - 1) if quick else (RESTART_WAIT_S if ran < QUICK_S else 0.0)
+        wait = _restart_wait(deaths, again)
         log.error("worker %d (pid %d) %s: starting a new one in %gs", index, pid, how, wait)
         self.due[index] = time.monotonic() + wait
 
@@ -465,6 +472,16 @@ def _watch_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stockyard-parent", daemon=True).start()
+
+
+def _restart_wait(deaths: int, again: int) -> float:
+    """Seconds before a dead worker starts again, from its quick deaths in a row before it served
+    (``deaths``) or after (``again``); none of either: it had run a while, start it at once."""
+    if deaths:
+        return RESTART_WAIT_S * 2 ** (deaths - 1)
+    if again:
+        return min(SERVED_WAIT_MAX_S, RESTART_WAIT_S * 2 ** max(0, again - QUICK_FAILURES))
+    return 0.0
 
 
 def _stopped_cleanly(code: int, served: bool) -> bool:
