@@ -203,19 +203,83 @@ def test_refusals_make_no_rollup_rows_of_their_own_model_user_or_tags(database):
 
 
 def test_postgresql_multi_row_inserts_come_in_power_of_two_chunks(pg_url):
-    """300 rows: chunks of 256, 32, 8 and 4 rows, every row in, a few prepared statements."""
+    """300 rows of an upsert: chunks of 256, 32, 8 and 4 rows, every row in, a few prepared statements."""
     backend = PostgresBackend(parse_postgres(pg_url, {}))
     backend.open_and_migrate()
     conn = backend.connect()
     assert isinstance(conn, PgConnection)
     try:
-        conn.insert_many("INSERT INTO meta (key, value) VALUES (?, ?)", [(f"k{i:03d}", str(i)) for i in range(300)])
+        conn.insert_many(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(f"k{i:03d}", str(i)) for i in range(300)],
+        )
         assert conn.execute("SELECT count(*), min(key), max(key) FROM meta WHERE key LIKE 'k%'").fetchone() == (
             300,
             "k000",
             "k299",
         )
         assert sum("INSERT INTO meta" in s for s in conn._prepared) == 4
+    finally:
+        conn.close()
+
+
+ODD_TEXTS = ["plain", "back\\slash", "\\N", "tab\there", "new\nline", "cr\rlf\r\n", "ü € 🦙", "", "\\x00ff", "\\."]
+
+
+def test_postgresql_plain_multi_row_inserts_go_as_one_copy_and_store_what_inserts_store(pg_url):
+    """A plain INSERT of many rows goes as one ``COPY … FROM STDIN`` (text format, encoded by
+    ``pg._copy_rows``): the rows read back exactly as a row-by-row INSERT stores them — backslashes,
+    tabs, line ends, ``\\N`` as text, NULL, big and negative integers, flags, bytes of every value —
+    with no prepared statement; a row the table refuses fails the whole COPY, as the INSERT did."""
+    import sqlite3
+
+    backend = PostgresBackend(parse_postgres(pg_url, {}))
+    backend.open_and_migrate()
+    conn = backend.connect()
+    assert isinstance(conn, PgConnection)
+    columns = (
+        "id, ts, ts_ms, client_addr, endpoint, dialect, model, stream, status, outcome, latency_us, cost_uc, "
+        "error_message"
+    )
+    marks = ", ".join("?" * len(columns.split(", ")))
+    sql = f"INSERT INTO traces ({columns}) VALUES ({marks})"
+    rows = [
+        (
+            f"tr_copy{i:03d}", "2026-12-06T00:00:00.000Z", 2**53 + i, "::1", ODD_TEXTS[i % len(ODD_TEXTS)], "openai",
+            ODD_TEXTS[(i + 3) % len(ODD_TEXTS)], i % 2 == 0, 200, "ok", -i, None if i % 4 == 0 else 10**15 + i,
+            None if i % 3 == 0 else ODD_TEXTS[(i + 5) % len(ODD_TEXTS)],
+        )
+        for i in range(40)
+    ]  # fmt: skip
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.insert_many(sql, rows)
+        conn.execute("COMMIT")
+        assert not any("INSERT INTO traces" in s for s in conn._prepared)  # it went as a COPY
+        got = conn.execute(f"SELECT {columns} FROM traces WHERE id LIKE 'tr_copy%' ORDER BY id").fetchall()
+        for i in range(3):  # the same rows one by one, for comparison
+            conn.execute(sql, (f"tr_one{i:03d}", *rows[i][1:]))
+        one = conn.execute(f"SELECT {columns} FROM traces WHERE id LIKE 'tr_one%' ORDER BY id").fetchall()
+        assert [tuple(r)[1:] for r in one] == [tuple(r)[1:] for r in got[:3]]
+        assert [tuple(r) for r in got] == [(*r[:7], int(r[7]), *r[8:]) for r in rows]
+        bodies = [(f"tr_copy{i:03d}", bytes(range(256))[i:] + b"\\\t\n", None, 0, i % 2) for i in range(20)]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.insert_many(
+            "INSERT INTO trace_bodies (trace_id, request, response, request_truncated, response_truncated) "
+            "VALUES (?, ?, ?, ?, ?)",
+            bodies,
+        )
+        conn.execute("COMMIT")
+        stored = conn.execute(
+            "SELECT trace_id, request, response, request_truncated, response_truncated FROM trace_bodies "
+            "WHERE trace_id LIKE 'tr_copy%' ORDER BY trace_id"
+        ).fetchall()
+        assert [tuple(r) for r in stored] == bodies
+        conn.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.insert_many(sql, [(f"tr_new{i:03d}", *rows[0][1:]) for i in range(20)] + [rows[5]])  # taken
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT count(*) FROM traces WHERE id LIKE 'tr_new%'").fetchone()[0] == 0
     finally:
         conn.close()
 
