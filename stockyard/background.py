@@ -36,6 +36,7 @@ from .errors import RESPONSES
 from .files_api import OPEN_OWNER, BatchHold, BatchSpend, Billed, Ownership, owner_of
 from .keys import KeyRing
 from .metrics import Metrics
+from .modules.budget import COVER
 from .pricing import Usage
 from .providers import Provider
 from .providers.responses_adapters import ENDED, read_response, upstream_headers, upstream_path
@@ -46,7 +47,6 @@ log = logging.getLogger("stockyard.background")
 
 KIND = "background_response"  # in owned_objects
 RUNNING = ("queued", "in_progress")
-COVER = "budget.cover"  # ctx.state: the budget module's ``Cover`` (``held``: the worst case it holds)
 
 
 def left_running(ctx: RequestContext, provider: Provider, response: dict) -> bool:

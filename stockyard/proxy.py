@@ -52,6 +52,8 @@ from .errors import (
 )
 from .httpio import json_object
 from .limits import MAX_CHOICES, check_request_numbers, show
+from .modules import budget as budget_module
+from .modules import userlimits
 from .modules.early import check_early
 from .modules.timeout import deadline_error
 from .otel import upstream_headers
@@ -546,13 +548,13 @@ def counted(path: RequestPath, ctx: RequestContext, provider: Provider, model: s
 
 def budgeted(ctx: RequestContext) -> bool:
     """The request holds a budget reservation (its key's or project's, or its end user's)."""
-    return "budget" in ctx.state or "userlimits.budget" in ctx.state
+    return budget_module.HELD in ctx.state or userlimits.HELD in ctx.state
 
 
 def uncovered(ctx: RequestContext, worst: int | None) -> str | None:
     """Why the budgets the request holds cannot hold ``worst`` µ¢ in all (each ``budget.Cover``
     reserves what it lacks of it), None when they can."""
-    covers = [c for c in (ctx.state.get("budget.cover"), ctx.state.get("userlimits.cover")) if c is not None]
+    covers = [c for c in (ctx.state.get(budget_module.COVER), ctx.state.get(userlimits.COVER)) if c is not None]
     if worst is None:
         return "it has no price"
     if all(cover(worst) for cover in covers):

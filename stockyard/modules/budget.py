@@ -47,6 +47,9 @@ _UNREAD = Throttle()  # a lost database under a burst: said once a minute, not o
 _UNPRICED = Throttle()  # every budgeted answer of a model served in a mode without a price
 
 FREE_ENDPOINTS = ("count_tokens", "input_tokens")
+# ctx.state keys of a budgeted request: its reservation, and the ``Cover`` holding its worst case
+# (read by the proxy's ``budgeted``/``uncovered`` and by ``background.held``)
+HELD, COVER = "budget", "budget.cover"
 
 
 @dataclass
@@ -126,8 +129,8 @@ class BudgetModule(Module):
             raise unpriced_refusal(services.pricer.unpriced_model(ctx, ctx.route, model), "on this key")
         amount = found
         try:
-            ctx.state["budget"] = services.ledger.reserve(budgets, amount, ctx.ts_ms)
-            ctx.state["budget.cover"] = Cover(services.ledger, budgets, amount, ctx.ts_ms)
+            ctx.state[HELD] = services.ledger.reserve(budgets, amount, ctx.ts_ms)
+            ctx.state[COVER] = Cover(services.ledger, budgets, amount, ctx.ts_ms)
         except BudgetExceeded as exc:
             raise exc.error(lowering_hint(ctx)) from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
@@ -155,7 +158,7 @@ class BudgetModule(Module):
     def after(self, ctx: RequestContext) -> None:
         if ctx.key is None:
             return
-        cover = ctx.state.pop("budget.cover", None)
+        cover = ctx.state.pop(COVER, None)
         if cover is not None:
             cover.release()
         # every attempt's cost (its hold when one has no price), and a background response left
@@ -163,4 +166,4 @@ class BudgetModule(Module):
         # (``stockyard.background``: its hold recorded with it)
         running = ctx.state.pop(BACKGROUND_HELD, 0)
         billed = (estimate.billed_uc(ctx) if running else spent_uc(ctx, held_by(cover))) + running
-        self.services.ledger.settle(ctx.state.pop("budget", None), billed, scopes_of(ctx.key), ctx.ts_ms)
+        self.services.ledger.settle(ctx.state.pop(HELD, None), billed, scopes_of(ctx.key), ctx.ts_ms)

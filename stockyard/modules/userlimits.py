@@ -35,6 +35,8 @@ from .ratelimit import FREE_ENDPOINTS, RateLimited, admitted, correct_to_usage, 
 from .schema import Field
 
 log = logging.getLogger("stockyard.budgets")
+# ctx.state keys of a request an end user's budget holds: (budget, reservation), and its ``Cover``
+HELD, COVER = "userlimits.budget", "userlimits.cover"
 _UNREAD = Throttle()  # a lost database under a burst: said once a minute, not once a request
 
 
@@ -117,8 +119,8 @@ class UserLimitsModule(Module):
             raise unpriced_refusal(self.services.pricer.unpriced_model(ctx, ctx.route, model), "per end user")
         budget = user_budget(limits.within, user, limits.budget_uc, limits.period)
         try:
-            ctx.state["userlimits.budget"] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
-            ctx.state["userlimits.cover"] = Cover(self.services.ledger, [budget], amount, ctx.ts_ms)
+            ctx.state[HELD] = (budget, self.services.ledger.reserve([budget], amount, ctx.ts_ms))
+            ctx.state[COVER] = Cover(self.services.ledger, [budget], amount, ctx.ts_ms)
         except BudgetExceeded as exc:
             raise exc.error(lowering_hint(ctx)) from None
         except Exception as exc:  # the spend could not be read: refuse rather than guess
@@ -158,10 +160,10 @@ class UserLimitsModule(Module):
         return estimate.limited_tokens(ctx, self.services.settings.default_max_tokens) if limits.tpm else (0, 0)
 
     def after(self, ctx: RequestContext) -> None:
-        cover = ctx.state.pop("userlimits.cover", None)
+        cover = ctx.state.pop(COVER, None)
         if cover is not None:
             cover.release()
-        held = ctx.state.pop("userlimits.budget", None)
+        held = ctx.state.pop(HELD, None)
         if held is not None:
             budget, hold = held
             self.services.ledger.settle(hold, spent_uc(ctx, held_by(cover)), (budget.scope,), ctx.ts_ms)
