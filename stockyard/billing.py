@@ -87,25 +87,29 @@ class Pricer:
 
     def held_call_fees(self, ctx: RequestContext, provider: Provider, model: str) -> int | None:
         """What a Responses request passed through to ``provider`` holds for its search tools' calls
-        at their per-call prices (``toolfees.held_fees``); None where its calls are not priced so
+        at their per-call prices (``toolfees.held_fees``), and a Gemini-native generateContent for
+        its grounding tools (``toolfees.held_grounding``); None where its calls are not priced so
         (a translated request: Claude's searches are in its usage), which holds them as before."""
-        if ctx.endpoint != "responses" or not provider.speaks_responses:
-            return None
 
         def fee_of(key: str) -> int | None:
             found = self.call_price(key, provider)
             return None if found is None else -(-found.input // PER)  # µ¢ a call, rounded up
 
+        if ctx.native is not None and provider.kind == "gemini":  # Gemini's grounding tools
+            return toolfees.held_grounding(ctx.body, model, fee_of) if ctx.endpoint == "generate" else None
+        if ctx.endpoint != "responses" or not provider.speaks_responses:
+            return None
         return toolfees.held_fees(ctx.body, model, fee_of, estimate.web_searches(ctx.body))
 
     def call_price(self, key: str, provider: Provider | None) -> Price | None:
         """The per-call price of a hosted tool's call (``toolfees.price_key``) at ``provider``: the
-        operator's ``<provider>/<key>`` or bare ``<key>``, else for an OpenAI provider the table's
-        ``openai/<key>`` (shipped); None: not billed per call here."""
+        operator's ``<provider>/<key>`` or bare ``<key>``, else for an OpenAI or Gemini provider the
+        table's ``openai/<key>`` or ``gemini/<key>`` (shipped); None: not billed per call here."""
         table = self.table
         found = table.lookup(key, provider.name) if provider is not None else None
-        if found is None and provider is not None and toolfees.bills_calls(provider.kind):
-            found = table.lookup(f"openai/{key}")
+        prefix = toolfees.shipped_prefix(provider.kind) if provider is not None else None
+        if found is None and prefix is not None:
+            found = table.lookup(f"{prefix}/{key}")
         return found if found is not None and found.unit == "call" else None
 
     def _with_tool_calls(self, ctx: RequestContext, a: Attempt) -> None:
