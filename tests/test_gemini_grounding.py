@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import pytest
 from conftest import ServerProcess, mock_env, wait_for
-from mock_upstream import COMPLETION_TOKENS, GROUNDING_QUERIES, PROMPT_TOKENS
+from mock_upstream import COMPLETION_TOKENS, GROUNDING_QUERIES, PROMPT_TOKENS, Reply
 
 GEMINI_KEY = "AIza-grounding-0123456789abcdefPROVIDERSECRET"
 ADMIN = "admin-key-for-grounding-tests-0123456789"
@@ -41,17 +41,23 @@ def server(pyz_path, cache_home, mock, tmp_path_factory) -> ServerProcess:
     proc = ServerProcess(pyz_path, tmp_path_factory.mktemp("grounding") / "stockyard.db", env)
     for model in ("gemini-2.5-mock-ungrounded", "gemini-3-mock-ungrounded"):  # no real model's names: priced
         assert proc.cli("prices", "set", model, "--input", "1", "--output", "2").returncode == 0
+    made = proc.cli("keys", "create", "--name", "genai", "--json")  # keys are required from the first request
+    assert made.returncode == 0, made.stderr
+    KEY["genai"] = json.loads(made.stdout)["key"]
     proc.start()
     yield proc
     proc.stop()
     assert "Traceback" not in proc.log
 
 
+KEY: dict[str, str] = {}
+
+
 def generate(server: ServerProcess, model: str, tools: list, stream: bool = False, key: str | None = None, **extra):
-    """One generateContent (or its SSE stream) as google-genai sends it."""
+    """One generateContent (or its SSE stream) as google-genai sends it (the key in x-goog-api-key)."""
     method = "streamGenerateContent?alt=sse" if stream else "generateContent"
     body = {"contents": CONTENTS, "tools": tools, **extra}
-    headers = {"x-goog-api-key": key} if key else {}
+    headers = {"x-goog-api-key": key or KEY["genai"]}
     return server.request("POST", f"/v1beta/models/{model}:{method}", body, headers=headers)
 
 
@@ -135,3 +141,20 @@ def test_a_budget_holds_the_grounding_a_request_enables(server, model, fees):
     with_tool, without = held(server, model, [SEARCH]), held(server, model, [])
     body_bytes = len(json.dumps({"googleSearch": {}})) + 2  # the tool in the list, and its separator
     assert with_tool - without - fees in range(0, (body_bytes // 4 + 2) * 100), (with_tool, without, fees)
+
+
+def test_a_stream_repeating_its_grounding_bills_each_query_once(server, mock):
+    """A stream may carry a candidate's grounding metadata on more than one chunk (cumulative): each
+    query is billed once, and a query listed twice in one chunk twice."""
+
+    def chunk(text: str, queries: list[str], finish: str | None = None) -> str:
+        candidate: dict = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        candidate["groundingMetadata"] = {"webSearchQueries": queries, "groundingChunks": []}
+        if finish:
+            candidate["finishReason"] = finish
+        usage = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": COMPLETION_TOKENS}
+        return json.dumps({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "gemini-3-flash-preview"})
+
+    mock.enqueue(Reply(sse=[chunk("Cats ", ["cats"]), chunk("purr.", ["cats", "cats", "purr"], "STOP")]))
+    trace = billed(server, "gemini-3-flash-preview", [SEARCH], stream=True)
+    assert trace["cost_uc"] == FLASH_3 + 3 * QUERY_FEE, trace["cost_uc"]  # cats twice in one chunk, purr
