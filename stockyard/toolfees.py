@@ -6,8 +6,9 @@ An answer passed through from a provider that bills so (:func:`shipped_prefix`) 
 (:class:`CallTally`: a whole answer's output, or a stream's items as they pass, so a stream cut
 before ``response.completed`` still bills the calls it showed), and ``billing.Pricer`` adds each
 call's fee to the attempt's ``Usage.fees_uc`` at the price table's per-call price
-(:func:`price_key`, unit ``call``; operators override it as any price). A budget holds the calls a
-request may make (:func:`held_fees`) at the same prices.
+(:func:`price_key`, unit ``call``; operators override it as any price), and a ``web_search`` call on
+gpt-4o-mini or gpt-4.1-mini its fixed block of input tokens (:func:`block_tokens`) at the model's rate.
+A budget holds the calls a request may make (:func:`held_fees`) at the same prices.
 
 Every call item counts, whatever its ``action`` (``search``, ``open_page``, ``find_in_page``):
 OpenAI's pricing does not say which actions it bills, and support has said one call may run
@@ -36,6 +37,11 @@ CALL_ITEMS = (WEB_SEARCH, FILE_SEARCH)
 # (gpt-4o, gpt-4.1 families: their search content tokens are free), $10 on reasoning models
 # (o-series, gpt-5); file search $2.50 per 1,000.
 PREVIEW, PREVIEW_REASONING = "web_search_call/preview", "web_search_call/preview-reasoning"
+# gpt-4o-mini and gpt-4.1-mini bill a ``web_search`` call's search content as a fixed block of 8,000
+# input tokens (OpenAI's pricing page: "charged as a fixed block of 8,000 input tokens per call"), which
+# their usage does not count; other models' search content tokens are in the usage's input tokens.
+SEARCH_BLOCK_TOKENS = 8000
+SEARCH_BLOCK_MODELS = re.compile(r"(?:gpt-4o-mini|gpt-4\.1-mini)(?:-\d{4}-\d{2}-\d{2})?")
 # OpenAI's reasoning models, by the start of their names (but their ``-chat`` variants, which do not reason)
 REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
 # Calls a budget holds for a search tool when ``max_tool_calls`` does not bound them (a guess, not
@@ -81,6 +87,13 @@ def price_key(item_type: str, body: Any, model: str) -> str:
         reasons = bare.startswith(REASONING_MODELS) and "-chat" not in bare  # gpt-5-chat-latest does not
         return PREVIEW_REASONING if reasons else PREVIEW
     return WEB_SEARCH
+
+
+def block_tokens(key: str, model: str) -> int:
+    """Input tokens a call billed at price ``key`` (:func:`price_key`) adds on ``model``: the fixed
+    block of a GA ``web_search`` call on the two minis (:data:`SEARCH_BLOCK_MODELS`), else 0."""
+    bare = model.rsplit("/", 1)[-1].lower()
+    return SEARCH_BLOCK_TOKENS if key == WEB_SEARCH and SEARCH_BLOCK_MODELS.fullmatch(bare) else 0
 
 
 class CallTally:
