@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from fractions import Fraction
 
-from . import estimate, imagegen, toolfees
+from . import estimate, imagegen, pdfpages, toolfees
 from .context import Attempt, RequestContext, Route, claude_mode, openai_mode
 from .pricing import PER, Price, PriceTable, Usage, cost_microcents, unit_cost
 from .providers import Provider, media
@@ -73,8 +73,9 @@ class Pricer:
         """``estimate.request_cost`` of a token-priced request at ``price``, the image tool's images
         at their model's price (:meth:`tool_image_price`, ``estimate.tool_images_cost``), and the
         hosted search tools' calls at their per-call prices (:meth:`held_call_fees`); None when the
-        tool may draw at a model without one (a budget cannot count those images). A request's worst
-        case and a batch line's both."""
+        tool may draw at a model without one (a budget cannot count those images), and at a Gemini
+        provider the PDFs' pages (``pdfpages.held_pdf_tokens``). A request's worst case and a batch
+        line's both."""
         fees = 0
         drawn = imagegen.held_tokens(ctx.body)
         if drawn:  # the image tool may draw: its images at its model's price
@@ -82,8 +83,13 @@ class Pricer:
             if tool_price is None:
                 return None
             fees = estimate.tool_images_cost(ctx.body, tool_price, drawn, default_max_tokens)
-        calls = self.held_call_fees(ctx, provider, model or str(ctx.body.get("model") or ""), price)
-        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls) + fees
+        model = model or str(ctx.body.get("model") or "")
+        calls = self.held_call_fees(ctx, provider, model, price)
+        pdfs = 0
+        if provider.kind == "gemini":  # a PDF's pages, each billed as an image
+            image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS
+            pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image)
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs) + fees
 
     def held_call_fees(
         self, ctx: RequestContext, provider: Provider, model: str, price: Price | None = None
