@@ -102,14 +102,21 @@ def held_pdf_tokens(body: Any, raw: bytes, model: str, image_tokens: int) -> int
             continue
         inline, by_reference = _pdf_of(part)
         if inline is not None:
-            try:
-                pages = pdf_pages(binascii.a2b_base64(inline.encode("ascii", "ignore")))
-            except binascii.Error:  # not base64: Gemini refuses it (unbilled); held as unreadable all the same
-                pages = MAX_PDF_PAGES
-            extra += max(0, pages * page_tokens(model, body, part) - -(-len(inline) // 4))
+            per_page, counted = page_tokens(model, body, part), -(-len(inline) // 4)
+            if counted < MAX_PDF_PAGES * per_page:  # else its bytes hold more than its pages may cost: not read
+                extra += max(0, _inline_pages(inline) * per_page - counted)
         elif by_reference:
             extra += max(0, MAX_PDF_PAGES * page_tokens(model, body, part) - image_tokens)
     return extra
+
+
+def _inline_pages(inline: str) -> int:
+    """The pages of a base64 PDF (:data:`MAX_PDF_PAGES` when it is not base64: Gemini refuses it,
+    unbilled, and it is held as an unreadable PDF all the same)."""
+    try:
+        return pdf_pages(binascii.a2b_base64(inline.encode("ascii", "ignore")))
+    except binascii.Error:
+        return MAX_PDF_PAGES
 
 
 _DATA_URL = re.compile(r"data:application/pdf(?:;[^,;]*)*;base64,", re.IGNORECASE)
