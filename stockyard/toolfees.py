@@ -155,9 +155,11 @@ def held_fees(body: Any, model: str, fee_of: Callable[[str], int | None], web_gu
 
 
 def per_query(model: str) -> bool:
-    """Google bills this model's grounding per query (Gemini 3 and later), not per grounded prompt."""
+    """Google bills this model's grounding per query (Gemini 3 and later), not per grounded prompt;
+    a name that does not say its generation (``gemini-flash-latest``) is held and billed as the
+    current one (an answer names its model's version, ``modelVersion``, which is read first)."""
     found = GEMINI_GENERATION.search(model.rsplit("/", 1)[-1].lower())
-    return found is not None and int(found[1]) >= 3
+    return found is None or int(found[1]) >= 3
 
 
 def grounding_tools(body: Any) -> tuple[bool, bool]:

@@ -24,6 +24,8 @@ import pytest
 from conftest import ServerProcess, mock_env, wait_for
 from mock_upstream import COMPLETION_TOKENS, GROUNDING_QUERIES, PROMPT_TOKENS, Reply
 
+from stockyard.toolfees import per_query
+
 GEMINI_KEY = "AIza-grounding-0123456789abcdefPROVIDERSECRET"
 ADMIN = "admin-key-for-grounding-tests-0123456789"
 USD = 10**8  # µ¢
@@ -158,3 +160,19 @@ def test_a_stream_repeating_its_grounding_bills_each_query_once(server, mock):
     mock.enqueue(Reply(sse=[chunk("Cats ", ["cats"]), chunk("purr.", ["cats", "cats", "purr"], "STOP")]))
     trace = billed(server, "gemini-3-flash-preview", [SEARCH], stream=True)
     assert trace["cost_uc"] == FLASH_3 + 3 * QUERY_FEE, trace["cost_uc"]  # cats twice in one chunk, purr
+
+
+@pytest.mark.parametrize(
+    "model, queries",
+    [
+        ("gemini-2.5-flash", False),
+        ("models/gemini-2.0-flash-001", False),
+        ("gemini/gemini-1.5-pro", False),
+        ("gemini-3-flash-preview", True),
+        ("gemini-3.1-pro-preview", True),
+        ("gemini-4-argon", True),
+        ("gemini-flash-latest", True),  # the name says no generation: the current one's rule (the dearer hold)
+    ],
+)
+def test_the_generation_picks_per_prompt_or_per_query(model: str, queries: bool) -> None:
+    assert per_query(model) is queries
