@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from fractions import Fraction
 
-from . import estimate, imagegen, toolfees
+from . import estimate, imagegen, pdfpages, toolfees
 from .context import Attempt, RequestContext, Route, claude_mode, openai_mode
 from .pricing import PER, Price, PriceTable, Usage, cost_microcents, unit_cost
 from .providers import Provider, media
@@ -73,8 +73,9 @@ class Pricer:
         """``estimate.request_cost`` of a token-priced request at ``price``, the image tool's images
         at their model's price (:meth:`tool_image_price`, ``estimate.tool_images_cost``), and the
         hosted search tools' calls at their per-call prices (:meth:`held_call_fees`); None when the
-        tool may draw at a model without one (a budget cannot count those images). A request's worst
-        case and a batch line's both."""
+        tool may draw at a model without one (a budget cannot count those images), and at a Gemini
+        provider the PDFs' pages (``pdfpages.held_pdf_tokens``). A request's worst case and a batch
+        line's both."""
         fees = 0
         drawn = imagegen.held_tokens(ctx.body)
         if drawn:  # the image tool may draw: its images at its model's price
@@ -82,55 +83,78 @@ class Pricer:
             if tool_price is None:
                 return None
             fees = estimate.tool_images_cost(ctx.body, tool_price, drawn, default_max_tokens)
-        calls = self.held_call_fees(ctx, provider, model or str(ctx.body.get("model") or ""))
-        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls) + fees
+        model = model or str(ctx.body.get("model") or "")
+        calls = self.held_call_fees(ctx, provider, model, price)
+        pdfs = 0
+        if provider.kind == "gemini":  # a PDF's pages, each billed as an image
+            image = price.image_input_tokens or estimate.IMAGE_INPUT_TOKENS
+            pdfs = pdfpages.held_pdf_tokens(ctx.body, ctx.raw, model, image)
+        return estimate.request_cost(ctx, price, default_max_tokens, sent_back, calls, pdfs) + fees
 
-    def held_call_fees(self, ctx: RequestContext, provider: Provider, model: str) -> int | None:
+    def held_call_fees(
+        self, ctx: RequestContext, provider: Provider, model: str, price: Price | None = None
+    ) -> int | None:
         """What a Responses request passed through to ``provider`` holds for its search tools' calls
-        at their per-call prices (``toolfees.held_fees``); None where its calls are not priced so
-        (a translated request: Claude's searches are in its usage), which holds them as before."""
-        if ctx.endpoint != "responses" or not provider.speaks_responses:
-            return None
+        at their per-call prices (``toolfees.held_fees``), and a Gemini-native generateContent for
+        its grounding tools (``toolfees.held_grounding``); None where its calls are not priced so
+        (a translated request: Claude's searches are in its usage), which holds them as before. A
+        call's block of input tokens (``toolfees.block_tokens``) is held at ``price``'s input rate."""
 
         def fee_of(key: str) -> int | None:
             found = self.call_price(key, provider)
-            return None if found is None else -(-found.input // PER)  # µ¢ a call, rounded up
+            block = toolfees.block_tokens(key, model) * (price.input if price is not None else 0)
+            return None if found is None else -(-(found.input + block) // PER)  # µ¢ a call, rounded up
 
+        if ctx.native is not None and provider.kind == "gemini":  # Gemini's grounding tools
+            return toolfees.held_grounding(ctx.body, model, fee_of) if ctx.endpoint == "generate" else None
+        if ctx.endpoint != "responses" or not provider.speaks_responses:
+            return None
         return toolfees.held_fees(ctx.body, model, fee_of, estimate.web_searches(ctx.body))
 
     def call_price(self, key: str, provider: Provider | None) -> Price | None:
         """The per-call price of a hosted tool's call (``toolfees.price_key``) at ``provider``: the
-        operator's ``<provider>/<key>`` or bare ``<key>``, else for an OpenAI provider the table's
-        ``openai/<key>`` (shipped); None: not billed per call here."""
+        operator's ``<provider>/<key>`` or bare ``<key>``, else for an OpenAI or Gemini provider the
+        table's ``openai/<key>`` or ``gemini/<key>`` (shipped); None: not billed per call here."""
         table = self.table
         found = table.lookup(key, provider.name) if provider is not None else None
-        if found is None and provider is not None and toolfees.bills_calls(provider.kind):
-            found = table.lookup(f"openai/{key}")
+        prefix = toolfees.shipped_prefix(provider.kind) if provider is not None else None
+        if found is None and prefix is not None:
+            found = table.lookup(f"{prefix}/{key}")
         return found if found is not None and found.unit == "call" else None
 
-    def _with_tool_calls(self, ctx: RequestContext, a: Attempt) -> None:
+    def _with_tool_calls(self, ctx: RequestContext, a: Attempt, price: Price | None) -> None:
         """Add each hosted tool call the answer showed (``Attempt.tool_calls``) at its per-call price
-        to the usage's fees."""
+        to the usage's fees, and its block of input tokens at ``price`` (the answer's)."""
         assert a.usage is not None
         model = a.served_model or a.upstream_model or a.asked_model or ctx.model or ""
-        fees = self.call_fees(a.tool_calls, ctx.body, model, a.provider)
+        fees = self.call_fees(a.tool_calls, ctx.body, model, a.provider, price)
         a.usage = dataclasses.replace(a.usage, fees_uc=a.usage.fees_uc + fees)
 
-    def call_fees(self, calls: dict[str, int], body: dict, model: str, provider: Provider | None) -> int:
+    def call_fees(
+        self, calls: dict[str, int], body: dict, model: str, provider: Provider | None, tokens: Price | None
+    ) -> int:
         """µ¢ for ``calls`` (by item type) of a request with ``body`` to ``model``, each at its per-call
-        price (:meth:`call_price`); a call without one adds nothing (another provider's)."""
+        price (:meth:`call_price`; a call without one adds nothing: another provider's), and the block
+        of input tokens some calls bill (``toolfees.block_tokens``) at ``tokens``' input rate."""
         fees = 0
         for item_type, count in calls.items():
-            price = self.call_price(toolfees.price_key(item_type, body, model), provider)
-            fees += unit_cost(price, count) if price is not None else 0
+            key = toolfees.price_key(item_type, body, model)
+            price = self.call_price(key, provider)
+            if price is None:
+                continue
+            block = toolfees.block_tokens(key, model) * count * (tokens.input if tokens is not None else 0)
+            fees += unit_cost(price, count) + -(-block // PER)
         return fees
 
     def response_call_fees(self, response: dict, provider: Provider) -> int:
         """µ¢ for the hosted tool calls a whole response object shows (a Batch API output line's: the
-        response echoes its request's ``tools`` and names its model)."""
+        response echoes its request's ``tools`` and names its model), a call's block of input tokens
+        at the model's full input rate (fees are billed whole: see ``batch_costs.BatchTotal``)."""
         tally = toolfees.CallTally()
         tally.see_output(response.get("output"))
-        return self.call_fees(tally.counts(), response, str(response.get("model") or ""), provider)
+        model = str(response.get("model") or "")
+        tokens = self.table.lookup(model, provider.name) if model else None
+        return self.call_fees(tally.counts(), response, model, provider, tokens)
 
     def unpriced_model(self, ctx: RequestContext, route: Route, asked: str) -> str:
         """The model a request :meth:`worst_case` could not price lacks a price for: the image
@@ -183,7 +207,7 @@ class Pricer:
         if a.image_usage is not None or a.image_estimate is not None:
             self._with_images(ctx, a)
         if a.tool_calls:
-            self._with_tool_calls(ctx, a)
+            self._with_tool_calls(ctx, a, price)
         if price is None or a.images_unpriced:
             a.cost_status = "unknown"
         else:  # a continued turn: each call priced on its own

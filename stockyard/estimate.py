@@ -331,7 +331,7 @@ def referenced_images(body: Any, raw: bytes, walk: bool = False) -> int:
     (:func:`may_hold`), or ``walk``: the body holds what ``raw`` does not (:func:`put_in`)."""
     if not (walk or may_hold(raw, _REFERENCE_MARKS)):
         return 0
-    return sum(_by_reference(value) for value in _values(body) if isinstance(value, dict))
+    return sum(_by_reference(value) for value in body_values(body) if isinstance(value, dict))
 
 
 # A JSON escape of an ASCII character (``\\u0031`` is "1"): what could spell a mark otherwise.
@@ -351,7 +351,7 @@ def may_hold(raw: bytes, marks: re.Pattern[bytes]) -> bool:
     return marks.search(raw) is not None or _ASCII_ESCAPE.search(raw) is not None
 
 
-def _values(body: Any) -> Iterator[Any]:
+def body_values(body: Any) -> Iterator[Any]:
     """Every value in a parsed JSON body, objects and lists included (iteratively: any depth)."""
     todo = [body]
     while todo:
@@ -495,7 +495,12 @@ def web_searches(body: dict) -> int:
 
 
 def request_cost(
-    ctx: RequestContext, price: Price, default_max_tokens: int, sent_back: int = 0, call_fees: int | None = None
+    ctx: RequestContext,
+    price: Price,
+    default_max_tokens: int,
+    sent_back: int = 0,
+    call_fees: int | None = None,
+    media: int = 0,
 ) -> int:
     """The worst-case cost of the request on ``ctx`` at ``price``: what a budget reserves (the
     Gemini context caches it names, :func:`cached_content_tokens`, included), but for the image
@@ -503,11 +508,12 @@ def request_cost(
     (:func:`tool_images_cost`). A follow-up call continuing a paused turn sends ``sent_back`` more
     input tokens (the answer so far). ``call_fees``: what its hosted search tools' calls hold at
     their provider's per-call prices (``Pricer.held_call_fees``), else :func:`web_searches` at
-    Anthropic's fee."""
+    Anthropic's fee. ``media``: input tokens its media add beyond their bytes (a PDF's pages on
+    Gemini: ``pdfpages.held_pdf_tokens``)."""
     conv, walk = ctx.conversation, put_in(ctx)
     images = image_tokens(ctx.body, ctx.raw, price, walk, conv.history_images if conv is not None else 0)
     text = input_tokens(ctx) + sent_back
-    inputs = text + images + fetched_tokens(ctx.body)
+    inputs = text + images + fetched_tokens(ctx.body) + media
     outputs = output_tokens(ctx, output_ceiling(price, default_max_tokens))
     long_writes = asks_long_cache(ctx.body, ctx.raw, walk)
     most = most_tokens(inputs, text)
@@ -543,7 +549,7 @@ def asks_long_cache(body: Any, raw: bytes, walk: bool = False) -> bool:
     if not (walk or may_hold(raw, _LONG_CACHE_MARKS)):
         return False
     seen = _LONG_CACHE_MARKS.search(raw) is not None
-    return seen or any(v in _LONG_CACHE_VALUES for v in _values(body) if isinstance(v, str))
+    return seen or any(v in _LONG_CACHE_VALUES for v in body_values(body) if isinstance(v, str))
 
 
 def images_asked(body: dict) -> int:

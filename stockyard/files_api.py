@@ -1254,7 +1254,7 @@ class FilesAPI(ProviderCalls):
         if full is None:  # the image tool may draw at a model without a price
             return None
         # the hosted tools' calls are held whole, as they are billed (``batch_costs.BatchTotal.fees_uc``)
-        calls = self._path.pricer.held_call_fees(one, provider, str(model)) or 0
+        calls = self._path.pricer.held_call_fees(one, provider, str(model), price) or 0
         part, whole = BATCH_PRICE
         return -(-(full - calls) * part // whole) + calls
 

@@ -12,7 +12,10 @@ models.list/get, cachedContents: a generateContent naming a cache reports its to
 `cachedContentTokenCount`, part of its `promptTokenCount`, an unknown one is a 404; a cache holds
 CACHED_TOKENS, or BIG_CACHE_TOKENS for a `bigcache` model, and the create answer of a `nocount`
 model leaves out its `usageMetadata`; the Files API: resumable uploads, files.list/get/delete,
-and a generateContent naming an unknown file by `fileData.fileUri` is Google's 403) and Azure OpenAI
+and a generateContent naming an unknown file by `fileData.fileUri` is Google's 403; a generateContent
+offering Google Search or Google Maps grounding answers with the candidate's `groundingMetadata` as Google
+sends it — GROUNDING_QUERIES in `webSearchQueries`, on the last chunk of a stream — unless its model's name
+says `ungrounded`) and Azure OpenAI
 (deployments), records every request, and can be scripted with `Reply` objects.
 
 It bills like a provider: every choice (`n`, `best_of`, Gemini `candidateCount`) is in the
@@ -2662,6 +2665,46 @@ def _gemini_thoughts(body: dict) -> list[dict]:
     return [{"text": THINKING_TEXT, "thought": True}] if thinking.get("includeThoughts") else []
 
 
+# The searches a grounded answer ran (``groundingMetadata.webSearchQueries``), and the tools that ground.
+GROUNDING_QUERIES = ["cats news", "cats news this week"]
+GROUNDING_SEARCH_TOOLS = ("googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval")
+GROUNDING_MAPS_TOOLS = ("googleMaps", "google_maps")
+
+
+def _grounding_tools(body: dict) -> set[str]:
+    """The grounding tools a generateContent body offers (each ``tools[]`` entry is one key)."""
+    tools = body.get("tools")
+    found = {name for tool in tools if isinstance(tool, dict) for name in tool} if isinstance(tools, list) else set()
+    return found & {*GROUNDING_SEARCH_TOOLS, *GROUNDING_MAPS_TOOLS}
+
+
+def gemini_grounding(body: dict, model: str) -> dict | None:
+    """The ``groundingMetadata`` Google puts on a candidate grounded by Search (the queries it ran,
+    the pages it used) or by Maps (the places it used); None when no grounding tool was offered, or
+    the model (``ungrounded`` in its name) answered without using it."""
+    tools = _grounding_tools(body)
+    if not tools or _has_flag(model, "ungrounded"):
+        return None
+    meta: dict = {"groundingChunks": [], "groundingSupports": []}
+    if tools & set(GROUNDING_SEARCH_TOOLS):
+        meta["webSearchQueries"] = list(GROUNDING_QUERIES)
+        meta["searchEntryPoint"] = {"renderedContent": "<div>cats</div>"}
+        page = {"uri": "https://vertexaisearch.cloud.google.com/r/1", "title": "cats.example"}
+        meta["groundingChunks"] += [{"web": page}]
+    if tools & set(GROUNDING_MAPS_TOOLS):
+        place = {"uri": "https://maps.google.com/?cid=1", "title": "Cat Cafe", "placeId": "places/1"}
+        meta["groundingChunks"] += [{"maps": place}]
+    return meta
+
+
+def _grounded(reply: dict, body: dict, model: str) -> dict:
+    """``reply`` with the grounding metadata :func:`gemini_grounding` gives its candidate."""
+    meta = gemini_grounding(body, model)
+    if meta is not None:
+        reply["candidates"][0]["groundingMetadata"] = meta
+    return reply
+
+
 def gemini_generate(body: dict, n: int, model: str) -> dict:
     """A non-streamed GenerateContentResponse."""
     fn = _first_gemini_function(body)
@@ -2669,7 +2712,8 @@ def gemini_generate(body: dict, n: int, model: str) -> dict:
     image = 0 if fn else gemini_image_tokens(model, body)  # an image model's answer: its text, then its image
     parts += [gemini_image_part()] if image else []
     tokens = per_choice_tokens(body, model) * billed_choices(body)
-    return _gemini_response(parts, model, n, "STOP", gemini_usage(model, tokens, image * billed_choices(body)))
+    reply = _gemini_response(parts, model, n, "STOP", gemini_usage(model, tokens, image * billed_choices(body)))
+    return _grounded(reply, body, model)
 
 
 def gemini_stream(body: dict, n: int, model: str) -> list[str]:
@@ -2688,9 +2732,8 @@ def gemini_stream(body: dict, n: int, model: str) -> list[str]:
     for i, piece in enumerate(TEXT_PIECES):
         last = i == len(TEXT_PIECES) - 1 and not image
         tokens = total if i == len(TEXT_PIECES) - 1 else i + 1
-        events.append(
-            _dumps(_gemini_response([{"text": piece}], model, n, "STOP" if last else None, gemini_usage(model, tokens)))
-        )
+        chunk = _gemini_response([{"text": piece}], model, n, "STOP" if last else None, gemini_usage(model, tokens))
+        events.append(_dumps(_grounded(chunk, body, model) if last else chunk))  # grounding: on the last chunk
     if image:  # an image model's image comes in a chunk of its own, after its text, with the final counts
         parts = [gemini_image_part()]
         events.append(_dumps(_gemini_response(parts, model, n, "STOP", gemini_usage(model, total, image))))

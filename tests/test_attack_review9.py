@@ -15,7 +15,7 @@ from conftest import ServerProcess, mock_env
 from mock_upstream import MockUpstream
 from rawhttp import connect, read_response
 from test_gemini_files import chunk, google_error, send, upload_url
-from test_tool_fees import MINI_TOKENS, WEB
+from test_tool_fees import MINI_TOKENS, MINI_WEB
 
 GEMINI_KEY = "AIza-review9-0123456789PROVIDERSECRET"
 ANTHROPIC_KEY = "sk-ant-review9-0123456789abcdefANTHROPICSECRET"
@@ -160,4 +160,4 @@ def test_replayed_search_calls_neither_lower_nor_raise_the_calls_billed(openai, 
         trace = openai.trace(headers["x-stockyard-trace-id"])
         assert trace["outcome"] == "ok" and trace["cost_status"] == "exact", trace
         costs.append(trace["cost_uc"])
-    assert costs == [MINI_TOKENS + WEB] * 2, costs  # the mock's usage is the same either way: one call's fee each
+    assert costs == [MINI_TOKENS + MINI_WEB] * 2, costs  # the same usage either way: one call (its fee and block) each

@@ -5,7 +5,9 @@ OpenAI bills the ``web_search`` tool $10 per 1,000 calls on every model, ``web_s
 per 1,000 on non-reasoning models (gpt-4o, gpt-4.1 families) and $10 on reasoning models (o-series,
 gpt-5), file search $2.50 per 1,000 (developers.openai.com/api/docs/pricing, "Built-in tools", as
 quoted 2026-03-12 by modelcostwatch.com and on community.openai.com). Each is the price table's
-``openai/web_search_call…`` entry (unit ``call``), which an operator overrides as any price.
+``openai/web_search_call…`` entry (unit ``call``), which an operator overrides as any price. On
+gpt-4o-mini and gpt-4.1-mini a ``web_search`` call also bills its content as a fixed block of 8,000
+input tokens (the same page), which their usage does not count: at the model's input rate.
 
 The mock answers a request offering a search tool with the calls its ``metadata`` asks for
 (``mock_web_searches``, ``mock_file_searches``), then its message: usage 12 tokens in, 5 out.
@@ -31,6 +33,9 @@ MINI_IN, MINI_OUT = 15, 60  # gpt-4o-mini, µ¢ a token ($0.15 and $0.60 per 1M)
 GPT5_MINI_IN, GPT5_MINI_OUT = 25, 200  # gpt-5-mini ($0.25 and $2.00 per 1M)
 MINI_TOKENS = PROMPT_TOKENS * MINI_IN + COMPLETION_TOKENS * MINI_OUT
 WEB, PREVIEW, FILE = CENT, 5 * CENT // 2, CENT // 4  # a call: $0.01, $0.025, $0.0025
+# gpt-4o-mini and gpt-4.1-mini bill a web_search call's content as a fixed block of 8,000 input tokens
+MINI_BLOCK, MINI41_BLOCK = 8000 * MINI_IN, 8000 * 40  # gpt-4.1-mini: $0.40 per 1M input
+MINI_WEB = WEB + MINI_BLOCK  # a GA web search on gpt-4o-mini: the call, and its block
 REFUSAL = r"\$([0-9.]+) spent(, \$[0-9.]+ held by requests in flight)?, .* may cost up to \$([0-9.]+)"
 
 
@@ -65,15 +70,25 @@ def billed(server: ServerProcess, body: dict) -> dict:
 @pytest.mark.parametrize(
     "body, tokens, fees",
     [
-        (search(searches=3), MINI_TOKENS, 3 * WEB),  # the GA tool: $10 per 1,000 on every model
-        (search("web_search_2025_08_26", searches=1), MINI_TOKENS, WEB),
+        (search(searches=3), MINI_TOKENS, 3 * MINI_WEB),  # the GA tool: $10 per 1,000 on every model
+        (search("web_search_2025_08_26", searches=1), MINI_TOKENS, MINI_WEB),
+        (  # the other mini billed a block, at its own input rate
+            search(searches=2, model="gpt-4.1-mini-2025-04-14"),
+            PROMPT_TOKENS * 40 + COMPLETION_TOKENS * 160,
+            2 * (WEB + MINI41_BLOCK),
+        ),
+        (  # no block: the content is in the usage's input tokens
+            search(searches=2, model="gpt-5-mini"),
+            PROMPT_TOKENS * GPT5_MINI_IN + COMPLETION_TOKENS * GPT5_MINI_OUT,
+            2 * WEB,
+        ),
         (search("web_search_preview", searches=2), MINI_TOKENS, 2 * PREVIEW),  # non-reasoning: $25
         (
             search("web_search_preview", searches=2, model="gpt-5-mini"),  # reasoning: $10
             PROMPT_TOKENS * GPT5_MINI_IN + COMPLETION_TOKENS * GPT5_MINI_OUT,
             2 * WEB,
         ),
-        (search(searches=1, files=4), MINI_TOKENS, WEB + 4 * FILE),
+        (search(searches=1, files=4), MINI_TOKENS, MINI_WEB + 4 * FILE),
         (search(searches=0), MINI_TOKENS, 0),  # offered, not called: the tokens alone
     ],
 )
@@ -93,7 +108,8 @@ def test_a_stream_cut_after_its_searches_bills_the_searches_it_showed(server, mo
     assert b'"type":"response.completed"' not in raw
     trace = server.trace(headers["x-stockyard-trace-id"])
     assert trace["outcome"] == "stream_broken" and trace["cost_status"] == "estimate", trace
-    assert 3 * WEB < trace["cost_uc"] < 3 * WEB + CENT // 10, trace["cost_uc"]  # the searches, the text estimated
+    searches = 3 * MINI_WEB
+    assert searches < trace["cost_uc"] < searches + CENT // 10, trace["cost_uc"]  # the searches, the text estimated
 
 
 def admin(server: ServerProcess, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -114,10 +130,12 @@ def test_the_fee_is_a_price_an_operator_overrides(server):
     status, answer = admin(server, "POST", "/api/prices", fields)
     assert status == 200 and answer["unit"] == "call", answer
     try:
-        wait_for(lambda: billed(server, search(searches=2))["cost_uc"] == MINI_TOKENS + CENT, what="the override")
+        cheaper = MINI_TOKENS + CENT + 2 * MINI_BLOCK  # the block stays the model's input tokens
+        wait_for(lambda: billed(server, search(searches=2))["cost_uc"] == cheaper, what="the override")
     finally:
         assert admin(server, "DELETE", "/api/prices/openai%2Fweb_search_call")[0] in (200, 204)
-    wait_for(lambda: billed(server, search(searches=2))["cost_uc"] == MINI_TOKENS + 2 * WEB, what="the shipped fee")
+    shipped = MINI_TOKENS + 2 * MINI_WEB
+    wait_for(lambda: billed(server, search(searches=2))["cost_uc"] == shipped, what="the shipped fee")
 
 
 _names = iter(range(1_000_000))
@@ -156,18 +174,23 @@ def text_hold(body: dict) -> int:
     "body, fees",
     [
         # max_tool_calls bounds every hosted call: that many at the dearest tool's fee
-        (search(max_tool_calls=2, max_output_tokens=CAP), 2 * WEB),
+        (search(max_tool_calls=2, max_output_tokens=CAP), 2 * MINI_WEB),
         (search("web_search_preview", max_tool_calls=3, max_output_tokens=CAP), 3 * PREVIEW),
-        (search(files=1, max_tool_calls=4, max_output_tokens=CAP), 4 * WEB),
+        (search(files=1, max_tool_calls=4, max_output_tokens=CAP), 4 * MINI_WEB),
         # without it, the searches its search_context_size lets Claude run (medium: 5) and ten file searches
-        (search(max_output_tokens=CAP), 5 * WEB),
+        (search(max_output_tokens=CAP), 5 * MINI_WEB),
         (search("web_search_preview", max_output_tokens=CAP), 5 * PREVIEW),
-        (search(files=1, max_output_tokens=CAP), 5 * WEB + 10 * FILE),
+        (search(files=1, max_output_tokens=CAP), 5 * MINI_WEB + 10 * FILE),
+        (search(max_tool_calls=2, max_output_tokens=CAP, model="gpt-5-mini", service_tier="default"), None),  # no block
     ],
 )
 def test_a_budget_holds_the_calls_at_their_fees(server, body, fees):
     """Was: every web search held at Anthropic's one cent, the preview's $0.025 too, and
-    max_tool_calls not read; file searches not held."""
+    max_tool_calls not read; file searches not held; a mini's block of 8,000 input tokens a search not held."""
+    if fees is None:  # gpt-5-mini: its own rates
+        text = -(-len(json.dumps(body)) // 4) * GPT5_MINI_IN + CAP * GPT5_MINI_OUT
+        assert held(server, body) == text + 2 * WEB
+        return
     assert held(server, body) == text_hold(body) + fees
 
 
@@ -183,7 +206,7 @@ def test_the_budget_is_charged_the_fees_and_the_costs_report_has_them(server, st
     status, headers, _ = post(server, {**search(searches=7, files=2), "stream": stream}, secret)
     assert status == 200
     trace = server.trace(headers["x-stockyard-trace-id"])
-    assert trace["cost_uc"] == MINI_TOKENS + 7 * WEB + 2 * FILE, trace
+    assert trace["cost_uc"] == MINI_TOKENS + 7 * MINI_WEB + 2 * FILE, trace
     # the ledger: a request past the budget is refused for the spend alone, once the hold settled
     big = search(max_tool_calls=10**5, max_output_tokens=CAP)
     wait_for(lambda: not refusal(server, secret, big)[2], what="the hold settled")
@@ -233,14 +256,14 @@ def test_a_batch_of_responses_bills_the_calls_its_lines_show(server):
     source = sdk.files.create(file=("in.jsonl", data), purpose="batch")
     batch = sdk.batches.create(input_file_id=source.id, endpoint="/v1/responses", completion_window="24h")
     (row,) = server.db_rows("SELECT held_uc FROM owned_objects WHERE id = ?", (batch.id,))
-    calls_held = 3 * WEB + 3 * PREVIEW  # max_tool_calls at the dearest tool's fee, whole
+    calls_held = 3 * MINI_WEB + 3 * PREVIEW  # max_tool_calls at the dearest tool's fee, whole
     text_held = sum(-(-text_hold(line) // 2) for line in lines)  # each whole line's bytes and cap, at half
     assert calls_held < row["held_uc"] <= calls_held + text_held, (row["held_uc"], calls_held)
     assert sdk.batches.retrieve(batch.id).status == "completed"
     usage = "SELECT cost_uc, cost_status FROM traces WHERE key_id = ? AND endpoint = 'batches.usage'"
     (billed_row,) = wait_for(lambda: server.db_rows(usage, (key_id,)), what="the batch's usage row")
     tokens = (2 * MINI_TOKENS + 1) // 2  # half price, rounded once
-    assert billed_row == {"cost_uc": tokens + 3 * WEB + PREVIEW + 2 * FILE, "cost_status": "exact"}, billed_row
+    assert billed_row == {"cost_uc": tokens + 3 * MINI_WEB + PREVIEW + 2 * FILE, "cost_status": "exact"}, billed_row
 
 
 @pytest.mark.parametrize(

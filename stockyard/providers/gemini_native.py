@@ -11,7 +11,9 @@ or an allow-list cannot be stepped around in the body.
 Streams are always asked of the provider as SSE (``alt=sse``). A client that asked with
 ``alt=sse`` gets the events as they came; one that did not gets Google's JSON-array form as it
 arrives: ``[{…}``, then ``\\n,\\r\\n{…}`` per chunk, then ``\\n]``. Usage comes from
-``usageMetadata`` (cumulative in a stream: the last one counts).
+``usageMetadata`` (cumulative in a stream: the last one counts); the grounding Google bills apart from
+it, from each candidate's ``groundingMetadata`` (``toolfees.GroundingTally``: a stream's as it passes,
+so a stream cut after its grounding still bills it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..errors import ProxyError, google_error
 from ..estimate import text_tokens
 from ..objectrefs import INNER_REQUEST
 from ..pricing import Usage
+from ..toolfees import GroundingTally
 from . import Provider
 from .base import Adapter, StreamTranslator, UpstreamCall, model_segment, sse_data
 from .chatshape import record_stream_error, unreadable_event
@@ -68,14 +71,18 @@ def pinned(body: dict, action: str, name: str) -> dict | None:
     return {**body, "requests": [new or old for new, old in zip(items, requests)]}
 
 
-def record(ctx: RequestContext, doc: Any) -> bool:
-    """Read the served model and usage of one GenerateContentResponse; True when it ends the answer."""
+def record(ctx: RequestContext, doc: Any, grounding: GroundingTally) -> bool:
+    """Read the served model, usage and ``grounding`` of one GenerateContentResponse; True when it
+    ends the answer."""
     if not isinstance(doc, dict):
         return False
     ctx.attempt.serve(doc.get("modelVersion"), doc.get("responseId"))
     meta = doc.get("usageMetadata")
     if isinstance(meta, dict):
         ctx.attempt.usage = Usage.from_gemini(meta)
+    grounding.see(doc)
+    model = ctx.attempt.served_model or ctx.attempt.upstream_model or ctx.model or ""
+    ctx.attempt.tool_calls = grounding.counts(model)  # billed at their per-call prices (``billing.Pricer``)
     candidates = doc.get("candidates")
     if isinstance(candidates, list) and candidates:
         return any(isinstance(c, dict) and c.get("finishReason") for c in candidates)
@@ -128,8 +135,9 @@ class GeminiNativeAdapter(Adapter):
         if ctx.endpoint == "embeddings":
             self.embedding_usage(ctx, doc)
             return body
+        grounding = GroundingTally()
         for item in doc if isinstance(doc, list) else [doc]:  # a JSON-array stream read whole: the last counts
-            record(ctx, item)
+            record(ctx, item, grounding)
         return body
 
     @staticmethod
@@ -158,6 +166,7 @@ class NativeStream(StreamTranslator):
         self.sse = ctx.native.sse
         self.content_type = "text/event-stream" if self.sse else JSON_ARRAY
         self.sent = 0  # array elements written
+        self.grounding = GroundingTally()
 
     def element(self, data: bytes) -> bytes:
         prefix = b"\n,\r\n" if self.sent else b"["
@@ -178,7 +187,7 @@ class NativeStream(StreamTranslator):
         fields = error_fields(doc)
         if fields is not None:
             record_stream_error(self.ctx, fields[1], fields[2])
-        elif record(self.ctx, doc):
+        elif record(self.ctx, doc, self.grounding):
             self.complete = True
         self.ctx.attempt.usage_partial = partial_usage(self.ctx, self.complete)
         return [event] if self.sse else [self.element(data)]
