@@ -125,6 +125,7 @@ NOT_FOUND = {
     "batch": "No batch found with id '{}'.",
     "container": "Container with id '{}' not found.",
     "vector_store": "No vector store found with id '{}'.",
+    "video": "Video with id '{}' not found.",
 }
 
 
@@ -1041,14 +1042,21 @@ class ProviderCalls:
         reply.send(answer.status, answer.data, answer.headers.get("content-type", "application/json"), headers)
 
     def _relay(
-        self, reply: Reply, ctx: RequestContext, provider: Provider, rest: str, tap: LineTap | None = None
+        self,
+        reply: Reply,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        tap: LineTap | None = None,
+        query: dict[str, str] | None = None,
     ) -> None:
         """A file's content, relayed chunk by chunk as it arrives (never held whole); the trace
         keeps its size, not its bytes. ``tap`` reads each chunk before it goes on (JSONL results
         whose lines name objects to claim), and the end before the stream's end. A failure once the
         answer began cuts it: the connection closes without the chunked end, so no client takes a part
-        for the whole (the provider's, here; any other, by ``Handler._cut``: one log line, no traceback)."""
-        answer, resp = self._request(ctx, provider, "GET", rest)
+        for the whole (the provider's, here; any other, by ``Handler._cut``: one log line, no traceback).
+        ``query``: the provider's own parameters (a video's ``variant``)."""
+        answer, resp = self._request(ctx, provider, "GET", rest, query=query)
         if answer.status >= 400:
             return self._send(reply, ctx, self._read(ctx, answer, resp))
         headers = {"x-stockyard-trace-id": ctx.trace_id, **passed_headers(answer.headers)}

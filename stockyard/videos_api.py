@@ -1,0 +1,325 @@
+"""OpenAI's Videos API (Sora): passed through to an OpenAI-kind provider, owned per key, billed once.
+
+``POST /v1/videos`` (JSON, or the SDKs' multipart form with an ``input_reference`` image) starts a
+job at the provider, which bills it per second of the video it makes, at its model's and size's
+rate (``sora-2/720x1280`` … in the price table, unit ``second``). A video is the key's that made
+it (``owned_objects``, kind ``video``; open mode has one owner, ``''``): another key gets OpenAI's
+404 for it, the provider unasked, and lists are the provider's pages filtered to the key's videos.
+A remix (``POST /v1/videos/{id}/remix``) is a new video of the key's, at its source's terms.
+
+The create holds its worst case — its ``seconds`` (OpenAI's default 4) × the rate — against the
+key's and its project's budgets, as a batch does (``App.check_batch_budget``; a model without a
+price is refused under a budget), after the key's rate limit, its model allow-list and guard's
+model lists. Its own trace costs 0: the job has made nothing yet. When Stockyard first sees the job
+end (a retrieve, a list, the retrieve a delete makes first, or the batch watch's look at one nobody
+asks about), one ``videos.usage`` trace bills what the provider bills — a completed video its
+``seconds`` at the rate, a failed one nothing — written in the transaction that marks it billed
+(``batch_costs.bill_once``): however many retrieves, lists and replicas race, it is billed once,
+and its cost then replaces its hold. Content (``/content?variant=video|thumbnail|spritesheet``) is
+relayed chunk by chunk, never held whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, Callable
+
+from .batch_costs import bill_once, settle_billed
+from .context import RequestContext, Route
+from .errors import OPENAI, ProxyError
+from .files_api import (
+    OBJECT_ID,
+    BatchHold,
+    BatchSpend,
+    Ownership,
+    ProviderCalls,
+    not_found,
+    owner_of,
+    page_limit,
+)
+from .httpio import Request, check_method, json_object
+from .metrics import Metrics
+from .modules.guard import batch_policy
+from .pricing import Price, Usage, unit_cost
+from .providers import Provider
+from .proxy import Reply, RequestPath
+from .store import Store
+
+log = logging.getLogger("stockyard.videos")
+
+KIND = "video"  # in owned_objects
+PATH = re.compile(rf"^/v1/videos(?:/{OBJECT_ID}(/content|/remix)?)?$")
+ENDED = ("completed", "failed")  # a job in one of these makes no more video
+DEFAULTS = {"model": "sora-2", "seconds": "4", "size": "720x1280"}  # OpenAI's, for a create that omits them
+MAX_SECONDS = 600  # a clip longer than this is no video OpenAI makes (4 to 20 s today): a 400, not a hold
+VARIANTS = ("video", "thumbnail", "spritesheet")
+LIST_LIMITS = (20, 100)  # (default, largest) page size
+SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # sora-2-2025-10-06: priced as sora-2
+CheckBudget = Callable[[RequestContext, "int | None"], BatchHold]
+
+
+def route_of(path: str) -> tuple[str | None, str] | None:
+    """(video id, action: ``""``, ``/content`` or ``/remix``) for a videos path, or None."""
+    match = PATH.match(path)
+    if match is None:
+        return None
+    video_id, action = match.groups()
+    return video_id, action or ""
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """The trace's endpoint: ``videos.create``, ``videos.content``, ``videos.remix``, …"""
+    found = route_of(path)
+    if found is None:
+        return "videos"
+    video_id, action = found
+    if action:
+        return f"videos.{action[1:]}"
+    if video_id is None:
+        return f"videos.{'create' if method == 'POST' else 'list'}"
+    return f"videos.{'delete' if method == 'DELETE' else 'retrieve'}"
+
+
+def allowed_methods(video_id: str | None, action: str) -> tuple[str, ...]:
+    if video_id is None:
+        return ("GET", "POST")
+    return {"": ("GET", "DELETE"), "/content": ("GET",), "/remix": ("POST",)}[action]
+
+
+def video_price(pricer: Any, provider: Provider, model: str, size: str) -> Price | None:
+    """The per-second price of ``model`` at ``size`` (a dated snapshot at its model's), or None."""
+    for name in dict.fromkeys((model, SNAPSHOT.sub("", model))):
+        price = pricer.price_of(Route(provider, f"{name}/{size}"), f"{name}/{size}")
+        if price is not None:
+            return price if price.unit == "second" else None
+    return None
+
+
+def invalid(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, param=param, code="invalid_value")
+
+
+def create_terms(fields: Callable[[str], object]) -> tuple[str, int, str]:
+    """(model, seconds, size) a create asks for (OpenAI's defaults for those it leaves out), read
+    as a budget must hold them; a value that is not one is a 400. The provider judges the rest."""
+    model, seconds, size = (fields(name) for name in ("model", "seconds", "size"))
+    model = DEFAULTS["model"] if model is None else model
+    size = DEFAULTS["size"] if size is None else size
+    if not isinstance(model, str) or not model or len(model) > 200:
+        raise invalid("model", "'model' must be a video model's name, such as sora-2")
+    if not isinstance(size, str) or not size or len(size) > 40:
+        raise invalid("size", "'size' must be a resolution such as 720x1280")
+    text = DEFAULTS["seconds"] if seconds is None else str(seconds) if isinstance(seconds, int) else seconds
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or not 0 < int(text[:6]) <= MAX_SECONDS:
+        raise invalid("seconds", f"'seconds' must be a whole number of seconds from 1 to {MAX_SECONDS}, such as \"4\"")
+    return model, int(text), size
+
+
+class VideosAPI(ProviderCalls):
+    """The ``/v1/videos`` routes; a new video or a list goes to the provider a new file would
+    (``choose_provider``), a video's later calls to the provider recorded with it."""
+
+    serves = "videos"
+
+    def __init__(
+        self,
+        path: RequestPath,
+        ownership: Ownership,
+        check_budget: CheckBudget,
+        store: Store,
+        metrics: Metrics,
+        settle: BatchSpend,
+    ) -> None:
+        super().__init__(path)
+        self.ownership = ownership
+        self._check_budget = check_budget  # App.check_batch_budget: reserves a worst case, or refuses
+        self._store = store
+        self._metrics = metrics
+        self._settle = settle  # App.batch_spend: a bill replacing a hold on the owner's budgets
+
+    def _handle(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        found = route_of(req.path)
+        assert found is not None
+        video_id, action = found
+        check_method(req.method, allowed_methods(video_id, action))
+        self._rate_limit(ctx)  # before the body is read and before any provider call
+        if video_id is None:
+            if req.method == "GET":
+                req.body  # noqa: B018 - the read deadline ends
+                return self._list(reply, ctx, req.query)
+            return self._create(reply, ctx, req)
+        _, provider = self._owned(ctx, video_id, KIND, not_found(KIND, video_id))
+        rest = f"/videos/{video_id}"
+        if action == "/remix":
+            return self._remix(reply, ctx, req, provider, video_id)
+        req.body  # noqa: B018 - a GET's empty body too: the read deadline ends, a long download is not cut
+        if action == "/content":
+            variant = req.query.get("variant")
+            if variant is not None and variant not in VARIANTS:
+                raise invalid("variant", f"'variant' must be one of {', '.join(VARIANTS)}")
+            return self._relay(reply, ctx, provider, rest + action, query={"variant": variant} if variant else None)
+        if req.method == "DELETE":
+            self._look_before_delete(ctx, provider, video_id)
+        answer, doc = self._call(ctx, provider, req.method, rest)
+        if answer.status < 300 and req.method == "DELETE":
+            self.ownership.forget(video_id)
+        elif answer.status < 300 and isinstance(doc, dict):
+            self._seen(ctx, provider, doc)
+        self._send(reply, ctx, answer)
+
+    # -- creates -------------------------------------------------------------------------------
+    def _create(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
+        """``POST /v1/videos``: its terms held to the key's models, guard's lists and its budget
+        before the provider makes anything; the form's file spooled and relayed, never held whole."""
+        provider = self.choose_provider(ctx)
+        if req.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            with req.upload() as upload:
+                ctx.raw = json.dumps(upload.metadata()).encode()
+                upload.refuse_repeated()
+                upload.refuse_stray_files(("input_reference",))
+                file_id = upload.get("input_reference[file_id]")
+                self.ownership.require_files([file_id] if file_id else [], owner_of(ctx), "input_reference")
+                hold = self._hold(ctx, provider, create_terms(upload.get))
+                form = upload.encode()
+                self._start(reply, ctx, provider, "/videos", hold, form, form.content_type, form.length)
+            return
+        body = json_object(req.body)
+        ctx.raw = req.body
+        reference = body.get("input_reference")
+        if isinstance(reference, dict) and reference.get("file_id") is not None:
+            self.ownership.require_files([str(reference["file_id"])], owner_of(ctx), "input_reference")
+        hold = self._hold(ctx, provider, create_terms(body.get))
+        self._start(reply, ctx, provider, "/videos", hold, req.body)
+
+    def _remix(self, reply: Reply, ctx: RequestContext, req: Request, provider: Provider, video_id: str) -> None:
+        """``POST /v1/videos/{id}/remix``: a new video at its source's model, size and seconds, which
+        the source (retrieved first; an ended one is billed as any look bills it) says."""
+        json_object(req.body)
+        answer, source = self._call(ctx, provider, "GET", f"/videos/{video_id}")
+        if answer.status >= 300 or not isinstance(source, dict):
+            return self._send(reply, ctx, answer)
+        self._seen(ctx, provider, source)
+        ctx.raw = req.body
+        hold = self._hold(ctx, provider, create_terms(source.get))
+        self._start(reply, ctx, provider, f"/videos/{video_id}/remix", hold, req.body)
+
+    def _hold(self, ctx: RequestContext, provider: Provider, terms: tuple[str, int, str]) -> BatchHold:
+        """The key's model allow-list and guard's lists, then the worst case reserved on its budgets
+        (a 429 when it does not fit; a 403 for a model without a price under a budget)."""
+        model, seconds, size = terms
+        ctx.model = model
+        key = ctx.key
+        if key is not None and not key.allows_model(f"{provider.name}/{model}", self._path.registry().routes_to):
+            raise ProxyError(
+                403, f"client key {key.prefix}… may not use model {model!r}", param="model", code="model_not_allowed"
+            )
+        policy = batch_policy(self._path.chain(), ctx)
+        refusal = policy(provider.name, model) if policy is not None else None
+        if refusal is not None:
+            raise refusal
+        price = video_price(self._path.pricer, provider, model, size)
+        self._check_budget(ctx, 0)  # used up: 429 first
+        return self._check_budget(ctx, None if price is None else unit_cost(price, seconds))
+
+    def _start(
+        self,
+        reply: Reply,
+        ctx: RequestContext,
+        provider: Provider,
+        rest: str,
+        hold: BatchHold,
+        body: Any,
+        content_type: str = "application/json",
+        length: int | None = None,
+    ) -> None:
+        """Send a create (or remix) and record the new video as the key's with its hold, which then
+        stays spend until the video is billed (given back when no video was recorded)."""
+        claimed = False
+        try:
+            answer, doc = self._call(ctx, provider, "POST", rest, body, content_type=content_type, length=length)
+            if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+                claimed = self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name, hold)
+        finally:
+            hold.end(claimed)
+        if claimed:
+            self._seen(ctx, provider, doc)  # one that ended at once (it failed its checks) is billed now
+        self._send(reply, ctx, answer)
+
+    # -- lists and looks -----------------------------------------------------------------------
+    def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
+        """``GET /v1/videos``: this key's videos, in the provider's pages filtered; those it shows
+        ended are billed."""
+        limit = page_limit(query, *LIST_LIMITS)
+        provider = self.choose_provider(ctx)
+        passed = {k: v for k, v in query.items() if k == "order"}
+        answer, found = self._owned_page(ctx, provider, "/videos", KIND, limit, passed, query)
+        for video in found:
+            self._seen(ctx, provider, video)
+        self._send(reply, ctx, answer)
+
+    def look(self, ctx: RequestContext, provider: Provider, video_id: str) -> str | None:
+        """Retrieve a video for its owner (the batch watch): its status, or None when the provider did
+        not answer with it. An ended one is billed as if its owner had retrieved it."""
+        answer, doc = self._call(ctx, provider, "GET", f"/videos/{video_id}")
+        if answer.status >= 300 or not isinstance(doc, dict) or doc.get("id") != video_id:
+            return None
+        self._seen(ctx, provider, doc)
+        status = doc.get("status")
+        return status if isinstance(status, str) else None
+
+    def _look_before_delete(self, ctx: RequestContext, provider: Provider, video_id: str) -> None:
+        """A delete takes the job away at the provider: one of the key's not billed yet is retrieved
+        first, and billed if it ended (on the delete's own trace: its call replaces what this read).
+        A failed look does not stop the delete."""
+        owned = self.ownership.find(video_id, KIND, owner_of(ctx))
+        if owned is None or owned.billed:
+            return
+        try:
+            self.look(ctx, provider, video_id)
+        except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
+            log.warning("video %s: not billed before its delete: %s: %s", video_id, type(exc).__name__, exc)
+
+    # -- bills ---------------------------------------------------------------------------------
+    def _seen(self, ctx: RequestContext, provider: Provider, video: dict) -> None:
+        """A video its owner sees: billed once if it ended and is the owner's, not billed yet."""
+        video_id = video.get("id")
+        if video.get("status") not in ENDED or not isinstance(video_id, str):
+            return
+        owned = self.ownership.find(video_id, KIND, owner_of(ctx))
+        if owned is None or owned.billed:
+            return
+        usage = self._usage(ctx, provider, video)
+        billed = self._store.write(bill_once(usage, video_id, KIND, self._path.settings))
+        if billed is not None:
+            settle_billed(usage, billed, self._metrics, self._settle)
+
+    def _usage(self, ctx: RequestContext, provider: Provider, video: dict) -> RequestContext:
+        """The ``videos.usage`` trace of an ended video: a completed one its seconds at its model's and
+        size's rate per second; a failed one nothing (the provider bills no video it did not make).
+        One whose terms have no price costs unknown (a budget then spends its hold)."""
+        usage = RequestContext("videos.usage", OPENAI, "", {})
+        usage.key, usage.key_id, usage.project = ctx.key, ctx.key_id, ctx.project
+        model, size, seconds = video.get("model"), video.get("size"), video.get("seconds")
+        usage.model = model if isinstance(model, str) else None
+        note = {k: video.get(k) for k in ("id", "status", "model", "size", "seconds", "remixed_from_video_id")}
+        usage.raw = json.dumps(note).encode()
+        a = usage.attempt
+        a.provider, a.upstream_model, a.status, a.usage = provider, usage.model, 200, Usage()
+        a.cost_uc, a.cost_status = 0, "exact"
+        if video.get("status") == "completed":
+            cost = self._cost(provider, {"model": model, "seconds": seconds, "size": size})
+            a.cost_uc, a.cost_status = (0, "unknown") if cost is None else (cost, "exact")
+        usage.complete = True
+        return usage
+
+    def _cost(self, provider: Provider, terms: dict) -> int | None:
+        """What a video of these terms (a completed video's own) costs, or None: no price, or terms
+        that are not a video's."""
+        try:
+            model, seconds, size = create_terms(terms.get)
+        except ProxyError:
+            return None
+        price = video_price(self._path.pricer, provider, model, size)
+        return None if price is None else unit_cost(price, seconds)
