@@ -642,6 +642,7 @@ class ProviderCalls:
 
     ownership: Ownership  # set by each subclass: who owns the objects it creates
     serves = "files and batches"  # what its objects are, in the refusals of choose_provider
+    creates = "batch"  # what ``_create_upstream`` makes, in what a lost create says
 
     def __init__(self, path: RequestPath) -> None:
         self._path = path
@@ -860,10 +861,12 @@ class ProviderCalls:
         ctx: RequestContext,
         provider: Provider,
         rest: str,
-        body: bytes,
+        body: bytes | RawIOBase,
         kind: str,
         hold: BatchHold,
         made: Callable[[], list[dict]] | None = None,
+        content_type: str = "application/json",
+        length: int | None = None,
     ) -> tuple[Answer, dict | None]:
         """Create a batch at the provider and record it as this key's, with what it holds
         (``hold.held_uc``), then end the hold (spent until the batch is billed, or given back
@@ -875,7 +878,7 @@ class ProviderCalls:
         claimed = False
         try:
             try:
-                answer, doc = self._call(ctx, provider, "POST", rest, body)
+                answer, doc = self._call(ctx, provider, "POST", rest, body, content_type=content_type, length=length)
             except ProxyError as exc:
                 if exc.status not in (502, 504) and exc.code != SHUTDOWN_CODE:  # answered: no batch was made
                     raise
@@ -914,7 +917,8 @@ class ProviderCalls:
         if len(free) == 1 and self.ownership.claim(free[0]["id"], kind, owner_of(ctx), provider.name, hold):
             doc = free[0]
             log.warning(
-                "a batch create at provider %r was lost (%s); found it there: %s",
+                "a %s create at provider %r was lost (%s); found it there: %s",
+                self.creates,
                 provider.name,
                 failure.code,
                 doc["id"],
@@ -926,9 +930,12 @@ class ProviderCalls:
         failure.headers["x-should-retry"] = "false"
         if failure.code == SHUTDOWN_CODE:  # its own text says to send the request again
             failure.message = "the server shut down before the provider answered"
-        failure.message += "; the batch may have been created at the provider: do not send it again before checking"
+        failure.message += (
+            f"; the {self.creates} may have been created at the provider: do not send it again before checking"
+        )
         log.error(
-            "a batch create at provider %r got no answer (%s): it may run there unowned and unbilled",
+            "a %s create at provider %r got no answer (%s): it may run there unowned and unbilled",
+            self.creates,
             provider.name,
             failure.code,
         )

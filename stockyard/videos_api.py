@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import partial
 from typing import Any, Callable
 
 from .batch_costs import bill_once, settle_billed
@@ -55,6 +56,9 @@ ENDED = ("completed", "failed")  # a job in one of these makes no more video
 DEFAULTS = {"model": "sora-2", "seconds": "4", "size": "720x1280"}  # OpenAI's, for a create that omits them
 MAX_SECONDS = 600  # a clip longer than this is no video OpenAI makes (4 to 20 s today): a 400, not a hold
 VARIANTS = ("video", "thumbnail", "spritesheet")
+UNSERVED = ("edits", "extensions", "characters")  # OpenAI's other video routes, not passed through
+VIDEO_KINDS = ("openai", "openai-compatible")  # providers with OpenAI's /videos (Azure's video API is another)
+LOST_LOOK = 20  # the provider's newest videos searched for one whose create answer was lost
 LIST_LIMITS = (20, 100)  # (default, largest) page size
 SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # sora-2-2025-10-06: priced as sora-2
 CheckBudget = Callable[[RequestContext, "int | None"], BatchHold]
@@ -117,11 +121,30 @@ def create_terms(fields: Callable[[str], object]) -> tuple[str, int, str]:
     return model, int(text), size
 
 
+def referenced_file(reference: object) -> str | None:
+    """The file an ``input_reference`` names by id (``{"file_id": …}``, as JSON or a form's JSON
+    text), or None: the provider would read any key's file."""
+    if isinstance(reference, str) and reference.lstrip().startswith("{"):
+        try:
+            reference = json.loads(reference)
+        except ValueError:
+            return None
+    file_id = reference.get("file_id") if isinstance(reference, dict) else None
+    return None if file_id is None else str(file_id)
+
+
+def asked_of(prompt: object, terms: tuple[str, int, str]) -> dict:
+    """What a create asks, as the video it makes shows it: to tell it among the provider's videos."""
+    _, seconds, size = terms
+    return {"prompt": prompt, "size": size, "seconds": str(seconds), "remixed_from_video_id": None}
+
+
 class VideosAPI(ProviderCalls):
     """The ``/v1/videos`` routes; a new video or a list goes to the provider a new file would
     (``choose_provider``), a video's later calls to the provider recorded with it."""
 
     serves = "videos"
+    creates = "video"
 
     def __init__(
         self,
@@ -143,6 +166,13 @@ class VideosAPI(ProviderCalls):
         found = route_of(req.path)
         assert found is not None
         video_id, action = found
+        if video_id in UNSERVED and not action:
+            raise ProxyError(
+                404,
+                f"/v1/videos/{video_id} (OpenAI's video {video_id}) is not served through Stockyard: "
+                "only create, list, retrieve, delete, content and remix are",
+                code="unknown_url",
+            )
         check_method(req.method, allowed_methods(video_id, action))
         self._rate_limit(ctx)  # before the body is read and before any provider call
         if video_id is None:
@@ -169,6 +199,11 @@ class VideosAPI(ProviderCalls):
             self._seen(ctx, provider, doc)
         self._send(reply, ctx, answer)
 
+    def choose_provider(self, ctx: RequestContext) -> Provider:
+        """For a new video or a list: ``x-stockyard-provider`` if given, else the key's first provider
+        of :data:`VIDEO_KINDS`."""
+        return self.provider_of_kind(ctx, VIDEO_KINDS, "OpenAI", "videos need an OpenAI or OpenAI-compatible provider")
+
     # -- creates -------------------------------------------------------------------------------
     def _create(self, reply: Reply, ctx: RequestContext, req: Request) -> None:
         """``POST /v1/videos``: its terms held to the key's models, guard's lists and its budget
@@ -179,31 +214,35 @@ class VideosAPI(ProviderCalls):
                 ctx.raw = json.dumps(upload.metadata()).encode()
                 upload.refuse_repeated()
                 upload.refuse_stray_files(("input_reference",))
-                file_id = upload.get("input_reference[file_id]")
-                self.ownership.require_files([file_id] if file_id else [], owner_of(ctx), "input_reference")
-                hold = self._hold(ctx, provider, create_terms(upload.get))
+                named = [upload.get("input_reference[file_id]"), referenced_file(upload.get("input_reference"))]
+                self.ownership.require_files(filter(None, named), owner_of(ctx), "input_reference")
+                terms = create_terms(upload.get)
+                hold = self._hold(ctx, provider, terms)
                 form = upload.encode()
-                self._start(reply, ctx, provider, "/videos", hold, form, form.content_type, form.length)
+                asked = asked_of(upload.get("prompt"), terms)
+                self._start(reply, ctx, provider, "/videos", hold, form, asked, form.content_type, form.length)
             return
         body = json_object(req.body)
         ctx.raw = req.body
-        reference = body.get("input_reference")
-        if isinstance(reference, dict) and reference.get("file_id") is not None:
-            self.ownership.require_files([str(reference["file_id"])], owner_of(ctx), "input_reference")
-        hold = self._hold(ctx, provider, create_terms(body.get))
-        self._start(reply, ctx, provider, "/videos", hold, req.body)
+        named_file = referenced_file(body.get("input_reference"))
+        self.ownership.require_files([named_file] if named_file else [], owner_of(ctx), "input_reference")
+        terms = create_terms(body.get)
+        hold = self._hold(ctx, provider, terms)
+        self._start(reply, ctx, provider, "/videos", hold, req.body, asked_of(body.get("prompt"), terms))
 
     def _remix(self, reply: Reply, ctx: RequestContext, req: Request, provider: Provider, video_id: str) -> None:
         """``POST /v1/videos/{id}/remix``: a new video at its source's model, size and seconds, which
         the source (retrieved first; an ended one is billed as any look bills it) says."""
-        json_object(req.body)
+        body = json_object(req.body)
         answer, source = self._call(ctx, provider, "GET", f"/videos/{video_id}")
         if answer.status >= 300 or not isinstance(source, dict):
             return self._send(reply, ctx, answer)
         self._seen(ctx, provider, source)
         ctx.raw = req.body
-        hold = self._hold(ctx, provider, create_terms(source.get))
-        self._start(reply, ctx, provider, f"/videos/{video_id}/remix", hold, req.body)
+        terms = create_terms(source.get)
+        hold = self._hold(ctx, provider, terms)
+        asked = {**asked_of(body.get("prompt"), terms), "remixed_from_video_id": video_id}
+        self._start(reply, ctx, provider, f"/videos/{video_id}/remix", hold, req.body, asked)
 
     def _hold(self, ctx: RequestContext, provider: Provider, terms: tuple[str, int, str]) -> BatchHold:
         """The key's model allow-list and guard's lists, then the worst case reserved on its budgets
@@ -231,21 +270,30 @@ class VideosAPI(ProviderCalls):
         rest: str,
         hold: BatchHold,
         body: Any,
+        asked: dict,
         content_type: str = "application/json",
         length: int | None = None,
     ) -> None:
         """Send a create (or remix) and record the new video as the key's with its hold, which then
-        stays spend until the video is billed (given back when no video was recorded)."""
-        claimed = False
-        try:
-            answer, doc = self._call(ctx, provider, "POST", rest, body, content_type=content_type, length=length)
-            if answer.status < 300 and isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                claimed = self.ownership.claim(doc["id"], KIND, owner_of(ctx), provider.name, hold)
-        finally:
-            hold.end(claimed)
-        if claimed:
-            self._seen(ctx, provider, doc)  # one that ended at once (it failed its checks) is billed now
+        stays spend until the video is billed (given back when no video was recorded). A create
+        whose answer was lost takes the one video of its ``asked`` terms no key owns
+        (``_create_upstream``), else tells the client not to send it again."""
+        made = partial(self._made_like, ctx, provider, asked)
+        answer, video = self._create_upstream(ctx, provider, rest, body, KIND, hold, made, content_type, length)
+        if video is not None:
+            self._seen(ctx, provider, video)  # one that ended at once (it failed its checks) is billed now
         self._send(reply, ctx, answer)
+
+    def _made_like(self, ctx: RequestContext, provider: Provider, asked: dict) -> list[dict]:
+        """The provider's newest videos with ``asked``'s prompt, size, seconds and source: the
+        candidates for a create whose answer was lost."""
+        answer, page = self._call(ctx, provider, "GET", "/videos", query={"limit": str(LOST_LOOK)})
+        data = page.get("data") if answer.status < 300 and isinstance(page, dict) else None
+        return [
+            v
+            for v in (data if isinstance(data, list) else [])
+            if isinstance(v, dict) and isinstance(v.get("id"), str) and all(v.get(k) == asked[k] for k in asked)
+        ]
 
     # -- lists and looks -----------------------------------------------------------------------
     def _list(self, reply: Reply, ctx: RequestContext, query: dict[str, str]) -> None:
@@ -262,43 +310,55 @@ class VideosAPI(ProviderCalls):
     def look(self, ctx: RequestContext, provider: Provider, video_id: str) -> str | None:
         """Retrieve a video for its owner (the batch watch): its status, or None when the provider did
         not answer with it. An ended one is billed as if its owner had retrieved it."""
+        video = self._retrieve(ctx, provider, video_id)
+        status = video.get("status") if video is not None else None
+        return status if isinstance(status, str) else None
+
+    def _retrieve(self, ctx: RequestContext, provider: Provider, video_id: str) -> dict | None:
+        """The video as the provider shows it now (billed if it ended), or None when it did not answer with it."""
         answer, doc = self._call(ctx, provider, "GET", f"/videos/{video_id}")
         if answer.status >= 300 or not isinstance(doc, dict) or doc.get("id") != video_id:
             return None
         self._seen(ctx, provider, doc)
-        status = doc.get("status")
-        return status if isinstance(status, str) else None
+        return doc
 
     def _look_before_delete(self, ctx: RequestContext, provider: Provider, video_id: str) -> None:
-        """A delete takes the job away at the provider: one of the key's not billed yet is retrieved
-        first, and billed if it ended (on the delete's own trace: its call replaces what this read).
-        A failed look does not stop the delete."""
+        """A delete takes the job, and what it made, away at the provider: one of the key's not billed
+        yet is retrieved first (on the delete's own trace: its call replaces what this read), and
+        billed if it ended. One still running is billed its whole length as an estimate: nothing
+        here would see what it made, and its hold would go back with its record. A failed look does
+        not stop the delete (the hold then goes back with the record)."""
         owned = self.ownership.find(video_id, KIND, owner_of(ctx))
         if owned is None or owned.billed:
             return
         try:
-            self.look(ctx, provider, video_id)
+            video = self._retrieve(ctx, provider, video_id)
         except Exception as exc:  # the provider is down: the delete goes on, and answers for itself
             log.warning("video %s: not billed before its delete: %s: %s", video_id, type(exc).__name__, exc)
+            return
+        if video is not None and video.get("status") not in ENDED:
+            self._seen(ctx, provider, video, running=True)
 
     # -- bills ---------------------------------------------------------------------------------
-    def _seen(self, ctx: RequestContext, provider: Provider, video: dict) -> None:
-        """A video its owner sees: billed once if it ended and is the owner's, not billed yet."""
+    def _seen(self, ctx: RequestContext, provider: Provider, video: dict, running: bool = False) -> None:
+        """A video its owner sees: billed once if it ended (or is deleted ``running``) and is the
+        owner's, not billed yet."""
         video_id = video.get("id")
-        if video.get("status") not in ENDED or not isinstance(video_id, str):
+        if (video.get("status") not in ENDED and not running) or not isinstance(video_id, str):
             return
         owned = self.ownership.find(video_id, KIND, owner_of(ctx))
         if owned is None or owned.billed:
             return
-        usage = self._usage(ctx, provider, video)
+        usage = self._usage(ctx, provider, video, running)
         billed = self._store.write(bill_once(usage, video_id, KIND, self._path.settings))
         if billed is not None:
             settle_billed(usage, billed, self._metrics, self._settle)
 
-    def _usage(self, ctx: RequestContext, provider: Provider, video: dict) -> RequestContext:
+    def _usage(self, ctx: RequestContext, provider: Provider, video: dict, running: bool) -> RequestContext:
         """The ``videos.usage`` trace of an ended video: a completed one its seconds at its model's and
-        size's rate per second; a failed one nothing (the provider bills no video it did not make).
-        One whose terms have no price costs unknown (a budget then spends its hold)."""
+        size's rate per second; a failed one nothing (the provider bills no video it did not make);
+        one deleted ``running``, its whole length as an estimate. One whose terms have no price
+        costs unknown (a budget then spends its hold)."""
         usage = RequestContext("videos.usage", OPENAI, "", {})
         usage.key, usage.key_id, usage.project = ctx.key, ctx.key_id, ctx.project
         model, size, seconds = video.get("model"), video.get("size"), video.get("seconds")
@@ -308,9 +368,11 @@ class VideosAPI(ProviderCalls):
         a = usage.attempt
         a.provider, a.upstream_model, a.status, a.usage = provider, usage.model, 200, Usage()
         a.cost_uc, a.cost_status = 0, "exact"
-        if video.get("status") == "completed":
+        if video.get("status") == "completed" or running:
             cost = self._cost(provider, {"model": model, "seconds": seconds, "size": size})
-            a.cost_uc, a.cost_status = (0, "unknown") if cost is None else (cost, "exact")
+            a.cost_uc, a.cost_status = (0, "unknown") if cost is None else (cost, "estimate" if running else "exact")
+        if running:
+            a.error_message = "deleted while it ran: billed its whole length, as an estimate"
         usage.complete = True
         return usage
 

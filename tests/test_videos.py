@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
-from mock_upstream import VIDEO_BYTES, VIDEO_FAIL, video_asset
+from mock_upstream import VIDEO_BYTES, VIDEO_FAIL, Reply, video_asset
 
 ADMIN = "admin-secret-for-video-tests-0123456789"
 SORA_UC = 10_000_000  # sora-2: $0.10 a second
@@ -334,3 +334,68 @@ def test_two_replicas_retrieving_one_video_bill_it_once(server, mock):
         assert bill["cost_uc"] == 8 * SORA_UC
     finally:
         replica.stop()
+
+
+def test_a_video_deleted_while_it_runs_is_billed_its_whole_length_as_an_estimate(server, mock):
+    """A delete of a job still running takes away what it made, which nothing here would then see: it
+    is billed its whole length (an estimate), once, before the delete goes on."""
+    secret, name = new_key(server)
+    client = server.openai(secret)
+    made = client.videos.create(prompt="to drop", seconds="8")
+    assert client.videos.delete(made.id).deleted
+    (bill,) = bills(server, name)
+    assert (bill["cost_uc"], bill["cost_status"]) == (8 * SORA_UC, "estimate")
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(made.id)
+
+
+def test_a_lost_create_answer_finds_its_video_or_tells_the_client_not_to_retry(server, mock):
+    """The provider made the video but its answer was lost: the one video of the create's terms no key
+    owns becomes the key's, with its hold. One the provider never made: a 502 the SDKs do not retry."""
+    secret, name = new_key(server, budget_usd="10", budget_period="total")
+    client = server.openai(secret)
+    mock.enqueue(Reply(lost=True))
+    found = client.videos.create(prompt=f"lost answer {secrets.token_hex(4)}", seconds="4")
+    assert found.status == "queued"
+    assert poll(client, found.id).status == "completed"
+    (bill,) = bills(server, name)
+    assert bill["cost_uc"] == 4 * SORA_UC
+    mock.enqueue(Reply(reset=True), Reply(reset=True))  # the pool sends once more on a fresh connection
+    with pytest.raises(openai.APIStatusError) as err:
+        client.videos.create(prompt=f"never made {secrets.token_hex(4)}")
+    assert err.value.status_code == 502 and err.value.response.headers["x-should-retry"] == "false"
+    assert "the video may have been created" in err.value.message
+
+
+def test_an_input_reference_naming_another_keys_file_is_404(server, mock):
+    """``input_reference`` by ``file_id`` (JSON, or the form's ``input_reference[file_id]``) must be the
+    key's own file: the provider would read any key's."""
+    alice, _ = new_key(server)
+    bob, _ = new_key(server)
+    theirs = server.openai(alice).files.create(file=("ref.png", b"\x89PNG not really"), purpose="vision")
+    before = len(mock.requests)
+    status, _, raw = make(server, bob, {"prompt": "x", "input_reference": {"file_id": theirs.id}})
+    assert status == 404 and json.loads(raw)["error"]["param"] == "input_reference", raw
+    boundary = "videos-test-boundary"
+    form = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+        for k, v in (("prompt", "x"), ("input_reference[file_id]", theirs.id))
+    )
+    status, _, raw = server.request(
+        "POST",
+        "/v1/videos",
+        raw=f"{form}--{boundary}--\r\n".encode(),
+        headers={"Authorization": f"Bearer {bob}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert status == 404 and json.loads(raw)["error"]["param"] == "input_reference", raw
+    assert len(mock.requests) == before
+    status, _, raw = make(server, alice, {"prompt": "mine", "input_reference": {"file_id": theirs.id}})
+    assert status == 200, raw
+
+
+def test_openais_other_video_routes_are_a_clear_404(server, mock):
+    secret, _ = new_key(server)
+    auth = {"Authorization": f"Bearer {secret}"}
+    for route in ("edits", "extensions", "characters"):
+        status, _, raw = server.request("POST", f"/v1/videos/{route}", {"prompt": "x"}, headers=auth)
+        assert status == 404 and "not served through Stockyard" in json.loads(raw)["error"]["message"], raw
