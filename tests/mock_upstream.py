@@ -1,6 +1,7 @@
 """A mock LLM provider server for Stockyard's tests and benchmarks.
 
-It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches),
+It speaks the wire formats of OpenAI (chat, completions, embeddings, models, files, batches, videos:
+Sora jobs that move on one step a retrieve, and fail for a prompt holding `VIDEO_FAIL`),
 Anthropic (messages, count_tokens, message batches, models, and the Files API (beta) for a call
 carrying `anthropic-version`: uploads are not downloadable, a code execution tool writes a file
 its result names (`bash_code_execution_tool_result`; the legacy `code_execution_20250522` tool's
