@@ -110,6 +110,28 @@ def endpoint_name(method: str, path: str) -> str:
     return f"{collection}.{'delete' if method == 'DELETE' else 'retrieve'}"
 
 
+def id_action_route(pattern: re.Pattern[str], path: str) -> tuple[str | None, str] | None:
+    """(object id or None, action or ``""``) of a path ``pattern`` (its two groups) matches, or None."""
+    match = pattern.match(path)
+    if match is None:
+        return None
+    object_id, action = match.groups()
+    return object_id, action or ""
+
+
+def id_action_endpoint(name: str, method: str, found: tuple[str | None, str] | None) -> str:
+    """The trace's endpoint for an :func:`id_action_route`: ``name.create``, ``name.list``,
+    ``name.retrieve``, ``name.delete``, or ``name.{action}``."""
+    if found is None:
+        return name
+    object_id, action = found
+    if action:
+        return f"{name}.{action[1:]}"
+    if object_id is None:
+        return f"{name}.{'create' if method == 'POST' else 'list'}"
+    return f"{name}.{'delete' if method == 'DELETE' else 'retrieve'}"
+
+
 ALLOWED_METHODS = {
     ("files", False, ""): ("GET", "POST"),
     ("files", True, ""): ("GET", "DELETE"),

@@ -36,6 +36,8 @@ from .files_api import (
     BatchSpend,
     Ownership,
     ProviderCalls,
+    id_action_endpoint,
+    id_action_route,
     not_found,
     owner_of,
     page_limit,
@@ -66,24 +68,12 @@ CheckBudget = Callable[[RequestContext, "int | None"], BatchHold]
 
 def route_of(path: str) -> tuple[str | None, str] | None:
     """(video id, action: ``""``, ``/content`` or ``/remix``) for a videos path, or None."""
-    match = PATH.match(path)
-    if match is None:
-        return None
-    video_id, action = match.groups()
-    return video_id, action or ""
+    return id_action_route(PATH, path)
 
 
 def endpoint_name(method: str, path: str) -> str:
     """The trace's endpoint: ``videos.create``, ``videos.content``, ``videos.remix``, …"""
-    found = route_of(path)
-    if found is None:
-        return "videos"
-    video_id, action = found
-    if action:
-        return f"videos.{action[1:]}"
-    if video_id is None:
-        return f"videos.{'create' if method == 'POST' else 'list'}"
-    return f"videos.{'delete' if method == 'DELETE' else 'retrieve'}"
+    return id_action_endpoint("videos", method, route_of(path))
 
 
 def allowed_methods(video_id: str | None, action: str) -> tuple[str, ...]:
