@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 from conftest import TEST_STORE, ServerProcess, mock_env, wait_for
-from mock_upstream import VIDEO_BYTES, VIDEO_FAIL, Reply, video_asset
+from mock_upstream import VIDEO_BYTES, VIDEO_FAIL, VIDEOS, Reply, video_asset
 
 ADMIN = "admin-secret-for-video-tests-0123456789"
 SORA_UC = 10_000_000  # sora-2: $0.10 a second
@@ -354,9 +354,14 @@ def test_a_lost_create_answer_finds_its_video_or_tells_the_client_not_to_retry(s
     owns becomes the key's, with its hold. One the provider never made: a 502 the SDKs do not retry."""
     secret, name = new_key(server, budget_usd="10", budget_period="total")
     client = server.openai(secret)
+    prompt = f"lost answer {secrets.token_hex(4)}"
+    before = len(mock.requests)
     mock.enqueue(Reply(lost=True))
-    found = client.videos.create(prompt=f"lost answer {secrets.token_hex(4)}", seconds="4")
-    assert found.status == "queued"
+    found = client.videos.create(prompt=prompt, seconds="4")
+    assert found.status == "queued" and found.prompt == prompt
+    sent = [r.method for r in mock.requests[before:] if r.path == "/v1/videos"]
+    assert sent == ["POST", "GET"]  # found among the provider's videos, never sent again
+    assert [v["id"] for v in VIDEOS.videos.values() if v["prompt"] == prompt] == [found.id]
     assert poll(client, found.id).status == "completed"
     (bill,) = bills(server, name)
     assert bill["cost_uc"] == 4 * SORA_UC
